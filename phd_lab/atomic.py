@@ -1,0 +1,82 @@
+"""Atomic file writes: temp file in the target folder, fsync, ``os.replace``.
+
+Every file the framework writes goes through these helpers, so a crash leaves either the
+old complete file or the new complete file, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entry table so a completed rename survives a power loss."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path | str, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
+    """Open a temp file beside ``path``; on clean exit fsync it and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes(path: Path | str, data: bytes) -> None:
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_text(path: Path | str, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def write_json(path: Path | str, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: Path | str, frame: "Any", **to_csv_kwargs: Any) -> None:
+    """Write a pandas DataFrame as CSV atomically (``index=False`` unless given)."""
+    to_csv_kwargs.setdefault("index", False)
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        frame.to_csv(handle, **to_csv_kwargs)
+
+
+def write_with(path: Path | str, writer: Callable[[IO], None], mode: str = "wb") -> None:
+    """Let ``writer`` fill a binary handle (torch.save, np.save, savefig), then swap it in."""
+    with atomic_open(path, mode) as handle:
+        writer(handle)
+
+
+def save_figure(fig: "Any", path: Path | str, **kwargs: Any) -> None:
+    """Save a matplotlib figure atomically; the format follows the file suffix."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    kwargs.setdefault("bbox_inches", "tight")
+    write_with(path, lambda handle: fig.savefig(handle, format=fmt, **kwargs))

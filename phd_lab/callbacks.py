@@ -1,0 +1,62 @@
+"""Trainer callbacks: every hook is a documented no-op; subclasses override what they need."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import pandas as pd
+
+from phd_lab import atomic
+
+if TYPE_CHECKING:
+    from phd_lab.data import DataBundle
+    from phd_lab.trainer import Trainer
+
+
+class Callback:
+    def on_fit_start(self, trainer: "Trainer", bundle: "DataBundle") -> None:
+        """Called once, after any checkpoint was restored and before the first epoch runs."""
+
+    def on_epoch_end(self, trainer: "Trainer", bundle: "DataBundle", epoch: int, row: dict[str, Any]) -> None:
+        """Called after the test pass of ``epoch`` (1-based); may add columns to ``row``.
+
+        The row then goes into the checkpoint, so everything added here must be
+        deterministic to keep resumed runs bit-identical.
+        """
+
+    def on_history(self, trainer: "Trainer", history: Sequence[dict[str, Any]]) -> None:
+        """Called with the full metric history after each checkpoint and once at fit start."""
+
+    def on_fit_end(self, trainer: "Trainer", bundle: "DataBundle") -> None:
+        """Called once after the last epoch (also when the run had already finished)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State saved in the checkpoint (tensors and plain containers only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+class MetricsCSV(Callback):
+    """Keeps ``<name>.csv`` equal to the checkpointed history: one row per completed epoch.
+
+    The CSV is rewritten atomically from the history carried by the checkpoint, so a crash
+    between the two can never leave a duplicated or missing row after a resume.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_history(self, trainer: "Trainer", history: Sequence[dict[str, Any]]) -> None:
+        if history:
+            atomic.write_csv(self.path, history_frame(history))
+
+
+def history_frame(history: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Metric history as a DataFrame with a stable column order (first row's order)."""
+    columns: list[str] = []
+    for row in history:
+        columns += [c for c in row if c not in columns]
+    return pd.DataFrame(list(history), columns=columns)

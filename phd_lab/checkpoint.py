@@ -1,0 +1,92 @@
+"""CheckpointStore: versioned, atomic checkpoints with the previous good one kept.
+
+Schema (format 1), a dict of tensors and plain containers readable with
+``torch.load(weights_only=True)``: ``format``, ``epoch`` (completed epochs), ``model``,
+``optimizer``, ``scheduler``, ``scaler``, ``rng`` (python/numpy/torch/cuda/DataLoader
+generators), ``history`` (the metric rows so far), ``callbacks`` (their state).
+
+Saving writes a temp file, fsyncs it, moves the current checkpoint to ``previous`` and
+renames the temp file into place. Loading falls back to ``previous`` when the current file
+is missing or damaged, with a warning that says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from phd_lab.atomic import atomic_open, fsync_dir
+from phd_lab.errors import CheckpointError
+
+CHECKPOINT_FORMAT = 1
+# Test-only hook: seconds to sleep in the middle of writing a checkpoint, so that fault
+# injection tests can kill the process while the file is half written.
+PAUSE_ENV = "PHD_LAB_TEST_CHECKPOINT_PAUSE"
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointStore:
+    def __init__(self, path: Path, previous: Path) -> None:
+        self.path = Path(path)
+        self.previous = Path(previous)
+
+    def save(self, state: dict[str, Any]) -> None:
+        payload = {"format": CHECKPOINT_FORMAT, **state}
+        pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+        with atomic_open(self.path.with_name(self.path.name + ".next"), "wb") as handle:
+            torch.save(payload, handle)
+            if pause:
+                handle.flush()
+                half = handle.tell() // 2
+                handle.truncate(half)  # the on-disk temp file is now visibly incomplete
+                handle.flush()
+                time.sleep(pause)
+                handle.seek(0)
+                torch.save(payload, handle)
+        staged = self.path.with_name(self.path.name + ".next")
+        if self.path.exists():
+            os.replace(self.path, self.previous)
+        os.replace(staged, self.path)
+        fsync_dir(self.path.parent)
+
+    def remove_stale_temps(self) -> None:
+        """Delete half-written temp files a killed process left behind (call under the run lock)."""
+        for stale in self.path.parent.glob(f".{self.path.name}*.tmp"):
+            stale.unlink(missing_ok=True)
+
+    def _read(self, path: Path) -> dict[str, Any]:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"{path} has checkpoint format {found!r}; this version of phd-lab reads "
+                                  f"format {CHECKPOINT_FORMAT}.")
+        return state
+
+    def load(self) -> dict[str, Any] | None:
+        """The newest readable checkpoint, or None for a fresh run."""
+        staged = self.path.with_name(self.path.name + ".next")
+        candidates = [p for p in (self.path, staged, self.previous) if p.exists()]
+        if not candidates:
+            return None
+        errors = []
+        for candidate in candidates:
+            try:
+                state = self._read(candidate)
+            except CheckpointError:
+                raise
+            except Exception as error:  # a truncated or corrupted file: fall back to the next one
+                log.warning("Checkpoint %s is damaged (%s: %s); falling back to the previous one.",
+                            candidate, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                errors.append(f"{candidate.name}: {type(error).__name__}")
+                continue
+            if candidate != self.path:
+                log.warning("Resuming from %s.", candidate)
+            return state
+        raise CheckpointError(f"Every checkpoint in {self.path.parent} is damaged ({'; '.join(errors)}). "
+                              f"Delete them to retrain this run from the start.")

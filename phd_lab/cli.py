@@ -1,0 +1,120 @@
+"""Command line of ``main.py``: parse arguments, call Main, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from typing import Callable, Sequence
+
+from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, UsageError
+
+log = logging.getLogger("phd_lab")
+
+LISTABLE = ("models", "datasets", "optimizers", "metrics", "steps")
+
+
+def configure_logging(verbosity: int = 0) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def report_error(error: BaseException) -> None:
+    """One paragraph on stderr, no traceback."""
+    text = " ".join(str(error).split())
+    sys.stderr.write("\n".join(textwrap.wrap(f"error: {text}", width=110)) + "\n")
+
+
+def guarded(body: Callable[[], int]) -> int:
+    """Run a command body and turn the framework's errors into exit codes."""
+    try:
+        return body()
+    except UsageError as error:
+        report_error(error)
+        return EXIT_USAGE
+    except PhdLabError as error:
+        report_error(error)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; rerun the same command to resume from the last checkpoint\n")
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py", description="Train and analyse every run of a JSON config grid.",
+        epilog="Exit status: 0 success, 2 invalid usage/config/input (nothing written), 1 a run failed.")
+    parser.add_argument("--config", help="JSON config file (an experiment or a logged <run>_config.json)")
+    parser.add_argument("--run-id", help="name of the repetition (overrides the config's run_id)")
+    parser.add_argument("--device", help="compute device, overrides the config (auto, cpu, cuda, cuda:N)")
+    parser.add_argument("--index", type=int, help="run only grid point INDEX (e.g. $SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--dry-run", action="store_true", help="print the expanded grid and exit")
+    parser.add_argument("--list", choices=LISTABLE, metavar="KIND",
+                        help=f"list the registered names of one kind ({', '.join(LISTABLE)}) and exit")
+    parser.add_argument("--pattern", default="*", help="wildcard filter for --list (e.g. 'vgg*')")
+    parser.add_argument("--list-keys", action="store_true", help="document every config key and exit")
+    parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return parser
+
+
+def list_names(kind: str, pattern: str) -> str:
+    if kind == "steps":
+        from phd_lab.steps import all_steps
+        return "\n".join(f"{name:24} {step.summary}" for name, step in all_steps().items()) or "(no steps)"
+    from phd_lab.registry import Registries
+    registry = Registries()[kind]
+    return "\n".join(f"{name:24} {registry.doc(name)}" for name in registry.names(pattern)) or "(none)"
+
+
+def keys_table() -> str:
+    from phd_lab.config import schema_table
+    rows = schema_table()
+    width = max(len(r["key"]) for r in rows)
+    return "\n".join(f"{r['key']:{width}}  {r['default']:>10}  {r['type']}\n{'':{width}}  {'':>10}  {r['doc']}"
+                     for r in rows)
+
+
+def main_cli(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(-1 if args.quiet else 1 if args.verbose else 0)
+
+    def body() -> int:
+        if args.list:
+            sys.stdout.write(list_names(args.list, args.pattern) + "\n")
+            return EXIT_OK
+        if args.list_keys:
+            sys.stdout.write(keys_table() + "\n")
+            return EXIT_OK
+        if not args.config:
+            raise UsageError("--config is required: pass a JSON config file (e.g. configs/quickstart.json), "
+                             "or use --list KIND / --list-keys.")
+        from phd_lab.experiment import Main, summary_table
+        main = Main(progress=not args.no_progress)
+        grid = main.load(args.config, run_id=args.run_id, device=args.device)
+        if args.dry_run:
+            sys.stdout.write(f"{len(grid)} run(s) in {args.config}\n{grid.table()}\n")
+            return EXIT_OK
+        if args.index is not None:
+            try:
+                grid.point(args.index)
+            except IndexError as error:
+                raise UsageError(f"--index: {error}.") from None
+        outcomes = main.run(grid, None if args.index is None else [args.index])
+        failed = [o for o in outcomes if o.status != "finished"]
+        log.info("Summary:\n%s", summary_table(outcomes))
+        if failed:
+            sys.stderr.write(f"{len(failed)} of {len(outcomes)} run(s) failed; see the summary above and each "
+                             f"run's .log file.\n")
+            return EXIT_FAILURE
+        sys.stdout.write("Results:\n" + "\n".join(f"  {o.folder}" for o in outcomes) + "\n")
+        return EXIT_OK
+
+    return guarded(body)
+
+
+def entry_point() -> None:
+    """Console script ``phd-lab-train``."""
+    sys.exit(main_cli())

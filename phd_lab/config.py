@@ -1,0 +1,352 @@
+"""The config schema: every key declared once, with type, default, range and a one-line doc.
+
+``load_config_file`` reads a JSON file and returns the raw mapping; ``validate_raw`` checks
+every key (unknown keys, types, ranges, empty lists) and ``RunConfig`` is the resolved,
+immutable config of one grid point. Messages follow one template: the file, the key, what
+is allowed and what was received.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from phd_lab.errors import ConfigError
+from phd_lab.registry import KINDS, did_you_mean
+
+META_KEY = "_meta"  # written into logged configs (versions, git commit); ignored when read back
+
+_KIND_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+               "mapping": "a JSON object", "list": "a list", "any": "any JSON value"}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key (or step parameter): its type, default, allowed values and doc line."""
+
+    name: str
+    kind: str  # str | int | float | bool | mapping | list | any
+    default: Any
+    doc: str
+    nullable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    choices: tuple | None = None
+    item_kind: str | None = None  # element type of list keys
+    extra: tuple = ()  # literal values allowed besides the type (e.g. "pixelwise")
+    technical: bool = False  # True: does not change results (not part of the run's identity)
+    sweep_inside: bool = False  # mapping keys whose list values are grid axes (model_args, ...)
+    required: bool = False
+    converter: Callable[[Any], Any] | None = None  # applied before checking (e.g. run_id 3 -> "3")
+
+    @property
+    def is_list_type(self) -> bool:
+        return self.kind == "list"
+
+    def expectation(self) -> str:
+        words = _KIND_WORDS[self.kind]
+        if self.kind == "list" and self.item_kind:
+            words = f"a list of {_KIND_WORDS[self.item_kind].split(' ', 1)[1]}s"
+        if self.choices:
+            words = "one of " + ", ".join(repr(c) for c in self.choices)
+        bounds = []
+        if self.minimum is not None:
+            bounds.append(f"{'>' if self.exclusive_minimum else '≥'} {self.minimum:g}")
+        if self.maximum is not None:
+            bounds.append(f"≤ {self.maximum:g}")
+        if bounds:
+            words += " " + " and ".join(bounds)
+        alternatives = [repr(x) for x in self.extra] + (["null"] if self.nullable else [])
+        if alternatives:
+            words += ", or " + " or ".join(alternatives)
+        return words
+
+    def check(self, value: Any, where: str) -> Any:
+        """Return ``value`` normalised (int→float for floats) or raise a ConfigError."""
+        if self.converter is not None:
+            value = self.converter(value)
+        if value is None and self.nullable:
+            return None
+        if self.extra and value in self.extra:
+            return value
+        ok = _is_kind(value, self.kind)
+        if ok and self.kind == "list" and self.item_kind:
+            ok = all(_is_kind(item, self.item_kind) for item in value)
+        if ok and self.choices is not None:
+            ok = value in self.choices
+        if ok and self.kind in ("int", "float"):
+            if not math.isfinite(value):
+                ok = False
+            elif self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum):
+                ok = False
+            elif self.maximum is not None and value > self.maximum:
+                ok = False
+        if not ok:
+            hint = did_you_mean(value, self.choices) if isinstance(value, str) and self.choices else ""
+            raise ConfigError(f"{where}: the key {self.name!r} must be {self.expectation()}; got "
+                              f"{json.dumps(value)} instead.{hint} ({self.doc})")
+        if self.kind == "float":
+            return float(value)
+        return value
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == "any":
+        return True
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str) and value != ""
+    if kind == "mapping":
+        return isinstance(value, dict)
+    if kind == "list":
+        return isinstance(value, list)
+    raise AssertionError(kind)
+
+
+def _key(*args: Any, **kwargs: Any) -> Key:
+    return Key(*args, **kwargs)
+
+
+# The schema. Group order: experiment, evaluation, technical, post-processing.
+SCHEMA: tuple[Key, ...] = (
+    _key("model", "str", None, "model registry name (see --list models)", required=True),
+    _key("model_args", "mapping", {}, "keyword arguments of the model factory; list values are swept",
+         sweep_inside=True),
+    _key("dataset", "str", None, "dataset registry name (see --list datasets)", required=True),
+    _key("dataset_args", "mapping", {}, "keyword arguments of the dataset factory; list values are swept",
+         sweep_inside=True),
+    _key("resolution", "int", 32, "input resolution in pixels (square)", minimum=1),
+    _key("epoch", "int", 30, "number of training epochs", minimum=1),
+    _key("batch_size", "int", 64, "mini-batch size for training and evaluation", minimum=1),
+    _key("optimizer", "str", "adam", "optimizer registry name (see --list optimizers)"),
+    _key("optimizer_args", "mapping", {}, "keyword arguments of the optimizer factory (lr, ...); list "
+         "values are swept", sweep_inside=True),
+    _key("seed", "int", None, "random seed; null derives it from run_id", nullable=True, minimum=0),
+    _key("run_id", "str", "0", "name of the repetition; a list repeats the run",
+         converter=lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
+    _key("metrics", "list", ["Accuracy"], "metric registry names computed on train and test set",
+         item_kind="str"),
+    _key("registries", "mapping", {}, "registry modules to use instead of registries/<kind>.py, e.g. "
+         "{\"models\": \"my_models.py\"}", technical=True),
+    _key("logs_dir", "str", "./logs", "folder that receives all run folders", technical=True),
+    _key("data_dir", "str", "./data", "folder with (or for downloaded) datasets", technical=True),
+    _key("device", "str", "auto", "compute device: auto, cpu, cuda, cuda:N", technical=True),
+    _key("data_parallel", "bool", False, "replicate the model over all visible GPUs (CUDA only)",
+         technical=True),
+    _key("mixed_precision", "bool", True, "float16 autocast and gradient scaling on CUDA", technical=True),
+    _key("num_workers", "int", 0, "DataLoader worker processes", minimum=0, technical=True),
+    _key("delta", "float", 0.99, "share of variance the intrinsic dimension explains (saturation, PCA)",
+         minimum=0.0, exclusive_minimum=True, maximum=1.0),
+    _key("downsampling", "int", 4, "latent extraction: adaptive-average-pool feature maps to N×N",
+         minimum=1, nullable=True, extra=("pixelwise",)),
+    _key("latents_dir", "str", None, "folder for extracted latents (default: inside the run folder)",
+         nullable=True, technical=True),
+    _key("post_processing", "list", [], "steps to run after training (see --list steps); each a name or "
+         "{\"name\": ..., parameters}", technical=True),
+)
+
+SCHEMA_BY_NAME: dict[str, Key] = {k.name: k for k in SCHEMA}
+
+
+def register_key(key: Key) -> Key:
+    """Add a key to the schema (used by feature modules that own their keys)."""
+    global SCHEMA
+    if key.name in SCHEMA_BY_NAME:
+        raise AssertionError(f"config key {key.name!r} declared twice")
+    SCHEMA = SCHEMA + (key,)
+    SCHEMA_BY_NAME[key.name] = key
+    return key
+
+
+def load_config_file(path: Path | str) -> dict[str, Any]:
+    """Read a JSON config; errors name the file and (for syntax errors) line and column."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"Config file {str(path)!r} does not exist; pass the path of a JSON config "
+                          f"(see configs/quickstart.json for an example).")
+    if not path.is_file():
+        raise ConfigError(f"Config path {str(path)!r} is not a file; pass the path of a JSON config.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"Config file {str(path)!r} cannot be read: {error}.") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"Config file {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}, "
+                          f"column {error.colno}. Keys and strings need double quotes, and JSON allows no "
+                          f"comments or trailing commas.") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config file {str(path)!r} must hold a JSON object of key/value pairs; got "
+                          f"{type(raw).__name__} instead.")
+    return raw
+
+
+def check_known_keys(raw: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(k for k in raw if k not in SCHEMA_BY_NAME and k != META_KEY)
+    if unknown:
+        hints = "".join(did_you_mean(k, SCHEMA_BY_NAME).replace(" Did you mean", f" For {k!r} did you mean")
+                        for k in unknown)
+        raise ConfigError(f"{where}: unknown config key(s) {unknown}.{hints} Valid keys: "
+                          f"{', '.join(sorted(SCHEMA_BY_NAME))}. `python main.py --list-keys` documents them.")
+    missing = [k.name for k in SCHEMA if k.required and k.name not in raw]
+    if missing:
+        raise ConfigError(f"{where}: required key(s) {missing} are missing; "
+                          f"`python main.py --list-keys` documents them.")
+
+
+def is_swept(key: Key, value: Any) -> bool:
+    """A list is a grid axis unless the key's type is itself a list (then a list of lists is)."""
+    if not isinstance(value, list):
+        return False
+    if key.is_list_type:
+        return bool(value) and all(isinstance(v, list) for v in value)
+    return True
+
+
+def iter_axis_candidates(raw: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...], Any, Key | None]]:
+    """Yield (path, value, key) for every top-level key and every entry of sweep_inside mappings."""
+    for name, value in raw.items():
+        if name == META_KEY:
+            continue
+        key = SCHEMA_BY_NAME[name]
+        if key.sweep_inside and isinstance(value, dict):
+            for inner, inner_value in value.items():
+                yield (name, inner), inner_value, None
+        else:
+            yield (name,), value, key
+
+
+def validate_values(raw: Mapping[str, Any], where: str) -> None:
+    """Check every value (each element of a swept list separately); raise on the first error."""
+    for path, value, key in iter_axis_candidates(raw):
+        label = ".".join(path)
+        if isinstance(value, list) and value == [] and (key is None or not key.is_list_type):
+            raise ConfigError(f"{where}: the key {label!r} is an empty list; a list sweeps over its values, "
+                              f"so it needs at least one. Remove the key to use its default.")
+        if key is None:
+            continue
+        if key.kind == "mapping" and not isinstance(value, (dict, list)):
+            key.check(value, where)
+        values = value if is_swept(key, value) else [value]
+        for item in values:
+            key.check(item, where)
+            if key.is_list_type and item == [] and key.name == "metrics":
+                raise ConfigError(f"{where}: the key 'metrics' is an empty list; give at least one metric "
+                                  f"(see `python main.py --list metrics`).")
+        if key.name == "registries":
+            for registry_value in values:
+                unknown = sorted(set(registry_value) - set(KINDS))
+                if unknown:
+                    raise ConfigError(f"{where}: the key 'registries' has unknown kind(s) {unknown}; valid "
+                                      f"kinds: {list(KINDS)}.")
+
+
+def derive_seed(run_id: str) -> int:
+    """Deterministic seed of a repetition: different run ids give different seeds."""
+    return zlib.crc32(run_id.encode("utf-8")) % (2**31)
+
+
+def normalise_steps(steps: list[Any], where: str) -> list[dict[str, Any]]:
+    """Turn ``["flops", {"name": "extract", ...}]`` into a list of ``{"name": ..., params}``."""
+    result = []
+    for position, step in enumerate(steps):
+        if isinstance(step, str):
+            result.append({"name": step})
+        elif isinstance(step, dict) and isinstance(step.get("name"), str):
+            result.append(dict(step))
+        else:
+            raise ConfigError(f"{where}: entry {position} of 'post_processing' must be a step name or an object "
+                              f"with a 'name' and the step's parameters; got {json.dumps(step)}. List the steps "
+                              f"with `python main.py --list steps`.")
+    return result
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: Any) -> str:
+    """File-system-safe rendering of a value for folder and file names."""
+    return _UNSAFE.sub("_", str(text)).strip("_") or "_"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The resolved config of one grid point: every key present, defaults injected."""
+
+    values: Mapping[str, Any]
+    source: str = field(default="<config>", compare=False)
+
+    def __getattr__(self, name: str) -> Any:
+        values = object.__getattribute__(self, "values")
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dict(self.values)))
+
+    def identity(self) -> dict[str, Any]:
+        """The values that change results (technical keys excluded)."""
+        return {k: v for k, v in sorted(self.values.items()) if not SCHEMA_BY_NAME[k].technical}
+
+    def identity_hash(self) -> str:
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return f"{zlib.crc32(canonical.encode('utf-8')):08x}"
+
+    @property
+    def name(self) -> str:
+        """The run's critical parameters, used to name its files (e.g. vgg11-Digits-r32-bs64-e3)."""
+        return safe_name(f"{self.model}-{self.dataset}-r{self.resolution}-bs{self.batch_size}-e{self.epoch}")
+
+    def variant_slug(self) -> str:
+        """Leaf folder name: readable hyperparameters plus a hash of every result-affecting value."""
+        parts = [f"bs{self.batch_size}", f"e{self.epoch}", str(self.optimizer), f"s{self.seed}"]
+        for mapping_key in ("model_args", "optimizer_args", "dataset_args"):
+            for k, v in sorted(self.values[mapping_key].items()):
+                parts.append(f"{k}{json.dumps(v, separators=(',', ':'))}")
+        slug = safe_name("-".join(parts))[:80]
+        return f"{slug}-{self.identity_hash()}"
+
+
+def resolve_point(point: Mapping[str, Any], where: str) -> RunConfig:
+    """Inject defaults, normalise values and resolve the seed of one (unswept) grid point."""
+    values: dict[str, Any] = {}
+    for key in SCHEMA:
+        value = point.get(key.name, key.default)
+        if key.name in point:
+            value = key.check(value, where)
+        if isinstance(value, (dict, list)):
+            value = json.loads(json.dumps(value))
+        values[key.name] = value
+    if values["seed"] is None:
+        values["seed"] = derive_seed(values["run_id"])
+    values["post_processing"] = normalise_steps(values["post_processing"], where)
+    return RunConfig(values, source=where)
+
+
+def schema_table() -> list[dict[str, str]]:
+    """Rows documenting every key (for --list-keys and the README)."""
+    rows = []
+    for key in SCHEMA:
+        default = "required" if key.required else json.dumps(key.default)
+        rows.append({"key": key.name, "type": key.expectation(), "default": default, "doc": key.doc})
+    return rows
+
+
+def check_run_id_value(run_id: Any) -> str:
+    return SCHEMA_BY_NAME["run_id"].check(str(run_id), "--run-id")

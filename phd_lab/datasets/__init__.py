@@ -1,0 +1,1 @@
+"""Dataset builders; the registered factories live in ``registries/datasets.py``."""

@@ -1,0 +1,31 @@
+"""Digits: scikit-learn's embedded 8×8 handwritten digits, resized to the configured resolution.
+
+The only real image dataset that needs no download, so quickstart and tests use it. The
+split is fixed (stratified, 80/20, seed 0): 1,437 training and 360 test images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch.utils.data import TensorDataset
+
+SPLIT_SEED = 0
+TEST_SHARE = 0.2
+
+
+def digits_tensors(resolution: int) -> tuple[TensorDataset, TensorDataset]:
+    """Train and test sets as normalised float tensors of shape (N, 1, resolution, resolution)."""
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target, dtype=torch.int64)
+    train_idx, test_idx = train_test_split(range(len(labels)), test_size=TEST_SHARE, random_state=SPLIT_SEED,
+                                           stratify=digits.target)
+    images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    train_idx, test_idx = torch.tensor(sorted(train_idx)), torch.tensor(sorted(test_idx))
+    mean, std = images[train_idx].mean(), images[train_idx].std()
+    images = (images - mean) / std
+    return (TensorDataset(images[train_idx], labels[train_idx]),
+            TensorDataset(images[test_idx], labels[test_idx]))

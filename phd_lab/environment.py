@@ -1,0 +1,32 @@
+"""Facts about the software a run used, recorded in its logged config."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the phd-lab checkout, if it is a git checkout and git is installed."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def versions() -> dict[str, Any]:
+    import numpy
+    import sklearn
+    import torch
+    import torchvision
+
+    from phd_lab import __version__
+    return {"phd_lab": __version__, "git_commit": git_commit(), "python": platform.python_version(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
+            "scikit_learn": sklearn.__version__}

@@ -1,0 +1,48 @@
+"""Exception types and the exit codes they map to.
+
+``UsageError`` (and its subclasses) means the user's input is wrong: the CLI prints the
+message as one paragraph and exits with status 2 before anything is written.
+``RunFailure`` means something broke while running: exit status 1.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class PhdLabError(Exception):
+    """Base class of every error the framework raises on purpose."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(PhdLabError):
+    """Invalid usage, configuration or input data (exit status 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """A config file or one of its keys is invalid."""
+
+
+class RegistryError(UsageError):
+    """A registry name is unknown or a registry module is malformed."""
+
+
+class DataError(UsageError):
+    """Input data is missing, incomplete or inconsistent."""
+
+
+class RunLockedError(UsageError):
+    """Another live process is working on the same run folder."""
+
+
+class CheckpointError(PhdLabError):
+    """No usable checkpoint could be loaded."""
+
+
+class RunFailure(PhdLabError):
+    """A grid point failed while running; the message names the run and its log."""

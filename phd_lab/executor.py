@@ -1,0 +1,197 @@
+"""TrainTestExecutor: one grid point from registries to trained model and post-processing."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from phd_lab import atomic
+from phd_lab.callbacks import Callback, MetricsCSV
+from phd_lab.checkpoint import CheckpointStore
+from phd_lab.config import META_KEY, RunConfig
+from phd_lab.data import DataBundle
+from phd_lab.environment import versions
+from phd_lab.errors import ConfigError, UsageError
+from phd_lab.lock import RunLock
+from phd_lab.registry import Registries
+from phd_lab.rundir import RunDir
+from phd_lab.seeding import seed_everything
+from phd_lab.steps import Step, StepContext, resolve_steps
+from phd_lab.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+# Feature modules add callbacks here: ``factory(config, rundir) -> Callback | None``.
+CALLBACK_FACTORIES: list[Callable[[RunConfig, RunDir], "Callback | None"]] = []
+
+
+def resolve_device(spec: str, where: str = "device") -> torch.device:
+    """'auto' → CUDA when available, else CPU; a CUDA device that is absent is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"The {where} {spec!r} is not a torch device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"The {where} {spec!r} asks for CUDA, but no CUDA device is available here; use "
+                              f"'cpu' or 'auto'.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"The {where} {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s).")
+    elif device.type not in ("cpu", "mps"):
+        raise ConfigError(f"The {where} {spec!r} is not supported; use auto, cpu, cuda or cuda:N.")
+    return device
+
+
+def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: str, name: str,
+                       where: str, reserved: tuple[str, ...]) -> None:
+    """Reject arguments a factory does not accept (a typo in model_args fails before training)."""
+    signature = inspect.signature(factory)
+    params = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = sorted(p for p, spec in params.items()
+                      if spec.kind is not inspect.Parameter.VAR_POSITIONAL and p not in reserved
+                      and spec.kind is not inspect.Parameter.POSITIONAL_ONLY)
+    accepted = [p for p in accepted if p != "model"]
+    unknown = sorted(set(args) - set(accepted))
+    if unknown:
+        from phd_lab.registry import did_you_mean
+        hint = "".join(did_you_mean(u, accepted) for u in unknown)
+        raise ConfigError(f"{where}: {key} {unknown} are not accepted by {name!r}.{hint} It accepts: "
+                          f"{', '.join(accepted) or 'no arguments'}.")
+
+
+class TrainTestExecutor:
+    """Builds model, data, optimizer and metrics of one run, trains it and post-processes it."""
+
+    def __init__(self, config: RunConfig, registries: Registries, *, progress: bool = True) -> None:
+        self.config = config
+        self.registries = registries
+        self.progress = progress
+        self.rundir = RunDir.for_run(config)
+        self.steps: list[tuple[Step, dict[str, Any]]] = []
+        self._validated = False
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Every check that needs no data: registry names, factory arguments, steps, device."""
+        cfg, where = self.config, self.config.source
+        self.registries.models.check(cfg.model, "model")
+        self.registries.datasets.check(cfg.dataset, "dataset")
+        self.registries.optimizers.check(cfg.optimizer, "optimizer")
+        for metric in cfg.metrics:
+            self.registries.metrics.check(metric, "metrics")
+        check_factory_args(self.registries.models.get(cfg.model), cfg.model_args, "model_args", cfg.model, where,
+                           ("num_classes", "in_channels"))
+        check_factory_args(self.registries.datasets.get(cfg.dataset), cfg.dataset_args, "dataset_args",
+                           cfg.dataset, where, ("batch_size", "resolution", "data_dir", "seed", "num_workers"))
+        check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
+                           cfg.optimizer, where, ("model", "epochs"))
+        self.steps = resolve_steps(cfg, where)
+        resolve_device(cfg.device)
+        self._validated = True
+
+    # ------------------------------------------------------------------ building
+    def build_data(self) -> DataBundle:
+        cfg = self.config
+        factory = self.registries.datasets.get(cfg.dataset)
+        return factory(batch_size=cfg.batch_size, resolution=cfg.resolution, data_dir=cfg.data_dir,
+                       seed=cfg.seed, num_workers=cfg.num_workers, **cfg.dataset_args)
+
+    def build_model(self, bundle: DataBundle) -> nn.Module:
+        cfg = self.config
+        factory = self.registries.models.get(cfg.model)
+        try:
+            return factory(num_classes=bundle.num_classes, in_channels=bundle.in_channels, **cfg.model_args)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
+                              f"{json.dumps(cfg.model_args)}: {error}.") from None
+
+    def build_optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+        cfg = self.config
+        factory = self.registries.optimizers.get(cfg.optimizer)
+        try:
+            return factory(model, epochs=cfg.epoch, **cfg.optimizer_args)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{cfg.source}: optimizer {cfg.optimizer!r} cannot be built with optimizer_args "
+                              f"{json.dumps(cfg.optimizer_args)}: {error}.") from None
+
+    # ------------------------------------------------------------------ config log
+    def logged_config(self) -> dict[str, Any]:
+        values = self.config.to_dict()
+        values[META_KEY] = versions()
+        return values
+
+    def write_config(self) -> None:
+        path = self.rundir.config
+        if path.exists():
+            try:
+                previous = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                previous = None
+            if isinstance(previous, dict):
+                previous.pop(META_KEY, None)
+                old = RunConfig(previous).identity() if set(previous) >= set(self.config.values) else None
+                if old is not None and old != self.config.identity():
+                    raise UsageError(f"The run folder {str(self.rundir.root)!r} holds a run with a different "
+                                     f"config ({path.name}); use another run id.")
+        atomic.write_json(path, self.logged_config())
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> RunDir:
+        cfg = self.config
+        if not self._validated:
+            self.validate()
+        device = resolve_device(cfg.device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        seed_everything(cfg.seed)
+        bundle = self.build_data()
+        seed_everything(cfg.seed)
+        model = self.build_model(bundle).to(device)
+        optimizer, scheduler = self.build_optimizer(model)
+        metrics = {name.lower(): self.registries.metrics.get(name)() for name in cfg.metrics}
+        rundir = self.rundir.create()
+        with RunLock(rundir.lock), _run_log(rundir.log):
+            log.info("Run folder %s", rundir.root)
+            self.write_config()
+            store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)
+            store.remove_stale_temps()
+            callbacks: list[Callback] = [MetricsCSV(rundir.metrics_csv)]
+            callbacks += [cb for factory in CALLBACK_FACTORIES if (cb := factory(cfg, rundir)) is not None]
+            trainer = Trainer(model, optimizer, scheduler, metrics=metrics, epochs=cfg.epoch, device=device,
+                              callbacks=callbacks, mixed_precision=cfg.mixed_precision,
+                              data_parallel=cfg.data_parallel, progress=self.progress, run_name=cfg.name)
+            history = trainer.fit(bundle, store)
+            model.eval()
+            context = StepContext(config=cfg, rundir=rundir, model=model, bundle=bundle, device=device,
+                                  history=history, progress=self.progress)
+            for step, params in self.steps:
+                log.info("Post-processing step %s of %s", step.name, cfg.name)
+                step.run(context, **params)
+        return rundir
+
+
+class _run_log:
+    """Copy every log record to the run's log file while the run is active."""
+
+    def __init__(self, path: Path) -> None:
+        self.handler = logging.FileHandler(path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def __enter__(self) -> None:
+        logging.getLogger().addHandler(self.handler)
+
+    def __exit__(self, *exc: object) -> None:
+        if exc and exc[0] is not None and not issubclass(exc[0], UsageError):
+            logging.getLogger(__name__).error("Run failed", exc_info=exc)  # type: ignore[arg-type]
+        logging.getLogger().removeHandler(self.handler)
+        self.handler.close()

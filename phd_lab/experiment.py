@@ -1,0 +1,137 @@
+"""Main: a config file → validated grid → one TrainTestExecutor per grid point."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Mapping
+
+from phd_lab.config import load_config_file, check_known_keys, validate_values
+from phd_lab.errors import ConfigError, UsageError
+from phd_lab.executor import TrainTestExecutor
+from phd_lab.grid import Grid
+from phd_lab.registry import Registries
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutcome:
+    index: int
+    name: str
+    folder: str
+    status: str  # finished | failed
+    error: str = ""
+
+
+def check_writable_dir(path: str, key: str, where: str) -> None:
+    """Fail early if ``path`` cannot be created or written, without leaving anything behind."""
+    target = Path(path).expanduser().resolve()
+    probe = target
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{where}: the key {key!r} is {path!r}, but {str(probe)!r} is a file, so that folder "
+                          f"cannot be created; choose a folder path.")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{where}: the key {key!r} is {path!r}, but {str(probe)!r} is not writable "
+                          f"({error.strerror}); choose a folder you can write to.") from None
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: the key {key!r} is {path!r}, but {str(probe)!r} is not writable; choose a "
+                          f"folder you can write to.")
+
+
+class Main:
+    """Expands a config into its grid and runs it; other registry modules may be passed in."""
+
+    def __init__(self, registries: Mapping[str, "str | ModuleType"] | None = None, *, progress: bool = True) -> None:
+        self.registry_overrides = dict(registries or {})
+        self.progress = progress
+
+    def load(self, config_path: str | Path, *, run_id: str | None = None, device: str | None = None) -> Grid:
+        """Read and validate a config file; every grid point is checked before anything runs."""
+        where = str(config_path)
+        raw = load_config_file(config_path)
+        check_known_keys(raw, where)
+        if run_id is not None:
+            raw["run_id"] = run_id
+        if device is not None:
+            raw["device"] = device
+        validate_values(raw, where)
+        grid = Grid(raw, where)
+        self.executors = self._validate_grid(grid)
+        return grid
+
+    def _registries_for(self, modules: Mapping[str, str]) -> Registries:
+        chosen = dict(modules)
+        chosen.update(self.registry_overrides)
+        key = tuple(sorted((k, v if isinstance(v, str) else v.__name__) for k, v in chosen.items()))
+        cache = self.__dict__.setdefault("_registry_cache", {})
+        if key not in cache:
+            cache[key] = Registries(chosen)
+        return cache[key]
+
+    def _validate_grid(self, grid: Grid) -> list[TrainTestExecutor]:
+        executors, folders = [], {}
+        for index in range(len(grid)):
+            cfg = grid[index]
+            executor = TrainTestExecutor(cfg, self._registries_for(cfg.registries), progress=self.progress)
+            executor.validate()
+            if executor.rundir.root in folders:
+                raise ConfigError(f"{grid.where}: runs {folders[executor.rundir.root]} and {index} would share the "
+                                  f"folder {executor.rundir.root}; remove the duplicate value from the lists.")
+            folders[executor.rundir.root] = index
+            executors.append(executor)
+        for logs_dir in sorted({e.config.logs_dir for e in executors}):
+            check_writable_dir(logs_dir, "logs_dir", grid.where)
+        return executors
+
+    def run(self, grid: Grid, indices: list[int] | None = None) -> list[RunOutcome]:
+        """Run the chosen grid points one after another; a failing point does not stop the others."""
+        outcomes = []
+        chosen = list(range(len(grid))) if indices is None else indices
+        for position, index in enumerate(chosen, 1):
+            executor = self.executors[index]
+            cfg = executor.config
+            log.info("Run %d (%d of %d): %s  %s", index, position, len(chosen), cfg.name,
+                     " ".join(f"{k}={v}" for k, v in grid.varying(index).items()))
+            try:
+                executor.run()
+            except UsageError:
+                raise
+            except Exception as error:  # one failed run must not cost the rest of the grid
+                log.error("Run %d (%s) failed: %s: %s. Its log: %s", index, cfg.name, type(error).__name__,
+                          error, executor.rundir.log)
+                outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "failed",
+                                           f"{type(error).__name__}: {error}"))
+                continue
+            outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "finished"))
+        return outcomes
+
+    def __call__(self, config_path: str | Path, *, index: int | None = None, run_id: str | None = None,
+                 device: str | None = None) -> list[RunOutcome]:
+        grid = self.load(config_path, run_id=run_id, device=device)
+        if index is not None:
+            try:
+                grid.point(index)
+            except IndexError as error:
+                raise UsageError(f"--index: {error}.") from None
+        return self.run(grid, None if index is None else [index])
+
+
+def summary_table(outcomes: list[RunOutcome]) -> str:
+    lines = [f"{'index':>5}  {'status':8}  folder"]
+    for o in outcomes:
+        lines.append(f"{o.index:>5}  {o.status:8}  {o.folder}" + (f"\n{'':17}{o.error}" if o.error else ""))
+    return "\n".join(lines)
+
+

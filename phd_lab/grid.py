@@ -1,0 +1,85 @@
+"""Grid expansion: every list-valued key is an axis of a cartesian product.
+
+Axes are sorted by name, so the order of grid points is stable whatever the order of keys
+in the file; the last axis varies fastest. ``Grid[i]`` builds one point without
+materialising the others (``--index I`` for SLURM array jobs).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+from phd_lab.config import META_KEY, RunConfig, is_swept, iter_axis_candidates, resolve_point
+
+
+@dataclass(frozen=True)
+class Axis:
+    path: tuple[str, ...]  # ("batch_size",) or ("model_args", "width")
+    values: tuple[Any, ...]
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.path)
+
+
+class Grid:
+    """The runs described by one raw config mapping."""
+
+    def __init__(self, raw: Mapping[str, Any], where: str = "<config>") -> None:
+        self.where = where
+        self.base = {k: copy.deepcopy(v) for k, v in raw.items() if k != META_KEY}
+        axes = []
+        for path, value, key in iter_axis_candidates(self.base):
+            swept = isinstance(value, list) if key is None else is_swept(key, value)
+            if swept:
+                axes.append(Axis(path, tuple(value)))
+        self.axes: tuple[Axis, ...] = tuple(sorted(axes, key=lambda a: a.name))
+
+    def __len__(self) -> int:
+        return math.prod(len(axis.values) for axis in self.axes)
+
+    def point(self, index: int) -> dict[str, Any]:
+        """The raw (unresolved) values of grid point ``index``."""
+        if not isinstance(index, int) or not 0 <= index < len(self):
+            raise IndexError(f"run index {index} is out of range: this grid has {len(self)} run(s), "
+                             f"indices 0 to {len(self) - 1}")
+        point = copy.deepcopy(self.base)
+        remainder = index
+        for axis in reversed(self.axes):
+            remainder, position = divmod(remainder, len(axis.values))
+            target = point
+            for part in axis.path[:-1]:
+                target = target[part]
+            target[axis.path[-1]] = copy.deepcopy(axis.values[position])
+        return point
+
+    def varying(self, index: int) -> dict[str, Any]:
+        """The axis values of grid point ``index`` (for tables and logs)."""
+        point = self.point(index)
+        result = {}
+        for axis in self.axes:
+            value = point
+            for part in axis.path:
+                value = value[part]
+            result[axis.name] = value
+        return result
+
+    def __getitem__(self, index: int) -> RunConfig:
+        return resolve_point(self.point(index), f"{self.where} (run {index})")
+
+    def __iter__(self) -> Iterator[RunConfig]:
+        return (self[i] for i in range(len(self)))
+
+    def table(self) -> str:
+        """Plain-text table: index and the values that vary."""
+        headers = ["index"] + [axis.name for axis in self.axes]
+        rows = [[str(i)] + [json.dumps(v) if not isinstance(v, str) else v for v in self.varying(i).values()]
+                for i in range(len(self))]
+        widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(headers)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+        return "\n".join(lines)

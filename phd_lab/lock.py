@@ -1,0 +1,50 @@
+"""An exclusive lock on a run folder, held by one live process.
+
+Uses ``fcntl.flock``: the kernel drops the lock when its process dies (even by SIGKILL), so
+a stale lock file of a dead process is simply taken over. The file holds the owner's PID
+and host for the error message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from phd_lab.errors import RunLockedError
+
+
+class RunLock:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown process"
+            os.close(fd)
+            raise RunLockedError(
+                f"The run folder {str(self.path.parent)!r} is in use by {owner}. Two processes must not "
+                f"train the same run; wait for it to finish (or stop it) and start again — a lock left by a "
+                f"process that died is taken over automatically.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

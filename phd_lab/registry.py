@@ -1,0 +1,170 @@
+"""Registries: factories looked up by name from plain Python modules.
+
+A registry module (``registries/models.py`` or a user's own file) exposes its factories as
+module-level callables; the function name is the key used in configs and run folders. A
+module may list its keys in ``__all__``; otherwise every public function or class defined
+in the module itself counts. A module may also define ``PREFIXES = {"tv:": factory}``: a
+name ``tv:resnet50`` then calls ``factory("resnet50", **kwargs)``.
+
+Factory contracts (documented once, here):
+- model: ``f(*, num_classes: int, in_channels: int = 3, **model_args) -> torch.nn.Module``
+- dataset: ``f(*, batch_size, resolution, data_dir, seed, num_workers, **dataset_args) -> DataBundle``
+- optimizer: ``f(model, *, epochs, **optimizer_args) -> (optimizer, scheduler or None)``
+- metric: ``f() -> Metric`` with ``update(y_true, y_pred)``, ``value``, ``reset()``
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Mapping
+
+from phd_lab.errors import RegistryError
+
+KINDS = ("models", "datasets", "optimizers", "metrics")
+DEFAULT_MODULES = {kind: f"registries.{kind}" for kind in KINDS}
+
+
+def did_you_mean(value: str, choices: "list[str] | Mapping[str, Any]", n: int = 3) -> str:
+    """A short 'closest matches' clause for error messages (empty when nothing is close)."""
+    names = list(choices)
+    lowered = {name.lower(): name for name in names}
+    close = difflib.get_close_matches(value.lower(), list(lowered), n=n, cutoff=0.5)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(repr(lowered[c]) for c in close) + "?"
+
+
+class Registry:
+    """Name → factory mapping of one kind, built from a module."""
+
+    def __init__(self, kind: str, factories: Mapping[str, Callable[..., Any]],
+                 prefixes: Mapping[str, Callable[..., Any]] | None = None, source: str = "") -> None:
+        self.kind = kind
+        self.source = source
+        self._factories = dict(factories)
+        self._prefixes = dict(prefixes or {})
+
+    @classmethod
+    def from_module(cls, kind: str, module: ModuleType) -> "Registry":
+        names = getattr(module, "__all__", None)
+        if names is None:
+            names = [name for name, obj in vars(module).items()
+                     if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+                     and getattr(obj, "__module__", None) == module.__name__]
+        factories = {}
+        for name in names:
+            obj = getattr(module, name, None)
+            if not callable(obj):
+                raise RegistryError(f"Registry module {module.__name__!r} lists {name!r} in __all__, "
+                                    f"but it is not a callable factory.")
+            factories[name] = obj
+        prefixes = getattr(module, "PREFIXES", {}) or {}
+        return cls(kind, factories, prefixes, source=getattr(module, "__file__", module.__name__) or "")
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(fnmatch.filter(self._factories, pattern), key=str.lower)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._resolve(name) is not None
+
+    def _resolve(self, name: str) -> Callable[..., Any] | None:
+        if name in self._factories:
+            return self._factories[name]
+        for prefix, factory in self._prefixes.items():
+            if name.startswith(prefix) and len(name) > len(prefix):
+                return functools.partial(factory, name[len(prefix):])
+        return None
+
+    def check(self, name: Any, key: str) -> None:
+        """Raise a RegistryError naming ``key`` and the close matches if ``name`` is unknown."""
+        if isinstance(name, str) and self._resolve(name) is not None:
+            return
+        prefix_note = ""
+        if self._prefixes:
+            prefix_note = " Names may also start with " + ", ".join(repr(p) for p in sorted(self._prefixes)) + "."
+        hint = did_you_mean(str(name), self._factories)
+        raise RegistryError(
+            f"Unknown {self.kind[:-1]} {name!r} for key {key!r}.{hint} Valid {self.kind}: "
+            f"{', '.join(self.names()) or '(none)'}.{prefix_note} List them with "
+            f"`python main.py --list {self.kind}`.")
+
+    def get(self, name: str, key: str | None = None) -> Callable[..., Any]:
+        self.check(name, key or self.kind[:-1])
+        factory = self._resolve(name)
+        assert factory is not None
+        return factory
+
+    def doc(self, name: str) -> str:
+        """First docstring line of a factory (for listings)."""
+        factory = self._factories.get(name)
+        text = inspect.getdoc(factory) if factory is not None else ""
+        return (text or "").strip().splitlines()[0] if text else ""
+
+
+def import_registry_module(spec: str, kind: str) -> ModuleType:
+    """Import a registry module given as dotted name or as a path to a ``.py`` file."""
+    try:
+        if spec.endswith(".py") or "/" in spec:
+            path = Path(spec).expanduser().resolve()
+            if not path.is_file():
+                raise RegistryError(f"The {kind} registry module file {spec!r} does not exist; give a "
+                                    f"dotted module name (e.g. 'registries.{kind}') or a path to a .py file.")
+            module_name = f"phd_lab_user_{kind}_{abs(hash(str(path)))}"
+            if module_name in sys.modules:
+                return sys.modules[module_name]
+            loader_spec = importlib.util.spec_from_file_location(module_name, path)
+            assert loader_spec is not None and loader_spec.loader is not None
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[module_name] = module
+            loader_spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as error:
+        raise RegistryError(f"Cannot import the {kind} registry module {spec!r}: {error}. Give a dotted "
+                            f"module name importable from the working directory or a path to a .py file.") from None
+
+
+class Registries:
+    """The four registries a run draws from."""
+
+    def __init__(self, modules: Mapping[str, "str | ModuleType"] | None = None) -> None:
+        chosen = dict(DEFAULT_MODULES)
+        chosen.update(modules or {})
+        unknown = sorted(set(chosen) - set(KINDS))
+        if unknown:
+            raise RegistryError(f"Unknown registry kind(s) {unknown}; valid kinds: {list(KINDS)}.")
+        self.modules = {kind: chosen[kind] if isinstance(chosen[kind], str) else chosen[kind].__name__
+                        for kind in KINDS}
+        self._registries: dict[str, Registry] = {}
+        for kind in KINDS:
+            module = chosen[kind]
+            if isinstance(module, str):
+                module = import_registry_module(module, kind)
+            self._registries[kind] = Registry.from_module(kind, module)
+
+    def __getitem__(self, kind: str) -> Registry:
+        return self._registries[kind]
+
+    @property
+    def models(self) -> Registry:
+        return self._registries["models"]
+
+    @property
+    def datasets(self) -> Registry:
+        return self._registries["datasets"]
+
+    @property
+    def optimizers(self) -> Registry:
+        return self._registries["optimizers"]
+
+    @property
+    def metrics(self) -> Registry:
+        return self._registries["metrics"]

@@ -1,0 +1,75 @@
+"""Deterministic seeding of python, numpy, torch and DataLoader workers."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every global generator a training run draws from."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: derive python/numpy seeds from the worker's torch seed."""
+    worker_seed = torch.initial_seed() % (2**32)
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def make_generator(seed: int) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """Every RNG state a resumed run needs to continue bit-identically."""
+    state: dict[str, Any] = {
+        "python": _python_state_to_tensor(random.getstate()),
+        "numpy": _numpy_state_to_dict(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+        "generators": {name: gen.get_state() for name, gen in (generators or {}).items()},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
+    random.setstate(_python_state_from_tensor(state["python"]))
+    np.random.set_state(_numpy_state_from_dict(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    for name, gen in (generators or {}).items():
+        if name in state["generators"]:
+            gen.set_state(state["generators"][name])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# The states are stored as tensors and plain containers so that torch.load(weights_only=True)
+# can read the checkpoint back without unpickling arbitrary objects.
+def _python_state_to_tensor(state: tuple) -> dict[str, Any]:
+    version, internal, gauss = state
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _python_state_from_tensor(state: dict[str, Any]) -> tuple:
+    return (state["version"], tuple(int(x) for x in state["internal"].tolist()), state["gauss"])
+
+
+def _numpy_state_to_dict(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_state_from_dict(state: dict[str, Any]) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return (state["name"], keys, state["pos"], state["has_gauss"], state["cached"])

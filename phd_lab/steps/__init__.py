@@ -1,0 +1,122 @@
+"""Post-processing steps: registered by name, parametrised in the config, validated up front.
+
+A config lists them as ``"post_processing": ["flops", {"name": "extract", "downsampling": 2}]``.
+Each step declares its parameters as schema ``Key`` objects; ``validate`` runs for every grid
+point before any training starts, ``run`` after training (or straight away on a finished run).
+A parameter whose default is ``FROM_CONFIG`` takes the config key of the same name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from phd_lab.config import SCHEMA_BY_NAME, Key, RunConfig
+from phd_lab.errors import ConfigError
+from phd_lab.registry import did_you_mean
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from phd_lab.data import DataBundle
+    from phd_lab.rundir import RunDir
+
+FROM_CONFIG = object()  # sentinel default: use the config key of the same name
+
+# Modules that register steps when imported (kept lazy so that importing the registry
+# stays cheap). Each module calls ``register_step`` at import time.
+STEP_MODULES: tuple[str, ...] = ()
+
+_STEPS: dict[str, "Step"] = {}
+
+
+@dataclass
+class StepContext:
+    """What a step may use: the trained model (eval mode, on device), data and run folder."""
+
+    config: RunConfig
+    rundir: "RunDir"
+    model: "nn.Module"
+    bundle: "DataBundle"
+    device: "torch.device"
+    history: list[dict[str, Any]] = field(default_factory=list)
+    progress: bool = True
+
+    @property
+    def test_accuracy(self) -> float | None:
+        """The model's final test accuracy from the metric history, if recorded."""
+        if self.history and "test_accuracy" in self.history[-1]:
+            return float(self.history[-1]["test_accuracy"])
+        return None
+
+
+class Step:
+    """Base class of a post-processing step."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    params: ClassVar[tuple[Key, ...]] = ()
+
+    def validate(self, raw: dict[str, Any], config: RunConfig, where: str) -> dict[str, Any]:
+        """Check the step's parameters and return them resolved (defaults injected)."""
+        known = {key.name: key for key in self.params}
+        unknown = sorted(set(raw) - {"name"} - set(known))
+        if unknown:
+            hint = "".join(did_you_mean(k, known) for k in unknown)
+            raise ConfigError(f"{where}: post-processing step {self.name!r} has unknown parameter(s) {unknown}."
+                              f"{hint} Valid parameters: {sorted(known) or 'none'}.")
+        resolved = {}
+        for key in self.params:
+            if key.name in raw:
+                resolved[key.name] = key.check(raw[key.name], f"{where}, step {self.name!r}")
+            elif key.default is FROM_CONFIG:
+                resolved[key.name] = config[key.name]
+            else:
+                resolved[key.name] = key.default
+        self.check(resolved, config, where)
+        return resolved
+
+    def check(self, params: dict[str, Any], config: RunConfig, where: str) -> None:
+        """Cross-parameter checks of a step (override when needed)."""
+
+    def run(self, ctx: StepContext, **params: Any) -> None:
+        raise NotImplementedError
+
+
+def param_from_config(name: str, **changes: Any) -> Key:
+    """A step parameter that mirrors a config key and defaults to its value."""
+    return replace(SCHEMA_BY_NAME[name], default=FROM_CONFIG, technical=True, **changes)
+
+
+def register_step(cls: type[Step]) -> type[Step]:
+    if cls.name in _STEPS:
+        raise AssertionError(f"post-processing step {cls.name!r} registered twice")
+    _STEPS[cls.name] = cls()
+    return cls
+
+
+def all_steps() -> dict[str, Step]:
+    for module in STEP_MODULES:
+        importlib.import_module(module)
+    return dict(sorted(_STEPS.items()))
+
+
+def resolve_steps(config: RunConfig, where: str) -> list[tuple[Step, dict[str, Any]]]:
+    """Validate the config's post-processing list; raise ConfigError naming the bad entry."""
+    steps = all_steps()
+    resolved = []
+    seen = set()
+    for entry in config.post_processing:
+        name = entry["name"]
+        if name not in steps:
+            raise ConfigError(f"{where}: unknown post-processing step {name!r}.{did_you_mean(name, steps)} Valid "
+                              f"steps: {', '.join(steps) or '(none)'}; list them with `python main.py --list steps`.")
+        if name in seen:
+            raise ConfigError(f"{where}: post-processing step {name!r} is listed twice; give it once with all "
+                              f"its parameters.")
+        seen.add(name)
+        step = steps[name]
+        resolved.append((step, step.validate(entry, config, where)))
+    return resolved

@@ -1,0 +1,187 @@
+"""Trainer: the epoch loop, evaluation and checkpoint restore; files are the store's business.
+
+``Trainer.__init__`` touches neither disk nor devices beyond what it is given. ``fit``
+loads the checkpoint once, restores every state (model, optimizer, scheduler, scaler, RNGs,
+callbacks) and continues after the last completed epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from phd_lab.callbacks import Callback
+from phd_lab.checkpoint import CheckpointStore
+from phd_lab.data import DataBundle
+from phd_lab.errors import UsageError
+from phd_lab.metrics import Metric
+from phd_lab.seeding import capture_rng_state, restore_rng_state
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, *,
+                 metrics: Mapping[str, Metric], epochs: int, device: torch.device,
+                 callbacks: Sequence[Callback] = (), mixed_precision: bool = True,
+                 data_parallel: bool = False, progress: bool = True, run_name: str = "") -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.metrics = dict(metrics)
+        self.epochs = epochs
+        self.device = torch.device(device)
+        self.callbacks = list(callbacks)
+        self.amp = bool(mixed_precision and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.data_parallel = data_parallel
+        self.progress = progress
+        self.run_name = run_name
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.history: list[dict[str, Any]] = []
+        self.epochs_run: list[int] = []  # epochs trained by this process (1-based)
+
+    # ----------------------------------------------------------------- network in use
+    @property
+    def network(self) -> nn.Module:
+        """The module that runs forward passes (DataParallel-wrapped when asked and possible)."""
+        if self.data_parallel and self.device.type == "cuda" and torch.cuda.device_count() > 1:
+            if not hasattr(self, "_parallel"):
+                self._parallel = nn.DataParallel(self.model)
+            return self._parallel
+        return self.model
+
+    def autocast(self) -> Any:
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self, bundle: DataBundle) -> dict[str, Any]:
+        return {
+            "epoch": len(self.history),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(bundle.generators),
+            "history": [dict(row) for row in self.history],
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+        }
+
+    def load_state_dict(self, state: dict[str, Any], bundle: DataBundle) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"], bundle.generators)
+        self.history = [dict(row) for row in state["history"]]
+        for callback, cb_state in zip(self.callbacks, state.get("callbacks", [])):
+            callback.load_state_dict(cb_state)
+
+    # ----------------------------------------------------------------- loop
+    def fit(self, bundle: DataBundle, store: CheckpointStore) -> list[dict[str, Any]]:
+        state = store.load()
+        if state is not None:
+            if state["epoch"] > self.epochs:
+                raise UsageError(f"The checkpoint {store.path} has {state['epoch']} completed epochs, but the "
+                                 f"config asks for {self.epochs}. Use a new run id (or a larger 'epoch') "
+                                 f"instead of shortening a finished run.")
+            self.load_state_dict(state, bundle)
+            if len(self.history) == self.epochs:
+                log.info("Run %s already finished %d epochs; skipping to post-processing.",
+                         self.run_name, self.epochs)
+            else:
+                log.info("Resuming run %s after epoch %d of %d.", self.run_name, len(self.history), self.epochs)
+        for callback in self.callbacks:
+            callback.on_fit_start(self, bundle)
+        for callback in self.callbacks:
+            callback.on_history(self, self.history)
+        for epoch in range(len(self.history) + 1, self.epochs + 1):
+            started = time.perf_counter()
+            train_loss, train_metrics = self.train_epoch(bundle, epoch)
+            test_loss, test_metrics = self.evaluate(bundle.test)
+            if self.scheduler is not None:
+                self.scheduler.step()
+            row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss}
+            row.update({f"train_{k}": v for k, v in train_metrics.items()})
+            row.update({f"test_{k}": v for k, v in test_metrics.items()})
+            row["epoch_seconds"] = round(time.perf_counter() - started, 3)
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, bundle, epoch, row)
+            self.history.append(row)
+            store.save(self.state_dict(bundle))
+            self.epochs_run.append(epoch)
+            log.info("%s epoch %d/%d: %s", self.run_name, epoch, self.epochs,
+                     ", ".join(f"{k}={v:.4f}" for k, v in row.items()
+                               if k != "epoch" and isinstance(v, float) and not k.endswith("saturation")))
+            for callback in self.callbacks:
+                callback.on_history(self, self.history)
+        for callback in self.callbacks:
+            callback.on_fit_end(self, bundle)
+        return self.history
+
+    def train_epoch(self, bundle: DataBundle, epoch: int) -> tuple[float, dict[str, float]]:
+        network = self.network
+        network.train()
+        for metric in self.metrics.values():
+            metric.reset()
+        total_loss, total = 0.0, 0
+        bar = tqdm(bundle.train, desc=f"{self.run_name} epoch {epoch}/{self.epochs}", leave=False,
+                   disable=not self.progress, unit="batch", dynamic_ncols=True)
+        for inputs, targets in bar:
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                outputs = network(inputs)
+                loss = self.loss_fn(outputs, targets)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            batch = targets.shape[0]
+            total_loss += float(loss.detach()) * batch
+            total += batch
+            for metric in self.metrics.values():
+                metric.update(targets.detach(), outputs.detach().float())
+            first = next(iter(self.metrics.items()), None)
+            postfix = {"loss": f"{total_loss / total:.4f}"}
+            if first is not None:
+                postfix[first[0]] = f"{first[1].value:.4f}"
+            bar.set_postfix(postfix, refresh=False)
+        bar.close()
+        return total_loss / max(total, 1), self._metric_values()
+
+    @torch.no_grad()
+    def evaluate(self, loader: torch.utils.data.DataLoader) -> tuple[float, dict[str, float]]:
+        network = self.network
+        network.eval()
+        for metric in self.metrics.values():
+            metric.reset()
+        total_loss, total = 0.0, 0
+        for inputs, targets in loader:
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            with self.autocast():
+                outputs = network(inputs)
+                loss = self.loss_fn(outputs, targets)
+            total_loss += float(loss) * targets.shape[0]
+            total += targets.shape[0]
+            for metric in self.metrics.values():
+                metric.update(targets, outputs.float())
+        return total_loss / max(total, 1), self._metric_values()
+
+    def _metric_values(self) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for name, metric in self.metrics.items():
+            value = metric.value
+            if isinstance(value, Mapping):
+                values.update({f"{name}_{k}": float(v) for k, v in value.items()})
+            else:
+                values[name] = float(value)
+        return values

@@ -1,0 +1,1 @@
+"""Registry modules: module-level factories whose names are the keys used in configs."""
