@@ -154,6 +154,16 @@ SCHEMA: tuple[Key, ...] = (
          nullable=True, technical=True),
     _key("post_processing", "list", [], "steps to run after training (see --list steps); each a name or "
          "{\"name\": ..., parameters}", technical=True),
+    # --- saturation tracking keys (issue 3) go below this line
+
+    # --- post-processing keys (issue 4) go below this line
+
+    # --- probe keys (issue 5) go below this line
+
+    # --- analysis keys (issue 7) go below this line
+
+    # --- model zoo / dataset keys (issue 6) go below this line
+
 )
 
 SCHEMA_BY_NAME: dict[str, Key] = {k.name: k for k in SCHEMA}

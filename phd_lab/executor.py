@@ -28,7 +28,10 @@ from phd_lab.trainer import Trainer
 log = logging.getLogger(__name__)
 
 # Feature modules add callbacks here: ``factory(config, rundir) -> Callback | None``.
-CALLBACK_FACTORIES: list[Callable[[RunConfig, RunDir], "Callback | None"]] = []
+CALLBACK_FACTORIES: list[Callable[[RunConfig, RunDir], "Callback | None"]] = [
+    # issue 3: the saturation callback factory goes on the next line
+
+]
 
 
 def resolve_device(spec: str, where: str = "device") -> torch.device:
