@@ -34,22 +34,22 @@ CALLBACK_FACTORIES: list[Callable[[RunConfig, RunDir], "Callback | None"]] = [
 ]
 
 
-def resolve_device(spec: str, where: str = "device") -> torch.device:
+def resolve_device(spec: str, where: str = "The device") -> torch.device:
     """'auto' → CUDA when available, else CPU; a CUDA device that is absent is an error."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"The {where} {spec!r} is not a torch device; use auto, cpu, cuda or cuda:N.") from None
+        raise ConfigError(f"{where} {spec!r} is not a torch device; use auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"The {where} {spec!r} asks for CUDA, but no CUDA device is available here; use "
+            raise ConfigError(f"{where} {spec!r} asks for CUDA, but no CUDA device is available here; use "
                               f"'cpu' or 'auto'.")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"The {where} {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s).")
+            raise ConfigError(f"{where} {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s).")
     elif device.type not in ("cpu", "mps"):
-        raise ConfigError(f"The {where} {spec!r} is not supported; use auto, cpu, cuda or cuda:N.")
+        raise ConfigError(f"{where} {spec!r} is not supported; use auto, cpu, cuda or cuda:N.")
     return device
 
 
@@ -99,7 +99,7 @@ class TrainTestExecutor:
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
                            cfg.optimizer, where, ("model", "epochs"))
         self.steps = resolve_steps(cfg, where)
-        resolve_device(cfg.device)
+        resolve_device(cfg.device, f"{where}: the key 'device'")
         self._validated = True
 
     # ------------------------------------------------------------------ building

@@ -1,0 +1,125 @@
+"""Every kind of bad input: exit status 2, one clear paragraph, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from phd_lab.cli import main_cli
+from tests.conftest import TINY, run_main, write_config
+
+
+def flat(text: str) -> str:
+    """Messages are wrapped at 110 columns; compare them as one line."""
+    return " ".join(text.split())
+
+
+def _write_raw(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    return path
+
+
+CASES = {
+    # name: (overrides, expected fragments of the message)
+    "unknown_key": ({"bacth_size": 8}, ["unknown config key(s) ['bacth_size']", "'batch_size'", "--list-keys"]),
+    "wrong_type": ({"epoch": "three"}, ["'epoch' must be an integer", '"three"']),
+    "epoch_zero": ({"epoch": 0}, ["'epoch' must be an integer ≥ 1; got 0"]),
+    "negative_batch": ({"batch_size": -4}, ["'batch_size' must be an integer ≥ 1; got -4"]),
+    "resolution_zero": ({"resolution": 0}, ["'resolution' must be an integer ≥ 1; got 0"]),
+    "swept_value_out_of_range": ({"epoch": [2, 0]}, ["'epoch' must be an integer ≥ 1; got 0"]),
+    "empty_list": ({"batch_size": []}, ["'batch_size' is an empty list"]),
+    "empty_nested_list": ({"model_args": {"width": []}}, ["'model_args.width' is an empty list"]),
+    "delta_out_of_range": ({"delta": 1.5}, ["'delta' must be a number > 0 and ≤ 1; got 1.5"]),
+    "unknown_model": ({"model": "vgg111"}, ["Unknown model 'vgg111' for key 'model'", "'vgg11'",
+                                            "--list models"]),
+    "unknown_dataset": ({"dataset": "digits"}, ["Unknown dataset 'digits'", "Did you mean 'Digits'",
+                                                "--list datasets"]),
+    "unknown_optimizer": ({"optimizer": "adan"}, ["Unknown optimizer 'adan'", "'adam'", "--list optimizers"]),
+    "unknown_metric": ({"metrics": ["Acuracy"]}, ["Unknown metric 'Acuracy'", "'Accuracy'", "--list metrics"]),
+    "unknown_model_arg": ({"model_args": {"widht": 0.5}}, ["model_args ['widht'] are not accepted by 'vgg11'",
+                                                           "'width'"]),
+    "unknown_optimizer_arg": ({"optimizer_args": {"learning_rate": 0.1}},
+                              ["optimizer_args ['learning_rate'] are not accepted by 'adam'", "lr"]),
+    "unknown_step": ({"post_processing": ["nonexistent_step"]}, ["unknown post-processing step",
+                                                                 "--list steps"]),
+    "bad_device": ({"device": "tpu:0"}, ["'tpu:0'", "cpu, cuda or cuda:N"]),
+    "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 is not in data_dir",
+                                                       "cifar-10-batches-py", "download"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_config_exits_2_with_message_and_writes_nothing(case, tmp_path, capsys):
+    overrides, fragments = CASES[case]
+    config = write_config(tmp_path, **overrides)
+    code = main_cli(["--config", str(config), "--no-progress", "-q"])
+    err = flat(capsys.readouterr().err)
+    assert code == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert str(config) in err or "for key" in err or "Dataset" in err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_invalid_json_names_line_and_column(tmp_path, capsys):
+    path = _write_raw(tmp_path, '{\n  "model": "vgg11",\n  "epoch": 3,\n}\n')
+    assert main_cli(["--config", str(path)]) == 2
+    err = flat(capsys.readouterr().err)
+    assert str(path) in err and "line 4, column 1" in err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main_cli(["--config", str(tmp_path / "nope.json")]) == 2
+    assert "does not exist" in flat(capsys.readouterr().err)
+
+
+def test_top_level_must_be_object(tmp_path, capsys):
+    assert main_cli(["--config", str(_write_raw(tmp_path, "[1, 2]"))]) == 2
+    assert "must hold a JSON object" in flat(capsys.readouterr().err)
+
+
+def test_missing_required_key(tmp_path, capsys):
+    path = _write_raw(tmp_path, json.dumps({"dataset": "Digits"}))
+    assert main_cli(["--config", str(path)]) == 2
+    assert "required key(s) ['model'] are missing" in flat(capsys.readouterr().err)
+
+
+def test_unwritable_logs_dir(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    config = write_config(tmp_path, logs_dir=str(blocker / "logs"))
+    assert main_cli(["--config", str(config)]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "'logs_dir'" in err and "is a file" in err
+
+
+def test_index_out_of_range(tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert main_cli(["--config", str(config), "--index", "5"]) == 2
+    assert "out of range: this grid has 1 run(s)" in flat(capsys.readouterr().err)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_bad_point_anywhere_in_the_grid_stops_everything_before_training(tmp_path, capsys):
+    config = write_config(tmp_path, model=["vgg11", "vgg99"])
+    assert main_cli(["--config", str(config)]) == 2
+    assert "Unknown model 'vgg99'" in flat(capsys.readouterr().err)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_subprocess_gets_exit_2_and_no_traceback(tmp_path):
+    config = write_config(tmp_path, epoch=0)
+    result = run_main("--config", str(config))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "'epoch' must be an integer ≥ 1; got 0" in flat(result.stderr)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_tiny_config_itself_is_valid(tmp_path, capsys):
+    assert main_cli(["--config", str(write_config(tmp_path)), "--dry-run"]) == 0
+    assert "1 run(s)" in capsys.readouterr().out
+    assert set(TINY) <= set(json.loads((tmp_path / "exp.json").read_text()))

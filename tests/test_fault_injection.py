@@ -1,0 +1,91 @@
+"""SIGKILL real training processes at random moments (some inside a checkpoint write), resume,
+and demand weights and metrics bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from phd_lab.checkpoint import PAUSE_ENV
+from tests.conftest import ROOT, read_metrics, run_folders, run_main, run_name, write_config
+from tests.test_runs import assert_same_metrics, assert_same_weights, weights
+
+EPOCHS = 20
+KILLS = 10
+
+
+def _start(config: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress"],
+                            cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def _wait_for(predicate, process: subprocess.Popen, timeout: float = 120) -> bool:
+    """Poll until ``predicate()`` holds; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.01)
+    raise AssertionError("timed out waiting for the training process")
+
+
+def _log_starts(logs: Path) -> int:
+    return sum(p.read_text().count("Run folder") for p in logs.rglob("*.log"))
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    rng = random.Random(20261128)
+    overrides = dict(epoch=EPOCHS, resolution=16, batch_size=64, model_args={"width": 0.125},
+                     optimizer="sgd", optimizer_args={"lr": 0.02, "step_size": 5})
+    (tmp_path / "ref").mkdir()
+    reference = write_config(tmp_path / "ref", **overrides)
+    (tmp_path / "crash").mkdir()
+    crashing = write_config(tmp_path / "crash", **overrides)
+    assert run_main("--config", str(reference), "--no-progress").returncode == 0
+
+    logs = tmp_path / "crash" / "logs"
+    kills, kills_in_checkpoint_write = 0, 0
+    while kills < KILLS:
+        in_write = kills % 3 == 1
+        env = {PAUSE_ENV: "1.5"} if in_write else {}
+        starts = _log_starts(logs) if logs.exists() else 0
+        process = _start(crashing, env)
+        started = _wait_for(lambda: logs.exists() and _log_starts(logs) > starts, process)
+        assert started, "training process ended before it started training"
+        if in_write:
+            folder = next(logs.rglob("*_config.json")).parent
+            if not _wait_for(lambda: any(folder.glob(".*.tmp")), process):
+                break  # the run finished before another checkpoint was written
+            time.sleep(rng.uniform(0.0, 0.5))
+        else:
+            time.sleep(rng.uniform(0.05, 0.8))
+        if process.poll() is not None:
+            break  # finished before the kill
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        kills += 1
+        kills_in_checkpoint_write += in_write
+    assert kills >= KILLS, f"only {kills} kills happened before the run finished; make the run longer"
+    assert kills_in_checkpoint_write >= 3
+
+    final = run_main("--config", str(crashing), "--no-progress")
+    assert final.returncode == 0, final.stderr
+    [ref_folder] = run_folders(tmp_path / "ref" / "logs")
+    [folder] = run_folders(logs)
+    assert not list(folder.glob(".*.tmp")), "stale temp files must be cleaned on resume"
+    metrics = read_metrics(folder)
+    assert metrics["epoch"].tolist() == list(range(1, EPOCHS + 1))
+    assert_same_metrics(read_metrics(ref_folder), metrics)
+    assert_same_weights(weights(ref_folder), weights(folder))
+    assert "Resuming run" in (folder / f"{run_name(folder)}.log").read_text()

@@ -1,0 +1,134 @@
+"""Crash recovery: resume after an exception, damaged checkpoints, and the run-folder lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from phd_lab.callbacks import Callback
+from phd_lab.checkpoint import CheckpointStore
+from phd_lab.cli import main_cli
+from phd_lab.experiment import Main
+from phd_lab.trainer import Trainer
+from tests.conftest import ROOT, read_metrics, run_folders, run_name, write_config
+from tests.test_runs import assert_same_metrics, assert_same_weights, weights
+
+
+class CrashAt(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, bundle, epoch, row):
+        if epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def make_trainer(config_path, tmp_path, callbacks=()):
+    main = Main(progress=False)
+    grid = main.load(config_path)
+    executor = main.executors[0]
+    cfg = executor.config
+    from phd_lab.seeding import seed_everything
+    seed_everything(cfg.seed)
+    bundle = executor.build_data()
+    seed_everything(cfg.seed)
+    model = executor.build_model(bundle)
+    optimizer, scheduler = executor.build_optimizer(model)
+    metrics = {"accuracy": executor.registries.metrics.get("Accuracy")()}
+    trainer = Trainer(model, optimizer, scheduler, metrics=metrics, epochs=cfg.epoch, device=torch.device("cpu"),
+                      callbacks=list(callbacks), progress=False)
+    return trainer, bundle, grid
+
+
+def test_resume_after_crash_continues_at_next_epoch_bit_identically(tmp_path):
+    config = write_config(tmp_path, epoch=4, optimizer="sgd", optimizer_args={"lr": 0.05, "step_size": 2})
+    reference, bundle, _ = make_trainer(config, tmp_path)
+    reference.fit(bundle, CheckpointStore(tmp_path / "ref.pt", tmp_path / "ref.prev.pt"))
+
+    store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.prev.pt")
+    crashing, bundle, _ = make_trainer(config, tmp_path, [CrashAt(3)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.fit(bundle, store)
+    assert crashing.epochs_run == [1, 2]
+    resumed, bundle, _ = make_trainer(config, tmp_path)
+    resumed.fit(bundle, store)
+    assert resumed.epochs_run == [3, 4]
+    assert resumed.scheduler.last_epoch == 4
+    assert_same_weights(reference.model.state_dict(), resumed.model.state_dict())
+    for ref_row, row in zip(reference.history, resumed.history):
+        assert {k: v for k, v in ref_row.items() if k != "epoch_seconds"} == \
+               {k: v for k, v in row.items() if k != "epoch_seconds"}
+
+
+def test_damaged_checkpoint_falls_back_to_previous_and_ends_identical(tmp_path):
+    config = write_config(tmp_path, epoch=3)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    name = run_name(folder)
+    expected_weights, expected_metrics = weights(folder), read_metrics(folder)
+    checkpoint = folder / f"{name}.pt"
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 3])  # a torn write
+    assert main_cli(["--config", str(config), "--no-progress"]) == 0
+    log_text = (folder / f"{name}.log").read_text()
+    assert "is damaged" in log_text and "falling back to the previous one" in log_text
+    assert "Resuming run" in log_text and "after epoch 2 of 3" in log_text
+    assert_same_weights(expected_weights, weights(folder))
+    assert_same_metrics(expected_metrics, read_metrics(folder))
+
+
+def test_every_checkpoint_damaged_is_a_clear_failure(tmp_path, capsys):
+    config = write_config(tmp_path, epoch=2)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    for checkpoint in folder.glob("*.pt"):
+        checkpoint.write_bytes(b"garbage")
+    assert main_cli(["--config", str(config), "--no-progress"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Every checkpoint in" in err and "Delete them to retrain" in err
+
+
+def test_checkpoint_of_another_format_is_refused(tmp_path):
+    store = CheckpointStore(tmp_path / "c.pt", tmp_path / "p.pt")
+    torch.save({"format": 99, "epoch": 1}, tmp_path / "c.pt")
+    from phd_lab.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="format 99"):
+        store.load()
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from phd_lab.lock import RunLock
+lock = RunLock(Path(sys.argv[1])).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_second_process_on_same_run_folder_is_refused_until_owner_dies(tmp_path, capsys):
+    config = write_config(tmp_path, epoch=1)
+    main = Main(progress=False)
+    main.load(config)
+    rundir = main.executors[0].rundir.create()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(rundir.lock)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main_cli(["--config", str(config), "--no-progress"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"in use by PID {holder.pid}" in err and "taken over automatically" in err
+        assert not rundir.config.exists()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    # the lock file is still there, but its owner is dead: the next run takes it over
+    assert rundir.lock.exists()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert rundir.metrics_csv.exists()

@@ -1,0 +1,137 @@
+"""Runs end to end: folder layout, logged config round trip, finished-run skip, grid index."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import torch
+
+from phd_lab.cli import main_cli
+from phd_lab.config import META_KEY
+from tests.conftest import read_metrics, run_folders, run_name, write_config
+
+CSV_COLUMNS = ["epoch", "train_loss", "test_loss", "train_accuracy", "test_accuracy", "epoch_seconds"]
+
+
+def weights(folder):
+    state = torch.load(folder / f"{run_name(folder)}.pt", map_location="cpu", weights_only=True)
+    return state["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def assert_same_metrics(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Bit-identical metrics; epoch_seconds is wall time and the only column allowed to differ."""
+    pd.testing.assert_frame_equal(a.drop(columns="epoch_seconds"), b.drop(columns="epoch_seconds"),
+                                  check_exact=True)
+
+
+def test_run_folder_layout_and_files(tmp_path, capsys):
+    config = write_config(tmp_path, epoch=2)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    rel = folder.relative_to(tmp_path / "logs").parts
+    assert rel[:3] == ("vgg11", "Digits_16", "0")
+    name = run_name(folder)
+    assert name == "vgg11-Digits-r16-bs128-e2"
+    assert {p.name for p in folder.iterdir()} >= {f"{name}_config.json", f"{name}.csv", f"{name}.pt",
+                                                   f"{name}.log"}
+    metrics = read_metrics(folder)
+    assert list(metrics.columns) == CSV_COLUMNS
+    assert metrics["epoch"].tolist() == [1, 2]
+    assert str(folder) in capsys.readouterr().out
+
+
+def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
+    config = write_config(tmp_path, epoch=2)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [first] = run_folders(tmp_path / "logs")
+    logged = json.loads((first / f"{run_name(first)}_config.json").read_text())
+    assert logged["seed"] == 7 and logged["model_args"] == {"width": 0.0625}
+    assert logged[META_KEY]["torch"] == torch.__version__ and "phd_lab" in logged[META_KEY]
+    assert logged["epoch"] == 2 and logged["optimizer"] == "adam" and logged["delta"] == 0.99  # defaults injected
+    logged_path = first / f"{run_name(first)}_config.json"
+    assert main_cli(["--config", str(logged_path), "--run-id", "other", "--no-progress", "-q"]) == 0
+    second = [f for f in run_folders(tmp_path / "logs") if f != first]
+    assert len(second) == 1 and second[0].relative_to(tmp_path / "logs").parts[2] == "other"
+    assert_same_metrics(read_metrics(first), read_metrics(second[0]))
+    assert_same_weights(weights(first), weights(second[0]))
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+    config = write_config(tmp_path, epoch=1)
+    assert main_cli(["--config", str(config), "--no-progress"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    before = (folder / f"{run_name(folder)}.pt").read_bytes()
+    assert main_cli(["--config", str(config), "--no-progress"]) == 0
+    assert (folder / f"{run_name(folder)}.pt").read_bytes() == before
+    log_text = (folder / f"{run_name(folder)}.log").read_text()
+    assert "already finished 1 epochs; skipping to post-processing" in log_text
+
+
+def test_index_runs_one_point_and_dry_run_shows_grid(tmp_path, capsys):
+    config = write_config(tmp_path, epoch=1, batch_size=[64, 128], model_args={"width": [0.0625, 0.125]})
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 run(s)" in out and "batch_size" in out and "model_args.width" in out
+    assert not (tmp_path / "logs").exists()
+    assert main_cli(["--config", str(config), "--index", "3", "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged = json.loads((folder / f"{run_name(folder)}_config.json").read_text())
+    assert logged["batch_size"] == 128 and logged["model_args"] == {"width": 0.125}
+
+
+def test_user_registry_module_from_config(tmp_path, capsys):
+    module = tmp_path / "my_models.py"
+    module.write_text(
+        "from torch import nn\n"
+        "def tiny_mlp(*, num_classes, in_channels=3, hidden=16):\n"
+        "    '''A two-layer perceptron.'''\n"
+        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(), nn.Linear(hidden, num_classes))\n")
+    config = write_config(tmp_path, model="tiny_mlp", model_args={"hidden": [8, 12]}, epoch=1,
+                          registries={"models": str(module)})
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert len(run_folders(tmp_path / "logs")) == 2
+    bad = write_config(tmp_path, name="bad.json", model="vgg11", registries={"models": str(module)})
+    assert main_cli(["--config", str(bad)]) == 2
+    assert "Unknown model 'vgg11'" in " ".join(capsys.readouterr().err.split())
+
+
+def test_list_commands(capsys):
+    assert main_cli(["--list", "models"]) == 0
+    assert "vgg11" in capsys.readouterr().out
+    assert main_cli(["--list", "datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "Digits" in out and "FakeData" in out
+    assert main_cli(["--list-keys"]) == 0
+    out = capsys.readouterr().out
+    for key in ("model", "epoch", "batch_size", "delta", "downsampling", "post_processing", "data_parallel"):
+        assert f"\n{key} " in "\n" + out
+
+
+def test_a_failing_run_does_not_stop_the_grid(tmp_path, capsys):
+    module = tmp_path / "fragile.py"
+    module.write_text(
+        "from torch import nn\n"
+        "class Explodes(nn.Module):\n"
+        "    def __init__(self, n):\n"
+        "        super().__init__(); self.fc = nn.Linear(1, n)\n"
+        "    def forward(self, x):\n"
+        "        raise RuntimeError('boom in forward')\n"
+        "def net(*, num_classes, in_channels=3, explode=False):\n"
+        "    return Explodes(num_classes) if explode else nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    config = write_config(tmp_path, model="net", model_args={"explode": [True, False]}, epoch=1,
+                          registries={"models": str(module)})
+    assert main_cli(["--config", str(config), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "1 of 2 run(s) failed" in captured.err
+    logs = sorted((tmp_path / "logs").rglob("*.log"))
+    assert len(logs) == 2
+    assert any("boom in forward" in log.read_text() for log in logs)
+    finished = [f for f in run_folders(tmp_path / "logs") if (f / f"{run_name(f)}.csv").exists()]
+    assert len(finished) == 1
