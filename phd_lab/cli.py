@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"list the registered names of one kind ({', '.join(LISTABLE)}) and exit")
     parser.add_argument("--pattern", default="*", help="wildcard filter for --list (e.g. 'vgg*')")
     parser.add_argument("--list-keys", action="store_true", help="document every config key and exit")
+    parser.add_argument("--markdown", action="store_true", help="with --list-keys: print a Markdown table")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -86,7 +87,8 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(list_names(args.list, args.pattern) + "\n")
             return EXIT_OK
         if args.list_keys:
-            sys.stdout.write(keys_table() + "\n")
+            from phd_lab.config import schema_markdown
+            sys.stdout.write((schema_markdown() if args.markdown else keys_table()) + "\n")
             return EXIT_OK
         if not args.config:
             raise UsageError("--config is required: pass a JSON config file (e.g. configs/quickstart.json), "

@@ -360,3 +360,12 @@ def schema_table() -> list[dict[str, str]]:
 
 def check_run_id_value(run_id: Any) -> str:
     return SCHEMA_BY_NAME["run_id"].check(str(run_id), "--run-id")
+
+
+def schema_markdown() -> str:
+    """The key table of the README (a test keeps the README in sync with the schema)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for row in schema_table():
+        cells = [f"`{row['key']}`", row["type"], f"`{row['default']}`", row["doc"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,16 @@
+"""The README documents every config key (generated from the schema, so it cannot drift)."""
+
+from phd_lab.config import schema_markdown
+from tests.conftest import ROOT
+
+
+def test_readme_key_table_matches_schema():
+    readme = (ROOT / "README.md").read_text()
+    start, end = readme.index("<!-- keys:start -->"), readme.index("<!-- keys:end -->")
+    block = readme[start + len("<!-- keys:start -->"):end].strip()
+    assert block == schema_markdown(), "regenerate with: python main.py --list-keys --markdown"
+
+
+def test_readme_opens_with_the_two_commands():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert lines[2:6] == ["```", "make quickstart", "make test", "```"]
