@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="compute device, overrides the config (auto, cpu, cuda, cuda:N)")
     parser.add_argument("--index", type=int, help="run only grid point INDEX (e.g. $SLURM_ARRAY_TASK_ID)")
     parser.add_argument("--dry-run", action="store_true", help="print the expanded grid and exit")
+    parser.add_argument("--scheduler", help="run the grid points as tasks on a Dask scheduler at this address, "
+                        "or on a local cluster of N worker processes with local:N")
     parser.add_argument("--list", choices=LISTABLE, metavar="KIND",
                         help=f"list the registered names of one kind ({', '.join(LISTABLE)}) and exit")
     parser.add_argument("--pattern", default="*", help="wildcard filter for --list (e.g. 'vgg*')")
@@ -104,7 +106,11 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
                 grid.point(args.index)
             except IndexError as error:
                 raise UsageError(f"--index: {error}.") from None
-        outcomes = main.run(grid, None if args.index is None else [args.index])
+        indices = None if args.index is None else [args.index]
+        if args.scheduler:
+            outcomes = main.run_on_cluster(grid, args.scheduler, indices)
+        else:
+            outcomes = main.run(grid, indices)
         failed = [o for o in outcomes if o.status != "finished"]
         log.info("Summary:\n%s", summary_table(outcomes))
         if failed:

@@ -146,6 +146,8 @@ SCHEMA: tuple[Key, ...] = (
          technical=True),
     _key("mixed_precision", "bool", True, "float16 autocast and gradient scaling on CUDA", technical=True),
     _key("num_workers", "int", 0, "DataLoader worker processes", minimum=0, technical=True),
+    _key("cpu_threads", "int", None, "torch CPU threads; results are bit-identical only for equal thread counts "
+         "(null: torch's default, all cores)", minimum=1, nullable=True, technical=True),
     _key("delta", "float", 0.99, "share of variance the intrinsic dimension explains (saturation, PCA)",
          minimum=0.0, exclusive_minimum=True, maximum=1.0),
     _key("downsampling", "int", 4, "latent extraction: adaptive-average-pool feature maps to N×N",

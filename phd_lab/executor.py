@@ -156,6 +156,11 @@ class TrainTestExecutor:
         device = resolve_device(cfg.device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        with _cpu_threads(cfg.cpu_threads):
+            return self._run(device)
+
+    def _run(self, device: torch.device) -> RunDir:
+        cfg = self.config
         seed_everything(cfg.seed)
         bundle = self.build_data()
         seed_everything(cfg.seed)
@@ -181,6 +186,21 @@ class TrainTestExecutor:
                 log.info("Post-processing step %s of %s", step.name, cfg.name)
                 step.run(context, **params)
         return rundir
+
+
+class _cpu_threads:
+    """Use a fixed number of torch CPU threads for one run (float sums depend on it)."""
+
+    def __init__(self, threads: int | None) -> None:
+        self.threads = threads
+        self.previous = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.previous)
 
 
 class _run_log:

@@ -117,6 +117,29 @@ class Main:
             outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "finished"))
         return outcomes
 
+    def run_on_cluster(self, grid: Grid, scheduler: str, indices: list[int] | None = None) -> list[RunOutcome]:
+        """Submit every chosen grid point as one Dask task; failures are reported, not raised."""
+        from phd_lab.distributed import (absolute_paths, cluster_has_gpus, dask_client, submit_and_collect,
+                                         task_resources, train_point)
+        chosen = list(range(len(grid))) if indices is None else indices
+        overrides = {k: v if isinstance(v, str) else v.__name__ for k, v in self.registry_overrides.items()}
+        with dask_client(scheduler) as client:
+            gpus = cluster_has_gpus(client)
+            tasks = []
+            for index in chosen:
+                cfg = self.executors[index].config
+                tasks.append((f"train-{index}-{self.executors[index].rundir.root.name}", train_point,
+                              (absolute_paths(cfg.values), cfg.source, overrides), task_resources(cfg.device, gpus)))
+            log.info("Submitting %d run(s) to %s", len(tasks), scheduler)
+            results = submit_and_collect(client, tasks, "grid")
+        outcomes = []
+        for index, (key, *_rest) in zip(chosen, tasks):
+            status, value = results[key]
+            executor = self.executors[index]
+            outcomes.append(RunOutcome(index, executor.config.name, str(executor.rundir.root), status,
+                                       "" if status == "finished" else str(value)))
+        return outcomes
+
     def __call__(self, config_path: str | Path, *, index: int | None = None, run_id: str | None = None,
                  device: str | None = None) -> list[RunOutcome]:
         grid = self.load(config_path, run_id=run_id, device=device)

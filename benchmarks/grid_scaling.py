@@ -1,0 +1,57 @@
+"""Issue 8: wall time of a 4-point quickstart grid, sequential vs a local Dask cluster of 2 workers.
+
+Both variants run as `python main.py` subprocesses from this script (same process tree), on fresh
+logs folders, alternating order over repetitions. Prints each time and the ratio dask/sequential.
+Usage: python benchmarks/grid_scaling.py [--repeats 2] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def grid_config(folder: Path, epochs: int) -> Path:
+    config = json.loads((ROOT / "configs" / "quickstart.json").read_text())
+    config.update({"model_args": {"width": [0.25, 0.125]}, "batch_size": [64, 128], "epoch": epochs,
+                   "logs_dir": str(folder / "logs"), "device": "cpu", "post_processing": []})
+    path = folder / "grid.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def timed(args: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "main.py"), *args, "--no-progress", "-q"], cwd=ROOT, check=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    times: dict[str, list[float]] = {"sequential": [], "local:2": []}
+    for repeat in range(args.repeats):
+        order = ["sequential", "local:2"] if repeat % 2 == 0 else ["local:2", "sequential"]
+        for variant in order:
+            with tempfile.TemporaryDirectory() as tmp:
+                config = grid_config(Path(tmp), args.epochs)
+                extra = [] if variant == "sequential" else ["--scheduler", "local:2"]
+                times[variant].append(timed(["--config", str(config), *extra]))
+            print(f"repeat {repeat}: {variant:10} {times[variant][-1]:7.1f} s", flush=True)
+    seq, dask = statistics.median(times["sequential"]), statistics.median(times["local:2"])
+    print(f"\n4-point grid, {args.epochs} epochs, medians of {args.repeats}: sequential {seq:.1f} s, "
+          f"local:2 {dask:.1f} s, ratio {dask / seq:.2f}x (target <= 0.60x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Run grid points as tasks on a Dask cluster (``--scheduler ADDRESS`` or ``--scheduler local:N``).
+
+Each grid point is one task that trains and post-processes its run on a worker, exactly as a
+sequential run would, so the files are the same. Points whose device is CUDA (or ``auto`` on a
+cluster that advertises GPUs) ask for the worker resource ``GPU=1``: start GPU workers with
+``dask worker ADDRESS --resources GPU=1`` and CPU workers without it. A worker that dies while
+training makes Dask reschedule the task (``distributed.scheduler.allowed-failures``), and the
+new attempt resumes from the run's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from phd_lab.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+_LOCAL = re.compile(r"^local(?::(\d+))?$")
+
+
+def parse_scheduler(spec: str) -> tuple[str, Any]:
+    """``local:N`` → ("local", N); anything else is a scheduler address."""
+    match = _LOCAL.match(spec.strip())
+    if match:
+        workers = int(match.group(1) or os.cpu_count() or 1)
+        if workers < 1:
+            raise UsageError(f"--scheduler {spec!r}: a local cluster needs at least one worker (local:N, N ≥ 1).")
+        return "local", workers
+    if "://" not in spec and ":" not in spec:
+        raise UsageError(f"--scheduler {spec!r} is neither a scheduler address (tcp://host:8786) nor local:N.")
+    return "address", spec
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError("--scheduler needs the Dask extra: pip install 'phd-lab[distributed]' "
+                         "(or pip install distributed).") from None
+    return distributed
+
+
+@contextlib.contextmanager
+def dask_client(spec: str) -> Iterator[Any]:
+    """A connected ``distributed.Client``; a local cluster is started and stopped around it."""
+    distributed = _import_distributed()
+    kind, value = parse_scheduler(spec)
+    for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.http.proxy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if kind == "local":
+        with distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
+                                      dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
+                distributed.Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = distributed.Client(value, timeout="20s")
+    except (OSError, TimeoutError) as error:
+        raise UsageError(f"--scheduler {spec!r}: cannot reach a Dask scheduler there ({error}). Start one with "
+                         f"`dask scheduler` and workers with `dask worker {spec}`.") from None
+    with client:
+        yield client
+
+
+def cluster_has_gpus(client: Any) -> bool:
+    workers = client.scheduler_info().get("workers", {})
+    return any(info.get("resources", {}).get("GPU", 0) > 0 for info in workers.values())
+
+
+def task_resources(device: str, gpus_on_cluster: bool) -> dict[str, int] | None:
+    if device.startswith("cuda") or (device == "auto" and gpus_on_cluster):
+        return {"GPU": 1}
+    return None
+
+
+def _configure_worker_logging() -> None:
+    root = logging.getLogger()
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+
+
+PATH_KEYS = ("logs_dir", "data_dir", "latents_dir")
+
+
+def absolute_paths(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Make folder keys absolute so workers with another working directory write to the same place."""
+    result = dict(values)
+    for key in PATH_KEYS:
+        if result.get(key):
+            result[key] = os.path.abspath(os.path.expanduser(result[key]))
+    result["registries"] = {kind: os.path.abspath(spec) if spec.endswith(".py") else spec
+                            for kind, spec in result.get("registries", {}).items()}
+    return result
+
+
+def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapping[str, str]) -> str:
+    """Task body: train and post-process one resolved grid point; returns its run folder."""
+    from phd_lab.config import RunConfig
+    from phd_lab.executor import TrainTestExecutor
+    from phd_lab.registry import Registries
+
+    _configure_worker_logging()
+    config = RunConfig(dict(values), source=source)
+    modules = {**config.registries, **registry_overrides}
+    executor = TrainTestExecutor(config, Registries(modules), progress=False)
+    executor.validate()
+    return str(executor.run().root)
+
+
+def submit_and_collect(client: Any, tasks: Sequence[tuple[str, Callable[..., Any], tuple, dict | None]],
+                       description: str) -> dict[str, tuple[str, Any]]:
+    """Submit ``(key, fn, args, resources)`` tasks; return ``key → ("finished", result) | ("failed", error)``."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    futures = {}
+    for key, fn, args, resources in tasks:
+        futures[client.submit(fn, *args, key=key, resources=resources, pure=False)] = key
+    results: dict[str, tuple[str, Any]] = {}
+    with tqdm(total=len(futures), desc=description, unit="task") as bar:
+        for future in as_completed(futures):
+            key = futures[future]
+            if future.status == "finished":
+                results[key] = ("finished", future.result())
+            else:
+                error = future.exception()
+                results[key] = ("failed", f"{type(error).__name__}: {error}")
+                log.error("Task %s failed: %s: %s", key, type(error).__name__, error)
+            bar.update()
+    return results

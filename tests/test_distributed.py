@@ -1,0 +1,126 @@
+"""The training grid on a real Dask LocalCluster: same files as sequential, failures, killed workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from phd_lab.cli import main_cli  # noqa: E402
+from phd_lab.distributed import parse_scheduler  # noqa: E402
+from phd_lab.errors import UsageError  # noqa: E402
+from phd_lab.experiment import Main  # noqa: E402
+from tests.conftest import read_metrics, run_folders, run_name, write_config  # noqa: E402
+from tests.test_runs import assert_same_metrics, assert_same_weights, weights  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        yield c
+
+
+def _relative_files(logs):
+    return sorted(str(p.relative_to(logs)) for p in logs.rglob("*") if p.is_file() and p.name != ".lock")
+
+
+def _assert_same_runs(logs_a, logs_b):
+    assert _relative_files(logs_a) == _relative_files(logs_b)
+    folders_a, folders_b = run_folders(logs_a), run_folders(logs_b)
+    assert [f.relative_to(logs_a) for f in folders_a] == [f.relative_to(logs_b) for f in folders_b]
+    for a, b in zip(folders_a, folders_b):
+        assert_same_metrics(read_metrics(a), read_metrics(b))
+        assert_same_weights(weights(a), weights(b))
+        config_a = json.loads((a / f"{run_name(a)}_config.json").read_text())
+        config_b = json.loads((b / f"{run_name(b)}_config.json").read_text())
+        for config in (config_a, config_b):
+            for key in ("logs_dir", "data_dir"):
+                config.pop(key)
+        assert config_a == config_b
+
+
+def test_grid_on_cluster_writes_the_same_files_as_sequential(tmp_path, cluster):
+    grid = dict(epoch=2, cpu_threads=1, model_args={"width": [0.0625, 0.125]}, batch_size=[64, 128])
+    (tmp_path / "seq").mkdir()
+    (tmp_path / "dask").mkdir()
+    sequential = write_config(tmp_path / "seq", **grid)
+    clustered = write_config(tmp_path / "dask", **grid)
+    assert main_cli(["--config", str(sequential), "--no-progress", "-q"]) == 0
+    assert main_cli(["--config", str(clustered), "--no-progress", "-q", "--scheduler",
+                     cluster.scheduler_address]) == 0
+    assert len(run_folders(tmp_path / "dask" / "logs")) == 4
+    _assert_same_runs(tmp_path / "seq" / "logs", tmp_path / "dask" / "logs")
+    # re-running the same command resumes: finished points are skipped
+    assert main_cli(["--config", str(clustered), "--no-progress", "--scheduler", cluster.scheduler_address]) == 0
+    for folder in run_folders(tmp_path / "dask" / "logs"):
+        assert "already finished 2 epochs" in (folder / f"{run_name(folder)}.log").read_text()
+
+
+def test_failing_point_is_reported_while_the_others_finish(tmp_path, cluster, capsys):
+    module = tmp_path / "fragile.py"
+    module.write_text(
+        "from torch import nn\n"
+        "def net(*, num_classes, in_channels=3, hidden=8):\n"
+        "    if hidden == 13:\n"
+        "        raise RuntimeError('unlucky width')\n"
+        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(), nn.Linear(hidden, num_classes))\n")
+    config = write_config(tmp_path, model="net", model_args={"hidden": [8, 13, 16]}, epoch=1, cpu_threads=1,
+                          registries={"models": str(module)})
+    assert main_cli(["--config", str(config), "--no-progress", "--scheduler", cluster.scheduler_address]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 3 run(s) failed" in err
+    assert "failed" in err and "unlucky width" in err
+    finished = [f for f in run_folders(tmp_path / "logs") if (f / f"{run_name(f)}.csv").exists()]
+    assert len(finished) == 2
+
+
+def test_killed_worker_is_survived_and_the_run_resumes_from_its_checkpoint(tmp_path, cluster):
+    overrides = dict(epoch=8, cpu_threads=1, resolution=32, model_args={"width": 0.125})
+    (tmp_path / "seq").mkdir()
+    (tmp_path / "dask").mkdir()
+    reference = write_config(tmp_path / "seq", **overrides)
+    clustered = write_config(tmp_path / "dask", **overrides)
+    assert main_cli(["--config", str(reference), "--no-progress", "-q"]) == 0
+    logs = tmp_path / "dask" / "logs"
+    killed = {}
+
+    def kill_worker_after_two_epochs():
+        with distributed.Client(cluster.scheduler_address) as client:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                csvs = [p for p in logs.rglob("*.csv")] if logs.exists() else []
+                if csvs and len(csvs[0].read_text().splitlines()) >= 3:  # header + 2 epochs
+                    break
+                time.sleep(0.05)
+            processing = client.processing()
+            busy = [address for address, keys in processing.items() if keys]
+            pids = client.run(os.getpid, workers=busy)
+            for address, pid in pids.items():
+                os.kill(pid, signal.SIGKILL)
+                killed[address] = pid
+
+    killer = threading.Thread(target=kill_worker_after_two_epochs)
+    killer.start()
+    code = main_cli(["--config", str(clustered), "--no-progress", "-q", "--scheduler", cluster.scheduler_address])
+    killer.join()
+    assert killed, "no worker was killed"
+    assert code == 0
+    [folder] = run_folders(logs)
+    log_text = (folder / f"{run_name(folder)}.log").read_text()
+    assert "Resuming run" in log_text
+    _assert_same_runs(tmp_path / "seq" / "logs", logs)
+
+
+def test_scheduler_spec_errors():
+    assert parse_scheduler("local:3") == ("local", 3)
+    assert parse_scheduler("tcp://127.0.0.1:8786") == ("address", "tcp://127.0.0.1:8786")
+    with pytest.raises(UsageError, match="neither a scheduler address"):
+        parse_scheduler("nonsense")
+    with pytest.raises(UsageError, match="at least one worker"):
+        parse_scheduler("local:0")
