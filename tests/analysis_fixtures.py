@@ -86,15 +86,18 @@ def metrics_frame(width: float, epochs: int, test_accuracy: float) -> pd.DataFra
                                "train_accuracy": min(0.99, test_accuracy + 0.02 * epoch),
                                "test_accuracy": test_accuracy - 0.05 * (epochs - epoch),
                                "epoch_seconds": 12.5}
-        train = saturation_profile(width, epoch)
-        test = [min(1.0, s * 1.05) for s in train]
         dims = [o for _, _, _, o, _ in layout(width)]
-        for (name, s_tr, s_te, d) in zip(LAYERS, train, test, dims):
+        # as the tracker writes them: saturation = k / d exactly
+        train_k = [max(1, round(s * d)) for s, d in zip(saturation_profile(width, epoch), dims)]
+        test_k = [min(d, max(1, round(s * 1.05 * d))) for s, d in zip(saturation_profile(width, epoch), dims)]
+        train = [k / d for k, d in zip(train_k, dims)]
+        test = [k / d for k, d in zip(test_k, dims)]
+        for name, s_tr, s_te in zip(LAYERS, train, test):
             row[f"{name}_train_saturation"] = s_tr
             row[f"{name}_test_saturation"] = s_te
-        for (name, s_tr, s_te, d) in zip(LAYERS, train, test, dims):
-            row[f"{name}_train_intrinsic_dimension"] = max(1, round(s_tr * d))
-            row[f"{name}_test_intrinsic_dimension"] = max(1, round(s_te * d))
+        for name, k_tr, k_te in zip(LAYERS, train_k, test_k):
+            row[f"{name}_train_intrinsic_dimension"] = k_tr
+            row[f"{name}_test_intrinsic_dimension"] = k_te
         row["train_saturation_mean"] = sum(train) / len(train)
         row["test_saturation_mean"] = sum(test) / len(test)
         rows.append(row)

@@ -82,7 +82,7 @@ def discover_runs(logs_dir: Path | str) -> list[RunFolder]:
 
 @dataclass(frozen=True)
 class TrainingStatus:
-    """How far training got: ``state`` is finished, running, stopped or not started."""
+    """How far training got: finished, running, stopped, unknown (other host), not started, no metrics."""
 
     state: str
     epochs_done: int
@@ -94,8 +94,8 @@ class TrainingStatus:
         of = f"{self.epochs_done}/{self.epochs_planned}" if self.epochs_planned else f"{self.epochs_done}"
         if self.state == "finished":
             return "finished (post-processing)" if self.active else "finished"
-        if self.state == "not started":
-            return "not started"
+        if self.state in ("not started", "no metrics"):
+            return "not started" if self.state == "not started" else "no metrics CSV"
         return f"{self.state} {of} epochs"
 
     def to_dict(self) -> dict[str, Any]:
@@ -297,5 +297,9 @@ def load_run(folder: RunFolder) -> RunTables:
     tables.projections = _read_csv(folder[PROJECTIONS], tables) if folder[PROJECTIONS].is_file() else None
     manifest = _read_json(_latents_manifest(tables), tables, record_missing=False)
     tables.manifest = manifest if isinstance(manifest, dict) else None
-    tables.status = training_status(folder, config, tables.metrics)
+    status = training_status(folder, config, tables.metrics)
+    if status.state == "not started" and (tables.probes is not None or tables.receptive_field is not None
+                                          or tables.computational is not None):
+        status = TrainingStatus("no metrics", 0, status.epochs_planned, status.active, status.owner)
+    tables.status = status
     return tables

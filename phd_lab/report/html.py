@@ -138,7 +138,15 @@ def _agreement_text(summary: dict[str, Any]) -> tuple[str, str]:
     return (f"no ({offset:+d})" if offset is not None else "no"), "warn"
 
 
-def _row(index: int, entry: RunEntry, varying: list[str]) -> str:
+def run_label(entry: RunEntry, logs_dir: Path) -> str:
+    """The run folder relative to the logs folder (names alone repeat across a grid)."""
+    try:
+        return entry.folder.root.resolve().relative_to(logs_dir.resolve()).as_posix()
+    except ValueError:
+        return str(entry.folder.root)
+
+
+def _row(index: int, entry: RunEntry, varying: list[str], logs_dir: Path) -> str:
     s = entry.summary
     run = s["run"]
     flat = flat_config(entry.tables.config)
@@ -150,7 +158,9 @@ def _row(index: int, entry: RunEntry, varying: list[str]) -> str:
     tail = _tail_start(s)
     agree, agree_css = _agreement_text(s)
     probes = (s.get("probes") or {}).get("status") or MISSING
-    cells = [f'<td data-sort="{escape(run["name"])}"><a href="#run-{index}">{escape(run["name"])}</a></td>',
+    label = run_label(entry, logs_dir)
+    cells = [f'<td data-sort="{index}"><a href="#run-{index}" title="{escape(label)}">{index}. '
+             f'{escape(run["name"])}</a></td>',
              _cell(str(run.get("model") or MISSING)), _cell(str(run.get("dataset") or MISSING)),
              _cell(str(run.get("resolution") or MISSING), run.get("resolution"), numeric=True)]
     for key in varying:
@@ -210,9 +220,10 @@ def _projections(entry: RunEntry) -> str:
            f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></details>"
 
 
-def _section(index: int, entry: RunEntry, out_dir: Path) -> str:
+def _section(index: int, entry: RunEntry, out_dir: Path, logs_dir: Path) -> str:
     s = entry.summary
-    parts = [f'<section class="run" id="run-{index}">', f"<h3>{escape(s['run']['name'])}</h3>",
+    parts = [f'<section class="run" id="run-{index}">', f"<h3>{index}. {escape(s['run']['name'])}</h3>",
+             f"<p><code>{escape(run_label(entry, logs_dir))}</code></p>",
              f'<p class="meta">{escape(str(entry.folder.root))}</p>', _facts(s)]
     if entry.figure:
         parts.append(_img(entry.figure, f"analysis figure of {s['run']['name']}"))
@@ -242,9 +253,9 @@ def render_report(entries: Sequence[RunEntry], logs_dir: Path, out_path: Path,
     headers = (["run", *_FIXED_COLUMNS] + varying + ["training", "test acc", "s_mu", "params", "FLOPs", "b_min",
                                                      "b_max", "tail start", "tail at b_min", "probes"])
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    rows = "\n".join(_row(i, e, varying) for i, e in enumerate(entries, 1))
+    rows = "\n".join(_row(i, e, varying, logs_dir) for i, e in enumerate(entries, 1))
     figures = "".join(_img(data, title) for title, data in comparison.items())
-    sections = "\n".join(_section(i, e, out_dir) for i, e in enumerate(entries, 1))
+    sections = "\n".join(_section(i, e, out_dir, logs_dir) for i, e in enumerate(entries, 1))
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>phd-lab report: {escape(str(logs_dir))}</title>
