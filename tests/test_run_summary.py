@@ -61,8 +61,8 @@ def test_tail_that_starts_at_the_border_agrees(tmp_path):
     assert [(t["first_layer"], t["last_layer"]) for t in summary["tails"]] == [(BORDER, "classifier.3")]
     assert summary["borders"]["b_min"] == BORDER and summary["borders"]["b_min_index"] == 6
     assert summary["agreement"]["b_min"] == {"border": BORDER, "tail_start": BORDER, "offset": 0, "agrees": True}
-    # without the mean column, s_mu is the mean over the layers
-    assert summary["saturation"]["mean"] == pytest.approx((6 * 0.35 + 5 * 0.03) / 11)  # 5 convs + classifier high, 5 low
+    # without the mean column, s_mu is the mean over the layers: 5 convs + classifier high, 5 low
+    assert summary["saturation"]["mean"] == pytest.approx((6 * 0.35 + 5 * 0.03) / 11)
 
 
 def test_tail_two_layers_late_disagrees_unless_the_tolerance_allows_it(tmp_path):

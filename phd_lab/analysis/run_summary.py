@@ -306,7 +306,8 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings) -> list
                     f"moves s_mu to about {target:.0%}; parameters and FLOPs of the convolutions scale with "
                     f"the square of that factor.")
             if tails:
-                text += " Remove the tail first: it distorts s_mu, and depth and width are best optimised in that order."
+                text += (" Remove the tail first: it distorts s_mu, and depth and width are best optimised in "
+                         "that order.")
             advice.append({"kind": "width", "text": text})
     if not advice:
         if sat is None:

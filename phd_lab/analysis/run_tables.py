@@ -159,21 +159,42 @@ def _require(frame: pd.DataFrame | None, columns: tuple[str, ...], filename: str
     return frame
 
 
-def lock_owner_alive(lock_path: Path) -> tuple[bool | None, str]:
-    """Whether the process named in a run's lock file still lives (None: another host or unknown).
+def _flock_held(lock_path: Path) -> bool | None:
+    """Whether any process holds a flock on ``lock_path``, from /proc/locks (None: cannot tell).
 
-    The lock file keeps the last owner's "PID <pid> on host <host>" line; reading it takes no lock,
-    so a report never gets in the way of a run that is starting.
+    Reading /proc/locks takes no lock, so a report never gets in the way of a run that is starting.
+    """
+    try:
+        st = lock_path.stat()
+        text = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in text.splitlines():
+        fields = line.split()
+        if "FLOCK" in fields and any(f == device for f in fields):
+            return True
+    return False
+
+
+def lock_owner_alive(lock_path: Path) -> tuple[bool | None, str]:
+    """Whether a live process holds the run folder's lock (None: held on another host or unknown).
+
+    The lock file keeps the last owner's "PID <pid> on host <host>" line even after release. On
+    the same host, /proc/locks says whether the flock is held; without it, whether that PID lives.
     """
     try:
         text = lock_path.read_text(encoding="utf-8", errors="replace").strip()
     except OSError:
         return False, ""
     parts = text.split()
+    if len(parts) >= 5 and parts[0] == "PID" and parts[4] != socket.gethostname():
+        return None, text
+    held = _flock_held(lock_path)
+    if held is not None:
+        return held, text
     if len(parts) < 5 or parts[0] != "PID" or not parts[1].isdigit():
         return (None if text else False), text
-    if parts[4] != socket.gethostname():
-        return None, text
     try:
         os.kill(int(parts[1]), 0)
     except ProcessLookupError:
@@ -198,7 +219,7 @@ def training_status(folder: RunFolder, config: dict[str, Any] | None,
     elif planned is not None and done >= planned:
         state = "finished"
     else:
-        state = "running" if active else ("stopped" if active is False else "unknown")
+        state = "running" if active else ("stopped" if active is False else "incomplete")
     return TrainingStatus(state, done, planned, active, owner)
 
 

@@ -28,7 +28,8 @@ def _groups(summaries: Sequence[dict[str, Any]]) -> dict[str, int]:
     return {label: i for i, label in enumerate(labels)}
 
 
-def _scatter(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str, *, logx: bool = False,
+def _scatter(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str, *,
+             logx: bool = False,
              band: tuple[float, float] | None = None, diagonal: bool = False) -> bytes:
     import matplotlib
     matplotlib.use("Agg")

@@ -113,7 +113,8 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any]) -> "Figure":
                       label=f"receptive field {column}")
         resolution = borders.get("resolution") or tables.config_value("resolution")
         if resolution:
-            twin.axhline(resolution, color="#55a868", linestyle="-.", linewidth=1, label=f"input resolution {resolution}")
+            twin.axhline(resolution, color="#55a868", linestyle="-.", linewidth=1,
+                         label=f"input resolution {resolution}")
         twin.set_ylabel("receptive field (pixels)")
         twin.set_ylim(bottom=0)
         more_handles, more_labels = twin.get_legend_handles_labels()
