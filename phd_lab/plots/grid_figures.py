@@ -1,6 +1,7 @@
 """Comparison plots across a grid of runs, drawn from the runs' analysis summaries only.
 
 * test accuracy against s_μ, with the thesis' 20–30% interval shaded (as in its width studies);
+  runs that have not finished training are drawn hollow;
 * test accuracy against parameters (log scale);
 * the position of the tail's start against the border layer b_min (on the diagonal = agreement).
 """
@@ -39,17 +40,20 @@ def _scatter(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel
     groups = _groups(summaries)
     plotted = 0
     for label, color_index in groups.items():
-        points = []
-        for s in summaries:
-            if f"{s['run'].get('model')} / {s['run'].get('dataset')}" != label:
-                continue
-            x, y = x_of(s)
-            if x is not None and y is not None:
-                points.append((x, y))
-        if points:
-            xs, ys = zip(*points)
-            ax.scatter(xs, ys, s=28, color=_COLORS[color_index % len(_COLORS)], label=label)
-            plotted += len(points)
+        color = _COLORS[color_index % len(_COLORS)]
+        for finished in (True, False):
+            points = []
+            for s in summaries:
+                if f"{s['run'].get('model')} / {s['run'].get('dataset')}" != label or _finished(s) != finished:
+                    continue
+                x, y = x_of(s)
+                if x is not None and y is not None:
+                    points.append((x, y))
+            if points:
+                xs, ys = zip(*points)
+                ax.scatter(xs, ys, s=28, color=color if finished else "none", edgecolors=color,
+                           label=label if finished else f"{label} (unfinished)")
+                plotted += len(points)
     if band:
         ax.axvspan(*band, color="#55a868", alpha=0.12, label=f"target s_mu {band[0]:.0%}-{band[1]:.0%}")
     if diagonal and plotted:
@@ -66,6 +70,10 @@ def _scatter(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel
         ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return _png(fig)
+
+
+def _finished(s: dict[str, Any]) -> bool:
+    return ((s["run"].get("status") or {}).get("state")) == "finished"
 
 
 def _accuracy(s: dict[str, Any]) -> float | None:
