@@ -1,16 +1,21 @@
-"""``python -m phd_lab train ...`` (same as main.py)."""
+"""``python -m phd_lab train ...`` (same as main.py) and ``python -m phd_lab report LOGS_DIR [--out FILE]``."""
 
 import sys
 
 from phd_lab.cli import main_cli
 
+USAGE = ("usage: python -m phd_lab train [main.py options]\n"
+         "       python -m phd_lab report LOGS_DIR [--out FILE] [--no-refresh]\n")
+
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "train":
         return main_cli(argv[1:])
-    sys.stderr.write("usage: python -m phd_lab train [main.py options]\n")
+    if argv and argv[0] == "report":
+        from phd_lab.report.cli import main_report
+        return main_report(argv[1:])
+    sys.stderr.write(USAGE)
     return 2
-
 
 
 def entry_point() -> None:

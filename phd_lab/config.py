@@ -163,6 +163,20 @@ SCHEMA: tuple[Key, ...] = (
     # --- probe keys (issue 5) go below this line
 
     # --- analysis keys (issue 7) go below this line
+    _key("tail_threshold", "float", 0.5, "analysis: a tail's mean saturation is at least this share lower than the "
+         "rest's (thesis: 0.5)", minimum=0.0, exclusive_minimum=True, maximum=0.99, technical=True),
+    _key("tail_min_length", "int", 3, "analysis: fewest consecutive layers that form a tail (thesis: 3)", minimum=1,
+         technical=True),
+    _key("border_tolerance", "int", 1, "analysis: layers by which a tail's start may differ from the border layer "
+         "and still agree", minimum=0, technical=True),
+    _key("probe_tolerance", "float", 0.01, "analysis: a probe reaches the model when its accuracy relative to the "
+         "model's is >= 1 - this", minimum=0.0, maximum=1.0, technical=True),
+    _key("probe_drop_tolerance", "float", 0.01, "analysis: a layer is skipped when its probe accuracy lies this far "
+         "below the best earlier probe", minimum=0.0, maximum=1.0, technical=True),
+    _key("target_saturation", "list", [0.2, 0.3], "analysis: the s_mu interval [low, high] the width guideline aims "
+         "for (thesis: 20-30%)", item_kind="float", technical=True),
+    _key("analysis_split", "str", "train", "analysis: saturations of the train or test pass of the last epoch "
+         "(thesis: train)", choices=("train", "test"), technical=True),
 
     # --- model zoo / dataset keys (issue 6) go below this line
 

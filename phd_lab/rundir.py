@@ -48,6 +48,14 @@ class RunDir:
     def lock(self) -> Path:
         return self.root / ".lock"
 
+    @property
+    def analysis_json(self) -> Path:  # issue 7: written by the analysis step and the report
+        return self.root / "analysis.json"
+
+    @property
+    def analysis_plot(self) -> Path:  # issue 7
+        return self.root / "analysis.png"
+
     def saturation_plot(self, epoch: int) -> Path:
         return self.file(f"_saturation_epoch{epoch}.png")
 

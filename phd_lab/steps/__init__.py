@@ -33,6 +33,7 @@ STEP_MODULES: tuple[str, ...] = (
     # issue 3 step module (project) goes on the next line
 
     # issue 7 step module (analysis) goes on the next line
+    "phd_lab.steps.analysis",
 
 )
 

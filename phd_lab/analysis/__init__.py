@@ -1,0 +1,1 @@
+"""Analyses of saved run tables: receptive fields, FLOPs, tails, per-run summaries."""

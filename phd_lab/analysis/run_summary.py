@@ -1,0 +1,416 @@
+"""Per-run analysis from saved tables: s_μ, tails, border layers, probes, cost and recommendations.
+
+``summarize(tables, settings)`` turns what ``run_tables.load_run`` read into one JSON-ready
+dict (the content of ``analysis.json``); it never trains or recomputes a table. The guidelines
+come from the thesis:
+
+* ch. 8.5: a tail is a run of >= 3 layers whose mean saturation is >= 50% below the rest's
+  (``phd_lab.analysis.tails``); its layers do not improve the probes' accuracy.
+* ch. 9.3 / 10.2: the border layer is the first Conv2d from which on every Conv2d receives an
+  input receptive field larger than the input resolution (b_min from r_min, b_max from r_max);
+  the tail is predicted to start there.
+* ch. 11.4: cut the border layer and everything after it and put a global-average-pooling +
+  linear head on the stump, or slow down the receptive-field growth (move/remove downsampling).
+* ch. 11.3: s_μ of 20–30% performs best; scale the width (after fixing the depth) to get there.
+* App. C: probe accuracy that drops (zig-zag, decay) marks layers skipped through shortcuts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import pandas as pd
+
+from phd_lab.analysis.run_tables import RunTables
+from phd_lab.analysis.tails import Tail, find_tails
+from phd_lab.config import SCHEMA_BY_NAME
+from phd_lab.errors import ConfigError
+
+FORMAT = 1
+_SETTING_KEYS = ("tail_threshold", "tail_min_length", "border_tolerance", "probe_tolerance",
+                 "probe_drop_tolerance", "target_saturation", "analysis_split")
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """The analysis' thresholds; defaults are the config schema's (the thesis' values)."""
+
+    tail_threshold: float = SCHEMA_BY_NAME["tail_threshold"].default
+    tail_min_length: int = SCHEMA_BY_NAME["tail_min_length"].default
+    border_tolerance: int = SCHEMA_BY_NAME["border_tolerance"].default
+    probe_tolerance: float = SCHEMA_BY_NAME["probe_tolerance"].default
+    probe_drop_tolerance: float = SCHEMA_BY_NAME["probe_drop_tolerance"].default
+    target_saturation: tuple[float, float] = tuple(SCHEMA_BY_NAME["target_saturation"].default)  # type: ignore
+    analysis_split: str = SCHEMA_BY_NAME["analysis_split"].default
+
+    def __post_init__(self) -> None:
+        band = tuple(float(v) for v in self.target_saturation)
+        if len(band) != 2 or not 0.0 < band[0] < band[1] <= 1.0:
+            raise ConfigError(f"the key 'target_saturation' must be [low, high] with 0 < low < high <= 1; got "
+                              f"{list(self.target_saturation)} instead.")
+        object.__setattr__(self, "target_saturation", band)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None, where: str = "config") -> "AnalysisSettings":
+        """Settings from a (logged) config; keys it lacks (older runs) take the defaults."""
+        values = {}
+        for key in _SETTING_KEYS:
+            if config and key in config:
+                values[key] = SCHEMA_BY_NAME[key].check(config[key], where)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["target_saturation"] = list(self.target_saturation)
+        return data
+
+
+# ---------------------------------------------------------------------------------------- tables
+def layer_saturations(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame | None:
+    """Saturation per layer in forward (column) order from the last epoch's row of the metrics CSV.
+
+    Columns: layer, saturation, intrinsic_dimension, feature_dimension (derived as k / s when
+    not saved). Layers whose value is missing in that row are left out.
+    """
+    if metrics is None or not len(metrics):
+        return None
+    suffix = f"_{split}_saturation"
+    layers = [c[:-len(suffix)] for c in metrics.columns if c.endswith(suffix)]
+    if not layers:
+        return None
+    row = metrics.sort_values("epoch").iloc[-1] if "epoch" in metrics.columns else metrics.iloc[-1]
+    records = []
+    for layer in layers:
+        saturation = pd.to_numeric(row.get(f"{layer}{suffix}"), errors="coerce")
+        if pd.isna(saturation):
+            continue
+        k = pd.to_numeric(row.get(f"{layer}_{split}_intrinsic_dimension"), errors="coerce")
+        d = pd.to_numeric(row.get(f"{layer}_{split}_feature_dimension"), errors="coerce")
+        if pd.isna(d) and not pd.isna(k) and saturation > 0:
+            d = round(float(k) / float(saturation))
+        records.append({"layer": layer, "saturation": float(saturation),
+                        "intrinsic_dimension": None if pd.isna(k) else int(k),
+                        "feature_dimension": None if pd.isna(d) else int(d)})
+    return pd.DataFrame(records, columns=["layer", "saturation", "intrinsic_dimension", "feature_dimension"]) \
+        if records else None
+
+
+def _last_epoch_row(metrics: pd.DataFrame | None) -> pd.Series | None:
+    if metrics is None or not len(metrics):
+        return None
+    return metrics.sort_values("epoch").iloc[-1] if "epoch" in metrics.columns else metrics.iloc[-1]
+
+
+def _number(value: Any) -> float | None:
+    value = pd.to_numeric(value, errors="coerce")
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def conv_rows(receptive_field: pd.DataFrame) -> pd.DataFrame:
+    """The Conv2d rows of receptive_field.csv (``index`` is only set for Conv2d), in forward order."""
+    if "index" in receptive_field.columns:
+        rows = receptive_field[pd.to_numeric(receptive_field["index"], errors="coerce").notna()]
+        if len(rows):
+            return rows
+    return receptive_field
+
+
+def border_layers(receptive_field: pd.DataFrame, resolution: int) -> tuple[str | None, str | None]:
+    """(b_min, b_max): first Conv2d from which on every Conv2d's input receptive field exceeds ``resolution``."""
+    convs = conv_rows(receptive_field)
+    result = []
+    for column in ("in_r_min", "in_r_max"):
+        values = pd.to_numeric(convs[column], errors="coerce").tolist()
+        border = None
+        for position in range(len(values) - 1, -1, -1):
+            if not values[position] > resolution:  # NaN compares False: never past the border
+                break
+            border = str(convs["layer"].iloc[position])
+        result.append(border)
+    return result[0], result[1]
+
+
+# ---------------------------------------------------------------------------------------- parts
+def _tail_info(saturations: pd.DataFrame | None, settings: AnalysisSettings) -> tuple[list[Tail], list[str]]:
+    if saturations is None:
+        return [], []
+    names = saturations["layer"].tolist()
+    return find_tails(saturations["saturation"].tolist(), names, threshold=settings.tail_threshold,
+                      min_length=settings.tail_min_length), names
+
+
+def _agreement(border: str | None, tail: Tail | None, order: list[str], fallback: list[str],
+               tolerance: int) -> dict[str, Any]:
+    """Whether the tail closest to the output starts at the border layer (within ``tolerance`` layers)."""
+    result: dict[str, Any] = {"border": border, "tail_start": tail.first_layer if tail else None,
+                              "offset": None, "agrees": None}
+    if border is None and tail is None:
+        result["agrees"] = True
+        return result
+    if border is None or tail is None:
+        result["agrees"] = False
+        return result
+    for sequence in (order, fallback):
+        if border in sequence and tail.first_layer in sequence:
+            result["offset"] = sequence.index(tail.first_layer) - sequence.index(border)
+            result["agrees"] = abs(result["offset"]) <= tolerance
+            break
+    return result
+
+
+def _probe_info(tables: RunTables, model_accuracy: float | None, settings: AnalysisSettings) -> dict[str, Any]:
+    probes = tables.probes
+    planned = len(tables.manifest.get("layers", [])) if tables.manifest else None
+    if probes is None or not len(probes):
+        status = "pending (latents extracted)" if tables.manifest else "not probed"
+        return {"status": status, "layers_probed": 0, "layers_extracted": planned}
+    if "index" in probes.columns:
+        probes = probes.sort_values("index", kind="stable")
+    layers = probes["layer"].astype(str).tolist()
+    accuracy = pd.to_numeric(probes["eval_acc"], errors="coerce").tolist()
+    reference = model_accuracy
+    if reference is None and tables.manifest:
+        reference = _number(tables.manifest.get("model_test_accuracy"))
+    if "relative_acc" in probes.columns:
+        relative = pd.to_numeric(probes["relative_acc"], errors="coerce").tolist()
+    else:
+        relative = [a / reference if reference else float("nan") for a in accuracy]
+    first = next((layer for layer, r in zip(layers, relative) if r >= 1.0 - settings.probe_tolerance), None)
+    skipped, best = [], -math.inf
+    for layer, value in zip(layers, accuracy):
+        if value < best - settings.probe_drop_tolerance:
+            skipped.append(layer)
+        best = max(best, value) if not math.isnan(value) else best
+    status = "complete" if planned is None or len(layers) >= planned else f"partial ({len(layers)} of {planned})"
+    return {"status": status, "layers_probed": len(layers), "layers_extracted": planned,
+            "model_accuracy": reference, "first_reaching_layer": first,
+            "layers_after_reaching": (len(layers) - 1 - layers.index(first)) if first else None,
+            "skipped_layers": skipped, "best_layer": layers[max(range(len(layers)), key=lambda i: accuracy[i])],
+            "best_accuracy": max(accuracy)}
+
+
+def truncation_estimate(tables: RunTables, border: str, saturations: pd.DataFrame | None,
+                        order: list[str]) -> dict[str, Any] | None:
+    """Parameters and FLOPs removed by cutting ``border`` and every later layer (GAP + linear head added).
+
+    Removed cost: the per-layer rows of computational_info from the border's row on (table order,
+    containers dropped). The new head: Linear(C → K) with C the output width of the layer before
+    the border and K that of the last tracked layer (the classifier), from the saturation table.
+    """
+    layers = tables.computational_layers
+    if layers is None or border not in set(layers["layer"]):
+        return None
+    start = layers.index[layers["layer"] == border][0]
+    removed = layers.loc[start:]
+    estimate: dict[str, Any] = {"border": border, "removed_layers": removed["layer"].tolist(),
+                                "params_removed": float(removed["params"].fillna(0).sum()),
+                                "flops_removed": float(removed["flops"].fillna(0).sum()),
+                                "head_params": None, "head_flops": None}
+    widths = {} if saturations is None else dict(zip(saturations["layer"], saturations["feature_dimension"]))
+    before = order[order.index(border) - 1] if border in order and order.index(border) > 0 else None
+    channels = widths.get(before) if before else None
+    classes = widths.get(saturations["layer"].iloc[-1]) if saturations is not None else None
+    if channels and classes:
+        estimate["head_params"] = float(channels * classes + classes)
+        estimate["head_flops"] = float(2 * channels * classes)
+    total = tables.computational or {}
+    for key in ("params", "flops"):
+        net = estimate[f"{key}_removed"] - (estimate[f"head_{key}"] or 0.0)
+        estimate[f"{key}_saved"] = net
+        estimate[f"{key}_saved_share"] = net / total[key] if total.get(key) else None
+    return estimate
+
+
+def nice_factor(factor: float) -> str:
+    """The nearest power-of-two width factor as text (1/8, 1/4, 1/2, 1, 2, 4, 8)."""
+    exponent = max(-3, min(3, round(math.log2(factor))))
+    return f"1/{2 ** -exponent}" if exponent < 0 else f"{2 ** exponent}"
+
+
+def _fmt_count(value: float | None) -> str:
+    if value is None:
+        return "?"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+# ---------------------------------------------------------------------------------------- advice
+def recommendations(summary: dict[str, Any], settings: AnalysisSettings) -> list[dict[str, str]]:
+    """Plain-language advice from the thesis' guidelines: depth (tails, borders) first, then width."""
+    advice: list[dict[str, str]] = []
+    tails, borders, sat = summary["tails"], summary["borders"], summary["saturation"]
+    probes, truncation = summary["probes"], summary["truncation"]
+    n_layers = len(sat["layers"]) if sat else 0
+    resolution = borders["resolution"] if borders else None
+    b_min = borders["b_min"] if borders else None
+    last_tail = tails[-1] if tails else None
+    if b_min:
+        text = (f"Every layer from {b_min} on receives an input receptive field larger than the "
+                f"{resolution}x{resolution} input (border layer b_min), so these layers cannot add context")
+        text += (f"; the saturation tail from {last_tail['first_layer']} to {last_tail['last_layer']} confirms it."
+                 if last_tail and summary["agreement"]["b_min"]["agrees"] else
+                 "; the saturation shows no tail starting there, so check the probes before cutting."
+                 if sat else "; saturation was not recorded to confirm it.")
+        text += (f" Option 1: cut {b_min} and every later layer and put global average pooling + a linear "
+                 f"classifier on the stump, then retrain (thesis ch. 11.4).")
+        if truncation:
+            share = truncation.get("params_saved_share")
+            flop_share = truncation.get("flops_saved_share")
+            text += (f" This saves about {_fmt_count(truncation['params_saved'])} parameters"
+                     + (f" ({share:.0%})" if share is not None else "")
+                     + f" and {_fmt_count(truncation['flops_saved'])} FLOPs per image"
+                     + (f" ({flop_share:.0%})" if flop_share is not None else "")
+                     + (" (estimate from computational_info; the new head is counted)." if truncation["head_params"]
+                        is not None else " (estimate from computational_info; the new head is not counted)."))
+        text += (" Option 2: slow down the receptive-field growth (remove or move a downsampling layer or the "
+                 "strided stem) so the later layers stay below the input resolution; this keeps the depth but "
+                 "costs more FLOPs because the feature maps get larger.")
+        advice.append({"kind": "depth", "text": text})
+    elif last_tail:
+        at_input = last_tail["start"] == 0 or (tails[0]["start"] == 0)
+        if at_input:
+            advice.append({"kind": "depth", "text": (
+                f"A low-saturated tail at the input ({tails[0]['first_layer']} to {tails[0]['last_layer']}): the "
+                "input resolution is large for the receptive field of the first layers, which see too little "
+                "context to contribute. Grow the receptive field faster early on (a strided stem or an earlier "
+                "pooling layer) or lower the input resolution (thesis ch. 8.5, 9.2).")})
+        if not at_input or len(tails) > 1:
+            advice.append({"kind": "depth", "text": (
+                f"A low-saturated tail from {last_tail['first_layer']} to {last_tail['last_layer']} is not predicted "
+                "by the receptive field (no border layer"
+                + ("" if borders else "; receptive_field.csv is missing")
+                + "). Check the probes: if their accuracy stops improving there, these layers can be removed.")})
+    if probes.get("skipped_layers"):
+        advice.append({"kind": "probes", "text": (
+            f"Probe accuracy drops at {', '.join(probes['skipped_layers'])}: the network skips these layers through "
+            "shortcut connections (thesis App. C), so they add parameters but no quality.")})
+    first = probes.get("first_reaching_layer")
+    if first and probes.get("layers_after_reaching"):
+        advice.append({"kind": "probes", "text": (
+            f"The probes reach the model's accuracy at {first}; the {probes['layers_after_reaching']} probed "
+            "layer(s) after it do not improve the intermediate solution.")})
+    if sat and sat["mean"] is not None:
+        low, high = settings.target_saturation
+        s_mu = sat["mean"]
+        target = (low + high) / 2
+        if not low <= s_mu <= high:
+            factor = s_mu / target
+            direction = "wider than needed (over-parameterised)" if s_mu < low else "too narrow (under-parameterised)"
+            text = (f"s_mu = {s_mu:.1%} lies {'below' if s_mu < low else 'above'} the {low:.0%}-{high:.0%} interval "
+                    f"that performs best (thesis ch. 11.3): the network is {direction}. Assuming saturation scales "
+                    f"inversely with width, a width factor of about {factor:.2f} (try {nice_factor(factor)}) "
+                    f"moves s_mu to about {target:.0%}; parameters and FLOPs of the convolutions scale with "
+                    f"the square of that factor.")
+            if tails:
+                text += (" Remove the tail first: it distorts s_mu, and depth and width are best optimised in "
+                         "that order.")
+            advice.append({"kind": "width", "text": text})
+    if not advice:
+        if sat is None:
+            advice.append({"kind": "missing", "text": (
+                "No saturation values recorded yet, so neither tails nor width can be judged; they appear once an "
+                "epoch with saturation tracking has finished.")})
+        else:
+            advice.append({"kind": "none", "text": (
+                f"No tail, no border layer inside the network and s_mu within the target interval over "
+                f"{n_layers} layers: the thesis' guidelines suggest no change.")})
+    return advice
+
+
+# ---------------------------------------------------------------------------------------- summary
+def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> dict[str, Any]:
+    """The per-run analysis (``analysis.json`` content) from the run's saved tables."""
+    if settings is None:
+        settings = AnalysisSettings.from_config(tables.config, str(tables.folder.config))
+    config = tables.config or {}
+    row = _last_epoch_row(tables.metrics)
+    saturations = layer_saturations(tables.metrics, settings.analysis_split)
+    tails, names = _tail_info(saturations, settings)
+    resolution = config.get("resolution")
+    rf = tables.receptive_field
+    order = rf["layer"].astype(str).tolist() if rf is not None else []
+    borders = None
+    if rf is not None and isinstance(resolution, int):
+        b_min, b_max = border_layers(rf, resolution)
+        borders = {"resolution": resolution, "b_min": b_min, "b_max": b_max,
+                   "b_min_index": _conv_index(rf, b_min), "b_max_index": _conv_index(rf, b_max)}
+    last_tail = tails[-1] if tails else None
+    agreement = None
+    if borders is not None:
+        agreement = {key: _agreement(borders[key], last_tail, order, names, settings.border_tolerance)
+                     for key in ("b_min", "b_max")}
+    test_accuracy = _number(row.get("test_accuracy")) if row is not None else None
+    mean_column = f"{settings.analysis_split}_saturation_mean"
+    s_mu = None
+    if row is not None and mean_column in row.index:
+        s_mu = _number(row[mean_column])
+    if s_mu is None and saturations is not None:
+        s_mu = float(saturations["saturation"].mean())
+    saturation = None
+    if saturations is not None:
+        in_tail = {p for t in tails for p in range(t.start, t.stop + 1)}
+        outside = [s for p, s in enumerate(saturations["saturation"]) if p not in in_tail]
+        saturation = {"split": settings.analysis_split, "epoch": _int(row.get("epoch")) if row is not None else None,
+                      "mean": s_mu, "mean_outside_tails": float(sum(outside) / len(outside)) if outside else None,
+                      "layers": saturations.to_dict(orient="records")}
+    truncation = None
+    if borders and borders["b_min"]:
+        truncation = truncation_estimate(tables, borders["b_min"], saturations, order or names)
+    summary: dict[str, Any] = {
+        "format": FORMAT,
+        "run": {"name": tables.folder.name, "folder": str(tables.folder.root), "model": config.get("model"),
+                "dataset": config.get("dataset"), "resolution": resolution,
+                "status": tables.status.to_dict() if tables.status else None},
+        "settings": settings.to_dict(),
+        "accuracy": {"test": test_accuracy,
+                     "train": _number(row.get("train_accuracy")) if row is not None else None,
+                     "epoch": _int(row.get("epoch")) if row is not None else None},
+        "saturation": saturation,
+        "tails": [t.to_dict() for t in tails],
+        "borders": borders,
+        "agreement": agreement,
+        "probes": _probe_info(tables, test_accuracy, settings),
+        "computational": tables.computational,
+        "truncation": truncation,
+        "missing": sorted(set(tables.missing)),
+        "problems": list(tables.problems),
+    }
+    summary["recommendations"] = recommendations(summary, settings)
+    return summary
+
+
+def _int(value: Any) -> int | None:
+    number = _number(value)
+    return None if number is None else int(number)
+
+
+def _conv_index(rf: pd.DataFrame, layer: str | None) -> int | None:
+    if layer is None or "index" not in rf.columns:
+        return None
+    match = rf.loc[rf["layer"].astype(str) == layer, "index"]
+    return _int(match.iloc[0]) if len(match) else None
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types only: numpy scalars unboxed, NaN and infinities as null."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_analysis_json(path: Any, summary: dict[str, Any]) -> None:
+    """Write ``analysis.json`` atomically (strict JSON: no NaN)."""
+    import json
+
+    from phd_lab import atomic
+    atomic.write_text(path, json.dumps(jsonable(summary), indent=2, allow_nan=False) + "\n")

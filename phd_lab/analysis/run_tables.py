@@ -1,0 +1,326 @@
+"""Read the saved tables of one run folder, tolerating anything that is missing or unreadable.
+
+A run folder may hold only a config (queued), a growing metrics CSV (training), the tables of
+the post-processing steps, and later the probe job's results. ``load_run`` reads whatever is
+there and records what is missing or broken instead of raising, so the analysis and the report
+work on every stage of a run. Nothing here trains, loads a model or recomputes a table.
+
+File names follow the contract in DESIGN.md (``<name>_config.json``, ``<name>.csv``,
+``receptive_field.csv``, ``computational_info.json/.csv``, ``probe_performances.csv``,
+``projections.csv``, ``latents/manifest.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+CONFIG_SUFFIX = "_config.json"
+RECEPTIVE_FIELD = "receptive_field.csv"
+COMPUTATIONAL_JSON = "computational_info.json"
+COMPUTATIONAL_CSV = "computational_info.csv"
+PROBES = "probe_performances.csv"
+PROJECTIONS = "projections.csv"
+ANALYSIS_JSON = "analysis.json"
+ANALYSIS_PNG = "analysis.png"
+LOCK = ".lock"
+_MARKERS = (RECEPTIVE_FIELD, COMPUTATIONAL_JSON, PROBES)  # a folder with one of these is a run too
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where one run's files are: the folder and the file prefix ``<name>``."""
+
+    root: Path
+    name: str
+
+    def file(self, suffix: str) -> Path:
+        return self.root / f"{self.name}{suffix}"
+
+    @property
+    def config(self) -> Path:
+        return self.file(CONFIG_SUFFIX)
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.file(".csv")
+
+    def __getitem__(self, filename: str) -> Path:
+        return self.root / filename
+
+
+def _name_of(folder: Path) -> str | None:
+    configs = sorted(p.name[:-len(CONFIG_SUFFIX)] for p in folder.glob(f"*{CONFIG_SUFFIX}"))
+    if configs:
+        return configs[0]
+    known = {RECEPTIVE_FIELD, COMPUTATIONAL_CSV, PROBES, PROJECTIONS}
+    csvs = sorted(p.stem for p in folder.glob("*.csv") if p.name not in known)
+    return csvs[0] if csvs else None
+
+
+def discover_runs(logs_dir: Path | str) -> list[RunFolder]:
+    """Every run folder below ``logs_dir`` (a folder with a ``*_config.json`` or a step table), sorted."""
+    logs_dir = Path(logs_dir)
+    found: dict[Path, RunFolder] = {}
+    for dirpath, dirnames, filenames in os.walk(logs_dir):
+        dirnames[:] = sorted(d for d in dirnames if d != "latents" and not d.startswith("."))
+        if any(f.endswith(CONFIG_SUFFIX) for f in filenames) or any(m in filenames for m in _MARKERS):
+            folder = Path(dirpath)
+            found[folder] = RunFolder(folder, _name_of(folder) or folder.name)
+    return [found[k] for k in sorted(found)]
+
+
+@dataclass(frozen=True)
+class TrainingStatus:
+    """How far training got: finished, running, stopped, unknown (other host), not started, no metrics."""
+
+    state: str
+    epochs_done: int
+    epochs_planned: int | None
+    active: bool | None  # a live process holds the run folder (None: cannot tell, other host)
+    owner: str = ""
+
+    def label(self) -> str:
+        of = f"{self.epochs_done}/{self.epochs_planned}" if self.epochs_planned else f"{self.epochs_done}"
+        if self.state == "finished":
+            return "finished (post-processing)" if self.active else "finished"
+        if self.state in ("not started", "no metrics"):
+            return "not started" if self.state == "not started" else "no metrics CSV"
+        return f"{self.state} {of} epochs"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "label": self.label(), "epochs_done": self.epochs_done,
+                "epochs_planned": self.epochs_planned, "active": self.active}
+
+
+@dataclass
+class RunTables:
+    """Everything saved for one run; ``None`` where a file is absent or unreadable."""
+
+    folder: RunFolder
+    config: dict[str, Any] | None = None
+    metrics: pd.DataFrame | None = None
+    receptive_field: pd.DataFrame | None = None
+    computational: dict[str, Any] | None = None
+    computational_layers: pd.DataFrame | None = None
+    probes: pd.DataFrame | None = None
+    projections: pd.DataFrame | None = None
+    manifest: dict[str, Any] | None = None
+    status: TrainingStatus | None = None
+    missing: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def config_value(self, key: str, default: Any = None) -> Any:
+        return (self.config or {}).get(key, default)
+
+
+def _read_csv(path: Path, tables: RunTables) -> pd.DataFrame | None:
+    if not path.is_file():
+        tables.missing.append(path.name)
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        tables.problems.append(f"{path.name} cannot be read: {error}")
+        return None
+    return frame
+
+
+def _read_json(path: Path, tables: RunTables, *, record_missing: bool = True) -> Any:
+    if not path.is_file():
+        if record_missing:
+            tables.missing.append(path.name)
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        tables.problems.append(f"{path.name} cannot be read: {error}")
+        return None
+
+
+def _require(frame: pd.DataFrame | None, columns: tuple[str, ...], filename: str,
+             tables: RunTables) -> pd.DataFrame | None:
+    if frame is None:
+        return None
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        tables.problems.append(f"{filename} lacks the column(s) {absent}; ignored")
+        return None
+    return frame
+
+
+def _flock_held(lock_path: Path) -> bool | None:
+    """Whether any process holds a flock on ``lock_path``, from /proc/locks (None: cannot tell).
+
+    Reading /proc/locks takes no lock, so a report never gets in the way of a run that is starting.
+    """
+    try:
+        st = lock_path.stat()
+        text = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in text.splitlines():
+        fields = line.split()
+        if "FLOCK" in fields and any(f == device for f in fields):
+            return True
+    return False
+
+
+def lock_owner_alive(lock_path: Path) -> tuple[bool | None, str]:
+    """Whether a live process holds the run folder's lock (None: held on another host or unknown).
+
+    The lock file keeps the last owner's "PID <pid> on host <host>" line even after release. On
+    the same host, /proc/locks says whether the flock is held; without it, whether that PID lives.
+    """
+    try:
+        text = lock_path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return False, ""
+    parts = text.split()
+    if len(parts) >= 5 and parts[0] == "PID" and parts[4] != socket.gethostname():
+        return None, text
+    held = _flock_held(lock_path)
+    if held is not None:
+        return held, text
+    if len(parts) < 5 or parts[0] != "PID" or not parts[1].isdigit():
+        return (None if text else False), text
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False, text
+    except PermissionError:
+        return True, text
+    except OSError:
+        return None, text
+    return True, text
+
+
+def training_status(folder: RunFolder, config: dict[str, Any] | None,
+                    metrics: pd.DataFrame | None) -> TrainingStatus:
+    planned = config.get("epoch") if isinstance(config, dict) else None
+    planned = planned if isinstance(planned, int) and not isinstance(planned, bool) else None
+    done = 0
+    if metrics is not None and len(metrics):
+        done = int(metrics["epoch"].max()) if "epoch" in metrics.columns else len(metrics)
+    active, owner = lock_owner_alive(folder[LOCK]) if folder[LOCK].exists() else (False, "")
+    if done == 0:
+        state = "running" if active else "not started"
+    elif planned is not None and done >= planned:
+        state = "finished"
+    else:
+        state = "running" if active else ("stopped" if active is False else "incomplete")
+    return TrainingStatus(state, done, planned, active, owner)
+
+
+def _computational(info: Any, tables: RunTables) -> dict[str, Any] | None:
+    """Normalise computational_info.json to ``{params, trainable_params, macs, flops}`` (None = absent)."""
+    if not isinstance(info, dict):
+        if info is not None:
+            tables.problems.append(f"{COMPUTATIONAL_JSON} is not a JSON object; ignored")
+        return None
+
+    def pick(*names: str) -> float | None:
+        for name in names:
+            value = info.get(name)
+            if isinstance(value, dict):
+                value = value.get("total", value.get("value"))
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                return float(value)
+        return None
+
+    trainable = pick("trainable_params", "params_trainable", "trainable_parameters", "parameters_trainable")
+    params_entry = info.get("params", info.get("parameters"))
+    if trainable is None and isinstance(params_entry, dict):
+        value = params_entry.get("trainable")
+        trainable = float(value) if isinstance(value, (int, float)) else None
+    macs = pick("macs", "MACs", "total_macs")
+    flops = pick("flops", "FLOPs", "total_flops")
+    if flops is None and macs is not None:
+        flops = 2.0 * macs  # one multiply-accumulate = two floating-point operations
+    return {"params": pick("params", "params_total", "total_params", "parameters", "num_params"),
+            "trainable_params": trainable, "macs": macs, "flops": flops}
+
+
+def _layer_table(info: Any, csv: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Per-layer ``layer, params, macs, flops`` (forward order as saved) from the CSV or the JSON."""
+    frame = csv
+    if frame is None and isinstance(info, dict):
+        for key in ("layers", "per_layer", "modules"):
+            entries = info.get(key)
+            if isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries):
+                frame = pd.DataFrame(entries)
+                break
+            if isinstance(entries, dict) and entries and all(isinstance(e, dict) for e in entries.values()):
+                frame = pd.DataFrame([{"layer": k, **v} for k, v in entries.items()])
+                break
+    if frame is None:
+        return None
+    rename = {}
+    for target, names in (("layer", ("layer", "name", "module")), ("params", ("params", "parameters", "num_params")),
+                          ("macs", ("macs", "MACs")), ("flops", ("flops", "FLOPs"))):
+        for name in names:
+            if name in frame.columns:
+                rename[name] = target
+                break
+    frame = frame.rename(columns=rename)
+    if "layer" not in frame.columns:
+        return None
+    for column in ("params", "macs", "flops"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame.columns else float("nan")
+    if frame["flops"].isna().all() and not frame["macs"].isna().all():
+        frame["flops"] = 2.0 * frame["macs"]
+    frame["layer"] = frame["layer"].astype(str)
+    names = set(frame["layer"])
+    leaf = [not any(other.startswith(name + ".") for other in names) for name in frame["layer"]]
+    return frame.loc[leaf, ["layer", "params", "macs", "flops"]].reset_index(drop=True)
+
+
+def _latents_manifest(tables: RunTables) -> Path:
+    latents_dir = tables.config_value("latents_dir")
+    root = tables.folder.root
+    if latents_dir:
+        try:
+            return Path(latents_dir) / root.relative_to(root.parents[3]) / "latents" / "manifest.json"
+        except (IndexError, ValueError):
+            pass
+    return root / "latents" / "manifest.json"
+
+
+def load_run(folder: RunFolder) -> RunTables:
+    """Read every saved table of one run; never raises for missing or malformed files."""
+    tables = RunTables(folder)
+    config = _read_json(folder.config, tables)
+    if config is not None and not isinstance(config, dict):
+        tables.problems.append(f"{folder.config.name} is not a JSON object; ignored")
+        config = None
+    if config is not None:
+        config = {k: v for k, v in config.items() if k != "_meta"}
+    tables.config = config
+    tables.metrics = _read_csv(folder.metrics_csv, tables)
+    tables.receptive_field = _require(_read_csv(folder[RECEPTIVE_FIELD], tables),
+                                      ("layer", "in_r_min", "in_r_max", "r_min", "r_max"), RECEPTIVE_FIELD, tables)
+    info = _read_json(folder[COMPUTATIONAL_JSON], tables)
+    tables.computational = _computational(info, tables)
+    layer_csv = _read_csv(folder[COMPUTATIONAL_CSV], tables) if folder[COMPUTATIONAL_CSV].is_file() else None
+    tables.computational_layers = _layer_table(info, layer_csv)
+    tables.probes = _require(_read_csv(folder[PROBES], tables), ("layer", "eval_acc"), PROBES, tables)
+    tables.projections = _read_csv(folder[PROJECTIONS], tables) if folder[PROJECTIONS].is_file() else None
+    manifest = _read_json(_latents_manifest(tables), tables, record_missing=False)
+    tables.manifest = manifest if isinstance(manifest, dict) else None
+    status = training_status(folder, config, tables.metrics)
+    if status.state == "not started" and (tables.probes is not None or tables.receptive_field is not None
+                                          or tables.computational is not None):
+        status = TrainingStatus("no metrics", 0, status.epochs_planned, status.active, status.owner)
+    tables.status = status
+    return tables

@@ -1,0 +1,1 @@
+"""Plots drawn from saved tables only (matplotlib is imported lazily inside the functions)."""

@@ -1,0 +1,113 @@
+"""Comparison plots across a grid of runs, drawn from the runs' analysis summaries only.
+
+* test accuracy against s_μ, with the thesis' 20–30% interval shaded (as in its width studies);
+  runs that have not finished training are drawn hollow;
+* test accuracy against parameters (log scale);
+* the position of the tail's start against the border layer b_min (on the diagonal = agreement).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+    try:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+        return buffer.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def _groups(summaries: Sequence[dict[str, Any]]) -> dict[str, int]:
+    labels = sorted({f"{s['run'].get('model')} / {s['run'].get('dataset')}" for s in summaries})
+    return {label: i for i, label in enumerate(labels)}
+
+
+def _scatter(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str, *,
+             logx: bool = False,
+             band: tuple[float, float] | None = None, diagonal: bool = False) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    groups = _groups(summaries)
+    plotted = 0
+    for label, color_index in groups.items():
+        color = _COLORS[color_index % len(_COLORS)]
+        for finished in (True, False):
+            points = []
+            for s in summaries:
+                if f"{s['run'].get('model')} / {s['run'].get('dataset')}" != label or _finished(s) != finished:
+                    continue
+                x, y = x_of(s)
+                if x is not None and y is not None:
+                    points.append((x, y))
+            if points:
+                xs, ys = zip(*points)
+                ax.scatter(xs, ys, s=28, color=color if finished else "none", edgecolors=color,
+                           label=label if finished else f"{label} (unfinished)")
+                plotted += len(points)
+    if band:
+        ax.axvspan(*band, color="#55a868", alpha=0.12, label=f"target s_mu {band[0]:.0%}-{band[1]:.0%}")
+    if diagonal and plotted:
+        low, high = ax.get_xlim()
+        ax.plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--", label="agreement")
+    if logx and plotted:
+        ax.set_xscale("log")
+    if not plotted:
+        ax.text(0.5, 0.5, "no run has both values yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if plotted:
+        ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _finished(s: dict[str, Any]) -> bool:
+    return ((s["run"].get("status") or {}).get("state")) == "finished"
+
+
+def _accuracy(s: dict[str, Any]) -> float | None:
+    return (s.get("accuracy") or {}).get("test")
+
+
+def _s_mu(s: dict[str, Any]) -> float | None:
+    return (s.get("saturation") or {}).get("mean")
+
+
+def _position(s: dict[str, Any], layer: str | None) -> int | None:
+    layers = [entry["layer"] for entry in (s.get("saturation") or {}).get("layers", [])]
+    return layers.index(layer) + 1 if layer in layers else None
+
+
+def grid_figures(summaries: Sequence[dict[str, Any]], band: tuple[float, float] = (0.2, 0.3)) -> dict[str, bytes]:
+    """PNG bytes of every comparison plot, keyed by a short title."""
+    figures = {}
+    figures["Test accuracy against average saturation s_mu"] = _scatter(
+        summaries, lambda s: (_s_mu(s), _accuracy(s)), "average saturation s_mu", "test accuracy",
+        "test accuracy vs s_mu",
+        band=band)
+    figures["Test accuracy against parameters"] = _scatter(
+        summaries, lambda s: ((s.get("computational") or {}).get("params"), _accuracy(s)), "parameters",
+        "test accuracy", "test accuracy vs parameters", logx=True)
+
+    def tail_vs_border(s: dict[str, Any]) -> tuple[int | None, int | None]:
+        tails = s.get("tails") or []
+        border = (s.get("borders") or {}).get("b_min")
+        if not tails or border is None:
+            return None, None
+        return _position(s, border), _position(s, tails[-1]["first_layer"])
+
+    figures["Tail start against border layer b_min"] = _scatter(
+        summaries, tail_vs_border, "b_min (layer position)", "tail start (layer position)",
+        "tail start vs b_min", diagonal=True)
+    return figures

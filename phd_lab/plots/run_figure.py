@@ -1,0 +1,146 @@
+"""One figure per run in the thesis' style, drawn only from saved tables and the analysis summary.
+
+Layers run along the x axis in forward order. The left axis (0–100%) shows saturation per layer
+as bars (the analysed split) and dots (the other split), the probes' accuracy as a line and the
+model's test accuracy as a dashed line; the right axis shows r_min/r_max per layer with the input
+resolution as a horizontal line. Vertical lines mark b_min (solid) and b_max (dashed) just before
+the border layer, and tails are shaded. Anything missing is simply not drawn.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from phd_lab.analysis.run_summary import layer_saturations
+from phd_lab.analysis.run_tables import RunTables
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def layer_order(tables: RunTables, summary: dict[str, Any]) -> list[str]:
+    """Forward order: receptive_field.csv rows, then saturation columns, then probe rows (first seen wins)."""
+    order: list[str] = []
+    sources = []
+    if tables.receptive_field is not None:
+        sources.append(tables.receptive_field["layer"].astype(str).tolist())
+    if summary.get("saturation"):
+        sources.append([entry["layer"] for entry in summary["saturation"]["layers"]])
+    if tables.probes is not None:
+        probes = tables.probes.sort_values("index") if "index" in tables.probes.columns else tables.probes
+        sources.append(probes["layer"].astype(str).tolist())
+    seen = set()
+    for source in sources:
+        for name in source:
+            if name not in seen:
+                seen.add(name)
+                order.append(name)
+    return order
+
+
+def draw_run_figure(tables: RunTables, summary: dict[str, Any]) -> "Figure":
+    """Build the run's figure (matplotlib imported lazily, Agg backend)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = layer_order(tables, summary)
+    x_of = {name: i for i, name in enumerate(order)}
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.38 * len(order) + 2.5), 4.6))
+    title = summary["run"]["name"]
+    facts = []
+    if summary["accuracy"]["test"] is not None:
+        facts.append(f"test acc {summary['accuracy']['test']:.1%}")
+    if summary.get("saturation") and summary["saturation"]["mean"] is not None:
+        facts.append(f"s_mu {summary['saturation']['mean']:.1%}")
+    status = (summary["run"].get("status") or {}).get("label")
+    if status and status != "finished":
+        facts.append(status)
+    ax.set_title(title + ("\n" + ", ".join(facts) if facts else ""), fontsize=10)
+    if not order:
+        ax.text(0.5, 0.5, "no saved tables with layers yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+
+    split = summary["settings"]["analysis_split"]
+    other = "test" if split == "train" else "train"
+    main = layer_saturations(tables.metrics, split)
+    if main is not None:
+        xs = [x_of[n] for n in main["layer"] if n in x_of]
+        ax.bar(xs, [s for n, s in zip(main["layer"], main["saturation"]) if n in x_of], width=0.7,
+               color="#4c72b0", alpha=0.85, label=f"saturation ({split})")
+    second = layer_saturations(tables.metrics, other)
+    if second is not None:
+        ax.plot([x_of[n] for n in second["layer"] if n in x_of],
+                [s for n, s in zip(second["layer"], second["saturation"]) if n in x_of],
+                "o", color="#1b2a49", markersize=3.5, label=f"saturation ({other})")
+    if tables.probes is not None:
+        probes = tables.probes.sort_values("index") if "index" in tables.probes.columns else tables.probes
+        points = [(x_of[str(n)], a) for n, a in zip(probes["layer"], pd.to_numeric(probes["eval_acc"],
+                                                                                   errors="coerce"))]
+        if points:
+            ax.plot(*zip(*points), "-o", color="#dd8452", markersize=3.5, linewidth=1.6, label="probe accuracy (eval)")
+    if summary["accuracy"]["test"] is not None:
+        ax.axhline(summary["accuracy"]["test"], color="#dd8452", linestyle="--", linewidth=1,
+                   label="model test accuracy")
+    for tail in summary.get("tails", []):
+        if tail["first_layer"] in x_of and tail["last_layer"] in x_of:
+            ax.axvspan(x_of[tail["first_layer"]] - 0.5, x_of[tail["last_layer"]] + 0.5, color="#c44e52", alpha=0.13,
+                       label="tail" if tail is summary["tails"][0] else None)
+    borders = summary.get("borders") or {}
+    for key, style in (("b_min", "-"), ("b_max", "--")):
+        layer = borders.get(key)
+        if layer in x_of:
+            ax.axvline(x_of[layer] - 0.5, color="black", linestyle=style, linewidth=1.4, label=key)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("saturation / accuracy")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels(order, rotation=90, fontsize=7)
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    handles, labels = ax.get_legend_handles_labels()
+
+    rf = tables.receptive_field
+    if rf is not None:
+        twin = ax.twinx()
+        xs = [x_of[str(n)] for n in rf["layer"]]
+        for column, style in (("r_max", "-"), ("r_min", ":")):
+            twin.plot(xs, pd.to_numeric(rf[column], errors="coerce"), style, color="#55a868", linewidth=1.3,
+                      label=f"receptive field {column}")
+        resolution = borders.get("resolution") or tables.config_value("resolution")
+        if resolution:
+            twin.axhline(resolution, color="#55a868", linestyle="-.", linewidth=1,
+                         label=f"input resolution {resolution}")
+        twin.set_ylabel("receptive field (pixels)")
+        twin.set_ylim(bottom=0)
+        more_handles, more_labels = twin.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32 - 0.004 * max(
+            len(n) for n in order)), ncol=4, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -> bytes:
+    """The figure as PNG bytes (for embedding and for writing)."""
+    import matplotlib.pyplot as plt
+    fig = draw_run_figure(tables, summary)
+    try:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+        return buffer.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def save_run_figure(path: Path | str, tables: RunTables, summary: dict[str, Any], dpi: int = 90) -> bytes:
+    """Write the figure atomically to ``path`` and return its PNG bytes."""
+    from phd_lab import atomic
+    data = figure_png(tables, summary, dpi)
+    atomic.write_bytes(path, data)
+    return data

@@ -1,0 +1,70 @@
+"""``python -m phd_lab report LOGS_DIR [--out FILE]``: refresh every run's analysis and write the HTML page."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from phd_lab import atomic
+from phd_lab.errors import EXIT_OK, DataError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m phd_lab report",
+        description="Analyse every run below LOGS_DIR from its saved files (saturation, receptive fields, FLOPs, "
+                    "probes) and write one static HTML page with a sortable table, comparison plots and a section "
+                    "per run. Each run's analysis.json and analysis.png are refreshed unless --no-refresh.",
+        epilog="Exit status: 0 success, 2 LOGS_DIR missing or without runs, 1 an unexpected failure.")
+    parser.add_argument("logs_dir", metavar="LOGS_DIR", help="the logs folder of a grid (the config's logs_dir)")
+    parser.add_argument("--out", help="HTML file to write (default: LOGS_DIR/report.html)")
+    parser.add_argument("--no-refresh", action="store_true",
+                        help="do not write analysis.json/analysis.png into the run folders (read-only logs)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    return parser
+
+
+def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh: bool = True) -> Path:
+    """Analyse all runs of ``logs_dir`` and write the report; return its path."""
+    from phd_lab.plots.grid_figures import grid_figures
+    from phd_lab.report.collect import collect
+    from phd_lab.report.html import render_report
+
+    logs_dir = Path(logs_dir)
+    if not logs_dir.exists():
+        raise UsageError(f"LOGS_DIR {str(logs_dir)!r} does not exist; pass the logs folder of a grid (the config's "
+                         f"'logs_dir', ./logs by default).")
+    if not logs_dir.is_dir():
+        raise UsageError(f"LOGS_DIR {str(logs_dir)!r} is not a folder; pass the logs folder of a grid.")
+    out_path = Path(out) if out is not None else logs_dir / "report.html"
+    if out_path.is_dir():
+        raise UsageError(f"--out {str(out_path)!r} is a folder; pass the path of the HTML file to write.")
+    entries = collect(logs_dir, refresh=refresh)
+    if not entries:
+        raise DataError(f"LOGS_DIR {str(logs_dir)!r} holds no runs: no folder below it has a <name>_config.json or a "
+                        f"post-processing table. Train a grid into it first (python main.py --config FILE).")
+    bands = [tuple(e.summary["settings"]["target_saturation"]) for e in entries if e.summary.get("settings")]
+    band = bands[0] if bands else (0.2, 0.3)
+    comparison = grid_figures([e.summary for e in entries], band=band)  # type: ignore[arg-type]
+    atomic.write_text(out_path, render_report(entries, logs_dir, out_path, comparison))
+    log.info("Report of %d run(s) written to %s", len(entries), out_path)
+    return out_path
+
+
+def main_report(argv: Sequence[str]) -> int:
+    from phd_lab.cli import configure_logging, guarded
+
+    args = build_parser().parse_args(list(argv))
+    configure_logging(-1 if args.quiet else 0)
+
+    def body() -> int:
+        path = write_report(args.logs_dir, args.out, refresh=not args.no_refresh)
+        sys.stdout.write(f"{path}\n")
+        return EXIT_OK
+
+    return guarded(body)

@@ -1,0 +1,85 @@
+"""Analyse run folders from their current files and (optionally) refresh analysis.json + analysis.png.
+
+Used by the ``analysis`` post-processing step (one run) and by ``python -m phd_lab report`` (all
+runs of a logs folder), so probe results that arrive after training show up on the next report.
+A run that a live process still owns is analysed but its folder is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phd_lab.analysis.run_summary import AnalysisSettings, summarize, write_analysis_json
+from phd_lab.analysis.run_tables import ANALYSIS_JSON, ANALYSIS_PNG, RunFolder, RunTables, discover_runs, load_run
+from phd_lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunEntry:
+    """One analysed run: its tables, summary, figure (PNG bytes) and whether its files were refreshed."""
+
+    folder: RunFolder
+    tables: RunTables
+    summary: dict[str, Any]
+    figure: bytes | None
+    written: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+def analyse_run(folder: RunFolder, *, write: bool = True, settings: AnalysisSettings | None = None,
+                skip_active: bool = True) -> RunEntry:
+    """Summarise one run and draw its figure; write both into the folder when ``write``.
+
+    ``skip_active``: do not write into a folder whose lock names a live process (a running
+    training or probe job writes its own analysis at the end).
+    """
+    from phd_lab.plots.run_figure import figure_png
+
+    tables = load_run(folder)
+    if settings is None:
+        try:
+            settings = AnalysisSettings.from_config(tables.config, str(folder.config))
+        except ConfigError as error:
+            tables.problems.append(f"analysis settings in the config are invalid, defaults used: {error}")
+            settings = AnalysisSettings()
+    summary = summarize(tables, settings)
+    figure = figure_png(tables, summary)
+    entry = RunEntry(folder, tables, summary, figure)
+    active = tables.status is not None and tables.status.active
+    if write and not (skip_active and active):
+        try:
+            from phd_lab import atomic
+            write_analysis_json(folder[ANALYSIS_JSON], summary)
+            atomic.write_bytes(folder[ANALYSIS_PNG], figure)
+            entry.written = True
+        except OSError as error:
+            log.warning("Cannot refresh the analysis of %s: %s", folder.root, error)
+            entry.errors.append(f"analysis files not written: {error}")
+    return entry
+
+
+def _failed_entry(folder: RunFolder, error: BaseException) -> RunEntry:
+    tables = RunTables(folder, problems=[f"analysis failed: {type(error).__name__}: {error}"])
+    summary = {"run": {"name": folder.name, "folder": str(folder.root), "model": None, "dataset": None,
+                       "resolution": None, "status": None},
+               "accuracy": {"test": None}, "saturation": None, "tails": [], "borders": None, "agreement": None,
+               "probes": {"status": "unknown"}, "computational": None, "truncation": None, "missing": [],
+               "problems": tables.problems, "recommendations": []}
+    return RunEntry(folder, tables, summary, None, errors=list(tables.problems))
+
+
+def collect(logs_dir: Path | str, *, refresh: bool = True) -> list[RunEntry]:
+    """Analyse every run below ``logs_dir``; one broken run never stops the others."""
+    entries = []
+    for folder in discover_runs(logs_dir):
+        try:
+            entries.append(analyse_run(folder, write=refresh))
+        except Exception as error:  # a report must cover the whole grid even if one folder is odd
+            log.warning("Analysis of %s failed: %s: %s", folder.root, type(error).__name__, error)
+            entries.append(_failed_entry(folder, error))
+    return entries

@@ -1,0 +1,41 @@
+"""Post-processing step ``analysis``: analysis.json + analysis.png from the run's saved tables.
+
+It reads only what the run folder holds (metrics CSV, receptive_field.csv, computational_info,
+probe results if any), so it must come last in ``post_processing``. Probes run later in a
+separate job; ``python -m phd_lab report`` refreshes the analysis with their results.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from phd_lab.analysis.run_summary import AnalysisSettings
+from phd_lab.analysis.run_tables import RunFolder
+from phd_lab.config import RunConfig
+from phd_lab.errors import ConfigError
+from phd_lab.steps import Step, StepContext, register_step
+
+log = logging.getLogger(__name__)
+
+
+@register_step
+class AnalysisStep(Step):
+    name = "analysis"
+    summary = "tails, border layers, probes and recommendations → analysis.json + analysis.png (put it last)"
+    params = ()
+
+    def check(self, params: dict[str, Any], config: RunConfig, where: str) -> None:
+        names = [entry["name"] for entry in config.post_processing]
+        if names and names[-1] != self.name:
+            raise ConfigError(f"{where}: the post-processing step 'analysis' reads the tables of the other steps, so "
+                              f"it must come last in 'post_processing'; got the order {names}.")
+        AnalysisSettings.from_config(config.values, where)
+
+    def run(self, ctx: StepContext, **params: Any) -> None:
+        from phd_lab.report.collect import analyse_run
+        folder = RunFolder(ctx.rundir.root, ctx.rundir.name)
+        entry = analyse_run(folder, write=True, settings=AnalysisSettings.from_config(ctx.config.values),
+                            skip_active=False)
+        for advice in entry.summary["recommendations"]:
+            log.info("Analysis of %s: %s", ctx.config.name, advice["text"])

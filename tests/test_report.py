@@ -1,0 +1,181 @@
+"""The HTML report of a fixture grid, the report command's exit codes, and the analysis step in a real run."""
+
+import base64
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
+
+import pandas as pd
+import pytest
+
+from analysis_fixtures import probe_frame, read_json, write_grid
+from phd_lab import atomic
+from phd_lab.lock import RunLock
+from phd_lab.report.cli import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class PageParser(HTMLParser):
+    """Collects ids, links, images and the rows of the sortable run table."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids, self.hrefs, self.images, self.rows = set(), [], [], []
+        self._in_runs_body = False
+        self._table_depth = 0
+        self._row = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            assert attrs["id"] not in self.ids, f"duplicate id {attrs['id']}"
+            self.ids.add(attrs["id"])
+        if tag == "a" and "href" in attrs:
+            self.hrefs.append(attrs["href"])
+        if tag == "img":
+            self.images.append(attrs.get("src"))
+        if tag == "table" and attrs.get("id") == "runs-table":
+            self._table_depth = 1
+        elif tag == "table" and self._table_depth:
+            self._table_depth += 1
+        if tag == "tbody" and self._table_depth == 1:
+            self._in_runs_body = True
+        if tag == "tr" and self._in_runs_body:
+            self._row = []
+        if tag == "td" and self._row is not None:
+            self._row.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "tr" and self._row is not None:
+            self.rows.append(self._row)
+            self._row = None
+        if tag == "tbody" and self._in_runs_body:
+            self._in_runs_body = False
+        if tag == "table" and self._table_depth:
+            self._table_depth -= 1
+
+    def handle_data(self, data):
+        if self._row is not None and self._row:
+            self._row[-1] += data
+
+
+def parse(path):
+    parser = PageParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    parser.close()
+    return parser
+
+
+def run_report(*args):
+    return subprocess.run([sys.executable, "-m", "phd_lab", "report", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture
+def grid(tmp_path):
+    logs = tmp_path / "logs"
+    runs = write_grid(logs)
+    lock = RunLock(runs["running"].lock).acquire()  # this live process "trains" that run
+    yield logs, runs
+    lock.release()
+
+
+def test_report_of_a_grid_parses_links_resolve_and_lists_every_run(grid, tmp_path):
+    logs, runs = grid
+    out = tmp_path / "site" / "report.html"
+    result = run_report(logs, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out)
+    page = parse(out)
+    assert len(page.rows) == len(runs) == 5
+    # every link is an in-page anchor or an existing file relative to the page
+    assert page.hrefs
+    for href in page.hrefs:
+        if href.startswith("#"):
+            assert href[1:] in page.ids, href
+        else:
+            assert (out.parent / unquote(href)).resolve().is_file(), href
+    assert {f"run-{i}" for i in range(1, 6)} <= page.ids and "runs" in page.ids
+    # every image is an embedded PNG: one per run plus three comparison plots
+    assert len(page.images) == 5 + 3
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1], validate=True)[:8] == PNG
+    # the rows in folder order: width 0.125 (unprobed), 0.25 (full), 0.5 (running), 1.0 (trained), run 1
+    status = [row[7] for row in page.rows]
+    assert status == ["finished", "finished", "running 1/3 epochs", "finished", "no metrics CSV"]
+    probes = [row[-1] for row in page.rows]
+    assert probes == ["pending (latents extracted)", "complete", "not probed", "not probed", "complete"]
+    assert [row[4] for row in page.rows] == ["0.125", "0.25", "0.5", "1.0", "0.25"]  # model_args.width varies
+    assert page.rows[1][-3] == "features.13" and page.rows[1][-2] == "yes"
+    # analysis files refreshed in every folder except the one a live process owns
+    for key, rundir in runs.items():
+        assert (rundir.analysis_json.is_file() and rundir.analysis_plot.is_file()) == (key != "running"), key
+
+
+def test_probe_results_added_later_are_picked_up(grid, tmp_path):
+    logs, runs = grid
+    write_report(logs)
+    unprobed = runs["unprobed"]
+    assert read_json(unprobed.analysis_json)["probes"]["status"] == "pending (latents extracted)"
+    atomic.write_csv(unprobed.root / "probe_performances.csv", probe_frame(0.9)[:7])
+    write_report(logs)
+    probes = read_json(unprobed.analysis_json)["probes"]
+    assert probes["status"] == "partial (7 of 11)" and probes["layers_probed"] == 7
+    atomic.write_csv(unprobed.root / "probe_performances.csv", probe_frame(0.9))
+    page = parse(write_report(logs))
+    assert read_json(unprobed.analysis_json)["probes"]["status"] == "complete"
+    assert page.rows[0][-1] == "complete"
+
+
+def test_a_run_is_running_only_while_its_lock_is_held(tmp_path):
+    logs = tmp_path / "logs"
+    runs = write_grid(logs)
+    lock = RunLock(runs["running"].lock).acquire()
+    page = parse(write_report(logs, tmp_path / "r.html"))
+    assert page.rows[2][7] == "running 1/3 epochs"
+    assert not runs["running"].analysis_json.exists()
+    # released (the process lives on, e.g. with the next grid point): the run stopped after 1 of 3 epochs
+    lock.release()
+    page = parse(write_report(logs, tmp_path / "r.html"))
+    assert page.rows[2][7] == "stopped 1/3 epochs"
+    assert read_json(runs["running"].analysis_json)["run"]["status"]["state"] == "stopped"
+    # a finished run whose lock is held is finished, in post-processing
+    with RunLock(runs["full"].lock):
+        page = parse(write_report(logs, tmp_path / "r.html"))
+    assert page.rows[1][7] == "finished (post-processing)"
+
+
+def test_report_usage_errors_exit_2(tmp_path):
+    missing = run_report(tmp_path / "nope")
+    assert missing.returncode == 2
+    assert "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    empty = run_report(tmp_path / "empty")
+    assert empty.returncode == 2 and "holds no runs" in empty.stderr
+    assert not (tmp_path / "empty" / "report.html").exists()
+
+
+def test_analysis_step_at_the_end_of_a_real_training(tmp_path):
+    config = {"model": "vgg11", "model_args": {"width": 0.125}, "dataset": "Digits", "resolution": 16,
+              "epoch": 1, "batch_size": 128, "logs_dir": str(tmp_path / "logs"), "device": "cpu",
+              "post_processing": ["analysis"]}
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run([sys.executable, "main.py", "--config", str(path), "--no-progress", "-q"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    folders = [p.parent for p in (tmp_path / "logs").rglob("*_config.json")]
+    assert len(folders) == 1
+    analysis = read_json(folders[0] / "analysis.json")
+    assert analysis["run"]["status"]["state"] == "finished"
+    csv = pd.read_csv(next(folders[0].glob("vgg11-*.csv")))
+    assert analysis["accuracy"]["test"] == pytest.approx(csv["test_accuracy"].iloc[-1])
+    assert (folders[0] / "analysis.png").read_bytes()[:8] == PNG
+    # the report of that logs folder works too
+    assert run_report(tmp_path / "logs").returncode == 0

@@ -1,0 +1,183 @@
+"""Per-run analysis from saved tables: borders, tail/border agreement, probes, truncation, advice."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from analysis_fixtures import (BORDER, LAYERS, computational_table, read_json, receptive_field_table,
+                               saturation_profile, write_run)
+from phd_lab import atomic
+from phd_lab.analysis.run_summary import AnalysisSettings, border_layers, nice_factor, summarize
+from phd_lab.analysis.run_tables import RunFolder, load_run
+from phd_lab.config import resolve_point
+from phd_lab.errors import ConfigError
+from phd_lab.steps import all_steps
+
+
+def folder_of(rundir):
+    return RunFolder(rundir.root, rundir.name)
+
+
+def rf_table(in_min, in_max):
+    rows = [{"index": i + 1, "layer": f"conv{i + 1}", "r_min": a + 2, "r_max": b + 2, "jump": 1,
+             "in_r_min": a, "in_r_max": b} for i, (a, b) in enumerate(zip(in_min, in_max))]
+    rows.append({"index": None, "layer": "fc", "r_min": 999, "r_max": 999, "jump": 1, "in_r_min": 999,
+                 "in_r_max": 999})
+    return pd.DataFrame(rows)
+
+
+def test_border_layers_strict_and_every_later_conv():
+    # in_r_min crosses 32 at conv4 (strictly), in_r_max already at conv3; fc rows are not Conv2d
+    table = rf_table([5, 20, 32, 33, 40], [5, 30, 34, 50, 60])
+    assert border_layers(table, 32) == ("conv4", "conv3")
+    # a later conv that falls back below the resolution moves the border behind it (multipath stems)
+    table = rf_table([5, 40, 20, 50, 60], [5, 40, 45, 50, 60])
+    assert border_layers(table, 32) == ("conv4", "conv2")
+    assert border_layers(rf_table([1, 3, 5], [1, 3, 5]), 32) == (None, None)
+
+
+def test_fixture_receptive_fields_put_the_vgg11_border_at_conv6():
+    table = receptive_field_table(32)
+    assert table.loc[table["layer"] == BORDER, "in_r_min"].item() == 46
+    assert table.loc[table["layer"] == "features.11", "in_r_min"].item() == 30
+    assert border_layers(table, 32) == (BORDER, BORDER)
+
+
+def synthetic_run(tmp_path, tail_start_layer, *, resolution=32):
+    """A run whose saturation tail starts at ``tail_start_layer`` (a VGG11 layer name)."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="unprobed", resolution=resolution)
+    metrics = pd.read_csv(rundir.metrics_csv)
+    start = LAYERS.index(tail_start_layer)
+    for position, layer in enumerate(LAYERS):
+        low = start <= position < len(LAYERS) - 1
+        metrics[f"{layer}_train_saturation"] = 0.03 if low else 0.35
+    atomic.write_csv(rundir.metrics_csv, metrics.drop(columns=["train_saturation_mean"]))
+    return load_run(folder_of(rundir))
+
+
+def test_tail_that_starts_at_the_border_agrees(tmp_path):
+    summary = summarize(synthetic_run(tmp_path, BORDER))
+    assert [(t["first_layer"], t["last_layer"]) for t in summary["tails"]] == [(BORDER, "classifier.3")]
+    assert summary["borders"]["b_min"] == BORDER and summary["borders"]["b_min_index"] == 6
+    assert summary["agreement"]["b_min"] == {"border": BORDER, "tail_start": BORDER, "offset": 0, "agrees": True}
+    # without the mean column, s_mu is the mean over the layers: 5 convs + classifier high, 5 low
+    assert summary["saturation"]["mean"] == pytest.approx((6 * 0.35 + 5 * 0.03) / 11)
+
+
+def test_tail_two_layers_late_disagrees_unless_the_tolerance_allows_it(tmp_path):
+    tables = synthetic_run(tmp_path, "features.18")
+    agreement = summarize(tables)["agreement"]["b_min"]
+    assert agreement["offset"] == 2 and agreement["agrees"] is False
+    relaxed = summarize(tables, AnalysisSettings(border_tolerance=2))["agreement"]["b_min"]
+    assert relaxed["agrees"] is True
+
+
+def test_border_without_tail_and_no_border_at_high_resolution(tmp_path):
+    tables = synthetic_run(tmp_path, BORDER)
+    metrics = tables.metrics.copy()
+    for layer in LAYERS:
+        metrics[f"{layer}_train_saturation"] = 0.3
+    tables.metrics = metrics
+    summary = summarize(tables)
+    assert summary["tails"] == [] and summary["agreement"]["b_min"]["agrees"] is False
+    assert "no tail" in summary["recommendations"][0]["text"]
+    # at 256 px no Conv2d input exceeds the resolution: no border; a tail there disagrees
+    high = summarize(synthetic_run(tmp_path / "high", BORDER, resolution=256))
+    assert high["borders"]["b_min"] is None
+    assert high["agreement"]["b_min"]["agrees"] is False
+
+
+def test_full_run_summary(tmp_path):
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full", test_accuracy=0.94, skip="features.16")
+    summary = summarize(load_run(folder_of(rundir)))
+    assert summary["missing"] == [] and summary["problems"] == []
+    assert summary["run"]["status"]["state"] == "finished"
+    assert summary["accuracy"]["test"] == pytest.approx(0.94)
+    assert summary["saturation"]["epoch"] == 3
+    assert summary["saturation"]["mean"] == pytest.approx(sum(saturation_profile(0.25, 3)) / 11, rel=0.05)
+    assert summary["saturation"]["mean"] == pytest.approx(
+        sum(entry["saturation"] for entry in summary["saturation"]["layers"]) / 11)
+    assert [(t["first_layer"], t["last_layer"]) for t in summary["tails"]] == [(BORDER, "classifier.3")]
+    assert summary["agreement"]["b_min"]["agrees"] is True
+    probes = summary["probes"]
+    assert probes["status"] == "complete" and probes["layers_probed"] == 11
+    # the fixture's probes reach 0.94 - 0.002 at features.13 (relative 0.9979 >= 0.99)
+    assert probes["first_reaching_layer"] == BORDER
+    assert probes["skipped_layers"] == ["features.16"]
+    comp = computational_table(0.25, 32)
+    assert summary["computational"]["params"] == comp["params"].sum()
+    truncation = summary["truncation"]
+    removed = comp.iloc[LAYERS.index(BORDER):]
+    assert truncation["removed_layers"] == LAYERS[LAYERS.index(BORDER):]
+    assert truncation["params_removed"] == removed["params"].sum()
+    assert truncation["flops_removed"] == removed["flops"].sum()
+    # new head: GAP + Linear(128 → 10) on the output of features.11 (512 · 0.25 channels)
+    assert truncation["head_params"] == 128 * 10 + 10
+    assert truncation["params_saved"] == removed["params"].sum() - 1290
+    kinds = [a["kind"] for a in summary["recommendations"]]
+    assert kinds[0] == "depth" and "probes" in kinds
+    assert "global average pooling" in summary["recommendations"][0]["text"]
+
+
+def test_width_advice_outside_the_target_interval(tmp_path):
+    tables = synthetic_run(tmp_path, BORDER)
+    metrics = tables.metrics.copy()
+    for layer in LAYERS:
+        metrics[f"{layer}_train_saturation"] = 0.1
+    tables.metrics = metrics
+    advice = [a["text"] for a in summarize(tables)["recommendations"] if a["kind"] == "width"]
+    assert len(advice) == 1 and "10.0%" in advice[0] and "0.40" in advice[0] and "try 1/2" in advice[0]
+    metrics.loc[:, [f"{layer}_train_saturation" for layer in LAYERS]] = 0.25
+    assert not [a for a in summarize(tables)["recommendations"] if a["kind"] == "width"]
+    assert nice_factor(0.4) == "1/2" and nice_factor(2.2) == "2" and nice_factor(0.01) == "1/8"
+
+
+def test_settings_come_from_the_logged_config_and_are_checked():
+    config = resolve_point({"model": "m", "dataset": "d", "tail_threshold": 0.3, "analysis_split": "test"}, "x")
+    settings = AnalysisSettings.from_config(config.values)
+    assert settings.tail_threshold == 0.3 and settings.analysis_split == "test"
+    assert AnalysisSettings.from_config({}) == AnalysisSettings()  # older runs: defaults
+    with pytest.raises(ConfigError, match="target_saturation"):
+        AnalysisSettings(target_saturation=(0.3, 0.2))
+
+
+def test_analysis_step_must_come_last():
+    step = all_steps()["analysis"]
+    last = resolve_point({"model": "m", "dataset": "d", "post_processing": ["analysis"]}, "x")
+    step.check({}, last, "x")
+    early = resolve_point({"model": "m", "dataset": "d", "post_processing": ["analysis", "flops"]}, "x")
+    with pytest.raises(ConfigError, match="must come last"):
+        step.check({}, early, "x")
+
+
+def test_missing_and_broken_files_are_reported_not_raised(tmp_path):
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="trained")
+    (rundir.root / "receptive_field.csv").write_text("index,layer\n1,features.0\n")  # lacks columns
+    (rundir.root / "computational_info.json").write_text("{not json")
+    summary = summarize(load_run(folder_of(rundir)))
+    assert "probe_performances.csv" in summary["missing"]
+    assert any("receptive_field.csv lacks" in p for p in summary["problems"])
+    assert any("computational_info.json cannot be read" in p for p in summary["problems"])
+    assert summary["borders"] is None and summary["truncation"] is None
+    assert summary["probes"]["status"] == "not probed"
+    # a folder with nothing but a config
+    empty = write_run(tmp_path / "logs2", width=0.25, stage="trained")
+    empty.metrics_csv.unlink()
+    bare = summarize(load_run(folder_of(empty)))
+    assert bare["saturation"] is None and bare["run"]["status"]["state"] == "not started"
+    assert bare["recommendations"][0]["kind"] == "missing"
+
+
+def test_analysis_json_is_strict_json(tmp_path):
+    from phd_lab.report.collect import analyse_run
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
+    metrics = pd.read_csv(rundir.metrics_csv)
+    metrics.loc[metrics.index[-1], "train_accuracy"] = float("nan")
+    atomic.write_csv(rundir.metrics_csv, metrics)
+    entry = analyse_run(folder_of(rundir))
+    assert entry.written
+    text = (rundir.root / "analysis.json").read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert data["accuracy"]["train"] is None and data == read_json(rundir.analysis_json)
+    assert (rundir.root / "analysis.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
