@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test clean-logs
+.PHONY: install quickstart test clean-logs readme-keys
 
 install: $(STAMP)
 
@@ -22,3 +22,7 @@ test: $(STAMP)
 
 clean-logs:
 	rm -rf logs/*/
+
+# Regenerate the README's config-key table from the schema (tests/test_readme.py checks it).
+readme-keys: $(STAMP)
+	$(PY) -c "import re,pathlib,subprocess,sys; p=pathlib.Path('README.md'); t=subprocess.run([sys.executable,'main.py','--list-keys','--markdown'],capture_output=True,text=True,check=True).stdout.strip(); s=p.read_text(); a='<!-- keys:start -->'; b='<!-- keys:end -->'; p.write_text(s[:s.index(a)+len(a)]+'\n'+t+'\n'+s[s.index(b):])"

@@ -8,7 +8,7 @@ def test_readme_key_table_matches_schema():
     readme = (ROOT / "README.md").read_text()
     start, end = readme.index("<!-- keys:start -->"), readme.index("<!-- keys:end -->")
     block = readme[start + len("<!-- keys:start -->"):end].strip()
-    assert block == schema_markdown(), "regenerate with: python main.py --list-keys --markdown"
+    assert block == schema_markdown(), "regenerate with: make readme-keys"
 
 
 def test_readme_opens_with_the_two_commands():

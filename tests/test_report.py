@@ -11,7 +11,7 @@ from urllib.parse import unquote
 import pandas as pd
 import pytest
 
-from analysis_fixtures import probe_frame, read_json, write_grid
+from tests.analysis_fixtures import probe_frame, read_json, write_grid
 from phd_lab import atomic
 from phd_lab.lock import RunLock
 from phd_lab.report.cli import write_report

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from analysis_fixtures import (BORDER, LAYERS, computational_table, read_json, receptive_field_table,
+from tests.analysis_fixtures import (BORDER, LAYERS, computational_table, read_json, receptive_field_table,
                                saturation_profile, write_run)
 from phd_lab import atomic
 from phd_lab.analysis.run_summary import AnalysisSettings, border_layers, nice_factor, summarize
