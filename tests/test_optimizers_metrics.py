@@ -87,6 +87,7 @@ def predictions():
     return labels, logits
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_metrics_match_scikit_learn(predictions):
     labels, logits = predictions
     predicted = logits.argmax(axis=1)
