@@ -151,7 +151,7 @@ class Trainer:
                 metric.update(targets.detach(), outputs.detach().float())
             first = next(iter(self.metrics.items()), None)
             postfix = {"loss": f"{total_loss / total:.4f}"}
-            if first is not None:
+            if first is not None and not isinstance(first[1].value, Mapping):
                 postfix[first[0]] = f"{first[1].value:.4f}"
             bar.set_postfix(postfix, refresh=False)
         bar.close()

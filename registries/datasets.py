@@ -1,5 +1,14 @@
 """Dataset registry: ``f(*, batch_size, resolution, data_dir, seed, num_workers, **dataset_args)
--> DataBundle``."""
+-> DataBundle``.
+
+Image datasets share these ``dataset_args``: ``download`` (fetch into data_dir if missing; default
+false), ``augment`` (training augmentation; default true), ``normalization`` ("cifar" — the
+thesis' default — or "imagenet" for RGB sets), ``canvas`` (false | true | pixels: the image on a
+black canvas of the configured resolution, §9.2) and ``downsample_then_upsample`` (pixels: to that
+resolution and back up, §9.1). ``folder:/path`` loads ``/path/train`` and ``/path/test`` (or
+``val``) ImageFolder trees. Every bundle also has ``train_eval``: the training split without
+augmentation or shuffling.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +17,11 @@ from torchvision import transforms
 
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.digits import digits_tensors
-from phd_lab.datasets.torchvision_sets import CIFAR_MEAN, CIFAR_STD, open_torchvision_dataset
+from phd_lab.datasets.torchvision_sets import SOURCES, folder_source, load_image_dataset
 
 
 def Digits(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int) -> DataBundle:
-    """scikit-learn's handwritten digits (10 classes, 1 channel), embedded: no download."""
+    """scikit-learn's handwritten digits (10 classes, 1 channel, 8×8), embedded: no download."""
     train, test = digits_tensors(resolution)
     return make_bundle("Digits", train, test, train, num_classes=10, in_channels=1, resolution=resolution,
                        batch_size=batch_size, seed=seed, num_workers=num_workers)
@@ -29,20 +38,91 @@ def FakeData(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_
                        resolution=resolution, batch_size=batch_size, seed=seed, num_workers=num_workers)
 
 
-def Cifar10(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
-            download: bool = False) -> DataBundle:
-    """Cifar10 (10 classes, 32×32 RGB) with the thesis' crop/flip augmentation, resized."""
-    normalise = [transforms.Resize(resolution, antialias=True), transforms.ToTensor(),
-                 transforms.Normalize(CIFAR_MEAN, CIFAR_STD)]
-    augment = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                  *normalise])
-    plain = transforms.Compose(normalise)
-    where = "cifar-10-batches-py/ (the extracted cifar-10-python.tar.gz)"
-    train = open_torchvision_dataset("Cifar10", tv_datasets.CIFAR10, data_dir, download, where,
-                                     train=True, transform=augment)
-    test = open_torchvision_dataset("Cifar10", tv_datasets.CIFAR10, data_dir, download, where,
-                                    train=False, transform=plain)
-    train_eval = open_torchvision_dataset("Cifar10", tv_datasets.CIFAR10, data_dir, False, where,
-                                          train=True, transform=plain)
-    return make_bundle("Cifar10", train, test, train_eval, num_classes=10, in_channels=3,
-                       resolution=resolution, batch_size=batch_size, seed=seed, num_workers=num_workers)
+def MNIST(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int, download: bool = False,
+          augment: bool = True, normalization: str | None = None, canvas: bool | int = False,
+          downsample_then_upsample: int | None = None) -> DataBundle:
+    """MNIST handwritten digits (10 classes, 28×28 grayscale); crop augmentation, no flips."""
+    return load_image_dataset(SOURCES["MNIST"], **locals())
+
+
+def FashionMNIST(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
+                 download: bool = False, augment: bool = True, normalization: str | None = None,
+                 canvas: bool | int = False, downsample_then_upsample: int | None = None) -> DataBundle:
+    """Fashion-MNIST clothing images (10 classes, 28×28 grayscale); crop and flip augmentation."""
+    return load_image_dataset(SOURCES["FashionMNIST"], **locals())
+
+
+def Cifar10(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int, download: bool = False,
+            augment: bool = True, normalization: str | None = None, canvas: bool | int = False,
+            downsample_then_upsample: int | None = None) -> DataBundle:
+    """Cifar10 (10 classes, 32×32 RGB); 4-px-padded random crop and flip, resized to the resolution."""
+    return load_image_dataset(SOURCES["Cifar10"], **locals())
+
+
+def Cifar100(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
+             download: bool = False, augment: bool = True, normalization: str | None = None,
+             canvas: bool | int = False, downsample_then_upsample: int | None = None) -> DataBundle:
+    """Cifar100 (100 classes, 32×32 RGB); 4-px-padded random crop and flip, resized to the resolution."""
+    return load_image_dataset(SOURCES["Cifar100"], **locals())
+
+
+def SVHN(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int, download: bool = False,
+         augment: bool = True, normalization: str | None = None, canvas: bool | int = False,
+         downsample_then_upsample: int | None = None) -> DataBundle:
+    """Street View House Numbers (10 classes, 32×32 RGB); crop augmentation, no flips."""
+    return load_image_dataset(SOURCES["SVHN"], **locals())
+
+
+def TinyImageNet(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
+                 download: bool = False, augment: bool = True, normalization: str | None = None,
+                 canvas: bool | int = False, downsample_then_upsample: int | None = None) -> DataBundle:
+    """Tiny ImageNet (200 classes, 64×64 RGB; evaluation on the labelled val split)."""
+    return load_image_dataset(SOURCES["TinyImageNet"], **locals())
+
+
+def ImageNet(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
+             download: bool = False, augment: bool = True, normalization: str | None = None, canvas: bool | int = False,
+             downsample_then_upsample: int | None = None) -> DataBundle:
+    """ILSVRC2012 (1,000 classes; no download); random-resized crop 5–100 % and flip; evaluated on val."""
+    return load_image_dataset(SOURCES["ImageNet"], **locals())
+
+
+def Imagenette(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
+               download: bool = False, augment: bool = True, normalization: str | None = None,
+               canvas: bool | int = False, downsample_then_upsample: int | None = None) -> DataBundle:
+    """Imagenette (10 easy ImageNet classes, full size); ImageNet-style augmentation."""
+    return load_image_dataset(SOURCES["Imagenette"], **locals())
+
+
+def Imagewoof(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
+              download: bool = False, augment: bool = True, normalization: str | None = None,
+              canvas: bool | int = False, downsample_then_upsample: int | None = None) -> DataBundle:
+    """Imagewoof (10 dog breeds from ImageNet, full size); ImageNet-style augmentation."""
+    return load_image_dataset(SOURCES["Imagewoof"], **locals())
+
+
+def Food101(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
+            download: bool = False, augment: bool = True, normalization: str | None = None,
+            canvas: bool | int = False, downsample_then_upsample: int | None = None) -> DataBundle:
+    """Food-101 (101 dishes, up to 512 px); ImageNet-style augmentation."""
+    return load_image_dataset(SOURCES["Food101"], **locals())
+
+
+def iNaturalist(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
+                download: bool = False, augment: bool = True, normalization: str | None = None,
+                canvas: bool | int = False, downsample_then_upsample: int | None = None) -> DataBundle:
+    """iNaturalist 2021 (10,000 species; train / valid); ImageNet-style augmentation."""
+    return load_image_dataset(SOURCES["iNaturalist"], **locals())
+
+
+def _folder(path: str, *, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
+            augment: bool = True, normalization: str | None = None, canvas: bool | int = False,
+            downsample_then_upsample: int | None = None) -> DataBundle:
+    """``folder:/path``: ImageFolder trees /path/train and /path/test (or val), ImageNet-style."""
+    return load_image_dataset(folder_source(path), batch_size=batch_size, resolution=resolution,
+                              data_dir=data_dir, seed=seed, num_workers=num_workers, augment=augment,
+                              normalization=normalization, canvas=canvas,
+                              downsample_then_upsample=downsample_then_upsample)
+
+
+PREFIXES = {"folder:": _folder}

@@ -1,32 +1,204 @@
-"""Opening torchvision datasets with download support and clear errors when files are missing."""
+"""Image datasets of the thesis loaded from ``data_dir``, with their preprocessing, as DataBundles.
+
+Each ``Source`` says how to open a split (through torchvision where it has the dataset), what
+its images are like (channels, native size, normalisation, flips) and which files a user must
+place where when they are missing. ``load_image_dataset`` opens the training split once and
+serves it twice — augmented (``train``) and plain (``train_eval``) — plus the evaluation split.
+Missing data raises a DataError saying which files belong where; nothing is downloaded unless
+``download`` is true.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from phd_lab.errors import DataError
+from torch.utils.data import Dataset
+from torchvision import datasets as tv
+from torchvision.datasets.folder import default_loader
+from torchvision.datasets.utils import download_and_extract_archive
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from phd_lab.data import DataBundle, make_bundle
+from phd_lab.datasets.folders import FixedClassImageFolder, TinyImageNet
+from phd_lab.datasets.transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
+                                         RGB_NORMALISATIONS, make_preprocessing)
+from phd_lab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+Opener = Callable[[Path, str, bool], Dataset]  # (data_dir, "train" | "test", download) -> dataset
 
 
-def open_torchvision_dataset(name: str, constructor: Callable[..., Any], data_dir: str, download: bool,
-                             expected: str, **kwargs: Any) -> Any:
-    """Construct a torchvision dataset; turn 'not found' and failed downloads into a DataError."""
+@dataclass(frozen=True)
+class Source:
+    """How to open one dataset and what its images are like."""
+
+    name: str
+    open: Opener
+    expected: str                          # what to place in data_dir when the data is missing
+    channels: int = 3
+    native: int | None = None              # fixed native size; None for variable-size photos
+    flip: bool = True
+    downloadable: bool = True
+    in_data_dir: bool = True               # False: ``expected`` is a full path (folder: datasets)
+    normalisations: dict[str, tuple] = field(default_factory=lambda: dict(RGB_NORMALISATIONS))
+
+
+class TransformedView(Dataset):
+    """A dataset seen through a transform (one opened split serves train and train_eval)."""
+
+    def __init__(self, base: Dataset, transform: Callable[[Any], Any]) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, label = self.base[index]
+        return self.transform(image), label
+
+
+def count_classes(dataset: Dataset) -> int:
+    for attribute in ("all_categories", "classes"):
+        values = getattr(dataset, attribute, None)
+        if values:
+            return len(values)
+    raise DataError(f"Cannot tell the number of classes of {type(dataset).__name__}.")
+
+
+def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dataset:
+    """Open one split; turn missing/corrupt files and failed downloads into a DataError."""
     root = Path(data_dir).expanduser()
+    place = (f"Place {source.expected}" + (f" under data_dir {str(root)!r}" if source.in_data_dir else "")
+             + (", or set \"dataset_args\": {\"download\": true} on a machine with internet access."
+                if source.downloadable else " (this dataset cannot be downloaded automatically)."))
     try:
-        return constructor(root=str(root), download=download, **kwargs)
+        return source.open(root, split, download)
+    except FileNotFoundError as error:
+        raise DataError(f"Dataset {source.name} ({split} split) is missing: {error}. {place}") from None
     except RuntimeError as error:
-        if "not found" not in str(error).lower() and "corrupt" not in str(error).lower():
+        text = str(error).lower()
+        if not any(word in text for word in ("not found", "corrupt", "not present", "does not exist")):
             raise
-        raise DataError(
-            f"Dataset {name} is not in data_dir {str(root)!r}: place {expected} there, or set "
-            f"\"dataset_args\": {{\"download\": true}} on a machine with internet access. "
-            f"(torchvision said: {error})") from None
+        raise DataError(f"Dataset {source.name} ({split} split) is not in data_dir {str(root)!r} or is "
+                        f"incomplete (torchvision: {error}). {place}") from None
     except OSError as error:  # URLError and socket errors of a failed download
-        raise DataError(
-            f"Dataset {name} could not be downloaded into {str(root)!r} ({type(error).__name__}: {error}). "
-            f"Without internet access, place {expected} in that folder yourself.") from None
+        raise DataError(f"Dataset {source.name} could not be {'downloaded into' if download else 'read from'} "
+                        f"{str(root)!r} ({type(error).__name__}: {error}). {place}") from None
+
+
+def load_image_dataset(source: Source, *, batch_size: int, resolution: int, data_dir: str, seed: int,
+                       num_workers: int, download: bool = False, augment: bool = True,
+                       normalization: str | None = None, canvas: bool | int = False,
+                       downsample_then_upsample: int | None = None) -> DataBundle:
+    """The DataBundle of ``source`` with the thesis' preprocessing at ``resolution``."""
+    if not isinstance(download, bool):
+        raise ConfigError(f"The dataset_args 'download' of dataset {source.name!r} must be true or false; "
+                          f"got {download!r}.")
+    if download and not source.downloadable:
+        raise ConfigError(f"Dataset {source.name} cannot be downloaded automatically; remove 'download' from "
+                          f"dataset_args and place {source.expected} under data_dir yourself.")
+    prep = make_preprocessing(source.name, resolution=resolution, normalisations=source.normalisations,
+                              normalization=normalization, native=source.native, augment=augment,
+                              flip=source.flip, canvas=canvas, downsample_then_upsample=downsample_then_upsample)
+    train = open_split(source, data_dir, "train", download)
+    test = open_split(source, data_dir, "test", download)
+    log.info("%s: %d training and %d test images from %s", source.name, len(train), len(test), data_dir)
+    return make_bundle(source.name, TransformedView(train, prep.train()), TransformedView(test, prep.eval()),
+                       TransformedView(train, prep.eval()), num_classes=count_classes(train),
+                       in_channels=source.channels, resolution=resolution, batch_size=batch_size, seed=seed,
+                       num_workers=num_workers)
+
+
+# ------------------------------------------------------------------------------ the openers
+
+def _mnist_like(cls: type) -> Opener:
+    return lambda root, split, download: cls(root=str(root), train=split == "train", download=download)
+
+
+def _cifar(cls: type) -> Opener:
+    return lambda root, split, download: cls(root=str(root), train=split == "train", download=download)
+
+
+def _svhn(root: Path, split: str, download: bool) -> Dataset:
+    dataset = tv.SVHN(root=str(root / "SVHN"), split="train" if split == "train" else "test", download=download)
+    dataset.classes = [str(i) for i in range(10)]  # type: ignore[attr-defined]
+    return dataset
+
+
+def _tiny_imagenet(root: Path, split: str, download: bool) -> Dataset:
+    folder = root / "tiny-imagenet-200"
+    if download and not folder.is_dir():
+        download_and_extract_archive("http://cs231n.stanford.edu/tiny-imagenet-200.zip", str(root))
+    return TinyImageNet(folder, "train" if split == "train" else "val")
+
+
+def _imagenet(root: Path, split: str, download: bool) -> Dataset:
+    return tv.ImageNet(root=str(root / "imagenet"), split="train" if split == "train" else "val")
+
+
+def _imagenette(root: Path, split: str, download: bool) -> Dataset:
+    return tv.Imagenette(root=str(root), split="train" if split == "train" else "val", download=download)
+
+
+def _imagewoof(root: Path, split: str, download: bool) -> Dataset:
+    folder = root / "imagewoof2"
+    if download and not folder.is_dir():
+        download_and_extract_archive("https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2.tgz", str(root))
+    train = FixedClassImageFolder(folder / "train")
+    return train if split == "train" else FixedClassImageFolder(folder / "val", classes=train.classes)
+
+
+def _food101(root: Path, split: str, download: bool) -> Dataset:
+    return tv.Food101(root=str(root), split="train" if split == "train" else "test", download=download)
+
+
+def _inaturalist(root: Path, split: str, download: bool) -> Dataset:
+    version = "2021_train" if split == "train" else "2021_valid"
+    return tv.INaturalist(root=str(root / "inaturalist"), version=version, target_type="full", download=download,
+                          loader=default_loader)
+
+
+def folder_opener(path: str) -> Opener:
+    """``<path>/train/<class>/*`` and ``<path>/test/<class>/*`` (or ``val/``) ImageFolder trees."""
+    def opener(root: Path, split: str, download: bool) -> Dataset:
+        base = Path(path).expanduser()
+        train = FixedClassImageFolder(base / "train")
+        if split == "train":
+            return train
+        evaluation = base / "test" if (base / "test").is_dir() else base / "val"
+        return FixedClassImageFolder(evaluation, classes=train.classes)
+    return opener
+
+
+_MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+
+SOURCES: dict[str, Source] = {s.name: s for s in (
+    Source("MNIST", _mnist_like(tv.MNIST), f"MNIST/raw/{{{_MNIST_FILES}}}", channels=1, native=28, flip=False,
+           normalisations={"mnist": ((0.1307,), (0.3081,))}),
+    Source("FashionMNIST", _mnist_like(tv.FashionMNIST), f"FashionMNIST/raw/{{{_MNIST_FILES}}}", channels=1,
+           native=28, normalisations={"fashionmnist": ((0.2860,), (0.3530,))}),
+    Source("Cifar10", _cifar(tv.CIFAR10), "cifar-10-batches-py/ (the extracted cifar-10-python.tar.gz)", native=32),
+    Source("Cifar100", _cifar(tv.CIFAR100), "cifar-100-python/ (the extracted cifar-100-python.tar.gz)", native=32),
+    Source("SVHN", _svhn, "SVHN/train_32x32.mat and SVHN/test_32x32.mat", native=32, flip=False),
+    Source("TinyImageNet", _tiny_imagenet, "tiny-imagenet-200/ (the extracted tiny-imagenet-200.zip with train/ "
+           "and val/val_annotations.txt)", native=64),
+    Source("ImageNet", _imagenet, "imagenet/ILSVRC2012_devkit_t12.tar.gz, imagenet/ILSVRC2012_img_train.tar and "
+           "imagenet/ILSVRC2012_img_val.tar (torchvision extracts them on first use)", downloadable=False),
+    Source("Imagenette", _imagenette, "imagenette2/train/<wnid>/*.JPEG and imagenette2/val/<wnid>/*.JPEG "
+           "(the extracted imagenette2.tgz)"),
+    Source("Imagewoof", _imagewoof, "imagewoof2/train/<wnid>/*.JPEG and imagewoof2/val/<wnid>/*.JPEG "
+           "(the extracted imagewoof2.tgz)"),
+    Source("Food101", _food101, "food-101/images/<class>/*.jpg and food-101/meta/{classes.txt,train.json,test.json} "
+           "(the extracted food-101.tar.gz)"),
+    Source("iNaturalist", _inaturalist, "inaturalist/2021_train/<category>/*.jpg and inaturalist/2021_valid/"
+           "<category>/*.jpg (the extracted 2021_train.tar.gz and 2021_valid.tar.gz)"),
+)}
+
+
+def folder_source(path: str) -> Source:
+    return Source(f"folder:{path}", folder_opener(path), f"{path}/train/<class>/<image> and {path}/test/<class>/"
+                  f"<image> (or val/)", downloadable=False, in_data_dir=False)

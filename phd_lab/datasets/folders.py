@@ -1,0 +1,69 @@
+"""Image datasets stored as folder trees: ImageFolder with a fixed class list, and TinyImageNet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+
+
+class FixedClassImageFolder(ImageFolder):
+    """ImageFolder whose class → index map is given (the training split's), so that an evaluation
+    split lacking a class keeps the same label indices."""
+
+    def __init__(self, root: str | Path, classes: list[str] | None = None, **kwargs: Any) -> None:
+        self._given_classes = classes
+        super().__init__(str(root), **kwargs)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        if self._given_classes is None:
+            return super().find_classes(directory)
+        return list(self._given_classes), {name: i for i, name in enumerate(self._given_classes)}
+
+    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None,
+                     allow_empty: bool = False):  # type: ignore[override]
+        # classes of the training split that are absent here are allowed
+        return super().make_dataset(directory, class_to_idx, extensions, is_valid_file, allow_empty=True)
+
+
+class TinyImageNet(Dataset):
+    """Tiny ImageNet (200 classes, 64×64): ``tiny-imagenet-200/`` as distributed by Stanford.
+
+    train: ``train/<wnid>/images/*.JPEG``; val (the labelled evaluation split):
+    ``val/images/*.JPEG`` with ``val/val_annotations.txt`` (file, wnid, box) lines.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None) -> None:
+        self.root = Path(root)
+        self.transform = transform
+        train_dir = self.root / "train"
+        if not train_dir.is_dir():
+            raise FileNotFoundError(f"{train_dir} not found")
+        self.classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+        self.class_to_idx = {wnid: i for i, wnid in enumerate(self.classes)}
+        if split == "train":
+            self.samples = [(str(f), self.class_to_idx[wnid.name]) for wnid in sorted(train_dir.iterdir())
+                            if wnid.is_dir() for f in sorted((wnid / "images").iterdir())
+                            if f.suffix.lower() in IMG_EXTENSIONS]
+        elif split == "val":
+            annotations = self.root / "val" / "val_annotations.txt"
+            if not annotations.is_file():
+                raise FileNotFoundError(f"{annotations} not found")
+            self.samples = []
+            for line in annotations.read_text(encoding="utf-8").splitlines():
+                parts = line.split("\t")
+                if len(parts) >= 2 and parts[1] in self.class_to_idx:
+                    self.samples.append((str(self.root / "val" / "images" / parts[0]), self.class_to_idx[parts[1]]))
+        else:
+            raise ValueError(f"split must be 'train' or 'val'; got {split!r}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        image = default_loader(path)
+        return (self.transform(image) if self.transform is not None else image), label

@@ -1,0 +1,47 @@
+"""Building torchvision's classification models by name, for the ``tv:`` model prefix.
+
+The models are built without weights (nothing is downloaded), with ``num_classes`` outputs. For
+``in_channels`` other than 3 the first convolution is replaced by one with the same settings and
+``in_channels`` inputs, so grayscale datasets work with every architecture.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torchvision
+from torch import nn
+
+from phd_lab.registry import did_you_mean
+
+
+def classification_models() -> list[str]:
+    """Names of torchvision's classification models (no detection/segmentation/video)."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(parent, name, nn.Conv2d(
+                    in_channels, child.out_channels, kernel_size=child.kernel_size, stride=child.stride,
+                    padding=child.padding, dilation=child.dilation, groups=1,
+                    bias=child.bias is not None, padding_mode=child.padding_mode))
+                return
+    raise ValueError(f"{type(model).__name__} has no Conv2d whose input channels could be set to {in_channels}")
+
+
+def create_torchvision_model(name: str, *, num_classes: int, in_channels: int = 3, **model_args: Any) -> nn.Module:
+    """torchvision's ``name`` with ``num_classes`` outputs and ``in_channels`` inputs, random weights."""
+    names = classification_models()
+    if name not in names:
+        raise ValueError(f"'tv:{name}' is not a torchvision classification model.{did_you_mean(name, names)} "
+                         f"Available: {', '.join(names)}")
+    if "weights" in model_args:
+        raise ValueError("tv: models are built without pretrained weights (nothing is downloaded); "
+                         "remove 'weights' from model_args")
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **model_args)
+    if in_channels != 3:
+        _replace_first_conv(model, in_channels)
+    return model

@@ -1,0 +1,184 @@
+"""Every dataset through a tiny on-disk tree in the format its loader expects (or its error path)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from phd_lab.errors import ConfigError, DataError
+from phd_lab.registry import Registries
+
+DATASETS = Registries().datasets
+COMMON = dict(batch_size=4, seed=0, num_workers=0)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_image(path: Path, size: tuple[int, int] = (40, 30), value: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def write_idx(folder: Path, prefix: str, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    images = np.random.default_rng(count).integers(0, 255, (count, 28, 28), dtype=np.uint8)
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.tobytes())
+    labels = (np.arange(count) % 10).astype(np.uint8)
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.tobytes())
+
+
+def check_bundle(bundle, *, num_classes: int, channels: int, resolution: int, train_size: int, test_size: int):
+    assert (bundle.num_classes, bundle.in_channels, bundle.resolution) == (num_classes, channels, resolution)
+    assert len(bundle.train.dataset) == len(bundle.train_eval.dataset) == train_size
+    assert len(bundle.test.dataset) == test_size
+    for loader in (bundle.train, bundle.test, bundle.train_eval):
+        images, labels = next(iter(loader))
+        assert images.shape[1:] == (channels, resolution, resolution) and images.dtype == torch.float32
+        assert labels.dtype == torch.int64 and int(labels.max()) < num_classes
+    # train_eval is the training split without augmentation: identical on every pass
+    first = torch.cat([x for x, _ in bundle.train_eval])
+    second = torch.cat([x for x, _ in bundle.train_eval])
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("name", ["MNIST", "FashionMNIST"])
+def test_mnist_like_from_idx_files(tmp_path, name):
+    write_idx(tmp_path / name / "raw", "train", 12)
+    write_idx(tmp_path / name / "raw", "t10k", 6)
+    bundle = DATASETS.get(name)(resolution=32, data_dir=str(tmp_path), **COMMON)
+    check_bundle(bundle, num_classes=10, channels=1, resolution=32, train_size=12, test_size=6)
+
+
+def test_tiny_imagenet_tree(tmp_path):
+    root = tmp_path / "tiny-imagenet-200"
+    for c, wnid in enumerate(["n01443537", "n01629819", "n01641577"]):
+        for i in range(3):
+            write_image(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", (64, 64), c * 10 + i)
+    lines = []
+    for i, wnid in enumerate(["n01629819", "n01443537"]):
+        write_image(root / "val" / "images" / f"val_{i}.JPEG", (64, 64), 100 + i)
+        lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t10\t10")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    bundle = DATASETS.get("TinyImageNet")(resolution=32, data_dir=str(tmp_path), **COMMON)
+    check_bundle(bundle, num_classes=3, channels=3, resolution=32, train_size=9, test_size=2)
+    assert [label for _, label in bundle.test.dataset] == [1, 0]   # labels follow the training classes
+
+
+def test_imagenette_tree_with_real_wnids(tmp_path):
+    for c, wnid in enumerate(["n01440764", "n02102040"]):
+        for split, count in (("train", 3), ("val", 1)):
+            for i in range(count):
+                write_image(tmp_path / "imagenette2" / split / wnid / f"{wnid}_{i}.JPEG", value=c * 10 + i)
+    bundle = DATASETS.get("Imagenette")(resolution=24, data_dir=str(tmp_path), **COMMON)
+    check_bundle(bundle, num_classes=2, channels=3, resolution=24, train_size=6, test_size=2)
+
+
+def test_imagewoof_tree_keeps_training_class_indices(tmp_path):
+    for c, wnid in enumerate(["n02086240", "n02087394", "n02088364"]):
+        for i in range(2):
+            write_image(tmp_path / "imagewoof2" / "train" / wnid / f"{i}.JPEG", value=c * 10 + i)
+    write_image(tmp_path / "imagewoof2" / "val" / "n02088364" / "0.JPEG", value=99)  # only the 3rd class
+    bundle = DATASETS.get("Imagewoof")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    check_bundle(bundle, num_classes=3, channels=3, resolution=16, train_size=6, test_size=1)
+    assert bundle.test.dataset[0][1] == 2
+
+
+def test_food101_tree(tmp_path):
+    base = tmp_path / "food-101"
+    meta = {"train": {}, "test": {}}
+    for c, dish in enumerate(["apple_pie", "ramen"]):
+        for i in range(3):
+            write_image(base / "images" / dish / f"{i}.jpg", value=c * 10 + i)
+            meta["train" if i < 2 else "test"].setdefault(dish, []).append(f"{dish}/{i}")
+    (base / "meta").mkdir()
+    for split, content in meta.items():
+        (base / "meta" / f"{split}.json").write_text(json.dumps(content))
+    bundle = DATASETS.get("Food101")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    check_bundle(bundle, num_classes=2, channels=3, resolution=16, train_size=4, test_size=2)
+
+
+def test_inaturalist_2021_tree(tmp_path):
+    categories = ["00000_Animalia_Chordata_Aves_Passeriformes_Corvidae_Corvus_corax",
+                  "00001_Plantae_Tracheophyta_Magnoliopsida_Rosales_Rosaceae_Rosa_canina"]
+    for version, count in (("2021_train", 2), ("2021_valid", 1)):
+        for c, category in enumerate(categories):
+            for i in range(count):
+                write_image(tmp_path / "inaturalist" / version / category / f"{i}.jpg", value=c * 10 + i)
+    bundle = DATASETS.get("iNaturalist")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    check_bundle(bundle, num_classes=2, channels=3, resolution=16, train_size=4, test_size=2)
+
+
+def test_folder_prefix(tmp_path):
+    for split, count in (("train", 3), ("val", 1)):
+        for c, name in enumerate(["cats", "dogs"]):
+            for i in range(count):
+                write_image(tmp_path / "pets" / split / name / f"{i}.png", value=c * 10 + i)
+    bundle = DATASETS.get(f"folder:{tmp_path / 'pets'}")(resolution=20, data_dir="unused", **COMMON)
+    check_bundle(bundle, num_classes=2, channels=3, resolution=20, train_size=6, test_size=2)
+    assert f"folder:{tmp_path / 'pets'}" in DATASETS
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("Cifar10", "cifar-10-batches-py/"), ("Cifar100", "cifar-100-python/"), ("SVHN", "SVHN/train_32x32.mat"),
+    ("ImageNet", "imagenet/ILSVRC2012_devkit_t12.tar.gz"), ("MNIST", "MNIST/raw/"),
+    ("TinyImageNet", "tiny-imagenet-200/"), ("Imagenette", "imagenette2/train"), ("Imagewoof", "imagewoof2/"),
+    ("Food101", "food-101/images"), ("iNaturalist", "inaturalist/2021_train"),
+])
+def test_missing_data_says_what_to_place_where(tmp_path, name, expected):
+    with pytest.raises(DataError) as error:
+        DATASETS.get(name)(resolution=32, data_dir=str(tmp_path), **COMMON)
+    message = str(error.value)
+    assert expected in message and str(tmp_path) in message and name in message
+
+
+def test_corrupt_cifar_files_are_reported(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for part in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
+        (folder / part).write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="cifar-10-batches-py/"):
+        DATASETS.get("Cifar10")(resolution=32, data_dir=str(tmp_path), **COMMON)
+
+
+def test_missing_folder_tree(tmp_path):
+    with pytest.raises(DataError, match="train/<class>/<image>"):
+        DATASETS.get(f"folder:{tmp_path / 'nothing'}")(resolution=32, data_dir=str(tmp_path), **COMMON)
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("ImageNet", {"download": True}, "cannot be downloaded"),
+    ("Cifar10", {"normalization": "mnist"}, "'normalization' .* must be one of 'cifar', 'imagenet'"),
+    ("Cifar10", {"canvas": True, "resolution": 16}, "canvas .* at least as large"),
+    ("Imagenette", {"canvas": True}, "no fixed native image size"),
+    ("Cifar10", {"downsample_then_upsample": 0}, "positive number of pixels"),
+    ("Cifar10", {"augment": "yes"}, "'augment'"),
+])
+def test_bad_dataset_args_fail_before_any_file_is_read(tmp_path, name, args, message):
+    kwargs = {"resolution": 32, "data_dir": str(tmp_path), **COMMON, **args}
+    with pytest.raises(ConfigError, match=message):
+        DATASETS.get(name)(**kwargs)
+
+
+def test_mnist_canvas_and_downsample_options_reach_the_pipeline(tmp_path):
+    write_idx(tmp_path / "MNIST" / "raw", "train", 8)
+    write_idx(tmp_path / "MNIST" / "raw", "t10k", 4)
+    canvas = DATASETS.get("MNIST")(resolution=64, data_dir=str(tmp_path), canvas=True, **COMMON)
+    image, _ = canvas.test.dataset[0]
+    background = -0.1307 / 0.3081                         # a black pixel after normalisation
+    assert image.shape == (1, 64, 64)
+    assert (torch.isclose(image, torch.tensor(background)).sum()) >= 64 * 64 - 28 * 28
+    blurred = DATASETS.get("MNIST")(resolution=32, data_dir=str(tmp_path), downsample_then_upsample=8, **COMMON)
+    assert blurred.train_eval.dataset[0][0].shape == (1, 32, 32)

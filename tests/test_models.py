@@ -1,0 +1,256 @@
+"""Every registered model: forward/backward, fx tracing, parameter counts, width, skips."""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from phd_lab.models.common import scaled
+from phd_lab.registry import Registries
+from registries import models as zoo
+
+MODELS = Registries().models
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny models run fastest single-threaded, especially on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+# Smallest sensible setting per registered model: (model_args, resolution, in_channels).
+SMALL: dict[str, tuple[dict, int, int]] = {
+    "vgg11": ({"width": 1 / 16}, 16, 1),
+    "vgg13": ({"width": 1 / 16, "batch_norm": False, "head": "linear"}, 16, 3),
+    "vgg16": ({"width": 1 / 16}, 16, 1),
+    "vgg19": ({"width": 1 / 16}, 32, 3),
+    "vgg19_dilated": ({"width": 1 / 16}, 32, 3),
+    "resnet18": ({"width": 1 / 8}, 32, 3),
+    "resnet34": ({"width": 1 / 16}, 32, 3),
+    "resnet50": ({"width": 1 / 16}, 32, 3),
+    "resnet18_cifar": ({"width": 1 / 8}, 16, 1),
+    "resnet34_cifar": ({"width": 1 / 16}, 16, 3),
+    "resnet50_cifar": ({"width": 1 / 16}, 16, 3),
+    "resnet18_noskip": ({"width": 1 / 8}, 32, 3),
+    "resnet34_noskip": ({"width": 1 / 16}, 32, 3),
+    "resnet18_se": ({"width": 1 / 8}, 32, 3),
+    "resnet18_sa": ({"width": 1 / 8, "stem": "cifar"}, 16, 3),
+    "resnet18_cbam": ({"width": 1 / 8}, 32, 3),
+    "resnet18_noskip_se": ({"width": 1 / 8}, 32, 3),
+    "resnet18_noskip_sa": ({"width": 1 / 8}, 32, 3),
+    "resnet18_noskip_cbam": ({"width": 1 / 8}, 32, 3),
+    "mpnet18": ({"width": 1 / 8}, 16, 3),
+    "mpnet36": ({"width": 1 / 16}, 16, 3),
+    "densenet18": ({"width": 1 / 8}, 32, 3),
+    "densenet65": ({"width": 1 / 8}, 32, 3),
+    "densenet121": ({"width": 1 / 16}, 32, 3),
+    "mlp_long_skip": ({"skipped": 16, "tail": 2}, 28, 1),
+}
+
+
+def build_small(name: str, num_classes: int = 5) -> tuple[nn.Module, torch.Tensor]:
+    args, resolution, channels = SMALL[name]
+    torch.manual_seed(0)
+    model = MODELS.get(name)(num_classes=num_classes, in_channels=channels, **args)
+    return model, torch.randn(3, channels, resolution, resolution)
+
+
+def test_every_registered_model_has_a_test_setting():
+    assert sorted(MODELS.names()) == sorted(SMALL, key=str.lower)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_forward_backward_and_fx_trace(name):
+    model, x = build_small(name)
+    out = model(x)
+    assert out.shape == (3, 5) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    traced = torch.fx.symbolic_trace(model)          # receptive-field analysis works on fx graphs
+    model.eval()
+    torch.testing.assert_close(traced.eval()(x), model(x))
+
+
+@pytest.mark.parametrize("depth, expected", [(18, 11_689_512), (34, 21_797_672), (50, 25_557_032)])
+def test_resnet_parameter_counts_equal_torchvision(depth, expected):
+    with torch.device("meta"):                              # shapes only: no memory, no init cost
+        ours = MODELS.get(f"resnet{depth}")(num_classes=1000)
+        theirs = getattr(torchvision.models, f"resnet{depth}")(num_classes=1000)
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == sum(p.numel() for p in theirs.parameters()) == expected
+
+
+@pytest.mark.parametrize("depth", [11, 13, 16, 19])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_vgg_feature_extractor_equals_torchvision(depth, batch_norm):
+    with torch.device("meta"):
+        ours = MODELS.get(f"vgg{depth}")(num_classes=1000, batch_norm=batch_norm).features
+        theirs = getattr(torchvision.models, f"vgg{depth}" + ("_bn" if batch_norm else ""))().features
+    assert [type(m) for m in ours] == [type(m) for m in theirs]
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+
+
+def test_densenet121_parameter_count_equals_torchvision():
+    with torch.device("meta"):
+        ours = sum(p.numel() for p in zoo.densenet121(num_classes=1000).parameters())
+        theirs = sum(p.numel() for p in torchvision.models.densenet121().parameters())
+    assert ours == theirs == 7_978_856
+
+
+def conv_widths(model: nn.Module) -> list[int]:
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet18", "resnet50_cifar", "mpnet18"])
+@pytest.mark.parametrize("width", [0.5, 0.25, 0.375])
+def test_width_scales_every_filter_count(name, width):
+    with torch.device("meta"):
+        full = conv_widths(MODELS.get(name)(num_classes=10))
+        narrow = conv_widths(MODELS.get(name)(num_classes=10, width=width))
+    assert narrow == [scaled(f, width) for f in full]
+    assert narrow != full
+
+
+def test_densenet_width_scales_growth_and_stem():
+    model = zoo.densenet18(num_classes=10, width=0.25)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].out_channels == 16                      # stem 64 × ¼
+    assert convs[2].out_channels == 8                       # first 3×3 layer: growth 32 × ¼
+    assert convs[1].out_channels == 4 * 8                   # bottleneck 4 × growth
+
+
+def block_input_adds(model: nn.Module) -> int:
+    """Count additions that take a block input (a ReLU/max-pool output or a projection) as operand."""
+    graph = torch.fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+
+    def is_block_input(node: torch.fx.Node) -> bool:
+        if node.op != "call_module":
+            return False
+        target = str(node.target)
+        return isinstance(modules[target], (nn.ReLU, nn.MaxPool2d)) or "downsample" in target
+
+    count = 0
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in (operator.add, torch.add, operator.iadd):
+            count += any(isinstance(a, torch.fx.Node) and is_block_input(a) for a in node.args)
+    return count
+
+
+@pytest.mark.parametrize("attention", [None, "se", "sa", "cbam"])
+def test_skip_false_has_no_identity_path(attention):
+    with_skip = zoo.resnet18(num_classes=10, width=1 / 8, attention=attention)
+    without = zoo.resnet18(num_classes=10, width=1 / 8, attention=attention, skip=False)
+    assert block_input_adds(with_skip) == 8                 # one residual addition per basic block
+    assert block_input_adds(without) == 0
+    assert not any("downsample" in name for name, _ in without.named_modules())
+
+
+def test_noskip_variants_are_sequential_resnets():
+    assert block_input_adds(zoo.resnet34_noskip(num_classes=10, width=1 / 16)) == 0
+    assert block_input_adds(zoo.resnet18_noskip_cbam(num_classes=10, width=1 / 8)) == 0
+    assert block_input_adds(zoo.resnet50(num_classes=10, width=1 / 16)) == 16
+
+
+def test_stems_differ_as_in_the_thesis():
+    imagenet = zoo.resnet18(num_classes=10, width=1 / 8)
+    cifar = zoo.resnet18_cifar(num_classes=10, width=1 / 8)
+    assert (imagenet.conv1.kernel_size, imagenet.conv1.stride) == ((7, 7), (2, 2))
+    assert isinstance(imagenet.maxpool, nn.MaxPool2d)
+    assert (cifar.conv1.kernel_size, cifar.conv1.stride) == ((3, 3), (1, 1))
+    assert isinstance(cifar.maxpool, nn.Identity)
+    features = {}
+    for name, model in (("imagenet", imagenet), ("cifar", cifar)):
+        model.layer4.register_forward_hook(lambda m, i, o, n=name: features.__setitem__(n, o.shape[-1]))
+        model(torch.randn(2, 3, 32, 32))
+    assert features == {"imagenet": 1, "cifar": 4}
+
+
+def test_attention_modules_are_in_every_block():
+    for kind, cls in (("se", "SqueezeExcitation"), ("sa", "SpatialAttention"), ("cbam", "CBAM")):
+        model = zoo.resnet18(num_classes=10, width=1 / 8, attention=kind)
+        found = [type(m.attention).__name__ for m in model.modules() if hasattr(m, "attention")]
+        assert found == [cls] * 8
+
+
+def test_vgg_dilation_dilates_convolutions_not_pools():
+    model = zoo.vgg19_dilated(num_classes=10, width=1 / 16)
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    pools = [m for m in model.features if isinstance(m, nn.MaxPool2d)]
+    assert len(convs) == 16 and all(c.dilation == (3, 3) and c.padding == (3, 3) for c in convs)
+    assert len(pools) == 5 and all(p.dilation == 1 for p in pools)
+    out = model.features[:3](torch.randn(1, 3, 32, 32))   # same padding keeps the size
+    assert out.shape[-2:] == (32, 32)
+
+
+@pytest.mark.parametrize("resolution", [8, 16, 33, 224])
+def test_vgg16_runs_at_small_odd_and_large_resolutions(resolution):
+    model = zoo.vgg16(num_classes=10, in_channels=1, width=1 / 16).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, resolution, resolution)).shape == (2, 10)
+
+
+def test_vgg_heads():
+    with torch.device("meta"):
+        mlp = zoo.vgg11(num_classes=10)
+        linear = zoo.vgg11(num_classes=10, head="linear")
+    assert [type(m).__name__ for m in mlp.classifier] == ["BatchNorm1d", "Dropout", "Linear", "ReLU",
+                                                          "BatchNorm1d", "Dropout", "Linear"]
+    assert mlp.classifier[2].out_features == 256
+    assert isinstance(linear.classifier, nn.Linear) and linear.classifier.in_features == 512
+
+
+def test_mpnet_layouts_follow_section_10_2():
+    model = zoo.mpnet18(num_classes=10, width=1 / 8)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) + 1 == 34                             # 33 conv layers + the classifier
+    assert sorted({c.kernel_size[0] for c in convs}) == [3, 7]
+    first = model.stage2[0]
+    assert [p[0].stride for p in first.paths] == [(2, 2), (2, 2)]
+    assert [p[0].stride for p in model.stage2[1].paths] == [(1, 1), (1, 1)]
+    deep = zoo.mpnet36(num_classes=10, width=1 / 8)
+    assert len(deep.stage1) == 4
+    assert [sum(isinstance(m, nn.Conv2d) for m in p) for p in deep.stage1[0].paths] == [1, 2]
+
+
+def test_long_skip_mlp_adds_first_layer_to_skipped_output():
+    model = zoo.mlp_long_skip(num_classes=10, skipped=4, tail=1)
+    adds = [n for n in torch.fx.symbolic_trace(model).graph.nodes
+            if n.op == "call_function" and n.target is operator.add]
+    assert len(adds) == 1
+    assert len(model.skipped) == 4 and len(model.tail) == 1
+
+
+def test_torchvision_prefix_builds_classification_models():
+    model = MODELS.get("tv:resnet18")(num_classes=7, in_channels=1)
+    assert model.conv1.in_channels == 1 and model.fc.out_features == 7
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+    small = MODELS.get("tv:mobilenet_v3_small")(num_classes=4)
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+    with pytest.raises(ValueError, match="Did you mean 'resnet18'"):
+        MODELS.get("tv:resnet81")(num_classes=3)
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"width": 0}, "width must be a positive number"),
+    ({"width": "half"}, "width must be a positive number"),
+    ({"stem": "tiny"}, "stem must be one of"),
+    ({"attention": "eca"}, "attention must be one of"),
+])
+def test_bad_model_args_are_rejected(args, message):
+    with pytest.raises(ValueError, match=message):
+        zoo.resnet18(num_classes=10, **args)
+
+
+def test_vgg_rejects_bad_dilation_and_head():
+    with pytest.raises(ValueError, match="dilation must be a positive integer"):
+        zoo.vgg11(num_classes=10, dilation=0)
+    with pytest.raises(ValueError, match="head must be one of"):
+        zoo.vgg11(num_classes=10, head="dense")

@@ -1,0 +1,110 @@
+"""Optimizer arguments reach the optimizer; metrics agree with scikit-learn batch by batch."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef, recall_score
+from torch import nn
+
+from phd_lab.registry import Registries
+from registries import optimizers
+
+REG = Registries()
+
+OVERRIDES = {
+    "adam": {"lr": 0.003, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.1, "amsgrad": True,
+             "step_size": 3, "gamma": 0.5},
+    "adamw": {"lr": 0.003, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.2, "amsgrad": True,
+              "step_size": 3, "gamma": 0.5},
+    "radam": {"lr": 0.003, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.1, "step_size": 3,
+              "gamma": 0.5},
+    "sgd": {"lr": 0.05, "momentum": 0.5, "weight_decay": 0.1, "nesterov": True, "step_size": 3, "gamma": 0.5},
+}
+
+
+def test_every_optimizer_argument_is_tested():
+    assert sorted(REG.optimizers.names()) == sorted(OVERRIDES)
+    for name, overrides in OVERRIDES.items():
+        params = set(inspect.signature(REG.optimizers.get(name)).parameters) - {"model", "epochs"}
+        assert params == set(overrides), name
+
+
+@pytest.mark.parametrize("name", sorted(OVERRIDES))
+def test_optimizer_arguments_reach_the_optimizer(name):
+    args = OVERRIDES[name]
+    optimizer, scheduler = REG.optimizers.get(name)(nn.Linear(3, 2), epochs=10, **args)
+    group = optimizer.param_groups[0]
+    assert group["lr"] == args["lr"] and group["weight_decay"] == args["weight_decay"]
+    if "beta1" in args:
+        assert group["betas"] == (args["beta1"], args["beta2"]) and group["eps"] == args["eps"]
+    for key in ("momentum", "nesterov", "amsgrad"):
+        if key in args:
+            assert group[key] == args[key]
+    assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR)
+    assert (scheduler.step_size, scheduler.gamma) == (3, 0.5)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(args["lr"] * 0.5)
+
+
+def test_thesis_defaults():
+    adam, schedule = optimizers.adam(nn.Linear(3, 2), epochs=5)
+    group = adam.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"]) == (1e-4, (0.9, 0.999), 1e-8) and schedule is None
+    sgd, step = optimizers.sgd(nn.Linear(3, 2), epochs=60)
+    assert (sgd.param_groups[0]["lr"], sgd.param_groups[0]["momentum"], sgd.param_groups[0]["weight_decay"]) == \
+        (0.1, 0.9, 0.0)
+    assert (step.step_size, step.gamma) == (20, 0.1)
+
+
+def test_bad_schedule_is_rejected():
+    with pytest.raises(ValueError, match="step_size"):
+        optimizers.sgd(nn.Linear(3, 2), epochs=5, step_size=0)
+    with pytest.raises(ValueError, match="gamma"):
+        optimizers.adam(nn.Linear(3, 2), epochs=5, step_size=2, gamma=2.0)
+
+
+def run_batches(name, labels, logits, batch=7):
+    metric = REG.metrics.get(name)()
+    metric.update(torch.tensor([0]), torch.zeros(1, logits.shape[1]))  # stale state must be reset
+    metric.reset()
+    for start in range(0, len(labels), batch):
+        metric.update(torch.tensor(labels[start:start + batch]), torch.tensor(logits[start:start + batch]))
+    return metric.value
+
+
+@pytest.fixture()
+def predictions():
+    rng = np.random.default_rng(3)
+    labels = rng.choice(4, size=61, p=[0.55, 0.25, 0.15, 0.05])
+    logits = rng.normal(size=(61, 5)).astype(np.float32)
+    logits[np.arange(61), labels] += rng.normal(1.0, 1.0, size=61).astype(np.float32)  # better than chance
+    return labels, logits
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_metrics_match_scikit_learn(predictions):
+    labels, logits = predictions
+    predicted = logits.argmax(axis=1)
+    assert run_batches("Accuracy", labels, logits) == pytest.approx((predicted == labels).mean())
+    assert run_batches("BalancedAccuracy", labels, logits) == pytest.approx(balanced_accuracy_score(labels, predicted))
+    assert run_batches("MCC", labels, logits) == pytest.approx(matthews_corrcoef(labels, predicted))
+    recalls = run_batches("PerClassRecall", labels, logits)
+    expected = recall_score(labels, predicted, labels=[0, 1, 2, 3], average=None, zero_division=0)
+    assert [recalls[str(i)] for i in range(4)] == pytest.approx(list(expected))
+    assert set(recalls) == {"0", "1", "2", "3", "4"} and np.isnan(recalls["4"])   # class 4 never occurs
+
+
+def test_perfect_and_constant_predictions():
+    labels = np.array([0, 1, 2, 2])
+    perfect = np.eye(3, dtype=np.float32)[labels]
+    assert run_batches("MCC", labels, perfect) == pytest.approx(1.0)
+    assert run_batches("BalancedAccuracy", labels, perfect) == pytest.approx(1.0)
+    constant = np.tile(np.array([[1.0, 0.0, 0.0]], dtype=np.float32), (4, 1))
+    assert run_batches("MCC", labels, constant) == 0.0
+    assert run_batches("BalancedAccuracy", labels, constant) == pytest.approx(1 / 3)
