@@ -23,7 +23,8 @@ def configure_logging(verbosity: int = 0) -> None:
 def report_error(error: BaseException) -> None:
     """One paragraph on stderr, no traceback."""
     text = " ".join(str(error).split())
-    sys.stderr.write("\n".join(textwrap.wrap(f"error: {text}", width=110)) + "\n")
+    lines = textwrap.wrap(f"error: {text}", width=110, break_on_hyphens=False, break_long_words=False)
+    sys.stderr.write("\n".join(lines) + "\n")
 
 
 def guarded(body: Callable[[], int]) -> int:

@@ -40,10 +40,15 @@ class DataBundle:
 def make_bundle(name: str, train_set: Dataset, test_set: Dataset, train_eval_set: Dataset, *,
                 num_classes: int, in_channels: int, resolution: int, batch_size: int, seed: int,
                 num_workers: int) -> DataBundle:
-    """Build the three loaders with seeded generators and worker seeding."""
+    """Build the three loaders with seeded generators and worker seeding.
+
+    The shuffled training loader drops its last batch only when that batch would hold a single
+    sample: batch norm cannot train on one sample, and every other sample is still used.
+    """
     def loader(dataset: Dataset, shuffle: bool, offset: int) -> DataLoader:
+        drop_last = shuffle and len(dataset) % batch_size == 1  # type: ignore[arg-type]
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                          generator=make_generator(seed + offset), worker_init_fn=seed_worker,
+                          generator=make_generator(seed + offset), worker_init_fn=seed_worker, drop_last=drop_last,
                           pin_memory=torch.cuda.is_available(), persistent_workers=False)
     return DataBundle(name=name, train=loader(train_set, True, 0), test=loader(test_set, False, 1),
                       train_eval=loader(train_eval_set, False, 2), num_classes=num_classes,

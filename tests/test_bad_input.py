@@ -46,7 +46,7 @@ CASES = {
     "unknown_step": ({"post_processing": ["nonexistent_step"]}, ["unknown post-processing step",
                                                                  "--list steps"]),
     "bad_device": ({"device": "tpu:0"}, ["'tpu:0'", "cpu, cuda or cuda:N"]),
-    "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 is not in data_dir",
+    "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 (train split) is not in data_dir",
                                                        "cifar-10-batches-py", "download"]),
 }
 
