@@ -1,0 +1,1 @@
+"""Plots drawn from saved tables; each function imports matplotlib lazily (Agg backend)."""
