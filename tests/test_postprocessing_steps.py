@@ -40,6 +40,7 @@ def test_step_parameters_are_validated_before_training(tmp_path, step, message):
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.slow
 def test_main_runs_the_three_steps_and_reuses_them(tmp_path):
     config = write_config(tmp_path, ["receptive_field", "flops", {"name": "extract", "dtype": "float16"}])
     command = [sys.executable, "main.py", "--config", str(config), "--no-progress"]
