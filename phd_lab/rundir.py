@@ -56,6 +56,22 @@ class RunDir:
     def analysis_plot(self) -> Path:  # issue 7
         return self.root / "analysis.png"
 
+    @property
+    def receptive_field_csv(self) -> Path:
+        return self.root / "receptive_field.csv"
+
+    @property
+    def receptive_field_plot(self) -> Path:
+        return self.root / "receptive_field.png"
+
+    @property
+    def computational_info_json(self) -> Path:
+        return self.root / "computational_info.json"
+
+    @property
+    def computational_info_csv(self) -> Path:
+        return self.root / "computational_info.csv"
+
     def saturation_plot(self, epoch: int) -> Path:
         return self.file(f"_saturation_epoch{epoch}.png")
 

@@ -1,1 +1,4 @@
-"""Analyses of saved run tables: receptive fields, FLOPs, tails, per-run summaries."""
+"""Analyses computed from a model or from saved run tables (receptive fields, FLOPs, ...).
+
+Pure computation: nothing here writes files or imports matplotlib.
+"""

@@ -1,0 +1,351 @@
+"""Minimum and maximum receptive field of every Conv2d/Linear layer (thesis §4.4, §9.3, §10.2).
+
+The model is traced with ``torch.fx``; a dynamic programme over the graph (in topological
+order) carries, for every tensor, the smallest and largest receptive field over all paths
+from the input, grouped by the jump (product of strides) of those paths. Grouping by jump
+keeps the result exact even if paths with different downsampling meet, and the cost stays
+linear in the graph size, whereas enumerating paths is exponential in the number of blocks.
+
+Rules per operation (kernel k, stride s, dilation d, k_eff = d(k-1)+1):
+``r_out = r_in + (k_eff-1)·j_in`` and ``j_out = j_in·s`` for convolutions and max/avg pooling;
+element-wise ops, normalisation, activations, dropout, padding, concatenation and
+multiplications (attention gates) pass through with min/max over their inputs; global and
+adaptive pooling, spatial reductions, flatten/view/reshape and Linear make a tensor *global*.
+A global tensor (e.g. a squeeze-and-excitation gate) that meets spatial tensors is broadcast
+and does not widen their receptive field; global layers report ``inf``. Any other operation
+applied to an image-derived tensor raises ``ReceptiveFieldError`` naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from phd_lab.errors import PhdLabError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["index", "layer", "r_min", "r_max", "jump", "in_r_min", "in_r_max", "b_min", "b_max"]
+INF = math.inf
+
+
+class ReceptiveFieldError(PhdLabError):
+    """The model cannot be traced, or contains an operation the analysis cannot reason about."""
+
+
+class _Global:
+    """Marker state: the tensor depends on the whole input (after global pooling, flatten, Linear)."""
+
+    def __repr__(self) -> str:
+        return "GLOBAL"
+
+
+GLOBAL = _Global()
+
+# A spatial state maps jump -> (r_min, r_max) over the paths with that jump.
+Spatial = dict
+
+
+# ---------------------------------------------------------------------------- operation tables
+_PASS_MODULES: tuple[type, ...] = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign, nn.Tanhshrink,
+    nn.Threshold, nn.GLU, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+    nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d,
+)
+_WINDOW_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
+_GLOBAL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
+
+_PASS_FUNCTIONS = {
+    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+    operator.truediv, operator.itruediv, operator.neg, operator.pos, operator.getitem,
+    torch.add, torch.sub, torch.mul, torch.div, torch.cat, torch.concat, torch.relu, torch.relu_,
+    torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.abs, torch.exp, torch.neg, torch.chunk,
+    torch.split, torch.maximum, torch.minimum, torch.where, torch.nn.functional.hardtanh,
+    F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.sigmoid, F.tanh,
+    F.hardswish, F.hardsigmoid, F.softplus, F.glu, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+    F.alpha_dropout, F.feature_alpha_dropout, F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm,
+    F.local_response_norm, F.pad,
+}
+_PASS_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "add", "add_", "sub", "sub_", "mul", "mul_",
+    "div", "div_", "neg", "abs", "exp", "clamp", "clamp_", "clip", "contiguous", "clone", "detach", "chunk",
+    "split", "expand_as", "type_as", "float", "half", "double", "to", "sigmoid", "masked_fill",
+}
+_PASS_FUNCTION_NAMES = {"stochastic_depth"}  # torchvision.ops: drops whole samples, passes through
+_META_METHODS = {"size", "dim", "numel", "type", "ndimension"}  # results carry no image content
+_GLOBAL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.flatten, F.linear}
+_GLOBAL_METHODS = {"view", "reshape", "flatten"}
+_REDUCE_FUNCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.amin: "amin",
+                     torch.max: "max", torch.min: "min", torch.std: "std", torch.var: "var",
+                     torch.softmax: "softmax", F.softmax: "softmax", torch.log_softmax: "log_softmax",
+                     F.log_softmax: "log_softmax"}
+_REDUCE_METHODS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "softmax", "log_softmax"}
+_SPATIAL_DIMS = {2, 3, -1, -2}
+
+
+# ---------------------------------------------------------------------------- state algebra
+def merge(states: Iterable[Any]) -> Any:
+    """Min/max over the inputs of a pass-through op; global inputs broadcast over spatial ones."""
+    spatial: Spatial = {}
+    saw_global = False
+    for state in states:
+        if state is GLOBAL:
+            saw_global = True
+        elif state is not None:
+            for jump, (lo, hi) in state.items():
+                old = spatial.get(jump)
+                spatial[jump] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    if spatial:
+        return spatial
+    return GLOBAL if saw_global else None
+
+
+def window(state: Any, kernel: int, stride: int, dilation: int) -> Any:
+    """Apply a sliding window (convolution or pooling): r += (k_eff-1)·j, j *= s."""
+    if state is GLOBAL or state is None:
+        return state
+    grow = dilation * (kernel - 1)
+    return {jump * stride: (lo + grow * jump, hi + grow * jump) for jump, (lo, hi) in state.items()}
+
+
+def bounds(state: Any) -> tuple[float, float, float]:
+    """(r_min, r_max, jump) of a state; ``inf`` for global tensors, jump = the largest one."""
+    if state is GLOBAL or state is None:
+        return INF, INF, INF
+    return (min(lo for lo, _ in state.values()), max(hi for _, hi in state.values()), max(state))
+
+
+# ---------------------------------------------------------------------------- the tracer
+@dataclass
+class _Row:
+    layer: str
+    is_conv: bool
+    in_state: Any
+    out_state: Any
+
+
+def _square(value: Any, what: str, where: str) -> int:
+    if isinstance(value, int):
+        return value
+    values = tuple(value)
+    if len(set(values)) != 1:
+        raise ReceptiveFieldError(f"Receptive field: {where} has a non-square {what} {values}; the analysis "
+                                  f"computes the receptive field as one number and needs equal sizes along "
+                                  f"height and width.")
+    return int(values[0])
+
+
+def _arg(node: fx.Node, position: int, name: str, default: Any) -> Any:
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(name, default)
+
+
+def _describe(node: fx.Node, graph_module: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        module = graph_module.get_submodule(node.target)
+        return f"module {node.target!r} ({type(module).__module__}.{type(module).__qualname__})"
+    if node.op == "call_method":
+        return f"tensor method .{node.target}() (graph node {node.name!r})"
+    target = getattr(node.target, "__qualname__", None) or getattr(node.target, "__name__", str(node.target))
+    module = getattr(node.target, "__module__", None) or ""
+    return f"function {module + '.' if module else ''}{target} (graph node {node.name!r})"
+
+
+def _unsupported(node: fx.Node, graph_module: fx.GraphModule, why: str = "") -> ReceptiveFieldError:
+    return ReceptiveFieldError(
+        f"Receptive field: cannot reason about {_describe(node, graph_module)}{why}. Supported are "
+        f"Conv2d, max/avg pooling, global/adaptive pooling, flatten, Linear, and element-wise, normalisation, "
+        f"activation, dropout, padding and concatenation ops; rewrite the model with those or leave the "
+        f"'receptive_field' step out for it.")
+
+
+def _reduction(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
+    dim = _arg(node, 1, "dim", None)
+    if dim is None:
+        return GLOBAL
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    if not all(isinstance(d, int) for d in dims):
+        raise _unsupported(node, graph_module, f" with a non-constant dim {dim!r}")
+    return GLOBAL if set(dims) & _SPATIAL_DIMS else state
+
+
+def _conv_params(module: nn.Module, name: str) -> tuple[int, int, int]:
+    where = f"layer {name!r}"
+    return (_square(module.kernel_size, "kernel size", where), _square(module.stride, "stride", where),
+            _square(module.dilation, "dilation", where))
+
+
+def _pool_params(kernel: Any, stride: Any, dilation: Any, where: str) -> tuple[int, int, int]:
+    k = _square(kernel, "kernel size", where)
+    s = k if stride is None or stride == [] or stride == () else _square(stride, "stride", where)
+    return k, s, _square(dilation, "dilation", where)
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as error:  # tracing fails in many ways (TraceError, TypeError, ...)
+        first = " ".join(str(error).split())[:300]
+        raise ReceptiveFieldError(
+            f"Receptive field: the model {type(model).__qualname__} cannot be traced with torch.fx "
+            f"({type(error).__name__}: {first}). The analysis needs a model whose forward pass has no "
+            f"data-dependent control flow; make it fx-traceable or leave the 'receptive_field' step out.") from None
+
+
+def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
+    """Run the DP over the fx graph and return one row per Conv2d/Linear module call."""
+    states: dict[fx.Node, Any] = {}
+    rows: list[_Row] = []
+    calls: dict[str, int] = {}
+    saw_input = False
+    for node in graph_module.graph.nodes:
+        if node.op == "placeholder":
+            states[node] = None if saw_input else {1: (1, 1)}
+            saw_input = True
+            continue
+        if node.op in ("get_attr", "output"):
+            states[node] = None
+            continue
+        inputs: list[fx.Node] = []
+        fx.node.map_arg((node.args, node.kwargs), lambda n: inputs.append(n) or n)
+        in_states = [states[n] for n in inputs if states[n] is not None]
+        if not in_states:  # constants, shapes, parameters: no image content
+            states[node] = None
+            continue
+        first = states[node.args[0]] if node.args and isinstance(node.args[0], fx.Node) else merge(in_states)
+        if node.op == "call_module":
+            module = graph_module.get_submodule(node.target)
+            if isinstance(module, nn.Conv2d):
+                out = window(merge(in_states), *_conv_params(module, node.target))
+                rows.append(_Row(_call_name(node.target, calls), True, merge(in_states), out))
+            elif isinstance(module, nn.Linear):
+                out = GLOBAL
+                rows.append(_Row(_call_name(node.target, calls), False, merge(in_states), out))
+            elif isinstance(module, _WINDOW_MODULES):
+                where = f"layer {node.target!r}"
+                dilation = getattr(module, "dilation", 1)
+                out = window(merge(in_states), *_pool_params(module.kernel_size, module.stride, dilation, where))
+            elif isinstance(module, _GLOBAL_MODULES):
+                out = GLOBAL
+            elif isinstance(module, _PASS_MODULES):
+                out = merge(in_states)
+            elif isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
+                dim = module.dim
+                out = GLOBAL if dim is None or dim in _SPATIAL_DIMS else merge(in_states)
+            else:
+                raise _unsupported(node, graph_module)
+        elif node.op == "call_function":
+            target = node.target
+            if target in _PASS_FUNCTIONS or getattr(target, "__name__", None) in _PASS_FUNCTION_NAMES:
+                out = merge(in_states)
+            elif target in _GLOBAL_FUNCTIONS:
+                out = GLOBAL
+            elif target in _REDUCE_FUNCTIONS:
+                out = _reduction(first, node, graph_module)
+            elif target in (F.max_pool2d, F.avg_pool2d):
+                where = f"graph node {node.name!r}"
+                kernel = _arg(node, 1, "kernel_size", None)
+                stride = _arg(node, 2, "stride", None)
+                dilation = _arg(node, 4, "dilation", 1) if target is F.max_pool2d else 1
+                out = window(first, *_pool_params(kernel, stride, dilation, where))
+            elif target is F.conv2d:
+                weight = _arg(node, 1, "weight", None)
+                if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
+                    raise _unsupported(node, graph_module, " whose weight is not a fixed parameter")
+                shape = graph_module.get_parameter(weight.target).shape
+                where = f"graph node {node.name!r}"
+                out = window(first, _square(tuple(shape[2:]), "kernel size", where),
+                             _square(_arg(node, 3, "stride", 1), "stride", where),
+                             _square(_arg(node, 5, "dilation", 1), "dilation", where))
+            elif target is getattr:
+                out = None  # x.shape, x.dtype, ...
+            else:
+                raise _unsupported(node, graph_module)
+        elif node.op == "call_method":
+            name = node.target
+            if name in _META_METHODS:
+                out = None
+            elif name in _PASS_METHODS:
+                out = merge(in_states)
+            elif name in _GLOBAL_METHODS:
+                out = GLOBAL
+            elif name in _REDUCE_METHODS:
+                out = _reduction(first, node, graph_module)
+            else:
+                raise _unsupported(node, graph_module)
+        else:  # pragma: no cover - fx has no other opcodes
+            raise _unsupported(node, graph_module)
+        states[node] = out
+    if not saw_input:
+        raise ReceptiveFieldError("Receptive field: the traced model has no input.")
+    return rows
+
+
+def _call_name(target: str, calls: dict[str, int]) -> str:
+    """The module name; a module called several times gets ``name:2``, ``name:3`` for later calls."""
+    calls[target] = calls.get(target, 0) + 1
+    return target if calls[target] == 1 else f"{target}:{calls[target]}"
+
+
+# ---------------------------------------------------------------------------- public API
+def receptive_fields(model: nn.Module, input_resolution: int) -> pd.DataFrame:
+    """One row per Conv2d/Linear module call in forward order (see module docstring).
+
+    Columns: ``index`` (1-based among Conv2d rows, empty for Linear), ``layer`` (qualified module
+    name), ``r_min``, ``r_max``, ``jump`` (of the layer's output), ``in_r_min``, ``in_r_max`` (of the
+    tensor entering the layer), and the flags ``b_min``/``b_max`` marking the border layers for
+    ``input_resolution`` (see ``border_layers``). Global values are ``inf``.
+    """
+    rows = _propagate(_trace(model))
+    records = []
+    conv_index = 0
+    for row in rows:
+        r_min, r_max, jump = bounds(row.out_state)
+        in_min, in_max, _ = bounds(row.in_state)
+        conv_index += row.is_conv
+        records.append({"index": conv_index if row.is_conv else None, "layer": row.layer, "r_min": r_min,
+                        "r_max": r_max, "jump": jump, "in_r_min": in_min, "in_r_max": in_max})
+    frame = pd.DataFrame.from_records(records, columns=COLUMNS[:-2])
+    frame["index"] = frame["index"].astype("Int64")
+    for column in COLUMNS[2:-2]:
+        frame[column] = frame[column].astype(float)
+    b_min, b_max = border_layers(frame, input_resolution)
+    frame["b_min"] = frame["layer"] == b_min
+    frame["b_max"] = frame["layer"] == b_max
+    return frame
+
+
+def border_layers(df: pd.DataFrame, input_resolution: int) -> tuple[str | None, str | None]:
+    """(b_min, b_max): the first Conv2d from which on every Conv2d's input receptive field exceeds
+    the resolution (``in_r_min > I`` resp. ``in_r_max > I``, strict), or None (thesis §9.3, §10.2).
+
+    Conv2d rows whose input is global (e.g. the 1×1 convolutions of a squeeze-and-excitation gate)
+    satisfy the condition but never start the border sequence, since they see no spatial layout.
+    """
+    convs = df[df["index"].notna()]
+    return (_border(convs, "in_r_min", input_resolution), _border(convs, "in_r_max", input_resolution))
+
+
+def _border(convs: pd.DataFrame, column: str, resolution: int) -> str | None:
+    border = None
+    for layer, value in zip(reversed(convs["layer"].tolist()), reversed(convs[column].tolist())):
+        if not value > resolution:
+            break
+        if math.isfinite(value):
+            border = layer
+    return border

@@ -1,0 +1,388 @@
+"""Latent extraction: layer outputs of the trained model, streamed to ``.npy`` files for the probes.
+
+The train split (``bundle.train_eval``: no shuffling, no augmentation) and the test split
+pass once through the model in eval mode. Forward hooks take each chosen layer's output,
+adaptive-average-pool it to ``downsampling``×``downsampling`` (``None`` keeps the full map)
+and write it, flattened, into a file created by ``np.lib.format.open_memmap``. Each batch
+is written through a short-lived memory map of just its rows, so peak memory does not grow
+with the dataset (mapped pages are released after every batch).
+
+Folder layout (the contract with the probe job, see DESIGN.md): ``train-<layer>.npy``,
+``eval-<layer>.npy``, ``train-labels.npy``, ``eval-labels.npy`` and ``manifest.json``.
+Every ``.npy`` is written under a temp name and renamed when complete; the manifest is
+written last and atomically, so a folder without a valid manifest is a half-written
+extraction: it is cleared and redone. A complete one with the same settings is reused.
+
+``downsampling="pixelwise"``: every feature-map position (row, col) of a 4-D output is its
+own data set of shape (samples, channels), stored as ``train-<layer>@<row>_<col>.npy``; the
+manifest lists one entry per position, named ``<layer>@<row>_<col>``, sharing the layer's
+``index`` and adding ``"layer"`` and ``"position": [row, col]``. Positions are first
+written to a (samples, H, W, C) scratch file and then split in bounded chunks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from phd_lab import atomic
+from phd_lab.config import safe_name
+from phd_lab.errors import ConfigError, PhdLabError
+from phd_lab.registry import did_you_mean
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+SPLITS = ("train", "eval")
+DTYPES = ("float32", "float16")
+PIXELWISE = "pixelwise"
+# Test-only hook: seconds to sleep after every written batch, so that a fault-injection test
+# can SIGKILL the process in the middle of an extraction.
+PAUSE_ENV = "PHD_LAB_TEST_EXTRACT_PAUSE"
+_CHUNK_BYTES = 32 * 2**20  # rows copied at once when splitting pixelwise scratch files
+
+
+class ExtractionError(PhdLabError):
+    """The extraction could not be carried out (e.g. a layer output of unexpected type)."""
+
+
+# ---------------------------------------------------------------------------- layer selection
+def default_layers(model: nn.Module) -> list[str]:
+    """Every Conv2d and Linear module (qualified names, definition order)."""
+    return [name for name, module in model.named_modules() if name and isinstance(module, (nn.Conv2d, nn.Linear))]
+
+
+def select_layers(model: nn.Module, patterns: list[str] | None) -> list[str]:
+    """Module names matching the patterns (exact names or shell wildcards); None = default layers."""
+    if patterns is None:
+        chosen = default_layers(model)
+    else:
+        names = [name for name, _ in model.named_modules() if name]
+        chosen = []
+        for pattern in patterns:
+            matches = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+            if not matches:
+                raise ConfigError(f"Step 'extract': the layer {pattern!r} matches no module of "
+                                  f"{type(model).__qualname__}.{did_you_mean(pattern, names)} Give qualified module "
+                                  f"names or wildcards (e.g. 'features.*'); null extracts every Conv2d and Linear.")
+            chosen += [m for m in matches if m not in chosen]
+    if not chosen:
+        raise ExtractionError(f"Step 'extract': {type(model).__qualname__} has no Conv2d or Linear module to extract.")
+    return chosen
+
+
+# ---------------------------------------------------------------------------- file writing
+class RowWriter:
+    """Fills a ``.npy`` file of ``rows`` rows batch by batch through short-lived memory maps.
+
+    The file is created by ``open_memmap`` under a temp name; ``finish`` fsyncs it and renames it.
+    """
+
+    def __init__(self, path: Path, rows: int, row_shape: tuple[int, ...], dtype: str) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.rows, self.row_shape, self.dtype = rows, tuple(row_shape), np.dtype(dtype)
+        array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=(rows, *self.row_shape))
+        self.offset = array.offset
+        del array
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.position = 0
+
+    def window(self, start: int, count: int, mode: str = "r+") -> np.memmap:
+        return np.memmap(self.tmp, dtype=self.dtype, mode=mode, offset=self.offset + start * self.row_bytes,
+                         shape=(count, *self.row_shape))
+
+    def append(self, block: np.ndarray) -> None:
+        count = len(block)
+        if self.position + count > self.rows:
+            raise ExtractionError(f"{self.path.name}: more rows than the {self.rows} samples of the dataset")
+        if count and self.row_bytes:
+            window = self.window(self.position, count)
+            window[:] = block
+            del window  # unmap now: the written pages leave this process
+        self.position += count
+
+    def finish(self) -> Path:
+        if self.position != self.rows:
+            raise ExtractionError(f"{self.path.name}: {self.position} rows written, the dataset has {self.rows}; "
+                                  f"the loader must not drop samples.")
+        with open(self.tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self.tmp, self.path)
+        return self.path
+
+
+def sha256_file(path: Path, chunk: int = 2**20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------- extraction
+@dataclass
+class _Target:
+    """One chosen layer while a split is extracted."""
+
+    index: int
+    name: str
+    writer: RowWriter | None = None
+    grid: tuple[int, int] | None = None  # (H, W) for pixelwise layers
+    files: dict[str, Any] = field(default_factory=dict)
+
+
+def _reduce(output: torch.Tensor, downsampling: int | str | None) -> torch.Tensor:
+    """(B, ...) layer output → (B, features), or (B, H, W, C) for pixelwise 4-D outputs."""
+    if output.dim() == 4:
+        if downsampling == PIXELWISE:
+            return output.permute(0, 2, 3, 1)
+        if downsampling is not None:
+            output = F.adaptive_avg_pool2d(output, int(downsampling))
+    return output.flatten(1)
+
+
+def _file_stem(name: str) -> str:
+    return safe_name(name)
+
+
+class _Capture:
+    """Forward hooks that keep the current batch's reduced output of each chosen layer."""
+
+    def __init__(self, model: nn.Module, names: list[str], downsampling: Any, dtype: torch.dtype) -> None:
+        modules = dict(model.named_modules())
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.order: list[str] = []
+        self.handles = [modules[name].register_forward_hook(self._hook(name)) for name in names]
+        self.downsampling, self.dtype = downsampling, dtype
+
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise ExtractionError(f"Step 'extract': the output of layer {name!r} is a "
+                                      f"{type(output).__name__}, not a tensor; choose other layers.")
+            if name in self.outputs:
+                raise ExtractionError(f"Step 'extract': layer {name!r} runs more than once per forward pass, so its "
+                                      f"output is ambiguous; choose other layers.")
+            self.outputs[name] = _reduce(output.detach(), self.downsampling).to(self.dtype)
+            self.order.append(name)
+        return hook
+
+    def take(self) -> dict[str, np.ndarray]:
+        arrays = {name: self.outputs[name].cpu().numpy() for name in self.order}
+        self.outputs.clear()
+        self.order.clear()
+        return arrays
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _batches(loader: DataLoader, device: torch.device) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    for batch in loader:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ExtractionError("Step 'extract': the data loader must yield (inputs, labels) batches.")
+        yield batch[0].to(device, non_blocking=True), batch[1]
+
+
+def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Path, names: list[str],
+                   downsampling: Any, dtype: str, device: torch.device, progress: bool
+                   ) -> tuple[list[str], dict[str, dict[str, Any]], Path]:
+    """One pass over a split; returns the layers in forward order, their files and the labels file."""
+    total = len(loader.dataset)
+    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    capture = _Capture(model, names, downsampling, getattr(torch, dtype))
+    writers: dict[str, RowWriter] = {}
+    grids: dict[str, tuple[int, int]] = {}
+    order: list[str] = []
+    labels: RowWriter | None = None
+    try:
+        with torch.inference_mode():
+            for inputs, targets in tqdm(_batches(loader, device), total=len(loader), disable=not progress,
+                                        desc=f"extract {split}", unit="batch", leave=False):
+                model(inputs)
+                arrays = capture.take()
+                if labels is None:  # first batch: forward order and shapes are now known
+                    order = list(arrays)
+                    missing = sorted(set(names) - set(order))
+                    if missing:
+                        raise ExtractionError(f"Step 'extract': the layers {missing} are not used in the forward "
+                                              f"pass; choose layers the model runs.")
+                    labels = RowWriter(folder / f"{split}-labels.npy", total, (), "int64")
+                    for name in order:
+                        scratch = downsampling == PIXELWISE and arrays[name].ndim == 4
+                        path = folder / (f".scratch-{split}-{_file_stem(name)}.npy" if scratch
+                                         else f"{split}-{_file_stem(name)}.npy")
+                        writers[name] = RowWriter(path, total, arrays[name].shape[1:], dtype)
+                        if scratch:
+                            grids[name] = arrays[name].shape[1:3]
+                labels.append(targets.cpu().numpy().astype(np.int64, copy=False))
+                for name in order:
+                    writers[name].append(arrays[name])
+                if pause:
+                    time.sleep(pause)
+    finally:
+        capture.close()
+    if labels is None:
+        raise ExtractionError(f"Step 'extract': the {split} split is empty.")
+    files: dict[str, dict[str, Any]] = {}
+    for name in order:
+        path = writers[name].finish()
+        if name in grids:
+            files.update(_split_positions(path, split, name, grids[name], dtype))
+            path.unlink()
+        else:
+            files[name] = {"layer": name, "file": path.name, "shape": [total, *writers[name].row_shape]}
+    return order, files, labels.finish()
+
+
+def _split_positions(scratch: Path, split: str, name: str, grid: tuple[int, int], dtype: str
+                     ) -> dict[str, dict[str, Any]]:
+    """Turn a (N, H, W, C) scratch file into one (N, C) file per position, in bounded chunks."""
+    source = np.load(scratch, mmap_mode="r", allow_pickle=False)
+    samples, channels = source.shape[0], source.shape[3]
+    chunk = max(1, _CHUNK_BYTES // max(1, grid[1] * channels * source.dtype.itemsize))
+    files = {}
+    for row in range(grid[0]):
+        writers = [RowWriter(scratch.parent / f"{split}-{_file_stem(name)}@{row}_{col}.npy", samples, (channels,),
+                             dtype) for col in range(grid[1])]
+        for start in range(0, samples, chunk):
+            block = np.asarray(source[start:start + chunk, row])  # (chunk, W, C): one strided read
+            for col, writer in enumerate(writers):
+                writer.append(block[:, col])
+        for col, writer in enumerate(writers):
+            key = f"{name}@{row}_{col}"
+            files[key] = {"layer": name, "position": [row, col], "file": writer.finish().name,
+                          "shape": [samples, channels]}
+    del source
+    return files
+
+
+# ---------------------------------------------------------------------------- folder handling
+def _expected_settings(run_dir: Path, downsampling: Any, dtype: str) -> dict[str, Any]:
+    return {"format": MANIFEST_FORMAT, "run_dir": str(Path(run_dir).resolve()), "downsampling": downsampling,
+            "dtype": dtype}
+
+
+def load_manifest(folder: Path) -> dict[str, Any] | None:
+    """The folder's manifest, or None when it is missing or unreadable (= not a complete extraction)."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _reusable(folder: Path, manifest: dict[str, Any] | None, settings: dict[str, Any], layers: list[str],
+              samples: dict[str, int]) -> bool:
+    """A complete extraction with the same settings, layers and sample counts, every file present."""
+    if manifest is None or any(manifest.get(k) != v for k, v in settings.items()):
+        return False
+    try:
+        entries = manifest["layers"]
+        if {e.get("layer", e["name"]) for e in entries} != set(layers):
+            return False
+        checks = [(e[split], split, e["shape"][1:], settings["dtype"]) for e in entries for split in SPLITS]
+        checks += [(manifest["labels"][split], split, [], "int64") for split in SPLITS]
+        for name, split, row_shape, dtype in checks:
+            array = np.load(Path(folder) / name, mmap_mode="r", allow_pickle=False)
+            if (array.shape[0] != samples[split] or list(array.shape[1:]) != list(row_shape)
+                    or array.dtype != np.dtype(dtype)):
+                return False
+    except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def _clear(folder: Path) -> None:
+    """Remove a previous (possibly half-written) extraction: the manifest first, then its files."""
+    manifest = folder / MANIFEST
+    if manifest.exists():
+        manifest.unlink()
+        atomic.fsync_dir(folder)
+    for pattern in ("train-*.npy", "eval-*.npy", ".*.tmp", ".scratch-*"):
+        for path in folder.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Path | str, *, run_dir: Path | str,
+                    downsampling: int | str | None = 4, dtype: str = "float32", layers: list[str] | None = None,
+                    device: torch.device | str = "cpu", test_accuracy: float | None = None,
+                    progress: bool = True) -> dict[str, Any]:
+    """Extract the chosen layers for ``loaders["train"]`` and ``loaders["eval"]`` into ``folder``.
+
+    Returns the manifest. A complete extraction with the same settings is reused as it is;
+    anything else in the folder (a half-written extraction, other settings) is replaced.
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"Step 'extract': dtype must be one of {list(DTYPES)}; got {dtype!r}.")
+    if not (downsampling is None or downsampling == PIXELWISE
+            or (isinstance(downsampling, int) and not isinstance(downsampling, bool) and downsampling >= 1)):
+        raise ConfigError(f"Step 'extract': downsampling must be an integer ≥ 1, null or 'pixelwise'; got "
+                          f"{downsampling!r}.")
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    folder = Path(folder)
+    device = torch.device(device)
+    names = select_layers(model, layers)
+    settings = _expected_settings(Path(run_dir), downsampling, dtype)
+    samples = {split: len(loaders[split].dataset) for split in SPLITS}
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = load_manifest(folder)
+    if _reusable(folder, previous, settings, names, samples):
+        log.info("Latents in %s are complete; reusing them.", folder)
+        return previous  # type: ignore[return-value]
+    if previous is not None or any(folder.iterdir()):
+        log.info("Latents in %s are incomplete or were made with other settings; extracting again.", folder)
+    _clear(folder)
+
+    was_training = model.training
+    model.eval()
+    try:
+        results = {split: _extract_split(model, loaders[split], split, folder, names, downsampling, dtype, device,
+                                         progress) for split in SPLITS}
+    finally:
+        model.train(was_training)
+    order = results["train"][0]
+    if results["eval"][0] != order:
+        raise ExtractionError("Step 'extract': the layers ran in a different order on the test split.")
+    entries = []
+    for index, name in enumerate(order, 1):
+        keys = [key for key, info in results["train"][1].items() if info["layer"] == name]
+        for key in keys:
+            train, evaluation = results["train"][1][key], results["eval"][1][key]
+            entry: dict[str, Any] = {"index": index, "name": key, "train": train["file"], "eval": evaluation["file"],
+                                     "shape": train["shape"],
+                                     "sha256": {"train": sha256_file(folder / train["file"]),
+                                                "eval": sha256_file(folder / evaluation["file"])}}
+            if "position" in train:
+                entry.update(layer=name, position=train["position"])
+            entries.append(entry)
+    label_files = {split: results[split][2].name for split in SPLITS}
+    manifest = {"format": MANIFEST_FORMAT, "run_dir": settings["run_dir"],
+                "model_test_accuracy": None if test_accuracy is None else float(test_accuracy),
+                "downsampling": downsampling, "dtype": dtype, "layers": entries,
+                "labels": {**label_files,
+                           "sha256": {split: sha256_file(folder / label_files[split]) for split in SPLITS}}}
+    atomic.write_json(folder / MANIFEST, manifest)
+    log.info("Extracted %d layers (%d files per split) into %s", len(order), len(entries), folder)
+    return manifest

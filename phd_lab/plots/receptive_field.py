@@ -1,0 +1,43 @@
+"""Plot of r_min/r_max per layer with the input resolution and both border layers marked."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from phd_lab import atomic
+
+
+def plot_receptive_field(table: pd.DataFrame, resolution: int, path: Path | str, title: str = "") -> None:
+    """Draw a ``receptive_field.csv`` table: one point per Conv2d in forward order.
+
+    Global layers (``inf``) are left out; the border layers b_min/b_max are vertical lines.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    convs = table[table["index"].notna()].reset_index(drop=True)
+    spatial = convs[[math.isfinite(v) for v in convs["r_max"]]]
+    positions = spatial["index"].astype(int).tolist()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(convs) + 2), 4.0))
+    try:
+        ax.plot(positions, spatial["r_max"].tolist(), "o-", color="tab:red", label=r"$r_{max}$")
+        ax.plot(positions, spatial["r_min"].tolist(), "s-", color="tab:blue", label=r"$r_{min}$")
+        ax.axhline(resolution, color="black", linestyle="--", linewidth=1, label=f"input resolution {resolution}")
+        for flag, color, label in (("b_max", "tab:red", r"$b_{max}$"), ("b_min", "tab:blue", r"$b_{min}$")):
+            marked = convs[convs[flag].astype(bool)]
+            for _, row in marked.iterrows():
+                ax.axvline(int(row["index"]), color=color, linestyle=":", linewidth=2,
+                           label=f"{label}: {row['layer']}")
+        ax.set_xlabel("Conv2d layer (forward order)")
+        ax.set_ylabel("receptive field (pixels)")
+        ax.set_xticks(convs["index"].astype(int).tolist())
+        ax.set_xticklabels(convs["layer"].tolist(), rotation=90, fontsize=7)
+        ax.set_title(title or "receptive field per layer")
+        ax.legend(fontsize=8)
+        atomic.save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)

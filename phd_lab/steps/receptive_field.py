@@ -1,0 +1,32 @@
+"""Step ``receptive_field``: r_min/r_max of every layer and the border layers (thesis §4.4, §10.2)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+
+from phd_lab import atomic
+from phd_lab.steps import Step, StepContext, register_step
+
+log = logging.getLogger(__name__)
+
+
+@register_step
+class ReceptiveFieldStep(Step):
+    name = "receptive_field"
+    summary = "r_min/r_max per layer and the border layers b_min/b_max → receptive_field.csv (+png)"
+
+    def run(self, ctx: StepContext, **params: Any) -> None:
+        from phd_lab.analysis.receptive_field import border_layers, receptive_fields
+        from phd_lab.plots.receptive_field import plot_receptive_field
+
+        resolution = ctx.bundle.resolution
+        table = receptive_fields(ctx.model, resolution)
+        atomic.write_csv(ctx.rundir.receptive_field_csv, table, float_format="%.10g")
+        b_min, b_max = border_layers(table, resolution)
+        log.info("Receptive field of %s at resolution %d: b_min=%s, b_max=%s", ctx.config.name, resolution,
+                 b_min, b_max)
+        saved = pd.read_csv(ctx.rundir.receptive_field_csv)  # the plot draws the saved table
+        plot_receptive_field(saved, resolution, ctx.rundir.receptive_field_plot, title=ctx.config.name)

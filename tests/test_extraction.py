@@ -1,0 +1,178 @@
+"""Latent extraction: shapes, dtype, manifest hashes, eval mode, reuse, and restart after SIGKILL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from phd_lab.errors import ConfigError
+from phd_lab.extraction import MANIFEST, PAUSE_ENV, extract_latents
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _extraction_models import build_model, loaders  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST_KEYS = {"format", "run_dir", "model_test_accuracy", "downsampling", "dtype", "layers", "labels"}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def reference_outputs(model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Layer outputs computed directly, in eval mode, without the extraction code."""
+    model.eval()
+    with torch.no_grad():
+        first = model.body[0](images)
+        second = model.body[4](model.body[3](model.body[2](model.body[1](first))))
+        head = model.head(torch.flatten(model.pool(model.body[5](second)), 1))
+    return {"body.0": first, "body.4": second, "head": head}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return loaders()
+
+
+def test_shapes_dtype_hashes_and_values(tmp_path, data):
+    model = build_model()
+    manifest = extract_latents(model, data, tmp_path / "latents", run_dir=tmp_path, downsampling=2,
+                               dtype="float16", test_accuracy=0.5, progress=False)
+    folder = tmp_path / "latents"
+    assert json.loads((folder / MANIFEST).read_text()) == manifest
+    assert set(manifest) == MANIFEST_KEYS
+    assert manifest["format"] == 1 and manifest["dtype"] == "float16" and manifest["downsampling"] == 2
+    assert manifest["run_dir"] == str(tmp_path.resolve()) and manifest["model_test_accuracy"] == 0.5
+    # forward order (body before head) although head is defined first
+    assert [(e["index"], e["name"]) for e in manifest["layers"]] == [(1, "body.0"), (2, "body.4"), (3, "head")]
+    expected_shapes = {"body.0": [1437, 4 * 2 * 2], "body.4": [1437, 6 * 2 * 2], "head": [1437, 10]}
+    train_images = data["train"].dataset.tensors[0]
+    reference = reference_outputs(build_model(), train_images)
+    for entry in manifest["layers"]:
+        assert entry["shape"] == expected_shapes[entry["name"]]
+        assert entry["train"] == f"train-{entry['name']}.npy" and entry["eval"] == f"eval-{entry['name']}.npy"
+        for split in ("train", "eval"):
+            assert sha(folder / entry[split]) == entry["sha256"][split]
+        train = np.load(folder / entry["train"], allow_pickle=False)
+        evaluation = np.load(folder / entry["eval"], allow_pickle=False)
+        assert train.dtype == np.float16 and train.shape == tuple(entry["shape"])
+        assert evaluation.shape == (360, entry["shape"][1])
+        expected = reference[entry["name"]]
+        if expected.dim() == 4:
+            expected = F.adaptive_avg_pool2d(expected, 2)
+        np.testing.assert_allclose(train, expected.flatten(1).numpy(), rtol=2e-3, atol=2e-3)
+    for split, count in (("train", 1437), ("eval", 360)):
+        labels = np.load(folder / manifest["labels"][split], allow_pickle=False)
+        assert labels.dtype == np.int64 and labels.shape == (count,)
+        assert sha(folder / manifest["labels"][split]) == manifest["labels"]["sha256"][split]
+        dataset = data["train" if split == "train" else "eval"].dataset
+        np.testing.assert_array_equal(labels, dataset.tensors[1].numpy())
+    assert not list(folder.glob(".*"))  # no temp or scratch files left
+
+
+def test_eval_mode_keeps_batchnorm_statistics_and_restores_mode(tmp_path, data):
+    model = build_model()
+    model.train()
+    bn = model.body[1]
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    manifest = extract_latents(model, data, tmp_path, run_dir=tmp_path, downsampling=None, layers=["body.0", "body.2"],
+                               progress=False)
+    for key, value in bn.state_dict().items():
+        assert torch.equal(value, before[key]), key  # running stats and batch counter untouched
+    assert model.training and bn.training
+    # body.2 (the ReLU after BatchNorm) equals the eval-mode computation, full map kept
+    images = data["eval"].dataset.tensors[0]
+    with torch.no_grad():
+        expected = F.relu(F.batch_norm(model.body[0](images), before["running_mean"], before["running_var"],
+                                       before["weight"], before["bias"], training=False, eps=bn.eps))
+    relu = next(e for e in manifest["layers"] if e["name"] == "body.2")
+    assert relu["shape"] == [1437, 4 * 8 * 8]
+    np.testing.assert_allclose(np.load(tmp_path / relu["eval"]), expected.flatten(1).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_pixelwise_writes_every_position_as_its_own_data_set(tmp_path, data):
+    model = build_model()
+    manifest = extract_latents(model, data, tmp_path, run_dir=tmp_path, downsampling="pixelwise",
+                               layers=["body.4", "head"], progress=False)
+    entries = manifest["layers"]
+    assert len(entries) == 4 * 4 + 1 and manifest["downsampling"] == "pixelwise"
+    reference = reference_outputs(build_model(), data["eval"].dataset.tensors[0])
+    for entry in entries[:-1]:
+        row, col = entry["position"]
+        assert entry["index"] == 1 and entry["layer"] == "body.4" and entry["name"] == f"body.4@{row}_{col}"
+        assert entry["eval"] == f"eval-body.4@{row}_{col}.npy" and entry["shape"] == [1437, 6]
+        values = np.load(tmp_path / entry["eval"])
+        np.testing.assert_allclose(values, reference["body.4"][:, :, row, col].numpy(), rtol=1e-5, atol=1e-5)
+        assert sha(tmp_path / entry["train"]) == entry["sha256"]["train"]
+    assert entries[-1]["name"] == "head" and entries[-1]["index"] == 2 and "position" not in entries[-1]
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_complete_extraction_is_reused_and_changed_settings_redo_it(tmp_path, data):
+    model = build_model()
+    first = extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False)
+    stamp = (tmp_path / MANIFEST).stat().st_mtime_ns
+    files = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.npy")}
+    again = extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False)
+    assert again == first and (tmp_path / MANIFEST).stat().st_mtime_ns == stamp
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.npy")} == files
+    half = extract_latents(model, data, tmp_path, run_dir=tmp_path, dtype="float16", layers=["head"],
+                           progress=False)
+    assert [e["name"] for e in half["layers"]] == ["head"]
+    assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["eval-head.npy", "eval-labels.npy",
+                                                              "train-head.npy", "train-labels.npy"]
+
+
+def test_unknown_layer_is_named(tmp_path, data):
+    with pytest.raises(ConfigError, match=r"'bdy.0' matches no module .* Did you mean 'body.0'"):
+        extract_latents(build_model(), data, tmp_path, run_dir=tmp_path, layers=["bdy.0"], progress=False)
+    assert not (tmp_path / MANIFEST).exists()
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from _extraction_models import build_model, loaders
+from phd_lab.extraction import extract_latents
+extract_latents(build_model(), loaders(), {folder!r}, run_dir={run!r}, downsampling=2, progress=False)
+"""
+
+
+def test_restart_after_sigkill_mid_extraction(tmp_path, data):
+    folder = tmp_path / "latents"
+    folder.mkdir()
+    (folder / "train-stale.npy").write_bytes(b"left by an older extraction")
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), folder=str(folder), run=str(tmp_path))
+    env = {**os.environ, PAUSE_ENV: "0.3", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(folder.glob(".eval-*.npy.tmp")):  # the train split is done, eval in progress
+            assert process.poll() is None, "the extraction ended before it could be killed"
+            assert time.monotonic() < deadline, "the extraction did not reach the eval split"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (folder / MANIFEST).exists()
+    assert (folder / "train-body.0.npy").exists() and list(folder.glob(".*.tmp"))  # half-written state
+
+    resumed = extract_latents(build_model(), data, folder, run_dir=tmp_path, downsampling=2, progress=False)
+    clean = extract_latents(build_model(), data, tmp_path / "clean", run_dir=tmp_path, downsampling=2,
+                            progress=False)
+    assert resumed == clean  # same files, same hashes
+    assert not list(folder.glob(".*")) and not (folder / "train-stale.npy").exists()
+    for entry in resumed["layers"]:
+        assert sha(folder / entry["train"]) == entry["sha256"]["train"]

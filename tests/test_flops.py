@@ -1,0 +1,53 @@
+"""FLOPs and parameter counts against hand-computed values of tiny models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from phd_lab.analysis.flops import FUNCTIONAL_ROW, LAYER_COLUMNS, computational_info
+
+
+def tiny(bias: bool) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=bias), nn.Flatten(), nn.Linear(2 * 8 * 8, 3, bias=bias))
+
+
+def test_macs_match_hand_computation_without_bias():
+    info, table = computational_info(tiny(False), (1, 8, 8))
+    conv = 8 * 8 * 2 * 1 * 3 * 3  # output positions × out channels × in channels × kernel area
+    linear = 128 * 3
+    assert info["macs"] == conv + linear == 1536
+    assert info["flops"] == 2 * info["macs"]
+    assert info["params_total"] == info["params_trainable"] == 2 * 9 + 128 * 3
+    assert list(table.columns) == LAYER_COLUMNS
+    rows = table.set_index("layer")
+    assert rows.loc["0", "macs"] == conv and rows.loc["2", "macs"] == linear
+    assert rows.loc[FUNCTIONAL_ROW, "macs"] == 0
+    assert table["macs"].sum() == info["macs"]
+
+
+def test_bias_residual_and_frozen_parameters():
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 1)  # with bias
+            self.head = nn.Linear(2, 3)
+
+        def forward(self, x):
+            y = self.conv(x) + x  # the residual addition is a functional op
+            return self.head(y.mean((2, 3)))
+
+    model = Block()
+    model.head.weight.requires_grad_(False)
+    info, table = computational_info(model, (2, 4, 4))
+    conv = 4 * 4 * 2 * 2 + 2 * 4 * 4  # MACs plus one per output element for the bias
+    head = 2 * 3 + 3
+    rows = table.set_index("layer")
+    assert rows.loc["conv", "macs"] == conv and rows.loc["head", "macs"] == head
+    assert info["macs"] == table["macs"].sum() >= conv + head
+    assert rows.loc[FUNCTIONAL_ROW, "macs"] == info["macs"] - conv - head
+    assert info["params_total"] == 6 + 9 and info["params_trainable"] == 6 + 3
+    assert rows.loc["head", "trainable_params"] == 3
+    # the caller's model is left as it was
+    assert not any(hasattr(m, "__flops__") for m in model.modules())
+    assert torch.equal(model(torch.ones(1, 2, 4, 4)), model(torch.ones(1, 2, 4, 4)))

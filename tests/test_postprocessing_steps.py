@@ -1,0 +1,83 @@
+"""The receptive_field, flops and extract steps: validation up front and an end-to-end run of main.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phd_lab.errors import ConfigError
+from phd_lab.experiment import Main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_config(tmp_path: Path, steps: list) -> Path:
+    config = {"model": "vgg11", "model_args": {"width": 0.125}, "dataset": "Digits", "resolution": 8, "epoch": 1,
+              "batch_size": 256, "logs_dir": str(tmp_path / "logs"), "device": "cpu", "post_processing": steps}
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("step, message", [
+    ({"name": "extract", "dtype": "float64"}, "'dtype' must be one of 'float32', 'float16'"),
+    ({"name": "extract", "downsampling": 0}, "'downsampling' must be an integer ≥ 1, or 'pixelwise' or null"),
+    ({"name": "extract", "downsampling": "pixel"}, "'downsampling' must be"),
+    ({"name": "extract", "layers": []}, "'layers' is an empty list"),
+    ({"name": "extract", "layers": "features.0"}, "'layers' must be a list of strings"),
+    ({"name": "flops", "resolution": 3}, "step 'flops' has unknown parameter"),
+])
+def test_step_parameters_are_validated_before_training(tmp_path, step, message):
+    with pytest.raises(ConfigError, match=message):
+        Main(progress=False).load(write_config(tmp_path, [step]))
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.slow
+def test_main_runs_the_three_steps_and_reuses_them(tmp_path):
+    config = write_config(tmp_path, ["receptive_field", "flops", {"name": "extract", "dtype": "float16"}])
+    command = [sys.executable, "main.py", "--config", str(config), "--no-progress"]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    (run,) = [p.parent for p in (tmp_path / "logs").rglob("*_config.json")]
+
+    table = pd.read_csv(run / "receptive_field.csv")
+    assert list(table.columns) == ["index", "layer", "r_min", "r_max", "jump", "in_r_min", "in_r_max", "b_min",
+                                   "b_max"]
+    convs = table[table["index"].notna()]
+    assert convs["r_max"].tolist() == [3, 8, 18, 26, 46, 62, 102, 134]
+    assert table.loc[table.b_min, "layer"].tolist() == ["features.6"]  # in_r 10 > 8 from the third conv on
+    assert (run / "receptive_field.png").stat().st_size > 0
+
+    info = json.loads((run / "computational_info.json").read_text())
+    per_layer = pd.read_csv(run / "computational_info.csv")
+    assert info["macs"] == per_layer["macs"].sum() > 0 and info["flops"] == 2 * info["macs"]
+    assert info["input_shape"] == [1, 8, 8] and info["params_total"] == info["params_trainable"] > 0
+
+    folder = run / "latents"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    metrics = pd.read_csv(run / f"{run_name(run)}.csv")
+    assert manifest["model_test_accuracy"] == pytest.approx(metrics["test_accuracy"].iloc[-1])
+    assert manifest["run_dir"] == str(run.resolve()) and manifest["dtype"] == "float16"
+    assert [e["name"] for e in manifest["layers"]] == convs["layer"].tolist() + ["classifier"]
+    for entry in manifest["layers"]:
+        data = np.load(folder / entry["train"], allow_pickle=False)
+        assert data.dtype == np.float16 and list(data.shape) == entry["shape"] and data.shape[0] == 1437
+        assert hashlib.sha256((folder / entry["eval"]).read_bytes()).hexdigest() == entry["sha256"]["eval"]
+    stamp = (folder / "manifest.json").stat().st_mtime_ns
+
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "skipping to post-processing" in second.stderr and "reusing them" in second.stderr
+    assert (folder / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def run_name(run: Path) -> str:
+    return next(run.glob("*_config.json")).name[: -len("_config.json")]

@@ -1,0 +1,272 @@
+"""Receptive fields: hand-computed cases, DP against brute-force path enumeration, border layers."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from phd_lab.analysis.receptive_field import COLUMNS, ReceptiveFieldError, border_layers, receptive_fields
+
+
+def conv(k: int, s: int = 1, d: int = 1, c: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(c, c, k, stride=s, dilation=d, padding=d * (k - 1) // 2)
+
+
+def table(model: nn.Module, resolution: int = 32) -> dict[str, tuple]:
+    df = receptive_fields(model, resolution)
+    return {row.layer: (row.in_r_min, row.in_r_max, row.r_min, row.r_max, row.jump) for row in df.itertuples()}
+
+
+def test_sequential_chain_hand_computed():
+    model = nn.Sequential(conv(3), nn.ReLU(), conv(3), nn.MaxPool2d(2, 2), conv(3), nn.BatchNorm2d(2),
+                          conv(5, s=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
+    got = table(model)
+    # (in_r_min, in_r_max, r_min, r_max, jump)
+    assert got["0"] == (1, 1, 3, 3, 1)
+    assert got["2"] == (3, 3, 5, 5, 1)
+    assert got["4"] == (6, 6, 10, 10, 2)  # pool k2 s2: 5 + 1 = 6, jump 2; conv: 6 + 2·2
+    assert got["6"] == (10, 10, 18, 18, 4)  # 10 + 4·2, jump 4
+    assert got["9"] == (math.inf,) * 5  # Linear after global pooling is global
+    df = receptive_fields(model, 32)
+    assert list(df.columns) == COLUMNS
+    assert df["index"].tolist()[:4] == [1, 2, 3, 4] and pd.isna(df["index"].iloc[4])
+
+
+def test_dilation_hand_computed():
+    model = nn.Sequential(conv(3, d=2), conv(3, d=3), conv(3, s=2), conv(3, d=2))
+    got = table(model)
+    assert got["0"][2:] == (5, 5, 1)  # k_eff = 5
+    assert got["1"][2:] == (11, 11, 1)  # k_eff = 7
+    assert got["2"][2:] == (13, 13, 2)
+    assert got["3"][2:] == (13 + 4 * 2, 21, 2)  # k_eff = 5 at jump 2
+
+
+def test_strided_pooling_hand_computed():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+            self.a = conv(3)
+            self.b = conv(1)
+
+        def forward(self, x):
+            x = self.a(self.pool(x))  # pool: r 3, j 2; conv: 3 + 2·2 = 7
+            x = F.avg_pool2d(x, 2)  # stride defaults to the kernel: 7 + 1·2 = 9, j 4
+            x = F.max_pool2d(x, kernel_size=3, stride=1, dilation=2)  # 9 + 4·4 = 25, j 4
+            return self.b(x)
+
+    got = table(Net())
+    assert got["a"] == (3, 3, 7, 7, 2)
+    assert got["b"] == (25, 25, 25, 25, 4)
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = conv(3), conv(3), conv(3)
+        self.bn = nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        y = self.c2(torch.relu(self.bn(self.c1(x))))
+        return self.c3(F.relu(y + x))
+
+
+def test_residual_block_hand_computed():
+    got = table(Residual())
+    assert got["c1"] == (1, 1, 3, 3, 1)
+    assert got["c2"] == (3, 3, 5, 5, 1)
+    assert got["c3"] == (1, 5, 3, 7, 1)  # the skip path brings r = 1
+
+
+def test_two_paths_with_different_kernels():
+    class TwoPath(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.small, self.large, self.head = conv(3), conv(5), nn.Conv2d(4, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.head(torch.cat([self.small(x), self.large(x)], dim=1))
+
+    got = table(TwoPath())
+    assert got["small"][2:4] == (3, 3) and got["large"][2:4] == (5, 5)
+    assert got["head"] == (3, 5, 5, 7, 1)
+
+
+def test_torchvision_resnet18_hand_computed():
+    df = receptive_fields(torchvision.models.resnet18(), 224)
+    last = df[df.layer == "layer4.1.conv2"].iloc[0]
+    # longest path: every 3×3 conv (435, the value other tools report); shortest: stem, max-pool and the
+    # 1×1 downsampling shortcuts (r 11, jump 32), then the two convs of the last block: 11 + 2·32 + 2·32.
+    assert (last.r_max, last.r_min, last.jump) == (435, 139, 32)
+    assert df["index"].max() == 20 and df.layer.iloc[-1] == "fc"
+    assert border_layers(df, 224) == (None, "layer4.1.conv1")  # in_r_max 307 > 224 from there on
+
+
+@pytest.mark.parametrize("build", [torchvision.models.vgg11, lambda: nn.Sequential(conv(3), conv(5, s=2),
+                                                                                    nn.MaxPool2d(2), conv(3))])
+def test_sequential_models_have_equal_min_and_max(build):
+    df = receptive_fields(build(), 32)
+    assert (df.r_min == df.r_max).all() and (df.in_r_min == df.in_r_max).all()
+    assert df.b_min.tolist() == df.b_max.tolist()
+
+
+def test_vgg11_values_and_border():
+    df = receptive_fields(torchvision.models.vgg11(), 32)
+    convs = df[df["index"].notna()]
+    assert convs.r_max.tolist() == [3, 8, 18, 26, 46, 62, 102, 134]
+    assert border_layers(df, 32) == ("features.13", "features.13")  # the 6th conv: in_r 46 > 32
+    assert df[df.b_min].layer.tolist() == ["features.13"]
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = conv(3)
+        self.fc1, self.fc2 = nn.Conv2d(2, 1, 1), nn.Conv2d(1, 2, 1)
+        self.after = conv(3)
+
+    def forward(self, x):
+        y = self.body(x)
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
+        return self.after(y * gate)
+
+
+def test_attention_gate_does_not_widen_the_receptive_field():
+    got = table(SqueezeExcite())
+    assert got["fc1"] == (math.inf,) * 5
+    assert got["after"] == (3, 3, 5, 5, 1)
+    # global-input convs never start a border sequence
+    assert border_layers(receptive_fields(SqueezeExcite(), 2), 2) == ("after", "after")
+    assert border_layers(receptive_fields(SqueezeExcite(), 3), 3) == (None, None)
+
+
+def test_border_layers_hand_checked():
+    def frame(values: list[float], global_rows: tuple[int, ...] = ()) -> pd.DataFrame:
+        rows = [{"index": i + 1, "layer": f"c{i + 1}", "in_r_min": v, "in_r_max": v + 10}
+                for i, v in enumerate(values)]
+        for i in global_rows:
+            rows[i]["in_r_min"] = rows[i]["in_r_max"] = math.inf
+        rows.append({"index": None, "layer": "fc", "in_r_min": math.inf, "in_r_max": math.inf})
+        df = pd.DataFrame(rows)
+        df["index"] = df["index"].astype("Int64")
+        return df
+
+    df = frame([1, 3, 7, 5, 9, 11])
+    assert border_layers(df, 6) == ("c5", "c1")  # 7 > 6 but 5 is not; max: 11 > 6 everywhere
+    assert border_layers(df, 9) == ("c6", "c1")  # strict: 9 is not > 9; in_r_max = in_r_min + 10
+    assert border_layers(df, 11) == (None, "c2")  # 11 is not > 11
+    assert border_layers(df, 14) == (None, "c3")  # 13 is not > 14
+    assert border_layers(df, 21) == (None, None)
+    assert border_layers(frame([1, 8, 9], global_rows=(2,)), 6) == ("c2", "c1")
+    assert border_layers(frame([1, 3, 9], global_rows=(1,)), 6) == ("c3", "c1")
+
+
+def test_untraceable_model_gives_a_clear_error():
+    class DataDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = conv(3)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.c(x)
+            return x
+
+    with pytest.raises(ReceptiveFieldError, match="DataDependent cannot be traced with torch.fx"):
+        receptive_fields(DataDependent(), 32)
+
+
+def test_unknown_operation_is_named():
+    class Upsampling(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c, self.up = conv(3), nn.Upsample(scale_factor=2)
+
+        def forward(self, x):
+            return self.c(self.up(x))
+
+    with pytest.raises(ReceptiveFieldError, match=r"module 'up' \(torch.nn.modules.upsampling.Upsample\)"):
+        receptive_fields(Upsampling(), 32)
+
+    class Permuting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = conv(3)
+
+        def forward(self, x):
+            return self.c(x).permute(0, 2, 3, 1)
+
+    with pytest.raises(ReceptiveFieldError, match=r"tensor method .permute\(\)"):
+        receptive_fields(Permuting(), 32)
+
+
+# ---------------------------------------------------------------------------- random DAGs
+def random_plan(rng: random.Random, size: int) -> list[dict]:
+    """Nodes of a runnable DAG: each applies a conv or pool to the sum of same-scale earlier nodes."""
+    plan = [{"scale": 1}]
+    for _ in range(size):
+        primary = rng.randrange(len(plan))
+        scale = plan[primary]["scale"]
+        stride = rng.choice([1, 1, 2]) if scale < 8 else 1
+        same = [i for i, node in enumerate(plan) if node["scale"] == scale and i != primary]
+        inputs = [primary] + rng.sample(same, min(len(same), rng.choice([0, 1, 2])))
+        if rng.random() < 0.75:
+            op = ("conv", rng.choice([1, 3, 5]), stride, rng.choice([1, 2]))
+        elif stride == 2 and rng.random() < 0.5:
+            op = ("pool", 2, 2, 1)
+        else:
+            op = ("pool", 3, stride, 1)
+        plan.append({"scale": scale * stride, "inputs": inputs, "op": op})
+    return plan
+
+
+class RandomDag(nn.Module):
+    def __init__(self, plan: list[dict]) -> None:
+        super().__init__()
+        self.plan = plan
+        layers = {}
+        for i, node in enumerate(plan[1:], 1):
+            kind, k, s, d = node["op"]
+            layers[f"n{i}"] = conv(k, s, d) if kind == "conv" else nn.MaxPool2d(k, s, padding=k // 2 if k == 3 else 0)
+        self.layers = nn.ModuleDict(layers)
+
+    def forward(self, x):
+        values = [x]
+        for i, node in enumerate(self.plan[1:], 1):
+            total = values[node["inputs"][0]]
+            for j in node["inputs"][1:]:
+                total = total + values[j]
+            values.append(self.layers[f"n{i}"](total))
+        return values[-1]
+
+
+def brute_force(plan: list[dict]) -> dict[str, tuple]:
+    """Enumerate every path explicitly: (in_r_min, in_r_max, r_min, r_max) of each conv."""
+    paths: list[list[tuple[int, int]]] = [[(1, 1)]]
+    result = {}
+    for i, node in enumerate(plan[1:], 1):
+        _, k, s, d = node["op"]
+        incoming = [path for j in node["inputs"] for path in paths[j]]
+        outgoing = [(r + d * (k - 1) * jump, jump * s) for r, jump in incoming]
+        paths.append(outgoing)
+        if node["op"][0] == "conv":
+            result[f"layers.n{i}"] = (min(r for r, _ in incoming), max(r for r, _ in incoming),
+                                      min(r for r, _ in outgoing), max(r for r, _ in outgoing))
+    return result
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_dp_agrees_with_brute_force_on_random_dags(seed):
+    rng = random.Random(seed)
+    plan = random_plan(rng, rng.randrange(4, 11))
+    model = RandomDag(plan)
+    model(torch.zeros(1, 2, 32, 32))  # the generated model is a real, runnable network
+    got = {layer: values[:4] for layer, values in table(model).items()}
+    assert got == brute_force(plan)
