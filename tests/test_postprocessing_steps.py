@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_config(tmp_path: Path, steps: list) -> Path:
-    config = {"model": "vgg11", "model_args": {"width": 0.125}, "dataset": "Digits", "resolution": 8, "epoch": 1,
+    config = {"model": "vgg11", "model_args": {"width": 0.125, "batch_norm": False, "head": "linear"},
+              "dataset": "Digits", "resolution": 8, "epoch": 1,
               "batch_size": 256, "logs_dir": str(tmp_path / "logs"), "device": "cpu", "post_processing": steps}
     path = tmp_path / "exp.json"
     path.write_text(json.dumps(config))
