@@ -1,0 +1,1 @@
+"""Plots drawn from saved tables; matplotlib is imported lazily inside each function."""
