@@ -1,7 +1,8 @@
-"""Fit logistic-regression probes on extracted latents (not yet available)."""
+"""Fit logistic-regression probes on extracted latents: ``python probe_main.py --config exp.json``."""
 
 import sys
 
+from phd_lab.probes.cli import probe_cli
+
 if __name__ == "__main__":
-    sys.stderr.write("probe_main.py: the probe job is not yet available in this version of phd-lab.\n")
-    sys.exit(2)
+    sys.exit(probe_cli())

@@ -81,6 +81,20 @@ class RunDir:
             return self.root / "latents"
         return Path(latents_dir) / self.root.relative_to(self.root.parents[3]) / "latents"
 
+    # --- probe job outputs (issue 5): they do not use ``name``, so the probe job can build a
+    # RunDir from the manifest's run_dir alone.
+    @property
+    def probe_csv(self) -> Path:
+        return self.root / "probe_performances.csv"
+
+    @property
+    def probe_plot(self) -> Path:
+        return self.root / "probe_performances.png"
+
+    def probe_confusion(self, index: int, layer: str, suffix: str) -> Path:
+        """Confusion matrix of one layer's probe, ``suffix`` ``.npy`` or ``.png``."""
+        return self.root / "probe_confusion" / f"{index:03d}-{safe_name(layer)}{suffix}"
+
     def create(self) -> "RunDir":
         self.root.mkdir(parents=True, exist_ok=True)
         return self

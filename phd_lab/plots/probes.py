@@ -1,0 +1,81 @@
+"""Plots of the probe job: accuracy per layer in forward order, and confusion matrices.
+
+They only draw already computed results (the probe table, a confusion matrix); matplotlib is
+imported inside the functions with the Agg backend, so the probe job never needs a display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from phd_lab.atomic import save_figure
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = None, ax: "Axes | None" = None) -> "Axes":
+    """Train and eval accuracy of each layer's probe in forward order; the model's accuracy as a line."""
+    plt = _pyplot()
+    if ax is None:
+        ax = plt.subplots(figsize=(max(6.0, 0.35 * len(table) + 2.0), 4.0))[1]
+    table = table.sort_values("index")
+    positions = np.arange(len(table))
+    ax.plot(positions, table["train_acc"], marker="o", linestyle="--", label="probe train accuracy")
+    ax.plot(positions, table["eval_acc"], marker="o", label="probe eval accuracy")
+    if model_accuracy is not None:
+        ax.axhline(model_accuracy, color="black", linewidth=1.0, label=f"model test accuracy ({model_accuracy:.3f})")
+    solver = ", ".join(sorted(set(table["solver"]))) if "solver" in table else ""
+    ax.set(xlabel="layer (forward order)", ylabel="accuracy", ylim=(0.0, 1.02),
+           title=f"Logistic-regression probes ({solver})" if solver else "Logistic-regression probes")
+    ax.set_xticks(positions)
+    ax.set_xticklabels(table["layer"], rotation=90, fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return ax
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[int], title: str = "", ax: "Axes | None" = None) -> "Axes":
+    """A row-normalised confusion matrix (rows: true class, columns: predicted class)."""
+    plt = _pyplot()
+    if ax is None:
+        ax = plt.subplots(figsize=(4.5, 4.0))[1]
+    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.figure.colorbar(image, ax=ax, fraction=0.046)
+    ticks = np.arange(len(classes))
+    step = max(1, len(classes) // 20)
+    ax.set_xticks(ticks[::step])
+    ax.set_xticklabels([str(c) for c in classes][::step], fontsize=7)
+    ax.set_yticks(ticks[::step])
+    ax.set_yticklabels([str(c) for c in classes][::step], fontsize=7)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    return ax
+
+
+def save_probe_accuracy_plot(table: "pd.DataFrame", model_accuracy: float | None, path: Path | str) -> None:
+    plt = _pyplot()
+    ax = plot_probe_accuracy(table, model_accuracy)
+    try:
+        save_figure(ax.figure, path, dpi=120)
+    finally:
+        plt.close(ax.figure)
+
+
+def save_confusion_plot(matrix: np.ndarray, classes: Sequence[int], title: str, path: Path | str) -> None:
+    plt = _pyplot()
+    ax = plot_confusion(matrix, classes, title)
+    try:
+        save_figure(ax.figure, path, dpi=100)
+    finally:
+        plt.close(ax.figure)

@@ -1,0 +1,89 @@
+"""A content-addressed result cache for probe records on a (possibly shared) folder.
+
+Like ``joblib.Memory`` it memoises a pure function on disk, but the key is explicit: the
+sha256 of the four input files (from the manifest), every resolved solver setting and the
+versions of the libraries that compute the fit. Entries are small JSON files written
+atomically, so loading never unpickles anything and a killed job leaves either a whole
+entry or none. The record keeps the ``seconds`` of the fit that produced it, which makes
+a resumed job's CSV identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+from phd_lab.atomic import write_json
+from phd_lab.probes.fit import ProbeRecord
+from phd_lab.probes.settings import ProbeSettings
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+ALGORITHM_VERSION = 1  # bump when fit.py changes what a record means
+
+
+def library_versions(solver: str) -> dict[str, str]:
+    """Versions that can change a fit's numbers (torch only for the torch solver)."""
+    import numpy
+    import scipy
+    import sklearn
+    versions = {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__,
+                "scikit_learn": sklearn.__version__, "probe_algorithm": str(ALGORITHM_VERSION)}
+    if solver == "lbfgs-torch":
+        import torch
+        versions["torch"] = torch.__version__
+    return versions
+
+
+def cache_key(file_sha256: dict[str, str], settings: ProbeSettings, versions: dict[str, str]) -> dict[str, Any]:
+    """The full key of one layer's probe: input contents, settings, versions.
+
+    ``file_sha256`` has the sha256 of ``train``, ``eval``, ``train_labels`` and ``eval_labels``.
+    The layer's name and index are deliberately absent: identical latents give one entry.
+    """
+    return {"format": CACHE_FORMAT, "files": dict(sorted(file_sha256.items())), "settings": settings.key(),
+            "versions": dict(sorted(versions.items()))}
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+class ResultCache:
+    """``get``/``put`` probe records by key in ``<folder>/<digest[:2]>/<digest>.json``."""
+
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+
+    def path(self, key: dict[str, Any]) -> Path:
+        digest = key_digest(key)
+        return self.folder / digest[:2] / f"{digest}.json"
+
+    def get(self, key: dict[str, Any]) -> ProbeRecord | None:
+        """The stored record, or None on a miss (an unreadable entry counts as a miss)."""
+        path = self.path(key)
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            log.warning("ignoring unreadable probe cache entry %s (%s); the layer is refitted", path, error)
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            log.warning("ignoring probe cache entry %s: its key does not match; the layer is refitted", path)
+            return None
+        try:
+            return ProbeRecord.from_json(entry["record"])
+        except (KeyError, TypeError) as error:
+            log.warning("ignoring malformed probe cache entry %s (%s); the layer is refitted", path, error)
+            return None
+
+    def put(self, key: dict[str, Any], record: ProbeRecord) -> Path:
+        path = self.path(key)
+        write_json(path, {"key": key, "record": record.to_json()})
+        return path

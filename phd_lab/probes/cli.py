@@ -1,0 +1,76 @@
+"""Command line of ``probe_main.py``: parse arguments, run the probe job, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from phd_lab.cli import configure_logging, guarded
+from phd_lab.errors import EXIT_OK, UsageError
+
+log = logging.getLogger("phd_lab")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from phd_lab.probes.job import default_cpu_count
+    from phd_lab.probes.settings import SOLVERS
+    parser = argparse.ArgumentParser(
+        prog="probe_main.py",
+        description="Fit a logistic-regression probe on the extracted latents of every layer (thesis §4.3, §6.2.5) "
+                    "and write probe_performances.csv, its plot and per-layer confusion matrices into the run "
+                    "folder. Finished layers are cached, so a killed job resumes where it stopped.",
+        epilog="Solver options default to the config's probe_* keys (see `python main.py --list-keys`). "
+               "Exit status: 0 success, 2 invalid usage/config/latents (nothing written), 1 a fit failed.")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", help="JSON config: probe every run of its grid that has latents")
+    source.add_argument("--latents", help="probe one latents folder (with its manifest.json)")
+    parser.add_argument("--run-id", help="name of the repetition (overrides the config's run_id)")
+    parser.add_argument("-mp", "--processes", type=int, default=default_cpu_count(),
+                        help="worker processes, one thread each (default: the number of cores); 0 fits in-process")
+    parser.add_argument("--cache-dir", help="result cache folder (default: <logs_dir>/.probe_cache, or "
+                                            "<run folder>/.probe_cache with --latents)")
+    parser.add_argument("--solver", choices=SOLVERS, help="probe solver (config key probe_solver; default saga)")
+    parser.add_argument("--C", type=float, dest="C", help="inverse L2 strength (probe_C)")
+    parser.add_argument("--max-iter", type=int, help="iteration limit (probe_max_iter)")
+    parser.add_argument("--tol", type=float, help="stopping tolerance (probe_tol)")
+    parser.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                        help="standardise features (probe_standardize; default: off for saga, on for lbfgs)")
+    parser.add_argument("--train-samples", type=int, help="stratified training subsample size (probe_train_samples)")
+    parser.add_argument("--seed", type=int, help="seed of saga and the subsample (probe_seed)")
+    parser.add_argument("--probe-device", help="device of lbfgs-torch: cpu, cuda, cuda:N (probe_device)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return parser
+
+
+def probe_cli(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(-1 if args.quiet else 1 if args.verbose else 0)
+
+    def body() -> int:
+        from phd_lab.probes.job import jobs_from_config, jobs_from_latents, run_jobs
+        if not args.config and not args.latents:
+            raise UsageError("pass --config FILE (probe every run of a grid that has latents) or --latents DIR "
+                             "(probe one latents folder).")
+        if args.run_id is not None and not args.config:
+            raise UsageError("--run-id only applies with --config; a latents folder belongs to one run already.")
+        if args.processes < 0:
+            raise UsageError(f"-mp must be ≥ 0 (0 fits in this process); got {args.processes}.")
+        overrides = {"solver": args.solver, "C": args.C, "max_iter": args.max_iter, "tol": args.tol,
+                     "standardize": args.standardize, "train_samples": args.train_samples, "seed": args.seed,
+                     "device": args.probe_device}
+        if args.config:
+            jobs, cache_dir = jobs_from_config(args.config, args.run_id, overrides)
+        else:
+            jobs, cache_dir = jobs_from_latents(args.latents, overrides)
+        if args.cache_dir:
+            cache_dir = Path(args.cache_dir)
+        run_jobs(jobs, cache_dir, workers=args.processes, progress=not args.no_progress)
+        sys.stdout.write("Probe results:\n" + "\n".join(f"  {job.outputs.probe_csv}" for job in jobs) + "\n")
+        return EXIT_OK
+
+    return guarded(body)

@@ -1,0 +1,188 @@
+"""Pure probe functions: arrays in, a ``ProbeRecord`` out (no files written, no globals changed).
+
+``probe_layer`` is the one entry point: load a layer's arrays (memory-mapped, no pickle),
+optionally subsample and standardise, fit the chosen solver and evaluate. All three solvers
+minimise the same objective, multinomial cross-entropy averaged over the n training samples
+plus ||W||²/(2·C·n) (intercept not penalised), which is scikit-learn's scaling of C.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phd_lab.probes.settings import ProbeSettings
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """The result of one layer's probe; the model itself is discarded (thesis §6.2.5)."""
+
+    index: int
+    layer: str
+    solver: str
+    train_acc: float
+    eval_acc: float
+    n_iter: int
+    converged: bool
+    seconds: float  # wall time of loading, fitting and evaluating this layer when it was computed
+    n_train: int
+    n_eval: int
+    n_features: int
+    classes: list[int] = field(default_factory=list)
+    confusion: list[list[float]] = field(default_factory=list)  # eval set, rows normalised (true class)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ProbeRecord":
+        return cls(**data)
+
+    def confusion_matrix(self) -> np.ndarray:
+        return np.asarray(self.confusion, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Predictions of a fitted probe on both splits, and how the solver ended."""
+
+    train_pred: np.ndarray
+    eval_pred: np.ndarray
+    n_iter: int
+    converged: bool
+
+
+def load_array(path: Path | str) -> np.ndarray:
+    """A memory-mapped, read-only view of a ``.npy`` file; never unpickles."""
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def stratified_subsample(y: np.ndarray, n: int | None, seed: int) -> np.ndarray | None:
+    """Sorted indices of ``n`` samples with the class proportions of ``y``; None keeps all."""
+    if n is None or n >= len(y):
+        return None
+    from sklearn.model_selection import train_test_split
+    indices, _ = train_test_split(np.arange(len(y)), train_size=n, stratify=y, random_state=seed)
+    return np.sort(indices)
+
+
+def as_float(x: np.ndarray) -> np.ndarray:
+    """An in-memory float32/float64 copy (float16 latents are widened to float32)."""
+    dtype = np.float32 if x.dtype in (np.float16, np.float32) else np.float64
+    return np.array(x, dtype=dtype, order="C", copy=True)
+
+
+def standardize(x_train: np.ndarray, x_eval: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale features to zero mean and unit variance with training statistics (constant features: scale 1)."""
+    mean = x_train.mean(axis=0, dtype=np.float64)
+    std = x_train.std(axis=0, dtype=np.float64)
+    std[std == 0.0] = 1.0
+    dtype = x_train.dtype
+    return (((x_train - mean) / std).astype(dtype, copy=False),
+            ((x_eval - mean) / std).astype(dtype, copy=False))
+
+
+def sklearn_estimator(settings: ProbeSettings) -> Any:
+    """The scikit-learn LogisticRegression the ``saga``/``lbfgs`` solvers fit (L2 penalty, multinomial)."""
+    from sklearn.linear_model import LogisticRegression
+    s = settings.resolved()
+    return LogisticRegression(C=s.C, solver=s.solver, max_iter=s.max_iter, tol=s.tol, random_state=s.seed)
+
+
+def fit_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings) -> FitResult:
+    """Fit scikit-learn's saga or lbfgs; convergence = no ConvergenceWarning."""
+    from sklearn.exceptions import ConvergenceWarning
+    estimator = sklearn_estimator(settings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        estimator.fit(x_train, y_train)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return FitResult(estimator.predict(x_train), estimator.predict(x_eval), int(np.max(estimator.n_iter_)), converged)
+
+
+def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings) -> FitResult:
+    """Full-batch ``torch.optim.LBFGS`` on the same objective as scikit-learn (float32, any device).
+
+    Starts from zeros like scikit-learn; stops when the largest gradient entry is ≤ tol, the
+    loss stops changing, or after ``max_iter`` iterations (then ``converged`` is False).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    s = settings.resolved()
+    device = torch.device(s.device)
+    classes = np.unique(y_train)
+    x = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)).to(device)
+    y = torch.from_numpy(np.searchsorted(classes, y_train).astype(np.int64)).to(device)
+    n, d = x.shape
+    weight = torch.zeros(len(classes), d, dtype=torch.float32, device=device, requires_grad=True)
+    bias = torch.zeros(len(classes), dtype=torch.float32, device=device, requires_grad=True)
+    strength = 1.0 / (s.C * n)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=s.max_iter, max_eval=2 * s.max_iter,
+                                  tolerance_grad=s.tol, tolerance_change=1e-9, history_size=20,
+                                  line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(torch.addmm(bias, x, weight.T), y) + 0.5 * strength * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    n_iter = int(optimizer.state[weight].get("n_iter", 0))
+    with torch.no_grad():
+        train_pred = torch.addmm(bias, x, weight.T).argmax(dim=1).cpu().numpy()
+        del x
+        xe = torch.from_numpy(np.ascontiguousarray(x_eval, dtype=np.float32)).to(device)
+        eval_pred = torch.addmm(bias, xe, weight.T).argmax(dim=1).cpu().numpy()
+    return FitResult(classes[train_pred], classes[eval_pred], n_iter, n_iter < s.max_iter)
+
+
+def fit_arrays(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings) -> FitResult:
+    """Standardise if asked, then fit the chosen solver."""
+    s = settings.resolved()
+    if s.standardize:
+        x_train, x_eval = standardize(x_train, x_eval)
+    if s.solver == "lbfgs-torch":
+        return fit_torch_lbfgs(x_train, y_train, x_eval, s)
+    return fit_sklearn(x_train, y_train, x_eval, s)
+
+
+def probe_arrays(index: int, layer: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
+                 y_eval: np.ndarray, settings: ProbeSettings) -> ProbeRecord:
+    """Subsample, fit and evaluate one layer's probe on in-memory (or memory-mapped) arrays."""
+    from sklearn.metrics import confusion_matrix
+    start = time.perf_counter()
+    s = settings.resolved()
+    y_train = np.asarray(y_train)
+    y_eval = np.asarray(y_eval)
+    chosen = stratified_subsample(y_train, s.train_samples, s.seed)
+    if chosen is not None:
+        x_train, y_train = x_train[chosen], y_train[chosen]
+    x_train, x_eval = as_float(x_train), as_float(x_eval)
+    result = fit_arrays(x_train, y_train, x_eval, s)
+    classes = np.union1d(y_train, y_eval)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes absent from the eval set give empty rows
+        confusion = np.nan_to_num(confusion_matrix(y_eval, result.eval_pred, labels=classes, normalize="true"))
+    return ProbeRecord(
+        index=int(index), layer=layer, solver=s.solver,
+        train_acc=float(np.mean(result.train_pred == y_train)), eval_acc=float(np.mean(result.eval_pred == y_eval)),
+        n_iter=result.n_iter, converged=bool(result.converged), seconds=time.perf_counter() - start,
+        n_train=int(len(y_train)), n_eval=int(len(y_eval)), n_features=int(x_train.shape[1]),
+        classes=[int(c) for c in classes], confusion=confusion.tolist())
+
+
+def probe_layer(index: int, layer: str, train: Path | str, eval: Path | str, train_labels: Path | str,
+                eval_labels: Path | str, settings: ProbeSettings) -> ProbeRecord:
+    """Load one layer's latents and labels from ``.npy`` files and probe them."""
+    start = time.perf_counter()
+    record = probe_arrays(index, layer, load_array(train), load_array(train_labels), load_array(eval),
+                          load_array(eval_labels), settings)
+    return ProbeRecord(**{**record.to_json(), "seconds": time.perf_counter() - start})

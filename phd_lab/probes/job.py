@@ -1,0 +1,204 @@
+"""The probe job's driver: find latents, validate everything, run the probes, write the outputs.
+
+Validation (manifests, array headers, label lengths, sha256 of every file, settings, device)
+finishes before anything is written, so bad input exits with status 2 and leaves no files.
+Outputs go to the run folder named by the manifest's ``run_dir``, each written atomically:
+``probe_performances.csv`` and ``.png`` and one confusion matrix per layer (``.npy``, ``.png``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from phd_lab.atomic import write_csv, write_with
+from phd_lab.errors import ConfigError, DataError, UsageError
+from phd_lab.probes.cache import ResultCache, cache_key, library_versions
+from phd_lab.probes.fit import ProbeRecord
+from phd_lab.probes.manifest import Manifest, read_manifest, verify_hashes
+from phd_lab.probes.runner import ProbeTask, run_probes
+from phd_lab.probes.settings import ProbeSettings
+from phd_lab.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("index", "layer", "train_acc", "eval_acc", "relative_acc", "n_iter", "converged", "seconds", "solver")
+CACHE_FOLDER = ".probe_cache"
+
+
+@dataclass(frozen=True)
+class ProbeJob:
+    """One latents folder to probe with its settings, and the run folder that receives the results."""
+
+    manifest: Manifest
+    settings: ProbeSettings
+    outputs: RunDir
+    label: str  # for messages: the run's name or the latents folder
+
+
+def default_cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def jobs_from_config(config_path: Path | str, run_id: str | None = None,
+                     overrides: Mapping[str, Any] | None = None) -> tuple[list[ProbeJob], Path]:
+    """Every run of the config's grid that has latents; returns the jobs and the default cache folder.
+
+    Runs are located exactly as training places them (``RunDir.for_run``); the probe settings
+    of each run come from its ``probe_*`` keys, then the command-line ``overrides``. Runs
+    without a latents folder are skipped; a folder without a manifest is an error.
+    """
+    from phd_lab.config import check_known_keys, check_run_id_value, load_config_file, validate_values
+    from phd_lab.grid import Grid
+
+    where = str(config_path)
+    raw = load_config_file(config_path)
+    check_known_keys(raw, where)
+    if run_id is not None:
+        raw["run_id"] = check_run_id_value(run_id)
+    validate_values(raw, where)
+    grid = Grid(raw, where)
+    jobs, skipped, logs_dirs = [], [], set()
+    for index in range(len(grid)):
+        cfg = grid[index]
+        rundir = RunDir.for_run(cfg)
+        logs_dirs.add(cfg.logs_dir)
+        folder = rundir.latents(cfg.latents_dir)
+        if not folder.exists():
+            skipped.append(f"{index} ({cfg.name})")
+            continue
+        settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
+        jobs.append(_job(read_manifest(folder), settings, f"run {index} ({cfg.name})", expected_root=rundir.root))
+    if not jobs:
+        raise DataError(f"No latents found for any of the {len(grid)} run(s) of {where!r} (looked for "
+                        f"<run folder>/latents or under latents_dir). Train the runs with the 'extract' "
+                        f"post-processing step first (python main.py --config {where}).")
+    if skipped:
+        log.info("runs without latents (skipped): %s", ", ".join(skipped))
+    return jobs, Path(sorted(logs_dirs)[0]) / CACHE_FOLDER
+
+
+def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = None) -> tuple[list[ProbeJob], Path]:
+    """One latents folder with default settings plus ``overrides``; the cache defaults to the run folder."""
+    manifest = read_manifest(folder)
+    settings = ProbeSettings.from_mapping({}, overrides, "command line")
+    job = _job(manifest, settings, str(folder))
+    return [job], job.outputs.root / CACHE_FOLDER
+
+
+def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root: Path | None = None) -> ProbeJob:
+    run_dir = manifest.run_dir
+    if not run_dir.is_dir():
+        raise DataError(f"The run folder {str(run_dir)!r} named by 'run_dir' in {str(manifest.folder / 'manifest.json')!r} "
+                        f"does not exist; the probe results are written there. Move the latents back with their run "
+                        f"or rerun the extraction step.")
+    if expected_root is not None and run_dir.resolve() != expected_root.resolve():
+        log.warning("%s: the manifest names run folder %s, not %s; writing the probe results to the manifest's",
+                    label, run_dir, expected_root)
+    return ProbeJob(manifest, settings, RunDir(root=run_dir, name=""), label)
+
+
+def check_device(settings: ProbeSettings) -> None:
+    if settings.solver != "lbfgs-torch" or settings.device == "cpu":
+        return
+    import torch
+    if not torch.cuda.is_available():
+        raise ConfigError(f"probe_device is {settings.device!r}, but torch sees no CUDA device on this machine; use "
+                          f"probe_device 'cpu' (or --probe-device cpu), or run the probe job on a GPU node.")
+    ordinal = int(settings.device.split(":")[1]) if ":" in settings.device else 0
+    if ordinal >= torch.cuda.device_count():
+        raise ConfigError(f"probe_device is {settings.device!r}, but only {torch.cuda.device_count()} CUDA device(s) "
+                          f"are visible.")
+
+
+def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2) -> None:
+    """Everything that can be checked before fitting: settings, devices, subsample sizes, sha256."""
+    for job in jobs:
+        check_device(job.settings)
+        if job.settings.train_samples is not None:
+            labels = np.load(job.manifest.train_labels, mmap_mode="r", allow_pickle=False)
+            classes = len(np.unique(labels))
+            if job.settings.train_samples < classes:
+                raise ConfigError(f"{job.label}: probe_train_samples is {job.settings.train_samples}, but a stratified "
+                                  f"subsample needs at least one sample of each of the {classes} classes; use ≥ "
+                                  f"{classes} or null for all {len(labels)} samples.")
+    for job in jobs:
+        verify_hashes(job.manifest, threads=threads)
+
+
+def build_tasks(jobs: Sequence[ProbeJob]) -> list[ProbeTask]:
+    tasks = []
+    versions: dict[str, dict[str, str]] = {}
+    for position, job in enumerate(jobs):
+        manifest, settings = job.manifest, job.settings.resolved()
+        solver_versions = versions.setdefault(settings.solver, library_versions(settings.solver))
+        for layer in manifest.layers:
+            files = {"train": layer.sha256["train"], "eval": layer.sha256["eval"],
+                     "train_labels": manifest.labels_sha256["train"], "eval_labels": manifest.labels_sha256["eval"]}
+            tasks.append(ProbeTask(job=position, index=layer.index, layer=layer.name, train=str(layer.train),
+                                   eval=str(layer.eval), train_labels=str(manifest.train_labels),
+                                   eval_labels=str(manifest.eval_labels), settings=settings,
+                                   key=cache_key(files, settings, solver_versions),
+                                   size=layer.shape[0] * layer.shape[1]))
+    return tasks
+
+
+def performance_table(records: Sequence[ProbeRecord], model_accuracy: float | None) -> "Any":
+    """The ``probe_performances.csv`` table: one row per layer in forward order."""
+    import pandas as pd
+    rows = []
+    for record in sorted(records, key=lambda r: r.index):
+        relative = record.eval_acc / model_accuracy if model_accuracy else float("nan")
+        rows.append({"index": record.index, "layer": record.layer, "train_acc": record.train_acc,
+                     "eval_acc": record.eval_acc, "relative_acc": relative, "n_iter": record.n_iter,
+                     "converged": record.converged, "seconds": record.seconds, "solver": record.solver})
+    return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+
+
+def write_confusion(outputs: RunDir, record: ProbeRecord) -> None:
+    from phd_lab.plots.probes import save_confusion_plot
+    matrix = record.confusion_matrix()
+    write_with(outputs.probe_confusion(record.index, record.layer, ".npy"), lambda handle: np.save(handle, matrix))
+    save_confusion_plot(matrix, record.classes, f"{record.layer} (eval acc {record.eval_acc:.3f})",
+                        outputs.probe_confusion(record.index, record.layer, ".png"))
+
+
+def write_results(job: ProbeJob, records: Sequence[ProbeRecord]) -> None:
+    from phd_lab.plots.probes import save_probe_accuracy_plot
+    table = performance_table(records, job.manifest.model_test_accuracy)
+    write_csv(job.outputs.probe_csv, table)
+    save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
+    log.info("%s: probe results in %s", job.label, job.outputs.probe_csv)
+
+
+def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 0,
+             progress: bool = True) -> dict[int, list[ProbeRecord]]:
+    """Validate, then probe every layer of every job in one pool; each run's files are written as it completes."""
+    if workers < 0:
+        raise UsageError(f"-mp must be ≥ 0 (0 = fit in this process); got {workers}.")
+    validate_jobs(jobs, threads=max(2, workers))
+    tasks = build_tasks(jobs)
+    remaining = {position: len(job.manifest.layers) for position, job in enumerate(jobs)}
+    done: dict[int, list[ProbeRecord]] = {position: [] for position in range(len(jobs))}
+
+    def on_record(task: ProbeTask, record: ProbeRecord, cached: bool) -> None:
+        job = jobs[task.job]
+        write_confusion(job.outputs, record)
+        done[task.job].append(record)
+        remaining[task.job] -= 1
+        if remaining[task.job] == 0:
+            write_results(job, done[task.job])
+
+    for job in jobs:
+        log.info("%s: %d layer(s) from %s; %s", job.label, len(job.manifest.layers), job.manifest.folder,
+                 job.settings.describe())
+    run_probes(tasks, ResultCache(cache_dir), workers=workers, progress=progress, on_record=on_record)
+    return {position: sorted(records, key=lambda r: r.index) for position, records in done.items()}

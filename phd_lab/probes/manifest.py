@@ -1,0 +1,213 @@
+"""Read and validate a latents folder's ``manifest.json`` (the contract with the extraction step).
+
+The manifest is written last by the extraction, so a folder without one is an unfinished
+extraction. ``read_manifest`` checks the structure, the files' presence, shapes and label
+lengths (array headers only, no data read); ``verify_hashes`` compares every file's sha256
+with the manifest. Every problem is a ``DataError`` (exit status 2) naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from phd_lab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+SPLITS = ("train", "eval")
+_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class LayerFiles:
+    """One layer's latents: forward-order index, module name, files and their sha256."""
+
+    index: int
+    name: str
+    train: Path
+    eval: Path
+    shape: tuple[int, int]  # of the training array
+    sha256: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    folder: Path
+    run_dir: Path
+    model_test_accuracy: float | None
+    layers: tuple[LayerFiles, ...]
+    train_labels: Path
+    eval_labels: Path
+    labels_sha256: dict[str, str]
+    raw: dict[str, Any]
+
+    def files(self) -> list[tuple[Path, str]]:
+        """Every (path, expected sha256) the manifest lists."""
+        pairs = [(self.train_labels, self.labels_sha256["train"]), (self.eval_labels, self.labels_sha256["eval"])]
+        for layer in self.layers:
+            pairs += [(layer.train, layer.sha256["train"]), (layer.eval, layer.sha256["eval"])]
+        return pairs
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks (hashlib releases the GIL, so threads help)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fail(manifest: Path, what: str) -> DataError:
+    return DataError(f"Latents manifest {str(manifest)!r} is incomplete or invalid: {what}. Rerun the extraction "
+                     f"step (python main.py --config ... with post_processing 'extract') to rewrite it.")
+
+
+def _require(mapping: Any, key: str, kind: type, manifest: Path, where: str) -> Any:
+    if not isinstance(mapping, dict) or key not in mapping:
+        raise _fail(manifest, f"{where or 'the top level'} has no {key!r}")
+    value = mapping[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool) or value in ("", []):
+        raise _fail(manifest, f"{where}{'.' if where else ''}{key} is {json.dumps(value)[:60]}, expected a "
+                              f"non-empty {kind.__name__}")
+    return value
+
+
+def _sha_pair(mapping: dict, manifest: Path, where: str) -> dict[str, str]:
+    shas = _require(mapping, "sha256", dict, manifest, where)
+    for split in SPLITS:
+        value = _require(shas, split, str, manifest, f"{where}.sha256")
+        if len(value) != 64:
+            raise _fail(manifest, f"{where}.sha256.{split} is not a 64-digit sha256")
+    return {split: shas[split].lower() for split in SPLITS}
+
+
+def _header(path: Path, manifest: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the .npy header (memory-mapped: no data is read)."""
+    if not path.is_file():
+        raise DataError(f"Latents file {str(path)!r} listed in {str(manifest)!r} does not exist; the extraction is "
+                        f"incomplete or the folder was moved. Rerun the extraction step.")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise DataError(f"Latents file {str(path)!r} is not a readable .npy array ({error}); rerun the extraction "
+                        f"step.") from None
+    return array.shape, array.dtype
+
+
+def read_manifest(folder: Path | str) -> Manifest:
+    """Parse ``<folder>/manifest.json`` and check it against the array headers."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise DataError(f"No latents found: {str(folder)!r} is not a folder. Pass the latents folder written by the "
+                        f"extraction step (by default <run folder>/latents).")
+    if not path.is_file():
+        raise DataError(f"Latents folder {str(folder)!r} has no {MANIFEST}: the extraction is unfinished (the "
+                        f"manifest is written last). Rerun the training command with the 'extract' step; it redoes "
+                        f"a half-written extraction.")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _fail(path, f"it is not valid JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise _fail(path, "it does not hold a JSON object")
+    if raw.get("format") != FORMAT:
+        raise _fail(path, f"format is {json.dumps(raw.get('format'))}, this version reads format {FORMAT}")
+    run_dir = _require(raw, "run_dir", str, path, "")
+    accuracy = raw.get("model_test_accuracy")
+    if accuracy is not None and (isinstance(accuracy, bool) or not isinstance(accuracy, (int, float))):
+        raise _fail(path, f"model_test_accuracy must be a number or null, got {json.dumps(accuracy)}")
+    labels = _require(raw, "labels", dict, path, "")
+    label_files = {split: folder / _require(labels, split, str, path, "labels") for split in SPLITS}
+    label_shas = _sha_pair(labels, path, "labels")
+    entries = _require(raw, "layers", list, path, "")
+    if not entries:
+        raise _fail(path, "it lists no layers")
+
+    label_lengths = {}
+    for split in SPLITS:
+        shape, dtype = _header(label_files[split], path)
+        if len(shape) != 1 or not np.issubdtype(dtype, np.integer):
+            raise DataError(f"Label file {str(label_files[split])!r} must be a 1-d integer array; it has shape "
+                            f"{list(shape)} and dtype {dtype}. Rerun the extraction step.")
+        label_lengths[split] = shape[0]
+
+    layers, seen_names, seen_files = [], set(), set()
+    for position, entry in enumerate(entries):
+        where = f"layers[{position}]"
+        name = _require(entry, "name", str, path, where)
+        index = _require(entry, "index", int, path, where)
+        present = [split for split in SPLITS if isinstance(entry, dict) and entry.get(split)]
+        if len(present) == 1:
+            raise DataError(f"The train and eval layer sets in {str(path)!r} differ: layer {name!r} has only a "
+                            f"{present[0]} file. Both splits need the same layers; rerun the extraction step.")
+        files = {split: _require(entry, split, str, path, where) for split in SPLITS}
+        shas = _sha_pair(entry, path, where)
+        if name in seen_names:
+            raise _fail(path, f"layer {name!r} is listed twice")
+        seen_names.add(name)
+        shapes = {}
+        for split in SPLITS:
+            file = folder / files[split]
+            if file in seen_files:
+                raise _fail(path, f"file {files[split]!r} is listed twice")
+            seen_files.add(file)
+            shapes[split], dtype = _header(file, path)
+            if len(shapes[split]) != 2 or not np.issubdtype(dtype, np.floating):
+                raise DataError(f"Latents file {str(file)!r} must be a 2-d float array (samples × features); it has "
+                                f"shape {list(shapes[split])} and dtype {dtype}. Rerun the extraction step.")
+            if shapes[split][0] != label_lengths[split]:
+                raise DataError(f"Label file {str(label_files[split])!r} has {label_lengths[split]} labels, but the "
+                                f"{split} latents of layer {name!r} ({str(file)!r}) have {shapes[split][0]} samples; "
+                                f"labels and latents must come from the same extraction. Rerun the extraction step.")
+        if shapes["train"][1] != shapes["eval"][1]:
+            raise DataError(f"Layer {name!r} has {shapes['train'][1]} features in {files['train']!r} but "
+                            f"{shapes['eval'][1]} in {files['eval']!r} (in {str(folder)!r}); train and eval latents "
+                            f"must have the same width. Rerun the extraction step.")
+        declared = entry.get("shape")
+        if declared is not None and list(declared) != list(shapes["train"]):
+            raise _fail(path, f"{where}.shape is {declared}, but {files['train']!r} has shape {list(shapes['train'])}")
+        layers.append(LayerFiles(index, name, folder / files["train"], folder / files["eval"],
+                                 tuple(shapes["train"]), shas))
+    _check_layer_sets(folder, path, layers)
+    layers.sort(key=lambda layer: layer.index)
+    return Manifest(folder, Path(run_dir), None if accuracy is None else float(accuracy), tuple(layers),
+                    label_files["train"], label_files["eval"], label_shas, raw)
+
+
+def _check_layer_sets(folder: Path, manifest: Path, layers: list[LayerFiles]) -> None:
+    """The train-*/eval-* files on disk must describe the same layers as the manifest lists."""
+    on_disk = {split: {p.name[len(split) + 1:-4] for p in folder.glob(f"{split}-*.npy")} - {"labels"}
+               for split in SPLITS}
+    if on_disk["train"] != on_disk["eval"]:
+        only_train = sorted(on_disk["train"] - on_disk["eval"])
+        only_eval = sorted(on_disk["eval"] - on_disk["train"])
+        raise DataError(f"The train and eval layer sets in {str(folder)!r} differ: layers only in train: {only_train}, "
+                        f"only in eval: {only_eval}. Both splits need the same layers; rerun the extraction step.")
+    indices = [layer.index for layer in layers]
+    if len(set(indices)) != len(indices):
+        raise _fail(manifest, f"layer indices repeat ({indices})")
+
+
+def verify_hashes(manifest: Manifest, threads: int = 2, pairs: Iterable[tuple[Path, str]] | None = None) -> None:
+    """Raise a DataError for the first file whose sha256 differs from the manifest."""
+    pairs = list(manifest.files() if pairs is None else pairs)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        actual = list(pool.map(lambda pair: sha256_file(pair[0]), pairs))
+    for (path, expected), digest in zip(pairs, actual):
+        if digest != expected:
+            raise DataError(f"Latents file {str(path)!r} has sha256 {digest}, but {str(manifest.folder / MANIFEST)!r} "
+                            f"records {expected}: the file changed after the extraction (or is corrupt). Rerun the "
+                            f"extraction step so that files and manifest agree.")
+    log.debug("verified sha256 of %d files in %s", len(pairs), manifest.folder)

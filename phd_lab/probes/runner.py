@@ -1,0 +1,158 @@
+"""Run many layer probes: cache look-ups first, then the misses in single-threaded worker processes.
+
+Each task is one layer of one run. Workers are spawned processes that hold one layer at a
+time and run every fit with one BLAS/OpenMP (and torch) thread, so ``N`` workers use ``N``
+cores and never oversubscribe; single-threaded fits are also what makes a record the same
+whether it was computed in-process (``workers=0``) or in a worker. Results arrive in the
+parent, which stores them in the cache and hands them to ``on_record`` (the driver's I/O).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+from phd_lab.errors import PhdLabError, RunFailure
+from phd_lab.probes.cache import ResultCache
+from phd_lab.probes.fit import ProbeRecord, probe_layer
+from phd_lab.probes.settings import ProbeSettings
+
+log = logging.getLogger(__name__)
+
+# Test-only hook: seconds each fit sleeps first, so that a test can SIGKILL a job mid-way.
+TEST_DELAY_ENV = "PHD_LAB_PROBE_TEST_DELAY"
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """Everything a worker needs for one layer (paths as strings: cheap to pickle)."""
+
+    job: int  # position of the run in the driver's list
+    index: int
+    layer: str
+    train: str
+    eval: str
+    train_labels: str
+    eval_labels: str
+    settings: ProbeSettings
+    key: dict[str, Any]
+    size: int = 0  # samples × features: the largest layers are started first
+
+
+def _single_threaded(solver: str) -> Callable[[], None]:
+    """Limit BLAS/OpenMP (and torch) to one thread; returns the function that restores them."""
+    from threadpoolctl import threadpool_limits
+    limiter = threadpool_limits(limits=1)
+    restore_torch = None
+    if solver == "lbfgs-torch":
+        import torch
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        restore_torch = lambda: torch.set_num_threads(previous)  # noqa: E731
+
+    def restore() -> None:
+        limiter.restore_original_limits()
+        if restore_torch is not None:
+            restore_torch()
+    return restore
+
+
+def run_task(task: ProbeTask) -> ProbeRecord:
+    """Fit one layer with one thread (runs in a worker process, or in-process for ``workers=0``)."""
+    delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
+    if delay > 0:
+        time.sleep(delay)
+    restore = _single_threaded(task.settings.solver)
+    try:
+        return probe_layer(task.index, task.layer, task.train, task.eval, task.train_labels, task.eval_labels,
+                           task.settings)
+    finally:
+        restore()
+
+
+def _init_worker() -> None:
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"
+
+
+def _failure(task: ProbeTask, error: BaseException) -> PhdLabError:
+    if isinstance(error, PhdLabError):
+        return error
+    return RunFailure(f"The probe of layer {task.layer!r} (index {task.index}, {task.train}) failed: "
+                      f"{type(error).__name__}: {error}")
+
+
+def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int = 0, progress: bool = True,
+               on_record: Callable[[ProbeTask, ProbeRecord, bool], None] | None = None) -> list[ProbeRecord]:
+    """Probe every task; returns the records in task order.
+
+    Cached records are reused (with the task's current layer name and index) and only the
+    misses are fitted. ``on_record(task, record, cached)`` is called in this process as each
+    record becomes available. ``workers=0`` fits in this process, for debugging.
+    """
+    from tqdm.auto import tqdm
+
+    records: dict[int, ProbeRecord] = {}
+    misses = []
+    bar = tqdm(total=len(tasks), desc="probes", unit="layer", disable=not progress)
+    try:
+        for position, task in enumerate(tasks):
+            cached = cache.get(task.key)
+            if cached is None:
+                misses.append(position)
+                continue
+            records[position] = replace(cached, index=task.index, layer=task.layer)
+            log.debug("layer %s: cached result reused", task.layer)
+            if on_record is not None:
+                on_record(task, records[position], True)
+            bar.update(1)
+        if tasks:
+            log.info("probing %d layer(s), %d found in the cache %s", len(misses), len(tasks) - len(misses),
+                     cache.folder)
+        misses.sort(key=lambda position: -tasks[position].size)
+
+        def finished(position: int, record: ProbeRecord) -> None:
+            records[position] = record
+            cache.put(tasks[position].key, record)
+            if on_record is not None:
+                on_record(tasks[position], record, False)
+            bar.set_postfix_str(f"{record.layer}: {record.eval_acc:.3f}", refresh=False)
+            bar.update(1)
+
+        if workers <= 0 or not misses:
+            for position in misses:
+                try:
+                    record = run_task(tasks[position])
+                except Exception as error:
+                    raise _failure(tasks[position], error) from error
+                finished(position, record)
+        else:
+            _run_in_pool(tasks, misses, min(workers, len(misses)), finished)
+    finally:
+        bar.close()
+    return [records[position] for position in range(len(tasks))]
+
+
+def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int,
+                 finished: Callable[[int, ProbeRecord], None]) -> None:
+    context = multiprocessing.get_context("spawn")  # no forked copies of threads or open handles
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
+        pending: dict[Future, int] = {pool.submit(run_task, tasks[position]): position for position in misses}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    position = pending.pop(future)
+                    try:
+                        record = future.result()
+                    except Exception as error:
+                        raise _failure(tasks[position], error) from error
+                    finished(position, record)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise

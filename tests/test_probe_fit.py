@@ -1,0 +1,109 @@
+"""The pure probe functions against direct scikit-learn fits, and the solvers against each other."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import confusion_matrix
+from sklearn.preprocessing import StandardScaler
+
+from phd_lab.errors import ConfigError
+from phd_lab.probes.fit import probe_arrays, probe_layer, stratified_subsample
+from phd_lab.probes.settings import ProbeSettings
+from tests.probe_latents import blob_layers, digits_layers, make_latents
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("solver, standardize, C, max_iter", [
+    ("saga", False, 1.0, 100), ("saga", True, 0.3, 15), ("lbfgs", True, 2.0, 1000), ("lbfgs", False, 1.0, 7)])
+def test_probe_equals_direct_sklearn_fit(tmp_path, solver, standardize, C, max_iter):
+    layers, y_train, y_eval = digits_layers(n_layers=1, width=24)
+    _, folder = make_latents(tmp_path, layers, y_train, y_eval)
+    x_train, x_eval = layers["features.0"]
+    settings = ProbeSettings(solver=solver, C=C, max_iter=max_iter, standardize=standardize, seed=3)
+    record = probe_layer(1, "features.0", folder / "train-features.0.npy", folder / "eval-features.0.npy",
+                         folder / "train-labels.npy", folder / "eval-labels.npy", settings)
+
+    if standardize:
+        scaler = StandardScaler().fit(x_train)
+        x_train, x_eval = scaler.transform(x_train).astype(np.float32), scaler.transform(x_eval).astype(np.float32)
+    direct = LogisticRegression(solver=solver, C=C, max_iter=max_iter, tol=1e-4, random_state=3).fit(x_train, y_train)
+    assert record.train_acc == pytest.approx(direct.score(x_train, y_train), abs=1 / len(y_train) + 1e-12)
+    assert record.eval_acc == pytest.approx(direct.score(x_eval, y_eval), abs=1 / len(y_eval) + 1e-12)
+    assert record.n_iter == int(direct.n_iter_[0])
+    assert record.converged == (direct.n_iter_[0] < max_iter)
+    expected = confusion_matrix(y_eval, direct.predict(x_eval), normalize="true")
+    np.testing.assert_allclose(record.confusion_matrix(), expected, atol=2 / 30)
+    assert (record.n_train, record.n_eval, record.n_features) == (1200, 300, 24)
+    assert record.classes == list(range(10))
+
+
+def test_unstandardised_saga_is_bit_identical_to_sklearn():
+    layers, y_train, y_eval = digits_layers(n_layers=1, width=16)
+    x_train, x_eval = layers["features.0"]
+    record = probe_arrays(1, "l", x_train, y_train, x_eval, y_eval, ProbeSettings(max_iter=30, seed=5))
+    direct = LogisticRegression(solver="saga", max_iter=30, random_state=5).fit(x_train, y_train)
+    assert record.train_acc == direct.score(x_train, y_train)
+    assert record.eval_acc == direct.score(x_eval, y_eval)
+    np.testing.assert_array_equal(record.confusion_matrix(),
+                                  confusion_matrix(y_eval, direct.predict(x_eval), normalize="true"))
+
+
+def test_solvers_agree_on_separable_data():
+    layers, y_train, y_eval = blob_layers(n_layers=2)
+    for name, (x_train, x_eval) in layers.items():
+        accuracies = {solver: probe_arrays(1, name, x_train, y_train, x_eval, y_eval, ProbeSettings(solver=solver))
+                      for solver in ("saga", "lbfgs", "lbfgs-torch")}
+        evals = [r.eval_acc for r in accuracies.values()]
+        assert min(evals) > 0.95
+        assert max(evals) - min(evals) <= 0.02
+        assert accuracies["lbfgs"].converged and accuracies["lbfgs-torch"].converged
+
+
+def test_torch_lbfgs_matches_sklearn_lbfgs_on_hard_data():
+    """Same objective: on overlapping classes both optimisers land on (nearly) the same predictions."""
+    layers, y_train, y_eval = digits_layers(n_layers=1, width=20, seed=4)
+    x_train, x_eval = layers["features.0"]
+    sk = probe_arrays(1, "l", x_train, y_train, x_eval, y_eval, ProbeSettings(solver="lbfgs", C=0.5))
+    th = probe_arrays(1, "l", x_train, y_train, x_eval, y_eval, ProbeSettings(solver="lbfgs-torch", C=0.5))
+    assert sk.eval_acc < 0.99  # not trivially separable
+    assert abs(sk.eval_acc - th.eval_acc) <= 0.01
+    assert abs(sk.train_acc - th.train_acc) <= 0.01
+    np.testing.assert_allclose(sk.confusion_matrix(), th.confusion_matrix(), atol=0.1)
+
+
+def test_stratified_subsample_keeps_class_proportions_and_is_seeded():
+    y = np.repeat(np.arange(4), [100, 200, 300, 400])
+    chosen = stratified_subsample(y, 100, seed=1)
+    assert len(chosen) == 100 and np.all(np.diff(chosen) > 0)
+    assert np.bincount(y[chosen]).tolist() == [10, 20, 30, 40]
+    np.testing.assert_array_equal(chosen, stratified_subsample(y, 100, seed=1))
+    assert not np.array_equal(chosen, stratified_subsample(y, 100, seed=2))
+    assert stratified_subsample(y, None, 0) is None and stratified_subsample(y, 1000, 0) is None
+
+
+def test_probe_with_train_subsample_fits_on_the_subsample_only():
+    layers, y_train, y_eval = digits_layers(n_layers=1, width=16)
+    x_train, x_eval = layers["features.0"]
+    settings = ProbeSettings(solver="lbfgs", train_samples=300, seed=2)
+    record = probe_arrays(1, "l", x_train, y_train, x_eval, y_eval, settings)
+    chosen = stratified_subsample(y_train, 300, 2)
+    scaler = StandardScaler().fit(x_train[chosen])
+    direct = LogisticRegression(max_iter=1000).fit(scaler.transform(x_train[chosen]), y_train[chosen])
+    assert record.n_train == 300
+    assert record.eval_acc == pytest.approx(direct.score(scaler.transform(x_eval), y_eval), abs=2 / 300)
+
+
+def test_settings_from_config_values_and_overrides():
+    settings = ProbeSettings.from_mapping({"probe_solver": "lbfgs", "probe_C": 2}, {"C": 0.5, "tol": None})
+    assert (settings.solver, settings.C, settings.tol) == ("lbfgs", 0.5, 1e-4)
+    assert settings.resolved().max_iter == 1000 and settings.resolved().standardize is True
+    assert ProbeSettings().resolved().max_iter == 100 and ProbeSettings().resolved().standardize is False
+    assert "device" not in ProbeSettings().key() and ProbeSettings(solver="lbfgs-torch").key()["device"] == "cpu"
+    with pytest.raises(ConfigError, match="'probe_C' must be a number > 0"):
+        ProbeSettings.from_mapping({"probe_C": 0})
+    with pytest.raises(ConfigError, match="probe_solver.*got \"sgd\""):
+        ProbeSettings.from_mapping({}, {"solver": "sgd"})
+    with pytest.raises(ConfigError, match="only the lbfgs-torch solver runs on a GPU"):
+        ProbeSettings.from_mapping({"probe_device": "cuda"})

@@ -1,0 +1,282 @@
+"""The probe job end to end in-process: outputs, cache by content, config mode and every input error."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phd_lab.config import load_config_file
+from phd_lab.grid import Grid
+from phd_lab.probes.cache import ResultCache
+from phd_lab.probes.cli import probe_cli
+from phd_lab.probes.job import CSV_COLUMNS, build_tasks, jobs_from_latents, run_jobs
+from phd_lab.probes.manifest import sha256_file
+from phd_lab.probes.runner import run_probes
+from phd_lab.probes.synthetic import write_latents
+from phd_lab.rundir import RunDir
+from tests.probe_latents import blob_layers, digits_layers, make_latents
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def cli(*argv: str) -> int:
+    return probe_cli([*argv, "--no-progress", "-q"])
+
+
+def test_outputs_have_documented_columns_plots_and_confusions(tmp_path):
+    run_dir, latents = make_latents(tmp_path, accuracy=0.8)
+    assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 0
+    table = pd.read_csv(run_dir / "probe_performances.csv")
+    assert tuple(table.columns) == CSV_COLUMNS
+    assert table["index"].tolist() == [1, 2, 3]
+    assert table["layer"].tolist() == ["features.0", "features.1", "features.2"]
+    assert set(table["solver"]) == {"lbfgs"} and table["converged"].all()
+    np.testing.assert_allclose(table["relative_acc"], table["eval_acc"] / 0.8)
+    assert table["eval_acc"][0] > 0.7 and ((table["eval_acc"] > 0.1) & (table["eval_acc"] <= 1)).all()
+    assert (run_dir / "probe_performances.png").read_bytes()[:8] == PNG
+    for index, layer in zip(table["index"], table["layer"]):
+        matrix = np.load(run_dir / "probe_confusion" / f"{index:03d}-{layer}.npy", allow_pickle=False)
+        assert matrix.shape == (10, 10)
+        np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
+        assert (run_dir / "probe_confusion" / f"{index:03d}-{layer}.png").read_bytes()[:8] == PNG
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_missing_model_accuracy_gives_nan_relative_accuracy(tmp_path):
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=1), accuracy=None)
+    assert cli("--latents", str(latents), "-mp", "0") == 0
+    assert pd.read_csv(run_dir / "probe_performances.csv")["relative_acc"].isna().all()
+
+
+def _fitted(latents: Path, cache: Path, **overrides) -> list[tuple[str, bool]]:
+    jobs, _ = jobs_from_latents(latents, overrides)
+    seen = []
+    run_probes(build_tasks(jobs), ResultCache(cache), progress=False,
+               on_record=lambda task, record, cached: seen.append((task.layer, cached)))
+    return seen
+
+
+def test_cache_hits_by_content_and_refits_a_changed_layer(tmp_path):
+    layers, y_train, y_eval = digits_layers(n_layers=3, width=16)
+    run_dir, latents = make_latents(tmp_path, layers, y_train, y_eval)
+    cache = tmp_path / "cache"
+    assert _fitted(latents, cache) == [(name, False) for name in layers]
+    assert len(list(cache.rglob("*.json"))) == 3
+    assert sorted(_fitted(latents, cache)) == [(name, True) for name in layers]
+
+    # re-extraction changed one layer's content: only that layer is refitted
+    changed = dict(layers)
+    changed["features.1"] = (layers["features.1"][0] * 2.0, layers["features.1"][1] * 2.0)
+    write_latents(latents, changed, y_train, y_eval, run_dir, 0.9)
+    assert sorted(_fitted(latents, cache)) == [("features.0", True), ("features.1", False), ("features.2", True)]
+    # a different setting is a different key
+    assert sorted(_fitted(latents, cache, C=0.5)) == [(name, False) for name in layers]
+    # identical content under another folder and name is the same entry
+    other_dir, other = make_latents(tmp_path, {"renamed": layers["features.0"]}, y_train, y_eval, name="other")
+    assert _fitted(other, cache) == [("renamed", True)]
+
+
+def test_cached_record_keeps_its_seconds_and_gets_the_current_name(tmp_path):
+    layers, y_train, y_eval = blob_layers(n_layers=2)
+    run_dir, latents = make_latents(tmp_path, layers, y_train, y_eval)
+    cache = tmp_path / "cache"
+    first = run_jobs(jobs_from_latents(latents)[0], cache, progress=False)[0]
+    csv = (run_dir / "probe_performances.csv").read_bytes()
+    second = run_jobs(jobs_from_latents(latents)[0], cache, progress=False)[0]
+    assert first == second
+    assert (run_dir / "probe_performances.csv").read_bytes() == csv
+
+
+def test_unreadable_cache_entry_is_refitted(tmp_path):
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    cache = tmp_path / "cache"
+    _fitted(latents, cache)
+    entry = next(cache.rglob("*.json"))
+    entry.write_text("{not json")
+    assert _fitted(latents, cache) == [("block0.conv", False)]
+    assert json.loads(entry.read_text())["record"]["layer"] == "block0.conv"
+
+
+def test_parallel_workers_give_the_same_records_as_in_process(tmp_path):
+    run_dir, latents = make_latents(tmp_path, *digits_layers(n_layers=3, width=16))
+    serial = run_jobs(jobs_from_latents(latents)[0], tmp_path / "c0", workers=0, progress=False)[0]
+    parallel = run_jobs(jobs_from_latents(latents)[0], tmp_path / "c2", workers=2, progress=False)[0]
+    strip = lambda records: [{**r.to_json(), "seconds": 0} for r in records]  # noqa: E731
+    assert strip(serial) == strip(parallel)
+
+
+# --- config mode -----------------------------------------------------------------------------------------------
+
+def _config(tmp_path: Path, **extra) -> Path:
+    config = {"model": "vgg11", "model_args": {"width": [0.25, 0.125]}, "dataset": "Digits", "epoch": 1,
+              "logs_dir": str(tmp_path / "logs"), **extra}
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _latents_for_run(config: Path, index: int, layers=None) -> RunDir:
+    cfg = Grid(load_config_file(config))[index]
+    rundir = RunDir.for_run(cfg).create()
+    layers, y_train, y_eval = layers or blob_layers(n_layers=2)
+    write_latents(rundir.latents(cfg.latents_dir), layers, y_train, y_eval, rundir.root, 0.95)
+    return rundir
+
+
+def test_config_mode_probes_runs_with_latents_using_config_keys_and_overrides(tmp_path, caplog):
+    config = _config(tmp_path, probe_solver="lbfgs", probe_C=0.5)
+    with_latents = _latents_for_run(config, 1)
+    without = RunDir.for_run(Grid(load_config_file(config))[0])
+    assert cli("--config", str(config), "-mp", "0") == 0
+    table = pd.read_csv(with_latents.probe_csv)
+    assert set(table["solver"]) == {"lbfgs"} and len(table) == 2
+    assert not without.probe_csv.exists()
+    assert (tmp_path / "logs" / ".probe_cache").is_dir()
+    cache = tmp_path / "own-cache"
+    assert cli("--config", str(config), "-mp", "0", "--solver", "saga", "--cache-dir", str(cache)) == 0
+    assert set(pd.read_csv(with_latents.probe_csv)["solver"]) == {"saga"}
+    assert len(list(cache.rglob("*.json"))) == 2
+
+
+def test_config_mode_with_latents_dir_and_run_id(tmp_path, capsys):
+    scratch = tmp_path / "scratch"
+    config = _config(tmp_path, latents_dir=str(scratch), run_id=["a", "b"])
+    raw = load_config_file(config)
+    raw["run_id"] = "b"
+    cfg = Grid(raw)[1]
+    rundir = RunDir.for_run(cfg).create()
+    latents = rundir.latents(cfg.latents_dir)
+    assert scratch in latents.parents
+    layers, y_train, y_eval = blob_layers(n_layers=2)
+    write_latents(latents, layers, y_train, y_eval, rundir.root, 0.95)
+    assert cli("--config", str(config), "--run-id", "b", "-mp", "0") == 0
+    assert len(pd.read_csv(rundir.probe_csv)) == 2
+    _assert_usage_error(capsys, None, "--config", str(config), "--run-id", "a", match="No latents found")
+
+
+def test_probe_job_imports_no_torch_and_no_registries(tmp_path):
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    code = ("import sys; from phd_lab.probes.cli import probe_cli; "
+            f"rc = probe_cli(['--latents', {str(latents)!r}, '-mp', '0', '--no-progress', '-q']); "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'registries', 'torchvision')); "
+            "assert rc == 0 and not bad, (rc, bad)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+# --- errors: exit 2, a clear message, nothing written -----------------------------------------------------------
+
+def _assert_usage_error(capsys, run_dir: Path | None, *argv: str, match: str) -> None:
+    assert cli(*argv) == 2
+    # report_error wraps at 110 columns and may break after a hyphen: undo both
+    err = " ".join(re.sub(r"-\n", "-", capsys.readouterr().err).split())
+    assert match in err, err
+    assert "Traceback" not in err
+    if run_dir is not None:
+        assert not (run_dir / "probe_performances.csv").exists()
+        assert not (run_dir / "probe_confusion").exists()
+        assert not (run_dir / ".probe_cache").exists()
+
+
+def test_error_no_latents(tmp_path, capsys):
+    _assert_usage_error(capsys, None, "--latents", str(tmp_path / "nope"), match="No latents found")
+    config = _config(tmp_path)
+    _assert_usage_error(capsys, None, "--config", str(config), match="No latents found for any of the 2 run(s)")
+
+
+def test_error_manifest_missing(tmp_path, capsys):
+    run_dir, latents = make_latents(tmp_path)
+    (latents / "manifest.json").unlink()
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), match="has no manifest.json: the extraction is "
+                                                                        "unfinished")
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda m: m.pop("labels"), "the top level has no 'labels'"),
+    (lambda m: m["layers"][1]["sha256"].pop("eval"), "layers[1].sha256 has no 'eval'"),
+    (lambda m: m.update(layers=[]), "layers is [], expected a non-empty list"),
+    (lambda m: m.update(format=7), "format is 7"),
+    (lambda m: m["layers"][0].update(shape=[5, 5]), "layers[0].shape is [5, 5]"),
+])
+def test_error_manifest_incomplete(tmp_path, capsys, mutate, match):
+    run_dir, latents = make_latents(tmp_path)
+    manifest = json.loads((latents / "manifest.json").read_text())
+    mutate(manifest)
+    (latents / "manifest.json").write_text(json.dumps(manifest))
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), match=match)
+
+
+def test_error_listed_file_missing(tmp_path, capsys):
+    run_dir, latents = make_latents(tmp_path)
+    (latents / "eval-features.2.npy").unlink()
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), match="eval-features.2.npy' listed in")
+
+
+def test_error_sha256_mismatch(tmp_path, capsys):
+    layers, y_train, y_eval = digits_layers()
+    run_dir, latents = make_latents(tmp_path, layers, y_train, y_eval)
+    np.save(latents / "train-features.1.npy", layers["features.1"][0] + 1.0)
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents),
+                        match="train-features.1.npy' has sha256")
+
+
+def test_error_train_and_eval_layer_sets_differ(tmp_path, capsys):
+    run_dir, latents = make_latents(tmp_path)
+    shutil.copy(latents / "train-features.0.npy", latents / "train-extra.npy")
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents),
+                        match="train and eval layer sets in")
+    (latents / "train-extra.npy").unlink()
+    manifest = json.loads((latents / "manifest.json").read_text())
+    del manifest["layers"][2]["eval"]
+    (latents / "manifest.json").write_text(json.dumps(manifest))
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), match="layer 'features.2' has only a train file")
+
+
+def test_error_label_file_of_wrong_length(tmp_path, capsys):
+    layers, y_train, y_eval = digits_layers()
+    run_dir, latents = make_latents(tmp_path, layers, y_train, y_eval)
+    np.save(latents / "eval-labels.npy", y_eval[:-5])
+    manifest = json.loads((latents / "manifest.json").read_text())
+    manifest["labels"]["sha256"]["eval"] = sha256_file(latents / "eval-labels.npy")
+    (latents / "manifest.json").write_text(json.dumps(manifest))
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), match="has 295 labels, but the eval latents")
+
+
+def test_error_run_folder_missing(tmp_path, capsys):
+    run_dir, latents = make_latents(tmp_path)
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(latents), moved)
+    shutil.rmtree(run_dir)
+    _assert_usage_error(capsys, None, "--latents", str(moved), match="named by 'run_dir'")
+
+
+def test_error_bad_usage_and_settings(tmp_path, capsys):
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    _assert_usage_error(capsys, run_dir, match="pass --config FILE")
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--run-id", "x", match="--run-id only applies")
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "-mp", "-1", match="-mp must be ≥ 0")
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--C", "-1", match="'probe_C' must be a number > 0")
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--probe-device", "cuda",
+                        match="only the lbfgs-torch solver runs on a GPU")
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--train-samples", "2",
+                        match="at least one sample of each of the 3 classes")
+    config = _config(tmp_path, probe_tol=0)
+    _assert_usage_error(capsys, None, "--config", str(config), match="'probe_tol' must be a number > 0")
+
+
+def test_error_cuda_requested_without_cuda(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--solver", "lbfgs-torch", "--probe-device",
+                        "cuda", match="torch sees no CUDA device")

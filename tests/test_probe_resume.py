@@ -1,0 +1,75 @@
+"""Crash safety: a probe job killed with SIGKILL resumes from its cache and writes the same CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from phd_lab.probes.runner import TEST_DELAY_ENV
+from tests.probe_latents import digits_layers, make_latents
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = 5
+
+
+def _probe(latents: Path, cache: Path, delay: float = 0.0, workers: int = 1) -> subprocess.Popen:
+    env = {**os.environ, TEST_DELAY_ENV: str(delay), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "probe_main.py", "--latents", str(latents), "-mp", str(workers),
+                             "--cache-dir", str(cache), "--no-progress"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _rows_without_seconds(path: Path) -> list[list[str]]:
+    rows = list(csv.reader(io.StringIO(path.read_text())))
+    seconds = rows[0].index("seconds")
+    return [row[:seconds] + row[seconds + 1:] for row in rows]
+
+
+def _entries(cache: Path) -> dict[Path, tuple[int, bytes]]:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in cache.rglob("*.json")}
+
+
+def test_sigkill_mid_job_then_resume_fits_only_the_rest_and_writes_the_same_csv(tmp_path):
+    layers, y_train, y_eval = digits_layers(n_layers=LAYERS, width=16)
+    killed_run, killed = make_latents(tmp_path, layers, y_train, y_eval, name="killed")
+    clean_run, clean = make_latents(tmp_path, layers, y_train, y_eval, name="clean")
+    cache = tmp_path / "cache"
+
+    # a real job (probe_main.py with one worker process), slowed down and killed after 2 finished layers
+    process = _probe(killed, cache, delay=1.0)
+    deadline = time.monotonic() + 90
+    while len(list(cache.rglob("*.json"))) < 2:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the job never finished a layer"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the job and its worker, like a node failure
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed_run / "probe_performances.csv").exists()
+    before = _entries(cache)
+    assert 2 <= len(before) < LAYERS
+
+    resumed = _probe(killed, cache)
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    assert f"probing {LAYERS - len(before)} layer(s), {len(before)} found in the cache" in err
+    after = _entries(cache)
+    assert len(after) == LAYERS
+    assert all(after[path] == entry for path, entry in before.items())  # finished layers were not refitted
+
+    uninterrupted = _probe(clean, tmp_path / "clean-cache", workers=0)
+    _, err = uninterrupted.communicate(timeout=120)
+    assert uninterrupted.returncode == 0, err
+    assert _rows_without_seconds(killed_run / "probe_performances.csv") == \
+        _rows_without_seconds(clean_run / "probe_performances.csv")
+    # the seconds of resumed layers are those of the fit that produced them (kept in the cache)
+    cached_seconds = sorted(json.loads(entry[1])["record"]["seconds"] for entry in before.values())
+    table = list(csv.DictReader(io.StringIO((killed_run / "probe_performances.csv").read_text())))
+    assert set(cached_seconds) <= {float(row["seconds"]) for row in table}
