@@ -160,21 +160,23 @@ SCHEMA: tuple[Key, ...] = (
 
     # --- post-processing keys (issue 4) go below this line
 
-    # --- probe keys (issue 5) go below this line
+    # --- probe keys (issue 5) go below this line; they do not change the trained run (technical)
     _key("probe_solver", "str", "saga", "probe job: solver of the logistic-regression probes (docs/probes.md)",
-         choices=("saga", "lbfgs", "lbfgs-torch")),
+         choices=("saga", "lbfgs", "lbfgs-torch"), technical=True),
     _key("probe_C", "float", 1.0, "probe job: inverse L2 strength C (objective: mean cross-entropy + "
-         "||W||²/(2·C·n))", minimum=0.0, exclusive_minimum=True),
+         "||W||²/(2·C·n))", minimum=0.0, exclusive_minimum=True, technical=True),
     _key("probe_max_iter", "int", None, "probe job: iteration limit; null = solver default (saga 100 epochs "
-         "as in the thesis, lbfgs/lbfgs-torch 1000)", nullable=True, minimum=1),
+         "as in the thesis, lbfgs/lbfgs-torch 1000)", nullable=True, minimum=1, technical=True),
     _key("probe_tol", "float", 1e-4, "probe job: stopping tolerance of the solver", minimum=0.0,
-         exclusive_minimum=True),
+         exclusive_minimum=True, technical=True),
     _key("probe_standardize", "bool", None, "probe job: standardise features with training-set mean/std; "
-         "null = solver default (saga off as in the thesis, lbfgs on)", nullable=True),
+         "null = solver default (saga off as in the thesis, lbfgs on)", nullable=True, technical=True),
     _key("probe_train_samples", "int", None, "probe job: fit on a stratified subsample of this many training "
-         "samples; null = all", nullable=True, minimum=1),
-    _key("probe_seed", "int", 0, "probe job: seed of the saga sample order and of the subsample", minimum=0),
-    _key("probe_device", "str", "cpu", "probe job: torch device of the lbfgs-torch solver (cpu, cuda, cuda:N)"),
+         "samples; null = all", nullable=True, minimum=1, technical=True),
+    _key("probe_seed", "int", 0, "probe job: seed of the saga sample order and of the subsample", minimum=0,
+         technical=True),
+    _key("probe_device", "str", "cpu", "probe job: torch device of the lbfgs-torch solver (cpu, cuda, cuda:N)",
+         technical=True),
 
     # --- analysis keys (issue 7) go below this line
     _key("tail_threshold", "float", 0.5, "analysis: a tail's mean saturation is at least this share lower than the "

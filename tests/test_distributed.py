@@ -124,3 +124,31 @@ def test_scheduler_spec_errors():
         parse_scheduler("nonsense")
     with pytest.raises(UsageError, match="at least one worker"):
         parse_scheduler("local:0")
+
+
+def test_probe_job_on_cluster_gives_the_same_csv_as_local(tmp_path, cluster):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tests.conftest import ROOT
+    from tests.probe_latents import make_latents
+
+    local_run, local_latents = make_latents(tmp_path / "local")
+    dask_run, dask_latents = make_latents(tmp_path / "dask")
+
+    def probe(latents, *extra):
+        return subprocess.run([sys.executable, str(ROOT / "probe_main.py"), "--latents", str(latents),
+                               "--no-progress", *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    assert probe(local_latents, "-mp", "0").returncode == 0
+    result = probe(dask_latents, "--scheduler", cluster.scheduler_address, "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    local = pd.read_csv(local_run / "probe_performances.csv").drop(columns="seconds")
+    clustered = pd.read_csv(dask_run / "probe_performances.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(local, clustered, check_exact=True)
+    assert len(clustered) == 3
+    # restarted on the cluster, every layer comes from the shared cache
+    again = probe(dask_latents, "--scheduler", cluster.scheduler_address, "--cache-dir", str(tmp_path / "cache"))
+    assert again.returncode == 0 and "3 found in the cache" in again.stderr

@@ -147,6 +147,16 @@ def test_config_mode_probes_runs_with_latents_using_config_keys_and_overrides(tm
     assert len(list(cache.rglob("*.json"))) == 2
 
 
+def test_probe_settings_do_not_move_the_run_and_cannot_be_swept_over_one_run(tmp_path, capsys):
+    config = _config(tmp_path, model_args={"width": 0.25})
+    rundir = _latents_for_run(config, 0)
+    swept = _config(tmp_path, model_args={"width": 0.25}, probe_C=[0.5, 2.0])
+    grid = Grid(load_config_file(swept))
+    assert {RunDir.for_run(cfg).root for cfg in grid} == {rundir.root}  # probe keys are not part of the run
+    _assert_usage_error(capsys, None, "--config", str(swept), "-mp", "0", match="are the same trained run")
+    assert not rundir.probe_csv.exists()
+
+
 def test_config_mode_with_latents_dir_and_run_id(tmp_path, capsys):
     scratch = tmp_path / "scratch"
     config = _config(tmp_path, latents_dir=str(scratch), run_id=["a", "b"])
@@ -177,8 +187,7 @@ def test_probe_job_imports_no_torch_and_no_registries(tmp_path):
 
 def _assert_usage_error(capsys, run_dir: Path | None, *argv: str, match: str) -> None:
     assert cli(*argv) == 2
-    # report_error wraps at 110 columns and may break after a hyphen: undo both
-    err = " ".join(re.sub(r"-\n", "-", capsys.readouterr().err).split())
+    err = " ".join(capsys.readouterr().err.split())  # report_error wraps at 110 columns
     assert match in err, err
     assert "Traceback" not in err
     if run_dir is not None:

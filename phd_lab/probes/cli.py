@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-samples", type=int, help="stratified training subsample size (probe_train_samples)")
     parser.add_argument("--seed", type=int, help="seed of saga and the subsample (probe_seed)")
     parser.add_argument("--probe-device", help="device of lbfgs-torch: cpu, cuda, cuda:N (probe_device)")
+    parser.add_argument("--scheduler", help="fit every layer as a task on a Dask scheduler at this address, or on "
+                        "a local cluster of N worker processes with local:N (the cache folder must be shared)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -69,7 +71,7 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
             jobs, cache_dir = jobs_from_latents(args.latents, overrides)
         if args.cache_dir:
             cache_dir = Path(args.cache_dir)
-        run_jobs(jobs, cache_dir, workers=args.processes, progress=not args.no_progress)
+        run_jobs(jobs, cache_dir, workers=args.processes, progress=not args.no_progress, scheduler=args.scheduler)
         sys.stdout.write("Probe results:\n" + "\n".join(f"  {job.outputs.probe_csv}" for job in jobs) + "\n")
         return EXIT_OK
 

@@ -77,6 +77,15 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
             continue
         settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
         jobs.append(_job(read_manifest(folder), settings, f"run {index} ({cfg.name})", expected_root=rundir.root))
+    folders: dict[Path, str] = {}
+    for job in jobs:
+        root = job.outputs.root.resolve()
+        if root in folders:
+            raise ConfigError(f"{where}: {folders[root]} and {job.label} are the same trained run (probe settings "
+                              f"do not change a run's folder) with different probe settings, and one run folder "
+                              f"holds one probe_performances.csv. Probe other settings one at a time with "
+                              f"`probe_main.py --latents DIR` and command-line options such as --C.")
+        folders[root] = job.label
     if not jobs:
         raise DataError(f"No latents found for any of the {len(grid)} run(s) of {where!r} (looked for "
                         f"<run folder>/latents or under latents_dir). Train the runs with the 'extract' "
@@ -180,7 +189,7 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord]) -> None:
 
 
 def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 0,
-             progress: bool = True) -> dict[int, list[ProbeRecord]]:
+             progress: bool = True, scheduler: str | None = None) -> dict[int, list[ProbeRecord]]:
     """Validate, then probe every layer of every job in one pool; each run's files are written as it completes."""
     if workers < 0:
         raise UsageError(f"-mp must be ≥ 0 (0 = fit in this process); got {workers}.")
@@ -200,5 +209,6 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     for job in jobs:
         log.info("%s: %d layer(s) from %s; %s", job.label, len(job.manifest.layers), job.manifest.folder,
                  job.settings.describe())
-    run_probes(tasks, ResultCache(cache_dir), workers=workers, progress=progress, on_record=on_record)
+    run_probes(tasks, ResultCache(cache_dir), workers=workers, progress=progress, on_record=on_record,
+               scheduler=scheduler)
     return {position: sorted(records, key=lambda r: r.index) for position, records in done.items()}

@@ -43,6 +43,12 @@ class ProbeTask:
     key: dict[str, Any]
     size: int = 0  # samples × features: the largest layers are started first
 
+    def key_digest(self) -> str:
+        """Short digest of the cache key (distinguishes tasks of equal layer names)."""
+        import hashlib
+        import json
+        return hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:12]
+
 
 def _single_threaded(solver: str) -> Callable[[], None]:
     """Limit BLAS/OpenMP (and torch) to one thread; returns the function that restores them."""
@@ -88,12 +94,14 @@ def _failure(task: ProbeTask, error: BaseException) -> PhdLabError:
 
 
 def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int = 0, progress: bool = True,
-               on_record: Callable[[ProbeTask, ProbeRecord, bool], None] | None = None) -> list[ProbeRecord]:
+               on_record: Callable[[ProbeTask, ProbeRecord, bool], None] | None = None,
+               scheduler: str | None = None) -> list[ProbeRecord]:
     """Probe every task; returns the records in task order.
 
     Cached records are reused (with the task's current layer name and index) and only the
     misses are fitted. ``on_record(task, record, cached)`` is called in this process as each
-    record becomes available. ``workers=0`` fits in this process, for debugging.
+    record becomes available. ``workers=0`` fits in this process, for debugging; with a
+    ``scheduler`` (a Dask address or ``local:N``) every miss is one task on that cluster.
     """
     from tqdm.auto import tqdm
 
@@ -124,7 +132,9 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
             bar.set_postfix_str(f"{record.layer}: {record.eval_acc:.3f}", refresh=False)
             bar.update(1)
 
-        if workers <= 0 or not misses:
+        if scheduler is not None and misses:
+            _run_on_dask(tasks, misses, scheduler, finished)
+        elif workers <= 0 or not misses:
             for position in misses:
                 try:
                     record = run_task(tasks[position])
@@ -156,3 +166,23 @@ def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int,
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str,
+                 finished: Callable[[int, ProbeRecord], None]) -> None:
+    """One Dask task per layer; results come back here, where they are cached and written."""
+    from distributed import as_completed
+
+    from phd_lab.distributed import dask_client
+    with dask_client(scheduler) as client:
+        futures = {client.submit(run_task, tasks[position], key=f"probe-{position}-{tasks[position].layer}-"
+                                 f"{tasks[position].key_digest()}", pure=False): position for position in misses}
+        for future in as_completed(futures):
+            position = futures[future]
+            try:
+                record = future.result()
+            except Exception as error:
+                for other in futures:
+                    other.cancel()
+                raise _failure(tasks[position], error) from error
+            finished(position, record)
