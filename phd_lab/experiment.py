@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Mapping
 
 from phd_lab.config import load_config_file, check_known_keys, validate_values
 from phd_lab.errors import ConfigError, UsageError

@@ -15,7 +15,6 @@ distributed = pytest.importorskip("distributed")
 from phd_lab.cli import main_cli  # noqa: E402
 from phd_lab.distributed import parse_scheduler  # noqa: E402
 from phd_lab.errors import UsageError  # noqa: E402
-from phd_lab.experiment import Main  # noqa: E402
 from tests.conftest import read_metrics, run_folders, run_name, write_config  # noqa: E402
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights  # noqa: E402
 
