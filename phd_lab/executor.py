@@ -27,6 +27,10 @@ from phd_lab.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
+# model_args the framework handles itself (not passed to the model factory):
+# "truncate": cut the model before a layer ("border" = before the border layer b_min) and add a GAP + linear head.
+FRAMEWORK_MODEL_OPTIONS = ("truncate",)
+
 # Feature modules add callbacks here: ``factory(config, rundir) -> Callback | None``.
 CALLBACK_FACTORIES: list[Callable[[RunConfig, RunDir], "Callback | None"]] = [
     # issue 3: the saturation callback factory goes on the next line
@@ -92,8 +96,13 @@ class TrainTestExecutor:
         self.registries.optimizers.check(cfg.optimizer, "optimizer")
         for metric in cfg.metrics:
             self.registries.metrics.check(metric, "metrics")
-        check_factory_args(self.registries.models.get(cfg.model), cfg.model_args, "model_args", cfg.model, where,
+        model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
+        check_factory_args(self.registries.models.get(cfg.model), model_args, "model_args", cfg.model, where,
                            ("num_classes", "in_channels"))
+        truncate = cfg.model_args.get("truncate")
+        if truncate is not None and (not isinstance(truncate, str) or not truncate):
+            raise ConfigError(f"{where}: model_args 'truncate' must be a layer name, 'border' or 'border_max' "
+                              f"(or null for no truncation); got {json.dumps(truncate)}.")
         check_factory_args(self.registries.datasets.get(cfg.dataset), cfg.dataset_args, "dataset_args",
                            cfg.dataset, where, ("batch_size", "resolution", "data_dir", "seed", "num_workers"))
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
@@ -112,11 +121,20 @@ class TrainTestExecutor:
     def build_model(self, bundle: DataBundle) -> nn.Module:
         cfg = self.config
         factory = self.registries.models.get(cfg.model)
+        model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
         try:
-            return factory(num_classes=bundle.num_classes, in_channels=bundle.in_channels, **cfg.model_args)
+            model = factory(num_classes=bundle.num_classes, in_channels=bundle.in_channels, **model_args)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
                               f"{json.dumps(cfg.model_args)}: {error}.") from None
+        truncate = cfg.model_args.get("truncate")
+        if truncate:
+            from phd_lab.models.truncate import resolve_cut, truncate_model
+            layer = resolve_cut(model, truncate, cfg.resolution)
+            if layer is not None:
+                model = truncate_model(model, layer, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                                       input_resolution=cfg.resolution)
+        return model
 
     def build_optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
         cfg = self.config

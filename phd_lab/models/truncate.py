@@ -1,0 +1,142 @@
+"""Truncation (thesis §9.5.2, §11.4): cut a model before a layer and attach a GAP + linear head.
+
+``truncate_model(model, "features.20", ...)`` removes the named layer and everything after it,
+as the thesis removes "all layers of the tail (including the border layer)". The cut is made
+on the torch.fx graph at the last tensor before that layer through which every path from
+the input passes, so a residual or multipath block is never cut in half: cutting at a conv
+inside a block removes the whole block. Weights of the kept layers are shared with the
+original model, so a trained model can be truncated too. ``"border"`` cuts at the border
+layer b_min of the run's resolution (the first Conv2d from which on every Conv2d's smallest
+input receptive field exceeds the resolution), ``"border_max"`` at b_max.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import fx, nn
+
+from phd_lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+BORDER_CHOICES = ("border", "border_max")
+
+
+class TruncatedModel(nn.Module):
+    """The kept part of a model, global average pooling and a new linear classifier."""
+
+    def __init__(self, body: fx.GraphModule, channels: int, num_classes: int, cut_before: str) -> None:
+        super().__init__()
+        self.body = body
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, num_classes)
+        self.cut_before = cut_before
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.body(x)), 1))
+
+
+def _on_every_path(graph: fx.Graph) -> list[fx.Node]:
+    """Nodes every input→output path passes through, in topological order.
+
+    With nodes in topological order, a node lies on every path iff no edge jumps over it.
+    Only nodes on some input→output path count (constants and shape queries are ignored).
+    """
+    nodes = list(graph.nodes)
+    position = {node: i for i, node in enumerate(nodes)}
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    output = next(n for n in nodes if n.op == "output")
+    downstream = set(placeholders)
+    for node in nodes:
+        if any(arg in downstream for arg in node.all_input_nodes):
+            downstream.add(node)
+    upstream = {output}
+    for node in reversed(nodes):
+        if any(user in upstream for user in node.users):
+            upstream.add(node)
+    relevant = downstream & upstream
+    furthest_reach = 0
+    articulation = []
+    for node in nodes:
+        if node not in relevant:
+            continue
+        if position[node] >= furthest_reach:
+            articulation.append(node)
+        for user in node.users:
+            if user in relevant:
+                furthest_reach = max(furthest_reach, position[user])
+    return articulation
+
+
+def _cut_node(graph: fx.Graph, layer: str) -> fx.Node:
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
+    if not calls:
+        names = sorted({str(n.target) for n in graph.nodes if n.op == "call_module"})
+        raise ConfigError(f"Cannot truncate at {layer!r}: the model calls no module of that name. Modules: "
+                          f"{', '.join(names[:40])}{' ...' if len(names) > 40 else ''}.")
+    first = calls[0]
+    ancestors: set[fx.Node] = set()
+    stack = list(first.all_input_nodes)
+    while stack:
+        node = stack.pop()
+        if node not in ancestors:
+            ancestors.add(node)
+            stack.extend(node.all_input_nodes)
+    candidates = [n for n in _on_every_path(graph) if n in ancestors]
+    if not candidates or candidates[-1].op == "placeholder":
+        raise ConfigError(f"Cannot truncate at {layer!r}: nothing before it would remain.")
+    return candidates[-1]
+
+
+def truncate_model(model: nn.Module, layer: str, *, num_classes: int, in_channels: int,
+                   input_resolution: int) -> TruncatedModel:
+    """Remove ``layer`` and everything after it; the rest keeps its (possibly trained) weights."""
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception as error:
+        raise ConfigError(f"Cannot truncate {type(model).__name__}: torch.fx cannot trace it "
+                          f"({type(error).__name__}: {error}).") from None
+    graph = traced.graph
+    cut = _cut_node(graph, layer)
+    kept = fx.Graph()
+    mapping: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        if node.op == "output":
+            continue
+        mapping[node] = kept.node_copy(node, lambda n: mapping[n])
+        if node is cut:
+            break
+    kept.output(mapping[cut])
+    body = fx.GraphModule(traced, kept)
+    body.graph.eliminate_dead_code()
+    body.delete_all_unused_submodules()
+    body.recompile()
+    channels = _output_channels(body, in_channels, input_resolution)
+    log.info("Truncated %s before %s (kept up to %s, %d channels).", type(model).__name__, layer, cut.name, channels)
+    return TruncatedModel(body, channels, num_classes, cut_before=layer)
+
+
+def _output_channels(body: nn.Module, in_channels: int, resolution: int) -> int:
+    was_training = body.training
+    body.eval()
+    with torch.no_grad():
+        out = body(torch.zeros(1, in_channels, resolution, resolution))
+    body.train(was_training)
+    if out.dim() != 4:
+        raise ConfigError(f"Cannot truncate there: the kept part returns a {out.dim()}-d tensor, not a feature map.")
+    return int(out.shape[1])
+
+
+def resolve_cut(model: nn.Module, truncate: str, input_resolution: int) -> str | None:
+    """The layer to cut before: a module name, or the border layer for ``border``/``border_max``."""
+    if truncate not in BORDER_CHOICES:
+        return truncate
+    from phd_lab.analysis.receptive_field import border_layers, receptive_fields
+    b_min, b_max = border_layers(receptive_fields(model, input_resolution), input_resolution)
+    layer = b_min if truncate == "border" else b_max
+    if layer is None:
+        log.warning("No border layer at resolution %d: every layer can still use new context; the model is "
+                    "not truncated.", input_resolution)
+    return layer

@@ -1,0 +1,91 @@
+"""Truncation at a named layer or the border layer: where the cut happens, and that it trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from phd_lab.analysis.receptive_field import border_layers, receptive_fields
+from phd_lab.cli import main_cli
+from phd_lab.errors import ConfigError
+from phd_lab.models.truncate import resolve_cut, truncate_model
+from registries import models
+from tests.conftest import read_metrics, run_folders, write_config
+
+
+def conv_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_vgg_cut_removes_the_named_layer_and_everything_after_keeping_weights():
+    torch.manual_seed(0)
+    model = models.vgg11(num_classes=10, in_channels=1, width=0.125).eval()
+    convs = conv_names(model)
+    cut = truncate_model(model, convs[5], num_classes=7, in_channels=1, input_resolution=32).eval()
+    kept = conv_names(cut.body)
+    assert kept == convs[:5]
+    assert cut(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+    # the kept layers are the trained ones: same output as the original's activation before the cut
+    x = torch.randn(2, 1, 32, 32)
+    seen = {}
+    conv6 = dict(model.named_modules())[convs[5]]
+    conv6.register_forward_hook(lambda m, i, o: seen.setdefault("input", i[0]))
+    model(x)
+    assert torch.allclose(cut.body(x), seen["input"])
+    assert cut.classifier.in_features == conv6.in_channels
+
+
+def test_resnet_cut_inside_a_block_removes_the_whole_block():
+    model = models.resnet18(num_classes=10, width=0.125, stem="cifar")
+    cut = truncate_model(model, "layer3.0.conv2", num_classes=10, in_channels=3, input_resolution=32)
+    names = conv_names(cut.body)
+    assert names[-1] == "layer2.1.conv2" and not any(n.startswith("layer3") for n in names)
+    out = cut(torch.randn(2, 3, 32, 32))
+    out.mean().backward()
+    assert out.shape == (2, 10)
+
+
+def test_mpnet_cut_keeps_whole_multipath_blocks():
+    model = models.mpnet18(num_classes=10, width=0.125)
+    convs = conv_names(model)
+    cut = truncate_model(model, convs[len(convs) // 2], num_classes=10, in_channels=3, input_resolution=32)
+    kept = conv_names(cut.body)
+    assert 0 < len(kept) < len(convs) // 2 + 1
+    assert cut(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_border_cut_is_before_the_border_layer_of_the_resolution():
+    model = models.vgg16(num_classes=10, in_channels=1, width=0.125)
+    b_min, _ = border_layers(receptive_fields(model, 32), 32)
+    assert resolve_cut(model, "border", 32) == b_min
+    convs = conv_names(model)
+    cut = truncate_model(model, b_min, num_classes=10, in_channels=1, input_resolution=32)
+    assert conv_names(cut.body) == convs[:convs.index(b_min)]
+
+
+def test_unknown_layer_is_a_clear_error():
+    with pytest.raises(ConfigError, match="calls no module of that name"):
+        truncate_model(models.vgg11(num_classes=10, width=0.125), "features.999", num_classes=10, in_channels=3,
+                       input_resolution=32)
+
+
+def test_truncated_model_trains_from_a_config_and_flops_report_it(tmp_path):
+    config = write_config(tmp_path, model="vgg11", model_args={"width": 0.125, "truncate": ["border", None]},
+                          resolution=16, epoch=1, post_processing=["flops"])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    import json
+    infos = {}
+    for folder in run_folders(tmp_path / "logs"):
+        logged = json.loads(next(folder.glob("*_config.json")).read_text())
+        infos[logged["model_args"]["truncate"]] = json.loads((folder / "computational_info.json").read_text())
+        assert len(read_metrics(folder)) == 1
+    assert infos["border"]["params_total"] < infos[None]["params_total"]
+    assert infos["border"]["macs"] < infos[None]["macs"]
+
+
+def test_bad_truncate_value_is_rejected_before_training(tmp_path, capsys):
+    config = write_config(tmp_path, model_args={"width": 0.125, "truncate": 3})
+    assert main_cli(["--config", str(config)]) == 2
+    assert "'truncate' must be a layer name" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "logs").exists()
