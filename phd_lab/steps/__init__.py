@@ -31,6 +31,7 @@ STEP_MODULES: tuple[str, ...] = (
     # issue 4 step modules (receptive_field, flops, extract) go on the next line
 
     # issue 3 step module (project) goes on the next line
+    "phd_lab.steps.project",
 
     # issue 7 step module (analysis) goes on the next line
 

@@ -1,0 +1,1 @@
+"""Plotting: functions that draw already-computed tables; matplotlib is imported lazily."""
