@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-FAST_CHUNK = 1024  # rows per float32 Gram in the fast path
+FAST_CHUNK = 256  # rows per float32 Gram in the fast path (error grows with it: 1024 rows reach ~2e-7)
 
 
 class CovarianceAccumulator:
