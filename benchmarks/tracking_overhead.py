@@ -118,6 +118,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 3 cpu, 5 cuda)")
     parser.add_argument("--train-batches", type=int, default=None, help="training batches per epoch")
     parser.add_argument("--test-batches", type=int, default=None, help="test batches per epoch")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated subset")
     args = parser.parse_args()
 
@@ -131,6 +132,8 @@ def main() -> int:
     if unknown or "untracked" not in conditions:
         sys.stderr.write(f"--conditions must include 'untracked' and come from {CONDITIONS}; got {conditions}\n")
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     reps = args.reps or (5 if cuda else 3)
     batch = 256 if cuda else 64
     train_batches = args.train_batches or (100 if cuda else 40)
@@ -182,6 +185,7 @@ def main() -> int:
         rotated = order[rep % len(order):] + order[:rep % len(order)]
         for name in rotated:
             times[name].append(timed(epochs[name], device))
+            print(f"  round {rep + 1}: {name} {times[name][-1]:.3f} s", flush=True)
         for name in (["pass untracked", "pass tracked"] if rep % 2 == 0 else ["pass tracked", "pass untracked"]):
             times[name].append(timed(passes[name], device))
 

@@ -17,9 +17,7 @@ _SUFFIX = "_train_saturation"
 
 def saturation_table(row: Mapping[str, Any]) -> pd.DataFrame:
     """Layers (in column order) × {train, test} saturation from one CSV row."""
-    layers = [key[: -len(_SUFFIX)] for key in row if key.endswith(_SUFFIX) and key != "train_saturation_mean"
-              and not key.endswith("_mean" + _SUFFIX)]
-    layers = [layer for layer in layers if layer]  # "train_saturation_mean" has no layer prefix
+    layers = [key[: -len(_SUFFIX)] for key in row if key.endswith(_SUFFIX) and len(key) > len(_SUFFIX)]
     return pd.DataFrame({split: [float(row.get(f"{layer}_{split}_saturation", float("nan"))) for layer in layers]
                          for split in ("train", "test")}, index=pd.Index(layers, name="layer"))
 

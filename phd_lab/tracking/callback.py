@@ -116,10 +116,10 @@ class SaturationCallback(Callback):
         row.update(saturation_columns(frames))
         log.info("%s epoch %d: saturation mean train %.4f, test %.4f (%.2f s)", trainer.run_name, epoch,
                  row["train_saturation_mean"], row["test_saturation_mean"], time.perf_counter() - started)
-        if self.plot:
+        if self.plot and self.rundir is not None:
             from phd_lab.plots.saturation import save_saturation_plot
-            save_saturation_plot(row, self.rundir.saturation_plot(epoch),  # type: ignore[union-attr]
-                                 title=f"{self.rundir.name} epoch {epoch}, δ={self.delta:g}")  # type: ignore[union-attr]
+            save_saturation_plot(row, self.rundir.saturation_plot(epoch),
+                                 title=f"{self.rundir.name} epoch {epoch}, δ={self.delta:g}")
 
     def measure(self, trainer: "Trainer", bundle: "DataBundle") -> dict[str, pd.DataFrame]:
         """Separate tracked passes over the un-augmented training split and the test split."""

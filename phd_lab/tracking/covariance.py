@@ -64,11 +64,12 @@ class CovarianceAccumulator:
             rows = maps.permute(0, 2, 3, 1).reshape(count, channels)
             mean, m2 = _fast_moments(rows)
         else:
-            # (B, C, L) in float64: the Gram is Σ_b X_b X_bᵀ, no transposed copy needed.
-            x = maps.reshape(batch, channels, -1).to(torch.float64)
-            mean = x.mean(dim=(0, 2))
-            x = x - mean[None, :, None]
-            m2 = torch.bmm(x, x.transpose(1, 2)).sum(dim=0)
+            # (C, B·H·W) in float64, converted and laid out in one copy, centred in place.
+            x = torch.empty(channels, count, dtype=torch.float64, device=maps.device)
+            x.view(channels, batch, -1).copy_(maps.reshape(batch, channels, -1).transpose(0, 1))
+            mean = x.mean(dim=1)
+            x -= mean[:, None]
+            m2 = x @ x.T
         self._merge(count, mean, m2)
 
     def _place(self, tensor: torch.Tensor) -> torch.Tensor:
