@@ -255,3 +255,15 @@ def test_invalid_options_are_rejected() -> None:
         TrackerOptions(every_n=0)
     with pytest.raises(ValueError, match="max_batches"):
         TrackerOptions(max_batches=0)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_tracking_never_changes_the_model_output(fast: bool) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(3 * 6 * 6, 1)).eval()
+    data = digits_images(32)
+    with torch.no_grad():
+        plain = model(data)
+        with SaturationTracker(model, fast=fast):
+            tracked = model(data)
+    assert torch.equal(plain, tracked)

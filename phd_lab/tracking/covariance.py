@@ -6,9 +6,10 @@ its own mean before forming its Gram matrix and merge batches with the pairwise 
 Chan, Golub & LeVeque (1979). The result is the same population covariance; centring
 removes the cancellation of ΣAᵀA/n − mean⊗mean when the mean is large against the spread.
 
-``fast=True`` forms each centred batch Gram in float32 (batched over row chunks so that no
-float32 sum runs over more than ``FAST_CHUNK`` rows) and merges in float64; the tests show
-its relative error stays ≤ 1e-7 against the float64 definition with identical saturations.
+``fast=True`` forms each centred batch Gram in float32 (batched over chunks so that no
+float32 sum runs over more than ``FAST_CHUNK`` observations) and merges in float64; the tests
+show its relative error stays ≤ 1e-7 against the float64 definition with identical
+saturations. Both paths copy the activations once (never modifying the layer's output).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class CovarianceAccumulator:
             return
         rows = self._place(rows)
         if self.fast:
-            mean, m2 = _fast_moments(rows)
+            columns = torch.empty(self.dim, count, dtype=torch.float32, device=rows.device)
+            mean, m2 = _fast_moments(columns.copy_(rows.T))
         else:
             x = rows.to(torch.float64)
             mean = x.mean(dim=0)
@@ -60,13 +62,12 @@ class CovarianceAccumulator:
         if count == 0:
             return
         maps = self._place(maps)
+        # (C, B·H·W): converted and laid out in one copy, then centred in place.
+        x = torch.empty(channels, count, dtype=torch.float32 if self.fast else torch.float64, device=maps.device)
+        x.view(channels, batch, -1).copy_(maps.reshape(batch, channels, -1).transpose(0, 1))
         if self.fast:
-            rows = maps.permute(0, 2, 3, 1).reshape(count, channels)
-            mean, m2 = _fast_moments(rows)
+            mean, m2 = _fast_moments(x)
         else:
-            # (C, B·H·W) in float64, converted and laid out in one copy, centred in place.
-            x = torch.empty(channels, count, dtype=torch.float64, device=maps.device)
-            x.view(channels, batch, -1).copy_(maps.reshape(batch, channels, -1).transpose(0, 1))
             mean = x.mean(dim=1)
             x -= mean[:, None]
             m2 = x @ x.T
@@ -107,20 +108,24 @@ class CovarianceAccumulator:
         return {"n": self.n, "mean": self._mean, "m2": self._m2}
 
 
-def _fast_moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch mean (float64) and centred Gram: float32 products over ≤ FAST_CHUNK rows, float64 sums."""
-    count, dim = rows.shape
-    shift = rows.mean(dim=0, dtype=torch.float64).to(torch.float32)
-    centred = rows.to(torch.float32) - shift
+def _fast_moments(columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (float64) and centred Gram of a float32 (dim, count) matrix whose columns are observations.
+
+    Products and sums over ≤ FAST_CHUNK observations run in float32; chunks are summed in
+    float64. ``columns`` is centred in place.
+    """
+    dim, count = columns.shape
+    shift = columns.mean(dim=1, dtype=torch.float64).to(torch.float32)
+    columns -= shift[:, None]
     # The float32 centring leaves a tiny residual mean; account for it exactly below.
-    residual = centred.sum(dim=0, dtype=torch.float64)
+    residual = columns.sum(dim=1, dtype=torch.float64)
     chunks, rest = divmod(count, FAST_CHUNK)
-    m2 = torch.zeros(dim, dim, dtype=torch.float64, device=rows.device)
+    m2 = torch.zeros(dim, dim, dtype=torch.float64, device=columns.device)
     if chunks:
-        head = centred[: chunks * FAST_CHUNK].reshape(chunks, FAST_CHUNK, dim)
-        m2 += torch.bmm(head.transpose(1, 2), head).sum(dim=0, dtype=torch.float64)
+        head = columns[:, : chunks * FAST_CHUNK].reshape(dim, chunks, FAST_CHUNK).transpose(0, 1)
+        m2 += torch.bmm(head, head.transpose(1, 2)).sum(dim=0, dtype=torch.float64)
     if rest:
-        tail = centred[chunks * FAST_CHUNK:]
-        m2 += (tail.T @ tail).to(torch.float64)
+        tail = columns[:, chunks * FAST_CHUNK:]
+        m2 += (tail @ tail.T).to(torch.float64)
     m2.addr_(residual, residual, alpha=-1.0 / count)
     return shift.to(torch.float64) + residual / count, m2
