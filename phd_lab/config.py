@@ -157,6 +157,26 @@ SCHEMA: tuple[Key, ...] = (
     _key("post_processing", "list", [], "steps to run after training (see --list steps); each a name or "
          "{\"name\": ..., parameters}", technical=True),
     # --- saturation tracking keys (issue 3) go below this line
+    _key("track_saturation", "bool", True, "per epoch: layer saturation on the training and test set (CSV "
+         "columns and a plot)"),
+    _key("tracking_mode", "str", "passes", "passes: separate passes over the un-augmented training set and the "
+         "test set after each epoch; inline: accumulate during the epoch's training batches and test "
+         "evaluation (the thesis' Delve, no extra passes)", choices=("passes", "inline")),
+    _key("tracking_resolution", "int", None, "saturation: reduce larger feature maps to N×N before "
+         "accumulating (null: full resolution, exact)", nullable=True, minimum=1),
+    _key("tracking_downsampling", "str", "adaptive_avg", "saturation: how tracking_resolution reduces maps",
+         choices=("adaptive_avg", "nearest", "bilinear")),
+    _key("tracking_max_batches", "int", None, "saturation: record at most N batches per pass (null: all)",
+         nullable=True, minimum=1),
+    _key("tracking_every_n", "int", 1, "saturation: record only every n-th batch of a pass", minimum=1),
+    _key("tracking_include", "list", [], "saturation: track only layers whose qualified name matches one of "
+         "these wildcard patterns (empty: all Conv2d/Linear/LSTM layers)", item_kind="str"),
+    _key("tracking_exclude", "list", [], "saturation: skip layers whose name matches one of these patterns",
+         item_kind="str"),
+    _key("tracking_fast", "bool", False, "saturation: float32 Gram of mean-centred batches, float64 sums "
+         "(relative covariance error ≤ 1e-7)"),
+    _key("tracking_device", "str", None, "saturation: device of the covariance sums (null: the model's)",
+         nullable=True, technical=True),
 
     # --- post-processing keys (issue 4) go below this line
 

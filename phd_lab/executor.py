@@ -24,6 +24,7 @@ from phd_lab.rundir import RunDir
 from phd_lab.seeding import seed_everything
 from phd_lab.steps import Step, StepContext, resolve_steps
 from phd_lab.trainer import Trainer
+from phd_lab.tracking.callback import saturation_callback
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ FRAMEWORK_MODEL_OPTIONS = ("truncate",)
 # Feature modules add callbacks here: ``factory(config, rundir) -> Callback | None``.
 CALLBACK_FACTORIES: list[Callable[[RunConfig, RunDir], "Callback | None"]] = [
     # issue 3: the saturation callback factory goes on the next line
+    saturation_callback,
 
 ]
 

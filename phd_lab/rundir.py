@@ -75,6 +75,14 @@ class RunDir:
     def saturation_plot(self, epoch: int) -> Path:
         return self.file(f"_saturation_epoch{epoch}.png")
 
+    @property
+    def projections_csv(self) -> Path:
+        return self.root / "projections.csv"
+
+    @property
+    def projections_plot(self) -> Path:
+        return self.root / "projections.png"
+
     def latents(self, latents_dir: str | None = None) -> Path:
         """The latents folder: inside the run folder, or mirrored under ``latents_dir``."""
         if latents_dir is None:

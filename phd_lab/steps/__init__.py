@@ -31,6 +31,7 @@ STEP_MODULES: tuple[str, ...] = (
     # issue 4 step modules (receptive_field, flops, extract) go on the next line
     "phd_lab.steps.receptive_field", "phd_lab.steps.flops", "phd_lab.steps.extract",
     # issue 3 step module (project) goes on the next line
+    "phd_lab.steps.project",
 
     # issue 7 step module (analysis) goes on the next line
     "phd_lab.steps.analysis",

@@ -1,0 +1,207 @@
+"""Epoch wall time with saturation tracking versus without, same process, interleaved.
+
+    python benchmarks/tracking_overhead.py                 # CPU: VGG11 at 1/4 width, 32×32, batch 64
+    python benchmarks/tracking_overhead.py --device cuda   # GPU: ResNet18 (3×3 stem), 32×32, batch 256, bf16
+
+Every repetition runs each condition once, in a rotating order, through the real Trainer
+(train_epoch + evaluate) and the real SaturationCallback:
+
+  untracked      training epoch + test evaluation (what a run without tracking costs)
+  passes         + the callback's separate passes over the un-augmented training split and
+                   the test split (the default; exact float64)
+  passes-fast    the same with the float32-Gram path
+  inline         hooks record during the training batches and the test evaluation (the
+                   thesis' Delve; no extra passes), exact float64
+  inline-fast    inline with the float32-Gram path
+
+It also times one forward pass over the training split with and without a tracker
+attached ("pass only"): the cost of the covariance arithmetic itself. Data are synthetic
+tensors held in memory (on the device) so that loading does not blur the comparison.
+Ratios are median tracked time / median untracked time (CPU target ≤ 1.10) and, on CUDA,
+untracked / tracked throughput (target ≥ 0.90).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from phd_lab.data import DataBundle  # noqa: E402
+from phd_lab.tracking import SaturationTracker, TrackerOptions, run_pass  # noqa: E402
+from phd_lab.tracking.callback import SaturationCallback  # noqa: E402
+from phd_lab.trainer import Trainer  # noqa: E402
+from registries.metrics import Accuracy  # noqa: E402
+from registries.models import vgg11  # noqa: E402
+
+CONDITIONS = ("untracked", "passes", "passes-fast", "inline", "inline-fast")
+
+
+def resnet18_cifar(num_classes: int = 10) -> nn.Module:
+    """torchvision ResNet18 with a 3×3 stride-1 stem and no max-pool (the usual 32×32 variant)."""
+    from torchvision.models import resnet18
+    model = resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+class BenchTrainer(Trainer):
+    """The real Trainer; on CUDA with bf16 autocast as the GPU benchmark asks."""
+
+    def __init__(self, *args: object, bf16: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.bf16 = bf16
+
+    def autocast(self) -> object:
+        if self.bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return super().autocast()
+
+
+def synthetic_batches(count: int, batch: int, device: torch.device, seed: int) -> list[tuple[torch.Tensor, ...]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, 32, 32, generator=generator).to(device),
+             torch.randint(0, 10, (batch,), generator=generator).to(device)) for _ in range(count)]
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_epoch(condition: str, trainer: BenchTrainer, bundle: DataBundle) -> Callable[[], None]:
+    """One epoch of ``condition``: the Trainer's own loop plus what the callback adds."""
+    callback = None
+    if condition != "untracked":
+        mode, _, fast = condition.partition("-")
+        callback = SaturationCallback(None, delta=0.99, options=TrackerOptions(fast=bool(fast)), mode=mode)
+    row: dict[str, object] = {}
+
+    def epoch() -> None:
+        trainer.train_epoch(bundle, 1)
+        trainer.evaluate(bundle.test)
+        if callback is not None:
+            callback.on_epoch_end(trainer, bundle, 1, row)
+
+    def run() -> None:
+        if callback is not None and callback.mode == "inline":
+            callback.on_fit_start(trainer, bundle)  # hooks attached only while this condition runs
+            try:
+                epoch()
+            finally:
+                callback.on_fit_end(trainer, bundle)
+        else:
+            epoch()
+    return run
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> float:
+    synchronise(device)
+    start = time.perf_counter()
+    fn()
+    synchronise(device)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu (VGG11/4, batch 64) or cuda (ResNet18, batch 256)")
+    parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 3 cpu, 5 cuda)")
+    parser.add_argument("--train-batches", type=int, default=None, help="training batches per epoch")
+    parser.add_argument("--test-batches", type=int, default=None, help="test batches per epoch")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated subset")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        sys.stderr.write("--device cuda asked for, but CUDA is not available here\n")
+        return 2
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    unknown = sorted(set(conditions) - set(CONDITIONS))
+    if unknown or "untracked" not in conditions:
+        sys.stderr.write(f"--conditions must include 'untracked' and come from {CONDITIONS}; got {conditions}\n")
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reps = args.reps or (5 if cuda else 3)
+    batch = 256 if cuda else 64
+    train_batches = args.train_batches or (100 if cuda else 40)
+    test_batches = args.test_batches or max(1, train_batches // 5)
+    torch.manual_seed(0)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        model = resnet18_cifar().to(device)
+        title = f"ResNet18 (3×3 stem), 32×32, batch {batch}, bf16 autocast, {torch.cuda.get_device_name(device)}"
+    else:
+        model = vgg11(num_classes=10, in_channels=3, width=0.25)
+        title = f"VGG11 at 1/4 width, 32×32, batch {batch}, CPU ({torch.get_num_threads()} threads)"
+    train = synthetic_batches(train_batches, batch, device, seed=1)
+    test = synthetic_batches(test_batches, batch, device, seed=2)
+    bundle = DataBundle(name="synthetic", train=train, test=test, train_eval=train,  # type: ignore[arg-type]
+                        num_classes=10, in_channels=3, resolution=32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    trainer = BenchTrainer(model, optimizer, None, metrics={"accuracy": Accuracy()}, epochs=1, device=device,
+                           mixed_precision=cuda, progress=False, bf16=cuda)
+    epochs = {c: make_epoch(c, trainer, bundle) for c in conditions}
+
+    def forward_pass(tracked: bool) -> Callable[[], None]:
+        def run() -> None:
+            model.eval()
+            tracker = SaturationTracker(model, 0.99) if tracked else None
+            try:
+                if tracker is None:
+                    with torch.no_grad():
+                        for inputs, _ in train:
+                            with trainer.autocast():  # type: ignore[attr-defined]
+                                model(inputs)
+                else:
+                    run_pass(tracker, model, train, device, trainer.autocast)
+                    tracker.compute()
+            finally:
+                if tracker is not None:
+                    tracker.close()
+        return run
+    passes = {"pass untracked": forward_pass(False), "pass tracked": forward_pass(True)}
+
+    print(title)
+    print(f"{train_batches} training + {test_batches} test batches per epoch, {reps} interleaved repetitions "
+          f"after one warm-up round")
+    for fn in list(epochs.values()) + list(passes.values()):  # warm-up (cudnn autotune, allocator, caches)
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in list(epochs) + list(passes)}
+    order = list(epochs)
+    for rep in range(reps):
+        rotated = order[rep % len(order):] + order[:rep % len(order)]
+        for name in rotated:
+            times[name].append(timed(epochs[name], device))
+            print(f"  round {rep + 1}: {name} {times[name][-1]:.3f} s", flush=True)
+        for name in (["pass untracked", "pass tracked"] if rep % 2 == 0 else ["pass tracked", "pass untracked"]):
+            times[name].append(timed(passes[name], device))
+
+    base = statistics.median(times["untracked"])
+    print(f"\n{'condition':<16}{'median s':>10}{'min s':>9}{'time ratio':>12}{'throughput':>12}")
+    for name in epochs:
+        med = statistics.median(times[name])
+        print(f"{name:<16}{med:>10.3f}{min(times[name]):>9.3f}{med / base:>11.3f}x{base / med:>11.3f}x")
+    pass_base = statistics.median(times["pass untracked"])
+    for name in passes:
+        med = statistics.median(times[name])
+        print(f"{name:<16}{med:>10.3f}{min(times[name]):>9.3f}{med / pass_base:>11.3f}x{pass_base / med:>11.3f}x")
+    print("\ntime ratio = median time / median untracked time (epoch rows) or / untracked pass (pass rows); "
+          "throughput = its inverse")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Saturation per layer (forward order) for the training and the test set of one epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import pandas as pd
+
+from phd_lab import atomic
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+_SUFFIX = "_train_saturation"
+
+
+def saturation_table(row: Mapping[str, Any]) -> pd.DataFrame:
+    """Layers (in column order) × {train, test} saturation from one CSV row."""
+    layers = [key[: -len(_SUFFIX)] for key in row if key.endswith(_SUFFIX) and len(key) > len(_SUFFIX)]
+    return pd.DataFrame({split: [float(row.get(f"{layer}_{split}_saturation", float("nan"))) for layer in layers]
+                         for split in ("train", "test")}, index=pd.Index(layers, name="layer"))
+
+
+def plot_saturation(table: pd.DataFrame, ax: "Axes | None" = None, title: str = "") -> "Axes":
+    """Grouped bars of train/test saturation per layer, layers left to right in forward order."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(table) + 2.0), 3.6))
+    positions = range(len(table))
+    width = 0.4
+    ax.bar([p - width / 2 for p in positions], table["train"], width, label="train", color="#3b6fb6")
+    ax.bar([p + width / 2 for p in positions], table["test"], width, label="test", color="#e0892f")
+    ax.set_xticks(list(positions))
+    ax.set_xticklabels(list(table.index), rotation=60, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("saturation")
+    ax.set_xlabel("layer (forward order)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def save_saturation_plot(row: Mapping[str, Any], path: Path | str, title: str = "") -> None:
+    """Draw the saturation of one epoch row and save it atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ax = plot_saturation(saturation_table(row), title=title)
+    try:
+        atomic.save_figure(ax.figure, path, dpi=110)
+    finally:
+        plt.close(ax.figure)

@@ -1,0 +1,46 @@
+"""Step ``project``: test accuracy of the network projected onto PCA / random subspaces.
+
+Writes ``projections.csv`` (delta, basis, accuracy, loss, dims_sum, feature_dims_sum,
+saturation_mean) and ``projections.png`` into the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from phd_lab import atomic
+from phd_lab.config import Key, RunConfig
+from phd_lab.errors import ConfigError
+from phd_lab.steps import Step, StepContext, register_step
+from phd_lab.tracking.projection import THESIS_DELTAS, projection_table
+
+log = logging.getLogger(__name__)
+
+
+@register_step
+class Project(Step):
+    name = "project"
+    summary = "accuracy of the network projected onto PCA (and random) subspaces for a list of deltas"
+    params = (
+        Key("deltas", "list", list(THESIS_DELTAS), "explained-variance thresholds in (0, 1] to evaluate (the "
+            "unprojected model is always evaluated too)", item_kind="float"),
+        Key("random_control", "bool", True, "also evaluate random orthonormal bases of the same k per layer"),
+    )
+
+    def check(self, params: dict[str, Any], config: RunConfig, where: str) -> None:
+        deltas = params["deltas"]
+        bad = [d for d in deltas if not 0.0 < d <= 1.0]
+        if not deltas or bad:
+            raise ConfigError(f"{where}, step 'project': the parameter 'deltas' must be a non-empty list of numbers "
+                              f"in (0, 1]; got {deltas if not bad else bad}.")
+        params["deltas"] = sorted({float(d) for d in deltas})
+
+    def run(self, ctx: StepContext, **params: Any) -> None:
+        table = projection_table(ctx.model, ctx.bundle.train_eval, ctx.bundle.test, ctx.device,
+                                 deltas=params["deltas"], random_control=params["random_control"],
+                                 seed=ctx.config.seed, progress=ctx.progress)
+        atomic.write_csv(ctx.rundir.projections_csv, table)
+        from phd_lab.plots.projections import save_projection_plot
+        save_projection_plot(table, ctx.rundir.projections_plot, title=ctx.rundir.name)
+        log.info("Projections of %s written to %s", ctx.config.name, ctx.rundir.projections_csv)

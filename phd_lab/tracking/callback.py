@@ -1,0 +1,147 @@
+"""SaturationCallback: per-epoch layer saturation on the training and the test set.
+
+Mode ``passes`` (default): after each epoch the model (eval mode, unwrapped from
+DataParallel) runs one tracked pass over ``bundle.train_eval`` (training split, no shuffle,
+no augmentation) and one over ``bundle.test``, resetting in between. Fixed loaders and no
+randomness mean a resumed run reproduces the same columns.
+
+Mode ``inline`` (the thesis' Delve): the hooks stay attached, training-mode forward passes
+feed the train covariance and the trainer's own test evaluation feeds the test covariance,
+so no extra pass runs. A crashed epoch is redone from scratch after a resume, so its sums
+are rebuilt identically.
+
+Either way the epoch row gains ``<layer>_{train,test}_saturation``,
+``<layer>_{train,test}_intrinsic_dimension`` and ``{train,test}_saturation_mean``, and a
+plot ``<name>_saturation_epoch<k>.png`` shows saturation per layer in forward order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+
+from phd_lab.callbacks import Callback
+from phd_lab.config import RunConfig
+from phd_lab.errors import ConfigError, UsageError
+from phd_lab.rundir import RunDir
+from phd_lab.tracking.tracker import SaturationTracker, TrackerOptions, run_pass
+
+if TYPE_CHECKING:
+    from phd_lab.data import DataBundle
+    from phd_lab.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+
+
+def tracker_options(config: RunConfig) -> TrackerOptions:
+    """The tracker options a config asks for (validated by the schema; device parsed here)."""
+    device = config.tracking_device
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"{config.source}: the key 'tracking_device' must be a torch device such as 'cpu' "
+                              f"or 'cuda:0', or null for the model's device; got {device!r}.") from None
+    return TrackerOptions(device=device, resolution=config.tracking_resolution,
+                          downsampling=config.tracking_downsampling, max_batches=config.tracking_max_batches,
+                          every_n=config.tracking_every_n, include=tuple(config.tracking_include),
+                          exclude=tuple(config.tracking_exclude), fast=config.tracking_fast)
+
+
+def saturation_columns(frames: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """CSV columns of one epoch from the per-split tracker tables (layers in forward order)."""
+    columns: dict[str, float] = {}
+    layers = list(frames[SPLITS[0]].index)
+    for layer in layers:
+        for metric in ("saturation", "intrinsic_dimension"):
+            for split in SPLITS:
+                value = frames[split].loc[layer, metric] if layer in frames[split].index else float("nan")
+                columns[f"{layer}_{split}_{metric}"] = float(value) if metric == "saturation" else _int(value)
+    for split in SPLITS:
+        columns[f"{split}_saturation_mean"] = float(frames[split]["saturation"].mean())
+    return columns
+
+
+def _int(value: Any) -> Any:
+    return int(value) if value == value else float("nan")  # NaN for layers that saw no data
+
+
+class SaturationCallback(Callback):
+    """Adds saturation columns to every epoch row and writes the per-epoch plot."""
+
+    def __init__(self, rundir: RunDir | None, *, delta: float = 0.99, options: TrackerOptions | None = None,
+                 mode: str = "passes", plot: bool = True) -> None:
+        if mode not in ("passes", "inline"):
+            raise ValueError(f"mode must be 'passes' or 'inline'; got {mode!r}")
+        self.rundir = rundir
+        self.delta = delta
+        self.options = options or TrackerOptions()
+        self.mode = mode
+        self.plot = plot and rundir is not None
+        self._inline: dict[str, SaturationTracker] = {}
+
+    # ------------------------------------------------------------------ inline mode
+    def on_fit_start(self, trainer: "Trainer", bundle: "DataBundle") -> None:
+        if self.mode != "inline" or len(trainer.history) == trainer.epochs:
+            return
+        if trainer.network is not trainer.model:
+            raise UsageError("tracking_mode 'inline' cannot follow a DataParallel model (its replicas would race "
+                             "on the covariance sums); use tracking_mode 'passes' or data_parallel false.")
+        self._inline = {
+            "train": SaturationTracker(trainer.model, self.delta, options=self.options, when=lambda m: m.training),
+            "test": SaturationTracker(trainer.model, self.delta, options=self.options,
+                                      when=lambda m: not m.training),
+        }
+
+    def on_fit_end(self, trainer: "Trainer", bundle: "DataBundle") -> None:
+        for tracker in self._inline.values():
+            tracker.close()
+        self._inline = {}
+
+    # ------------------------------------------------------------------ per epoch
+    def on_epoch_end(self, trainer: "Trainer", bundle: "DataBundle", epoch: int, row: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        if self.mode == "inline":
+            frames = {split: tracker.compute() for split, tracker in self._inline.items()}
+            for tracker in self._inline.values():
+                tracker.reset()
+        else:
+            frames = self.measure(trainer, bundle)
+        row.update(saturation_columns(frames))
+        log.info("%s epoch %d: saturation mean train %.4f, test %.4f (%.2f s)", trainer.run_name, epoch,
+                 row["train_saturation_mean"], row["test_saturation_mean"], time.perf_counter() - started)
+        if self.plot and self.rundir is not None:
+            from phd_lab.plots.saturation import save_saturation_plot
+            save_saturation_plot(row, self.rundir.saturation_plot(epoch),
+                                 title=f"{self.rundir.name} epoch {epoch}, δ={self.delta:g}")
+
+    def measure(self, trainer: "Trainer", bundle: "DataBundle") -> dict[str, pd.DataFrame]:
+        """Separate tracked passes over the un-augmented training split and the test split."""
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        tracker = SaturationTracker(model, self.delta, options=self.options)
+        frames = {}
+        try:
+            for split, loader in (("train", bundle.train_eval), ("test", bundle.test)):
+                tracker.reset()
+                run_pass(tracker, model, loader, trainer.device, trainer.autocast)
+                frames[split] = tracker.compute()
+        finally:
+            tracker.close()
+            model.train(was_training)
+        return frames
+
+
+def saturation_callback(config: RunConfig, rundir: RunDir) -> SaturationCallback | None:
+    """CALLBACK_FACTORIES entry: the saturation callback when ``track_saturation`` is on."""
+    if not config.track_saturation:
+        return None
+    return SaturationCallback(rundir, delta=config.delta, options=tracker_options(config),
+                              mode=config.tracking_mode)

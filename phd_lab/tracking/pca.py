@@ -1,0 +1,163 @@
+"""PCA layers (thesis §6.1.6): pass-through while collecting, projection in evaluation mode.
+
+In training mode a PCA layer returns its input unchanged and adds it to a running
+covariance (switching into training mode starts a new covariance). In evaluation mode it
+projects every observation onto the k leading eigendirections that explain ``delta`` of
+the variance: x ↦ μ + (x − μ) PᵀP (the conv layer applies this per position, as a 1×1
+map). The eigendecomposition is cached, so changing ``delta`` re-projects without another
+pass over the data. ``use_random_basis`` swaps in a random orthonormal basis of the same
+k, the thesis' control (§7.3).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from phd_lab.tracking.covariance import CovarianceAccumulator
+from phd_lab.tracking.saturation import check_delta, intrinsic_dimension
+
+
+class _PCALayer(nn.Module):
+    def __init__(self, features: int, delta: float = 0.99, *, fast: bool = False) -> None:
+        super().__init__()
+        self.features = int(features)
+        self.delta = check_delta(delta)
+        self.accumulator = CovarianceAccumulator(self.features, fast=fast)
+        self._eigen: tuple[torch.Tensor, torch.Tensor] | None = None  # (values desc, vectors as columns)
+        self._generator: torch.Generator | None = None
+        self._matrix: torch.Tensor | None = None  # cached PᵀP, float64
+
+    # ------------------------------------------------------------------ state
+    def train(self, mode: bool = True) -> "_PCALayer":
+        if mode and not self.training:
+            self.reset()
+        return super().train(mode)
+
+    def reset(self) -> None:
+        self.accumulator.reset()
+        self._eigen = None
+        self._matrix = None
+
+    def set_delta(self, delta: float) -> None:
+        """Choose another explained-variance threshold; no new data needed."""
+        self.delta = check_delta(delta)
+        self._matrix = None
+
+    def use_random_basis(self, generator: torch.Generator) -> None:
+        """Project onto k random orthonormal directions (k from delta), drawn from ``generator``."""
+        self._generator = generator
+        self._matrix = None
+
+    def use_pca_basis(self) -> None:
+        self._generator = None
+        self._matrix = None
+
+    # ------------------------------------------------------------------ eigenspace
+    def eigen(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._eigen is None:
+            if self.accumulator.n == 0:
+                raise RuntimeError(f"{type(self).__name__} has no covariance yet: pass data through it in training "
+                                   f"mode before evaluating")
+            values, vectors = torch.linalg.eigh(self.accumulator.covariance().cpu())
+            values = values.flip(0).clamp_min(0.0)
+            self._eigen = (values, vectors.flip(1))
+        return self._eigen
+
+    @property
+    def k(self) -> int:
+        """Number of directions kept at the current delta."""
+        return intrinsic_dimension(self.eigen()[0].numpy(), self.delta)
+
+    def projection_matrix(self) -> torch.Tensor:
+        """PᵀP in float64 (d × d) for the current delta and basis."""
+        if self._matrix is None:
+            values, vectors = self.eigen()
+            k = self.k
+            if self._generator is None:
+                basis = vectors[:, :k]
+            else:
+                gaussian = torch.randn(self.features, k, generator=self._generator, dtype=torch.float64)
+                basis = torch.linalg.qr(gaussian).Q
+            self._matrix = basis @ basis.T
+        return self._matrix
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                self._collect(x)
+            return x
+        if self._generator is None and self.k == self.features:
+            return x  # every direction kept: the projection is the identity
+        matrix = self.projection_matrix().to(device=x.device, dtype=x.dtype)
+        mean = self.accumulator.mean.to(device=x.device, dtype=x.dtype)
+        return self._project(x, matrix, mean - matrix @ mean)
+
+    def _collect(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _project(self, x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, delta={self.delta}"
+
+
+class LinearPCA(_PCALayer):
+    """PCA layer for (…, features) outputs of Linear layers."""
+
+    def _collect(self, x: torch.Tensor) -> None:
+        self.accumulator.update(x.reshape(-1, self.features))
+
+    def _project(self, x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, matrix, bias)
+
+
+class Conv2dPCA(_PCALayer):
+    """PCA layer for (B, channels, H, W) feature maps: every position is one observation."""
+
+    def _collect(self, x: torch.Tensor) -> None:
+        self.accumulator.update_maps(x)
+
+    def _project(self, x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, matrix[:, :, None, None], bias)
+
+
+def pca_layer_for(module: nn.Module, delta: float = 0.99) -> _PCALayer:
+    if isinstance(module, nn.Conv2d):
+        return Conv2dPCA(module.out_channels, delta)
+    if isinstance(module, nn.Linear):
+        return LinearPCA(module.out_features, delta)
+    raise TypeError(f"no PCA layer for {type(module).__name__}")
+
+
+def insert_pca_layers(model: nn.Module, delta: float = 0.99) -> tuple[nn.Module, dict[str, _PCALayer]]:
+    """A deep copy of ``model`` with a PCA layer after every Conv2d and Linear.
+
+    Each such layer ``name`` becomes ``Sequential(layer, pca)``; the returned mapping is
+    keyed by the original qualified names, in definition order.
+    """
+    projected = copy.deepcopy(model)
+    targets = [(name, module) for name, module in projected.named_modules()
+               if isinstance(module, (nn.Conv2d, nn.Linear)) and name]
+    layers: dict[str, _PCALayer] = {}
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = projected.get_submodule(parent_name) if parent_name else projected
+        pca = pca_layer_for(module, delta).to(next(module.parameters(), torch.empty(0)).device)
+        setattr(parent, child, nn.Sequential(module, pca))
+        layers[name] = pca
+    if isinstance(projected, (nn.Conv2d, nn.Linear)):
+        raise TypeError("insert_pca_layers needs a model that contains its Conv2d/Linear layers as submodules")
+    return projected, layers
+
+
+def pca_layers(model: nn.Module) -> Iterator[_PCALayer]:
+    for module in model.modules():
+        if isinstance(module, _PCALayer):
+            yield module

@@ -1,0 +1,91 @@
+"""Projected networks (thesis ch. 7): accuracy when every layer is restricted to k directions.
+
+``projection_table`` inserts PCA layers after every Conv2d/Linear of a trained model,
+collects their covariances in one pass over the training data, and evaluates the test
+set for each delta with the PCA basis and, as the control, with random orthonormal bases
+of the same k per layer. Pure computation: it returns a DataFrame; the step writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from phd_lab.tracking.pca import insert_pca_layers
+
+log = logging.getLogger(__name__)
+
+# δ ∈ {0.90, 0.91, …, 0.99} ∪ {0.992, …, 0.998} ∪ {0.999, 0.9991, …, 0.9999} (§7.3, §7.4);
+# the unprojected model is always evaluated as the reference.
+THESIS_DELTAS: tuple[float, ...] = (
+    tuple(round(0.90 + i / 100, 4) for i in range(10))
+    + tuple(round(0.99 + i / 500, 4) for i in range(1, 5))
+    + tuple(round(0.999 + i / 10000, 4) for i in range(10))
+)
+PROJECTION_COLUMNS = ("delta", "basis", "accuracy", "loss", "dims_sum", "feature_dims_sum", "saturation_mean")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[float, float]:
+    """Top-1 accuracy and mean cross-entropy over a loader (float32, eval mode)."""
+    correct, total, loss_sum = 0, 0, 0.0
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(device), targets.to(device)
+        logits = model(inputs).float()
+        loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == targets).sum())
+        total += targets.shape[0]
+    return correct / max(total, 1), loss_sum / max(total, 1)
+
+
+@torch.no_grad()
+def collect(model: nn.Module, layers: Sequence[nn.Module], loader: Iterable, device: torch.device,
+            progress: bool = False) -> None:
+    """One pass with the model in eval mode and only the PCA layers collecting."""
+    model.eval()
+    for layer in layers:
+        layer.train()
+    for inputs, _ in tqdm(loader, desc="PCA covariances", leave=False, disable=not progress, unit="batch"):
+        model(inputs.to(device))
+    model.eval()
+
+
+def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iterable, device: torch.device, *,
+                     deltas: Sequence[float] = THESIS_DELTAS, random_control: bool = True, seed: int = 0,
+                     progress: bool = False) -> pd.DataFrame:
+    """Rows (delta, basis, accuracy, loss, dims_sum, feature_dims_sum, saturation_mean).
+
+    ``basis`` is ``none`` for the unprojected model (delta 1), ``pca`` for the leading
+    eigendirections and ``random`` for random orthonormal bases of the same k.
+    """
+    model.eval()
+    projected, layers = insert_pca_layers(model)
+    pca = list(layers.values())
+    feature_dims = sum(layer.features for layer in pca)
+    accuracy, loss = evaluate(model, test_loader, device)
+    rows = [{"delta": 1.0, "basis": "none", "accuracy": accuracy, "loss": loss, "dims_sum": feature_dims,
+             "feature_dims_sum": feature_dims, "saturation_mean": 1.0}]
+    collect(projected, pca, train_loader, device, progress)
+    generator = torch.Generator().manual_seed(seed)
+    bases = ("pca", "random") if random_control else ("pca",)
+    todo = [(d, b) for d in deltas for b in bases]
+    for delta, basis in tqdm(todo, desc="projections", leave=False, disable=not progress, unit="eval"):
+        for layer in pca:
+            layer.set_delta(delta)
+            if basis == "random":
+                layer.use_random_basis(generator)
+            else:
+                layer.use_pca_basis()
+        dims = [layer.k for layer in pca]
+        accuracy, loss = evaluate(projected, test_loader, device)
+        rows.append({"delta": float(delta), "basis": basis, "accuracy": accuracy, "loss": loss,
+                     "dims_sum": sum(dims), "feature_dims_sum": feature_dims,
+                     "saturation_mean": sum(k / layer.features for k, layer in zip(dims, pca)) / len(pca)})
+        log.debug("delta %.4f %s: accuracy %.4f, dims %d/%d", delta, basis, accuracy, sum(dims), feature_dims)
+    return pd.DataFrame(rows, columns=list(PROJECTION_COLUMNS))

@@ -1,0 +1,264 @@
+"""SaturationTracker: forward hooks that keep a running covariance of every tracked layer.
+
+While attached, every forward pass of the model updates, per Conv2d / Linear / LSTM layer
+(named by its qualified module name), the layer's running covariance in float64: conv
+outputs count every feature-map position as one observation. ``compute()`` turns the sums
+into a table of saturation, intrinsic dimension, trace and log-determinant per layer, in
+the order the layers ran. ``reset()`` starts a new pass, ``close()`` removes the hooks.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from phd_lab.tracking.covariance import CovarianceAccumulator
+from phd_lab.tracking.saturation import check_delta, empty_statistics, layer_statistics
+
+log = logging.getLogger(__name__)
+
+TRACKED_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear, nn.LSTM)
+DOWNSAMPLING_METHODS = ("adaptive_avg", "nearest", "bilinear")
+COLUMNS = ("saturation", "intrinsic_dimension", "feature_dimension", "trace", "log_det", "n")
+
+
+@dataclass(frozen=True)
+class TrackerOptions:
+    """How a tracker samples activations; the defaults are the exact, full computation.
+
+    ``device``: where the sums live (None: the layer's device). ``resolution``: feature
+    maps larger than this (int or (h, w)) are reduced with ``downsampling`` before being
+    accumulated. ``max_batches``: record at most this many batches per pass;
+    ``every_n``: record only every n-th batch. ``include``/``exclude``: fnmatch patterns
+    on qualified layer names. ``fast``: float32 Gram path (see covariance.py).
+    """
+
+    device: str | None = None
+    resolution: int | tuple[int, int] | None = None
+    downsampling: str = "adaptive_avg"
+    max_batches: int | None = None
+    every_n: int = 1
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    fast: bool = False
+
+    def __post_init__(self) -> None:
+        if self.downsampling not in DOWNSAMPLING_METHODS:
+            raise ValueError(f"downsampling must be one of {DOWNSAMPLING_METHODS}; got {self.downsampling!r}")
+        if self.resolution is not None:
+            size = (self.resolution,) * 2 if isinstance(self.resolution, int) else tuple(self.resolution)
+            if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
+                raise ValueError(f"resolution must be a positive int or (h, w); got {self.resolution!r}")
+            object.__setattr__(self, "resolution", size)
+        if self.max_batches is not None and (isinstance(self.max_batches, bool) or self.max_batches < 1):
+            raise ValueError(f"max_batches must be ≥ 1 or None; got {self.max_batches!r}")
+        if isinstance(self.every_n, bool) or not isinstance(self.every_n, int) or self.every_n < 1:
+            raise ValueError(f"every_n must be an integer ≥ 1; got {self.every_n!r}")
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    def selects(self, name: str) -> bool:
+        if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+
+def feature_dimension(module: nn.Module) -> int:
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.LSTM):
+        width = module.proj_size if module.proj_size > 0 else module.hidden_size
+        return width * (2 if module.bidirectional else 1)
+    raise TypeError(f"cannot track {type(module).__name__}")
+
+
+def trackable_layers(model: nn.Module, options: TrackerOptions | None = None) -> Iterator[tuple[str, nn.Module]]:
+    """(qualified name, module) of every layer a tracker with ``options`` would hook."""
+    options = options or TrackerOptions()
+    for name, module in model.named_modules():
+        if isinstance(module, TRACKED_TYPES) and options.selects(name or "<model>"):
+            yield name or "<model>", module
+
+
+@dataclass
+class _Layer:
+    name: str
+    accumulator: CovarianceAccumulator
+    conv: bool
+    handle: object = field(default=None, repr=False)
+
+
+class SaturationTracker:
+    """Tracks the covariance of every Conv2d / Linear / LSTM output while attached.
+
+    ``when`` optionally restricts recording to forward passes for which it returns True
+    (it receives the model), e.g. ``lambda m: m.training`` records training batches only.
+    """
+
+    def __init__(self, model: nn.Module, delta: float = 0.99, *, options: TrackerOptions | None = None,
+                 when: Callable[[nn.Module], bool] | None = None, **option_kwargs: object) -> None:
+        if options is not None and option_kwargs:
+            raise TypeError("pass either options= or individual option keywords, not both")
+        self.options = options if options is not None else TrackerOptions(**option_kwargs)  # type: ignore[arg-type]
+        self.delta = check_delta(delta)
+        self.model = model
+        self.when = when
+        self.layers: dict[str, _Layer] = {}
+        self._order: list[str] = []  # forward order, as observed
+        self._seen_batches = 0
+        self._recorded_batches = 0
+        self._recording = False
+        for name, module in trackable_layers(model, self.options):
+            layer = _Layer(name, CovarianceAccumulator(feature_dimension(module), self.options.device,
+                                                       fast=self.options.fast),
+                           conv=isinstance(module, nn.Conv2d))
+            layer.handle = module.register_forward_hook(self._hook(layer))
+            self.layers[name] = layer
+        if not self.layers:
+            log.warning("SaturationTracker found no Conv2d, Linear or LSTM layer to track in %s",
+                        type(model).__name__)
+        self._root_handle = model.register_forward_pre_hook(self._start_batch)
+        self.closed = False
+
+    # ------------------------------------------------------------------ batch selection
+    def wants_next_batch(self) -> bool:
+        """Whether the next forward pass of the model would be recorded."""
+        if self.options.max_batches is not None and self._recorded_batches >= self.options.max_batches:
+            return False
+        return self._seen_batches % self.options.every_n == 0
+
+    @property
+    def exhausted(self) -> bool:
+        """True once ``max_batches`` batches were recorded in this pass."""
+        return self.options.max_batches is not None and self._recorded_batches >= self.options.max_batches
+
+    def skip_batch(self) -> None:
+        """Count a batch the caller chose not to run (keeps every-n-th selection aligned)."""
+        self._seen_batches += 1
+
+    def _start_batch(self, module: nn.Module, args: object) -> None:
+        if self.when is not None and not self.when(module):
+            self._recording = False
+            return
+        self._recording = self.wants_next_batch()
+        self._seen_batches += 1
+        if self._recording:
+            self._recorded_batches += 1
+
+    # ------------------------------------------------------------------ hooks
+    def _hook(self, layer: _Layer) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            if not self._recording:
+                return
+            if layer.name not in self._order:
+                self._order.append(layer.name)
+            with torch.no_grad():
+                tensor = _output_tensor(output)
+                if layer.conv:
+                    layer.accumulator.update_maps(self._downsample(tensor))
+                else:
+                    layer.accumulator.update(tensor.reshape(-1, tensor.shape[-1]))
+        return hook
+
+    def _downsample(self, maps: torch.Tensor) -> torch.Tensor:
+        size = self.options.resolution
+        if size is None or (maps.shape[2] <= size[0] and maps.shape[3] <= size[1]):
+            return maps
+        target = (min(size[0], maps.shape[2]), min(size[1], maps.shape[3]))
+        maps = maps.float()
+        if self.options.downsampling == "adaptive_avg":
+            return F.adaptive_avg_pool2d(maps, target)
+        if self.options.downsampling == "bilinear":
+            return F.interpolate(maps, size=target, mode="bilinear", align_corners=False)
+        return F.interpolate(maps, size=target, mode="nearest")
+
+    # ------------------------------------------------------------------ results
+    @property
+    def layer_names(self) -> list[str]:
+        """Tracked layers: those seen in forward order first, then the rest in definition order."""
+        return self._order + [name for name in self.layers if name not in self._order]
+
+    def covariance(self, name: str) -> torch.Tensor:
+        return self.layers[name].accumulator.covariance()
+
+    def compute(self, delta: float | None = None) -> pd.DataFrame:
+        """One row per tracked layer (forward order): saturation, intrinsic_dimension, ..., n."""
+        delta = self.delta if delta is None else check_delta(delta)
+        rows = []
+        for name in self.layer_names:
+            acc = self.layers[name].accumulator
+            if acc.n == 0:
+                rows.append(empty_statistics(acc.dim))
+            else:
+                rows.append(layer_statistics(acc.covariance().cpu().numpy(), delta, acc.n))
+        frame = pd.DataFrame(rows, index=pd.Index(self.layer_names, name="layer"), columns=list(COLUMNS))
+        return frame
+
+    def saturation_mean(self, frame: pd.DataFrame | None = None) -> float:
+        """s_μ: the average saturation over all tracked layers that saw data."""
+        frame = self.compute() if frame is None else frame
+        return float(frame["saturation"].mean())
+
+    def reset(self) -> None:
+        """Clear every layer's sums and the batch counters (start of a new pass)."""
+        for layer in self.layers.values():
+            layer.accumulator.reset()
+        self._seen_batches = self._recorded_batches = 0
+        self._recording = False
+
+    def close(self) -> None:
+        """Remove every hook; the accumulated sums stay readable."""
+        if self.closed:
+            return
+        for layer in self.layers.values():
+            layer.handle.remove()  # type: ignore[attr-defined]
+        self._root_handle.remove()
+        self.closed = True
+
+    def __enter__(self) -> "SaturationTracker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _output_tensor(output: object) -> torch.Tensor:
+    """The activation tensor of a layer output (LSTM: the sequence output, also when packed)."""
+    if isinstance(output, tuple):
+        output = output[0]
+    if isinstance(output, nn.utils.rnn.PackedSequence):
+        output = output.data
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"cannot track a layer output of type {type(output).__name__}")
+    return output
+
+
+def run_pass(tracker: SaturationTracker, model: nn.Module, batches: Sequence | object,
+             device: torch.device, autocast: Callable[[], object] | None = None) -> int:
+    """Forward the batches a tracker wants (inputs only, no gradients); return the batches run."""
+    ran = 0
+    with torch.no_grad():
+        for batch in batches:  # type: ignore[union-attr]
+            if tracker.exhausted:
+                break
+            if not tracker.wants_next_batch():
+                tracker.skip_batch()
+                continue
+            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            inputs = inputs.to(device, non_blocking=True)
+            if autocast is not None:
+                with autocast():  # type: ignore[operator]
+                    model(inputs)
+            else:
+                model(inputs)
+            ran += 1
+    return ran

@@ -1,0 +1,95 @@
+"""PCA layers: pass-through while collecting, exact projections in eval mode, delta changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from phd_lab.tracking.pca import Conv2dPCA, LinearPCA, insert_pca_layers, pca_layers
+from phd_lab.tracking.saturation import intrinsic_dimension, sorted_eigenvalues
+
+
+def correlated(n: int = 500, d: int = 8, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(d, d, generator=generator) * torch.logspace(0, -2, d)[:, None]
+    return torch.randn(n, d, generator=generator) @ mixing + 3.0
+
+
+def collected(layer: nn.Module, data: torch.Tensor) -> nn.Module:
+    layer.train()
+    for chunk in data.split(64):
+        assert torch.equal(layer(chunk), chunk)  # pass-through while collecting
+    return layer.eval()
+
+
+def test_delta_one_is_the_identity() -> None:
+    data = correlated()
+    layer = collected(LinearPCA(8, delta=1.0), data)
+    assert layer.k == 8
+    assert torch.equal(layer(data), data)
+    probe = torch.randn(10, 8)
+    # the explicit full-rank projection is the identity up to rounding as well
+    matrix = layer.projection_matrix().float()
+    assert torch.allclose(probe @ matrix, probe, atol=1e-5)
+
+
+def test_projection_keeps_k_leading_directions_and_changing_delta_reprojects() -> None:
+    data = correlated()
+    layer = collected(LinearPCA(8, delta=0.99), data)
+    cov = np.cov(data.double().numpy(), rowvar=False, bias=True)
+    eigenvalues, vectors = np.linalg.eigh(cov)
+    eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]
+    for delta in (0.5, 0.9, 0.99):
+        layer.set_delta(delta)  # no new data: the cached eigendecomposition is reused
+        k = intrinsic_dimension(sorted_eigenvalues(cov), delta)
+        assert layer.k == k and 0 < k < 8
+        out = layer(data).double().numpy()
+        mean = data.double().numpy().mean(axis=0)
+        basis = vectors[:, :k]
+        expected = mean + (data.double().numpy() - mean) @ basis @ basis.T
+        assert np.allclose(out, expected, atol=1e-4)
+        # the output varies only inside the k-dimensional eigenspace
+        out_cov = np.cov(out, rowvar=False, bias=True)
+        assert np.linalg.matrix_rank(out_cov, tol=1e-4 * eigenvalues[0]) == k
+
+
+def test_switching_to_train_mode_starts_a_new_covariance() -> None:
+    layer = collected(LinearPCA(8), correlated(seed=1))
+    first = layer.accumulator.covariance().clone()
+    collected(layer, correlated(seed=2))
+    second = collected(LinearPCA(8), correlated(seed=2)).accumulator.covariance()
+    assert torch.equal(layer.accumulator.covariance(), second) and not torch.equal(first, second)
+
+
+def test_conv_pca_projects_every_position_like_the_linear_layer() -> None:
+    torch.manual_seed(0)
+    maps = torch.randn(6, 5, 7, 7) * torch.tensor([3.0, 1.0, 0.3, 0.1, 0.01])[None, :, None, None] + 1.0
+    conv = collected(Conv2dPCA(5, delta=0.95), maps)
+    rows = maps.permute(0, 2, 3, 1).reshape(-1, 5)
+    linear = collected(LinearPCA(5, delta=0.95), rows)
+    assert conv.k == linear.k < 5
+    expected = linear(rows).reshape(6, 7, 7, 5).permute(0, 3, 1, 2)
+    assert torch.allclose(conv(maps), expected, atol=1e-5)
+
+
+def test_eval_without_data_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="no covariance"):
+        LinearPCA(4).eval()(torch.randn(2, 4))
+
+
+def test_insert_pca_layers_follows_every_conv_and_linear() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    projected, layers = insert_pca_layers(model, delta=1.0)
+    assert list(layers) == ["0", "3"] and len(list(pca_layers(projected))) == 2
+    assert isinstance(layers["0"], Conv2dPCA) and isinstance(layers["3"], LinearPCA)
+    assert not any(isinstance(m, (Conv2dPCA, LinearPCA)) for m in model.modules())  # original untouched
+    data = torch.randn(50, 1, 8, 8)
+    for layer in layers.values():
+        layer.train()
+    projected(data)
+    for layer in layers.values():
+        layer.eval()
+    assert torch.allclose(projected(data), model(data), atol=1e-5)

@@ -1,0 +1,142 @@
+"""SaturationCallback in real training runs: CSV columns, plots, resume, modes, project step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from phd_lab.checkpoint import CheckpointStore
+from phd_lab.cli import main_cli
+from phd_lab.seeding import seed_everything
+from phd_lab.tracking import SaturationTracker, run_pass
+from phd_lab.tracking.callback import SaturationCallback
+from registries.datasets import Digits
+from registries.metrics import Accuracy
+from registries.models import vgg11
+from registries.optimizers import adam
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["features.0", "features.3", "features.6", "features.8", "features.11", "features.13", "features.16",
+          "features.18", "classifier"]
+CONFIG = {"model": "vgg11", "model_args": {"width": 0.25}, "dataset": "Digits", "resolution": 8, "epoch": 2,
+          "batch_size": 64, "optimizer": "adam", "optimizer_args": {"lr": 0.003}, "seed": 7, "device": "cpu"}
+
+
+def expected_columns() -> list[str]:
+    columns = []
+    for layer in LAYERS:
+        columns += [f"{layer}_train_saturation", f"{layer}_test_saturation",
+                    f"{layer}_train_intrinsic_dimension", f"{layer}_test_intrinsic_dimension"]
+    return columns + ["train_saturation_mean", "test_saturation_mean"]
+
+
+def run_main(tmp_path: Path, run_id: str, **overrides: object) -> Path:
+    config = dict(CONFIG, logs_dir=str(tmp_path / "logs"), **overrides)
+    path = tmp_path / f"config-{run_id}.json"
+    path.write_text(json.dumps(config))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "main.py", "--config", str(path), "--run-id", run_id, "--no-progress",
+                             "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (folder,) = (tmp_path / "logs" / "vgg11" / "Digits_8" / run_id).iterdir()
+    return folder
+
+
+@pytest.mark.slow
+def test_run_gains_saturation_columns_plots_projections_and_resumes_identically(tmp_path: Path) -> None:
+    project = {"name": "project", "deltas": [0.9, 0.95, 0.99, 0.999]}
+    folder = run_main(tmp_path, "a", post_processing=[project])
+    name = "vgg11-Digits-r8-bs64-e2"
+    table = pd.read_csv(folder / f"{name}.csv")
+    assert list(table.columns) == ["epoch", "train_loss", "test_loss", "train_accuracy", "test_accuracy",
+                                   "epoch_seconds"] + expected_columns()
+    assert table[[c for c in table.columns if c.endswith("saturation")]].stack().between(0, 1).all()
+    for epoch in (1, 2):
+        assert (folder / f"{name}_saturation_epoch{epoch}.png").stat().st_size > 1000
+
+    projections = pd.read_csv(folder / "projections.csv")
+    assert list(projections.columns) == ["delta", "basis", "accuracy", "loss", "dims_sum", "feature_dims_sum",
+                                         "saturation_mean"]
+    assert (folder / "projections.png").stat().st_size > 1000
+    unprojected = projections[projections["basis"] == "none"].iloc[0]
+    assert unprojected["delta"] == 1.0 and unprojected["dims_sum"] == unprojected["feature_dims_sum"]
+    pca = projections[projections["basis"] == "pca"].set_index("delta")
+    rand = projections[projections["basis"] == "random"].set_index("delta")
+    assert list(pca.index) == list(rand.index) == [0.9, 0.95, 0.99, 0.999]
+    assert (pca["dims_sum"] == rand["dims_sum"]).all() and pca["dims_sum"].is_monotonic_increasing
+    # the thesis' finding (§7.3): random bases of the same k lose far more accuracy than PCA bases
+    assert unprojected["accuracy"] > 0.5
+    assert (pca["accuracy"] >= rand["accuracy"]).all()
+    assert (pca["accuracy"] - rand["accuracy"]).mean() > 0.15
+
+    # resume: roll the run back to its epoch-1 checkpoint and let it redo epoch 2
+    (folder / f"{name}.pt").unlink()
+    assert run_main(tmp_path, "a") == folder
+    resumed = pd.read_csv(folder / f"{name}.csv")
+    pd.testing.assert_frame_equal(resumed.drop(columns="epoch_seconds"), table.drop(columns="epoch_seconds"))
+
+
+def train(tmp_path: Path, mode: str, epochs: int = 1) -> tuple[list[dict], torch.nn.Module, object]:
+    from phd_lab.trainer import Trainer
+    seed_everything(3)
+    bundle = Digits(batch_size=128, resolution=8, data_dir="", seed=3, num_workers=0)
+    seed_everything(3)
+    model = vgg11(num_classes=10, in_channels=1, width=0.125)
+    optimizer, scheduler = adam(model, epochs=epochs, lr=0.003)
+    trainer = Trainer(model, optimizer, scheduler, metrics={"accuracy": Accuracy()}, epochs=epochs,
+                      device=torch.device("cpu"), callbacks=[SaturationCallback(None, mode=mode)], progress=False)
+    store = CheckpointStore(tmp_path / f"{mode}.pt", tmp_path / f"{mode}.previous.pt")
+    return trainer.fit(bundle, store), model, bundle
+
+
+def test_inline_and_pass_modes_agree_on_the_test_set_and_do_not_perturb_training(tmp_path: Path) -> None:
+    passes, model, bundle = train(tmp_path, "passes")
+    inline, _, _ = train(tmp_path, "inline")
+    row_p, row_i = passes[-1], inline[-1]
+    assert row_p["train_loss"] == row_i["train_loss"] and row_p["test_loss"] == row_i["test_loss"]
+    for layer in LAYERS:
+        for metric in ("saturation", "intrinsic_dimension"):
+            assert row_p[f"{layer}_test_{metric}"] == row_i[f"{layer}_test_{metric}"]
+            assert 0 <= row_i[f"{layer}_train_{metric}"] <= (1 if metric == "saturation" else 512)
+    # the recorded columns are what a standalone tracker measures on the final model
+    model.eval()
+    for split, loader in (("train", bundle.train_eval), ("test", bundle.test)):
+        with SaturationTracker(model, 0.99) as tracker:
+            run_pass(tracker, model, loader, torch.device("cpu"))
+            frame = tracker.compute()
+        assert list(frame.index) == LAYERS
+        for layer in LAYERS:
+            assert row_p[f"{layer}_{split}_saturation"] == frame.loc[layer, "saturation"]
+        assert row_p[f"{split}_saturation_mean"] == pytest.approx(frame["saturation"].mean(), abs=0)
+    assert not any(m._forward_hooks for m in model.modules())  # passes leave no hooks behind
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("tracking_mode", "during", "tracking_mode"),
+    ("tracking_every_n", 0, "tracking_every_n"),
+    ("tracking_downsampling", "cubic", "tracking_downsampling"),
+    ("tracking_include", "features.*", "tracking_include"),
+])
+def test_bad_tracking_keys_exit_2_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            key: str, value: object, message: str) -> None:
+    config = dict(CONFIG, logs_dir=str(tmp_path / "logs"), **{key: value})
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config))
+    assert main_cli(["--config", str(path), "--dry-run"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_bad_project_deltas_are_rejected_up_front(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = dict(CONFIG, logs_dir=str(tmp_path / "logs"), post_processing=[{"name": "project", "deltas": [1.5]}])
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config))
+    assert main_cli(["--config", str(path), "--dry-run"]) == 2
+    assert "deltas" in capsys.readouterr().err

@@ -1,0 +1,269 @@
+"""SaturationTracker against numpy on fully materialised activations (real torch models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+
+from phd_lab.tracking import SaturationTracker, TrackerOptions, intrinsic_dimension, run_pass
+from phd_lab.tracking.saturation import sorted_eigenvalues
+
+
+class SmallNet(nn.Module):
+    """Conv → ReLU(inplace) → strided conv → pool → Linear; ``head`` is defined before ``body``
+    but runs after it, so definition order differs from forward order."""
+
+    def __init__(self, in_channels: int = 1) -> None:
+        super().__init__()
+        self.head = nn.Linear(12, 5)
+        self.body = nn.Sequential(nn.Conv2d(in_channels, 6, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(6, 12, 3, stride=2, padding=1), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.adaptive_avg_pool2d(self.body(x), 1).flatten(1))
+
+
+def seeded_model(seed: int = 0) -> SmallNet:
+    torch.manual_seed(seed)
+    return SmallNet().eval()
+
+
+def digits_images(count: int = 300) -> torch.Tensor:
+    images = torch.tensor(load_digits().images[:count], dtype=torch.float32).unsqueeze(1)
+    return images / 4.0 + 2.0  # a large common offset stresses the mean subtraction
+
+
+def materialised(model: nn.Module, data: torch.Tensor, batch: int) -> dict[str, np.ndarray]:
+    """Every tracked layer's output over the whole pass as an (observations, features) array."""
+    outputs: dict[str, list[torch.Tensor]] = {}
+    handles = [module.register_forward_hook(lambda m, i, o, n=name: outputs.setdefault(n, []).append(o.clone()))
+               for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        for chunk in data.split(batch):
+            model(chunk)
+    for handle in handles:
+        handle.remove()
+    result = {}
+    for name, parts in outputs.items():
+        acts = torch.cat(parts).double()
+        if acts.dim() == 4:
+            acts = acts.permute(0, 2, 3, 1).reshape(-1, acts.shape[1])
+        result[name] = acts.numpy()
+    return result
+
+
+def rel_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def track(model: nn.Module, data: torch.Tensor, batch: int, **options: object) -> SaturationTracker:
+    tracker = SaturationTracker(model, **options)
+    with torch.no_grad():
+        for chunk in data.split(batch):
+            model(chunk)
+    return tracker
+
+
+def brute_force_k(eigenvalues: np.ndarray, delta: float) -> int:
+    """Literal definition: the first k whose top-k sum reaches delta × total (sequential sums)."""
+    total = 0.0
+    for value in eigenvalues:
+        total += value
+    if total <= 0:
+        return 0
+    running = 0.0
+    for k, value in enumerate(eigenvalues, start=1):
+        running += value
+        if running >= delta * total:
+            return k
+    raise AssertionError("unreachable")
+
+
+def test_exact_covariance_equals_np_cov_on_the_whole_pass() -> None:
+    model, data = seeded_model(), digits_images()
+    reference = materialised(model, data, batch=64)
+    tracker = track(model, data, batch=64)
+    assert tracker.layer_names == ["body.0", "body.2", "head"]  # forward order, not definition order
+    for name, acts in reference.items():
+        expected = np.cov(acts, rowvar=False, bias=True)
+        assert rel_error(tracker.covariance(name).numpy(), expected) <= 1e-10, name
+    frame = tracker.compute()
+    assert list(frame.columns[:6]) == ["saturation", "intrinsic_dimension", "feature_dimension", "trace", "log_det",
+                                       "n"]
+    assert frame.loc["body.0", "n"] == 300 * 8 * 8 and frame.loc["body.2", "n"] == 300 * 4 * 4
+    assert frame.loc["head", "n"] == 300 and frame.loc["head", "feature_dimension"] == 5
+    cov = np.cov(reference["body.2"], rowvar=False, bias=True)
+    assert frame.loc["body.2", "trace"] == pytest.approx(np.trace(cov), rel=1e-10)
+    assert frame.loc["body.2", "log_det"] == pytest.approx(np.linalg.slogdet(cov)[1], rel=1e-8)
+    tracker.close()
+
+
+@pytest.mark.parametrize("delta", [0.5, 0.9, 0.95, 0.99, 0.999, 1.0])
+def test_intrinsic_dimension_and_saturation_equal_brute_force(delta: float) -> None:
+    model, data = seeded_model(1), digits_images()
+    reference = materialised(model, data, batch=100)
+    frame = track(model, data, batch=100, delta=delta).compute()
+    for name, acts in reference.items():
+        eigenvalues = np.clip(np.linalg.eigvalsh(np.cov(acts, rowvar=False, bias=True))[::-1], 0, None)
+        k = brute_force_k(eigenvalues, delta)
+        assert frame.loc[name, "intrinsic_dimension"] == k, name
+        assert frame.loc[name, "saturation"] == k / acts.shape[1]
+
+
+def test_random_spectra_match_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        values = np.sort(rng.exponential(size=rng.integers(1, 40)) ** 3)[::-1]
+        for delta in (0.3, 0.9, 0.99, 1.0):
+            assert intrinsic_dimension(values, delta) == brute_force_k(values, delta)
+
+
+def hadamard_data() -> torch.Tensor:
+    """16 observations whose covariance is exactly diag(16, 4, 4, 4, 4): orthogonal ±1 columns."""
+    h = np.array([[1.0]])
+    for _ in range(4):
+        h = np.block([[h, h], [h, -h]])
+    return torch.tensor(h[:, 1:6] * np.array([4.0, 2.0, 2.0, 2.0, 2.0]), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("delta, expected", [(0.5, 1), (0.5 + 1e-12, 2), (0.625, 2), (0.75, 3), (0.875, 4),
+                                             (0.875 - 1e-12, 4), (1.0, 5)])
+def test_threshold_exactly_on_an_eigenvalue_boundary(delta: float, expected: int) -> None:
+    layer = nn.Linear(5, 5, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(5))
+    tracker = track(layer.eval(), hadamard_data(), batch=8, delta=delta)
+    cov = tracker.covariance("<model>").numpy()
+    assert np.array_equal(cov, np.diag([16.0, 4.0, 4.0, 4.0, 4.0]))
+    assert np.array_equal(sorted_eigenvalues(cov), [16.0, 4.0, 4.0, 4.0, 4.0])
+    row = tracker.compute().loc["<model>"]
+    assert row["intrinsic_dimension"] == expected == brute_force_k(np.array([16.0, 4, 4, 4, 4]), delta)
+    assert row["saturation"] == expected / 5
+
+
+def test_multi_batch_equals_single_batch() -> None:
+    model, data = seeded_model(2), digits_images(256)
+    single = track(model, data, batch=256)
+    single.close()
+    multi = track(model, data, batch=7)
+    for name in single.layer_names:
+        assert rel_error(multi.covariance(name).numpy(), single.covariance(name).numpy()) <= 1e-12
+    pd_single, pd_multi = single.compute(), multi.compute()
+    assert pd_single[["intrinsic_dimension", "saturation", "n"]].equals(pd_multi[["intrinsic_dimension",
+                                                                                  "saturation", "n"]])
+
+
+def test_fast_path_error_and_identical_saturations() -> None:
+    model, data = seeded_model(3), digits_images(400)
+    reference = materialised(model, data, batch=50)
+    exact = track(model, data, batch=50)
+    exact.close()
+    fast = track(model, data, batch=50, fast=True)
+    for name, acts in reference.items():
+        expected = np.cov(acts, rowvar=False, bias=True)
+        assert rel_error(fast.covariance(name).numpy(), expected) <= 1e-7, name
+    for delta in (0.9, 0.95, 0.99, 0.995, 0.999):
+        a, b = exact.compute(delta), fast.compute(delta)
+        assert a["intrinsic_dimension"].tolist() == b["intrinsic_dimension"].tolist(), delta
+        assert a["saturation"].tolist() == b["saturation"].tolist(), delta
+
+
+def test_reset_and_close() -> None:
+    model, data = seeded_model(4), digits_images(128)
+    tracker = track(model, data[:64], batch=32)
+    tracker.reset()
+    assert tracker.compute()["n"].tolist() == [0, 0, 0]
+    assert tracker.compute()["saturation"].isna().all()
+    with torch.no_grad():
+        model(data[64:])
+    second_only = track(seeded_model(4), data[64:], batch=64)
+    for name in tracker.layer_names:
+        assert torch.equal(tracker.covariance(name), second_only.covariance(name))
+    tracker.close()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    with torch.no_grad():
+        model(data[:64])
+    assert tracker.compute()["n"].tolist() == [64 * 64, 64 * 16, 64]  # unchanged after close
+    tracker.close()  # idempotent
+
+
+def test_include_exclude_patterns() -> None:
+    model = seeded_model()
+    names = SaturationTracker(model, include=["body.*"], exclude=["*.2"]).layer_names
+    assert names == ["body.0"]
+    assert SaturationTracker(model, exclude=["head"]).layer_names == ["body.0", "body.2"]
+
+
+def test_max_batches_and_every_n_select_the_right_batches() -> None:
+    model, data = seeded_model(5), digits_images(160)
+    batches = list(data.split(16))  # 10 batches
+    tracker = SaturationTracker(model, every_n=3, max_batches=3)
+    run = run_pass(tracker, model, batches, torch.device("cpu"))
+    assert run == 3
+    chosen = torch.cat([batches[0], batches[3], batches[6]])
+    reference = materialised(model, chosen, batch=16)
+    for name, acts in reference.items():
+        assert rel_error(tracker.covariance(name).numpy(), np.cov(acts, rowvar=False, bias=True)) <= 1e-10
+    tracker.close()
+    # the same selection when every batch is forwarded by the caller (hooks gate themselves)
+    gated = track(model, data, batch=16, every_n=3, max_batches=3)
+    for name in reference:
+        assert torch.equal(gated.covariance(name), tracker.covariance(name))
+
+
+@pytest.mark.parametrize("method", ["adaptive_avg", "nearest", "bilinear"])
+def test_downsampling_equals_np_cov_of_downsampled_maps(method: str) -> None:
+    model, data = seeded_model(6), digits_images(64)
+    conv = model.body[0]
+    maps = []
+    handle = conv.register_forward_hook(lambda m, i, o: maps.append(o.clone()))
+    tracker = track(model, data, batch=32, resolution=4, downsampling=method)
+    handle.remove()
+    full = torch.cat(maps)
+    small = (F.adaptive_avg_pool2d(full, 4) if method == "adaptive_avg"
+             else F.interpolate(full, size=(4, 4), mode=method, **({"align_corners": False}
+                                                                    if method == "bilinear" else {})))
+    acts = small.permute(0, 2, 3, 1).reshape(-1, 6).double().numpy()
+    assert rel_error(tracker.covariance("body.0").numpy(), np.cov(acts, rowvar=False, bias=True)) <= 1e-10
+    assert tracker.compute().loc["body.2", "n"] == 64 * 16  # 4×4 maps are left alone
+
+
+def test_lstm_outputs_are_tracked() -> None:
+    torch.manual_seed(0)
+    lstm = nn.LSTM(input_size=4, hidden_size=6, batch_first=True, bidirectional=True)
+    data = torch.randn(40, 7, 4)
+    outputs = []
+    handle = lstm.register_forward_hook(lambda m, i, o: outputs.append(o[0].clone()))
+    tracker = track(lstm, data, batch=10)
+    handle.remove()
+    acts = torch.cat(outputs).reshape(-1, 12).double().numpy()
+    assert rel_error(tracker.covariance("<model>").numpy(), np.cov(acts, rowvar=False, bias=True)) <= 1e-10
+    assert tracker.compute().loc["<model>", "feature_dimension"] == 12
+
+
+def test_invalid_options_are_rejected() -> None:
+    model = seeded_model()
+    with pytest.raises(ValueError, match="delta"):
+        SaturationTracker(model, delta=0.0)
+    with pytest.raises(ValueError, match="downsampling"):
+        SaturationTracker(model, downsampling="cubic")
+    with pytest.raises(ValueError, match="every_n"):
+        TrackerOptions(every_n=0)
+    with pytest.raises(ValueError, match="max_batches"):
+        TrackerOptions(max_batches=0)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_tracking_never_changes_the_model_output(fast: bool) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(3 * 6 * 6, 1)).eval()
+    data = digits_images(32)
+    with torch.no_grad():
+        plain = model(data)
+        with SaturationTracker(model, fast=fast):
+            tracked = model(data)
+    assert torch.equal(plain, tracked)
