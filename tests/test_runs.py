@@ -42,7 +42,9 @@ def test_run_folder_layout_and_files(tmp_path, capsys):
     assert {p.name for p in folder.iterdir()} >= {f"{name}_config.json", f"{name}.csv", f"{name}.pt",
                                                    f"{name}.log"}
     metrics = read_metrics(folder)
-    assert list(metrics.columns) == CSV_COLUMNS
+    assert list(metrics.columns[:len(CSV_COLUMNS)]) == CSV_COLUMNS
+    assert list(metrics.columns[-2:]) == ["train_saturation_mean", "test_saturation_mean"]
+    assert "features.0_train_saturation" in metrics.columns
     assert metrics["epoch"].tolist() == [1, 2]
     assert str(folder) in capsys.readouterr().out
 

@@ -25,7 +25,7 @@ from registries.optimizers import adam
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["features.0", "features.3", "features.6", "features.8", "features.11", "features.13", "features.16",
           "features.18", "classifier"]
-CONFIG = {"model": "vgg11", "model_args": {"width": 0.25}, "dataset": "Digits", "resolution": 8, "epoch": 2,
+CONFIG = {"model": "vgg11", "model_args": {"width": 0.25, "batch_norm": False, "head": "linear"}, "dataset": "Digits", "resolution": 8, "epoch": 2,
           "batch_size": 64, "optimizer": "adam", "optimizer_args": {"lr": 0.003}, "seed": 7, "device": "cpu"}
 
 
@@ -88,7 +88,7 @@ def train(tmp_path: Path, mode: str, epochs: int = 1) -> tuple[list[dict], torch
     seed_everything(3)
     bundle = Digits(batch_size=128, resolution=8, data_dir="", seed=3, num_workers=0)
     seed_everything(3)
-    model = vgg11(num_classes=10, in_channels=1, width=0.125)
+    model = vgg11(num_classes=10, in_channels=1, width=0.125, batch_norm=False, head="linear")
     optimizer, scheduler = adam(model, epochs=epochs, lr=0.003)
     trainer = Trainer(model, optimizer, scheduler, metrics={"accuracy": Accuracy()}, epochs=epochs,
                       device=torch.device("cpu"), callbacks=[SaturationCallback(None, mode=mode)], progress=False)
