@@ -48,6 +48,15 @@ def atomic_open(path: Path | str, mode: str = "wb", **kwargs: Any) -> Iterator[I
         raise
 
 
+def remove_stale_temps(folder: Path | str) -> list[Path]:
+    """Delete temp files that a killed writer left in ``folder`` (call only while owning it)."""
+    removed = []
+    for stale in Path(folder).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed
+
+
 def write_bytes(path: Path | str, data: bytes) -> None:
     with atomic_open(path, "wb") as handle:
         handle.write(data)

@@ -55,11 +55,6 @@ class CheckpointStore:
         os.replace(staged, self.path)
         fsync_dir(self.path.parent)
 
-    def remove_stale_temps(self) -> None:
-        """Delete half-written temp files a killed process left behind (call under the run lock)."""
-        for stale in self.path.parent.glob(f".{self.path.name}*.tmp"):
-            stale.unlink(missing_ok=True)
-
     def _read(self, path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:

@@ -39,6 +39,17 @@ def _wait_for(predicate, process: subprocess.Popen, timeout: float = 120) -> boo
     raise AssertionError("timed out waiting for the training process")
 
 
+def _epoch_timing(logs: Path) -> tuple[float, float]:
+    """(seconds from training start to the end of epoch 1, seconds per later epoch) off a run's log."""
+    from datetime import datetime
+    [log] = logs.rglob("*.log")
+    lines = log.read_text().splitlines()
+    stamp = lambda line: datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")  # noqa: E731
+    start = next(stamp(line) for line in lines if "Run folder" in line)
+    epochs = [stamp(line) for line in lines if " epoch " in line and "/" in line.split(" epoch ")[1][:8]]
+    return (epochs[0] - start).total_seconds(), (epochs[-1] - epochs[0]).total_seconds() / (len(epochs) - 1)
+
+
 def _log_starts(logs: Path) -> int:
     return sum(p.read_text().count("Run folder") for p in logs.rglob("*.log"))
 
@@ -53,6 +64,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     (tmp_path / "crash").mkdir()
     crashing = write_config(tmp_path / "crash", **overrides)
     assert run_main("--config", str(reference), "--no-progress").returncode == 0
+    first_epoch, epoch_seconds = _epoch_timing(tmp_path / "ref" / "logs")
 
     logs = tmp_path / "crash" / "logs"
     kills, kills_in_checkpoint_write = 0, 0
@@ -65,11 +77,11 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         assert started, "training process ended before it started training"
         if in_write:
             folder = next(logs.rglob("*_config.json")).parent
-            if not _wait_for(lambda: any(folder.glob(".*.tmp")), process):
+            if not _wait_for(lambda: any(folder.glob(".*.pt.next.*.tmp")), process):
                 break  # the run finished before another checkpoint was written
             time.sleep(rng.uniform(0.0, 0.5))
-        else:
-            time.sleep(rng.uniform(0.05, 0.8))
+        else:  # anywhere from the end of this attempt's first epoch to two and a half epochs later
+            time.sleep(first_epoch + rng.uniform(0.0, 2.5) * epoch_seconds)
         if process.poll() is not None:
             break  # finished before the kill
         os.kill(process.pid, signal.SIGKILL)
@@ -78,14 +90,16 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         kills_in_checkpoint_write += in_write
     assert kills >= KILLS, f"only {kills} kills happened before the run finished; make the run longer"
     assert kills_in_checkpoint_write >= 3
+    [folder] = run_folders(logs)
+    completed_before_final = len(read_metrics(folder))
+    assert completed_before_final >= 3, "the kills must land while training makes progress"
 
     final = run_main("--config", str(crashing), "--no-progress")
     assert final.returncode == 0, final.stderr
     [ref_folder] = run_folders(tmp_path / "ref" / "logs")
-    [folder] = run_folders(logs)
     assert not list(folder.glob(".*.tmp")), "stale temp files must be cleaned on resume"
     metrics = read_metrics(folder)
     assert metrics["epoch"].tolist() == list(range(1, EPOCHS + 1))
     assert_same_metrics(read_metrics(ref_folder), metrics)
     assert_same_weights(weights(ref_folder), weights(folder))
-    assert "Resuming run" in (folder / f"{run_name(folder)}.log").read_text()
+    assert f"after epoch {completed_before_final} of {EPOCHS}" in (folder / f"{run_name(folder)}.log").read_text()
