@@ -16,6 +16,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 quickstart: $(STAMP)
 	$(PY) main.py --config configs/quickstart.json
+	$(PY) probe_main.py --config configs/quickstart.json --no-progress
+	$(PY) -m phd_lab report logs --out logs/report.html
+	@echo "Results: the run folders listed above, and the report logs/report.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# All checks that need a CUDA GPU, in one run (the lead's device session): GPU tests, then the GPU
+# variants of the benchmarks. Usage: bash benchmarks/gpu_checks.sh [OUT_DIR]
+# Needs torch with CUDA plus the project's dependencies; ptflops may come from a wheel in .whl/.
+set -u
+out=${1:-${OUT:-/tmp}}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONPATH=${PYTHONPATH:-$PWD}
+export PYTHONUNBUFFERED=1
+run() { local limit=$1; shift; echo "=== $*"; timeout "$limit" "$@" 2>&1 | tee -a "$out/gpu_checks.log" | grep -v "^20..-..-.. .* INFO"; echo "=== exit ${PIPESTATUS[0]}"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_checks.log"
+python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])" | tee -a "$out/gpu_checks.log"
+run 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+run 180 python3 benchmarks/tracking_overhead.py --device cuda --reps 3
+run 120 python3 benchmarks/probe_speed.py --gpu
+run 90 python3 benchmarks/extraction.py --device cuda --throughput-samples 4000 --repeats 5

@@ -1,0 +1,47 @@
+"""CUDA-only checks: mixed-precision training with checkpoints, the tracker and lbfgs-torch on a GPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from phd_lab.cli import main_cli
+from tests.conftest import read_metrics, run_folders, run_name, write_config
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="Requires: [cuda]")]
+
+
+def test_cuda_training_with_mixed_precision_checkpoints_and_resume(tmp_path):
+    config = write_config(tmp_path, dataset="FakeData", device="cuda", resolution=32, epoch=2,
+                          model="resnet18_cifar", model_args={"width": 0.25}, batch_size=64,
+                          post_processing=["receptive_field", "flops", "extract"])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    state = torch.load(folder / f"{run_name(folder)}.pt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 2 and state["scaler"]  # the grad scaler is part of the checkpoint
+    assert "cuda" in state["rng"]
+    metrics = read_metrics(folder)
+    assert len(metrics) == 2 and np.isfinite(metrics["train_loss"]).all()
+    assert "conv1_train_saturation" in metrics.columns
+    manifest = json.loads((folder / "latents" / "manifest.json").read_text())
+    assert manifest["layers"]
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0  # finished: skips to post-processing
+
+
+def test_lbfgs_torch_on_cuda_matches_cpu(tmp_path):
+    from phd_lab.probes.fit import probe_layer
+    from phd_lab.probes.settings import ProbeSettings
+    from tests.probe_latents import blob_layers, make_latents
+    layers, y_train, y_eval = blob_layers(n_layers=1, n=400, d=16, classes=4)
+    _, latents = make_latents(tmp_path, layers, y_train, y_eval)
+    manifest = json.loads((latents / "manifest.json").read_text())
+    entry = manifest["layers"][0]
+    args = (entry["index"], entry["name"], str(latents / entry["train"]), str(latents / entry["eval"]),
+            str(latents / manifest["labels"]["train"]), str(latents / manifest["labels"]["eval"]))
+    cpu = probe_layer(*args, ProbeSettings(solver="lbfgs-torch", device="cpu").resolved())
+    gpu = probe_layer(*args, ProbeSettings(solver="lbfgs-torch", device="cuda").resolved())
+    assert abs(cpu.eval_acc - gpu.eval_acc) <= 0.01
