@@ -16,8 +16,12 @@ LISTABLE = ("models", "datasets", "optimizers", "metrics", "steps")
 
 
 def configure_logging(verbosity: int = 0) -> None:
+    """Console verbosity from -q/-v; the root logger stays at INFO so every run's .log file is complete."""
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=min(level, logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
 
 
 def report_error(error: BaseException) -> None:

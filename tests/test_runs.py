@@ -46,7 +46,10 @@ def test_run_folder_layout_and_files(tmp_path, capsys):
     assert list(metrics.columns[-2:]) == ["train_saturation_mean", "test_saturation_mean"]
     assert "features.0_train_saturation" in metrics.columns
     assert metrics["epoch"].tolist() == [1, 2]
-    assert str(folder) in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert str(folder) in captured.out
+    assert "epoch 2/2" not in captured.err  # -q keeps the console quiet ...
+    assert "epoch 2/2" in (folder / f"{name}.log").read_text()  # ... but the run's log is complete
 
 
 def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
