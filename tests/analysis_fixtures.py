@@ -145,7 +145,7 @@ def write_run(logs: Path, *, width: float, stage: str, epochs: int = 3, test_acc
         atomic.write_csv(rundir.root / "computational_info.csv", layers)
         atomic.write_json(rundir.root / "computational_info.json", {
             "macs": int(layers["macs"].sum()), "flops": int(layers["flops"].sum()),
-            "params": int(layers["params"].sum()), "trainable_params": int(layers["params"].sum()),
+            "params_total": int(layers["params"].sum()), "params_trainable": int(layers["params"].sum()),
             "resolution": resolution, "layers": layers.to_dict(orient="records")})
         atomic.write_json(rundir.latents() / "manifest.json", manifest(rundir, test_accuracy))
     if stage in ("full", "probes-only"):

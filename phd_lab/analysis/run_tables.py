@@ -224,66 +224,33 @@ def training_status(folder: RunFolder, config: dict[str, Any] | None,
 
 
 def _computational(info: Any, tables: RunTables) -> dict[str, Any] | None:
-    """Normalise computational_info.json to ``{params, trainable_params, macs, flops}`` (None = absent)."""
+    """``{params, trainable_params, macs, flops}`` from computational_info.json (the flops step's format)."""
     if not isinstance(info, dict):
         if info is not None:
             tables.problems.append(f"{COMPUTATIONAL_JSON} is not a JSON object; ignored")
         return None
 
-    def pick(*names: str) -> float | None:
-        for name in names:
-            value = info.get(name)
-            if isinstance(value, dict):
-                value = value.get("total", value.get("value"))
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                return float(value)
+    def number(name: str) -> float | None:
+        value = info.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
         return None
 
-    trainable = pick("trainable_params", "params_trainable", "trainable_parameters", "parameters_trainable")
-    params_entry = info.get("params", info.get("parameters"))
-    if trainable is None and isinstance(params_entry, dict):
-        value = params_entry.get("trainable")
-        trainable = float(value) if isinstance(value, (int, float)) else None
-    macs = pick("macs", "MACs", "total_macs")
-    flops = pick("flops", "FLOPs", "total_flops")
-    if flops is None and macs is not None:
-        flops = 2.0 * macs  # one multiply-accumulate = two floating-point operations
-    return {"params": pick("params", "params_total", "total_params", "parameters", "num_params"),
-            "trainable_params": trainable, "macs": macs, "flops": flops}
+    return {"params": number("params_total"), "trainable_params": number("params_trainable"),
+            "macs": number("macs"), "flops": number("flops")}
 
 
-def _layer_table(info: Any, csv: pd.DataFrame | None) -> pd.DataFrame | None:
-    """Per-layer ``layer, params, macs, flops`` (forward order as saved) from the CSV or the JSON."""
-    frame = csv
-    if frame is None and isinstance(info, dict):
-        for key in ("layers", "per_layer", "modules"):
-            entries = info.get(key)
-            if isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries):
-                frame = pd.DataFrame(entries)
-                break
-            if isinstance(entries, dict) and entries and all(isinstance(e, dict) for e in entries.values()):
-                frame = pd.DataFrame([{"layer": k, **v} for k, v in entries.items()])
-                break
-    if frame is None:
+def _layer_table(csv: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Per-layer ``layer, params, macs, flops`` of the leaf modules, forward order as saved."""
+    if csv is None or not {"layer", "params", "macs", "flops"} <= set(csv.columns):
         return None
-    rename = {}
-    for target, names in (("layer", ("layer", "name", "module")), ("params", ("params", "parameters", "num_params")),
-                          ("macs", ("macs", "MACs")), ("flops", ("flops", "FLOPs"))):
-        for name in names:
-            if name in frame.columns:
-                rename[name] = target
-                break
-    frame = frame.rename(columns=rename)
-    if "layer" not in frame.columns:
-        return None
+    frame = csv[["layer", "params", "macs", "flops"]].copy()
     for column in ("params", "macs", "flops"):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame.columns else float("nan")
-    if frame["flops"].isna().all() and not frame["macs"].isna().all():
-        frame["flops"] = 2.0 * frame["macs"]
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["layer"] = frame["layer"].astype(str)
     names = set(frame["layer"])
     leaf = [not any(other.startswith(name + ".") for other in names) for name in frame["layer"]]
-    return frame.loc[leaf, ["layer", "params", "macs", "flops"]].reset_index(drop=True)
+    return frame.loc[leaf].reset_index(drop=True)
 
 
 def _latents_manifest(tables: RunTables) -> Path:
@@ -313,7 +280,7 @@ def load_run(folder: RunFolder) -> RunTables:
     info = _read_json(folder[COMPUTATIONAL_JSON], tables)
     tables.computational = _computational(info, tables)
     layer_csv = _read_csv(folder[COMPUTATIONAL_CSV], tables) if folder[COMPUTATIONAL_CSV].is_file() else None
-    tables.computational_layers = _layer_table(info, layer_csv)
+    tables.computational_layers = _layer_table(layer_csv)
     tables.probes = _require(_read_csv(folder[PROBES], tables), ("layer", "eval_acc"), PROBES, tables)
     tables.projections = _read_csv(folder[PROJECTIONS], tables) if folder[PROJECTIONS].is_file() else None
     manifest = _read_json(_latents_manifest(tables), tables, record_missing=False)
