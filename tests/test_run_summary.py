@@ -9,14 +9,14 @@ from tests.analysis_fixtures import (BORDER, LAYERS, computational_table, read_j
                                saturation_profile, write_run)
 from phd_lab import atomic
 from phd_lab.analysis.run_summary import AnalysisSettings, border_layers, nice_factor, summarize
-from phd_lab.analysis.run_tables import RunFolder, load_run
+from phd_lab.analysis.run_tables import load_run
 from phd_lab.config import resolve_point
 from phd_lab.errors import ConfigError
 from phd_lab.steps import all_steps
 
 
 def folder_of(rundir):
-    return RunFolder(rundir.root, rundir.name)
+    return rundir
 
 
 def rf_table(in_min, in_max):

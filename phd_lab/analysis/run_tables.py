@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from phd_lab.rundir import RunDir
+
 log = logging.getLogger(__name__)
 
 CONFIG_SUFFIX = "_config.json"
@@ -37,26 +39,6 @@ LOCK = ".lock"
 _MARKERS = (RECEPTIVE_FIELD, COMPUTATIONAL_JSON, PROBES)  # a folder with one of these is a run too
 
 
-@dataclass(frozen=True)
-class RunFolder:
-    """Where one run's files are: the folder and the file prefix ``<name>``."""
-
-    root: Path
-    name: str
-
-    def file(self, suffix: str) -> Path:
-        return self.root / f"{self.name}{suffix}"
-
-    @property
-    def config(self) -> Path:
-        return self.file(CONFIG_SUFFIX)
-
-    @property
-    def metrics_csv(self) -> Path:
-        return self.file(".csv")
-
-    def __getitem__(self, filename: str) -> Path:
-        return self.root / filename
 
 
 def _name_of(folder: Path) -> str | None:
@@ -68,15 +50,15 @@ def _name_of(folder: Path) -> str | None:
     return csvs[0] if csvs else None
 
 
-def discover_runs(logs_dir: Path | str) -> list[RunFolder]:
+def discover_runs(logs_dir: Path | str) -> list[RunDir]:
     """Every run folder below ``logs_dir`` (a folder with a ``*_config.json`` or a step table), sorted."""
     logs_dir = Path(logs_dir)
-    found: dict[Path, RunFolder] = {}
+    found: dict[Path, RunDir] = {}
     for dirpath, dirnames, filenames in os.walk(logs_dir):
         dirnames[:] = sorted(d for d in dirnames if d != "latents" and not d.startswith("."))
         if any(f.endswith(CONFIG_SUFFIX) for f in filenames) or any(m in filenames for m in _MARKERS):
             folder = Path(dirpath)
-            found[folder] = RunFolder(folder, _name_of(folder) or folder.name)
+            found[folder] = RunDir(folder, _name_of(folder) or folder.name)
     return [found[k] for k in sorted(found)]
 
 
@@ -107,7 +89,7 @@ class TrainingStatus:
 class RunTables:
     """Everything saved for one run; ``None`` where a file is absent or unreadable."""
 
-    folder: RunFolder
+    folder: RunDir
     config: dict[str, Any] | None = None
     metrics: pd.DataFrame | None = None
     receptive_field: pd.DataFrame | None = None
@@ -206,14 +188,14 @@ def lock_owner_alive(lock_path: Path) -> tuple[bool | None, str]:
     return True, text
 
 
-def training_status(folder: RunFolder, config: dict[str, Any] | None,
+def training_status(folder: RunDir, config: dict[str, Any] | None,
                     metrics: pd.DataFrame | None) -> TrainingStatus:
     planned = config.get("epoch") if isinstance(config, dict) else None
     planned = planned if isinstance(planned, int) and not isinstance(planned, bool) else None
     done = 0
     if metrics is not None and len(metrics):
         done = int(metrics["epoch"].max()) if "epoch" in metrics.columns else len(metrics)
-    active, owner = lock_owner_alive(folder[LOCK]) if folder[LOCK].exists() else (False, "")
+    active, owner = lock_owner_alive(folder.lock) if folder.lock.exists() else (False, "")
     if done == 0:
         state = "running" if active else "not started"
     elif planned is not None and done >= planned:
@@ -264,7 +246,7 @@ def _latents_manifest(tables: RunTables) -> Path:
     return root / "latents" / "manifest.json"
 
 
-def load_run(folder: RunFolder) -> RunTables:
+def load_run(folder: RunDir) -> RunTables:
     """Read every saved table of one run; never raises for missing or malformed files."""
     tables = RunTables(folder)
     config = _read_json(folder.config, tables)
@@ -275,14 +257,14 @@ def load_run(folder: RunFolder) -> RunTables:
         config = {k: v for k, v in config.items() if k != "_meta"}
     tables.config = config
     tables.metrics = _read_csv(folder.metrics_csv, tables)
-    tables.receptive_field = _require(_read_csv(folder[RECEPTIVE_FIELD], tables),
+    tables.receptive_field = _require(_read_csv(folder.receptive_field_csv, tables),
                                       ("layer", "in_r_min", "in_r_max", "r_min", "r_max"), RECEPTIVE_FIELD, tables)
-    info = _read_json(folder[COMPUTATIONAL_JSON], tables)
+    info = _read_json(folder.computational_info_json, tables)
     tables.computational = _computational(info, tables)
-    layer_csv = _read_csv(folder[COMPUTATIONAL_CSV], tables) if folder[COMPUTATIONAL_CSV].is_file() else None
+    layer_csv = _read_csv(folder.computational_info_csv, tables) if folder.computational_info_csv.is_file() else None
     tables.computational_layers = _layer_table(layer_csv)
-    tables.probes = _require(_read_csv(folder[PROBES], tables), ("layer", "eval_acc"), PROBES, tables)
-    tables.projections = _read_csv(folder[PROJECTIONS], tables) if folder[PROJECTIONS].is_file() else None
+    tables.probes = _require(_read_csv(folder.probe_csv, tables), ("layer", "eval_acc"), PROBES, tables)
+    tables.projections = _read_csv(folder.projections_csv, tables) if folder.projections_csv.is_file() else None
     manifest = _read_json(_latents_manifest(tables), tables, record_missing=False)
     tables.manifest = manifest if isinstance(manifest, dict) else None
     status = training_status(folder, config, tables.metrics)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from phd_lab.analysis.run_summary import AnalysisSettings, summarize, write_analysis_json
-from phd_lab.analysis.run_tables import ANALYSIS_JSON, ANALYSIS_PNG, RunFolder, RunTables, discover_runs, load_run
+from phd_lab.analysis.run_tables import RunTables, discover_runs, load_run
+from phd_lab.rundir import RunDir
 from phd_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 class RunEntry:
     """One analysed run: its tables, summary, figure (PNG bytes) and whether its files were refreshed."""
 
-    folder: RunFolder
+    folder: RunDir
     tables: RunTables
     summary: dict[str, Any]
     figure: bytes | None
@@ -31,7 +32,7 @@ class RunEntry:
     errors: list[str] = field(default_factory=list)
 
 
-def analyse_run(folder: RunFolder, *, write: bool = True, settings: AnalysisSettings | None = None,
+def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSettings | None = None,
                 skip_active: bool = True) -> RunEntry:
     """Summarise one run and draw its figure; write both into the folder when ``write``.
 
@@ -54,8 +55,8 @@ def analyse_run(folder: RunFolder, *, write: bool = True, settings: AnalysisSett
     if write and not (skip_active and active):
         try:
             from phd_lab import atomic
-            write_analysis_json(folder[ANALYSIS_JSON], summary)
-            atomic.write_bytes(folder[ANALYSIS_PNG], figure)
+            write_analysis_json(folder.analysis_json, summary)
+            atomic.write_bytes(folder.analysis_plot, figure)
             entry.written = True
         except OSError as error:
             log.warning("Cannot refresh the analysis of %s: %s", folder.root, error)
@@ -63,7 +64,7 @@ def analyse_run(folder: RunFolder, *, write: bool = True, settings: AnalysisSett
     return entry
 
 
-def _failed_entry(folder: RunFolder, error: BaseException) -> RunEntry:
+def _failed_entry(folder: RunDir, error: BaseException) -> RunEntry:
     tables = RunTables(folder, problems=[f"analysis failed: {type(error).__name__}: {error}"])
     summary = {"run": {"name": folder.name, "folder": str(folder.root), "model": None, "dataset": None,
                        "resolution": None, "status": None},

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import quote
 
-from phd_lab.analysis.run_tables import (ANALYSIS_JSON, ANALYSIS_PNG, COMPUTATIONAL_CSV, COMPUTATIONAL_JSON, PROBES,
-                                         PROJECTIONS, RECEPTIVE_FIELD)
 from phd_lab.config import SCHEMA_BY_NAME
 from phd_lab.report.collect import RunEntry
 
@@ -118,8 +116,9 @@ def _link(path: Path, out_dir: Path, text: str) -> str:
 
 def _run_files(entry: RunEntry, out_dir: Path) -> list[str]:
     folder = entry.folder
-    candidates = [folder.config, folder.metrics_csv] + [folder[n] for n in (
-        RECEPTIVE_FIELD, COMPUTATIONAL_JSON, COMPUTATIONAL_CSV, PROBES, PROJECTIONS, ANALYSIS_JSON, ANALYSIS_PNG)]
+    candidates = [folder.config, folder.metrics_csv] + [
+        folder.receptive_field_csv, folder.computational_info_json, folder.computational_info_csv, folder.probe_csv,
+        folder.projections_csv, folder.analysis_json, folder.analysis_plot]
     return [_link(p, out_dir, p.name) for p in candidates if p.is_file()]
 
 

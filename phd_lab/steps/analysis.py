@@ -11,7 +11,6 @@ import logging
 from typing import Any
 
 from phd_lab.analysis.run_summary import AnalysisSettings
-from phd_lab.analysis.run_tables import RunFolder
 from phd_lab.config import RunConfig
 from phd_lab.errors import ConfigError
 from phd_lab.steps import Step, StepContext, register_step
@@ -34,8 +33,7 @@ class AnalysisStep(Step):
 
     def run(self, ctx: StepContext, **params: Any) -> None:
         from phd_lab.report.collect import analyse_run
-        folder = RunFolder(ctx.rundir.root, ctx.rundir.name)
-        entry = analyse_run(folder, write=True, settings=AnalysisSettings.from_config(ctx.config.values),
+        entry = analyse_run(ctx.rundir, write=True, settings=AnalysisSettings.from_config(ctx.config.values),
                             skip_active=False)
         for advice in entry.summary["recommendations"]:
             log.info("Analysis of %s: %s", ctx.config.name, advice["text"])
