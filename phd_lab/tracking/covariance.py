@@ -70,7 +70,7 @@ class CovarianceAccumulator:
         else:
             mean = x.mean(dim=1)
             x -= mean[:, None]
-            m2 = _gram(x)
+            m2 = x @ x.T
         self._merge(count, mean, m2)
 
     def _place(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -106,28 +106,6 @@ class CovarianceAccumulator:
 
     def state(self) -> dict[str, object]:
         return {"n": self.n, "mean": self._mean, "m2": self._m2}
-
-
-GPU_GRAM_CHUNK = 4096  # observations per float64 GEMM of a batched Gram on CUDA
-
-
-def _gram(columns: torch.Tensor) -> torch.Tensor:
-    """``columns @ columns.T`` for a (dim, count) matrix, exact in its dtype.
-
-    On CUDA a single GEMM with a tiny (dim × dim) output and a huge inner dimension leaves most
-    of the GPU idle, so the observations are split into chunks multiplied as one batched GEMM
-    and the partial Grams summed (the same float64 sums, in another order).
-    """
-    dim, count = columns.shape
-    if not columns.is_cuda or count < 4 * GPU_GRAM_CHUNK:
-        return columns @ columns.T
-    chunks, rest = divmod(count, GPU_GRAM_CHUNK)
-    head = columns[:, : chunks * GPU_GRAM_CHUNK].unflatten(1, (chunks, GPU_GRAM_CHUNK)).transpose(0, 1)
-    gram = torch.bmm(head, head.transpose(1, 2)).sum(dim=0)
-    if rest:
-        tail = columns[:, chunks * GPU_GRAM_CHUNK:]
-        gram += tail @ tail.T
-    return gram
 
 
 def _fast_moments(columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
