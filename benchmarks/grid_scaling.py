@@ -1,7 +1,10 @@
 """Issue 8: wall time of a 4-point quickstart grid, sequential vs a local Dask cluster of 2 workers.
 
-Both variants run as `python main.py` subprocesses from this script (same process tree), on fresh
-logs folders, alternating order over repetitions. Prints each time and the ratio dask/sequential.
+The grid is configs/quickstart.json (training with saturation tracking and every post-processing
+step) with a second batch size. Both variants run as `python main.py` subprocesses from this script
+(same process tree), on fresh logs folders, alternating order over repetitions. Prints each time and
+the ratio dask/sequential. The probe job is timed the same way on the grid's latents: `-mp 0`
+(sequential, in-process) against `--scheduler local:2`.
 Usage: python benchmarks/grid_scaling.py [--repeats 2] [--epochs 3]
 """
 
@@ -22,15 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def grid_config(folder: Path, epochs: int) -> Path:
     config = json.loads((ROOT / "configs" / "quickstart.json").read_text())
     config.update({"model_args": {"width": [0.25, 0.125]}, "batch_size": [64, 128], "epoch": epochs,
-                   "logs_dir": str(folder / "logs"), "device": "cpu", "post_processing": []})
+                   "logs_dir": str(folder / "logs"), "device": "cpu"})  # the quickstart's steps included
     path = folder / "grid.json"
     path.write_text(json.dumps(config))
     return path
 
 
-def timed(args: list[str]) -> float:
+def timed(script: str, args: list[str]) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "main.py"), *args, "--no-progress", "-q"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, str(ROOT / script), *args, "--no-progress", "-q"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
 
 
@@ -39,18 +43,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
-    times: dict[str, list[float]] = {"sequential": [], "local:2": []}
+    times: dict[str, list[float]] = {f"{job} {variant}": [] for job in ("train", "probe")
+                                     for variant in ("sequential", "local:2")}
     for repeat in range(args.repeats):
         order = ["sequential", "local:2"] if repeat % 2 == 0 else ["local:2", "sequential"]
         for variant in order:
             with tempfile.TemporaryDirectory() as tmp:
                 config = grid_config(Path(tmp), args.epochs)
                 extra = [] if variant == "sequential" else ["--scheduler", "local:2"]
-                times[variant].append(timed(["--config", str(config), *extra]))
-            print(f"repeat {repeat}: {variant:10} {times[variant][-1]:7.1f} s", flush=True)
-    seq, dask = statistics.median(times["sequential"]), statistics.median(times["local:2"])
-    print(f"\n4-point grid, {args.epochs} epochs, medians of {args.repeats}: sequential {seq:.1f} s, "
-          f"local:2 {dask:.1f} s, ratio {dask / seq:.2f}x (target <= 0.60x)")
+                times[f"train {variant}"].append(timed("main.py", ["--config", str(config), *extra]))
+                probe_extra = ["-mp", "0"] if variant == "sequential" else ["--scheduler", "local:2"]
+                times[f"probe {variant}"].append(timed("probe_main.py", ["--config", str(config), *probe_extra]))
+            print(f"repeat {repeat}: {variant:10} train {times[f'train {variant}'][-1]:6.1f} s, "
+                  f"probe {times[f'probe {variant}'][-1]:6.1f} s", flush=True)
+    print(f"\n4-point grid, {args.epochs} epochs, medians of {args.repeats} (target <= 0.60x):")
+    for job in ("train", "probe"):
+        seq, dask = statistics.median(times[f"{job} sequential"]), statistics.median(times[f"{job} local:2"])
+        print(f"  {job:5}: sequential {seq:6.1f} s, local:2 {dask:6.1f} s, ratio {dask / seq:.2f}x")
 
 
 if __name__ == "__main__":
