@@ -23,6 +23,15 @@ log = logging.getLogger(__name__)
 _LOCAL = re.compile(r"^local(?::(\d+))?$")
 
 
+# Worker settings for training tasks, applied to local clusters (set the same in the Dask config of
+# the workers of a cluster you start yourself). Measured on the quickstart run (one thread): 42 s in a
+# default worker, 23 s with these, 21 s in a plain thread. Dask's default MALLOC_TRIM_THRESHOLD_ turns
+# off glibc's adaptive mmap threshold, so every large tensor is mmapped and page-faulted afresh; the
+# statistical profiler samples every task's Python stack every 10 ms.
+WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                 "distributed.worker.profile.enabled": False}
+
+
 def parse_scheduler(spec: str) -> tuple[str, Any]:
     """``local:N`` → ("local", N); anything else is a scheduler address."""
     match = _LOCAL.match(spec.strip())
@@ -53,8 +62,10 @@ def dask_client(spec: str) -> Iterator[Any]:
     for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.http.proxy"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if kind == "local":
-        with distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
-                                      dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
+        import dask
+        with dask.config.set(WORKER_CONFIG), \
+                distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
+                                         dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
                 distributed.Client(cluster) as client:
             yield client
         return
