@@ -62,3 +62,13 @@ def read_metrics(folder: Path) -> pd.DataFrame:
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> Path:
     return write_config(tmp_path)
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models run fastest single-threaded, especially on a shared 2-core machine."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,12 +18,7 @@ DATASETS = Registries().datasets
 COMMON = dict(batch_size=4, seed=0, num_workers=0)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def write_image(path: Path, size: tuple[int, int] = (40, 30), value: int = 0) -> None:

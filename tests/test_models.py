@@ -16,13 +16,7 @@ from registries import models as zoo
 MODELS = Registries().models
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models run fastest single-threaded, especially on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # Smallest sensible setting per registered model: (model_args, resolution, in_channels).
 SMALL: dict[str, tuple[dict, int, int]] = {
