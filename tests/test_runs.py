@@ -140,3 +140,13 @@ def test_a_failing_run_does_not_stop_the_grid(tmp_path, capsys):
     assert any("boom in forward" in log.read_text() for log in logs)
     finished = [f for f in run_folders(tmp_path / "logs") if (f / f"{run_name(f)}.csv").exists()]
     assert len(finished) == 1
+
+
+def test_device_option_overrides_the_config(tmp_path, capsys):
+    config = write_config(tmp_path, epoch=1, device="cuda:7")
+    if not torch.cuda.is_available():
+        assert main_cli(["--config", str(config), "--dry-run"]) == 2
+        assert "'device' 'cuda:7'" in " ".join(capsys.readouterr().err.split())
+    assert main_cli(["--config", str(config), "--device", "cpu", "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    assert json.loads((folder / f"{run_name(folder)}_config.json").read_text())["device"] == "cpu"
