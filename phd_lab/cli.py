@@ -100,18 +100,13 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         if not args.config:
             raise UsageError("--config is required: pass a JSON config file (e.g. configs/quickstart.json), "
                              "or use --list KIND / --list-keys.")
-        from phd_lab.experiment import Main, summary_table
+        from phd_lab.experiment import Main, chosen_indices, summary_table
         main = Main(progress=not args.no_progress)
         grid = main.load(args.config, run_id=args.run_id, device=args.device)
         if args.dry_run:
             sys.stdout.write(f"{len(grid)} run(s) in {args.config}\n{grid.table()}\n")
             return EXIT_OK
-        if args.index is not None:
-            try:
-                grid.point(args.index)
-            except IndexError as error:
-                raise UsageError(f"--index: {error}.") from None
-        indices = None if args.index is None else [args.index]
+        indices = chosen_indices(grid, args.index)
         if args.scheduler:
             outcomes = main.run_on_cluster(grid, args.scheduler, indices)
         else:

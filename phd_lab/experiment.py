@@ -143,12 +143,18 @@ class Main:
     def __call__(self, config_path: str | Path, *, index: int | None = None, run_id: str | None = None,
                  device: str | None = None) -> list[RunOutcome]:
         grid = self.load(config_path, run_id=run_id, device=device)
-        if index is not None:
-            try:
-                grid.point(index)
-            except IndexError as error:
-                raise UsageError(f"--index: {error}.") from None
-        return self.run(grid, None if index is None else [index])
+        return self.run(grid, chosen_indices(grid, index))
+
+
+def chosen_indices(grid: Grid, index: int | None) -> list[int] | None:
+    """``[index]`` for ``--index`` (checked against the grid), None for the whole grid."""
+    if index is None:
+        return None
+    try:
+        grid.point(index)
+    except IndexError as error:
+        raise UsageError(f"--index: {error}.") from None
+    return [index]
 
 
 def summary_table(outcomes: list[RunOutcome]) -> str:

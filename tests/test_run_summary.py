@@ -15,10 +15,6 @@ from phd_lab.errors import ConfigError
 from phd_lab.steps import all_steps
 
 
-def folder_of(rundir):
-    return rundir
-
-
 def rf_table(in_min, in_max):
     rows = [{"index": i + 1, "layer": f"conv{i + 1}", "r_min": a + 2, "r_max": b + 2, "jump": 1,
              "in_r_min": a, "in_r_max": b} for i, (a, b) in enumerate(zip(in_min, in_max))]
@@ -53,7 +49,7 @@ def synthetic_run(tmp_path, tail_start_layer, *, resolution=32):
         low = start <= position < len(LAYERS) - 1
         metrics[f"{layer}_train_saturation"] = 0.03 if low else 0.35
     atomic.write_csv(rundir.metrics_csv, metrics.drop(columns=["train_saturation_mean"]))
-    return load_run(folder_of(rundir))
+    return load_run(rundir)
 
 
 def test_tail_that_starts_at_the_border_agrees(tmp_path):
@@ -90,7 +86,7 @@ def test_border_without_tail_and_no_border_at_high_resolution(tmp_path):
 
 def test_full_run_summary(tmp_path):
     rundir = write_run(tmp_path / "logs", width=0.25, stage="full", test_accuracy=0.94, skip="features.16")
-    summary = summarize(load_run(folder_of(rundir)))
+    summary = summarize(load_run(rundir))
     assert summary["missing"] == [] and summary["problems"] == []
     assert summary["run"]["status"]["state"] == "finished"
     assert summary["accuracy"]["test"] == pytest.approx(0.94)
@@ -155,7 +151,7 @@ def test_missing_and_broken_files_are_reported_not_raised(tmp_path):
     rundir = write_run(tmp_path / "logs", width=0.25, stage="trained")
     (rundir.root / "receptive_field.csv").write_text("index,layer\n1,features.0\n")  # lacks columns
     (rundir.root / "computational_info.json").write_text("{not json")
-    summary = summarize(load_run(folder_of(rundir)))
+    summary = summarize(load_run(rundir))
     assert "probe_performances.csv" in summary["missing"]
     assert any("receptive_field.csv lacks" in p for p in summary["problems"])
     assert any("computational_info.json cannot be read" in p for p in summary["problems"])
@@ -164,7 +160,7 @@ def test_missing_and_broken_files_are_reported_not_raised(tmp_path):
     # a folder with nothing but a config
     empty = write_run(tmp_path / "logs2", width=0.25, stage="trained")
     empty.metrics_csv.unlink()
-    bare = summarize(load_run(folder_of(empty)))
+    bare = summarize(load_run(empty))
     assert bare["saturation"] is None and bare["run"]["status"]["state"] == "not started"
     assert bare["recommendations"][0]["kind"] == "missing"
 
@@ -175,7 +171,7 @@ def test_analysis_json_is_strict_json(tmp_path):
     metrics = pd.read_csv(rundir.metrics_csv)
     metrics.loc[metrics.index[-1], "train_accuracy"] = float("nan")
     atomic.write_csv(rundir.metrics_csv, metrics)
-    entry = analyse_run(folder_of(rundir))
+    entry = analyse_run(rundir)
     assert entry.written
     text = (rundir.root / "analysis.json").read_text()
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
