@@ -3,9 +3,10 @@
 The train split (``bundle.train_eval``: no shuffling, no augmentation) and the test split
 pass once through the model in eval mode. Forward hooks take each chosen layer's output,
 adaptive-average-pool it to ``downsampling``×``downsampling`` (``None`` keeps the full map)
-and write it, flattened, into a file created by ``np.lib.format.open_memmap``. Each batch
-is written through a short-lived memory map of just its rows, so peak memory does not grow
-with the dataset (mapped pages are released after every batch).
+and append it, flattened, to a ``.npy`` file (header from ``np.lib.format.open_memmap``).
+A background thread writes and hashes each batch while the next one runs through the model;
+its queue is bounded and written pages go to the page cache, so peak memory does not grow
+with the dataset, and the manifest's sha256 values come without reading the files again.
 
 Folder layout (the contract with the probe job, see DESIGN.md): ``train-<layer>.npy``,
 ``eval-<layer>.npy``, ``train-labels.npy``, ``eval-labels.npy`` and ``manifest.json``.
@@ -22,6 +23,7 @@ written to a (samples, H, W, C) scratch file and then split in bounded chunks.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fnmatch
 import hashlib
@@ -29,6 +31,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -89,9 +92,12 @@ def select_layers(model: nn.Module, patterns: list[str] | None) -> list[str]:
 
 # ---------------------------------------------------------------------------- file writing
 class RowWriter:
-    """Fills a ``.npy`` file of ``rows`` rows batch by batch through short-lived memory maps.
+    """Appends batches of rows to a ``.npy`` file of ``rows`` rows, hashing what it writes.
 
-    The file is created by ``open_memmap`` under a temp name; ``finish`` fsyncs it and renames it.
+    ``open_memmap`` creates the file (header and size) under a temp name; rows are then written
+    sequentially through a plain file handle, so written pages sit in the page cache, not in
+    this process, and the sha256 of the finished file comes from the written bytes without
+    reading the file again. ``finish`` fsyncs the file and renames it.
     """
 
     def __init__(self, path: Path, rows: int, row_shape: tuple[int, ...], dtype: str) -> None:
@@ -99,41 +105,73 @@ class RowWriter:
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.rows, self.row_shape, self.dtype = rows, tuple(row_shape), np.dtype(dtype)
         array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=(rows, *self.row_shape))
-        self.offset = array.offset
+        offset = array.offset
         del array
-        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.handle = open(self.tmp, "rb+")  # noqa: SIM115 - closed in finish() or close()
+        self.digest = hashlib.sha256(self.handle.read(offset))
+        self.handle.seek(offset)
         self.position = 0
-
-    def window(self, start: int, count: int, mode: str = "r+") -> np.memmap:
-        return np.memmap(self.tmp, dtype=self.dtype, mode=mode, offset=self.offset + start * self.row_bytes,
-                         shape=(count, *self.row_shape))
+        self.sha256: str | None = None
 
     def append(self, block: np.ndarray) -> None:
         count = len(block)
         if self.position + count > self.rows:
             raise ExtractionError(f"{self.path.name}: more rows than the {self.rows} samples of the dataset")
-        if count and self.row_bytes:
-            window = self.window(self.position, count)
-            window[:] = block
-            del window  # unmap now: the written pages leave this process
+        data = np.ascontiguousarray(block, dtype=self.dtype)
+        if data.shape[1:] != self.row_shape:
+            raise ExtractionError(f"{self.path.name}: rows of shape {data.shape[1:]}, expected {self.row_shape}")
+        view = memoryview(data).cast("B")
+        self.handle.write(view)
+        self.digest.update(view)
         self.position += count
 
     def finish(self) -> Path:
         if self.position != self.rows:
+            self.close()
             raise ExtractionError(f"{self.path.name}: {self.position} rows written, the dataset has {self.rows}; "
                                   f"the loader must not drop samples.")
-        with open(self.tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        self.sha256 = self.digest.hexdigest()
         os.replace(self.tmp, self.path)
         return self.path
 
+    def close(self) -> None:
+        """Close the file without completing it (after an error)."""
+        if not self.handle.closed:
+            self.handle.close()
 
-def sha256_file(path: Path, chunk: int = 2**20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+
+class BackgroundWriter:
+    """Runs write jobs in order on one thread, at most ``depth`` behind the caller.
+
+    Copying rows into the page cache and hashing them release the GIL, so they overlap with
+    the next batch's forward pass; the bounded queue keeps memory constant. ``drain`` waits
+    for every job and re-raises the first error.
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        self.depth = depth
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract-writer")
+        self.pending: collections.deque[Future] = collections.deque()
+
+    def submit(self, job: Any, *args: Any) -> None:
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(job, *args))
+
+    def drain(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _append_rows(pairs: list[tuple[RowWriter, np.ndarray]]) -> None:
+    for writer, rows in pairs:
+        writer.append(rows)
 
 
 # ---------------------------------------------------------------------------- extraction
@@ -154,8 +192,25 @@ def _reduce(output: torch.Tensor, downsampling: int | str | None) -> torch.Tenso
         if downsampling == PIXELWISE:
             return output.permute(0, 2, 3, 1)
         if downsampling is not None:
-            output = F.adaptive_avg_pool2d(output, int(downsampling))
+            output = pool_to(output, int(downsampling))
     return output.flatten(1)
+
+
+def pool_to(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(maps, size)``, computed by cheaper equivalent kernels where one exists.
+
+    Maps already of that size pass through, maps whose sides are multiples of ``size`` use a plain
+    average pooling, and maps whose sides divide ``size`` are repeated (adaptive pooling to a larger
+    size repeats every value). On a CPU the generic adaptive kernel costs several times more.
+    """
+    height, width = maps.shape[-2:]
+    if height == size and width == size:
+        return maps
+    if height % size == 0 and width % size == 0:
+        return F.avg_pool2d(maps, (height // size, width // size))
+    if size % height == 0 and size % width == 0:
+        return maps.repeat_interleave(size // height, dim=-2).repeat_interleave(size // width, dim=-1)
+    return F.adaptive_avg_pool2d(maps, size)
 
 
 def _file_stem(name: str) -> str:
@@ -180,7 +235,10 @@ class _Capture:
             if name in self.outputs:
                 raise ExtractionError(f"Step 'extract': layer {name!r} runs more than once per forward pass, so its "
                                       f"output is ambiguous; choose other layers.")
-            self.outputs[name] = _reduce(output.detach(), self.downsampling).to(self.dtype)
+            reduced = _reduce(output.detach(), self.downsampling).to(self.dtype)
+            if reduced.untyped_storage().data_ptr() == output.untyped_storage().data_ptr():
+                reduced = reduced.clone()  # a view of the output: a later in-place op (ReLU) would change it
+            self.outputs[name] = reduced
             self.order.append(name)
         return hook
 
@@ -193,6 +251,7 @@ class _Capture:
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
+        self.handles = []
 
 
 def _batches(loader: DataLoader, device: torch.device) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -204,8 +263,8 @@ def _batches(loader: DataLoader, device: torch.device) -> Iterable[tuple[torch.T
 
 def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Path, names: list[str],
                    downsampling: Any, dtype: str, device: torch.device, progress: bool
-                   ) -> tuple[list[str], dict[str, dict[str, Any]], Path]:
-    """One pass over a split; returns the layers in forward order, their files and the labels file."""
+                   ) -> tuple[list[str], dict[str, dict[str, Any]], RowWriter]:
+    """One pass over a split; returns the layers in forward order, their files and the finished labels file."""
     total = len(loader.dataset)
     pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
     capture = _Capture(model, names, downsampling, getattr(torch, dtype))
@@ -213,6 +272,7 @@ def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Pat
     grids: dict[str, tuple[int, int]] = {}
     order: list[str] = []
     labels: RowWriter | None = None
+    background = BackgroundWriter()
     try:
         with torch.inference_mode():
             for inputs, targets in tqdm(_batches(loader, device), total=len(loader), disable=not progress,
@@ -233,24 +293,31 @@ def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Pat
                         writers[name] = RowWriter(path, total, arrays[name].shape[1:], dtype)
                         if scratch:
                             grids[name] = arrays[name].shape[1:3]
-                labels.append(targets.cpu().numpy().astype(np.int64, copy=False))
-                for name in order:
-                    writers[name].append(arrays[name])
+                rows = np.array(targets.cpu().numpy(), dtype=np.int64)  # a copy: the loader may reuse its buffer
+                background.submit(_append_rows, [(labels, rows), *[(writers[name], arrays[name]) for name in order]])
                 if pause:
+                    background.drain()
                     time.sleep(pause)
-    finally:
+        if labels is None:
+            raise ExtractionError(f"Step 'extract': the {split} split is empty.")
+        background.drain()
         capture.close()
-    if labels is None:
-        raise ExtractionError(f"Step 'extract': the {split} split is empty.")
-    files: dict[str, dict[str, Any]] = {}
-    for name in order:
-        path = writers[name].finish()
-        if name in grids:
-            files.update(_split_positions(path, split, name, grids[name], dtype))
-            path.unlink()
-        else:
-            files[name] = {"layer": name, "file": path.name, "shape": [total, *writers[name].row_shape]}
-    return order, files, labels.finish()
+        files: dict[str, dict[str, Any]] = {}
+        for name in order:
+            path = writers[name].finish()
+            if name in grids:
+                files.update(_split_positions(path, split, name, grids[name], dtype))
+                path.unlink()
+            else:
+                files[name] = {"layer": name, "file": path.name, "shape": [total, *writers[name].row_shape],
+                               "sha256": writers[name].sha256}
+        labels.finish()
+        return order, files, labels
+    finally:
+        background.close()
+        capture.close()
+        for writer in [*writers.values(), *([labels] if labels else [])]:
+            writer.close()  # no-op for finished files; releases the handles after an error
 
 
 def _split_positions(scratch: Path, split: str, name: str, grid: tuple[int, int], dtype: str
@@ -263,14 +330,18 @@ def _split_positions(scratch: Path, split: str, name: str, grid: tuple[int, int]
     for row in range(grid[0]):
         writers = [RowWriter(scratch.parent / f"{split}-{_file_stem(name)}@{row}_{col}.npy", samples, (channels,),
                              dtype) for col in range(grid[1])]
-        for start in range(0, samples, chunk):
-            block = np.asarray(source[start:start + chunk, row])  # (chunk, W, C): one strided read
+        try:
+            for start in range(0, samples, chunk):
+                block = np.asarray(source[start:start + chunk, row])  # (chunk, W, C): one strided read
+                for col, writer in enumerate(writers):
+                    writer.append(block[:, col])
             for col, writer in enumerate(writers):
-                writer.append(block[:, col])
-        for col, writer in enumerate(writers):
-            key = f"{name}@{row}_{col}"
-            files[key] = {"layer": name, "position": [row, col], "file": writer.finish().name,
-                          "shape": [samples, channels]}
+                key = f"{name}@{row}_{col}"
+                files[key] = {"layer": name, "position": [row, col], "file": writer.finish().name,
+                              "shape": [samples, channels], "sha256": writer.sha256}
+        finally:
+            for writer in writers:
+                writer.close()
     del source
     return files
 
@@ -372,17 +443,16 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
             train, evaluation = results["train"][1][key], results["eval"][1][key]
             entry: dict[str, Any] = {"index": index, "name": key, "train": train["file"], "eval": evaluation["file"],
                                      "shape": train["shape"],
-                                     "sha256": {"train": sha256_file(folder / train["file"]),
-                                                "eval": sha256_file(folder / evaluation["file"])}}
+                                     "sha256": {"train": train["sha256"], "eval": evaluation["sha256"]}}
             if "position" in train:
                 entry.update(layer=name, position=train["position"])
             entries.append(entry)
-    label_files = {split: results[split][2].name for split in SPLITS}
+    label_files = {split: results[split][2].path.name for split in SPLITS}
     manifest = {"format": MANIFEST_FORMAT, "run_dir": settings["run_dir"],
                 "model_test_accuracy": None if test_accuracy is None else float(test_accuracy),
                 "downsampling": downsampling, "dtype": dtype, "layers": entries,
                 "labels": {**label_files,
-                           "sha256": {split: sha256_file(folder / label_files[split]) for split in SPLITS}}}
+                           "sha256": {split: results[split][2].sha256 for split in SPLITS}}}
     atomic.write_json(folder / MANIFEST, manifest)
     log.info("Extracted %d layers (%d files per split) into %s", len(order), len(entries), folder)
     return manifest

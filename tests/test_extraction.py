@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from phd_lab.errors import ConfigError
-from phd_lab.extraction import MANIFEST, PAUSE_ENV, extract_latents
+from phd_lab.extraction import MANIFEST, PAUSE_ENV, extract_latents, pool_to
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _extraction_models import build_model, loaders  # noqa: E402
@@ -176,3 +176,31 @@ def test_restart_after_sigkill_mid_extraction(tmp_path, data):
     assert not list(folder.glob(".*")) and not (folder / "train-stale.npy").exists()
     for entry in resumed["layers"]:
         assert sha(folder / entry["train"]) == entry["sha256"]["train"]
+
+
+@pytest.mark.parametrize("height,width", [(32, 32), (8, 16), (4, 4), (2, 2), (1, 2), (7, 7), (12, 12), (6, 3)])
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_pool_to_equals_adaptive_average_pooling(height, width, size):
+    maps = torch.randn(3, 5, height, width, generator=torch.Generator().manual_seed(height * 100 + width))
+    expected = F.adaptive_avg_pool2d(maps, size)
+    pooled = pool_to(maps, size)
+    assert pooled.shape == expected.shape
+    torch.testing.assert_close(pooled, expected, rtol=0, atol=1e-6)
+
+
+def test_outputs_are_taken_before_a_following_in_place_relu(tmp_path):
+    """Latents are the layer's own output even where the next module changes it in place."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.ReLU(inplace=True), torch.nn.Flatten(),
+                                torch.nn.Linear(3 * 4 * 4, 5), torch.nn.ReLU(inplace=True), torch.nn.Linear(5, 2))
+    images = torch.randn(20, 1, 4, 4)
+    dataset = torch.utils.data.TensorDataset(images, torch.arange(20) % 2)
+    data = {split: torch.utils.data.DataLoader(dataset, batch_size=8) for split in ("train", "eval")}
+    manifest = extract_latents(model, data, tmp_path, run_dir=tmp_path, downsampling=4, progress=False)
+    with torch.no_grad():
+        conv = model[0](images)
+        hidden = model[3](torch.relu(conv).flatten(1))
+    latents = {e["name"]: np.load(tmp_path / e["train"], allow_pickle=False) for e in manifest["layers"]}
+    assert (latents["0"] < 0).any() and (latents["3"] < 0).any()  # not rectified afterwards
+    np.testing.assert_allclose(latents["0"], conv.flatten(1).numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(latents["3"], hidden.numpy(), rtol=1e-6, atol=1e-6)
