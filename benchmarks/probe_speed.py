@@ -1,12 +1,12 @@
 """Probe job speed: runner overhead, solver CPU time and agreement, 2-worker speed-up (issue 5).
 
-Data sets (written as latents folders with manifests, like the extraction step does):
-  (a) quickstart-sized latents: Digits (1,437 train / 360 eval) through a stack of random ReLU
-      projections with the feature widths of the quickstart's VGG11 at ¼ width pooled to 4×4
-      (256 … 2,048 features). Real extraction (issue 4) is not used, so the data is synthetic.
+Data sets (latents folders with manifests):
+  (a) the quickstart latents: configs/quickstart.json at width 0.25 (VGG11 ¼ on Digits, 32 px,
+      3 epochs) trained and extracted by ``main.py`` into a scratch logs folder (1,437 train /
+      360 eval samples, 10 layers, 10 … 2,048 features).
   (b) a generated, not linearly separable set: N × D (default 20,000 × 4,096 at --scale 1),
       10 classes, Gaussian class clusters whose separation grows from layer to layer, 10 %
-      random labels. --scale s multiplies N and D by s (--scale 0.25: 5,000 × 1,024).
+      random labels. --scale s multiplies N and D by s (--scale 0.5: 10,000 × 2,048).
 
 For each set, in one process: bare scikit-learn SAGA fits (max_iter 100, raw features, one
 thread) vs the runner with the same fits (-mp 1 and -mp 2), and the runner with lbfgs and
@@ -14,16 +14,18 @@ lbfgs-torch in-process (CPU time). Targets: runner overhead ≤ 5 %, lbfgs ≥ 2
 than saga, per-layer eval accuracies within 1.5 pp of saga and Spearman ≥ 0.9, speed-up of 2
 workers over 1 ≥ 1.7×.
 
-  python benchmarks/probe_speed.py                 # (a) and (b) at --scale 0.25 (a few minutes, 2 cores)
-  python benchmarks/probe_speed.py --only b --scale 1 --layers 3   # the stated size (slow: saga)
+  python benchmarks/probe_speed.py                 # (a) and (b) at --scale 0.5 (about 15 minutes, 2 cores)
+  python benchmarks/probe_speed.py --only b --scale 1 --layers 4 --runs saga2,lbfgs,torch   # stated size
   python benchmarks/probe_speed.py --gpu           # lbfgs-torch on cuda, 50,000 × 8,192 (lead, on a GPU)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,26 +40,18 @@ from phd_lab.probes.job import jobs_from_latents, run_jobs  # noqa: E402
 from phd_lab.probes.settings import ProbeSettings  # noqa: E402
 from phd_lab.probes.synthetic import write_latents  # noqa: E402
 
-QUICKSTART_WIDTHS = (16, 32, 64, 64, 128, 128, 128, 128)  # VGG11 conv channels at width 0.25
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def quickstart_latents(folder: Path) -> Path:
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(y))
-    x, y = x[order], y[order]
-    rng = np.random.default_rng(1)
-    layers, h = {}, x
-    for i, channels in enumerate(QUICKSTART_WIDTHS):
-        width = channels * 16
-        h = np.maximum(h @ (rng.standard_normal((h.shape[1], width)) / np.sqrt(h.shape[1])).astype(np.float32), 0.0)
-        noisy = h + rng.normal(0.0, 0.3 * h.std(), h.shape).astype(np.float32)
-        layers[f"features.{i}"] = (noisy[:1437], noisy[1437:])
-    run = folder / "quickstart"
-    run.mkdir(parents=True)
-    return write_latents(run / "latents", layers, y[:1437], y[1437:], run, 0.95)
+    """Train and extract the quickstart's width-0.25 run with ``main.py`` into ``folder``; its latents folder."""
+    config = json.loads((ROOT / "configs" / "quickstart.json").read_text())
+    config.update(model_args={"width": 0.25}, logs_dir=str(folder / "logs"), post_processing=["extract"])
+    path = folder / "quickstart.json"
+    path.write_text(json.dumps(config))
+    subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(path)], check=True, capture_output=True)
+    (manifest,) = (folder / "logs").rglob("manifest.json")
+    return manifest.parent
 
 
 def hard_labels(n: int, seed: int, classes: int = 10, label_noise: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -70,17 +64,22 @@ def hard_labels(n: int, seed: int, classes: int = 10, label_noise: float = 0.1) 
     return y, observed
 
 
-def hard_layer(y: np.ndarray, d: int, separation: float, seed: int, classes: int = 10, rank: int = 64) -> np.ndarray:
-    """Overlapping Gaussian class clusters in a ``rank``-dimensional subspace of R^d plus weak
-    isotropic noise: classes overlap, so no linear probe separates the training set, and larger
-    ``separation`` makes the layer more linearly decodable."""
+def hard_layer(y: np.ndarray, d: int, separation: float, seed: int, classes: int = 10, rank: int = 64,
+               nuisance: int = 192) -> np.ndarray:
+    """Latent-like features of low rank: overlapping Gaussian class clusters in a ``rank``-dimensional
+    subspace plus ``nuisance`` class-independent factors with a decaying spectrum, mapped into R^d.
+
+    The features have rank ``rank + nuisance`` (256) whatever ``d`` is, far below n / classes, so
+    with 10 % random labels no linear probe separates the training set: a probe that converges
+    cannot memorise the label noise (full-rank data with d·classes > n could be fitted almost
+    perfectly). Larger ``separation`` makes the layer more linearly decodable.
+    """
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((classes, rank), dtype=np.float32) * np.float32(separation / np.sqrt(rank) * 3)
-    z = rng.standard_normal((len(y), rank), dtype=np.float32)
-    z += centers[y]
-    x = z @ (rng.standard_normal((rank, d), dtype=np.float32) / np.float32(np.sqrt(rank)))
-    x += rng.standard_normal(x.shape, dtype=np.float32) * np.float32(0.05)
-    return x
+    z = rng.standard_normal((len(y), rank + nuisance), dtype=np.float32)
+    z[:, :rank] += centers[y]
+    z[:, rank:] *= np.linspace(1.0, 0.05, nuisance, dtype=np.float32)
+    return z @ (rng.standard_normal((rank + nuisance, d), dtype=np.float32) / np.float32(np.sqrt(rank + nuisance)))
 
 
 def hard_arrays(n: int, n_eval: int, d: int, separation: float, seed: int):
@@ -122,9 +121,9 @@ def bare_saga(latents: Path) -> tuple[float, float, list[float]]:
     return total, cpu, accuracies
 
 
-def timed_runner(latents: Path, solver: str, workers: int, cache: Path) -> tuple[float, float, list]:
+def timed_runner(latents: Path, solver: str, workers: int, cache: Path, **settings) -> tuple[float, float, list]:
     """Wall and CPU seconds (this process and its reaped workers) of a complete probe job."""
-    jobs, _ = jobs_from_latents(latents, {"solver": solver})
+    jobs, _ = jobs_from_latents(latents, {"solver": solver, **settings})
     cpu = time.process_time()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -135,41 +134,54 @@ def timed_runner(latents: Path, solver: str, workers: int, cache: Path) -> tuple
     return wall, cpu, records
 
 
-def compare(name: str, latents: Path, scratch: Path) -> list[str]:
+# name -> (solver, workers, other settings); "seed1" is saga with another seed: how far saga agrees with itself
+RUNS = {"saga1": ("saga", 1, {}), "saga2": ("saga", 2, {}), "seed1": ("saga", 2, {"seed": 1}),
+        "lbfgs": ("lbfgs", 0, {}), "torch": ("lbfgs-torch", 0, {})}
+
+
+def compare(name: str, latents: Path, scratch: Path, chosen: list[str]) -> list[str]:
+    """Run the chosen measurements on one latents folder; a table and the target checks as Markdown lines."""
     from scipy.stats import spearmanr
-    lines = [f"### {name}", ""]
-    bare, bare_cpu, bare_acc = bare_saga(latents)
-    runs = {}
-    for solver, workers in (("saga", 1), ("saga", 2), ("lbfgs", 0), ("lbfgs-torch", 0)):
-        runs[(solver, workers)] = timed_runner(latents, solver, workers, scratch / f"cache-{name[:3]}-{solver}-{workers}")
-    saga1, saga2 = runs[("saga", 1)], runs[("saga", 2)]
-    acc = {solver: [r.eval_acc for r in runs[(solver, w)][2]] for solver, w in runs if w != 2}
-    lines.append("| | wall s | CPU s | eval accuracy per layer |")
-    lines.append("|---|---:|---:|---|")
-    lines.append(f"| bare sklearn saga fits | {bare:.2f} | {bare_cpu:.2f} | {' '.join(f'{a:.3f}' for a in bare_acc)} |")
-    for (solver, workers), (wall, cpu, records) in runs.items():
-        lines.append(f"| runner {solver} -mp {workers} | {wall:.2f} | {cpu:.2f} | "
+    lines = [f"### {name}", "", "| | wall s | CPU s | eval accuracy per layer |", "|---|---:|---:|---|"]
+    results: dict[str, tuple[float, float, list[float], list]] = {}
+    if "bare" in chosen:
+        wall, cpu, accuracies = bare_saga(latents)
+        results["bare"] = (wall, cpu, accuracies, [])
+        lines.append(f"| bare sklearn saga fits | {wall:.2f} | {cpu:.2f} | {' '.join(f'{a:.3f}' for a in accuracies)} |")
+    for run in (r for r in RUNS if r in chosen):
+        solver, workers, settings = RUNS[run]
+        wall, cpu, records = timed_runner(latents, solver, workers, scratch / f"cache-{name[:3]}-{run}", **settings)
+        results[run] = (wall, cpu, [r.eval_acc for r in records], records)
+        extra = "".join(f" {k} {v}" for k, v in settings.items())
+        lines.append(f"| runner {solver}{extra} -mp {workers} | {wall:.2f} | {cpu:.2f} | "
                      f"{' '.join(f'{r.eval_acc:.3f}' for r in records)} |")
-    overhead = saga1[0] / bare - 1
-    overhead_cpu = saga1[1] / bare_cpu - 1
-    cpu_ratio = runs[("saga", 1)][1] / runs[("lbfgs", 0)][1]
-    lbfgs_gap = max(abs(a - b) for a, b in zip(acc["saga"], acc["lbfgs"])) * 100
-    torch_gap = max(abs(a - b) for a, b in zip(acc["saga"], acc["lbfgs-torch"])) * 100
-    rho = spearmanr(acc["saga"], acc["lbfgs"]).statistic
-    rho_torch = spearmanr(acc["saga"], acc["lbfgs-torch"]).statistic
-    speedup = saga1[0] / saga2[0]
-    same = [r.eval_acc for r in saga1[2]] == bare_acc
-    lines += ["",
-              f"- runner overhead (-mp 1 / bare fits - 1): wall {overhead * 100:+.1f} %, CPU {overhead_cpu * 100:+.1f} % "
-              f"(target ≤ 5 %)",
-              f"- runner saga accuracies identical to the bare fits: {same}",
-              f"- saga CPU / lbfgs CPU: {cpu_ratio:.1f}× (target ≥ 20×); saga / lbfgs-torch CPU: "
-              f"{runs[('saga', 1)][1] / runs[('lbfgs-torch', 0)][1]:.1f}×",
-              f"- max |saga − lbfgs| eval accuracy: {lbfgs_gap:.2f} pp (target ≤ 1.5), Spearman {rho:.3f} (≥ 0.9); "
-              f"lbfgs-torch: {torch_gap:.2f} pp, Spearman {rho_torch:.3f}",
-              f"- speed-up -mp 2 over -mp 1: {speedup:.2f}× (target ≥ 1.7×)",
-              f"- saga converged in {sum(r.converged for r in saga1[2])}/{len(saga1[2])} layers within 100 epochs", ""]
-    return lines
+    lines.append("")
+    saga = next((results[r] for r in ("saga1", "saga2", "bare") if r in results), None)
+    if "bare" in results and "saga1" in results:
+        bare, saga1 = results["bare"], results["saga1"]
+        lines.append(f"- runner overhead (-mp 1 / bare fits - 1): wall {(saga1[0] / bare[0] - 1) * 100:+.1f} %, "
+                     f"CPU {(saga1[1] / bare[1] - 1) * 100:+.1f} % (target ≤ 5 %)")
+    for run in ("saga1", "saga2"):
+        if run in results and "bare" in results:
+            lines.append(f"- runner {run} accuracies identical to the bare fits: {results[run][2] == results['bare'][2]}")
+    if saga is not None:
+        for run, label in (("seed1", "saga seed 1"), ("lbfgs", "lbfgs"), ("torch", "lbfgs-torch")):
+            if run not in results:
+                continue
+            other = results[run]
+            gap = max(abs(a - b) for a, b in zip(saga[2], other[2])) * 100
+            rho = spearmanr(saga[2], other[2]).statistic if len(saga[2]) > 2 else float("nan")
+            iters = " ".join(str(r.n_iter) for r in other[3])
+            target = " (target ≥ 20×)" if run != "seed1" else ""
+            lines.append(f"- saga CPU / {label} CPU: {saga[1] / other[1]:.1f}×{target}; max |saga − {label}| "
+                         f"eval accuracy {gap:.2f} pp (target ≤ 1.5), Spearman {rho:.3f} (target ≥ 0.9); "
+                         f"iterations {iters}")
+    if "saga1" in results and "saga2" in results:
+        lines.append(f"- speed-up -mp 2 over -mp 1: {results['saga1'][0] / results['saga2'][0]:.2f}× (target ≥ 1.7×)")
+    records = next((results[r][3] for r in ("saga1", "saga2") if r in results), [])
+    if records:
+        lines.append(f"- saga converged in {sum(r.converged for r in records)}/{len(records)} layers within 100 epochs")
+    return lines + [""]
 
 
 def gpu_mode(device: str, n: int, d: int, layers: int) -> list[str]:
@@ -196,8 +208,11 @@ def _small():
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("a", "b"), help="run only data set (a) or (b)")
-    parser.add_argument("--scale", type=float, default=0.25, help="(b): multiply 20,000 × 4,096 by this (default 0.25)")
-    parser.add_argument("--layers", type=int, default=5, help="(b): number of layers (default 5)")
+    parser.add_argument("--scale", type=float, default=0.5, help="(b): multiply 20,000 × 4,096 by this (default 0.5)")
+    parser.add_argument("--layers", type=int, default=4, help="(b): number of layers (default 4)")
+    parser.add_argument("--runs", default="bare,saga1,saga2,lbfgs,torch",
+                        help="measurements, comma-separated from bare,saga1,saga2,seed1,lbfgs,torch (default: "
+                             "all but seed1)")
     parser.add_argument("--gpu", action="store_true", help="only lbfgs-torch on --device, 50,000 × 8,192")
     parser.add_argument("--device", default="cuda", help="device of --gpu (default cuda)")
     parser.add_argument("--gpu-layers", type=int, default=3)
@@ -206,21 +221,29 @@ def main() -> None:
     if args.gpu:
         print("\n".join(gpu_mode(args.device, 50_000, 8_192, args.gpu_layers)))
         return
-    lines = []
+    chosen = args.runs.split(",")
+    unknown = sorted(set(chosen) - {"bare", *RUNS})
+    if unknown:
+        parser.error(f"unknown --runs {unknown}; choose from bare,{','.join(RUNS)}")
     with tempfile.TemporaryDirectory(prefix="probe_speed_") as tmp:
         scratch = Path(tmp)
         if args.only in (None, "a"):
-            lines += compare("(a) quickstart-sized latents (Digits, random ReLU projections, 256–2,048 features)",
-                             quickstart_latents(scratch), scratch)
+            start = time.perf_counter()
+            latents = quickstart_latents(scratch)
+            made = time.perf_counter() - start
+            lines = compare("(a) quickstart latents (VGG11 ¼ on Digits, 10 layers, 10–2,048 features)", latents,
+                            scratch, chosen)
+            lines.insert(2, f"(training and extracting the quickstart run: {made:.1f} s)\n")
             print("\n".join(lines), flush=True)
         if args.only in (None, "b"):
             n, d = int(20_000 * args.scale), int(4_096 * args.scale)
             start = time.perf_counter()
             latents = hard_latents(scratch, n, d, args.layers)
-            more = compare(f"(b) generated {n:,} × {d:,}, {n // 4:,} eval, 10 classes, {args.layers} layers, "
-                           f"not linearly separable", latents, scratch)
-            more.insert(2, f"(generating and writing the latents: {time.perf_counter() - start:.1f} s)\n")
-            print("\n".join(more), flush=True)
+            made = time.perf_counter() - start
+            lines = compare(f"(b) generated {n:,} × {d:,}, {n // 4:,} eval, 10 classes, {args.layers} layers, "
+                            f"not linearly separable", latents, scratch, chosen)
+            lines.insert(2, f"(generating and writing the latents: {made:.1f} s)\n")
+            print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

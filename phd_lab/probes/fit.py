@@ -79,13 +79,14 @@ def as_float(x: np.ndarray) -> np.ndarray:
 
 
 def standardize(x_train: np.ndarray, x_eval: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scale features to zero mean and unit variance with training statistics (constant features: scale 1)."""
-    mean = x_train.mean(axis=0, dtype=np.float64)
-    std = x_train.std(axis=0, dtype=np.float64)
-    std[std == 0.0] = 1.0
-    dtype = x_train.dtype
-    return (((x_train - mean) / std).astype(dtype, copy=False),
-            ((x_eval - mean) / std).astype(dtype, copy=False))
+    """Scale features to zero mean and unit variance with training statistics (constant features: scale 1).
+
+    scikit-learn's ``StandardScaler`` working in place: the arrays must be in-memory copies the
+    caller owns (``as_float`` makes them). In place, it needs no float64 temporaries of the data.
+    """
+    from sklearn.preprocessing import StandardScaler
+    scaler = StandardScaler(copy=False).fit(x_train)
+    return scaler.transform(x_train), scaler.transform(x_eval)
 
 
 def sklearn_estimator(settings: ProbeSettings) -> Any:
@@ -145,7 +146,7 @@ def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray
 
 
 def fit_arrays(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings) -> FitResult:
-    """Standardise if asked, then fit the chosen solver."""
+    """Standardise if asked (in place: pass arrays you own), then fit the chosen solver."""
     s = settings.resolved()
     if s.standardize:
         x_train, x_eval = standardize(x_train, x_eval)
