@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -179,6 +180,23 @@ def test_probe_job_imports_no_torch_and_no_registries(tmp_path):
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'registries', 'torchvision')); "
             "assert rc == 0 and not bad, (rc, bad)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_in_process_fits_limit_every_thread_pool_to_one_thread(tmp_path):
+    """Also the OpenMP/OpenBLAS copies that scikit-learn and SciPy load only when a fit first needs them."""
+    code = ("import os, sys; from phd_lab.probes.runner import _single_threaded; "
+            "from threadpoolctl import threadpool_info; "
+            "assert not any(m.startswith(('sklearn', 'scipy')) for m in sys.modules), 'preloaded'; "
+            "restore = _single_threaded('lbfgs'); "
+            "from sklearn.linear_model import LogisticRegression; "
+            "pools = [(p['filepath'], p['num_threads']) for p in threadpool_info()]; "
+            "assert pools and all(n == 1 for _, n in pools), pools; "
+            "restore(); "
+            "assert os.cpu_count() == 1 or max(p['num_threads'] for p in threadpool_info()) > 1")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env=env)
     assert result.returncode == 0, result.stderr
 
 

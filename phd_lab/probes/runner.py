@@ -51,7 +51,15 @@ class ProbeTask:
 
 
 def _single_threaded(solver: str) -> Callable[[], None]:
-    """Limit BLAS/OpenMP (and torch) to one thread; returns the function that restores them."""
+    """Limit BLAS/OpenMP (and torch) to one thread; returns the function that restores them.
+
+    threadpoolctl limits only the libraries loaded so far, so the solvers' modules are imported
+    first: scikit-learn and SciPy load their own OpenMP and OpenBLAS on first use, which would
+    otherwise run with one thread per core.
+    """
+    import scipy.optimize  # noqa: F401 - loads SciPy's OpenBLAS
+    import sklearn.linear_model  # noqa: F401 - loads scikit-learn's OpenMP runtime
+    import sklearn.preprocessing  # noqa: F401
     from threadpoolctl import threadpool_limits
     limiter = threadpool_limits(limits=1)
     restore_torch = None
