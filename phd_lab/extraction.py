@@ -32,7 +32,6 @@ import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -175,17 +174,6 @@ def _append_rows(pairs: list[tuple[RowWriter, np.ndarray]]) -> None:
 
 
 # ---------------------------------------------------------------------------- extraction
-@dataclass
-class _Target:
-    """One chosen layer while a split is extracted."""
-
-    index: int
-    name: str
-    writer: RowWriter | None = None
-    grid: tuple[int, int] | None = None  # (H, W) for pixelwise layers
-    files: dict[str, Any] = field(default_factory=dict)
-
-
 def _reduce(output: torch.Tensor, downsampling: int | str | None) -> torch.Tensor:
     """(B, ...) layer output → (B, features), or (B, H, W, C) for pixelwise 4-D outputs."""
     if output.dim() == 4:
