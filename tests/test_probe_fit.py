@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
 from sklearn.preprocessing import StandardScaler
 
 from phd_lab.errors import ConfigError
-from phd_lab.probes.fit import probe_arrays, probe_layer, stratified_subsample
+from phd_lab.probes.fit import probe_arrays, probe_layer, standardize_tensors, stratified_subsample
 from phd_lab.probes.settings import ProbeSettings
 from tests.probe_latents import blob_layers, digits_layers, make_latents
 
@@ -107,3 +108,18 @@ def test_settings_from_config_values_and_overrides():
         ProbeSettings.from_mapping({}, {"solver": "sgd"})
     with pytest.raises(ConfigError, match="only the lbfgs-torch solver runs on a GPU"):
         ProbeSettings.from_mapping({"probe_device": "cuda"})
+
+
+def test_standardize_tensors_equals_standard_scaler_including_constant_features():
+    rng = np.random.default_rng(0)
+    x_train = (rng.standard_normal((1000, 6)) * [1, 10, 0.01, 3, 1, 1] + [5, -2, 100, 0, 7, 0]).astype(np.float32)
+    x_train[:, 4] = 7.0  # constant: scale 1, as StandardScaler does
+    x_eval = (rng.standard_normal((300, 6)) * 2).astype(np.float32)
+    # float64 reference: StandardScaler on float32 data subtracts a float32 mean, which loses digits
+    # on a feature like column 2 (mean 100, spread 0.01); the float64 statistics here do not
+    scaler = StandardScaler().fit(x_train.astype(np.float64))
+    train, evaluation = torch.from_numpy(x_train.copy()), torch.from_numpy(x_eval.copy())
+    standardize_tensors(train, evaluation, rows=64)  # several blocks
+    np.testing.assert_allclose(train.numpy(), scaler.transform(x_train.astype(np.float64)), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(evaluation.numpy(), scaler.transform(x_eval.astype(np.float64)), rtol=1e-6, atol=1e-6)
+    assert np.all(train.numpy()[:, 4] == 0.0)

@@ -12,11 +12,14 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from phd_lab.probes.settings import ProbeSettings
+
+if TYPE_CHECKING:  # torch is imported only by the lbfgs-torch solver
+    import torch
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,32 @@ def fit_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, se
     return FitResult(estimator.predict(x_train), estimator.predict(x_eval), int(np.max(estimator.n_iter_)), converged)
 
 
+def standardize_tensors(x_train: torch.Tensor, x_eval: torch.Tensor, rows: int = 8192) -> None:
+    """``standardize`` for torch tensors on any device, in place (for ``lbfgs-torch`` on a GPU).
+
+    Statistics are accumulated in float64 over blocks of ``rows`` samples (no float64 copy of
+    the data); features with a standard deviation below scikit-learn's threshold keep scale 1,
+    as in ``StandardScaler``. Standardising on the GPU spares the CPU pass over the latents.
+    """
+    import torch
+    count = x_train.shape[0]
+    mean = x_train.sum(dim=0, dtype=torch.float64) / count
+    m2 = torch.zeros_like(mean)
+    for block in x_train.split(rows):
+        m2 += (block.to(torch.float64) - mean).square_().sum(dim=0)
+    std = (m2 / count).sqrt_()
+    std[std < 10 * torch.finfo(torch.float64).eps] = 1.0
+    for x in (x_train, x_eval):
+        for block in x.split(rows):
+            block.copy_(((block.to(torch.float64) - mean) / std).to(x.dtype))
+
+
 def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings) -> FitResult:
     """Full-batch ``torch.optim.LBFGS`` on the same objective as scikit-learn (float32, any device).
 
-    Starts from zeros like scikit-learn; stops when the largest gradient entry is ≤ tol, the
-    loss stops changing, or after ``max_iter`` iterations (then ``converged`` is False).
+    The raw arrays go to the device, which standardises them when asked. Starts from zeros like
+    scikit-learn; stops when the largest gradient entry is ≤ tol, the loss stops changing, or
+    after ``max_iter`` iterations (then ``converged`` is False).
     """
     import torch
     import torch.nn.functional as F
@@ -120,6 +144,9 @@ def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray
     device = torch.device(s.device)
     classes = np.unique(y_train)
     x = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)).to(device)
+    xe = torch.from_numpy(np.ascontiguousarray(x_eval, dtype=np.float32)).to(device)
+    if s.standardize:
+        standardize_tensors(x, xe)  # on the CPU in place on the caller's arrays, like ``standardize``
     y = torch.from_numpy(np.searchsorted(classes, y_train).astype(np.int64)).to(device)
     n, d = x.shape
     weight = torch.zeros(len(classes), d, dtype=torch.float32, device=device, requires_grad=True)
@@ -139,19 +166,20 @@ def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray
     n_iter = int(optimizer.state[weight].get("n_iter", 0))
     with torch.no_grad():
         train_pred = torch.addmm(bias, x, weight.T).argmax(dim=1).cpu().numpy()
-        del x
-        xe = torch.from_numpy(np.ascontiguousarray(x_eval, dtype=np.float32)).to(device)
         eval_pred = torch.addmm(bias, xe, weight.T).argmax(dim=1).cpu().numpy()
     return FitResult(classes[train_pred], classes[eval_pred], n_iter, n_iter < s.max_iter)
 
 
 def fit_arrays(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings) -> FitResult:
-    """Standardise if asked (in place: pass arrays you own), then fit the chosen solver."""
+    """Standardise if asked (in place: pass arrays you own), then fit the chosen solver.
+
+    ``lbfgs-torch`` standardises on its own device (``standardize_tensors``).
+    """
     s = settings.resolved()
-    if s.standardize:
-        x_train, x_eval = standardize(x_train, x_eval)
     if s.solver == "lbfgs-torch":
         return fit_torch_lbfgs(x_train, y_train, x_eval, s)
+    if s.standardize:
+        x_train, x_eval = standardize(x_train, x_eval)
     return fit_sklearn(x_train, y_train, x_eval, s)
 
 
