@@ -3,7 +3,7 @@
 The train split (``bundle.train_eval``: no shuffling, no augmentation) and the test split
 pass once through the model in eval mode. Forward hooks take each chosen layer's output,
 adaptive-average-pool it to ``downsampling``×``downsampling`` (``None`` keeps the full map)
-and append it, flattened, to a ``.npy`` file (header from ``np.lib.format.open_memmap``).
+and append it, flattened, to a ``.npy`` file (``np.lib.format`` header, then the rows).
 A background thread writes and hashes each batch while the next one runs through the model;
 its queue is bounded and written pages go to the page cache, so peak memory does not grow
 with the dataset, and the manifest's sha256 values come without reading the files again.
@@ -27,6 +27,7 @@ import collections
 import contextlib
 import fnmatch
 import hashlib
+import io
 import json
 import logging
 import os
@@ -93,22 +94,22 @@ def select_layers(model: nn.Module, patterns: list[str] | None) -> list[str]:
 class RowWriter:
     """Appends batches of rows to a ``.npy`` file of ``rows`` rows, hashing what it writes.
 
-    ``open_memmap`` creates the file (header and size) under a temp name; rows are then written
-    sequentially through a plain file handle, so written pages sit in the page cache, not in
-    this process, and the sha256 of the finished file comes from the written bytes without
-    reading the file again. ``finish`` fsyncs the file and renames it.
+    The file is an ``atomic.atomic_open`` temp file held open from the header to the last row:
+    rows go through a plain file handle, so written pages sit in the page cache, not in this
+    process, and the sha256 of the finished file comes from the written bytes without reading
+    the file again. ``finish`` completes it (fsync, rename); ``close`` before that discards it.
     """
 
     def __init__(self, path: Path, rows: int, row_shape: tuple[int, ...], dtype: str) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.rows, self.row_shape, self.dtype = rows, tuple(row_shape), np.dtype(dtype)
-        array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=(rows, *self.row_shape))
-        offset = array.offset
-        del array
-        self.handle = open(self.tmp, "rb+")  # noqa: SIM115 - closed in finish() or close()
-        self.digest = hashlib.sha256(self.handle.read(offset))
-        self.handle.seek(offset)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                      "fortran_order": False, "shape": (rows, *self.row_shape)})
+        self._file = atomic.atomic_open(self.path, "wb")
+        self.handle = self._file.__enter__()
+        self.handle.write(header.getvalue())
+        self.digest = hashlib.sha256(header.getvalue())
         self.position = 0
         self.sha256: str | None = None
 
@@ -126,20 +127,21 @@ class RowWriter:
 
     def finish(self) -> Path:
         if self.position != self.rows:
-            self.close()
-            raise ExtractionError(f"{self.path.name}: {self.position} rows written, the dataset has {self.rows}; "
-                                  f"the loader must not drop samples.")
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
+            error = ExtractionError(f"{self.path.name}: {self.position} rows written, the dataset has {self.rows}; "
+                                    f"the loader must not drop samples.")
+            self._discard(error)
+            raise error
+        self._file.__exit__(None, None, None)
         self.sha256 = self.digest.hexdigest()
-        os.replace(self.tmp, self.path)
         return self.path
 
     def close(self) -> None:
-        """Close the file without completing it (after an error)."""
+        """Discard the file if it was not finished (after an error); no-op once finished."""
         if not self.handle.closed:
-            self.handle.close()
+            self._discard(ExtractionError(f"{self.path.name}: extraction interrupted"))
+
+    def _discard(self, error: BaseException) -> None:
+        self._file.__exit__(type(error), error, None)  # atomic_open removes the temp file
 
 
 class BackgroundWriter:
@@ -239,7 +241,6 @@ class _Capture:
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
-        self.handles = []
 
 
 def _batches(loader: DataLoader, device: torch.device) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -289,7 +290,6 @@ def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Pat
         if labels is None:
             raise ExtractionError(f"Step 'extract': the {split} split is empty.")
         background.drain()
-        capture.close()
         files: dict[str, dict[str, Any]] = {}
         for name in order:
             path = writers[name].finish()

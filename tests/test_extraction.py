@@ -158,7 +158,7 @@ def test_restart_after_sigkill_mid_extraction(tmp_path, data):
     process = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 120
-        while not list(folder.glob(".eval-*.npy.tmp")):  # the train split is done, eval in progress
+        while not list(folder.glob(".eval-*.tmp")):  # the train split is done, eval in progress
             assert process.poll() is None, "the extraction ended before it could be killed"
             assert time.monotonic() < deadline, "the extraction did not reach the eval split"
             time.sleep(0.05)
