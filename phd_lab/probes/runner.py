@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 from phd_lab.errors import PhdLabError, RunFailure
-from phd_lab.probes.cache import ResultCache
+from phd_lab.probes.cache import ResultCache, key_digest
 from phd_lab.probes.fit import ProbeRecord, probe_layer
 from phd_lab.probes.settings import ProbeSettings
 
@@ -45,9 +45,7 @@ class ProbeTask:
 
     def key_digest(self) -> str:
         """Short digest of the cache key (distinguishes tasks of equal layer names)."""
-        import hashlib
-        import json
-        return hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:12]
+        return key_digest(self.key)[:12]
 
 
 def _single_threaded(solver: str) -> Callable[[], None]:
@@ -57,10 +55,11 @@ def _single_threaded(solver: str) -> Callable[[], None]:
     first: scikit-learn and SciPy load their own OpenMP and OpenBLAS on first use, which would
     otherwise run with one thread per core.
     """
-    import scipy.optimize  # noqa: F401 - loads SciPy's OpenBLAS
-    import sklearn.linear_model  # noqa: F401 - loads scikit-learn's OpenMP runtime
-    import sklearn.preprocessing  # noqa: F401
+    import importlib
+
     from threadpoolctl import threadpool_limits
+    for module in ("scipy.optimize", "sklearn.linear_model", "sklearn.preprocessing"):
+        importlib.import_module(module)  # loads SciPy's OpenBLAS and scikit-learn's OpenMP runtime
     limiter = threadpool_limits(limits=1)
     restore_torch = None
     if solver == "lbfgs-torch":
