@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -42,24 +43,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--jobs", default="train,probe", help="comma-separated subset of train,probe")
+    parser.add_argument("--schedulers", default="local:2",
+                        help="comma-separated Dask schedulers to compare with sequential (default local:2)")
     args = parser.parse_args()
-    times: dict[str, list[float]] = {f"{job} {variant}": [] for job in ("train", "probe")
-                                     for variant in ("sequential", "local:2")}
+    jobs = [job for job in ("train", "probe") if job in args.jobs.split(",")]
+    variants = ["sequential", *[s.strip() for s in args.schedulers.split(",") if s.strip()]]
+    times: dict[str, list[float]] = {f"{job} {variant}": [] for job in jobs for variant in variants}
     for repeat in range(args.repeats):
-        order = ["sequential", "local:2"] if repeat % 2 == 0 else ["local:2", "sequential"]
+        order = variants if repeat % 2 == 0 else variants[::-1]
         for variant in order:
             with tempfile.TemporaryDirectory() as tmp:
                 config = grid_config(Path(tmp), args.epochs)
-                extra = [] if variant == "sequential" else ["--scheduler", "local:2"]
+                extra = [] if variant == "sequential" else ["--scheduler", variant]
                 times[f"train {variant}"].append(timed("main.py", ["--config", str(config), *extra]))
-                probe_extra = ["-mp", "0"] if variant == "sequential" else ["--scheduler", "local:2"]
-                times[f"probe {variant}"].append(timed("probe_main.py", ["--config", str(config), *probe_extra]))
-            print(f"repeat {repeat}: {variant:10} train {times[f'train {variant}'][-1]:6.1f} s, "
-                  f"probe {times[f'probe {variant}'][-1]:6.1f} s", flush=True)
-    print(f"\n4-point grid, {args.epochs} epochs, medians of {args.repeats} (target <= 0.60x):")
-    for job in ("train", "probe"):
-        seq, dask = statistics.median(times[f"{job} sequential"]), statistics.median(times[f"{job} local:2"])
-        print(f"  {job:5}: sequential {seq:6.1f} s, local:2 {dask:6.1f} s, ratio {dask / seq:.2f}x")
+                if "probe" in jobs:
+                    probe_extra = ["-mp", "0"] if variant == "sequential" else ["--scheduler", variant]
+                    times[f"probe {variant}"].append(timed("probe_main.py", ["--config", str(config),
+                                                                             *probe_extra]))
+            print(f"repeat {repeat}: {variant:10} " + ", ".join(f"{job} {times[f'{job} {variant}'][-1]:6.1f} s"
+                                                                 for job in jobs), flush=True)
+    print(f"\n4-point grid, {args.epochs} epochs, medians of {args.repeats}, {os.cpu_count()} cores "
+          f"(target <= 0.60x on 2 cores):")
+    for job in jobs:
+        seq = statistics.median(times[f"{job} sequential"])
+        for variant in variants[1:]:
+            dask = statistics.median(times[f"{job} {variant}"])
+            print(f"  {job:5}: sequential {seq:6.1f} s, {variant} {dask:6.1f} s, ratio {dask / seq:.2f}x")
 
 
 if __name__ == "__main__":

@@ -197,7 +197,7 @@ def gpu_mode(device: str, n: int, d: int, layers: int) -> list[str]:
             torch.cuda.synchronize()
         record = probe_arrays(i, f"layer{i}", x_train, y_train, x_eval, y_eval, settings)
         lines.append(f"| layer{i} | {record.seconds:.2f} | {record.n_iter} | {record.converged} | {record.eval_acc:.3f} |")
-    return lines + ["", "seconds include standardisation on the CPU, the host→GPU copy and evaluation.", ""]
+    return lines + ["", "seconds include the host→GPU copy, standardisation on the GPU and evaluation.", ""]
 
 
 def _small():

@@ -104,6 +104,35 @@ def make_epoch(condition: str, trainer: BenchTrainer, bundle: DataBundle) -> Cal
     return run
 
 
+def profile_update(device: torch.device, batch: int, reps: int = 20) -> list[str]:
+    """Milliseconds per exact covariance update of ResNet18's four feature-map shapes (bf16), by part."""
+    from phd_lab.tracking.covariance import CovarianceAccumulator
+
+    def ms(fn: Callable[[], object]) -> float:
+        fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / reps
+
+    lines = [f"{'maps (bf16)':<22}{'shift':>8}{'sum':>8}{'gram':>8}{'update':>8}   ms per call"]
+    for channels, size in ((64, 32), (128, 16), (256, 8), (512, 4)):
+        maps = torch.randn(batch, channels, size, size, device=device, dtype=torch.bfloat16)
+        shift = maps[:1].mean(dim=(0, 2, 3), dtype=torch.float32).to(torch.float64)
+        x = torch.empty(channels, maps.numel() // channels, dtype=torch.float64, device=device)
+        by_channel = maps.reshape(batch, channels, -1).transpose(0, 1)
+        gram = torch.zeros(channels, channels, dtype=torch.float64, device=device)
+        accumulator = CovarianceAccumulator(channels, device)
+        accumulator.update_maps(maps)  # the first batch sets the shift; later ones take the timed path
+        parts = (ms(lambda: torch.sub(by_channel, shift[:, None, None], out=x.view(channels, batch, -1))),
+                 ms(lambda: x.sum(dim=1)), ms(lambda: gram.addmm_(x, x.T)), ms(lambda: accumulator.update_maps(maps)))
+        lines.append(f"{str(tuple(maps.shape)):<22}" + "".join(f"{p:>8.3f}" for p in parts))
+    return lines
+
+
 def timed(fn: Callable[[], None], device: torch.device) -> float:
     synchronise(device)
     start = time.perf_counter()
@@ -119,6 +148,7 @@ def main() -> int:
     parser.add_argument("--train-batches", type=int, default=None, help="training batches per epoch")
     parser.add_argument("--test-batches", type=int, default=None, help="test batches per epoch")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--profile", action="store_true", help="CUDA: also time the parts of one update")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated subset")
     args = parser.parse_args()
 
@@ -175,6 +205,8 @@ def main() -> int:
     passes = {"pass untracked": forward_pass(False), "pass tracked": forward_pass(True)}
 
     print(title)
+    if cuda and args.profile:
+        print("\n".join(profile_update(device, batch)) + "\n")
     print(f"{train_batches} training + {test_batches} test batches per epoch, {reps} interleaved repetitions "
           f"after one warm-up round")
     for fn in list(epochs.values()) + list(passes.values()):  # warm-up (cudnn autotune, allocator, caches)

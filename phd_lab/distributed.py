@@ -30,6 +30,26 @@ _LOCAL = re.compile(r"^local(?::(\d+))?$")
 # statistical profiler samples every task's Python stack every 10 ms.
 WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                  "distributed.worker.profile.enabled": False}
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects taskset/cgroup affinity where the OS reports it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worker_thread_environment(workers: int) -> dict[str, str]:
+    """Thread-count variables that give each of ``workers`` local worker processes an equal share of the cores.
+
+    Dask's nanny starts every worker with OMP_NUM_THREADS=1, so on a machine with more cores
+    than workers a training task would use one core and leave the rest idle (measured on
+    16 cores: the 4-point quickstart grid took 73 s on local:2 against 38 s sequentially).
+    """
+    threads = str(max(1, available_cores() // workers))
+    return {name: threads for name in THREAD_VARIABLES}
 
 
 def parse_scheduler(spec: str) -> tuple[str, Any]:
@@ -65,6 +85,7 @@ def dask_client(spec: str) -> Iterator[Any]:
         import dask
         with dask.config.set(WORKER_CONFIG), \
                 distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
+                                         env=worker_thread_environment(value),
                                          dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
                 distributed.Client(cluster) as client:
             yield client

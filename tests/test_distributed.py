@@ -151,3 +151,19 @@ def test_probe_job_on_cluster_gives_the_same_csv_as_local(tmp_path, cluster):
     # restarted on the cluster, every layer comes from the shared cache
     again = probe(dask_latents, "--scheduler", cluster.scheduler_address, "--cache-dir", str(tmp_path / "cache"))
     assert again.returncode == 0 and "3 found in the cache" in again.stderr
+
+
+def _torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_cluster_workers_share_the_cores(workers):
+    """local:N gives every worker process an equal share of the cores for torch (Dask's nanny
+    would start each with one thread and leave the other cores idle)."""
+    from phd_lab.distributed import available_cores, dask_client
+    with dask_client(f"local:{workers}") as client:
+        threads = client.run(_torch_threads)
+    assert len(threads) == workers
+    assert set(threads.values()) == {max(1, available_cores() // workers)}

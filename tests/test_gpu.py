@@ -57,3 +57,54 @@ def test_cuda_covariance_of_large_feature_maps_equals_numpy():
     expected = np.cov(rows, rowvar=False, bias=True)
     got = accumulator.covariance().cpu().numpy()
     assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-10
+
+
+def _training_steps_with_tracker(steps: int, **options: object) -> tuple[dict[str, torch.Tensor], object]:
+    """bf16-autocast training steps of a small CUDA ResNet with an inline tracker (training batches)."""
+    from phd_lab.tracking import SaturationTracker
+    from registries.models import resnet18_cifar
+    torch.manual_seed(0)
+    model = resnet18_cifar(num_classes=10, in_channels=3, width=0.25).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    generator = torch.Generator().manual_seed(1)
+    tracker = SaturationTracker(model, 0.99, when=lambda m: m.training, **options)
+    outputs: dict[str, list[torch.Tensor]] = {}
+    probes = [module.register_forward_hook(lambda m, i, o, n=name: outputs.setdefault(n, []).append(o.detach().clone()))
+              for name, module in model.named_modules() if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))]
+    model.train()
+    for _ in range(steps):
+        inputs = torch.randn(64, 3, 32, 32, generator=generator).cuda()
+        labels = torch.randint(0, 10, (64,), generator=generator).cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for probe in probes:
+        probe.remove()
+    covariances = {name: tracker.covariance(name).cpu() for name in tracker.layer_names}
+    frame = tracker.compute()
+    tracker.close()
+    acts = {}
+    for name, parts in outputs.items():
+        stacked = torch.cat(parts).double()
+        acts[name] = (stacked.permute(0, 2, 3, 1).reshape(-1, stacked.shape[1]) if stacked.dim() == 4
+                      else stacked).cpu().numpy()
+    return covariances, (frame, acts)
+
+
+def test_tracking_bf16_training_on_cuda_equals_the_float64_definition():
+    """Inline tracking of bf16-autocast training steps on the GPU equals np.cov of the bf16
+    activations the layers really produced (exact path ≤ 1e-10, fast path ≤ 1e-7), and a second
+    run gives the same bits."""
+    exact, (frame, acts) = _training_steps_with_tracker(6)
+    again, (again_frame, _) = _training_steps_with_tracker(6)
+    fast, (fast_frame, _) = _training_steps_with_tracker(6, fast=True)
+    assert list(exact) == list(again) and len(exact) == 21
+    for name, cov in exact.items():
+        expected = np.cov(acts[name], rowvar=False, bias=True)
+        assert torch.equal(cov, again[name]), name
+        assert np.linalg.norm(cov.numpy() - expected) <= 1e-10 * np.linalg.norm(expected), name
+        assert np.linalg.norm(fast[name].numpy() - expected) <= 1e-7 * np.linalg.norm(expected), name
+    assert frame.equals(again_frame)
+    assert frame["intrinsic_dimension"].tolist() == fast_frame["intrinsic_dimension"].tolist()

@@ -172,6 +172,19 @@ def test_fast_path_error_and_identical_saturations() -> None:
         assert a["saturation"].tolist() == b["saturation"].tolist(), delta
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_mixed_precision_forward_passes_are_tracked_at_full_precision(fast: bool) -> None:
+    """Under bf16 autocast the layers emit bf16; the sums must still be those of the float64
+    definition on exactly those activations (autocast would run a float32 Gram in bf16)."""
+    model, data = seeded_model(8), digits_images(200)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = materialised(model, data, batch=40)
+        tracker = track(model, data, batch=40, fast=fast)
+    for name, acts in reference.items():
+        expected = np.cov(acts, rowvar=False, bias=True)
+        assert rel_error(tracker.covariance(name).numpy(), expected) <= (1e-7 if fast else 1e-10), name
+
+
 def test_reset_and_close() -> None:
     model, data = seeded_model(4), digits_images(128)
     tracker = track(model, data[:64], batch=32)
@@ -267,3 +280,25 @@ def test_tracking_never_changes_the_model_output(fast: bool) -> None:
         with SaturationTracker(model, fast=fast):
             tracked = model(data)
     assert torch.equal(plain, tracked)
+
+
+@pytest.mark.parametrize("as_maps", [False, True])
+def test_accumulator_with_a_large_mean_and_drifting_batches_equals_numpy(as_maps: bool) -> None:
+    """The running sums are taken around the first batch's mean: a mean 1e6 times the spread,
+    and batch means that drift away from the first one, must not cost float64 digits."""
+    from phd_lab.tracking.covariance import CovarianceAccumulator
+    generator = np.random.default_rng(5)
+    mixing = generator.normal(size=(4, 4))
+    batches = [1e4 + 0.05 * i + generator.normal(size=(96, 4)) @ mixing * 1e-2 for i in range(40)]
+    everything = np.concatenate(batches)  # a copy: an update that wrote into its input would show below
+    accumulator = CovarianceAccumulator(4)
+    for rows in batches:
+        tensor = torch.from_numpy(rows)
+        if as_maps:  # (B, C, H, W) with B·H·W = 96 positions
+            accumulator.update_maps(tensor.reshape(6, 4, 4, 4).permute(0, 3, 1, 2))
+        else:
+            accumulator.update(tensor)
+    expected = np.cov(everything, rowvar=False, bias=True)
+    assert rel_error(accumulator.covariance().numpy(), expected) <= 1e-10
+    assert np.abs(accumulator.mean.numpy() - everything.mean(axis=0)).max() <= 1e-9
+    assert accumulator.n == everything.shape[0]

@@ -1,18 +1,29 @@
 """Running covariance of a layer's output: constant memory, updated batch by batch.
 
 The thesis (§6.1.3) accumulates ΣAᵀA, ΣA and n in float64 and forms
-Q = ΣAᵀA/n − mean⊗mean. We keep the same sufficient statistics but centre every batch on
-its own mean before forming its Gram matrix and merge batches with the pairwise update of
-Chan, Golub & LeVeque (1979). The result is the same population covariance; centring
-removes the cancellation of ΣAᵀA/n − mean⊗mean when the mean is large against the spread.
+Q = ΣAᵀA/n − mean⊗mean. We keep the same sufficient statistics of the *shifted* values
+a − s, where the shift s is the exact mean of the first batch: ΣA' = Σ(a − s) and
+ΣA'ᵀA' = Σ(a − s)(a − s)ᵀ, so that Q = ΣA'ᵀA'/n − mean'⊗mean'. The shift removes the
+cancellation of the textbook formula when the mean is large against the spread; what is
+left is bounded: the first batch's mean lies within √(n/n₁) standard deviations of the
+overall mean (its n₁ points alone contribute n₁·(mean₁ − mean)² to the n·variance), so float64
+rounding is amplified at most n/n₁-fold, the number of batches.
+
+Per batch, the exact path converts, lays out and shifts the activations into one float64
+matrix, sums it and adds its Gram product to the running sums in place: few operations per
+hook, which is what a forward hook on a GPU pays for.
 
 ``fast=True`` forms each centred batch Gram in float32 (batched over chunks so that no
-float32 sum runs over more than ``FAST_CHUNK`` observations) and merges in float64; the tests
-show its relative error stays ≤ 1e-7 against the float64 definition with identical
-saturations. Both paths copy the activations once (never modifying the layer's output).
+float32 sum runs over more than ``FAST_CHUNK`` observations) and adds it in float64; the
+tests show its relative error stays ≤ 1e-7 against the float64 definition with identical
+saturations. Both paths copy the activations (never modifying the layer's output), and
+both switch autocast off: under mixed precision a float32 product would silently run in
+bfloat16/float16.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -31,8 +42,9 @@ class CovarianceAccumulator:
     def reset(self) -> None:
         """Forget every observation."""
         self.n = 0
-        self._mean: torch.Tensor | None = None  # float64 (dim,)
-        self._m2: torch.Tensor | None = None  # float64 (dim, dim): Σ (a − mean)(a − mean)ᵀ
+        self._shift: torch.Tensor | None = None  # float64 (dim,): the first batch's mean
+        self._sum: torch.Tensor | None = None  # float64 (dim,): Σ (a − shift)
+        self._gram: torch.Tensor | None = None  # float64 (dim, dim): Σ (a − shift)(a − shift)ᵀ
 
     # ------------------------------------------------------------------ updates
     def update(self, rows: torch.Tensor) -> None:
@@ -43,15 +55,21 @@ class CovarianceAccumulator:
         if count == 0:
             return
         rows = self._place(rows)
-        if self.fast:
-            columns = torch.empty(self.dim, count, dtype=torch.float32, device=rows.device)
-            mean, m2 = _fast_moments(columns.copy_(rows.T))
-        else:
-            x = rows.to(torch.float64)
-            mean = x.mean(dim=0)
-            x = x - mean
-            m2 = x.T @ x
-        self._merge(count, mean, m2)
+        with _full_precision(rows.device):
+            if self.fast:
+                columns = torch.empty(self.dim, count, dtype=torch.float32, device=rows.device)
+                self._add_moments(count, *_fast_moments(columns.copy_(rows.T)))
+            elif self._shift is None:
+                x = rows.to(torch.float64, copy=True)  # centred in place below: never the layer's own tensor
+                mean = x.mean(dim=0)
+                x -= mean
+                self._start(count, mean, x.T @ x)
+            else:
+                x = torch.empty(count, self.dim, dtype=torch.float64, device=rows.device)
+                _convert_and_shift(rows, self._shift, out=x)
+                self._sum += x.sum(dim=0)
+                self._gram.addmm_(x.T, x)  # type: ignore[union-attr]
+                self.n += count
 
     def update_maps(self, maps: torch.Tensor) -> None:
         """Add feature maps (B, dim, H, W): every spatial position is one observation."""
@@ -62,16 +80,24 @@ class CovarianceAccumulator:
         if count == 0:
             return
         maps = self._place(maps)
-        # (C, B·H·W): converted and laid out in one copy, then centred in place.
-        x = torch.empty(channels, count, dtype=torch.float32 if self.fast else torch.float64, device=maps.device)
-        x.view(channels, batch, -1).copy_(maps.reshape(batch, channels, -1).transpose(0, 1))
-        if self.fast:
-            mean, m2 = _fast_moments(x)
-        else:
-            mean = x.mean(dim=1)
-            x -= mean[:, None]
-            m2 = x @ x.T
-        self._merge(count, mean, m2)
+        by_channel = maps.reshape(batch, channels, -1).transpose(0, 1)  # (C, B, H·W) view
+        with _full_precision(maps.device):
+            # (C, B·H·W): every column one observation, converted and laid out by one copy.
+            x = torch.empty(channels, count, dtype=torch.float32 if self.fast else torch.float64,
+                            device=maps.device)
+            if self.fast:
+                x.view(channels, batch, -1).copy_(by_channel)
+                self._add_moments(count, *_fast_moments(x))
+            elif self._shift is None:
+                x.view(channels, batch, -1).copy_(by_channel)
+                mean = x.mean(dim=1)
+                x -= mean[:, None]
+                self._start(count, mean, x @ x.T)
+            else:
+                _convert_and_shift(by_channel, self._shift[:, None, None], out=x.view(channels, batch, -1))
+                self._sum += x.sum(dim=1)
+                self._gram.addmm_(x, x.T)  # type: ignore[union-attr]
+                self.n += count
 
     def _place(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.detach()
@@ -79,33 +105,54 @@ class CovarianceAccumulator:
             tensor = tensor.to(self.device)
         return tensor
 
-    def _merge(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
-        if self._mean is None:
-            self.n, self._mean, self._m2 = count, mean.clone(), m2.clone()
+    def _start(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        """First batch: its exact mean becomes the shift of every later batch."""
+        self.n, self._shift, self._sum, self._gram = count, mean, torch.zeros_like(mean), m2
+
+    def _add_moments(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        """Add a batch given by its mean and centred Gram m2 (Σ (a − mean)(a − mean)ᵀ)."""
+        if self._shift is None:
+            self._start(count, mean.clone(), m2.clone())
             return
-        total = self.n + count
-        shift = mean - self._mean
-        self._m2 += m2
-        self._m2.addr_(shift, shift, alpha=self.n * count / total)
-        self._mean += shift * (count / total)
-        self.n = total
+        offset = mean - self._shift
+        self._gram += m2  # type: ignore[operator]
+        self._gram.addr_(offset, offset, alpha=float(count))  # type: ignore[union-attr]
+        self._sum.add_(offset, alpha=float(count))  # type: ignore[union-attr]
+        self.n += count
 
     # ------------------------------------------------------------------ results
     @property
     def mean(self) -> torch.Tensor:
-        if self._mean is None:
+        if self._shift is None:
             raise ValueError("no observations accumulated yet")
-        return self._mean
+        return self._shift + self._sum / self.n  # type: ignore[operator]
+
+    def centred_gram(self) -> torch.Tensor:
+        """Σ (a − mean)(a − mean)ᵀ over every observation, float64."""
+        if self._gram is None:
+            raise ValueError("no observations accumulated yet")
+        return self._gram - torch.outer(self._sum, self._sum) / self.n  # type: ignore[arg-type]
 
     def covariance(self) -> torch.Tensor:
         """Population covariance (divided by n), float64, exactly symmetric."""
-        if self._m2 is None:
-            raise ValueError("no observations accumulated yet")
-        cov = self._m2 / self.n
+        cov = self.centred_gram() / self.n
         return (cov + cov.T) / 2
 
-    def state(self) -> dict[str, object]:
-        return {"n": self.n, "mean": self._mean, "m2": self._m2}
+
+def _convert_and_shift(source: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> None:
+    """out = source − shift in float64. On CUDA one mixed-dtype kernel does it; on the CPU that
+    kernel is about ten times slower than a converting copy followed by an in-place subtraction."""
+    if out.is_cuda:
+        torch.sub(source, shift, out=out)
+    else:
+        out.copy_(source).sub_(shift)
+
+
+def _full_precision(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Autocast switched off on ``device`` (the sums must not drop to bfloat16/float16)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _fast_moments(columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

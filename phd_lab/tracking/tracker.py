@@ -161,8 +161,8 @@ class SaturationTracker:
                 return
             if layer.name not in self._order:
                 self._order.append(layer.name)
+            tensor = _output_tensor(output).detach()
             with torch.no_grad():
-                tensor = _output_tensor(output)
                 if layer.conv:
                     layer.accumulator.update_maps(self._downsample(tensor))
                 else:
