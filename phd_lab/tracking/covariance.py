@@ -55,21 +55,20 @@ class CovarianceAccumulator:
         if count == 0:
             return
         rows = self._place(rows)
-        with _full_precision(rows.device):
-            if self.fast:
-                columns = torch.empty(self.dim, count, dtype=torch.float32, device=rows.device)
-                self._add_moments(count, *_fast_moments(columns.copy_(rows.T)))
-            elif self._shift is None:
-                x = rows.to(torch.float64, copy=True)  # centred in place below: never the layer's own tensor
-                mean = x.mean(dim=0)
-                x -= mean
-                self._start(count, mean, x.T @ x)
-            else:
-                x = torch.empty(count, self.dim, dtype=torch.float64, device=rows.device)
-                _convert_and_shift(rows, self._shift, out=x)
-                self._sum += x.sum(dim=0)
-                self._gram.addmm_(x.T, x)  # type: ignore[union-attr]
-                self.n += count
+        if self.fast or self._shift is None:
+            with _full_precision(rows.device):
+                if self.fast:
+                    columns = torch.empty(self.dim, count, dtype=torch.float32, device=rows.device)
+                    self._add_moments(count, *_fast_moments(columns.copy_(rows.T)))
+                else:
+                    x = rows.to(torch.float64, copy=True)  # centred in place below: never the layer's own tensor
+                    mean = x.mean(dim=0)
+                    x -= mean
+                    self._start(count, mean, x.T @ x)
+            return
+        x = torch.empty(count, self.dim, dtype=torch.float64, device=rows.device)
+        _convert_and_shift(rows, self._shift, out=x)
+        self._add_shifted(count, x.T)
 
     def update_maps(self, maps: torch.Tensor) -> None:
         """Add feature maps (B, dim, H, W): every spatial position is one observation."""
@@ -81,23 +80,22 @@ class CovarianceAccumulator:
             return
         maps = self._place(maps)
         by_channel = maps.reshape(batch, channels, -1).transpose(0, 1)  # (C, B, H·W) view
-        with _full_precision(maps.device):
-            # (C, B·H·W): every column one observation, converted and laid out by one copy.
-            x = torch.empty(channels, count, dtype=torch.float32 if self.fast else torch.float64,
-                            device=maps.device)
-            if self.fast:
+        if self.fast or self._shift is None:
+            with _full_precision(maps.device):
+                # (C, B·H·W): every column one observation, converted and laid out by one copy.
+                x = torch.empty(channels, count, dtype=torch.float32 if self.fast else torch.float64,
+                                device=maps.device)
                 x.view(channels, batch, -1).copy_(by_channel)
-                self._add_moments(count, *_fast_moments(x))
-            elif self._shift is None:
-                x.view(channels, batch, -1).copy_(by_channel)
-                mean = x.mean(dim=1)
-                x -= mean[:, None]
-                self._start(count, mean, x @ x.T)
-            else:
-                _convert_and_shift(by_channel, self._shift[:, None, None], out=x.view(channels, batch, -1))
-                self._sum += x.sum(dim=1)
-                self._gram.addmm_(x, x.T)  # type: ignore[union-attr]
-                self.n += count
+                if self.fast:
+                    self._add_moments(count, *_fast_moments(x))
+                else:
+                    mean = x.mean(dim=1)
+                    x -= mean[:, None]
+                    self._start(count, mean, x @ x.T)
+            return
+        x = torch.empty(channels, count, dtype=torch.float64, device=maps.device)
+        _convert_and_shift(by_channel, self._shift.view(channels, 1, 1), out=x.view(channels, batch, -1))
+        self._add_shifted(count, x)
 
     def _place(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.detach()
@@ -108,6 +106,13 @@ class CovarianceAccumulator:
     def _start(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
         """First batch: its exact mean becomes the shift of every later batch."""
         self.n, self._shift, self._sum, self._gram = count, mean, torch.zeros_like(mean), m2
+
+    def _add_shifted(self, count: int, columns: torch.Tensor) -> None:
+        """Add a float64 (dim, count) matrix of shifted observations (columns). Every operand is
+        float64, which autocast never casts, so this hot path needs no autocast context."""
+        self._sum += columns.sum(dim=1)  # type: ignore[operator]
+        self._gram.addmm_(columns, columns.T)  # type: ignore[union-attr]
+        self.n += count
 
     def _add_moments(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
         """Add a batch given by its mean and centred Gram m2 (Σ (a − mean)(a − mean)ᵀ)."""

@@ -161,12 +161,11 @@ class SaturationTracker:
                 return
             if layer.name not in self._order:
                 self._order.append(layer.name)
-            tensor = _output_tensor(output).detach()
-            with torch.no_grad():
-                if layer.conv:
-                    layer.accumulator.update_maps(self._downsample(tensor))
-                else:
-                    layer.accumulator.update(tensor.reshape(-1, tensor.shape[-1]))
+            tensor = _output_tensor(output).detach()  # detached: no autograd, no no_grad() needed
+            if layer.conv:
+                layer.accumulator.update_maps(self._downsample(tensor))
+            else:
+                layer.accumulator.update(tensor.reshape(-1, tensor.shape[-1]))
         return hook
 
     def _downsample(self, maps: torch.Tensor) -> torch.Tensor:
