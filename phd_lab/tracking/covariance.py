@@ -16,9 +16,10 @@ hook, which is what a forward hook on a GPU pays for.
 ``fast=True`` forms each centred batch Gram in float32 (batched over chunks so that no
 float32 sum runs over more than ``FAST_CHUNK`` observations) and adds it in float64; the
 tests show its relative error stays ≤ 1e-7 against the float64 definition with identical
-saturations. Both paths copy the activations (never modifying the layer's output), and
-both switch autocast off: under mixed precision a float32 product would silently run in
-bfloat16/float16.
+saturations. Both paths copy the activations (never modifying the layer's output). Where
+an operand is not float64 (the fast path, an exact first batch), autocast is switched off:
+under mixed precision a float32 product would silently run in bfloat16/float16; float64
+operands are never cast.
 """
 
 from __future__ import annotations
