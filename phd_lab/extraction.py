@@ -38,7 +38,6 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -46,6 +45,7 @@ from tqdm import tqdm
 from phd_lab import atomic
 from phd_lab.config import safe_name
 from phd_lab.errors import ConfigError, PhdLabError
+from phd_lab.pooling import pool_to
 from phd_lab.registry import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -184,23 +184,6 @@ def _reduce(output: torch.Tensor, downsampling: int | str | None) -> torch.Tenso
         if downsampling is not None:
             output = pool_to(output, int(downsampling))
     return output.flatten(1)
-
-
-def pool_to(maps: torch.Tensor, size: int) -> torch.Tensor:
-    """``F.adaptive_avg_pool2d(maps, size)``, computed by cheaper equivalent kernels where one exists.
-
-    Maps already of that size pass through, maps whose sides are multiples of ``size`` use a plain
-    average pooling, and maps whose sides divide ``size`` are repeated (adaptive pooling to a larger
-    size repeats every value). On a CPU the generic adaptive kernel costs several times more.
-    """
-    height, width = maps.shape[-2:]
-    if height == size and width == size:
-        return maps
-    if height % size == 0 and width % size == 0:
-        return F.avg_pool2d(maps, (height // size, width // size))
-    if size % height == 0 and size % width == 0:
-        return maps.repeat_interleave(size // height, dim=-2).repeat_interleave(size // width, dim=-1)
-    return F.adaptive_avg_pool2d(maps, size)
 
 
 def _file_stem(name: str) -> str:

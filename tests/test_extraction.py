@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from phd_lab.errors import ConfigError
-from phd_lab.extraction import MANIFEST, PAUSE_ENV, extract_latents, pool_to
+from phd_lab.extraction import MANIFEST, PAUSE_ENV, extract_latents
+from phd_lab.pooling import pool_to
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _extraction_models import build_model, loaders  # noqa: E402
@@ -179,7 +180,7 @@ def test_restart_after_sigkill_mid_extraction(tmp_path, data):
 
 
 @pytest.mark.parametrize("height,width", [(32, 32), (8, 16), (4, 4), (2, 2), (1, 2), (7, 7), (12, 12), (6, 3)])
-@pytest.mark.parametrize("size", [1, 2, 4])
+@pytest.mark.parametrize("size", [1, 2, 4, (2, 4), (4, 1)])
 def test_pool_to_equals_adaptive_average_pooling(height, width, size):
     maps = torch.randn(3, 5, height, width, generator=torch.Generator().manual_seed(height * 100 + width))
     expected = F.adaptive_avg_pool2d(maps, size)

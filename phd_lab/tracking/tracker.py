@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phd_lab.pooling import pool_to
 from phd_lab.tracking.covariance import CovarianceAccumulator
 from phd_lab.tracking.saturation import check_delta, empty_statistics, layer_statistics
 
@@ -175,7 +176,7 @@ class SaturationTracker:
         target = (min(size[0], maps.shape[2]), min(size[1], maps.shape[3]))
         maps = maps.float()
         if self.options.downsampling == "adaptive_avg":
-            return F.adaptive_avg_pool2d(maps, target)
+            return pool_to(maps, target)
         if self.options.downsampling == "bilinear":
             return F.interpolate(maps, size=target, mode="bilinear", align_corners=False)
         return F.interpolate(maps, size=target, mode="nearest")
