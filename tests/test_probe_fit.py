@@ -10,7 +10,7 @@ from sklearn.metrics import confusion_matrix
 from sklearn.preprocessing import StandardScaler
 
 from phd_lab.errors import ConfigError
-from phd_lab.probes.fit import probe_arrays, probe_layer, standardize_tensors, stratified_subsample
+from phd_lab.probes.fit import probe_arrays, probe_layer, standardize, standardize_tensors, stratified_subsample
 from phd_lab.probes.settings import ProbeSettings
 from tests.probe_latents import blob_layers, digits_layers, make_latents
 
@@ -110,16 +110,24 @@ def test_settings_from_config_values_and_overrides():
         ProbeSettings.from_mapping({"probe_device": "cuda"})
 
 
-def test_standardize_tensors_equals_standard_scaler_including_constant_features():
+@pytest.mark.parametrize("implementation", ["numpy", "torch"])
+def test_standardize_equals_standard_scaler_including_constant_features(implementation):
     rng = np.random.default_rng(0)
-    x_train = (rng.standard_normal((1000, 6)) * [1, 10, 0.01, 3, 1, 1] + [5, -2, 100, 0, 7, 0]).astype(np.float32)
+    x_train = (rng.standard_normal((1000, 7)) * [1, 10, 0.01, 3, 1, 1, 1] + [5, -2, 100, 0, 7, 0, 1e4]).astype(np.float32)
     x_train[:, 4] = 7.0  # constant: scale 1, as StandardScaler does
-    x_eval = (rng.standard_normal((300, 6)) * 2).astype(np.float32)
+    # two values 1 ulp apart around 1e4: not constant by StandardScaler's rule, so scaled to ±1
+    x_train[:, 6] = np.float32(1e4) + np.float32(1e4) * np.finfo(np.float32).eps * (np.arange(1000) % 2)
+    x_eval = (rng.standard_normal((300, 7)) * 2).astype(np.float32)
     # float64 reference: StandardScaler on float32 data subtracts a float32 mean, which loses digits
     # on a feature like column 2 (mean 100, spread 0.01); the float64 statistics here do not
     scaler = StandardScaler().fit(x_train.astype(np.float64))
-    train, evaluation = torch.from_numpy(x_train.copy()), torch.from_numpy(x_eval.copy())
-    standardize_tensors(train, evaluation, rows=64)  # several blocks
-    np.testing.assert_allclose(train.numpy(), scaler.transform(x_train.astype(np.float64)), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(evaluation.numpy(), scaler.transform(x_eval.astype(np.float64)), rtol=1e-6, atol=1e-6)
-    assert np.all(train.numpy()[:, 4] == 0.0)
+    if implementation == "torch":
+        train_t, eval_t = torch.from_numpy(x_train.copy()), torch.from_numpy(x_eval.copy())
+        standardize_tensors(train_t, eval_t, rows=64)  # several blocks
+        train, evaluation = train_t.numpy(), eval_t.numpy()
+    else:
+        train, evaluation = standardize(x_train.copy(), x_eval.copy(), rows=64)
+    assert train.dtype == evaluation.dtype == np.float32
+    np.testing.assert_allclose(train, scaler.transform(x_train.astype(np.float64)), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(evaluation, scaler.transform(x_eval.astype(np.float64)), rtol=1e-6, atol=1e-6)
+    assert np.all(train[:, 4] == 0.0)

