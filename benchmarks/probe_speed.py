@@ -147,7 +147,8 @@ def compare(name: str, latents: Path, scratch: Path, chosen: list[str]) -> list[
     if "bare" in chosen:
         wall, cpu, accuracies = bare_saga(latents)
         results["bare"] = (wall, cpu, accuracies, [])
-        lines.append(f"| bare sklearn saga fits | {wall:.2f} | {cpu:.2f} | {' '.join(f'{a:.3f}' for a in accuracies)} |")
+        shown = " ".join(f"{a:.3f}" for a in accuracies)
+        lines.append(f"| bare sklearn saga fits | {wall:.2f} | {cpu:.2f} | {shown} |")
     for run in (r for r in RUNS if r in chosen):
         solver, workers, settings = RUNS[run]
         wall, cpu, records = timed_runner(latents, solver, workers, scratch / f"cache-{name[:3]}-{run}", **settings)
@@ -163,7 +164,8 @@ def compare(name: str, latents: Path, scratch: Path, chosen: list[str]) -> list[
                      f"CPU {(saga1[1] / bare[1] - 1) * 100:+.1f} % (target ≤ 5 %)")
     for run in ("saga1", "saga2"):
         if run in results and "bare" in results:
-            lines.append(f"- runner {run} accuracies identical to the bare fits: {results[run][2] == results['bare'][2]}")
+            same = results[run][2] == results["bare"][2]
+            lines.append(f"- runner {run} accuracies identical to the bare fits: {same}")
     if saga is not None:
         for run, label in (("seed1", "saga seed 1"), ("lbfgs", "lbfgs"), ("torch", "lbfgs-torch")):
             if run not in results:
@@ -188,7 +190,8 @@ def gpu_mode(device: str, n: int, d: int, layers: int) -> list[str]:
     import torch
     from phd_lab.probes.fit import probe_arrays
     lines = [f"### lbfgs-torch on {torch.cuda.get_device_name(device) if device.startswith('cuda') else device}, "
-             f"{n:,} × {d:,}, 10 classes", "", "| layer | seconds | n_iter | converged | eval acc |", "|---|---:|---:|---|---:|"]
+             f"{n:,} × {d:,}, 10 classes", "", "| layer | seconds | n_iter | converged | eval acc |",
+             "|---|---:|---:|---|---:|"]
     settings = ProbeSettings(solver="lbfgs-torch", device=device)
     probe_arrays(0, "warm-up", *_small(), settings)
     for i in range(layers):
@@ -196,7 +199,8 @@ def gpu_mode(device: str, n: int, d: int, layers: int) -> list[str]:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         record = probe_arrays(i, f"layer{i}", x_train, y_train, x_eval, y_eval, settings)
-        lines.append(f"| layer{i} | {record.seconds:.2f} | {record.n_iter} | {record.converged} | {record.eval_acc:.3f} |")
+        lines.append(f"| layer{i} | {record.seconds:.2f} | {record.n_iter} | {record.converged} "
+                     f"| {record.eval_acc:.3f} |")
     return lines + ["", "seconds include the host→GPU copy, standardisation on the GPU and evaluation.", ""]
 
 

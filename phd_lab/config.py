@@ -83,7 +83,8 @@ class Key:
         if ok and self.kind in ("int", "float"):
             if not math.isfinite(value):
                 ok = False
-            elif self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum):
+            elif self.minimum is not None and (value <= self.minimum if self.exclusive_minimum
+                                               else value < self.minimum):
                 ok = False
             elif self.maximum is not None and value > self.maximum:
                 ok = False

@@ -113,7 +113,8 @@ def test_settings_from_config_values_and_overrides():
 @pytest.mark.parametrize("implementation", ["numpy", "torch"])
 def test_standardize_equals_standard_scaler_including_constant_features(implementation):
     rng = np.random.default_rng(0)
-    x_train = (rng.standard_normal((1000, 7)) * [1, 10, 0.01, 3, 1, 1, 1] + [5, -2, 100, 0, 7, 0, 1e4]).astype(np.float32)
+    spread, offset = [1, 10, 0.01, 3, 1, 1, 1], [5, -2, 100, 0, 7, 0, 1e4]
+    x_train = (rng.standard_normal((1000, 7)) * spread + offset).astype(np.float32)
     x_train[:, 4] = 7.0  # constant: scale 1, as StandardScaler does
     # two values 1 ulp apart around 1e4: not constant by StandardScaler's rule, so scaled to ±1
     x_train[:, 6] = np.float32(1e4) + np.float32(1e4) * np.finfo(np.float32).eps * (np.arange(1000) % 2)

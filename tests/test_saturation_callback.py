@@ -25,7 +25,8 @@ from registries.optimizers import adam
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["features.0", "features.3", "features.6", "features.8", "features.11", "features.13", "features.16",
           "features.18", "classifier"]
-CONFIG = {"model": "vgg11", "model_args": {"width": 0.25, "batch_norm": False, "head": "linear"}, "dataset": "Digits", "resolution": 8, "epoch": 2,
+CONFIG = {"model": "vgg11", "model_args": {"width": 0.25, "batch_norm": False, "head": "linear"},
+          "dataset": "Digits", "resolution": 8, "epoch": 2,
           "batch_size": 64, "optimizer": "adam", "optimizer_args": {"lr": 0.003}, "seed": 7, "device": "cpu"}
 
 

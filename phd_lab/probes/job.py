@@ -106,7 +106,8 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
 def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root: Path | None = None) -> ProbeJob:
     run_dir = manifest.run_dir
     if not run_dir.is_dir():
-        raise DataError(f"The run folder {str(run_dir)!r} named by 'run_dir' in {str(manifest.folder / 'manifest.json')!r} "
+        manifest_path = str(manifest.folder / "manifest.json")
+        raise DataError(f"The run folder {str(run_dir)!r} named by 'run_dir' in {manifest_path!r} "
                         f"does not exist; the probe results are written there. Move the latents back with their run "
                         f"or rerun the extraction step.")
     if expected_root is not None and run_dir.resolve() != expected_root.resolve():

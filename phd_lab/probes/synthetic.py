@@ -37,7 +37,8 @@ def write_latents(folder: Path | str, layers: Mapping[str, tuple[np.ndarray, np.
     labels = {"train": "train-labels.npy", "eval": "eval-labels.npy",
               "sha256": {"train": _save(folder / "train-labels.npy", np.asarray(y_train)),
                          "eval": _save(folder / "eval-labels.npy", np.asarray(y_eval))}}
-    write_json(folder / MANIFEST, {"format": FORMAT, "run_dir": str(run_dir), "model_test_accuracy": model_test_accuracy,
+    write_json(folder / MANIFEST, {"format": FORMAT, "run_dir": str(run_dir),
+                                   "model_test_accuracy": model_test_accuracy,
                                    "downsampling": downsampling, "dtype": ",".join(sorted(dtypes)),
                                    "layers": entries, "labels": labels})
     return folder
