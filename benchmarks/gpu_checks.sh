@@ -2,6 +2,10 @@
 # All checks that need a CUDA GPU, in one run (the lead's device session): GPU tests, then the GPU
 # variants of the benchmarks. Usage: bash benchmarks/gpu_checks.sh [OUT_DIR]
 # Needs torch with CUDA plus the project's dependencies; ptflops and Dask may come as wheels in .whl/.
+# The device image lacks ptflops and Dask; fetch them here into an ignored .whl/ and carry it:
+#   pip download -d .whl --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux1_x86_64 ptflops==0.7.5 dask==2026.8.0 \
+#     distributed==2026.8.0 partd==1.4.2 locket==1.0.0 tblib==3.2.2 tornado==6.6.1 zict==3.0.0
 set -u
 out=${1:-${OUT:-/tmp}}
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -15,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])" | tee -a "$out/gpu_checks.log"
 run 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 run 180 python3 benchmarks/tracking_overhead.py --device cuda --reps 3 --profile \
-  --conditions untracked,passes,inline,inline-serial,inline-fast
+  --conditions untracked,passes,inline,inline-fast
 run 150 python3 benchmarks/probe_speed.py --gpu
 # Issue 8 on the machine's 16 cores (the 2-core target cannot be checked on more cores; this shows scaling).
 run 140 python3 benchmarks/grid_scaling.py --repeats 1 --epochs 3 --jobs train --schedulers local:2,local:4
