@@ -106,7 +106,7 @@ def make_epoch(condition: str, trainer: BenchTrainer, bundle: DataBundle) -> Cal
 
 def profile_update(device: torch.device, batch: int, reps: int = 20) -> list[str]:
     """Milliseconds per exact covariance update of ResNet18's four feature-map shapes (bf16), by part."""
-    from phd_lab.tracking.covariance import CovarianceAccumulator
+    from phd_lab.tracking.covariance import CovarianceAccumulator, _convert_and_shift
 
     def ms(fn: Callable[[], object]) -> float:
         fn()
@@ -127,7 +127,7 @@ def profile_update(device: torch.device, batch: int, reps: int = 20) -> list[str
         gram = torch.zeros(channels, channels, dtype=torch.float64, device=device)
         accumulator = CovarianceAccumulator(channels, device)
         accumulator.update_maps(maps)  # the first batch sets the shift; later ones take the timed path
-        parts = (ms(lambda: torch.sub(by_channel, shift[:, None, None], out=x.view(channels, batch, -1))),
+        parts = (ms(lambda: _convert_and_shift(by_channel, shift[:, None, None], out=x.view(channels, batch, -1))),
                  ms(lambda: x.sum(dim=1)), ms(lambda: gram.addmm_(x, x.T)), ms(lambda: accumulator.update_maps(maps)))
         lines.append(f"{str(tuple(maps.shape)):<22}" + "".join(f"{p:>8.3f}" for p in parts))
     return lines

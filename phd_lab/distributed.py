@@ -16,6 +16,7 @@ import os
 import re
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from phd_lab.environment import available_cores
 from phd_lab.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -31,14 +32,6 @@ _LOCAL = re.compile(r"^local(?::(\d+))?$")
 WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                  "distributed.worker.profile.enabled": False}
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def available_cores() -> int:
-    """Cores this process may run on (respects taskset/cgroup affinity where the OS reports it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def worker_thread_environment(workers: int) -> dict[str, str]:

@@ -1,12 +1,21 @@
-"""Facts about the software a run used, recorded in its logged config."""
+"""Facts about the machine and the software: the software a run used is recorded in its logged config."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects taskset/cgroup affinity where the OS reports it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @lru_cache(maxsize=1)

@@ -162,7 +162,8 @@ def _torch_threads() -> int:
 def test_local_cluster_workers_share_the_cores(workers):
     """local:N gives every worker process an equal share of the cores for torch (Dask's nanny
     would start each with one thread and leave the other cores idle)."""
-    from phd_lab.distributed import available_cores, dask_client
+    from phd_lab.distributed import dask_client
+    from phd_lab.environment import available_cores
     with dask_client(f"local:{workers}") as client:
         threads = client.run(_torch_threads)
     assert len(threads) == workers

@@ -63,6 +63,7 @@ def _training_steps_with_tracker(steps: int, **options: object) -> tuple[dict[st
     """bf16-autocast training steps of a small CUDA ResNet with an inline tracker (training batches)."""
     from phd_lab.tracking import SaturationTracker
     from registries.models import resnet18_cifar
+    from tests.test_tracking import observation_rows
     torch.manual_seed(0)
     model = resnet18_cifar(num_classes=10, in_channels=3, width=0.25).cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -85,12 +86,7 @@ def _training_steps_with_tracker(steps: int, **options: object) -> tuple[dict[st
     covariances = {name: tracker.covariance(name).cpu() for name in tracker.layer_names}
     frame = tracker.compute()
     tracker.close()
-    acts = {}
-    for name, parts in outputs.items():
-        stacked = torch.cat(parts).double()
-        acts[name] = (stacked.permute(0, 2, 3, 1).reshape(-1, stacked.shape[1]) if stacked.dim() == 4
-                      else stacked).cpu().numpy()
-    return covariances, (frame, acts)
+    return covariances, (frame, {name: observation_rows(parts) for name, parts in outputs.items()})
 
 
 def test_tracking_bf16_training_on_cuda_equals_the_float64_definition():

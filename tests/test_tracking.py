@@ -47,13 +47,15 @@ def materialised(model: nn.Module, data: torch.Tensor, batch: int) -> dict[str, 
             model(chunk)
     for handle in handles:
         handle.remove()
-    result = {}
-    for name, parts in outputs.items():
-        acts = torch.cat(parts).double()
-        if acts.dim() == 4:
-            acts = acts.permute(0, 2, 3, 1).reshape(-1, acts.shape[1])
-        result[name] = acts.numpy()
-    return result
+    return {name: observation_rows(parts) for name, parts in outputs.items()}
+
+
+def observation_rows(parts: list[torch.Tensor]) -> np.ndarray:
+    """Recorded outputs of one layer as float64 (observations, features); conv maps: one row per position."""
+    acts = torch.cat(parts).double().cpu()
+    if acts.dim() == 4:
+        acts = acts.permute(0, 2, 3, 1).reshape(-1, acts.shape[1])
+    return acts.numpy()
 
 
 def rel_error(a: np.ndarray, b: np.ndarray) -> float:

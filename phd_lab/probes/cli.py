@@ -15,7 +15,7 @@ log = logging.getLogger("phd_lab")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from phd_lab.probes.job import default_cpu_count
+    from phd_lab.environment import available_cores
     from phd_lab.probes.settings import SOLVERS
     parser = argparse.ArgumentParser(
         prog="probe_main.py",
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--config", help="JSON config: probe every run of its grid that has latents")
     source.add_argument("--latents", help="probe one latents folder (with its manifest.json)")
     parser.add_argument("--run-id", help="name of the repetition (overrides the config's run_id)")
-    parser.add_argument("-mp", "--processes", type=int, default=default_cpu_count(),
+    parser.add_argument("-mp", "--processes", type=int, default=available_cores(),
                         help="worker processes, one thread each (default: the number of cores); 0 fits in-process")
     parser.add_argument("--cache-dir", help="result cache folder (default: <logs_dir>/.probe_cache, or "
                                             "<run folder>/.probe_cache with --latents)")

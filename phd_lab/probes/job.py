@@ -9,7 +9,6 @@ Outputs go to the run folder named by the manifest's ``run_dir``, each written a
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -39,13 +38,6 @@ class ProbeJob:
     settings: ProbeSettings
     outputs: RunDir
     label: str  # for messages: the run's name or the latents folder
-
-
-def default_cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def jobs_from_config(config_path: Path | str, run_id: str | None = None,
