@@ -10,7 +10,8 @@ from sklearn.metrics import confusion_matrix
 from sklearn.preprocessing import StandardScaler
 
 from phd_lab.errors import ConfigError
-from phd_lab.probes.fit import probe_arrays, probe_layer, standardize, standardize_tensors, stratified_subsample
+from phd_lab.probes.fit import (fit_torch_lbfgs, probe_arrays, probe_layer, standardize, standardize_tensors,
+                                stratified_subsample)
 from phd_lab.probes.settings import ProbeSettings
 from tests.probe_latents import blob_layers, digits_layers, make_latents
 
@@ -132,3 +133,42 @@ def test_standardize_equals_standard_scaler_including_constant_features(implemen
     np.testing.assert_allclose(train, scaler.transform(x_train.astype(np.float64)), rtol=0, atol=1e-6)
     np.testing.assert_allclose(evaluation, scaler.transform(x_eval.astype(np.float64)), rtol=1e-6, atol=1e-6)
     assert np.all(train[:, 4] == 0.0)
+
+
+def test_lbfgs_torch_minimises_scikit_learns_objective_on_two_classes():
+    """With two classes scikit-learn fits one binomial vector with ||w||²/2; two softmax rows with the
+    same penalty would be the binomial problem at 2·C. C is chosen where C and 2·C predict differently."""
+    rng = np.random.default_rng(1)
+    y = (rng.random(300) < 0.3).astype(int)
+    x = (rng.standard_normal((300, 10)) + y[:, None] * 0.8).astype(np.float32)
+    C = 0.005
+    at_c = LogisticRegression(C=C, tol=1e-10, max_iter=5000).fit(x, y).predict(x)
+    at_2c = LogisticRegression(C=2 * C, tol=1e-10, max_iter=5000).fit(x, y).predict(x)
+    assert (at_c != at_2c).sum() >= 10
+    result = fit_torch_lbfgs(x.copy(), y, x.copy(), ProbeSettings(solver="lbfgs-torch", standardize=False, C=C,
+                                                                  tol=1e-7))
+    np.testing.assert_array_equal(result.train_pred, at_c)
+    assert result.converged
+
+
+def test_lbfgs_torch_is_not_converged_when_it_runs_out_of_evaluations():
+    """max_iter 10 allows 20 loss evaluations; badly scaled raw features use them up in fewer iterations."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    centres = rng.standard_normal((3, 50))
+    x = ((centres[y] + rng.standard_normal((200, 50))) * 1e6 * np.logspace(-2, 2, 50)).astype(np.float32)
+    result = fit_torch_lbfgs(x.copy(), y, x[:20].copy(), ProbeSettings(solver="lbfgs-torch", standardize=False,
+                                                                       max_iter=10))
+    assert result.n_iter < 10
+    assert not result.converged
+
+
+@pytest.mark.parametrize("train_rows", [1, 30, 63, 64, 65])
+def test_standardize_with_fewer_training_rows_than_eval_rows(train_rows):
+    rng = np.random.default_rng(train_rows)
+    x_train = (rng.standard_normal((train_rows, 5)) * 3 + 7).astype(np.float32)
+    x_eval = (rng.standard_normal((200, 5)) * 3 + 7).astype(np.float32)
+    scaler = StandardScaler().fit(x_train.astype(np.float64))
+    train, evaluation = standardize(x_train.copy(), x_eval.copy())
+    np.testing.assert_allclose(train, scaler.transform(x_train.astype(np.float64)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(evaluation, scaler.transform(x_eval.astype(np.float64)), rtol=1e-6, atol=1e-5)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,13 @@ import pandas as pd
 import pytest
 
 from phd_lab.config import load_config_file
+from phd_lab.errors import RunFailure
 from phd_lab.grid import Grid
 from phd_lab.probes.cache import ResultCache
 from phd_lab.probes.cli import probe_cli
 from phd_lab.probes.job import CSV_COLUMNS, build_tasks, jobs_from_latents, run_jobs
 from phd_lab.probes.manifest import sha256_file
-from phd_lab.probes.runner import run_probes
+from phd_lab.probes.runner import run_probes, run_task
 from phd_lab.probes.synthetic import write_latents
 from phd_lab.rundir import RunDir
 from tests.probe_latents import blob_layers, digits_layers, make_latents
@@ -83,6 +85,27 @@ def test_cache_hits_by_content_and_refits_a_changed_layer(tmp_path):
     # identical content under another folder and name is the same entry
     other_dir, other = make_latents(tmp_path, {"renamed": layers["features.0"]}, y_train, y_eval, name="other")
     assert _fitted(other, cache) == [("renamed", True)]
+
+
+def test_the_seed_is_part_of_the_key_only_where_it_changes_the_result(tmp_path):
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    cache = tmp_path / "cache"
+    assert {c for _, c in _fitted(latents, cache, solver="lbfgs", seed=0)} == {False}
+    assert {c for _, c in _fitted(latents, cache, solver="lbfgs", seed=5)} == {True}  # starts from zeros
+    assert {c for _, c in _fitted(latents, cache, solver="lbfgs", seed=5, train_samples=200)} == {False}
+    assert {c for _, c in _fitted(latents, cache, solver="lbfgs", seed=6, train_samples=200)} == {False}
+    assert {c for _, c in _fitted(latents, cache, seed=0)} == {False}  # saga shuffles with it
+    assert {c for _, c in _fitted(latents, cache, seed=1)} == {False}
+
+
+def test_a_worker_with_other_library_versions_refuses_to_fit(tmp_path):
+    """The driver keys the cache with its versions; a (Dask) worker that differs must not fill it."""
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    (task,) = build_tasks(jobs_from_latents(latents)[0])
+    assert run_task(task).layer == "block0.conv"
+    elsewhere = replace(task, key={**task.key, "versions": {**task.key["versions"], "scikit_learn": "0.24.2"}})
+    with pytest.raises(RunFailure, match="scikit_learn .* here, 0.24.2 in the job"):
+        run_task(elsewhere)
 
 
 def test_cached_record_keeps_its_seconds_and_gets_the_current_name(tmp_path):
@@ -232,6 +255,7 @@ def test_error_manifest_missing(tmp_path, capsys):
     (lambda m: m.update(layers=[]), "layers is [], expected a non-empty list"),
     (lambda m: m.update(format=7), "format is 7"),
     (lambda m: m["layers"][0].update(shape=[5, 5]), "layers[0].shape is [5, 5]"),
+    (lambda m: m["layers"][0].update(shape=1000), "layers[0].shape is 1000"),
 ])
 def test_error_manifest_incomplete(tmp_path, capsys, mutate, match):
     run_dir, latents = make_latents(tmp_path)
@@ -306,3 +330,44 @@ def test_error_cuda_requested_without_cuda(tmp_path, capsys):
     run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--solver", "lbfgs-torch", "--probe-device",
                         "cuda", match="torch sees no CUDA device")
+
+
+def test_error_labels_that_cannot_be_probed(tmp_path, capsys):
+    """Label problems surface before any fit, as usage errors, not as a failed fit (exit 1)."""
+    layers, y_train, y_eval = blob_layers(n_layers=1)  # 300 train samples, 3 classes
+    run_dir, latents = make_latents(tmp_path / "a", layers, y_train, y_eval)
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--train-samples", "299",
+                        match="the 1 samples left out must include each of the 3 classes")
+    assert cli("--latents", str(latents), "--train-samples", "297", "-mp", "0") == 0  # 3 left out: feasible
+
+    single = y_train.copy()
+    single[np.flatnonzero(single == 2)[1:]] = 1  # class 2 keeps one sample
+    run_dir, latents = make_latents(tmp_path / "b", layers, single, y_eval)
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--train-samples", "100",
+                        match="class(es) 2 have a single sample")
+
+    run_dir, latents = make_latents(tmp_path / "c", layers, np.zeros_like(y_train), y_eval)
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), match="hold 1 class(es) in 300 samples")
+
+    empty = {name: (train, eval_[:0]) for name, (train, eval_) in layers.items()}
+    run_dir, latents = make_latents(tmp_path / "d", empty, y_train, y_eval[:0])
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), match="are empty; the probes are scored")
+
+
+def test_error_cache_dir_that_cannot_be_a_folder(tmp_path, capsys):
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    in_the_way = tmp_path / "cache-file"
+    in_the_way.write_text("not a folder")
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--cache-dir", str(in_the_way),
+                        match="The probe cache folder")
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--cache-dir", str(in_the_way / "sub"),
+                        match="cannot be created")
+
+
+def test_a_result_that_cannot_be_written_fails_clearly_and_keeps_the_cache(tmp_path, capsys):
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    (run_dir / "probe_confusion").write_text("a file where the confusion folder goes")
+    assert cli("--latents", str(latents), "-mp", "0") == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "finished, but its result could not be written" in err and "Traceback" not in err
+    assert len(list((run_dir / ".probe_cache").rglob("*.json"))) == 1  # the first layer's result is kept

@@ -13,18 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 from pathlib import Path
 from typing import Any
 
 from phd_lab.atomic import write_json
+from phd_lab.errors import UsageError
 from phd_lab.probes.fit import ProbeRecord
 from phd_lab.probes.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-ALGORITHM_VERSION = 1  # bump when fit.py changes what a record means
+ALGORITHM_VERSION = 2  # bump when fit.py changes what a record means (2: lbfgs-torch's binary objective)
 
 
 def library_versions(solver: str) -> dict[str, str]:
@@ -59,6 +61,18 @@ class ResultCache:
 
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
+
+    def prepare(self) -> None:
+        """Create the folder, or say clearly why it cannot hold the cache (before any fit runs)."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise UsageError(f"The probe cache folder {str(self.folder)!r} cannot be created ({reason}); pass "
+                             f"--cache-dir with a folder you can write to.") from None
+        if not os.access(self.folder, os.W_OK | os.X_OK):
+            raise UsageError(f"The probe cache folder {str(self.folder)!r} is not writable; pass --cache-dir with a "
+                             f"folder you can write to.")
 
     def path(self, key: dict[str, Any]) -> Path:
         digest = key_digest(key)

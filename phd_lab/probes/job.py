@@ -18,7 +18,7 @@ import numpy as np
 from phd_lab.atomic import write_csv, write_with
 from phd_lab.errors import ConfigError, DataError, UsageError
 from phd_lab.probes.cache import ResultCache, cache_key, library_versions
-from phd_lab.probes.fit import ProbeRecord
+from phd_lab.probes.fit import ProbeRecord, stratified_subsample
 from phd_lab.probes.manifest import Manifest, read_manifest, verify_hashes
 from phd_lab.probes.runner import ProbeTask, run_probes
 from phd_lab.probes.settings import ProbeSettings
@@ -125,15 +125,45 @@ def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2) -> None:
     """Everything that can be checked before fitting: settings, devices, subsample sizes, sha256."""
     for job in jobs:
         check_device(job.settings)
-        if job.settings.train_samples is not None:
-            labels = np.load(job.manifest.train_labels, mmap_mode="r", allow_pickle=False)
-            classes = len(np.unique(labels))
-            if job.settings.train_samples < classes:
-                raise ConfigError(f"{job.label}: probe_train_samples is {job.settings.train_samples}, but a stratified "
-                                  f"subsample needs at least one sample of each of the {classes} classes; use ≥ "
-                                  f"{classes} or null for all {len(labels)} samples.")
+        check_labels(job)
     for job in jobs:
         verify_hashes(job.manifest, threads=threads)
+
+
+def check_labels(job: ProbeJob) -> None:
+    """The labels must allow a probe: two classes to train on, something to evaluate, and a
+    feasible stratified subsample (checked by drawing it, with the seed the fit will use)."""
+    labels = np.load(job.manifest.train_labels, mmap_mode="r", allow_pickle=False)
+    eval_count = len(np.load(job.manifest.eval_labels, mmap_mode="r", allow_pickle=False))
+    classes, counts = np.unique(labels, return_counts=True)
+    source = f"the labels {str(job.manifest.train_labels)!r}"
+    if len(classes) < 2:
+        raise DataError(f"{job.label}: {source} hold {len(classes)} class(es) in {len(labels)} samples; a probe "
+                        f"needs at least two classes to learn from. Extract latents of a labelled data set.")
+    if eval_count == 0:
+        raise DataError(f"{job.label}: the eval labels {str(job.manifest.eval_labels)!r} are empty; the probes are "
+                        f"scored on the eval split. Rerun the extraction with a non-empty test set.")
+    samples = job.settings.train_samples
+    if samples is None or samples >= len(labels):
+        return
+    if samples < len(classes):
+        raise ConfigError(f"{job.label}: probe_train_samples is {samples}, but a stratified subsample needs at least "
+                          f"one sample of each of the {len(classes)} classes; use ≥ {len(classes)} or null for all "
+                          f"{len(labels)} samples.")
+    try:
+        stratified_subsample(np.asarray(labels), samples, job.settings.seed)
+    except ValueError as error:
+        rare = classes[counts < 2]
+        if len(rare):
+            detail = (f"class(es) {', '.join(str(c) for c in rare[:5])} have a single sample, which a stratified "
+                      f"split cannot divide. Use null to train on all {len(labels)} samples")
+        else:
+            detail = (f"the {len(labels) - samples} samples left out must include each of the {len(classes)} "
+                      f"classes. Use null to train on all {len(labels)} samples, or a size ≤ "
+                      f"{len(labels) - len(classes)}")
+        raise ConfigError(f"{job.label}: probe_train_samples {samples} cannot be drawn as a stratified subsample of "
+                          f"{source} ({len(labels)} samples, {len(classes)} classes): {detail}. (scikit-learn: "
+                          f"{error})") from None
 
 
 def build_tasks(jobs: Sequence[ProbeJob]) -> list[ProbeTask]:
@@ -202,6 +232,7 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     for job in jobs:
         log.info("%s: %d layer(s) from %s; %s", job.label, len(job.manifest.layers), job.manifest.folder,
                  job.settings.describe())
-    run_probes(tasks, ResultCache(cache_dir), workers=workers, progress=progress, on_record=on_record,
-               scheduler=scheduler)
+    cache = ResultCache(cache_dir)
+    cache.prepare()
+    run_probes(tasks, cache, workers=workers, progress=progress, on_record=on_record, scheduler=scheduler)
     return {position: sorted(records, key=lambda r: r.index) for position, records in done.items()}

@@ -176,7 +176,7 @@ def read_manifest(folder: Path | str) -> Manifest:
                             f"{shapes['eval'][1]} in {files['eval']!r} (in {str(folder)!r}); train and eval latents "
                             f"must have the same width. Rerun the extraction step.")
         declared = entry.get("shape")
-        if declared is not None and list(declared) != list(shapes["train"]):
+        if declared is not None and (not isinstance(declared, list) or declared != list(shapes["train"])):
             raise _fail(path, f"{where}.shape is {declared}, but {files['train']!r} has shape {list(shapes['train'])}")
         layers.append(LayerFiles(index, name, folder / files["train"], folder / files["eval"],
                                  tuple(shapes["train"]), shas))

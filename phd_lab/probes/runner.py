@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 from phd_lab.errors import PhdLabError, RunFailure
-from phd_lab.probes.cache import ResultCache, key_digest
+from phd_lab.probes.cache import ResultCache, key_digest, library_versions
 from phd_lab.probes.fit import ProbeRecord, probe_layer
 from phd_lab.probes.settings import ProbeSettings
 
@@ -80,12 +80,26 @@ def run_task(task: ProbeTask) -> ProbeRecord:
     delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
     if delay > 0:
         time.sleep(delay)
+    check_versions(task)
     restore = _single_threaded(task.settings.solver)
     try:
         return probe_layer(task.index, task.layer, task.train, task.eval, task.train_labels, task.eval_labels,
                            task.settings)
     finally:
         restore()
+
+
+def check_versions(task: ProbeTask) -> None:
+    """The libraries that compute the fit must be those in the cache key, which the driver computed:
+    a Dask worker with other versions would store its results under the wrong key."""
+    versions = library_versions(task.settings.solver)
+    expected = task.key["versions"]
+    if versions != expected:
+        names = sorted(name for name in set(versions) | set(expected) if versions.get(name) != expected.get(name))
+        differing = ", ".join(f"{name} {versions.get(name)} here, {expected.get(name)} in the job" for name in names)
+        raise RunFailure(f"The process probing layer {task.layer!r} runs other library versions than the probe job "
+                         f"that keys the cache ({differing}); its results would be cached under the wrong versions. "
+                         f"Install the same versions everywhere (pip install -c constraints.txt).")
 
 
 def _init_worker() -> None:
@@ -133,9 +147,14 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
 
         def finished(position: int, record: ProbeRecord) -> None:
             records[position] = record
-            cache.put(tasks[position].key, record)
-            if on_record is not None:
-                on_record(tasks[position], record, False)
+            try:
+                cache.put(tasks[position].key, record)
+                if on_record is not None:
+                    on_record(tasks[position], record, False)
+            except OSError as error:  # a full disk, a vanished folder: say which result could not be kept
+                raise RunFailure(f"The probe of layer {record.layer!r} finished, but its result could not be "
+                                 f"written: {error}. Layers already written stay cached; rerun the same command "
+                                 f"once the problem is fixed.") from error
             bar.set_postfix_str(f"{record.layer}: {record.eval_acc:.3f}", refresh=False)
             bar.update(1)
 

@@ -80,6 +80,8 @@ class ProbeSettings:
         values = asdict(self.resolved())
         if self.solver != "lbfgs-torch":
             values.pop("device")  # CPU solvers ignore it
+        if self.solver != "saga" and self.train_samples is None:
+            values.pop("seed")  # the lbfgs solvers start from zeros: the seed only draws a subsample
         return values
 
     def describe(self) -> str:
