@@ -1,7 +1,9 @@
 """Atomic file writes: temp file in the target folder, fsync, ``os.replace``.
 
 Every file the framework writes goes through these helpers, so a crash leaves either the
-old complete file or the new complete file, never a truncated one.
+old complete file or the new complete file, never a truncated one. Files get the permissions
+any new file gets under the process umask (``mkstemp`` alone would make them private, 0600),
+so results on a shared file system stay readable by the group, the report or Dask workers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,20 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux: /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (a brief window; rare platforms only)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path | str, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
     """Open a temp file beside ``path``; on clean exit fsync it and rename it over ``path``."""
@@ -36,6 +52,7 @@ def atomic_open(path: Path | str, mode: str = "wb", **kwargs: Any) -> Iterator[I
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; results are shared like any new file
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()

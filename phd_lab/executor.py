@@ -17,7 +17,7 @@ from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import META_KEY, RunConfig
 from phd_lab.data import DataBundle
 from phd_lab.environment import versions
-from phd_lab.errors import ConfigError, UsageError
+from phd_lab.errors import ConfigError, RegistryError, UsageError
 from phd_lab.lock import RunLock
 from phd_lab.registry import Registries
 from phd_lab.rundir import RunDir
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # model_args the framework handles itself (not passed to the model factory):
 # "truncate": cut the model before a layer ("border" = before the border layer b_min) and add a GAP + linear head.
 FRAMEWORK_MODEL_OPTIONS = ("truncate",)
+# What ``check_model`` builds a model for before the data set is known.
+PLACEHOLDER_CLASSES, PLACEHOLDER_CHANNELS = 10, 3
 
 # Feature modules add callbacks here: ``factory(config, rundir) -> Callback | None``.
 CALLBACK_FACTORIES: list[Callable[[RunConfig, RunDir], "Callback | None"]] = [
@@ -93,11 +95,14 @@ class TrainTestExecutor:
     def validate(self) -> None:
         """Every check that needs no data: registry names, factory arguments, steps, device."""
         cfg, where = self.config, self.config.source
-        self.registries.models.check(cfg.model, "model")
-        self.registries.datasets.check(cfg.dataset, "dataset")
-        self.registries.optimizers.check(cfg.optimizer, "optimizer")
-        for metric in cfg.metrics:
-            self.registries.metrics.check(metric, "metrics")
+        try:
+            self.registries.models.check(cfg.model, "model")
+            self.registries.datasets.check(cfg.dataset, "dataset")
+            self.registries.optimizers.check(cfg.optimizer, "optimizer")
+            for metric in cfg.metrics:
+                self.registries.metrics.check(metric, "metrics")
+        except RegistryError as error:
+            raise RegistryError(f"{where}: {error}") from None
         model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
         check_factory_args(self.registries.models.get(cfg.model), model_args, "model_args", cfg.model, where,
                            ("num_classes", "in_channels"))
@@ -112,6 +117,43 @@ class TrainTestExecutor:
         self.steps = resolve_steps(cfg, where)
         resolve_device(cfg.device, f"{where}: the key 'device'")
         self._validated = True
+
+    def check_model(self, built: dict[str, nn.Module | None] | None = None) -> None:
+        """What only a built model can tell, before any run trains: the model_args values, the layer
+        ``truncate`` names, the layers the steps name. The model is built on the meta device (no memory,
+        no initialisation) with placeholder classes and channels, which module names do not depend on;
+        ``built`` shares the models between grid points. A model that cannot be built on the meta device
+        is checked when it is built for training."""
+        cfg, where = self.config, self.config.source
+        model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
+        key = json.dumps([self.registries.models.source, cfg.model, model_args], sort_keys=True, default=str)
+        built = {} if built is None else built
+        if key not in built:
+            factory = self.registries.models.get(cfg.model)
+            try:
+                with torch.device("meta"):
+                    built[key] = factory(num_classes=PLACEHOLDER_CLASSES, in_channels=PLACEHOLDER_CHANNELS,
+                                         **model_args)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"{where}: model {cfg.model!r} cannot be built with model_args "
+                                  f"{json.dumps(cfg.model_args)}: {error}.") from None
+            except Exception as error:  # noqa: BLE001 - e.g. a factory that needs real tensors
+                log.debug("%s: model %r not checked on the meta device (%s: %s)", where, cfg.model,
+                          type(error).__name__, error)
+                built[key] = None
+        model = built[key]
+        if model is None:
+            return
+        from phd_lab.models.truncate import BORDER_CHOICES
+        truncate = cfg.model_args.get("truncate")
+        names = [name for name, _ in model.named_modules() if name]
+        if truncate and truncate not in BORDER_CHOICES and truncate not in names:
+            from phd_lab.registry import did_you_mean
+            raise ConfigError(f"{where}: model_args 'truncate' is {truncate!r}, which names no module of "
+                              f"{cfg.model!r}.{did_you_mean(truncate, names)} Give a qualified module name, "
+                              f"'border' or 'border_max' (or null for no truncation).")
+        for step, params in self.steps:
+            step.check_model(params, model, where)
 
     # ------------------------------------------------------------------ building
     def build_data(self) -> DataBundle:

@@ -81,11 +81,12 @@ class Main:
         return cache[key]
 
     def _validate_grid(self, grid: Grid) -> list[TrainTestExecutor]:
-        executors, folders = [], {}
+        executors, folders, models = [], {}, {}
         for index in range(len(grid)):
             cfg = grid[index]
             executor = TrainTestExecutor(cfg, self._registries_for(cfg.registries), progress=self.progress)
             executor.validate()
+            executor.check_model(models)
             if executor.rundir.root in folders:
                 raise ConfigError(f"{grid.where}: runs {folders[executor.rundir.root]} and {index} would share the "
                                   f"folder {executor.rundir.root}; remove the duplicate value from the lists.")

@@ -46,6 +46,15 @@ CASES = {
     "unknown_step": ({"post_processing": ["nonexistent_step"]}, ["unknown post-processing step",
                                                                  "--list steps"]),
     "bad_device": ({"device": "tpu:0"}, ["'tpu:0'", "cpu, cuda or cuda:N"]),
+    # found by building each grid point's model on the meta device before the first run trains
+    "bad_model_value_in_a_later_run": ({"model_args": {"width": [0.0625, -1]}},
+                                       ["(run 1): model 'vgg11' cannot be built", "width must be a positive number"]),
+    "unknown_truncate_layer_in_a_later_run": ({"model_args": {"width": 0.0625, "truncate": ["border", "fetures.3"]}},
+                                              ["(run 1): model_args 'truncate' is 'fetures.3', which names no module",
+                                               "Did you mean 'features.3'"]),
+    "extract_layer_matching_nothing": ({"model_args": {"width": [0.0625, 0.125]},
+                                        "post_processing": [{"name": "extract", "layers": ["features.0", "nolayer"]}]},
+                                       ["(run 0): Step 'extract': the layer 'nolayer' matches no module of VGG"]),
     "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 (train split) is not in data_dir",
                                                        "cifar-10-batches-py", "download"]),
 }

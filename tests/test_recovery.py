@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -131,3 +132,21 @@ def test_second_process_on_same_run_folder_is_refused_until_owner_dies(tmp_path,
     assert rundir.lock.exists()
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert rundir.metrics_csv.exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_permissions_of_any_new_file(tmp_path, umask):
+    """Atomic writes go through mkstemp, which makes files 0600; results on a shared logs_dir must
+    be readable as the umask allows, like any other new file (and the temp file must not stay)."""
+    from phd_lab import atomic
+    previous = os.umask(umask)
+    try:
+        atomic.write_text(tmp_path / "result.csv", "a,b\n1,2\n")
+        with open(tmp_path / "plain.txt", "w") as handle:  # what the umask gives an ordinary file
+            handle.write("x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "result.csv").stat().st_mode) == 0o666 & ~umask
+    plain = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "result.csv").stat().st_mode) == plain
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "result.csv"]

@@ -30,6 +30,15 @@ class ExtractStep(Step):
             raise ConfigError(f"{where}, step 'extract': 'layers' is an empty list; give module names or "
                               f"wildcards, or null for every Conv2d and Linear.")
 
+    def check_model(self, params: dict[str, Any], model: Any, where: str) -> None:
+        from phd_lab.errors import ConfigError
+        from phd_lab.extraction import select_layers
+        if params["layers"] is not None:
+            try:
+                select_layers(model, params["layers"])
+            except ConfigError as error:
+                raise ConfigError(f"{where}: {error}") from None
+
     def run(self, ctx: StepContext, **params: Any) -> None:
         from phd_lab.extraction import extract_latents
 
