@@ -73,3 +73,37 @@ def test_sigkill_mid_job_then_resume_fits_only_the_rest_and_writes_the_same_csv(
     cached_seconds = sorted(json.loads(entry[1])["record"]["seconds"] for entry in before.values())
     table = list(csv.DictReader(io.StringIO((killed_run / "probe_performances.csv").read_text())))
     assert set(cached_seconds) <= {float(row["seconds"]) for row in table}
+
+
+def _children(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def test_workers_of_a_killed_job_exit_instead_of_fitting_for_nobody(tmp_path):
+    """Only the job's own process is killed (as the OOM killer or `kill -9 PID` does); its worker
+    processes must not live on, each holding a core and a layer in memory."""
+    _, latents = make_latents(tmp_path, *digits_layers(n_layers=4, width=16))
+    process = _probe(latents, tmp_path / "cache", delay=30.0, workers=2)
+    deadline = time.monotonic() + 60
+    workers: set[int] = set()
+    while len(workers) < 3:  # two workers and the resource tracker
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.1)
+        workers = _children(process.pid)
+    time.sleep(1.0)  # the workers are inside their (delayed) fits
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)  # not communicate(): surviving workers would hold its pipes open
+    process.stdout.close()
+    process.stderr.close()
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in workers):
+        assert time.monotonic() < deadline, f"workers still running: {sorted(workers)}"
+        time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return "zombie"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -102,9 +103,18 @@ def check_versions(task: ProbeTask) -> None:
                          f"Install the same versions everywhere (pip install -c constraints.txt).")
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = "1"
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """A worker whose job was killed (SIGKILL, out of memory) must not go on fitting for nobody,
+    holding a core and a layer's memory: it exits once it has been handed to another parent."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
 
 
 def _failure(task: ProbeTask, error: BaseException) -> PhdLabError:
@@ -177,7 +187,8 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
 def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int,
                  finished: Callable[[int, ProbeRecord], None]) -> None:
     context = multiprocessing.get_context("spawn")  # no forked copies of threads or open handles
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                             initargs=(os.getpid(),)) as pool:
         pending: dict[Future, int] = {pool.submit(run_task, tasks[position]): position for position in misses}
         try:
             while pending:
