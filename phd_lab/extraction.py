@@ -335,19 +335,28 @@ def load_manifest(folder: Path) -> dict[str, Any] | None:
 
 def _reusable(folder: Path, manifest: dict[str, Any] | None, settings: dict[str, Any], layers: list[str],
               samples: dict[str, int]) -> bool:
-    """A complete extraction with the same settings, layers and sample counts, every file present."""
+    """A complete extraction with the same settings, layers and sample counts, every file present
+    and unchanged (its sha256 as in the manifest: a file edited since would fail the probe job's
+    check, and only a new extraction can mend it)."""
+    from phd_lab.probes.manifest import sha256_file
     if manifest is None or any(manifest.get(k) != v for k, v in settings.items()):
         return False
     try:
         entries = manifest["layers"]
         if {e.get("layer", e["name"]) for e in entries} != set(layers):
             return False
-        checks = [(e[split], split, e["shape"][1:], settings["dtype"]) for e in entries for split in SPLITS]
-        checks += [(manifest["labels"][split], split, [], "int64") for split in SPLITS]
-        for name, split, row_shape, dtype in checks:
+        checks = [(e[split], e["sha256"][split], split, e["shape"][1:], settings["dtype"])
+                  for e in entries for split in SPLITS]
+        checks += [(manifest["labels"][split], manifest["labels"]["sha256"][split], split, [], "int64")
+                   for split in SPLITS]
+        for name, _, split, row_shape, dtype in checks:
             array = np.load(Path(folder) / name, mmap_mode="r", allow_pickle=False)
             if (array.shape[0] != samples[split] or list(array.shape[1:]) != list(row_shape)
                     or array.dtype != np.dtype(dtype)):
+                return False
+        for name, expected, *_ in checks:
+            if sha256_file(Path(folder) / name) != expected:
+                log.warning("Latents file %s changed since it was extracted; extracting again.", Path(folder) / name)
                 return False
     except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError):
         return False

@@ -135,6 +135,20 @@ def test_complete_extraction_is_reused_and_changed_settings_redo_it(tmp_path, da
                                                               "train-head.npy", "train-labels.npy"]
 
 
+def test_a_latents_file_changed_since_extraction_is_extracted_again(tmp_path, data):
+    """Same shape and dtype, one value edited: reuse would leave a folder the probe job rejects
+    (sha256 mismatch) and that no rerun could mend."""
+    model = build_model()
+    first = extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False)
+    entry = first["layers"][0]
+    edited = np.load(tmp_path / entry["train"])
+    edited[0, 0] += 1.0
+    np.save(tmp_path / entry["train"], edited)
+    again = extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False)
+    assert again == first
+    assert sha(tmp_path / entry["train"]) == entry["sha256"]["train"]
+
+
 def test_unknown_layer_is_named(tmp_path, data):
     with pytest.raises(ConfigError, match=r"'bdy.0' matches no module .* Did you mean 'body.0'"):
         extract_latents(build_model(), data, tmp_path, run_dir=tmp_path, layers=["bdy.0"], progress=False)
