@@ -35,6 +35,22 @@ def test_delta_one_is_the_identity() -> None:
     assert torch.allclose(probe @ matrix, probe, atol=1e-5)
 
 
+@pytest.mark.parametrize("layer_type", [LinearPCA, Conv2dPCA])
+def test_delta_one_is_the_identity_also_for_directions_without_variance(layer_type) -> None:
+    """A unit that never fired while collecting (zero variance) must still pass new data at delta = 1:
+    the thesis' 100 % is the unprojected network, not the rank of the collected covariance."""
+    data = correlated()
+    data[:, 3] = 0.0  # dead unit
+    if layer_type is Conv2dPCA:
+        data = data.reshape(-1, 8, 1, 1)
+    layer = collected(layer_type(8, delta=1.0), data)
+    assert layer.k == 8
+    fresh = torch.randn(data.shape, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(layer(fresh), fresh)
+    layer.use_random_basis(torch.Generator().manual_seed(4))  # the control: k = 8 random directions span all
+    assert torch.allclose(layer(fresh), fresh, atol=1e-5)
+
+
 def test_projection_keeps_k_leading_directions_and_changing_delta_reprojects() -> None:
     data = correlated()
     layer = collected(LinearPCA(8, delta=0.99), data)

@@ -31,6 +31,9 @@ def test_border_layers_strict_and_every_later_conv():
     table = rf_table([5, 40, 20, 50, 60], [5, 40, 45, 50, 60])
     assert border_layers(table, 32) == ("conv4", "conv2")
     assert border_layers(rf_table([1, 3, 5], [1, 3, 5]), 32) == (None, None)
+    # a gate convolution on a globally pooled input (inf) sees no layout: it never starts the border,
+    # as in the receptive-field step (an SE block at the end of a ResNet at 32 px)
+    assert border_layers(rf_table([1, 3, 5, float("inf")], [1, 3, 40, float("inf")]), 32) == (None, "conv3")
 
 
 def test_fixture_receptive_fields_put_the_vgg11_border_at_conv6():

@@ -338,10 +338,13 @@ def border_layers(df: pd.DataFrame, input_resolution: int) -> tuple[str | None, 
     satisfy the condition but never start the border sequence, since they see no spatial layout.
     """
     convs = df[df["index"].notna()]
-    return (_border(convs, "in_r_min", input_resolution), _border(convs, "in_r_max", input_resolution))
+    return (border_in(convs, "in_r_min", input_resolution), border_in(convs, "in_r_max", input_resolution))
 
 
-def _border(convs: pd.DataFrame, column: str, resolution: int) -> str | None:
+def border_in(convs: pd.DataFrame, column: str, resolution: int) -> str | None:
+    """The border layer by one column of numeric input receptive fields of the Conv2d rows (in
+    forward order): the first from which on every value exceeds ``resolution``, global (inf) rows
+    never starting the sequence."""
     border = None
     for layer, value in zip(reversed(convs["layer"].tolist()), reversed(convs[column].tolist())):
         if not value > resolution:

@@ -118,18 +118,13 @@ def conv_rows(receptive_field: pd.DataFrame) -> pd.DataFrame:
 
 
 def border_layers(receptive_field: pd.DataFrame, resolution: int) -> tuple[str | None, str | None]:
-    """(b_min, b_max): first Conv2d from which on every Conv2d's input receptive field exceeds ``resolution``."""
+    """(b_min, b_max) of a saved receptive_field.csv: the rule of the receptive-field step
+    (``receptive_field.border_in``) on its Conv2d rows, values read as numbers ('inf' = global)."""
+    from phd_lab.analysis.receptive_field import border_in
     convs = conv_rows(receptive_field)
-    result = []
-    for column in ("in_r_min", "in_r_max"):
-        values = pd.to_numeric(convs[column], errors="coerce").tolist()
-        border = None
-        for position in range(len(values) - 1, -1, -1):
-            if not values[position] > resolution:  # NaN compares False: never past the border
-                break
-            border = str(convs["layer"].iloc[position])
-        result.append(border)
-    return result[0], result[1]
+    numeric = convs.assign(**{column: pd.to_numeric(convs[column], errors="coerce")
+                              for column in ("in_r_min", "in_r_max")})
+    return border_in(numeric, "in_r_min", resolution), border_in(numeric, "in_r_max", resolution)
 
 
 # ---------------------------------------------------------------------------------------- parts

@@ -70,7 +70,11 @@ class _PCALayer(nn.Module):
 
     @property
     def k(self) -> int:
-        """Number of directions kept at the current delta."""
+        """Number of directions kept at the current delta; every one at delta = 1 (the thesis' 100 %
+        is the unprojected layer, §7.2.1): a direction without variance in the collected data, e.g.
+        a unit that never fired, still passes new data unchanged."""
+        if self.delta >= 1.0:
+            return self.features
         return intrinsic_dimension(self.eigen()[0].numpy(), self.delta)
 
     def projection_matrix(self) -> torch.Tensor:
