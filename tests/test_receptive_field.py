@@ -67,6 +67,35 @@ def test_strided_pooling_hand_computed():
     assert got["b"] == (25, 25, 25, 25, 4)
 
 
+@pytest.mark.parametrize("index", ["plain", "ellipsis"])
+def test_strided_slice_shortcut_is_a_stride(index):
+    """CIFAR ResNets' 'option A' shortcut subsamples with x[:, :, ::2, ::2]: a 1×1 window of stride 2
+    (kernel 3 after it: 3 + 2·2 = 7, jump 2). Passing it through would report 5 and jump 1."""
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = conv(3), conv(3)
+
+        def forward(self, x):
+            x = self.a(x)
+            return self.b(x[:, :, ::2, ::2] if index == "plain" else x[..., ::2, ::2])
+
+    got = table(Net())
+    assert got["a"] == (1, 1, 3, 3, 1)
+    assert got["b"] == (3, 3, 7, 7, 2)
+
+    class OneAxis(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = conv(3)
+
+        def forward(self, x):
+            return self.a(x[:, :, ::2])
+
+    with pytest.raises(ReceptiveFieldError, match=r"strided slice with steps \{'height': 2\}"):
+        receptive_fields(OneAxis(), 32)
+
+
 class Residual(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -69,7 +69,7 @@ _GLOBAL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
 
 _PASS_FUNCTIONS = {
     operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
-    operator.truediv, operator.itruediv, operator.neg, operator.pos, operator.getitem,
+    operator.truediv, operator.itruediv, operator.neg, operator.pos,
     torch.add, torch.sub, torch.mul, torch.div, torch.cat, torch.concat, torch.relu, torch.relu_,
     torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.abs, torch.exp, torch.neg, torch.chunk,
     torch.split, torch.maximum, torch.minimum, torch.where, torch.nn.functional.hardtanh,
@@ -182,6 +182,28 @@ def _reduction(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
     return GLOBAL if set(dims) & _SPATIAL_DIMS else state
 
 
+def _getitem(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
+    """Indexing passes the receptive field through, except a strided slice of the feature map
+    (``x[:, :, ::2, ::2]``, the 'option A' shortcut of CIFAR ResNets): a 1×1 window with that stride."""
+    index = node.args[1] if len(node.args) > 1 else None
+    items = index if isinstance(index, tuple) else (index,)
+    if Ellipsis in items:  # dims after the ellipsis count from the end
+        cut = items.index(Ellipsis)
+        positions = list(enumerate(items[:cut])) + [(i - len(items[cut + 1:]), item)
+                                                     for i, item in enumerate(items[cut + 1:])]
+    else:
+        positions = list(enumerate(items))
+    steps = {("height" if dim in (2, -2) else "width"): item.step for dim, item in positions
+             if isinstance(item, slice) and item.step not in (None, 1) and dim in _SPATIAL_DIMS}
+    if not steps:
+        return state
+    values = set(steps.values())
+    if len(steps) != 2 or len(values) != 1 or not all(isinstance(v, int) and v > 0 for v in values):
+        raise _unsupported(node, graph_module, f" (a strided slice with steps {steps}; the analysis needs the "
+                                               f"same constant step along height and width)")
+    return window(state, 1, values.pop(), 1)
+
+
 def _conv_params(module: nn.Module, name: str) -> tuple[int, int, int]:
     where = f"layer {name!r}"
     return (_square(module.kernel_size, "kernel size", where), _square(module.stride, "stride", where),
@@ -251,7 +273,9 @@ def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
                 raise _unsupported(node, graph_module)
         elif node.op == "call_function":
             target = node.target
-            if target in _PASS_FUNCTIONS or getattr(target, "__name__", None) in _PASS_FUNCTION_NAMES:
+            if target is operator.getitem:
+                out = _getitem(first, node, graph_module)
+            elif target in _PASS_FUNCTIONS or getattr(target, "__name__", None) in _PASS_FUNCTION_NAMES:
                 out = merge(in_states)
             elif target in _GLOBAL_FUNCTIONS:
                 out = GLOBAL
