@@ -51,3 +51,27 @@ def test_bias_residual_and_frozen_parameters():
     # the caller's model is left as it was
     assert not any(hasattr(m, "__flops__") for m in model.modules())
     assert torch.equal(model(torch.ones(1, 2, 4, 4)), model(torch.ones(1, 2, 4, 4)))
+
+
+def test_activation_and_pooling_modules_count_once_and_outside_functional_calls_count():
+    """ptflops' own total also adds the F.relu / F.max_pool2d calls nn.ReLU / nn.MaxPool2d make
+    internally; a functional call in forward() that no module makes is counted once, in its row."""
+    modules = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.ReLU(), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1))
+    info, table = computational_info(modules, (1, 4, 4))
+    rows = table.set_index("layer")
+    # conv 16 positions, ReLU 16 elements, max pool 16 input elements, adaptive pool 4 elements
+    assert [rows.loc[name, "macs"] for name in ("0", "1", "2", "3")] == [16, 16, 16, 4]
+    assert rows.loc[FUNCTIONAL_ROW, "macs"] == 0
+    assert info["macs"] == 52
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 1, bias=False)
+
+        def forward(self, x):
+            return torch.nn.functional.relu(self.conv(x))
+
+    info, table = computational_info(Functional(), (1, 4, 4))
+    assert table.set_index("layer").loc[FUNCTIONAL_ROW, "macs"] == 16
+    assert info["macs"] == 32

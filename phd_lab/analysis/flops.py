@@ -4,14 +4,17 @@ ptflops counts multiply-accumulate operations (MACs) with its own per-module rul
 convolution counts k·k·C_in/groups·C_out per output position plus one per output element
 for the bias; Linear counts in·out plus out for the bias; activations, normalisation and
 pooling count one per element). FLOPs are reported as 2·MACs, the usual convention.
-The per-layer table applies the same ptflops rules per leaf module; functional operations
-(e.g. the additions of residual connections) appear as one extra row.
+The per-layer table applies the same ptflops rules per leaf module. Functional calls that
+ptflops counts (``F.relu``, pooling, interpolation, ``matmul``/``bmm``, ...) made outside those
+modules appear as one extra row. ptflops' own total also adds the functional calls that modules
+make internally (``nn.ReLU`` calls ``F.relu``), counting those modules twice; here they are
+left out. Element-wise tensor arithmetic, such as the additions of residual connections, is not
+counted by ptflops at all.
 """
 
 from __future__ import annotations
 
 import copy
-import io
 import logging
 from typing import Any
 
@@ -36,27 +39,20 @@ def computational_info(model: nn.Module, input_shape: tuple[int, int, int]) -> t
 
     Works on a copy of the model in eval mode, so the caller's model is left untouched.
     """
-    from ptflops import get_model_complexity_info
     from ptflops.pytorch_ops import MODULES_MAPPING
 
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
-    probe = copy.deepcopy(model).eval()
-    sink = io.StringIO()  # ptflops reports failures on its stream; keep them for our message
-    with torch.no_grad():
-        macs, _ = get_model_complexity_info(probe, tuple(input_shape), as_strings=False,
-                                            print_per_layer_stat=False, ost=sink, verbose=False)
-    if macs is None:
+    try:
+        rows, functional = _per_layer(copy.deepcopy(model).eval(), input_shape, MODULES_MAPPING)
+    except Exception as error:  # noqa: BLE001 - any failure of the forward pass under ptflops' hooks
         raise FlopsError(f"ptflops could not count the operations of {type(model).__qualname__} for an input "
-                         f"of shape {tuple(input_shape)}: {' '.join(sink.getvalue().split())[:400]}")
-
-    rows = _per_layer(copy.deepcopy(model).eval(), input_shape, MODULES_MAPPING)
-    module_macs = sum(row["macs"] for row in rows)
-    rows.append({"layer": FUNCTIONAL_ROW, "type": "", "macs": int(macs) - module_macs, "params": 0,
-                 "trainable_params": 0})
+                         f"of shape {tuple(input_shape)}: {type(error).__name__}: {error}") from None
+    rows.append({"layer": FUNCTIONAL_ROW, "type": "", "macs": functional, "params": 0, "trainable_params": 0})
     table = pd.DataFrame(rows)
     table["flops"] = 2 * table["macs"]
     table = table[LAYER_COLUMNS]
+    macs = int(table["macs"].sum())
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info = {"input_shape": [int(v) for v in input_shape], "macs": int(macs), "flops": 2 * int(macs),
@@ -65,11 +61,24 @@ def computational_info(model: nn.Module, input_shape: tuple[int, int, int]) -> t
     return info, table
 
 
-def _per_layer(model: nn.Module, input_shape: tuple[int, int, int], rules: dict) -> list[dict[str, Any]]:
-    """MACs of every leaf module ptflops knows, via ptflops' own hook functions, in forward order."""
+def _per_layer(model: nn.Module, input_shape: tuple[int, int, int],
+               rules: dict) -> tuple[list[dict[str, Any]], int]:
+    """MACs of every leaf module ptflops knows, via ptflops' own hook functions, in forward order,
+    and the MACs of the functional calls ptflops counts that no such module made."""
+    from ptflops.pytorch_engine import patch_functional, patch_tensor_ops, unpatch_functional, unpatch_tensor_ops
+
     order: list[str] = []
     handles = []
     counted: dict[str, nn.Module] = {}
+    functional: list[int] = []  # ptflops' collector: one entry per functional call
+    inside: list[range] = []  # collector entries appended while a counted module ran
+    depth, start = [0], [0]
+
+    def enter(mod: nn.Module, args: Any) -> None:
+        if depth[0] == 0:
+            start[0] = len(functional)
+        depth[0] += 1
+
     for name, module in model.named_modules():
         hook = rules.get(type(module))
         if hook is None or not name:
@@ -79,9 +88,15 @@ def _per_layer(model: nn.Module, input_shape: tuple[int, int, int], rules: dict)
 
         def record(mod: nn.Module, args: Any, output: Any, _name: str = name, _hook: Any = hook) -> None:
             _hook(mod, args, output)
+            depth[0] -= 1
+            if depth[0] == 0:
+                inside.append(range(start[0], len(functional)))
             if _name not in order:
                 order.append(_name)
+        handles.append(module.register_forward_pre_hook(enter))
         handles.append(module.register_forward_hook(record))
+    patch_functional(functional)
+    patch_tensor_ops(functional)
     try:
         parameter = next(model.parameters(), None)
         dtype = parameter.dtype if parameter is not None else torch.float32
@@ -89,12 +104,16 @@ def _per_layer(model: nn.Module, input_shape: tuple[int, int, int], rules: dict)
         with torch.no_grad():
             model(torch.zeros((1, *input_shape), dtype=dtype, device=device))
     finally:
+        unpatch_functional()
+        unpatch_tensor_ops()
         for handle in handles:
             handle.remove()
+    duplicated = {position for span in inside for position in span}
+    outside = sum(int(macs) for position, macs in enumerate(functional) if position not in duplicated)
     rows = []
     for name in order:
         module = counted[name]
         rows.append({"layer": name, "type": type(module).__name__, "macs": int(module.__flops__),
                      "params": sum(p.numel() for p in module.parameters()),
                      "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad)})
-    return rows
+    return rows, outside
