@@ -119,6 +119,24 @@ def test_full_run_summary(tmp_path):
     assert "global average pooling" in summary["recommendations"][0]["text"]
 
 
+def test_truncation_measured_by_the_flops_step_replaces_the_table_estimate(tmp_path):
+    tables = synthetic_run(tmp_path, BORDER)
+    estimated = summarize(tables)["truncation"]
+    assert estimated["exact"] is False
+    measured = {"border": BORDER, "exact": True, "removed_layers": ["features.11", *LAYERS[LAYERS.index(BORDER):]],
+                "params_saved": 123456.0, "flops_saved": 7654321.0, "head_params": 1290.0, "head_flops": 2560.0}
+    tables.computational = {**tables.computational, "truncation": measured}
+    summary = summarize(tables)
+    truncation = summary["truncation"]
+    assert truncation["exact"] and truncation["params_saved"] == 123456.0 and truncation["flops_saved"] == 7654321.0
+    assert truncation["params_removed"] == 123456.0 + 1290.0
+    assert truncation["params_saved_share"] == pytest.approx(123456.0 / tables.computational["params"])
+    assert "measured on the truncated model" in summary["recommendations"][0]["text"]
+    # measured for another border (e.g. an older flops step at another resolution): the estimate is used
+    tables.computational = {**tables.computational, "truncation": {**measured, "border": "features.3"}}
+    assert summarize(tables)["truncation"] == estimated
+
+
 def test_width_advice_outside_the_target_interval(tmp_path):
     tables = synthetic_run(tmp_path, BORDER)
     metrics = tables.metrics.copy()

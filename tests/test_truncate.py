@@ -9,7 +9,7 @@ from torch import nn
 from phd_lab.analysis.receptive_field import border_layers, receptive_fields
 from phd_lab.cli import main_cli
 from phd_lab.errors import ConfigError
-from phd_lab.models.truncate import resolve_cut, truncate_model
+from phd_lab.models.truncate import resolve_cut, truncate_model, truncation_savings
 from registries import models
 from tests.conftest import read_metrics, run_folders, write_config
 
@@ -44,6 +44,17 @@ def test_resnet_cut_inside_a_block_removes_the_whole_block():
     out = cut(torch.randn(2, 3, 32, 32))
     out.mean().backward()
     assert out.shape == (2, 10)
+
+
+def test_truncation_savings_count_the_whole_residual_block_the_cut_removes():
+    model = models.resnet18(num_classes=10, width=0.125, stem="cifar")
+    saved = truncation_savings(model, "layer3.0.conv2", num_classes=10, in_channels=3, input_resolution=32)
+    cut = truncate_model(model, "layer3.0.conv2", num_classes=10, in_channels=3, input_resolution=32)
+    params = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in cut.parameters())
+    assert saved["exact"] and saved["params_saved"] == params
+    assert "layer3.0.conv1" in saved["removed_layers"]  # before the named layer, in the same block
+    assert "layer2.1.conv2" not in saved["removed_layers"]
+    assert saved["head_params"] == cut.classifier.weight.numel() + cut.classifier.bias.numel()
 
 
 def test_mpnet_cut_keeps_whole_multipath_blocks():
@@ -82,6 +93,11 @@ def test_truncated_model_trains_from_a_config_and_flops_report_it(tmp_path):
         assert len(read_metrics(folder)) == 1
     assert infos["border"]["params_total"] < infos[None]["params_total"]
     assert infos["border"]["macs"] < infos[None]["macs"]
+    # the untruncated run's flops step measured what truncate: border saves: exactly the difference
+    saved = infos[None]["truncation"]
+    assert saved["exact"]
+    assert saved["params_saved"] == infos[None]["params_total"] - infos["border"]["params_total"]
+    assert saved["flops_saved"] == infos[None]["flops"] - infos["border"]["flops"]
 
 
 def test_bad_truncate_value_is_rejected_before_training(tmp_path, capsys):

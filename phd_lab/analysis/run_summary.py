@@ -188,18 +188,28 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
 
 def truncation_estimate(tables: RunTables, border: str, saturations: pd.DataFrame | None,
                         order: list[str]) -> dict[str, Any] | None:
-    """Parameters and FLOPs removed by cutting ``border`` and every later layer (GAP + linear head added).
+    """Parameters and FLOPs saved by ``truncate: border`` (GAP + linear head added).
 
-    Removed cost: the per-layer rows of computational_info from the border's row on (table order,
-    containers dropped). The new head: Linear(C → K) with C the output width of the layer before
-    the border and K that of the last tracked layer (the classifier), from the saturation table.
+    Measured when the flops step could truncate the model itself (``computational_info.json``'s
+    ``truncation``, ``exact`` True): that also counts whole residual blocks the cut removes.
+    Otherwise estimated (``exact`` False) from the per-layer rows of computational_info from the
+    border's row on (table order, containers dropped) and a new head Linear(C → K), C the output
+    width of the layer before the border, K that of the last tracked layer, from the saturation table.
     """
+    measured = (tables.computational or {}).get("truncation")
+    total = tables.computational or {}
+    if isinstance(measured, dict) and measured.get("border") == border:  # the flops step truncated the model
+        estimate = dict(measured)
+        for key in ("params", "flops"):
+            estimate[f"{key}_removed"] = estimate[f"{key}_saved"] + (estimate.get(f"head_{key}") or 0.0)
+            estimate[f"{key}_saved_share"] = estimate[f"{key}_saved"] / total[key] if total.get(key) else None
+        return estimate
     layers = tables.computational_layers
     if layers is None or border not in set(layers["layer"]):
         return None
     start = layers.index[layers["layer"] == border][0]
     removed = layers.loc[start:]
-    estimate: dict[str, Any] = {"border": border, "removed_layers": removed["layer"].tolist(),
+    estimate: dict[str, Any] = {"border": border, "exact": False, "removed_layers": removed["layer"].tolist(),
                                 "params_removed": float(removed["params"].fillna(0).sum()),
                                 "flops_removed": float(removed["flops"].fillna(0).sum()),
                                 "head_params": None, "head_flops": None}
@@ -210,7 +220,6 @@ def truncation_estimate(tables: RunTables, border: str, saturations: pd.DataFram
     if channels and classes:
         estimate["head_params"] = float(channels * classes + classes)
         estimate["head_flops"] = float(2 * channels * classes)
-    total = tables.computational or {}
     for key in ("params", "flops"):
         net = estimate[f"{key}_removed"] - (estimate[f"head_{key}"] or 0.0)
         estimate[f"{key}_saved"] = net
@@ -259,7 +268,8 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings) -> list
                      + (f" ({share:.0%})" if share is not None else "")
                      + f" and {_fmt_count(truncation['flops_saved'])} FLOPs per image"
                      + (f" ({flop_share:.0%})" if flop_share is not None else "")
-                     + (" (estimate from computational_info; the new head is counted)." if truncation["head_params"]
+                     + (" (measured on the truncated model, new head included)." if truncation.get("exact") else
+                        " (estimate from computational_info; the new head is counted)." if truncation["head_params"]
                         is not None else " (estimate from computational_info; the new head is not counted)."))
         text += (" Option 2: slow down the receptive-field growth (remove or move a downsampling layer or the "
                  "strided stem) so the later layers stay below the input resolution; this keeps the depth but "

@@ -13,6 +13,7 @@ input receptive field exceeds the resolution), ``"border_max"`` at b_max.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -140,3 +141,30 @@ def resolve_cut(model: nn.Module, truncate: str, input_resolution: int) -> str |
         log.warning("No border layer at resolution %d: every layer can still use new context; the model is "
                     "not truncated.", input_resolution)
     return layer
+
+
+def truncation_savings(model: nn.Module, layer: str, *, num_classes: int, in_channels: int, input_resolution: int,
+                       full: tuple[dict, "Any"] | None = None) -> dict:
+    """What ``truncate`` at ``layer`` saves, measured on the truncated model itself: parameters and
+    FLOPs of the full model minus those of the truncated one (its new GAP + linear head included),
+    and the layers it no longer has. The cut may remove more than the layers after ``layer`` (a
+    whole residual block), which an estimate from the per-layer table alone would miss.
+    ``full`` passes ``computational_info(model, ...)`` when the caller has it already.
+    """
+    import copy
+
+    from phd_lab.analysis.flops import FUNCTIONAL_ROW, computational_info
+
+    shape = (in_channels, input_resolution, input_resolution)
+    full_info, full_table = full if full is not None else computational_info(model, shape)
+    cut = truncate_model(copy.deepcopy(model), layer, num_classes=num_classes, in_channels=in_channels,
+                         input_resolution=input_resolution)
+    cut_info, cut_table = computational_info(cut, shape)
+    kept = {name.removeprefix("body.") for name in cut_table["layer"]}
+    head = cut_table[cut_table["layer"].isin(["pool", "classifier"])]
+    return {"border": layer, "exact": True,
+            "removed_layers": [name for name in full_table["layer"] if name not in kept and name != FUNCTIONAL_ROW],
+            "params_saved": float(full_info["params_total"] - cut_info["params_total"]),
+            "flops_saved": float(full_info["flops"] - cut_info["flops"]),
+            "head_params": float(sum(p.numel() for p in cut.classifier.parameters())),
+            "head_flops": float(head["flops"].sum())}

@@ -21,8 +21,30 @@ class FlopsStep(Step):
 
         shape = (ctx.bundle.in_channels, ctx.bundle.resolution, ctx.bundle.resolution)
         info, table = computational_info(ctx.model, shape)
+        truncation = border_truncation(ctx, (info, table))
+        if truncation is not None:
+            info["truncation"] = truncation
         atomic.write_csv(ctx.rundir.computational_info_csv, table)
         atomic.write_json(ctx.rundir.computational_info_json, {"run": ctx.config.name, **info,
                                                                "layers": table.to_dict(orient="records")})
         log.info("%s: %.4g MMACs, %d parameters (%d trainable)", ctx.config.name, info["macs"] / 1e6,
                  info["params_total"], info["params_trainable"])
+
+
+def border_truncation(ctx: StepContext, full: tuple[dict, Any]) -> dict | None:
+    """What ``truncate: border`` would save on this model, measured on the truncated model (the
+    analysis reports it); None where the model has no border layer or cannot be traced."""
+    from phd_lab.analysis.receptive_field import ReceptiveFieldError, border_layers, receptive_fields
+    from phd_lab.errors import ConfigError
+    from phd_lab.models.truncate import truncation_savings
+
+    resolution = ctx.bundle.resolution
+    try:
+        b_min, _ = border_layers(receptive_fields(ctx.model, resolution), resolution)
+        if b_min is None:
+            return None
+        return truncation_savings(ctx.model, b_min, num_classes=ctx.bundle.num_classes,
+                                  in_channels=ctx.bundle.in_channels, input_resolution=resolution, full=full)
+    except (ReceptiveFieldError, ConfigError) as error:
+        log.info("%s: no truncation cost measured (%s)", ctx.config.name, error)
+        return None
