@@ -2,7 +2,8 @@
 
 Uses ``fcntl.flock``: the kernel drops the lock when its process dies (even by SIGKILL), so
 a stale lock file of a dead process is simply taken over. The file holds the owner's PID
-and host for the error message.
+and host for the error message. Forked children (DataLoader workers) close their inherited
+copies of the lock's descriptor at once, so a killed trainer's lock does not live on in them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,23 @@ import socket
 from pathlib import Path
 
 from phd_lab.errors import RunLockedError
+
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child: drop its copies of the parent's lock descriptors. The lock belongs to the
+    open file, which the parent's descriptor keeps; a child holding a copy (a DataLoader worker that
+    takes seconds to notice its parent died) would otherwise keep a killed run locked."""
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class RunLock:
@@ -35,10 +53,12 @@ class RunLock:
         os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
         os.fsync(fd)
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD.discard(self._fd)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

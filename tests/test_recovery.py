@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,9 @@ import torch
 from phd_lab.callbacks import Callback
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.cli import main_cli
+from phd_lab.errors import RunLockedError
 from phd_lab.experiment import Main
+from phd_lab.lock import RunLock
 from phd_lab.trainer import Trainer
 from tests.conftest import ROOT, read_metrics, run_folders, run_name, write_config
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights
@@ -132,6 +135,36 @@ def test_second_process_on_same_run_folder_is_refused_until_owner_dies(tmp_path,
     assert rundir.lock.exists()
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert rundir.metrics_csv.exists()
+
+
+HOLD_LOCK_WITH_CHILD = """
+import os, sys, time
+from pathlib import Path
+from phd_lab.lock import RunLock
+RunLock(Path(sys.argv[1])).acquire()
+child = os.fork()  # like a DataLoader worker, which notices its parent's death only seconds later
+if child == 0:
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_owners_forked_children_do_not_keep_the_lock(tmp_path):
+    lock_path = tmp_path / ".lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK_WITH_CHILD, str(lock_path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(RunLockedError):
+            RunLock(lock_path).acquire()
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        assert Path(f"/proc/{child}").exists()  # the child lives on ...
+        RunLock(lock_path).acquire().release()  # ... but the lock went with its owner
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
