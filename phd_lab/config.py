@@ -59,7 +59,7 @@ class Key:
         if self.minimum is not None:
             bounds.append(f"{'>' if self.exclusive_minimum else '≥'} {self.minimum:g}")
         if self.maximum is not None:
-            bounds.append(f"≤ {self.maximum:g}")
+            bounds.append(f"≤ {self.maximum}" if isinstance(self.maximum, int) else f"≤ {self.maximum:g}")
         if bounds:
             words += " " + " and ".join(bounds)
         alternatives = [repr(x) for x in self.extra] + (["null"] if self.nullable else [])
@@ -133,7 +133,8 @@ SCHEMA: tuple[Key, ...] = (
     _key("optimizer", "str", "adam", "optimizer registry name (see --list optimizers)"),
     _key("optimizer_args", "mapping", {}, "keyword arguments of the optimizer factory (lr, ...); list "
          "values are swept", sweep_inside=True),
-    _key("seed", "int", None, "random seed; null derives it from run_id", nullable=True, minimum=0),
+    _key("seed", "int", None, "random seed; null derives it from run_id", nullable=True, minimum=0,
+         maximum=2**32 - 1),
     _key("run_id", "str", "0", "name of the repetition; a list repeats the run",
          converter=lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
     _key("metrics", "list", ["Accuracy"], "metric registry names computed on train and test set",
@@ -235,7 +236,11 @@ def register_key(key: Key) -> Key:
 def load_config_file(path: Path | str) -> dict[str, Any]:
     """Read a JSON config; errors name the file and (for syntax errors) line and column."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as error:  # e.g. a file name longer than the file system allows
+        raise ConfigError(f"Config path {str(path)!r} cannot be used: {error.strerror or error}.") from None
+    if not exists:
         raise ConfigError(f"Config file {str(path)!r} does not exist; pass the path of a JSON config "
                           f"(see configs/quickstart.json for an example).")
     if not path.is_file():
@@ -314,6 +319,28 @@ def validate_values(raw: Mapping[str, Any], where: str) -> None:
                 if unknown:
                     raise ConfigError(f"{where}: the key 'registries' has unknown kind(s) {unknown}; valid "
                                       f"kinds: {list(KINDS)}.")
+                for kind, module in registry_value.items():
+                    if not isinstance(module, str) or not module.strip():
+                        raise ConfigError(f"{where}: the key 'registries.{kind}' must name a module: a dotted "
+                                          f"module name (e.g. 'registries.{kind}') or the path of a .py file; "
+                                          f"got {json.dumps(module)}.")
+
+
+def anchor_registry_paths(raw: dict[str, Any], config_path: Path | str) -> None:
+    """Registry modules given as relative paths of .py files are found beside the config file
+    (where its author put them), whatever the working directory; they are stored as absolute
+    paths, so the run's logged config names the same files. Paths that do not exist beside the
+    config keep meaning what they meant before: relative to the working directory."""
+    registries = raw.get("registries")
+    folder = Path(config_path).resolve().parent
+    for mapping in registries if isinstance(registries, list) else [registries]:
+        if not isinstance(mapping, dict):
+            continue
+        for kind, spec in mapping.items():
+            if isinstance(spec, str) and (spec.endswith(".py") or "/" in spec) and not Path(spec).is_absolute():
+                beside = folder / Path(spec).expanduser()
+                if beside.is_file():
+                    mapping[kind] = str(beside.resolve())
 
 
 def derive_seed(run_id: str) -> int:

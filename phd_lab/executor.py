@@ -56,6 +56,8 @@ def resolve_device(spec: str, where: str = "The device") -> torch.device:
                               f"'cpu' or 'auto'.")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"{where} {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s).")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{where} {spec!r} asks for Apple's MPS, which is not available here; use 'cpu' or 'auto'.")
     elif device.type not in ("cpu", "mps"):
         raise ConfigError(f"{where} {spec!r} is not supported; use auto, cpu, cuda or cuda:N.")
     return device
@@ -116,6 +118,8 @@ class TrainTestExecutor:
                            cfg.optimizer, where, ("model", "epochs"))
         self.steps = resolve_steps(cfg, where)
         resolve_device(cfg.device, f"{where}: the key 'device'")
+        if cfg.tracking_device is not None:
+            resolve_device(cfg.tracking_device, f"{where}: the key 'tracking_device'")
         self._validated = True
 
     def check_model(self, built: dict[str, nn.Module | None] | None = None) -> None:
@@ -152,6 +156,12 @@ class TrainTestExecutor:
             raise ConfigError(f"{where}: model_args 'truncate' is {truncate!r}, which names no module of "
                               f"{cfg.model!r}.{did_you_mean(truncate, names)} Give a qualified module name, "
                               f"'border' or 'border_max' (or null for no truncation).")
+        if truncate and truncate not in BORDER_CHOICES:
+            from phd_lab.models.truncate import check_cut
+            try:
+                check_cut(model, truncate)
+            except ConfigError as error:
+                raise ConfigError(f"{where}: model_args 'truncate': {error}") from None
         for step, params in self.steps:
             step.check_model(params, model, where)
 

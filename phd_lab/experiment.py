@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Mapping
 
-from phd_lab.config import load_config_file, check_known_keys, validate_values
+from phd_lab.config import anchor_registry_paths, check_known_keys, load_config_file, validate_values
 from phd_lab.errors import ConfigError, UsageError
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
@@ -62,6 +62,7 @@ class Main:
         where = str(config_path)
         raw = load_config_file(config_path)
         check_known_keys(raw, where)
+        anchor_registry_paths(raw, config_path)
         if run_id is not None:
             raw["run_id"] = run_id
         if device is not None:

@@ -124,12 +124,21 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
             assert loader_spec is not None and loader_spec.loader is not None
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[module_name] = module
-            loader_spec.loader.exec_module(module)
+            try:
+                loader_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[module_name]
+                raise
             return module
         return importlib.import_module(spec)
     except ModuleNotFoundError as error:
         raise RegistryError(f"Cannot import the {kind} registry module {spec!r}: {error}. Give a dotted "
                             f"module name importable from the working directory or a path to a .py file.") from None
+    except Exception as error:  # noqa: BLE001 - the module itself is broken: say where
+        where = f" ({error.filename}, line {error.lineno})" if isinstance(error, SyntaxError) else ""
+        raise RegistryError(f"The {kind} registry module {spec!r} failed while being imported: "
+                            f"{type(error).__name__}: {error}{where}. Fix the module (run `python {spec}` to see "
+                            f"the traceback) or point the key 'registries.{kind}' elsewhere.") from None
 
 
 class Registries:

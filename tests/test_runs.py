@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
+import pytest
 import torch
 
 from phd_lab.cli import main_cli
@@ -105,6 +107,40 @@ def test_user_registry_module_from_config(tmp_path, capsys):
     bad = write_config(tmp_path, name="bad.json", model="vgg11", registries={"models": str(module)})
     assert main_cli(["--config", str(bad)]) == 2
     assert "Unknown model 'vgg11'" in " ".join(capsys.readouterr().err.split())
+
+
+def test_relative_registry_path_is_found_beside_the_config_and_logged_absolute(tmp_path):
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    module = folder / "my_models.py"
+    module.write_text("from torch import nn\n"
+                      "def flat(*, num_classes, in_channels=3):\n"
+                      "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    config = write_config(folder, model="flat", model_args={}, epoch=1, registries={"models": "my_models.py"})
+    assert os.getcwd() != str(folder)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [run] = run_folders(folder / "logs")
+    logged = run / f"{run_name(run)}_config.json"
+    assert json.loads(logged.read_text())["registries"] == {"models": str(module.resolve())}
+    assert main_cli(["--config", str(logged), "--run-id", "again", "--no-progress", "-q"]) == 0
+
+
+@pytest.mark.parametrize("registries, fragment", [
+    ({"models": 3}, "the key 'registries.models' must name a module"),
+    ({"models": ""}, "the key 'registries.models' must name a module"),
+    ({"models": "BROKEN"}, "failed while being imported: SyntaxError"),
+    ({"models": "RAISES"}, "failed while being imported: RuntimeError: no GPU driver"),
+])
+def test_unusable_registry_modules_are_named(tmp_path, capsys, registries, fragment):
+    broken, raises = tmp_path / "broken.py", tmp_path / "raises.py"
+    broken.write_text("def net(:\n")
+    raises.write_text("raise RuntimeError('no GPU driver')\n")
+    paths = {"BROKEN": str(broken), "RAISES": str(raises)}
+    config = write_config(tmp_path, registries={k: paths.get(v, v) for k, v in registries.items()})
+    assert main_cli(["--config", str(config), "--no-progress"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert fragment in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists()
 
 
 def test_list_commands(capsys):

@@ -91,6 +91,16 @@ def _cut_node(graph: fx.Graph, layer: str) -> fx.Node:
     return candidates[-1]
 
 
+def check_cut(model: nn.Module, layer: str) -> None:
+    """Raise ConfigError where ``truncate_model`` could not cut before ``layer`` (no such call,
+    nothing left before it); a model torch.fx cannot trace is left for ``truncate_model`` to report."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - reported with its reason when the model is truncated
+        return
+    _cut_node(graph, layer)
+
+
 def truncate_model(model: nn.Module, layer: str, *, num_classes: int, in_channels: int,
                    input_resolution: int) -> TruncatedModel:
     """Remove ``layer`` and everything after it; the rest keeps its (possibly trained) weights."""
