@@ -65,11 +65,26 @@ def atomic_open(path: Path | str, mode: str = "wb", **kwargs: Any) -> Iterator[I
         raise
 
 
-def remove_stale_temps(folder: Path | str) -> list[Path]:
-    """Delete temp files that a killed writer left in ``folder`` (call only while owning it)."""
+STALE_AFTER_SECONDS = 15 * 60
+
+
+def remove_stale_temps(folder: Path | str, owned_prefix: str | None = None,
+                       older_than: float = STALE_AFTER_SECONDS) -> list[Path]:
+    """Delete temp files that a killed writer left in ``folder``: every one of the caller's own
+    files (targets starting with ``owned_prefix``: only the lock holder writes those), and any other
+    not modified for ``older_than`` seconds. Other processes write into a run folder without its
+    lock (the probe job, the report); their temp files of the moment must survive."""
+    import time
     removed = []
+    cutoff = time.time() - older_than
     for stale in Path(folder).glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+        try:
+            owned = owned_prefix is not None and stale.name.startswith(f".{owned_prefix}")
+            if not owned and stale.stat().st_mtime > cutoff:
+                continue
+            stale.unlink()
+        except FileNotFoundError:  # finished (renamed) meanwhile
+            continue
         removed.append(stale)
     return removed
 

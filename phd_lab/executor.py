@@ -244,7 +244,7 @@ class TrainTestExecutor:
             log.info("Run folder %s", rundir.root)
             self.write_config()
             store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)
-            for stale in atomic.remove_stale_temps(rundir.root):
+            for stale in atomic.remove_stale_temps(rundir.root, owned_prefix=rundir.name):
                 log.info("Removed %s, left half-written by a process that was killed.", stale.name)
             callbacks: list[Callback] = [MetricsCSV(rundir.metrics_csv)]
             callbacks += [cb for factory in CALLBACK_FACTORIES if (cb := factory(cfg, rundir)) is not None]

@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,19 @@ def test_written_files_get_the_permissions_of_any_new_file(tmp_path, umask):
     plain = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
     assert stat.S_IMODE((tmp_path / "result.csv").stat().st_mode) == plain
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "result.csv"]
+
+
+def test_a_start_removes_its_own_leftovers_but_not_the_temp_files_of_other_writers(tmp_path):
+    """The probe job and the report write into a run folder without its lock: their temp file of
+    the moment must survive a trainer starting there; the trainer's own leftovers go at once."""
+    from phd_lab import atomic
+    own = tmp_path / ".run-a.pt.next.x1.tmp"
+    other_now = tmp_path / ".probe_performances.csv.x2.tmp"
+    other_old = tmp_path / ".analysis.json.x3.tmp"
+    for path in (own, other_now, other_old):
+        path.write_text("partial")
+    long_ago = time.time() - atomic.STALE_AFTER_SECONDS - 60
+    os.utime(other_old, (long_ago, long_ago))
+    removed = atomic.remove_stale_temps(tmp_path, owned_prefix="run-a")
+    assert sorted(p.name for p in removed) == sorted([own.name, other_old.name])
+    assert other_now.exists() and not own.exists() and not other_old.exists()
