@@ -98,8 +98,17 @@ def cluster_has_gpus(client: Any) -> bool:
 
 
 def task_resources(device: str, gpus_on_cluster: bool) -> dict[str, int] | None:
-    if device.startswith("cuda") or (device == "auto" and gpus_on_cluster):
+    """``{"GPU": 1}`` for a GPU run where workers declare GPU resources (one run per GPU at a time).
+
+    A cluster that declares none (a ``local:N`` cluster, workers started without ``--resources
+    GPU=1``) gets no resource request: Dask would otherwise hold such a task forever, as no worker
+    could ever take it. A worker without CUDA then fails that run with the device's own error.
+    """
+    if gpus_on_cluster and (device.startswith("cuda") or device == "auto"):
         return {"GPU": 1}
+    if device.startswith("cuda"):
+        log.warning("No worker of the cluster declares a GPU resource, so GPU runs are not limited to one per GPU; "
+                    "start GPU workers with `dask worker ADDRESS --resources GPU=1`.")
     return None
 
 

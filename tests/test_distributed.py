@@ -168,3 +168,15 @@ def test_local_cluster_workers_share_the_cores(workers):
         threads = client.run(_torch_threads)
     assert len(threads) == workers
     assert set(threads.values()) == {max(1, available_cores() // workers)}
+
+
+def test_gpu_runs_ask_for_a_gpu_resource_only_where_workers_declare_one():
+    """A task asking for GPU=1 on a cluster whose workers declare no GPU resource (local:N) would
+    wait forever: no worker could take it."""
+    from phd_lab.distributed import task_resources
+    assert task_resources("cuda", gpus_on_cluster=True) == {"GPU": 1}
+    assert task_resources("cuda:1", gpus_on_cluster=True) == {"GPU": 1}
+    assert task_resources("auto", gpus_on_cluster=True) == {"GPU": 1}
+    assert task_resources("cpu", gpus_on_cluster=True) is None
+    assert task_resources("cuda", gpus_on_cluster=False) is None
+    assert task_resources("auto", gpus_on_cluster=False) is None
