@@ -283,6 +283,22 @@ def is_swept(key: Key, value: Any) -> bool:
     return True
 
 
+def as_single_point(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Resolved values written so that reading them as a config gives exactly this one point:
+    a list that is a value, not an axis (a factory argument such as ``"widths": [4, 8]``), is
+    wrapped once more, as a user writes it (``[[4, 8]]``)."""
+    single: dict[str, Any] = {}
+    for name, value in values.items():
+        key = SCHEMA_BY_NAME.get(name)
+        if key is not None and key.sweep_inside and isinstance(value, dict):
+            single[name] = {k: [v] if isinstance(v, list) else v for k, v in value.items()}
+        elif key is not None and is_swept(key, value):
+            single[name] = [value]
+        else:
+            single[name] = value
+    return json.loads(json.dumps(single))
+
+
 def iter_axis_candidates(raw: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...], Any, Key | None]]:
     """Yield (path, value, key) for every top-level key and every entry of sweep_inside mappings."""
     for name, value in raw.items():

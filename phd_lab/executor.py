@@ -14,7 +14,7 @@ from torch import nn
 from phd_lab import atomic
 from phd_lab.callbacks import Callback, MetricsCSV
 from phd_lab.checkpoint import CheckpointStore
-from phd_lab.config import META_KEY, RunConfig
+from phd_lab.config import META_KEY, RunConfig, as_single_point
 from phd_lab.data import DataBundle
 from phd_lab.environment import versions
 from phd_lab.errors import ConfigError, RegistryError, UsageError
@@ -201,7 +201,7 @@ class TrainTestExecutor:
 
     # ------------------------------------------------------------------ config log
     def logged_config(self) -> dict[str, Any]:
-        values = self.config.to_dict()
+        values = as_single_point(self.config.values)  # rerunnable: lists that are values stay values
         values[META_KEY] = versions()
         return values
 
@@ -215,7 +215,8 @@ class TrainTestExecutor:
             if isinstance(previous, dict):
                 previous.pop(META_KEY, None)
                 old = RunConfig(previous).identity() if set(previous) >= set(self.config.values) else None
-                if old is not None and old != self.config.identity():
+                logged = RunConfig(as_single_point(self.config.values)).identity()  # as logged (lists wrapped)
+                if old is not None and old not in (self.config.identity(), logged):
                     raise UsageError(f"The run folder {str(self.rundir.root)!r} holds a run with a different "
                                      f"config ({path.name}); use another run id.")
         atomic.write_json(path, self.logged_config())

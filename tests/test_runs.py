@@ -125,6 +125,34 @@ def test_relative_registry_path_is_found_beside_the_config_and_logged_absolute(t
     assert main_cli(["--config", str(logged), "--run-id", "again", "--no-progress", "-q"]) == 0
 
 
+def test_logged_config_with_a_list_valued_factory_argument_reruns_the_same_single_run(tmp_path):
+    """``"widths": [[4, 8]]`` is one value (a list), not a sweep; the logged config must say it the
+    same way, or rerunning it would sweep over 4 and 8."""
+    module = tmp_path / "list_models.py"
+    module.write_text("from torch import nn\n"
+                      "def stack(*, num_classes, in_channels=3, widths=(4,)):\n"
+                      "    layers = [nn.Flatten()]\n"
+                      "    for width in widths:\n"
+                      "        layers += [nn.LazyLinear(width), nn.ReLU()]\n"
+                      "    return nn.Sequential(*layers, nn.LazyLinear(num_classes))\n")
+    config = write_config(tmp_path, model="stack", model_args={"widths": [[4, 8]]}, epoch=1,
+                          registries={"models": str(module)})
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [run] = run_folders(tmp_path / "logs")
+    logged = run / f"{run_name(run)}_config.json"
+    assert json.loads(logged.read_text())["model_args"] == {"widths": [[4, 8]]}
+    assert main_cli(["--config", str(logged), "--no-progress", "-q"]) == 0  # the same run: found finished
+    assert main_cli(["--config", str(logged), "--run-id", "again", "--no-progress", "-q"]) == 0
+    runs = run_folders(tmp_path / "logs")
+    assert len(runs) == 2
+    assert_same_weights_of(runs)
+
+
+def assert_same_weights_of(runs):
+    first, second = (weights(run) for run in runs)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
 @pytest.mark.parametrize("registries, fragment", [
     ({"models": 3}, "the key 'registries.models' must name a module"),
     ({"models": ""}, "the key 'registries.models' must name a module"),
