@@ -147,7 +147,8 @@ SCHEMA: tuple[Key, ...] = (
     _key("data_parallel", "bool", False, "replicate the model over all visible GPUs (CUDA only)",
          technical=True),
     _key("mixed_precision", "bool", True, "float16 autocast and gradient scaling on CUDA", technical=True),
-    _key("num_workers", "int", 0, "DataLoader worker processes", minimum=0, technical=True),
+    _key("num_workers", "int", 0, "DataLoader worker processes (random augmentations depend on it: a value "
+         "other than 0 is part of the run's identity)", minimum=0, technical=True),
     _key("cpu_threads", "int", None, "torch CPU threads; results are bit-identical only for equal thread counts "
          "(null: torch's default, all cores)", minimum=1, nullable=True, technical=True),
     _key("delta", "float", 0.99, "share of variance the intrinsic dimension explains (saturation, PCA)",
@@ -283,6 +284,12 @@ def is_swept(key: Key, value: Any) -> bool:
     return True
 
 
+# Technical keys that can still change results: DataLoader workers draw random augmentations from
+# per-worker generators, so with augmentation another worker count gives other weights. Off their
+# default they are part of a run's identity (runs with the default keep the folder they had).
+IDENTITY_OFF_DEFAULT = frozenset({"num_workers"})
+
+
 def as_single_point(values: Mapping[str, Any]) -> dict[str, Any]:
     """Resolved values written so that reading them as a config gives exactly this one point:
     a list that is a value, not an axis (a factory argument such as ``"widths": [4, 8]``), is
@@ -407,8 +414,10 @@ class RunConfig:
         return json.loads(json.dumps(dict(self.values)))
 
     def identity(self) -> dict[str, Any]:
-        """The values that change results (technical keys excluded)."""
-        return {k: v for k, v in sorted(self.values.items()) if not SCHEMA_BY_NAME[k].technical}
+        """The values that change results (technical keys excluded, except those of
+        ``IDENTITY_OFF_DEFAULT`` set to something other than their default)."""
+        return {k: v for k, v in sorted(self.values.items())
+                if not SCHEMA_BY_NAME[k].technical or (k in IDENTITY_OFF_DEFAULT and v != SCHEMA_BY_NAME[k].default)}
 
     def identity_hash(self) -> str:
         canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))

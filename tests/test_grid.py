@@ -88,3 +88,17 @@ def test_validate_values_checks_every_swept_value():
     from phd_lab.errors import ConfigError
     with pytest.raises(ConfigError, match=r"'epoch' must be an integer ≥ 1; got 0"):
         validate_values({"model": "m", "dataset": "d", "epoch": [3, 0]}, "x.json")
+
+
+def test_num_workers_off_its_default_is_part_of_the_run_identity(tmp_path):
+    """Workers draw random augmentations from their own generators: another worker count gives
+    other weights, so it must not resume or skip as the run of another count."""
+    from phd_lab.experiment import Main
+    from tests.conftest import write_config
+    folders = {}
+    for name, workers in (("default", None), ("zero", 0), ("two", 2), ("four", 4)):
+        main = Main(progress=False)
+        main.load(write_config(tmp_path, name=f"{name}.json", num_workers=workers))
+        folders[name] = main.executors[0].rundir.root
+    assert folders["default"] == folders["zero"]
+    assert len({folders["zero"], folders["two"], folders["four"]}) == 3
