@@ -89,8 +89,14 @@ class Main:
             executor.validate()
             executor.check_model(models)
             if executor.rundir.root in folders:
-                raise ConfigError(f"{grid.where}: runs {folders[executor.rundir.root]} and {index} would share the "
-                                  f"folder {executor.rundir.root}; remove the duplicate value from the lists.")
+                first = folders[executor.rundir.root]
+                other = executors[first].config.values
+                differing = sorted(k for k in cfg.values if cfg.values[k] != other.get(k))
+                why = (f"they differ only in {differing}, which do not change a run's results and are not part of "
+                       f"its folder; sweep such keys in separate configs (or one after the other)" if differing
+                       else "remove the duplicate value from the lists")
+                raise ConfigError(f"{grid.where}: runs {first} and {index} would share the folder "
+                                  f"{executor.rundir.root}: {why}.")
             folders[executor.rundir.root] = index
             executors.append(executor)
         for logs_dir in sorted({e.config.logs_dir for e in executors}):
