@@ -103,20 +103,20 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         from phd_lab.experiment import Main, chosen_indices, summary_table
         main = Main(progress=not args.no_progress)
         grid = main.load(args.config, run_id=args.run_id, device=args.device)
+        indices = chosen_indices(grid, args.index)
         if args.dry_run:
             sys.stdout.write(f"{len(grid)} run(s) in {args.config}\n{grid.table()}\n")
             return EXIT_OK
-        indices = chosen_indices(grid, args.index)
         if args.scheduler:
             outcomes = main.run_on_cluster(grid, args.scheduler, indices)
         else:
             outcomes = main.run(grid, indices)
         failed = [o for o in outcomes if o.status != "finished"]
-        log.info("Summary:\n%s", summary_table(outcomes))
-        if failed:
-            sys.stderr.write(f"{len(failed)} of {len(outcomes)} run(s) failed; see the summary above and each "
-                             f"run's .log file.\n")
+        if failed:  # on stderr even with -q: the failures are what the user must read
+            sys.stderr.write(f"Summary:\n{summary_table(outcomes)}\n{len(failed)} of {len(outcomes)} run(s) failed; "
+                             f"see each failed run's .log file.\n")
             return EXIT_FAILURE
+        log.info("Summary:\n%s", summary_table(outcomes))
         sys.stdout.write("Results:\n" + "\n".join(f"  {o.folder}" for o in outcomes) + "\n")
         return EXIT_OK
 

@@ -21,7 +21,7 @@ from phd_lab.registry import KINDS, did_you_mean
 
 META_KEY = "_meta"  # written into logged configs (versions, git commit); ignored when read back
 
-_KIND_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+_KIND_WORDS = {"str": "a non-empty string", "int": "an integer", "float": "a number", "bool": "true or false",
                "mapping": "a JSON object", "list": "a list", "any": "any JSON value"}
 
 

@@ -162,6 +162,15 @@ class TrainTestExecutor:
                 check_cut(model, truncate)
             except ConfigError as error:
                 raise ConfigError(f"{where}: model_args 'truncate': {error}") from None
+        if cfg.track_saturation and (cfg.tracking_include or cfg.tracking_exclude):
+            from phd_lab.tracking.callback import tracker_options
+            from phd_lab.tracking.tracker import TRACKED_TYPES, trackable_layers
+            if not any(True for _ in trackable_layers(model, tracker_options(cfg))):
+                candidates = [n for n, m in model.named_modules() if n and isinstance(m, TRACKED_TYPES)]
+                raise ConfigError(f"{where}: tracking_include {cfg.tracking_include} and tracking_exclude "
+                                  f"{cfg.tracking_exclude} leave no layer of {cfg.model!r} to track. Its Conv2d, "
+                                  f"Linear and LSTM layers: {', '.join(candidates[:30])}"
+                                  f"{' ...' if len(candidates) > 30 else ''}.")
         for step, params in self.steps:
             step.check_model(params, model, where)
 

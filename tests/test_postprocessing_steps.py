@@ -32,7 +32,7 @@ def write_config(tmp_path: Path, steps: list) -> Path:
     ({"name": "extract", "downsampling": 0}, "'downsampling' must be an integer ≥ 1, or 'pixelwise' or null"),
     ({"name": "extract", "downsampling": "pixel"}, "'downsampling' must be"),
     ({"name": "extract", "layers": []}, "'layers' is an empty list"),
-    ({"name": "extract", "layers": "features.0"}, "'layers' must be a list of strings"),
+    ({"name": "extract", "layers": "features.0"}, "'layers' must be a list of non-empty strings"),
     ({"name": "flops", "resolution": 3}, "step 'flops' has unknown parameter"),
 ])
 def test_step_parameters_are_validated_before_training(tmp_path, step, message):

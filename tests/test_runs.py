@@ -87,6 +87,8 @@ def test_index_runs_one_point_and_dry_run_shows_grid(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 run(s)" in out and "batch_size" in out and "model_args.width" in out
     assert not (tmp_path / "logs").exists()
+    assert main_cli(["--config", str(config), "--dry-run", "--index", "4"]) == 2  # the grid has 0 … 3
+    assert "--index" in " ".join(capsys.readouterr().err.split())
     assert main_cli(["--config", str(config), "--index", "3", "--no-progress", "-q"]) == 0
     [folder] = run_folders(tmp_path / "logs")
     logged = json.loads((folder / f"{run_name(folder)}_config.json").read_text())
@@ -196,9 +198,10 @@ def test_a_failing_run_does_not_stop_the_grid(tmp_path, capsys):
         "    return Explodes(num_classes) if explode else nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
     config = write_config(tmp_path, model="net", model_args={"explode": [True, False]}, epoch=1,
                           registries={"models": str(module)})
-    assert main_cli(["--config", str(config), "--no-progress"]) == 1
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
     captured = capsys.readouterr()
     assert "1 of 2 run(s) failed" in captured.err
+    assert "Summary:" in captured.err and "boom in forward" in captured.err  # shown even with -q
     logs = sorted((tmp_path / "logs").rglob("*.log"))
     assert len(logs) == 2
     assert any("boom in forward" in log.read_text() for log in logs)
