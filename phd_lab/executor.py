@@ -124,14 +124,23 @@ class TrainTestExecutor:
 
     def check_model(self, built: dict[str, nn.Module | None] | None = None) -> None:
         """What only a built model can tell, before any run trains: the model_args values, the layer
-        ``truncate`` names, the layers the steps name. The model is built on the meta device (no memory,
-        no initialisation) with placeholder classes and channels, which module names do not depend on;
-        ``built`` shares the models between grid points. A model that cannot be built on the meta device
-        is checked when it is built for training."""
-        cfg, where = self.config, self.config.source
+        ``truncate`` names, the layers the steps and tracking patterns name. ``built`` shares the
+        models between grid points. A model that cannot be built on the meta device is checked when
+        it is built for training."""
+        model = self._meta_model({} if built is None else built)
+        if model is None:
+            return
+        self._check_truncate(model)
+        self._check_tracked_layers(model)
+        for step, params in self.steps:
+            step.check_model(params, model, self.config.source)
+
+    def _meta_model(self, built: dict[str, nn.Module | None]) -> nn.Module | None:
+        """The model built on the meta device (no memory, no initialisation) with placeholder
+        classes and channels, which module names do not depend on; None if it cannot be built there."""
+        cfg = self.config
         model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
         key = json.dumps([self.registries.models.source, cfg.model, model_args], sort_keys=True, default=str)
-        built = {} if built is None else built
         if key not in built:
             factory = self.registries.models.get(cfg.model)
             try:
@@ -139,40 +148,43 @@ class TrainTestExecutor:
                     built[key] = factory(num_classes=PLACEHOLDER_CLASSES, in_channels=PLACEHOLDER_CHANNELS,
                                          **model_args)
             except (TypeError, ValueError) as error:
-                raise ConfigError(f"{where}: model {cfg.model!r} cannot be built with model_args "
+                raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
                                   f"{json.dumps(cfg.model_args)}: {error}.") from None
             except Exception as error:  # noqa: BLE001 - e.g. a factory that needs real tensors
-                log.debug("%s: model %r not checked on the meta device (%s: %s)", where, cfg.model,
+                log.debug("%s: model %r not checked on the meta device (%s: %s)", cfg.source, cfg.model,
                           type(error).__name__, error)
                 built[key] = None
-        model = built[key]
-        if model is None:
-            return
-        from phd_lab.models.truncate import BORDER_CHOICES
+        return built[key]
+
+    def _check_truncate(self, model: nn.Module) -> None:
+        from phd_lab.models.truncate import BORDER_CHOICES, check_cut
+        cfg, where = self.config, self.config.source
         truncate = cfg.model_args.get("truncate")
+        if not truncate or truncate in BORDER_CHOICES:
+            return
         names = [name for name, _ in model.named_modules() if name]
-        if truncate and truncate not in BORDER_CHOICES and truncate not in names:
+        if truncate not in names:
             from phd_lab.registry import did_you_mean
             raise ConfigError(f"{where}: model_args 'truncate' is {truncate!r}, which names no module of "
                               f"{cfg.model!r}.{did_you_mean(truncate, names)} Give a qualified module name, "
                               f"'border' or 'border_max' (or null for no truncation).")
-        if truncate and truncate not in BORDER_CHOICES:
-            from phd_lab.models.truncate import check_cut
-            try:
-                check_cut(model, truncate)
-            except ConfigError as error:
-                raise ConfigError(f"{where}: model_args 'truncate': {error}") from None
-        if cfg.track_saturation and (cfg.tracking_include or cfg.tracking_exclude):
-            from phd_lab.tracking.callback import tracker_options
-            from phd_lab.tracking.tracker import TRACKED_TYPES, trackable_layers
-            if not any(True for _ in trackable_layers(model, tracker_options(cfg))):
-                candidates = [n for n, m in model.named_modules() if n and isinstance(m, TRACKED_TYPES)]
-                raise ConfigError(f"{where}: tracking_include {cfg.tracking_include} and tracking_exclude "
-                                  f"{cfg.tracking_exclude} leave no layer of {cfg.model!r} to track. Its Conv2d, "
-                                  f"Linear and LSTM layers: {', '.join(candidates[:30])}"
-                                  f"{' ...' if len(candidates) > 30 else ''}.")
-        for step, params in self.steps:
-            step.check_model(params, model, where)
+        try:
+            check_cut(model, truncate)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: model_args 'truncate': {error}") from None
+
+    def _check_tracked_layers(self, model: nn.Module) -> None:
+        cfg = self.config
+        if not cfg.track_saturation or not (cfg.tracking_include or cfg.tracking_exclude):
+            return
+        from phd_lab.tracking.callback import tracker_options
+        from phd_lab.tracking.tracker import TRACKED_TYPES, trackable_layers
+        if not any(True for _ in trackable_layers(model, tracker_options(cfg))):
+            candidates = [n for n, m in model.named_modules() if n and isinstance(m, TRACKED_TYPES)]
+            raise ConfigError(f"{cfg.source}: tracking_include {cfg.tracking_include} and tracking_exclude "
+                              f"{cfg.tracking_exclude} leave no layer of {cfg.model!r} to track. Its Conv2d, "
+                              f"Linear and LSTM layers: {', '.join(candidates[:30])}"
+                              f"{' ...' if len(candidates) > 30 else ''}.")
 
     # ------------------------------------------------------------------ building
     def build_data(self) -> DataBundle:
