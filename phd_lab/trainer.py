@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the loader a second time
 
 from phd_lab.callbacks import Callback
 from phd_lab.checkpoint import CheckpointStore

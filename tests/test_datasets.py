@@ -126,6 +126,34 @@ def test_folder_prefix(tmp_path):
     assert f"folder:{tmp_path / 'pets'}" in DATASETS
 
 
+@pytest.mark.parametrize("layout, message", [
+    ({"train/cats": 2, "train/dogs": 2, "train/empty": 0, "test/cats": 1}, "train' has class folder(s) ['empty'] "
+                                                                            "without images"),
+    ({"train/cats": 2, "train/dogs": 2}, "has no test/ or val/ folder beside train/"),
+    ({"train/cats": 2, "train/dogs": 2, "test/cats": 1, "test/birds": 1}, "class folder(s) ['birds'] that the "
+                                                                          "training split lacks"),
+    ({"train/cats": 0, "test/cats": 1}, "holds no image"),
+])
+def test_folder_trees_that_would_mislead_are_data_errors(tmp_path, layout, message):
+    for folder, count in layout.items():
+        (tmp_path / "pets" / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            write_image(tmp_path / "pets" / folder / f"{i}.png", value=i)
+    with pytest.raises(DataError) as error:
+        DATASETS.get(f"folder:{tmp_path / 'pets'}")(resolution=16, data_dir="unused", **COMMON)
+    assert message in " ".join(str(error.value).split()), str(error.value)
+
+
+def test_hidden_folders_are_no_classes(tmp_path):
+    for split, count in (("train", 2), ("test", 1)):
+        for c, name in enumerate(["cats", "dogs"]):
+            for i in range(count):
+                write_image(tmp_path / "pets" / split / name / f"{i}.png", value=c * 10 + i)
+    (tmp_path / "pets" / "train" / ".ipynb_checkpoints").mkdir()
+    bundle = DATASETS.get(f"folder:{tmp_path / 'pets'}")(resolution=16, data_dir="unused", **COMMON)
+    check_bundle(bundle, num_classes=2, channels=3, resolution=16, train_size=4, test_size=2)
+
+
 @pytest.mark.parametrize("name, expected", [
     ("Cifar10", "cifar-10-batches-py/"), ("Cifar100", "cifar-100-python/"), ("SVHN", "SVHN/train_32x32.mat"),
     ("ImageNet", "imagenet/ILSVRC2012_devkit_t12.tar.gz"), ("MNIST", "MNIST/raw/"),

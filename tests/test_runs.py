@@ -150,6 +150,18 @@ def test_logged_config_with_a_list_valued_factory_argument_reruns_the_same_singl
     assert_same_weights_of(runs)
 
 
+def test_loader_workers_do_not_change_an_unaugmented_run(tmp_path):
+    """Digits has no augmentation: with the same seed, 0 and 2 DataLoader workers must train the same
+    weights (PyTorch draws the shuffle order from the loader's generator either way). A progress bar
+    that opened the loader a second time drew one permutation too many whenever workers were used."""
+    for workers in (0, 2):
+        config = write_config(tmp_path, name=f"w{workers}.json", epoch=1, num_workers=workers)
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    runs = run_folders(tmp_path / "logs")
+    assert len(runs) == 2
+    assert_same_weights_of(runs)
+
+
 def assert_same_weights_of(runs):
     first, second = (weights(run) for run in runs)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

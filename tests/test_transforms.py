@@ -43,6 +43,11 @@ def test_train_pipeline_matches_the_thesis_order():
     assert (crop.size, crop.padding) == ((32, 32), 4)
     resized = imagenet(224).train().transforms[0]
     assert resized.scale == (0.05, 1.0) and resized.size == (224, 224)
+    # "a square containing between 5% and 100% of the original image": every crop is square
+    for seed in range(20):
+        torch.manual_seed(seed)
+        top, left, height, width = resized.get_params(rgb(300, 200), resized.scale, resized.ratio)
+        assert height == width
     assert [type(t).__name__ for t in cifar(32).eval().transforms] == ["ToTensor", "Normalize"]
 
 

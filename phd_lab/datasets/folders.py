@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -9,24 +10,50 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
+from phd_lab.errors import DataError
+
 
 class FixedClassImageFolder(ImageFolder):
     """ImageFolder whose class → index map is given (the training split's), so that an evaluation
-    split lacking a class keeps the same label indices."""
+    split lacking a class keeps the same label indices.
+
+    Stricter than ImageFolder where a silent result would mislead: hidden folders (``.ipynb_checkpoints``)
+    are no classes; a training class folder without images, a split without any image and an
+    evaluation class the training split lacks are DataErrors naming the folders.
+    """
 
     def __init__(self, root: str | Path, classes: list[str] | None = None, **kwargs: Any) -> None:
         self._given_classes = classes
         super().__init__(str(root), **kwargs)
+        if not self.samples:
+            raise DataError(f"The image folder {str(root)!r} holds no image ({', '.join(sorted(IMG_EXTENSIONS))}) in "
+                            f"its class folders; expected <split>/<class>/<image files>.")
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        present = sorted(entry.name for entry in os.scandir(directory)
+                         if entry.is_dir() and not entry.name.startswith("."))
         if self._given_classes is None:
-            return super().find_classes(directory)
+            if not present:
+                raise DataError(f"The image folder {str(directory)!r} has no class folders; expected "
+                                f"<split>/<class>/<image files>.")
+            return present, {name: i for i, name in enumerate(present)}
+        unknown = sorted(set(present) - set(self._given_classes))
+        if unknown:
+            raise DataError(f"The evaluation folder {str(directory)!r} has class folder(s) {unknown[:10]} that the "
+                            f"training split lacks, so a model could never predict them; add them to train/ or "
+                            f"remove them.")
         return list(self._given_classes), {name: i for i, name in enumerate(self._given_classes)}
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None,
                      allow_empty: bool = False):  # type: ignore[override]
-        # classes of the training split that are absent here are allowed
-        return super().make_dataset(directory, class_to_idx, extensions, is_valid_file, allow_empty=True)
+        samples = super().make_dataset(directory, class_to_idx, extensions, is_valid_file, allow_empty=True)
+        if self._given_classes is None:  # the training split: every class needs images
+            found = {index for _, index in samples}
+            empty = [name for name, index in class_to_idx.items() if index not in found]
+            if empty and samples:
+                raise DataError(f"The training folder {str(directory)!r} has class folder(s) {empty[:10]} without "
+                                f"images; every class needs training images (remove the folder or add images).")
+        return samples
 
 
 class TinyImageNet(Dataset):

@@ -170,6 +170,9 @@ def folder_opener(path: str) -> Opener:
         if split == "train":
             return train
         evaluation = base / "test" if (base / "test").is_dir() else base / "val"
+        if not evaluation.is_dir():
+            raise DataError(f"The image folder {str(base)!r} has no test/ or val/ folder beside train/; the "
+                            f"runs are evaluated on it (<path>/test/<class>/<image files>).")
         return FixedClassImageFolder(evaluation, classes=train.classes)
     return opener
 

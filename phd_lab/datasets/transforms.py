@@ -31,6 +31,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_PADDING = 4
 RESIZED_CROP_SCALE = (0.05, 1.0)
+RESIZED_CROP_RATIO = (1.0, 1.0)  # thesis §(ImageNet pipeline): "a square containing between 5% and 100%"
 
 RGB_NORMALISATIONS = {"cifar": (CIFAR_MEAN, CIFAR_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 
@@ -90,7 +91,8 @@ class Preprocessing:
             if size != self.native:
                 steps.append(T.Resize((size, size), antialias=True))
         elif train and self.augment:
-            steps.append(T.RandomResizedCrop(size, scale=RESIZED_CROP_SCALE, antialias=True))
+            steps.append(T.RandomResizedCrop(size, scale=RESIZED_CROP_SCALE, ratio=RESIZED_CROP_RATIO,
+                                             antialias=True))
         else:
             steps += [T.Resize(size, antialias=True), T.CenterCrop(size)]
         if train and self.augment and self.flip:
