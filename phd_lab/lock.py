@@ -59,6 +59,7 @@ class RunLock:
     def release(self) -> None:
         if self._fd is not None:
             _HELD.discard(self._fd)
+            os.ftruncate(self._fd, 0)  # no owner line left: readers elsewhere need not guess (see run_tables)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -149,6 +149,13 @@ def test_a_run_is_running_only_while_its_lock_is_held(tmp_path):
     with RunLock(runs["full"].lock):
         page = parse(write_report(logs, tmp_path / "r.html"))
     assert page.rows[1][7] == "finished (post-processing)"
+    # a released lock names no owner any more; a lock naming another host cannot be checked, so the
+    # report leaves that folder alone (its process may still be writing there)
+    assert runs["full"].lock.read_text() == ""
+    runs["running"].analysis_json.unlink()
+    runs["running"].lock.write_text("PID 4242 on host some-other-node\n")
+    write_report(logs, tmp_path / "r.html")
+    assert not runs["running"].analysis_json.exists()
 
 
 def test_report_usage_errors_exit_2(tmp_path):

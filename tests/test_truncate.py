@@ -83,7 +83,7 @@ def test_unknown_layer_is_a_clear_error():
 
 def test_truncated_model_trains_from_a_config_and_flops_report_it(tmp_path):
     config = write_config(tmp_path, model="vgg11", model_args={"width": 0.125, "truncate": ["border", None]},
-                          resolution=16, epoch=1, post_processing=["flops"])
+                          resolution=16, epoch=1, post_processing=["receptive_field", "flops", "analysis"])
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     import json
     infos = {}
@@ -98,6 +98,11 @@ def test_truncated_model_trains_from_a_config_and_flops_report_it(tmp_path):
     assert saved["exact"]
     assert saved["params_saved"] == infos[None]["params_total"] - infos["border"]["params_total"]
     assert saved["flops_saved"] == infos[None]["flops"] - infos["border"]["flops"]
+    # ... and the analysis (analysis.json, the report) shows those measured numbers
+    [full] = [f for f in run_folders(tmp_path / "logs")
+              if json.loads((f / "computational_info.json").read_text()).get("truncation")]
+    shown = json.loads((full / "analysis.json").read_text())["truncation"]
+    assert shown["exact"] is True and shown["params_saved"] == saved["params_saved"]
 
 
 def test_bad_truncate_value_is_rejected_before_training(tmp_path, capsys):

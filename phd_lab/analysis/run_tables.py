@@ -162,8 +162,9 @@ def _flock_held(lock_path: Path) -> bool | None:
 def lock_owner_alive(lock_path: Path) -> tuple[bool | None, str]:
     """Whether a live process holds the run folder's lock (None: held on another host or unknown).
 
-    The lock file keeps the last owner's "PID <pid> on host <host>" line even after release. On
-    the same host, /proc/locks says whether the flock is held; without it, whether that PID lives.
+    The lock file holds its owner's "PID <pid> on host <host>" line while held and is emptied on
+    release; a line left by a killed owner stays. On the same host, /proc/locks says whether the
+    flock is held; without it, whether that PID lives. Another host's line cannot be checked.
     """
     try:
         text = lock_path.read_text(encoding="utf-8", errors="replace").strip()
@@ -218,8 +219,16 @@ def _computational(info: Any, tables: RunTables) -> dict[str, Any] | None:
             return float(value)
         return None
 
-    return {"params": number("params_total"), "trainable_params": number("params_trainable"),
-            "macs": number("macs"), "flops": number("flops")}
+    computational: dict[str, Any] = {"params": number("params_total"), "trainable_params": number("params_trainable"),
+                                     "macs": number("macs"), "flops": number("flops")}
+    truncation = info.get("truncation")
+    if isinstance(truncation, dict) and all(isinstance(truncation.get(k), (int, float)) and
+                                            not isinstance(truncation.get(k), bool)
+                                            for k in ("params_saved", "flops_saved")):
+        computational["truncation"] = truncation  # measured by the flops step (see run_summary)
+    elif truncation is not None:
+        tables.problems.append(f"{COMPUTATIONAL_JSON}: 'truncation' is malformed; the estimate is used")
+    return computational
 
 
 def _layer_table(csv: pd.DataFrame | None) -> pd.DataFrame | None:

@@ -36,8 +36,9 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
                 skip_active: bool = True) -> RunEntry:
     """Summarise one run and draw its figure; write both into the folder when ``write``.
 
-    ``skip_active``: do not write into a folder whose lock names a live process (a running
-    training or probe job writes its own analysis at the end).
+    ``skip_active``: do not write into a folder whose lock names a live process, or a process on
+    another host that cannot be checked (a running training or probe job writes its own analysis
+    at the end).
     """
     from phd_lab.plots.run_figure import figure_png
 
@@ -51,7 +52,7 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
     summary = summarize(tables, settings)
     figure = figure_png(tables, summary)
     entry = RunEntry(folder, tables, summary, figure)
-    active = tables.status is not None and tables.status.active
+    active = tables.status is not None and tables.status.active is not False  # None: cannot tell (another host)
     if write and not (skip_active and active):
         try:
             from phd_lab import atomic
