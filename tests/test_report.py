@@ -2,6 +2,8 @@
 
 import base64
 import json
+import os
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -101,6 +103,14 @@ def test_report_of_a_grid_parses_links_resolve_and_lists_every_run(grid, tmp_pat
         else:
             assert (out.parent / unquote(href)).resolve().is_file(), href
     assert {f"run-{i}" for i in range(1, 6)} <= page.ids and "runs" in page.ids
+    # a page in a folder reached through a symlink: the browser applies ".." to the address as typed
+    (tmp_path / "elsewhere" / "target").mkdir(parents=True)
+    (tmp_path / "home" / "a").mkdir(parents=True)
+    (tmp_path / "home" / "a" / "reports").symlink_to(tmp_path / "elsewhere" / "target")
+    linked = tmp_path / "home" / "a" / "reports" / "r.html"
+    assert run_report(logs, "--out", linked, "--no-refresh").returncode == 0
+    for href in (h for h in parse(linked).hrefs if not h.startswith("#")):
+        assert Path(os.path.normpath(os.path.join(linked.parent, unquote(href)))).is_file(), href
     # every image is an embedded PNG: one per run plus three comparison plots
     assert len(page.images) == 5 + 3
     for src in page.images:
@@ -186,3 +196,22 @@ def test_analysis_step_at_the_end_of_a_real_training(tmp_path):
     assert (folders[0] / "analysis.png").read_bytes()[:8] == PNG
     # the report of that logs folder works too
     assert run_report(tmp_path / "logs").returncode == 0
+
+
+def test_unrelated_files_in_the_logs_tree_are_no_runs_and_deleted_runs_stay_deleted(tmp_path):
+    logs = tmp_path / "logs"
+    runs = write_grid(logs)
+    (logs / "exp_config.json").write_text('{"model": "vgg11", "dataset": "Digits"}')  # a copied experiment config
+    (logs / "notes").mkdir()
+    (logs / "notes" / "receptive_field.csv").write_text("layer,r_min\nx,1\n")
+    from phd_lab.analysis.run_tables import discover_runs
+    found = {run.root for run in discover_runs(logs)}
+    assert found == {run.root for run in runs.values()}
+    write_report(logs, tmp_path / "r.html")
+    assert not (logs / "analysis.json").exists() and not (logs / "notes" / "analysis.json").exists()
+    # a run folder deleted between discovery and writing is not re-created by the report
+    from phd_lab.report.collect import analyse_run
+    gone = runs["full"]
+    shutil.rmtree(gone.root)
+    analyse_run(gone, write=True)
+    assert not gone.root.exists()

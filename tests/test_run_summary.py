@@ -198,3 +198,16 @@ def test_analysis_json_is_strict_json(tmp_path):
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert data["accuracy"]["train"] is None and data == read_json(rundir.analysis_json)
     assert (rundir.root / "analysis.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_zero_saturation_and_a_damaged_epoch_column_do_not_break_the_analysis(tmp_path):
+    """s_mu = 0 (no layer with any variance) made the width advice take log2(0); a non-numeric epoch
+    value made the status int('two'): each cost the run its whole analysis."""
+    from phd_lab.analysis.run_summary import recommendations
+    from phd_lab.analysis.run_tables import training_status
+    summary = {"saturation": {"mean": 0.0, "layers": []}, "tails": [], "borders": None,
+               "probes": {"status": "none"}, "truncation": None, "agreement": {}}
+    assert all(advice["kind"] != "width" for advice in recommendations(summary, AnalysisSettings()))
+    tables = synthetic_run(tmp_path, BORDER)
+    damaged = pd.DataFrame({"epoch": ["1", "two"], "train_loss": [1.0, 0.5]})
+    assert training_status(tables.folder, {"epoch": 3}, damaged).epochs_done == 1

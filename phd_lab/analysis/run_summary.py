@@ -298,7 +298,7 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings) -> list
         advice.append({"kind": "probes", "text": (
             f"The probes reach the model's accuracy at {first}; the {probes['layers_after_reaching']} probed "
             "layer(s) after it do not improve the intermediate solution.")})
-    if sat and sat["mean"] is not None:
+    if sat and sat["mean"] is not None and math.isfinite(sat["mean"]) and sat["mean"] > 0:  # 0: no variance at all
         low, high = settings.target_saturation
         s_mu = sat["mean"]
         target = (low + high) / 2

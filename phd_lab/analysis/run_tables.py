@@ -50,16 +50,33 @@ def _name_of(folder: Path) -> str | None:
     return csvs[0] if csvs else None
 
 
+RUN_DEPTH = 4  # <logs_dir>/<model>/<dataset>_<resolution>/<run_id>/<variant>
+
+
 def discover_runs(logs_dir: Path | str) -> list[RunDir]:
-    """Every run folder below ``logs_dir`` (a folder with a ``*_config.json`` or a step table), sorted."""
+    """Every run folder below ``logs_dir``, sorted: a folder with a logged run config (a
+    ``*_config.json`` carrying ``_meta``), or at a run folder's depth with any config (perhaps
+    damaged) or step table. Other JSON
+    files or tables somewhere in the tree (a copied experiment config, notes) are no runs, and the
+    report writes nothing there."""
     logs_dir = Path(logs_dir)
     found: dict[Path, RunDir] = {}
     for dirpath, dirnames, filenames in os.walk(logs_dir):
         dirnames[:] = sorted(d for d in dirnames if d != "latents" and not d.startswith("."))
-        if any(f.endswith(CONFIG_SUFFIX) for f in filenames) or any(m in filenames for m in _MARKERS):
-            folder = Path(dirpath)
+        folder = Path(dirpath)
+        logged = any(f.endswith(CONFIG_SUFFIX) and _is_logged_config(folder / f) for f in filenames)
+        at_depth = len(folder.relative_to(logs_dir).parts) == RUN_DEPTH
+        if logged or (at_depth and any(f.endswith(CONFIG_SUFFIX) or f in _MARKERS for f in filenames)):
             found[folder] = RunDir(folder, _name_of(folder) or folder.name)
     return [found[k] for k in sorted(found)]
+
+
+def _is_logged_config(path: Path) -> bool:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(values, dict) and "_meta" in values
 
 
 @dataclass(frozen=True)
@@ -195,7 +212,8 @@ def training_status(folder: RunDir, config: dict[str, Any] | None,
     planned = planned if isinstance(planned, int) and not isinstance(planned, bool) else None
     done = 0
     if metrics is not None and len(metrics):
-        done = int(metrics["epoch"].max()) if "epoch" in metrics.columns else len(metrics)
+        epochs = pd.to_numeric(metrics["epoch"], errors="coerce") if "epoch" in metrics.columns else None
+        done = int(epochs.max()) if epochs is not None and epochs.notna().any() else len(metrics)
     active, owner = lock_owner_alive(folder.lock) if folder.lock.exists() else (False, "")
     if done == 0:
         state = "running" if active else "not started"

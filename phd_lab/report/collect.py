@@ -53,7 +53,7 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
     figure = figure_png(tables, summary)
     entry = RunEntry(folder, tables, summary, figure)
     active = tables.status is not None and tables.status.active is not False  # None: cannot tell (another host)
-    if write and not (skip_active and active):
+    if write and folder.root.is_dir() and not (skip_active and active):  # never re-create a deleted run
         try:
             from phd_lab import atomic
             write_analysis_json(folder.analysis_json, summary)

@@ -110,7 +110,8 @@ def varying_keys(entries: Sequence[RunEntry]) -> list[str]:
 
 
 def _link(path: Path, out_dir: Path, text: str) -> str:
-    rel = os.path.relpath(path.resolve(), out_dir.resolve())
+    # as the paths are typed, not resolved: a browser applies ".." to the page's address, symlinks included
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))
     return f'<a href="{escape(quote(Path(rel).as_posix()))}">{escape(text)}</a>'
 
 
