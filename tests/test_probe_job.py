@@ -265,6 +265,12 @@ def test_error_manifest_incomplete(tmp_path, capsys, mutate, match):
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), match=match)
 
 
+def test_error_run_folder_given_instead_of_its_latents(tmp_path, capsys):
+    run_dir, latents = make_latents(tmp_path)
+    _assert_usage_error(capsys, run_dir, "--latents", str(run_dir), match=f"but '{latents}' does: pass that latents "
+                                                                          f"folder to --latents")
+
+
 def test_error_listed_file_missing(tmp_path, capsys):
     run_dir, latents = make_latents(tmp_path)
     (latents / "eval-features.2.npy").unlink()
