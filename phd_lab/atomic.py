@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -74,7 +75,6 @@ def remove_stale_temps(folder: Path | str, owned_prefix: str | None = None,
     files (targets starting with ``owned_prefix``: only the lock holder writes those), and any other
     not modified for ``older_than`` seconds. Other processes write into a run folder without its
     lock (the probe job, the report); their temp files of the moment must survive."""
-    import time
     removed = []
     cutoff = time.time() - older_than
     for stale in Path(folder).glob(".*.tmp"):

@@ -16,7 +16,7 @@ import os
 import re
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from phd_lab.environment import available_cores
+from phd_lab.environment import THREAD_VARIABLES, available_cores
 from phd_lab.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ _LOCAL = re.compile(r"^local(?::(\d+))?$")
 # statistical profiler samples every task's Python stack every 10 ms.
 WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                  "distributed.worker.profile.enabled": False}
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def worker_thread_environment(workers: int) -> dict[str, str]:
@@ -106,9 +105,6 @@ def task_resources(device: str, gpus_on_cluster: bool) -> dict[str, int] | None:
     """
     if gpus_on_cluster and (device.startswith("cuda") or device == "auto"):
         return {"GPU": 1}
-    if device.startswith("cuda"):
-        log.warning("No worker of the cluster declares a GPU resource, so GPU runs are not limited to one per GPU; "
-                    "start GPU workers with `dask worker ADDRESS --resources GPU=1`.")
     return None
 
 

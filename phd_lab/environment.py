@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 
+# Environment variables that set the thread count of OpenMP, MKL and OpenBLAS in a new process.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def available_cores() -> int:
     """Cores this process may run on (respects taskset/cgroup affinity where the OS reports it)."""
     try:

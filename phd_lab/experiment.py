@@ -133,6 +133,9 @@ class Main:
         overrides = {k: v if isinstance(v, str) else v.__name__ for k, v in self.registry_overrides.items()}
         with dask_client(scheduler) as client:
             gpus = cluster_has_gpus(client)
+            if not gpus and any(self.executors[index].config.device.startswith("cuda") for index in chosen):
+                log.warning("No worker of the cluster declares a GPU resource, so GPU runs are not limited to one "
+                            "per GPU; start GPU workers with `dask worker ADDRESS --resources GPU=1`.")
             tasks = []
             for index in chosen:
                 cfg = self.executors[index].config

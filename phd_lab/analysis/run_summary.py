@@ -196,8 +196,8 @@ def truncation_estimate(tables: RunTables, border: str, saturations: pd.DataFram
     border's row on (table order, containers dropped) and a new head Linear(C → K), C the output
     width of the layer before the border, K that of the last tracked layer, from the saturation table.
     """
-    measured = (tables.computational or {}).get("truncation")
     total = tables.computational or {}
+    measured = total.get("truncation")
     if isinstance(measured, dict) and measured.get("border") == border:  # the flops step truncated the model
         estimate = dict(measured)
         for key in ("params", "flops"):

@@ -56,9 +56,8 @@ RUN_DEPTH = 4  # <logs_dir>/<model>/<dataset>_<resolution>/<run_id>/<variant>
 def discover_runs(logs_dir: Path | str) -> list[RunDir]:
     """Every run folder below ``logs_dir``, sorted: a folder with a logged run config (a
     ``*_config.json`` carrying ``_meta``), or at a run folder's depth with any config (perhaps
-    damaged) or step table. Other JSON
-    files or tables somewhere in the tree (a copied experiment config, notes) are no runs, and the
-    report writes nothing there."""
+    damaged) or step table. Other JSON files or tables somewhere in the tree (a copied experiment
+    config, notes) are no runs, and the report writes nothing there."""
     logs_dir = Path(logs_dir)
     found: dict[Path, RunDir] = {}
     for dirpath, dirnames, filenames in os.walk(logs_dir):
@@ -231,8 +230,8 @@ def _computational(info: Any, tables: RunTables) -> dict[str, Any] | None:
             tables.problems.append(f"{COMPUTATIONAL_JSON} is not a JSON object; ignored")
         return None
 
-    def number(name: str) -> float | None:
-        value = info.get(name)
+    def number(name: str, source: dict[str, Any] = info) -> float | None:
+        value = source.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         return None
@@ -240,9 +239,7 @@ def _computational(info: Any, tables: RunTables) -> dict[str, Any] | None:
     computational: dict[str, Any] = {"params": number("params_total"), "trainable_params": number("params_trainable"),
                                      "macs": number("macs"), "flops": number("flops")}
     truncation = info.get("truncation")
-    if isinstance(truncation, dict) and all(isinstance(truncation.get(k), (int, float)) and
-                                            not isinstance(truncation.get(k), bool)
-                                            for k in ("params_saved", "flops_saved")):
+    if isinstance(truncation, dict) and all(number(k, truncation) is not None for k in ("params_saved", "flops_saved")):
         computational["truncation"] = truncation  # measured by the flops step (see run_summary)
     elif truncation is not None:
         tables.problems.append(f"{COMPUTATIONAL_JSON}: 'truncation' is malformed; the estimate is used")

@@ -12,6 +12,7 @@ input receptive field exceeds the resolution), ``"border_max"`` at b_max.
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -154,15 +155,13 @@ def resolve_cut(model: nn.Module, truncate: str, input_resolution: int) -> str |
 
 
 def truncation_savings(model: nn.Module, layer: str, *, num_classes: int, in_channels: int, input_resolution: int,
-                       full: tuple[dict, "Any"] | None = None) -> dict:
+                       full: tuple[dict, Any] | None = None) -> dict:
     """What ``truncate`` at ``layer`` saves, measured on the truncated model itself: parameters and
     FLOPs of the full model minus those of the truncated one (its new GAP + linear head included),
     and the layers it no longer has. The cut may remove more than the layers after ``layer`` (a
     whole residual block), which an estimate from the per-layer table alone would miss.
     ``full`` passes ``computational_info(model, ...)`` when the caller has it already.
     """
-    import copy
-
     from phd_lab.analysis.flops import FUNCTIONAL_ROW, computational_info
 
     shape = (in_channels, input_resolution, input_resolution)

@@ -112,11 +112,11 @@ def read_manifest(folder: Path | str) -> Manifest:
     if not folder.is_dir():
         raise DataError(f"No latents found: {str(folder)!r} is not a folder. Pass the latents folder written by the "
                         f"extraction step (by default <run folder>/latents).")
-    inside = sorted(str(p.parent) for p in folder.glob(f"*/{MANIFEST}"))
-    if not path.is_file() and inside:  # a run folder given instead of its latents folder
-        raise DataError(f"{str(folder)!r} holds no {MANIFEST} itself, but {', '.join(repr(i) for i in inside[:3])} "
-                        f"does: pass that latents folder to --latents.")
     if not path.is_file():
+        inside = sorted(str(p.parent) for p in folder.glob(f"*/{MANIFEST}"))
+        if inside:  # a run folder given instead of its latents folder
+            raise DataError(f"{str(folder)!r} holds no {MANIFEST} itself, but "
+                            f"{', '.join(repr(i) for i in inside[:3])} does: pass that latents folder to --latents.")
         raise DataError(f"Latents folder {str(folder)!r} has no {MANIFEST}: the extraction is unfinished (the "
                         f"manifest is written last). Rerun the training command with the 'extract' step; it redoes "
                         f"a half-written extraction.")

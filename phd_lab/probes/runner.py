@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
+from phd_lab.environment import THREAD_VARIABLES
 from phd_lab.errors import PhdLabError, RunFailure
 from phd_lab.probes.cache import ResultCache, key_digest, library_versions
 from phd_lab.probes.fit import ProbeRecord, probe_layer
@@ -104,7 +105,7 @@ def check_versions(task: ProbeTask) -> None:
 
 
 def _init_worker(parent: int) -> None:
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for name in THREAD_VARIABLES:
         os.environ[name] = "1"
     threading.Thread(target=_exit_with_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
 
