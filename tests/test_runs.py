@@ -147,7 +147,7 @@ def test_logged_config_with_a_list_valued_factory_argument_reruns_the_same_singl
     assert main_cli(["--config", str(logged), "--run-id", "again", "--no-progress", "-q"]) == 0
     runs = run_folders(tmp_path / "logs")
     assert len(runs) == 2
-    assert_same_weights_of(runs)
+    assert_same_weights(*(weights(run) for run in runs))
 
 
 def test_loader_workers_do_not_change_an_unaugmented_run(tmp_path):
@@ -159,12 +159,7 @@ def test_loader_workers_do_not_change_an_unaugmented_run(tmp_path):
         assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     runs = run_folders(tmp_path / "logs")
     assert len(runs) == 2
-    assert_same_weights_of(runs)
-
-
-def assert_same_weights_of(runs):
-    first, second = (weights(run) for run in runs)
-    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert_same_weights(*(weights(run) for run in runs))
 
 
 @pytest.mark.parametrize("registries, fragment", [
