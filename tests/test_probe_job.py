@@ -377,3 +377,13 @@ def test_a_result_that_cannot_be_written_fails_clearly_and_keeps_the_cache(tmp_p
     err = " ".join(capsys.readouterr().err.split())
     assert "finished, but its result could not be written" in err and "Traceback" not in err
     assert len(list((run_dir / ".probe_cache").rglob("*.json"))) == 1  # the first layer's result is kept
+
+
+def test_error_malformed_scheduler_before_any_file_is_hashed(tmp_path, capsys):
+    """A bogus --scheduler used to be found only after every latents file was hashed (with bars)."""
+    run_dir, latents = make_latents(tmp_path)
+    assert probe_cli(["--latents", str(latents), "--scheduler", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "'bogus' is neither a scheduler address" in " ".join(err.split())
+    assert "%|" not in err and "Traceback" not in err  # no progress bar drawn before the error
+    assert not (run_dir / ".probe_cache").exists() and not (run_dir / "probe_performances.csv").exists()

@@ -168,6 +168,19 @@ def test_a_run_is_running_only_while_its_lock_is_held(tmp_path):
     assert not runs["running"].analysis_json.exists()
 
 
+def test_the_report_never_imports_torch(grid, tmp_path):
+    """The report reads saved tables only: on a login node over hundreds of runs, importing torch
+    (through the receptive-field module) cost ≈ 0.8 GB and most of the start-up time."""
+    logs, _ = grid
+    code = ("import sys\nfrom phd_lab.__main__ import main\n"
+            f"rc = main(['report', {str(logs)!r}, '--out', {str(tmp_path / 'r.html')!r}, '-q'])\n"
+            "print(rc, sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))[:3])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "0 []"
+    assert (tmp_path / "r.html").is_file()
+
+
 def test_report_usage_errors_exit_2(tmp_path):
     missing = run_report(tmp_path / "nope")
     assert missing.returncode == 2

@@ -207,7 +207,33 @@ def test_zero_saturation_and_a_damaged_epoch_column_do_not_break_the_analysis(tm
     from phd_lab.analysis.run_tables import training_status
     summary = {"saturation": {"mean": 0.0, "layers": []}, "tails": [], "borders": None,
                "probes": {"status": "none"}, "truncation": None, "agreement": {}}
-    assert all(advice["kind"] != "width" for advice in recommendations(summary, AnalysisSettings()))
+    advice = recommendations(summary, AnalysisSettings())
+    assert [a["kind"] for a in advice] == ["no-variance"]  # not "s_mu within the target interval"
+    assert "no tracked layer showed any variance" in advice[0]["text"]
     tables = synthetic_run(tmp_path, BORDER)
     damaged = pd.DataFrame({"epoch": ["1", "two"], "train_loss": [1.0, 0.5]})
     assert training_status(tables.folder, {"epoch": 3}, damaged).epochs_done == 1
+
+
+def test_the_run_figure_legend_never_covers_long_layer_names(tmp_path):
+    """The legend sat at an offset guessed from the name length and covered long layer names."""
+    import matplotlib.pyplot as plt
+
+    from phd_lab.plots.run_figure import draw_run_figure
+    tables = synthetic_run(tmp_path, BORDER)
+    renamed = {name: f"backbone.stage_{i}.residual_block_with_a_long_name.{name}" for i, name in enumerate(LAYERS)}
+    for short in sorted(renamed, key=len, reverse=True):  # 'features.1' is a prefix of 'features.11'
+        tables.metrics.columns = [c.replace(f"{short}_", f"{renamed[short]}_", 1) if c.startswith(f"{short}_")
+                                  else c for c in tables.metrics.columns]
+    tables.receptive_field["layer"] = tables.receptive_field["layer"].map(lambda n: renamed.get(n, n))
+    fig = draw_run_figure(tables, summarize(tables))
+    try:
+        fig.canvas.draw()  # the positions of a drawn (saved) figure
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+        assert len(ticks) == len(LAYERS) and all(t.get_text().startswith("backbone.") for t in ax.get_xticklabels())
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert legend.y1 < min(t.y0 for t in ticks)  # entirely below the lowest tick label
+    finally:
+        plt.close(fig)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from phd_lab.analysis.borders import border_in
 from phd_lab.errors import PhdLabError
 
 log = logging.getLogger(__name__)
@@ -363,16 +364,3 @@ def border_layers(df: pd.DataFrame, input_resolution: int) -> tuple[str | None, 
     """
     convs = df[df["index"].notna()]
     return (border_in(convs, "in_r_min", input_resolution), border_in(convs, "in_r_max", input_resolution))
-
-
-def border_in(convs: pd.DataFrame, column: str, resolution: int) -> str | None:
-    """The border layer by one column of numeric input receptive fields of the Conv2d rows (in
-    forward order): the first from which on every value exceeds ``resolution``, global (inf) rows
-    never starting the sequence."""
-    border = None
-    for layer, value in zip(reversed(convs["layer"].tolist()), reversed(convs[column].tolist())):
-        if not value > resolution:
-            break
-        if math.isfinite(value):
-            border = layer
-    return border

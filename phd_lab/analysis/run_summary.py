@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from phd_lab.analysis.borders import border_in
 from phd_lab.analysis.run_tables import RunTables
 from phd_lab.analysis.tails import Tail, find_tails
 from phd_lab.config import SCHEMA_BY_NAME
@@ -119,8 +120,7 @@ def conv_rows(receptive_field: pd.DataFrame) -> pd.DataFrame:
 
 def border_layers(receptive_field: pd.DataFrame, resolution: int) -> tuple[str | None, str | None]:
     """(b_min, b_max) of a saved receptive_field.csv: the rule of the receptive-field step
-    (``receptive_field.border_in``) on its Conv2d rows, values read as numbers ('inf' = global)."""
-    from phd_lab.analysis.receptive_field import border_in
+    (``borders.border_in``) on its Conv2d rows, values read as numbers ('inf' = global)."""
     convs = conv_rows(receptive_field)
     numeric = convs.assign(**{column: pd.to_numeric(convs[column], errors="coerce")
                               for column in ("in_r_min", "in_r_max")})
@@ -319,6 +319,11 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings) -> list
             advice.append({"kind": "missing", "text": (
                 "No saturation values recorded yet, so neither tails nor width can be judged; they appear once an "
                 "epoch with saturation tracking has finished.")})
+        elif not (sat["mean"] is not None and math.isfinite(sat["mean"]) and sat["mean"] > 0):
+            advice.append({"kind": "no-variance", "text": (
+                f"s_mu = {sat['mean']} over {n_layers} layers: no tracked layer showed any variance (constant "
+                "activations, e.g. dead units or an untrained model), so saturation cannot judge the width. Check "
+                "the training (loss, learning rate) before reading the other values.")})
         else:
             advice.append({"kind": "none", "text": (
                 f"No tail, no border layer inside the network and s_mu within the target interval over "

@@ -42,15 +42,17 @@ def layer_order(tables: RunTables, summary: dict[str, Any]) -> list[str]:
     return order
 
 
-def draw_run_figure(tables: RunTables, summary: dict[str, Any]) -> "Figure":
-    """Build the run's figure (matplotlib imported lazily, Agg backend)."""
+def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -> "Figure":
+    """Build the run's figure (matplotlib imported lazily, Agg backend) at the resolution it will be
+    saved with: the legend is placed below the layer names as measured at that resolution."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     order = layer_order(tables, summary)
     x_of = {name: i for i, name in enumerate(order)}
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.38 * len(order) + 2.5), 4.6))
+    longest = max((len(name) for name in order), default=0)
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.38 * len(order) + 2.5), max(4.6, 3.4 + 0.06 * longest)), dpi=dpi)
     title = summary["run"]["name"]
     facts = []
     if summary["accuracy"]["test"] is not None:
@@ -119,17 +121,28 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any]) -> "Figure":
         twin.set_ylim(bottom=0)
         more_handles, more_labels = twin.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
-    if handles:
-        ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32 - 0.004 * max(
-            len(n) for n in order)), ncol=4, frameon=False)
     fig.tight_layout()
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, _below_tick_labels(ax)),
+                  ncol=4, frameon=False)
     return fig
+
+
+def _below_tick_labels(ax: Any) -> float:
+    """The axes-fraction height just below the (rotated) x tick labels, measured on the drawn figure,
+    so that the legend never covers layer names, however long."""
+    ax.figure.canvas.draw()  # lays the tick labels out where tight_layout moved the axes
+    renderer = ax.figure.canvas.get_renderer()
+    bottoms = [label.get_window_extent(renderer).y0 for label in ax.get_xticklabels() if label.get_text()]
+    if not bottoms:
+        return -0.12
+    return float(ax.transAxes.inverted().transform((0.0, min(bottoms)))[1]) - 0.03
 
 
 def figure_png(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -> bytes:
     """The figure as PNG bytes (for embedding and for writing)."""
     import matplotlib.pyplot as plt
-    fig = draw_run_figure(tables, summary)
+    fig = draw_run_figure(tables, summary, dpi)
     try:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")

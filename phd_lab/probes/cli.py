@@ -62,6 +62,9 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--run-id only applies with --config; a latents folder belongs to one run already.")
         if args.processes < 0:
             raise UsageError(f"-mp must be ≥ 0 (0 fits in this process); got {args.processes}.")
+        if args.scheduler:
+            from phd_lab.distributed import parse_scheduler
+            parse_scheduler(args.scheduler)  # a malformed address fails before any file is read or hashed
         overrides = {"solver": args.solver, "C": args.C, "max_iter": args.max_iter, "tol": args.tol,
                      "standardize": args.standardize, "train_samples": args.train_samples, "seed": args.seed,
                      "device": args.probe_device}
