@@ -172,3 +172,34 @@ def test_standardize_with_fewer_training_rows_than_eval_rows(train_rows):
     train, evaluation = standardize(x_train.copy(), x_eval.copy())
     np.testing.assert_allclose(train, scaler.transform(x_train.astype(np.float64)), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(evaluation, scaler.transform(x_eval.astype(np.float64)), rtol=1e-6, atol=1e-5)
+
+
+def test_lbfgs_torch_reads_memory_mapped_latents_in_blocks_without_changing_them(tmp_path):
+    """lbfgs-torch takes the memory-mapped files as they are (no whole in-memory float copy first) and
+    uploads them block by block; the result equals a fit on an in-memory float32 copy."""
+    from phd_lab.probes.fit import load_array, to_device_float32
+    from phd_lab.probes.manifest import sha256_file
+    layers, y_train, y_eval = digits_layers(n_layers=1, width=20, seed=4)
+    x_train, x_eval = layers["features.0"]
+    np.save(tmp_path / "train.npy", x_train.astype(np.float16))
+    np.save(tmp_path / "eval.npy", x_eval.astype(np.float16))
+    before = sha256_file(tmp_path / "train.npy")
+    mapped = load_array(tmp_path / "train.npy")
+    assert isinstance(mapped, np.memmap)
+    blocks = to_device_float32(mapped, "cpu", block_bytes=7 * 20 * 2)  # 7 rows per block, a short last block
+    assert blocks.dtype == torch.float32 and torch.equal(blocks, torch.from_numpy(x_train.astype(np.float16)
+                                                                                  .astype(np.float32)))
+    settings = ProbeSettings(solver="lbfgs-torch", C=0.5)
+    from_files = probe_layer(0, "l", tmp_path / "train.npy", tmp_path / "eval.npy", _labels(tmp_path, y_train, "y"),
+                             _labels(tmp_path, y_eval, "ye"), settings)
+    in_memory = probe_arrays(0, "l", x_train.astype(np.float16).astype(np.float32), y_train,
+                             x_eval.astype(np.float16).astype(np.float32), y_eval, settings)
+    assert (from_files.train_acc, from_files.eval_acc, from_files.n_iter) == (in_memory.train_acc, in_memory.eval_acc,
+                                                                              in_memory.n_iter)
+    assert from_files.confusion == in_memory.confusion
+    assert sha256_file(tmp_path / "train.npy") == before  # standardised on the device copy, the file untouched
+
+
+def _labels(folder, y, name):
+    np.save(folder / f"{name}.npy", y)
+    return folder / f"{name}.npy"

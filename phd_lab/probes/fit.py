@@ -166,10 +166,27 @@ def standardize_tensors(x_train: torch.Tensor, x_eval: torch.Tensor, rows: int =
             block.copy_(((block.to(torch.float64) - mean) / std).to(x.dtype))
 
 
+def to_device_float32(x: np.ndarray, device: Any, block_bytes: int = 1 << 25) -> torch.Tensor:
+    """A float32 copy of a (memory-mapped) array on ``device``, filled block by block.
+
+    No whole-array host copy is made first: on a GPU the latents go from the page cache to the
+    device in blocks of about ``block_bytes``, converted on the way (float16/float64 → float32).
+    """
+    import torch
+    out = torch.empty(x.shape, dtype=torch.float32, device=device)
+    rows = max(1, block_bytes // max(1, x.itemsize * int(np.prod(x.shape[1:]))))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # only read
+        for start in range(0, x.shape[0], rows):
+            out[start:start + rows].copy_(torch.from_numpy(np.ascontiguousarray(x[start:start + rows])))
+    return out
+
+
 def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings) -> FitResult:
     """Full-batch ``torch.optim.LBFGS`` on the same objective as scikit-learn (float32, any device).
 
-    The raw arrays go to the device, which standardises them when asked. Starts from zeros like
+    The raw (memory-mapped) arrays go to the device in blocks as float32 (``to_device_float32``), and
+    the device standardises its own copy when asked. Starts from zeros like
     scikit-learn; stops when the largest gradient entry is ≤ tol, the loss stops changing, or
     after ``max_iter`` iterations or ``2 · max_iter`` loss evaluations (then ``converged`` is False).
     """
@@ -179,10 +196,9 @@ def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray
     s = settings.resolved()
     device = torch.device(s.device)
     classes = np.unique(y_train)
-    x = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)).to(device)
-    xe = torch.from_numpy(np.ascontiguousarray(x_eval, dtype=np.float32)).to(device)
+    x, xe = to_device_float32(x_train, device), to_device_float32(x_eval, device)
     if s.standardize:
-        standardize_tensors(x, xe)  # on the CPU in place on the caller's arrays, like ``standardize``
+        standardize_tensors(x, xe)
     y = torch.from_numpy(np.searchsorted(classes, y_train).astype(np.int64)).to(device)
     n, d = x.shape
     weight = torch.zeros(len(classes), d, dtype=torch.float32, device=device, requires_grad=True)
@@ -214,7 +230,8 @@ def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray
 def fit_arrays(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings) -> FitResult:
     """Standardise if asked (in place: pass arrays you own), then fit the chosen solver.
 
-    ``lbfgs-torch`` standardises on its own device (``standardize_tensors``).
+    ``lbfgs-torch`` standardises its own copy on its device (``standardize_tensors``); its arrays
+    are only read.
     """
     s = settings.resolved()
     if s.solver == "lbfgs-torch":
@@ -235,7 +252,8 @@ def probe_arrays(index: int, layer: str, x_train: np.ndarray, y_train: np.ndarra
     chosen = stratified_subsample(y_train, s.train_samples, s.seed)
     if chosen is not None:
         x_train, y_train = x_train[chosen], y_train[chosen]
-    x_train, x_eval = as_float(x_train), as_float(x_eval)
+    if s.solver != "lbfgs-torch":  # lbfgs-torch copies the arrays to its device itself
+        x_train, x_eval = as_float(x_train), as_float(x_eval)
     result = fit_arrays(x_train, y_train, x_eval, s)
     classes = np.union1d(y_train, y_eval)
     with warnings.catch_warnings():
