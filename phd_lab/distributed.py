@@ -47,6 +47,9 @@ def worker_thread_environment(workers: int) -> dict[str, str]:
 def parse_scheduler(spec: str) -> tuple[str, Any]:
     """``local:N`` → ("local", N); anything else is a scheduler address."""
     match = _LOCAL.match(spec.strip())
+    if not match and spec.strip().lower().startswith("local"):
+        raise UsageError(f"--scheduler {spec!r}: a local cluster is written local:N with a whole number N ≥ 1 of "
+                         f"worker processes (or plain 'local' for one per core).")
     if match:
         workers = int(match.group(1) or os.cpu_count() or 1)
         if workers < 1:

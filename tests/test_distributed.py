@@ -123,6 +123,9 @@ def test_scheduler_spec_errors():
         parse_scheduler("nonsense")
     with pytest.raises(UsageError, match="at least one worker"):
         parse_scheduler("local:0")
+    for spec in ("local:x", "local:-1", "local:2.5", "LOCAL:3"):  # were a traceback / a 20 s connection attempt
+        with pytest.raises(UsageError, match="whole number N ≥ 1"):
+            parse_scheduler(spec)
 
 
 def test_probe_job_on_cluster_gives_the_same_csv_as_local(tmp_path, cluster):

@@ -232,6 +232,15 @@ def test_torchvision_prefix_builds_classification_models():
         MODELS.get("tv:resnet81")(num_classes=3)
 
 
+def test_googlenet_trains_one_step_without_its_auxiliary_heads():
+    """With weights=None torchvision kept the auxiliary classifiers: training mode returned GoogLeNetOutputs."""
+    torch.manual_seed(0)
+    model = MODELS.get("tv:googlenet")(num_classes=5, in_channels=1).train()
+    output = model(torch.randn(2, 1, 64, 64))
+    assert isinstance(output, torch.Tensor) and output.shape == (2, 5)
+    nn.functional.cross_entropy(output, torch.tensor([0, 3])).backward()
+
+
 @pytest.mark.parametrize("args, message", [
     ({"width": 0}, "width must be a positive number"),
     ({"width": "half"}, "width must be a positive number"),

@@ -112,6 +112,9 @@ def test_residual_block_hand_computed():
     assert got["c1"] == (1, 1, 3, 3, 1)
     assert got["c2"] == (3, 3, 5, 5, 1)
     assert got["c3"] == (1, 5, 3, 7, 1)  # the skip path brings r = 1
+    df = receptive_fields(Residual(), 8).set_index("layer")
+    assert df.prev_r_min.tolist() == [1, 3, 5]  # c3's previous layer is c2: the identity skip is no layer
+    assert not df.side_branch.any()
 
 
 def test_two_paths_with_different_kernels():
@@ -126,6 +129,9 @@ def test_two_paths_with_different_kernels():
     got = table(TwoPath())
     assert got["small"][2:4] == (3, 3) and got["large"][2:4] == (5, 5)
     assert got["head"] == (3, 5, 5, 7, 1)
+    # two parallel layers (no skip): the smaller one is r_{l-1,min}, as on the min path of §10.2
+    head = receptive_fields(TwoPath(), 8).set_index("layer").loc["head"]
+    assert head.prev_r_min == 3 and not head.side_branch
 
 
 def test_torchvision_resnet18_hand_computed():
@@ -135,7 +141,35 @@ def test_torchvision_resnet18_hand_computed():
     # 1×1 downsampling shortcuts (r 11, jump 32), then the two convs of the last block: 11 + 2·32 + 2·32.
     assert (last.r_max, last.r_min, last.jump) == (435, 139, 32)
     assert df["index"].max() == 20 and df.layer.iloc[-1] == "fc"
-    assert border_layers(df, 224) == (None, "layer4.1.conv1")  # in_r_max 307 > 224 from there on
+    # in_r_max 243 > 224 from layer4.0.conv2 on; the 1×1 shortcut (in_r_max 211) is no layer of that sequence
+    assert border_layers(df, 224) == (None, "layer4.0.conv2")
+    assert df[df.side_branch].layer.tolist() == [f"layer{i}.0.downsample.0" for i in (2, 3, 4)]
+
+
+def test_resnet18_b_min_on_the_zigzag_of_the_block_convolutions():
+    """Thesis §10.3, Fig. 60: b_min from r_{l-1,min} of the sequence of convolutions. Through the identity
+    shortcuts the stem's r = 11 reaches every block (in_r_min), but the previous layer of a block's first
+    convolution is the last convolution of the block before it."""
+    df = receptive_fields(torchvision.models.resnet18(num_classes=10), 32)
+    main = df[df["index"].notna() & ~df.side_branch]
+    assert main.prev_r_min.tolist() == [1, 11, 19, 27, 19, 27, 19, 35, 27, 43, 27, 59, 43, 75, 43, 107, 75]
+    assert set(main.in_r_min.iloc[1:]) == {11, 19, 27, 43, 75}  # the old rule: never > 32 at a block's first conv
+    assert border_layers(df, 32) == ("layer3.1.conv1", "layer1.1.conv2")  # 12th of the 17 block convolutions
+    assert df.loc[df.b_min, "layer"].tolist() == ["layer3.1.conv1"]
+
+
+@pytest.mark.parametrize("variant", ["resnet18_se", "resnet18_sa", "resnet18_cbam", "resnet18_noskip_sa"])
+def test_attention_layers_are_side_branches_that_move_no_border(variant):
+    """Thesis §10.1: the layers of the attention mechanism are omitted and do not widen the receptive field."""
+    from registries import models
+    plain = "resnet18_noskip" if "noskip" in variant else "resnet18"
+    with_attention = receptive_fields(getattr(models, variant)(num_classes=10), 32)
+    without = receptive_fields(getattr(models, plain)(num_classes=10), 32)
+    assert border_layers(with_attention, 32) == border_layers(without, 32)
+    kept = with_attention[~with_attention.side_branch]
+    assert kept.layer.tolist() == without[~without.side_branch].layer.tolist()
+    for column in ("r_min", "r_max", "in_r_min", "in_r_max", "prev_r_min"):
+        assert kept[column].tolist() == without[~without.side_branch][column].tolist(), column
 
 
 @pytest.mark.parametrize("build", [torchvision.models.vgg11, lambda: nn.Sequential(conv(3), conv(5, s=2),
@@ -178,11 +212,11 @@ def test_attention_gate_does_not_widen_the_receptive_field():
 
 def test_border_layers_hand_checked():
     def frame(values: list[float], global_rows: tuple[int, ...] = ()) -> pd.DataFrame:
-        rows = [{"index": i + 1, "layer": f"c{i + 1}", "in_r_min": v, "in_r_max": v + 10}
+        rows = [{"index": i + 1, "layer": f"c{i + 1}", "prev_r_min": v, "in_r_max": v + 10, "side_branch": False}
                 for i, v in enumerate(values)]
         for i in global_rows:
-            rows[i]["in_r_min"] = rows[i]["in_r_max"] = math.inf
-        rows.append({"index": None, "layer": "fc", "in_r_min": math.inf, "in_r_max": math.inf})
+            rows[i]["prev_r_min"] = rows[i]["in_r_max"] = math.inf
+        rows.append({"index": None, "layer": "fc", "prev_r_min": math.inf, "in_r_max": math.inf, "side_branch": False})
         df = pd.DataFrame(rows)
         df["index"] = df["index"].astype("Int64")
         return df
@@ -195,6 +229,9 @@ def test_border_layers_hand_checked():
     assert border_layers(df, 21) == (None, None)
     assert border_layers(frame([1, 8, 9], global_rows=(2,)), 6) == ("c2", "c1")
     assert border_layers(frame([1, 3, 9], global_rows=(1,)), 6) == ("c3", "c1")
+    side = frame([1, 8, 3, 9])
+    side.loc[2, "side_branch"] = True  # a shortcut neither breaks nor starts the sequence
+    assert border_layers(side, 6) == ("c2", "c1")
 
 
 def test_untraceable_model_gives_a_clear_error():

@@ -34,7 +34,8 @@ from phd_lab.errors import PhdLabError
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["index", "layer", "r_min", "r_max", "jump", "in_r_min", "in_r_max", "b_min", "b_max"]
+COLUMNS = ["index", "layer", "r_min", "r_max", "jump", "in_r_min", "in_r_max", "prev_r_min", "side_branch",
+           "b_min", "b_max"]
 INF = math.inf
 
 
@@ -84,6 +85,13 @@ _PASS_METHODS = {
     "div", "div_", "neg", "abs", "exp", "clamp", "clamp_", "clip", "contiguous", "clone", "detach", "chunk",
     "split", "expand_as", "type_as", "float", "half", "double", "to", "sigmoid", "masked_fill",
 }
+# Merges for the previous-layer state: a join (sum, concatenation) ignores operands that only bypass
+# layers; a gate (product, quotient: attention) follows the tensor it scales, never the gate itself.
+_JOIN_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub, torch.cat,
+                   torch.concat}
+_JOIN_METHODS = {"add", "add_", "sub", "sub_"}
+_GATE_FUNCTIONS = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div}
+_GATE_METHODS = {"mul", "mul_", "div", "div_"}
 _PASS_FUNCTION_NAMES = {"stochastic_depth"}  # torchvision.ops: drops whole samples, passes through
 _META_METHODS = {"size", "dim", "numel", "type", "ndimension"}  # results carry no image content
 _GLOBAL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.flatten, F.linear}
@@ -135,6 +143,8 @@ class _Row:
     is_conv: bool
     in_state: Any
     out_state: Any
+    prev_state: Any = None
+    side_branch: bool = False  # a 1×1 projection shortcut or a layer of an attention gate
 
 
 def _square(value: Any, what: str, where: str) -> int:
@@ -231,94 +241,206 @@ def _trace(model: nn.Module) -> fx.GraphModule:
 
 
 def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
-    """Run the DP over the fx graph and return one row per Conv2d/Linear module call."""
+    """Run the DP over the fx graph and return one row per Conv2d/Linear module call.
+
+    Two states travel along every edge: the receptive fields over all paths (``states``), and those
+    of the previous layer (``previous``): the output state of the last Conv2d/Linear on the way, grown
+    by the windows after it, where a merge ignores operands that only bypass layers (``_skips``).
+    """
     states: dict[fx.Node, Any] = {}
+    previous: dict[fx.Node, Any] = {}
+    ancestors: dict[fx.Node, int] = {}  # bit set of the nodes (by position) each node depends on
+    position: dict[fx.Node, int] = {}
+    by_position: list[fx.Node] = []
     rows: list[_Row] = []
+    row_of: dict[fx.Node, _Row] = {}
     calls: dict[str, int] = {}
     saw_input = False
     for node in graph_module.graph.nodes:
+        position[node] = len(by_position)
+        by_position.append(node)
+        inputs: list[fx.Node] = []
+        fx.node.map_arg((node.args, node.kwargs), lambda n: inputs.append(n) or n)
+        ancestors[node] = 0
+        for n in inputs:
+            ancestors[node] |= ancestors[n] | (1 << position[n])
         if node.op == "placeholder":
-            states[node] = None if saw_input else {1: (1, 1)}
+            states[node] = previous[node] = None if saw_input else {1: (1, 1)}
             saw_input = True
             continue
         if node.op in ("get_attr", "output"):
-            states[node] = None
+            states[node] = previous[node] = None
             continue
-        inputs: list[fx.Node] = []
-        fx.node.map_arg((node.args, node.kwargs), lambda n: inputs.append(n) or n)
         in_states = [states[n] for n in inputs if states[n] is not None]
         if not in_states:  # constants, shapes, parameters: no image content
-            states[node] = None
+            states[node] = previous[node] = None
             continue
+        kind = _merge_kind(node)
+        skips: set[fx.Node] = set()
+        if kind == "gate":
+            scaled = [n for n in inputs if states[n] is not None
+                      and any(ancestors[m] >> position[n] & 1 for m in inputs if m is not n)]
+            if scaled:
+                # Attention: the gate scales the tensor it was computed from and neither widens its
+                # receptive field nor is a layer of the sequence (thesis §10.1 omits these layers).
+                skips = {n for n in inputs if n not in scaled}
+                main = 0
+                for n in scaled:
+                    main |= ancestors[n] | (1 << position[n])
+                for gate in skips:
+                    _mark_side_branch((ancestors[gate] | (1 << position[gate])) & ~main, by_position, row_of)
+                in_states = [states[n] for n in scaled]
         first = states[node.args[0]] if node.args and isinstance(node.args[0], fx.Node) else merge(in_states)
-        if node.op == "call_module":
-            module = graph_module.get_submodule(node.target)
-            if isinstance(module, nn.Conv2d):
-                out = window(merge(in_states), *_conv_params(module, node.target))
-                rows.append(_Row(_call_name(node.target, calls), True, merge(in_states), out))
-            elif isinstance(module, nn.Linear):
-                out = GLOBAL
-                rows.append(_Row(_call_name(node.target, calls), False, merge(in_states), out))
-            elif isinstance(module, _WINDOW_MODULES):
-                where = f"layer {node.target!r}"
-                dilation = getattr(module, "dilation", 1)
-                out = window(merge(in_states), *_pool_params(module.kernel_size, module.stride, dilation, where))
-            elif isinstance(module, _GLOBAL_MODULES):
-                out = GLOBAL
-            elif isinstance(module, _PASS_MODULES):
-                out = merge(in_states)
-            elif isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
-                dim = module.dim
-                out = GLOBAL if dim is None or dim in _SPATIAL_DIMS else merge(in_states)
-            else:
-                raise _unsupported(node, graph_module)
-        elif node.op == "call_function":
-            target = node.target
-            if target is operator.getitem:
-                out = _getitem(first, node, graph_module)
-            elif target in _PASS_FUNCTIONS or getattr(target, "__name__", None) in _PASS_FUNCTION_NAMES:
-                out = merge(in_states)
-            elif target in _GLOBAL_FUNCTIONS:
-                out = GLOBAL
-            elif target in _REDUCE_FUNCTIONS:
-                out = _reduction(first, node, graph_module)
-            elif target in (F.max_pool2d, F.avg_pool2d):
-                where = f"graph node {node.name!r}"
-                kernel = _arg(node, 1, "kernel_size", None)
-                stride = _arg(node, 2, "stride", None)
-                dilation = _arg(node, 4, "dilation", 1) if target is F.max_pool2d else 1
-                out = window(first, *_pool_params(kernel, stride, dilation, where))
-            elif target is F.conv2d:
-                weight = _arg(node, 1, "weight", None)
-                if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
-                    raise _unsupported(node, graph_module, " whose weight is not a fixed parameter")
-                shape = graph_module.get_parameter(weight.target).shape
-                where = f"graph node {node.name!r}"
-                out = window(first, _square(tuple(shape[2:]), "kernel size", where),
-                             _square(_arg(node, 3, "stride", 1), "stride", where),
-                             _square(_arg(node, 5, "dilation", 1), "dilation", where))
-            elif target is getattr:
-                out = None  # x.shape, x.dtype, ...
-            else:
-                raise _unsupported(node, graph_module)
-        elif node.op == "call_method":
-            name = node.target
-            if name in _META_METHODS:
-                out = None
-            elif name in _PASS_METHODS:
-                out = merge(in_states)
-            elif name in _GLOBAL_METHODS:
-                out = GLOBAL
-            elif name in _REDUCE_METHODS:
-                out = _reduction(first, node, graph_module)
-            else:
-                raise _unsupported(node, graph_module)
-        else:  # pragma: no cover - fx has no other opcodes
-            raise _unsupported(node, graph_module)
+        out = _transform(node, graph_module, in_states, first)
         states[node] = out
+        module = graph_module.get_submodule(node.target) if node.op == "call_module" else None
+        if kind == "join":
+            skips = _skips(inputs, states, ancestors, position, by_position)
+            for skip in skips:
+                layer = _shortcut_layer(skip, states)
+                if layer in row_of:
+                    row_of[layer].side_branch = True
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            row_of[node] = _Row(_call_name(node.target, calls), isinstance(module, nn.Conv2d), merge(in_states), out,
+                                merge(previous[n] for n in inputs if n not in skips))
+            rows.append(row_of[node])
+            previous[node] = out
+            continue
+        kept = [previous[n] for n in inputs if n not in skips and previous[n] is not None]
+        head = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        previous[node] = _transform(node, graph_module, kept, previous[head] if head is not None else merge(kept)) \
+            if kept else None
     if not saw_input:
         raise ReceptiveFieldError("Receptive field: the traced model has no input.")
     return rows
+
+
+def _mark_side_branch(bits: int, by_position: list[fx.Node], row_of: dict[fx.Node, _Row]) -> None:
+    """Flag the layer rows among the nodes of a bit set (by graph position) as side-branch layers."""
+    while bits:
+        bit = bits & -bits
+        bits ^= bit
+        row = row_of.get(by_position[bit.bit_length() - 1])
+        if row is not None:
+            row.side_branch = True
+
+
+def _merge_kind(node: fx.Node) -> str | None:
+    """"join" for sums and concatenations, "gate" for products and quotients, else None."""
+    if node.op == "call_function":
+        return "join" if node.target in _JOIN_FUNCTIONS else "gate" if node.target in _GATE_FUNCTIONS else None
+    if node.op == "call_method":
+        return "join" if node.target in _JOIN_METHODS else "gate" if node.target in _GATE_METHODS else None
+    return None
+
+
+def _skips(inputs: list[fx.Node], states: dict[fx.Node, Any], ancestors: dict[fx.Node, int],
+           position: dict[fx.Node, int], by_position: list[fx.Node]) -> set[fx.Node]:
+    """The operands of a merge that only bypass layers: an identity or 1×1 shortcut, or the input
+    a dense block concatenates. Operand ``a`` is one when another operand ``b`` depends on a node
+    from which ``a`` was reached without any growth of the receptive field, while ``b`` grew."""
+    spatial = [n for n in dict.fromkeys(inputs) if isinstance(states[n], dict)]
+    if len(spatial) < 2:
+        return set()
+    span = {n: bounds(states[n])[:2] for n in spatial}
+    skips = set()
+    for a in spatial:
+        own = ancestors[a] | (1 << position[a])
+        for b in spatial:
+            if b is a or span[b] == span[a]:
+                continue
+            common = own & (ancestors[b] | (1 << position[b]))
+            while common:
+                bit = common & -common
+                common ^= bit
+                x = by_position[bit.bit_length() - 1]
+                if isinstance(states[x], dict) and bounds(states[x])[:2] == span[a]:
+                    skips.add(a)
+                    break
+            if a in skips:
+                break
+    return set() if len(skips) == len(spatial) else skips
+
+
+def _shortcut_layer(skip: fx.Node, states: dict[fx.Node, Any]) -> fx.Node | None:
+    """The Conv2d call a skip operand comes from through ops that leave the receptive field as it is
+    (the 1×1 convolution and batch norm of a projection shortcut), or None (an identity shortcut)."""
+    node: fx.Node = skip
+    span = bounds(states[node])[:2]
+    while True:
+        if node.op == "call_module" and isinstance(node.graph.owning_module.get_submodule(node.target), nn.Conv2d):
+            return node
+        spatial = [n for n in node.all_input_nodes if isinstance(states.get(n), dict)]
+        if len(spatial) != 1 or bounds(states[spatial[0]])[:2] != span:
+            return None
+        node = spatial[0]
+
+
+def _transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], first: Any) -> Any:
+    """The state of ``node``'s output from the states of its inputs (``first``: of its first argument)."""
+    if node.op == "call_module":
+        module = graph_module.get_submodule(node.target)
+        if isinstance(module, nn.Conv2d):
+            out = window(merge(in_states), *_conv_params(module, node.target))
+        elif isinstance(module, nn.Linear):
+            out = GLOBAL
+        elif isinstance(module, _WINDOW_MODULES):
+            where = f"layer {node.target!r}"
+            dilation = getattr(module, "dilation", 1)
+            out = window(merge(in_states), *_pool_params(module.kernel_size, module.stride, dilation, where))
+        elif isinstance(module, _GLOBAL_MODULES):
+            out = GLOBAL
+        elif isinstance(module, _PASS_MODULES):
+            out = merge(in_states)
+        elif isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
+            dim = module.dim
+            out = GLOBAL if dim is None or dim in _SPATIAL_DIMS else merge(in_states)
+        else:
+            raise _unsupported(node, graph_module)
+    elif node.op == "call_function":
+        target = node.target
+        if target is operator.getitem:
+            out = _getitem(first, node, graph_module)
+        elif target in _PASS_FUNCTIONS or getattr(target, "__name__", None) in _PASS_FUNCTION_NAMES:
+            out = merge(in_states)
+        elif target in _GLOBAL_FUNCTIONS:
+            out = GLOBAL
+        elif target in _REDUCE_FUNCTIONS:
+            out = _reduction(first, node, graph_module)
+        elif target in (F.max_pool2d, F.avg_pool2d):
+            where = f"graph node {node.name!r}"
+            kernel = _arg(node, 1, "kernel_size", None)
+            stride = _arg(node, 2, "stride", None)
+            dilation = _arg(node, 4, "dilation", 1) if target is F.max_pool2d else 1
+            out = window(first, *_pool_params(kernel, stride, dilation, where))
+        elif target is F.conv2d:
+            weight = _arg(node, 1, "weight", None)
+            if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
+                raise _unsupported(node, graph_module, " whose weight is not a fixed parameter")
+            shape = graph_module.get_parameter(weight.target).shape
+            where = f"graph node {node.name!r}"
+            out = window(first, _square(tuple(shape[2:]), "kernel size", where),
+                         _square(_arg(node, 3, "stride", 1), "stride", where),
+                         _square(_arg(node, 5, "dilation", 1), "dilation", where))
+        elif target is getattr:
+            out = None  # x.shape, x.dtype, ...
+        else:
+            raise _unsupported(node, graph_module)
+    elif node.op == "call_method":
+        name = node.target
+        if name in _META_METHODS:
+            out = None
+        elif name in _PASS_METHODS:
+            out = merge(in_states)
+        elif name in _GLOBAL_METHODS:
+            out = GLOBAL
+        elif name in _REDUCE_METHODS:
+            out = _reduction(first, node, graph_module)
+        else:
+            raise _unsupported(node, graph_module)
+    else:  # pragma: no cover - fx has no other opcodes
+        raise _unsupported(node, graph_module)
+    return out
 
 
 def _call_name(target: str, calls: dict[str, int]) -> str:
@@ -333,7 +455,11 @@ def receptive_fields(model: nn.Module, input_resolution: int) -> pd.DataFrame:
 
     Columns: ``index`` (1-based among Conv2d rows, empty for Linear), ``layer`` (qualified module
     name), ``r_min``, ``r_max``, ``jump`` (of the layer's output), ``in_r_min``, ``in_r_max`` (of the
-    tensor entering the layer), and the flags ``b_min``/``b_max`` marking the border layers for
+    tensor entering the layer, over all paths), ``prev_r_min`` (the thesis' r_{l-1,min}: the r_min of
+    the previous layer(s), grown by the pooling in between; shortcuts that bypass layers are no
+    previous layer), ``side_branch`` (a 1×1 projection shortcut or a layer of an attention gate: not
+    part of the sequence of layers the border rule walks, thesis §10.1, §10.3), and the flags
+    ``b_min``/``b_max`` marking the border layers for
     ``input_resolution`` (see ``border_layers``). Global values are ``inf``.
     """
     rows = _propagate(_trace(model))
@@ -344,10 +470,11 @@ def receptive_fields(model: nn.Module, input_resolution: int) -> pd.DataFrame:
         in_min, in_max, _ = bounds(row.in_state)
         conv_index += row.is_conv
         records.append({"index": conv_index if row.is_conv else None, "layer": row.layer, "r_min": r_min,
-                        "r_max": r_max, "jump": jump, "in_r_min": in_min, "in_r_max": in_max})
+                        "r_max": r_max, "jump": jump, "in_r_min": in_min, "in_r_max": in_max,
+                        "prev_r_min": bounds(row.prev_state)[0], "side_branch": row.side_branch})
     frame = pd.DataFrame.from_records(records, columns=COLUMNS[:-2])
     frame["index"] = frame["index"].astype("Int64")
-    for column in COLUMNS[2:-2]:
+    for column in COLUMNS[2:-3]:
         frame[column] = frame[column].astype(float)
     b_min, b_max = border_layers(frame, input_resolution)
     frame["b_min"] = frame["layer"] == b_min
@@ -357,10 +484,15 @@ def receptive_fields(model: nn.Module, input_resolution: int) -> pd.DataFrame:
 
 def border_layers(df: pd.DataFrame, input_resolution: int) -> tuple[str | None, str | None]:
     """(b_min, b_max): the first Conv2d from which on every Conv2d's input receptive field exceeds
-    the resolution (``in_r_min > I`` resp. ``in_r_max > I``, strict), or None (thesis §9.3, §10.2).
+    the resolution (``prev_r_min > I`` resp. ``in_r_max > I``, strict), or None (thesis §9.3, §10.2).
+
+    b_min reads r_{l-1,min} of the previous layer, not the minimum over all paths into the layer:
+    through an identity shortcut the stem's receptive field reaches every block of a ResNet, so
+    that minimum never exceeds I, while the thesis (§10.3, Fig. 60) finds the border on the zig-zag
+    sequence of the convolutions' r_min (ResNet18 at 32 px: the second convolution of layer3).
 
     Conv2d rows whose input is global (e.g. the 1×1 convolutions of a squeeze-and-excitation gate)
     satisfy the condition but never start the border sequence, since they see no spatial layout.
     """
-    convs = df[df["index"].notna()]
-    return (border_in(convs, "in_r_min", input_resolution), border_in(convs, "in_r_max", input_resolution))
+    convs = df[df["index"].notna() & ~df["side_branch"].astype(bool)]
+    return (border_in(convs, "prev_r_min", input_resolution), border_in(convs, "in_r_max", input_resolution))

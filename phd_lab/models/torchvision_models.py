@@ -2,7 +2,8 @@
 
 The models are built without weights (nothing is downloaded), with ``num_classes`` outputs. For
 ``in_channels`` other than 3 the first convolution is replaced by one with the same settings and
-``in_channels`` inputs, so grayscale datasets work with every architecture.
+``in_channels`` inputs, so grayscale datasets work with every architecture. GoogLeNet and
+Inception v3 are built without their auxiliary classifiers, so that they train like every other model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import torchvision
 from torch import nn
 
 from phd_lab.registry import did_you_mean
+
+
+AUXILIARY_HEADS = ("googlenet", "inception_v3")
 
 
 def classification_models() -> list[str]:
@@ -41,6 +45,12 @@ def create_torchvision_model(name: str, *, num_classes: int, in_channels: int = 
     if "weights" in model_args:
         raise ValueError("tv: models are built without pretrained weights (nothing is downloaded); "
                          "remove 'weights' from model_args")
+    if name in AUXILIARY_HEADS:
+        # Their auxiliary classifiers make training-mode outputs a named tuple the loss cannot take; they
+        # belong to the original recipes, not to the architecture (aux_logits=True in model_args keeps them).
+        model_args.setdefault("aux_logits", False)
+        if name == "googlenet":
+            model_args.setdefault("init_weights", True)  # torchvision's own default (it warns otherwise)
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **model_args)
     if in_channels != 3:
         _replace_first_conv(model, in_channels)
