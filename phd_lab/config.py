@@ -153,7 +153,7 @@ SCHEMA: tuple[Key, ...] = (
          "(null: torch's default, all cores)", minimum=1, nullable=True, technical=True),
     _key("delta", "float", 0.99, "share of variance the intrinsic dimension explains (saturation, PCA)",
          minimum=0.0, exclusive_minimum=True, maximum=1.0),
-    _key("downsampling", "int", 4, "latent extraction: adaptive-average-pool feature maps to N×N",
+    _key("downsampling", "int", 4, "latent extraction: adaptive-average-pool feature maps to at most N×N (smaller ones stay)",
          minimum=1, nullable=True, extra=("pixelwise",)),
     _key("latents_dir", "str", None, "folder for extracted latents (default: inside the run folder)",
          nullable=True, technical=True),

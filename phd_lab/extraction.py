@@ -181,8 +181,9 @@ def _reduce(output: torch.Tensor, downsampling: int | str | None) -> torch.Tenso
     if output.dim() == 4:
         if downsampling == PIXELWISE:
             return output.permute(0, 2, 3, 1)
-        if downsampling is not None:
-            output = pool_to(output, int(downsampling))
+        if downsampling is not None:  # a maximum size: smaller maps are not up-sampled (thesis §8.3.1)
+            size = int(downsampling)
+            output = pool_to(output, (min(size, output.shape[2]), min(size, output.shape[3])))
     return output.flatten(1)
 
 

@@ -219,3 +219,22 @@ def test_outputs_are_taken_before_a_following_in_place_relu(tmp_path):
     assert (latents["0"] < 0).any() and (latents["3"] < 0).any()  # not rectified afterwards
     np.testing.assert_allclose(latents["0"], conv.flatten(1).numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(latents["3"], hidden.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_maps_smaller_than_the_downsampling_size_are_not_up_sampled(tmp_path):
+    """Thesis §8.3.1: the sizes are maximum sizes; a 2×2 map at downsampling 4 used to be repeated to 4×4,
+    duplicating every feature of exactly the tail layers (it changes SAGA's effective L2 strength)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, stride=2, padding=1),
+                                torch.nn.Conv2d(3, 2, (1, 3), padding=(0, 1)), torch.nn.Flatten(),
+                                torch.nn.Linear(2 * 3 * 6, 2))
+    images = torch.randn(12, 1, 6, 12)  # → 3×6 maps: height below 4, width above
+    dataset = torch.utils.data.TensorDataset(images, torch.arange(12) % 2)
+    data = {split: torch.utils.data.DataLoader(dataset, batch_size=5) for split in ("train", "eval")}
+    manifest = extract_latents(model, data, tmp_path, run_dir=tmp_path, downsampling=4, progress=False)
+    shapes = {e["name"]: e["shape"] for e in manifest["layers"]}
+    assert shapes == {"0": [12, 3 * 3 * 4], "1": [12, 2 * 3 * 4], "3": [12, 2]}
+    with torch.no_grad():
+        first = F.adaptive_avg_pool2d(model[0](images), (3, 4))
+    np.testing.assert_allclose(np.load(tmp_path / "train-0.npy", allow_pickle=False), first.flatten(1).numpy(),
+                               rtol=1e-3, atol=1e-3)
