@@ -116,6 +116,7 @@ class TrainTestExecutor:
                            cfg.dataset, where, ("batch_size", "resolution", "data_dir", "seed", "num_workers"))
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
                            cfg.optimizer, where, ("model", "epochs"))
+        self.build_optimizer(nn.Linear(1, 1))  # its values (lr, gamma, ...) too, before any point trains
         self.steps = resolve_steps(cfg, where)
         resolve_device(cfg.device, f"{where}: the key 'device'")
         if cfg.tracking_device is not None:
@@ -190,8 +191,14 @@ class TrainTestExecutor:
     def build_data(self) -> DataBundle:
         cfg = self.config
         factory = self.registries.datasets.get(cfg.dataset)
-        return factory(batch_size=cfg.batch_size, resolution=cfg.resolution, data_dir=cfg.data_dir,
-                       seed=cfg.seed, num_workers=cfg.num_workers, **cfg.dataset_args)
+        try:
+            return factory(batch_size=cfg.batch_size, resolution=cfg.resolution, data_dir=cfg.data_dir,
+                           seed=cfg.seed, num_workers=cfg.num_workers, **cfg.dataset_args)
+        except UsageError as error:  # ConfigError, DataError: name the config and the run
+            raise type(error)(f"{cfg.source}: {error}") from None
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{cfg.source}: dataset {cfg.dataset!r} cannot be built with dataset_args "
+                              f"{json.dumps(cfg.dataset_args)}: {error}.") from None
 
     def build_model(self, bundle: DataBundle) -> nn.Module:
         cfg = self.config

@@ -114,8 +114,15 @@ class Main:
                      " ".join(f"{k}={v}" for k, v in grid.varying(index).items()))
             try:
                 executor.run()
-            except UsageError:
-                raise
+            except UsageError as error:
+                if not outcomes:  # nothing ran yet: a usage error of the whole command (exit 2)
+                    raise
+                # found only when this point loads its data (e.g. a dataset missing from data_dir):
+                # the runs before it stay, the ones after it still run
+                log.error("Run %d (%s) cannot start: %s", index, cfg.name, error)
+                outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "failed",
+                                           f"{type(error).__name__}: {error}"))
+                continue
             except Exception as error:  # one failed run must not cost the rest of the grid
                 log.error("Run %d (%s) failed: %s: %s. Its log: %s", index, cfg.name, type(error).__name__,
                           error, executor.rundir.log)

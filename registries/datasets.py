@@ -30,6 +30,10 @@ def Digits(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_wo
 def FakeData(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
              train_size: int = 256, test_size: int = 64, num_classes: int = 10, channels: int = 3) -> DataBundle:
     """torchvision's FakeData: random images, deterministic per index (for tests and smoke runs)."""
+    for name, value in (("train_size", train_size), ("test_size", test_size), ("num_classes", num_classes),
+                        ("channels", channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"dataset_args {name!r} must be an integer ≥ 1; got {value!r}")
     shape = (channels, resolution, resolution)
     to_tensor = transforms.ToTensor()
     train = tv_datasets.FakeData(train_size, shape, num_classes, transform=to_tensor, random_offset=0)

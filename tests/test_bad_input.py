@@ -69,6 +69,12 @@ CASES = {
     "extract_layer_matching_nothing": ({"model_args": {"width": [0.0625, 0.125]},
                                         "post_processing": [{"name": "extract", "layers": ["features.0", "nolayer"]}]},
                                        ["(run 0): Step 'extract': the layer 'nolayer' matches no module of VGG"]),
+    # found by building each point's optimizer on a dummy model before the first run trains
+    "bad_optimizer_value_in_a_later_run": ({"optimizer_args": {"step_size": 1, "gamma": [0.5, 5]}},
+                                           ["(run 1): optimizer 'adam' cannot be built", "gamma"]),
+    "fake_data_without_classes": ({"dataset": "FakeData", "dataset_args": {"num_classes": 0}},
+                                  ["(run 0): dataset 'FakeData' cannot be built",
+                                   "dataset_args 'num_classes' must be an integer ≥ 1; got 0"]),
     "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 (train split) is not in data_dir",
                                                        "cifar-10-batches-py", "download"]),
 }
@@ -146,3 +152,15 @@ def test_tiny_config_itself_is_valid(tmp_path, capsys):
     assert main_cli(["--config", str(write_config(tmp_path)), "--dry-run"]) == 0
     assert "1 run(s)" in capsys.readouterr().out
     assert set(TINY) <= set(json.loads((tmp_path / "exp.json").read_text()))
+
+
+def test_data_missing_for_a_later_point_fails_that_point_only(tmp_path, capsys):
+    """A dataset absent from data_dir is found when its point loads the data: the points before it keep their
+    results, the ones after it still run, and the summary names the file, the run and the dataset."""
+    config = write_config(tmp_path, dataset=["Digits", "MNIST", "FakeData"])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    err = flat(capsys.readouterr().err)
+    assert "Traceback" not in err
+    assert f"{config} (run 1): Dataset MNIST (train split) is not in data_dir" in err
+    finished = sorted(p.name.split("-")[1] for p in (tmp_path / "logs").rglob("*.csv"))
+    assert finished == ["Digits", "FakeData"]  # runs 0 and 2
