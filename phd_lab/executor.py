@@ -317,6 +317,14 @@ class _run_log:
 
     def __exit__(self, *exc: object) -> None:
         if exc and exc[0] is not None and not issubclass(exc[0], UsageError):
-            logging.getLogger(__name__).error("Run failed", exc_info=exc)  # type: ignore[arg-type]
+            # The traceback goes to the run's log file only; the console gets the one-line summary.
+            logger = logging.getLogger(__name__)
+            if issubclass(exc[0], KeyboardInterrupt):  # type: ignore[arg-type]
+                record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, "Run interrupted (Ctrl-C); "
+                                           "the same command resumes it from its last checkpoint", None, None)
+            else:
+                record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "Run failed", None,
+                                           exc)  # type: ignore[arg-type]
+            self.handler.handle(record)
         logging.getLogger().removeHandler(self.handler)
         self.handler.close()

@@ -209,9 +209,10 @@ def test_a_failing_run_does_not_stop_the_grid(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "1 of 2 run(s) failed" in captured.err
     assert "Summary:" in captured.err and "boom in forward" in captured.err  # shown even with -q
+    assert "Traceback" not in captured.err  # the console gets one line per failed run, the log the traceback
     logs = sorted((tmp_path / "logs").rglob("*.log"))
     assert len(logs) == 2
-    assert any("boom in forward" in log.read_text() for log in logs)
+    assert any("boom in forward" in log.read_text() and "Traceback" in log.read_text() for log in logs)
     finished = [f for f in run_folders(tmp_path / "logs") if (f / f"{run_name(f)}.csv").exists()]
     assert len(finished) == 1
 
