@@ -35,6 +35,7 @@ class CheckpointStore:
     def __init__(self, path: Path, previous: Path) -> None:
         self.path = Path(path)
         self.previous = Path(previous)
+        self._current_damaged = False  # set by load(): save() must not keep it as the fallback
 
     def save(self, state: dict[str, Any]) -> None:
         payload = {"format": CHECKPOINT_FORMAT, **state}
@@ -51,7 +52,11 @@ class CheckpointStore:
                 torch.save(payload, handle)
         staged = self.path.with_name(self.path.name + ".next")
         if self.path.exists():
-            os.replace(self.path, self.previous)
+            if self._current_damaged:  # the readable fallback stays the previous generation
+                os.replace(self.path, self.path.with_name(self.path.name + ".damaged"))
+                self._current_damaged = False
+            else:
+                os.replace(self.path, self.previous)
         os.replace(staged, self.path)
         fsync_dir(self.path.parent)
 
@@ -82,6 +87,11 @@ class CheckpointStore:
                 continue
             if candidate != self.path:
                 log.warning("Resuming from %s.", candidate)
+                self._current_damaged = self.path.exists()
+                if candidate == staged and not self.path.exists():
+                    # killed between the two renames of save(): finish the second one
+                    os.replace(staged, self.path)
+                    fsync_dir(self.path.parent)
             return state
         raise CheckpointError(f"Every checkpoint in {self.path.parent} is damaged ({'; '.join(errors)}). "
                               f"Delete them to retrain this run from the start.")

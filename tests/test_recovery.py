@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from phd_lab.callbacks import Callback
-from phd_lab.checkpoint import CheckpointStore
+from phd_lab.checkpoint import CHECKPOINT_FORMAT, CheckpointStore
 from phd_lab.cli import main_cli
 from phd_lab.errors import RunLockedError
 from phd_lab.experiment import Main
@@ -85,6 +85,22 @@ def test_damaged_checkpoint_falls_back_to_previous_and_ends_identical(tmp_path):
     assert "Resuming run" in log_text and "after epoch 2 of 3" in log_text
     assert_same_weights(expected_weights, weights(folder))
     assert_same_metrics(expected_metrics, read_metrics(folder))
+    # the torn file was set aside, not kept as the fallback generation
+    assert (folder / f"{name}.pt.damaged").read_bytes() == data[: len(data) // 3]
+    torch.load(folder / f"{name}.previous.pt", weights_only=True)
+
+
+def test_a_kill_between_the_two_renames_of_a_save_is_completed_on_load(tmp_path):
+    """save() renames current → previous, then next → current; a kill in between left no <name>.pt for good."""
+    store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt")
+    store.save({"epoch": 1})
+    store.save({"epoch": 2})
+    (tmp_path / "run.pt").replace(tmp_path / "run.previous.pt")  # the first rename of a third save ...
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 3}, tmp_path / "run.pt.next")  # ... whose staged file is whole
+    state = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt").load()
+    assert state["epoch"] == 3
+    assert not (tmp_path / "run.pt.next").exists()
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["epoch"] == 3
 
 
 def test_every_checkpoint_damaged_is_a_clear_failure(tmp_path, capsys):
