@@ -230,6 +230,8 @@ class TrainTestExecutor:
     # ------------------------------------------------------------------ config log
     def logged_config(self) -> dict[str, Any]:
         values = as_single_point(self.config.values)  # rerunnable: lists that are values stay values
+        if values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it
+            values["cpu_threads"] = torch.get_num_threads()
         values[META_KEY] = versions()
         return values
 
@@ -247,6 +249,14 @@ class TrainTestExecutor:
                 if old is not None and old not in (self.config.identity(), logged):
                     raise UsageError(f"The run folder {str(self.rundir.root)!r} holds a run with a different "
                                      f"config ({path.name}); use another run id.")
+                if old is not None:  # the config the run started with stays: it is what reproduces it
+                    now = self.logged_config()
+                    changed = sorted(k for k in now if k != META_KEY and previous.get(k) != now[k])
+                    if changed:
+                        log.warning("This rerun differs from the logged config %s in %s (outside the run's "
+                                    "identity); the file keeps the values the run started with.", path.name,
+                                    ", ".join(f"{k}={json.dumps(now[k])}" for k in changed))
+                    return
         atomic.write_json(path, self.logged_config())
 
     # ------------------------------------------------------------------ running

@@ -71,14 +71,21 @@ def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
 
 
 def test_finished_run_is_not_trained_again(tmp_path):
-    config = write_config(tmp_path, epoch=1)
+    config = write_config(tmp_path, epoch=1)  # cpu_threads null: the count in effect is logged
     assert main_cli(["--config", str(config), "--no-progress"]) == 0
     [folder] = run_folders(tmp_path / "logs")
     before = (folder / f"{run_name(folder)}.pt").read_bytes()
-    assert main_cli(["--config", str(config), "--no-progress"]) == 0
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    assert logged["cpu_threads"] == torch.get_num_threads()
+    # a rerun with another technical value neither retrains nor rewrites the config the run started with
+    other = write_config(tmp_path, name="other.json", epoch=1, cpu_threads=logged["cpu_threads"] + 1)
+    assert main_cli(["--config", str(other), "--no-progress"]) == 0
     assert (folder / f"{run_name(folder)}.pt").read_bytes() == before
+    assert json.loads(logged_path.read_text()) == logged
     log_text = (folder / f"{run_name(folder)}.log").read_text()
     assert "already finished 1 epochs; skipping to post-processing" in log_text
+    assert f"differs from the logged config {logged_path.name} in cpu_threads={logged['cpu_threads'] + 1}" in log_text
 
 
 def test_index_runs_one_point_and_dry_run_shows_grid(tmp_path, capsys):
