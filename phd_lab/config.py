@@ -354,7 +354,8 @@ def anchor_registry_paths(raw: dict[str, Any], config_path: Path | str) -> None:
     """Registry modules given as relative paths of .py files are found beside the config file
     (where its author put them), whatever the working directory; they are stored as absolute
     paths, so the run's logged config names the same files. Paths that do not exist beside the
-    config keep meaning what they meant before: relative to the working directory."""
+    config keep meaning what they meant before: relative to the working directory (also stored
+    absolute when such a file exists, so the logged config works from anywhere)."""
     registries = raw.get("registries")
     folder = Path(config_path).resolve().parent
     for mapping in registries if isinstance(registries, list) else [registries]:
@@ -365,6 +366,8 @@ def anchor_registry_paths(raw: dict[str, Any], config_path: Path | str) -> None:
                 beside = folder / Path(spec).expanduser()
                 if beside.is_file():
                     mapping[kind] = str(beside.resolve())
+                elif Path(spec).expanduser().is_file():  # found from the working directory: logged absolute too
+                    mapping[kind] = str(Path(spec).expanduser().resolve())
 
 
 def derive_seed(run_id: str) -> int:

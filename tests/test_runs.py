@@ -132,6 +132,19 @@ def test_relative_registry_path_is_found_beside_the_config_and_logged_absolute(t
     logged = run / f"{run_name(run)}_config.json"
     assert json.loads(logged.read_text())["registries"] == {"models": str(module.resolve())}
     assert main_cli(["--config", str(logged), "--run-id", "again", "--no-progress", "-q"]) == 0
+    # a path found from the working directory (not beside the config) is logged absolute as well
+    elsewhere = tmp_path / "configs"
+    elsewhere.mkdir()
+    config = write_config(elsewhere, model="flat", model_args={}, epoch=1, registries={"models": "my_models.py"})
+    cwd = os.getcwd()
+    try:
+        os.chdir(folder)
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    finally:
+        os.chdir(cwd)
+    [run] = run_folders(elsewhere / "logs")
+    assert json.loads((run / f"{run_name(run)}_config.json").read_text())["registries"] == {
+        "models": str(module.resolve())}
 
 
 def test_logged_config_with_a_list_valued_factory_argument_reruns_the_same_single_run(tmp_path):
