@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
+# What extraction computes; part of the reuse check, so latents of an older computation are made anew.
+# 2: feature maps smaller than ``downsampling`` are no longer up-sampled.
+EXTRACTION_VERSION = 2
 SPLITS = ("train", "eval")
 DTYPES = ("float32", "float16")
 PIXELWISE = "pixelwise"
@@ -320,8 +323,8 @@ def _split_positions(scratch: Path, split: str, name: str, grid: tuple[int, int]
 
 # ---------------------------------------------------------------------------- folder handling
 def _expected_settings(run_dir: Path, downsampling: Any, dtype: str) -> dict[str, Any]:
-    return {"format": MANIFEST_FORMAT, "run_dir": str(Path(run_dir).resolve()), "downsampling": downsampling,
-            "dtype": dtype}
+    return {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION,
+            "run_dir": str(Path(run_dir).resolve()), "downsampling": downsampling, "dtype": dtype}
 
 
 def load_manifest(folder: Path) -> dict[str, Any] | None:
@@ -429,7 +432,7 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
                 entry.update(layer=name, position=train["position"])
             entries.append(entry)
     label_files = {split: results[split][2].path.name for split in SPLITS}
-    manifest = {"format": MANIFEST_FORMAT, "run_dir": settings["run_dir"],
+    manifest = {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION, "run_dir": settings["run_dir"],
                 "model_test_accuracy": None if test_accuracy is None else float(test_accuracy),
                 "downsampling": downsampling, "dtype": dtype, "layers": entries,
                 "labels": {**label_files,

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _extraction_models import build_model, loaders  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MANIFEST_KEYS = {"format", "run_dir", "model_test_accuracy", "downsampling", "dtype", "layers", "labels"}
+MANIFEST_KEYS = {"format", "extraction_version", "run_dir", "model_test_accuracy", "downsampling", "dtype", "layers",
+                 "labels"}
 
 
 def sha(path: Path) -> str:
@@ -238,3 +239,13 @@ def test_maps_smaller_than_the_downsampling_size_are_not_up_sampled(tmp_path):
         first = F.adaptive_avg_pool2d(model[0](images), (3, 4))
     np.testing.assert_allclose(np.load(tmp_path / "train-0.npy", allow_pickle=False), first.flatten(1).numpy(),
                                rtol=1e-3, atol=1e-3)
+
+
+def test_latents_of_an_older_extraction_version_are_extracted_again(tmp_path, data):
+    """A manifest without extraction_version (before small maps stopped being up-sampled) is not reused."""
+    model = build_model()
+    first = extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False)
+    old = {k: v for k, v in first.items() if k != "extraction_version"}
+    (tmp_path / MANIFEST).write_text(json.dumps(old))
+    again = extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False)
+    assert again == first and json.loads((tmp_path / MANIFEST).read_text())["extraction_version"] >= 2
