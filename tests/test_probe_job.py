@@ -387,3 +387,22 @@ def test_error_malformed_scheduler_before_any_file_is_hashed(tmp_path, capsys):
     assert "'bogus' is neither a scheduler address" in " ".join(err.split())
     assert "%|" not in err and "Traceback" not in err  # no progress bar drawn before the error
     assert not (run_dir / ".probe_cache").exists() and not (run_dir / "probe_performances.csv").exists()
+
+
+def test_a_latents_file_replaced_after_verification_is_neither_fitted_nor_cached(tmp_path):
+    """A re-extraction between the job's sha256 check and a layer's fit used to be fitted and cached under
+    the verified files' key, so the wrong result came back from the cache for good."""
+    from phd_lab.probes.job import validate_jobs
+    _, latents = make_latents(tmp_path)
+    jobs, _ = jobs_from_latents(latents)
+    tasks = build_tasks(jobs, validate_jobs(jobs))
+    assert all(len(task.stamps) == 4 for task in tasks)
+    replaced = Path(tasks[0].train)
+    np.save(tmp_path / "new.npy", np.load(replaced) * 0.5)
+    os.replace(tmp_path / "new.npy", replaced)  # what an extraction does
+    cache = ResultCache(tmp_path / "cache")
+    with pytest.raises(RunFailure, match="changed after the probe job verified its sha256"):
+        run_probes(tasks[:1], cache, progress=False)
+    assert cache.get(tasks[0].key) is None
+    run_probes(tasks[1:], cache, progress=False)  # the other layers are untouched and fit
+    assert all(cache.get(task.key) is not None for task in tasks[1:])

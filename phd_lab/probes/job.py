@@ -121,13 +121,16 @@ def check_device(settings: ProbeSettings) -> None:
                           f"are visible.")
 
 
-def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2) -> None:
-    """Everything that can be checked before fitting: settings, devices, subsample sizes, sha256."""
+def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2) -> dict[str, tuple[int, int, int]]:
+    """Everything that can be checked before fitting: settings, devices, subsample sizes, sha256.
+    Returns the stamps of the verified files (see ``runner.check_stamps``)."""
     for job in jobs:
         check_device(job.settings)
         check_labels(job)
+    stamps: dict[str, tuple[int, int, int]] = {}
     for job in jobs:
-        verify_hashes(job.manifest, threads=threads)
+        stamps.update(verify_hashes(job.manifest, threads=threads))
+    return stamps
 
 
 def check_labels(job: ProbeJob) -> None:
@@ -166,7 +169,10 @@ def check_labels(job: ProbeJob) -> None:
                           f"{error})") from None
 
 
-def build_tasks(jobs: Sequence[ProbeJob]) -> list[ProbeTask]:
+def build_tasks(jobs: Sequence[ProbeJob], stamps: dict[str, tuple[int, int, int]] | None = None
+                ) -> list[ProbeTask]:
+    """One task per layer; with ``stamps`` (from ``validate_jobs``) each checks it reads the verified files."""
+    stamps = stamps or {}
     tasks = []
     versions: dict[str, dict[str, str]] = {}
     for position, job in enumerate(jobs):
@@ -179,7 +185,10 @@ def build_tasks(jobs: Sequence[ProbeJob]) -> list[ProbeTask]:
                                    eval=str(layer.eval), train_labels=str(manifest.train_labels),
                                    eval_labels=str(manifest.eval_labels), settings=settings,
                                    key=cache_key(files, settings, solver_versions),
-                                   size=layer.shape[0] * layer.shape[1]))
+                                   size=layer.shape[0] * layer.shape[1],
+                                   stamps={path: stamps[path] for path in map(str, (
+                                       layer.train, layer.eval, manifest.train_labels, manifest.eval_labels))
+                                       if path in stamps}))
     return tasks
 
 
@@ -216,8 +225,8 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     """Validate, then probe every layer of every job in one pool; each run's files are written as it completes."""
     if workers < 0:
         raise UsageError(f"-mp must be ≥ 0 (0 = fit in this process); got {workers}.")
-    validate_jobs(jobs, threads=max(2, workers))
-    tasks = build_tasks(jobs)
+    stamps = validate_jobs(jobs, threads=max(2, workers))
+    tasks = build_tasks(jobs, stamps)
     remaining = {position: len(job.manifest.layers) for position, job in enumerate(jobs)}
     done: dict[int, list[ProbeRecord]] = {position: [] for position in range(len(jobs))}
 

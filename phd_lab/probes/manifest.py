@@ -9,6 +9,7 @@ with the manifest. Every problem is a ``DataError`` (exit status 2) naming the f
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -61,11 +62,24 @@ class Manifest:
 
 def sha256_file(path: Path | str) -> str:
     """Hex sha256 of a file, read in 4 MiB chunks (hashlib releases the GIL, so threads help)."""
+    return hash_and_stamp(path)[0]
+
+
+def file_stamp(path: Path | str) -> tuple[int, int, int]:
+    """(inode, size, mtime_ns): which file a path names now (a re-extraction replaces it). No device
+    number: clients of a shared file system (the Dask workers) may number the same mount differently."""
+    info = os.stat(path)
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def hash_and_stamp(path: Path | str) -> tuple[str, tuple[int, int, int]]:
+    """sha256 of a file and the stamp of the very file that was read (taken from the open handle)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+        info = os.fstat(handle.fileno())
+    return digest.hexdigest(), (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def _fail(manifest: Path, what: str) -> DataError:
@@ -204,14 +218,17 @@ def _check_layer_sets(folder: Path, manifest: Path, layers: list[LayerFiles]) ->
         raise _fail(manifest, f"layer indices repeat ({indices})")
 
 
-def verify_hashes(manifest: Manifest, threads: int = 2, pairs: Iterable[tuple[Path, str]] | None = None) -> None:
-    """Raise a DataError for the first file whose sha256 differs from the manifest."""
+def verify_hashes(manifest: Manifest, threads: int = 2,
+                  pairs: Iterable[tuple[Path, str]] | None = None) -> dict[str, tuple[int, int, int]]:
+    """Raise a DataError for the first file whose sha256 differs from the manifest; return the stamp
+    (``file_stamp``) of every verified file, so that a fit can tell the file it loads is that one."""
     pairs = list(manifest.files() if pairs is None else pairs)
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        actual = list(pool.map(lambda pair: sha256_file(pair[0]), pairs))
-    for (path, expected), digest in zip(pairs, actual):
+        results = list(pool.map(lambda pair: hash_and_stamp(pair[0]), pairs))
+    for (path, expected), (digest, _) in zip(pairs, results):
         if digest != expected:
             raise DataError(f"Latents file {str(path)!r} has sha256 {digest}, but {str(manifest.folder / MANIFEST)!r} "
                             f"records {expected}: the file changed after the extraction (or is corrupt). Rerun the "
                             f"extraction step so that files and manifest agree.")
     log.debug("verified sha256 of %d files in %s", len(pairs), manifest.folder)
+    return {str(path): stamp for (path, _), (_, stamp) in zip(pairs, results)}

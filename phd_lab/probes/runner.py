@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from phd_lab.environment import THREAD_VARIABLES
@@ -44,6 +44,7 @@ class ProbeTask:
     settings: ProbeSettings
     key: dict[str, Any]
     size: int = 0  # samples × features: the largest layers are started first
+    stamps: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # of the files whose sha256 was verified
 
     def key_digest(self) -> str:
         """Short digest of the cache key (distinguishes tasks of equal layer names)."""
@@ -83,12 +84,30 @@ def run_task(task: ProbeTask) -> ProbeRecord:
     if delay > 0:
         time.sleep(delay)
     check_versions(task)
+    check_stamps(task)
     restore = _single_threaded(task.settings.solver)
     try:
-        return probe_layer(task.index, task.layer, task.train, task.eval, task.train_labels, task.eval_labels,
-                           task.settings)
+        record = probe_layer(task.index, task.layer, task.train, task.eval, task.train_labels, task.eval_labels,
+                             task.settings)
     finally:
         restore()
+    check_stamps(task)  # replaced while loading: which content was fitted is unknown, so nothing is cached
+    return record
+
+
+def check_stamps(task: ProbeTask) -> None:
+    """The files are still those whose sha256 the job verified: a re-extraction in the meantime
+    (main.py replacing the latents) would otherwise be fitted and cached under the old files' key."""
+    from phd_lab.probes.manifest import file_stamp
+    for path, stamp in task.stamps.items():
+        try:
+            now = file_stamp(path)
+        except OSError:
+            now = None
+        if now != tuple(stamp):
+            raise RunFailure(f"The latents file {path!r} changed after the probe job verified its sha256 (was the "
+                             f"extraction rerun meanwhile?); layer {task.layer!r} is not fitted or cached. Start "
+                             f"the probe job again once the extraction has finished.")
 
 
 def check_versions(task: ProbeTask) -> None:
