@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Mapping
 
 from phd_lab.config import anchor_registry_paths, check_known_keys, load_config_file, validate_values
-from phd_lab.errors import ConfigError, UsageError
+from phd_lab.errors import ConfigError, RegistryError, UsageError
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.registry import Registries
@@ -85,7 +85,11 @@ class Main:
         executors, folders, models = [], {}, {}
         for index in range(len(grid)):
             cfg = grid[index]
-            executor = TrainTestExecutor(cfg, self._registries_for(cfg.registries), progress=self.progress)
+            try:
+                registries = self._registries_for(cfg.registries)
+            except RegistryError as error:
+                raise RegistryError(f"{cfg.source}: the key 'registries': {error}") from None
+            executor = TrainTestExecutor(cfg, registries, progress=self.progress)
             executor.validate()
             executor.check_model(models)
             if executor.rundir.root in folders:

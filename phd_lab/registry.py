@@ -114,6 +114,9 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
     try:
         if spec.endswith(".py") or "/" in spec:
             path = Path(spec).expanduser().resolve()
+            if path.is_dir():
+                raise RegistryError(f"The {kind} registry module {spec!r} is a folder; give a path to a .py file "
+                                    f"or a dotted module name (e.g. 'registries.{kind}').")
             if not path.is_file():
                 raise RegistryError(f"The {kind} registry module file {spec!r} does not exist; give a "
                                     f"dotted module name (e.g. 'registries.{kind}') or a path to a .py file.")
@@ -121,7 +124,9 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
             if module_name in sys.modules:
                 return sys.modules[module_name]
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
-            assert loader_spec is not None and loader_spec.loader is not None
+            if loader_spec is None or loader_spec.loader is None:
+                raise RegistryError(f"The {kind} registry module {spec!r} is not a Python source file; give a "
+                                    f"path ending in .py or a dotted module name.")
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[module_name] = module
             try:
@@ -131,6 +136,8 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
                 raise
             return module
         return importlib.import_module(spec)
+    except RegistryError:
+        raise
     except ModuleNotFoundError as error:
         raise RegistryError(f"Cannot import the {kind} registry module {spec!r}: {error}. Give a dotted "
                             f"module name importable from the working directory or a path to a .py file.") from None

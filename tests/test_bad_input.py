@@ -75,6 +75,9 @@ CASES = {
     "fake_data_without_classes": ({"dataset": "FakeData", "dataset_args": {"num_classes": 0}},
                                   ["(run 0): dataset 'FakeData' cannot be built",
                                    "dataset_args 'num_classes' must be an integer ≥ 1; got 0"]),
+    "registry_module_missing": ({"registries": {"models": "nope.py"}},
+                                ["the key 'registries': The models registry module file 'nope.py' does not exist"]),
+    "registry_module_is_a_folder": ({"registries": {"models": "/"}}, ["registry module '/' is a folder"]),
     "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 (train split) is not in data_dir",
                                                        "cifar-10-batches-py", "download"]),
 }
