@@ -121,3 +121,26 @@ def save_figure(fig: "Any", path: Path | str, **kwargs: Any) -> None:
     fmt = Path(path).suffix.lstrip(".") or "png"
     kwargs.setdefault("bbox_inches", "tight")
     write_with(path, lambda handle: fig.savefig(handle, format=fmt, **kwargs))
+
+
+def check_writable_dir(path: str, key: str, where: str) -> None:
+    """Fail early if ``path`` cannot be created or written, without leaving anything behind."""
+    target = Path(path).expanduser().resolve()
+    probe = target
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    from phd_lab.errors import ConfigError
+    if not probe.is_dir():
+        raise ConfigError(f"{where}: the key {key!r} is {path!r}, but {str(probe)!r} is a file, so that folder "
+                          f"cannot be created; choose a folder path.")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{where}: the key {key!r} is {path!r}, but {str(probe)!r} is not writable "
+                          f"({error.strerror}); choose a folder you can write to.") from None
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: the key {key!r} is {path!r}, but {str(probe)!r} is not writable; choose a "
+                          f"folder you can write to.")

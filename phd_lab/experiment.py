@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Mapping
 
 from phd_lab.config import anchor_registry_paths, check_known_keys, load_config_file, validate_values
+from phd_lab.atomic import check_writable_dir
 from phd_lab.errors import ConfigError, RegistryError, UsageError
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
@@ -26,28 +25,6 @@ class RunOutcome:
     folder: str
     status: str  # finished | failed
     error: str = ""
-
-
-def check_writable_dir(path: str, key: str, where: str) -> None:
-    """Fail early if ``path`` cannot be created or written, without leaving anything behind."""
-    target = Path(path).expanduser().resolve()
-    probe = target
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"{where}: the key {key!r} is {path!r}, but {str(probe)!r} is a file, so that folder "
-                          f"cannot be created; choose a folder path.")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as error:
-        raise ConfigError(f"{where}: the key {key!r} is {path!r}, but {str(probe)!r} is not writable "
-                          f"({error.strerror}); choose a folder you can write to.") from None
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{where}: the key {key!r} is {path!r}, but {str(probe)!r} is not writable; choose a "
-                          f"folder you can write to.")
 
 
 class Main:

@@ -189,6 +189,14 @@ def test_report_usage_errors_exit_2(tmp_path):
     empty = run_report(tmp_path / "empty")
     assert empty.returncode == 2 and "holds no runs" in empty.stderr
     assert not (tmp_path / "empty" / "report.html").exists()
+    # --out below a file: refused before any run folder's analysis files are refreshed
+    logs = tmp_path / "logs"
+    runs = write_grid(logs)
+    (tmp_path / "afile").write_text("x")
+    blocked = run_report(logs, "--out", tmp_path / "afile" / "r.html")
+    assert blocked.returncode == 2 and "Traceback" not in blocked.stderr
+    assert "is a file, so that folder cannot be created" in " ".join(blocked.stderr.split())
+    assert not any(rundir.analysis_json.exists() for rundir in runs.values())
 
 
 def test_analysis_step_at_the_end_of_a_real_training(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from phd_lab import atomic
+from phd_lab.atomic import check_writable_dir
 from phd_lab.errors import EXIT_OK, DataError, UsageError
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     out_path = Path(out) if out is not None else logs_dir / "report.html"
     if out_path.is_dir():
         raise UsageError(f"--out {str(out_path)!r} is a folder; pass the path of the HTML file to write.")
+    check_writable_dir(str(out_path.parent), "--out folder", "report")  # before any run folder is refreshed
     entries = collect(logs_dir, refresh=refresh)
     if not entries:
         raise DataError(f"LOGS_DIR {str(logs_dir)!r} holds no runs: no folder below it has a <name>_config.json or a "
