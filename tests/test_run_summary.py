@@ -144,7 +144,13 @@ def test_width_advice_outside_the_target_interval(tmp_path):
         metrics[f"{layer}_train_saturation"] = 0.1
     tables.metrics = metrics
     advice = [a["text"] for a in summarize(tables)["recommendations"] if a["kind"] == "width"]
-    assert len(advice) == 1 and "10.0%" in advice[0] and "0.40" in advice[0] and "try 1/2" in advice[0]
+    # the factor multiplies the run's width (0.25): not to be read as model_args.width itself
+    assert len(advice) == 1 and "10.0%" in advice[0]
+    assert "multiplying the current width (model_args.width = 0.25) by about 0.40, i.e. width ≈ 0.1 (try 0.125)" \
+        in advice[0]
+    tables.config = {**tables.config, "model_args": {}}  # a model without a width argument
+    advice = [a["text"] for a in summarize(tables)["recommendations"] if a["kind"] == "width"]
+    assert "multiplying every layer's width by about 0.40 (try 1/2)" in advice[0]
     metrics.loc[:, [f"{layer}_train_saturation" for layer in LAYERS]] = 0.25
     assert not [a for a in summarize(tables)["recommendations"] if a["kind"] == "width"]
     assert nice_factor(0.4) == "1/2" and nice_factor(2.2) == "2" and nice_factor(0.01) == "1/8"

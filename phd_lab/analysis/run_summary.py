@@ -234,8 +234,12 @@ def truncation_estimate(tables: RunTables, border: str, saturations: pd.DataFram
 
 def nice_factor(factor: float) -> str:
     """The nearest power-of-two width factor as text (1/8, 1/4, 1/2, 1, 2, 4, 8)."""
-    exponent = max(-3, min(3, round(math.log2(factor))))
+    exponent = _power_of_two(factor)
     return f"1/{2 ** -exponent}" if exponent < 0 else f"{2 ** exponent}"
+
+
+def _power_of_two(factor: float) -> int:
+    return max(-3, min(3, round(math.log2(factor))))
 
 
 def _fmt_count(value: float | None) -> str:
@@ -310,11 +314,15 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings) -> list
         if not low <= s_mu <= high:
             factor = s_mu / target
             direction = "wider than needed (over-parameterised)" if s_mu < low else "too narrow (under-parameterised)"
+            width = (summary.get("run") or {}).get("width")
+            scaling = (f"multiplying the current width (model_args.width = {width:g}) by about {factor:.2f}, i.e. "
+                       f"width ≈ {width * factor:.3g} (try {width * 2.0 ** _power_of_two(factor):g}),"
+                       if width else f"multiplying every layer's width by about {factor:.2f} (try "
+                                     f"{nice_factor(factor)}),")
             text = (f"s_mu = {s_mu:.1%} lies {'below' if s_mu < low else 'above'} the {low:.0%}-{high:.0%} interval "
                     f"that performs best (thesis ch. 11.3): the network is {direction}. Assuming saturation scales "
-                    f"inversely with width, a width factor of about {factor:.2f} (try {nice_factor(factor)}) "
-                    f"moves s_mu to about {target:.0%}; parameters and FLOPs of the convolutions scale with "
-                    f"the square of that factor.")
+                    f"inversely with width, {scaling} moves s_mu to about {target:.0%}; parameters and FLOPs of "
+                    f"the convolutions scale with the square of that factor.")
             if tails:
                 text += (" Remove the tail first: it distorts s_mu, and depth and width are best optimised in "
                          "that order.")
@@ -334,6 +342,13 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings) -> list
                 f"No tail, no border layer inside the network and s_mu within the target interval over "
                 f"{n_layers} layers: the thesis' guidelines suggest no change.")})
     return advice
+
+
+def _model_width(config: Mapping[str, Any]) -> float | None:
+    """The run's ``model_args.width`` as a number, if it has one."""
+    args = config.get("model_args")
+    width = args.get("width") if isinstance(args, dict) else None
+    return float(width) if isinstance(width, (int, float)) and not isinstance(width, bool) and width > 0 else None
 
 
 # ---------------------------------------------------------------------------------------- summary
@@ -378,7 +393,7 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
     summary: dict[str, Any] = {
         "format": FORMAT,
         "run": {"name": tables.folder.name, "folder": str(tables.folder.root), "model": config.get("model"),
-                "dataset": config.get("dataset"), "resolution": resolution,
+                "dataset": config.get("dataset"), "resolution": resolution, "width": _model_width(config),
                 "status": tables.status.to_dict() if tables.status else None},
         "settings": settings.to_dict(),
         "accuracy": {"test": test_accuracy,
