@@ -114,6 +114,18 @@ def test_inaturalist_2021_tree(tmp_path):
                 write_image(tmp_path / "inaturalist" / version / category / f"{i}.jpg", value=c * 10 + i)
     bundle = DATASETS.get("iNaturalist")(resolution=16, data_dir=str(tmp_path), **COMMON)
     check_bundle(bundle, num_classes=2, channels=3, resolution=16, train_size=4, test_size=2)
+    # the samples come in sorted order, not in the file system's directory order (created shuffled here)
+    from phd_lab.datasets.torchvision_sets import SOURCES, open_split
+    for i in (7, 2, 11, 0, 5, 9, 3):
+        write_image(tmp_path / "inaturalist" / "2021_train" / categories[1] / f"extra{i}.jpg", value=i)
+    index = open_split(SOURCES["iNaturalist"], str(tmp_path), "train", download=False).index
+    assert len(index) == 11 and index == sorted(index)
+
+
+def test_inaturalist_missing_creates_no_folders(tmp_path):
+    with pytest.raises(DataError, match="inaturalist/2021_train"):
+        DATASETS.get("iNaturalist")(resolution=16, data_dir=str(tmp_path / "data"), **COMMON)
+    assert not (tmp_path / "data").exists()
 
 
 def test_folder_prefix(tmp_path):

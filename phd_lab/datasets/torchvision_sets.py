@@ -158,8 +158,12 @@ def _food101(root: Path, split: str, download: bool) -> Dataset:
 
 def _inaturalist(root: Path, split: str, download: bool) -> Dataset:
     version = "2021_train" if split == "train" else "2021_valid"
-    return tv.INaturalist(root=str(root / "inaturalist"), version=version, target_type="full", download=download,
-                          loader=default_loader)
+    if not download and not (root / "inaturalist" / version).is_dir():  # torchvision would create the folders
+        raise FileNotFoundError(f"no folder {str(root / 'inaturalist' / version)!r}")
+    dataset = tv.INaturalist(root=str(root / "inaturalist"), version=version, target_type="full",
+                             download=download, loader=default_loader)
+    dataset.index.sort()  # torchvision lists the files in directory order, which differs between file systems
+    return dataset
 
 
 def folder_opener(path: str) -> Opener:
