@@ -78,6 +78,9 @@ CASES = {
     "registry_module_missing": ({"registries": {"models": "nope.py"}},
                                 ["the key 'registries': The models registry module file 'nope.py' does not exist"]),
     "registry_module_is_a_folder": ({"registries": {"models": "/"}}, ["registry module '/' is a folder"]),
+    "latents_dir_below_a_file": ({"latents_dir": "/dev/null/latents", "post_processing": ["extract"]},
+                                 ["step 'extract': the key 'latents_dir' is '/dev/null/latents', but '/dev/null' "
+                                  "is a file"]),
     "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 (train split) is not in data_dir",
                                                        "cifar-10-batches-py", "download"]),
 }
