@@ -213,8 +213,8 @@ SCHEMA: tuple[Key, ...] = (
          "model's is >= 1 - this", minimum=0.0, maximum=1.0, technical=True),
     _key("probe_drop_tolerance", "float", 0.01, "analysis: a layer is skipped when its probe accuracy lies this far "
          "below the best earlier probe", minimum=0.0, maximum=1.0, technical=True),
-    _key("target_saturation", "list", [0.2, 0.3], "analysis: the s_mu interval [low, high] the width guideline aims "
-         "for (thesis: 20-30%)", item_kind="float", technical=True),
+    _key("target_saturation", "list", [0.2, 0.3], "analysis: the s_mu interval [low, high], 0 < low < high <= 1, "
+         "the width guideline aims for (thesis: 20-30%)", item_kind="float", technical=True),
     _key("analysis_split", "str", "train", "analysis: saturations of the train or test pass of the last epoch "
          "(thesis: train)", choices=("train", "test"), technical=True),
 
@@ -337,6 +337,11 @@ def validate_values(raw: Mapping[str, Any], where: str) -> None:
             if key.is_list_type and item == [] and key.name == "metrics":
                 raise ConfigError(f"{where}: the key 'metrics' is an empty list; give at least one metric "
                                   f"(see `python main.py --list metrics`).")
+        if key.name == "target_saturation":
+            for band in values:
+                if len(band) != 2 or not 0.0 < band[0] < band[1] <= 1.0:
+                    raise ConfigError(f"{where}: the key 'target_saturation' must be [low, high] with "
+                                      f"0 < low < high <= 1 (thesis: [0.2, 0.3]); got {json.dumps(band)}.")
         if key.name == "registries":
             for registry_value in values:
                 unknown = sorted(set(registry_value) - set(KINDS))

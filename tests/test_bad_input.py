@@ -81,6 +81,9 @@ CASES = {
     "latents_dir_below_a_file": ({"latents_dir": "/dev/null/latents", "post_processing": ["extract"]},
                                  ["step 'extract': the key 'latents_dir' is '/dev/null/latents', but '/dev/null' "
                                   "is a file"]),
+    "target_saturation_reversed": ({"target_saturation": [0.3, 0.2]},
+                                   ["'target_saturation' must be [low, high] with 0 < low < high <= 1", "[0.3, 0.2]"]),
+    "target_saturation_single": ({"target_saturation": [0.2]}, ["'target_saturation' must be [low, high]"]),
     "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 (train split) is not in data_dir",
                                                        "cifar-10-batches-py", "download"]),
 }
