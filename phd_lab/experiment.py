@@ -10,6 +10,7 @@ from typing import Mapping
 
 from phd_lab.config import anchor_registry_paths, check_known_keys, load_config_file, validate_values
 from phd_lab.atomic import check_writable_dir
+from phd_lab.probes.settings import ProbeSettings
 from phd_lab.errors import ConfigError, RegistryError, UsageError
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
@@ -68,6 +69,7 @@ class Main:
                 raise RegistryError(f"{cfg.source}: the key 'registries': {error}") from None
             executor = TrainTestExecutor(cfg, registries, progress=self.progress)
             executor.validate()
+            ProbeSettings.from_mapping(cfg.values, where=cfg.source)  # the probe job's keys, checked with the rest
             executor.check_model(models)
             if executor.rundir.root in folders:
                 first = folders[executor.rundir.root]
