@@ -164,7 +164,8 @@ class Trainer:
         for metric in self.metrics.values():
             metric.reset()
         total_loss, total = 0.0, 0
-        for inputs, targets in loader:
+        for inputs, targets in tqdm(loader, desc=f"{self.run_name} evaluating", leave=False,
+                                    disable=not self.progress, unit="batch", dynamic_ncols=True):
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             with self.autocast():

@@ -245,3 +245,12 @@ def test_device_option_overrides_the_config(tmp_path, capsys):
     assert main_cli(["--config", str(config), "--device", "cpu", "--no-progress", "-q"]) == 0
     [folder] = run_folders(tmp_path / "logs")
     assert json.loads((folder / f"{run_name(folder)}_config.json").read_text())["device"] == "cpu"
+
+
+def test_progress_bars_cover_evaluation_and_the_saturation_passes(tmp_path, capsys):
+    """Each epoch's separate passes (the whole training split again, then the test split) showed no bar."""
+    config = write_config(tmp_path, epoch=1)
+    assert main_cli(["--config", str(config), "-q"]) == 0
+    err = capsys.readouterr().err
+    for description in ("epoch 1/1", "saturation (train)", "saturation (test)", "evaluating"):
+        assert description in err, description

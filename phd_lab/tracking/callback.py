@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from phd_lab.callbacks import Callback
 from phd_lab.config import RunConfig
@@ -131,7 +132,10 @@ class SaturationCallback(Callback):
         try:
             for split, loader in (("train", bundle.train_eval), ("test", bundle.test)):
                 tracker.reset()
-                run_pass(tracker, model, loader, trainer.device, trainer.autocast)
+                batches = tqdm(loader, desc=f"{trainer.run_name} saturation ({split})", leave=False,
+                               disable=not trainer.progress, unit="batch", dynamic_ncols=True)
+                run_pass(tracker, model, batches, trainer.device, trainer.autocast)
+                batches.close()
                 frames[split] = tracker.compute()
         finally:
             tracker.close()
