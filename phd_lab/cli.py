@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import logging
 import sys
 import textwrap
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 def list_names(kind: str, pattern: str) -> str:
     if kind == "steps":
         from phd_lab.steps import all_steps
-        return "\n".join(f"{name:24} {step.summary}" for name, step in all_steps().items()) or "(no steps)"
+        return "\n".join(f"{name:24} {step.summary}" for name, step in all_steps().items()
+                         if fnmatch.fnmatchcase(name.lower(), pattern.lower())) or "(none)"
     from phd_lab.registry import Registries
     registry = Registries()[kind]
     return "\n".join(f"{name:24} {registry.doc(name)}" for name in registry.names(pattern)) or "(none)"
@@ -105,7 +107,8 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         grid = main.load(args.config, run_id=args.run_id, device=args.device)
         indices = chosen_indices(grid, args.index)
         if args.dry_run:
-            sys.stdout.write(f"{len(grid)} run(s) in {args.config}\n{grid.table()}\n")
+            chosen = "" if args.index is None else f", of which --index runs {len(indices)}"
+            sys.stdout.write(f"{len(grid)} run(s) in {args.config}{chosen}\n{grid.table(indices)}\n")
             return EXIT_OK
         if args.scheduler:
             outcomes = main.run_on_cluster(grid, args.scheduler, indices)

@@ -70,7 +70,8 @@ class Registry:
         return cls(kind, factories, prefixes, source=getattr(module, "__file__", module.__name__) or "")
 
     def names(self, pattern: str = "*") -> list[str]:
-        return sorted(fnmatch.filter(self._factories, pattern), key=str.lower)
+        return sorted((name for name in self._factories if fnmatch.fnmatchcase(name.lower(), pattern.lower())),
+                      key=str.lower)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self._resolve(name) is not None

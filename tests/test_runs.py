@@ -96,6 +96,9 @@ def test_index_runs_one_point_and_dry_run_shows_grid(tmp_path, capsys):
     assert not (tmp_path / "logs").exists()
     assert main_cli(["--config", str(config), "--dry-run", "--index", "4"]) == 2  # the grid has 0 … 3
     assert "--index" in " ".join(capsys.readouterr().err.split())
+    assert main_cli(["--config", str(config), "--dry-run", "--index", "2"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert "4 run(s)" in rows[0] and "--index runs 1" in rows[0] and [r.split()[0] for r in rows[2:]] == ["2"]
     assert main_cli(["--config", str(config), "--index", "3", "--no-progress", "-q"]) == 0
     [folder] = run_folders(tmp_path / "logs")
     logged = json.loads((folder / f"{run_name(folder)}_config.json").read_text())
@@ -206,6 +209,10 @@ def test_list_commands(capsys):
     assert main_cli(["--list", "datasets"]) == 0
     out = capsys.readouterr().out
     assert "Digits" in out and "FakeData" in out
+    assert main_cli(["--list", "datasets", "--pattern", "cifar*"]) == 0  # case-insensitive, like did-you-mean
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["Cifar10", "Cifar100"]
+    assert main_cli(["--list", "steps", "--pattern", "ex*"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["extract"]
     assert main_cli(["--list-keys"]) == 0
     out = capsys.readouterr().out
     for key in ("model", "epoch", "batch_size", "delta", "downsampling", "post_processing", "data_parallel"):
