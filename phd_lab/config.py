@@ -248,11 +248,21 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"Config path {str(path)!r} is not a file; pass the path of a JSON config.")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some Windows editors) is no error
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"Config file {str(path)!r} cannot be read: {error}.") from None
+    duplicates: list[str] = []
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                duplicates.append(key)
+            seen[key] = value
+        return seen
+
     try:
-        raw = json.loads(text)
+        raw = json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as error:
         raise ConfigError(f"Config file {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}, "
                           f"column {error.colno}. Keys and strings need double quotes, and JSON allows no "
@@ -260,6 +270,9 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"Config file {str(path)!r} must hold a JSON object of key/value pairs; got "
                           f"{type(raw).__name__} instead.")
+    if duplicates:  # JSON would silently keep the last value
+        raise ConfigError(f"Config file {str(path)!r} gives the key(s) {sorted(set(duplicates))} more than once in "
+                          f"the same object; keep one of each (to sweep values, give a list).")
     return raw
 
 

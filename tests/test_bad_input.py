@@ -112,6 +112,15 @@ def test_invalid_json_names_line_and_column(tmp_path, capsys):
     assert str(path) in err and "line 4, column 1" in err
 
 
+def test_duplicate_keys_are_refused_and_a_byte_order_mark_is_read(tmp_path, capsys):
+    path = _write_raw(tmp_path, '{"model": "vgg11", "epoch": 1, "model_args": {"width": 0.5, "width": 1}}')
+    assert main_cli(["--config", str(path), "--dry-run"]) == 2
+    assert "gives the key(s) ['width'] more than once" in flat(capsys.readouterr().err)
+    marked = tmp_path / "bom.json"
+    marked.write_bytes(b"\xef\xbb\xbf" + json.dumps({"model": "vgg11", "dataset": "Digits"}).encode())
+    assert main_cli(["--config", str(marked), "--dry-run"]) == 0
+
+
 def test_missing_config_file(tmp_path, capsys):
     assert main_cli(["--config", str(tmp_path / "nope.json")]) == 2
     assert "does not exist" in flat(capsys.readouterr().err)
