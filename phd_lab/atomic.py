@@ -69,7 +69,7 @@ def atomic_open(path: Path | str, mode: str = "wb", **kwargs: Any) -> Iterator[I
 STALE_AFTER_SECONDS = 15 * 60
 
 
-def remove_stale_temps(folder: Path | str, owned_prefix: str | None = None,
+def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] | None = None,
                        older_than: float = STALE_AFTER_SECONDS) -> list[Path]:
     """Delete temp files that a killed writer left in ``folder``: every one of the caller's own
     files (targets starting with ``owned_prefix``: only the lock holder writes those), and any other
@@ -77,9 +77,10 @@ def remove_stale_temps(folder: Path | str, owned_prefix: str | None = None,
     lock (the probe job, the report); their temp files of the moment must survive."""
     removed = []
     cutoff = time.time() - older_than
+    owned_prefixes = (owned_prefix,) if isinstance(owned_prefix, str) else tuple(owned_prefix or ())
     for stale in Path(folder).glob(".*.tmp"):
         try:
-            owned = owned_prefix is not None and stale.name.startswith(f".{owned_prefix}")
+            owned = any(stale.name.startswith(f".{prefix}") for prefix in owned_prefixes)
             if not owned and stale.stat().st_mtime > cutoff:
                 continue
             stale.unlink()

@@ -283,7 +283,10 @@ class TrainTestExecutor:
             log.info("Run folder %s", rundir.root)
             self.write_config()
             store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)
-            for stale in atomic.remove_stale_temps(rundir.root, owned_prefix=rundir.name):
+            # the lock holder's own files: the run's and those of the post-processing steps (analysis.* is
+            # also written by the report while no run holds the lock, so only old ones of those go)
+            owned = (rundir.name, "receptive_field", "computational_info", "projections")
+            for stale in atomic.remove_stale_temps(rundir.root, owned_prefix=owned):
                 log.info("Removed %s, left half-written by a process that was killed.", stale.name)
             callbacks: list[Callback] = [MetricsCSV(rundir.metrics_csv)]
             callbacks += [cb for factory in CALLBACK_FACTORIES if (cb := factory(cfg, rundir)) is not None]
