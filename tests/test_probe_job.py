@@ -406,3 +406,18 @@ def test_a_latents_file_replaced_after_verification_is_neither_fitted_nor_cached
     assert cache.get(tasks[0].key) is None
     run_probes(tasks[1:], cache, progress=False)  # the other layers are untouched and fit
     assert all(cache.get(task.key) is not None for task in tasks[1:])
+
+
+def test_latents_of_a_copied_or_moved_run_folder_write_beside_themselves(tmp_path, capsys):
+    """The manifest's absolute run_dir sent a copy's results into the original run folder, and a moved
+    run folder could not be probed at all."""
+    run_dir, _ = make_latents(tmp_path / "old")
+    (run_dir / "run_config.json").write_text("{}")
+    copy = tmp_path / "copy" / "run"
+    shutil.copytree(run_dir, copy)
+    assert cli("--latents", str(copy / "latents")) == 0
+    assert (copy / "probe_performances.csv").is_file() and not (run_dir / "probe_performances.csv").exists()
+    moved = tmp_path / "moved" / "run"
+    shutil.move(str(run_dir), str(moved))
+    assert cli("--latents", str(moved / "latents")) == 0
+    assert (moved / "probe_performances.csv").is_file()

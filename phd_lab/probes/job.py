@@ -97,6 +97,12 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
 
 def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root: Path | None = None) -> ProbeJob:
     run_dir = manifest.run_dir
+    enclosing = manifest.folder.resolve().parent
+    if enclosing != run_dir.resolve() and any(enclosing.glob("*_config.json")):
+        # latents inside a run folder belong to that run, also after the logs were moved or copied
+        log.warning("%s: the manifest names run folder %s, but the latents lie in run folder %s; writing the probe "
+                    "results beside them", label, run_dir, enclosing)
+        run_dir = enclosing
     if not run_dir.is_dir():
         manifest_path = str(manifest.folder / "manifest.json")
         raise DataError(f"The run folder {str(run_dir)!r} named by 'run_dir' in {manifest_path!r} "
