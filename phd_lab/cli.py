@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import logging
 import sys
 import textwrap
@@ -71,9 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def list_names(kind: str, pattern: str) -> str:
     if kind == "steps":
-        from phd_lab.steps import all_steps
-        return "\n".join(f"{name:24} {step.summary}" for name, step in all_steps().items()
-                         if fnmatch.fnmatchcase(name.lower(), pattern.lower())) or "(none)"
+        from phd_lab.steps import FROM_CONFIG, all_steps
+        lines = []
+        for name, step in all_steps().items():
+            if fnmatch.fnmatchcase(name.lower(), pattern.lower()):
+                lines.append(f"{name:24} {step.summary}")
+                for key in step.params:
+                    default = f"the config key {key.name!r}" if key.default is FROM_CONFIG else json.dumps(key.default)
+                    lines.append(f"    {key.name} ({key.expectation()}, default {default}): {key.doc}")
+        return "\n".join(lines) or "(none)"
     from phd_lab.registry import Registries
     registry = Registries()[kind]
     return "\n".join(f"{name:24} {registry.doc(name)}" for name in registry.names(pattern)) or "(none)"

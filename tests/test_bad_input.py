@@ -86,6 +86,8 @@ CASES = {
     "target_saturation_single": ({"target_saturation": [0.2]}, ["'target_saturation' must be [low, high]"]),
     "probe_device_that_is_no_device": ({"probe_device": "gpu"}, ["the key 'probe_device' must be cpu, cuda or cuda:N"]),
     "probe_device_for_a_cpu_solver": ({"probe_device": "cuda"}, ["only the lbfgs-torch solver runs on a GPU"]),
+    "project_exclude_matching_nothing": ({"post_processing": [{"name": "project", "exclude": ["*downsample*"]}]},
+                                         ["step 'project': the exclude pattern '*downsample*' matches no Conv2d"]),
     "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 (train split) is not in data_dir",
                                                        "cifar-10-batches-py", "download"]),
 }

@@ -109,3 +109,16 @@ def test_insert_pca_layers_follows_every_conv_and_linear() -> None:
     for layer in layers.values():
         layer.eval()
     assert torch.allclose(projected(data), model(data), atol=1e-5)
+
+
+def test_excluded_layers_get_no_pca_layer_and_resnet18_block_dimensions_are_the_thesis_3904():
+    """Thesis §7.4.2 projects 3,904 dimensions of ResNet18: its block convolutions and the stem, without the
+    1×1 downsampling shortcuts and the output layer."""
+    from registries.models import resnet18
+    from phd_lab.tracking.pca import insert_pca_layers
+    _, every = insert_pca_layers(resnet18(num_classes=10))
+    projected, kept = insert_pca_layers(resnet18(num_classes=10), exclude=["*downsample*", "fc"])
+    assert len(every) == 21 and len(kept) == 17
+    assert sum(layer.features for layer in kept.values()) == 3904
+    assert not any("downsample" in name for name in kept) and "fc" not in kept
+    assert isinstance(projected.fc, torch.nn.Linear)  # left as it was

@@ -212,7 +212,11 @@ def test_list_commands(capsys):
     assert main_cli(["--list", "datasets", "--pattern", "cifar*"]) == 0  # case-insensitive, like did-you-mean
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["Cifar10", "Cifar100"]
     assert main_cli(["--list", "steps", "--pattern", "ex*"]) == 0
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["extract"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[0] == "extract" and all(line.startswith("    ") for line in lines[1:])
+    assert any(line.strip().startswith("dtype (one of 'float32', 'float16', default \"float32\")") for line in lines)
+    assert main_cli(["--list", "steps", "--pattern", "project"]) == 0  # every parameter is documented
+    assert "exclude (" in capsys.readouterr().out
     assert main_cli(["--list-keys"]) == 0
     out = capsys.readouterr().out
     for key in ("model", "epoch", "batch_size", "delta", "downsampling", "post_processing", "data_parallel"):

@@ -26,6 +26,8 @@ class Project(Step):
         Key("deltas", "list", list(THESIS_DELTAS), "explained-variance thresholds in (0, 1] to evaluate (the "
             "unprojected model is always evaluated too)", item_kind="float"),
         Key("random_control", "bool", True, "also evaluate random orthonormal bases of the same k per layer"),
+        Key("exclude", "list", [], "fnmatch patterns of Conv2d/Linear layers that get no PCA layer (thesis §7.4.2 "
+            "projects ResNet18's 3,904 block dimensions: ['*downsample*', 'fc'])", item_kind="str"),
     )
 
     def check(self, params: dict[str, Any], config: RunConfig, where: str) -> None:
@@ -36,10 +38,23 @@ class Project(Step):
                               f"in (0, 1]; got {deltas if not bad else bad}.")
         params["deltas"] = sorted({float(d) for d in deltas})
 
+    def check_model(self, params: dict[str, Any], model: Any, where: str) -> None:
+        import fnmatch
+
+        from torch import nn
+        names = [name for name, module in model.named_modules()
+                 if name and isinstance(module, (nn.Conv2d, nn.Linear))]
+        for pattern in params["exclude"]:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                raise ConfigError(f"{where}, step 'project': the exclude pattern {pattern!r} matches no Conv2d or "
+                                  f"Linear layer of the model (e.g. {', '.join(names[:6])}).")
+        if all(any(fnmatch.fnmatchcase(name, p) for p in params["exclude"]) for name in names):
+            raise ConfigError(f"{where}, step 'project': 'exclude' {params['exclude']} leaves no layer to project.")
+
     def run(self, ctx: StepContext, **params: Any) -> None:
         table = projection_table(ctx.model, ctx.bundle.train_eval, ctx.bundle.test, ctx.device,
                                  deltas=params["deltas"], random_control=params["random_control"],
-                                 seed=ctx.config.seed, progress=ctx.progress)
+                                 seed=ctx.config.seed, progress=ctx.progress, exclude=params["exclude"])
         atomic.write_csv(ctx.rundir.projections_csv, table)
         from phd_lab.plots.projections import save_projection_plot
         save_projection_plot(table, ctx.rundir.projections_plot, title=ctx.rundir.name)

@@ -12,7 +12,8 @@ k, the thesis' control (§7.3).
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+import fnmatch
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -140,15 +141,18 @@ def pca_layer_for(module: nn.Module, delta: float = 0.99) -> _PCALayer:
     raise TypeError(f"no PCA layer for {type(module).__name__}")
 
 
-def insert_pca_layers(model: nn.Module, delta: float = 0.99) -> tuple[nn.Module, dict[str, _PCALayer]]:
-    """A deep copy of ``model`` with a PCA layer after every Conv2d and Linear.
+def insert_pca_layers(model: nn.Module, delta: float = 0.99,
+                      exclude: Sequence[str] = ()) -> tuple[nn.Module, dict[str, _PCALayer]]:
+    """A deep copy of ``model`` with a PCA layer after every Conv2d and Linear whose qualified name
+    matches none of the fnmatch patterns ``exclude``.
 
     Each such layer ``name`` becomes ``Sequential(layer, pca)``; the returned mapping is
     keyed by the original qualified names, in definition order.
     """
     projected = copy.deepcopy(model)
     targets = [(name, module) for name, module in projected.named_modules()
-               if isinstance(module, (nn.Conv2d, nn.Linear)) and name]
+               if isinstance(module, (nn.Conv2d, nn.Linear)) and name
+               and not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)]
     layers: dict[str, _PCALayer] = {}
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")

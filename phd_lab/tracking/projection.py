@@ -58,14 +58,15 @@ def collect(model: nn.Module, layers: Sequence[nn.Module], loader: Iterable, dev
 
 def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iterable, device: torch.device, *,
                      deltas: Sequence[float] = THESIS_DELTAS, random_control: bool = True, seed: int = 0,
-                     progress: bool = False) -> pd.DataFrame:
+                     progress: bool = False, exclude: Sequence[str] = ()) -> pd.DataFrame:
     """Rows (delta, basis, accuracy, loss, dims_sum, feature_dims_sum, saturation_mean).
 
     ``basis`` is ``none`` for the unprojected model (delta 1), ``pca`` for the leading
-    eigendirections and ``random`` for random orthonormal bases of the same k.
+    eigendirections and ``random`` for random orthonormal bases of the same k. Layers whose names
+    match a pattern of ``exclude`` get no PCA layer.
     """
     model.eval()
-    projected, layers = insert_pca_layers(model)
+    projected, layers = insert_pca_layers(model, exclude=exclude)
     pca = list(layers.values())
     feature_dims = sum(layer.features for layer in pca)
     accuracy, loss = evaluate(model, test_loader, device)
