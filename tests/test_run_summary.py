@@ -1,6 +1,7 @@
 """Per-run analysis from saved tables: borders, tail/border agreement, probes, truncation, advice."""
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -243,3 +244,13 @@ def test_the_run_figure_legend_never_covers_long_layer_names(tmp_path):
         assert legend.y1 < min(t.y0 for t in ticks)  # entirely below the lowest tick label
     finally:
         plt.close(fig)
+
+
+def test_probes_older_than_the_latents_are_reported_stale(tmp_path):
+    """A re-extraction after probing left the old probe table reported as complete."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
+    assert summarize(load_run(rundir))["probes"]["status"] == "complete"
+    manifest = rundir.latents() / "manifest.json"
+    later = rundir.probe_csv.stat().st_mtime + 5
+    os.utime(manifest, (later, later))
+    assert summarize(load_run(rundir))["probes"]["status"].startswith("stale (the latents were extracted again")

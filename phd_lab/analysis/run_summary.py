@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from phd_lab.analysis.borders import border_in
-from phd_lab.analysis.run_tables import RunTables
+from phd_lab.analysis.run_tables import RunTables, latents_manifest_path
 from phd_lab.analysis.tails import Tail, find_tails
 from phd_lab.config import SCHEMA_BY_NAME
 from phd_lab.errors import ConfigError
@@ -160,6 +160,14 @@ def _agreement(border: str | None, tail: Tail | None, order: list[str], fallback
     return result
 
 
+def _probes_predate_latents(tables: RunTables) -> bool:
+    """The probe table is older than the latents manifest: it describes latents that were replaced."""
+    try:
+        return latents_manifest_path(tables).stat().st_mtime_ns > tables.folder.probe_csv.stat().st_mtime_ns
+    except OSError:
+        return False
+
+
 def _probe_info(tables: RunTables, model_accuracy: float | None, settings: AnalysisSettings) -> dict[str, Any]:
     probes = tables.probes
     planned = len(tables.manifest.get("layers", [])) if tables.manifest else None
@@ -184,6 +192,8 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
             skipped.append(layer)
         best = max(best, value) if not math.isnan(value) else best
     status = "complete" if planned is None or len(layers) >= planned else f"partial ({len(layers)} of {planned})"
+    if _probes_predate_latents(tables):
+        status = "stale (the latents were extracted again after the probes; rerun probe_main.py)"
     return {"status": status, "layers_probed": len(layers), "layers_extracted": planned,
             "model_accuracy": reference, "first_reaching_layer": first,
             "layers_after_reaching": (len(layers) - 1 - layers.index(first)) if first else None,

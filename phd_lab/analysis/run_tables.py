@@ -259,7 +259,8 @@ def _layer_table(csv: pd.DataFrame | None) -> pd.DataFrame | None:
     return frame.loc[leaf].reset_index(drop=True)
 
 
-def _latents_manifest(tables: RunTables) -> Path:
+def latents_manifest_path(tables: RunTables) -> Path:
+    """Where the run's latents manifest lies (inside the run folder, or mirrored under latents_dir)."""
     latents_dir = tables.config_value("latents_dir")
     root = tables.folder.root
     if latents_dir:
@@ -289,7 +290,7 @@ def load_run(folder: RunDir) -> RunTables:
     tables.computational_layers = _layer_table(layer_csv)
     tables.probes = _require(_read_csv(folder.probe_csv, tables), ("layer", "eval_acc"), PROBES, tables)
     tables.projections = _read_csv(folder.projections_csv, tables) if folder.projections_csv.is_file() else None
-    manifest = _read_json(_latents_manifest(tables), tables, record_missing=False)
+    manifest = _read_json(latents_manifest_path(tables), tables, record_missing=False)
     tables.manifest = manifest if isinstance(manifest, dict) else None
     status = training_status(folder, config, tables.metrics)
     if status.state == "not started" and (tables.probes is not None or tables.receptive_field is not None
