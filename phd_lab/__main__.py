@@ -1,19 +1,26 @@
-"""``python -m phd_lab train ...`` (same as main.py) and ``python -m phd_lab report LOGS_DIR [--out FILE]``."""
+"""``python -m phd_lab train ...`` (main.py), ``probe ...`` (probe_main.py) and ``report LOGS_DIR [--out FILE]``."""
 
 import sys
 
 from phd_lab.cli import main_cli
 
 USAGE = ("usage: python -m phd_lab train [main.py options]\n"
+         "       python -m phd_lab probe [probe_main.py options]\n"
          "       python -m phd_lab report LOGS_DIR [--out FILE] [--no-refresh]\n")
 
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "train":
         return main_cli(argv[1:])
+    if argv and argv[0] == "probe":
+        from phd_lab.probes.cli import probe_cli
+        return probe_cli(argv[1:])
     if argv and argv[0] == "report":
         from phd_lab.report.cli import main_report
         return main_report(argv[1:])
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0
     sys.stderr.write(USAGE)
     return 2
 

@@ -236,3 +236,12 @@ def test_unrelated_files_in_the_logs_tree_are_no_runs_and_deleted_runs_stay_dele
     shutil.rmtree(gone.root)
     analyse_run(gone, write=True)
     assert not gone.root.exists()
+
+
+def test_the_package_entry_point_lists_its_commands():
+    shown = subprocess.run([sys.executable, "-m", "phd_lab", "--help"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+    assert shown.returncode == 0 and all(f"phd_lab {c}" in shown.stdout for c in ("train", "probe", "report"))
+    probe = subprocess.run([sys.executable, "-m", "phd_lab", "probe", "--help"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)
+    assert probe.returncode == 0 and "--latents" in probe.stdout
