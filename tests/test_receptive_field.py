@@ -336,3 +336,13 @@ def test_dp_agrees_with_brute_force_on_random_dags(seed):
     model(torch.zeros(1, 2, 32, 32))  # the generated model is a real, runnable network
     got = {layer: values[:4] for layer, values in table(model).items()}
     assert got == brute_force(plan)
+
+
+def test_side_branches_are_only_the_receptive_field_neutral_shortcuts():
+    """A dense layer's 3×3 conv (concatenated onward) and the Cifar stem (reached by the first identity skip)
+    are layers of the main sequence; only the 1×1 projection shortcuts are side branches."""
+    from registries import models
+    cifar = receptive_fields(models.resnet18_cifar(num_classes=10), 32)
+    assert cifar[cifar.side_branch].layer.tolist() == [f"layer{i}.0.downsample.0" for i in (2, 3, 4)]
+    dense = receptive_fields(torchvision.models.densenet121(num_classes=10), 32)
+    assert not dense.side_branch.any()

@@ -257,7 +257,7 @@ def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
     calls: dict[str, int] = {}
     saw_input = False
     for node in graph_module.graph.nodes:
-        position[node] = len(by_position)
+        position[node] = node.meta["rf_position"] = len(by_position)
         by_position.append(node)
         inputs: list[fx.Node] = []
         fx.node.map_arg((node.args, node.kwargs), lambda n: inputs.append(n) or n)
@@ -345,21 +345,27 @@ def _skips(inputs: list[fx.Node], states: dict[fx.Node, Any], ancestors: dict[fx
     span = {n: bounds(states[n])[:2] for n in spatial}
     skips = set()
     for a in spatial:
-        own = ancestors[a] | (1 << position[a])
-        for b in spatial:
-            if b is a or span[b] == span[a]:
-                continue
-            common = own & (ancestors[b] | (1 << position[b]))
-            while common:
-                bit = common & -common
-                common ^= bit
-                x = by_position[bit.bit_length() - 1]
-                if isinstance(states[x], dict) and bounds(states[x])[:2] == span[a]:
-                    skips.add(a)
-                    break
-            if a in skips:
-                break
+        origins = _same_span_origins(a, states)  # bit set: a and the ancestors it equals in receptive field
+        if any(b is not a and span[b] != span[a] and origins & (ancestors[b] | (1 << position[b]))
+               for b in spatial):
+            skips.add(a)
     return set() if len(skips) == len(spatial) else skips
+
+
+def _same_span_origins(node: fx.Node, states: dict[fx.Node, Any]) -> int:
+    """Bit set (by graph position, ``_position`` attribute) of ``node`` and of the ancestors reached from it
+    through nodes of the same (r_min, r_max): since receptive fields only grow along a path, these are
+    all of its ancestors with that span."""
+    span = bounds(states[node])[:2]
+    found, stack, seen = 0, [node], {node}
+    while stack:
+        current = stack.pop()
+        found |= 1 << current.meta["rf_position"]
+        for parent in current.all_input_nodes:
+            if parent not in seen and isinstance(states.get(parent), dict) and bounds(states[parent])[:2] == span:
+                seen.add(parent)
+                stack.append(parent)
+    return found
 
 
 def _shortcut_layer(skip: fx.Node, states: dict[fx.Node, Any]) -> fx.Node | None:
@@ -368,11 +374,11 @@ def _shortcut_layer(skip: fx.Node, states: dict[fx.Node, Any]) -> fx.Node | None
     node: fx.Node = skip
     span = bounds(states[node])[:2]
     while True:
-        if node.op == "call_module" and isinstance(node.graph.owning_module.get_submodule(node.target), nn.Conv2d):
-            return node
         spatial = [n for n in node.all_input_nodes if isinstance(states.get(n), dict)]
         if len(spatial) != 1 or bounds(states[spatial[0]])[:2] != span:
-            return None
+            return None  # a merge, or growth: a layer of the main path (e.g. a dense layer's 3×3 conv)
+        if node.op == "call_module" and isinstance(node.graph.owning_module.get_submodule(node.target), nn.Conv2d):
+            return node
         node = spatial[0]
 
 
