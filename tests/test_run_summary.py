@@ -254,3 +254,13 @@ def test_probes_older_than_the_latents_are_reported_stale(tmp_path):
     later = rundir.probe_csv.stat().st_mtime + 5
     os.utime(manifest, (later, later))
     assert summarize(load_run(rundir))["probes"]["status"].startswith("stale (the latents were extracted again")
+
+
+def test_outputs_of_configured_steps_that_never_ran_are_missing(tmp_path):
+    """A run killed during its post-processing looked complete: only the probe table was listed as missing."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="trained")
+    config = json.loads(rundir.config.read_text())
+    config["post_processing"] = ["receptive_field", {"name": "project", "deltas": [0.9]}, "extract"]
+    rundir.config.write_text(json.dumps(config))
+    missing = summarize(load_run(rundir))["missing"]
+    assert "projections.csv" in missing and "latents/manifest.json" in missing

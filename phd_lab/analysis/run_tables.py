@@ -297,4 +297,18 @@ def load_run(folder: RunDir) -> RunTables:
                                           or tables.computational is not None):
         status = TrainingStatus("no metrics", 0, status.epochs_planned, status.active, status.owner)
     tables.status = status
+    steps = configured_steps(config)
+    if "project" in steps and tables.projections is None and folder.projections_csv.name not in tables.missing:
+        tables.missing.append(folder.projections_csv.name)  # a run killed during its post-processing
+    if "extract" in steps and tables.manifest is None:
+        tables.missing.append("latents/manifest.json")
     return tables
+
+
+def configured_steps(config: dict[str, Any] | None) -> set[str]:
+    """Names of the post-processing steps a (logged) config asks for."""
+    steps = config.get("post_processing") if isinstance(config, dict) else None
+    if not isinstance(steps, list):
+        return set()
+    return {step if isinstance(step, str) else step.get("name") for step in steps
+            if isinstance(step, str) or isinstance(step, dict)} - {None}
