@@ -421,3 +421,20 @@ def test_latents_of_a_copied_or_moved_run_folder_write_beside_themselves(tmp_pat
     shutil.move(str(run_dir), str(moved))
     assert cli("--latents", str(moved / "latents")) == 0
     assert (moved / "probe_performances.csv").is_file()
+
+
+def test_a_probe_job_removes_old_temp_files_of_killed_writers_but_not_fresh_ones(tmp_path):
+    import time
+
+    from phd_lab import atomic
+    run_dir, latents = make_latents(tmp_path)
+    (run_dir / "probe_confusion").mkdir()
+    old = [run_dir / ".probe_performances.csv.k1.tmp", run_dir / "probe_confusion" / ".001-x.png.k2.tmp"]
+    fresh = run_dir / "probe_confusion" / ".002-y.npy.k3.tmp"  # another probe job's file of the moment
+    long_ago = time.time() - atomic.STALE_AFTER_SECONDS - 60
+    for path in (*old, fresh):
+        path.write_text("partial")
+    for path in old:
+        os.utime(path, (long_ago, long_ago))
+    assert cli("--latents", str(latents)) == 0
+    assert not any(path.exists() for path in old) and fresh.exists()

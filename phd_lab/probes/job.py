@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from phd_lab import atomic
 from phd_lab.atomic import write_csv, write_with
 from phd_lab.errors import ConfigError, DataError, UsageError
 from phd_lab.probes.cache import ResultCache, cache_key, library_versions
@@ -249,5 +250,9 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
                  job.settings.describe())
     cache = ResultCache(cache_dir)
     cache.prepare()
+    for job in jobs:  # temp files a killed probe job left (any writer's, once 15 minutes old)
+        for folder in (job.outputs.root, job.outputs.root / "probe_confusion"):
+            for stale in atomic.remove_stale_temps(folder):
+                log.info("Removed %s, left half-written by a process that was killed.", stale)
     run_probes(tasks, cache, workers=workers, progress=progress, on_record=on_record, scheduler=scheduler)
     return {position: sorted(records, key=lambda r: r.index) for position, records in done.items()}

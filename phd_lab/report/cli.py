@@ -46,6 +46,8 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     if out_path.is_dir():
         raise UsageError(f"--out {str(out_path)!r} is a folder; pass the path of the HTML file to write.")
     check_writable_dir(str(out_path.parent), "--out folder", "report")  # before any run folder is refreshed
+    for stale in atomic.remove_stale_temps(out_path.parent):  # a killed report's temp page (15 minutes old)
+        log.info("Removed %s, left half-written by a process that was killed.", stale)
     entries = collect(logs_dir, refresh=refresh)
     if not entries:
         raise DataError(f"LOGS_DIR {str(logs_dir)!r} holds no runs: no folder below it has a <name>_config.json or a "
