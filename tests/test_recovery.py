@@ -231,3 +231,22 @@ def test_a_rerun_removes_the_fresh_temp_files_of_its_killed_post_processing_step
         path.write_text("partial")
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert not any(path.exists() for path in leftovers) and live.exists()
+
+
+def test_a_point_locked_by_another_process_does_not_stop_the_rest_of_the_grid(tmp_path, capsys):
+    """Two commands sharing a grid: the one that finds a point in use skips it and trains the others."""
+    config = write_config(tmp_path, epoch=1, seed=[1, 2])
+    main = Main(progress=False)
+    main.load(config)
+    first = main.executors[0].rundir.create()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(first.lock)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"in use by PID {holder.pid}" in err and "1 of 2 run(s) failed" in err
+        assert main.executors[1].rundir.metrics_csv.exists() and not first.metrics_csv.exists()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
