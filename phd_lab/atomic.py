@@ -9,6 +9,7 @@ so results on a shared file system stay readable by the group, the report or Das
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -70,15 +71,16 @@ STALE_AFTER_SECONDS = 15 * 60
 
 
 def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] | None = None,
-                       older_than: float = STALE_AFTER_SECONDS) -> list[Path]:
+                       older_than: float = STALE_AFTER_SECONDS, only: str | None = None) -> list[Path]:
     """Delete temp files that a killed writer left in ``folder``: every one of the caller's own
     files (targets starting with ``owned_prefix``: only the lock holder writes those), and any other
     not modified for ``older_than`` seconds. Other processes write into a run folder without its
-    lock (the probe job, the report); their temp files of the moment must survive."""
+    lock (the probe job, the report); their temp files of the moment must survive. ``only``
+    restricts the removal to the temp files of that one target name (a folder that is not ours)."""
     removed = []
     cutoff = time.time() - older_than
     owned_prefixes = (owned_prefix,) if isinstance(owned_prefix, str) else tuple(owned_prefix or ())
-    for stale in Path(folder).glob(".*.tmp"):
+    for stale in Path(folder).glob(".*.tmp" if only is None else f".{glob.escape(only)}.*.tmp"):
         try:
             owned = any(stale.name.startswith(f".{prefix}") for prefix in owned_prefixes)
             if not owned and stale.stat().st_mtime > cutoff:
@@ -124,8 +126,10 @@ def save_figure(fig: "Any", path: Path | str, **kwargs: Any) -> None:
     write_with(path, lambda handle: fig.savefig(handle, format=fmt, **kwargs))
 
 
-def check_writable_dir(path: str, key: str, where: str) -> None:
-    """Fail early if ``path`` cannot be created or written, without leaving anything behind."""
+def check_writable_dir(path: str, key: str, where: str, subject: str | None = None) -> None:
+    """Fail early if ``path`` cannot be created or written, without leaving anything behind.
+    Messages name ``the key 'key'``, or ``subject`` (e.g. a command-line option) when given."""
+    subject = subject or f"the key {key!r}"
     target = Path(path).expanduser().resolve()
     probe = target
     while not probe.exists():
@@ -134,14 +138,14 @@ def check_writable_dir(path: str, key: str, where: str) -> None:
         probe = probe.parent
     from phd_lab.errors import ConfigError
     if not probe.is_dir():
-        raise ConfigError(f"{where}: the key {key!r} is {path!r}, but {str(probe)!r} is a file, so that folder "
+        raise ConfigError(f"{where}: {subject} is {path!r}, but {str(probe)!r} is a file, so that folder "
                           f"cannot be created; choose a folder path.")
     try:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as error:
-        raise ConfigError(f"{where}: the key {key!r} is {path!r}, but {str(probe)!r} is not writable "
+        raise ConfigError(f"{where}: {subject} is {path!r}, but {str(probe)!r} is not writable "
                           f"({error.strerror}); choose a folder you can write to.") from None
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{where}: the key {key!r} is {path!r}, but {str(probe)!r} is not writable; choose a "
+        raise ConfigError(f"{where}: {subject} is {path!r}, but {str(probe)!r} is not writable; choose a "
                           f"folder you can write to.")

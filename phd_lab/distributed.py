@@ -47,7 +47,7 @@ def worker_thread_environment(workers: int) -> dict[str, str]:
 def parse_scheduler(spec: str) -> tuple[str, Any]:
     """``local:N`` → ("local", N); anything else is a scheduler address."""
     match = _LOCAL.match(spec.strip())
-    if not match and spec.strip().lower().startswith("local"):
+    if not match and re.match(r"(?i)^local(?::|$)", spec.strip()):  # not localhost:8786, an address
         raise UsageError(f"--scheduler {spec!r}: a local cluster is written local:N with a whole number N ≥ 1 of "
                          f"worker processes (or plain 'local' for one per core).")
     if match:

@@ -116,7 +116,6 @@ class TrainTestExecutor:
                            cfg.dataset, where, ("batch_size", "resolution", "data_dir", "seed", "num_workers"))
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
                            cfg.optimizer, where, ("model", "epochs"))
-        self.build_optimizer(nn.Linear(1, 1))  # its values (lr, gamma, ...) too, before any point trains
         self.steps = resolve_steps(cfg, where)
         resolve_device(cfg.device, f"{where}: the key 'device'")
         if cfg.tracking_device is not None:
@@ -135,6 +134,18 @@ class TrainTestExecutor:
         self._check_tracked_layers(model)
         for step, params in self.steps:
             step.check_model(params, model, self.config.source)
+        self._check_optimizer(model)
+
+    def _check_optimizer(self, model: nn.Module) -> None:
+        """The optimizer factory's values (lr, gamma, ...) on the meta model, before any point trains.
+        A factory that cannot work on meta parameters is checked when the run builds it."""
+        try:
+            self.build_optimizer(model)
+        except ConfigError:
+            raise
+        except Exception as error:  # noqa: BLE001 - e.g. a factory that reads real parameter values
+            log.debug("%s: optimizer %r not checked on the meta model (%s: %s)", self.config.source,
+                      self.config.optimizer, type(error).__name__, error)
 
     def _meta_model(self, built: dict[str, nn.Module | None]) -> nn.Module | None:
         """The model built on the meta device (no memory, no initialisation) with placeholder
@@ -249,13 +260,19 @@ class TrainTestExecutor:
                 if old is not None and old not in (self.config.identity(), logged):
                     raise UsageError(f"The run folder {str(self.rundir.root)!r} holds a run with a different "
                                      f"config ({path.name}); use another run id.")
-                if old is not None:  # the config the run started with stays: it is what reproduces it
+                trained = any(p.exists() for p in (self.rundir.checkpoint, self.rundir.previous_checkpoint,
+                                                   self.rundir.checkpoint.with_name(self.rundir.checkpoint.name
+                                                                                    + ".next")))
+                if old is not None and trained:
+                    # The keys that shaped the weights keep the values the run was trained with (what
+                    # reproduces it); the others (post-processing, analysis, probe, folders) follow the rerun.
                     now = self.logged_config()
-                    changed = sorted(k for k in now if k != META_KEY and previous.get(k) != now[k])
-                    if changed:
-                        log.warning("This rerun differs from the logged config %s in %s (outside the run's "
-                                    "identity); the file keeps the values the run started with.", path.name,
-                                    ", ".join(f"{k}={json.dumps(now[k])}" for k in changed))
+                    kept = {k: previous[k] for k in TRAINING_KEYS if k in previous and previous[k] != now.get(k)}
+                    if kept:
+                        log.warning("This rerun differs from the logged config %s in %s, which shaped the trained "
+                                    "weights; the file keeps the values the run was trained with.", path.name,
+                                    ", ".join(f"{k}={json.dumps(now.get(k))}" for k in sorted(kept)))
+                    atomic.write_json(path, {**now, **kept})
                     return
         atomic.write_json(path, self.logged_config())
 
@@ -301,6 +318,10 @@ class TrainTestExecutor:
                 log.info("Post-processing step %s of %s", step.name, cfg.name)
                 step.run(context, **params)
         return rundir
+
+
+# Keys outside the run's identity that still change the trained weights (at least in their last bits).
+TRAINING_KEYS = ("registries", "device", "data_parallel", "mixed_precision", "cpu_threads", "tracking_device")
 
 
 class _cpu_threads:

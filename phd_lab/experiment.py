@@ -11,7 +11,7 @@ from typing import Mapping
 from phd_lab.config import anchor_registry_paths, check_known_keys, load_config_file, validate_values
 from phd_lab.atomic import check_writable_dir
 from phd_lab.probes.settings import ProbeSettings
-from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError
+from phd_lab.errors import ConfigError, RegistryError, UsageError
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.registry import Registries
@@ -98,13 +98,11 @@ class Main:
             try:
                 executor.run()
             except UsageError as error:
-                # nothing ran yet: a usage error of the whole command (exit 2); but a point that another
-                # process is working on (two commands sharing a grid) never stops the other points
-                if not outcomes and not (isinstance(error, RunLockedError) and len(chosen) > 1):
+                if len(chosen) == 1:  # the command's only run: a usage error of the command (exit 2)
                     raise
-                # found only when this point loads its data (e.g. a dataset missing from data_dir):
-                # the runs before it stay, the ones after it still run
-                log.error("Run %d (%s) cannot start: %s", index, cfg.name, error)
+                # found only when the point runs (a dataset missing from data_dir, a folder in use by another
+                # command): the other points of the grid still run, the summary lists this one
+                log.error("Run %d (%s) failed: %s", index, cfg.name, error)
                 outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "failed",
                                            f"{type(error).__name__}: {error}"))
                 continue

@@ -180,9 +180,32 @@ def test_data_missing_for_a_later_point_fails_that_point_only(tmp_path, capsys):
     """A dataset absent from data_dir is found when its point loads the data: the points before it keep their
     results, the ones after it still run, and the summary names the file, the run and the dataset."""
     config = write_config(tmp_path, dataset=["Digits", "MNIST", "FakeData"])
+    first = write_config(tmp_path, name="first.json", dataset=["MNIST", "Digits"])  # also as the grid's first point
+    assert main_cli(["--config", str(first), "--no-progress", "-q"]) == 1
+    assert "(run 0): Dataset MNIST (train split) is not in data_dir" in flat(capsys.readouterr().err)
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
     err = flat(capsys.readouterr().err)
     assert "Traceback" not in err
     assert f"{config} (run 1): Dataset MNIST (train split) is not in data_dir" in err
     finished = sorted(p.name.split("-")[1] for p in (tmp_path / "logs").rglob("*.csv"))
-    assert finished == ["Digits", "FakeData"]  # runs 0 and 2
+    assert finished == ["Digits", "FakeData"]  # runs 0 and 2 (the first grid's Digits run is the same folder)
+
+
+def test_an_optimizer_factory_that_reads_the_model_is_checked_on_the_real_architecture(tmp_path, capsys):
+    """Per-layer parameter groups (model.features, model.classifier) broke the up-front check on a dummy model."""
+    module = tmp_path / "my_opt.py"
+    module.write_text(
+        "import torch\n"
+        "def grouped(model, *, epochs, lr=0.01):\n"
+        "    if not 0 < lr < 1:\n"
+        "        raise ValueError(f'lr must be in (0, 1); got {lr}')\n"
+        "    groups = [{'params': model.features.parameters()},\n"
+        "              {'params': model.classifier.parameters(), 'lr': lr / 10}]\n"
+        "    return torch.optim.SGD(groups, lr=lr), None\n")
+    config = write_config(tmp_path, optimizer="grouped", optimizer_args={"lr": [0.01, 5]},
+                          registries={"optimizers": str(module)})
+    assert main_cli(["--config", str(config), "--dry-run"]) == 2
+    assert "(run 1): optimizer 'grouped' cannot be built" in flat(capsys.readouterr().err)
+    fine = write_config(tmp_path, name="fine.json", optimizer="grouped", optimizer_args={"lr": 0.01},
+                        registries={"optimizers": str(module)})
+    assert main_cli(["--config", str(fine), "--dry-run"]) == 0

@@ -123,6 +123,8 @@ def test_scheduler_spec_errors():
         parse_scheduler("nonsense")
     with pytest.raises(UsageError, match="at least one worker"):
         parse_scheduler("local:0")
+    for host in ("localhost:8786", "localhost.cluster:8786", "tcp://localhost:8786"):
+        assert parse_scheduler(host) == ("address", host)
     for spec in ("local:x", "local:-1", "local:2.5", "LOCAL:3"):  # were a traceback / a 20 s connection attempt
         with pytest.raises(UsageError, match="whole number N ≥ 1"):
             parse_scheduler(spec)

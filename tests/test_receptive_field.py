@@ -346,3 +346,16 @@ def test_side_branches_are_only_the_receptive_field_neutral_shortcuts():
     assert cifar[cifar.side_branch].layer.tolist() == [f"layer{i}.0.downsample.0" for i in (2, 3, 4)]
     dense = receptive_fields(torchvision.models.densenet121(num_classes=10), 32)
     assert not dense.side_branch.any()
+
+    class InvertedResidual(nn.Module):  # MobileNetV2 style: the skipped tensor ends in a 1×1 projection
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.proj, self.c2 = conv(3), nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x):
+            y = self.proj(self.c1(x))
+            return y + self.c2(y)
+
+    assert not receptive_fields(InvertedResidual(), 8).side_branch.any()
+    mobilenet = receptive_fields(torchvision.models.mobilenet_v2(num_classes=10), 32)
+    assert not mobilenet.side_branch.any() and border_layers(mobilenet, 32)[0] == "features.7.conv.2"

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -195,8 +196,19 @@ def test_report_usage_errors_exit_2(tmp_path):
     (tmp_path / "afile").write_text("x")
     blocked = run_report(logs, "--out", tmp_path / "afile" / "r.html")
     assert blocked.returncode == 2 and "Traceback" not in blocked.stderr
+    assert "report: the folder of --out is" in " ".join(blocked.stderr.split())
     assert "is a file, so that folder cannot be created" in " ".join(blocked.stderr.split())
     assert not any(rundir.analysis_json.exists() for rundir in runs.values())
+    # a killed report's old temp page goes; anything else in the --out folder stays, however old
+    site = tmp_path / "site"
+    site.mkdir()
+    own, foreign = site / ".r.html.k1.tmp", site / ".thesis-draft.tmp"
+    long_ago = time.time() - atomic.STALE_AFTER_SECONDS - 60
+    for path in (own, foreign):
+        path.write_text("x")
+        os.utime(path, (long_ago, long_ago))
+    assert run_report(logs, "--out", site / "r.html", "--no-refresh").returncode == 0
+    assert not own.exists() and foreign.exists()
 
 
 def test_analysis_step_at_the_end_of_a_real_training(tmp_path):

@@ -78,11 +78,15 @@ def test_finished_run_is_not_trained_again(tmp_path):
     logged_path = folder / f"{run_name(folder)}_config.json"
     logged = json.loads(logged_path.read_text())
     assert logged["cpu_threads"] == torch.get_num_threads()
-    # a rerun with another technical value neither retrains nor rewrites the config the run started with
-    other = write_config(tmp_path, name="other.json", epoch=1, cpu_threads=logged["cpu_threads"] + 1)
+    # a rerun with another thread count and new post-processing neither retrains nor logs the thread count it
+    # was not trained with; the keys that did not shape the weights follow the rerun (the report reads them)
+    other = write_config(tmp_path, name="other.json", epoch=1, cpu_threads=logged["cpu_threads"] + 1,
+                         post_processing=["receptive_field"], target_saturation=[0.1, 0.2])
     assert main_cli(["--config", str(other), "--no-progress"]) == 0
     assert (folder / f"{run_name(folder)}.pt").read_bytes() == before
-    assert json.loads(logged_path.read_text()) == logged
+    rewritten = json.loads(logged_path.read_text())
+    assert rewritten["cpu_threads"] == logged["cpu_threads"]
+    assert rewritten["post_processing"] == [{"name": "receptive_field"}] and rewritten["target_saturation"] == [0.1, 0.2]
     log_text = (folder / f"{run_name(folder)}.log").read_text()
     assert "already finished 1 epochs; skipping to post-processing" in log_text
     assert f"differs from the logged config {logged_path.name} in cpu_threads={logged['cpu_threads'] + 1}" in log_text

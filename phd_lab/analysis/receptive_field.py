@@ -297,7 +297,11 @@ def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
         if kind == "join":
             skips = _skips(inputs, states, ancestors, position, by_position)
             for skip in skips:
-                layer = _shortcut_layer(skip, states)
+                shared = 0  # nodes the other operands depend on: the walk must not enter the main path
+                for other in inputs:
+                    if other is not skip and isinstance(states[other], dict):
+                        shared |= ancestors[other] | (1 << position[other])
+                layer = _shortcut_layer(skip, states, shared, position)
                 if layer in row_of:
                     row_of[layer].side_branch = True
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -368,12 +372,17 @@ def _same_span_origins(node: fx.Node, states: dict[fx.Node, Any]) -> int:
     return found
 
 
-def _shortcut_layer(skip: fx.Node, states: dict[fx.Node, Any]) -> fx.Node | None:
+def _shortcut_layer(skip: fx.Node, states: dict[fx.Node, Any], shared: int,
+                    position: dict[fx.Node, int]) -> fx.Node | None:
     """The Conv2d call a skip operand comes from through ops that leave the receptive field as it is
-    (the 1×1 convolution and batch norm of a projection shortcut), or None (an identity shortcut)."""
+    (the 1×1 convolution and batch norm of a projection shortcut), or None (an identity shortcut).
+    The walk stops at nodes the other operands depend on (``shared``, bits by position): those belong
+    to the main path, e.g. the 1×1 projection that ends the previous block of a MobileNet."""
     node: fx.Node = skip
     span = bounds(states[node])[:2]
     while True:
+        if shared >> position[node] & 1:
+            return None
         spatial = [n for n in node.all_input_nodes if isinstance(states.get(n), dict)]
         if len(spatial) != 1 or bounds(states[spatial[0]])[:2] != span:
             return None  # a merge, or growth: a layer of the main path (e.g. a dense layer's 3×3 conv)
@@ -463,7 +472,8 @@ def receptive_fields(model: nn.Module, input_resolution: int) -> pd.DataFrame:
     name), ``r_min``, ``r_max``, ``jump`` (of the layer's output), ``in_r_min``, ``in_r_max`` (of the
     tensor entering the layer, over all paths), ``prev_r_min`` (the thesis' r_{l-1,min}: the r_min of
     the previous layer(s), grown by the pooling in between; shortcuts that bypass layers are no
-    previous layer), ``side_branch`` (a 1×1 projection shortcut or a layer of an attention gate: not
+    previous layer), ``side_branch`` (a receptive-field-neutral branch beside growing ones — a 1×1
+    projection shortcut, the 1×1 branch of an Inception block — or a layer of an attention gate: not
     part of the sequence of layers the border rule walks, thesis §10.1, §10.3), and the flags
     ``b_min``/``b_max`` marking the border layers for
     ``input_resolution`` (see ``border_layers``). Global values are ``inf``.

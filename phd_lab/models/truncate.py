@@ -6,8 +6,9 @@ on the torch.fx graph at the last tensor before that layer through which every p
 the input passes, so a residual or multipath block is never cut in half: cutting at a conv
 inside a block removes the whole block. Weights of the kept layers are shared with the
 original model, so a trained model can be truncated too. ``"border"`` cuts at the border
-layer b_min of the run's resolution (the first Conv2d from which on every Conv2d's smallest
-input receptive field exceeds the resolution), ``"border_max"`` at b_max.
+layer b_min of the run's resolution (the first Conv2d from which on every Conv2d of the main
+sequence has a previous layer whose smallest receptive field exceeds the resolution, thesis §10.2:
+``prev_r_min`` in receptive_field.py), ``"border_max"`` at b_max.
 """
 
 from __future__ import annotations

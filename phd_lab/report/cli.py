@@ -45,8 +45,9 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     out_path = Path(out) if out is not None else logs_dir / "report.html"
     if out_path.is_dir():
         raise UsageError(f"--out {str(out_path)!r} is a folder; pass the path of the HTML file to write.")
-    check_writable_dir(str(out_path.parent), "--out folder", "report")  # before any run folder is refreshed
-    for stale in atomic.remove_stale_temps(out_path.parent):  # a killed report's temp page (15 minutes old)
+    check_writable_dir(str(out_path.parent), "--out", "report", subject="the folder of --out")  # before any
+    # run folder is refreshed; then a killed report's temp page (15 minutes old), and nothing else of that folder
+    for stale in atomic.remove_stale_temps(out_path.parent, only=out_path.name):
         log.info("Removed %s, left half-written by a process that was killed.", stale)
     entries = collect(logs_dir, refresh=refresh)
     if not entries:
