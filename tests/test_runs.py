@@ -86,7 +86,8 @@ def test_finished_run_is_not_trained_again(tmp_path):
     assert (folder / f"{run_name(folder)}.pt").read_bytes() == before
     rewritten = json.loads(logged_path.read_text())
     assert rewritten["cpu_threads"] == logged["cpu_threads"]
-    assert rewritten["post_processing"] == [{"name": "receptive_field"}] and rewritten["target_saturation"] == [0.1, 0.2]
+    assert rewritten["post_processing"] == [{"name": "receptive_field"}]
+    assert rewritten["target_saturation"] == [0.1, 0.2]
     log_text = (folder / f"{run_name(folder)}.log").read_text()
     assert "already finished 1 epochs; skipping to post-processing" in log_text
     assert f"differs from the logged config {logged_path.name} in cpu_threads={logged['cpu_threads'] + 1}" in log_text
