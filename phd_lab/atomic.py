@@ -80,7 +80,9 @@ def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] |
     removed = []
     cutoff = time.time() - older_than
     owned_prefixes = (owned_prefix,) if isinstance(owned_prefix, str) else tuple(owned_prefix or ())
-    for stale in Path(folder).glob(".*.tmp" if only is None else f".{glob.escape(only)}.*.tmp"):
+    # mkstemp's shape: ".<target>." + 8 random characters + ".tmp" (not the temps of a sibling "<target>.gz")
+    pattern = ".*.tmp" if only is None else f".{glob.escape(only)}." + "[a-z0-9_]" * 8 + ".tmp"
+    for stale in Path(folder).glob(pattern):
         try:
             owned = any(stale.name.startswith(f".{prefix}") for prefix in owned_prefixes)
             if not owned and stale.stat().st_mtime > cutoff:

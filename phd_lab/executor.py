@@ -14,7 +14,7 @@ from torch import nn
 from phd_lab import atomic
 from phd_lab.callbacks import Callback, MetricsCSV
 from phd_lab.checkpoint import CheckpointStore
-from phd_lab.config import META_KEY, RunConfig, as_single_point
+from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point
 from phd_lab.data import DataBundle
 from phd_lab.environment import versions
 from phd_lab.errors import ConfigError, RegistryError, UsageError
@@ -129,6 +129,7 @@ class TrainTestExecutor:
         it is built for training."""
         model = self._meta_model({} if built is None else built)
         if model is None:
+            self._check_optimizer(nn.Linear(1, 1))  # at least the values, on a stand-in model
             return
         self._check_truncate(model)
         self._check_tracked_layers(model)
@@ -254,7 +255,8 @@ class TrainTestExecutor:
             except (OSError, json.JSONDecodeError):
                 previous = None
             if isinstance(previous, dict):
-                previous.pop(META_KEY, None)
+                old_meta = previous.pop(META_KEY, None)
+                previous = {k: v for k, v in previous.items() if k in SCHEMA_BY_NAME}  # keys of older versions
                 old = RunConfig(previous).identity() if set(previous) >= set(self.config.values) else None
                 logged = RunConfig(as_single_point(self.config.values)).identity()  # as logged (lists wrapped)
                 if old is not None and old not in (self.config.identity(), logged):
@@ -263,7 +265,7 @@ class TrainTestExecutor:
                 trained = any(p.exists() for p in (self.rundir.checkpoint, self.rundir.previous_checkpoint,
                                                    self.rundir.checkpoint.with_name(self.rundir.checkpoint.name
                                                                                     + ".next")))
-                if old is not None and trained:
+                if trained:
                     # The keys that shaped the weights keep the values the run was trained with (what
                     # reproduces it); the others (post-processing, analysis, probe, folders) follow the rerun.
                     now = self.logged_config()
@@ -272,7 +274,8 @@ class TrainTestExecutor:
                         log.warning("This rerun differs from the logged config %s in %s, which shaped the trained "
                                     "weights; the file keeps the values the run was trained with.", path.name,
                                     ", ".join(f"{k}={json.dumps(now.get(k))}" for k in sorted(kept)))
-                    atomic.write_json(path, {**now, **kept})
+                    # the versions (and commit) the run was trained with stay as well
+                    atomic.write_json(path, {**now, **kept, **({META_KEY: old_meta} if old_meta else {})})
                     return
         atomic.write_json(path, self.logged_config())
 

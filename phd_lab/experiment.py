@@ -89,6 +89,7 @@ class Main:
     def run(self, grid: Grid, indices: list[int] | None = None) -> list[RunOutcome]:
         """Run the chosen grid points one after another; a failing point does not stop the others."""
         outcomes = []
+        usage_errors: list[UsageError] = []
         chosen = list(range(len(grid))) if indices is None else indices
         for position, index in enumerate(chosen, 1):
             executor = self.executors[index]
@@ -105,6 +106,9 @@ class Main:
                 log.error("Run %d (%s) failed: %s", index, cfg.name, error)
                 outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "failed",
                                            f"{type(error).__name__}: {error}"))
+                usage_errors.append(error)
+                if len(usage_errors) == len(chosen):  # no point could run: the command's input is at fault
+                    raise usage_errors[0]
                 continue
             except Exception as error:  # one failed run must not cost the rest of the grid
                 log.error("Run %d (%s) failed: %s: %s. Its log: %s", index, cfg.name, type(error).__name__,

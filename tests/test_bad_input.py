@@ -180,6 +180,9 @@ def test_data_missing_for_a_later_point_fails_that_point_only(tmp_path, capsys):
     """A dataset absent from data_dir is found when its point loads the data: the points before it keep their
     results, the ones after it still run, and the summary names the file, the run and the dataset."""
     config = write_config(tmp_path, dataset=["Digits", "MNIST", "FakeData"])
+    nothing = write_config(tmp_path, name="nothing.json", dataset=["MNIST", "FashionMNIST"])
+    assert main_cli(["--config", str(nothing), "--no-progress", "-q"]) == 2  # no point can run: the input's fault
+    assert "Dataset MNIST (train split) is not in data_dir" in flat(capsys.readouterr().err)
     first = write_config(tmp_path, name="first.json", dataset=["MNIST", "Digits"])  # also as the grid's first point
     assert main_cli(["--config", str(first), "--no-progress", "-q"]) == 1
     assert "(run 0): Dataset MNIST (train split) is not in data_dir" in flat(capsys.readouterr().err)
@@ -209,3 +212,17 @@ def test_an_optimizer_factory_that_reads_the_model_is_checked_on_the_real_archit
     fine = write_config(tmp_path, name="fine.json", optimizer="grouped", optimizer_args={"lr": 0.01},
                         registries={"optimizers": str(module)})
     assert main_cli(["--config", str(fine), "--dry-run"]) == 0
+
+
+def test_optimizer_values_are_checked_when_the_model_cannot_be_built_on_the_meta_device(tmp_path, capsys):
+    module = tmp_path / "real_only.py"
+    module.write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "def needs_real_tensors(*, num_classes, in_channels=3):\n"
+        "    torch.ones(1).sum().item()  # fails on the meta device\n"
+        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    config = write_config(tmp_path, model="needs_real_tensors", model_args={}, optimizer_args={"lr": [0.003, -5]},
+                          registries={"models": str(module)})
+    assert main_cli(["--config", str(config), "--dry-run"]) == 2
+    assert "(run 1): optimizer 'adam' cannot be built" in flat(capsys.readouterr().err)

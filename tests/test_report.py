@@ -202,13 +202,13 @@ def test_report_usage_errors_exit_2(tmp_path):
     # a killed report's old temp page goes; anything else in the --out folder stays, however old
     site = tmp_path / "site"
     site.mkdir()
-    own, foreign = site / ".r.html.k1.tmp", site / ".thesis-draft.tmp"
+    own, foreign, sibling = site / ".r.html.k1abcdef.tmp", site / ".thesis-draft.tmp", site / ".r.html.gz.k1abcdef.tmp"
     long_ago = time.time() - atomic.STALE_AFTER_SECONDS - 60
-    for path in (own, foreign):
+    for path in (own, foreign, sibling):
         path.write_text("x")
         os.utime(path, (long_ago, long_ago))
     assert run_report(logs, "--out", site / "r.html", "--no-refresh").returncode == 0
-    assert not own.exists() and foreign.exists()
+    assert not own.exists() and foreign.exists() and sibling.exists()
 
 
 def test_analysis_step_at_the_end_of_a_real_training(tmp_path):

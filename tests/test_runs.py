@@ -91,6 +91,15 @@ def test_finished_run_is_not_trained_again(tmp_path):
     log_text = (folder / f"{run_name(folder)}.log").read_text()
     assert "already finished 1 epochs; skipping to post-processing" in log_text
     assert f"differs from the logged config {logged_path.name} in cpu_threads={logged['cpu_threads'] + 1}" in log_text
+    # a config logged by an older version (a key since removed, one since added, other versions): no crash, and
+    # what the run was trained with stays
+    older = {k: v for k, v in rewritten.items() if k != "probe_seed"}
+    older.update(removed_key_of_an_older_version=1, _meta={**rewritten["_meta"], "git_commit": "OLD-COMMIT"})
+    logged_path.write_text(json.dumps(older))
+    assert main_cli(["--config", str(other), "--no-progress", "-q"]) == 0
+    again = json.loads(logged_path.read_text())
+    assert again["_meta"]["git_commit"] == "OLD-COMMIT" and again["cpu_threads"] == logged["cpu_threads"]
+    assert "removed_key_of_an_older_version" not in again and "probe_seed" in again
 
 
 def test_index_runs_one_point_and_dry_run_shows_grid(tmp_path, capsys):
