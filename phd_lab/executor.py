@@ -112,8 +112,15 @@ class TrainTestExecutor:
         if truncate is not None and (not isinstance(truncate, str) or not truncate):
             raise ConfigError(f"{where}: model_args 'truncate' must be a layer name, 'border' or 'border_max' "
                               f"(or null for no truncation); got {json.dumps(truncate)}.")
-        check_factory_args(self.registries.datasets.get(cfg.dataset), cfg.dataset_args, "dataset_args",
+        dataset_factory = self.registries.datasets.get(cfg.dataset)
+        check_factory_args(dataset_factory, cfg.dataset_args, "dataset_args",
                            cfg.dataset, where, ("batch_size", "resolution", "data_dir", "seed", "num_workers"))
+        check_data = getattr(dataset_factory, "check_data", None)  # optional: is the data there at all?
+        if check_data is not None:
+            try:
+                check_data(cfg.data_dir, **cfg.dataset_args)
+            except UsageError as error:
+                raise type(error)(f"{where}: {error}") from None
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
                            cfg.optimizer, where, ("model", "epochs"))
         self.steps = resolve_steps(cfg, where)

@@ -17,7 +17,7 @@ from torchvision import transforms
 
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.digits import digits_tensors
-from phd_lab.datasets.torchvision_sets import SOURCES, folder_source, load_image_dataset
+from phd_lab.datasets.torchvision_sets import SOURCES, check_present, folder_source, load_image_dataset
 
 
 def Digits(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int) -> DataBundle:
@@ -117,6 +117,18 @@ def iNaturalist(*, batch_size: int, resolution: int, data_dir: str, seed: int, n
                 canvas: bool | int = False, downsample_then_upsample: int | None = None) -> DataBundle:
     """iNaturalist 2021 (10,000 species; train / valid); ImageNet-style augmentation."""
     return load_image_dataset(SOURCES["iNaturalist"], **locals())
+
+
+def _with_presence_check(name: str) -> None:
+    """Give the factory of a data_dir dataset the cheap up-front check the executor calls before training."""
+    factory = globals()[name]
+    factory.check_data = lambda data_dir, **dataset_args: check_present(SOURCES[name], data_dir,
+                                                                        dataset_args.get("download", False))
+
+
+for _name in ("MNIST", "FashionMNIST", "Cifar10", "Cifar100", "SVHN", "TinyImageNet", "ImageNet", "Imagenette",
+              "Imagewoof", "Food101", "iNaturalist"):
+    _with_presence_check(_name)
 
 
 def _folder(path: str, *, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,

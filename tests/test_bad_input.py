@@ -176,22 +176,22 @@ def test_tiny_config_itself_is_valid(tmp_path, capsys):
     assert set(TINY) <= set(json.loads((tmp_path / "exp.json").read_text()))
 
 
-def test_data_missing_for_a_later_point_fails_that_point_only(tmp_path, capsys):
-    """A dataset absent from data_dir is found when its point loads the data: the points before it keep their
-    results, the ones after it still run, and the summary names the file, the run and the dataset."""
+def test_data_missing_for_any_point_is_found_before_anything_trains(tmp_path, capsys):
+    """A dataset absent from data_dir used to be found only when its point loaded the data, after the points
+    before it had trained; now each point's dataset folder is looked for up front (the files themselves are
+    checked when they are opened)."""
     config = write_config(tmp_path, dataset=["Digits", "MNIST", "FakeData"])
-    nothing = write_config(tmp_path, name="nothing.json", dataset=["MNIST", "FashionMNIST"])
-    assert main_cli(["--config", str(nothing), "--no-progress", "-q"]) == 2  # no point can run: the input's fault
-    assert "Dataset MNIST (train split) is not in data_dir" in flat(capsys.readouterr().err)
-    first = write_config(tmp_path, name="first.json", dataset=["MNIST", "Digits"])  # also as the grid's first point
-    assert main_cli(["--config", str(first), "--no-progress", "-q"]) == 1
-    assert "(run 0): Dataset MNIST (train split) is not in data_dir" in flat(capsys.readouterr().err)
-    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
     err = flat(capsys.readouterr().err)
     assert "Traceback" not in err
-    assert f"{config} (run 1): Dataset MNIST (train split) is not in data_dir" in err
+    assert f"{config} (run 1): Dataset MNIST (train split) is not in data_dir" in err and "there is no 'MNIST'" in err
+    assert not (tmp_path / "logs").exists()
+    (tmp_path / "data" / "MNIST").mkdir(parents=True)  # the folder alone passes; its missing files fail that point
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    err = flat(capsys.readouterr().err)
+    assert "(run 1): Dataset MNIST (train split) is not in data_dir" in err and "1 of 3 run(s) failed" in err
     finished = sorted(p.name.split("-")[1] for p in (tmp_path / "logs").rglob("*.csv"))
-    assert finished == ["Digits", "FakeData"]  # runs 0 and 2 (the first grid's Digits run is the same folder)
+    assert finished == ["Digits", "FakeData"]  # the points before and after it still ran
 
 
 def test_an_optimizer_factory_that_reads_the_model_is_checked_on_the_real_architecture(tmp_path, capsys):

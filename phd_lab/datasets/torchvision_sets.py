@@ -69,12 +69,29 @@ def count_classes(dataset: Dataset) -> int:
     raise DataError(f"Cannot tell the number of classes of {type(dataset).__name__}.")
 
 
+def _place(source: Source, root: Path) -> str:
+    """What to do about missing files: where to put which, or how to download them."""
+    return (f"Place {source.expected}" + (f" under data_dir {str(root)!r}" if source.in_data_dir else "")
+            + (", or set \"dataset_args\": {\"download\": true} on a machine with internet access."
+               if source.downloadable else " (this dataset cannot be downloaded automatically)."))
+
+
+def check_present(source: Source, data_dir: str, download: object = False) -> None:
+    """A cheap check before any point trains: the dataset's top folder (or file) is in data_dir.
+    Whether its files are complete is found when the data are opened (``open_split``)."""
+    if download is True or not source.in_data_dir:
+        return
+    root = Path(data_dir).expanduser()
+    top = source.expected.split("/")[0].split(" ")[0]
+    if not (root / top).exists():
+        raise DataError(f"Dataset {source.name} (train split) is not in data_dir {str(root)!r}: there is no "
+                        f"{top!r}. {_place(source, root)}")
+
+
 def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dataset:
     """Open one split; turn missing/corrupt files and failed downloads into a DataError."""
     root = Path(data_dir).expanduser()
-    place = (f"Place {source.expected}" + (f" under data_dir {str(root)!r}" if source.in_data_dir else "")
-             + (", or set \"dataset_args\": {\"download\": true} on a machine with internet access."
-                if source.downloadable else " (this dataset cannot be downloaded automatically)."))
+    place = _place(source, root)
     try:
         return source.open(root, split, download)
     except FileNotFoundError as error:
