@@ -110,7 +110,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--config is required: pass a JSON config file (e.g. configs/quickstart.json), "
                              "or use --list KIND / --list-keys.")
         from phd_lab.experiment import Main, chosen_indices, summary_table
-        main = Main(progress=not args.no_progress)
+        main = Main(progress=not args.no_progress, missing_data="warn" if args.dry_run else "error")
         grid = main.load(args.config, run_id=args.run_id, device=args.device)
         indices = chosen_indices(grid, args.index)
         if args.dry_run:

@@ -17,7 +17,7 @@ from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point
 from phd_lab.data import DataBundle
 from phd_lab.environment import versions
-from phd_lab.errors import ConfigError, RegistryError, UsageError
+from phd_lab.errors import ConfigError, DataError, RegistryError, UsageError
 from phd_lab.lock import RunLock
 from phd_lab.registry import Registries
 from phd_lab.rundir import RunDir
@@ -94,7 +94,7 @@ class TrainTestExecutor:
         self._validated = False
 
     # ------------------------------------------------------------------ validation
-    def validate(self) -> None:
+    def validate(self, missing_data: str = "error") -> None:
         """Every check that needs no data: registry names, factory arguments, steps, device."""
         cfg, where = self.config, self.config.source
         try:
@@ -119,8 +119,10 @@ class TrainTestExecutor:
         if check_data is not None:
             try:
                 check_data(cfg.data_dir, **cfg.dataset_args)
-            except UsageError as error:
-                raise type(error)(f"{where}: {error}") from None
+            except DataError as error:
+                if missing_data != "warn":  # "warn": a dry run, which shows the grid also before the download
+                    raise DataError(f"{where}: {error}") from None
+                log.warning("%s: %s", where, error)
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
                            cfg.optimizer, where, ("model", "epochs"))
         self.steps = resolve_steps(cfg, where)

@@ -31,9 +31,11 @@ class RunOutcome:
 class Main:
     """Expands a config into its grid and runs it; other registry modules may be passed in."""
 
-    def __init__(self, registries: Mapping[str, "str | ModuleType"] | None = None, *, progress: bool = True) -> None:
+    def __init__(self, registries: Mapping[str, "str | ModuleType"] | None = None, *, progress: bool = True,
+                 missing_data: str = "error") -> None:
         self.registry_overrides = dict(registries or {})
         self.progress = progress
+        self.missing_data = missing_data  # "warn" for a dry run: data not yet downloaded is no error there
 
     def load(self, config_path: str | Path, *, run_id: str | None = None, device: str | None = None) -> Grid:
         """Read and validate a config file; every grid point is checked before anything runs."""
@@ -68,7 +70,7 @@ class Main:
             except RegistryError as error:
                 raise RegistryError(f"{cfg.source}: the key 'registries': {error}") from None
             executor = TrainTestExecutor(cfg, registries, progress=self.progress)
-            executor.validate()
+            executor.validate(self.missing_data)
             ProbeSettings.from_mapping(cfg.values, where=cfg.source)  # the probe job's keys, checked with the rest
             executor.check_model(models)
             if executor.rundir.root in folders:

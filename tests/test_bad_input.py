@@ -186,6 +186,9 @@ def test_data_missing_for_any_point_is_found_before_anything_trains(tmp_path, ca
     assert "Traceback" not in err
     assert f"{config} (run 1): Dataset MNIST (train split) is not in data_dir" in err and "there is no 'MNIST'" in err
     assert not (tmp_path / "logs").exists()
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0  # the grid is shown also before the download
+    captured = capsys.readouterr()
+    assert "3 run(s)" in captured.out and "there is no 'MNIST'" in flat(captured.err)
     (tmp_path / "data" / "MNIST").mkdir(parents=True)  # the folder alone passes; its missing files fail that point
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
     err = flat(capsys.readouterr().err)
