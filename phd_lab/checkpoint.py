@@ -37,10 +37,19 @@ class CheckpointStore:
         self.previous = Path(previous)
         self._current_damaged = False  # set by load(): save() must not keep it as the fallback
 
+    @property
+    def staged(self) -> Path:
+        """The new checkpoint while it is written, before it replaces ``path``."""
+        return self.path.with_name(self.path.name + ".next")
+
+    def exists(self) -> bool:
+        """Whether any generation was saved (current, staged or previous): the run has trained."""
+        return any(p.exists() for p in (self.path, self.staged, self.previous))
+
     def save(self, state: dict[str, Any]) -> None:
         payload = {"format": CHECKPOINT_FORMAT, **state}
         pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
-        with atomic_open(self.path.with_name(self.path.name + ".next"), "wb") as handle:
+        with atomic_open(self.staged, "wb") as handle:
             torch.save(payload, handle)
             if pause:
                 handle.flush()
@@ -50,14 +59,13 @@ class CheckpointStore:
                 time.sleep(pause)
                 handle.seek(0)
                 torch.save(payload, handle)
-        staged = self.path.with_name(self.path.name + ".next")
         if self.path.exists():
             if self._current_damaged:  # the readable fallback stays the previous generation
                 os.replace(self.path, self.path.with_name(self.path.name + ".damaged"))
                 self._current_damaged = False
             else:
                 os.replace(self.path, self.previous)
-        os.replace(staged, self.path)
+        os.replace(self.staged, self.path)
         fsync_dir(self.path.parent)
 
     def _read(self, path: Path) -> dict[str, Any]:
@@ -70,7 +78,7 @@ class CheckpointStore:
 
     def load(self) -> dict[str, Any] | None:
         """The newest readable checkpoint, or None for a fresh run."""
-        staged = self.path.with_name(self.path.name + ".next")
+        staged = self.staged
         candidates = [p for p in (self.path, staged, self.previous) if p.exists()]
         if not candidates:
             return None

@@ -271,10 +271,7 @@ class TrainTestExecutor:
                 if old is not None and old not in (self.config.identity(), logged):
                     raise UsageError(f"The run folder {str(self.rundir.root)!r} holds a run with a different "
                                      f"config ({path.name}); use another run id.")
-                trained = any(p.exists() for p in (self.rundir.checkpoint, self.rundir.previous_checkpoint,
-                                                   self.rundir.checkpoint.with_name(self.rundir.checkpoint.name
-                                                                                    + ".next")))
-                if trained:
+                if CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():  # trained
                     # The keys that shaped the weights keep the values the run was trained with (what
                     # reproduces it); the others (post-processing, analysis, probe, folders) follow the rerun.
                     now = self.logged_config()

@@ -8,12 +8,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Mapping
 
-from phd_lab.config import anchor_registry_paths, check_known_keys, load_config_file, validate_values
 from phd_lab.atomic import check_writable_dir
-from phd_lab.probes.settings import ProbeSettings
+from phd_lab.config import anchor_registry_paths, check_known_keys, load_config_file, validate_values
 from phd_lab.errors import ConfigError, RegistryError, UsageError
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
+from phd_lab.probes.settings import ProbeSettings
 from phd_lab.registry import Registries
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -132,22 +133,29 @@ time.sleep(120)
 """
 
 
+@contextlib.contextmanager
+def lock_held_elsewhere(lock: Path):
+    """Another live process holds ``lock`` until the block ends (then it is killed with SIGKILL)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+
+
 def test_second_process_on_same_run_folder_is_refused_until_owner_dies(tmp_path, capsys):
     config = write_config(tmp_path, epoch=1)
     main = Main(progress=False)
     main.load(config)
     rundir = main.executors[0].rundir.create()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(rundir.lock)], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(rundir.lock) as pid:
         assert main_cli(["--config", str(config), "--no-progress"]) == 2
         err = " ".join(capsys.readouterr().err.split())
-        assert f"in use by PID {holder.pid}" in err and "taken over automatically" in err
+        assert f"in use by PID {pid}" in err and "taken over automatically" in err
         assert not rundir.config.exists()
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
     # the lock file is still there, but its owner is dead: the next run takes it over
     assert rundir.lock.exists()
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
@@ -239,14 +247,8 @@ def test_a_point_locked_by_another_process_does_not_stop_the_rest_of_the_grid(tm
     main = Main(progress=False)
     main.load(config)
     first = main.executors[0].rundir.create()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(first.lock)], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(first.lock) as pid:
         assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
         err = " ".join(capsys.readouterr().err.split())
-        assert f"in use by PID {holder.pid}" in err and "1 of 2 run(s) failed" in err
+        assert f"in use by PID {pid}" in err and "1 of 2 run(s) failed" in err
         assert main.executors[1].rundir.metrics_csv.exists() and not first.metrics_csv.exists()
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from phd_lab.analysis.borders import border_in
+from phd_lab.analysis.borders import borders_of
 from phd_lab.errors import PhdLabError
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
     calls: dict[str, int] = {}
     saw_input = False
     for node in graph_module.graph.nodes:
-        position[node] = node.meta["rf_position"] = len(by_position)
+        position[node] = len(by_position)
         by_position.append(node)
         inputs: list[fx.Node] = []
         fx.node.map_arg((node.args, node.kwargs), lambda n: inputs.append(n) or n)
@@ -295,7 +295,7 @@ def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
         states[node] = out
         module = graph_module.get_submodule(node.target) if node.op == "call_module" else None
         if kind == "join":
-            skips = _skips(inputs, states, ancestors, position, by_position)
+            skips = _skips(inputs, states, ancestors, position)
             for skip in skips:
                 shared = 0  # nodes the other operands depend on: the walk must not enter the main path
                 for other in inputs:
@@ -339,7 +339,7 @@ def _merge_kind(node: fx.Node) -> str | None:
 
 
 def _skips(inputs: list[fx.Node], states: dict[fx.Node, Any], ancestors: dict[fx.Node, int],
-           position: dict[fx.Node, int], by_position: list[fx.Node]) -> set[fx.Node]:
+           position: dict[fx.Node, int]) -> set[fx.Node]:
     """The operands of a merge that only bypass layers: an identity or 1×1 shortcut, or the input
     a dense block concatenates. Operand ``a`` is one when another operand ``b`` depends on a node
     from which ``a`` was reached without any growth of the receptive field, while ``b`` grew."""
@@ -349,22 +349,22 @@ def _skips(inputs: list[fx.Node], states: dict[fx.Node, Any], ancestors: dict[fx
     span = {n: bounds(states[n])[:2] for n in spatial}
     skips = set()
     for a in spatial:
-        origins = _same_span_origins(a, states)  # bit set: a and the ancestors it equals in receptive field
+        origins = _same_span_origins(a, states, position)  # bit set: a and its ancestors of equal receptive field
         if any(b is not a and span[b] != span[a] and origins & (ancestors[b] | (1 << position[b]))
                for b in spatial):
             skips.add(a)
     return set() if len(skips) == len(spatial) else skips
 
 
-def _same_span_origins(node: fx.Node, states: dict[fx.Node, Any]) -> int:
-    """Bit set (by graph position, ``_position`` attribute) of ``node`` and of the ancestors reached from it
-    through nodes of the same (r_min, r_max): since receptive fields only grow along a path, these are
-    all of its ancestors with that span."""
+def _same_span_origins(node: fx.Node, states: dict[fx.Node, Any], position: dict[fx.Node, int]) -> int:
+    """Bit set (by graph position) of ``node`` and of the ancestors reached from it through nodes of
+    the same (r_min, r_max): since receptive fields only grow along a path, these are all of its
+    ancestors with that span."""
     span = bounds(states[node])[:2]
     found, stack, seen = 0, [node], {node}
     while stack:
         current = stack.pop()
-        found |= 1 << current.meta["rf_position"]
+        found |= 1 << position[current]
         for parent in current.all_input_nodes:
             if parent not in seen and isinstance(states.get(parent), dict) and bounds(states[parent])[:2] == span:
                 seen.add(parent)
@@ -505,10 +505,10 @@ def border_layers(df: pd.DataFrame, input_resolution: int) -> tuple[str | None, 
     b_min reads r_{l-1,min} of the previous layer, not the minimum over all paths into the layer:
     through an identity shortcut the stem's receptive field reaches every block of a ResNet, so
     that minimum never exceeds I, while the thesis (§10.3, Fig. 60) finds the border on the zig-zag
-    sequence of the convolutions' r_min (ResNet18 at 32 px: the second convolution of layer3).
+    sequence of the convolutions' r_min (ResNet18 at 32 px: layer3.1.conv1). Side branches
+    (``side_branch``) are left out of both sequences.
 
     Conv2d rows whose input is global (e.g. the 1×1 convolutions of a squeeze-and-excitation gate)
     satisfy the condition but never start the border sequence, since they see no spatial layout.
     """
-    convs = df[df["index"].notna() & ~df["side_branch"].astype(bool)]
-    return (border_in(convs, "prev_r_min", input_resolution), border_in(convs, "in_r_max", input_resolution))
+    return borders_of(df[df["index"].notna()], input_resolution)

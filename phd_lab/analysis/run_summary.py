@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from phd_lab.analysis.borders import border_in
+from phd_lab.analysis.borders import borders_of
 from phd_lab.analysis.run_tables import RunTables, latents_manifest_path
 from phd_lab.analysis.tails import Tail, find_tails
 from phd_lab.config import SCHEMA_BY_NAME
@@ -120,16 +120,10 @@ def conv_rows(receptive_field: pd.DataFrame) -> pd.DataFrame:
 
 def border_layers(receptive_field: pd.DataFrame, resolution: int) -> tuple[str | None, str | None]:
     """(b_min, b_max) of a saved receptive_field.csv: the rule of the receptive-field step
-    (``borders.border_in``) on its Conv2d rows but side branches (shortcuts, attention), values read
+    (``borders.borders_of``) on its Conv2d rows but side branches (shortcuts, attention), values read
     as numbers ('inf' = global). Tables written before ``prev_r_min`` existed give b_min by
     ``in_r_min``, the rule they were written with."""
-    convs = conv_rows(receptive_field)
-    if "side_branch" in convs.columns:
-        convs = convs[convs["side_branch"].astype(str).str.lower() != "true"]
-    by_min = "prev_r_min" if "prev_r_min" in convs.columns else "in_r_min"
-    numeric = convs.assign(**{column: pd.to_numeric(convs[column], errors="coerce")
-                              for column in (by_min, "in_r_max")})
-    return border_in(numeric, by_min, resolution), border_in(numeric, "in_r_max", resolution)
+    return borders_of(conv_rows(receptive_field), resolution)
 
 
 # ---------------------------------------------------------------------------------------- parts

@@ -68,7 +68,10 @@ def sha256_file(path: Path | str) -> str:
 def file_stamp(path: Path | str) -> tuple[int, int, int]:
     """(inode, size, mtime_ns): which file a path names now (a re-extraction replaces it). No device
     number: clients of a shared file system (the Dask workers) may number the same mount differently."""
-    info = os.stat(path)
+    return _stamp(os.stat(path))
+
+
+def _stamp(info: os.stat_result) -> tuple[int, int, int]:
     return info.st_ino, info.st_size, info.st_mtime_ns
 
 
@@ -78,8 +81,8 @@ def hash_and_stamp(path: Path | str) -> tuple[str, tuple[int, int, int]]:
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
-        info = os.fstat(handle.fileno())
-    return digest.hexdigest(), (info.st_ino, info.st_size, info.st_mtime_ns)
+        stamp = _stamp(os.fstat(handle.fileno()))
+    return digest.hexdigest(), stamp
 
 
 def _fail(manifest: Path, what: str) -> DataError:
