@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])" | tee -a "$out/gpu_checks.log"
 run 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 run 180 python3 benchmarks/tracking_overhead.py --device cuda --reps 3 --profile \
-  --conditions untracked,passes,inline,inline-fast
+  --conditions untracked,passes,inline
 run 150 python3 benchmarks/probe_speed.py --gpu
 # Issue 8 on the machine's 16 cores (the 2-core target cannot be checked on more cores; this shows scaling).
 run 140 python3 benchmarks/grid_scaling.py --repeats 1 --epochs 3 --jobs train --schedulers local:2,local:4

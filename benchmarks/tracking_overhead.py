@@ -9,10 +9,8 @@ Every repetition runs each condition once, in a rotating order, through the real
   untracked      training epoch + test evaluation (what a run without tracking costs)
   passes         + the callback's separate passes over the un-augmented training split and
                    the test split (the default; exact float64)
-  passes-fast    the same with the float32-Gram path
   inline         hooks record during the training batches and the test evaluation (the
                    thesis' Delve; no extra passes), exact float64
-  inline-fast    inline with the float32-Gram path
 
 It also times one forward pass over the training split with and without a tracker
 attached ("pass only"): the cost of the covariance arithmetic itself. Data are synthetic
@@ -42,7 +40,7 @@ from phd_lab.trainer import Trainer  # noqa: E402
 from registries.metrics import Accuracy  # noqa: E402
 from registries.models import vgg11  # noqa: E402
 
-CONDITIONS = ("untracked", "passes", "passes-fast", "inline", "inline-fast")
+CONDITIONS = ("untracked", "passes", "inline")
 
 
 def resnet18_cifar(num_classes: int = 10) -> nn.Module:
@@ -82,8 +80,7 @@ def make_epoch(condition: str, trainer: BenchTrainer, bundle: DataBundle) -> Cal
     """One epoch of ``condition``: the Trainer's own loop plus what the callback adds."""
     callback = None
     if condition != "untracked":
-        mode, _, fast = condition.partition("-")
-        callback = SaturationCallback(None, delta=0.99, options=TrackerOptions(fast=bool(fast)), mode=mode)
+        callback = SaturationCallback(None, delta=0.99, options=TrackerOptions(), mode=condition)
     row: dict[str, object] = {}
 
     def epoch() -> None:

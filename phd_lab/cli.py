@@ -33,8 +33,13 @@ def report_error(error: BaseException) -> None:
     sys.stderr.write("\n".join(lines) + "\n")
 
 
-def guarded(body: Callable[[], int]) -> int:
-    """Run a command body and turn the framework's errors into exit codes."""
+RESUME_TRAINING = ("interrupted; rerun the same command to resume: training continues after the last completed "
+                   "epoch, post-processing keeps the steps that had finished")
+
+
+def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
+    """Run a command body and turn the framework's errors into exit codes; ``interrupted`` is what
+    Ctrl-C prints (how this command resumes)."""
     try:
         return body()
     except UsageError as error:
@@ -44,7 +49,7 @@ def guarded(body: Callable[[], int]) -> int:
         report_error(error)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted; rerun the same command to resume from the last checkpoint\n")
+        sys.stderr.write(interrupted + "\n")
         return 130
 
 
@@ -56,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-id", help="name of the repetition (overrides the config's run_id)")
     parser.add_argument("--device", help="compute device, overrides the config (auto, cpu, cuda, cuda:N)")
     parser.add_argument("--index", type=int, help="run only grid point INDEX (e.g. $SLURM_ARRAY_TASK_ID)")
-    parser.add_argument("--dry-run", action="store_true", help="print the expanded grid and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the expanded grid (varying values, each point's status and folder) and exit")
     parser.add_argument("--scheduler", help="run the grid points as tasks on a Dask scheduler at this address, "
                         "or on a local cluster of N worker processes with local:N")
     parser.add_argument("--list", choices=LISTABLE, metavar="KIND",
@@ -109,22 +115,31 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         if not args.config:
             raise UsageError("--config is required: pass a JSON config file (e.g. configs/quickstart.json), "
                              "or use --list KIND / --list-keys.")
-        from phd_lab.experiment import Main, chosen_indices, summary_table
+        from phd_lab.experiment import Main, chosen_indices, point_status, summary_table
         main = Main(progress=not args.no_progress, missing_data="warn" if args.dry_run else "error")
         grid = main.load(args.config, run_id=args.run_id, device=args.device)
         indices = chosen_indices(grid, args.index)
         if args.dry_run:
             chosen = "" if args.index is None else f", of which --index runs {len(indices)}"
-            sys.stdout.write(f"{len(grid)} run(s) in {args.config}{chosen}\n{grid.table(indices)}\n")
+            shown = range(len(grid)) if indices is None else indices
+            extra = {"status": {i: point_status(main.executors[i]) for i in shown},
+                     "folder": {i: str(main.executors[i].rundir.root) for i in shown}}
+            sys.stdout.write(f"{len(grid)} run(s) in {args.config}{chosen}\n{grid.table(indices, extra)}\n")
             return EXIT_OK
         if args.scheduler:
             outcomes = main.run_on_cluster(grid, args.scheduler, indices)
         else:
             outcomes = main.run(grid, indices)
-        failed = [o for o in outcomes if o.status != "finished"]
-        if failed:  # on stderr even with -q: the failures are what the user must read
-            sys.stderr.write(f"Summary:\n{summary_table(outcomes)}\n{len(failed)} of {len(outcomes)} run(s) failed; "
-                             f"see each failed run's .log file.\n")
+        failed = [o for o in outcomes if o.status == "failed"]
+        in_use = [o for o in outcomes if o.status == "in use"]
+        if failed or in_use:  # on stderr even with -q: what this command did not do is what the user must read
+            lines = [f"Summary:\n{summary_table(outcomes)}"]
+            if failed:
+                lines.append(f"{len(failed)} of {len(outcomes)} run(s) failed; see each failed run's .log file.")
+            if in_use:
+                lines.append(f"{len(in_use)} of {len(outcomes)} run(s) are being run by another process and were not "
+                             f"run here; rerun this command once it has finished to post-process them.")
+            sys.stderr.write("\n".join(lines) + "\n")
             return EXIT_FAILURE
         log.info("Summary:\n%s", summary_table(outcomes))
         sys.stdout.write("Results:\n" + "\n".join(f"  {o.folder}" for o in outcomes) + "\n")

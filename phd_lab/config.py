@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -154,7 +155,9 @@ SCHEMA: tuple[Key, ...] = (
     _key("delta", "float", 0.99, "share of variance the intrinsic dimension explains (saturation, PCA)",
          minimum=0.0, exclusive_minimum=True, maximum=1.0),
     _key("downsampling", "int", 4,
-         "latent extraction: adaptive-average-pool feature maps to at most N×N (smaller ones stay)",
+         "latent extraction: adaptive-average-pool feature maps to at most N×N (smaller ones stay); part of the "
+         "run's folder, so a sweep gives every value its own run; to re-extract a trained run at another size, "
+         "give the extract step the parameter instead",
          minimum=1, nullable=True, extra=("pixelwise",)),
     _key("latents_dir", "str", None, "folder for extracted latents (default: inside the run folder)",
          nullable=True, technical=True),
@@ -177,8 +180,10 @@ SCHEMA: tuple[Key, ...] = (
          "these wildcard patterns (empty: all Conv2d/Linear/LSTM layers)", item_kind="str"),
     _key("tracking_exclude", "list", [], "saturation: skip layers whose name matches one of these patterns",
          item_kind="str"),
-    _key("tracking_fast", "bool", False, "saturation: float32 Gram of mean-centred batches, float64 sums "
-         "(relative covariance error ≤ 1e-7)"),
+    # Retired, kept so that configs and logged configs of earlier versions load and keep their run folders
+    # (the key is part of every run's identity hash). true only logs a warning (tracking_options).
+    _key("tracking_fast", "bool", False, "saturation: retired float32 path (it exceeded its 1e-7 error bound on "
+         "realistic activations and was no faster); true is accepted and tracks exactly, with a warning"),
     _key("tracking_device", "str", None, "saturation: device of the covariance sums (null: the model's)",
          nullable=True, technical=True),
 
@@ -276,6 +281,21 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     return raw
 
 
+PATH_KEYS = ("logs_dir", "data_dir", "latents_dir")
+
+
+def absolute_paths(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Folder keys and registry module files as absolute paths: Dask workers with another working
+    directory, and reruns of a logged config from anywhere, use the same places."""
+    result = dict(values)
+    for key in PATH_KEYS:
+        if result.get(key):
+            result[key] = os.path.abspath(os.path.expanduser(result[key]))
+    result["registries"] = {kind: os.path.abspath(spec) if spec.endswith(".py") else spec
+                            for kind, spec in result.get("registries", {}).items()}
+    return result
+
+
 def check_known_keys(raw: Mapping[str, Any], where: str) -> None:
     unknown = sorted(k for k in raw if k not in SCHEMA_BY_NAME and k != META_KEY)
     if unknown:
@@ -302,6 +322,25 @@ def is_swept(key: Key, value: Any) -> bool:
 # per-worker generators, so with augmentation another worker count gives other weights. Off their
 # default they are part of a run's identity (runs with the default keep the folder they had).
 IDENTITY_OFF_DEFAULT = frozenset({"num_workers"})
+
+# The keys every run's identity has held since the first version, at any value. A result-affecting key
+# added later joins a run's identity only when set to something other than its default, so that the runs
+# trained before it existed keep their folders (their logged configs lack it; it then takes its default).
+IDENTITY_KEYS = frozenset({
+    "model", "model_args", "dataset", "dataset_args", "resolution", "epoch", "batch_size", "optimizer",
+    "optimizer_args", "seed", "run_id", "metrics", "delta", "downsampling", "track_saturation", "tracking_mode",
+    "tracking_resolution", "tracking_downsampling", "tracking_max_batches", "tracking_every_n", "tracking_include",
+    "tracking_exclude", "tracking_fast"})
+
+
+def in_identity(name: str, value: Any) -> bool:
+    """Whether a key with this value is part of a run's identity (its folder's hash)."""
+    key = SCHEMA_BY_NAME[name]
+    if name in IDENTITY_KEYS:
+        return True
+    if key.technical and name not in IDENTITY_OFF_DEFAULT:
+        return False
+    return value != key.default
 
 
 def as_single_point(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -412,8 +451,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def safe_name(text: Any) -> str:
-    """File-system-safe rendering of a value for folder and file names."""
-    return _UNSAFE.sub("_", str(text)).strip("_") or "_"
+    """File-system-safe rendering of a value for folder and file names. Leading dots go: "." and ".."
+    would name the folder itself or its parent, ".rep" a hidden folder that listings skip."""
+    return _UNSAFE.sub("_", str(text)).strip("_").lstrip(".") or "_"
 
 
 @dataclass(frozen=True)
@@ -436,10 +476,10 @@ class RunConfig:
         return json.loads(json.dumps(dict(self.values)))
 
     def identity(self) -> dict[str, Any]:
-        """The values that change results (technical keys excluded, except those of
-        ``IDENTITY_OFF_DEFAULT`` set to something other than their default)."""
-        return {k: v for k, v in sorted(self.values.items())
-                if not SCHEMA_BY_NAME[k].technical or (k in IDENTITY_OFF_DEFAULT and v != SCHEMA_BY_NAME[k].default)}
+        """The values that change results (``in_identity``: technical keys excluded, except those of
+        ``IDENTITY_OFF_DEFAULT`` set to something other than their default; keys newer than
+        ``IDENTITY_KEYS`` only off their default)."""
+        return {k: v for k, v in sorted(self.values.items()) if in_identity(k, v)}
 
     def identity_hash(self) -> str:
         canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
@@ -455,7 +495,7 @@ class RunConfig:
         parts = [f"bs{self.batch_size}", f"e{self.epoch}", str(self.optimizer), f"s{self.seed}"]
         for mapping_key in ("model_args", "optimizer_args", "dataset_args"):
             for k, v in sorted(self.values[mapping_key].items()):
-                parts.append(f"{k}{json.dumps(v, separators=(',', ':'))}")
+                parts.append(f"{k}{json.dumps(v, separators=(',', ':'), sort_keys=True)}")
         slug = safe_name("-".join(parts))[:80]
         return f"{slug}-{self.identity_hash()}"
 

@@ -117,23 +117,15 @@ def _configure_worker_logging() -> None:
         root.setLevel(logging.INFO)
 
 
-PATH_KEYS = ("logs_dir", "data_dir", "latents_dir")
+def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapping[str, str]) -> tuple[str, str]:
+    """Task body: train and post-process one resolved grid point.
 
-
-def absolute_paths(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Make folder keys absolute so workers with another working directory write to the same place."""
-    result = dict(values)
-    for key in PATH_KEYS:
-        if result.get(key):
-            result[key] = os.path.abspath(os.path.expanduser(result[key]))
-    result["registries"] = {kind: os.path.abspath(spec) if spec.endswith(".py") else spec
-                            for kind, spec in result.get("registries", {}).items()}
-    return result
-
-
-def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapping[str, str]) -> str:
-    """Task body: train and post-process one resolved grid point; returns its run folder."""
+    Returns ("finished", run folder), or ("in use", message) when another process holds the folder
+    and ("invalid", message) for a usage error found only now (a dataset missing on this worker):
+    expected outcomes, which Dask would otherwise log with a traceback (and retry).
+    """
     from phd_lab.config import RunConfig
+    from phd_lab.errors import RunLockedError
     from phd_lab.executor import TrainTestExecutor
     from phd_lab.registry import Registries
 
@@ -141,8 +133,13 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
     config = RunConfig(dict(values), source=source)
     modules = {**config.registries, **registry_overrides}
     executor = TrainTestExecutor(config, Registries(modules), progress=False)
-    executor.validate()
-    return str(executor.run().root)
+    try:
+        executor.validate()
+        return "finished", str(executor.run().root)
+    except RunLockedError as error:
+        return "in use", f"{type(error).__name__}: {error}"
+    except UsageError as error:
+        return "invalid", f"{type(error).__name__}: {error}"
 
 
 def submit_and_collect(client: Any, tasks: Sequence[tuple[str, Callable[..., Any], tuple, dict | None]],

@@ -14,7 +14,7 @@ from torch import nn
 from phd_lab import atomic
 from phd_lab.callbacks import Callback, MetricsCSV
 from phd_lab.checkpoint import CheckpointStore
-from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point
+from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, absolute_paths, as_single_point
 from phd_lab.data import DataBundle
 from phd_lab.environment import versions
 from phd_lab.errors import ConfigError, DataError, RegistryError, UsageError
@@ -23,6 +23,7 @@ from phd_lab.registry import Registries
 from phd_lab.rundir import RunDir
 from phd_lab.seeding import seed_everything
 from phd_lab.steps import Step, StepContext, resolve_steps
+from phd_lab.steps.stamps import StepStamps, step_stamp
 from phd_lab.trainer import Trainer
 from phd_lab.tracking.callback import saturation_callback
 
@@ -250,7 +251,9 @@ class TrainTestExecutor:
 
     # ------------------------------------------------------------------ config log
     def logged_config(self) -> dict[str, Any]:
-        values = as_single_point(self.config.values)  # rerunnable: lists that are values stay values
+        # rerunnable: lists that are values stay values; folders absolute, so that the file reruns this run
+        # from any working directory (read from inside its run folder it follows the folder, see rundir.py)
+        values = absolute_paths(as_single_point(self.config.values))
         if values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it
             values["cpu_threads"] = torch.get_num_threads()
         values[META_KEY] = versions()
@@ -323,9 +326,19 @@ class TrainTestExecutor:
             model.eval()
             context = StepContext(config=cfg, rundir=rundir, model=model, bundle=bundle, device=device,
                                   history=history, progress=self.progress)
+            stamps = StepStamps(rundir)
             for step, params in self.steps:
+                stamp = step_stamp(step, params, rundir) if step.outputs(rundir) else None
+                if stamp is not None and stamps.up_to_date(step, stamp, rundir):
+                    log.info("Post-processing step %s of %s: up to date (same model and parameters), kept",
+                             step.name, cfg.name)
+                    continue
                 log.info("Post-processing step %s of %s", step.name, cfg.name)
+                if stamp is not None:
+                    stamps.forget(step)
                 step.run(context, **params)
+                if stamp is not None:
+                    stamps.record(step, stamp)
         return rundir
 
 

@@ -9,12 +9,14 @@ from types import ModuleType
 from typing import Mapping
 
 from phd_lab.atomic import check_writable_dir
-from phd_lab.config import anchor_registry_paths, check_known_keys, load_config_file, validate_values
-from phd_lab.errors import ConfigError, RegistryError, UsageError
+from phd_lab.config import (absolute_paths, anchor_registry_paths, check_known_keys, load_config_file,
+                            validate_values)
+from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.registry import Registries
+from phd_lab.rundir import anchor_logged_run
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,7 @@ class RunOutcome:
     index: int
     name: str
     folder: str
-    status: str  # finished | failed
+    status: str  # finished | failed | in use (another process holds the folder; not run here)
     error: str = ""
 
 
@@ -43,6 +45,7 @@ class Main:
         raw = load_config_file(config_path)
         check_known_keys(raw, where)
         anchor_registry_paths(raw, config_path)
+        anchor_logged_run(raw, config_path)
         if run_id is not None:
             raw["run_id"] = run_id
         if device is not None:
@@ -73,6 +76,11 @@ class Main:
             executor.validate(self.missing_data)
             ProbeSettings.from_mapping(cfg.values, where=cfg.source)  # the probe job's keys, checked with the rest
             executor.check_model(models)
+            too_long = [part for part in executor.rundir.root.parts if len(part.encode("utf-8")) > 255]
+            if too_long:  # found at run time it failed with a log that could not be written either
+                raise ConfigError(f"{cfg.source}: the run folder name {too_long[0][:60]!r}... is "
+                                  f"{len(too_long[0].encode('utf-8'))} bytes long, and file systems allow 255 per "
+                                  f"folder; shorten 'run_id' (or the value it comes from).")
             if executor.rundir.root in folders:
                 first = folders[executor.rundir.root]
                 other = executors[first].config.values
@@ -105,9 +113,13 @@ class Main:
                     raise
                 # found only when the point runs (a dataset missing from data_dir, a folder in use by another
                 # command): the other points of the grid still run, the summary lists this one
-                log.error("Run %d (%s) failed: %s", index, cfg.name, error)
-                outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "failed",
-                                           f"{type(error).__name__}: {error}"))
+                in_use = isinstance(error, RunLockedError)
+                if in_use:
+                    log.warning("Run %d (%s) is not run here: %s", index, cfg.name, error)
+                else:
+                    log.error("Run %d (%s) failed: %s", index, cfg.name, error)
+                outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root),
+                                           "in use" if in_use else "failed", f"{type(error).__name__}: {error}"))
                 usage_errors.append(error)
                 if len(usage_errors) == len(chosen):  # no point could run: the command's input is at fault
                     raise usage_errors[0]
@@ -123,7 +135,7 @@ class Main:
 
     def run_on_cluster(self, grid: Grid, scheduler: str, indices: list[int] | None = None) -> list[RunOutcome]:
         """Submit every chosen grid point as one Dask task; failures are reported, not raised."""
-        from phd_lab.distributed import (absolute_paths, cluster_has_gpus, dask_client, submit_and_collect,
+        from phd_lab.distributed import (cluster_has_gpus, dask_client, submit_and_collect,
                                          task_resources, train_point)
         chosen = list(range(len(grid))) if indices is None else indices
         overrides = {k: v if isinstance(v, str) else v.__name__ for k, v in self.registry_overrides.items()}
@@ -139,12 +151,21 @@ class Main:
                               (absolute_paths(cfg.values), cfg.source, overrides), task_resources(cfg.device, gpus)))
             log.info("Submitting %d run(s) to %s", len(tasks), scheduler)
             results = submit_and_collect(client, tasks, "grid")
-        outcomes = []
+        outcomes, usage_errors = [], []
         for index, (key, *_rest) in zip(chosen, tasks):
             status, value = results[key]
+            if status == "finished":  # the task ran: train_point's own (status, folder or message)
+                status, value = value
             executor = self.executors[index]
+            if status == "invalid":  # a usage error found when the point ran (dataset missing)
+                status = "failed"
+                usage_errors.append(UsageError(str(value)))
+            elif status == "in use":
+                usage_errors.append(RunLockedError(str(value)))
             outcomes.append(RunOutcome(index, executor.config.name, str(executor.rundir.root), status,
                                        "" if status == "finished" else str(value)))
+        if usage_errors and len(usage_errors) == len(chosen):  # as in a sequential run: the input is at fault
+            raise usage_errors[0]
         return outcomes
 
     def __call__(self, config_path: str | Path, *, index: int | None = None, run_id: str | None = None,
@@ -162,6 +183,21 @@ def chosen_indices(grid: Grid, index: int | None) -> list[int] | None:
     except IndexError as error:
         raise UsageError(f"--index: {error}.") from None
     return [index]
+
+
+def point_status(executor: TrainTestExecutor) -> str:
+    """What a grid point's folder holds now: new, running/stopped e/E epochs, finished (post-processing)."""
+    import pandas as pd
+
+    from phd_lab.analysis.run_tables import training_status
+    rundir, planned = executor.rundir, executor.config.epoch
+    if not rundir.root.exists():
+        return "new"
+    try:
+        metrics = pd.read_csv(rundir.metrics_csv) if rundir.metrics_csv.exists() else None
+    except (OSError, ValueError, pd.errors.ParserError):
+        metrics = None
+    return training_status(rundir, {"epoch": planned}, metrics).label()  # as the report says it
 
 
 def summary_table(outcomes: list[RunOutcome]) -> str:

@@ -34,7 +34,7 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -278,14 +278,17 @@ def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Pat
             raise ExtractionError(f"Step 'extract': the {split} split is empty.")
         background.drain()
         files: dict[str, dict[str, Any]] = {}
-        for name in order:
-            path = writers[name].finish()
-            if name in grids:
-                files.update(_split_positions(path, split, name, grids[name], dtype))
-                path.unlink()
-            else:
-                files[name] = {"layer": name, "file": path.name, "shape": [total, *writers[name].row_shape],
-                               "sha256": writers[name].sha256}
+        positions = sum(rows * cols for rows, cols in grids.values())
+        with tqdm(total=positions, desc=f"{split}: one file per position", unit="file", leave=False,
+                  disable=not progress or not positions) as splitting:  # the long tail of a pixelwise extraction
+            for name in order:
+                path = writers[name].finish()
+                if name in grids:
+                    files.update(_split_positions(path, split, name, grids[name], dtype, splitting.update))
+                    path.unlink()
+                else:
+                    files[name] = {"layer": name, "file": path.name, "shape": [total, *writers[name].row_shape],
+                                   "sha256": writers[name].sha256}
         labels.finish()
         return order, files, labels
     finally:
@@ -295,8 +298,8 @@ def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Pat
             writer.close()  # no-op for finished files; releases the handles after an error
 
 
-def _split_positions(scratch: Path, split: str, name: str, grid: tuple[int, int], dtype: str
-                     ) -> dict[str, dict[str, Any]]:
+def _split_positions(scratch: Path, split: str, name: str, grid: tuple[int, int], dtype: str,
+                     advance: Callable[[int], object] = lambda count: None) -> dict[str, dict[str, Any]]:
     """Turn a (N, H, W, C) scratch file into one (N, C) file per position, in bounded chunks."""
     source = np.load(scratch, mmap_mode="r", allow_pickle=False)
     samples, channels = source.shape[0], source.shape[3]
@@ -314,6 +317,7 @@ def _split_positions(scratch: Path, split: str, name: str, grid: tuple[int, int]
                 key = f"{name}@{row}_{col}"
                 files[key] = {"layer": name, "position": [row, col], "file": writer.finish().name,
                               "shape": [samples, channels], "sha256": writer.sha256}
+            advance(grid[1])
         finally:
             for writer in writers:
                 writer.close()

@@ -74,12 +74,16 @@ class Grid:
     def __iter__(self) -> Iterator[RunConfig]:
         return (self[i] for i in range(len(self)))
 
-    def table(self, indices: list[int] | None = None) -> str:
-        """Plain-text table: index and the values that vary (of the chosen points, default all)."""
-        headers = ["index"] + [axis.name for axis in self.axes]
+    def table(self, indices: list[int] | None = None,
+              extra: Mapping[str, Mapping[int, str]] | None = None) -> str:
+        """Plain-text table: index and the values that vary (of the chosen points, default all), then
+        the ``extra`` columns ({header: {index: cell}})."""
+        extra = extra or {}
+        headers = ["index"] + [axis.name for axis in self.axes] + list(extra)
         rows = [[str(i)] + [json.dumps(v) if not isinstance(v, str) else v for v in self.varying(i).values()]
+                + [column.get(i, "") for column in extra.values()]
                 for i in (range(len(self)) if indices is None else indices)]
         widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(headers)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         return "\n".join(lines)

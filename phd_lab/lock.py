@@ -34,8 +34,11 @@ os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class RunLock:
-    def __init__(self, path: Path) -> None:
+    """``flock`` on ``path``; ``refusal`` ends the message another process gets (what must not happen twice)."""
+
+    def __init__(self, path: Path, refusal: str = "Two processes must not train the same run") -> None:
         self.path = Path(path)
+        self.refusal = refusal
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
@@ -46,9 +49,9 @@ class RunLock:
             owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown process"
             os.close(fd)
             raise RunLockedError(
-                f"The run folder {str(self.path.parent)!r} is in use by {owner}. Two processes must not "
-                f"train the same run; wait for it to finish (or stop it) and start again — a lock left by a "
-                f"process that died is taken over automatically.") from None
+                f"The run folder {str(self.path.parent)!r} is in use by {owner}. {self.refusal}; wait for it "
+                f"to finish (or stop it) and start again — a lock left by a process that died is taken over "
+                f"automatically.") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
         os.fsync(fd)

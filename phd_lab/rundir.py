@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from phd_lab.config import RunConfig, safe_name
+from phd_lab.config import META_KEY, RunConfig, safe_name
+from phd_lab.errors import ConfigError
+from phd_lab.grid import Grid
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -15,9 +21,16 @@ class RunDir:
 
     @classmethod
     def for_run(cls, cfg: RunConfig, logs_dir: Path | str | None = None) -> "RunDir":
+        """The run's folder. The variant's hash suffix is what identifies it: a folder whose readable part
+        was written otherwise (the keys of a nested mapping in another order, by an older version) is
+        found by its hash and kept."""
         logs = Path(logs_dir if logs_dir is not None else cfg.logs_dir)
-        root = (logs / safe_name(cfg.model) / f"{safe_name(cfg.dataset)}_{cfg.resolution}"
-                / safe_name(cfg.run_id) / cfg.variant_slug())
+        parent = logs / safe_name(cfg.model) / f"{safe_name(cfg.dataset)}_{cfg.resolution}" / safe_name(cfg.run_id)
+        root = parent / cfg.variant_slug()
+        if not root.exists() and parent.is_dir():
+            same = [folder for folder in parent.glob(f"*-{cfg.identity_hash()}") if folder.is_dir()]
+            if len(same) == 1:
+                root = same[0]
         return cls(root=root, name=cfg.name)
 
     def file(self, suffix: str) -> Path:
@@ -106,3 +119,30 @@ class RunDir:
     def create(self) -> "RunDir":
         self.root.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def anchor_logged_run(raw: dict[str, Any], config_path: Path | str) -> None:
+    """Rerun a logged config read from inside its own run folder in that folder, from any working directory.
+
+    ``<logs_dir>/<model>/<dataset>_<resolution>/<run_id>/<variant>/<name>_config.json`` names its own
+    run folder once logs_dir is the folder four levels above it; then that folder becomes logs_dir.
+    This covers relative folders logged by older versions, and logs trees that were moved or copied
+    (to another machine, years later). Any other file, or a logged config that does not match the
+    folder it lies in, is left as written. Call it before command-line overrides such as --run-id.
+    """
+    if META_KEY not in raw or isinstance(raw.get("logs_dir"), list):
+        return
+    path = Path(config_path).resolve()
+    if len(path.parents) < 5:
+        return
+    logs = path.parents[4]
+    try:
+        grid = Grid({**raw, "logs_dir": str(logs)}, str(config_path))
+        if len(grid) != 1 or RunDir.for_run(grid[0]).config.resolve() != path:
+            return
+    except (ConfigError, TypeError, ValueError, KeyError):  # bad values: validation reports them next
+        return
+    written = raw.get("logs_dir")
+    if not isinstance(written, str) or Path(written).expanduser().resolve() != logs:
+        log.info("%s lies in its run folder: logs_dir is %s (the config says %r)", path.name, logs, written)
+    raw["logs_dir"] = str(logs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,22 @@ def run_main(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def main_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """``python main.py ARGS`` in this process: exit code and stderr (log lines included). Where a test does
+    not kill or interrupt the process, this spares the seconds a subprocess spends importing torch."""
+    from phd_lab.cli import main_cli
+    capsys.readouterr()
+    code = main_cli(list(args))
+    return code, capsys.readouterr().err
+
+
+def sigint_as_in_a_terminal() -> None:
+    """``preexec_fn`` of a process a test interrupts with SIGINT: a command started in the background by a
+    non-interactive shell (a CI script) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt; a terminal's foreground command, which Ctrl-C reaches, has the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_folders(logs: Path) -> list[Path]:

@@ -88,6 +88,8 @@ CASES = {
     "probe_device_for_a_cpu_solver": ({"probe_device": "cuda"}, ["only the lbfgs-torch solver runs on a GPU"]),
     "project_exclude_matching_nothing": ({"post_processing": [{"name": "project", "exclude": ["*downsample*"]}]},
                                          ["step 'project': the exclude pattern '*downsample*' matches no Conv2d"]),
+    "run_id_too_long_for_a_folder": ({"run_id": "r" * 300}, ["is 300 bytes long, and file systems allow 255",
+                                                              "shorten 'run_id'"]),
     "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 (train split) is not in data_dir",
                                                        "cifar-10-batches-py", "download"]),
 }

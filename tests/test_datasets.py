@@ -128,13 +128,15 @@ def test_inaturalist_missing_creates_no_folders(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
-def test_folder_prefix(tmp_path):
+def test_folder_prefix(tmp_path, caplog):
     for split, count in (("train", 3), ("val", 1)):
         for c, name in enumerate(["cats", "dogs"]):
             for i in range(count):
                 write_image(tmp_path / "pets" / split / name / f"{i}.png", value=c * 10 + i)
-    bundle = DATASETS.get(f"folder:{tmp_path / 'pets'}")(resolution=20, data_dir="unused", **COMMON)
+    with caplog.at_level("INFO"):
+        bundle = DATASETS.get(f"folder:{tmp_path / 'pets'}")(resolution=20, data_dir="unused", **COMMON)
     check_bundle(bundle, num_classes=2, channels=3, resolution=20, train_size=6, test_size=2)
+    assert f"6 training and 2 test images from {tmp_path / 'pets' / 'train'}" in caplog.text  # not data_dir
     assert f"folder:{tmp_path / 'pets'}" in DATASETS
 
 

@@ -80,7 +80,7 @@ def test_failing_point_is_reported_while_the_others_finish(tmp_path, cluster, ca
 
 
 def test_killed_worker_is_survived_and_the_run_resumes_from_its_checkpoint(tmp_path, cluster):
-    overrides = dict(epoch=8, cpu_threads=1, resolution=32, model_args={"width": 0.125})
+    overrides = dict(epoch=6, cpu_threads=1, resolution=32, model_args={"width": 0.125})
     (tmp_path / "seq").mkdir()
     (tmp_path / "dask").mkdir()
     reference = write_config(tmp_path / "seq", **overrides)
@@ -185,3 +185,23 @@ def test_gpu_runs_ask_for_a_gpu_resource_only_where_workers_declare_one():
     assert task_resources("cpu", gpus_on_cluster=True) is None
     assert task_resources("cuda", gpus_on_cluster=False) is None
     assert task_resources("auto", gpus_on_cluster=False) is None
+
+
+def test_a_point_in_use_by_another_process_is_reported_as_such_without_a_traceback(tmp_path, cluster, capfd):
+    """On a cluster the lock refusal was a failed task with the worker's traceback, and its exit code differed
+    from a sequential run's; now it is 'in use' as there (exit 1 for a grid, 2 when it was the only point)."""
+    from phd_lab.experiment import Main
+    from tests.test_recovery import lock_held_elsewhere
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, seed=[1, 2])
+    main = Main(progress=False)
+    main.load(config)
+    first = main.executors[0].rundir.create()
+    with lock_held_elsewhere(first.lock) as pid:
+        assert main_cli(["--config", str(config), "--no-progress", "--scheduler", cluster.scheduler_address]) == 1
+        err = capfd.readouterr().err
+        assert f"in use by PID {pid}" in err and "Traceback" not in err
+        assert "1 of 2 run(s) are being run by another process" in err and "run(s) failed" not in err
+        assert main.executors[1].rundir.metrics_csv.exists() and not first.metrics_csv.exists()
+        assert main_cli(["--config", str(config), "--index", "0", "--no-progress", "--scheduler",
+                         cluster.scheduler_address]) == 2  # as `--index 0` without a cluster
+        assert f"in use by PID {pid}" in capfd.readouterr().err

@@ -103,10 +103,13 @@ def test_eval_mode_keeps_batchnorm_statistics_and_restores_mode(tmp_path, data):
     np.testing.assert_allclose(np.load(tmp_path / relu["eval"]), expected.flatten(1).numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_pixelwise_writes_every_position_as_its_own_data_set(tmp_path, data):
+def test_pixelwise_writes_every_position_as_its_own_data_set(tmp_path, data, capsys):
     model = build_model()
     manifest = extract_latents(model, data, tmp_path, run_dir=tmp_path, downsampling="pixelwise",
-                               layers=["body.4", "head"], progress=False)
+                               layers=["body.4", "head"], progress=True)
+    err = capsys.readouterr().err
+    for split in ("train", "eval"):  # splitting the maps into files is no longer a silent phase
+        assert f"{split}: one file per position" in err and "/16 " in err
     entries = manifest["layers"]
     assert len(entries) == 4 * 4 + 1 and manifest["downsampling"] == "pixelwise"
     reference = reference_outputs(build_model(), data["eval"].dataset.tensors[0])

@@ -17,8 +17,8 @@ from phd_lab.checkpoint import PAUSE_ENV
 from tests.conftest import ROOT, read_metrics, run_folders, run_main, run_name, write_config
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights
 
-EPOCHS = 20
-KILLS = 10
+EPOCHS = 20  # margin for kill timings that drift when other tests share the cores
+KILLS = 6  # every other one inside a checkpoint write; at most 3 × 3.5 + 3 × 1 epochs pass before the last
 
 
 def _start(config: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -57,7 +57,7 @@ def _log_starts(logs: Path) -> int:
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     rng = random.Random(20261128)
-    overrides = dict(epoch=EPOCHS, resolution=16, batch_size=64, model_args={"width": 0.125},
+    overrides = dict(epoch=EPOCHS, resolution=16, batch_size=128, model_args={"width": 0.0625},
                      optimizer="sgd", optimizer_args={"lr": 0.02, "step_size": 5})
     (tmp_path / "ref").mkdir()
     reference = write_config(tmp_path / "ref", **overrides)
@@ -69,7 +69,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     logs = tmp_path / "crash" / "logs"
     kills, kills_in_checkpoint_write = 0, 0
     while kills < KILLS:
-        in_write = kills % 3 == 1
+        in_write = kills % 2 == 1
         env = {PAUSE_ENV: "1.5"} if in_write else {}
         starts = _log_starts(logs) if logs.exists() else 0
         process = _start(crashing, env)
@@ -102,4 +102,8 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert metrics["epoch"].tolist() == list(range(1, EPOCHS + 1))
     assert_same_metrics(read_metrics(ref_folder), metrics)
     assert_same_weights(weights(ref_folder), weights(folder))
-    assert f"after epoch {completed_before_final} of {EPOCHS}" in (folder / f"{run_name(folder)}.log").read_text()
+    # the CSV row of an epoch is written just after its checkpoint: a kill in between leaves the CSV one
+    # epoch behind, and the resumed run rewrites it from the checkpoint's history (compared above)
+    log_text = (folder / f"{run_name(folder)}.log").read_text()
+    assert any(f"after epoch {done} of {EPOCHS}" in log_text
+               for done in (completed_before_final, completed_before_final + 1)), log_text[-2000:]

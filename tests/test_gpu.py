@@ -91,16 +91,12 @@ def _training_steps_with_tracker(steps: int, **options: object) -> tuple[dict[st
 
 def test_tracking_bf16_training_on_cuda_equals_the_float64_definition():
     """Inline tracking of bf16-autocast training steps on the GPU equals np.cov of the bf16
-    activations the layers really produced (exact path ≤ 1e-10, fast path ≤ 1e-7), and a second
-    run gives the same bits."""
+    activations the layers really produced (≤ 1e-10), and a second run gives the same bits."""
     exact, (frame, acts) = _training_steps_with_tracker(6)
     again, (again_frame, _) = _training_steps_with_tracker(6)
-    fast, (fast_frame, _) = _training_steps_with_tracker(6, fast=True)
     assert list(exact) == list(again) and len(exact) == 21
     for name, cov in exact.items():
         expected = np.cov(acts[name], rowvar=False, bias=True)
         assert torch.equal(cov, again[name]), name
         assert np.linalg.norm(cov.numpy() - expected) <= 1e-10 * np.linalg.norm(expected), name
-        assert np.linalg.norm(fast[name].numpy() - expected) <= 1e-7 * np.linalg.norm(expected), name
     assert frame.equals(again_frame)
-    assert frame["intrinsic_dimension"].tolist() == fast_frame["intrinsic_dimension"].tolist()

@@ -102,3 +102,61 @@ def test_num_workers_off_its_default_is_part_of_the_run_identity(tmp_path):
         folders[name] = main.executors[0].rundir.root
     assert folders["default"] == folders["zero"]
     assert len({folders["zero"], folders["two"], folders["four"]}) == 3
+
+
+@pytest.mark.parametrize("run_id", [".", "..", "...", "./..", "_.._", ".rep"])
+def test_run_ids_with_leading_dots_stay_inside_their_dataset_folder_and_visible(tmp_path, run_id):
+    from phd_lab.analysis.run_tables import discover_runs
+    cfg = Grid({"model": "vgg11", "dataset": "Digits", "run_id": run_id, "logs_dir": str(tmp_path)})[0]
+    root = RunDir.for_run(cfg).create().root
+    cfg_file = root / "x_config.json"
+    cfg_file.write_text('{"_meta": {}}')
+    dataset_folder = tmp_path / "vgg11" / "Digits_32"
+    assert root.parent.parent == dataset_folder and not root.parent.name.startswith(".")
+    assert root.resolve().is_relative_to(dataset_folder.resolve())
+    assert [run.root for run in discover_runs(tmp_path)] == [root]  # the report finds it
+
+
+PINNED = {"model": "vgg11", "model_args": {"width": 0.25, "batch_norm": True}, "dataset": "Digits", "resolution": 32,
+          "epoch": 3, "batch_size": 64, "optimizer": "adam", "optimizer_args": {"lr": 0.001},
+          "metrics": ["Accuracy", "Top5Accuracy"]}
+
+
+def test_run_identities_are_pinned_across_versions():
+    """A logged config must find its run folder years later: these hashes may never change."""
+    assert Grid(PINNED)[0].identity_hash() == Grid(dict(PINNED, tracking_fast=False, num_workers=0))[0].identity_hash()
+    assert [Grid(PINNED)[0].identity_hash(), Grid({"model": "vgg11", "dataset": "Digits"})[0].identity_hash()] == \
+        ["da7c9455", "dc554ae9"]
+
+
+def test_a_result_affecting_key_added_later_moves_no_existing_run():
+    """Adding a key with a default that keeps today's behaviour moved every run to a new folder (the identity
+    held every non-technical key, at any value); now it joins a run's identity only off its default."""
+    from phd_lab import config
+    before = Grid(PINNED)[0]
+    schema, by_name = config.SCHEMA, dict(config.SCHEMA_BY_NAME)
+    try:
+        config.register_key(config.Key("label_smoothing", "float", 0.0, "a key of a later version", minimum=0.0))
+        assert Grid(PINNED)[0].identity_hash() == before.identity_hash()
+        assert RunDir.for_run(Grid(PINNED)[0]).root == RunDir.for_run(before).root
+        assert Grid(dict(PINNED, label_smoothing=0.1))[0].identity_hash() != before.identity_hash()
+    finally:
+        config.SCHEMA = schema
+        config.SCHEMA_BY_NAME.clear()
+        config.SCHEMA_BY_NAME.update(by_name)
+
+
+def test_a_nested_mapping_names_one_folder_whatever_its_key_order(tmp_path):
+    """The hash sorted nested keys but the readable part did not: {"kernel": 3, "act": "relu"} and the same
+    mapping in the other order were one run in two folders. New folders are named in sorted order, and a
+    folder an older version named in another order is found by its hash."""
+    def point(block: dict) -> object:
+        return Grid({"model": "vgg11", "dataset": "Digits", "logs_dir": str(tmp_path),
+                     "model_args": {"block": block}})[0]
+    one, other = point({"kernel": 3, "act": "relu"}), point({"act": "relu", "kernel": 3})
+    assert RunDir.for_run(one).root == RunDir.for_run(other).root
+    assert "block_act_relu_kernel_3" in RunDir.for_run(one).root.name
+    older = RunDir.for_run(one).root.with_name(f"bs128-e10-sgd-s1960566561-block_kernel_3_act_relu-"
+                                               f"{one.identity_hash()}")
+    older.mkdir(parents=True)  # as named before (written order)
+    assert RunDir.for_run(one).root == RunDir.for_run(other).root == older

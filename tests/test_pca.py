@@ -96,9 +96,10 @@ def test_eval_without_data_is_an_error() -> None:
 
 
 def test_insert_pca_layers_follows_every_conv_and_linear() -> None:
+    """Below delta 1 the wrapped model equals projecting each layer's output by hand, in forward order."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
-    projected, layers = insert_pca_layers(model, delta=1.0)
+    projected, layers = insert_pca_layers(model, delta=0.9)
     assert list(layers) == ["0", "3"] and len(list(pca_layers(projected))) == 2
     assert isinstance(layers["0"], Conv2dPCA) and isinstance(layers["3"], LinearPCA)
     assert not any(isinstance(m, (Conv2dPCA, LinearPCA)) for m in model.modules())  # original untouched
@@ -108,7 +109,64 @@ def test_insert_pca_layers_follows_every_conv_and_linear() -> None:
     projected(data)
     for layer in layers.values():
         layer.eval()
-    assert torch.allclose(projected(data), model(data), atol=1e-5)
+    assert 0 < layers["0"].k < 4  # a real projection (the Linear may keep all 3 directions)
+
+    def by_hand(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        matrix, mean = layer.projection_matrix().float(), layer.accumulator.mean.float()
+        rows = x.movedim(1, -1) if x.dim() == 4 else x
+        return ((rows - mean) @ matrix + mean).movedim(-1, 1) if x.dim() == 4 else (rows - mean) @ matrix + mean
+    conv = by_hand(model[0](data), layers["0"])
+    expected = by_hand(model[3](model[2](model[1](conv))), layers["3"])
+    assert torch.allclose(projected(data), expected, atol=1e-5)
+    assert not torch.allclose(projected(data), model(data), atol=1e-3)  # the projection does change the output
+
+
+def test_a_layer_the_eval_forward_never_calls_stays_unprojected_and_uncounted(caplog) -> None:
+    """An auxiliary head that runs only in training mode (GoogLeNet, Inception v3) gets no covariance in the
+    project step's eval-mode pass: it is left out with a warning instead of failing the step."""
+    from phd_lab.tracking.projection import projection_table
+
+    class WithAuxHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+            self.aux = nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.body(x)
+            return out + self.aux(self.body[2](self.body[1](self.body[0](x)))) if self.training else out
+
+    torch.manual_seed(0)
+    data = [(torch.randn(20, 1, 8, 8), torch.randint(0, 3, (20,))) for _ in range(3)]
+    with caplog.at_level("WARNING"):
+        table = projection_table(WithAuxHead(), data, data, torch.device("cpu"), deltas=[0.9, 0.99])
+    assert "aux" in caplog.text
+    assert set(table["feature_dims_sum"]) == {4 + 3}  # body.0 and body.3 only
+
+
+def test_multihead_attention_keeps_its_out_proj_unwrapped() -> None:
+    """nn.MultiheadAttention uses out_proj's weight in a functional kernel and never calls it: wrapping it
+    would break the attention (and its PCA layer would never see data)."""
+    from phd_lab.tracking.pca import projectable_layers
+    from tests.test_tracking import AttentionNet
+    torch.manual_seed(0)
+    model = AttentionNet().eval()
+    assert [name for name, _ in projectable_layers(model)] == ["embed", "head"]
+    projected, layers = insert_pca_layers(model, delta=0.95)
+    data = torch.randn(30, 5, 6)
+    for layer in layers.values():
+        layer.train()
+    projected(data)
+    for layer in layers.values():
+        layer.eval()
+    assert projected(data).shape == (30, 3)
+
+
+def test_unbatched_conv_input_is_collected_as_one_image() -> None:
+    layer = Conv2dPCA(3, delta=0.99).train()
+    maps = torch.randn(3, 5, 5)
+    layer(maps)
+    assert layer.accumulator.n == 25
 
 
 def test_excluded_layers_get_no_pca_layer_and_resnet18_block_dimensions_are_the_thesis_3904():
@@ -122,3 +180,12 @@ def test_excluded_layers_get_no_pca_layer_and_resnet18_block_dimensions_are_the_
     assert sum(layer.features for layer in kept.values()) == 3904
     assert not any("downsample" in name for name in kept) and "fc" not in kept
     assert isinstance(projected.fc, torch.nn.Linear)  # left as it was
+
+
+def test_project_step_names_what_leaves_nothing_to_project() -> None:
+    from phd_lab.errors import ConfigError
+    from phd_lab.steps.project import Project
+    with pytest.raises(ConfigError, match="the model has no Conv2d or Linear layer to project"):
+        Project().check_model({"exclude": []}, nn.Sequential(nn.LSTM(3, 4)), "x.json")
+    with pytest.raises(ConfigError, match=r"'exclude' \['\*'\] leaves no layer to project"):
+        Project().check_model({"exclude": ["*"]}, nn.Sequential(nn.Linear(3, 4)), "x.json")

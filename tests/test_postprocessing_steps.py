@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +12,8 @@ import pytest
 
 from phd_lab.errors import ConfigError
 from phd_lab.experiment import Main
+from tests.conftest import main_in_process
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_config(tmp_path: Path, steps: list) -> Path:
@@ -42,11 +40,9 @@ def test_step_parameters_are_validated_before_training(tmp_path, step, message):
 
 
 @pytest.mark.slow
-def test_main_runs_the_three_steps_and_reuses_them(tmp_path):
+def test_main_runs_the_three_steps_and_reuses_them(tmp_path, capsys):
     config = write_config(tmp_path, ["receptive_field", "flops", {"name": "extract", "dtype": "float16"}])
-    command = [sys.executable, "main.py", "--config", str(config), "--no-progress"]
-    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
+    run_in_process(config, capsys)
     (run,) = [p.parent for p in (tmp_path / "logs").rglob("*_config.json")]
 
     table = pd.read_csv(run / "receptive_field.csv")
@@ -74,11 +70,48 @@ def test_main_runs_the_three_steps_and_reuses_them(tmp_path):
         assert hashlib.sha256((folder / entry["eval"]).read_bytes()).hexdigest() == entry["sha256"]["eval"]
     stamp = (folder / "manifest.json").stat().st_mtime_ns
 
-    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr
-    assert "skipping to post-processing" in second.stderr and "reusing them" in second.stderr
+    second = run_in_process(config, capsys)
+    assert "skipping to post-processing" in second and "reusing them" in second
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def run_in_process(config: Path, capsys: pytest.CaptureFixture) -> str:
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress")
+    assert code == 0, err
+    return err
 
 
 def run_name(run: Path) -> str:
     return next(run.glob("*_config.json")).name[: -len("_config.json")]
+
+
+def test_a_rerun_keeps_results_whose_model_and_parameters_did_not_change(tmp_path, capsys):
+    """Rerunning a finished run (a grid extended by one value, a step added) ran every step again,
+    project's training pass and test evaluations included."""
+    steps = ["receptive_field", "flops", {"name": "project", "deltas": [0.9]}, "analysis"]
+    run_in_process(write_config(tmp_path, steps), capsys)
+    (run,) = [p.parent for p in (tmp_path / "logs").rglob("*_config.json")]
+    outputs = ["receptive_field.csv", "receptive_field.png", "computational_info.json", "projections.csv",
+               "projections.png"]
+    times = {name: (run / name).stat().st_mtime_ns for name in outputs}
+
+    def rerun(steps: list) -> str:
+        return run_in_process(write_config(tmp_path, steps), capsys)
+
+    err = rerun(steps)
+    for step in ("receptive_field", "flops", "project"):
+        assert f"Post-processing step {step} of" in err and f"{step} of vgg11-Digits-r8-bs256-e1: up to date" in err
+    assert "step analysis of vgg11-Digits-r8-bs256-e1" in err and "analysis of vgg11-Digits-r8-bs256-e1: up" not in err
+    assert times == {name: (run / name).stat().st_mtime_ns for name in outputs}
+    # other parameters, or an output that went missing, run the step again; the others stay
+    (run / "receptive_field.png").unlink()
+    err = rerun(["receptive_field", "flops", {"name": "project", "deltas": [0.9, 0.99]}, "analysis"])
+    assert "flops of vgg11-Digits-r8-bs256-e1: up to date" in err
+    assert "project of vgg11-Digits-r8-bs256-e1: up to date" not in err
+    assert "receptive_field of vgg11-Digits-r8-bs256-e1: up to date" not in err
+    assert sorted(pd.read_csv(run / "projections.csv")["delta"].unique()) == [0.9, 0.99, 1.0]
+    # a retrained model (another checkpoint) makes every step's results out of date
+    for checkpoint in run.glob("*.pt"):
+        checkpoint.unlink()
+    err = rerun(["receptive_field", "flops", {"name": "project", "deltas": [0.9, 0.99]}, "analysis"])
+    assert "up to date" not in err and "Resuming" not in err

@@ -438,3 +438,62 @@ def test_a_probe_job_removes_old_temp_files_of_killed_writers_but_not_fresh_ones
         os.utime(path, (long_ago, long_ago))
     assert cli("--latents", str(latents)) == 0
     assert not any(path.exists() for path in old) and fresh.exists()
+
+
+def test_the_probe_job_refreshes_the_analysis_of_the_runs_it_probed(tmp_path):
+    """analysis.json read the probes as missing until the next report, though the probe job had run."""
+    from phd_lab.cli import main_cli
+    from tests.conftest import write_config
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, post_processing=["extract", "analysis"])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    run = RunDir.for_run(Grid(load_config_file(config))[0])
+    before = json.loads(run.analysis_json.read_text())
+    assert before["probes"]["status"] != "complete" and "probe_performances.csv" in before["missing"]
+    assert cli("--config", str(config), "-mp", "0", "--solver", "lbfgs") == 0
+    after = json.loads(run.analysis_json.read_text())
+    assert after["probes"]["status"] == "complete" and after["probes"]["layers_probed"] == len(
+        pd.read_csv(run.probe_csv))
+    assert after["missing"] == [name for name in before["missing"] if name != "probe_performances.csv"]
+    assert after["problems"] == before["problems"] == []
+    # everything else the analysis read from the run's files is still there (the refresh once read a run
+    # folder without its file prefix: no metrics, no config, and wrote that over the good analysis)
+    for key in ("accuracy", "saturation", "tails", "computational"):
+        assert after[key] == before[key], key
+    assert {**after["run"], "status": None} == {**before["run"], "status": None}  # the status: no longer running
+    assert after["run"]["status"]["label"] == "finished"
+    assert after["run"]["name"] == run.name and after["accuracy"]["test"] is not None and after["saturation"]
+
+
+def test_runs_whose_latents_are_being_extracted_are_skipped_not_fatal(tmp_path, capsys):
+    """Probing beside a training grid: a run mid-extraction (no manifest yet, its folder held by a live
+    process) made the whole job exit 2 with 'rerun the training command'; now it waits for a later job."""
+    from tests.test_recovery import lock_held_elsewhere
+    config = _config(tmp_path, probe_solver="lbfgs")
+    done = _latents_for_run(config, 0)
+    busy = _latents_for_run(config, 1)
+    (busy.latents() / "manifest.json").unlink()  # as during extraction: the manifest comes last
+    with lock_held_elsewhere(busy.lock) as pid:
+        assert cli("--config", str(config), "-mp", "0") == 0
+        warning = " ".join(capsys.readouterr().err.split())  # warnings show even with -q
+        assert "its latents are being extracted" in warning and f"PID {pid}" in warning
+        assert done.probe_csv.exists() and not busy.probe_csv.exists()
+        assert cli("--latents", str(busy.latents()), "-mp", "0") == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "is being extracted right now" in err and f"PID {pid}" in err
+    # the extraction died with its process: now the folder is an unfinished extraction, as before
+    assert cli("--latents", str(busy.latents()), "-mp", "0") == 2
+    assert "the extraction is unfinished" in " ".join(capsys.readouterr().err.split())
+
+
+def test_two_probe_jobs_on_one_run_cannot_mix_their_results(tmp_path, capsys):
+    """Two jobs with different settings on one run both exited 0, leaving one's CSV beside the other's
+    confusion matrices; the second is now refused until the first has finished."""
+    from phd_lab.lock import RunLock
+    from phd_lab.probes.job import PROBE_LOCK
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    with RunLock(run_dir / PROBE_LOCK):  # this process stands for the first job: flock is per open file
+        assert cli("--latents", str(latents), "-mp", "0", "--C", "0.3") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Two probe jobs must not write the same run's results" in err and f"PID {os.getpid()}" in err
+    assert not (run_dir / "probe_performances.csv").exists() and not (run_dir / "probe_confusion").exists()
+    assert cli("--latents", str(latents), "-mp", "0", "--C", "0.3") == 0  # released: the next job runs

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from phd_lab.probes.runner import TEST_DELAY_ENV
+from tests.conftest import sigint_as_in_a_terminal
 from tests.probe_latents import digits_layers, make_latents
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +24,8 @@ def _probe(latents: Path, cache: Path, delay: float = 0.0, workers: int = 1) -> 
     env = {**os.environ, TEST_DELAY_ENV: str(delay), "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "probe_main.py", "--latents", str(latents), "-mp", str(workers),
                              "--cache-dir", str(cache), "--no-progress"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=sigint_as_in_a_terminal)
 
 
 def _rows_without_seconds(path: Path) -> list[list[str]]:
@@ -107,3 +109,23 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
     except (OSError, IndexError):
         return "zombie"
+
+
+def test_ctrl_c_mid_job_exits_130_and_says_the_cache_keeps_the_finished_layers(tmp_path):
+    """Ctrl-C in a terminal signals the whole process group: the job and its worker stop, one line on stderr."""
+    layers, y_train, y_eval = digits_layers(n_layers=LAYERS, width=16)
+    _, latents = make_latents(tmp_path, layers, y_train, y_eval)
+    cache = tmp_path / "cache"
+    process = _probe(latents, cache, delay=1.0)
+    deadline = time.monotonic() + 90
+    while not list(cache.rglob("*.json")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the job never finished a layer"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "the layers already fitted come from the cache" in err and "Traceback" not in err
+    resumed = _probe(latents, cache)
+    _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0 and "found in the cache" in err, err

@@ -21,7 +21,7 @@ from phd_lab.errors import RunLockedError
 from phd_lab.experiment import Main
 from phd_lab.lock import RunLock
 from phd_lab.trainer import Trainer
-from tests.conftest import ROOT, read_metrics, run_folders, run_name, write_config
+from tests.conftest import ROOT, read_metrics, run_folders, run_name, sigint_as_in_a_terminal, write_config
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights
 
 
@@ -250,5 +250,29 @@ def test_a_point_locked_by_another_process_does_not_stop_the_rest_of_the_grid(tm
     with lock_held_elsewhere(first.lock) as pid:
         assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
         err = " ".join(capsys.readouterr().err.split())
-        assert f"in use by PID {pid}" in err and "1 of 2 run(s) failed" in err
+        assert f"in use by PID {pid}" in err and "failed" not in err
+        assert "1 of 2 run(s) are being run by another process and were not run here" in err
         assert main.executors[1].rundir.metrics_csv.exists() and not first.metrics_csv.exists()
+
+
+def test_ctrl_c_during_training_exits_130_says_how_to_resume_and_the_rerun_resumes(tmp_path):
+    """A real SIGINT after the first checkpoint: one line (no traceback), exit 130, and the rerun continues."""
+    config = write_config(tmp_path, epoch=12, cpu_threads=1)
+    process = subprocess.Popen([sys.executable, "main.py", "--config", str(config), "--no-progress", "-q"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=sigint_as_in_a_terminal)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "logs").rglob("*.csv")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "training continues after the last completed epoch" in err and "Traceback" not in err
+    [folder] = run_folders(tmp_path / "logs")
+    done = len(read_metrics(folder))
+    assert 1 <= done < 12
+    shortened = write_config(tmp_path, name="again.json", epoch=12, cpu_threads=1)
+    assert main_cli(["--config", str(shortened), "--no-progress", "-q"]) == 0
+    assert "Resuming run" in (folder / f"{run_name(folder)}.log").read_text()
+    assert read_metrics(folder)["epoch"].tolist() == list(range(1, 13))
+

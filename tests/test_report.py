@@ -9,6 +9,7 @@ import sys
 import time
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import unquote
 
 import pandas as pd
@@ -17,7 +18,8 @@ import pytest
 from tests.analysis_fixtures import probe_frame, read_json, write_grid
 from phd_lab import atomic
 from phd_lab.lock import RunLock
-from phd_lab.report.cli import write_report
+from phd_lab.report.cli import main_report, write_report
+from tests.conftest import main_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -79,6 +81,14 @@ def run_report(*args):
                           capture_output=True, text=True, timeout=240)
 
 
+def report_in_process(capsys, *args) -> SimpleNamespace:
+    """``python -m phd_lab report ARGS`` in this process (exit codes and errors are checked on subprocesses)."""
+    capsys.readouterr()
+    code = main_report([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
 @pytest.fixture
 def grid(tmp_path):
     logs = tmp_path / "logs"
@@ -88,10 +98,10 @@ def grid(tmp_path):
     lock.release()
 
 
-def test_report_of_a_grid_parses_links_resolve_and_lists_every_run(grid, tmp_path):
+def test_report_of_a_grid_parses_links_resolve_and_lists_every_run(grid, tmp_path, capsys):
     logs, runs = grid
     out = tmp_path / "site" / "report.html"
-    result = run_report(logs, "--out", out)
+    result = report_in_process(capsys, logs, "--out", out)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out)
     page = parse(out)
@@ -109,7 +119,7 @@ def test_report_of_a_grid_parses_links_resolve_and_lists_every_run(grid, tmp_pat
     (tmp_path / "home" / "a").mkdir(parents=True)
     (tmp_path / "home" / "a" / "reports").symlink_to(tmp_path / "elsewhere" / "target")
     linked = tmp_path / "home" / "a" / "reports" / "r.html"
-    assert run_report(logs, "--out", linked, "--no-refresh").returncode == 0
+    assert report_in_process(capsys, logs, "--out", linked, "--no-refresh").returncode == 0
     for href in (h for h in parse(linked).hrefs if not h.startswith("#")):
         assert Path(os.path.normpath(os.path.join(linked.parent, unquote(href)))).is_file(), href
     # every image is an embedded PNG: one per run plus three comparison plots
@@ -211,15 +221,14 @@ def test_report_usage_errors_exit_2(tmp_path):
     assert not own.exists() and foreign.exists() and sibling.exists()
 
 
-def test_analysis_step_at_the_end_of_a_real_training(tmp_path):
+def test_analysis_step_at_the_end_of_a_real_training(tmp_path, capsys):
     config = {"model": "vgg11", "model_args": {"width": 0.125}, "dataset": "Digits", "resolution": 16,
               "epoch": 1, "batch_size": 128, "logs_dir": str(tmp_path / "logs"), "device": "cpu",
               "post_processing": ["analysis"]}
     path = tmp_path / "exp.json"
     path.write_text(json.dumps(config))
-    result = subprocess.run([sys.executable, "main.py", "--config", str(path), "--no-progress", "-q"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    code, err = main_in_process(capsys, "--config", str(path), "--no-progress", "-q")
+    assert code == 0, err
     folders = [p.parent for p in (tmp_path / "logs").rglob("*_config.json")]
     assert len(folders) == 1
     analysis = read_json(folders[0] / "analysis.json")
@@ -228,7 +237,7 @@ def test_analysis_step_at_the_end_of_a_real_training(tmp_path):
     assert analysis["accuracy"]["test"] == pytest.approx(csv["test_accuracy"].iloc[-1])
     assert (folders[0] / "analysis.png").read_bytes()[:8] == PNG
     # the report of that logs folder works too
-    assert run_report(tmp_path / "logs").returncode == 0
+    assert report_in_process(capsys, tmp_path / "logs").returncode == 0
 
 
 def test_unrelated_files_in_the_logs_tree_are_no_runs_and_deleted_runs_stay_deleted(tmp_path):
@@ -257,3 +266,14 @@ def test_the_package_entry_point_lists_its_commands():
     probe = subprocess.run([sys.executable, "-m", "phd_lab", "probe", "--help"], cwd=ROOT, capture_output=True,
                            text=True, timeout=60)
     assert probe.returncode == 0 and "--latents" in probe.stdout
+
+
+def test_the_report_shows_progress_over_the_runs(grid, tmp_path, capsys):
+    """Over hundreds of runs the report was silent for a minute: it logs the count and shows a bar."""
+    logs, runs = grid
+    result = report_in_process(capsys, logs, "--out", tmp_path / "r.html")
+    assert result.returncode == 0, result.stderr
+    assert f"Analysing {len(runs)} run(s) below {logs}" in result.stderr
+    assert "analysing runs: 100%|" in result.stderr.replace("\r", "\n") or f"{len(runs)}/{len(runs)}" in result.stderr
+    quiet = report_in_process(capsys, logs, "--out", tmp_path / "q.html", "--no-progress")
+    assert quiet.returncode == 0 and "analysing runs" not in quiet.stderr

@@ -253,7 +253,18 @@ def test_probes_older_than_the_latents_are_reported_stale(tmp_path):
     manifest = rundir.latents() / "manifest.json"
     later = rundir.probe_csv.stat().st_mtime + 5
     os.utime(manifest, (later, later))
-    assert summarize(load_run(rundir))["probes"]["status"].startswith("stale (the latents were extracted again")
+    summary = summarize(load_run(rundir))
+    assert summary["probes"]["status"].startswith("stale (the latents were extracted again")
+    # advice read from out-of-date probes is held back; the reader is told to rerun the probe job instead
+    probe_advice = [a["text"] for a in summary["recommendations"] if a["kind"] == "probes"]
+    assert len(probe_advice) == 1 and "rerun probe_main.py" in probe_advice[0]
+
+
+def test_probe_drops_do_not_claim_shortcuts_the_network_may_not_have(tmp_path):
+    """VGG has no shortcut connections; the advice for a drop in probe accuracy said it skips layers through them."""
+    summary = summarize(load_run(write_run(tmp_path / "logs", width=0.25, stage="full", skip="features.16")))
+    [drop] = [a["text"] for a in summary["recommendations"] if a["text"].startswith("Probe accuracy drops")]
+    assert "features.16" in drop and "In a network with shortcut connections this marks" in drop
 
 
 def test_outputs_of_configured_steps_that_never_ran_are_missing(tmp_path):
@@ -264,3 +275,4 @@ def test_outputs_of_configured_steps_that_never_ran_are_missing(tmp_path):
     rundir.config.write_text(json.dumps(config))
     missing = summarize(load_run(rundir))["missing"]
     assert "projections.csv" in missing and "latents/manifest.json" in missing
+    assert "receptive_field.csv" in missing and "computational_info.json" not in missing  # flops was not asked for

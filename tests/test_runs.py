@@ -11,7 +11,7 @@ import torch
 
 from phd_lab.cli import main_cli
 from phd_lab.config import META_KEY
-from tests.conftest import read_metrics, run_folders, run_name, write_config
+from tests.conftest import main_in_process, read_metrics, run_folders, run_name, write_config
 
 CSV_COLUMNS = ["epoch", "train_loss", "test_loss", "train_accuracy", "test_accuracy", "epoch_seconds"]
 
@@ -102,6 +102,46 @@ def test_finished_run_is_not_trained_again(tmp_path):
     assert "removed_key_of_an_older_version" not in again and "probe_seed" in again
 
 
+def test_logged_config_reruns_its_own_run_from_any_directory_and_after_the_logs_moved(tmp_path, capsys, monkeypatch):
+    """A run trained with a relative logs_dir (the default ./logs) is found again when its logged config is
+    run from another working directory (a job script), and after the logs tree was moved: no duplicate run."""
+    project = tmp_path / "project"
+    project.mkdir()
+    write_config(project, epoch=1, logs_dir="logs", data_dir=None)  # both relative to the working directory
+    monkeypatch.chdir(project)
+    assert main_in_process(capsys, "--config", "exp.json", "--no-progress", "-q")[0] == 0
+    [folder] = run_folders(project / "logs")
+    name = run_name(folder)
+    logged_path = folder / f"{name}_config.json"
+    logged = json.loads(logged_path.read_text())
+    assert logged["logs_dir"] == str(project / "logs") and logged["data_dir"] == str(project / "data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    checkpoint = (folder / f"{name}.pt").read_bytes()
+    monkeypatch.chdir(elsewhere)
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0, err
+    assert list(elsewhere.iterdir()) == [] and run_folders(project / "logs") == [folder]
+    assert (folder / f"{name}.pt").read_bytes() == checkpoint
+    assert "already finished 1 epochs" in (folder / f"{name}.log").read_text()
+    # the whole tree moved (another disk, another machine): the logged config still names its own folder
+    moved = tmp_path / "archive" / "logs"
+    moved.parent.mkdir()
+    (project / "logs").rename(moved)
+    [moved_folder] = run_folders(moved)
+    code, err = main_in_process(capsys, "--config", str(moved_folder / logged_path.name), "--no-progress")
+    assert code == 0, err
+    assert "lies in its run folder: logs_dir is" in err
+    assert not (project / "logs").exists() and run_folders(moved) == [moved_folder]
+    assert (moved_folder / f"{name}.pt").read_bytes() == checkpoint
+    # the rerun logged where the run is now; a copy of that file anywhere else finds it there
+    copy = elsewhere / "copy.json"
+    copy.write_text((moved_folder / logged_path.name).read_text())
+    assert json.loads(copy.read_text())["logs_dir"] == str(moved)
+    assert main_in_process(capsys, "--config", str(copy), "--no-progress", "-q")[0] == 0
+    assert run_folders(moved) == [moved_folder] and (moved_folder / f"{name}.pt").read_bytes() == checkpoint
+
+
 def test_index_runs_one_point_and_dry_run_shows_grid(tmp_path, capsys):
     config = write_config(tmp_path, epoch=1, batch_size=[64, 128], model_args={"width": [0.0625, 0.125]})
     assert main_cli(["--config", str(config), "--dry-run"]) == 0
@@ -117,6 +157,12 @@ def test_index_runs_one_point_and_dry_run_shows_grid(tmp_path, capsys):
     [folder] = run_folders(tmp_path / "logs")
     logged = json.loads((folder / f"{run_name(folder)}_config.json").read_text())
     assert logged["batch_size"] == 128 and logged["model_args"] == {"width": 0.125}
+    # coming back to the grid: the dry run tells which points are done and where their folders are
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    rows = [row.split() for row in capsys.readouterr().out.splitlines()[1:]]
+    assert rows[0] == ["index", "batch_size", "model_args.width", "status", "folder"]
+    assert [row[3] for row in rows[1:]] == ["new", "new", "new", "finished"] and rows[4][4] == str(folder)
 
 
 def test_user_registry_module_from_config(tmp_path, capsys):

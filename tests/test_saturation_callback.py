@@ -142,3 +142,23 @@ def test_bad_project_deltas_are_rejected_up_front(tmp_path: Path, capsys: pytest
     path.write_text(json.dumps(config))
     assert main_cli(["--config", str(path), "--dry-run"]) == 2
     assert "deltas" in capsys.readouterr().err
+
+
+def test_retired_tracking_fast_still_loads_tracks_exactly_and_keeps_run_folders(caplog: pytest.LogCaptureFixture
+                                                                               ) -> None:
+    """Configs and logged configs of earlier versions carry tracking_fast: they must load, keep their run
+    folders (the key stays in the identity hash with its old default), and true must not silently mean
+    anything: it tracks exactly, with a warning."""
+    from phd_lab.grid import Grid
+    from phd_lab.tracking import TrackerOptions
+    from phd_lab.tracking.callback import tracker_options
+    plain, retired_off, retired_on = (Grid(dict(CONFIG, **extra), "test.json")[0]
+                                      for extra in ({}, {"tracking_fast": False}, {"tracking_fast": True}))
+    assert plain.identity_hash() == retired_off.identity_hash() != retired_on.identity_hash()
+    assert plain.identity()["tracking_fast"] is False
+    with caplog.at_level("WARNING"):
+        assert tracker_options(retired_off) == TrackerOptions()
+    assert "tracking_fast" not in caplog.text
+    with caplog.at_level("WARNING"):
+        assert tracker_options(retired_on) == TrackerOptions()
+    assert "'tracking_fast' is retired" in caplog.text

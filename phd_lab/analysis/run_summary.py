@@ -302,12 +302,18 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings) -> list
                 "by the receptive field (no border layer"
                 + ("" if borders else "; receptive_field.csv is missing")
                 + "). Check the probes: if their accuracy stops improving there, these layers can be removed.")})
-    if probes.get("skipped_layers"):
+    stale = str(probes.get("status", "")).startswith("stale")
+    if stale:
         advice.append({"kind": "probes", "text": (
-            f"Probe accuracy drops at {', '.join(probes['skipped_layers'])}: the network skips these layers through "
-            "shortcut connections (thesis App. C), so they add parameters but no quality.")})
+            "The probe results predate the latents (extracted again since): rerun probe_main.py before reading "
+            "anything from the probes.")})
+    if probes.get("skipped_layers") and not stale:
+        advice.append({"kind": "probes", "text": (
+            f"Probe accuracy drops at {', '.join(probes['skipped_layers'])}: their outputs are less linearly "
+            "separable than those of earlier layers. In a network with shortcut connections this marks layers it "
+            "skips through them (thesis App. C): they add parameters but no quality.")})
     first = probes.get("first_reaching_layer")
-    if first and probes.get("layers_after_reaching"):
+    if first and probes.get("layers_after_reaching") and not stale:
         advice.append({"kind": "probes", "text": (
             f"The probes reach the model's accuracy at {first}; the {probes['layers_after_reaching']} probed "
             "layer(s) after it do not improve the intermediate solution.")})

@@ -53,6 +53,12 @@ def _name_of(folder: Path) -> str | None:
 RUN_DEPTH = 4  # <logs_dir>/<model>/<dataset>_<resolution>/<run_id>/<variant>
 
 
+def run_folder(root: Path | str) -> RunDir:
+    """The RunDir of an existing run folder, its file prefix read off the files it holds."""
+    root = Path(root)
+    return RunDir(root, _name_of(root) or root.name)
+
+
 def discover_runs(logs_dir: Path | str) -> list[RunDir]:
     """Every run folder below ``logs_dir``, sorted: a folder with a logged run config (a
     ``*_config.json`` carrying ``_meta``), or at a run folder's depth with any config (perhaps
@@ -66,7 +72,7 @@ def discover_runs(logs_dir: Path | str) -> list[RunDir]:
         logged = any(f.endswith(CONFIG_SUFFIX) and _is_logged_config(folder / f) for f in filenames)
         at_depth = len(folder.relative_to(logs_dir).parts) == RUN_DEPTH
         if logged or (at_depth and any(f.endswith(CONFIG_SUFFIX) or f in _MARKERS for f in filenames)):
-            found[folder] = RunDir(folder, _name_of(folder) or folder.name)
+            found[folder] = run_folder(folder)
     return [found[k] for k in sorted(found)]
 
 
@@ -298,6 +304,10 @@ def load_run(folder: RunDir) -> RunTables:
         status = TrainingStatus("no metrics", 0, status.epochs_planned, status.active, status.owner)
     tables.status = status
     steps = configured_steps(config)
+    if isinstance(config, dict) and isinstance(config.get("post_processing"), list):  # known: what never ran
+        not_asked = {RECEPTIVE_FIELD} if "receptive_field" not in steps else set()
+        not_asked |= {COMPUTATIONAL_JSON} if "flops" not in steps else set()
+        tables.missing = [name for name in tables.missing if name not in not_asked]
     if "project" in steps and tables.projections is None and folder.projections_csv.name not in tables.missing:
         tables.missing.append(folder.projections_csv.name)  # a run killed during its post-processing
     if "extract" in steps and tables.manifest is None:

@@ -78,4 +78,4 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("Probe results:\n" + "\n".join(f"  {job.outputs.probe_csv}" for job in jobs) + "\n")
         return EXIT_OK
 
-    return guarded(body)
+    return guarded(body, "interrupted; rerun the same command: the layers already fitted come from the cache")

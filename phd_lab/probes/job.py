@@ -8,6 +8,7 @@ Outputs go to the run folder named by the manifest's ``run_dir``, each written a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +17,22 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from phd_lab import atomic
+from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
 from phd_lab.atomic import write_csv, write_with
 from phd_lab.errors import ConfigError, DataError, UsageError
+from phd_lab.lock import RunLock
 from phd_lab.probes.cache import ResultCache, cache_key, library_versions
 from phd_lab.probes.fit import ProbeRecord, stratified_subsample
-from phd_lab.probes.manifest import Manifest, read_manifest, verify_hashes
+from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest, verify_hashes
 from phd_lab.probes.runner import ProbeTask, run_probes
 from phd_lab.probes.settings import ProbeSettings
-from phd_lab.rundir import RunDir
+from phd_lab.rundir import RunDir, anchor_logged_run
 
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("index", "layer", "train_acc", "eval_acc", "relative_acc", "n_iter", "converged", "seconds", "solver")
 CACHE_FOLDER = ".probe_cache"
+PROBE_LOCK = ".probe.lock"  # held in a run folder while a probe job writes its results there
 
 
 @dataclass(frozen=True)
@@ -55,11 +59,12 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
     where = str(config_path)
     raw = load_config_file(config_path)
     check_known_keys(raw, where)
+    anchor_logged_run(raw, config_path)
     if run_id is not None:
         raw["run_id"] = check_run_id_value(run_id)
     validate_values(raw, where)
     grid = Grid(raw, where)
-    jobs, skipped, logs_dirs = [], [], set()
+    jobs, skipped, extracting, logs_dirs = [], [], [], set()
     for index in range(len(grid)):
         cfg = grid[index]
         rundir = RunDir.for_run(cfg)
@@ -67,6 +72,12 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
         folder = rundir.latents(cfg.latents_dir)
         if not folder.exists():
             skipped.append(f"{index} ({cfg.name})")
+            continue
+        owner = extracting_owner(folder, rundir)
+        if owner is not None:  # probing beside a training grid: this run's turn comes in a later job
+            log.warning("run %d (%s): its latents are being extracted (%s); skipped, probe it once that has finished",
+                        index, cfg.name, owner or "another process")
+            extracting.append(f"{index} ({cfg.name})")
             continue
         settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
         jobs.append(_job(read_manifest(folder), settings, f"run {index} ({cfg.name})", expected_root=rundir.root))
@@ -79,6 +90,9 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
                               f"holds one probe_performances.csv. Probe other settings one at a time with "
                               f"`probe_main.py --latents DIR` and command-line options such as --C.")
         folders[root] = job.label
+    if not jobs and extracting:
+        raise DataError(f"The latents of run(s) {', '.join(extracting)} of {where!r} are still being extracted by "
+                        f"the training command, and no other run has latents yet; probe once it has finished.")
     if not jobs:
         raise DataError(f"No latents found for any of the {len(grid)} run(s) of {where!r} (looked for "
                         f"<run folder>/latents or under latents_dir). Train the runs with the 'extract' "
@@ -90,10 +104,25 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
 
 def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = None) -> tuple[list[ProbeJob], Path]:
     """One latents folder with default settings plus ``overrides``; the cache defaults to the run folder."""
+    owner = extracting_owner(Path(folder), run_folder(Path(folder).resolve().parent))
+    if owner is not None:
+        holder = owner or "another process"
+        raise DataError(f"Latents folder {str(folder)!r} is being extracted right now ({holder}): its manifest is "
+                        f"written last. Probe it once that process has finished.")
     manifest = read_manifest(folder)
     settings = ProbeSettings.from_mapping({}, overrides, "command line")
     job = _job(manifest, settings, str(folder))
     return [job], job.outputs.root / CACHE_FOLDER
+
+
+def extracting_owner(latents: Path, rundir: RunDir) -> str | None:
+    """The lock line of the process extracting ``latents`` right now (live here, or on another host where
+    that cannot be checked; "" while a holder has not written its line yet), or None: a latents folder
+    without its manifest whose run folder such a process holds is still being written."""
+    if (latents / MANIFEST).is_file() or not rundir.lock.exists():
+        return None
+    active, owner = lock_owner_alive(rundir.lock)
+    return None if active is False else owner
 
 
 def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root: Path | None = None) -> ProbeJob:
@@ -112,7 +141,7 @@ def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root:
     if expected_root is not None and run_dir.resolve() != expected_root.resolve():
         log.warning("%s: the manifest names run folder %s, not %s; writing the probe results to the manifest's",
                     label, run_dir, expected_root)
-    return ProbeJob(manifest, settings, RunDir(root=run_dir, name=""), label)
+    return ProbeJob(manifest, settings, run_folder(run_dir), label)  # named: the analysis refresh reads its files
 
 
 def check_device(settings: ProbeSettings) -> None:
@@ -225,6 +254,25 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord]) -> None:
     write_csv(job.outputs.probe_csv, table)
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv)
+    if job.outputs.analysis_json.exists():  # the run has an analysis: it now reads these probes
+        refresh_analysis(job)
+
+
+def refresh_analysis(job: ProbeJob) -> None:
+    """Rewrite the run's analysis.json/.png with the new probe results (it only reads the run's tables).
+    A run whose folder a live process holds (training, post-processing) writes its own at the end."""
+    from phd_lab.report.collect import analyse_run
+    try:
+        entry = analyse_run(job.outputs, write=True)
+    except Exception as error:  # the probe results are written; a broken analysis must not fail the job
+        log.warning("%s: the analysis could not be refreshed (python -m phd_lab report retries): %s: %s",
+                    job.label, type(error).__name__, error)
+        return
+    if entry.written:
+        log.info("%s: analysis refreshed in %s", job.label, job.outputs.analysis_json)
+    elif not entry.errors:
+        log.info("%s: analysis left to the process that holds the run folder (%s); it reads these probes when it "
+                 "writes its own", job.label, entry.tables.status.owner if entry.tables.status else "")
 
 
 def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 0,
@@ -232,6 +280,18 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     """Validate, then probe every layer of every job in one pool; each run's files are written as it completes."""
     if workers < 0:
         raise UsageError(f"-mp must be ≥ 0 (0 = fit in this process); got {workers}.")
+    with contextlib.ExitStack() as locks:
+        for root in sorted({job.outputs.root for job in jobs}):  # one writer of a run's probe results at a time
+            try:
+                locks.enter_context(RunLock(root / PROBE_LOCK, "Two probe jobs must not write the same run's "
+                                                               "results"))
+            except OSError as error:
+                raise DataError(f"The probe results of {str(root)!r} cannot be written there: {error}.") from None
+        return _run_locked_jobs(jobs, cache_dir, workers, progress, scheduler)
+
+
+def _run_locked_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, workers: int, progress: bool,
+                     scheduler: str | None) -> dict[int, list[ProbeRecord]]:
     stamps = validate_jobs(jobs, threads=max(2, workers))
     tasks = build_tasks(jobs, stamps)
     remaining = {position: len(job.manifest.layers) for position, job in enumerate(jobs)}

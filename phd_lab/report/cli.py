@@ -26,11 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="HTML file to write (default: LOGS_DIR/report.html)")
     parser.add_argument("--no-refresh", action="store_true",
                         help="do not write analysis.json/analysis.png into the run folders (read-only logs)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     return parser
 
 
-def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh: bool = True) -> Path:
+def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh: bool = True,
+                 progress: bool = False) -> Path:
     """Analyse all runs of ``logs_dir`` and write the report; return its path."""
     from phd_lab.plots.grid_figures import grid_figures
     from phd_lab.report.collect import collect
@@ -49,7 +51,7 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     # run folder is refreshed; then a killed report's temp page (15 minutes old), and nothing else of that folder
     for stale in atomic.remove_stale_temps(out_path.parent, only=out_path.name):
         log.info("Removed %s, left half-written by a process that was killed.", stale)
-    entries = collect(logs_dir, refresh=refresh)
+    entries = collect(logs_dir, refresh=refresh, progress=progress)
     if not entries:
         raise DataError(f"LOGS_DIR {str(logs_dir)!r} holds no runs: no folder below it has a <name>_config.json or a "
                         f"post-processing table. Train a grid into it first (python main.py --config FILE).")
@@ -68,8 +70,10 @@ def main_report(argv: Sequence[str]) -> int:
     configure_logging(-1 if args.quiet else 0)
 
     def body() -> int:
-        path = write_report(args.logs_dir, args.out, refresh=not args.no_refresh)
+        path = write_report(args.logs_dir, args.out, refresh=not args.no_refresh,
+                            progress=not (args.no_progress or args.quiet))
         sys.stdout.write(f"{path}\n")
         return EXIT_OK
 
-    return guarded(body)
+    return guarded(body, "interrupted; the report was not written (run folders already refreshed stay so); "
+                         "rerun the command")

@@ -75,10 +75,13 @@ def _failed_entry(folder: RunDir, error: BaseException) -> RunEntry:
     return RunEntry(folder, tables, summary, None, errors=list(tables.problems))
 
 
-def collect(logs_dir: Path | str, *, refresh: bool = True) -> list[RunEntry]:
+def collect(logs_dir: Path | str, *, refresh: bool = True, progress: bool = False) -> list[RunEntry]:
     """Analyse every run below ``logs_dir``; one broken run never stops the others."""
+    from tqdm import tqdm
+    folders = list(discover_runs(logs_dir))
+    log.info("Analysing %d run(s) below %s", len(folders), logs_dir)
     entries = []
-    for folder in discover_runs(logs_dir):
+    for folder in tqdm(folders, desc="analysing runs", unit="run", leave=False, disable=not progress):
         try:
             entries.append(analyse_run(folder, write=refresh))
         except Exception as error:  # a report must cover the whole grid even if one folder is odd

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from phd_lab.config import SCHEMA_BY_NAME, Key, RunConfig
@@ -67,6 +68,12 @@ class Step:
     name: ClassVar[str]
     summary: ClassVar[str] = ""
     params: ClassVar[tuple[Key, ...]] = ()
+    version: ClassVar[int] = 1  # raise it when the step computes something else: older results are made anew
+
+    def outputs(self, rundir: "RunDir") -> tuple[Path, ...]:
+        """Files the step writes. Declared: a rerun skips the step while they exist and the model and
+        parameters are those they were made from (stamps.py); none: the step always runs."""
+        return ()
 
     def validate(self, raw: dict[str, Any], config: RunConfig, where: str) -> dict[str, Any]:
         """Check the step's parameters and return them resolved (defaults injected)."""

@@ -2,7 +2,8 @@
 
 It reads only what the run folder holds (metrics CSV, receptive_field.csv, computational_info,
 probe results if any), so it must come last in ``post_processing``. Probes run later in a
-separate job; ``python -m phd_lab report`` refreshes the analysis with their results.
+separate job, which refreshes the analysis of every run it completes; ``python -m phd_lab report``
+refreshes it too.
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from phd_lab import atomic
+from phd_lab.rundir import RunDir
 from phd_lab.steps import Step, StepContext, register_step
 
 log = logging.getLogger(__name__)
@@ -15,6 +17,9 @@ log = logging.getLogger(__name__)
 class FlopsStep(Step):
     name = "flops"
     summary = "ptflops MACs/FLOPs and parameter counts for one image → computational_info.json/.csv"
+
+    def outputs(self, rundir: RunDir) -> tuple[Path, ...]:
+        return rundir.computational_info_json, rundir.computational_info_csv
 
     def run(self, ctx: StepContext, **params: Any) -> None:
         from phd_lab.analysis.flops import computational_info

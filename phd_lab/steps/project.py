@@ -7,11 +7,13 @@ saturation_mean) and ``projections.png`` into the run folder.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from phd_lab import atomic
 from phd_lab.config import Key, RunConfig
 from phd_lab.errors import ConfigError
+from phd_lab.rundir import RunDir
 from phd_lab.steps import Step, StepContext, register_step
 from phd_lab.tracking.projection import THESIS_DELTAS, projection_table
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 class Project(Step):
     name = "project"
     summary = "accuracy of the network projected onto PCA (and random) subspaces for a list of deltas"
+    version = 2  # 2: layers never called in eval mode are left out of the sums
     params = (
         Key("deltas", "list", list(THESIS_DELTAS), "explained-variance thresholds in (0, 1] to evaluate (the "
             "unprojected model is always evaluated too)", item_kind="float"),
@@ -41,15 +44,19 @@ class Project(Step):
     def check_model(self, params: dict[str, Any], model: Any, where: str) -> None:
         import fnmatch
 
-        from torch import nn
-        names = [name for name, module in model.named_modules()
-                 if name and isinstance(module, (nn.Conv2d, nn.Linear))]
+        from phd_lab.tracking.pca import projectable_layers
+        names = [name for name, _ in projectable_layers(model)]
+        if not names:
+            raise ConfigError(f"{where}, step 'project': the model has no Conv2d or Linear layer to project.")
         for pattern in params["exclude"]:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
                 raise ConfigError(f"{where}, step 'project': the exclude pattern {pattern!r} matches no Conv2d or "
                                   f"Linear layer of the model (e.g. {', '.join(names[:6])}).")
         if all(any(fnmatch.fnmatchcase(name, p) for p in params["exclude"]) for name in names):
             raise ConfigError(f"{where}, step 'project': 'exclude' {params['exclude']} leaves no layer to project.")
+
+    def outputs(self, rundir: RunDir) -> tuple[Path, ...]:
+        return rundir.projections_csv, rundir.projections_plot
 
     def run(self, ctx: StepContext, **params: Any) -> None:
         table = projection_table(ctx.model, ctx.bundle.train_eval, ctx.bundle.test, ctx.device,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from phd_lab import atomic
+from phd_lab.rundir import RunDir
 from phd_lab.steps import Step, StepContext, register_step
 
 log = logging.getLogger(__name__)
@@ -17,6 +19,10 @@ log = logging.getLogger(__name__)
 class ReceptiveFieldStep(Step):
     name = "receptive_field"
     summary = "r_min/r_max per layer and the border layers b_min/b_max → receptive_field.csv (+png)"
+    version = 2  # 2: prev_r_min and side_branch columns
+
+    def outputs(self, rundir: RunDir) -> tuple[Path, ...]:
+        return rundir.receptive_field_csv, rundir.receptive_field_plot
 
     def run(self, ctx: StepContext, **params: Any) -> None:
         from phd_lab.analysis.receptive_field import border_layers, receptive_fields

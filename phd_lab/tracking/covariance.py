@@ -9,17 +9,19 @@ left is bounded: the first batch's mean lies within √(n/n₁) standard deviati
 overall mean (its n₁ points alone contribute n₁·(mean₁ − mean)² to the n·variance), so float64
 rounding is amplified at most n/n₁-fold, the number of batches.
 
-Per batch, the exact path converts, lays out and shifts the activations into one float64
-matrix, sums it and adds its Gram product to the running sums in place: few operations per
-hook, which is what a forward hook on a GPU pays for.
+Per batch, the activations are converted, laid out and shifted into one float64 matrix, which
+is summed and whose Gram product is added to the running sums in place: few operations per
+hook, which is what a forward hook on a GPU pays for. The activations are copied, never the
+layer's own output modified. The first batch runs with autocast switched off (under mixed
+precision its float32 product would silently run in bfloat16/float16); float64 operands, as
+in every later batch, are never cast.
 
-``fast=True`` forms each centred batch Gram in float32 (batched over chunks so that no
-float32 sum runs over more than ``FAST_CHUNK`` observations) and adds it in float64; the
-tests show its relative error stays ≤ 1e-7 against the float64 definition with identical
-saturations. Both paths copy the activations (never modifying the layer's output). Where
-an operand is not float64 (the fast path, an exact first batch), autocast is switched off:
-under mixed precision a float32 product would silently run in bfloat16/float16; float64
-operands are never cast.
+There is no float32 fast path. One was tried (float32 Gram products over short chunks of
+observations, summed in float64): on activations with many repeated values (ReLU zeros,
+bfloat16 outputs) its rounding errors do not cancel, and it exceeded a 1e-7 relative covariance
+error on VGG-sized batches unless the chunks were so short (≤ 16 observations) that it became
+slower than this exact path — which it already was not clearly faster than on the CPUs and
+the H200 it was measured on (benchmarks/RESULTS.md, issue 3).
 """
 
 from __future__ import annotations
@@ -28,16 +30,13 @@ import contextlib
 
 import torch
 
-FAST_CHUNK = 256  # rows per float32 Gram in the fast path (error grows with it: 1024 rows reach ~2e-7)
-
 
 class CovarianceAccumulator:
     """Streaming population covariance of ``dim`` features (rows are observations)."""
 
-    def __init__(self, dim: int, device: torch.device | str | None = None, *, fast: bool = False) -> None:
+    def __init__(self, dim: int, device: torch.device | str | None = None) -> None:
         self.dim = int(dim)
         self.device = torch.device(device) if device is not None else None
-        self.fast = bool(fast)
         self.reset()
 
     def reset(self) -> None:
@@ -56,16 +55,12 @@ class CovarianceAccumulator:
         if count == 0:
             return
         rows = self._place(rows)
-        if self.fast or self._shift is None:
+        if self._shift is None:
             with _full_precision(rows.device):
-                if self.fast:
-                    columns = torch.empty(self.dim, count, dtype=torch.float32, device=rows.device)
-                    self._add_moments(count, *_fast_moments(columns.copy_(rows.T)))
-                else:
-                    x = rows.to(torch.float64, copy=True)  # centred in place below: never the layer's own tensor
-                    mean = x.mean(dim=0)
-                    x -= mean
-                    self._start(count, mean, x.T @ x)
+                x = rows.to(torch.float64, copy=True)  # centred in place below: never the layer's own tensor
+                mean = x.mean(dim=0)
+                x -= mean
+                self._start(count, mean, x.T @ x)
             return
         x = torch.empty(count, self.dim, dtype=torch.float64, device=rows.device)
         _convert_and_shift(rows, self._shift, out=x)
@@ -81,18 +76,14 @@ class CovarianceAccumulator:
             return
         maps = self._place(maps)
         by_channel = maps.reshape(batch, channels, -1).transpose(0, 1)  # (C, B, H·W) view
-        if self.fast or self._shift is None:
+        if self._shift is None:
             with _full_precision(maps.device):
                 # (C, B·H·W): every column one observation, converted and laid out by one copy.
-                x = torch.empty(channels, count, dtype=torch.float32 if self.fast else torch.float64,
-                                device=maps.device)
+                x = torch.empty(channels, count, dtype=torch.float64, device=maps.device)
                 x.view(channels, batch, -1).copy_(by_channel)
-                if self.fast:
-                    self._add_moments(count, *_fast_moments(x))
-                else:
-                    mean = x.mean(dim=1)
-                    x -= mean[:, None]
-                    self._start(count, mean, x @ x.T)
+                mean = x.mean(dim=1)
+                x -= mean[:, None]
+                self._start(count, mean, x @ x.T)
             return
         x = torch.empty(channels, count, dtype=torch.float64, device=maps.device)
         _convert_and_shift(by_channel, self._shift.view(channels, 1, 1), out=x.view(channels, batch, -1))
@@ -115,17 +106,6 @@ class CovarianceAccumulator:
         self._gram.addmm_(columns, columns.T)  # type: ignore[union-attr]
         self.n += count
 
-    def _add_moments(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
-        """Add a batch given by its mean and centred Gram m2 (Σ (a − mean)(a − mean)ᵀ)."""
-        if self._shift is None:
-            self._start(count, mean.clone(), m2.clone())
-            return
-        offset = mean - self._shift
-        self._gram += m2  # type: ignore[operator]
-        self._gram.addr_(offset, offset, alpha=float(count))  # type: ignore[union-attr]
-        self._sum.add_(offset, alpha=float(count))  # type: ignore[union-attr]
-        self.n += count
-
     # ------------------------------------------------------------------ results
     @property
     def mean(self) -> torch.Tensor:
@@ -133,16 +113,17 @@ class CovarianceAccumulator:
             raise ValueError("no observations accumulated yet")
         return self._shift + self._sum / self.n  # type: ignore[operator]
 
-    def centred_gram(self) -> torch.Tensor:
-        """Σ (a − mean)(a − mean)ᵀ over every observation, float64."""
+    def covariance(self) -> torch.Tensor:
+        """Population covariance (ΣA'ᵀA' − ΣA' ΣA'ᵀ/n)/n, float64, exactly symmetric.
+
+        Formed in one d × d buffer plus the transpose copy of the symmetrisation (a 4,096-wide layer's
+        temporaries were four 134 MB matrices at once), with the same roundings as the plain formula.
+        """
         if self._gram is None:
             raise ValueError("no observations accumulated yet")
-        return self._gram - torch.outer(self._sum, self._sum) / self.n  # type: ignore[arg-type]
-
-    def covariance(self) -> torch.Tensor:
-        """Population covariance (divided by n), float64, exactly symmetric."""
-        cov = self.centred_gram() / self.n
-        return (cov + cov.T) / 2
+        cov = torch.outer(self._sum, self._sum).div_(-self.n)  # type: ignore[arg-type]
+        cov.add_(self._gram).div_(self.n)
+        return cov.add_(cov.T.clone()).div_(2)
 
 
 def _convert_and_shift(source: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> None:
@@ -160,25 +141,3 @@ def _full_precision(device: torch.device) -> contextlib.AbstractContextManager[o
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
 
-
-def _fast_moments(columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (float64) and centred Gram of a float32 (dim, count) matrix whose columns are observations.
-
-    Products and sums over ≤ FAST_CHUNK observations run in float32; chunks are summed in
-    float64. ``columns`` is centred in place.
-    """
-    dim, count = columns.shape
-    shift = columns.mean(dim=1, dtype=torch.float64).to(torch.float32)
-    columns -= shift[:, None]
-    # The float32 centring leaves a tiny residual mean; account for it exactly below.
-    residual = columns.sum(dim=1, dtype=torch.float64)
-    chunks, rest = divmod(count, FAST_CHUNK)
-    m2 = torch.zeros(dim, dim, dtype=torch.float64, device=columns.device)
-    if chunks:
-        head = columns[:, : chunks * FAST_CHUNK].reshape(dim, chunks, FAST_CHUNK).transpose(0, 1)
-        m2 += torch.bmm(head, head.transpose(1, 2)).sum(dim=0, dtype=torch.float64)
-    if rest:
-        tail = columns[:, chunks * FAST_CHUNK:]
-        m2 += (tail @ tail.T).to(torch.float64)
-    m2.addr_(residual, residual, alpha=-1.0 / count)
-    return shift.to(torch.float64) + residual / count, m2

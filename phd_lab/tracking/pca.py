@@ -20,18 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from phd_lab.tracking.covariance import CovarianceAccumulator
+from phd_lab.tracking.modules import weight_only_layers
 from phd_lab.tracking.saturation import check_delta, intrinsic_dimension
 
 
 class _PCALayer(nn.Module):
-    def __init__(self, features: int, delta: float = 0.99, *, fast: bool = False) -> None:
+    def __init__(self, features: int, delta: float = 0.99) -> None:
         super().__init__()
         self.features = int(features)
         self.delta = check_delta(delta)
-        self.accumulator = CovarianceAccumulator(self.features, fast=fast)
+        self.accumulator = CovarianceAccumulator(self.features)
         self._eigen: tuple[torch.Tensor, torch.Tensor] | None = None  # (values desc, vectors as columns)
         self._generator: torch.Generator | None = None
         self._matrix: torch.Tensor | None = None  # cached PᵀP, float64
+        # PᵀP and the bias cast to the activations' device and dtype, made once per basis: casting a
+        # 4,096-wide layer's 134 MB matrix again for every evaluated batch cost more than the projection
+        self._operands: tuple[tuple[torch.device, torch.dtype], torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ state
     def train(self, mode: bool = True) -> "_PCALayer":
@@ -42,21 +46,21 @@ class _PCALayer(nn.Module):
     def reset(self) -> None:
         self.accumulator.reset()
         self._eigen = None
-        self._matrix = None
+        self._matrix = self._operands = None
 
     def set_delta(self, delta: float) -> None:
         """Choose another explained-variance threshold; no new data needed."""
         self.delta = check_delta(delta)
-        self._matrix = None
+        self._matrix = self._operands = None
 
     def use_random_basis(self, generator: torch.Generator) -> None:
         """Project onto k random orthonormal directions (k from delta), drawn from ``generator``."""
         self._generator = generator
-        self._matrix = None
+        self._matrix = self._operands = None
 
     def use_pca_basis(self) -> None:
         self._generator = None
-        self._matrix = None
+        self._matrix = self._operands = None
 
     # ------------------------------------------------------------------ eigenspace
     def eigen(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,9 +103,13 @@ class _PCALayer(nn.Module):
             return x
         if self._generator is None and self.k == self.features:
             return x  # every direction kept: the projection is the identity
-        matrix = self.projection_matrix().to(device=x.device, dtype=x.dtype)
-        mean = self.accumulator.mean.to(device=x.device, dtype=x.dtype)
-        return self._project(x, matrix, mean - matrix @ mean)
+        key = (x.device, x.dtype)
+        if self._operands is None or self._operands[0] != key:
+            matrix = self.projection_matrix().to(device=x.device, dtype=x.dtype)
+            mean = self.accumulator.mean.to(device=x.device, dtype=x.dtype)
+            self._operands = (key, matrix, mean - matrix @ mean)
+        _, matrix, bias = self._operands
+        return self._project(x, matrix, bias)
 
     def _collect(self, x: torch.Tensor) -> None:
         raise NotImplementedError
@@ -127,7 +135,7 @@ class Conv2dPCA(_PCALayer):
     """PCA layer for (B, channels, H, W) feature maps: every position is one observation."""
 
     def _collect(self, x: torch.Tensor) -> None:
-        self.accumulator.update_maps(x)
+        self.accumulator.update_maps(x if x.dim() == 4 else x.unsqueeze(0))  # Conv2d also takes (C, H, W)
 
     def _project(self, x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, matrix[:, :, None, None], bias)
@@ -141,18 +149,28 @@ def pca_layer_for(module: nn.Module, delta: float = 0.99) -> _PCALayer:
     raise TypeError(f"no PCA layer for {type(module).__name__}")
 
 
+def projectable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The Conv2d and Linear submodules a PCA layer can follow, in definition order.
+
+    Linear layers that are never called (``weight_only_layers``: attention's ``out_proj``) are
+    skipped: wrapping one would break the attention, and its PCA layer would never see data.
+    """
+    weight_only = weight_only_layers(model)
+    return [(name, module) for name, module in model.named_modules()
+            if name and isinstance(module, (nn.Conv2d, nn.Linear)) and name not in weight_only]
+
+
 def insert_pca_layers(model: nn.Module, delta: float = 0.99,
                       exclude: Sequence[str] = ()) -> tuple[nn.Module, dict[str, _PCALayer]]:
-    """A deep copy of ``model`` with a PCA layer after every Conv2d and Linear whose qualified name
-    matches none of the fnmatch patterns ``exclude``.
+    """A deep copy of ``model`` with a PCA layer after every projectable Conv2d and Linear
+    (``projectable_layers``) whose qualified name matches none of the fnmatch patterns ``exclude``.
 
     Each such layer ``name`` becomes ``Sequential(layer, pca)``; the returned mapping is
     keyed by the original qualified names, in definition order.
     """
     projected = copy.deepcopy(model)
-    targets = [(name, module) for name, module in projected.named_modules()
-               if isinstance(module, (nn.Conv2d, nn.Linear)) and name
-               and not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)]
+    targets = [(name, module) for name, module in projectable_layers(projected)
+               if not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)]
     layers: dict[str, _PCALayer] = {}
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")

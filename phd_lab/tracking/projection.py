@@ -67,12 +67,19 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
     """
     model.eval()
     projected, layers = insert_pca_layers(model, exclude=exclude)
-    pca = list(layers.values())
+    collect(projected, list(layers.values()), train_loader, device, progress)
+    idle = [name for name, layer in layers.items() if layer.accumulator.n == 0]
+    if idle:  # e.g. auxiliary heads that run only in training mode: they stay unprojected and uncounted
+        log.warning("layers never called in eval mode, left unprojected and out of the sums: %s", ", ".join(idle))
+        for name in idle:
+            layers[name].set_delta(1.0)
+    pca = [layer for name, layer in layers.items() if name not in idle]
+    if not pca:
+        raise ValueError("no projected layer was called by the model's forward pass in eval mode")
     feature_dims = sum(layer.features for layer in pca)
     accuracy, loss = evaluate(model, test_loader, device)
     rows = [{"delta": 1.0, "basis": "none", "accuracy": accuracy, "loss": loss, "dims_sum": feature_dims,
              "feature_dims_sum": feature_dims, "saturation_mean": 1.0}]
-    collect(projected, pca, train_loader, device, progress)
     generator = torch.Generator().manual_seed(seed)
     bases = ("pca", "random") if random_control else ("pca",)
     todo = [(d, b) for d in deltas for b in bases]

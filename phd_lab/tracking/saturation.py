@@ -8,12 +8,14 @@ sum is ≥ delta × Σλ, and the saturation is k / d. A layer without any varia
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
 
 def check_delta(delta: float) -> float:
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < float(delta) <= 1.0:
+    """delta as a float in (0, 1]; any real number type (also NumPy's) is accepted."""
+    if isinstance(delta, (bool, np.bool_)) or not isinstance(delta, numbers.Real) or not 0.0 < float(delta) <= 1.0:
         raise ValueError(f"delta must be a number in (0, 1]; got {delta!r}")
     return float(delta)
 
@@ -44,13 +46,18 @@ def layer_statistics(cov: np.ndarray, delta: float, n: int) -> dict[str, float]:
     dim = cov.shape[0]
     eigenvalues = sorted_eigenvalues(cov)
     k = intrinsic_dimension(eigenvalues, delta)
-    sign, log_det = np.linalg.slogdet(cov)
+    # log det from the eigenvalues already at hand (a second factorisation cost a quarter of eigh's time
+    # on a 4,096-wide layer); singular (an eigenvalue rounded to ≤ 0) is -inf, as slogdet's sign says
+    if dim == 0:
+        log_det = 0.0  # the empty product
+    else:
+        log_det = float(np.sum(np.log(eigenvalues))) if eigenvalues[-1] > 0.0 else -math.inf
     return {
         "saturation": k / dim if dim else math.nan,
         "intrinsic_dimension": k,
         "feature_dimension": dim,
         "trace": float(np.trace(cov)),
-        "log_det": float(log_det) if sign > 0 else -math.inf,
+        "log_det": log_det,
         "n": int(n),
     }
 

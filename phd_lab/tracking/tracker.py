@@ -21,6 +21,7 @@ from torch import nn
 
 from phd_lab.pooling import pool_to
 from phd_lab.tracking.covariance import CovarianceAccumulator
+from phd_lab.tracking.modules import weight_only_layers
 from phd_lab.tracking.saturation import check_delta, empty_statistics, layer_statistics
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class TrackerOptions:
     maps larger than this (int or (h, w)) are reduced with ``downsampling`` before being
     accumulated. ``max_batches``: record at most this many batches per pass;
     ``every_n``: record only every n-th batch. ``include``/``exclude``: fnmatch patterns
-    on qualified layer names. ``fast``: float32 Gram path (see covariance.py).
+    on qualified layer names.
     """
 
     device: str | None = None
@@ -48,7 +49,6 @@ class TrackerOptions:
     every_n: int = 1
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    fast: bool = False
 
     def __post_init__(self) -> None:
         if self.downsampling not in DOWNSAMPLING_METHODS:
@@ -83,10 +83,12 @@ def feature_dimension(module: nn.Module) -> int:
 
 
 def trackable_layers(model: nn.Module, options: TrackerOptions | None = None) -> Iterator[tuple[str, nn.Module]]:
-    """(qualified name, module) of every layer a tracker with ``options`` would hook."""
+    """(qualified name, module) of every layer a tracker with ``options`` would hook (not those that are
+    never called, ``weight_only_layers``)."""
     options = options or TrackerOptions()
+    weight_only = weight_only_layers(model)
     for name, module in model.named_modules():
-        if isinstance(module, TRACKED_TYPES) and options.selects(name or "<model>"):
+        if isinstance(module, TRACKED_TYPES) and options.selects(name or "<model>") and name not in weight_only:
             yield name or "<model>", module
 
 
@@ -119,14 +121,15 @@ class SaturationTracker:
         self._recorded_batches = 0
         self._recording = False
         for name, module in trackable_layers(model, self.options):
-            layer = _Layer(name, CovarianceAccumulator(feature_dimension(module), self.options.device,
-                                                       fast=self.options.fast),
+            layer = _Layer(name, CovarianceAccumulator(feature_dimension(module), self.options.device),
                            conv=isinstance(module, nn.Conv2d))
             layer.handle = module.register_forward_hook(self._hook(layer))
             self.layers[name] = layer
         if not self.layers:
-            log.warning("SaturationTracker found no Conv2d, Linear or LSTM layer to track in %s",
-                        type(model).__name__)
+            patterns = (f" (include {list(self.options.include)}, exclude {list(self.options.exclude)})"
+                        if self.options.include or self.options.exclude else "")
+            log.warning("SaturationTracker found no Conv2d, Linear or LSTM layer to track in %s%s",
+                        type(model).__name__, patterns)
         self._root_handle = model.register_forward_pre_hook(self._start_batch)
         self.closed = False
 
@@ -164,7 +167,8 @@ class SaturationTracker:
                 self._order.append(layer.name)
             tensor = _output_tensor(output).detach()  # detached: no autograd, no no_grad() needed
             if layer.conv:
-                layer.accumulator.update_maps(self._downsample(tensor))
+                maps = tensor if tensor.dim() == 4 else tensor.unsqueeze(0)  # Conv2d also takes (C, H, W)
+                layer.accumulator.update_maps(self._downsample(maps))
             else:
                 layer.accumulator.update(tensor.reshape(-1, tensor.shape[-1]))
         return hook
@@ -174,7 +178,8 @@ class SaturationTracker:
         if size is None or (maps.shape[2] <= size[0] and maps.shape[3] <= size[1]):
             return maps
         target = (min(size[0], maps.shape[2]), min(size[1], maps.shape[3]))
-        maps = maps.float()
+        if maps.dtype in (torch.float16, torch.bfloat16):
+            maps = maps.float()  # the pooling and interpolation kernels; float64 maps keep their precision
         if self.options.downsampling == "adaptive_avg":
             return pool_to(maps, target)
         if self.options.downsampling == "bilinear":

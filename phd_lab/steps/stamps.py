@@ -1,0 +1,55 @@
+"""Which post-processing results are up to date: a rerun skips a step whose inputs did not change.
+
+A rerun of a finished run (a grid extended by one value, a step added to the config) used to run
+every step again; ``project`` alone is a pass over the training set plus two test evaluations per
+delta. A step with declared outputs records a stamp after it ran: its version, its resolved
+parameters and the fingerprint (size, modification time) of the checkpoint it analysed. The
+stamps of a run live in one file, ``.steps.json`` in its folder, written atomically by the
+process that holds the run's lock.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from phd_lab import atomic
+
+if TYPE_CHECKING:
+    from phd_lab.rundir import RunDir
+    from phd_lab.steps import Step
+
+STAMPS = ".steps.json"
+
+
+def step_stamp(step: "Step", params: dict[str, Any], rundir: "RunDir") -> dict[str, Any]:
+    """What a step's results depend on beyond the run's identity (which names the folder)."""
+    checkpoint = rundir.checkpoint.stat()
+    return json.loads(json.dumps({"version": step.version, "params": params,
+                                  "checkpoint": [checkpoint.st_size, checkpoint.st_mtime_ns]}))
+
+
+class StepStamps:
+    """The stamps file of one run folder."""
+
+    def __init__(self, rundir: "RunDir") -> None:
+        self.path = Path(rundir.root) / STAMPS
+        try:
+            stamps = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stamps = {}
+        self.stamps: dict[str, Any] = stamps if isinstance(stamps, dict) else {}
+
+    def up_to_date(self, step: "Step", stamp: dict[str, Any], rundir: "RunDir") -> bool:
+        """The step ran on this checkpoint with these parameters, and every output it writes is there."""
+        return self.stamps.get(step.name) == stamp and all(path.exists() for path in step.outputs(rundir))
+
+    def record(self, step: "Step", stamp: dict[str, Any]) -> None:
+        self.stamps[step.name] = stamp
+        atomic.write_json(self.path, self.stamps)
+
+    def forget(self, step: "Step") -> None:
+        """Before a step runs again: a crash half-way must not leave the old stamp beside new files."""
+        if self.stamps.pop(step.name, None) is not None:
+            atomic.write_json(self.path, self.stamps)
