@@ -15,7 +15,6 @@ from phd_lab.experiment import Main
 from tests.conftest import main_in_process
 
 
-
 def write_config(tmp_path: Path, steps: list) -> Path:
     config = {"model": "vgg11", "model_args": {"width": 0.125, "batch_norm": False, "head": "linear"},
               "dataset": "Digits", "resolution": 8, "epoch": 1,

@@ -9,7 +9,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
 from sklearn.preprocessing import StandardScaler
 
-import phd_lab.probes.fit as probe_fit
 from phd_lab.errors import ConfigError
 from phd_lab.probes.fit import (fit_torch_lbfgs, probe_arrays, probe_layer, standardize, standardize_tensors,
                                 stratified_subsample)
@@ -18,19 +17,19 @@ from tests.probe_latents import blob_layers, digits_layers, make_latents
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-@pytest.mark.parametrize("solver, standardize, C, max_iter", [
+@pytest.mark.parametrize("solver, scaled, C, max_iter", [
     ("saga", False, 1.0, 100), ("saga", True, 0.3, 15), ("lbfgs", True, 2.0, 1000), ("lbfgs", False, 1.0, 7)])
-def test_probe_equals_direct_sklearn_fit(tmp_path, solver, standardize, C, max_iter):
+def test_probe_equals_direct_sklearn_fit(tmp_path, solver, scaled, C, max_iter):
     layers, y_train, y_eval = digits_layers(n_layers=1, width=24)
     _, folder = make_latents(tmp_path, layers, y_train, y_eval)
     x_train, x_eval = layers["features.0"]
-    settings = ProbeSettings(solver=solver, C=C, max_iter=max_iter, standardize=standardize, seed=3)
+    settings = ProbeSettings(solver=solver, C=C, max_iter=max_iter, standardize=scaled, seed=3)
     record = probe_layer(1, "features.0", folder / "train-features.0.npy", folder / "eval-features.0.npy",
                          folder / "train-labels.npy", folder / "eval-labels.npy", settings)
 
-    if standardize:  # the runner's standardisation (equal to StandardScaler's, tested below) to the last bit:
+    if scaled:  # the runner's standardisation (equal to StandardScaler's, tested below) to the last bit:
         # lbfgs' iteration count moves with the last bits of its input, and rounding differs between CPUs
-        x_train, x_eval = probe_fit.standardize(np.array(x_train), np.array(x_eval))
+        x_train, x_eval = standardize(np.array(x_train), np.array(x_eval))
     direct = LogisticRegression(solver=solver, C=C, max_iter=max_iter, tol=1e-4, random_state=3).fit(x_train, y_train)
     assert record.train_acc == pytest.approx(direct.score(x_train, y_train), abs=1 / len(y_train) + 1e-12)
     assert record.eval_acc == pytest.approx(direct.score(x_eval, y_eval), abs=1 / len(y_eval) + 1e-12)
