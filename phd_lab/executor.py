@@ -99,11 +99,7 @@ class TrainTestExecutor:
         """Every check that needs no data: registry names, factory arguments, steps, device."""
         cfg, where = self.config, self.config.source
         try:
-            self.registries.models.check(cfg.model, "model")
-            self.registries.datasets.check(cfg.dataset, "dataset")
-            self.registries.optimizers.check(cfg.optimizer, "optimizer")
-            for metric in cfg.metrics:
-                self.registries.metrics.check(metric, "metrics")
+            self.registries.check_names(cfg)
         except RegistryError as error:
             raise RegistryError(f"{where}: {error}") from None
         model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
@@ -278,7 +274,10 @@ class TrainTestExecutor:
                     # The keys that shaped the weights keep the values the run was trained with (what
                     # reproduces it); the others (post-processing, analysis, probe, folders) follow the rerun.
                     now = self.logged_config()
-                    kept = {k: previous[k] for k in TRAINING_KEYS if k in previous and previous[k] != now.get(k)}
+                    # registry files logged relative (by versions before they were logged absolute) are the
+                    # same files when they resolve to the same place, and are then logged absolute as well
+                    resolved = absolute_paths(previous)
+                    kept = {k: previous[k] for k in TRAINING_KEYS if k in previous and resolved[k] != now.get(k)}
                     if kept:
                         log.warning("This rerun differs from the logged config %s in %s, which shaped the trained "
                                     "weights; the file keeps the values the run was trained with.", path.name,

@@ -76,11 +76,6 @@ class Main:
             executor.validate(self.missing_data)
             ProbeSettings.from_mapping(cfg.values, where=cfg.source)  # the probe job's keys, checked with the rest
             executor.check_model(models)
-            too_long = [part for part in executor.rundir.root.parts if len(part.encode("utf-8")) > 255]
-            if too_long:  # found at run time it failed with a log that could not be written either
-                raise ConfigError(f"{cfg.source}: the run folder name {too_long[0][:60]!r}... is "
-                                  f"{len(too_long[0].encode('utf-8'))} bytes long, and file systems allow 255 per "
-                                  f"folder; shorten 'run_id' (or the value it comes from).")
             if executor.rundir.root in folders:
                 first = folders[executor.rundir.root]
                 other = executors[first].config.values

@@ -170,6 +170,15 @@ class Registries:
     def __getitem__(self, kind: str) -> Registry:
         return self._registries[kind]
 
+    def check_names(self, config: Any) -> None:
+        """Every factory name a run's config draws from these registries: a RegistryError naming the
+        key, the close matches and the valid names when one is unknown."""
+        self.models.check(config.model, "model")
+        self.datasets.check(config.dataset, "dataset")
+        self.optimizers.check(config.optimizer, "optimizer")
+        for metric in config.metrics:
+            self.metrics.check(metric, "metrics")
+
     @property
     def models(self) -> Registry:
         return self._registries["models"]

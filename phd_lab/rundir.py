@@ -13,6 +13,8 @@ from phd_lab.grid import Grid
 
 log = logging.getLogger(__name__)
 
+NAME_MAX = 255  # bytes per file or folder name on the common file systems
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -27,6 +29,11 @@ class RunDir:
         logs = Path(logs_dir if logs_dir is not None else cfg.logs_dir)
         parent = logs / safe_name(cfg.model) / f"{safe_name(cfg.dataset)}_{cfg.resolution}" / safe_name(cfg.run_id)
         root = parent / cfg.variant_slug()
+        too_long = [part for part in root.parts if len(part.encode("utf-8")) > NAME_MAX]
+        if too_long:  # checked before any stat(): the OS answers a too-long name with an error, not "missing"
+            raise ConfigError(f"{cfg.source}: the run folder name {too_long[0][:60]!r}... "
+                              f"is {len(too_long[0].encode('utf-8'))} bytes long, and file systems allow "
+                              f"{NAME_MAX} per folder; shorten 'run_id' (or the value it comes from).")
         if not root.exists() and parent.is_dir():
             same = [folder for folder in parent.glob(f"*-{cfg.identity_hash()}") if folder.is_dir()]
             if len(same) == 1:

@@ -109,6 +109,23 @@ def test_bad_config_exits_2_with_message_and_writes_nothing(case, tmp_path, caps
     assert not (tmp_path / "logs").exists()
 
 
+def test_too_long_run_id_is_refused_also_beside_existing_runs(tmp_path, capsys):
+    """Once the folders above a run exist, the OS answers a too-long name with ENAMETOOLONG instead of
+    "missing": both commands must still refuse it before touching the disk, not crash in a stat()."""
+    from phd_lab.probes.cli import probe_cli
+    config = write_config(tmp_path, run_id="r" * 300)
+    (tmp_path / "logs" / "vgg11" / "Digits_16" / ("r" * 300)[:200]).mkdir(parents=True)
+    (tmp_path / "logs" / "vgg11" / "Digits_16" / "r").mkdir()
+    for command, argv in ((main_cli, ["--dry-run"]), (main_cli, []), (probe_cli, [])):
+        assert command(["--config", str(config), *argv]) == 2
+        err = flat(capsys.readouterr().err)
+        assert "is 300 bytes long, and file systems allow 255" in err and "Traceback" not in err, err
+    config = write_config(tmp_path, run_id="r")
+    assert main_cli(["--config", str(config), "--run-id", "x" * 300, "--dry-run"]) == 2
+    assert "is 300 bytes long" in flat(capsys.readouterr().err)
+    assert sorted(p.name[:3] for p in (tmp_path / "logs" / "vgg11" / "Digits_16").iterdir()) == ["r", "rrr"]
+
+
 def test_invalid_json_names_line_and_column(tmp_path, capsys):
     path = _write_raw(tmp_path, '{\n  "model": "vgg11",\n  "epoch": 3,\n}\n')
     assert main_cli(["--config", str(path)]) == 2

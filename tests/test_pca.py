@@ -179,7 +179,30 @@ def test_excluded_layers_get_no_pca_layer_and_resnet18_block_dimensions_are_the_
     assert len(every) == 21 and len(kept) == 17
     assert sum(layer.features for layer in kept.values()) == 3904
     assert not any("downsample" in name for name in kept) and "fc" not in kept
-    assert isinstance(projected.fc, torch.nn.Linear)  # left as it was
+    assert not hasattr(projected.fc, "pca_projection") and not projected.fc._forward_hooks  # left as it was
+    assert hasattr(projected.layer1[0].conv1, "pca_projection")
+
+
+def test_projection_keeps_the_layers_a_transformer_encoder_reads_directly() -> None:
+    """In evaluation mode nn.TransformerEncoderLayer checks its fast path by reading ``linear1.weight`` and
+    ``linear2.weight``: replacing those layers by a wrapper made the project step fail after training."""
+    from phd_lab.tracking.projection import projection_table
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True),
+                          nn.Flatten(), nn.Linear(5 * 8, 3))
+    data = torch.randn(40, 5, 4)
+    labels = torch.randint(0, 3, (40,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data, labels), batch_size=10)
+    projected, layers = insert_pca_layers(model, delta=1.0)
+    assert {"1.linear1", "1.linear2"} <= set(layers)
+    for layer in layers.values():
+        layer.train()
+    projected(data)
+    projected.eval()
+    with torch.no_grad():
+        assert torch.allclose(projected(data), model.eval()(data), atol=1e-5)  # delta 1 projects onto everything
+    table = projection_table(model, loader, loader, deltas=[0.9, 1.0], device="cpu")
+    assert set(table["basis"]) == {"none", "pca", "random"} and table["accuracy"].notna().all()
 
 
 def test_project_step_names_what_leaves_nothing_to_project() -> None:

@@ -197,9 +197,13 @@ def test_config_mode_with_latents_dir_and_run_id(tmp_path, capsys):
 
 
 def test_probe_job_imports_no_torch_and_no_registries(tmp_path):
+    """Also in config mode while some runs of the grid have no latents yet (probing beside training)."""
     _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    config = _config(tmp_path)
+    _latents_for_run(config, 1)
     code = ("import sys; from phd_lab.probes.cli import probe_cli; "
-            f"rc = probe_cli(['--latents', {str(latents)!r}, '-mp', '0', '--no-progress', '-q']); "
+            f"rc = probe_cli(['--latents', {str(latents)!r}, '-mp', '0', '--no-progress', '-q']) or "
+            f"probe_cli(['--config', {str(config)!r}, '-mp', '0', '--no-progress', '-q']); "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'registries', 'torchvision')); "
             "assert rc == 0 and not bad, (rc, bad)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -239,6 +243,18 @@ def _assert_usage_error(capsys, run_dir: Path | None, *argv: str, match: str) ->
 def test_error_no_latents(tmp_path, capsys):
     _assert_usage_error(capsys, None, "--latents", str(tmp_path / "nope"), match="No latents found")
     config = _config(tmp_path)
+    _assert_usage_error(capsys, None, "--config", str(config), match="No latents found for any of the 2 run(s)")
+
+
+def test_error_misspelt_registry_name_is_named_not_reported_as_missing_latents(tmp_path, capsys):
+    """A misspelt name gives a run folder that cannot exist: when no run has latents, say which key is wrong."""
+    config = _config(tmp_path, model="vgg111")
+    _assert_usage_error(capsys, None, "--config", str(config),
+                        match="(run 0): Unknown model 'vgg111' for key 'model'. Did you mean 'vgg11'")
+    config = _config(tmp_path, metrics=["Accuracy", "Acuracy"])
+    _assert_usage_error(capsys, None, "--config", str(config), match="Unknown metric 'Acuracy' for key 'metrics'")
+    (tmp_path / "broken_models.py").write_text("import not_installed_on_this_probe_node\n")
+    config = _config(tmp_path, registries={"models": "broken_models.py"})
     _assert_usage_error(capsys, None, "--config", str(config), match="No latents found for any of the 2 run(s)")
 
 

@@ -181,7 +181,7 @@ def test_user_registry_module_from_config(tmp_path, capsys):
     assert "Unknown model 'vgg11'" in " ".join(capsys.readouterr().err.split())
 
 
-def test_relative_registry_path_is_found_beside_the_config_and_logged_absolute(tmp_path):
+def test_relative_registry_path_is_found_beside_the_config_and_logged_absolute(tmp_path, caplog):
     folder = tmp_path / "experiment"
     folder.mkdir()
     module = folder / "my_models.py"
@@ -206,8 +206,18 @@ def test_relative_registry_path_is_found_beside_the_config_and_logged_absolute(t
     finally:
         os.chdir(cwd)
     [run] = run_folders(elsewhere / "logs")
-    assert json.loads((run / f"{run_name(run)}_config.json").read_text())["registries"] == {
-        "models": str(module.resolve())}
+    logged = run / f"{run_name(run)}_config.json"
+    assert json.loads(logged.read_text())["registries"] == {"models": str(module.resolve())}
+    # a run logged by an older version with the relative path: a rerun from the same place is no change
+    logged.write_text(json.dumps({**json.loads(logged.read_text()), "registries": {"models": "my_models.py"}}))
+    caplog.clear()
+    try:
+        os.chdir(folder)
+        assert main_cli(["--config", str(config), "--no-progress"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert "differs from the logged config" not in caplog.text
+    assert json.loads(logged.read_text())["registries"] == {"models": str(module.resolve())}
 
 
 def test_logged_config_with_a_list_valued_factory_argument_reruns_the_same_single_run(tmp_path):

@@ -198,6 +198,24 @@ def test_mixed_precision_forward_passes_are_tracked_at_full_precision() -> None:
         assert rel_error(tracker.covariance(name).numpy(), expected) <= 1e-10, name
 
 
+def test_non_finite_activations_give_nan_saturation_and_a_warning_not_a_crash(caplog) -> None:
+    """float16 overflow or a diverged run puts inf/NaN into a layer's sums; eigvalsh then raised
+    LinAlgError and took the epoch down. The other layers keep their statistics."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3))
+    data = torch.randn(20, 4)
+    data[3, 0] = float("inf")
+    tracker = track(model, data, batch=10)
+    with caplog.at_level("WARNING", logger="phd_lab.tracking.tracker"):
+        frame = tracker.compute()
+    assert frame["n"].tolist() == [20, 20]
+    assert frame["saturation"].isna().all() and frame["intrinsic_dimension"].isna().all()
+    assert "0, 1" in caplog.text and "were not finite" in caplog.text
+    tracker.reset()
+    model(torch.randn(8, 4))
+    assert frame.shape == tracker.compute().shape and tracker.compute()["saturation"].notna().all()
+
+
 def test_reset_and_close() -> None:
     model, data = seeded_model(4), digits_images(128)
     tracker = track(model, data[:64], batch=32)

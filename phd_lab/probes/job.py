@@ -53,18 +53,20 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
     of each run come from its ``probe_*`` keys, then the command-line ``overrides``. Runs
     without a latents folder are skipped; a folder without a manifest is an error.
     """
-    from phd_lab.config import check_known_keys, check_run_id_value, load_config_file, validate_values
+    from phd_lab.config import (anchor_registry_paths, check_known_keys, check_run_id_value, load_config_file,
+                                validate_values)
     from phd_lab.grid import Grid
 
     where = str(config_path)
     raw = load_config_file(config_path)
     check_known_keys(raw, where)
+    anchor_registry_paths(raw, config_path)
     anchor_logged_run(raw, config_path)
     if run_id is not None:
         raw["run_id"] = check_run_id_value(run_id)
     validate_values(raw, where)
     grid = Grid(raw, where)
-    jobs, skipped, extracting, logs_dirs = [], [], [], set()
+    jobs, skipped, extracting, logs_dirs, unprobed = [], [], [], set(), []
     for index in range(len(grid)):
         cfg = grid[index]
         rundir = RunDir.for_run(cfg)
@@ -72,6 +74,7 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
         folder = rundir.latents(cfg.latents_dir)
         if not folder.exists():
             skipped.append(f"{index} ({cfg.name})")
+            unprobed.append((index, cfg))
             continue
         owner = extracting_owner(folder, rundir)
         if owner is not None:  # probing beside a training grid: this run's turn comes in a later job
@@ -92,14 +95,42 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
         folders[root] = job.label
     if not jobs and extracting:
         raise DataError(f"The latents of run(s) {', '.join(extracting)} of {where!r} are still being extracted by "
-                        f"the training command, and no other run has latents yet; probe once it has finished.")
+                        f"the training command, and no other run has latents yet; probe once it has finished. "
+                        f"(A lock held from another host cannot be checked from here: if that process has died, "
+                        f"rerun the training command, which takes its lock over and finishes the extraction.)")
     if not jobs:
+        check_registry_names(unprobed, where)
         raise DataError(f"No latents found for any of the {len(grid)} run(s) of {where!r} (looked for "
                         f"<run folder>/latents or under latents_dir). Train the runs with the 'extract' "
                         f"post-processing step first (python main.py --config {where}).")
     if skipped:
         log.info("runs without latents (skipped): %s", ", ".join(skipped))
     return jobs, Path(sorted(logs_dirs)[0]) / CACHE_FOLDER
+
+
+def check_registry_names(runs: Sequence[tuple[int, Any]], where: str) -> None:
+    """When no run has latents, a misspelt model, dataset, optimizer or metric name may be why (its
+    folder cannot exist): name the key as training would, instead of only "no latents found".
+    Checked only then, so a probe job normally imports neither torch nor the registry modules; a
+    registry module that does not import on this node leaves the names unchecked."""
+    from phd_lab.errors import RegistryError
+    from phd_lab.registry import Registries
+
+    loaded: dict[tuple[tuple[str, str], ...], Registries | None] = {}
+    for index, cfg in runs:
+        key = tuple(sorted(dict(cfg.registries).items()))
+        if key not in loaded:
+            try:
+                loaded[key] = Registries(dict(key))
+            except RegistryError as error:
+                log.debug("registry names of run %d not checked: %s", index, error)
+                loaded[key] = None
+        registries = loaded[key]
+        if registries is not None:
+            try:
+                registries.check_names(cfg)
+            except RegistryError as error:
+                raise RegistryError(f"{where} (run {index}): {error}") from None
 
 
 def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = None) -> tuple[list[ProbeJob], Path]:

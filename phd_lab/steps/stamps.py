@@ -6,6 +6,11 @@ delta. A step with declared outputs records a stamp after it ran: its version, i
 parameters and the fingerprint (size, modification time) of the checkpoint it analysed. The
 stamps of a run live in one file, ``.steps.json`` in its folder, written atomically by the
 process that holds the run's lock.
+
+Deliberately not in the stamp, as they are not in a run's identity either (a finished run is not
+trained again when they change): the device (results differ in the last bits at most), ``data_dir``
+and the code of the registry modules. After changing a dataset's files or code, delete the step's
+outputs (or ``.steps.json``) to have it run again.
 """
 
 from __future__ import annotations

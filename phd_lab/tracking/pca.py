@@ -160,27 +160,40 @@ def projectable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if name and isinstance(module, (nn.Conv2d, nn.Linear)) and name not in weight_only]
 
 
+PCA_CHILD = "pca_projection"  # the name a PCA layer gets as a child of the layer it follows
+
+
 def insert_pca_layers(model: nn.Module, delta: float = 0.99,
                       exclude: Sequence[str] = ()) -> tuple[nn.Module, dict[str, _PCALayer]]:
     """A deep copy of ``model`` with a PCA layer after every projectable Conv2d and Linear
     (``projectable_layers``) whose qualified name matches none of the fnmatch patterns ``exclude``.
 
-    Each such layer ``name`` becomes ``Sequential(layer, pca)``; the returned mapping is
-    keyed by the original qualified names, in definition order.
+    Each such layer keeps its place and its parameters; its PCA layer becomes its child
+    ``pca_projection`` (so ``.eval()`` and ``.to()`` reach it) and a forward hook passes the layer's
+    output through it. Parents that read a layer's attributes instead of calling it
+    (``nn.TransformerEncoderLayer``'s fast-path checks read ``linear1.weight``) therefore see the
+    layer they expect. The returned mapping is keyed by the original qualified names, in
+    definition order.
     """
+    if isinstance(model, (nn.Conv2d, nn.Linear)):
+        raise TypeError("insert_pca_layers needs a model that contains its Conv2d/Linear layers as submodules")
     projected = copy.deepcopy(model)
     targets = [(name, module) for name, module in projectable_layers(projected)
                if not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)]
     layers: dict[str, _PCALayer] = {}
     for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = projected.get_submodule(parent_name) if parent_name else projected
+        if hasattr(module, PCA_CHILD):
+            raise ValueError(f"layer {name!r} has a PCA layer already (insert_pca_layers on a projected model?)")
         pca = pca_layer_for(module, delta).to(next(module.parameters(), torch.empty(0)).device)
-        setattr(parent, child, nn.Sequential(module, pca))
+        module.add_module(PCA_CHILD, pca)
+        module.register_forward_hook(_through_pca_layer)
         layers[name] = pca
-    if isinstance(projected, (nn.Conv2d, nn.Linear)):
-        raise TypeError("insert_pca_layers needs a model that contains its Conv2d/Linear layers as submodules")
     return projected, layers
+
+
+def _through_pca_layer(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook: the layer's output, collected or projected by its PCA child."""
+    return getattr(module, PCA_CHILD)(output)
 
 
 def pca_layers(model: nn.Module) -> Iterator[_PCALayer]:

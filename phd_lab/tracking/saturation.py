@@ -44,6 +44,8 @@ def layer_statistics(cov: np.ndarray, delta: float, n: int) -> dict[str, float]:
     """Every per-layer number the tracker reports, from one covariance matrix."""
     cov = np.asarray(cov, dtype=np.float64)
     dim = cov.shape[0]
+    if not np.isfinite(cov).all():  # inf/NaN activations (a diverged run, float16 overflow): nothing to decompose
+        return {**empty_statistics(dim), "trace": float(np.trace(cov)), "n": int(n)}
     eigenvalues = sorted_eigenvalues(cov)
     k = intrinsic_dimension(eigenvalues, delta)
     # log det from the eigenvalues already at hand (a second factorisation cost a quarter of eigh's time

@@ -206,6 +206,10 @@ class SaturationTracker:
             else:
                 rows.append(layer_statistics(acc.covariance().cpu().numpy(), delta, acc.n))
         frame = pd.DataFrame(rows, index=pd.Index(self.layer_names, name="layer"), columns=list(COLUMNS))
+        broken = frame.index[(frame["n"] > 0) & (frame["feature_dimension"] > 0) & frame["saturation"].isna()].tolist()
+        if broken:
+            log.warning("The activations of %s were not finite (inf or NaN: the training diverged, or float16 "
+                        "overflowed); their saturations are NaN.", ", ".join(broken))
         return frame
 
     def saturation_mean(self, frame: pd.DataFrame | None = None) -> float:
