@@ -12,6 +12,7 @@ is missing or damaged, with a warning that says so.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -89,6 +90,11 @@ class CheckpointStore:
             except CheckpointError:
                 raise
             except Exception as error:  # a truncated or corrupted file: fall back to the next one
+                if not _file_is_damaged(error):
+                    raise CheckpointError(
+                        f"Reading the checkpoint {candidate} failed: {type(error).__name__}: {error}. That is the "
+                        f"file system or the machine, not a damaged file, so every checkpoint is left as it is; "
+                        f"start the run again when reading works.") from None
                 log.warning("Checkpoint %s is damaged (%s: %s); falling back to the previous one.",
                             candidate, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
                 errors.append(f"{candidate.name}: {type(error).__name__}")
@@ -103,3 +109,16 @@ class CheckpointStore:
             return state
         raise CheckpointError(f"Every checkpoint in {self.path.parent} is damaged ({'; '.join(errors)}). "
                               f"Delete them to retrain this run from the start.")
+
+
+# What a read error of the file system or the machine looks like (the file may be fine): such a
+# checkpoint must not be set aside as damaged. torch.load reports a truncated file as EINVAL.
+_TRANSIENT_ERRNOS = {errno.EIO, errno.ESTALE, errno.EACCES, errno.EPERM, errno.EAGAIN, errno.EINTR,
+                     errno.ETIMEDOUT, errno.ENOTCONN, errno.EHOSTDOWN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+
+
+def _file_is_damaged(error: BaseException) -> bool:
+    """Whether a failed read says something about the file rather than the file system."""
+    if isinstance(error, MemoryError):
+        return False
+    return getattr(error, "errno", None) not in _TRANSIENT_ERRNOS

@@ -18,7 +18,7 @@ from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, absolute_paths, 
 from phd_lab.data import DataBundle
 from phd_lab.environment import versions
 from phd_lab.errors import ConfigError, DataError, RegistryError, UsageError
-from phd_lab.lock import RunLock
+from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.registry import Registries
 from phd_lab.rundir import RunDir
 from phd_lab.seeding import seed_everything
@@ -28,6 +28,8 @@ from phd_lab.trainer import Trainer
 from phd_lab.tracking.callback import saturation_callback
 
 log = logging.getLogger(__name__)
+
+RUN_TURN = ProcessTurn("training run")  # runs in threads of one process take turns (seeds, threads are global)
 
 # model_args the framework handles itself (not passed to the model factory):
 # "truncate": cut the model before a layer ("border" = before the border layer b_min) and add a GAP + linear head.
@@ -93,6 +95,7 @@ class TrainTestExecutor:
         self.rundir = RunDir.for_run(config)
         self.steps: list[tuple[Step, dict[str, Any]]] = []
         self._validated = False
+        self._notes: list[str] = []  # said in the run's log once it is open
 
     # ------------------------------------------------------------------ validation
     def validate(self, missing_data: str = "error") -> None:
@@ -138,6 +141,7 @@ class TrainTestExecutor:
             self._check_optimizer(nn.Linear(1, 1))  # at least the values, on a stand-in model
             return
         self._check_truncate(model)
+        self._check_single_sample_batches(model)
         self._check_tracked_layers(model)
         for step, params in self.steps:
             step.check_model(params, model, self.config.source)
@@ -191,6 +195,29 @@ class TrainTestExecutor:
             check_cut(model, truncate)
         except ConfigError as error:
             raise ConfigError(f"{where}: model_args 'truncate': {error}") from None
+
+    def _check_single_sample_batches(self, model: nn.Module) -> None:
+        """batch_size 1 trains a BatchNorm only while it sees more than one value per channel: after
+        the last pooling of a small input it sees one, and training failed at its first step."""
+        cfg = self.config
+        if cfg.batch_size != 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return
+        was_training = model.training
+        try:
+            model.train()
+            with torch.device("meta"):
+                model(torch.empty(1, PLACEHOLDER_CHANNELS, cfg.resolution, cfg.resolution))
+        except ValueError as error:
+            if "more than 1 value per channel" not in str(error):
+                return
+            raise ConfigError(f"{cfg.source}: 'batch_size' 1 cannot train {cfg.model!r} at resolution "
+                              f"{cfg.resolution}: a BatchNorm layer then normalises a single value per channel "
+                              f"({error}). Use a batch_size of at least 2.") from None
+        except Exception as error:  # noqa: BLE001 - a model the meta device cannot run is checked by training
+            log.debug("%s: batch_size 1 not checked on the meta model (%s: %s)", cfg.source, type(error).__name__,
+                      error)
+        finally:
+            model.train(was_training)
 
     def _check_tracked_layers(self, model: nn.Module) -> None:
         cfg = self.config
@@ -295,8 +322,28 @@ class TrainTestExecutor:
         device = resolve_device(cfg.device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        with _cpu_threads(cfg.cpu_threads):
+        with RUN_TURN(), _cpu_threads(self._thread_count()):
             return self._run(device)
+
+    def _thread_count(self) -> int | None:
+        """``cpu_threads``; when it is null, a run that has checkpoints keeps the count it was trained with
+        (logged in its config): float sums depend on it, and a resume under another default (another node,
+        a Dask worker's share of the cores) would no longer continue the run bit-identically."""
+        if self.config.cpu_threads is not None:
+            return self.config.cpu_threads
+        if not CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():
+            return None
+        try:
+            logged = json.loads(self.rundir.config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        threads = logged.get("cpu_threads") if isinstance(logged, dict) else None
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            return None
+        if threads != torch.get_num_threads():  # said in the run's log, once it is open
+            self._notes.append(f"Continuing with the {threads} CPU thread(s) this run was trained with (cpu_threads "
+                               f"is null; the default here is {torch.get_num_threads()}).")
+        return threads
 
     def _run(self, device: torch.device) -> RunDir:
         cfg = self.config
@@ -309,6 +356,9 @@ class TrainTestExecutor:
         rundir = self.rundir.create()
         with RunLock(rundir.lock), _run_log(rundir.log):
             log.info("Run folder %s", rundir.root)
+            for note in self._notes:
+                log.info("%s", note)
+            self._notes.clear()
             self.write_config()
             store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)
             # the lock holder's own files: the run's and those of the post-processing steps (analysis.* is

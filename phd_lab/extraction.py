@@ -74,6 +74,44 @@ def default_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if name and isinstance(module, (nn.Conv2d, nn.Linear))]
 
 
+def _called_once(model: nn.Module, names: list[str], loader: DataLoader, device: torch.device) -> list[str]:
+    """The default layers a forward pass of one training sample calls exactly once. A shared module
+    (CBAM's channel MLP runs on two poolings) has no single output, and a layer whose parent only
+    reads its weights (attention's ``out_proj``) none: both are left out of the default, as named
+    layers they are an error."""
+    counts = dict.fromkeys(names, 0)
+    modules = dict(model.named_modules())
+
+    def counter(name: str) -> Callable[..., None]:
+        def count(*_: Any) -> None:
+            counts[name] += 1
+        return count
+
+    handles = [modules[name].register_forward_hook(counter(name)) for name in names]
+    was_training = model.training
+    model.eval()
+    try:
+        example = loader.dataset[0][0]
+        with torch.inference_mode():
+            model(torch.as_tensor(example).unsqueeze(0).to(device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    shared = [name for name in names if counts[name] > 1]
+    unused = [name for name in names if counts[name] == 0]
+    for what, left_out in (("run more than once per forward pass (shared modules)", shared),
+                           ("are never called in the forward pass", unused)):
+        if left_out:
+            log.info("Step 'extract': layers %s %s; not extracted (name them in 'layers' to be told why).",
+                     ", ".join(left_out), what)
+    chosen = [name for name in names if counts[name] == 1]
+    if not chosen:
+        raise ExtractionError(f"Step 'extract': no Conv2d or Linear layer of {type(model).__qualname__} runs exactly "
+                              f"once per forward pass; name the layers to extract in 'layers'.")
+    return chosen
+
+
 def select_layers(model: nn.Module, patterns: list[str] | None) -> list[str]:
     """Module names matching the patterns (exact names or shell wildcards); None = default layers."""
     if patterns is None:
@@ -90,6 +128,10 @@ def select_layers(model: nn.Module, patterns: list[str] | None) -> list[str]:
             chosen += [m for m in matches if m not in chosen]
     if not chosen:
         raise ExtractionError(f"Step 'extract': {type(model).__qualname__} has no Conv2d or Linear module to extract.")
+    if "labels" in chosen:  # its files would be the label files, train-labels.npy and eval-labels.npy
+        raise ConfigError(f"Step 'extract': {type(model).__qualname__} has a layer named 'labels', whose latents "
+                          f"would overwrite the label files; leave it out with 'layers' (e.g. the other layers' "
+                          f"names or wildcards).")
     return chosen
 
 
@@ -326,9 +368,25 @@ def _split_positions(scratch: Path, split: str, name: str, grid: tuple[int, int]
 
 
 # ---------------------------------------------------------------------------- folder handling
-def _expected_settings(run_dir: Path, downsampling: Any, dtype: str) -> dict[str, Any]:
+def _expected_settings(run_dir: Path, downsampling: Any, dtype: str, model: nn.Module) -> dict[str, Any]:
     return {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION,
-            "run_dir": str(Path(run_dir).resolve()), "downsampling": downsampling, "dtype": dtype}
+            "run_dir": str(Path(run_dir).resolve()), "downsampling": downsampling, "dtype": dtype,
+            "model_sha256": model_fingerprint(model)}
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 of the model's state (names, dtypes, shapes, values): latents are reused only for the very
+    weights they came from. A run retrained in its folder (checkpoints deleted, another device or
+    precision, which are not part of the run's identity) must not keep the old model's latents."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if isinstance(tensor, nn.parameter.UninitializedTensorMixin):  # a lazy layer before its first call
+            digest.update(f"{name}:uninitialized;".encode())
+            continue
+        tensor = tensor.detach()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_manifest(folder: Path) -> dict[str, Any] | None:
@@ -403,7 +461,9 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     folder = Path(folder)
     device = torch.device(device)
     names = select_layers(model, layers)
-    settings = _expected_settings(Path(run_dir), downsampling, dtype)
+    if layers is None:  # the default: only the layers whose output is unambiguous
+        names = _called_once(model, names, loaders["train"], device)
+    settings = _expected_settings(Path(run_dir), downsampling, dtype, model)
     samples = {split: len(loaders[split].dataset) for split in SPLITS}
     folder.mkdir(parents=True, exist_ok=True)
     previous = load_manifest(folder)
@@ -438,7 +498,8 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     label_files = {split: results[split][2].path.name for split in SPLITS}
     manifest = {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION, "run_dir": settings["run_dir"],
                 "model_test_accuracy": None if test_accuracy is None else float(test_accuracy),
-                "downsampling": downsampling, "dtype": dtype, "layers": entries,
+                "downsampling": downsampling, "dtype": dtype, "model_sha256": settings["model_sha256"],
+                "layers": entries,
                 "labels": {**label_files,
                            "sha256": {split: results[split][2].sha256 for split in SPLITS}}}
     atomic.write_json(folder / MANIFEST, manifest)

@@ -8,12 +8,18 @@ copies of the lock's descriptor at once, so a killed trainer's lock does not liv
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import logging
 import os
 import socket
+import threading
 from pathlib import Path
+from typing import Iterator
 
 from phd_lab.errors import RunLockedError
+
+log = logging.getLogger(__name__)
 
 _HELD: set[int] = set()  # descriptors of the locks this process holds
 
@@ -72,3 +78,28 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class ProcessTurn:
+    """Tasks of one kind take turns within a process.
+
+    A run sets process-wide state: the random seeds, torch's and the BLAS libraries' thread counts,
+    warning filters, the log handler. A Dask worker with several threads runs several tasks in one
+    process at once, and two runs there would draw from each other's random streams and thread
+    settings, so their results would no longer be reproducible. Such tasks wait for their turn
+    (parallelism comes from worker processes: start workers with ``--nthreads 1``)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if not self._lock.acquire(blocking=False):
+            log.info("Another %s is in progress in this process (a worker with several threads); waiting for it, "
+                     "because the two would share random seeds and thread settings.", self.what)
+            self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -50,7 +53,19 @@ def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generat
         if name in state["generators"]:
             gen.set_state(state["generators"][name])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        restore_cuda_states(list(state["cuda"]), torch.cuda.device_count(), torch.cuda.set_rng_state)
+
+
+def restore_cuda_states(states: list[torch.Tensor], visible: int, set_state: Any) -> None:
+    """Give each visible GPU its saved state. A run resumed with fewer visible GPUs (rescheduled under
+    another ``CUDA_VISIBLE_DEVICES``) restores those it has: ``set_rng_state_all`` raised an
+    IndexError for the others, and the run could never resume. It trains on one device, so the
+    states of GPUs it no longer sees drew nothing it needs."""
+    for device, cuda_state in enumerate(states[:visible]):
+        set_state(cuda_state, device)
+    if len(states) > visible:
+        log.warning("The checkpoint holds the random states of %d GPUs and %d are visible now; the states of "
+                    "the others are not restored (the run trains on one device).", len(states), visible)
 
 
 # The states are stored as tensors and plain containers so that torch.load(weights_only=True)

@@ -90,6 +90,13 @@ CASES = {
                                          ["step 'project': the exclude pattern '*downsample*' matches no Conv2d"]),
     "run_id_too_long_for_a_folder": ({"run_id": "r" * 300}, ["is 300 bytes long, and file systems allow 255",
                                                               "shorten 'run_id'"]),
+    "batch_size_1_with_batchnorm_at_1x1": ({"batch_size": 1, "model_args": {"width": 0.0625, "batch_norm": True}},
+                                           ["'batch_size' 1 cannot train 'vgg11' at resolution 16",
+                                            "at least 2"]),
+    "receptive_field_of_an_unsupported_model": ({"model": "tv:shufflenet_v2_x0_5", "model_args": {},
+                                                 "post_processing": ["receptive_field"]},
+                                                ["post-processing step 'receptive_field': Receptive field: cannot "
+                                                 "reason about function", "'transpose'"]),
     "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 (train split) is not in data_dir",
                                                        "cifar-10-batches-py", "download"]),
 }

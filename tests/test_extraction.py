@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from phd_lab.errors import ConfigError
-from phd_lab.extraction import MANIFEST, PAUSE_ENV, extract_latents
+from phd_lab.extraction import MANIFEST, PAUSE_ENV, ExtractionError, extract_latents
 from phd_lab.pooling import pool_to
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -25,7 +27,7 @@ from _extraction_models import build_model, loaders  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_KEYS = {"format", "extraction_version", "run_dir", "model_test_accuracy", "downsampling", "dtype", "layers",
-                 "labels"}
+                 "labels", "model_sha256"}
 
 
 def sha(path: Path) -> str:
@@ -122,6 +124,14 @@ def test_pixelwise_writes_every_position_as_its_own_data_set(tmp_path, data, cap
         assert sha(tmp_path / entry["train"]) == entry["sha256"]["train"]
     assert entries[-1]["name"] == "head" and entries[-1]["index"] == 2 and "position" not in entries[-1]
     assert not list(tmp_path.glob(".*"))
+    # the probe job takes such a folder (the positions share their layer's index) and keeps the manifest's
+    # order in its table whatever order two workers finish the positions in
+    from phd_lab.probes.cli import probe_cli
+    assert probe_cli(["--latents", str(tmp_path), "-mp", "2", "--solver", "lbfgs", "--no-progress", "-q"]) == 0
+    table = pd.read_csv(tmp_path / "probe_performances.csv")
+    assert table["layer"].tolist() == [entry["name"] for entry in entries]
+    assert table["index"].tolist() == [1] * 16 + [2] and table["eval_acc"].between(0, 1).all()
+    assert len(list((tmp_path / "probe_confusion").glob("*.npy"))) == 17
 
 
 def test_complete_extraction_is_reused_and_changed_settings_redo_it(tmp_path, data):
@@ -137,6 +147,13 @@ def test_complete_extraction_is_reused_and_changed_settings_redo_it(tmp_path, da
     assert [e["name"] for e in half["layers"]] == ["head"]
     assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["eval-head.npy", "eval-labels.npy",
                                                               "train-head.npy", "train-labels.npy"]
+    # other weights (a run retrained in its folder on another device): the old latents are not reused
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    retrained = extract_latents(model, data, tmp_path, run_dir=tmp_path, dtype="float16", layers=["head"],
+                                progress=False)
+    assert retrained["model_sha256"] != half["model_sha256"]
+    assert retrained["layers"][0]["sha256"] != half["layers"][0]["sha256"]
 
 
 def test_a_latents_file_changed_since_extraction_is_extracted_again(tmp_path, data):
@@ -252,3 +269,42 @@ def test_latents_of_an_older_extraction_version_are_extracted_again(tmp_path, da
     (tmp_path / MANIFEST).write_text(json.dumps(old))
     again = extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False)
     assert again == first and json.loads((tmp_path / MANIFEST).read_text())["extraction_version"] >= 2
+
+
+def test_default_layers_leave_out_shared_and_never_called_layers(tmp_path, data, caplog):
+    """The default (every Conv2d and Linear) failed the step on models with a shared module (the built-in
+    resnet18_cbam runs its channel MLP twice) or an attention block (out_proj is never called)."""
+    class SharedAndAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.shared = nn.Conv2d(4, 4, 1)
+            self.attention = nn.MultiheadAttention(4, 2, batch_first=True)
+            self.head = nn.Linear(4, 10)
+
+        def forward(self, x):
+            x = self.conv(x)
+            x = self.shared(x) + self.shared(torch.relu(x))
+            tokens = x.flatten(2).transpose(1, 2)
+            return self.head(self.attention(tokens, tokens, tokens)[0].mean(1))
+
+    torch.manual_seed(0)
+    caplog.set_level("INFO", logger="phd_lab.extraction")
+    manifest = extract_latents(SharedAndAttention(), data, tmp_path, run_dir=tmp_path, progress=False)
+    assert [entry["name"] for entry in manifest["layers"]] == ["conv", "head"]
+    assert "shared run more than once" in caplog.text and "attention.out_proj are never called" in caplog.text
+    with pytest.raises(ExtractionError, match="layer 'shared' runs more than once"):
+        extract_latents(SharedAndAttention(), data, tmp_path / "named", run_dir=tmp_path, layers=["shared"],
+                        progress=False)
+
+
+def test_a_layer_named_labels_is_refused_before_its_files_replace_the_label_files(tmp_path, data):
+    model = nn.Sequential()
+    model.add_module("conv", nn.Conv2d(1, 2, 3))
+    model.add_module("flat", nn.Flatten())
+    model.add_module("labels", nn.LazyLinear(10))
+    with pytest.raises(ConfigError, match="has a layer named 'labels'"):
+        extract_latents(model, data, tmp_path / "latents", run_dir=tmp_path, progress=False)
+    assert not (tmp_path / "latents").exists()
+    manifest = extract_latents(model, data, tmp_path / "latents", run_dir=tmp_path, layers=["conv"], progress=False)
+    assert [entry["name"] for entry in manifest["layers"]] == ["conv"]

@@ -32,6 +32,16 @@ def test_cuda_training_with_mixed_precision_checkpoints_and_resume(tmp_path):
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0  # finished: skips to post-processing
 
 
+def test_cuda_run_with_a_border_measures_its_truncation_savings(tmp_path):
+    """VGG11 at 32 px has a border layer: the flops step truncates the trained (CUDA) model there."""
+    config = write_config(tmp_path, device="cuda", resolution=32, epoch=1, model_args={"width": 0.125},
+                          post_processing=["receptive_field", "flops"])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    [info] = folder.glob("*computational_info.json")
+    assert json.loads(info.read_text())["truncation"]["border"] == "features.18"
+
+
 def test_lbfgs_torch_on_cuda_matches_cpu(tmp_path):
     from phd_lab.probes.fit import probe_layer
     from phd_lab.probes.settings import ProbeSettings

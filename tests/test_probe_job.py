@@ -513,3 +513,31 @@ def test_two_probe_jobs_on_one_run_cannot_mix_their_results(tmp_path, capsys):
     assert "Two probe jobs must not write the same run's results" in err and f"PID {os.getpid()}" in err
     assert not (run_dir / "probe_performances.csv").exists() and not (run_dir / "probe_confusion").exists()
     assert cli("--latents", str(latents), "-mp", "0", "--C", "0.3") == 0  # released: the next job runs
+
+
+def test_fits_in_threads_of_one_process_take_turns_and_keep_their_own_convergence(tmp_path):
+    """A Dask worker with several threads fits several layers in one process; the warning filters that tell
+    convergence and the thread limits are process-wide, so a saga fit that stops short beside an lbfgs fit
+    that converges swapped their flags. Fits in threads take turns and equal fits made one by one."""
+    import threading
+    _, latents = make_latents(tmp_path, *digits_layers(n_layers=3))
+    saga = build_tasks(jobs_from_latents(latents, {"solver": "saga", "max_iter": 3})[0])
+    lbfgs = build_tasks(jobs_from_latents(latents, {"solver": "lbfgs"})[0])
+
+    def outcome(record) -> tuple:
+        return record.layer, record.solver, record.converged, record.n_iter, record.eval_acc
+
+    alone = [outcome(run_task(task)) for task in saga + lbfgs]
+    assert [converged for _, _, converged, _, _ in alone] == [False] * 3 + [True] * 3
+    together: dict[int, tuple] = {}
+
+    def fit(tasks: list, offset: int) -> None:
+        for position, task in enumerate(tasks):
+            together[offset + position] = outcome(run_task(task))
+
+    workers = [threading.Thread(target=fit, args=(saga, 0)), threading.Thread(target=fit, args=(lbfgs, 3))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert [together[position] for position in range(6)] == alone

@@ -359,3 +359,36 @@ def test_side_branches_are_only_the_receptive_field_neutral_shortcuts():
     assert not receptive_fields(InvertedResidual(), 8).side_branch.any()
     mobilenet = receptive_fields(torchvision.models.mobilenet_v2(num_classes=10), 32)
     assert not mobilenet.side_branch.any() and border_layers(mobilenet, 32)[0] == "features.7.conv.2"
+
+
+def test_plot_of_a_model_without_any_convolution(tmp_path):
+    """The built-in mlp_long_skip has Linear layers only: its table has no conv rows, and the plot of the saved
+    table selected columns instead of rows (KeyError), which failed the step after the CSV was written."""
+    from phd_lab.plots.receptive_field import plot_receptive_field
+    from registries.models import mlp_long_skip
+    table = receptive_fields(mlp_long_skip(num_classes=10, skipped=4, tail=1), 16)
+    table.to_csv(tmp_path / "rf.csv", index=False)
+    saved = pd.read_csv(tmp_path / "rf.csv")
+    assert saved["index"].isna().all()
+    plot_receptive_field(saved, 16, tmp_path / "rf.png")
+    assert (tmp_path / "rf.png").stat().st_size > 0
+
+
+def test_pooling_windows_taken_from_the_input_shape():
+    """F.avg_pool2d(x, x.size()[2:]) is a global pool written out; a window computed otherwise from the shape
+    cannot be known when tracing. Both raised a bare TypeError ('Node' object is not iterable)."""
+    class WrittenOutGlobalPool(nn.Module):
+        def __init__(self, window) -> None:
+            super().__init__()
+            self.conv, self.head, self.window = nn.Conv2d(3, 4, 3), nn.Linear(4, 2), window
+
+        def forward(self, x):
+            x = self.conv(x)
+            return self.head(torch.flatten(F.avg_pool2d(x, self.window(x)), 1))
+
+    for window in (lambda x: x.size()[2:], lambda x: x.shape[2:]):
+        table = receptive_fields(WrittenOutGlobalPool(window), 16).set_index("layer")
+        assert table.loc["conv", "r_max"] == 3 and math.isinf(table.loc["head", "r_max"])
+    with pytest.raises(ReceptiveFieldError, match="whose window is computed from the input's shape"):
+        receptive_fields(WrittenOutGlobalPool(lambda x: x.shape[-1] // 2), 16)
+

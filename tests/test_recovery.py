@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import stat
@@ -276,3 +277,63 @@ def test_ctrl_c_during_training_exits_130_says_how_to_resume_and_the_rerun_resum
     assert "Resuming run" in (folder / f"{run_name(folder)}.log").read_text()
     assert read_metrics(folder)["epoch"].tolist() == list(range(1, 13))
 
+
+
+def test_a_read_error_of_the_file_system_sets_no_good_checkpoint_aside(tmp_path, monkeypatch):
+    """EIO/ESTALE (NFS) or EACCES while reading says nothing about the file: the run must stop with a clear
+    error and leave both generations alone, not resume from the older one and rename the good file
+    '.damaged'. (No file system here fails on demand, so torch.load is made to fail as one would.)"""
+    import errno
+
+    from phd_lab import checkpoint as checkpoint_module
+    from phd_lab.errors import CheckpointError
+    store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt")
+    store.save({"epoch": 1})
+    store.save({"epoch": 2})
+
+    def unreadable(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(checkpoint_module.torch, "load", unreadable)
+    with pytest.raises(CheckpointError, match="not a damaged file, so every checkpoint is left as it is"):
+        CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt").load()
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.previous.pt", "run.pt"]
+    assert CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt").load()["epoch"] == 2
+
+
+def test_resume_with_fewer_visible_gpus_restores_the_states_it_can(caplog):
+    """A run checkpointed with two GPUs visible and rescheduled under CUDA_VISIBLE_DEVICES=0 could never
+    resume (set_rng_state_all indexed a GPU that was no longer there)."""
+    from phd_lab.seeding import restore_cuda_states
+    states = [torch.full((4,), 1, dtype=torch.uint8), torch.full((4,), 2, dtype=torch.uint8)]
+    restored: list[tuple[int, int]] = []
+    restore_cuda_states(states, 1, lambda state, device: restored.append((device, int(state[0]))))
+    assert restored == [(0, 1)] and "holds the random states of 2 GPUs and 1 are visible" in caplog.text
+    restored.clear()
+    restore_cuda_states(states, 4, lambda state, device: restored.append((device, int(state[0]))))
+    assert restored == [(0, 1), (1, 2)]
+
+
+def test_a_resume_keeps_the_thread_count_the_run_was_trained_with(tmp_path):
+    """With cpu_threads null the logged config records the count in effect; a resume under another default
+    (another node, a Dask worker's share of the cores) must continue with it to end bit-identically."""
+    config = write_config(tmp_path, epoch=2, cpu_threads=None)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+        [folder] = run_folders(tmp_path / "logs")
+        name = run_name(folder)
+        expected = weights(folder)
+        (folder / f"{name}.previous.pt").replace(folder / f"{name}.pt")  # as if killed during epoch 2
+        torch.set_num_threads(2)
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+        assert torch.get_num_threads() == 2  # the process' own setting is given back
+    finally:
+        torch.set_num_threads(before)
+    assert_same_weights(expected, weights(folder))
+    log_text = (folder / f"{name}.log").read_text()
+    assert "Continuing with the 1 CPU thread(s) this run was trained with" in log_text
+    assert "Resuming run" in log_text and "after epoch 1 of 2" in log_text
+    assert json.loads((folder / f"{name}_config.json").read_text())["cpu_threads"] == 1

@@ -276,3 +276,27 @@ def test_outputs_of_configured_steps_that_never_ran_are_missing(tmp_path):
     missing = summarize(load_run(rundir))["missing"]
     assert "projections.csv" in missing and "latents/manifest.json" in missing
     assert "receptive_field.csv" in missing and "computational_info.json" not in missing  # flops was not asked for
+
+
+def test_tails_and_their_offset_from_the_border_are_read_on_the_main_path(tmp_path):
+    """Thesis §10.1 reads saturation on the main path: resnet18_sa's one-channel attention gates (always
+    saturated) and its 1×1 downsampling shortcuts cut one tail into two and moved the tail's start away
+    from the border by the shortcut rows between them."""
+    from phd_lab.analysis.receptive_field import receptive_fields
+    from registries.models import resnet18_sa
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="unprobed", resolution=32)
+    table = receptive_fields(resnet18_sa(num_classes=10, width=0.125), 32)
+    atomic.write_csv(rundir.receptive_field_csv, table)
+    metrics = pd.read_csv(rundir.metrics_csv)
+    metrics = metrics.drop(columns=[c for c in metrics.columns if c.endswith("_saturation_mean")
+                                    or c.endswith("_train_saturation") or c.endswith("_test_saturation")])
+    layers = table["layer"].tolist()
+    low_from = layers.index("layer3.0.conv2")
+    for position, (layer, side) in enumerate(zip(layers, table["side_branch"])):
+        metrics[f"{layer}_train_saturation"] = 1.0 if side else 0.08 if low_from <= position < len(layers) - 1 else 0.45
+    atomic.write_csv(rundir.metrics_csv, metrics)
+    summary = summarize(load_run(rundir))
+    assert [(t["first_layer"], t["last_layer"]) for t in summary["tails"]] == [("layer3.0.conv2", "layer4.1.conv2")]
+    assert summary["borders"]["b_min"] == "layer3.1.conv1"
+    assert summary["agreement"]["b_min"]["offset"] == -1 and summary["agreement"]["b_min"]["agrees"] is True
+    assert len(summary["saturation"]["layers"]) == len(layers)  # every tracked layer is still listed

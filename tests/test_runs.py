@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -181,7 +182,7 @@ def test_user_registry_module_from_config(tmp_path, capsys):
     assert "Unknown model 'vgg11'" in " ".join(capsys.readouterr().err.split())
 
 
-def test_relative_registry_path_is_found_beside_the_config_and_logged_absolute(tmp_path, caplog):
+def test_relative_registry_path_is_found_beside_the_config_and_logged_absolute(tmp_path):
     folder = tmp_path / "experiment"
     folder.mkdir()
     module = folder / "my_models.py"
@@ -210,13 +211,14 @@ def test_relative_registry_path_is_found_beside_the_config_and_logged_absolute(t
     assert json.loads(logged.read_text())["registries"] == {"models": str(module.resolve())}
     # a run logged by an older version with the relative path: a rerun from the same place is no change
     logged.write_text(json.dumps({**json.loads(logged.read_text()), "registries": {"models": "my_models.py"}}))
-    caplog.clear()
     try:
         os.chdir(folder)
-        assert main_cli(["--config", str(config), "--no-progress"]) == 0
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     finally:
         os.chdir(cwd)
-    assert "differs from the logged config" not in caplog.text
+    log_text = (run / f"{run_name(run)}.log").read_text()
+    assert "Post-processing" in log_text or "already" in log_text or "Run folder" in log_text  # this rerun's log
+    assert "differs from the logged config" not in log_text
     assert json.loads(logged.read_text())["registries"] == {"models": str(module.resolve())}
 
 
@@ -335,3 +337,34 @@ def test_progress_bars_cover_evaluation_and_the_saturation_passes(tmp_path, caps
     err = capsys.readouterr().err
     for description in ("epoch 1/1", "saturation (train)", "saturation (test)", "evaluating"):
         assert description in err, description
+
+
+def test_runs_in_threads_of_one_process_take_turns_and_equal_sequential_runs(tmp_path, caplog):
+    """A Dask worker with several threads runs several grid points in one process. Seeds and thread counts
+    are process-wide, so two runs at once drew from each other's random streams: they must take turns and
+    give exactly the weights of runs made one after the other."""
+    import threading
+
+    from phd_lab.experiment import Main
+
+    def executor(folder: Path, seed: int):
+        folder.mkdir(parents=True, exist_ok=True)
+        main = Main(progress=False)
+        main.load(write_config(folder, seed=seed, epoch=2, cpu_threads=1, post_processing=[]))
+        return main.executors[0]
+
+    def weights(run) -> dict:
+        return torch.load(run.checkpoint, weights_only=True)["model"]
+
+    sequential = [executor(tmp_path / "sequential", seed).run() for seed in (1, 2)]
+    threaded = [executor(tmp_path / "threads", seed) for seed in (1, 2)]
+    caplog.set_level("INFO", logger="phd_lab.lock")
+    workers = [threading.Thread(target=one.run) for one in threaded]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for alone, together in zip(sequential, threaded):
+        first, second = weights(alone), weights(together.rundir)
+        assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert "Another training run is in progress in this process" in caplog.text

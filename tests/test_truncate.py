@@ -46,6 +46,18 @@ def test_resnet_cut_inside_a_block_removes_the_whole_block():
     assert out.shape == (2, 10)
 
 
+def test_truncation_savings_of_a_model_off_the_default_placement():
+    """The probe input and the new head follow the model's device and dtype: the flops step of the
+    quickstart (VGG11 at 32 px has a border) failed on every GPU, where the trained model is on CUDA.
+    A float64 model shows the same mismatch on the CPU."""
+    model = models.vgg11(num_classes=10, width=0.125).double()
+    saved = truncation_savings(model, "features.18", num_classes=10, in_channels=3, input_resolution=32)
+    assert saved["flops_saved"] > 0 and saved["head_params"] == 10 * 64 + 10
+    cut = truncate_model(model, "features.18", num_classes=10, in_channels=3, input_resolution=32)
+    assert cut.classifier.weight.dtype == torch.float64
+    assert cut(torch.zeros(2, 3, 32, 32, dtype=torch.float64)).shape == (2, 10)
+
+
 def test_truncation_savings_count_the_whole_residual_block_the_cut_removes():
     model = models.resnet18(num_classes=10, width=0.125, stem="cifar")
     saved = truncation_savings(model, "layer3.0.conv2", num_classes=10, in_channels=3, input_resolution=32)

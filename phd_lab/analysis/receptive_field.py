@@ -183,6 +183,25 @@ def _unsupported(node: fx.Node, graph_module: fx.GraphModule, why: str = "") -> 
         f"'receptive_field' step out for it.")
 
 
+def _whole_map(kernel: Any, pooled: Any) -> bool:
+    """Whether a pooling window is ``x.size()[2:]`` or ``x.shape[2:]`` of the pooled tensor ``x``."""
+    if not (isinstance(kernel, fx.Node) and kernel.op == "call_function" and kernel.target is operator.getitem):
+        return False
+    base, index = kernel.args
+    if index != slice(2, None, None) or not isinstance(base, fx.Node):
+        return False
+    size = base.op == "call_method" and base.target == "size" and len(base.args) == 1
+    shape = base.op == "call_function" and base.target is getattr and base.args[1:] == ("shape",)
+    return (size or shape) and base.args[0] is pooled
+
+
+def _flat(values: Any) -> list[Any]:
+    """The leaves of nested tuples/lists of node arguments."""
+    if isinstance(values, (tuple, list)):
+        return [leaf for value in values for leaf in _flat(value)]
+    return [values]
+
+
 def _reduction(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
     dim = _arg(node, 1, "dim", None)
     if dim is None:
@@ -427,7 +446,12 @@ def _transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any]
             kernel = _arg(node, 1, "kernel_size", None)
             stride = _arg(node, 2, "stride", None)
             dilation = _arg(node, 4, "dilation", 1) if target is F.max_pool2d else 1
-            out = window(first, *_pool_params(kernel, stride, dilation, where))
+            if _whole_map(kernel, node.args[0]):
+                out = GLOBAL  # F.avg_pool2d(x, x.size()[2:]): a global pool written out
+            elif any(isinstance(value, fx.Node) for value in _flat((kernel, stride, dilation))):
+                raise _unsupported(node, graph_module, " whose window is computed from the input's shape")
+            else:
+                out = window(first, *_pool_params(kernel, stride, dilation, where))
         elif target is F.conv2d:
             weight = _arg(node, 1, "weight", None)
             if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):

@@ -126,6 +126,17 @@ def border_layers(receptive_field: pd.DataFrame, resolution: int) -> tuple[str |
     return borders_of(conv_rows(receptive_field), resolution)
 
 
+def side_branch_layers(receptive_field: pd.DataFrame | None) -> set[str]:
+    """Layers beside the main path (1×1 projection shortcuts, attention gates: ``side_branch``).
+    The thesis reads saturation on the main path only (§10.1): a one-channel attention gate is always
+    saturated and would cut a tail in two, and a shortcut row would count as a layer between the
+    border and the tail's first layer."""
+    if receptive_field is None or "side_branch" not in receptive_field.columns:
+        return set()
+    flagged = receptive_field["side_branch"].astype(str).str.lower().isin(["true", "1", "1.0"])
+    return set(receptive_field.loc[flagged, "layer"].astype(str))
+
+
 # ---------------------------------------------------------------------------------------- parts
 def _tail_info(saturations: pd.DataFrame | None, settings: AnalysisSettings) -> tuple[list[Tail], list[str]]:
     if saturations is None:
@@ -369,10 +380,12 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
     config = tables.config or {}
     row = _last_epoch_row(tables.metrics)
     saturations = layer_saturations(tables.metrics, settings.analysis_split)
-    tails, names = _tail_info(saturations, settings)
     resolution = config.get("resolution")
     rf = tables.receptive_field
-    order = rf["layer"].astype(str).tolist() if rf is not None else []
+    side = side_branch_layers(rf)
+    main_path = saturations[~saturations["layer"].astype(str).isin(side)] if saturations is not None else None
+    tails, names = _tail_info(main_path, settings)
+    order = [layer for layer in rf["layer"].astype(str) if layer not in side] if rf is not None else []
     borders = None
     if rf is not None and isinstance(resolution, int):
         b_min, b_max = border_layers(rf, resolution)
@@ -391,9 +404,9 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
     if s_mu is None and saturations is not None:
         s_mu = float(saturations["saturation"].mean())
     saturation = None
-    if saturations is not None:
-        in_tail = {p for t in tails for p in range(t.start, t.stop + 1)}
-        outside = [s for p, s in enumerate(saturations["saturation"]) if p not in in_tail]
+    if saturations is not None and main_path is not None:
+        in_tail = {p for t in tails for p in range(t.start, t.stop + 1)}  # positions on the main path
+        outside = [s for p, s in enumerate(main_path["saturation"]) if p not in in_tail]
         saturation = {"split": settings.analysis_split, "epoch": _int(row.get("epoch")) if row is not None else None,
                       "mean": s_mu, "mean_outside_tails": float(sum(outside) / len(outside)) if outside else None,
                       "layers": saturations.to_dict(orient="records")}

@@ -14,6 +14,7 @@ sequence has a previous layer whose smallest receptive field exceeds the resolut
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from typing import Any
 
@@ -128,14 +129,26 @@ def truncate_model(model: nn.Module, layer: str, *, num_classes: int, in_channel
     body.recompile()
     channels = _output_channels(body, in_channels, input_resolution)
     log.info("Truncated %s before %s (kept up to %s, %d channels).", type(model).__name__, layer, cut.name, channels)
-    return TruncatedModel(body, channels, num_classes, cut_before=layer)
+    truncated = TruncatedModel(body, channels, num_classes, cut_before=layer)
+    device, dtype = _placement(body)
+    truncated.classifier.to(device=device, dtype=dtype)  # the new head beside the kept layers (a trained model's GPU)
+    return truncated
+
+
+def _placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of a module's first parameter or buffer (CPU float32 without any)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
 
 
 def _output_channels(body: nn.Module, in_channels: int, resolution: int) -> int:
     was_training = body.training
     body.eval()
+    device, dtype = _placement(body)
     with torch.no_grad():
-        out = body(torch.zeros(1, in_channels, resolution, resolution))
+        out = body(torch.zeros(1, in_channels, resolution, resolution, device=device, dtype=dtype))
     body.train(was_training)
     if out.dim() != 4:
         raise ConfigError(f"Cannot truncate there: the kept part returns a {out.dim()}-d tensor, not a feature map.")

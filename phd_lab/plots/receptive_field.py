@@ -20,7 +20,7 @@ def plot_receptive_field(table: pd.DataFrame, resolution: int, path: Path | str,
     import matplotlib.pyplot as plt
 
     convs = table[table["index"].notna()].reset_index(drop=True)
-    spatial = convs[[math.isfinite(v) for v in convs["r_max"]]]
+    spatial = convs[convs["r_max"].map(math.isfinite).astype(bool)]  # a boolean Series: also with no rows
     positions = spatial["index"].astype(int).tolist()
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(convs) + 2), 4.0))
     try:

@@ -145,16 +145,19 @@ def fit_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, se
     return FitResult(estimator.predict(x_train), estimator.predict(x_eval), int(np.max(estimator.n_iter_)), converged)
 
 
-def standardize_tensors(x_train: torch.Tensor, x_eval: torch.Tensor, rows: int = 8192) -> None:
+def standardize_tensors(x_train: torch.Tensor, x_eval: torch.Tensor, rows: int | None = None) -> None:
     """``standardize`` for torch tensors on any device, in place (for ``lbfgs-torch`` on a GPU).
 
-    Statistics are accumulated in float64 over blocks of ``rows`` samples (no float64 copy of
-    the data); near-constant features keep scale 1 (``constant_features``), as in
-    ``StandardScaler``. Standardising on the GPU spares the CPU pass over the latents.
+    Statistics are accumulated in float64 over blocks of ``rows`` samples (default: about 32 MB of
+    float64 per block, so no float64 copy of the data); near-constant features keep scale 1
+    (``constant_features``), as in ``StandardScaler``. Standardising on the GPU spares the CPU
+    pass over the latents.
     """
     import torch
     count = x_train.shape[0]
-    mean = x_train.sum(dim=0, dtype=torch.float64) / count
+    rows = rows or max(1, (32 << 20) // (8 * max(1, x_train[0].numel())))
+    # block by block: sum(dtype=float64) of the whole tensor converts all of it first (a float64 copy of the layer)
+    mean = sum(block.sum(dim=0, dtype=torch.float64) for block in x_train.split(rows)) / count
     m2 = torch.zeros_like(mean)
     for block in x_train.split(rows):
         m2 += (block.to(torch.float64) - mean).square_().sum(dim=0)

@@ -260,7 +260,8 @@ def build_tasks(jobs: Sequence[ProbeJob], stamps: dict[str, tuple[int, int, int]
 
 
 def performance_table(records: Sequence[ProbeRecord], model_accuracy: float | None) -> "Any":
-    """The ``probe_performances.csv`` table: one row per layer in forward order."""
+    """The ``probe_performances.csv`` table: one row per layer in forward order (a stable sort by index:
+    records already in the manifest's order keep it among a pixelwise layer's positions)."""
     import pandas as pd
     rows = []
     for record in sorted(records, key=lambda r: r.index):
@@ -279,9 +280,16 @@ def write_confusion(outputs: RunDir, record: ProbeRecord) -> None:
                         outputs.probe_confusion(record.index, record.layer, ".png"))
 
 
+def in_manifest_order(job: ProbeJob, records: Sequence[ProbeRecord]) -> list[ProbeRecord]:
+    """Records in the manifest's (forward) order, whatever order the workers finished them in; the
+    positions of a pixelwise layer share its index, so the index alone does not order them."""
+    order = {layer.name: position for position, layer in enumerate(job.manifest.layers)}
+    return sorted(records, key=lambda record: order[record.layer])
+
+
 def write_results(job: ProbeJob, records: Sequence[ProbeRecord]) -> None:
     from phd_lab.plots.probes import save_probe_accuracy_plot
-    table = performance_table(records, job.manifest.model_test_accuracy)
+    table = performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy)
     write_csv(job.outputs.probe_csv, table)
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv)
@@ -346,4 +354,4 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, workers: i
             for stale in atomic.remove_stale_temps(folder):
                 log.info("Removed %s, left half-written by a process that was killed.", stale)
     run_probes(tasks, cache, workers=workers, progress=progress, on_record=on_record, scheduler=scheduler)
-    return {position: sorted(records, key=lambda r: r.index) for position, records in done.items()}
+    return {position: in_manifest_order(jobs[position], records) for position, records in done.items()}

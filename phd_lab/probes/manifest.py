@@ -164,7 +164,7 @@ def read_manifest(folder: Path | str) -> Manifest:
                             f"{list(shape)} and dtype {dtype}. Rerun the extraction step.")
         label_lengths[split] = shape[0]
 
-    layers, seen_names, seen_files = [], set(), set()
+    layers, seen_names, seen_files, positional = [], set(), set(), set()
     for position, entry in enumerate(entries):
         where = f"layers[{position}]"
         name = _require(entry, "name", str, path, where)
@@ -201,14 +201,18 @@ def read_manifest(folder: Path | str) -> Manifest:
             raise _fail(path, f"{where}.shape is {declared}, but {files['train']!r} has shape {list(shapes['train'])}")
         layers.append(LayerFiles(index, name, folder / files["train"], folder / files["eval"],
                                  tuple(shapes["train"]), shas))
-    _check_layer_sets(folder, path, layers)
-    layers.sort(key=lambda layer: layer.index)
+        if isinstance(entry, dict) and "position" in entry:
+            positional.add(name)
+    _check_layer_sets(folder, path, layers, positional)
+    layers.sort(key=lambda layer: layer.index)  # stable: a pixelwise layer's positions keep the manifest's order
     return Manifest(folder, Path(run_dir), None if accuracy is None else float(accuracy), tuple(layers),
                     label_files["train"], label_files["eval"], label_shas, raw)
 
 
-def _check_layer_sets(folder: Path, manifest: Path, layers: list[LayerFiles]) -> None:
-    """The train-*/eval-* files on disk must describe the same layers as the manifest lists."""
+def _check_layer_sets(folder: Path, manifest: Path, layers: list[LayerFiles], positional: set[str]) -> None:
+    """The train-*/eval-* files on disk must describe the same layers as the manifest lists. Indices
+    are unique, except that the positions of a pixelwise layer (entries with a ``position``) share
+    their layer's index."""
     on_disk = {split: {p.name[len(split) + 1:-4] for p in folder.glob(f"{split}-*.npy")} - {"labels"}
                for split in SPLITS}
     if on_disk["train"] != on_disk["eval"]:
@@ -216,9 +220,10 @@ def _check_layer_sets(folder: Path, manifest: Path, layers: list[LayerFiles]) ->
         only_eval = sorted(on_disk["eval"] - on_disk["train"])
         raise DataError(f"The train and eval layer sets in {str(folder)!r} differ: layers only in train: {only_train}, "
                         f"only in eval: {only_eval}. Both splits need the same layers; rerun the extraction step.")
-    indices = [layer.index for layer in layers]
-    if len(set(indices)) != len(indices):
-        raise _fail(manifest, f"layer indices repeat ({indices})")
+    indices = [layer.index for layer in layers if layer.name not in positional]
+    shared = {layer.index for layer in layers if layer.name in positional}
+    if len(set(indices)) != len(indices) or shared & set(indices):
+        raise _fail(manifest, f"layer indices repeat ({sorted(indices + list(shared))})")
 
 
 def verify_hashes(manifest: Manifest, threads: int = 2,

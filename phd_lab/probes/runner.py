@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 from phd_lab.environment import THREAD_VARIABLES
 from phd_lab.errors import PhdLabError, RunFailure
+from phd_lab.lock import ProcessTurn
 from phd_lab.probes.cache import ResultCache, key_digest, library_versions
 from phd_lab.probes.fit import ProbeRecord, probe_layer
 from phd_lab.probes.settings import ProbeSettings
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # Test-only hook: seconds each fit sleeps first, so that a test can SIGKILL a job mid-way.
 TEST_DELAY_ENV = "PHD_LAB_PROBE_TEST_DELAY"
+# Fits in threads of one process (a Dask worker with several threads) take turns: the thread limits and
+# the warning filters that tell convergence are process-wide.
+FIT_TURN = ProcessTurn("probe fit")
 
 
 @dataclass(frozen=True)
@@ -85,12 +89,13 @@ def run_task(task: ProbeTask) -> ProbeRecord:
         time.sleep(delay)
     check_versions(task)
     check_stamps(task)
-    restore = _single_threaded(task.settings.solver)
-    try:
-        record = probe_layer(task.index, task.layer, task.train, task.eval, task.train_labels, task.eval_labels,
-                             task.settings)
-    finally:
-        restore()
+    with FIT_TURN():  # thread limits and warning filters are process-wide: fits in threads take turns
+        restore = _single_threaded(task.settings.solver)
+        try:
+            record = probe_layer(task.index, task.layer, task.train, task.eval, task.train_labels,
+                                 task.eval_labels, task.settings)
+        finally:
+            restore()
     check_stamps(task)  # replaced while loading: which content was fitted is unknown, so nothing is cached
     return record
 

@@ -20,7 +20,8 @@ class ExtractStep(Step):
         param_from_config("downsampling"),
         param_from_config("latents_dir"),
         Key("dtype", "str", "float32", "storage type of the latents", choices=DTYPES),
-        Key("layers", "list", None, "module names or wildcards to extract; null = every Conv2d and Linear",
+        Key("layers", "list", None, "module names or wildcards to extract; null = every Conv2d and Linear "
+            "called once per forward pass",
             nullable=True, item_kind="str"),
     )
 

@@ -14,6 +14,8 @@ from phd_lab.steps import Step, StepContext, register_step
 
 log = logging.getLogger(__name__)
 
+CHECK_RESOLUTION = 32  # any input size: the check before training asks whether the analysis can run at all
+
 
 @register_step
 class ReceptiveFieldStep(Step):
@@ -23,6 +25,17 @@ class ReceptiveFieldStep(Step):
 
     def outputs(self, rundir: RunDir) -> tuple[Path, ...]:
         return rundir.receptive_field_csv, rundir.receptive_field_plot
+
+    def check_model(self, params: dict[str, Any], model: Any, where: str) -> None:
+        """A model the analysis cannot reason about (an op it does not know, untraceable by torch.fx)
+        is refused before training, not after it: the other steps would not run either. The
+        structure alone decides, so the meta model at any resolution will do."""
+        from phd_lab.analysis.receptive_field import ReceptiveFieldError, receptive_fields
+        from phd_lab.errors import ConfigError
+        try:
+            receptive_fields(model, CHECK_RESOLUTION)
+        except ReceptiveFieldError as error:
+            raise ConfigError(f"{where}: post-processing step 'receptive_field': {error}") from None
 
     def run(self, ctx: StepContext, **params: Any) -> None:
         from phd_lab.analysis.receptive_field import border_layers, receptive_fields
