@@ -126,8 +126,8 @@ SCHEMA: tuple[Key, ...] = (
     _key("model_args", "mapping", {}, "keyword arguments of the model factory; list values are swept",
          sweep_inside=True),
     _key("dataset", "str", None, "dataset registry name (see --list datasets)", required=True),
-    _key("dataset_args", "mapping", {}, "keyword arguments of the dataset factory; list values are swept",
-         sweep_inside=True),
+    _key("dataset_args", "mapping", {}, "keyword arguments of the dataset factory; list values are swept; "
+         "'download' is no part of a run's identity", sweep_inside=True),
     _key("resolution", "int", 32, "input resolution in pixels (square)", minimum=1),
     _key("epoch", "int", 30, "number of training epochs", minimum=1),
     _key("batch_size", "int", 64, "mini-batch size for training and evaluation", minimum=1),
@@ -333,6 +333,22 @@ IDENTITY_KEYS = frozenset({
     "tracking_exclude", "tracking_fast"})
 
 
+# Factory arguments that change no result: where the data come from, not what they are. A run set
+# to download once and rerun without it (offline) is the same run, in the same folder.
+TECHNICAL_ARGS = {"dataset_args": ("download",)}
+
+
+def _without_technical_args(name: str, value: Any) -> Any:
+    if name in TECHNICAL_ARGS and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in TECHNICAL_ARGS[name]}
+    return value
+
+
+def _crc(identity: Mapping[str, Any]) -> str:
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return f"{zlib.crc32(canonical.encode('utf-8')):08x}"
+
+
 def in_identity(name: str, value: Any) -> bool:
     """Whether a key with this value is part of a run's identity (its folder's hash)."""
     key = SCHEMA_BY_NAME[name]
@@ -478,12 +494,28 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         """The values that change results (``in_identity``: technical keys excluded, except those of
         ``IDENTITY_OFF_DEFAULT`` set to something other than their default; keys newer than
-        ``IDENTITY_KEYS`` only off their default)."""
-        return {k: v for k, v in sorted(self.values.items()) if in_identity(k, v)}
+        ``IDENTITY_KEYS`` only off their default; factory arguments of ``TECHNICAL_ARGS`` left out)."""
+        return {k: _without_technical_args(k, v) for k, v in sorted(self.values.items()) if in_identity(k, v)}
 
     def identity_hash(self) -> str:
-        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return f"{zlib.crc32(canonical.encode('utf-8')):08x}"
+        return _crc(self.identity())
+
+    def legacy_identity_hashes(self) -> list[str]:
+        """The hashes versions before ``TECHNICAL_ARGS`` gave this run, which hashed ``download`` too: with
+        ``download`` left out, true or false. ``RunDir.for_run`` still finds a folder those versions named,
+        whether or not the config says ``download`` now."""
+        identity = {k: v for k, v in sorted(self.values.items()) if in_identity(k, v)}
+        hashes = []
+        for name, dropped in TECHNICAL_ARGS.items():
+            if not isinstance(identity.get(name), dict):
+                continue
+            base = _without_technical_args(name, identity[name])
+            for arg in dropped:
+                for variant in ({}, {arg: True}, {arg: False}):
+                    digest = _crc({**identity, name: {**base, **variant}})
+                    if digest != self.identity_hash() and digest not in hashes:
+                        hashes.append(digest)
+        return hashes
 
     @property
     def name(self) -> str:
@@ -494,7 +526,7 @@ class RunConfig:
         """Leaf folder name: readable hyperparameters plus a hash of every result-affecting value."""
         parts = [f"bs{self.batch_size}", f"e{self.epoch}", str(self.optimizer), f"s{self.seed}"]
         for mapping_key in ("model_args", "optimizer_args", "dataset_args"):
-            for k, v in sorted(self.values[mapping_key].items()):
+            for k, v in sorted(_without_technical_args(mapping_key, self.values[mapping_key]).items()):
                 parts.append(f"{k}{json.dumps(v, separators=(',', ':'), sort_keys=True)}")
         slug = safe_name("-".join(parts))[:80]
         return f"{slug}-{self.identity_hash()}"

@@ -123,6 +123,8 @@ class TrainTestExecutor:
                 if missing_data != "warn":  # "warn": a dry run, which shows the grid also before the download
                     raise DataError(f"{where}: {error}") from None
                 log.warning("%s: %s", where, error)
+            except ConfigError as error:  # a dataset argument the check found wrong (e.g. 'download': "yes")
+                raise ConfigError(f"{where}: {error}") from None
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
                            cfg.optimizer, where, ("model", "epochs"))
         self.steps = resolve_steps(cfg, where)

@@ -81,7 +81,11 @@ class Registry:
             return self._factories[name]
         for prefix, factory in self._prefixes.items():
             if name.startswith(prefix) and len(name) > len(prefix):
-                return functools.partial(factory, name[len(prefix):])
+                resolved = functools.partial(factory, name[len(prefix):])
+                check_data = getattr(factory, "check_data", None)  # the check before training, for this name too
+                if check_data is not None:
+                    setattr(resolved, "check_data", functools.partial(check_data, name[len(prefix):]))
+                return resolved
         return None
 
     def check(self, name: Any, key: str) -> None:

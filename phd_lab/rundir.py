@@ -16,6 +16,24 @@ log = logging.getLogger(__name__)
 NAME_MAX = 255  # bytes per file or folder name on the common file systems
 
 
+def _check_name_lengths(cfg: RunConfig, root: Path) -> None:
+    """Every folder of the run and its longest file name (with the temp-file form of an atomic write)
+    fit the file systems' 255 bytes per name; the error names the key the long part comes from."""
+    sources = {safe_name(cfg.model): "model", f"{safe_name(cfg.dataset)}_{cfg.resolution}": "dataset",
+               safe_name(cfg.run_id): "run_id"}
+    for part in root.parts:
+        if len(part.encode("utf-8")) > NAME_MAX:
+            raise ConfigError(f"{cfg.source}: the run folder name {part[:60]!r}... is {len(part.encode('utf-8'))} "
+                              f"bytes long, and file systems allow {NAME_MAX} per folder; shorten "
+                              f"'{sources.get(part, 'logs_dir')}' (or the value it comes from).")
+    longest = f".{cfg.name}_saturation_epoch{cfg.epoch}.png.{'x' * 8}.tmp"  # a plot's temp file
+    if len(longest.encode("utf-8")) > NAME_MAX:
+        raise ConfigError(f"{cfg.source}: the run's file names start with {cfg.name[:60]!r}... "
+                          f"({len(cfg.name.encode('utf-8'))} bytes, from the model, dataset, resolution, batch size "
+                          f"and epochs), too long for file names of at most {NAME_MAX} bytes such as {longest[:40]!r}"
+                          f"...; shorten 'dataset' or 'model' (a shorter folder path for a 'folder:' dataset).")
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: Path
@@ -29,15 +47,13 @@ class RunDir:
         logs = Path(logs_dir if logs_dir is not None else cfg.logs_dir)
         parent = logs / safe_name(cfg.model) / f"{safe_name(cfg.dataset)}_{cfg.resolution}" / safe_name(cfg.run_id)
         root = parent / cfg.variant_slug()
-        too_long = [part for part in root.parts if len(part.encode("utf-8")) > NAME_MAX]
-        if too_long:  # checked before any stat(): the OS answers a too-long name with an error, not "missing"
-            raise ConfigError(f"{cfg.source}: the run folder name {too_long[0][:60]!r}... "
-                              f"is {len(too_long[0].encode('utf-8'))} bytes long, and file systems allow "
-                              f"{NAME_MAX} per folder; shorten 'run_id' (or the value it comes from).")
+        _check_name_lengths(cfg, root)  # before any stat(): the OS answers a too-long name with an error
         if not root.exists() and parent.is_dir():
-            same = [folder for folder in parent.glob(f"*-{cfg.identity_hash()}") if folder.is_dir()]
-            if len(same) == 1:
-                root = same[0]
+            for digest in (cfg.identity_hash(), *cfg.legacy_identity_hashes()):
+                same = [folder for folder in parent.glob(f"*-{digest}") if folder.is_dir()]
+                if len(same) == 1:
+                    root = same[0]
+                    break
         return cls(root=root, name=cfg.name)
 
     def file(self, suffix: str) -> Path:

@@ -12,12 +12,15 @@ augmentation or shuffling.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torchvision import datasets as tv_datasets
 from torchvision import transforms
 
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.digits import digits_tensors
 from phd_lab.datasets.torchvision_sets import SOURCES, check_present, folder_source, load_image_dataset
+from phd_lab.errors import DataError
 
 
 def Digits(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int) -> DataBundle:
@@ -140,5 +143,15 @@ def _folder(path: str, *, batch_size: int, resolution: int, data_dir: str, seed:
                               normalization=normalization, canvas=canvas,
                               downsample_then_upsample=downsample_then_upsample)
 
+
+def _check_folder(path: str, data_dir: str, **dataset_args: object) -> None:
+    """Before any point trains: the folder and its train/ tree exist (the images are read when it runs)."""
+    train = Path(path).expanduser() / "train"
+    if not train.is_dir():
+        raise DataError(f"The image folder dataset {'folder:' + path!r} has no folder {str(train)!r}; it needs "
+                        f"{path}/train/<class>/<image files> and {path}/test/<class>/<image files> (or val/).")
+
+
+_folder.check_data = _check_folder  # type: ignore[attr-defined]
 
 PREFIXES = {"folder:": _folder}

@@ -97,6 +97,12 @@ CASES = {
                                                  "post_processing": ["receptive_field"]},
                                                 ["post-processing step 'receptive_field': Receptive field: cannot "
                                                  "reason about function", "'transpose'"]),
+    "dataset_name_too_long_for_the_file_names": ({"dataset": "folder:/data/" + "x" * 200},
+                                                 ["the run's file names start with", "shorten 'dataset'"]),
+    "image_folder_without_train_tree": ({"dataset": "folder:/nonexistent/pets"},
+                                        ["has no folder '/nonexistent/pets/train'", "(or val/)"]),
+    "download_that_is_no_boolean": ({"dataset": "Cifar10", "dataset_args": {"download": "yes"}},
+                                    ["'download' of dataset 'Cifar10' must be true or false; got 'yes'"]),
     "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 (train split) is not in data_dir",
                                                        "cifar-10-batches-py", "download"]),
 }

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import json
+import shutil
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +244,84 @@ def test_digits_normalised_in_place_equal_the_plain_definition():
     assert torch.equal(train.tensors[0], (images[chosen] - mean) / std)
     assert torch.equal(test.tensors[0], (images[held_out] - mean) / std)
     assert torch.equal(test.tensors[1], torch.tensor(digits.target)[held_out])
+
+
+
+def _archive(tmp_path: Path, folder: str, kind: str) -> Path:
+    """A real archive holding ``folder/train/a/0.png`` and ``folder/val/a/0.png``."""
+    source = tmp_path / "source"
+    for split in ("train", "val"):
+        (source / folder / split / "a").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(source / folder / split / "a" / "0.png")
+    return Path(shutil.make_archive(str(tmp_path / "served" / folder), kind, root_dir=source, base_dir=folder))
+
+
+@contextlib.contextmanager
+def _http_server(folder: Path):
+    """A real HTTP server on localhost serving ``folder`` (torchvision's downloader speaks HTTP)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("kind", ["zip", "gztar"])
+def test_a_downloaded_dataset_folder_is_whole_or_absent(tmp_path, kind):
+    """An interrupted extraction left a partial folder that later runs trained on without a word, and an
+    interrupted download a truncated archive that was taken for complete."""
+    from phd_lab.datasets.download import download_and_extract
+    served = _archive(tmp_path, "woof", kind)
+    root = tmp_path / "data"
+    with _http_server(served.parent) as address:
+        url = f"{address}/{served.name}"
+        (root / f".{served.name}.partial").mkdir(parents=True)  # a download that was killed half-way ...
+        (root / f".{served.name}.partial" / served.name).write_bytes(b"half")
+        (root / ".woof.extracting" / "woof" / "train").mkdir(parents=True)  # ... and an extraction
+        target = download_and_extract(url, root, "woof")
+        assert (target / "train" / "a" / "0.png").is_file() and (target / "val" / "a" / "0.png").is_file()
+        assert sorted(p.name for p in root.iterdir()) == sorted([".woof.download.lock", served.name, "woof"])
+        assert (root / served.name).read_bytes() == served.read_bytes()
+        served.unlink()
+        assert download_and_extract(url, root, "woof") == target  # there already: nothing is fetched
+    shutil.rmtree(target)  # a damaged archive (truncated, placed by hand) is named, and no folder appears
+    archive = root / served.name
+    archive.write_bytes(archive.read_bytes()[:40])
+    with pytest.raises(DataError, match="is damaged"):
+        download_and_extract(url, root, "woof")
+    assert not target.exists() and not (root / ".woof.extracting").exists()
+
+
+def test_a_second_downloader_waits_and_uses_the_folder_the_first_one_finished(tmp_path):
+    """Two grid points (Dask workers sharing data_dir) downloading at once wrote the same files; the second
+    now waits on the lock and finds the folder whole. Nothing serves the URL: it must not download."""
+    from phd_lab.datasets.download import download_and_extract, waiting_lock
+    root = tmp_path / "data"
+    root.mkdir()
+    result: list[Path] = []
+    with waiting_lock(root / ".woof.download.lock"):
+        waiter = threading.Thread(target=lambda: result.append(
+            download_and_extract("http://127.0.0.1:9/woof.tgz", root, "woof")))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not result  # waiting for the lock
+        (root / "woof" / "train").mkdir(parents=True)  # what the first downloader renames into place
+    waiter.join(timeout=30)
+    assert result == [root / "woof"]
+
+
+def test_a_failed_download_is_a_data_error_naming_the_dataset(tmp_path):
+    """torchvision reports MNIST's mirrors failing as a RuntimeError, which gave exit 1 and a traceback. This
+    machine reaches no download server; where one is reachable, MNIST would really download."""
+    import socket
+    try:
+        socket.getaddrinfo("ossci-datasets.s3.amazonaws.com", 443)
+        pytest.skip("this machine can reach the MNIST download servers")
+    except OSError:
+        pass
+    with pytest.raises(DataError, match="Dataset MNIST could not be downloaded into .*Error downloading"):
+        DATASETS.get("MNIST")(resolution=28, data_dir=str(tmp_path), download=True, **COMMON)

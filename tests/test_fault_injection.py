@@ -17,8 +17,8 @@ from phd_lab.checkpoint import PAUSE_ENV
 from tests.conftest import ROOT, read_metrics, run_folders, run_main, run_name, write_config
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights
 
-EPOCHS = 20  # margin for kill timings that drift when other tests share the cores
-KILLS = 6  # every other one inside a checkpoint write; at most 3 × 3.5 + 3 × 1 epochs pass before the last
+EPOCHS = 16  # margin for kill timings that drift when other tests share the cores
+KILLS = 4  # every other one inside a checkpoint write; at most 2 × 3.5 + 2 × 1 epochs pass before the last
 
 
 def _start(config: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -89,7 +89,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         kills += 1
         kills_in_checkpoint_write += in_write
     assert kills >= KILLS, f"only {kills} kills happened before the run finished; make the run longer"
-    assert kills_in_checkpoint_write >= 3
+    assert kills_in_checkpoint_write >= KILLS // 2
     [folder] = run_folders(logs)
     completed_before_final = len(read_metrics(folder))
     assert completed_before_final >= 3, "the kills must land while training makes progress"

@@ -160,3 +160,20 @@ def test_a_nested_mapping_names_one_folder_whatever_its_key_order(tmp_path):
                                                f"{one.identity_hash()}")
     older.mkdir(parents=True)  # as named before (written order)
     assert RunDir.for_run(one).root == RunDir.for_run(other).root == older
+
+
+def test_download_is_no_part_of_a_run_and_folders_named_with_it_are_found(tmp_path):
+    """``download: true`` once, then left out on an offline node, gave the same run a second folder and
+    trained it again from scratch. Folders that older versions named with ``download`` are still found."""
+    base = dict(PINNED, logs_dir=str(tmp_path))
+    variants = [Grid(dict(base, dataset_args=args))[0] for args in ({"download": True}, {}, {"download": False})]
+    assert {cfg.identity_hash() for cfg in variants} == {"da7c9455"}
+    assert len({RunDir.for_run(cfg).root for cfg in variants}) == 1
+    assert "download" not in RunDir.for_run(variants[0]).root.name
+    # folders an older version named while the config said download: true or false (its hashes, pinned)
+    assert variants[1].legacy_identity_hashes() == ["7391b0b3", "ed577492"]
+    for old_hash in ("7391b0b3", "ed577492"):
+        old = RunDir.for_run(variants[1]).root.parent / f"bs64-e3-adam-batch_normtrue-downloadx-{old_hash}"
+        old.mkdir(parents=True)
+        assert {RunDir.for_run(cfg).root for cfg in variants} == {old}
+        old.rmdir()

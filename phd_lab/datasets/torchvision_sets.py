@@ -18,9 +18,9 @@ from typing import Any, Callable
 from torch.utils.data import Dataset
 from torchvision import datasets as tv
 from torchvision.datasets.folder import default_loader
-from torchvision.datasets.utils import download_and_extract_archive
 
 from phd_lab.data import DataBundle, make_bundle
+from phd_lab.datasets.download import download_and_extract
 from phd_lab.datasets.folders import FixedClassImageFolder, TinyImageNet
 from phd_lab.datasets.transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
                                          RGB_NORMALISATIONS, make_preprocessing)
@@ -79,7 +79,10 @@ def _place(source: Source, root: Path) -> str:
 def check_present(source: Source, data_dir: str, download: object = False) -> None:
     """A cheap check before any point trains: the dataset's top folder (or file) is in data_dir.
     Whether its files are complete is found when the data are opened (``open_split``)."""
-    if download is True or not source.in_data_dir:
+    if not isinstance(download, bool):
+        raise ConfigError(f"The dataset_args 'download' of dataset {source.name!r} must be true or false; "
+                          f"got {download!r}.")
+    if download or not source.in_data_dir:
         return
     root = Path(data_dir).expanduser()
     top = source.expected.split("/")[0].split(" ")[0]
@@ -98,6 +101,9 @@ def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dat
         raise DataError(f"Dataset {source.name} ({split} split) is missing: {error}. {place}") from None
     except RuntimeError as error:
         text = str(error).lower()
+        if "error downloading" in text:  # torchvision's summary of every mirror it tried (MNIST, FashionMNIST)
+            raise DataError(f"Dataset {source.name} could not be downloaded into {str(root)!r} (torchvision: "
+                            f"{' '.join(str(error).split())}). {place}") from None
         if not any(word in text for word in ("not found", "corrupt", "not present", "does not exist")):
             raise
         raise DataError(f"Dataset {source.name} ({split} split) is not in data_dir {str(root)!r} or is "
@@ -149,8 +155,8 @@ def _svhn(root: Path, split: str, download: bool) -> Dataset:
 
 def _tiny_imagenet(root: Path, split: str, download: bool) -> Dataset:
     folder = root / "tiny-imagenet-200"
-    if download and not folder.is_dir():
-        download_and_extract_archive("http://cs231n.stanford.edu/tiny-imagenet-200.zip", str(root))
+    if download:
+        download_and_extract("http://cs231n.stanford.edu/tiny-imagenet-200.zip", root, folder.name)
     return TinyImageNet(folder, "train" if split == "train" else "val")
 
 
@@ -164,8 +170,8 @@ def _imagenette(root: Path, split: str, download: bool) -> Dataset:
 
 def _imagewoof(root: Path, split: str, download: bool) -> Dataset:
     folder = root / "imagewoof2"
-    if download and not folder.is_dir():
-        download_and_extract_archive("https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2.tgz", str(root))
+    if download:
+        download_and_extract("https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2.tgz", root, folder.name)
     train = FixedClassImageFolder(folder / "train")
     return train if split == "train" else FixedClassImageFolder(folder / "val", classes=train.classes)
 

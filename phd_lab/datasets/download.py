@@ -1,0 +1,89 @@
+"""Download an archive and extract it into ``data_dir`` so that a dataset folder is whole or absent.
+
+torchvision's helpers write the archive and its contents in place: an interrupted download left a
+truncated archive that was taken for complete on the next run, an interrupted extraction a partial
+folder that later runs trained on without a word, and two grid points downloading at once (Dask
+workers sharing ``data_dir``) wrote the same files. Here the archive is downloaded under a temp
+folder and renamed into place once complete, extracted into a staging folder and renamed into place
+once complete, and the whole of it happens under an exclusive lock on a file in ``data_dir``, which
+the kernel releases when its process dies (also by SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+from phd_lab.atomic import fsync_dir
+from phd_lab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path``, waiting while another process holds it."""
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("Waiting for another process that is downloading into %s ...", path.parent)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def download_and_extract(url: str, root: Path, folder: str) -> Path:
+    """``root/folder`` from the archive at ``url`` (which holds ``folder`` at its top), unless it is
+    there already. A folder at that path is always complete: placed by the user, or renamed into
+    place after a whole extraction."""
+    target = root / folder
+    if target.is_dir():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with waiting_lock(root / f".{folder}.download.lock"):
+        if target.is_dir():  # another process finished it while this one waited
+            return target
+        archive = root / Path(urlparse(url).path).name
+        if not archive.is_file():
+            _download(url, archive)
+        staging = root / f".{folder}.extracting"
+        shutil.rmtree(staging, ignore_errors=True)  # left by an extraction that was killed
+        log.info("Extracting %s ...", archive)
+        try:
+            # tar: no member may leave the staging folder or be a device file (zipfile strips such paths itself)
+            shutil.unpack_archive(archive, staging, **({} if archive.suffix == ".zip" else {"filter": "data"}))
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, shutil.ReadError) as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise DataError(f"The archive {str(archive)!r} is damaged ({type(error).__name__}: {error}); delete it "
+                            f"and run again to download it anew.") from None
+        if not (staging / folder).is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+            raise DataError(f"The archive {str(archive)!r} has no top folder {folder!r}; delete it and run again "
+                            f"to download it anew, or place the dataset under {str(root)!r} yourself.")
+        os.replace(staging / folder, target)
+        fsync_dir(root)
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _download(url: str, archive: Path) -> None:
+    """The file at ``url`` as ``archive``, renamed into place only once it is whole."""
+    from torchvision.datasets.utils import download_url
+    partial = archive.parent / f".{archive.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left by a download that was killed
+    log.info("Downloading %s ...", url)
+    download_url(url, str(partial), filename=archive.name)
+    os.replace(partial / archive.name, archive)
+    fsync_dir(archive.parent)
+    shutil.rmtree(partial, ignore_errors=True)
