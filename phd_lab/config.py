@@ -505,7 +505,7 @@ class RunConfig:
         ``download`` left out, true or false. ``RunDir.for_run`` still finds a folder those versions named,
         whether or not the config says ``download`` now."""
         identity = {k: v for k, v in sorted(self.values.items()) if in_identity(k, v)}
-        hashes = []
+        hashes, current = [], self.identity_hash()
         for name, dropped in TECHNICAL_ARGS.items():
             if not isinstance(identity.get(name), dict):
                 continue
@@ -513,7 +513,7 @@ class RunConfig:
             for arg in dropped:
                 for variant in ({}, {arg: True}, {arg: False}):
                     digest = _crc({**identity, name: {**base, **variant}})
-                    if digest != self.identity_hash() and digest not in hashes:
+                    if digest != current and digest not in hashes:
                         hashes.append(digest)
         return hashes
 

@@ -95,7 +95,6 @@ class TrainTestExecutor:
         self.rundir = RunDir.for_run(config)
         self.steps: list[tuple[Step, dict[str, Any]]] = []
         self._validated = False
-        self._notes: list[str] = []  # said in the run's log once it is open
 
     # ------------------------------------------------------------------ validation
     def validate(self, missing_data: str = "error") -> None:
@@ -324,8 +323,12 @@ class TrainTestExecutor:
         device = resolve_device(cfg.device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        with RUN_TURN(), _cpu_threads(self._thread_count()):
-            return self._run(device)
+        threads = self._thread_count()
+        note = (f"Continuing with the {threads} CPU thread(s) this run was trained with (cpu_threads is null; the "
+                f"default here is {torch.get_num_threads()})." if self.config.cpu_threads is None and threads
+                and threads != torch.get_num_threads() else None)
+        with RUN_TURN(), _cpu_threads(threads):
+            return self._run(device, note)
 
     def _thread_count(self) -> int | None:
         """``cpu_threads``; when it is null, a run that has checkpoints keeps the count it was trained with
@@ -340,14 +343,9 @@ class TrainTestExecutor:
         except (OSError, ValueError):
             return None
         threads = logged.get("cpu_threads") if isinstance(logged, dict) else None
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            return None
-        if threads != torch.get_num_threads():  # said in the run's log, once it is open
-            self._notes.append(f"Continuing with the {threads} CPU thread(s) this run was trained with (cpu_threads "
-                               f"is null; the default here is {torch.get_num_threads()}).")
-        return threads
+        return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else None
 
-    def _run(self, device: torch.device) -> RunDir:
+    def _run(self, device: torch.device, note: str | None = None) -> RunDir:
         cfg = self.config
         seed_everything(cfg.seed)
         bundle = self.build_data()
@@ -358,9 +356,8 @@ class TrainTestExecutor:
         rundir = self.rundir.create()
         with RunLock(rundir.lock), _run_log(rundir.log):
             log.info("Run folder %s", rundir.root)
-            for note in self._notes:
+            if note:  # said in the run's log, now that it is open
                 log.info("%s", note)
-            self._notes.clear()
             self.write_config()
             store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)
             # the lock holder's own files: the run's and those of the post-processing steps (analysis.* is

@@ -80,6 +80,22 @@ class RunLock:
         self.release()
 
 
+@contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path``, waiting while another process holds it (``RunLock`` refuses
+    instead); the kernel drops it when its process dies."""
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("Waiting for another process that holds %s ...", path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class ProcessTurn:
     """Tasks of one kind take turns within a process.
 

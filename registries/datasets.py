@@ -149,7 +149,7 @@ def _check_folder(path: str, data_dir: str, **dataset_args: object) -> None:
     train = Path(path).expanduser() / "train"
     if not train.is_dir():
         raise DataError(f"The image folder dataset {'folder:' + path!r} has no folder {str(train)!r}; it needs "
-                        f"{path}/train/<class>/<image files> and {path}/test/<class>/<image files> (or val/).")
+                        f"{folder_source(path).expected}.")
 
 
 _folder.check_data = _check_folder  # type: ignore[attr-defined]

@@ -299,7 +299,8 @@ def test_a_downloaded_dataset_folder_is_whole_or_absent(tmp_path, kind):
 def test_a_second_downloader_waits_and_uses_the_folder_the_first_one_finished(tmp_path):
     """Two grid points (Dask workers sharing data_dir) downloading at once wrote the same files; the second
     now waits on the lock and finds the folder whole. Nothing serves the URL: it must not download."""
-    from phd_lab.datasets.download import download_and_extract, waiting_lock
+    from phd_lab.datasets.download import download_and_extract
+    from phd_lab.lock import waiting_lock
     root = tmp_path / "data"
     root.mkdir()
     result: list[Path] = []

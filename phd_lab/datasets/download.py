@@ -11,36 +11,19 @@ the kernel releases when its process dies (also by SIGKILL).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
 from phd_lab.atomic import fsync_dir
 from phd_lab.errors import DataError
+from phd_lab.lock import waiting_lock
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def waiting_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path``, waiting while another process holds it."""
-    with open(path, "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("Waiting for another process that is downloading into %s ...", path.parent)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def download_and_extract(url: str, root: Path, folder: str) -> Path:
