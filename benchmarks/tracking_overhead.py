@@ -11,9 +11,11 @@ Every repetition runs each condition once, in a rotating order, through the real
                    the test split (the default; exact float64)
   inline         hooks record during the training batches and the test evaluation (the
                    thesis' Delve; no extra passes), exact float64
+  inline-torch   the same with the fused CPU kernel switched off (phd_lab/tracking/fused_gram.py):
+                   every layer takes the torch path (float64 copy, then BLAS Gram)
 
 It also times one forward pass over the training split with and without a tracker
-attached ("pass only"): the cost of the covariance arithmetic itself. Data are synthetic
+attached ("pass only"), also with the fused kernel off: the cost of the covariance arithmetic itself. Data are synthetic
 tensors held in memory (on the device) so that loading does not blur the comparison.
 Ratios are median tracked time / median untracked time (CPU target ≤ 1.10) and, on CUDA,
 untracked / tracked throughput (target ≥ 0.90).
@@ -22,11 +24,12 @@ untracked / tracked throughput (target ≥ 0.90).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -34,13 +37,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from phd_lab.data import DataBundle  # noqa: E402
-from phd_lab.tracking import SaturationTracker, TrackerOptions, run_pass  # noqa: E402
+from phd_lab.tracking import SaturationTracker, TrackerOptions, fused_gram, run_pass  # noqa: E402
 from phd_lab.tracking.callback import SaturationCallback  # noqa: E402
 from phd_lab.trainer import Trainer  # noqa: E402
 from registries.metrics import Accuracy  # noqa: E402
 from registries.models import vgg11  # noqa: E402
 
-CONDITIONS = ("untracked", "passes", "inline")
+CONDITIONS = ("untracked", "passes", "inline", "inline-torch")
 
 
 def resnet18_cifar(num_classes: int = 10) -> nn.Module:
@@ -79,8 +82,9 @@ def synchronise(device: torch.device) -> None:
 def make_epoch(condition: str, trainer: BenchTrainer, bundle: DataBundle) -> Callable[[], None]:
     """One epoch of ``condition``: the Trainer's own loop plus what the callback adds."""
     callback = None
+    mode, _, variant = condition.partition("-")
     if condition != "untracked":
-        callback = SaturationCallback(None, delta=0.99, options=TrackerOptions(), mode=condition)
+        callback = SaturationCallback(None, delta=0.99, options=TrackerOptions(), mode=mode)
     row: dict[str, object] = {}
 
     def epoch() -> None:
@@ -90,15 +94,26 @@ def make_epoch(condition: str, trainer: BenchTrainer, bundle: DataBundle) -> Cal
             callback.on_epoch_end(trainer, bundle, 1, row)
 
     def run() -> None:
-        if callback is not None and callback.mode == "inline":
-            callback.on_fit_start(trainer, bundle)  # hooks attached only while this condition runs
-            try:
+        with fused_kernel(variant != "torch"):
+            if callback is not None and callback.mode == "inline":
+                callback.on_fit_start(trainer, bundle)  # hooks attached only while this condition runs
+                try:
+                    epoch()
+                finally:
+                    callback.on_fit_end(trainer, bundle)
+            else:
                 epoch()
-            finally:
-                callback.on_fit_end(trainer, bundle)
-        else:
-            epoch()
     return run
+
+
+@contextlib.contextmanager
+def fused_kernel(enabled: bool) -> Iterator[None]:
+    """The fused CPU covariance kernel on or off while the block runs."""
+    previous, fused_gram.enabled = fused_gram.enabled, enabled
+    try:
+        yield
+    finally:
+        fused_gram.enabled = previous
 
 
 def profile_update(device: torch.device, batch: int, reps: int = 20) -> list[str]:
@@ -182,24 +197,29 @@ def main() -> int:
                            mixed_precision=cuda, progress=False, bf16=cuda)
     epochs = {c: make_epoch(c, trainer, bundle) for c in conditions}
 
-    def forward_pass(tracked: bool) -> Callable[[], None]:
+    def forward_pass(tracked: bool, fused: bool = True) -> Callable[[], None]:
         def run() -> None:
             model.eval()
             tracker = SaturationTracker(model, 0.99) if tracked else None
             try:
-                if tracker is None:
-                    with torch.no_grad():
-                        for inputs, _ in train:
-                            with trainer.autocast():  # type: ignore[attr-defined]
-                                model(inputs)
-                else:
-                    run_pass(tracker, model, train, device, trainer.autocast)
-                    tracker.compute()
+                with fused_kernel(fused):
+                    pass_over_train(tracker)
             finally:
                 if tracker is not None:
                     tracker.close()
         return run
-    passes = {"pass untracked": forward_pass(False), "pass tracked": forward_pass(True)}
+
+    def pass_over_train(tracker: SaturationTracker | None) -> None:
+        if tracker is None:
+            with torch.no_grad():
+                for inputs, _ in train:
+                    with trainer.autocast():  # type: ignore[attr-defined]
+                        model(inputs)
+        else:
+            run_pass(tracker, model, train, device, trainer.autocast)
+            tracker.compute()
+    passes = {"pass untracked": forward_pass(False), "pass tracked": forward_pass(True),
+              "pass tracked (torch)": forward_pass(True, fused=False)}
 
     print(title)
     if cuda and args.profile:
@@ -215,18 +235,19 @@ def main() -> int:
         for name in rotated:
             times[name].append(timed(epochs[name], device))
             print(f"  round {rep + 1}: {name} {times[name][-1]:.3f} s", flush=True)
-        for name in (["pass untracked", "pass tracked"] if rep % 2 == 0 else ["pass tracked", "pass untracked"]):
+        pass_order = list(passes)
+        for name in pass_order[rep % len(pass_order):] + pass_order[:rep % len(pass_order)]:
             times[name].append(timed(passes[name], device))
 
     base = statistics.median(times["untracked"])
-    print(f"\n{'condition':<16}{'median s':>10}{'min s':>9}{'time ratio':>12}{'throughput':>12}")
+    print(f"\n{'condition':<21}{'median s':>10}{'min s':>9}{'time ratio':>12}{'throughput':>12}")
     for name in epochs:
         med = statistics.median(times[name])
-        print(f"{name:<16}{med:>10.3f}{min(times[name]):>9.3f}{med / base:>11.3f}x{base / med:>11.3f}x")
+        print(f"{name:<21}{med:>10.3f}{min(times[name]):>9.3f}{med / base:>11.3f}x{base / med:>11.3f}x")
     pass_base = statistics.median(times["pass untracked"])
     for name in passes:
         med = statistics.median(times[name])
-        print(f"{name:<16}{med:>10.3f}{min(times[name]):>9.3f}{med / pass_base:>11.3f}x{pass_base / med:>11.3f}x")
+        print(f"{name:<21}{med:>10.3f}{min(times[name]):>9.3f}{med / pass_base:>11.3f}x{pass_base / med:>11.3f}x")
     print("\ntime ratio = median time / median untracked time (epoch rows) or / untracked pass (pass rows); "
           "throughput = its inverse")
     return 0

@@ -16,12 +16,15 @@ layer's own output modified. The first batch runs with autocast switched off (un
 precision its float32 product would silently run in bfloat16/float16); float64 operands, as
 in every later batch, are never cast.
 
-There is no float32 fast path. One was tried (float32 Gram products over short chunks of
-observations, summed in float64): on activations with many repeated values (ReLU zeros,
-bfloat16 outputs) its rounding errors do not cancel, and it exceeded a 1e-7 relative covariance
-error on VGG-sized batches unless the chunks were so short (≤ 16 observations) that it became
-slower than this exact path — which it already was not clearly faster than on the CPUs and
-the H200 it was measured on (benchmarks/RESULTS.md, issue 3).
+On the CPU, feature maps with enough work take a fused kernel instead (``fused_gram``): the same
+shifted float64 sums in one pass over the maps, without the float64 copy. It keeps only the Gram's
+lower triangle, so the covariance is read from the lower triangle whichever path a batch took.
+
+There is no float32 fast path (the fused kernel is exact float64). One was tried (float32 Gram
+products over short chunks of observations, summed in float64): on activations with many
+repeated values (ReLU zeros, bfloat16 outputs) its rounding errors do not cancel, and it exceeded
+a 1e-7 relative covariance error on VGG-sized batches unless the chunks were so short (≤ 16
+observations) that it became slower than the exact path (benchmarks/RESULTS.md, issue 3).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+from phd_lab.tracking import fused_gram
 
 
 class CovarianceAccumulator:
@@ -75,6 +80,13 @@ class CovarianceAccumulator:
         if count == 0:
             return
         maps = self._place(maps)
+        if fused_gram.applies(maps):
+            if self._shift is None:  # the exact mean, summed on one thread like the kernel's sums
+                mean = fused_gram.channel_sums(maps).div_(count)
+                self._start(0, mean, torch.zeros(channels, channels, dtype=torch.float64))
+            fused_gram.accumulate(maps, self._shift, self._gram, self._sum)  # type: ignore[arg-type]
+            self.n += count
+            return
         by_channel = maps.reshape(batch, channels, -1).transpose(0, 1)  # (C, B, H·W) view
         if self._shift is None:
             with _full_precision(maps.device):
@@ -116,14 +128,16 @@ class CovarianceAccumulator:
     def covariance(self) -> torch.Tensor:
         """Population covariance (ΣA'ᵀA' − ΣA' ΣA'ᵀ/n)/n, float64, exactly symmetric.
 
-        Formed in one d × d buffer plus the transpose copy of the symmetrisation (a 4,096-wide layer's
-        temporaries were four 134 MB matrices at once), with the same roundings as the plain formula.
+        Read from the Gram's lower triangle, which every update path keeps (the fused CPU kernel keeps
+        only that), and formed in one d × d buffer plus the transposed copy of the mirroring (a
+        4,096-wide layer's temporaries were four 134 MB matrices at once).
         """
         if self._gram is None:
             raise ValueError("no observations accumulated yet")
         cov = torch.outer(self._sum, self._sum).div_(-self.n)  # type: ignore[arg-type]
         cov.add_(self._gram).div_(self.n)
-        return cov.add_(cov.T.clone()).div_(2)
+        lower = torch.tril(cov, diagonal=-1)
+        return cov.tril_().add_(lower.T)
 
 
 def _convert_and_shift(source: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> None:

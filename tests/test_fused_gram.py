@@ -1,0 +1,143 @@
+"""The fused CPU covariance kernel (numba) against numpy and against the torch path it replaces."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from phd_lab.tracking import SaturationTracker, fused_gram
+from phd_lab.tracking.covariance import CovarianceAccumulator
+
+
+@contextlib.contextmanager
+def fused(enabled: bool) -> Iterator[None]:
+    previous, fused_gram.enabled = fused_gram.enabled, enabled
+    try:
+        yield
+    finally:
+        fused_gram.enabled = previous
+
+
+def relu_maps(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Post-ReLU-like maps: many exact zeros, a mean of the order of the spread, per-channel scales."""
+    generator = torch.Generator().manual_seed(seed)
+    scales = torch.rand(shape[1], generator=generator)[None, :, None, None] * 3 + 0.1
+    return (torch.randn(shape, generator=generator) * scales + 0.5).relu().to(dtype)
+
+
+def np_cov(batches: list[torch.Tensor]) -> np.ndarray:
+    rows = torch.cat([b.permute(0, 2, 3, 1).reshape(-1, b.shape[1]) for b in batches]).double().numpy()
+    return np.cov(rows, rowvar=False, bias=True)
+
+
+def accumulated(batches: list[torch.Tensor], use_fused: bool = True) -> CovarianceAccumulator:
+    accumulator = CovarianceAccumulator(batches[0].shape[1])
+    with fused(use_fused):
+        for maps in batches:
+            accumulator.update_maps(maps)
+    return accumulator
+
+
+def rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(64, 16, 32, 32), (25, 13, 32, 32), (64, 30, 16, 16), (64, 128, 4, 4),
+                                   (64, 256, 2, 2)])
+def test_fused_updates_equal_np_cov(shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
+    """Channel counts that are not a multiple of the 4-row register block (13, 30) included; several
+    batches, so the first batch's torch path and the later fused updates are combined."""
+    batches = [relu_maps(shape, seed, dtype) for seed in range(3)]
+    assert fused_gram.applies(batches[1])
+    accumulator = accumulated(batches)
+    expected = np_cov(batches)
+    covariance = accumulator.covariance().numpy()
+    assert rel_error(covariance, expected) <= 1e-10
+    assert np.array_equal(covariance, covariance.T)
+    mean = torch.cat([b.double().mean(dim=(0, 2, 3))[None] for b in batches]).mean(0)
+    assert torch.allclose(accumulator.mean, mean, rtol=1e-12, atol=1e-12)
+    assert accumulator.n == 3 * shape[0] * shape[2] * shape[3]
+
+
+def test_fused_and_torch_paths_agree_and_mix() -> None:
+    """A short last batch below the work threshold takes the torch path in the same accumulator;
+    both paths keep the Gram's lower triangle, which is all that is read."""
+    batches = [relu_maps((64, 16, 32, 32), seed) for seed in range(2)] + [relu_maps((2, 16, 32, 32), 7)]
+    assert fused_gram.applies(batches[1]) and not fused_gram.applies(batches[2])
+    with_kernel, without = accumulated(batches, True), accumulated(batches, False)
+    expected = np_cov(batches)
+    assert rel_error(with_kernel.covariance().numpy(), expected) <= 1e-10
+    assert rel_error(without.covariance().numpy(), expected) <= 1e-10
+    assert not torch.equal(with_kernel.covariance(), without.covariance())  # two paths, two summation orders
+    assert fused_gram._compiled is not None  # the kernel really ran
+
+
+def test_large_mean_and_drifting_batches_stay_exact() -> None:
+    """The shift of the first batch is what keeps the float64 sums exact when the mean is far larger
+    than the spread; the fused kernel subtracts it in float64 before any product."""
+    generator = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(64, 16, 16, 16, generator=generator, dtype=torch.float64) + 1e6 + 0.5 * i)
+               for i in range(4)]
+    assert fused_gram.applies(batches[1])
+    assert rel_error(accumulated(batches).covariance().numpy(), np_cov(batches)) <= 1e-10
+
+
+def test_result_does_not_depend_on_the_thread_count() -> None:
+    batches = [relu_maps((64, 32, 16, 16), seed) for seed in range(3)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = accumulated(batches).covariance()
+        torch.set_num_threads(2)
+        two = accumulated(batches).covariance()
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+def test_strided_maps_and_non_finite_values() -> None:
+    """channels_last maps give the same sums; a NaN or inf reaches the covariance as NaN (the tracker
+    then reports NaN saturation with a warning), never as a finite wrong number."""
+    batches = [relu_maps((64, 16, 32, 32), seed) for seed in range(2)]
+    strided = [b.contiguous(memory_format=torch.channels_last) for b in batches]
+    assert torch.equal(accumulated(batches).covariance(), accumulated(strided).covariance())
+    for bad in (float("nan"), float("inf")):
+        broken = batches[1].clone()
+        broken[3, 5, 7, 9] = bad
+        covariance = accumulated([batches[0], broken]).covariance()
+        assert torch.isnan(covariance[5]).any() and torch.isfinite(covariance[:5, :5]).all()
+
+
+def test_paths_the_kernel_leaves_to_torch() -> None:
+    maps = torch.zeros(64, 16, 32, 32)
+    assert fused_gram.applies(maps)
+    assert not fused_gram.applies(maps.bfloat16())  # no bfloat16 in numpy: the torch path converts
+    assert not fused_gram.applies(torch.zeros(64, fused_gram.MAX_CHANNELS + 4, 4, 4))
+    assert not fused_gram.applies(torch.zeros(8, 8, 8, 8))  # too little work to compile for
+    with fused(False):
+        assert not fused_gram.applies(maps)
+
+
+def test_tracker_on_a_real_conv_layer_uses_the_kernel_and_equals_np_cov() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1)).eval()
+    data = [relu_maps((16, 3, 32, 32), seed) for seed in range(3)]
+    outputs: dict[str, list[torch.Tensor]] = {"0": [], "2": []}
+    handles = [model[int(name)].register_forward_hook(lambda m, i, o, n=name: outputs[n].append(o.clone()))
+               for name in outputs]
+    tracker = SaturationTracker(model, 0.99)
+    with torch.no_grad():
+        for batch in data:
+            model(batch)
+    for handle in handles:
+        handle.remove()
+    assert all(fused_gram.applies(parts[0]) for parts in outputs.values())
+    for name, parts in outputs.items():
+        assert rel_error(tracker.covariance(name).numpy(), np_cov(parts)) <= 1e-10
+    tracker.close()
