@@ -145,6 +145,35 @@ def profile_update(device: torch.device, batch: int, reps: int = 20) -> list[str
     return lines
 
 
+CPU_UPDATE_SHAPES = ((64, 16, 32, 32), (64, 32, 16, 16), (64, 64, 8, 8), (64, 128, 4, 4), (64, 128, 2, 2),
+                     (64, 256, 4, 4), (16, 16, 16, 16))
+
+
+def compare_cpu_updates(reps: int = 20) -> list[str]:
+    """Milliseconds per covariance update (after the first batch) with the fused kernel and with the
+    torch path, best of ``reps``, alternating, for VGG11-¼ and ResNet-sized float32 maps."""
+    from phd_lab.tracking.covariance import CovarianceAccumulator
+
+    def best_ms(accumulator: CovarianceAccumulator, maps: torch.Tensor, use_fused: bool) -> float:
+        with fused_kernel(use_fused):
+            start = time.perf_counter()
+            accumulator.update_maps(maps)
+            return (time.perf_counter() - start) * 1e3
+
+    lines = [f"{'maps (float32)':<22}{'fused ms':>10}{'torch ms':>10}{'ratio':>8}"]
+    for shape in CPU_UPDATE_SHAPES:
+        maps = torch.randn(shape).relu_()
+        accumulator = CovarianceAccumulator(shape[1])
+        accumulator.update_maps(maps)
+        fused_ms, torch_ms = [], []
+        for _ in range(reps):
+            fused_ms.append(best_ms(accumulator, maps, True))
+            torch_ms.append(best_ms(accumulator, maps, False))
+        ratio = min(fused_ms) / min(torch_ms)
+        lines.append(f"{str(shape):<22}{min(fused_ms):>10.3f}{min(torch_ms):>10.3f}{ratio:>7.2f}x")
+    return lines
+
+
 def timed(fn: Callable[[], None], device: torch.device) -> float:
     synchronise(device)
     start = time.perf_counter()
@@ -160,7 +189,8 @@ def main() -> int:
     parser.add_argument("--train-batches", type=int, default=None, help="training batches per epoch")
     parser.add_argument("--test-batches", type=int, default=None, help="test batches per epoch")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--profile", action="store_true", help="CUDA: also time the parts of one update")
+    parser.add_argument("--profile", action="store_true", help="CUDA: also time the parts of one update; CPU: "
+                        "also time one update per map shape with the fused kernel and with the torch path")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated subset")
     args = parser.parse_args()
 
@@ -222,8 +252,8 @@ def main() -> int:
               "pass tracked (torch)": forward_pass(True, fused=False)}
 
     print(title)
-    if cuda and args.profile:
-        print("\n".join(profile_update(device, batch)) + "\n")
+    if args.profile:
+        print("\n".join(profile_update(device, batch) if cuda else compare_cpu_updates()) + "\n")
     print(f"{train_batches} training + {test_batches} test batches per epoch, {reps} interleaved repetitions "
           f"after one warm-up round")
     for fn in list(epochs.values()) + list(passes.values()):  # warm-up (cudnn autotune, allocator, caches)

@@ -272,13 +272,32 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
         raise ConfigError(f"Config file {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}, "
                           f"column {error.colno}. Keys and strings need double quotes, and JSON allows no "
                           f"comments or trailing commas.") from None
+    except ValueError as error:  # Python refuses integers of more than 4,300 digits
+        raise ConfigError(f"Config file {str(path)!r} cannot be read: {error}. Integers in a config must fit in "
+                          f"64 bits (|n| < 2**63).") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"Config file {str(path)!r} must hold a JSON object of key/value pairs; got "
                           f"{type(raw).__name__} instead.")
     if duplicates:  # JSON would silently keep the last value
         raise ConfigError(f"Config file {str(path)!r} gives the key(s) {sorted(set(duplicates))} more than once in "
                           f"the same object; keep one of each (to sweep values, give a list).")
+    for key, value in _integers(raw, ""):
+        if not -2**63 <= value < 2**63:  # torch, numpy and the float checks below take no more
+            raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds an integer of {value.bit_length()} "
+                              f"bits; integers in a config must fit in 64 bits (|n| < 2**63).")
     return raw
+
+
+def _integers(value: Any, key: str) -> Iterator[tuple[str, int]]:
+    """Every integer in a parsed JSON value, with the key path that holds it (lists count as the key)."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from _integers(item, f"{key}.{name}" if key else name)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _integers(item, key)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        yield key, value
 
 
 PATH_KEYS = ("logs_dir", "data_dir", "latents_dir")

@@ -261,3 +261,18 @@ def test_optimizer_values_are_checked_when_the_model_cannot_be_built_on_the_meta
                           registries={"models": str(module)})
     assert main_cli(["--config", str(config), "--dry-run"]) == 2
     assert "(run 1): optimizer 'adam' cannot be built" in flat(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("digits", [30, 400, 5000])
+def test_integers_beyond_64_bits_are_refused_naming_the_key(tmp_path, capsys, digits):
+    """Integers of hundreds of digits overflowed the float checks (OverflowError), ones of thousands
+    of digits JSON parsing itself (ValueError): both with a traceback. Inside model_args too."""
+    for key, holder in (("epoch", '{{"epoch": {n}}}'), ("model_args.width", '{{"model_args": {{"width": [1, {n}]}}}}')):
+        text = holder.format(n="9" * digits)
+        path = _write_raw(tmp_path, text[:-1] + ', "model": "vgg11", "dataset": "Digits"}')
+        assert main_cli(["--config", str(path), "--dry-run"]) == 2
+        err = flat(capsys.readouterr().err)
+        assert "must fit in 64 bits" in err and "Traceback" not in err, err
+        if digits < 4300:
+            assert f"the key {key!r} holds an integer of" in err, err
+    assert not (tmp_path / "logs").exists()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -141,3 +144,27 @@ def test_tracker_on_a_real_conv_layer_uses_the_kernel_and_equals_np_cov() -> Non
     for name, parts in outputs.items():
         assert rel_error(tracker.covariance(name).numpy(), np_cov(parts)) <= 1e-10
     tracker.close()
+
+
+def test_without_numba_tracking_takes_the_torch_path_with_one_warning() -> None:
+    """A Python that numba does not support yet must still track: a real interpreter in which
+    ``import numba`` fails, tracking a layer that would otherwise take the kernel."""
+    script = (
+        "import logging, sys, numpy as np, torch\n"
+        "sys.modules['numba'] = None  # import numba now raises ImportError\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from phd_lab.tracking import fused_gram\n"
+        "from phd_lab.tracking.covariance import CovarianceAccumulator\n"
+        "maps = [torch.randn(64, 16, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]\n"
+        "acc = CovarianceAccumulator(16)\n"
+        "for m in maps: acc.update_maps(m)\n"
+        "rows = torch.cat([m.permute(0, 2, 3, 1).reshape(-1, 16) for m in maps]).double().numpy()\n"
+        "err = np.abs(acc.covariance().numpy() - np.cov(rows, rowvar=False, bias=True)).max()\n"
+        "assert err < 1e-10, err\n"
+        "assert fused_gram._compiled is None and not fused_gram.applies(maps[0])\n"
+        "print('tracked')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "tracked"
+    assert done.stderr.count("fused CPU covariance kernel is off") == 1, done.stderr

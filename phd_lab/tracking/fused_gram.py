@@ -17,6 +17,8 @@ a layer on this path has sums that do not depend on torch's thread count.
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import threading
 from typing import Callable
@@ -31,19 +33,37 @@ _MAX_TILE = 256  # positions per tile
 _TILE_BYTES = 256 * 1024  # float64 tile of (channels, positions), kept in the L2 cache
 _DTYPES = (torch.float32, torch.float64)
 
+log = logging.getLogger(__name__)
+
 enabled = True  # the benchmark switches the kernel off to compare with the torch path
 
 _compiled: Callable[..., None] | None = None
+_numba_missing: str | None = None  # None: not tried yet; "": importable; else the import error
 _compile_lock = threading.Lock()
 
 
 def applies(maps: torch.Tensor) -> bool:
     """Whether the fused kernel handles these (B, C, H, W) maps: CPU, float32/float64, at most
     ``MAX_CHANNELS`` channels, and enough work to repay compiling the kernel once per process. A pure
-    function of the maps' shape, dtype and device, so a resumed run takes the same path."""
+    function of the maps' shape, dtype and device (and of numba being importable), so a resumed run
+    takes the same path."""
     channels, observations = maps.shape[1], maps.shape[0] * maps.shape[2] * maps.shape[3]
     return (enabled and maps.device.type == "cpu" and maps.dtype in _DTYPES and channels <= MAX_CHANNELS
-            and observations * channels * channels >= MIN_WORK)
+            and observations * channels * channels >= MIN_WORK and _numba_available())
+
+
+def _numba_available() -> bool:
+    """numba is a dependency, but a Python it does not support yet must still track (on the torch path)."""
+    global _numba_missing
+    if _numba_missing is None:
+        try:
+            importlib.import_module("numba")
+            _numba_missing = ""
+        except ImportError as error:
+            _numba_missing = str(error) or "numba cannot be imported"
+            log.warning("The fused CPU covariance kernel is off (%s): saturation tracking on the CPU takes the "
+                        "slower torch path, with the same exact float64 result.", _numba_missing)
+    return not _numba_missing
 
 
 def accumulate(maps: torch.Tensor, shift: torch.Tensor, gram: torch.Tensor, total: torch.Tensor) -> None:
