@@ -272,9 +272,9 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
         raise ConfigError(f"Config file {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}, "
                           f"column {error.colno}. Keys and strings need double quotes, and JSON allows no "
                           f"comments or trailing commas.") from None
-    except ValueError as error:  # Python refuses integers of more than 4,300 digits
-        raise ConfigError(f"Config file {str(path)!r} cannot be read: {error}. Integers in a config must fit in "
-                          f"64 bits (|n| < 2**63).") from None
+    except ValueError:  # Python refuses integers of more than 4,300 digits
+        raise ConfigError(f"Config file {str(path)!r} holds an integer of more than 4,300 digits; integers in a "
+                          f"config must lie in the signed 64-bit range {INT_RANGE}.") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"Config file {str(path)!r} must hold a JSON object of key/value pairs; got "
                           f"{type(raw).__name__} instead.")
@@ -283,9 +283,12 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
                           f"the same object; keep one of each (to sweep values, give a list).")
     for key, value in _integers(raw, ""):
         if not -2**63 <= value < 2**63:  # torch, numpy and the float checks below take no more
-            raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds an integer of {value.bit_length()} "
-                              f"bits; integers in a config must fit in 64 bits (|n| < 2**63).")
+            raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds an integer of {len(str(abs(value)))} "
+                              f"digits; integers in a config must lie in the signed 64-bit range {INT_RANGE}.")
     return raw
+
+
+INT_RANGE = "−2**63 … 2**63 − 1"
 
 
 def _integers(value: Any, key: str) -> Iterator[tuple[str, int]]:

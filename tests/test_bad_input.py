@@ -263,16 +263,23 @@ def test_optimizer_values_are_checked_when_the_model_cannot_be_built_on_the_meta
     assert "(run 1): optimizer 'adam' cannot be built" in flat(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("digits", [30, 400, 5000])
-def test_integers_beyond_64_bits_are_refused_naming_the_key(tmp_path, capsys, digits):
+@pytest.mark.parametrize("number", [str(2**63), str(-2**63 - 1), "9" * 400, "9" * 5000])
+def test_integers_beyond_64_bits_are_refused_naming_the_key(tmp_path, capsys, number):
     """Integers of hundreds of digits overflowed the float checks (OverflowError), ones of thousands
     of digits JSON parsing itself (ValueError): both with a traceback. Inside model_args too."""
-    for key, holder in (("epoch", '{{"epoch": {n}}}'), ("model_args.width", '{{"model_args": {{"width": [1, {n}]}}}}')):
-        text = holder.format(n="9" * digits)
+    for key, holder in (("seed", '{{"seed": {n}}}'), ("model_args.width", '{{"model_args": {{"width": [1, {n}]}}}}')):
+        text = holder.format(n=number)
         path = _write_raw(tmp_path, text[:-1] + ', "model": "vgg11", "dataset": "Digits"}')
         assert main_cli(["--config", str(path), "--dry-run"]) == 2
         err = flat(capsys.readouterr().err)
-        assert "must fit in 64 bits" in err and "Traceback" not in err, err
-        if digits < 4300:
-            assert f"the key {key!r} holds an integer of" in err, err
+        assert "must lie in the signed 64-bit range −2**63 … 2**63 − 1" in err and "Traceback" not in err, err
+        assert "set_int_max_str_digits" not in err
+        if len(number) < 4300:
+            assert f"the key {key!r} holds an integer of {len(number.lstrip('-'))} digits" in err, err
     assert not (tmp_path / "logs").exists()
+
+
+def test_the_64_bit_range_ends_are_read(tmp_path):
+    from phd_lab.config import load_config_file
+    path = _write_raw(tmp_path, '{"model_args": {"a": %d, "b": [true, 1e300, %d]}}' % (2**63 - 1, -2**63))
+    assert load_config_file(path) == {"model_args": {"a": 2**63 - 1, "b": [True, 1e300, -2**63]}}

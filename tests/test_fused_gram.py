@@ -55,7 +55,7 @@ def rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
                                    (64, 256, 2, 2)])
 def test_fused_updates_equal_np_cov(shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
     """Channel counts that are not a multiple of the 4-row register block (13, 30) included; several
-    batches, so the first batch's torch path and the later fused updates are combined."""
+    batches: the first one's mean becomes the shift of all of them."""
     batches = [relu_maps(shape, seed, dtype) for seed in range(3)]
     assert fused_gram.applies(batches[1])
     accumulator = accumulated(batches)
@@ -66,6 +66,25 @@ def test_fused_updates_equal_np_cov(shape: tuple[int, int, int, int], dtype: tor
     mean = torch.cat([b.double().mean(dim=(0, 2, 3))[None] for b in batches]).mean(0)
     assert torch.allclose(accumulator.mean, mean, rtol=1e-12, atol=1e-12)
     assert accumulator.n == 3 * shape[0] * shape[2] * shape[3]
+
+
+@pytest.mark.parametrize("shape", [(65, 128, 4, 4), (8, 16, 17, 17), (3, 6, 1, 1), (1, 5, 9, 9), (2, 7, 300, 1),
+                                   (5, 3, 16, 16)])
+def test_partly_filled_tiles_and_groups_of_maps(shape: tuple[int, int, int, int], monkeypatch) -> None:
+    """Shapes whose positions do not fill the last tile, or whose maps do not fill the last group of
+    small maps in a tile (a kernel that counted the full tile passed every evenly dividing shape)."""
+    monkeypatch.setattr(fused_gram, "MIN_WORK", 0)  # small shapes on the kernel too
+    batches = [relu_maps(shape, seed) for seed in range(3)]
+    assert fused_gram.applies(batches[0])
+    assert rel_error(accumulated(batches).covariance().numpy(), np_cov(batches)) <= 1e-10
+
+
+def test_a_full_torch_gram_then_fused_updates() -> None:
+    """The first batch is too small for the kernel (torch path, full Gram); the later ones add to the
+    lower triangle only."""
+    batches = [relu_maps((1, 16, 8, 8), 0)] + [relu_maps((64, 16, 32, 32), seed) for seed in range(1, 3)]
+    assert not fused_gram.applies(batches[0]) and fused_gram.applies(batches[1])
+    assert rel_error(accumulated(batches).covariance().numpy(), np_cov(batches)) <= 1e-10
 
 
 def test_fused_and_torch_paths_agree_and_mix() -> None:

@@ -49,7 +49,9 @@ class CovarianceAccumulator:
         self.n = 0
         self._shift: torch.Tensor | None = None  # float64 (dim,): the first batch's mean
         self._sum: torch.Tensor | None = None  # float64 (dim,): Σ (a − shift)
-        self._gram: torch.Tensor | None = None  # float64 (dim, dim): Σ (a − shift)(a − shift)ᵀ
+        # float64 (dim, dim): Σ (a − shift)(a − shift)ᵀ; only the lower triangle is kept up to date
+        # (the fused CPU kernel adds to nothing else), and only the lower triangle is read
+        self._gram: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ updates
     def update(self, rows: torch.Tensor) -> None:

@@ -11,7 +11,8 @@ for VGG- and ResNet-sized maps of 16–256 channels, on one thread and on two (b
 issue 3).
 
 The kernel runs on the calling thread and the first batch's mean (the shift) is summed by numpy, so
-a layer on this path has sums that do not depend on torch's thread count.
+a layer on this path has sums that do not depend on torch's thread count. Like BLAS, the compiled
+code follows the host CPU (vector width, FMA), so the last bits may differ between CPU models.
 ``CovarianceAccumulator`` reads the Gram's lower triangle, which every update path keeps.
 """
 
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import threading
 from typing import Callable
 
 import numpy as np
@@ -39,7 +38,6 @@ enabled = True  # the benchmark switches the kernel off to compare with the torc
 
 _compiled: Callable[..., None] | None = None
 _numba_missing: str | None = None  # None: not tried yet; "": importable; else the import error
-_compile_lock = threading.Lock()
 
 
 def applies(maps: torch.Tensor) -> bool:
@@ -90,24 +88,14 @@ def _padded(channels: int) -> int:
 
 
 def _kernel() -> Callable[..., None]:
+    """The compiled kernel. numba compiles it at the first call for the arguments' types, under its
+    own lock, so threads that race here at most build two dispatchers of the same function."""
     global _compiled
-    if _compiled is not None:
-        return _compiled
-    with _compile_lock:
-        if _compiled is None:
-            import numba  # imported here: only CPU runs with shallow, large maps pay for it
-            # reassoc lets the reductions vectorise; NaN and inf keep their IEEE meaning (no nnan/ninf).
-            _compiled = numba.njit(nogil=True, fastmath={"reassoc", "contract"}, cache=False)(_gram_update)
-        return _compiled
-
-
-def _reset_lock_after_fork() -> None:
-    """A fork while another thread compiles would leave the child's lock held forever."""
-    global _compile_lock
-    _compile_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_lock_after_fork)
+    if _compiled is None:
+        import numba  # imported here: only CPU runs with large enough maps pay for it
+        # reassoc lets the reductions vectorise; NaN and inf keep their IEEE meaning (no nnan/ninf).
+        _compiled = numba.njit(nogil=True, fastmath={"reassoc", "contract"}, cache=False)(_gram_update)
+    return _compiled
 
 
 def _gram_update(values: np.ndarray, shift: np.ndarray, gram: np.ndarray, total: np.ndarray,
