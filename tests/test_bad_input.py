@@ -58,7 +58,7 @@ CASES = {
                                                  "nothing before it would remain"]),
     "tracking_device_that_is_no_device": ({"tracking_device": "gpu0"},
                                           ["the key 'tracking_device' 'gpu0' is not a torch device"]),
-    "seed_too_large": ({"seed": 2**64}, ["'seed' must be an integer ≥ 0 and ≤ 4294967295"]),
+    "seed_too_large": ({"seed": 2**32}, ["'seed' must be an integer ≥ 0 and ≤ 4294967295"]),
     "mps_where_there_is_none": ({"device": "mps"}, ["'mps' asks for Apple's MPS, which is not available here"]),
     "sweep_over_a_key_outside_the_identity": ({"post_processing": [["flops"], ["receptive_field"]]},
                                              ["runs 0 and 1 would share the folder",
