@@ -187,3 +187,25 @@ def test_without_numba_tracking_takes_the_torch_path_with_one_warning() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "tracked"
     assert done.stderr.count("fused CPU covariance kernel is off") == 1, done.stderr
+
+
+@pytest.mark.parametrize("delta", [0.9, 0.99, 0.999])
+def test_saturations_with_and_without_the_kernel_are_identical(delta: float) -> None:
+    """What the analysis reads: intrinsic dimension and saturation of every layer, tracked over the same
+    batches once with the kernel and once on the torch path."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1)).eval()
+    data = [relu_maps((16, 3, 32, 32), seed) for seed in range(3)]
+    frames = []
+    for use_fused in (True, False):
+        tracker = SaturationTracker(model, delta)
+        with fused(use_fused), torch.no_grad():
+            for batch in data:
+                model(batch)
+        frames.append(tracker.compute())
+        tracker.close()
+    assert fused_gram.applies(torch.zeros(16, 64, 16, 16))  # every layer here takes the kernel
+    for column in ("intrinsic_dimension", "saturation", "feature_dimension", "n"):
+        assert frames[0][column].tolist() == frames[1][column].tolist(), column
+    assert np.allclose(frames[0]["trace"], frames[1]["trace"], rtol=1e-12)
