@@ -24,12 +24,11 @@ untracked / tracked throughput (target ≥ 0.90).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
@@ -94,7 +93,7 @@ def make_epoch(condition: str, trainer: BenchTrainer, bundle: DataBundle) -> Cal
             callback.on_epoch_end(trainer, bundle, 1, row)
 
     def run() -> None:
-        with fused_kernel(variant != "torch"):
+        with fused_gram.switched(variant != "torch"):
             if callback is not None and callback.mode == "inline":
                 callback.on_fit_start(trainer, bundle)  # hooks attached only while this condition runs
                 try:
@@ -104,16 +103,6 @@ def make_epoch(condition: str, trainer: BenchTrainer, bundle: DataBundle) -> Cal
             else:
                 epoch()
     return run
-
-
-@contextlib.contextmanager
-def fused_kernel(enabled: bool) -> Iterator[None]:
-    """The fused CPU covariance kernel on or off while the block runs."""
-    previous, fused_gram.enabled = fused_gram.enabled, enabled
-    try:
-        yield
-    finally:
-        fused_gram.enabled = previous
 
 
 def profile_update(device: torch.device, batch: int, reps: int = 20) -> list[str]:
@@ -154,8 +143,8 @@ def compare_cpu_updates(reps: int = 20) -> list[str]:
     torch path, best of ``reps``, alternating, for VGG11-¼ and ResNet-sized float32 maps."""
     from phd_lab.tracking.covariance import CovarianceAccumulator
 
-    def best_ms(accumulator: CovarianceAccumulator, maps: torch.Tensor, use_fused: bool) -> float:
-        with fused_kernel(use_fused):
+    def update_ms(accumulator: CovarianceAccumulator, maps: torch.Tensor, use_fused: bool) -> float:
+        with fused_gram.switched(use_fused):
             start = time.perf_counter()
             accumulator.update_maps(maps)
             return (time.perf_counter() - start) * 1e3
@@ -167,8 +156,8 @@ def compare_cpu_updates(reps: int = 20) -> list[str]:
         accumulator.update_maps(maps)
         fused_ms, torch_ms = [], []
         for _ in range(reps):
-            fused_ms.append(best_ms(accumulator, maps, True))
-            torch_ms.append(best_ms(accumulator, maps, False))
+            fused_ms.append(update_ms(accumulator, maps, True))
+            torch_ms.append(update_ms(accumulator, maps, False))
         ratio = min(fused_ms) / min(torch_ms)
         lines.append(f"{str(shape):<22}{min(fused_ms):>10.3f}{min(torch_ms):>10.3f}{ratio:>7.2f}x")
     return lines
@@ -232,7 +221,7 @@ def main() -> int:
             model.eval()
             tracker = SaturationTracker(model, 0.99) if tracked else None
             try:
-                with fused_kernel(fused):
+                with fused_gram.switched(fused):
                     pass_over_train(tracker)
             finally:
                 if tracker is not None:

@@ -517,7 +517,11 @@ class RunConfig:
         """The values that change results (``in_identity``: technical keys excluded, except those of
         ``IDENTITY_OFF_DEFAULT`` set to something other than their default; keys newer than
         ``IDENTITY_KEYS`` only off their default; factory arguments of ``TECHNICAL_ARGS`` left out)."""
-        return {k: _without_technical_args(k, v) for k, v in sorted(self.values.items()) if in_identity(k, v)}
+        return {k: _without_technical_args(k, v) for k, v in self._identity_keys().items()}
+
+    def _identity_keys(self) -> dict[str, Any]:
+        """The keys that are part of the identity (``in_identity``), factory arguments whole, sorted."""
+        return {k: v for k, v in sorted(self.values.items()) if in_identity(k, v)}
 
     def identity_hash(self) -> str:
         return _crc(self.identity())
@@ -526,7 +530,7 @@ class RunConfig:
         """The hashes versions before ``TECHNICAL_ARGS`` gave this run, which hashed ``download`` too: with
         ``download`` left out, true or false. ``RunDir.for_run`` still finds a folder those versions named,
         whether or not the config says ``download`` now."""
-        identity = {k: v for k, v in sorted(self.values.items()) if in_identity(k, v)}
+        identity = self._identity_keys()
         hashes, current = [], self.identity_hash()
         for name, dropped in TECHNICAL_ARGS.items():
             if not isinstance(identity.get(name), dict):

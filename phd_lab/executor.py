@@ -283,36 +283,40 @@ class TrainTestExecutor:
         values[META_KEY] = versions()
         return values
 
+    def _read_logged_config(self) -> dict[str, Any] | None:
+        """The run folder's logged config as written, or None when there is none or it cannot be read."""
+        try:
+            logged = json.loads(self.rundir.config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # missing, unreadable, not UTF-8 or not JSON
+            return None
+        return logged if isinstance(logged, dict) else None
+
     def write_config(self) -> None:
         path = self.rundir.config
-        if path.exists():
-            try:
-                previous = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                previous = None
-            if isinstance(previous, dict):
-                old_meta = previous.pop(META_KEY, None)
-                previous = {k: v for k, v in previous.items() if k in SCHEMA_BY_NAME}  # keys of older versions
-                old = RunConfig(previous).identity() if set(previous) >= set(self.config.values) else None
-                logged = RunConfig(as_single_point(self.config.values)).identity()  # as logged (lists wrapped)
-                if old is not None and old not in (self.config.identity(), logged):
-                    raise UsageError(f"The run folder {str(self.rundir.root)!r} holds a run with a different "
-                                     f"config ({path.name}); use another run id.")
-                if CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():  # trained
-                    # The keys that shaped the weights keep the values the run was trained with (what
-                    # reproduces it); the others (post-processing, analysis, probe, folders) follow the rerun.
-                    now = self.logged_config()
-                    # registry files logged relative (by versions before they were logged absolute) are the
-                    # same files when they resolve to the same place, and are then logged absolute as well
-                    resolved = absolute_paths(previous)
-                    kept = {k: previous[k] for k in TRAINING_KEYS if k in previous and resolved[k] != now.get(k)}
-                    if kept:
-                        log.warning("This rerun differs from the logged config %s in %s, which shaped the trained "
-                                    "weights; the file keeps the values the run was trained with.", path.name,
-                                    ", ".join(f"{k}={json.dumps(now.get(k))}" for k in sorted(kept)))
-                    # the versions (and commit) the run was trained with stay as well
-                    atomic.write_json(path, {**now, **kept, **({META_KEY: old_meta} if old_meta else {})})
-                    return
+        previous = self._read_logged_config()
+        if previous is not None:
+            old_meta = previous.pop(META_KEY, None)
+            previous = {k: v for k, v in previous.items() if k in SCHEMA_BY_NAME}  # keys of older versions
+            old = RunConfig(previous).identity() if set(previous) >= set(self.config.values) else None
+            logged = RunConfig(as_single_point(self.config.values)).identity()  # as logged (lists wrapped)
+            if old is not None and old not in (self.config.identity(), logged):
+                raise UsageError(f"The run folder {str(self.rundir.root)!r} holds a run with a different "
+                                 f"config ({path.name}); use another run id.")
+            if CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():  # trained
+                # The keys that shaped the weights keep the values the run was trained with (what
+                # reproduces it); the others (post-processing, analysis, probe, folders) follow the rerun.
+                now = self.logged_config()
+                # registry files logged relative (by versions before they were logged absolute) are the
+                # same files when they resolve to the same place, and are then logged absolute as well
+                resolved = absolute_paths(previous)
+                kept = {k: previous[k] for k in TRAINING_KEYS if k in previous and resolved[k] != now.get(k)}
+                if kept:
+                    log.warning("This rerun differs from the logged config %s in %s, which shaped the trained "
+                                "weights; the file keeps the values the run was trained with.", path.name,
+                                ", ".join(f"{k}={json.dumps(now.get(k))}" for k in sorted(kept)))
+                # the versions (and commit) the run was trained with stay as well
+                atomic.write_json(path, {**now, **kept, **({META_KEY: old_meta} if old_meta else {})})
+                return
         atomic.write_json(path, self.logged_config())
 
     # ------------------------------------------------------------------ running
@@ -338,11 +342,7 @@ class TrainTestExecutor:
             return self.config.cpu_threads
         if not CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():
             return None
-        try:
-            logged = json.loads(self.rundir.config.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        threads = logged.get("cpu_threads") if isinstance(logged, dict) else None
+        threads = (self._read_logged_config() or {}).get("cpu_threads")
         return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else None
 
     def _run(self, device: torch.device, note: str | None = None) -> RunDir:

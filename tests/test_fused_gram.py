@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -15,15 +13,6 @@ from torch import nn
 
 from phd_lab.tracking import SaturationTracker, fused_gram
 from phd_lab.tracking.covariance import CovarianceAccumulator
-
-
-@contextlib.contextmanager
-def fused(enabled: bool) -> Iterator[None]:
-    previous, fused_gram.enabled = fused_gram.enabled, enabled
-    try:
-        yield
-    finally:
-        fused_gram.enabled = previous
 
 
 def relu_maps(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -40,7 +29,7 @@ def np_cov(batches: list[torch.Tensor]) -> np.ndarray:
 
 def accumulated(batches: list[torch.Tensor], use_fused: bool = True) -> CovarianceAccumulator:
     accumulator = CovarianceAccumulator(batches[0].shape[1])
-    with fused(use_fused):
+    with fused_gram.switched(use_fused):
         for maps in batches:
             accumulator.update_maps(maps)
     return accumulator
@@ -142,7 +131,7 @@ def test_paths_the_kernel_leaves_to_torch() -> None:
     assert not fused_gram.applies(maps.bfloat16())  # no bfloat16 in numpy: the torch path converts
     assert not fused_gram.applies(torch.zeros(64, fused_gram.MAX_CHANNELS + 4, 4, 4))
     assert not fused_gram.applies(torch.zeros(8, 8, 8, 8))  # too little work to compile for
-    with fused(False):
+    with fused_gram.switched(False):
         assert not fused_gram.applies(maps)
 
 
@@ -200,7 +189,7 @@ def test_saturations_with_and_without_the_kernel_are_identical(delta: float) -> 
     frames = []
     for use_fused in (True, False):
         tracker = SaturationTracker(model, delta)
-        with fused(use_fused), torch.no_grad():
+        with fused_gram.switched(use_fused), torch.no_grad():
             for batch in data:
                 model(batch)
         frames.append(tracker.compute())

@@ -18,9 +18,10 @@ code follows the host CPU (vector width, FMA), so the last bits may differ betwe
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ _DTYPES = (torch.float32, torch.float64)
 
 log = logging.getLogger(__name__)
 
-enabled = True  # the benchmark switches the kernel off to compare with the torch path
+enabled = True  # off: every update takes the torch path (see ``switched``)
 
 _compiled: Callable[..., None] | None = None
 _numba_missing: str | None = None  # None: not tried yet; "": importable; else the import error
@@ -48,6 +49,18 @@ def applies(maps: torch.Tensor) -> bool:
     channels, observations = maps.shape[1], maps.shape[0] * maps.shape[2] * maps.shape[3]
     return (enabled and maps.device.type == "cpu" and maps.dtype in _DTYPES and channels <= MAX_CHANNELS
             and observations * channels * channels >= MIN_WORK and _numba_available())
+
+
+@contextlib.contextmanager
+def switched(on: bool) -> Iterator[None]:
+    """The kernel on or off while the block runs: the benchmark compares both paths side by side,
+    and tests pin one of them."""
+    global enabled
+    previous, enabled = enabled, on
+    try:
+        yield
+    finally:
+        enabled = previous
 
 
 def _numba_available() -> bool:
