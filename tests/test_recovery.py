@@ -170,9 +170,11 @@ from phd_lab.lock import RunLock
 RunLock(Path(sys.argv[1])).acquire()
 child = os.fork()  # like a DataLoader worker, which notices its parent's death only seconds later
 if child == 0:
+    # said by the child, so only once fork() has returned here, after the at-fork handlers ran (the
+    # parent saying it raced them: on a busy machine the test could kill the parent first)
+    print(os.getpid(), flush=True)
     time.sleep(60)
     os._exit(0)
-print(child, flush=True)
 time.sleep(120)
 """
 
