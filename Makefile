@@ -21,7 +21,7 @@ quickstart: $(STAMP)
 	@echo "Results: the run folders listed above, and the report logs/report.html"
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean-logs:
 	rm -rf logs/*/
