@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import logging
 import sys
 import textwrap
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, UsageError
 
@@ -37,11 +38,27 @@ RESUME_TRAINING = ("interrupted; rerun the same command to resume: training cont
                    "epoch, post-processing keeps the steps that had finished")
 
 
+@contextlib.contextmanager
+def logs_above_progress_bars() -> Iterator[None]:
+    """Console log lines printed above the progress bars instead of into them (tqdm's redirect of the
+    console handler, which keeps its format and stream but not its level: that is carried over)."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+    root = logging.getLogger()
+    before = list(root.handlers)
+    levels = [handler.level for handler in before if type(handler) is logging.StreamHandler]
+    with logging_redirect_tqdm():
+        for handler in root.handlers:
+            if handler not in before and levels:
+                handler.setLevel(levels[0])
+        yield
+
+
 def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
     """Run a command body and turn the framework's errors into exit codes; ``interrupted`` is what
     Ctrl-C prints (how this command resumes)."""
     try:
-        return body()
+        with logs_above_progress_bars():
+            return body()
     except UsageError as error:
         report_error(error)
         return EXIT_USAGE

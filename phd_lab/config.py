@@ -203,7 +203,7 @@ SCHEMA: tuple[Key, ...] = (
     _key("probe_train_samples", "int", None, "probe job: fit on a stratified subsample of this many training "
          "samples; null = all", nullable=True, minimum=1, technical=True),
     _key("probe_seed", "int", 0, "probe job: seed of the saga sample order and of the subsample", minimum=0,
-         technical=True),
+         maximum=2**32 - 1, technical=True),
     _key("probe_device", "str", "cpu", "probe job: torch device of the lbfgs-torch solver (cpu, cuda, cuda:N)",
          technical=True),
 

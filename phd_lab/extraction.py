@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -497,7 +498,8 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
             entries.append(entry)
     label_files = {split: results[split][2].path.name for split in SPLITS}
     manifest = {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION, "run_dir": settings["run_dir"],
-                "model_test_accuracy": None if test_accuracy is None else float(test_accuracy),
+                "model_test_accuracy": (float(test_accuracy) if test_accuracy is not None
+                                        and math.isfinite(test_accuracy) else None),
                 "downsampling": downsampling, "dtype": dtype, "model_sha256": settings["model_sha256"],
                 "layers": entries,
                 "labels": {**label_files,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -392,7 +393,8 @@ def test_a_result_that_cannot_be_written_fails_clearly_and_keeps_the_cache(tmp_p
     assert cli("--latents", str(latents), "-mp", "0") == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "finished, but its result could not be written" in err and "Traceback" not in err
-    assert len(list((run_dir / ".probe_cache").rglob("*.json"))) == 1  # the first layer's result is kept
+    # a run's files are written once its last layer is fitted: both fitted layers stay cached
+    assert len(list((run_dir / ".probe_cache").rglob("*.json"))) == 2
 
 
 def test_error_malformed_scheduler_before_any_file_is_hashed(tmp_path, capsys):
@@ -541,3 +543,105 @@ def test_fits_in_threads_of_one_process_take_turns_and_keep_their_own_convergenc
     for worker in workers:
         worker.join()
     assert [together[position] for position in range(6)] == alone
+
+
+def _confusion_files(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run_dir / "probe_confusion").glob("*.npy"))}
+
+
+def test_diverged_latents_fail_their_run_only_and_leave_its_earlier_results_whole(tmp_path, capsys):
+    """NaN latents (a diverged run) used to end the whole job with scikit-learn's eight-line NaN advice, so the
+    healthy runs of a grid never got their results; and confusion files were replaced layer by layer, so a job
+    stopped part-way left a mix of two probes' results."""
+    layers, y_train, y_eval = blob_layers(n_layers=3)
+    healthy_run, healthy = make_latents(tmp_path, layers, y_train, y_eval, name="healthy")
+    diverged_run, diverged = make_latents(tmp_path, layers, y_train, y_eval, name="diverged")
+    assert cli("--latents", str(diverged), "-mp", "0", "--solver", "lbfgs") == 0
+    earlier_csv = (diverged_run / "probe_performances.csv").read_bytes()
+    earlier_confusions = _confusion_files(diverged_run)
+    assert len(earlier_confusions) == 3
+
+    broken = dict(layers)
+    train, eval_ = layers["block2.conv"]
+    train = train.copy()
+    train[5, 1], train[7, 0] = np.nan, np.inf  # the last layer of a run that diverged in its last epoch
+    broken["block2.conv"] = (train, eval_)
+    write_latents(diverged, broken, y_train, y_eval, diverged_run, 0.9)  # a re-extraction: new files and hashes
+    capsys.readouterr()
+
+    jobs = jobs_from_latents(diverged)[0] + jobs_from_latents(healthy)[0]
+    with pytest.raises(RunFailure) as failure:
+        run_jobs(jobs, tmp_path / "cache", workers=0, progress=False)  # saga now: every layer is refitted
+    message = " ".join(str(failure.value).split())
+    assert f"Latents file {str(diverged / 'train-block2.conv.npy')!r}" in message
+    assert "hold 2 NaN or infinite value(s) of 2400" in message and "The run diverged" in message
+    assert "1 run(s) could not be probed" in message and "the other 1 run(s) are written" in message
+    healthy_table = pd.read_csv(healthy_run / "probe_performances.csv")
+    assert healthy_table["layer"].tolist() == ["block0.conv", "block1.conv", "block2.conv"]
+    assert set(healthy_table["solver"]) == {"saga"}
+    # the failed run keeps its earlier (lbfgs) results whole: no saga confusion matrix replaced an lbfgs one
+    assert (diverged_run / "probe_performances.csv").read_bytes() == earlier_csv
+    assert _confusion_files(diverged_run) == earlier_confusions
+
+    # on the command line: exit 1, one paragraph, no traceback, with worker processes as well
+    assert cli("--latents", str(diverged), "-mp", "2") == 1
+    err = capsys.readouterr().err
+    assert "The run diverged" in " ".join(err.split()) and "Traceback" not in err
+    assert (diverged_run / "probe_performances.csv").read_bytes() == earlier_csv
+
+
+def test_an_empty_or_pickled_npy_file_is_a_clear_error(tmp_path, capsys):
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    (latents / "train-labels.npy").write_bytes(b"")
+    assert cli("--latents", str(latents), "-mp", "0") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "train-labels.npy' is not a readable .npy array (No data left in file)" in err
+    assert "Traceback" not in err
+    (latents / "train-labels.npy").write_bytes(pickle.dumps([1, 2, 3]))  # a pickle, not an .npy file
+    assert cli("--latents", str(latents), "-mp", "0") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "holds pickled Python objects, which are never loaded" in err and "allow_pickle" not in err
+    assert not (run_dir / ".probe.lock").exists() and not (run_dir / ".probe_cache").exists()
+
+
+def test_a_failed_check_writes_nothing_into_the_run_folder(tmp_path, capsys):
+    """The sha256 check used to run after the run folder's probe lock (a file) had been created."""
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    with open(latents / "eval-block1.conv.npy", "r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        handle.write(b"\x01")
+    before = sorted(p.name for p in run_dir.iterdir())
+    assert cli("--latents", str(latents), "-mp", "0") == 2
+    assert "has sha256" in " ".join(capsys.readouterr().err.split())
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+@pytest.mark.parametrize("accuracy", [-1, 1.5, float("nan")])
+def test_a_manifest_model_accuracy_outside_0_1_is_refused(tmp_path, capsys, accuracy):
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    manifest = json.loads((latents / "manifest.json").read_text())
+    manifest["model_test_accuracy"] = accuracy
+    (latents / "manifest.json").write_text(json.dumps(manifest))
+    assert cli("--latents", str(latents), "-mp", "0") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "model_test_accuracy must be an accuracy between 0 and 1 or null" in err
+    assert not (run_dir / "probe_performances.csv").exists()
+
+
+def test_a_probe_seed_beyond_32_bits_is_refused_up_front(tmp_path, capsys):
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    assert cli("--latents", str(latents), "-mp", "0", "--seed", str(2**32)) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "probe_seed" in err and "4294967295" in err and "(command line) (command line)" not in err
+
+
+def test_log_lines_are_printed_above_the_progress_bar_not_into_it(tmp_path, capsys):
+    """Redirected to a file (a SLURM log), a bar used to run into the next log line: `probes: 0%|… ]2026-… INFO`."""
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=3))
+    assert probe_cli(["--latents", str(latents), "-mp", "0", "--solver", "lbfgs"]) == 0
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    logged = [line for line in lines if " INFO " in line]
+    assert any("probing 3 layer(s)" in line for line in logged) and any("probes:" in line for line in lines)
+    assert all(line.startswith("20") and "%|" not in line for line in logged), logged
+    assert probe_cli(["--latents", str(latents), "-mp", "0", "--solver", "lbfgs", "-q"]) == 0
+    assert " INFO " not in capsys.readouterr().err  # -q still hides them

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from phd_lab.errors import DataError
 from phd_lab.probes.settings import ProbeSettings
 
 if TYPE_CHECKING:  # torch is imported only by the lbfgs-torch solver
@@ -64,6 +65,32 @@ class FitResult:
 def load_array(path: Path | str) -> np.ndarray:
     """A memory-mapped, read-only view of a ``.npy`` file; never unpickles."""
     return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+class NonFiniteLatents(DataError):
+    """A layer's latents hold NaN or inf (the run diverged): no probe can be fitted on them."""
+
+    def __init__(self, message: str, split: str = "train") -> None:
+        super().__init__(message)
+        self.split = split
+
+
+def nonfinite_count(x: np.ndarray, rows: int = 1024) -> int:
+    """NaN and inf values in ``x``, counted block by block (a memory-mapped file is read once, with no
+    full-size temporary)."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return 0
+    return sum(int(block.size - np.count_nonzero(np.isfinite(block)))
+               for block in (x[start:start + rows] for start in range(0, len(x), rows)))
+
+
+def check_finite(x_train: np.ndarray, x_eval: np.ndarray, layer: str) -> None:
+    """Raise ``NonFiniteLatents`` naming the split, so the caller can name the file."""
+    for split, x in (("train", x_train), ("eval", x_eval)):
+        bad = nonfinite_count(x)
+        if bad:
+            raise NonFiniteLatents(f"the {split} latents of layer {layer!r} hold {bad} NaN or infinite value(s) "
+                                   f"of {x.size}", split)
 
 
 def stratified_subsample(y: np.ndarray, n: int | None, seed: int) -> np.ndarray | None:
@@ -257,6 +284,7 @@ def probe_arrays(index: int, layer: str, x_train: np.ndarray, y_train: np.ndarra
         x_train, y_train = x_train[chosen], y_train[chosen]
     if s.solver != "lbfgs-torch":  # lbfgs-torch copies the arrays to its device itself
         x_train, x_eval = as_float(x_train), as_float(x_eval)
+    check_finite(x_train, x_eval, layer)
     result = fit_arrays(x_train, y_train, x_eval, s)
     classes = np.union1d(y_train, y_eval)
     with warnings.catch_warnings():
@@ -274,6 +302,13 @@ def probe_layer(index: int, layer: str, train: Path | str, eval: Path | str, tra
                 eval_labels: Path | str, settings: ProbeSettings) -> ProbeRecord:
     """Load one layer's latents and labels from ``.npy`` files and probe them."""
     start = time.perf_counter()
-    record = probe_arrays(index, layer, load_array(train), load_array(train_labels), load_array(eval),
-                          load_array(eval_labels), settings)
+    try:
+        record = probe_arrays(index, layer, load_array(train), load_array(train_labels), load_array(eval),
+                              load_array(eval_labels), settings)
+    except NonFiniteLatents as error:
+        path = train if error.split == "train" else eval
+        raise NonFiniteLatents(f"Latents file {str(path)!r}: {error}. The run diverged (its "
+                               f"training loss is NaN or inf) or its activations overflowed float16; a probe cannot "
+                               f"be fitted on them. Retrain it (e.g. with a lower learning rate) before probing.",
+                               error.split) from None
     return ProbeRecord(**{**record.to_json(), "seconds": time.perf_counter() - start})

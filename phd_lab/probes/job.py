@@ -3,7 +3,9 @@
 Validation (manifests, array headers, label lengths, sha256 of every file, settings, device)
 finishes before anything is written, so bad input exits with status 2 and leaves no files.
 Outputs go to the run folder named by the manifest's ``run_dir``, each written atomically:
-``probe_performances.csv`` and ``.png`` and one confusion matrix per layer (``.npy``, ``.png``).
+``probe_performances.csv`` and ``.png`` and one confusion matrix per layer (``.npy``, ``.png``),
+all of a run's files once its last layer is fitted, so a stopped job leaves the earlier set whole.
+A run whose latents hold NaN or inf (it diverged) fails alone: the other runs are probed and written.
 """
 
 from __future__ import annotations
@@ -319,6 +321,9 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     """Validate, then probe every layer of every job in one pool; each run's files are written as it completes."""
     if workers < 0:
         raise UsageError(f"-mp must be ≥ 0 (0 = fit in this process); got {workers}.")
+    stamps = validate_jobs(jobs, threads=max(2, workers))  # reads only: bad input exits before anything is written
+    cache = ResultCache(cache_dir)
+    cache.prepare()
     with contextlib.ExitStack() as locks:
         for root in sorted({job.outputs.root for job in jobs}):  # one writer of a run's probe results at a time
             try:
@@ -326,29 +331,27 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
                                                                "results"))
             except OSError as error:
                 raise DataError(f"The probe results of {str(root)!r} cannot be written there: {error}.") from None
-        return _run_locked_jobs(jobs, cache_dir, workers, progress, scheduler)
+        return _run_locked_jobs(jobs, cache, stamps, workers, progress, scheduler)
 
 
-def _run_locked_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, workers: int, progress: bool,
-                     scheduler: str | None) -> dict[int, list[ProbeRecord]]:
-    stamps = validate_jobs(jobs, threads=max(2, workers))
+def _run_locked_jobs(jobs: Sequence[ProbeJob], cache: ResultCache, stamps: dict[str, tuple[int, int, int]],
+                     workers: int, progress: bool, scheduler: str | None) -> dict[int, list[ProbeRecord]]:
     tasks = build_tasks(jobs, stamps)
     remaining = {position: len(job.manifest.layers) for position, job in enumerate(jobs)}
     done: dict[int, list[ProbeRecord]] = {position: [] for position in range(len(jobs))}
 
     def on_record(task: ProbeTask, record: ProbeRecord, cached: bool) -> None:
-        job = jobs[task.job]
-        write_confusion(job.outputs, record)
         done[task.job].append(record)
         remaining[task.job] -= 1
-        if remaining[task.job] == 0:
+        if remaining[task.job] == 0:  # a run's files are replaced together: a stopped job leaves the old set
+            job = jobs[task.job]
+            for finished in in_manifest_order(job, done[task.job]):
+                write_confusion(job.outputs, finished)
             write_results(job, done[task.job])
 
     for job in jobs:
         log.info("%s: %d layer(s) from %s; %s", job.label, len(job.manifest.layers), job.manifest.folder,
                  job.settings.describe())
-    cache = ResultCache(cache_dir)
-    cache.prepare()
     for job in jobs:  # temp files a killed probe job left (any writer's, once 15 minutes old)
         for folder in (job.outputs.root, job.outputs.root / "probe_confusion"):
             for stale in atomic.remove_stale_temps(folder):

@@ -116,8 +116,10 @@ def _header(path: Path, manifest: Path) -> tuple[tuple[int, ...], np.dtype]:
                         f"incomplete or the folder was moved. Rerun the extraction step.")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise DataError(f"Latents file {str(path)!r} is not a readable .npy array ({error}); rerun the extraction "
+    except (ValueError, OSError, EOFError) as error:  # EOFError: an empty file
+        reason = ("it holds pickled Python objects, which are never loaded (loading them could run code)"
+                  if "pickle" in str(error) else str(error) or type(error).__name__)
+        raise DataError(f"Latents file {str(path)!r} is not a readable .npy array ({reason}); rerun the extraction "
                         f"step.") from None
     return array.shape, array.dtype
 
@@ -147,8 +149,10 @@ def read_manifest(folder: Path | str) -> Manifest:
         raise _fail(path, f"format is {json.dumps(raw.get('format'))}, this version reads format {FORMAT}")
     run_dir = _require(raw, "run_dir", str, path, "")
     accuracy = raw.get("model_test_accuracy")
-    if accuracy is not None and (isinstance(accuracy, bool) or not isinstance(accuracy, (int, float))):
-        raise _fail(path, f"model_test_accuracy must be a number or null, got {json.dumps(accuracy)}")
+    if accuracy is not None and (isinstance(accuracy, bool) or not isinstance(accuracy, (int, float))
+                                 or not 0 <= accuracy <= 1):  # NaN fails too; relative_acc divides by it
+        raise _fail(path, f"model_test_accuracy must be an accuracy between 0 and 1 or null, got "
+                          f"{json.dumps(accuracy)}")
     labels = _require(raw, "labels", dict, path, "")
     label_files = {split: folder / _require(labels, split, str, path, "labels") for split in SPLITS}
     label_shas = _sha_pair(labels, path, "labels")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from phd_lab.environment import THREAD_VARIABLES
-from phd_lab.errors import PhdLabError, RunFailure
+from phd_lab.errors import DataError, PhdLabError, RunFailure
 from phd_lab.lock import ProcessTurn
 from phd_lab.probes.cache import ResultCache, key_digest, library_versions
 from phd_lab.probes.fit import ProbeRecord, probe_layer
@@ -142,6 +142,9 @@ def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
     os._exit(1)
 
 
+Finished = Callable[[int, "ProbeRecord | None", "BaseException | None"], None]
+
+
 def _failure(task: ProbeTask, error: BaseException) -> PhdLabError:
     if isinstance(error, PhdLabError):
         return error
@@ -162,55 +165,77 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
     from tqdm.auto import tqdm
 
     records: dict[int, ProbeRecord] = {}
-    misses = []
+    misses = [position for position, task in enumerate(tasks) if cache.get(task.key) is None]
+    if tasks:
+        log.info("probing %d layer(s), %d found in the cache %s", len(misses), len(tasks) - len(misses),
+                 cache.folder)
+    failed: dict[int, PhdLabError] = {}  # job -> why its latents cannot be probed
     bar = tqdm(total=len(tasks), desc="probes", unit="layer", disable=not progress)
     try:
         for position, task in enumerate(tasks):
-            cached = cache.get(task.key)
+            cached = cache.get(task.key) if position not in misses else None
             if cached is None:
-                misses.append(position)
                 continue
             records[position] = replace(cached, index=task.index, layer=task.layer)
             log.debug("layer %s: cached result reused", task.layer)
             if on_record is not None:
                 on_record(task, records[position], True)
             bar.update(1)
-        if tasks:
-            log.info("probing %d layer(s), %d found in the cache %s", len(misses), len(tasks) - len(misses),
-                     cache.folder)
         misses.sort(key=lambda position: -tasks[position].size)
 
-        def finished(position: int, record: ProbeRecord) -> None:
+        def finished(position: int, record: ProbeRecord | None, error: BaseException | None = None) -> None:
+            task = tasks[position]
+            bar.update(1)
+            if error is not None:
+                failure = _failure(task, error)
+                if not isinstance(failure, DataError):  # the job cannot go on (versions, files replaced, ...)
+                    raise failure from error
+                if task.job not in failed:  # this run's data cannot be probed; the other runs go on
+                    failed[task.job] = failure
+                    log.error("%s", failure)
+                return
+            assert record is not None
             records[position] = record
             try:
-                cache.put(tasks[position].key, record)
-                if on_record is not None:
-                    on_record(tasks[position], record, False)
+                cache.put(task.key, record)
+                if on_record is not None and task.job not in failed:
+                    on_record(task, record, False)
             except OSError as error:  # a full disk, a vanished folder: say which result could not be kept
                 raise RunFailure(f"The probe of layer {record.layer!r} finished, but its result could not be "
                                  f"written: {error}. Layers already written stay cached; rerun the same command "
                                  f"once the problem is fixed.") from error
             bar.set_postfix_str(f"{record.layer}: {record.eval_acc:.3f}", refresh=False)
-            bar.update(1)
+
+        def wanted(position: int) -> bool:
+            return tasks[position].job not in failed
 
         if scheduler is not None and misses:
-            _run_on_dask(tasks, misses, scheduler, finished)
+            _run_on_dask(tasks, misses, scheduler, finished, wanted)
         elif workers <= 0 or not misses:
             for position in misses:
+                if not wanted(position):
+                    continue
                 try:
                     record = run_task(tasks[position])
                 except Exception as error:
-                    raise _failure(tasks[position], error) from error
+                    finished(position, None, error)
+                    continue
                 finished(position, record)
         else:
-            _run_in_pool(tasks, misses, min(workers, len(misses)), finished)
+            _run_in_pool(tasks, misses, min(workers, len(misses)), finished, wanted)
     finally:
         bar.close()
+    if failed:
+        reasons = " ".join(str(error) for error in failed.values())
+        others = len({task.job for task in tasks}) - len(failed)
+        written = f"the results of the other {others} run(s) are written" if others else "nothing was written"
+        raise RunFailure(f"{len(failed)} run(s) could not be probed, and their earlier probe results (if any) were "
+                         f"left as they were; {written}. {reasons}")
     return [records[position] for position in range(len(tasks))]
 
 
-def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int,
-                 finished: Callable[[int, ProbeRecord], None]) -> None:
+def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int, finished: Finished,
+                 wanted: Callable[[int], bool]) -> None:
     context = multiprocessing.get_context("spawn")  # no forked copies of threads or open handles
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
                              initargs=(os.getpid(),)) as pool:
@@ -220,18 +245,20 @@ def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int,
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     position = pending.pop(future)
-                    try:
-                        record = future.result()
-                    except Exception as error:
-                        raise _failure(tasks[position], error) from error
-                    finished(position, record)
+                    if future.cancelled():  # a layer of a run that failed: not fitted
+                        continue
+                    error = future.exception()
+                    finished(position, future.result() if error is None else None, error)
+                for future, position in pending.items():
+                    if not wanted(position):
+                        future.cancel()  # only those not started; a running one finishes and is cached
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
 
-def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str,
-                 finished: Callable[[int, ProbeRecord], None]) -> None:
+def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, finished: Finished,
+                 wanted: Callable[[int], bool]) -> None:
     """One Dask task per layer; results come back here, where they are cached and written."""
     from distributed import as_completed
 
@@ -239,12 +266,17 @@ def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str,
     with dask_client(scheduler) as client:
         futures = {client.submit(run_task, tasks[position], key=f"probe-{position}-{tasks[position].layer}-"
                                  f"{tasks[position].key_digest()}", pure=False): position for position in misses}
-        for future in as_completed(futures):
-            position = futures[future]
-            try:
-                record = future.result()
-            except Exception as error:
-                for other in futures:
-                    other.cancel()
-                raise _failure(tasks[position], error) from error
-            finished(position, record)
+        try:
+            for future in as_completed(futures):
+                position = futures[future]
+                if future.cancelled():
+                    continue
+                error = future.exception()
+                finished(position, future.result() if error is None else None, error)
+                for other, other_position in futures.items():
+                    if not wanted(other_position) and not other.done():
+                        other.cancel()
+        except BaseException:
+            for other in futures:
+                other.cancel()
+            raise

@@ -52,7 +52,7 @@ class ProbeSettings:
             value = values.get(key_name, key.default)
             source = where
             if overrides and overrides.get(name) is not None:
-                value, source = overrides[name], f"{where} (command line)"
+                value, source = overrides[name], where if where == "command line" else f"{where} (command line)"
             fields[name] = key.check(value, source)
         settings = cls(**fields)
         settings.check(where)
