@@ -306,6 +306,16 @@ def _integers(value: Any, key: str) -> Iterator[tuple[str, int]]:
 PATH_KEYS = ("logs_dir", "data_dir", "latents_dir")
 
 
+def extraction_latents_dir(values: Mapping[str, Any]) -> str | None:
+    """Where a run's extract step puts its latents: the step's own 'latents_dir' parameter when given, else
+    the config key (None: inside the run folder). The probe job and the analysis look there too."""
+    for step in values.get("post_processing") or ():
+        if isinstance(step, Mapping) and step.get("name") == "extract" and step.get("latents_dir") is not None:
+            return str(step["latents_dir"])
+    latents_dir = values.get("latents_dir")
+    return None if latents_dir is None else str(latents_dir)
+
+
 def absolute_paths(values: Mapping[str, Any]) -> dict[str, Any]:
     """Folder keys and registry module files as absolute paths: Dask workers with another working
     directory, and reruns of a logged config from anywhere, use the same places."""

@@ -406,7 +406,7 @@ def _reusable(folder: Path, manifest: dict[str, Any] | None, settings: dict[str,
     and unchanged (its sha256 as in the manifest: a file edited since would fail the probe job's
     check, and only a new extraction can mend it)."""
     from phd_lab.probes.manifest import sha256_file
-    if manifest is None or any(manifest.get(k) != v for k, v in settings.items()):
+    if manifest is None or any(manifest.get(k) != v for k, v in settings.items() if k != "run_dir"):
         return False
     try:
         entries = manifest["layers"]
@@ -428,6 +428,19 @@ def _reusable(folder: Path, manifest: dict[str, Any] | None, settings: dict[str,
     except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError):
         return False
     return True
+
+
+def _moved(folder: Path, manifest: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """The logs tree was moved: the manifest names the run folder's new place (the probe job writes its
+    results there). Its modification time is kept, since the latents are the same: probe results newer
+    than them stay current."""
+    path = Path(folder) / MANIFEST
+    stamp = path.stat()
+    manifest = {**manifest, "run_dir": run_dir}
+    atomic.write_json(path, manifest)
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    log.info("The run folder moved to %s since its latents were extracted; their manifest now names it.", run_dir)
+    return manifest
 
 
 def _clear(folder: Path) -> None:
@@ -470,6 +483,8 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     previous = load_manifest(folder)
     if _reusable(folder, previous, settings, names, samples):
         log.info("Latents in %s are complete; reusing them.", folder)
+        if previous["run_dir"] != settings["run_dir"]:  # type: ignore[index]
+            previous = _moved(folder, previous, settings["run_dir"])  # type: ignore[arg-type]
         return previous  # type: ignore[return-value]
     if previous is not None or any(folder.iterdir()):
         log.info("Latents in %s are incomplete or were made with other settings; extracting again.", folder)

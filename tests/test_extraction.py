@@ -156,6 +156,23 @@ def test_complete_extraction_is_reused_and_changed_settings_redo_it(tmp_path, da
     assert retrained["layers"][0]["sha256"] != half["layers"][0]["sha256"]
 
 
+def test_latents_of_a_moved_run_folder_are_reused_and_name_its_new_place(tmp_path, data):
+    """A rerun after the logs tree was moved extracted identical latents again (the manifest's absolute
+    run_dir differed), which also marked the run's probe results stale."""
+    model = build_model()
+    old, new = tmp_path / "old" / "run", tmp_path / "new" / "run"
+    first = extract_latents(model, data, old / "latents", run_dir=old, progress=False)
+    old.parent.rename(tmp_path / "new")
+    manifest = new / "latents" / MANIFEST
+    stamp = manifest.stat().st_mtime_ns
+    files = {p.name: p.stat().st_mtime_ns for p in (new / "latents").glob("*.npy")}
+    again = extract_latents(model, data, new / "latents", run_dir=new, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (new / "latents").glob("*.npy")} == files  # nothing re-extracted
+    assert again == {**first, "run_dir": str(new.resolve())}
+    assert json.loads(manifest.read_text())["run_dir"] == str(new.resolve())
+    assert manifest.stat().st_mtime_ns == stamp  # the same latents: probes fitted before stay current
+
+
 def test_a_latents_file_changed_since_extraction_is_extracted_again(tmp_path, data):
     """Same shape and dtype, one value edited: reuse would leave a folder the probe job rejects
     (sha256 mismatch) and that no rerun could mend."""

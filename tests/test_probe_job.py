@@ -197,6 +197,23 @@ def test_config_mode_with_latents_dir_and_run_id(tmp_path, capsys):
     _assert_usage_error(capsys, None, "--config", str(config), "--run-id", "a", match="No latents found")
 
 
+def test_latents_dir_given_to_the_extract_step_is_where_the_job_and_the_analysis_look(tmp_path):
+    """The extract step's own latents_dir parameter placed latents that neither the probe job (--config) nor the
+    analysis found: both read only the top-level key."""
+    from phd_lab.analysis.run_tables import latents_manifest_path, load_run
+    scratch = tmp_path / "step-latents"
+    config = _config(tmp_path, model_args={"width": 0.25},
+                     post_processing=[{"name": "extract", "latents_dir": str(scratch)}])
+    cfg = Grid(load_config_file(config))[0]
+    rundir = RunDir.for_run(cfg).create()
+    latents = rundir.latents(str(scratch))  # where the step writes them (steps/extract.py)
+    write_latents(latents, *blob_layers(n_layers=2), rundir.root, 0.95)
+    (rundir.root / rundir.config.name).write_text(json.dumps(cfg.values))  # the run's logged config
+    assert cli("--config", str(config), "-mp", "0", "--solver", "lbfgs") == 0
+    assert len(pd.read_csv(rundir.probe_csv)) == 2
+    assert latents_manifest_path(load_run(rundir)) == latents / "manifest.json"
+
+
 def test_probe_job_imports_no_torch_and_no_registries(tmp_path):
     """Also in config mode while some runs of the grid have no latents yet (probing beside training)."""
     _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))

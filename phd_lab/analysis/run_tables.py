@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from phd_lab.config import extraction_latents_dir
 from phd_lab.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -267,14 +268,13 @@ def _layer_table(csv: pd.DataFrame | None) -> pd.DataFrame | None:
 
 def latents_manifest_path(tables: RunTables) -> Path:
     """Where the run's latents manifest lies (inside the run folder, or mirrored under latents_dir)."""
-    latents_dir = tables.config_value("latents_dir")
-    root = tables.folder.root
+    latents_dir = extraction_latents_dir(tables.config or {})
     if latents_dir:
         try:
-            return Path(latents_dir) / root.relative_to(root.parents[3]) / "latents" / "manifest.json"
+            return tables.folder.latents(latents_dir) / "manifest.json"
         except (IndexError, ValueError):
             pass
-    return root / "latents" / "manifest.json"
+    return tables.folder.root / "latents" / "manifest.json"
 
 
 def load_run(folder: RunDir) -> RunTables:

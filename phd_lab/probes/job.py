@@ -55,8 +55,8 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
     of each run come from its ``probe_*`` keys, then the command-line ``overrides``. Runs
     without a latents folder are skipped; a folder without a manifest is an error.
     """
-    from phd_lab.config import (anchor_registry_paths, check_known_keys, check_run_id_value, load_config_file,
-                                validate_values)
+    from phd_lab.config import (anchor_registry_paths, check_known_keys, check_run_id_value, extraction_latents_dir,
+                                load_config_file, validate_values)
     from phd_lab.grid import Grid
 
     where = str(config_path)
@@ -73,7 +73,7 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
         cfg = grid[index]
         rundir = RunDir.for_run(cfg)
         logs_dirs.add(cfg.logs_dir)
-        folder = rundir.latents(cfg.latents_dir)
+        folder = rundir.latents(extraction_latents_dir(cfg.values))
         if not folder.exists():
             skipped.append(f"{index} ({cfg.name})")
             unprobed.append((index, cfg))
