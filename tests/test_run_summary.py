@@ -300,3 +300,10 @@ def test_tails_and_their_offset_from_the_border_are_read_on_the_main_path(tmp_pa
     assert summary["borders"]["b_min"] == "layer3.1.conv1"
     assert summary["agreement"]["b_min"]["offset"] == -1 and summary["agreement"]["b_min"]["agrees"] is True
     assert len(summary["saturation"]["layers"]) == len(layers)  # every tracked layer is still listed
+    # s_μ and its width advice too: the always saturated gates raised it (resnet18_se's gates lowered it)
+    values = {layer: (1.0 if side else 0.08 if low_from <= position < len(layers) - 1 else 0.45)
+              for position, (layer, side) in enumerate(zip(layers, table["side_branch"]))}
+    main = [value for layer, value in values.items() if not table.set_index("layer").loc[layer, "side_branch"]]
+    assert summary["saturation"]["mean"] == pytest.approx(sum(main) / len(main))
+    assert summary["saturation"]["mean_all_layers"] == pytest.approx(sum(values.values()) / len(values))
+    assert summary["saturation"]["mean"] < summary["saturation"]["mean_all_layers"] - 0.05

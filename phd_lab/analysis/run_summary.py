@@ -398,17 +398,23 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
                      for key in ("b_min", "b_max")}
     test_accuracy = _number(row.get("test_accuracy")) if row is not None else None
     mean_column = f"{settings.analysis_split}_saturation_mean"
-    s_mu = None
+    all_layers = None  # the run CSV's s_μ: every tracked layer
     if row is not None and mean_column in row.index:
-        s_mu = _number(row[mean_column])
-    if s_mu is None and saturations is not None:
-        s_mu = float(saturations["saturation"].mean())
+        all_layers = _number(row[mean_column])
+    if all_layers is None and saturations is not None:
+        all_layers = float(saturations["saturation"].mean())
+    # s_μ of the analysis and its width advice: the main path, as the tails (§10.1). A side branch's saturation
+    # says nothing of the width: an SE gate behind a 16× bottleneck stays low, a one-channel gate is always 1.
+    s_mu = all_layers
+    if main_path is not None and len(main_path) and len(main_path) < len(saturations):  # type: ignore[arg-type]
+        s_mu = _number(main_path["saturation"].mean())
     saturation = None
     if saturations is not None and main_path is not None:
         in_tail = {p for t in tails for p in range(t.start, t.stop + 1)}  # positions on the main path
         outside = [s for p, s in enumerate(main_path["saturation"]) if p not in in_tail]
         saturation = {"split": settings.analysis_split, "epoch": _int(row.get("epoch")) if row is not None else None,
-                      "mean": s_mu, "mean_outside_tails": float(sum(outside) / len(outside)) if outside else None,
+                      "mean": s_mu, "mean_all_layers": all_layers,
+                      "mean_outside_tails": float(sum(outside) / len(outside)) if outside else None,
                       "layers": saturations.to_dict(orient="records")}
     truncation = None
     if borders and borders["b_min"]:
