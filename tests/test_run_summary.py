@@ -191,6 +191,10 @@ def test_missing_and_broken_files_are_reported_not_raised(tmp_path):
     bare = summarize(load_run(empty))
     assert bare["saturation"] is None and bare["run"]["status"]["state"] == "not started"
     assert bare["recommendations"][0]["kind"] == "missing"
+    assert "appear once an epoch with saturation tracking has finished" in bare["recommendations"][0]["text"]
+    untracked = load_run(empty)
+    untracked.config = {**untracked.config, "track_saturation": False}  # it never will: say what to do instead
+    assert "trained with track_saturation false" in summarize(untracked)["recommendations"][0]["text"]
 
 
 def test_analysis_json_is_strict_json(tmp_path):

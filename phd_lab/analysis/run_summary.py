@@ -267,8 +267,9 @@ def _fmt_count(value: float | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------- advice
-def recommendations(summary: dict[str, Any], settings: AnalysisSettings) -> list[dict[str, str]]:
-    """Plain-language advice from the thesis' guidelines: depth (tails, borders) first, then width."""
+def recommendations(summary: dict[str, Any], settings: AnalysisSettings, tracked: bool = True) -> list[dict[str, str]]:
+    """Plain-language advice from the thesis' guidelines: depth (tails, borders) first, then width.
+    ``tracked``: whether the run tracks saturation at all (``track_saturation``)."""
     advice: list[dict[str, str]] = []
     tails, borders, sat = summary["tails"], summary["borders"], summary["saturation"]
     probes, truncation = summary["probes"], summary["truncation"]
@@ -349,7 +350,11 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings) -> list
                          "that order.")
             advice.append({"kind": "width", "text": text})
     if not advice:
-        if sat is None:
+        if sat is None and not tracked:
+            advice.append({"kind": "missing", "text": (
+                "This run was trained with track_saturation false, so neither tails nor width can be judged; train "
+                "it again with saturation tracking (track_saturation true, the default) to have them.")})
+        elif sat is None:
             advice.append({"kind": "missing", "text": (
                 "No saturation values recorded yet, so neither tails nor width can be judged; they appear once an "
                 "epoch with saturation tracking has finished.")})
@@ -438,7 +443,8 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
         "missing": sorted(set(tables.missing)),
         "problems": list(tables.problems),
     }
-    summary["recommendations"] = recommendations(summary, settings)
+    summary["recommendations"] = recommendations(summary, settings,
+                                                 tracked=config.get("track_saturation", True) is not False)
     return summary
 
 
