@@ -581,6 +581,9 @@ def resolve_point(point: Mapping[str, Any], where: str) -> RunConfig:
     if values["seed"] is None:
         values["seed"] = derive_seed(values["run_id"])
     values["post_processing"] = normalise_steps(values["post_processing"], where)
+    for key in PATH_KEYS:  # "~/logs" is the home folder's, never a folder named "~" in the working directory
+        if isinstance(values[key], str):
+            values[key] = os.path.expanduser(values[key])
     return RunConfig(values, source=where)
 
 

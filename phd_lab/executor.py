@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -413,6 +414,7 @@ class _run_log:
     """Copy every log record to the run's log file while the run is active."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.handler = logging.FileHandler(path, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
@@ -429,6 +431,8 @@ class _run_log:
             else:
                 record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "Run failed", None,
                                            exc)  # type: ignore[arg-type]
+                with contextlib.suppress(AttributeError):  # the caller names the file that holds the traceback
+                    exc[1].logged_to = self.path  # type: ignore[union-attr]
             self.handler.handle(record)
         logging.getLogger().removeHandler(self.handler)
         self.handler.close()

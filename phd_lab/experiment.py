@@ -120,8 +120,13 @@ class Main:
                     raise usage_errors[0]
                 continue
             except Exception as error:  # one failed run must not cost the rest of the grid
-                log.error("Run %d (%s) failed: %s: %s. Its log: %s", index, cfg.name, type(error).__name__,
-                          error, executor.rundir.log)
+                logged_to = getattr(error, "logged_to", None)
+                if logged_to is not None:  # the traceback is in the run's log
+                    log.error("Run %d (%s) failed: %s: %s. Its log: %s", index, cfg.name, type(error).__name__,
+                              error, logged_to)
+                else:  # before its run log was opened (building the data, model or optimizer): show it here
+                    log.error("Run %d (%s) failed before its run log was opened (while building its data, model "
+                              "or optimizer): %s: %s", index, cfg.name, type(error).__name__, error, exc_info=error)
                 outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "failed",
                                            f"{type(error).__name__}: {error}"))
                 continue

@@ -44,7 +44,7 @@ class RunDir:
         """The run's folder. The variant's hash suffix is what identifies it: a folder whose readable part
         was written otherwise (the keys of a nested mapping in another order, by an older version) is
         found by its hash and kept."""
-        logs = Path(logs_dir if logs_dir is not None else cfg.logs_dir)
+        logs = Path(logs_dir if logs_dir is not None else cfg.logs_dir).expanduser()  # '~/logs', not ./~/logs
         parent = logs / safe_name(cfg.model) / f"{safe_name(cfg.dataset)}_{cfg.resolution}" / safe_name(cfg.run_id)
         root = parent / cfg.variant_slug()
         _check_name_lengths(cfg, root)  # before any stat(): the OS answers a too-long name with an error
@@ -123,7 +123,7 @@ class RunDir:
         """The latents folder: inside the run folder, or mirrored under ``latents_dir``."""
         if latents_dir is None:
             return self.root / "latents"
-        return Path(latents_dir) / self.root.relative_to(self.root.parents[3]) / "latents"
+        return Path(latents_dir).expanduser() / self.root.relative_to(self.root.parents[3]) / "latents"
 
     # --- probe job outputs (issue 5): they do not use ``name``, so the probe job can build a
     # RunDir from the manifest's run_dir alone.

@@ -182,6 +182,24 @@ def test_user_registry_module_from_config(tmp_path, capsys):
     assert "Unknown model 'vgg11'" in " ".join(capsys.readouterr().err.split())
 
 
+def test_a_model_factory_that_crashes_shows_its_traceback_and_names_no_missing_log(tmp_path, capsys):
+    """A bug in a user's model factory used to end in 'failed: IndexError ... Its log: <file>', a log that was
+    never written (the model is built before the run folder exists): the traceback was nowhere."""
+    module = tmp_path / "buggy_models.py"
+    module.write_text(
+        "from torch import nn\n"
+        "def buggy_cnn(*, num_classes, in_channels=3):\n"
+        "    widths = [8, 16]\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, widths[2], 3), nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    config = write_config(tmp_path, model="buggy_cnn", model_args={}, epoch=1, registries={"models": str(module)})
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress")
+    assert code == 1, err
+    text = " ".join(err.split())
+    assert "failed before its run log was opened (while building its data, model or optimizer)" in text
+    assert "Traceback" in err and "buggy_models.py" in err and "widths[2]" in err
+    assert "Its log" not in text and not run_folders(tmp_path / "logs")
+
+
 def test_relative_registry_path_is_found_beside_the_config_and_logged_absolute(tmp_path):
     folder = tmp_path / "experiment"
     folder.mkdir()
@@ -368,3 +386,22 @@ def test_runs_in_threads_of_one_process_take_turns_and_equal_sequential_runs(tmp
         first, second = weights(alone), weights(together.rundir)
         assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert "Another training run is in progress in this process" in caplog.text
+
+
+def test_a_logs_dir_under_the_home_folder_is_expanded(tmp_path, capsys, monkeypatch):
+    """'~/phd_logs' trained into ./~/phd_logs (a folder named '~' in the working directory) while the logged
+    config named the home folder's, so a rerun of the logged config found no trained run."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    config = write_config(tmp_path, epoch=1, logs_dir="~/phd_logs", track_saturation=False)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
+    [folder] = run_folders(home / "phd_logs")
+    assert not (work / "~").exists()
+    logged = json.loads((folder / f"{run_name(folder)}_config.json").read_text())
+    assert logged["logs_dir"] == str(home / "phd_logs")
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    assert "finished" in capsys.readouterr().out
