@@ -33,6 +33,29 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
+def git_dirty() -> bool | None:
+    """Whether the phd-lab checkout has uncommitted changes to tracked files (then ``git_commit`` alone does
+    not say which code ran); None when it is no git checkout or git is missing."""
+    try:
+        result = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10,
+                                check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(result.stdout.strip()) if result.returncode == 0 else None
+
+
+def device_description(device: Any) -> dict[str, Any]:
+    """The device a run computed on, as resolved ('auto' logged as what it became) and by model name."""
+    import torch
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+    return {"device": str(device), "device_name": name}
+
+
 def versions() -> dict[str, Any]:
     import numpy
     import sklearn
@@ -40,6 +63,7 @@ def versions() -> dict[str, Any]:
     import torchvision
 
     from phd_lab import __version__
-    return {"phd_lab": __version__, "git_commit": git_commit(), "python": platform.python_version(),
+    return {"phd_lab": __version__, "git_commit": git_commit(), "git_dirty": git_dirty(),
+            "python": platform.python_version(),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
             "scikit_learn": sklearn.__version__}

@@ -17,7 +17,7 @@ from phd_lab.callbacks import Callback, MetricsCSV
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, absolute_paths, as_single_point
 from phd_lab.data import DataBundle
-from phd_lab.environment import versions
+from phd_lab.environment import device_description, versions
 from phd_lab.errors import ConfigError, DataError, RegistryError, UsageError
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.registry import Registries
@@ -96,6 +96,7 @@ class TrainTestExecutor:
         self.rundir = RunDir.for_run(config)
         self.steps: list[tuple[Step, dict[str, Any]]] = []
         self._validated = False
+        self._device: torch.device | None = None  # resolved when the run starts (logged with the versions)
 
     # ------------------------------------------------------------------ validation
     def validate(self, missing_data: str = "error") -> None:
@@ -281,7 +282,7 @@ class TrainTestExecutor:
         values = absolute_paths(as_single_point(self.config.values))
         if values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it
             values["cpu_threads"] = torch.get_num_threads()
-        values[META_KEY] = versions()
+        values[META_KEY] = {**versions(), **(device_description(self._device) if self._device else {})}
         return values
 
     def _read_logged_config(self) -> dict[str, Any] | None:
@@ -325,7 +326,7 @@ class TrainTestExecutor:
         cfg = self.config
         if not self._validated:
             self.validate()
-        device = resolve_device(cfg.device)
+        device = self._device = resolve_device(cfg.device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         threads = self._thread_count()

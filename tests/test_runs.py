@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ import torch
 
 from phd_lab.cli import main_cli
 from phd_lab.config import META_KEY
-from tests.conftest import main_in_process, read_metrics, run_folders, run_name, write_config
+from tests.conftest import ROOT, main_in_process, read_metrics, run_folders, run_name, write_config
 
 CSV_COLUMNS = ["epoch", "train_loss", "test_loss", "train_accuracy", "test_accuracy", "epoch_seconds"]
 
@@ -62,6 +63,12 @@ def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
     logged = json.loads((first / f"{run_name(first)}_config.json").read_text())
     assert logged["seed"] == 7 and logged["model_args"] == {"width": 0.0625}
     assert logged[META_KEY]["torch"] == torch.__version__ and "phd_lab" in logged[META_KEY]
+    # which device 'auto' became, and whether the checkout had uncommitted changes (git_commit alone would
+    # name code that did not run)
+    assert logged[META_KEY]["device"] == "cpu" and logged[META_KEY]["device_name"]
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert logged[META_KEY]["git_dirty"] == (bool(status.stdout.strip()) if status.returncode == 0 else None)
     assert logged["epoch"] == 2 and logged["optimizer"] == "adam" and logged["delta"] == 0.99  # defaults injected
     logged_path = first / f"{run_name(first)}_config.json"
     assert main_cli(["--config", str(logged_path), "--run-id", "other", "--no-progress", "-q"]) == 0
