@@ -21,6 +21,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -140,10 +141,15 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
                 del sys.modules[module_name]
                 raise
             return module
-        return importlib.import_module(spec)
+        return _import_dotted(spec)
     except RegistryError:
         raise
     except ModuleNotFoundError as error:
+        missing = error.name or ""
+        if missing and not (spec == missing or spec.startswith(missing + ".")):  # the module's own import failed
+            raise RegistryError(f"The {kind} registry module {spec!r} imports {missing!r}, which is not installed "
+                                f"here ({error}). Install it, or point the key 'registries.{kind}' elsewhere."
+                                ) from None
         raise RegistryError(f"Cannot import the {kind} registry module {spec!r}: {error}. Give a dotted "
                             f"module name importable from the working directory or a path to a .py file.") from None
     except Exception as error:  # noqa: BLE001 - the module itself is broken: say where
@@ -151,6 +157,21 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
         raise RegistryError(f"The {kind} registry module {spec!r} failed while being imported: "
                             f"{type(error).__name__}: {error}{where}. Fix the module (run `python {spec}` to see "
                             f"the traceback) or point the key 'registries.{kind}' elsewhere.") from None
+
+
+def _import_dotted(spec: str) -> ModuleType:
+    """A dotted module name, also from the working directory: ``main.py`` puts its own folder first on
+    ``sys.path``, not the working directory that ``python -m`` would, and the messages promise it."""
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as error:
+        cwd = os.getcwd()
+        top = spec.split(".")[0]
+        if error.name not in (top, spec) or cwd in sys.path or not (
+                Path(cwd, top + ".py").is_file() or Path(cwd, top).is_dir()):
+            raise
+        sys.path.append(cwd)  # after the installed packages: it never shadows them
+        return importlib.import_module(spec)
 
 
 class Registries:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -287,12 +288,14 @@ def test_loader_workers_do_not_change_an_unaugmented_run(tmp_path):
     ({"models": ""}, "the key 'registries.models' must name a module"),
     ({"models": "BROKEN"}, "failed while being imported: SyntaxError"),
     ({"models": "RAISES"}, "failed while being imported: RuntimeError: no GPU driver"),
+    ({"models": "NEEDS"}, "imports 'timm_not_installed', which is not installed here"),  # not "importable from"
 ])
 def test_unusable_registry_modules_are_named(tmp_path, capsys, registries, fragment):
-    broken, raises = tmp_path / "broken.py", tmp_path / "raises.py"
+    broken, raises, needs = tmp_path / "broken.py", tmp_path / "raises.py", tmp_path / "needs.py"
     broken.write_text("def net(:\n")
     raises.write_text("raise RuntimeError('no GPU driver')\n")
-    paths = {"BROKEN": str(broken), "RAISES": str(raises)}
+    needs.write_text("import timm_not_installed\n")
+    paths = {"BROKEN": str(broken), "RAISES": str(raises), "NEEDS": str(needs)}
     config = write_config(tmp_path, registries={k: paths.get(v, v) for k, v in registries.items()})
     assert main_cli(["--config", str(config), "--no-progress"]) == 2
     err = " ".join(capsys.readouterr().err.split())
@@ -412,3 +415,19 @@ def test_a_logs_dir_under_the_home_folder_is_expanded(tmp_path, capsys, monkeypa
     assert logged["logs_dir"] == str(home / "phd_logs")
     assert main_cli(["--config", str(config), "--dry-run"]) == 0
     assert "finished" in capsys.readouterr().out
+
+
+def test_a_dotted_registry_module_in_the_working_directory_is_found(tmp_path, capsys, monkeypatch):
+    """main.py puts its own folder first on sys.path, so 'my_models' beside the user's config, in the working
+    directory, was refused as not "importable from the working directory", which the message itself promised."""
+    (tmp_path / "cwd_models_for_test.py").write_text(
+        "from torch import nn\n"
+        "def tiny_mlp(*, num_classes, in_channels=3):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    config = write_config(tmp_path, model="tiny_mlp", model_args={}, epoch=1, track_saturation=False,
+                          registries={"models": "cwd_models_for_test"})
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
+    assert len(run_folders(tmp_path / "logs")) == 1
