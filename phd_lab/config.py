@@ -281,8 +281,12 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     if duplicates:  # JSON would silently keep the last value
         raise ConfigError(f"Config file {str(path)!r} gives the key(s) {sorted(set(duplicates))} more than once in "
                           f"the same object; keep one of each (to sweep values, give a list).")
-    for key, value in _integers(raw, ""):
-        if not -2**63 <= value < 2**63:  # torch, numpy and the float checks below take no more
+    for key, value in _numbers(raw, ""):
+        if isinstance(value, float) and not math.isfinite(value):  # 1e400 parses as inf; NaN, Infinity literals
+            raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds {value}, which is no finite number "
+                              f"(a literal NaN or Infinity, or a number beyond ±1.8e308); give a finite number. A "
+                              f"run's logged config could not even be written as JSON with it.")
+        if isinstance(value, int) and not -2**63 <= value < 2**63:  # torch, numpy and the float checks take no more
             raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds an integer of {len(str(abs(value)))} "
                               f"digits; integers in a config must lie in the signed 64-bit range {INT_RANGE}.")
     return raw
@@ -291,15 +295,15 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
 INT_RANGE = "−2**63 … 2**63 − 1"
 
 
-def _integers(value: Any, key: str) -> Iterator[tuple[str, int]]:
-    """Every integer in a parsed JSON value, with the key path that holds it (lists count as the key)."""
+def _numbers(value: Any, key: str) -> Iterator[tuple[str, int | float]]:
+    """Every number in a parsed JSON value, with the key path that holds it (lists count as the key)."""
     if isinstance(value, dict):
         for name, item in value.items():
-            yield from _integers(item, f"{key}.{name}" if key else name)
+            yield from _numbers(item, f"{key}.{name}" if key else name)
     elif isinstance(value, list):
         for item in value:
-            yield from _integers(item, key)
-    elif isinstance(value, int) and not isinstance(value, bool):
+            yield from _numbers(item, key)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
         yield key, value
 
 

@@ -282,7 +282,8 @@ class TrainTestExecutor:
         values = absolute_paths(as_single_point(self.config.values))
         if values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it
             values["cpu_threads"] = torch.get_num_threads()
-        values[META_KEY] = {**versions(), **(device_description(self._device) if self._device else {})}
+        values[META_KEY] = {**versions(), **(device_description(self._device) if self._device else {}),
+                            "registry_files": dict(self.registries.files)}
         return values
 
     def _read_logged_config(self) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import logging
 import os
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ from types import ModuleType
 from typing import Any, Callable, Mapping
 
 from phd_lab.errors import RegistryError
+
+log = logging.getLogger(__name__)
 
 KINDS = ("models", "datasets", "optimizers", "metrics")
 DEFAULT_MODULES = {kind: f"registries.{kind}" for kind in KINDS}
@@ -174,6 +177,19 @@ def _import_dotted(spec: str) -> ModuleType:
         return importlib.import_module(spec)
 
 
+BUILT_IN_FOLDER = Path(__file__).resolve().parents[1] / "registries"
+
+
+def _warn_if_shadowed(kind: str, file: str | None) -> None:
+    """'registries.models' is phd-lab's own module unless a 'registries' package earlier on sys.path (the
+    working directory under ``python -m``) shadows it: then runs train other factories under the same names."""
+    if file is not None and Path(file).resolve().parent != BUILT_IN_FOLDER:
+        log.warning("The built-in %s registry %r was imported from %s, not from phd-lab's %s: a 'registries' "
+                    "package earlier on the module path (e.g. in the working directory) shadows it. Runs use its "
+                    "factories; name your own modules in the config's 'registries' key instead.",
+                    kind, DEFAULT_MODULES[kind], file, BUILT_IN_FOLDER)
+
+
 class Registries:
     """The four registries a run draws from."""
 
@@ -186,10 +202,14 @@ class Registries:
         self.modules = {kind: chosen[kind] if isinstance(chosen[kind], str) else chosen[kind].__name__
                         for kind in KINDS}
         self._registries: dict[str, Registry] = {}
+        self.files: dict[str, str | None] = {}  # where each module was loaded from (logged with a run)
         for kind in KINDS:
             module = chosen[kind]
             if isinstance(module, str):
                 module = import_registry_module(module, kind)
+            self.files[kind] = getattr(module, "__file__", None)
+            if chosen[kind] == DEFAULT_MODULES[kind]:
+                _warn_if_shadowed(kind, self.files[kind])
             self._registries[kind] = Registry.from_module(kind, module)
 
     def __getitem__(self, kind: str) -> Registry:

@@ -283,3 +283,16 @@ def test_the_64_bit_range_ends_are_read(tmp_path):
     from phd_lab.config import load_config_file
     path = _write_raw(tmp_path, '{"model_args": {"a": %d, "b": [true, 1e300, %d]}}' % (2**63 - 1, -2**63))
     assert load_config_file(path) == {"model_args": {"a": 2**63 - 1, "b": [True, 1e300, -2**63]}}
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "NaN", "Infinity"])
+def test_numbers_that_are_not_finite_are_refused_naming_the_key(tmp_path, capsys, number):
+    """A learning rate of 1e400 (infinity) trained to NaN losses, exited 0 and logged a config that is no JSON."""
+    for key, holder in (("optimizer_args.lr", '{{"optimizer_args": {{"lr": [0.1, {n}]}}}}'),
+                        ("delta", '{{"delta": {n}}}')):
+        text = holder.format(n=number)
+        path = _write_raw(tmp_path, text[:-1] + ', "model": "vgg11", "dataset": "Digits"}')
+        assert main_cli(["--config", str(path), "--dry-run"]) == 2
+        err = flat(capsys.readouterr().err)
+        assert f"the key {key!r} holds" in err and "which is no finite number" in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists()

@@ -67,6 +67,7 @@ def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
     # which device 'auto' became, and whether the checkout had uncommitted changes (git_commit alone would
     # name code that did not run)
     assert logged[META_KEY]["device"] == "cpu" and logged[META_KEY]["device_name"]
+    assert logged[META_KEY]["registry_files"]["models"] == str(ROOT / "registries" / "models.py")
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                             text=True)
     assert logged[META_KEY]["git_dirty"] == (bool(status.stdout.strip()) if status.returncode == 0 else None)
@@ -431,3 +432,32 @@ def test_a_dotted_registry_module_in_the_working_directory_is_found(tmp_path, ca
     code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
     assert code == 0, err
     assert len(run_folders(tmp_path / "logs")) == 1
+
+
+def test_a_registries_package_that_shadows_the_built_in_one_is_named(tmp_path, caplog):
+    """Under `python -m phd_lab` a 'registries' package in the working directory replaced the built-in one
+    silently, and the logged config ('registries': {}) could not tell which factories had trained the run."""
+    from phd_lab.registry import Registries
+    shadow = tmp_path / "registries"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("")
+    for kind in ("models", "datasets", "optimizers", "metrics"):
+        (shadow / f"{kind}.py").write_text("def thing(**kwargs):\n    return None\n")
+    saved = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "registries"}
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with caplog.at_level("WARNING", logger="phd_lab.registry"):
+            registries = Registries()
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [name for name in sys.modules if name.split(".")[0] == "registries"]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+    assert registries.files["models"] == str(shadow / "models.py")
+    assert "shadows it" in caplog.text and str(shadow / "models.py") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="phd_lab.registry"):
+        builtin = Registries()
+    assert builtin.files["models"] == str(ROOT / "registries" / "models.py") and "shadows" not in caplog.text
