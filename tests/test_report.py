@@ -233,6 +233,8 @@ def test_analysis_step_at_the_end_of_a_real_training(tmp_path, capsys):
     assert len(folders) == 1
     analysis = read_json(folders[0] / "analysis.json")
     assert analysis["run"]["status"]["state"] == "finished"
+    # written by the run's last step: finished, not "finished (post-processing)" until a report refreshed it
+    assert analysis["run"]["status"]["label"] == "finished" and analysis["run"]["status"]["active"] is False
     csv = pd.read_csv(next(folders[0].glob("vgg11-*.csv")))
     assert analysis["accuracy"]["test"] == pytest.approx(csv["test_accuracy"].iloc[-1])
     assert (folders[0] / "analysis.png").read_bytes()[:8] == PNG

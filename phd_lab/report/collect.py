@@ -33,16 +33,21 @@ class RunEntry:
 
 
 def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSettings | None = None,
-                skip_active: bool = True) -> RunEntry:
+                skip_active: bool = True, last_step: bool = False) -> RunEntry:
     """Summarise one run and draw its figure; write both into the folder when ``write``.
 
     ``skip_active``: do not write into a folder whose lock names a live process, or a process on
     another host that cannot be checked (a running training or probe job writes its own analysis
-    at the end).
+    at the end). ``last_step``: called by the run's own analysis step, its last: a finished run is
+    described as finished, not as still post-processing (its lock is released right after).
     """
+    from dataclasses import replace
+
     from phd_lab.plots.run_figure import figure_png
 
     tables = load_run(folder)
+    if last_step and tables.status is not None and tables.status.state == "finished":
+        tables.status = replace(tables.status, active=False, owner="")
     if settings is None:
         try:
             settings = AnalysisSettings.from_config(tables.config, str(folder.config))

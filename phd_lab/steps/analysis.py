@@ -35,6 +35,6 @@ class AnalysisStep(Step):
     def run(self, ctx: StepContext, **params: Any) -> None:
         from phd_lab.report.collect import analyse_run
         entry = analyse_run(ctx.rundir, write=True, settings=AnalysisSettings.from_config(ctx.config.values),
-                            skip_active=False)
+                            skip_active=False, last_step=True)
         for advice in entry.summary["recommendations"]:
             log.info("Analysis of %s: %s", ctx.config.name, advice["text"])
