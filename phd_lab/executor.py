@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -283,7 +284,7 @@ class TrainTestExecutor:
         if values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it
             values["cpu_threads"] = torch.get_num_threads()
         values[META_KEY] = {**versions(), **(device_description(self._device) if self._device else {}),
-                            "registry_files": dict(self.registries.files)}
+                            "registry_files": dict(self.registries.files), "working_directory": os.getcwd()}
         return values
 
     def _read_logged_config(self) -> dict[str, Any] | None:

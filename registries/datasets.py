@@ -12,6 +12,8 @@ augmentation or shuffling.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 from torchvision import datasets as tv_datasets
@@ -144,12 +146,22 @@ def _folder(path: str, *, batch_size: int, resolution: int, data_dir: str, seed:
                               downsample_then_upsample=downsample_then_upsample)
 
 
+_RELATIVE_WARNED: set[str] = set()
+
+
 def _check_folder(path: str, data_dir: str, **dataset_args: object) -> None:
     """Before any point trains: the folder and its train/ tree exist (the images are read when it runs)."""
     train = Path(path).expanduser() / "train"
     if not train.is_dir():
         raise DataError(f"The image folder dataset {'folder:' + path!r} has no folder {str(train)!r}; it needs "
                         f"{folder_source(path).expected}.")
+    if not Path(path).expanduser().is_absolute() and path not in _RELATIVE_WARNED:
+        _RELATIVE_WARNED.add(path)  # once per process, not once per grid point
+        logging.getLogger(__name__).warning(
+            "The image folder dataset 'folder:%s' is a relative path, read here as %s. The run's logged config names "
+            "it as given (it is part of the run's name and folder), so a rerun of that config must start from %s "
+            "(logged as _meta.working_directory); an absolute path reruns from anywhere.",
+            path, Path(path).expanduser().resolve(), os.getcwd())
 
 
 _folder.check_data = _check_folder  # type: ignore[attr-defined]

@@ -326,3 +326,21 @@ def test_a_failed_download_is_a_data_error_naming_the_dataset(tmp_path):
         pass
     with pytest.raises(DataError, match="Dataset MNIST could not be downloaded into .*Error downloading"):
         DATASETS.get("MNIST")(resolution=28, data_dir=str(tmp_path), download=True, **COMMON)
+
+
+def test_a_relative_image_folder_is_named_with_the_directory_a_rerun_must_start_from(tmp_path, caplog,
+                                                                                      monkeypatch):
+    """A relative 'folder:' path is read from the working directory, and the logged config names it as given: a
+    rerun from elsewhere found other images or none. The check before training says so, once per process."""
+    from registries import datasets as registry
+    for split in ("train", "test"):
+        write_image(tmp_path / "pets" / split / "cats" / "0.png", value=1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(registry, "_RELATIVE_WARNED", set())
+    with caplog.at_level("WARNING"):
+        registry._check_folder("pets", data_dir="unused")
+        registry._check_folder("pets", data_dir="unused")
+        registry._check_folder(str(tmp_path / "pets"), data_dir="unused")
+    warnings = [r.getMessage() for r in caplog.records if "relative path" in r.getMessage()]
+    assert len(warnings) == 1
+    assert f"read here as {tmp_path / 'pets'}" in warnings[0] and f"must start from {tmp_path}" in warnings[0]

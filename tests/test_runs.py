@@ -68,6 +68,7 @@ def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
     # name code that did not run)
     assert logged[META_KEY]["device"] == "cpu" and logged[META_KEY]["device_name"]
     assert logged[META_KEY]["registry_files"]["models"] == str(ROOT / "registries" / "models.py")
+    assert logged[META_KEY]["working_directory"] == os.getcwd()
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                             text=True)
     assert logged[META_KEY]["git_dirty"] == (bool(status.stdout.strip()) if status.returncode == 0 else None)
