@@ -57,6 +57,10 @@ def parse_scheduler(spec: str) -> tuple[str, Any]:
         return "local", workers
     if "://" not in spec and ":" not in spec:
         raise UsageError(f"--scheduler {spec!r} is neither a scheduler address (tcp://host:8786) nor local:N.")
+    scheme = spec.split("://")[0].lower() if "://" in spec else "tcp"
+    if scheme in ("http", "https"):
+        raise UsageError(f"--scheduler {spec!r} is a web address, probably the dashboard's; give the scheduler's "
+                         f"own address, e.g. tcp://host:8786 (`dask scheduler` prints it).")
     return "address", spec
 
 
@@ -87,7 +91,7 @@ def dask_client(spec: str) -> Iterator[Any]:
         return
     try:
         client = distributed.Client(value, timeout="20s")
-    except (OSError, TimeoutError) as error:
+    except (OSError, TimeoutError, ValueError, TypeError) as error:  # Value/TypeError: a malformed address
         raise UsageError(f"--scheduler {spec!r}: cannot reach a Dask scheduler there ({error}). Start one with "
                          f"`dask scheduler` and workers with `dask worker {spec}`.") from None
     with client:
@@ -143,8 +147,9 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
 
 
 def submit_and_collect(client: Any, tasks: Sequence[tuple[str, Callable[..., Any], tuple, dict | None]],
-                       description: str) -> dict[str, tuple[str, Any]]:
-    """Submit ``(key, fn, args, resources)`` tasks; return ``key → ("finished", result) | ("failed", error)``."""
+                       description: str, progress: bool = True) -> dict[str, tuple[str, Any]]:
+    """Submit ``(key, fn, args, resources)`` tasks; return ``key → ("finished", result) | ("failed", error)``.
+    Keys must be unique to the command: the scheduler hands a task of an existing key to whoever asks."""
     from distributed import as_completed
     from tqdm.auto import tqdm
 
@@ -152,7 +157,7 @@ def submit_and_collect(client: Any, tasks: Sequence[tuple[str, Callable[..., Any
     for key, fn, args, resources in tasks:
         futures[client.submit(fn, *args, key=key, resources=resources, pure=False)] = key
     results: dict[str, tuple[str, Any]] = {}
-    with tqdm(total=len(futures), desc=description, unit="task") as bar:
+    with tqdm(total=len(futures), desc=description, unit="task", disable=not progress) as bar:
         for future in as_completed(futures):
             key = futures[future]
             if future.status == "finished":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -145,12 +146,13 @@ class Main:
                 log.warning("No worker of the cluster declares a GPU resource, so GPU runs are not limited to one "
                             "per GPU; start GPU workers with `dask worker ADDRESS --resources GPU=1`.")
             tasks = []
+            command = uuid.uuid4().hex[:12]  # two commands on one scheduler must not share (and skip) tasks
             for index in chosen:
                 cfg = self.executors[index].config
-                tasks.append((f"train-{index}-{self.executors[index].rundir.root.name}", train_point,
+                tasks.append((f"train-{index}-{self.executors[index].rundir.root.name}-{command}", train_point,
                               (absolute_paths(cfg.values), cfg.source, overrides), task_resources(cfg.device, gpus)))
             log.info("Submitting %d run(s) to %s", len(tasks), scheduler)
-            results = submit_and_collect(client, tasks, "grid")
+            results = submit_and_collect(client, tasks, "grid", progress=self.progress)
         outcomes, usage_errors = [], []
         for index, (key, *_rest) in zip(chosen, tasks):
             status, value = results[key]

@@ -44,15 +44,17 @@ def _assert_same_runs(logs_a, logs_b):
         assert config_a == config_b
 
 
-def test_grid_on_cluster_writes_the_same_files_as_sequential(tmp_path, cluster):
+def test_grid_on_cluster_writes_the_same_files_as_sequential(tmp_path, cluster, capsys):
     grid = dict(epoch=2, cpu_threads=1, model_args={"width": [0.0625, 0.125]}, batch_size=[64, 128])
     (tmp_path / "seq").mkdir()
     (tmp_path / "dask").mkdir()
     sequential = write_config(tmp_path / "seq", **grid)
     clustered = write_config(tmp_path / "dask", **grid)
     assert main_cli(["--config", str(sequential), "--no-progress", "-q"]) == 0
+    capsys.readouterr()
     assert main_cli(["--config", str(clustered), "--no-progress", "-q", "--scheduler",
                      cluster.scheduler_address]) == 0
+    assert "grid:" not in capsys.readouterr().err  # --no-progress: no bar over the cluster's tasks either
     assert len(run_folders(tmp_path / "dask" / "logs")) == 4
     _assert_same_runs(tmp_path / "seq" / "logs", tmp_path / "dask" / "logs")
     # re-running the same command resumes: finished points are skipped
@@ -128,6 +130,36 @@ def test_scheduler_spec_errors():
     for spec in ("local:x", "local:-1", "local:2.5", "LOCAL:3"):  # were a traceback / a 20 s connection attempt
         with pytest.raises(UsageError, match="whole number N ≥ 1"):
             parse_scheduler(spec)
+    for spec in ("http://127.0.0.1:8787", "https://cluster:8787/status"):  # the dashboard's address: a traceback
+        with pytest.raises(UsageError, match="is a web address, probably the dashboard's"):
+            parse_scheduler(spec)
+
+
+@pytest.mark.parametrize("spec", ["tcp://", "tls://127.0.0.1:1"])
+def test_a_malformed_scheduler_address_is_a_usage_error(spec):
+    """distributed raises ValueError/TypeError for these (a traceback, exit 1)."""
+    from phd_lab.distributed import dask_client
+    with pytest.raises(UsageError, match="cannot reach a Dask scheduler there"):
+        with dask_client(spec):
+            pass
+
+
+def test_probe_tasks_name_their_files_by_absolute_path(tmp_path, monkeypatch):
+    """A Dask worker in another working directory looked for relative latents paths from its own folder, and
+    the job blamed a re-extraction ("changed after the probe job verified its sha256")."""
+    from phd_lab.probes.job import build_tasks, jobs_from_latents, validate_jobs
+    from phd_lab.probes.runner import run_task
+    from tests.probe_latents import blob_layers, make_latents
+    make_latents(tmp_path, *blob_layers(n_layers=1))
+    monkeypatch.chdir(tmp_path)
+    jobs, _ = jobs_from_latents("run/latents")  # relative, as with the default logs_dir ./logs
+    [task] = build_tasks(jobs, validate_jobs(jobs))
+    assert all(os.path.isabs(path) for path in (task.train, task.eval, task.train_labels, task.eval_labels))
+    assert all(os.path.isabs(path) for path in task.stamps) and len(task.stamps) == 4
+    elsewhere = tmp_path / "worker"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the worker's own folder
+    assert run_task(task).layer == "block0.conv"
 
 
 def test_probe_job_on_cluster_gives_the_same_csv_as_local(tmp_path, cluster):

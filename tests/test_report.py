@@ -89,6 +89,10 @@ def report_in_process(capsys, *args) -> SimpleNamespace:
     return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
+def report_in_process_plain(*args) -> int:
+    return main_report([str(arg) for arg in args])
+
+
 @pytest.fixture
 def grid(tmp_path):
     logs = tmp_path / "logs"
@@ -219,6 +223,13 @@ def test_report_usage_errors_exit_2(tmp_path):
         os.utime(path, (long_ago, long_ago))
     assert run_report(logs, "--out", site / "r.html", "--no-refresh").returncode == 0
     assert not own.exists() and foreign.exists() and sibling.exists()
+    # an earlier report is replaced; any other file is not (a run's CSV lost its history to --out)
+    assert report_in_process_plain(logs, "--out", site / "r.html", "--no-refresh") == 0
+    metrics = runs["full"].metrics_csv
+    before = metrics.read_bytes()
+    refused = run_report(logs, "--out", metrics, "--no-refresh")
+    assert refused.returncode == 2 and "exists and is no phd-lab report" in " ".join(refused.stderr.split())
+    assert metrics.read_bytes() == before and "Traceback" not in refused.stderr
 
 
 def test_analysis_step_at_the_end_of_a_real_training(tmp_path, capsys):

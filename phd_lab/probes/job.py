@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -250,15 +251,20 @@ def build_tasks(jobs: Sequence[ProbeJob], stamps: dict[str, tuple[int, int, int]
         for layer in manifest.layers:
             files = {"train": layer.sha256["train"], "eval": layer.sha256["eval"],
                      "train_labels": manifest.labels_sha256["train"], "eval_labels": manifest.labels_sha256["eval"]}
-            tasks.append(ProbeTask(job=position, index=layer.index, layer=layer.name, train=str(layer.train),
-                                   eval=str(layer.eval), train_labels=str(manifest.train_labels),
-                                   eval_labels=str(manifest.eval_labels), settings=settings,
+            # absolute paths: a Dask worker may run in another working directory
+            tasks.append(ProbeTask(job=position, index=layer.index, layer=layer.name, train=_absolute(layer.train),
+                                   eval=_absolute(layer.eval), train_labels=_absolute(manifest.train_labels),
+                                   eval_labels=_absolute(manifest.eval_labels), settings=settings,
                                    key=cache_key(files, settings, solver_versions),
                                    size=layer.shape[0] * layer.shape[1],
-                                   stamps={path: stamps[path] for path in map(str, (
+                                   stamps={_absolute(path): stamps[path] for path in map(str, (
                                        layer.train, layer.eval, manifest.train_labels, manifest.eval_labels))
                                        if path in stamps}))
     return tasks
+
+
+def _absolute(path: Path | str) -> str:
+    return os.path.abspath(path)
 
 
 def performance_table(records: Sequence[ProbeRecord], model_accuracy: float | None) -> "Any":

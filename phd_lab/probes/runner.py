@@ -107,8 +107,10 @@ def check_stamps(task: ProbeTask) -> None:
     for path, stamp in task.stamps.items():
         try:
             now = file_stamp(path)
-        except OSError:
-            now = None
+        except OSError as error:
+            raise RunFailure(f"The latents file {path!r} cannot be read by the process probing layer {task.layer!r} "
+                             f"({error.strerror or error}); on a Dask cluster every worker must see the latents at "
+                             f"the same path (a shared file system).") from None
         if now != tuple(stamp):
             raise RunFailure(f"The latents file {path!r} changed after the probe job verified its sha256 (was the "
                              f"extraction rerun meanwhile?); layer {task.layer!r} is not fitted or cached. Start "

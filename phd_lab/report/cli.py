@@ -31,6 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` is a page this command wrote (which a new report may replace)."""
+    from phd_lab.report.html import TITLE
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return f"<title>{TITLE}".encode() in head
+
+
 def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh: bool = True,
                  progress: bool = False) -> Path:
     """Analyse all runs of ``logs_dir`` and write the report; return its path."""
@@ -47,6 +58,9 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     out_path = Path(out) if out is not None else logs_dir / "report.html"
     if out_path.is_dir():
         raise UsageError(f"--out {str(out_path)!r} is a folder; pass the path of the HTML file to write.")
+    if out_path.exists() and not _is_report(out_path):
+        raise UsageError(f"--out {str(out_path)!r} exists and is no phd-lab report; it would be replaced (a run's CSV "
+                         f"lost its history this way). Pass a new file name or remove that file first.")
     check_writable_dir(str(out_path.parent), "--out", "report", subject="the folder of --out")  # before any
     # run folder is refreshed; then a killed report's temp page (15 minutes old), and nothing else of that folder
     for stale in atomic.remove_stale_temps(out_path.parent, only=out_path.name):

@@ -245,6 +245,9 @@ def _section(index: int, entry: RunEntry, out_dir: Path, logs_dir: Path) -> str:
     return "\n".join(p for p in parts if p)
 
 
+TITLE = "phd-lab report: "  # marks a page this command wrote (every version): --out replaces no other file
+
+
 def render_report(entries: Sequence[RunEntry], logs_dir: Path, out_path: Path,
                   comparison: dict[str, bytes]) -> str:
     """The HTML text of the report page."""
@@ -258,7 +261,7 @@ def render_report(entries: Sequence[RunEntry], logs_dir: Path, out_path: Path,
     sections = "\n".join(_section(i, e, out_dir, logs_dir) for i, e in enumerate(entries, 1))
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>phd-lab report: {escape(str(logs_dir))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{TITLE}{escape(str(logs_dir))}</title>
 <style>{_CSS}</style></head>
 <body>
 <h1>phd-lab report</h1>
