@@ -332,22 +332,26 @@ class TrainTestExecutor:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         threads = self._thread_count()
-        note = (f"Continuing with the {threads} CPU thread(s) this run was trained with (cpu_threads is null; the "
-                f"default here is {torch.get_num_threads()})." if self.config.cpu_threads is None and threads
-                and threads != torch.get_num_threads() else None)
+        asked, default = cfg.cpu_threads, torch.get_num_threads()
+        note = None
+        if threads and threads != (asked or default):
+            wanted = str(asked) if asked is not None else f"null, {default} here"
+            note = (f"Continuing with the {threads} CPU thread(s) this run was trained with (cpu_threads: {wanted}); "
+                    f"float sums depend on the count, so a run goes on with the count it began with.")
         with RUN_TURN(), _cpu_threads(threads):
             return self._run(device, note)
 
     def _thread_count(self) -> int | None:
-        """``cpu_threads``; when it is null, a run that has checkpoints keeps the count it was trained with
-        (logged in its config): float sums depend on it, and a resume under another default (another node,
-        a Dask worker's share of the cores) would no longer continue the run bit-identically."""
-        if self.config.cpu_threads is not None:
-            return self.config.cpu_threads
+        """``cpu_threads``; a run that has checkpoints keeps the count it was trained with (logged in its
+        config), whatever the config says now: float sums depend on it, and a resume under another count
+        (another node, a Dask worker's share of the cores, an edited config) would no longer continue the
+        run bit-identically, nor would its logged config reproduce it."""
         if not CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():
-            return None
+            return self.config.cpu_threads
         threads = (self._read_logged_config() or {}).get("cpu_threads")
-        return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else None
+        if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
+            return threads  # also over another cpu_threads in the config: the logged config keeps this one
+        return self.config.cpu_threads
 
     def _run(self, device: torch.device, note: str | None = None) -> RunDir:
         cfg = self.config

@@ -339,3 +339,21 @@ def test_a_resume_keeps_the_thread_count_the_run_was_trained_with(tmp_path):
     assert "Continuing with the 1 CPU thread(s) this run was trained with" in log_text
     assert "Resuming run" in log_text and "after epoch 1 of 2" in log_text
     assert json.loads((folder / f"{name}_config.json").read_text())["cpu_threads"] == 1
+
+
+def test_a_resume_with_another_cpu_threads_in_the_config_keeps_the_logged_count(tmp_path):
+    """cpu_threads edited between a kill and the resume used to train the rest of the run with the new count:
+    weights that neither count gives, under a logged config that kept the old one (so it no longer reproduced
+    the run)."""
+    config = write_config(tmp_path, epoch=2, cpu_threads=1)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    name = run_name(folder)
+    expected = weights(folder)
+    (folder / f"{name}.previous.pt").replace(folder / f"{name}.pt")  # as if killed during epoch 2
+    edited = write_config(tmp_path, epoch=2, cpu_threads=2)
+    assert main_cli(["--config", str(edited), "--no-progress", "-q"]) == 0
+    assert_same_weights(expected, weights(folder))
+    log_text = (folder / f"{name}.log").read_text()
+    assert "Continuing with the 1 CPU thread(s) this run was trained with (cpu_threads: 2)" in log_text
+    assert json.loads((folder / f"{name}_config.json").read_text())["cpu_threads"] == 1
