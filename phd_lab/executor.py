@@ -8,7 +8,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -362,7 +362,7 @@ class TrainTestExecutor:
         optimizer, scheduler = self.build_optimizer(model)
         metrics = {name.lower(): self.registries.metrics.get(name)() for name in cfg.metrics}
         rundir = self.rundir.create()
-        with RunLock(rundir.lock), _run_log(rundir.log):
+        with _writable_lock(rundir), _run_log(rundir.log):
             log.info("Run folder %s", rundir.root)
             if note:  # said in the run's log, now that it is open
                 log.info("%s", note)
@@ -415,6 +415,22 @@ class _cpu_threads:
 
     def __exit__(self, *exc: object) -> None:
         torch.set_num_threads(self.previous)
+
+
+@contextlib.contextmanager
+def _writable_lock(rundir: RunDir) -> Iterator[RunLock]:
+    """The run folder's lock, held while the block runs; a folder that cannot be written (a read-only mount,
+    no permission) is said in one line instead of an OSError from the lock file."""
+    lock = RunLock(rundir.lock)
+    try:
+        lock.acquire()
+    except OSError as error:
+        raise DataError(f"The run folder {str(rundir.root)!r} cannot be written ({error.strerror or error}); "
+                        f"a run needs its folder for its lock, log, checkpoints and results.") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 class _run_log:

@@ -357,3 +357,18 @@ def test_a_resume_with_another_cpu_threads_in_the_config_keeps_the_logged_count(
     log_text = (folder / f"{name}.log").read_text()
     assert "Continuing with the 1 CPU thread(s) this run was trained with (cpu_threads: 2)" in log_text
     assert json.loads((folder / f"{name}_config.json").read_text())["cpu_threads"] == 1
+
+
+def test_a_run_folder_that_cannot_be_written_is_said_in_one_line(tmp_path, capsys):
+    """A read-only run folder failed at its lock file with a traceback and 'failed before its run log was opened
+    (while building its data, model or optimizer)'. The suite runs as root, which writes anywhere, so the lock
+    path is made unusable instead (a folder where the lock file goes: the same OSError)."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    (folder / ".lock").unlink(missing_ok=True)
+    (folder / ".lock").mkdir()
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"The run folder '{folder}' cannot be written" in err and "Traceback" not in err
