@@ -7,11 +7,13 @@ import contextlib
 import fnmatch
 import json
 import logging
+import signal
 import sys
 import textwrap
-from typing import Callable, Iterator, Sequence
+import threading
+from typing import Any, Callable, Iterator, Sequence
 
-from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, UsageError
+from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
 
 log = logging.getLogger("phd_lab")
 
@@ -56,6 +58,7 @@ def logs_above_progress_bars() -> Iterator[None]:
 def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
     """Run a command body and turn the framework's errors into exit codes; ``interrupted`` is what
     Ctrl-C prints (how this command resumes)."""
+    previous = _terminate_like_ctrl_c()
     try:
         with logs_above_progress_bars():
             return body()
@@ -65,9 +68,26 @@ def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
     except PhdLabError as error:
         report_error(error)
         return EXIT_FAILURE
+    except Terminated:
+        sys.stderr.write(f"terminated (SIGTERM); {interrupted.removeprefix('interrupted; ')}\n")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         sys.stderr.write(interrupted + "\n")
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_like_ctrl_c() -> Any:
+    """SIGTERM raises ``Terminated`` in the main thread (a batch system's time limit used to end a run without a
+    word in its log); returns the handler it replaced, or None where handlers cannot be set (other threads)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 def build_parser() -> argparse.ArgumentParser:

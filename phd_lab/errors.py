@@ -46,3 +46,8 @@ class CheckpointError(PhdLabError):
 
 class RunFailure(PhdLabError):
     """A grid point failed while running; the message names the run and its log."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's time limit, scancel, kill): raised like Ctrl-C, so that every layer stops
+    the same way, and named in the run's log and on the console."""

@@ -19,7 +19,7 @@ from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, absolute_paths, as_single_point
 from phd_lab.data import DataBundle
 from phd_lab.environment import device_description, versions
-from phd_lab.errors import ConfigError, DataError, RegistryError, UsageError
+from phd_lab.errors import ConfigError, DataError, RegistryError, Terminated, UsageError
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.registry import Registries
 from phd_lab.rundir import RunDir
@@ -449,7 +449,8 @@ class _run_log:
             # The traceback goes to the run's log file only; the console gets the one-line summary.
             logger = logging.getLogger(__name__)
             if issubclass(exc[0], KeyboardInterrupt):  # type: ignore[arg-type]
-                record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, "Run interrupted (Ctrl-C); "
+                how = "SIGTERM" if issubclass(exc[0], Terminated) else "Ctrl-C"  # type: ignore[arg-type]
+                record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, f"Run interrupted ({how}); "
                                            "the same command resumes it from its last checkpoint", None, None)
             else:
                 record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "Run failed", None,

@@ -281,6 +281,24 @@ def test_ctrl_c_during_training_exits_130_says_how_to_resume_and_the_rerun_resum
 
 
 
+def test_sigterm_during_training_is_said_in_the_log_and_the_rerun_resumes(tmp_path):
+    """A batch system's time limit (SIGTERM) ended a run without a word in its log or on the console."""
+    config = write_config(tmp_path, epoch=12, cpu_threads=1, track_saturation=False)
+    process = subprocess.Popen([sys.executable, "main.py", "--config", str(config), "--no-progress", "-q"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "logs").rglob("*.csv")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "terminated (SIGTERM); rerun the same command to resume" in err and "Traceback" not in err
+    [folder] = run_folders(tmp_path / "logs")
+    assert "Run interrupted (SIGTERM)" in (folder / f"{run_name(folder)}.log").read_text()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert read_metrics(folder)["epoch"].tolist() == list(range(1, 13))
+
+
 def test_a_read_error_of_the_file_system_sets_no_good_checkpoint_aside(tmp_path, monkeypatch):
     """EIO/ESTALE (NFS) or EACCES while reading says nothing about the file: the run must stop with a clear
     error and leave both generations alone, not resume from the older one and rename the good file
