@@ -136,9 +136,9 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
     _configure_worker_logging()
     config = RunConfig(dict(values), source=source)
     modules = {**config.registries, **registry_overrides}
-    executor = TrainTestExecutor(config, Registries(modules), progress=False)
     try:
-        executor.validate()
+        executor = TrainTestExecutor(config, Registries(modules), progress=False)  # a registry this worker
+        executor.validate()  # cannot import is a usage error too
         return "finished", str(executor.run().root)
     except RunLockedError as error:
         return "in use", f"{type(error).__name__}: {error}"
