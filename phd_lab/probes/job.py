@@ -252,19 +252,16 @@ def build_tasks(jobs: Sequence[ProbeJob], stamps: dict[str, tuple[int, int, int]
             files = {"train": layer.sha256["train"], "eval": layer.sha256["eval"],
                      "train_labels": manifest.labels_sha256["train"], "eval_labels": manifest.labels_sha256["eval"]}
             # absolute paths: a Dask worker may run in another working directory
-            tasks.append(ProbeTask(job=position, index=layer.index, layer=layer.name, train=_absolute(layer.train),
-                                   eval=_absolute(layer.eval), train_labels=_absolute(manifest.train_labels),
-                                   eval_labels=_absolute(manifest.eval_labels), settings=settings,
+            tasks.append(ProbeTask(job=position, index=layer.index, layer=layer.name,
+                                   train=os.path.abspath(layer.train), eval=os.path.abspath(layer.eval),
+                                   train_labels=os.path.abspath(manifest.train_labels),
+                                   eval_labels=os.path.abspath(manifest.eval_labels), settings=settings,
                                    key=cache_key(files, settings, solver_versions),
                                    size=layer.shape[0] * layer.shape[1],
-                                   stamps={_absolute(path): stamps[path] for path in map(str, (
+                                   stamps={os.path.abspath(path): stamps[path] for path in map(str, (
                                        layer.train, layer.eval, manifest.train_labels, manifest.eval_labels))
                                        if path in stamps}))
     return tasks
-
-
-def _absolute(path: Path | str) -> str:
-    return os.path.abspath(path)
 
 
 def performance_table(records: Sequence[ProbeRecord], model_accuracy: float | None) -> "Any":

@@ -167,18 +167,16 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
     from tqdm.auto import tqdm
 
     records: dict[int, ProbeRecord] = {}
-    misses = [position for position, task in enumerate(tasks) if cache.get(task.key) is None]
+    cached = {position: record for position, task in enumerate(tasks) if (record := cache.get(task.key)) is not None}
+    misses = [position for position in range(len(tasks)) if position not in cached]
     if tasks:
-        log.info("probing %d layer(s), %d found in the cache %s", len(misses), len(tasks) - len(misses),
-                 cache.folder)
+        log.info("probing %d layer(s), %d found in the cache %s", len(misses), len(cached), cache.folder)
     failed: dict[int, PhdLabError] = {}  # job -> why its latents cannot be probed
     bar = tqdm(total=len(tasks), desc="probes", unit="layer", disable=not progress)
     try:
-        for position, task in enumerate(tasks):
-            cached = cache.get(task.key) if position not in misses else None
-            if cached is None:
-                continue
-            records[position] = replace(cached, index=task.index, layer=task.layer)
+        for position, record in cached.items():
+            task = tasks[position]
+            records[position] = replace(record, index=task.index, layer=task.layer)
             log.debug("layer %s: cached result reused", task.layer)
             if on_record is not None:
                 on_record(task, records[position], True)
