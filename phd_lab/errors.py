@@ -48,6 +48,11 @@ class RunFailure(PhdLabError):
     """A grid point failed while running; the message names the run and its log."""
 
 
+class RunDiverged(PhdLabError):
+    """Training made the model's weights or buffers non-finite (NaN/inf); they never recover, so the run
+    stops there instead of spending its remaining epochs, and its post-processing is skipped."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a batch system's time limit, scancel, kill): raised like Ctrl-C, so that every layer stops
     the same way, and named in the run's log and on the console."""

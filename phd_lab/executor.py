@@ -19,7 +19,7 @@ from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, absolute_paths, as_single_point
 from phd_lab.data import DataBundle
 from phd_lab.environment import device_description, versions
-from phd_lab.errors import ConfigError, DataError, RegistryError, Terminated, UsageError
+from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, Terminated, UsageError
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.registry import Registries
 from phd_lab.rundir import RunDir
@@ -452,9 +452,11 @@ class _run_log:
                 how = "SIGTERM" if issubclass(exc[0], Terminated) else "Ctrl-C"  # type: ignore[arg-type]
                 record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, f"Run interrupted ({how}); "
                                            "the same command resumes it from its last checkpoint", None, None)
-            else:
-                record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "Run failed", None,
-                                           exc)  # type: ignore[arg-type]
+            else:  # a diverged run needs its message, not a traceback
+                diverged = issubclass(exc[0], RunDiverged)  # type: ignore[arg-type]
+                record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0,
+                                           f"Run failed: {exc[1]}" if diverged else "Run failed", None,
+                                           None if diverged else exc)  # type: ignore[arg-type]
                 with contextlib.suppress(AttributeError):  # the caller names the file that holds the traceback
                     exc[1].logged_to = self.path  # type: ignore[union-attr]
             self.handler.handle(record)

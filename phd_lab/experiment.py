@@ -124,7 +124,7 @@ class Main:
                 logged_to = getattr(error, "logged_to", None)
                 if logged_to is not None:  # the traceback is in the run's log
                     log.error("Run %d (%s) failed: %s: %s. Its log: %s", index, cfg.name, type(error).__name__,
-                              error, logged_to)
+                              str(error).rstrip("."), logged_to)
                 else:  # before its run log was opened (building the data, model or optimizer): show it here
                     log.error("Run %d (%s) failed before its run log was opened (while building its data, model "
                               "or optimizer): %s: %s", index, cfg.name, type(error).__name__, error, exc_info=error)

@@ -18,7 +18,7 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the 
 from phd_lab.callbacks import Callback
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.data import DataBundle
-from phd_lab.errors import UsageError
+from phd_lab.errors import RunDiverged, UsageError
 from phd_lab.metrics import Metric
 from phd_lab.seeding import capture_rng_state, restore_rng_state
 
@@ -102,6 +102,7 @@ class Trainer:
             callback.on_fit_start(self, bundle)
         for callback in self.callbacks:
             callback.on_history(self, self.history)
+        self._stop_if_diverged()  # a checkpoint that holds a diverged model: stop again, without training
         for epoch in range(len(self.history) + 1, self.epochs + 1):
             started = time.perf_counter()
             train_loss, train_metrics = self.train_epoch(bundle, epoch)
@@ -119,12 +120,37 @@ class Trainer:
             self.epochs_run.append(epoch)
             log.info("%s epoch %d/%d: %s", self.run_name, epoch, self.epochs,
                      ", ".join(f"{k}={v:.4f}" for k, v in row.items()
-                               if k != "epoch" and isinstance(v, float) and not k.endswith("saturation")))
+                               if k != "epoch" and isinstance(v, float)
+                               and not k.endswith(("saturation", "intrinsic_dimension"))))
             for callback in self.callbacks:
                 callback.on_history(self, self.history)
+            self._stop_if_diverged()  # after the epoch's row and checkpoint: nothing of it is lost
         for callback in self.callbacks:
             callback.on_fit_end(self, bundle)
         return self.history
+
+    def non_finite_tensors(self) -> list[str]:
+        """Names of the model's floating-point parameters and buffers that hold NaN or inf."""
+        tensors = [*self.model.named_parameters(), *self.model.named_buffers()]
+        return [name for name, tensor in tensors
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+    def _stop_if_diverged(self) -> None:
+        """Raise RunDiverged when the model's weights are no longer finite. A NaN weight stays NaN, so the
+        remaining epochs and the post-processing would only spend time on a meaningless model."""
+        if not self.history:
+            return
+        bad = self.non_finite_tensors()
+        if not bad:
+            return
+        epoch, row = len(self.history), self.history[-1]
+        named = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        losses = ", ".join(f"{k}={row[k]}" for k in ("train_loss", "test_loss") if k in row)
+        raise RunDiverged(
+            f"Run {self.run_name} diverged in epoch {epoch} of {self.epochs}: its weights are no longer finite "
+            f"({named}; {losses}). Training stopped there and post-processing was skipped; the epochs up to "
+            f"{epoch} are in its CSV and checkpoint, so running the same config stops here again. Try a smaller "
+            f"learning rate (optimizer_args), or mixed_precision: false with a new run_id.")
 
     def train_epoch(self, bundle: DataBundle, epoch: int) -> tuple[float, dict[str, float]]:
         network = self.network

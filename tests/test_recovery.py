@@ -390,3 +390,35 @@ def test_a_run_folder_that_cannot_be_written_is_said_in_one_line(tmp_path, capsy
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"The run folder '{folder}' cannot be written" in err and "Traceback" not in err
+
+
+def test_a_diverged_run_stops_with_its_epoch_named_and_the_rest_of_the_grid_runs(tmp_path, capsys):
+    """A learning rate that makes the weights NaN trained every remaining epoch and post-processed a NaN model,
+    then reported 'finished' with exit 0. Now the run stops after the epoch that diverged (its row and
+    checkpoint kept), the other grid point still runs, the command exits 1, and a rerun stops again at once."""
+    config = write_config(tmp_path, epoch=3, cpu_threads=1, optimizer="sgd", optimizer_args={"lr": [1e8, 0.01]},
+                          post_processing=["receptive_field"])
+    assert main_cli(["--config", str(config), "--no-progress"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "diverged in epoch 1 of 3: its weights are no longer finite (features.0.weight" in err
+    assert "1 of 2 run(s) failed" in err and "Traceback" not in err
+    diverged, healthy = (folder for folder in run_folders(tmp_path / "logs") if "lr100000000" in folder.name), \
+        (folder for folder in run_folders(tmp_path / "logs") if "lr0.01" in folder.name)
+    [diverged], [healthy] = list(diverged), list(healthy)
+    metrics = read_metrics(diverged)
+    assert metrics["epoch"].tolist() == [1] and metrics["test_loss"].isna().all()
+    assert not (diverged / "receptive_field.csv").exists(), "a diverged model is not post-processed"
+    assert (healthy / "receptive_field.csv").exists() and read_metrics(healthy)["epoch"].tolist() == [1, 2, 3]
+    log_text = (diverged / f"{run_name(diverged)}.log").read_text()
+    assert "Traceback" not in log_text and "intrinsic_dimension=nan" not in log_text
+    assert "Run failed: Run" in log_text and "diverged in epoch 1 of 3" in log_text
+
+    assert main_cli(["--config", str(config), "--no-progress", "--index", "0"]) == 1
+    assert "diverged in epoch 1 of 3" in capsys.readouterr().err
+    log_text = (diverged / f"{run_name(diverged)}.log").read_text()
+    assert "after epoch 1 of 3" in log_text and " epoch 2/3" not in log_text, "the rerun must not train on"
+    assert read_metrics(diverged)["epoch"].tolist() == [1]
+
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert "diverged in epoch 1 of 3" in listing and "finished" in listing

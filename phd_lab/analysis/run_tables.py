@@ -87,7 +87,7 @@ def _is_logged_config(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class TrainingStatus:
-    """How far training got: finished, running, stopped, unknown (other host), not started, no metrics."""
+    """How far training got: finished, running, stopped, diverged, unknown (other host), not started, no metrics."""
 
     state: str
     epochs_done: int
@@ -99,6 +99,9 @@ class TrainingStatus:
         of = f"{self.epochs_done}/{self.epochs_planned}" if self.epochs_planned else f"{self.epochs_done}"
         if self.state == "finished":
             return "finished (post-processing)" if self.active else "finished"
+        if self.state == "diverged":
+            planned = f" of {self.epochs_planned}" if self.epochs_planned else ""
+            return f"diverged in epoch {self.epochs_done}{planned}"
         if self.state in ("not started", "no metrics"):
             return "not started" if self.state == "not started" else "no metrics CSV"
         return f"{self.state} {of} epochs"
@@ -212,6 +215,13 @@ def lock_owner_alive(lock_path: Path) -> tuple[bool | None, str]:
     return True, text
 
 
+def _last_test_loss_not_finite(metrics: pd.DataFrame | None) -> bool:
+    if metrics is None or "test_loss" not in metrics.columns or not len(metrics):
+        return False
+    last = pd.to_numeric(metrics["test_loss"], errors="coerce").iloc[-1]
+    return not math.isfinite(float(last))
+
+
 def training_status(folder: RunDir, config: dict[str, Any] | None,
                     metrics: pd.DataFrame | None) -> TrainingStatus:
     planned = config.get("epoch") if isinstance(config, dict) else None
@@ -223,6 +233,8 @@ def training_status(folder: RunDir, config: dict[str, Any] | None,
     active, owner = lock_owner_alive(folder.lock) if folder.lock.exists() else (False, "")
     if done == 0:
         state = "running" if active else "not started"
+    elif not active and _last_test_loss_not_finite(metrics):
+        state = "diverged"  # the trainer stops a run whose weights became NaN/inf: its last test loss is NaN
     elif planned is not None and done >= planned:
         state = "finished"
     else:
