@@ -89,13 +89,46 @@ def dask_client(spec: str) -> Iterator[Any]:
                 distributed.Client(cluster) as client:
             yield client
         return
+    seconds = _connect_timeout()
     try:
-        client = distributed.Client(value, timeout="20s")
+        _expect_dask_handshake(distributed, value, seconds)
+        client = distributed.Client(value, timeout=seconds)
     except (OSError, TimeoutError, ValueError, TypeError) as error:  # Value/TypeError: a malformed address
         raise UsageError(f"--scheduler {spec!r}: cannot reach a Dask scheduler there ({error}). Start one with "
                          f"`dask scheduler` and workers with `dask worker {spec}`.") from None
     with client:
+        if not client.scheduler_info().get("workers"):
+            log.warning("The scheduler at %s has no workers yet; the tasks wait until one connects "
+                        "(`dask worker %s`).", spec, spec)
         yield client
+
+
+def _connect_timeout() -> float:
+    """Dask's own connect timeout (``distributed.comm.timeouts.connect``, 30 s by default)."""
+    import dask
+    from dask.utils import parse_timedelta
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds"))
+
+
+def _expect_dask_handshake(distributed: Any, address: str, seconds: float) -> None:
+    """Raise TimeoutError when ``address`` accepts a connection but sends no Dask handshake within ``seconds``.
+
+    distributed's connect waits for the handshake without a time limit, so a port of another service that
+    waits for the client to speak first hung the command without a word. Only plain TCP addresses are
+    probed; TLS needs the security settings that the Client reads itself."""
+    if "://" in address and not address.lower().startswith("tcp://"):
+        return
+    import asyncio
+
+    async def handshake() -> None:
+        comm = await distributed.comm.connect(address, timeout=seconds)
+        await comm.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(handshake(), seconds))
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"the port accepted a connection but sent no Dask handshake within {seconds:g} s; "
+                           f"is it another service's port?") from None
 
 
 def cluster_has_gpus(client: Any) -> bool:

@@ -237,3 +237,32 @@ def test_a_point_in_use_by_another_process_is_reported_as_such_without_a_traceba
         assert main_cli(["--config", str(config), "--index", "0", "--no-progress", "--scheduler",
                          cluster.scheduler_address]) == 2  # as `--index 0` without a cluster
         assert f"in use by PID {pid}" in capfd.readouterr().err
+
+
+def test_a_port_that_accepts_but_never_answers_is_a_usage_error_not_a_hang(tmp_path, capsys):
+    """distributed's connect waits for the scheduler's handshake without a time limit: a command given the
+    port of another service waited forever without a word. Dask's connect timeout now bounds it."""
+    import socket
+
+    import dask
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()), daemon=True).start()
+    address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        started = time.monotonic()
+        with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+            code = main_cli(["--config", str(write_config(tmp_path)), "--scheduler", address])
+        assert code == 2 and time.monotonic() - started < 30
+        err = " ".join(capsys.readouterr().err.split())
+        assert "sent no Dask handshake within 2 s" in err and address in err and "Traceback" not in err
+    finally:
+        silent.close()
+
+
+def test_a_scheduler_without_workers_is_said_before_the_tasks_wait(caplog):
+    from phd_lab.distributed import dask_client
+    with distributed.LocalCluster(n_workers=0, dashboard_address=None) as empty:
+        with caplog.at_level("WARNING", logger="phd_lab.distributed"), dask_client(empty.scheduler_address):
+            pass
+    assert f"The scheduler at {empty.scheduler_address} has no workers yet" in caplog.text
