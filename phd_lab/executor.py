@@ -8,7 +8,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -87,6 +87,38 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: s
                           f"{', '.join(accepted) or 'no arguments'}.")
 
 
+# The keyword arguments the framework passes to each kind of factory itself (not config ``*_args``).
+SUPPLIED_ARGS = {"models": ("num_classes", "in_channels"),
+                 "datasets": ("batch_size", "resolution", "data_dir", "seed", "num_workers"),
+                 "optimizers": ("model", "epochs")}
+
+
+def defaults_in_effect(factory: Callable[..., Any], given: Mapping[str, Any], supplied: tuple[str, ...]) -> dict:
+    """The factory's keyword defaults that a run used because its config did not set them.
+
+    Logged with the run: a default changed in a later version of a registry would otherwise change what
+    the same logged config trains, without a trace. Values JSON cannot hold are logged as their repr."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return {}
+    defaults = {}
+    for param in params:
+        if param.default is inspect.Parameter.empty or param.name in given or param.name in supplied:
+            continue
+        value = param.default
+        defaults[param.name] = value if _json_value(value) else repr(value)
+    return defaults
+
+
+def _json_value(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 class TrainTestExecutor:
     """Builds model, data, optimizer and metrics of one run, trains it and post-processes it."""
 
@@ -109,14 +141,14 @@ class TrainTestExecutor:
             raise RegistryError(f"{where}: {error}") from None
         model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
         check_factory_args(self.registries.models.get(cfg.model), model_args, "model_args", cfg.model, where,
-                           ("num_classes", "in_channels"))
+                           SUPPLIED_ARGS["models"])
         truncate = cfg.model_args.get("truncate")
         if truncate is not None and (not isinstance(truncate, str) or not truncate):
             raise ConfigError(f"{where}: model_args 'truncate' must be a layer name, 'border' or 'border_max' "
                               f"(or null for no truncation); got {json.dumps(truncate)}.")
         dataset_factory = self.registries.datasets.get(cfg.dataset)
         check_factory_args(dataset_factory, cfg.dataset_args, "dataset_args",
-                           cfg.dataset, where, ("batch_size", "resolution", "data_dir", "seed", "num_workers"))
+                           cfg.dataset, where, SUPPLIED_ARGS["datasets"])
         check_data = getattr(dataset_factory, "check_data", None)  # optional: is the data there at all?
         if check_data is not None:
             try:
@@ -128,7 +160,7 @@ class TrainTestExecutor:
             except ConfigError as error:  # a dataset argument the check found wrong (e.g. 'download': "yes")
                 raise ConfigError(f"{where}: {error}") from None
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
-                           cfg.optimizer, where, ("model", "epochs"))
+                           cfg.optimizer, where, SUPPLIED_ARGS["optimizers"])
         self.steps = resolve_steps(cfg, where)
         resolve_device(cfg.device, f"{where}: the key 'device'")
         if cfg.tracking_device is not None:
@@ -284,8 +316,17 @@ class TrainTestExecutor:
         if values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it
             values["cpu_threads"] = torch.get_num_threads()
         values[META_KEY] = {**versions(), **(device_description(self._device) if self._device else {}),
-                            "registry_files": dict(self.registries.files), "working_directory": os.getcwd()}
+                            "registry_files": dict(self.registries.files),
+                            "registry_sha256": self.registries.file_hashes(),
+                            "defaults_in_effect": self._defaults_in_effect(), "working_directory": os.getcwd()}
         return values
+
+    def _defaults_in_effect(self) -> dict[str, dict[str, Any]]:
+        cfg = self.config
+        chosen = {"models": (cfg.model, cfg.model_args), "datasets": (cfg.dataset, cfg.dataset_args),
+                  "optimizers": (cfg.optimizer, cfg.optimizer_args)}
+        return {f"{kind[:-1]}_args": defaults_in_effect(self.registries[kind].get(name), given, SUPPLIED_ARGS[kind])
+                for kind, (name, given) in chosen.items()}
 
     def _read_logged_config(self) -> dict[str, Any] | None:
         """The run folder's logged config as written, or None when there is none or it cannot be read."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -211,6 +212,17 @@ class Registries:
             if chosen[kind] == DEFAULT_MODULES[kind]:
                 _warn_if_shadowed(kind, self.files[kind])
             self._registries[kind] = Registry.from_module(kind, module)
+
+    def file_hashes(self) -> dict[str, str | None]:
+        """sha256 of each registry module's file: a custom registry outside the repository is not covered by
+        the logged git commit, and its code is part of what a run trained with."""
+        hashes: dict[str, str | None] = {}
+        for kind, path in self.files.items():
+            try:
+                hashes[kind] = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+            except OSError:
+                hashes[kind] = None
+        return hashes
 
     def __getitem__(self, kind: str) -> Registry:
         return self._registries[kind]

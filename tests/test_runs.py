@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -69,6 +70,13 @@ def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
     assert logged[META_KEY]["device"] == "cpu" and logged[META_KEY]["device_name"]
     assert logged[META_KEY]["registry_files"]["models"] == str(ROOT / "registries" / "models.py")
     assert logged[META_KEY]["working_directory"] == os.getcwd()
+    # the code a custom registry file held, and the factory defaults the config left in effect (TINY sets lr)
+    assert logged[META_KEY]["registry_sha256"]["models"] == hashlib.sha256(
+        (ROOT / "registries" / "models.py").read_bytes()).hexdigest()
+    assert logged[META_KEY]["defaults_in_effect"]["optimizer_args"] == {
+        "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False, "step_size": None,
+        "gamma": 0.1}
+    assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {"batch_norm": True, "dilation": 1, "head": "mlp"}
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                             text=True)
     assert logged[META_KEY]["git_dirty"] == (bool(status.stdout.strip()) if status.returncode == 0 else None)
