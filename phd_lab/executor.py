@@ -328,6 +328,38 @@ class TrainTestExecutor:
         return {f"{kind[:-1]}_args": defaults_in_effect(self.registries[kind].get(name), given, SUPPLIED_ARGS[kind])
                 for kind, (name, given) in chosen.items()}
 
+    def _changes_to_training(self, previous: Mapping[str, Any], old_meta: Mapping[str, Any]) -> list[str]:
+        """Differences from the logged config that would change the results of the epochs still to train:
+        another device type (cpu/cuda; another GPU index is the same setup), and on CUDA another
+        mixed_precision or data_parallel; another tracking device changes the saturation columns."""
+        def device_type(spec: Any) -> str | None:
+            try:
+                return torch.device(spec).type if spec not in (None, "auto") else None
+            except (RuntimeError, TypeError, ValueError):
+                return None
+
+        cfg, new = self.config, self._device.type if self._device is not None else device_type(self.config.device)
+        old = device_type(old_meta.get("device")) or device_type(previous.get("device"))
+        changes = []
+        if old is not None and new is not None and old != new:
+            changes.append(f"device {old} (now {new})")
+        if "cuda" in (old, new):
+            for key in ("mixed_precision", "data_parallel"):
+                if key in previous and previous[key] != cfg.values.get(key):
+                    changes.append(f"{key} {json.dumps(previous[key])} (now {json.dumps(cfg.values.get(key))})")
+        old_tracking = device_type(previous.get("tracking_device")) or old
+        new_tracking = device_type(cfg.tracking_device) or new
+        if "tracking_device" in previous and None not in (old_tracking, new_tracking) and old_tracking != new_tracking:
+            changes.append(f"tracking_device {old_tracking} (now {new_tracking})")
+        return changes
+
+    def _epochs_logged(self) -> int:
+        """Rows of the run's metrics CSV (the CSV may trail the checkpoint by one epoch after a kill)."""
+        try:
+            return max(0, len(self.rundir.metrics_csv.read_text(encoding="utf-8").splitlines()) - 1)
+        except (OSError, UnicodeDecodeError):
+            return 0
+
     def _read_logged_config(self) -> dict[str, Any] | None:
         """The run folder's logged config as written, or None when there is none or it cannot be read."""
         try:
@@ -355,6 +387,13 @@ class TrainTestExecutor:
                 # same files when they resolve to the same place, and are then logged absolute as well
                 resolved = absolute_paths(previous)
                 kept = {k: previous[k] for k in TRAINING_KEYS if k in previous and resolved[k] != now.get(k)}
+                changed = self._changes_to_training(previous, old_meta or {}) if kept else []
+                if changed and self._epochs_logged() < self.config.epoch:
+                    raise UsageError(
+                        f"{self.config.source}: the run in {str(self.rundir.root)!r} has epochs left to train and "
+                        f"was trained so far with {'; '.join(changed)}. A run continues with the settings it began "
+                        f"with, so that its logged config ({path.name}) reproduces it: set them back in the config "
+                        f"(or with --device), or train the changed setup afresh under a new run_id.")
                 if kept:
                     log.warning("This rerun differs from the logged config %s in %s, which shaped the trained "
                                 "weights; the file keeps the values the run was trained with.", path.name,

@@ -422,3 +422,32 @@ def test_a_diverged_run_stops_with_its_epoch_named_and_the_rest_of_the_grid_runs
     assert main_cli(["--config", str(config), "--dry-run"]) == 0
     listing = capsys.readouterr().out
     assert "diverged in epoch 1 of 3" in listing and "finished" in listing
+
+
+def test_a_resume_on_another_device_type_is_refused_but_post_processing_there_is_not(tmp_path, capsys):
+    """A run begun on a GPU and resumed with device cpu trained its remaining epochs on the CPU under a logged
+    config that still said cuda (only a warning), so the log no longer reproduced it. The GPU start is
+    written into the logged config here, as a GPU node would have logged it (this machine has none)."""
+    config = write_config(tmp_path, epoch=2, cpu_threads=1, track_saturation=False)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    logged.update(device="cuda", mixed_precision=False)
+    logged["_meta"].update(device="cuda:0", device_name="NVIDIA H200")
+    logged_path.write_text(json.dumps(logged))
+    csv_path = folder / f"{run_name(folder)}.csv"
+    rows = csv_path.read_text().splitlines(keepends=True)
+    csv_path.write_text("".join(rows[:-1]))  # epoch 2 still to train, as far as its CSV tells
+    checkpoint = (folder / f"{run_name(folder)}.pt").read_bytes()
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "has epochs left to train and was trained so far with device cuda (now cpu)" in err
+    assert "mixed_precision false (now true)" in err and "new run_id" in err and "Traceback" not in err
+    assert (folder / f"{run_name(folder)}.pt").read_bytes() == checkpoint
+    assert json.loads(logged_path.read_text())["device"] == "cuda"
+
+    csv_path.write_text("".join(rows))  # trained to the end: post-processing may run on another device
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert json.loads(logged_path.read_text())["device"] == "cuda"  # what it was trained with stays logged
