@@ -232,9 +232,10 @@ def test_report_usage_errors_exit_2(tmp_path):
     assert metrics.read_bytes() == before and "Traceback" not in refused.stderr
 
 
-def test_analysis_step_at_the_end_of_a_real_training(tmp_path, capsys):
+def test_analysis_step_at_the_end_of_a_real_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative logs_dir: analysis.json names the run folder absolutely all the same
     config = {"model": "vgg11", "model_args": {"width": 0.125}, "dataset": "Digits", "resolution": 16,
-              "epoch": 1, "batch_size": 128, "logs_dir": str(tmp_path / "logs"), "device": "cpu",
+              "epoch": 1, "batch_size": 128, "logs_dir": "logs", "device": "cpu",
               "post_processing": ["analysis"]}
     path = tmp_path / "exp.json"
     path.write_text(json.dumps(config))
@@ -243,7 +244,7 @@ def test_analysis_step_at_the_end_of_a_real_training(tmp_path, capsys):
     folders = [p.parent for p in (tmp_path / "logs").rglob("*_config.json")]
     assert len(folders) == 1
     analysis = read_json(folders[0] / "analysis.json")
-    assert analysis["run"]["status"]["state"] == "finished"
+    assert analysis["run"]["status"]["state"] == "finished" and analysis["run"]["folder"] == str(folders[0])
     # written by the run's last step: finished, not "finished (post-processing)" until a report refreshed it
     assert analysis["run"]["status"]["label"] == "finished" and analysis["run"]["status"]["active"] is False
     csv = pd.read_csv(next(folders[0].glob("vgg11-*.csv")))

@@ -18,6 +18,7 @@ come from the thesis:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -426,7 +427,7 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
         truncation = truncation_estimate(tables, borders["b_min"], saturations, order or names)
     summary: dict[str, Any] = {
         "format": FORMAT,
-        "run": {"name": tables.folder.name, "folder": str(tables.folder.root), "model": config.get("model"),
+        "run": {"name": tables.folder.name, "folder": os.path.abspath(tables.folder.root), "model": config.get("model"),
                 "dataset": config.get("dataset"), "resolution": resolution, "width": _model_width(config),
                 "status": tables.status.to_dict() if tables.status else None},
         "settings": settings.to_dict(),
