@@ -266,3 +266,27 @@ def test_a_scheduler_without_workers_is_said_before_the_tasks_wait(caplog):
         with caplog.at_level("WARNING", logger="phd_lab.distributed"), dask_client(empty.scheduler_address):
             pass
     assert f"The scheduler at {empty.scheduler_address} has no workers yet" in caplog.text
+
+
+def test_diverged_latents_on_the_cluster_fail_their_run_only(tmp_path, cluster):
+    """The NaN check of the probe fits runs in the Dask tasks too: the diverged run's failure names its file,
+    the healthy run of the same job is probed and written."""
+    import numpy as np
+    import pandas as pd
+
+    from phd_lab.errors import RunFailure
+    from phd_lab.probes.job import jobs_from_latents, run_jobs
+    from tests.probe_latents import blob_layers, make_latents
+    layers, y_train, y_eval = blob_layers(n_layers=2)
+    healthy_run, healthy = make_latents(tmp_path, layers, y_train, y_eval, name="healthy")
+    train, eval_ = layers["block1.conv"]
+    train = train.copy()
+    train[3, 0] = np.nan
+    _, diverged = make_latents(tmp_path, {**layers, "block1.conv": (train, eval_)}, y_train, y_eval,
+                               name="diverged")
+    jobs = jobs_from_latents(diverged)[0] + jobs_from_latents(healthy)[0]
+    with pytest.raises(RunFailure) as failure:
+        run_jobs(jobs, tmp_path / "cache", progress=False, scheduler=cluster.scheduler_address)
+    message = " ".join(str(failure.value).split())
+    assert f"Latents file {str(diverged / 'train-block1.conv.npy')!r}" in message and "The run diverged" in message
+    assert pd.read_csv(healthy_run / "probe_performances.csv")["layer"].tolist() == ["block0.conv", "block1.conv"]
