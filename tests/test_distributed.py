@@ -290,3 +290,27 @@ def test_diverged_latents_on_the_cluster_fail_their_run_only(tmp_path, cluster):
     message = " ".join(str(failure.value).split())
     assert f"Latents file {str(diverged / 'train-block1.conv.npy')!r}" in message and "The run diverged" in message
     assert pd.read_csv(healthy_run / "probe_performances.csv")["layer"].tolist() == ["block0.conv", "block1.conv"]
+
+
+def test_two_commands_on_one_scheduler_do_not_share_tasks(tmp_path, cluster):
+    """Task keys held only the grid index and the run folder's name, so a second command with another logs_dir,
+    submitted while the first one's task was in flight, got that task's result and exited 0 with its own
+    logs_dir empty."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    commands = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        config = write_config(tmp_path / name, epoch=2, cpu_threads=1, track_saturation=False)
+        commands.append(subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(config),
+                                          "--no-progress", "-q", "--scheduler", cluster.scheduler_address],
+                                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for command in commands:
+        _, err = command.communicate(timeout=300)
+        assert command.returncode == 0, err
+    first, second = (run_folders(tmp_path / name / "logs") for name in ("first", "second"))
+    assert len(first) == len(second) == 1 and first[0].name == second[0].name
+    assert read_metrics(second[0])["epoch"].tolist() == [1, 2]
+    assert_same_metrics(read_metrics(first[0]), read_metrics(second[0]))
