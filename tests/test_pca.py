@@ -51,9 +51,11 @@ def test_delta_one_is_the_identity_also_for_directions_without_variance(layer_ty
     assert torch.allclose(layer(fresh), fresh, atol=1e-5)
 
 
-def test_projection_keeps_k_leading_directions_and_changing_delta_reprojects() -> None:
-    data = correlated()
-    layer = collected(LinearPCA(8, delta=0.99), data)
+@pytest.mark.parametrize("centered", [False, True])
+def test_projection_keeps_k_leading_directions_and_changing_delta_reprojects(centered) -> None:
+    """The thesis' Eq. 12, x PᵀP with P from the centred covariance; or, centered, μ + (x − μ) PᵀP."""
+    data = correlated() + 2.0  # a mean away from 0, which the two forms treat differently
+    layer = collected(LinearPCA(8, delta=0.99, centered=centered), data)
     cov = np.cov(data.double().numpy(), rowvar=False, bias=True)
     eigenvalues, vectors = np.linalg.eigh(cov)
     eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]
@@ -62,10 +64,12 @@ def test_projection_keeps_k_leading_directions_and_changing_delta_reprojects() -
         k = intrinsic_dimension(sorted_eigenvalues(cov), delta)
         assert layer.k == k and 0 < k < 8
         out = layer(data).double().numpy()
-        mean = data.double().numpy().mean(axis=0)
+        x, mean = data.double().numpy(), data.double().numpy().mean(axis=0)
         basis = vectors[:, :k]
-        expected = mean + (data.double().numpy() - mean) @ basis @ basis.T
+        expected = mean + (x - mean) @ basis @ basis.T if centered else x @ basis @ basis.T
         assert np.allclose(out, expected, atol=1e-4)
+        assert not np.allclose(out, x @ basis @ basis.T if centered else mean + (x - mean) @ basis @ basis.T,
+                               atol=1e-2)
         # the output varies only inside the k-dimensional eigenspace
         out_cov = np.cov(out, rowvar=False, bias=True)
         assert np.linalg.matrix_rank(out_cov, tol=1e-4 * eigenvalues[0]) == k
@@ -79,12 +83,13 @@ def test_switching_to_train_mode_starts_a_new_covariance() -> None:
     assert torch.equal(layer.accumulator.covariance(), second) and not torch.equal(first, second)
 
 
-def test_conv_pca_projects_every_position_like_the_linear_layer() -> None:
+@pytest.mark.parametrize("centered", [False, True])
+def test_conv_pca_projects_every_position_like_the_linear_layer(centered) -> None:
     torch.manual_seed(0)
     maps = torch.randn(6, 5, 7, 7) * torch.tensor([3.0, 1.0, 0.3, 0.1, 0.01])[None, :, None, None] + 1.0
-    conv = collected(Conv2dPCA(5, delta=0.95), maps)
+    conv = collected(Conv2dPCA(5, delta=0.95, centered=centered), maps)
     rows = maps.permute(0, 2, 3, 1).reshape(-1, 5)
-    linear = collected(LinearPCA(5, delta=0.95), rows)
+    linear = collected(LinearPCA(5, delta=0.95, centered=centered), rows)
     assert conv.k == linear.k < 5
     expected = linear(rows).reshape(6, 7, 7, 5).permute(0, 3, 1, 2)
     assert torch.allclose(conv(maps), expected, atol=1e-5)
@@ -111,10 +116,9 @@ def test_insert_pca_layers_follows_every_conv_and_linear() -> None:
         layer.eval()
     assert 0 < layers["0"].k < 4  # a real projection (the Linear may keep all 3 directions)
 
-    def by_hand(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-        matrix, mean = layer.projection_matrix().float(), layer.accumulator.mean.float()
-        rows = x.movedim(1, -1) if x.dim() == 4 else x
-        return ((rows - mean) @ matrix + mean).movedim(-1, 1) if x.dim() == 4 else (rows - mean) @ matrix + mean
+    def by_hand(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:  # Eq. 12 per position
+        matrix = layer.projection_matrix().float()
+        return (x.movedim(1, -1) @ matrix).movedim(-1, 1) if x.dim() == 4 else x @ matrix
     conv = by_hand(model[0](data), layers["0"])
     expected = by_hand(model[3](model[2](model[1](conv))), layers["3"])
     assert torch.allclose(projected(data), expected, atol=1e-5)

@@ -24,13 +24,15 @@ log = logging.getLogger(__name__)
 class Project(Step):
     name = "project"
     summary = "accuracy of the network projected onto PCA (and random) subspaces for a list of deltas"
-    version = 2  # 2: layers never called in eval mode are left out of the sums
+    version = 3  # 2: layers never called in eval mode are left out of the sums; 3: x PᵀP (Eq. 12) by default
     params = (
         Key("deltas", "list", list(THESIS_DELTAS), "explained-variance thresholds in (0, 1] to evaluate (the "
             "unprojected model is always evaluated too)", item_kind="float"),
         Key("random_control", "bool", True, "also evaluate random orthonormal bases of the same k per layer"),
         Key("exclude", "list", [], "fnmatch patterns of Conv2d/Linear layers that get no PCA layer (thesis §7.4.2 "
             "projects ResNet18's 3,904 block dimensions: ['*downsample*', 'fc'])", item_kind="str"),
+        Key("centered", "bool", False, "project x − μ and add the mean μ back, instead of the thesis' x PᵀP "
+            "(Eq. 12); keeps the mean's part outside the subspace, so accuracy falls more slowly with delta"),
     )
 
     def check(self, params: dict[str, Any], config: RunConfig, where: str) -> None:
@@ -61,7 +63,8 @@ class Project(Step):
     def run(self, ctx: StepContext, **params: Any) -> None:
         table = projection_table(ctx.model, ctx.bundle.train_eval, ctx.bundle.test, ctx.device,
                                  deltas=params["deltas"], random_control=params["random_control"],
-                                 seed=ctx.config.seed, progress=ctx.progress, exclude=params["exclude"])
+                                 seed=ctx.config.seed, progress=ctx.progress, exclude=params["exclude"],
+                                 centered=params["centered"])
         atomic.write_csv(ctx.rundir.projections_csv, table)
         from phd_lab.plots.projections import save_projection_plot
         save_projection_plot(table, ctx.rundir.projections_plot, title=ctx.rundir.name)

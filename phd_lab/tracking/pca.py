@@ -2,11 +2,14 @@
 
 In training mode a PCA layer returns its input unchanged and adds it to a running
 covariance (switching into training mode starts a new covariance). In evaluation mode it
-projects every observation onto the k leading eigendirections that explain ``delta`` of
-the variance: x ↦ μ + (x − μ) PᵀP (the conv layer applies this per position, as a 1×1
-map). The eigendecomposition is cached, so changing ``delta`` re-projects without another
-pass over the data. ``use_random_basis`` swaps in a random orthonormal basis of the same
-k, the thesis' control (§7.3).
+projects every observation onto the k leading eigendirections of that (centred) covariance
+which explain ``delta`` of the variance: x ↦ x PᵀP, the thesis' Eq. 12 (the conv layer applies
+this per position, as a 1×1 map). ``centered=True`` projects the deviation from the collected
+mean instead and adds the mean back, x ↦ μ + (x − μ) PᵀP: it keeps the part of the mean outside
+the subspace, which Eq. 12 drops, so accuracy falls more slowly with delta. The
+eigendecomposition is cached, so changing ``delta`` re-projects without another pass over the
+data. ``use_random_basis`` swaps in a random orthonormal basis of the same k, the thesis'
+control (§7.3).
 """
 
 from __future__ import annotations
@@ -25,17 +28,18 @@ from phd_lab.tracking.saturation import check_delta, intrinsic_dimension
 
 
 class _PCALayer(nn.Module):
-    def __init__(self, features: int, delta: float = 0.99) -> None:
+    def __init__(self, features: int, delta: float = 0.99, centered: bool = False) -> None:
         super().__init__()
         self.features = int(features)
         self.delta = check_delta(delta)
+        self.centered = bool(centered)
         self.accumulator = CovarianceAccumulator(self.features)
         self._eigen: tuple[torch.Tensor, torch.Tensor] | None = None  # (values desc, vectors as columns)
         self._generator: torch.Generator | None = None
         self._matrix: torch.Tensor | None = None  # cached PᵀP, float64
         # PᵀP and the bias cast to the activations' device and dtype, made once per basis: casting a
         # 4,096-wide layer's 134 MB matrix again for every evaluated batch cost more than the projection
-        self._operands: tuple[tuple[torch.device, torch.dtype], torch.Tensor, torch.Tensor] | None = None
+        self._operands: tuple[tuple[torch.device, torch.dtype], torch.Tensor, torch.Tensor | None] | None = None
 
     # ------------------------------------------------------------------ state
     def train(self, mode: bool = True) -> "_PCALayer":
@@ -106,19 +110,22 @@ class _PCALayer(nn.Module):
         key = (x.device, x.dtype)
         if self._operands is None or self._operands[0] != key:
             matrix = self.projection_matrix().to(device=x.device, dtype=x.dtype)
-            mean = self.accumulator.mean.to(device=x.device, dtype=x.dtype)
-            self._operands = (key, matrix, mean - matrix @ mean)
+            bias = None
+            if self.centered:
+                mean = self.accumulator.mean.to(device=x.device, dtype=x.dtype)
+                bias = mean - matrix @ mean
+            self._operands = (key, matrix, bias)
         _, matrix, bias = self._operands
         return self._project(x, matrix, bias)
 
     def _collect(self, x: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def _project(self, x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _project(self, x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return f"features={self.features}, delta={self.delta}"
+        return f"features={self.features}, delta={self.delta}, centered={self.centered}"
 
 
 class LinearPCA(_PCALayer):
@@ -127,7 +134,7 @@ class LinearPCA(_PCALayer):
     def _collect(self, x: torch.Tensor) -> None:
         self.accumulator.update(x.reshape(-1, self.features))
 
-    def _project(self, x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _project(self, x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, matrix, bias)
 
 
@@ -137,15 +144,15 @@ class Conv2dPCA(_PCALayer):
     def _collect(self, x: torch.Tensor) -> None:
         self.accumulator.update_maps(x if x.dim() == 4 else x.unsqueeze(0))  # Conv2d also takes (C, H, W)
 
-    def _project(self, x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _project(self, x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.conv2d(x, matrix[:, :, None, None], bias)
 
 
-def pca_layer_for(module: nn.Module, delta: float = 0.99) -> _PCALayer:
+def pca_layer_for(module: nn.Module, delta: float = 0.99, centered: bool = False) -> _PCALayer:
     if isinstance(module, nn.Conv2d):
-        return Conv2dPCA(module.out_channels, delta)
+        return Conv2dPCA(module.out_channels, delta, centered)
     if isinstance(module, nn.Linear):
-        return LinearPCA(module.out_features, delta)
+        return LinearPCA(module.out_features, delta, centered)
     raise TypeError(f"no PCA layer for {type(module).__name__}")
 
 
@@ -163,8 +170,8 @@ def projectable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 PCA_CHILD = "pca_projection"  # the name a PCA layer gets as a child of the layer it follows
 
 
-def insert_pca_layers(model: nn.Module, delta: float = 0.99,
-                      exclude: Sequence[str] = ()) -> tuple[nn.Module, dict[str, _PCALayer]]:
+def insert_pca_layers(model: nn.Module, delta: float = 0.99, exclude: Sequence[str] = (),
+                      centered: bool = False) -> tuple[nn.Module, dict[str, _PCALayer]]:
     """A deep copy of ``model`` with a PCA layer after every projectable Conv2d and Linear
     (``projectable_layers``) whose qualified name matches none of the fnmatch patterns ``exclude``.
 
@@ -184,7 +191,7 @@ def insert_pca_layers(model: nn.Module, delta: float = 0.99,
     for name, module in targets:
         if hasattr(module, PCA_CHILD):
             raise ValueError(f"layer {name!r} has a PCA layer already (insert_pca_layers on a projected model?)")
-        pca = pca_layer_for(module, delta).to(next(module.parameters(), torch.empty(0)).device)
+        pca = pca_layer_for(module, delta, centered).to(next(module.parameters(), torch.empty(0)).device)
         module.add_module(PCA_CHILD, pca)
         module.register_forward_hook(_through_pca_layer)
         layers[name] = pca

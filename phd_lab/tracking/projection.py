@@ -58,15 +58,16 @@ def collect(model: nn.Module, layers: Sequence[nn.Module], loader: Iterable, dev
 
 def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iterable, device: torch.device, *,
                      deltas: Sequence[float] = THESIS_DELTAS, random_control: bool = True, seed: int = 0,
-                     progress: bool = False, exclude: Sequence[str] = ()) -> pd.DataFrame:
+                     progress: bool = False, exclude: Sequence[str] = (), centered: bool = False) -> pd.DataFrame:
     """Rows (delta, basis, accuracy, loss, dims_sum, feature_dims_sum, saturation_mean).
 
     ``basis`` is ``none`` for the unprojected model (delta 1), ``pca`` for the leading
     eigendirections and ``random`` for random orthonormal bases of the same k. Layers whose names
-    match a pattern of ``exclude`` get no PCA layer.
+    match a pattern of ``exclude`` get no PCA layer; ``centered`` projects around the collected
+    mean instead of the thesis' x PᵀP (see ``phd_lab.tracking.pca``).
     """
     model.eval()
-    projected, layers = insert_pca_layers(model, exclude=exclude)
+    projected, layers = insert_pca_layers(model, exclude=exclude, centered=centered)
     collect(projected, list(layers.values()), train_loader, device, progress)
     idle = [name for name, layer in layers.items() if layer.accumulator.n == 0]
     if idle:  # e.g. auxiliary heads that run only in training mode: they stay unprojected and uncounted
