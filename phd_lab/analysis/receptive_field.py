@@ -8,8 +8,10 @@ linear in the graph size, whereas enumerating paths is exponential in the number
 
 Rules per operation (kernel k, stride s, dilation d, k_eff = d(k-1)+1):
 ``r_out = r_in + (k_eff-1)·j_in`` and ``j_out = j_in·s`` for convolutions and max/avg pooling;
-element-wise ops, normalisation, activations, dropout, padding, concatenation and
-multiplications (attention gates) pass through with min/max over their inputs; global and
+element-wise ops, normalisation, activations, dropout, padding and concatenation pass through
+with min/max over their inputs. A product whose factor was computed from the other factor (an
+attention gate: SE, spatial attention, CBAM) keeps the receptive field of the gated tensor only,
+and the gate's layers are marked as a side branch (thesis §10.1 leaves them out); global and
 adaptive pooling, spatial reductions, flatten/view/reshape and Linear make a tensor *global*.
 A global tensor (e.g. a squeeze-and-excitation gate) that meets spatial tensors is broadcast
 and does not widen their receptive field; global layers report ``inf``. Any other operation
