@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from phd_lab.errors import DataError
 from phd_lab.seeding import make_generator, seed_worker
 
 
@@ -45,6 +46,12 @@ def make_bundle(name: str, train_set: Dataset, test_set: Dataset, train_eval_set
     The shuffled training loader drops its last batch only when that batch would hold a single
     sample: batch norm cannot train on one sample, and every other sample is still used.
     """
+    if num_classes < 2:
+        raise DataError(f"Dataset {name} has {num_classes} class(es); a classifier needs at least two.")
+    if len(train_set) < 2:  # type: ignore[arg-type]
+        raise DataError(f"Dataset {name} has {len(train_set)} training sample(s); training needs at least "  # type: ignore[arg-type]
+                        f"two (a batch of one cannot train batch norm).")
+
     def loader(dataset: Dataset, shuffle: bool, offset: int) -> DataLoader:
         drop_last = shuffle and len(dataset) % batch_size == 1  # type: ignore[arg-type]
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,

@@ -56,3 +56,14 @@ class RunDiverged(PhdLabError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a batch system's time limit, scancel, kill): raised like Ctrl-C, so that every layer stops
     the same way, and named in the run's log and on the console."""
+
+
+def brief(error: BaseException) -> str:
+    """The console's account of a failure: an exception a DataLoader worker raised carries the worker's whole
+    traceback in its message ("Caught X in DataLoader worker process 0. Original Traceback ..."), which the
+    run's log keeps; the console gets its first line and the exception's own last line."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{lines[0]} {lines[-1]}"

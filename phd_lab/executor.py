@@ -152,7 +152,10 @@ class TrainTestExecutor:
         check_data = getattr(dataset_factory, "check_data", None)  # optional: is the data there at all?
         if check_data is not None:
             try:
-                check_data(cfg.data_dir, **cfg.dataset_args)
+                if "resolution" in inspect.signature(check_data).parameters:  # a registry's own check may lack it
+                    check_data(cfg.data_dir, resolution=cfg.resolution, **cfg.dataset_args)
+                else:
+                    check_data(cfg.data_dir, **cfg.dataset_args)
             except DataError as error:
                 if missing_data != "warn":  # "warn": a dry run, which shows the grid also before the download
                     raise DataError(f"{where}: {error}") from None

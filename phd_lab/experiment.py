@@ -12,7 +12,7 @@ from typing import Mapping
 from phd_lab.atomic import check_writable_dir
 from phd_lab.config import (absolute_paths, anchor_registry_paths, check_known_keys, load_config_file,
                             validate_values)
-from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError
+from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError, brief
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.probes.settings import ProbeSettings
@@ -124,12 +124,12 @@ class Main:
                 logged_to = getattr(error, "logged_to", None)
                 if logged_to is not None:  # the traceback is in the run's log
                     log.error("Run %d (%s) failed: %s: %s. Its log: %s", index, cfg.name, type(error).__name__,
-                              str(error).rstrip("."), logged_to)
+                              brief(error).rstrip("."), logged_to)
                 else:  # before its run log was opened (building the data, model or optimizer): show it here
                     log.error("Run %d (%s) failed before its run log was opened (while building its data, model "
                               "or optimizer): %s: %s", index, cfg.name, type(error).__name__, error, exc_info=error)
                 outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "failed",
-                                           f"{type(error).__name__}: {error}"))
+                                           f"{type(error).__name__}: {brief(error)}"))
                 continue
             outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "finished"))
         return outcomes
@@ -165,7 +165,8 @@ class Main:
             elif status == "in use":
                 usage_errors.append(RunLockedError(str(value)))
             outcomes.append(RunOutcome(index, executor.config.name, str(executor.rundir.root), status,
-                                       "" if status == "finished" else str(value)))
+                                       "" if status == "finished" else
+                                       brief(value) if isinstance(value, BaseException) else str(value)))
         if usage_errors and len(usage_errors) == len(chosen):  # as in a sequential run: the input is at fault
             raise usage_errors[0]
         return outcomes

@@ -15,14 +15,16 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from torchvision import datasets as tv_datasets
 from torchvision import transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.digits import digits_tensors
-from phd_lab.datasets.torchvision_sets import SOURCES, check_present, folder_source, load_image_dataset
-from phd_lab.errors import DataError
+from phd_lab.datasets.torchvision_sets import SOURCES, check_source, folder_source, load_image_dataset
+from phd_lab.errors import ConfigError, DataError
 
 
 def Digits(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int) -> DataBundle:
@@ -125,10 +127,11 @@ def iNaturalist(*, batch_size: int, resolution: int, data_dir: str, seed: int, n
 
 
 def _with_presence_check(name: str) -> None:
-    """Give the factory of a data_dir dataset the cheap up-front check the executor calls before training."""
+    """Give the factory of a data_dir dataset the cheap up-front check the executor calls before training:
+    its dataset_args at the point's resolution, and whether its files are in data_dir."""
     factory = globals()[name]
-    factory.check_data = lambda data_dir, **dataset_args: check_present(SOURCES[name], data_dir,
-                                                                        dataset_args.get("download", False))
+    factory.check_data = lambda data_dir, resolution=None, **dataset_args: check_source(
+        SOURCES[name], data_dir, resolution=resolution, **dataset_args)
 
 
 for _name in ("MNIST", "FashionMNIST", "Cifar10", "Cifar100", "SVHN", "TinyImageNet", "ImageNet", "Imagenette",
@@ -149,12 +152,26 @@ def _folder(path: str, *, batch_size: int, resolution: int, data_dir: str, seed:
 _RELATIVE_WARNED: set[str] = set()
 
 
-def _check_folder(path: str, data_dir: str, **dataset_args: object) -> None:
-    """Before any point trains: the folder and its train/ tree exist (the images are read when it runs)."""
-    train = Path(path).expanduser() / "train"
+def _check_folder(path: str, data_dir: str, resolution: int | None = None, **dataset_args: Any) -> None:
+    """Before any point trains: the folder has train/ with at least two class folders that hold an image,
+    and test/ or val/; the dataset_args fit the resolution (the images themselves are read when it runs)."""
+    base = Path(path).expanduser()
+    train = base / "train"
     if not train.is_dir():
         raise DataError(f"The image folder dataset {'folder:' + path!r} has no folder {str(train)!r}; it needs "
                         f"{folder_source(path).expected}.")
+    if not (base / "test").is_dir() and not (base / "val").is_dir():
+        raise DataError(f"The image folder dataset {'folder:' + path!r} has no test/ or val/ folder beside train/; "
+                        f"the runs are evaluated on it ({folder_source(path).expected}).")
+    classes = sorted(entry for entry in train.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"The image folder {str(train)!r} has {len(classes) or 'no'} class folder(s); a classifier "
+                        f"needs at least two, as <split>/<class>/<image files>.")
+    empty = [folder.name for folder in classes if not _holds_an_image(folder)]
+    if empty:
+        raise DataError(f"The training folder {str(train)!r} has class folder(s) {empty[:10]} without images; "
+                        f"every class needs training images (remove the folder or add images).")
+    check_source(folder_source(path), data_dir, resolution=resolution, **dataset_args)
     if not Path(path).expanduser().is_absolute() and path not in _RELATIVE_WARNED:
         _RELATIVE_WARNED.add(path)  # once per process, not once per grid point
         logging.getLogger(__name__).warning(
@@ -164,6 +181,23 @@ def _check_folder(path: str, data_dir: str, **dataset_args: object) -> None:
             path, Path(path).expanduser().resolve(), os.getcwd())
 
 
+def _holds_an_image(folder: Path) -> bool:
+    """Whether a class folder (or a folder below it) holds an image file; stops at the first one."""
+    for _, _, files in os.walk(folder, followlinks=True):
+        if any(name.lower().endswith(IMG_EXTENSIONS) for name in files):
+            return True
+    return False
+
+
+def _check_fake_data(data_dir: str, resolution: int | None = None, **dataset_args: Any) -> None:
+    for name, least in (("train_size", 2), ("test_size", 1), ("num_classes", 2), ("channels", 1)):
+        value = dataset_args.get(name, least)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"The dataset_args {name!r} of dataset 'FakeData' must be a whole number ≥ {least}; "
+                              f"got {value!r}.")
+
+
+FakeData.check_data = _check_fake_data  # type: ignore[attr-defined]
 _folder.check_data = _check_folder  # type: ignore[attr-defined]
 
 PREFIXES = {"folder:": _folder}

@@ -73,8 +73,8 @@ CASES = {
     "bad_optimizer_value_in_a_later_run": ({"optimizer_args": {"step_size": 1, "gamma": [0.5, 5]}},
                                            ["(run 1): optimizer 'adam' cannot be built", "gamma"]),
     "fake_data_without_classes": ({"dataset": "FakeData", "dataset_args": {"num_classes": 0}},
-                                  ["(run 0): dataset 'FakeData' cannot be built",
-                                   "dataset_args 'num_classes' must be an integer ≥ 1; got 0"]),
+                                  ["(run 0): The dataset_args 'num_classes' of dataset 'FakeData' must be a whole "
+                                   "number ≥ 2; got 0"]),
     "registry_module_missing": ({"registries": {"models": "nope.py"}},
                                 ["the key 'registries': The models registry module file 'nope.py' does not exist"]),
     "registry_module_is_a_folder": ({"registries": {"models": "/"}}, ["registry module '/' is a folder"]),

@@ -151,7 +151,8 @@ def test_folder_prefix(tmp_path, caplog):
     ({"train/cats": 2, "train/dogs": 2}, "has no test/ or val/ folder beside train/"),
     ({"train/cats": 2, "train/dogs": 2, "test/cats": 1, "test/birds": 1}, "class folder(s) ['birds'] that the "
                                                                           "training split lacks"),
-    ({"train/cats": 0, "test/cats": 1}, "holds no image"),
+    ({"train/cats": 0, "train/dogs": 0, "test/cats": 1}, "holds no image"),
+    ({"train/cats": 2, "test/cats": 1}, "has 1 class folder ('cats'); a classifier needs at least two"),
 ])
 def test_folder_trees_that_would_mislead_are_data_errors(tmp_path, layout, message):
     for folder, count in layout.items():
@@ -333,8 +334,7 @@ def test_a_relative_image_folder_is_named_with_the_directory_a_rerun_must_start_
     """A relative 'folder:' path is read from the working directory, and the logged config names it as given: a
     rerun from elsewhere found other images or none. The check before training says so, once per process."""
     from registries import datasets as registry
-    for split in ("train", "test"):
-        write_image(tmp_path / "pets" / split / "cats" / "0.png", value=1)
+    _pets(tmp_path / "pets", train=1)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(registry, "_RELATIVE_WARNED", set())
     with caplog.at_level("WARNING"):
@@ -344,3 +344,87 @@ def test_a_relative_image_folder_is_named_with_the_directory_a_rerun_must_start_
     warnings = [r.getMessage() for r in caplog.records if "relative path" in r.getMessage()]
     assert len(warnings) == 1
     assert f"read here as {tmp_path / 'pets'}" in warnings[0] and f"must start from {tmp_path}" in warnings[0]
+
+
+def _pets(root: Path, classes=("cats", "dogs"), train: int = 3, test: int = 1) -> Path:
+    for split, count in (("train", train), ("test", test)):
+        for c, name in enumerate(classes):
+            for i in range(count):
+                write_image(root / split / name / f"{i}.png", size=(12, 12), value=c * 10 + i)
+    return root
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"dataset": "FakeData", "dataset_args": {"train_size": [40, 0]}}, "'train_size' of dataset 'FakeData' must be"),
+    ({"dataset": "FOLDER", "dataset_args": {"normalization": ["cifar", "bogus"]}}, "must be one of 'cifar'"),
+    ({"dataset": "FOLDER", "resolution": [16, 8], "dataset_args": {"canvas": 12}}, "canvas .* at least as large"),
+    ({"dataset": "FOLDER", "dataset_args": {"downsample_then_upsample": [8, 64]}}, "above the image size 16"),
+    ({"dataset": ["FOLDER", "ONE_CLASS"]}, "has 1 class folder"),
+    ({"dataset": ["FOLDER", "NO_TEST"]}, "has no test/ or val/ folder"),
+])
+def test_every_grid_point_s_dataset_is_checked_before_the_first_trains(tmp_path, capsys, overrides, message):
+    """A bad value in a later grid point was found only when that point built its data, after the earlier
+    points had trained: the command exited 1 instead of 2, and had written run folders."""
+    import re
+
+    from phd_lab.cli import main_cli
+    from tests.conftest import write_config
+    good = _pets(tmp_path / "pets")
+    one_class = _pets(tmp_path / "one", classes=("cats",))
+    no_test = _pets(tmp_path / "notest")
+    shutil.rmtree(no_test / "test")
+    names = {"FOLDER": f"folder:{good}", "ONE_CLASS": f"folder:{one_class}", "NO_TEST": f"folder:{no_test}"}
+    dataset = overrides["dataset"]
+    overrides = {**overrides, "dataset": [names.get(d, d) for d in dataset] if isinstance(dataset, list)
+                 else names.get(dataset, dataset)}
+    config = write_config(tmp_path, **{"epoch": 1, "track_saturation": False, **overrides})
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert re.search(message, err) and "Traceback" not in err, err
+    assert not (tmp_path / "logs").exists(), "nothing may be trained or written"
+
+
+def test_sixteen_bit_grayscale_images_are_scaled_not_clipped(tmp_path):
+    from phd_lab.datasets.folders import load_image
+    values = np.array([[0, 257, 32896], [65535, 1000, 60000]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "scan.png")
+    assert Image.open(tmp_path / "scan.png").mode.startswith("I")
+    loaded = np.asarray(load_image(str(tmp_path / "scan.png")))
+    assert loaded.shape == (2, 3, 3) and (loaded[..., 0] == loaded[..., 2]).all()
+    assert loaded[..., 0].tolist() == np.rint(values / 257).astype(np.uint8).tolist()
+
+
+def test_a_symbolic_link_loop_in_a_class_folder_is_a_data_error(tmp_path):
+    pets = _pets(tmp_path / "pets")
+    (pets / "train" / "cats" / "again").symlink_to(pets / "train" / "cats", target_is_directory=True)
+    with pytest.raises(DataError, match="symbolic link .* a folder that contains it"):
+        DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+
+
+def test_a_single_training_sample_is_a_data_error_not_an_epoch_of_no_batches(tmp_path):
+    pets = _pets(tmp_path / "pets", train=1)
+    shutil.rmtree(pets / "train" / "dogs")
+    (pets / "test" / "dogs").rename(pets / "test" / "cats2")
+    with pytest.raises(DataError, match="class folder|training sample"):
+        DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+    from phd_lab.data import make_bundle
+    one = torch.utils.data.TensorDataset(torch.zeros(1, 3, 4, 4), torch.zeros(1, dtype=torch.int64))
+    with pytest.raises(DataError, match="1 training sample"):
+        make_bundle("one", one, one, one, num_classes=2, in_channels=3, resolution=4, batch_size=32, seed=0,
+                    num_workers=0)
+
+
+def test_a_broken_image_read_by_a_loader_worker_is_one_line_on_the_console(tmp_path, capsys):
+    """With num_workers > 0 the worker's whole traceback (≈ 60 lines) was printed twice on the console."""
+    from phd_lab.cli import main_cli
+    from tests.conftest import run_folders, write_config
+    pets = _pets(tmp_path / "pets")
+    (pets / "test" / "cats" / "zz.png").write_bytes(b"not an image")
+    config = write_config(tmp_path, dataset=f"folder:{pets}", epoch=1, num_workers=2, track_saturation=False)
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "Original Traceback" not in err and "cannot identify image file" in err and "zz.png" in err
+    [folder] = run_folders(tmp_path / "logs")
+    assert "Original Traceback" in next(folder.glob("*.log")).read_text()  # the log keeps all of it

@@ -6,11 +6,43 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from phd_lab.errors import DataError
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def load_image(path: str) -> Image.Image:
+    """An image file as RGB. 16-bit grayscale (microscopy, medical scans) is scaled to 8 bits (value / 257);
+    PIL's own RGB conversion clips it, which turned almost every pixel of such images white."""
+    with open(path, "rb") as handle:
+        image = Image.open(handle)
+        image.load()
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        image = Image.fromarray(np.rint(values / 257.0).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+def check_no_directory_loop(root: str | Path) -> None:
+    """Raise a DataError for a symbolic link that leads back into a folder it sits in: os.walk, which
+    ImageFolder uses, follows it about forty levels deep and counts that class's images over and over."""
+    for directory, subdirectories, _ in os.walk(root, followlinks=True):
+        real = os.path.realpath(directory)
+        for name in subdirectories:
+            target = os.path.join(directory, name)
+            if os.path.islink(target):
+                resolved = os.path.realpath(target)
+                if real == resolved or real.startswith(resolved + os.sep):
+                    raise DataError(f"The image folder {str(root)!r} holds a symbolic link {target!r} to "
+                                    f"{resolved!r}, a folder that contains it: its images would be counted "
+                                    f"again at every level. Remove the link.")
 
 
 class FixedClassImageFolder(ImageFolder):
@@ -24,7 +56,8 @@ class FixedClassImageFolder(ImageFolder):
 
     def __init__(self, root: str | Path, classes: list[str] | None = None, **kwargs: Any) -> None:
         self._given_classes = classes
-        super().__init__(str(root), **kwargs)
+        check_no_directory_loop(root)
+        super().__init__(str(root), loader=load_image, **kwargs)
         if not self.samples:
             raise DataError(f"The image folder {str(root)!r} holds no image ({', '.join(sorted(IMG_EXTENSIONS))}) in "
                             f"its class folders; expected <split>/<class>/<image files>.")
@@ -33,9 +66,10 @@ class FixedClassImageFolder(ImageFolder):
         present = sorted(entry.name for entry in os.scandir(directory)
                          if entry.is_dir() and not entry.name.startswith("."))
         if self._given_classes is None:
-            if not present:
-                raise DataError(f"The image folder {str(directory)!r} has no class folders; expected "
-                                f"<split>/<class>/<image files>.")
+            if len(present) < 2:
+                raise DataError(f"The image folder {str(directory)!r} has {len(present) or 'no'} class folder"
+                                f"{'' if len(present) == 1 else 's'}{f' ({present[0]!r})' if present else ''}; a "
+                                f"classifier needs at least two, as <split>/<class>/<image files>.")
             return present, {name: i for i, name in enumerate(present)}
         unknown = sorted(set(present) - set(self._given_classes))
         if unknown:
@@ -92,5 +126,5 @@ class TinyImageNet(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.samples[index]
-        image = default_loader(path)
+        image = load_image(path)
         return (self.transform(image) if self.transform is not None else image), label

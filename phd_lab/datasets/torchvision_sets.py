@@ -17,11 +17,10 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 from torchvision import datasets as tv
-from torchvision.datasets.folder import default_loader
 
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.download import download_and_extract
-from phd_lab.datasets.folders import FixedClassImageFolder, TinyImageNet
+from phd_lab.datasets.folders import FixedClassImageFolder, TinyImageNet, load_image
 from phd_lab.datasets.transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
                                          RGB_NORMALISATIONS, make_preprocessing)
 from phd_lab.errors import ConfigError, DataError
@@ -89,6 +88,21 @@ def check_present(source: Source, data_dir: str, download: object = False) -> No
     if not (root / top).exists():
         raise DataError(f"Dataset {source.name} (train split) is not in data_dir {str(root)!r}: there is no "
                         f"{top!r}. {_place(source, root)}")
+
+
+def check_source(source: Source, data_dir: str, *, resolution: int | None = None, download: object = False,
+                 augment: Any = True, normalization: Any = None, canvas: Any = False,
+                 downsample_then_upsample: Any = None) -> None:
+    """Every check of ``load_image_dataset`` that reads no image, for each grid point before any trains:
+    the preprocessing values (at the point's resolution) and whether the data are there."""
+    check_present(source, data_dir, download)
+    if download and not source.downloadable:
+        raise ConfigError(f"Dataset {source.name} cannot be downloaded automatically; remove 'download' from "
+                          f"dataset_args and place {source.expected} under data_dir yourself.")
+    if resolution is not None:
+        make_preprocessing(source.name, resolution=resolution, normalisations=source.normalisations,
+                           normalization=normalization, native=source.native, augment=augment, flip=source.flip,
+                           canvas=canvas, downsample_then_upsample=downsample_then_upsample)
 
 
 def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dataset:
@@ -185,7 +199,7 @@ def _inaturalist(root: Path, split: str, download: bool) -> Dataset:
     if not download and not (root / "inaturalist" / version).is_dir():  # torchvision would create the folders
         raise FileNotFoundError(f"no folder {str(root / 'inaturalist' / version)!r}")
     dataset = tv.INaturalist(root=str(root / "inaturalist"), version=version, target_type="full",
-                             download=download, loader=default_loader)
+                             download=download, loader=load_image)
     dataset.index.sort()  # torchvision lists the files in directory order, which differs between file systems
     return dataset
 

@@ -143,6 +143,12 @@ def make_preprocessing(dataset: str, *, resolution: int, normalisations: dict[st
     if low is not None and (isinstance(low, bool) or not isinstance(low, int) or low < 1):
         raise ConfigError(f"The dataset_args 'downsample_then_upsample' of {where} must be a positive number of "
                           f"pixels (the low resolution, e.g. 32) or null; got {low!r}.")
+    if low is not None:
+        size = resolution if canvas is False else (native if canvas is True else canvas)
+        if low > size:
+            raise ConfigError(f"The dataset_args 'downsample_then_upsample' of {where} is {low}, above the image "
+                              f"size {size} it would be applied to, so no detail would be lost; use a value "
+                              f"below {size} (equal to it is the unchanged control).")
     mean, std = normalisations[name]
     return Preprocessing(resolution=resolution, mean=mean, std=std, native=native, augment=augment, flip=flip,
                          canvas=canvas, downsample_then_upsample=low)
