@@ -48,9 +48,10 @@ def make_bundle(name: str, train_set: Dataset, test_set: Dataset, train_eval_set
     """
     if num_classes < 2:
         raise DataError(f"Dataset {name} has {num_classes} class(es); a classifier needs at least two.")
-    if len(train_set) < 2:  # type: ignore[arg-type]
-        raise DataError(f"Dataset {name} has {len(train_set)} training sample(s); training needs at least "  # type: ignore[arg-type]
-                        f"two (a batch of one cannot train batch norm).")
+    samples = len(train_set)  # type: ignore[arg-type]
+    if samples < 2:
+        raise DataError(f"Dataset {name} has {samples} training sample(s); training needs at least two (a batch of "
+                        f"one cannot train batch norm).")
 
     def loader(dataset: Dataset, shuffle: bool, offset: int) -> DataLoader:
         drop_last = shuffle and len(dataset) % batch_size == 1  # type: ignore[arg-type]
