@@ -128,7 +128,7 @@ SCHEMA: tuple[Key, ...] = (
     _key("dataset", "str", None, "dataset registry name (see --list datasets)", required=True),
     _key("dataset_args", "mapping", {}, "keyword arguments of the dataset factory; list values are swept; "
          "'download' is no part of a run's identity", sweep_inside=True),
-    _key("resolution", "int", 32, "input resolution in pixels (square)", minimum=1),
+    _key("resolution", "int", 32, "input resolution in pixels (square)", minimum=1, maximum=8192),
     _key("epoch", "int", 30, "number of training epochs", minimum=1),
     _key("batch_size", "int", 64, "mini-batch size for training and evaluation", minimum=1),
     _key("optimizer", "str", "adam", "optimizer registry name (see --list optimizers)"),
@@ -149,9 +149,9 @@ SCHEMA: tuple[Key, ...] = (
          technical=True),
     _key("mixed_precision", "bool", True, "float16 autocast and gradient scaling on CUDA", technical=True),
     _key("num_workers", "int", 0, "DataLoader worker processes (random augmentations depend on it: a value "
-         "other than 0 is part of the run's identity)", minimum=0, technical=True),
+         "other than 0 is part of the run's identity)", minimum=0, maximum=256, technical=True),
     _key("cpu_threads", "int", None, "torch CPU threads; results are bit-identical only for equal thread counts "
-         "(null: torch's default, all cores)", minimum=1, nullable=True, technical=True),
+         "(null: torch's default, all cores)", minimum=1, maximum=1024, nullable=True, technical=True),
     _key("delta", "float", 0.99, "share of variance the intrinsic dimension explains (saturation, PCA)",
          minimum=0.0, exclusive_minimum=True, maximum=1.0),
     _key("downsampling", "int", 4,
@@ -286,6 +286,11 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
             raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds {value}, which is no finite number "
                               f"(a literal NaN or Infinity, or a number beyond ±1.8e308); give a finite number. A "
                               f"run's logged config could not even be written as JSON with it.")
+        if (isinstance(value, float) and abs(value) > FLOAT32_MAX
+                and key.split(".")[0] in ("model_args", "optimizer_args", "dataset_args")):
+            raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds {value:g}, beyond the float32 range "
+                              f"±{FLOAT32_MAX:.4g} of the tensors the factory's arguments end up in (a learning rate "
+                              f"of 1e300 failed in the first optimizer step); give a smaller number.")
         if isinstance(value, int) and not -2**63 <= value < 2**63:  # torch, numpy and the float checks take no more
             raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds an integer of {len(str(abs(value)))} "
                               f"digits; integers in a config must lie in the signed 64-bit range {INT_RANGE}.")
@@ -293,6 +298,7 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
 
 
 INT_RANGE = "−2**63 … 2**63 − 1"
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _numbers(value: Any, key: str) -> Iterator[tuple[str, int | float]]:

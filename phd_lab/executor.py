@@ -119,6 +119,12 @@ def _json_value(value: Any) -> bool:
     return True
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message up to its first line break: torch appends C++ stack frames (kilobytes) to some."""
+    lines = str(error).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(error).__name__
+
+
 class TrainTestExecutor:
     """Builds model, data, optimizer and metrics of one run, trains it and post-processes it."""
 
@@ -211,7 +217,7 @@ class TrainTestExecutor:
                                          **model_args)
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
-                                  f"{json.dumps(cfg.model_args)}: {error}.") from None
+                                  f"{json.dumps(cfg.model_args)}: {first_line(error)}.") from None
             except Exception as error:  # noqa: BLE001 - e.g. a factory that needs real tensors
                 log.debug("%s: model %r not checked on the meta device (%s: %s)", cfg.source, cfg.model,
                           type(error).__name__, error)
@@ -282,7 +288,7 @@ class TrainTestExecutor:
             raise type(error)(f"{cfg.source}: {error}") from None
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{cfg.source}: dataset {cfg.dataset!r} cannot be built with dataset_args "
-                              f"{json.dumps(cfg.dataset_args)}: {error}.") from None
+                              f"{json.dumps(cfg.dataset_args)}: {first_line(error)}.") from None
 
     def build_model(self, bundle: DataBundle) -> nn.Module:
         cfg = self.config
@@ -292,7 +298,7 @@ class TrainTestExecutor:
             model = factory(num_classes=bundle.num_classes, in_channels=bundle.in_channels, **model_args)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
-                              f"{json.dumps(cfg.model_args)}: {error}.") from None
+                              f"{json.dumps(cfg.model_args)}: {first_line(error)}.") from None
         truncate = cfg.model_args.get("truncate")
         if truncate:
             from phd_lab.models.truncate import resolve_cut, truncate_model
@@ -309,7 +315,7 @@ class TrainTestExecutor:
             return factory(model, epochs=cfg.epoch, **cfg.optimizer_args)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{cfg.source}: optimizer {cfg.optimizer!r} cannot be built with optimizer_args "
-                              f"{json.dumps(cfg.optimizer_args)}: {error}.") from None
+                              f"{json.dumps(cfg.optimizer_args)}: {first_line(error)}.") from None
 
     # ------------------------------------------------------------------ config log
     def logged_config(self) -> dict[str, Any]:

@@ -326,7 +326,6 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
         raise UsageError(f"-mp must be ≥ 0 (0 = fit in this process); got {workers}.")
     stamps = validate_jobs(jobs, threads=max(2, workers))  # reads only: bad input exits before anything is written
     cache = ResultCache(cache_dir)
-    cache.prepare()
     with contextlib.ExitStack() as locks:
         for root in sorted({job.outputs.root for job in jobs}):  # one writer of a run's probe results at a time
             try:
@@ -334,6 +333,7 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
                                                                "results"))
             except OSError as error:
                 raise DataError(f"The probe results of {str(root)!r} cannot be written there: {error}.") from None
+        cache.prepare()  # after the locks: a run folder that cannot be written leaves no empty cache folder
         return _run_locked_jobs(jobs, cache, stamps, workers, progress, scheduler)
 
 
