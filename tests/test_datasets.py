@@ -75,6 +75,10 @@ def test_tiny_imagenet_tree(tmp_path):
     bundle = DATASETS.get("TinyImageNet")(resolution=32, data_dir=str(tmp_path), **COMMON)
     check_bundle(bundle, num_classes=3, channels=3, resolution=32, train_size=9, test_size=2)
     assert [label for _, label in bundle.test.dataset] == [1, 0]   # labels follow the training classes
+    # an annotation of a class train/ lacks was dropped silently: the evaluation split shrank unnoticed
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines + ["val_9.JPEG\tn99999999\t0\t0\t1\t1"]))
+    with pytest.raises(DataError, match="names class\\(es\\) \\['n99999999'\\] that .* lacks"):
+        DATASETS.get("TinyImageNet")(resolution=32, data_dir=str(tmp_path), **COMMON)
 
 
 def test_imagenette_tree_with_real_wnids(tmp_path):

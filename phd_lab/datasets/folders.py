@@ -113,11 +113,16 @@ class TinyImageNet(Dataset):
             annotations = self.root / "val" / "val_annotations.txt"
             if not annotations.is_file():
                 raise FileNotFoundError(f"{annotations} not found")
-            self.samples = []
+            self.samples, unknown = [], set()
             for line in annotations.read_text(encoding="utf-8").splitlines():
                 parts = line.split("\t")
                 if len(parts) >= 2 and parts[1] in self.class_to_idx:
                     self.samples.append((str(self.root / "val" / "images" / parts[0]), self.class_to_idx[parts[1]]))
+                elif len(parts) >= 2:
+                    unknown.add(parts[1])
+            if unknown:  # dropping them silently would evaluate on fewer images than the split has
+                raise DataError(f"{annotations} names class(es) {sorted(unknown)[:10]} that {train_dir} lacks; "
+                                f"the download is incomplete or mixed with another copy.")
         else:
             raise ValueError(f"split must be 'train' or 'val'; got {split!r}")
 
