@@ -52,8 +52,21 @@ def device_description(device: Any) -> dict[str, Any]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = platform.processor() or platform.machine()
+        name = cpu_model() or platform.processor() or platform.machine()
     return {"device": str(device), "device_name": name}
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name on Linux ("AMD EPYC 7B13"); platform.processor() gives only "x86_64" there."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        return None
+    return None
 
 
 def versions() -> dict[str, Any]:

@@ -68,6 +68,10 @@ def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
     # which device 'auto' became, and whether the checkout had uncommitted changes (git_commit alone would
     # name code that did not run)
     assert logged[META_KEY]["device"] == "cpu" and logged[META_KEY]["device_name"]
+    cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").exists() else ""
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    if models:  # the CPU's model, not platform.processor()'s "x86_64"
+        assert logged[META_KEY]["device_name"] == models[0]
     assert logged[META_KEY]["registry_files"]["models"] == str(ROOT / "registries" / "models.py")
     assert logged[META_KEY]["working_directory"] == os.getcwd()
     # the code a custom registry file held, and the factory defaults the config left in effect (TINY sets lr)
