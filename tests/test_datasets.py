@@ -432,3 +432,11 @@ def test_a_broken_image_read_by_a_loader_worker_is_one_line_on_the_console(tmp_p
     assert "Original Traceback" not in err and "cannot identify image file" in err and "zz.png" in err
     [folder] = run_folders(tmp_path / "logs")
     assert "Original Traceback" in next(folder.glob("*.log")).read_text()  # the log keeps all of it
+
+
+def test_a_dry_run_names_a_bad_dataset_value_also_before_the_data_is_there(tmp_path, capsys):
+    from phd_lab.cli import main_cli
+    from tests.conftest import write_config
+    config = write_config(tmp_path, dataset="Cifar10", dataset_args={"normalization": "bogus"})
+    assert main_cli(["--config", str(config), "--dry-run"]) == 2
+    assert "'normalization' of dataset 'Cifar10' must be one of" in " ".join(capsys.readouterr().err.split())

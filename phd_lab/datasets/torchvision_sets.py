@@ -95,14 +95,17 @@ def check_source(source: Source, data_dir: str, *, resolution: int | None = None
                  downsample_then_upsample: Any = None) -> None:
     """Every check of ``load_image_dataset`` that reads no image, for each grid point before any trains:
     the preprocessing values (at the point's resolution) and whether the data are there."""
-    check_present(source, data_dir, download)
+    if not isinstance(download, bool):
+        raise ConfigError(f"The dataset_args 'download' of dataset {source.name!r} must be true or false; "
+                          f"got {download!r}.")
     if download and not source.downloadable:
         raise ConfigError(f"Dataset {source.name} cannot be downloaded automatically; remove 'download' from "
                           f"dataset_args and place {source.expected} under data_dir yourself.")
-    if resolution is not None:
+    if resolution is not None:  # before the presence check: a dry run reports bad values also without the data
         make_preprocessing(source.name, resolution=resolution, normalisations=source.normalisations,
                            normalization=normalization, native=source.native, augment=augment, flip=source.flip,
                            canvas=canvas, downsample_then_upsample=downsample_then_upsample)
+    check_present(source, data_dir, download)
 
 
 def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dataset:
