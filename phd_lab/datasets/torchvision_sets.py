@@ -22,7 +22,7 @@ from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.download import download_and_extract
 from phd_lab.datasets.folders import FixedClassImageFolder, TinyImageNet, load_image
 from phd_lab.datasets.transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
-                                         RGB_NORMALISATIONS, make_preprocessing)
+                                         Preprocessing, RGB_NORMALISATIONS, make_preprocessing)
 from phd_lab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,25 @@ def _place(source: Source, root: Path) -> str:
                if source.downloadable else " (this dataset cannot be downloaded automatically)."))
 
 
-def check_present(source: Source, data_dir: str, download: object = False) -> None:
-    """A cheap check before any point trains: the dataset's top folder (or file) is in data_dir.
-    Whether its files are complete is found when the data are opened (``open_split``)."""
+def _check_download(source: Source, download: object) -> None:
     if not isinstance(download, bool):
         raise ConfigError(f"The dataset_args 'download' of dataset {source.name!r} must be true or false; "
                           f"got {download!r}.")
+    if download and not source.downloadable:
+        raise ConfigError(f"Dataset {source.name} cannot be downloaded automatically; remove 'download' from "
+                          f"dataset_args and place {source.expected} under data_dir yourself.")
+
+
+def _preprocessing(source: Source, resolution: int, *, augment: Any, normalization: Any, canvas: Any,
+                   downsample_then_upsample: Any) -> Preprocessing:
+    return make_preprocessing(source.name, resolution=resolution, normalisations=source.normalisations,
+                              normalization=normalization, native=source.native, augment=augment, flip=source.flip,
+                              canvas=canvas, downsample_then_upsample=downsample_then_upsample)
+
+
+def _check_present(source: Source, data_dir: str, download: bool) -> None:
+    """A cheap check: the dataset's top folder (or file) is in data_dir. Whether its files are complete
+    is found when the data are opened (``open_split``)."""
     if download or not source.in_data_dir:
         return
     root = Path(data_dir).expanduser()
@@ -95,17 +108,11 @@ def check_source(source: Source, data_dir: str, *, resolution: int | None = None
                  downsample_then_upsample: Any = None) -> None:
     """Every check of ``load_image_dataset`` that reads no image, for each grid point before any trains:
     the preprocessing values (at the point's resolution) and whether the data are there."""
-    if not isinstance(download, bool):
-        raise ConfigError(f"The dataset_args 'download' of dataset {source.name!r} must be true or false; "
-                          f"got {download!r}.")
-    if download and not source.downloadable:
-        raise ConfigError(f"Dataset {source.name} cannot be downloaded automatically; remove 'download' from "
-                          f"dataset_args and place {source.expected} under data_dir yourself.")
+    _check_download(source, download)
     if resolution is not None:  # before the presence check: a dry run reports bad values also without the data
-        make_preprocessing(source.name, resolution=resolution, normalisations=source.normalisations,
-                           normalization=normalization, native=source.native, augment=augment, flip=source.flip,
-                           canvas=canvas, downsample_then_upsample=downsample_then_upsample)
-    check_present(source, data_dir, download)
+        _preprocessing(source, resolution, augment=augment, normalization=normalization, canvas=canvas,
+                       downsample_then_upsample=downsample_then_upsample)
+    _check_present(source, data_dir, bool(download))
 
 
 def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dataset:
@@ -135,15 +142,9 @@ def load_image_dataset(source: Source, *, batch_size: int, resolution: int, data
                        normalization: str | None = None, canvas: bool | int = False,
                        downsample_then_upsample: int | None = None) -> DataBundle:
     """The DataBundle of ``source`` with the thesis' preprocessing at ``resolution``."""
-    if not isinstance(download, bool):
-        raise ConfigError(f"The dataset_args 'download' of dataset {source.name!r} must be true or false; "
-                          f"got {download!r}.")
-    if download and not source.downloadable:
-        raise ConfigError(f"Dataset {source.name} cannot be downloaded automatically; remove 'download' from "
-                          f"dataset_args and place {source.expected} under data_dir yourself.")
-    prep = make_preprocessing(source.name, resolution=resolution, normalisations=source.normalisations,
-                              normalization=normalization, native=source.native, augment=augment,
-                              flip=source.flip, canvas=canvas, downsample_then_upsample=downsample_then_upsample)
+    _check_download(source, download)
+    prep = _preprocessing(source, resolution, augment=augment, normalization=normalization, canvas=canvas,
+                          downsample_then_upsample=downsample_then_upsample)
     train = open_split(source, data_dir, "train", download)
     test = open_split(source, data_dir, "test", download)
     log.info("%s: %d training and %d test images from %s", source.name, len(train), len(test),
