@@ -67,3 +67,9 @@ def brief(error: BaseException) -> str:
         return text
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return f"{lines[0]} {lines[-1]}"
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message up to its first line break: torch appends C++ stack frames (kilobytes) to some."""
+    lines = str(error).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(error).__name__

@@ -19,7 +19,8 @@ from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, absolute_paths, as_single_point
 from phd_lab.data import DataBundle
 from phd_lab.environment import device_description, versions
-from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, Terminated, UsageError
+from phd_lab.errors import (ConfigError, DataError, RegistryError, RunDiverged, Terminated, UsageError,
+                            first_line)
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.registry import Registries
 from phd_lab.rundir import RunDir
@@ -117,12 +118,6 @@ def _json_value(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
-
-
-def first_line(error: BaseException) -> str:
-    """An exception's message up to its first line break: torch appends C++ stack frames (kilobytes) to some."""
-    lines = str(error).strip().splitlines()
-    return lines[0].rstrip(".") if lines else type(error).__name__
 
 
 class TrainTestExecutor:

@@ -23,7 +23,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.digits import digits_tensors
-from phd_lab.datasets.torchvision_sets import SOURCES, check_source, folder_source, load_image_dataset
+from phd_lab.datasets.folders import class_folders, require_images_in_every_class, require_two_classes
+from phd_lab.datasets.torchvision_sets import (SOURCES, check_source, evaluation_folder, folder_source,
+                                               load_image_dataset)
 from phd_lab.errors import ConfigError, DataError
 
 
@@ -37,10 +39,8 @@ def Digits(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_wo
 def FakeData(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
              train_size: int = 256, test_size: int = 64, num_classes: int = 10, channels: int = 3) -> DataBundle:
     """torchvision's FakeData: random images, deterministic per index (for tests and smoke runs)."""
-    for name, value in (("train_size", train_size), ("test_size", test_size), ("num_classes", num_classes),
-                        ("channels", channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"dataset_args {name!r} must be an integer ≥ 1; got {value!r}")
+    _check_fake_data(data_dir, train_size=train_size, test_size=test_size, num_classes=num_classes,
+                     channels=channels)
     shape = (channels, resolution, resolution)
     to_tensor = transforms.ToTensor()
     train = tv_datasets.FakeData(train_size, shape, num_classes, transform=to_tensor, random_offset=0)
@@ -160,17 +160,10 @@ def _check_folder(path: str, data_dir: str, resolution: int | None = None, **dat
     if not train.is_dir():
         raise DataError(f"The image folder dataset {'folder:' + path!r} has no folder {str(train)!r}; it needs "
                         f"{folder_source(path).expected}.")
-    if not (base / "test").is_dir() and not (base / "val").is_dir():
-        raise DataError(f"The image folder dataset {'folder:' + path!r} has no test/ or val/ folder beside train/; "
-                        f"the runs are evaluated on it ({folder_source(path).expected}).")
-    classes = sorted(entry for entry in train.iterdir() if entry.is_dir() and not entry.name.startswith("."))
-    if len(classes) < 2:
-        raise DataError(f"The image folder {str(train)!r} has {len(classes) or 'no'} class folder(s); a classifier "
-                        f"needs at least two, as <split>/<class>/<image files>.")
-    empty = [folder.name for folder in classes if not _holds_an_image(folder)]
-    if empty:
-        raise DataError(f"The training folder {str(train)!r} has class folder(s) {empty[:10]} without images; "
-                        f"every class needs training images (remove the folder or add images).")
+    evaluation_folder(base)
+    classes = class_folders(train)
+    require_two_classes(train, classes)
+    require_images_in_every_class(train, [name for name in classes if not _holds_an_image(train / name)])
     check_source(folder_source(path), data_dir, resolution=resolution, **dataset_args)
     if not Path(path).expanduser().is_absolute() and path not in _RELATIVE_WARNED:
         _RELATIVE_WARNED.add(path)  # once per process, not once per grid point

@@ -45,6 +45,24 @@ def check_no_directory_loop(root: str | Path) -> None:
                                     f"again at every level. Remove the link.")
 
 
+def class_folders(directory: str | Path) -> list[str]:
+    """The class folders of a split, sorted; hidden folders (``.ipynb_checkpoints``) are no classes."""
+    return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith("."))
+
+
+def require_two_classes(directory: str | Path, present: list[str]) -> None:
+    if len(present) < 2:
+        raise DataError(f"The image folder {str(directory)!r} has {len(present) or 'no'} class folder"
+                        f"{'' if len(present) == 1 else 's'}{f' ({present[0]!r})' if present else ''}; a "
+                        f"classifier needs at least two, as <split>/<class>/<image files>.")
+
+
+def require_images_in_every_class(directory: str | Path, empty: list[str]) -> None:
+    if empty:
+        raise DataError(f"The training folder {str(directory)!r} has class folder(s) {empty[:10]} without "
+                        f"images; every class needs training images (remove the folder or add images).")
+
+
 class FixedClassImageFolder(ImageFolder):
     """ImageFolder whose class → index map is given (the training split's), so that an evaluation
     split lacking a class keeps the same label indices.
@@ -63,13 +81,9 @@ class FixedClassImageFolder(ImageFolder):
                             f"its class folders; expected <split>/<class>/<image files>.")
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
-        present = sorted(entry.name for entry in os.scandir(directory)
-                         if entry.is_dir() and not entry.name.startswith("."))
+        present = class_folders(directory)
         if self._given_classes is None:
-            if len(present) < 2:
-                raise DataError(f"The image folder {str(directory)!r} has {len(present) or 'no'} class folder"
-                                f"{'' if len(present) == 1 else 's'}{f' ({present[0]!r})' if present else ''}; a "
-                                f"classifier needs at least two, as <split>/<class>/<image files>.")
+            require_two_classes(directory, present)
             return present, {name: i for i, name in enumerate(present)}
         unknown = sorted(set(present) - set(self._given_classes))
         if unknown:
@@ -83,10 +97,9 @@ class FixedClassImageFolder(ImageFolder):
         samples = super().make_dataset(directory, class_to_idx, extensions, is_valid_file, allow_empty=True)
         if self._given_classes is None:  # the training split: every class needs images
             found = {index for _, index in samples}
-            empty = [name for name, index in class_to_idx.items() if index not in found]
-            if empty and samples:
-                raise DataError(f"The training folder {str(directory)!r} has class folder(s) {empty[:10]} without "
-                                f"images; every class needs training images (remove the folder or add images).")
+            if samples:
+                require_images_in_every_class(directory, [name for name, index in class_to_idx.items()
+                                                          if index not in found])
         return samples
 
 

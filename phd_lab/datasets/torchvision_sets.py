@@ -208,6 +208,15 @@ def _inaturalist(root: Path, split: str, download: bool) -> Dataset:
     return dataset
 
 
+def evaluation_folder(base: Path) -> Path:
+    """``<base>/test``, else ``<base>/val``; a DataError when neither exists."""
+    evaluation = base / "test" if (base / "test").is_dir() else base / "val"
+    if not evaluation.is_dir():
+        raise DataError(f"The image folder {str(base)!r} has no test/ or val/ folder beside train/; the "
+                        f"runs are evaluated on it (<path>/test/<class>/<image files>).")
+    return evaluation
+
+
 def folder_opener(path: str) -> Opener:
     """``<path>/train/<class>/*`` and ``<path>/test/<class>/*`` (or ``val/``) ImageFolder trees."""
     def opener(root: Path, split: str, download: bool) -> Dataset:
@@ -215,11 +224,7 @@ def folder_opener(path: str) -> Opener:
         train = FixedClassImageFolder(base / "train")
         if split == "train":
             return train
-        evaluation = base / "test" if (base / "test").is_dir() else base / "val"
-        if not evaluation.is_dir():
-            raise DataError(f"The image folder {str(base)!r} has no test/ or val/ folder beside train/; the "
-                            f"runs are evaluated on it (<path>/test/<class>/<image files>).")
-        return FixedClassImageFolder(evaluation, classes=train.classes)
+        return FixedClassImageFolder(evaluation_folder(base), classes=train.classes)
     return opener
 
 
