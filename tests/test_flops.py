@@ -75,3 +75,47 @@ def test_activation_and_pooling_modules_count_once_and_outside_functional_calls_
     info, table = computational_info(Functional(), (1, 4, 4))
     assert table.set_index("layer").loc[FUNCTIONAL_ROW, "macs"] == 16
     assert info["macs"] == 32
+
+
+class CountedConv(nn.Conv2d):
+    pass
+
+
+def test_subclasses_of_counted_modules_count_as_their_base():
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
+    derived = nn.Sequential(CountedConv(3, 4, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
+    derived.load_state_dict(plain.state_dict())
+    info, layers = computational_info(derived, (3, 8, 8))
+    assert layers.set_index("layer").loc["0", "macs"] == 36 * 4 * 27  # 6×6 positions × C_out × k·k·C_in
+    assert info["macs"] == computational_info(plain, (3, 8, 8))[0]["macs"]
+
+
+def test_the_submodules_of_a_module_ptflops_counts_whole_are_not_counted_again():
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(8, 2)  # ptflops' rule counts its out_proj (a Linear subclass)
+
+        def forward(self, x):
+            return self.mha(x, x, x)[0]
+
+    info, layers = computational_info(Attention(), (4, 8))
+    assert layers["layer"].tolist() == ["mha", FUNCTIONAL_ROW]
+    assert info["macs"] == layers["macs"].sum() > 0
+
+
+def test_functional_convolutions_are_named_not_guessed(caplog):
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 3, 3, 3))
+            self.fc = nn.Linear(4 * 36, 2)
+
+        def forward(self, x):
+            return self.fc(torch.nn.functional.conv2d(x, self.weight).flatten(1))
+
+    with caplog.at_level("WARNING"):
+        info, _ = computational_info(Functional(), (3, 8, 8))
+    assert info["uncounted_convolutions"] == 1
+    assert "leave out 1 convolution call(s) made with F.conv2d" in caplog.text
+    assert computational_info(nn.Sequential(nn.Conv2d(3, 4, 3)), (3, 8, 8))[0]["uncounted_convolutions"] == 0

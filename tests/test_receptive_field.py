@@ -392,3 +392,85 @@ def test_pooling_windows_taken_from_the_input_shape():
     with pytest.raises(ReceptiveFieldError, match="whose window is computed from the input's shape"):
         receptive_fields(WrittenOutGlobalPool(lambda x: x.shape[-1] // 2), 16)
 
+
+
+class WeightStandardisedConv(nn.Conv2d):
+    """A Conv2d subclass with its own forward, as users write them."""
+
+    def forward(self, x):
+        weight = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class FunctionalConv(nn.Module):
+    """A layer that holds its own weight and calls F.conv2d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(2, 2, 3, 3))
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, padding=1)
+
+
+@pytest.mark.parametrize("make", [lambda: conv(3), lambda: WeightStandardisedConv(2, 2, 3, padding=1),
+                                  FunctionalConv], ids=["Conv2d", "subclass", "F.conv2d"])
+def test_conv2d_subclasses_and_functional_convolutions_are_layers(make):
+    # conv 3 → pool 2/2 → conv 3 → pool 2/2 → conv 3 → conv 3 → GAP → Linear, at I = 8:
+    # r = 3, 4 (j 2), 8, 10 (j 4), 18, 26; the third conv's input (10) exceeds 8: the border is layer 4
+    model = nn.Sequential(make(), nn.MaxPool2d(2), make(), nn.MaxPool2d(2), make(), make(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
+    df = receptive_fields(model, 8)
+    assert df["layer"].tolist() == ["0", "2", "4", "5", "8"]
+    assert df["r_min"].tolist()[:4] == [3, 8, 18, 26]
+    assert border_layers(df, 8) == ("4", "4")
+
+
+def test_a_feature_map_of_unknown_receptive_field_is_refused_only_when_a_convolution_reads_it():
+    class ViewThenConv(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = conv(3), conv(3)
+
+        def forward(self, x):
+            y = self.a(x)
+            n, c, h, w = y.shape
+            return self.b(y.reshape(n, c, h, w))
+
+    with pytest.raises(ReceptiveFieldError, match=r"module 'b'.*receptive field the graph does not determine.*"
+                                                  r"\.reshape\(\).*a reshape to 4 dimensions"):
+        receptive_fields(ViewThenConv(), 32)
+    pooled_then_conv = nn.Sequential(conv(3), nn.AdaptiveAvgPool2d(4), conv(3))
+    with pytest.raises(ReceptiveFieldError, match=r"module '2'.*AdaptiveAvgPool2d.*pooling to 4 positions"):
+        receptive_fields(pooled_then_conv, 32)
+    # torchvision's VGG head: adaptive pooling to 7×7, flatten, Linear — no convolution reads it
+    head = nn.Sequential(conv(3), nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(), nn.Linear(2 * 49, 3))
+    assert table(head)["3"] == (math.inf,) * 5
+    vectors = nn.Sequential(conv(3), nn.AdaptiveAvgPool2d(1))
+
+    class Flat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.fc = vectors, nn.Linear(2, 3)
+
+        def forward(self, x):
+            y = self.body(x)
+            return self.fc(y.view(y.size(0), -1))
+
+    assert table(Flat())["fc"] == (math.inf,) * 5
+
+
+def test_a_global_gate_viewed_as_a_feature_map_stays_global():
+    class SqueezeExcite(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.fc, self.b = conv(3), nn.Linear(2, 2), conv(3)
+
+        def forward(self, x):
+            y = self.a(x)
+            n, c = y.shape[:2]
+            gate = torch.sigmoid(self.fc(F.adaptive_avg_pool2d(y, 1).view(n, c))).view(n, c, 1, 1)
+            return self.b(y * gate)
+
+    got = table(SqueezeExcite())
+    assert got["b"] == (3, 3, 5, 5, 1) and got["fc"] == (math.inf,) * 5

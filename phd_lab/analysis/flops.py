@@ -2,9 +2,14 @@
 
 ptflops counts multiply-accumulate operations (MACs) with its own per-module rules (a
 convolution counts k·k·C_in/groups·C_out per output position plus one per output element
-for the bias; Linear counts in·out plus out for the bias; activations, normalisation and
-pooling count one per element). FLOPs are reported as 2·MACs, the usual convention.
-The per-layer table applies the same ptflops rules per leaf module. Functional calls that
+for the bias; Linear counts in·out plus out for the bias; activations one per element, batch
+normalisation two per element with affine parameters, pooling one per input element). FLOPs
+are reported as 2·MACs, the usual convention; the dissertation's "GFLOPs" (§11) are ptflops'
+MACs, so compare its figures with the ``macs`` column. The per-layer table applies the same
+ptflops rules per leaf module, to subclasses of the module types ptflops knows as well (ptflops
+itself counts exact types only and would count a ``class MyConv(nn.Conv2d)`` as zero).
+ptflops has no rule for ``F.conv2d`` called outside a Conv2d module: such calls are counted and
+named in a warning and in ``uncounted_convolutions``, not guessed. Functional calls that
 ptflops counts (``F.relu``, pooling, interpolation, ``matmul``/``bmm``, ...) made outside those
 modules appear as one extra row. ptflops' own total also adds the functional calls that modules
 make internally (``nn.ReLU`` calls ``F.relu``), counting those modules twice; here they are
@@ -44,11 +49,15 @@ def computational_info(model: nn.Module, input_shape: tuple[int, int, int]) -> t
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
     try:
-        rows, functional = _per_layer(copy.deepcopy(model).eval(), input_shape, MODULES_MAPPING)
+        rows, functional, uncounted = _per_layer(copy.deepcopy(model).eval(), input_shape, MODULES_MAPPING)
     except Exception as error:  # noqa: BLE001 - any failure of the forward pass under ptflops' hooks
         raise FlopsError(f"ptflops could not count the operations of {type(model).__qualname__} for an input "
                          f"of shape {tuple(input_shape)}: {type(error).__name__}: {error}") from None
     rows.append({"layer": FUNCTIONAL_ROW, "type": "", "macs": functional, "params": 0, "trainable_params": 0})
+    if uncounted:
+        log.warning("FLOPs of %s leave out %d convolution call(s) made with F.conv2d outside a Conv2d module "
+                    "(ptflops has no rule for them); use nn.Conv2d (or a subclass) to have them counted.",
+                    type(model).__qualname__, uncounted)
     table = pd.DataFrame(rows)
     table["flops"] = 2 * table["macs"]
     table = table[LAYER_COLUMNS]
@@ -57,19 +66,27 @@ def computational_info(model: nn.Module, input_shape: tuple[int, int, int]) -> t
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info = {"input_shape": [int(v) for v in input_shape], "macs": int(macs), "flops": 2 * int(macs),
             "params_total": int(total), "params_trainable": int(trainable),
-            "counter": "ptflops (pytorch backend); FLOPs = 2 x MACs"}
+            "counter": "ptflops (pytorch backend); FLOPs = 2 x MACs", "uncounted_convolutions": uncounted}
     return info, table
 
 
+def rule_for(module: nn.Module, rules: dict) -> Any:
+    """ptflops' counting hook for the nearest class of ``module`` (its own first, then its bases)."""
+    return next((rules[cls] for cls in type(module).__mro__ if cls in rules), None)
+
+
 def _per_layer(model: nn.Module, input_shape: tuple[int, int, int],
-               rules: dict) -> tuple[list[dict[str, Any]], int]:
+               rules: dict) -> tuple[list[dict[str, Any]], int, int]:
     """MACs of every leaf module ptflops knows, via ptflops' own hook functions, in forward order,
-    and the MACs of the functional calls ptflops counts that no such module made."""
+    the MACs of the functional calls ptflops counts that no such module made, and the number of
+    ``F.conv2d`` calls outside any counted module (which ptflops cannot count)."""
+    import torch.nn.functional as F
     from ptflops.pytorch_engine import patch_functional, patch_tensor_ops, unpatch_functional, unpatch_tensor_ops
 
     order: list[str] = []
     handles = []
     counted: dict[str, nn.Module] = {}
+    whole: list[str] = []  # counted modules of a type ptflops knows exactly
     functional: list[int] = []  # ptflops' collector: one entry per functional call
     inside: list[range] = []  # collector entries appended while a counted module ran
     depth, start = [0], [0]
@@ -80,11 +97,15 @@ def _per_layer(model: nn.Module, input_shape: tuple[int, int, int],
         depth[0] += 1
 
     for name, module in model.named_modules():
-        hook = rules.get(type(module))
-        if hook is None or not name:
+        hook = rule_for(module, rules)
+        # the submodules of a module of a type ptflops knows are part of its count (MultiheadAttention's
+        # out_proj); those of a subclass are not (its rule is the base class' rule for the module itself)
+        if hook is None or not name or any(name.startswith(f"{outer}.") for outer in whole):
             continue
         module.__flops__ = 0
         counted[name] = module
+        if type(module) in rules:
+            whole.append(name)
 
         def record(mod: nn.Module, args: Any, output: Any, _name: str = name, _hook: Any = hook) -> None:
             _hook(mod, args, output)
@@ -95,8 +116,16 @@ def _per_layer(model: nn.Module, input_shape: tuple[int, int, int],
                 order.append(_name)
         handles.append(module.register_forward_pre_hook(enter))
         handles.append(module.register_forward_hook(record))
+    uncounted = [0]
+    conv2d = F.conv2d
+
+    def counting_conv2d(*args: Any, **kwargs: Any) -> Any:
+        uncounted[0] += depth[0] == 0
+        return conv2d(*args, **kwargs)
+
     patch_functional(functional)
     patch_tensor_ops(functional)
+    F.conv2d = counting_conv2d
     try:
         parameter = next(model.parameters(), None)
         dtype = parameter.dtype if parameter is not None else torch.float32
@@ -104,6 +133,7 @@ def _per_layer(model: nn.Module, input_shape: tuple[int, int, int],
         with torch.no_grad():
             model(torch.zeros((1, *input_shape), dtype=dtype, device=device))
     finally:
+        F.conv2d = conv2d
         unpatch_functional()
         unpatch_tensor_ops()
         for handle in handles:
@@ -116,4 +146,4 @@ def _per_layer(model: nn.Module, input_shape: tuple[int, int, int],
         rows.append({"layer": name, "type": type(module).__name__, "macs": int(module.__flops__),
                      "params": sum(p.numel() for p in module.parameters()),
                      "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad)})
-    return rows, outside
+    return rows, outside, uncounted[0]

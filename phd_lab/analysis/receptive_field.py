@@ -11,11 +11,18 @@ Rules per operation (kernel k, stride s, dilation d, k_eff = d(k-1)+1):
 element-wise ops, normalisation, activations, dropout, padding and concatenation pass through
 with min/max over their inputs. A product whose factor was computed from the other factor (an
 attention gate: SE, spatial attention, CBAM) keeps the receptive field of the gated tensor only,
-and the gate's layers are marked as a side branch (thesis §10.1 leaves them out); global and
-adaptive pooling, spatial reductions, flatten/view/reshape and Linear make a tensor *global*.
+and the gate's layers are marked as a side branch (thesis §10.1 leaves them out); global
+pooling, spatial reductions, flatten, a view/reshape to vectors and Linear make a tensor *global*.
 A global tensor (e.g. a squeeze-and-excitation gate) that meets spatial tensors is broadcast
-and does not widen their receptive field; global layers report ``inf``. Any other operation
-applied to an image-derived tensor raises ``ReceptiveFieldError`` naming it.
+and does not widen their receptive field; global layers report ``inf``. A view/reshape to a
+feature map and adaptive pooling to more than one position make it *unknown*: the graph alone
+does not say how they move pixels, so a convolution that reads such a tensor raises
+``ReceptiveFieldError``, while a head that only flattens it (torchvision's VGG) is fine. Any
+other operation applied to an image-derived tensor raises ``ReceptiveFieldError`` naming it.
+
+Layers are the calls of Conv2d and Linear modules, subclasses included (traced as one call,
+as the saturation tracker hooks them), and ``F.conv2d`` calls with a parameter as weight,
+named after the module that holds the weight.
 """
 
 from __future__ import annotations
@@ -53,6 +60,18 @@ class _Global:
 
 
 GLOBAL = _Global()
+
+
+class _Unknown:
+    """Marker state: a feature map whose receptive field the graph alone does not determine (a
+    view/reshape to a feature map, adaptive pooling to several positions); ``origin`` names the op."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+
+    def __repr__(self) -> str:
+        return f"UNKNOWN({self.origin})"
+
 
 # A spatial state maps jump -> (r_min, r_max) over the paths with that jump.
 Spatial = dict
@@ -97,7 +116,8 @@ _GATE_METHODS = {"mul", "mul_", "div", "div_"}
 _PASS_FUNCTION_NAMES = {"stochastic_depth"}  # torchvision.ops: drops whole samples, passes through
 _META_METHODS = {"size", "dim", "numel", "type", "ndimension"}  # results carry no image content
 _GLOBAL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.flatten, F.linear}
-_GLOBAL_METHODS = {"view", "reshape", "flatten"}
+_GLOBAL_METHODS = {"flatten"}
+_RESHAPE_METHODS = {"view", "reshape"}
 _REDUCE_FUNCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.amin: "amin",
                      torch.max: "max", torch.min: "min", torch.std: "std", torch.var: "var",
                      torch.softmax: "softmax", F.softmax: "softmax", torch.log_softmax: "log_softmax",
@@ -108,10 +128,13 @@ _SPATIAL_DIMS = {2, 3, -1, -2}
 
 # ---------------------------------------------------------------------------- state algebra
 def merge(states: Iterable[Any]) -> Any:
-    """Min/max over the inputs of a pass-through op; global inputs broadcast over spatial ones."""
+    """Min/max over the inputs of a pass-through op; global inputs broadcast over spatial ones; an
+    unknown input makes the result unknown."""
     spatial: Spatial = {}
     saw_global = False
     for state in states:
+        if isinstance(state, _Unknown):
+            return state
         if state is GLOBAL:
             saw_global = True
         elif state is not None:
@@ -125,7 +148,7 @@ def merge(states: Iterable[Any]) -> Any:
 
 def window(state: Any, kernel: int, stride: int, dilation: int) -> Any:
     """Apply a sliding window (convolution or pooling): r += (k_eff-1)·j, j *= s."""
-    if state is GLOBAL or state is None:
+    if not isinstance(state, dict):
         return state
     grow = dilation * (kernel - 1)
     return {jump * stride: (lo + grow * jump, hi + grow * jump) for jump, (lo, hi) in state.items()}
@@ -133,7 +156,7 @@ def window(state: Any, kernel: int, stride: int, dilation: int) -> Any:
 
 def bounds(state: Any) -> tuple[float, float, float]:
     """(r_min, r_max, jump) of a state; ``inf`` for global tensors, jump = the largest one."""
-    if state is GLOBAL or state is None:
+    if not isinstance(state, dict):
         return INF, INF, INF
     return (min(lo for lo, _ in state.values()), max(hi for _, hi in state.values()), max(state))
 
@@ -248,11 +271,21 @@ def _pool_params(kernel: Any, stride: Any, dilation: Any, where: str) -> tuple[i
     return k, s, _square(dilation, "dilation", where)
 
 
+class _LayerTracer(fx.Tracer):
+    """torch.fx's tracer, with every Conv2d and Linear, subclasses included, kept as one module call:
+    a layer of the table, named as the saturation tracker names it."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, (nn.Conv2d, nn.Linear)) or super().is_leaf_module(module, qualified_name)
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
     try:
-        return fx.symbolic_trace(model)
+        tracer = _LayerTracer()
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as error:  # tracing fails in many ways (TraceError, TypeError, ...)
         first = " ".join(str(error).split())[:300]
         raise ReceptiveFieldError(
@@ -325,8 +358,13 @@ def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
                 layer = _shortcut_layer(skip, states, shared, position)
                 if layer in row_of:
                     row_of[layer].side_branch = True
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            row_of[node] = _Row(_call_name(node.target, calls), isinstance(module, nn.Conv2d), merge(in_states), out,
+        layer = _layer_name(node, module)
+        if layer is not None:
+            is_conv = not isinstance(module, nn.Linear)
+            if is_conv and isinstance(merge(in_states), _Unknown):
+                raise _unsupported(node, graph_module, f", which reads a feature map whose receptive field the graph "
+                                                       f"does not determine: it comes from {merge(in_states).origin}")
+            row_of[node] = _Row(_call_name(layer, calls), is_conv, merge(in_states), out,
                                 merge(previous[n] for n in inputs if n not in skips))
             rows.append(row_of[node])
             previous[node] = out
@@ -338,6 +376,18 @@ def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
     if not saw_input:
         raise ReceptiveFieldError("Receptive field: the traced model has no input.")
     return rows
+
+
+def _layer_name(node: fx.Node, module: nn.Module | None) -> str | None:
+    """The layer a node is: a Conv2d/Linear module call (its name), an ``F.conv2d`` call with a
+    parameter as weight (the name of the module holding it), or None."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        return str(node.target)
+    if node.op == "call_function" and node.target is F.conv2d:
+        weight = _arg(node, 1, "weight", None)  # _transform has checked that it is a parameter
+        owner, _, _ = str(weight.target).rpartition(".")
+        return owner or str(weight.target)
+    return None
 
 
 def _mark_side_branch(bits: int, by_position: list[fx.Node], row_of: dict[fx.Node, _Row]) -> None:
@@ -425,7 +475,8 @@ def _transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any]
             dilation = getattr(module, "dilation", 1)
             out = window(merge(in_states), *_pool_params(module.kernel_size, module.stride, dilation, where))
         elif isinstance(module, _GLOBAL_MODULES):
-            out = GLOBAL
+            out = _adaptive(merge(in_states), module.output_size, node, graph_module) \
+                if hasattr(module, "output_size") else GLOBAL
         elif isinstance(module, _PASS_MODULES):
             out = merge(in_states)
         elif isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
@@ -439,6 +490,8 @@ def _transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any]
             out = _getitem(first, node, graph_module)
         elif target in _PASS_FUNCTIONS or getattr(target, "__name__", None) in _PASS_FUNCTION_NAMES:
             out = merge(in_states)
+        elif target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+            out = _adaptive(first, _arg(node, 1, "output_size", None), node, graph_module)
         elif target in _GLOBAL_FUNCTIONS:
             out = GLOBAL
         elif target in _REDUCE_FUNCTIONS:
@@ -475,6 +528,8 @@ def _transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any]
             out = merge(in_states)
         elif name in _GLOBAL_METHODS:
             out = GLOBAL
+        elif name in _RESHAPE_METHODS:
+            out = _reshape(first, node, graph_module)
         elif name in _REDUCE_METHODS:
             out = _reduction(first, node, graph_module)
         else:
@@ -482,6 +537,30 @@ def _transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any]
     else:  # pragma: no cover - fx has no other opcodes
         raise _unsupported(node, graph_module)
     return out
+
+
+def _adaptive(state: Any, output_size: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
+    """Adaptive pooling to one position is global; to more, its windows depend on the input size."""
+    one = output_size == 1 or (isinstance(output_size, (tuple, list)) and all(v == 1 for v in output_size))
+    if state is GLOBAL or (one and state is not None):
+        return GLOBAL
+    if not isinstance(state, dict):
+        return state  # no image content, or already unknown
+    return _Unknown(f"{_describe(node, graph_module)} pooling to {output_size!r} positions")
+
+
+def _reshape(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
+    """A view/reshape to vectors (two dimensions: ``x.view(x.size(0), -1)``) is global; to more
+    dimensions it may keep, fold or move the feature map, which the graph does not say. A global
+    tensor stays global (a squeeze-and-excitation gate viewed as (n, c, 1, 1))."""
+    if not isinstance(state, dict):
+        return GLOBAL if state is GLOBAL else state
+    shape = node.args[1:] or (node.kwargs.get("shape") or node.kwargs.get("size"),)
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    if len(shape) == 2:
+        return GLOBAL
+    return _Unknown(f"{_describe(node, graph_module)}, a reshape to {len(shape)} dimensions")
 
 
 def _call_name(target: str, calls: dict[str, int]) -> str:
