@@ -6,8 +6,10 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,7 +39,7 @@ def cli(*argv: str) -> int:
 
 def test_outputs_have_documented_columns_plots_and_confusions(tmp_path):
     run_dir, latents = make_latents(tmp_path, accuracy=0.8)
-    assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 0
+    assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs", "--C", "0.5") == 0
     table = pd.read_csv(run_dir / "probe_performances.csv")
     assert tuple(table.columns) == CSV_COLUMNS
     assert table["index"].tolist() == [1, 2, 3]
@@ -46,6 +48,10 @@ def test_outputs_have_documented_columns_plots_and_confusions(tmp_path):
     np.testing.assert_allclose(table["relative_acc"], table["eval_acc"] / 0.8)
     assert table["eval_acc"][0] > 0.7 and ((table["eval_acc"] > 0.1) & (table["eval_acc"] <= 1)).all()
     assert (run_dir / "probe_performances.png").read_bytes()[:8] == PNG
+    recorded = json.loads((run_dir / "probe_settings.json").read_text())
+    assert recorded["settings"] == {"solver": "lbfgs", "C": 0.5, "max_iter": 1000, "tol": 1e-4, "standardize": True,
+                                    "train_samples": None}  # the solver's default filled in, the override kept
+    assert set(recorded["library_versions"]) >= {"numpy", "scikit_learn", "scipy"}
     for index, layer in zip(table["index"], table["layer"]):
         matrix = np.load(run_dir / "probe_confusion" / f"{index:03d}-{layer}.npy", allow_pickle=False)
         assert matrix.shape == (10, 10)
@@ -409,9 +415,14 @@ def test_a_result_that_cannot_be_written_fails_clearly_and_keeps_the_cache(tmp_p
     (run_dir / "probe_confusion").write_text("a file where the confusion folder goes")
     assert cli("--latents", str(latents), "-mp", "0") == 1
     err = " ".join(capsys.readouterr().err.split())
-    assert "finished, but its result could not be written" in err and "Traceback" not in err
+    assert "Probe results could not be written" in err and "Traceback" not in err
     # a run's files are written once its last layer is fitted: both fitted layers stay cached
     assert len(list((run_dir / ".probe_cache").rglob("*.json"))) == 2
+    # the rerun takes both from the cache and fails to write them in the same words (it raised an OSError)
+    assert cli("--latents", str(latents), "-mp", "0") == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Probe results could not be written" in err and "probe_confusion" in err
+
 
 
 def test_error_malformed_scheduler_before_any_file_is_hashed(tmp_path, capsys):
@@ -662,3 +673,65 @@ def test_log_lines_are_printed_above_the_progress_bar_not_into_it(tmp_path, caps
     assert all(line.startswith("20") and "%|" not in line for line in logged), logged
     assert probe_cli(["--latents", str(latents), "-mp", "0", "--solver", "lbfgs", "-q"]) == 0
     assert " INFO " not in capsys.readouterr().err  # -q still hides them
+
+
+def test_confusions_of_layers_no_longer_extracted_are_removed(tmp_path):
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=3))
+    assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 0
+    confusions = run_dir / "probe_confusion"
+    assert sorted(path.name for path in confusions.iterdir()) == [
+        f"{i + 1:03d}-block{i}.conv{suffix}" for i in range(3) for suffix in (".npy", ".png")]
+    shutil.rmtree(latents)  # extracted again, with one layer fewer
+    make_latents(tmp_path, *blob_layers(n_layers=2))
+    assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 0
+    assert sorted(path.name for path in confusions.iterdir()) == [
+        f"{i + 1:03d}-block{i}.conv{suffix}" for i in range(2) for suffix in (".npy", ".png")]
+    assert pd.read_csv(run_dir / "probe_performances.csv")["layer"].tolist() == ["block0.conv", "block1.conv"]
+
+
+def _spawned_workers(parent: int) -> list[int]:
+    """PIDs of the multiprocessing workers ``parent`` spawned (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_to_the_job_alone_stops_its_workers_at_once(tmp_path):
+    """A batch system's SIGTERM reaches the job's process only. The workers went on fitting, and leaving the
+    pool waited for their fits (minutes for a saga layer) before the job could exit."""
+    _, latents = make_latents(tmp_path, *digits_layers(n_layers=1))
+    process = subprocess.Popen([sys.executable, str(ROOT / "probe_main.py"), "--latents", str(latents), "-mp", "1",
+                                "--max-iter", "1000000", "--tol", "1e-12", "--no-progress", "-q"],
+                               cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (workers := _spawned_workers(process.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert workers, "the job must have started a worker"
+        time.sleep(2)  # the worker is inside its (very long) fit
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM and "terminated (SIGTERM)" in err
+    deadline = time.monotonic() + 10
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, workers)), "no worker may go on fitting"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has stopped; no init may be reaping them here

@@ -42,7 +42,7 @@ def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = No
     ax.set_xticks(positions)
     ax.set_xticklabels(table["layer"], rotation=90, fontsize=7)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)  # "lower right" hid the model's line when it lay low
     return ax
 
 

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and write probe_performances.csv, its plot and per-layer confusion matrices into the run "
                     "folder. Finished layers are cached, so a killed job resumes where it stopped.",
         epilog="Solver options default to the config's probe_* keys (see `python main.py --list-keys`). "
-               "Exit status: 0 success, 2 invalid usage/config/latents (nothing written), 1 a fit failed.")
+               "Exit status: 0 success, 2 invalid usage/config/latents (nothing written), 1 a fit failed, "
+               "130 Ctrl-C, 143 SIGTERM.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", help="JSON config: probe every run of its grid that has latents")
     source.add_argument("--latents", help="probe one latents folder (with its manifest.json)")

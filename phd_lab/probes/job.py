@@ -23,6 +23,7 @@ from phd_lab import atomic
 from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
 from phd_lab.atomic import write_csv, write_with
 from phd_lab.errors import ConfigError, DataError, UsageError
+from phd_lab.interrupts import deferred_interrupts
 from phd_lab.lock import RunLock
 from phd_lab.probes.cache import ResultCache, cache_key, library_versions
 from phd_lab.probes.fit import ProbeRecord, stratified_subsample
@@ -285,6 +286,15 @@ def write_confusion(outputs: RunDir, record: ProbeRecord) -> None:
                         outputs.probe_confusion(record.index, record.layer, ".png"))
 
 
+def remove_other_confusions(folder: Path, kept: Sequence[Path]) -> None:
+    """Remove the confusion matrices of layers a run's latents no longer have (another extraction)."""
+    kept_names = {path.name for path in kept}
+    for path in sorted(folder.glob("*")):
+        if path.suffix in (".npy", ".png") and not path.name.startswith(".") and path.name not in kept_names:
+            path.unlink()
+            log.info("Removed %s: its layer is no longer among the run's latents.", path)
+
+
 def in_manifest_order(job: ProbeJob, records: Sequence[ProbeRecord]) -> list[ProbeRecord]:
     """Records in the manifest's (forward) order, whatever order the workers finished them in; the
     positions of a pixelwise layer share its index, so the index alone does not order them."""
@@ -295,6 +305,9 @@ def in_manifest_order(job: ProbeJob, records: Sequence[ProbeRecord]) -> list[Pro
 def write_results(job: ProbeJob, records: Sequence[ProbeRecord]) -> None:
     from phd_lab.plots.probes import save_probe_accuracy_plot
     table = performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy)
+    # the settings the results were fitted with: the run's logged config only holds the config's probe keys
+    atomic.write_json(job.outputs.probe_settings, {"settings": job.settings.key(),
+                                                   "library_versions": library_versions(job.settings.solver)})
     write_csv(job.outputs.probe_csv, table)
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv)
@@ -348,9 +361,14 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], cache: ResultCache, stamps: dict[
         remaining[task.job] -= 1
         if remaining[task.job] == 0:  # a run's files are replaced together: a stopped job leaves the old set
             job = jobs[task.job]
-            for finished in in_manifest_order(job, done[task.job]):
-                write_confusion(job.outputs, finished)
-            write_results(job, done[task.job])
+            with deferred_interrupts():  # Ctrl-C or SIGTERM while the set is written takes effect after it
+                written = []
+                for finished in in_manifest_order(job, done[task.job]):
+                    write_confusion(job.outputs, finished)
+                    written += [job.outputs.probe_confusion(finished.index, finished.layer, suffix)
+                                for suffix in (".npy", ".png")]
+                remove_other_confusions(job.outputs.root / "probe_confusion", written)
+                write_results(job, done[task.job])
 
     for job in jobs:
         log.info("%s: %d layer(s) from %s; %s", job.label, len(job.manifest.layers), job.manifest.folder,

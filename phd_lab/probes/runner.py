@@ -173,13 +173,22 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
         log.info("probing %d layer(s), %d found in the cache %s", len(misses), len(cached), cache.folder)
     failed: dict[int, PhdLabError] = {}  # job -> why its latents cannot be probed
     bar = tqdm(total=len(tasks), desc="probes", unit="layer", disable=not progress)
+
+    def deliver(task: ProbeTask, record: ProbeRecord, from_cache: bool) -> None:
+        if on_record is None or task.job in failed:
+            return
+        try:
+            on_record(task, record, from_cache)
+        except OSError as error:  # a read-only or full output folder: say which file, not a traceback
+            raise RunFailure(f"Probe results could not be written: {error}. The layers probed so far stay "
+                             f"cached; rerun the same command once the problem is fixed.") from None
+
     try:
         for position, record in cached.items():
             task = tasks[position]
             records[position] = replace(record, index=task.index, layer=task.layer)
             log.debug("layer %s: cached result reused", task.layer)
-            if on_record is not None:
-                on_record(task, records[position], True)
+            deliver(task, records[position], True)
             bar.update(1)
         misses.sort(key=lambda position: -tasks[position].size)
 
@@ -198,12 +207,11 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
             records[position] = record
             try:
                 cache.put(task.key, record)
-                if on_record is not None and task.job not in failed:
-                    on_record(task, record, False)
             except OSError as error:  # a full disk, a vanished folder: say which result could not be kept
                 raise RunFailure(f"The probe of layer {record.layer!r} finished, but its result could not be "
-                                 f"written: {error}. Layers already written stay cached; rerun the same command "
-                                 f"once the problem is fixed.") from error
+                                 f"cached: {error}. Layers already cached stay so; rerun the same command "
+                                 f"once the problem is fixed.") from None
+            deliver(task, record, False)
             bar.set_postfix_str(f"{record.layer}: {record.eval_acc:.3f}", refresh=False)
 
         def wanted(position: int) -> bool:
@@ -253,8 +261,22 @@ def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int, fi
                     if not wanted(position):
                         future.cancel()  # only those not started; a running one finishes and is cached
         except BaseException:
+            # Ctrl-C of a terminal reaches the workers too, but a signal to this process alone (a batch
+            # system's SIGTERM) would leave them fitting, and leaving the pool waits for their fits
+            _terminate_workers(pool)  # before shutdown, which forgets the processes
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool's worker processes now (Python 3.14 has ``terminate_workers``; before, the
+    processes are only reachable through the executor's ``_processes``)."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
 
 
 def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, finished: Finished,
