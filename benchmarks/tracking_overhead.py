@@ -19,11 +19,19 @@ attached ("pass only"), also with the fused kernel off: the cost of the covarian
 tensors held in memory (on the device) so that loading does not blur the comparison.
 Ratios are median tracked time / median untracked time (CPU target ≤ 1.10) and, on CUDA,
 untracked / tracked throughput (target ≥ 0.90).
+
+A shared machine's speed drifts by more than the 10 % the CPU target allows, so the script also
+pairs every tracked epoch with the untracked epoch of the same round (run next to it) and reports
+the median of these paired ratios with a distribution-free 95 % interval (binomial order
+statistics), in wall time and in CPU time of this process; the target counts as met or missed
+only when the whole interval lies on one side of it. Many short rounds (``--reps 30
+--train-batches 10``) narrow the interval more than a few long ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -163,12 +171,37 @@ def compare_cpu_updates(reps: int = 20) -> list[str]:
     return lines
 
 
-def timed(fn: Callable[[], None], device: torch.device) -> float:
+def timed(fn: Callable[[], None], device: torch.device) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of this process (all its threads) for one call of ``fn``."""
     synchronise(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
     synchronise(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Median of ``values`` and a distribution-free interval for it: the order statistics
+    x(k), x(n+1-k) with the largest k whose binomial(n, ½) tail stays within (1 − confidence)/2.
+    With fewer than 6 values no such interval exists and it spans all values."""
+    ordered, n = sorted(values), len(values)
+    tail, k = 0.0, 0
+    while k < n // 2:
+        tail += math.comb(n, k) / 2 ** n  # P(fewer than k + 1 values lie below the true median)
+        if tail > (1 - confidence) / 2:
+            break
+        k += 1
+    k = max(k, 1)
+    return statistics.median(ordered), ordered[k - 1], ordered[n - k]
+
+
+def paired_verdict(low: float, high: float, target: float, at_most: bool) -> str:
+    """'met', 'missed' or 'undecided': whether the whole interval lies on one side of the target."""
+    if (high <= target) if at_most else (low >= target):
+        return "met"
+    if (low > target) if at_most else (high < target):
+        return "missed"
+    return "undecided"
 
 
 def main() -> int:
@@ -248,15 +281,20 @@ def main() -> int:
     for fn in list(epochs.values()) + list(passes.values()):  # warm-up (cudnn autotune, allocator, caches)
         fn()
     times: dict[str, list[float]] = {name: [] for name in list(epochs) + list(passes)}
+    cpu_times: dict[str, list[float]] = {name: [] for name in times}
     order = list(epochs)
     for rep in range(reps):
         rotated = order[rep % len(order):] + order[:rep % len(order)]
         for name in rotated:
-            times[name].append(timed(epochs[name], device))
-            print(f"  round {rep + 1}: {name} {times[name][-1]:.3f} s", flush=True)
+            wall, cpu = timed(epochs[name], device)
+            times[name].append(wall)
+            cpu_times[name].append(cpu)
+            print(f"  round {rep + 1}: {name} {wall:.3f} s", flush=True)
         pass_order = list(passes)
         for name in pass_order[rep % len(pass_order):] + pass_order[:rep % len(pass_order)]:
-            times[name].append(timed(passes[name], device))
+            wall, cpu = timed(passes[name], device)
+            times[name].append(wall)
+            cpu_times[name].append(cpu)
 
     base = statistics.median(times["untracked"])
     print(f"\n{'condition':<21}{'median s':>10}{'min s':>9}{'time ratio':>12}{'throughput':>12}")
@@ -269,7 +307,25 @@ def main() -> int:
         print(f"{name:<21}{med:>10.3f}{min(times[name]):>9.3f}{med / pass_base:>11.3f}x{pass_base / med:>11.3f}x")
     print("\ntime ratio = median time / median untracked time (epoch rows) or / untracked pass (pass rows); "
           "throughput = its inverse")
+    print_paired(times, cpu_times, [name for name in epochs if name != "untracked"], cuda)
     return 0
+
+
+def print_paired(times: dict[str, list[float]], cpu_times: dict[str, list[float]], tracked: list[str],
+                 cuda: bool) -> None:
+    """Median of the per-round ratios tracked / untracked with its 95 % interval, against the target."""
+    target, at_most = (0.90, False) if cuda else (1.10, True)
+    kind = "throughput (untracked / tracked)" if cuda else "time (tracked / untracked)"
+    print(f"\npaired per round, {kind}, median [95 % interval] over {len(times['untracked'])} rounds, "
+          f"target {'≥' if cuda else '≤'} {target:.2f}")
+    print(f"{'condition':<21}{'wall':>27}{'verdict':>11}{'CPU time':>27}{'verdict':>11}")
+    for name in tracked:
+        cells = []
+        for clock in (times, cpu_times):
+            ratios = [(b / a if cuda else a / b) for a, b in zip(clock[name], clock["untracked"])]
+            median, low, high = median_interval(ratios)
+            cells.append(f"{median:>10.3f}x [{low:.3f}, {high:.3f}]{paired_verdict(low, high, target, at_most):>11}")
+        print(f"{name:<21}" + "".join(cells))
 
 
 if __name__ == "__main__":

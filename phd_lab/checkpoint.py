@@ -3,7 +3,8 @@
 Schema (format 1), a dict of tensors and plain containers readable with
 ``torch.load(weights_only=True)``: ``format``, ``epoch`` (completed epochs), ``model``,
 ``optimizer``, ``scheduler``, ``scaler``, ``rng`` (python/numpy/torch/cuda/DataLoader
-generators), ``history`` (the metric rows so far), ``callbacks`` (their state).
+generators), ``history`` (the metric rows so far), ``callbacks`` (their state), ``cpu_threads``
+(torch's thread count while training; absent in checkpoints of versions before it was recorded).
 
 Saving writes a temp file, fsyncs it, moves the current checkpoint to ``previous`` and
 renames the temp file into place. Loading falls back to ``previous`` when the current file
@@ -76,6 +77,17 @@ class CheckpointStore:
             raise CheckpointError(f"{path} has checkpoint format {found!r}; this version of phd-lab reads "
                                   f"format {CHECKPOINT_FORMAT}.")
         return state
+
+    def peek(self, key: str) -> Any:
+        """One entry of the checkpoint ``load`` would use, without reading its tensors (memory-mapped),
+        or None when there is no readable checkpoint or it lacks the entry."""
+        for path in (self.path, self.previous):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # noqa: BLE001 - missing or damaged: load() falls back the same way
+                continue
+            return state.get(key) if isinstance(state, dict) else None
+        return None
 
     def load(self) -> dict[str, Any] | None:
         """The newest readable checkpoint, or None for a fresh run."""

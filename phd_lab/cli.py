@@ -93,7 +93,8 @@ def _terminate_like_ctrl_c() -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py", description="Train and analyse every run of a JSON config grid.",
-        epilog="Exit status: 0 success, 2 invalid usage/config/input (nothing written), 1 a run failed.")
+        epilog="Exit status: 0 success, 2 invalid usage/config/input (nothing written), 1 a run failed, "
+               "130 Ctrl-C, 143 SIGTERM.")
     parser.add_argument("--config", help="JSON config file (an experiment or a logged <run>_config.json)")
     parser.add_argument("--run-id", help="name of the repetition (overrides the config's run_id)")
     parser.add_argument("--device", help="compute device, overrides the config (auto, cpu, cuda, cuda:N)")

@@ -520,6 +520,9 @@ class RunConfig:
 
     values: Mapping[str, Any]
     source: str = field(default="<config>", compare=False)
+    # the ``_meta`` of the logged config this point was read from (None for a hand-written config): a rerun
+    # compares its own setup with it
+    logged_meta: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __getattr__(self, name: str) -> Any:
         values = object.__getattribute__(self, "values")

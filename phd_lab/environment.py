@@ -23,26 +23,33 @@ def available_cores() -> int:
 
 
 @lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """The commit of the phd-lab checkout, if it is a git checkout and git is installed."""
+def _git(*args: str, timeout: float) -> str | None:
+    """Output of a git command in the phd-lab checkout, or None: the package must lie in the top folder of
+    the repository (a copy installed inside another project's repository would report that project)."""
+    package = Path(__file__).resolve().parent
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=5, check=False)
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=package, capture_output=True, text=True,
+                             timeout=5, check=False)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != package.parent:
+            return None
+        result = subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=timeout,
+                                check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    return result.stdout if result.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    """The commit of the phd-lab checkout, if it is a git checkout and git is installed."""
+    head = _git("rev-parse", "HEAD", timeout=5)
+    return head.strip() or None if head is not None else None
 
 
 def git_dirty() -> bool | None:
     """Whether the phd-lab checkout has uncommitted changes to tracked files (then ``git_commit`` alone does
     not say which code ran); None when it is no git checkout or git is missing."""
-    try:
-        result = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10,
-                                check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(result.stdout.strip()) if result.returncode == 0 else None
+    status = _git("status", "--porcelain", "--untracked-files=no", timeout=10)
+    return bool(status.strip()) if status is not None else None
 
 
 def device_description(device: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from phd_lab.errors import (ConfigError, DataError, RegistryError, RunDiverged, 
                             first_line)
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.registry import Registries
+from phd_lab.reproduction import setup_differences
 from phd_lab.rundir import RunDir
 from phd_lab.seeding import seed_everything
 from phd_lab.steps import Step, StepContext, resolve_steps
@@ -131,6 +132,7 @@ class TrainTestExecutor:
         self.steps: list[tuple[Step, dict[str, Any]]] = []
         self._validated = False
         self._device: torch.device | None = None  # resolved when the run starts (logged with the versions)
+        self._trained_threads: int | None = None  # the thread count the run's checkpoint was trained with
 
     # ------------------------------------------------------------------ validation
     def validate(self, missing_data: str = "error") -> None:
@@ -317,7 +319,9 @@ class TrainTestExecutor:
         # rerunnable: lists that are values stay values; folders absolute, so that the file reruns this run
         # from any working directory (read from inside its run folder it follows the folder, see rundir.py)
         values = absolute_paths(as_single_point(self.config.values))
-        if values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it
+        if self._trained_threads is not None:  # the count the checkpoint was trained with, whatever the config says
+            values["cpu_threads"] = self._trained_threads
+        elif values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it
             values["cpu_threads"] = torch.get_num_threads()
         values[META_KEY] = {**versions(), **(device_description(self._device) if self._device else {}),
                             "registry_files": dict(self.registries.files),
@@ -391,6 +395,13 @@ class TrainTestExecutor:
                 # same files when they resolve to the same place, and are then logged absolute as well
                 resolved = absolute_paths(previous)
                 kept = {k: previous[k] for k in TRAINING_KEYS if k in previous and resolved[k] != now.get(k)}
+                asked = {k: now.get(k) for k in kept}  # what this rerun asks for instead
+                if self._trained_threads is not None:  # the checkpoint's count, also over an edited logged config
+                    kept.pop("cpu_threads", None)
+                    asked.pop("cpu_threads", None)
+                    if self.config.cpu_threads not in (None, self._trained_threads):
+                        asked["cpu_threads"] = self.config.cpu_threads
+                self._say_setup_differences(old_meta, now[META_KEY], against_logged_run=False)
                 changed = self._changes_to_training(previous, old_meta or {}) if kept else []
                 if changed and self._epochs_logged() < self.config.epoch:
                     raise UsageError(
@@ -398,14 +409,38 @@ class TrainTestExecutor:
                         f"was trained so far with {'; '.join(changed)}. A run continues with the settings it began "
                         f"with, so that its logged config ({path.name}) reproduces it: set them back in the config "
                         f"(or with --device), or train the changed setup afresh under a new run_id.")
-                if kept:
+                if asked:
                     log.warning("This rerun differs from the logged config %s in %s, which shaped the trained "
                                 "weights; the file keeps the values the run was trained with.", path.name,
-                                ", ".join(f"{k}={json.dumps(now.get(k))}" for k in sorted(kept)))
+                                ", ".join(f"{k}={json.dumps(value)}" for k, value in sorted(asked.items())))
                 # the versions (and commit) the run was trained with stay as well
                 atomic.write_json(path, {**now, **kept, **({META_KEY: old_meta} if old_meta else {})})
                 return
-        atomic.write_json(path, self.logged_config())
+        now = self.logged_config()
+        self._say_setup_differences(self.config.logged_meta, now[META_KEY], against_logged_run=True)
+        atomic.write_json(path, now)
+
+    def _say_setup_differences(self, logged: Any, now: Mapping[str, Any], against_logged_run: bool) -> None:
+        """Warn when the code (factory defaults, registry files) or versions differ from those a run was
+        logged with: the logged config reproduces a run only under the same setup."""
+        code, versions = setup_differences(logged, now)
+        if not code and not versions:
+            return
+        items = "; ".join(code + versions)
+        if against_logged_run:
+            log.warning("This config was logged by a run under another setup: %s. This run may therefore differ "
+                        "from that one (in the last bits, or more where the code differs).", items)
+        elif (CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).peek("epoch") or 0) \
+                < self.config.epoch:
+            log.warning("The epochs still to train run under another setup than the epochs before them: %s. The "
+                        "run will differ from one trained without a break; its logged config keeps the setup it "
+                        "began with.", items)
+        elif code:
+            log.warning("The trained run is post-processed under another setup than it was trained with: %s. A "
+                        "model built from other defaults or registry code may not be the one that was trained.",
+                        items)
+        else:
+            log.info("Post-processing under other versions than training: %s.", items)
 
     # ------------------------------------------------------------------ running
     def run(self) -> RunDir:
@@ -430,9 +465,14 @@ class TrainTestExecutor:
         config), whatever the config says now: float sums depend on it, and a resume under another count
         (another node, a Dask worker's share of the cores, an edited config) would no longer continue the
         run bit-identically, nor would its logged config reproduce it."""
-        if not CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():
+        store = CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint)
+        if not store.exists():
             return self.config.cpu_threads
-        threads = (self._read_logged_config() or {}).get("cpu_threads")
+        trained = store.peek("cpu_threads")  # recorded in the checkpoint itself: the logged config may be edited
+        if isinstance(trained, int) and not isinstance(trained, bool) and trained >= 1:
+            self._trained_threads = trained
+            return trained
+        threads = (self._read_logged_config() or {}).get("cpu_threads")  # checkpoints of older versions
         if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
             return threads  # also over another cpu_threads in the config: the logged config keeps this one
         return self.config.cpu_threads

@@ -8,6 +8,7 @@ materialising the others (``--index I`` for SLURM array jobs).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ class Grid:
     def __init__(self, raw: Mapping[str, Any], where: str = "<config>") -> None:
         self.where = where
         self.base = {k: copy.deepcopy(v) for k, v in raw.items() if k != META_KEY}
+        meta = raw.get(META_KEY)
+        self.meta: Mapping[str, Any] | None = copy.deepcopy(meta) if isinstance(meta, Mapping) else None
         axes = []
         for path, value, key in iter_axis_candidates(self.base):
             swept = isinstance(value, list) if key is None else is_swept(key, value)
@@ -69,7 +72,8 @@ class Grid:
         return result
 
     def __getitem__(self, index: int) -> RunConfig:
-        return resolve_point(self.point(index), f"{self.where} (run {index})")
+        config = resolve_point(self.point(index), f"{self.where} (run {index})")
+        return dataclasses.replace(config, logged_meta=self.meta) if self.meta is not None else config
 
     def __iter__(self) -> Iterator[RunConfig]:
         return (self[i] for i in range(len(self)))

@@ -135,6 +135,10 @@ class RunDir:
     def probe_plot(self) -> Path:
         return self.root / "probe_performances.png"
 
+    @property
+    def probe_settings(self) -> Path:
+        return self.root / "probe_settings.json"
+
     def probe_confusion(self, index: int, layer: str, suffix: str) -> Path:
         """Confusion matrix of one layer's probe, ``suffix`` ``.npy`` or ``.png``."""
         return self.root / "probe_confusion" / f"{index:03d}-{safe_name(layer)}{suffix}"
@@ -144,24 +148,37 @@ class RunDir:
         return self
 
 
+def _say_not_in_its_run_folder(raw: dict[str, Any], path: Path) -> None:
+    """A logged config that lies outside the run folder it names (copied elsewhere, or edited: another
+    value is another run) runs under the logs_dir it was logged with; say so, and where that is."""
+    written = raw.get("logs_dir")
+    log.warning("%s is a logged config (it has %r), but it does not lie in the run folder its values name, so "
+                "the run goes to logs_dir %s as logged, not beside this file. An edited value makes it another "
+                "run; to continue the run of a copied folder, keep the file in its place "
+                "(<logs_dir>/<model>/<dataset>_<resolution>/<run_id>/<variant>/).", path, META_KEY, written)
+
+
 def anchor_logged_run(raw: dict[str, Any], config_path: Path | str) -> None:
     """Rerun a logged config read from inside its own run folder in that folder, from any working directory.
 
     ``<logs_dir>/<model>/<dataset>_<resolution>/<run_id>/<variant>/<name>_config.json`` names its own
     run folder once logs_dir is the folder four levels above it; then that folder becomes logs_dir.
     This covers relative folders logged by older versions, and logs trees that were moved or copied
-    (to another machine, years later). Any other file, or a logged config that does not match the
-    folder it lies in, is left as written. Call it before command-line overrides such as --run-id.
+    (to another machine, years later). A logged config that does not match the folder it lies in is
+    left as written, with a warning that says where its run goes; a config without ``_meta`` is not
+    a logged one. Call it before command-line overrides such as --run-id.
     """
     if META_KEY not in raw or isinstance(raw.get("logs_dir"), list):
         return
     path = Path(config_path).resolve()
     if len(path.parents) < 5:
+        _say_not_in_its_run_folder(raw, path)
         return
     logs = path.parents[4]
     try:
         grid = Grid({**raw, "logs_dir": str(logs)}, str(config_path))
         if len(grid) != 1 or RunDir.for_run(grid[0]).config.resolve() != path:
+            _say_not_in_its_run_folder(raw, path)
             return
     except (ConfigError, TypeError, ValueError, KeyError):  # bad values: validation reports them next
         return

@@ -70,6 +70,7 @@ class Trainer:
             "rng": capture_rng_state(bundle.generators),
             "history": [dict(row) for row in self.history],
             "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "cpu_threads": torch.get_num_threads(),  # float sums depend on it: a resume goes on with it
         }
 
     def load_state_dict(self, state: dict[str, Any], bundle: DataBundle) -> None:

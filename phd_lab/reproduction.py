@@ -1,0 +1,57 @@
+"""How the setup of a rerun differs from the one a run was logged with (its config's ``_meta``).
+
+A logged config reproduces its run only under the same code and libraries: the factory defaults
+the config left unset, the code of the registry files and the versions are recorded in ``_meta``
+for that reason, and a rerun names every difference instead of quietly training something else.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+VERSION_KEYS = ("phd_lab", "git_commit", "python", "torch", "torchvision", "numpy", "scikit_learn")
+_ABSENT = object()
+
+
+def _plain(value: Any) -> Any:
+    """The value as the logged JSON holds it (tuples as lists, other objects as their repr)."""
+    return json.loads(json.dumps(value, default=repr))
+
+
+def _shown(values: Mapping[str, Any], name: str) -> str:
+    return json.dumps(values[name]) if name in values else "(no such argument)"
+
+
+def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Differences that build another model, data set or optimizer from the same config: the factory
+    defaults in effect and the code of the registry files. Keys an older ``_meta`` lacks are skipped."""
+    found = []
+    old_defaults, new_defaults = logged.get("defaults_in_effect"), _plain(now.get("defaults_in_effect"))
+    if isinstance(old_defaults, Mapping) and isinstance(new_defaults, Mapping):
+        for args in sorted(set(old_defaults) & set(new_defaults)):
+            old, new = old_defaults[args] or {}, new_defaults[args] or {}
+            for name in sorted(set(old) | set(new)):
+                if old.get(name, _ABSENT) != new.get(name, _ABSENT):
+                    found.append(f"the {args} default {name}: {_shown(old, name)} (now {_shown(new, name)})")
+    old_hashes, new_hashes = logged.get("registry_sha256"), now.get("registry_sha256")
+    if isinstance(old_hashes, Mapping) and isinstance(new_hashes, Mapping):
+        for kind in sorted(set(old_hashes) & set(new_hashes)):
+            if old_hashes[kind] and old_hashes[kind] != new_hashes[kind]:
+                found.append(f"the code of the {kind} registry file (sha256 {str(old_hashes[kind])[:12]}…, now "
+                             f"{str(new_hashes[kind])[:12]}…)")
+    return found
+
+
+def version_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Other versions of phd-lab (or another commit of it), Python and the numerical libraries."""
+    return [f"{key} {logged[key]} (now {now.get(key)})" for key in VERSION_KEYS
+            if logged.get(key) is not None and logged[key] != now.get(key)]
+
+
+def setup_differences(logged: Any, now: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(code differences, version differences) between a logged ``_meta`` and the current one; none when
+    nothing was logged (a config written by hand)."""
+    if not isinstance(logged, Mapping):
+        return [], []
+    return code_differences(logged, now), version_differences(logged, now)

@@ -1,0 +1,122 @@
+"""A rerun names what differs from the setup a run was logged with (factory defaults, registry code, versions),
+resumes with the thread count its checkpoint recorded, and says where a logged config outside its run folder
+sends its run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from phd_lab.cli import main_cli
+from phd_lab.config import META_KEY
+from phd_lab.environment import git_commit
+from tests.conftest import ROOT, main_in_process, run_folders, run_main, run_name, write_config
+from tests.test_runs import assert_same_weights, weights
+
+REGISTRY = '''from torch import nn
+
+
+def tiny_cnn(*, num_classes: int, in_channels: int = 3, act: str = "{act}") -> nn.Module:
+    """A 4-channel convolution and a linear readout."""
+    layer = {{"relu": nn.ReLU, "tanh": nn.Tanh}}[act]
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), layer(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+'''
+
+
+def test_a_changed_factory_default_and_other_versions_are_named_on_resume_and_on_a_rerun(tmp_path):
+    """A default changed in the registry file resumed the run with another activation, without a word."""
+    registry = tmp_path / "my_models.py"
+    registry.write_text(REGISTRY.format(act="relu"))
+    config = write_config(tmp_path, epoch=2, cpu_threads=1, model="tiny_cnn", model_args={},
+                          registries={"models": str(registry)}, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    name = run_name(folder)
+    logged_path = folder / f"{name}_config.json"
+    assert "The epochs still to train" not in (folder / f"{name}.log").read_text()
+
+    (folder / f"{name}.previous.pt").replace(folder / f"{name}.pt")  # as if killed during epoch 2
+    registry.write_text(REGISTRY.format(act="tanh"))  # a new process imports the changed file
+    assert run_main("--config", str(logged_path), "--no-progress", "-q").returncode == 0
+    log_text = " ".join((folder / f"{name}.log").read_text().split())
+    assert ('The epochs still to train run under another setup than the epochs before them: the model_args '
+            'default act: "relu" (now "tanh"); the code of the models registry file (sha256') in log_text
+    logged = json.loads(logged_path.read_text())
+    assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {"act": "relu"}, "the setup the run began with"
+
+    logged[META_KEY]["torch"] = "1.13.0"  # as if logged years ago
+    logged_path.write_text(json.dumps(logged))
+    assert run_main("--config", str(logged_path), "--run-id", "again", "--no-progress", "-q").returncode == 0
+    [again] = [f for f in run_folders(tmp_path / "logs") if f != folder]
+    log_text = " ".join((again / f"{run_name(again)}.log").read_text().split())
+    assert 'This config was logged by a run under another setup: the model_args default act: "relu" (now "tanh")' \
+        in log_text and "torch 1.13.0 (now " in log_text
+
+
+def test_a_hand_written_config_and_an_unchanged_setup_are_not_warned_about(tmp_path):
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    assert main_cli(["--config", str(logged_path), "--run-id", "again", "--no-progress", "-q"]) == 0
+    for run in run_folders(tmp_path / "logs"):
+        assert "another setup" not in (run / f"{run_name(run)}.log").read_text()
+
+
+def test_an_edited_cpu_threads_in_the_logged_config_does_not_change_a_resume(tmp_path):
+    """The thread count was read back from the logged config, the very file users rerun and may edit: a resume
+    went on with the edited count and ended with other weights. The checkpoint now records the count."""
+    config = write_config(tmp_path, epoch=2, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    name = run_name(folder)
+    expected = weights(folder)
+    (folder / f"{name}.previous.pt").replace(folder / f"{name}.pt")  # as if killed during epoch 2
+    logged_path = folder / f"{name}_config.json"
+    logged_path.write_text(json.dumps({**json.loads(logged_path.read_text()), "cpu_threads": 2}))
+    assert main_cli(["--config", str(logged_path), "--no-progress", "-q"]) == 0
+    assert_same_weights(expected, weights(folder))
+    log_text = (folder / f"{name}.log").read_text()
+    assert "Continuing with the 1 CPU thread(s) this run was trained with (cpu_threads: 2)" in log_text
+    assert json.loads(logged_path.read_text())["cpu_threads"] == 1
+
+
+def test_a_logged_config_outside_its_run_folder_says_where_its_run_goes(tmp_path, capsys):
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--dry-run")
+    assert code == 0 and "does not lie in the run folder" not in err
+    copied = tmp_path / "elsewhere" / logged_path.name
+    copied.parent.mkdir()
+    shutil.copy(logged_path, copied)
+    code, err = main_in_process(capsys, "--config", str(copied), "--dry-run")
+    err = " ".join(err.split())
+    assert code == 0 and f"{copied} is a logged config" in err and "does not lie in the run folder" in err
+    assert f"the run goes to logs_dir {tmp_path / 'logs'} as logged" in err
+
+
+def test_the_git_commit_is_only_the_checkout_s_own(tmp_path):
+    """A copy of the package installed inside another project's repository recorded that project's commit."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    status = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if status.returncode == 0 and (ROOT / ".git").exists():
+        assert git_commit() == status.stdout.strip()
+    project = tmp_path / "project"
+    (project / "site" / "phd_lab").mkdir(parents=True)
+    shutil.copy(ROOT / "phd_lab" / "environment.py", project / "site" / "phd_lab" / "environment.py")
+    for command in (["init", "-q"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty",
+                                     "-m", "theirs"]):
+        subprocess.run(["git", *command], cwd=project, check=True, capture_output=True)
+    spec = importlib.util.spec_from_file_location("copied_environment", project / "site" / "phd_lab" /
+                                                  "environment.py")
+    copied = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copied)
+    assert copied.git_commit() is None and copied.git_dirty() is None
