@@ -86,4 +86,14 @@ def versions() -> dict[str, Any]:
     return {"phd_lab": __version__, "git_commit": git_commit(), "git_dirty": git_dirty(),
             "python": platform.python_version(),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-            "scikit_learn": sklearn.__version__}
+            "scikit_learn": sklearn.__version__, "numba": _numba_version()}
+
+
+def _numba_version() -> str | None:
+    """numba compiles the CPU tracking kernel (fastmath reassociation: its version can move the last bits of
+    saturation columns); None where it is not installed (tracking then takes the torch path)."""
+    try:
+        from importlib.metadata import version
+        return version("numba")
+    except Exception:  # noqa: BLE001 - PackageNotFoundError, or broken metadata
+        return None

@@ -408,6 +408,8 @@ def test_error_cache_dir_that_cannot_be_a_folder(tmp_path, capsys):
                         match="The probe cache folder")
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--cache-dir", str(in_the_way / "sub"),
                         match="cannot be created")
+    # an empty value (an unset shell variable) fell back to the default folder without a word
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--cache-dir", "", match="--cache-dir is empty")
 
 
 def test_a_result_that_cannot_be_written_fails_clearly_and_keeps_the_cache(tmp_path, capsys):

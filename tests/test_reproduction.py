@@ -4,6 +4,7 @@ sends its run."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import shutil
@@ -48,6 +49,7 @@ def test_a_changed_factory_default_and_other_versions_are_named_on_resume_and_on
             'default act: "relu" (now "tanh"); the code of the models registry file (sha256') in log_text
     logged = json.loads(logged_path.read_text())
     assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {"act": "relu"}, "the setup the run began with"
+    assert logged[META_KEY]["numba"] == importlib.metadata.version("numba")  # it compiles the tracking kernel
 
     logged[META_KEY]["torch"] = "1.13.0"  # as if logged years ago
     logged_path.write_text(json.dumps(logged))

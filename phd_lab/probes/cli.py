@@ -63,6 +63,9 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--run-id only applies with --config; a latents folder belongs to one run already.")
         if args.processes < 0:
             raise UsageError(f"-mp must be ≥ 0 (0 fits in this process); got {args.processes}.")
+        if args.cache_dir is not None and not args.cache_dir.strip():
+            raise UsageError("--cache-dir is empty; name a folder, or leave the option out for the default "
+                             "(<logs_dir>/.probe_cache, or .probe_cache in the run folder with --latents).")
         if args.scheduler:
             from phd_lab.distributed import parse_scheduler
             parse_scheduler(args.scheduler)  # a malformed address fails before any file is read or hashed
@@ -73,7 +76,7 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
             jobs, cache_dir = jobs_from_config(args.config, args.run_id, overrides)
         else:
             jobs, cache_dir = jobs_from_latents(args.latents, overrides)
-        if args.cache_dir:
+        if args.cache_dir is not None:
             cache_dir = Path(args.cache_dir)
         run_jobs(jobs, cache_dir, workers=args.processes, progress=not args.no_progress, scheduler=args.scheduler)
         sys.stdout.write("Probe results:\n" + "\n".join(f"  {job.outputs.probe_csv}" for job in jobs) + "\n")
