@@ -15,7 +15,7 @@ def deferred_interrupts() -> Iterator[None]:
     """While the block runs, SIGINT and SIGTERM are only noted; the first one noted is raised again
     once the block is done, and the handlers in place before (KeyboardInterrupt, the commands'
     ``Terminated``) act on it then. Outside the main thread, where handlers cannot be set, the
-    block runs as it is. SIGKILL cannot be held back: readers must still cope with a cut group."""
+    block runs as it is, and so does a signal the process ignores (a background job's SIGINT). SIGKILL cannot be held back: readers must still cope with a cut group."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -24,7 +24,8 @@ def deferred_interrupts() -> Iterator[None]:
     def note(signum: int, frame: object) -> None:
         received.append(signum)
 
-    previous = {signum: signal.signal(signum, note) for signum in DEFERRED}
+    previous = {signum: signal.signal(signum, note) for signum in DEFERRED
+                if signal.getsignal(signum) is not signal.SIG_IGN}  # an ignored signal stays ignored
     try:
         yield
     finally:

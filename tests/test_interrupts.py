@@ -11,7 +11,15 @@ from phd_lab.cli import guarded
 from phd_lab.interrupts import deferred_interrupts
 
 
-def test_ctrl_c_inside_the_block_takes_effect_after_it():
+@pytest.fixture
+def ctrl_c_as_in_a_terminal():
+    """A background job of a non-interactive shell (`make test` in CI) inherits SIGINT ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_inside_the_block_takes_effect_after_it(ctrl_c_as_in_a_terminal):
     done = []
     with pytest.raises(KeyboardInterrupt):
         with deferred_interrupts():
@@ -20,6 +28,16 @@ def test_ctrl_c_inside_the_block_takes_effect_after_it():
             done.append("second file")
     assert done == ["first file", "second file"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_signal_stays_ignored():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_sigterm_inside_the_block_ends_the_command_after_it(capsys):
