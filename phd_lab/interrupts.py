@@ -15,7 +15,8 @@ def deferred_interrupts() -> Iterator[None]:
     """While the block runs, SIGINT and SIGTERM are only noted; the first one noted is raised again
     once the block is done, and the handlers in place before (KeyboardInterrupt, the commands'
     ``Terminated``) act on it then. Outside the main thread, where handlers cannot be set, the
-    block runs as it is, and so does a signal the process ignores (a background job's SIGINT). SIGKILL cannot be held back: readers must still cope with a cut group."""
+    block runs as it is; a signal the process ignores (a background job's SIGINT) stays ignored.
+    SIGKILL cannot be held back: readers must still cope with a cut group."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

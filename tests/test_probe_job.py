@@ -185,6 +185,9 @@ def test_probe_settings_do_not_move_the_run_and_cannot_be_swept_over_one_run(tmp
     assert {RunDir.for_run(cfg).root for cfg in grid} == {rundir.root}  # probe keys are not part of the run
     _assert_usage_error(capsys, None, "--config", str(swept), "-mp", "0", match="are the same trained run")
     assert not rundir.probe_csv.exists()
+    # a command-line option that sets the swept key makes the points one job (it was refused all the same)
+    assert cli("--config", str(swept), "-mp", "0", "--C", "3") == 0
+    assert json.loads(rundir.probe_settings.read_text())["settings"]["C"] == 3.0
 
 
 def test_config_mode_with_latents_dir_and_run_id(tmp_path, capsys):

@@ -88,15 +88,18 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
             continue
         settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
         jobs.append(_job(read_manifest(folder), settings, f"run {index} ({cfg.name})", expected_root=rundir.root))
-    folders: dict[Path, str] = {}
-    for job in jobs:
+    folders: dict[Path, ProbeJob] = {}
+    for job in list(jobs):
         root = job.outputs.root.resolve()
+        if root in folders and folders[root].settings == job.settings:  # a swept probe key a command-line
+            jobs.remove(job)  # option overrides: the same job twice
+            continue
         if root in folders:
-            raise ConfigError(f"{where}: {folders[root]} and {job.label} are the same trained run (probe settings "
-                              f"do not change a run's folder) with different probe settings, and one run folder "
-                              f"holds one probe_performances.csv. Probe other settings one at a time with "
+            raise ConfigError(f"{where}: {folders[root].label} and {job.label} are the same trained run (probe "
+                              f"settings do not change a run's folder) with different probe settings, and one run "
+                              f"folder holds one probe_performances.csv. Probe other settings one at a time with "
                               f"`probe_main.py --latents DIR` and command-line options such as --C.")
-        folders[root] = job.label
+        folders[root] = job
     if not jobs and extracting:
         raise DataError(f"The latents of run(s) {', '.join(extracting)} of {where!r} are still being extracted by "
                         f"the training command, and no other run has latents yet; probe once it has finished. "
