@@ -22,23 +22,30 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-@lru_cache(maxsize=1)
-def _git(*args: str, timeout: float) -> str | None:
-    """Output of a git command in the phd-lab checkout, or None: the package must lie in the top folder of
-    the repository (a copy installed inside another project's repository would report that project)."""
-    package = Path(__file__).resolve().parent
+def _run_git(*args: str, timeout: float) -> str | None:
+    """Output of a git command run in the package's folder, or None (no git, not a repository, failed)."""
     try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=package, capture_output=True, text=True,
-                             timeout=5, check=False)
-        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != package.parent:
-            return None
-        result = subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=timeout,
-                                check=False)
+        result = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                                text=True, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout if result.returncode == 0 else None
 
 
+@lru_cache(maxsize=1)
+def _own_checkout() -> bool:
+    """Whether the package lies in the top folder of a git repository: a copy installed inside another
+    project's repository would otherwise report that project's commit."""
+    top = _run_git("rev-parse", "--show-toplevel", timeout=5)
+    return top is not None and Path(top.strip()).resolve() == Path(__file__).resolve().parent.parent
+
+
+def _git(*args: str, timeout: float) -> str | None:
+    """Output of a git command in the phd-lab checkout, or None when the package is not its own checkout."""
+    return _run_git(*args, timeout=timeout) if _own_checkout() else None
+
+
+@lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the phd-lab checkout, if it is a git checkout and git is installed."""
     head = _git("rev-parse", "HEAD", timeout=5)

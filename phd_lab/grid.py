@@ -8,10 +8,9 @@ materialising the others (``--index I`` for SLURM array jobs).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping
 
 from phd_lab.config import META_KEY, RunConfig, is_swept, iter_axis_candidates, resolve_point
@@ -73,7 +72,7 @@ class Grid:
 
     def __getitem__(self, index: int) -> RunConfig:
         config = resolve_point(self.point(index), f"{self.where} (run {index})")
-        return dataclasses.replace(config, logged_meta=self.meta) if self.meta is not None else config
+        return replace(config, logged_meta=self.meta) if self.meta is not None else config
 
     def __iter__(self) -> Iterator[RunConfig]:
         return (self[i] for i in range(len(self)))

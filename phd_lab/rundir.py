@@ -139,9 +139,13 @@ class RunDir:
     def probe_settings(self) -> Path:
         return self.root / "probe_settings.json"
 
+    @property
+    def probe_confusion_dir(self) -> Path:
+        return self.root / "probe_confusion"
+
     def probe_confusion(self, index: int, layer: str, suffix: str) -> Path:
         """Confusion matrix of one layer's probe, ``suffix`` ``.npy`` or ``.png``."""
-        return self.root / "probe_confusion" / f"{index:03d}-{safe_name(layer)}{suffix}"
+        return self.probe_confusion_dir / f"{index:03d}-{safe_name(layer)}{suffix}"
 
     def create(self) -> "RunDir":
         self.root.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,7 @@ _PASS_MODULES: tuple[type, ...] = (
     nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d,
 )
 _WINDOW_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
-_GLOBAL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
+_ADAPTIVE_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 _PASS_FUNCTIONS = {
     operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
@@ -115,7 +115,8 @@ _GATE_FUNCTIONS = {operator.mul, operator.imul, operator.truediv, operator.itrue
 _GATE_METHODS = {"mul", "mul_", "div", "div_"}
 _PASS_FUNCTION_NAMES = {"stochastic_depth"}  # torchvision.ops: drops whole samples, passes through
 _META_METHODS = {"size", "dim", "numel", "type", "ndimension"}  # results carry no image content
-_GLOBAL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.flatten, F.linear}
+_ADAPTIVE_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
+_GLOBAL_FUNCTIONS = {torch.flatten, F.linear}
 _GLOBAL_METHODS = {"flatten"}
 _RESHAPE_METHODS = {"view", "reshape"}
 _REDUCE_FUNCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.amin: "amin",
@@ -360,11 +361,11 @@ def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
                     row_of[layer].side_branch = True
         layer = _layer_name(node, module)
         if layer is not None:
-            is_conv = not isinstance(module, nn.Linear)
-            if is_conv and isinstance(merge(in_states), _Unknown):
+            is_conv, entering = not isinstance(module, nn.Linear), merge(in_states)
+            if is_conv and isinstance(entering, _Unknown):
                 raise _unsupported(node, graph_module, f", which reads a feature map whose receptive field the graph "
-                                                       f"does not determine: it comes from {merge(in_states).origin}")
-            row_of[node] = _Row(_call_name(layer, calls), is_conv, merge(in_states), out,
+                                                       f"does not determine: it comes from {entering.origin}")
+            row_of[node] = _Row(_call_name(layer, calls), is_conv, entering, out,
                                 merge(previous[n] for n in inputs if n not in skips))
             rows.append(row_of[node])
             previous[node] = out
@@ -474,9 +475,10 @@ def _transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any]
             where = f"layer {node.target!r}"
             dilation = getattr(module, "dilation", 1)
             out = window(merge(in_states), *_pool_params(module.kernel_size, module.stride, dilation, where))
-        elif isinstance(module, _GLOBAL_MODULES):
-            out = _adaptive(merge(in_states), module.output_size, node, graph_module) \
-                if hasattr(module, "output_size") else GLOBAL
+        elif isinstance(module, _ADAPTIVE_MODULES):
+            out = _adaptive(merge(in_states), module.output_size, node, graph_module)
+        elif isinstance(module, nn.Flatten):
+            out = GLOBAL
         elif isinstance(module, _PASS_MODULES):
             out = merge(in_states)
         elif isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
@@ -490,7 +492,7 @@ def _transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any]
             out = _getitem(first, node, graph_module)
         elif target in _PASS_FUNCTIONS or getattr(target, "__name__", None) in _PASS_FUNCTION_NAMES:
             out = merge(in_states)
-        elif target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+        elif target in _ADAPTIVE_FUNCTIONS:
             out = _adaptive(first, _arg(node, 1, "output_size", None), node, graph_module)
         elif target in _GLOBAL_FUNCTIONS:
             out = GLOBAL

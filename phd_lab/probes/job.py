@@ -281,12 +281,14 @@ def performance_table(records: Sequence[ProbeRecord], model_accuracy: float | No
     return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
 
 
-def write_confusion(outputs: RunDir, record: ProbeRecord) -> None:
+def write_confusion(outputs: RunDir, record: ProbeRecord) -> list[Path]:
+    """Write one layer's confusion matrix (.npy) and its plot (.png); returns both paths."""
     from phd_lab.plots.probes import save_confusion_plot
     matrix = record.confusion_matrix()
-    write_with(outputs.probe_confusion(record.index, record.layer, ".npy"), lambda handle: np.save(handle, matrix))
-    save_confusion_plot(matrix, record.classes, f"{record.layer} (eval acc {record.eval_acc:.3f})",
-                        outputs.probe_confusion(record.index, record.layer, ".png"))
+    array, plot = (outputs.probe_confusion(record.index, record.layer, suffix) for suffix in (".npy", ".png"))
+    write_with(array, lambda handle: np.save(handle, matrix))
+    save_confusion_plot(matrix, record.classes, f"{record.layer} (eval acc {record.eval_acc:.3f})", plot)
+    return [array, plot]
 
 
 def remove_other_confusions(folder: Path, kept: Sequence[Path]) -> None:
@@ -365,19 +367,16 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], cache: ResultCache, stamps: dict[
         if remaining[task.job] == 0:  # a run's files are replaced together: a stopped job leaves the old set
             job = jobs[task.job]
             with deferred_interrupts():  # Ctrl-C or SIGTERM while the set is written takes effect after it
-                written = []
-                for finished in in_manifest_order(job, done[task.job]):
-                    write_confusion(job.outputs, finished)
-                    written += [job.outputs.probe_confusion(finished.index, finished.layer, suffix)
-                                for suffix in (".npy", ".png")]
-                remove_other_confusions(job.outputs.root / "probe_confusion", written)
+                written = [path for finished in in_manifest_order(job, done[task.job])
+                           for path in write_confusion(job.outputs, finished)]
+                remove_other_confusions(job.outputs.probe_confusion_dir, written)
                 write_results(job, done[task.job])
 
     for job in jobs:
         log.info("%s: %d layer(s) from %s; %s", job.label, len(job.manifest.layers), job.manifest.folder,
                  job.settings.describe())
     for job in jobs:  # temp files a killed probe job left (any writer's, once 15 minutes old)
-        for folder in (job.outputs.root, job.outputs.root / "probe_confusion"):
+        for folder in (job.outputs.root, job.outputs.probe_confusion_dir):
             for stale in atomic.remove_stale_temps(folder):
                 log.info("Removed %s, left half-written by a process that was killed.", stale)
     run_probes(tasks, cache, workers=workers, progress=progress, on_record=on_record, scheduler=scheduler)
