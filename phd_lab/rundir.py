@@ -140,6 +140,11 @@ class RunDir:
         return self.root / "probe_settings.json"
 
     @property
+    def probe_log(self) -> Path:
+        """What every probe job did to this run (appended), with the traceback of a failure."""
+        return self.root / "probe.log"
+
+    @property
     def probe_confusion_dir(self) -> Path:
         return self.root / "probe_confusion"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -740,3 +741,52 @@ def _running(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")  # a zombie has stopped; no init may be reaping them here
+
+
+def test_each_probed_run_keeps_a_probe_log_of_its_own_layers_and_failures(tmp_path, capsys, caplog):
+    """The probe job used to write no log: a failure's traceback and what was fitted or taken from the cache
+    lived only in the console of a batch job (DESIGN: a failure names where its log is)."""
+    layers, y_train, y_eval = blob_layers(n_layers=2)
+    healthy_run, healthy = make_latents(tmp_path, layers, y_train, y_eval, name="healthy")
+    broken = dict(layers)
+    train = layers["block1.conv"][0].copy()
+    train[3, 2] = np.nan
+    broken["block1.conv"] = (train, layers["block1.conv"][1])
+    diverged_run, diverged = make_latents(tmp_path, broken, y_train, y_eval, name="diverged")
+    jobs = jobs_from_latents(healthy)[0] + jobs_from_latents(diverged)[0]
+    caplog.set_level(logging.INFO)  # as the command line sets it
+    with pytest.raises(RunFailure) as failure:
+        run_jobs(jobs, tmp_path / "cache", workers=0, progress=False)
+    message = " ".join(str(failure.value).split())
+    assert message.endswith(f"Details (and any traceback) are in {diverged_run / 'probe.log'}.")  # the failed run's
+
+    healthy_log = (healthy_run / "probe.log").read_text()
+    assert "probe job started" in healthy_log and "probe results in" in healthy_log
+    assert healthy_log.count("(fitted)") == 2 and "NaN" not in healthy_log
+    assert "layer block0.conv (index 1): eval acc 1.0000, train acc 1.0000, 100 iterations" in healthy_log
+    assert f"probe job failed on another run: {diverged_run / 'probe.log'}" in healthy_log
+    diverged_log = (diverged_run / "probe.log").read_text()
+    assert "probe results in" not in diverged_log and "Traceback" not in diverged_log  # bad data, not a bug
+    assert diverged_log.count("hold 1 NaN or infinite value(s)") == 2  # when found, and the job's failure
+
+    # the rerun of the healthy run appends; its layers come from the cache, named with their key
+    capsys.readouterr()
+    assert cli("--latents", str(healthy), "-mp", "0", "--cache-dir", str(tmp_path / "cache")) == 0
+    healthy_log = (healthy_run / "probe.log").read_text()
+    assert healthy_log.count("probe job started") == 2 and healthy_log.rstrip().endswith("probe job finished")
+    assert healthy_log.count("(cached result ") == 2
+    assert "(cached result" not in capsys.readouterr().err  # per-layer lines go to the file, not the console
+
+
+def test_a_failed_fit_leaves_its_worker_traceback_in_the_probe_log_and_one_paragraph_on_the_console(tmp_path,
+                                                                                                    capsys):
+    layers, y_train, y_eval = blob_layers(n_layers=2)
+    layers["block1.conv"] = (np.zeros((len(y_train), 0), np.float32), np.zeros((len(y_eval), 0), np.float32))
+    run_dir, latents = make_latents(tmp_path, layers, y_train, y_eval)  # a layer without features: the fit raises
+    assert cli("--latents", str(latents), "-mp", "2") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 6
+    assert f"Details (and any traceback) are in {run_dir / 'probe.log'}." in " ".join(err.split())
+    log_text = (run_dir / "probe.log").read_text()
+    assert "probe job failed" in log_text and "Traceback (most recent call last)" in log_text
+    assert "0 feature(s)" in log_text and "in probe_layer" in log_text  # the worker process' own frames

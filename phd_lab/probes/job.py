@@ -22,12 +22,13 @@ import numpy as np
 from phd_lab import atomic
 from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
 from phd_lab.atomic import write_csv, write_with
-from phd_lab.errors import ConfigError, DataError, UsageError
+from phd_lab.errors import ConfigError, DataError, PhdLabError, UsageError
 from phd_lab.interrupts import deferred_interrupts
 from phd_lab.lock import RunLock
 from phd_lab.probes.cache import ResultCache, cache_key, library_versions
 from phd_lab.probes.fit import ProbeRecord, stratified_subsample
 from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest, verify_hashes
+from phd_lab.probes.probe_log import PROBE_JOB, ProbeLogs
 from phd_lab.probes.runner import ProbeTask, run_probes
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.rundir import RunDir, anchor_logged_run
@@ -307,7 +308,8 @@ def in_manifest_order(job: ProbeJob, records: Sequence[ProbeRecord]) -> list[Pro
     return sorted(records, key=lambda record: order[record.layer])
 
 
-def write_results(job: ProbeJob, records: Sequence[ProbeRecord]) -> None:
+def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int | None = None) -> None:
+    """The run's table, settings and plot; ``position`` tags the log lines for the run's ``probe.log``."""
     from phd_lab.plots.probes import save_probe_accuracy_plot
     table = performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy)
     # the settings the results were fitted with: the run's logged config only holds the config's probe keys
@@ -315,12 +317,13 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord]) -> None:
                                                    "library_versions": library_versions(job.settings.solver)})
     write_csv(job.outputs.probe_csv, table)
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
-    log.info("%s: probe results in %s", job.label, job.outputs.probe_csv)
+    tag = {PROBE_JOB: position} if position is not None else None
+    log.info("%s: probe results in %s", job.label, job.outputs.probe_csv, extra=tag)
     if job.outputs.analysis_json.exists():  # the run has an analysis: it now reads these probes
-        refresh_analysis(job)
+        refresh_analysis(job, tag)
 
 
-def refresh_analysis(job: ProbeJob) -> None:
+def refresh_analysis(job: ProbeJob, tag: dict[str, int] | None = None) -> None:
     """Rewrite the run's analysis.json/.png with the new probe results (it only reads the run's tables).
     A run whose folder a live process holds (training, post-processing) writes its own at the end."""
     from phd_lab.report.collect import analyse_run
@@ -328,13 +331,13 @@ def refresh_analysis(job: ProbeJob) -> None:
         entry = analyse_run(job.outputs, write=True)
     except Exception as error:  # the probe results are written; a broken analysis must not fail the job
         log.warning("%s: the analysis could not be refreshed (python -m phd_lab report retries): %s: %s",
-                    job.label, type(error).__name__, error)
+                    job.label, type(error).__name__, error, extra=tag)
         return
     if entry.written:
-        log.info("%s: analysis refreshed in %s", job.label, job.outputs.analysis_json)
+        log.info("%s: analysis refreshed in %s", job.label, job.outputs.analysis_json, extra=tag)
     elif not entry.errors:
         log.info("%s: analysis left to the process that holds the run folder (%s); it reads these probes when it "
-                 "writes its own", job.label, entry.tables.status.owner if entry.tables.status else "")
+                 "writes its own", job.label, entry.tables.status.owner if entry.tables.status else "", extra=tag)
 
 
 def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 0,
@@ -352,16 +355,34 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
             except OSError as error:
                 raise DataError(f"The probe results of {str(root)!r} cannot be written there: {error}.") from None
         cache.prepare()  # after the locks: a run folder that cannot be written leaves no empty cache folder
-        return _run_locked_jobs(jobs, cache, stamps, workers, progress, scheduler)
+        with ProbeLogs([job.outputs.probe_log for job in jobs]) as logs:
+            try:
+                return _run_locked_jobs(jobs, cache, stamps, workers, progress, scheduler, logs)
+            except PhdLabError as error:
+                raise _naming_the_logs(error, jobs)
+
+
+def _naming_the_logs(error: PhdLabError, jobs: Sequence[ProbeJob]) -> PhdLabError:
+    """The failure's message ends with the probe log(s) of the run(s) it concerns, which hold the details."""
+    positions = getattr(error, PROBE_JOB + "s", None) or range(len(jobs))
+    logs = [str(jobs[position].outputs.probe_log) for position in positions]
+    where = logs[0] if len(logs) == 1 else f"{logs[0]} and {len(logs) - 1} other run folder(s)"
+    error.args = (f"{str(error).rstrip()} Details (and any traceback) are in {where}.",)
+    return error
 
 
 def _run_locked_jobs(jobs: Sequence[ProbeJob], cache: ResultCache, stamps: dict[str, tuple[int, int, int]],
-                     workers: int, progress: bool, scheduler: str | None) -> dict[int, list[ProbeRecord]]:
+                     workers: int, progress: bool, scheduler: str | None,
+                     logs: ProbeLogs) -> dict[int, list[ProbeRecord]]:
     tasks = build_tasks(jobs, stamps)
     remaining = {position: len(job.manifest.layers) for position, job in enumerate(jobs)}
     done: dict[int, list[ProbeRecord]] = {position: [] for position in range(len(jobs))}
 
     def on_record(task: ProbeTask, record: ProbeRecord, cached: bool) -> None:
+        logs.write(logging.INFO, "layer %s (index %d): eval acc %.4f, train acc %.4f, %d iterations, %s, %.2f s (%s)",
+                   record.layer, record.index, record.eval_acc, record.train_acc, record.n_iter,
+                   "converged" if record.converged else "not converged", record.seconds,
+                   f"cached result {task.key_digest()}" if cached else "fitted", position=task.job)
         done[task.job].append(record)
         remaining[task.job] -= 1
         if remaining[task.job] == 0:  # a run's files are replaced together: a stopped job leaves the old set
@@ -370,14 +391,15 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], cache: ResultCache, stamps: dict[
                 written = [path for finished in in_manifest_order(job, done[task.job])
                            for path in write_confusion(job.outputs, finished)]
                 remove_other_confusions(job.outputs.probe_confusion_dir, written)
-                write_results(job, done[task.job])
+                write_results(job, done[task.job], task.job)
 
-    for job in jobs:
+    for position, job in enumerate(jobs):
         log.info("%s: %d layer(s) from %s; %s", job.label, len(job.manifest.layers), job.manifest.folder,
-                 job.settings.describe())
-    for job in jobs:  # temp files a killed probe job left (any writer's, once 15 minutes old)
+                 job.settings.describe(), extra={PROBE_JOB: position})
+    for position, job in enumerate(jobs):  # temp files a killed probe job left (any writer's, once 15 minutes old)
         for folder in (job.outputs.root, job.outputs.probe_confusion_dir):
             for stale in atomic.remove_stale_temps(folder):
-                log.info("Removed %s, left half-written by a process that was killed.", stale)
+                log.info("Removed %s, left half-written by a process that was killed.", stale,
+                         extra={PROBE_JOB: position})
     run_probes(tasks, cache, workers=workers, progress=progress, on_record=on_record, scheduler=scheduler)
     return {position: in_manifest_order(jobs[position], records) for position, records in done.items()}

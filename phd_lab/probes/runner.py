@@ -23,6 +23,7 @@ from phd_lab.errors import DataError, PhdLabError, RunFailure
 from phd_lab.lock import ProcessTurn
 from phd_lab.probes.cache import ResultCache, key_digest, library_versions
 from phd_lab.probes.fit import ProbeRecord, probe_layer
+from phd_lab.probes.probe_log import PROBE_JOB
 from phd_lab.probes.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,12 @@ def _failure(task: ProbeTask, error: BaseException) -> PhdLabError:
                       f"{type(error).__name__}: {error}")
 
 
+def _about(task: ProbeTask, failure: PhdLabError) -> PhdLabError:
+    """Mark the failure as one of ``task``'s run: the job names that run's probe.log in the message."""
+    setattr(failure, PROBE_JOB + "s", (task.job,))
+    return failure
+
+
 def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int = 0, progress: bool = True,
                on_record: Callable[[ProbeTask, ProbeRecord, bool], None] | None = None,
                scheduler: str | None = None) -> list[ProbeRecord]:
@@ -180,8 +187,8 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
         try:
             on_record(task, record, from_cache)
         except OSError as error:  # a read-only or full output folder: say which file, not a traceback
-            raise RunFailure(f"Probe results could not be written: {error}. The layers probed so far stay "
-                             f"cached; rerun the same command once the problem is fixed.") from None
+            raise _about(task, RunFailure(f"Probe results could not be written: {error}. The layers probed so far "
+                                          f"stay cached; rerun the same command once the problem is fixed.")) from None
 
     try:
         for position, record in cached.items():
@@ -194,25 +201,27 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
 
         def finished(position: int, record: ProbeRecord | None, error: BaseException | None = None) -> None:
             task = tasks[position]
-            bar.update(1)
             if error is not None:
+                bar.update(1)
                 failure = _failure(task, error)
                 if not isinstance(failure, DataError):  # the job cannot go on (versions, files replaced, ...)
-                    raise failure from error
+                    # chained to the error, whose own cause holds a worker's traceback (text from another process)
+                    raise _about(task, failure) from (error if failure is not error else error.__cause__)
                 if task.job not in failed:  # this run's data cannot be probed; the other runs go on
                     failed[task.job] = failure
-                    log.error("%s", failure)
+                    log.error("%s", failure, extra={PROBE_JOB: task.job})
                 return
             assert record is not None
             records[position] = record
             try:
                 cache.put(task.key, record)
             except OSError as error:  # a full disk, a vanished folder: say which result could not be kept
-                raise RunFailure(f"The probe of layer {record.layer!r} finished, but its result could not be "
-                                 f"cached: {error}. Layers already cached stay so; rerun the same command "
-                                 f"once the problem is fixed.") from None
+                raise _about(task, RunFailure(f"The probe of layer {record.layer!r} finished, but its result could "
+                                              f"not be cached: {error}. Layers already cached stay so; rerun the "
+                                              f"same command once the problem is fixed.")) from None
             deliver(task, record, False)
             bar.set_postfix_str(f"{record.layer}: {record.eval_acc:.3f}", refresh=False)
+            bar.update(1)  # after the run's outputs are written, which the last layer of a run triggers
 
         def wanted(position: int) -> bool:
             return tasks[position].job not in failed
@@ -237,8 +246,10 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
         reasons = " ".join(str(error) for error in failed.values())
         others = len({task.job for task in tasks}) - len(failed)
         written = f"the results of the other {others} run(s) are written" if others else "nothing was written"
-        raise RunFailure(f"{len(failed)} run(s) could not be probed, and their earlier probe results (if any) were "
-                         f"left as they were; {written}. {reasons}")
+        failure = RunFailure(f"{len(failed)} run(s) could not be probed, and their earlier probe results (if any) "
+                             f"were left as they were; {written}. {reasons}")
+        setattr(failure, PROBE_JOB + "s", tuple(sorted(failed)))
+        raise failure
     return [records[position] for position in range(len(tasks))]
 
 
