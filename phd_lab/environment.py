@@ -26,7 +26,7 @@ def _run_git(*args: str, timeout: float) -> str | None:
     """Output of a git command run in the package's folder, or None (no git, not a repository, failed)."""
     try:
         result = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
-                                text=True, timeout=timeout, check=False)
+                                text=True, errors="replace", timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout if result.returncode == 0 else None
@@ -57,6 +57,13 @@ def git_dirty() -> bool | None:
     not say which code ran); None when it is no git checkout or git is missing."""
     status = _git("status", "--porcelain", "--untracked-files=no", timeout=10)
     return bool(status.strip()) if status is not None else None
+
+
+def git_diff() -> str | None:
+    """The uncommitted changes to tracked files of the phd-lab checkout as a patch against its commit
+    (``git diff HEAD``, binary files included): with ``git apply`` on that commit it restores the code a
+    run used. "" when there are none; None when it is no git checkout or git is missing."""
+    return _git("diff", "HEAD", "--binary", "--no-color", "--no-ext-diff", timeout=30)
 
 
 def device_description(device: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import json
 import logging
@@ -18,7 +19,7 @@ from phd_lab.callbacks import Callback, MetricsCSV
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, absolute_paths, as_single_point
 from phd_lab.data import DataBundle
-from phd_lab.environment import device_description, versions
+from phd_lab.environment import device_description, git_diff, versions
 from phd_lab.errors import (ConfigError, DataError, RegistryError, RunDiverged, Terminated, UsageError,
                             first_line)
 from phd_lab.lock import ProcessTurn, RunLock
@@ -133,6 +134,7 @@ class TrainTestExecutor:
         self._validated = False
         self._device: torch.device | None = None  # resolved when the run starts (logged with the versions)
         self._trained_threads: int | None = None  # the thread count the run's checkpoint was trained with
+        self._git_diff: str | None = None  # uncommitted changes of the phd-lab checkout (set by logged_config)
 
     # ------------------------------------------------------------------ validation
     def validate(self, missing_data: str = "error") -> None:
@@ -327,6 +329,11 @@ class TrainTestExecutor:
                             "registry_files": dict(self.registries.files),
                             "registry_sha256": self.registries.file_hashes(),
                             "defaults_in_effect": self._defaults_in_effect(), "working_directory": os.getcwd()}
+        # the commit alone does not say which code ran in a checkout with uncommitted changes: their patch
+        # is kept beside the config (``<name>_git.diff``) and its sha256 is logged and compared on a rerun
+        self._git_diff = git_diff() if values[META_KEY].get("git_dirty") else None
+        values[META_KEY]["git_diff_sha256"] = (hashlib.sha256(self._git_diff.encode("utf-8")).hexdigest()
+                                               if self._git_diff else None)
         return values
 
     def _defaults_in_effect(self) -> dict[str, dict[str, Any]]:
@@ -418,6 +425,10 @@ class TrainTestExecutor:
                 return
         now = self.logged_config()
         self._say_setup_differences(self.config.logged_meta, now[META_KEY], against_logged_run=True)
+        if self._git_diff:
+            atomic.write_text(self.rundir.git_diff, self._git_diff)
+        else:
+            self.rundir.git_diff.unlink(missing_ok=True)  # an earlier, untrained start's changes
         atomic.write_json(path, now)
 
     def _say_setup_differences(self, logged: Any, now: Mapping[str, Any], against_logged_run: bool) -> None:

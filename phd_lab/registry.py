@@ -119,8 +119,54 @@ class Registry:
         return (text or "").strip().splitlines()[0] if text else ""
 
 
+# The sha256 of the source each registry module was last executed from, by module name. A long-lived process
+# (a Dask worker, a notebook) sees a registry file edited between two grids: the module is executed again
+# from its new source, so the code a run trains with is always the code whose hash its _meta records.
+_EXECUTED_SHA256: dict[str, str] = {}
+
+
+def executed_sha256(module: ModuleType) -> str | None:
+    """sha256 of the source the registry module was executed from (None: not from a readable file)."""
+    known = _EXECUTED_SHA256.get(module.__name__)
+    if known is not None:
+        return known
+    source = _source(getattr(module, "__file__", None))
+    return hashlib.sha256(source).hexdigest() if source is not None else None
+
+
+def _source(file: str | None) -> bytes | None:
+    if not file or not file.endswith(".py"):
+        return None
+    try:
+        return Path(file).read_bytes()
+    except OSError:
+        return None
+
+
+def _execute(module: ModuleType, source: bytes, path: Path) -> ModuleType:
+    """Run ``source`` (the bytes that are hashed) as the module's code, in its namespace."""
+    exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's own registry module
+    _EXECUTED_SHA256[module.__name__] = hashlib.sha256(source).hexdigest()
+    return module
+
+
+def _current(module: ModuleType) -> ModuleType:
+    """A module imported earlier in this process, executed again if its file changed since."""
+    source = _source(getattr(module, "__file__", None))
+    if source is None:
+        return module
+    digest = hashlib.sha256(source).hexdigest()
+    known = _EXECUTED_SHA256.setdefault(module.__name__, digest)  # first seen: imported from this source
+    if known != digest:
+        log.info("The registry module %s (%s) changed since this process imported it; executing it again.",
+                 module.__name__, module.__file__)
+        _execute(module, source, Path(module.__file__))
+    return module
+
+
 def import_registry_module(spec: str, kind: str) -> ModuleType:
-    """Import a registry module given as dotted name or as a path to a ``.py`` file."""
+    """Import a registry module given as dotted name or as a path to a ``.py`` file; one imported before
+    in this process is executed again when its file has changed since."""
     try:
         if spec.endswith(".py") or "/" in spec:
             path = Path(spec).expanduser().resolve()
@@ -132,20 +178,21 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
                                     f"dotted module name (e.g. 'registries.{kind}') or a path to a .py file.")
             module_name = f"phd_lab_user_{kind}_{abs(hash(str(path)))}"
             if module_name in sys.modules:
-                return sys.modules[module_name]
+                return _current(sys.modules[module_name])
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
-            if loader_spec is None or loader_spec.loader is None:
+            if loader_spec is None or loader_spec.loader is None or path.suffix != ".py":
                 raise RegistryError(f"The {kind} registry module {spec!r} is not a Python source file; give a "
                                     f"path ending in .py or a dotted module name.")
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[module_name] = module
             try:
-                loader_spec.loader.exec_module(module)
+                _execute(module, path.read_bytes(), path)
             except BaseException:
                 del sys.modules[module_name]
+                _EXECUTED_SHA256.pop(module_name, None)
                 raise
             return module
-        return _import_dotted(spec)
+        return _current(_import_dotted(spec))
     except RegistryError:
         raise
     except ModuleNotFoundError as error:
@@ -204,25 +251,21 @@ class Registries:
                         for kind in KINDS}
         self._registries: dict[str, Registry] = {}
         self.files: dict[str, str | None] = {}  # where each module was loaded from (logged with a run)
+        self.sha256: dict[str, str | None] = {}  # of the source each module was executed from
         for kind in KINDS:
             module = chosen[kind]
             if isinstance(module, str):
                 module = import_registry_module(module, kind)
             self.files[kind] = getattr(module, "__file__", None)
+            self.sha256[kind] = executed_sha256(module)
             if chosen[kind] == DEFAULT_MODULES[kind]:
                 _warn_if_shadowed(kind, self.files[kind])
             self._registries[kind] = Registry.from_module(kind, module)
 
     def file_hashes(self) -> dict[str, str | None]:
-        """sha256 of each registry module's file: a custom registry outside the repository is not covered by
-        the logged git commit, and its code is part of what a run trained with."""
-        hashes: dict[str, str | None] = {}
-        for kind, path in self.files.items():
-            try:
-                hashes[kind] = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
-            except OSError:
-                hashes[kind] = None
-        return hashes
+        """sha256 of the source each registry module was executed from: a custom registry outside the
+        repository is not covered by the logged git commit, and its code is part of what a run trained with."""
+        return dict(self.sha256)
 
     def __getitem__(self, kind: str) -> Registry:
         return self._registries[kind]

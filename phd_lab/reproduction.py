@@ -40,7 +40,18 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
             if old_hashes[kind] and old_hashes[kind] != new_hashes[kind]:
                 found.append(f"the code of the {kind} registry file (sha256 {str(old_hashes[kind])[:12]}…, now "
                              f"{str(new_hashes[kind])[:12]}…)")
+    # the same commit with other uncommitted changes (an older _meta lacks the key: not compared)
+    old_diff, new_diff = logged.get("git_diff_sha256", _ABSENT), now.get("git_diff_sha256")
+    same_commit = bool(logged.get("git_commit")) and logged.get("git_commit") == now.get("git_commit")
+    if old_diff is not _ABSENT and same_commit and old_diff != new_diff:
+        kept = "; the run's <name>_git.diff holds its own" if old_diff else ""
+        found.append(f"the uncommitted changes to phd-lab ({_diff_state(old_diff)}, now {_diff_state(new_diff)}"
+                     f"{kept})")
     return found
+
+
+def _diff_state(digest: Any) -> str:
+    return f"diff sha256 {str(digest)[:12]}…" if digest else "none"
 
 
 def version_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

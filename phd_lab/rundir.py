@@ -65,6 +65,11 @@ class RunDir:
         return self.file("_config.json")
 
     @property
+    def git_diff(self) -> Path:
+        """The uncommitted changes of the phd-lab checkout the run began with (only when there were any)."""
+        return self.file("_git.diff")
+
+    @property
     def metrics_csv(self) -> Path:
         return self.file(".csv")
 

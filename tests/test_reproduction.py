@@ -4,11 +4,15 @@ sends its run."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +126,83 @@ def test_the_git_commit_is_only_the_checkout_s_own(tmp_path):
     copied = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(copied)
     assert copied.git_commit() is None and copied.git_dirty() is None
+
+
+def test_a_registry_file_edited_between_two_grids_of_one_process_trains_and_logs_the_new_code(tmp_path, capsys,
+                                                                                               monkeypatch):
+    """A long-lived process (a Dask worker, a notebook) kept the registry module it imported first: after the
+    file was edited it trained the old model, while _meta logged the sha256 of the new file."""
+    registry = tmp_path / "my_models.py"
+    registry.write_text(REGISTRY.format(act="relu"))
+    logged = []
+    for act, run_id in (("relu", "first"), ("tanh", "second")):
+        registry.write_text(REGISTRY.format(act=act))
+        config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_cnn", model_args={}, run_id=run_id,
+                              registries={"models": str(registry)}, track_saturation=False, post_processing=[])
+        assert main_in_process(capsys, "--config", str(config), "--no-progress")[0] == 0
+        [folder] = [f for f in run_folders(tmp_path / "logs") if f"/{run_id}/" in str(f)]
+        meta = json.loads((folder / f"{run_name(folder)}_config.json").read_text())[META_KEY]
+        logged.append(meta)
+        assert meta["registry_sha256"]["models"] == hashlib.sha256(registry.read_bytes()).hexdigest()
+        assert meta["defaults_in_effect"]["model_args"] == {"act": act}  # the code that ran is the file's now
+
+    # a dotted module name (a package on the module path) is executed again as well
+    package = tmp_path / "labpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "zoo.py").write_text(REGISTRY.format(act="relu"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from phd_lab.registry import Registries
+    first = Registries({"models": "labpkg.zoo"})
+    assert first.models.get("tiny_cnn")(num_classes=2)[1].__class__.__name__ == "ReLU"
+    (package / "zoo.py").write_text(REGISTRY.format(act="tanh") + "\n# edited\n")
+    second = Registries({"models": "labpkg.zoo"})
+    assert second.models.get("tiny_cnn")(num_classes=2)[1].__class__.__name__ == "Tanh"
+    assert second.file_hashes()["models"] == hashlib.sha256((package / "zoo.py").read_bytes()).hexdigest()
+    assert first.file_hashes()["models"] != second.file_hashes()["models"]
+
+
+def _checkout_copy(target: Path) -> Path:
+    """The tracked files of this checkout, as they are now, committed in a new repository at ``target``."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, (file.decode() for file in files)):
+        if (ROOT / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target / name)
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                                                    "-m", "copy"]):
+        subprocess.run(["git", *command], cwd=target, check=True, capture_output=True)
+    return target
+
+
+def test_uncommitted_changes_are_kept_as_a_patch_beside_the_config_and_named_on_a_rerun(tmp_path):
+    """A dirty checkout logged git_dirty: true and nothing else: the code that ran could not be restored."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("git or this checkout's repository is missing")
+    checkout = _checkout_copy(tmp_path / "checkout")
+    init = checkout / "phd_lab" / "__init__.py"
+    init.write_text(init.read_text() + "\nLOCAL_CHANGE = 1  # not committed\n")
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(checkout / "main.py"), "--config", *args, "--no-progress"],
+                              cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+
+    assert run(str(config)).returncode == 0
+    [folder] = run_folders(tmp_path / "logs")
+    name = run_name(folder)
+    meta = json.loads((folder / f"{name}_config.json").read_text())[META_KEY]
+    patch = (folder / f"{name}_git.diff").read_bytes()
+    assert meta["git_dirty"] is True and meta["git_diff_sha256"] == hashlib.sha256(patch).hexdigest()
+    assert b"+LOCAL_CHANGE = 1  # not committed" in patch
+    subprocess.run(["git", "stash", "-q"], cwd=checkout, check=True, capture_output=True)
+    subprocess.run(["git", "apply", str(folder / f"{name}_git.diff")], cwd=checkout, check=True)  # restores it
+    assert "LOCAL_CHANGE = 1" in init.read_text()
+
+    init.write_text(init.read_text() + "OTHER_CHANGE = 2\n")
+    assert run(str(folder / f"{name}_config.json"), "--run-id", "again").returncode == 0
+    [again] = [f for f in run_folders(tmp_path / "logs") if f != folder]
+    log_text = " ".join((again / f"{run_name(again)}.log").read_text().split())
+    assert (f"the uncommitted changes to phd-lab (diff sha256 {meta['git_diff_sha256'][:12]}…, now diff sha256 "
+            in log_text and "the run's <name>_git.diff holds its own" in log_text)
+    assert (again / f"{run_name(again)}_git.diff").read_text().count("_CHANGE = ") == 2
