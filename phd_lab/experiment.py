@@ -189,7 +189,8 @@ def chosen_indices(grid: Grid, index: int | None) -> list[int] | None:
 
 
 def point_status(executor: TrainTestExecutor) -> str:
-    """What a grid point's folder holds now: new, running/stopped e/E epochs, finished (post-processing)."""
+    """What a grid point's folder holds now: new, running/stopped e/E epochs, finished (post-processing),
+    or trained with post-processing steps left (a run killed during its steps, or with steps added since)."""
     import pandas as pd
 
     from phd_lab.analysis.run_tables import training_status
@@ -200,7 +201,12 @@ def point_status(executor: TrainTestExecutor) -> str:
         metrics = pd.read_csv(rundir.metrics_csv) if rundir.metrics_csv.exists() else None
     except (OSError, ValueError, pd.errors.ParserError):
         metrics = None
-    return training_status(rundir, {"epoch": planned}, metrics).label()  # as the report says it
+    status = training_status(rundir, {"epoch": planned}, metrics)  # as the report says it
+    if status.state == "finished" and not status.active:
+        left = [step.name for step, params in executor.steps if step.done(rundir, params) is False]
+        if left:
+            return f"trained, steps left: {', '.join(left)}"
+    return status.label()
 
 
 def summary_table(outcomes: list[RunOutcome]) -> str:

@@ -474,3 +474,27 @@ def test_a_registries_package_that_shadows_the_built_in_one_is_named(tmp_path, c
     with caplog.at_level("WARNING", logger="phd_lab.registry"):
         builtin = Registries()
     assert builtin.files["models"] == str(ROOT / "registries" / "models.py") and "shadows" not in caplog.text
+
+
+def test_dry_run_names_the_steps_a_trained_run_still_lacks(tmp_path, capsys):
+    """A run killed during its extraction (the manifest is written last) was listed as finished, so a user
+    checking a grid with --dry-run never learnt that its latents were missing."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False,
+                          post_processing=["receptive_field", "extract"])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+
+    def status() -> str:
+        capsys.readouterr()
+        assert main_cli(["--config", str(config), "--dry-run"]) == 0
+        return capsys.readouterr().out.splitlines()[-1].split(str(folder))[0].split(None, 1)[1].strip()
+
+    assert status() == "finished"
+    (folder / "latents" / "manifest.json").unlink()  # the state a SIGKILL during the extraction leaves
+    (folder / "receptive_field.png").unlink()
+    assert status() == "trained, steps left: receptive_field, extract"
+    write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False,
+                 post_processing=["receptive_field", "extract", "flops"])  # a step added since
+    assert status() == "trained, steps left: receptive_field, extract, flops"
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert status() == "finished"

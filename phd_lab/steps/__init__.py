@@ -75,6 +75,17 @@ class Step:
         parameters are those they were made from (stamps.py); none: the step always runs."""
         return ()
 
+    def done(self, rundir: "RunDir", params: dict[str, Any]) -> bool | None:
+        """Whether a rerun of the trained run would keep this step's results (what ``--dry-run`` shows);
+        None for a step without declared outputs, which runs every time."""
+        if not self.outputs(rundir):
+            return None
+        from phd_lab.steps.stamps import StepStamps, step_stamp
+        try:
+            return StepStamps(rundir).up_to_date(self, step_stamp(self, params, rundir), rundir)
+        except OSError:  # no checkpoint
+            return False
+
     def validate(self, raw: dict[str, Any], config: RunConfig, where: str) -> dict[str, Any]:
         """Check the step's parameters and return them resolved (defaults injected)."""
         known = {key.name: key for key in self.params}

@@ -43,6 +43,11 @@ class ExtractStep(Step):
             except ConfigError as error:
                 raise ConfigError(f"{where}: {error}") from None
 
+    def done(self, rundir: Any, params: dict[str, Any]) -> bool | None:
+        """An extraction is complete once its manifest is written (last); one killed part-way has none."""
+        from phd_lab.probes.manifest import MANIFEST
+        return (rundir.latents(params["latents_dir"]) / MANIFEST).is_file()
+
     def run(self, ctx: StepContext, **params: Any) -> None:
         from phd_lab.extraction import extract_latents
 
