@@ -114,3 +114,38 @@ def test_a_rerun_keeps_results_whose_model_and_parameters_did_not_change(tmp_pat
         checkpoint.unlink()
     err = rerun(["receptive_field", "flops", {"name": "project", "deltas": [0.9, 0.99]}, "analysis"])
     assert "up to date" not in err and "Resuming" not in err
+
+
+def test_a_copied_run_folder_keeps_its_step_results(tmp_path, capsys):
+    """The stamps compared the checkpoint's modification time only, so a run tree copied with `cp -r` (new
+    times) recomputed every step, the extraction and projection passes included."""
+    import shutil
+    steps = ["receptive_field", "flops"]
+    run_in_process(write_config(tmp_path, steps), capsys)
+    (run,) = [p.parent for p in (tmp_path / "logs").rglob("*_config.json")]
+    shutil.copytree(tmp_path / "logs", tmp_path / "moved", copy_function=shutil.copy)  # every file: a new time
+    copy = tmp_path / "moved" / run.relative_to(tmp_path / "logs")
+    outputs = ["receptive_field.csv", "receptive_field.png", "computational_info.json", "computational_info.csv"]
+    times = {name: (copy / name).stat().st_mtime_ns for name in outputs}
+    checkpoint = copy / f"{run_name(copy)}.pt"
+    assert checkpoint.stat().st_mtime_ns != (run / checkpoint.name).stat().st_mtime_ns
+
+    err = run_in_process(copy / f"{run_name(copy)}_config.json", capsys)
+    assert f"Run folder {copy}" in err
+    for step in steps:
+        assert f"Post-processing step {step} of {run_name(copy)}: up to date" in err
+    assert times == {name: (copy / name).stat().st_mtime_ns for name in outputs}
+    stamps = json.loads((copy / ".steps.json").read_text())
+    assert stamps["flops"]["checkpoint"][1] == checkpoint.stat().st_mtime_ns  # re-stamped: no hashing next time
+    assert stamps["flops"]["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+    # another checkpoint of the same size (other weights) is another model: the steps run again
+    data = bytearray(checkpoint.read_bytes())
+    original = json.loads((run / ".steps.json").read_text())["flops"]
+    assert original["checkpoint"][0] == len(data)
+    stamps["flops"]["checkpoint"][1] -= 1  # as if written at another time ...
+    stamps["flops"]["checkpoint_sha256"] = "0" * 64  # ... with other content
+    (copy / ".steps.json").write_text(json.dumps(stamps))
+    err = run_in_process(copy / f"{run_name(copy)}_config.json", capsys)
+    assert f"flops of {run_name(copy)}: up to date" not in err
+    assert f"receptive_field of {run_name(copy)}: up to date" in err

@@ -82,7 +82,7 @@ class Step:
             return None
         from phd_lab.steps.stamps import StepStamps, step_stamp
         try:
-            return StepStamps(rundir).up_to_date(self, step_stamp(self, params, rundir), rundir)
+            return StepStamps(rundir).up_to_date(self, step_stamp(self, params, rundir), rundir, refresh=False)
         except OSError:  # no checkpoint
             return False
 

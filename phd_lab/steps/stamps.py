@@ -3,7 +3,7 @@
 A rerun of a finished run (a grid extended by one value, a step added to the config) used to run
 every step again; ``project`` alone is a pass over the training set plus two test evaluations per
 delta. A step with declared outputs records a stamp after it ran: its version, its resolved
-parameters and the fingerprint (size, modification time) of the checkpoint it analysed. The
+parameters and the fingerprint (size, modification time, sha256) of the checkpoint it analysed. The
 stamps of a run live in one file, ``.steps.json`` in its folder, written atomically by the
 process that holds the run's lock.
 
@@ -15,6 +15,7 @@ outputs (or ``.steps.json``) to have it run again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,22 +37,50 @@ def step_stamp(step: "Step", params: dict[str, Any], rundir: "RunDir") -> dict[s
 
 
 class StepStamps:
-    """The stamps file of one run folder."""
+    """The stamps file of one run folder. A stamp also records the checkpoint's sha256, so that a copied
+    run folder (``cp -r`` gives every file a new modification time) keeps its results."""
 
     def __init__(self, rundir: "RunDir") -> None:
+        self.rundir = rundir
         self.path = Path(rundir.root) / STAMPS
         try:
             stamps = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             stamps = {}
         self.stamps: dict[str, Any] = stamps if isinstance(stamps, dict) else {}
+        self._checkpoint_sha256: str | None = None
 
-    def up_to_date(self, step: "Step", stamp: dict[str, Any], rundir: "RunDir") -> bool:
-        """The step ran on this checkpoint with these parameters, and every output it writes is there."""
-        return self.stamps.get(step.name) == stamp and all(path.exists() for path in step.outputs(rundir))
+    def checkpoint_sha256(self) -> str:
+        """sha256 of the run's checkpoint (read once per instance: post-processing does not change it)."""
+        if self._checkpoint_sha256 is None:
+            digest = hashlib.sha256()
+            with open(self.rundir.checkpoint, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            self._checkpoint_sha256 = digest.hexdigest()
+        return self._checkpoint_sha256
+
+    def up_to_date(self, step: "Step", stamp: dict[str, Any], rundir: "RunDir", refresh: bool = True) -> bool:
+        """The step ran on this checkpoint with these parameters, and every output it writes is there. A
+        checkpoint of the same size and content under another modification time is the same checkpoint;
+        with ``refresh`` its stamp is then rewritten, so the next check needs no hashing."""
+        old = self.stamps.get(step.name)
+        if not isinstance(old, dict) or not all(path.exists() for path in step.outputs(rundir)):
+            return False
+        recorded = {key: value for key, value in old.items() if key != "checkpoint_sha256"}
+        if recorded == stamp:
+            return True
+        other_time_only = ({**recorded, "checkpoint": None} == {**stamp, "checkpoint": None}
+                           and isinstance(recorded.get("checkpoint"), list) and recorded["checkpoint"][:1]
+                           == stamp["checkpoint"][:1])
+        if not other_time_only or old.get("checkpoint_sha256") != self.checkpoint_sha256():
+            return False
+        if refresh:
+            self.record(step, stamp)
+        return True
 
     def record(self, step: "Step", stamp: dict[str, Any]) -> None:
-        self.stamps[step.name] = stamp
+        self.stamps[step.name] = {**stamp, "checkpoint_sha256": self.checkpoint_sha256()}
         atomic.write_json(self.path, self.stamps)
 
     def forget(self, step: "Step") -> None:
