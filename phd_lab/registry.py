@@ -151,7 +151,8 @@ def _execute(module: ModuleType, source: bytes, path: Path) -> ModuleType:
 
 
 def _current(module: ModuleType) -> ModuleType:
-    """A module imported earlier in this process, executed again if its file changed since."""
+    """A module imported by name earlier in this process, executed again in its namespace if its file changed
+    since (as ``importlib.reload`` does, but from the bytes that are hashed)."""
     source = _source(getattr(module, "__file__", None))
     if source is None:
         return module
@@ -177,19 +178,26 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
                 raise RegistryError(f"The {kind} registry module file {spec!r} does not exist; give a "
                                     f"dotted module name (e.g. 'registries.{kind}') or a path to a .py file.")
             module_name = f"phd_lab_user_{kind}_{abs(hash(str(path)))}"
-            if module_name in sys.modules:
-                return _current(sys.modules[module_name])
+            source = path.read_bytes()
+            earlier = sys.modules.get(module_name)
+            if earlier is not None and _EXECUTED_SHA256.get(module_name) == hashlib.sha256(source).hexdigest():
+                return earlier
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
             if loader_spec is None or loader_spec.loader is None or path.suffix != ".py":
                 raise RegistryError(f"The {kind} registry module {spec!r} is not a Python source file; give a "
                                     f"path ending in .py or a dotted module name.")
+            if earlier is not None:  # edited since: a new module, so that factories removed from it are gone
+                log.info("The %s registry file %s changed since this process imported it; importing it again.",
+                         kind, path)
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[module_name] = module
             try:
-                _execute(module, path.read_bytes(), path)
+                _execute(module, source, path)
             except BaseException:
-                del sys.modules[module_name]
-                _EXECUTED_SHA256.pop(module_name, None)
+                if earlier is not None:
+                    sys.modules[module_name] = earlier
+                else:
+                    del sys.modules[module_name]
                 raise
             return module
         return _current(_import_dotted(spec))

@@ -206,3 +206,18 @@ def test_uncommitted_changes_are_kept_as_a_patch_beside_the_config_and_named_on_
     assert (f"the uncommitted changes to phd-lab (diff sha256 {meta['git_diff_sha256'][:12]}…, now diff sha256 "
             in log_text and "the run's <name>_git.diff holds its own" in log_text)
     assert (again / f"{run_name(again)}_git.diff").read_text().count("_CHANGE = ") == 2
+
+
+def test_a_factory_removed_from_an_edited_registry_file_is_gone(tmp_path):
+    from phd_lab.errors import RegistryError
+    from phd_lab.registry import Registries
+    registry = tmp_path / "zoo.py"
+    registry.write_text(REGISTRY.format(act="relu") + "\n\ndef spare(*, num_classes, in_channels=3):\n    pass\n")
+    assert "spare" in Registries({"models": str(registry)}).models
+    registry.write_text(REGISTRY.format(act="relu"))
+    assert "spare" not in Registries({"models": str(registry)}).models
+    registry.write_text("def broken(:\n")  # an edit that does not import keeps nothing half-replaced
+    with pytest.raises(RegistryError, match="failed while being imported"):
+        Registries({"models": str(registry)})
+    registry.write_text(REGISTRY.format(act="tanh"))
+    assert Registries({"models": str(registry)}).models.get("tiny_cnn")(num_classes=2)[1].__class__.__name__ == "Tanh"
