@@ -216,3 +216,25 @@ def test_project_step_names_what_leaves_nothing_to_project() -> None:
         Project().check_model({"exclude": []}, nn.Sequential(nn.LSTM(3, 4)), "x.json")
     with pytest.raises(ConfigError, match=r"'exclude' \['\*'\] leaves no layer to project"):
         Project().check_model({"exclude": ["*"]}, nn.Sequential(nn.Linear(3, 4)), "x.json")
+
+
+def test_a_layer_with_overflowing_activations_is_named_instead_of_an_eigh_failure() -> None:
+    """A finite model whose activations overflow (float16 or float32) failed in torch.linalg.eigh with
+    'The algorithm failed to converge' and no layer name."""
+    from phd_lab.tracking.projection import projection_table
+
+    class Overflowing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.second = nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hidden = self.first(x)
+            return self.second(torch.where(hidden > 0.5, torch.full_like(hidden, float("inf")), hidden))
+
+    torch.manual_seed(0)
+    data = [(torch.randn(20, 4), torch.randint(0, 3, (20,))) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"layer\(s\) second hold NaN or inf values on the training set"):
+        projection_table(Overflowing(), data, data, torch.device("cpu"), deltas=[0.9])
+    table = projection_table(Overflowing(), data, data, torch.device("cpu"), deltas=[0.9], exclude=["second"])
+    assert set(table["feature_dims_sum"]) == {4}

@@ -67,6 +67,9 @@ class _PCALayer(nn.Module):
         self._matrix = self._operands = None
 
     # ------------------------------------------------------------------ eigenspace
+    def covariance_is_finite(self) -> bool:
+        return self.accumulator.n > 0 and bool(torch.isfinite(self.accumulator.covariance()).all())
+
     def eigen(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._eigen is None:
             if self.accumulator.n == 0:

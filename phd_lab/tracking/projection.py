@@ -21,8 +21,9 @@ from phd_lab.tracking.pca import insert_pca_layers
 
 log = logging.getLogger(__name__)
 
-# δ ∈ {0.90, 0.91, …, 0.99} ∪ {0.992, …, 0.998} ∪ {0.999, 0.9991, …, 0.9999} (§7.3, §7.4);
-# the unprojected model is always evaluated as the reference.
+# δ ∈ {0.90, 0.91, …, 0.99} ∪ {0.992, …, 0.998} ∪ {0.999, 0.9991, …, 0.9999}: the values of §7.4's Tables 4
+# and 5. §7.3's sweep is {0.90, …, 0.99} ∪ {0.991, …, 0.999}; pass it as the step's 'deltas' to repeat it.
+# The unprojected model is always evaluated as the reference.
 THESIS_DELTAS: tuple[float, ...] = (
     tuple(round(0.90 + i / 100, 4) for i in range(10))
     + tuple(round(0.99 + i / 500, 4) for i in range(1, 5))
@@ -77,6 +78,11 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
     pca = [layer for name, layer in layers.items() if name not in idle]
     if not pca:
         raise ValueError("no projected layer was called by the model's forward pass in eval mode")
+    broken = [name for name, layer in layers.items() if name not in idle and not layer.covariance_is_finite()]
+    if broken:  # the eigendecomposition would fail without saying where (float16/float32 overflow)
+        raise ValueError(f"the activations of layer(s) {', '.join(broken)} hold NaN or inf values on the training "
+                         f"set, so their covariance has no eigenspace to project onto; exclude them with the step's "
+                         f"'exclude' parameter, or find why they overflow")
     feature_dims = sum(layer.features for layer in pca)
     accuracy, loss = evaluate(model, test_loader, device)
     rows = [{"delta": 1.0, "basis": "none", "accuracy": accuracy, "loss": loss, "dims_sum": feature_dims,
