@@ -240,6 +240,10 @@ def register_key(key: Key) -> Key:
     return key
 
 
+_TOO_DEEP = ("Config file {path!r} nests lists or objects hundreds of levels deep; a config's values are at most "
+             "a list of objects of lists. Check the file for runaway brackets.")
+
+
 def load_config_file(path: Path | str) -> dict[str, Any]:
     """Read a JSON config; errors name the file and (for syntax errors) line and column."""
     path = Path(path)
@@ -275,13 +279,19 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     except ValueError:  # Python refuses integers of more than 4,300 digits
         raise ConfigError(f"Config file {str(path)!r} holds an integer of more than 4,300 digits; integers in a "
                           f"config must lie in the signed 64-bit range {INT_RANGE}.") from None
+    except RecursionError:
+        raise ConfigError(_TOO_DEEP.format(path=str(path))) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"Config file {str(path)!r} must hold a JSON object of key/value pairs; got "
                           f"{type(raw).__name__} instead.")
     if duplicates:  # JSON would silently keep the last value
         raise ConfigError(f"Config file {str(path)!r} gives the key(s) {sorted(set(duplicates))} more than once in "
                           f"the same object; keep one of each (to sweep values, give a list).")
-    for key, value in _numbers(raw, ""):
+    try:
+        numbers = list(_numbers(raw, ""))
+    except RecursionError:
+        raise ConfigError(_TOO_DEEP.format(path=str(path))) from None
+    for key, value in numbers:
         if isinstance(value, float) and not math.isfinite(value):  # 1e400 parses as inf; NaN, Infinity literals
             raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds {value}, which is no finite number "
                               f"(a literal NaN or Infinity, or a number beyond ±1.8e308); give a finite number. A "

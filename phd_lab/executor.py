@@ -501,6 +501,9 @@ class TrainTestExecutor:
             log.info("Run folder %s", rundir.root)
             if note:  # said in the run's log, now that it is open
                 log.info("%s", note)
+            log.info("Data %s: %s training and %s test samples, %d classes, %d channel(s) at %d px (data_dir %s)",
+                     bundle.name, _samples(bundle.train), _samples(bundle.test), bundle.num_classes,
+                     bundle.in_channels, bundle.resolution, cfg.data_dir)  # built before the log was open
             self.write_config()
             store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)
             # the lock holder's own files: the run's and those of the post-processing steps (analysis.* is
@@ -566,6 +569,13 @@ def _writable_lock(rundir: RunDir) -> Iterator[RunLock]:
         yield lock
     finally:
         lock.release()
+
+
+def _samples(loader: Any) -> str:
+    try:
+        return str(len(loader.dataset))
+    except TypeError:  # an iterable dataset
+        return "?"
 
 
 class _run_log:

@@ -19,11 +19,11 @@ from typing import Any
 
 from torchvision import datasets as tv_datasets
 from torchvision import transforms
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.digits import digits_tensors
-from phd_lab.datasets.folders import class_folders, require_images_in_every_class, require_two_classes
+from phd_lab.datasets.folders import (class_folders, holds_an_image, require_images_in_every_class,
+                                     require_two_classes)
 from phd_lab.datasets.torchvision_sets import (SOURCES, check_source, evaluation_folder, folder_source,
                                                load_image_dataset)
 from phd_lab.errors import ConfigError, DataError
@@ -163,7 +163,7 @@ def _check_folder(path: str, data_dir: str, resolution: int | None = None, **dat
     evaluation_folder(base)
     classes = class_folders(train)
     require_two_classes(train, classes)
-    require_images_in_every_class(train, [name for name in classes if not _holds_an_image(train / name)])
+    require_images_in_every_class(train, [name for name in classes if not holds_an_image(train / name)])
     check_source(folder_source(path), data_dir, resolution=resolution, **dataset_args)
     if not Path(path).expanduser().is_absolute() and path not in _RELATIVE_WARNED:
         _RELATIVE_WARNED.add(path)  # once per process, not once per grid point
@@ -174,20 +174,16 @@ def _check_folder(path: str, data_dir: str, resolution: int | None = None, **dat
             path, Path(path).expanduser().resolve(), os.getcwd())
 
 
-def _holds_an_image(folder: Path) -> bool:
-    """Whether a class folder (or a folder below it) holds an image file; stops at the first one."""
-    for _, _, files in os.walk(folder, followlinks=True):
-        if any(name.lower().endswith(IMG_EXTENSIONS) for name in files):
-            return True
-    return False
-
-
 def _check_fake_data(data_dir: str, resolution: int | None = None, **dataset_args: Any) -> None:
     for name, least in (("train_size", 2), ("test_size", 1), ("num_classes", 2), ("channels", 1)):
         value = dataset_args.get(name, least)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigError(f"The dataset_args {name!r} of dataset 'FakeData' must be a whole number ≥ {least}; "
                               f"got {value!r}.")
+    channels = dataset_args.get("channels", 3)
+    if channels > 4:  # its images are PIL images: grayscale, RGB or RGBA
+        raise ConfigError(f"The dataset_args 'channels' of dataset 'FakeData' must be 1 to 4 (PIL images: "
+                          f"grayscale, two-channel, RGB, RGBA); got {channels}.")
 
 
 FakeData.check_data = _check_fake_data  # type: ignore[attr-defined]

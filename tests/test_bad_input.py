@@ -75,6 +75,8 @@ CASES = {
     "fake_data_without_classes": ({"dataset": "FakeData", "dataset_args": {"num_classes": 0}},
                                   ["(run 0): The dataset_args 'num_classes' of dataset 'FakeData' must be a whole "
                                    "number ≥ 2; got 0"]),
+    "fake_data_with_five_channels": ({"dataset": "FakeData", "dataset_args": {"channels": 5}},
+                                     ["(run 0): The dataset_args 'channels' of dataset 'FakeData' must be 1 to 4"]),
     "registry_module_missing": ({"registries": {"models": "nope.py"}},
                                 ["the key 'registries': The models registry module file 'nope.py' does not exist"]),
     "registry_module_is_a_folder": ({"registries": {"models": "/"}}, ["registry module '/' is a folder"]),
@@ -153,6 +155,13 @@ def test_invalid_json_names_line_and_column(tmp_path, capsys):
     assert main_cli(["--config", str(path)]) == 2
     err = flat(capsys.readouterr().err)
     assert str(path) in err and "line 4, column 1" in err
+
+
+def test_runaway_nesting_is_a_config_error_not_a_recursion_traceback(tmp_path, capsys):
+    path = _write_raw(tmp_path, '{"model_args": {"x": ' + "[" * 3000 + "]" * 3000 + "}}")
+    assert main_cli(["--config", str(path)]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "nests lists or objects hundreds of levels deep" in err and "Traceback" not in err
 
 
 def test_duplicate_keys_are_refused_and_a_byte_order_mark_is_read(tmp_path, capsys):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from phd_lab.errors import ConfigError, DataError
+from phd_lab.errors import ConfigError, DataError, RunFailure
 from phd_lab.registry import Registries
 
 DATASETS = Registries().datasets
@@ -88,6 +88,18 @@ def test_imagenette_tree_with_real_wnids(tmp_path):
                 write_image(tmp_path / "imagenette2" / split / wnid / f"{wnid}_{i}.JPEG", value=c * 10 + i)
     bundle = DATASETS.get("Imagenette")(resolution=24, data_dir=str(tmp_path), **COMMON)
     check_bundle(bundle, num_classes=2, channels=3, resolution=24, train_size=6, test_size=2)
+
+
+def test_imagenette_keeps_training_class_indices_when_val_lacks_a_class(tmp_path):
+    """torchvision's Imagenette numbers each split's classes by its own folders: a val/ without the second
+    class gave the third class label 1 there, while the model learnt it as 2."""
+    for c, wnid in enumerate(["n01440764", "n02102040", "n02979186"]):
+        for i in range(2):
+            write_image(tmp_path / "imagenette2" / "train" / wnid / f"{wnid}_{i}.JPEG", value=c * 10 + i)
+    write_image(tmp_path / "imagenette2" / "val" / "n02979186" / "n02979186_9.JPEG", value=99)
+    bundle = DATASETS.get("Imagenette")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    check_bundle(bundle, num_classes=3, channels=3, resolution=16, train_size=6, test_size=1)
+    assert bundle.test.dataset[0][1] == 2
 
 
 def test_imagewoof_tree_keeps_training_class_indices(tmp_path):
@@ -176,6 +188,40 @@ def test_hidden_folders_are_no_classes(tmp_path):
     (tmp_path / "pets" / "train" / ".ipynb_checkpoints").mkdir()
     bundle = DATASETS.get(f"folder:{tmp_path / 'pets'}")(resolution=16, data_dir="unused", **COMMON)
     check_bundle(bundle, num_classes=2, channels=3, resolution=16, train_size=4, test_size=2)
+
+
+def test_hidden_files_and_folders_inside_class_folders_are_no_samples(tmp_path):
+    """macOS' ._name.png resource forks (not images) crashed the run part-way, a class holding only such
+    files passed the check that every class has images, and .ipynb_checkpoints copies were trained on twice."""
+    for split, count in (("train", 2), ("test", 1)):
+        for c, name in enumerate(["cats", "dogs"]):
+            for i in range(count):
+                write_image(tmp_path / "pets" / split / name / f"{i}.png", value=c * 10 + i)
+            (tmp_path / "pets" / split / name / "._0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    write_image(tmp_path / "pets" / "train" / "cats" / ".ipynb_checkpoints" / "0-checkpoint.png", value=1)
+    bundle = DATASETS.get(f"folder:{tmp_path / 'pets'}")(resolution=16, data_dir="unused", **COMMON)
+    check_bundle(bundle, num_classes=2, channels=3, resolution=16, train_size=4, test_size=2)
+    for images, _ in bundle.train:  # every sample loads
+        assert torch.isfinite(images).all()
+
+    only_hidden = tmp_path / "pets" / "train" / "birds"
+    only_hidden.mkdir()
+    (only_hidden / "._1.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"class folder\(s\) \['birds'\] without images"):
+        DATASETS.get(f"folder:{tmp_path / 'pets'}").check_data("unused", resolution=16)
+
+
+def test_a_damaged_image_is_named_when_it_is_loaded(tmp_path):
+    for split, count in (("train", 2), ("test", 1)):
+        for c, name in enumerate(["cats", "dogs"]):
+            for i in range(count):
+                write_image(tmp_path / "pets" / split / name / f"{i}.png", value=c * 10 + i)
+    damaged = tmp_path / "pets" / "train" / "dogs" / "1.png"
+    damaged.write_bytes(damaged.read_bytes()[:40])  # truncated
+    bundle = DATASETS.get(f"folder:{tmp_path / 'pets'}")(resolution=16, data_dir="unused", **COMMON)
+    with pytest.raises(RunFailure, match=f"The image file {str(damaged)!r} cannot be read"):
+        for _ in bundle.train:
+            pass
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -329,8 +375,11 @@ def test_a_failed_download_is_a_data_error_naming_the_dataset(tmp_path):
         pytest.skip("this machine can reach the MNIST download servers")
     except OSError:
         pass
-    with pytest.raises(DataError, match="Dataset MNIST could not be downloaded into .*Error downloading"):
+    with pytest.raises(DataError, match="Dataset MNIST could not be downloaded into .*Error downloading") as error:
         DATASETS.get("MNIST")(resolution=28, data_dir=str(tmp_path), download=True, **COMMON)
+    # download is on already: the advice is not to turn it on
+    assert str(error.value).endswith("yourself, or run once with \"download\": true on a machine with internet "
+                                     "access.")
 
 
 def test_a_relative_image_folder_is_named_with_the_directory_a_rerun_must_start_from(tmp_path, caplog,

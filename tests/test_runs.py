@@ -56,6 +56,9 @@ def test_run_folder_layout_and_files(tmp_path, capsys):
     assert str(folder) in captured.out
     assert "epoch 2/2" not in captured.err  # -q keeps the console quiet ...
     assert "epoch 2/2" in (folder / f"{name}.log").read_text()  # ... but the run's log is complete
+    # also on the data it trained on (logged while the data were opened, before the log file was)
+    assert (f"Data Digits: 1437 training and 360 test samples, 10 classes, 1 channel(s) at 16 px (data_dir "
+            f"{tmp_path / 'data'})") in (folder / f"{name}.log").read_text()
 
 
 def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from phd_lab.errors import DataError
+from phd_lab.errors import DataError, RunFailure
 
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -20,10 +20,16 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 def load_image(path: str) -> Image.Image:
     """An image file as RGB. 16-bit grayscale (microscopy, medical scans) is scaled to 8 bits (value / 257);
-    PIL's own RGB conversion clips it, which turned almost every pixel of such images white."""
-    with open(path, "rb") as handle:
-        image = Image.open(handle)
-        image.load()
+    PIL's own RGB conversion clips it, which turned almost every pixel of such images white. A file that is
+    no readable image (damaged, truncated, another format under an image name) fails the run that reads it,
+    naming the file (checking every file's header up front would cost minutes on ImageNet-sized folders)."""
+    try:
+        with open(path, "rb") as handle:
+            image = Image.open(handle)
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:  # PIL's ways of refusing a file
+        raise RunFailure(f"The image file {path!r} cannot be read ({type(error).__name__}: {error}); remove or "
+                         f"replace it (every file with an image extension in a class folder is used).") from None
     if image.mode in _SIXTEEN_BIT_MODES:
         values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
         image = Image.fromarray(np.rint(values / 257.0).astype(np.uint8), mode="L")
@@ -43,6 +49,23 @@ def check_no_directory_loop(root: str | Path) -> None:
                     raise DataError(f"The image folder {str(root)!r} holds a symbolic link {target!r} to "
                                     f"{resolved!r}, a folder that contains it: its images would be counted "
                                     f"again at every level. Remove the link.")
+
+
+def is_image_file(path: str | Path, top: str | Path) -> bool:
+    """An image below the class folder ``top``, not hidden on the way: macOS' ``._name.png`` resource forks
+    and ``.ipynb_checkpoints/`` copies carry image names but are no samples of the class."""
+    relative = Path(os.path.relpath(path, top))
+    return (has_file_allowed_extension(str(path), IMG_EXTENSIONS)
+            and not any(part.startswith(".") for part in relative.parts))
+
+
+def holds_an_image(folder: Path) -> bool:
+    """Whether a class folder (or a folder below it) holds an image file; stops at the first one."""
+    for directory, subdirectories, files in os.walk(folder, followlinks=True):
+        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        if any(is_image_file(os.path.join(directory, name), folder) for name in files):
+            return True
+    return False
 
 
 def class_folders(directory: str | Path) -> list[str]:
@@ -94,7 +117,10 @@ class FixedClassImageFolder(ImageFolder):
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None,
                      allow_empty: bool = False):  # type: ignore[override]
-        samples = super().make_dataset(directory, class_to_idx, extensions, is_valid_file, allow_empty=True)
+        def valid(path: str) -> bool:  # hidden files and folders inside a class folder are no samples
+            top = os.path.join(directory, os.path.relpath(path, directory).split(os.sep)[0])
+            return is_image_file(path, top) and (is_valid_file is None or is_valid_file(path))
+        samples = super().make_dataset(directory, class_to_idx, None, valid, allow_empty=True)
         if self._given_classes is None:  # the training split: every class needs images
             found = {index for _, index in samples}
             if samples:
@@ -121,7 +147,7 @@ class TinyImageNet(Dataset):
         if split == "train":
             self.samples = [(str(f), self.class_to_idx[wnid.name]) for wnid in sorted(train_dir.iterdir())
                             if wnid.is_dir() for f in sorted((wnid / "images").iterdir())
-                            if f.suffix.lower() in IMG_EXTENSIONS]
+                            if f.suffix.lower() in IMG_EXTENSIONS and not f.name.startswith(".")]
         elif split == "val":
             annotations = self.root / "val" / "val_annotations.txt"
             if not annotations.is_file():

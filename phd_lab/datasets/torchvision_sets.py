@@ -68,11 +68,13 @@ def count_classes(dataset: Dataset) -> int:
     raise DataError(f"Cannot tell the number of classes of {type(dataset).__name__}.")
 
 
-def _place(source: Source, root: Path) -> str:
+def _place(source: Source, root: Path, downloading: bool = False) -> str:
     """What to do about missing files: where to put which, or how to download them."""
-    return (f"Place {source.expected}" + (f" under data_dir {str(root)!r}" if source.in_data_dir else "")
-            + (", or set \"dataset_args\": {\"download\": true} on a machine with internet access."
-               if source.downloadable else " (this dataset cannot be downloaded automatically)."))
+    where = f"Place {source.expected}" + (f" under data_dir {str(root)!r}" if source.in_data_dir else "")
+    if downloading:  # download is on already: the network (or the mirror) is what failed
+        return f"{where} yourself, or run once with \"download\": true on a machine with internet access."
+    return where + (", or set \"dataset_args\": {\"download\": true} on a machine with internet access."
+                    if source.downloadable else " (this dataset cannot be downloaded automatically).")
 
 
 def _check_download(source: Source, download: object) -> None:
@@ -118,7 +120,7 @@ def check_source(source: Source, data_dir: str, *, resolution: int | None = None
 def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dataset:
     """Open one split; turn missing/corrupt files and failed downloads into a DataError."""
     root = Path(data_dir).expanduser()
-    place = _place(source, root)
+    place = _place(source, root, downloading=bool(download))
     try:
         return source.open(root, split, download)
     except FileNotFoundError as error:
@@ -183,7 +185,13 @@ def _imagenet(root: Path, split: str, download: bool) -> Dataset:
 
 
 def _imagenette(root: Path, split: str, download: bool) -> Dataset:
-    return tv.Imagenette(root=str(root), split="train" if split == "train" else "val", download=download)
+    folder = root / "imagenette2"
+    if download and not (folder / "train").is_dir():
+        tv.Imagenette(root=str(root), split="train", download=True)  # fetches and extracts imagenette2.tgz
+    # torchvision's Imagenette numbers the classes of each split by the folders it has: a val/ lacking one
+    # class shifted the labels of the others; the training split's classes number both here
+    train = FixedClassImageFolder(folder / "train")
+    return train if split == "train" else FixedClassImageFolder(folder / "val", classes=train.classes)
 
 
 def _imagewoof(root: Path, split: str, download: bool) -> Dataset:
