@@ -203,7 +203,9 @@ def point_status(executor: TrainTestExecutor) -> str:
         metrics = None
     status = training_status(rundir, {"epoch": planned}, metrics)  # as the report says it
     if status.state == "finished" and not status.active:
-        left = [step.name for step, params in executor.steps if step.done(rundir, params) is False]
+        from phd_lab.steps.stamps import StepStamps
+        stamps = StepStamps(rundir)
+        left = [step.name for step, params in executor.steps if step.done(rundir, params, stamps) is False]
         if left:
             return f"trained, steps left: {', '.join(left)}"
     return status.label()

@@ -75,14 +75,16 @@ class Step:
         parameters are those they were made from (stamps.py); none: the step always runs."""
         return ()
 
-    def done(self, rundir: "RunDir", params: dict[str, Any]) -> bool | None:
+    def done(self, rundir: "RunDir", params: dict[str, Any], stamps: Any = None) -> bool | None:
         """Whether a rerun of the trained run would keep this step's results (what ``--dry-run`` shows);
-        None for a step without declared outputs, which runs every time."""
+        None for a step without declared outputs, which runs every time. ``stamps``: the run's
+        ``StepStamps``, shared by its steps (the checkpoint is hashed once)."""
         if not self.outputs(rundir):
             return None
         from phd_lab.steps.stamps import StepStamps, step_stamp
         try:
-            return StepStamps(rundir).up_to_date(self, step_stamp(self, params, rundir), rundir, refresh=False)
+            stamps = stamps if stamps is not None else StepStamps(rundir)
+            return stamps.up_to_date(self, step_stamp(self, params, rundir), rundir, refresh=False)
         except OSError:  # no checkpoint
             return False
 

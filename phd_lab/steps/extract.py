@@ -43,7 +43,7 @@ class ExtractStep(Step):
             except ConfigError as error:
                 raise ConfigError(f"{where}: {error}") from None
 
-    def done(self, rundir: Any, params: dict[str, Any]) -> bool | None:
+    def done(self, rundir: Any, params: dict[str, Any], stamps: Any = None) -> bool | None:
         """An extraction is complete once its manifest is written (last); one killed part-way has none."""
         from phd_lab.probes.manifest import MANIFEST
         return (rundir.latents(params["latents_dir"]) / MANIFEST).is_file()

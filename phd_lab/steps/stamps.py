@@ -73,7 +73,8 @@ class StepStamps:
         other_time_only = ({**recorded, "checkpoint": None} == {**stamp, "checkpoint": None}
                            and isinstance(recorded.get("checkpoint"), list) and recorded["checkpoint"][:1]
                            == stamp["checkpoint"][:1])
-        if not other_time_only or old.get("checkpoint_sha256") != self.checkpoint_sha256():
+        if not other_time_only or not old.get("checkpoint_sha256") or old["checkpoint_sha256"] != \
+                self.checkpoint_sha256():
             return False
         if refresh:
             self.record(step, stamp)
