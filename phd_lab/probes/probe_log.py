@@ -28,7 +28,9 @@ class _ForOneRun(logging.Filter):
         self.position = position
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return getattr(record, PROBE_JOB, self.position) == self.position
+        # other libraries' chatter (a Dask client's connection notes) stays out unless it is a warning
+        ours = record.name.startswith("phd_lab") or record.levelno >= logging.WARNING
+        return ours and getattr(record, PROBE_JOB, self.position) == self.position
 
 
 class ProbeLogs:
