@@ -24,7 +24,7 @@ quickstart: $(STAMP)
 	@echo "Results: the run folders listed above, and the report logs/report.html"
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 clean-logs:
 	rm -rf logs/*/
