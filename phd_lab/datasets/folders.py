@@ -52,8 +52,9 @@ def check_no_directory_loop(root: str | Path) -> None:
 
 
 def is_image_file(path: str | Path, top: str | Path) -> bool:
-    """An image below the class folder ``top``, not hidden on the way: macOS' ``._name.png`` resource forks
-    and ``.ipynb_checkpoints/`` copies carry image names but are no samples of the class."""
+    """An image below the folder ``top`` (a class folder or its split: class folders are never hidden), not
+    hidden on the way: macOS' ``._name.png`` resource forks and ``.ipynb_checkpoints/`` copies carry image
+    names but are no samples of the class."""
     relative = Path(os.path.relpath(path, top))
     return (has_file_allowed_extension(str(path), IMG_EXTENSIONS)
             and not any(part.startswith(".") for part in relative.parts))
@@ -118,8 +119,7 @@ class FixedClassImageFolder(ImageFolder):
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None,
                      allow_empty: bool = False):  # type: ignore[override]
         def valid(path: str) -> bool:  # hidden files and folders inside a class folder are no samples
-            top = os.path.join(directory, os.path.relpath(path, directory).split(os.sep)[0])
-            return is_image_file(path, top) and (is_valid_file is None or is_valid_file(path))
+            return is_image_file(path, directory) and (is_valid_file is None or is_valid_file(path))
         samples = super().make_dataset(directory, class_to_idx, None, valid, allow_empty=True)
         if self._given_classes is None:  # the training split: every class needs images
             found = {index for _, index in samples}

@@ -28,7 +28,7 @@ from phd_lab.lock import RunLock
 from phd_lab.probes.cache import ResultCache, cache_key, library_versions
 from phd_lab.probes.fit import ProbeRecord, stratified_subsample
 from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest, verify_hashes
-from phd_lab.probes.probe_log import PROBE_JOB, ProbeLogs
+from phd_lab.probes.probe_log import PROBE_JOB, PROBE_JOBS, ProbeLogs
 from phd_lab.probes.runner import ProbeTask, run_probes
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.rundir import RunDir, anchor_logged_run
@@ -364,7 +364,7 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
 
 def _naming_the_logs(error: PhdLabError, jobs: Sequence[ProbeJob]) -> PhdLabError:
     """The failure's message ends with the probe log(s) of the run(s) it concerns, which hold the details."""
-    positions = getattr(error, PROBE_JOB + "s", None) or range(len(jobs))
+    positions = getattr(error, PROBE_JOBS, None) or range(len(jobs))
     logs = [str(jobs[position].outputs.probe_log) for position in positions]
     where = logs[0] if len(logs) == 1 else f"{logs[0]} and {len(logs) - 1} other run folder(s)"
     error.args = (f"{str(error).rstrip()} Details (and any traceback) are in {where}.",)

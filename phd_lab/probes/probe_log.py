@@ -19,6 +19,7 @@ from phd_lab.errors import PhdLabError, Terminated
 log = logging.getLogger(__name__)
 
 PROBE_JOB = "probe_job"  # LogRecord attribute: the position of the run a message is about
+PROBE_JOBS = "probe_jobs"  # attribute of a failure: the positions of the runs it concerns
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -62,7 +63,7 @@ class ProbeLogs:
     def _failed(self, error: BaseException) -> None:
         """The message in the logs of the runs it concerns, with the traceback where there is one to read (an
         unexpected error, or a worker's); the other runs' logs say that the job ended on another run."""
-        concerned = getattr(error, PROBE_JOB + "s", None) or range(len(self.handlers))
+        concerned = getattr(error, PROBE_JOBS, None) or range(len(self.handlers))
         detailed = error.__cause__ is not None or not isinstance(error, PhdLabError)
         for position in concerned:
             if detailed:

@@ -23,7 +23,7 @@ from phd_lab.errors import DataError, PhdLabError, RunFailure
 from phd_lab.lock import ProcessTurn
 from phd_lab.probes.cache import ResultCache, key_digest, library_versions
 from phd_lab.probes.fit import ProbeRecord, probe_layer
-from phd_lab.probes.probe_log import PROBE_JOB
+from phd_lab.probes.probe_log import PROBE_JOB, PROBE_JOBS
 from phd_lab.probes.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def _failure(task: ProbeTask, error: BaseException) -> PhdLabError:
 
 def _about(task: ProbeTask, failure: PhdLabError) -> PhdLabError:
     """Mark the failure as one of ``task``'s run: the job names that run's probe.log in the message."""
-    setattr(failure, PROBE_JOB + "s", (task.job,))
+    setattr(failure, PROBE_JOBS, (task.job,))
     return failure
 
 
@@ -248,7 +248,7 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
         written = f"the results of the other {others} run(s) are written" if others else "nothing was written"
         failure = RunFailure(f"{len(failed)} run(s) could not be probed, and their earlier probe results (if any) "
                              f"were left as they were; {written}. {reasons}")
-        setattr(failure, PROBE_JOB + "s", tuple(sorted(failed)))
+        setattr(failure, PROBE_JOBS, tuple(sorted(failed)))
         raise failure
     return [records[position] for position in range(len(tasks))]
 

@@ -15,7 +15,6 @@ outputs (or ``.steps.json``) to have it run again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,11 +52,8 @@ class StepStamps:
     def checkpoint_sha256(self) -> str:
         """sha256 of the run's checkpoint (read once per instance: post-processing does not change it)."""
         if self._checkpoint_sha256 is None:
-            digest = hashlib.sha256()
-            with open(self.rundir.checkpoint, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            self._checkpoint_sha256 = digest.hexdigest()
+            from phd_lab.probes.manifest import sha256_file
+            self._checkpoint_sha256 = sha256_file(self.rundir.checkpoint)
         return self._checkpoint_sha256
 
     def up_to_date(self, step: "Step", stamp: dict[str, Any], rundir: "RunDir", refresh: bool = True) -> bool:
@@ -70,11 +66,11 @@ class StepStamps:
         recorded = {key: value for key, value in old.items() if key != "checkpoint_sha256"}
         if recorded == stamp:
             return True
-        other_time_only = ({**recorded, "checkpoint": None} == {**stamp, "checkpoint": None}
-                           and isinstance(recorded.get("checkpoint"), list) and recorded["checkpoint"][:1]
-                           == stamp["checkpoint"][:1])
-        if not other_time_only or not old.get("checkpoint_sha256") or old["checkpoint_sha256"] != \
-                self.checkpoint_sha256():
+        def without_time(entries: dict[str, Any]) -> dict[str, Any]:  # the checkpoint's size is kept
+            return {**entries, "checkpoint": entries["checkpoint"][:1]}
+        if not isinstance(recorded.get("checkpoint"), list) or without_time(recorded) != without_time(stamp):
+            return False
+        if not old.get("checkpoint_sha256") or old["checkpoint_sha256"] != self.checkpoint_sha256():
             return False
         if refresh:
             self.record(step, stamp)
