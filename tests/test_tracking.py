@@ -124,6 +124,22 @@ def test_random_spectra_match_brute_force() -> None:
             assert intrinsic_dimension(values, delta) == brute_force_k(values, delta)
 
 
+def test_eigenvalues_do_not_depend_on_the_blas_thread_count() -> None:
+    """OpenBLAS' threaded reduction changes the last bits of eigvalsh from 256 features on; layers up to
+    ONE_THREAD_MAX_DIM are decomposed on one thread, so a node's core count does not enter the saturation."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(3)
+    for dim in (300, 1024):
+        a = rng.standard_normal((dim, dim + 7))
+        cov = a @ a.T / dim
+        with threadpool_limits(1, user_api="blas"):
+            one = sorted_eigenvalues(cov)
+        with threadpool_limits(2, user_api="blas"):
+            two = sorted_eigenvalues(cov)
+            assert np.array_equal(one, two), dim
+            assert not np.array_equal(np.linalg.eigvalsh(cov), np.sort(one)), "expected a thread-dependent eigvalsh"
+
+
 def hadamard_data() -> torch.Tensor:
     """16 observations whose covariance is exactly diag(16, 4, 4, 4, 4): orthogonal ±1 columns."""
     h = np.array([[1.0]])

@@ -3,14 +3,28 @@
 Definitions (thesis §6.1.4 and §8.1): with the eigenvalues λ₁ ≥ … ≥ λ_d of the population
 covariance, the intrinsic dimension k is the smallest number of largest eigenvalues whose
 sum is ≥ delta × Σλ, and the saturation is k / d. A layer without any variance has k = 0.
+
+Covariances up to ``ONE_THREAD_MAX_DIM`` wide are decomposed on one BLAS thread. Two reasons: on
+such sizes more threads gain nothing, and OpenBLAS' idle workers keep spinning for a while after the
+call, so torch's own OpenMP threads, spinning too, had to share the cores with them (an epoch's
+saturations took 0.17 s instead of 0.02 s for VGG11 at ¼ width on 2 threads; benchmarks/RESULTS.md,
+issue 3). And up to that size the eigenvalues do not depend on the core count: OpenBLAS' threaded
+reduction changes their last bits from 256 features on.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from threadpoolctl import ThreadpoolController
+
+ONE_THREAD_MAX_DIM = 1024  # eigvalsh took 0.10 s on one thread and on two at 1,024; 0.88 and 0.54 s at 2,048
 
 
 def check_delta(delta: float) -> float:
@@ -22,8 +36,24 @@ def check_delta(delta: float) -> float:
 
 def sorted_eigenvalues(cov: np.ndarray) -> np.ndarray:
     """Eigenvalues of a symmetric covariance, largest first, negatives from rounding set to 0."""
-    values = np.linalg.eigvalsh(np.asarray(cov, dtype=np.float64))[::-1]
+    values = _eigvalsh(np.asarray(cov, dtype=np.float64))[::-1]
     return np.clip(values, 0.0, None)
+
+
+def _eigvalsh(matrix: np.ndarray) -> np.ndarray:
+    """Ascending eigenvalues; on one BLAS thread up to ``ONE_THREAD_MAX_DIM`` (see the module's docstring)."""
+    if matrix.ndim != 2 or matrix.shape[0] > ONE_THREAD_MAX_DIM:
+        return np.linalg.eigvalsh(matrix)
+    with _blas_threads().limit(limits=1, user_api="blas"):
+        return np.linalg.eigvalsh(matrix)
+
+
+@functools.cache
+def _blas_threads() -> "ThreadpoolController":
+    """The thread pools of the BLAS libraries loaded so far (numpy's among them), inspected once:
+    switching a known pool takes 0.1 ms, finding the pools again 1.3 ms."""
+    from threadpoolctl import ThreadpoolController
+    return ThreadpoolController()
 
 
 def intrinsic_dimension(eigenvalues: np.ndarray, delta: float) -> int:
