@@ -27,7 +27,7 @@ from phd_lab.registry import Registries
 from phd_lab.reproduction import setup_differences
 from phd_lab.rundir import RunDir
 from phd_lab.seeding import seed_everything
-from phd_lab.steps import Step, StepContext, resolve_steps
+from phd_lab.steps import Step, StepContext, logged_steps, resolve_steps
 from phd_lab.steps.stamps import StepStamps, step_stamp
 from phd_lab.trainer import Trainer
 from phd_lab.tracking.callback import saturation_callback
@@ -321,6 +321,7 @@ class TrainTestExecutor:
         # rerunnable: lists that are values stay values; folders absolute, so that the file reruns this run
         # from any working directory (read from inside its run folder it follows the folder, see rundir.py)
         values = absolute_paths(as_single_point(self.config.values))
+        values["post_processing"] = json.loads(json.dumps(logged_steps(self.config, self.steps)))
         if self._trained_threads is not None:  # the count the checkpoint was trained with, whatever the config says
             values["cpu_threads"] = self._trained_threads
         elif values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it

@@ -9,6 +9,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -223,3 +224,40 @@ def test_a_factory_removed_from_an_edited_registry_file_is_gone(tmp_path):
         Registries({"models": str(registry)})
     registry.write_text(REGISTRY.format(act="tanh"))
     assert Registries({"models": str(registry)}).models.get("tiny_cnn")(num_classes=2)[1].__class__.__name__ == "Tanh"
+
+
+def test_the_logged_config_pins_every_step_parameter_so_a_later_default_cannot_change_a_rerun(tmp_path, capsys,
+                                                                                            monkeypatch):
+    """Step parameters left at their defaults were not logged: a default changed by a later version changed
+    what the logged config computed, without a trace. Parameters that follow a config key stay out."""
+    from dataclasses import replace
+
+    from phd_lab.steps import FROM_CONFIG, all_steps
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False,
+                          post_processing=["receptive_field", {"name": "project", "deltas": [0.9]}, "extract"])
+    assert main_in_process(capsys, "--config", str(config), "--no-progress")[0] == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    steps = all_steps()
+    expected = [{"name": "receptive_field",
+                 **{key.name: key.default for key in steps["receptive_field"].params}},
+                {"name": "project", **{key.name: key.default for key in steps["project"].params}, "deltas": [0.9]},
+                {"name": "extract", **{key.name: key.default for key in steps["extract"].params
+                                       if key.default is not FROM_CONFIG}}]
+    logged = json.loads(logged_path.read_text())
+    assert logged["post_processing"] == json.loads(json.dumps(expected))
+    assert "random_control" in logged["post_processing"][1] and "downsampling" not in logged["post_processing"][2]
+    rows = (folder / "projections.csv").read_text().count("random")
+    assert rows == 1
+
+    # a later version without the random control by default: the logged config keeps the run's results ...
+    project = type(steps["project"])
+    monkeypatch.setattr(project, "params", tuple(replace(key, default=False) if key.name == "random_control"
+                                                 else key for key in project.params))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0 and re.search(r"step project of \S+: up to date \(same model and parameters\), kept", err)
+    assert (folder / "projections.csv").read_text().count("random") == rows
+    # ... while the experiment config, which left the default unset, follows the new default
+    assert main_in_process(capsys, "--config", str(config), "--no-progress")[0] == 0
+    assert (folder / "projections.csv").read_text().count("random") == 0
+    assert json.loads(logged_path.read_text())["post_processing"][1]["random_control"] is False

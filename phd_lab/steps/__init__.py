@@ -136,6 +136,22 @@ def all_steps() -> dict[str, Step]:
     return dict(sorted(_STEPS.items()))
 
 
+def logged_steps(config: RunConfig, steps: list[tuple[Step, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The post-processing list as a run's logged config keeps it: every step with the values of all its
+    parameters, defaults included, so that a default changed in a later version cannot change what the
+    logged config reruns. A parameter that follows a config key and was not given stays out: the logged
+    config holds that key, and editing it there still reaches the step."""
+    given = {entry["name"]: entry for entry in config.post_processing}
+    entries = []
+    for step, params in steps:
+        entry: dict[str, Any] = {"name": step.name}
+        for key in step.params:
+            if key.default is not FROM_CONFIG or key.name in given.get(step.name, {}):
+                entry[key.name] = params[key.name]
+        entries.append(entry)
+    return entries
+
+
 def resolve_steps(config: RunConfig, where: str) -> list[tuple[Step, dict[str, Any]]]:
     """Validate the config's post-processing list; raise ConfigError naming the bad entry."""
     steps = all_steps()
