@@ -509,7 +509,7 @@ class TrainTestExecutor:
             store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)
             # the lock holder's own files: the run's and those of the post-processing steps (analysis.* is
             # also written by the report while no run holds the lock, so only old ones of those go)
-            owned = (rundir.name, "receptive_field", "computational_info", "projections")
+            owned = (rundir.name, "receptive_field", "computational_info", "projections", "diverged")
             for stale in atomic.remove_stale_temps(rundir.root, owned_prefix=owned):
                 log.info("Removed %s, left half-written by a process that was killed.", stale.name)
             callbacks: list[Callback] = [MetricsCSV(rundir.metrics_csv)]
@@ -517,7 +517,13 @@ class TrainTestExecutor:
             trainer = Trainer(model, optimizer, scheduler, metrics=metrics, epochs=cfg.epoch, device=device,
                               callbacks=callbacks, mixed_precision=cfg.mixed_precision,
                               data_parallel=cfg.data_parallel, progress=self.progress, run_name=cfg.name)
-            history = trainer.fit(bundle, store)
+            try:
+                history = trainer.fit(bundle, store)
+            except RunDiverged as error:
+                atomic.write_json(rundir.diverged, {"epoch": len(trainer.history), "epochs": cfg.epoch,
+                                                    "message": str(error)})
+                raise
+            rundir.diverged.unlink(missing_ok=True)  # trained to its end (an earlier divergence retrained)
             model.eval()
             context = StepContext(config=cfg, rundir=rundir, model=model, bundle=bundle, device=device,
                                   history=history, progress=self.progress)

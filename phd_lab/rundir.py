@@ -90,6 +90,12 @@ class RunDir:
         return self.root / ".lock"
 
     @property
+    def diverged(self) -> Path:
+        """Written when training stopped on non-finite weights (their losses may still be finite, so the
+        report and ``--dry-run``, which read no checkpoint, learn it here); removed by a run trained to its end."""
+        return self.root / "diverged.json"
+
+    @property
     def analysis_json(self) -> Path:  # issue 7: written by the analysis step and the report
         return self.root / "analysis.json"
 

@@ -424,6 +424,40 @@ def test_a_diverged_run_stops_with_its_epoch_named_and_the_rest_of_the_grid_runs
     assert "diverged in epoch 1 of 3" in listing and "finished" in listing
 
 
+def test_a_run_whose_buffers_overflowed_with_finite_losses_is_reported_diverged_not_stopped(tmp_path, capsys):
+    """Adam at lr 1e8 overflows BatchNorm's running_var to inf while the losses stay finite (1e17). The trainer
+    stopped the run, but the report and --dry-run, which read no checkpoint, decided "diverged" from a NaN test
+    loss only: they said "stopped 1/2 epochs", and the report's analysis advised cutting a tail of a broken
+    model. diverged.json now says it; a run trained to its end removes an earlier one."""
+    from phd_lab.report.cli import write_report
+    config = write_config(tmp_path, model_args={"width": 0.125}, resolution=32, batch_size=64, epoch=2, cpu_threads=1,
+                          optimizer_args={"lr": 1e8}, track_saturation=False,
+                          post_processing=["receptive_field", "analysis"])
+    assert main_cli(["--config", str(config), "--no-progress"]) == 1
+    assert "diverged in epoch 1 of 2" in capsys.readouterr().err
+    [folder] = run_folders(tmp_path / "logs")
+    losses = read_metrics(folder)[["train_loss", "test_loss"]].iloc[0]
+    assert losses.notna().all() and (losses < float("inf")).all(), "the case the test loss alone missed"
+    marker = json.loads((folder / "diverged.json").read_text())
+    assert marker["epoch"] == 1 and marker["epochs"] == 2 and "no longer finite" in marker["message"]
+
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    assert "diverged in epoch 1 of 2" in capsys.readouterr().out
+    write_report(tmp_path / "logs", tmp_path / "report.html")
+    analysis = json.loads((folder / "analysis.json").read_text())
+    assert analysis["run"]["status"]["label"] == "diverged in epoch 1 of 2"
+    assert [a["kind"] for a in analysis["recommendations"]] == ["diverged"]
+    assert "diverged in epoch 1 of 2" in (tmp_path / "report.html").read_text()
+
+    (tmp_path / "healthy").mkdir()
+    healthy = write_config(tmp_path / "healthy", epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(healthy), "--no-progress", "-q"]) == 0
+    [trained] = run_folders(tmp_path / "healthy" / "logs")
+    (trained / "diverged.json").write_text(json.dumps(marker))  # as if it diverged before its checkpoints went
+    assert main_cli(["--config", str(healthy), "--no-progress", "-q"]) == 0
+    assert not (trained / "diverged.json").exists()
+
+
 def test_a_resume_on_another_device_type_is_refused_but_post_processing_there_is_not(tmp_path, capsys):
     """A run begun on a GPU and resumed with device cpu trained its remaining epochs on the CPU under a logged
     config that still said cuda (only a warning), so the log no longer reproduced it. The GPU start is

@@ -232,6 +232,17 @@ def test_report_usage_errors_exit_2(tmp_path):
     assert metrics.read_bytes() == before and "Traceback" not in refused.stderr
 
 
+def test_an_empty_logs_dir_argument_is_refused_not_read_as_the_working_directory(tmp_path, capsys, monkeypatch):
+    """`report "$LOGS"` with LOGS unset analysed the working directory and wrote report.html and analysis files
+    into whatever runs lay below it."""
+    write_grid(tmp_path / "logs")
+    monkeypatch.chdir(tmp_path)
+    empty = report_in_process(capsys, "")
+    message = " ".join(empty.stderr.split())
+    assert empty.returncode == 2 and "LOGS_DIR is empty" in message and "or '.' for the working directory" in message
+    assert not (tmp_path / "report.html").exists() and not list(tmp_path.rglob("analysis.json"))
+
+
 def test_analysis_step_at_the_end_of_a_real_training(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative logs_dir: analysis.json names the run folder absolutely all the same
     config = {"model": "vgg11", "model_args": {"width": 0.125}, "dataset": "Digits", "resolution": 16,

@@ -9,7 +9,8 @@ import pytest
 from tests.analysis_fixtures import (BORDER, LAYERS, computational_table, read_json, receptive_field_table,
                                saturation_profile, write_run)
 from phd_lab import atomic
-from phd_lab.analysis.run_summary import AnalysisSettings, border_layers, nice_factor, summarize
+from phd_lab.analysis.run_summary import (AnalysisSettings, border_layers, nice_factor, side_branch_layers,
+                                         summarize)
 from phd_lab.analysis.run_tables import load_run
 from phd_lab.config import resolve_point
 from phd_lab.errors import ConfigError
@@ -35,6 +36,10 @@ def test_border_layers_strict_and_every_later_conv():
     # a gate convolution on a globally pooled input (inf) sees no layout: it never starts the border,
     # as in the receptive-field step (an SE block at the end of a ResNet at 32 px)
     assert border_layers(rf_table([1, 3, 5, float("inf")], [1, 3, 40, float("inf")]), 32) == (None, "conv3")
+    # a side branch (written by hand as 1, by pandas as True) never starts a border, as it never cuts a tail
+    table = rf_table([5, 20, 33, 40], [5, 20, 40, 50]).assign(side_branch=["0", "0", "1", "0", "0"])
+    assert border_layers(table, 32) == ("conv4", "conv4")
+    assert side_branch_layers(table) == {"conv3"}
 
 
 def test_fixture_receptive_fields_put_the_vgg11_border_at_conv6():
@@ -304,6 +309,10 @@ def test_tails_and_their_offset_from_the_border_are_read_on_the_main_path(tmp_pa
     assert summary["borders"]["b_min"] == "layer3.1.conv1"
     assert summary["agreement"]["b_min"]["offset"] == -1 and summary["agreement"]["b_min"]["agrees"] is True
     assert len(summary["saturation"]["layers"]) == len(layers)  # every tracked layer is still listed
+    # a tail's positions index the main path it was found on, which is listed; the tail names its layers
+    main_path, [tail] = summary["saturation"]["main_path"], summary["tails"]
+    assert main_path == [layer for layer, side in zip(layers, table["side_branch"]) if not side]
+    assert tail["layers"] == main_path[tail["start"]:tail["stop"] + 1] and tail["layers"][0] == "layer3.0.conv2"
     # s_μ and its width advice too: the always saturated gates raised it (resnet18_se's gates lowered it)
     values = {layer: (1.0 if side else 0.08 if low_from <= position < len(layers) - 1 else 0.45)
               for position, (layer, side) in enumerate(zip(layers, table["side_branch"]))}
@@ -311,3 +320,85 @@ def test_tails_and_their_offset_from_the_border_are_read_on_the_main_path(tmp_pa
     assert summary["saturation"]["mean"] == pytest.approx(sum(main) / len(main))
     assert summary["saturation"]["mean_all_layers"] == pytest.approx(sum(values.values()) / len(values))
     assert summary["saturation"]["mean"] < summary["saturation"]["mean_all_layers"] - 0.05
+
+
+def _with_saturations(tables, values):
+    metrics = tables.metrics.copy()
+    for layer, value in zip(LAYERS, values):
+        metrics[f"{layer}_train_saturation"] = value
+    tables.metrics = metrics
+    return tables
+
+
+def test_an_input_tail_is_named_beside_a_border_layer(tmp_path):
+    """With a border layer, the advice only said "no tail starting there": a low-saturated tail at the input,
+    a symptom of its own (thesis ch. 8.5), went unmentioned."""
+    tables = _with_saturations(synthetic_run(tmp_path, BORDER), [0.03] * 3 + [0.4] * 8)
+    summary = summarize(tables)
+    assert [(t["first_layer"], t["last_layer"]) for t in summary["tails"]] == [("features.0", "features.6")]
+    texts = [a["text"] for a in summary["recommendations"] if a["kind"] == "depth"]
+    assert len(texts) == 2 and "shows no tail starting there" in texts[0]
+    assert texts[1].startswith("A low-saturated tail at the input (features.0 to features.6)")
+    # the tail at the border alone still gets the one confirming paragraph
+    single = summarize(synthetic_run(tmp_path / "border", BORDER))
+    assert [a["text"][:40] for a in single["recommendations"] if a["kind"] == "depth"] == \
+        ["Every layer from features.13 on receives"]
+
+
+def test_a_width_to_try_is_never_the_current_width(tmp_path):
+    """s_mu just outside the interval gave "width ≈ 0.31 (try 0.25)": the run's own width."""
+    tables = _with_saturations(synthetic_run(tmp_path, BORDER), [0.31] * 11)
+    [advice] = [a["text"] for a in summarize(tables)["recommendations"] if a["kind"] == "width"]
+    assert "by about 1.24, i.e. width ≈ 0.31, moves s_mu" in advice and "try" not in advice
+    tables.config = {**tables.config, "model_args": {}}
+    [advice] = [a["text"] for a in summarize(tables)["recommendations"] if a["kind"] == "width"]
+    assert "multiplying every layer's width by about 1.24, moves" in advice
+
+
+def test_unusable_saturations_are_named_and_left_out_instead_of_failing_the_analysis(tmp_path):
+    """An infinite or negative saturation (a damaged CSV) failed the whole analysis; text was dropped silently."""
+    values = [0.35] * 11
+    values[1], values[2], values[4] = float("inf"), -0.5, "n/a"
+    tables = _with_saturations(synthetic_run(tmp_path, BORDER), values)
+    summary = summarize(tables)
+    listed = [entry["layer"] for entry in summary["saturation"]["layers"]]
+    assert listed == [layer for layer in LAYERS if layer not in ("features.3", "features.6", "features.11")]
+    [note] = [p for p in summary["problems"] if p.startswith("Unusable")]
+    assert note == "Unusable train saturations left out: features.3 (inf), features.6 (-0.5), features.11 ('n/a')."
+
+
+def test_a_failed_probe_is_never_the_best_layer(tmp_path):
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full", test_accuracy=0.94)
+    probes = pd.read_csv(rundir.probe_csv)
+    probes.loc[0, "eval_acc"] = float("nan")
+    atomic.write_csv(rundir.probe_csv, probes)
+    info = summarize(load_run(rundir))["probes"]
+    assert info["best_layer"] == "features.16" and info["best_accuracy"] == pytest.approx(0.94)
+
+
+def test_why_there_is_no_border_layer_is_said_as_it_is(tmp_path):
+    """"receptive_field.csv is missing" was said also when it could not be used or the resolution was unknown;
+    without the table, side branches cannot be told from the main path, which was not said at all."""
+    def depth_text(tables):
+        return " ".join(a["text"] for a in summarize(tables)["recommendations"] if a["kind"] == "depth")
+
+    tables = synthetic_run(tmp_path, "features.16")
+    tables.folder.receptive_field_csv.unlink()
+    missing = load_run(tables.folder)
+    assert "(no border layer; receptive_field.csv is missing)" in depth_text(missing)
+    assert any("side branches (1×1 shortcut convolutions, attention gates) cannot be told" in p
+               for p in summarize(missing)["problems"])
+    tables.folder.receptive_field_csv.write_text("index,layer\n1,features.0\n")  # lacks columns
+    assert "(no border layer; receptive_field.csv cannot be used)" in depth_text(load_run(tables.folder))
+    atomic.write_csv(tables.folder.receptive_field_csv, receptive_field_table(32))
+    no_resolution = load_run(tables.folder)
+    no_resolution.config = {k: v for k, v in no_resolution.config.items() if k != "resolution"}
+    assert "(no border layer; the config gives no input resolution)" in depth_text(no_resolution)
+
+
+def test_the_advice_of_an_unfinished_run_says_it_is_provisional(tmp_path):
+    rundir = write_run(tmp_path / "logs", width=0.5, stage="running")  # 1 of 3 epochs, no process holds it
+    advice = summarize(load_run(rundir))["recommendations"]
+    assert advice[0]["kind"] == "provisional"
+    assert advice[0]["text"].startswith("Training is not finished (stopped 1/3 epochs): everything below describes "
+                                        "the network after epoch 1")

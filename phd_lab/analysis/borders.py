@@ -24,12 +24,17 @@ def border_in(convs: pd.DataFrame, column: str, resolution: int) -> str | None:
     return border
 
 
+def side_branch_flags(column: pd.Series) -> pd.Series:
+    """The ``side_branch`` column as booleans, whether written by pandas (True) or by hand (true, 1)."""
+    return column.astype(str).str.lower().isin(["true", "1", "1.0"])
+
+
 def borders_of(convs: pd.DataFrame, resolution: int) -> tuple[str | None, str | None]:
     """(b_min, b_max) of the Conv2d rows of a receptive-field table (built here or read from a CSV):
     side branches left out, values read as numbers ('inf' = global), b_min by ``prev_r_min``
     (``in_r_min`` in tables written before that column existed), b_max by ``in_r_max``."""
     if "side_branch" in convs.columns:
-        convs = convs[convs["side_branch"].astype(str).str.lower() != "true"]
+        convs = convs[~side_branch_flags(convs["side_branch"])]
     by_min = "prev_r_min" if "prev_r_min" in convs.columns else "in_r_min"
     numeric = convs.assign(**{column: pd.to_numeric(convs[column], errors="coerce") for column in (by_min, "in_r_max")})
     return border_in(numeric, by_min, resolution), border_in(numeric, "in_r_max", resolution)

@@ -24,8 +24,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from phd_lab.analysis.borders import borders_of
-from phd_lab.analysis.run_tables import RunTables, latents_manifest_path
+from phd_lab.analysis.borders import borders_of, side_branch_flags
+from phd_lab.analysis.run_tables import RECEPTIVE_FIELD, RunTables, latents_manifest_path
 from phd_lab.analysis.tails import Tail, find_tails
 from phd_lab.config import SCHEMA_BY_NAME
 from phd_lab.errors import ConfigError
@@ -86,7 +86,7 @@ def layer_saturations(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame 
     records = []
     for layer in layers:
         saturation = pd.to_numeric(row.get(f"{layer}{suffix}"), errors="coerce")
-        if pd.isna(saturation):
+        if pd.isna(saturation) or not 0.0 <= float(saturation) < math.inf:  # NaN: the pass never called it
             continue
         k = pd.to_numeric(row.get(f"{layer}_{split}_intrinsic_dimension"), errors="coerce")
         d = pd.to_numeric(row.get(f"{layer}_{split}_feature_dimension"), errors="coerce")
@@ -97,6 +97,21 @@ def layer_saturations(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame 
                         "feature_dimension": None if pd.isna(d) else int(d)})
     return pd.DataFrame(records, columns=["layer", "saturation", "intrinsic_dimension", "feature_dimension"]) \
         if records else None
+
+
+def _unusable_saturations(row: pd.Series | None, split: str) -> list[str]:
+    """A note naming the layers whose saturation in the last epoch is no number in [0, ∞) (a damaged or
+    hand-edited CSV); they are left out like layers without a value (NaN: never called)."""
+    if row is None:
+        return []
+    suffix = f"_{split}_saturation"
+    bad = []
+    for column in (c for c in row.index if str(c).endswith(suffix)):
+        value, number = row[column], pd.to_numeric(row[column], errors="coerce")
+        if (pd.isna(number) and not pd.isna(value)) or (not pd.isna(number) and not 0.0 <= float(number) < math.inf):
+            shown = repr(str(value)) if pd.isna(number) else f"{float(number):g}"
+            bad.append(f"{str(column)[:-len(suffix)]} ({shown})")
+    return [f"Unusable {split} saturations left out: {', '.join(bad)}."] if bad else []
 
 
 def _last_epoch_row(metrics: pd.DataFrame | None) -> pd.Series | None:
@@ -134,7 +149,7 @@ def side_branch_layers(receptive_field: pd.DataFrame | None) -> set[str]:
     border and the tail's first layer."""
     if receptive_field is None or "side_branch" not in receptive_field.columns:
         return set()
-    flagged = receptive_field["side_branch"].astype(str).str.lower().isin(["true", "1", "1.0"])
+    flagged = side_branch_flags(receptive_field["side_branch"])
     return set(receptive_field.loc[flagged, "layer"].astype(str))
 
 
@@ -197,14 +212,16 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
         if value < best - settings.probe_drop_tolerance:
             skipped.append(layer)
         best = max(best, value) if not math.isnan(value) else best
+    probed = [i for i, value in enumerate(accuracy) if not math.isnan(value)]  # NaN: a layer whose fit failed
+    best_at = max(probed, key=lambda i: accuracy[i]) if probed else None
     status = "complete" if planned is None or len(layers) >= planned else f"partial ({len(layers)} of {planned})"
     if _probes_predate_latents(tables):
         status = "stale (the latents were extracted again after the probes; rerun probe_main.py)"
     return {"status": status, "layers_probed": len(layers), "layers_extracted": planned,
             "model_accuracy": reference, "first_reaching_layer": first,
             "layers_after_reaching": (len(layers) - 1 - layers.index(first)) if first else None,
-            "skipped_layers": skipped, "best_layer": layers[max(range(len(layers)), key=lambda i: accuracy[i])],
-            "best_accuracy": max(accuracy)}
+            "skipped_layers": skipped, "best_layer": layers[best_at] if best_at is not None else None,
+            "best_accuracy": accuracy[best_at] if best_at is not None else None}
 
 
 def truncation_estimate(tables: RunTables, border: str, saturations: pd.DataFrame | None,
@@ -271,6 +288,12 @@ def _fmt_count(value: float | None) -> str:
 def recommendations(summary: dict[str, Any], settings: AnalysisSettings, tracked: bool = True) -> list[dict[str, str]]:
     """Plain-language advice from the thesis' guidelines: depth (tails, borders) first, then width.
     ``tracked``: whether the run tracks saturation at all (``track_saturation``)."""
+    status = (summary.get("run") or {}).get("status") or {}
+    if status.get("state") == "diverged":
+        return [{"kind": "diverged", "text": (
+            f"The run {status.get('label', 'diverged')}: its weights are no longer finite, so its saturation, probes "
+            "and costs describe a broken model, and the thesis' guidelines cannot be read from them. Train it again "
+            "with a smaller learning rate (optimizer_args) under a new run_id.")}]
     advice: list[dict[str, str]] = []
     tails, borders, sat = summary["tails"], summary["borders"], summary["saturation"]
     probes, truncation = summary["probes"], summary["truncation"]
@@ -301,19 +324,19 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings, tracked
                  "strided stem) so the later layers stay below the input resolution; this keeps the depth but "
                  "costs more FLOPs because the feature maps get larger.")
         advice.append({"kind": "depth", "text": text})
-    elif last_tail:
-        at_input = last_tail["start"] == 0 or (tails[0]["start"] == 0)
-        if at_input:
-            advice.append({"kind": "depth", "text": (
-                f"A low-saturated tail at the input ({tails[0]['first_layer']} to {tails[0]['last_layer']}): the "
-                "input resolution is large for the receptive field of the first layers, which see too little "
-                "context to contribute. Grow the receptive field faster early on (a strided stem or an earlier "
-                "pooling layer) or lower the input resolution (thesis ch. 8.5, 9.2).")})
+    at_input = bool(tails) and tails[0]["start"] == 0
+    if at_input and not (b_min and len(tails) == 1 and summary["agreement"]["b_min"]["agrees"]):
+        advice.append({"kind": "depth", "text": (
+            f"A low-saturated tail at the input ({tails[0]['first_layer']} to {tails[0]['last_layer']}): the "
+            "input resolution is large for the receptive field of the first layers, which see too little "
+            "context to contribute. Grow the receptive field faster early on (a strided stem or an earlier "
+            "pooling layer) or lower the input resolution (thesis ch. 8.5, 9.2).")})
+    if last_tail and not b_min:
         if not at_input or len(tails) > 1:
             advice.append({"kind": "depth", "text": (
                 f"A low-saturated tail from {last_tail['first_layer']} to {last_tail['last_layer']} is not predicted "
                 "by the receptive field (no border layer"
-                + ("" if borders else "; receptive_field.csv is missing")
+                + ("" if borders else f"; {_why_no_borders(summary)}")
                 + "). Check the probes: if their accuracy stops improving there, these layers can be removed.")})
     stale = str(probes.get("status", "")).startswith("stale")
     if stale:
@@ -338,10 +361,14 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings, tracked
             factor = s_mu / target
             direction = "wider than needed (over-parameterised)" if s_mu < low else "too narrow (under-parameterised)"
             width = (summary.get("run") or {}).get("width")
-            scaling = (f"multiplying the current width (model_args.width = {width:g}) by about {factor:.2f}, i.e. "
-                       f"width ≈ {width * factor:.3g} (try {width * 2.0 ** _power_of_two(factor):g}),"
-                       if width else f"multiplying every layer's width by about {factor:.2f} (try "
-                                     f"{nice_factor(factor)}),")
+            # a power-of-two step to try, unless the nearest one is the current width (a small correction)
+            step = _power_of_two(factor)
+            if width:
+                scaling = (f"multiplying the current width (model_args.width = {width:g}) by about {factor:.2f}, "
+                           f"i.e. width ≈ {width * factor:.3g}" + (f" (try {width * 2.0 ** step:g})," if step else ","))
+            else:
+                scaling = (f"multiplying every layer's width by about {factor:.2f}"
+                           + (f" (try {nice_factor(factor)})," if step else ","))
             text = (f"s_mu = {s_mu:.1%} lies {'below' if s_mu < low else 'above'} the {low:.0%}-{high:.0%} interval "
                     f"that performs best (thesis ch. 11.3): the network is {direction}. Assuming saturation scales "
                     f"inversely with width, {scaling} moves s_mu to about {target:.0%}; parameters and FLOPs of "
@@ -368,7 +395,22 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings, tracked
             advice.append({"kind": "none", "text": (
                 f"No tail, no border layer inside the network and s_mu within the target interval over "
                 f"{n_layers} layers: the thesis' guidelines suggest no change.")})
+    if status.get("state") in ("running", "stopped", "incomplete") and status.get("epochs_done"):
+        advice.insert(0, {"kind": "provisional", "text": (
+            f"Training is not finished ({status.get('label')}): everything below describes the network after epoch "
+            f"{status['epochs_done']}, and saturation still changes while a network trains.")})
     return advice
+
+
+def _why_no_borders(summary: dict[str, Any]) -> str:
+    """Why a run has no border layers: the table is missing or unreadable, or the resolution unknown."""
+    if RECEPTIVE_FIELD in (summary.get("missing") or []):
+        return f"{RECEPTIVE_FIELD} is missing"
+    if any(str(problem).startswith(RECEPTIVE_FIELD) for problem in summary.get("problems") or []):
+        return f"{RECEPTIVE_FIELD} cannot be used"
+    if not isinstance((summary.get("run") or {}).get("resolution"), int):
+        return "the config gives no input resolution"
+    return "the receptive_field step did not run for it"
 
 
 def _model_width(config: Mapping[str, Any]) -> float | None:
@@ -386,8 +428,12 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
     config = tables.config or {}
     row = _last_epoch_row(tables.metrics)
     saturations = layer_saturations(tables.metrics, settings.analysis_split)
+    problems = list(tables.problems) + _unusable_saturations(row, settings.analysis_split)
     resolution = config.get("resolution")
     rf = tables.receptive_field
+    if rf is None and saturations is not None:
+        problems.append(f"Without {RECEPTIVE_FIELD}, side branches (1×1 shortcut convolutions, attention gates) "
+                        "cannot be told from the main path: tails and s_mu include any the model has.")
     side = side_branch_layers(rf)
     main_path = saturations[~saturations["layer"].astype(str).isin(side)] if saturations is not None else None
     tails, names = _tail_info(main_path, settings)
@@ -421,7 +467,8 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
         saturation = {"split": settings.analysis_split, "epoch": _int(row.get("epoch")) if row is not None else None,
                       "mean": s_mu, "mean_all_layers": all_layers,
                       "mean_outside_tails": float(sum(outside) / len(outside)) if outside else None,
-                      "layers": saturations.to_dict(orient="records")}
+                      "layers": saturations.to_dict(orient="records"),
+                      "main_path": names}  # what a tail's start/stop index: side branches are no part of it
     truncation = None
     if borders and borders["b_min"]:
         truncation = truncation_estimate(tables, borders["b_min"], saturations, order or names)
@@ -435,14 +482,14 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
                      "train": _number(row.get("train_accuracy")) if row is not None else None,
                      "epoch": _int(row.get("epoch")) if row is not None else None},
         "saturation": saturation,
-        "tails": [t.to_dict() for t in tails],
+        "tails": [{**t.to_dict(), "layers": t.layers(names)} for t in tails],  # start/stop index main_path
         "borders": borders,
         "agreement": agreement,
         "probes": _probe_info(tables, test_accuracy, settings),
         "computational": tables.computational,
         "truncation": truncation,
         "missing": sorted(set(tables.missing)),
-        "problems": list(tables.problems),
+        "problems": problems,
     }
     summary["recommendations"] = recommendations(summary, settings,
                                                  tracked=config.get("track_saturation", True) is not False)

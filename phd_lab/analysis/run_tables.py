@@ -96,7 +96,6 @@ class TrainingStatus:
     owner: str = ""
 
     def label(self) -> str:
-        of = f"{self.epochs_done}/{self.epochs_planned}" if self.epochs_planned else f"{self.epochs_done}"
         if self.state == "finished":
             return "finished (post-processing)" if self.active else "finished"
         if self.state == "diverged":
@@ -104,7 +103,9 @@ class TrainingStatus:
             return f"diverged in epoch {self.epochs_done}{planned}"
         if self.state in ("not started", "no metrics"):
             return "not started" if self.state == "not started" else "no metrics CSV"
-        return f"{self.state} {of} epochs"
+        if self.epochs_planned:
+            return f"{self.state} {self.epochs_done}/{self.epochs_planned} epochs"
+        return f"{self.state} after {self.epochs_done} epoch{'' if self.epochs_done == 1 else 's'}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state, "label": self.label(), "epochs_done": self.epochs_done,
@@ -233,8 +234,10 @@ def training_status(folder: RunDir, config: dict[str, Any] | None,
     active, owner = lock_owner_alive(folder.lock) if folder.lock.exists() else (False, "")
     if done == 0:
         state = "running" if active else "not started"
-    elif not active and _last_test_loss_not_finite(metrics):
-        state = "diverged"  # the trainer stops a run whose weights became NaN/inf: its last test loss is NaN
+    elif not active and (folder.diverged.exists() or _last_test_loss_not_finite(metrics)):
+        # the trainer stops a run whose weights became NaN/inf and says so in diverged.json (runs of older
+        # versions: by their last test loss, NaN unless only a buffer such as BatchNorm's running_var overflowed)
+        state = "diverged"
     elif planned is not None and done >= planned:
         state = "finished"
     else:
@@ -319,6 +322,7 @@ def load_run(folder: RunDir) -> RunTables:
     if isinstance(config, dict) and isinstance(config.get("post_processing"), list):  # known: what never ran
         not_asked = {RECEPTIVE_FIELD} if "receptive_field" not in steps else set()
         not_asked |= {COMPUTATIONAL_JSON} if "flops" not in steps else set()
+        not_asked |= {PROBES} if "extract" not in steps else set()  # no latents: the probe job has nothing to fit
         tables.missing = [name for name in tables.missing if name not in not_asked]
     if "project" in steps and tables.projections is None and folder.projections_csv.name not in tables.missing:
         tables.missing.append(folder.projections_csv.name)  # a run killed during its post-processing

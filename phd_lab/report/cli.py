@@ -49,6 +49,9 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     from phd_lab.report.collect import collect
     from phd_lab.report.html import render_report
 
+    if not str(logs_dir).strip():  # Path("") is the working directory: an unset shell variable, not a choice
+        raise UsageError("LOGS_DIR is empty; pass the logs folder of a grid (the config's 'logs_dir', ./logs by "
+                         "default), or '.' for the working directory.")
     logs_dir = Path(logs_dir)
     if not logs_dir.exists():
         raise UsageError(f"LOGS_DIR {str(logs_dir)!r} does not exist; pass the logs folder of a grid (the config's "
