@@ -285,6 +285,10 @@ def test_outputs_of_configured_steps_that_never_ran_are_missing(tmp_path):
     missing = summarize(load_run(rundir))["missing"]
     assert "projections.csv" in missing and "latents/manifest.json" in missing
     assert "receptive_field.csv" in missing and "computational_info.json" not in missing  # flops was not asked for
+    assert "probe_performances.csv" in missing
+    config["post_processing"] = ["receptive_field"]  # no latents: the probe job has nothing to fit
+    rundir.config.write_text(json.dumps(config))
+    assert "probe_performances.csv" not in summarize(load_run(rundir))["missing"]
 
 
 def test_tails_and_their_offset_from_the_border_are_read_on_the_main_path(tmp_path):
