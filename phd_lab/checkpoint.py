@@ -8,7 +8,9 @@ generators), ``history`` (the metric rows so far), ``callbacks`` (their state), 
 
 Saving writes a temp file, fsyncs it, moves the current checkpoint to ``previous`` and
 renames the temp file into place. Loading falls back to ``previous`` when the current file
-is missing or damaged, with a warning that says so.
+is missing or damaged, with a warning that says so. A checkpoint is a zip archive whose members
+carry CRC-32 checksums, which ``torch.load`` does not check: a file with one flipped byte loaded
+without a word. Loading checks them first (about 0.1 s per 200 MB).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import errno
 import logging
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +74,26 @@ class CheckpointStore:
         fsync_dir(self.path.parent)
 
     def _read(self, path: Path) -> dict[str, Any]:
+        verify_checksums(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             found = state.get("format") if isinstance(state, dict) else type(state).__name__
             raise CheckpointError(f"{path} has checkpoint format {found!r}; this version of phd-lab reads "
                                   f"format {CHECKPOINT_FORMAT}.")
         return state
+
+    def current_is_damaged(self) -> bool:
+        """Whether the current checkpoint fails its checksums (``load`` would set it aside and go back to the
+        previous one); False when it is absent or cannot be read at the moment."""
+        if not self.path.exists():
+            return False
+        try:
+            verify_checksums(self.path)
+        except OSError as error:
+            return _file_is_damaged(error) and not isinstance(error, FileNotFoundError)
+        except (zipfile.BadZipFile, EOFError, ValueError, RuntimeError):
+            return True
+        return False
 
     def peek(self, key: str) -> Any:
         """One entry of the checkpoint ``load`` would use, without reading its tensors (memory-mapped),
@@ -121,6 +138,15 @@ class CheckpointStore:
             return state
         raise CheckpointError(f"Every checkpoint in {self.path.parent} is damaged ({'; '.join(errors)}). "
                               f"Delete them to retrain this run from the start.")
+
+
+def verify_checksums(path: Path) -> None:
+    """Raise ``zipfile.BadZipFile`` when the checkpoint is no whole zip archive or a member's data does not
+    match its CRC-32."""
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise zipfile.BadZipFile(f"the data of {bad} does not match its CRC-32 checksum")
 
 
 # What a read error of the file system or the machine looks like (the file may be fine): such a

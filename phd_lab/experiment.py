@@ -202,6 +202,13 @@ def point_status(executor: TrainTestExecutor) -> str:
     except (OSError, ValueError, pd.errors.ParserError):
         metrics = None
     status = training_status(rundir, {"epoch": planned}, metrics)  # as the report says it
+    if not status.active and status.epochs_done:
+        from phd_lab.checkpoint import CheckpointStore
+        if CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint).current_is_damaged():
+            if rundir.previous_checkpoint.exists():
+                return (f"{status.label()}; {rundir.checkpoint.name} is damaged: the next run goes back to "
+                        f"{rundir.previous_checkpoint.name} and trains the epochs after it again")
+            return f"{status.label()}; {rundir.checkpoint.name} is damaged and there is no earlier one"
     if status.state == "finished" and not status.active:
         from phd_lab.steps.stamps import StepStamps
         stamps = StepStamps(rundir)

@@ -400,6 +400,25 @@ def load_manifest(folder: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+def latents_look_whole(folder: Path) -> bool:
+    """Whether a latents folder holds its manifest and every file it lists, with the listed row shape and
+    dtype and one label per row. Only the files' headers are read, which is cheap enough for ``--dry-run``;
+    their sha256 are compared when the step runs (``_reusable``) and by the probe job."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        rows = {split: np.load(Path(folder) / manifest["labels"][split], mmap_mode="r", allow_pickle=False).shape[0]
+                for split in SPLITS}
+        for entry in manifest["layers"]:
+            for split in SPLITS:
+                array = np.load(Path(folder) / entry[split], mmap_mode="r", allow_pickle=False)
+                if (array.shape[0] != rows[split] or list(array.shape[1:]) != list(entry["shape"][1:])
+                        or array.dtype != np.dtype(manifest["dtype"])):
+                    return False
+    except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
 def _reusable(folder: Path, manifest: dict[str, Any] | None, settings: dict[str, Any], layers: list[str],
               samples: dict[str, int]) -> bool:
     """A complete extraction with the same settings, layers and sample counts, every file present

@@ -501,3 +501,12 @@ def test_dry_run_names_the_steps_a_trained_run_still_lacks(tmp_path, capsys):
     assert status() == "trained, steps left: receptive_field, extract, flops"
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert status() == "finished"
+    # a latents file deleted or truncated after the manifest was written: the real run extracts again
+    latents = sorted((folder / "latents").glob("train-*.npy"))
+    latents[-1].unlink()
+    assert status() == "trained, steps left: extract"
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert status() == "finished"
+    with open(latents[0], "r+b") as handle:
+        handle.truncate(handle.seek(0, os.SEEK_END) - 16)
+    assert status() == "trained, steps left: extract"

@@ -44,9 +44,10 @@ class ExtractStep(Step):
                 raise ConfigError(f"{where}: {error}") from None
 
     def done(self, rundir: Any, params: dict[str, Any], stamps: Any = None) -> bool | None:
-        """An extraction is complete once its manifest is written (last); one killed part-way has none."""
-        from phd_lab.probes.manifest import MANIFEST
-        return (rundir.latents(params["latents_dir"]) / MANIFEST).is_file()
+        """An extraction is complete once its manifest is written (last; one killed part-way has none) and every
+        file it lists is still there, whole (a file deleted or truncated since makes the step run again)."""
+        from phd_lab.extraction import latents_look_whole
+        return latents_look_whole(rundir.latents(params["latents_dir"]))
 
     def run(self, ctx: StepContext, **params: Any) -> None:
         from phd_lab.extraction import extract_latents
