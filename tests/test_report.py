@@ -302,3 +302,15 @@ def test_the_report_shows_progress_over_the_runs(grid, tmp_path, capsys):
     assert "analysing runs: 100%|" in result.stderr.replace("\r", "\n") or f"{len(runs)}/{len(runs)}" in result.stderr
     quiet = report_in_process(capsys, logs, "--out", tmp_path / "q.html", "--no-progress")
     assert quiet.returncode == 0 and "analysing runs" not in quiet.stderr
+
+
+def test_a_run_whose_config_cannot_be_read_does_not_make_every_key_vary(tmp_path):
+    """One run with a damaged config grew the table from the keys that vary to every key of the schema."""
+    from phd_lab.report.collect import collect
+    from phd_lab.report.html import varying_keys
+    logs = tmp_path / "logs"
+    runs = write_grid(logs)
+    before = varying_keys(collect(logs, refresh=False))
+    assert "model_args.width" in before and "batch_size" not in before
+    runs["trained"].config.write_text("{")
+    assert varying_keys(collect(logs, refresh=False)) == before

@@ -103,8 +103,9 @@ def flat_config(config: dict[str, Any] | None) -> dict[str, str]:
 
 
 def varying_keys(entries: Sequence[RunEntry]) -> list[str]:
-    """Config values that differ between runs (model, dataset and resolution have their own columns)."""
-    flats = [flat_config(e.tables.config) for e in entries]
+    """Config values that differ between runs (model, dataset and resolution have their own columns). A run
+    whose config could not be read has no values to compare: it would make every key look varied."""
+    flats = [flat_config(e.tables.config) for e in entries if e.tables.config]
     keys = sorted({k for f in flats for k in f} - set(_FIXED_COLUMNS))
     return [k for k in keys if len({f.get(k) for f in flats}) > 1]
 
