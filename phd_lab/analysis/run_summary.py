@@ -431,7 +431,8 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
     problems = list(tables.problems) + _unusable_saturations(row, settings.analysis_split)
     resolution = config.get("resolution")
     rf = tables.receptive_field
-    if rf is None and saturations is not None:
+    rf_failed = RECEPTIVE_FIELD in tables.missing or any(p.startswith(RECEPTIVE_FIELD) for p in tables.problems)
+    if rf is None and saturations is not None and rf_failed:  # asked for, but missing or unusable
         problems.append(f"Without {RECEPTIVE_FIELD}, side branches (1×1 shortcut convolutions, attention gates) "
                         "cannot be told from the main path: tails and s_mu include any the model has.")
     side = side_branch_layers(rf)
