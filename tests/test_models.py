@@ -257,3 +257,11 @@ def test_vgg_rejects_bad_dilation_and_head():
         zoo.vgg11(num_classes=10, dilation=0)
     with pytest.raises(ValueError, match="head must be one of"):
         zoo.vgg11(num_classes=10, head="dense")
+
+
+def test_a_torchvision_model_s_new_first_convolution_keeps_the_model_s_initial_scale():
+    """Its new first convolution got torch's default scale (0.083 against the model's 0.025 for ResNet18)."""
+    torch.manual_seed(0)
+    rgb = MODELS.get("tv:resnet18")(num_classes=10)
+    gray = MODELS.get("tv:resnet18")(num_classes=10, in_channels=1)
+    assert float(gray.conv1.weight.detach().std()) == pytest.approx(float(rgb.conv1.weight.detach().std()), rel=0.15)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torchvision
 from torch import nn
 
@@ -28,10 +29,17 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     for parent in model.modules():
         for name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
-                setattr(parent, name, nn.Conv2d(
+                replacement = nn.Conv2d(
                     in_channels, child.out_channels, kernel_size=child.kernel_size, stride=child.stride,
                     padding=child.padding, dilation=child.dilation, groups=1,
-                    bias=child.bias is not None, padding_mode=child.padding_mode))
+                    bias=child.bias is not None, padding_mode=child.padding_mode)
+                # the scale the model's own initialisation gave that layer (torch's default differs: 0.083
+                # against 0.025 for ResNet18's stem), which most torchvision models draw by the fan-out
+                with torch.no_grad():
+                    nn.init.normal_(replacement.weight, 0.0, float(child.weight.std()))
+                    if replacement.bias is not None:
+                        nn.init.zeros_(replacement.bias)
+                setattr(parent, name, replacement)
                 return
     raise ValueError(f"{type(model).__name__} has no Conv2d whose input channels could be set to {in_channels}")
 
