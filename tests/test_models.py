@@ -265,3 +265,6 @@ def test_a_torchvision_model_s_new_first_convolution_keeps_the_model_s_initial_s
     rgb = MODELS.get("tv:resnet18")(num_classes=10)
     gray = MODELS.get("tv:resnet18")(num_classes=10, in_channels=1)
     assert float(gray.conv1.weight.detach().std()) == pytest.approx(float(rgb.conv1.weight.detach().std()), rel=0.15)
+    with torch.device("meta"):  # the executor's checks build every model on the meta device first
+        meta = MODELS.get("tv:resnet18")(num_classes=10, in_channels=1)
+    assert meta.conv1.weight.device.type == "meta" and meta.conv1.in_channels == 1

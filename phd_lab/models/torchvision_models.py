@@ -35,10 +35,11 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
                     bias=child.bias is not None, padding_mode=child.padding_mode)
                 # the scale the model's own initialisation gave that layer (torch's default differs: 0.083
                 # against 0.025 for ResNet18's stem), which most torchvision models draw by the fan-out
-                with torch.no_grad():
-                    nn.init.normal_(replacement.weight, 0.0, float(child.weight.std()))
-                    if replacement.bias is not None:
-                        nn.init.zeros_(replacement.bias)
+                if child.weight.device.type != "meta":  # a model built for checks has no values to draw
+                    with torch.no_grad():
+                        nn.init.normal_(replacement.weight, 0.0, float(child.weight.std()))
+                        if replacement.bias is not None:
+                            nn.init.zeros_(replacement.bias)
                 setattr(parent, name, replacement)
                 return
     raise ValueError(f"{type(model).__name__} has no Conv2d whose input channels could be set to {in_channels}")
