@@ -185,6 +185,7 @@ class TrainTestExecutor:
             self._check_optimizer(nn.Linear(1, 1))  # at least the values, on a stand-in model
             return
         self._check_truncate(model)
+        self._check_input_size(model)
         self._check_single_sample_batches(model)
         self._check_tracked_layers(model)
         for step, params in self.steps:
@@ -239,6 +240,27 @@ class TrainTestExecutor:
             check_cut(model, truncate)
         except ConfigError as error:
             raise ConfigError(f"{where}: model_args 'truncate': {error}") from None
+
+    def _check_input_size(self, model: nn.Module) -> None:
+        """A model whose pooling or kernels outgrow the maps at this resolution (torchvision's AlexNet or
+        ConvNeXt at 16 px, Inception v3 below 75 px) failed at its first batch with torch's message. A forward
+        pass on the meta device raises the same error without memory or time."""
+        cfg = self.config
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.device("meta"):
+                model(torch.empty(2, PLACEHOLDER_CHANNELS, cfg.resolution, cfg.resolution))
+        except Exception as error:  # noqa: BLE001 - only the size errors are verdicts; the rest is checked by training
+            message = first_line(error)
+            if not any(sign in message for sign in _TOO_SMALL_SIGNS):
+                log.debug("%s: the input size was not checked on the meta model (%s: %s)", cfg.source,
+                          type(error).__name__, error)
+                return
+            raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot take {cfg.resolution}x{cfg.resolution} px "
+                              f"inputs ({message}). Use a larger 'resolution' or another model.") from None
+        finally:
+            model.train(was_training)
 
     def _check_single_sample_batches(self, model: nn.Module) -> None:
         """batch_size 1 trains a BatchNorm only while it sees more than one value per channel: after
@@ -576,6 +598,11 @@ def _writable_lock(rundir: RunDir) -> Iterator[RunLock]:
         yield lock
     finally:
         lock.release()
+
+
+# What torch says when a layer's kernel or pooling window outgrows its input (meta and real tensors alike)
+_TOO_SMALL_SIGNS = ("Output size is too small", "can't be greater than actual input size", "Wrong image height",
+                    "Wrong image width")
 
 
 def _samples(loader: Any) -> str:

@@ -99,6 +99,10 @@ CASES = {
                                                  "post_processing": ["receptive_field"]},
                                                 ["post-processing step 'receptive_field': Receptive field: cannot "
                                                  "reason about function", "'transpose'"]),
+    # failed at the first batch with torch's message; a forward pass on the meta device finds it up front
+    "torchvision_model_too_deep_for_the_resolution": ({"model": "tv:alexnet", "model_args": {}},
+                                                      ["model 'tv:alexnet' cannot take 16x16 px inputs",
+                                                       "Output size is too small", "Use a larger 'resolution'"]),
     "dataset_name_too_long_for_the_file_names": ({"dataset": "folder:/data/" + "x" * 200},
                                                  ["the run's file names start with", "shorten 'dataset'"]),
     "image_folder_without_train_tree": ({"dataset": "folder:/nonexistent/pets"},
