@@ -89,10 +89,8 @@ class CheckpointStore:
             return False
         try:
             verify_checksums(self.path)
-        except OSError as error:
+        except Exception as error:  # noqa: BLE001 - classified as load() classifies its read errors
             return _file_is_damaged(error) and not isinstance(error, FileNotFoundError)
-        except (zipfile.BadZipFile, EOFError, ValueError, RuntimeError):
-            return True
         return False
 
     def peek(self, key: str) -> Any:

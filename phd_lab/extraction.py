@@ -401,21 +401,33 @@ def load_manifest(folder: Path) -> dict[str, Any] | None:
 
 
 def latents_look_whole(folder: Path) -> bool:
-    """Whether a latents folder holds its manifest and every file it lists, with the listed row shape and
-    dtype and one label per row. Only the files' headers are read, which is cheap enough for ``--dry-run``;
-    their sha256 are compared when the step runs (``_reusable``) and by the probe job."""
+    """Whether a latents folder holds its manifest and every file it lists, whole (``_files_as_listed``). Only
+    the files' headers are read, which is cheap enough for ``--dry-run``; their sha256 are compared when the
+    step runs (``_reusable``) and by the probe job."""
     try:
         manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
-        rows = {split: np.load(Path(folder) / manifest["labels"][split], mmap_mode="r", allow_pickle=False).shape[0]
-                for split in SPLITS}
-        for entry in manifest["layers"]:
-            for split in SPLITS:
-                array = np.load(Path(folder) / entry[split], mmap_mode="r", allow_pickle=False)
-                if (array.shape[0] != rows[split] or list(array.shape[1:]) != list(entry["shape"][1:])
-                        or array.dtype != np.dtype(manifest["dtype"])):
-                    return False
+        return _files_as_listed(Path(folder), manifest)
     except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError):
         return False
+
+
+def _files_as_listed(folder: Path, manifest: dict[str, Any], samples: dict[str, int] | None = None) -> bool:
+    """Every file the manifest lists is there with its row shape and dtype (labels: int64, one per row), and
+    each split has ``samples`` rows when given. Reads the .npy headers only (memory-mapped)."""
+    rows = {}
+    for split in SPLITS:
+        labels = np.load(folder / manifest["labels"][split], mmap_mode="r", allow_pickle=False)
+        if labels.ndim != 1 or labels.dtype != np.dtype("int64"):
+            return False
+        rows[split] = labels.shape[0]
+    if samples is not None and any(rows[split] != samples[split] for split in SPLITS):
+        return False
+    for entry in manifest["layers"]:
+        for split in SPLITS:
+            array = np.load(folder / entry[split], mmap_mode="r", allow_pickle=False)
+            if (array.shape[0] != rows[split] or list(array.shape[1:]) != list(entry["shape"][1:])
+                    or array.dtype != np.dtype(manifest["dtype"])):
+                return False
     return True
 
 
@@ -431,16 +443,11 @@ def _reusable(folder: Path, manifest: dict[str, Any] | None, settings: dict[str,
         entries = manifest["layers"]
         if {e.get("layer", e["name"]) for e in entries} != set(layers):
             return False
-        checks = [(e[split], e["sha256"][split], split, e["shape"][1:], settings["dtype"])
-                  for e in entries for split in SPLITS]
-        checks += [(manifest["labels"][split], manifest["labels"]["sha256"][split], split, [], "int64")
-                   for split in SPLITS]
-        for name, _, split, row_shape, dtype in checks:
-            array = np.load(Path(folder) / name, mmap_mode="r", allow_pickle=False)
-            if (array.shape[0] != samples[split] or list(array.shape[1:]) != list(row_shape)
-                    or array.dtype != np.dtype(dtype)):
-                return False
-        for name, expected, *_ in checks:
+        if not _files_as_listed(Path(folder), manifest, samples):
+            return False
+        checks = [(e[split], e["sha256"][split]) for e in entries for split in SPLITS]
+        checks += [(manifest["labels"][split], manifest["labels"]["sha256"][split]) for split in SPLITS]
+        for name, expected in checks:
             if sha256_file(Path(folder) / name) != expected:
                 log.warning("Latents file %s changed since it was extracted; extracting again.", Path(folder) / name)
                 return False

@@ -86,7 +86,7 @@ def layer_saturations(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame 
     records = []
     for layer in layers:
         saturation = pd.to_numeric(row.get(f"{layer}{suffix}"), errors="coerce")
-        if pd.isna(saturation) or not 0.0 <= float(saturation) < math.inf:  # NaN: the pass never called it
+        if not _usable(saturation):  # NaN: the pass never called it
             continue
         k = pd.to_numeric(row.get(f"{layer}_{split}_intrinsic_dimension"), errors="coerce")
         d = pd.to_numeric(row.get(f"{layer}_{split}_feature_dimension"), errors="coerce")
@@ -108,10 +108,15 @@ def _unusable_saturations(row: pd.Series | None, split: str) -> list[str]:
     bad = []
     for column in (c for c in row.index if str(c).endswith(suffix)):
         value, number = row[column], pd.to_numeric(row[column], errors="coerce")
-        if (pd.isna(number) and not pd.isna(value)) or (not pd.isna(number) and not 0.0 <= float(number) < math.inf):
+        if not pd.isna(value) and not _usable(number):
             shown = repr(str(value)) if pd.isna(number) else f"{float(number):g}"
             bad.append(f"{str(column)[:-len(suffix)]} ({shown})")
     return [f"Unusable {split} saturations left out: {', '.join(bad)}."] if bad else []
+
+
+def _usable(saturation: Any) -> bool:
+    """A saturation read from the CSV that is a number in [0, ∞)."""
+    return not pd.isna(saturation) and 0.0 <= float(saturation) < math.inf
 
 
 def _last_epoch_row(metrics: pd.DataFrame | None) -> pd.Series | None:
@@ -402,12 +407,20 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings, tracked
     return advice
 
 
+def _receptive_field_failed(missing: list[str], problems: list[str]) -> str | None:
+    """How a receptive_field.csv the run asked for failed ("is missing", "cannot be used"), or None."""
+    if RECEPTIVE_FIELD in missing:
+        return "is missing"
+    if any(str(problem).startswith(RECEPTIVE_FIELD) for problem in problems):
+        return "cannot be used"
+    return None
+
+
 def _why_no_borders(summary: dict[str, Any]) -> str:
     """Why a run has no border layers: the table is missing or unreadable, or the resolution unknown."""
-    if RECEPTIVE_FIELD in (summary.get("missing") or []):
-        return f"{RECEPTIVE_FIELD} is missing"
-    if any(str(problem).startswith(RECEPTIVE_FIELD) for problem in summary.get("problems") or []):
-        return f"{RECEPTIVE_FIELD} cannot be used"
+    failed = _receptive_field_failed(summary.get("missing") or [], summary.get("problems") or [])
+    if failed:
+        return f"{RECEPTIVE_FIELD} {failed}"
     if not isinstance((summary.get("run") or {}).get("resolution"), int):
         return "the config gives no input resolution"
     return "the receptive_field step did not run for it"
@@ -431,8 +444,7 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
     problems = list(tables.problems) + _unusable_saturations(row, settings.analysis_split)
     resolution = config.get("resolution")
     rf = tables.receptive_field
-    rf_failed = RECEPTIVE_FIELD in tables.missing or any(p.startswith(RECEPTIVE_FIELD) for p in tables.problems)
-    if rf is None and saturations is not None and rf_failed:  # asked for, but missing or unusable
+    if rf is None and saturations is not None and _receptive_field_failed(tables.missing, tables.problems):
         problems.append(f"Without {RECEPTIVE_FIELD}, side branches (1×1 shortcut convolutions, attention gates) "
                         "cannot be told from the main path: tails and s_mu include any the model has.")
     side = side_branch_layers(rf)
