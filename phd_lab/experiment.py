@@ -10,14 +10,13 @@ from types import ModuleType
 from typing import Mapping
 
 from phd_lab.atomic import check_writable_dir
-from phd_lab.config import (absolute_paths, anchor_registry_paths, check_known_keys, load_config_file,
-                            validate_values)
+from phd_lab.config import absolute_paths
 from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError, brief
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.registry import Registries
-from phd_lab.rundir import anchor_logged_run
+from phd_lab.rundir import read_config_grid
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +41,7 @@ class Main:
 
     def load(self, config_path: str | Path, *, run_id: str | None = None, device: str | None = None) -> Grid:
         """Read and validate a config file; every grid point is checked before anything runs."""
-        where = str(config_path)
-        raw = load_config_file(config_path)
-        check_known_keys(raw, where)
-        anchor_registry_paths(raw, config_path)
-        anchor_logged_run(raw, config_path)
-        if run_id is not None:
-            raw["run_id"] = run_id
-        if device is not None:
-            raw["device"] = device
-        validate_values(raw, where)
-        grid = Grid(raw, where)
+        grid = read_config_grid(config_path, run_id=run_id, device=device)
         self.executors = self._validate_grid(grid)
         return grid
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phd_lab.config import META_KEY, RunConfig, safe_name
+from phd_lab.config import (META_KEY, RunConfig, anchor_registry_paths, check_known_keys, check_run_id_value,
+                            load_config_file, safe_name, validate_values)
 from phd_lab.errors import ConfigError
 from phd_lab.grid import Grid
 
@@ -206,3 +207,22 @@ def anchor_logged_run(raw: dict[str, Any], config_path: Path | str) -> None:
     if not isinstance(written, str) or Path(written).expanduser().resolve() != logs:
         log.info("%s lies in its run folder: logs_dir is %s (the config says %r)", path.name, logs, written)
     raw["logs_dir"] = str(logs)
+
+
+def read_config_grid(config_path: Path | str, *, run_id: str | None = None, device: str | None = None) -> Grid:
+    """Read a config file into its validated grid, as ``main.py`` and ``probe_main.py`` both must.
+
+    Unknown keys, relative registry paths and logged configs are handled before the command-line
+    overrides (``--run-id``, ``--device``) apply, so both commands place every run in the same folder.
+    """
+    where = str(config_path)
+    raw = load_config_file(config_path)
+    check_known_keys(raw, where)
+    anchor_registry_paths(raw, config_path)
+    anchor_logged_run(raw, config_path)
+    if run_id is not None:
+        raw["run_id"] = check_run_id_value(run_id)
+    if device is not None:
+        raw["device"] = device
+    validate_values(raw, where)
+    return Grid(raw, where)

@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef, recall_score
+from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef, recall_score, top_k_accuracy_score
 from torch import nn
 
 from phd_lab.registry import Registries
@@ -98,6 +98,17 @@ def test_metrics_match_scikit_learn(predictions):
     expected = recall_score(labels, predicted, labels=[0, 1, 2, 3], average=None, zero_division=0)
     assert [recalls[str(i)] for i in range(4)] == pytest.approx(list(expected))
     assert set(recalls) == {"0", "1", "2", "3", "4"} and np.isnan(recalls["4"])   # class 4 never occurs
+
+
+def test_top5_accuracy_matches_scikit_learn_and_is_one_below_five_classes():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 12, size=83)
+    logits = rng.normal(size=(83, 12)).astype(np.float32)
+    logits[np.arange(83), labels] += 0.7
+    expected = top_k_accuracy_score(labels, logits, k=5, labels=np.arange(12))
+    assert 0.5 < expected < 0.9  # neither trivial nor top-1
+    assert run_batches("Top5Accuracy", labels, logits) == pytest.approx(expected)
+    assert run_batches("Top5Accuracy", labels[:20] % 3, logits[:20, :3]) == 1.0  # every label is in the top 3
 
 
 def test_perfect_and_constant_predictions():

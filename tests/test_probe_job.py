@@ -178,6 +178,20 @@ def test_config_mode_probes_runs_with_latents_using_config_keys_and_overrides(tm
     assert len(list(cache.rglob("*.json"))) == 2
 
 
+def test_probe_standardize_key_and_the_options_that_override_it_reach_the_fits(tmp_path):
+    config = _config(tmp_path, probe_solver="lbfgs", probe_standardize=False)
+    rundir = _latents_for_run(config, 1)
+    cache = tmp_path / "cache"
+    runs = {}
+    for option in ([], ["--standardize"], ["--no-standardize"]):
+        assert cli("--config", str(config), "-mp", "0", "--cache-dir", str(cache), *option) == 0
+        recorded = json.loads(rundir.probe_settings.read_text())["settings"]["standardize"]
+        runs[recorded] = pd.read_csv(rundir.probe_csv)
+    assert set(runs) == {False, True}
+    assert len(list(cache.rglob("*.json"))) == 4  # two layers fitted twice: the setting is part of the cache key
+    assert not runs[False]["n_iter"].equals(runs[True]["n_iter"])  # raw features take lbfgs another path
+
+
 def test_probe_settings_do_not_move_the_run_and_cannot_be_swept_over_one_run(tmp_path, capsys):
     config = _config(tmp_path, model_args={"width": 0.25})
     rundir = _latents_for_run(config, 0)

@@ -1,5 +1,6 @@
 """The README documents every config key (generated from the schema, so it cannot drift)."""
 
+from phd_lab.cli import main_cli
 from phd_lab.config import schema_markdown
 from tests.conftest import ROOT
 
@@ -9,6 +10,11 @@ def test_readme_key_table_matches_schema():
     start, end = readme.index("<!-- keys:start -->"), readme.index("<!-- keys:end -->")
     block = readme[start + len("<!-- keys:start -->"):end].strip()
     assert block == schema_markdown(), "regenerate with: make readme-keys"
+
+
+def test_the_command_that_make_readme_keys_runs_prints_that_table(capsys):
+    assert main_cli(["--list-keys", "--markdown"]) == 0
+    assert capsys.readouterr().out.strip() == schema_markdown()
 
 
 def test_readme_opens_with_the_two_commands():

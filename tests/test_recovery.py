@@ -500,6 +500,7 @@ def test_a_resume_on_another_device_type_is_refused_but_post_processing_there_is
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     [folder] = run_folders(tmp_path / "logs")
     logged_path = folder / f"{run_name(folder)}_config.json"
+    original = json.loads(logged_path.read_text())
     logged = json.loads(logged_path.read_text())
     logged.update(device="cuda", mixed_precision=False)
     logged["_meta"].update(device="cuda:0", device_name="NVIDIA H200")
@@ -515,6 +516,13 @@ def test_a_resume_on_another_device_type_is_refused_but_post_processing_there_is
     assert "mixed_precision false (now true)" in err and "new run_id" in err and "Traceback" not in err
     assert (folder / f"{run_name(folder)}.pt").read_bytes() == checkpoint
     assert json.loads(logged_path.read_text())["device"] == "cuda"
+    # trained on the CPU, but its covariance sums lived on a GPU: that too is another run
+    logged_path.write_text(json.dumps({**original, "tracking_device": "cuda"}))
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "tracking_device cuda (now cpu)" in err and "device cuda" not in err.replace("tracking_device cuda", "")
+    assert (folder / f"{run_name(folder)}.pt").read_bytes() == checkpoint
+    logged_path.write_text(json.dumps(logged))
 
     csv_path.write_text("".join(rows))  # trained to the end: post-processing may run on another device
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0

@@ -171,6 +171,36 @@ def test_settings_come_from_the_logged_config_and_are_checked():
         AnalysisSettings(target_saturation=(0.3, 0.2))
 
 
+def test_each_analysis_key_of_the_logged_config_changes_what_the_analysis_reads(tmp_path):
+    tables = load_run(write_run(tmp_path / "logs", width=0.25, stage="full", test_accuracy=0.94, skip="features.16"))
+    default = summarize(tables)
+    assert [(t["first_layer"], t["last_layer"]) for t in default["tails"]] == [(BORDER, "classifier.3")]
+    assert default["probes"]["first_reaching_layer"] == BORDER
+    assert default["probes"]["skipped_layers"] == ["features.16"]
+
+    def with_keys(**keys):
+        tables.config = {**tables.config, **keys}
+        try:
+            return summarize(tables)  # the settings are read from the run's config
+        finally:
+            for key in keys:
+                del tables.config[key]
+
+    tail_length = len(LAYERS) - 1 - LAYERS.index(BORDER)
+    assert with_keys(tail_min_length=tail_length)["tails"] == default["tails"]
+    longer = with_keys(tail_min_length=tail_length + 1)["tails"]
+    assert longer != default["tails"] and all(len(tail["layers"]) > tail_length for tail in longer)
+    # the tail lies about 88 % below the other layers' mean: found at "50 % lower", not at "95 % lower"
+    assert with_keys(tail_threshold=0.95)["tails"] == []
+    # probes: the fourth layer reaches 0.79 / 0.94 = 0.84 of the model's accuracy, the 0.12 drop at features.16
+    assert with_keys(probe_tolerance=0.2)["probes"]["first_reaching_layer"] == "features.8"
+    assert with_keys(probe_drop_tolerance=0.2)["probes"]["skipped_layers"] == []
+    on_test = with_keys(analysis_split="test")["saturation"]
+    test_columns = [tables.metrics[f"{layer}_test_saturation"].iloc[-1] for layer in LAYERS]
+    assert [entry["saturation"] for entry in on_test["layers"]] == pytest.approx(test_columns)
+    assert on_test["layers"] != default["saturation"]["layers"]
+
+
 def test_analysis_step_must_come_last():
     step = all_steps()["analysis"]
     last = resolve_point({"model": "m", "dataset": "d", "post_processing": ["analysis"]}, "x")

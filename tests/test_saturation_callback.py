@@ -162,3 +162,22 @@ def test_retired_tracking_fast_still_loads_tracks_exactly_and_keeps_run_folders(
     with caplog.at_level("WARNING"):
         assert tracker_options(retired_on) == TrackerOptions()
     assert "'tracking_fast' is retired" in caplog.text
+
+
+def test_every_tracking_key_of_a_config_reaches_the_run_s_callback(tmp_path: Path) -> None:
+    """Each key of the schema's saturation block, set off its default, arrives in the callback a run builds
+    (the tracker's options themselves are tested in test_tracking)."""
+    from phd_lab.grid import Grid
+    from phd_lab.rundir import RunDir
+    from phd_lab.tracking import TrackerOptions
+    from phd_lab.tracking.callback import saturation_callback
+    keys = {"delta": 0.95, "tracking_mode": "inline", "tracking_device": "cpu", "tracking_resolution": 4,
+            "tracking_downsampling": "nearest", "tracking_max_batches": 3, "tracking_every_n": 2,
+            "tracking_include": ["features.*"], "tracking_exclude": ["features.0"]}
+    cfg = Grid(dict(CONFIG, logs_dir=str(tmp_path / "logs"), **keys), "test.json")[0]
+    callback = saturation_callback(cfg, RunDir.for_run(cfg))
+    assert callback is not None and callback.mode == "inline" and callback.delta == 0.95
+    assert callback.options == TrackerOptions(device="cpu", resolution=4, downsampling="nearest", max_batches=3,
+                                              every_n=2, include=("features.*",), exclude=("features.0",))
+    assert saturation_callback(Grid(dict(CONFIG, track_saturation=False), "test.json")[0], RunDir.for_run(cfg)) \
+        is None

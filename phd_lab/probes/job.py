@@ -31,7 +31,7 @@ from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest, verify_ha
 from phd_lab.probes.probe_log import PROBE_JOB, PROBE_JOBS, ProbeLogs
 from phd_lab.probes.runner import ProbeTask, run_probes
 from phd_lab.probes.settings import ProbeSettings
-from phd_lab.rundir import RunDir, anchor_logged_run
+from phd_lab.rundir import RunDir, read_config_grid
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,10 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
     of each run come from its ``probe_*`` keys, then the command-line ``overrides``. Runs
     without a latents folder are skipped; a folder without a manifest is an error.
     """
-    from phd_lab.config import (anchor_registry_paths, check_known_keys, check_run_id_value, extraction_latents_dir,
-                                load_config_file, validate_values)
-    from phd_lab.grid import Grid
+    from phd_lab.config import extraction_latents_dir
 
     where = str(config_path)
-    raw = load_config_file(config_path)
-    check_known_keys(raw, where)
-    anchor_registry_paths(raw, config_path)
-    anchor_logged_run(raw, config_path)
-    if run_id is not None:
-        raw["run_id"] = check_run_id_value(run_id)
-    validate_values(raw, where)
-    grid = Grid(raw, where)
+    grid = read_config_grid(config_path, run_id=run_id)
     jobs, skipped, extracting, logs_dirs, unprobed = [], [], [], set(), []
     for index in range(len(grid)):
         cfg = grid[index]
