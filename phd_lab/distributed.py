@@ -17,11 +17,12 @@ import re
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.environment import THREAD_VARIABLES, available_cores
-from phd_lab.errors import UsageError
+from phd_lab.errors import UsageError, brief
 
 log = logging.getLogger(__name__)
 
 _LOCAL = re.compile(r"^local(?::(\d+))?$")
+STOP_WAIT_SECONDS = 30  # how long a stopped command waits for its runs to end on the cluster
 
 
 # Worker settings for training tasks, applied to local clusters (set the same in the Dask config of
@@ -87,7 +88,11 @@ def dask_client(spec: str) -> Iterator[Any]:
                                          env=worker_thread_environment(value),
                                          dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
                 distributed.Client(cluster) as client:
-            yield client
+            try:
+                yield client
+            finally:  # every result is in and every file written atomically: a worker that takes more than the
+                # nanny's 4 s to exit (torch's teardown after training) is killed harmlessly, and need not be said
+                logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
         return
     seconds = _connect_timeout()
     try:
@@ -119,6 +124,17 @@ def _expect_dask_handshake(distributed: Any, address: str, seconds: float) -> No
     if "://" in address and not address.lower().startswith("tcp://"):
         return
     import asyncio
+    import socket
+
+    from distributed.comm import parse_address, parse_host_port
+    host, port = parse_host_port(parse_address(address)[1])
+    try:
+        socket.create_connection((host, port), timeout=seconds).close()
+    except ConnectionRefusedError:
+        raise OSError("nothing listens at that port (connection refused); is the scheduler running, and is this "
+                      "its port?") from None
+    except socket.timeout:
+        raise TimeoutError(f"no answer within {seconds:g} s (a firewall, or a host that is down)") from None
 
     async def handshake() -> None:
         comm = await distributed.comm.connect(address, timeout=seconds)
@@ -154,35 +170,60 @@ def _configure_worker_logging() -> None:
         root.setLevel(logging.INFO)
 
 
-def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapping[str, str]) -> tuple[str, str]:
+def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapping[str, str],
+                stop_event: str | None = None) -> tuple[str, str]:
     """Task body: train and post-process one resolved grid point.
 
-    Returns ("finished", run folder), or ("in use", message) when another process holds the folder
-    and ("invalid", message) for a usage error found only now (a dataset missing on this worker):
-    expected outcomes, which Dask would otherwise log with a traceback (and retry).
+    Returns ("finished", run folder), or ("in use", message) when another process holds the folder,
+    ("invalid", message) for a usage error found only now (a dataset missing on this worker) and
+    ("stopped", message) once the Dask Event ``stop_event`` is set (the command was stopped): expected
+    outcomes, which Dask would otherwise log with a traceback (and retry). Failures name the run's log.
     """
     from phd_lab.config import RunConfig
-    from phd_lab.errors import RunLockedError
+    from phd_lab.errors import RunLockedError, RunStopped
     from phd_lab.executor import TrainTestExecutor
+    from phd_lab.interrupts import stop_requests
     from phd_lab.registry import Registries
 
     _configure_worker_logging()
+    stopped = _stop_flag(stop_event)
+    if stopped():  # queued behind the runs of a command that was stopped meanwhile
+        return "stopped", "not started: its command was stopped"
     config = RunConfig(dict(values), source=source)
     modules = {**config.registries, **registry_overrides}
     try:
-        executor = TrainTestExecutor(config, Registries(modules), progress=False)  # a registry this worker
-        executor.validate()  # cannot import is a usage error too
-        return "finished", str(executor.run().root)
+        with stop_requests(stopped):
+            executor = TrainTestExecutor(config, Registries(modules), progress=False)  # a registry this worker
+            executor.validate()  # cannot import is a usage error too
+            return "finished", str(executor.run().root)
     except RunLockedError as error:
-        return "in use", f"{type(error).__name__}: {error}"
+        return "in use", str(error)
     except UsageError as error:
-        return "invalid", f"{type(error).__name__}: {error}"
+        return "invalid", str(error)
+    except RunStopped as error:
+        return "stopped", str(error)
+    except Exception as error:  # noqa: BLE001 - as in a sequential run: one line here, the traceback in the run's log
+        logged_to = getattr(error, "logged_to", None)
+        if logged_to is None:  # before the run's log was opened: Dask reports it with its traceback
+            raise
+        return "failed", f"{type(error).__name__}: {brief(error).rstrip('.')}. Its log: {logged_to}"
+
+
+def _stop_flag(name: str | None) -> Callable[[], bool]:
+    """Whether the Dask Event ``name`` is set, asked from a task (the worker's client reaches the scheduler)."""
+    if name is None:
+        return lambda: False
+    from distributed import Event, get_client
+    event = Event(name, client=get_client())
+    return event.is_set
 
 
 def submit_and_collect(client: Any, tasks: Sequence[tuple[str, Callable[..., Any], tuple, dict | None]],
-                       description: str, progress: bool = True) -> dict[str, tuple[str, Any]]:
+                       description: str, progress: bool = True, stop_event: str | None = None
+                       ) -> dict[str, tuple[str, Any]]:
     """Submit ``(key, fn, args, resources)`` tasks; return ``key → ("finished", result) | ("failed", error)``.
-    Keys must be unique to the command: the scheduler hands a task of an existing key to whoever asks."""
+    Keys must be unique to the command: the scheduler hands a task of an existing key to whoever asks.
+    When the command is stopped while it waits, its unfinished tasks are stopped too (``_stop_tasks``)."""
     from distributed import as_completed
     from tqdm.auto import tqdm
 
@@ -190,14 +231,37 @@ def submit_and_collect(client: Any, tasks: Sequence[tuple[str, Callable[..., Any
     for key, fn, args, resources in tasks:
         futures[client.submit(fn, *args, key=key, resources=resources, pure=False)] = key
     results: dict[str, tuple[str, Any]] = {}
-    with tqdm(total=len(futures), desc=description, unit="task", disable=not progress) as bar:
-        for future in as_completed(futures):
-            key = futures[future]
-            if future.status == "finished":
-                results[key] = ("finished", future.result())
-            else:
-                error = future.exception()
-                results[key] = ("failed", f"{type(error).__name__}: {error}")
-                log.error("Task %s failed: %s: %s", key, type(error).__name__, error)
-            bar.update()
+    try:
+        with tqdm(total=len(futures), desc=description, unit="task", disable=not progress) as bar:
+            for future in as_completed(futures):
+                key = futures[future]
+                if future.status == "finished":
+                    results[key] = ("finished", future.result())
+                else:
+                    error = future.exception()
+                    results[key] = ("failed", f"{type(error).__name__}: {error}")
+                    log.error("Task %s failed: %s: %s", key, type(error).__name__, error)
+                bar.update()
+    except BaseException:  # Ctrl-C, SIGTERM: the tasks would go on running on the workers without this
+        _stop_tasks(client, [f for f, key in futures.items() if key not in results], stop_event)
+        raise
     return results
+
+
+def _stop_tasks(client: Any, futures: list[Any], stop_event: str | None) -> None:
+    """Stop the command's unfinished tasks: set ``stop_event`` (tasks that poll it end after their current batch
+    and release their run folders) and wait up to STOP_WAIT_SECONDS for them; cancel the rest."""
+    import distributed
+    if not futures:
+        return
+    if stop_event is not None:
+        log.warning("Stopping %d task(s) on the cluster: each run ends after its current batch and keeps its last "
+                    "completed epoch (waiting up to %d s; Ctrl-C again leaves them running).", len(futures),
+                    STOP_WAIT_SECONDS)
+        distributed.Event(stop_event, client=client).set()
+        _, running = distributed.wait(futures, timeout=STOP_WAIT_SECONDS, return_when="ALL_COMPLETED")
+        futures = list(running)
+    client.cancel(futures)  # the queued ones; Dask cannot end a task that already runs
+    if futures and stop_event is not None:
+        log.warning("%d run(s) did not stop within %d s and may still be running on the workers; their run folders "
+                    "stay locked until they end.", len(futures), STOP_WAIT_SECONDS)

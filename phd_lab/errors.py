@@ -53,6 +53,11 @@ class RunDiverged(PhdLabError):
     stops there instead of spending its remaining epochs, and its post-processing is skipped."""
 
 
+class RunStopped(PhdLabError):
+    """The command that submitted this run to a Dask cluster was stopped (Ctrl-C, SIGTERM): the task ends at
+    the next batch, with the run's last completed epoch in its checkpoint, so that a rerun resumes it."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a batch system's time limit, scancel, kill): raised like Ctrl-C, so that every layer stops
     the same way, and named in the run's log and on the console."""

@@ -20,8 +20,9 @@ from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, absolute_paths, as_single_point
 from phd_lab.data import DataBundle
 from phd_lab.environment import device_description, git_diff, versions
-from phd_lab.errors import (ConfigError, DataError, RegistryError, RunDiverged, Terminated, UsageError,
-                            first_line)
+from phd_lab.errors import (ConfigError, DataError, RegistryError, RunDiverged, RunStopped, Terminated,
+                            UsageError, first_line)
+from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.registry import Registries
 from phd_lab.reproduction import setup_differences
@@ -551,6 +552,7 @@ class TrainTestExecutor:
                                   history=history, progress=self.progress)
             stamps = StepStamps(rundir)
             for step, params in self.steps:
+                raise_if_stop_requested()
                 stamp = step_stamp(step, params, rundir) if step.outputs(rundir) else None
                 if stamp is not None and stamps.up_to_date(step, stamp, rundir):
                     log.info("Post-processing step %s of %s: up to date (same model and parameters), kept",
@@ -627,8 +629,9 @@ class _run_log:
         if exc and exc[0] is not None and not issubclass(exc[0], UsageError):
             # The traceback goes to the run's log file only; the console gets the one-line summary.
             logger = logging.getLogger(__name__)
-            if issubclass(exc[0], KeyboardInterrupt):  # type: ignore[arg-type]
-                how = "SIGTERM" if issubclass(exc[0], Terminated) else "Ctrl-C"  # type: ignore[arg-type]
+            if issubclass(exc[0], (KeyboardInterrupt, RunStopped)):  # type: ignore[arg-type]
+                how = ("SIGTERM" if issubclass(exc[0], Terminated) else  # type: ignore[arg-type]
+                       "its command was stopped" if issubclass(exc[0], RunStopped) else "Ctrl-C")  # type: ignore
                 record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, f"Run interrupted ({how}); "
                                            "the same command resumes it from its last checkpoint", None, None)
             else:  # a diverged run needs its message, not a traceback

@@ -12,7 +12,7 @@ from typing import Mapping
 from phd_lab.atomic import check_writable_dir
 from phd_lab.config import absolute_paths
 from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError, brief
-from phd_lab.executor import TrainTestExecutor
+from phd_lab.executor import TrainTestExecutor, resolve_device
 from phd_lab.grid import Grid
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.registry import Registries
@@ -41,6 +41,8 @@ class Main:
 
     def load(self, config_path: str | Path, *, run_id: str | None = None, device: str | None = None) -> Grid:
         """Read and validate a config file; every grid point is checked before anything runs."""
+        if device is not None:
+            resolve_device(device, "--device")  # named as the option, not as a key of the config
         grid = read_config_grid(config_path, run_id=run_id, device=device)
         self.executors = self._validate_grid(grid)
         return grid
@@ -139,15 +141,18 @@ class Main:
             for index in chosen:
                 cfg = self.executors[index].config
                 tasks.append((f"train-{index}-{self.executors[index].rundir.root.name}-{command}", train_point,
-                              (absolute_paths(cfg.values), cfg.source, overrides), task_resources(cfg.device, gpus)))
+                              (absolute_paths(cfg.values), cfg.source, overrides, f"stop-{command}"),
+                              task_resources(cfg.device, gpus)))
             log.info("Submitting %d run(s) to %s", len(tasks), scheduler)
-            results = submit_and_collect(client, tasks, "grid", progress=self.progress)
+            results = submit_and_collect(client, tasks, "grid", progress=self.progress, stop_event=f"stop-{command}")
         outcomes, usage_errors = [], []
         for index, (key, *_rest) in zip(chosen, tasks):
             status, value = results[key]
+            executor = self.executors[index]
             if status == "finished":  # the task ran: train_point's own (status, folder or message)
                 status, value = value
-            executor = self.executors[index]
+                if status == "failed":  # the run failed after its log was opened, which holds the traceback
+                    log.error("Run %d (%s) failed: %s", index, executor.config.name, value)
             if status == "invalid":  # a usage error found when the point ran (dataset missing)
                 status = "failed"
                 usage_errors.append(UsageError(str(value)))

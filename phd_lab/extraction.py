@@ -46,6 +46,7 @@ from tqdm import tqdm
 from phd_lab import atomic
 from phd_lab.config import safe_name
 from phd_lab.errors import ConfigError, PhdLabError
+from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.pooling import pool_to
 from phd_lab.registry import did_you_mean
 
@@ -275,6 +276,7 @@ class _Capture:
 
 def _batches(loader: DataLoader, device: torch.device) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     for batch in loader:
+        raise_if_stop_requested()
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise ExtractionError("Step 'extract': the data loader must yield (inputs, labels) batches.")
         yield batch[0].to(device, non_blocking=True), batch[1]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Iterator
+import time
+from typing import Callable, Iterator
+
+from phd_lab.errors import RunStopped
 
 DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
@@ -34,3 +37,36 @@ def deferred_interrupts() -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         if received:
             signal.raise_signal(received[0])
+
+
+_stop_requests = threading.local()  # per thread: a Dask worker runs several tasks at once
+STOP_POLL_SECONDS = 1.0  # how often a task asks whether its command was stopped (one scheduler round trip)
+
+
+@contextlib.contextmanager
+def stop_requests(is_requested: Callable[[], bool], poll_seconds: float = STOP_POLL_SECONDS) -> Iterator[None]:
+    """While the block runs in this thread, ``raise_if_stop_requested`` asks ``is_requested`` (at most once
+    per ``poll_seconds``) and raises RunStopped once it says yes. Signals cannot reach a task on a Dask
+    worker, so the command that submitted it sets a flag that this polls instead."""
+    previous = getattr(_stop_requests, "check", None)
+    _stop_requests.check, _stop_requests.next_poll = is_requested, 0.0
+    _stop_requests.poll_seconds = poll_seconds
+    try:
+        yield
+    finally:
+        _stop_requests.check = previous
+
+
+def raise_if_stop_requested() -> None:
+    """Called between batches: raise RunStopped when the block of ``stop_requests`` around it was asked to stop.
+    Costs a thread-local lookup outside such a block and between polls."""
+    check = getattr(_stop_requests, "check", None)
+    if check is None:
+        return
+    now = time.monotonic()
+    if now < _stop_requests.next_poll:
+        return
+    _stop_requests.next_poll = now + _stop_requests.poll_seconds
+    if check():
+        raise RunStopped("the command that submitted this run was stopped; the run ends after its last completed "
+                         "epoch and resumes from there when the command runs again.")

@@ -19,6 +19,7 @@ from phd_lab.callbacks import Callback
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.data import DataBundle
 from phd_lab.errors import RunDiverged, UsageError
+from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.metrics import Metric
 from phd_lab.seeding import capture_rng_state, restore_rng_state
 
@@ -162,6 +163,7 @@ class Trainer:
         bar = tqdm(bundle.train, desc=f"{self.run_name} epoch {epoch}/{self.epochs}", leave=False,
                    disable=not self.progress, unit="batch", dynamic_ncols=True)
         for inputs, targets in bar:
+            raise_if_stop_requested()
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
@@ -193,6 +195,7 @@ class Trainer:
         total_loss, total = 0.0, 0
         for inputs, targets in tqdm(loader, desc=f"{self.run_name} evaluating", leave=False,
                                     disable=not self.progress, unit="batch", dynamic_ncols=True):
+            raise_if_stop_requested()
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             with self.autocast():

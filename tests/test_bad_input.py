@@ -154,6 +154,15 @@ def test_too_long_run_id_is_refused_also_beside_existing_runs(tmp_path, capsys):
     assert sorted(p.name[:3] for p in (tmp_path / "logs" / "vgg11" / "Digits_16").iterdir()) == ["r", "rrr"]
 
 
+def test_a_bad_device_option_is_named_as_the_option_not_as_a_key_of_the_config(tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert main_cli(["--config", str(config), "--device", "tpu", "--dry-run"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "--device 'tpu' is not a torch device; use auto, cpu, cuda or cuda:N" in err
+    assert "the key 'device'" not in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists()
+
+
 def test_invalid_json_names_line_and_column(tmp_path, capsys):
     path = _write_raw(tmp_path, '{\n  "model": "vgg11",\n  "epoch": 3,\n}\n')
     assert main_cli(["--config", str(path)]) == 2

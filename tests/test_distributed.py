@@ -70,15 +70,27 @@ def test_failing_point_is_reported_while_the_others_finish(tmp_path, cluster, ca
         "def net(*, num_classes, in_channels=3, hidden=8):\n"
         "    if hidden == 13:\n"
         "        raise RuntimeError('unlucky width')\n"
-        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(), nn.Linear(hidden, num_classes))\n")
-    config = write_config(tmp_path, model="net", model_args={"hidden": [8, 13, 16]}, epoch=1, cpu_threads=1,
+        "    if hidden == 21:\n"
+        "        return Breaks()\n"
+        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(), nn.Linear(hidden, num_classes))\n"
+        "class Breaks(nn.Linear):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(4, 10)\n"
+        "    def forward(self, x):\n"
+        "        raise RuntimeError('broke while training')\n")
+    config = write_config(tmp_path, model="net", model_args={"hidden": [8, 13, 16, 21]}, epoch=1, cpu_threads=1,
                           registries={"models": str(module)})
     assert main_cli(["--config", str(config), "--no-progress", "--scheduler", cluster.scheduler_address]) == 1
-    err = capsys.readouterr().err
-    assert "1 of 3 run(s) failed" in err
+    err = " ".join(capsys.readouterr().err.split())
+    assert "2 of 4 run(s) failed" in err
     assert "failed" in err and "unlucky width" in err
     finished = [f for f in run_folders(tmp_path / "logs") if (f / f"{run_name(f)}.csv").exists()]
     assert len(finished) == 2
+    # a run that failed after its log was opened is named with that log, as in a sequential run
+    [broken] = [f for f in run_folders(tmp_path / "logs") if "hidden21" in f.name]
+    log_file = broken / f"{run_name(broken)}.log"
+    assert f"RuntimeError: broke while training. Its log: {log_file}" in err
+    assert "Traceback" in log_file.read_text()
 
 
 def test_killed_worker_is_survived_and_the_run_resumes_from_its_checkpoint(tmp_path, cluster):
@@ -116,6 +128,38 @@ def test_killed_worker_is_survived_and_the_run_resumes_from_its_checkpoint(tmp_p
     log_text = (folder / f"{run_name(folder)}.log").read_text()
     assert "Resuming run" in log_text
     _assert_same_runs(tmp_path / "seq" / "logs", logs)
+
+
+def test_ctrl_c_stops_the_command_s_runs_on_the_cluster_so_that_the_rerun_resumes_them(tmp_path, cluster):
+    """Ctrl-C ended the command, but its task went on training on the worker and held the run folder, so the
+    rerun the message asked for was refused ("in use by PID ..." of a worker process)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    config = write_config(tmp_path, epoch=8, cpu_threads=1)
+    command = [sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress",
+               "--scheduler", cluster.scheduler_address]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        csvs = list((tmp_path / "logs").rglob("*.csv")) if (tmp_path / "logs").exists() else []
+        if csvs and len(csvs[0].read_text().splitlines()) >= 2:  # the header and epoch 1
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Stopping 1 task(s) on the cluster" in err and "did not stop within" not in err
+    [folder] = run_folders(tmp_path / "logs")
+    assert "Run interrupted (its command was stopped)" in (folder / f"{run_name(folder)}.log").read_text()
+    epochs_at_stop = len(read_metrics(folder))
+    assert 1 <= epochs_at_stop < 8
+    time.sleep(1.5)  # more than a task's polling interval: nothing trains on
+    assert len(read_metrics(folder)) == epochs_at_stop
+    assert main_cli(["--config", str(config), "--no-progress", "-q", "--scheduler", cluster.scheduler_address]) == 0
+    assert len(read_metrics(folder)) == 8
+    assert "Resuming run" in (folder / f"{run_name(folder)}.log").read_text()
 
 
 def test_scheduler_spec_errors():
@@ -257,6 +301,16 @@ def test_a_port_that_accepts_but_never_answers_is_a_usage_error_not_a_hang(tmp_p
         assert "sent no Dask handshake within 2 s" in err and address in err and "Traceback" not in err
     finally:
         silent.close()
+
+
+def test_an_address_where_nothing_listens_is_said_to_refuse_not_to_be_another_service(tmp_path, capsys):
+    import socket
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # free again once closed: nothing listens there
+    code = main_cli(["--config", str(write_config(tmp_path)), "--scheduler", f"tcp://127.0.0.1:{port}"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "nothing listens at that port (connection refused)" in err and "handshake" not in err
+    assert not (tmp_path / "logs").exists()
 
 
 def test_a_scheduler_without_workers_is_said_before_the_tasks_wait(caplog):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.pooling import pool_to
 from phd_lab.tracking.covariance import CovarianceAccumulator
 from phd_lab.tracking.modules import weight_only_layers
@@ -257,6 +258,7 @@ def run_pass(tracker: SaturationTracker, model: nn.Module, batches: Sequence | o
     ran = 0
     with torch.no_grad():
         for batch in batches:  # type: ignore[union-attr]
+            raise_if_stop_requested()
             if tracker.exhausted:
                 break
             if not tracker.wants_next_batch():
