@@ -24,6 +24,7 @@ from phd_lab.errors import (ConfigError, DataError, RegistryError, RunDiverged, 
                             UsageError, first_line)
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.lock import ProcessTurn, RunLock
+from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
 from phd_lab.registry import Registries
 from phd_lab.reproduction import setup_differences
 from phd_lab.rundir import RunDir
@@ -39,7 +40,8 @@ RUN_TURN = ProcessTurn("training run")  # runs in threads of one process take tu
 
 # model_args the framework handles itself (not passed to the model factory):
 # "truncate": cut the model before a layer ("border" = before the border layer b_min) and add a GAP + linear head.
-FRAMEWORK_MODEL_OPTIONS = ("truncate",)
+# "linear_init": draw every Linear layer of the built model again (docs/initialisation.md).
+FRAMEWORK_MODEL_OPTIONS = ("truncate", "linear_init")
 # What ``check_model`` builds a model for before the data set is known.
 PLACEHOLDER_CLASSES, PLACEHOLDER_CHANNELS = 10, 3
 
@@ -152,6 +154,11 @@ class TrainTestExecutor:
         if truncate is not None and (not isinstance(truncate, str) or not truncate):
             raise ConfigError(f"{where}: model_args 'truncate' must be a layer name, 'border' or 'border_max' "
                               f"(or null for no truncation); got {json.dumps(truncate)}.")
+        linear_init = cfg.model_args.get("linear_init")
+        if linear_init is not None and linear_init not in LINEAR_INITS:
+            choices = "; ".join(f"{name!r}: {what}" for name, what in LINEAR_INITS.items())
+            raise ConfigError(f"{where}: model_args 'linear_init' must be null (the model's own draw) or one of "
+                              f"{choices}; got {json.dumps(linear_init)}.")
         dataset_factory = self.registries.datasets.get(cfg.dataset)
         check_factory_args(dataset_factory, cfg.dataset_args, "dataset_args",
                            cfg.dataset, where, SUPPLIED_ARGS["datasets"])
@@ -328,6 +335,9 @@ class TrainTestExecutor:
             if layer is not None:
                 model = truncate_model(model, layer, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                                        input_resolution=cfg.resolution)
+        linear_init = cfg.model_args.get("linear_init")
+        if linear_init is not None:
+            redraw_linear_layers(model, linear_init)
         return model
 
     def build_optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:

@@ -56,6 +56,9 @@ CASES = {
                                                                                           "features.0"]}},
                                                 ["(run 1): model_args 'truncate': Cannot truncate at 'features.0': "
                                                  "nothing before it would remain"]),
+    "unknown_linear_init": ({"model_args": {"width": 0.0625, "linear_init": "xavier"}},
+                            ["model_args 'linear_init' must be null (the model's own draw) or one of", "'torch'",
+                             'got "xavier"']),
     "tracking_device_that_is_no_device": ({"tracking_device": "gpu0"},
                                           ["the key 'tracking_device' 'gpu0' is not a torch device"]),
     "seed_too_large": ({"seed": 2**32}, ["'seed' must be an integer ≥ 0 and ≤ 4294967295"]),

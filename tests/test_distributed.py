@@ -137,7 +137,7 @@ def test_ctrl_c_stops_the_command_s_runs_on_the_cluster_so_that_the_rerun_resume
     import sys
 
     from tests.conftest import ROOT
-    config = write_config(tmp_path, epoch=8, cpu_threads=1)
+    config = write_config(tmp_path, epoch=5, cpu_threads=1)
     command = [sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress",
                "--scheduler", cluster.scheduler_address]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -154,11 +154,11 @@ def test_ctrl_c_stops_the_command_s_runs_on_the_cluster_so_that_the_rerun_resume
     [folder] = run_folders(tmp_path / "logs")
     assert "Run interrupted (its command was stopped)" in (folder / f"{run_name(folder)}.log").read_text()
     epochs_at_stop = len(read_metrics(folder))
-    assert 1 <= epochs_at_stop < 8
+    assert 1 <= epochs_at_stop < 5
     time.sleep(1.5)  # more than a task's polling interval: nothing trains on
     assert len(read_metrics(folder)) == epochs_at_stop
     assert main_cli(["--config", str(config), "--no-progress", "-q", "--scheduler", cluster.scheduler_address]) == 0
-    assert len(read_metrics(folder)) == 8
+    assert len(read_metrics(folder)) == 5
     assert "Resuming run" in (folder / f"{run_name(folder)}.log").read_text()
 
 

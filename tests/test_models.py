@@ -268,3 +268,39 @@ def test_a_torchvision_model_s_new_first_convolution_keeps_the_model_s_initial_s
     with torch.device("meta"):  # the executor's checks build every model on the meta device first
         meta = MODELS.get("tv:resnet18")(num_classes=10, in_channels=1)
     assert meta.conv1.weight.device.type == "meta" and meta.conv1.in_channels == 1
+
+
+def test_linear_init_draws_every_linear_layer_again_and_keeps_the_convolutions(tmp_path):
+    """model_args linear_init (docs/initialisation.md): the families' Kaiming fan-out on the output layer makes
+    the first logits several times too large; each scheme draws every Linear layer again after the build."""
+    from phd_lab.executor import TrainTestExecutor
+    from phd_lab.grid import Grid
+    from phd_lab.seeding import seed_everything
+    losses, models = {}, {}
+    for scheme in (None, "fan_in", "normal", "torch"):
+        cfg = Grid({"model": "vgg16", "model_args": {"width": 0.5, "linear_init": scheme}, "dataset": "Digits",
+                    "resolution": 16, "seed": 0, "logs_dir": str(tmp_path)}, "test")[0]
+        executor = TrainTestExecutor(cfg, Registries(cfg.registries), progress=False)
+        bundle = executor.build_data()
+        seed_everything(0)
+        models[scheme] = model = executor.build_model(bundle)
+        inputs, targets = next(iter(bundle.train))
+        with torch.no_grad():
+            losses[scheme] = float(nn.functional.cross_entropy(model.train()(inputs), targets))
+    assert losses[None] > 6 and all(losses[scheme] < 3.5 for scheme in ("fan_in", "normal", "torch")), losses
+    linear = [name for name, module in models[None].named_modules() if isinstance(module, nn.Linear)]
+    assert len(linear) == 2
+    for scheme, model in models.items():
+        layers = dict(model.named_modules())
+        for name, parameter in model.named_parameters():
+            if name.startswith("features"):  # the convolutions (and norms) keep their draw
+                assert torch.equal(parameter, dict(models[None].named_parameters())[name])
+        for name in linear:
+            weight, bias = layers[name].weight, layers[name].bias
+            if scheme == "normal":
+                assert weight.std().item() == pytest.approx(0.01, rel=0.2) and not bias.any()
+            elif scheme == "fan_in":
+                assert weight.std().item() == pytest.approx((2 / weight.shape[1]) ** 0.5, rel=0.2) and not bias.any()
+            elif scheme == "torch":
+                bound = weight.shape[1] ** -0.5
+                assert weight.abs().max().item() <= bound and bias.abs().max().item() <= bound and bias.any()
