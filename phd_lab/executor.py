@@ -91,6 +91,11 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: s
         hint = "".join(did_you_mean(u, accepted) for u in unknown)
         raise ConfigError(f"{where}: {key} {unknown} are not accepted by {name!r}.{hint} It accepts: "
                           f"{', '.join(accepted) or 'no arguments'}.")
+    for arg, value in args.items():  # "lr": "fast" failed deep in the factory with a comparison of float and str
+        default = params[arg].default
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+            raise ConfigError(f"{where}: {key} {arg!r} of {name!r} must be a number (its default is {default!r}); "
+                              f"got {json.dumps(value)}.")
 
 
 # The keyword arguments the framework passes to each kind of factory itself (not config ``*_args``).

@@ -56,6 +56,8 @@ CASES = {
                                                                                           "features.0"]}},
                                                 ["(run 1): model_args 'truncate': Cannot truncate at 'features.0': "
                                                  "nothing before it would remain"]),
+    "string_for_a_number": ({"optimizer_args": {"lr": "fast"}},
+                            ["optimizer_args 'lr' of 'adam' must be a number (its default is 0.0001)", 'got "fast"']),
     "unknown_linear_init": ({"model_args": {"width": 0.0625, "linear_init": "xavier"}},
                             ["model_args 'linear_init' must be null (the model's own draw) or one of", "'torch'",
                              'got "xavier"']),
