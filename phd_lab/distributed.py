@@ -86,8 +86,11 @@ def dask_client(spec: str) -> Iterator[Any]:
         with dask.config.set(WORKER_CONFIG), \
                 distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
                                          env=worker_thread_environment(value),
-                                         dashboard_address=None, silence_logs=logging.WARNING) as cluster, \
+                                         dashboard_address=":0", silence_logs=logging.WARNING) as cluster, \
                 distributed.Client(cluster) as client:
+            # a free port: None still took 8787, so a second local cluster warned that it was in use
+            log.info("Local Dask cluster of %d worker(s); dashboard (where bokeh is installed): %s", value,
+                     cluster.dashboard_link)
             try:
                 yield client
             finally:  # every result is in and every file written atomically: a worker that takes more than the

@@ -21,7 +21,7 @@ from tests.test_runs import assert_same_metrics, assert_same_weights, weights  #
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
         yield c
 
 
@@ -315,7 +315,7 @@ def test_an_address_where_nothing_listens_is_said_to_refuse_not_to_be_another_se
 
 def test_a_scheduler_without_workers_is_said_before_the_tasks_wait(caplog):
     from phd_lab.distributed import dask_client
-    with distributed.LocalCluster(n_workers=0, dashboard_address=None) as empty:
+    with distributed.LocalCluster(n_workers=0, dashboard_address=":0") as empty:
         with caplog.at_level("WARNING", logger="phd_lab.distributed"), dask_client(empty.scheduler_address):
             pass
     assert f"The scheduler at {empty.scheduler_address} has no workers yet" in caplog.text
@@ -367,3 +367,12 @@ def test_two_commands_on_one_scheduler_do_not_share_tasks(tmp_path, cluster):
     assert len(first) == len(second) == 1 and first[0].name == second[0].name
     assert read_metrics(second[0])["epoch"].tolist() == [1, 2]
     assert_same_metrics(read_metrics(first[0]), read_metrics(second[0]))
+
+
+def test_two_local_clusters_at_once_do_not_compete_for_the_dashboard_port(recwarn):
+    """dashboard_address=None still took port 8787, so a second local cluster (two commands on one node, or
+    two test processes) warned "Port 8787 is already in use"; each now takes a free port."""
+    from phd_lab.distributed import dask_client
+    with dask_client("local:1") as first, dask_client("local:1") as second:
+        assert first.dashboard_link != second.dashboard_link
+    assert not [w for w in recwarn if "already in use" in str(w.message)]
