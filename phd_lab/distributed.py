@@ -218,7 +218,14 @@ def _stop_flag(name: str | None) -> Callable[[], bool]:
         return lambda: False
     from distributed import Event, get_client
     event = Event(name, client=get_client())
-    return event.is_set
+
+    def is_set() -> bool:
+        try:
+            return event.is_set()
+        except Exception:  # noqa: BLE001 - a scheduler that does not answer now must not fail a healthy run
+            log.debug("Could not ask the scheduler whether %s is set", name, exc_info=True)
+            return False
+    return is_set
 
 
 def submit_and_collect(client: Any, tasks: Sequence[tuple[str, Callable[..., Any], tuple, dict | None]],
