@@ -5,9 +5,10 @@ output layer the fan-out is the number of classes, so the first batch's logits a
 fan-in (training-mode loss 6–25 at 10 classes for VGG/ResNet/MPNet/DenseNet, 2.4–3.3 with fan-in; chance is
 2.3). docs/initialisation.md measures what that costs on the tail demo: 71–79 % instead of 96–99.7 % test
 accuracy at 16 px (three seeds), and the demo's tail sits at the border only under this setting (2–3
-convolutions later with fan-in or torch's default). The dissertation author's own code drew VGG's Linear layers from N(0, 0.01)
-and left ResNet's at torch's default; ``model_args`` ``linear_init`` (``redraw_linear_layers``) selects
-either for any model, and changing the default waits for the steps that document lists.
+convolutions later with fan-in or torch's default). The dissertation author's own code drew VGG's Linear
+layers from N(0, 0.01) and left ResNet's at torch's default; ``model_args`` ``linear_init``
+(``redraw_linear_layers``) selects either for any model, and changing the default waits for the steps that
+document lists.
 """
 
 from __future__ import annotations
