@@ -629,6 +629,10 @@ def _samples(loader: Any) -> str:
         return "?"
 
 
+# How a run's log names what ended it, where that was no failure (KeyboardInterrupt itself: "Ctrl-C")
+_INTERRUPTIONS = {Terminated: "SIGTERM", RunStopped: "its command was stopped"}
+
+
 class _run_log:
     """Copy every log record to the run's log file while the run is active."""
 
@@ -645,8 +649,8 @@ class _run_log:
             # The traceback goes to the run's log file only; the console gets the one-line summary.
             logger = logging.getLogger(__name__)
             if issubclass(exc[0], (KeyboardInterrupt, RunStopped)):  # type: ignore[arg-type]
-                how = ("SIGTERM" if issubclass(exc[0], Terminated) else  # type: ignore[arg-type]
-                       "its command was stopped" if issubclass(exc[0], RunStopped) else "Ctrl-C")  # type: ignore
+                how = next((what for kind, what in _INTERRUPTIONS.items()
+                            if issubclass(exc[0], kind)), "Ctrl-C")  # type: ignore[arg-type]
                 record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, f"Run interrupted ({how}); "
                                            "the same command resumes it from its last checkpoint", None, None)
             else:  # a diverged run needs its message, not a traceback

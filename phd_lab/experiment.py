@@ -138,13 +138,14 @@ class Main:
                             "per GPU; start GPU workers with `dask worker ADDRESS --resources GPU=1`.")
             tasks = []
             command = uuid.uuid4().hex[:12]  # two commands on one scheduler must not share (and skip) tasks
+            stop_event = f"stop-{command}"  # set when this command is stopped: its tasks end then too
             for index in chosen:
                 cfg = self.executors[index].config
                 tasks.append((f"train-{index}-{self.executors[index].rundir.root.name}-{command}", train_point,
-                              (absolute_paths(cfg.values), cfg.source, overrides, f"stop-{command}"),
+                              (absolute_paths(cfg.values), cfg.source, overrides, stop_event),
                               task_resources(cfg.device, gpus)))
             log.info("Submitting %d run(s) to %s", len(tasks), scheduler)
-            results = submit_and_collect(client, tasks, "grid", progress=self.progress, stop_event=f"stop-{command}")
+            results = submit_and_collect(client, tasks, "grid", progress=self.progress, stop_event=stop_event)
         outcomes, usage_errors = [], []
         for index, (key, *_rest) in zip(chosen, tasks):
             status, value = results[key]
