@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,18 @@ def run_main(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(predicate, process: subprocess.Popen, timeout: float = 120) -> bool:
+    """Poll until ``predicate()`` holds; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.01)
+    raise AssertionError("timed out waiting for the training process")
 
 
 def main_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:

@@ -15,7 +15,7 @@ distributed = pytest.importorskip("distributed")
 from phd_lab.cli import main_cli  # noqa: E402
 from phd_lab.distributed import parse_scheduler  # noqa: E402
 from phd_lab.errors import UsageError  # noqa: E402
-from tests.conftest import read_metrics, run_folders, run_name, write_config  # noqa: E402
+from tests.conftest import read_metrics, run_folders, run_name, wait_for, write_config  # noqa: E402
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights  # noqa: E402
 
 
@@ -93,6 +93,12 @@ def test_failing_point_is_reported_while_the_others_finish(tmp_path, cluster, ca
     assert "Traceback" in log_file.read_text()
 
 
+def _epochs_in_csv(logs) -> int:
+    """Epoch rows in the metrics CSV of the only run under ``logs`` (0 before it exists)."""
+    csvs = list(logs.rglob("*.csv")) if logs.exists() else []
+    return len(csvs[0].read_text().splitlines()) - 1 if csvs else 0
+
+
 def test_killed_worker_is_survived_and_the_run_resumes_from_its_checkpoint(tmp_path, cluster):
     overrides = dict(epoch=6, cpu_threads=1, resolution=32, model_args={"width": 0.125})
     (tmp_path / "seq").mkdir()
@@ -106,10 +112,7 @@ def test_killed_worker_is_survived_and_the_run_resumes_from_its_checkpoint(tmp_p
     def kill_worker_after_two_epochs():
         with distributed.Client(cluster.scheduler_address) as client:
             deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                csvs = [p for p in logs.rglob("*.csv")] if logs.exists() else []
-                if csvs and len(csvs[0].read_text().splitlines()) >= 3:  # header + 2 epochs
-                    break
+            while time.monotonic() < deadline and _epochs_in_csv(logs) < 2:
                 time.sleep(0.05)
             processing = client.processing()
             busy = [address for address, keys in processing.items() if keys]
@@ -141,12 +144,7 @@ def test_ctrl_c_stops_the_command_s_runs_on_the_cluster_so_that_the_rerun_resume
     command = [sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress",
                "--scheduler", cluster.scheduler_address]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        csvs = list((tmp_path / "logs").rglob("*.csv")) if (tmp_path / "logs").exists() else []
-        if csvs and len(csvs[0].read_text().splitlines()) >= 2:  # the header and epoch 1
-            break
-        time.sleep(0.05)
+    assert wait_for(lambda: _epochs_in_csv(tmp_path / "logs") >= 1, process, timeout=240)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err

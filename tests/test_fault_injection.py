@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from phd_lab.checkpoint import PAUSE_ENV
-from tests.conftest import ROOT, read_metrics, run_folders, run_main, run_name, write_config
+from tests.conftest import ROOT, read_metrics, run_folders, run_main, run_name, wait_for, write_config
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights
 
 EPOCHS = 16  # margin for kill timings that drift when other tests share the cores
@@ -25,18 +25,6 @@ def _start(config: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress"],
                             cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-
-
-def _wait_for(predicate, process: subprocess.Popen, timeout: float = 120) -> bool:
-    """Poll until ``predicate()`` holds; False if the process ended first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        if process.poll() is not None:
-            return False
-        time.sleep(0.01)
-    raise AssertionError("timed out waiting for the training process")
 
 
 def _epoch_seconds(logs: Path) -> float:
@@ -78,17 +66,17 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         env = {PAUSE_ENV: "1.5"} if in_write else {}
         starts = _log_starts(logs) if logs.exists() else 0
         process = _start(crashing, env)
-        started = _wait_for(lambda: logs.exists() and _log_starts(logs) > starts, process)
+        started = wait_for(lambda: logs.exists() and _log_starts(logs) > starts, process)
         assert started, "training process ended before it started training"
         if in_write:
             folder = next(logs.rglob("*_config.json")).parent
-            if not _wait_for(lambda: any(folder.glob(".*.pt.next.*.tmp")), process):
+            if not wait_for(lambda: any(folder.glob(".*.pt.next.*.tmp")), process):
                 break  # the run finished before another checkpoint was written
             time.sleep(rng.uniform(0.0, 0.5))
         else:  # anywhere from the end of this attempt's first epoch to one and a half epochs later; waiting
             # for the epoch's row (not a time measured on the reference run) keeps this right on busy cores
             written = _epochs_written(logs)
-            if not _wait_for(lambda: _epochs_written(logs) > written, process):
+            if not wait_for(lambda: _epochs_written(logs) > written, process):
                 break
             time.sleep(rng.uniform(0.0, 1.5) * epoch_seconds)
         if process.poll() is not None:
