@@ -5,4 +5,4 @@ Architecture Design* (2022): grids of trainings from one JSON config, saturation
 receptive fields, latent extraction and logistic-regression probes.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

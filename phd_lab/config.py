@@ -123,7 +123,8 @@ def _key(*args: Any, **kwargs: Any) -> Key:
 # The schema. Group order: experiment, evaluation, technical, post-processing.
 SCHEMA: tuple[Key, ...] = (
     _key("model", "str", None, "model registry name (see --list models)", required=True),
-    _key("model_args", "mapping", {}, "keyword arguments of the model factory; list values are swept",
+    _key("model_args", "mapping", {}, "keyword arguments of the model factory; list values are swept; "
+         "'linear_init' (default \"torch\") draws every Linear layer again, null keeps the model's own draw",
          sweep_inside=True),
     _key("dataset", "str", None, "dataset registry name (see --list datasets)", required=True),
     _key("dataset_args", "mapping", {}, "keyword arguments of the dataset factory; list values are swept; "
@@ -390,9 +391,25 @@ IDENTITY_KEYS = frozenset({
 TECHNICAL_ARGS = {"dataset_args": ("download",)}
 
 
+# model_args "linear_init" when a config names none: every Linear layer is drawn again with torch's own
+# default (docs/initialisation.md). Versions before 0.2 had no such key: their families drew Linear layers by
+# Kaiming fan-out, which a logged config of theirs keeps (``Grid``: null, the model's own draw).
+DEFAULT_LINEAR_INIT = "torch"
+
+# Factory arguments hashed only when set: null is what versions before 0.2 ran without naming the key, so
+# their run folders keep their hash.
+ABSENT_WHEN_NULL = {"model_args": ("linear_init",)}
+
+
+def with_linear_init(model_args: dict[str, Any]) -> dict[str, Any]:
+    """``model_args`` with the framework's ``linear_init`` named (the default where the config names none)."""
+    return model_args if "linear_init" in model_args else {**model_args, "linear_init": DEFAULT_LINEAR_INIT}
+
+
 def _without_technical_args(name: str, value: Any) -> Any:
-    if name in TECHNICAL_ARGS and isinstance(value, dict):
-        return {k: v for k, v in value.items() if k not in TECHNICAL_ARGS[name]}
+    if isinstance(value, dict) and (name in TECHNICAL_ARGS or name in ABSENT_WHEN_NULL):
+        return {k: v for k, v in value.items()
+                if k not in TECHNICAL_ARGS.get(name, ()) and not (k in ABSENT_WHEN_NULL.get(name, ()) and v is None)}
     return value
 
 
@@ -560,20 +577,21 @@ class RunConfig:
         return _crc(self.identity())
 
     def legacy_identity_hashes(self) -> list[str]:
-        """The hashes versions before ``TECHNICAL_ARGS`` gave this run, which hashed ``download`` too: with
-        ``download`` left out, true or false. ``RunDir.for_run`` still finds a folder those versions named,
-        whether or not the config says ``download`` now."""
+        """The hashes earlier versions gave this run: before ``TECHNICAL_ARGS``, ``download`` was hashed too
+        (true, false or left out); before 0.2, a ``linear_init`` written as null was hashed. ``RunDir.for_run``
+        still finds a folder those versions named."""
         identity = self._identity_keys()
         hashes, current = [], self.identity_hash()
-        for name, dropped in TECHNICAL_ARGS.items():
-            if not isinstance(identity.get(name), dict):
+        for name, value in identity.items():
+            if not isinstance(value, dict):
                 continue
-            base = _without_technical_args(name, identity[name])
-            for arg in dropped:
-                for variant in ({}, {arg: True}, {arg: False}):
-                    digest = _crc({**identity, name: {**base, **variant}})
-                    if digest != current and digest not in hashes:
-                        hashes.append(digest)
+            base = _without_technical_args(name, value)
+            variants = [{arg: choice} for arg in TECHNICAL_ARGS.get(name, ()) for choice in (True, False)]
+            variants += [{arg: None} for arg in ABSENT_WHEN_NULL.get(name, ()) if arg in value and value[arg] is None]
+            for variant in ({}, *variants):
+                digest = _crc({**self.identity(), name: {**base, **variant}})
+                if digest != current and digest not in hashes:
+                    hashes.append(digest)
         return hashes
 
     @property
@@ -586,6 +604,8 @@ class RunConfig:
         parts = [f"bs{self.batch_size}", f"e{self.epoch}", str(self.optimizer), f"s{self.seed}"]
         for mapping_key in ("model_args", "optimizer_args", "dataset_args"):
             for k, v in sorted(_without_technical_args(mapping_key, self.values[mapping_key]).items()):
+                if mapping_key == "model_args" and k == "linear_init" and v == DEFAULT_LINEAR_INIT:
+                    continue  # every run of this version names it: the hash keeps it, the readable part need not
                 parts.append(f"{k}{json.dumps(v, separators=(',', ':'), sort_keys=True)}")
         slug = safe_name("-".join(parts))[:80]
         return f"{slug}-{self.identity_hash()}"
@@ -603,6 +623,7 @@ def resolve_point(point: Mapping[str, Any], where: str) -> RunConfig:
         values[key.name] = value
     if values["seed"] is None:
         values["seed"] = derive_seed(values["run_id"])
+    values["model_args"] = with_linear_init(values["model_args"])
     values["post_processing"] = normalise_steps(values["post_processing"], where)
     for key in PATH_KEYS:  # "~/logs" is the home folder's, never a folder named "~" in the working directory
         if isinstance(values[key], str):

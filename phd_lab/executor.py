@@ -40,7 +40,7 @@ RUN_TURN = ProcessTurn("training run")  # runs in threads of one process take tu
 
 # model_args the framework handles itself (not passed to the model factory):
 # "truncate": cut the model before a layer ("border" = before the border layer b_min) and add a GAP + linear head.
-# "linear_init": draw every Linear layer of the built model again (docs/initialisation.md).
+# "linear_init": draw every Linear layer of the built model again (default "torch", docs/initialisation.md).
 FRAMEWORK_MODEL_OPTIONS = ("truncate", "linear_init")
 # What ``check_model`` builds a model for before the data set is known.
 PLACEHOLDER_CLASSES, PLACEHOLDER_CHANNELS = 10, 3
@@ -230,7 +230,7 @@ class TrainTestExecutor:
                                          **model_args)
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
-                                  f"{json.dumps(cfg.model_args)}: {first_line(error)}.") from None
+                                  f"{json.dumps(model_args)}: {first_line(error)}.") from None
             except Exception as error:  # noqa: BLE001 - e.g. a factory that needs real tensors
                 log.debug("%s: model %r not checked on the meta device (%s: %s)", cfg.source, cfg.model,
                           type(error).__name__, error)
@@ -332,7 +332,7 @@ class TrainTestExecutor:
             model = factory(num_classes=bundle.num_classes, in_channels=bundle.in_channels, **model_args)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
-                              f"{json.dumps(cfg.model_args)}: {first_line(error)}.") from None
+                              f"{json.dumps(model_args)}: {first_line(error)}.") from None
         truncate = cfg.model_args.get("truncate")
         if truncate:
             from phd_lab.models.truncate import resolve_cut, truncate_model

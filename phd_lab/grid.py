@@ -71,7 +71,13 @@ class Grid:
         return result
 
     def __getitem__(self, index: int) -> RunConfig:
-        config = resolve_point(self.point(index), f"{self.where} (run {index})")
+        point = self.point(index)
+        model_args = point.setdefault("model_args", {}) if self.meta is not None else None
+        if isinstance(model_args, dict) and "linear_init" not in model_args:
+            # a logged config of a version before 0.2, which named no linear_init: its model drew its own
+            # Linear layers, and its rerun does the same (bit-identical, same folder)
+            model_args["linear_init"] = None
+        config = resolve_point(point, f"{self.where} (run {index})")
         return replace(config, logged_meta=self.meta) if self.meta is not None else config
 
     def __iter__(self) -> Iterator[RunConfig]:

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from phd_lab.config import validate_values
+from phd_lab.config import META_KEY, validate_values
 from phd_lab.grid import Grid
 from phd_lab.rundir import RunDir
 
@@ -125,8 +125,17 @@ PINNED = {"model": "vgg11", "model_args": {"width": 0.25, "batch_norm": True}, "
 def test_run_identities_are_pinned_across_versions():
     """A logged config must find its run folder years later: these hashes may never change."""
     assert Grid(PINNED)[0].identity_hash() == Grid(dict(PINNED, tracking_fast=False, num_workers=0))[0].identity_hash()
-    assert [Grid(PINNED)[0].identity_hash(), Grid({"model": "vgg11", "dataset": "Digits"})[0].identity_hash()] == \
-        ["da7c9455", "dc554ae9"]
+    short = {"model": "vgg11", "dataset": "Digits"}
+    # logged by 0.1, which named no linear_init (the model's own draw), also with model_args left out
+    logged_01 = [Grid({**config, META_KEY: {"phd_lab": "0.1.0"}})[0] for config in (PINNED, short)]
+    assert [config.identity_hash() for config in logged_01] == ["da7c9455", "dc554ae9"]
+    assert all(config.model_args["linear_init"] is None for config in logged_01)
+    # since 0.2 a config that names none draws the Linear layers with torch's default: other results, other runs
+    assert [Grid(PINNED)[0].identity_hash(), Grid(short)[0].identity_hash()] == ["9848b2f1", "7c69f0af"]
+    null = Grid(dict(PINNED, model_args={**PINNED["model_args"], "linear_init": None}))[0]
+    assert null.identity_hash() == "da7c9455"  # null, said or not, is hashed as 0.1 hashed a config without it
+    # folders of 0.1 configs that said null (hashed with it) are still found
+    assert "a95b8d71" in null.legacy_identity_hashes()
 
 
 def test_a_result_affecting_key_added_later_moves_no_existing_run():
@@ -165,13 +174,13 @@ def test_a_nested_mapping_names_one_folder_whatever_its_key_order(tmp_path):
 def test_download_is_no_part_of_a_run_and_folders_named_with_it_are_found(tmp_path):
     """``download: true`` once, then left out on an offline node, gave the same run a second folder and
     trained it again from scratch. Folders that older versions named with ``download`` are still found."""
-    base = dict(PINNED, logs_dir=str(tmp_path))
+    base = dict(PINNED, logs_dir=str(tmp_path), _meta={"phd_lab": "0.1.0"})  # logged by 0.1, hashes of 0.1
     variants = [Grid(dict(base, dataset_args=args))[0] for args in ({"download": True}, {}, {"download": False})]
     assert {cfg.identity_hash() for cfg in variants} == {"da7c9455"}
     assert len({RunDir.for_run(cfg).root for cfg in variants}) == 1
     assert "download" not in RunDir.for_run(variants[0]).root.name
     # folders an older version named while the config said download: true or false (its hashes, pinned)
-    assert variants[1].legacy_identity_hashes() == ["7391b0b3", "ed577492"]
+    assert variants[1].legacy_identity_hashes()[:2] == ["7391b0b3", "ed577492"]
     for old_hash in ("7391b0b3", "ed577492"):
         old = RunDir.for_run(variants[1]).root.parent / f"bs64-e3-adam-batch_normtrue-downloadx-{old_hash}"
         old.mkdir(parents=True)

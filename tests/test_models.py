@@ -277,7 +277,7 @@ def test_linear_init_draws_every_linear_layer_again_and_keeps_the_convolutions(t
     from phd_lab.grid import Grid
     from phd_lab.seeding import seed_everything
     losses, models = {}, {}
-    for scheme in (None, "fan_in", "normal", "torch"):
+    for scheme in (None, "fan_in", "normal", "torch", "fan_out"):
         cfg = Grid({"model": "vgg16", "model_args": {"width": 0.5, "linear_init": scheme}, "dataset": "Digits",
                     "resolution": 16, "seed": 0, "logs_dir": str(tmp_path)}, "test")[0]
         executor = TrainTestExecutor(cfg, Registries(cfg.registries), progress=False)
@@ -287,7 +287,8 @@ def test_linear_init_draws_every_linear_layer_again_and_keeps_the_convolutions(t
         inputs, targets = next(iter(bundle.train))
         with torch.no_grad():
             losses[scheme] = float(nn.functional.cross_entropy(model.train()(inputs), targets))
-    assert losses[None] > 6 and all(losses[scheme] < 3.5 for scheme in ("fan_in", "normal", "torch")), losses
+    assert losses[None] > 6 and losses["fan_out"] > 6, losses  # the families' own draw, drawn again or kept
+    assert all(losses[scheme] < 3.5 for scheme in ("fan_in", "normal", "torch")), losses
     linear = [name for name, module in models[None].named_modules() if isinstance(module, nn.Linear)]
     assert len(linear) == 2
     for scheme, model in models.items():
@@ -299,8 +300,9 @@ def test_linear_init_draws_every_linear_layer_again_and_keeps_the_convolutions(t
             weight, bias = layers[name].weight, layers[name].bias
             if scheme == "normal":
                 assert weight.std().item() == pytest.approx(0.01, rel=0.2) and not bias.any()
-            elif scheme == "fan_in":
-                assert weight.std().item() == pytest.approx((2 / weight.shape[1]) ** 0.5, rel=0.2) and not bias.any()
+            elif scheme in ("fan_in", "fan_out"):
+                fan = weight.shape[1] if scheme == "fan_in" else weight.shape[0]
+                assert weight.std().item() == pytest.approx((2 / fan) ** 0.5, rel=0.2) and not bias.any()
             elif scheme == "torch":
                 bound = weight.shape[1] ** -0.5
                 assert weight.abs().max().item() <= bound and bias.abs().max().item() <= bound and bias.any()

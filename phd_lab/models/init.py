@@ -1,25 +1,24 @@
-"""Weight initialisation used by every family: Kaiming-He (fan-out, ReLU) for convolutions and linear layers.
+"""Weight initialisation: the families' Kaiming-He draw, and the framework's draw of Linear layers after it.
 
-The thesis states no initialisation; the convolutions follow torchvision's ResNets. Known issue: on the
-output layer the fan-out is the number of classes, so the first batch's logits are 5–20× larger than with
-fan-in (training-mode loss 6–25 at 10 classes for VGG/ResNet/MPNet/DenseNet, 2.4–3.3 with fan-in; chance is
-2.3). docs/initialisation.md measures what that costs on the tail demo: 71–79 % instead of 96–99.7 % test
-accuracy at 16 px (three seeds), and the demo's tail sits at the border only under this setting (2–3
-convolutions later with fan-in or torch's default). The dissertation author's own code drew VGG's Linear
-layers from N(0, 0.01) and left ResNet's at torch's default; ``model_args`` ``linear_init``
-(``redraw_linear_layers``) selects either for any model, and changing the default waits for the steps that
-document lists.
+The thesis states no initialisation; the families' convolutions follow torchvision's ResNets (Kaiming
+normal, fan-out). The families draw their Linear layers the same way, but on the output layer the fan-out is
+the number of classes, so the first batch's logits are 5-20x too large (training-mode loss 6-25 at 10
+classes; chance is 2.3). docs/initialisation.md measures the cost on the tail demo: 71-79 % instead of
+96-99.7 % test accuracy at 16 px over three seeds. Since 0.2 the framework therefore draws every Linear layer
+of a built model again (``model_args`` ``linear_init``, default ``"torch"``: torch's own default, as the
+dissertation author's ResNet code); null keeps the model's own draw, which reruns of 0.1 runs use.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-# model_args "linear_init": how every nn.Linear of a built model is drawn again (null: as the model draws it)
+# model_args "linear_init": how every nn.Linear of a built model is drawn again (null: as the model drew it)
 LINEAR_INITS = {
+    "torch": "torch's own nn.Linear default, the default (the thesis author's ResNet code, torchvision's ResNet)",
     "fan_in": "Kaiming normal with fan-in (ReLU gain), zero bias",
     "normal": "N(0, 0.01), zero bias (the dissertation author's VGG code, torchvision's VGG)",
-    "torch": "torch's own nn.Linear default (the dissertation author's ResNet code, torchvision's ResNet)",
+    "fan_out": "Kaiming normal with fan-out (ReLU gain), zero bias: the families' own draw, phd-lab before 0.2",
 }
 
 
@@ -46,8 +45,8 @@ def redraw_linear_layers(model: nn.Module, scheme: str) -> None:
         if scheme == "torch":
             layer.reset_parameters()
             continue
-        if scheme == "fan_in":
-            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+        if scheme in ("fan_in", "fan_out"):
+            nn.init.kaiming_normal_(layer.weight, mode=scheme, nonlinearity="relu")
         else:
             nn.init.normal_(layer.weight, 0.0, 0.01)
         if layer.bias is not None:
