@@ -124,7 +124,7 @@ def _key(*args: Any, **kwargs: Any) -> Key:
 SCHEMA: tuple[Key, ...] = (
     _key("model", "str", None, "model registry name (see --list models)", required=True),
     _key("model_args", "mapping", {}, "keyword arguments of the model factory; list values are swept; "
-         "'linear_init' (default \"torch\") draws every Linear layer again, null keeps the model's own draw",
+         "'linear_init' (default \"torch_output\") draws the output layer again, null keeps the model's own draw",
          sweep_inside=True),
     _key("dataset", "str", None, "dataset registry name (see --list datasets)", required=True),
     _key("dataset_args", "mapping", {}, "keyword arguments of the dataset factory; list values are swept; "
@@ -391,14 +391,35 @@ IDENTITY_KEYS = frozenset({
 TECHNICAL_ARGS = {"dataset_args": ("download",)}
 
 
-# model_args "linear_init" when a config names none: every Linear layer is drawn again with torch's own
-# default (docs/initialisation.md). Versions before 0.2 had no such key: their families drew Linear layers by
+# model_args "linear_init" when a config names none: the output layer is drawn again with torch's own default
+# (docs/initialisation.md). Versions before 0.2 did not draw it again: their families drew Linear layers by
 # Kaiming fan-out, which a logged config of theirs keeps (``Grid``: null, the model's own draw).
-DEFAULT_LINEAR_INIT = "torch"
+DEFAULT_LINEAR_INIT = "torch_output"
+FIRST_VERSION_WITH_LINEAR_INIT = (0, 2)
 
 # Factory arguments hashed only when set: null is what versions before 0.2 ran without naming the key, so
 # their run folders keep their hash.
 ABSENT_WHEN_NULL = {"model_args": ("linear_init",)}
+
+
+def predates_linear_init(meta: Mapping[str, Any]) -> bool:
+    """Whether a logged config's ``_meta`` names a phd-lab version before ``linear_init`` was logged (or none)."""
+    try:
+        version = tuple(int(part) for part in str(meta.get("phd_lab")).split(".")[:2])
+    except ValueError:
+        return True
+    return version < FIRST_VERSION_WITH_LINEAR_INIT
+
+
+def with_logged_linear_init(logged: Mapping[str, Any]) -> dict[str, Any]:
+    """A logged config's values with the ``linear_init`` it runs with named (``Grid``): null for one of a
+    version before 0.2, which named none, so that tables of old and rerun runs compare like with like."""
+    values = dict(logged)
+    meta, model_args = values.get(META_KEY), values.get("model_args")
+    if isinstance(meta, Mapping) and isinstance(model_args, dict):
+        values["model_args"] = {"linear_init": None if predates_linear_init(meta) else DEFAULT_LINEAR_INIT,
+                                **model_args}
+    return values
 
 
 def with_linear_init(model_args: dict[str, Any]) -> dict[str, Any]:
@@ -603,9 +624,10 @@ class RunConfig:
         """Leaf folder name: readable hyperparameters plus a hash of every result-affecting value."""
         parts = [f"bs{self.batch_size}", f"e{self.epoch}", str(self.optimizer), f"s{self.seed}"]
         for mapping_key in ("model_args", "optimizer_args", "dataset_args"):
-            for k, v in sorted(_without_technical_args(mapping_key, self.values[mapping_key]).items()):
+            technical = TECHNICAL_ARGS.get(mapping_key, ())
+            for k, v in sorted((k, v) for k, v in self.values[mapping_key].items() if k not in technical):
                 if mapping_key == "model_args" and k == "linear_init" and v == DEFAULT_LINEAR_INIT:
-                    continue  # every run of this version names it: the hash keeps it, the readable part need not
+                    continue  # most runs name it: the hash keeps it, the readable part need not
                 parts.append(f"{k}{json.dumps(v, separators=(',', ':'), sort_keys=True)}")
         slug = safe_name("-".join(parts))[:80]
         return f"{slug}-{self.identity_hash()}"

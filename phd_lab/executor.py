@@ -138,6 +138,12 @@ class TrainTestExecutor:
         self.registries = registries
         self.progress = progress
         self.rundir = RunDir.for_run(config)
+        older = RunDir.of_own_linear_draw(config)
+        if older is not None:
+            log.warning("%s: phd-lab 0.1 trained this config's run in %s with the model's own draw of the output "
+                        "layer. Since 0.2 a config that names no linear_init draws it again with torch's default "
+                        "(docs/initialisation.md), which is another run, in %s. To continue or keep the 0.1 run, "
+                        "write \"linear_init\": null into model_args.", config.source, older.root, self.rundir.root)
         self.steps: list[tuple[Step, dict[str, Any]]] = []
         self._validated = False
         self._device: torch.device | None = None  # resolved when the run starts (logged with the versions)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping
 
-from phd_lab.config import META_KEY, RunConfig, is_swept, iter_axis_candidates, resolve_point
+from phd_lab.config import META_KEY, RunConfig, is_swept, iter_axis_candidates, predates_linear_init, resolve_point
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,12 @@ class Grid:
 
     def __getitem__(self, index: int) -> RunConfig:
         point = self.point(index)
-        model_args = point.setdefault("model_args", {}) if self.meta is not None else None
-        if isinstance(model_args, dict) and "linear_init" not in model_args:
+        if self.meta is not None and predates_linear_init(self.meta):
             # a logged config of a version before 0.2, which named no linear_init: its model drew its own
             # Linear layers, and its rerun does the same (bit-identical, same folder)
-            model_args["linear_init"] = None
+            model_args = point.setdefault("model_args", {})
+            if isinstance(model_args, dict):
+                model_args.setdefault("linear_init", None)
         config = resolve_point(point, f"{self.where} (run {index})")
         return replace(config, logged_meta=self.meta) if self.meta is not None else config
 

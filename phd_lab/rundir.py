@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from phd_lab.config import (META_KEY, RunConfig, anchor_registry_paths, check_known_keys, check_run_id_value,
-                            load_config_file, safe_name, validate_values)
+from phd_lab.config import (DEFAULT_LINEAR_INIT, META_KEY, RunConfig, anchor_registry_paths, check_known_keys,
+                            check_run_id_value, load_config_file, safe_name, validate_values)
 from phd_lab.errors import ConfigError
 from phd_lab.grid import Grid
 
@@ -56,6 +56,17 @@ class RunDir:
                     root = same[0]
                     break
         return cls(root=root, name=cfg.name)
+
+    @classmethod
+    def of_own_linear_draw(cls, cfg: RunConfig) -> "RunDir | None":
+        """The folder of this config's run with ``linear_init`` null, where phd-lab 0.1 trained a config that
+        names no linear_init, if it exists and this run's own folder does not: since 0.2 such a config draws the
+        output layer again and is another run, which a user upgrading mid-experiment must be told."""
+        if cfg.model_args.get("linear_init") != DEFAULT_LINEAR_INIT:
+            return None
+        own = cls.for_run(cfg)
+        older = cls.for_run(replace(cfg, values={**cfg.values, "model_args": {**cfg.model_args, "linear_init": None}}))
+        return older if older.root.is_dir() and not own.root.exists() else None
 
     def file(self, suffix: str) -> Path:
         """``<root>/<name><suffix>``, e.g. ``file('.csv')``."""

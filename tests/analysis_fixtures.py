@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from phd_lab import atomic
+from phd_lab import __version__, atomic
 from phd_lab.config import resolve_point
 from phd_lab.rundir import RunDir
 
@@ -135,7 +135,7 @@ def write_run(logs: Path, *, width: float, stage: str, epochs: int = 3, test_acc
                          "logs_dir": str(logs), "post_processing": ["receptive_field", "flops", "extract",
                                                                     "analysis"]}, "fixture")
     rundir = RunDir.for_run(cfg).create()
-    atomic.write_json(rundir.config, {**cfg.to_dict(), "_meta": {"phd_lab": "0.1.0"}})
+    atomic.write_json(rundir.config, {**cfg.to_dict(), "_meta": {"phd_lab": __version__}})
     if stage != "probes-only":
         done = 1 if stage == "running" else epochs
         atomic.write_csv(rundir.metrics_csv, metrics_frame(width, epochs, test_accuracy).iloc[:done])

@@ -130,8 +130,9 @@ def test_run_identities_are_pinned_across_versions():
     logged_01 = [Grid({**config, META_KEY: {"phd_lab": "0.1.0"}})[0] for config in (PINNED, short)]
     assert [config.identity_hash() for config in logged_01] == ["da7c9455", "dc554ae9"]
     assert all(config.model_args["linear_init"] is None for config in logged_01)
+    assert Grid({**PINNED, META_KEY: {"phd_lab": "0.2.0"}})[0].model_args["linear_init"] == "torch_output"
     # since 0.2 a config that names none draws the Linear layers with torch's default: other results, other runs
-    assert [Grid(PINNED)[0].identity_hash(), Grid(short)[0].identity_hash()] == ["9848b2f1", "7c69f0af"]
+    assert [Grid(PINNED)[0].identity_hash(), Grid(short)[0].identity_hash()] == ["13e429cc", "dbe4af7c"]
     null = Grid(dict(PINNED, model_args={**PINNED["model_args"], "linear_init": None}))[0]
     assert null.identity_hash() == "da7c9455"  # null, said or not, is hashed as 0.1 hashed a config without it
     # folders of 0.1 configs that said null (hashed with it) are still found

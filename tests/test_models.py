@@ -272,12 +272,13 @@ def test_a_torchvision_model_s_new_first_convolution_keeps_the_model_s_initial_s
 
 def test_linear_init_draws_every_linear_layer_again_and_keeps_the_convolutions(tmp_path):
     """model_args linear_init (docs/initialisation.md): the families' Kaiming fan-out on the output layer makes
-    the first logits several times too large; each scheme draws every Linear layer again after the build."""
+    the first logits several times too large. The default draws the output layer again with torch's default;
+    the other schemes draw every Linear layer again after the build."""
     from phd_lab.executor import TrainTestExecutor
     from phd_lab.grid import Grid
     from phd_lab.seeding import seed_everything
     losses, models = {}, {}
-    for scheme in (None, "fan_in", "normal", "torch", "fan_out"):
+    for scheme in (None, "fan_in", "normal", "torch", "fan_out", "torch_output"):
         cfg = Grid({"model": "vgg16", "model_args": {"width": 0.5, "linear_init": scheme}, "dataset": "Digits",
                     "resolution": 16, "seed": 0, "logs_dir": str(tmp_path)}, "test")[0]
         executor = TrainTestExecutor(cfg, Registries(cfg.registries), progress=False)
@@ -288,7 +289,7 @@ def test_linear_init_draws_every_linear_layer_again_and_keeps_the_convolutions(t
         with torch.no_grad():
             losses[scheme] = float(nn.functional.cross_entropy(model.train()(inputs), targets))
     assert losses[None] > 6 and losses["fan_out"] > 6, losses  # the families' own draw, drawn again or kept
-    assert all(losses[scheme] < 3.5 for scheme in ("fan_in", "normal", "torch")), losses
+    assert all(losses[scheme] < 3.5 for scheme in ("fan_in", "normal", "torch", "torch_output")), losses
     linear = [name for name, module in models[None].named_modules() if isinstance(module, nn.Linear)]
     assert len(linear) == 2
     for scheme, model in models.items():
@@ -298,11 +299,39 @@ def test_linear_init_draws_every_linear_layer_again_and_keeps_the_convolutions(t
                 assert torch.equal(parameter, dict(models[None].named_parameters())[name])
         for name in linear:
             weight, bias = layers[name].weight, layers[name].bias
-            if scheme == "normal":
+            if scheme == "torch_output" and name != linear[-1]:  # the hidden head layer keeps its draw
+                assert torch.equal(weight, dict(models[None].named_modules())[name].weight)
+            elif scheme == "normal":
                 assert weight.std().item() == pytest.approx(0.01, rel=0.2) and not bias.any()
             elif scheme in ("fan_in", "fan_out"):
                 fan = weight.shape[1] if scheme == "fan_in" else weight.shape[0]
                 assert weight.std().item() == pytest.approx((2 / fan) ** 0.5, rel=0.2) and not bias.any()
-            elif scheme == "torch":
+            elif scheme in ("torch", "torch_output"):
                 bound = weight.shape[1] ** -0.5
                 assert weight.abs().max().item() <= bound and bias.abs().max().item() <= bound and bias.any()
+
+
+def test_the_default_draws_only_the_output_layer_again_so_that_deep_mlps_keep_their_signal():
+    """mlp_long_skip's 137 square hidden Linear layers need their fan-out draw: torch's default on every Linear
+    layer shrinks the signal about 6x per layer, so the logits no longer depend on the input. The default
+    ("torch_output") draws only the output layer again; every model of the registry has it last."""
+    from phd_lab.config import DEFAULT_LINEAR_INIT
+    from phd_lab.models.init import output_layer, redraw_linear_layers
+    assert DEFAULT_LINEAR_INIT == "torch_output"
+    registries = Registries({})
+    inputs = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    spread = {}
+    for scheme in (None, "torch_output", "torch"):
+        torch.manual_seed(0)
+        model = registries.models.get("mlp_long_skip")(num_classes=10)
+        if scheme is not None:
+            redraw_linear_layers(model, scheme)
+        with torch.no_grad():
+            spread[scheme] = model.eval()(inputs).var(dim=0).mean().item()
+    assert spread[None] > 1 and spread["torch_output"] > 0.05 and spread["torch"] < 1e-6, spread
+    for name in registries.models.names():
+        if name.startswith("tv:"):
+            continue
+        with torch.device("meta"):  # the layers' shapes without drawing their weights
+            model = registries.models.get(name)(num_classes=7, in_channels=3)
+        assert output_layer(model).out_features == 7, name

@@ -314,3 +314,25 @@ def test_a_run_whose_config_cannot_be_read_does_not_make_every_key_vary(tmp_path
     assert "model_args.width" in before and "batch_size" not in before
     runs["trained"].config.write_text("{")
     assert varying_keys(collect(logs, refresh=False)) == before
+
+
+def test_runs_of_0_1_differ_in_no_column_whether_or_not_their_config_says_linear_init_null(tmp_path):
+    """A 0.1 logged config names no linear_init and runs with null; one rewritten by a 0.2 rerun says null.
+    The report showed a linear_init column where the two read "-" and "null" for the same setup."""
+    from phd_lab.report.collect import collect
+    from phd_lab.report.html import varying_keys
+    logs = tmp_path / "logs"
+    runs = list(write_grid(logs).values())
+    for position, rundir in enumerate(runs):
+        config = json.loads(rundir.config.read_text())
+        config["_meta"]["phd_lab"] = "0.1.0"
+        if position % 2:
+            config["model_args"]["linear_init"] = None  # rewritten by 0.2
+        else:
+            del config["model_args"]["linear_init"]  # as 0.1 wrote it
+        rundir.config.write_text(json.dumps(config))
+    assert "model_args.linear_init" not in varying_keys(collect(logs, refresh=False))
+    config = json.loads(runs[0].config.read_text())
+    config["_meta"]["phd_lab"] = "0.2.0"  # a 0.2 config without the key runs with the default, torch_output
+    runs[0].config.write_text(json.dumps(config))
+    assert "model_args.linear_init" in varying_keys(collect(logs, refresh=False))

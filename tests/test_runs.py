@@ -66,7 +66,7 @@ def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     [first] = run_folders(tmp_path / "logs")
     logged = json.loads((first / f"{run_name(first)}_config.json").read_text())
-    assert logged["seed"] == 7 and logged["model_args"] == {"width": 0.0625, "linear_init": "torch"}
+    assert logged["seed"] == 7 and logged["model_args"] == {"width": 0.0625, "linear_init": "torch_output"}
     assert logged[META_KEY]["torch"] == torch.__version__ and "phd_lab" in logged[META_KEY]
     # which device 'auto' became, and whether the checkout had uncommitted changes (git_commit alone would
     # name code that did not run)
@@ -96,10 +96,10 @@ def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
     assert_same_weights(weights(first), weights(second[0]))
 
 
-def test_a_run_logged_by_0_1_reruns_with_the_model_s_own_linear_draw_in_its_own_folder(tmp_path):
+def test_a_run_logged_by_0_1_reruns_with_the_model_s_own_linear_draw_in_its_own_folder(tmp_path, capsys):
     """0.1 named no linear_init: its families drew their Linear layers by Kaiming fan-out. Since 0.2 a config
-    naming none draws them with torch's default, but a logged config of 0.1 still reruns its run: the same
-    folder, the same weights. A hand-written config naming none is another run."""
+    naming none draws the output layer again with torch's default, but a logged config of 0.1 still reruns its
+    run: the same folder, the same weights. A hand-written config naming none is another run, and says so."""
     def new_folders(*known):
         return [folder for folder in run_folders(tmp_path / "logs") if folder not in known]
 
@@ -119,9 +119,13 @@ def test_a_run_logged_by_0_1_reruns_with_the_model_s_own_linear_draw_in_its_own_
     assert main_cli(["--config", str(legacy), "--run-id", "again", "--no-progress", "-q"]) == 0
     [again] = new_folders(old)
     assert_same_weights(weights(old), weights(again))
+    capsys.readouterr()
     assert main_cli(["--config", str(write_config(tmp_path, name="new.json", epoch=1)), "--no-progress", "-q"]) == 0
     [new] = new_folders(old, again)
-    assert json.loads((new / f"{run_name(new)}_config.json").read_text())["model_args"]["linear_init"] == "torch"
+    warning = " ".join(capsys.readouterr().err.split())
+    assert f"phd-lab 0.1 trained this config's run in {old}" in warning and '"linear_init": null' in warning
+    logged_new = json.loads((new / f"{run_name(new)}_config.json").read_text())
+    assert logged_new["model_args"]["linear_init"] == "torch_output"
     head = [name for name, value in weights(old).items() if name.startswith("classifier") and value.dim() == 2]
     assert len(head) == 2 and not any(torch.equal(weights(old)[name], weights(new)[name]) for name in head)
 
@@ -212,7 +216,7 @@ def test_index_runs_one_point_and_dry_run_shows_grid(tmp_path, capsys):
     assert main_cli(["--config", str(config), "--index", "3", "--no-progress", "-q"]) == 0
     [folder] = run_folders(tmp_path / "logs")
     logged = json.loads((folder / f"{run_name(folder)}_config.json").read_text())
-    assert logged["batch_size"] == 128 and logged["model_args"] == {"width": 0.125, "linear_init": "torch"}
+    assert logged["batch_size"] == 128 and logged["model_args"] == {"width": 0.125, "linear_init": "torch_output"}
     # coming back to the grid: the dry run tells which points are done and where their folders are
     capsys.readouterr()
     assert main_cli(["--config", str(config), "--dry-run"]) == 0
@@ -310,7 +314,7 @@ def test_logged_config_with_a_list_valued_factory_argument_reruns_the_same_singl
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     [run] = run_folders(tmp_path / "logs")
     logged = run / f"{run_name(run)}_config.json"
-    assert json.loads(logged.read_text())["model_args"] == {"widths": [[4, 8]], "linear_init": "torch"}
+    assert json.loads(logged.read_text())["model_args"] == {"widths": [[4, 8]], "linear_init": "torch_output"}
     assert main_cli(["--config", str(logged), "--no-progress", "-q"]) == 0  # the same run: found finished
     assert main_cli(["--config", str(logged), "--run-id", "again", "--no-progress", "-q"]) == 0
     runs = run_folders(tmp_path / "logs")

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from phd_lab.config import extraction_latents_dir
+from phd_lab.config import META_KEY, extraction_latents_dir, with_logged_linear_init
 from phd_lab.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -300,7 +300,7 @@ def load_run(folder: RunDir) -> RunTables:
         tables.problems.append(f"{folder.config.name} is not a JSON object; ignored")
         config = None
     if config is not None:
-        config = {k: v for k, v in config.items() if k != "_meta"}
+        config = {k: v for k, v in with_logged_linear_init(config).items() if k != META_KEY}
     tables.config = config
     tables.metrics = _read_csv(folder.metrics_csv, tables)
     tables.receptive_field = _require(_read_csv(folder.receptive_field_csv, tables),
