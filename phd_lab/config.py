@@ -571,6 +571,9 @@ class RunConfig:
     # the ``_meta`` of the logged config this point was read from (None for a hand-written config): a rerun
     # compares its own setup with it
     logged_meta: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    # False where the config named no ``linear_init`` and got the default: its 0.1 run, if one exists, is
+    # another run (``rundir.earlier_version_runs``)
+    linear_init_named: bool = field(default=True, compare=False, repr=False)
 
     def __getattr__(self, name: str) -> Any:
         values = object.__getattribute__(self, "values")
@@ -650,7 +653,8 @@ def resolve_point(point: Mapping[str, Any], where: str) -> RunConfig:
     for key in PATH_KEYS:  # "~/logs" is the home folder's, never a folder named "~" in the working directory
         if isinstance(values[key], str):
             values[key] = os.path.expanduser(values[key])
-    return RunConfig(values, source=where)
+    given = point.get("model_args")
+    return RunConfig(values, source=where, linear_init_named=isinstance(given, dict) and "linear_init" in given)
 
 
 def schema_table() -> list[dict[str, str]]:

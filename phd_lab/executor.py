@@ -40,7 +40,8 @@ RUN_TURN = ProcessTurn("training run")  # runs in threads of one process take tu
 
 # model_args the framework handles itself (not passed to the model factory):
 # "truncate": cut the model before a layer ("border" = before the border layer b_min) and add a GAP + linear head.
-# "linear_init": draw every Linear layer of the built model again (default "torch", docs/initialisation.md).
+# "linear_init": draw Linear layers of the built model again (default "torch_output": the output layer only,
+# with torch's default; docs/initialisation.md).
 FRAMEWORK_MODEL_OPTIONS = ("truncate", "linear_init")
 # What ``check_model`` builds a model for before the data set is known.
 PLACEHOLDER_CLASSES, PLACEHOLDER_CHANNELS = 10, 3
@@ -138,12 +139,6 @@ class TrainTestExecutor:
         self.registries = registries
         self.progress = progress
         self.rundir = RunDir.for_run(config)
-        older = RunDir.of_own_linear_draw(config)
-        if older is not None:
-            log.warning("%s: phd-lab 0.1 trained this config's run in %s with the model's own draw of the output "
-                        "layer. Since 0.2 a config that names no linear_init draws it again with torch's default "
-                        "(docs/initialisation.md), which is another run, in %s. To continue or keep the 0.1 run, "
-                        "write \"linear_init\": null into model_args.", config.source, older.root, self.rundir.root)
         self.steps: list[tuple[Step, dict[str, Any]]] = []
         self._validated = False
         self._device: torch.device | None = None  # resolved when the run starts (logged with the versions)

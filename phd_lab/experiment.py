@@ -16,7 +16,7 @@ from phd_lab.executor import TrainTestExecutor, resolve_device
 from phd_lab.grid import Grid
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.registry import Registries
-from phd_lab.rundir import read_config_grid
+from phd_lab.rundir import earlier_version_advice, earlier_version_runs, read_config_grid
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,9 @@ class Main:
             executors.append(executor)
         for logs_dir in sorted({e.config.logs_dir for e in executors}):
             check_writable_dir(logs_dir, "logs_dir", grid.where)
+        earlier = earlier_version_runs(e.config for e in executors)
+        if earlier:
+            log.warning("%s: %s", grid.where, earlier_version_advice(earlier, len(executors)))
         return executors
 
     def run(self, grid: Grid, indices: list[int] | None = None) -> list[RunOutcome]:

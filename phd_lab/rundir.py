@@ -3,18 +3,71 @@
 from __future__ import annotations
 
 import logging
+import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from phd_lab.config import (DEFAULT_LINEAR_INIT, META_KEY, RunConfig, anchor_registry_paths, check_known_keys,
-                            check_run_id_value, load_config_file, safe_name, validate_values)
+from phd_lab.config import (META_KEY, RunConfig, anchor_registry_paths, check_known_keys, check_run_id_value,
+                            load_config_file, predates_linear_init, safe_name, validate_values)
 from phd_lab.errors import ConfigError
 from phd_lab.grid import Grid
 
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255  # bytes per file or folder name on the common file systems
+
+
+def run_parent(cfg: RunConfig, logs_dir: Path | str | None = None) -> Path:
+    """``<logs_dir>/<model>/<dataset>_<resolution>/<run_id>``: the folder that holds the run's variants."""
+    logs = Path(logs_dir if logs_dir is not None else cfg.logs_dir).expanduser()  # '~/logs', not ./~/logs
+    return logs / safe_name(cfg.model) / f"{safe_name(cfg.dataset)}_{cfg.resolution}" / safe_name(cfg.run_id)
+
+
+def earlier_version_runs(configs: Iterable[RunConfig]) -> list[Path]:
+    """Folders where phd-lab 0.1 trained one of these configs, for those that name no ``linear_init`` and whose
+    own run does not exist yet. Since 0.2 such a config draws the output layer again, which is another run
+    (docs/initialisation.md): a user upgrading in the middle of an experiment must be told. One listing per
+    parent folder, so a grid of thousands of points costs a scan per run id, not per point."""
+    listings: dict[Path, dict[str, str]] = {}
+    found = []
+    for cfg in configs:
+        if cfg.linear_init_named:
+            continue
+        parent = run_parent(cfg)
+        if parent not in listings:  # variant folder names by their hash suffix
+            names = os.listdir(parent) if parent.is_dir() else []
+            listings[parent] = {name.rsplit("-", 1)[-1]: name for name in sorted(names)}
+        by_hash = listings[parent]
+        if cfg.identity_hash() in by_hash:
+            continue
+        null = replace(cfg, values={**cfg.values, "model_args": {**cfg.model_args, "linear_init": None}})
+        for digest in (null.identity_hash(), *null.legacy_identity_hashes()):
+            folder = parent / by_hash[digest] if digest in by_hash else None
+            if folder is not None and _logged_before_linear_init(folder):
+                found.append(folder)
+                break
+    return found
+
+
+def _logged_before_linear_init(folder: Path) -> bool:
+    for path in folder.glob("*_config.json"):
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8")).get(META_KEY)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(meta, dict):
+            return predates_linear_init(meta)
+    return False
+
+
+def earlier_version_advice(folders: list[Path], runs: int) -> str:
+    """One paragraph for ``earlier_version_runs``' folders, said once per command."""
+    return (f"{len(folders)} of the {runs} run(s) of this config were trained by phd-lab 0.1 (e.g. {folders[0]}). "
+            f"Since 0.2 a config that names no linear_init draws the output layer again with torch's default, so "
+            f"this version trains new runs beside them (docs/initialisation.md). To continue, extend or probe the "
+            f"0.1 runs instead, write \"linear_init\": null into model_args.")
 
 
 def _check_name_lengths(cfg: RunConfig, root: Path) -> None:
@@ -45,8 +98,7 @@ class RunDir:
         """The run's folder. The variant's hash suffix is what identifies it: a folder whose readable part
         was written otherwise (the keys of a nested mapping in another order, by an older version) is
         found by its hash and kept."""
-        logs = Path(logs_dir if logs_dir is not None else cfg.logs_dir).expanduser()  # '~/logs', not ./~/logs
-        parent = logs / safe_name(cfg.model) / f"{safe_name(cfg.dataset)}_{cfg.resolution}" / safe_name(cfg.run_id)
+        parent = run_parent(cfg, logs_dir)
         root = parent / cfg.variant_slug()
         _check_name_lengths(cfg, root)  # before any stat(): the OS answers a too-long name with an error
         if not root.exists() and parent.is_dir():
@@ -56,17 +108,6 @@ class RunDir:
                     root = same[0]
                     break
         return cls(root=root, name=cfg.name)
-
-    @classmethod
-    def of_own_linear_draw(cls, cfg: RunConfig) -> "RunDir | None":
-        """The folder of this config's run with ``linear_init`` null, where phd-lab 0.1 trained a config that
-        names no linear_init, if it exists and this run's own folder does not: since 0.2 such a config draws the
-        output layer again and is another run, which a user upgrading mid-experiment must be told."""
-        if cfg.model_args.get("linear_init") != DEFAULT_LINEAR_INIT:
-            return None
-        own = cls.for_run(cfg)
-        older = cls.for_run(replace(cfg, values={**cfg.values, "model_args": {**cfg.model_args, "linear_init": None}}))
-        return older if older.root.is_dir() and not own.root.exists() else None
 
     def file(self, suffix: str) -> Path:
         """``<root>/<name><suffix>``, e.g. ``file('.csv')``."""

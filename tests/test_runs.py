@@ -99,7 +99,10 @@ def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
 def test_a_run_logged_by_0_1_reruns_with_the_model_s_own_linear_draw_in_its_own_folder(tmp_path, capsys):
     """0.1 named no linear_init: its families drew their Linear layers by Kaiming fan-out. Since 0.2 a config
     naming none draws the output layer again with torch's default, but a logged config of 0.1 still reruns its
-    run: the same folder, the same weights. A hand-written config naming none is another run, and says so."""
+    run: the same folder, the same weights. A hand-written config naming none is another run, and both
+    commands say so once, naming the key that continues the 0.1 run."""
+    from phd_lab.probes.cli import probe_cli
+
     def new_folders(*known):
         return [folder for folder in run_folders(tmp_path / "logs") if folder not in known]
 
@@ -107,27 +110,40 @@ def test_a_run_logged_by_0_1_reruns_with_the_model_s_own_linear_draw_in_its_own_
     assert main_cli(["--config", str(write_config(tmp_path, epoch=1, model_args=model_args)), "--no-progress",
                      "-q"]) == 0
     [old] = run_folders(tmp_path / "logs")
-    logged = json.loads((old / f"{run_name(old)}_config.json").read_text())
+    logged_path = old / f"{run_name(old)}_config.json"
+    logged = json.loads(logged_path.read_text())
     assert logged["model_args"] == model_args
     del logged["model_args"]["linear_init"]  # as 0.1 logged it
     logged[META_KEY]["phd_lab"] = "0.1.0"
-    legacy = tmp_path / "logged_by_0_1.json"
-    legacy.write_text(json.dumps(logged))
+    logged_path.write_text(json.dumps(logged))
     checkpoint = (old / f"{run_name(old)}.pt").read_bytes()
-    assert main_cli(["--config", str(legacy), "--no-progress", "-q"]) == 0
+    assert main_cli(["--config", str(logged_path), "--no-progress", "-q"]) == 0
     assert not new_folders(old) and (old / f"{run_name(old)}.pt").read_bytes() == checkpoint  # found, complete
-    assert main_cli(["--config", str(legacy), "--run-id", "again", "--no-progress", "-q"]) == 0
+    assert main_cli(["--config", str(logged_path), "--run-id", "again", "--no-progress", "-q"]) == 0
     [again] = new_folders(old)
     assert_same_weights(weights(old), weights(again))
+
+    explicit = write_config(tmp_path, name="explicit.json", epoch=1,
+                            model_args={"width": 0.0625, "linear_init": "torch_output"})
     capsys.readouterr()
-    assert main_cli(["--config", str(write_config(tmp_path, name="new.json", epoch=1)), "--no-progress", "-q"]) == 0
+    assert main_cli(["--config", str(explicit), "--dry-run", "--no-progress"]) == 0
+    assert "phd-lab 0.1" not in capsys.readouterr().err  # a config that names the default means it
+    written = write_config(tmp_path, name="new.json", epoch=1, post_processing=["extract"])
+    assert probe_cli(["--config", str(written), "--no-progress", "-q"]) == 2
+    hint = " ".join(capsys.readouterr().err.split())
+    assert f"trained by phd-lab 0.1 (e.g. {old})" in hint and '"linear_init": null' in hint
+    assert main_cli(["--config", str(written), "--no-progress", "-q"]) == 0
     [new] = new_folders(old, again)
     warning = " ".join(capsys.readouterr().err.split())
-    assert f"phd-lab 0.1 trained this config's run in {old}" in warning and '"linear_init": null' in warning
+    assert warning.count(f"1 of the 1 run(s) of this config were trained by phd-lab 0.1 (e.g. {old})") == 1
+    assert '"linear_init": null' in warning
     logged_new = json.loads((new / f"{run_name(new)}_config.json").read_text())
     assert logged_new["model_args"]["linear_init"] == "torch_output"
     head = [name for name, value in weights(old).items() if name.startswith("classifier") and value.dim() == 2]
     assert len(head) == 2 and not any(torch.equal(weights(old)[name], weights(new)[name]) for name in head)
+    capsys.readouterr()
+    assert main_cli(["--config", str(written), "--dry-run", "--no-progress"]) == 0
+    assert "phd-lab 0.1" not in capsys.readouterr().err  # its own run exists now
 
 
 def test_finished_run_is_not_trained_again(tmp_path):

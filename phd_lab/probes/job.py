@@ -31,7 +31,7 @@ from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest, verify_ha
 from phd_lab.probes.probe_log import PROBE_JOB, PROBE_JOBS, ProbeLogs
 from phd_lab.probes.runner import ProbeTask, run_probes
 from phd_lab.probes.settings import ProbeSettings
-from phd_lab.rundir import RunDir, read_config_grid
+from phd_lab.rundir import RunDir, earlier_version_advice, earlier_version_runs, read_config_grid
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,11 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
                         f"rerun the training command, which takes its lock over and finishes the extraction.)")
     if not jobs:
         check_registry_names(unprobed, where)
+        earlier = earlier_version_runs(cfg for _, cfg in unprobed)
+        hint = f" {earlier_version_advice(earlier, len(grid))}" if earlier else ""
         raise DataError(f"No latents found for any of the {len(grid)} run(s) of {where!r} (looked for "
                         f"<run folder>/latents or under latents_dir). Train the runs with the 'extract' "
-                        f"post-processing step first (python main.py --config {where}).")
+                        f"post-processing step first (python main.py --config {where}).{hint}")
     if skipped:
         log.info("runs without latents (skipped): %s", ", ".join(skipped))
     return jobs, Path(sorted(logs_dirs)[0]) / CACHE_FOLDER
