@@ -127,7 +127,13 @@ def list_names(kind: str, pattern: str) -> str:
         return "\n".join(lines) or "(none)"
     from phd_lab.registry import Registries
     registry = Registries()[kind]
-    return "\n".join(f"{name:24} {registry.doc(name)}" for name in registry.names(pattern)) or "(none)"
+    lines = [f"{name:24} {registry.doc(name)}" for name in registry.names(pattern)]
+    prefixed = registry.prefixed_names(pattern)
+    if prefixed:  # e.g. every torchvision classification model, as tv:<name>: one wrapped block
+        lines.append(f"and by prefix ({len(prefixed)}):")
+        lines.append(textwrap.fill(", ".join(prefixed), 116, initial_indent="  ", subsequent_indent="  ",
+                                   break_on_hyphens=False))
+    return "\n".join(lines) or "(none)"
 
 
 def keys_table() -> str:

@@ -4,7 +4,8 @@ A registry module (``registries/models.py`` or a user's own file) exposes its fa
 module-level callables; the function name is the key used in configs and run folders. A
 module may list its keys in ``__all__``; otherwise every public function or class defined
 in the module itself counts. A module may also define ``PREFIXES = {"tv:": factory}``: a
-name ``tv:resnet50`` then calls ``factory("resnet50", **kwargs)``.
+name ``tv:resnet50`` then calls ``factory("resnet50", **kwargs)``; a ``factory.names()`` function, where
+given, lists the valid names after the prefix (unknown ones are refused up front, and listed).
 
 Factory contracts (documented once, here):
 - model: ``f(*, num_classes: int, in_channels: int = 3, **model_args) -> torch.nn.Module``
@@ -78,6 +79,12 @@ class Registry:
         return sorted((name for name in self._factories if fnmatch.fnmatchcase(name.lower(), pattern.lower())),
                       key=str.lower)
 
+    def prefixed_names(self, pattern: str = "*") -> list[str]:
+        """The names behind the prefixes whose factory lists them (``factory.names()``), e.g. ``tv:resnet50``."""
+        names = [prefix + name for prefix, factory in sorted(self._prefixes.items())
+                 for name in (getattr(factory, "names", None) or list)()]
+        return [name for name in names if fnmatch.fnmatchcase(name.lower(), pattern.lower())]
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self._resolve(name) is not None
 
@@ -86,6 +93,9 @@ class Registry:
             return self._factories[name]
         for prefix, factory in self._prefixes.items():
             if name.startswith(prefix) and len(name) > len(prefix):
+                known = getattr(factory, "names", None)
+                if known is not None and name[len(prefix):] not in known():
+                    return None
                 resolved = functools.partial(factory, name[len(prefix):])
                 check_data = getattr(factory, "check_data", None)  # the check before training, for this name too
                 if check_data is not None:
@@ -100,7 +110,7 @@ class Registry:
         prefix_note = ""
         if self._prefixes:
             prefix_note = " Names may also start with " + ", ".join(repr(p) for p in sorted(self._prefixes)) + "."
-        hint = did_you_mean(str(name), self._factories)
+        hint = did_you_mean(str(name), [*self._factories, *self.prefixed_names()])
         raise RegistryError(
             f"Unknown {self.kind[:-1]} {name!r} for key {key!r}.{hint} Valid {self.kind}: "
             f"{', '.join(self.names()) or '(none)'}.{prefix_note} List them with "

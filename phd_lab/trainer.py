@@ -152,7 +152,7 @@ class Trainer:
             f"Run {self.run_name} diverged in epoch {epoch} of {self.epochs}: its weights are no longer finite "
             f"({named}; {losses}). Training stopped there and post-processing was skipped; the epochs up to "
             f"{epoch} are in its CSV and checkpoint, so running the same config stops here again. Try a smaller "
-            f"learning rate (optimizer_args), or mixed_precision: false with a new run_id.")
+            f"learning rate (optimizer_args)" + (", or mixed_precision: false with a new run_id." if self.amp else "."))
 
     def train_epoch(self, bundle: DataBundle, epoch: int) -> tuple[float, dict[str, float]]:
         network = self.network

@@ -20,7 +20,7 @@ from phd_lab.models.densenet import create_densenet
 from phd_lab.models.mlp import create_long_skip_mlp
 from phd_lab.models.mpnet import create_mpnet
 from phd_lab.models.resnet import create_resnet
-from phd_lab.models.torchvision_models import create_torchvision_model
+from phd_lab.models.torchvision_models import classification_models, create_torchvision_model
 from phd_lab.models.vgg import create_vgg
 
 # ----------------------------------------------------------------------------------------- VGG
@@ -205,4 +205,5 @@ def _torchvision(name: str, *, num_classes: int, in_channels: int = 3, **model_a
     return create_torchvision_model(name, num_classes=num_classes, in_channels=in_channels, **model_args)
 
 
+_torchvision.names = classification_models  # the names after "tv:" (checked before anything is built)
 PREFIXES = {"tv:": _torchvision}

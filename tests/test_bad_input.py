@@ -35,6 +35,12 @@ CASES = {
     "delta_out_of_range": ({"delta": 1.5}, ["'delta' must be a number > 0 and ≤ 1; got 1.5"]),
     "unknown_model": ({"model": "vgg111"}, ["Unknown model 'vgg111' for key 'model'", "'vgg11'",
                                             "--list models"]),
+    "unknown_torchvision_model": ({"model": "tv:resnet5"}, ["Unknown model 'tv:resnet5' for key 'model'",
+                                                           "Did you mean 'tv:resnet50'"]),
+    "torchvision_model_argument_it_does_not_take": (
+        {"model": "tv:resnet18", "model_args": {"width": 1}},
+        ["model 'tv:resnet18' cannot be built", "unexpected keyword argument 'width'",
+         "tv:resnet18 accepts block, layers, zero_init_residual"]),
     "unknown_dataset": ({"dataset": "digits"}, ["Unknown dataset 'digits'", "Did you mean 'Digits'",
                                                 "--list datasets"]),
     "unknown_optimizer": ({"optimizer": "adan"}, ["Unknown optimizer 'adan'", "'adam'", "--list optimizers"]),

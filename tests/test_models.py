@@ -9,6 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
+from phd_lab.errors import RegistryError
 from phd_lab.models.common import scaled
 from phd_lab.registry import Registries
 from registries import models as zoo
@@ -228,8 +229,10 @@ def test_torchvision_prefix_builds_classification_models():
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
     small = MODELS.get("tv:mobilenet_v3_small")(num_classes=4)
     assert small(torch.randn(2, 3, 32, 32)).shape == (2, 4)
-    with pytest.raises(ValueError, match="Did you mean 'resnet18'"):
-        MODELS.get("tv:resnet81")(num_classes=3)
+    with pytest.raises(RegistryError, match="Did you mean 'tv:resnet18'"):  # refused by name, before building
+        MODELS.get("tv:resnet81")
+    with pytest.raises(ValueError, match="tv:resnet18 accepts block, layers"):
+        MODELS.get("tv:resnet18")(num_classes=3, width=2)
 
 
 def test_googlenet_trains_one_step_without_its_auxiliary_heads():

@@ -436,6 +436,7 @@ def test_a_diverged_run_stops_with_its_epoch_named_and_the_rest_of_the_grid_runs
     err = " ".join(capsys.readouterr().err.split())
     assert "diverged in epoch 1 of 3: its weights are no longer finite (features.0.weight" in err
     assert "1 of 2 run(s) failed" in err and "Traceback" not in err
+    assert "Try a smaller learning rate (optimizer_args)." in err and "mixed_precision" not in err  # CPU: no AMP
     diverged, healthy = (folder for folder in run_folders(tmp_path / "logs") if "lr100000000" in folder.name), \
         (folder for folder in run_folders(tmp_path / "logs") if "lr0.01" in folder.name)
     [diverged], [healthy] = list(diverged), list(healthy)

@@ -373,6 +373,9 @@ def test_unusable_registry_modules_are_named(tmp_path, capsys, registries, fragm
 def test_list_commands(capsys):
     assert main_cli(["--list", "models"]) == 0
     assert "vgg11" in capsys.readouterr().out
+    assert main_cli(["--list", "models", "--pattern", "tv:resnet1*"]) == 0  # torchvision's, by their prefix
+    listed = capsys.readouterr().out.split()
+    assert listed == ["and", "by", "prefix", "(3):", "tv:resnet101,", "tv:resnet152,", "tv:resnet18"]
     assert main_cli(["--list", "datasets"]) == 0
     out = capsys.readouterr().out
     assert "Digits" in out and "FakeData" in out

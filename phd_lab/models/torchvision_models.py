@@ -8,6 +8,7 @@ Inception v3 are built without their auxiliary classifiers, so that they train l
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -23,6 +24,16 @@ AUXILIARY_HEADS = ("googlenet", "inception_v3")
 def classification_models() -> list[str]:
     """Names of torchvision's classification models (no detection/segmentation/video)."""
     return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def accepted_arguments(name: str) -> list[str]:
+    """The keyword arguments torchvision's model class for ``name`` takes (built on the meta device to find it),
+    less those the framework sets itself."""
+    with torch.device("meta"):
+        model_class = type(torchvision.models.get_model(name, weights=None))
+    parameters = inspect.signature(model_class.__init__).parameters.values()
+    return [p.name for p in parameters if p.name not in ("self", "num_classes", "weights")
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
@@ -60,7 +71,11 @@ def create_torchvision_model(name: str, *, num_classes: int, in_channels: int = 
         model_args.setdefault("aux_logits", False)
         if name == "googlenet":
             model_args.setdefault("init_weights", True)  # torchvision's own default (it warns otherwise)
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **model_args)
+    try:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **model_args)
+    except TypeError as error:  # an argument the model class does not take: say which it does
+        raise ValueError(f"{error}; tv:{name} accepts {', '.join(accepted_arguments(name)) or 'no arguments'}") \
+            from None
     if in_channels != 3:
         _replace_first_conv(model, in_channels)
     return model
