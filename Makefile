@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 quickstart: $(STAMP)
 	$(PY) main.py --config configs/quickstart.json
-	$(PY) probe_main.py --config configs/quickstart.json --no-progress
+	$(PY) probe_main.py --config configs/quickstart.json
 	$(PY) -m phd_lab report logs --out logs/report.html --no-progress
 	@echo "Results: the run folders listed above, and the report logs/report.html"
 
