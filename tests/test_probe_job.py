@@ -804,3 +804,15 @@ def test_a_failed_fit_leaves_its_worker_traceback_in_the_probe_log_and_one_parag
     log_text = (run_dir / "probe.log").read_text()
     assert "probe job failed" in log_text and "Traceback (most recent call last)" in log_text
     assert "0 feature(s)" in log_text and "in probe_layer" in log_text  # the worker process' own frames
+
+
+def test_results_of_other_settings_say_that_they_replace_the_run_s_earlier_ones(tmp_path, capsys):
+    """A run folder holds one set of probe results: a second job with another solver replaced them silently."""
+    run_dir, latents = make_latents(tmp_path, accuracy=0.8)
+    assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 0
+    assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 0  # the same settings: nothing said
+    assert "replace" not in capsys.readouterr().err
+    assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs", "--C", "0.5") == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "these results replace the run's earlier probe results, fitted with other settings (C: 1.0 -> 0.5)" in said
+    assert json.loads((run_dir / "probe_settings.json").read_text())["settings"]["C"] == 0.5

@@ -11,6 +11,7 @@ A run whose latents hold NaN or inf (it diverged) fails alone: the other runs ar
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -305,15 +306,30 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
     """The run's table, settings and plot; ``position`` tags the log lines for the run's ``probe.log``."""
     from phd_lab.plots.probes import save_probe_accuracy_plot
     table = performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy)
+    tag = {PROBE_JOB: position} if position is not None else None
+    earlier, now = _earlier_settings(job.outputs.probe_settings), job.settings.key()
+    if earlier is not None and earlier != now:
+        changed = sorted(k for k in set(earlier) | set(now) if earlier.get(k) != now.get(k))
+        log.warning("%s: these results replace the run's earlier probe results, fitted with other settings (%s)",
+                 job.label, ", ".join(f"{k}: {json.dumps(earlier.get(k))} -> {json.dumps(now.get(k))}"
+                                      for k in changed), extra=tag)
     # the settings the results were fitted with: the run's logged config only holds the config's probe keys
     atomic.write_json(job.outputs.probe_settings, {"settings": job.settings.key(),
                                                    "library_versions": library_versions(job.settings.solver)})
     write_csv(job.outputs.probe_csv, table)
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
-    tag = {PROBE_JOB: position} if position is not None else None
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv, extra=tag)
     if job.outputs.analysis_json.exists():  # the run has an analysis: it now reads these probes
         refresh_analysis(job, tag)
+
+
+def _earlier_settings(path: Path) -> dict[str, Any] | None:
+    """The settings of the probe results a run folder holds (None: none, or unreadable)."""
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return settings if isinstance(settings, dict) else None
 
 
 def refresh_analysis(job: ProbeJob, tag: dict[str, int] | None = None) -> None:
