@@ -15,7 +15,7 @@ from urllib.parse import unquote
 import pandas as pd
 import pytest
 
-from tests.analysis_fixtures import probe_frame, read_json, write_grid
+from tests.analysis_fixtures import probe_frame, read_json, write_grid, write_run
 from phd_lab import atomic
 from phd_lab.lock import RunLock
 from phd_lab.report.cli import main_report, write_report
@@ -336,3 +336,11 @@ def test_runs_of_0_1_differ_in_no_column_whether_or_not_their_config_says_linear
     config["_meta"]["phd_lab"] = "0.2.0"  # a 0.2 config without the key runs with the default, torch_output
     runs[0].config.write_text(json.dumps(config))
     assert "model_args.linear_init" in varying_keys(collect(logs, refresh=False))
+
+
+def test_a_run_with_results_but_an_empty_metrics_csv_is_not_said_to_have_no_csv(tmp_path):
+    from phd_lab.analysis.run_tables import load_run
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="probes-only")
+    assert load_run(rundir).status.label() == "no metrics CSV"
+    rundir.metrics_csv.write_text("epoch,train_loss,test_loss\n")
+    assert load_run(rundir).status.label() == "metrics CSV without epochs"

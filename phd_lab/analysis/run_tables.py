@@ -87,7 +87,8 @@ def _is_logged_config(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class TrainingStatus:
-    """How far training got: finished, running, stopped, diverged, unknown (other host), not started, no metrics."""
+    """How far training got: finished, running, stopped, diverged, unknown (other host), not started, no metrics
+    (results of other steps but no metrics CSV), no epochs (a metrics CSV without rows)."""
 
     state: str
     epochs_done: int
@@ -101,8 +102,9 @@ class TrainingStatus:
         if self.state == "diverged":
             planned = f" of {self.epochs_planned}" if self.epochs_planned else ""
             return f"diverged in epoch {self.epochs_done}{planned}"
-        if self.state in ("not started", "no metrics"):
-            return "not started" if self.state == "not started" else "no metrics CSV"
+        if self.state in ("not started", "no metrics", "no epochs"):
+            return {"not started": "not started", "no metrics": "no metrics CSV",
+                    "no epochs": "metrics CSV without epochs"}[self.state]
         if self.epochs_planned:
             return f"{self.state} {self.epochs_done}/{self.epochs_planned} epochs"
         return f"{self.state} after {self.epochs_done} epoch{'' if self.epochs_done == 1 else 's'}"
@@ -316,7 +318,8 @@ def load_run(folder: RunDir) -> RunTables:
     status = training_status(folder, config, tables.metrics)
     if status.state == "not started" and (tables.probes is not None or tables.receptive_field is not None
                                           or tables.computational is not None):
-        status = TrainingStatus("no metrics", 0, status.epochs_planned, status.active, status.owner)
+        state = "no epochs" if folder.metrics_csv.is_file() else "no metrics"  # results, but nothing trained?
+        status = TrainingStatus(state, 0, status.epochs_planned, status.active, status.owner)
     tables.status = status
     steps = configured_steps(config)
     if isinstance(config, dict) and isinstance(config.get("post_processing"), list):  # known: what never ran
