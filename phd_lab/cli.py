@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or on a local cluster of N worker processes with local:N")
     parser.add_argument("--list", choices=LISTABLE, metavar="KIND",
                         help=f"list the registered names of one kind ({', '.join(LISTABLE)}) and exit")
-    parser.add_argument("--pattern", default="*", help="wildcard filter for --list (e.g. 'vgg*')")
+    parser.add_argument("--pattern", default="*", help="wildcard filter for --list (e.g. 'vgg*'; torchvision's models "
+                        "by their prefix, e.g. 'tv:res*')")
     parser.add_argument("--list-keys", action="store_true", help="document every config key and exit")
     parser.add_argument("--markdown", action="store_true", help="with --list-keys: print a Markdown table")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")

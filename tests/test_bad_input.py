@@ -40,7 +40,8 @@ CASES = {
     "torchvision_model_argument_it_does_not_take": (
         {"model": "tv:resnet18", "model_args": {"width": 1}},
         ["model 'tv:resnet18' cannot be built", "unexpected keyword argument 'width'",
-         "tv:resnet18 accepts block, layers, zero_init_residual"]),
+         "tv:resnet18: its class ResNet takes block, layers, zero_init_residual",
+         "torchvision.models.resnet18 sets some of them itself"]),
     "unknown_dataset": ({"dataset": "digits"}, ["Unknown dataset 'digits'", "Did you mean 'Digits'",
                                                 "--list datasets"]),
     "unknown_optimizer": ({"optimizer": "adan"}, ["Unknown optimizer 'adan'", "'adam'", "--list optimizers"]),

@@ -231,8 +231,11 @@ def test_torchvision_prefix_builds_classification_models():
     assert small(torch.randn(2, 3, 32, 32)).shape == (2, 4)
     with pytest.raises(RegistryError, match="Did you mean 'tv:resnet18'"):  # refused by name, before building
         MODELS.get("tv:resnet81")
-    with pytest.raises(ValueError, match="tv:resnet18 accepts block, layers"):
+    with pytest.raises(ValueError, match="tv:resnet18: its class ResNet takes block, layers"):
         MODELS.get("tv:resnet18")(num_classes=3, width=2)
+    # RegNet's builders cannot run on the meta device, where the hint finds the class: it says where to look
+    with pytest.raises(ValueError, match="bogus'; tv:regnet_y_400mf: see torchvision.models.regnet_y_400mf"):
+        MODELS.get("tv:regnet_y_400mf")(num_classes=3, bogus=1)
 
 
 def test_googlenet_trains_one_step_without_its_auxiliary_heads():

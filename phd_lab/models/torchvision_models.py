@@ -26,14 +26,21 @@ def classification_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def accepted_arguments(name: str) -> list[str]:
-    """The keyword arguments torchvision's model class for ``name`` takes (built on the meta device to find it),
-    less those the framework sets itself."""
-    with torch.device("meta"):
-        model_class = type(torchvision.models.get_model(name, weights=None))
+def arguments_hint(name: str) -> str:
+    """Which keyword arguments tv:``name`` takes, for an error message: those of torchvision's model class (found
+    by building it on the meta device), some of which the builder sets itself; where the class cannot be built
+    there (RegNet's builders read tensor values), only where to look."""
+    where = f"torchvision.models.{name}"
+    try:
+        with torch.device("meta"):
+            model_class = type(torchvision.models.get_model(name, weights=None))
+    except Exception:  # noqa: BLE001 - any failure only costs the hint
+        return f"see {where} for the arguments it takes"
     parameters = inspect.signature(model_class.__init__).parameters.values()
-    return [p.name for p in parameters if p.name not in ("self", "num_classes", "weights")
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    names = [p.name for p in parameters if p.name not in ("self", "num_classes", "weights")
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return (f"its class {model_class.__name__} takes {', '.join(names) or 'no arguments'} ({where} sets some of "
+            f"them itself)")
 
 
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
@@ -74,8 +81,7 @@ def create_torchvision_model(name: str, *, num_classes: int, in_channels: int = 
     try:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **model_args)
     except TypeError as error:  # an argument the model class does not take: say which it does
-        raise ValueError(f"{error}; tv:{name} accepts {', '.join(accepted_arguments(name)) or 'no arguments'}") \
-            from None
+        raise ValueError(f"{error}; tv:{name}: {arguments_hint(name)}") from None
     if in_channels != 3:
         _replace_first_conv(model, in_channels)
     return model
