@@ -604,16 +604,16 @@ class RunConfig:
         """The hashes earlier versions gave this run: before ``TECHNICAL_ARGS``, ``download`` was hashed too
         (true, false or left out); before 0.2, a ``linear_init`` written as null was hashed. ``RunDir.for_run``
         still finds a folder those versions named."""
-        identity = self._identity_keys()
-        hashes, current = [], self.identity_hash()
-        for name, value in identity.items():
+        hashed = self.identity()
+        hashes, current = [], _crc(hashed)
+        for name, value in self._identity_keys().items():
             if not isinstance(value, dict):
                 continue
-            base = _without_technical_args(name, value)
+            base = hashed[name]
             variants = [{arg: choice} for arg in TECHNICAL_ARGS.get(name, ()) for choice in (True, False)]
             variants += [{arg: None} for arg in ABSENT_WHEN_NULL.get(name, ()) if arg in value and value[arg] is None]
             for variant in ({}, *variants):
-                digest = _crc({**self.identity(), name: {**base, **variant}})
+                digest = _crc({**hashed, name: {**base, **variant}})
                 if digest != current and digest not in hashes:
                     hashes.append(digest)
         return hashes

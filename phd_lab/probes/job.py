@@ -311,10 +311,10 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
     if earlier is not None and earlier != now:
         changed = sorted(k for k in set(earlier) | set(now) if earlier.get(k) != now.get(k))
         log.warning("%s: these results replace the run's earlier probe results, fitted with other settings (%s)",
-                 job.label, ", ".join(f"{k}: {json.dumps(earlier.get(k))} -> {json.dumps(now.get(k))}"
-                                      for k in changed), extra=tag)
+                    job.label, ", ".join(f"{k}: {json.dumps(earlier.get(k))} -> {json.dumps(now.get(k))}"
+                                         for k in changed), extra=tag)
     # the settings the results were fitted with: the run's logged config only holds the config's probe keys
-    atomic.write_json(job.outputs.probe_settings, {"settings": job.settings.key(),
+    atomic.write_json(job.outputs.probe_settings, {"settings": now,
                                                    "library_versions": library_versions(job.settings.solver)})
     write_csv(job.outputs.probe_csv, table)
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
