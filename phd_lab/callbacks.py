@@ -11,6 +11,7 @@ from phd_lab import atomic
 
 if TYPE_CHECKING:
     from phd_lab.data import DataBundle
+    from phd_lab.lock import RunLock
     from phd_lab.trainer import Trainer
 
 
@@ -37,6 +38,20 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+
+
+class RunFolderGuard(Callback):
+    """Stops a run whose folder was deleted or moved, before the epoch's files are written (first in the
+    list of callbacks): its writes would re-create the folder without config and log (``RunLock.check_held``)."""
+
+    def __init__(self, lock: "RunLock") -> None:
+        self.lock = lock
+
+    def on_fit_start(self, trainer: "Trainer", bundle: "DataBundle") -> None:
+        self.lock.check_held()
+
+    def on_epoch_end(self, trainer: "Trainer", bundle: "DataBundle", epoch: int, row: dict[str, Any]) -> None:
+        self.lock.check_held()
 
 
 class MetricsCSV(Callback):

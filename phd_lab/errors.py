@@ -44,6 +44,10 @@ class CheckpointError(PhdLabError):
     """No usable checkpoint could be loaded."""
 
 
+class RunFolderLost(PhdLabError):
+    """A run's folder was deleted or moved while its process worked in it (its lock file is gone or another's)."""
+
+
 class RunFailure(PhdLabError):
     """A grid point failed while running; the message names the run and its log."""
 

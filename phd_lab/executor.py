@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from phd_lab import atomic
-from phd_lab.callbacks import Callback, MetricsCSV
+from phd_lab.callbacks import Callback, MetricsCSV, RunFolderGuard
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, absolute_paths, as_single_point
 from phd_lab.data import DataBundle
@@ -537,7 +537,7 @@ class TrainTestExecutor:
         optimizer, scheduler = self.build_optimizer(model)
         metrics = {name.lower(): self.registries.metrics.get(name)() for name in cfg.metrics}
         rundir = self.rundir.create()
-        with _writable_lock(rundir), _run_log(rundir.log):
+        with _writable_lock(rundir) as lock, _run_log(rundir.log):
             log.info("Run folder %s", rundir.root)
             if note:  # said in the run's log, now that it is open
                 log.info("%s", note)
@@ -551,7 +551,7 @@ class TrainTestExecutor:
             owned = (rundir.name, "receptive_field", "computational_info", "projections", "diverged")
             for stale in atomic.remove_stale_temps(rundir.root, owned_prefix=owned):
                 log.info("Removed %s, left half-written by a process that was killed.", stale.name)
-            callbacks: list[Callback] = [MetricsCSV(rundir.metrics_csv)]
+            callbacks: list[Callback] = [RunFolderGuard(lock), MetricsCSV(rundir.metrics_csv)]
             callbacks += [cb for factory in CALLBACK_FACTORIES if (cb := factory(cfg, rundir)) is not None]
             trainer = Trainer(model, optimizer, scheduler, metrics=metrics, epochs=cfg.epoch, device=device,
                               callbacks=callbacks, mixed_precision=cfg.mixed_precision,
@@ -569,6 +569,7 @@ class TrainTestExecutor:
             stamps = StepStamps(rundir)
             for step, params in self.steps:
                 raise_if_stop_requested()
+                lock.check_held()
                 stamp = step_stamp(step, params, rundir) if step.outputs(rundir) else None
                 if stamp is not None and stamps.up_to_date(step, stamp, rundir):
                     log.info("Post-processing step %s of %s: up to date (same model and parameters), kept",

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from phd_lab.errors import RunLockedError
+from phd_lab.errors import RunFolderLost, RunLockedError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,29 @@ class RunLock:
         self._fd = fd
         _HELD.add(fd)
         return self
+
+    def check_held(self) -> None:
+        """Raise ``RunFolderLost`` unless ``path`` is still the file this process locked.
+
+        ``flock`` locks an open file, not a name: when the folder is deleted or moved, this process keeps its
+        lock on a file no one else can see, its next write would re-create the folder without config and
+        log, and a second process could lock the new one and train the same run beside it. Callers check
+        before they write.
+        """
+        if self._fd is None:
+            return
+        held = os.fstat(self._fd)
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return
+        whose = "is gone" if now is None else "is another process's now"
+        raise RunFolderLost(
+            f"The folder {str(self.path.parent)!r} was deleted or moved while this process worked in it (its lock "
+            f"file {self.path.name} {whose}); stopping before writing anything more, so that the folder is not "
+            f"re-created without its config and log. Start the command again to train the run anew.")
 
     def release(self) -> None:
         if self._fd is not None:

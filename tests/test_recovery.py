@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -313,6 +314,33 @@ def test_ctrl_c_during_training_exits_130_says_how_to_resume_and_the_rerun_resum
     assert "Resuming run" in (folder / f"{run_name(folder)}.log").read_text()
     assert read_metrics(folder)["epoch"].tolist() == list(range(1, 13))
 
+
+
+@pytest.mark.parametrize("how", ["deleted", "moved"])
+def test_a_run_whose_folder_goes_away_while_it_trains_stops_without_re_creating_it(tmp_path, how):
+    """Its next write re-created the folder without config and log, and a second process could lock the new
+    folder and train the same run beside it; now the run stops at the next epoch end with exit 1."""
+    config = write_config(tmp_path, epoch=40, cpu_threads=1)
+    process = subprocess.Popen([sys.executable, "main.py", "--config", str(config), "--no-progress", "-q"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = tmp_path / "logs"
+    deadline = time.monotonic() + 120
+    while not list(logs.rglob("*.csv")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    [folder] = run_folders(logs)
+    if how == "deleted":
+        while folder.exists():  # a write in progress may add a file while the tree is removed
+            shutil.rmtree(folder, ignore_errors=True)
+    else:
+        folder.rename(tmp_path / "moved")
+    _, err = process.communicate(timeout=120)
+    err = " ".join(err.split())
+    assert process.returncode == 1, err
+    assert f"{folder}' was deleted or moved while this process worked in it" in err
+    assert not folder.exists()
+    if how == "moved":
+        epochs = len(read_metrics(tmp_path / "moved"))
+        assert 1 <= epochs < 40  # the moved folder is left as it was, with its finished epochs
 
 
 def test_sigterm_during_training_is_said_in_the_log_and_the_rerun_resumes(tmp_path):
