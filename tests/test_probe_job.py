@@ -551,6 +551,36 @@ def test_runs_whose_latents_are_being_extracted_are_skipped_not_fatal(tmp_path, 
     assert "the extraction is unfinished" in " ".join(capsys.readouterr().err.split())
 
 
+def test_a_grid_job_probes_the_other_runs_when_one_extraction_died_or_one_run_is_busy(tmp_path, capsys):
+    """One killed extraction (latents without manifest, no live owner) or one run another probe job holds
+    stopped the whole grid with exit 2; now the other runs are probed and the job exits 1 naming the rest."""
+    from phd_lab.lock import RunLock
+    from phd_lab.probes.job import PROBE_LOCK
+    config = _config(tmp_path, probe_solver="lbfgs")
+    done = _latents_for_run(config, 0)
+    dead = _latents_for_run(config, 1)
+    (dead.latents() / "manifest.json").unlink()  # its process was killed before the manifest (written last)
+    assert cli("--config", str(config), "-mp", "0") == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the extraction did not finish" in err and f"--config {config} --index 1` finishes it" in err
+    assert "1 run(s) of" in err and "run 1 (" in err and "extraction unfinished" in err
+    assert done.probe_csv.exists() and not dead.probe_csv.exists()
+    dead = _latents_for_run(config, 1)  # extracted again: both runs have latents
+    done.probe_csv.unlink()
+    with RunLock(done.root / PROBE_LOCK):  # this process stands for another probe job on run 0
+        assert cli("--config", str(config), "-mp", "0") == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "another probe job is writing its results" in err and f"PID {os.getpid()}" in err
+    assert dead.probe_csv.exists() and not done.probe_csv.exists()
+    assert cli("--config", str(config), "-mp", "0") == 0  # released: the whole grid is probed
+    assert done.probe_csv.exists()
+    # with no other run to probe, an unfinished extraction is still the error it was
+    for run in (done, dead):
+        (run.latents() / "manifest.json").unlink()
+    assert cli("--config", str(config), "-mp", "0") == 2
+    assert "did not finish" in " ".join(capsys.readouterr().err.split())
+
+
 def test_two_probe_jobs_on_one_run_cannot_mix_their_results(tmp_path, capsys):
     """Two jobs with different settings on one run both exited 0, leaving one's CSV beside the other's
     confusion matrices; the second is now refused until the first has finished."""

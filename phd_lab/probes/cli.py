@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from phd_lab.cli import configure_logging, guarded
-from phd_lab.errors import EXIT_OK, UsageError
+from phd_lab.errors import EXIT_OK, RunFailure, UsageError
 
 log = logging.getLogger("phd_lab")
 
@@ -72,14 +72,24 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
         overrides = {"solver": args.solver, "C": args.C, "max_iter": args.max_iter, "tol": args.tol,
                      "standardize": args.standardize, "train_samples": args.train_samples, "seed": args.seed,
                      "device": args.probe_device}
+        not_probed: list[str] = []  # grid runs left out that need the user (the others are probed meanwhile)
         if args.config:
-            jobs, cache_dir = jobs_from_config(args.config, args.run_id, overrides)
+            jobs, cache_dir, not_probed = jobs_from_config(args.config, args.run_id, overrides)
         else:
             jobs, cache_dir = jobs_from_latents(args.latents, overrides)
         if args.cache_dir is not None:
             cache_dir = Path(args.cache_dir)
-        run_jobs(jobs, cache_dir, workers=args.processes, progress=not args.no_progress, scheduler=args.scheduler)
-        sys.stdout.write("Probe results:\n" + "\n".join(f"  {job.outputs.probe_csv}" for job in jobs) + "\n")
+        busy: list[str] | None = [] if args.config else None
+        run_jobs(jobs, cache_dir, workers=args.processes, progress=not args.no_progress, scheduler=args.scheduler,
+                 busy=busy)
+        not_probed += [f"{label}: another probe job is writing its results" for label in busy or []]
+        probed = [job for job in jobs if job.label not in (busy or [])]
+        if probed:
+            sys.stdout.write("Probe results:\n" + "\n".join(f"  {job.outputs.probe_csv}" for job in probed) + "\n")
+        if not_probed:
+            raise RunFailure(f"{len(not_probed)} run(s) of {args.config} were not probed ({'; '.join(not_probed)}); "
+                             f"the results of the {len(probed)} other(s) are written. Rerun this command once "
+                             f"that is resolved: runs already probed come from the cache.")
         return EXIT_OK
 
     return guarded(body, "interrupted; rerun the same command: the layers already fitted come from the cache")

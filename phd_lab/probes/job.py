@@ -23,7 +23,7 @@ import numpy as np
 from phd_lab import atomic
 from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
 from phd_lab.atomic import write_csv, write_with
-from phd_lab.errors import ConfigError, DataError, PhdLabError, UsageError
+from phd_lab.errors import ConfigError, DataError, PhdLabError, RunLockedError, UsageError
 from phd_lab.interrupts import deferred_interrupts
 from phd_lab.lock import RunLock
 from phd_lab.probes.cache import ResultCache, cache_key, library_versions
@@ -52,18 +52,21 @@ class ProbeJob:
 
 
 def jobs_from_config(config_path: Path | str, run_id: str | None = None,
-                     overrides: Mapping[str, Any] | None = None) -> tuple[list[ProbeJob], Path]:
-    """Every run of the config's grid that has latents; returns the jobs and the default cache folder.
+                     overrides: Mapping[str, Any] | None = None) -> tuple[list[ProbeJob], Path, list[str]]:
+    """Every run of the config's grid that has latents: the jobs, the default cache folder, and the runs left
+    unprobed that need the user's action.
 
     Runs are located exactly as training places them (``RunDir.for_run``); the probe settings
     of each run come from its ``probe_*`` keys, then the command-line ``overrides``. Runs
-    without a latents folder are skipped; a folder without a manifest is an error.
+    without a latents folder are skipped, and so are runs whose extraction is running (their turn comes in
+    a later job) or died (listed in the third value: the others are probed meanwhile). Without any other
+    run to probe, either is an error.
     """
     from phd_lab.config import extraction_latents_dir
 
     where = str(config_path)
     grid = read_config_grid(config_path, run_id=run_id)
-    jobs, skipped, extracting, logs_dirs, unprobed = [], [], [], set(), []
+    jobs, skipped, extracting, logs_dirs, unprobed, unfinished = [], [], [], set(), [], []
     for index in range(len(grid)):
         cfg = grid[index]
         rundir = RunDir.for_run(cfg)
@@ -79,6 +82,13 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
                         index, cfg.name, owner or "another process")
             extracting.append(f"{index} ({cfg.name})")
             continue
+        if not (folder / MANIFEST).is_file() and folder.is_dir() and not any(folder.glob(f"*/{MANIFEST}")):
+            # a dead extraction (killed): the other runs need not wait for this one
+            log.warning("run %d (%s): its latents folder %s has no %s: the extraction did not finish (its process "
+                        "was killed?); skipped. `python main.py --config %s --index %d` finishes it.",
+                        index, cfg.name, folder, MANIFEST, where, index)
+            unfinished.append(f"{index} ({cfg.name})")
+            continue
         settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
         jobs.append(_job(read_manifest(folder), settings, f"run {index} ({cfg.name})", expected_root=rundir.root))
     folders: dict[Path, ProbeJob] = {}
@@ -93,6 +103,10 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
                               f"folder holds one probe_performances.csv. Probe other settings one at a time with "
                               f"`probe_main.py --latents DIR` and command-line options such as --C.")
         folders[root] = job
+    if not jobs and unfinished:
+        raise DataError(f"The extraction of run(s) {', '.join(unfinished)} of {where!r} did not finish (their latents "
+                        f"folders have no {MANIFEST}; it is written last), and no other run has latents yet. Rerun the "
+                        f"training command with the 'extract' step; it redoes a half-written extraction.")
     if not jobs and extracting:
         raise DataError(f"The latents of run(s) {', '.join(extracting)} of {where!r} are still being extracted by "
                         f"the training command, and no other run has latents yet; probe once it has finished. "
@@ -107,7 +121,9 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
                         f"post-processing step first (python main.py --config {where}).{hint}")
     if skipped:
         log.info("runs without latents (skipped): %s", ", ".join(skipped))
-    return jobs, Path(sorted(logs_dirs)[0]) / CACHE_FOLDER
+    if unfinished:
+        log.warning("runs whose extraction did not finish (not probed): %s", ", ".join(unfinished))
+    return jobs, Path(sorted(logs_dirs)[0]) / CACHE_FOLDER, [f"run {run}: extraction unfinished" for run in unfinished]
 
 
 def check_registry_names(runs: Sequence[tuple[int, Any]], where: str) -> None:
@@ -350,8 +366,13 @@ def refresh_analysis(job: ProbeJob, tag: dict[str, int] | None = None) -> None:
 
 
 def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 0,
-             progress: bool = True, scheduler: str | None = None) -> dict[int, list[ProbeRecord]]:
-    """Validate, then probe every layer of every job in one pool; each run's files are written as it completes."""
+             progress: bool = True, scheduler: str | None = None,
+             busy: list[str] | None = None) -> dict[int, list[ProbeRecord]]:
+    """Validate, then probe every layer of every job in one pool; each run's files are written as it completes.
+
+    A run whose probe results another probe job is writing is an error, unless ``busy`` is a list: then that
+    run's jobs are left out (their labels appended to ``busy``) while the others are probed, as a grid job does.
+    """
     if workers < 0:
         raise UsageError(f"-mp must be ≥ 0 (0 = fit in this process); got {workers}.")
     stamps = validate_jobs(jobs, threads=max(2, workers))  # reads only: bad input exits before anything is written
@@ -361,8 +382,17 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
             try:
                 locks.enter_context(RunLock(root / PROBE_LOCK, "Two probe jobs must not write the same run's "
                                                                "results"))
+            except RunLockedError as error:
+                if busy is None:
+                    raise
+                left = [job for job in jobs if job.outputs.root == root]
+                log.warning("%s: skipped, %s", ", ".join(job.label for job in left), error)
+                busy += [job.label for job in left]
+                jobs = [job for job in jobs if job.outputs.root != root]
             except OSError as error:
                 raise DataError(f"The probe results of {str(root)!r} cannot be written there: {error}.") from None
+        if not jobs:
+            return {}
         cache.prepare()  # after the locks: a run folder that cannot be written leaves no empty cache folder
         with ProbeLogs([job.outputs.probe_log for job in jobs]) as logs:
             try:
