@@ -22,6 +22,7 @@ from phd_lab.errors import RunFolderLost, RunLockedError
 log = logging.getLogger(__name__)
 
 _HELD: set[int] = set()  # descriptors of the locks this process holds
+PROBE_LOCK = ".probe.lock"  # held in a run folder while a probe job writes its results there
 
 
 def _close_inherited_locks() -> None:

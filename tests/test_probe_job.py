@@ -530,6 +530,26 @@ def test_the_probe_job_refreshes_the_analysis_of_the_runs_it_probed(tmp_path):
     assert after["run"]["name"] == run.name and after["accuracy"]["test"] is not None and after["saturation"]
 
 
+def test_probes_that_finish_while_the_training_command_writes_the_analysis_are_read_again(tmp_path):
+    """A probe job that finished while main.py held the run folder left the analysis to it, but main.py had
+    read the tables already: analysis.json said the probes were pending beside a probe_performances.csv."""
+    import subprocess
+    import sys
+    from phd_lab.steps.analysis import PAUSE_ENV
+    from tests.conftest import ROOT, wait_for, write_config
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, post_processing=["extract", "analysis"])
+    run = RunDir.for_run(Grid(load_config_file(config))[0])
+    process = subprocess.Popen([sys.executable, "main.py", "--config", str(config), "--no-progress", "-q"],
+                               cwd=ROOT, env={**os.environ, PAUSE_ENV: "8"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert wait_for(run.analysis_json.exists, process)  # the analysis is written, the run folder still held
+    assert json.loads(run.analysis_json.read_text())["probes"]["status"] != "complete"
+    assert cli("--config", str(config), "-mp", "0", "--solver", "lbfgs") == 0
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert json.loads(run.analysis_json.read_text())["probes"]["status"] == "complete"
+
+
 def test_runs_whose_latents_are_being_extracted_are_skipped_not_fatal(tmp_path, capsys):
     """Probing beside a training grid: a run mid-extraction (no manifest yet, its folder held by a live
     process) made the whole job exit 2 with 'rerun the training command'; now it waits for a later job."""

@@ -183,6 +183,22 @@ def test_a_run_is_running_only_while_its_lock_is_held(tmp_path):
     assert not runs["running"].analysis_json.exists()
 
 
+def test_the_report_leaves_the_analysis_of_a_run_a_probe_job_is_writing_to_that_job(tmp_path):
+    """Built while a probe job wrote a run's results, the report could write an analysis read before the
+    results came over the one the probe job wrote with them."""
+    from phd_lab.lock import PROBE_LOCK
+    logs = tmp_path / "logs"
+    runs = write_grid(logs)
+    run = runs["full"]
+    run.analysis_json.unlink(missing_ok=True)
+    with RunLock(run.root / PROBE_LOCK):  # this process stands for the probe job: flock is per open file
+        write_report(logs, tmp_path / "r.html")
+        assert not run.analysis_json.exists()
+        assert runs["running"].analysis_json.exists()  # the other runs' analyses are refreshed as before
+    write_report(logs, tmp_path / "r.html")  # the job has finished (or died): the report refreshes it again
+    assert run.analysis_json.exists()
+
+
 def test_the_report_never_imports_torch(grid, tmp_path):
     """The report reads saved tables only: on a login node over hundreds of runs, importing torch
     (through the receptive-field module) cost ≈ 0.8 GB and most of the start-up time."""

@@ -25,7 +25,7 @@ from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
 from phd_lab.atomic import write_csv, write_with
 from phd_lab.errors import ConfigError, DataError, PhdLabError, RunLockedError, UsageError
 from phd_lab.interrupts import deferred_interrupts
-from phd_lab.lock import RunLock
+from phd_lab.lock import PROBE_LOCK, RunLock
 from phd_lab.probes.cache import ResultCache, cache_key, library_versions
 from phd_lab.probes.fit import ProbeRecord, stratified_subsample
 from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest, verify_hashes
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("index", "layer", "train_acc", "eval_acc", "relative_acc", "n_iter", "converged", "seconds", "solver")
 CACHE_FOLDER = ".probe_cache"
-PROBE_LOCK = ".probe.lock"  # held in a run folder while a probe job writes its results there
 
 
 @dataclass(frozen=True)
@@ -353,7 +352,7 @@ def refresh_analysis(job: ProbeJob, tag: dict[str, int] | None = None) -> None:
     A run whose folder a live process holds (training, post-processing) writes its own at the end."""
     from phd_lab.report.collect import analyse_run
     try:
-        entry = analyse_run(job.outputs, write=True)
+        entry = analyse_run(job.outputs, write=True, probe_job=True)
     except Exception as error:  # the probe results are written; a broken analysis must not fail the job
         log.warning("%s: the analysis could not be refreshed (python -m phd_lab report retries): %s: %s",
                     job.label, type(error).__name__, error, extra=tag)

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from phd_lab.analysis.run_summary import AnalysisSettings, summarize, write_analysis_json
-from phd_lab.analysis.run_tables import RunTables, discover_runs, load_run
+from phd_lab.analysis.run_tables import RunTables, discover_runs, load_run, lock_owner_alive
 from phd_lab.rundir import RunDir
 from phd_lab.errors import ConfigError
+from phd_lab.lock import PROBE_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,15 @@ class RunEntry:
 
 
 def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSettings | None = None,
-                skip_active: bool = True, last_step: bool = False) -> RunEntry:
+                skip_active: bool = True, last_step: bool = False, probe_job: bool = False) -> RunEntry:
     """Summarise one run and draw its figure; write both into the folder when ``write``.
 
     ``skip_active``: do not write into a folder whose lock names a live process, or a process on
-    another host that cannot be checked (a running training or probe job writes its own analysis
-    at the end). ``last_step``: called by the run's own analysis step, its last: a finished run is
-    described as finished, not as still post-processing (its lock is released right after).
+    another host that cannot be checked, nor into one where a probe job on this host is writing
+    (a running training or probe job writes its own analysis at the end; one read before its results
+    came would be written over it). ``last_step``: called by the run's own analysis step, its last: a
+    finished run is described as finished, not as still post-processing (its lock is released right
+    after). ``probe_job``: called by the probe job that holds the folder's probe lock.
     """
     from dataclasses import replace
 
@@ -58,6 +61,8 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
     figure = figure_png(tables, summary)
     entry = RunEntry(folder, tables, summary, figure)
     active = tables.status is not None and tables.status.active is not False  # None: cannot tell (another host)
+    if skip_active and not active and not probe_job and (folder.root / PROBE_LOCK).is_file():
+        active = lock_owner_alive(folder.root / PROBE_LOCK)[0] is True
     if write and folder.root.is_dir() and not (skip_active and active):  # never re-create a deleted run
         try:
             from phd_lab import atomic
