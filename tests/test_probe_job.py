@@ -219,6 +219,10 @@ def test_config_mode_with_latents_dir_and_run_id(tmp_path, capsys):
     assert cli("--config", str(config), "--run-id", "b", "-mp", "0") == 0
     assert len(pd.read_csv(rundir.probe_csv)) == 2
     _assert_usage_error(capsys, None, "--config", str(config), "--run-id", "a", match="No latents found")
+    # a mirrored folder without its manifest cannot tell a running extraction from a dead one: it says both
+    (latents / "manifest.json").unlink()
+    _assert_usage_error(capsys, None, "--latents", str(latents), match="the extraction is unfinished, still "
+                                                                        "running or killed")
 
 
 def test_latents_dir_given_to_the_extract_step_is_where_the_job_and_the_analysis_look(tmp_path):

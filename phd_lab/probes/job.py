@@ -157,6 +157,16 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
         holder = owner or "another process"
         raise DataError(f"Latents folder {str(folder)!r} is being extracted right now ({holder}): its manifest is "
                         f"written last. Probe it once that process has finished.")
+    parent = Path(folder).resolve().parent
+    if (Path(folder).is_dir() and not (Path(folder) / MANIFEST).is_file() and not any(parent.glob("*_config.json"))
+            and not any(Path(folder).glob(f"*/{MANIFEST}"))):
+        # not inside its run folder (mirrored under latents_dir): the run folder, whose lock would tell whether
+        # the extraction is still running, is named only by the manifest
+        raise DataError(f"Latents folder {str(folder)!r} has no {MANIFEST}: the extraction is unfinished, still "
+                        f"running or killed (the manifest is written last, and without it the run folder that would "
+                        f"tell is unknown). Probe it once the training command has finished; if its process died, "
+                        f"rerun the training command with the 'extract' step, which redoes a half-written "
+                        f"extraction.")
     manifest = read_manifest(folder)
     settings = ProbeSettings.from_mapping({}, overrides, "command line")
     job = _job(manifest, settings, str(folder))
