@@ -189,21 +189,35 @@ class TrainTestExecutor:
             resolve_device(cfg.tracking_device, f"{where}: the key 'tracking_device'")
         self._validated = True
 
-    def check_model(self, built: dict[str, nn.Module | None] | None = None) -> None:
+    def check_model(self, shared: dict[Any, Any] | None = None) -> None:
         """What only a built model can tell, before any run trains: the model_args values, the layer
-        ``truncate`` names, the layers the steps and tracking patterns name. ``built`` shares the
-        models between grid points. A model that cannot be built on the meta device is checked when
-        it is built for training."""
-        model = self._meta_model({} if built is None else built)
+        ``truncate`` names, the layers the steps and tracking patterns name. ``shared`` holds the meta
+        models and the checks they passed for the other points of the grid: the forward passes and traces
+        depend only on the model, the resolution and a step's parameters, and repeating them for every
+        seed or learning rate cost most of a large grid's start (every array task of a SLURM job pays it).
+        A model that cannot be built on the meta device is checked when it is built for training."""
+        shared = {} if shared is None else shared
+        key, model = self._meta_model(shared)
         if model is None:
             self._check_optimizer(nn.Linear(1, 1))  # at least the values, on a stand-in model
             return
+        cfg = self.config
+
+        def once(check: Callable[[], None], *inputs: Any) -> None:
+            """Run ``check`` unless it passed for the same model and inputs; a failure is raised every time."""
+            memo = ("passed", key, *inputs)
+            if memo not in shared:
+                check()
+                shared[memo] = True
+
         self._check_truncate(model)
-        self._check_input_size(model)
-        self._check_single_sample_batches(model)
+        once(lambda: self._check_input_size(model), "input size", cfg.resolution)
+        if cfg.batch_size == 1:
+            once(lambda: self._check_single_sample_batches(model), "single sample", cfg.resolution)
         self._check_tracked_layers(model)
         for step, params in self.steps:
-            step.check_model(params, model, self.config.source)
+            once(lambda: step.check_model(params, model, cfg.source), "step", step.name,
+                 json.dumps(params, sort_keys=True, default=str))
         self._check_optimizer(model)
 
     def _check_optimizer(self, model: nn.Module) -> None:
@@ -217,9 +231,10 @@ class TrainTestExecutor:
             log.debug("%s: optimizer %r not checked on the meta model (%s: %s)", self.config.source,
                       self.config.optimizer, type(error).__name__, error)
 
-    def _meta_model(self, built: dict[str, nn.Module | None]) -> nn.Module | None:
+    def _meta_model(self, built: dict[Any, Any]) -> tuple[str, nn.Module | None]:
         """The model built on the meta device (no memory, no initialisation) with placeholder
-        classes and channels, which module names do not depend on; None if it cannot be built there."""
+        classes and channels, which module names do not depend on (None if it cannot be built there), and
+        the key it is shared under in ``built``."""
         cfg = self.config
         model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
         key = json.dumps([self.registries.models.source, cfg.model, model_args], sort_keys=True, default=str)
@@ -236,7 +251,7 @@ class TrainTestExecutor:
                 log.debug("%s: model %r not checked on the meta device (%s: %s)", cfg.source, cfg.model,
                           type(error).__name__, error)
                 built[key] = None
-        return built[key]
+        return key, built[key]
 
     def _check_truncate(self, model: nn.Module) -> None:
         from phd_lab.models.truncate import BORDER_CHOICES, check_cut

@@ -15,6 +15,7 @@ import torch
 
 from phd_lab.cli import main_cli
 from phd_lab.config import META_KEY
+from phd_lab.experiment import Main
 from tests.conftest import ROOT, main_in_process, read_metrics, run_folders, run_name, write_config
 
 CSV_COLUMNS = ["epoch", "train_loss", "test_loss", "train_accuracy", "test_accuracy", "epoch_seconds"]
@@ -563,3 +564,35 @@ def test_dry_run_names_the_steps_a_trained_run_still_lacks(tmp_path, capsys):
     with open(latents[0], "r+b") as handle:
         handle.truncate(handle.seek(0, os.SEEK_END) - 16)
     assert status() == "trained, steps left: extract"
+
+
+def test_points_that_differ_in_keys_the_model_checks_do_not_read_share_their_checks(tmp_path):
+    """Every grid point ran the meta-model checks again (a forward pass, the receptive-field trace): most of a
+    large grid's start, paid again by every array task of a SLURM job. Points that differ only in seeds or
+    learning rates now share them; another resolution checks the input size again."""
+    module = tmp_path / "counting_models.py"
+    module.write_text(
+        "from torch import nn\n"
+        "FORWARDS = []\n"
+        "class Counting(nn.Sequential):\n"
+        "    def forward(self, x):\n"
+        "        FORWARDS.append(1)\n"
+        "        return super().forward(x)\n"
+        "def counting_cnn(*, num_classes, in_channels=3):\n"
+        "    '''A small CNN that counts its forward passes.'''\n"
+        "    return Counting(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "                    nn.Flatten(), nn.Linear(4, num_classes))\n")
+
+    def forwards_to_load(**grid) -> int:
+        fresh = tmp_path / f"counting_models_{len(list(tmp_path.glob('counting_models*')))}.py"  # its own counter
+        fresh.write_text(module.read_text())
+        config = write_config(tmp_path, model="counting_cnn", model_args={}, registries={"models": str(fresh)},
+                              post_processing=["receptive_field"], **grid)
+        main = Main(progress=False)
+        main.load(config)
+        return len(main.executors[0].registries.models.get("counting_cnn").__globals__["FORWARDS"])
+
+    one = forwards_to_load()
+    assert one >= 1
+    assert forwards_to_load(optimizer_args={"lr": [0.1, 0.01, 0.001]}, seed=[1, 2, 3]) == one  # 9 points
+    assert forwards_to_load(resolution=[16, 24]) == one + 1  # the input size again; the trace is resolution-free
