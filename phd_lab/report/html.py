@@ -33,6 +33,7 @@ td.num{text-align:right} .missing{color:#aaa} .warn{color:#b35900} .ok{color:#2d
 section.run{border-top:2px solid #ddd;margin-top:2em;padding-top:.5em}
 section.run img{max-width:100%;border:1px solid #eee} .figures img{max-width:32%;min-width:300px;margin-right:1%}
 .facts td:first-child{font-weight:600} ul.advice li{margin:.3em 0;white-space:normal;max-width:70em}
+h3 .swept{font-weight:normal;font-size:.85em;color:#555}
 """
 
 # Click a header to sort by it; numbers sort numerically (data-sort), missing values always last.
@@ -221,9 +222,12 @@ def _projections(entry: RunEntry) -> str:
            f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></details>"
 
 
-def _section(index: int, entry: RunEntry, out_dir: Path, logs_dir: Path) -> str:
+def _section(index: int, entry: RunEntry, out_dir: Path, logs_dir: Path, varying: Sequence[str]) -> str:
     s = entry.summary
-    parts = [f'<section class="run" id="run-{index}">', f"<h3>{index}. {escape(s['run']['name'])}</h3>",
+    values = flat_config(entry.tables.config)  # the run's name leaves out the swept values that tell runs apart
+    swept = " · ".join(f"{key}={values[key]}" for key in varying if key in values)
+    swept = f' <span class="swept">{escape(swept)}</span>' if swept else ""
+    parts = [f'<section class="run" id="run-{index}">', f"<h3>{index}. {escape(s['run']['name'])}{swept}</h3>",
              f"<p><code>{escape(run_label(entry, logs_dir))}</code></p>",
              f'<p class="meta">{escape(str(entry.folder.root))}</p>', _facts(s)]
     if entry.figure:
@@ -259,7 +263,7 @@ def render_report(entries: Sequence[RunEntry], logs_dir: Path, out_path: Path,
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     rows = "\n".join(_row(i, e, varying, logs_dir) for i, e in enumerate(entries, 1))
     figures = "".join(_img(data, title) for title, data in comparison.items())
-    sections = "\n".join(_section(i, e, out_dir, logs_dir) for i, e in enumerate(entries, 1))
+    sections = "\n".join(_section(i, e, out_dir, logs_dir, varying) for i, e in enumerate(entries, 1))
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{TITLE}{escape(str(logs_dir))}</title>
