@@ -235,6 +235,25 @@ def test_run_sections_are_headed_by_the_values_that_tell_the_runs_apart(tmp_path
     assert len({h.split(". ", 1)[1] for h in headings}) == 5
 
 
+def test_comparison_plots_tell_many_groups_apart_and_count_runs_on_one_spot():
+    """Beyond eight model/dataset groups the colours repeated, the legend covered the points, and runs on one
+    spot (integer layer positions) showed as one marker."""
+    import matplotlib.pyplot as plt
+    from phd_lab.plots.grid_figures import scatter_figure
+    summaries = [{"run": {"model": f"m{group}", "dataset": "D", "status": {"state": "finished"}}, "x": group % 3,
+                  "y": 1 if group < 12 else float(group)} for group in range(20) for _ in range(3 if group < 12 else 1)]
+    fig = scatter_figure(summaries, lambda s: (s["x"], s["y"]), "x", "y", "title")
+    try:
+        [ax] = fig.axes
+        styles = {(tuple(c.get_facecolor()[0]), c.get_paths()[0].vertices.tobytes()) for c in ax.collections}
+        assert len(ax.collections) == 20 and len(styles) == 20  # 20 groups, 20 colour and marker pairs
+        assert sorted(t.get_text() for t in ax.texts) == ["×3"] * 12  # three runs each on one spot
+        legend = ax.get_legend()
+        assert legend.get_bbox_to_anchor().x0 > ax.bbox.x1 - 1  # beside the axes, not over the points
+    finally:
+        plt.close(fig)
+
+
 def test_the_report_never_imports_torch(grid, tmp_path):
     """The report reads saved tables only: on a login node over hundreds of runs, importing torch
     (through the receptive-field module) cost ≈ 0.8 GB and most of the start-up time."""

@@ -9,9 +9,12 @@
 from __future__ import annotations
 
 import io
+import math
+from collections import Counter
 from typing import Any, Sequence
 
 _COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # with the colours: 64 groups told apart
 
 
 def _png(fig: Any) -> bytes:
@@ -29,9 +32,14 @@ def _groups(summaries: Sequence[dict[str, Any]]) -> dict[str, int]:
     return {label: i for i, label in enumerate(labels)}
 
 
-def _scatter(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str, *,
-             logx: bool = False,
-             band: tuple[float, float] | None = None, diagonal: bool = False) -> bytes:
+def _scatter(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str,
+             **options: Any) -> bytes:
+    return _png(scatter_figure(summaries, x_of, xlabel, ylabel, title, **options))
+
+
+def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str, *,
+                   logx: bool = False, band: tuple[float, float] | None = None, diagonal: bool = False) -> Any:
+    """One comparison plot: a colour and marker per model / dataset, hollow while unfinished."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -39,21 +47,28 @@ def _scatter(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     groups = _groups(summaries)
     plotted = 0
-    for label, color_index in groups.items():
-        color = _COLORS[color_index % len(_COLORS)]
+    for label, group in groups.items():
+        color, marker = _COLORS[group % len(_COLORS)], _MARKERS[group // len(_COLORS) % len(_MARKERS)]
         for finished in (True, False):
-            points = []
+            points: Counter[tuple[float, float]] = Counter()
             for s in summaries:
                 if f"{s['run'].get('model')} / {s['run'].get('dataset')}" != label or _finished(s) != finished:
                     continue
                 x, y = x_of(s)
                 if x is not None and y is not None:
-                    points.append((x, y))
+                    points[(x, y)] += 1
             if points:
+                # runs on the same spot (integer layer positions, repeated seeds) are one marker, sized and
+                # counted, not one marker hiding the others
                 xs, ys = zip(*points)
-                ax.scatter(xs, ys, s=28, color=color if finished else "none", edgecolors=color,
+                ax.scatter(xs, ys, s=[28 * math.sqrt(n) for n in points.values()], marker=marker,
+                           color=color if finished else "none", edgecolors=color,
                            label=label if finished else f"{label} (unfinished)")
-                plotted += len(points)
+                for (x, y), n in points.items():
+                    if n > 1:
+                        ax.annotate(f"×{n}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=6,
+                                    color=color)
+                plotted += sum(points.values())
     if band:
         ax.axvspan(*band, color="#55a868", alpha=0.12, label=f"target s_mu {band[0]:.0%}-{band[1]:.0%}")
     if diagonal and plotted:
@@ -66,10 +81,12 @@ def _scatter(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    if plotted:
-        ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
-    return _png(fig)
+    if plotted:  # beside the axes (inside, a grid of several models covered its points); the saved figure
+        # grows to hold it (bbox_inches="tight") instead of the axes shrinking
+        entries = len(ax.get_legend_handles_labels()[1])
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+                  ncol=1 + entries // 20)
+    return fig
 
 
 def _finished(s: dict[str, Any]) -> bool:
