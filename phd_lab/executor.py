@@ -146,8 +146,9 @@ class TrainTestExecutor:
         self._git_diff: str | None = None  # uncommitted changes of the phd-lab checkout (set by logged_config)
 
     # ------------------------------------------------------------------ validation
-    def validate(self, missing_data: str = "error") -> None:
-        """Every check that needs no data: registry names, factory arguments, steps, device."""
+    def validate(self, missing_data: str = "error", said: dict[str, int] | None = None) -> None:
+        """Every check that needs no data: registry names, factory arguments, steps, device. ``said`` counts
+        the warnings of a grid's points by message: a message is logged for its first point only."""
         cfg, where = self.config, self.config.source
         try:
             self.registries.check_names(cfg)
@@ -178,7 +179,10 @@ class TrainTestExecutor:
             except DataError as error:
                 if missing_data != "warn":  # "warn": a dry run, which shows the grid also before the download
                     raise DataError(f"{where}: {error}") from None
-                log.warning("%s: %s", where, error)
+                said = {} if said is None else said
+                if not said.get(str(error)):
+                    log.warning("%s: %s", where, error)
+                said[str(error)] = said.get(str(error), 0) + 1
             except ConfigError as error:  # a dataset argument the check found wrong (e.g. 'download': "yes")
                 raise ConfigError(f"{where}: {error}") from None
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",

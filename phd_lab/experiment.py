@@ -57,7 +57,7 @@ class Main:
         return cache[key]
 
     def _validate_grid(self, grid: Grid) -> list[TrainTestExecutor]:
-        executors, folders, models = [], {}, {}
+        executors, folders, models, said = [], {}, {}, {}
         for index in range(len(grid)):
             cfg = grid[index]
             try:
@@ -65,7 +65,7 @@ class Main:
             except RegistryError as error:
                 raise RegistryError(f"{cfg.source}: the key 'registries': {error}") from None
             executor = TrainTestExecutor(cfg, registries, progress=self.progress)
-            executor.validate(self.missing_data)
+            executor.validate(self.missing_data, said)
             ProbeSettings.from_mapping(cfg.values, where=cfg.source)  # the probe job's keys, checked with the rest
             executor.check_model(models)
             if executor.rundir.root in folders:
@@ -79,6 +79,9 @@ class Main:
                                   f"{executor.rundir.root}: {why}.")
             folders[executor.rundir.root] = index
             executors.append(executor)
+        for count in said.values():
+            if count > 1:
+                log.warning("%s: the same for %d more grid point(s).", grid.where, count - 1)
         for logs_dir in sorted({e.config.logs_dir for e in executors}):
             check_writable_dir(logs_dir, "logs_dir", grid.where)
         earlier = earlier_version_runs(e.config for e in executors)

@@ -251,6 +251,15 @@ def test_tiny_config_itself_is_valid(tmp_path, capsys):
     assert set(TINY) <= set(json.loads((tmp_path / "exp.json").read_text()))
 
 
+def test_a_dry_run_says_a_missing_dataset_once_for_all_the_points_that_lack_it(tmp_path, capsys):
+    """Each point of a 100-point grid printed the same 330-character warning."""
+    config = write_config(tmp_path, dataset=["MNIST", "Digits"], seed=[1, 2, 3, 4])
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    err = flat(capsys.readouterr().err)
+    assert err.count("there is no 'MNIST'") == 1 and f"{config} (run 0): Dataset MNIST" in err
+    assert f"{config}: the same for 3 more grid point(s)." in err
+
+
 def test_data_missing_for_any_point_is_found_before_anything_trains(tmp_path, capsys):
     """A dataset absent from data_dir used to be found only when its point loaded the data, after the points
     before it had trained; now each point's dataset folder is looked for up front (the files themselves are
