@@ -163,11 +163,12 @@ def _latents_for_run(config: Path, index: int, layers=None) -> RunDir:
     return rundir
 
 
-def test_config_mode_probes_runs_with_latents_using_config_keys_and_overrides(tmp_path, caplog):
+def test_config_mode_probes_runs_with_latents_using_config_keys_and_overrides(tmp_path, capsys):
     config = _config(tmp_path, probe_solver="lbfgs", probe_C=0.5)
     with_latents = _latents_for_run(config, 1)
     without = RunDir.for_run(Grid(load_config_file(config))[0])
-    assert cli("--config", str(config), "-mp", "0") == 0
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress"]) == 0
+    assert "1 run(s) without latents (skipped): 0\n" in capsys.readouterr().err
     table = pd.read_csv(with_latents.probe_csv)
     assert set(table["solver"]) == {"lbfgs"} and len(table) == 2
     assert not without.probe_csv.exists()
@@ -870,3 +871,9 @@ def test_results_of_other_settings_say_that_they_replace_the_run_s_earlier_ones(
     said = " ".join(capsys.readouterr().err.split())
     assert "these results replace the run's earlier probe results, fitted with other settings (C: 1.0 -> 0.5)" in said
     assert json.loads((run_dir / "probe_settings.json").read_text())["settings"]["C"] == 0.5
+
+
+def test_index_ranges_keep_hundreds_of_skipped_runs_on_one_short_line():
+    from phd_lab.probes.job import index_ranges
+    assert index_ranges([0, 1, 2, 3, 7, 9, 10, 11, 12]) == "0-3, 7, 9-12"
+    assert index_ranges(list(range(499))) == "0-498" and index_ranges([5]) == "5" and index_ranges([]) == ""

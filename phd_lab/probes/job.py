@@ -72,7 +72,7 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
         logs_dirs.add(cfg.logs_dir)
         folder = rundir.latents(extraction_latents_dir(cfg.values))
         if not folder.exists():
-            skipped.append(f"{index} ({cfg.name})")
+            skipped.append(index)
             unprobed.append((index, cfg))
             continue
         owner = extracting_owner(folder, rundir)
@@ -119,10 +119,22 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
                         f"<run folder>/latents or under latents_dir). Train the runs with the 'extract' "
                         f"post-processing step first (python main.py --config {where}).{hint}")
     if skipped:
-        log.info("runs without latents (skipped): %s", ", ".join(skipped))
+        log.info("%d run(s) without latents (skipped): %s", len(skipped), index_ranges(skipped))
     if unfinished:
         log.warning("runs whose extraction did not finish (not probed): %s", ", ".join(unfinished))
     return jobs, Path(sorted(logs_dirs)[0]) / CACHE_FOLDER, [f"run {run}: extraction unfinished" for run in unfinished]
+
+
+def index_ranges(indices: Sequence[int]) -> str:
+    """Grid indices as ranges ("0-3, 7, 9-12"): a list of hundreds of runs stays one readable line."""
+    parts, start = [], None
+    for position, index in enumerate(indices):
+        if start is None:
+            start = index
+        if position + 1 == len(indices) or indices[position + 1] != index + 1:
+            parts.append(str(start) if start == index else f"{start}-{index}")
+            start = None
+    return ", ".join(parts)
 
 
 def check_registry_names(runs: Sequence[tuple[int, Any]], where: str) -> None:
