@@ -34,6 +34,20 @@ def test_axes_sorted_and_last_axis_fastest():
     assert grid.varying(2)["model_args.width"] == 0.5
 
 
+def test_a_point_holds_its_own_values_and_none_of_the_axes_lists():
+    """A point is a copy of the config with each axis' list replaced by one value: changing it changes neither
+    the grid nor another point (the base is no longer copied with every list for each point)."""
+    grid = Grid(RAW)
+    point = grid.point(len(grid) - 1)
+    assert point == {"model": "vgg13", "model_args": {"width": 0.25, "batch_norm": True}, "dataset": "Digits",
+                     "batch_size": 64, "metrics": ["Accuracy", "Top5Accuracy"], "run_id": "b"}
+    point["model_args"]["width"] = 9.0
+    point["metrics"].append("x")
+    assert grid.point(len(grid) - 1)["model_args"]["width"] == 0.25 and grid.point(0)["metrics"] == RAW["metrics"]
+    with pytest.raises(IndexError, match="out of range"):
+        grid.varying(len(grid))
+
+
 def test_order_independent_of_key_order_in_file():
     keys = list(RAW)
     random.Random(3).shuffle(keys)
