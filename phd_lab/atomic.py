@@ -46,10 +46,37 @@ def current_umask() -> int:
     return mask
 
 
+_KEPT: set[Path] = set()  # folders this process works in that a write must find, never create
+
+
+@contextlib.contextmanager
+def existing_folder(folder: Path) -> Iterator[None]:
+    """While the block runs, writes into ``folder`` (or below it) never create it: a run folder deleted or moved
+    while its process works in it raises ``RunFolderLost`` at the next write, instead of coming back without its
+    config and log."""
+    folder = Path(folder).absolute()
+    _KEPT.add(folder)
+    try:
+        yield
+    finally:
+        _KEPT.discard(folder)
+
+
+def _check_kept(parent: Path) -> None:
+    if not _KEPT:
+        return
+    parent = parent.absolute()
+    for folder in _KEPT:
+        if (folder == parent or folder in parent.parents) and not folder.is_dir():
+            from phd_lab.errors import RunFolderLost
+            raise RunFolderLost(folder, "it is gone")
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path | str, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
     """Open a temp file beside ``path``; on clean exit fsync it and rename it over ``path``."""
     path = Path(path)
+    _check_kept(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
@@ -59,7 +86,11 @@ def atomic_open(path: Path | str, mode: str = "wb", **kwargs: Any) -> Iterator[I
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            _check_kept(path.parent)  # the folder went while the file was written: say so
+            raise
         fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -20,8 +20,8 @@ from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, absolute_paths, as_single_point
 from phd_lab.data import DataBundle
 from phd_lab.environment import device_description, git_diff, versions
-from phd_lab.errors import (ConfigError, DataError, RegistryError, RunDiverged, RunStopped, Terminated,
-                            UsageError, first_line)
+from phd_lab.errors import (ConfigError, DataError, RegistryError, RunDiverged, RunFolderLost, RunStopped,
+                            Terminated, UsageError, first_line)
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
@@ -556,7 +556,7 @@ class TrainTestExecutor:
         optimizer, scheduler = self.build_optimizer(model)
         metrics = {name.lower(): self.registries.metrics.get(name)() for name in cfg.metrics}
         rundir = self.rundir.create()
-        with _writable_lock(rundir) as lock, _run_log(rundir.log):
+        with _writable_lock(rundir) as lock, atomic.existing_folder(rundir.root), _run_log(rundir.log):
             log.info("Run folder %s", rundir.root)
             if note:  # said in the run's log, now that it is open
                 log.info("%s", note)
@@ -674,8 +674,8 @@ class _run_log:
                             if issubclass(exc[0], kind)), "Ctrl-C")  # type: ignore[arg-type]
                 record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, f"Run interrupted ({how}); "
                                            "the same command resumes it from its last checkpoint", None, None)
-            else:  # a diverged run needs its message, not a traceback
-                diverged = issubclass(exc[0], RunDiverged)  # type: ignore[arg-type]
+            else:  # a diverged run or a lost folder needs its message, not a traceback
+                diverged = issubclass(exc[0], (RunDiverged, RunFolderLost))  # type: ignore[arg-type]
                 record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0,
                                            f"Run failed: {exc[1]}" if diverged else "Run failed", None,
                                            None if diverged else exc)  # type: ignore[arg-type]

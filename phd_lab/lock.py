@@ -79,15 +79,10 @@ class RunLock:
         held = os.fstat(self._fd)
         try:
             now = os.stat(self.path)
-        except FileNotFoundError:
-            now = None
-        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
-            return
-        whose = "is gone" if now is None else "is another process's now"
-        raise RunFolderLost(
-            f"The folder {str(self.path.parent)!r} was deleted or moved while this process worked in it (its lock "
-            f"file {self.path.name} {whose}); stopping before writing anything more, so that the folder is not "
-            f"re-created without its config and log. Start the command again to train the run anew.")
+        except OSError as error:  # gone, a stale NFS handle, a path component that is no folder any more
+            raise RunFolderLost(self.path.parent, f"its lock file {self.path.name}: {error.strerror}") from None
+        if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise RunFolderLost(self.path.parent, f"its lock file {self.path.name} is another file now")
 
     def release(self) -> None:
         if self._fd is not None:

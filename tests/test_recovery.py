@@ -337,10 +337,35 @@ def test_a_run_whose_folder_goes_away_while_it_trains_stops_without_re_creating_
     err = " ".join(err.split())
     assert process.returncode == 1, err
     assert f"{folder}' was deleted or moved while this process worked in it" in err
+    assert "Its log" not in err and "Traceback" not in err  # the log went with the folder
     assert not folder.exists()
     if how == "moved":
         epochs = len(read_metrics(tmp_path / "moved"))
         assert 1 <= epochs < 40  # the moved folder is left as it was, with its finished epochs
+
+
+def test_writes_into_a_run_folder_that_went_away_do_not_re_create_it(tmp_path):
+    """Between two checks of the lock, a write (checkpoint, CSV, plot) re-created a deleted run folder."""
+    from phd_lab import atomic
+    from phd_lab.errors import RunFolderLost
+    folder = tmp_path / "run"
+    (folder / "sub").mkdir(parents=True)
+    with atomic.existing_folder(folder):
+        atomic.write_text(folder / "a.txt", "x")
+        atomic.write_text(folder / "new" / "b.txt", "x")  # a subfolder is still created inside the folder
+        shutil.rmtree(folder)
+        for path in (folder / "a.txt", folder / "sub" / "c.txt"):
+            with pytest.raises(RunFolderLost, match="was deleted or moved while this process worked in it"):
+                atomic.write_text(path, "y")
+        assert not folder.exists()
+        folder.mkdir()
+        with pytest.raises(RunFolderLost):  # gone while the file was being written
+            with atomic.atomic_open(folder / "d.txt", "w") as handle:
+                shutil.rmtree(folder)
+                handle.write("z")
+        assert not folder.exists()
+    atomic.write_text(folder / "e.txt", "y")  # outside the block writes create their folders as before
+    assert (folder / "e.txt").read_text() == "y"
 
 
 def test_sigterm_during_training_is_said_in_the_log_and_the_rerun_resumes(tmp_path):
