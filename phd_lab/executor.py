@@ -26,10 +26,12 @@ from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
 from phd_lab.registry import Registries
+from phd_lab.report.collect import analyse_run, file_stamp
 from phd_lab.reproduction import setup_differences
 from phd_lab.rundir import RunDir
 from phd_lab.seeding import seed_everything
 from phd_lab.steps import Step, StepContext, logged_steps, resolve_steps
+from phd_lab.steps.analysis import ANALYSED_PROBES
 from phd_lab.steps.stamps import StepStamps, step_stamp
 from phd_lab.trainer import Trainer
 from phd_lab.tracking.callback import saturation_callback
@@ -586,6 +588,7 @@ class TrainTestExecutor:
             context = StepContext(config=cfg, rundir=rundir, model=model, bundle=bundle, device=device,
                                   history=history, progress=self.progress)
             stamps = StepStamps(rundir)
+            probes_before = file_stamp(rundir.probe_csv)
             for step, params in self.steps:
                 raise_if_stop_requested()
                 lock.check_held()
@@ -600,6 +603,13 @@ class TrainTestExecutor:
                 step.run(context, **params)
                 if stamp is not None:
                     stamps.record(step, stamp)
+        if any(step.name == "analysis" for step, _ in self.steps):
+            # a probe job that finished while the folder was held left the analysis to this run; now that the
+            # folder is let go, a later one would write its own
+            if file_stamp(rundir.probe_csv) != context.notes.get(ANALYSED_PROBES, probes_before):
+                log.info("Probe results of %s arrived while its folder was held; its analysis reads them now",
+                         cfg.name)
+                analyse_run(rundir, write=True)
         return rundir
 
 

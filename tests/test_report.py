@@ -254,6 +254,32 @@ def test_comparison_plots_tell_many_groups_apart_and_count_runs_on_one_spot():
         plt.close(fig)
 
 
+def test_probe_results_that_change_while_a_run_is_analysed_are_read_again_before_anything_is_written(tmp_path):
+    """The report read a run's tables, a probe job wrote its results and analysis meanwhile, and the report
+    then wrote its older analysis over that one."""
+    import threading
+    from phd_lab.report.collect import analyse_run
+    run = write_grid(tmp_path / "logs")["full"]
+    run.analysis_json.unlink(missing_ok=True)
+    probes, stop = pd.read_csv(run.probe_csv), threading.Event()
+
+    def probe_job_writing() -> None:  # results replaced again and again, as by probe jobs one after another
+        while not stop.is_set():
+            atomic.write_csv(run.probe_csv, probes)
+            time.sleep(0.005)
+
+    writer = threading.Thread(target=probe_job_writing)
+    writer.start()
+    try:
+        entry = analyse_run(run, write=True)
+    finally:
+        stop.set()
+        writer.join()
+    assert not entry.written and not run.analysis_json.exists()  # always read while changing: left to the job
+    entry = analyse_run(run, write=True)
+    assert entry.written and read_json(run.analysis_json)["probes"]["status"] == "complete"
+
+
 def test_the_report_never_imports_torch(grid, tmp_path):
     """The report reads saved tables only: on a login node over hundreds of runs, importing torch
     (through the receptive-field module) cost ≈ 0.8 GB and most of the start-up time."""

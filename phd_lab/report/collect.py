@@ -7,6 +7,7 @@ A run that a live process still owns is analysed but its folder is left alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ class RunEntry:
     figure: bytes | None
     written: bool = False
     errors: list[str] = field(default_factory=list)
+    probe_stamp: Any = "not analysed"  # the probe results the analysis read (``file_stamp``)
 
 
 def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSettings | None = None,
@@ -41,11 +43,46 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
 
     ``skip_active``: do not write into a folder whose lock names a live process, or a process on
     another host that cannot be checked, nor into one where a probe job on this host is writing
-    (a running training or probe job writes its own analysis at the end; one read before its results
-    came would be written over it). ``last_step``: called by the run's own analysis step, its last: a
-    finished run is described as finished, not as still post-processing (its lock is released right
-    after). ``probe_job``: called by the probe job that holds the folder's probe lock.
+    (a running training or probe job writes its own analysis at the end). Probe results that arrive
+    while the run is analysed are read again (up to ``MAX_ATTEMPTS`` times; still changing, nothing
+    is written: their probe job writes the analysis), so an analysis read before they came never
+    replaces the one written with them. ``last_step``: called by the run's own analysis step, its
+    last: a finished run is described as finished, not as still post-processing (its lock is released
+    right after). ``probe_job``: called by the probe job that holds the folder's probe lock.
     """
+    for _ in range(MAX_ATTEMPTS):
+        probes = file_stamp(folder.probe_csv)
+        entry, document, up_to_date = _analyse(folder, settings, last_step)
+        if file_stamp(folder.probe_csv) == probes:
+            entry.probe_stamp = probes
+            break
+        log.info("Probe results of %s arrived while it was analysed; analysing again", folder.root)
+    else:
+        return entry
+    active = entry.tables.status is not None and entry.tables.status.active is not False  # None: another host
+    if skip_active and not active and not probe_job and (folder.root / PROBE_LOCK).is_file():
+        active = lock_owner_alive(folder.root / PROBE_LOCK)[0] is True
+    if write and folder.root.is_dir() and not (skip_active and active):  # never re-create a deleted run
+        if up_to_date:  # the same analysis and figure are there already: nothing to rewrite
+            entry.written = True
+            return entry
+        try:
+            from phd_lab import atomic
+            write_analysis_json(folder.analysis_json, document)
+            atomic.write_bytes(folder.analysis_plot, entry.figure)
+            entry.written = True
+        except OSError as error:
+            log.warning("Cannot refresh the analysis of %s: %s", folder.root, error)
+            entry.errors.append(f"analysis files not written: {error}")
+    return entry
+
+
+MAX_ATTEMPTS = 3
+
+
+def _analyse(folder: RunDir, settings: AnalysisSettings | None,
+             last_step: bool) -> tuple[RunEntry, dict[str, Any], bool]:
+    """The run's entry, the analysis.json document, and whether the folder holds both already."""
     from dataclasses import replace
 
     from phd_lab.plots.run_figure import figure_png
@@ -67,39 +104,39 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
     up_to_date = figure is not None and previous == document
     if figure is None:
         figure = figure_png(tables, summary)
-    entry = RunEntry(folder, tables, summary, figure)
-    active = tables.status is not None and tables.status.active is not False  # None: cannot tell (another host)
-    if skip_active and not active and not probe_job and (folder.root / PROBE_LOCK).is_file():
-        active = lock_owner_alive(folder.root / PROBE_LOCK)[0] is True
-    if write and folder.root.is_dir() and not (skip_active and active):  # never re-create a deleted run
-        if up_to_date:  # the same analysis and figure are there already: nothing to rewrite
-            entry.written = True
-            return entry
-        try:
-            from phd_lab import atomic
-            write_analysis_json(folder.analysis_json, document)
-            atomic.write_bytes(folder.analysis_plot, figure)
-            entry.written = True
-        except OSError as error:
-            log.warning("Cannot refresh the analysis of %s: %s", folder.root, error)
-            entry.errors.append(f"analysis files not written: {error}")
-    return entry
+    return RunEntry(folder, tables, summary, figure), document, up_to_date
+
+
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells a replaced file from the one read before (atomic writes give it a new inode)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def figure_key(folder: RunDir, summary: dict[str, Any]) -> str:
     """What the run's figure is drawn from: the summary, the files it plots (each by inode, time and size:
     atomic writes give a replaced file a new inode) and the version that draws it. Drawing the figure costs
     about 0.2 s, most of a report over hundreds of runs; a figure of the same key is taken from analysis.png."""
-    from phd_lab import __version__
     digest = hashlib.sha256(json.dumps(jsonable(summary), sort_keys=True).encode())
     for path in (folder.metrics_csv, folder.probe_csv, folder.receptive_field_csv, folder.config):
-        try:
-            stat = path.stat()
-            digest.update(f"{path.name} {stat.st_ino} {stat.st_mtime_ns} {stat.st_size};".encode())
-        except OSError:
-            digest.update(f"{path.name} -;".encode())
-    digest.update(__version__.encode())
+        digest.update(f"{path.name} {file_stamp(path)};".encode())
+    digest.update(_drawing_code())
     return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def _drawing_code() -> bytes:
+    """The versions of the code that draws a figure: phd-lab, matplotlib and the figure module's own text
+    (an edit of it, without a new version, must not leave old figures in place)."""
+    import matplotlib
+
+    from phd_lab import __version__
+    from phd_lab.plots import run_figure
+    source = Path(run_figure.__file__).read_bytes()
+    return f"{__version__} {matplotlib.__version__} ".encode() + hashlib.sha256(source).digest()
 
 
 def _read_previous_analysis(folder: RunDir) -> dict[str, Any]:

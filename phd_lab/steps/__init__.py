@@ -53,6 +53,7 @@ class StepContext:
     device: "torch.device"
     history: list[dict[str, Any]] = field(default_factory=list)
     progress: bool = True
+    notes: dict[str, Any] = field(default_factory=dict)  # what a step tells the run after the steps
 
     @property
     def test_accuracy(self) -> float | None:

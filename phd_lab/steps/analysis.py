@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from phd_lab.analysis.run_summary import AnalysisSettings
@@ -36,29 +35,17 @@ class AnalysisStep(Step):
         AnalysisSettings.from_config(config.values, where)
 
     def run(self, ctx: StepContext, **params: Any) -> None:
-        """Analyse until the probe results stand still: a probe job that finishes while this process holds the
-        run folder leaves the analysis to it, so results that arrived after they were read are read again."""
+        """Write the analysis; the probe results it read are noted in ``ctx.notes`` (``ANALYSED_PROBES``): a probe
+        job that finishes while this process still holds the run folder leaves the analysis to it, so the run
+        reads them again once it lets the folder go (``TrainTestExecutor``)."""
         from phd_lab.report.collect import analyse_run
-        settings = AnalysisSettings.from_config(ctx.config.values)
-        for attempt in range(MAX_ATTEMPTS):
-            probes = _file_stamp(ctx.rundir.probe_csv)
-            entry = analyse_run(ctx.rundir, write=True, settings=settings, skip_active=False, last_step=True)
-            time.sleep(float(os.environ.get(PAUSE_ENV, "0") or 0))
-            if _file_stamp(ctx.rundir.probe_csv) == probes:
-                break
-            log.info("Probe results of %s arrived while its analysis was written; analysing again", ctx.config.name)
+        entry = analyse_run(ctx.rundir, write=True, settings=AnalysisSettings.from_config(ctx.config.values),
+                            skip_active=False, last_step=True)
+        ctx.notes[ANALYSED_PROBES] = entry.probe_stamp if entry.written else "not written"
+        time.sleep(float(os.environ.get(PAUSE_ENV, "0") or 0))
         for advice in entry.summary["recommendations"]:
             log.info("Analysis of %s: %s", ctx.config.name, advice["text"])
 
 
-MAX_ATTEMPTS = 3
+ANALYSED_PROBES = "analysed_probes"
 PAUSE_ENV = "PHD_LAB_TEST_ANALYSIS_PAUSE"  # tests: seconds to wait after writing, for a probe job to finish meanwhile
-
-
-def _file_stamp(path: Path) -> tuple[int, int, int] | None:
-    """What tells a replaced file from the one read before (atomic writes give it a new inode)."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
