@@ -79,9 +79,10 @@ class Main:
                                   f"{executor.rundir.root}: {why}.")
             folders[executor.rundir.root] = index
             executors.append(executor)
-        for count in said.values():
-            if count > 1:
-                log.warning("%s: the same for %d more grid point(s).", grid.where, count - 1)
+        for message, count in said.items():
+            if count > 1:  # named by its first clause: several datasets may be missing
+                log.warning("%s: the same (%s) for %d more grid point(s).", grid.where,
+                            message.split(": ")[0][:120], count - 1)
         for logs_dir in sorted({e.config.logs_dir for e in executors}):
             check_writable_dir(logs_dir, "logs_dir", grid.where)
         earlier = earlier_version_runs(e.config for e in executors)

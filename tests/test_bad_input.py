@@ -257,7 +257,8 @@ def test_a_dry_run_says_a_missing_dataset_once_for_all_the_points_that_lack_it(t
     assert main_cli(["--config", str(config), "--dry-run"]) == 0
     err = flat(capsys.readouterr().err)
     assert err.count("there is no 'MNIST'") == 1 and f"{config} (run 0): Dataset MNIST" in err
-    assert f"{config}: the same for 3 more grid point(s)." in err
+    assert f"{config}: the same (Dataset MNIST (train split) is not in data_dir" in err
+    assert "for 3 more grid point(s)." in err
 
 
 def test_data_missing_for_any_point_is_found_before_anything_trains(tmp_path, capsys):

@@ -588,14 +588,14 @@ def test_a_grid_job_probes_the_other_runs_when_one_extraction_died_or_one_run_is
     assert cli("--config", str(config), "-mp", "0") == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "the extraction did not finish" in err and f"--config {config} --index 1` finishes it" in err
-    assert "1 run(s) of" in err and "run 1 (" in err and "extraction unfinished" in err
+    assert f"Not every run of {config} was probed (run(s) 1: extraction unfinished)" in err
     assert done.probe_csv.exists() and not dead.probe_csv.exists()
     dead = _latents_for_run(config, 1)  # extracted again: both runs have latents
     done.probe_csv.unlink()
     with RunLock(done.root / PROBE_LOCK):  # this process stands for another probe job on run 0
         assert cli("--config", str(config), "-mp", "0") == 1
     err = " ".join(capsys.readouterr().err.split())
-    assert "another probe job is writing its results" in err and f"PID {os.getpid()}" in err
+    assert "run 0 (" in err and "another probe job is writing their results" in err and f"PID {os.getpid()}" in err
     assert dead.probe_csv.exists() and not done.probe_csv.exists()
     assert cli("--config", str(config), "-mp", "0") == 0  # released: the whole grid is probed
     assert done.probe_csv.exists()

@@ -250,6 +250,7 @@ def test_comparison_plots_tell_many_groups_apart_and_count_runs_on_one_spot():
         assert sorted(t.get_text() for t in ax.texts) == ["×3"] * 12  # three runs each on one spot
         legend = ax.get_legend()
         assert legend.get_bbox_to_anchor().x0 > ax.bbox.x1 - 1  # beside the axes, not over the points
+        assert {tuple(h.get_sizes()) for h in legend.legend_handles} == {(28,)}  # not sized by the counts
     finally:
         plt.close(fig)
 

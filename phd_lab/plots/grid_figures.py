@@ -84,8 +84,11 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
     if plotted:  # beside the axes (inside, a grid of several models covered its points); the saved figure
         # grows to hold it (bbox_inches="tight") instead of the axes shrinking
         entries = len(ax.get_legend_handles_labels()[1])
-        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
-                  ncol=1 + entries // 20)
+        legend = ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                           borderaxespad=0, ncol=1 + entries // 20)
+        for handle in legend.legend_handles:  # one size in the legend, whatever the counts on the spots
+            if hasattr(handle, "set_sizes"):
+                handle.set_sizes([28])
     return fig
 
 

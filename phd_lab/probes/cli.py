@@ -55,7 +55,7 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
     configure_logging(-1 if args.quiet else 1 if args.verbose else 0)
 
     def body() -> int:
-        from phd_lab.probes.job import jobs_from_config, jobs_from_latents, run_jobs
+        from phd_lab.probes.job import SAID_ONE_BY_ONE, jobs_from_config, jobs_from_latents, run_jobs
         if not args.config and not args.latents:
             raise UsageError("pass --config FILE (probe every run of a grid that has latents) or --latents DIR "
                              "(probe one latents folder).")
@@ -82,12 +82,15 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
         busy: list[str] | None = [] if args.config else None
         run_jobs(jobs, cache_dir, workers=args.processes, progress=not args.no_progress, scheduler=args.scheduler,
                  busy=busy)
-        not_probed += [f"{label}: another probe job is writing its results" for label in busy or []]
+        if busy:
+            shown = ", ".join(busy[:SAID_ONE_BY_ONE]) + (f" and {len(busy) - SAID_ONE_BY_ONE} more"
+                                                         if len(busy) > SAID_ONE_BY_ONE else "")
+            not_probed.append(f"{shown}: another probe job is writing their results")
         probed = [job for job in jobs if job.label not in (busy or [])]
         if probed:
             sys.stdout.write("Probe results:\n" + "\n".join(f"  {job.outputs.probe_csv}" for job in probed) + "\n")
         if not_probed:
-            raise RunFailure(f"{len(not_probed)} run(s) of {args.config} were not probed ({'; '.join(not_probed)}); "
+            raise RunFailure(f"Not every run of {args.config} was probed ({'; '.join(not_probed)}); "
                              f"the results of the {len(probed)} other(s) are written. Rerun this command once "
                              f"that is resolved: runs already probed come from the cache.")
         return EXIT_OK

@@ -83,10 +83,11 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
             continue
         if not (folder / MANIFEST).is_file() and folder.is_dir() and not any(folder.glob(f"*/{MANIFEST}")):
             # a dead extraction (killed): the other runs need not wait for this one
-            log.warning("run %d (%s): its latents folder %s has no %s: the extraction did not finish (its process "
-                        "was killed?); skipped. `python main.py --config %s --index %d` finishes it.",
-                        index, cfg.name, folder, MANIFEST, where, index)
-            unfinished.append(f"{index} ({cfg.name})")
+            if len(unfinished) < SAID_ONE_BY_ONE:  # a grid's array job killed at its time limit: hundreds
+                log.warning("run %d (%s): its latents folder %s has no %s: the extraction did not finish (its "
+                            "process was killed?); skipped. `python main.py --config %s --index %d` finishes it.",
+                            index, cfg.name, folder, MANIFEST, where, index)
+            unfinished.append(index)
             continue
         settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
         jobs.append(_job(read_manifest(folder), settings, f"run {index} ({cfg.name})", expected_root=rundir.root))
@@ -103,9 +104,9 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
                               f"`probe_main.py --latents DIR` and command-line options such as --C.")
         folders[root] = job
     if not jobs and unfinished:
-        raise DataError(f"The extraction of run(s) {', '.join(unfinished)} of {where!r} did not finish (their latents "
-                        f"folders have no {MANIFEST}; it is written last), and no other run has latents yet. Rerun the "
-                        f"training command with the 'extract' step; it redoes a half-written extraction.")
+        raise DataError(f"The extraction of run(s) {index_ranges(unfinished)} of {where!r} did not finish (their "
+                        f"latents folders have no {MANIFEST}; it is written last), and no other run has latents yet. "
+                        f"Rerun the training command with the 'extract' step; it redoes a half-written extraction.")
     if not jobs and extracting:
         raise DataError(f"The latents of run(s) {', '.join(extracting)} of {where!r} are still being extracted by "
                         f"the training command, and no other run has latents yet; probe once it has finished. "
@@ -121,8 +122,13 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
     if skipped:
         log.info("%d run(s) without latents (skipped): %s", len(skipped), index_ranges(skipped))
     if unfinished:
-        log.warning("runs whose extraction did not finish (not probed): %s", ", ".join(unfinished))
-    return jobs, Path(sorted(logs_dirs)[0]) / CACHE_FOLDER, [f"run {run}: extraction unfinished" for run in unfinished]
+        log.warning("%d run(s) whose extraction did not finish (not probed): %s", len(unfinished),
+                    index_ranges(unfinished))
+    notes = [f"run(s) {index_ranges(unfinished)}: extraction unfinished"] if unfinished else []
+    return jobs, Path(sorted(logs_dirs)[0]) / CACHE_FOLDER, notes
+
+
+SAID_ONE_BY_ONE = 5  # runs skipped for the same reason that get a line each; the rest are counted
 
 
 def index_ranges(indices: Sequence[int]) -> str:
@@ -407,7 +413,8 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
                 if busy is None:
                     raise
                 left = [job for job in jobs if job.outputs.root == root]
-                log.warning("%s: skipped, %s", ", ".join(job.label for job in left), error)
+                if len(busy) < SAID_ONE_BY_ONE:  # the caller sums all of them up
+                    log.warning("%s: skipped, %s", ", ".join(job.label for job in left), error)
                 busy += [job.label for job in left]
                 jobs = [job for job in jobs if job.outputs.root != root]
             except OSError as error:
