@@ -62,11 +62,17 @@ def existing_folder(folder: Path) -> Iterator[None]:
         _KEPT.discard(folder)
 
 
+def make_folder(folder: Path) -> None:
+    """``folder.mkdir(parents=True, exist_ok=True)``, which never re-creates a folder ``existing_folder`` keeps."""
+    _check_kept(Path(folder))
+    Path(folder).mkdir(parents=True, exist_ok=True)
+
+
 def _check_kept(parent: Path) -> None:
     if not _KEPT:
         return
     parent = parent.absolute()
-    for folder in _KEPT:
+    for folder in tuple(_KEPT):  # another thread of the process (a Dask worker) may add or remove one
         if (folder == parent or folder in parent.parents) and not folder.is_dir():
             from phd_lab.errors import RunFolderLost
             raise RunFolderLost(folder, "it is gone")
@@ -76,8 +82,7 @@ def _check_kept(parent: Path) -> None:
 def atomic_open(path: Path | str, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
     """Open a temp file beside ``path``; on clean exit fsync it and rename it over ``path``."""
     path = Path(path)
-    _check_kept(path.parent)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:

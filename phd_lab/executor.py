@@ -609,7 +609,11 @@ class TrainTestExecutor:
             if file_stamp(rundir.probe_csv) != context.notes.get(ANALYSED_PROBES, probes_before):
                 log.info("Probe results of %s arrived while its folder was held; its analysis reads them now",
                          cfg.name)
-                analyse_run(rundir, write=True)
+                try:
+                    analyse_run(rundir, write=True)
+                except Exception as error:  # noqa: BLE001 - the run is done; the next report refreshes it
+                    log.warning("The analysis of %s could not be refreshed (python -m phd_lab report retries): %s: %s",
+                                cfg.name, type(error).__name__, error)
         return rundir
 
 

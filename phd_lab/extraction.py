@@ -507,7 +507,7 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
         names = _called_once(model, names, loaders["train"], device)
     settings = _expected_settings(Path(run_dir), downsampling, dtype, model)
     samples = {split: len(loaders[split].dataset) for split in SPLITS}
-    folder.mkdir(parents=True, exist_ok=True)
+    atomic.make_folder(folder)  # inside a run folder: never re-creates it after it was deleted
     previous = load_manifest(folder)
     if _reusable(folder, previous, settings, names, samples):
         log.info("Latents in %s are complete; reusing them.", folder)

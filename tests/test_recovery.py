@@ -357,6 +357,8 @@ def test_writes_into_a_run_folder_that_went_away_do_not_re_create_it(tmp_path):
         for path in (folder / "a.txt", folder / "sub" / "c.txt"):
             with pytest.raises(RunFolderLost, match="was deleted or moved while this process worked in it"):
                 atomic.write_text(path, "y")
+        with pytest.raises(RunFolderLost):  # a folder made inside it (the extract step's latents folder)
+            atomic.make_folder(folder / "latents")
         assert not folder.exists()
         folder.mkdir()
         with pytest.raises(RunFolderLost):  # gone while the file was being written

@@ -77,9 +77,10 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
             continue
         owner = extracting_owner(folder, rundir)
         if owner is not None:  # probing beside a training grid: this run's turn comes in a later job
-            log.warning("run %d (%s): its latents are being extracted (%s); skipped, probe it once that has finished",
-                        index, cfg.name, owner or "another process")
-            extracting.append(f"{index} ({cfg.name})")
+            if len(extracting) < SAID_ONE_BY_ONE:
+                log.warning("run %d (%s): its latents are being extracted (%s); skipped, probe it once that has "
+                            "finished", index, cfg.name, owner or "another process")
+            extracting.append(index)
             continue
         if not (folder / MANIFEST).is_file() and folder.is_dir() and not any(folder.glob(f"*/{MANIFEST}")):
             # a dead extraction (killed): the other runs need not wait for this one
@@ -108,7 +109,7 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
                         f"latents folders have no {MANIFEST}; it is written last), and no other run has latents yet. "
                         f"Rerun the training command with the 'extract' step; it redoes a half-written extraction.")
     if not jobs and extracting:
-        raise DataError(f"The latents of run(s) {', '.join(extracting)} of {where!r} are still being extracted by "
+        raise DataError(f"The latents of run(s) {index_ranges(extracting)} of {where!r} are still being extracted by "
                         f"the training command, and no other run has latents yet; probe once it has finished. "
                         f"(A lock held from another host cannot be checked from here: if that process has died, "
                         f"rerun the training command, which takes its lock over and finishes the extraction.)")
@@ -121,6 +122,9 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
                         f"post-processing step first (python main.py --config {where}).{hint}")
     if skipped:
         log.info("%d run(s) without latents (skipped): %s", len(skipped), index_ranges(skipped))
+    if len(extracting) > SAID_ONE_BY_ONE:
+        log.warning("%d run(s) whose latents are being extracted (skipped): %s", len(extracting),
+                    index_ranges(extracting))
     if unfinished:
         log.warning("%d run(s) whose extraction did not finish (not probed): %s", len(unfinished),
                     index_ranges(unfinished))
