@@ -26,7 +26,7 @@ from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
 from phd_lab.registry import Registries
-from phd_lab.report.collect import analyse_run, file_stamp
+from phd_lab.report.collect import analyse_run, stamp_if_present
 from phd_lab.reproduction import setup_differences
 from phd_lab.rundir import RunDir
 from phd_lab.seeding import seed_everything
@@ -588,7 +588,7 @@ class TrainTestExecutor:
             context = StepContext(config=cfg, rundir=rundir, model=model, bundle=bundle, device=device,
                                   history=history, progress=self.progress)
             stamps = StepStamps(rundir)
-            probes_before = file_stamp(rundir.probe_csv)
+            probes_before = stamp_if_present(rundir.probe_csv)
             for step, params in self.steps:
                 raise_if_stop_requested()
                 lock.check_held()
@@ -606,7 +606,7 @@ class TrainTestExecutor:
         if any(step.name == "analysis" for step, _ in self.steps):
             # a probe job that finished while the folder was held left the analysis to this run; now that the
             # folder is let go, a later one would write its own
-            if file_stamp(rundir.probe_csv) != context.notes.get(ANALYSED_PROBES, probes_before):
+            if stamp_if_present(rundir.probe_csv) != context.notes.get(ANALYSED_PROBES, probes_before):
                 log.info("Probe results of %s arrived while its folder was held; its analysis reads them now",
                          cfg.name)
                 try:

@@ -44,10 +44,7 @@ class Grid:
         # of n points cost n² (3 s to expand 4,000 points of one axis)
         self._skeleton = copy.deepcopy(self.base)
         for axis in self.axes:
-            target = self._skeleton
-            for part in axis.path[:-1]:
-                target = target[part]
-            target[axis.path[-1]] = None
+            _set_at(self._skeleton, axis.path, None)
 
     def __len__(self) -> int:
         return math.prod(len(axis.values) for axis in self.axes)
@@ -56,10 +53,7 @@ class Grid:
         """The raw (unresolved) values of grid point ``index``."""
         point = copy.deepcopy(self._skeleton)
         for axis, value in zip(self.axes, self._values(index)):
-            target = point
-            for part in axis.path[:-1]:
-                target = target[part]
-            target[axis.path[-1]] = copy.deepcopy(value)
+            _set_at(point, axis.path, copy.deepcopy(value))
         return point
 
     def _values(self, index: int) -> list[Any]:
@@ -104,3 +98,10 @@ class Grid:
         lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         return "\n".join(lines)
+
+
+def _set_at(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """``tree[path[0]][path[1]]... = value`` (an axis may sit inside a mapping such as model_args)."""
+    for part in path[:-1]:
+        tree = tree[part]
+    tree[path[-1]] = value

@@ -20,6 +20,7 @@ from phd_lab.analysis.run_tables import RunTables, discover_runs, load_run, lock
 from phd_lab.rundir import RunDir
 from phd_lab.errors import ConfigError
 from phd_lab.lock import PROBE_LOCK
+from phd_lab.probes.manifest import file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class RunEntry:
     figure: bytes | None
     written: bool = False
     errors: list[str] = field(default_factory=list)
-    probe_stamp: Any = "not analysed"  # the probe results the analysis read (``file_stamp``)
+    probe_stamp: Any = "not analysed"  # the probe results the analysis read (``stamp_if_present``)
 
 
 def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSettings | None = None,
@@ -51,9 +52,9 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
     right after). ``probe_job``: called by the probe job that holds the folder's probe lock.
     """
     for _ in range(MAX_ATTEMPTS):
-        probes = file_stamp(folder.probe_csv)
+        probes = stamp_if_present(folder.probe_csv)
         entry, document, up_to_date = _analyse(folder, settings, last_step)
-        if file_stamp(folder.probe_csv) == probes:
+        if stamp_if_present(folder.probe_csv) == probes:
             entry.probe_stamp = probes
             break
         log.info("Probe results of %s arrived while it was analysed; analysing again", folder.root)
@@ -107,13 +108,13 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None,
     return RunEntry(folder, tables, summary, figure), document, up_to_date
 
 
-def file_stamp(path: Path) -> tuple[int, int, int] | None:
-    """What tells a replaced file from the one read before (atomic writes give it a new inode)."""
+def stamp_if_present(path: Path) -> tuple[int, int, int] | None:
+    """``manifest.file_stamp`` (which file a path names now: atomic writes give a replaced file a new inode),
+    or None where there is no file."""
     try:
-        stat = path.stat()
+        return file_stamp(path)
     except OSError:
         return None
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def figure_key(folder: RunDir, summary: dict[str, Any]) -> str:
@@ -122,7 +123,7 @@ def figure_key(folder: RunDir, summary: dict[str, Any]) -> str:
     about 0.2 s, most of a report over hundreds of runs; a figure of the same key is taken from analysis.png."""
     digest = hashlib.sha256(json.dumps(jsonable(summary), sort_keys=True).encode())
     for path in (folder.metrics_csv, folder.probe_csv, folder.receptive_field_csv, folder.config):
-        digest.update(f"{path.name} {file_stamp(path)};".encode())
+        digest.update(f"{path.name} {stamp_if_present(path)};".encode())
     digest.update(_drawing_code())
     return digest.hexdigest()[:16]
 
