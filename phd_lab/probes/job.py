@@ -82,8 +82,7 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
                             "finished", index, cfg.name, owner or "another process")
             extracting.append(index)
             continue
-        if not (folder / MANIFEST).is_file() and folder.is_dir() and not any(folder.glob(f"*/{MANIFEST}")):
-            # a dead extraction (killed): the other runs need not wait for this one
+        if unfinished_extraction(folder):  # its process was killed: the other runs need not wait for this one
             if len(unfinished) < SAID_ONE_BY_ONE:  # a grid's array job killed at its time limit: hundreds
                 log.warning("run %d (%s): its latents folder %s has no %s: the extraction did not finish (its "
                             "process was killed?); skipped. `python main.py --config %s --index %d` finishes it.",
@@ -179,9 +178,7 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
         holder = owner or "another process"
         raise DataError(f"Latents folder {str(folder)!r} is being extracted right now ({holder}): its manifest is "
                         f"written last. Probe it once that process has finished.")
-    parent = Path(folder).resolve().parent
-    if (Path(folder).is_dir() and not (Path(folder) / MANIFEST).is_file() and not any(parent.glob("*_config.json"))
-            and not any(Path(folder).glob(f"*/{MANIFEST}"))):
+    if unfinished_extraction(Path(folder)) and not any(Path(folder).resolve().parent.glob("*_config.json")):
         # not inside its run folder (mirrored under latents_dir): the run folder, whose lock would tell whether
         # the extraction is still running, is named only by the manifest
         raise DataError(f"Latents folder {str(folder)!r} has no {MANIFEST}: the extraction is unfinished, still "
@@ -193,6 +190,12 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
     settings = ProbeSettings.from_mapping({}, overrides, "command line")
     job = _job(manifest, settings, str(folder))
     return [job], job.outputs.root / CACHE_FOLDER
+
+
+def unfinished_extraction(latents: Path) -> bool:
+    """A latents folder without its manifest, which the extraction writes last (and not a folder that holds
+    latents folders, which ``read_manifest`` points to)."""
+    return latents.is_dir() and not (latents / MANIFEST).is_file() and not any(latents.glob(f"*/{MANIFEST}"))
 
 
 def extracting_owner(latents: Path, rundir: RunDir) -> str | None:
