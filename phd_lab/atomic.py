@@ -46,20 +46,21 @@ def current_umask() -> int:
     return mask
 
 
-_KEPT: set[Path] = set()  # folders this process works in that a write must find, never create
+_KEPT: dict[Path, tuple[tuple[int, int], str | None]] = {}  # folders a write must find, never create: identity, advice
 
 
 @contextlib.contextmanager
-def existing_folder(folder: Path) -> Iterator[None]:
+def existing_folder(folder: Path, advice: str | None = None) -> Iterator[None]:
     """While the block runs, writes into ``folder`` (or below it) never create it: a run folder deleted or moved
-    while its process works in it raises ``RunFolderLost`` at the next write, instead of coming back without its
-    config and log."""
+    while its process works in it raises ``RunFolderLost`` at the next write (ending with ``advice``; by default,
+    to train the run anew), instead of coming back without its config and log. A new folder that took the old
+    one's place is noticed too (another inode), so no write lands in another command's run."""
     folder = Path(folder).absolute()
-    _KEPT.add(folder)
+    _KEPT[folder] = (_identity(os.stat(folder)), advice)
     try:
         yield
     finally:
-        _KEPT.discard(folder)
+        _KEPT.pop(folder, None)
 
 
 def make_folder(folder: Path) -> None:
@@ -68,14 +69,37 @@ def make_folder(folder: Path) -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
 
 
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
+
+
 def _check_kept(parent: Path) -> None:
     if not _KEPT:
         return
     parent = parent.absolute()
-    for folder in tuple(_KEPT):  # another thread of the process (a Dask worker) may add or remove one
-        if (folder == parent or folder in parent.parents) and not folder.is_dir():
-            from phd_lab.errors import RunFolderLost
-            raise RunFolderLost(folder, "it is gone")
+    for folder, (identity, advice) in tuple(_KEPT.items()):  # another thread (a Dask worker) may add or remove one
+        if folder != parent and folder not in parent.parents:
+            continue
+        try:
+            now = _identity(os.stat(folder))
+        except FileNotFoundError:
+            how = "it is gone"
+        else:
+            if now == identity:
+                continue
+            how = "another folder of that name took its place"
+        from phd_lab.errors import RunFolderLost
+        raise RunFolderLost(folder, how, advice)
+
+
+def replace(source: Path, target: Path) -> None:
+    """``os.replace`` within one folder; a folder that went meanwhile is said as ``RunFolderLost`` where the
+    process keeps it (``existing_folder``), instead of a bare FileNotFoundError."""
+    try:
+        os.replace(source, target)
+    except FileNotFoundError:
+        _check_kept(Path(target).parent)
+        raise
 
 
 @contextlib.contextmanager
@@ -91,11 +115,7 @@ def atomic_open(path: Path | str, mode: str = "wb", **kwargs: Any) -> Iterator[I
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        try:
-            os.replace(tmp, path)
-        except FileNotFoundError:
-            _check_kept(path.parent)  # the folder went while the file was written: say so
-            raise
+        replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

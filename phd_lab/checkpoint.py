@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from phd_lab import atomic
 from phd_lab.atomic import atomic_open, fsync_dir
 from phd_lab.errors import CheckpointError
 
@@ -66,11 +67,11 @@ class CheckpointStore:
                 torch.save(payload, handle)
         if self.path.exists():
             if self._current_damaged:  # the readable fallback stays the previous generation
-                os.replace(self.path, self.path.with_name(self.path.name + ".damaged"))
+                atomic.replace(self.path, self.path.with_name(self.path.name + ".damaged"))
                 self._current_damaged = False
             else:
-                os.replace(self.path, self.previous)
-        os.replace(self.staged, self.path)
+                atomic.replace(self.path, self.previous)
+        atomic.replace(self.staged, self.path)
         fsync_dir(self.path.parent)
 
     def _read(self, path: Path) -> dict[str, Any]:
@@ -131,7 +132,7 @@ class CheckpointStore:
                 self._current_damaged = self.path.exists()
                 if candidate == staged and not self.path.exists():
                     # killed between the two renames of save(): finish the second one
-                    os.replace(staged, self.path)
+                    atomic.replace(staged, self.path)
                     fsync_dir(self.path.parent)
             return state
         raise CheckpointError(f"Every checkpoint in {self.path.parent} is damaged ({'; '.join(errors)}). "

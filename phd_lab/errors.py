@@ -47,10 +47,11 @@ class CheckpointError(PhdLabError):
 class RunFolderLost(PhdLabError):
     """A run's folder was deleted or moved while its process worked in it (its lock file is gone or another's)."""
 
-    def __init__(self, folder: object, how: str) -> None:
+    def __init__(self, folder: object, how: str, advice: str | None = None) -> None:
+        advice = advice or "Start the command again to train the run anew."
         super().__init__(f"The folder {str(folder)!r} was deleted or moved while this process worked in it ({how}); "
                          f"stopping before writing anything more, so that the folder is not re-created without its "
-                         f"config and log. Start the command again to train the run anew.")
+                         f"config and log. {advice}")
 
 
 class RunFailure(PhdLabError):

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,3 +130,35 @@ def test_ctrl_c_mid_job_exits_130_and_says_the_cache_keeps_the_finished_layers(t
     resumed = _probe(latents, cache)
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0 and "found in the cache" in err, err
+
+
+def test_a_run_folder_deleted_or_replaced_while_it_is_probed_gets_no_probe_files(tmp_path):
+    """A probe job wrote its results into a run folder that had been deleted meanwhile: the folder came back
+    holding only the probe files. Worse, a new run folder of the same name received the old run's results."""
+    from phd_lab.probes.synthetic import write_latents
+    layers, y_train, y_eval = digits_layers(n_layers=3, width=16)
+    for how in ("deleted", "replaced"):
+        run_dir = tmp_path / how / "run"
+        run_dir.mkdir(parents=True)
+        latents = write_latents(tmp_path / how / "latents", layers, y_train, y_eval, run_dir, 0.9)
+        cache = tmp_path / how / "cache"
+        process = _probe(latents, cache, delay=1.0)
+        deadline = time.monotonic() + 90
+        while not list(cache.rglob("*.json")):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the job never finished a layer"
+            time.sleep(0.05)
+        if how == "deleted":
+            shutil.rmtree(run_dir)
+        else:
+            run_dir.rename(tmp_path / how / "old-run")
+            run_dir.mkdir()  # another command's new run folder of the same name
+        _, err = process.communicate(timeout=120)
+        err = " ".join(err.split())
+        assert process.returncode == 1, err
+        assert f"{run_dir}' was deleted or moved while this process worked in it" in err, err
+        assert ("it is gone" if how == "deleted" else "another folder of that name took its place") in err
+        assert "Its probe results were not written; the layers fitted so far stay in the probe cache." in err
+        assert "Traceback" not in err and "Details" not in err  # the probe log went with the folder
+        assert list(run_dir.iterdir()) == [] if how == "replaced" else not run_dir.exists()
+        assert len(list(cache.rglob("*.json"))) == 3  # every fit finished is kept for the next job

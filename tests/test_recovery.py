@@ -368,6 +368,18 @@ def test_writes_into_a_run_folder_that_went_away_do_not_re_create_it(tmp_path):
         assert not folder.exists()
     atomic.write_text(folder / "e.txt", "y")  # outside the block writes create their folders as before
     assert (folder / "e.txt").read_text() == "y"
+    with atomic.existing_folder(folder):  # moved away, and another command made a new folder of that name
+        folder.rename(tmp_path / "moved")
+        folder.mkdir()
+        with pytest.raises(RunFolderLost, match="another folder of that name took its place"):
+            atomic.write_text(folder / "f.txt", "y")
+        with pytest.raises(RunFolderLost, match="another folder of that name took its place"):
+            atomic.make_folder(folder / "latents")
+        shutil.rmtree(folder)
+        with pytest.raises(RunFolderLost, match="it is gone"):  # a rename inside it (the checkpoint's)
+            atomic.replace(folder / "checkpoint.pt.staged", folder / "checkpoint.pt")
+        folder.mkdir()
+    assert list(folder.iterdir()) == [] and (tmp_path / "moved" / "e.txt").exists()
 
 
 def test_sigterm_during_training_is_said_in_the_log_and_the_rerun_resumes(tmp_path):

@@ -23,7 +23,7 @@ import numpy as np
 from phd_lab import atomic
 from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
 from phd_lab.atomic import write_csv, write_with
-from phd_lab.errors import ConfigError, DataError, PhdLabError, RunLockedError, UsageError
+from phd_lab.errors import ConfigError, DataError, PhdLabError, RunFolderLost, RunLockedError, UsageError
 from phd_lab.interrupts import deferred_interrupts
 from phd_lab.lock import PROBE_LOCK, RunLock
 from phd_lab.probes.cache import ResultCache, cache_key, library_versions
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("index", "layer", "train_acc", "eval_acc", "relative_acc", "n_iter", "converged", "seconds", "solver")
 CACHE_FOLDER = ".probe_cache"
+LOST_ADVICE = "Its probe results were not written; the layers fitted so far stay in the probe cache."
 
 
 @dataclass(frozen=True)
@@ -426,12 +427,15 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
                 jobs = [job for job in jobs if job.outputs.root != root]
             except OSError as error:
                 raise DataError(f"The probe results of {str(root)!r} cannot be written there: {error}.") from None
+            locks.enter_context(atomic.existing_folder(root, advice=LOST_ADVICE))
         if not jobs:
             return {}
         cache.prepare()  # after the locks: a run folder that cannot be written leaves no empty cache folder
         with ProbeLogs([job.outputs.probe_log for job in jobs]) as logs:
             try:
                 return _run_locked_jobs(jobs, cache, stamps, workers, progress, scheduler, logs)
+            except RunFolderLost:
+                raise  # its probe log went with the folder
             except PhdLabError as error:
                 raise _naming_the_logs(error, jobs)
 
