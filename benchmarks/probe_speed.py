@@ -36,7 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from phd_lab.probes.job import jobs_from_latents, run_jobs  # noqa: E402
+from phd_lab.probes.discovery import jobs_from_latents  # noqa: E402
+from phd_lab.probes.job import run_jobs  # noqa: E402
 from phd_lab.probes.settings import ProbeSettings  # noqa: E402
 from phd_lab.probes.synthetic import write_latents  # noqa: E402
 

@@ -189,7 +189,8 @@ def test_a_malformed_scheduler_address_is_a_usage_error(spec):
 def test_probe_tasks_name_their_files_by_absolute_path(tmp_path, monkeypatch):
     """A Dask worker in another working directory looked for relative latents paths from its own folder, and
     the job blamed a re-extraction ("changed after the probe job verified its sha256")."""
-    from phd_lab.probes.job import build_tasks, jobs_from_latents, validate_jobs
+    from phd_lab.probes.discovery import jobs_from_latents
+    from phd_lab.probes.job import build_tasks, validate_jobs
     from phd_lab.probes.runner import run_task
     from tests.probe_latents import blob_layers, make_latents
     make_latents(tmp_path, *blob_layers(n_layers=1))
@@ -326,7 +327,8 @@ def test_diverged_latents_on_the_cluster_fail_their_run_only(tmp_path, cluster):
     import pandas as pd
 
     from phd_lab.errors import RunFailure
-    from phd_lab.probes.job import jobs_from_latents, run_jobs
+    from phd_lab.probes.discovery import jobs_from_latents
+    from phd_lab.probes.job import run_jobs
     from tests.probe_latents import blob_layers, make_latents
     layers, y_train, y_eval = blob_layers(n_layers=2)
     healthy_run, healthy = make_latents(tmp_path, layers, y_train, y_eval, name="healthy")

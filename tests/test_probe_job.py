@@ -23,7 +23,9 @@ from phd_lab.errors import RunFailure
 from phd_lab.grid import Grid
 from phd_lab.probes.cache import ResultCache
 from phd_lab.probes.cli import probe_cli
-from phd_lab.probes.job import CSV_COLUMNS, build_tasks, jobs_from_latents, run_jobs
+from phd_lab.probes.discovery import jobs_from_latents
+from phd_lab.probes.job import build_tasks, run_jobs
+from phd_lab.probes.outputs import CSV_COLUMNS
 from phd_lab.probes.manifest import sha256_file
 from phd_lab.probes.runner import run_probes, run_task
 from phd_lab.probes.synthetic import write_latents
@@ -580,7 +582,7 @@ def test_a_grid_job_probes_the_other_runs_when_one_extraction_died_or_one_run_is
     """One killed extraction (latents without manifest, no live owner) or one run another probe job holds
     stopped the whole grid with exit 2; now the other runs are probed and the job exits 1 naming the rest."""
     from phd_lab.lock import RunLock
-    from phd_lab.probes.job import PROBE_LOCK
+    from phd_lab.lock import PROBE_LOCK
     config = _config(tmp_path, probe_solver="lbfgs")
     done = _latents_for_run(config, 0)
     dead = _latents_for_run(config, 1)
@@ -610,7 +612,7 @@ def test_two_probe_jobs_on_one_run_cannot_mix_their_results(tmp_path, capsys):
     """Two jobs with different settings on one run both exited 0, leaving one's CSV beside the other's
     confusion matrices; the second is now refused until the first has finished."""
     from phd_lab.lock import RunLock
-    from phd_lab.probes.job import PROBE_LOCK
+    from phd_lab.lock import PROBE_LOCK
     run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
     with RunLock(run_dir / PROBE_LOCK):  # this process stands for the first job: flock is per open file
         assert cli("--latents", str(latents), "-mp", "0", "--C", "0.3") == 2
@@ -874,6 +876,6 @@ def test_results_of_other_settings_say_that_they_replace_the_run_s_earlier_ones(
 
 
 def test_index_ranges_keep_hundreds_of_skipped_runs_on_one_short_line():
-    from phd_lab.probes.job import index_ranges
+    from phd_lab.probes.discovery import index_ranges
     assert index_ranges([0, 1, 2, 3, 7, 9, 10, 11, 12]) == "0-3, 7, 9-12"
     assert index_ranges(list(range(499))) == "0-498" and index_ranges([5]) == "5" and index_ranges([]) == ""

@@ -1,16 +1,18 @@
 """Logistic-regression probes on extracted latents (thesis §4.3, §6.2.5, §8.3).
 
 ``fit`` holds the pure functions (arrays → ``ProbeRecord``), ``manifest`` reads and checks a
-latents folder, ``cache`` memoises records by content, ``runner`` runs layers in
-single-threaded worker processes, ``job`` is the driver that writes the outputs and ``cli``
-the command line of ``probe_main.py``. Nothing here imports torch models (torch itself only
-for the ``lbfgs-torch`` solver).
+latents folder, ``cache`` memoises records by content, ``runner`` runs layers in single-threaded
+worker processes, ``discovery`` finds the latents to probe, ``job`` is the driver, ``outputs``
+writes a run's results and ``cli`` is the command line of ``probe_main.py``. Nothing here imports
+torch models (torch itself only for the ``lbfgs-torch`` solver).
 """
 
 from phd_lab.probes.cache import ResultCache, cache_key
+from phd_lab.probes.discovery import jobs_from_config, jobs_from_latents
 from phd_lab.probes.fit import ProbeRecord, probe_arrays, probe_layer
-from phd_lab.probes.job import CSV_COLUMNS, jobs_from_config, jobs_from_latents, run_jobs
+from phd_lab.probes.job import run_jobs
 from phd_lab.probes.manifest import Manifest, read_manifest, sha256_file, verify_hashes
+from phd_lab.probes.outputs import CSV_COLUMNS
 from phd_lab.probes.settings import SOLVERS, ProbeSettings
 
 __all__ = ["CSV_COLUMNS", "SOLVERS", "Manifest", "ProbeRecord", "ProbeSettings", "ResultCache", "cache_key",

@@ -55,7 +55,8 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
     configure_logging(-1 if args.quiet else 1 if args.verbose else 0)
 
     def body() -> int:
-        from phd_lab.probes.job import SAID_ONE_BY_ONE, jobs_from_config, jobs_from_latents, run_jobs
+        from phd_lab.probes.discovery import SAID_ONE_BY_ONE, jobs_from_config, jobs_from_latents
+        from phd_lab.probes.job import run_jobs
         if not args.config and not args.latents:
             raise UsageError("pass --config FILE (probe every run of a grid that has latents) or --latents DIR "
                              "(probe one latents folder).")

@@ -1,0 +1,210 @@
+"""Which latents a probe job probes: every run of a grid that has them, or one latents folder.
+
+Finding the jobs only reads (configs, manifests, lock files); it decides which runs are probed now, which
+wait for an extraction that is still running, and which need the user (an extraction that died). The
+driver (``job``) validates and fits them; ``outputs`` writes their results.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
+from phd_lab.errors import ConfigError, DataError
+from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest
+from phd_lab.probes.settings import ProbeSettings
+from phd_lab.rundir import RunDir, earlier_version_advice, earlier_version_runs, read_config_grid
+
+log = logging.getLogger(__name__)
+
+CACHE_FOLDER = ".probe_cache"
+
+
+@dataclass(frozen=True)
+class ProbeJob:
+    """One latents folder to probe with its settings, and the run folder that receives the results."""
+
+    manifest: Manifest
+    settings: ProbeSettings
+    outputs: RunDir
+    label: str  # for messages: the run's name or the latents folder
+
+
+def jobs_from_config(config_path: Path | str, run_id: str | None = None,
+                     overrides: Mapping[str, Any] | None = None) -> tuple[list[ProbeJob], Path, list[str]]:
+    """Every run of the config's grid that has latents: the jobs, the default cache folder, and the runs left
+    unprobed that need the user's action.
+
+    Runs are located exactly as training places them (``RunDir.for_run``); the probe settings
+    of each run come from its ``probe_*`` keys, then the command-line ``overrides``. Runs
+    without a latents folder are skipped, and so are runs whose extraction is running (their turn comes in
+    a later job) or died (listed in the third value: the others are probed meanwhile). Without any other
+    run to probe, either is an error.
+    """
+    from phd_lab.config import extraction_latents_dir
+
+    where = str(config_path)
+    grid = read_config_grid(config_path, run_id=run_id)
+    jobs, skipped, extracting, logs_dirs, unprobed, unfinished = [], [], [], set(), [], []
+    for index in range(len(grid)):
+        cfg = grid[index]
+        rundir = RunDir.for_run(cfg)
+        logs_dirs.add(cfg.logs_dir)
+        folder = rundir.latents(extraction_latents_dir(cfg.values))
+        if not folder.exists():
+            skipped.append(index)
+            unprobed.append((index, cfg))
+            continue
+        owner = extracting_owner(folder, rundir)
+        if owner is not None:  # probing beside a training grid: this run's turn comes in a later job
+            if len(extracting) < SAID_ONE_BY_ONE:
+                log.warning("run %d (%s): its latents are being extracted (%s); skipped, probe it once that has "
+                            "finished", index, cfg.name, owner or "another process")
+            extracting.append(index)
+            continue
+        if unfinished_extraction(folder):  # its process was killed: the other runs need not wait for this one
+            if len(unfinished) < SAID_ONE_BY_ONE:  # a grid's array job killed at its time limit: hundreds
+                log.warning("run %d (%s): its latents folder %s has no %s: the extraction did not finish (its "
+                            "process was killed?); skipped. `python main.py --config %s --index %d` finishes it.",
+                            index, cfg.name, folder, MANIFEST, where, index)
+            unfinished.append(index)
+            continue
+        settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
+        jobs.append(_job(read_manifest(folder), settings, f"run {index} ({cfg.name})", expected_root=rundir.root))
+    folders: dict[Path, ProbeJob] = {}
+    for job in list(jobs):
+        root = job.outputs.root.resolve()
+        if root in folders and folders[root].settings == job.settings:  # a swept probe key a command-line
+            jobs.remove(job)  # option overrides: the same job twice
+            continue
+        if root in folders:
+            raise ConfigError(f"{where}: {folders[root].label} and {job.label} are the same trained run (probe "
+                              f"settings do not change a run's folder) with different probe settings, and one run "
+                              f"folder holds one probe_performances.csv. Probe other settings one at a time with "
+                              f"`probe_main.py --latents DIR` and command-line options such as --C.")
+        folders[root] = job
+    if not jobs and unfinished:
+        raise DataError(f"The extraction of run(s) {index_ranges(unfinished)} of {where!r} did not finish (their "
+                        f"latents folders have no {MANIFEST}; it is written last), and no other run has latents yet. "
+                        f"Rerun the training command with the 'extract' step; it redoes a half-written extraction.")
+    if not jobs and extracting:
+        raise DataError(f"The latents of run(s) {index_ranges(extracting)} of {where!r} are still being extracted by "
+                        f"the training command, and no other run has latents yet; probe once it has finished. "
+                        f"(A lock held from another host cannot be checked from here: if that process has died, "
+                        f"rerun the training command, which takes its lock over and finishes the extraction.)")
+    if not jobs:
+        check_registry_names(unprobed, where)
+        earlier = earlier_version_runs(cfg for _, cfg in unprobed)
+        hint = f" {earlier_version_advice(earlier, len(grid))}" if earlier else ""
+        raise DataError(f"No latents found for any of the {len(grid)} run(s) of {where!r} (looked for "
+                        f"<run folder>/latents or under latents_dir). Train the runs with the 'extract' "
+                        f"post-processing step first (python main.py --config {where}).{hint}")
+    if skipped:
+        log.info("%d run(s) without latents (skipped): %s", len(skipped), index_ranges(skipped))
+    if len(extracting) > SAID_ONE_BY_ONE:
+        log.warning("%d run(s) whose latents are being extracted (skipped): %s", len(extracting),
+                    index_ranges(extracting))
+    if unfinished:
+        log.warning("%d run(s) whose extraction did not finish (not probed): %s", len(unfinished),
+                    index_ranges(unfinished))
+    notes = [f"run(s) {index_ranges(unfinished)}: extraction unfinished"] if unfinished else []
+    return jobs, Path(sorted(logs_dirs)[0]) / CACHE_FOLDER, notes
+
+
+SAID_ONE_BY_ONE = 5  # runs skipped for the same reason that get a line each; the rest are counted
+
+
+def index_ranges(indices: Sequence[int]) -> str:
+    """Grid indices as ranges ("0-3, 7, 9-12"): a list of hundreds of runs stays one readable line."""
+    parts, start = [], None
+    for position, index in enumerate(indices):
+        if start is None:
+            start = index
+        if position + 1 == len(indices) or indices[position + 1] != index + 1:
+            parts.append(str(start) if start == index else f"{start}-{index}")
+            start = None
+    return ", ".join(parts)
+
+
+def check_registry_names(runs: Sequence[tuple[int, Any]], where: str) -> None:
+    """When no run has latents, a misspelt model, dataset, optimizer or metric name may be why (its
+    folder cannot exist): name the key as training would, instead of only "no latents found".
+    Checked only then, so a probe job normally imports neither torch nor the registry modules; a
+    registry module that does not import on this node leaves the names unchecked."""
+    from phd_lab.errors import RegistryError
+    from phd_lab.registry import Registries
+
+    loaded: dict[tuple[tuple[str, str], ...], Registries | None] = {}
+    for index, cfg in runs:
+        key = tuple(sorted(dict(cfg.registries).items()))
+        if key not in loaded:
+            try:
+                loaded[key] = Registries(dict(key))
+            except RegistryError as error:
+                log.debug("registry names of run %d not checked: %s", index, error)
+                loaded[key] = None
+        registries = loaded[key]
+        if registries is not None:
+            try:
+                registries.check_names(cfg)
+            except RegistryError as error:
+                raise RegistryError(f"{where} (run {index}): {error}") from None
+
+
+def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = None) -> tuple[list[ProbeJob], Path]:
+    """One latents folder with default settings plus ``overrides``; the cache defaults to the run folder."""
+    owner = extracting_owner(Path(folder), run_folder(Path(folder).resolve().parent))
+    if owner is not None:
+        holder = owner or "another process"
+        raise DataError(f"Latents folder {str(folder)!r} is being extracted right now ({holder}): its manifest is "
+                        f"written last. Probe it once that process has finished.")
+    if unfinished_extraction(Path(folder)) and not any(Path(folder).resolve().parent.glob("*_config.json")):
+        # not inside its run folder (mirrored under latents_dir): the run folder, whose lock would tell whether
+        # the extraction is still running, is named only by the manifest
+        raise DataError(f"Latents folder {str(folder)!r} has no {MANIFEST}: the extraction is unfinished, still "
+                        f"running or killed (the manifest is written last, and without it the run folder that would "
+                        f"tell is unknown). Probe it once the training command has finished; if its process died, "
+                        f"rerun the training command with the 'extract' step, which redoes a half-written "
+                        f"extraction.")
+    manifest = read_manifest(folder)
+    settings = ProbeSettings.from_mapping({}, overrides, "command line")
+    job = _job(manifest, settings, str(folder))
+    return [job], job.outputs.root / CACHE_FOLDER
+
+
+def unfinished_extraction(latents: Path) -> bool:
+    """A latents folder without its manifest, which the extraction writes last (and not a folder that holds
+    latents folders, which ``read_manifest`` points to)."""
+    return latents.is_dir() and not (latents / MANIFEST).is_file() and not any(latents.glob(f"*/{MANIFEST}"))
+
+
+def extracting_owner(latents: Path, rundir: RunDir) -> str | None:
+    """The lock line of the process extracting ``latents`` right now (live here, or on another host where
+    that cannot be checked; "" while a holder has not written its line yet), or None: a latents folder
+    without its manifest whose run folder such a process holds is still being written."""
+    if (latents / MANIFEST).is_file() or not rundir.lock.exists():
+        return None
+    active, owner = lock_owner_alive(rundir.lock)
+    return None if active is False else owner
+
+
+def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root: Path | None = None) -> ProbeJob:
+    run_dir = manifest.run_dir
+    enclosing = manifest.folder.resolve().parent
+    if enclosing != run_dir.resolve() and any(enclosing.glob("*_config.json")):
+        # latents inside a run folder belong to that run, also after the logs were moved or copied
+        log.warning("%s: the manifest names run folder %s, but the latents lie in run folder %s; writing the probe "
+                    "results beside them", label, run_dir, enclosing)
+        run_dir = enclosing
+    if not run_dir.is_dir():
+        manifest_path = str(manifest.folder / "manifest.json")
+        raise DataError(f"The run folder {str(run_dir)!r} named by 'run_dir' in {manifest_path!r} "
+                        f"does not exist; the probe results are written there. Move the latents back with their run "
+                        f"or rerun the extraction step.")
+    if expected_root is not None and run_dir.resolve() != expected_root.resolve():
+        log.warning("%s: the manifest names run folder %s, not %s; writing the probe results to the manifest's",
+                    label, run_dir, expected_root)
+    return ProbeJob(manifest, settings, run_folder(run_dir), label)  # named: the analysis refresh reads its files

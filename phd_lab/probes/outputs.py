@@ -1,0 +1,113 @@
+"""What a probe job writes into a run folder once all of the run's layers are fitted.
+
+``probe_performances.csv`` and its plot, the settings the results were fitted with, one confusion matrix
+per layer (``.npy`` and ``.png``), each written atomically, and a refreshed ``analysis.json`` when the
+run has one. Confusion matrices of layers the run's latents no longer hold are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from phd_lab import atomic
+from phd_lab.atomic import write_csv, write_with
+from phd_lab.probes.cache import library_versions
+from phd_lab.probes.discovery import ProbeJob
+from phd_lab.probes.fit import ProbeRecord
+from phd_lab.probes.probe_log import PROBE_JOB
+from phd_lab.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("index", "layer", "train_acc", "eval_acc", "relative_acc", "n_iter", "converged", "seconds", "solver")
+
+
+def performance_table(records: Sequence[ProbeRecord], model_accuracy: float | None) -> "Any":
+    """The ``probe_performances.csv`` table: one row per layer in forward order (a stable sort by index:
+    records already in the manifest's order keep it among a pixelwise layer's positions)."""
+    import pandas as pd
+    rows = []
+    for record in sorted(records, key=lambda r: r.index):
+        relative = record.eval_acc / model_accuracy if model_accuracy else float("nan")
+        rows.append({"index": record.index, "layer": record.layer, "train_acc": record.train_acc,
+                     "eval_acc": record.eval_acc, "relative_acc": relative, "n_iter": record.n_iter,
+                     "converged": record.converged, "seconds": record.seconds, "solver": record.solver})
+    return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+
+
+def write_confusion(outputs: RunDir, record: ProbeRecord) -> list[Path]:
+    """Write one layer's confusion matrix (.npy) and its plot (.png); returns both paths."""
+    from phd_lab.plots.probes import save_confusion_plot
+    matrix = record.confusion_matrix()
+    array, plot = (outputs.probe_confusion(record.index, record.layer, suffix) for suffix in (".npy", ".png"))
+    write_with(array, lambda handle: np.save(handle, matrix))
+    save_confusion_plot(matrix, record.classes, f"{record.layer} (eval acc {record.eval_acc:.3f})", plot)
+    return [array, plot]
+
+
+def remove_other_confusions(folder: Path, kept: Sequence[Path]) -> None:
+    """Remove the confusion matrices of layers a run's latents no longer have (another extraction)."""
+    kept_names = {path.name for path in kept}
+    for path in sorted(folder.glob("*")):
+        if path.suffix in (".npy", ".png") and not path.name.startswith(".") and path.name not in kept_names:
+            path.unlink()
+            log.info("Removed %s: its layer is no longer among the run's latents.", path)
+
+
+def in_manifest_order(job: ProbeJob, records: Sequence[ProbeRecord]) -> list[ProbeRecord]:
+    """Records in the manifest's (forward) order, whatever order the workers finished them in; the
+    positions of a pixelwise layer share its index, so the index alone does not order them."""
+    order = {layer.name: position for position, layer in enumerate(job.manifest.layers)}
+    return sorted(records, key=lambda record: order[record.layer])
+
+
+def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int | None = None) -> None:
+    """The run's table, settings and plot; ``position`` tags the log lines for the run's ``probe.log``."""
+    from phd_lab.plots.probes import save_probe_accuracy_plot
+    table = performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy)
+    tag = {PROBE_JOB: position} if position is not None else None
+    earlier, now = _earlier_settings(job.outputs.probe_settings), job.settings.key()
+    if earlier is not None and earlier != now:
+        changed = sorted(k for k in set(earlier) | set(now) if earlier.get(k) != now.get(k))
+        log.warning("%s: these results replace the run's earlier probe results, fitted with other settings (%s)",
+                    job.label, ", ".join(f"{k}: {json.dumps(earlier.get(k))} -> {json.dumps(now.get(k))}"
+                                         for k in changed), extra=tag)
+    # the settings the results were fitted with: the run's logged config only holds the config's probe keys
+    atomic.write_json(job.outputs.probe_settings, {"settings": now,
+                                                   "library_versions": library_versions(job.settings.solver)})
+    write_csv(job.outputs.probe_csv, table)
+    save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
+    log.info("%s: probe results in %s", job.label, job.outputs.probe_csv, extra=tag)
+    if job.outputs.analysis_json.exists():  # the run has an analysis: it now reads these probes
+        refresh_analysis(job, tag)
+
+
+def _earlier_settings(path: Path) -> dict[str, Any] | None:
+    """The settings of the probe results a run folder holds (None: none, or unreadable)."""
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
+def refresh_analysis(job: ProbeJob, tag: dict[str, int] | None = None) -> None:
+    """Rewrite the run's analysis.json/.png with the new probe results (it only reads the run's tables).
+    A run whose folder a live process holds (training, post-processing) writes its own at the end."""
+    from phd_lab.report.collect import analyse_run
+    try:
+        entry = analyse_run(job.outputs, write=True, probe_job=True)
+    except Exception as error:  # the probe results are written; a broken analysis must not fail the job
+        log.warning("%s: the analysis could not be refreshed (python -m phd_lab report retries): %s: %s",
+                    job.label, type(error).__name__, error, extra=tag)
+        return
+    if entry.written:
+        log.info("%s: analysis refreshed in %s", job.label, job.outputs.analysis_json, extra=tag)
+    elif not entry.errors:
+        log.info("%s: analysis left to the process that holds the run folder (%s); it reads these probes when it "
+                 "writes its own", job.label, entry.tables.status.owner if entry.tables.status else "", extra=tag)
