@@ -1,6 +1,6 @@
 """The config schema: every key declared once, with type, default, range and a one-line doc.
 
-``load_config_file`` reads a JSON file and returns the raw mapping; ``validate_raw`` checks
+``load_config_file`` reads a JSON file and returns the raw mapping; ``validate_values`` checks
 every key (unknown keys, types, ranges, empty lists) and ``RunConfig`` is the resolved,
 immutable config of one grid point. Messages follow one template: the file, the key, what
 is allowed and what was received.
