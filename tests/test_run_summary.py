@@ -9,8 +9,8 @@ import pytest
 from tests.analysis_fixtures import (BORDER, LAYERS, computational_table, read_json, receptive_field_table,
                                saturation_profile, write_run)
 from phd_lab import atomic
-from phd_lab.analysis.run_summary import (AnalysisSettings, border_layers, nice_factor, side_branch_layers,
-                                         summarize)
+from phd_lab.analysis.recommendations import nice_factor
+from phd_lab.analysis.run_summary import AnalysisSettings, border_layers, side_branch_layers, summarize
 from phd_lab.analysis.run_tables import load_run
 from phd_lab.config import resolve_point
 from phd_lab.errors import ConfigError
@@ -249,7 +249,7 @@ def test_analysis_json_is_strict_json(tmp_path):
 def test_zero_saturation_and_a_damaged_epoch_column_do_not_break_the_analysis(tmp_path):
     """s_mu = 0 (no layer with any variance) made the width advice take log2(0); a non-numeric epoch
     value made the status int('two'): each cost the run its whole analysis."""
-    from phd_lab.analysis.run_summary import recommendations
+    from phd_lab.analysis.recommendations import recommendations
     from phd_lab.analysis.run_tables import training_status
     summary = {"saturation": {"mean": 0.0, "layers": []}, "tails": [], "borders": None,
                "probes": {"status": "none"}, "truncation": None, "agreement": {}}

@@ -1,8 +1,9 @@
 """Per-run analysis from saved tables: s_μ, tails, border layers, probes, cost and recommendations.
 
 ``summarize(tables, settings)`` turns what ``run_tables.load_run`` read into one JSON-ready
-dict (the content of ``analysis.json``); it never trains or recomputes a table. The guidelines
-come from the thesis:
+dict (the content of ``analysis.json``, which ``phd_lab.report.collect`` writes); it never
+trains, recomputes a table or writes a file. The advice texts come from ``recommendations``.
+The guidelines come from the thesis:
 
 * ch. 8.5: a tail is a run of >= 3 layers whose mean saturation is >= 50% below the rest's
   (``phd_lab.analysis.tails``); its layers do not improve the probes' accuracy.
@@ -25,7 +26,8 @@ from typing import Any, Mapping
 import pandas as pd
 
 from phd_lab.analysis.borders import borders_of, side_branch_flags
-from phd_lab.analysis.run_tables import RECEPTIVE_FIELD, RunTables, latents_manifest_path
+from phd_lab.analysis.recommendations import receptive_field_failed, recommendations
+from phd_lab.analysis.run_tables import RECEPTIVE_FIELD, RunTables
 from phd_lab.analysis.tails import Tail, find_tails
 from phd_lab.config import SCHEMA_BY_NAME
 from phd_lab.errors import ConfigError
@@ -186,14 +188,6 @@ def _agreement(border: str | None, tail: Tail | None, order: list[str], fallback
     return result
 
 
-def _probes_predate_latents(tables: RunTables) -> bool:
-    """The probe table is older than the latents manifest: it describes latents that were replaced."""
-    try:
-        return latents_manifest_path(tables).stat().st_mtime_ns > tables.folder.probe_csv.stat().st_mtime_ns
-    except OSError:
-        return False
-
-
 def _probe_info(tables: RunTables, model_accuracy: float | None, settings: AnalysisSettings) -> dict[str, Any]:
     probes = tables.probes
     planned = len(tables.manifest.get("layers", [])) if tables.manifest else None
@@ -220,7 +214,7 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
     probed = [i for i, value in enumerate(accuracy) if not math.isnan(value)]  # NaN: a layer whose fit failed
     best_at = max(probed, key=lambda i: accuracy[i]) if probed else None
     status = "complete" if planned is None or len(layers) >= planned else f"partial ({len(layers)} of {planned})"
-    if _probes_predate_latents(tables):
+    if tables.probes_predate_latents:
         status = "stale (the latents were extracted again after the probes; rerun probe_main.py)"
     return {"status": status, "layers_probed": len(layers), "layers_extracted": planned,
             "model_accuracy": reference, "first_reaching_layer": first,
@@ -270,162 +264,6 @@ def truncation_estimate(tables: RunTables, border: str, saturations: pd.DataFram
     return estimate
 
 
-def nice_factor(factor: float) -> str:
-    """The nearest power-of-two width factor as text (1/8, 1/4, 1/2, 1, 2, 4, 8)."""
-    exponent = _power_of_two(factor)
-    return f"1/{2 ** -exponent}" if exponent < 0 else f"{2 ** exponent}"
-
-
-def _power_of_two(factor: float) -> int:
-    return max(-3, min(3, round(math.log2(factor))))
-
-
-def _fmt_count(value: float | None) -> str:
-    if value is None:
-        return "?"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.2f}{unit}"
-    return f"{value:.0f}"
-
-
-# ---------------------------------------------------------------------------------------- advice
-def recommendations(summary: dict[str, Any], settings: AnalysisSettings, tracked: bool = True) -> list[dict[str, str]]:
-    """Plain-language advice from the thesis' guidelines: depth (tails, borders) first, then width.
-    ``tracked``: whether the run tracks saturation at all (``track_saturation``)."""
-    status = (summary.get("run") or {}).get("status") or {}
-    if status.get("state") == "diverged":
-        return [{"kind": "diverged", "text": (
-            f"The run {status.get('label', 'diverged')}: its weights are no longer finite, so its saturation, probes "
-            "and costs describe a broken model, and the thesis' guidelines cannot be read from them. Train it again "
-            "with a smaller learning rate (optimizer_args) under a new run_id.")}]
-    advice: list[dict[str, str]] = []
-    tails, borders, sat = summary["tails"], summary["borders"], summary["saturation"]
-    probes, truncation = summary["probes"], summary["truncation"]
-    n_layers = len(sat["layers"]) if sat else 0
-    resolution = borders["resolution"] if borders else None
-    b_min = borders["b_min"] if borders else None
-    last_tail = tails[-1] if tails else None
-    if b_min:
-        text = (f"Every layer from {b_min} on receives an input receptive field larger than the "
-                f"{resolution}x{resolution} input (border layer b_min), so these layers cannot add context")
-        text += (f"; the saturation tail from {last_tail['first_layer']} to {last_tail['last_layer']} confirms it."
-                 if last_tail and summary["agreement"]["b_min"]["agrees"] else
-                 "; the saturation shows no tail starting there, so check the probes before cutting."
-                 if sat else "; saturation was not recorded to confirm it.")
-        text += (f" Option 1: cut {b_min} and every later layer and put global average pooling + a linear "
-                 f"classifier on the stump, then retrain (thesis ch. 11.4).")
-        if truncation:
-            share = truncation.get("params_saved_share")
-            flop_share = truncation.get("flops_saved_share")
-            text += (f" This saves about {_fmt_count(truncation['params_saved'])} parameters"
-                     + (f" ({share:.0%})" if share is not None else "")
-                     + f" and {_fmt_count(truncation['flops_saved'])} FLOPs per image"
-                     + (f" ({flop_share:.0%})" if flop_share is not None else "")
-                     + (" (measured on the truncated model, new head included)." if truncation.get("exact") else
-                        " (estimate from computational_info; the new head is counted)." if truncation["head_params"]
-                        is not None else " (estimate from computational_info; the new head is not counted)."))
-        text += (" Option 2: slow down the receptive-field growth (remove or move a downsampling layer or the "
-                 "strided stem) so the later layers stay below the input resolution; this keeps the depth but "
-                 "costs more FLOPs because the feature maps get larger.")
-        advice.append({"kind": "depth", "text": text})
-    at_input = bool(tails) and tails[0]["start"] == 0
-    if at_input and not (b_min and len(tails) == 1 and summary["agreement"]["b_min"]["agrees"]):
-        advice.append({"kind": "depth", "text": (
-            f"A low-saturated tail at the input ({tails[0]['first_layer']} to {tails[0]['last_layer']}): the "
-            "input resolution is large for the receptive field of the first layers, which see too little "
-            "context to contribute. Grow the receptive field faster early on (a strided stem or an earlier "
-            "pooling layer) or lower the input resolution (thesis ch. 8.5, 9.2).")})
-    if last_tail and not b_min:
-        if not at_input or len(tails) > 1:
-            advice.append({"kind": "depth", "text": (
-                f"A low-saturated tail from {last_tail['first_layer']} to {last_tail['last_layer']} is not predicted "
-                "by the receptive field (no border layer"
-                + ("" if borders else f"; {_why_no_borders(summary)}")
-                + "). Check the probes: if their accuracy stops improving there, these layers can be removed.")})
-    stale = str(probes.get("status", "")).startswith("stale")
-    if stale:
-        advice.append({"kind": "probes", "text": (
-            "The probe results predate the latents (extracted again since): rerun probe_main.py before reading "
-            "anything from the probes.")})
-    if probes.get("skipped_layers") and not stale:
-        advice.append({"kind": "probes", "text": (
-            f"Probe accuracy drops at {', '.join(probes['skipped_layers'])}: their outputs are less linearly "
-            "separable than those of earlier layers. In a network with shortcut connections this marks layers it "
-            "skips through them (thesis App. C): they add parameters but no quality.")})
-    first = probes.get("first_reaching_layer")
-    if first and probes.get("layers_after_reaching") and not stale:
-        advice.append({"kind": "probes", "text": (
-            f"The probes reach the model's accuracy at {first}; the {probes['layers_after_reaching']} probed "
-            "layer(s) after it do not improve the intermediate solution.")})
-    if sat and sat["mean"] is not None and math.isfinite(sat["mean"]) and sat["mean"] > 0:  # 0: no variance at all
-        low, high = settings.target_saturation
-        s_mu = sat["mean"]
-        target = (low + high) / 2
-        if not low <= s_mu <= high:
-            factor = s_mu / target
-            direction = "wider than needed (over-parameterised)" if s_mu < low else "too narrow (under-parameterised)"
-            width = (summary.get("run") or {}).get("width")
-            # a power-of-two step to try, unless the nearest one is the current width (a small correction)
-            step = _power_of_two(factor)
-            if width:
-                scaling = (f"multiplying the current width (model_args.width = {width:g}) by about {factor:.2f}, "
-                           f"i.e. width ≈ {width * factor:.3g}" + (f" (try {width * 2.0 ** step:g})," if step else ","))
-            else:
-                scaling = (f"multiplying every layer's width by about {factor:.2f}"
-                           + (f" (try {nice_factor(factor)})," if step else ","))
-            text = (f"s_mu = {s_mu:.1%} lies {'below' if s_mu < low else 'above'} the {low:.0%}-{high:.0%} interval "
-                    f"that performs best (thesis ch. 11.3): the network is {direction}. Assuming saturation scales "
-                    f"inversely with width, {scaling} moves s_mu to about {target:.0%}; parameters and FLOPs of "
-                    f"the convolutions scale with the square of that factor.")
-            if tails:
-                text += (" Remove the tail first: it distorts s_mu, and depth and width are best optimised in "
-                         "that order.")
-            advice.append({"kind": "width", "text": text})
-    if not advice:
-        if sat is None and not tracked:
-            advice.append({"kind": "missing", "text": (
-                "This run was trained with track_saturation false, so neither tails nor width can be judged; train "
-                "it again with saturation tracking (track_saturation true, the default) to have them.")})
-        elif sat is None:
-            advice.append({"kind": "missing", "text": (
-                "No saturation values recorded yet, so neither tails nor width can be judged; they appear once an "
-                "epoch with saturation tracking has finished.")})
-        elif not (sat["mean"] is not None and math.isfinite(sat["mean"]) and sat["mean"] > 0):
-            advice.append({"kind": "no-variance", "text": (
-                f"s_mu = {sat['mean']} over {n_layers} layers: no tracked layer showed any variance (constant "
-                "activations, e.g. dead units or an untrained model), so saturation cannot judge the width. Check "
-                "the training (loss, learning rate) before reading the other values.")})
-        else:
-            advice.append({"kind": "none", "text": (
-                f"No tail, no border layer inside the network and s_mu within the target interval over "
-                f"{n_layers} layers: the thesis' guidelines suggest no change.")})
-    if status.get("state") in ("running", "stopped", "incomplete") and status.get("epochs_done"):
-        advice.insert(0, {"kind": "provisional", "text": (
-            f"Training is not finished ({status.get('label')}): everything below describes the network after epoch "
-            f"{status['epochs_done']}, and saturation still changes while a network trains.")})
-    return advice
-
-
-def _receptive_field_failed(missing: list[str], problems: list[str]) -> str | None:
-    """How a receptive_field.csv the run asked for failed ("is missing", "cannot be used"), or None."""
-    if RECEPTIVE_FIELD in missing:
-        return "is missing"
-    if any(str(problem).startswith(RECEPTIVE_FIELD) for problem in problems):
-        return "cannot be used"
-    return None
-
-
-def _why_no_borders(summary: dict[str, Any]) -> str:
-    """Why a run has no border layers: the table is missing or unreadable, or the resolution unknown."""
-    failed = _receptive_field_failed(summary.get("missing") or [], summary.get("problems") or [])
-    if failed:
-        return f"{RECEPTIVE_FIELD} {failed}"
-    if not isinstance((summary.get("run") or {}).get("resolution"), int):
-        return "the config gives no input resolution"
-    return "the receptive_field step did not run for it"
-
-
 def _model_width(config: Mapping[str, Any]) -> float | None:
     """The run's ``model_args.width`` as a number, if it has one."""
     args = config.get("model_args")
@@ -444,7 +282,7 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
     problems = list(tables.problems) + _unusable_saturations(row, settings.analysis_split)
     resolution = config.get("resolution")
     rf = tables.receptive_field
-    if rf is None and saturations is not None and _receptive_field_failed(tables.missing, tables.problems):
+    if rf is None and saturations is not None and receptive_field_failed(tables.missing, tables.problems):
         problems.append(f"Without {RECEPTIVE_FIELD}, side branches (1×1 shortcut convolutions, attention gates) "
                         "cannot be told from the main path: tails and s_mu include any the model has.")
     side = side_branch_layers(rf)
@@ -519,24 +357,3 @@ def _conv_index(rf: pd.DataFrame, layer: str | None) -> int | None:
         return None
     match = rf.loc[rf["layer"].astype(str) == layer, "index"]
     return _int(match.iloc[0]) if len(match) else None
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON types only: numpy scalars unboxed, NaN and infinities as null."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_analysis_json(path: Any, summary: dict[str, Any]) -> None:
-    """Write ``analysis.json`` atomically (strict JSON: no NaN)."""
-    import json
-
-    from phd_lab import atomic
-    atomic.write_text(path, json.dumps(jsonable(summary), indent=2, allow_nan=False) + "\n")

@@ -130,6 +130,7 @@ class RunTables:
     status: TrainingStatus | None = None
     missing: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    probes_predate_latents: bool = False  # the probe table is older than the latents manifest
 
     def config_value(self, key: str, default: Any = None) -> Any:
         return (self.config or {}).get(key, default)
@@ -294,6 +295,14 @@ def latents_manifest_path(tables: RunTables) -> Path:
     return tables.folder.root / "latents" / "manifest.json"
 
 
+def _probes_predate_latents(tables: RunTables) -> bool:
+    """The probe table is older than the latents manifest: it describes latents that were replaced."""
+    try:
+        return latents_manifest_path(tables).stat().st_mtime_ns > tables.folder.probe_csv.stat().st_mtime_ns
+    except OSError:
+        return False
+
+
 def load_run(folder: RunDir) -> RunTables:
     """Read every saved table of one run; never raises for missing or malformed files."""
     tables = RunTables(folder)
@@ -315,6 +324,7 @@ def load_run(folder: RunDir) -> RunTables:
     tables.projections = _read_csv(folder.projections_csv, tables) if folder.projections_csv.is_file() else None
     manifest = _read_json(latents_manifest_path(tables), tables, record_missing=False)
     tables.manifest = manifest if isinstance(manifest, dict) else None
+    tables.probes_predate_latents = _probes_predate_latents(tables)
     status = training_status(folder, config, tables.metrics)
     if status.state == "not started" and (tables.probes is not None or tables.receptive_field is not None
                                           or tables.computational is not None):

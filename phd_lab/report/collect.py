@@ -11,11 +11,13 @@ import functools
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phd_lab.analysis.run_summary import AnalysisSettings, jsonable, summarize, write_analysis_json
+from phd_lab import atomic
+from phd_lab.analysis.run_summary import AnalysisSettings, summarize
 from phd_lab.analysis.run_tables import RunTables, discover_runs, load_run, lock_owner_alive
 from phd_lab.rundir import RunDir
 from phd_lab.errors import ConfigError
@@ -68,7 +70,6 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
             entry.written = True
             return entry
         try:
-            from phd_lab import atomic
             write_analysis_json(folder.analysis_json, document)
             atomic.write_bytes(folder.analysis_plot, entry.figure)
             entry.written = True
@@ -106,6 +107,24 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None,
     if figure is None:
         figure = figure_png(tables, summary)
     return RunEntry(folder, tables, summary, figure), document, up_to_date
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types only: numpy scalars unboxed, NaN and infinities as null."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_analysis_json(path: Any, summary: dict[str, Any]) -> None:
+    """Write ``analysis.json`` atomically (strict JSON: no NaN)."""
+    atomic.write_text(path, json.dumps(jsonable(summary), indent=2, allow_nan=False) + "\n")
 
 
 def stamp_if_present(path: Path) -> tuple[int, int, int] | None:
