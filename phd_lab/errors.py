@@ -40,6 +40,10 @@ class RunLockedError(UsageError):
     """Another live process is working on the same run folder."""
 
 
+class ExtractionError(PhdLabError):
+    """The extraction could not be carried out (e.g. a layer output of unexpected type)."""
+
+
 class CheckpointError(PhdLabError):
     """No usable checkpoint could be loaded."""
 

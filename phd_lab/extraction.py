@@ -13,6 +13,7 @@ Folder layout (the contract with the probe job, see DESIGN.md): ``train-<layer>.
 Every ``.npy`` is written under a temp name and renamed when complete; the manifest is
 written last and atomically, so a folder without a valid manifest is a half-written
 extraction: it is cleared and redone. A complete one with the same settings is reused.
+The files are written by ``npy_writer``; the manifest and the reuse check live in ``latents_folder``.
 
 ``downsampling="pixelwise"``: every feature-map position (row, col) of a 4-D output is its
 own data set of shape (samples, channels), stored as ``train-<layer>@<row>_<col>.npy``; the
@@ -23,17 +24,10 @@ written to a (samples, H, W, C) scratch file and then split in bounded chunks.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import fnmatch
-import hashlib
-import io
-import json
 import logging
-import math
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -45,29 +39,22 @@ from tqdm import tqdm
 
 from phd_lab import atomic
 from phd_lab.config import safe_name
-from phd_lab.errors import ConfigError, PhdLabError
+from phd_lab.errors import ConfigError, ExtractionError
 from phd_lab.interrupts import raise_if_stop_requested
+from phd_lab.latents_folder import (MANIFEST, SPLITS, build_manifest, clear, expected_settings, load_manifest,
+                                    record_move, reusable)
+from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
 from phd_lab.pooling import pool_to
 from phd_lab.registry import did_you_mean
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
-# What extraction computes; part of the reuse check, so latents of an older computation are made anew.
-# 2: feature maps smaller than ``downsampling`` are no longer up-sampled.
-EXTRACTION_VERSION = 2
-SPLITS = ("train", "eval")
 DTYPES = ("float32", "float16")
 PIXELWISE = "pixelwise"
 # Test-only hook: seconds to sleep after every written batch, so that a fault-injection test
 # can SIGKILL the process in the middle of an extraction.
 PAUSE_ENV = "PHD_LAB_TEST_EXTRACT_PAUSE"
 _CHUNK_BYTES = 32 * 2**20  # rows copied at once when splitting pixelwise scratch files
-
-
-class ExtractionError(PhdLabError):
-    """The extraction could not be carried out (e.g. a layer output of unexpected type)."""
 
 
 # ---------------------------------------------------------------------------- layer selection
@@ -135,91 +122,6 @@ def select_layers(model: nn.Module, patterns: list[str] | None) -> list[str]:
                           f"would overwrite the label files; leave it out with 'layers' (e.g. the other layers' "
                           f"names or wildcards).")
     return chosen
-
-
-# ---------------------------------------------------------------------------- file writing
-class RowWriter:
-    """Appends batches of rows to a ``.npy`` file of ``rows`` rows, hashing what it writes.
-
-    The file is an ``atomic.atomic_open`` temp file held open from the header to the last row:
-    rows go through a plain file handle, so written pages sit in the page cache, not in this
-    process, and the sha256 of the finished file comes from the written bytes without reading
-    the file again. ``finish`` completes it (fsync, rename); ``close`` before that discards it.
-    """
-
-    def __init__(self, path: Path, rows: int, row_shape: tuple[int, ...], dtype: str) -> None:
-        self.path = Path(path)
-        self.rows, self.row_shape, self.dtype = rows, tuple(row_shape), np.dtype(dtype)
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                      "fortran_order": False, "shape": (rows, *self.row_shape)})
-        self._file = atomic.atomic_open(self.path, "wb")
-        self.handle = self._file.__enter__()
-        self.handle.write(header.getvalue())
-        self.digest = hashlib.sha256(header.getvalue())
-        self.position = 0
-        self.sha256: str | None = None
-
-    def append(self, block: np.ndarray) -> None:
-        count = len(block)
-        if self.position + count > self.rows:
-            raise ExtractionError(f"{self.path.name}: more rows than the {self.rows} samples of the dataset")
-        data = np.ascontiguousarray(block, dtype=self.dtype)
-        if data.shape[1:] != self.row_shape:
-            raise ExtractionError(f"{self.path.name}: rows of shape {data.shape[1:]}, expected {self.row_shape}")
-        view = memoryview(data).cast("B")
-        self.handle.write(view)
-        self.digest.update(view)
-        self.position += count
-
-    def finish(self) -> Path:
-        if self.position != self.rows:
-            error = ExtractionError(f"{self.path.name}: {self.position} rows written, the dataset has {self.rows}; "
-                                    f"the loader must not drop samples.")
-            self._discard(error)
-            raise error
-        self._file.__exit__(None, None, None)
-        self.sha256 = self.digest.hexdigest()
-        return self.path
-
-    def close(self) -> None:
-        """Discard the file if it was not finished (after an error); no-op once finished."""
-        if not self.handle.closed:
-            self._discard(ExtractionError(f"{self.path.name}: extraction interrupted"))
-
-    def _discard(self, error: BaseException) -> None:
-        self._file.__exit__(type(error), error, None)  # atomic_open removes the temp file
-
-
-class BackgroundWriter:
-    """Runs write jobs in order on one thread, at most ``depth`` behind the caller.
-
-    Copying rows into the page cache and hashing them release the GIL, so they overlap with
-    the next batch's forward pass; the bounded queue keeps memory constant. ``drain`` waits
-    for every job and re-raises the first error.
-    """
-
-    def __init__(self, depth: int = 2) -> None:
-        self.depth = depth
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract-writer")
-        self.pending: collections.deque[Future] = collections.deque()
-
-    def submit(self, job: Any, *args: Any) -> None:
-        while len(self.pending) >= self.depth:
-            self.pending.popleft().result()
-        self.pending.append(self.pool.submit(job, *args))
-
-    def drain(self) -> None:
-        while self.pending:
-            self.pending.popleft().result()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _append_rows(pairs: list[tuple[RowWriter, np.ndarray]]) -> None:
-    for writer, rows in pairs:
-        writer.append(rows)
 
 
 # ---------------------------------------------------------------------------- extraction
@@ -315,7 +217,7 @@ def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Pat
                         if scratch:
                             grids[name] = arrays[name].shape[1:3]
                 rows = np.array(targets.cpu().numpy(), dtype=np.int64)  # a copy: the loader may reuse its buffer
-                background.submit(_append_rows, [(labels, rows), *[(writers[name], arrays[name]) for name in order]])
+                background.submit(append_rows, [(labels, rows), *[(writers[name], arrays[name]) for name in order]])
                 if pause:
                     background.drain()
                     time.sleep(pause)
@@ -370,119 +272,6 @@ def _split_positions(scratch: Path, split: str, name: str, grid: tuple[int, int]
     return files
 
 
-# ---------------------------------------------------------------------------- folder handling
-def _expected_settings(run_dir: Path, downsampling: Any, dtype: str, model: nn.Module) -> dict[str, Any]:
-    return {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION,
-            "run_dir": str(Path(run_dir).resolve()), "downsampling": downsampling, "dtype": dtype,
-            "model_sha256": model_fingerprint(model)}
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 of the model's state (names, dtypes, shapes, values): latents are reused only for the very
-    weights they came from. A run retrained in its folder (checkpoints deleted, another device or
-    precision, which are not part of the run's identity) must not keep the old model's latents."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if isinstance(tensor, nn.parameter.UninitializedTensorMixin):  # a lazy layer before its first call
-            digest.update(f"{name}:uninitialized;".encode())
-            continue
-        tensor = tensor.detach()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def load_manifest(folder: Path) -> dict[str, Any] | None:
-    """The folder's manifest, or None when it is missing or unreadable (= not a complete extraction)."""
-    path = Path(folder) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
-
-
-def latents_look_whole(folder: Path) -> bool:
-    """Whether a latents folder holds its manifest and every file it lists, whole (``_files_as_listed``). Only
-    the files' headers are read, which is cheap enough for ``--dry-run``; their sha256 are compared when the
-    step runs (``_reusable``) and by the probe job."""
-    try:
-        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
-        return _files_as_listed(Path(folder), manifest)
-    except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError):
-        return False
-
-
-def _files_as_listed(folder: Path, manifest: dict[str, Any], samples: dict[str, int] | None = None) -> bool:
-    """Every file the manifest lists is there with its row shape and dtype (labels: int64, one per row), and
-    each split has ``samples`` rows when given. Reads the .npy headers only (memory-mapped)."""
-    rows = {}
-    for split in SPLITS:
-        labels = np.load(folder / manifest["labels"][split], mmap_mode="r", allow_pickle=False)
-        if labels.ndim != 1 or labels.dtype != np.dtype("int64"):
-            return False
-        rows[split] = labels.shape[0]
-    if samples is not None and any(rows[split] != samples[split] for split in SPLITS):
-        return False
-    for entry in manifest["layers"]:
-        for split in SPLITS:
-            array = np.load(folder / entry[split], mmap_mode="r", allow_pickle=False)
-            if (array.shape[0] != rows[split] or list(array.shape[1:]) != list(entry["shape"][1:])
-                    or array.dtype != np.dtype(manifest["dtype"])):
-                return False
-    return True
-
-
-def _reusable(folder: Path, manifest: dict[str, Any] | None, settings: dict[str, Any], layers: list[str],
-              samples: dict[str, int]) -> bool:
-    """A complete extraction with the same settings, layers and sample counts, every file present
-    and unchanged (its sha256 as in the manifest: a file edited since would fail the probe job's
-    check, and only a new extraction can mend it)."""
-    from phd_lab.probes.manifest import sha256_file
-    if manifest is None or any(manifest.get(k) != v for k, v in settings.items() if k != "run_dir"):
-        return False
-    try:
-        entries = manifest["layers"]
-        if {e.get("layer", e["name"]) for e in entries} != set(layers):
-            return False
-        if not _files_as_listed(Path(folder), manifest, samples):
-            return False
-        checks = [(e[split], e["sha256"][split]) for e in entries for split in SPLITS]
-        checks += [(manifest["labels"][split], manifest["labels"]["sha256"][split]) for split in SPLITS]
-        for name, expected in checks:
-            if sha256_file(Path(folder) / name) != expected:
-                log.warning("Latents file %s changed since it was extracted; extracting again.", Path(folder) / name)
-                return False
-    except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError):
-        return False
-    return True
-
-
-def _moved(folder: Path, manifest: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """The logs tree was moved: the manifest names the run folder's new place (the probe job writes its
-    results there). Its modification time is kept, since the latents are the same: probe results newer
-    than them stay current."""
-    path = Path(folder) / MANIFEST
-    stamp = path.stat()
-    manifest = {**manifest, "run_dir": run_dir}
-    atomic.write_json(path, manifest)
-    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    log.info("The run folder moved to %s since its latents were extracted; their manifest now names it.", run_dir)
-    return manifest
-
-
-def _clear(folder: Path) -> None:
-    """Remove a previous (possibly half-written) extraction: the manifest first, then its files."""
-    manifest = folder / MANIFEST
-    if manifest.exists():
-        manifest.unlink()
-        atomic.fsync_dir(folder)
-    for pattern in ("train-*.npy", "eval-*.npy", ".*.tmp", ".scratch-*"):
-        for path in folder.glob(pattern):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-
 def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Path | str, *, run_dir: Path | str,
                     downsampling: int | str | None = 4, dtype: str = "float32", layers: list[str] | None = None,
                     device: torch.device | str = "cpu", test_accuracy: float | None = None,
@@ -505,18 +294,18 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     names = select_layers(model, layers)
     if layers is None:  # the default: only the layers whose output is unambiguous
         names = _called_once(model, names, loaders["train"], device)
-    settings = _expected_settings(Path(run_dir), downsampling, dtype, model)
+    settings = expected_settings(Path(run_dir), downsampling, dtype, model)
     samples = {split: len(loaders[split].dataset) for split in SPLITS}
     atomic.make_folder(folder)  # inside a run folder: never re-creates it after it was deleted
     previous = load_manifest(folder)
-    if _reusable(folder, previous, settings, names, samples):
+    if reusable(folder, previous, settings, names, samples):
         log.info("Latents in %s are complete; reusing them.", folder)
         if previous["run_dir"] != settings["run_dir"]:  # type: ignore[index]
-            previous = _moved(folder, previous, settings["run_dir"])  # type: ignore[arg-type]
+            previous = record_move(folder, previous, settings["run_dir"])  # type: ignore[arg-type]
         return previous  # type: ignore[return-value]
     if previous is not None or any(folder.iterdir()):
         log.info("Latents in %s are incomplete or were made with other settings; extracting again.", folder)
-    _clear(folder)
+    clear(folder)
 
     was_training = model.training
     model.eval()
@@ -528,25 +317,7 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     order = results["train"][0]
     if results["eval"][0] != order:
         raise ExtractionError("Step 'extract': the layers ran in a different order on the test split.")
-    entries = []
-    for index, name in enumerate(order, 1):
-        keys = [key for key, info in results["train"][1].items() if info["layer"] == name]
-        for key in keys:
-            train, evaluation = results["train"][1][key], results["eval"][1][key]
-            entry: dict[str, Any] = {"index": index, "name": key, "train": train["file"], "eval": evaluation["file"],
-                                     "shape": train["shape"],
-                                     "sha256": {"train": train["sha256"], "eval": evaluation["sha256"]}}
-            if "position" in train:
-                entry.update(layer=name, position=train["position"])
-            entries.append(entry)
-    label_files = {split: results[split][2].path.name for split in SPLITS}
-    manifest = {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION, "run_dir": settings["run_dir"],
-                "model_test_accuracy": (float(test_accuracy) if test_accuracy is not None
-                                        and math.isfinite(test_accuracy) else None),
-                "downsampling": downsampling, "dtype": dtype, "model_sha256": settings["model_sha256"],
-                "layers": entries,
-                "labels": {**label_files,
-                           "sha256": {split: results[split][2].sha256 for split in SPLITS}}}
+    manifest = build_manifest(results, settings, test_accuracy)
     atomic.write_json(folder / MANIFEST, manifest)
-    log.info("Extracted %d layers (%d files per split) into %s", len(order), len(entries), folder)
+    log.info("Extracted %d layers (%d files per split) into %s", len(order), len(manifest["layers"]), folder)
     return manifest

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from phd_lab.errors import ConfigError
-from phd_lab.extraction import MANIFEST, PAUSE_ENV, ExtractionError, extract_latents
+from phd_lab.errors import ConfigError, ExtractionError
+from phd_lab.extraction import PAUSE_ENV, extract_latents
+from phd_lab.latents_folder import MANIFEST
 from phd_lab.pooling import pool_to
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -46,7 +46,7 @@ class ExtractStep(Step):
     def done(self, rundir: Any, params: dict[str, Any], stamps: Any = None) -> bool | None:
         """An extraction is complete once its manifest is written (last; one killed part-way has none) and every
         file it lists is still there, whole (a file deleted or truncated since makes the step run again)."""
-        from phd_lab.extraction import latents_look_whole
+        from phd_lab.latents_folder import latents_look_whole
         return latents_look_whole(rundir.latents(params["latents_dir"]))
 
     def run(self, ctx: StepContext, **params: Any) -> None:

@@ -1,0 +1,167 @@
+"""A latents folder on disk: its manifest, whether it can be reused, and clearing a half-written one.
+
+The manifest is the contract with the probe job (DESIGN.md). It is written last, so a folder without a
+valid one is a half-written extraction; a complete one with the same settings, layers, sample counts and
+unchanged files is reused instead of extracting again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from phd_lab import atomic
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+# What extraction computes; part of the reuse check, so latents of an older computation are made anew.
+# 2: feature maps smaller than ``downsampling`` are no longer up-sampled.
+EXTRACTION_VERSION = 2
+SPLITS = ("train", "eval")
+
+
+def expected_settings(run_dir: Path, downsampling: Any, dtype: str, model: nn.Module) -> dict[str, Any]:
+    return {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION,
+            "run_dir": str(Path(run_dir).resolve()), "downsampling": downsampling, "dtype": dtype,
+            "model_sha256": model_fingerprint(model)}
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 of the model's state (names, dtypes, shapes, values): latents are reused only for the very
+    weights they came from. A run retrained in its folder (checkpoints deleted, another device or
+    precision, which are not part of the run's identity) must not keep the old model's latents."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if isinstance(tensor, nn.parameter.UninitializedTensorMixin):  # a lazy layer before its first call
+            digest.update(f"{name}:uninitialized;".encode())
+            continue
+        tensor = tensor.detach()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_manifest(folder: Path) -> dict[str, Any] | None:
+    """The folder's manifest, or None when it is missing or unreadable (= not a complete extraction)."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def latents_look_whole(folder: Path) -> bool:
+    """Whether a latents folder holds its manifest and every file it lists, whole (``_files_as_listed``). Only
+    the files' headers are read, which is cheap enough for ``--dry-run``; their sha256 are compared when the
+    step runs (``reusable``) and by the probe job."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        return _files_as_listed(Path(folder), manifest)
+    except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError):
+        return False
+
+
+def _files_as_listed(folder: Path, manifest: dict[str, Any], samples: dict[str, int] | None = None) -> bool:
+    """Every file the manifest lists is there with its row shape and dtype (labels: int64, one per row), and
+    each split has ``samples`` rows when given. Reads the .npy headers only (memory-mapped)."""
+    rows = {}
+    for split in SPLITS:
+        labels = np.load(folder / manifest["labels"][split], mmap_mode="r", allow_pickle=False)
+        if labels.ndim != 1 or labels.dtype != np.dtype("int64"):
+            return False
+        rows[split] = labels.shape[0]
+    if samples is not None and any(rows[split] != samples[split] for split in SPLITS):
+        return False
+    for entry in manifest["layers"]:
+        for split in SPLITS:
+            array = np.load(folder / entry[split], mmap_mode="r", allow_pickle=False)
+            if (array.shape[0] != rows[split] or list(array.shape[1:]) != list(entry["shape"][1:])
+                    or array.dtype != np.dtype(manifest["dtype"])):
+                return False
+    return True
+
+
+def reusable(folder: Path, manifest: dict[str, Any] | None, settings: dict[str, Any], layers: list[str],
+              samples: dict[str, int]) -> bool:
+    """A complete extraction with the same settings, layers and sample counts, every file present
+    and unchanged (its sha256 as in the manifest: a file edited since would fail the probe job's
+    check, and only a new extraction can mend it)."""
+    from phd_lab.probes.manifest import sha256_file
+    if manifest is None or any(manifest.get(k) != v for k, v in settings.items() if k != "run_dir"):
+        return False
+    try:
+        entries = manifest["layers"]
+        if {e.get("layer", e["name"]) for e in entries} != set(layers):
+            return False
+        if not _files_as_listed(Path(folder), manifest, samples):
+            return False
+        checks = [(e[split], e["sha256"][split]) for e in entries for split in SPLITS]
+        checks += [(manifest["labels"][split], manifest["labels"]["sha256"][split]) for split in SPLITS]
+        for name, expected in checks:
+            if sha256_file(Path(folder) / name) != expected:
+                log.warning("Latents file %s changed since it was extracted; extracting again.", Path(folder) / name)
+                return False
+    except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def record_move(folder: Path, manifest: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """The logs tree was moved: the manifest names the run folder's new place (the probe job writes its
+    results there). Its modification time is kept, since the latents are the same: probe results newer
+    than them stay current."""
+    path = Path(folder) / MANIFEST
+    stamp = path.stat()
+    manifest = {**manifest, "run_dir": run_dir}
+    atomic.write_json(path, manifest)
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    log.info("The run folder moved to %s since its latents were extracted; their manifest now names it.", run_dir)
+    return manifest
+
+
+def clear(folder: Path) -> None:
+    """Remove a previous (possibly half-written) extraction: the manifest first, then its files."""
+    manifest = folder / MANIFEST
+    if manifest.exists():
+        manifest.unlink()
+        atomic.fsync_dir(folder)
+    for pattern in ("train-*.npy", "eval-*.npy", ".*.tmp", ".scratch-*"):
+        for path in folder.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def build_manifest(results: dict[str, Any], settings: dict[str, Any], test_accuracy: float | None) -> dict[str, Any]:
+    """The manifest of a finished extraction from each split's (layer order, files, labels writer): one entry
+    per layer, or per position of a pixelwise layer (sharing the layer's index)."""
+    entries = []
+    for index, name in enumerate(results["train"][0], 1):
+        keys = [key for key, info in results["train"][1].items() if info["layer"] == name]
+        for key in keys:
+            train, evaluation = results["train"][1][key], results["eval"][1][key]
+            entry: dict[str, Any] = {"index": index, "name": key, "train": train["file"], "eval": evaluation["file"],
+                                     "shape": train["shape"],
+                                     "sha256": {"train": train["sha256"], "eval": evaluation["sha256"]}}
+            if "position" in train:
+                entry.update(layer=name, position=train["position"])
+            entries.append(entry)
+    label_files = {split: results[split][2].path.name for split in SPLITS}
+    return {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION, "run_dir": settings["run_dir"],
+            "model_test_accuracy": (float(test_accuracy) if test_accuracy is not None
+                                    and math.isfinite(test_accuracy) else None),
+            "downsampling": settings["downsampling"], "dtype": settings["dtype"],
+            "model_sha256": settings["model_sha256"], "layers": entries,
+            "labels": {**label_files, "sha256": {split: results[split][2].sha256 for split in SPLITS}}}
