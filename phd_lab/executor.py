@@ -1,15 +1,18 @@
-"""TrainTestExecutor: one grid point from registries to trained model and post-processing."""
+"""TrainTestExecutor: one grid point from registries to trained model and post-processing.
+
+The checks and helpers it relies on live beside it: factory arguments in ``factory_args``, the device
+in ``device``, the checks on a meta model in ``model_checks`` and what a run holds while it trains
+(threads, lock, log file) in ``run_guards``.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import json
 import logging
 import os
-from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -19,15 +22,19 @@ from phd_lab.callbacks import Callback, MetricsCSV, RunFolderGuard
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, absolute_paths, as_single_point
 from phd_lab.data import DataBundle
+from phd_lab.device import resolve_device
 from phd_lab.environment import device_description, git_diff, versions
-from phd_lab.errors import (ConfigError, DataError, RegistryError, RunDiverged, RunFolderLost, RunStopped,
-                            Terminated, UsageError, first_line)
+from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, UsageError, first_line
+from phd_lab.factory_args import FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.lock import ProcessTurn, RunLock
+from phd_lab.model_checks import (check_input_size, check_single_sample_batches, check_tracked_layers,
+                                  check_truncate, meta_model)
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
 from phd_lab.registry import Registries
 from phd_lab.report.collect import analyse_run, stamp_if_present
 from phd_lab.reproduction import setup_differences
+from phd_lab.run_guards import cpu_threads, run_log, writable_lock
 from phd_lab.rundir import RunDir
 from phd_lab.seeding import seed_everything
 from phd_lab.steps import Step, StepContext, logged_steps, resolve_steps
@@ -40,97 +47,12 @@ log = logging.getLogger(__name__)
 
 RUN_TURN = ProcessTurn("training run")  # runs in threads of one process take turns (seeds, threads are global)
 
-# model_args the framework handles itself (not passed to the model factory):
-# "truncate": cut the model before a layer ("border" = before the border layer b_min) and add a GAP + linear head.
-# "linear_init": draw Linear layers of the built model again (default "torch_output": the output layer only,
-# with torch's default; docs/initialisation.md).
-FRAMEWORK_MODEL_OPTIONS = ("truncate", "linear_init")
-# What ``check_model`` builds a model for before the data set is known.
-PLACEHOLDER_CLASSES, PLACEHOLDER_CHANNELS = 10, 3
-
 # Feature modules add callbacks here: ``factory(config, rundir) -> Callback | None``.
 CALLBACK_FACTORIES: list[Callable[[RunConfig, RunDir], "Callback | None"]] = [
     # issue 3: the saturation callback factory goes on the next line
     saturation_callback,
 
 ]
-
-
-def resolve_device(spec: str, where: str = "The device") -> torch.device:
-    """'auto' → CUDA when available, else CPU; a CUDA device that is absent is an error."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"{where} {spec!r} is not a torch device; use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{where} {spec!r} asks for CUDA, but no CUDA device is available here; use "
-                              f"'cpu' or 'auto'.")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"{where} {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s).")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"{where} {spec!r} asks for Apple's MPS, which is not available here; use 'cpu' or 'auto'.")
-    elif device.type not in ("cpu", "mps"):
-        raise ConfigError(f"{where} {spec!r} is not supported; use auto, cpu, cuda or cuda:N.")
-    return device
-
-
-def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: str, name: str,
-                       where: str, reserved: tuple[str, ...]) -> None:
-    """Reject arguments a factory does not accept (a typo in model_args fails before training)."""
-    signature = inspect.signature(factory)
-    params = signature.parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = sorted(p for p, spec in params.items()
-                      if spec.kind is not inspect.Parameter.VAR_POSITIONAL and p not in reserved
-                      and spec.kind is not inspect.Parameter.POSITIONAL_ONLY)
-    accepted = [p for p in accepted if p != "model"]
-    unknown = sorted(set(args) - set(accepted))
-    if unknown:
-        from phd_lab.registry import did_you_mean
-        hint = "".join(did_you_mean(u, accepted) for u in unknown)
-        raise ConfigError(f"{where}: {key} {unknown} are not accepted by {name!r}.{hint} It accepts: "
-                          f"{', '.join(accepted) or 'no arguments'}.")
-    for arg, value in args.items():  # "lr": "fast" failed deep in the factory with a comparison of float and str
-        default = params[arg].default
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
-            raise ConfigError(f"{where}: {key} {arg!r} of {name!r} must be a number (its default is {default!r}); "
-                              f"got {json.dumps(value)}.")
-
-
-# The keyword arguments the framework passes to each kind of factory itself (not config ``*_args``).
-SUPPLIED_ARGS = {"models": ("num_classes", "in_channels"),
-                 "datasets": ("batch_size", "resolution", "data_dir", "seed", "num_workers"),
-                 "optimizers": ("model", "epochs")}
-
-
-def defaults_in_effect(factory: Callable[..., Any], given: Mapping[str, Any], supplied: tuple[str, ...]) -> dict:
-    """The factory's keyword defaults that a run used because its config did not set them.
-
-    Logged with the run: a default changed in a later version of a registry would otherwise change what
-    the same logged config trains, without a trace. Values JSON cannot hold are logged as their repr."""
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):  # a builtin or C callable without a signature
-        return {}
-    defaults = {}
-    for param in params:
-        if param.default is inspect.Parameter.empty or param.name in given or param.name in supplied:
-            continue
-        value = param.default
-        defaults[param.name] = value if _json_value(value) else repr(value)
-    return defaults
-
-
-def _json_value(value: Any) -> bool:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 class TrainTestExecutor:
@@ -203,7 +125,7 @@ class TrainTestExecutor:
         seed or learning rate cost most of a large grid's start (every array task of a SLURM job pays it).
         A model that cannot be built on the meta device is checked when it is built for training."""
         shared = {} if shared is None else shared
-        key, model = self._meta_model(shared)
+        key, model = meta_model(self.config, self.registries, shared)
         if model is None:
             self._check_optimizer(nn.Linear(1, 1))  # at least the values, on a stand-in model
             return
@@ -216,11 +138,11 @@ class TrainTestExecutor:
                 check()
                 shared[memo] = True
 
-        self._check_truncate(model)
-        once(lambda: self._check_input_size(model), "input size", cfg.resolution)
+        check_truncate(cfg, model)
+        once(lambda: check_input_size(cfg, model), "input size", cfg.resolution)
         if cfg.batch_size == 1:
-            once(lambda: self._check_single_sample_batches(model), "single sample", cfg.resolution)
-        self._check_tracked_layers(model)
+            once(lambda: check_single_sample_batches(cfg, model), "single sample", cfg.resolution)
+        check_tracked_layers(cfg, model)
         for step, params in self.steps:
             once(lambda: step.check_model(params, model, cfg.source), "step", step.name,
                  json.dumps(params, sort_keys=True, default=str))
@@ -237,104 +159,9 @@ class TrainTestExecutor:
             log.debug("%s: optimizer %r not checked on the meta model (%s: %s)", self.config.source,
                       self.config.optimizer, type(error).__name__, error)
 
-    def _meta_model(self, built: dict[Any, Any]) -> tuple[str, nn.Module | None]:
-        """The model built on the meta device (no memory, no initialisation) with placeholder
-        classes and channels, which module names do not depend on (None if it cannot be built there), and
-        the key it is shared under in ``built``."""
-        cfg = self.config
-        model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
-        key = json.dumps([self.registries.models.source, cfg.model, model_args], sort_keys=True, default=str)
-        if key not in built:
-            factory = self.registries.models.get(cfg.model)
-            try:
-                with torch.device("meta"):
-                    built[key] = factory(num_classes=PLACEHOLDER_CLASSES, in_channels=PLACEHOLDER_CHANNELS,
-                                         **model_args)
-            except (TypeError, ValueError) as error:
-                raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
-                                  f"{json.dumps(model_args)}: {first_line(error)}.") from None
-            except Exception as error:  # noqa: BLE001 - e.g. a factory that needs real tensors
-                log.debug("%s: model %r not checked on the meta device (%s: %s)", cfg.source, cfg.model,
-                          type(error).__name__, error)
-                built[key] = None
-        return key, built[key]
-
-    def _check_truncate(self, model: nn.Module) -> None:
-        from phd_lab.models.truncate import BORDER_CHOICES, check_cut
-        cfg, where = self.config, self.config.source
-        truncate = cfg.model_args.get("truncate")
-        if not truncate or truncate in BORDER_CHOICES:
-            return
-        names = [name for name, _ in model.named_modules() if name]
-        if truncate not in names:
-            from phd_lab.registry import did_you_mean
-            raise ConfigError(f"{where}: model_args 'truncate' is {truncate!r}, which names no module of "
-                              f"{cfg.model!r}.{did_you_mean(truncate, names)} Give a qualified module name, "
-                              f"'border' or 'border_max' (or null for no truncation).")
-        try:
-            check_cut(model, truncate)
-        except ConfigError as error:
-            raise ConfigError(f"{where}: model_args 'truncate': {error}") from None
-
-    def _check_input_size(self, model: nn.Module) -> None:
-        """A model whose pooling or kernels outgrow the maps at this resolution (torchvision's AlexNet or
-        ConvNeXt at 16 px, Inception v3 below 75 px) failed at its first batch with torch's message. A forward
-        pass on the meta device raises the same error without memory or time."""
-        cfg = self.config
-        was_training = model.training
-        try:
-            model.eval()
-            with torch.device("meta"):
-                model(torch.empty(2, PLACEHOLDER_CHANNELS, cfg.resolution, cfg.resolution))
-        except Exception as error:  # noqa: BLE001 - only the size errors are verdicts; the rest is checked by training
-            message = first_line(error)
-            if not any(sign in message for sign in _TOO_SMALL_SIGNS):
-                log.debug("%s: the input size was not checked on the meta model (%s: %s)", cfg.source,
-                          type(error).__name__, error)
-                return
-            raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot take {cfg.resolution}x{cfg.resolution} px "
-                              f"inputs ({message}). Use a larger 'resolution' or another model.") from None
-        finally:
-            model.train(was_training)
-
-    def _check_single_sample_batches(self, model: nn.Module) -> None:
-        """batch_size 1 trains a BatchNorm only while it sees more than one value per channel: after
-        the last pooling of a small input it sees one, and training failed at its first step."""
-        cfg = self.config
-        if cfg.batch_size != 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            return
-        was_training = model.training
-        try:
-            model.train()
-            with torch.device("meta"):
-                model(torch.empty(1, PLACEHOLDER_CHANNELS, cfg.resolution, cfg.resolution))
-        except ValueError as error:
-            if "more than 1 value per channel" not in str(error):
-                return
-            raise ConfigError(f"{cfg.source}: 'batch_size' 1 cannot train {cfg.model!r} at resolution "
-                              f"{cfg.resolution}: a BatchNorm layer then normalises a single value per channel "
-                              f"({error}). Use a batch_size of at least 2.") from None
-        except Exception as error:  # noqa: BLE001 - a model the meta device cannot run is checked by training
-            log.debug("%s: batch_size 1 not checked on the meta model (%s: %s)", cfg.source, type(error).__name__,
-                      error)
-        finally:
-            model.train(was_training)
-
-    def _check_tracked_layers(self, model: nn.Module) -> None:
-        cfg = self.config
-        if not cfg.track_saturation or not (cfg.tracking_include or cfg.tracking_exclude):
-            return
-        from phd_lab.tracking.callback import tracker_options
-        from phd_lab.tracking.tracker import TRACKED_TYPES, trackable_layers
-        if not any(True for _ in trackable_layers(model, tracker_options(cfg))):
-            candidates = [n for n, m in model.named_modules() if n and isinstance(m, TRACKED_TYPES)]
-            raise ConfigError(f"{cfg.source}: tracking_include {cfg.tracking_include} and tracking_exclude "
-                              f"{cfg.tracking_exclude} leave no layer of {cfg.model!r} to track. Its Conv2d, "
-                              f"Linear and LSTM layers: {', '.join(candidates[:30])}"
-                              f"{' ...' if len(candidates) > 30 else ''}.")
-
     # ------------------------------------------------------------------ building
     def build_data(self) -> DataBundle:
+        """The data set's loaders from its registry factory; its errors name the config they came from."""
         cfg = self.config
         factory = self.registries.datasets.get(cfg.dataset)
         try:
@@ -347,6 +174,8 @@ class TrainTestExecutor:
                               f"{json.dumps(cfg.dataset_args)}: {first_line(error)}.") from None
 
     def build_model(self, bundle: DataBundle) -> nn.Module:
+        """The model for the data's classes and channels, cut at ``truncate`` and with its Linear layers drawn
+        again per ``linear_init`` (the model_args the factory never sees)."""
         cfg = self.config
         factory = self.registries.models.get(cfg.model)
         model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
@@ -368,6 +197,7 @@ class TrainTestExecutor:
         return model
 
     def build_optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+        """The optimizer and its scheduler for ``model`` from the registry factory, given the epoch count."""
         cfg = self.config
         factory = self.registries.optimizers.get(cfg.optimizer)
         try:
@@ -378,6 +208,8 @@ class TrainTestExecutor:
 
     # ------------------------------------------------------------------ config log
     def logged_config(self) -> dict[str, Any]:
+        """The config as the run folder logs it: every value resolved, plus the setup it ran under
+        (versions, device, registry files, defaults in effect), so that the file reproduces the run."""
         # rerunnable: lists that are values stay values; folders absolute, so that the file reruns this run
         # from any working directory (read from inside its run folder it follows the folder, see rundir.py)
         values = absolute_paths(as_single_point(self.config.values))
@@ -445,6 +277,8 @@ class TrainTestExecutor:
         return logged if isinstance(logged, dict) else None
 
     def write_config(self) -> None:
+        """Write the logged config into the run folder. A folder of another run is refused; a trained run keeps
+        the values that shaped its weights, and a run with epochs left refuses a changed device setup."""
         path = self.rundir.config
         previous = self._read_logged_config()
         if previous is not None:
@@ -516,6 +350,8 @@ class TrainTestExecutor:
 
     # ------------------------------------------------------------------ running
     def run(self) -> RunDir:
+        """Train this grid point and post-process it, resuming from its checkpoint if it has one. Runs take
+        turns within a process and keep the CPU thread count they began with (float sums depend on it)."""
         cfg = self.config
         if not self._validated:
             self.validate()
@@ -529,7 +365,7 @@ class TrainTestExecutor:
             wanted = str(asked) if asked is not None else f"null, {default} here"
             note = (f"Continuing with the {threads} CPU thread(s) this run was trained with (cpu_threads: {wanted}); "
                     f"float sums depend on the count, so a run goes on with the count it began with.")
-        with RUN_TURN(), _cpu_threads(threads):
+        with RUN_TURN(), cpu_threads(threads):
             return self._run(device, note)
 
     def _thread_count(self) -> int | None:
@@ -558,7 +394,7 @@ class TrainTestExecutor:
         optimizer, scheduler = self.build_optimizer(model)
         metrics = {name.lower(): self.registries.metrics.get(name)() for name in cfg.metrics}
         rundir = self.rundir.create()
-        with _writable_lock(rundir) as lock, atomic.existing_folder(rundir.root), _run_log(rundir.log):
+        with writable_lock(rundir) as lock, atomic.existing_folder(rundir.root), run_log(rundir.log):
             log.info("Run folder %s", rundir.root)
             if note:  # said in the run's log, now that it is open
                 log.info("%s", note)
@@ -589,20 +425,7 @@ class TrainTestExecutor:
                                   history=history, progress=self.progress)
             stamps = StepStamps(rundir)
             probes_before = stamp_if_present(rundir.probe_csv)
-            for step, params in self.steps:
-                raise_if_stop_requested()
-                lock.check_held()
-                stamp = step_stamp(step, params, rundir) if step.outputs(rundir) else None
-                if stamp is not None and stamps.up_to_date(step, stamp, rundir):
-                    log.info("Post-processing step %s of %s: up to date (same model and parameters), kept",
-                             step.name, cfg.name)
-                    continue
-                log.info("Post-processing step %s of %s", step.name, cfg.name)
-                if stamp is not None:
-                    stamps.forget(step)
-                step.run(context, **params)
-                if stamp is not None:
-                    stamps.record(step, stamp)
+            self._post_process(context, stamps, lock)
         if any(step.name == "analysis" for step, _ in self.steps):
             # a probe job that finished while the folder was held left the analysis to this run; now that the
             # folder is let go, a later one would write its own
@@ -616,45 +439,28 @@ class TrainTestExecutor:
                                 cfg.name, type(error).__name__, error)
         return rundir
 
+    def _post_process(self, context: StepContext, stamps: StepStamps, lock: RunLock) -> None:
+        """Run the post-processing steps on the trained model in order, skipping a step whose stamp says its
+        outputs are up to date; the lock is checked before each step, which may take long."""
+        cfg, rundir = self.config, context.rundir
+        for step, params in self.steps:
+            raise_if_stop_requested()
+            lock.check_held()
+            stamp = step_stamp(step, params, rundir) if step.outputs(rundir) else None
+            if stamp is not None and stamps.up_to_date(step, stamp, rundir):
+                log.info("Post-processing step %s of %s: up to date (same model and parameters), kept",
+                         step.name, cfg.name)
+                continue
+            log.info("Post-processing step %s of %s", step.name, cfg.name)
+            if stamp is not None:
+                stamps.forget(step)
+            step.run(context, **params)
+            if stamp is not None:
+                stamps.record(step, stamp)
+
 
 # Keys outside the run's identity that still change the trained weights (at least in their last bits).
 TRAINING_KEYS = ("registries", "device", "data_parallel", "mixed_precision", "cpu_threads", "tracking_device")
-
-
-class _cpu_threads:
-    """Use a fixed number of torch CPU threads for one run (float sums depend on it)."""
-
-    def __init__(self, threads: int | None) -> None:
-        self.threads = threads
-        self.previous = torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.previous)
-
-
-@contextlib.contextmanager
-def _writable_lock(rundir: RunDir) -> Iterator[RunLock]:
-    """The run folder's lock, held while the block runs; a folder that cannot be written (a read-only mount,
-    no permission) is said in one line instead of an OSError from the lock file."""
-    lock = RunLock(rundir.lock)
-    try:
-        lock.acquire()
-    except OSError as error:
-        raise DataError(f"The run folder {str(rundir.root)!r} cannot be written ({error.strerror or error}); "
-                        f"a run needs its folder for its lock, log, checkpoints and results.") from None
-    try:
-        yield lock
-    finally:
-        lock.release()
-
-
-# What torch says when a layer's kernel or pooling window outgrows its input (meta and real tensors alike)
-_TOO_SMALL_SIGNS = ("Output size is too small", "can't be greater than actual input size", "Wrong image height",
-                    "Wrong image width")
 
 
 def _samples(loader: Any) -> str:
@@ -662,39 +468,3 @@ def _samples(loader: Any) -> str:
         return str(len(loader.dataset))
     except TypeError:  # an iterable dataset
         return "?"
-
-
-# How a run's log names what ended it, where that was no failure (KeyboardInterrupt itself: "Ctrl-C")
-_INTERRUPTIONS = {Terminated: "SIGTERM", RunStopped: "its command was stopped"}
-
-
-class _run_log:
-    """Copy every log record to the run's log file while the run is active."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.handler = logging.FileHandler(path, encoding="utf-8")
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-
-    def __enter__(self) -> None:
-        logging.getLogger().addHandler(self.handler)
-
-    def __exit__(self, *exc: object) -> None:
-        if exc and exc[0] is not None and not issubclass(exc[0], UsageError):
-            # The traceback goes to the run's log file only; the console gets the one-line summary.
-            logger = logging.getLogger(__name__)
-            if issubclass(exc[0], (KeyboardInterrupt, RunStopped)):  # type: ignore[arg-type]
-                how = next((what for kind, what in _INTERRUPTIONS.items()
-                            if issubclass(exc[0], kind)), "Ctrl-C")  # type: ignore[arg-type]
-                record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, f"Run interrupted ({how}); "
-                                           "the same command resumes it from its last checkpoint", None, None)
-            else:  # a diverged run or a lost folder needs its message, not a traceback
-                diverged = issubclass(exc[0], (RunDiverged, RunFolderLost))  # type: ignore[arg-type]
-                record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0,
-                                           f"Run failed: {exc[1]}" if diverged else "Run failed", None,
-                                           None if diverged else exc)  # type: ignore[arg-type]
-                with contextlib.suppress(AttributeError):  # the caller names the file that holds the traceback
-                    exc[1].logged_to = self.path  # type: ignore[union-attr]
-            self.handler.handle(record)
-        logging.getLogger().removeHandler(self.handler)
-        self.handler.close()

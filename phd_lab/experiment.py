@@ -11,8 +11,9 @@ from typing import Mapping
 
 from phd_lab.atomic import check_writable_dir
 from phd_lab.config import absolute_paths
+from phd_lab.device import resolve_device
 from phd_lab.errors import ConfigError, RegistryError, RunFolderLost, RunLockedError, UsageError, brief
-from phd_lab.executor import TrainTestExecutor, resolve_device
+from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.registry import Registries

@@ -1,0 +1,77 @@
+"""What the framework knows about registry factories' keyword arguments.
+
+A config's ``model_args``, ``dataset_args`` and ``optimizer_args`` are checked against the factory's
+signature before any run trains (a typo fails at once, not deep in a factory), and the defaults the
+config left in effect are logged with the run. ``FRAMEWORK_MODEL_OPTIONS`` names the model_args that
+never reach the factory. Kept apart from the executor, which only calls these.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any, Callable, Mapping
+
+from phd_lab.errors import ConfigError
+
+# model_args the framework handles itself (not passed to the model factory):
+# "truncate": cut the model before a layer ("border" = before the border layer b_min) and add a GAP + linear head.
+# "linear_init": draw Linear layers of the built model again (default "torch_output": the output layer only,
+# with torch's default; docs/initialisation.md).
+FRAMEWORK_MODEL_OPTIONS = ("truncate", "linear_init")
+
+
+def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: str, name: str,
+                       where: str, reserved: tuple[str, ...]) -> None:
+    """Reject arguments a factory does not accept (a typo in model_args fails before training)."""
+    signature = inspect.signature(factory)
+    params = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = sorted(p for p, spec in params.items()
+                      if spec.kind is not inspect.Parameter.VAR_POSITIONAL and p not in reserved
+                      and spec.kind is not inspect.Parameter.POSITIONAL_ONLY)
+    accepted = [p for p in accepted if p != "model"]
+    unknown = sorted(set(args) - set(accepted))
+    if unknown:
+        from phd_lab.registry import did_you_mean
+        hint = "".join(did_you_mean(u, accepted) for u in unknown)
+        raise ConfigError(f"{where}: {key} {unknown} are not accepted by {name!r}.{hint} It accepts: "
+                          f"{', '.join(accepted) or 'no arguments'}.")
+    for arg, value in args.items():  # "lr": "fast" failed deep in the factory with a comparison of float and str
+        default = params[arg].default
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+            raise ConfigError(f"{where}: {key} {arg!r} of {name!r} must be a number (its default is {default!r}); "
+                              f"got {json.dumps(value)}.")
+
+
+# The keyword arguments the framework passes to each kind of factory itself (not config ``*_args``).
+SUPPLIED_ARGS = {"models": ("num_classes", "in_channels"),
+                 "datasets": ("batch_size", "resolution", "data_dir", "seed", "num_workers"),
+                 "optimizers": ("model", "epochs")}
+
+
+def defaults_in_effect(factory: Callable[..., Any], given: Mapping[str, Any], supplied: tuple[str, ...]) -> dict:
+    """The factory's keyword defaults that a run used because its config did not set them.
+
+    Logged with the run: a default changed in a later version of a registry would otherwise change what
+    the same logged config trains, without a trace. Values JSON cannot hold are logged as their repr."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return {}
+    defaults = {}
+    for param in params:
+        if param.default is inspect.Parameter.empty or param.name in given or param.name in supplied:
+            continue
+        value = param.default
+        defaults[param.name] = value if _json_value(value) else repr(value)
+    return defaults
+
+
+def _json_value(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -1,0 +1,130 @@
+"""Checks of a config against its model built on the meta device, before any run trains.
+
+A model built on torch's meta device costs no memory and no initialisation, yet its module names,
+forward-pass shape errors and BatchNorm layers are those of the real model: a wrong ``truncate`` layer,
+a resolution too small for the model, batch_size 1 under BatchNorm or tracking patterns that match no
+layer fail at the start of a grid instead of at a run's first batch. The executor's ``check_model``
+calls these and memoises them across the points of a grid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from phd_lab.config import RunConfig
+from phd_lab.errors import ConfigError, first_line
+from phd_lab.factory_args import FRAMEWORK_MODEL_OPTIONS
+from phd_lab.registry import Registries
+
+log = logging.getLogger(__name__)
+
+# What ``check_model`` builds a model for before the data set is known.
+PLACEHOLDER_CLASSES, PLACEHOLDER_CHANNELS = 10, 3
+# What torch says when a layer's kernel or pooling window outgrows its input (meta and real tensors alike)
+_TOO_SMALL_SIGNS = ("Output size is too small", "can't be greater than actual input size", "Wrong image height",
+                    "Wrong image width")
+
+
+def meta_model(cfg: RunConfig, registries: Registries, built: dict[Any, Any]) -> tuple[str, nn.Module | None]:
+    """The model built on the meta device (no memory, no initialisation) with placeholder
+    classes and channels, which module names do not depend on (None if it cannot be built there), and
+    the key it is shared under in ``built``."""
+    model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
+    key = json.dumps([registries.models.source, cfg.model, model_args], sort_keys=True, default=str)
+    if key not in built:
+        factory = registries.models.get(cfg.model)
+        try:
+            with torch.device("meta"):
+                built[key] = factory(num_classes=PLACEHOLDER_CLASSES, in_channels=PLACEHOLDER_CHANNELS,
+                                     **model_args)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
+                              f"{json.dumps(model_args)}: {first_line(error)}.") from None
+        except Exception as error:  # noqa: BLE001 - e.g. a factory that needs real tensors
+            log.debug("%s: model %r not checked on the meta device (%s: %s)", cfg.source, cfg.model,
+                      type(error).__name__, error)
+            built[key] = None
+    return key, built[key]
+
+
+def check_truncate(cfg: RunConfig, model: nn.Module) -> None:
+    """model_args ``truncate`` names a module of the model at which it can be cut (``border`` and
+    ``border_max`` are resolved when the model is built for training)."""
+    from phd_lab.models.truncate import BORDER_CHOICES, check_cut
+    where = cfg.source
+    truncate = cfg.model_args.get("truncate")
+    if not truncate or truncate in BORDER_CHOICES:
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    if truncate not in names:
+        from phd_lab.registry import did_you_mean
+        raise ConfigError(f"{where}: model_args 'truncate' is {truncate!r}, which names no module of "
+                          f"{cfg.model!r}.{did_you_mean(truncate, names)} Give a qualified module name, "
+                          f"'border' or 'border_max' (or null for no truncation).")
+    try:
+        check_cut(model, truncate)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: model_args 'truncate': {error}") from None
+
+
+def check_input_size(cfg: RunConfig, model: nn.Module) -> None:
+    """A model whose pooling or kernels outgrow the maps at this resolution (torchvision's AlexNet or
+    ConvNeXt at 16 px, Inception v3 below 75 px) failed at its first batch with torch's message. A forward
+    pass on the meta device raises the same error without memory or time."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.device("meta"):
+            model(torch.empty(2, PLACEHOLDER_CHANNELS, cfg.resolution, cfg.resolution))
+    except Exception as error:  # noqa: BLE001 - only the size errors are verdicts; the rest is checked by training
+        message = first_line(error)
+        if not any(sign in message for sign in _TOO_SMALL_SIGNS):
+            log.debug("%s: the input size was not checked on the meta model (%s: %s)", cfg.source,
+                      type(error).__name__, error)
+            return
+        raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot take {cfg.resolution}x{cfg.resolution} px "
+                          f"inputs ({message}). Use a larger 'resolution' or another model.") from None
+    finally:
+        model.train(was_training)
+
+
+def check_single_sample_batches(cfg: RunConfig, model: nn.Module) -> None:
+    """batch_size 1 trains a BatchNorm only while it sees more than one value per channel: after
+    the last pooling of a small input it sees one, and training failed at its first step."""
+    if cfg.batch_size != 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    was_training = model.training
+    try:
+        model.train()
+        with torch.device("meta"):
+            model(torch.empty(1, PLACEHOLDER_CHANNELS, cfg.resolution, cfg.resolution))
+    except ValueError as error:
+        if "more than 1 value per channel" not in str(error):
+            return
+        raise ConfigError(f"{cfg.source}: 'batch_size' 1 cannot train {cfg.model!r} at resolution "
+                          f"{cfg.resolution}: a BatchNorm layer then normalises a single value per channel "
+                          f"({error}). Use a batch_size of at least 2.") from None
+    except Exception as error:  # noqa: BLE001 - a model the meta device cannot run is checked by training
+        log.debug("%s: batch_size 1 not checked on the meta model (%s: %s)", cfg.source, type(error).__name__,
+                  error)
+    finally:
+        model.train(was_training)
+
+
+def check_tracked_layers(cfg: RunConfig, model: nn.Module) -> None:
+    """tracking_include and tracking_exclude leave at least one layer of the model to track."""
+    if not cfg.track_saturation or not (cfg.tracking_include or cfg.tracking_exclude):
+        return
+    from phd_lab.tracking.callback import tracker_options
+    from phd_lab.tracking.tracker import TRACKED_TYPES, trackable_layers
+    if not any(True for _ in trackable_layers(model, tracker_options(cfg))):
+        candidates = [n for n, m in model.named_modules() if n and isinstance(m, TRACKED_TYPES)]
+        raise ConfigError(f"{cfg.source}: tracking_include {cfg.tracking_include} and tracking_exclude "
+                          f"{cfg.tracking_exclude} leave no layer of {cfg.model!r} to track. Its Conv2d, "
+                          f"Linear and LSTM layers: {', '.join(candidates[:30])}"
+                          f"{' ...' if len(candidates) > 30 else ''}.")

@@ -1,0 +1,88 @@
+"""What a run holds while it trains: its CPU thread count, its folder's lock and its log file.
+
+Three context managers the executor enters around one run. Each restores what it changed when the
+run ends, however it ends; ``run_log`` also writes the one line that says how a run ended. Kept apart
+from the executor, which builds and trains the run, so that these guards read on their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from phd_lab.errors import DataError, RunDiverged, RunFolderLost, RunStopped, Terminated, UsageError
+from phd_lab.lock import RunLock
+from phd_lab.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+
+class cpu_threads:
+    """Use a fixed number of torch CPU threads for one run (float sums depend on it)."""
+
+    def __init__(self, threads: int | None) -> None:
+        self.threads = threads
+        self.previous = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.previous)
+
+
+@contextlib.contextmanager
+def writable_lock(rundir: RunDir) -> Iterator[RunLock]:
+    """The run folder's lock, held while the block runs; a folder that cannot be written (a read-only mount,
+    no permission) is said in one line instead of an OSError from the lock file."""
+    lock = RunLock(rundir.lock)
+    try:
+        lock.acquire()
+    except OSError as error:
+        raise DataError(f"The run folder {str(rundir.root)!r} cannot be written ({error.strerror or error}); "
+                        f"a run needs its folder for its lock, log, checkpoints and results.") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+# How a run's log names what ended it, where that was no failure (KeyboardInterrupt itself: "Ctrl-C")
+INTERRUPTIONS = {Terminated: "SIGTERM", RunStopped: "its command was stopped"}
+
+
+class run_log:
+    """Copy every log record to the run's log file while the run is active."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handler = logging.FileHandler(path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def __enter__(self) -> None:
+        logging.getLogger().addHandler(self.handler)
+
+    def __exit__(self, *exc: object) -> None:
+        if exc and exc[0] is not None and not issubclass(exc[0], UsageError):
+            # The traceback goes to the run's log file only; the console gets the one-line summary.
+            if issubclass(exc[0], (KeyboardInterrupt, RunStopped)):  # type: ignore[arg-type]
+                how = next((what for kind, what in INTERRUPTIONS.items()
+                            if issubclass(exc[0], kind)), "Ctrl-C")  # type: ignore[arg-type]
+                record = log.makeRecord(log.name, logging.WARNING, __file__, 0, f"Run interrupted ({how}); "
+                                        "the same command resumes it from its last checkpoint", None, None)
+            else:  # a diverged run or a lost folder needs its message, not a traceback
+                diverged = issubclass(exc[0], (RunDiverged, RunFolderLost))  # type: ignore[arg-type]
+                record = log.makeRecord(log.name, logging.ERROR, __file__, 0,
+                                        f"Run failed: {exc[1]}" if diverged else "Run failed", None,
+                                        None if diverged else exc)  # type: ignore[arg-type]
+                with contextlib.suppress(AttributeError):  # the caller names the file that holds the traceback
+                    exc[1].logged_to = self.path  # type: ignore[union-attr]
+            self.handler.handle(record)
+        logging.getLogger().removeHandler(self.handler)
+        self.handler.close()
