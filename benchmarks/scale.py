@@ -1,0 +1,115 @@
+"""Large grids: loading a grid of many points, and rebuilding the report of many runs, side by side.
+
+    python benchmarks/scale.py                      # 400-point grid, 100 fabricated runs
+    python benchmarks/scale.py --points 1600 --runs 300
+
+Grid load: ``Main.load`` validates every point before anything runs; the checks that need a built model
+(a forward pass on the meta device, the receptive-field trace) depend only on the model, the resolution and
+a step's parameters, so they are shared between points. The comparison row runs the same validation with a
+fresh share per point, which is what every point cost before the checks were shared (and what a SLURM array
+task paid before its first epoch). The grid sweeps 4 widths × seeds × learning rates of VGG11 on Digits.
+
+Report: ``write_report`` over fabricated run folders (the test fixtures' tables, figures drawn for real),
+first build against a rebuild with nothing changed: a run's figure is redrawn only when its ``figure_key``
+changes. Both rows also report the peak resident memory of this process so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from phd_lab.experiment import Main  # noqa: E402
+from phd_lab.executor import TrainTestExecutor  # noqa: E402
+
+WIDTHS = [0.0625, 0.125, 0.25, 0.5]
+
+
+def grid_config(folder: Path, points: int) -> Path:
+    """A grid of about ``points`` points: 4 widths × seeds × 4 learning rates."""
+    seeds = max(1, points // 16)
+    config = {"model": "vgg11", "model_args": {"width": WIDTHS}, "dataset": "Digits", "resolution": 16,
+              "epoch": 2, "batch_size": 128, "optimizer": "adam",
+              "optimizer_args": {"lr": [0.001, 0.002, 0.003, 0.004]}, "seed": list(range(seeds)),
+              "logs_dir": str(folder / "logs"), "data_dir": str(folder / "data"), "device": "cpu",
+              "post_processing": ["receptive_field", "flops", "extract", "analysis"]}
+    path = folder / "grid.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def load_shared(config: Path) -> tuple[float, int]:
+    started = time.perf_counter()
+    grid = Main(progress=False).load(config)
+    return time.perf_counter() - started, len(grid)
+
+
+def load_unshared(config: Path) -> float:
+    """The same validation as ``Main.load``, with the model checks' share made anew for every point."""
+    main = Main(progress=False)
+    started = time.perf_counter()
+    grid = main.load(config)  # the grid's own checks (folders, probe keys), then the per-point model checks again
+    shared_cost = time.perf_counter() - started
+    started = time.perf_counter()
+    for index in range(len(grid)):
+        cfg = grid[index]
+        TrainTestExecutor(cfg, main._registries_for(cfg.registries), progress=False).check_model({})
+    return shared_cost + time.perf_counter() - started
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def report_rebuild(folder: Path, runs: int) -> tuple[float, float]:
+    from phd_lab.report.cli import write_report
+    from tests.analysis_fixtures import write_run
+    logs = folder / "runs"
+    for index in range(runs):
+        write_run(logs, width=WIDTHS[index % len(WIDTHS)], stage="full", run_id=str(index),
+                  test_accuracy=0.9 + 0.05 * (index % 7) / 7)
+    started = time.perf_counter()
+    write_report(logs)
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    write_report(logs)
+    return first, time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--points", type=int, default=400, help="grid points to load (rounded to a multiple of 16)")
+    parser.add_argument("--runs", type=int, default=100, help="fabricated run folders in the report")
+    parser.add_argument("--only", choices=("grid", "report"), default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        if args.only != "report":
+            config = grid_config(folder, args.points)
+            load_shared(config)  # warm-up: imports, registry modules, the dataset check
+            shared, points = load_shared(config)
+            unshared = load_unshared(config)
+            print(f"grid load, {points} points (4 models)")
+            print(f"  model checks shared between points   {shared:8.2f} s")
+            print(f"  model checks anew for every point    {unshared:8.2f} s")
+            print(f"  ratio shared / anew                  {shared / unshared:8.3f}x   peak RSS {peak_mb():.0f} MB")
+        if args.only != "grid":
+            first, rebuild = report_rebuild(folder, args.runs)
+            print(f"report of {args.runs} runs")
+            print(f"  first build                          {first:8.2f} s")
+            print(f"  rebuild, nothing changed             {rebuild:8.2f} s")
+            print(f"  ratio rebuild / first                {rebuild / first:8.3f}x   peak RSS {peak_mb():.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
