@@ -17,7 +17,7 @@ import re
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.environment import THREAD_VARIABLES, available_cores
-from phd_lab.errors import RunFolderLost, UsageError, brief
+from phd_lab.errors import UsageError, failure_line
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +206,10 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
     except RunStopped as error:
         return "stopped", str(error)
     except Exception as error:  # noqa: BLE001 - as in a sequential run: one line here, the traceback in the run's log
-        logged_to = getattr(error, "logged_to", None)
-        if isinstance(error, RunFolderLost):  # its log went with the folder
-            return "failed", f"{type(error).__name__}: {brief(error).rstrip('.')}"
-        if logged_to is None:  # before the run's log was opened: Dask reports it with its traceback
+        said = failure_line(error)
+        if said is None:  # before the run's log was opened: Dask reports it with its traceback
             raise
-        return "failed", f"{type(error).__name__}: {brief(error).rstrip('.')}. Its log: {logged_to}"
+        return "failed", said
 
 
 def _stop_flag(name: str | None) -> Callable[[], bool]:

@@ -88,6 +88,18 @@ def brief(error: BaseException) -> str:
     return f"{lines[0]} {lines[-1]}"
 
 
+def failure_line(error: BaseException) -> str | None:
+    """One line for a run that failed after its run log was opened: the error, and the log that holds its
+    traceback (not for a lost run folder: its log went with it). None: it failed before its log was opened,
+    so the caller has to show the traceback itself."""
+    if isinstance(error, RunFolderLost):
+        return f"{type(error).__name__}: {brief(error).rstrip('.')}"
+    logged_to = getattr(error, "logged_to", None)
+    if logged_to is None:
+        return None
+    return f"{type(error).__name__}: {brief(error).rstrip('.')}. Its log: {logged_to}"
+
+
 def first_line(error: BaseException) -> str:
     """An exception's message up to its first line break: torch appends C++ stack frames (kilobytes) to some."""
     lines = str(error).strip().splitlines()

@@ -12,7 +12,7 @@ from typing import Mapping
 from phd_lab.atomic import check_writable_dir
 from phd_lab.config import absolute_paths
 from phd_lab.device import resolve_device
-from phd_lab.errors import ConfigError, RegistryError, RunFolderLost, RunLockedError, UsageError, brief
+from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.probes.settings import ProbeSettings
@@ -120,12 +120,9 @@ class Main:
                     raise usage_errors[0]
                 continue
             except Exception as error:  # one failed run must not cost the rest of the grid
-                logged_to = getattr(error, "logged_to", None)
-                if isinstance(error, RunFolderLost):  # its log went with the folder
-                    log.error("Run %d (%s) failed: %s", index, cfg.name, error)
-                elif logged_to is not None:  # the traceback is in the run's log
-                    log.error("Run %d (%s) failed: %s: %s. Its log: %s", index, cfg.name, type(error).__name__,
-                              brief(error).rstrip("."), logged_to)
+                said = failure_line(error)
+                if said is not None:  # the traceback is in the run's log (or went with a lost folder)
+                    log.error("Run %d (%s) failed: %s", index, cfg.name, said)
                 else:  # before its run log was opened (building the data, model or optimizer): show it here
                     log.error("Run %d (%s) failed before its run log was opened (while building its data, model "
                               "or optimizer): %s: %s", index, cfg.name, type(error).__name__, error, exc_info=error)
