@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Protocol
 
 
 def fsync_dir(folder: Path) -> None:
@@ -46,17 +46,23 @@ def current_umask() -> int:
     return mask
 
 
-_KEPT: dict[Path, tuple[tuple[int, int], str | None]] = {}  # folders a write must find, never create: identity, advice
+class HeldLock(Protocol):
+    def check_held(self, advice: str | None = None) -> None: ...
+
+
+# folders a write must find, never create: the folder's identity, the advice of the error, the lock held in it
+_KEPT: dict[Path, tuple[tuple[int, int], str | None, HeldLock | None]] = {}
 
 
 @contextlib.contextmanager
-def existing_folder(folder: Path, advice: str | None = None) -> Iterator[None]:
+def existing_folder(folder: Path, advice: str | None = None, lock: HeldLock | None = None) -> Iterator[None]:
     """While the block runs, writes into ``folder`` (or below it) never create it: a run folder deleted or moved
     while its process works in it raises ``RunFolderLost`` at the next write (ending with ``advice``; by default,
     to train the run anew), instead of coming back without its config and log. A new folder that took the old
-    one's place is noticed too (another inode), so no write lands in another command's run."""
+    one's place is noticed too: by its inode, and by ``lock`` (the lock file this process holds in the folder),
+    whose inode cannot be reused while it is held. So no write lands in another command's run."""
     folder = Path(folder).absolute()
-    _KEPT[folder] = (_identity(os.stat(folder)), advice)
+    _KEPT[folder] = (_identity(os.stat(folder)), advice, lock)
     try:
         yield
     finally:
@@ -77,7 +83,7 @@ def _check_kept(parent: Path) -> None:
     if not _KEPT:
         return
     parent = parent.absolute()
-    for folder, (identity, advice) in tuple(_KEPT.items()):  # another thread (a Dask worker) may add or remove one
+    for folder, (identity, advice, lock) in tuple(_KEPT.items()):  # another thread (a Dask worker) may change it
         if folder != parent and folder not in parent.parents:
             continue
         try:
@@ -86,6 +92,8 @@ def _check_kept(parent: Path) -> None:
             how = "it is gone"
         else:
             if now == identity:
+                if lock is not None:
+                    lock.check_held(advice)
                 continue
             how = "another folder of that name took its place"
         from phd_lab.errors import RunFolderLost

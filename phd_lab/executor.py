@@ -394,7 +394,7 @@ class TrainTestExecutor:
         optimizer, scheduler = self.build_optimizer(model)
         metrics = {name.lower(): self.registries.metrics.get(name)() for name in cfg.metrics}
         rundir = self.rundir.create()
-        with writable_lock(rundir) as lock, atomic.existing_folder(rundir.root), run_log(rundir.log):
+        with writable_lock(rundir) as lock, atomic.existing_folder(rundir.root, lock=lock), run_log(rundir.log):
             log.info("Run folder %s", rundir.root)
             if note:  # said in the run's log, now that it is open
                 log.info("%s", note)

@@ -66,13 +66,13 @@ class RunLock:
         _HELD.add(fd)
         return self
 
-    def check_held(self) -> None:
+    def check_held(self, advice: str | None = None) -> None:
         """Raise ``RunFolderLost`` unless ``path`` is still the file this process locked.
 
         ``flock`` locks an open file, not a name: when the folder is deleted or moved, this process keeps its
         lock on a file no one else can see, its next write would re-create the folder without config and
         log, and a second process could lock the new one and train the same run beside it. Callers check
-        before they write.
+        before they write; ``advice`` ends the error's message (by default: train the run anew).
         """
         if self._fd is None:
             return
@@ -80,9 +80,10 @@ class RunLock:
         try:
             now = os.stat(self.path)
         except OSError as error:  # gone, a stale NFS handle, a path component that is no folder any more
-            raise RunFolderLost(self.path.parent, f"its lock file {self.path.name}: {error.strerror}") from None
+            raise RunFolderLost(self.path.parent, f"its lock file {self.path.name}: {error.strerror}",
+                                advice) from None
         if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
-            raise RunFolderLost(self.path.parent, f"its lock file {self.path.name} is another file now")
+            raise RunFolderLost(self.path.parent, f"its lock file {self.path.name} is another file now", advice)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -360,7 +360,8 @@ def test_writes_into_a_run_folder_that_went_away_do_not_re_create_it(tmp_path):
         with pytest.raises(RunFolderLost):  # a folder made inside it (the extract step's latents folder)
             atomic.make_folder(folder / "latents")
         assert not folder.exists()
-        folder.mkdir()
+    folder.mkdir()
+    with atomic.existing_folder(folder):
         with pytest.raises(RunFolderLost):  # gone while the file was being written
             with atomic.atomic_open(folder / "d.txt", "w") as handle:
                 shutil.rmtree(folder)
@@ -380,6 +381,14 @@ def test_writes_into_a_run_folder_that_went_away_do_not_re_create_it(tmp_path):
             atomic.replace(folder / "checkpoint.pt.staged", folder / "checkpoint.pt")
         folder.mkdir()
     assert list(folder.iterdir()) == [] and (tmp_path / "moved" / "e.txt").exists()
+    from phd_lab.lock import RunLock
+    with RunLock(folder / ".lock", "test") as lock, atomic.existing_folder(folder, lock=lock):
+        # a folder deleted and made anew may get the old inode back; the held lock file's inode cannot be reused,
+        # so the lock tells (here: the lock file alone is gone, and the folder's inode is the same)
+        (folder / ".lock").unlink()
+        with pytest.raises(RunFolderLost, match="its lock file .lock"):
+            atomic.write_text(folder / "g.txt", "y")
+    assert list(folder.iterdir()) == []
 
 
 def test_sigterm_during_training_is_said_in_the_log_and_the_rerun_resumes(tmp_path):

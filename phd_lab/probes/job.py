@@ -137,8 +137,8 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     with contextlib.ExitStack() as locks:
         for root in sorted({job.outputs.root for job in jobs}):  # one writer of a run's probe results at a time
             try:
-                locks.enter_context(RunLock(root / PROBE_LOCK, "Two probe jobs must not write the same run's "
-                                                               "results"))
+                lock = locks.enter_context(RunLock(root / PROBE_LOCK, "Two probe jobs must not write the same "
+                                                                      "run's results"))
             except RunLockedError as error:
                 if busy is None:
                     raise
@@ -147,9 +147,10 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
                     log.warning("%s: skipped, %s", ", ".join(job.label for job in left), error)
                 busy += [job.label for job in left]
                 jobs = [job for job in jobs if job.outputs.root != root]
+                continue
             except OSError as error:
                 raise DataError(f"The probe results of {str(root)!r} cannot be written there: {error}.") from None
-            locks.enter_context(atomic.existing_folder(root, advice=LOST_ADVICE))
+            locks.enter_context(atomic.existing_folder(root, advice=LOST_ADVICE, lock=lock))
         if not jobs:
             return {}
         cache.prepare()  # after the locks: a run folder that cannot be written leaves no empty cache folder
