@@ -39,6 +39,15 @@ def _entries(cache: Path) -> dict[Path, tuple[int, bytes]]:
     return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in cache.rglob("*.json")}
 
 
+def _wait_for_cached_layers(process: subprocess.Popen, cache: Path, count: int = 1) -> None:
+    """Until the running job has ``count`` finished layers in its cache."""
+    deadline = time.monotonic() + 90
+    while len(list(cache.rglob("*.json"))) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the job never finished a layer"
+        time.sleep(0.05)
+
+
 def test_sigkill_mid_job_then_resume_fits_only_the_rest_and_writes_the_same_csv(tmp_path):
     layers, y_train, y_eval = digits_layers(n_layers=LAYERS, width=16)
     killed_run, killed = make_latents(tmp_path, layers, y_train, y_eval, name="killed")
@@ -47,11 +56,7 @@ def test_sigkill_mid_job_then_resume_fits_only_the_rest_and_writes_the_same_csv(
 
     # a real job (probe_main.py with one worker process), slowed down and killed after 2 finished layers
     process = _probe(killed, cache, delay=1.0)
-    deadline = time.monotonic() + 90
-    while len(list(cache.rglob("*.json"))) < 2:
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the job never finished a layer"
-        time.sleep(0.05)
+    _wait_for_cached_layers(process, cache, 2)
     os.killpg(process.pid, signal.SIGKILL)  # the job and its worker, like a node failure
     process.communicate()
     assert process.returncode == -signal.SIGKILL
@@ -118,11 +123,7 @@ def test_ctrl_c_mid_job_exits_130_and_says_the_cache_keeps_the_finished_layers(t
     _, latents = make_latents(tmp_path, layers, y_train, y_eval)
     cache = tmp_path / "cache"
     process = _probe(latents, cache, delay=1.0)
-    deadline = time.monotonic() + 90
-    while not list(cache.rglob("*.json")):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the job never finished a layer"
-        time.sleep(0.05)
+    _wait_for_cached_layers(process, cache)
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
@@ -143,11 +144,7 @@ def test_a_run_folder_deleted_or_replaced_while_it_is_probed_gets_no_probe_files
         latents = write_latents(tmp_path / how / "latents", layers, y_train, y_eval, run_dir, 0.9)
         cache = tmp_path / how / "cache"
         process = _probe(latents, cache, delay=1.0)
-        deadline = time.monotonic() + 90
-        while not list(cache.rglob("*.json")):
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the job never finished a layer"
-            time.sleep(0.05)
+        _wait_for_cached_layers(process, cache)
         if how == "deleted":
             shutil.rmtree(run_dir)
         else:
