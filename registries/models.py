@@ -190,7 +190,7 @@ def densenet121(*, num_classes: int, in_channels: int = 3, width: float = 1.0) -
     return create_densenet("densenet121", num_classes=num_classes, in_channels=in_channels, width=width)
 
 
-def mlp_long_skip(*, num_classes: int, in_channels: int = 1, input_side: int = 28, units: int = 128,
+def mlp_long_skip(*, num_classes: int, in_channels: int = 3, input_side: int = 28, units: int = 128,
                   skipped: int = 128, tail: int = 8) -> nn.Module:
     """Deep MLP with one long skip over 128 layers, then 8 more (§4.3, after Alain & Bengio)."""
     return create_long_skip_mlp(num_classes=num_classes, in_channels=in_channels, input_side=input_side,

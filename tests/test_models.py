@@ -341,3 +341,16 @@ def test_the_default_draws_only_the_output_layer_again_so_that_deep_mlps_keep_th
         with torch.device("meta"):  # the layers' shapes without drawing their weights
             model = registries.models.get(name)(num_classes=7, in_channels=3)
         assert output_layer(model).out_features == 7, name
+
+
+def test_every_model_factory_keeps_the_registry_contract():
+    """DESIGN.md's model contract: f(*, num_classes, in_channels=3, **model_args). mlp_long_skip defaulted to one
+    channel, so a direct call without in_channels built a model for other inputs than every other factory's."""
+    import inspect
+    models = MODELS
+    for name in models.names():
+        parameters = inspect.signature(models.get(name)).parameters
+        assert parameters["num_classes"].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert parameters["num_classes"].default is inspect.Parameter.empty, name
+        assert parameters["in_channels"].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert parameters["in_channels"].default == 3, name

@@ -37,7 +37,7 @@ class LongSkipMLP(nn.Module):
         return self.output(self.tail(first + self.skipped(first)))
 
 
-def create_long_skip_mlp(*, num_classes: int, in_channels: int = 1, input_side: int = 28, units: int = 128,
+def create_long_skip_mlp(*, num_classes: int, in_channels: int = 3, input_side: int = 28, units: int = 128,
                          skipped: int = 128, tail: int = 8) -> LongSkipMLP:
     for name, value in (("input_side", input_side), ("units", units), ("skipped", skipped)):
         check_positive_int(name, value)
