@@ -1,9 +1,10 @@
 """The config schema: every key declared once, with type, default, range and a one-line doc.
 
-``load_config_file`` reads a JSON file and returns the raw mapping; ``validate_values`` checks
-every key (unknown keys, types, ranges, empty lists) and ``RunConfig`` is the resolved,
-immutable config of one grid point. Messages follow one template: the file, the key, what
-is allowed and what was received.
+``check_known_keys`` and ``validate_values`` check every key of a raw mapping (unknown keys,
+types, ranges, empty lists) and ``RunConfig`` is the resolved, immutable config of one grid
+point. Messages follow one template: the file, the key, what is allowed and what was received.
+Reading a config file (and checking its numbers) lives in ``config_file``; the paths in config
+values (folder keys, registry files, safe file names) live in ``config_paths``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from phd_lab.config_paths import PATH_KEYS, safe_name
 from phd_lab.errors import ConfigError
 from phd_lab.registry import KINDS, did_you_mean
 
@@ -241,115 +241,9 @@ def register_key(key: Key) -> Key:
     return key
 
 
-_TOO_DEEP = ("Config file {path!r} nests lists or objects hundreds of levels deep; a config's values are at most "
-             "a list of objects of lists. Check the file for runaway brackets.")
-
-
-def load_config_file(path: Path | str) -> dict[str, Any]:
-    """Read a JSON config; errors name the file and (for syntax errors) line and column."""
-    path = Path(path)
-    try:
-        exists = path.exists()
-    except OSError as error:  # e.g. a file name longer than the file system allows
-        raise ConfigError(f"Config path {str(path)!r} cannot be used: {error.strerror or error}.") from None
-    if not exists:
-        raise ConfigError(f"Config file {str(path)!r} does not exist; pass the path of a JSON config "
-                          f"(see configs/quickstart.json for an example).")
-    if not path.is_file():
-        raise ConfigError(f"Config path {str(path)!r} is not a file; pass the path of a JSON config.")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some Windows editors) is no error
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"Config file {str(path)!r} cannot be read: {error}.") from None
-    duplicates: list[str] = []
-
-    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in seen:
-                duplicates.append(key)
-            seen[key] = value
-        return seen
-
-    try:
-        raw = json.loads(text, object_pairs_hook=unique_keys)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"Config file {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}, "
-                          f"column {error.colno}. Keys and strings need double quotes, and JSON allows no "
-                          f"comments or trailing commas.") from None
-    except ValueError:  # Python refuses integers of more than 4,300 digits
-        raise ConfigError(f"Config file {str(path)!r} holds an integer of more than 4,300 digits; integers in a "
-                          f"config must lie in the signed 64-bit range {INT_RANGE}.") from None
-    except RecursionError:
-        raise ConfigError(_TOO_DEEP.format(path=str(path))) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"Config file {str(path)!r} must hold a JSON object of key/value pairs; got "
-                          f"{type(raw).__name__} instead.")
-    if duplicates:  # JSON would silently keep the last value
-        raise ConfigError(f"Config file {str(path)!r} gives the key(s) {sorted(set(duplicates))} more than once in "
-                          f"the same object; keep one of each (to sweep values, give a list).")
-    try:
-        numbers = list(_numbers(raw, ""))
-    except RecursionError:
-        raise ConfigError(_TOO_DEEP.format(path=str(path))) from None
-    for key, value in numbers:
-        if isinstance(value, float) and not math.isfinite(value):  # 1e400 parses as inf; NaN, Infinity literals
-            raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds {value}, which is no finite number "
-                              f"(a literal NaN or Infinity, or a number beyond ±1.8e308); give a finite number. A "
-                              f"run's logged config could not even be written as JSON with it.")
-        if (isinstance(value, float) and abs(value) > FLOAT32_MAX
-                and key.split(".")[0] in ("model_args", "optimizer_args", "dataset_args")):
-            raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds {value:g}, beyond the float32 range "
-                              f"±{FLOAT32_MAX:.4g} of the tensors the factory's arguments end up in (a learning rate "
-                              f"of 1e300 failed in the first optimizer step); give a smaller number.")
-        if isinstance(value, int) and not -2**63 <= value < 2**63:  # torch, numpy and the float checks take no more
-            raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds an integer of {len(str(abs(value)))} "
-                              f"digits; integers in a config must lie in the signed 64-bit range {INT_RANGE}.")
-    return raw
-
-
-INT_RANGE = "−2**63 … 2**63 − 1"
-FLOAT32_MAX = 3.4028234663852886e38
-
-
-def _numbers(value: Any, key: str) -> Iterator[tuple[str, int | float]]:
-    """Every number in a parsed JSON value, with the key path that holds it (lists count as the key)."""
-    if isinstance(value, dict):
-        for name, item in value.items():
-            yield from _numbers(item, f"{key}.{name}" if key else name)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _numbers(item, key)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        yield key, value
-
-
-PATH_KEYS = ("logs_dir", "data_dir", "latents_dir")
-
-
-def extraction_latents_dir(values: Mapping[str, Any]) -> str | None:
-    """Where a run's extract step puts its latents: the step's own 'latents_dir' parameter when given, else
-    the config key (None: inside the run folder). The probe job and the analysis look there too."""
-    for step in values.get("post_processing") or ():
-        if isinstance(step, Mapping) and step.get("name") == "extract" and step.get("latents_dir") is not None:
-            return str(step["latents_dir"])
-    latents_dir = values.get("latents_dir")
-    return None if latents_dir is None else str(latents_dir)
-
-
-def absolute_paths(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Folder keys and registry module files as absolute paths: Dask workers with another working
-    directory, and reruns of a logged config from anywhere, use the same places."""
-    result = dict(values)
-    for key in PATH_KEYS:
-        if result.get(key):
-            result[key] = os.path.abspath(os.path.expanduser(result[key]))
-    result["registries"] = {kind: os.path.abspath(spec) if spec.endswith(".py") else spec
-                            for kind, spec in result.get("registries", {}).items()}
-    return result
-
-
 def check_known_keys(raw: Mapping[str, Any], where: str) -> None:
+    """Raise a ConfigError for keys the schema does not declare (with close matches) and for missing
+    required keys; ``_meta`` of a logged config is allowed."""
     unknown = sorted(k for k in raw if k not in SCHEMA_BY_NAME and k != META_KEY)
     if unknown:
         hints = "".join(did_you_mean(k, SCHEMA_BY_NAME).replace(" Did you mean", f" For {k!r} did you mean")
@@ -513,26 +407,6 @@ def validate_values(raw: Mapping[str, Any], where: str) -> None:
                                           f"got {json.dumps(module)}.")
 
 
-def anchor_registry_paths(raw: dict[str, Any], config_path: Path | str) -> None:
-    """Registry modules given as relative paths of .py files are found beside the config file
-    (where its author put them), whatever the working directory; they are stored as absolute
-    paths, so the run's logged config names the same files. Paths that do not exist beside the
-    config keep meaning what they meant before: relative to the working directory (also stored
-    absolute when such a file exists, so the logged config works from anywhere)."""
-    registries = raw.get("registries")
-    folder = Path(config_path).resolve().parent
-    for mapping in registries if isinstance(registries, list) else [registries]:
-        if not isinstance(mapping, dict):
-            continue
-        for kind, spec in mapping.items():
-            if isinstance(spec, str) and (spec.endswith(".py") or "/" in spec) and not Path(spec).is_absolute():
-                beside = folder / Path(spec).expanduser()
-                if beside.is_file():
-                    mapping[kind] = str(beside.resolve())
-                elif Path(spec).expanduser().is_file():  # found from the working directory: logged absolute too
-                    mapping[kind] = str(Path(spec).expanduser().resolve())
-
-
 def derive_seed(run_id: str) -> int:
     """Deterministic seed of a repetition: different run ids give different seeds."""
     return zlib.crc32(run_id.encode("utf-8")) % (2**31)
@@ -551,15 +425,6 @@ def normalise_steps(steps: list[Any], where: str) -> list[dict[str, Any]]:
                               f"with a 'name' and the step's parameters; got {json.dumps(step)}. List the steps "
                               f"with `python main.py --list steps`.")
     return result
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_name(text: Any) -> str:
-    """File-system-safe rendering of a value for folder and file names. Leading dots go: "." and ".."
-    would name the folder itself or its parent, ".rep" a hidden folder that listings skip."""
-    return _UNSAFE.sub("_", str(text)).strip("_").lstrip(".") or "_"
 
 
 @dataclass(frozen=True)

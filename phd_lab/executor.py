@@ -20,7 +20,8 @@ from torch import nn
 from phd_lab import atomic
 from phd_lab.callbacks import Callback, MetricsCSV, RunFolderGuard
 from phd_lab.checkpoint import CheckpointStore
-from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, absolute_paths, as_single_point
+from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point
+from phd_lab.config_paths import absolute_paths
 from phd_lab.data import DataBundle
 from phd_lab.device import resolve_device
 from phd_lab.environment import device_description, git_diff, versions
@@ -293,16 +294,7 @@ class TrainTestExecutor:
                 # The keys that shaped the weights keep the values the run was trained with (what
                 # reproduces it); the others (post-processing, analysis, probe, folders) follow the rerun.
                 now = self.logged_config()
-                # registry files logged relative (by versions before they were logged absolute) are the
-                # same files when they resolve to the same place, and are then logged absolute as well
-                resolved = absolute_paths(previous)
-                kept = {k: previous[k] for k in TRAINING_KEYS if k in previous and resolved[k] != now.get(k)}
-                asked = {k: now.get(k) for k in kept}  # what this rerun asks for instead
-                if self._trained_threads is not None:  # the checkpoint's count, also over an edited logged config
-                    kept.pop("cpu_threads", None)
-                    asked.pop("cpu_threads", None)
-                    if self.config.cpu_threads not in (None, self._trained_threads):
-                        asked["cpu_threads"] = self.config.cpu_threads
+                kept, asked = kept_training_values(previous, now, self._trained_threads, self.config.cpu_threads)
                 self._say_setup_differences(old_meta, now[META_KEY], against_logged_run=False)
                 changed = self._changes_to_training(previous, old_meta or {}) if kept else []
                 if changed and self._epochs_logged() < self.config.epoch:
@@ -461,6 +453,25 @@ class TrainTestExecutor:
 
 # Keys outside the run's identity that still change the trained weights (at least in their last bits).
 TRAINING_KEYS = ("registries", "device", "data_parallel", "mixed_precision", "cpu_threads", "tracking_device")
+
+
+def kept_training_values(previous: Mapping[str, Any], now: Mapping[str, Any], trained_threads: int | None,
+                         config_threads: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``TRAINING_KEYS`` values a rerun of a trained run keeps from its logged config ``previous`` where
+    they differ from the config it would log ``now``, and the values this rerun asks for instead. With a
+    checkpoint's thread count (``trained_threads``) that count is logged, so ``cpu_threads`` is not kept, and
+    asked for only where the config names another count (``config_threads``). Plain dicts in and out."""
+    # registry files logged relative (by versions before they were logged absolute) are the
+    # same files when they resolve to the same place, and are then logged absolute as well
+    resolved = absolute_paths(previous)
+    kept = {k: previous[k] for k in TRAINING_KEYS if k in previous and resolved[k] != now.get(k)}
+    asked = {k: now.get(k) for k in kept}  # what this rerun asks for instead
+    if trained_threads is not None:  # the checkpoint's count, also over an edited logged config
+        kept.pop("cpu_threads", None)
+        asked.pop("cpu_threads", None)
+        if config_threads not in (None, trained_threads):
+            asked["cpu_threads"] = config_threads
+    return kept, asked
 
 
 def _samples(loader: Any) -> str:

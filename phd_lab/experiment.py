@@ -10,7 +10,7 @@ from types import ModuleType
 from typing import Mapping
 
 from phd_lab.atomic import check_writable_dir
-from phd_lab.config import absolute_paths
+from phd_lab.config_paths import absolute_paths
 from phd_lab.device import resolve_device
 from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line
 from phd_lab.executor import TrainTestExecutor

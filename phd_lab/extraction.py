@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from phd_lab import atomic
-from phd_lab.config import safe_name
+from phd_lab.config_paths import safe_name
 from phd_lab.errors import ConfigError, ExtractionError
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.latents_folder import (MANIFEST, SPLITS, build_manifest, clear, expected_settings, load_manifest,

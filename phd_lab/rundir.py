@@ -9,8 +9,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from phd_lab.config import (META_KEY, RunConfig, anchor_registry_paths, check_known_keys, check_run_id_value,
-                            load_config_file, predates_linear_init, safe_name, validate_values)
+from phd_lab.config import (META_KEY, RunConfig, check_known_keys, check_run_id_value, predates_linear_init,
+                            validate_values)
+from phd_lab.config_file import load_config_file
+from phd_lab.config_paths import anchor_registry_paths, safe_name
 from phd_lab.errors import ConfigError
 from phd_lab.grid import Grid
 

@@ -333,7 +333,7 @@ def test_integers_beyond_64_bits_are_refused_naming_the_key(tmp_path, capsys, nu
 
 
 def test_the_64_bit_range_ends_are_read(tmp_path):
-    from phd_lab.config import load_config_file
+    from phd_lab.config_file import load_config_file
     path = _write_raw(tmp_path, '{"model_args": {"a": %d, "b": [true, 3e38, %d]}}' % (2**63 - 1, -2**63))
     assert load_config_file(path) == {"model_args": {"a": 2**63 - 1, "b": [True, 3e38, -2**63]}}
 

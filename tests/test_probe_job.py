@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phd_lab.config import load_config_file
+from phd_lab.config_file import load_config_file
 from phd_lab.errors import RunFailure
 from phd_lab.grid import Grid
 from phd_lab.probes.cache import ResultCache

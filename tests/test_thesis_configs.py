@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from phd_lab.cli import main_cli
-from phd_lab.config import load_config_file
+from phd_lab.config_file import load_config_file
 from phd_lab.grid import Grid
 from tests.conftest import ROOT
 

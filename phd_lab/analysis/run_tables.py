@@ -23,7 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from phd_lab.config import META_KEY, extraction_latents_dir, with_logged_linear_init
+from phd_lab.config import META_KEY, with_logged_linear_init
+from phd_lab.config_paths import extraction_latents_dir
 from phd_lab.rundir import RunDir
 
 log = logging.getLogger(__name__)

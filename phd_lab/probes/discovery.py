@@ -44,7 +44,7 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
     a later job) or died (listed in the third value: the others are probed meanwhile). Without any other
     run to probe, either is an error.
     """
-    from phd_lab.config import extraction_latents_dir
+    from phd_lab.config_paths import extraction_latents_dir
 
     where = str(config_path)
     grid = read_config_grid(config_path, run_id=run_id)

@@ -1,0 +1,103 @@
+"""Reading a JSON config file: the raw mapping, before any key is checked against the schema.
+
+``load_config_file`` reads and parses, refusing what JSON would let through silently (duplicate
+keys, a top level that is no object); ``check_numbers`` then refuses numbers no run could use
+(NaN, infinities, factory arguments beyond float32, integers beyond 64 bits). Every message names
+the file. The schema's checks of each key live in ``phd_lab.config``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from phd_lab.errors import ConfigError
+
+INT_RANGE = "−2**63 … 2**63 − 1"
+FLOAT32_MAX = 3.4028234663852886e38
+
+_TOO_DEEP = ("Config file {path!r} nests lists or objects hundreds of levels deep; a config's values are at most "
+             "a list of objects of lists. Check the file for runaway brackets.")
+
+
+def load_config_file(path: Path | str) -> dict[str, Any]:
+    """Read a JSON config; errors name the file and (for syntax errors) line and column."""
+    path = Path(path)
+    try:
+        exists = path.exists()
+    except OSError as error:  # e.g. a file name longer than the file system allows
+        raise ConfigError(f"Config path {str(path)!r} cannot be used: {error.strerror or error}.") from None
+    if not exists:
+        raise ConfigError(f"Config file {str(path)!r} does not exist; pass the path of a JSON config "
+                          f"(see configs/quickstart.json for an example).")
+    if not path.is_file():
+        raise ConfigError(f"Config path {str(path)!r} is not a file; pass the path of a JSON config.")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some Windows editors) is no error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"Config file {str(path)!r} cannot be read: {error}.") from None
+    duplicates: list[str] = []
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                duplicates.append(key)
+            seen[key] = value
+        return seen
+
+    try:
+        raw = json.loads(text, object_pairs_hook=unique_keys)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"Config file {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}, "
+                          f"column {error.colno}. Keys and strings need double quotes, and JSON allows no "
+                          f"comments or trailing commas.") from None
+    except ValueError:  # Python refuses integers of more than 4,300 digits
+        raise ConfigError(f"Config file {str(path)!r} holds an integer of more than 4,300 digits; integers in a "
+                          f"config must lie in the signed 64-bit range {INT_RANGE}.") from None
+    except RecursionError:
+        raise ConfigError(_TOO_DEEP.format(path=str(path))) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config file {str(path)!r} must hold a JSON object of key/value pairs; got "
+                          f"{type(raw).__name__} instead.")
+    if duplicates:  # JSON would silently keep the last value
+        raise ConfigError(f"Config file {str(path)!r} gives the key(s) {sorted(set(duplicates))} more than once in "
+                          f"the same object; keep one of each (to sweep values, give a list).")
+    check_numbers(raw, path)
+    return raw
+
+
+def check_numbers(raw: Mapping[str, Any], path: Path | str) -> None:
+    """Raise a ConfigError for the first number of a parsed config (``path`` names its file) that no run
+    could use: NaN or an infinity, a factory argument beyond float32, an integer beyond 64 bits."""
+    try:
+        numbers = list(_numbers(raw, ""))
+    except RecursionError:
+        raise ConfigError(_TOO_DEEP.format(path=str(path))) from None
+    for key, value in numbers:
+        if isinstance(value, float) and not math.isfinite(value):  # 1e400 parses as inf; NaN, Infinity literals
+            raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds {value}, which is no finite number "
+                              f"(a literal NaN or Infinity, or a number beyond ±1.8e308); give a finite number. A "
+                              f"run's logged config could not even be written as JSON with it.")
+        if (isinstance(value, float) and abs(value) > FLOAT32_MAX
+                and key.split(".")[0] in ("model_args", "optimizer_args", "dataset_args")):
+            raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds {value:g}, beyond the float32 range "
+                              f"±{FLOAT32_MAX:.4g} of the tensors the factory's arguments end up in (a learning rate "
+                              f"of 1e300 failed in the first optimizer step); give a smaller number.")
+        if isinstance(value, int) and not -2**63 <= value < 2**63:  # torch, numpy and the float checks take no more
+            raise ConfigError(f"Config file {str(path)!r}: the key {key!r} holds an integer of {len(str(abs(value)))} "
+                              f"digits; integers in a config must lie in the signed 64-bit range {INT_RANGE}.")
+
+
+def _numbers(value: Any, key: str) -> Iterator[tuple[str, int | float]]:
+    """Every number in a parsed JSON value, with the key path that holds it (lists count as the key)."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from _numbers(item, f"{key}.{name}" if key else name)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _numbers(item, key)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield key, value
