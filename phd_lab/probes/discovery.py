@@ -8,7 +8,7 @@ driver (``job``) validates and fits them; ``outputs`` writes their results.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -44,41 +44,78 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
     a later job) or died (listed in the third value: the others are probed meanwhile). Without any other
     run to probe, either is an error.
     """
-    from phd_lab.config_paths import extraction_latents_dir
-
     where = str(config_path)
     grid = read_config_grid(config_path, run_id=run_id)
-    jobs, skipped, extracting, logs_dirs, unprobed, unfinished = [], [], [], set(), [], []
+    scan = _scan_grid(grid, where, overrides)
+    jobs = _without_repeats(scan.jobs, where)
+    if not jobs:
+        _nothing_to_probe(scan, where, len(grid))
+    if scan.skipped:
+        log.info("%d run(s) without latents (skipped): %s", len(scan.skipped), index_ranges(scan.skipped))
+    if len(scan.extracting) > SAID_ONE_BY_ONE:
+        log.warning("%d run(s) whose latents are being extracted (skipped): %s", len(scan.extracting),
+                    index_ranges(scan.extracting))
+    if scan.unfinished:
+        log.warning("%d run(s) whose extraction did not finish (not probed): %s", len(scan.unfinished),
+                    index_ranges(scan.unfinished))
+    notes = [f"run(s) {index_ranges(scan.unfinished)}: extraction unfinished"] if scan.unfinished else []
+    return jobs, Path(sorted(scan.logs_dirs)[0]) / CACHE_FOLDER, notes
+
+
+@dataclass
+class _GridScan:
+    """What a grid's runs hold: jobs to probe, and the grid indices of the runs left out, by reason."""
+
+    jobs: list[ProbeJob] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)  # no latents folder
+    unprobed: list[tuple[int, Any]] = field(default_factory=list)  # the same runs, with their configs
+    extracting: list[int] = field(default_factory=list)  # an extraction holds the run right now
+    unfinished: list[int] = field(default_factory=list)  # an extraction died: no manifest
+    logs_dirs: set[str] = field(default_factory=set)
+
+
+def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None) -> _GridScan:
+    """Look at every run's latents folder once; the first few runs left out say why one by one."""
+    from phd_lab.config_paths import extraction_latents_dir
+
+    scan = _GridScan()
     for index in range(len(grid)):
         cfg = grid[index]
         rundir = RunDir.for_run(cfg)
-        logs_dirs.add(cfg.logs_dir)
+        scan.logs_dirs.add(cfg.logs_dir)
         folder = rundir.latents(extraction_latents_dir(cfg.values))
         if not folder.exists():
-            skipped.append(index)
-            unprobed.append((index, cfg))
+            scan.skipped.append(index)
+            scan.unprobed.append((index, cfg))
             continue
         owner = extracting_owner(folder, rundir)
         if owner is not None:  # probing beside a training grid: this run's turn comes in a later job
-            if len(extracting) < SAID_ONE_BY_ONE:
+            if len(scan.extracting) < SAID_ONE_BY_ONE:
                 log.warning("run %d (%s): its latents are being extracted (%s); skipped, probe it once that has "
                             "finished", index, cfg.name, owner or "another process")
-            extracting.append(index)
+            scan.extracting.append(index)
             continue
         if unfinished_extraction(folder):  # its process was killed: the other runs need not wait for this one
-            if len(unfinished) < SAID_ONE_BY_ONE:  # a grid's array job killed at its time limit: hundreds
+            if len(scan.unfinished) < SAID_ONE_BY_ONE:  # a grid's array job killed at its time limit: hundreds
                 log.warning("run %d (%s): its latents folder %s has no %s: the extraction did not finish (its "
                             "process was killed?); skipped. `python main.py --config %s --index %d` finishes it.",
                             index, cfg.name, folder, MANIFEST, where, index)
-            unfinished.append(index)
+            scan.unfinished.append(index)
             continue
         settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
-        jobs.append(_job(read_manifest(folder), settings, f"run {index} ({cfg.name})", expected_root=rundir.root))
+        scan.jobs.append(_job(read_manifest(folder), settings, f"run {index} ({cfg.name})",
+                              expected_root=rundir.root))
+    return scan
+
+
+def _without_repeats(jobs: list[ProbeJob], where: str) -> list[ProbeJob]:
+    """One job per run folder: a swept probe key that a command-line option overrides makes the same job twice;
+    two different probe settings for one trained run are an error (one folder holds one probe table)."""
     folders: dict[Path, ProbeJob] = {}
-    for job in list(jobs):
+    kept = []
+    for job in jobs:
         root = job.outputs.root.resolve()
-        if root in folders and folders[root].settings == job.settings:  # a swept probe key a command-line
-            jobs.remove(job)  # option overrides: the same job twice
+        if root in folders and folders[root].settings == job.settings:
             continue
         if root in folders:
             raise ConfigError(f"{where}: {folders[root].label} and {job.label} are the same trained run (probe "
@@ -86,32 +123,28 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
                               f"folder holds one probe_performances.csv. Probe other settings one at a time with "
                               f"`probe_main.py --latents DIR` and command-line options such as --C.")
         folders[root] = job
-    if not jobs and unfinished:
-        raise DataError(f"The extraction of run(s) {index_ranges(unfinished)} of {where!r} did not finish (their "
-                        f"latents folders have no {MANIFEST}; it is written last), and no other run has latents yet. "
-                        f"Rerun the training command with the 'extract' step; it redoes a half-written extraction.")
-    if not jobs and extracting:
-        raise DataError(f"The latents of run(s) {index_ranges(extracting)} of {where!r} are still being extracted by "
-                        f"the training command, and no other run has latents yet; probe once it has finished. "
-                        f"(A lock held from another host cannot be checked from here: if that process has died, "
-                        f"rerun the training command, which takes its lock over and finishes the extraction.)")
-    if not jobs:
-        check_registry_names(unprobed, where)
-        earlier = earlier_version_runs(cfg for _, cfg in unprobed)
-        hint = f" {earlier_version_advice(earlier, len(grid))}" if earlier else ""
-        raise DataError(f"No latents found for any of the {len(grid)} run(s) of {where!r} (looked for "
-                        f"<run folder>/latents or under latents_dir). Train the runs with the 'extract' "
-                        f"post-processing step first (python main.py --config {where}).{hint}")
-    if skipped:
-        log.info("%d run(s) without latents (skipped): %s", len(skipped), index_ranges(skipped))
-    if len(extracting) > SAID_ONE_BY_ONE:
-        log.warning("%d run(s) whose latents are being extracted (skipped): %s", len(extracting),
-                    index_ranges(extracting))
-    if unfinished:
-        log.warning("%d run(s) whose extraction did not finish (not probed): %s", len(unfinished),
-                    index_ranges(unfinished))
-    notes = [f"run(s) {index_ranges(unfinished)}: extraction unfinished"] if unfinished else []
-    return jobs, Path(sorted(logs_dirs)[0]) / CACHE_FOLDER, notes
+        kept.append(job)
+    return kept
+
+
+def _nothing_to_probe(scan: _GridScan, where: str, runs: int) -> None:
+    """Raise the error that says why no run of the grid can be probed, the most telling reason first."""
+    if scan.unfinished:
+        raise DataError(f"The extraction of run(s) {index_ranges(scan.unfinished)} of {where!r} did not finish "
+                        f"(their latents folders have no {MANIFEST}; it is written last), and no other run has "
+                        f"latents yet. Rerun the training command with the 'extract' step; it redoes a half-written "
+                        f"extraction.")
+    if scan.extracting:
+        raise DataError(f"The latents of run(s) {index_ranges(scan.extracting)} of {where!r} are still being "
+                        f"extracted by the training command, and no other run has latents yet; probe once it has "
+                        f"finished. (A lock held from another host cannot be checked from here: if that process has "
+                        f"died, rerun the training command, which takes its lock over and finishes the extraction.)")
+    check_registry_names(scan.unprobed, where)
+    earlier = earlier_version_runs(cfg for _, cfg in scan.unprobed)
+    hint = f" {earlier_version_advice(earlier, runs)}" if earlier else ""
+    raise DataError(f"No latents found for any of the {runs} run(s) of {where!r} (looked for "
+                    f"<run folder>/latents or under latents_dir). Train the runs with the 'extract' "
+                    f"post-processing step first (python main.py --config {where}).{hint}")
 
 
 SAID_ONE_BY_ONE = 5  # runs skipped for the same reason that get a line each; the rest are counted
