@@ -329,7 +329,7 @@ def test_the_default_draws_only_the_output_layer_again_so_that_deep_mlps_keep_th
     spread = {}
     for scheme in (None, "torch_output", "torch"):
         torch.manual_seed(0)
-        model = registries.models.get("mlp_long_skip")(num_classes=10)
+        model = registries.models.get("mlp_long_skip")(num_classes=10, in_channels=1)
         if scheme is not None:
             redraw_linear_layers(model, scheme)
         with torch.no_grad():
