@@ -85,8 +85,7 @@ def _per_layer(model: nn.Module, input_shape: tuple[int, int, int],
 
     order: list[str] = []
     handles = []
-    counted: dict[str, nn.Module] = {}
-    whole: list[str] = []  # counted modules of a type ptflops knows exactly
+    counted = _counted_modules(model, rules)
     functional: list[int] = []  # ptflops' collector: one entry per functional call
     inside: list[range] = []  # collector entries appended while a counted module ran
     depth, start = [0], [0]
@@ -96,16 +95,8 @@ def _per_layer(model: nn.Module, input_shape: tuple[int, int, int],
             start[0] = len(functional)
         depth[0] += 1
 
-    for name, module in model.named_modules():
-        hook = rule_for(module, rules)
-        # the submodules of a module of a type ptflops knows are part of its count (MultiheadAttention's
-        # out_proj); those of a subclass are not (its rule is the base class' rule for the module itself)
-        if hook is None or not name or any(name.startswith(f"{outer}.") for outer in whole):
-            continue
+    for name, (module, hook) in counted.items():
         module.__flops__ = 0
-        counted[name] = module
-        if type(module) in rules:
-            whole.append(name)
 
         def record(mod: nn.Module, args: Any, output: Any, _name: str = name, _hook: Any = hook) -> None:
             _hook(mod, args, output)
@@ -127,23 +118,54 @@ def _per_layer(model: nn.Module, input_shape: tuple[int, int, int],
     patch_tensor_ops(functional)
     F.conv2d = counting_conv2d
     try:
-        parameter = next(model.parameters(), None)
-        dtype = parameter.dtype if parameter is not None else torch.float32
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape), dtype=dtype, device=device))
+        _forward_zero_image(model, input_shape)
     finally:
         F.conv2d = conv2d
         unpatch_functional()
         unpatch_tensor_ops()
         for handle in handles:
             handle.remove()
+    return _layer_rows(order, counted), _macs_outside(functional, inside), uncounted[0]
+
+
+def _counted_modules(model: nn.Module, rules: dict) -> dict[str, tuple[nn.Module, Any]]:
+    """The named submodules ptflops has a rule for, with that rule, leaving out the submodules of a
+    module whose exact type ptflops knows (they are part of its count)."""
+    counted: dict[str, tuple[nn.Module, Any]] = {}
+    whole: list[str] = []  # counted modules of a type ptflops knows exactly
+    for name, module in model.named_modules():
+        hook = rule_for(module, rules)
+        # the submodules of a module of a type ptflops knows are part of its count (MultiheadAttention's
+        # out_proj); those of a subclass are not (its rule is the base class' rule for the module itself)
+        if hook is None or not name or any(name.startswith(f"{outer}.") for outer in whole):
+            continue
+        counted[name] = (module, hook)
+        if type(module) in rules:
+            whole.append(name)
+    return counted
+
+
+def _forward_zero_image(model: nn.Module, input_shape: tuple[int, int, int]) -> None:
+    """One forward pass, without gradients, of a zero image in the model's dtype and on its device."""
+    parameter = next(model.parameters(), None)
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    with torch.no_grad():
+        model(torch.zeros((1, *input_shape), dtype=dtype, device=device))
+
+
+def _macs_outside(functional: list[int], inside: list[range]) -> int:
+    """MACs of the functional calls no counted module made (those inside one are in its own count)."""
     duplicated = {position for span in inside for position in span}
-    outside = sum(int(macs) for position, macs in enumerate(functional) if position not in duplicated)
+    return sum(int(macs) for position, macs in enumerate(functional) if position not in duplicated)
+
+
+def _layer_rows(order: list[str], counted: dict[str, tuple[nn.Module, Any]]) -> list[dict[str, Any]]:
+    """One row per counted module that ran, in forward order: its MACs and parameters."""
     rows = []
     for name in order:
-        module = counted[name]
+        module = counted[name][0]
         rows.append({"layer": name, "type": type(module).__name__, "macs": int(module.__flops__),
                      "params": sum(p.numel() for p in module.parameters()),
                      "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad)})
-    return rows, outside, uncounted[0]
+    return rows

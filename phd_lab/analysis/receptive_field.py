@@ -316,9 +316,7 @@ def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
         by_position.append(node)
         inputs: list[fx.Node] = []
         fx.node.map_arg((node.args, node.kwargs), lambda n: inputs.append(n) or n)
-        ancestors[node] = 0
-        for n in inputs:
-            ancestors[node] |= ancestors[n] | (1 << position[n])
+        ancestors[node] = _reach(inputs, ancestors, position)
         if node.op == "placeholder":
             states[node] = previous[node] = None if saw_input else {1: (1, 1)}
             saw_input = True
@@ -333,30 +331,26 @@ def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
         kind = _merge_kind(node)
         skips: set[fx.Node] = set()
         if kind == "gate":
-            scaled = [n for n in inputs if states[n] is not None
-                      and any(ancestors[m] >> position[n] & 1 for m in inputs if m is not n)]
+            scaled = _scaled_operands(inputs, states, ancestors, position)
             if scaled:
                 # Attention: the gate scales the tensor it was computed from and neither widens its
                 # receptive field nor is a layer of the sequence (thesis §10.1 omits these layers).
                 skips = {n for n in inputs if n not in scaled}
-                main = 0
-                for n in scaled:
-                    main |= ancestors[n] | (1 << position[n])
+                main = _reach(scaled, ancestors, position)
                 for gate in skips:
-                    _mark_side_branch((ancestors[gate] | (1 << position[gate])) & ~main, by_position, row_of)
+                    _mark_side_branch(_reach([gate], ancestors, position) & ~main, by_position, row_of)
                 in_states = [states[n] for n in scaled]
-        first = states[node.args[0]] if node.args and isinstance(node.args[0], fx.Node) else merge(in_states)
+        head = _first_input(node)
+        first = states[head] if head is not None else merge(in_states)
         out = _transform(node, graph_module, in_states, first)
         states[node] = out
         module = graph_module.get_submodule(node.target) if node.op == "call_module" else None
         if kind == "join":
             skips = _skips(inputs, states, ancestors, position)
             for skip in skips:
-                shared = 0  # nodes the other operands depend on: the walk must not enter the main path
-                for other in inputs:
-                    if other is not skip and isinstance(states[other], dict):
-                        shared |= ancestors[other] | (1 << position[other])
-                layer = _shortcut_layer(skip, states, shared, position)
+                # nodes the other operands depend on: the walk must not enter the main path
+                others = [other for other in inputs if other is not skip and isinstance(states[other], dict)]
+                layer = _shortcut_layer(skip, states, _reach(others, ancestors, position), position)
                 if layer in row_of:
                     row_of[layer].side_branch = True
         layer = _layer_name(node, module)
@@ -371,12 +365,32 @@ def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
             previous[node] = out
             continue
         kept = [previous[n] for n in inputs if n not in skips and previous[n] is not None]
-        head = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
         previous[node] = _transform(node, graph_module, kept, previous[head] if head is not None else merge(kept)) \
             if kept else None
     if not saw_input:
         raise ReceptiveFieldError("Receptive field: the traced model has no input.")
     return rows
+
+
+def _reach(nodes: Iterable[fx.Node], ancestors: dict[fx.Node, int], position: dict[fx.Node, int]) -> int:
+    """Bit set (by graph position) of ``nodes`` and of every node they depend on."""
+    bits = 0
+    for node in nodes:
+        bits |= ancestors[node] | (1 << position[node])
+    return bits
+
+
+def _scaled_operands(inputs: list[fx.Node], states: dict[fx.Node, Any], ancestors: dict[fx.Node, int],
+                     position: dict[fx.Node, int]) -> list[fx.Node]:
+    """The operands of a product that another operand was computed from: the tensor an attention
+    gate scales (empty for a plain product)."""
+    return [n for n in inputs if states[n] is not None
+            and any(ancestors[m] >> position[n] & 1 for m in inputs if m is not n)]
+
+
+def _first_input(node: fx.Node) -> fx.Node | None:
+    """The node's first argument if that is a graph node (the tensor a method or function acts on)."""
+    return node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
 
 
 def _layer_name(node: fx.Node, module: nn.Module | None) -> str | None:
@@ -466,79 +480,98 @@ def _shortcut_layer(skip: fx.Node, states: dict[fx.Node, Any], shared: int,
 def _transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], first: Any) -> Any:
     """The state of ``node``'s output from the states of its inputs (``first``: of its first argument)."""
     if node.op == "call_module":
-        module = graph_module.get_submodule(node.target)
-        if isinstance(module, nn.Conv2d):
-            out = window(merge(in_states), *_conv_params(module, node.target))
-        elif isinstance(module, nn.Linear):
-            out = GLOBAL
-        elif isinstance(module, _WINDOW_MODULES):
-            where = f"layer {node.target!r}"
-            dilation = getattr(module, "dilation", 1)
-            out = window(merge(in_states), *_pool_params(module.kernel_size, module.stride, dilation, where))
-        elif isinstance(module, _ADAPTIVE_MODULES):
-            out = _adaptive(merge(in_states), module.output_size, node, graph_module)
-        elif isinstance(module, nn.Flatten):
-            out = GLOBAL
-        elif isinstance(module, _PASS_MODULES):
-            out = merge(in_states)
-        elif isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
-            dim = module.dim
-            out = GLOBAL if dim is None or dim in _SPATIAL_DIMS else merge(in_states)
-        else:
-            raise _unsupported(node, graph_module)
-    elif node.op == "call_function":
-        target = node.target
-        if target is operator.getitem:
-            out = _getitem(first, node, graph_module)
-        elif target in _PASS_FUNCTIONS or getattr(target, "__name__", None) in _PASS_FUNCTION_NAMES:
-            out = merge(in_states)
-        elif target in _ADAPTIVE_FUNCTIONS:
-            out = _adaptive(first, _arg(node, 1, "output_size", None), node, graph_module)
-        elif target in _GLOBAL_FUNCTIONS:
-            out = GLOBAL
-        elif target in _REDUCE_FUNCTIONS:
-            out = _reduction(first, node, graph_module)
-        elif target in (F.max_pool2d, F.avg_pool2d):
-            where = f"graph node {node.name!r}"
-            kernel = _arg(node, 1, "kernel_size", None)
-            stride = _arg(node, 2, "stride", None)
-            dilation = _arg(node, 4, "dilation", 1) if target is F.max_pool2d else 1
-            if _whole_map(kernel, node.args[0]):
-                out = GLOBAL  # F.avg_pool2d(x, x.size()[2:]): a global pool written out
-            elif any(isinstance(value, fx.Node) for value in _flat((kernel, stride, dilation))):
-                raise _unsupported(node, graph_module, " whose window is computed from the input's shape")
-            else:
-                out = window(first, *_pool_params(kernel, stride, dilation, where))
-        elif target is F.conv2d:
-            weight = _arg(node, 1, "weight", None)
-            if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
-                raise _unsupported(node, graph_module, " whose weight is not a fixed parameter")
-            shape = graph_module.get_parameter(weight.target).shape
-            where = f"graph node {node.name!r}"
-            out = window(first, _square(tuple(shape[2:]), "kernel size", where),
-                         _square(_arg(node, 3, "stride", 1), "stride", where),
-                         _square(_arg(node, 5, "dilation", 1), "dilation", where))
-        elif target is getattr:
-            out = None  # x.shape, x.dtype, ...
-        else:
-            raise _unsupported(node, graph_module)
-    elif node.op == "call_method":
-        name = node.target
-        if name in _META_METHODS:
-            out = None
-        elif name in _PASS_METHODS:
-            out = merge(in_states)
-        elif name in _GLOBAL_METHODS:
-            out = GLOBAL
-        elif name in _RESHAPE_METHODS:
-            out = _reshape(first, node, graph_module)
-        elif name in _REDUCE_METHODS:
-            out = _reduction(first, node, graph_module)
-        else:
-            raise _unsupported(node, graph_module)
-    else:  # pragma: no cover - fx has no other opcodes
-        raise _unsupported(node, graph_module)
-    return out
+        return _module_call(node, graph_module, in_states)
+    if node.op == "call_function":
+        return _function_call(node, graph_module, in_states, first)
+    if node.op == "call_method":
+        return _method_call(node, graph_module, in_states, first)
+    raise _unsupported(node, graph_module)  # pragma: no cover - fx has no other opcodes
+
+
+def _module_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any]) -> Any:
+    """The output state of a module call (``call_module`` node)."""
+    module = graph_module.get_submodule(node.target)
+    if isinstance(module, nn.Conv2d):
+        return window(merge(in_states), *_conv_params(module, node.target))
+    if isinstance(module, nn.Linear):
+        return GLOBAL
+    if isinstance(module, _WINDOW_MODULES):
+        where = f"layer {node.target!r}"
+        dilation = getattr(module, "dilation", 1)
+        return window(merge(in_states), *_pool_params(module.kernel_size, module.stride, dilation, where))
+    if isinstance(module, _ADAPTIVE_MODULES):
+        return _adaptive(merge(in_states), module.output_size, node, graph_module)
+    if isinstance(module, nn.Flatten):
+        return GLOBAL
+    if isinstance(module, _PASS_MODULES):
+        return merge(in_states)
+    if isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
+        dim = module.dim
+        return GLOBAL if dim is None or dim in _SPATIAL_DIMS else merge(in_states)
+    raise _unsupported(node, graph_module)
+
+
+def _function_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], first: Any) -> Any:
+    """The output state of a function call (``call_function`` node)."""
+    target = node.target
+    if target is operator.getitem:
+        return _getitem(first, node, graph_module)
+    if target in _PASS_FUNCTIONS or getattr(target, "__name__", None) in _PASS_FUNCTION_NAMES:
+        return merge(in_states)
+    if target in _ADAPTIVE_FUNCTIONS:
+        return _adaptive(first, _arg(node, 1, "output_size", None), node, graph_module)
+    if target in _GLOBAL_FUNCTIONS:
+        return GLOBAL
+    if target in _REDUCE_FUNCTIONS:
+        return _reduction(first, node, graph_module)
+    if target in (F.max_pool2d, F.avg_pool2d):
+        return _pool_function(first, node, graph_module)
+    if target is F.conv2d:
+        return _conv_function(first, node, graph_module)
+    if target is getattr:
+        return None  # x.shape, x.dtype, ...
+    raise _unsupported(node, graph_module)
+
+
+def _pool_function(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
+    """``F.max_pool2d``/``F.avg_pool2d``: a window of constant size, or a global pool written out."""
+    where = f"graph node {node.name!r}"
+    kernel = _arg(node, 1, "kernel_size", None)
+    stride = _arg(node, 2, "stride", None)
+    dilation = _arg(node, 4, "dilation", 1) if node.target is F.max_pool2d else 1
+    if _whole_map(kernel, node.args[0]):
+        return GLOBAL  # F.avg_pool2d(x, x.size()[2:]): a global pool written out
+    if any(isinstance(value, fx.Node) for value in _flat((kernel, stride, dilation))):
+        raise _unsupported(node, graph_module, " whose window is computed from the input's shape")
+    return window(state, *_pool_params(kernel, stride, dilation, where))
+
+
+def _conv_function(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
+    """``F.conv2d`` with a parameter as weight: a window of the weight's kernel size."""
+    weight = _arg(node, 1, "weight", None)
+    if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
+        raise _unsupported(node, graph_module, " whose weight is not a fixed parameter")
+    shape = graph_module.get_parameter(weight.target).shape
+    where = f"graph node {node.name!r}"
+    return window(state, _square(tuple(shape[2:]), "kernel size", where),
+                  _square(_arg(node, 3, "stride", 1), "stride", where),
+                  _square(_arg(node, 5, "dilation", 1), "dilation", where))
+
+
+def _method_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], first: Any) -> Any:
+    """The output state of a tensor method call (``call_method`` node)."""
+    name = node.target
+    if name in _META_METHODS:
+        return None
+    if name in _PASS_METHODS:
+        return merge(in_states)
+    if name in _GLOBAL_METHODS:
+        return GLOBAL
+    if name in _RESHAPE_METHODS:
+        return _reshape(first, node, graph_module)
+    if name in _REDUCE_METHODS:
+        return _reduction(first, node, graph_module)
+    raise _unsupported(node, graph_module)
 
 
 def _adaptive(state: Any, output_size: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:

@@ -31,8 +31,7 @@ def layer_order(tables: RunTables, summary: dict[str, Any]) -> list[str]:
     if summary.get("saturation"):
         sources.append([entry["layer"] for entry in summary["saturation"]["layers"]])
     if tables.probes is not None:
-        probes = tables.probes.sort_values("index") if "index" in tables.probes.columns else tables.probes
-        sources.append(probes["layer"].astype(str).tolist())
+        sources.append(_probes_by_index(tables.probes)["layer"].astype(str).tolist())
     seen = set()
     for source in sources:
         for name in source:
@@ -40,6 +39,11 @@ def layer_order(tables: RunTables, summary: dict[str, Any]) -> list[str]:
                 seen.add(name)
                 order.append(name)
     return order
+
+
+def _probes_by_index(probes: pd.DataFrame) -> pd.DataFrame:
+    """The probe table in forward order (by its ``index`` column, where it has one)."""
+    return probes.sort_values("index") if "index" in probes.columns else probes
 
 
 def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -> "Figure":
@@ -53,6 +57,30 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -
     x_of = {name: i for i, name in enumerate(order)}
     longest = max((len(name) for name in order), default=0)
     fig, ax = plt.subplots(figsize=(max(6.5, 0.38 * len(order) + 2.5), max(4.6, 3.4 + 0.06 * longest)), dpi=dpi)
+    ax.set_title(_title(summary), fontsize=10)
+    if not order:
+        ax.text(0.5, 0.5, "no saved tables with layers yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+
+    _draw_saturations(ax, tables, summary["settings"]["analysis_split"], x_of)
+    _draw_accuracies(ax, tables, summary, x_of)
+    borders = summary.get("borders") or {}
+    _draw_tails_and_borders(ax, summary.get("tails", []), borders, x_of)
+    _format_layer_axes(ax, order)
+    handles, labels = ax.get_legend_handles_labels()
+    if tables.receptive_field is not None:
+        more_handles, more_labels = _draw_receptive_field(ax, tables, borders, x_of)
+        handles, labels = handles + more_handles, labels + more_labels
+    fig.tight_layout()
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, _below_tick_labels(ax)),
+                  ncol=4, frameon=False)
+    return fig
+
+
+def _title(summary: dict[str, Any]) -> str:
+    """The run's name, then its test accuracy, mean saturation and status (unless finished) if known."""
     title = summary["run"]["name"]
     facts = []
     if summary["accuracy"]["test"] is not None:
@@ -62,13 +90,11 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -
     status = (summary["run"].get("status") or {}).get("label")
     if status and status != "finished":
         facts.append(status)
-    ax.set_title(title + ("\n" + ", ".join(facts) if facts else ""), fontsize=10)
-    if not order:
-        ax.text(0.5, 0.5, "no saved tables with layers yet", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return fig
+    return title + ("\n" + ", ".join(facts) if facts else "")
 
-    split = summary["settings"]["analysis_split"]
+
+def _draw_saturations(ax: Any, tables: RunTables, split: str, x_of: dict[str, int]) -> None:
+    """Saturation per layer: bars for the analysed split, dots for the other one."""
     other = "test" if split == "train" else "train"
     main = layer_saturations(tables.metrics, split)
     if main is not None:
@@ -80,8 +106,12 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -
         ax.plot([x_of[n] for n in second["layer"] if n in x_of],
                 [s for n, s in zip(second["layer"], second["saturation"]) if n in x_of],
                 "o", color="#1b2a49", markersize=3.5, label=f"saturation ({other})")
+
+
+def _draw_accuracies(ax: Any, tables: RunTables, summary: dict[str, Any], x_of: dict[str, int]) -> None:
+    """The probes' accuracy per layer as a line, the model's test accuracy as a dashed line."""
     if tables.probes is not None:
-        probes = tables.probes.sort_values("index") if "index" in tables.probes.columns else tables.probes
+        probes = _probes_by_index(tables.probes)
         points = [(x_of[str(n)], a) for n, a in zip(probes["layer"], pd.to_numeric(probes["eval_acc"],
                                                                                    errors="coerce"))]
         if points:
@@ -89,43 +119,48 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -
     if summary["accuracy"]["test"] is not None:
         ax.axhline(summary["accuracy"]["test"], color="#dd8452", linestyle="--", linewidth=1,
                    label="model test accuracy")
-    for tail in summary.get("tails", []):
+
+
+def _draw_tails_and_borders(ax: Any, tails: list[dict[str, Any]], borders: dict[str, Any],
+                            x_of: dict[str, int]) -> None:
+    """Shade the tails; mark b_min (solid) and b_max (dashed) just before their border layer."""
+    for tail in tails:
         if tail["first_layer"] in x_of and tail["last_layer"] in x_of:
             ax.axvspan(x_of[tail["first_layer"]] - 0.5, x_of[tail["last_layer"]] + 0.5, color="#c44e52", alpha=0.13,
-                       label="tail" if tail is summary["tails"][0] else None)
-    borders = summary.get("borders") or {}
+                       label="tail" if tail is tails[0] else None)
     for key, style in (("b_min", "-"), ("b_max", "--")):
         layer = borders.get(key)
         if layer in x_of:
             ax.axvline(x_of[layer] - 0.5, color="black", linestyle=style, linewidth=1.4, label=key)
+
+
+def _format_layer_axes(ax: Any, order: list[str]) -> None:
+    """Percent scale on the left axis, one tick per layer (names rotated) on the x axis."""
+    import matplotlib.ticker
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("saturation / accuracy")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xticks(range(len(order)))
     ax.set_xticklabels(order, rotation=90, fontsize=7)
     ax.set_xlim(-0.6, len(order) - 0.4)
-    handles, labels = ax.get_legend_handles_labels()
 
+
+def _draw_receptive_field(ax: Any, tables: RunTables, borders: dict[str, Any],
+                          x_of: dict[str, int]) -> tuple[list[Any], list[str]]:
+    """r_max and r_min per layer and the input resolution on a right axis; returns its legend entries."""
     rf = tables.receptive_field
-    if rf is not None:
-        twin = ax.twinx()
-        xs = [x_of[str(n)] for n in rf["layer"]]
-        for column, style in (("r_max", "-"), ("r_min", ":")):
-            twin.plot(xs, pd.to_numeric(rf[column], errors="coerce"), style, color="#55a868", linewidth=1.3,
-                      label=f"receptive field {column}")
-        resolution = borders.get("resolution") or tables.config_value("resolution")
-        if resolution:
-            twin.axhline(resolution, color="#55a868", linestyle="-.", linewidth=1,
-                         label=f"input resolution {resolution}")
-        twin.set_ylabel("receptive field (pixels)")
-        twin.set_ylim(bottom=0)
-        more_handles, more_labels = twin.get_legend_handles_labels()
-        handles, labels = handles + more_handles, labels + more_labels
-    fig.tight_layout()
-    if handles:
-        ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, _below_tick_labels(ax)),
-                  ncol=4, frameon=False)
-    return fig
+    twin = ax.twinx()
+    xs = [x_of[str(n)] for n in rf["layer"]]
+    for column, style in (("r_max", "-"), ("r_min", ":")):
+        twin.plot(xs, pd.to_numeric(rf[column], errors="coerce"), style, color="#55a868", linewidth=1.3,
+                  label=f"receptive field {column}")
+    resolution = borders.get("resolution") or tables.config_value("resolution")
+    if resolution:
+        twin.axhline(resolution, color="#55a868", linestyle="-.", linewidth=1,
+                     label=f"input resolution {resolution}")
+    twin.set_ylabel("receptive field (pixels)")
+    twin.set_ylim(bottom=0)
+    return twin.get_legend_handles_labels()
 
 
 def _below_tick_labels(ax: Any) -> float:

@@ -128,6 +128,26 @@ def read_manifest(folder: Path | str) -> Manifest:
     """Parse ``<folder>/manifest.json`` and check it against the array headers."""
     folder = Path(folder)
     path = folder / MANIFEST
+    _require_manifest_file(folder, path)
+    raw = _load_json(path)
+    run_dir = _require(raw, "run_dir", str, path, "")
+    accuracy = _model_test_accuracy(raw, path)
+    labels = _require(raw, "labels", dict, path, "")
+    label_files = {split: folder / _require(labels, split, str, path, "labels") for split in SPLITS}
+    label_shas = _sha_pair(labels, path, "labels")
+    entries = _require(raw, "layers", list, path, "")
+    if not entries:
+        raise _fail(path, "it lists no layers")
+    label_lengths = {split: _label_count(label_files[split], path) for split in SPLITS}
+    layers, positional = _read_layers(entries, folder, path, label_files, label_lengths)
+    _check_layer_sets(folder, path, layers, positional)
+    layers.sort(key=lambda layer: layer.index)  # stable: a pixelwise layer's positions keep the manifest's order
+    return Manifest(folder, Path(run_dir), None if accuracy is None else float(accuracy), tuple(layers),
+                    label_files["train"], label_files["eval"], label_shas, raw)
+
+
+def _require_manifest_file(folder: Path, path: Path) -> None:
+    """Fail unless ``folder`` is a folder holding ``path``, saying which folder was likely meant."""
     if not folder.is_dir():
         raise DataError(f"No latents found: {str(folder)!r} is not a folder. Pass the latents folder written by the "
                         f"extraction step (by default <run folder>/latents).")
@@ -139,6 +159,10 @@ def read_manifest(folder: Path | str) -> Manifest:
         raise DataError(f"Latents folder {str(folder)!r} has no {MANIFEST}: the extraction is unfinished (the "
                         f"manifest is written last). Rerun the training command with the 'extract' step; it redoes "
                         f"a half-written extraction.")
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    """The manifest's JSON object, of the format this version reads."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -147,27 +171,32 @@ def read_manifest(folder: Path | str) -> Manifest:
         raise _fail(path, "it does not hold a JSON object")
     if raw.get("format") != FORMAT:
         raise _fail(path, f"format is {json.dumps(raw.get('format'))}, this version reads format {FORMAT}")
-    run_dir = _require(raw, "run_dir", str, path, "")
+    return raw
+
+
+def _model_test_accuracy(raw: dict[str, Any], path: Path) -> Any:
+    """The manifest's ``model_test_accuracy``: None, or a number between 0 and 1."""
     accuracy = raw.get("model_test_accuracy")
     if accuracy is not None and (isinstance(accuracy, bool) or not isinstance(accuracy, (int, float))
                                  or not 0 <= accuracy <= 1):  # NaN fails too; relative_acc divides by it
         raise _fail(path, f"model_test_accuracy must be an accuracy between 0 and 1 or null, got "
                           f"{json.dumps(accuracy)}")
-    labels = _require(raw, "labels", dict, path, "")
-    label_files = {split: folder / _require(labels, split, str, path, "labels") for split in SPLITS}
-    label_shas = _sha_pair(labels, path, "labels")
-    entries = _require(raw, "layers", list, path, "")
-    if not entries:
-        raise _fail(path, "it lists no layers")
+    return accuracy
 
-    label_lengths = {}
-    for split in SPLITS:
-        shape, dtype = _header(label_files[split], path)
-        if len(shape) != 1 or not np.issubdtype(dtype, np.integer):
-            raise DataError(f"Label file {str(label_files[split])!r} must be a 1-d integer array; it has shape "
-                            f"{list(shape)} and dtype {dtype}. Rerun the extraction step.")
-        label_lengths[split] = shape[0]
 
+def _label_count(file: Path, manifest: Path) -> int:
+    """The number of labels in a label file, which must be a 1-d integer array."""
+    shape, dtype = _header(file, manifest)
+    if len(shape) != 1 or not np.issubdtype(dtype, np.integer):
+        raise DataError(f"Label file {str(file)!r} must be a 1-d integer array; it has shape "
+                        f"{list(shape)} and dtype {dtype}. Rerun the extraction step.")
+    return shape[0]
+
+
+def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str, Path],
+                 label_lengths: dict[str, int]) -> tuple[list[LayerFiles], set[str]]:
+    """The layers in manifest order, each checked against its array headers and the labels, and the
+    names of the positional entries (the positions of a pixelwise layer)."""
     layers, seen_names, seen_files, positional = [], set(), set(), set()
     for position, entry in enumerate(entries):
         where = f"layers[{position}]"
@@ -188,10 +217,7 @@ def read_manifest(folder: Path | str) -> Manifest:
             if file in seen_files:
                 raise _fail(path, f"file {files[split]!r} is listed twice")
             seen_files.add(file)
-            shapes[split], dtype = _header(file, path)
-            if len(shapes[split]) != 2 or not np.issubdtype(dtype, np.floating):
-                raise DataError(f"Latents file {str(file)!r} must be a 2-d float array (samples × features); it has "
-                                f"shape {list(shapes[split])} and dtype {dtype}. Rerun the extraction step.")
+            shapes[split] = _latents_shape(file, path)
             if shapes[split][0] != label_lengths[split]:
                 raise DataError(f"Label file {str(label_files[split])!r} has {label_lengths[split]} labels, but the "
                                 f"{split} latents of layer {name!r} ({str(file)!r}) have {shapes[split][0]} samples; "
@@ -207,10 +233,16 @@ def read_manifest(folder: Path | str) -> Manifest:
                                  tuple(shapes["train"]), shas))
         if isinstance(entry, dict) and "position" in entry:
             positional.add(name)
-    _check_layer_sets(folder, path, layers, positional)
-    layers.sort(key=lambda layer: layer.index)  # stable: a pixelwise layer's positions keep the manifest's order
-    return Manifest(folder, Path(run_dir), None if accuracy is None else float(accuracy), tuple(layers),
-                    label_files["train"], label_files["eval"], label_shas, raw)
+    return layers, positional
+
+
+def _latents_shape(file: Path, manifest: Path) -> tuple[int, ...]:
+    """The shape of a latents file, which must be a 2-d float array (samples × features)."""
+    shape, dtype = _header(file, manifest)
+    if len(shape) != 2 or not np.issubdtype(dtype, np.floating):
+        raise DataError(f"Latents file {str(file)!r} must be a 2-d float array (samples × features); it has "
+                        f"shape {list(shape)} and dtype {dtype}. Rerun the extraction step.")
+    return shape
 
 
 def _check_layer_sets(folder: Path, manifest: Path, layers: list[LayerFiles], positional: set[str]) -> None:

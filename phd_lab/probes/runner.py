@@ -173,84 +173,112 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
     """
     from tqdm.auto import tqdm
 
-    records: dict[int, ProbeRecord] = {}
     cached = {position: record for position, task in enumerate(tasks) if (record := cache.get(task.key)) is not None}
     misses = [position for position in range(len(tasks)) if position not in cached]
     if tasks:
         log.info("probing %d layer(s), %d found in the cache %s", len(misses), len(cached), cache.folder)
-    failed: dict[int, PhdLabError] = {}  # job -> why its latents cannot be probed
-    bar = tqdm(total=len(tasks), desc="probes", unit="layer", disable=not progress)
+    results = _Results(tasks, cache, on_record, tqdm(total=len(tasks), desc="probes", unit="layer",
+                                                     disable=not progress))
+    try:
+        results.reuse(cached)
+        misses.sort(key=lambda position: -tasks[position].size)
+        if scheduler is not None and misses:
+            _run_on_dask(tasks, misses, scheduler, results.finished, results.wanted)
+        elif workers <= 0 or not misses:
+            _run_here(tasks, misses, results.finished, results.wanted)
+        else:
+            _run_in_pool(tasks, misses, min(workers, len(misses)), results.finished, results.wanted)
+    finally:
+        results.bar.close()
+    if results.failed:
+        raise _runs_not_probed(tasks, results.failed)
+    return [results.records[position] for position in range(len(tasks))]
 
-    def deliver(task: ProbeTask, record: ProbeRecord, from_cache: bool) -> None:
-        if on_record is None or task.job in failed:
+
+@dataclass
+class _Results:
+    """The parent's side of a probe job: keeps every record, caches the fitted ones, hands them to
+    ``on_record``, advances the progress bar and remembers the runs whose data cannot be probed."""
+
+    tasks: Sequence[ProbeTask]
+    cache: ResultCache
+    on_record: Callable[[ProbeTask, ProbeRecord, bool], None] | None
+    bar: Any
+    records: dict[int, ProbeRecord] = field(default_factory=dict)
+    failed: dict[int, PhdLabError] = field(default_factory=dict)  # job -> why its latents cannot be probed
+
+    def reuse(self, cached: dict[int, ProbeRecord]) -> None:
+        """Take the cached records, with each task's current layer name and index."""
+        for position, record in cached.items():
+            task = self.tasks[position]
+            self.records[position] = replace(record, index=task.index, layer=task.layer)
+            log.debug("layer %s: cached result reused", task.layer)
+            self.deliver(task, self.records[position], True)
+            self.bar.update(1)
+
+    def deliver(self, task: ProbeTask, record: ProbeRecord, from_cache: bool) -> None:
+        """Hand a record to ``on_record``, unless the task's run has failed."""
+        if self.on_record is None or task.job in self.failed:
             return
         try:
-            on_record(task, record, from_cache)
+            self.on_record(task, record, from_cache)
         except OSError as error:  # a read-only or full output folder: say which file, not a traceback
             raise _about(task, RunFailure(f"Probe results could not be written: {error}. The layers probed so far "
                                           f"stay cached; rerun the same command once the problem is fixed.")) from None
 
-    try:
-        for position, record in cached.items():
-            task = tasks[position]
-            records[position] = replace(record, index=task.index, layer=task.layer)
-            log.debug("layer %s: cached result reused", task.layer)
-            deliver(task, records[position], True)
-            bar.update(1)
-        misses.sort(key=lambda position: -tasks[position].size)
+    def finished(self, position: int, record: ProbeRecord | None, error: BaseException | None = None) -> None:
+        """Take the outcome of one fit: cache and deliver its record, or note or raise its failure."""
+        task = self.tasks[position]
+        if error is not None:
+            self.bar.update(1)
+            failure = _failure(task, error)
+            if not isinstance(failure, DataError):  # the job cannot go on (versions, files replaced, ...)
+                # chained to the error, whose own cause holds a worker's traceback (text from another process)
+                raise _about(task, failure) from (error if failure is not error else error.__cause__)
+            if task.job not in self.failed:  # this run's data cannot be probed; the other runs go on
+                self.failed[task.job] = failure
+                log.error("%s", failure, extra={PROBE_JOB: task.job})
+            return
+        assert record is not None
+        self.records[position] = record
+        try:
+            self.cache.put(task.key, record)
+        except OSError as error:  # a full disk, a vanished folder: say which result could not be kept
+            raise _about(task, RunFailure(f"The probe of layer {record.layer!r} finished, but its result could "
+                                          f"not be cached: {error}. Layers already cached stay so; rerun the "
+                                          f"same command once the problem is fixed.")) from None
+        self.deliver(task, record, False)
+        self.bar.set_postfix_str(f"{record.layer}: {record.eval_acc:.3f}", refresh=False)
+        self.bar.update(1)  # after the run's outputs are written, which the last layer of a run triggers
 
-        def finished(position: int, record: ProbeRecord | None, error: BaseException | None = None) -> None:
-            task = tasks[position]
-            if error is not None:
-                bar.update(1)
-                failure = _failure(task, error)
-                if not isinstance(failure, DataError):  # the job cannot go on (versions, files replaced, ...)
-                    # chained to the error, whose own cause holds a worker's traceback (text from another process)
-                    raise _about(task, failure) from (error if failure is not error else error.__cause__)
-                if task.job not in failed:  # this run's data cannot be probed; the other runs go on
-                    failed[task.job] = failure
-                    log.error("%s", failure, extra={PROBE_JOB: task.job})
-                return
-            assert record is not None
-            records[position] = record
-            try:
-                cache.put(task.key, record)
-            except OSError as error:  # a full disk, a vanished folder: say which result could not be kept
-                raise _about(task, RunFailure(f"The probe of layer {record.layer!r} finished, but its result could "
-                                              f"not be cached: {error}. Layers already cached stay so; rerun the "
-                                              f"same command once the problem is fixed.")) from None
-            deliver(task, record, False)
-            bar.set_postfix_str(f"{record.layer}: {record.eval_acc:.3f}", refresh=False)
-            bar.update(1)  # after the run's outputs are written, which the last layer of a run triggers
+    def wanted(self, position: int) -> bool:
+        """Whether the task still needs a fit (its run has not failed)."""
+        return self.tasks[position].job not in self.failed
 
-        def wanted(position: int) -> bool:
-            return tasks[position].job not in failed
 
-        if scheduler is not None and misses:
-            _run_on_dask(tasks, misses, scheduler, finished, wanted)
-        elif workers <= 0 or not misses:
-            for position in misses:
-                if not wanted(position):
-                    continue
-                try:
-                    record = run_task(tasks[position])
-                except Exception as error:
-                    finished(position, None, error)
-                    continue
-                finished(position, record)
-        else:
-            _run_in_pool(tasks, misses, min(workers, len(misses)), finished, wanted)
-    finally:
-        bar.close()
-    if failed:
-        reasons = " ".join(str(error) for error in failed.values())
-        others = len({task.job for task in tasks}) - len(failed)
-        written = f"the results of the other {others} run(s) are written" if others else "nothing was written"
-        failure = RunFailure(f"{len(failed)} run(s) could not be probed, and their earlier probe results (if any) "
-                             f"were left as they were; {written}. {reasons}")
-        setattr(failure, PROBE_JOBS, tuple(sorted(failed)))
-        raise failure
-    return [records[position] for position in range(len(tasks))]
+def _runs_not_probed(tasks: Sequence[ProbeTask], failed: dict[int, PhdLabError]) -> RunFailure:
+    """The job's error when some runs could not be probed, naming them (``PROBE_JOBS``) and why."""
+    reasons = " ".join(str(error) for error in failed.values())
+    others = len({task.job for task in tasks}) - len(failed)
+    written = f"the results of the other {others} run(s) are written" if others else "nothing was written"
+    failure = RunFailure(f"{len(failed)} run(s) could not be probed, and their earlier probe results (if any) "
+                         f"were left as they were; {written}. {reasons}")
+    setattr(failure, PROBE_JOBS, tuple(sorted(failed)))
+    return failure
+
+
+def _run_here(tasks: Sequence[ProbeTask], misses: list[int], finished: Finished,
+              wanted: Callable[[int], bool]) -> None:
+    """Fit the misses one after the other in this process (``workers=0``, for debugging)."""
+    for position in misses:
+        if not wanted(position):
+            continue
+        try:
+            record = run_task(tasks[position])
+        except Exception as error:
+            finished(position, None, error)
+            continue
+        finished(position, record)
 
 
 def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int, finished: Finished,
