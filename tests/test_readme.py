@@ -20,3 +20,12 @@ def test_the_command_that_make_readme_keys_runs_prints_that_table(capsys):
 def test_readme_opens_with_the_two_commands():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert lines[2:6] == ["```", "make quickstart", "make test", "```"]
+
+
+def test_the_code_map_names_every_module_and_only_modules_that_exist():
+    """docs/code-map.md tells a maintainer where each part lives; a module added or moved must show up there."""
+    import re
+    named = set(re.findall(r"^\| `([^`]+\.py)` \|", (ROOT / "docs" / "code-map.md").read_text(), re.MULTILINE))
+    modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "phd_lab").rglob("*.py")}
+    assert modules - named == set(), "modules missing from docs/code-map.md"
+    assert {name for name in named if not (ROOT / name).is_file()} == set(), "docs/code-map.md names no such file"
