@@ -59,14 +59,19 @@ def existing_folder(folder: Path, advice: str | None = None, lock: HeldLock | No
     """While the block runs, writes into ``folder`` (or below it) never create it: a run folder deleted or moved
     while its process works in it raises ``RunFolderLost`` at the next write (ending with ``advice``; by default,
     to train the run anew), instead of coming back without its config and log. A new folder that took the old
-    one's place is noticed too: by its inode, and by ``lock`` (the lock file this process holds in the folder),
-    whose inode cannot be reused while it is held. So no write lands in another command's run."""
+    one's place is noticed too, so no write lands in another command's run: by ``lock`` (the lock file this
+    process holds in the folder, whose inode cannot be reused while it is held open), or without a lock by the
+    folder's inode (which some file systems, FUSE mounts among them, may renumber under a long run)."""
     folder = Path(folder).absolute()
+    outer = _KEPT.get(folder)  # the same folder kept by an enclosing block stays kept after this one
     _KEPT[folder] = (_identity(os.stat(folder)), advice, lock)
     try:
         yield
     finally:
-        _KEPT.pop(folder, None)
+        if outer is None:
+            _KEPT.pop(folder, None)
+        else:
+            _KEPT[folder] = outer
 
 
 def make_folder(folder: Path) -> None:
@@ -88,12 +93,13 @@ def _check_kept(parent: Path) -> None:
             continue
         try:
             now = _identity(os.stat(folder))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # also a folder on its path replaced by a file
             how = "it is gone"
         else:
+            if lock is not None:
+                lock.check_held(advice)
+                continue
             if now == identity:
-                if lock is not None:
-                    lock.check_held(advice)
                 continue
             how = "another folder of that name took its place"
         from phd_lab.errors import RunFolderLost
@@ -105,7 +111,7 @@ def replace(source: Path, target: Path) -> None:
     process keeps it (``existing_folder``), instead of a bare FileNotFoundError."""
     try:
         os.replace(source, target)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         _check_kept(Path(target).parent)
         raise
 

@@ -74,7 +74,7 @@ class RunLock:
         log, and a second process could lock the new one and train the same run beside it. Callers check
         before they write; ``advice`` ends the error's message (by default: train the run anew).
         """
-        if self._fd is None:
+        if self._fd is None or self._fd not in _HELD:  # not locked, or a forked child's copy (closed at the fork)
             return
         held = os.fstat(self._fd)
         try:
@@ -86,6 +86,8 @@ class RunLock:
             raise RunFolderLost(self.path.parent, f"its lock file {self.path.name} is another file now", advice)
 
     def release(self) -> None:
+        if self._fd is not None and self._fd not in _HELD:  # a forked child: its copy was closed at the fork
+            self._fd = None
         if self._fd is not None:
             _HELD.discard(self._fd)
             os.ftruncate(self._fd, 0)  # no owner line left: readers elsewhere need not guess (see run_tables)

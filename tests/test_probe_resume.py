@@ -21,10 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = 5
 
 
-def _probe(latents: Path, cache: Path, delay: float = 0.0, workers: int = 1) -> subprocess.Popen:
+def _probe(latents: Path, cache: Path | None, delay: float = 0.0, workers: int = 1) -> subprocess.Popen:
+    """probe_main.py --latents in a subprocess; ``cache`` None: the default cache, inside the run folder."""
     env = {**os.environ, TEST_DELAY_ENV: str(delay), "PYTHONPATH": str(ROOT)}
+    cache_option = [] if cache is None else ["--cache-dir", str(cache)]
     return subprocess.Popen([sys.executable, "probe_main.py", "--latents", str(latents), "-mp", str(workers),
-                             "--cache-dir", str(cache), "--no-progress"], cwd=ROOT, env=env,
+                             *cache_option, "--no-progress"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=sigint_as_in_a_terminal)
 
@@ -138,24 +140,71 @@ def test_a_run_folder_deleted_or_replaced_while_it_is_probed_gets_no_probe_files
     holding only the probe files. Worse, a new run folder of the same name received the old run's results."""
     from phd_lab.probes.synthetic import write_latents
     layers, y_train, y_eval = digits_layers(n_layers=3, width=16)
-    for how in ("deleted", "replaced"):
+    for how in ("deleted", "replaced", "deleted with its cache"):
         run_dir = tmp_path / how / "run"
         run_dir.mkdir(parents=True)
         latents = write_latents(tmp_path / how / "latents", layers, y_train, y_eval, run_dir, 0.9)
-        cache = tmp_path / how / "cache"
-        process = _probe(latents, cache, delay=1.0)
+        cache = run_dir / ".probe_cache" if how == "deleted with its cache" else tmp_path / how / "cache"
+        process = _probe(latents, None if how == "deleted with its cache" else cache, delay=1.0)
         _wait_for_cached_layers(process, cache)
-        if how == "deleted":
-            shutil.rmtree(run_dir)
-        else:
+        if how == "replaced":
             run_dir.rename(tmp_path / how / "old-run")
             run_dir.mkdir()  # another command's new run folder of the same name
+        else:
+            shutil.rmtree(run_dir)
         _, err = process.communicate(timeout=120)
         err = " ".join(err.split())
         assert process.returncode == 1, err
         assert f"{run_dir}' was deleted or moved while this process worked in it" in err, err
-        assert ("it is gone" if how == "deleted" else "another folder of that name took its place") in err
-        assert "Its probe results were not written; the layers fitted so far stay in the probe cache." in err
+        assert ("its lock file .probe.lock" if how == "replaced" else "it is gone") in err
+        if how == "deleted with its cache":
+            assert "Its probe results were not written, and its probe cache, which lay inside it, went with it" in err
+        else:
+            assert (f"Its probe results were not written; the layers fitted so far stay in the probe cache "
+                    f"{cache}.") in err
+            assert len(list(cache.rglob("*.json"))) == 3  # every fit finished is kept for the next job
         assert "Traceback" not in err and "Details" not in err  # the probe log went with the folder
         assert list(run_dir.iterdir()) == [] if how == "replaced" else not run_dir.exists()
-        assert len(list(cache.rglob("*.json"))) == 3  # every fit finished is kept for the next job
+
+
+def test_a_run_folder_that_goes_while_several_runs_are_probed_fails_alone(tmp_path, monkeypatch):
+    """One run folder deleted during a grid's probe job stopped the whole job, and the healthy runs' probe logs
+    blamed themselves."""
+    import threading
+
+    import pytest
+
+    from phd_lab.errors import RunFailure
+    from phd_lab.probes.discovery import jobs_from_latents
+    from phd_lab.probes.job import run_jobs
+    from phd_lab.probes.synthetic import write_latents
+    layers, y_train, y_eval = digits_layers(n_layers=3, width=16)
+    jobs = []
+    for name in ("lost", "kept"):  # the lost run's layers come first (same sizes, the order of the jobs)
+        (tmp_path / name).mkdir()
+        latents = write_latents(tmp_path / f"{name}-latents", layers, y_train, y_eval, tmp_path / name, 0.9)
+        jobs += jobs_from_latents(latents)[0]
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(TEST_DELAY_ENV, "0.3")
+
+    def delete_after_the_first_fit() -> None:
+        deadline = time.monotonic() + 60
+        while not list(cache.rglob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        shutil.rmtree(tmp_path / "lost")
+
+    deleting = threading.Thread(target=delete_after_the_first_fit)
+    deleting.start()
+    try:
+        with pytest.raises(RunFailure) as failure:
+            run_jobs(jobs, cache, workers=0, progress=False)
+    finally:
+        deleting.join()
+    message = " ".join(str(failure.value).split())
+    assert "1 run(s) could not be probed" in message and "the results of the other 1 run(s) are written" in message
+    assert f"{tmp_path / 'lost'}' was deleted or moved while this process worked in it" in message
+    assert "Details" not in message  # the lost run's log went with its folder
+    assert not (tmp_path / "lost").exists()
+    kept = tmp_path / "kept"
+    assert len((kept / "probe_performances.csv").read_text().splitlines()) == 1 + 3
+    assert "probe job failed on another run" in (kept / "probe.log").read_text()

@@ -381,6 +381,13 @@ def test_writes_into_a_run_folder_that_went_away_do_not_re_create_it(tmp_path):
             atomic.replace(folder / "checkpoint.pt.staged", folder / "checkpoint.pt")
         folder.mkdir()
     assert list(folder.iterdir()) == [] and (tmp_path / "moved" / "e.txt").exists()
+    with atomic.existing_folder(folder):
+        with atomic.existing_folder(folder):  # kept twice: the inner block's end leaves the outer one's keep
+            pass
+        shutil.rmtree(folder)
+        with pytest.raises(RunFolderLost):
+            atomic.write_text(folder / "h.txt", "y")
+    folder.mkdir()
     from phd_lab.lock import RunLock
     with RunLock(folder / ".lock", "test") as lock, atomic.existing_folder(folder, lock=lock):
         # a folder deleted and made anew may get the old inode back; the held lock file's inode cannot be reused,
@@ -389,6 +396,40 @@ def test_writes_into_a_run_folder_that_went_away_do_not_re_create_it(tmp_path):
         with pytest.raises(RunFolderLost, match="its lock file .lock"):
             atomic.write_text(folder / "g.txt", "y")
     assert list(folder.iterdir()) == []
+
+
+def test_a_kept_folder_whose_parent_became_a_file_is_said_as_lost(tmp_path):
+    """stat() of a path through a file raises NotADirectoryError, which came out bare."""
+    from phd_lab import atomic
+    from phd_lab.errors import RunFolderLost
+    folder = tmp_path / "logs" / "run"
+    folder.mkdir(parents=True)
+    with atomic.existing_folder(folder):
+        shutil.rmtree(tmp_path / "logs")
+        (tmp_path / "logs").write_text("not a folder")
+        with pytest.raises(RunFolderLost, match="it is gone"):
+            atomic.write_text(folder / "a.txt", "x")
+
+
+def test_a_forked_child_writes_into_a_kept_folder_without_checking_the_parents_lock(tmp_path):
+    """A forked child's copy of the lock descriptor is closed at the fork; checking it failed every write of the
+    child (EBADF) or, with the number reused, could call a healthy folder lost."""
+    from phd_lab import atomic
+    from phd_lab.lock import RunLock
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with RunLock(folder / ".lock", "test") as lock, atomic.existing_folder(folder, lock=lock):
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            try:
+                atomic.write_text(folder / "child.txt", "x")
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        atomic.write_text(folder / "parent.txt", "y")  # the parent still holds and checks its lock
+    assert (folder / "child.txt").read_text() == "x" and (folder / "parent.txt").read_text() == "y"
 
 
 def test_sigterm_during_training_is_said_in_the_log_and_the_rerun_resumes(tmp_path):

@@ -5,7 +5,8 @@ finishes before anything is written, so bad input exits with status 2 and leaves
 The jobs come from ``discovery``. One probe job at a time writes a run's results: ``outputs``
 writes all of a run's files once its last layer is fitted, so a stopped job leaves the earlier
 set whole. A run whose latents hold NaN or inf (it diverged) fails alone: the other runs are
-probed and written.
+probed and written. So does a run whose folder is deleted or replaced while it is probed: nothing is
+written into it (``atomic.existing_folder``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from phd_lab import atomic
-from phd_lab.errors import ConfigError, DataError, PhdLabError, RunFolderLost, RunLockedError, UsageError
+from phd_lab.errors import ConfigError, DataError, PhdLabError, RunLockedError, UsageError
 from phd_lab.interrupts import deferred_interrupts
 from phd_lab.lock import PROBE_LOCK, RunLock
 from phd_lab.probes.cache import ResultCache, cache_key, library_versions
@@ -33,7 +34,6 @@ from phd_lab.probes.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
 
-LOST_ADVICE = "Its probe results were not written; the layers fitted so far stay in the probe cache."
 
 
 def check_device(settings: ProbeSettings) -> None:
@@ -150,23 +150,32 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
                 continue
             except OSError as error:
                 raise DataError(f"The probe results of {str(root)!r} cannot be written there: {error}.") from None
-            locks.enter_context(atomic.existing_folder(root, advice=LOST_ADVICE, lock=lock))
+            locks.enter_context(atomic.existing_folder(root, advice=_lost_folder_advice(root, cache.folder),
+                                                       lock=lock))
         if not jobs:
             return {}
         cache.prepare()  # after the locks: a run folder that cannot be written leaves no empty cache folder
         with ProbeLogs([job.outputs.probe_log for job in jobs]) as logs:
             try:
                 return _run_locked_jobs(jobs, cache, stamps, workers, progress, scheduler, logs)
-            except RunFolderLost:
-                raise  # its probe log went with the folder
             except PhdLabError as error:
                 raise _naming_the_logs(error, jobs)
 
 
+def _lost_folder_advice(root: Path, cache_folder: Path) -> str:
+    """The end of the error when the run folder ``root`` goes while it is probed: whether the fits survive."""
+    if root.resolve() in (cache_folder.resolve(), *cache_folder.resolve().parents):
+        return "Its probe results were not written, and its probe cache, which lay inside it, went with it."
+    return f"Its probe results were not written; the layers fitted so far stay in the probe cache {cache_folder}."
+
+
 def _naming_the_logs(error: PhdLabError, jobs: Sequence[ProbeJob]) -> PhdLabError:
     """The failure's message ends with the probe log(s) of the run(s) it concerns, which hold the details."""
-    positions = getattr(error, PROBE_JOBS, None) or range(len(jobs))
+    positions = getattr(error, PROBE_JOBS, None)
+    positions = range(len(jobs)) if positions is None else positions
     logs = [str(jobs[position].outputs.probe_log) for position in positions]
+    if not logs:  # only runs whose folders went, with their logs
+        return error
     where = logs[0] if len(logs) == 1 else f"{logs[0]} and {len(logs) - 1} other run folder(s)"
     error.args = (f"{str(error).rstrip()} Details (and any traceback) are in {where}.",)
     return error

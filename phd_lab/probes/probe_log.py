@@ -63,16 +63,17 @@ class ProbeLogs:
     def _failed(self, error: BaseException) -> None:
         """The message in the logs of the runs it concerns, with the traceback where there is one to read (an
         unexpected error, or a worker's); the other runs' logs say that the job ended on another run."""
-        concerned = getattr(error, PROBE_JOBS, None) or range(len(self.handlers))
+        concerned = getattr(error, PROBE_JOBS, None)  # () when only runs whose folders (and logs) went
+        concerned = range(len(self.handlers)) if concerned is None else concerned
         detailed = error.__cause__ is not None or not isinstance(error, PhdLabError)
         for position in concerned:
             if detailed:
                 self.write(logging.ERROR, "probe job failed", position=position, exc_info=error)
             else:
                 self.write(logging.ERROR, "probe job failed: %s", error, position=position)
+        about = str(self.paths[concerned[0]]) if concerned else str(error)
         for position in set(range(len(self.handlers))) - set(concerned):
-            self.write(logging.WARNING, "probe job failed on another run: %s", str(self.paths[concerned[0]]),
-                       position=position)
+            self.write(logging.WARNING, "probe job failed on another run: %s", about, position=position)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         try:

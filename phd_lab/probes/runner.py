@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from phd_lab.environment import THREAD_VARIABLES
-from phd_lab.errors import DataError, PhdLabError, RunFailure
+from phd_lab.errors import DataError, PhdLabError, RunFailure, RunFolderLost
 from phd_lab.lock import ProcessTurn
 from phd_lab.probes.cache import ResultCache, key_digest, library_versions
 from phd_lab.probes.fit import ProbeRecord, probe_layer
@@ -222,6 +222,8 @@ class _Results:
             return
         try:
             self.on_record(task, record, from_cache)
+        except RunFolderLost as error:
+            self.lost(task, error)
         except OSError as error:  # a read-only or full output folder: say which file, not a traceback
             raise _about(task, RunFailure(f"Probe results could not be written: {error}. The layers probed so far "
                                           f"stay cached; rerun the same command once the problem is fixed.")) from None
@@ -243,6 +245,10 @@ class _Results:
         self.records[position] = record
         try:
             self.cache.put(task.key, record)
+        except RunFolderLost as error:  # the cache lay inside the run folder (--latents' default)
+            self.lost(task, error)
+            self.bar.update(1)
+            return
         except OSError as error:  # a full disk, a vanished folder: say which result could not be kept
             raise _about(task, RunFailure(f"The probe of layer {record.layer!r} finished, but its result could "
                                           f"not be cached: {error}. Layers already cached stay so; rerun the "
@@ -250,6 +256,12 @@ class _Results:
         self.deliver(task, record, False)
         self.bar.set_postfix_str(f"{record.layer}: {record.eval_acc:.3f}", refresh=False)
         self.bar.update(1)  # after the run's outputs are written, which the last layer of a run triggers
+
+    def lost(self, task: ProbeTask, error: RunFolderLost) -> None:
+        """The task's run folder went: nothing more is written there, and the other runs go on."""
+        if task.job not in self.failed:
+            self.failed[task.job] = _about(task, error)
+            log.error("%s", error, extra={PROBE_JOB: task.job})
 
     def wanted(self, position: int) -> bool:
         """Whether the task still needs a fit (its run has not failed)."""
@@ -263,7 +275,9 @@ def _runs_not_probed(tasks: Sequence[ProbeTask], failed: dict[int, PhdLabError])
     written = f"the results of the other {others} run(s) are written" if others else "nothing was written"
     failure = RunFailure(f"{len(failed)} run(s) could not be probed, and their earlier probe results (if any) "
                          f"were left as they were; {written}. {reasons}")
-    setattr(failure, PROBE_JOBS, tuple(sorted(failed)))
+    # the logs that hold the details: not those of run folders that went while they were probed
+    setattr(failure, PROBE_JOBS, tuple(sorted(job for job, error in failed.items()
+                                              if not isinstance(error, RunFolderLost))))
     return failure
 
 
