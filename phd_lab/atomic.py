@@ -76,7 +76,7 @@ def existing_folder(folder: Path, advice: str | None = None, lock: HeldLock | No
 
 def make_folder(folder: Path) -> None:
     """``folder.mkdir(parents=True, exist_ok=True)``, which never re-creates a folder ``existing_folder`` keeps."""
-    _check_kept(Path(folder))
+    check_kept(Path(folder))
     Path(folder).mkdir(parents=True, exist_ok=True)
 
 
@@ -84,7 +84,9 @@ def _identity(info: os.stat_result) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def _check_kept(parent: Path) -> None:
+def check_kept(parent: Path) -> None:
+    """Raise ``RunFolderLost`` if a folder this process keeps (``existing_folder``), ``parent`` itself or one
+    above it, is gone or was replaced."""
     if not _KEPT:
         return
     parent = parent.absolute()
@@ -112,7 +114,7 @@ def replace(source: Path, target: Path) -> None:
     try:
         os.replace(source, target)
     except (FileNotFoundError, NotADirectoryError):
-        _check_kept(Path(target).parent)
+        check_kept(Path(target).parent)
         raise
 
 

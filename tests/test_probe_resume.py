@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from phd_lab.probes.runner import TEST_DELAY_ENV
 from tests.conftest import sigint_as_in_a_terminal
 from tests.probe_latents import digits_layers, make_latents
@@ -167,12 +169,11 @@ def test_a_run_folder_deleted_or_replaced_while_it_is_probed_gets_no_probe_files
         assert list(run_dir.iterdir()) == [] if how == "replaced" else not run_dir.exists()
 
 
-def test_a_run_folder_that_goes_while_several_runs_are_probed_fails_alone(tmp_path, monkeypatch):
+@pytest.mark.parametrize("layout", ["latents inside the run folders", "latents elsewhere", "cache in the lost one"])
+def test_a_run_folder_that_goes_while_several_runs_are_probed_fails_alone(tmp_path, monkeypatch, layout):
     """One run folder deleted during a grid's probe job stopped the whole job, and the healthy runs' probe logs
-    blamed themselves."""
+    blamed themselves. With the grid's layout (latents inside the run folder) the deleted latents stopped it."""
     import threading
-
-    import pytest
 
     from phd_lab.errors import RunFailure
     from phd_lab.probes.discovery import jobs_from_latents
@@ -181,10 +182,13 @@ def test_a_run_folder_that_goes_while_several_runs_are_probed_fails_alone(tmp_pa
     layers, y_train, y_eval = digits_layers(n_layers=3, width=16)
     jobs = []
     for name in ("lost", "kept"):  # the lost run's layers come first (same sizes, the order of the jobs)
-        (tmp_path / name).mkdir()
-        latents = write_latents(tmp_path / f"{name}-latents", layers, y_train, y_eval, tmp_path / name, 0.9)
+        if layout == "latents inside the run folders":
+            latents = make_latents(tmp_path, layers, y_train, y_eval, name=name)[1]
+        else:
+            (tmp_path / name).mkdir()
+            latents = write_latents(tmp_path / f"{name}-latents", layers, y_train, y_eval, tmp_path / name, 0.9)
         jobs += jobs_from_latents(latents)[0]
-    cache = tmp_path / "cache"
+    cache = tmp_path / "lost" / "cache" if layout == "cache in the lost one" else tmp_path / "cache"
     monkeypatch.setenv(TEST_DELAY_ENV, "0.3")
 
     def delete_after_the_first_fit() -> None:
@@ -201,10 +205,14 @@ def test_a_run_folder_that_goes_while_several_runs_are_probed_fails_alone(tmp_pa
     finally:
         deleting.join()
     message = " ".join(str(failure.value).split())
-    assert "1 run(s) could not be probed" in message and "the results of the other 1 run(s) are written" in message
     assert f"{tmp_path / 'lost'}' was deleted or moved while this process worked in it" in message
-    assert "Details" not in message  # the lost run's log went with its folder
     assert not (tmp_path / "lost").exists()
     kept = tmp_path / "kept"
+    if layout == "cache in the lost one":  # every run needs the cache: the job stops
+        assert f"The probe cache {cache} lay inside a run folder that went while the job ran" in message
+        assert not (kept / "probe_performances.csv").exists()
+        return
+    assert "1 run(s) could not be probed" in message and "the results of the other 1 run(s) are written" in message
+    assert "Details" not in message  # the lost run's log went with its folder
     assert len((kept / "probe_performances.csv").read_text().splitlines()) == 1 + 3
     assert "probe job failed on another run" in (kept / "probe.log").read_text()

@@ -211,5 +211,6 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], cache: ResultCache, stamps: dict[
             for stale in atomic.remove_stale_temps(folder):
                 log.info("Removed %s, left half-written by a process that was killed.", stale,
                          extra={PROBE_JOB: position})
-    run_probes(tasks, cache, workers=workers, progress=progress, on_record=on_record, scheduler=scheduler)
+    run_probes(tasks, cache, workers=workers, progress=progress, on_record=on_record, scheduler=scheduler,
+               run_folders=[job.outputs.root for job in jobs])
     return {position: in_manifest_order(jobs[position], records) for position, records in done.items()}

@@ -16,8 +16,10 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from phd_lab import atomic
 from phd_lab.environment import THREAD_VARIABLES
 from phd_lab.errors import DataError, PhdLabError, RunFailure, RunFolderLost
 from phd_lab.lock import ProcessTurn
@@ -163,13 +165,15 @@ def _about(task: ProbeTask, failure: PhdLabError) -> PhdLabError:
 
 def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int = 0, progress: bool = True,
                on_record: Callable[[ProbeTask, ProbeRecord, bool], None] | None = None,
-               scheduler: str | None = None) -> list[ProbeRecord]:
+               scheduler: str | None = None, run_folders: Sequence[Path] | None = None) -> list[ProbeRecord]:
     """Probe every task; returns the records in task order.
 
     Cached records are reused (with the task's current layer name and index) and only the
     misses are fitted. ``on_record(task, record, cached)`` is called in this process as each
     record becomes available. ``workers=0`` fits in this process, for debugging; with a
     ``scheduler`` (a Dask address or ``local:N``) every miss is one task on that cluster.
+    ``run_folders`` (by job) are the folders the caller keeps (``atomic.existing_folder``): a run whose
+    folder goes while it is probed fails alone, also when its latents went with it.
     """
     from tqdm.auto import tqdm
 
@@ -178,7 +182,7 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
     if tasks:
         log.info("probing %d layer(s), %d found in the cache %s", len(misses), len(cached), cache.folder)
     results = _Results(tasks, cache, on_record, tqdm(total=len(tasks), desc="probes", unit="layer",
-                                                     disable=not progress))
+                                                     disable=not progress), run_folders)
     try:
         results.reuse(cached)
         misses.sort(key=lambda position: -tasks[position].size)
@@ -204,6 +208,7 @@ class _Results:
     cache: ResultCache
     on_record: Callable[[ProbeTask, ProbeRecord, bool], None] | None
     bar: Any
+    run_folders: Sequence[Path] | None = None  # by job: the kept run folders
     records: dict[int, ProbeRecord] = field(default_factory=dict)
     failed: dict[int, PhdLabError] = field(default_factory=dict)  # job -> why its latents cannot be probed
 
@@ -233,8 +238,14 @@ class _Results:
         task = self.tasks[position]
         if error is not None:
             self.bar.update(1)
+            if task.job in self.failed:  # a late error of a run given up already (a fit that was running)
+                return
             failure = _failure(task, error)
             if not isinstance(failure, DataError):  # the job cannot go on (versions, files replaced, ...)
+                gone = self.folder_lost(task)
+                if gone is not None:  # unless the run's folder went, and its latents with it
+                    self.lost(task, gone)
+                    return
                 # chained to the error, whose own cause holds a worker's traceback (text from another process)
                 raise _about(task, failure) from (error if failure is not error else error.__cause__)
             if task.job not in self.failed:  # this run's data cannot be probed; the other runs go on
@@ -245,7 +256,10 @@ class _Results:
         self.records[position] = record
         try:
             self.cache.put(task.key, record)
-        except RunFolderLost as error:  # the cache lay inside the run folder (--latents' default)
+        except RunFolderLost as error:  # the cache lay inside a run folder (--latents' default: the run's own)
+            if self.folder_lost(task) is None:  # another run's: every run needs the cache
+                raise _about(task, RunFailure(f"The probe cache {self.cache.folder} lay inside a run folder that "
+                                              f"went while the job ran: {error}")) from None
             self.lost(task, error)
             self.bar.update(1)
             return
@@ -256,6 +270,16 @@ class _Results:
         self.deliver(task, record, False)
         self.bar.set_postfix_str(f"{record.layer}: {record.eval_acc:.3f}", refresh=False)
         self.bar.update(1)  # after the run's outputs are written, which the last layer of a run triggers
+
+    def folder_lost(self, task: ProbeTask) -> RunFolderLost | None:
+        """Why the task's run folder is gone (or replaced), or None while it is there (or not kept)."""
+        if self.run_folders is None:
+            return None
+        try:
+            atomic.check_kept(self.run_folders[task.job])
+        except RunFolderLost as error:
+            return error
+        return None
 
     def lost(self, task: ProbeTask, error: RunFolderLost) -> None:
         """The task's run folder went: nothing more is written there, and the other runs go on."""
