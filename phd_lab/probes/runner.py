@@ -248,9 +248,8 @@ class _Results:
                     return
                 # chained to the error, whose own cause holds a worker's traceback (text from another process)
                 raise _about(task, failure) from (error if failure is not error else error.__cause__)
-            if task.job not in self.failed:  # this run's data cannot be probed; the other runs go on
-                self.failed[task.job] = failure
-                log.error("%s", failure, extra={PROBE_JOB: task.job})
+            self.failed[task.job] = failure  # this run's data cannot be probed; the other runs go on
+            log.error("%s", failure, extra={PROBE_JOB: task.job})
             return
         assert record is not None
         self.records[position] = record
