@@ -99,10 +99,11 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None,
             tables.problems.append(f"analysis settings in the config are invalid, defaults used: {error}")
             settings = AnalysisSettings()
     summary = summarize(tables, settings)
-    key = figure_key(folder, summary)
+    plain = json.loads(json.dumps(jsonable(summary), allow_nan=False))  # as analysis.json holds it
+    key = figure_key(folder, plain)
     previous = _read_previous_analysis(folder)
     figure = _previous_figure(folder) if previous.get("figure_key") == key else None
-    document = json.loads(json.dumps(jsonable({**summary, "figure_key": key}), allow_nan=False))
+    document = {**plain, "figure_key": key}
     up_to_date = figure is not None and previous == document
     if figure is None:
         figure = figure_png(tables, summary)
@@ -122,9 +123,9 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_analysis_json(path: Any, summary: dict[str, Any]) -> None:
-    """Write ``analysis.json`` atomically (strict JSON: no NaN)."""
-    atomic.write_text(path, json.dumps(jsonable(summary), indent=2, allow_nan=False) + "\n")
+def write_analysis_json(path: Any, document: dict[str, Any]) -> None:
+    """Write ``analysis.json`` atomically from a document of plain JSON values (strict JSON: no NaN)."""
+    atomic.write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
 
 
 def stamp_if_present(path: Path) -> tuple[int, int, int] | None:
@@ -136,11 +137,12 @@ def stamp_if_present(path: Path) -> tuple[int, int, int] | None:
         return None
 
 
-def figure_key(folder: RunDir, summary: dict[str, Any]) -> str:
-    """What the run's figure is drawn from: the summary, the files it plots (each by inode, time and size:
-    atomic writes give a replaced file a new inode) and the version that draws it. Drawing the figure costs
-    about 0.2 s, most of a report over hundreds of runs; a figure of the same key is taken from analysis.png."""
-    digest = hashlib.sha256(json.dumps(jsonable(summary), sort_keys=True).encode())
+def figure_key(folder: RunDir, plain_summary: dict[str, Any]) -> str:
+    """What the run's figure is drawn from: the summary (as plain JSON values), the files it plots (each by
+    inode, time and size: atomic writes give a replaced file a new inode) and the version that draws it. Drawing
+    the figure costs about 0.2 s, most of a report over hundreds of runs; a figure of the same key is taken
+    from analysis.png."""
+    digest = hashlib.sha256(json.dumps(plain_summary, sort_keys=True).encode())
     for path in (folder.metrics_csv, folder.probe_csv, folder.receptive_field_csv, folder.config):
         digest.update(f"{path.name} {stamp_if_present(path)};".encode())
     digest.update(_drawing_code())
