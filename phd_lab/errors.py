@@ -92,12 +92,11 @@ def failure_line(error: BaseException) -> str | None:
     """One line for a run that failed after its run log was opened: the error, and the log that holds its
     traceback (not for a lost run folder: its log went with it). None: it failed before its log was opened,
     so the caller has to show the traceback itself."""
+    said = f"{type(error).__name__}: {brief(error).rstrip('.')}"
     if isinstance(error, RunFolderLost):
-        return f"{type(error).__name__}: {brief(error).rstrip('.')}"
+        return said
     logged_to = getattr(error, "logged_to", None)
-    if logged_to is None:
-        return None
-    return f"{type(error).__name__}: {brief(error).rstrip('.')}. Its log: {logged_to}"
+    return None if logged_to is None else f"{said}. Its log: {logged_to}"
 
 
 def first_line(error: BaseException) -> str:
