@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
@@ -23,7 +24,19 @@ from phd_lab.registry import KINDS, did_you_mean
 META_KEY = "_meta"  # written into logged configs (versions, git commit); ignored when read back
 
 _KIND_WORDS = {"str": "a non-empty string", "int": "an integer", "float": "a number", "bool": "true or false",
-               "mapping": "a JSON object", "list": "a list", "any": "any JSON value"}
+               "mapping": "a JSON object", "list": "a list", "any": "any JSON value",
+               "size": 'an integer N (N×N) or a string "HxW" such as "8x4"'}
+_SIZE_TEXT = re.compile(r"([0-9]+)x([0-9]+)")
+
+
+def parse_size(value: int | str | None) -> tuple[int, int] | None:
+    """A "size" key's value as (h, w): N is N×N, "HxW" is H×W, null stays None."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value, value
+    height, width = _SIZE_TEXT.fullmatch(value).groups()  # type: ignore[union-attr]  # checked by Key.check
+    return int(height), int(width)
 
 
 @dataclass(frozen=True)
@@ -31,7 +44,7 @@ class Key:
     """One config key (or step parameter): its type, default, allowed values and doc line."""
 
     name: str
-    kind: str  # str | int | float | bool | mapping | list | any
+    kind: str  # str | int | float | bool | mapping | list | any | size
     default: Any
     doc: str
     nullable: bool = False
@@ -81,7 +94,9 @@ class Key:
             ok = all(_is_kind(item, self.item_kind) for item in value)
         if ok and self.choices is not None:
             ok = value in self.choices
-        if ok and self.kind in ("int", "float"):
+        if ok and self.kind == "size":
+            ok = min(parse_size(value)) >= 1  # type: ignore[type-var]
+        elif ok and self.kind in ("int", "float"):
             if not math.isfinite(value):
                 ok = False
             elif self.minimum is not None and (value <= self.minimum if self.exclusive_minimum
@@ -113,6 +128,8 @@ def _is_kind(value: Any, kind: str) -> bool:
         return isinstance(value, dict)
     if kind == "list":
         return isinstance(value, list)
+    if kind == "size":
+        return _is_kind(value, "int") or (isinstance(value, str) and _SIZE_TEXT.fullmatch(value) is not None)
     raise AssertionError(kind)
 
 
@@ -170,8 +187,8 @@ SCHEMA: tuple[Key, ...] = (
     _key("tracking_mode", "str", "passes", "passes: separate passes over the un-augmented training set and the "
          "test set after each epoch; inline: accumulate during the epoch's training batches and test "
          "evaluation (the thesis' Delve, no extra passes)", choices=("passes", "inline")),
-    _key("tracking_resolution", "int", None, "saturation: reduce larger feature maps to N×N before "
-         "accumulating (null: full resolution, exact)", nullable=True, minimum=1),
+    _key("tracking_resolution", "size", None, "saturation: reduce larger feature maps to N×N (or \"HxW\", e.g. "
+         "\"8x4\") before accumulating (null: full resolution, exact)", nullable=True),
     _key("tracking_downsampling", "str", "adaptive_avg", "saturation: how tracking_resolution reduces maps",
          choices=("adaptive_avg", "nearest", "bilinear")),
     _key("tracking_max_batches", "int", None, "saturation: record at most N batches per pass (null: all)",

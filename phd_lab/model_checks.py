@@ -121,9 +121,9 @@ def check_tracked_layers(cfg: RunConfig, model: nn.Module) -> None:
     if not cfg.track_saturation or not (cfg.tracking_include or cfg.tracking_exclude):
         return
     from phd_lab.tracking.callback import tracker_options
-    from phd_lab.tracking.tracker import TRACKED_TYPES, trackable_layers
+    from phd_lab.tracking.tracker import trackable_layers
     if not any(True for _ in trackable_layers(model, tracker_options(cfg))):
-        candidates = [n for n, m in model.named_modules() if n and isinstance(m, TRACKED_TYPES)]
+        candidates = [name for name, _ in trackable_layers(model)]  # the names a pattern can select
         raise ConfigError(f"{cfg.source}: tracking_include {cfg.tracking_include} and tracking_exclude "
                           f"{cfg.tracking_exclude} leave no layer of {cfg.model!r} to track. Its Conv2d, "
                           f"Linear and LSTM layers: {', '.join(candidates[:30])}"

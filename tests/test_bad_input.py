@@ -75,6 +75,9 @@ CASES = {
     "sweep_over_a_key_outside_the_identity": ({"post_processing": [["flops"], ["receptive_field"]]},
                                              ["runs 0 and 1 would share the folder",
                                               "they differ only in ['post_processing'], which do not change"]),
+    "tracking_resolution_of_a_zero_side": ({"tracking_resolution": "8x0"},
+                                           ["the key 'tracking_resolution' must be an integer N (N×N) or a string "
+                                            '"HxW" such as "8x4", or null; got "8x0"']),
     "tracking_patterns_leaving_no_layer": ({"tracking_include": ["feature.*"]},
                                            ["tracking_include ['feature.*'] and tracking_exclude [] leave no layer",
                                             "features.0"]),

@@ -181,3 +181,6 @@ def test_every_tracking_key_of_a_config_reaches_the_run_s_callback(tmp_path: Pat
                                               every_n=2, include=("features.*",), exclude=("features.0",))
     assert saturation_callback(Grid(dict(CONFIG, track_saturation=False), "test.json")[0], RunDir.for_run(cfg)) \
         is None
+    # h×w maps: "HxW" (a list of two numbers would be a sweep of two runs)
+    wide = Grid(dict(CONFIG, logs_dir=str(tmp_path / "logs"), tracking_resolution="8x4"), "test.json")[0]
+    assert saturation_callback(wide, RunDir.for_run(wide)).options.resolution == (8, 4)

@@ -256,6 +256,35 @@ def test_include_exclude_patterns() -> None:
     names = SaturationTracker(model, include=["body.*"], exclude=["*.2"]).layer_names
     assert names == ["body.0"]
     assert SaturationTracker(model, exclude=["head"]).layer_names == ["body.0", "body.2"]
+    # one string is one pattern: tuple("head") would have been four one-letter patterns that match nothing
+    assert SaturationTracker(model, exclude="head").layer_names == ["body.0", "body.2"]
+    assert SaturationTracker(model, include="body.*", exclude="*.2").layer_names == ["body.0"]
+    with pytest.raises(TypeError, match="exclude"):
+        TrackerOptions(exclude=["head", 3])
+
+
+class TwiceCalled(nn.Module):
+    """Calls ``shared`` twice per forward pass, so a direct call of it is easy to tell apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.shared(self.shared(x)))
+
+
+def test_a_submodule_called_on_its_own_after_a_forward_pass_is_not_recorded() -> None:
+    """The batch selection holds for the model's forward passes only: ``model.shared(x)`` after one recorded
+    pass was accumulated too, past max_batches and every_n."""
+    torch.manual_seed(0)
+    model, data = TwiceCalled(), torch.randn(50, 4)
+    with SaturationTracker(model, max_batches=1) as tracker, torch.no_grad():
+        model(data)
+        model.shared(data)
+        model(data)  # beyond max_batches
+        model.shared(data)
+        assert tracker.compute()["n"].tolist() == [100, 50]
 
 
 def test_max_batches_and_every_n_select_the_right_batches() -> None:
@@ -353,6 +382,8 @@ def test_invalid_options_are_rejected() -> None:
         TrackerOptions(every_n=0)
     with pytest.raises(ValueError, match="max_batches"):
         TrackerOptions(max_batches=0)
+    with pytest.raises(ValueError, match="max_batches must be an integer"):
+        TrackerOptions(max_batches=2.5)  # recorded 3 batches before
 
 
 def test_tracking_never_changes_the_model_output() -> None:
@@ -420,3 +451,16 @@ def test_attentions_out_proj_is_not_tracked_as_it_is_never_called() -> None:
     tracker = track(AttentionNet(), torch.randn(30, 5, 6), batch=10)
     frame = tracker.compute()
     assert list(frame.index) == ["embed", "head"] and frame["n"].tolist() == [150, 30]
+
+
+def test_a_pattern_error_offers_only_layers_that_can_be_tracked(tmp_path) -> None:
+    """The "leave no layer" error lists the names a pattern can select: attention's out_proj is never hooked,
+    so naming it would give the same error again."""
+    from phd_lab.errors import ConfigError
+    from phd_lab.grid import Grid
+    from phd_lab.model_checks import check_tracked_layers
+    cfg = Grid({"model": "vgg11", "dataset": "Digits", "tracking_include": ["nothing"],
+                "logs_dir": str(tmp_path)}, "test.json")[0]
+    with pytest.raises(ConfigError) as error:
+        check_tracked_layers(cfg, AttentionNet())
+    assert "layers: embed, head." in str(error.value) and "out_proj" not in str(error.value)

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from phd_lab.callbacks import Callback
-from phd_lab.config import RunConfig
+from phd_lab.config import RunConfig, parse_size
 from phd_lab.errors import ConfigError, UsageError
 from phd_lab.rundir import RunDir
 from phd_lab.tracking.tracker import SaturationTracker, TrackerOptions, run_pass
@@ -52,7 +52,7 @@ def tracker_options(config: RunConfig) -> TrackerOptions:
         except (RuntimeError, ValueError):
             raise ConfigError(f"{config.source}: the key 'tracking_device' must be a torch device such as 'cpu' "
                               f"or 'cuda:0', or null for the model's device; got {device!r}.") from None
-    return TrackerOptions(device=device, resolution=config.tracking_resolution,
+    return TrackerOptions(device=device, resolution=parse_size(config.tracking_resolution),
                           downsampling=config.tracking_downsampling, max_batches=config.tracking_max_batches,
                           every_n=config.tracking_every_n, include=tuple(config.tracking_include),
                           exclude=tuple(config.tracking_exclude))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -40,7 +40,7 @@ class TrackerOptions:
     maps larger than this (int or (h, w)) are reduced with ``downsampling`` before being
     accumulated. ``max_batches``: record at most this many batches per pass;
     ``every_n``: record only every n-th batch. ``include``/``exclude``: fnmatch patterns
-    on qualified layer names.
+    on qualified layer names (a single string is one pattern, not one per character).
     """
 
     device: str | None = None
@@ -59,17 +59,26 @@ class TrackerOptions:
             if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
                 raise ValueError(f"resolution must be a positive int or (h, w); got {self.resolution!r}")
             object.__setattr__(self, "resolution", size)
-        if self.max_batches is not None and (isinstance(self.max_batches, bool) or self.max_batches < 1):
-            raise ValueError(f"max_batches must be ≥ 1 or None; got {self.max_batches!r}")
+        if self.max_batches is not None and (isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int)
+                                             or self.max_batches < 1):
+            raise ValueError(f"max_batches must be an integer ≥ 1 or None; got {self.max_batches!r}")
         if isinstance(self.every_n, bool) or not isinstance(self.every_n, int) or self.every_n < 1:
             raise ValueError(f"every_n must be an integer ≥ 1; got {self.every_n!r}")
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "include", _patterns("include", self.include))
+        object.__setattr__(self, "exclude", _patterns("exclude", self.exclude))
 
     def selects(self, name: str) -> bool:
         if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
             return False
         return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+
+def _patterns(option: str, value: str | Iterable[str]) -> tuple[str, ...]:
+    """A tuple of fnmatch patterns; one string is one pattern (``tuple("head")`` would be four)."""
+    patterns = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"{option} must be a pattern string or a sequence of them; got {value!r}")
+    return patterns
 
 
 def feature_dimension(module: nn.Module) -> int:
@@ -132,6 +141,8 @@ class SaturationTracker:
             log.warning("SaturationTracker found no Conv2d, Linear or LSTM layer to track in %s%s",
                         type(model).__name__, patterns)
         self._root_handle = model.register_forward_pre_hook(self._start_batch)
+        # a submodule called on its own after the model's forward (``model.head(x)``) is not a batch of the pass
+        self._root_end_handle = model.register_forward_hook(self._end_batch, always_call=True)
         self.closed = False
 
     # ------------------------------------------------------------------ batch selection
@@ -158,6 +169,9 @@ class SaturationTracker:
         self._seen_batches += 1
         if self._recording:
             self._recorded_batches += 1
+
+    def _end_batch(self, module: nn.Module, args: object, output: object) -> None:
+        self._recording = False
 
     # ------------------------------------------------------------------ hooks
     def _hook(self, layer: _Layer) -> Callable[..., None]:
@@ -232,6 +246,7 @@ class SaturationTracker:
         for layer in self.layers.values():
             layer.handle.remove()  # type: ignore[attr-defined]
         self._root_handle.remove()
+        self._root_end_handle.remove()
         self.closed = True
 
     def __enter__(self) -> "SaturationTracker":
