@@ -287,12 +287,18 @@ def _assert_usage_error(capsys, run_dir: Path | None, *argv: str, match: str) ->
         assert not (run_dir / "probe_performances.csv").exists()
         assert not (run_dir / "probe_confusion").exists()
         assert not (run_dir / ".probe_cache").exists()
+        assert not (run_dir / ".probe.lock").exists() and not (run_dir / "probe.log").exists()
 
 
 def test_error_no_latents(tmp_path, capsys):
     _assert_usage_error(capsys, None, "--latents", str(tmp_path / "nope"), match="No latents found")
     config = _config(tmp_path)
     _assert_usage_error(capsys, None, "--config", str(config), match="No latents found for any of the 2 run(s)")
+    # --run-id names other runs than the config's: the message says so and its advice keeps the option
+    _assert_usage_error(capsys, None, "--config", str(config), "--run-id", "rep 2",
+                        match=f"the 2 run(s) of {str(config)!r} with --run-id 'rep 2' (looked for")
+    _assert_usage_error(capsys, None, "--config", str(config), "--run-id", "rep 2",
+                        match=f"first (python main.py --config {config} --run-id 'rep 2').")
 
 
 def test_error_misspelt_registry_name_is_named_not_reported_as_missing_latents(tmp_path, capsys):
@@ -430,9 +436,10 @@ def test_error_cache_dir_that_cannot_be_a_folder(tmp_path, capsys):
     in_the_way = tmp_path / "cache-file"
     in_the_way.write_text("not a folder")
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--cache-dir", str(in_the_way),
-                        match="The probe cache folder")
+                        match="cannot be used (it is a file)")
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--cache-dir", str(in_the_way / "sub"),
-                        match="cannot be created")
+                        match=f"cannot be used ({str(in_the_way)!r} on its path is a file)")
+    # checked before the run folder's lock is taken (_assert_usage_error: an exit 2 leaves no lock file behind)
     # an empty value (an unset shell variable) fell back to the default folder without a word
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--cache-dir", "", match="--cache-dir is empty")
 
@@ -879,3 +886,29 @@ def test_index_ranges_keep_hundreds_of_skipped_runs_on_one_short_line():
     from phd_lab.probes.discovery import index_ranges
     assert index_ranges([0, 1, 2, 3, 7, 9, 10, 11, 12]) == "0-3, 7, 9-12"
     assert index_ranges(list(range(499))) == "0-498" and index_ranges([5]) == "5" and index_ranges([]) == ""
+
+
+def test_big_endian_latents_give_the_same_probes_as_native_ones(tmp_path):
+    """A latents folder written on (or for) a big-endian machine (">f4" files) passes validation; torch
+    took native byte order only, so lbfgs-torch failed after every check had passed."""
+    import pandas as pd
+    layers, y_train, y_eval = blob_layers(n_layers=2)
+    big = {name: (train.astype(">f4"), eval_.astype(">f4")) for name, (train, eval_) in layers.items()}
+    tables = []
+    for name, arrays in (("native", layers), ("big", big)):
+        run_dir, latents = make_latents(tmp_path / name, arrays, y_train, y_eval)
+        assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs-torch") == 0
+        tables.append(pd.read_csv(run_dir / "probe_performances.csv").drop(columns="seconds"))
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def test_eval_classes_the_train_split_lacks_are_warned_of(tmp_path, capsys):
+    """Eval samples of a class absent from training cap every probe's accuracy: usually a label mapping that
+    differs between the splits, so the job says so instead of quietly reporting low accuracies."""
+    layers, y_train, y_eval = blob_layers(n_layers=1)
+    y_eval = y_eval.copy()
+    y_eval[:6] = 7  # a class the train labels do not have
+    run_dir, latents = make_latents(tmp_path, layers, y_train, y_eval)
+    assert cli("--latents", str(latents), "-mp", "0") == 0
+    text = " ".join(capsys.readouterr().err.split())  # warnings show even with -q
+    assert "hold class(es) 7 that the train labels lack (6 of" in text and "Do both splits use the same" in text

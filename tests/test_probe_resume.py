@@ -114,6 +114,37 @@ def test_workers_of_a_killed_job_exit_instead_of_fitting_for_nobody(tmp_path):
         time.sleep(0.2)
 
 
+def _spawned_workers(pid: int) -> set[int]:
+    """The job's pool workers (spawned ``multiprocessing`` children, not its resource tracker)."""
+    return {child for child in _children(pid)
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()}
+
+
+def test_a_worker_killed_alone_is_said_as_such_and_the_rerun_completes_the_job(tmp_path):
+    """The OOM killer takes one worker, not the job: every unfinished layer then fails with the pool's
+    BrokenProcessPool, and the job blamed whichever layer surfaced first as if its fit had failed."""
+    layers, y_train, y_eval = digits_layers(n_layers=4, width=16)
+    run_dir, latents = make_latents(tmp_path, layers, y_train, y_eval)
+    cache = tmp_path / "cache"
+    process = _probe(latents, cache, delay=30.0, workers=2)
+    deadline = time.monotonic() + 60
+    while len(workers := _spawned_workers(process.pid)) < 2:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.1)
+    os.kill(min(workers), signal.SIGKILL)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    said = " ".join(err.split())
+    assert "A probe worker process ended abruptly while layers were being fitted" in said
+    assert "with fewer worker processes (-mp) if memory is short" in said and "Traceback" not in said
+    assert "The probe of layer" not in said  # no layer is blamed: which one the worker had is unknown
+    rerun = _probe(latents, cache, workers=2)
+    _, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    assert len(_rows_without_seconds(run_dir / "probe_performances.csv")) == 1 + 4
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]

@@ -62,6 +62,23 @@ class ResultCache:
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
 
+    def check(self) -> None:
+        """Say why the folder cannot hold the cache, creating nothing: the job checks this before it takes its
+        run folders' locks (which leave lock files) and ``prepare``s the folder after them."""
+        existing = self.folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing == self.folder and not existing.is_dir():
+            reason = "it is a file"
+        elif existing != self.folder and not existing.is_dir():
+            reason = f"{str(existing)!r} on its path is a file"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            reason = "it is not writable" if existing == self.folder else f"{str(existing)!r} is not writable"
+        else:
+            return
+        raise UsageError(f"The probe cache folder {str(self.folder)!r} cannot be used ({reason}); pass --cache-dir "
+                         f"with a folder you can write to.")
+
     def prepare(self) -> None:
         """Create the folder, or say clearly why it cannot hold the cache (before any fit runs)."""
         try:

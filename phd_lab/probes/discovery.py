@@ -8,6 +8,7 @@ driver (``job``) validates and fits them; ``outputs`` writes their results.
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -49,7 +50,7 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
     scan = _scan_grid(grid, where, overrides)
     jobs = _without_repeats(scan.jobs, where)
     if not jobs:
-        _nothing_to_probe(scan, where, len(grid))
+        _nothing_to_probe(scan, where, len(grid), run_id)
     if scan.skipped:
         log.info("%d run(s) without latents (skipped): %s", len(scan.skipped), index_ranges(scan.skipped))
     if len(scan.extracting) > SAID_ONE_BY_ONE:
@@ -127,7 +128,7 @@ def _without_repeats(jobs: list[ProbeJob], where: str) -> list[ProbeJob]:
     return kept
 
 
-def _nothing_to_probe(scan: _GridScan, where: str, runs: int) -> None:
+def _nothing_to_probe(scan: _GridScan, where: str, runs: int, run_id: str | None = None) -> None:
     """Raise the error that says why no run of the grid can be probed, the most telling reason first."""
     if scan.unfinished:
         raise DataError(f"The extraction of run(s) {index_ranges(scan.unfinished)} of {where!r} did not finish "
@@ -142,9 +143,12 @@ def _nothing_to_probe(scan: _GridScan, where: str, runs: int) -> None:
     check_registry_names(scan.unprobed, where)
     earlier = earlier_version_runs(cfg for _, cfg in scan.unprobed)
     hint = f" {earlier_version_advice(earlier, runs)}" if earlier else ""
-    raise DataError(f"No latents found for any of the {runs} run(s) of {where!r} (looked for "
+    with_id = "" if run_id is None else f" with --run-id {run_id!r}"
+    command = f"python main.py --config {shlex.quote(where)}" + (
+        "" if run_id is None else f" --run-id {shlex.quote(run_id)}")
+    raise DataError(f"No latents found for any of the {runs} run(s) of {where!r}{with_id} (looked for "
                     f"<run folder>/latents or under latents_dir). Train the runs with the 'extract' "
-                    f"post-processing step first (python main.py --config {where}).{hint}")
+                    f"post-processing step first ({command}).{hint}")
 
 
 SAID_ONE_BY_ONE = 5  # runs skipped for the same reason that get a line each; the rest are counted

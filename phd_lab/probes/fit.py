@@ -208,7 +208,10 @@ def to_device_float32(x: np.ndarray, device: Any, block_bytes: int = 1 << 25) ->
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # only read
         for start in range(0, x.shape[0], rows):
-            out[start:start + rows].copy_(torch.from_numpy(np.ascontiguousarray(x[start:start + rows])))
+            block = np.ascontiguousarray(x[start:start + rows])
+            if not block.dtype.isnative:  # a big-endian file (">f4"): torch takes native byte order only
+                block = block.astype(block.dtype.newbyteorder("="))
+            out[start:start + rows].copy_(torch.from_numpy(block))
     return out
 
 

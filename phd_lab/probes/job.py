@@ -65,8 +65,10 @@ def check_labels(job: ProbeJob) -> None:
     """The labels must allow a probe: two classes to train on, something to evaluate, and a
     feasible stratified subsample (checked by drawing it, with the seed the fit will use)."""
     labels = np.load(job.manifest.train_labels, mmap_mode="r", allow_pickle=False)
-    eval_count = len(np.load(job.manifest.eval_labels, mmap_mode="r", allow_pickle=False))
+    eval_labels = np.load(job.manifest.eval_labels, mmap_mode="r", allow_pickle=False)
+    eval_count = len(eval_labels)
     classes, counts = np.unique(labels, return_counts=True)
+    _warn_of_eval_only_classes(job, classes, eval_labels)
     source = f"the labels {str(job.manifest.train_labels)!r}"
     if len(classes) < 2:
         raise DataError(f"{job.label}: {source} hold {len(classes)} class(es) in {len(labels)} samples; a probe "
@@ -95,6 +97,18 @@ def check_labels(job: ProbeJob) -> None:
         raise ConfigError(f"{job.label}: probe_train_samples {samples} cannot be drawn as a stratified subsample of "
                           f"{source} ({len(labels)} samples, {len(classes)} classes): {detail}. (scikit-learn: "
                           f"{error})") from None
+
+
+def _warn_of_eval_only_classes(job: ProbeJob, train_classes: np.ndarray, eval_labels: np.ndarray) -> None:
+    """Eval samples of a class the train split lacks can never be predicted: usually two label mappings."""
+    unseen = np.setdiff1d(np.unique(eval_labels), train_classes)
+    if not len(unseen):
+        return
+    missed = int(np.isin(eval_labels, unseen).sum())
+    log.warning("%s: the eval labels %r hold class(es) %s that the train labels lack (%d of %d eval samples); no "
+                "probe can predict them, so every eval accuracy is at most %.4f. Do both splits use the same "
+                "label mapping?", job.label, str(job.manifest.eval_labels), ", ".join(str(c) for c in unseen[:10])
+                + (" ..." if len(unseen) > 10 else ""), missed, len(eval_labels), 1 - missed / len(eval_labels))
 
 
 def build_tasks(jobs: Sequence[ProbeJob], stamps: dict[str, tuple[int, int, int]] | None = None
@@ -134,6 +148,7 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
         raise UsageError(f"-mp must be ≥ 0 (0 = fit in this process); got {workers}.")
     stamps = validate_jobs(jobs, threads=max(2, workers))  # reads only: bad input exits before anything is written
     cache = ResultCache(cache_dir)
+    cache.check()  # a cache folder that cannot be made must not leave lock files in the run folders
     with contextlib.ExitStack() as locks:
         for root in sorted({job.outputs.root for job in jobs}):  # one writer of a run's probe results at a time
             try:

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -153,6 +154,12 @@ Finished = Callable[[int, "ProbeRecord | None", "BaseException | None"], None]
 def _failure(task: ProbeTask, error: BaseException) -> PhdLabError:
     if isinstance(error, PhdLabError):
         return error
+    if isinstance(error, BrokenProcessPool):  # every layer not yet done gets it: which one the dead worker had
+        return RunFailure(  # is not known, so no layer is named
+            f"A probe worker process ended abruptly while layers were being fitted: it was killed by a signal (the "
+            f"out-of-memory killer does this when the layers being fitted do not fit in memory together) or "
+            f"crashed. The layers fitted before are cached; run the job again to fit the rest, with fewer "
+            f"worker processes (-mp) if memory is short. ({error})")
     return RunFailure(f"The probe of layer {task.layer!r} (index {task.index}, {task.train}) failed: "
                       f"{type(error).__name__}: {error}")
 
