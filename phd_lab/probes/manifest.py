@@ -12,6 +12,7 @@ import hashlib
 import os
 import json
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 SPLITS = ("train", "eval")
 _CHUNK = 1 << 22
+NPY_MAGIC = b"\x93NUMPY"  # how every .npy file begins (numpy.lib.format)
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_SHOWN = 5  # unlisted layer files named in the warning
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,12 @@ def _require(mapping: Any, key: str, kind: type, manifest: Path, where: str) -> 
     if not isinstance(mapping, dict) or key not in mapping:
         raise _fail(manifest, f"{where or 'the top level'} has no {key!r}")
     value = mapping[key]
+    field = f"{where}{'.' if where else ''}{key}"
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool) or value in ("", []):
-        raise _fail(manifest, f"{where}{'.' if where else ''}{key} is {json.dumps(value)[:60]}, expected a "
-                              f"non-empty {kind.__name__}")
+        raise _fail(manifest, f"{field} is {json.dumps(value)[:60]}, expected a non-empty {kind.__name__}")
+    if isinstance(value, str) and "\0" in value:  # Path.resolve() and open() raise ValueError on it
+        raise _fail(manifest, f"{field} is {json.dumps(value)[:60]}, which holds a NUL character (\\u0000); no file "
+                              f"name or path can hold one")
     return value
 
 
@@ -104,24 +111,74 @@ def _sha_pair(mapping: dict, manifest: Path, where: str) -> dict[str, str]:
     shas = _require(mapping, "sha256", dict, manifest, where)
     for split in SPLITS:
         value = _require(shas, split, str, manifest, f"{where}.sha256")
-        if len(value) != 64:
-            raise _fail(manifest, f"{where}.sha256.{split} is not a 64-digit sha256")
+        if not _SHA256.fullmatch(value):
+            raise _fail(manifest, f"{where}.sha256.{split} is {json.dumps(value)[:80]}, which is not a sha256: "
+                                  f"expected 64 hexadecimal digits (0-9, a-f or A-F)")
     return {split: shas[split].lower() for split in SPLITS}
 
 
+_PICKLED = "it holds pickled Python objects, which are never loaded (loading them could run code)"
+
+
 def _header(path: Path, manifest: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from the .npy header (memory-mapped: no data is read)."""
+    """Shape and dtype from the .npy header (memory-mapped: no data is read). A file that does not begin
+    with the .npy signature is refused before numpy reads it: numpy takes any other file for a pickle
+    (a CSV file, too) or, for a zip archive (.npz, torch.save), returns an archive instead of an array."""
     if not path.is_file():
         raise DataError(f"Latents file {str(path)!r} listed in {str(manifest)!r} does not exist; the extraction is "
                         f"incomplete or the folder was moved. Rerun the extraction step.")
     try:
+        with open(path, "rb") as handle:
+            start = handle.read(512)
+    except OSError as error:
+        raise DataError(f"Latents file {str(path)!r} is not a readable .npy array ({error}); rerun the extraction "
+                        f"step.") from None
+    if start and not start.startswith(NPY_MAGIC):  # an empty file: numpy's own message below
+        raise _not_npy(path, manifest, start)
+    try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:  # EOFError: an empty file
-        reason = ("it holds pickled Python objects, which are never loaded (loading them could run code)"
-                  if "pickle" in str(error) else str(error) or type(error).__name__)
+        reason = (_PICKLED if "pickle" in str(error) or _holds_objects(path)
+                  else str(error) or type(error).__name__)
         raise DataError(f"Latents file {str(path)!r} is not a readable .npy array ({reason}); rerun the extraction "
                         f"step.") from None
+    if not isinstance(array, np.ndarray):  # replaced since its first bytes were read
+        raise _not_npy(path, manifest, b"")
     return array.shape, array.dtype
+
+
+def _not_npy(path: Path, manifest: Path, start: bytes) -> DataError:
+    """The error for a file listed in the manifest that is not a .npy file, saying what it looks like."""
+    if start.startswith(b"PK\x03\x04"):
+        seems = "; it is a zip archive, as numpy.savez (.npz) and torch.save write"
+    elif start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        seems = f"; it looks like a Python pickle (pickle.dump, older torch.save): {_PICKLED}"
+    elif b"\0" not in start and _is_text(start):
+        seems = "; it looks like a text file (CSV or the like)"
+    else:
+        seems = ""
+    return DataError(f"Latents file {str(path)!r} listed in {str(manifest)!r} is not a .npy array file: it does not "
+                     f"begin with the .npy signature {NPY_MAGIC!r}{seems}. Every layer and label file must be a "
+                     f"single array saved with numpy.save; rerun the extraction step.")
+
+
+def _is_text(start: bytes) -> bool:
+    try:
+        start.decode("utf-8")
+    except UnicodeDecodeError as error:  # a multi-byte character cut at the end of the sample is still text
+        return error.start >= len(start) - 3
+    return True
+
+
+def _holds_objects(path: Path) -> bool:
+    """Whether a .npy file's header declares Python objects (stored pickled), read without loading them."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return bool(read(handle)[2].hasobject)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
+        return False
 
 
 def read_manifest(folder: Path | str) -> Manifest:
@@ -131,6 +188,7 @@ def read_manifest(folder: Path | str) -> Manifest:
     _require_manifest_file(folder, path)
     raw = _load_json(path)
     run_dir = _require(raw, "run_dir", str, path, "")
+    dtype = _require(raw, "dtype", str, path, "")
     accuracy = _model_test_accuracy(raw, path)
     labels = _require(raw, "labels", dict, path, "")
     label_files = {split: folder / _require(labels, split, str, path, "labels") for split in SPLITS}
@@ -139,7 +197,8 @@ def read_manifest(folder: Path | str) -> Manifest:
     if not entries:
         raise _fail(path, "it lists no layers")
     label_lengths = {split: _label_count(label_files[split], path) for split in SPLITS}
-    layers, positional = _read_layers(entries, folder, path, label_files, label_lengths)
+    layers, positional, train_dtypes = _read_layers(entries, folder, path, label_files, label_lengths)
+    _check_dtype(dtype, train_dtypes, path)
     _check_layer_sets(folder, path, layers, positional)
     layers.sort(key=lambda layer: layer.index)  # stable: a pixelwise layer's positions keep the manifest's order
     return Manifest(folder, Path(run_dir), None if accuracy is None else float(accuracy), tuple(layers),
@@ -169,8 +228,9 @@ def _load_json(path: Path) -> dict[str, Any]:
         raise _fail(path, f"it is not valid JSON ({error})") from None
     if not isinstance(raw, dict):
         raise _fail(path, "it does not hold a JSON object")
-    if raw.get("format") != FORMAT:
-        raise _fail(path, f"format is {json.dumps(raw.get('format'))}, this version reads format {FORMAT}")
+    if type(raw.get("format")) is not int or raw["format"] != FORMAT:  # not True or 1.0, which equal 1
+        raise _fail(path, f"format is {json.dumps(raw.get('format'))}, this version reads format {FORMAT} (an "
+                          f"integer)")
     return raw
 
 
@@ -194,10 +254,11 @@ def _label_count(file: Path, manifest: Path) -> int:
 
 
 def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str, Path],
-                 label_lengths: dict[str, int]) -> tuple[list[LayerFiles], set[str]]:
-    """The layers in manifest order, each checked against its array headers and the labels, and the
-    names of the positional entries (the positions of a pixelwise layer)."""
-    layers, seen_names, seen_files, positional = [], set(), set(), set()
+                 label_lengths: dict[str, int]) -> tuple[list[LayerFiles], set[str], set[str]]:
+    """The layers in manifest order, each checked against its array headers and the labels, the
+    names of the positional entries (the positions of a pixelwise layer) and the dtypes of the
+    training files."""
+    layers, seen_names, seen_files, positional, train_dtypes = [], set(), set(), set(), set()
     for position, entry in enumerate(entries):
         where = f"layers[{position}]"
         name = _require(entry, "name", str, path, where)
@@ -217,7 +278,9 @@ def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str,
             if file in seen_files:
                 raise _fail(path, f"file {files[split]!r} is listed twice")
             seen_files.add(file)
-            shapes[split] = _latents_shape(file, path)
+            shapes[split], dtype = _latents_header(file, path)
+            if split == "train":
+                train_dtypes.add(str(dtype))
             if shapes[split][0] != label_lengths[split]:
                 raise DataError(f"Label file {str(label_files[split])!r} has {label_lengths[split]} labels, but the "
                                 f"{split} latents of layer {name!r} ({str(file)!r}) have {shapes[split][0]} samples; "
@@ -233,22 +296,34 @@ def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str,
                                  tuple(shapes["train"]), shas))
         if isinstance(entry, dict) and "position" in entry:
             positional.add(name)
-    return layers, positional
+    return layers, positional, train_dtypes
 
 
-def _latents_shape(file: Path, manifest: Path) -> tuple[int, ...]:
-    """The shape of a latents file, which must be a 2-d float array (samples × features)."""
+def _latents_header(file: Path, manifest: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype of a latents file, which must be a 2-d float array (samples × features)."""
     shape, dtype = _header(file, manifest)
     if len(shape) != 2 or not np.issubdtype(dtype, np.floating):
         raise DataError(f"Latents file {str(file)!r} must be a 2-d float array (samples × features); it has "
                         f"shape {list(shape)} and dtype {dtype}. Rerun the extraction step.")
-    return shape
+    return shape, dtype
+
+
+def _check_dtype(declared: str, train_dtypes: set[str], manifest: Path) -> None:
+    """The manifest's ``dtype`` is what both writers put there: the training files' dtypes, sorted and
+    comma-joined (the extraction writes every file in its one configured dtype; ``write_latents`` joins
+    the dtypes of the training arrays, so the evaluation files may differ)."""
+    actual = ",".join(sorted(train_dtypes))
+    if declared != actual:
+        raise _fail(manifest, f"dtype is {json.dumps(declared)[:60]}, but the layers' training files hold "
+                              f"{json.dumps(actual)} (the field is their dtypes, sorted and joined by commas)")
 
 
 def _check_layer_sets(folder: Path, manifest: Path, layers: list[LayerFiles], positional: set[str]) -> None:
-    """The train-*/eval-* files on disk must describe the same layers as the manifest lists. Indices
-    are unique, except that the positions of a pixelwise layer (entries with a ``position``) share
-    their layer's index."""
+    """The train-*/eval-* files on disk must come in pairs: the same layer names for both splits. The
+    manifest is the contract, so only the layers it lists are probed; layer files on disk that it does
+    not list (left over from another extraction, or copied in) are named in one warning. Indices are
+    unique, except that the positions of a pixelwise layer (entries with a ``position``) share their
+    layer's index."""
     on_disk = {split: {p.name[len(split) + 1:-4] for p in folder.glob(f"{split}-*.npy")} - {"labels"}
                for split in SPLITS}
     if on_disk["train"] != on_disk["eval"]:
@@ -256,6 +331,13 @@ def _check_layer_sets(folder: Path, manifest: Path, layers: list[LayerFiles], po
         only_eval = sorted(on_disk["eval"] - on_disk["train"])
         raise DataError(f"The train and eval layer sets in {str(folder)!r} differ: layers only in train: {only_train}, "
                         f"only in eval: {only_eval}. Both splits need the same layers; rerun the extraction step.")
+    listed = {file for layer in layers for file in (layer.train, layer.eval)}
+    unlisted = sorted(f"{split}-{name}.npy" for split in SPLITS for name in on_disk[split]
+                      if folder / f"{split}-{name}.npy" not in listed)
+    if unlisted:
+        more = f" and {len(unlisted) - _SHOWN} more" if len(unlisted) > _SHOWN else ""
+        log.warning("Latents folder %s holds %d layer file(s) that its %s does not list, which are not probed: "
+                    "%s%s.", folder, len(unlisted), MANIFEST, ", ".join(unlisted[:_SHOWN]), more)
     indices = [layer.index for layer in layers if layer.name not in positional]
     shared = {layer.index for layer in layers if layer.name in positional}
     if len(set(indices)) != len(indices) or shared & set(indices):

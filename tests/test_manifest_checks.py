@@ -1,0 +1,170 @@
+"""read_manifest refuses malformed manifests and files that are not .npy arrays with a one-paragraph DataError."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from phd_lab.errors import DataError
+from phd_lab.probes.manifest import read_manifest
+from phd_lab.probes.synthetic import write_latents
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def latents(tmp_path: Path, n_layers: int = 2, eval_dtype: type = np.float32) -> Path:
+    """A small valid latents folder (40 training, 20 evaluation samples) of ``n_layers`` layers."""
+    rng = np.random.default_rng(0)
+    y_train, y_eval = np.arange(40) % 2, np.arange(20) % 2
+    layers = {f"features.{i}": (rng.standard_normal((40, 3)).astype(np.float32),
+                                rng.standard_normal((20, 3)).astype(eval_dtype)) for i in range(n_layers)}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(parents=True)
+    return write_latents(run_dir / "latents", layers, y_train, y_eval, run_dir, 0.9)
+
+
+def edit(folder: Path, change) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def refused(folder: Path) -> str:
+    """read_manifest's DataError message, on one line."""
+    with pytest.raises(DataError) as caught:
+        read_manifest(folder)
+    return " ".join(str(caught.value).split())
+
+
+def probe_main(folder: Path, tmp_path: Path) -> str:
+    """Run probe_main.py on ``folder``: it must fail with exit status 2 and no traceback. Its stderr, on one line."""
+    done = subprocess.run([sys.executable, "probe_main.py", "--latents", str(folder), "-mp", "0", "--cache-dir",
+                           str(tmp_path / "cache"), "--no-progress", "-q"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    return " ".join(done.stderr.split())
+
+
+def test_a_zip_archive_named_npy_is_refused_as_not_a_npy_array(tmp_path):
+    """np.savez / torch.save write zip archives: np.load returned an NpzFile, and `.shape` was a traceback."""
+    folder = latents(tmp_path)
+    buffer = io.BytesIO()
+    np.savez(buffer, a=np.zeros((40, 3), np.float32))
+    (folder / "train-features.0.npy").write_bytes(buffer.getvalue())
+    err = probe_main(folder, tmp_path)
+    assert "train-features.0.npy' listed in" in err and "is not a .npy array file" in err
+    assert "it is a zip archive, as numpy.savez (.npz) and torch.save write" in err
+
+
+def test_a_text_file_is_not_a_npy_file_rather_than_a_pickle(tmp_path):
+    folder = latents(tmp_path)
+    (folder / "eval-features.1.npy").write_text("a,b,c\n1,2,3\n")
+    message = refused(folder)
+    assert "eval-features.1.npy' listed in" in message and "is not a .npy array file" in message
+    assert "begin with the .npy signature b'\\x93NUMPY'; it looks like a text file" in message
+    assert "pickle" not in message
+    outside = tmp_path / "passwd"  # a file elsewhere that the manifest names
+    outside.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    edit(folder, lambda m: m["layers"][0].update(train=str(outside)))
+    message = refused(folder)
+    assert f"'{outside}' listed in" in message and "it looks like a text file" in message
+    assert "pickle" not in message
+
+
+def test_pickles_and_object_arrays_are_named_as_such(tmp_path):
+    folder = latents(tmp_path)
+    (folder / "train-features.0.npy").write_bytes(pickle.dumps(np.zeros((40, 3))))
+    message = refused(folder)
+    assert "is not a .npy array file" in message and "it looks like a Python pickle" in message
+    np.save(folder / "train-features.0.npy", np.array([[1, "a", None]] * 40, dtype=object), allow_pickle=True)
+    message = refused(folder)  # a real .npy file whose objects are stored pickled
+    assert "train-features.0.npy' is not a readable .npy array (it holds pickled Python objects" in message
+    assert "not a .npy array file" not in message
+
+
+def test_a_nul_character_in_run_dir_is_refused_naming_the_field(tmp_path):
+    """Path.resolve() raised "embedded null byte" later, as a traceback."""
+    folder = latents(tmp_path)
+    edit(folder, lambda m: m.update(run_dir=str(tmp_path / "run") + "\0x"))
+    err = probe_main(folder, tmp_path)
+    assert "is incomplete or invalid: run_dir is" in err and "which holds a NUL character" in err
+
+
+@pytest.mark.parametrize("value", [True, 1.0, "1"])
+def test_format_must_be_the_integer_1(tmp_path, value):
+    folder = latents(tmp_path)
+    edit(folder, lambda m: m.update(format=value))
+    assert f"format is {json.dumps(value)}, this version reads format 1 (an integer)" in refused(folder)
+
+
+@pytest.mark.parametrize("field, change", [
+    ("layers[1].sha256.train", lambda m: m["layers"][1]["sha256"].update(train="z" * 64)),
+    ("labels.sha256.eval", lambda m: m["labels"]["sha256"].update(eval="0" * 63 + " ")),
+])
+def test_a_sha256_that_is_not_64_hex_digits_is_refused_at_read_time(tmp_path, field, change):
+    """It was blamed on the file ("changed after the extraction") once the files had been hashed."""
+    folder = latents(tmp_path)
+    edit(folder, change)
+    message = refused(folder)
+    assert f"{field} is" in message and "which is not a sha256: expected 64 hexadecimal digits" in message
+
+
+def test_an_upper_case_sha256_is_still_read(tmp_path):
+    folder = latents(tmp_path)
+    edit(folder, lambda m: m["layers"][0]["sha256"].update(train=m["layers"][0]["sha256"]["train"].upper()))
+    assert read_manifest(folder).layers[0].sha256["train"].islower()
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: m.pop("dtype"), "the top level has no 'dtype'"),
+    (lambda m: m.update(dtype=5), "dtype is 5, expected a non-empty str"),
+    (lambda m: m.update(dtype=""), 'dtype is "", expected a non-empty str'),
+    (lambda m: m.update(dtype="int8"), 'dtype is "int8", but the layers\' training files hold "float32"'),
+])
+def test_the_manifest_dtype_must_name_the_training_files_dtypes(tmp_path, change, match):
+    folder = latents(tmp_path)
+    edit(folder, change)
+    assert match in refused(folder)
+
+
+def test_the_dtype_of_write_latents_lists_the_training_files_only(tmp_path):
+    """write_latents joins the training arrays' dtypes; the evaluation files may differ (the fit casts them)."""
+    folder = latents(tmp_path, eval_dtype=np.float16)
+    assert json.loads((folder / "manifest.json").read_text())["dtype"] == "float32"
+    assert len(read_manifest(folder).layers) == 2
+
+
+def test_the_dtype_of_an_extraction_is_read(tmp_path):
+    """The extraction writes every file in its configured dtype, and names that dtype (pixelwise: many files)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _extraction_models import build_model, loaders
+    from phd_lab.extraction import extract_latents
+    manifest = extract_latents(build_model(), loaders(), tmp_path, run_dir=tmp_path, downsampling="pixelwise",
+                               dtype="float16", layers=["body.4", "head"], progress=False)
+    assert manifest["dtype"] == "float16"
+    assert len(read_manifest(tmp_path).layers) == len(manifest["layers"]) == 17
+
+
+def test_layer_files_the_manifest_does_not_list_are_named_in_one_warning(tmp_path, caplog):
+    folder = latents(tmp_path, n_layers=8)
+    edit(folder, lambda m: m.update(layers=m["layers"][:1]))  # 7 pairs left on disk
+    with caplog.at_level(logging.WARNING, logger="phd_lab.probes.manifest"):
+        assert [layer.name for layer in read_manifest(folder).layers] == ["features.0"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "phd_lab.probes.manifest"]
+    assert len(warnings) == 1, warnings
+    assert (f"Latents folder {folder} holds 14 layer file(s) that its manifest.json does not list, which are not "
+            f"probed: eval-features.1.npy, eval-features.2.npy, eval-features.3.npy, eval-features.4.npy, "
+            f"eval-features.5.npy and 9 more.") == warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="phd_lab.probes.manifest"):
+        read_manifest(latents(tmp_path / "whole"))
+    assert not [r for r in caplog.records if r.name == "phd_lab.probes.manifest"]
