@@ -11,9 +11,12 @@ import signal
 import sys
 import textwrap
 import threading
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
+
+if TYPE_CHECKING:
+    from phd_lab.experiment import RunOutcome
 
 log = logging.getLogger("phd_lab")
 
@@ -180,7 +183,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         if failed or in_use:  # on stderr even with -q: what this command did not do is what the user must read
             lines = [f"Summary:\n{summary_table(outcomes)}"]
             if failed:
-                lines.append(f"{len(failed)} of {len(outcomes)} run(s) failed; see each failed run's .log file.")
+                lines.append(failed_runs_advice(failed, len(outcomes), bool(args.scheduler)))
             if in_use:
                 lines.append(f"{len(in_use)} of {len(outcomes)} run(s) are being run by another process and were not "
                              f"run here; rerun this command once it has finished to post-process them.")
@@ -193,6 +196,13 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     return guarded(body)
 
 
-def entry_point() -> None:
-    """Console script ``phd-lab-train``."""
-    sys.exit(main_cli())
+def failed_runs_advice(failed: list[RunOutcome], runs: int, on_cluster: bool) -> str:
+    """Where the tracebacks of the failed runs are: in their run logs, or (for runs that failed before their log
+    was opened) above on the console, or in the logs of the Dask workers that ran them."""
+    unlogged = sum(not outcome.logged for outcome in failed)
+    if not unlogged:
+        return f"{len(failed)} of {runs} run(s) failed; see each failed run's .log file."
+    where = "in the logs of the Dask workers that ran them (for local:N: above)" if on_cluster else "above"
+    others = f" The other {len(failed) - unlogged}: see their .log files." if unlogged < len(failed) else ""
+    return (f"{len(failed)} of {runs} run(s) failed. {unlogged} of them failed before a run log was opened (while "
+            f"building the data, model or optimizer); their tracebacks are {where}.{others}")

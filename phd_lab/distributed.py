@@ -98,17 +98,34 @@ def dask_client(spec: str) -> Iterator[Any]:
                 logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
         return
     seconds = _connect_timeout()
-    try:
+    with _unreachable_said(spec):
         _expect_dask_handshake(distributed, value, seconds)
         client = distributed.Client(value, timeout=seconds)
-    except (OSError, TimeoutError, ValueError, TypeError) as error:  # Value/TypeError: a malformed address
-        raise UsageError(f"--scheduler {spec!r}: cannot reach a Dask scheduler there ({error}). Start one with "
-                         f"`dask scheduler` and workers with `dask worker {spec}`.") from None
     with client:
         if not client.scheduler_info().get("workers"):
             log.warning("The scheduler at %s has no workers yet; the tasks wait until one connects "
                         "(`dask worker %s`).", spec, spec)
         yield client
+
+
+def check_scheduler(spec: str) -> None:
+    """Raise a UsageError now if ``--scheduler spec`` cannot be used: a command checks this before it writes
+    anything (a local cluster is only parsed here; it is started when the work begins)."""
+    distributed = _import_distributed()
+    kind, value = parse_scheduler(spec)
+    if kind == "address":
+        with _unreachable_said(spec):
+            _expect_dask_handshake(distributed, value, _connect_timeout())
+
+
+@contextlib.contextmanager
+def _unreachable_said(spec: str) -> Iterator[None]:
+    """Connection errors inside the block as the usage error that says where a scheduler is started."""
+    try:
+        yield
+    except (OSError, TimeoutError, ValueError, TypeError) as error:  # Value/TypeError: a malformed address
+        raise UsageError(f"--scheduler {spec!r}: cannot reach a Dask scheduler there ({error}). Start one with "
+                         f"`dask scheduler` and workers with `dask worker {spec}`.") from None
 
 
 def _connect_timeout() -> float:
@@ -148,6 +165,11 @@ def _expect_dask_handshake(distributed: Any, address: str, seconds: float) -> No
     except asyncio.TimeoutError:
         raise TimeoutError(f"the port accepted a connection but sent no Dask handshake within {seconds:g} s; "
                            f"is it another service's port?") from None
+    except (OSError, ValueError, TypeError):
+        raise
+    except Exception as error:  # noqa: BLE001 - e.g. an SSH banner read as a frame length: a MemoryError of EiB
+        raise OSError(f"the port answered, but not as a Dask scheduler ({type(error).__name__}); is it another "
+                      f"service's port?") from None
 
 
 def cluster_has_gpus(client: Any) -> bool:

@@ -29,6 +29,7 @@ class RunOutcome:
     folder: str
     status: str  # finished | failed | in use (another process holds the folder; not run here)
     error: str = ""
+    logged: bool = True  # False: it failed before its run log was opened (the traceback went to the console)
 
 
 class Main:
@@ -127,7 +128,7 @@ class Main:
                     log.error("Run %d (%s) failed before its run log was opened (while building its data, model "
                               "or optimizer): %s: %s", index, cfg.name, type(error).__name__, error, exc_info=error)
                 outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "failed",
-                                           f"{type(error).__name__}: {brief(error)}"))
+                                           f"{type(error).__name__}: {brief(error)}", logged=said is not None))
                 continue
             outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "finished"))
         return outcomes
@@ -157,6 +158,7 @@ class Main:
         for index, (key, *_rest) in zip(chosen, tasks):
             status, value = results[key]
             executor = self.executors[index]
+            logged = status == "finished"  # a task that raised failed before its run log was opened
             if status == "finished":  # the task ran: train_point's own (status, folder or message)
                 status, value = value
                 if status == "failed":  # the run failed after its log was opened, which holds the traceback
@@ -168,7 +170,8 @@ class Main:
                 usage_errors.append(RunLockedError(str(value)))
             outcomes.append(RunOutcome(index, executor.config.name, str(executor.rundir.root), status,
                                        "" if status == "finished" else
-                                       brief(value) if isinstance(value, BaseException) else str(value)))
+                                       brief(value) if isinstance(value, BaseException) else str(value),
+                                       logged=logged))
         if usage_errors and len(usage_errors) == len(chosen):  # as in a sequential run: the input is at fault
             raise usage_errors[0]
         return outcomes

@@ -84,6 +84,10 @@ def test_failing_point_is_reported_while_the_others_finish(tmp_path, cluster, ca
     err = " ".join(capsys.readouterr().err.split())
     assert "2 of 4 run(s) failed" in err
     assert "failed" in err and "unlucky width" in err
+    # the run whose model factory raised has no log: the summary says where its traceback is instead
+    assert ("1 of them failed before a run log was opened (while building the data, model or optimizer); their "
+            "tracebacks are in the logs of the Dask workers that ran them (for local:N: above). The other 1: see "
+            "their .log files.") in err
     finished = [f for f in run_folders(tmp_path / "logs") if (f / f"{run_name(f)}.csv").exists()]
     assert len(finished) == 2
     # a run that failed after its log was opened is named with that log, as in a sequential run
@@ -310,6 +314,50 @@ def test_an_address_where_nothing_listens_is_said_to_refuse_not_to_be_another_se
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "nothing listens at that port (connection refused)" in err and "handshake" not in err
     assert not (tmp_path / "logs").exists()
+
+
+def test_another_service_s_banner_is_a_usage_error_not_a_traceback(tmp_path, capsys):
+    """A port that speaks first (an SSH server's banner): distributed read its bytes as a frame length and
+    failed with a MemoryError of exbibytes, which came out as a traceback and exit 1."""
+    import socket
+    banner = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        while True:
+            try:
+                connection, _ = banner.accept()
+            except OSError:  # closed by the test
+                return
+            connection.sendall(b"SSH-2.0-OpenSSH_8.9p1 Ubuntu-3ubuntu0.6\r\n")
+            connection.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    address = f"tcp://127.0.0.1:{banner.getsockname()[1]}"
+    try:
+        code = main_cli(["--config", str(write_config(tmp_path)), "--scheduler", address])
+    finally:
+        banner.close()
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "cannot reach a Dask scheduler there (the port answered, but not as a Dask scheduler" in err
+    assert "Traceback" not in err and not (tmp_path / "logs").exists()
+
+
+def test_a_probe_job_with_an_unreachable_scheduler_writes_nothing(tmp_path, capsys):
+    """The probe job connected only after it had locked the run folders, opened their probe logs and made the
+    cache folder: its exit 2 left all of them behind."""
+    import socket
+
+    from phd_lab.probes.cli import probe_cli
+    from tests.probe_latents import make_latents
+    run_dir, latents = make_latents(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # free again once closed: nothing listens there
+    code = probe_cli(["--latents", str(latents), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+                      "--scheduler", f"tcp://127.0.0.1:{port}"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "nothing listens at that port (connection refused)" in err and "probe.log" not in err
+    assert not (tmp_path / "cache").exists()
+    assert not {".probe.lock", "probe.log"} & {path.name for path in run_dir.iterdir()}
 
 
 def test_a_scheduler_without_workers_is_said_before_the_tasks_wait(caplog):

@@ -274,6 +274,10 @@ def test_a_model_factory_that_crashes_shows_its_traceback_and_names_no_missing_l
     assert "failed before its run log was opened (while building its data, model or optimizer)" in text
     assert "Traceback" in err and "buggy_models.py" in err and "widths[2]" in err
     assert "Its log" not in text and not run_folders(tmp_path / "logs")
+    # nor does the summary send the user to a run log that does not exist
+    assert "see each failed run's .log file" not in text
+    assert ("1 of 1 run(s) failed. 1 of them failed before a run log was opened (while building the data, model "
+            "or optimizer); their tracebacks are above.") in text
 
 
 def test_relative_registry_path_is_found_beside_the_config_and_logged_absolute(tmp_path):

@@ -149,6 +149,9 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     stamps = validate_jobs(jobs, threads=max(2, workers))  # reads only: bad input exits before anything is written
     cache = ResultCache(cache_dir)
     cache.check()  # a cache folder that cannot be made must not leave lock files in the run folders
+    if scheduler is not None:  # nor a scheduler that cannot be reached
+        from phd_lab.distributed import check_scheduler
+        check_scheduler(scheduler)
     with contextlib.ExitStack() as locks:
         for root in sorted({job.outputs.root for job in jobs}):  # one writer of a run's probe results at a time
             try:
