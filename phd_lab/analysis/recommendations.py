@@ -38,6 +38,10 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings, tracked
         advice.insert(0, {"kind": "provisional", "text": (
             f"Training is not finished ({status.get('label')}): everything below describes the network after epoch "
             f"{status['epochs_done']}, and saturation still changes while a network trains.")})
+    elif status.get("state") == "unknown" and status.get("epochs_done"):
+        advice.insert(0, {"kind": "provisional", "text": (
+            f"Whether training is finished cannot be told (status {status.get('label')}): everything below "
+            f"describes the network after epoch {status['epochs_done']}, the last the metrics CSV holds in full.")})
     return advice
 
 

@@ -12,12 +12,14 @@ File names follow the contract in DESIGN.md (``<name>_config.json``, ``<name>.cs
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import math
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,8 @@ import pandas as pd
 
 from phd_lab.config import META_KEY, with_logged_linear_init
 from phd_lab.config_paths import extraction_latents_dir
+from phd_lab.errors import ConfigError
+from phd_lab.grid import Grid
 from phd_lab.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -63,41 +67,86 @@ def run_folder(root: Path | str) -> RunDir:
 
 def discover_runs(logs_dir: Path | str) -> list[RunDir]:
     """Every run folder below ``logs_dir``, sorted: a folder with a logged run config (a
-    ``*_config.json`` carrying ``_meta``), or at a run folder's depth with any config (perhaps
-    damaged) or step table. Other JSON files or tables somewhere in the tree (a copied experiment
-    config, notes) are no runs, and the report writes nothing there."""
+    ``*_config.json`` carrying ``_meta``) that lies in the run folder its own values name, or at a
+    run folder's depth with any config (perhaps damaged) or step table. Other JSON files or tables
+    somewhere in the tree (an experiment config, a logged config copied elsewhere to rerun it, notes)
+    are no runs, and the report writes nothing there. Latents folders (a run folder's ``latents``,
+    or any folder holding a ``manifest.json``) are not searched; a run whose run_id is "latents" is."""
     logs_dir = Path(logs_dir)
     found: dict[Path, RunDir] = {}
+    elsewhere: list[str] = []
     for dirpath, dirnames, filenames in os.walk(logs_dir):
-        dirnames[:] = sorted(d for d in dirnames if d != "latents" and not d.startswith("."))
         folder = Path(dirpath)
-        logged = any(f.endswith(CONFIG_SUFFIX) and _is_logged_config(folder / f) for f in filenames)
         at_depth = len(folder.relative_to(logs_dir).parts) == RUN_DEPTH
-        if logged or (at_depth and any(f.endswith(CONFIG_SUFFIX) or f in _MARKERS for f in filenames)):
+        if at_depth and any(f.endswith(CONFIG_SUFFIX) or f in _MARKERS for f in filenames):
             found[folder] = run_folder(folder)
+        else:
+            configs = [folder / f for f in sorted(filenames) if f.endswith(CONFIG_SUFFIX)]
+            logged = [(path, raw) for path in configs if (raw := _logged_config(path)) is not None]
+            placed = [_lies_in_its_run_folder(raw, path) for path, raw in logged]
+            if any(placed) or (None in placed and _holds_results(folder, filenames)):
+                found[folder] = run_folder(folder)
+            else:
+                elsewhere += [str(path) for path, _ in logged]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not (d == "latents" and (folder in found or _is_latents_folder(folder / d))))
+    if elsewhere:
+        log.info("Skipped %d logged config(s) that do not lie in the run folder their values name (copied?): %s",
+                 len(elsewhere), ", ".join(elsewhere))
     return [found[k] for k in sorted(found)]
 
 
-def _is_logged_config(path: Path) -> bool:
+def _is_latents_folder(folder: Path) -> bool:
+    """A latents folder of the extraction step: one that holds a manifest.json."""
+    return (folder / "manifest.json").is_file()
+
+
+def _logged_config(path: Path) -> dict[str, Any] | None:
+    """The values of a logged run config (a JSON object with ``_meta``), or None."""
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return values if isinstance(values, dict) and META_KEY in values else None
+
+
+def _lies_in_its_run_folder(raw: dict[str, Any], path: Path) -> bool | None:
+    """Whether a logged config lies in the run folder its own values name once logs_dir is the folder four
+    levels above it (``RunDir.for_run``, as ``rundir.anchor_logged_run`` decides before a rerun); None where
+    its values name no run folder (keys of another version, edited by hand)."""
+    path = path.resolve()
+    if len(path.parents) < RUN_DEPTH + 1:
         return False
-    return isinstance(values, dict) and "_meta" in values
+    try:
+        grid = Grid({**raw, "logs_dir": str(path.parents[RUN_DEPTH])}, str(path))
+        return len(grid) == 1 and RunDir.for_run(grid[0]).config.resolve() == path
+    except (ConfigError, TypeError, ValueError, KeyError, IndexError, OSError):
+        return None
+
+
+def _holds_results(folder: Path, filenames: list[str]) -> bool:
+    """The folder holds a run's metrics CSV or a step's table besides its config."""
+    return run_folder(folder).metrics_csv.is_file() or any(f in _MARKERS for f in filenames)
 
 
 @dataclass(frozen=True)
 class TrainingStatus:
-    """How far training got: finished, running, stopped, diverged, unknown (other host), not started, no metrics
-    (results of other steps but no metrics CSV), no epochs (a metrics CSV without rows)."""
+    """How far training got: finished, running, stopped, diverged, incomplete (not finished; a process on
+    another host may still train it), unknown (trained epochs, but how many were planned, or how many were
+    done, cannot be told: ``reason``), not started, no metrics (results of other steps but no metrics CSV),
+    no epochs (a metrics CSV without rows)."""
 
     state: str
     epochs_done: int
     epochs_planned: int | None
     active: bool | None  # a live process holds the run folder (None: cannot tell, other host)
     owner: str = ""
+    reason: str = ""  # why the state is unknown
 
     def label(self) -> str:
+        if self.state == "unknown":
+            done = f"{self.epochs_done} epoch{'' if self.epochs_done == 1 else 's'}"
+            return f"unknown ({self.reason})" if not self.epochs_done else f"unknown after {done} ({self.reason})"
         if self.state == "finished":
             return "finished (post-processing)" if self.active else "finished"
         if self.state == "diverged":
@@ -131,22 +180,58 @@ class RunTables:
     status: TrainingStatus | None = None
     missing: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # files with rows cut off (named in problems too)
     probes_predate_latents: bool = False  # the probe table is older than the latents manifest
 
     def config_value(self, key: str, default: Any = None) -> Any:
         return (self.config or {}).get(key, default)
 
 
-def _read_csv(path: Path, tables: RunTables) -> pd.DataFrame | None:
+def _read_csv(path: Path, tables: RunTables, *, rows_stand_alone: bool = False) -> pd.DataFrame | None:
+    """A saved table, without the rows a damaged file holds only in part.
+
+    Every table is written atomically and ends with a newline: a last row without one, or a row with
+    fewer fields than the header, was cut (a copy broken off, a full disk). Such rows are left out and the
+    problem names the file. ``rows_stand_alone``: each row is a whole record of its own (the metrics CSV:
+    one per epoch), so the rows before a cut can still be used; in any other table a lost row is a lost
+    layer, and the whole table is unusable, as is one without a complete row.
+    """
     if not path.is_file():
         tables.missing.append(path.name)
         return None
     try:
-        frame = pd.read_csv(path)
-    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        text, damage = _complete_rows(path.read_bytes())
+        frame = pd.read_csv(io.StringIO(text)) if text.strip() or not damage else None
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as error:
         tables.problems.append(f"{path.name} cannot be read: {error}")
         return None
+    if damage:
+        tables.damaged.append(path.name)
+        if not rows_stand_alone or frame is None or not len(frame):
+            tables.problems.append(f"{path.name} cannot be used: {damage}")
+            return None
+        tables.problems.append(f"{path.name}: {damage}; only its {len(frame)} complete row(s) are used")
     return frame
+
+
+def _complete_rows(data: bytes) -> tuple[str, str]:
+    """The text of a CSV without rows that were cut, and what was wrong ('' if nothing)."""
+    damage = []
+    if data and not data.endswith(b"\n"):
+        data = data[:data.rfind(b"\n") + 1]  # a cut may also split a character of several bytes
+        damage.append("the last row is incomplete (truncated?)")
+    text = data.decode("utf-8-sig")  # a byte-order mark (a table saved by a spreadsheet) is no error
+    records = list(csv.reader(io.StringIO(text, newline="")))
+    fields = len(records[0]) if records else 0
+    short = [number for number, record in enumerate(records[1:], 2) if record and len(record) < fields]
+    if short:
+        damage.append(f"line(s) {', '.join(map(str, short[:5]))}{', ...' if len(short) > 5 else ''} have fewer "
+                      f"fields than the header (truncated?)")
+        kept = io.StringIO(newline="")
+        csv.writer(kept, lineterminator="\n").writerows(r for r in records if not r or len(r) >= fields)
+        text = kept.getvalue()
+    return text, " and ".join(damage)
 
 
 def _read_json(path: Path, tables: RunTables, *, record_missing: bool = True) -> Any:
@@ -244,6 +329,8 @@ def training_status(folder: RunDir, config: dict[str, Any] | None,
         state = "diverged"
     elif planned is not None and done >= planned:
         state = "finished"
+    elif planned is None and active is False:  # the run may have stopped or finished: how long was it to train?
+        return TrainingStatus("unknown", done, planned, active, owner, "the number of epochs planned is unknown")
     else:
         state = "running" if active else ("stopped" if active is False else "incomplete")
     return TrainingStatus(state, done, planned, active, owner)
@@ -314,7 +401,7 @@ def load_run(folder: RunDir) -> RunTables:
     if config is not None:
         config = {k: v for k, v in with_logged_linear_init(config).items() if k != META_KEY}
     tables.config = config
-    tables.metrics = _read_csv(folder.metrics_csv, tables)
+    tables.metrics = _read_csv(folder.metrics_csv, tables, rows_stand_alone=True)
     tables.receptive_field = _require(_read_csv(folder.receptive_field_csv, tables),
                                       ("layer", "in_r_min", "in_r_max", "r_min", "r_max"), RECEPTIVE_FIELD, tables)
     info = _read_json(folder.computational_info_json, tables)
@@ -331,7 +418,7 @@ def load_run(folder: RunDir) -> RunTables:
                                           or tables.computational is not None):
         state = "no epochs" if folder.metrics_csv.is_file() else "no metrics"  # results, but nothing trained?
         status = TrainingStatus(state, 0, status.epochs_planned, status.active, status.owner)
-    tables.status = status
+    tables.status = _unknown_if_unreadable(status, tables)
     steps = configured_steps(config)
     if isinstance(config, dict) and isinstance(config.get("post_processing"), list):  # known: what never ran
         not_asked = {RECEPTIVE_FIELD} if "receptive_field" not in steps else set()
@@ -343,6 +430,20 @@ def load_run(folder: RunDir) -> RunTables:
     if "extract" in steps and tables.manifest is None:
         tables.missing.append("latents/manifest.json")
     return tables
+
+
+def _unknown_if_unreadable(status: TrainingStatus, tables: RunTables) -> TrainingStatus:
+    """The status says why it is unknown: a config that cannot be read (the epochs planned) or a metrics CSV whose
+    rows were cut (the epochs done: a training that stopped and one that finished look alike)."""
+    folder = tables.folder
+    if status.state == "unknown":
+        why = ("is missing" if not folder.config.is_file() else "cannot be read" if tables.config is None
+               else "gives no number of epochs")
+        return replace(status, reason=f"{folder.config.name} {why}")
+    if folder.metrics_csv.name in tables.damaged and status.active is False and status.state not in (
+            "finished", "diverged"):
+        return replace(status, state="unknown", reason=f"{folder.metrics_csv.name} is truncated")
+    return status
 
 
 def configured_steps(config: dict[str, Any] | None) -> set[str]:

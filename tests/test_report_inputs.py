@@ -1,0 +1,119 @@
+"""What the report reads: damaged tables, copied configs, runs named "latents" and unreadable configs."""
+
+import html
+import logging
+import shutil
+
+import pandas as pd
+import pytest
+
+from tests.analysis_fixtures import LAYERS, read_json, write_run
+from phd_lab.analysis.run_summary import summarize
+from phd_lab.analysis.run_tables import discover_runs, load_run
+from phd_lab.report.cli import write_report
+
+
+def cut(path, keep_rows, extra_bytes):
+    """Cut a CSV after its header, ``keep_rows`` rows and ``extra_bytes`` bytes of the next row."""
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"".join(line + b"\n" for line in lines[:1 + keep_rows]) + lines[1 + keep_rows][:extra_bytes])
+
+
+def test_a_metrics_csv_cut_in_the_middle_of_a_row_is_used_up_to_its_last_complete_row(tmp_path):
+    """The partial row was read as the last epoch: 'finished', s_mu from 4 of the layers, no problem."""
+    logs = tmp_path / "logs"
+    rundir = write_run(logs, width=0.25, stage="full", epochs=2)
+    first_epoch = pd.read_csv(rundir.metrics_csv).iloc[0]
+    cut(rundir.metrics_csv, 1, 150)
+    summary = summarize(load_run(rundir))
+    status = summary["run"]["status"]
+    assert status["state"] == "unknown" and status["epochs_done"] == 1  # stopped or finished: cannot be told
+    assert "truncated" in status["label"] and rundir.metrics_csv.name in status["label"]
+    split = summary["settings"]["analysis_split"]
+    assert summary["saturation"]["epoch"] == 1 and len(summary["saturation"]["layers"]) == len(LAYERS)
+    assert summary["saturation"]["mean"] == pytest.approx(first_epoch[f"{split}_saturation_mean"])
+    problem = f"{rundir.metrics_csv.name}: the last row is incomplete (truncated?)"
+    assert any(p.startswith(problem) for p in summary["problems"])
+    assert summary["recommendations"][0]["kind"] == "provisional"
+    assert "Training is not finished" not in summary["recommendations"][0]["text"]
+    page = html.unescape(write_report(logs, tmp_path / "r.html").read_text(encoding="utf-8"))
+    assert problem in page
+
+    # a row with fewer fields than the header (ending with its newline) is left out as well
+    cut(rundir.metrics_csv, 1, 0)
+    text = rundir.metrics_csv.read_text(encoding="utf-8")
+    rundir.metrics_csv.write_text(text + ",".join(text.splitlines()[1].split(",")[:4]) + "\n", encoding="utf-8")
+    tables = load_run(rundir)
+    assert len(tables.metrics) == 1 and tables.status.state == "unknown"
+    assert any(p.startswith(f"{rundir.metrics_csv.name}: line(s) 3 have fewer fields than the header")
+               for p in tables.problems)
+    # cut within its first row: no epoch can be read, and the status does not say "not started"
+    cut(rundir.metrics_csv, 0, 150)
+    tables = load_run(rundir)
+    assert tables.metrics is None and tables.status.state == "unknown" and tables.status.epochs_done == 0
+    assert f"{rundir.metrics_csv.name} cannot be used: the last row is incomplete (truncated?)" in tables.problems
+
+
+def test_a_cut_receptive_field_table_gives_no_border_layers_and_says_why(tmp_path):
+    """A cut receptive_field.csv gave b_min None, "tail at b_min: yes (none)" and no problem."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
+    cut(rundir.receptive_field_csv, 6, 20)
+    summary = summarize(load_run(rundir))
+    assert summary["borders"] is None and summary["agreement"] is None and summary["truncation"] is None
+    assert "receptive_field.csv cannot be used: the last row is incomplete (truncated?)" in summary["problems"]
+    depth = " ".join(a["text"] for a in summary["recommendations"] if a["kind"] == "depth")
+    assert "(no border layer; receptive_field.csv cannot be used)" in depth
+    # per-layer tables lose layers when cut: none of them is used in part
+    cut(rundir.computational_info_csv, 3, 10)
+    cut(rundir.probe_csv, 4, 10)
+    tables = load_run(rundir)
+    assert tables.computational_layers is None and tables.probes is None
+    assert {p.split(" cannot be used")[0] for p in tables.problems if "truncated?" in p} == {
+        "receptive_field.csv", "computational_info.csv", "probe_performances.csv"}
+
+
+def test_a_logged_config_copied_into_the_logs_folder_is_no_run(tmp_path, caplog):
+    """A copied logged config became a "not started" run, and analysis.json/png were written beside it."""
+    logs = tmp_path / "logs"
+    rundir = write_run(logs, width=0.25, stage="full")
+    shutil.copy(rundir.config, logs / rundir.config.name)
+    (logs / "configs").mkdir()
+    shutil.copy(rundir.config, logs / "configs" / rundir.config.name)
+    with caplog.at_level(logging.INFO, logger="phd_lab.analysis.run_tables"):
+        assert [run.root for run in discover_runs(logs)] == [rundir.root]
+    assert str(logs / rundir.config.name) in caplog.text and str(logs / "configs" / rundir.config.name) in caplog.text
+    write_report(logs, tmp_path / "r.html")
+    for folder in (logs, logs / "configs"):
+        assert not (folder / "analysis.json").exists() and not (folder / "analysis.png").exists()
+    assert read_json(rundir.analysis_json)["run"]["status"]["state"] == "finished"
+    # a report over a folder above the logs folder still finds the run by its config, which lies in its folder
+    assert [run.root for run in discover_runs(tmp_path)] == [rundir.root]
+    # values that name no run folder (a key of another version): a config beside the run's tables is a run
+    for path in (rundir.config, logs / "configs" / rundir.config.name):
+        path.write_text(path.read_text(encoding="utf-8").replace('"epoch"', '"new_key": 1, "epoch"'), encoding="utf-8")
+        assert '"new_key": 1' in path.read_text(encoding="utf-8")
+    assert [run.root for run in discover_runs(logs / "vgg11")] == [rundir.root]
+
+
+def test_a_run_whose_run_id_is_latents_is_reported(tmp_path):
+    """Every folder named "latents" was skipped, and with it every run of run_id "latents"."""
+    logs = tmp_path / "logs"
+    plain = write_run(logs, width=0.25, stage="full")
+    named = write_run(logs, width=0.25, stage="full", run_id="latents")
+    assert named.root.parent.name == "latents" and (named.root / "latents" / "manifest.json").is_file()
+    assert [run.root for run in discover_runs(logs)] == sorted([plain.root, named.root])
+    assert [run.root for run in discover_runs(tmp_path)] == sorted([plain.root, named.root])  # not at run depth
+
+
+def test_a_finished_run_whose_config_cannot_be_read_is_not_said_to_have_stopped(tmp_path):
+    """It showed "stopped after 2 epochs" and "Training is not finished": the epochs planned are unknown."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full", epochs=2)
+    rundir.config.write_text('{"model": "vgg11", ', encoding="utf-8")
+    summary = summarize(load_run(rundir))
+    status = summary["run"]["status"]
+    assert status["state"] == "unknown" and status["epochs_done"] == 2 and status["epochs_planned"] is None
+    assert status["label"] == f"unknown after 2 epochs ({rundir.config.name} cannot be read)"
+    assert any(p.startswith(f"{rundir.config.name} cannot be read") for p in summary["problems"])
+    texts = [a["text"] for a in summary["recommendations"]]
+    assert not any("Training is not finished" in t or "stopped" in t for t in texts)
+    assert texts[0].startswith("Whether training is finished cannot be told")
