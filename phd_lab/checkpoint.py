@@ -28,6 +28,7 @@ import torch
 from phd_lab import atomic
 from phd_lab.atomic import atomic_open, fsync_dir
 from phd_lab.errors import CheckpointError
+from phd_lab.interrupts import deferred_interrupts
 
 CHECKPOINT_FORMAT = 1
 # Test-only hook: seconds to sleep in the middle of writing a checkpoint, so that fault
@@ -53,7 +54,13 @@ class CheckpointStore:
         return any(p.exists() for p in (self.path, self.staged, self.previous))
 
     def save(self, state: dict[str, Any]) -> None:
-        payload = {"format": CHECKPOINT_FORMAT, **state}
+        """Write ``state`` as the new current checkpoint; the current one becomes the previous. Ctrl-C and
+        SIGTERM wait until it is done: cut short, the write was thrown away and with it the epoch that had
+        just finished (the message still said training continues after it)."""
+        with deferred_interrupts():
+            self._save({"format": CHECKPOINT_FORMAT, **state})
+
+    def _save(self, payload: dict[str, Any]) -> None:
         pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
         with atomic_open(self.staged, "wb") as handle:
             torch.save(payload, handle)

@@ -19,7 +19,7 @@ from phd_lab.callbacks import Callback
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.data import DataBundle
 from phd_lab.errors import RunDiverged, UsageError
-from phd_lab.interrupts import raise_if_stop_requested
+from phd_lab.interrupts import deferred_interrupts, raise_if_stop_requested
 from phd_lab.metrics import Metric
 from phd_lab.seeding import capture_rng_state, restore_rng_state
 
@@ -118,14 +118,15 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_epoch_end(self, bundle, epoch, row)
             self.history.append(row)
-            store.save(self.state_dict(bundle))
-            self.epochs_run.append(epoch)
-            log.info("%s epoch %d/%d: %s", self.run_name, epoch, self.epochs,
-                     ", ".join(f"{k}={v:.4f}" for k, v in row.items()
-                               if k != "epoch" and isinstance(v, float)
-                               and not k.endswith(("saturation", "intrinsic_dimension"))))
-            for callback in self.callbacks:
-                callback.on_history(self, self.history)
+            with deferred_interrupts():  # a stop now would leave the epoch's checkpoint without its CSV row
+                store.save(self.state_dict(bundle))
+                self.epochs_run.append(epoch)
+                log.info("%s epoch %d/%d: %s", self.run_name, epoch, self.epochs,
+                         ", ".join(f"{k}={v:.4f}" for k, v in row.items()
+                                   if k != "epoch" and isinstance(v, float)
+                                   and not k.endswith(("saturation", "intrinsic_dimension"))))
+                for callback in self.callbacks:
+                    callback.on_history(self, self.history)
             self._stop_if_diverged()  # after the epoch's row and checkpoint: nothing of it is lost
         for callback in self.callbacks:
             callback.on_fit_end(self, bundle)

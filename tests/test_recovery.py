@@ -316,6 +316,31 @@ def test_ctrl_c_during_training_exits_130_says_how_to_resume_and_the_rerun_resum
 
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_during_a_checkpoint_write_keeps_the_epoch_that_had_finished(tmp_path, signum):
+    """Ctrl-C or a batch system's SIGTERM while the checkpoint was written threw the write away, and with it the
+    epoch just trained, although the message said training continues after the last completed epoch."""
+    from phd_lab.checkpoint import PAUSE_ENV
+    config = write_config(tmp_path, epoch=2, cpu_threads=1)
+    process = subprocess.Popen([sys.executable, "main.py", "--config", str(config), "--no-progress", "-q"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, PAUSE_ENV: "1.5"}, preexec_fn=sigint_as_in_a_terminal)
+    logs = tmp_path / "logs"
+    deadline = time.monotonic() + 120
+    while not list(logs.rglob(".*.pt.next.*.tmp")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signum)  # within the first checkpoint's write (it pauses 1.5 s half written)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    [folder] = run_folders(logs)
+    assert len(read_metrics(folder)) == 1 and (folder / f"{run_name(folder)}.pt").is_file()
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert "Resuming run" in (folder / f"{run_name(folder)}.log").read_text()
+    assert read_metrics(folder)["epoch"].tolist() == [1, 2]
+
+
 @pytest.mark.parametrize("how", ["deleted", "moved"])
 def test_a_run_whose_folder_goes_away_while_it_trains_stops_without_re_creating_it(tmp_path, how):
     """Its next write re-created the folder without config and log, and a second process could lock the new
