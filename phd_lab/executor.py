@@ -81,7 +81,7 @@ class TrainTestExecutor:
             raise RegistryError(f"{where}: {error}") from None
         model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
         check_factory_args(self.registries.models.get(cfg.model), model_args, "model_args", cfg.model, where,
-                           SUPPLIED_ARGS["models"])
+                           SUPPLIED_ARGS["models"], framework=FRAMEWORK_MODEL_OPTIONS)
         truncate = cfg.model_args.get("truncate")
         if truncate is not None and (not isinstance(truncate, str) or not truncate):
             raise ConfigError(f"{where}: model_args 'truncate' must be a layer name, 'border' or 'border_max' "

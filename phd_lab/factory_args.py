@@ -22,8 +22,10 @@ FRAMEWORK_MODEL_OPTIONS = ("truncate", "linear_init")
 
 
 def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: str, name: str,
-                       where: str, reserved: tuple[str, ...]) -> None:
-    """Reject arguments a factory does not accept (a typo in model_args fails before training)."""
+                       where: str, reserved: tuple[str, ...], framework: tuple[str, ...] = ()) -> None:
+    """Reject arguments a factory does not accept (a typo in model_args fails before training), and values of
+    the wrong type where the factory's default says the type. ``framework``: the arguments of ``key`` that the
+    framework handles itself (left out of ``args``), offered with the factory's own in the message."""
     signature = inspect.signature(factory)
     params = signature.parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -35,14 +37,22 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: s
     unknown = sorted(set(args) - set(accepted))
     if unknown:
         from phd_lab.registry import did_you_mean
-        hint = "".join(did_you_mean(u, accepted) for u in unknown)
+        hint = "".join(did_you_mean(u, [*accepted, *framework]) for u in unknown)
+        own = f" (and the framework's own {', '.join(framework)})" if framework else ""
         raise ConfigError(f"{where}: {key} {unknown} are not accepted by {name!r}.{hint} It accepts: "
-                          f"{', '.join(accepted) or 'no arguments'}.")
+                          f"{', '.join(accepted) or 'no arguments'}{own}.")
     for arg, value in args.items():  # "lr": "fast" failed deep in the factory with a comparison of float and str
-        default = params[arg].default
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
-            raise ConfigError(f"{where}: {key} {arg!r} of {name!r} must be a number (its default is {default!r}); "
-                              f"got {json.dumps(value)}.")
+        _check_type(params[arg].default, value, f"{where}: {key} {arg!r} of {name!r}")
+
+
+def _check_type(default: Any, value: Any, what: str) -> None:
+    """A value of another type than the factory's default: "lr": true trained with lr 1, "amsgrad": 1 ran."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{what} must be true or false (its default is {json.dumps(default)}); got "
+                              f"{json.dumps(value)}.")
+    elif isinstance(default, (int, float)) and (isinstance(value, (str, bool))):
+        raise ConfigError(f"{what} must be a number (its default is {default!r}); got {json.dumps(value)}.")
 
 
 # The keyword arguments the framework passes to each kind of factory itself (not config ``*_args``).
