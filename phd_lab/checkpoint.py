@@ -93,13 +93,16 @@ class CheckpointStore:
     def current_is_damaged(self) -> bool:
         """Whether the current checkpoint fails its checksums (``load`` would set it aside and go back to the
         previous one); False when it is absent or cannot be read at the moment."""
-        if not self.path.exists():
-            return False
-        try:
-            verify_checksums(self.path)
-        except Exception as error:  # noqa: BLE001 - classified as load() classifies its read errors
-            return _file_is_damaged(error) and not isinstance(error, FileNotFoundError)
-        return False
+        return _is_damaged(self.path)
+
+    def fallback(self) -> Path | None:
+        """The generation ``load`` goes back to when the current checkpoint is damaged: the first of the staged
+        and the previous one that exists and passes its checksums (each read once), None when there is none,
+        so that ``load`` stops with an error saying every checkpoint is damaged."""
+        for path in (self.staged, self.previous):
+            if path.exists() and not _is_damaged(path):
+                return path
+        return None
 
     def peek(self, key: str) -> Any:
         """One entry of the checkpoint ``load`` would use, without reading its tensors (memory-mapped),
@@ -130,8 +133,12 @@ class CheckpointStore:
                         f"Reading the checkpoint {candidate} failed: {type(error).__name__}: {error}. That is the "
                         f"file system or the machine, not a damaged file, so every checkpoint is left as it is; "
                         f"start the run again when reading works.") from None
-                log.warning("Checkpoint %s is damaged (%s: %s); falling back to the previous one.",
-                            candidate, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                later = candidates[candidates.index(candidate) + 1:]
+                fallback = ("there is no other checkpoint to fall back to" if not later else
+                            "falling back to the previous one" if later[0] == self.previous else
+                            f"falling back to {later[0].name}, which a save cut short had written whole")
+                log.warning("Checkpoint %s is damaged (%s: %s); %s.", candidate, type(error).__name__,
+                            str(error).splitlines()[0] if str(error) else "", fallback)
                 errors.append(f"{candidate.name}: {type(error).__name__}")
                 continue
             if candidate != self.path:
@@ -159,6 +166,18 @@ def verify_checksums(path: Path) -> None:
 # checkpoint must not be set aside as damaged. torch.load reports a truncated file as EINVAL.
 _TRANSIENT_ERRNOS = {errno.EIO, errno.ESTALE, errno.EACCES, errno.EPERM, errno.EAGAIN, errno.EINTR,
                      errno.ETIMEDOUT, errno.ENOTCONN, errno.EHOSTDOWN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+
+
+def _is_damaged(path: Path) -> bool:
+    """Whether the checkpoint at ``path`` fails its checksums; False when it is absent or cannot be read at the
+    moment (a read error of the file system, which ``load`` does not take for damage either)."""
+    if not path.exists():
+        return False
+    try:
+        verify_checksums(path)
+    except Exception as error:  # noqa: BLE001 - classified as load() classifies its read errors
+        return _file_is_damaged(error) and not isinstance(error, FileNotFoundError)
+    return False
 
 
 def _file_is_damaged(error: BaseException) -> bool:

@@ -133,10 +133,13 @@ def list_names(kind: str, pattern: str) -> str:
     registry = Registries()[kind]
     lines = [f"{name:24} {registry.doc(name)}" for name in registry.names(pattern)]
     prefixed = registry.prefixed_names(pattern)
-    if prefixed:  # e.g. every torchvision classification model, as tv:<name>: one wrapped block
-        lines.append(f"and by prefix ({len(prefixed)}):")
-        lines.append(textwrap.fill(", ".join(prefixed), 116, initial_indent="  ", subsequent_indent="  ",
-                                   break_on_hyphens=False))
+    forms = registry.prefix_forms(pattern)  # prefixes taking any name, e.g. folder:<path> for an image folder
+    if prefixed or forms:  # e.g. every torchvision classification model, as tv:<name>: one wrapped block
+        lines.append(f"and by prefix ({len(prefixed) + len(forms)}):")
+        lines += [f"  {form:22} {doc}" for form, doc in forms]
+        if prefixed:
+            lines.append(textwrap.fill(", ".join(prefixed), 116, initial_indent="  ", subsequent_indent="  ",
+                                       break_on_hyphens=False))
     return "\n".join(lines) or "(none)"
 
 

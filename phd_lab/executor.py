@@ -328,8 +328,12 @@ class TrainTestExecutor:
         if against_logged_run:
             log.warning("This config was logged by a run under another setup: %s. This run may therefore differ "
                         "from that one (in the last bits, or more where the code differs).", items)
-        elif (CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).peek("epoch") or 0) \
-                < self.config.epoch:
+            return
+        store = CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint)
+        trained = store.peek("epoch")
+        if trained is None and store.exists():  # none readable: what is left to train is not known (loading says)
+            return
+        if (trained or 0) < self.config.epoch:
             log.warning("The epochs still to train run under another setup than the epochs before them: %s. The "
                         "run will differ from one trained without a break; its logged config keeps the setup it "
                         "began with.", items)

@@ -209,11 +209,18 @@ def point_status(executor: TrainTestExecutor) -> str:
     status = training_status(rundir, {"epoch": planned}, metrics)  # as the report says it
     if not status.active and status.epochs_done:
         from phd_lab.checkpoint import CheckpointStore
-        if CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint).current_is_damaged():
-            if rundir.previous_checkpoint.exists():
+        store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)
+        if store.current_is_damaged():
+            fallback = store.fallback()  # the generation load() goes back to, checked as load() checks it
+            if fallback is not None:
                 return (f"{status.label()}; {rundir.checkpoint.name} is damaged: the next run goes back to "
-                        f"{rundir.previous_checkpoint.name} and trains the epochs after it again")
-            return f"{status.label()}; {rundir.checkpoint.name} is damaged and there is no earlier one"
+                        f"{fallback.name} and trains the epochs after it again")
+            damaged = [rundir.checkpoint.name, *(p.name for p in (store.staged, store.previous) if p.exists())]
+            which = (f"{damaged[0]} is damaged and there is no earlier one" if len(damaged) == 1 else
+                     f"{', '.join(damaged[:-1])} and {damaged[-1]} are all damaged" if len(damaged) > 2 else
+                     f"{damaged[0]} and {damaged[1]} are both damaged")
+            return (f"{status.label()}; {which}: the next run stops with an error; "
+                    f"delete {'them' if len(damaged) > 1 else 'it'} to train the run again from the start")
     if status.state == "finished" and not status.active:
         from phd_lab.steps.stamps import StepStamps
         stamps = StepStamps(rundir)

@@ -46,12 +46,9 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: s
 
 
 def _check_type(default: Any, value: Any, what: str) -> None:
-    """A value of another type than the factory's default: "lr": true trained with lr 1, "amsgrad": 1 ran."""
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{what} must be true or false (its default is {json.dumps(default)}); got "
-                              f"{json.dumps(value)}.")
-    elif isinstance(default, (int, float)) and (isinstance(value, (str, bool))):
+    """A string or boolean where the factory's default is a number: "lr": true trained with lr 1. (A boolean
+    default says less: the folder datasets' ``canvas`` is false or a size.)"""
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, (str, bool)):
         raise ConfigError(f"{what} must be a number (its default is {default!r}); got {json.dumps(value)}.")
 
 

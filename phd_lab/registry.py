@@ -85,6 +85,23 @@ class Registry:
                  for name in (getattr(factory, "names", None) or list)()]
         return [name for name in names if fnmatch.fnmatchcase(name.lower(), pattern.lower())]
 
+    def prefix_forms(self, pattern: str = "*") -> list[tuple[str, str]]:
+        """``(form, doc)`` of the prefixes whose factory lists no names (any name after the prefix goes, e.g. an
+        image folder's path): the form names the factory's first argument, e.g. ``folder:<path>``."""
+        forms = []
+        for prefix, factory in sorted(self._prefixes.items()):
+            if getattr(factory, "names", None) is not None:
+                continue
+            try:
+                argument = next(iter(inspect.signature(factory).parameters), "name")
+            except (TypeError, ValueError):  # a callable without a signature to inspect
+                argument = "name"
+            form = f"{prefix}<{argument}>"
+            if fnmatch.fnmatchcase(form.lower(), pattern.lower()):
+                text = inspect.getdoc(factory) or ""
+                forms.append((form, text.strip().splitlines()[0] if text.strip() else ""))
+        return forms
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self._resolve(name) is not None
 
@@ -221,10 +238,14 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
                                 ) from None
         raise RegistryError(f"Cannot import the {kind} registry module {spec!r}: {error}. Give a dotted "
                             f"module name importable from the working directory or a path to a .py file.") from None
-    except Exception as error:  # noqa: BLE001 - the module itself is broken: say where
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the module itself is broken: say where
+        # SystemExit too (a module that calls sys.exit() at import ended the command without a word); Ctrl-C
+        # (KeyboardInterrupt) and SIGTERM (Terminated) still stop it
         where = f" ({error.filename}, line {error.lineno})" if isinstance(error, SyntaxError) else ""
+        what = (f"it calls sys.exit({'' if error.code is None else repr(error.code)}) or raises SystemExit"
+                if isinstance(error, SystemExit) else error)
         raise RegistryError(f"The {kind} registry module {spec!r} failed while being imported: "
-                            f"{type(error).__name__}: {error}{where}. Fix the module (run `python {spec}` to see "
+                            f"{type(error).__name__}: {what}{where}. Fix the module (run `python {spec}` to see "
                             f"the traceback) or point the key 'registries.{kind}' elsewhere.") from None
 
 

@@ -1,0 +1,110 @@
+"""--dry-run's account of a run whose checkpoints are all damaged, a registry module that exits while it is
+imported, and the prefixes --list shows (folder:<path> for an image folder, as tv: for torchvision's models)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from phd_lab.checkpoint import CHECKPOINT_FORMAT, CheckpointStore
+from phd_lab.cli import main_cli
+from phd_lab.errors import EXIT_USAGE, RegistryError
+from phd_lab.registry import Registries
+from tests.conftest import main_in_process, run_folders, run_name, write_config
+
+
+def truncate(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])  # a torn write
+
+
+def test_a_run_whose_checkpoints_are_both_damaged_is_said_to_stop_not_to_go_back(tmp_path, capsys):
+    """--dry-run promised that the next run goes back to <name>.previous.pt when that one was damaged too (the
+    run then failed), and the log said of the damaged previous one 'falling back to the previous one'."""
+    config = write_config(tmp_path, epoch=2, cpu_threads=1, track_saturation=False)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    name = run_name(folder)
+    truncate(folder / f"{name}.pt")
+    truncate(folder / f"{name}.previous.pt")
+    logged = folder / f"{name}_config.json"  # as if trained under another numpy: a setup difference to say
+    values = json.loads(logged.read_text())
+    values["_meta"]["numpy"] = "0.0.1"
+    logged.write_text(json.dumps(values))
+
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    listing = " ".join(capsys.readouterr().out.split())
+    assert "goes back to" not in listing
+    assert (f"finished; {name}.pt and {name}.previous.pt are both damaged: the next run stops with an error; "
+            f"delete them to train the run again from the start") in listing
+
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress")
+    assert code == 1 and "Every checkpoint in" in " ".join(err.split())
+    log_text = " ".join((folder / f"{name}.log").read_text().split())
+    assert f"{name}.pt is damaged (BadZipFile: File is not a zip file); falling back to the previous one." in log_text
+    assert (f"{name}.previous.pt is damaged (BadZipFile: File is not a zip file); there is no other checkpoint to "
+            f"fall back to.") in log_text
+    assert "previous.pt is damaged (BadZipFile: File is not a zip file); falling back" not in log_text
+    # nor that "the epochs still to train" run under another setup: how many are left cannot be told
+    assert "The epochs still to train run under another setup" not in " ".join(err.split()) + log_text
+
+
+def test_the_fallback_is_the_generation_load_goes_back_to(tmp_path, caplog):
+    store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt")
+    store.save({"epoch": 1})
+    store.save({"epoch": 2})
+    truncate(store.path)
+    assert store.current_is_damaged() and store.fallback() == store.previous
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 3}, store.staged)  # whole, left by a save cut short
+    assert store.fallback() == store.staged
+    with caplog.at_level(logging.WARNING, logger="phd_lab.checkpoint"):
+        assert CheckpointStore(store.path, store.previous).load()["epoch"] == 3
+    assert "falling back to run.pt.next, which a save cut short had written whole" in caplog.text
+    truncate(store.staged)
+    assert store.fallback() == store.previous
+    truncate(store.previous)
+    assert store.fallback() is None
+
+
+REGISTRY_EXITS = "import sys\n\n{call}\n"
+
+
+@pytest.mark.parametrize("call, said", [("raise SystemExit(3)", "sys.exit(3)"), ("sys.exit()", "sys.exit()")])
+def test_a_registry_module_that_exits_at_import_is_a_usage_error_naming_it(tmp_path, capsys, call, said):
+    """A registry module that ran sys.exit(3) at import made main.py exit 3 without a word."""
+    registry = tmp_path / "exiting_models.py"
+    registry.write_text(REGISTRY_EXITS.format(call=call))
+    config = write_config(tmp_path, registries={"models": str(registry)})
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
+    err = " ".join(err.split())
+    assert code == EXIT_USAGE
+    assert (f"The models registry module {str(registry)!r} failed while being imported: SystemExit: it calls "
+            f"{said} or raises SystemExit") in err
+    assert err.count("error:") == 1
+    with pytest.raises(RegistryError, match="exiting_models.py"):
+        Registries({"models": str(registry)})
+
+
+def test_ctrl_c_while_a_registry_module_is_imported_still_stops(tmp_path):
+    registry = tmp_path / "interrupted_models.py"
+    registry.write_text("raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        Registries({"models": str(registry)})
+
+
+def test_list_datasets_shows_the_folder_prefix_as_list_models_shows_tv(capsys):
+    """--list datasets never named the folder: prefix of an image folder; --pattern 'folder*' printed (none)."""
+    assert main_cli(["--list", "datasets"]) == 0
+    listing = capsys.readouterr().out
+    assert "and by prefix (1):\n  folder:<path>" in listing and "ImageFolder trees" in listing
+    assert main_cli(["--list", "datasets", "--pattern", "folder*"]) == 0
+    listing = capsys.readouterr().out
+    assert "(none)" not in listing and "folder:<path>" in listing
+    assert main_cli(["--list", "datasets", "--pattern", "mnist"]) == 0
+    assert "folder:" not in capsys.readouterr().out
+    assert main_cli(["--list", "models", "--pattern", "tv:resnet1*"]) == 0
+    assert capsys.readouterr().out == "and by prefix (3):\n  tv:resnet101, tv:resnet152, tv:resnet18\n"
