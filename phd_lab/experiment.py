@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Mapping
+from typing import Any, Mapping
 
 from phd_lab.atomic import check_writable_dir
 from phd_lab.config_paths import absolute_paths
@@ -90,6 +91,7 @@ class Main:
         earlier = earlier_version_runs(e.config for e in executors)
         if earlier:
             log.warning("%s: %s", grid.where, earlier_version_advice(earlier, len(executors)))
+        _warn_of_repeated_runs(grid, executors)
         return executors
 
     def run(self, grid: Grid, indices: list[int] | None = None) -> list[RunOutcome]:
@@ -180,6 +182,36 @@ class Main:
                  device: str | None = None) -> list[RunOutcome]:
         grid = self.load(config_path, run_id=run_id, device=device)
         return self.run(grid, chosen_indices(grid, index))
+
+
+def _warn_of_repeated_runs(grid: Grid, executors: list[TrainTestExecutor]) -> None:
+    """Grid points that train the same network twice in two folders: repetitions (run_id) under one fixed
+    seed, and values that differ only in how a number is written (1 and 1.0 name two folders)."""
+    axes = {axis.name: axis.values for axis in grid.axes}
+    if len(axes.get("run_id", ())) > 1 and "seed" not in axes and grid.base.get("seed") is not None:
+        log.warning("%s: 'seed' is %s for every run_id %s, so these repetitions train the same network (bit for bit "
+                    "on the CPU). Set \"seed\": null to derive each repetition's seed from its run_id.", grid.where,
+                    json.dumps(grid.base["seed"]), json.dumps(list(axes["run_id"])))
+    seen: dict[str, int] = {}
+    for index, executor in enumerate(executors):
+        key = json.dumps(_numbers_as_written_once(executor.config.values), sort_keys=True, default=str)
+        if key in seen:
+            log.warning("%s: runs %d and %d differ only in how numbers are written (such as 1 and 1.0), which gives "
+                        "them two folders: the same run would be trained twice. Write each value once.",
+                        grid.where, seen[key], index)
+            return
+        seen[key] = index
+
+
+def _numbers_as_written_once(value: Any) -> Any:
+    """``value`` with integral floats as ints (1.0 → 1), in nested mappings and lists too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {key: _numbers_as_written_once(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_numbers_as_written_once(item) for item in value]
+    return value
 
 
 def chosen_indices(grid: Grid, index: int | None) -> list[int] | None:

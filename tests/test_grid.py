@@ -201,3 +201,19 @@ def test_download_is_no_part_of_a_run_and_folders_named_with_it_are_found(tmp_pa
         old.mkdir(parents=True)
         assert {RunDir.for_run(cfg).root for cfg in variants} == {old}
         old.rmdir()
+
+
+def test_grids_that_would_train_one_network_twice_are_warned_of(tmp_path, capsys):
+    """Repetitions under one fixed seed are bit-identical, and 1 and 1.0 name two folders for one run: both
+    trained the same network more than once without a word."""
+    from phd_lab.cli import main_cli
+    from tests.conftest import write_config
+    config = write_config(tmp_path, seed=7, run_id=["0", "1"], model_args={"width": [0.0625, 1, 1.0]})
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert """'seed' is 7 for every run_id ["0", "1"], so these repetitions train the same network""" in err
+    assert "runs 2 and 4 differ only in how numbers are written (such as 1 and 1.0)" in err
+    config = write_config(tmp_path, name="fine.json", seed=None, run_id=["0", "1"], model_args={"width": [1, 2]})
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "same network" not in err and "how numbers are written" not in err
