@@ -24,6 +24,7 @@ written to a (samples, H, W, C) scratch file and then split in bounded chunks.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
@@ -117,11 +118,27 @@ def select_layers(model: nn.Module, patterns: list[str] | None) -> list[str]:
             chosen += [m for m in matches if m not in chosen]
     if not chosen:
         raise ExtractionError(f"Step 'extract': {type(model).__qualname__} has no Conv2d or Linear module to extract.")
-    if "labels" in chosen:  # its files would be the label files, train-labels.npy and eval-labels.npy
-        raise ConfigError(f"Step 'extract': {type(model).__qualname__} has a layer named 'labels', whose latents "
-                          f"would overwrite the label files; leave it out with 'layers' (e.g. the other layers' "
-                          f"names or wildcards).")
+    check_file_names(model, chosen)
     return chosen
+
+
+def check_file_names(model: nn.Module, names: list[str]) -> None:
+    """Refuse layers whose files would be one file: layer names become file names through ``safe_name``, so
+    "a b" and "a_b" would both be ``train-a_b.npy``, and "labels_" would be the label file ``train-labels.npy``.
+    Checked before anything is written; the files of layers that do not collide keep their names."""
+    owners: dict[str, str] = {}
+    for name in names:
+        stem = _file_stem(name)
+        if stem == "labels":  # its files would be the label files, train-labels.npy and eval-labels.npy
+            raise ConfigError(f"Step 'extract': {type(model).__qualname__} has a layer named {name!r}, whose latents "
+                              f"(train-{stem}.npy) would overwrite the label files; leave it out with 'layers' "
+                              f"(e.g. the other layers' names or wildcards).")
+        if stem in owners:
+            raise ConfigError(f"Step 'extract': the layers {owners[stem]!r} and {name!r} of {type(model).__qualname__} "
+                              f"would both be written to train-{stem}.npy (layer names become file names with "
+                              f"every character but letters, digits, '.', '_' and '-' replaced by '_'); leave one "
+                              f"of them out with 'layers'.")
+        owners[stem] = name
 
 
 # ---------------------------------------------------------------------------- extraction
@@ -312,11 +329,18 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     try:
         results = {split: _extract_split(model, loaders[split], split, folder, names, downsampling, dtype, device,
                                          progress) for split in SPLITS}
+        order = results["train"][0]
+        if results["eval"][0] != order:
+            raise ExtractionError("Step 'extract': the layers ran in a different order on the test split.")
+    except BaseException as error:  # no half-written files left behind: finished ones, pixelwise scratch files
+        with contextlib.suppress(OSError):
+            clear(folder)
+        if isinstance(error, OSError):  # e.g. a full disk: say where
+            raise ExtractionError(f"Step 'extract': writing the latents to {folder} failed ({error}); its partial "
+                                  f"files were removed.") from error
+        raise
     finally:
         model.train(was_training)
-    order = results["train"][0]
-    if results["eval"][0] != order:
-        raise ExtractionError("Step 'extract': the layers ran in a different order on the test split.")
     manifest = build_manifest(results, settings, test_accuracy)
     atomic.write_json(folder / MANIFEST, manifest)
     log.info("Extracted %d layers (%d files per split) into %s", len(order), len(manifest["layers"]), folder)

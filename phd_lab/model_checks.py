@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 # What ``check_model`` builds a model for before the data set is known.
 PLACEHOLDER_CLASSES, PLACEHOLDER_CHANNELS = 10, 3
+# The size ImageNet models (torchvision's among them) are made for, at which a forward pass that fails at the
+# configured resolution is tried again to tell a resolution the model cannot take from a model the meta device
+# cannot run
+REFERENCE_RESOLUTION = 224
 # What torch says when a layer's kernel or pooling window outgrows its input (meta and real tensors alike)
 _TOO_SMALL_SIGNS = ("Output size is too small", "can't be greater than actual input size", "Wrong image height",
                     "Wrong image width")
@@ -55,7 +59,7 @@ def meta_model(cfg: RunConfig, registries: Registries, built: dict[Any, Any]) ->
 def check_truncate(cfg: RunConfig, model: nn.Module) -> None:
     """model_args ``truncate`` names a module of the model at which it can be cut (``border`` and
     ``border_max`` are resolved when the model is built for training)."""
-    from phd_lab.models.truncate import BORDER_CHOICES, check_cut
+    from phd_lab.models.truncate import BORDER_CHOICES, check_cut, check_feature_map
     where = cfg.source
     truncate = cfg.model_args.get("truncate")
     if not truncate or truncate in BORDER_CHOICES:
@@ -68,6 +72,7 @@ def check_truncate(cfg: RunConfig, model: nn.Module) -> None:
                           f"'border' or 'border_max' (or null for no truncation).")
     try:
         check_cut(model, truncate)
+        check_feature_map(model, truncate, in_channels=PLACEHOLDER_CHANNELS, resolution=cfg.resolution)
     except ConfigError as error:
         raise ConfigError(f"{where}: model_args 'truncate': {error}") from None
 
@@ -76,21 +81,37 @@ def check_input_size(cfg: RunConfig, model: nn.Module) -> None:
     """A model whose pooling or kernels outgrow the maps at this resolution (torchvision's AlexNet or
     ConvNeXt at 16 px, Inception v3 below 75 px) failed at its first batch with torch's message. A forward
     pass on the meta device raises the same error without memory or time."""
+    error = _meta_forward_error(model, cfg.resolution)
+    if error is None:
+        return
+    message = first_line(error)
+    if any(sign in message for sign in _TOO_SMALL_SIGNS):
+        raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot take {cfg.resolution}x{cfg.resolution} px "
+                          f"inputs ({message}). Use a larger 'resolution' or another model.")
+    # Any other error (MaxViT's window partition at 16-64 px: "shape '[2, 64, 0, 7, 0, 7]' is invalid") is
+    # the resolution's if the same forward pass runs at the size the model is made for; if it fails there
+    # too, the meta device may not support the model, which training then checks.
+    if cfg.resolution != REFERENCE_RESOLUTION and _meta_forward_error(model, REFERENCE_RESOLUTION) is None:
+        raise ConfigError(f"{cfg.source}: 'resolution' {cfg.resolution} does not suit model {cfg.model!r}: its "
+                          f"forward pass fails at {cfg.resolution}x{cfg.resolution} px ({type(error).__name__}: "
+                          f"{message}) but runs at {REFERENCE_RESOLUTION}x{REFERENCE_RESOLUTION} px. Use a "
+                          f"'resolution' the model takes (e.g. {REFERENCE_RESOLUTION}) or another model.")
+    log.debug("%s: the input size was not checked on the meta model (%s: %s)", cfg.source, type(error).__name__,
+              error)
+
+
+def _meta_forward_error(model: nn.Module, resolution: int) -> Exception | None:
+    """The error of an eval-mode forward pass of two placeholder inputs on the meta device, None if it runs."""
     was_training = model.training
     try:
         model.eval()
         with torch.device("meta"):
-            model(torch.empty(2, PLACEHOLDER_CHANNELS, cfg.resolution, cfg.resolution))
-    except Exception as error:  # noqa: BLE001 - only the size errors are verdicts; the rest is checked by training
-        message = first_line(error)
-        if not any(sign in message for sign in _TOO_SMALL_SIGNS):
-            log.debug("%s: the input size was not checked on the meta model (%s: %s)", cfg.source,
-                      type(error).__name__, error)
-            return
-        raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot take {cfg.resolution}x{cfg.resolution} px "
-                          f"inputs ({message}). Use a larger 'resolution' or another model.") from None
+            model(torch.empty(2, PLACEHOLDER_CHANNELS, resolution, resolution))
+    except Exception as error:  # noqa: BLE001 - the caller decides which errors are verdicts
+        return error
     finally:
         model.train(was_training)
+    return None
 
 
 def check_single_sample_batches(cfg: RunConfig, model: nn.Module) -> None:

@@ -142,11 +142,11 @@ class TinyImageNet(Dataset):
         train_dir = self.root / "train"
         if not train_dir.is_dir():
             raise FileNotFoundError(f"{train_dir} not found")
-        self.classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+        self.classes = class_folders(train_dir)  # hidden folders (.ipynb_checkpoints) are no classes
         self.class_to_idx = {wnid: i for i, wnid in enumerate(self.classes)}
         if split == "train":
-            self.samples = [(str(f), self.class_to_idx[wnid.name]) for wnid in sorted(train_dir.iterdir())
-                            if wnid.is_dir() for f in sorted((wnid / "images").iterdir())
+            self.samples = [(str(f), index) for index, wnid in enumerate(self.classes)
+                            for f in sorted((train_dir / wnid / "images").iterdir())
                             if f.suffix.lower() in IMG_EXTENSIONS and not f.name.startswith(".")]
         elif split == "val":
             annotations = self.root / "val" / "val_annotations.txt"

@@ -74,7 +74,11 @@ def create_torchvision_model(name: str, *, num_classes: int, in_channels: int = 
                          "remove 'weights' from model_args")
     if name in AUXILIARY_HEADS:
         # Their auxiliary classifiers make training-mode outputs a named tuple the loss cannot take; they
-        # belong to the original recipes, not to the architecture (aux_logits=True in model_args keeps them).
+        # belong to the original recipes, not to the architecture, so they are always left out.
+        if model_args.get("aux_logits"):
+            raise ValueError(f"tv:{name} with aux_logits true returns the outputs of its auxiliary classifiers "
+                             f"beside the main one in training, but the trainer uses a single output per "
+                             f"model; model_args 'aux_logits' must be false (or left out)")
         model_args.setdefault("aux_logits", False)
         if name == "googlenet":
             model_args.setdefault("init_weights", True)  # torchvision's own default (it warns otherwise)

@@ -104,6 +104,60 @@ def check_cut(model: nn.Module, layer: str) -> None:
     _cut_node(graph, layer)
 
 
+def _output_dims(traced: fx.GraphModule, in_channels: int, resolution: int) -> dict[fx.Node, int]:
+    """The number of dimensions of each node's tensor output in an eval-mode forward pass of one input, up to
+    the first node that fails (a tail too deep for the resolution leaves the nodes before it known)."""
+    dims: dict[fx.Node, int] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, node: fx.Node) -> Any:
+            result = super().run_node(node)
+            if isinstance(result, torch.Tensor):
+                dims[node] = result.dim()
+            return result
+
+    was_training = traced.training
+    traced.eval()
+    device, dtype = _placement(traced)
+    try:
+        with torch.no_grad():
+            Recorder(traced).run(torch.zeros(1, in_channels, resolution, resolution, device=device, dtype=dtype))
+    except Exception:  # noqa: BLE001 - the nodes before the failure are known; the rest stay unknown
+        pass
+    finally:
+        traced.train(was_training)
+    return dims
+
+
+def check_feature_map(model: nn.Module, layer: str, *, in_channels: int, resolution: int) -> None:
+    """Raise ConfigError where the part ``truncate_model`` keeps before ``layer`` returns no feature map
+    (a 4-d tensor) for the GAP head, naming the layers whose cut does return one. Works on a meta model;
+    what cannot be traced or run is left for ``truncate_model``."""
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - reported with its reason when the model is truncated
+        return
+    graph = traced.graph
+    dims = _output_dims(traced, in_channels, resolution)
+    dim = dims.get(_cut_node(graph, layer))
+    if dim is None or dim == 4:
+        return
+    layers: list[str] = []
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target in layers:
+            continue
+        try:
+            cut = _cut_node(graph, str(node.target))
+        except ConfigError:
+            continue
+        if dims.get(cut) == 4:
+            layers.append(str(node.target))
+    shown = ", ".join(layers[:12]) + (f" ... ({len(layers)} in all, the last {layers[-1]})" if len(layers) > 12 else "")
+    raise ConfigError(f"Cannot truncate at {layer!r}: the part kept before it returns a {dim}-d tensor, not a feature "
+                      f"map for the new pooling head. Layers it can be truncated at (the kept part returns a "
+                      f"feature map): {shown or 'none'}.")
+
+
 def truncate_model(model: nn.Module, layer: str, *, num_classes: int, in_channels: int,
                    input_resolution: int) -> TruncatedModel:
     """Remove ``layer`` and everything after it; the rest keeps its (possibly trained) weights."""

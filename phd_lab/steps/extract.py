@@ -36,12 +36,14 @@ class ExtractStep(Step):
 
     def check_model(self, params: dict[str, Any], model: Any, where: str) -> None:
         from phd_lab.errors import ConfigError
-        from phd_lab.extraction import select_layers
-        if params["layers"] is not None:
-            try:
-                select_layers(model, params["layers"])
-            except ConfigError as error:
-                raise ConfigError(f"{where}: {error}") from None
+        from phd_lab.extraction import check_file_names, default_layers, select_layers
+        try:
+            if params["layers"] is not None:
+                select_layers(model, params["layers"])  # also refuses layers whose files would collide
+            else:  # the default layers' file names, before training rather than after it
+                check_file_names(model, default_layers(model))
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
 
     def done(self, rundir: Any, params: dict[str, Any], stamps: Any = None) -> bool | None:
         """An extraction is complete once its manifest is written (last; one killed part-way has none) and every

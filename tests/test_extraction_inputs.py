@@ -1,0 +1,121 @@
+"""Inputs of the latent extraction that must not corrupt it: layer names that map to one file, a disk
+that fills up during a pixelwise extraction, and hidden folders in a Tiny ImageNet download."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from phd_lab.errors import ConfigError, ExtractionError
+from phd_lab.extraction import PIXELWISE, extract_latents
+from phd_lab.registry import Registries
+from phd_lab.steps.extract import ExtractStep
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _extraction_models import build_model, loaders  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data():
+    return loaders()
+
+
+class Named(nn.Module):
+    """Two convolutions under the given ModuleDict keys, then a linear head."""
+
+    def __init__(self, first: str, second: str) -> None:
+        super().__init__()
+        self.d = nn.ModuleDict({first: nn.Conv2d(1, 3, 3, padding=1), second: nn.Conv2d(3, 2, 3, padding=1)})
+        self.order = (first, second)
+        self.head = nn.Linear(2, 10)
+
+    def forward(self, x):
+        x = self.d[self.order[1]](self.d[self.order[0]](x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def _params(layers):
+    return {"layers": layers, "latents_dir": None, "downsampling": 4, "dtype": "float32"}
+
+
+@pytest.mark.parametrize("layers", [None, ["d.*"]])
+def test_layers_whose_files_collide_are_refused_before_training_and_extraction(tmp_path, data, layers):
+    with torch.device("meta"):
+        meta = Named("a b", "a_b")
+    with pytest.raises(ConfigError, match=r"x\.json: .*'d\.a b' and 'd\.a_b' .*train-d\.a_b\.npy"):
+        ExtractStep().check_model(_params(layers), meta, "x.json")
+    with pytest.raises(ConfigError, match=r"'d\.a b' and 'd\.a_b'"):
+        extract_latents(Named("a b", "a_b"), data, tmp_path / "latents", run_dir=tmp_path, layers=layers,
+                        downsampling=None, progress=False)
+    assert not (tmp_path / "latents").exists()  # refused before anything was written
+
+
+def test_a_layer_whose_file_is_a_label_file_is_refused(tmp_path, data):
+    with torch.device("meta"):
+        meta = _with_labels_layer()
+    with pytest.raises(ConfigError, match=r"x\.json: .*layer named 'labels_'.*train-labels\.npy.*label files"):
+        ExtractStep().check_model(_params(None), meta, "x.json")
+    with pytest.raises(ConfigError, match="layer named 'labels_'.*label files"):
+        extract_latents(_with_labels_layer(), data, tmp_path / "latents", run_dir=tmp_path, progress=False)
+    assert not (tmp_path / "latents").exists()
+
+
+def _with_labels_layer() -> nn.Module:
+    model = nn.Sequential()
+    model.add_module("conv", nn.Conv2d(1, 2, 3))
+    model.add_module("flat", nn.Flatten())
+    model.add_module("labels_", nn.LazyLinear(10))
+    return model
+
+
+def test_layers_that_do_not_collide_keep_their_file_names(tmp_path, data):
+    manifest = extract_latents(Named("a b", "c"), data, tmp_path / "latents", run_dir=tmp_path, layers=["d.*"],
+                               downsampling=None, progress=False)
+    assert [(e["name"], e["train"]) for e in manifest["layers"]] == [("d.a b", "train-d.a_b.npy"),
+                                                                     ("d.c", "train-d.c.npy")]
+    assert np.load(tmp_path / "latents" / "train-d.a_b.npy").shape == (len(data["train"].dataset), 3 * 8 * 8)
+
+
+def test_a_full_disk_during_a_pixelwise_extraction_leaves_no_files_and_names_the_folder(tmp_path, data):
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        latents = folder / "latents"
+        # body.0 at 8 px: a 0.4 MB scratch file fits, its 64 position files (1.5 MB) do not
+        with pytest.raises(ExtractionError, match=f"{latents}.*No space left") as caught:
+            extract_latents(build_model(), data, latents, run_dir=tmp_path, layers=["body.0"],
+                            downsampling=PIXELWISE, progress=False)
+        assert isinstance(caught.value.__cause__, OSError)
+        assert sorted(p.name for p in latents.iterdir()) == []  # no scratch, position or temp files
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_tiny_imagenet_skips_hidden_folders_in_train(tmp_path):
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01443537", "n01629819", "n01641577"]
+    for c, wnid in enumerate(wnids):
+        for i in range(2):
+            path = root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((64, 64, 3), c * 10 + i, dtype=np.uint8)).save(path)
+    hidden = root / "train" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    (hidden / "untitled-checkpoint.ipynb").write_text("{}")
+    (root / "val" / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(root / "val" / "images" / "val_0.JPEG")
+    (root / "val" / "val_annotations.txt").write_text(f"val_0.JPEG\t{wnids[1]}\t0\t0\t10\t10\n")
+    bundle = Registries().datasets.get("TinyImageNet")(resolution=32, data_dir=str(tmp_path), batch_size=4, seed=0,
+                                                       num_workers=0)
+    assert bundle.num_classes == 3
+    assert len(bundle.train.dataset) == 6 and [label for _, label in bundle.test.dataset] == [1]
