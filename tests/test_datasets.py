@@ -448,6 +448,16 @@ def test_sixteen_bit_grayscale_images_are_scaled_not_clipped(tmp_path):
     assert loaded[..., 0].tolist() == np.rint(values / 257).astype(np.uint8).tolist()
 
 
+def test_floating_point_images_are_refused_not_loaded_black(tmp_path):
+    """PIL's RGB conversion clips float pixels to 0..255: a TIFF scaled to 0..1 trained as an all-black image."""
+    from phd_lab.datasets.folders import load_image
+    from phd_lab.errors import RunFailure
+    Image.fromarray(np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)).save(tmp_path / "scaled.tiff")
+    assert Image.open(tmp_path / "scaled.tiff").mode == "F"
+    with pytest.raises(RunFailure, match=r"scaled.tiff' holds 32-bit floating-point pixels \(PIL mode 'F'\)"):
+        load_image(str(tmp_path / "scaled.tiff"))
+
+
 def test_a_symbolic_link_loop_in_a_class_folder_is_a_data_error(tmp_path):
     pets = _pets(tmp_path / "pets")
     (pets / "train" / "cats" / "again").symlink_to(pets / "train" / "cats", target_is_directory=True)

@@ -20,7 +20,8 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 def load_image(path: str) -> Image.Image:
     """An image file as RGB. 16-bit grayscale (microscopy, medical scans) is scaled to 8 bits (value / 257);
-    PIL's own RGB conversion clips it, which turned almost every pixel of such images white. A file that is
+    PIL's own RGB conversion clips it, which turned almost every pixel of such images white. Floating-point
+    images are refused: their range is unknown, and the conversion made 0..1 images black. A file that is
     no readable image (damaged, truncated, another format under an image name) fails the run that reads it,
     naming the file (checking every file's header up front would cost minutes on ImageNet-sized folders)."""
     try:
@@ -30,6 +31,10 @@ def load_image(path: str) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:  # PIL's ways of refusing a file
         raise RunFailure(f"The image file {path!r} cannot be read ({type(error).__name__}: {error}); remove or "
                          f"replace it (every file with an image extension in a class folder is used).") from None
+    if image.mode == "F":  # PIL's conversion clips floats to 0..255: images scaled to 0..1 became black
+        raise RunFailure(f"The image file {path!r} holds 32-bit floating-point pixels (PIL mode 'F'), whose range "
+                         f"(0..1, 0..255 or any other) the file does not say, so they cannot be turned into 8-bit "
+                         f"RGB without a guess; convert the images to 8- or 16-bit PNG or TIFF files.")
     if image.mode in _SIXTEEN_BIT_MODES:
         values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
         image = Image.fromarray(np.rint(values / 257.0).astype(np.uint8), mode="L")
