@@ -139,7 +139,8 @@ class TrainTestExecutor:
                 check()
                 shared[memo] = True
 
-        check_truncate(cfg, model)
+        once(lambda: check_truncate(cfg, model), "truncate", json.dumps(cfg.model_args.get("truncate")),
+             cfg.resolution)  # it traces and runs the model on the meta device
         once(lambda: check_input_size(cfg, model), "input size", cfg.resolution)
         if cfg.batch_size == 1:
             once(lambda: check_single_sample_batches(cfg, model), "single sample", cfg.resolution)
