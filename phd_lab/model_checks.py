@@ -59,7 +59,7 @@ def meta_model(cfg: RunConfig, registries: Registries, built: dict[Any, Any]) ->
 def check_truncate(cfg: RunConfig, model: nn.Module) -> None:
     """model_args ``truncate`` names a module of the model at which it can be cut (``border`` and
     ``border_max`` are resolved when the model is built for training)."""
-    from phd_lab.models.truncate import BORDER_CHOICES, check_cut, check_feature_map
+    from phd_lab.models.truncate import BORDER_CHOICES, check_cut
     where = cfg.source
     truncate = cfg.model_args.get("truncate")
     if not truncate or truncate in BORDER_CHOICES:
@@ -71,8 +71,7 @@ def check_truncate(cfg: RunConfig, model: nn.Module) -> None:
                           f"{cfg.model!r}.{did_you_mean(truncate, names)} Give a qualified module name, "
                           f"'border' or 'border_max' (or null for no truncation).")
     try:
-        check_cut(model, truncate)
-        check_feature_map(model, truncate, in_channels=PLACEHOLDER_CHANNELS, resolution=cfg.resolution)
+        check_cut(model, truncate, in_channels=PLACEHOLDER_CHANNELS, resolution=cfg.resolution)
     except ConfigError as error:
         raise ConfigError(f"{where}: model_args 'truncate': {error}") from None
 

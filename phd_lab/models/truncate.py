@@ -94,16 +94,6 @@ def _cut_node(graph: fx.Graph, layer: str) -> fx.Node:
     return candidates[-1]
 
 
-def check_cut(model: nn.Module, layer: str) -> None:
-    """Raise ConfigError where ``truncate_model`` could not cut before ``layer`` (no such call,
-    nothing left before it); a model torch.fx cannot trace is left for ``truncate_model`` to report."""
-    try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception:  # noqa: BLE001 - reported with its reason when the model is truncated
-        return
-    _cut_node(graph, layer)
-
-
 def _output_dims(traced: fx.GraphModule, in_channels: int, resolution: int) -> dict[fx.Node, int]:
     """The number of dimensions of each node's tensor output in an eval-mode forward pass of one input, up to
     the first node that fails (a tail too deep for the resolution leaves the nodes before it known)."""
@@ -129,17 +119,19 @@ def _output_dims(traced: fx.GraphModule, in_channels: int, resolution: int) -> d
     return dims
 
 
-def check_feature_map(model: nn.Module, layer: str, *, in_channels: int, resolution: int) -> None:
-    """Raise ConfigError where the part ``truncate_model`` keeps before ``layer`` returns no feature map
-    (a 4-d tensor) for the GAP head, naming the layers whose cut does return one. Works on a meta model;
-    what cannot be traced or run is left for ``truncate_model``."""
+def check_cut(model: nn.Module, layer: str, *, in_channels: int, resolution: int) -> None:
+    """Raise ConfigError where ``truncate_model`` could not cut before ``layer`` (no such call, nothing left
+    before it) or where the part it keeps returns no feature map (a 4-d tensor) for the GAP head, naming the
+    layers whose cut does return one. Works on a meta model; a model torch.fx cannot trace, or that cannot
+    run, is left for ``truncate_model`` to report."""
     try:
         traced = fx.symbolic_trace(model)
     except Exception:  # noqa: BLE001 - reported with its reason when the model is truncated
         return
     graph = traced.graph
+    cut = _cut_node(graph, layer)
     dims = _output_dims(traced, in_channels, resolution)
-    dim = dims.get(_cut_node(graph, layer))
+    dim = dims.get(cut)
     if dim is None or dim == 4:
         return
     layers: list[str] = []
