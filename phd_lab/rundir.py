@@ -233,6 +233,21 @@ def _say_not_in_its_run_folder(raw: dict[str, Any], path: Path) -> None:
                 "(<logs_dir>/<model>/<dataset>_<resolution>/<run_id>/<variant>/).", path, META_KEY, written)
 
 
+LOGGED_CONFIG_DEPTH = 4  # <logs_dir>/<model>/<dataset>_<resolution>/<run_id>/<variant>/<name>_config.json
+
+
+def lies_in_its_run_folder(raw: dict[str, Any], path: Path) -> bool | None:
+    """Whether the logged config at ``path`` (resolved) lies in the run folder its own values name once
+    logs_dir is the folder four levels above it; None where its values name no run (bad values)."""
+    if len(path.parents) <= LOGGED_CONFIG_DEPTH:
+        return False
+    try:
+        grid = Grid({**raw, "logs_dir": str(path.parents[LOGGED_CONFIG_DEPTH])}, str(path))
+        return len(grid) == 1 and RunDir.for_run(grid[0]).config.resolve() == path
+    except (ConfigError, TypeError, ValueError, KeyError):
+        return None
+
+
 def anchor_logged_run(raw: dict[str, Any], config_path: Path | str) -> None:
     """Rerun a logged config read from inside its own run folder in that folder, from any working directory.
 
@@ -246,17 +261,13 @@ def anchor_logged_run(raw: dict[str, Any], config_path: Path | str) -> None:
     if META_KEY not in raw or isinstance(raw.get("logs_dir"), list):
         return
     path = Path(config_path).resolve()
-    if len(path.parents) < 5:
+    placed = lies_in_its_run_folder(raw, path)
+    if placed is None:  # bad values: validation reports them next
+        return
+    if not placed:
         _say_not_in_its_run_folder(raw, path)
         return
-    logs = path.parents[4]
-    try:
-        grid = Grid({**raw, "logs_dir": str(logs)}, str(config_path))
-        if len(grid) != 1 or RunDir.for_run(grid[0]).config.resolve() != path:
-            _say_not_in_its_run_folder(raw, path)
-            return
-    except (ConfigError, TypeError, ValueError, KeyError):  # bad values: validation reports them next
-        return
+    logs = path.parents[LOGGED_CONFIG_DEPTH]
     written = raw.get("logs_dir")
     if not isinstance(written, str) or Path(written).expanduser().resolve() != logs:
         log.info("%s lies in its run folder: logs_dir is %s (the config says %r)", path.name, logs, written)

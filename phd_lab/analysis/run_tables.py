@@ -27,9 +27,7 @@ import pandas as pd
 
 from phd_lab.config import META_KEY, with_logged_linear_init
 from phd_lab.config_paths import extraction_latents_dir
-from phd_lab.errors import ConfigError
-from phd_lab.grid import Grid
-from phd_lab.rundir import RunDir
+from phd_lab.rundir import RunDir, lies_in_its_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +109,10 @@ def _logged_config(path: Path) -> dict[str, Any] | None:
 
 
 def _lies_in_its_run_folder(raw: dict[str, Any], path: Path) -> bool | None:
-    """Whether a logged config lies in the run folder its own values name once logs_dir is the folder four
-    levels above it (``RunDir.for_run``, as ``rundir.anchor_logged_run`` decides before a rerun); None where
-    its values name no run folder (keys of another version, edited by hand)."""
-    path = path.resolve()
-    if len(path.parents) < RUN_DEPTH + 1:
-        return False
+    """``rundir.lies_in_its_run_folder``, with a folder that cannot be read counted as values that name no run."""
     try:
-        grid = Grid({**raw, "logs_dir": str(path.parents[RUN_DEPTH])}, str(path))
-        return len(grid) == 1 and RunDir.for_run(grid[0]).config.resolve() == path
-    except (ConfigError, TypeError, ValueError, KeyError, IndexError, OSError):
+        return lies_in_its_run_folder(raw, path.resolve())
+    except (IndexError, OSError):
         return None
 
 
