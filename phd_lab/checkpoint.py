@@ -49,9 +49,13 @@ class CheckpointStore:
         """The new checkpoint while it is written, before it replaces ``path``."""
         return self.path.with_name(self.path.name + ".next")
 
+    def generations(self) -> tuple[Path, Path, Path]:
+        """The files ``load`` tries, in its order: current, staged (a save cut short between its renames), previous."""
+        return self.path, self.staged, self.previous
+
     def exists(self) -> bool:
         """Whether any generation was saved (current, staged or previous): the run has trained."""
-        return any(p.exists() for p in (self.path, self.staged, self.previous))
+        return any(p.exists() for p in self.generations())
 
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` as the new current checkpoint; the current one becomes the previous. Ctrl-C and
@@ -99,7 +103,7 @@ class CheckpointStore:
         """The generation ``load`` goes back to when the current checkpoint is damaged: the first of the staged
         and the previous one that exists and passes its checksums (each read once), None when there is none,
         so that ``load`` stops with an error saying every checkpoint is damaged."""
-        for path in (self.staged, self.previous):
+        for path in self.generations()[1:]:
             if path.exists() and not _is_damaged(path):
                 return path
         return None
@@ -118,7 +122,7 @@ class CheckpointStore:
     def load(self) -> dict[str, Any] | None:
         """The newest readable checkpoint, or None for a fresh run."""
         staged = self.staged
-        candidates = [p for p in (self.path, staged, self.previous) if p.exists()]
+        candidates = [p for p in self.generations() if p.exists()]
         if not candidates:
             return None
         errors = []
