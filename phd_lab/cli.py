@@ -209,3 +209,8 @@ def failed_runs_advice(failed: list[RunOutcome], runs: int, on_cluster: bool) ->
     others = f" The other {len(failed) - unlogged}: see their .log files." if unlogged < len(failed) else ""
     return (f"{len(failed)} of {runs} run(s) failed. {unlogged} of them failed before a run log was opened (while "
             f"building the data, model or optimizer); their tracebacks are {where}.{others}")
+
+
+def entry_point() -> None:
+    """Console script ``phd-lab-train``."""
+    sys.exit(main_cli())

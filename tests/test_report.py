@@ -391,6 +391,25 @@ def test_the_package_entry_point_lists_its_commands():
     assert probe.returncode == 0 and "--latents" in probe.stdout
 
 
+def test_every_console_script_of_setup_cfg_runs():
+    """A change to cli.py dropped ``entry_point``, which setup.cfg names for ``phd-lab-train``: the installed
+    command then failed with an ImportError while the tests, which call main_cli, stayed green."""
+    import configparser
+    import importlib
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    scripts = dict(line.split("=", 1) for line in setup["options.entry_points"]["console_scripts"].split("\n")
+                   if line.strip())
+    assert {"phd-lab", "phd-lab-train"} <= {name.strip() for name in scripts}
+    for name, target in scripts.items():
+        module, _, attribute = target.strip().partition(":")
+        assert callable(getattr(importlib.import_module(module), attribute)), name
+        installed = Path(sys.executable).parent / name.strip()
+        if installed.exists():  # the venv's own console script, as a user runs it
+            shown = subprocess.run([str(installed), "--help"], capture_output=True, text=True, timeout=60)
+            assert shown.returncode == 0, shown.stderr
+
+
 def test_the_report_shows_progress_over_the_runs(grid, tmp_path, capsys):
     """Over hundreds of runs the report was silent for a minute: it logs the count and shows a bar."""
     logs, runs = grid
