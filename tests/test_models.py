@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import warnings
 
 import pytest
 import torch
@@ -245,6 +246,18 @@ def test_googlenet_trains_one_step_without_its_auxiliary_heads():
     output = model(torch.randn(2, 1, 64, 64))
     assert isinstance(output, torch.Tensor) and output.shape == (2, 5)
     nn.functional.cross_entropy(output, torch.tensor([0, 3])).backward()
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_torchvision_models_with_auxiliary_heads_build_without_warnings(name):
+    """inception_v3 printed torchvision's FutureWarning about its weight initialisation on every build."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = MODELS.get(f"tv:{name}")(num_classes=3)
+    torch.manual_seed(0)  # the same weights as torchvision's default initialisation, which the warning is about
+    default = torchvision.models.get_model(name, weights=None, num_classes=3, aux_logits=False, init_weights=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), default.state_dict().values()))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -80,8 +80,8 @@ def create_torchvision_model(name: str, *, num_classes: int, in_channels: int = 
                              f"beside the main one in training, but the trainer uses a single output per "
                              f"model; model_args 'aux_logits' must be false (or left out)")
         model_args.setdefault("aux_logits", False)
-        if name == "googlenet":
-            model_args.setdefault("init_weights", True)  # torchvision's own default (it warns otherwise)
+        # torchvision's own default for both (it warns on every build when the argument is left out)
+        model_args.setdefault("init_weights", True)
     try:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **model_args)
     except TypeError as error:  # an argument the model class does not take: say which it does
