@@ -9,7 +9,7 @@ from torch import nn
 from phd_lab.analysis.receptive_field import border_layers, receptive_fields
 from phd_lab.cli import main_cli
 from phd_lab.errors import ConfigError
-from phd_lab.models.truncate import resolve_cut, truncate_model, truncation_savings
+from phd_lab.models.truncate import check_cut, resolve_cut, truncate_model, truncation_savings
 from registries import models
 from tests.conftest import read_metrics, run_folders, write_config
 
@@ -85,6 +85,18 @@ def test_border_cut_is_before_the_border_layer_of_the_resolution():
     convs = conv_names(model)
     cut = truncate_model(model, b_min, num_classes=10, in_channels=1, input_resolution=32)
     assert conv_names(cut.body) == convs[:convs.index(b_min)]
+
+
+def test_a_container_is_cut_before_its_first_layer():
+    """``truncate: "layer3"`` on a ResNet said "the model calls no module of that name": fx traces through it."""
+    model = models.resnet18(num_classes=10, width=0.125, stem="cifar")
+    by_container = truncate_model(model, "layer3", num_classes=10, in_channels=3, input_resolution=32)
+    by_first_conv = truncate_model(model, "layer3.0.conv1", num_classes=10, in_channels=3, input_resolution=32)
+    kept = conv_names(by_container.body)
+    assert kept == conv_names(by_first_conv.body) and kept[-1].startswith("layer2.")
+    check_cut(model, "layer3", in_channels=3, resolution=32)  # accepted up front too
+    with pytest.raises(ConfigError, match="calls no module of that name"):  # a prefix of a name is not a container
+        truncate_model(model, "layer", num_classes=10, in_channels=3, input_resolution=32)
 
 
 def test_unknown_layer_is_a_clear_error():

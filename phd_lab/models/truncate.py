@@ -5,9 +5,10 @@ as the thesis removes "all layers of the tail (including the border layer)". The
 on the torch.fx graph at the last tensor before that layer through which every path from
 the input passes, so a residual or multipath block is never cut in half: cutting at a conv
 inside a block removes the whole block. Weights of the kept layers are shared with the
-original model, so a trained model can be truncated too. ``"border"`` cuts at the border
-layer b_min of the run's resolution (the first Conv2d from which on every Conv2d of the main
-sequence has a previous layer whose smallest receptive field exceeds the resolution, thesis §10.2:
+original model, so a trained model can be truncated too. A container module (ResNet's
+``layer3``) is cut before the first of its layers. ``"border"`` cuts at the border layer b_min
+of the run's resolution (the first Conv2d from which on every Conv2d of the main sequence has a
+previous layer whose smallest receptive field exceeds the resolution, thesis §10.2:
 ``prev_r_min`` in receptive_field.py), ``"border_max"`` at b_max.
 """
 
@@ -75,7 +76,10 @@ def _on_every_path(graph: fx.Graph) -> list[fx.Node]:
 
 
 def _cut_node(graph: fx.Graph, layer: str) -> fx.Node:
-    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
+    """The node to cut after so that ``layer`` and everything after it go. A container (ResNet's ``layer3``),
+    which torch.fx traces through, is cut before the first of its modules the forward pass calls."""
+    calls = [n for n in graph.nodes
+             if n.op == "call_module" and (n.target == layer or str(n.target).startswith(f"{layer}."))]
     if not calls:
         names = sorted({str(n.target) for n in graph.nodes if n.op == "call_module"})
         raise ConfigError(f"Cannot truncate at {layer!r}: the model calls no module of that name. Modules: "
