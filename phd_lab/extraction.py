@@ -335,6 +335,7 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     except BaseException as error:  # no half-written files left behind: finished ones, pixelwise scratch files
         with contextlib.suppress(OSError):
             clear(folder)
+            folder.rmdir()  # and no empty latents folder (one holding files of the user's own stays)
         if isinstance(error, OSError):  # e.g. a full disk: say where
             raise ExtractionError(f"Step 'extract': writing the latents to {folder} failed ({error}); its partial "
                                   f"files were removed.") from error

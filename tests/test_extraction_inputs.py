@@ -83,7 +83,7 @@ def test_layers_that_do_not_collide_keep_their_file_names(tmp_path, data):
     assert np.load(tmp_path / "latents" / "train-d.a_b.npy").shape == (len(data["train"].dataset), 3 * 8 * 8)
 
 
-def test_a_full_disk_during_a_pixelwise_extraction_leaves_no_files_and_names_the_folder(tmp_path, data):
+def test_a_full_disk_during_a_pixelwise_extraction_leaves_nothing_and_names_the_folder(tmp_path, data):
     folder = tmp_path / "small"
     folder.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
@@ -96,9 +96,22 @@ def test_a_full_disk_during_a_pixelwise_extraction_leaves_no_files_and_names_the
             extract_latents(build_model(), data, latents, run_dir=tmp_path, layers=["body.0"],
                             downsampling=PIXELWISE, progress=False)
         assert isinstance(caught.value.__cause__, OSError)
-        assert sorted(p.name for p in latents.iterdir()) == []  # no scratch, position or temp files
+        assert not latents.exists()  # no scratch, position or temp files, and no empty folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_failed_extraction_leaves_no_empty_latents_folder_but_keeps_other_files(tmp_path, data):
+    wrong_channels = nn.Sequential(nn.Conv2d(5, 2, 3))  # its forward pass fails once extraction has begun
+    latents = tmp_path / "latents"
+    with pytest.raises(RuntimeError, match="channels"):
+        extract_latents(wrong_channels, data, latents, run_dir=tmp_path, layers=["0"], progress=False)
+    assert not latents.exists()
+    latents.mkdir()
+    (latents / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="channels"):
+        extract_latents(wrong_channels, data, latents, run_dir=tmp_path, layers=["0"], progress=False)
+    assert [p.name for p in latents.iterdir()] == ["notes.txt"]
 
 
 def test_tiny_imagenet_skips_hidden_folders_in_train(tmp_path):
