@@ -375,11 +375,25 @@ def test_a_failed_download_is_a_data_error_naming_the_dataset(tmp_path):
         pytest.skip("this machine can reach the MNIST download servers")
     except OSError:
         pass
+    (tmp_path / "CIFAR10").mkdir()  # the user's own folders stay, also empty ones
     with pytest.raises(DataError, match="Dataset MNIST could not be downloaded into .*Error downloading") as error:
         DATASETS.get("MNIST")(resolution=28, data_dir=str(tmp_path), download=True, **COMMON)
     # download is on already: the advice is not to turn it on
     assert str(error.value).endswith("yourself, or run once with \"download\": true on a machine with internet "
                                      "access.")
+    assert [p.name for p in tmp_path.iterdir()] == ["CIFAR10"]  # torchvision's empty MNIST/raw went again
+    with pytest.raises(DataError, match="could not be downloaded"):  # a data_dir the download made goes too
+        DATASETS.get("MNIST")(resolution=28, data_dir=str(tmp_path / "new"), download=True, **COMMON)
+    assert [p.name for p in tmp_path.iterdir()] == ["CIFAR10"]
+
+
+def test_a_failed_download_leaves_no_partial_folder(tmp_path):
+    from phd_lab.datasets.download import download_and_extract
+    root = tmp_path / "data"
+    (tmp_path / "served").mkdir()
+    with _http_server(tmp_path / "served") as address, pytest.raises(OSError, match="404"):
+        download_and_extract(f"{address}/woof.tgz", root, "woof")  # served nowhere: 404
+    assert [p.name for p in root.iterdir()] == [".woof.download.lock"]
 
 
 def test_a_relative_image_folder_is_named_with_the_directory_a_rerun_must_start_from(tmp_path, caplog,

@@ -66,7 +66,32 @@ def _download(url: str, archive: Path) -> None:
     partial = archive.parent / f".{archive.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)  # left by a download that was killed
     log.info("Downloading %s ...", url)
-    download_url(url, str(partial), filename=archive.name)
+    try:
+        download_url(url, str(partial), filename=archive.name)
+    except BaseException:  # no network, a wrong URL, Ctrl-C: nothing of it stays behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     os.replace(partial / archive.name, archive)
     fsync_dir(archive.parent)
     shutil.rmtree(partial, ignore_errors=True)
+
+
+def remove_empty_folders_since(root: Path, before: set[str] | None) -> None:
+    """Remove the empty folders a failed download made: below the entries of ``root`` that were not in
+    ``before`` (its entries before the download; None: ``root`` itself did not exist). Files, and folders
+    that were there before, stay."""
+    if not root.is_dir():
+        return
+    for entry in root.iterdir():
+        if before is not None and entry.name in before or not entry.is_dir() or entry.is_symlink():
+            continue
+        for folder, _, _ in sorted(os.walk(entry), key=lambda walked: -len(walked[0])):  # the deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty
+                pass
+    if before is None:
+        try:
+            root.rmdir()
+        except OSError:
+            pass

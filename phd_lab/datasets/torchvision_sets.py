@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tv
 
 from phd_lab.data import DataBundle, make_bundle
-from phd_lab.datasets.download import download_and_extract
+from phd_lab.datasets.download import download_and_extract, remove_empty_folders_since
 from phd_lab.datasets.folders import FixedClassImageFolder, TinyImageNet, load_image
 from phd_lab.datasets.transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
                                          Preprocessing, RGB_NORMALISATIONS, make_preprocessing)
@@ -122,7 +122,13 @@ def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dat
     root = Path(data_dir).expanduser()
     place = _place(source, root, downloading=bool(download))
     try:
-        return source.open(root, split, download)
+        entries = {entry.name for entry in root.iterdir()} if root.is_dir() else None
+        try:
+            return source.open(root, split, download)
+        except BaseException:
+            if download:  # torchvision makes its folders (MNIST/raw) before it finds there is no network
+                remove_empty_folders_since(root, entries)
+            raise
     except FileNotFoundError as error:
         raise DataError(f"Dataset {source.name} ({split} split) is missing: {error}. {place}") from None
     except RuntimeError as error:
