@@ -99,6 +99,30 @@ def test_a_container_is_cut_before_its_first_layer():
         truncate_model(model, "layer", num_classes=10, in_channels=3, input_resolution=32)
 
 
+class _Reused(nn.Module):
+    """A convolution called twice: the receptive-field table names its second call ``conv:2``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(self.conv(self.stem(x))).mean((2, 3)))
+
+
+def test_a_border_at_the_second_call_of_a_module_can_be_cut():
+    """resolve_cut gave "conv:2" (the table's name of the second call), which truncate_model did not know."""
+    model = _Reused()
+    assert resolve_cut(model, "border", 4) == "conv:2"
+    cut = truncate_model(model, "conv:2", num_classes=10, in_channels=3, input_resolution=4)
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(cut.body(x), model.conv(model.stem(x)))  # kept: the stem and the first call
+    with pytest.raises(ConfigError, match="calls no module of that name"):
+        truncate_model(model, "conv:3", num_classes=10, in_channels=3, input_resolution=4)
+
+
 def test_unknown_layer_is_a_clear_error():
     with pytest.raises(ConfigError, match="calls no module of that name"):
         truncate_model(models.vgg11(num_classes=10, width=0.125), "features.999", num_classes=10, in_channels=3,

@@ -77,9 +77,13 @@ def _on_every_path(graph: fx.Graph) -> list[fx.Node]:
 
 def _cut_node(graph: fx.Graph, layer: str) -> fx.Node:
     """The node to cut after so that ``layer`` and everything after it go. A container (ResNet's ``layer3``),
-    which torch.fx traces through, is cut before the first of its modules the forward pass calls."""
+    which torch.fx traces through, is cut before the first of its modules the forward pass calls; ``name:k``
+    (as the receptive-field table names a module's later calls) before the k-th call of ``name``."""
     calls = [n for n in graph.nodes
              if n.op == "call_module" and (n.target == layer or str(n.target).startswith(f"{layer}."))]
+    name, _, count = layer.rpartition(":")
+    if not calls and name and count.isdigit() and int(count) >= 2:  # "c:2": the receptive-field table's 2nd call of c
+        calls = [n for n in graph.nodes if n.op == "call_module" and n.target == name][int(count) - 1:]
     if not calls:
         names = sorted({str(n.target) for n in graph.nodes if n.op == "call_module"})
         raise ConfigError(f"Cannot truncate at {layer!r}: the model calls no module of that name. Modules: "
