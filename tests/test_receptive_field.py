@@ -374,6 +374,22 @@ def test_plot_of_a_model_without_any_convolution(tmp_path):
     assert (tmp_path / "rf.png").stat().st_size > 0
 
 
+def test_the_plot_draws_side_branches_apart_from_the_sequence_it_marks_borders_on(tmp_path):
+    """A 1×1 shortcut's small r_min inside the r_min line made it dip below the resolution after b_min."""
+    from phd_lab.plots.receptive_field import plot_receptive_field, plotted_rows
+    from registries.models import resnet18
+    table = receptive_fields(resnet18(num_classes=10, width=0.125), 32)
+    table.to_csv(tmp_path / "rf.csv", index=False)
+    saved = pd.read_csv(tmp_path / "rf.csv")  # as the step and the report read it
+    sequence, side = plotted_rows(saved)
+    assert sorted(side["layer"]) == ["layer2.0.downsample.0", "layer3.0.downsample.0", "layer4.0.downsample.0"]
+    assert "layer3.0.downsample.0" not in set(sequence["layer"])
+    after_border = sequence[sequence["index"] >= int(saved.loc[saved["b_min"], "index"].iloc[0])]
+    assert (after_border["r_min"] > 32).all()  # the line no longer dips below the resolution after b_min
+    plot_receptive_field(saved, 32, tmp_path / "rf.png")
+    assert (tmp_path / "rf.png").stat().st_size > 0
+
+
 def test_pooling_windows_taken_from_the_input_shape():
     """F.avg_pool2d(x, x.size()[2:]) is a global pool written out; a window computed otherwise from the shape
     cannot be known when tracing. Both raised a bare TypeError ('Node' object is not iterable)."""

@@ -8,24 +8,41 @@ from pathlib import Path
 import pandas as pd
 
 from phd_lab import atomic
+from phd_lab.analysis.borders import side_branch_flags
+
+
+def plotted_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(sequence, side branches): the spatial (finite) Conv2d rows the border rule walks, drawn as lines, and
+    the side branches (1×1 shortcuts, attention gates), drawn as loose points. A shortcut's small r_min
+    inside the r_min line made the line dip below the resolution after b_min."""
+    convs = table[table["index"].notna()]
+    spatial = convs[convs["r_max"].map(float).map(math.isfinite).astype(bool)]  # a boolean Series: also no rows
+    side = side_branch_flags(spatial["side_branch"]) if "side_branch" in spatial.columns else False
+    return spatial[~side], spatial[side] if "side_branch" in spatial.columns else spatial.iloc[:0]
 
 
 def plot_receptive_field(table: pd.DataFrame, resolution: int, path: Path | str, title: str = "") -> None:
     """Draw a ``receptive_field.csv`` table: one point per Conv2d in forward order.
 
-    Global layers (``inf``) are left out; the border layers b_min/b_max are vertical lines.
+    Global layers (``inf``) are left out, side branches are unconnected grey points; the border layers
+    b_min/b_max are vertical lines.
     """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     convs = table[table["index"].notna()].reset_index(drop=True)
-    spatial = convs[convs["r_max"].map(math.isfinite).astype(bool)]  # a boolean Series: also with no rows
-    positions = spatial["index"].astype(int).tolist()
+    sequence, side = plotted_rows(convs)
+    positions = sequence["index"].astype(int).tolist()
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(convs) + 2), 4.0))
     try:
-        ax.plot(positions, spatial["r_max"].tolist(), "o-", color="tab:red", label=r"$r_{max}$")
-        ax.plot(positions, spatial["r_min"].tolist(), "s-", color="tab:blue", label=r"$r_{min}$")
+        ax.plot(positions, sequence["r_max"].tolist(), "o-", color="tab:red", label=r"$r_{max}$")
+        ax.plot(positions, sequence["r_min"].tolist(), "s-", color="tab:blue", label=r"$r_{min}$")
+        if not side.empty:
+            side_positions = side["index"].astype(int).tolist()
+            ax.plot(side_positions, side["r_max"].tolist(), "o", color="grey", fillstyle="none")
+            ax.plot(side_positions, side["r_min"].tolist(), "s", color="grey", fillstyle="none",
+                    label="side branch (not in the border rule)")
         ax.axhline(resolution, color="black", linestyle="--", linewidth=1, label=f"input resolution {resolution}")
         for flag, color, label in (("b_max", "tab:red", r"$b_{max}$"), ("b_min", "tab:blue", r"$b_{min}$")):
             marked = convs[convs[flag].astype(bool)]
