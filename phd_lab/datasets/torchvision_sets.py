@@ -87,10 +87,10 @@ def _check_download(source: Source, download: object) -> None:
 
 
 def _preprocessing(source: Source, resolution: int, *, augment: Any, normalization: Any, canvas: Any,
-                   downsample_then_upsample: Any) -> Preprocessing:
+                   downsample_then_upsample: Any, crop: Any = None) -> Preprocessing:
     return make_preprocessing(source.name, resolution=resolution, normalisations=source.normalisations,
                               normalization=normalization, native=source.native, augment=augment, flip=source.flip,
-                              canvas=canvas, downsample_then_upsample=downsample_then_upsample)
+                              canvas=canvas, downsample_then_upsample=downsample_then_upsample, crop=crop)
 
 
 def _check_present(source: Source, data_dir: str, download: bool) -> None:
@@ -107,13 +107,13 @@ def _check_present(source: Source, data_dir: str, download: bool) -> None:
 
 def check_source(source: Source, data_dir: str, *, resolution: int | None = None, download: object = False,
                  augment: Any = True, normalization: Any = None, canvas: Any = False,
-                 downsample_then_upsample: Any = None) -> None:
+                 downsample_then_upsample: Any = None, crop: Any = None) -> None:
     """Every check of ``load_image_dataset`` that reads no image, for each grid point before any trains:
     the preprocessing values (at the point's resolution) and whether the data are there."""
     _check_download(source, download)
     if resolution is not None:  # before the presence check: a dry run reports bad values also without the data
         _preprocessing(source, resolution, augment=augment, normalization=normalization, canvas=canvas,
-                       downsample_then_upsample=downsample_then_upsample)
+                       downsample_then_upsample=downsample_then_upsample, crop=crop)
     _check_present(source, data_dir, bool(download))
 
 
@@ -148,11 +148,11 @@ def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dat
 def load_image_dataset(source: Source, *, batch_size: int, resolution: int, data_dir: str, seed: int,
                        num_workers: int, download: bool = False, augment: bool = True,
                        normalization: str | None = None, canvas: bool | int = False,
-                       downsample_then_upsample: int | None = None) -> DataBundle:
+                       downsample_then_upsample: int | None = None, crop: str | None = None) -> DataBundle:
     """The DataBundle of ``source`` with the thesis' preprocessing at ``resolution``."""
     _check_download(source, download)
     prep = _preprocessing(source, resolution, augment=augment, normalization=normalization, canvas=canvas,
-                          downsample_then_upsample=downsample_then_upsample)
+                          downsample_then_upsample=downsample_then_upsample, crop=crop)
     train = open_split(source, data_dir, "train", download)
     test = open_split(source, data_dir, "test", download)
     log.info("%s: %d training and %d test images from %s", source.name, len(train), len(test),

@@ -6,13 +6,17 @@
   4-pixel zero padding and flips horizontally (p = 0.5); then the image is resized to the
   configured resolution;
 - high-resolution sets (variable size, e.g. ImageNet): training uses a random-resized crop of 5 %
-  to 100 % of the image plus the flip; evaluation resizes the short side and crops the centre;
+  to 100 % of the image plus the flip (``crop: "resized"``, the default) or, with ``crop: "padded"``
+  (§11.2's Imagewoof at 32 px), resizes the short side and crops randomly with the 4-pixel zero
+  padding; evaluation resizes the short side and crops the centre;
 - then ``ToTensor`` and the channel-wise normalisation (Cifar statistics by default).
 
 Options (``dataset_args``): ``canvas`` places the image at its native size (``true``) or at a
 given size in pixels uniformly at random on a black canvas of the configured resolution (§9.2;
 random in training and evaluation, as in the thesis); ``downsample_then_upsample`` resizes the
-image to that many pixels and back up to the resolution (§9.1: same size, less detail).
+image to that many pixels and back up to the resolution (§9.1: same size, less detail); ``crop``
+chooses the training crop of the variable-size sets ("resized" or "padded", above; the fixed-size
+sets refuse it: they always use the padded crop at their native size).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ RESIZED_CROP_SCALE = (0.05, 1.0)
 RESIZED_CROP_RATIO = (1.0, 1.0)  # thesis §(ImageNet pipeline): "a square containing between 5% and 100%"
 
 RGB_NORMALISATIONS = {"cifar": (CIFAR_MEAN, CIFAR_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+# training crops of the variable-size sets: the ImageNet-style random-resized crop, or §11.2's padded crop
+CROP_MODES = ("resized", "padded")
 
 
 class RandomCanvas:
@@ -71,6 +77,11 @@ class Preprocessing:
     flip: bool = True                  # horizontal flips (off for digits, where a mirror changes meaning)
     canvas: bool | int = False
     downsample_then_upsample: int | None = None
+    crop: str = "resized"              # training crop of variable-size sets (CROP_MODES); fixed-size: padded
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROP_MODES:  # a typo would otherwise train with the random-resized crop
+            raise ValueError(f"crop must be one of {CROP_MODES}; got {self.crop!r}")
 
     @property
     def content_size(self) -> int:
@@ -90,6 +101,9 @@ class Preprocessing:
                 steps.append(T.RandomCrop(self.native, padding=CROP_PADDING))
             if size != self.native:
                 steps.append(T.Resize((size, size), antialias=True))
+        elif train and self.augment and self.crop == "padded":
+            # §11.2: the short side to the content size, then a random crop with a zero padding on all edges
+            steps += [T.Resize(size, antialias=True), T.RandomCrop(size, padding=CROP_PADDING)]
         elif train and self.augment:
             steps.append(T.RandomResizedCrop(size, scale=RESIZED_CROP_SCALE, ratio=RESIZED_CROP_RATIO,
                                              antialias=True))
@@ -119,8 +133,10 @@ class Preprocessing:
 
 def make_preprocessing(dataset: str, *, resolution: int, normalisations: dict[str, tuple], normalization: str | None,
                        native: int | None, augment: Any, flip: bool, canvas: Any,
-                       downsample_then_upsample: Any) -> Preprocessing:
-    """Validate the preprocessing ``dataset_args`` of ``dataset`` and build its Preprocessing."""
+                       downsample_then_upsample: Any, crop: Any = None) -> Preprocessing:
+    """Validate the preprocessing ``dataset_args`` of ``dataset`` and build its Preprocessing.
+
+    ``crop`` None: the dataset's own training crop ("resized" for variable-size sets)."""
     where = f"dataset {dataset!r}"
     name = normalization if normalization is not None else next(iter(normalisations))
     if name not in normalisations:
@@ -139,6 +155,17 @@ def make_preprocessing(dataset: str, *, resolution: int, normalisations: dict[st
         if size > resolution:
             raise ConfigError(f"The canvas of {where} must be at least as large as the image: resolution "
                               f"{resolution} < image size {size}. Raise 'resolution' or lower 'canvas'.")
+    if native is not None and crop is not None:
+        raise ConfigError(f"The dataset_args 'crop' does not apply to {where}: its images have a fixed native size "
+                          f"({native} px), and it is always trained with the {CROP_PADDING}-pixel zero-padded random "
+                          f"crop at that size (then resized to the resolution); remove 'crop' from dataset_args "
+                          f"(it chooses the training crop of variable-size sets such as Imagewoof or folder:).")
+    if native is None and crop is not None and (not isinstance(crop, str) or crop not in CROP_MODES):
+        raise ConfigError(f"The dataset_args 'crop' of {where} must be one of "
+                          f"{', '.join(repr(mode) for mode in CROP_MODES)} (\"resized\": the random-resized crop of "
+                          f"5–100 % of the image, the default; \"padded\": the short side resized to the image "
+                          f"size, then a random crop with a {CROP_PADDING}-pixel zero padding, thesis §11.2); "
+                          f"got {crop!r}.")
     low = downsample_then_upsample
     if low is not None and (isinstance(low, bool) or not isinstance(low, int) or low < 1):
         raise ConfigError(f"The dataset_args 'downsample_then_upsample' of {where} must be a positive number of "
@@ -151,4 +178,5 @@ def make_preprocessing(dataset: str, *, resolution: int, normalisations: dict[st
                               f"below {size} (equal to it is the unchanged control).")
     mean, std = normalisations[name]
     return Preprocessing(resolution=resolution, mean=mean, std=std, native=native, augment=augment, flip=flip,
-                         canvas=canvas, downsample_then_upsample=low)
+                         canvas=canvas, downsample_then_upsample=low,
+                         crop="resized" if crop is None else crop)
