@@ -46,7 +46,7 @@ def test_main_runs_the_three_steps_and_reuses_them(tmp_path, capsys):
 
     table = pd.read_csv(run / "receptive_field.csv")
     assert list(table.columns) == ["index", "layer", "r_min", "r_max", "jump", "in_r_min", "in_r_max", "prev_r_min",
-                                   "side_branch", "b_min", "b_max"]
+                                   "side_branch", "onward_prev_r_min", "onward_in_r_max", "b_min", "b_max"]
     convs = table[table["index"].notna()]
     assert convs["r_max"].tolist() == [3, 8, 18, 26, 46, 62, 102, 134]
     assert table.loc[table.b_min, "layer"].tolist() == ["features.6"]  # in_r 10 > 8 from the third conv on

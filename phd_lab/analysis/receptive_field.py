@@ -8,17 +8,23 @@ linear in the graph size, whereas enumerating paths is exponential in the number
 
 Rules per operation (kernel k, stride s, dilation d, k_eff = d(k-1)+1):
 ``r_out = r_in + (k_eff-1)·j_in`` and ``j_out = j_in·s`` for convolutions and max/avg pooling;
-element-wise ops, normalisation, activations, dropout, padding and concatenation pass through
-with min/max over their inputs. A product whose factor was computed from the other factor (an
+element-wise ops (``torch.max(a, b)`` of two tensors included), normalisation, activations, dropout,
+padding and concatenation along channels pass through with min/max over their inputs; concatenation
+along height or width is refused. A product whose factor was computed from the other factor (an
 attention gate: SE, spatial attention, CBAM) keeps the receptive field of the gated tensor only,
 and the gate's layers are marked as a side branch (thesis §10.1 leaves them out); global
-pooling, spatial reductions, flatten, a view/reshape to vectors and Linear make a tensor *global*.
+pooling (also written out with the map's size, ``F.avg_pool2d(x, x.size(3))``), spatial reductions,
+flatten, a view/reshape to vectors and Linear make a tensor *global*, and any function or method of
+global tensors only (``.squeeze(-1)`` of a pooled gate) keeps it global.
 A global tensor (e.g. a squeeze-and-excitation gate) that meets spatial tensors is broadcast
 and does not widen their receptive field; global layers report ``inf``. A view/reshape to a
 feature map and adaptive pooling to more than one position make it *unknown*: the graph alone
 does not say how they move pixels, so a convolution that reads such a tensor raises
 ``ReceptiveFieldError``, while a head that only flattens it (torchvision's VGG) is fine. Any
 other operation applied to an image-derived tensor raises ``ReceptiveFieldError`` naming it.
+
+A merge operand that only bypasses layers (an identity shortcut, a 1×1 projection, also behind a
+tiling pool as in ResNet-D) is no previous layer of what follows and its 1×1 conv a side branch.
 
 Layers are the calls of Conv2d and Linear modules, subclasses included (traced as one call,
 as the saturation tracker hooks them), and ``F.conv2d`` calls with a parameter as weight,
@@ -44,7 +50,8 @@ from phd_lab.errors import PhdLabError
 log = logging.getLogger(__name__)
 
 COLUMNS = ["index", "layer", "r_min", "r_max", "jump", "in_r_min", "in_r_max", "prev_r_min", "side_branch",
-           "b_min", "b_max"]
+           "onward_prev_r_min", "onward_in_r_max", "b_min", "b_max"]
+_NUMBERS = ["r_min", "r_max", "jump", "in_r_min", "in_r_max", "prev_r_min"]
 INF = math.inf
 
 
@@ -104,7 +111,7 @@ _PASS_FUNCTIONS = {
 _PASS_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "add", "add_", "sub", "sub_", "mul", "mul_",
     "div", "div_", "neg", "abs", "exp", "clamp", "clamp_", "clip", "contiguous", "clone", "detach", "chunk",
-    "split", "expand_as", "type_as", "float", "half", "double", "to", "sigmoid", "masked_fill",
+    "split", "expand_as", "type_as", "float", "half", "double", "to", "sigmoid", "masked_fill", "maximum", "minimum",
 }
 # Merges for the previous-layer state: a join (sum, concatenation) ignores operands that only bypass
 # layers; a gate (product, quotient: attention) follows the tensor it scales, never the gate itself.
@@ -125,6 +132,10 @@ _REDUCE_FUNCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", t
                      F.log_softmax: "log_softmax"}
 _REDUCE_METHODS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "softmax", "log_softmax"}
 _SPATIAL_DIMS = {2, 3, -1, -2}
+_CAT_FUNCTIONS = {torch.cat, torch.concat}
+_PAIRWISE_FUNCTIONS = {torch.max, torch.min}  # torch.max(a, b) with a tensor b: element-wise, like torch.maximum
+_PAIRWISE_METHODS = {"max", "min"}
+_POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d}
 
 
 # ---------------------------------------------------------------------------- state algebra
@@ -171,6 +182,8 @@ class _Row:
     out_state: Any
     prev_state: Any = None
     side_branch: bool = False  # a 1×1 projection shortcut or a layer of an attention gate
+    position: int = -1  # of the layer's node in the graph
+    ancestors: int = 0  # bit set (by graph position) of the nodes the layer depends on
 
 
 def _square(value: Any, what: str, where: str) -> int:
@@ -209,16 +222,38 @@ def _unsupported(node: fx.Node, graph_module: fx.GraphModule, why: str = "") -> 
         f"'receptive_field' step out for it.")
 
 
+_SPATIAL_INDICES = (2, 3, -1, -2, slice(2, None, None), slice(-2, None, None))
+
+
 def _whole_map(kernel: Any, pooled: Any) -> bool:
-    """Whether a pooling window is ``x.size()[2:]`` or ``x.shape[2:]`` of the pooled tensor ``x``."""
-    if not (isinstance(kernel, fx.Node) and kernel.op == "call_function" and kernel.target is operator.getitem):
+    """Whether a pooling window is the spatial size of the pooled tensor ``x`` — a global pool written
+    out: ``x.size()[2:]``, ``x.shape[2:]``, or one side (``x.size()[3]``, ``x.shape[-1]``, ``x.size(3)``),
+    alone or in a pair. One side covers the map since the input resolution is square (by config)."""
+    if isinstance(kernel, (tuple, list)):
+        return bool(kernel) and all(_spatial_size(side, pooled) for side in kernel)
+    return _spatial_size(kernel, pooled)
+
+
+def _spatial_size(value: Any, pooled: Any) -> bool:
+    """Whether ``value`` is one or both spatial sides of ``pooled``: ``x.size(3)``, ``x.size()[-1]``,
+    ``x.shape[2]``, ``x.shape[2:]``, ..."""
+    if not isinstance(value, fx.Node):
         return False
-    base, index = kernel.args
-    if index != slice(2, None, None) or not isinstance(base, fx.Node):
+    if value.op == "call_method" and value.target == "size" and value.args and value.args[0] is pooled:
+        return _arg(value, 1, "dim", None) in _SPATIAL_DIMS
+    if value.op == "call_function" and value.target is operator.getitem:
+        base, index = value.args
+        return index in _SPATIAL_INDICES and _shape_of(base, pooled)
+    return False
+
+
+def _shape_of(value: Any, pooled: Any) -> bool:
+    """Whether ``value`` is ``x.size()`` or ``x.shape`` of the tensor ``pooled``."""
+    if not isinstance(value, fx.Node) or not value.args or value.args[0] is not pooled:
         return False
-    size = base.op == "call_method" and base.target == "size" and len(base.args) == 1
-    shape = base.op == "call_function" and base.target is getattr and base.args[1:] == ("shape",)
-    return (size or shape) and base.args[0] is pooled
+    size = value.op == "call_method" and value.target == "size" and len(value.args) == 1 and not value.kwargs
+    shape = value.op == "call_function" and value.target is getattr and value.args[1:] == ("shape",)
+    return size or shape
 
 
 def _flat(values: Any) -> list[Any]:
@@ -360,7 +395,8 @@ def _propagate(graph_module: fx.GraphModule) -> list[_Row]:
                 raise _unsupported(node, graph_module, f", which reads a feature map whose receptive field the graph "
                                                        f"does not determine: it comes from {entering.origin}")
             row_of[node] = _Row(_call_name(layer, calls), is_conv, entering, out,
-                                merge(previous[n] for n in inputs if n not in skips))
+                                merge(previous[n] for n in inputs if n not in skips),
+                                position=position[node], ancestors=ancestors[node])
             rows.append(row_of[node])
             previous[node] = out
             continue
@@ -444,34 +480,60 @@ def _skips(inputs: list[fx.Node], states: dict[fx.Node, Any], ancestors: dict[fx
 
 def _same_span_origins(node: fx.Node, states: dict[fx.Node, Any], position: dict[fx.Node, int]) -> int:
     """Bit set (by graph position) of ``node`` and of the ancestors reached from it through nodes of
-    the same (r_min, r_max): since receptive fields only grow along a path, these are all of its
-    ancestors with that span."""
-    span = bounds(states[node])[:2]
+    the same (r_min, r_max) — since receptive fields only grow along a path, no layer lies between
+    them — or across a pooling that only downsamples (``_downsampling_pool``: the AvgPool2d(2) of a
+    ResNet-D shortcut, which acts like the stride of a 1×1 projection)."""
     found, stack, seen = 0, [node], {node}
     while stack:
         current = stack.pop()
         found |= 1 << position[current]
+        span, tiles = bounds(states[current])[:2], _downsampling_pool(current)
         for parent in current.all_input_nodes:
-            if parent not in seen and isinstance(states.get(parent), dict) and bounds(states[parent])[:2] == span:
+            if parent not in seen and isinstance(states.get(parent), dict) and \
+                    (tiles or bounds(states[parent])[:2] == span):
                 seen.add(parent)
                 stack.append(parent)
     return found
 
 
+def _downsampling_pool(node: fx.Node) -> bool:
+    """Whether the node is a max/avg pooling whose windows tile the map (kernel = stride), as in the
+    AvgPool2d(2) + 1×1 conv shortcut of ResNet-D: it only downsamples. Overlapping pools (the 3×3
+    max-pool branch of an Inception block) widen the receptive field like a layer and do not count."""
+    if node.op == "call_module":
+        module = node.graph.owning_module.get_submodule(node.target)
+        if not isinstance(module, _WINDOW_MODULES):
+            return False
+        kernel, stride = module.kernel_size, module.stride
+    elif node.op == "call_function" and node.target in _POOL_FUNCTIONS:
+        kernel, stride = _arg(node, 1, "kernel_size", None), _arg(node, 2, "stride", None)
+    else:
+        return False
+    stride = kernel if stride is None or stride == [] or stride == () else stride
+    return _pair(kernel) == _pair(stride)
+
+
+def _pair(value: Any) -> tuple:
+    """A size along (height, width): ``2`` and ``(2, 2)`` alike."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
 def _shortcut_layer(skip: fx.Node, states: dict[fx.Node, Any], shared: int,
                     position: dict[fx.Node, int]) -> fx.Node | None:
     """The Conv2d call a skip operand comes from through ops that leave the receptive field as it is
-    (the 1×1 convolution and batch norm of a projection shortcut), or None (an identity shortcut).
+    (the 1×1 convolution and batch norm of a projection shortcut) or only downsample (the tiling pool of
+    a ResNet-D shortcut, ``_downsampling_pool``), or None (an identity shortcut).
     The walk stops at nodes the other operands depend on (``shared``, bits by position): those belong
     to the main path, e.g. the 1×1 projection that ends the previous block of a MobileNet."""
     node: fx.Node = skip
-    span = bounds(states[node])[:2]
     while True:
         if shared >> position[node] & 1:
             return None
         spatial = [n for n in node.all_input_nodes if isinstance(states.get(n), dict)]
-        if len(spatial) != 1 or bounds(states[spatial[0]])[:2] != span:
-            return None  # a merge, or growth: a layer of the main path (e.g. a dense layer's 3×3 conv)
+        if len(spatial) != 1:
+            return None  # a merge
+        if bounds(states[spatial[0]])[:2] != bounds(states[node])[:2] and not _downsampling_pool(node):
+            return None  # growth: a layer of the main path (e.g. a dense layer's 3×3 conv)
         if node.op == "call_module" and isinstance(node.graph.owning_module.get_submodule(node.target), nn.Conv2d):
             return node
         node = spatial[0]
@@ -479,6 +541,8 @@ def _shortcut_layer(skip: fx.Node, states: dict[fx.Node, Any], shared: int,
 
 def _transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], first: Any) -> Any:
     """The state of ``node``'s output from the states of its inputs (``first``: of its first argument)."""
+    if _only_global(in_states) and _keeps_global(node):
+        return GLOBAL  # e.g. .squeeze(-1) of a pooled SE gate: whatever the op, it sees the whole input
     if node.op == "call_module":
         return _module_call(node, graph_module, in_states)
     if node.op == "call_function":
@@ -486,6 +550,21 @@ def _transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any]
     if node.op == "call_method":
         return _method_call(node, graph_module, in_states, first)
     raise _unsupported(node, graph_module)  # pragma: no cover - fx has no other opcodes
+
+
+def _only_global(in_states: list[Any]) -> bool:
+    """Whether every image-derived input is global (constants and shapes carry no state): any op on
+    such inputs depends on the whole input image, so its result is global too."""
+    return bool(in_states) and all(state is GLOBAL for state in in_states)
+
+
+def _keeps_global(node: fx.Node) -> bool:
+    """Whether a function or method call of global inputs is global, whatever it does: all but those
+    reading metadata (``x.size()``, ``x.shape``: no image content) and ``F.conv2d``, a layer whose
+    weight ``_conv_function`` must check."""
+    if node.op == "call_method":
+        return node.target not in _META_METHODS
+    return node.op == "call_function" and node.target not in (getattr, F.conv2d)
 
 
 def _module_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any]) -> Any:
@@ -516,6 +595,10 @@ def _function_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[
     target = node.target
     if target is operator.getitem:
         return _getitem(first, node, graph_module)
+    if target in _CAT_FUNCTIONS:
+        _check_cat_dim(node, graph_module)
+    if target in _PAIRWISE_FUNCTIONS and _pairwise(node, in_states):
+        return merge(in_states)
     if target in _PASS_FUNCTIONS or getattr(target, "__name__", None) in _PASS_FUNCTION_NAMES:
         return merge(in_states)
     if target in _ADAPTIVE_FUNCTIONS:
@@ -524,13 +607,31 @@ def _function_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[
         return GLOBAL
     if target in _REDUCE_FUNCTIONS:
         return _reduction(first, node, graph_module)
-    if target in (F.max_pool2d, F.avg_pool2d):
+    if target in _POOL_FUNCTIONS:
         return _pool_function(first, node, graph_module)
     if target is F.conv2d:
         return _conv_function(first, node, graph_module)
     if target is getattr:
         return None  # x.shape, x.dtype, ...
     raise _unsupported(node, graph_module)
+
+
+def _check_cat_dim(node: fx.Node, graph_module: fx.GraphModule) -> None:
+    """Concatenation along channels (dim 1, -3 on 4-d feature maps) or the batch passes through; along
+    height or width it places feature maps side by side, which moves pixels: refused."""
+    dim = _arg(node, 1, "dim", 0)
+    if not isinstance(dim, int):
+        raise _unsupported(node, graph_module, f" along a non-constant dim {dim!r}")
+    if dim in _SPATIAL_DIMS:
+        raise _unsupported(node, graph_module, f" along dim {dim} (height/width: it places feature maps side by "
+                                               f"side, which moves pixels; only channel concatenation is supported)")
+
+
+def _pairwise(node: fx.Node, in_states: list[Any]) -> bool:
+    """Whether ``torch.max``/``torch.min`` (or ``a.max(b)``) takes a second tensor — an element-wise merge
+    like ``torch.maximum`` — rather than a dim: two image-derived inputs, or a parameter/buffer."""
+    other = _arg(node, 1, "other", None)
+    return isinstance(other, fx.Node) and (len(in_states) > 1 or other.op == "get_attr")
 
 
 def _pool_function(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
@@ -563,7 +664,7 @@ def _method_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[An
     name = node.target
     if name in _META_METHODS:
         return None
-    if name in _PASS_METHODS:
+    if name in _PASS_METHODS or (name in _PAIRWISE_METHODS and _pairwise(node, in_states)):
         return merge(in_states)
     if name in _GLOBAL_METHODS:
         return GLOBAL
@@ -614,9 +715,12 @@ def receptive_fields(model: nn.Module, input_resolution: int) -> pd.DataFrame:
     the previous layer(s), grown by the pooling in between; shortcuts that bypass layers are no
     previous layer), ``side_branch`` (a receptive-field-neutral branch beside growing ones — a 1×1
     projection shortcut, the 1×1 branch of an Inception block — or a layer of an attention gate: not
-    part of the sequence of layers the border rule walks, thesis §10.1, §10.3), and the flags
-    ``b_min``/``b_max`` marking the border layers for
-    ``input_resolution`` (see ``border_layers``). Global values are ``inf``.
+    part of the sequence of layers the border rule walks, thesis §10.1, §10.3), ``onward_prev_r_min``
+    and ``onward_in_r_max`` (the minimum of ``prev_r_min`` resp. ``in_r_max`` over the layer itself and
+    every Conv2d downstream of it in the graph, on any path to the output, side branches left out: the
+    border rule needs the whole sequence onward, which a saved table no longer shows for parallel paths),
+    and the flags ``b_min``/``b_max`` marking the border layers for ``input_resolution`` (see
+    ``border_layers``). Global values are ``inf``.
     """
     rows = _propagate(_trace(model))
     records = []
@@ -628,19 +732,36 @@ def receptive_fields(model: nn.Module, input_resolution: int) -> pd.DataFrame:
         records.append({"index": conv_index if row.is_conv else None, "layer": row.layer, "r_min": r_min,
                         "r_max": r_max, "jump": jump, "in_r_min": in_min, "in_r_max": in_max,
                         "prev_r_min": bounds(row.prev_state)[0], "side_branch": row.side_branch})
-    frame = pd.DataFrame.from_records(records, columns=COLUMNS[:-2])
+    frame = pd.DataFrame.from_records(records, columns=COLUMNS[:-4])
     frame["index"] = frame["index"].astype("Int64")
-    for column in COLUMNS[2:-3]:
+    for column in _NUMBERS:
         frame[column] = frame[column].astype(float)
+    frame["onward_prev_r_min"] = _onward(rows, frame["prev_r_min"].tolist())
+    frame["onward_in_r_max"] = _onward(rows, frame["in_r_max"].tolist())
     b_min, b_max = border_layers(frame, input_resolution)
     frame["b_min"] = frame["layer"] == b_min
     frame["b_max"] = frame["layer"] == b_max
     return frame
 
 
+def _onward(rows: list[_Row], values: list[float]) -> list[float]:
+    """Per row, the minimum of its own value and those of the main-path Conv2d rows that depend on it
+    (downstream on any path, side branches left out). A layer starts the border sequence only if this
+    exceeds I: then every layer on every path from it to the output does, whatever the order in which
+    forward() runs parallel paths (thesis §10.2: a sequence is a path to the output)."""
+    onward = []
+    for row, own in zip(rows, values):
+        later = [value for other, value in zip(rows, values)
+                 if other.is_conv and not other.side_branch and other.ancestors >> row.position & 1]
+        onward.append(float(min([own, *later])))
+    return onward
+
+
 def border_layers(df: pd.DataFrame, input_resolution: int) -> tuple[str | None, str | None]:
-    """(b_min, b_max): the first Conv2d from which on every Conv2d's input receptive field exceeds
-    the resolution (``prev_r_min > I`` resp. ``in_r_max > I``, strict), or None (thesis §9.3, §10.2).
+    """(b_min, b_max): the first Conv2d (in forward order) whose input receptive field and that of
+    every Conv2d downstream of it exceed the resolution (``prev_r_min > I`` resp. ``in_r_max > I``,
+    strict; the ``onward_*`` columns), or None (thesis §9.3, §10.2). On a chain this is the first layer
+    from which on every layer does; on parallel paths only the layers after it on its own paths count.
 
     b_min reads r_{l-1,min} of the previous layer, not the minimum over all paths into the layer:
     through an identity shortcut the stem's receptive field reaches every block of a ResNet, so

@@ -21,7 +21,7 @@ CHECK_RESOLUTION = 32  # any input size: the check before training asks whether 
 class ReceptiveFieldStep(Step):
     name = "receptive_field"
     summary = "r_min/r_max per layer and the border layers b_min/b_max → receptive_field.csv (+png)"
-    version = 2  # 2: prev_r_min and side_branch columns
+    version = 3  # 2: prev_r_min and side_branch columns; 3: onward_prev_r_min, onward_in_r_max (order-free borders)
 
     def outputs(self, rundir: RunDir) -> tuple[Path, ...]:
         return rundir.receptive_field_csv, rundir.receptive_field_plot
