@@ -154,7 +154,8 @@ SCHEMA: tuple[Key, ...] = (
          "values are swept", sweep_inside=True),
     _key("seed", "int", None, "random seed; null derives it from run_id", nullable=True, minimum=0,
          maximum=2**32 - 1),
-    _key("run_id", "str", "0", "name of the repetition; a list repeats the run",
+    _key("run_id", "str", "0", "name of the repetition (an integer is taken as its string: 5 is \"5\"); a list "
+         "repeats the run",
          converter=lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
     _key("metrics", "list", ["Accuracy"], "metric registry names computed on train and test set",
          item_kind="str"),
@@ -175,9 +176,11 @@ SCHEMA: tuple[Key, ...] = (
     _key("downsampling", "int", 4,
          "latent extraction: adaptive-average-pool feature maps to at most N×N (smaller ones stay); part of the "
          "run's folder, so a sweep gives every value its own run; to re-extract a trained run at another size, "
-         "give the extract step the parameter instead",
+         "give the extract step the parameter instead; null keeps whole feature maps, \"pixelwise\" writes one "
+         "data set per feature-map position (<layer>@<row>_<col>, one probe each)",
          minimum=1, nullable=True, extra=("pixelwise",)),
-    _key("latents_dir", "str", None, "folder for extracted latents (default: inside the run folder)",
+    _key("latents_dir", "str", None, "folder for extracted latents, as <latents_dir>/<model>/<dataset>_<resolution>/"
+         "<run_id>/<variant>/latents (default: latents/ inside the run folder)",
          nullable=True, technical=True),
     _key("post_processing", "list", [], "steps to run after training (see --list steps); each a name or "
          "{\"name\": ..., parameters}", technical=True),
@@ -201,7 +204,8 @@ SCHEMA: tuple[Key, ...] = (
     # Retired, kept so that configs and logged configs of earlier versions load and keep their run folders
     # (the key is part of every run's identity hash). true only logs a warning (tracking_options).
     _key("tracking_fast", "bool", False, "saturation: retired float32 path (it exceeded its 1e-7 error bound on "
-         "realistic activations and was no faster); true is accepted and tracks exactly, with a warning"),
+         "realistic activations and was no faster); true is accepted and tracks exactly, with a warning, in a run "
+         "folder of its own (the key is part of the run's identity)"),
     _key("tracking_device", "str", None, "saturation: device of the covariance sums (null: the model's)",
          nullable=True, technical=True),
 
