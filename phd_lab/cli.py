@@ -72,7 +72,8 @@ def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
         report_error(error)
         return EXIT_FAILURE
     except Terminated:
-        sys.stderr.write(f"terminated (SIGTERM); {interrupted.removeprefix('interrupted; ')}\n")
+        how = interrupted.removeprefix("interrupted")  # "; rerun the same command to resume: ..." or nothing
+        sys.stderr.write(f"terminated (SIGTERM){how}\n")
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         sys.stderr.write(interrupted + "\n")
@@ -167,7 +168,8 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--config is required: pass a JSON config file (e.g. configs/quickstart.json), "
                              "or use --list KIND / --list-keys.")
         from phd_lab.experiment import Main, chosen_indices, point_status, summary_table
-        main = Main(progress=not args.no_progress, missing_data="warn" if args.dry_run else "error")
+        main = Main(progress=not args.no_progress, missing_data="warn" if args.dry_run else "error",
+                    missing_device="warn" if args.dry_run else "ignore" if args.scheduler else "error")
         grid = main.load(args.config, run_id=args.run_id, device=args.device)
         indices = chosen_indices(grid, args.index)
         if args.dry_run:
@@ -196,7 +198,8 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("Results:\n" + "\n".join(f"  {o.folder}" for o in outcomes) + "\n")
         return EXIT_OK
 
-    return guarded(body)
+    # a dry run or a listing has nothing to resume
+    return guarded(body, "interrupted" if args.dry_run or args.list or args.list_keys else RESUME_TRAINING)
 
 
 def failed_runs_advice(failed: list[RunOutcome], runs: int, on_cluster: bool) -> str:

@@ -11,22 +11,35 @@ import torch
 from phd_lab.errors import ConfigError
 
 
-def resolve_device(spec: str, where: str = "The device") -> torch.device:
-    """'auto' → CUDA when available, else CPU; a CUDA device that is absent is an error."""
+class DeviceMissing(ConfigError):
+    """A valid device name whose device this machine lacks (a GPU run checked on a CPU-only login node)."""
+
+
+def parse_device(spec: str, where: str = "The device") -> torch.device | None:
+    """The torch device ``spec`` names (None for 'auto'), without asking whether this machine has it."""
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError):
         raise ConfigError(f"{where} {spec!r} is not a torch device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{where} {spec!r} is not supported; use auto, cpu, cuda or cuda:N.")
+    return device
+
+
+def resolve_device(spec: str, where: str = "The device") -> torch.device:
+    """'auto' → CUDA when available, else CPU; a device this machine lacks is a DeviceMissing error."""
+    device = parse_device(spec, where)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"{where} {spec!r} asks for CUDA, but no CUDA device is available here; use "
+            raise DeviceMissing(f"{where} {spec!r} asks for CUDA, but no CUDA device is available here; use "
                               f"'cpu' or 'auto'.")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"{where} {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s).")
+            raise DeviceMissing(f"{where} {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s).")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"{where} {spec!r} asks for Apple's MPS, which is not available here; use 'cpu' or 'auto'.")
-    elif device.type not in ("cpu", "mps"):
-        raise ConfigError(f"{where} {spec!r} is not supported; use auto, cpu, cuda or cuda:N.")
+        raise DeviceMissing(f"{where} {spec!r} asks for Apple's MPS, which is not available here; use 'cpu' or "
+                            f"'auto'.")
     return device

@@ -23,7 +23,7 @@ from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point
 from phd_lab.config_paths import absolute_paths
 from phd_lab.data import DataBundle
-from phd_lab.device import resolve_device
+from phd_lab.device import DeviceMissing, resolve_device
 from phd_lab.environment import device_description, git_diff, versions
 from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, UsageError, first_line
 from phd_lab.factory_args import FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect
@@ -71,9 +71,12 @@ class TrainTestExecutor:
         self._git_diff: str | None = None  # uncommitted changes of the phd-lab checkout (set by logged_config)
 
     # ------------------------------------------------------------------ validation
-    def validate(self, missing_data: str = "error", said: dict[str, int] | None = None) -> None:
+    def validate(self, missing_data: str = "error", said: dict[str, int] | None = None,
+                 missing_device: str = "error") -> None:
         """Every check that needs no data: registry names, factory arguments, steps, device. ``said`` counts
-        the warnings of a grid's points by message: a message is logged for its first point only."""
+        the warnings of a grid's points by message: a message is logged for its first point only.
+        ``missing_data``/``missing_device`` "warn" (a dry run) or "ignore" (a device: submitting to a cluster,
+        whose workers check it) turn a dataset or device this machine lacks into a warning or nothing."""
         cfg, where = self.config, self.config.source
         try:
             self.registries.check_names(cfg)
@@ -113,9 +116,21 @@ class TrainTestExecutor:
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
                            cfg.optimizer, where, SUPPLIED_ARGS["optimizers"])
         self.steps = resolve_steps(cfg, where)
-        resolve_device(cfg.device, f"{where}: the key 'device'")
-        if cfg.tracking_device is not None:
-            resolve_device(cfg.tracking_device, f"{where}: the key 'tracking_device'")
+        for key in ("device", "tracking_device"):
+            if getattr(cfg, key) is None:
+                continue
+            try:
+                resolve_device(getattr(cfg, key), f"the key {key!r}")
+            except DeviceMissing as error:
+                if missing_device == "error":
+                    raise DeviceMissing(f"{where}: {error}") from None
+                if missing_device == "warn":
+                    said = {} if said is None else said
+                    if not said.get(str(error)):
+                        log.warning("%s: %s (a run needs it where it trains)", where, error)
+                    said[str(error)] = said.get(str(error), 0) + 1
+            except ConfigError as error:
+                raise ConfigError(f"{where}: {error}") from None
         self._validated = True
 
     def check_model(self, shared: dict[Any, Any] | None = None) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from phd_lab.atomic import check_writable_dir
 from phd_lab.config_paths import absolute_paths
-from phd_lab.device import resolve_device
+from phd_lab.device import parse_device, resolve_device
 from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
@@ -33,19 +33,34 @@ class RunOutcome:
     logged: bool = True  # False: it failed before its run log was opened (the traceback went to the console)
 
 
+def _with_args_axis_hint(message: str, grid: Grid) -> str:
+    """A factory that cannot be built with the arguments of a grid that sweeps some of them: say that a list
+    in ``*_args`` is an axis, since a list meant as one argument value (torchvision's
+    ``replace_stride_with_dilation``) then reaches the factory one element at a time."""
+    for kind in ("model_args", "dataset_args", "optimizer_args"):
+        swept = [axis.name for axis in grid.axes if axis.path[0] == kind]
+        if swept and f"cannot be built with {kind}" in message:
+            return (f"{message} ({', '.join(swept)} {'is a grid axis' if len(swept) == 1 else 'are grid axes'}: "
+                    f"a list inside {kind} is swept; an argument whose value is a list is written as a list of "
+                    f"lists, e.g. [[false, true, true]].)")
+    return message
+
+
 class Main:
     """Expands a config into its grid and runs it; other registry modules may be passed in."""
 
     def __init__(self, registries: Mapping[str, "str | ModuleType"] | None = None, *, progress: bool = True,
-                 missing_data: str = "error") -> None:
+                 missing_data: str = "error", missing_device: str = "error") -> None:
         self.registry_overrides = dict(registries or {})
         self.progress = progress
         self.missing_data = missing_data  # "warn" for a dry run: data not yet downloaded is no error there
+        # "warn" for a dry run, "ignore" when the runs go to a cluster: a login node without the GPU the runs ask for
+        self.missing_device = missing_device
 
     def load(self, config_path: str | Path, *, run_id: str | None = None, device: str | None = None) -> Grid:
         """Read and validate a config file; every grid point is checked before anything runs."""
         if device is not None:
-            resolve_device(device, "--device")  # named as the option, not as a key of the config
+            (resolve_device if self.missing_device == "error" else parse_device)(device, "--device")
         grid = read_config_grid(config_path, run_id=run_id, device=device)
         self.executors = self._validate_grid(grid)
         return grid
@@ -68,9 +83,12 @@ class Main:
             except RegistryError as error:
                 raise RegistryError(f"{cfg.source}: the key 'registries': {error}") from None
             executor = TrainTestExecutor(cfg, registries, progress=self.progress)
-            executor.validate(self.missing_data, said)
+            executor.validate(self.missing_data, said, self.missing_device)
             ProbeSettings.from_mapping(cfg.values, where=cfg.source)  # the probe job's keys, checked with the rest
-            executor.check_model(models)
+            try:
+                executor.check_model(models)
+            except ConfigError as error:
+                raise type(error)(_with_args_axis_hint(str(error), grid)) from None
             if executor.rundir.root in folders:
                 first = folders[executor.rundir.root]
                 other = executors[first].config.values
@@ -87,7 +105,12 @@ class Main:
                 log.warning("%s: the same (%s) for %d more grid point(s).", grid.where,
                             message.split(": ")[0][:120], count - 1)
         for logs_dir in sorted({e.config.logs_dir for e in executors}):
-            check_writable_dir(logs_dir, "logs_dir", grid.where)
+            try:
+                check_writable_dir(logs_dir, "logs_dir", grid.where)
+            except ConfigError as error:
+                if self.missing_data != "warn":  # a dry run writes nothing: it may read a read-only archive
+                    raise
+                log.warning("%s", error)
         earlier = earlier_version_runs(e.config for e in executors)
         if earlier:
             log.warning("%s: %s", grid.where, earlier_version_advice(earlier, len(executors)))

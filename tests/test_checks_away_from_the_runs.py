@@ -1,0 +1,89 @@
+"""What a dry run or a cluster submission checks on a machine that will not train the runs itself.
+
+A login node without a GPU must be able to list and submit a CUDA grid, and a dry run must read a logs tree
+it cannot write (an archive, a colleague's runs): the device and the writability are the training
+machine's business there. Plain runs still refuse both up front.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from phd_lab.errors import ConfigError
+from phd_lab.experiment import Main
+from tests.conftest import ROOT, main_in_process, write_config
+
+without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+@without_cuda
+def test_a_dry_run_of_a_cuda_grid_on_a_machine_without_cuda_warns_and_lists_it(tmp_path, capsys):
+    config = write_config(tmp_path, device="cuda", run_id=["0", "1"])
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run", "--no-progress")
+    assert code == 0
+    assert "asks for CUDA, but no CUDA device is available here" in err
+    assert "for 1 more grid point(s)" in err  # said once, then counted
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress")
+    assert code == 2 and "asks for CUDA" in err and "Traceback" not in err  # training here: refused
+    assert not (tmp_path / "logs").exists()
+
+
+@without_cuda
+def test_a_dry_run_with_the_device_option_for_cuda_lists_the_grid(tmp_path, capsys):
+    config = write_config(tmp_path)
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run", "--device", "cuda:1")
+    assert code == 0 and "Traceback" not in err
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run", "--device", "cuda:x")
+    assert code == 2 and "--device 'cuda:x' is not a torch device" in err  # a wrong name stays an error
+
+
+@without_cuda
+def test_a_grid_for_cluster_workers_loads_on_a_machine_without_their_device(tmp_path):
+    config = write_config(tmp_path, device="cuda", tracking_device="cuda:0")
+    grid = Main(progress=False, missing_device="ignore").load(config)  # what --scheduler does before submitting
+    assert len(grid) == 1
+    with pytest.raises(ConfigError, match="asks for CUDA"):
+        Main(progress=False).load(config)
+    with pytest.raises(ConfigError, match="'cuda:x' is not a torch device"):
+        Main(progress=False, missing_device="ignore").load(write_config(tmp_path, "bad.json", device="cuda:x"))
+
+
+def test_a_dry_run_reads_a_logs_dir_it_cannot_write(tmp_path, capsys):
+    (tmp_path / "archive").write_text("a file where the logs_dir's parent would be")
+    config = write_config(tmp_path, logs_dir=str(tmp_path / "archive" / "logs"))
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run", "--no-progress")
+    assert code == 0 and "is a file" in err and "Traceback" not in err
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress")
+    assert code == 2 and "is a file" in err
+
+
+def test_a_dry_run_stopped_by_sigterm_does_not_speak_of_resuming_training(tmp_path):
+    """It printed "rerun the same command to resume: training continues after the last completed epoch"."""
+    config = write_config(tmp_path, run_id=[str(i) for i in range(20000)], seed=None)  # validating takes a while
+    process = subprocess.Popen([sys.executable, "main.py", "--config", str(config), "--dry-run"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # past the imports, into the grid's checks
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines()[-1] == "terminated (SIGTERM)"
+
+
+def test_a_list_valued_model_argument_swept_by_mistake_gets_the_list_of_lists_hint(tmp_path, capsys):
+    """A list in model_args is a grid axis, so [false, true, true] reached torchvision one bool at a time and
+    failed with "object of type 'bool' has no len()" and no word of the grid."""
+    swept = write_config(tmp_path, model="tv:resnet18", model_args={"replace_stride_with_dilation": [False, True]},
+                         resolution=32)
+    code, err = main_in_process(capsys, "--config", str(swept), "--dry-run", "--no-progress")
+    assert code == 2 and "model_args.replace_stride_with_dilation is a grid axis" in err
+    assert "written as a list of lists, e.g. [[false, true, true]]" in err
+    one_value = write_config(tmp_path, "one.json", model="tv:resnet18", resolution=32,
+                             model_args={"replace_stride_with_dilation": [[False, True, True]]})
+    code, err = main_in_process(capsys, "--config", str(one_value), "--dry-run", "--no-progress")
+    assert code == 0, err
