@@ -9,6 +9,7 @@ so results on a shared file system stay readable by the group, the report or Das
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -200,18 +201,57 @@ def save_figure(fig: "Any", path: Path | str, **kwargs: Any) -> None:
     write_with(path, lambda handle: fig.savefig(handle, format=fmt, **kwargs))
 
 
+NAME_MAX = 255  # bytes per file or folder name on the common file systems
+
+
+def shown_path(path: Path | str, limit: int = 100) -> str:
+    """``path`` for a message: a long one with its middle left out."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:limit - 40]}...{text[-37:]}"
+
+
+def os_refusal(path: Path | str, error: OSError) -> str:
+    """Why the operating system refused ``path`` (``error`` from a stat of it), with what to do, for a message;
+    a path too long says whether one name or the whole path is."""
+    if error.errno == errno.ENAMETOOLONG:
+        longest = max((len(part.encode("utf-8", "surrogatepass")) for part in Path(path).parts), default=0)
+        if longest > NAME_MAX:
+            return (f"path too long: one of its names is {longest} bytes, and file systems allow {NAME_MAX} per "
+                    f"name; choose a shorter folder name")
+        return (f"path too long: {len(str(path).encode('utf-8', 'surrogatepass'))} bytes, more than this system "
+                f"allows for a whole path; choose a shorter folder path")
+    return f"{error.strerror or error}; choose a folder you can reach"
+
+
+def home_problem(path: str) -> str | None:
+    """Why the ``~`` or ``~user`` that starts ``path`` names no home folder (None when it does, or the path
+    starts otherwise): ``os.path.expanduser`` leaves such a path as written, and pathlib raises RuntimeError."""
+    if not path.startswith("~") or os.path.expanduser(path) != path:
+        return None
+    user = path[1:].split(os.sep, 1)[0]
+    return f"no user {user}" if user else "the home folder is unknown (HOME is not set)"
+
+
 def check_writable_dir(path: str, key: str, where: str, subject: str | None = None) -> None:
     """Fail early if ``path`` cannot be created or written, without leaving anything behind.
     Messages name ``the key 'key'``, or ``subject`` (e.g. a command-line option) when given."""
     subject = subject or f"the key {key!r}"
-    target = Path(path).expanduser().resolve()
-    probe = target
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
     from phd_lab.errors import ConfigError
-    if not probe.is_dir():
+    problem = home_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{where}: {subject} is {path!r}, but {path.split(os.sep, 1)[0]!r} names no home folder "
+                          f"({problem}); write the folder's full path.")
+    try:
+        probe = Path(os.path.expanduser(path)).resolve()
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        is_dir = probe.is_dir()
+    except OSError as error:  # e.g. a path longer than the system allows
+        raise ConfigError(f"{where}: {subject} is {shown_path(path)!r}, which cannot be used: "
+                          f"{os_refusal(os.path.expanduser(path), error)}.") from None
+    if not is_dir:
         raise ConfigError(f"{where}: {subject} is {path!r}, but {str(probe)!r} is a file, so that folder "
                           f"cannot be created; choose a folder path.")
     try:

@@ -9,6 +9,7 @@ values (folder keys, registry files, safe file names) live in ``config_paths``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
+from phd_lab.atomic import home_problem
 from phd_lab.config_paths import PATH_KEYS, safe_name
 from phd_lab.errors import ConfigError
 from phd_lab.registry import KINDS, did_you_mean
@@ -275,6 +277,10 @@ def check_known_keys(raw: Mapping[str, Any], where: str) -> None:
     if missing:
         raise ConfigError(f"{where}: required key(s) {missing} are missing; "
                           f"`python main.py --list-keys` documents them.")
+    if META_KEY in raw and not isinstance(raw[META_KEY], dict):  # else it would pass for a logged config
+        raise ConfigError(f"{where}: the key {META_KEY!r} must be a JSON object; got "
+                          f"{json.dumps(raw[META_KEY])[:60]}. phd-lab writes it into the configs it logs in run "
+                          f"folders (versions, git commit, setup); remove it from a config you write yourself.")
 
 
 def is_swept(key: Key, value: Any) -> bool:
@@ -349,9 +355,17 @@ def _without_technical_args(name: str, value: Any) -> Any:
     return value
 
 
+def _canonical(identity: Mapping[str, Any]) -> str:
+    return json.dumps(identity, sort_keys=True, separators=(",", ":"))
+
+
 def _crc(identity: Mapping[str, Any]) -> str:
-    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-    return f"{zlib.crc32(canonical.encode('utf-8')):08x}"
+    return f"{zlib.crc32(_canonical(identity).encode('utf-8')):08x}"
+
+
+def _sha(identity: Mapping[str, Any]) -> str:
+    """The long digest: 16 hex characters (64 bits) of the SHA-256 of the same canonical identity as ``_crc``."""
+    return hashlib.sha256(_canonical(identity).encode("utf-8")).hexdigest()[:16]  # as in identity_hashes
 
 
 def in_identity(name: str, value: Any) -> bool:
@@ -410,6 +424,11 @@ def validate_values(raw: Mapping[str, Any], where: str) -> None:
             if key.is_list_type and item == [] and key.name == "metrics":
                 raise ConfigError(f"{where}: the key 'metrics' is an empty list; give at least one metric "
                                   f"(see `python main.py --list metrics`).")
+            if key.name == "metrics" and len(set(item)) < len(item):  # another folder for the same results
+                repeated = sorted({name for name in item if item.count(name) > 1})
+                raise ConfigError(f"{where}: the key 'metrics' names {', '.join(map(repr, repeated))} more than "
+                                  f"once ({json.dumps(item)}); each metric is computed once, so give each name "
+                                  f"once.")
         if key.name == "target_saturation":
             for band in values:
                 if len(band) != 2 or not 0.0 < band[0] < band[1] <= 1.0:
@@ -460,6 +479,9 @@ class RunConfig:
     # False where the config named no ``linear_init`` and got the default: its 0.1 run, if one exists, is
     # another run (``rundir.earlier_version_runs``)
     linear_init_named: bool = field(default=True, compare=False, repr=False)
+    # True where an earlier point of its grid, another run, has the same 8-character digest (CRC-32 collides):
+    # where neither folder exists yet this run takes the long digest (``RunDir.for_run``)
+    shares_digest: bool = field(default=False, compare=False, repr=False)
 
     def __getattr__(self, name: str) -> Any:
         values = object.__getattribute__(self, "values")
@@ -484,7 +506,17 @@ class RunConfig:
         return {k: v for k, v in sorted(self.values.items()) if in_identity(k, v)}
 
     def identity_hash(self) -> str:
+        """The digest of a run folder's name: CRC-32 of the canonical identity, 8 hex characters."""
         return _crc(self.identity())
+
+    def long_identity_hash(self) -> str:
+        """The digest of a run whose 8-character one another run's folder holds (``RunDir.for_run``)."""
+        return _sha(self.identity())
+
+    def identity_hashes(self) -> tuple[str, str]:
+        """``identity_hash()`` and ``long_identity_hash()``, the identity built once (a grid's every point)."""
+        canonical = _canonical(self.identity()).encode("utf-8")
+        return f"{zlib.crc32(canonical):08x}", hashlib.sha256(canonical).hexdigest()[:16]
 
     def legacy_identity_hashes(self) -> list[str]:
         """The hashes earlier versions gave this run: before ``TECHNICAL_ARGS``, ``download`` was hashed too
@@ -511,6 +543,13 @@ class RunConfig:
 
     def variant_slug(self) -> str:
         """Leaf folder name: readable hyperparameters plus a hash of every result-affecting value."""
+        return f"{self._readable_slug()}-{self.identity_hash()}"
+
+    def long_variant_slug(self) -> str:
+        """``variant_slug`` with the long digest, for a run whose folder name another run holds."""
+        return f"{self._readable_slug()}-{self.long_identity_hash()}"
+
+    def _readable_slug(self) -> str:
         parts = [f"bs{self.batch_size}", f"e{self.epoch}", str(self.optimizer), f"s{self.seed}"]
         for mapping_key in ("model_args", "optimizer_args", "dataset_args"):
             technical = TECHNICAL_ARGS.get(mapping_key, ())
@@ -518,8 +557,7 @@ class RunConfig:
                 if mapping_key == "model_args" and k == "linear_init" and v == DEFAULT_LINEAR_INIT:
                     continue  # most runs name it: the hash keeps it, the readable part need not
                 parts.append(f"{k}{json.dumps(v, separators=(',', ':'), sort_keys=True)}")
-        slug = safe_name("-".join(parts))[:80]
-        return f"{slug}-{self.identity_hash()}"
+        return safe_name("-".join(parts))[:80]
 
 
 def resolve_point(point: Mapping[str, Any], where: str) -> RunConfig:
@@ -539,6 +577,11 @@ def resolve_point(point: Mapping[str, Any], where: str) -> RunConfig:
     for key in PATH_KEYS:  # "~/logs" is the home folder's, never a folder named "~" in the working directory
         if isinstance(values[key], str):
             values[key] = os.path.expanduser(values[key])
+            problem = home_problem(values[key])
+            if problem is not None:
+                raise ConfigError(f"{where}: the key {key!r} is {values[key]!r}, but "
+                                  f"{values[key].split(os.sep, 1)[0]!r} names no home folder ({problem}); write "
+                                  f"the folder's full path.")
     given = point.get("model_args")
     return RunConfig(values, source=where, linear_init_named=isinstance(given, dict) and "linear_init" in given)
 
@@ -553,7 +596,16 @@ def schema_table() -> list[dict[str, str]]:
 
 
 def check_run_id_value(run_id: Any) -> str:
-    return SCHEMA_BY_NAME["run_id"].check(str(run_id), "--run-id")
+    """A command-line run id, checked as the key's value; bytes the locale cannot decode (a lone surrogate in
+    ``sys.argv``) name no folder."""
+    value = SCHEMA_BY_NAME["run_id"].check(str(run_id), "--run-id")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise ConfigError(f"--run-id: \"{shown}\" holds bytes that are not UTF-8 text, which cannot name a run "
+                          f"folder; give a run id of UTF-8 characters.") from None
+    return value
 
 
 def schema_markdown() -> str:

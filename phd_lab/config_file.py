@@ -2,8 +2,9 @@
 
 ``load_config_file`` reads and parses, refusing what JSON would let through silently (duplicate
 keys, a top level that is no object); ``check_numbers`` then refuses numbers no run could use
-(NaN, infinities, factory arguments beyond float32, integers beyond 64 bits). Every message names
-the file. The schema's checks of each key live in ``phd_lab.config``.
+(NaN, infinities, factory arguments beyond float32, integers beyond 64 bits) and ``check_strings``
+strings no file or folder name can hold (a lone surrogate escape). Every message names the file.
+The schema's checks of each key live in ``phd_lab.config``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
         raise ConfigError(f"Config file {str(path)!r} gives the key(s) {sorted(set(duplicates))} more than once in "
                           f"the same object; keep one of each (to sweep values, give a list).")
     check_numbers(raw, path)
+    check_strings(raw, path)
     return raw
 
 
@@ -101,3 +103,38 @@ def _numbers(value: Any, key: str) -> Iterator[tuple[str, int | float]]:
             yield from _numbers(item, key)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         yield key, value
+
+
+def check_strings(raw: Mapping[str, Any], path: Path | str) -> None:
+    """Raise a ConfigError for the first key or string value that cannot be encoded as UTF-8: JSON lets a lone
+    surrogate escape such as "\\ud800" through, and it would fail later, in a seed, folder or file name."""
+    for key, text, is_name in _strings(raw, ""):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = _printable(text)[:80]
+            what = (f"the key name \"{shown}\"" + (f" inside '{_printable(key)}'" if key else "") if is_name
+                    else f"the key '{_printable(key)}' holds \"{shown}\", which")
+            raise ConfigError(f"Config file {str(path)!r}: {what} has a lone surrogate escape (\\ud800 to \\udfff "
+                              f"without its pair): it encodes no character and cannot be written as UTF-8 (into a "
+                              f"file or folder name, or the logged config); write the character itself, or both "
+                              f"halves of its surrogate pair.") from None
+
+
+def _strings(value: Any, key: str) -> Iterator[tuple[str, str, bool]]:
+    """Every key name and string in a parsed JSON value: (the key path that holds it, the text, whether it is a
+    key name); lists count as their key."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield key, name, True
+            yield from _strings(item, f"{key}.{name}" if key else name)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item, key)
+    elif isinstance(value, str):
+        yield key, value, False
+
+
+def _printable(text: str) -> str:
+    """``text`` with characters UTF-8 cannot encode written as escapes, so that a message can be printed."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

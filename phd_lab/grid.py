@@ -1,8 +1,10 @@
 """Grid expansion: every list-valued key is an axis of a cartesian product.
 
 Axes are sorted by name, so the order of grid points is stable whatever the order of keys
-in the file; the last axis varies fastest. ``Grid[i]`` builds one point without
-materialising the others (``--index I`` for SLURM array jobs).
+in the file; the last axis varies fastest. ``Grid[i]`` builds one point without keeping the others
+(``--index I`` for SLURM array jobs). A point with the 8-character folder digest of an earlier point of
+another identity (a CRC-32 collision) is marked ``shares_digest``, so that the two get two folders
+(``RunDir.for_run``): ``Grid[i]`` resolves the points before it once for that.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping
 
 from phd_lab.config import META_KEY, RunConfig, is_swept, iter_axis_candidates, predates_linear_init, resolve_point
+from phd_lab.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,10 @@ class Grid:
         self._skeleton = copy.deepcopy(self.base)
         for axis in self.axes:
             _set_at(self._skeleton, axis.path, None)
+        # the folder digests of points 0 .. _named - 1, each with the long digest of the first point to have it:
+        # filled in order, so iterating the grid resolves no point twice
+        self._digests: dict[tuple[Any, ...], str] = {}
+        self._named = 0
 
     def __len__(self) -> int:
         return math.prod(len(axis.values) for axis in self.axes)
@@ -72,6 +79,22 @@ class Grid:
         return {axis.name: value for axis, value in zip(self.axes, self._values(index))}
 
     def __getitem__(self, index: int) -> RunConfig:
+        config = self._resolve(index)
+        while self._named < index:  # --index I: the points before it, once
+            try:
+                self._note_digest(self._resolve(self._named))
+            except ConfigError:  # a bad point names no folder; its own error comes when it is resolved
+                self._named += 1
+        key, long = self._note_digest(config) if self._named == index else _folder_digest(config)
+        return replace(config, shares_digest=True) if self._digests[key] != long else config
+
+    def _note_digest(self, config: RunConfig) -> tuple[tuple[Any, ...], str]:
+        key, long = _folder_digest(config)
+        self._digests.setdefault(key, long)
+        self._named += 1
+        return key, long
+
+    def _resolve(self, index: int) -> RunConfig:
         point = self.point(index)
         if self.meta is not None and predates_linear_init(self.meta):
             # a logged config of a version before 0.2, which named no linear_init: its model drew its own
@@ -98,6 +121,13 @@ class Grid:
         lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         return "\n".join(lines)
+
+
+def _folder_digest(config: RunConfig) -> tuple[tuple[Any, ...], str]:
+    """A run's parent folder with its 8-character digest (two identities with one CRC-32 share it), and its long
+    digest."""
+    short, long = config.identity_hashes()
+    return (config.logs_dir, config.model, config.dataset, config.resolution, config.run_id, short), long
 
 
 def _set_at(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

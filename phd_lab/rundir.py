@@ -9,8 +9,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from phd_lab.config import (META_KEY, RunConfig, check_known_keys, check_run_id_value, predates_linear_init,
-                            validate_values)
+from phd_lab.atomic import NAME_MAX, os_refusal, shown_path
+from phd_lab.config import (META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point, check_known_keys,
+                            check_run_id_value, predates_linear_init, validate_values)
 from phd_lab.config_file import load_config_file
 from phd_lab.config_paths import anchor_registry_paths, safe_name
 from phd_lab.errors import ConfigError
@@ -18,12 +19,10 @@ from phd_lab.grid import Grid
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 255  # bytes per file or folder name on the common file systems
-
 
 def run_parent(cfg: RunConfig, logs_dir: Path | str | None = None) -> Path:
     """``<logs_dir>/<model>/<dataset>_<resolution>/<run_id>``: the folder that holds the run's variants."""
-    logs = Path(logs_dir if logs_dir is not None else cfg.logs_dir).expanduser()  # '~/logs', not ./~/logs
+    logs = Path(os.path.expanduser(logs_dir if logs_dir is not None else cfg.logs_dir))  # '~/logs', not ./~/logs
     return logs / safe_name(cfg.model) / f"{safe_name(cfg.dataset)}_{cfg.resolution}" / safe_name(cfg.run_id)
 
 
@@ -42,7 +41,7 @@ def earlier_version_runs(configs: Iterable[RunConfig]) -> list[Path]:
             names = os.listdir(parent) if parent.is_dir() else []
             listings[parent] = {name.rsplit("-", 1)[-1]: name for name in sorted(names)}
         by_hash = listings[parent]
-        if cfg.identity_hash() in by_hash:
+        if cfg.identity_hash() in by_hash or cfg.long_identity_hash() in by_hash:
             continue
         null = replace(cfg, values={**cfg.values, "model_args": {**cfg.model_args, "linear_init": None}})
         for digest in (null.identity_hash(), *null.legacy_identity_hashes()):
@@ -99,17 +98,25 @@ class RunDir:
     def for_run(cls, cfg: RunConfig, logs_dir: Path | str | None = None) -> "RunDir":
         """The run's folder. The variant's hash suffix is what identifies it: a folder whose readable part
         was written otherwise (the keys of a nested mapping in another order, by an older version) is
-        found by its hash and kept."""
+        found by its hash and kept.
+
+        The suffix is the CRC-32 of the run's identity (8 hex characters), and 32 bits let two identities share
+        it (optimizer_args lr 0.7950524859260707 and 0.48695836658792335 at seed 1). A folder whose logged config
+        is another run's is therefore never this run's (``_holds_another_run``), and a new run whose digest
+        another run's folder has, on disk or as an earlier point of its grid (``shares_digest``), takes the long
+        digest instead: the first 16 hex characters of the SHA-256 of the same identity, so that a digest still
+        names one run's folder. Lookup tries both: every existing folder keeps resolving as before, and each of
+        two colliding runs is found in its own."""
         parent = run_parent(cfg, logs_dir)
         root = parent / cfg.variant_slug()
         _check_name_lengths(cfg, root)  # before any stat(): the OS answers a too-long name with an error
-        if not root.exists() and parent.is_dir():
-            for digest in (cfg.identity_hash(), *cfg.legacy_identity_hashes()):
-                same = [folder for folder in parent.glob(f"*-{digest}") if folder.is_dir()]
-                if len(same) == 1:
-                    root = same[0]
-                    break
-        return cls(root=root, name=cfg.name)
+        try:
+            return cls(root=_find_folder(cfg, parent, root), name=cfg.name)
+        except OSError as error:  # e.g. a whole path longer than the system allows, though each name fits
+            logs = logs_dir if logs_dir is not None else cfg.logs_dir
+            raise ConfigError(f"{cfg.source}: the key 'logs_dir' is {shown_path(logs)!r}, and the run's folder "
+                              f"{shown_path(root)!r} in it cannot be used: {os_refusal(root, error)} for "
+                              f"'logs_dir'.") from None
 
     def file(self, suffix: str) -> Path:
         """``<root>/<name><suffix>``, e.g. ``file('.csv')``."""
@@ -189,7 +196,7 @@ class RunDir:
         """The latents folder: inside the run folder, or mirrored under ``latents_dir``."""
         if latents_dir is None:
             return self.root / "latents"
-        return Path(latents_dir).expanduser() / self.root.relative_to(self.root.parents[3]) / "latents"
+        return Path(os.path.expanduser(latents_dir)) / self.root.relative_to(self.root.parents[3]) / "latents"
 
     # --- probe job outputs (issue 5): they do not use ``name``, so the probe job can build a
     # RunDir from the manifest's run_dir alone.
@@ -221,6 +228,48 @@ class RunDir:
     def create(self) -> "RunDir":
         self.root.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def _find_folder(cfg: RunConfig, parent: Path, root: Path) -> Path:
+    """``RunDir.for_run``'s lookup: the folder named ``root`` (readable part and 8-character digest), else the
+    one folder of ``parent`` with the run's short, long or a legacy digest, leaving out those holding another
+    run; a new run takes ``root``, or the long digest where another run has the short one or may take it."""
+    if root.exists() and not _holds_another_run(root, cfg):
+        return root
+    taken = cfg.shares_digest
+    if parent.is_dir():
+        for digest in (cfg.identity_hash(), cfg.long_identity_hash(), *cfg.legacy_identity_hashes()):
+            found = [folder for folder in parent.glob(f"*-{digest}") if folder.is_dir()]
+            same = [folder for folder in found if not _holds_another_run(folder, cfg)]
+            if len(same) == 1:
+                return same[0]
+            taken = taken or (digest == cfg.identity_hash() and len(same) < len(found))
+    return parent / cfg.long_variant_slug() if taken else root
+
+
+def _holds_another_run(folder: Path, cfg: RunConfig) -> bool:
+    """Whether ``folder`` holds a logged config of another run: the test ``TrainTestExecutor.write_config``
+    refuses a folder by. A logged config that cannot be read, or lacks keys of this version (an older one's),
+    is not known to be another run's."""
+    others = False
+    for path in folder.glob("*_config.json"):
+        try:
+            logged = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(logged, dict):
+            continue
+        values = {k: v for k, v in logged.items() if k in SCHEMA_BY_NAME}
+        if not set(values) >= set(cfg.values):
+            continue
+        try:
+            identity = RunConfig(values).identity()
+        except (TypeError, ValueError):
+            continue
+        if identity == cfg.identity() or identity == RunConfig(as_single_point(cfg.values)).identity():
+            return False
+        others = True
+    return others
 
 
 def _say_not_in_its_run_folder(raw: dict[str, Any], path: Path) -> None:
@@ -269,7 +318,7 @@ def anchor_logged_run(raw: dict[str, Any], config_path: Path | str) -> None:
         return
     logs = path.parents[LOGGED_CONFIG_DEPTH]
     written = raw.get("logs_dir")
-    if not isinstance(written, str) or Path(written).expanduser().resolve() != logs:
+    if not isinstance(written, str) or Path(os.path.expanduser(written)).resolve() != logs:
         log.info("%s lies in its run folder: logs_dir is %s (the config says %r)", path.name, logs, written)
     raw["logs_dir"] = str(logs)
 

@@ -11,6 +11,7 @@ Missing data raises a DataError saying which files belong where; nothing is down
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +19,7 @@ from typing import Any, Callable
 from torch.utils.data import Dataset
 from torchvision import datasets as tv
 
+from phd_lab.atomic import os_refusal, shown_path
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.download import download_and_extract, remove_empty_folders_since
 from phd_lab.datasets.folders import FixedClassImageFolder, TinyImageNet, load_image
@@ -98,9 +100,14 @@ def _check_present(source: Source, data_dir: str, download: bool) -> None:
     is found when the data are opened (``open_split``)."""
     if download or not source.in_data_dir:
         return
-    root = Path(data_dir).expanduser()
+    root = Path(os.path.expanduser(data_dir))
     top = source.expected.split("/")[0].split(" ")[0]
-    if not (root / top).exists():
+    try:
+        present = (root / top).exists()
+    except OSError as error:  # e.g. a path longer than the system allows
+        raise ConfigError(f"Dataset {source.name}: the key 'data_dir' is {shown_path(data_dir)!r}, where the data "
+                          f"cannot be looked for: {os_refusal(root / top, error)} for 'data_dir'.") from None
+    if not present:
         raise DataError(f"Dataset {source.name} (train split) is not in data_dir {str(root)!r}: there is no "
                         f"{top!r}. {_place(source, root)}")
 

@@ -1,0 +1,165 @@
+"""Edge inputs of a config: run-folder digests that collide, paths the OS refuses, strings UTF-8 cannot encode,
+a hand-written ``_meta`` and repeated metrics. Bad input is exit status 2, one paragraph, nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from phd_lab.cli import main_cli
+from phd_lab.grid import Grid
+from tests.conftest import main_in_process, run_folders, write_config
+
+# Two learning rates whose runs' identities (the config below) share the CRC-32 c998f298 (found by a search of
+# random rates); and two deltas that share one (delta is not in the folder's readable part: same folder name)
+COLLIDING_LR = (0.7950524859260707, 0.48695836658792335)
+COLLIDING_DELTA = (0.7827254627313773, 0.7235952987416239)
+FAST = {"resolution": 8, "epoch": 1, "batch_size": 256, "seed": 1, "track_saturation": False}
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def dry_run(capsys: pytest.CaptureFixture, config: Path) -> dict[int, tuple[str, Path]]:
+    """``--dry-run``'s table: each index with its status and folder."""
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0, capsys.readouterr().err
+    rows = capsys.readouterr().out.splitlines()[2:]
+    return {int(row.split()[0]): (row.split()[-2], Path(row.split()[-1])) for row in rows}
+
+
+def logged_lr(folder: Path) -> float:
+    [config] = folder.glob("*_config.json")
+    return json.loads(config.read_text())["optimizer_args"]["lr"]
+
+
+def test_runs_whose_digests_collide_train_into_folders_of_their_own(tmp_path, capsys):
+    grid_config = write_config(tmp_path, "grid.json", **FAST, optimizer_args={"lr": list(COLLIDING_LR)})
+    second = write_config(tmp_path, "second.json", **FAST, optimizer_args={"lr": COLLIDING_LR[1]})
+    first_run, second_run = Grid(json.loads(grid_config.read_text()))
+    assert first_run.identity_hash() == second_run.identity_hash() == "c998f298"
+    assert first_run.identity() != second_run.identity()
+
+    code, err = main_in_process(capsys, "--config", str(grid_config), "--index", "0", "--no-progress", "-q")
+    assert code == 0, err
+    [first_folder] = run_folders(tmp_path / "logs")
+    assert first_folder.name.endswith("-c998f298")  # a run without a collision keeps the 8-character digest
+    status = dry_run(capsys, grid_config)  # was: exit 2, "they differ only in ['optimizer_args']"
+    assert status[0] == ("finished", first_folder)
+    assert status[1][0] == "new" and status[1][1] != first_folder
+    assert dry_run(capsys, second) == {0: status[1]}  # was: "finished", the first run's folder
+
+    code, err = main_in_process(capsys, "--config", str(grid_config), "--no-progress", "-q")
+    assert code == 0, err
+    folders = run_folders(tmp_path / "logs")
+    assert folders == sorted([first_folder, status[1][1]])
+    assert logged_lr(first_folder) == COLLIDING_LR[0] and logged_lr(status[1][1]) == COLLIDING_LR[1]
+    assert len(status[1][1].name.rsplit("-", 1)[1]) == 16  # the colliding run's long digest
+    assert dry_run(capsys, grid_config) == {0: ("finished", first_folder), 1: ("finished", status[1][1])}
+    assert dry_run(capsys, second) == {0: ("finished", status[1][1])}
+    for folder in folders:  # each logged config, rerun from its folder, finds its own run
+        [logged] = folder.glob("*_config.json")
+        assert dry_run(capsys, logged) == {0: ("finished", folder)}
+    code, err = main_in_process(capsys, "--config", str(grid_config), "--no-progress", "-q")
+    assert code == 0, err
+    assert run_folders(tmp_path / "logs") == folders
+
+
+def test_a_digest_collision_in_one_grid_is_no_duplicate_but_a_repeated_value_is(tmp_path, capsys):
+    config = write_config(tmp_path, "grid.json", **FAST, delta=list(COLLIDING_DELTA))
+    first_run, second_run = Grid(json.loads(config.read_text()))
+    assert first_run.variant_slug() == second_run.variant_slug()  # one folder name for two runs
+    status = dry_run(capsys, config)  # was: exit 2, "they differ only in ['delta'], which do not change ..."
+    assert status[0][1] != status[1][1] and {status[0][0], status[1][0]} == {"new"}
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--index", "1", "--dry-run"]) == 0
+    assert str(status[1][1]) in capsys.readouterr().out  # the same folder when only that point is chosen
+    repeated = write_config(tmp_path, "repeated.json", **FAST, delta=[COLLIDING_DELTA[0]] * 2)
+    assert main_cli(["--config", str(repeated), "--dry-run"]) == 2
+    assert "remove the duplicate value from the lists" in flat(capsys.readouterr().err)
+    assert not (tmp_path / "logs").exists()
+
+
+NO_USER = "~phdlab_no_such_user_4711"
+
+
+@pytest.mark.parametrize("case", ["logs_dir_path", "latents_dir_name", "data_dir_name", "logs_dir_home",
+                                  "step_latents_dir_home", "data_dir_home"])
+def test_paths_the_system_refuses_are_config_errors_naming_the_key(case, tmp_path, capsys):
+    overrides, fragments = {
+        "logs_dir_path": ({"logs_dir": str(tmp_path / "/".join(["d" * 200] * 25))},
+                          ["the key 'logs_dir'", "path too long"]),
+        "latents_dir_name": ({"latents_dir": str(tmp_path / ("z" * 300)), "post_processing": ["extract"]},
+                             ["the key 'latents_dir'", "path too long", "300 bytes"]),
+        "data_dir_name": ({"dataset": "MNIST", "data_dir": str(tmp_path / ("q" * 300))},
+                          ["the key 'data_dir'", "path too long", "300 bytes"]),
+        "logs_dir_home": ({"logs_dir": f"{NO_USER}/x"}, ["the key 'logs_dir'", f"no user {NO_USER[1:]}"]),
+        "step_latents_dir_home": ({"post_processing": [{"name": "extract", "latents_dir": f"{NO_USER}/l"}]},
+                                  ["the key 'latents_dir'", f"no user {NO_USER[1:]}"]),
+        "data_dir_home": ({"data_dir": NO_USER}, ["the key 'data_dir'", f"no user {NO_USER[1:]}"]),
+    }[case]
+    config = write_config(tmp_path, **overrides)
+    for extra in ([], ["--dry-run"]):
+        code = main_cli(["--config", str(config), "--no-progress", "-q", *extra])
+        err = flat(capsys.readouterr().err)
+        assert code == 2, err
+        assert err.startswith("error: ") and "Traceback" not in err
+        for fragment in fragments:
+            assert fragment in err, (fragment, err)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["exp.json"]
+
+
+def _write_escaped(tmp_path: Path, **overrides: object) -> Path:
+    """A config written with JSON's escapes (a lone surrogate as \\ud800)."""
+    path = write_config(tmp_path)
+    path.write_text(json.dumps({**json.loads(path.read_text()), **overrides}, ensure_ascii=True))
+    return path
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"run_id": "\ud800"}, "the key 'run_id' holds \"\\ud800\""),
+    ({"logs_dir": "/tmp/phd_lab_\udc00"}, "the key 'logs_dir' holds \"/tmp/phd_lab_\\udc00\""),
+    ({"run_id": ["0", "r\udfff"]}, "the key 'run_id' holds \"r\\udfff\""),
+    ({"model_args": {"width": 0.0625, "\ud801": 1}}, "the key name \"\\ud801\" inside 'model_args'"),
+])
+def test_strings_utf8_cannot_encode_are_refused_when_read(overrides, fragment, tmp_path, capsys):
+    config = _write_escaped(tmp_path, **overrides)
+    for extra in ([], ["--dry-run"]):
+        code = main_cli(["--config", str(config), "--no-progress", "-q", *extra])
+        err = flat(capsys.readouterr().err)
+        assert code == 2, err
+        assert "Traceback" not in err and fragment in err and "lone surrogate" in err, err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["exp.json"]
+
+
+def test_a_run_id_option_that_is_no_utf8_text_is_refused(tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert main_cli(["--config", str(config), "--run-id", "r\udcff", "--dry-run"]) == 2  # undecodable argv bytes
+    err = flat(capsys.readouterr().err)
+    assert err.startswith("error: --run-id:") and "UTF-8" in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("meta", ["x", [], None, 3])
+def test_a_meta_that_is_no_object_is_refused(meta, tmp_path, capsys):
+    config = write_config(tmp_path)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "_meta": meta}))
+    assert main_cli(["--config", str(config), "--dry-run"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "the key '_meta' must be a JSON object" in err and "remove it" in err, err
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("metrics, named", [(["Accuracy", "Accuracy"], "'Accuracy'"),
+                                            ([["MCC"], ["Accuracy", "MCC", "Accuracy", "MCC"]], "'Accuracy', 'MCC'")])
+def test_a_metric_named_twice_is_refused_and_distinct_metrics_keep_their_folders(metrics, named, tmp_path, capsys):
+    config = write_config(tmp_path, metrics=metrics)
+    assert main_cli(["--config", str(config), "--dry-run"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert f"the key 'metrics' names {named} more than once" in err, err
+    assert not (tmp_path / "logs").exists()
+    ordered = Grid(json.loads(write_config(tmp_path, metrics=[["Accuracy", "MCC"], ["MCC", "Accuracy"]]).read_text()))
+    assert [run.identity_hash() for run in ordered] == ["068da52a", "610e4c5e"]  # the order still counts
