@@ -8,9 +8,12 @@ black canvas of the configured resolution, §9.2), ``downsample_then_upsample`` 
 resolution and back up, §9.1) and, for the variable-size sets (ImageNet, Imagenette, Imagewoof,
 Food101, iNaturalist, ``folder:``), ``crop``: the training crop, "resized" (random-resized, 5–100 %;
 the default) or "padded" (short side resized, 4-pixel zero-padded random crop, §11.2); the
-fixed-size sets refuse ``crop``, as they always use the padded crop. ``folder:/path`` loads
-``/path/train`` and ``/path/test`` (or ``val``) ImageFolder trees. Every bundle also has
-``train_eval``: the training split without augmentation or shuffling.
+fixed-size sets refuse ``crop``, as they always use the padded crop. ``flip`` (true | false | null,
+the default) switches the random horizontal flips of training on or off; null keeps the dataset's own
+choice: flips, except for the digit sets MNIST and SVHN (the thesis trains MNIST with §8.4.1's flips,
+so its configs set ``flip: true``). ``folder:/path`` loads ``/path/train`` and ``/path/test`` (or
+``val``) ImageFolder trees. Every bundle also has ``train_eval``: the training split without
+augmentation or shuffling.
 """
 
 from __future__ import annotations
@@ -54,22 +57,23 @@ def FakeData(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_
 
 def MNIST(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int, download: bool = False,
           augment: bool = True, normalization: str | None = None, canvas: bool | int = False,
-          downsample_then_upsample: int | None = None, crop: str | None = None) -> DataBundle:
-    """MNIST handwritten digits (10 classes, 28×28 grayscale); crop augmentation, no flips."""
+          downsample_then_upsample: int | None = None, crop: str | None = None, flip: bool | None = None) -> DataBundle:
+    """MNIST handwritten digits (10 classes, 28×28 grayscale); crop augmentation, no flips unless ``flip``."""
     return load_image_dataset(SOURCES["MNIST"], **locals())
 
 
 def FashionMNIST(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
                  download: bool = False, augment: bool = True, normalization: str | None = None,
                  canvas: bool | int = False, downsample_then_upsample: int | None = None,
-                 crop: str | None = None) -> DataBundle:
+                 crop: str | None = None, flip: bool | None = None) -> DataBundle:
     """Fashion-MNIST clothing images (10 classes, 28×28 grayscale); crop and flip augmentation."""
     return load_image_dataset(SOURCES["FashionMNIST"], **locals())
 
 
 def Cifar10(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int, download: bool = False,
             augment: bool = True, normalization: str | None = None, canvas: bool | int = False,
-            downsample_then_upsample: int | None = None, crop: str | None = None) -> DataBundle:
+            downsample_then_upsample: int | None = None, crop: str | None = None,
+            flip: bool | None = None) -> DataBundle:
     """Cifar10 (10 classes, 32×32 RGB); 4-px-padded random crop and flip, resized to the resolution."""
     return load_image_dataset(SOURCES["Cifar10"], **locals())
 
@@ -77,29 +81,30 @@ def Cifar10(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_w
 def Cifar100(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
              download: bool = False, augment: bool = True, normalization: str | None = None,
              canvas: bool | int = False, downsample_then_upsample: int | None = None,
-             crop: str | None = None) -> DataBundle:
+             crop: str | None = None, flip: bool | None = None) -> DataBundle:
     """Cifar100 (100 classes, 32×32 RGB); 4-px-padded random crop and flip, resized to the resolution."""
     return load_image_dataset(SOURCES["Cifar100"], **locals())
 
 
 def SVHN(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int, download: bool = False,
          augment: bool = True, normalization: str | None = None, canvas: bool | int = False,
-         downsample_then_upsample: int | None = None, crop: str | None = None) -> DataBundle:
-    """Street View House Numbers (10 classes, 32×32 RGB); crop augmentation, no flips."""
+         downsample_then_upsample: int | None = None, crop: str | None = None, flip: bool | None = None) -> DataBundle:
+    """Street View House Numbers (10 classes, 32×32 RGB); crop augmentation, no flips unless ``flip``."""
     return load_image_dataset(SOURCES["SVHN"], **locals())
 
 
 def TinyImageNet(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
                  download: bool = False, augment: bool = True, normalization: str | None = None,
                  canvas: bool | int = False, downsample_then_upsample: int | None = None,
-                 crop: str | None = None) -> DataBundle:
+                 crop: str | None = None, flip: bool | None = None) -> DataBundle:
     """Tiny ImageNet (200 classes, 64×64 RGB; evaluation on the labelled val split)."""
     return load_image_dataset(SOURCES["TinyImageNet"], **locals())
 
 
 def ImageNet(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
              download: bool = False, augment: bool = True, normalization: str | None = None, canvas: bool | int = False,
-             downsample_then_upsample: int | None = None, crop: str = "resized") -> DataBundle:
+             downsample_then_upsample: int | None = None, crop: str = "resized",
+             flip: bool | None = None) -> DataBundle:
     """ILSVRC2012 (1,000 classes; no download); random-resized crop 5–100 % and flip; evaluated on val."""
     return load_image_dataset(SOURCES["ImageNet"], **locals())
 
@@ -107,7 +112,7 @@ def ImageNet(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_
 def Imagenette(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
                download: bool = False, augment: bool = True, normalization: str | None = None,
                canvas: bool | int = False, downsample_then_upsample: int | None = None,
-               crop: str = "resized") -> DataBundle:
+               crop: str = "resized", flip: bool | None = None) -> DataBundle:
     """Imagenette (10 easy ImageNet classes, full size); ImageNet-style augmentation."""
     return load_image_dataset(SOURCES["Imagenette"], **locals())
 
@@ -115,7 +120,7 @@ def Imagenette(*, batch_size: int, resolution: int, data_dir: str, seed: int, nu
 def Imagewoof(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
               download: bool = False, augment: bool = True, normalization: str | None = None,
               canvas: bool | int = False, downsample_then_upsample: int | None = None,
-              crop: str = "resized") -> DataBundle:
+              crop: str = "resized", flip: bool | None = None) -> DataBundle:
     """Imagewoof (10 dog breeds from ImageNet, full size); ImageNet-style augmentation."""
     return load_image_dataset(SOURCES["Imagewoof"], **locals())
 
@@ -123,7 +128,7 @@ def Imagewoof(*, batch_size: int, resolution: int, data_dir: str, seed: int, num
 def Food101(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
             download: bool = False, augment: bool = True, normalization: str | None = None,
             canvas: bool | int = False, downsample_then_upsample: int | None = None,
-            crop: str = "resized") -> DataBundle:
+            crop: str = "resized", flip: bool | None = None) -> DataBundle:
     """Food-101 (101 dishes, up to 512 px); ImageNet-style augmentation."""
     return load_image_dataset(SOURCES["Food101"], **locals())
 
@@ -131,7 +136,7 @@ def Food101(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_w
 def iNaturalist(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
                 download: bool = False, augment: bool = True, normalization: str | None = None,
                 canvas: bool | int = False, downsample_then_upsample: int | None = None,
-                crop: str = "resized") -> DataBundle:
+                crop: str = "resized", flip: bool | None = None) -> DataBundle:
     """iNaturalist 2021 (10,000 species; train / valid); ImageNet-style augmentation."""
     return load_image_dataset(SOURCES["iNaturalist"], **locals())
 
@@ -151,12 +156,12 @@ for _name in ("MNIST", "FashionMNIST", "Cifar10", "Cifar100", "SVHN", "TinyImage
 
 def _folder(path: str, *, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
             augment: bool = True, normalization: str | None = None, canvas: bool | int = False,
-            downsample_then_upsample: int | None = None, crop: str = "resized") -> DataBundle:
+            downsample_then_upsample: int | None = None, crop: str = "resized", flip: bool | None = None) -> DataBundle:
     """``folder:/path``: ImageFolder trees /path/train and /path/test (or val), ImageNet-style."""
     return load_image_dataset(folder_source(path), batch_size=batch_size, resolution=resolution,
                               data_dir=data_dir, seed=seed, num_workers=num_workers, augment=augment,
                               normalization=normalization, canvas=canvas,
-                              downsample_then_upsample=downsample_then_upsample, crop=crop)
+                              downsample_then_upsample=downsample_then_upsample, crop=crop, flip=flip)
 
 
 _RELATIVE_WARNED: set[str] = set()

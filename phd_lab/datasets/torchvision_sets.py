@@ -1,11 +1,11 @@
 """Image datasets of the thesis loaded from ``data_dir``, with their preprocessing, as DataBundles.
 
 Each ``Source`` says how to open a split (through torchvision where it has the dataset), what
-its images are like (channels, native size, normalisation, flips) and which files a user must
-place where when they are missing. ``load_image_dataset`` opens the training split once and
-serves it twice — augmented (``train``) and plain (``train_eval``) — plus the evaluation split.
-Missing data raises a DataError saying which files belong where; nothing is downloaded unless
-``download`` is true.
+its images are like (channels, native size, normalisation, flips unless ``dataset_args`` ``flip``
+says otherwise) and which files a user must place where when they are missing.
+``load_image_dataset`` opens the training split once and serves it twice — augmented (``train``)
+and plain (``train_eval``) — plus the evaluation split. Missing data raises a DataError saying
+which files belong where; nothing is downloaded unless ``download`` is true.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Source:
     expected: str                          # what to place in data_dir when the data is missing
     channels: int = 3
     native: int | None = None              # fixed native size; None for variable-size photos
-    flip: bool = True
+    flip: bool = True                      # training flips unless dataset_args 'flip' says otherwise
     downloadable: bool = True
     in_data_dir: bool = True               # False: ``expected`` is a full path (folder: datasets)
     normalisations: dict[str, tuple] = field(default_factory=lambda: dict(RGB_NORMALISATIONS))
@@ -89,10 +89,11 @@ def _check_download(source: Source, download: object) -> None:
 
 
 def _preprocessing(source: Source, resolution: int, *, augment: Any, normalization: Any, canvas: Any,
-                   downsample_then_upsample: Any, crop: Any = None) -> Preprocessing:
+                   downsample_then_upsample: Any, crop: Any = None, flip: Any = None) -> Preprocessing:
     return make_preprocessing(source.name, resolution=resolution, normalisations=source.normalisations,
-                              normalization=normalization, native=source.native, augment=augment, flip=source.flip,
-                              canvas=canvas, downsample_then_upsample=downsample_then_upsample, crop=crop)
+                              normalization=normalization, native=source.native, augment=augment, flip=flip,
+                              canvas=canvas, downsample_then_upsample=downsample_then_upsample, crop=crop,
+                              default_flip=source.flip)
 
 
 def _check_present(source: Source, data_dir: str, download: bool) -> None:
@@ -114,13 +115,13 @@ def _check_present(source: Source, data_dir: str, download: bool) -> None:
 
 def check_source(source: Source, data_dir: str, *, resolution: int | None = None, download: object = False,
                  augment: Any = True, normalization: Any = None, canvas: Any = False,
-                 downsample_then_upsample: Any = None, crop: Any = None) -> None:
+                 downsample_then_upsample: Any = None, crop: Any = None, flip: Any = None) -> None:
     """Every check of ``load_image_dataset`` that reads no image, for each grid point before any trains:
     the preprocessing values (at the point's resolution) and whether the data are there."""
     _check_download(source, download)
     if resolution is not None:  # before the presence check: a dry run reports bad values also without the data
         _preprocessing(source, resolution, augment=augment, normalization=normalization, canvas=canvas,
-                       downsample_then_upsample=downsample_then_upsample, crop=crop)
+                       downsample_then_upsample=downsample_then_upsample, crop=crop, flip=flip)
     _check_present(source, data_dir, bool(download))
 
 
@@ -155,11 +156,12 @@ def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dat
 def load_image_dataset(source: Source, *, batch_size: int, resolution: int, data_dir: str, seed: int,
                        num_workers: int, download: bool = False, augment: bool = True,
                        normalization: str | None = None, canvas: bool | int = False,
-                       downsample_then_upsample: int | None = None, crop: str | None = None) -> DataBundle:
+                       downsample_then_upsample: int | None = None, crop: str | None = None,
+                       flip: bool | None = None) -> DataBundle:
     """The DataBundle of ``source`` with the thesis' preprocessing at ``resolution``."""
     _check_download(source, download)
     prep = _preprocessing(source, resolution, augment=augment, normalization=normalization, canvas=canvas,
-                          downsample_then_upsample=downsample_then_upsample, crop=crop)
+                          downsample_then_upsample=downsample_then_upsample, crop=crop, flip=flip)
     train = open_split(source, data_dir, "train", download)
     test = open_split(source, data_dir, "test", download)
     log.info("%s: %d training and %d test images from %s", source.name, len(train), len(test),

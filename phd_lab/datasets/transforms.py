@@ -16,7 +16,10 @@ given size in pixels uniformly at random on a black canvas of the configured res
 random in training and evaluation, as in the thesis); ``downsample_then_upsample`` resizes the
 image to that many pixels and back up to the resolution (§9.1: same size, less detail); ``crop``
 chooses the training crop of the variable-size sets ("resized" or "padded", above; the fixed-size
-sets refuse it: they always use the padded crop at their native size).
+sets refuse it: they always use the padded crop at their native size); ``flip`` switches the training
+flips on (``true``) or off (``false``), and ``null`` (the default) keeps the dataset's own choice: flips,
+except for the digit sets MNIST and SVHN, where a mirror changes a digit's meaning (the thesis trains
+MNIST with "the same" preprocessing as §8.4.1, flips included: its configs set ``flip: true``).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class Preprocessing:
     std: Sequence[float]
     native: int | None = None          # fixed native size (low-resolution sets); None: variable size
     augment: bool = True
-    flip: bool = True                  # horizontal flips (off for digits, where a mirror changes meaning)
+    flip: bool = True                  # training flips (dataset default: off for digits; dataset_args 'flip')
     canvas: bool | int = False
     downsample_then_upsample: int | None = None
     crop: str = "resized"              # training crop of variable-size sets (CROP_MODES); fixed-size: padded
@@ -132,11 +135,12 @@ class Preprocessing:
 
 
 def make_preprocessing(dataset: str, *, resolution: int, normalisations: dict[str, tuple], normalization: str | None,
-                       native: int | None, augment: Any, flip: bool, canvas: Any,
-                       downsample_then_upsample: Any, crop: Any = None) -> Preprocessing:
+                       native: int | None, augment: Any, flip: Any = None, canvas: Any,
+                       downsample_then_upsample: Any, crop: Any = None, default_flip: bool = True) -> Preprocessing:
     """Validate the preprocessing ``dataset_args`` of ``dataset`` and build its Preprocessing.
 
-    ``crop`` None: the dataset's own training crop ("resized" for variable-size sets)."""
+    ``crop`` None: the dataset's own training crop ("resized" for variable-size sets); ``flip`` None: the
+    dataset's own ``default_flip``."""
     where = f"dataset {dataset!r}"
     name = normalization if normalization is not None else next(iter(normalisations))
     if name not in normalisations:
@@ -144,6 +148,10 @@ def make_preprocessing(dataset: str, *, resolution: int, normalisations: dict[st
                           f"{', '.join(repr(n) for n in normalisations)}; got {normalization!r}.")
     if not isinstance(augment, bool):
         raise ConfigError(f"The dataset_args 'augment' of {where} must be true or false; got {augment!r}.")
+    if flip is not None and not isinstance(flip, bool):  # "yes" or 1 would otherwise decide by truthiness
+        raise ConfigError(f"The dataset_args 'flip' of {where} must be true (random horizontal flips in training), "
+                          f"false (none) or null (the dataset's own default: "
+                          f"{'flips' if default_flip else 'no flips'}); got {flip!r}.")
     if canvas is not False:
         if canvas is True and native is None:
             raise ConfigError(f"{where} has no fixed native image size, so dataset_args 'canvas' must give the "
@@ -177,6 +185,6 @@ def make_preprocessing(dataset: str, *, resolution: int, normalisations: dict[st
                               f"size {size} it would be applied to, so no detail would be lost; use a value "
                               f"below {size} (equal to it is the unchanged control).")
     mean, std = normalisations[name]
-    return Preprocessing(resolution=resolution, mean=mean, std=std, native=native, augment=augment, flip=flip,
-                         canvas=canvas, downsample_then_upsample=low,
+    return Preprocessing(resolution=resolution, mean=mean, std=std, native=native, augment=augment,
+                         flip=default_flip if flip is None else flip, canvas=canvas, downsample_then_upsample=low,
                          crop="resized" if crop is None else crop)
