@@ -6,8 +6,12 @@ import contextlib
 import functools
 import http.server
 import json
+import os
 import shutil
 import struct
+import subprocess
+import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -18,6 +22,7 @@ from PIL import Image
 
 from phd_lab.errors import ConfigError, DataError, RunFailure
 from phd_lab.registry import Registries
+from tests.conftest import ROOT
 
 DATASETS = Registries().datasets
 COMMON = dict(batch_size=4, seed=0, num_workers=0)
@@ -382,9 +387,33 @@ def test_a_failed_download_is_a_data_error_naming_the_dataset(tmp_path):
     assert str(error.value).endswith("yourself, or run once with \"download\": true on a machine with internet "
                                      "access.")
     assert [p.name for p in tmp_path.iterdir()] == ["CIFAR10"]  # torchvision's empty MNIST/raw went again
-    with pytest.raises(DataError, match="could not be downloaded"):  # a data_dir the download made goes too
-        DATASETS.get("MNIST")(resolution=28, data_dir=str(tmp_path / "new"), download=True, **COMMON)
-    assert [p.name for p in tmp_path.iterdir()] == ["CIFAR10"]
+    with pytest.raises(DataError, match="could not be downloaded"):  # a data_dir the download made goes too,
+        DATASETS.get("MNIST")(resolution=28, data_dir=str(tmp_path / "new" / "sub"), download=True, **COMMON)
+    assert [p.name for p in tmp_path.iterdir()] == ["CIFAR10"]  # with the parents it made for it
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to run as nobody")
+def test_a_data_dir_others_may_enter_but_not_list_still_loads(tmp_path):
+    """Opening a dataset listed data_dir (for the clean-up after a failed download) also without a download: a
+    shared data folder of mode 0711 then failed with "Place MNIST/raw/..." although the files were there."""
+    shared = Path(tempfile.mkdtemp(prefix="phd_lab_0711_", dir="/tmp"))  # pytest's tmp_path is root's alone
+    try:
+        write_idx(shared / "MNIST" / "raw", "train", 12)
+        write_idx(shared / "MNIST" / "raw", "t10k", 6)
+        for folder, _, files in os.walk(shared):
+            os.chmod(folder, 0o755)
+            for name in files:
+                os.chmod(Path(folder) / name, 0o644)
+        shared.chmod(0o711)
+        script = ("from phd_lab.registry import Registries; "
+                  f"b = Registries().datasets.get('MNIST')(resolution=28, data_dir={str(shared)!r}, batch_size=4, "
+                  "seed=0, num_workers=0); print(len(b.train.dataset))")
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0 and done.stdout.strip() == "12", done.stderr[-2000:]
+    finally:
+        shutil.rmtree(shared)
 
 
 def test_a_failed_download_leaves_no_partial_folder(tmp_path):

@@ -17,6 +17,7 @@ import shutil
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Sequence
 from urllib.parse import urlparse
 
 from phd_lab.atomic import fsync_dir
@@ -76,13 +77,24 @@ def _download(url: str, archive: Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
 
 
-def remove_empty_folders_since(root: Path, before: set[str] | None) -> None:
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist yet (nearest first): what a download would make for it."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_empty_folders_since(root: Path, before: set[str] | None, made: Sequence[Path] = ()) -> None:
     """Remove the empty folders a failed download made: below the entries of ``root`` that were not in
-    ``before`` (its entries before the download; None: ``root`` itself did not exist). Files, and folders
-    that were there before, stay."""
-    if not root.is_dir():
+    ``before`` (its entries before the download; None: ``root`` did not exist), and the folders of ``made``
+    (``missing_folders`` of ``root`` before it), nearest first. Files, and folders that were there before, stay."""
+    try:
+        entries = list(root.iterdir()) if root.is_dir() else []
+    except OSError:  # a folder one may enter but not list: leave it alone
         return
-    for entry in root.iterdir():
+    for entry in entries:
         if before is not None and entry.name in before or not entry.is_dir() or entry.is_symlink():
             continue
         for folder, _, _ in sorted(os.walk(entry), key=lambda walked: -len(walked[0])):  # the deepest first
@@ -90,8 +102,8 @@ def remove_empty_folders_since(root: Path, before: set[str] | None) -> None:
                 os.rmdir(folder)
             except OSError:  # not empty
                 pass
-    if before is None:
+    for folder in made:
         try:
-            root.rmdir()
-        except OSError:
-            pass
+            folder.rmdir()
+        except OSError:  # not empty, or gone
+            break

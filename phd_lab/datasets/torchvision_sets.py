@@ -21,7 +21,7 @@ from torchvision import datasets as tv
 
 from phd_lab.atomic import os_refusal, shown_path
 from phd_lab.data import DataBundle, make_bundle
-from phd_lab.datasets.download import download_and_extract, remove_empty_folders_since
+from phd_lab.datasets.download import download_and_extract, missing_folders, remove_empty_folders_since
 from phd_lab.datasets.folders import FixedClassImageFolder, TinyImageNet, load_image
 from phd_lab.datasets.transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
                                          Preprocessing, RGB_NORMALISATIONS, make_preprocessing)
@@ -125,17 +125,28 @@ def check_source(source: Source, data_dir: str, *, resolution: int | None = None
     _check_present(source, data_dir, bool(download))
 
 
+def _entries(root: Path) -> set[str] | None:
+    """The names in ``root`` before a download (None: no such folder), to remove the empty folders a failed one
+    makes. A folder one may enter but not list (a shared 0711 data folder) gives an empty set: nothing goes."""
+    if not root.is_dir():
+        return None
+    try:
+        return {entry.name for entry in root.iterdir()}
+    except OSError:
+        return set()
+
+
 def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dataset:
     """Open one split; turn missing/corrupt files and failed downloads into a DataError."""
     root = Path(data_dir).expanduser()
     place = _place(source, root, downloading=bool(download))
     try:
-        entries = {entry.name for entry in root.iterdir()} if root.is_dir() else None
+        made, entries = (missing_folders(root), _entries(root)) if download else ([], None)
         try:
             return source.open(root, split, download)
         except BaseException:
             if download:  # torchvision makes its folders (MNIST/raw) before it finds there is no network
-                remove_empty_folders_since(root, entries)
+                remove_empty_folders_since(root, entries, made)
             raise
     except FileNotFoundError as error:
         raise DataError(f"Dataset {source.name} ({split} split) is missing: {error}. {place}") from None
