@@ -388,6 +388,10 @@ def test_the_plot_draws_side_branches_apart_from_the_sequence_it_marks_borders_o
     assert (after_border["r_min"] > 32).all()  # the line no longer dips below the resolution after b_min
     plot_receptive_field(saved, 32, tmp_path / "rf.png")
     assert (tmp_path / "rf.png").stat().st_size > 0
+    first_version = saved.drop(columns=["side_branch"])  # a table of the step's first version: all one line
+    sequence, side = plotted_rows(first_version)
+    assert len(sequence) == len(saved) - 1 and side.empty  # every conv row (the Linear fc has no index)
+    plot_receptive_field(first_version, 32, tmp_path / "rf1.png")
 
 
 def test_pooling_windows_taken_from_the_input_shape():

@@ -17,8 +17,10 @@ def plotted_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     inside the r_min line made the line dip below the resolution after b_min."""
     convs = table[table["index"].notna()]
     spatial = convs[convs["r_max"].map(float).map(math.isfinite).astype(bool)]  # a boolean Series: also no rows
-    side = side_branch_flags(spatial["side_branch"]) if "side_branch" in spatial.columns else False
-    return spatial[~side], spatial[side] if "side_branch" in spatial.columns else spatial.iloc[:0]
+    if "side_branch" not in spatial.columns:  # a table of the step's first version
+        return spatial, spatial.iloc[:0]
+    side = side_branch_flags(spatial["side_branch"])
+    return spatial[~side], spatial[side]
 
 
 def plot_receptive_field(table: pd.DataFrame, resolution: int, path: Path | str, title: str = "") -> None:
