@@ -376,8 +376,8 @@ def test_an_input_tail_is_named_beside_a_border_layer(tmp_path):
     # the tail at the border alone still gets the one confirming paragraph
     single = summarize(synthetic_run(tmp_path / "border", BORDER))
     # the rule reads the previous layer's r_min (on a ResNet the input's r_min stays small through the shortcuts)
-    assert [a["text"][:69] for a in single["recommendations"] if a["kind"] == "depth"] == \
-        ["From features.13 on, the layer before every layer already sees more t"]
+    assert [a["text"][:67] for a in single["recommendations"] if a["kind"] == "depth"] == \
+        ["features.13 and every layer after it on the way to the output recei"]
 
 
 def test_a_width_to_try_is_never_the_current_width(tmp_path):

@@ -75,9 +75,9 @@ def _border_text(summary: dict[str, Any]) -> str:
     tails, borders, sat = summary["tails"], summary["borders"], summary["saturation"]
     resolution, b_min = borders["resolution"], borders["b_min"]
     last_tail = tails[-1] if tails else None
-    text = (f"From {b_min} on, the layer before every layer already sees more than the {resolution}x{resolution} "
-            f"input (its smallest receptive field r_min exceeds it: border layer b_min), so these layers cannot add "
-            f"context")
+    text = (f"{b_min} and every layer after it on the way to the output receive from the layer before them more "
+            f"than the {resolution}x{resolution} input (its smallest receptive field r_min exceeds it: border layer "
+            f"b_min), so these layers cannot add context")
     text += (f"; the saturation tail from {last_tail['first_layer']} to {last_tail['last_layer']} confirms it."
              if last_tail and summary["agreement"]["b_min"]["agrees"] else
              "; the saturation shows no tail starting there, so check the probes before cutting."
