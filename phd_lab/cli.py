@@ -152,6 +152,11 @@ def keys_table() -> str:
                      for r in rows)
 
 
+def _on_other_machines(scheduler: str | None) -> bool:
+    """Whether the runs train on a cluster's machines, which check the device themselves (``local:N`` is here)."""
+    return bool(scheduler) and not scheduler.startswith("local:")
+
+
 def main_cli(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(-1 if args.quiet else 1 if args.verbose else 0)
@@ -169,7 +174,8 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
                              "or use --list KIND / --list-keys.")
         from phd_lab.experiment import Main, chosen_indices, point_status, summary_table
         main = Main(progress=not args.no_progress, missing_data="warn" if args.dry_run else "error",
-                    missing_device="warn" if args.dry_run else "ignore" if args.scheduler else "error")
+                    missing_device="warn" if args.dry_run else "ignore" if _on_other_machines(args.scheduler) else
+                    "error")
         grid = main.load(args.config, run_id=args.run_id, device=args.device)
         indices = chosen_indices(grid, args.index)
         if args.dry_run:

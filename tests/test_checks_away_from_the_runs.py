@@ -44,6 +44,13 @@ def test_a_dry_run_with_the_device_option_for_cuda_lists_the_grid(tmp_path, caps
 
 
 @without_cuda
+def test_a_local_cluster_runs_here_so_its_device_is_checked_up_front(tmp_path, capsys):
+    code, err = main_in_process(capsys, "--config", str(write_config(tmp_path)), "--scheduler", "local:1",
+                                "--device", "cuda", "--no-progress")
+    assert code == 2 and "--device 'cuda' asks for CUDA" in err  # before a cluster is started
+
+
+@without_cuda
 def test_a_grid_for_cluster_workers_loads_on_a_machine_without_their_device(tmp_path):
     config = write_config(tmp_path, device="cuda", tracking_device="cuda:0")
     grid = Main(progress=False, missing_device="ignore").load(config)  # what --scheduler does before submitting
