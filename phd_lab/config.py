@@ -424,7 +424,8 @@ def validate_values(raw: Mapping[str, Any], where: str) -> None:
             if key.is_list_type and item == [] and key.name == "metrics":
                 raise ConfigError(f"{where}: the key 'metrics' is an empty list; give at least one metric "
                                   f"(see `python main.py --list metrics`).")
-            if key.name == "metrics" and len(set(item)) < len(item):  # another folder for the same results
+            # another folder for the same results; a logged config (one trained before this check) keeps its run
+            if key.name == "metrics" and len(set(item)) < len(item) and META_KEY not in raw:
                 repeated = sorted({name for name in item if item.count(name) > 1})
                 raise ConfigError(f"{where}: the key 'metrics' names {', '.join(map(repr, repeated))} more than "
                                   f"once ({json.dumps(item)}); each metric is computed once, so give each name "

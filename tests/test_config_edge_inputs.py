@@ -163,3 +163,10 @@ def test_a_metric_named_twice_is_refused_and_distinct_metrics_keep_their_folders
     assert not (tmp_path / "logs").exists()
     ordered = Grid(json.loads(write_config(tmp_path, metrics=[["Accuracy", "MCC"], ["MCC", "Accuracy"]]).read_text()))
     assert [run.identity_hash() for run in ordered] == ["068da52a", "610e4c5e"]  # the order still counts
+
+
+def test_a_logged_config_with_a_metric_named_twice_still_reruns(tmp_path, capsys):
+    """Runs trained before repeated metrics were refused must stay reachable through their logged configs: the
+    refusal of the logged config left no way to resume them but retraining under another folder."""
+    config = write_config(tmp_path, metrics=["Accuracy", "Accuracy"], _meta={"phd_lab_version": "0.3"})
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0, capsys.readouterr().err
