@@ -143,11 +143,13 @@ def test_ctrl_c_stops_the_command_s_runs_on_the_cluster_so_that_the_rerun_resume
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.conftest import ROOT, sigint_as_in_a_terminal
     config = write_config(tmp_path, epoch=5, cpu_threads=1)
     command = [sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress",
                "--scheduler", cluster.scheduler_address]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # started by a background job (CI), the command would inherit SIGINT ignored and train on to the end
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=sigint_as_in_a_terminal)
     assert wait_for(lambda: _epochs_in_csv(tmp_path / "logs") >= 1, process, timeout=240)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
