@@ -264,13 +264,23 @@ def register_key(key: Key) -> Key:
     return key
 
 
+def _args_hint(key: str) -> str:
+    """Where a factory argument written at the config's top level belongs (``"lr"`` → ``optimizer_args``)."""
+    from phd_lab.factory_args import args_taking  # imports the registries: only for an unknown key
+    homes = args_taking(key)
+    if not homes:
+        return ""
+    return (f" {key!r} is an argument of the {' and '.join(h.removesuffix('_args') for h in homes)} factories: "
+            f"write it inside {' or '.join(homes)}, e.g. {{\"{homes[0]}\": {{\"{key}\": ...}}}}.")
+
+
 def check_known_keys(raw: Mapping[str, Any], where: str) -> None:
     """Raise a ConfigError for keys the schema does not declare (with close matches) and for missing
     required keys; ``_meta`` of a logged config is allowed."""
     unknown = sorted(k for k in raw if k not in SCHEMA_BY_NAME and k != META_KEY)
     if unknown:
         hints = "".join(did_you_mean(k, SCHEMA_BY_NAME).replace(" Did you mean", f" For {k!r} did you mean")
-                        for k in unknown)
+                        or _args_hint(k) for k in unknown)
         raise ConfigError(f"{where}: unknown config key(s) {unknown}.{hints} Valid keys: "
                           f"{', '.join(sorted(SCHEMA_BY_NAME))}. `python main.py --list-keys` documents them.")
     missing = [k.name for k in SCHEMA if k.required and k.name not in raw]

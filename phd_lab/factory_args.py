@@ -82,3 +82,22 @@ def _json_value(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def args_taking(argument: str) -> list[str]:
+    """The ``*_args`` keys whose built-in factories take ``argument`` (``lr`` → ``optimizer_args``): for a config
+    that wrote a factory's argument at its top level. Looked up only when such a key is found unknown."""
+    from phd_lab.registry import Registries
+    registries = Registries()
+    found = []
+    for args_key, kind in (("model_args", "models"), ("dataset_args", "datasets"), ("optimizer_args", "optimizers")):
+        registry = registries[kind]
+        taken = set(FRAMEWORK_MODEL_OPTIONS) if kind == "models" else set()
+        for name in registry.names():
+            try:
+                taken.update(inspect.signature(registry.get(name)).parameters)
+            except (TypeError, ValueError):  # a callable without a signature
+                continue
+        if argument in taken - set(SUPPLIED_ARGS[kind]):
+            found.append(args_key)
+    return found

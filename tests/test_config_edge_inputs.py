@@ -170,3 +170,16 @@ def test_a_logged_config_with_a_metric_named_twice_still_reruns(tmp_path, capsys
     refusal of the logged config left no way to resume them but retraining under another folder."""
     config = write_config(tmp_path, metrics=["Accuracy", "Accuracy"], _meta={"phd_lab_version": "0.3"})
     assert main_cli(["--config", str(config), "--dry-run"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, home", [("lr", "optimizer_args"), ("width", "model_args"), ("flip", "dataset_args")])
+def test_a_factory_argument_at_the_top_level_is_pointed_to_its_args_mapping(key, home, tmp_path, capsys):
+    """{"lr": 0.1} got only "unknown config key(s) ['lr']" and the list of every config key."""
+    config = write_config(tmp_path, **{key: 1})
+    assert main_cli(["--config", str(config), "--dry-run"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert f"write it inside {home}, e.g. {{\"{home}\": {{\"{key}\": ...}}}}" in err, err
+    config = write_config(tmp_path, "typo.json", batchsize=1)  # a misspelt config key keeps its own hint
+    assert main_cli(["--config", str(config), "--dry-run"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "did you mean 'batch_size'" in err and "write it inside" not in err, err
