@@ -10,6 +10,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
+from tqdm import tqdm
+
 from phd_lab.atomic import check_writable_dir
 from phd_lab.config_paths import absolute_paths
 from phd_lab.device import parse_device, resolve_device
@@ -21,6 +23,8 @@ from phd_lab.registry import Registries
 from phd_lab.rundir import earlier_version_advice, earlier_version_runs, read_config_grid
 
 log = logging.getLogger(__name__)
+
+LARGE_GRID = 500  # grid points from which checking the grid shows a progress bar
 
 
 @dataclass
@@ -76,7 +80,9 @@ class Main:
 
     def _validate_grid(self, grid: Grid) -> list[TrainTestExecutor]:
         executors, folders, models, said = [], {}, {}, {}
-        for index in range(len(grid)):
+        # every point is checked before any runs: about 2 ms each, so a large grid says how far it got
+        for index in tqdm(range(len(grid)), desc=f"checking {len(grid)} grid points", leave=False,
+                          disable=not self.progress or len(grid) < LARGE_GRID):
             cfg = grid[index]
             try:
                 registries = self._registries_for(cfg.registries)

@@ -94,3 +94,14 @@ def test_a_list_valued_model_argument_swept_by_mistake_gets_the_list_of_lists_hi
                              model_args={"replace_stride_with_dilation": [[False, True, True]]})
     code, err = main_in_process(capsys, "--config", str(one_value), "--dry-run", "--no-progress")
     assert code == 0, err
+
+
+def test_checking_a_large_grid_shows_a_progress_bar(tmp_path, capsys):
+    """A grid is checked point by point before anything runs; a large one said nothing for minutes."""
+    from phd_lab.experiment import LARGE_GRID
+    config = write_config(tmp_path, run_id=[str(i) for i in range(LARGE_GRID)], seed=None)
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
+    assert code == 0 and f"checking {LARGE_GRID} grid points" in err
+    small = write_config(tmp_path, "small.json", run_id=["0", "1"], seed=None)
+    code, err = main_in_process(capsys, "--config", str(small), "--dry-run")
+    assert code == 0 and "checking" not in err
