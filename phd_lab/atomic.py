@@ -223,13 +223,23 @@ def os_refusal(path: Path | str, error: OSError) -> str:
     return f"{error.strerror or error}; choose a folder you can reach"
 
 
-def home_problem(path: str) -> str | None:
-    """Why the ``~`` or ``~user`` that starts ``path`` names no home folder (None when it does, or the path
-    starts otherwise): ``os.path.expanduser`` leaves such a path as written, and pathlib raises RuntimeError."""
+def check_home(path: str, subject: str, where: str) -> None:
+    """Raise a ConfigError where the ``~`` or ``~user`` that starts ``path`` names no home folder:
+    ``os.path.expanduser`` leaves such a path as written, and pathlib raises RuntimeError on it."""
     if not path.startswith("~") or os.path.expanduser(path) != path:
-        return None
+        return
     user = path[1:].split(os.sep, 1)[0]
-    return f"no user {user}" if user else "the home folder is unknown (HOME is not set)"
+    problem = f"no user {user}" if user else "the home folder is unknown (HOME is not set)"
+    from phd_lab.errors import ConfigError
+    raise ConfigError(f"{where}: {subject} is {path!r}, but {path.split(os.sep, 1)[0]!r} names no home folder "
+                      f"({problem}); write the folder's full path.")
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest parent that exists (the root at worst): where a folder made for it would begin."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def check_writable_dir(path: str, key: str, where: str, subject: str | None = None) -> None:
@@ -237,16 +247,9 @@ def check_writable_dir(path: str, key: str, where: str, subject: str | None = No
     Messages name ``the key 'key'``, or ``subject`` (e.g. a command-line option) when given."""
     subject = subject or f"the key {key!r}"
     from phd_lab.errors import ConfigError
-    problem = home_problem(path)
-    if problem is not None:
-        raise ConfigError(f"{where}: {subject} is {path!r}, but {path.split(os.sep, 1)[0]!r} names no home folder "
-                          f"({problem}); write the folder's full path.")
+    check_home(path, subject, where)
     try:
-        probe = Path(os.path.expanduser(path)).resolve()
-        while not probe.exists():
-            if probe.parent == probe:
-                break
-            probe = probe.parent
+        probe = nearest_existing(Path(os.path.expanduser(path)).resolve())
         is_dir = probe.is_dir()
     except OSError as error:  # e.g. a path longer than the system allows
         raise ConfigError(f"{where}: {subject} is {shown_path(path)!r}, which cannot be used: "

@@ -18,7 +18,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
-from phd_lab.atomic import home_problem
+from phd_lab.atomic import check_home
+from phd_lab.config_file import printable
 from phd_lab.config_paths import PATH_KEYS, safe_name
 from phd_lab.errors import ConfigError
 from phd_lab.registry import KINDS, did_you_mean
@@ -365,17 +366,22 @@ def _without_technical_args(name: str, value: Any) -> Any:
     return value
 
 
-def _canonical(identity: Mapping[str, Any]) -> str:
-    return json.dumps(identity, sort_keys=True, separators=(",", ":"))
+def _canonical(identity: Mapping[str, Any]) -> bytes:
+    return json.dumps(identity, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
 def _crc(identity: Mapping[str, Any]) -> str:
-    return f"{zlib.crc32(_canonical(identity).encode('utf-8')):08x}"
+    return _short_digest(_canonical(identity))
 
 
-def _sha(identity: Mapping[str, Any]) -> str:
-    """The long digest: 16 hex characters (64 bits) of the SHA-256 of the same canonical identity as ``_crc``."""
-    return hashlib.sha256(_canonical(identity).encode("utf-8")).hexdigest()[:16]  # as in identity_hashes
+def _short_digest(canonical: bytes) -> str:
+    """A run folder's digest: the CRC-32 of its canonical identity, 8 hex characters."""
+    return f"{zlib.crc32(canonical):08x}"
+
+
+def _long_digest(canonical: bytes) -> str:
+    """The long digest: 16 hex characters (64 bits) of the SHA-256 of the same canonical identity."""
+    return hashlib.sha256(canonical).hexdigest()[:16]
 
 
 def in_identity(name: str, value: Any) -> bool:
@@ -386,6 +392,16 @@ def in_identity(name: str, value: Any) -> bool:
     if key.technical and name not in IDENTITY_OFF_DEFAULT:
         return False
     return value != key.default
+
+
+def names_another_run(logged: Mapping[str, Any], cfg: "RunConfig") -> bool | None:
+    """Whether a logged config's values name another run than ``cfg``: what makes a run folder another run's;
+    None where it lacks keys of this version (an older one's), so that it is not known. ``cfg``'s values count
+    as they are and as they are logged (a list-valued argument wrapped, ``as_single_point``)."""
+    values = {k: v for k, v in logged.items() if k in SCHEMA_BY_NAME}
+    if not set(values) >= set(cfg.values):
+        return None
+    return RunConfig(values).identity() not in (cfg.identity(), RunConfig(as_single_point(cfg.values)).identity())
 
 
 def as_single_point(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -522,12 +538,12 @@ class RunConfig:
 
     def long_identity_hash(self) -> str:
         """The digest of a run whose 8-character one another run's folder holds (``RunDir.for_run``)."""
-        return _sha(self.identity())
+        return _long_digest(_canonical(self.identity()))
 
     def identity_hashes(self) -> tuple[str, str]:
         """``identity_hash()`` and ``long_identity_hash()``, the identity built once (a grid's every point)."""
-        canonical = _canonical(self.identity()).encode("utf-8")
-        return f"{zlib.crc32(canonical):08x}", hashlib.sha256(canonical).hexdigest()[:16]
+        canonical = _canonical(self.identity())
+        return _short_digest(canonical), _long_digest(canonical)
 
     def legacy_identity_hashes(self) -> list[str]:
         """The hashes earlier versions gave this run: before ``TECHNICAL_ARGS``, ``download`` was hashed too
@@ -588,11 +604,7 @@ def resolve_point(point: Mapping[str, Any], where: str) -> RunConfig:
     for key in PATH_KEYS:  # "~/logs" is the home folder's, never a folder named "~" in the working directory
         if isinstance(values[key], str):
             values[key] = os.path.expanduser(values[key])
-            problem = home_problem(values[key])
-            if problem is not None:
-                raise ConfigError(f"{where}: the key {key!r} is {values[key]!r}, but "
-                                  f"{values[key].split(os.sep, 1)[0]!r} names no home folder ({problem}); write "
-                                  f"the folder's full path.")
+            check_home(values[key], f"the key {key!r}", where)
     given = point.get("model_args")
     return RunConfig(values, source=where, linear_init_named=isinstance(given, dict) and "linear_init" in given)
 
@@ -613,9 +625,8 @@ def check_run_id_value(run_id: Any) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        shown = value.encode("utf-8", "backslashreplace").decode("utf-8")
-        raise ConfigError(f"--run-id: \"{shown}\" holds bytes that are not UTF-8 text, which cannot name a run "
-                          f"folder; give a run id of UTF-8 characters.") from None
+        raise ConfigError(f"--run-id: \"{printable(value)}\" holds bytes that are not UTF-8 text, which cannot name a "
+                          f"run folder; give a run id of UTF-8 characters.") from None
     return value
 
 

@@ -112,9 +112,9 @@ def check_strings(raw: Mapping[str, Any], path: Path | str) -> None:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            shown = _printable(text)[:80]
-            what = (f"the key name \"{shown}\"" + (f" inside '{_printable(key)}'" if key else "") if is_name
-                    else f"the key '{_printable(key)}' holds \"{shown}\", which")
+            shown = printable(text)[:80]
+            what = (f"the key name \"{shown}\"" + (f" inside '{printable(key)}'" if key else "") if is_name
+                    else f"the key '{printable(key)}' holds \"{shown}\", which")
             raise ConfigError(f"Config file {str(path)!r}: {what} has a lone surrogate escape (\\ud800 to \\udfff "
                               f"without its pair): it encodes no character and cannot be written as UTF-8 (into a "
                               f"file or folder name, or the logged config); write the character itself, or both "
@@ -135,6 +135,6 @@ def _strings(value: Any, key: str) -> Iterator[tuple[str, str, bool]]:
         yield key, value, False
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` with characters UTF-8 cannot encode written as escapes, so that a message can be printed."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")

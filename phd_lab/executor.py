@@ -20,7 +20,7 @@ from torch import nn
 from phd_lab import atomic
 from phd_lab.callbacks import Callback, MetricsCSV, RunFolderGuard
 from phd_lab.checkpoint import CheckpointStore
-from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point
+from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point, names_another_run
 from phd_lab.config_paths import absolute_paths
 from phd_lab.data import DataBundle
 from phd_lab.device import DeviceMissing, resolve_device
@@ -54,6 +54,15 @@ CALLBACK_FACTORIES: list[Callable[[RunConfig, RunDir], "Callback | None"]] = [
     saturation_callback,
 
 ]
+
+
+def _warn_once(said: dict[str, int] | None, where: str, error: Exception, note: str = "") -> None:
+    """Log ``error`` of the grid point ``where`` as a warning for the first point that found it, and count the
+    others in ``said`` (by the error's message), which the grid's summary then names."""
+    said = {} if said is None else said
+    if not said.get(str(error)):
+        log.warning("%s: %s%s", where, error, note)
+    said[str(error)] = said.get(str(error), 0) + 1
 
 
 class TrainTestExecutor:
@@ -107,10 +116,7 @@ class TrainTestExecutor:
             except DataError as error:
                 if missing_data != "warn":  # "warn": a dry run, which shows the grid also before the download
                     raise DataError(f"{where}: {error}") from None
-                said = {} if said is None else said
-                if not said.get(str(error)):
-                    log.warning("%s: %s", where, error)
-                said[str(error)] = said.get(str(error), 0) + 1
+                _warn_once(said, where, error)
             except ConfigError as error:  # a dataset argument the check found wrong (e.g. 'download': "yes")
                 raise ConfigError(f"{where}: {error}") from None
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
@@ -125,10 +131,7 @@ class TrainTestExecutor:
                 if missing_device == "error":
                     raise DeviceMissing(f"{where}: {error}") from None
                 if missing_device == "warn":
-                    said = {} if said is None else said
-                    if not said.get(str(error)):
-                        log.warning("%s: %s (a run needs it where it trains)", where, error)
-                    said[str(error)] = said.get(str(error), 0) + 1
+                    _warn_once(said, where, error, " (a run needs it where it trains)")
             except ConfigError as error:
                 raise ConfigError(f"{where}: {error}") from None
         self._validated = True
@@ -301,9 +304,7 @@ class TrainTestExecutor:
         if previous is not None:
             old_meta = previous.pop(META_KEY, None)
             previous = {k: v for k, v in previous.items() if k in SCHEMA_BY_NAME}  # keys of older versions
-            old = RunConfig(previous).identity() if set(previous) >= set(self.config.values) else None
-            logged = RunConfig(as_single_point(self.config.values)).identity()  # as logged (lists wrapped)
-            if old is not None and old not in (self.config.identity(), logged):
+            if names_another_run(previous, self.config):
                 raise UsageError(f"The run folder {str(self.rundir.root)!r} holds a run with a different "
                                  f"config ({path.name}); use another run id.")
             if CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():  # trained

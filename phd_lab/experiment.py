@@ -276,7 +276,7 @@ def point_status(executor: TrainTestExecutor) -> str:
             if fallback is not None:
                 return (f"{status.label()}; {rundir.checkpoint.name} is damaged: the next run goes back to "
                         f"{fallback.name} and trains the epochs after it again")
-            damaged = [rundir.checkpoint.name, *(p.name for p in (store.staged, store.previous) if p.exists())]
+            damaged = [path.name for path in store.generations() if path.exists()]  # the current one among them
             which = (f"{damaged[0]} is damaged and there is no earlier one" if len(damaged) == 1 else
                      f"{', '.join(damaged[:-1])} and {damaged[-1]} are all damaged" if len(damaged) > 2 else
                      f"{damaged[0]} and {damaged[1]} are both damaged")

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from phd_lab.atomic import NAME_MAX, os_refusal, shown_path
-from phd_lab.config import (META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point, check_known_keys,
-                            check_run_id_value, predates_linear_init, validate_values)
+from phd_lab.config import (META_KEY, RunConfig, check_known_keys, check_run_id_value, names_another_run,
+                            predates_linear_init, validate_values)
 from phd_lab.config_file import load_config_file
 from phd_lab.config_paths import anchor_registry_paths, safe_name
 from phd_lab.errors import ConfigError
@@ -238,37 +238,30 @@ def _find_folder(cfg: RunConfig, parent: Path, root: Path) -> Path:
         return root
     taken = cfg.shares_digest
     if parent.is_dir():
-        for digest in (cfg.identity_hash(), cfg.long_identity_hash(), *cfg.legacy_identity_hashes()):
+        short, long = cfg.identity_hashes()
+        for digest in (short, long, *cfg.legacy_identity_hashes()):
             found = [folder for folder in parent.glob(f"*-{digest}") if folder.is_dir()]
             same = [folder for folder in found if not _holds_another_run(folder, cfg)]
             if len(same) == 1:
                 return same[0]
-            taken = taken or (digest == cfg.identity_hash() and len(same) < len(found))
+            taken = taken or (digest == short and len(same) < len(found))
     return parent / cfg.long_variant_slug() if taken else root
 
 
 def _holds_another_run(folder: Path, cfg: RunConfig) -> bool:
-    """Whether ``folder`` holds a logged config of another run: the test ``TrainTestExecutor.write_config``
-    refuses a folder by. A logged config that cannot be read, or lacks keys of this version (an older one's),
-    is not known to be another run's."""
+    """Whether ``folder`` holds a logged config of another run (``names_another_run``, the test
+    ``TrainTestExecutor.write_config`` refuses a folder by), and none of this run. A logged config that cannot
+    be read, or that lacks keys of this version, is not known to be another run's."""
     others = False
     for path in folder.glob("*_config.json"):
         try:
             logged = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            verdict = names_another_run(logged, cfg) if isinstance(logged, dict) else None
+        except (OSError, TypeError, ValueError):
             continue
-        if not isinstance(logged, dict):
-            continue
-        values = {k: v for k, v in logged.items() if k in SCHEMA_BY_NAME}
-        if not set(values) >= set(cfg.values):
-            continue
-        try:
-            identity = RunConfig(values).identity()
-        except (TypeError, ValueError):
-            continue
-        if identity == cfg.identity() or identity == RunConfig(as_single_point(cfg.values)).identity():
+        if verdict is False:
             return False
-        others = True
+        others = others or bool(verdict)
     return others
 
 

@@ -11,6 +11,7 @@ the kernel releases when its process dies (also by SIGKILL).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
 
-from phd_lab.atomic import fsync_dir
+from phd_lab.atomic import fsync_dir, nearest_existing
 from phd_lab.errors import DataError
 from phd_lab.lock import waiting_lock
 
@@ -79,11 +80,8 @@ def _download(url: str, archive: Path) -> None:
 
 def missing_folders(path: Path) -> list[Path]:
     """``path`` and its parents that do not exist yet (nearest first): what a download would make for it."""
-    missing = []
-    while not path.exists() and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    return missing
+    existing = nearest_existing(path)
+    return list(itertools.takewhile(lambda folder: folder != existing, (path, *path.parents)))
 
 
 def remove_empty_folders_since(root: Path, before: set[str] | None, made: Sequence[Path] = ()) -> None:

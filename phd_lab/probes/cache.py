@@ -18,7 +18,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from phd_lab.atomic import write_json
+from phd_lab.atomic import nearest_existing, write_json
 from phd_lab.errors import UsageError
 from phd_lab.probes.fit import ProbeRecord
 from phd_lab.probes.settings import ProbeSettings
@@ -65,9 +65,7 @@ class ResultCache:
     def check(self) -> None:
         """Say why the folder cannot hold the cache, creating nothing: the job checks this before it takes its
         run folders' locks (which leave lock files) and ``prepare``s the folder after them."""
-        existing = self.folder
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
+        existing = nearest_existing(self.folder)
         if existing == self.folder and not existing.is_dir():
             reason = "it is a file"
         elif existing != self.folder and not existing.is_dir():
