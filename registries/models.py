@@ -3,8 +3,10 @@
 Every entry is a one-line builder over a family builder in ``phd_lab/models``; the function name
 is the config name. Common ``model_args``: ``width`` (filter-count factor, any positive float).
 VGG: ``batch_norm``, ``dilation``, ``head`` ("mlp" | "linear"). ResNet: ``stem`` ("imagenet" |
-"cifar"), ``skip``, ``attention`` (null | "se" | "sa" | "cbam"). A name ``tv:<name>`` builds any
-torchvision classification model (e.g. ``tv:resnet50``, ``tv:efficientnet_b0``) without weights.
+"cifar"), ``skip``, ``attention`` (null | "se" | "sa" | "cbam"). MLPs: ``input_side``; ``mlp``'s
+``units`` lists the hidden layers' widths, so a config writes it as a list of lists (``[[256, 128]]``).
+A name ``tv:<name>`` builds any torchvision classification model (e.g. ``tv:resnet50``,
+``tv:efficientnet_b0``) without weights.
 
 To add your own model, write a module with a function of this signature and pass it as
 ``"registries": {"models": "my_models.py"}`` in the config.
@@ -17,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from phd_lab.models.densenet import create_densenet
-from phd_lab.models.mlp import create_long_skip_mlp
+from phd_lab.models.mlp import create_long_skip_mlp, create_plain_mlp
 from phd_lab.models.mpnet import create_mpnet
 from phd_lab.models.resnet import create_resnet
 from phd_lab.models.torchvision_models import classification_models, create_torchvision_model
@@ -188,6 +190,12 @@ def densenet65(*, num_classes: int, in_channels: int = 3, width: float = 1.0) ->
 def densenet121(*, num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Module:
     """DenseNet121: DenseNet-BC, growth 32, dense blocks of 6-12-24-16 layers."""
     return create_densenet("densenet121", num_classes=num_classes, in_channels=in_channels, width=width)
+
+
+def mlp(*, num_classes: int, in_channels: int = 3, input_side: int = 32,
+        units: tuple[int, ...] = (256, 128)) -> nn.Module:
+    """Plain MLP: a Linear-ReLU layer per entry of the list units, then the output layer (appendix B.1: [256, k])."""
+    return create_plain_mlp(num_classes=num_classes, in_channels=in_channels, input_side=input_side, units=units)
 
 
 def mlp_long_skip(*, num_classes: int, in_channels: int = 3, input_side: int = 28, units: int = 128,

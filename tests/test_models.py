@@ -46,6 +46,7 @@ SMALL: dict[str, tuple[dict, int, int]] = {
     "densenet18": ({"width": 1 / 8}, 32, 3),
     "densenet65": ({"width": 1 / 8}, 32, 3),
     "densenet121": ({"width": 1 / 16}, 32, 3),
+    "mlp": ({"units": [16, 8], "input_side": 8}, 16, 1),
     "mlp_long_skip": ({"skipped": 16, "tail": 2}, 28, 1),
 }
 
