@@ -178,8 +178,8 @@ SCHEMA: tuple[Key, ...] = (
          minimum=0.0, exclusive_minimum=True, maximum=1.0),
     _key("downsampling", "int", 4,
          "latent extraction: adaptive-average-pool feature maps to at most N×N (smaller ones stay); part of the "
-         "run's folder, so a sweep gives every value its own run; to re-extract a trained run at another size, "
-         "give the extract step the parameter instead; null keeps whole feature maps, \"pixelwise\" writes one "
+         "run's folder, so a sweep gives every value its own run; to extract one trained run at several sizes "
+         "(§8.3), give the extract step 'sizes' instead; null keeps whole feature maps, \"pixelwise\" writes one "
          "data set per feature-map position (<layer>@<row>_<col>, one probe each)",
          minimum=1, nullable=True, extra=("pixelwise",)),
     _key("latents_dir", "str", None, "folder for extracted latents, as <latents_dir>/<model>/<dataset>_<resolution>/"

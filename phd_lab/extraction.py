@@ -2,8 +2,9 @@
 
 The train split (``bundle.train_eval``: no shuffling, no augmentation) and the test split
 pass once through the model in eval mode. Forward hooks take each chosen layer's output,
-adaptive-average-pool it to ``downsampling``×``downsampling`` (``None`` keeps the full map)
-and append it, flattened, to a ``.npy`` file (``np.lib.format`` header, then the rows).
+reduce it to at most ``downsampling``×``downsampling`` by adaptive average pooling or, with
+``method="nearest"``, nearest interpolation (``None`` keeps the full map), and append it,
+flattened, to a ``.npy`` file (``np.lib.format`` header, then the rows).
 A background thread writes and hashes each batch while the next one runs through the model;
 its queue is bounded and written pages go to the page cache, so peak memory does not grow
 with the dataset, and the manifest's sha256 values come without reading the files again.
@@ -45,7 +46,8 @@ from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.latents_folder import (MANIFEST, SPLITS, build_manifest, clear, expected_settings, load_manifest,
                                     record_move, reusable)
 from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
-from phd_lab.pooling import pool_to
+from phd_lab.latents_sets import DEFAULT_METHOD, METHODS
+from phd_lab.pooling import nearest_to, pool_to
 from phd_lab.registry import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -142,14 +144,15 @@ def check_file_names(model: nn.Module, names: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------- extraction
-def _reduce(output: torch.Tensor, downsampling: int | str | None) -> torch.Tensor:
+def _reduce(output: torch.Tensor, downsampling: int | str | None, method: str = DEFAULT_METHOD) -> torch.Tensor:
     """(B, ...) layer output → (B, features), or (B, H, W, C) for pixelwise 4-D outputs."""
     if output.dim() == 4:
         if downsampling == PIXELWISE:
             return output.permute(0, 2, 3, 1)
         if downsampling is not None:  # a maximum size: smaller maps are not up-sampled (thesis §8.3.1)
             size = int(downsampling)
-            output = pool_to(output, (min(size, output.shape[2]), min(size, output.shape[3])))
+            target = (min(size, output.shape[2]), min(size, output.shape[3]))
+            output = nearest_to(output, target) if method == "nearest" else pool_to(output, target)
     return output.flatten(1)
 
 
@@ -160,12 +163,13 @@ def _file_stem(name: str) -> str:
 class _Capture:
     """Forward hooks that keep the current batch's reduced output of each chosen layer."""
 
-    def __init__(self, model: nn.Module, names: list[str], downsampling: Any, dtype: torch.dtype) -> None:
+    def __init__(self, model: nn.Module, names: list[str], downsampling: Any, dtype: torch.dtype,
+                 method: str = DEFAULT_METHOD) -> None:
         modules = dict(model.named_modules())
         self.outputs: dict[str, torch.Tensor] = {}
         self.order: list[str] = []
         self.handles = [modules[name].register_forward_hook(self._hook(name)) for name in names]
-        self.downsampling, self.dtype = downsampling, dtype
+        self.downsampling, self.dtype, self.method = downsampling, dtype, method
 
     def _hook(self, name: str):
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
@@ -175,7 +179,7 @@ class _Capture:
             if name in self.outputs:
                 raise ExtractionError(f"Step 'extract': layer {name!r} runs more than once per forward pass, so its "
                                       f"output is ambiguous; choose other layers.")
-            reduced = _reduce(output.detach(), self.downsampling).to(self.dtype)
+            reduced = _reduce(output.detach(), self.downsampling, self.method).to(self.dtype)
             if reduced.untyped_storage().data_ptr() == output.untyped_storage().data_ptr():
                 reduced = reduced.clone()  # a view of the output: a later in-place op (ReLU) would change it
             self.outputs[name] = reduced
@@ -202,12 +206,12 @@ def _batches(loader: DataLoader, device: torch.device) -> Iterable[tuple[torch.T
 
 
 def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Path, names: list[str],
-                   downsampling: Any, dtype: str, device: torch.device, progress: bool
-                   ) -> tuple[list[str], dict[str, dict[str, Any]], RowWriter]:
+                   downsampling: Any, dtype: str, device: torch.device, progress: bool,
+                   method: str = DEFAULT_METHOD) -> tuple[list[str], dict[str, dict[str, Any]], RowWriter]:
     """One pass over a split; returns the layers in forward order, their files and the finished labels file."""
     total = len(loader.dataset)
     pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
-    capture = _Capture(model, names, downsampling, getattr(torch, dtype))
+    capture = _Capture(model, names, downsampling, getattr(torch, dtype), method)
     writers: dict[str, RowWriter] = {}
     grids: dict[str, tuple[int, int]] = {}
     order: list[str] = []
@@ -292,7 +296,7 @@ def _split_positions(scratch: Path, split: str, name: str, grid: tuple[int, int]
 def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Path | str, *, run_dir: Path | str,
                     downsampling: int | str | None = 4, dtype: str = "float32", layers: list[str] | None = None,
                     device: torch.device | str = "cpu", test_accuracy: float | None = None,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, method: str = DEFAULT_METHOD) -> dict[str, Any]:
     """Extract the chosen layers for ``loaders["train"]`` and ``loaders["eval"]`` into ``folder``.
 
     Returns the manifest. A complete extraction with the same settings is reused as it is;
@@ -304,6 +308,8 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
             or (isinstance(downsampling, int) and not isinstance(downsampling, bool) and downsampling >= 1)):
         raise ConfigError(f"Step 'extract': downsampling must be an integer ≥ 1, null or 'pixelwise'; got "
                           f"{downsampling!r}.")
+    if method not in METHODS:
+        raise ConfigError(f"Step 'extract': the method must be one of {list(METHODS)}; got {method!r}.")
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
     folder = Path(folder)
@@ -311,7 +317,7 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     names = select_layers(model, layers)
     if layers is None:  # the default: only the layers whose output is unambiguous
         names = _called_once(model, names, loaders["train"], device)
-    settings = expected_settings(Path(run_dir), downsampling, dtype, model)
+    settings = expected_settings(Path(run_dir), downsampling, dtype, model, method)
     samples = {split: len(loaders[split].dataset) for split in SPLITS}
     atomic.make_folder(folder)  # inside a run folder: never re-creates it after it was deleted
     previous = load_manifest(folder)
@@ -328,7 +334,7 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     model.eval()
     try:
         results = {split: _extract_split(model, loaders[split], split, folder, names, downsampling, dtype, device,
-                                         progress) for split in SPLITS}
+                                         progress, method) for split in SPLITS}
         order = results["train"][0]
         if results["eval"][0] != order:
             raise ExtractionError("Step 'extract': the layers ran in a different order on the test split.")

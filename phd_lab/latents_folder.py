@@ -32,10 +32,16 @@ EXTRACTION_VERSION = 2
 SPLITS = ("train", "eval")
 
 
-def expected_settings(run_dir: Path, downsampling: Any, dtype: str, model: nn.Module) -> dict[str, Any]:
-    return {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION,
-            "run_dir": str(Path(run_dir).resolve()), "downsampling": downsampling, "dtype": dtype,
-            "model_sha256": model_fingerprint(model)}
+def expected_settings(run_dir: Path, downsampling: Any, dtype: str, model: nn.Module,
+                      method: str = "adaptive_avg") -> dict[str, Any]:
+    """What a reusable extraction's manifest must say. ``downsampling_method`` appears only off its default
+    (nearest interpolation), so that the manifests written before it existed stay reusable."""
+    settings = {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION,
+                "run_dir": str(Path(run_dir).resolve()), "downsampling": downsampling, "dtype": dtype,
+                "model_sha256": model_fingerprint(model)}
+    if method != "adaptive_avg":
+        settings["downsampling_method"] = method
+    return settings
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -102,6 +108,8 @@ def reusable(folder: Path, manifest: dict[str, Any] | None, settings: dict[str, 
     from phd_lab.probes.manifest import sha256_file
     if manifest is None or any(manifest.get(k) != v for k, v in settings.items() if k != "run_dir"):
         return False
+    if manifest.get("downsampling_method") != settings.get("downsampling_method"):  # absent: average pooling
+        return False
     try:
         entries = manifest["layers"]
         if {e.get("layer", e["name"]) for e in entries} != set(layers):
@@ -162,6 +170,7 @@ def build_manifest(results: dict[str, Any], settings: dict[str, Any], test_accur
     return {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION, "run_dir": settings["run_dir"],
             "model_test_accuracy": (float(test_accuracy) if test_accuracy is not None
                                     and math.isfinite(test_accuracy) else None),
-            "downsampling": settings["downsampling"], "dtype": settings["dtype"],
-            "model_sha256": settings["model_sha256"], "layers": entries,
+            "downsampling": settings["downsampling"],
+            **{key: settings[key] for key in ("downsampling_method",) if key in settings},
+            "dtype": settings["dtype"], "model_sha256": settings["model_sha256"], "layers": entries,
             "labels": {**label_files, "sha256": {split: results[split][2].sha256 for split in SPLITS}}}

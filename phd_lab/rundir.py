@@ -93,6 +93,7 @@ def _check_name_lengths(cfg: RunConfig, root: Path) -> None:
 class RunDir:
     root: Path
     name: str  # file prefix: the run's critical parameters
+    probe_set: str = ""  # the latents set whose probe results the probe_* paths name ("": the default set)
 
     @classmethod
     def for_run(cls, cfg: RunConfig, logs_dir: Path | str | None = None) -> "RunDir":
@@ -192,25 +193,40 @@ class RunDir:
     def projections_plot(self) -> Path:
         return self.root / "projections.png"
 
-    def latents(self, latents_dir: str | None = None) -> Path:
-        """The latents folder: inside the run folder, or mirrored under ``latents_dir``."""
+    def latents(self, latents_dir: str | None = None, folder_name: str = "latents") -> Path:
+        """A latents folder (``folder_name``: ``latents`` or another set's ``latents_<set>``, see
+        ``latents_sets``): inside the run folder, or mirrored under ``latents_dir``."""
         if latents_dir is None:
-            return self.root / "latents"
-        return Path(os.path.expanduser(latents_dir)) / self.root.relative_to(self.root.parents[3]) / "latents"
+            return self.root / folder_name
+        return Path(os.path.expanduser(latents_dir)) / self.root.relative_to(self.root.parents[3]) / folder_name
+
+    def for_probe_set(self, probe_set: str) -> "RunDir":
+        """The same run folder, its probe_* paths naming the results of latents set ``probe_set``."""
+        return replace(self, probe_set=probe_set)
 
     # --- probe job outputs (issue 5): they do not use ``name``, so the probe job can build a
-    # RunDir from the manifest's run_dir alone.
+    # RunDir from the manifest's run_dir alone. A latents set other than the default adds its name:
+    # probe_performances_2x2_nearest.csv.
+    @property
+    def _probe_suffix(self) -> str:
+        return f"_{self.probe_set}" if self.probe_set else ""
+
     @property
     def probe_csv(self) -> Path:
-        return self.root / "probe_performances.csv"
+        return self.root / f"probe_performances{self._probe_suffix}.csv"
 
     @property
     def probe_plot(self) -> Path:
-        return self.root / "probe_performances.png"
+        return self.root / f"probe_performances{self._probe_suffix}.png"
+
+    @property
+    def probe_sets_plot(self) -> Path:
+        """Probe accuracy per layer of every latents set of the run, side by side (§8.3, figures 45 and 46)."""
+        return self.root / "probe_performances_by_set.png"
 
     @property
     def probe_settings(self) -> Path:
-        return self.root / "probe_settings.json"
+        return self.root / f"probe_settings{self._probe_suffix}.json"
 
     @property
     def probe_log(self) -> Path:
@@ -219,7 +235,7 @@ class RunDir:
 
     @property
     def probe_confusion_dir(self) -> Path:
-        return self.root / "probe_confusion"
+        return self.root / f"probe_confusion{self._probe_suffix}"
 
     def probe_confusion(self, index: int, layer: str, suffix: str) -> Path:
         """Confusion matrix of one layer's probe, ``suffix`` ``.npy`` or ``.png``."""

@@ -63,6 +63,46 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[int], title: str = "", 
     return ax
 
 
+def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_accuracy: float | None = None
+                    ) -> "Axes":
+    """Probe eval accuracy per layer for several latents sets of one model (§8.3, figures 45 and 46): one
+    panel per reduction method, one line per set (``(label, method, table)``, drawn in the given order,
+    darker for later ones), layers in forward order as in the first, longest table."""
+    plt = _pyplot()
+    methods = list(dict.fromkeys(method for _, method, _ in tables))
+    layers = list(max((table.sort_values("index")["layer"] for _, _, table in tables), key=len))
+    position = {layer: number for number, layer in enumerate(layers)}
+    figure, axes = plt.subplots(1, len(methods), figsize=(max(6.0, 0.35 * len(layers) + 2.0) * len(methods), 4.2),
+                                squeeze=False, sharey=True)
+    for ax, method in zip(axes[0], methods):
+        drawn = [(label, table) for label, table_method, table in tables if table_method == method]
+        colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(drawn)))
+        for (label, table), colour in zip(drawn, colours):
+            table = table[table["layer"].isin(position)].sort_values("index")
+            ax.plot([position[layer] for layer in table["layer"]], table["eval_acc"], marker="o", ms=3,
+                    color=colour, label=label)
+        if model_accuracy is not None:
+            ax.axhline(model_accuracy, color="black", linewidth=1.0,
+                       label=f"model test accuracy ({model_accuracy:.3f})")
+        ax.set(xlabel="layer (forward order)", ylim=(0.0, 1.02), title=f"probes on {method} latents")
+        ax.set_xticks(range(len(layers)))
+        ax.set_xticklabels(layers, rotation=90, fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=7)
+    axes[0][0].set_ylabel("probe eval accuracy")
+    return axes[0][0]
+
+
+def save_probe_sets_plot(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_accuracy: float | None,
+                         path: Path | str) -> None:
+    plt = _pyplot()
+    ax = plot_probe_sets(tables, model_accuracy)
+    try:
+        save_figure(ax.figure, path, dpi=120)
+    finally:
+        plt.close(ax.figure)
+
+
 def save_probe_accuracy_plot(table: "pd.DataFrame", model_accuracy: float | None, path: Path | str) -> None:
     plt = _pyplot()
     ax = plot_probe_accuracy(table, model_accuracy)

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
 from phd_lab.errors import ConfigError, DataError
+from phd_lab.latents_sets import set_of_folder
 from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.rundir import RunDir, earlier_version_advice, earlier_version_runs, read_config_grid
@@ -76,46 +77,59 @@ class _GridScan:
 
 
 def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None) -> _GridScan:
-    """Look at every run's latents folder once; the first few runs left out say why one by one."""
+    """Look at every run's latents folders once (the default set's, and one per further set of the extract
+    step's ``sizes``); the first few runs left out say why one by one."""
     from phd_lab.config_paths import extraction_latents_dir
+    from phd_lab.latents_sets import config_sets
 
     scan = _GridScan()
     for index in range(len(grid)):
         cfg = grid[index]
         rundir = RunDir.for_run(cfg)
         scan.logs_dirs.add(cfg.logs_dir)
-        folder = rundir.latents(extraction_latents_dir(cfg.values))
-        if not folder.exists():
+        found = False
+        for latents in config_sets(cfg.values):
+            folder = rundir.latents(extraction_latents_dir(cfg.values), latents.folder_name)
+            if not folder.exists():
+                continue
+            found = True
+            label = f"run {index} ({cfg.name})" + (f", latents set {latents.name}" if latents.name else "")
+            owner = extracting_owner(folder, rundir)
+            if owner is not None:  # probing beside a training grid: this run's turn comes in a later job
+                if index not in scan.extracting and len(scan.extracting) < SAID_ONE_BY_ONE:
+                    log.warning("run %d (%s): its latents are being extracted (%s); skipped, probe it once that has "
+                                "finished", index, cfg.name, owner or "another process")
+                _note(scan.extracting, index)
+                continue
+            if unfinished_extraction(folder):  # its process was killed: the other runs need not wait for this one
+                if index not in scan.unfinished and len(scan.unfinished) < SAID_ONE_BY_ONE:  # an array job killed
+                    log.warning("run %d (%s): its latents folder %s has no %s: the extraction did not finish (its "
+                                "process was killed?); skipped. `python main.py --config %s --index %d` finishes "
+                                "it.", index, cfg.name, folder, MANIFEST, where, index)
+                _note(scan.unfinished, index)
+                continue
+            settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
+            scan.jobs.append(_job(read_manifest(folder), settings, label, expected_root=rundir.root,
+                                  probe_set=latents.name))
+        if not found:
             scan.skipped.append(index)
             scan.unprobed.append((index, cfg))
-            continue
-        owner = extracting_owner(folder, rundir)
-        if owner is not None:  # probing beside a training grid: this run's turn comes in a later job
-            if len(scan.extracting) < SAID_ONE_BY_ONE:
-                log.warning("run %d (%s): its latents are being extracted (%s); skipped, probe it once that has "
-                            "finished", index, cfg.name, owner or "another process")
-            scan.extracting.append(index)
-            continue
-        if unfinished_extraction(folder):  # its process was killed: the other runs need not wait for this one
-            if len(scan.unfinished) < SAID_ONE_BY_ONE:  # a grid's array job killed at its time limit: hundreds
-                log.warning("run %d (%s): its latents folder %s has no %s: the extraction did not finish (its "
-                            "process was killed?); skipped. `python main.py --config %s --index %d` finishes it.",
-                            index, cfg.name, folder, MANIFEST, where, index)
-            scan.unfinished.append(index)
-            continue
-        settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
-        scan.jobs.append(_job(read_manifest(folder), settings, f"run {index} ({cfg.name})",
-                              expected_root=rundir.root))
     return scan
+
+
+def _note(indices: list[int], index: int) -> None:
+    """Add a run's grid index once (several of its latents sets may be in the same state)."""
+    if index not in indices:
+        indices.append(index)
 
 
 def _without_repeats(jobs: list[ProbeJob], where: str) -> list[ProbeJob]:
     """One job per run folder: a swept probe key that a command-line option overrides makes the same job twice;
     two different probe settings for one trained run are an error (one folder holds one probe table)."""
-    folders: dict[Path, ProbeJob] = {}
+    folders: dict[tuple[Path, str], ProbeJob] = {}
     kept = []
     for job in jobs:
-        root = job.outputs.root.resolve()
+        root = (job.outputs.root.resolve(), job.outputs.probe_set)
         if root in folders and folders[root].settings == job.settings:
             continue
         if root in folders:
@@ -208,7 +222,7 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
                         f"extraction.")
     manifest = read_manifest(folder)
     settings = ProbeSettings.from_mapping({}, overrides, "command line")
-    job = _job(manifest, settings, str(folder))
+    job = _job(manifest, settings, str(folder), probe_set=set_of_folder(manifest.folder.resolve().name))
     return [job], job.outputs.root / CACHE_FOLDER
 
 
@@ -228,7 +242,8 @@ def extracting_owner(latents: Path, rundir: RunDir) -> str | None:
     return None if active is False else owner
 
 
-def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root: Path | None = None) -> ProbeJob:
+def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root: Path | None = None,
+         probe_set: str = "") -> ProbeJob:
     run_dir = manifest.run_dir
     enclosing = manifest.folder.resolve().parent
     if enclosing != run_dir.resolve() and any(enclosing.glob("*_config.json")):
@@ -244,4 +259,5 @@ def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root:
     if expected_root is not None and run_dir.resolve() != expected_root.resolve():
         log.warning("%s: the manifest names run folder %s, not %s; writing the probe results to the manifest's",
                     label, run_dir, expected_root)
-    return ProbeJob(manifest, settings, run_folder(run_dir), label)  # named: the analysis refresh reads its files
+    # named: the analysis refresh reads its files
+    return ProbeJob(manifest, settings, run_folder(run_dir).for_probe_set(probe_set), label)

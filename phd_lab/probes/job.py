@@ -191,7 +191,7 @@ def _naming_the_logs(error: PhdLabError, jobs: Sequence[ProbeJob]) -> PhdLabErro
     """The failure's message ends with the probe log(s) of the run(s) it concerns, which hold the details."""
     positions = getattr(error, PROBE_JOBS, None)
     positions = range(len(jobs)) if positions is None else positions
-    logs = [str(jobs[position].outputs.probe_log) for position in positions]
+    logs = list(dict.fromkeys(str(jobs[position].outputs.probe_log) for position in positions))  # sets share one
     if not logs:  # only runs whose folders went, with their logs
         return error
     where = logs[0] if len(logs) == 1 else f"{logs[0]} and {len(logs) - 1} other run folder(s)"

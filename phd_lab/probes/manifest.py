@@ -213,8 +213,12 @@ def _require_manifest_file(folder: Path, path: Path) -> None:
     if not path.is_file():
         inside = sorted(str(p.parent) for p in folder.glob(f"*/{MANIFEST}"))
         if inside:  # a run folder given instead of its latents folder
+            more = f" and {len(inside) - 3} more" if len(inside) > 3 else ""
+            which = ("does: pass that latents folder" if len(inside) == 1 else
+                     "do (latents sets): pass one of those latents folders")
             raise DataError(f"{str(folder)!r} holds no {MANIFEST} itself, but "
-                            f"{', '.join(repr(i) for i in inside[:3])} does: pass that latents folder to --latents.")
+                            f"{', '.join(repr(i) for i in inside[:3])}{more} {which} to --latents, or probe them "
+                            f"all with --config.")
         raise DataError(f"Latents folder {str(folder)!r} has no {MANIFEST}: the extraction is unfinished (the "
                         f"manifest is written last). Rerun the training command with the 'extract' step; it redoes "
                         f"a half-written extraction.")

@@ -2,7 +2,9 @@
 
 ``probe_performances.csv`` and its plot, the settings the results were fitted with, one confusion matrix
 per layer (``.npy`` and ``.png``), each written atomically, and a refreshed ``analysis.json`` when the
-run has one. Confusion matrices of layers the run's latents no longer hold are removed.
+run has one. Confusion matrices of layers the run's latents no longer hold are removed. A run probed on
+several latents sets (the extract step's ``sizes``) gets each set's files under its name and one plot
+that compares the sets (``probe_performances_by_set.png``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from phd_lab import atomic
 from phd_lab.atomic import write_csv, write_with
+from phd_lab.latents_sets import DEFAULT_METHOD, PIXELWISE, set_of_folder
 from phd_lab.probes.cache import library_versions
 from phd_lab.probes.discovery import ProbeJob
 from phd_lab.probes.fit import ProbeRecord
@@ -68,7 +71,7 @@ def in_manifest_order(job: ProbeJob, records: Sequence[ProbeRecord]) -> list[Pro
 
 def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int | None = None) -> None:
     """The run's table, settings and plot; ``position`` tags the log lines for the run's ``probe.log``."""
-    from phd_lab.plots.probes import save_probe_accuracy_plot
+    from phd_lab.plots.probes import save_probe_accuracy_plot, save_probe_sets_plot
     table = performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy)
     tag = {PROBE_JOB: position} if position is not None else None
     earlier, now = _earlier_settings(job.outputs.probe_settings), job.settings.key()
@@ -78,13 +81,63 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
                     job.label, ", ".join(f"{k}: {json.dumps(earlier.get(k))} -> {json.dumps(now.get(k))}"
                                          for k in changed), extra=tag)
     # the settings the results were fitted with: the run's logged config only holds the config's probe keys
-    atomic.write_json(job.outputs.probe_settings, {"settings": now,
+    latents = {"downsampling": job.manifest.raw.get("downsampling"),
+               "downsampling_method": job.manifest.raw.get("downsampling_method", DEFAULT_METHOD)}
+    atomic.write_json(job.outputs.probe_settings, {"settings": now, "latents": latents,
                                                    "library_versions": library_versions(job.settings.solver)})
     write_csv(job.outputs.probe_csv, table)
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv, extra=tag)
+    sets = probe_set_tables(job.outputs)
+    if len(sets) > 1:
+        save_probe_sets_plot(sets, job.manifest.model_test_accuracy, job.outputs.probe_sets_plot)
+        log.info("%s: %d latents sets compared in %s", job.label, len(sets), job.outputs.probe_sets_plot, extra=tag)
     if job.outputs.analysis_json.exists():  # the run has an analysis: it now reads these probes
         refresh_analysis(job, tag)
+
+
+def probe_set_tables(outputs: RunDir) -> list[tuple[str, str, Any]]:
+    """Every latents set's probe table in a run folder as (legend label, reduction method, table), averaged
+    sets first, each method's sizes ascending (whole maps last); pixelwise sets are left out (one row per
+    position, not per layer). Tables that cannot be read are left out as well."""
+    import pandas as pd
+    found = []
+    for path in [outputs.probe_csv.with_name("probe_performances.csv"),
+                 *sorted(outputs.root.glob("probe_performances_*.csv"))]:
+        name = path.stem[len("probe_performances_"):] if path.stem != "probe_performances" else ""
+        if (name and set_of_folder(f"latents_{name}") != name) or name == PIXELWISE or not path.is_file():
+            continue
+        latents = _recorded_latents(outputs.for_probe_set(name).probe_settings) or {}
+        unknown = not name and "downsampling" not in latents  # default-set results of an older version
+        size = latents.get("downsampling", _size_of(name))
+        method = latents.get("downsampling_method", "nearest" if name.endswith("_nearest") else DEFAULT_METHOD)
+        if size == PIXELWISE:
+            continue
+        try:
+            table = pd.read_csv(path)
+        except (OSError, ValueError):
+            continue
+        if not {"index", "layer", "eval_acc"} <= set(table.columns):
+            continue
+        label = ("the run's downsampling" if unknown else "whole maps" if size is None else f"{size}×{size}")
+        found.append(((method != DEFAULT_METHOD, size is None and not unknown, size or 0, name),
+                      label + ("" if name else " (latents/)"), method, table))
+    return [(label, method, table) for _, label, method, table in sorted(found, key=lambda item: item[0])]
+
+
+def _size_of(name: str) -> int | None:
+    """The size a set's name gives ("2x2_nearest" → 2, "full" → None); the default set's is unknown here."""
+    return int(name.split("x", 1)[0]) if name and name[0].isdigit() else None
+
+
+def _recorded_latents(path: Path) -> dict[str, Any] | None:
+    """The ``latents`` (downsampling and method) recorded beside a set's probe results; None for results
+    written before it was recorded, or unreadable."""
+    try:
+        latents = json.loads(path.read_text(encoding="utf-8")).get("latents")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return latents if isinstance(latents, dict) else None
 
 
 def _earlier_settings(path: Path) -> dict[str, Any] | None:

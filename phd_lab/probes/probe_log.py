@@ -24,30 +24,41 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _ForOneRun(logging.Filter):
-    def __init__(self, position: int) -> None:
+    """The messages of the jobs at ``positions`` (one run folder: its default latents set and any others)."""
+
+    def __init__(self, positions: Sequence[int]) -> None:
         super().__init__()
-        self.position = position
+        self.positions = frozenset(positions)
 
     def filter(self, record: logging.LogRecord) -> bool:
         # other libraries' chatter (a Dask client's connection notes) stays out unless it is a warning
         ours = record.name.startswith("phd_lab") or record.levelno >= logging.WARNING
-        return ours and getattr(record, PROBE_JOB, self.position) == self.position
+        position = getattr(record, PROBE_JOB, None)
+        return ours and (position is None or position in self.positions)
 
 
 class ProbeLogs:
-    """Open while the probe job fits and writes: one file handler per run on the root logger."""
+    """Open while the probe job fits and writes: one file handler per run folder on the root logger (jobs that
+    probe several latents sets of one run share its log)."""
 
     def __init__(self, paths: Sequence[Path]) -> None:
         self.paths = list(paths)
         self.handlers: list[logging.FileHandler] = []
+        self._handler_of: list[int] = []  # job position → its handler
 
     def __enter__(self) -> "ProbeLogs":
+        files: dict[Path, list[int]] = {}
         for position, path in enumerate(self.paths):
+            files.setdefault(Path(path), []).append(position)
+        handler_of = {}
+        for path, positions in files.items():
             handler = logging.FileHandler(path, encoding="utf-8")  # appended: every job that probed the run
             handler.setFormatter(logging.Formatter(FORMAT))
-            handler.addFilter(_ForOneRun(position))
+            handler.addFilter(_ForOneRun(positions))
+            handler_of.update(dict.fromkeys(positions, len(self.handlers)))
             self.handlers.append(handler)
             logging.getLogger().addHandler(handler)
+        self._handler_of = [handler_of[position] for position in range(len(self.paths))]
         self.write(logging.INFO, "probe job started: %s", " ".join(sys.argv) or "(no command line)")
         return self
 
@@ -57,23 +68,29 @@ class ProbeLogs:
         record = log.makeRecord(log.name, level, __file__, 0, message, args,
                                 (type(exc_info), exc_info, exc_info.__traceback__) if exc_info else None)
         for index, handler in enumerate(self.handlers):
-            if position is None or index == position:
+            if position is None or index == self._handler_of[position]:
                 handler.handle(record)
 
     def _failed(self, error: BaseException) -> None:
         """The message in the logs of the runs it concerns, with the traceback where there is one to read (an
         unexpected error, or a worker's); the other runs' logs say that the job ended on another run."""
         concerned = getattr(error, PROBE_JOBS, None)  # () when only runs whose folders (and logs) went
-        concerned = range(len(self.handlers)) if concerned is None else concerned
+        concerned = range(len(self.paths)) if concerned is None else concerned
         detailed = error.__cause__ is not None or not isinstance(error, PhdLabError)
+        written = set()
         for position in concerned:
+            if self._handler_of[position] in written:
+                continue
+            written.add(self._handler_of[position])
             if detailed:
                 self.write(logging.ERROR, "probe job failed", position=position, exc_info=error)
             else:
                 self.write(logging.ERROR, "probe job failed: %s", error, position=position)
         about = str(self.paths[concerned[0]]) if concerned else str(error)
-        for position in set(range(len(self.handlers))) - set(concerned):
-            self.write(logging.WARNING, "probe job failed on another run: %s", about, position=position)
+        for position in range(len(self.paths)):
+            if self._handler_of[position] not in written:
+                written.add(self._handler_of[position])
+                self.write(logging.WARNING, "probe job failed on another run: %s", about, position=position)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         try:

@@ -122,6 +122,7 @@ def _run_files(entry: RunEntry, out_dir: Path) -> list[str]:
     candidates = [folder.config, folder.metrics_csv] + [
         folder.receptive_field_csv, folder.computational_info_json, folder.computational_info_csv, folder.probe_csv,
         folder.projections_csv, folder.analysis_json, folder.analysis_plot]
+    candidates += [*sorted(folder.root.glob("probe_performances_*.csv")), folder.probe_sets_plot]  # latents sets
     return [_link(p, out_dir, p.name) for p in candidates if p.is_file()]
 
 

@@ -1,7 +1,11 @@
-"""Step ``extract``: layer outputs of train and test split → latents folder with manifest.json."""
+"""Step ``extract``: layer outputs of train and test split → latents folder with manifest.json.
+
+With ``sizes`` (and ``methods``) it also writes one latents folder per further size and reduction method from
+the same trained model, as the thesis' probe ablation does (§8.3, see ``latents_sets``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -23,6 +27,13 @@ class ExtractStep(Step):
         Key("layers", "list", None, "module names or wildcards to extract; null = every Conv2d and Linear "
             "called once per forward pass",
             nullable=True, item_kind="str"),
+        Key("sizes", "list", None, "further latents sets from the same model (§8.3's probe ablation): maximum "
+            "feature-map sides (integers ≥ 1; null for whole maps, \"pixelwise\"), each × 'methods' into "
+            "latents_<size>_<method> (e.g. latents_2x2_nearest), probed into probe_performances_<...>.csv; "
+            "null: only 'downsampling' into latents/", nullable=True),
+        Key("methods", "list", ["adaptive_avg"], "how 'sizes' reduce larger feature maps: \"adaptive_avg\" "
+            "(adaptive average pooling, as 'downsampling' does) and/or \"nearest\" (nearest interpolation)",
+            item_kind="str"),
     )
 
     def check(self, params: dict[str, Any], config: Any, where: str) -> None:
@@ -33,6 +44,7 @@ class ExtractStep(Step):
         if params["layers"] is not None and not params["layers"]:
             raise ConfigError(f"{where}, step 'extract': 'layers' is an empty list; give module names or "
                               f"wildcards, or null for every Conv2d and Linear.")
+        _check_sets(params, f"{where}, step 'extract'")
 
     def check_model(self, params: dict[str, Any], model: Any, where: str) -> None:
         from phd_lab.errors import ConfigError
@@ -47,15 +59,55 @@ class ExtractStep(Step):
 
     def done(self, rundir: Any, params: dict[str, Any], stamps: Any = None) -> bool | None:
         """An extraction is complete once its manifest is written (last; one killed part-way has none) and every
-        file it lists is still there, whole (a file deleted or truncated since makes the step run again)."""
+        file it lists is still there, whole (a file deleted or truncated since makes the step run again); with
+        ``sizes``, every set's."""
         from phd_lab.latents_folder import latents_look_whole
-        return latents_look_whole(rundir.latents(params["latents_dir"]))
+        return all(latents_look_whole(rundir.latents(params["latents_dir"], latents.folder_name))
+                   for latents in _sets(params))
 
     def run(self, ctx: StepContext, **params: Any) -> None:
         from phd_lab.extraction import extract_latents
 
-        folder = ctx.rundir.latents(params["latents_dir"])
-        extract_latents(ctx.model, {"train": ctx.bundle.train_eval, "eval": ctx.bundle.test}, folder,
-                        run_dir=ctx.rundir.root, downsampling=params["downsampling"], dtype=params["dtype"],
-                        layers=params["layers"], device=ctx.device, test_accuracy=ctx.test_accuracy,
-                        progress=ctx.progress)
+        sets = _sets(params)
+        for number, latents in enumerate(sets, 1):
+            if len(sets) > 1:
+                log.info("Latents set %d of %d: %s (%s)", number, len(sets), latents.folder_name, latents.describe())
+            folder = ctx.rundir.latents(params["latents_dir"], latents.folder_name)
+            extract_latents(ctx.model, {"train": ctx.bundle.train_eval, "eval": ctx.bundle.test}, folder,
+                            run_dir=ctx.rundir.root, downsampling=latents.downsampling, dtype=params["dtype"],
+                            layers=params["layers"], device=ctx.device, test_accuracy=ctx.test_accuracy,
+                            progress=ctx.progress, method=latents.method)
+
+
+def _sets(params: dict[str, Any]) -> list[Any]:
+    from phd_lab.latents_sets import extraction_sets
+    return extraction_sets(params["downsampling"], params["sizes"], params["methods"])
+
+
+def _check_sets(params: dict[str, Any], where: str) -> None:
+    """'sizes' and 'methods': known values, no repeats, not empty."""
+    from phd_lab.errors import ConfigError
+    from phd_lab.latents_sets import METHODS, PIXELWISE
+    sizes, methods = params["sizes"], params["methods"]
+    if sizes is not None:
+        if not sizes:
+            raise ConfigError(f"{where}: 'sizes' is an empty list; give maximum feature-map sides such as "
+                              f"[1, 2, 4], or null for the run's 'downsampling' alone.")
+        for size in sizes:
+            if not (size is None or size == PIXELWISE or (isinstance(size, int) and not isinstance(size, bool)
+                                                           and size >= 1)):
+                raise ConfigError(f"{where}: 'sizes' holds {json.dumps(size)}; each size must be an integer ≥ 1 "
+                                  f"(the largest feature-map side kept), null (whole maps) or \"pixelwise\".")
+        repeated = sorted({json.dumps(size) for size in sizes if sizes.count(size) > 1})
+        if repeated:
+            raise ConfigError(f"{where}: 'sizes' names {', '.join(repeated)} more than once; give each size once.")
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"{where}: 'methods' must be a non-empty list of {', '.join(map(repr, METHODS))}; got "
+                          f"{json.dumps(methods)}.")
+    if len(set(methods)) < len(methods):
+        raise ConfigError(f"{where}: 'methods' names a method more than once; give each once.")
+    if methods != ["adaptive_avg"] and sizes is None:
+        raise ConfigError(f"{where}: 'methods' is {json.dumps(methods)} but 'sizes' is null; the methods apply to "
+                          f"the further sets of 'sizes' (the run's 'downsampling' always average-pools into "
+                          f"latents/). Give 'sizes', e.g. [1, 2, 4].")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from phd_lab.interrupts import raise_if_stop_requested
-from phd_lab.pooling import pool_to
+from phd_lab.pooling import nearest_to, pool_to
 from phd_lab.tracking.covariance import CovarianceAccumulator
 from phd_lab.tracking.modules import weight_only_layers
 from phd_lab.tracking.saturation import check_delta, empty_statistics, layer_statistics
@@ -199,7 +199,7 @@ class SaturationTracker:
             return pool_to(maps, target)
         if self.options.downsampling == "bilinear":
             return F.interpolate(maps, size=target, mode="bilinear", align_corners=False)
-        return F.interpolate(maps, size=target, mode="nearest")
+        return nearest_to(maps, target)
 
     # ------------------------------------------------------------------ results
     @property

@@ -1,0 +1,93 @@
+"""Latents sets: the sizes and methods at which one trained model's layer outputs are extracted (§8.3).
+
+The thesis' probe ablation feeds the probes 1×1 … 7×7 feature maps, reduced by adaptive average
+pooling or by nearest interpolation, all from one trained model. A run's ``downsampling`` with
+average pooling is its default set, in ``latents/`` with ``probe_performances.csv`` (the contract
+the analysis reads); the extract step's ``sizes`` × ``methods`` add sets of their own, each named
+after its size and method: ``latents_2x2_nearest/`` and ``probe_performances_2x2_nearest.csv``.
+Names only; no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+METHODS = ("adaptive_avg", "nearest")
+DEFAULT_METHOD = "adaptive_avg"
+PIXELWISE = "pixelwise"
+LATENTS = "latents"
+_METHOD_TOKENS = {"adaptive_avg": "avg", "nearest": "nearest"}
+_SET_NAME = re.compile(r"[1-9][0-9]*x[1-9][0-9]*_(avg|nearest)|full|pixelwise")
+
+
+@dataclass(frozen=True)
+class LatentsSet:
+    """One extraction of a run: ``downsampling`` (maximum side, null for whole maps, or "pixelwise") and the
+    method that reduces larger maps; ``name`` is "" for the run's default set."""
+
+    downsampling: int | str | None
+    method: str = DEFAULT_METHOD
+    name: str = ""
+
+    @property
+    def folder_name(self) -> str:
+        return f"{LATENTS}_{self.name}" if self.name else LATENTS
+
+    def describe(self) -> str:
+        """E.g. "4×4, adaptive_avg" for messages and plot legends."""
+        if self.downsampling is None:
+            return "whole feature maps"
+        if self.downsampling == PIXELWISE:
+            return "pixelwise"
+        return f"{self.downsampling}×{self.downsampling}, {self.method}"
+
+
+def set_name(downsampling: int | str | None, method: str) -> str:
+    """The name of a non-default set: "2x2_nearest", "7x7_avg", "full" (whole maps) or "pixelwise"."""
+    if downsampling is None:
+        return "full"
+    if downsampling == PIXELWISE:
+        return PIXELWISE
+    return f"{int(downsampling)}x{int(downsampling)}_{_METHOD_TOKENS[method]}"
+
+
+def extraction_sets(downsampling: int | str | None, sizes: Any = None,
+                    methods: Any = (DEFAULT_METHOD,)) -> list[LatentsSet]:
+    """The default set (``downsampling``, averaged), then every size × method not equal to it, in the given
+    order (sizes outer). Whole maps and pixelwise sets have no method: they appear once."""
+    default = LatentsSet(downsampling)
+    sets, seen = [default], {(downsampling, DEFAULT_METHOD)}
+    for size in sizes or ():
+        for method in methods or (DEFAULT_METHOD,):
+            if size is None or size == PIXELWISE:
+                method = DEFAULT_METHOD
+            if (size, method) in seen:
+                continue
+            seen.add((size, method))
+            sets.append(LatentsSet(size, method, set_name(size, method)))
+    return sets
+
+
+def extract_step_entry(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The config's extract step as a mapping of its given parameters ({} when listed by name or absent)."""
+    for step in values.get("post_processing") or ():
+        if isinstance(step, Mapping) and step.get("name") == "extract":
+            return step
+    return {}
+
+
+def config_sets(values: Mapping[str, Any]) -> list[LatentsSet]:
+    """The latents sets a run's resolved config (every key present) extracts: what the probe job looks for."""
+    entry = extract_step_entry(values)
+    downsampling = entry["downsampling"] if "downsampling" in entry else values.get("downsampling")
+    return extraction_sets(downsampling, entry.get("sizes"), entry.get("methods") or (DEFAULT_METHOD,))
+
+
+def set_of_folder(folder_name: str) -> str:
+    """The set name of a latents folder found on disk: the part after ``latents_`` where that is a set's name
+    (``latents_2x2_nearest``), else "" (``latents``, or a folder a user named otherwise: the default set)."""
+    prefix = f"{LATENTS}_"
+    name = folder_name[len(prefix):] if folder_name.startswith(prefix) else ""
+    return name if _SET_NAME.fullmatch(name) else ""
