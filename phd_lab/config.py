@@ -160,7 +160,8 @@ SCHEMA: tuple[Key, ...] = (
     _key("run_id", "str", "0", "name of the repetition (an integer is taken as its string: 5 is \"5\"); a list "
          "repeats the run",
          converter=lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
-    _key("metrics", "list", ["Accuracy"], "metric registry names computed on train and test set",
+    _key("metrics", "list", ["Accuracy"], "metric registry names computed on train and test set (at least one for a "
+         "classifier; [] for a model trained to reconstruct its input, conv_autoencoder)",
          item_kind="str"),
     _key("registries", "mapping", {}, "registry modules to use instead of registries/<kind>.py, e.g. "
          "{\"models\": \"my_models.py\"}", technical=True),
@@ -447,9 +448,6 @@ def validate_values(raw: Mapping[str, Any], where: str) -> None:
         values = value if is_swept(key, value) else [value]
         for item in values:
             key.check(item, where)
-            if key.is_list_type and item == [] and key.name == "metrics":
-                raise ConfigError(f"{where}: the key 'metrics' is an empty list; give at least one metric "
-                                  f"(see `python main.py --list metrics`).")
             # another folder for the same results; a logged config (one trained before this check) keeps its run
             if key.name == "metrics" and len(set(item)) < len(item) and META_KEY not in raw:
                 repeated = sorted({name for name in item if item.count(name) > 1})

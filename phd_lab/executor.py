@@ -29,8 +29,8 @@ from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, U
 from phd_lab.factory_args import FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.lock import ProcessTurn, RunLock
-from phd_lab.model_checks import (check_input_size, check_single_sample_batches, check_tracked_layers,
-                                  check_truncate, meta_model)
+from phd_lab.model_checks import (check_input_size, check_objective, check_single_sample_batches,
+                                  check_tracked_layers, check_truncate, meta_model)
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
 from phd_lab.registry import Registries
 from phd_lab.report.collect import analyse_run, stamp_if_present
@@ -160,6 +160,7 @@ class TrainTestExecutor:
         once(lambda: check_truncate(cfg, model), "truncate", json.dumps(cfg.model_args.get("truncate")),
              cfg.resolution)  # it traces and runs the model on the meta device
         once(lambda: check_input_size(cfg, model), "input size", cfg.resolution)
+        once(lambda: check_objective(cfg, model), "objective", cfg.resolution, json.dumps(cfg.metrics))
         if cfg.batch_size == 1:
             once(lambda: check_single_sample_batches(cfg, model), "single sample", cfg.resolution)
         check_tracked_layers(cfg, model)
@@ -404,6 +405,7 @@ class TrainTestExecutor:
         bundle = self.build_data()
         seed_everything(cfg.seed)
         model = self.build_model(bundle).to(device)
+        check_objective(cfg, model, forward=False)  # a model the meta device could not build is checked here
         optimizer, scheduler = self.build_optimizer(model)
         metrics = {name.lower(): self.registries.metrics.get(name)() for name in cfg.metrics}
         rundir = self.rundir.create()

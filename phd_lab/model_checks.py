@@ -148,3 +148,42 @@ def check_tracked_layers(cfg: RunConfig, model: nn.Module) -> None:
                           f"{cfg.tracking_exclude} leave no layer of {cfg.model!r} to track. Its Conv2d, "
                           f"Linear and LSTM layers: {', '.join(candidates[:30])}"
                           f"{' ...' if len(candidates) > 30 else ''}.")
+
+
+def check_objective(cfg: RunConfig, model: nn.Module, forward: bool = True) -> None:
+    """A model trained to reconstruct its input (§7.2's autoencoder) takes no class metrics, and its output must
+    have the input's shape at this resolution (with ``forward``: one pass on the meta device)."""
+    from phd_lab.objectives import objective_of
+    try:
+        objective = objective_of(model)
+    except ValueError as error:
+        raise ConfigError(f"{cfg.source}: model {cfg.model!r}: {error}.") from None
+    if objective.uses_labels:
+        if not cfg.metrics:  # a classifier's accuracy is what its analysis, probes and report compare with
+            raise ConfigError(f"{cfg.source}: the key 'metrics' is an empty list; give at least one metric for "
+                              f"classifier {cfg.model!r} (see `python main.py --list metrics`). Only a model trained "
+                              f"to reconstruct its input (conv_autoencoder) takes none.")
+        return
+    if cfg.metrics:
+        raise ConfigError(f"{cfg.source}: model {cfg.model!r} is trained to reconstruct its input (objective "
+                          f"{objective.name!r}, mean squared error), so the class metrics of the key 'metrics' "
+                          f"({', '.join(map(repr, cfg.metrics))}) do not apply to it; set \"metrics\": [] (its CSV "
+                          f"has train_loss and test_loss).")
+    if not forward:
+        return
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.device("meta"):
+            shape = tuple(model(torch.empty(2, PLACEHOLDER_CHANNELS, cfg.resolution, cfg.resolution)).shape)
+    except Exception:  # noqa: BLE001 - check_input_size reports the forward pass's errors
+        return
+    finally:
+        model.train(was_training)
+    expected = (2, PLACEHOLDER_CHANNELS, cfg.resolution, cfg.resolution)
+    if shape != expected:
+        multiple = getattr(model, "downscale", None)
+        hint = f" (its side must be a multiple of {multiple})" if multiple else ""
+        raise ConfigError(f"{cfg.source}: model {cfg.model!r} reconstructs {cfg.resolution}x{cfg.resolution} px "
+                          f"inputs as {shape[-2]}x{shape[-1]} px, so its output cannot be compared with its input; "
+                          f"use another 'resolution'{hint}.")

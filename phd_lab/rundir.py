@@ -190,6 +190,16 @@ class RunDir:
         return self.root / "projections.csv"
 
     @property
+    def projections_layers_csv(self) -> Path:
+        """Each projected layer's kept dimensions k per delta."""
+        return self.root / "projections_layers.csv"
+
+    @property
+    def projections_reconstructions(self) -> Path:
+        """A reconstruction model's example outputs per delta (§7.2, Table 3)."""
+        return self.root / "projections_reconstructions.png"
+
+    @property
     def projections_plot(self) -> Path:
         return self.root / "projections.png"
 

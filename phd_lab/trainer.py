@@ -21,6 +21,7 @@ from phd_lab.data import DataBundle
 from phd_lab.errors import RunDiverged, UsageError
 from phd_lab.interrupts import deferred_interrupts, raise_if_stop_requested
 from phd_lab.metrics import Metric
+from phd_lab.objectives import objective_of
 from phd_lab.seeding import capture_rng_state, restore_rng_state
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class Trainer:
         self.data_parallel = data_parallel
         self.progress = progress
         self.run_name = run_name
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.objective = objective_of(model)  # cross-entropy on labels, or a reconstruction's MSE
         self.history: list[dict[str, Any]] = []
         self.epochs_run: list[int] = []  # epochs trained by this process (1-based)
 
@@ -170,7 +171,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 outputs = network(inputs)
-                loss = self.loss_fn(outputs, targets)
+                loss = self.objective.loss(outputs, inputs, targets)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -201,7 +202,7 @@ class Trainer:
             targets = targets.to(self.device, non_blocking=True)
             with self.autocast():
                 outputs = network(inputs)
-                loss = self.loss_fn(outputs, targets)
+                loss = self.objective.loss(outputs, inputs, targets)
             total_loss += float(loss) * targets.shape[0]
             total += targets.shape[0]
             for metric in self.metrics.values():

@@ -3,11 +3,11 @@
 
 Image datasets share these ``dataset_args``: ``download`` (fetch into data_dir if missing; default
 false), ``augment`` (training augmentation; default true), ``normalization`` ("cifar" — the
-thesis' default — or "imagenet" for RGB sets), ``canvas`` (false | true | pixels: the image on a
-black canvas of the configured resolution, §9.2), ``downsample_then_upsample`` (pixels: to that
-resolution and back up, §9.1) and, for the variable-size sets (ImageNet, Imagenette, Imagewoof,
-Food101, iNaturalist, ``folder:``), ``crop``: the training crop, "resized" (random-resized, 5–100 %;
-the default) or "padded" (short side resized, 4-pixel zero-padded random crop, §11.2); the
+thesis' default — or "imagenet" for RGB sets; "none" for pixels in [0, 1], as §7.2's autoencoder
+takes them), ``canvas`` (false | true | pixels: the image on a black canvas of the configured
+resolution, §9.2), ``downsample_then_upsample`` (pixels: to that resolution and back up, §9.1)
+and, for the variable-size sets (ImageNet, Imagenette, Imagewoof, Food101, iNaturalist, ``folder:``),
+``crop``: the training crop, "resized" (random-resized, 5–100 %; the default) or "padded" (short side resized, 4-pixel zero-padded random crop, §11.2); the
 fixed-size sets refuse ``crop``, as they always use the padded crop. ``flip`` (true | false | null,
 the default) switches the random horizontal flips of training on or off; null keeps the dataset's own
 choice: flips, except for the digit sets MNIST and SVHN (the thesis trains MNIST with §8.4.1's flips,
@@ -32,14 +32,26 @@ from phd_lab.datasets.folders import (class_folders, holds_an_image, require_ima
                                      require_two_classes)
 from phd_lab.datasets.torchvision_sets import (SOURCES, check_source, evaluation_folder, folder_source,
                                                load_image_dataset)
+from phd_lab.datasets.transforms import NO_NORMALISATION
 from phd_lab.errors import ConfigError, DataError
 
 
-def Digits(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int) -> DataBundle:
-    """scikit-learn's handwritten digits (10 classes, 1 channel, 8×8), embedded: no download."""
-    train, test = digits_tensors(resolution)
+def Digits(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
+           normalization: str | None = None) -> DataBundle:
+    """scikit-learn's handwritten digits (10 classes, 1 channel, 8×8), embedded: no download; standardised with
+    the training set's statistics, or with ``normalization: "none"`` pixels in [0, 1]."""
+    _check_digits(data_dir, resolution, normalization=normalization)
+    train, test = digits_tensors(resolution, standardise=normalization is None)
     return make_bundle("Digits", train, test, train, num_classes=10, in_channels=1, resolution=resolution,
                        batch_size=batch_size, seed=seed, num_workers=num_workers)
+
+
+def _check_digits(data_dir: str, resolution: int | None = None, **dataset_args: Any) -> None:
+    normalization = dataset_args.get("normalization")
+    if normalization is not None and normalization != NO_NORMALISATION:
+        raise ConfigError(f"The dataset_args 'normalization' of dataset 'Digits' must be null (standardised with the "
+                          f"training set's mean and standard deviation) or \"none\" (pixels in [0, 1]); got "
+                          f"{normalization!r}.")
 
 
 def FakeData(*, batch_size: int, resolution: int, data_dir: str, seed: int, num_workers: int,
@@ -202,6 +214,7 @@ def _check_fake_data(data_dir: str, resolution: int | None = None, **dataset_arg
 
 
 FakeData.check_data = _check_fake_data  # type: ignore[attr-defined]
+Digits.check_data = _check_digits  # type: ignore[attr-defined]
 _folder.check_data = _check_folder  # type: ignore[attr-defined]
 
 PREFIXES = {"folder:": _folder}

@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from phd_lab.models.autoencoder import create_conv_autoencoder
 from phd_lab.models.densenet import create_densenet
 from phd_lab.models.mlp import create_long_skip_mlp, create_plain_mlp
 from phd_lab.models.mpnet import create_mpnet
@@ -190,6 +191,12 @@ def densenet65(*, num_classes: int, in_channels: int = 3, width: float = 1.0) ->
 def densenet121(*, num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Module:
     """DenseNet121: DenseNet-BC, growth 32, dense blocks of 6-12-24-16 layers."""
     return create_densenet("densenet121", num_classes=num_classes, in_channels=in_channels, width=width)
+
+
+def conv_autoencoder(*, num_classes: int, in_channels: int = 3, output_activation: str | None = "relu") -> nn.Module:
+    """Convolutional autoencoder of §7.2 (Table 1), trained to reconstruct its input (MSE); side divisible by 8."""
+    return create_conv_autoencoder(num_classes=num_classes, in_channels=in_channels,
+                                   output_activation=output_activation)
 
 
 def mlp(*, num_classes: int, in_channels: int = 3, input_side: int = 32,

@@ -16,8 +16,9 @@ SPLIT_SEED = 0
 TEST_SHARE = 0.2
 
 
-def digits_tensors(resolution: int) -> tuple[TensorDataset, TensorDataset]:
-    """Train and test sets as normalised float tensors of shape (N, 1, resolution, resolution)."""
+def digits_tensors(resolution: int, standardise: bool = True) -> tuple[TensorDataset, TensorDataset]:
+    """Train and test sets as float tensors of shape (N, 1, resolution, resolution): standardised with the
+    training set's mean and standard deviation, or (``standardise`` false) pixels in [0, 1]."""
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(digits.target, dtype=torch.int64)
@@ -29,6 +30,7 @@ def digits_tensors(resolution: int) -> tuple[TensorDataset, TensorDataset]:
     order = torch.cat([train_idx, test_idx])
     images = F.interpolate(images[order], size=(resolution, resolution), mode="bilinear", align_corners=False)
     train, test = images[: len(train_idx)], images[len(train_idx):]
-    mean, std = train.mean(), train.std()
-    images.sub_(mean).div_(std)
+    if standardise:
+        mean, std = train.mean(), train.std()
+        images.sub_(mean).div_(std)
     return TensorDataset(train, labels[train_idx]), TensorDataset(test, labels[test_idx])

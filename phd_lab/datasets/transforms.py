@@ -40,6 +40,7 @@ CROP_PADDING = 4
 RESIZED_CROP_SCALE = (0.05, 1.0)
 RESIZED_CROP_RATIO = (1.0, 1.0)  # thesis §(ImageNet pipeline): "a square containing between 5% and 100%"
 
+NO_NORMALISATION = "none"  # pixels as ToTensor gives them, in [0, 1] (§7.2's autoencoder reconstructs those)
 RGB_NORMALISATIONS = {"cifar": (CIFAR_MEAN, CIFAR_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 # training crops of the variable-size sets: the ImageNet-style random-resized crop, or §11.2's padded crop
 CROP_MODES = ("resized", "padded")
@@ -143,9 +144,12 @@ def make_preprocessing(dataset: str, *, resolution: int, normalisations: dict[st
     dataset's own ``default_flip``."""
     where = f"dataset {dataset!r}"
     name = normalization if normalization is not None else next(iter(normalisations))
-    if name not in normalisations:
+    channels = len(next(iter(normalisations.values()))[0])
+    normalisations = {**normalisations, NO_NORMALISATION: ((0.0,) * channels, (1.0,) * channels)}
+    if not isinstance(name, str) or name not in normalisations:
         raise ConfigError(f"The dataset_args 'normalization' of {where} must be one of "
-                          f"{', '.join(repr(n) for n in normalisations)}; got {normalization!r}.")
+                          f"{', '.join(repr(n) for n in normalisations)} (\"none\": pixels in [0, 1]); got "
+                          f"{normalization!r}.")
     if not isinstance(augment, bool):
         raise ConfigError(f"The dataset_args 'augment' of {where} must be true or false; got {augment!r}.")
     if flip is not None and not isinstance(flip, bool):  # "yes" or 1 would otherwise decide by truthiness

@@ -1,10 +1,12 @@
-"""Accuracy of projected networks against delta, PCA bases versus random orthonormal bases."""
+"""Projected networks against delta, PCA bases versus random orthonormal bases: accuracy (a reconstruction's
+loss), and a reconstruction model's example outputs per delta (§7.2, Table 3)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from phd_lab import atomic
@@ -23,19 +25,24 @@ def plot_projections(table: pd.DataFrame, ax: "Axes | None" = None, title: str =
         _, ax = plt.subplots(figsize=(8.0, 3.8))
     deltas = sorted(table.loc[table["basis"] != "none", "delta"].unique())
     position = {delta: i for i, delta in enumerate(deltas)}
+    column = "accuracy" if table["accuracy"].notna().any() else "loss"  # a reconstruction has no accuracy
     for basis, color in (("pca", "#3b6fb6"), ("random", "#c0392b")):
         part = table[table["basis"] == basis].sort_values("delta")
         if len(part):
-            ax.plot([position[d] for d in part["delta"]], part["accuracy"], marker="o", ms=3, color=color,
+            ax.plot([position[d] for d in part["delta"]], part[column], marker="o", ms=3, color=color,
                     label=f"{basis} basis")
     reference = table[table["basis"] == "none"]
     if len(reference):
-        ax.axhline(float(reference["accuracy"].iloc[0]), color="grey", ls="--", lw=1, label="unprojected")
+        ax.axhline(float(reference[column].iloc[0]), color="grey", ls="--", lw=1, label="unprojected")
     ax.set_xticks(range(len(deltas)))
     ax.set_xticklabels([f"{d:g}" for d in deltas], rotation=70, fontsize=7)
     ax.set_xlabel("δ (explained variance)")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
+    if column == "accuracy":
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(0, 1)
+    else:
+        ax.set_ylabel("test reconstruction loss (MSE)")
+        ax.set_yscale("log")
     if title:
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
@@ -52,3 +59,49 @@ def save_projection_plot(table: pd.DataFrame, path: Path | str, title: str = "")
         atomic.save_figure(ax.figure, path, dpi=110)
     finally:
         plt.close(ax.figure)
+
+
+def shown_deltas(deltas: Sequence[float], most: int = 6) -> list[float]:
+    """At most ``most`` of the deltas, evenly spread over the sorted list, its first and last included."""
+    deltas = sorted(deltas)
+    if len(deltas) <= most:
+        return deltas
+    picks = np.linspace(0, len(deltas) - 1, most).round().astype(int)
+    return [deltas[i] for i in sorted(set(picks))]
+
+
+def _displayable(images: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) → (N, H, W[, 3]) in [0, 1], each example scaled by its input's range."""
+    scaled = np.clip((images - low) / np.maximum(high - low, 1e-12), 0.0, 1.0).transpose(0, 2, 3, 1)
+    return scaled[..., 0] if scaled.shape[-1] == 1 else scaled
+
+
+def save_reconstruction_grid(inputs: np.ndarray, outputs: Mapping[float, np.ndarray], path: Path | str,
+                             title: str = "") -> None:
+    """Rows: the inputs, then the outputs of the unprojected model (delta 1.0) and of the projected model at a
+    few deltas; columns: the examples. Each example is scaled by its input's value range, so that rows compare."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    low = inputs.min(axis=(1, 2, 3), keepdims=True)
+    high = inputs.max(axis=(1, 2, 3), keepdims=True)
+    rows = [("input", inputs)]
+    if 1.0 in outputs:
+        rows.append(("unprojected", outputs[1.0]))
+    rows += [(f"δ = {delta:g}", outputs[delta]) for delta in shown_deltas([d for d in outputs if d != 1.0])]
+    count = inputs.shape[0]
+    figure, axes = plt.subplots(len(rows), count, figsize=(1.3 * count + 1.0, 1.3 * len(rows) + 0.4),
+                                squeeze=False)
+    for row, (label, images) in zip(axes, rows):
+        for ax, image in zip(row, _displayable(images, low, high)):
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(label, fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    try:
+        atomic.save_figure(figure, path, dpi=110)
+    finally:
+        plt.close(figure)

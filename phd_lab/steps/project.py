@@ -1,7 +1,9 @@
 """Step ``project``: test accuracy of the network projected onto PCA / random subspaces.
 
 Writes ``projections.csv`` (delta, basis, accuracy, loss, dims_sum, feature_dims_sum,
-saturation_mean) and ``projections.png`` into the run folder.
+saturation_mean) and ``projections.png`` into the run folder, ``projections_layers.csv`` (delta, layer, k,
+features: each layer's kept dimensions), and for a model trained to reconstruct its input (accuracy NaN,
+the plot shows the loss) ``projections_reconstructions.png``.
 """
 
 from __future__ import annotations
@@ -58,14 +60,44 @@ class Project(Step):
             raise ConfigError(f"{where}, step 'project': 'exclude' {params['exclude']} leaves no layer to project.")
 
     def outputs(self, rundir: RunDir) -> tuple[Path, ...]:
+        # not projections_layers.csv: projections made before it was written stay up to date (a pass over the
+        # training set and two test evaluations per delta, for every finished run of a grid)
         return rundir.projections_csv, rundir.projections_plot
 
     def run(self, ctx: StepContext, **params: Any) -> None:
+        from phd_lab.objectives import objective_of
+        reconstructs = not objective_of(ctx.model).uses_labels
+        examples = first_test_inputs(ctx.bundle.test, RECONSTRUCTION_EXAMPLES) if reconstructs else None
+        outputs: dict[float, Any] = {}
+        layer_dims: list[dict] = []
         table = projection_table(ctx.model, ctx.bundle.train_eval, ctx.bundle.test, ctx.device,
                                  deltas=params["deltas"], random_control=params["random_control"],
                                  seed=ctx.config.seed, progress=ctx.progress, exclude=params["exclude"],
-                                 centered=params["centered"])
+                                 centered=params["centered"], examples=examples, example_outputs=outputs,
+                                 layer_dims=layer_dims)
+        import pandas as pd
+        atomic.write_csv(ctx.rundir.projections_layers_csv,
+                         pd.DataFrame(layer_dims, columns=["delta", "layer", "k", "features"]))
         atomic.write_csv(ctx.rundir.projections_csv, table)
-        from phd_lab.plots.projections import save_projection_plot
+        from phd_lab.plots.projections import save_projection_plot, save_reconstruction_grid
         save_projection_plot(table, ctx.rundir.projections_plot, title=ctx.rundir.name)
+        if examples is not None:  # what the thesis' Table 3 shows: the reconstructions at each delta
+            save_reconstruction_grid(examples.numpy(), {d: o.numpy() for d, o in outputs.items()},
+                                     ctx.rundir.projections_reconstructions, title=ctx.rundir.name)
         log.info("Projections of %s written to %s", ctx.config.name, ctx.rundir.projections_csv)
+
+
+# Test images whose reconstructions a reconstruction model's projections show
+RECONSTRUCTION_EXAMPLES = 8
+
+
+def first_test_inputs(loader: Any, count: int) -> Any:
+    """The first ``count`` inputs of the (unshuffled) test loader, as one CPU tensor."""
+    import torch
+    taken, have = [], 0
+    for inputs, _ in loader:
+        taken.append(inputs[: count - have])
+        have += taken[-1].shape[0]
+        if have >= count:
+            break
+    return torch.cat(taken)

@@ -4,6 +4,8 @@
 collects their covariances in one pass over the training data, and evaluates the test
 set for each delta with the PCA basis and, as the control, with random orthonormal bases
 of the same k per layer. Pure computation: it returns a DataFrame; the step writes it.
+A model trained to reconstruct its input (§7.2's autoencoder) is scored by its reconstruction
+loss (accuracy NaN), and the outputs of a few example inputs can be kept for each delta.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the loader a second time
 
+from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, Objective, objective_of
 from phd_lab.tracking.pca import insert_pca_layers
 
 log = logging.getLogger(__name__)
@@ -33,16 +35,19 @@ PROJECTION_COLUMNS = ("delta", "basis", "accuracy", "loss", "dims_sum", "feature
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[float, float]:
-    """Top-1 accuracy and mean cross-entropy over a loader (float32, eval mode)."""
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
+             objective: Objective = OBJECTIVES[CLASSIFICATION]) -> tuple[float, float]:
+    """Top-1 accuracy (NaN for a reconstruction) and the mean loss over a loader (float32, eval mode)."""
     correct, total, loss_sum = 0, 0, 0.0
     for inputs, targets in loader:
         inputs, targets = inputs.to(device), targets.to(device)
-        logits = model(inputs).float()
-        loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == targets).sum())
+        outputs = model(inputs).float()
+        loss_sum += float(objective.loss(outputs, inputs, targets, reduction="sum"))
+        if objective.uses_labels:
+            correct += int((outputs.argmax(dim=1) == targets).sum())
         total += targets.shape[0]
-    return correct / max(total, 1), loss_sum / max(total, 1)
+    accuracy = correct / max(total, 1) if objective.uses_labels else float("nan")
+    return accuracy, loss_sum / max(total, 1)
 
 
 @torch.no_grad()
@@ -59,14 +64,21 @@ def collect(model: nn.Module, layers: Sequence[nn.Module], loader: Iterable, dev
 
 def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iterable, device: torch.device, *,
                      deltas: Sequence[float] = THESIS_DELTAS, random_control: bool = True, seed: int = 0,
-                     progress: bool = False, exclude: Sequence[str] = (), centered: bool = False) -> pd.DataFrame:
+                     progress: bool = False, exclude: Sequence[str] = (), centered: bool = False,
+                     examples: torch.Tensor | None = None,
+                     example_outputs: dict[float, torch.Tensor] | None = None,
+                     layer_dims: list[dict] | None = None) -> pd.DataFrame:
     """Rows (delta, basis, accuracy, loss, dims_sum, feature_dims_sum, saturation_mean).
 
     ``basis`` is ``none`` for the unprojected model (delta 1), ``pca`` for the leading
     eigendirections and ``random`` for random orthonormal bases of the same k. Layers whose names
     match a pattern of ``exclude`` get no PCA layer; ``centered`` projects around the collected
-    mean instead of the thesis' x PᵀP (see ``phd_lab.tracking.pca``).
+    mean instead of the thesis' x PᵀP (see ``phd_lab.tracking.pca``). With ``examples`` (a batch of
+    inputs), ``example_outputs`` receives the model's outputs for them: unprojected under delta 1.0, and
+    with the PCA bases under each delta. ``layer_dims`` receives one row per projected layer and delta
+    (delta, layer, k, features; the random bases keep the same k), e.g. the encoding's k of §7.2's Table 3.
     """
+    objective = objective_of(model)
     model.eval()
     projected, layers = insert_pca_layers(model, exclude=exclude, centered=centered)
     collect(projected, list(layers.values()), train_loader, device, progress)
@@ -84,7 +96,8 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
                          f"set, so their covariance has no eigenspace to project onto; exclude them with the step's "
                          f"'exclude' parameter, or find why they overflow")
     feature_dims = sum(layer.features for layer in pca)
-    accuracy, loss = evaluate(model, test_loader, device)
+    accuracy, loss = evaluate(model, test_loader, device, objective)
+    keep_examples(model, 1.0, examples, example_outputs, device)
     rows = [{"delta": 1.0, "basis": "none", "accuracy": accuracy, "loss": loss, "dims_sum": feature_dims,
              "feature_dims_sum": feature_dims, "saturation_mean": 1.0}]
     generator = torch.Generator().manual_seed(seed)
@@ -98,9 +111,24 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
             else:
                 layer.use_pca_basis()
         dims = [layer.k for layer in pca]
-        accuracy, loss = evaluate(projected, test_loader, device)
+        if layer_dims is not None and basis == bases[0]:
+            names = [name for name, layer in layers.items() if name not in idle]
+            layer_dims += [{"delta": float(delta), "layer": name, "k": layer.k, "features": layer.features}
+                           for name, layer in zip(names, pca)]
+        accuracy, loss = evaluate(projected, test_loader, device, objective)
+        if basis == "pca":
+            keep_examples(projected, float(delta), examples, example_outputs, device)
         rows.append({"delta": float(delta), "basis": basis, "accuracy": accuracy, "loss": loss,
                      "dims_sum": sum(dims), "feature_dims_sum": feature_dims,
                      "saturation_mean": sum(k / layer.features for k, layer in zip(dims, pca)) / len(pca)})
-        log.debug("delta %.4f %s: accuracy %.4f, dims %d/%d", delta, basis, accuracy, sum(dims), feature_dims)
+        log.debug("delta %.4f %s: accuracy %.4f, loss %.4f, dims %d/%d", delta, basis, accuracy, loss, sum(dims),
+                  feature_dims)
     return pd.DataFrame(rows, columns=list(PROJECTION_COLUMNS))
+
+
+@torch.no_grad()
+def keep_examples(model: nn.Module, delta: float, examples: torch.Tensor | None,
+                  outputs: dict[float, torch.Tensor] | None, device: torch.device) -> None:
+    """``outputs[delta]``: the model's outputs for ``examples`` (float32, on the CPU), when both are given."""
+    if examples is not None and outputs is not None:
+        outputs[delta] = model(examples.to(device)).float().cpu()

@@ -1,0 +1,137 @@
+"""§7.2's convolutional autoencoder: Table 1's layers, training on the reconstruction loss, the project step's
+loss per delta and reconstructions, unnormalised images, and the checks that keep class metrics away from it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from phd_lab.datasets.digits import digits_tensors
+from phd_lab.datasets.transforms import RGB_NORMALISATIONS, make_preprocessing
+from phd_lab.objectives import OBJECTIVES, objective_of
+from phd_lab.registry import Registries
+from tests.conftest import main_in_process, read_metrics, run_folders, write_config
+
+PNG = b"\x89PNG\r\n\x1a\n"
+MODELS = Registries({}).models
+AUTOENCODER = {"model": "conv_autoencoder", "model_args": {}, "metrics": [], "seed": 0, "epoch": 3,
+               "dataset_args": {"normalization": "none"}}
+
+
+def test_the_layers_are_those_of_table_1():
+    model = MODELS.get("conv_autoencoder")(num_classes=10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (3, 16, (3, 3), (1, 1)), (16, 8, (3, 3), (1, 1)), (8, 8, (3, 3), (1, 1)),
+        (8, 8, (3, 3), (1, 1)), (8, 8, (3, 3), (1, 1)), (8, 16, (3, 3), (1, 1)), (16, 3, (3, 3), (1, 1))]
+    pools = [m for m in model.encoder if isinstance(m, nn.MaxPool2d)]
+    ups = [m for m in model.decoder if isinstance(m, nn.Upsample)]
+    assert [(p.kernel_size, p.stride) for p in pools] == [(2, 2)] * 3
+    assert [(u.scale_factor, u.mode) for u in ups] == [(2.0, "nearest")] * 3
+    assert isinstance(model.decoder[-1], nn.ReLU) and not any(isinstance(m, nn.Linear) for m in model.modules())
+    encoding = model.encoder(torch.zeros(2, 3, 224, 224))
+    assert encoding.shape == (2, 8, 28, 28) and model(torch.zeros(2, 3, 224, 224)).shape == (2, 3, 224, 224)
+    gray = MODELS.get("conv_autoencoder")(num_classes=10, in_channels=1, output_activation="sigmoid")
+    out = gray(torch.randn(4, 1, 16, 16))
+    assert out.shape == (4, 1, 16, 16) and bool(((out > 0) & (out < 1)).all())
+    assert isinstance(MODELS.get("conv_autoencoder")(num_classes=2, output_activation=None).decoder[-1], nn.Identity)
+    with pytest.raises(ValueError, match="output_activation must be"):
+        MODELS.get("conv_autoencoder")(num_classes=2, output_activation="tanh")
+
+
+def test_the_reconstruction_loss_is_the_mean_squared_pixel_error_per_sample():
+    model = MODELS.get("conv_autoencoder")(num_classes=10, in_channels=1)
+    objective = objective_of(model)
+    assert objective.name == "reconstruction" and not objective.uses_labels
+    assert objective_of(nn.Linear(2, 2)) is OBJECTIVES["classification"]
+    inputs, outputs = torch.rand(5, 1, 8, 8), torch.rand(5, 1, 8, 8)
+    labels = torch.zeros(5, dtype=torch.long)
+    per_sample = ((outputs - inputs) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(objective.loss(outputs, inputs, labels), per_sample.mean())
+    torch.testing.assert_close(objective.loss(outputs, inputs, labels, reduction="sum"), per_sample.sum())
+
+
+def test_unnormalised_images_lie_in_0_1_for_digits_and_the_image_datasets():
+    raw, _ = digits_tensors(16, standardise=False)
+    standardised, _ = digits_tensors(16)
+    assert float(raw.tensors[0].min()) >= 0.0 and float(raw.tensors[0].max()) <= 1.0
+    assert abs(float(standardised.tensors[0].mean())) < 1e-4
+    rgb = make_preprocessing("Cifar10", resolution=32, normalisations=dict(RGB_NORMALISATIONS), normalization="none",
+                             native=32, augment=False, canvas=False, downsample_then_upsample=None)
+    assert tuple(rgb.mean) == (0.0, 0.0, 0.0) and tuple(rgb.std) == (1.0, 1.0, 1.0)
+    gray = make_preprocessing("MNIST", resolution=28, normalisations={"mnist": ((0.1307,), (0.3081,))},
+                              normalization="none", native=28, augment=False, canvas=False,
+                              downsample_then_upsample=None)
+    assert tuple(gray.mean) == (0.0,) and tuple(gray.std) == (1.0,)
+
+
+def test_an_autoencoder_trains_on_its_reconstruction_and_its_projections_show_the_loss(tmp_path, capsys):
+    config = write_config(tmp_path, resolution=16, **AUTOENCODER,
+                          post_processing=[{"name": "project", "deltas": [0.5, 0.9, 0.999]}, "extract", "analysis"])
+    code, err = main_in_process(capsys, "--config", str(config))
+    assert code == 0, err
+    [run] = run_folders(tmp_path / "logs")
+    metrics = read_metrics(run)
+    assert not any("accuracy" in column for column in metrics.columns)
+    assert {"features.0_train_saturation", "encoder.0_train_saturation"} & set(metrics.columns) == {
+        "encoder.0_train_saturation"} and "decoder.9_test_saturation" in metrics.columns
+    images = digits_tensors(16, standardise=False)[1].tensors[0]
+    baseline = float((images ** 2).mean())  # the loss of an output that stays 0 (a dead ReLU output)
+    losses = list(metrics["test_loss"])
+    assert losses[-1] < losses[0] < baseline, (losses, baseline)
+
+    table = pd.read_csv(run / "projections.csv")
+    assert table["accuracy"].isna().all()
+    unprojected = table[table["basis"] == "none"]["loss"].item()
+    assert unprojected == pytest.approx(losses[-1], rel=1e-5)  # the trainer's evaluation, summed another way
+    pca = table[table["basis"] == "pca"].set_index("delta")["loss"]
+    random = table[table["basis"] == "random"].set_index("delta")["loss"]
+    assert pca[0.999] < random[0.999] and pca[0.999] < pca[0.5]  # the thesis' ch. 7 on a trained model
+    layers = pd.read_csv(run / "projections_layers.csv")
+    assert list(layers.columns) == ["delta", "layer", "k", "features"] and len(layers) == 3 * 7
+    encoding = layers[layers["layer"] == "encoder.6"]
+    assert list(encoding["features"]) == [8, 8, 8] and list(encoding["k"]) == sorted(encoding["k"])
+    assert (layers["k"] <= layers["features"]).all() and (layers["k"] >= 1).all()
+    for name in ("projections.png", "projections_reconstructions.png"):
+        assert (run / name).read_bytes().startswith(PNG)
+    manifest = json.loads((run / "latents" / "manifest.json").read_text())
+    assert manifest["model_test_accuracy"] is None and len(manifest["layers"]) == 7
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({**AUTOENCODER, "metrics": ["Accuracy"]},
+     "model 'conv_autoencoder' is trained to reconstruct its input .* set \"metrics\": \\[\\]"),
+    ({**AUTOENCODER, "resolution": 20}, "reconstructs 20x20 px inputs as 16x16 px.* a multiple of 8"),
+    ({**AUTOENCODER, "model_args": {"output_activation": "tanh"}}, "output_activation must be"),
+    ({"metrics": []}, "the key 'metrics' is an empty list; give at least one metric for classifier 'vgg11'"),
+    ({**AUTOENCODER, "dataset_args": {"normalization": "mnist"}},
+     "'normalization' of dataset 'Digits' must be null .* or \"none\""),
+])
+def test_settings_that_cannot_work_are_refused_before_training(tmp_path, capsys, overrides, message):
+    config = write_config(tmp_path, **{"resolution": 16, **overrides})
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
+    said = " ".join(err.split())
+    assert code == 2 and "Traceback" not in said, said
+    assert re.search(message, said), said
+    assert not (tmp_path / "logs").exists()
+
+
+def test_classifiers_lose_nothing_by_the_objective(tmp_path, capsys):
+    """The trainer's loss now comes from the model's objective: a classifier's CSV equals the cross-entropy of
+    its logits, as before, and its projections keep an accuracy."""
+    config = write_config(tmp_path, epoch=1, post_processing=[{"name": "project", "deltas": [0.9]}])
+    code, err = main_in_process(capsys, "--config", str(config))
+    assert code == 0, err
+    [run] = run_folders(tmp_path / "logs")
+    table = pd.read_csv(run / "projections.csv")
+    assert table["accuracy"].notna().all()
+    unprojected = table[table["basis"] == "none"]
+    assert unprojected["loss"].item() == pytest.approx(read_metrics(run)["test_loss"].item(), rel=1e-5)
+    assert unprojected["accuracy"].item() == pytest.approx(read_metrics(run)["test_accuracy"].item(), abs=1e-9)
+    assert np.isfinite(pd.read_csv(run / "projections_layers.csv")["k"]).all()
