@@ -1,19 +1,18 @@
 """Dataset registry: ``f(*, batch_size, resolution, data_dir, seed, num_workers, **dataset_args)
 -> DataBundle``.
 
-Image datasets share these ``dataset_args``: ``download`` (fetch into data_dir if missing; default
-false), ``augment`` (training augmentation; default true), ``normalization`` ("cifar" — the
-thesis' default — or "imagenet" for RGB sets; "none" for pixels in [0, 1], as §7.2's autoencoder
-takes them), ``canvas`` (false | true | pixels: the image on a black canvas of the configured
-resolution, §9.2), ``downsample_then_upsample`` (pixels: to that resolution and back up, §9.1)
-and, for the variable-size sets (ImageNet, Imagenette, Imagewoof, Food101, iNaturalist, ``folder:``),
-``crop``: the training crop, "resized" (random-resized, 5–100 %; the default) or "padded" (short side resized, 4-pixel zero-padded random crop, §11.2); the
-fixed-size sets refuse ``crop``, as they always use the padded crop. ``flip`` (true | false | null,
-the default) switches the random horizontal flips of training on or off; null keeps the dataset's own
-choice: flips, except for the digit sets MNIST and SVHN (the thesis trains MNIST with §8.4.1's flips,
-so its configs set ``flip: true``). ``folder:/path`` loads ``/path/train`` and ``/path/test`` (or
-``val``) ImageFolder trees. Every bundle also has ``train_eval``: the training split without
-augmentation or shuffling.
+Image datasets share these ``dataset_args``: ``download`` (fetch into data_dir if missing; default false),
+``augment`` (training augmentation; default true), ``normalization`` ("cifar" — the thesis' default — or
+"imagenet" for RGB sets; "none" for pixels in [0, 1], as §7.2's autoencoder takes them), ``canvas`` (false |
+true | pixels: the image on a black canvas of the configured resolution, §9.2), ``downsample_then_upsample``
+(pixels: to that resolution and back up, §9.1) and, for the variable-size sets (ImageNet, Imagenette,
+Imagewoof, Food101, iNaturalist, ``folder:``), ``crop``: the training crop, "resized" (random-resized, 5–100
+%; the default) or "padded" (short side resized, 4-pixel zero-padded random crop, §11.2); the fixed-size sets
+refuse ``crop``, as they always use the padded crop. ``flip`` (true | false | null, the default) switches the
+random horizontal flips of training on or off; null keeps the dataset's own choice: flips, except for the
+digit sets MNIST and SVHN (the thesis trains MNIST with §8.4.1's flips, so its configs set ``flip: true``).
+``folder:/path`` loads ``/path/train`` and ``/path/test`` (or ``val``) ImageFolder trees. Every bundle also
+has ``train_eval``: the training split without augmentation or shuffling.
 """
 
 from __future__ import annotations
