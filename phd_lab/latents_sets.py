@@ -10,9 +10,12 @@ Names only; no I/O.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from phd_lab.errors import ConfigError
 
 METHODS = ("adaptive_avg", "nearest")
 DEFAULT_METHOD = "adaptive_avg"
@@ -70,6 +73,32 @@ def extraction_sets(downsampling: int | str | None, sizes: Any = None,
     return sets
 
 
+def check_sets(sizes: Any, methods: Any, where: str) -> None:
+    """The extract step's 'sizes' and 'methods': known values, no repeats, not empty; a ConfigError naming them."""
+    if sizes is not None:
+        if not isinstance(sizes, list) or not sizes:
+            raise ConfigError(f"{where}: 'sizes' is {json.dumps(sizes)}; give a non-empty list of maximum "
+                              f"feature-map sides such as [1, 2, 4], or null for the run's 'downsampling' alone.")
+        for size in sizes:
+            if not (size is None or size == PIXELWISE or (isinstance(size, int) and not isinstance(size, bool)
+                                                           and size >= 1)):
+                raise ConfigError(f"{where}: 'sizes' holds {json.dumps(size)}; each size must be an integer ≥ 1 "
+                                  f"(the largest feature-map side kept), null (whole maps) or \"pixelwise\".")
+        repeated = sorted({json.dumps(size) for size in sizes if sizes.count(size) > 1})
+        if repeated:
+            raise ConfigError(f"{where}: 'sizes' names {', '.join(repeated)} more than once; give each size once.")
+    if (not isinstance(methods, list) or not methods
+            or any(not isinstance(method, str) or method not in METHODS for method in methods)):
+        raise ConfigError(f"{where}: 'methods' must be a non-empty list of {', '.join(map(repr, METHODS))}; got "
+                          f"{json.dumps(methods)}.")
+    if len(set(methods)) < len(methods):
+        raise ConfigError(f"{where}: 'methods' names a method more than once; give each once.")
+    if methods != [DEFAULT_METHOD] and sizes is None:
+        raise ConfigError(f"{where}: 'methods' is {json.dumps(methods)} but 'sizes' is null; the methods apply to "
+                          f"the further sets of 'sizes' (the run's 'downsampling' always average-pools into "
+                          f"latents/). Give 'sizes', e.g. [1, 2, 4].")
+
+
 def extract_step_entry(values: Mapping[str, Any]) -> Mapping[str, Any]:
     """The config's extract step as a mapping of its given parameters ({} when listed by name or absent)."""
     for step in values.get("post_processing") or ():
@@ -78,11 +107,14 @@ def extract_step_entry(values: Mapping[str, Any]) -> Mapping[str, Any]:
     return {}
 
 
-def config_sets(values: Mapping[str, Any]) -> list[LatentsSet]:
-    """The latents sets a run's resolved config (every key present) extracts: what the probe job looks for."""
+def config_sets(values: Mapping[str, Any], where: str = "config") -> list[LatentsSet]:
+    """The latents sets a run's resolved config (every key present) extracts: what the probe job looks for. Its
+    'sizes' and 'methods' are checked as training checks them (ConfigError)."""
     entry = extract_step_entry(values)
     downsampling = entry["downsampling"] if "downsampling" in entry else values.get("downsampling")
-    return extraction_sets(downsampling, entry.get("sizes"), entry.get("methods") or (DEFAULT_METHOD,))
+    sizes, methods = entry.get("sizes"), entry.get("methods", [DEFAULT_METHOD])
+    check_sets(sizes, methods, f"{where}, step 'extract'")
+    return extraction_sets(downsampling, sizes, methods)
 
 
 def set_of_folder(folder_name: str) -> str:

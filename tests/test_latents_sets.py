@@ -20,6 +20,7 @@ from phd_lab.latents_folder import MANIFEST
 from phd_lab.latents_sets import LatentsSet, config_sets, extraction_sets, set_of_folder
 from phd_lab.pooling import nearest_to, pool_to
 from phd_lab.probes.cli import probe_cli
+from phd_lab.probes.outputs import probe_set_tables
 from phd_lab.rundir import RunDir
 from tests.conftest import main_in_process, run_folders, write_config
 
@@ -79,7 +80,7 @@ def test_nearest_extraction_keeps_the_first_position_and_is_not_reused_for_avera
 
 def test_one_trained_model_gives_every_set_its_folder_probe_results_and_a_comparison_plot(tmp_path, capsys):
     config = write_config(tmp_path, epoch=1, downsampling=2, probe_solver="lbfgs",
-                          post_processing=[ABLATION])
+                          post_processing=[ABLATION, "analysis"])
     code, err = main_in_process(capsys, "--config", str(config))
     assert code == 0, err
     [run] = run_folders(tmp_path / "logs")
@@ -98,18 +99,39 @@ def test_one_trained_model_gives_every_set_its_folder_probe_results_and_a_compar
     assert code == 0, err
     assert {path: path.stat().st_mtime_ns for path in run.glob("latents*/*.npy")} == stamps
 
-    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 0
+    capsys.readouterr()
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress"]) == 0
+    # the Linear layers' latents are the same in every set: each is fitted once, the other sets take its result
+    said = " ".join(capsys.readouterr().err.split())
+    files = [(layer["sha256"]["train"], layer["sha256"]["eval"]) for m in manifests.values() for layer in m["layers"]]
+    shared = len(files) - len(set(files))  # the Linear layers, and maps already at most 1×1 or 2×2
+    assert shared >= 9 and f"probing 40 layer(s) ({shared} identical to another layer's, fitted once), 0 found" \
+        in said, re.findall("probing .{0,90}", said)
     sets = ["", "_1x1_avg", "_1x1_nearest", "_2x2_nearest"]
     tables = {s: pd.read_csv(run / f"probe_performances{s}.csv") for s in sets}
+    written = {s: (run / f"probe_performances{s}.csv").read_bytes() for s in sets}
+    for s in sets:
+        (run / f"probe_performances{s}.csv").unlink()
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 0  # all from the cache
+    assert {s: (run / f"probe_performances{s}.csv").read_bytes() for s in sets} == written  # seconds too
+    # the analysis reads the default set's probes, whichever set was written last
+    probes = json.loads((run / "analysis.json").read_text())["probes"]
+    from phd_lab.report.cli import main_report
+    assert main_report([str(tmp_path / "logs"), "--out", str(tmp_path / "report.html"), "-q"]) == 0
+    assert json.loads((run / "analysis.json").read_text())["probes"] == probes
+    assert probes["layers_probed"] == len(tables[""])
     layers = list(tables[""]["layer"])
     assert all(list(table["layer"]) == layers for table in tables.values())
     assert all((run / f"probe_performances{s}.png").read_bytes().startswith(PNG) for s in sets)
     assert all(any((run / f"probe_confusion{s}").glob("*.npy")) for s in sets)
     assert (run / "probe_performances_by_set.png").read_bytes().startswith(PNG)
-    recorded = json.loads((run / "probe_settings_1x1_nearest.json").read_text())["latents"]
-    assert recorded == {"downsampling": 1, "downsampling_method": "nearest"}
+    recorded = json.loads((run / "probe_settings_1x1_nearest.json").read_text())
+    assert recorded["latents"] == {"downsampling": 1, "downsampling_method": "nearest"}
+    # the comparison draws the sets fitted with the same probe settings only
+    assert len(probe_set_tables(RunDir(run, ""), recorded["settings"])) == 4
+    assert probe_set_tables(RunDir(run, ""), {**recorded["settings"], "solver": "saga"}) == []
     log_text = (run / "probe.log").read_text()
-    assert log_text.count("probe job started") == 1 and log_text.count("probe job finished") == 1
+    assert log_text.count("probe job started") == 2 and log_text.count("probe job finished") == 2  # one per job
     # the sets differ only in how the convolutions' maps were reduced: the Linear layers' probes agree
     linear = [layer for layer in layers if layer.startswith("classifier")]
     assert linear and all(np.allclose(tables[s].set_index("layer").loc[linear, "eval_acc"],
@@ -122,8 +144,6 @@ def test_one_trained_model_gives_every_set_its_folder_probe_results_and_a_compar
     refitted = pd.read_csv(run / "probe_performances_1x1_nearest.csv")
     assert refitted.drop(columns="seconds").equals(tables["_1x1_nearest"].drop(columns="seconds"))
     assert (run / "probe_performances.csv").read_bytes() == before
-    from phd_lab.report.cli import main_report
-    assert main_report([str(tmp_path / "logs"), "--out", str(tmp_path / "report.html"), "-q"]) == 0
     page = (tmp_path / "report.html").read_text()
     assert all(f">probe_performances{s}.csv<" in page for s in sets) and ">probe_performances_by_set.png<" in page
     capsys.readouterr()
@@ -133,7 +153,7 @@ def test_one_trained_model_gives_every_set_its_folder_probe_results_and_a_compar
 
 
 @pytest.mark.parametrize("step, match", [
-    ({"sizes": []}, "'sizes' is an empty list"),
+    ({"sizes": []}, "'sizes' is \\[\\]; give a non-empty list"),
     ({"sizes": [0, 2]}, "'sizes' holds 0"),
     ({"sizes": [2, "2"]}, "'sizes' holds \"2\""),
     ({"sizes": [2, 2]}, "'sizes' names 2 more than once"),
@@ -167,6 +187,23 @@ def test_the_probe_job_finds_a_set_under_latents_dir_and_says_which_set_is_skipp
     edited = json.loads(config.read_text())
     edited["post_processing"][0]["sizes"] = [1, 3]  # a set that was never extracted
     config.write_text(json.dumps(edited))
-    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 0
+    capsys.readouterr()
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress"]) == 0
+    assert "no latents_3x3_nearest yet" in " ".join(capsys.readouterr().err.split())
     assert sorted(p.name for p in rundir.root.glob("probe_performances*.csv")) == [
         "probe_performances.csv", "probe_performances_1x1_nearest.csv"]
+
+
+@pytest.mark.parametrize("step, match", [
+    ({"sizes": ["abc"]}, "'sizes' holds \"abc\""),
+    ({"sizes": [[2]]}, "'sizes' holds \\[2\\]"),
+    ({"sizes": [2], "methods": ["Nearest"]}, "'methods' must be a non-empty list"),
+    ({"sizes": [2], "methods": "nearest"}, "'methods' must be a non-empty list"),
+    ({"sizes": [True]}, "'sizes' holds true"),
+])
+def test_the_probe_job_refuses_bad_sizes_and_methods_as_training_does(tmp_path, capsys, step, match):
+    config = write_config(tmp_path, post_processing=[{"name": "extract", **step}])
+    capsys.readouterr()
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "step 'extract'" in said and "Traceback" not in said and re.search(match, said), said

@@ -92,7 +92,7 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write("Probe results:\n" + "\n".join(f"  {job.outputs.probe_csv}" for job in probed) + "\n")
         if not_probed:
             raise RunFailure(f"Not every run of {args.config} was probed ({'; '.join(not_probed)}); "
-                             f"the results of the {len(probed)} other(s) are written. Rerun this command once "
+                             f"the {len(probed)} probe table(s) listed above are written. Rerun this command once "
                              f"that is resolved: runs already probed come from the cache.")
         return EXIT_OK
 

@@ -58,7 +58,7 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
         log.warning("%d run(s) whose latents are being extracted (skipped): %s", len(scan.extracting),
                     index_ranges(scan.extracting))
     if scan.unfinished:
-        log.warning("%d run(s) whose extraction did not finish (not probed): %s", len(scan.unfinished),
+        log.warning("%d run(s) whose extraction did not finish (those latents not probed): %s", len(scan.unfinished),
                     index_ranges(scan.unfinished))
     notes = [f"run(s) {index_ranges(scan.unfinished)}: extraction unfinished"] if scan.unfinished else []
     return jobs, Path(sorted(scan.logs_dirs)[0]) / CACHE_FOLDER, notes
@@ -87,10 +87,11 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None) -> _G
         cfg = grid[index]
         rundir = RunDir.for_run(cfg)
         scan.logs_dirs.add(cfg.logs_dir)
-        found = False
-        for latents in config_sets(cfg.values):
+        found, absent = False, []
+        for latents in config_sets(cfg.values, f"{where} (run {index})"):
             folder = rundir.latents(extraction_latents_dir(cfg.values), latents.folder_name)
             if not folder.exists():
+                absent.append(latents.folder_name)
                 continue
             found = True
             label = f"run {index} ({cfg.name})" + (f", latents set {latents.name}" if latents.name else "")
@@ -114,6 +115,11 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None) -> _G
         if not found:
             scan.skipped.append(index)
             scan.unprobed.append((index, cfg))
+        elif absent:  # the config names latents sets the run has not extracted (yet): say so, probe the others
+            log.warning("run %d (%s): no %s yet (the config's extract step names %s); probed without %s. The training "
+                        "command extracts %s.", index, cfg.name, ", ".join(absent),
+                        "it" if len(absent) == 1 else "them", "it" if len(absent) == 1 else "them",
+                        "it" if len(absent) == 1 else "them")
     return scan
 
 

@@ -88,24 +88,28 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
     write_csv(job.outputs.probe_csv, table)
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv, extra=tag)
-    sets = probe_set_tables(job.outputs)
+    sets = probe_set_tables(job.outputs, now)
     if len(sets) > 1:
         save_probe_sets_plot(sets, job.manifest.model_test_accuracy, job.outputs.probe_sets_plot)
         log.info("%s: %d latents sets compared in %s", job.label, len(sets), job.outputs.probe_sets_plot, extra=tag)
-    if job.outputs.analysis_json.exists():  # the run has an analysis: it now reads these probes
+    if job.outputs.analysis_json.exists() and not job.outputs.probe_set:  # it reads the default set's probes
         refresh_analysis(job, tag)
 
 
-def probe_set_tables(outputs: RunDir) -> list[tuple[str, str, Any]]:
+def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None) -> list[tuple[str, str, Any]]:
     """Every latents set's probe table in a run folder as (legend label, reduction method, table), averaged
     sets first, each method's sizes ascending (whole maps last); pixelwise sets are left out (one row per
-    position, not per layer). Tables that cannot be read are left out as well."""
+    position, not per layer), and so are tables that cannot be read and, with ``settings``, tables fitted with
+    other probe settings (another solver's accuracies would differ for other reasons than the latents)."""
     import pandas as pd
-    found = []
+    found, other_settings = [], []
     for path in [outputs.probe_csv.with_name("probe_performances.csv"),
                  *sorted(outputs.root.glob("probe_performances_*.csv"))]:
         name = path.stem[len("probe_performances_"):] if path.stem != "probe_performances" else ""
         if (name and set_of_folder(f"latents_{name}") != name) or name == PIXELWISE or not path.is_file():
+            continue
+        if settings is not None and _earlier_settings(outputs.for_probe_set(name).probe_settings) != settings:
+            other_settings.append(path.name)
             continue
         latents = _recorded_latents(outputs.for_probe_set(name).probe_settings) or {}
         unknown = not name and "downsampling" not in latents  # default-set results of an older version
@@ -122,6 +126,9 @@ def probe_set_tables(outputs: RunDir) -> list[tuple[str, str, Any]]:
         label = ("the run's downsampling" if unknown else "whole maps" if size is None else f"{size}×{size}")
         found.append(((method != DEFAULT_METHOD, size is None and not unknown, size or 0, name),
                       label + ("" if name else " (latents/)"), method, table))
+    if other_settings and len(found) > 1:
+        log.info("%s: left out of %s, fitted with other probe settings: %s", outputs.root, outputs.probe_sets_plot.name,
+                 ", ".join(other_settings))
     return [(label, method, table) for _, label, method, table in sorted(found, key=lambda item: item[0])]
 
 

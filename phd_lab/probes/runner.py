@@ -186,10 +186,27 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
 
     cached = {position: record for position, task in enumerate(tasks) if (record := cache.get(task.key)) is not None}
     misses = [position for position in range(len(tasks)) if position not in cached]
+    # Tasks of one run folder with the same key (a layer whose latents two sets share, e.g. a Linear layer at every
+    # extraction size) are fitted once; the others take its record as a cached one, as a rerun would. Only within
+    # a run: were the folder of another run with the same data to go, its fit would be lost to this one.
+    def group(position: int) -> tuple[str, str]:
+        task = tasks[position]
+        run = str(run_folders[task.job]) if run_folders is not None else f"job {task.job}"
+        return run, key_digest(task.key)
+
+    first: dict[tuple[str, str], int] = {}
+    followers: dict[int, list[int]] = {}
+    for position in misses:
+        leader = first.setdefault(group(position), position)
+        if leader != position:
+            followers.setdefault(leader, []).append(position)
+    misses = [position for position in misses if first[group(position)] == position]
     if tasks:
-        log.info("probing %d layer(s), %d found in the cache %s", len(misses), len(cached), cache.folder)
+        shared = sum(map(len, followers.values()))
+        log.info("probing %d layer(s)%s, %d found in the cache %s", len(misses) + shared,
+                 f" ({shared} identical to another layer's, fitted once)" if shared else "", len(cached), cache.folder)
     results = _Results(tasks, cache, on_record, tqdm(total=len(tasks), desc="probes", unit="layer",
-                                                     disable=not progress), run_folders)
+                                                     disable=not progress), run_folders, followers=followers)
     try:
         results.reuse(cached)
         misses.sort(key=lambda position: -tasks[position].size)
@@ -216,6 +233,7 @@ class _Results:
     on_record: Callable[[ProbeTask, ProbeRecord, bool], None] | None
     bar: Any
     run_folders: Sequence[Path] | None = None  # by job: the kept run folders
+    followers: dict[int, list[int]] = field(default_factory=dict)  # a fitted task → the tasks with its key
     records: dict[int, ProbeRecord] = field(default_factory=dict)
     failed: dict[int, PhdLabError] = field(default_factory=dict)  # job -> why its latents cannot be probed
 
@@ -245,6 +263,11 @@ class _Results:
         task = self.tasks[position]
         if error is not None:
             self.bar.update(1)
+            failure = _failure(task, error)
+            for follower in self.followers.get(position, ()):  # the same data: it cannot be probed either
+                self.bar.update(1)
+                if self.tasks[follower].job not in self.failed and isinstance(failure, DataError):
+                    self.failed[self.tasks[follower].job] = _about(self.tasks[follower], DataError(str(failure)))
             if task.job in self.failed:  # a late error of a run given up already (a fit that was running)
                 return
             failure = _failure(task, error)
@@ -276,6 +299,7 @@ class _Results:
         self.deliver(task, record, False)
         self.bar.set_postfix_str(f"{record.layer}: {record.eval_acc:.3f}", refresh=False)
         self.bar.update(1)  # after the run's outputs are written, which the last layer of a run triggers
+        self.reuse({follower: record for follower in self.followers.get(position, ())})
 
     def folder_lost(self, task: ProbeTask) -> RunFolderLost | None:
         """Why the task's run folder is gone (or replaced), or None while it is there (or not kept)."""
@@ -294,8 +318,8 @@ class _Results:
             log.error("%s", error, extra={PROBE_JOB: task.job})
 
     def wanted(self, position: int) -> bool:
-        """Whether the task still needs a fit (its run has not failed)."""
-        return self.tasks[position].job not in self.failed
+        """Whether the task still needs a fit (its run, or a run of a task with the same key, has not failed)."""
+        return any(self.tasks[p].job not in self.failed for p in (position, *self.followers.get(position, ())))
 
 
 def _runs_not_probed(tasks: Sequence[ProbeTask], failed: dict[int, PhdLabError]) -> RunFailure:

@@ -5,7 +5,6 @@ the same trained model, as the thesis' probe ablation does (§8.3, see ``latents
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -44,7 +43,8 @@ class ExtractStep(Step):
         if params["layers"] is not None and not params["layers"]:
             raise ConfigError(f"{where}, step 'extract': 'layers' is an empty list; give module names or "
                               f"wildcards, or null for every Conv2d and Linear.")
-        _check_sets(params, f"{where}, step 'extract'")
+        from phd_lab.latents_sets import check_sets
+        check_sets(params["sizes"], params["methods"], f"{where}, step 'extract'")
 
     def check_model(self, params: dict[str, Any], model: Any, where: str) -> None:
         from phd_lab.errors import ConfigError
@@ -82,32 +82,3 @@ class ExtractStep(Step):
 def _sets(params: dict[str, Any]) -> list[Any]:
     from phd_lab.latents_sets import extraction_sets
     return extraction_sets(params["downsampling"], params["sizes"], params["methods"])
-
-
-def _check_sets(params: dict[str, Any], where: str) -> None:
-    """'sizes' and 'methods': known values, no repeats, not empty."""
-    from phd_lab.errors import ConfigError
-    from phd_lab.latents_sets import METHODS, PIXELWISE
-    sizes, methods = params["sizes"], params["methods"]
-    if sizes is not None:
-        if not sizes:
-            raise ConfigError(f"{where}: 'sizes' is an empty list; give maximum feature-map sides such as "
-                              f"[1, 2, 4], or null for the run's 'downsampling' alone.")
-        for size in sizes:
-            if not (size is None or size == PIXELWISE or (isinstance(size, int) and not isinstance(size, bool)
-                                                           and size >= 1)):
-                raise ConfigError(f"{where}: 'sizes' holds {json.dumps(size)}; each size must be an integer ≥ 1 "
-                                  f"(the largest feature-map side kept), null (whole maps) or \"pixelwise\".")
-        repeated = sorted({json.dumps(size) for size in sizes if sizes.count(size) > 1})
-        if repeated:
-            raise ConfigError(f"{where}: 'sizes' names {', '.join(repeated)} more than once; give each size once.")
-    unknown = [method for method in methods if method not in METHODS]
-    if unknown or not methods:
-        raise ConfigError(f"{where}: 'methods' must be a non-empty list of {', '.join(map(repr, METHODS))}; got "
-                          f"{json.dumps(methods)}.")
-    if len(set(methods)) < len(methods):
-        raise ConfigError(f"{where}: 'methods' names a method more than once; give each once.")
-    if methods != ["adaptive_avg"] and sizes is None:
-        raise ConfigError(f"{where}: 'methods' is {json.dumps(methods)} but 'sizes' is null; the methods apply to "
-                          f"the further sets of 'sizes' (the run's 'downsampling' always average-pools into "
-                          f"latents/). Give 'sizes', e.g. [1, 2, 4].")
