@@ -130,6 +130,11 @@ def test_one_trained_model_gives_every_set_its_folder_probe_results_and_a_compar
     # the comparison draws the sets fitted with the same probe settings only
     assert len(probe_set_tables(RunDir(run, ""), recorded["settings"])) == 4
     assert probe_set_tables(RunDir(run, ""), {**recorded["settings"], "solver": "saga"}) == []
+    older = json.loads((run / "probe_settings.json").read_text())
+    del older["latents"]  # the default set probed by a version that did not record its extraction
+    (run / "probe_settings.json").write_text(json.dumps(older))
+    labels = [label for label, _, _ in probe_set_tables(RunDir(run, ""), older["settings"])]
+    assert labels == ["1×1", "2×2 (latents/)", "1×1", "2×2"]  # its size read off latents/manifest.json
     log_text = (run / "probe.log").read_text()
     assert log_text.count("probe job started") == 2 and log_text.count("probe job finished") == 2  # one per job
     # the sets differ only in how the convolutions' maps were reduced: the Linear layers' probes agree

@@ -112,7 +112,9 @@ def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None) ->
             other_settings.append(path.name)
             continue
         latents = _recorded_latents(outputs.for_probe_set(name).probe_settings) or {}
-        unknown = not name and "downsampling" not in latents  # default-set results of an older version
+        if not name and "downsampling" not in latents:  # default-set results of an older version: its manifest
+            latents = _manifest_latents(outputs.latents())
+        unknown = not name and "downsampling" not in latents
         size = latents.get("downsampling", _size_of(name))
         method = latents.get("downsampling_method", "nearest" if name.endswith("_nearest") else DEFAULT_METHOD)
         if size == PIXELWISE:
@@ -135,6 +137,16 @@ def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None) ->
 def _size_of(name: str) -> int | None:
     """The size a set's name gives ("2x2_nearest" → 2, "full" → None); the default set's is unknown here."""
     return int(name.split("x", 1)[0]) if name and name[0].isdigit() else None
+
+
+def _manifest_latents(folder: Path) -> dict[str, Any]:
+    """The downsampling a latents folder's manifest records ({} when there is none to read)."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {"downsampling": manifest["downsampling"]} if isinstance(manifest, dict) and "downsampling" in manifest \
+        else {}
 
 
 def _recorded_latents(path: Path) -> dict[str, Any] | None:
