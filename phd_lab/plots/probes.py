@@ -93,29 +93,22 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
     return axes[0][0]
 
 
+def _save(ax: "Axes", path: Path | str, dpi: int) -> None:
+    """Write the axes' figure atomically and close it."""
+    try:
+        save_figure(ax.figure, path, dpi=dpi)
+    finally:
+        _pyplot().close(ax.figure)
+
+
 def save_probe_sets_plot(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_accuracy: float | None,
                          path: Path | str) -> None:
-    plt = _pyplot()
-    ax = plot_probe_sets(tables, model_accuracy)
-    try:
-        save_figure(ax.figure, path, dpi=120)
-    finally:
-        plt.close(ax.figure)
+    _save(plot_probe_sets(tables, model_accuracy), path, dpi=120)
 
 
 def save_probe_accuracy_plot(table: "pd.DataFrame", model_accuracy: float | None, path: Path | str) -> None:
-    plt = _pyplot()
-    ax = plot_probe_accuracy(table, model_accuracy)
-    try:
-        save_figure(ax.figure, path, dpi=120)
-    finally:
-        plt.close(ax.figure)
+    _save(plot_probe_accuracy(table, model_accuracy), path, dpi=120)
 
 
 def save_confusion_plot(matrix: np.ndarray, classes: Sequence[int], title: str, path: Path | str) -> None:
-    plt = _pyplot()
-    ax = plot_confusion(matrix, classes, title)
-    try:
-        save_figure(ax.figure, path, dpi=100)
-    finally:
-        plt.close(ax.figure)
+    _save(plot_confusion(matrix, classes, title), path, dpi=100)
