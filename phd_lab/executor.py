@@ -32,6 +32,7 @@ from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.model_checks import (check_input_size, check_objective, check_single_sample_batches,
                                   check_tracked_layers, check_truncate, meta_model)
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
+from phd_lab.objectives import CLASSIFICATION, declared_objective, objective_of
 from phd_lab.registry import Registries
 from phd_lab.report.collect import analyse_run, stamp_if_present
 from phd_lab.reproduction import setup_differences
@@ -145,8 +146,10 @@ class TrainTestExecutor:
         A model that cannot be built on the meta device is checked when it is built for training."""
         shared = {} if shared is None else shared
         key, model = meta_model(self.config, self.registries, shared)
+        factory = self.registries.models.get(self.config.model)
         if model is None:
             self._check_optimizer(nn.Linear(1, 1))  # at least the values, on a stand-in model
+            check_objective(self.config, None, factory=factory)  # the metrics, by what the factory declares
             return
         cfg = self.config
 
@@ -157,10 +160,12 @@ class TrainTestExecutor:
                 check()
                 shared[memo] = True
 
+        # first: a reconstruction model is refused 'truncate' before its border is looked for
+        once(lambda: check_objective(cfg, model, factory=factory), "objective", cfg.resolution,
+             json.dumps(cfg.metrics), json.dumps(cfg.model_args.get("truncate")))
         once(lambda: check_truncate(cfg, model), "truncate", json.dumps(cfg.model_args.get("truncate")),
              cfg.resolution)  # it traces and runs the model on the meta device
         once(lambda: check_input_size(cfg, model), "input size", cfg.resolution)
-        once(lambda: check_objective(cfg, model), "objective", cfg.resolution, json.dumps(cfg.metrics))
         if cfg.batch_size == 1:
             once(lambda: check_single_sample_batches(cfg, model), "single sample", cfg.resolution)
         check_tracked_layers(cfg, model)
@@ -248,6 +253,8 @@ class TrainTestExecutor:
         self._git_diff = git_diff() if values[META_KEY].get("git_dirty") else None
         values[META_KEY]["git_diff_sha256"] = (hashlib.sha256(self._git_diff.encode("utf-8")).hexdigest()
                                                if self._git_diff else None)
+        if getattr(self, "_objective", CLASSIFICATION) != CLASSIFICATION:  # the analysis gives no classifier advice
+            values[META_KEY]["objective"] = self._objective
         return values
 
     def _defaults_in_effect(self) -> dict[str, dict[str, Any]]:
@@ -405,7 +412,10 @@ class TrainTestExecutor:
         bundle = self.build_data()
         seed_everything(cfg.seed)
         model = self.build_model(bundle).to(device)
-        check_objective(cfg, model, forward=False)  # a model the meta device could not build is checked here
+        # a model the meta device could not build is checked here
+        factory = self.registries.models.get(cfg.model)
+        check_objective(cfg, model, forward=False, factory=factory)
+        self._objective = (declared_objective(factory) or objective_of(model)).name  # logged for the analysis
         optimizer, scheduler = self.build_optimizer(model)
         metrics = {name.lower(): self.registries.metrics.get(name)() for name in cfg.metrics}
         rundir = self.rundir.create()

@@ -150,26 +150,35 @@ def check_tracked_layers(cfg: RunConfig, model: nn.Module) -> None:
                           f"{' ...' if len(candidates) > 30 else ''}.")
 
 
-def check_objective(cfg: RunConfig, model: nn.Module, forward: bool = True) -> None:
-    """A model trained to reconstruct its input (§7.2's autoencoder) takes no class metrics, and its output must
-    have the input's shape at this resolution (with ``forward``: one pass on the meta device)."""
-    from phd_lab.objectives import objective_of
+def check_objective(cfg: RunConfig, model: nn.Module | None, forward: bool = True, factory: Any = None) -> None:
+    """A model trained to reconstruct its input (§7.2's autoencoder) takes no class metrics and no ``truncate``
+    (which adds a classification head), and its output must have the input's shape at this resolution (with
+    ``forward``: one pass on the meta device); a classifier needs a metric. The objective is what the registry
+    factory declares, else what the model does (``model`` None: a model the meta device cannot build)."""
+    from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, declared_objective, objective_of
     try:
-        objective = objective_of(model)
+        objective = declared_objective(factory) or (objective_of(model) if model is not None
+                                                    else OBJECTIVES[CLASSIFICATION])
     except ValueError as error:
         raise ConfigError(f"{cfg.source}: model {cfg.model!r}: {error}.") from None
     if objective.uses_labels:
         if not cfg.metrics:  # a classifier's accuracy is what its analysis, probes and report compare with
             raise ConfigError(f"{cfg.source}: the key 'metrics' is an empty list; give at least one metric for "
                               f"classifier {cfg.model!r} (see `python main.py --list metrics`). Only a model trained "
-                              f"to reconstruct its input (conv_autoencoder) takes none.")
+                              f"to reconstruct its input (conv_autoencoder) takes none; a model of your own says it "
+                              f"is one with phd_lab_objective = \"reconstruction\" on its class or registry "
+                              f"function.")
         return
     if cfg.metrics:
         raise ConfigError(f"{cfg.source}: model {cfg.model!r} is trained to reconstruct its input (objective "
                           f"{objective.name!r}, mean squared error), so the class metrics of the key 'metrics' "
                           f"({', '.join(map(repr, cfg.metrics))}) do not apply to it; set \"metrics\": [] (its CSV "
                           f"has train_loss and test_loss).")
-    if not forward:
+    if cfg.model_args.get("truncate") is not None:
+        raise ConfigError(f"{cfg.source}: model {cfg.model!r} is trained to reconstruct its input, but model_args "
+                          f"'truncate' cuts a classifier before a layer and gives it a classification head; remove "
+                          f"'truncate' for this model.")
+    if not forward or model is None:
         return
     was_training = model.training
     try:
@@ -181,9 +190,15 @@ def check_objective(cfg: RunConfig, model: nn.Module, forward: bool = True) -> N
     finally:
         model.train(was_training)
     expected = (2, PLACEHOLDER_CHANNELS, cfg.resolution, cfg.resolution)
-    if shape != expected:
+    if shape == expected:
+        return
+    if shape[:2] == expected[:2] and len(shape) == 4:  # the sides alone differ: the resolution may be the cause
         multiple = getattr(model, "downscale", None)
-        hint = f" (its side must be a multiple of {multiple})" if multiple else ""
+        hint = f"use another 'resolution' (its side must be a multiple of {multiple})" if multiple else \
+            "use a 'resolution' it reconstructs at its size"
         raise ConfigError(f"{cfg.source}: model {cfg.model!r} reconstructs {cfg.resolution}x{cfg.resolution} px "
                           f"inputs as {shape[-2]}x{shape[-1]} px, so its output cannot be compared with its input; "
-                          f"use another 'resolution'{hint}.")
+                          f"{hint}.")
+    raise ConfigError(f"{cfg.source}: model {cfg.model!r} reconstructs inputs of shape {expected[1:]} (channels, "
+                      f"height, width) as outputs of shape {shape[1:]}; a reconstruction must have its input's shape "
+                      f"(the same channels, at every resolution).")

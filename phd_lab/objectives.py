@@ -2,9 +2,10 @@
 
 Every model of the thesis' experiments is a classifier, except the convolutional autoencoder of §7.2,
 which is trained on the mean-squared pixel error between its output and its input. A model class says
-which by its ``objective`` attribute ("classification" when it has none); the trainer and the
-projection step take their loss from here, and class metrics (accuracy, confusion) apply only to
-classifiers.
+which by its ``phd_lab_objective`` attribute ("classification" when it has none; a name of its own, so
+that a model's ``objective`` of another meaning is not taken for it), and so may its registry factory,
+which lets a config be checked without building the model. The trainer and the projection step take
+their loss from here, and class metrics (accuracy, confusion) apply only to classifiers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 
 CLASSIFICATION = "classification"
 RECONSTRUCTION = "reconstruction"
+ATTRIBUTE = "phd_lab_objective"  # on a model class (or instance) or its registry factory
 
 
 class Objective(Protocol):
@@ -43,6 +45,9 @@ class Reconstruction:
 
     def loss(self, outputs: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
              reduction: str = "mean") -> torch.Tensor:
+        if outputs.shape != inputs.shape:  # mse_loss would broadcast, and train on a meaningless loss
+            raise ValueError(f"the model reconstructs inputs of shape {tuple(inputs.shape)} as outputs of shape "
+                             f"{tuple(outputs.shape)}; a reconstruction must have its input's shape")
         per_sample = F.mse_loss(outputs, inputs, reduction="none").flatten(1).mean(dim=1)
         return per_sample.sum() if reduction == "sum" else per_sample.mean()
 
@@ -53,8 +58,17 @@ OBJECTIVES: dict[str, Objective] = {CLASSIFICATION: Classification(), RECONSTRUC
 def objective_of(model: nn.Module) -> Objective:
     """The objective a model declares (a wrapper's inner module counts: DataParallel, ...)."""
     inner = getattr(model, "module", model)
-    name = getattr(inner, "objective", CLASSIFICATION)
-    if name not in OBJECTIVES:
-        raise ValueError(f"the model {type(inner).__name__} declares objective {name!r}; known objectives: "
+    return named_objective(getattr(inner, ATTRIBUTE, CLASSIFICATION), type(inner).__name__)
+
+
+def declared_objective(factory: object) -> Objective | None:
+    """The objective a registry factory declares, or None when it declares none (its model may)."""
+    name = getattr(factory, ATTRIBUTE, None)
+    return None if name is None else named_objective(name, getattr(factory, "__name__", "factory"))
+
+
+def named_objective(name: object, owner: str) -> Objective:
+    if not isinstance(name, str) or name not in OBJECTIVES:
+        raise ValueError(f"{owner} declares {ATTRIBUTE} {name!r}; known objectives: "
                          f"{', '.join(map(repr, OBJECTIVES))}")
     return OBJECTIVES[name]

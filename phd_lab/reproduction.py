@@ -25,13 +25,17 @@ def _shown(values: Mapping[str, Any], name: str) -> str:
 
 def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """Differences that build another model, data set or optimizer from the same config: the factory
-    defaults in effect and the code of the registry files. Keys an older ``_meta`` lacks are skipped."""
+    defaults in effect and the code of the registry files. Keys an older ``_meta`` lacks are skipped, and so is
+    a factory argument added since whose default is null: an argument is added with null meaning what the
+    factory did before it existed (Digits' ``normalization``, the image sets' ``flip``)."""
     found = []
     old_defaults, new_defaults = logged.get("defaults_in_effect"), _plain(now.get("defaults_in_effect"))
     if isinstance(old_defaults, Mapping) and isinstance(new_defaults, Mapping):
         for args in sorted(set(old_defaults) & set(new_defaults)):
             old, new = old_defaults[args] or {}, new_defaults[args] or {}
             for name in sorted(set(old) | set(new)):
+                if name not in old and new.get(name, _ABSENT) is None:
+                    continue
                 if old.get(name, _ABSENT) != new.get(name, _ABSENT):
                     found.append(f"the {args} default {name}: {_shown(old, name)} (now {_shown(new, name)})")
     old_hashes, new_hashes = logged.get("registry_sha256"), now.get("registry_sha256")

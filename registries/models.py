@@ -199,6 +199,9 @@ def conv_autoencoder(*, num_classes: int, in_channels: int = 3, output_activatio
                                    output_activation=output_activation)
 
 
+conv_autoencoder.phd_lab_objective = "reconstruction"  # type: ignore[attr-defined]  # checked before it is built
+
+
 def mlp(*, num_classes: int, in_channels: int = 3, input_side: int = 32,
         units: tuple[int, ...] = (256, 128)) -> nn.Module:
     """Plain MLP: a Linear-ReLU layer per entry of the list units, then the output layer (appendix B.1: [256, k])."""

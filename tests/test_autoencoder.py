@@ -135,3 +135,112 @@ def test_classifiers_lose_nothing_by_the_objective(tmp_path, capsys):
     assert unprojected["loss"].item() == pytest.approx(read_metrics(run)["test_loss"].item(), rel=1e-5)
     assert unprojected["accuracy"].item() == pytest.approx(read_metrics(run)["test_accuracy"].item(), abs=1e-9)
     assert np.isfinite(pd.read_csv(run / "projections_layers.csv")["k"]).all()
+
+
+def test_a_classifier_the_meta_device_cannot_build_still_needs_a_metric(tmp_path, capsys):
+    """The metrics check moved to the model checks, which a model the meta device cannot build skipped: a
+    torchvision RegNet with metrics [] passed the dry run and failed after its data were loaded."""
+    config = write_config(tmp_path, model="tv:regnet_x_400mf", model_args={}, resolution=32, metrics=[])
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
+    assert code == 2 and "give at least one metric for classifier 'tv:regnet_x_400mf'" in " ".join(err.split())
+
+
+@pytest.mark.parametrize("truncate", ["encoder.6", "border"])
+def test_an_autoencoder_is_not_truncated(tmp_path, capsys, truncate):
+    config = write_config(tmp_path, resolution=16, **{**AUTOENCODER, "model_args": {"truncate": truncate}})
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
+    said = " ".join(err.split())
+    assert code == 2 and "'truncate' cuts a classifier" in said and "Traceback" not in said, said
+
+
+MODELS_FILE = '''
+import torch
+from torch import nn
+
+
+class ThreeChannels(nn.Module):
+    """Declares a reconstruction but always gives 3 channels: on 1-channel images its loss would broadcast."""
+    phd_lab_objective = "reconstruction"
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x.expand(-1, 3, -1, -1))
+
+
+class WithALossAttribute(nn.Module):
+    """A classifier whose own attribute 'objective' means something else."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.objective = nn.CrossEntropyLoss(label_smoothing=0.1)
+        self.features = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def three_channels(*, num_classes, in_channels=3):
+    return ThreeChannels()
+
+
+def with_a_loss_attribute(*, num_classes, in_channels=3):
+    return WithALossAttribute(num_classes)
+
+
+def bogus(*, num_classes, in_channels=3):
+    model = WithALossAttribute(num_classes)
+    model.phd_lab_objective = ["ce"]
+    return model
+'''
+
+
+def test_models_of_a_users_registry_declare_their_objective_by_its_own_name(tmp_path, capsys):
+    models = tmp_path / "my_models.py"
+    models.write_text(MODELS_FILE)
+    registries = {"models": str(models)}
+    config = write_config(tmp_path, model="with_a_loss_attribute", model_args={}, epoch=1, registries=registries)
+    code, err = main_in_process(capsys, "--config", str(config))
+    assert code == 0, err  # its 'objective' attribute is its own business
+    bogus = write_config(tmp_path, "bogus.json", model="bogus", model_args={}, registries=registries)
+    code, err = main_in_process(capsys, "--config", str(bogus), "--dry-run")
+    said = " ".join(err.split())
+    assert code == 2 and "declares phd_lab_objective ['ce']; known objectives" in said and "Traceback" not in said
+    shape = write_config(tmp_path, "shape.json", model="three_channels", model_args={}, metrics=[],
+                         registries=registries)
+    code, err = main_in_process(capsys, "--config", str(shape))
+    said = " ".join(err.split())
+    assert code == 1 and "reconstructs inputs of shape (128, 1, 16, 16) as outputs of shape (128, 3, 16, 16)" in said
+
+
+def test_the_analysis_gives_a_reconstruction_none_of_the_classifier_guidelines(tmp_path, capsys):
+    config = write_config(tmp_path, resolution=16, **{**AUTOENCODER, "epoch": 1}, post_processing=["analysis"])
+    code, err = main_in_process(capsys, "--config", str(config))
+    assert code == 0, err
+    [run] = run_folders(tmp_path / "logs")
+    logged = json.loads(next(run.glob("*_config.json")).read_text())
+    assert logged["_meta"]["objective"] == "reconstruction"
+    analysis = json.loads((run / "analysis.json").read_text())
+    assert analysis["run"]["objective"] == "reconstruction"
+    assert [advice["kind"] for advice in analysis["recommendations"]] == ["objective"]
+
+
+def test_a_factory_argument_added_with_a_null_default_is_no_setup_difference(tmp_path, capsys):
+    """Digits gained 'normalization' (null: standardised, as before): every earlier Digits run warned on a rerun
+    that its default 'may not be the one that was trained'."""
+    config = write_config(tmp_path, epoch=1)
+    assert main_in_process(capsys, "--config", str(config))[0] == 0
+    [run] = run_folders(tmp_path / "logs")
+    logged_path = next(run.glob("*_config.json"))
+    logged = json.loads(logged_path.read_text())
+    del logged["_meta"]["defaults_in_effect"]["dataset_args"]["normalization"]  # as an earlier version logged it
+    logged_path.write_text(json.dumps(logged))
+    code, err = main_in_process(capsys, "--config", str(logged_path))
+    assert code == 0 and "normalization" not in err, err
+    logged["_meta"]["defaults_in_effect"]["dataset_args"]["normalization"] = "none"  # a real difference is said
+    logged_path.write_text(json.dumps(logged))
+    code, err = main_in_process(capsys, "--config", str(logged_path))
+    assert code == 0 and "the dataset_args default normalization: \"none\" (now null)" in " ".join(err.split()), err

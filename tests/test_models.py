@@ -67,7 +67,7 @@ def test_every_registered_model_has_a_test_setting():
 def test_forward_backward_and_fx_trace(name):
     model, x = build_small(name)
     out = model(x)
-    reconstructs = getattr(model, "objective", "classification") == "reconstruction"  # conv_autoencoder
+    reconstructs = getattr(model, "phd_lab_objective", "classification") == "reconstruction"  # conv_autoencoder
     assert out.shape == (x.shape if reconstructs else (3, 5)) and torch.isfinite(out).all()
     out.square().mean().backward()
     grads = [p.grad for p in model.parameters()]
@@ -356,7 +356,7 @@ def test_the_default_draws_only_the_output_layer_again_so_that_deep_mlps_keep_th
             continue
         with torch.device("meta"):  # the layers' shapes without drawing their weights
             model = registries.models.get(name)(num_classes=7, in_channels=3)
-        if getattr(model, "objective", "classification") == "reconstruction":  # no output layer to draw again
+        if getattr(model, "phd_lab_objective", "classification") == "reconstruction":  # no output layer to draw again
             assert output_layer(model) is None, name
             continue
         assert output_layer(model).out_features == 7, name

@@ -28,12 +28,19 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings, tracked
             f"The run {status.get('label', 'diverged')}: its weights are no longer finite, so its saturation, probes "
             "and costs describe a broken model, and the thesis' guidelines cannot be read from them. Train it again "
             "with a smaller learning rate (optimizer_args) under a new run_id.")}]
-    advice = _depth_advice(summary) + _probe_advice(summary["probes"])
-    width = _width_advice(summary, settings)
-    if width:
-        advice.append(width)
-    if not advice:
-        advice.append(_no_advice(summary["saturation"], tracked))
+    objective = (summary.get("run") or {}).get("objective")
+    if objective is not None:  # §7.2's autoencoder: the guidelines below were read from classifiers
+        advice = [{"kind": "objective", "text": (
+            f"This model is trained for {objective}, not classification. The thesis' guidelines (tails and border "
+            f"layers, probe plateaus, the 20-30% s_mu interval) were read from classifiers, so none is applied to it; "
+            f"its saturation, probes and costs are reported as measured.")}]
+    else:
+        advice = _depth_advice(summary) + _probe_advice(summary["probes"])
+        width = _width_advice(summary, settings)
+        if width:
+            advice.append(width)
+        if not advice:
+            advice.append(_no_advice(summary["saturation"], tracked))
     if status.get("state") in ("running", "stopped", "incomplete") and status.get("epochs_done"):
         advice.insert(0, {"kind": "provisional", "text": (
             f"Training is not finished ({status.get('label')}): everything below describes the network after epoch "

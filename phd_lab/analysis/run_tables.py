@@ -162,6 +162,7 @@ class RunTables:
 
     folder: RunDir
     config: dict[str, Any] | None = None
+    objective: str | None = None  # the logged _meta's "objective" of a model that is not a classifier
     metrics: pd.DataFrame | None = None
     receptive_field: pd.DataFrame | None = None
     computational: dict[str, Any] | None = None
@@ -391,6 +392,9 @@ def load_run(folder: RunDir) -> RunTables:
         tables.problems.append(f"{folder.config.name} is not a JSON object; ignored")
         config = None
     if config is not None:
+        meta = config.get(META_KEY)
+        objective = meta.get("objective") if isinstance(meta, dict) else None
+        tables.objective = objective if isinstance(objective, str) else None
         config = {k: v for k, v in with_logged_linear_init(config).items() if k != META_KEY}
     tables.config = config
     tables.metrics = _read_csv(folder.metrics_csv, tables, rows_stand_alone=True)

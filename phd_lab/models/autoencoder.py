@@ -7,8 +7,8 @@ convolution back to the input's channels with ReLU (Table 1's ``output_activatio
 mean 0 are then reconstructed only where positive, so the §7.2 config loads them unnormalised, in [0, 1]).
 A ReLU output can die early in training (every output 0: the loss stays at the mean squared pixel value,
 one seed in six on Digits); "sigmoid" cannot, and null leaves the output linear. Padding keeps every side,
-so a side divisible by 8 comes back at its size. It is trained to reconstruct its input (``objective``),
-not to classify, so ``num_classes`` is accepted and unused.
+so a side divisible by 8 comes back at its size. It is trained to reconstruct its input,
+not to classify (``phd_lab_objective``), so ``num_classes`` is accepted and unused.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _conv(in_channels: int, out_channels: int) -> list[nn.Module]:
 
 
 class ConvAutoencoder(nn.Module):
-    objective = RECONSTRUCTION
+    phd_lab_objective = RECONSTRUCTION
     downscale = 2 ** len(ENCODER_FILTERS)  # the input's side must be a multiple of it
 
     def __init__(self, *, in_channels: int = 3, output_activation: str | None = "relu") -> None:
