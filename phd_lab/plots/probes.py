@@ -110,5 +110,14 @@ def save_probe_accuracy_plot(table: "pd.DataFrame", model_accuracy: float | None
     _save(plot_probe_accuracy(table, model_accuracy), path, dpi=120)
 
 
-def save_confusion_plot(matrix: np.ndarray, classes: Sequence[int], title: str, path: Path | str) -> None:
-    _save(plot_confusion(matrix, classes, title), path, dpi=100)
+def confusion_plot_png(matrix: np.ndarray, classes: Sequence[int], title: str) -> bytes:
+    """A confusion matrix's plot as PNG bytes: the probe job draws each layer's while the next ones are fitted
+    and writes them (atomically) with the run's other files."""
+    import io
+    ax = plot_confusion(matrix, classes, title)
+    buffer = io.BytesIO()
+    try:
+        ax.figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        _pyplot().close(ax.figure)
+    return buffer.getvalue()

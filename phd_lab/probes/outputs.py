@@ -43,13 +43,20 @@ def performance_table(records: Sequence[ProbeRecord], model_accuracy: float | No
     return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
 
 
-def write_confusion(outputs: RunDir, record: ProbeRecord) -> list[Path]:
-    """Write one layer's confusion matrix (.npy) and its plot (.png); returns both paths."""
-    from phd_lab.plots.probes import save_confusion_plot
+def confusion_png(record: ProbeRecord) -> bytes:
+    """One layer's confusion plot as PNG bytes."""
+    from phd_lab.plots.probes import confusion_plot_png
+    return confusion_plot_png(record.confusion_matrix(), record.classes,
+                              f"{record.layer} (eval acc {record.eval_acc:.3f})")
+
+
+def write_confusion(outputs: RunDir, record: ProbeRecord, png: bytes | None = None) -> list[Path]:
+    """Write one layer's confusion matrix (.npy) and its plot (.png, drawn now unless ``png`` holds it);
+    returns both paths."""
     matrix = record.confusion_matrix()
     array, plot = (outputs.probe_confusion(record.index, record.layer, suffix) for suffix in (".npy", ".png"))
     write_with(array, lambda handle: np.save(handle, matrix))
-    save_confusion_plot(matrix, record.classes, f"{record.layer} (eval acc {record.eval_acc:.3f})", plot)
+    atomic.write_bytes(plot, confusion_png(record) if png is None else png)
     return [array, plot]
 
 
