@@ -38,11 +38,15 @@ class FlopsStep(Step):
 
 def border_truncation(ctx: StepContext, full: tuple[dict, Any]) -> dict | None:
     """What ``truncate: border`` would save on this model, measured on the truncated model (the
-    analysis reports it); None where the model has no border layer or cannot be traced."""
+    analysis reports it); None where the model has no border layer or cannot be traced, and for a model
+    trained to reconstruct its input, which is not truncated."""
     from phd_lab.analysis.receptive_field import ReceptiveFieldError, border_layers, receptive_fields
     from phd_lab.errors import ConfigError
     from phd_lab.models.truncate import truncation_savings
+    from phd_lab.objectives import objective_of
 
+    if not objective_of(ctx.model).uses_labels:
+        return None
     resolution = ctx.bundle.resolution
     try:
         b_min, _ = border_layers(receptive_fields(ctx.model, resolution), resolution)
