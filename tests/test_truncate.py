@@ -158,3 +158,11 @@ def test_bad_truncate_value_is_rejected_before_training(tmp_path, capsys):
     assert main_cli(["--config", str(config)]) == 2
     assert "'truncate' must be a layer name" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "logs").exists()
+
+
+def test_call_names_round_trip_as_the_receptive_field_table_writes_them():
+    from phd_lab.analysis.call_names import call_name, split_call_name
+    assert [call_name("block.conv", k) for k in (1, 2, 3)] == ["block.conv", "block.conv:2", "block.conv:3"]
+    assert [split_call_name(call_name("block.conv", k)) for k in (1, 2, 3)] == [
+        ("block.conv", 1), ("block.conv", 2), ("block.conv", 3)]
+    assert split_call_name("odd:name") == ("odd:name", 1) and split_call_name("c:1") == ("c:1", 1)

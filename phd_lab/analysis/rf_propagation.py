@@ -15,6 +15,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import fx, nn
 
+from phd_lab.analysis.call_names import call_name
 from phd_lab.analysis.rf_operations import node_arg, transform, unsupported
 from phd_lab.analysis.rf_paths import Ancestry, bypassing_operands, merge_kind, scaled_operands, shortcut_layer
 from phd_lab.analysis.rf_state import ReceptiveFieldError, Unknown, merge
@@ -181,4 +182,4 @@ def _layer_name(node: fx.Node, module: nn.Module | None) -> str | None:
 def _call_name(target: str, calls: dict[str, int]) -> str:
     """The module name; a module called several times gets ``name:2``, ``name:3`` for later calls."""
     calls[target] = calls.get(target, 0) + 1
-    return target if calls[target] == 1 else f"{target}:{calls[target]}"
+    return call_name(target, calls[target])

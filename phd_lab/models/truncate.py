@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from phd_lab.analysis.call_names import split_call_name
 from phd_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,9 @@ def _cut_node(graph: fx.Graph, layer: str) -> fx.Node:
     (as the receptive-field table names a module's later calls) before the k-th call of ``name``."""
     calls = [n for n in graph.nodes
              if n.op == "call_module" and (n.target == layer or str(n.target).startswith(f"{layer}."))]
-    name, _, count = layer.rpartition(":")
-    if not calls and name and count.isdigit() and int(count) >= 2:  # "c:2": the receptive-field table's 2nd call of c
-        calls = [n for n in graph.nodes if n.op == "call_module" and n.target == name][int(count) - 1:]
+    name, call = split_call_name(layer)
+    if not calls and call >= 2:  # "c:2": the receptive-field table's 2nd call of c
+        calls = [n for n in graph.nodes if n.op == "call_module" and n.target == name][call - 1:]
     if not calls:
         names = sorted({str(n.target) for n in graph.nodes if n.op == "call_module"})
         raise ConfigError(f"Cannot truncate at {layer!r}: the model calls no module of that name. Modules: "
