@@ -167,7 +167,8 @@ def _nothing_to_probe(scan: _GridScan, where: str, runs: int, run_id: str | None
     command = f"python main.py --config {shlex.quote(where)}" + (
         "" if run_id is None else f" --run-id {shlex.quote(run_id)}")
     raise DataError(f"No latents found for any of the {runs} run(s) of {where!r}{with_id} (looked for "
-                    f"<run folder>/latents or under latents_dir). Train the runs with the 'extract' "
+                    f"<run folder>/latents, and the latents_<size>_<method> folders of the extract step's 'sizes', or "
+                    f"under latents_dir). Train the runs with the 'extract' "
                     f"post-processing step first ({command}).{hint}")
 
 
