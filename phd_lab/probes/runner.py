@@ -270,7 +270,6 @@ class _Results:
                     self.failed[self.tasks[follower].job] = _about(self.tasks[follower], DataError(str(failure)))
             if task.job in self.failed:  # a late error of a run given up already (a fit that was running)
                 return
-            failure = _failure(task, error)
             if not isinstance(failure, DataError):  # the job cannot go on (versions, files replaced, ...)
                 gone = self.folder_lost(task)
                 if gone is not None:  # unless the run's folder went, and its latents with it
