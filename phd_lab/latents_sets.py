@@ -117,9 +117,21 @@ def config_sets(values: Mapping[str, Any], where: str = "config") -> list[Latent
     return extraction_sets(downsampling, sizes, methods)
 
 
+def named_set(name: str) -> LatentsSet | None:
+    """The set a non-default set's name stands for (``set_name``'s inverse: "2x2_nearest" is 2 and nearest),
+    or None for a name no set has."""
+    if not _SET_NAME.fullmatch(name):
+        return None
+    if name in ("full", PIXELWISE):
+        return LatentsSet(None if name == "full" else PIXELWISE, DEFAULT_METHOD, name)
+    size, token = name.split("_")
+    method = next(method for method, known in _METHOD_TOKENS.items() if known == token)
+    return LatentsSet(int(size.split("x")[0]), method, name)
+
+
 def set_of_folder(folder_name: str) -> str:
     """The set name of a latents folder found on disk: the part after ``latents_`` where that is a set's name
     (``latents_2x2_nearest``), else "" (``latents``, or a folder a user named otherwise: the default set)."""
     prefix = f"{LATENTS}_"
     name = folder_name[len(prefix):] if folder_name.startswith(prefix) else ""
-    return name if _SET_NAME.fullmatch(name) else ""
+    return name if named_set(name) is not None else ""

@@ -17,7 +17,7 @@ from phd_lab.config_file import load_config_file
 from phd_lab.extraction import extract_latents
 from phd_lab.grid import Grid
 from phd_lab.latents_folder import MANIFEST
-from phd_lab.latents_sets import LatentsSet, config_sets, extraction_sets, set_of_folder
+from phd_lab.latents_sets import LatentsSet, config_sets, extraction_sets, named_set, set_of_folder
 from phd_lab.pooling import nearest_to, pool_to
 from phd_lab.probes.cli import probe_cli
 from phd_lab.probes.outputs import probe_set_tables
@@ -49,6 +49,7 @@ def test_sets_are_named_after_size_and_method_and_the_default_set_comes_first():
                     LatentsSet(4, "nearest", "4x4_nearest"), LatentsSet(None, "adaptive_avg", "full"),
                     LatentsSet("pixelwise", "adaptive_avg", "pixelwise")]
     assert [s.folder_name for s in sets[:2]] == ["latents", "latents_1x1_avg"]
+    assert all(named_set(s.name) == s for s in sets[1:]) and named_set("old") is None  # names read back
     assert extraction_sets(2) == [LatentsSet(2)]
     assert [set_of_folder(name) for name in ("latents", "latents_1x1_nearest", "latents_full", "latents_old",
                                              "latents_0x0_avg", "mine")] == ["", "1x1_nearest", "full", "", "", ""]

@@ -18,7 +18,7 @@ import numpy as np
 
 from phd_lab import atomic
 from phd_lab.atomic import write_csv, write_with
-from phd_lab.latents_sets import DEFAULT_METHOD, PIXELWISE, set_of_folder
+from phd_lab.latents_sets import DEFAULT_METHOD, PIXELWISE, named_set
 from phd_lab.probes.cache import library_versions
 from phd_lab.probes.discovery import ProbeJob
 from phd_lab.probes.fit import ProbeRecord
@@ -110,20 +110,22 @@ def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None) ->
     other probe settings (another solver's accuracies would differ for other reasons than the latents)."""
     import pandas as pd
     found, other_settings = [], []
-    for path in [outputs.probe_csv.with_name("probe_performances.csv"),
-                 *sorted(outputs.root.glob("probe_performances_*.csv"))]:
+    for path in [outputs.for_probe_set("").probe_csv, *sorted(outputs.root.glob("probe_performances_*.csv"))]:
         name = path.stem[len("probe_performances_"):] if path.stem != "probe_performances" else ""
-        if (name and set_of_folder(f"latents_{name}") != name) or name == PIXELWISE or not path.is_file():
+        named = named_set(name) if name else None
+        if (name and named is None) or name == PIXELWISE or not path.is_file():
             continue
-        if settings is not None and _earlier_settings(outputs.for_probe_set(name).probe_settings) != settings:
+        recorded = _json_object(outputs.for_probe_set(name).probe_settings)
+        if settings is not None and _dict_at(recorded, "settings") != settings:
             other_settings.append(path.name)
             continue
-        latents = _recorded_latents(outputs.for_probe_set(name).probe_settings) or {}
+        latents = _dict_at(recorded, "latents") or {}
         if not name and "downsampling" not in latents:  # default-set results of an older version: its manifest
-            latents = _manifest_latents(outputs.latents())
+            manifest = _json_object(outputs.latents() / "manifest.json")
+            latents = {"downsampling": manifest["downsampling"]} if "downsampling" in manifest else {}
         unknown = not name and "downsampling" not in latents
-        size = latents.get("downsampling", _size_of(name))
-        method = latents.get("downsampling_method", "nearest" if name.endswith("_nearest") else DEFAULT_METHOD)
+        size = latents.get("downsampling", named.downsampling if named else None)
+        method = latents.get("downsampling_method", named.method if named else DEFAULT_METHOD)
         if size == PIXELWISE:
             continue
         try:
@@ -141,38 +143,24 @@ def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None) ->
     return [(label, method, table) for _, label, method, table in sorted(found, key=lambda item: item[0])]
 
 
-def _size_of(name: str) -> int | None:
-    """The size a set's name gives ("2x2_nearest" → 2, "full" → None); the default set's is unknown here."""
-    return int(name.split("x", 1)[0]) if name and name[0].isdigit() else None
-
-
-def _manifest_latents(folder: Path) -> dict[str, Any]:
-    """The downsampling a latents folder's manifest records ({} when there is none to read)."""
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON file's object ({} when it is missing, unreadable or not an object)."""
     try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {"downsampling": manifest["downsampling"]} if isinstance(manifest, dict) and "downsampling" in manifest \
-        else {}
+    return value if isinstance(value, dict) else {}
 
 
-def _recorded_latents(path: Path) -> dict[str, Any] | None:
-    """The ``latents`` (downsampling and method) recorded beside a set's probe results; None for results
-    written before it was recorded, or unreadable."""
-    try:
-        latents = json.loads(path.read_text(encoding="utf-8")).get("latents")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return latents if isinstance(latents, dict) else None
+def _dict_at(value: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """``value[key]`` where it is an object, else None."""
+    inner = value.get(key)
+    return inner if isinstance(inner, dict) else None
 
 
 def _earlier_settings(path: Path) -> dict[str, Any] | None:
     """The settings of the probe results a run folder holds (None: none, or unreadable)."""
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8")).get("settings")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return settings if isinstance(settings, dict) else None
+    return _dict_at(_json_object(path), "settings")
 
 
 def refresh_analysis(job: ProbeJob, tag: dict[str, int] | None = None) -> None:
