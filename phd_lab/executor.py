@@ -32,7 +32,7 @@ from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.model_checks import (check_input_size, check_objective, check_single_sample_batches,
                                   check_tracked_layers, check_truncate, meta_model)
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
-from phd_lab.objectives import CLASSIFICATION, declared_objective, objective_of
+from phd_lab.objectives import CLASSIFICATION
 from phd_lab.registry import Registries
 from phd_lab.report.collect import analyse_run, stamp_if_present
 from phd_lab.reproduction import setup_differences
@@ -79,6 +79,7 @@ class TrainTestExecutor:
         self._device: torch.device | None = None  # resolved when the run starts (logged with the versions)
         self._trained_threads: int | None = None  # the thread count the run's checkpoint was trained with
         self._git_diff: str | None = None  # uncommitted changes of the phd-lab checkout (set by logged_config)
+        self._objective = CLASSIFICATION  # what the built model is trained for (logged for the analysis)
 
     # ------------------------------------------------------------------ validation
     def validate(self, missing_data: str = "error", said: dict[str, int] | None = None,
@@ -253,7 +254,7 @@ class TrainTestExecutor:
         self._git_diff = git_diff() if values[META_KEY].get("git_dirty") else None
         values[META_KEY]["git_diff_sha256"] = (hashlib.sha256(self._git_diff.encode("utf-8")).hexdigest()
                                                if self._git_diff else None)
-        if getattr(self, "_objective", CLASSIFICATION) != CLASSIFICATION:  # the analysis gives no classifier advice
+        if self._objective != CLASSIFICATION:  # the analysis gives no classifier advice
             values[META_KEY]["objective"] = self._objective
         return values
 
@@ -413,9 +414,7 @@ class TrainTestExecutor:
         seed_everything(cfg.seed)
         model = self.build_model(bundle).to(device)
         # a model the meta device could not build is checked here
-        factory = self.registries.models.get(cfg.model)
-        check_objective(cfg, model, forward=False, factory=factory)
-        self._objective = (declared_objective(factory) or objective_of(model)).name  # logged for the analysis
+        self._objective = check_objective(cfg, model, forward=False, factory=self.registries.models.get(cfg.model)).name
         optimizer, scheduler = self.build_optimizer(model)
         metrics = {name.lower(): self.registries.metrics.get(name)() for name in cfg.metrics}
         rundir = self.rundir.create()

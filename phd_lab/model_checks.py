@@ -19,6 +19,7 @@ from torch import nn
 from phd_lab.config import RunConfig
 from phd_lab.errors import ConfigError, first_line
 from phd_lab.factory_args import FRAMEWORK_MODEL_OPTIONS
+from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, Objective, declared_objective, objective_of
 from phd_lab.registry import Registries
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def check_input_size(cfg: RunConfig, model: nn.Module) -> None:
     """A model whose pooling or kernels outgrow the maps at this resolution (torchvision's AlexNet or
     ConvNeXt at 16 px, Inception v3 below 75 px) failed at its first batch with torch's message. A forward
     pass on the meta device raises the same error without memory or time."""
-    error = _meta_forward_error(model, cfg.resolution)
+    _, error = _meta_forward(model, cfg.resolution)
     if error is None:
         return
     message = first_line(error)
@@ -90,7 +91,7 @@ def check_input_size(cfg: RunConfig, model: nn.Module) -> None:
     # Any other error (MaxViT's window partition at 16-64 px: "shape '[2, 64, 0, 7, 0, 7]' is invalid") is
     # the resolution's if the same forward pass runs at the size the model is made for; if it fails there
     # too, the meta device may not support the model, which training then checks.
-    if cfg.resolution != REFERENCE_RESOLUTION and _meta_forward_error(model, REFERENCE_RESOLUTION) is None:
+    if cfg.resolution != REFERENCE_RESOLUTION and _meta_forward(model, REFERENCE_RESOLUTION)[1] is None:
         raise ConfigError(f"{cfg.source}: 'resolution' {cfg.resolution} does not suit model {cfg.model!r}: its "
                           f"forward pass fails at {cfg.resolution}x{cfg.resolution} px ({type(error).__name__}: "
                           f"{message}) but runs at {REFERENCE_RESOLUTION}x{REFERENCE_RESOLUTION} px. Use a "
@@ -99,18 +100,19 @@ def check_input_size(cfg: RunConfig, model: nn.Module) -> None:
               error)
 
 
-def _meta_forward_error(model: nn.Module, resolution: int) -> Exception | None:
-    """The error of an eval-mode forward pass of two placeholder inputs on the meta device, None if it runs."""
+def _meta_forward(model: nn.Module, resolution: int) -> tuple[torch.Size | None, Exception | None]:
+    """(output shape, None) of an eval-mode forward pass of two placeholder inputs on the meta device, or
+    (None, its error)."""
     was_training = model.training
     try:
         model.eval()
         with torch.device("meta"):
-            model(torch.empty(2, PLACEHOLDER_CHANNELS, resolution, resolution))
+            return model(torch.empty(2, PLACEHOLDER_CHANNELS, resolution, resolution)).shape, None
     except Exception as error:  # noqa: BLE001 - the caller decides which errors are verdicts
-        return error
+        return None, error
     finally:
         model.train(was_training)
-    return None
+
 
 
 def check_single_sample_batches(cfg: RunConfig, model: nn.Module) -> None:
@@ -150,12 +152,11 @@ def check_tracked_layers(cfg: RunConfig, model: nn.Module) -> None:
                           f"{' ...' if len(candidates) > 30 else ''}.")
 
 
-def check_objective(cfg: RunConfig, model: nn.Module | None, forward: bool = True, factory: Any = None) -> None:
+def check_objective(cfg: RunConfig, model: nn.Module | None, forward: bool = True, factory: Any = None) -> Objective:
     """A model trained to reconstruct its input (§7.2's autoencoder) takes no class metrics and no ``truncate``
     (which adds a classification head), and its output must have the input's shape at this resolution (with
-    ``forward``: one pass on the meta device); a classifier needs a metric. The objective is what the registry
-    factory declares, else what the model does (``model`` None: a model the meta device cannot build)."""
-    from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, declared_objective, objective_of
+    ``forward``: one pass on the meta device); a classifier needs a metric. The objective, returned, is what the
+    registry factory declares, else what the model does (``model`` None: a model the meta device cannot build)."""
     try:
         objective = declared_objective(factory) or (objective_of(model) if model is not None
                                                     else OBJECTIVES[CLASSIFICATION])
@@ -168,7 +169,7 @@ def check_objective(cfg: RunConfig, model: nn.Module | None, forward: bool = Tru
                               f"to reconstruct its input (conv_autoencoder) takes none; a model of your own says it "
                               f"is one with phd_lab_objective = \"reconstruction\" on its class or registry "
                               f"function.")
-        return
+        return objective
     if cfg.metrics:
         raise ConfigError(f"{cfg.source}: model {cfg.model!r} is trained to reconstruct its input (objective "
                           f"{objective.name!r}, mean squared error), so the class metrics of the key 'metrics' "
@@ -178,20 +179,18 @@ def check_objective(cfg: RunConfig, model: nn.Module | None, forward: bool = Tru
         raise ConfigError(f"{cfg.source}: model {cfg.model!r} is trained to reconstruct its input, but model_args "
                           f"'truncate' cuts a classifier before a layer and gives it a classification head; remove "
                           f"'truncate' for this model.")
-    if not forward or model is None:
-        return
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.device("meta"):
-            shape = tuple(model(torch.empty(2, PLACEHOLDER_CHANNELS, cfg.resolution, cfg.resolution)).shape)
-    except Exception:  # noqa: BLE001 - check_input_size reports the forward pass's errors
-        return
-    finally:
-        model.train(was_training)
+    if forward and model is not None:
+        _check_reconstruction_shape(cfg, model)
+    return objective
+
+
+def _check_reconstruction_shape(cfg: RunConfig, model: nn.Module) -> None:
+    """A reconstruction's output must have its input's shape (a forward pass that fails is check_input_size's)."""
+    output, _ = _meta_forward(model, cfg.resolution)
     expected = (2, PLACEHOLDER_CHANNELS, cfg.resolution, cfg.resolution)
-    if shape == expected:
+    if output is None or tuple(output) == expected:
         return
+    shape = tuple(output)
     if shape[:2] == expected[:2] and len(shape) == 4:  # the sides alone differ: the resolution may be the cause
         multiple = getattr(model, "downscale", None)
         hint = f"use another 'resolution' (its side must be a multiple of {multiple})" if multiple else \
