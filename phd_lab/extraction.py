@@ -45,15 +45,14 @@ from phd_lab.errors import ConfigError, ExtractionError
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.latents_folder import (MANIFEST, SPLITS, build_manifest, clear, expected_settings, load_manifest,
                                     record_move, reusable)
+from phd_lab.latents_sets import DEFAULT_METHOD, METHODS, PIXELWISE
 from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
-from phd_lab.latents_sets import DEFAULT_METHOD, METHODS
 from phd_lab.pooling import nearest_to, pool_to
 from phd_lab.registry import did_you_mean
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16")
-PIXELWISE = "pixelwise"
 # Test-only hook: seconds to sleep after every written batch, so that a fault-injection test
 # can SIGKILL the process in the middle of an extraction.
 PAUSE_ENV = "PHD_LAB_TEST_EXTRACT_PAUSE"

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from phd_lab import atomic
+from phd_lab.latents_sets import DEFAULT_METHOD
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,13 @@ SPLITS = ("train", "eval")
 
 
 def expected_settings(run_dir: Path, downsampling: Any, dtype: str, model: nn.Module,
-                      method: str = "adaptive_avg") -> dict[str, Any]:
+                      method: str = DEFAULT_METHOD) -> dict[str, Any]:
     """What a reusable extraction's manifest must say. ``downsampling_method`` appears only off its default
     (nearest interpolation), so that the manifests written before it existed stay reusable."""
     settings = {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION,
                 "run_dir": str(Path(run_dir).resolve()), "downsampling": downsampling, "dtype": dtype,
                 "model_sha256": model_fingerprint(model)}
-    if method != "adaptive_avg":
+    if method != DEFAULT_METHOD:
         settings["downsampling_method"] = method
     return settings
 
