@@ -87,7 +87,8 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
         log.warning("layers never called in eval mode, left unprojected and out of the sums: %s", ", ".join(idle))
         for name in idle:
             layers[name].set_delta(1.0)
-    pca = [layer for name, layer in layers.items() if name not in idle]
+    pca_names = [name for name in layers if name not in idle]
+    pca = [layers[name] for name in pca_names]
     if not pca:
         raise ValueError("no projected layer was called by the model's forward pass in eval mode")
     broken = [name for name, layer in layers.items() if name not in idle and not layer.covariance_is_finite()]
@@ -112,9 +113,8 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
                 layer.use_pca_basis()
         dims = [layer.k for layer in pca]
         if layer_dims is not None and basis == bases[0]:
-            names = [name for name, layer in layers.items() if name not in idle]
             layer_dims += [{"delta": float(delta), "layer": name, "k": layer.k, "features": layer.features}
-                           for name, layer in zip(names, pca)]
+                           for name, layer in zip(pca_names, pca)]
         accuracy, loss = evaluate(projected, test_loader, device, objective)
         if basis == "pca":
             keep_examples(projected, float(delta), examples, example_outputs, device)
