@@ -17,7 +17,8 @@ _COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#d
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # with the colours: 64 groups told apart
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
+    """The figure as PNG bytes (90 dpi, tight), closed afterwards: for pages that embed it."""
     import matplotlib.pyplot as plt
     try:
         buffer = io.BytesIO()
@@ -34,7 +35,7 @@ def _groups(summaries: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 def _scatter(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str,
              **options: Any) -> bytes:
-    return _png(scatter_figure(summaries, x_of, xlabel, ylabel, title, **options))
+    return png_bytes(scatter_figure(summaries, x_of, xlabel, ylabel, title, **options))
 
 
 def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str, *,

@@ -11,6 +11,7 @@ from typing import Sequence
 from phd_lab import atomic
 from phd_lab.atomic import check_writable_dir
 from phd_lab.errors import EXIT_OK, DataError, UsageError
+from phd_lab.report.repetitions import DEFAULT_ALPHA, REPETITION_TABLES, csv_path, is_repetition_table
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="HTML file to write (default: LOGS_DIR/report.html)")
     parser.add_argument("--no-refresh", action="store_true",
                         help="do not write analysis.json/analysis.png into the run folders (read-only logs)")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help="significance level of the t-tests over repeated runs (default %(default)s, as the "
+                             "thesis' Table 5; its Tables 4 and 14-16 use 0.01)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     return parser
@@ -43,11 +47,13 @@ def _is_report(path: Path) -> bool:
 
 
 def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh: bool = True,
-                 progress: bool = False) -> Path:
-    """Analyse all runs of ``logs_dir`` and write the report; return its path."""
+                 progress: bool = False, alpha: float = DEFAULT_ALPHA) -> Path:
+    """Analyse all runs of ``logs_dir`` and write the report, with the tables of its repeated runs beside
+    it (``<out>_saturation_stability.csv``, ``<out>_relevant_eigenspace.csv``); return its path."""
     from phd_lab.plots.grid_figures import grid_figures
     from phd_lab.report.collect import collect
     from phd_lab.report.html import render_report
+    from phd_lab.report.repetitions import draw_figures, repetition_groups, repetitions_csvs
 
     if not str(logs_dir).strip():  # Path("") is the working directory: an unset shell variable, not a choice
         raise UsageError("LOGS_DIR is empty; pass the logs folder of a grid (the config's 'logs_dir', ./logs by "
@@ -64,10 +70,19 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     if out_path.exists() and not _is_report(out_path):
         raise UsageError(f"--out {str(out_path)!r} exists and is no phd-lab report; it would be replaced (a run's CSV "
                          f"lost its history this way). Pass a new file name or remove that file first.")
+    if not 0.0 < alpha < 1.0:
+        raise UsageError(f"--alpha {alpha:g} is no significance level; pass a number between 0 and 1, e.g. 0.05 "
+                         f"(the thesis' Table 5) or 0.01 (its Tables 4 and 14-16).")
+    tables = {suffix: csv_path(out_path, suffix) for suffix in REPETITION_TABLES}
+    for path in tables.values():
+        if path.exists() and not is_repetition_table(path):
+            raise UsageError(f"{str(path)!r} exists and is no table of a phd-lab report; the report would replace "
+                             f"it with the statistics of its repeated runs. Pass another --out or move that file.")
     check_writable_dir(str(out_path.parent), "--out", "report", subject="the folder of --out")  # before any
     # run folder is refreshed; then a killed report's temp page (15 minutes old), and nothing else of that folder
-    for stale in atomic.remove_stale_temps(out_path.parent, only=out_path.name):
-        log.info("Removed %s, left half-written by a process that was killed.", stale)
+    for name in [out_path.name, *(path.name for path in tables.values())]:
+        for stale in atomic.remove_stale_temps(out_path.parent, only=name):
+            log.info("Removed %s, left half-written by a process that was killed.", stale)
     entries = collect(logs_dir, refresh=refresh, progress=progress)
     if not entries:
         raise DataError(f"LOGS_DIR {str(logs_dir)!r} holds no runs: no folder below it has a <name>_config.json or a "
@@ -75,8 +90,20 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     bands = [tuple(e.summary["settings"]["target_saturation"]) for e in entries if e.summary.get("settings")]
     band = bands[0] if bands else (0.2, 0.3)
     comparison = grid_figures([e.summary for e in entries], band=band)  # type: ignore[arg-type]
-    atomic.write_text(out_path, render_report(entries, logs_dir, out_path, comparison))
+    groups = [draw_figures(group) for group in repetition_groups(entries, alpha)]
+    frames = repetitions_csvs(groups)
+    for suffix, path in tables.items():  # a table the grid no longer has goes: it would describe other runs
+        if suffix in frames:
+            atomic.write_csv(path, frames[suffix])
+        elif path.exists():
+            path.unlink()
+    written = [tables[suffix] for suffix in REPETITION_TABLES if suffix in frames]
+    atomic.write_text(out_path, render_report(entries, logs_dir, out_path, comparison, groups, written))
     log.info("Report of %d run(s) written to %s", len(entries), out_path)
+    for group in groups:
+        if group.relevant_delta is not None:
+            log.info("%s: relevant eigenspace from delta %g on (%d runs, alpha %g)", group.label,
+                     group.relevant_delta, len(group.entries), alpha)
     return out_path
 
 
@@ -88,7 +115,7 @@ def main_report(argv: Sequence[str]) -> int:
 
     def body() -> int:
         path = write_report(args.logs_dir, args.out, refresh=not args.no_refresh,
-                            progress=not (args.no_progress or args.quiet))
+                            progress=not (args.no_progress or args.quiet), alpha=args.alpha)
         sys.stdout.write(f"{path}\n")
         return EXIT_OK
 

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import json
 import os
 from html import escape
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import quote
 
-from phd_lab.config import SCHEMA_BY_NAME
 from phd_lab.report.collect import RunEntry
+from phd_lab.report.config_values import FIXED_COLUMNS, flat_config, varying_keys
+from phd_lab.report.repetitions import RepetitionGroup, repetitions_section
 
 MISSING = "—"
-_FIXED_COLUMNS = ("model", "dataset", "resolution")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em 2em;color:#222}
@@ -33,7 +32,7 @@ td.num{text-align:right} .missing{color:#aaa} .warn{color:#b35900} .ok{color:#2d
 section.run{border-top:2px solid #ddd;margin-top:2em;padding-top:.5em}
 section.run img{max-width:100%;border:1px solid #eee} .figures img{max-width:32%;min-width:300px;margin-right:1%}
 .facts td:first-child{font-weight:600} ul.advice li{margin:.3em 0;white-space:normal;max-width:70em}
-h3 .swept{font-weight:normal;font-size:.85em;color:#555}
+h3 .swept{font-weight:normal;font-size:.85em;color:#555} tr.significant td{font-weight:600}
 """
 
 # Click a header to sort by it; numbers sort numerically (data-sort), missing values always last.
@@ -86,29 +85,6 @@ def _cell(text: str, sort: Any = None, *, numeric: bool = False, css: str = "") 
     if sort is not None or text == MISSING:
         attrs += f' data-sort="{escape("" if sort is None else str(sort))}"'
     return f"<td{attrs}>{escape(text)}</td>"
-
-
-def flat_config(config: dict[str, Any] | None) -> dict[str, str]:
-    """Result-affecting config values as ``key`` / ``mapping.key`` → compact JSON text."""
-    flat: dict[str, str] = {}
-    for key, value in (config or {}).items():
-        schema_key = SCHEMA_BY_NAME.get(key)
-        if key == "_meta" or (schema_key is not None and schema_key.technical):
-            continue
-        if isinstance(value, dict):
-            for inner, inner_value in value.items():
-                flat[f"{key}.{inner}"] = json.dumps(inner_value, separators=(",", ":"))
-        else:
-            flat[key] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-    return flat
-
-
-def varying_keys(entries: Sequence[RunEntry]) -> list[str]:
-    """Config values that differ between runs (model, dataset and resolution have their own columns). A run
-    whose config could not be read has no values to compare: it would make every key look varied."""
-    flats = [flat_config(e.tables.config) for e in entries if e.tables.config]
-    keys = sorted({k for f in flats for k in f} - set(_FIXED_COLUMNS))
-    return [k for k in keys if len({f.get(k) for f in flats}) > 1]
 
 
 def _link(path: Path, out_dir: Path, text: str) -> str:
@@ -255,16 +231,20 @@ TITLE = "phd-lab report: "  # marks a page this command wrote (every version): -
 
 
 def render_report(entries: Sequence[RunEntry], logs_dir: Path, out_path: Path,
-                  comparison: dict[str, bytes]) -> str:
-    """The HTML text of the report page."""
+                  comparison: dict[str, bytes], repetitions: Sequence[RepetitionGroup] = (),
+                  repetition_files: Sequence[Path] = ()) -> str:
+    """The HTML text of the report page; ``repetitions``: groups of repeated runs, with the tables written
+    for them in ``repetition_files``."""
     out_dir = out_path.parent
     varying = varying_keys(entries)
-    headers = (["run", *_FIXED_COLUMNS] + varying + ["training", "test acc", "s_mu", "params", "FLOPs", "b_min",
+    headers = (["run", *FIXED_COLUMNS] + varying + ["training", "test acc", "s_mu", "params", "FLOPs", "b_min",
                                                      "b_max", "tail start", "tail at b_min", "probes"])
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     rows = "\n".join(_row(i, e, varying, logs_dir) for i, e in enumerate(entries, 1))
     figures = "".join(_img(data, title) for title, data in comparison.items())
     sections = "\n".join(_section(i, e, out_dir, logs_dir, varying) for i, e in enumerate(entries, 1))
+    repeated = repetitions_section(repetitions, [_link(p, out_dir, p.name) for p in repetition_files], _img)
+    jump = ' · <a href="#repetitions">repetitions</a>' if repeated else ""
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{TITLE}{escape(str(logs_dir))}</title>
@@ -272,7 +252,7 @@ def render_report(entries: Sequence[RunEntry], logs_dir: Path, out_path: Path,
 <body>
 <h1>phd-lab report</h1>
 <p class="meta">{len(entries)} run(s) in {escape(str(logs_dir))} · generated {now} ·
-<a href="#runs">runs</a> · <a href="#comparison">comparison</a></p>
+<a href="#runs">runs</a> · <a href="#comparison">comparison</a>{jump}</p>
 <h2 id="runs">Runs</h2>
 <p class="meta">Click a column header to sort. s_mu: average saturation of the last epoch; tail at b_min: whether
 the tail closest to the output starts at the border layer b_min.</p>
@@ -282,6 +262,7 @@ the tail closest to the output starts at the border layer b_min.</p>
 </tbody></table>
 <h2 id="comparison">Comparison across the grid</h2>
 <div class="figures">{figures}</div>
+{repeated}
 <h2>Runs in detail</h2>
 {sections}
 <script>{_JS}</script>

@@ -1,0 +1,82 @@
+"""Figures of a configuration's repetitions: saturation per layer over the runs (the thesis' Fig. 44), and the
+projected networks' mean drop per delta with its 95% interval and the directions kept (Tables 4, 5, 14–16)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+_BASIS_COLORS = {"pca": "#3b6fb6", "random": "#c0392b"}
+MAX_TICK_LABELS = 40  # more layers or deltas than this: every n-th label, so that they stay readable
+
+
+def _pyplot() -> Any:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _thin_labels(ax: Any, labels: Sequence[str], rotation: int) -> None:
+    step = max(1, math.ceil(len(labels) / MAX_TICK_LABELS))
+    ax.set_xticks(range(0, len(labels), step))
+    ax.set_xticklabels(list(labels)[::step], rotation=rotation, fontsize=7, ha="right" if rotation else "center")
+
+
+def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str, float]]], title: str) -> Any:
+    """Saturation per layer in forward order: each run a thin line, the mean a thick one, min–max shaded."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.22 * len(table) + 2), 3.6))
+    position = {layer: i for i, layer in enumerate(table["layer"])}
+    for pairs in runs.values():
+        points = sorted((position[layer], saturation) for layer, saturation in pairs if layer in position)
+        ax.plot([p for p, _ in points], [s for _, s in points], color="#999999", lw=0.6, alpha=0.6)
+    x = list(range(len(table)))
+    ax.fill_between(x, table["min"], table["max"], color="#3b6fb6", alpha=0.18, lw=0, label="min – max")
+    ax.plot(x, table["mean"], color="#3b6fb6", lw=2, marker="o", ms=3, label=f"mean of {len(runs)} runs")
+    _thin_labels(ax, [str(layer) for layer in table["layer"]], rotation=60)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("saturation (last epoch)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
+    """Mean drop of the projected networks per delta (evenly spaced, largest right) with the 95% interval
+    of the mean; filled markers differ significantly from the unprojected networks. The PCA bases'
+    mean number of kept directions on the right axis."""
+    from scipy import stats
+
+    plt = _pyplot()
+    deltas = sorted(table["delta"].unique())
+    position = {delta: i for i, delta in enumerate(deltas)}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(deltas) + 4), 3.8))
+    for basis, part in table.groupby("basis", sort=False):
+        part = part.sort_values("delta")
+        color = _BASIS_COLORS.get(str(basis), "#555555")
+        x = [position[d] for d in part["delta"]]
+        half = [stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 and math.isfinite(std) else 0.0
+                for n, std in zip(part["n"], part["drop_std"])]
+        ax.errorbar(x, part["drop_mean"], yerr=half, color=color, lw=1, capsize=2, label=f"{basis} basis")
+        significant = part["significant"].to_numpy(dtype=bool)
+        ax.scatter([v for v, s in zip(x, significant) if s], part["drop_mean"][significant], color=color, s=16,
+                   zorder=3)
+        ax.scatter([v for v, s in zip(x, significant) if not s], part["drop_mean"][~significant], s=16, zorder=3,
+                   facecolors="white", edgecolors=color)
+    ax.axhline(0.0, color="grey", ls="--", lw=1)
+    measure = str(table["measure"].iloc[0]) if len(table) else "accuracy"
+    ax.set_ylabel("accuracy lost (unprojected − projected)" if measure == "accuracy"
+                  else "loss gained (projected − unprojected)")
+    ax.set_xlabel("δ (explained variance); filled: differs significantly")
+    _thin_labels(ax, [f"{d:g}" for d in deltas], rotation=70)
+    pca = table[table["basis"] == "pca"].sort_values("delta")
+    if len(pca):
+        right = ax.twinx()
+        right.plot([position[d] for d in pca["delta"]], pca["dims_sum_mean"], color="#777777", ls=":", lw=1.2)
+        right.set_ylabel(r"$\sum \dim E_l^k$ (mean, dotted)", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="best")
+    return fig

@@ -1,0 +1,225 @@
+"""The report's repetition groups: runs whose result-affecting config values are equal except run_id and seed.
+
+For every group of two runs or more the report shows how stable each layer's saturation is over the
+repetitions (§8.2) and, where the runs were projected, which deltas leave their accuracy statistically
+unchanged (§7.4); the numbers also go to two CSV files beside the page (``repetitions_csvs``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from phd_lab.analysis.repetitions import (Spread, relevant_delta, relevant_eigenspace_table,
+                                          saturation_stability)
+from phd_lab.report.collect import RunEntry
+from phd_lab.report.config_values import FIXED_COLUMNS, flat_config
+
+REPEATED_BY = ("run_id", "seed")  # what tells the repetitions of one configuration apart
+DEFAULT_ALPHA = 0.05  # Table 5's level; Tables 4 and 14–16 use 0.01 (``report --alpha``)
+
+
+@dataclass
+class RepetitionGroup:
+    """The runs of one configuration and the statistics over them (None where fewer than two runs have
+    the data: finished training with saturations, or a projections table)."""
+
+    label: str
+    entries: list[RunEntry]
+    alpha: float = DEFAULT_ALPHA
+    saturations: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    stability: pd.DataFrame | None = None
+    accuracy: Spread | None = None
+    eigenspace: pd.DataFrame | None = None
+    relevant_delta: float | None = None
+    figures: list[tuple[str, bytes]] = field(default_factory=list)  # (title, PNG bytes): ``draw_figures``
+
+
+def _identity(entry: RunEntry) -> str | None:
+    if not entry.tables.config:
+        return None
+    flat = {k: v for k, v in flat_config(entry.tables.config).items() if k not in REPEATED_BY}
+    return json.dumps(flat, sort_keys=True)
+
+
+def _label(flat: dict[str, str], differing: Sequence[str]) -> str:
+    model, dataset, resolution = (flat.get(key, "?") for key in FIXED_COLUMNS)
+    extra = " · ".join(f"{key}={flat[key]}" for key in differing if key in flat)
+    return f"{model} / {dataset} {resolution} px" + (f" · {extra}" if extra else "")
+
+
+def repetition_groups(entries: Sequence[RunEntry], alpha: float = DEFAULT_ALPHA) -> list[RepetitionGroup]:
+    """Groups of runs with the same configuration but for run_id/seed, with their statistics, in the order
+    their first run appears in ``entries``; only groups where two runs or more have something to compare."""
+    members: dict[str, list[RunEntry]] = {}
+    for entry in entries:
+        identity = _identity(entry)
+        if identity is not None:
+            members.setdefault(identity, []).append(entry)
+    repeated = {identity: runs for identity, runs in members.items() if len(runs) > 1}
+    flats = {identity: json.loads(identity) for identity in repeated}
+    keys = sorted({k for flat in flats.values() for k in flat} - set(FIXED_COLUMNS))
+    differing = [k for k in keys if len({flat.get(k) for flat in flats.values()}) > 1]
+    groups = [group_statistics(RepetitionGroup(_label(flats[identity], differing), runs, alpha))
+              for identity, runs in repeated.items()]
+    return [group for group in groups if group.stability is not None or group.eigenspace is not None]
+
+
+def _finished(entry: RunEntry) -> bool:
+    return ((entry.summary["run"].get("status") or {}).get("state")) == "finished"
+
+
+def group_statistics(group: RepetitionGroup) -> RepetitionGroup:
+    """Fill in the group's saturation spread (finished trainings only: a run still training would show an
+    earlier epoch) and its projection t-tests."""
+    accuracies = []
+    for entry in group.entries:
+        layers = (entry.summary.get("saturation") or {}).get("layers") or []
+        if _finished(entry) and layers:
+            group.saturations[entry.summary["run"]["name"] + f" ({_run_id(entry)})"] = \
+                [(str(item["layer"]), float(item["saturation"])) for item in layers]
+            test = (entry.summary.get("accuracy") or {}).get("test")
+            if test is not None:
+                accuracies.append(float(test))
+    if len(group.saturations) > 1:
+        group.stability = saturation_stability(group.saturations)
+    if len(accuracies) > 1:
+        group.accuracy = Spread.of(accuracies)
+    projections = {f"{e.summary['run']['name']} ({_run_id(e)})": e.tables.projections for e in group.entries
+                   if e.tables.projections is not None and len(e.tables.projections)}
+    table = relevant_eigenspace_table(projections, group.alpha) if len(projections) > 1 else None
+    if table is not None and (table["n"] > 1).any():  # not: runs without an unprojected row to compare with
+        group.eigenspace = table
+        group.relevant_delta = relevant_delta(table)
+    return group
+
+
+def _run_id(entry: RunEntry) -> str:
+    return str((entry.tables.config or {}).get("run_id", "?"))
+
+
+# ---------------------------------------------------------------------------------------- CSV
+def repetitions_csvs(groups: Sequence[RepetitionGroup]) -> dict[str, pd.DataFrame]:
+    """The tables behind the section, keyed by a file name suffix: every group's rows with its label first."""
+    frames = {}
+    stability = [g.stability.assign(runs=len(g.saturations)).pipe(_with_group, g) for g in groups
+                 if g.stability is not None]
+    if stability:
+        frames["saturation_stability"] = pd.concat(stability, ignore_index=True)
+    eigenspace = [g.eigenspace.assign(alpha=g.alpha).pipe(_with_group, g) for g in groups
+                  if g.eigenspace is not None]
+    if eigenspace:
+        frames["relevant_eigenspace"] = pd.concat(eigenspace, ignore_index=True)
+    return frames
+
+
+def _with_group(frame: pd.DataFrame, group: RepetitionGroup) -> pd.DataFrame:
+    return frame.assign(group=group.label)[["group", *frame.columns]]
+
+
+# ---------------------------------------------------------------------------------------- HTML
+def _number(value: float, digits: int = 4) -> str:
+    return "—" if pd.isna(value) else f"{value:.{digits}f}"
+
+
+def _eigenspace_html(group: RepetitionGroup) -> str:
+    table = group.eigenspace
+    assert table is not None
+    pca = table[table["basis"] == "pca"]
+    measure = str(table["measure"].iloc[0]) if len(table) else "accuracy"
+    rows = []
+    for row in pca.itertuples(index=False):
+        css = ' class="significant"' if row.significant else ""
+        dims = f"{row.dims_sum_mean:.0f} ± {_number(row.dims_sum_std, 0)} of {row.feature_dims_sum:.0f}"
+        rows.append(f"<tr{css}><td>{row.delta:g}</td><td class=\"num\">{row.n}</td>"
+                    f"<td class=\"num\">{_number(row.drop_mean)}</td><td class=\"num\">{_number(row.drop_std)}</td>"
+                    f"<td class=\"num\">{_number(row.t, 2)}</td><td class=\"num\">{_number(row.p, 3)}</td>"
+                    f"<td class=\"num\">{dims}</td><td class=\"num\">{_number(row.saturation_mean_mean, 3)}</td></tr>")
+    what = "accuracy lost" if measure == "accuracy" else "reconstruction loss gained"
+    if group.relevant_delta is not None:
+        kept = pca[pca["delta"] == group.relevant_delta].iloc[0]
+        verdict = (f"Relevant eigenspace: from δ = {group.relevant_delta:g} on, no tested δ differs significantly "
+                   f"(α = {group.alpha:g}); it keeps {kept.dims_sum_mean:.0f} of {kept.feature_dims_sum:.0f} "
+                   f"directions ({kept.dims_sum_mean / kept.feature_dims_sum:.1%}).")
+    elif len(pca):
+        verdict = (f"No relevant eigenspace among the tested deltas: the largest, δ = {pca['delta'].max():g}, "
+                   f"already differs significantly (α = {group.alpha:g}).")
+    else:
+        verdict = "No PCA projections."
+    head = ("<tr><th>δ</th><th>n</th><th>μ_diff</th><th>σ_sample</th><th>t</th><th>p</th>"
+            "<th>Σ dim E_l^k</th><th>s_mu</th></tr>")
+    return (f"<p>Paired two-tailed t-test of the unprojected against the projected networks per δ (μ_diff: "
+            f"{escape(what)}; bold: p &lt; {group.alpha:g}). {escape(verdict)}</p>"
+            f'<details><summary>t-tests of the PCA projections ({len(pca)} deltas)</summary><table>'
+            f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></details>")
+
+
+def _stability_text(group: RepetitionGroup) -> str:
+    table = group.stability
+    assert table is not None
+    widest = table.sort_values("std", ascending=False).iloc[0]
+    text = (f"Saturation over {len(group.saturations)} finished runs: the largest standard deviation is "
+            f"{widest['std']:.1%} ({widest['layer']}), the median over layers {table['std'].median():.1%}")
+    if group.accuracy is not None:
+        text += f"; test accuracy {group.accuracy.mean:.1%} ± {group.accuracy.std:.1%}"
+    return f"<p>{escape(text)}.</p>"
+
+
+def draw_figures(group: RepetitionGroup) -> RepetitionGroup:
+    """Draw the group's figures (PNG bytes) into ``group.figures``."""
+    from phd_lab.plots.grid_figures import png_bytes
+    from phd_lab.plots.repetitions import eigenspace_figure, stability_figure
+
+    if group.stability is not None:
+        group.figures.append((f"Saturation over the repetitions of {group.label}", png_bytes(
+            stability_figure(group.stability, group.saturations, f"{group.label}: saturation per layer"))))
+    if group.eigenspace is not None:
+        group.figures.append((f"Projections over the repetitions of {group.label}", png_bytes(
+            eigenspace_figure(group.eigenspace, f"{group.label}: projected against unprojected"))))
+    return group
+
+
+def repetitions_section(groups: Sequence[RepetitionGroup], files: Sequence[str],
+                        image: Callable[[bytes, str], str]) -> str:
+    """The page's section: per group its text, tables and figures (``image(png, alt)`` → an <img> tag)."""
+    if not groups:
+        return ""
+    parts = ['<h2 id="repetitions">Repetitions</h2>',
+             '<p class="meta">Runs whose configs differ only in run_id or seed, as the thesis repeats trainings '
+             '(§8.2: stability of saturation; §7.4: relevant eigenspaces).</p>']
+    for index, group in enumerate(groups, 1):
+        parts.append(f'<section class="run repeated" id="repetitions-{index}"><h3>{escape(group.label)} '
+                     f'<span class="swept">{len(group.entries)} runs</span></h3>')
+        if group.stability is not None:
+            parts.append(_stability_text(group))
+        if group.eigenspace is not None:
+            parts.append(_eigenspace_html(group))
+        parts.append('<div class="figures">' + "".join(image(png, title) for title, png in group.figures)
+                     + "</div></section>")
+    if files:
+        parts.append("<p>Tables: " + " · ".join(files) + "</p>")
+    return "\n".join(parts)
+
+
+REPETITION_TABLES = ("saturation_stability", "relevant_eigenspace")  # file name suffixes, in the page's order
+_HEADERS = ("group,layer,position,", "group,basis,delta,")  # how those tables begin
+
+
+def is_repetition_table(path: Path) -> bool:
+    """Whether ``path`` is a table a report wrote (which the next report may replace or remove)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            first = handle.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first.startswith(_HEADERS)
+
+
+def csv_path(out_path: Path, suffix: str) -> Path:
+    """Where the report writes one of its repetition tables: beside the page, named after it."""
+    return out_path.with_name(f"{out_path.stem}_{suffix}.csv")

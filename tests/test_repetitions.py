@@ -1,0 +1,210 @@
+"""Statistics over repeated runs (§7.4's t-tests of projected networks, §8.2's saturation stability): the pure
+computation against scipy and numpy, and the report's section and tables on a real grid of repeated trainings."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from phd_lab.analysis.repetitions import (paired_t_test, relevant_delta, relevant_eigenspace_table,
+                                          saturation_stability)
+from phd_lab.report.cli import main_report, write_report
+from tests.conftest import write_config
+
+
+def projections(unprojected, rows, measure="accuracy"):
+    """A projections.csv table: the unprojected row and (basis, delta, value, dims) rows."""
+    records = [{"delta": 1.0, "basis": "none", "accuracy": math.nan, "loss": math.nan, "dims_sum": 60,
+                "feature_dims_sum": 60, "saturation_mean": 1.0}]
+    records[0][measure] = unprojected
+    for basis, delta, value, dims in rows:
+        record = {"delta": delta, "basis": basis, "accuracy": math.nan, "loss": math.nan, "dims_sum": dims,
+                  "feature_dims_sum": 60, "saturation_mean": dims / 60}
+        record[measure] = value
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def test_t_tests_equal_scipys_paired_test_of_unprojected_against_projected_accuracy():
+    rng = np.random.default_rng(3)
+    unprojected = rng.uniform(0.85, 0.9, size=6)
+    projected = {0.99: unprojected - rng.normal(0.02, 0.01, 6), 0.9: unprojected - rng.normal(0.3, 0.05, 6)}
+    dims = {0.99: [40, 41, 39, 42, 40, 38], 0.9: [12, 13, 12, 11, 14, 12]}
+    tables = {f"run{i}": projections(unprojected[i], [("pca", d, projected[d][i], dims[d][i]) for d in projected]
+                                     + [("random", 0.99, 0.1 + i / 100, dims[0.99][i])])
+              for i in range(6)}
+    table = relevant_eigenspace_table(tables, alpha=0.05)
+    assert table[["basis", "delta"]].values.tolist() == [["pca", 0.99], ["pca", 0.9], ["random", 0.99]]
+    for row in table.itertuples():
+        values = projected[row.delta] if row.basis == "pca" else np.array([0.1 + i / 100 for i in range(6)])
+        expected = stats.ttest_rel(unprojected, values)
+        assert row.t == pytest.approx(expected.statistic, rel=1e-12)
+        assert row.p == pytest.approx(expected.pvalue, rel=1e-12)
+        assert row.drop_mean == pytest.approx((unprojected - values).mean(), rel=1e-12)
+        assert row.drop_std == pytest.approx((unprojected - values).std(ddof=1), rel=1e-12)
+        assert row.n == 6 and row.measure == "accuracy" and row.significant == (expected.pvalue < 0.05)
+    pca_99 = table.iloc[0]
+    assert pca_99.dims_sum_mean == pytest.approx(np.mean(dims[0.99]))
+    assert pca_99.dims_sum_std == pytest.approx(np.std(dims[0.99], ddof=1))
+    assert pca_99.feature_dims_sum == 60
+    assert pca_99.saturation_mean_mean == pytest.approx(np.mean(dims[0.99]) / 60)
+
+
+def test_a_reconstruction_model_is_judged_by_the_loss_it_gains():
+    tables = {"a": projections(0.010, [("pca", 0.9, 0.050, 5)], measure="loss"),
+              "b": projections(0.012, [("pca", 0.9, 0.041, 5)], measure="loss"),
+              "c": projections(0.011, [("pca", 0.9, 0.060, 6)], measure="loss")}
+    row = relevant_eigenspace_table(tables).iloc[0]
+    assert row.measure == "loss"
+    assert row.drop_mean == pytest.approx(np.mean([0.040, 0.029, 0.049]))
+    assert row.t > 0
+
+
+def test_degenerate_differences_and_too_few_runs():
+    assert all(math.isnan(v) for v in paired_t_test([0.0, 0.0, 0.0]))  # the thesis' δ = 1.0 row: nan, nan
+    assert paired_t_test([0.01, 0.01, 0.01]) == (math.inf, 0.0)  # no spread, not zero: unbounded t
+    assert paired_t_test([-0.02, -0.02]) == (-math.inf, 0.0)
+    assert all(math.isnan(v) for v in paired_t_test([0.3]))
+    tables = {"a": projections(0.9, [("pca", 1.0, 0.9, 60)]), "b": projections(0.8, [("pca", 1.0, 0.8, 60)])}
+    row = relevant_eigenspace_table(tables).iloc[0]
+    assert math.isnan(row.t) and math.isnan(row.p) and not row.significant and row.drop_mean == 0.0
+
+
+def test_relevant_delta_is_the_smallest_delta_from_which_on_nothing_differs():
+    def table(rows):
+        return pd.DataFrame([{"basis": b, "delta": d, "n": n, "significant": s} for b, d, n, s in rows])
+
+    rows = [("pca", 0.9999, 5, False), ("pca", 0.9998, 5, False), ("pca", 0.9997, 5, True),
+            ("pca", 0.999, 5, False), ("random", 0.999, 5, False)]
+    assert relevant_delta(table(rows)) == 0.9998  # 0.999 is indistinguishable too, but 0.9997 between is not
+    assert relevant_delta(table([("pca", 0.9999, 5, True), ("pca", 0.99, 5, False)])) is None
+    assert relevant_delta(table([("pca", 0.99, 1, False)])) is None  # one run tests nothing
+    assert relevant_delta(table([("pca", 0.999, 1, True), ("pca", 0.99, 4, False)])) == 0.99
+
+
+def test_saturation_stability_per_layer_in_forward_order():
+    runs = {"a": [("conv1", 0.5), ("conv2", 0.25), ("fc", 0.75)],
+            "b": [("conv1", 0.7), ("conv2", 0.35)],  # fc never called here: counted over the others
+            "c": [("conv1", 0.6), ("conv2", 0.30), ("fc", 0.65)]}
+    table = saturation_stability(runs)
+    assert table["layer"].tolist() == ["conv1", "conv2", "fc"] and table["position"].tolist() == [1, 2, 3]
+    assert table["n"].tolist() == [3, 3, 2]
+    assert table["mean"].tolist() == pytest.approx([0.6, 0.3, 0.7])
+    assert table["std"].tolist() == pytest.approx([np.std([0.5, 0.7, 0.6], ddof=1), np.std([0.25, 0.35, 0.3], ddof=1),
+                                                   np.std([0.75, 0.65], ddof=1)])
+    assert table["min"].tolist() == [0.5, 0.25, 0.65] and table["max"].tolist() == [0.7, 0.35, 0.75]
+
+
+# ---------------------------------------------------------------------------------------- a real grid
+@pytest.fixture(scope="module")
+def repeated_grid(tmp_path_factory):
+    """Three repetitions of two widths of a tiny VGG on Digits, trained with saturation tracking and
+    projected at four deltas (two groups of three runs)."""
+    folder = tmp_path_factory.mktemp("repeated")
+    config = write_config(folder, seed=None, run_id=["0", "1", "2"], model_args={"width": [0.0625, 0.125]},
+                          post_processing=[{"name": "project", "deltas": [0.5, 0.9, 0.99, 0.999]}])
+    from phd_lab.cli import main_cli
+    assert main_cli(["--config", str(config)]) == 0
+    return folder / "logs"
+
+
+def _runs(logs):
+    """Each run folder's logged config and its tables."""
+    runs = []
+    for path in sorted(logs.glob("vgg11/Digits_16/*/*/*_config.json")):
+        config = json.loads(path.read_text())
+        folder = path.parent
+        metrics = pd.read_csv(next(p for p in folder.glob("*.csv") if p.name == path.name.replace("_config.json",
+                                                                                                  ".csv")))
+        runs.append((config, folder, metrics, pd.read_csv(folder / "projections.csv")))
+    return runs
+
+
+def test_the_report_tests_each_group_of_repeated_runs(repeated_grid, tmp_path):
+    logs = tmp_path / "logs"
+    shutil.copytree(repeated_grid, logs)
+    page = write_report(logs)
+    eigenspace = pd.read_csv(logs / "report_relevant_eigenspace.csv")
+    stability = pd.read_csv(logs / "report_saturation_stability.csv")
+    runs = _runs(logs)
+    assert len(runs) == 6
+    for width in (0.0625, 0.125):
+        members = [r for r in runs if r[0]["model_args"]["width"] == width]
+        assert len({r[0]["seed"] for r in members}) == 3  # repetitions: another seed each
+        label = f"vgg11 / Digits 16 px · model_args.width={width}"
+        rows = eigenspace[eigenspace["group"] == label]
+        assert len(rows) == 8 and set(rows["n"]) == {3}  # 4 deltas × (pca, random)
+        for row in rows.itertuples():
+            unprojected = [float(p.loc[p["basis"] == "none", "accuracy"].iloc[0]) for *_, p in members]
+            projected = [float(p.loc[(p["basis"] == row.basis) & (p["delta"] == row.delta), "accuracy"].iloc[0])
+                         for *_, p in members]
+            expected = stats.ttest_rel(unprojected, projected)
+            if np.isnan(expected.pvalue):
+                assert np.isnan(row.p)
+            else:
+                assert row.t == pytest.approx(expected.statistic) and row.p == pytest.approx(expected.pvalue)
+            assert row.alpha == 0.05 and row.significant == (row.p < 0.05)
+        layers = stability[stability["group"] == label]
+        last = [m.sort_values("epoch").iloc[-1] for _, _, m, _ in members]
+        assert layers["layer"].tolist()[0] == "features.0" and len(layers) == 10
+        for row in layers.itertuples():
+            values = [float(m[f"{row.layer}_train_saturation"]) for m in last]
+            assert row.n == 3 and row.mean == pytest.approx(np.mean(values))
+            assert row.std == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+            assert row.min == min(values) and row.max == max(values)
+    text = page.read_text(encoding="utf-8")
+    assert text.count('class="run repeated"') == 2 and '<a href="#repetitions">' in text
+    assert "report_relevant_eigenspace.csv" in text and "report_saturation_stability.csv" in text
+    assert text.count('alt="Saturation over the repetitions of') == 2
+    assert text.count('alt="Projections over the repetitions of') == 2
+
+
+def test_alpha_is_the_users_choice_and_bad_values_are_refused(repeated_grid, tmp_path, capsys):
+    logs = tmp_path / "logs"
+    shutil.copytree(repeated_grid, logs)
+    assert main_report([str(logs), "--alpha", "0.01", "--no-progress"]) == 0
+    strict = pd.read_csv(logs / "report_relevant_eigenspace.csv")
+    assert set(strict["alpha"]) == {0.01} and (strict["significant"] == (strict["p"] < 0.01)).all()
+    before = (logs / "report.html").read_bytes()
+    for bad in ("1.5", "0", "-0.1"):
+        assert main_report([str(logs), "--alpha", bad, "--no-progress"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"--alpha {float(bad):g} is no significance level" in err and "Traceback" not in err
+    assert (logs / "report.html").read_bytes() == before
+
+
+def test_a_foreign_file_in_the_tables_place_is_never_replaced(repeated_grid, tmp_path, capsys):
+    logs = tmp_path / "logs"
+    shutil.copytree(repeated_grid, logs)
+    foreign = logs / "report_saturation_stability.csv"
+    foreign.write_text("epoch,loss\n1,0.5\n")
+    assert main_report([str(logs), "--no-progress"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "report_saturation_stability.csv" in err and "is no table of a phd-lab report" in err
+    assert foreign.read_text() == "epoch,loss\n1,0.5\n" and not (logs / "report.html").exists()
+
+
+def test_tables_of_groups_that_are_gone_are_removed(repeated_grid, tmp_path):
+    logs = tmp_path / "logs"
+    shutil.copytree(repeated_grid, logs)
+    write_report(logs)
+    assert (logs / "report_relevant_eigenspace.csv").is_file()
+    for folder in sorted(logs.glob("vgg11/Digits_16/[12]")):  # one run of each width is left: nothing repeats
+        shutil.rmtree(folder)
+    text = write_report(logs).read_text(encoding="utf-8")
+    assert not (logs / "report_relevant_eigenspace.csv").exists()
+    assert not (logs / "report_saturation_stability.csv").exists()
+    assert 'id="repetitions"' not in text
+
+
+def test_tables_without_an_unprojected_row_or_columns_are_left_out():
+    """Hand-made or damaged projection tables: a run contributes only what it can be compared with."""
+    tables = {"a": projections(0.9, [("pca", 0.99, 0.85, 40)]), "b": projections(0.8, [("pca", 0.99, 0.78, 42)]),
+              "no reference": projections(0.9, [("pca", 0.99, 0.1, 40)]).iloc[1:],
+              "other columns": pd.DataFrame({"delta": [1.0, 0.99], "basis": ["none", "pca"], "acc": [0.9, 0.2]})}
+    row = relevant_eigenspace_table(tables).iloc[0]
+    assert row.n == 2 and row.measure == "accuracy" and row.drop_mean == pytest.approx(0.035)
