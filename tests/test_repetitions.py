@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from phd_lab.analysis.projection_tables import relative_accuracies
 from phd_lab.analysis.repetitions import (paired_t_test, relevant_delta, relevant_eigenspace_table,
                                           saturation_stability)
 from phd_lab.report.cli import main_report, write_report
@@ -161,6 +162,7 @@ def test_the_report_tests_each_group_of_repeated_runs(repeated_grid, tmp_path):
     assert "report_relevant_eigenspace.csv" in text and "report_saturation_stability.csv" in text
     assert text.count('alt="Saturation over the repetitions of') == 2
     assert text.count('alt="Projections over the repetitions of') == 2
+    assert text.count('alt="Accuracy of the projected networks relative to the unprojected ones"') == 1
 
 
 def test_alpha_is_the_users_choice_and_bad_values_are_refused(repeated_grid, tmp_path, capsys):
@@ -208,3 +210,16 @@ def test_tables_without_an_unprojected_row_or_columns_are_left_out():
               "other columns": pd.DataFrame({"delta": [1.0, 0.99], "basis": ["none", "pca"], "acc": [0.9, 0.2]})}
     row = relevant_eigenspace_table(tables).iloc[0]
     assert row.n == 2 and row.measure == "accuracy" and row.drop_mean == pytest.approx(0.035)
+
+
+def test_relative_accuracy_divides_by_the_same_networks_unprojected_accuracy():
+    """§7.3.1's measure for Fig. 43; a reconstruction model (no accuracy) and an unprojected accuracy of 0 have
+    no relative accuracy."""
+    tables = {"a": projections(0.8, [("pca", 0.99, 0.6, 40), ("random", 0.99, 0.2, 40)]),
+              "b": projections(0.5, [("pca", 0.99, 0.5, 41)]),
+              "autoencoder": projections(0.01, [("pca", 0.99, 0.02, 4)], measure="loss"),
+              "untrained": projections(0.0, [("pca", 0.99, 0.1, 4)])}
+    relative = relative_accuracies(tables)
+    assert relative[["run", "basis", "delta"]].values.tolist() == [["a", "pca", 0.99], ["a", "random", 0.99],
+                                                                  ["b", "pca", 0.99]]
+    assert relative["relative_accuracy"].tolist() == pytest.approx([0.6 / 0.8, 0.2 / 0.8, 1.0], rel=1e-15)

@@ -22,9 +22,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-UNPROJECTED = "none"  # the basis of projections.csv's row for the unprojected model
-BASES = ("pca", "random")
-PROJECTION_COLUMNS = {"delta", "basis", "accuracy", "loss", "dims_sum", "feature_dims_sum", "saturation_mean"}
+from phd_lab.analysis.projection_tables import BASES, projected_rows, unprojected_value
+
 
 STABILITY_COLUMNS = ("layer", "position", "n", "mean", "std", "min", "max")
 EIGENSPACE_COLUMNS = ("basis", "delta", "n", "measure", "drop_mean", "drop_std", "t", "p", "significant",
@@ -75,14 +74,11 @@ def saturation_stability(runs: Mapping[str, Sequence[tuple[str, float]]]) -> pd.
 # ---------------------------------------------------------------------------------------- §7.4
 def projection_measure(tables: Sequence[pd.DataFrame]) -> str:
     """``accuracy`` when every run's unprojected model has one, else ``loss`` (a model that reconstructs its
-    input has no accuracy; its projections are judged by how much the loss grows)."""
-    for table in tables:
-        if not PROJECTION_COLUMNS <= set(table.columns):
-            continue
-        unprojected = table[table["basis"] == UNPROJECTED]
-        if len(unprojected) and not np.isfinite(pd.to_numeric(unprojected["accuracy"], errors="coerce")).all():
-            return "loss"
-    return "accuracy"
+    input has no accuracy; its projections are judged by how much the loss grows). Tables that cannot be
+    compared (no unprojected row, other columns) have no say."""
+    comparable = [t for t in tables if math.isfinite(unprojected_value(t, "loss"))
+                  or math.isfinite(unprojected_value(t, "accuracy"))]
+    return "accuracy" if all(math.isfinite(unprojected_value(t, "accuracy")) for t in comparable) else "loss"
 
 
 def projection_drops(tables: Mapping[str, pd.DataFrame], measure: str) -> pd.DataFrame:
@@ -94,14 +90,9 @@ def projection_drops(tables: Mapping[str, pd.DataFrame], measure: str) -> pd.Dat
     """
     records = []
     for run, table in tables.items():
-        if not PROJECTION_COLUMNS <= set(table.columns):
-            continue
-        unprojected = table[table["basis"] == UNPROJECTED]
-        if unprojected.empty:
-            continue
-        reference = float(pd.to_numeric(unprojected[measure], errors="coerce").iloc[0])
-        for row in table[table["basis"].isin(BASES)].itertuples(index=False):
-            value = float(pd.to_numeric(getattr(row, measure), errors="coerce"))
+        reference = unprojected_value(table, measure)
+        for row in projected_rows(table).itertuples(index=False):
+            value = float(getattr(row, measure))
             drop = reference - value if measure == "accuracy" else value - reference
             if not math.isfinite(drop):
                 continue

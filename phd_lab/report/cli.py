@@ -15,6 +15,8 @@ from phd_lab.report.repetitions import DEFAULT_ALPHA, REPETITION_TABLES, csv_pat
 
 log = logging.getLogger(__name__)
 
+RELATIVE_ACCURACY = "Accuracy of the projected networks relative to the unprojected ones"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -50,7 +52,9 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
                  progress: bool = False, alpha: float = DEFAULT_ALPHA) -> Path:
     """Analyse all runs of ``logs_dir`` and write the report, with the tables of its repeated runs beside
     it (``<out>_saturation_stability.csv``, ``<out>_relevant_eigenspace.csv``); return its path."""
-    from phd_lab.plots.grid_figures import grid_figures
+    from phd_lab.analysis.projection_tables import relative_accuracies
+    from phd_lab.plots.grid_figures import grid_figures, png_bytes
+    from phd_lab.plots.projections import relative_accuracy_figure
     from phd_lab.report.collect import collect
     from phd_lab.report.html import render_report
     from phd_lab.report.repetitions import draw_figures, repetition_groups, repetitions_csvs
@@ -90,6 +94,10 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     bands = [tuple(e.summary["settings"]["target_saturation"]) for e in entries if e.summary.get("settings")]
     band = bands[0] if bands else (0.2, 0.3)
     comparison = grid_figures([e.summary for e in entries], band=band)  # type: ignore[arg-type]
+    relative = relative_accuracies({str(e.folder.root): e.tables.projections for e in entries
+                                    if e.tables.projections is not None})
+    if len(relative):  # §7.3's Fig. 43 over every projected run of the grid
+        comparison[RELATIVE_ACCURACY] = png_bytes(relative_accuracy_figure(relative))
     groups = [draw_figures(group) for group in repetition_groups(entries, alpha)]
     frames = repetitions_csvs(groups)
     for suffix, path in tables.items():  # a table the grid no longer has goes: it would describe other runs
