@@ -47,6 +47,8 @@ def test_t_tests_equal_scipys_paired_test_of_unprojected_against_projected_accur
         assert row.p == pytest.approx(expected.pvalue, rel=1e-12)
         assert row.drop_mean == pytest.approx((unprojected - values).mean(), rel=1e-12)
         assert row.drop_std == pytest.approx((unprojected - values).std(ddof=1), rel=1e-12)
+        interval = stats.t.interval(0.95, 5, loc=row.drop_mean, scale=stats.sem(unprojected - values))
+        assert row.drop_ci95 == pytest.approx((interval[1] - interval[0]) / 2, rel=1e-9)
         assert row.n == 6 and row.measure == "accuracy" and row.significant == (expected.pvalue < 0.05)
     pca_99 = table.iloc[0]
     assert pca_99.dims_sum_mean == pytest.approx(np.mean(dims[0.99]))
@@ -163,6 +165,7 @@ def test_the_report_tests_each_group_of_repeated_runs(repeated_grid, tmp_path):
     assert text.count('alt="Saturation over the repetitions of') == 2
     assert text.count('alt="Projections over the repetitions of') == 2
     assert text.count('alt="Accuracy of the projected networks relative to the unprojected ones"') == 1
+    assert text.count("With 3 runs the tests miss all but large differences") == text.count("Relevant eigenspace: from")
 
 
 def test_alpha_is_the_users_choice_and_bad_values_are_refused(repeated_grid, tmp_path, capsys):
@@ -223,3 +226,54 @@ def test_relative_accuracy_divides_by_the_same_networks_unprojected_accuracy():
     assert relative[["run", "basis", "delta"]].values.tolist() == [["a", "pca", 0.99], ["a", "random", 0.99],
                                                                   ["b", "pca", 0.99]]
     assert relative["relative_accuracy"].tolist() == pytest.approx([0.6 / 0.8, 0.2 / 0.8, 1.0], rel=1e-15)
+
+
+def _edit_config(folder, change):
+    path = next(folder.glob("*_config.json"))
+    config = json.loads(path.read_text())
+    change(config)
+    path.write_text(json.dumps(config))
+
+
+def _seed_of(folder):
+    return json.loads(next(folder.glob("*_config.json")).read_text())["seed"]
+
+
+def _first_width_runs(logs):
+    return [path.parent for path in sorted(logs.glob("vgg11/Digits_16/*/*/*_config.json"))
+            if json.loads(path.read_text())["model_args"]["width"] == 0.0625]
+
+
+@pytest.mark.parametrize("case", ["seed sweep", "same seed", "other projection", "older config", "damaged accuracy"])
+def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case):
+    """Runs are repetitions when only their seed differs; each seed counts once; a run projected otherwise is
+    no repetition; a key an older version did not log is its default; a damaged cell loses only that run."""
+    logs = tmp_path / "logs"
+    shutil.copytree(repeated_grid, logs)
+    first, second, third = _first_width_runs(logs)
+    expected_n, label = 3, "vgg11 / Digits 16 px · model_args.width=0.0625"
+    if case == "seed sweep":  # "seed": [..] with one run_id: the runs share name and run_id, not their folder
+        for folder in (first, second, third):
+            _edit_config(folder, lambda c: c.update(run_id="0"))
+    elif case == "same seed":
+        seed = _seed_of(first)
+        _edit_config(second, lambda c: c.update(seed=seed))
+        expected_n = 2
+    elif case == "other projection":
+        _edit_config(third, lambda c: c["post_processing"][0].update(centered=True))
+        expected_n = 2
+    elif case == "older config":
+        _edit_config(third, lambda c: c.pop("tracking_mode"))
+    else:
+        table = pd.read_csv(third / "projections.csv")
+        table.loc[table["basis"] == "none", "accuracy"] = math.nan
+        table.to_csv(third / "projections.csv", index=False)
+    text = write_report(logs).read_text(encoding="utf-8")
+    eigenspace = pd.read_csv(logs / "report_relevant_eigenspace.csv")
+    rows = eigenspace[eigenspace["group"] == label]
+    assert set(eigenspace["group"]) == {label, "vgg11 / Digits 16 px · model_args.width=0.125"}
+    assert set(rows["measure"]) == {"accuracy"}
+    assert set(rows["n"]) == {2 if case == "damaged accuracy" else expected_n}
+    stability = pd.read_csv(logs / "report_saturation_stability.csv")
+    assert set(stability.loc[stability["group"] == label, "n"]) == {expected_n}
+    assert ("1 run(s) left out: an earlier run of this group has their seed" in text) == (case == "same seed")

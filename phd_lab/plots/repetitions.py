@@ -32,9 +32,11 @@ def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str,
     position = {layer: i for i, layer in enumerate(table["layer"])}
     for pairs in runs.values():
         points = sorted((position[layer], saturation) for layer, saturation in pairs if layer in position)
-        ax.plot([p for p, _ in points], [s for _, s in points], color="#999999", lw=0.6, alpha=0.6)
+        ax.plot([p for p, _ in points], [s for _, s in points], color="#999999", lw=0.6, alpha=0.6, marker=".",
+                ms=2)
     x = list(range(len(table)))
     ax.fill_between(x, table["min"], table["max"], color="#3b6fb6", alpha=0.18, lw=0, label="min – max")
+    ax.vlines(x, table["min"], table["max"], color="#3b6fb6", alpha=0.5, lw=1)  # seen also at a single layer
     ax.plot(x, table["mean"], color="#3b6fb6", lw=2, marker="o", ms=3, label=f"mean of {len(runs)} runs")
     _thin_labels(ax, [str(layer) for layer in table["layer"]], rotation=60)
     ax.set_ylim(0, 1.02)
@@ -48,8 +50,6 @@ def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
     """Mean drop of the projected networks per delta (evenly spaced, largest right) with the 95% interval
     of the mean; filled markers differ significantly from the unprojected networks. The PCA bases'
     mean number of kept directions on the right axis."""
-    from scipy import stats
-
     plt = _pyplot()
     deltas = sorted(table["delta"].unique())
     position = {delta: i for i, delta in enumerate(deltas)}
@@ -58,9 +58,8 @@ def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
         part = part.sort_values("delta")
         color = _BASIS_COLORS.get(str(basis), "#555555")
         x = [position[d] for d in part["delta"]]
-        half = [stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 and math.isfinite(std) else 0.0
-                for n, std in zip(part["n"], part["drop_std"])]
-        ax.errorbar(x, part["drop_mean"], yerr=half, color=color, lw=1, capsize=2, label=f"{basis} basis")
+        ax.errorbar(x, part["drop_mean"], yerr=part["drop_ci95"].fillna(0.0), color=color, lw=1, capsize=2,
+                    label=f"{basis} basis")
         significant = part["significant"].to_numpy(dtype=bool)
         ax.scatter([v for v, s in zip(x, significant) if s], part["drop_mean"][significant], color=color, s=16,
                    zorder=3)

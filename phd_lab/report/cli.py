@@ -100,13 +100,14 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
         comparison[RELATIVE_ACCURACY] = png_bytes(relative_accuracy_figure(relative))
     groups = [draw_figures(group) for group in repetition_groups(entries, alpha)]
     frames = repetitions_csvs(groups)
+    page = render_report(entries, logs_dir, out_path, comparison, groups,
+                         [tables[suffix] for suffix in REPETITION_TABLES if suffix in frames])
     for suffix, path in tables.items():  # a table the grid no longer has goes: it would describe other runs
         if suffix in frames:
             atomic.write_csv(path, frames[suffix])
         elif path.exists():
             path.unlink()
-    written = [tables[suffix] for suffix in REPETITION_TABLES if suffix in frames]
-    atomic.write_text(out_path, render_report(entries, logs_dir, out_path, comparison, groups, written))
+    atomic.write_text(out_path, page)
     log.info("Report of %d run(s) written to %s", len(entries), out_path)
     for group in groups:
         if group.relevant_delta is not None:

@@ -8,6 +8,7 @@ unchanged (§7.4); the numbers also go to two CSV files beside the page (``repet
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -17,6 +18,7 @@ import pandas as pd
 
 from phd_lab.analysis.repetitions import (Spread, relevant_delta, relevant_eigenspace_table,
                                           saturation_stability)
+from phd_lab.config import SCHEMA_BY_NAME
 from phd_lab.report.collect import RunEntry
 from phd_lab.report.config_values import FIXED_COLUMNS, flat_config
 
@@ -38,12 +40,24 @@ class RepetitionGroup:
     eigenspace: pd.DataFrame | None = None
     relevant_delta: float | None = None
     figures: list[tuple[str, bytes]] = field(default_factory=list)  # (title, PNG bytes): ``draw_figures``
+    same_seed: list[RunEntry] = field(default_factory=list)  # left out: an earlier run of the group has their seed
+    projected: int = 0  # runs whose projections the t-tests compare
 
 
 def _identity(entry: RunEntry) -> str | None:
-    if not entry.tables.config:
+    """What repetitions share: the result-affecting config values (schema defaults filled in where a config
+    logged by an older version lacks a key), the saturation split the analysis reads, and the ``project``
+    step's parameters but its deltas (each delta is tested over the runs that have it)."""
+    config = entry.tables.config
+    if not config:
         return None
-    flat = {k: v for k, v in flat_config(entry.tables.config).items() if k not in REPEATED_BY}
+    filled = {**{k.name: k.default for k in SCHEMA_BY_NAME.values() if not k.technical}, **config}
+    flat = {k: v for k, v in flat_config(filled).items() if k not in REPEATED_BY}
+    flat["analysis_split"] = json.dumps(config.get("analysis_split", SCHEMA_BY_NAME["analysis_split"].default))
+    for step in config.get("post_processing") or []:
+        if isinstance(step, dict) and step.get("name") == "project":
+            flat.update({f"project.{k}": json.dumps(v, sort_keys=True) for k, v in step.items()
+                         if k not in ("name", "deltas")})
     return json.dumps(flat, sort_keys=True)
 
 
@@ -74,15 +88,27 @@ def _finished(entry: RunEntry) -> bool:
     return ((entry.summary["run"].get("status") or {}).get("state")) == "finished"
 
 
+def _independent(entries: Sequence[RunEntry]) -> tuple[list[RunEntry], list[RunEntry]]:
+    """The runs to count, and those left out because an earlier run has their seed: the same training (bit for
+    bit on a CPU), which would pass for agreement between repetitions and make any difference look significant."""
+    kept, left_out, seeds = [], [], set()
+    for entry in entries:
+        seed = json.dumps((entry.tables.config or {}).get("seed"))
+        (left_out if seed in seeds else kept).append(entry)
+        seeds.add(seed)
+    return kept, left_out
+
+
 def group_statistics(group: RepetitionGroup) -> RepetitionGroup:
     """Fill in the group's saturation spread (finished trainings only: a run still training would show an
-    earlier epoch) and its projection t-tests."""
+    earlier epoch) and its projection t-tests, over runs of distinct seeds."""
+    kept, group.same_seed = _independent(group.entries)
     accuracies = []
-    for entry in group.entries:
+    for entry in kept:
         layers = (entry.summary.get("saturation") or {}).get("layers") or []
         if _finished(entry) and layers:
-            group.saturations[entry.summary["run"]["name"] + f" ({_run_id(entry)})"] = \
-                [(str(item["layer"]), float(item["saturation"])) for item in layers]
+            group.saturations[str(entry.folder.root)] = [(str(item["layer"]), float(item["saturation"]))
+                                                         for item in layers]
             test = (entry.summary.get("accuracy") or {}).get("test")
             if test is not None:
                 accuracies.append(float(test))
@@ -90,17 +116,14 @@ def group_statistics(group: RepetitionGroup) -> RepetitionGroup:
         group.stability = saturation_stability(group.saturations)
     if len(accuracies) > 1:
         group.accuracy = Spread.of(accuracies)
-    projections = {f"{e.summary['run']['name']} ({_run_id(e)})": e.tables.projections for e in group.entries
+    projections = {str(e.folder.root): e.tables.projections for e in kept
                    if e.tables.projections is not None and len(e.tables.projections)}
     table = relevant_eigenspace_table(projections, group.alpha) if len(projections) > 1 else None
     if table is not None and (table["n"] > 1).any():  # not: runs without an unprojected row to compare with
         group.eigenspace = table
+        group.projected = len(projections)
         group.relevant_delta = relevant_delta(table)
     return group
-
-
-def _run_id(entry: RunEntry) -> str:
-    return str((entry.tables.config or {}).get("run_id", "?"))
 
 
 # ---------------------------------------------------------------------------------------- CSV
@@ -127,6 +150,30 @@ def _number(value: float, digits: int = 4) -> str:
     return "—" if pd.isna(value) else f"{value:.{digits}f}"
 
 
+def _share(part: float, whole: float) -> str:
+    return f" ({part / whole:.1%})" if whole > 0 and math.isfinite(part / whole) else ""
+
+
+FEW_RUNS = 10  # below: a verdict of "no significant difference" says that the tests are weak (the thesis: 15-40)
+
+
+def _verdict(group: RepetitionGroup, pca: pd.DataFrame) -> str:
+    if group.relevant_delta is None:
+        if not len(pca):
+            return "No PCA projections."
+        return (f"No relevant eigenspace among the tested deltas: the largest, δ = {pca['delta'].max():g}, "
+                f"already differs significantly (α = {group.alpha:g}).")
+    kept = pca[pca["delta"] == group.relevant_delta].iloc[0]
+    verdict = (f"Relevant eigenspace: from δ = {group.relevant_delta:g} on, no tested δ differs significantly "
+               f"(α = {group.alpha:g}); it keeps {_number(kept.dims_sum_mean, 0)} of "
+               f"{_number(kept.feature_dims_sum, 0)} directions{_share(kept.dims_sum_mean, kept.feature_dims_sum)}, "
+               f"with μ_diff {_number(kept.drop_mean)} ± {_number(kept.drop_ci95)} (95% interval).")
+    if kept.n < FEW_RUNS:
+        verdict += (f" With {kept.n} runs the tests miss all but large differences: not significant is weak "
+                    f"evidence of no difference (the thesis tested 15 to 40 runs).")
+    return verdict
+
+
 def _eigenspace_html(group: RepetitionGroup) -> str:
     table = group.eigenspace
     assert table is not None
@@ -135,26 +182,18 @@ def _eigenspace_html(group: RepetitionGroup) -> str:
     rows = []
     for row in pca.itertuples(index=False):
         css = ' class="significant"' if row.significant else ""
-        dims = f"{row.dims_sum_mean:.0f} ± {_number(row.dims_sum_std, 0)} of {row.feature_dims_sum:.0f}"
+        dims = f"{_number(row.dims_sum_mean, 0)} ± {_number(row.dims_sum_std, 0)} of {_number(row.feature_dims_sum, 0)}"
         rows.append(f"<tr{css}><td>{row.delta:g}</td><td class=\"num\">{row.n}</td>"
-                    f"<td class=\"num\">{_number(row.drop_mean)}</td><td class=\"num\">{_number(row.drop_std)}</td>"
+                    f"<td class=\"num\">{_number(row.drop_mean)}</td><td class=\"num\">{_number(row.drop_ci95)}</td>"
+                    f"<td class=\"num\">{_number(row.drop_std)}</td>"
                     f"<td class=\"num\">{_number(row.t, 2)}</td><td class=\"num\">{_number(row.p, 3)}</td>"
                     f"<td class=\"num\">{dims}</td><td class=\"num\">{_number(row.saturation_mean_mean, 3)}</td></tr>")
     what = "accuracy lost" if measure == "accuracy" else "reconstruction loss gained"
-    if group.relevant_delta is not None:
-        kept = pca[pca["delta"] == group.relevant_delta].iloc[0]
-        verdict = (f"Relevant eigenspace: from δ = {group.relevant_delta:g} on, no tested δ differs significantly "
-                   f"(α = {group.alpha:g}); it keeps {kept.dims_sum_mean:.0f} of {kept.feature_dims_sum:.0f} "
-                   f"directions ({kept.dims_sum_mean / kept.feature_dims_sum:.1%}).")
-    elif len(pca):
-        verdict = (f"No relevant eigenspace among the tested deltas: the largest, δ = {pca['delta'].max():g}, "
-                   f"already differs significantly (α = {group.alpha:g}).")
-    else:
-        verdict = "No PCA projections."
-    head = ("<tr><th>δ</th><th>n</th><th>μ_diff</th><th>σ_sample</th><th>t</th><th>p</th>"
+    head = ("<tr><th>δ</th><th>n</th><th>μ_diff</th><th>± 95%</th><th>σ_sample</th><th>t</th><th>p</th>"
             "<th>Σ dim E_l^k</th><th>s_mu</th></tr>")
-    return (f"<p>Paired two-tailed t-test of the unprojected against the projected networks per δ (μ_diff: "
-            f"{escape(what)}; bold: p &lt; {group.alpha:g}). {escape(verdict)}</p>"
+    return (f"<p>Paired two-tailed t-test of the unprojected against the projected networks per δ, over "
+            f"{group.projected} projected runs (μ_diff: {escape(what)}; bold: p &lt; {group.alpha:g}). "
+            f"{escape(_verdict(group, pca))}</p>"
             f'<details><summary>t-tests of the PCA projections ({len(pca)} deltas)</summary><table>'
             f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></details>")
 
@@ -195,6 +234,12 @@ def repetitions_section(groups: Sequence[RepetitionGroup], files: Sequence[str],
     for index, group in enumerate(groups, 1):
         parts.append(f'<section class="run repeated" id="repetitions-{index}"><h3>{escape(group.label)} '
                      f'<span class="swept">{len(group.entries)} runs</span></h3>')
+        if group.same_seed:
+            names = ", ".join("/".join(entry.folder.root.parts[-2:]) for entry in group.same_seed[:5])
+            parts.append(f'<p class="warn">{len(group.same_seed)} run(s) left out: an earlier run of this group has '
+                         f'their seed, so they repeat its training instead of sampling another one ({escape(names)}'
+                         f'{", ..." if len(group.same_seed) > 5 else ""}). Give each repetition its own seed (leave '
+                         f'"seed" unset: it is derived from the run_id).</p>')
         if group.stability is not None:
             parts.append(_stability_text(group))
         if group.eigenspace is not None:
