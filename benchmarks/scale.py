@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py                      # 400-point grid, 100 fabricated runs
     python benchmarks/scale.py --points 1600 --runs 300
+    python benchmarks/scale.py --only repeated --groups 40   # 40 configurations × 3 repetitions
 
 Grid load: ``Main.load`` validates every point before anything runs; the checks that need a built model
 (a forward pass on the meta device, the receptive-field trace) depend only on the model, the resolution and
@@ -12,6 +13,10 @@ task paid before its first epoch). The grid sweeps 4 widths × seeds × learning
 Report: ``write_report`` over fabricated run folders (the test fixtures' tables, figures drawn for real),
 first build against a rebuild with nothing changed: a run's figure is redrawn only when its ``figure_key``
 changes. Both rows also report the peak resident memory of this process so far.
+
+Repeated: a report of configurations run three times each draws two figures per group (saturation over the
+repetitions, the projections' t-tests); a rebuild takes them from the previous page where their data did not
+change. Compared: a rebuild with that page beside it, and one with the page removed first.
 """
 
 from __future__ import annotations
@@ -84,16 +89,45 @@ def report_rebuild(folder: Path, runs: int) -> tuple[float, float]:
     return first, time.perf_counter() - started
 
 
+def repeated_report(folder: Path, groups: int) -> tuple[float, float, float]:
+    """A report of ``groups`` configurations run 3 times each, projected: each group gets two figures (saturation
+    over the runs, the projections' t-tests). First build; rebuild with the previous page beside it (its
+    group figures are taken over); rebuild with the page removed first (every group figure drawn again)."""
+    import pandas as pd
+
+    from phd_lab import atomic
+    from phd_lab.report.cli import write_report
+    from tests.analysis_fixtures import write_run
+    logs = folder / "repeated"
+    for group in range(groups):
+        for run_id in range(3):
+            run = write_run(logs, width=round(0.01 * (group + 1), 2), stage="full", run_id=str(run_id),
+                            test_accuracy=0.9 + 0.01 * run_id)
+            table = pd.read_csv(run.projections_csv)  # the fixture's table, with the unprojected model's row
+            unprojected = {"delta": 1.0, "basis": "none", "accuracy": 0.9 + 0.01 * run_id, "loss": 0.3,
+                           "dims_sum": 500, "feature_dims_sum": 500, "saturation_mean": 1.0}
+            atomic.write_csv(run.projections_csv, pd.concat([table, pd.DataFrame([unprojected])]))
+    timings = []
+    for remove_page in (False, False, True):
+        if remove_page:
+            (logs / "report.html").unlink()
+        started = time.perf_counter()
+        write_report(logs)
+        timings.append(time.perf_counter() - started)
+    return timings[0], timings[1], timings[2]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=400, help="grid points to load (rounded to a multiple of 16)")
     parser.add_argument("--runs", type=int, default=100, help="fabricated run folders in the report")
-    parser.add_argument("--only", choices=("grid", "report"), default=None)
+    parser.add_argument("--groups", type=int, default=40, help="configurations of 3 runs each in the repeated report")
+    parser.add_argument("--only", choices=("grid", "report", "repeated"), default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        if args.only != "report":
+        if args.only in (None, "grid"):
             config = grid_config(folder, args.points)
             load_shared(config)  # warm-up: imports, registry modules, the dataset check
             shared, points = load_shared(config)
@@ -102,7 +136,14 @@ def main() -> int:
             print(f"  model checks shared between points   {shared:8.2f} s")
             print(f"  model checks anew for every point    {unshared:8.2f} s")
             print(f"  ratio shared / anew                  {shared / unshared:8.3f}x   peak RSS {peak_mb():.0f} MB")
-        if args.only != "grid":
+        if args.only in (None, "repeated"):
+            first, kept, removed = repeated_report(folder, args.groups)
+            print(f"report of {args.groups} groups of 3 repeated runs")
+            print(f"  first build                          {first:8.2f} s")
+            print(f"  rebuild, previous page kept          {kept:8.2f} s")
+            print(f"  rebuild, previous page removed       {removed:8.2f} s")
+            print(f"  ratio kept / removed                 {kept / removed:8.3f}x   peak RSS {peak_mb():.0f} MB")
+        if args.only in (None, "report"):
             first, rebuild = report_rebuild(folder, args.runs)
             print(f"report of {args.runs} runs")
             print(f"  first build                          {first:8.2f} s")

@@ -1,8 +1,10 @@
 """Statistics over repeated runs (§7.4's t-tests of projected networks, §8.2's saturation stability): the pure
 computation against scipy and numpy, and the report's section and tables on a real grid of repeated trainings."""
 
+import base64
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -277,3 +279,37 @@ def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case):
     stability = pd.read_csv(logs / "report_saturation_stability.csv")
     assert set(stability.loc[stability["group"] == label, "n"]) == {expected_n}
     assert ("1 run(s) left out: an earlier run of this group has their seed" in text) == (case == "same seed")
+
+
+def _group_images(text):
+    return re.findall(r'<img data-key="([0-9a-f]{32})" alt="([^"]*)" src="data:image/png;base64,([^"]+)"', text)
+
+
+def test_a_rebuilt_report_takes_unchanged_group_figures_from_the_previous_page(repeated_grid, tmp_path):
+    """Drawing costs ~0.2 s a figure; a grid of many repeated groups would redraw all of them on every report."""
+    logs = tmp_path / "logs"
+    shutil.copytree(repeated_grid, logs)
+    page = write_report(logs)
+    first = _group_images(page.read_text(encoding="utf-8"))
+    assert len(first) == 4
+    # a marker in the previous page's place of one figure: taken over as it is, so it was not drawn again
+    key, alt, data = first[0]
+    marker = base64.b64encode(b"\x89PNG\r\n\x1a\n marker").decode()
+    page.write_text(page.read_text(encoding="utf-8").replace(data, marker), encoding="utf-8")
+    second = _group_images(write_report(logs).read_text(encoding="utf-8"))
+    assert [(k, a) for k, a, _ in second] == [(k, a) for k, a, _ in first]
+    assert second[0][2] == marker and [d for *_, d in second[1:]] == [d for *_, d in first[1:]]
+    # what a figure shows changed (a run's last epoch): that group's saturation figure is drawn anew
+    run = _first_width_runs(logs)[0]
+    metrics_csv = run / next(run.glob("*_config.json")).name.replace("_config.json", ".csv")
+    metrics = pd.read_csv(metrics_csv)
+    metrics.loc[metrics.index[-1], "features.0_train_saturation"] = 0.125
+    metrics.to_csv(metrics_csv, index=False)
+    third = _group_images(write_report(logs).read_text(encoding="utf-8"))
+    changed = [alt for (k, alt, _), (k2, _, _) in zip(second, third) if k != k2]
+    assert changed == [f"Saturation over the repetitions of {_label(0.0625)}"]
+    assert third[0][2] != marker and base64.b64decode(third[0][2]).startswith(b"\x89PNG")
+
+
+def _label(width):
+    return f"vgg11 / Digits 16 px · model_args.width={width}"

@@ -62,8 +62,10 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 """
 
 
-def _img(data: bytes, alt: str) -> str:
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+def _img(data: bytes, alt: str, key: str | None = None) -> str:
+    """An embedded PNG; ``key``: what it was drawn from, so that the next report can take it as it is."""
+    keyed = f'data-key="{escape(key)}" ' if key else ""
+    return f'<img {keyed}alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
 
 
 def _count(value: float | None) -> str:
