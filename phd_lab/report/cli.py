@@ -23,8 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m phd_lab report",
         description="Analyse every run below LOGS_DIR from its saved files (saturation, receptive fields, FLOPs, "
                     "probes) and write one static HTML page with a sortable table, comparison plots and a section "
-                    "per run. Each run's analysis.json and analysis.png are refreshed unless --no-refresh.",
-        epilog="Exit status: 0 success, 2 LOGS_DIR missing or without runs, 1 an unexpected failure.")
+                    "per run. Runs repeated with other seeds get statistics over the repetitions (saturation "
+                    "stability, t-tests of the projections), also written to <page>_saturation_stability.csv and "
+                    "<page>_relevant_eigenspace.csv beside it. Each run's analysis.json and analysis.png are "
+                    "refreshed unless --no-refresh.",
+        epilog="Exit status: 0 success, 2 LOGS_DIR missing or without runs, or a bad option, 1 an unexpected "
+               "failure.")
     parser.add_argument("logs_dir", metavar="LOGS_DIR", help="the logs folder of a grid (the config's logs_dir)")
     parser.add_argument("--out", help="HTML file to write (default: LOGS_DIR/report.html)")
     parser.add_argument("--no-refresh", action="store_true",
