@@ -246,10 +246,13 @@ def _first_width_runs(logs):
             if json.loads(path.read_text())["model_args"]["width"] == 0.0625]
 
 
-@pytest.mark.parametrize("case", ["seed sweep", "same seed", "other projection", "older config", "damaged accuracy"])
+@pytest.mark.parametrize("case", ["seed sweep", "same seed", "other projection", "not projected", "older config",
+                                  "damaged accuracy", "download", "workers"])
 def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case):
-    """Runs are repetitions when only their seed differs; each seed counts once; a run projected otherwise is
-    no repetition; a key an older version did not log is its default; a damaged cell loses only that run."""
+    """Runs are repetitions when only their seed differs; each seed counts once; a run projected otherwise or not
+    at all is a repetition, left out of the t-tests; a key an older version did not log is its default, and one
+    that is no part of a run's identity (download) does not count, while num_workers other than 0 does (random
+    augmentations depend on it); a damaged cell loses only that run."""
     logs = tmp_path / "logs"
     shutil.copytree(repeated_grid, logs)
     first, second, third = _first_width_runs(logs)
@@ -263,6 +266,14 @@ def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case):
         expected_n = 2
     elif case == "other projection":
         _edit_config(third, lambda c: c["post_processing"][0].update(centered=True))
+    elif case == "not projected":
+        _edit_config(third, lambda c: c.update(post_processing=[]))
+        (third / "projections.csv").unlink()
+    elif case == "download":
+        _edit_config(third, lambda c: c["dataset_args"].update(download=True))
+    elif case == "workers":
+        seed = _seed_of(first)
+        _edit_config(second, lambda c: c.update(seed=seed, num_workers=2))  # another sample order: another run
         expected_n = 2
     elif case == "older config":
         _edit_config(third, lambda c: c.pop("tracking_mode"))
@@ -275,10 +286,13 @@ def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case):
     rows = eigenspace[eigenspace["group"] == label]
     assert set(eigenspace["group"]) == {label, "vgg11 / Digits 16 px · model_args.width=0.125"}
     assert set(rows["measure"]) == {"accuracy"}
-    assert set(rows["n"]) == {2 if case == "damaged accuracy" else expected_n}
+    tested = 2 if case in ("damaged accuracy", "other projection", "not projected") else expected_n
+    assert set(rows["n"]) == {tested}
+    assert f"over {tested} projected runs" in text
     stability = pd.read_csv(logs / "report_saturation_stability.csv")
     assert set(stability.loc[stability["group"] == label, "n"]) == {expected_n}
     assert ("1 run(s) left out: an earlier run of this group has their seed" in text) == (case == "same seed")
+    assert ("1 run(s) projected with other parameters" in text) == (case == "other projection")
 
 
 def _group_images(text):
@@ -313,3 +327,18 @@ def test_a_rebuilt_report_takes_unchanged_group_figures_from_the_previous_page(r
 
 def _label(width):
     return f"vgg11 / Digits 16 px · model_args.width={width}"
+
+
+def test_a_delta_only_one_run_has_is_no_tested_delta(repeated_grid, tmp_path):
+    """A delta of a single run has no test (n = 1): the verdict does not name it as the largest tested one."""
+    logs = tmp_path / "logs"
+    shutil.copytree(repeated_grid, logs)
+    run = _first_width_runs(logs)[0]
+    table = pd.read_csv(run / "projections.csv")
+    extra = table[(table["basis"] == "pca") & (table["delta"] == 0.999)].assign(delta=0.9995, accuracy=0.0)
+    pd.concat([table, extra]).to_csv(run / "projections.csv", index=False)
+    assert main_report([str(logs), "--alpha", "0.9", "--no-progress", "-q"]) == 0
+    rows = pd.read_csv(logs / "report_relevant_eigenspace.csv")
+    assert rows.loc[rows["delta"] == 0.9995, "n"].tolist() == [1]
+    text = (logs / "report.html").read_text(encoding="utf-8")
+    assert "δ = 0.9995" not in text and "the largest, δ = 0.999," in text

@@ -101,6 +101,12 @@ def projection_drops(tables: Mapping[str, pd.DataFrame], measure: str) -> pd.Dat
                                           "saturation_mean"])
 
 
+def compared_runs(tables: Mapping[str, pd.DataFrame]) -> int:
+    """How many runs the t-tests compare: those with the unprojected value of the measure."""
+    measure = projection_measure(list(tables.values()))
+    return sum(math.isfinite(unprojected_value(table, measure)) for table in tables.values())
+
+
 def paired_t_test(drops: Sequence[float]) -> tuple[float, float]:
     """Two-tailed one-sample t-test of the paired differences against 0 (= scipy's ``ttest_rel`` of the
     unprojected against the projected values). NaN for fewer than two runs or differences that are all

@@ -109,7 +109,7 @@ def save_reconstruction_grid(inputs: np.ndarray, outputs: Mapping[float, np.ndar
 
 def relative_accuracy_figure(relative: pd.DataFrame) -> Any:
     """The thesis' Fig. 43 over a grid: per basis a panel, per delta (evenly spaced) a box of the projected
-    networks' accuracy relative to their unprojected accuracy, every run of the grid in it."""
+    networks' accuracy relative to their unprojected accuracy and a dot per run, every run of the grid in it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -118,18 +118,20 @@ def relative_accuracy_figure(relative: pd.DataFrame) -> Any:
     bases = [basis for basis in ("pca", "random") if (relative["basis"] == basis).any()]
     figure, axes = plt.subplots(1, len(bases), figsize=(max(5.0, 0.28 * len(deltas) + 2) * len(bases), 3.8),
                                 sharey=True, squeeze=False)
-    runs = relative["run"].nunique()
     for ax, basis in zip(axes[0], bases):
         part = relative[relative["basis"] == basis]
         present = [d for d in deltas if (part["delta"] == d).any()]
-        ax.boxplot([part.loc[part["delta"] == d, "relative_accuracy"].to_numpy() for d in present],
-                   positions=[deltas.index(d) for d in present], widths=0.6, showfliers=True,
-                   flierprops={"markersize": 2})
+        values = [part.loc[part["delta"] == d, "relative_accuracy"].to_numpy() for d in present]
+        positions = [deltas.index(d) for d in present]
+        ax.boxplot(values, positions=positions, widths=0.6, showfliers=False)
+        for position, points in zip(positions, values):  # each run a dot: a box of one or two runs shows them
+            ax.scatter(np.full(len(points), position), points, s=5, color="#3b6fb6", alpha=0.5, zorder=3)
         ax.axhline(1.0, color="grey", ls="--", lw=1)
         ax.set_xticks(range(len(deltas)))
         ax.set_xticklabels([f"{d:g}" for d in deltas], rotation=70, fontsize=7)
         ax.set_xlim(-0.7, len(deltas) - 0.3)
         ax.set_xlabel("δ (explained variance)")
-        ax.set_title(f"{basis} bases ({runs} runs)", fontsize=9)
+        runs = part["run"].nunique()
+        ax.set_title(f"{basis} bases ({runs} run{'s' if runs != 1 else ''})", fontsize=9)
     axes[0][0].set_ylabel("accuracy relative to the unprojected network")
     return figure

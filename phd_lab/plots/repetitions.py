@@ -48,9 +48,10 @@ def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str,
 
 def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
     """Mean drop of the projected networks per delta (evenly spaced, largest right) with the 95% interval
-    of the mean; filled markers differ significantly from the unprojected networks. The PCA bases'
-    mean number of kept directions on the right axis."""
+    of the mean; filled markers differ significantly from the unprojected networks; deltas of a single run
+    are left out. The PCA bases' mean number of kept directions on the right axis."""
     plt = _pyplot()
+    table = table[table["n"] > 1]  # a delta of one run is tested against nothing
     deltas = sorted(table["delta"].unique())
     position = {delta: i for i, delta in enumerate(deltas)}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(deltas) + 4), 3.8))

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -20,11 +21,11 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import pandas as pd
 
-from phd_lab.analysis.repetitions import (Spread, relevant_delta, relevant_eigenspace_table,
+from phd_lab.analysis.repetitions import (Spread, compared_runs, relevant_delta, relevant_eigenspace_table,
                                           saturation_stability)
-from phd_lab.config import SCHEMA_BY_NAME
+from phd_lab.config import SCHEMA_BY_NAME, RunConfig
 from phd_lab.report.collect import RunEntry
-from phd_lab.report.config_values import FIXED_COLUMNS, flat_config
+from phd_lab.report.config_values import FIXED_COLUMNS
 
 REPEATED_BY = ("run_id", "seed")  # what tells the repetitions of one configuration apart
 DEFAULT_ALPHA = 0.05  # Table 5's level; Tables 4 and 14–16 use 0.01 (``report --alpha``)
@@ -52,23 +53,34 @@ class RepetitionGroup:
     figures: list[GroupFigure] = field(default_factory=list)  # ``draw_figures``
     same_seed: list[RunEntry] = field(default_factory=list)  # left out: an earlier run of the group has their seed
     projected: int = 0  # runs whose projections the t-tests compare
+    other_projections: list[RunEntry] = field(default_factory=list)  # left out: projected with other parameters
 
 
 def _identity(entry: RunEntry) -> str | None:
-    """What repetitions share: the result-affecting config values (schema defaults filled in where a config
-    logged by an older version lacks a key), the saturation split the analysis reads, and the ``project``
-    step's parameters but its deltas (each delta is tested over the runs that have it)."""
+    """What repetitions share: the run's identity as its folder's hash has it (``RunConfig.identity``: result-
+    affecting values, ``num_workers`` where not 0, no ``download``; schema defaults filled in where a config
+    logged by an older version lacks a key) but run_id and seed, and the saturation split the analysis reads."""
     config = entry.tables.config
     if not config:
         return None
-    filled = {**{k.name: k.default for k in SCHEMA_BY_NAME.values() if not k.technical}, **config}
-    flat = {k: v for k, v in flat_config(filled).items() if k not in REPEATED_BY}
-    flat["analysis_split"] = json.dumps(config.get("analysis_split", SCHEMA_BY_NAME["analysis_split"].default))
-    for step in config.get("post_processing") or []:
-        if isinstance(step, dict) and step.get("name") == "project":
-            flat.update({f"project.{k}": json.dumps(v, sort_keys=True) for k, v in step.items()
-                         if k not in ("name", "deltas")})
+    values = {**{key.name: key.default for key in SCHEMA_BY_NAME.values()},
+              **{k: v for k, v in config.items() if k in SCHEMA_BY_NAME}}
+    identity = {k: v for k, v in RunConfig(values).identity().items() if k not in REPEATED_BY}
+    flat = {}
+    for key, value in identity.items():
+        inner = value.items() if isinstance(value, dict) else [(None, value)]
+        for name, item in inner:
+            flat[key if name is None else f"{key}.{name}"] = item if isinstance(item, str) else json.dumps(item)
+    flat["analysis_split"] = values["analysis_split"]
     return json.dumps(flat, sort_keys=True)
+
+
+def _projection_setting(entry: RunEntry) -> str:
+    """The ``project`` step's parameters but its deltas (each delta is tested over the runs that have it)."""
+    for step in (entry.tables.config or {}).get("post_processing") or []:
+        if isinstance(step, dict) and step.get("name") == "project":
+            return json.dumps({k: v for k, v in step.items() if k not in ("name", "deltas")}, sort_keys=True)
+    return "{}"
 
 
 def _label(flat: dict[str, str], differing: Sequence[str]) -> str:
@@ -126,12 +138,15 @@ def group_statistics(group: RepetitionGroup) -> RepetitionGroup:
         group.stability = saturation_stability(group.saturations)
     if len(accuracies) > 1:
         group.accuracy = Spread.of(accuracies)
-    projections = {str(e.folder.root): e.tables.projections for e in kept
-                   if e.tables.projections is not None and len(e.tables.projections)}
+    projected = [e for e in kept if e.tables.projections is not None and len(e.tables.projections)]
+    settings = Counter(_projection_setting(e) for e in projected)  # the t-tests compare like with like: the
+    setting = settings.most_common(1)[0][0] if settings else None  # setting most runs were projected with
+    group.other_projections = [e for e in projected if _projection_setting(e) != setting]
+    projections = {str(e.folder.root): e.tables.projections for e in projected if _projection_setting(e) == setting}
     table = relevant_eigenspace_table(projections, group.alpha) if len(projections) > 1 else None
     if table is not None and (table["n"] > 1).any():  # not: runs without an unprojected row to compare with
         group.eigenspace = table
-        group.projected = len(projections)
+        group.projected = compared_runs(projections)
         group.relevant_delta = relevant_delta(table)
     return group
 
@@ -168,9 +183,10 @@ FEW_RUNS = 10  # below: a verdict of "no significant difference" says that the t
 
 
 def _verdict(group: RepetitionGroup, pca: pd.DataFrame) -> str:
+    pca = pca[pca["n"] > 1]  # a delta of one run is tested against nothing
     if group.relevant_delta is None:
         if not len(pca):
-            return "No PCA projections."
+            return "No PCA projection was tested on two runs or more."
         return (f"No relevant eigenspace among the tested deltas: the largest, δ = {pca['delta'].max():g}, "
                 f"already differs significantly (α = {group.alpha:g}).")
     kept = pca[pca["delta"] == group.relevant_delta].iloc[0]
@@ -221,12 +237,13 @@ def _stability_text(group: RepetitionGroup) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _drawing_code() -> bytes:
-    """phd-lab's and matplotlib's versions and the drawing module's text: an edit of it redraws every figure."""
+    """phd-lab's and matplotlib's versions and the drawing modules' text: an edit of them redraws every figure."""
     import matplotlib
 
     from phd_lab import __version__
-    from phd_lab.plots import repetitions as drawing
-    return f"{__version__} {matplotlib.__version__} ".encode() + Path(drawing.__file__).read_bytes()
+    from phd_lab.plots import grid_figures, repetitions
+    return f"{__version__} {matplotlib.__version__} ".encode() + b"".join(
+        Path(module.__file__).read_bytes() for module in (repetitions, grid_figures))  # the figure, its PNG
 
 
 def figure_key(kind: str, label: str, *tables: pd.DataFrame, runs: Any = None) -> str:
@@ -290,6 +307,9 @@ def repetitions_section(groups: Sequence[RepetitionGroup], files: Sequence[str],
     for index, group in enumerate(groups, 1):
         parts.append(f'<section class="run repeated" id="repetitions-{index}"><h3>{escape(group.label)} '
                      f'<span class="swept">{len(group.entries)} runs</span></h3>')
+        if group.other_projections:
+            parts.append(f'<p class="warn">{len(group.other_projections)} run(s) projected with other parameters of '
+                         f'the project step than the others are left out of the t-tests.</p>')
         if group.same_seed:
             names = ", ".join("/".join(entry.folder.root.parts[-2:]) for entry in group.same_seed[:5])
             parts.append(f'<p class="warn">{len(group.same_seed)} run(s) left out: an earlier run of this group has '
