@@ -101,6 +101,23 @@ def layer_saturations(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame 
         if records else None
 
 
+def saturation_history(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame | None:
+    """Saturation per epoch (rows, ascending) and layer (columns, forward order) of the metrics CSV: how the
+    pattern forms during training (thesis appendix B). Values that are no number in [0, ∞) are NaN."""
+    if metrics is None or not len(metrics) or "epoch" not in metrics.columns:
+        return None
+    suffix = f"_{split}_saturation"
+    columns = [c for c in metrics.columns if c.endswith(suffix) and len(c) > len(suffix)]
+    if not columns:
+        return None
+    rows = metrics.sort_values("epoch").drop_duplicates("epoch", keep="last")
+    history = rows[columns].apply(pd.to_numeric, errors="coerce")
+    history = history.where((history >= 0.0) & (history < math.inf))
+    history.columns = [c[:-len(suffix)] for c in columns]
+    history.index = pd.Index(pd.to_numeric(rows["epoch"], errors="coerce"), name="epoch")
+    return history
+
+
 def _unusable_saturations(row: pd.Series | None, split: str) -> list[str]:
     """A note naming the layers whose saturation in the last epoch is no number in [0, ∞) (a damaged or
     hand-edited CSV); they are left out like layers without a value (NaN: never called)."""

@@ -61,7 +61,9 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     from phd_lab.plots.projections import relative_accuracy_figure
     from phd_lab.report.collect import collect
     from phd_lab.report.html import render_report
-    from phd_lab.report.repetitions import draw_figures, previous_figures, repetition_groups, repetitions_csvs
+    from phd_lab.report.figure_reuse import previous_figures
+    from phd_lab.report.training import training_figure
+    from phd_lab.report.repetitions import draw_figures, repetition_groups, repetitions_csvs
 
     if not str(logs_dir).strip():  # Path("") is the working directory: an unset shell variable, not a choice
         raise UsageError("LOGS_DIR is empty; pass the logs folder of a grid (the config's 'logs_dir', ./logs by "
@@ -103,6 +105,8 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     if len(relative):  # §7.3's Fig. 43 over every projected run of the grid
         comparison[RELATIVE_ACCURACY] = png_bytes(relative_accuracy_figure(relative))
     previous = previous_figures(out_path) if out_path.exists() else {}  # a report page (checked above)
+    for entry in entries:
+        entry.training_figure = training_figure(entry, previous)
     groups = [draw_figures(group, previous) for group in repetition_groups(entries, alpha)]
     frames = repetitions_csvs(groups)
     page = render_report(entries, logs_dir, out_path, comparison, groups,

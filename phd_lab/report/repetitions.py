@@ -7,17 +7,13 @@ unchanged (§7.4); the numbers also go to two CSV files beside the page (``repet
 
 from __future__ import annotations
 
-import base64
-import functools
-import hashlib
 import json
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -26,15 +22,10 @@ from phd_lab.analysis.repetitions import (Spread, compared_runs, relevant_delta,
 from phd_lab.config import SCHEMA_BY_NAME, RunConfig
 from phd_lab.report.collect import RunEntry
 from phd_lab.report.config_values import FIXED_COLUMNS
+from phd_lab.report.figure_reuse import KeyedFigure, figure_key, keyed_figure
 
 REPEATED_BY = ("run_id", "seed")  # what tells the repetitions of one configuration apart
 DEFAULT_ALPHA = 0.05  # Table 5's level; Tables 4 and 14–16 use 0.01 (``report --alpha``)
-
-
-class GroupFigure(NamedTuple):
-    title: str
-    png: bytes
-    key: str  # what it was drawn from (``figure_key``): a later report with the same key takes it as it is
 
 
 @dataclass
@@ -50,7 +41,7 @@ class RepetitionGroup:
     accuracy: Spread | None = None
     eigenspace: pd.DataFrame | None = None
     relevant_delta: float | None = None
-    figures: list[GroupFigure] = field(default_factory=list)  # ``draw_figures``
+    figures: list[KeyedFigure] = field(default_factory=list)  # ``draw_figures``
     same_seed: list[RunEntry] = field(default_factory=list)  # left out: an earlier run of the group has their seed
     projected: int = 0  # runs whose projections the t-tests compare
     other_projections: list[RunEntry] = field(default_factory=list)  # left out: projected with other parameters
@@ -235,63 +226,24 @@ def _stability_text(group: RepetitionGroup) -> str:
     return f"<p>{escape(text)}.</p>"
 
 
-@functools.lru_cache(maxsize=1)
-def _drawing_code() -> bytes:
-    """phd-lab's and matplotlib's versions and the drawing modules' text: an edit of them redraws every figure."""
-    import matplotlib
-
-    from phd_lab import __version__
-    from phd_lab.plots import grid_figures, repetitions
-    return f"{__version__} {matplotlib.__version__} ".encode() + b"".join(
-        Path(module.__file__).read_bytes() for module in (repetitions, grid_figures))  # the figure, its PNG
-
-
-def figure_key(kind: str, label: str, *tables: pd.DataFrame, runs: Any = None) -> str:
-    """A digest of everything a group figure shows: the kind of figure, the group, its tables and runs."""
-    digest = hashlib.sha256(_drawing_code())
-    digest.update(json.dumps([kind, label, runs]).encode())
-    for table in tables:
-        digest.update(table.to_csv(index=False).encode())
-    return digest.hexdigest()[:32]
-
-
-_PREVIOUS = re.compile(r'<img data-key="([0-9a-f]{32})" [^>]*?src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
-
-
-def previous_figures(page: Path) -> dict[str, bytes]:
-    """The group figures a previous report page embeds, by key (none if there is no such page or it cannot be
-    read): drawing them costs about 0.2 s each, most of a rebuilt report of a grid with many repeated groups."""
-    try:
-        text = page.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return {}
-    figures = {}
-    for key, data in _PREVIOUS.findall(text):
-        try:
-            figures[key] = base64.b64decode(data, validate=True)
-        except ValueError:  # a damaged page: that figure is drawn again
-            continue
-    return figures
-
-
 def draw_figures(group: RepetitionGroup, previous: Mapping[str, bytes] | None = None) -> RepetitionGroup:
     """Draw the group's figures (PNG bytes) into ``group.figures``, or take them from ``previous`` (key →
     PNG, ``previous_figures``) where nothing they show has changed."""
-    from phd_lab.plots.grid_figures import png_bytes
-    from phd_lab.plots.repetitions import eigenspace_figure, stability_figure
+    from phd_lab.plots import repetitions as drawing
 
     previous = previous or {}
     if group.stability is not None:
-        runs = list(group.saturations.values())
-        key = figure_key("stability", group.label, group.stability, runs=runs)
-        png = previous.get(key) or png_bytes(
-            stability_figure(group.stability, group.saturations, f"{group.label}: saturation per layer"))
-        group.figures.append(GroupFigure(f"Saturation over the repetitions of {group.label}", png, key))
+        stability, saturations = group.stability, group.saturations
+        key = figure_key(drawing, "stability", group.label, stability, data=list(saturations.values()))
+        group.figures.append(keyed_figure(
+            f"Saturation over the repetitions of {group.label}", key, previous=previous,
+            draw=lambda: drawing.stability_figure(stability, saturations, f"{group.label}: saturation per layer")))
     if group.eigenspace is not None:
-        key = figure_key("eigenspace", group.label, group.eigenspace)
-        png = previous.get(key) or png_bytes(
-            eigenspace_figure(group.eigenspace, f"{group.label}: projected against unprojected"))
-        group.figures.append(GroupFigure(f"Projections over the repetitions of {group.label}", png, key))
+        eigenspace = group.eigenspace
+        key = figure_key(drawing, "eigenspace", group.label, eigenspace)
+        group.figures.append(keyed_figure(
+            f"Projections over the repetitions of {group.label}", key, previous=previous,
+            draw=lambda: drawing.eigenspace_figure(eigenspace, f"{group.label}: projected against unprojected")))
     return group
 
 

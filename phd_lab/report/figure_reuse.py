@@ -1,0 +1,73 @@
+"""Figures the report draws itself (not a run's analysis.png), taken from the page it replaces when unchanged.
+
+Each such figure is embedded with a key: a digest of the drawing code and of everything the figure shows. The
+next report reads the keys of the page it replaces and takes a figure of the same key as it is. Drawing costs
+about 0.2 s a figure, which on a grid of hundreds of runs would be most of a rebuilt report.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Mapping, NamedTuple
+
+import pandas as pd
+
+
+class KeyedFigure(NamedTuple):
+    title: str
+    png: bytes
+    key: str  # what it was drawn from (``figure_key``): a later report with the same key takes it as it is
+
+
+@functools.lru_cache(maxsize=8)
+def _drawing_code(module: ModuleType) -> bytes:
+    """phd-lab's and matplotlib's versions and the drawing modules' text (the figure's and the PNG writer's):
+    an edit of them redraws every figure they drew."""
+    import matplotlib
+
+    from phd_lab import __version__
+    from phd_lab.plots import grid_figures
+    return f"{__version__} {matplotlib.__version__} ".encode() + b"".join(
+        Path(source.__file__).read_bytes() for source in (module, grid_figures))  # type: ignore[arg-type]
+
+
+def figure_key(module: ModuleType, kind: str, label: str, *tables: pd.DataFrame, data: Any = None) -> str:
+    """A digest of everything a figure shows: the module that draws it, its kind, its label, tables and data."""
+    digest = hashlib.sha256(_drawing_code(module))
+    digest.update(json.dumps([kind, label, data]).encode())
+    for table in tables:
+        digest.update(table.to_csv(index=False).encode())
+    return digest.hexdigest()[:32]
+
+
+_KEYED_IMAGE = re.compile(r'<img data-key="([0-9a-f]{32})" [^>]*?src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+def previous_figures(page: Path) -> dict[str, bytes]:
+    """The keyed figures a previous report page embeds, by key (none if there is no such page or it cannot be
+    read)."""
+    try:
+        text = page.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    figures = {}
+    for key, data in _KEYED_IMAGE.findall(text):
+        try:
+            figures[key] = base64.b64decode(data, validate=True)
+        except ValueError:  # a damaged page: that figure is drawn again
+            continue
+    return figures
+
+
+def keyed_figure(title: str, key: str, draw: Callable[[], Any], previous: Mapping[str, bytes]) -> KeyedFigure:
+    """The figure of ``key`` from ``previous``, or ``draw()`` (a matplotlib figure) made into PNG bytes."""
+    from phd_lab.plots.grid_figures import png_bytes
+
+    png = previous.get(key)
+    return KeyedFigure(title, png if png is not None else png_bytes(draw()), key)
