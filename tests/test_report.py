@@ -127,9 +127,8 @@ def test_report_of_a_grid_parses_links_resolve_and_lists_every_run(grid, tmp_pat
     assert report_in_process(capsys, logs, "--out", linked, "--no-refresh").returncode == 0
     for href in (h for h in parse(linked).hrefs if not h.startswith("#")):
         assert Path(os.path.normpath(os.path.join(linked.parent, unquote(href)))).is_file(), href
-    # every image is an embedded PNG: one per run, one of the training of each run with two epochs or more
-    # (full, unprobed, trained; the running one has one epoch), plus three comparison plots
-    assert len(page.images) == 5 + 3 + 3
+    # every image is an embedded PNG: one per run plus three comparison plots
+    assert len(page.images) == 5 + 3
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1], validate=True)[:8] == PNG

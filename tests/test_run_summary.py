@@ -276,7 +276,7 @@ def test_the_run_figure_legend_never_covers_long_layer_names(tmp_path):
     try:
         fig.canvas.draw()  # the positions of a drawn (saved) figure
         renderer = fig.canvas.get_renderer()
-        ax = fig.axes[0]
+        ax = next(a for a in fig.axes if a.get_legend() is not None)  # the layer panel (below the epoch map)
         ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
         assert len(ticks) == len(LAYERS) and all(t.get_text().startswith("backbone.") for t in ax.get_xticklabels())
         legend = ax.get_legend().get_window_extent(renderer)

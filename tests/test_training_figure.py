@@ -1,8 +1,6 @@
 """The report's figure of a run's training (appendix B): saturation per layer and epoch from the metrics CSV,
 embedded once per run with two epochs or more, and taken from the previous page while the CSV is unchanged."""
 
-import base64
-import re
 import shutil
 
 import numpy as np
@@ -48,25 +46,52 @@ def test_history_is_the_metrics_csv_per_epoch_and_layer_in_forward_order(trained
                               "test") is None
 
 
-def _training_images(text):
-    return re.findall(r'<img data-key="([0-9a-f]{32})" alt="Saturation during training of ([^"]*)" '
-                      r'src="data:image/png;base64,([^"]+)"', text)
+def _analysis(folder):
+    from phd_lab.analysis.run_tables import load_run, run_folder
+    from phd_lab.analysis.run_summary import summarize
+    tables = load_run(run_folder(folder))
+    return tables, summarize(tables)
 
 
-def test_the_report_shows_the_training_of_each_run_with_two_epochs_or_more(trained, tmp_path):
+def test_the_run_figure_shows_each_layers_saturation_per_epoch_above_its_bars(trained):
+    """Appendix B (Figs. 66-68): the pattern's evolution, column by column above the layers' last-epoch bars."""
+    import matplotlib.pyplot as plt
+
+    from phd_lab.plots.run_figure import draw_run_figure, layer_order
+    tables, summary = _analysis(_metrics(trained, 3).parent)
+    figure = draw_run_figure(tables, summary)
+    try:
+        heat = figure.axes[0]
+        grid = np.asarray(heat.images[0].get_array())
+        history = saturation_history(tables.metrics, summary["settings"]["analysis_split"])
+        order = layer_order(tables, summary)
+        assert grid.shape == (3, len(order))
+        for layer in history.columns:
+            np.testing.assert_array_equal(grid[:, order.index(layer)], history[layer].to_numpy())
+        assert heat.get_xlim() == figure.axes[1].get_xlim()  # one column per layer of the panel below
+    finally:
+        plt.close(figure)
+    tables, summary = _analysis(_metrics(trained, 1).parent)
+    figure = draw_run_figure(tables, summary)
+    try:
+        assert not any(ax.images for ax in figure.axes)  # one epoch: nothing evolved
+    finally:
+        plt.close(figure)
+
+
+def test_damaged_cells_leave_the_report_standing(trained, tmp_path):
+    """A hand-edited epoch cell (the history leaves that row out) and deltas that are no numbers (Fig. 43 leaves
+    them out) must not take the report down: the previous code reported such runs."""
     logs = tmp_path / "logs"
     shutil.copytree(trained, logs)
-    page = write_report(logs)
-    first = _training_images(page.read_text(encoding="utf-8"))
-    assert [name for _, name, _ in first] == ["vgg11-Digits-r16-bs128-e3"]  # the one-epoch run has none
-    assert base64.b64decode(first[0][2])[:8] == b"\x89PNG\r\n\x1a\n"
-    # unchanged: taken from the previous page (a marker put there survives); a new epoch row: drawn anew
-    marker = base64.b64encode(b"\x89PNG\r\n\x1a\n marker").decode()
-    page.write_text(page.read_text(encoding="utf-8").replace(first[0][2], marker), encoding="utf-8")
-    assert _training_images(write_report(logs).read_text(encoding="utf-8"))[0][2] == marker
     metrics_csv = _metrics(logs, 3)
-    metrics = pd.read_csv(metrics_csv)
-    metrics.loc[metrics.index[-1], "test_loss"] = 0.25
-    metrics.to_csv(metrics_csv, index=False)
-    redrawn = _training_images(write_report(logs).read_text(encoding="utf-8"))
-    assert redrawn[0][0] != first[0][0] and redrawn[0][2] != marker
+    lines = metrics_csv.read_text().splitlines(keepends=True)
+    lines[2] = "x" + lines[2][lines[2].index(","):]
+    metrics_csv.write_text("".join(lines))
+    projections = metrics_csv.parent / "projections.csv"
+    pd.DataFrame([{"delta": 1.0, "basis": "none", "accuracy": 0.9, "loss": 0.3, "dims_sum": 10,
+                   "feature_dims_sum": 10, "saturation_mean": 1.0},
+                  {"delta": "90%", "basis": "pca", "accuracy": 0.5, "loss": 0.9, "dims_sum": 5,
+                   "feature_dims_sum": 10, "saturation_mean": 0.5}]).to_csv(projections, index=False)
+    page = write_report(logs)
+    assert "analysis figure of vgg11-Digits-r16-bs128-e3" in page.read_text(encoding="utf-8")

@@ -43,7 +43,8 @@ def projected_rows(table: pd.DataFrame) -> pd.DataFrame:
 def relative_accuracies(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Per run, basis and delta the projected network's accuracy divided by the unprojected one's (§7.3.1:
     "relative accuracy", which makes networks of very different accuracy comparable). Runs without an
-    accuracy (a model that reconstructs its input) or with an unprojected accuracy of 0 are left out.
+    accuracy (a model that reconstructs its input) or with an unprojected accuracy of 0, and rows whose delta
+    or accuracy is no number, are left out.
     Columns: run, basis, delta, relative_accuracy."""
     records = []
     for run, table in tables.items():
@@ -51,7 +52,7 @@ def relative_accuracies(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         if not reference > 0:  # NaN too
             continue
         for row in projected_rows(table).itertuples(index=False):
-            if np.isfinite(row.accuracy):
+            if np.isfinite(row.accuracy) and np.isfinite(row.delta):
                 records.append({"run": run, "basis": row.basis, "delta": float(row.delta),
                                 "relative_accuracy": float(row.accuracy) / reference})
     return pd.DataFrame(records, columns=["run", "basis", "delta", "relative_accuracy"])

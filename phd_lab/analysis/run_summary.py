@@ -23,6 +23,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 
 from phd_lab.analysis.borders import borders_of, side_branch_flags
@@ -103,18 +104,23 @@ def layer_saturations(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame 
 
 def saturation_history(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame | None:
     """Saturation per epoch (rows, ascending) and layer (columns, forward order) of the metrics CSV: how the
-    pattern forms during training (thesis appendix B). Values that are no number in [0, ∞) are NaN."""
+    pattern forms during training (thesis appendix B). Values that are no number in [0, ∞) are NaN; rows whose
+    epoch is no number are left out, and of an epoch written twice the last row counts."""
     if metrics is None or not len(metrics) or "epoch" not in metrics.columns:
         return None
     suffix = f"_{split}_saturation"
     columns = [c for c in metrics.columns if c.endswith(suffix) and len(c) > len(suffix)]
     if not columns:
         return None
-    rows = metrics.sort_values("epoch").drop_duplicates("epoch", keep="last")
+    epochs = pd.to_numeric(metrics["epoch"], errors="coerce")
+    rows = metrics.assign(epoch=epochs)[np.isfinite(epochs)]  # a damaged epoch cell: that row is left out
+    rows = rows.sort_values("epoch", kind="stable").drop_duplicates("epoch", keep="last")
+    if rows.empty:
+        return None
     history = rows[columns].apply(pd.to_numeric, errors="coerce")
     history = history.where((history >= 0.0) & (history < math.inf))
     history.columns = [c[:-len(suffix)] for c in columns]
-    history.index = pd.Index(pd.to_numeric(rows["epoch"], errors="coerce"), name="epoch")
+    history.index = pd.Index(rows["epoch"].to_numpy(dtype=float), name="epoch")
     return history
 
 

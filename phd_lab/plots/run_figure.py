@@ -1,6 +1,7 @@
 """One figure per run in the thesis' style, drawn only from saved tables and the analysis summary.
 
-Layers run along the x axis in forward order. The left axis (0–100%) shows saturation per layer
+Layers run along the x axis in forward order; above them, for a run of two epochs or more, a heat map of
+each layer's saturation per epoch (how the pattern formed). The left axis (0–100%) shows saturation per layer
 as bars (the analysed split) and dots (the other split), the probes' accuracy as a line and the
 model's test accuracy as a dashed line; the right axis shows r_min/r_max per layer with the input
 resolution as a horizontal line. Vertical lines mark b_min (solid) and b_max (dashed) just before
@@ -13,9 +14,10 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
-from phd_lab.analysis.run_summary import layer_saturations
+from phd_lab.analysis.run_summary import layer_saturations, saturation_history
 from phd_lab.analysis.run_tables import RunTables
 
 if TYPE_CHECKING:
@@ -56,14 +58,23 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -
     order = layer_order(tables, summary)
     x_of = {name: i for i, name in enumerate(order)}
     longest = max((len(name) for name in order), default=0)
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.38 * len(order) + 2.5), max(4.6, 3.4 + 0.06 * longest)), dpi=dpi)
-    ax.set_title(_title(summary), fontsize=10)
+    width, height = max(6.5, 0.38 * len(order) + 2.5), max(4.6, 3.4 + 0.06 * longest)
+    split = summary["settings"]["analysis_split"]
+    history = saturation_history(tables.metrics, split) if order else None
+    if history is not None and len(history) > 1:  # the pattern's evolution above its last epoch (appendix B)
+        fig, (heat, ax) = plt.subplots(2, 1, sharex=True, figsize=(width, height + HISTORY_HEIGHT), dpi=dpi,
+                                       gridspec_kw={"height_ratios": [HISTORY_HEIGHT, height]})
+        _draw_history(heat, history, x_of, split)
+        heat.set_title(_title(summary), fontsize=10)
+    else:
+        fig, ax = plt.subplots(figsize=(width, height), dpi=dpi)
+        ax.set_title(_title(summary), fontsize=10)
     if not order:
         ax.text(0.5, 0.5, "no saved tables with layers yet", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return fig
 
-    _draw_saturations(ax, tables, summary["settings"]["analysis_split"], x_of)
+    _draw_saturations(ax, tables, split, x_of)
     _draw_accuracies(ax, tables, summary, x_of)
     borders = summary.get("borders") or {}
     _draw_tails_and_borders(ax, summary.get("tails", []), borders, x_of)
@@ -77,6 +88,29 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -
         ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, _below_tick_labels(ax)),
                   ncol=4, frameon=False)
     return fig
+
+
+HISTORY_HEIGHT = 1.8  # inches of the heat map of saturation per epoch above the layer panel
+
+
+def _draw_history(ax: Any, history: pd.DataFrame, x_of: dict[str, int], split: str) -> None:
+    """Saturation per epoch (rows, first at the top, the last just above the bars) and layer (the columns of
+    the panel below): how the pattern formed during training. Layers without saturations stay blank."""
+    from matplotlib.ticker import MaxNLocator
+
+    grid = np.full((len(history), len(x_of)), np.nan)
+    for layer in history.columns:
+        if layer in x_of:
+            grid[:, x_of[layer]] = history[layer].to_numpy(dtype=float)
+    epochs = history.index.to_numpy(dtype=float)
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest",
+                      extent=(-0.5, len(x_of) - 0.5, epochs[-1] + 0.5, epochs[0] - 0.5))
+    ax.set_ylabel("epoch", fontsize=8)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+    ax.tick_params(axis="y", labelsize=7)
+    colorbar = ax.figure.colorbar(image, cax=ax.inset_axes([1.01, 0.0, 0.012, 1.0]))
+    colorbar.set_label(f"saturation ({split})", fontsize=7)
+    colorbar.ax.tick_params(labelsize=6)
 
 
 def _title(summary: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from typing import Sequence
 from phd_lab import atomic
 from phd_lab.atomic import check_writable_dir
 from phd_lab.errors import EXIT_OK, DataError, UsageError
-from phd_lab.report.repetitions import DEFAULT_ALPHA, REPETITION_TABLES, csv_path, is_repetition_table
+from phd_lab.report.repetition_files import DEFAULT_ALPHA, REPETITION_TABLES, csv_path, is_repetition_table
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     from phd_lab.report.collect import collect
     from phd_lab.report.html import render_report
     from phd_lab.report.figure_reuse import previous_figures
-    from phd_lab.report.training import training_figure
     from phd_lab.report.repetitions import draw_figures, repetition_groups, repetitions_csvs
 
     if not str(logs_dir).strip():  # Path("") is the working directory: an unset shell variable, not a choice
@@ -105,18 +104,16 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     if len(relative):  # §7.3's Fig. 43 over every projected run of the grid
         comparison[RELATIVE_ACCURACY] = png_bytes(relative_accuracy_figure(relative))
     previous = previous_figures(out_path) if out_path.exists() else {}  # a report page (checked above)
-    for entry in entries:
-        entry.training_figure = training_figure(entry, previous)
     groups = [draw_figures(group, previous) for group in repetition_groups(entries, alpha)]
     frames = repetitions_csvs(groups)
     page = render_report(entries, logs_dir, out_path, comparison, groups,
                          [tables[suffix] for suffix in REPETITION_TABLES if suffix in frames])
+    atomic.write_text(out_path, page)
     for suffix, path in tables.items():  # a table the grid no longer has goes: it would describe other runs
         if suffix in frames:
             atomic.write_csv(path, frames[suffix])
         elif path.exists():
             path.unlink()
-    atomic.write_text(out_path, page)
     log.info("Report of %d run(s) written to %s", len(entries), out_path)
     for group in groups:
         if group.relevant_delta is not None:

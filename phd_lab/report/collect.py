@@ -38,7 +38,6 @@ class RunEntry:
     written: bool = False
     errors: list[str] = field(default_factory=list)
     probe_stamp: Any = "not analysed"  # the probe results the analysis read (``stamp_if_present``)
-    training_figure: Any = None  # the report's figure of its training (``report.training``), a KeyedFigure
 
 
 def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSettings | None = None,

@@ -211,9 +211,6 @@ def _section(index: int, entry: RunEntry, out_dir: Path, logs_dir: Path, varying
              f'<p class="meta">{escape(str(entry.folder.root))}</p>', _facts(s)]
     if entry.figure:
         parts.append(_img(entry.figure, f"analysis figure of {s['run']['name']}"))
-    if entry.training_figure is not None:
-        figure = entry.training_figure
-        parts.append(_img(figure.png, figure.title, key=figure.key))
     advice = s.get("recommendations") or []
     if advice:
         parts.append("<h4>Recommendations</h4><ul class=\"advice\">"

@@ -12,7 +12,6 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from html import escape
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import pandas as pd
@@ -23,9 +22,9 @@ from phd_lab.config import SCHEMA_BY_NAME, RunConfig
 from phd_lab.report.collect import RunEntry
 from phd_lab.report.config_values import FIXED_COLUMNS
 from phd_lab.report.figure_reuse import KeyedFigure, figure_key, keyed_figure
+from phd_lab.report.repetition_files import DEFAULT_ALPHA
 
 REPEATED_BY = ("run_id", "seed")  # what tells the repetitions of one configuration apart
-DEFAULT_ALPHA = 0.05  # Table 5's level; Tables 4 and 14–16 use 0.01 (``report --alpha``)
 
 
 @dataclass
@@ -277,22 +276,3 @@ def repetitions_section(groups: Sequence[RepetitionGroup], files: Sequence[str],
     if files:
         parts.append("<p>Tables: " + " · ".join(files) + "</p>")
     return "\n".join(parts)
-
-
-REPETITION_TABLES = ("saturation_stability", "relevant_eigenspace")  # file name suffixes, in the page's order
-_HEADERS = ("group,layer,position,", "group,basis,delta,")  # how those tables begin
-
-
-def is_repetition_table(path: Path) -> bool:
-    """Whether ``path`` is a table a report wrote (which the next report may replace or remove)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            first = handle.readline()
-    except (OSError, UnicodeDecodeError):
-        return False
-    return first.startswith(_HEADERS)
-
-
-def csv_path(out_path: Path, suffix: str) -> Path:
-    """Where the report writes one of its repetition tables: beside the page, named after it."""
-    return out_path.with_name(f"{out_path.stem}_{suffix}.csv")
