@@ -107,6 +107,10 @@ def save_reconstruction_grid(inputs: np.ndarray, outputs: Mapping[float, np.ndar
         plt.close(figure)
 
 
+MAX_PANEL_WIDTH = 12.0  # inches per basis of the relative-accuracy figure
+MAX_DELTA_LABELS = 40  # more deltas than this: every n-th one labelled
+
+
 def relative_accuracy_figure(relative: pd.DataFrame) -> Any:
     """The thesis' Fig. 43 over a grid: per basis a panel, per delta (evenly spaced) a box of the projected
     networks' accuracy relative to their unprojected accuracy and a dot per run, every run of the grid in it."""
@@ -116,8 +120,9 @@ def relative_accuracy_figure(relative: pd.DataFrame) -> Any:
 
     deltas = sorted(relative["delta"].unique())
     bases = [basis for basis in ("pca", "random") if (relative["basis"] == basis).any()]
-    figure, axes = plt.subplots(1, len(bases), figsize=(max(5.0, 0.28 * len(deltas) + 2) * len(bases), 3.8),
-                                sharey=True, squeeze=False)
+    panel_width = min(MAX_PANEL_WIDTH, max(5.0, 0.28 * len(deltas) + 2))  # §7.4's 110 deltas: labels thinned
+    figure, axes = plt.subplots(1, len(bases), figsize=(panel_width * len(bases), 3.8), sharey=True, squeeze=False)
+    step = max(1, -(-len(deltas) // MAX_DELTA_LABELS))
     for ax, basis in zip(axes[0], bases):
         part = relative[relative["basis"] == basis]
         present = [d for d in deltas if (part["delta"] == d).any()]
@@ -127,8 +132,8 @@ def relative_accuracy_figure(relative: pd.DataFrame) -> Any:
         for position, points in zip(positions, values):  # each run a dot: a box of one or two runs shows them
             ax.scatter(np.full(len(points), position), points, s=5, color="#3b6fb6", alpha=0.5, zorder=3)
         ax.axhline(1.0, color="grey", ls="--", lw=1)
-        ax.set_xticks(range(len(deltas)))
-        ax.set_xticklabels([f"{d:g}" for d in deltas], rotation=70, fontsize=7)
+        ax.set_xticks(range(0, len(deltas), step))
+        ax.set_xticklabels([f"{d:g}" for d in deltas[::step]], rotation=70, fontsize=7)
         ax.set_xlim(-0.7, len(deltas) - 0.3)
         ax.set_xlabel("δ (explained variance)")
         runs = part["run"].nunique()

@@ -247,7 +247,7 @@ def draw_figures(group: RepetitionGroup, previous: Mapping[str, bytes] | None = 
 
 
 def repetitions_section(groups: Sequence[RepetitionGroup], files: Sequence[str],
-                        image: Callable[[bytes, str], str]) -> str:
+                        image: Callable[..., str]) -> str:
     """The page's section: per group its text, tables and figures (``image(png, alt, key=...)`` → an <img> tag
     that carries the figure's key)."""
     if not groups:
