@@ -39,6 +39,8 @@ def test_demo_at_16_px_has_a_tail_after_the_border_where_the_probes_stop_improvi
     tail_start = convs.index[convs["layer"] == tails[-1]["first_layer"]][0] + 1
     assert border < tail_start <= border + 3  # after the border, not at it (docs/initialisation.md)
     assert analysis["agreement"]["b_max"]["offset"] == tail_start - border
+    # the tail shows early in training (appendix B; at 32 px over 30 epochs: from epoch 2 on)
+    assert 1 <= analysis["saturation"]["last_tail_since_epoch"] <= 5
 
     probes = pd.read_csv(folder / "probe_performances.csv").set_index("layer")["eval_acc"]
     conv_acc = probes[convs["layer"]].to_numpy()

@@ -437,3 +437,18 @@ def test_the_advice_of_an_unfinished_run_says_it_is_provisional(tmp_path):
     assert advice[0]["kind"] == "provisional"
     assert advice[0]["text"].startswith("Training is not finished (stopped 1/3 epochs): everything below describes "
                                         "the network after epoch 1")
+
+
+def test_the_summary_says_since_which_epoch_the_last_tail_shows(tmp_path):
+    """analysis.json's saturation.last_tail_since_epoch, from the metrics CSV's epochs (a tail from epoch 2 on)."""
+    tables = synthetic_run(tmp_path, BORDER)
+    first = tables.metrics["epoch"] == tables.metrics["epoch"].min()
+    for layer in LAYERS:  # epoch 1 without the tail
+        tables.metrics.loc[first, f"{layer}_train_saturation"] = 0.35
+    summary = summarize(tables)
+    assert len(tables.metrics) == 3 and summary["saturation"]["last_tail_since_epoch"] == 2
+    tables.metrics.loc[first, f"{LAYERS[0]}_train_saturation"] = float("nan")  # epoch 1 cannot be compared
+    assert summarize(tables)["saturation"]["last_tail_since_epoch"] == 2
+    for layer in LAYERS:
+        tables.metrics[f"{layer}_train_saturation"] = 0.35  # no tail at all
+    assert summarize(tables)["saturation"]["last_tail_since_epoch"] is None

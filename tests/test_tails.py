@@ -116,3 +116,15 @@ def test_every_reported_tail_qualifies_and_tails_are_disjoint_on_random_sequence
             for j in range(i + min_length - 1, n):
                 if all(p in free for p in range(i, j + 1)):
                     assert not qualifies(saturations, i, j, threshold=threshold, min_length=min_length)
+
+
+def test_a_tail_is_visible_since_the_first_epoch_from_which_on_every_epoch_shows_it():
+    """Appendix B: tails show early in training. The epoch counts only if no later epoch loses the tail."""
+    from phd_lab.analysis.tails import visible_since
+
+    flat, tailed, shifted = [0.6] * 8, [0.6] * 5 + [0.1] * 3, [0.6] * 4 + [0.1] * 3 + [0.6]
+    last = find_tails(tailed)[-1]
+    assert visible_since([(1, flat), (2, tailed), (3, tailed)], last) == 2
+    assert visible_since([(1, tailed), (2, flat), (3, tailed), (4, tailed)], last) == 3  # lost at epoch 2
+    assert visible_since([(1, shifted), (2, tailed)], last) == 1  # one layer earlier still overlaps it
+    assert visible_since([(1, tailed), (2, flat)], last) is None  # the last epoch does not show it

@@ -29,7 +29,7 @@ import pandas as pd
 from phd_lab.analysis.borders import borders_of, side_branch_flags
 from phd_lab.analysis.recommendations import receptive_field_failed, recommendations
 from phd_lab.analysis.run_tables import RECEPTIVE_FIELD, RunTables
-from phd_lab.analysis.tails import Tail, find_tails
+from phd_lab.analysis.tails import Tail, find_tails, visible_since
 from phd_lab.config import SCHEMA_BY_NAME
 from phd_lab.errors import ConfigError
 
@@ -192,6 +192,18 @@ def _tail_info(saturations: pd.DataFrame | None, settings: AnalysisSettings) -> 
                       min_length=settings.tail_min_length), names
 
 
+def _last_tail_since(metrics: pd.DataFrame | None, names: list[str], tails: list[Tail],
+                     settings: AnalysisSettings) -> int | None:
+    """The epoch from which on the last tail shows in every epoch's saturations of the main path (epochs where a
+    main-path layer has no value are skipped: their positions would not compare)."""
+    history = saturation_history(metrics, settings.analysis_split)
+    if not tails or history is None or not set(names) <= set(history.columns):
+        return None
+    rows = history[names].dropna()
+    epochs = [(int(epoch), values.tolist()) for epoch, values in zip(rows.index, rows.to_numpy())]
+    return visible_since(epochs, tails[-1], threshold=settings.tail_threshold, min_length=settings.tail_min_length)
+
+
 def _agreement(border: str | None, tail: Tail | None, order: list[str], fallback: list[str],
                tolerance: int) -> dict[str, Any]:
     """Whether the tail closest to the output starts at the border layer (within ``tolerance`` layers)."""
@@ -342,7 +354,8 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
                       "mean": s_mu, "mean_all_layers": all_layers,
                       "mean_outside_tails": float(sum(outside) / len(outside)) if outside else None,
                       "layers": saturations.to_dict(orient="records"),
-                      "main_path": names}  # what a tail's start/stop index: side branches are no part of it
+                      "main_path": names,  # what a tail's start/stop index: side branches are no part of it
+                      "last_tail_since_epoch": _last_tail_since(tables.metrics, names, tails, settings)}
     truncation = None
     if borders and borders["b_min"]:
         truncation = truncation_estimate(tables, borders["b_min"], saturations, order or names)

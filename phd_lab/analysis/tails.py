@@ -181,3 +181,16 @@ def find_tails(saturations: Sequence[float], names: Sequence[str] | None = None,
         inside, rest = sums.means(start, stop)
         tails.append(Tail(start, stop, names[start], names[stop], inside, rest))
     return tails
+
+
+def visible_since(history: Sequence[tuple[int, Sequence[float]]], tail: Tail, *,
+                  threshold: float = DEFAULT_THRESHOLD, min_length: int = DEFAULT_MIN_LENGTH) -> int | None:
+    """The first epoch from which on every epoch shows ``tail`` (the last epoch's): a tail there shares a layer
+    with it. ``history`` holds (epoch, saturations of the same layers in the same order), epochs ascending; the
+    thesis observes that tails show early in training (appendix B). None if the last epoch does not show it."""
+    since = None
+    for epoch, saturations in history:
+        shown = any(other.start <= tail.stop and tail.start <= other.stop
+                    for other in find_tails(saturations, threshold=threshold, min_length=min_length))
+        since = (epoch if since is None else since) if shown else None
+    return since

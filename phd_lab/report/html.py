@@ -171,6 +171,8 @@ def _facts(s: dict[str, Any]) -> str:
     rows.append(("tails", "; ".join(f"{t['first_layer']} → {t['last_layer']} ({t['length']} layers, mean "
                                     f"{t['mean_saturation']:.1%} vs {t['rest_mean_saturation']:.1%})"
                                     for t in tails) or ("none" if s.get("saturation") else MISSING)))
+    if sat.get("last_tail_since_epoch") is not None:
+        rows.append(("last tail visible since", f"epoch {sat['last_tail_since_epoch']} of {sat.get('epoch')}"))
     rows.append(("border layers (b_min / b_max)", f"{borders.get('b_min') or 'none'} / {borders.get('b_max') or 'none'}"
                  if borders else MISSING))
     rows.append(("tail start vs b_min", _agreement_text(s)[0]))
