@@ -17,6 +17,16 @@ _COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#d
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # with the colours: 64 groups told apart
 
 
+MAX_TICK_LABELS = 40  # more layers or deltas than this: every n-th label, so that they stay readable
+
+
+def thin_tick_labels(ax: Any, labels: Sequence[str], rotation: int) -> None:
+    """One x tick per position, labelled with at most ``MAX_TICK_LABELS`` of ``labels`` (every n-th)."""
+    step = max(1, math.ceil(len(labels) / MAX_TICK_LABELS))
+    ax.set_xticks(range(0, len(labels), step))
+    ax.set_xticklabels(list(labels)[::step], rotation=rotation, fontsize=7, ha="right" if rotation else "center")
+
+
 def png_bytes(fig: Any) -> bytes:
     """The figure as PNG bytes (90 dpi, tight), closed afterwards: for pages that embed it."""
     import matplotlib.pyplot as plt
@@ -50,10 +60,10 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
     plotted = 0
     for label, group in groups.items():
         color, marker = _COLORS[group % len(_COLORS)], _MARKERS[group // len(_COLORS) % len(_MARKERS)]
-        for finished in (True, False):
+        for done in (True, False):
             points: Counter[tuple[float, float]] = Counter()
             for s in summaries:
-                if f"{s['run'].get('model')} / {s['run'].get('dataset')}" != label or _finished(s) != finished:
+                if f"{s['run'].get('model')} / {s['run'].get('dataset')}" != label or finished(s) != done:
                     continue
                 x, y = x_of(s)
                 if x is not None and y is not None:
@@ -63,8 +73,8 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
                 # counted, not one marker hiding the others
                 xs, ys = zip(*points)
                 ax.scatter(xs, ys, s=[28 * math.sqrt(n) for n in points.values()], marker=marker,
-                           color=color if finished else "none", edgecolors=color,
-                           label=label if finished else f"{label} (unfinished)")
+                           color=color if done else "none", edgecolors=color,
+                           label=label if done else f"{label} (unfinished)")
                 for (x, y), n in points.items():
                     if n > 1:
                         ax.annotate(f"×{n}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=6,
@@ -93,7 +103,8 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
     return fig
 
 
-def _finished(s: dict[str, Any]) -> bool:
+def finished(s: dict[str, Any]) -> bool:
+    """Whether the run of an analysis summary has finished training."""
     return ((s["run"].get("status") or {}).get("state")) == "finished"
 
 

@@ -108,7 +108,6 @@ def save_reconstruction_grid(inputs: np.ndarray, outputs: Mapping[float, np.ndar
 
 
 MAX_PANEL_WIDTH = 12.0  # inches per basis of the relative-accuracy figure
-MAX_DELTA_LABELS = 40  # more deltas than this: every n-th one labelled
 
 
 def relative_accuracy_figure(relative: pd.DataFrame) -> Any:
@@ -118,11 +117,13 @@ def relative_accuracy_figure(relative: pd.DataFrame) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from phd_lab.analysis.projection_tables import BASES
+    from phd_lab.plots.grid_figures import thin_tick_labels
+
     deltas = sorted(relative["delta"].unique())
-    bases = [basis for basis in ("pca", "random") if (relative["basis"] == basis).any()]
+    bases = [basis for basis in BASES if (relative["basis"] == basis).any()]
     panel_width = min(MAX_PANEL_WIDTH, max(5.0, 0.28 * len(deltas) + 2))  # §7.4's 110 deltas: labels thinned
     figure, axes = plt.subplots(1, len(bases), figsize=(panel_width * len(bases), 3.8), sharey=True, squeeze=False)
-    step = max(1, -(-len(deltas) // MAX_DELTA_LABELS))
     for ax, basis in zip(axes[0], bases):
         part = relative[relative["basis"] == basis]
         present = [d for d in deltas if (part["delta"] == d).any()]
@@ -132,8 +133,7 @@ def relative_accuracy_figure(relative: pd.DataFrame) -> Any:
         for position, points in zip(positions, values):  # each run a dot: a box of one or two runs shows them
             ax.scatter(np.full(len(points), position), points, s=5, color="#3b6fb6", alpha=0.5, zorder=3)
         ax.axhline(1.0, color="grey", ls="--", lw=1)
-        ax.set_xticks(range(0, len(deltas), step))
-        ax.set_xticklabels([f"{d:g}" for d in deltas[::step]], rotation=70, fontsize=7)
+        thin_tick_labels(ax, [f"{d:g}" for d in deltas], rotation=70)
         ax.set_xlim(-0.7, len(deltas) - 0.3)
         ax.set_xlabel("δ (explained variance)")
         runs = part["run"].nunique()

@@ -3,13 +3,13 @@ projected networks' mean drop per delta with its 95% interval and the directions
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from phd_lab.plots.grid_figures import thin_tick_labels
+
 _BASIS_COLORS = {"pca": "#3b6fb6", "random": "#c0392b"}
-MAX_TICK_LABELS = 40  # more layers or deltas than this: every n-th label, so that they stay readable
 
 
 def _pyplot() -> Any:
@@ -17,12 +17,6 @@ def _pyplot() -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-def _thin_labels(ax: Any, labels: Sequence[str], rotation: int) -> None:
-    step = max(1, math.ceil(len(labels) / MAX_TICK_LABELS))
-    ax.set_xticks(range(0, len(labels), step))
-    ax.set_xticklabels(list(labels)[::step], rotation=rotation, fontsize=7, ha="right" if rotation else "center")
 
 
 def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str, float]]], title: str) -> Any:
@@ -38,7 +32,7 @@ def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str,
     ax.fill_between(x, table["min"], table["max"], color="#3b6fb6", alpha=0.18, lw=0, label="min – max")
     ax.vlines(x, table["min"], table["max"], color="#3b6fb6", alpha=0.5, lw=1)  # seen also at a single layer
     ax.plot(x, table["mean"], color="#3b6fb6", lw=2, marker="o", ms=3, label=f"mean of {len(runs)} runs")
-    _thin_labels(ax, [str(layer) for layer in table["layer"]], rotation=60)
+    thin_tick_labels(ax, [str(layer) for layer in table["layer"]], rotation=60)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("saturation (last epoch)")
     ax.set_title(title, fontsize=9)
@@ -71,7 +65,7 @@ def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
     ax.set_ylabel("accuracy lost (unprojected − projected)" if measure == "accuracy"
                   else "loss gained (projected − unprojected)")
     ax.set_xlabel("δ (explained variance); filled: differs significantly")
-    _thin_labels(ax, [f"{d:g}" for d in deltas], rotation=70)
+    thin_tick_labels(ax, [f"{d:g}" for d in deltas], rotation=70)
     pca = table[table["basis"] == "pca"].sort_values("delta")
     if len(pca):
         right = ax.twinx()

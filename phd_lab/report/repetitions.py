@@ -19,6 +19,7 @@ import pandas as pd
 from phd_lab.analysis.repetitions import (Spread, compared_runs, relevant_delta, relevant_eigenspace_table,
                                           saturation_stability)
 from phd_lab.config import SCHEMA_BY_NAME, RunConfig
+from phd_lab.plots.grid_figures import finished
 from phd_lab.report.collect import RunEntry
 from phd_lab.report.config_values import FIXED_COLUMNS
 from phd_lab.report.figure_reuse import KeyedFigure, figure_key, keyed_figure
@@ -96,10 +97,6 @@ def repetition_groups(entries: Sequence[RunEntry], alpha: float = DEFAULT_ALPHA)
     return [group for group in groups if group.stability is not None or group.eigenspace is not None]
 
 
-def _finished(entry: RunEntry) -> bool:
-    return ((entry.summary["run"].get("status") or {}).get("state")) == "finished"
-
-
 def _independent(entries: Sequence[RunEntry]) -> tuple[list[RunEntry], list[RunEntry]]:
     """The runs to count, and those left out because an earlier run has their seed: the same training (bit for
     bit on a CPU), which would pass for agreement between repetitions and make any difference look significant."""
@@ -118,7 +115,7 @@ def group_statistics(group: RepetitionGroup) -> RepetitionGroup:
     accuracies = []
     for entry in kept:
         layers = (entry.summary.get("saturation") or {}).get("layers") or []
-        if _finished(entry) and layers:
+        if finished(entry.summary) and layers:
             group.saturations[str(entry.folder.root)] = [(str(item["layer"]), float(item["saturation"]))
                                                          for item in layers]
             test = (entry.summary.get("accuracy") or {}).get("test")
