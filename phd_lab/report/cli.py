@@ -103,7 +103,7 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
                                     if e.tables.projections is not None})
     if len(relative):  # §7.3's Fig. 43 over every projected run of the grid
         comparison[RELATIVE_ACCURACY] = png_bytes(relative_accuracy_figure(relative))
-    previous = previous_figures(out_path) if out_path.exists() else {}  # a report page (checked above)
+    previous = previous_figures(out_path)  # a report page where one exists (checked above)
     groups = [draw_figures(group, previous) for group in repetition_groups(entries, alpha)]
     frames = repetitions_csvs(groups)
     page = render_report(entries, logs_dir, out_path, comparison, groups,

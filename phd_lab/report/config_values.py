@@ -13,11 +13,14 @@ FIXED_COLUMNS = ("model", "dataset", "resolution")  # every report names them; t
 
 def flat_config(config: dict[str, Any] | None) -> dict[str, str]:
     """Result-affecting config values as ``key`` / ``mapping.key`` → compact JSON text."""
+    return flat_values({key: value for key, value in (config or {}).items()
+                        if key != "_meta" and not getattr(SCHEMA_BY_NAME.get(key), "technical", False)})
+
+
+def flat_values(values: dict[str, Any]) -> dict[str, str]:
+    """``key`` / ``mapping.key`` → compact JSON text (a top-level string as it is)."""
     flat: dict[str, str] = {}
-    for key, value in (config or {}).items():
-        schema_key = SCHEMA_BY_NAME.get(key)
-        if key == "_meta" or (schema_key is not None and schema_key.technical):
-            continue
+    for key, value in values.items():
         if isinstance(value, dict):
             for inner, inner_value in value.items():
                 flat[f"{key}.{inner}"] = json.dumps(inner_value, separators=(",", ":"))

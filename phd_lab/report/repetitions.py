@@ -21,7 +21,7 @@ from phd_lab.analysis.repetitions import (Spread, compared_runs, relevant_delta,
 from phd_lab.config import SCHEMA_BY_NAME, RunConfig
 from phd_lab.plots.grid_figures import finished
 from phd_lab.report.collect import RunEntry
-from phd_lab.report.config_values import FIXED_COLUMNS
+from phd_lab.report.config_values import FIXED_COLUMNS, flat_values
 from phd_lab.report.figure_reuse import KeyedFigure, figure_key, keyed_figure
 from phd_lab.report.repetition_files import DEFAULT_ALPHA
 
@@ -57,11 +57,7 @@ def _identity(entry: RunEntry) -> str | None:
     values = {**{key.name: key.default for key in SCHEMA_BY_NAME.values()},
               **{k: v for k, v in config.items() if k in SCHEMA_BY_NAME}}
     identity = {k: v for k, v in RunConfig(values).identity().items() if k not in REPEATED_BY}
-    flat = {}
-    for key, value in identity.items():
-        inner = value.items() if isinstance(value, dict) else [(None, value)]
-        for name, item in inner:
-            flat[key if name is None else f"{key}.{name}"] = item if isinstance(item, str) else json.dumps(item)
+    flat = flat_values(identity)
     flat["analysis_split"] = values["analysis_split"]
     return json.dumps(flat, sort_keys=True)
 
