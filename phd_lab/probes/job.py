@@ -23,6 +23,7 @@ from phd_lab import atomic
 from phd_lab.errors import ConfigError, DataError, PhdLabError, RunLockedError, UsageError
 from phd_lab.interrupts import deferred_interrupts
 from phd_lab.lock import PROBE_LOCK, RunLock
+from phd_lab.plots.probes import ConfusionPlots
 from phd_lab.probes.cache import ResultCache, cache_key, library_versions
 from phd_lab.probes.discovery import SAID_ONE_BY_ONE, ProbeJob
 from phd_lab.probes.fit import ProbeRecord, stratified_subsample
@@ -216,7 +217,7 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], cache: ResultCache, stamps: dict[
                    "converged" if record.converged else "not converged", record.seconds,
                    f"cached result {task.key_digest()}" if cached else "fitted", position=task.job)
         done[task.job].append(record)
-        plots[task.job][record.index, record.layer] = confusion_png(record)
+        plots[task.job][record.index, record.layer] = confusion_png(record, confusion_plots)
         remaining[task.job] -= 1
         if remaining[task.job] == 0:  # a run's files are replaced together: a stopped job leaves the old set
             job = jobs[task.job]
@@ -235,6 +236,7 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], cache: ResultCache, stamps: dict[
             for stale in atomic.remove_stale_temps(folder):
                 log.info("Removed %s, left half-written by a process that was killed.", stale,
                          extra={PROBE_JOB: position})
-    run_probes(tasks, cache, workers=workers, progress=progress, on_record=on_record, scheduler=scheduler,
-               run_folders=[job.outputs.root for job in jobs])
+    with ConfusionPlots() as confusion_plots:
+        run_probes(tasks, cache, workers=workers, progress=progress, on_record=on_record, scheduler=scheduler,
+                   run_folders=[job.outputs.root for job in jobs])
     return {position: in_manifest_order(jobs[position], records) for position, records in done.items()}

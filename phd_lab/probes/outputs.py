@@ -9,10 +9,11 @@ that compares the sets (``probe_performances_by_set.png``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from phd_lab.probes.discovery import ProbeJob
 from phd_lab.probes.fit import ProbeRecord
 from phd_lab.probes.probe_log import PROBE_JOB
 from phd_lab.rundir import RunDir
+
+if TYPE_CHECKING:
+    from phd_lab.plots.probes import ConfusionPlots
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +47,12 @@ def performance_table(records: Sequence[ProbeRecord], model_accuracy: float | No
     return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
 
 
-def confusion_png(record: ProbeRecord) -> bytes:
-    """One layer's confusion plot as PNG bytes."""
-    from phd_lab.plots.probes import confusion_plot_png
-    return confusion_plot_png(record.confusion_matrix(), record.classes,
-                              f"{record.layer} (eval acc {record.eval_acc:.3f})")
+def confusion_png(record: ProbeRecord, plots: "ConfusionPlots | None" = None) -> bytes:
+    """One layer's confusion plot as PNG bytes, drawn on the figures of ``plots`` when given (a job's many)."""
+    from phd_lab.plots.probes import ConfusionPlots
+    title = f"{record.layer} (eval\u00a0acc\u00a0{record.eval_acc:.3f})"  # the accuracy stays on one line
+    with contextlib.nullcontext(plots) if plots is not None else ConfusionPlots() as drawing:
+        return drawing.png(record.confusion_matrix(), record.classes, title)
 
 
 def write_confusion(outputs: RunDir, record: ProbeRecord, png: bytes | None = None) -> list[Path]:

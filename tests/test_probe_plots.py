@@ -1,0 +1,70 @@
+"""The probe job's confusion plots: drawn on kept figures, byte for byte as if each were drawn alone."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from phd_lab.plots.probes import ConfusionPlots, wrapped_title  # noqa: E402
+from phd_lab.probes.discovery import jobs_from_latents  # noqa: E402
+from phd_lab.probes.job import run_jobs  # noqa: E402
+from phd_lab.probes.outputs import confusion_png  # noqa: E402
+from tests.probe_latents import blob_layers, make_latents  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _normalised(rng: np.random.Generator, classes: int) -> np.ndarray:
+    matrix = rng.random((classes, classes))
+    return matrix / matrix.sum(axis=1, keepdims=True)
+
+
+def test_a_plot_on_a_kept_figure_is_the_plot_drawn_alone():
+    rng = np.random.default_rng(0)
+    ten, three, last = _normalised(rng, 10), _normalised(rng, 3), _normalised(rng, 10)
+    with ConfusionPlots() as kept:
+        first = kept.png(ten, range(10), "features.0 (eval acc 0.500)")
+        kept.png(three, [2, 5, 7], "a much longer title " * 6)  # another class list: a second figure
+        drawn = kept.png(last, range(10), "features.1 (eval acc 0.900)")
+    with ConfusionPlots() as alone:
+        assert drawn == alone.png(last, range(10), "features.1 (eval acc 0.900)")
+    assert drawn[:8] == PNG and drawn != first
+    assert Image.open(io.BytesIO(drawn)).size == (440, 410)
+
+
+def test_closing_leaves_no_figure_open():
+    before = set(plt.get_fignums())
+    plots = ConfusionPlots()
+    plots.png(np.eye(3), [0, 1, 2], "a")
+    plots.png(np.eye(4), [0, 1, 2, 3], "b")
+    assert len(set(plt.get_fignums()) - before) == 2
+    plots.close()
+    assert set(plt.get_fignums()) == before
+
+
+def test_long_titles_wrap_into_three_lines_and_keep_their_end():
+    assert wrapped_title("features.0 (eval\u00a0acc\u00a00.992)", 46) == "features.0 (eval\u00a0acc\u00a00.992)"
+    name = "features.denseblock4.denselayer16.conv2@(12, 5)"
+    assert wrapped_title(f"{name} (eval\u00a0acc\u00a00.431)", 46).split("\n") == [
+        "features.denseblock4.denselayer16.conv2@(12,", "5) (eval\u00a0acc\u00a00.431)"]
+    lines = wrapped_title("x" * 200 + " (eval\u00a0acc\u00a00.431)", 46).split("\n")
+    assert len(lines) == 3 and lines[0].startswith("…") and lines[-1].endswith("(eval\u00a0acc\u00a00.431)")
+    assert all(len(line) <= 46 for line in lines)
+
+
+def test_a_job_s_confusion_plots_are_each_layer_s_drawn_alone(tmp_path):
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=3))
+    before = set(plt.get_fignums())
+    jobs, _ = jobs_from_latents(latents, {"solver": "lbfgs"})
+    records = run_jobs(jobs, tmp_path / "cache", workers=0, progress=False)[0]
+    assert set(plt.get_fignums()) == before  # the job's kept figures are closed
+    assert len(records) == 3
+    for record in records:
+        written = (run_dir / "probe_confusion" / f"{record.index:03d}-{record.layer}.png").read_bytes()
+        assert written == confusion_png(record)
