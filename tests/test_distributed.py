@@ -202,7 +202,7 @@ def test_probe_tasks_name_their_files_by_absolute_path(tmp_path, monkeypatch):
     make_latents(tmp_path, *blob_layers(n_layers=1))
     monkeypatch.chdir(tmp_path)
     jobs, _ = jobs_from_latents("run/latents")  # relative, as with the default logs_dir ./logs
-    [task] = build_tasks(jobs, validate_jobs(jobs))
+    [task] = build_tasks(jobs, validate_jobs(jobs)[0])
     assert all(os.path.isabs(path) for path in (task.train, task.eval, task.train_labels, task.eval_labels))
     assert all(os.path.isabs(path) for path in task.stamps) and len(task.stamps) == 4
     elsewhere = tmp_path / "worker"

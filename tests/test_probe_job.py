@@ -475,7 +475,7 @@ def test_a_latents_file_replaced_after_verification_is_neither_fitted_nor_cached
     from phd_lab.probes.job import validate_jobs
     _, latents = make_latents(tmp_path)
     jobs, _ = jobs_from_latents(latents)
-    tasks = build_tasks(jobs, validate_jobs(jobs))
+    tasks = build_tasks(jobs, validate_jobs(jobs)[0])
     assert all(len(task.stamps) == 4 for task in tasks)
     replaced = Path(tasks[0].train)
     np.save(tmp_path / "new.npy", np.load(replaced) * 0.5)
@@ -912,3 +912,29 @@ def test_eval_classes_the_train_split_lacks_are_warned_of(tmp_path, capsys):
     assert cli("--latents", str(latents), "-mp", "0") == 0
     text = " ".join(capsys.readouterr().err.split())  # warnings show even with -q
     assert "hold class(es) 7 that the train labels lack (6 of" in text and "Do both splits use the same" in text
+
+
+def test_layers_found_in_the_cache_are_not_read_or_hashed_again(tmp_path, capsys):
+    """A probe job repeated as a grid grows re-read and hashed every run's latents before it looked at the cache:
+    terabytes for a no-op job over a few hundred full-width runs. Only the files of layers to fit are verified."""
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    cache = tmp_path / "cache"
+    assert cli("--latents", str(latents), "-mp", "0", "--cache-dir", str(cache)) == 0
+    first = (run_dir / "probe_performances.csv").read_bytes()
+
+    def corrupt(name: str) -> None:
+        with open(latents / name, "r+b") as handle:
+            handle.seek(-1, os.SEEK_END)
+            handle.write(b"\x07")
+
+    corrupt("eval-block0.conv.npy")  # both layers cached: nothing is read, the results stand for the manifest's files
+    assert cli("--latents", str(latents), "-mp", "0", "--cache-dir", str(cache)) == 0
+    assert (run_dir / "probe_performances.csv").read_bytes() == first
+    jobs, _ = jobs_from_latents(latents)
+    tasks = {task.layer: task for task in build_tasks(jobs)}
+    ResultCache(cache).path(tasks["block1.conv"].key).unlink()  # block1 must be fitted again: its files are checked
+    corrupt("train-block1.conv.npy")
+    assert cli("--latents", str(latents), "-mp", "0", "--cache-dir", str(cache)) == 2
+    assert "train-block1.conv.npy' has sha256" in " ".join(capsys.readouterr().err.split())
+    assert cli("--latents", str(latents), "-mp", "0", "--cache-dir", str(tmp_path / "empty")) == 2
+    assert "eval-block0.conv.npy' has sha256" in " ".join(capsys.readouterr().err.split())

@@ -24,7 +24,7 @@ from phd_lab.errors import ConfigError, DataError, PhdLabError, RunLockedError, 
 from phd_lab.interrupts import deferred_interrupts
 from phd_lab.lock import PROBE_LOCK, RunLock
 from phd_lab.plots.probes import ConfusionPlots
-from phd_lab.probes.cache import ResultCache, cache_key, library_versions
+from phd_lab.probes.cache import ResultCache, cache_key, key_digest, library_versions
 from phd_lab.probes.discovery import SAID_ONE_BY_ONE, ProbeJob
 from phd_lab.probes.fit import ProbeRecord, stratified_subsample
 from phd_lab.probes.manifest import verify_hashes
@@ -51,16 +51,37 @@ def check_device(settings: ProbeSettings) -> None:
                           f"are visible.")
 
 
-def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2) -> dict[str, tuple[int, int, int]]:
-    """Everything that can be checked before fitting: settings, devices, subsample sizes, sha256.
-    Returns the stamps of the verified files (see ``runner.check_stamps``)."""
+def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache | None = None
+                  ) -> tuple[dict[str, tuple[int, int, int]], dict[str, ProbeRecord]]:
+    """Everything that can be checked before fitting: settings, devices, subsample sizes, and the sha256 of
+    every file a fit will read. A layer whose result ``cache`` holds is not read again, so its files are not
+    hashed again either (a job repeated over a growing grid would otherwise re-read every run's latents).
+    Returns the stamps of the verified files (see ``runner.check_stamps``) and the cached records by key
+    digest (``run_probes`` takes them as they were when the files were checked)."""
     for job in jobs:
         check_device(job.settings)
         check_labels(job)
+    hits: dict[str, ProbeRecord] = {}
+    needed: dict[int, dict[Path, str]] = {}
+    layers = [{layer.name: layer for layer in job.manifest.layers} for job in jobs]
+    for task in build_tasks(jobs):
+        digest = key_digest(task.key)
+        if digest not in hits and (record := cache.get(task.key) if cache is not None else None) is not None:
+            hits[digest] = record
+        if digest not in hits:
+            manifest, layer = jobs[task.job].manifest, layers[task.job][task.layer]
+            needed.setdefault(task.job, {}).update({
+                Path(layer.train): layer.sha256["train"], Path(layer.eval): layer.sha256["eval"],
+                Path(manifest.train_labels): manifest.labels_sha256["train"],
+                Path(manifest.eval_labels): manifest.labels_sha256["eval"]})
     stamps: dict[str, tuple[int, int, int]] = {}
-    for job in jobs:
-        stamps.update(verify_hashes(job.manifest, threads=threads))
-    return stamps
+    for position, files in needed.items():
+        stamps.update(verify_hashes(jobs[position].manifest, threads=threads, pairs=files.items()))
+    if hits:
+        log.info("%d layer result(s) found in the probe cache: their latents are not read (nor hashed) again",
+                 len(hits))
+    return stamps, hits
+
 
 
 def check_labels(job: ProbeJob) -> None:
@@ -148,8 +169,9 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     """
     if workers < 0:
         raise UsageError(f"-mp must be ≥ 0 (0 = fit in this process); got {workers}.")
-    stamps = validate_jobs(jobs, threads=max(2, workers))  # reads only: bad input exits before anything is written
     cache = ResultCache(cache_dir)
+    # reads only: bad input exits before anything is written
+    stamps, hits = validate_jobs(jobs, threads=max(2, workers), cache=cache)
     cache.check()  # a cache folder that cannot be made must not leave lock files in the run folders
     if scheduler is not None:  # nor a scheduler that cannot be reached
         from phd_lab.distributed import check_scheduler
@@ -177,7 +199,7 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
         cache.prepare()  # after the locks: a run folder that cannot be written leaves no empty cache folder
         with ProbeLogs([job.outputs.probe_log for job in jobs]) as logs:
             try:
-                return _run_locked_jobs(jobs, cache, stamps, workers, progress, scheduler, logs)
+                return _run_locked_jobs(jobs, cache, stamps, hits, workers, progress, scheduler, logs)
             except PhdLabError as error:
                 raise _naming_the_logs(error, jobs)
 
@@ -202,7 +224,7 @@ def _naming_the_logs(error: PhdLabError, jobs: Sequence[ProbeJob]) -> PhdLabErro
 
 
 def _run_locked_jobs(jobs: Sequence[ProbeJob], cache: ResultCache, stamps: dict[str, tuple[int, int, int]],
-                     workers: int, progress: bool, scheduler: str | None,
+                     hits: dict[str, ProbeRecord], workers: int, progress: bool, scheduler: str | None,
                      logs: ProbeLogs) -> dict[int, list[ProbeRecord]]:
     tasks = build_tasks(jobs, stamps)
     remaining = {position: len(job.manifest.layers) for position, job in enumerate(jobs)}
@@ -238,5 +260,5 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], cache: ResultCache, stamps: dict[
                          extra={PROBE_JOB: position})
     with ConfusionPlots() as confusion_plots:
         run_probes(tasks, cache, workers=workers, progress=progress, on_record=on_record, scheduler=scheduler,
-                   run_folders=[job.outputs.root for job in jobs])
+                   run_folders=[job.outputs.root for job in jobs], hits=hits)
     return {position: in_manifest_order(jobs[position], records) for position, records in done.items()}

@@ -172,7 +172,8 @@ def _about(task: ProbeTask, failure: PhdLabError) -> PhdLabError:
 
 def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int = 0, progress: bool = True,
                on_record: Callable[[ProbeTask, ProbeRecord, bool], None] | None = None,
-               scheduler: str | None = None, run_folders: Sequence[Path] | None = None) -> list[ProbeRecord]:
+               scheduler: str | None = None, run_folders: Sequence[Path] | None = None,
+               hits: dict[str, ProbeRecord] | None = None) -> list[ProbeRecord]:
     """Probe every task; returns the records in task order.
 
     Cached records are reused (with the task's current layer name and index) and only the
@@ -180,11 +181,14 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
     record becomes available. ``workers=0`` fits in this process, for debugging; with a
     ``scheduler`` (a Dask address or ``local:N``) every miss is one task on that cluster.
     ``run_folders`` (by job) are the folders the caller keeps (``atomic.existing_folder``): a run whose
-    folder goes while it is probed fails alone, also when its latents went with it.
+    folder goes while it is probed fails alone, also when its latents went with it. ``hits`` (by key digest)
+    are records the caller found in the cache already (and therefore did not verify the files of).
     """
     from tqdm.auto import tqdm
 
-    cached = {position: record for position, task in enumerate(tasks) if (record := cache.get(task.key)) is not None}
+    hits = hits or {}
+    cached = {position: record for position, task in enumerate(tasks)
+              if (record := hits.get(key_digest(task.key)) or cache.get(task.key)) is not None}
     misses = [position for position in range(len(tasks)) if position not in cached]
     # Tasks of one run folder with the same key (a layer whose latents two sets share, e.g. a Linear layer at every
     # extraction size) are fitted once; the others take its record as a cached one, as a rerun would. Only within
