@@ -203,3 +203,28 @@ def test_lbfgs_torch_reads_memory_mapped_latents_in_blocks_without_changing_them
 def _labels(folder, y, name):
     np.save(folder / f"{name}.npy", y)
     return folder / f"{name}.npy"
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_saga_fits_memory_mapped_latents_in_place_and_copies_only_to_standardise(tmp_path):
+    """The default saga only reads its layer: the memory map is fitted as it is (the file's pages stay
+    reclaimable cache; a private copy of a 6 GB layer per worker used to be made), with the same record as on an
+    in-memory copy. Standardising works in place, so then the caller's arrays are copied first."""
+    from phd_lab.probes.fit import as_float, load_array
+    layers, y_train, y_eval = digits_layers(n_layers=1, width=20, seed=2)
+    x_train, x_eval = layers["features.0"]
+    np.save(tmp_path / "train.npy", x_train)
+    mapped = load_array(tmp_path / "train.npy")
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    assert np.shares_memory(as_float(mapped, copy=False), mapped)
+    assert not np.shares_memory(as_float(mapped, copy=True), mapped)
+    widened = as_float(mapped.astype(np.float16), copy=False)
+    assert widened.dtype == np.float32
+    settings = ProbeSettings(max_iter=15, seed=1)
+    from_map = probe_arrays(0, "l", mapped, y_train, x_eval, y_eval, settings)
+    in_memory = probe_arrays(0, "l", np.array(x_train), y_train, x_eval, y_eval, settings)
+    assert (from_map.train_acc, from_map.eval_acc, from_map.n_iter, from_map.confusion) == (
+        in_memory.train_acc, in_memory.eval_acc, in_memory.n_iter, in_memory.confusion)
+    own = np.array(x_train)
+    probe_arrays(0, "l", own, y_train, x_eval, y_eval, ProbeSettings(max_iter=15, seed=1, standardize=True))
+    np.testing.assert_array_equal(own, x_train)  # standardised on a copy, the caller's array untouched

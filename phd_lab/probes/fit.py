@@ -102,10 +102,12 @@ def stratified_subsample(y: np.ndarray, n: int | None, seed: int) -> np.ndarray 
     return np.sort(indices)
 
 
-def as_float(x: np.ndarray) -> np.ndarray:
-    """An in-memory float32/float64 copy (float16 latents are widened to float32)."""
+def as_float(x: np.ndarray, copy: bool) -> np.ndarray:
+    """``x`` as C-ordered float32/float64 (float16 latents are widened to float32): an in-memory copy with
+    ``copy`` (standardising works in place), else ``x`` itself where it already is one, e.g. a memory-mapped
+    layer, whose pages the fit then reads as reclaimable file cache instead of a private copy of the layer."""
     dtype = np.float32 if x.dtype in (np.float16, np.float32) else np.float64
-    return np.array(x, dtype=dtype, order="C", copy=True)
+    return np.array(x, dtype=dtype, order="C", copy=True) if copy else np.asarray(x, dtype=dtype, order="C")
 
 
 def standardize(x_train: np.ndarray, x_eval: np.ndarray, rows: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -286,7 +288,9 @@ def probe_arrays(index: int, layer: str, x_train: np.ndarray, y_train: np.ndarra
     if chosen is not None:
         x_train, y_train = x_train[chosen], y_train[chosen]
     if s.solver != "lbfgs-torch":  # lbfgs-torch copies the arrays to its device itself
-        x_train, x_eval = as_float(x_train), as_float(x_eval)
+        # a subsample is a copy already; the caller's arrays are copied only for the in-place standardisation
+        x_train = as_float(x_train, copy=s.standardize and chosen is None)
+        x_eval = as_float(x_eval, copy=s.standardize)
     check_finite(x_train, x_eval, layer)
     result = fit_arrays(x_train, y_train, x_eval, s)
     classes = np.union1d(y_train, y_eval)
