@@ -938,3 +938,25 @@ def test_layers_found_in_the_cache_are_not_read_or_hashed_again(tmp_path, capsys
     assert "train-block1.conv.npy' has sha256" in " ".join(capsys.readouterr().err.split())
     assert cli("--latents", str(latents), "-mp", "0", "--cache-dir", str(tmp_path / "empty")) == 2
     assert "eval-block0.conv.npy' has sha256" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_run_whose_layers_all_come_from_the_cache_keeps_its_files_when_they_are_in_place(tmp_path):
+    """Repeating a probe job redrew and rewrote every finished run's plots, tables and analysis (about a second
+    per run: minutes for a grid of hundreds). Files in place are left as they are; a missing or changed one is
+    written again, with the same bytes as before."""
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    argv = ("--latents", str(latents), "-mp", "0", "--cache-dir", str(tmp_path / "cache"))
+    assert cli(*argv) == 0
+    files = sorted(path for path in run_dir.rglob("*")
+                   if path.is_file() and "latents" not in path.parts and path.name not in ("probe.log", ".probe.lock"))
+    assert {path.suffix for path in files} >= {".csv", ".json", ".png", ".npy"}
+    contents = {path: path.read_bytes() for path in files}
+    identity = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in files}
+    assert cli(*argv) == 0
+    assert "probe results already in place" in (run_dir / "probe.log").read_text()
+    assert {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in files} == identity
+    plot = next(path for path in files if path.suffix == ".png" and path.parent.name == "probe_confusion")
+    plot.unlink()
+    (run_dir / "probe_performances.csv").write_text("index,layer\n")
+    assert cli(*argv) == 0
+    assert {path: path.read_bytes() for path in files} == contents  # written again, byte for byte

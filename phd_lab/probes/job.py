@@ -28,8 +28,8 @@ from phd_lab.probes.cache import ResultCache, cache_key, key_digest, library_ver
 from phd_lab.probes.discovery import SAID_ONE_BY_ONE, ProbeJob
 from phd_lab.probes.fit import ProbeRecord, stratified_subsample
 from phd_lab.probes.manifest import verify_hashes
-from phd_lab.probes.outputs import (confusion_png, in_manifest_order, remove_other_confusions, write_confusion,
-                                    write_results)
+from phd_lab.probes.outputs import (confusion_png, in_manifest_order, remove_other_confusions, results_in_place,
+                                    write_confusion, write_results)
 from phd_lab.probes.probe_log import PROBE_JOB, PROBE_JOBS, ProbeLogs
 from phd_lab.probes.runner import ProbeTask, run_probes
 from phd_lab.probes.settings import ProbeSettings
@@ -229,9 +229,10 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], cache: ResultCache, stamps: dict[
     tasks = build_tasks(jobs, stamps)
     remaining = {position: len(job.manifest.layers) for position, job in enumerate(jobs)}
     done: dict[int, list[ProbeRecord]] = {position: [] for position in range(len(jobs))}
-    # each layer's confusion plot, drawn as its record arrives (while the workers fit the next layers) and
-    # written with the run's other files once its last layer is in
-    plots: dict[int, dict[tuple[int, str], bytes]] = {position: {} for position in range(len(jobs))}
+    # each fitted layer's confusion plot, drawn as its record arrives (while the workers fit the next layers) and
+    # written with the run's other files once its last layer is in; a cached layer's is drawn only when written
+    plots: dict[int, dict[tuple[int, str], bytes | None]] = {position: {} for position in range(len(jobs))}
+    fitted: set[int] = set()  # the jobs with a layer fitted now (not from the cache)
 
     def on_record(task: ProbeTask, record: ProbeRecord, cached: bool) -> None:
         logs.write(logging.INFO, "layer %s (index %d): eval acc %.4f, train acc %.4f, %d iterations, %s, %.2f s (%s)",
@@ -239,14 +240,22 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], cache: ResultCache, stamps: dict[
                    "converged" if record.converged else "not converged", record.seconds,
                    f"cached result {task.key_digest()}" if cached else "fitted", position=task.job)
         done[task.job].append(record)
-        plots[task.job][record.index, record.layer] = confusion_png(record, confusion_plots)
+        plots[task.job][record.index, record.layer] = None if cached else confusion_png(record, confusion_plots)
+        if not cached:
+            fitted.add(task.job)
         remaining[task.job] -= 1
         if remaining[task.job] == 0:  # a run's files are replaced together: a stopped job leaves the old set
             job = jobs[task.job]
+            drawn = plots.pop(task.job)
+            if task.job not in fitted and results_in_place(job, done[task.job]):
+                log.info("%s: probe results already in place in %s (every layer from the cache)", job.label,
+                         job.outputs.probe_csv, extra={PROBE_JOB: task.job})
+                return
             with deferred_interrupts():  # Ctrl-C or SIGTERM while the set is written takes effect after it
                 written = [path for finished in in_manifest_order(job, done[task.job])
                            for path in write_confusion(job.outputs, finished,
-                                                       plots[task.job].pop((finished.index, finished.layer)))]
+                                                       drawn[finished.index, finished.layer]
+                                                       or confusion_png(finished, confusion_plots))]
                 remove_other_confusions(job.outputs.probe_confusion_dir, written)
                 write_results(job, done[task.job], task.job)
 

@@ -92,11 +92,7 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
         log.warning("%s: these results replace the run's earlier probe results, fitted with other settings (%s)",
                     job.label, ", ".join(f"{k}: {json.dumps(earlier.get(k))} -> {json.dumps(now.get(k))}"
                                          for k in changed), extra=tag)
-    # the settings the results were fitted with: the run's logged config only holds the config's probe keys
-    latents = {"downsampling": job.manifest.raw.get("downsampling"),
-               "downsampling_method": job.manifest.raw.get("downsampling_method", DEFAULT_METHOD)}
-    atomic.write_json(job.outputs.probe_settings, {"settings": now, "latents": latents,
-                                                   "library_versions": library_versions(job.settings.solver)})
+    atomic.write_json(job.outputs.probe_settings, settings_document(job))
     write_csv(job.outputs.probe_csv, table)
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv, extra=tag)
@@ -106,6 +102,41 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
         log.info("%s: %d latents sets compared in %s", job.label, len(sets), job.outputs.probe_sets_plot, extra=tag)
     if job.outputs.analysis_json.exists() and not job.outputs.probe_set:  # it reads the default set's probes
         refresh_analysis(job, tag)
+
+
+def settings_document(job: ProbeJob) -> dict[str, Any]:
+    """``probe_settings.json``: the settings the results were fitted with (the run's logged config only holds the
+    config's probe keys), the latents set's reduction and the library versions."""
+    latents = {"downsampling": job.manifest.raw.get("downsampling"),
+               "downsampling_method": job.manifest.raw.get("downsampling_method", DEFAULT_METHOD)}
+    return {"settings": job.settings.key(), "latents": latents,
+            "library_versions": library_versions(job.settings.solver)}
+
+
+def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
+    """Whether the run folder holds what ``write_confusion`` and ``write_results`` would write for ``records``
+    already: the table and the settings as they would be written, each layer's matrix (equal) with its plot, no
+    other layer's, and the plots of the run. A job whose every layer came from the cache then leaves them be
+    (a job repeated over a grid of hundreds of runs redrew and rewrote every finished run's files)."""
+    outputs = job.outputs
+    table = performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy)
+    try:
+        if (outputs.probe_csv.read_bytes() != table.to_csv(index=False).encode("utf-8")
+                or json.loads(outputs.probe_settings.read_text(encoding="utf-8")) != settings_document(job)
+                or not outputs.probe_plot.is_file()):
+            return False
+        expected = set()
+        for record in records:
+            array, plot = (outputs.probe_confusion(record.index, record.layer, suffix) for suffix in (".npy", ".png"))
+            if not plot.is_file() or not np.array_equal(np.load(array, allow_pickle=False), record.confusion_matrix()):
+                return False
+            expected |= {array.name, plot.name}
+        present = {path.name for path in outputs.probe_confusion_dir.iterdir()
+                   if path.suffix in (".npy", ".png") and not path.name.startswith(".")}
+        other_sets = any(outputs.root.glob("probe_performances_*.csv"))
+        return present == expected and (not other_sets or outputs.probe_sets_plot.is_file())
+    except (OSError, ValueError):
+        return False
 
 
 def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None) -> list[tuple[str, str, Any]]:
