@@ -3,6 +3,7 @@
     python benchmarks/scale.py                      # 400-point grid, 100 fabricated runs
     python benchmarks/scale.py --points 1600 --runs 300
     python benchmarks/scale.py --only repeated --groups 40   # 40 configurations × 3 repetitions
+    python benchmarks/scale.py --only probes --probe-runs 30  # a probe job repeated beside a growing grid
 
 Grid load: ``Main.load`` validates every point before anything runs; the checks that need a built model
 (a forward pass on the meta device, the receptive-field trace) depend only on the model, the resolution and
@@ -17,6 +18,11 @@ changes. Both rows also report the peak resident memory of this process so far.
 Repeated: a report of configurations run three times each draws two figures per group (saturation over the
 repetitions, the projections' t-tests); a rebuild takes them from the previous page where their data did not
 change. Compared: a rebuild with that page beside it, and one with the page removed first.
+
+Probes: one probe job over fabricated runs' latents (4 layers of 2,000 + 500 × 1,024 float32 each, lbfgs with
+at most 30 iterations), then the same job again with nothing new, and once more after one run was added, as
+when a probe job is repeated beside a growing grid. A repeat reads (and hashes) only the latents of layers
+that are not in the cache, and leaves the files of runs whose results are in place as they are.
 """
 
 from __future__ import annotations
@@ -117,12 +123,51 @@ def repeated_report(folder: Path, groups: int) -> tuple[float, float, float]:
     return timings[0], timings[1], timings[2]
 
 
+def probe_runs(folder: Path, first: int, count: int) -> list[Path]:
+    """``count`` fabricated runs' latents folders (numbered from ``first``): 4 layers, 10 classes, seeded."""
+    import numpy as np
+
+    from phd_lab.probes.synthetic import write_latents
+    folders = []
+    for number in range(first, first + count):
+        rng = np.random.default_rng(number)
+        labels = rng.integers(0, 10, 2_500)
+        centres = rng.standard_normal((10, 1_024)).astype(np.float32)
+        layers = {}
+        for layer in range(4):
+            x = centres[labels] * (0.2 + 0.1 * layer) + rng.standard_normal((2_500, 1_024), dtype=np.float32)
+            layers[f"features.{layer}"] = (x[:2_000], x[2_000:])
+        run = folder / "probe_runs" / f"run{number}"
+        folders.append(write_latents(run / "latents", layers, labels[:2_000], labels[2_000:], run, 0.9))
+    return folders
+
+
+def repeated_probe_job(folder: Path, runs: int) -> tuple[float, float, float]:
+    """Wall seconds of the first probe job over ``runs`` runs, of the same job again, and of the job after one
+    more run was added."""
+    from phd_lab.probes.discovery import jobs_from_latents
+    from phd_lab.probes.job import run_jobs
+    latents = probe_runs(folder, 0, runs)
+    cache = folder / "probe_cache"
+
+    def job() -> float:
+        jobs = [job for path in latents for job in jobs_from_latents(path, {"solver": "lbfgs", "max_iter": 30})[0]]
+        started = time.perf_counter()
+        run_jobs(jobs, cache, workers=0, progress=False)
+        return time.perf_counter() - started
+
+    first, again = job(), job()
+    latents += probe_runs(folder, runs, 1)
+    return first, again, job()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=400, help="grid points to load (rounded to a multiple of 16)")
     parser.add_argument("--runs", type=int, default=100, help="fabricated run folders in the report")
     parser.add_argument("--groups", type=int, default=40, help="configurations of 3 runs each in the repeated report")
-    parser.add_argument("--only", choices=("grid", "report", "repeated"), default=None)
+    parser.add_argument("--probe-runs", type=int, default=30, help="fabricated runs' latents in the probe job")
+    parser.add_argument("--only", choices=("grid", "report", "repeated", "probes"), default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as scratch:
@@ -143,6 +188,13 @@ def main() -> int:
             print(f"  rebuild, previous page kept          {kept:8.2f} s")
             print(f"  rebuild, previous page removed       {removed:8.2f} s")
             print(f"  ratio kept / removed                 {kept / removed:8.3f}x   peak RSS {peak_mb():.0f} MB")
+        if args.only in (None, "probes"):
+            first, again, grown = repeated_probe_job(folder, args.probe_runs)
+            print(f"probe job over {args.probe_runs} runs (4 layers each)")
+            print(f"  first job                            {first:8.2f} s")
+            print(f"  the same job again, nothing new      {again:8.2f} s")
+            print(f"  again after one run was added        {grown:8.2f} s")
+            print(f"  ratio again / first                  {again / first:8.3f}x   peak RSS {peak_mb():.0f} MB")
         if args.only in (None, "report"):
             first, rebuild = report_rebuild(folder, args.runs)
             print(f"report of {args.runs} runs")
