@@ -960,3 +960,55 @@ def test_a_run_whose_layers_all_come_from_the_cache_keeps_its_files_when_they_ar
     (run_dir / "probe_performances.csv").write_text("index,layer\n")
     assert cli(*argv) == 0
     assert {path: path.read_bytes() for path in files} == contents  # written again, byte for byte
+
+
+def test_a_write_cut_short_is_completed_by_the_next_job_although_every_layer_is_cached(tmp_path):
+    """The settings file, which names the table's sha256, is written last. When it came first, a job stopped after
+    the table (here: a file size limit makes the 40 KB accuracy plot fail, as a full disk would) left the earlier
+    solver's plot, and the next job, finding the table and settings current, kept that stale plot for good."""
+    import resource
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    argv = ["--latents", str(latents), "-mp", "0", "--cache-dir", str(tmp_path / "cache"), "--no-progress", "-q"]
+    assert cli(*argv[:-2], "--solver", "saga", "--max-iter", "3") == 0
+    saga_plot = (run_dir / "probe_performances.png").read_bytes()
+    assert len(saga_plot) > 30_000
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+    cut = subprocess.run([sys.executable, "probe_main.py", *argv, "--solver", "lbfgs"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    assert cut.returncode == 1 and "could not be written" in " ".join(cut.stderr.split())
+    assert (run_dir / "probe_performances.png").read_bytes() == saga_plot
+    assert cli(*argv[:-2], "--solver", "lbfgs") == 0  # every layer from the cache
+    assert (run_dir / "probe_performances.png").read_bytes() != saga_plot
+    assert json.loads((run_dir / "probe_settings.json").read_text())["settings"]["solver"] == "lbfgs"
+    assert "already in place" not in (run_dir / "probe.log").read_text()
+
+
+def test_runs_with_several_latents_sets_are_in_place_on_a_repeat(tmp_path):
+    """A run with a pixelwise set beside its default set counted as never in place (the by-set plot, which
+    leaves pixelwise sets out, was required), so a repeat redrew every position's confusion plot."""
+    layers, y_train, y_eval = blob_layers(n_layers=2)
+    run_dir, latents = make_latents(tmp_path, layers, y_train, y_eval)
+    pixelwise = write_latents(run_dir / "latents_pixelwise", {"block0.conv@(0,0)": layers["block0.conv"],
+                                                               "block0.conv@(0,1)": layers["block0.conv"]},
+                              y_train, y_eval, run_dir, 0.9, downsampling="pixelwise")
+    for folder in (latents, pixelwise):
+        assert cli("--latents", str(folder), "-mp", "0", "--cache-dir", str(tmp_path / "cache")) == 0
+    files = sorted(path for path in run_dir.rglob("*") if path.is_file() and not path.parent.name.startswith("latents")
+                   and path.name not in ("probe.log", ".probe.lock"))
+    assert any(path.parent.name == "probe_confusion_pixelwise" for path in files)
+    identity = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in files}
+    for folder in (latents, pixelwise):
+        assert cli("--latents", str(folder), "-mp", "0", "--cache-dir", str(tmp_path / "cache")) == 0
+    assert {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in files} == identity
+    assert (run_dir / "probe.log").read_text().count("already in place") == 2
+
+
+def test_an_unusable_cache_folder_is_one_error_without_a_warning_per_layer(tmp_path, capsys):
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=3))
+    (tmp_path / "a_file").write_text("")
+    assert cli("--latents", str(latents), "-mp", "0", "--cache-dir", str(tmp_path / "a_file" / "cache")) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "cannot be used" in err and "ignoring" not in err

@@ -170,9 +170,9 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     if workers < 0:
         raise UsageError(f"-mp must be ≥ 0 (0 = fit in this process); got {workers}.")
     cache = ResultCache(cache_dir)
+    cache.check()  # a cache folder that cannot be made must not leave lock files in the run folders
     # reads only: bad input exits before anything is written
     stamps, hits = validate_jobs(jobs, threads=max(2, workers), cache=cache)
-    cache.check()  # a cache folder that cannot be made must not leave lock files in the run folders
     if scheduler is not None:  # nor a scheduler that cannot be reached
         from phd_lab.distributed import check_scheduler
         check_scheduler(scheduler)

@@ -10,6 +10,7 @@ that compares the sets (``probe_performances_by_set.png``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from phd_lab import atomic
-from phd_lab.atomic import write_csv, write_with
+from phd_lab.atomic import write_with
 from phd_lab.latents_sets import DEFAULT_METHOD, PIXELWISE, named_set
 from phd_lab.probes.cache import library_versions
 from phd_lab.probes.discovery import ProbeJob
@@ -92,37 +93,44 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
         log.warning("%s: these results replace the run's earlier probe results, fitted with other settings (%s)",
                     job.label, ", ".join(f"{k}: {json.dumps(earlier.get(k))} -> {json.dumps(now.get(k))}"
                                          for k in changed), extra=tag)
-    atomic.write_json(job.outputs.probe_settings, settings_document(job))
-    write_csv(job.outputs.probe_csv, table)
+    csv = table.to_csv(index=False).encode("utf-8")
+    atomic.write_bytes(job.outputs.probe_csv, csv)
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv, extra=tag)
-    sets = probe_set_tables(job.outputs, now)
+    document = settings_document(job, csv)
+    sets = probe_set_tables(job.outputs, now, current=(job.outputs.probe_set, document))
     if len(sets) > 1:
         save_probe_sets_plot(sets, job.manifest.model_test_accuracy, job.outputs.probe_sets_plot)
         log.info("%s: %d latents sets compared in %s", job.label, len(sets), job.outputs.probe_sets_plot, extra=tag)
     if job.outputs.analysis_json.exists() and not job.outputs.probe_set:  # it reads the default set's probes
         refresh_analysis(job, tag)
+    # last: the digest of the table it names says that everything above was written for that table
+    atomic.write_json(job.outputs.probe_settings, document)
 
 
-def settings_document(job: ProbeJob) -> dict[str, Any]:
+def settings_document(job: ProbeJob, csv: bytes) -> dict[str, Any]:
     """``probe_settings.json``: the settings the results were fitted with (the run's logged config only holds the
-    config's probe keys), the latents set's reduction and the library versions."""
+    config's probe keys), the latents set's reduction, the library versions, and the sha256 of the table
+    (``csv``) whose writing, with the plots and the analysis, it completes."""
     latents = {"downsampling": job.manifest.raw.get("downsampling"),
                "downsampling_method": job.manifest.raw.get("downsampling_method", DEFAULT_METHOD)}
     return {"settings": job.settings.key(), "latents": latents,
-            "library_versions": library_versions(job.settings.solver)}
+            "library_versions": library_versions(job.settings.solver),
+            "results_sha256": hashlib.sha256(csv).hexdigest()}
 
 
 def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
     """Whether the run folder holds what ``write_confusion`` and ``write_results`` would write for ``records``
-    already: the table and the settings as they would be written, each layer's matrix (equal) with its plot, no
-    other layer's, and the plots of the run. A job whose every layer came from the cache then leaves them be
-    (a job repeated over a grid of hundreds of runs redrew and rewrote every finished run's files)."""
+    already: the table as it would be written, the settings that the job writes last and that name the table's
+    sha256 (so the writing that table began also ended), each layer's matrix (equal) with its plot, no other
+    layer's, and the accuracy plot. A job whose every layer came from the cache then leaves them be (a job
+    repeated over a grid of hundreds of runs redrew and rewrote every finished run's files)."""
     outputs = job.outputs
-    table = performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy)
+    csv = performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy).to_csv(index=False)
     try:
-        if (outputs.probe_csv.read_bytes() != table.to_csv(index=False).encode("utf-8")
-                or json.loads(outputs.probe_settings.read_text(encoding="utf-8")) != settings_document(job)
+        if (outputs.probe_csv.read_bytes() != csv.encode("utf-8")
+                or json.loads(outputs.probe_settings.read_text(encoding="utf-8"))
+                != settings_document(job, csv.encode("utf-8"))
                 or not outputs.probe_plot.is_file()):
             return False
         expected = set()
@@ -133,17 +141,18 @@ def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
             expected |= {array.name, plot.name}
         present = {path.name for path in outputs.probe_confusion_dir.iterdir()
                    if path.suffix in (".npy", ".png") and not path.name.startswith(".")}
-        other_sets = any(outputs.root.glob("probe_performances_*.csv"))
-        return present == expected and (not other_sets or outputs.probe_sets_plot.is_file())
+        return present == expected
     except (OSError, ValueError):
         return False
 
 
-def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None) -> list[tuple[str, str, Any]]:
+def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None,
+                     current: tuple[str, dict[str, Any]] | None = None) -> list[tuple[str, str, Any]]:
     """Every latents set's probe table in a run folder as (legend label, reduction method, table), averaged
     sets first, each method's sizes ascending (whole maps last); pixelwise sets are left out (one row per
     position, not per layer), and so are tables that cannot be read and, with ``settings``, tables fitted with
-    other probe settings (another solver's accuracies would differ for other reasons than the latents)."""
+    other probe settings (another solver's accuracies would differ for other reasons than the latents).
+    ``current`` is (set name, settings document) of a set whose document is not written yet."""
     import pandas as pd
     found, other_settings = [], []
     for path in [outputs.for_probe_set("").probe_csv, *sorted(outputs.root.glob("probe_performances_*.csv"))]:
@@ -151,7 +160,8 @@ def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None) ->
         named = named_set(name) if name else None
         if (name and named is None) or name == PIXELWISE or not path.is_file():
             continue
-        recorded = _json_object(outputs.for_probe_set(name).probe_settings)
+        recorded = (current[1] if current is not None and current[0] == name
+                    else _json_object(outputs.for_probe_set(name).probe_settings))
         if settings is not None and _dict_at(recorded, "settings") != settings:
             other_settings.append(path.name)
             continue
