@@ -68,3 +68,24 @@ def test_a_job_s_confusion_plots_are_each_layer_s_drawn_alone(tmp_path):
     for record in records:
         written = (run_dir / "probe_confusion" / f"{record.index:03d}-{record.layer}.png").read_bytes()
         assert written == confusion_png(record)
+
+
+def test_long_class_labels_and_titles_stay_inside_the_figure():
+    """The fixed layout replaced a tight bounding box: it must leave room for labels of up to 8 characters
+    (class ids like -1000000 or ImageNet-21k's 5 digits) and three title lines."""
+    before = set(plt.get_fignums())
+    for classes in ([3, 7], list(range(10)), list(range(20_000, 20_030)), list(range(-1_000_000, -999_990))):
+        with ConfusionPlots() as plots:
+            plots.png(np.eye(len(classes)), classes, "features.denseblock4.denselayer16.conv2@(12, 5) " * 2
+                      + "(eval\u00a0acc\u00a00.431)")
+            (number,) = set(plt.get_fignums()) - before
+            figure = plt.figure(number)
+            renderer = figure.canvas.get_renderer()
+            width, height = figure.canvas.get_width_height()
+            texts = [text for ax in figure.axes for text in (ax.title, ax.xaxis.label, ax.yaxis.label,
+                                                             *ax.get_xticklabels(), *ax.get_yticklabels())
+                     if text.get_text()]
+            assert len(texts) >= 6
+            for text in texts:
+                box = text.get_window_extent(renderer)
+                assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, (classes, text)

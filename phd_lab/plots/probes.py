@@ -144,9 +144,10 @@ class ConfusionPlots:
         if classes not in self._figures:
             plt = _pyplot()
             figure = plt.figure(figsize=(self.WIDTH, self.HEIGHT))
-            digits = max((len(str(c)) for c in classes), default=1)
-            bottom = 0.1 + 0.012 * max(0, digits - 2)  # x labels of 3 digits or more stand upright
-            ax = figure.add_axes((0.12, bottom, 0.7, 0.84 - bottom))  # room for the ticks, labels and 3 title lines
+            extra = max(0, max((len(str(c)) for c in classes), default=1) - 2)  # characters beyond two per label
+            left, bottom = 0.12 + 0.011 * extra, 0.1 + 0.016 * extra  # x labels of 3 or more stand upright
+            # room for the ticks, the axis labels and three title lines
+            ax = figure.add_axes((left, bottom, 0.82 - left, 0.84 - bottom))
             bar = figure.add_axes((0.85, bottom, 0.04, 0.84 - bottom))
             image = ax.imshow(np.zeros((len(classes), len(classes))), vmin=0.0, vmax=1.0, cmap="viridis",
                               aspect="auto")
