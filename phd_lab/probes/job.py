@@ -83,7 +83,6 @@ def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache
     return stamps, hits
 
 
-
 def check_labels(job: ProbeJob) -> None:
     """The labels must allow a probe: two classes to train on, something to evaluate, and a
     feasible stratified subsample (checked by drawing it, with the seed the fit will use)."""
