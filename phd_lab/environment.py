@@ -22,6 +22,26 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process may still take: the kernel's MemAvailable, or less where a cgroup (a batch
+    system's job) limits it. None where neither can be read (not Linux)."""
+    limits = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            limits.append(max(0, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
 def _run_git(*args: str, timeout: float) -> str | None:
     """Output of a git command run in the package's folder, or None (no git, not a repository, failed)."""
     try:

@@ -1012,3 +1012,41 @@ def test_an_unusable_cache_folder_is_one_error_without_a_warning_per_layer(tmp_p
     assert cli("--latents", str(latents), "-mp", "0", "--cache-dir", str(tmp_path / "a_file" / "cache")) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "cannot be used" in err and "ignoring" not in err
+
+
+def test_workers_that_fit_count_the_largest_layers_copies_held_at_once():
+    from phd_lab.environment import available_memory
+    from phd_lab.probes.memory import workers_that_fit
+    assert workers_that_fit([10, 10, 10, 10], 4, 25) == 2
+    assert workers_that_fit([30, 5, 5], 3, 35) == 2  # the largest first, as the job starts them
+    assert workers_that_fit([100], 4, 1) == 1  # one layer larger than the budget still runs, alone
+    assert workers_that_fit([0, 0, 0], 3, 1) == 3  # fits on the memory map hold no copies
+    assert workers_that_fit([10, 10], 4, None) == 4  # memory unknown: as asked
+    memory = available_memory()
+    assert memory is not None and 0 < memory < 1 << 50  # Linux: MemAvailable, or a cgroup's limit
+
+
+def test_a_job_starts_fewer_workers_where_the_layers_copies_would_not_fit_in_memory(tmp_path):
+    """-mp defaults to the number of cores, and the largest layers start first: lbfgs (which standardises a copy
+    of its layer) on a grid of wide layers used to start them all at once until the kernel killed a worker."""
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=3))
+    base = [sys.executable, "probe_main.py", "--latents", str(latents), "--no-progress", "-mp", "2"]
+    tight = subprocess.run([*base, "--solver", "lbfgs", "--max-memory", "0.00001", "--cache-dir", str(tmp_path / "a")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    err = " ".join(tight.stderr.split())
+    assert tight.returncode == 0, err
+    assert "-mp 2: only 1 worker process(es) are started" in err and "given with --max-memory" in err
+    one_at_a_time = pd.read_csv(run_dir / "probe_performances.csv").drop(columns="seconds")
+    assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs", "--cache-dir", str(tmp_path / "c")) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "probe_performances.csv").drop(columns="seconds"),
+                                  one_at_a_time)
+    assert len(one_at_a_time) == 3
+    reads_only = subprocess.run([*base, "--solver", "saga", "--max-memory", "0.00001", "--cache-dir",
+                                 str(tmp_path / "b")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert reads_only.returncode == 0 and "worker process(es) are started" not in reads_only.stderr  # no copies
+
+
+def test_max_memory_must_be_positive(tmp_path, capsys):
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    assert cli("--latents", str(latents), "--max-memory", "0") == 2
+    assert "--max-memory must be a positive number of GB; got 0.0" in " ".join(capsys.readouterr().err.split())

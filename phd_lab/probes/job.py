@@ -160,11 +160,13 @@ def build_tasks(jobs: Sequence[ProbeJob], stamps: dict[str, tuple[int, int, int]
 
 def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 0,
              progress: bool = True, scheduler: str | None = None,
-             busy: list[str] | None = None) -> dict[int, list[ProbeRecord]]:
+             busy: list[str] | None = None, memory: int | None = None) -> dict[int, list[ProbeRecord]]:
     """Validate, then probe every layer of every job in one pool; each run's files are written as it completes.
 
     A run whose probe results another probe job is writing is an error, unless ``busy`` is a list: then that
     run's jobs are left out (their labels appended to ``busy``) while the others are probed, as a grid job does.
+    ``memory`` (bytes; default: most of what the machine has available) bounds the layer copies the worker
+    processes hold at once: fewer workers are started where ``workers`` of the largest layers would not fit.
     """
     if workers < 0:
         raise UsageError(f"-mp must be ≥ 0 (0 = fit in this process); got {workers}.")
@@ -198,9 +200,32 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
         cache.prepare()  # after the locks: a run folder that cannot be written leaves no empty cache folder
         with ProbeLogs([job.outputs.probe_log for job in jobs]) as logs:
             try:
+                if scheduler is None and workers > 1:
+                    workers = _workers_for_memory(jobs, stamps, hits, workers, memory)
                 return _run_locked_jobs(jobs, cache, stamps, hits, workers, progress, scheduler, logs)
             except PhdLabError as error:
                 raise _naming_the_logs(error, jobs)
+
+
+def _workers_for_memory(jobs: Sequence[ProbeJob], stamps: dict[str, tuple[int, int, int]],
+                        hits: dict[str, ProbeRecord], workers: int, memory: int | None) -> int:
+    """``workers``, or fewer where the copies of the largest layers to fit would not fit in memory together."""
+    from phd_lab.environment import available_memory
+    from phd_lab.probes.memory import SHARE, copy_bytes, workers_that_fit
+    float16 = ["float16" in str(job.manifest.raw.get("dtype", "")) for job in jobs]
+    sizes = [copy_bytes(task, float16[task.job]) for task in build_tasks(jobs, stamps)
+             if key_digest(task.key) not in hits]
+    available = available_memory()
+    budget = memory if memory is not None else int(available * SHARE) if available is not None else None
+    fitting = workers_that_fit(sizes, workers, budget)
+    if fitting < min(workers, len(sizes)):
+        largest = max(sizes)
+        log.warning("-mp %d: only %d worker process(es) are started, because %d of the largest layers' copies "
+                    "(a fit that standardises, widens float16 or runs lbfgs-torch on the CPU holds its layer in "
+                    "memory; the largest takes %.1f GB) would not fit in the %.1f GB %s; pass --max-memory to "
+                    "change that", workers, fitting, fitting + 1, largest / 1e9, budget / 1e9,
+                    "given with --max-memory" if memory is not None else "this machine has available (80 %)")
+    return fitting
 
 
 def _lost_folder_advice(root: Path, cache_folder: Path) -> str:

@@ -1,0 +1,43 @@
+"""How many probe workers fit in memory: each one holds its layer while it fits.
+
+A fit that only reads its layer (``saga`` without standardising, on float32/float64 latents) works on the
+memory map, whose pages are file cache the kernel can reclaim. Every other fit holds a private float32 (or
+float64) copy of the layer's train and eval arrays: standardising works in place, float16 is widened, and
+``lbfgs-torch`` on the CPU fits its own tensors. With ``-mp`` as many workers as cores, the largest layers of
+a grid would otherwise be copied all at once (16 of ResNet50's 6.6 GB layers need 105 GB).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from phd_lab.probes.runner import ProbeTask
+
+SHARE = 0.8  # of the available memory the copies may take: the parent, the interpreters and the BLAS need some
+
+
+def copy_bytes(task: ProbeTask, float16: bool) -> int:
+    """Private bytes a fit of ``task`` holds beside the memory map (``float16``: the manifest's latents are
+    float16): 0 where it only reads the files."""
+    settings = task.settings
+    copies = (settings.standardize or float16 or settings.train_samples is not None
+              or (settings.solver == "lbfgs-torch" and settings.device == "cpu"))
+    if not copies:
+        return 0
+    widened = 2 if float16 else 1  # float16 files become float32 copies
+    return (os.path.getsize(task.train) + os.path.getsize(task.eval)) * widened
+
+
+def workers_that_fit(sizes: Sequence[int], workers: int, budget: int | None) -> int:
+    """The most workers (at most ``workers``, at least one) whose largest layers' copies fit in ``budget`` bytes
+    together: the job starts the largest layers first, so those are the ones held at the same time."""
+    if budget is None or workers <= 1:
+        return max(1, workers)
+    held, fitting = 0, 0
+    for size in sorted(sizes, reverse=True)[:workers]:
+        held += size
+        if held > budget and fitting >= 1:
+            break
+        fitting += 1
+    return max(1, fitting) if sizes else max(1, workers)
