@@ -23,8 +23,10 @@ def available_cores() -> int:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory this process may still take: the kernel's MemAvailable, or less where a cgroup (a batch
-    system's job) limits it. None where neither can be read (not Linux)."""
+    """Bytes of memory this process may still take: the kernel's MemAvailable, or less where a memory cgroup (a
+    batch system's job, a container) on the way from this process' cgroup to the root limits it. A cgroup's
+    headroom is its limit minus its usage, less the file cache it could drop (``inactive_file``). None where
+    nothing can be read (not Linux)."""
     limits = []
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
@@ -33,13 +35,46 @@ def available_memory() -> int | None:
                     limits.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            limits.append(max(0, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())))
-    except (OSError, ValueError):
-        pass
+    limits += _cgroup_headrooms()
     return min(limits) if limits else None
+
+
+def _cgroup_headrooms(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+                      ) -> list[int]:
+    """The memory headroom of every limited memory cgroup from this process' own up to the root (cgroup v2, or
+    v1's ``memory`` controller; ``membership`` names the process' cgroups)."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return []
+    folders = []
+    for line in lines:
+        number, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if number == "0" and controllers == "":  # v2: <root>/<path>/memory.max
+            base = root
+        elif "memory" in controllers.split(","):  # v1: <root>/memory/<path>/memory.limit_in_bytes
+            base = root / "memory"
+        else:
+            continue
+        relative = path.strip().strip("/")
+        own = base / relative
+        folders += [own, *own.parents[:len(Path(relative).parts)]]
+    headrooms = []
+    for folder in dict.fromkeys(folders):
+        for limit_file, usage_file, inactive_key in (("memory.max", "memory.current", "inactive_file"),
+                                                     ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                                                      "total_inactive_file")):
+            try:
+                limit = (folder / limit_file).read_text().strip()
+                if limit == "max" or int(limit) >= 1 << 60:  # v1 writes its "unlimited" as a huge number
+                    continue
+                usage = int((folder / usage_file).read_text())
+                stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines()
+                            if len(line.split()) == 2)
+                headrooms.append(max(0, int(limit) - usage + int(stat.get(inactive_key, 0))))
+            except (OSError, ValueError):
+                continue
+    return headrooms
 
 
 def _run_git(*args: str, timeout: float) -> str | None:

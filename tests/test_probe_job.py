@@ -1049,4 +1049,59 @@ def test_a_job_starts_fewer_workers_where_the_layers_copies_would_not_fit_in_mem
 def test_max_memory_must_be_positive(tmp_path, capsys):
     _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
     assert cli("--latents", str(latents), "--max-memory", "0") == 2
-    assert "--max-memory must be a positive number of GB; got 0.0" in " ".join(capsys.readouterr().err.split())
+    assert "--max-memory must be a positive, finite number of GB; got 0.0" in " ".join(capsys.readouterr().err.split())
+    for value in ("inf", "nan", "-1"):
+        assert cli("--latents", str(latents), f"--max-memory={value}") == 2
+        err = capsys.readouterr().err
+        assert "--max-memory must be a positive, finite number" in " ".join(err.split()) and "Traceback" not in err
+
+
+def test_the_copies_counted_are_those_the_fits_make(tmp_path):
+    """saga on raw float32 reads the memory map; standardising copies train and eval; a subsample copies its
+    rows; lbfgs-torch on a GPU fills its tensors from the map, block by block."""
+    from phd_lab.probes.memory import copy_bytes
+    from phd_lab.probes.settings import ProbeSettings
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1, n=400))
+    (task,) = build_tasks(jobs_from_latents(latents)[0])
+    train, evaluation = os.path.getsize(task.train), os.path.getsize(task.eval)
+
+    def counted(float16: bool = False, **settings) -> int:
+        return copy_bytes(replace(task, settings=ProbeSettings(**settings).resolved()), float16, 400)
+
+    assert counted(solver="saga") == 0
+    assert counted(solver="saga", standardize=True) == train + evaluation
+    assert counted(solver="saga", float16=True) == 2 * (train + evaluation)
+    assert counted(solver="saga", train_samples=100) == train // 4
+    assert counted(solver="saga", train_samples=400) == 0  # all rows: no subsample is drawn
+    assert counted(solver="lbfgs") == train + evaluation  # standardises by default
+    assert counted(solver="lbfgs-torch") == train + evaluation
+    assert counted(solver="lbfgs-torch", device="cuda") == 0
+    assert counted(solver="lbfgs-torch", device="cuda", train_samples=200) == train // 2
+
+
+def test_memory_cgroups_on_the_way_to_the_root_limit_what_is_available(tmp_path):
+    """A batch job's limit sits in its own cgroup (v2: <root>/<path>/memory.max; v1: the memory controller's
+    memory.limit_in_bytes) or a parent's; file cache it could drop (inactive_file) is not counted as used."""
+    from phd_lab.environment import _cgroup_headrooms
+    job = tmp_path / "v2" / "slurm" / "job_7"
+    job.mkdir(parents=True)
+    (job / "memory.max").write_text("16000000000\n")
+    (job / "memory.current").write_text("15500000000\n")
+    (job / "memory.stat").write_text("anon 3000000000\ninactive_file 12000000000\n")
+    (tmp_path / "v2" / "slurm" / "memory.max").write_text("max\n")
+    (tmp_path / "v2" / "memory.max").write_text("20000000000\n")
+    (tmp_path / "v2" / "memory.current").write_text("19000000000\n")
+    (tmp_path / "v2" / "memory.stat").write_text("inactive_file 0\n")
+    membership = tmp_path / "cgroup"
+    membership.write_text("0::/slurm/job_7\n")
+    assert sorted(_cgroup_headrooms(tmp_path / "v2", membership)) == [1_000_000_000, 12_500_000_000]
+    v1 = tmp_path / "v1" / "memory" / "user" / "job"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("8000000000\n")
+    (v1 / "memory.usage_in_bytes").write_text("2000000000\n")
+    (v1 / "memory.stat").write_text("total_inactive_file 500000000\n")
+    (tmp_path / "v1" / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # unlimited
+    membership.write_text("12:cpu,cpuacct:/user/job\n11:memory:/user/job\n")
+    assert _cgroup_headrooms(tmp_path / "v1", membership) == [6_500_000_000]
+    membership.write_text("0::/\n")
+    assert _cgroup_headrooms(tmp_path / "none", membership) == []

@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", help="fit every layer as a task on a Dask scheduler at this address, or on "
                         "a local cluster of N worker processes with local:N (the cache folder must be shared)")
     parser.add_argument("--max-memory", type=float, metavar="GB",
-                        help="memory the worker processes' layer copies may take together (default: 80 %% of what "
-                             "the machine or the batch job's cgroup has available); fewer workers are started "
+                        help="memory the -mp worker processes' layer copies may take together (default: 80 %% of "
+                             "what the machine or the batch job's cgroup has available); fewer workers are started "
                              "where -mp of the largest layers would not fit")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -71,8 +71,8 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
         if args.cache_dir is not None and not args.cache_dir.strip():
             raise UsageError("--cache-dir is empty; name a folder, or leave the option out for the default "
                              "(<logs_dir>/.probe_cache, or .probe_cache in the run folder with --latents).")
-        if args.max_memory is not None and not args.max_memory > 0:
-            raise UsageError(f"--max-memory must be a positive number of GB; got {args.max_memory}.")
+        if args.max_memory is not None and not 0 < args.max_memory < 1e9:  # also no nan or inf
+            raise UsageError(f"--max-memory must be a positive, finite number of GB; got {args.max_memory}.")
         if args.scheduler:
             from phd_lab.distributed import parse_scheduler
             parse_scheduler(args.scheduler)  # a malformed address fails before any file is read or hashed

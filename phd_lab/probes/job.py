@@ -213,18 +213,19 @@ def _workers_for_memory(jobs: Sequence[ProbeJob], stamps: dict[str, tuple[int, i
     from phd_lab.environment import available_memory
     from phd_lab.probes.memory import SHARE, copy_bytes, workers_that_fit
     float16 = ["float16" in str(job.manifest.raw.get("dtype", "")) for job in jobs]
-    sizes = [copy_bytes(task, float16[task.job]) for task in build_tasks(jobs, stamps)
+    rows = [{layer.name: layer.shape[0] for layer in job.manifest.layers} for job in jobs]
+    sizes = [copy_bytes(task, float16[task.job], rows[task.job][task.layer]) for task in build_tasks(jobs, stamps)
              if key_digest(task.key) not in hits]
     available = available_memory()
     budget = memory if memory is not None else int(available * SHARE) if available is not None else None
     fitting = workers_that_fit(sizes, workers, budget)
-    if fitting < min(workers, len(sizes)):
-        largest = max(sizes)
-        log.warning("-mp %d: only %d worker process(es) are started, because %d of the largest layers' copies "
-                    "(a fit that standardises, widens float16 or runs lbfgs-torch on the CPU holds its layer in "
-                    "memory; the largest takes %.1f GB) would not fit in the %.1f GB %s; pass --max-memory to "
-                    "change that", workers, fitting, fitting + 1, largest / 1e9, budget / 1e9,
-                    "given with --max-memory" if memory is not None else "this machine has available (80 %)")
+    if budget is not None and fitting < min(workers, len(sizes)):
+        log.warning("-mp %d: only %d worker process(es) are started, because the copies of the %d largest layers to "
+                    "fit (a fit that standardises, widens float16, subsamples or runs lbfgs-torch on the CPU holds "
+                    "its layer in memory; the largest takes %.2f GB) would not fit in the %.2f GB %s; pass "
+                    "--max-memory to change that", workers, fitting, fitting + 1, max(sizes) / 1e9, budget / 1e9,
+                    "given with --max-memory" if memory is not None else
+                    f"the probe job may take ({SHARE:.0%} of the memory available to it)")
     return fitting
 
 

@@ -1,10 +1,11 @@
 """How many probe workers fit in memory: each one holds its layer while it fits.
 
 A fit that only reads its layer (``saga`` without standardising, on float32/float64 latents) works on the
-memory map, whose pages are file cache the kernel can reclaim. Every other fit holds a private float32 (or
-float64) copy of the layer's train and eval arrays: standardising works in place, float16 is widened, and
-``lbfgs-torch`` on the CPU fits its own tensors. With ``-mp`` as many workers as cores, the largest layers of
-a grid would otherwise be copied all at once (16 of ResNet50's 6.6 GB layers need 105 GB).
+memory map, whose pages are file cache the kernel can reclaim. Other fits hold a private float32 (or float64)
+copy of the layer's train and eval arrays: standardising works in place, float16 is widened, a training
+subsample copies its rows, and ``lbfgs-torch`` on the CPU fits its own tensors. With ``-mp`` as many workers
+as cores, the largest layers of a grid would otherwise be copied all at once (16 of ResNet50's 6.6 GB layers
+need 105 GB).
 """
 
 from __future__ import annotations
@@ -17,16 +18,24 @@ from phd_lab.probes.runner import ProbeTask
 SHARE = 0.8  # of the available memory the copies may take: the parent, the interpreters and the BLAS need some
 
 
-def copy_bytes(task: ProbeTask, float16: bool) -> int:
+def copy_bytes(task: ProbeTask, float16: bool, rows: int) -> int:
     """Private bytes a fit of ``task`` holds beside the memory map (``float16``: the manifest's latents are
-    float16): 0 where it only reads the files."""
+    float16; ``rows``: the layer's training samples): 0 where it only reads the files."""
     settings = task.settings
-    copies = (settings.standardize or float16 or settings.train_samples is not None
-              or (settings.solver == "lbfgs-torch" and settings.device == "cpu"))
-    if not copies:
+    try:
+        train, evaluation = os.path.getsize(task.train), os.path.getsize(task.eval)
+    except OSError:  # gone since the checks: the fit fails with its own message
         return 0
+    samples = settings.train_samples
+    subsampled = samples is not None and samples < rows  # the subsample's rows are copied (fancy indexing)
+    train_share = samples / rows if subsampled else 1.0
     widened = 2 if float16 else 1  # float16 files become float32 copies
-    return (os.path.getsize(task.train) + os.path.getsize(task.eval)) * widened
+    if settings.solver == "lbfgs-torch":  # its own float32 tensors; on a GPU, filled block by block from the map
+        on_host = settings.device == "cpu"
+        return int(train * train_share * (widened if on_host else 1) * (on_host or subsampled)
+                   + evaluation * widened * on_host)
+    copies = settings.standardize or float16  # standardised in place, or widened
+    return int(train * train_share * widened * (copies or subsampled) + evaluation * widened * copies)
 
 
 def workers_that_fit(sizes: Sequence[int], workers: int, budget: int | None) -> int:
