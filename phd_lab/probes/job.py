@@ -66,8 +66,10 @@ def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache
     layers = [{layer.name: layer for layer in job.manifest.layers} for job in jobs]
     for task in build_tasks(jobs):
         digest = key_digest(task.key)
-        if digest not in hits and (record := cache.get(task.key) if cache is not None else None) is not None:
-            hits[digest] = record
+        if digest not in hits and cache is not None:
+            record = cache.get(task.key)
+            if record is not None:
+                hits[digest] = record
         if digest not in hits:
             manifest, layer = jobs[task.job].manifest, layers[task.job][task.layer]
             needed.setdefault(task.job, {}).update({
@@ -200,21 +202,22 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
         cache.prepare()  # after the locks: a run folder that cannot be written leaves no empty cache folder
         with ProbeLogs([job.outputs.probe_log for job in jobs]) as logs:
             try:
+                tasks = build_tasks(jobs, stamps)
                 if scheduler is None and workers > 1:
-                    workers = _workers_for_memory(jobs, stamps, hits, workers, memory)
-                return _run_locked_jobs(jobs, cache, stamps, hits, workers, progress, scheduler, logs)
+                    workers = _workers_for_memory(jobs, tasks, hits, workers, memory)
+                return _run_locked_jobs(jobs, tasks, cache, hits, workers, progress, scheduler, logs)
             except PhdLabError as error:
                 raise _naming_the_logs(error, jobs)
 
 
-def _workers_for_memory(jobs: Sequence[ProbeJob], stamps: dict[str, tuple[int, int, int]],
-                        hits: dict[str, ProbeRecord], workers: int, memory: int | None) -> int:
+def _workers_for_memory(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], hits: dict[str, ProbeRecord],
+                        workers: int, memory: int | None) -> int:
     """``workers``, or fewer where the copies of the largest layers to fit would not fit in memory together."""
     from phd_lab.environment import available_memory
     from phd_lab.probes.memory import SHARE, copy_bytes, workers_that_fit
     float16 = ["float16" in str(job.manifest.raw.get("dtype", "")) for job in jobs]
     rows = [{layer.name: layer.shape[0] for layer in job.manifest.layers} for job in jobs]
-    sizes = [copy_bytes(task, float16[task.job], rows[task.job][task.layer]) for task in build_tasks(jobs, stamps)
+    sizes = [copy_bytes(task, float16[task.job], rows[task.job][task.layer]) for task in tasks
              if key_digest(task.key) not in hits]
     available = available_memory()
     budget = memory if memory is not None else int(available * SHARE) if available is not None else None
@@ -248,10 +251,9 @@ def _naming_the_logs(error: PhdLabError, jobs: Sequence[ProbeJob]) -> PhdLabErro
     return error
 
 
-def _run_locked_jobs(jobs: Sequence[ProbeJob], cache: ResultCache, stamps: dict[str, tuple[int, int, int]],
+def _run_locked_jobs(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], cache: ResultCache,
                      hits: dict[str, ProbeRecord], workers: int, progress: bool, scheduler: str | None,
                      logs: ProbeLogs) -> dict[int, list[ProbeRecord]]:
-    tasks = build_tasks(jobs, stamps)
     remaining = {position: len(job.manifest.layers) for position, job in enumerate(jobs)}
     done: dict[int, list[ProbeRecord]] = {position: [] for position in range(len(jobs))}
     # each fitted layer's confusion plot, drawn as its record arrives (while the workers fit the next layers) and

@@ -126,11 +126,11 @@ def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
     layer's, and the accuracy plot. A job whose every layer came from the cache then leaves them be (a job
     repeated over a grid of hundreds of runs redrew and rewrote every finished run's files)."""
     outputs = job.outputs
-    csv = performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy).to_csv(index=False)
+    table = performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy)
+    csv = table.to_csv(index=False).encode("utf-8")
     try:
-        if (outputs.probe_csv.read_bytes() != csv.encode("utf-8")
-                or json.loads(outputs.probe_settings.read_text(encoding="utf-8"))
-                != settings_document(job, csv.encode("utf-8"))
+        if (outputs.probe_csv.read_bytes() != csv
+                or json.loads(outputs.probe_settings.read_text(encoding="utf-8")) != settings_document(job, csv)
                 or not outputs.probe_plot.is_file()):
             return False
         expected = set()
