@@ -121,11 +121,12 @@ def group_statistics(group: RepetitionGroup) -> RepetitionGroup:
         group.stability = saturation_stability(group.saturations)
     if len(accuracies) > 1:
         group.accuracy = Spread.of(accuracies)
-    projected = [e for e in kept if e.tables.projections is not None and len(e.tables.projections)]
-    settings = Counter(_projection_setting(e) for e in projected)  # the t-tests compare like with like: the
-    setting = settings.most_common(1)[0][0] if settings else None  # setting most runs were projected with
-    group.other_projections = [e for e in projected if _projection_setting(e) != setting]
-    projections = {str(e.folder.root): e.tables.projections for e in projected if _projection_setting(e) == setting}
+    projected = [(e, _projection_setting(e)) for e in kept if e.tables.projections is not None
+                 and len(e.tables.projections)]
+    settings = Counter(setting for _, setting in projected)  # the t-tests compare like with like: the
+    common = settings.most_common(1)[0][0] if settings else None  # setting most runs were projected with
+    group.other_projections = [e for e, setting in projected if setting != common]
+    projections = {str(e.folder.root): e.tables.projections for e, setting in projected if setting == common}
     table = relevant_eigenspace_table(projections, group.alpha) if len(projections) > 1 else None
     if table is not None and (table["n"] > 1).any():  # not: runs without an unprojected row to compare with
         group.eigenspace = table
