@@ -161,6 +161,14 @@ def repeated_probe_job(folder: Path, runs: int) -> tuple[float, float, float]:
     return first, again, job()
 
 
+def print_comparison(title: str, rows: list[tuple[str, float]], ratio: tuple[str, float]) -> None:
+    """A measurement's rows in seconds, then the ratio it is about and this process' peak memory so far."""
+    print(title)
+    for label, seconds in rows:
+        print(f"  {label:<36} {seconds:8.2f} s")
+    print(f"  {ratio[0]:<36} {ratio[1]:8.3f}x   peak RSS {peak_mb():.0f} MB")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=400, help="grid points to load (rounded to a multiple of 16)")
@@ -177,30 +185,25 @@ def main() -> int:
             load_shared(config)  # warm-up: imports, registry modules, the dataset check
             shared, points = load_shared(config)
             unshared = load_unshared(config)
-            print(f"grid load, {points} points (4 models)")
-            print(f"  model checks shared between points   {shared:8.2f} s")
-            print(f"  model checks anew for every point    {unshared:8.2f} s")
-            print(f"  ratio shared / anew                  {shared / unshared:8.3f}x   peak RSS {peak_mb():.0f} MB")
+            print_comparison(f"grid load, {points} points (4 models)",
+                             [("model checks shared between points", shared),
+                              ("model checks anew for every point", unshared)],
+                             ("ratio shared / anew", shared / unshared))
         if args.only in (None, "repeated"):
             first, kept, removed = repeated_report(folder, args.groups)
-            print(f"report of {args.groups} groups of 3 repeated runs")
-            print(f"  first build                          {first:8.2f} s")
-            print(f"  rebuild, previous page kept          {kept:8.2f} s")
-            print(f"  rebuild, previous page removed       {removed:8.2f} s")
-            print(f"  ratio kept / removed                 {kept / removed:8.3f}x   peak RSS {peak_mb():.0f} MB")
+            print_comparison(f"report of {args.groups} groups of 3 repeated runs",
+                             [("first build", first), ("rebuild, previous page kept", kept),
+                              ("rebuild, previous page removed", removed)], ("ratio kept / removed", kept / removed))
         if args.only in (None, "probes"):
             first, again, grown = repeated_probe_job(folder, args.probe_runs)
-            print(f"probe job over {args.probe_runs} runs (4 layers each)")
-            print(f"  first job                            {first:8.2f} s")
-            print(f"  the same job again, nothing new      {again:8.2f} s")
-            print(f"  again after one run was added        {grown:8.2f} s")
-            print(f"  ratio again / first                  {again / first:8.3f}x   peak RSS {peak_mb():.0f} MB")
+            print_comparison(f"probe job over {args.probe_runs} runs (4 layers each)",
+                             [("first job", first), ("the same job again, nothing new", again),
+                              ("again after one run was added", grown)], ("ratio again / first", again / first))
         if args.only in (None, "report"):
             first, rebuild = report_rebuild(folder, args.runs)
-            print(f"report of {args.runs} runs")
-            print(f"  first build                          {first:8.2f} s")
-            print(f"  rebuild, nothing changed             {rebuild:8.2f} s")
-            print(f"  ratio rebuild / first                {rebuild / first:8.3f}x   peak RSS {peak_mb():.0f} MB")
+            print_comparison(f"report of {args.runs} runs", [("first build", first),
+                                                               ("rebuild, nothing changed", rebuild)],
+                             ("ratio rebuild / first", rebuild / first))
     return 0
 
 
