@@ -56,4 +56,3 @@ def save_saturation_plot(row: Mapping[str, Any], path: Path | str, title: str = 
         atomic.save_figure(ax.figure, path, dpi=110)
     finally:
         plt.close(ax.figure)
-
