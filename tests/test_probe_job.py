@@ -1062,11 +1062,14 @@ def test_the_copies_counted_are_those_the_fits_make(tmp_path):
     from phd_lab.probes.memory import copy_bytes
     from phd_lab.probes.settings import ProbeSettings
     _, latents = make_latents(tmp_path, *blob_layers(n_layers=1, n=400))
-    (task,) = build_tasks(jobs_from_latents(latents)[0])
+    (job,), _ = jobs_from_latents(latents)
+    ((task,), (layer,)) = build_tasks([job]), job.manifest.layers
     train, evaluation = os.path.getsize(task.train), os.path.getsize(task.eval)
+    assert layer.dtypes == {"train": "float32", "eval": "float32"}
 
     def counted(float16: bool = False, **settings) -> int:
-        return copy_bytes(replace(task, settings=ProbeSettings(**settings).resolved()), float16, 400)
+        files = replace(layer, dtypes={"train": "float16", "eval": "float16"}) if float16 else layer
+        return copy_bytes(replace(task, settings=ProbeSettings(**settings).resolved()), files)
 
     assert counted(solver="saga") == 0
     assert counted(solver="saga", standardize=True) == train + evaluation
@@ -1077,6 +1080,20 @@ def test_the_copies_counted_are_those_the_fits_make(tmp_path):
     assert counted(solver="lbfgs-torch") == train + evaluation
     assert counted(solver="lbfgs-torch", device="cuda") == 0
     assert counted(solver="lbfgs-torch", device="cuda", train_samples=200) == train // 2
+
+
+def test_a_float16_eval_file_beside_float32_training_files_is_counted_by_its_own_dtype(tmp_path):
+    """The manifest's ``dtype`` names the training files' dtypes only: the evaluation file's own header decides
+    whether saga widens it into a float32 copy."""
+    from phd_lab.probes.memory import copy_bytes
+    (x_train, x_eval), = blob_layers(n_layers=1, n=400)[0].values()
+    layers = {"block0.conv": (x_train, x_eval.astype(np.float16))}
+    _, latents = make_latents(tmp_path, layers, *blob_layers(n_layers=1, n=400)[1:])
+    (job,), _ = jobs_from_latents(latents)
+    ((task,), (layer,)) = build_tasks([job]), job.manifest.layers
+    assert job.manifest.raw["dtype"] == "float32"
+    assert layer.dtypes == {"train": "float32", "eval": "float16"}
+    assert copy_bytes(task, layer) == 2 * os.path.getsize(task.eval)  # saga reads the float32 training map
 
 
 def test_memory_cgroups_on_the_way_to_the_root_limit_what_is_available(tmp_path):

@@ -215,10 +215,8 @@ def _workers_for_memory(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], hi
     """``workers``, or fewer where the copies of the largest layers to fit would not fit in memory together."""
     from phd_lab.environment import available_memory
     from phd_lab.probes.memory import SHARE, copy_bytes, workers_that_fit
-    float16 = ["float16" in str(job.manifest.raw.get("dtype", "")) for job in jobs]
-    rows = [{layer.name: layer.shape[0] for layer in job.manifest.layers} for job in jobs]
-    sizes = [copy_bytes(task, float16[task.job], rows[task.job][task.layer]) for task in tasks
-             if key_digest(task.key) not in hits]
+    layers = [{layer.name: layer for layer in job.manifest.layers} for job in jobs]
+    sizes = [copy_bytes(task, layers[task.job][task.layer]) for task in tasks if key_digest(task.key) not in hits]
     available = available_memory()
     budget = memory if memory is not None else int(available * SHARE) if available is not None else None
     fitting = workers_that_fit(sizes, workers, budget)

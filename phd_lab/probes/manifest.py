@@ -43,6 +43,7 @@ class LayerFiles:
     eval: Path
     shape: tuple[int, int]  # of the training array
     sha256: dict[str, str]
+    dtypes: dict[str, str]  # of the train and eval arrays (they may differ: see ``_check_dtype``)
 
 
 @dataclass(frozen=True)
@@ -276,13 +277,14 @@ def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str,
         if name in seen_names:
             raise _fail(path, f"layer {name!r} is listed twice")
         seen_names.add(name)
-        shapes = {}
+        shapes, dtypes = {}, {}
         for split in SPLITS:
             file = folder / files[split]
             if file in seen_files:
                 raise _fail(path, f"file {files[split]!r} is listed twice")
             seen_files.add(file)
             shapes[split], dtype = _latents_header(file, path)
+            dtypes[split] = str(dtype)
             if split == "train":
                 train_dtypes.add(str(dtype))
             if shapes[split][0] != label_lengths[split]:
@@ -297,7 +299,7 @@ def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str,
         if declared is not None and (not isinstance(declared, list) or declared != list(shapes["train"])):
             raise _fail(path, f"{where}.shape is {declared}, but {files['train']!r} has shape {list(shapes['train'])}")
         layers.append(LayerFiles(index, name, folder / files["train"], folder / files["eval"],
-                                 tuple(shapes["train"]), shas))
+                                 tuple(shapes["train"]), shas, dtypes))
         if isinstance(entry, dict) and "position" in entry:
             positional.add(name)
     return layers, positional, train_dtypes

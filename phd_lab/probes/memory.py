@@ -13,29 +13,31 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from phd_lab.probes.manifest import LayerFiles
 from phd_lab.probes.runner import ProbeTask
 
 SHARE = 0.8  # of the available memory the copies may take: the parent, the interpreters and the BLAS need some
 
 
-def copy_bytes(task: ProbeTask, float16: bool, rows: int) -> int:
-    """Private bytes a fit of ``task`` holds beside the memory map (``float16``: the manifest's latents are
-    float16; ``rows``: the layer's training samples): 0 where it only reads the files."""
+def copy_bytes(task: ProbeTask, layer: LayerFiles) -> int:
+    """Private bytes a fit of ``task`` (on the files of ``layer``) holds beside the memory map: 0 where it only
+    reads the files. Each split is counted by its own dtype: a float16 file becomes a float32 copy."""
     settings = task.settings
     try:
         train, evaluation = os.path.getsize(task.train), os.path.getsize(task.eval)
     except OSError:  # gone since the checks: the fit fails with its own message
         return 0
-    samples = settings.train_samples
+    rows, samples = layer.shape[0], settings.train_samples
     subsampled = samples is not None and samples < rows  # the subsample's rows are copied (fancy indexing)
     train_share = samples / rows if subsampled else 1.0
-    widened = 2 if float16 else 1  # float16 files become float32 copies
+    widened = {split: 2 if dtype == "float16" else 1 for split, dtype in layer.dtypes.items()}
     if settings.solver == "lbfgs-torch":  # its own float32 tensors; on a GPU, filled block by block from the map
         on_host = settings.device == "cpu"
-        return int(train * train_share * (widened if on_host else 1) * (on_host or subsampled)
-                   + evaluation * widened * on_host)
-    copies = settings.standardize or float16  # standardised in place, or widened
-    return int(train * train_share * widened * (copies or subsampled) + evaluation * widened * copies)
+        return int(train * train_share * (widened["train"] if on_host else 1) * (on_host or subsampled)
+                   + evaluation * widened["eval"] * on_host)
+    copies = {split: settings.standardize or widened[split] > 1 for split in widened}  # standardised or widened
+    return int(train * train_share * widened["train"] * (copies["train"] or subsampled)
+               + evaluation * widened["eval"] * copies["eval"])
 
 
 def workers_that_fit(sizes: Sequence[int], workers: int, budget: int | None) -> int:
