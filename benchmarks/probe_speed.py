@@ -16,6 +16,7 @@ workers over 1 ≥ 1.7×.
 
   python benchmarks/probe_speed.py                 # (a) and (b) at --scale 0.5 (about 15 minutes, 2 cores)
   python benchmarks/probe_speed.py --only b --scale 1 --layers 4 --runs saga2,lbfgs,torch   # stated size
+  python benchmarks/probe_speed.py --only a --runs "" --pairs 9   # the runner overhead, 9 paired rounds
   python benchmarks/probe_speed.py --gpu           # lbfgs-torch on cuda, 50,000 × 8,192 (lead, on a GPU)
 """
 
@@ -35,7 +36,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from paired_stats import median_interval, paired_verdict  # noqa: E402
 from phd_lab.probes.discovery import jobs_from_latents  # noqa: E402
 from phd_lab.probes.job import run_jobs  # noqa: E402
 from phd_lab.probes.settings import ProbeSettings  # noqa: E402
@@ -187,6 +190,30 @@ def compare(name: str, latents: Path, scratch: Path, chosen: list[str]) -> list[
     return lines + [""]
 
 
+def paired_overhead(latents: Path, scratch: Path, rounds: int) -> list[str]:
+    """The runner overhead as paired rounds: each round times the bare fits and the runner with -mp 1 next to
+    each other, in alternating order; the median of the rounds' ratios with its 95 % interval."""
+    ratios: dict[str, list[float]] = {"wall": [], "CPU": []}
+    lines = ["| round | bare wall s | runner wall s | bare CPU s | runner CPU s |", "|---:|---:|---:|---:|---:|"]
+    for round_ in range(rounds):
+        timings = {}
+        for which in (("bare", "runner") if round_ % 2 == 0 else ("runner", "bare")):
+            if which == "bare":
+                timings[which] = bare_saga(latents)[:2]
+            else:
+                timings[which] = timed_runner(latents, "saga", 1, scratch / f"cache-pair-{round_}")[:2]
+        (bare_wall, bare_cpu), (runner_wall, runner_cpu) = timings["bare"], timings["runner"]
+        ratios["wall"].append(runner_wall / bare_wall)
+        ratios["CPU"].append(runner_cpu / bare_cpu)
+        lines.append(f"| {round_ + 1} | {bare_wall:.2f} | {runner_wall:.2f} | {bare_cpu:.2f} | {runner_cpu:.2f} |")
+    lines.append("")
+    for kind, values in ratios.items():
+        median, low, high = median_interval(values)
+        lines.append(f"- runner -mp 1 / bare fits, {kind}, median of {rounds} paired rounds: {median:.3f}× "
+                     f"[{low:.3f}, {high:.3f}] (target ≤ 1.05: {paired_verdict(low, high, 1.05, at_most=True)})")
+    return lines + [""]
+
+
 def gpu_mode(device: str, n: int, d: int, layers: int) -> list[str]:
     import torch
     from phd_lab.probes.fit import probe_arrays
@@ -218,6 +245,9 @@ def main() -> None:
     parser.add_argument("--runs", default="bare,saga1,saga2,lbfgs,torch",
                         help="measurements, comma-separated from bare,saga1,saga2,seed1,lbfgs,torch (default: "
                              "all but seed1)")
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="(a): also this many paired rounds of bare fits and runner -mp 1, for the overhead's "
+                             "median and 95 %% interval (each round about a minute on 2 cores)")
     parser.add_argument("--gpu", action="store_true", help="only lbfgs-torch on --device, 50,000 × 8,192")
     parser.add_argument("--device", default="cuda", help="device of --gpu (default cuda)")
     parser.add_argument("--gpu-layers", type=int, default=3)
@@ -226,7 +256,7 @@ def main() -> None:
     if args.gpu:
         print("\n".join(gpu_mode(args.device, 50_000, 8_192, args.gpu_layers)))
         return
-    chosen = args.runs.split(",")
+    chosen = [run for run in args.runs.split(",") if run]
     unknown = sorted(set(chosen) - {"bare", *RUNS})
     if unknown:
         parser.error(f"unknown --runs {unknown}; choose from bare,{','.join(RUNS)}")
@@ -236,9 +266,11 @@ def main() -> None:
             start = time.perf_counter()
             latents = quickstart_latents(scratch)
             made = time.perf_counter() - start
-            lines = compare("(a) quickstart latents (VGG11 ¼ on Digits, 10 layers, 10–2,048 features)", latents,
-                            scratch, chosen)
+            title = "(a) quickstart latents (VGG11 ¼ on Digits, 10 layers, 10–2,048 features)"
+            lines = compare(title, latents, scratch, chosen) if chosen else [f"### {title}", ""]
             lines.insert(2, f"(training and extracting the quickstart run: {made:.1f} s)\n")
+            if args.pairs:
+                lines += paired_overhead(latents, scratch, args.pairs)
             print("\n".join(lines), flush=True)
         if args.only in (None, "b"):
             n, d = int(20_000 * args.scale), int(4_096 * args.scale)

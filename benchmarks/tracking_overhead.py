@@ -31,7 +31,6 @@ only when the whole interval lies on one side of it. Many short rounds (``--reps
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -42,7 +41,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from paired_stats import median_interval, paired_verdict  # noqa: E402
 from phd_lab.data import DataBundle  # noqa: E402
 from phd_lab.tracking import SaturationTracker, TrackerOptions, fused_gram, run_pass  # noqa: E402
 from phd_lab.tracking.callback import SaturationCallback  # noqa: E402
@@ -178,30 +179,6 @@ def timed(fn: Callable[[], None], device: torch.device) -> tuple[float, float]:
     fn()
     synchronise(device)
     return time.perf_counter() - start, time.process_time() - cpu
-
-
-def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Median of ``values`` and a distribution-free interval for it: the order statistics
-    x(k), x(n+1-k) with the largest k whose binomial(n, ½) tail stays within (1 − confidence)/2.
-    With fewer than 6 values no such interval exists and it spans all values."""
-    ordered, n = sorted(values), len(values)
-    tail, k = 0.0, 0
-    while k < n // 2:
-        tail += math.comb(n, k) / 2 ** n  # P(fewer than k + 1 values lie below the true median)
-        if tail > (1 - confidence) / 2:
-            break
-        k += 1
-    k = max(k, 1)
-    return statistics.median(ordered), ordered[k - 1], ordered[n - k]
-
-
-def paired_verdict(low: float, high: float, target: float, at_most: bool) -> str:
-    """'met', 'missed' or 'undecided': whether the whole interval lies on one side of the target."""
-    if (high <= target) if at_most else (low >= target):
-        return "met"
-    if (low > target) if at_most else (high < target):
-        return "missed"
-    return "undecided"
 
 
 def main() -> int:
