@@ -17,20 +17,21 @@ from tests.probe_latents import blob_layers, digits_layers, make_latents
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-@pytest.mark.parametrize("solver, scaled, C, max_iter", [
-    ("saga", False, 1.0, 100), ("saga", True, 0.3, 15), ("lbfgs", True, 2.0, 1000), ("lbfgs", False, 1.0, 7)])
-def test_probe_equals_direct_sklearn_fit(tmp_path, solver, scaled, C, max_iter):
+@pytest.mark.parametrize("solver, scaled, C, max_iter, tol", [
+    ("saga", False, 1.0, 100, 1e-4), ("saga", True, 0.3, 15, 1e-4), ("lbfgs", True, 2.0, 1000, 1e-4),
+    ("lbfgs", False, 1.0, 7, 1e-4), ("saga", False, 1.0, 100, 0.05)])
+def test_probe_equals_direct_sklearn_fit(tmp_path, solver, scaled, C, max_iter, tol):
     layers, y_train, y_eval = digits_layers(n_layers=1, width=24)
     _, folder = make_latents(tmp_path, layers, y_train, y_eval)
     x_train, x_eval = layers["features.0"]
-    settings = ProbeSettings(solver=solver, C=C, max_iter=max_iter, standardize=scaled, seed=3)
+    settings = ProbeSettings(solver=solver, C=C, max_iter=max_iter, tol=tol, standardize=scaled, seed=3)
     record = probe_layer(1, "features.0", folder / "train-features.0.npy", folder / "eval-features.0.npy",
                          folder / "train-labels.npy", folder / "eval-labels.npy", settings)
 
     if scaled:  # the runner's standardisation (equal to StandardScaler's, tested below) to the last bit:
         # lbfgs' iteration count moves with the last bits of its input, and rounding differs between CPUs
         x_train, x_eval = standardize(np.array(x_train), np.array(x_eval))
-    direct = LogisticRegression(solver=solver, C=C, max_iter=max_iter, tol=1e-4, random_state=3).fit(x_train, y_train)
+    direct = LogisticRegression(solver=solver, C=C, max_iter=max_iter, tol=tol, random_state=3).fit(x_train, y_train)
     assert record.train_acc == pytest.approx(direct.score(x_train, y_train), abs=1 / len(y_train) + 1e-12)
     assert record.eval_acc == pytest.approx(direct.score(x_eval, y_eval), abs=1 / len(y_eval) + 1e-12)
     assert record.n_iter == int(direct.n_iter_[0])
@@ -109,6 +110,21 @@ def test_settings_from_config_values_and_overrides():
         ProbeSettings.from_mapping({}, {"solver": "sgd"})
     with pytest.raises(ConfigError, match="only the lbfgs-torch solver runs on a GPU"):
         ProbeSettings.from_mapping({"probe_device": "cuda"})
+    # a false or zero value on the command line overrides the config as any other value does
+    assert ProbeSettings.from_mapping({"probe_standardize": True}, {"standardize": False}).standardize is False
+    assert ProbeSettings.from_mapping({"probe_seed": 5}, {"seed": 0}).seed == 0
+    for device in ("cuda:0x", "cpu ", "cuda:"):
+        with pytest.raises(ConfigError, match="must be cpu, cuda or cuda:N"):
+            ProbeSettings.from_mapping({"probe_solver": "lbfgs-torch", "probe_device": device})
+
+
+def test_the_seed_keys_an_lbfgs_probe_only_when_it_draws_a_subsample():
+    """lbfgs starts from zeros, so its seed changes nothing, unless it draws a training subsample: then two
+    seeds are two different probes and must not share a cache entry."""
+    assert "seed" not in ProbeSettings(solver="lbfgs", seed=1).key()
+    assert ProbeSettings(solver="lbfgs", seed=1).key() == ProbeSettings(solver="lbfgs", seed=2).key()
+    assert ProbeSettings(solver="lbfgs", train_samples=100, seed=1).key()["seed"] == 1
+    assert ProbeSettings(solver="saga", seed=1).key() != ProbeSettings(solver="saga", seed=2).key()
 
 
 @pytest.mark.parametrize("implementation", ["numpy", "torch"])
@@ -117,6 +133,7 @@ def test_standardize_equals_standard_scaler_including_constant_features(implemen
     spread, offset = [1, 10, 0.01, 3, 1, 1, 1], [5, -2, 100, 0, 7, 0, 1e4]
     x_train = (rng.standard_normal((1000, 7)) * spread + offset).astype(np.float32)
     x_train[:, 4] = 7.0  # constant: scale 1, as StandardScaler does
+    x_train[:, 5] = 0.0  # a dead ReLU unit: zero variance around a zero mean is constant too, not 0 / 0
     # two values 1 ulp apart around 1e4: not constant by StandardScaler's rule, so scaled to ±1
     x_train[:, 6] = np.float32(1e4) + np.float32(1e4) * np.finfo(np.float32).eps * (np.arange(1000) % 2)
     x_eval = (rng.standard_normal((300, 7)) * 2).astype(np.float32)
@@ -132,7 +149,8 @@ def test_standardize_equals_standard_scaler_including_constant_features(implemen
     assert train.dtype == evaluation.dtype == np.float32
     np.testing.assert_allclose(train, scaler.transform(x_train.astype(np.float64)), rtol=0, atol=1e-6)
     np.testing.assert_allclose(evaluation, scaler.transform(x_eval.astype(np.float64)), rtol=1e-6, atol=1e-6)
-    assert np.all(train[:, 4] == 0.0)
+    assert np.all(train[:, 4] == 0.0) and np.all(train[:, 5] == 0.0)
+    np.testing.assert_array_equal(evaluation[:, 5], x_eval[:, 5])  # centred on 0, scaled by 1
 
 
 def test_lbfgs_torch_minimises_scikit_learns_objective_on_two_classes():
@@ -228,3 +246,32 @@ def test_saga_fits_memory_mapped_latents_in_place_and_copies_only_to_standardise
     own = np.array(x_train)
     probe_arrays(0, "l", own, y_train, x_eval, y_eval, ProbeSettings(max_iter=15, seed=1, standardize=True))
     np.testing.assert_array_equal(own, x_train)  # standardised on a copy, the caller's array untouched
+
+
+def test_latents_with_inf_in_the_eval_file_name_that_file(tmp_path):
+    """A float16 overflow leaves inf, not NaN; the evaluation file is checked as well as the training file, and
+    the message names the file that holds them."""
+    from phd_lab.probes.fit import NonFiniteLatents
+    layers, y_train, y_eval = blob_layers(n_layers=1)
+    x_train, x_eval = layers["block0.conv"]
+    x_eval = x_eval.copy()
+    x_eval[3, 1] = -np.inf
+    _, folder = make_latents(tmp_path, {"block0.conv": (x_train, x_eval)}, y_train, y_eval)
+    with pytest.raises(NonFiniteLatents) as error:
+        probe_layer(1, "block0.conv", folder / "train-block0.conv.npy", folder / "eval-block0.conv.npy",
+                    folder / "train-labels.npy", folder / "eval-labels.npy", ProbeSettings(solver="lbfgs"))
+    assert f"Latents file {str(folder / 'eval-block0.conv.npy')!r}" in str(error.value)
+    assert "hold 1 NaN or infinite value(s)" in str(error.value) and error.value.split == "eval"
+
+
+def test_a_class_seen_only_in_the_eval_set_gets_its_row_and_column_in_the_confusion_matrix(tmp_path):
+    """The probe cannot predict a class it never saw; its eval samples count as errors in a row of their own
+    (normalised to 1), so the matrix shows the class instead of silently dropping it."""
+    layers, y_train, y_eval = blob_layers(n_layers=1, classes=4)
+    x_train, x_eval = layers["block0.conv"]
+    seen = y_train != 3
+    record = probe_arrays(1, "block0.conv", x_train[seen], y_train[seen], x_eval, y_eval, ProbeSettings())
+    matrix = record.confusion_matrix()
+    assert matrix.shape == (4, 4) and (y_eval == 3).any()
+    assert matrix[3].sum() == pytest.approx(1.0) and matrix[3, 3] == 0.0 and np.all(matrix[:, 3] == 0.0)
+    assert record.eval_acc == pytest.approx(np.mean(y_eval != 3), abs=0.05)  # the unseen class: all wrong
