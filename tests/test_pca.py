@@ -125,6 +125,36 @@ def test_insert_pca_layers_follows_every_conv_and_linear() -> None:
     assert not torch.allclose(projected(data), model(data), atol=1e-3)  # the projection does change the output
 
 
+def test_a_rank_deficient_layer_keeps_no_negative_eigenvalues() -> None:
+    """More features than directions of variance: rounding makes the extra eigenvalues slightly negative, and
+    the layer's spectrum (what k is read from) holds them as 0."""
+    generator = torch.Generator().manual_seed(2)
+    data = torch.randn(300, 2, generator=generator) @ torch.randn(2, 12, generator=generator)
+    layer = collected(LinearPCA(12, delta=0.99), data)
+    raw = torch.linalg.eigvalsh(layer.accumulator.covariance())
+    assert raw.min() < 0.0  # what rounding gives here
+    values, _ = layer.eigen()
+    assert values.min() == 0.0 and torch.all(values[:-1] >= values[1:]) and layer.k <= 2
+
+
+def test_the_saturation_of_a_projection_is_the_mean_of_the_layers_saturations() -> None:
+    """s_μ averages k / features over the layers (thesis §7.4), so a narrow layer weighs as much as a wide one;
+    Σk / Σfeatures, the other reading, is what dims_sum / feature_dims_sum give."""
+    from phd_lab.tracking.projection import projection_table
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 40), nn.ReLU(), nn.Linear(40, 4))
+    data = [(torch.randn(50, 10), torch.randint(0, 4, (50,))) for _ in range(3)]
+    layer_dims: list[dict] = []
+    table = projection_table(model, data, data, torch.device("cpu"), deltas=[0.9], random_control=False,
+                             layer_dims=layer_dims)
+    (row,) = table[table["basis"] == "pca"].to_dict("records")
+    assert {d["layer"]: d["features"] for d in layer_dims} == {"0": 40, "2": 4}
+    expected = np.mean([d["k"] / d["features"] for d in layer_dims])
+    assert row["saturation_mean"] == pytest.approx(expected, rel=1e-12)
+    assert row["dims_sum"] == sum(d["k"] for d in layer_dims) and row["feature_dims_sum"] == 44
+    assert abs(row["saturation_mean"] - row["dims_sum"] / row["feature_dims_sum"]) > 0.01
+
+
 def test_a_layer_the_eval_forward_never_calls_stays_unprojected_and_uncounted(caplog) -> None:
     """An auxiliary head that runs only in training mode (GoogLeNet, Inception v3) gets no covariance in the
     project step's eval-mode pass: it is left out with a warning instead of failing the step."""

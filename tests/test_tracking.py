@@ -251,6 +251,43 @@ def test_reset_and_close() -> None:
     tracker.close()  # idempotent
 
 
+def test_reset_starts_the_batch_selection_of_a_new_pass() -> None:
+    """The trainer resets between the training and the test pass: with max_batches and every_n, the second pass
+    must select its own first batches, not go on counting from the first pass (and record nothing)."""
+    model, data = seeded_model(4), digits_images(96)
+    first, second = data[:48].split(16), data[48:].split(16)
+    tracker = SaturationTracker(model, max_batches=2, every_n=2)
+    with torch.no_grad():
+        for batch in first:  # batches 0 and 2 recorded
+            model(batch)
+        tracker.reset()
+        for batch in second:  # again batches 0 and 2 of this pass
+            model(batch)
+    alone = track(seeded_model(4), torch.cat([second[0], second[2]]), batch=16)
+    for name in tracker.layer_names:
+        assert torch.equal(tracker.covariance(name), alone.covariance(name))
+    assert tracker.compute()["n"].tolist() == alone.compute()["n"].tolist() == [32 * 64, 32 * 16, 32]
+
+
+def test_rounding_never_gives_negative_eigenvalues_and_a_singular_layer_warns_nothing() -> None:
+    """A rank-deficient covariance (dead units, more features than observations) has eigenvalues that rounding
+    makes slightly negative: they are reported as 0, and its log det is -inf without a divide-by-zero warning
+    in every epoch's log."""
+    import warnings
+
+    from phd_lab.tracking.saturation import layer_statistics
+    rng = np.random.default_rng(1)
+    rank_two = np.cov(rng.normal(size=(200, 2)) @ rng.normal(size=(2, 12)), rowvar=False, bias=True)
+    assert np.linalg.eigvalsh(rank_two).min() < 0.0  # what rounding gives here
+    values = sorted_eigenvalues(rank_two)
+    assert values.min() == 0.0 and np.all(np.diff(values) <= 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        statistics = layer_statistics(rank_two, 0.99, 200)
+        assert layer_statistics(np.zeros((4, 4)), 0.99, 10)["log_det"] == -np.inf
+    assert statistics["log_det"] == -np.inf and statistics["intrinsic_dimension"] <= 2
+
+
 def test_include_exclude_patterns() -> None:
     model = seeded_model()
     names = SaturationTracker(model, include=["body.*"], exclude=["*.2"]).layer_names
