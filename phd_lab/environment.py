@@ -22,20 +22,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def available_memory() -> int | None:
+def available_memory(meminfo: Path = Path("/proc/meminfo"), cgroups: Path = Path("/sys/fs/cgroup"),
+                     membership: Path = Path("/proc/self/cgroup")) -> int | None:
     """Bytes of memory this process may still take: the kernel's MemAvailable, or less where a memory cgroup (a
     batch system's job, a container) on the way from this process' cgroup to the root limits it. A cgroup's
     headroom is its limit minus its usage, less the file cache it could drop (``inactive_file``). None where
     nothing can be read (not Linux)."""
     limits = []
     try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
+        with open(meminfo, encoding="ascii") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
                     limits.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    limits += _cgroup_headrooms()
+    limits += _cgroup_headrooms(cgroups, membership)
     return min(limits) if limits else None
 
 

@@ -139,6 +139,54 @@ def test_unreadable_cache_entry_is_refitted(tmp_path):
     assert json.loads(entry.read_text())["record"]["layer"] == "block0.conv"
 
 
+def test_a_cache_entry_stored_under_another_key_is_not_taken(tmp_path, caplog):
+    """An entry is found by the digest of its key, and it holds the key itself: an entry whose key differs (a
+    copied or damaged cache file) is a miss, not another probe's result."""
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    cache = ResultCache(tmp_path / "cache")
+    first, second = build_tasks(jobs_from_latents(latents)[0])
+    run_probes([first], cache, progress=False)
+    cache.path(second.key).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(cache.path(first.key), cache.path(second.key))
+    with caplog.at_level(logging.WARNING):
+        assert cache.get(second.key) is None
+    assert "its key does not match" in caplog.text and cache.get(first.key) is not None
+
+
+def test_the_cache_key_holds_the_probe_algorithms_version_and_torchs_for_the_torch_solver():
+    """A change of what a record means (ALGORITHM_VERSION), or another torch for lbfgs-torch, must not hit the
+    records of the old one; torch's version does not key the scikit-learn solvers."""
+    import torch
+
+    from phd_lab.probes.cache import ALGORITHM_VERSION, library_versions
+    assert library_versions("saga")["probe_algorithm"] == str(ALGORITHM_VERSION)
+    assert "torch" not in library_versions("lbfgs")
+    assert library_versions("lbfgs-torch")["torch"] == torch.__version__
+
+
+def test_layers_are_fitted_largest_first_and_a_failed_runs_other_layers_not_at_all(tmp_path):
+    """The largest layers start first (the longest fits should not be left for the end, with one core busy); a
+    run whose latents turn out NaN fails alone, and its layers not yet fitted are skipped: no fit for nobody."""
+    rng = np.random.default_rng(0)
+    y_train, y_eval = rng.integers(0, 3, 200), rng.integers(0, 3, 100)
+    widths = {"narrow": 4, "wide": 32, "middle": 12}
+    layers = {name: (rng.normal(size=(200, d)).astype(np.float32), rng.normal(size=(100, d)).astype(np.float32))
+              for name, d in widths.items()}
+    _, healthy = make_latents(tmp_path, layers, y_train, y_eval, name="healthy")
+    broken = {name: (train + 1.0, evaluation) for name, (train, evaluation) in layers.items()}  # other data
+    broken["wide"] = (np.full((200, 32), np.nan, np.float32), layers["wide"][1])
+    _, diverged = make_latents(tmp_path, broken, y_train, y_eval, name="diverged")
+    jobs = jobs_from_latents(healthy, {"solver": "lbfgs"})[0] + jobs_from_latents(diverged, {"solver": "lbfgs"})[0]
+    tasks = build_tasks(jobs)
+    order: list[tuple[int, str]] = []
+    cache = ResultCache(tmp_path / "cache")
+    with pytest.raises(RunFailure, match="NaN"):
+        run_probes(tasks, cache, progress=False, on_record=lambda task, record, cached: order.append((task.job,
+                                                                                                       task.layer)))
+    assert order == [(0, "wide"), (0, "middle"), (0, "narrow")]  # the diverged run's wide layer failed first
+    assert [cache.get(task.key) is not None for task in tasks] == [True, True, True, False, False, False]
+
+
 def test_parallel_workers_give_the_same_records_as_in_process(tmp_path):
     run_dir, latents = make_latents(tmp_path, *digits_layers(n_layers=3, width=16))
     serial = run_jobs(jobs_from_latents(latents)[0], tmp_path / "c0", workers=0, progress=False)[0]
@@ -327,6 +375,7 @@ def test_error_manifest_missing(tmp_path, capsys):
     (lambda m: m.update(format=7), "format is 7"),
     (lambda m: m["layers"][0].update(shape=[5, 5]), "layers[0].shape is [5, 5]"),
     (lambda m: m["layers"][0].update(shape=1000), "layers[0].shape is 1000"),
+    (lambda m: m["layers"][2].update(index=1), "layer indices repeat ([1, 1, 2])"),
 ])
 def test_error_manifest_incomplete(tmp_path, capsys, mutate, match):
     run_dir, latents = make_latents(tmp_path)
@@ -467,6 +516,22 @@ def test_error_malformed_scheduler_before_any_file_is_hashed(tmp_path, capsys):
     assert "'bogus' is neither a scheduler address" in " ".join(err.split())
     assert "%|" not in err and "Traceback" not in err  # no progress bar drawn before the error
     assert not (run_dir / ".probe_cache").exists() and not (run_dir / "probe_performances.csv").exists()
+
+
+def test_a_latents_file_rewritten_in_place_after_verification_is_not_fitted(tmp_path):
+    """np.save onto an existing path keeps its inode, and the same shape keeps its size: the modification time
+    is what tells the rewritten file from the verified one."""
+    from phd_lab.probes.job import validate_jobs
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    jobs, _ = jobs_from_latents(latents)
+    (task,) = build_tasks(jobs, validate_jobs(jobs)[0])
+    path = Path(task.train)
+    inode, size, mtime = os.stat(path).st_ino, os.path.getsize(path), os.stat(path).st_mtime_ns
+    np.save(path, np.load(path) * 0.5)
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))  # a second later, whatever the clock's granularity
+    assert (os.stat(path).st_ino, os.path.getsize(path)) == (inode, size)
+    with pytest.raises(RunFailure, match="changed after the probe job verified its sha256"):
+        run_probes([task], ResultCache(tmp_path / "cache"), progress=False)
 
 
 def test_a_latents_file_replaced_after_verification_is_neither_fitted_nor_cached(tmp_path):
@@ -960,6 +1025,11 @@ def test_a_run_whose_layers_all_come_from_the_cache_keeps_its_files_when_they_ar
     (run_dir / "probe_performances.csv").write_text("index,layer\n")
     assert cli(*argv) == 0
     assert {path: path.read_bytes() for path in files} == contents  # written again, byte for byte
+    stale = [run_dir / "probe_confusion" / f"009-old.conv{suffix}" for suffix in (".npy", ".png")]
+    for path in stale:  # a layer an earlier extraction had: not this probe's result
+        path.write_bytes(b"")
+    assert cli(*argv) == 0
+    assert not any(path.exists() for path in stale)
 
 
 def test_a_write_cut_short_is_completed_by_the_next_job_although_every_layer_is_cached(tmp_path):
@@ -1019,6 +1089,7 @@ def test_workers_that_fit_count_the_largest_layers_copies_held_at_once():
     from phd_lab.probes.memory import workers_that_fit
     assert workers_that_fit([10, 10, 10, 10], 4, 25) == 2
     assert workers_that_fit([30, 5, 5], 3, 35) == 2  # the largest first, as the job starts them
+    assert workers_that_fit([5, 30, 5], 2, 20) == 1  # not the two small ones: the large one runs among the first
     assert workers_that_fit([100], 4, 1) == 1  # one layer larger than the budget still runs, alone
     assert workers_that_fit([0, 0, 0], 3, 1) == 3  # fits on the memory map hold no copies
     assert workers_that_fit([10, 10], 4, None) == 4  # memory unknown: as asked
@@ -1044,6 +1115,20 @@ def test_a_job_starts_fewer_workers_where_the_layers_copies_would_not_fit_in_mem
     reads_only = subprocess.run([*base, "--solver", "saga", "--max-memory", "0.00001", "--cache-dir",
                                  str(tmp_path / "b")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert reads_only.returncode == 0 and "worker process(es) are started" not in reads_only.stderr  # no copies
+
+
+def test_layers_taken_from_the_cache_do_not_count_against_the_memory(tmp_path, caplog):
+    """Only the layers still to fit hold copies: a repeated job whose layers are cached must not warn that it
+    starts fewer workers, however little memory is given."""
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=3))
+    settings = {"solver": "lbfgs"}
+    run_jobs(jobs_from_latents(latents, settings)[0], tmp_path / "cache", workers=0, progress=False)
+    with caplog.at_level(logging.WARNING):
+        run_jobs(jobs_from_latents(latents, settings)[0], tmp_path / "cache", workers=2, progress=False, memory=1)
+    assert "worker process(es) are started" not in caplog.text
+    with caplog.at_level(logging.WARNING):  # the same job on an empty cache: all three would copy their layer
+        run_jobs(jobs_from_latents(latents, settings)[0], tmp_path / "other", workers=2, progress=False, memory=1)
+    assert "-mp 2: only 1 worker process(es) are started" in caplog.text
 
 
 def test_max_memory_must_be_positive(tmp_path, capsys):
@@ -1117,8 +1202,31 @@ def test_memory_cgroups_on_the_way_to_the_root_limit_what_is_available(tmp_path)
     (v1 / "memory.limit_in_bytes").write_text("8000000000\n")
     (v1 / "memory.usage_in_bytes").write_text("2000000000\n")
     (v1 / "memory.stat").write_text("total_inactive_file 500000000\n")
-    (tmp_path / "v1" / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # unlimited
+    v1_root = tmp_path / "v1" / "memory"
+    (v1_root / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # how v1 writes "unlimited"
+    (v1_root / "memory.usage_in_bytes").write_text("30000000000\n")
+    (v1_root / "memory.stat").write_text("total_inactive_file 0\n")
     membership.write_text("12:cpu,cpuacct:/user/job\n11:memory:/user/job\n")
     assert _cgroup_headrooms(tmp_path / "v1", membership) == [6_500_000_000]
+    (v1 / "memory.usage_in_bytes").write_text("9000000000\n")  # over its limit for a moment: no headroom, not < 0
+    assert _cgroup_headrooms(tmp_path / "v1", membership) == [0]
     membership.write_text("0::/\n")
     assert _cgroup_headrooms(tmp_path / "none", membership) == []
+
+
+def test_the_memory_available_is_the_tightest_of_the_kernels_and_every_cgroups(tmp_path):
+    """MemAvailable of the machine, or less where a cgroup on the way to the root has less headroom."""
+    from phd_lab.environment import available_memory
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       32000000 kB\nMemFree:  1000 kB\nMemAvailable:   20000000 kB\n")
+    job = tmp_path / "v2" / "job"
+    job.mkdir(parents=True)
+    (job / "memory.max").write_text("8000000000\n")
+    (job / "memory.current").write_text("1000000000\n")
+    (job / "memory.stat").write_text("inactive_file 0\n")
+    membership = tmp_path / "cgroup"
+    membership.write_text("0::/job\n")
+    assert available_memory(meminfo, tmp_path / "v2", membership) == 7_000_000_000  # the job's limit
+    (job / "memory.max").write_text("80000000000\n")
+    assert available_memory(meminfo, tmp_path / "v2", membership) == 20_000_000 * 1024  # the machine's
+    assert available_memory(tmp_path / "missing", tmp_path / "none", tmp_path / "missing") is None

@@ -35,6 +35,8 @@ def test_a_plot_on_a_kept_figure_is_the_plot_drawn_alone():
     with ConfusionPlots() as alone:
         assert drawn == alone.png(last, range(10), "features.1 (eval acc 0.900)")
     assert drawn[:8] == PNG and drawn != first
+    with ConfusionPlots() as kept:  # the same title and classes: only the matrix tells the plots apart
+        assert kept.png(ten, range(10), "features.0") != kept.png(last, range(10), "features.0")
     assert Image.open(io.BytesIO(drawn)).size == (440, 410)
 
 
@@ -56,6 +58,37 @@ def test_long_titles_wrap_into_three_lines_and_keep_their_end():
     lines = wrapped_title("x" * 200 + " (eval\u00a0acc\u00a00.431)", 46).split("\n")
     assert len(lines) == 3 and lines[0].startswith("…") and lines[-1].endswith("(eval\u00a0acc\u00a00.431)")
     assert all(len(line) <= 46 for line in lines)
+    three = "a" * 40 + " " + "b" * 40 + " " + "c" * 40  # exactly three lines: nothing is cut
+    assert wrapped_title(three, 46).split("\n") == ["a" * 40, "b" * 40, "c" * 40]
+
+
+def test_many_classes_get_about_twenty_labelled_ticks():
+    """A 100-class confusion plot labels every fifth class: all 100 labels would overlap, 5 say too little."""
+    from phd_lab.plots.probes import _label_confusion_axes
+    figure, ax = plt.subplots()
+    try:
+        _label_confusion_axes(ax, list(range(100)))
+        assert [t.get_text() for t in ax.get_xticklabels()] == [str(c) for c in range(0, 100, 5)]
+        assert len(ax.get_yticks()) == 20
+    finally:
+        plt.close(figure)
+
+
+def test_the_accuracy_plot_draws_the_layers_in_forward_order_whatever_the_tables_row_order():
+    """A table read back from a CSV written in another order (or concatenated from sets) must still draw layer 1
+    first: the plot is read as a curve over depth."""
+    import pandas as pd
+
+    from phd_lab.plots.probes import plot_probe_accuracy
+    table = pd.DataFrame({"index": [3, 1, 2], "layer": ["c", "a", "b"], "train_acc": [0.9, 0.5, 0.7],
+                          "eval_acc": [0.8, 0.4, 0.6]})
+    ax = plot_probe_accuracy(table, model_accuracy=0.85)
+    try:
+        train, evaluation = ax.lines[0], ax.lines[1]
+        assert list(evaluation.get_ydata()) == [0.4, 0.6, 0.8] and list(train.get_ydata()) == [0.5, 0.7, 0.9]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    finally:
+        plt.close(ax.figure)
 
 
 def test_a_job_s_confusion_plots_are_each_layer_s_drawn_alone(tmp_path):
