@@ -648,6 +648,11 @@ def test_runs_whose_latents_are_being_extracted_are_skipped_not_fatal(tmp_path, 
     # the extraction died with its process: now the folder is an unfinished extraction, as before
     assert cli("--latents", str(busy.latents()), "-mp", "0") == 2
     assert "the extraction is unfinished" in " ".join(capsys.readouterr().err.split())
+    # held from another node of a shared file system: that process cannot be checked, so it counts as extracting
+    busy.lock.write_text("PID 4242 on host another-node\n")
+    assert cli("--config", str(config), "-mp", "0") == 0
+    warning = " ".join(capsys.readouterr().err.split())
+    assert "its latents are being extracted" in warning and "another-node" in warning
 
 
 def test_a_grid_job_probes_the_other_runs_when_one_extraction_died_or_one_run_is_busy(tmp_path, capsys):
