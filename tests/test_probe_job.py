@@ -1119,7 +1119,8 @@ def test_a_job_starts_fewer_workers_where_the_layers_copies_would_not_fit_in_mem
     assert len(one_at_a_time) == 3
     reads_only = subprocess.run([*base, "--solver", "saga", "--max-memory", "0.00001", "--cache-dir",
                                  str(tmp_path / "b")], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert reads_only.returncode == 0 and "worker process(es) are started" not in reads_only.stderr  # no copies
+    assert reads_only.returncode == 0  # no copies: no warning (stderr is wrapped: normalised first)
+    assert "worker process(es) are started" not in " ".join(reads_only.stderr.split())
 
 
 def test_layers_taken_from_the_cache_do_not_count_against_the_memory(tmp_path, caplog):
