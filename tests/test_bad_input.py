@@ -106,6 +106,10 @@ CASES = {
     "target_saturation_reversed": ({"target_saturation": [0.3, 0.2]},
                                    ["'target_saturation' must be [low, high] with 0 < low < high <= 1", "[0.3, 0.2]"]),
     "target_saturation_single": ({"target_saturation": [0.2]}, ["'target_saturation' must be [low, high]"]),
+    # a band of width zero: no saturation lies strictly inside it, so no run could ever hit the target
+    "target_saturation_of_zero_width": ({"target_saturation": [0.2, 0.2]},
+                                        ["'target_saturation' must be [low, high] with 0 < low < high <= 1",
+                                         "[0.2, 0.2]"]),
     "probe_device_that_is_no_device": ({"probe_device": "gpu"}, ["the key 'probe_device' must be cpu, cuda or cuda:N"]),
     "probe_device_for_a_cpu_solver": ({"probe_device": "cuda"}, ["only the lbfgs-torch solver runs on a GPU"]),
     "project_exclude_matching_nothing": ({"post_processing": [{"name": "project", "exclude": ["*downsample*"]}]},

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from phd_lab.errors import ConfigError, ExtractionError
 from phd_lab.extraction import PAUSE_ENV, extract_latents
@@ -186,6 +187,19 @@ def test_a_latents_file_changed_since_extraction_is_extracted_again(tmp_path, da
     again = extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False)
     assert again == first
     assert sha(tmp_path / entry["train"]) == entry["sha256"]["train"]
+
+
+def test_latents_of_another_number_of_samples_are_extracted_again(tmp_path, data):
+    """The same model and settings on a test split that has since shrunk (a data folder replaced): the old files
+    hold 360 rows, so reusing them would hand the probes labels and latents of samples no longer in the split."""
+    model = build_model()
+    first = extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False)
+    fewer = TensorDataset(*(tensor[:300] for tensor in data["eval"].dataset.tensors))
+    again = extract_latents(model, {"train": data["train"], "eval": DataLoader(fewer, batch_size=100)}, tmp_path,
+                            run_dir=tmp_path, progress=False)
+    assert again["labels"]["sha256"]["eval"] != first["labels"]["sha256"]["eval"]
+    assert np.load(tmp_path / again["labels"]["eval"]).shape == (300,)
+    assert all(np.load(tmp_path / entry["eval"]).shape[0] == 300 for entry in again["layers"])
 
 
 def test_unknown_layer_is_named(tmp_path, data):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader
 
 from phd_lab.errors import ConfigError, ExtractionError
 from phd_lab.extraction import PIXELWISE, extract_latents
@@ -112,6 +113,17 @@ def test_a_failed_extraction_leaves_no_empty_latents_folder_but_keeps_other_file
     with pytest.raises(RuntimeError, match="channels"):
         extract_latents(wrong_channels, data, latents, run_dir=tmp_path, layers=["0"], progress=False)
     assert [p.name for p in latents.iterdir()] == ["notes.txt"]
+
+
+def test_a_loader_that_drops_samples_fails_the_extraction_instead_of_writing_short_files(tmp_path, data):
+    """drop_last leaves 37 of the 1,437 training samples out: a file whose header announces 1,437 rows but holds
+    1,400 would not load; the extraction stops, names the count and leaves no latents folder."""
+    dropping = {"train": DataLoader(data["train"].dataset, batch_size=100, drop_last=True), "eval": data["eval"]}
+    with pytest.raises(ExtractionError, match=r"train-[\w.]+\.npy: 1400 rows written, the dataset has 1437; the "
+                                              r"loader must not drop samples"):
+        extract_latents(build_model(), dropping, tmp_path / "latents", run_dir=tmp_path, layers=["head"],
+                        progress=False)
+    assert not (tmp_path / "latents").exists()
 
 
 def test_tiny_imagenet_skips_hidden_folders_in_train(tmp_path):

@@ -48,6 +48,21 @@ def test_a_point_holds_its_own_values_and_none_of_the_axes_lists():
         grid.varying(len(grid))
 
 
+def test_a_points_swept_list_or_mapping_is_its_own_copy():
+    """An axis' value that is itself a list or a mapping (a metrics list, a post-processing step with options)
+    is copied into each point: changing the point's value leaves the grid's axis, its table and later points."""
+    raw = {"model": "m", "dataset": "d", "metrics": [["Accuracy"], ["Accuracy", "MCC"]],
+           "post_processing": [[{"name": "extract", "splits": ["test"]}], []]}
+    grid = Grid(raw)
+    point = grid.point(0)
+    assert point["metrics"] == ["Accuracy"] and point["post_processing"] == [{"name": "extract", "splits": ["test"]}]
+    point["metrics"].append("Top5Accuracy")
+    point["post_processing"][0]["splits"].append("train")
+    assert grid.point(0)["metrics"] == ["Accuracy"]
+    assert grid.point(0)["post_processing"] == [{"name": "extract", "splits": ["test"]}]
+    assert grid.varying(0) == {"metrics": ["Accuracy"], "post_processing": [{"name": "extract", "splits": ["test"]}]}
+
+
 def test_order_independent_of_key_order_in_file():
     keys = list(RAW)
     random.Random(3).shuffle(keys)

@@ -69,6 +69,17 @@ def test_bad_schedule_is_rejected():
         optimizers.adam(nn.Linear(3, 2), epochs=5, step_size=2, gamma=2.0)
 
 
+def test_gamma_one_keeps_the_learning_rate():
+    """gamma may be 1 (documented range (0, 1]): a step schedule that keeps the rate, e.g. a grid point of a
+    sweep over gamma that turns the decay off, is accepted and leaves lr as it is."""
+    for gamma in (1, 1.0):
+        sgd, step = optimizers.sgd(nn.Linear(3, 2), epochs=5, lr=0.05, step_size=1, gamma=gamma)
+        for _ in range(3):
+            sgd.step()
+            step.step()
+        assert step.gamma == 1.0 and sgd.param_groups[0]["lr"] == 0.05
+
+
 def run_batches(name, labels, logits, batch=7):
     metric = REG.metrics.get(name)()
     metric.update(torch.tensor([0]), torch.zeros(1, logits.shape[1]))  # stale state must be reset
@@ -119,3 +130,24 @@ def test_perfect_and_constant_predictions():
     constant = np.tile(np.array([[1.0, 0.0, 0.0]], dtype=np.float32), (4, 1))
     assert run_batches("MCC", labels, constant) == 0.0
     assert run_batches("BalancedAccuracy", labels, constant) == pytest.approx(1 / 3)
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+@pytest.mark.parametrize("name", ["BalancedAccuracy", "MCC", "PerClassRecall"])
+def test_confusion_metrics_grow_with_labels_beyond_the_logits_width(name):
+    """Labels 3 and 4 first show in a later batch of a 3-way model: the confusion matrix grows to 5 classes and
+    keeps the counts of the earlier batches, so the metrics still equal scikit-learn's over all samples."""
+    rng = np.random.default_rng(11)
+    labels = np.concatenate([rng.integers(0, 3, size=14), rng.integers(0, 5, size=30)])
+    logits = rng.normal(size=(44, 3)).astype(np.float32)
+    logits[labels < 3, labels[labels < 3]] += 1.0
+    predicted = logits.argmax(axis=1)
+    assert labels[:7].max() < 3 and {3, 4} <= set(labels[14:])
+    got = run_batches(name, labels, logits)
+    if name == "BalancedAccuracy":
+        assert got == pytest.approx(balanced_accuracy_score(labels, predicted))
+    elif name == "MCC":
+        assert got == pytest.approx(matthews_corrcoef(labels, predicted))
+    else:
+        expected = recall_score(labels, predicted, labels=[0, 1, 2, 3, 4], average=None, zero_division=0)
+        assert [got[str(i)] for i in range(5)] == pytest.approx(list(expected))

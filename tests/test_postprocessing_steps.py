@@ -155,3 +155,52 @@ def test_a_copied_run_folder_keeps_its_step_results(tmp_path, capsys):
     err = run_in_process(copy / f"{run_name(copy)}_config.json", capsys)
     assert f"flops of {run_name(copy)}: up to date" not in err
     assert f"receptive_field of {run_name(copy)}: up to date" in err
+
+
+def test_results_stamped_by_an_older_version_of_a_step_are_computed_again(tmp_path, capsys):
+    """A step's stamp records its version: results an earlier version wrote (receptive_field.csv before the
+    onward columns, version 2) are recomputed by a rerun, not kept for the same model and parameters."""
+    from phd_lab.steps.receptive_field import ReceptiveFieldStep
+    config = write_config(tmp_path, ["receptive_field"])
+    run_in_process(config, capsys)
+    (run,) = [p.parent for p in (tmp_path / "logs").rglob("*_config.json")]
+    stamps = json.loads((run / ".steps.json").read_text())
+    assert stamps["receptive_field"]["version"] == ReceptiveFieldStep.version == 3
+    stamps["receptive_field"]["version"] = 2
+    (run / ".steps.json").write_text(json.dumps(stamps))
+    err = run_in_process(config, capsys)
+    assert f"Post-processing step receptive_field of {run_name(run)}" in err and "up to date" not in err
+    assert json.loads((run / ".steps.json").read_text())["receptive_field"]["version"] == 3
+
+
+def test_a_step_that_failed_half_way_keeps_no_stamp_of_its_earlier_results(tmp_path, capsys):
+    """project writes its CSV, then its plot. When the plot cannot be written (here: a folder in its place) the
+    CSV already holds the new deltas; the stamp of the earlier parameters must be gone, so that a rerun with
+    those does not keep the new CSV as their results."""
+    steps = [{"name": "project", "deltas": [0.9]}]
+    run_in_process(write_config(tmp_path, steps), capsys)
+    (run,) = [p.parent for p in (tmp_path / "logs").rglob("*_config.json")]
+    assert "project" in json.loads((run / ".steps.json").read_text())
+    (run / "projections.png").unlink()
+    (run / "projections.png").mkdir()
+    code, err = main_in_process(capsys, "--config", str(write_config(tmp_path, [{"name": "project",
+                                                                                 "deltas": [0.9, 0.99]}])),
+                                "--no-progress")
+    assert code != 0 and "projections.png" in err and not list(run.glob(".projections.png.*.tmp"))
+    assert sorted(pd.read_csv(run / "projections.csv")["delta"].unique()) == [0.9, 0.99, 1.0]  # half done
+    assert "project" not in json.loads((run / ".steps.json").read_text())
+    code, err = main_in_process(capsys, "--config", str(write_config(tmp_path, steps)), "--no-progress")
+    assert f"project of {run_name(run)}: up to date" not in err
+    assert f"Post-processing step project of {run_name(run)}" in err
+
+
+def test_the_extract_step_takes_the_training_split_in_order_and_the_test_split_as_eval(tmp_path, capsys):
+    """The probes are fitted on the training split's latents and scored on the test split's ("eval"): the label
+    files must be those splits' labels, the training split unshuffled and the eval one not the training split."""
+    from phd_lab.datasets.digits import digits_tensors
+    run_in_process(write_config(tmp_path, [{"name": "extract", "layers": ["classifier"]}]), capsys)
+    (run,) = [p.parent for p in (tmp_path / "logs").rglob("*_config.json")]
+    train, test = digits_tensors(8)
+    np.testing.assert_array_equal(np.load(run / "latents" / "eval-labels.npy"), test.tensors[1].numpy())
+    np.testing.assert_array_equal(np.load(run / "latents" / "train-labels.npy"), train.tensors[1].numpy())
+    assert np.load(run / "latents" / "eval-classifier.npy").shape == (360, 10)

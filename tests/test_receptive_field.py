@@ -494,3 +494,63 @@ def test_a_global_gate_viewed_as_a_feature_map_stays_global():
 
     got = table(SqueezeExcite())
     assert got["b"] == (3, 3, 5, 5, 1) and got["fc"] == (math.inf,) * 5
+
+
+def test_paths_with_different_jumps_report_the_largest_jump():
+    """A tensor reached with jumps 1 and 2 (a 1×1 conv beside a strided, padded one): the jump column is the
+    largest, the step between output positions on the coarsest path; a 3×3 conv grows each path by its jump."""
+    class MixedJumps(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.near, self.far = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1, stride=2, padding=4)
+            self.head = conv(3)
+
+        def forward(self, x):
+            return self.head(self.near(x) + self.far(x))  # 8×8 on both paths at an 8×8 input
+
+    assert MixedJumps()(torch.zeros(1, 2, 8, 8)).shape == (1, 2, 8, 8)
+    got = table(MixedJumps(), 8)
+    assert got["near"] == (1, 1, 1, 1, 1) and got["far"] == (1, 1, 1, 1, 2)
+    assert got["head"] == (1, 1, 3, 5, 2)  # r 1 + 2·1 on the jump-1 path, 1 + 2·2 on the jump-2 path
+
+
+def test_only_the_first_input_of_forward_is_the_image():
+    """A second forward() argument (a bias map, a mask) carries no image content: adding it to a feature map
+    leaves that map's receptive field as it is instead of bringing in a second r = 1 path."""
+    class WithBias(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = conv(3), conv(3)
+
+        def forward(self, x, bias):
+            return self.b(self.a(x) + bias)
+
+    got = table(WithBias())
+    assert got["a"] == (1, 1, 3, 3, 1)
+    assert got["b"] == (3, 3, 5, 5, 1)
+
+
+def test_a_reshape_to_a_token_sequence_is_no_global_vector():
+    """(n, c, h·w) keeps one value per position (the tokens of a non-local or attention block), unlike
+    (n, c·h·w); a convolution reading it after a reshape back is refused rather than reported as global."""
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = conv(3), conv(3)
+
+        def forward(self, x):
+            y = self.a(x)
+            n, c, h, w = y.shape
+            return self.b(y.view(n, c, h * w).view(n, c, h, w))
+
+    Tokens()(torch.zeros(1, 2, 8, 8))
+    with pytest.raises(ReceptiveFieldError, match=r"module 'b'.*\.view\(\).*a reshape to 3 dimensions"):
+        receptive_fields(Tokens(), 32)
+
+
+def test_adaptive_pooling_to_two_positions_is_not_global():
+    """Only adaptive pooling to one position covers the whole input; to 2×2 positions each output value sees
+    part of it, which the graph alone does not size, so a convolution reading it is refused."""
+    model = nn.Sequential(conv(3), nn.AdaptiveAvgPool2d(2), conv(3))
+    with pytest.raises(ReceptiveFieldError, match=r"module '2'.*AdaptiveAvgPool2d.*pooling to 2 positions"):
+        receptive_fields(model, 32)

@@ -273,6 +273,21 @@ def test_max_over_a_dim_is_still_a_reduction():
     assert math.isinf(table.loc["head", "r_min"])
 
 
+def test_a_reduction_over_channels_keeps_the_receptive_field():
+    """Averaging over channels (the spatial-attention map of CBAM) keeps one value per position: the conv
+    after it sees 3 + 2 = 5 pixels, not the whole input as after a reduction over height or width."""
+    class ChannelMean(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = conv(3), nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.b(self.a(x).mean(1, keepdim=True))
+
+    table = receptive_fields(ChannelMean(), 32).set_index("layer")
+    assert tuple(table.loc["b", ["in_r_min", "in_r_max", "r_min", "r_max", "jump"]]) == (3, 3, 5, 5, 1)
+
+
 class Concat(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
+import re
 import shutil
 import signal
 import stat
@@ -14,13 +16,14 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from phd_lab.callbacks import Callback
 from phd_lab.checkpoint import CHECKPOINT_FORMAT, CheckpointStore
 from phd_lab.cli import main_cli
-from phd_lab.errors import RunLockedError
+from phd_lab.errors import RunLockedError, UsageError
 from phd_lab.experiment import Main
 from phd_lab.lock import RunLock
 from phd_lab.trainer import Trainer
@@ -72,6 +75,57 @@ def test_resume_after_crash_continues_at_next_epoch_bit_identically(tmp_path):
     for ref_row, row in zip(reference.history, resumed.history):
         assert {k: v for k, v in ref_row.items() if k != "epoch_seconds"} == \
                {k: v for k, v in row.items() if k != "epoch_seconds"}
+
+
+class Tally(Callback):
+    """A callback with state of its own (a running total) that draws from python's and numpy's global generators,
+    as a user's schedule or augmentation might; it writes both into the epoch's row."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    def on_epoch_end(self, trainer, bundle, epoch, row):
+        self.total += row["train_loss"]
+        row.update(train_loss_total=self.total, python_draw=random.random(), numpy_draw=float(np.random.random()))
+
+    def state_dict(self):
+        return {"total": self.total}
+
+    def load_state_dict(self, state):
+        self.total = state["total"]
+
+
+def test_a_resume_restores_the_callbacks_state_and_the_python_and_numpy_generators(tmp_path):
+    """The checkpoint carries each callback's state_dict and python's and numpy's random states: the resumed
+    epochs go on with the total and the draws the uninterrupted run has, not from a fresh callback or the seed."""
+    config = write_config(tmp_path, epoch=3, track_saturation=False)
+    reference, bundle, _ = make_trainer(config, tmp_path, [Tally()])
+    reference.fit(bundle, CheckpointStore(tmp_path / "ref.pt", tmp_path / "ref.prev.pt"))
+    store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.prev.pt")
+    crashing, bundle, _ = make_trainer(config, tmp_path, [Tally(), CrashAt(2)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.fit(bundle, store)
+    resumed, bundle, _ = make_trainer(config, tmp_path, [Tally()])
+    resumed.fit(bundle, store)
+    assert resumed.epochs_run == [2, 3]
+    columns = ["train_loss", "train_loss_total", "python_draw", "numpy_draw"]
+    assert [[row[c] for c in columns] for row in resumed.history] == \
+        [[row[c] for c in columns] for row in reference.history]
+    assert len({row["python_draw"] for row in reference.history}) == 3
+
+
+def test_a_checkpoint_with_more_epochs_than_the_config_asks_for_is_refused(tmp_path):
+    """A config asking for fewer epochs than its checkpoint holds must not pass the longer run off as its own
+    (one epoch more is the case next to the limit); the checkpoint stays as it was."""
+    store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.prev.pt")
+    longer, bundle, _ = make_trainer(write_config(tmp_path, epoch=2, track_saturation=False), tmp_path)
+    longer.fit(bundle, store)
+    before = (tmp_path / "run.pt").read_bytes()
+    shorter, bundle, _ = make_trainer(write_config(tmp_path, name="short.json", epoch=1, track_saturation=False),
+                                      tmp_path)
+    with pytest.raises(UsageError, match=r"has 2 completed epochs, but the config asks for 1\. Use a new run id"):
+        shorter.fit(bundle, store)
+    assert shorter.epochs_run == [] and (tmp_path / "run.pt").read_bytes() == before
 
 
 def test_damaged_checkpoint_falls_back_to_previous_and_ends_identical(tmp_path):
@@ -246,6 +300,51 @@ def test_written_files_get_the_permissions_of_any_new_file(tmp_path, umask):
     plain = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
     assert stat.S_IMODE((tmp_path / "result.csv").stat().st_mode) == plain
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "result.csv"]
+
+
+def test_a_failed_atomic_write_leaves_the_previous_file_and_no_temp_file(tmp_path):
+    """An error while the content is written, or a rename the file system refuses (a folder in the target's
+    place), keeps the previous file as it was and removes the temp file at once, not only at the next start."""
+    from phd_lab import atomic
+    atomic.write_text(tmp_path / "result.csv", "old")
+    with pytest.raises(ValueError, match="failed half-way"):
+        with atomic.atomic_open(tmp_path / "result.csv", "w") as handle:
+            handle.write("half")
+            raise ValueError("failed half-way")
+    (tmp_path / "plot.png").mkdir()
+    with pytest.raises(IsADirectoryError):
+        atomic.write_bytes(tmp_path / "plot.png", b"png")
+    assert (tmp_path / "result.csv").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png", "result.csv"]
+
+
+def test_an_atomic_write_syncs_the_file_before_its_rename_and_the_folder_after(tmp_path):
+    """Durability across a power cut: the temp file's data reach the disk (fsync) before the rename makes it the
+    target, and the folder's new entry after it. The system calls are traced with strace where it can run."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    command = [strace, "-qq", "-e", "trace=openat,fsync,rename,renameat,renameat2"]
+    probe = subprocess.run([*command, "true"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:  # e.g. ptrace not permitted in a container
+        pytest.skip(f"strace cannot trace here: {probe.stderr.strip()[-300:]}")
+    target = tmp_path / "result.csv"
+    script = f"from phd_lab import atomic; atomic.write_text({str(target)!r}, 'a,b\\n1,2\\n')"
+    traced = subprocess.run([*command, sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert traced.returncode == 0 and target.read_text() == "a,b\n1,2\n", traced.stderr[-2000:]
+    calls = traced.stderr.splitlines()
+
+    def position(pattern: str, start: int = 0) -> tuple[int, str]:
+        return next((i, line) for i, line in enumerate(calls) if i >= start and re.match(pattern, line))
+
+    opened, line = position(rf'openat\(AT_FDCWD, "{re.escape(str(tmp_path))}/\.result\.csv\.\w+\.tmp", .*= (\d+)$')
+    temp_fd = re.search(r"= (\d+)$", line).group(1)
+    renamed, _ = position(rf'rename\w*\(.*"{re.escape(str(target))}".*= 0$', opened)
+    assert any(re.match(rf"fsync\({temp_fd}\)\s+= 0", call) for call in calls[opened:renamed])
+    folder_opened, line = position(rf'openat\(AT_FDCWD, "{re.escape(str(tmp_path))}", .*= (\d+)$', renamed)
+    folder_fd = re.search(r"= (\d+)$", line).group(1)
+    assert any(re.match(rf"fsync\({folder_fd}\)\s+= 0", call) for call in calls[folder_opened:])
 
 
 def test_a_start_removes_its_own_leftovers_but_not_the_temp_files_of_other_writers(tmp_path):

@@ -452,3 +452,43 @@ def test_the_summary_says_since_which_epoch_the_last_tail_shows(tmp_path):
     for layer in LAYERS:
         tables.metrics[f"{layer}_train_saturation"] = 0.35  # no tail at all
     assert summarize(tables)["saturation"]["last_tail_since_epoch"] is None
+
+
+def test_a_probe_exactly_at_the_tolerance_reaches_the_model(tmp_path):
+    """A probe reaches the model at relative accuracy >= 1 - probe_tolerance: a layer at exactly 0.99 (the
+    default tolerance 0.01) is the first reaching layer, not the next one above it."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full", test_accuracy=0.94)
+    assert summarize(load_run(rundir))["probes"]["first_reaching_layer"] == BORDER
+    probes = pd.read_csv(rundir.probe_csv)
+    probes.loc[probes["layer"] == "features.11", "relative_acc"] = 0.99
+    atomic.write_csv(rundir.probe_csv, probes)
+    info = summarize(load_run(rundir))["probes"]
+    assert info["first_reaching_layer"] == "features.11"
+    assert info["layers_after_reaching"] == len(LAYERS) - 1 - LAYERS.index("features.11")
+
+
+def test_probes_of_all_but_one_extracted_layer_are_partial(tmp_path):
+    """The probe job fits every layer the manifest lists; a table one layer short (the job stopped before the
+    last fit) is reported as partial, not as complete."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
+    probes = pd.read_csv(rundir.probe_csv)
+    atomic.write_csv(rundir.probe_csv, probes.iloc[:-1])
+    info = summarize(load_run(rundir))["probes"]
+    assert info["status"] == f"partial ({len(LAYERS) - 1} of {len(LAYERS)})"
+    assert info["layers_probed"] == len(LAYERS) - 1 and info["layers_extracted"] == len(LAYERS)
+
+
+def test_no_width_advice_with_s_mu_on_the_edge_of_the_target_interval(tmp_path):
+    """The interval is closed: s_mu exactly at its low end (20%) or its high end (here a band [12.5%, 25%]) is
+    inside, and no width change is advised."""
+    tables = _with_saturations(synthetic_run(tmp_path, BORDER), [0.2] * 11)
+    summary = summarize(tables)
+    assert summary["saturation"]["mean"] == 0.2 and not summary["tails"]
+    assert not [a for a in summary["recommendations"] if a["kind"] == "width"]
+    tables = _with_saturations(tables, [0.25] * 11)
+    tables.config = {**tables.config, "target_saturation": [0.125, 0.25]}
+    summary = summarize(tables)
+    assert summary["saturation"]["mean"] == 0.25
+    assert not [a for a in summary["recommendations"] if a["kind"] == "width"]
+    below = AnalysisSettings(target_saturation=(0.125, 0.2))  # the band is what decides: above this one
+    assert [a for a in summarize(tables, below)["recommendations"] if a["kind"] == "width"]

@@ -15,6 +15,7 @@ import torch
 
 from phd_lab.cli import main_cli
 from phd_lab.config import META_KEY
+from phd_lab.errors import UsageError
 from phd_lab.experiment import Main
 from tests.conftest import ROOT, main_in_process, read_metrics, run_folders, run_name, write_config
 
@@ -600,3 +601,63 @@ def test_points_that_differ_in_keys_the_model_checks_do_not_read_share_their_che
     assert one >= 1
     assert forwards_to_load(optimizer_args={"lr": [0.1, 0.01, 0.001]}, seed=[1, 2, 3]) == one  # 9 points
     assert forwards_to_load(resolution=[16, 24]) == one + 1  # the input size again; the trace is resolution-free
+
+
+def test_the_csv_test_columns_are_the_trained_models_scores_on_the_test_split(tmp_path):
+    """test_loss and test_accuracy in a run's CSV are the final model's cross-entropy and accuracy on the 360
+    test samples, recomputed here from the checkpoint's weights: scores of the training split would look fine."""
+    import torch.nn.functional as F
+    main = Main(progress=False)
+    main.load(write_config(tmp_path, epoch=1, track_saturation=False, post_processing=[]))
+    executor = main.executors[0]
+    rundir = executor.run()
+    row = pd.read_csv(rundir.metrics_csv).iloc[-1]
+    bundle = executor.build_data()
+    model = executor.build_model(bundle)
+    model.load_state_dict(torch.load(rundir.checkpoint, map_location="cpu", weights_only=True)["model"])
+    model.eval()
+    images, labels = (torch.cat(parts) for parts in zip(*bundle.test))
+    with torch.no_grad():
+        outputs = model(images)
+    assert len(labels) == 360
+    assert row["test_loss"] == pytest.approx(float(F.cross_entropy(outputs, labels)), rel=1e-5)
+    assert row["test_accuracy"] == pytest.approx(float((outputs.argmax(dim=1) == labels).double().mean()))
+
+
+def test_the_model_is_drawn_from_the_seed_whatever_the_dataset_code_draws(tmp_path):
+    """A dataset factory that draws from torch's global generator (here: choosing preview samples with
+    torch.randperm, the data left as they are) must not change the model's initial weights: the same seed and the
+    same data train the same weights as plain Digits."""
+    module = tmp_path / "my_datasets.py"
+    module.write_text(
+        "import torch\n"
+        "import registries.datasets as builtin\n"
+        "def PreviewDigits(**kwargs):\n"
+        "    '''Digits, after drawing 8 preview samples from torch's global generator.'''\n"
+        "    torch.randperm(1437)[:8]\n"
+        "    return builtin.Digits(**kwargs)\n")
+    plain = write_config(tmp_path, name="plain.json", epoch=1, track_saturation=False, post_processing=[])
+    drawing = write_config(tmp_path, name="drawing.json", epoch=1, track_saturation=False, post_processing=[],
+                           dataset="PreviewDigits", registries={"datasets": str(module)})
+    for config in (plain, drawing):
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    runs = run_folders(tmp_path / "logs")
+    assert len(runs) == 2
+    assert_same_weights(*(weights(run) for run in runs))
+
+
+def test_a_run_folder_that_another_run_logged_its_config_in_meanwhile_is_refused(tmp_path):
+    """Two commands whose runs share a folder digest (a CRC-32 collision): the folder was chosen when the config
+    was loaded, and if the other run logged its config there since, this run stops instead of overwriting it."""
+    main = Main(progress=False)
+    main.load(write_config(tmp_path, epoch=1, track_saturation=False, post_processing=[]))
+    executor = main.executors[0]
+    other = Main(progress=False)
+    other.load(write_config(tmp_path, name="other.json", epoch=1, optimizer_args={"lr": 0.001}))
+    written = json.dumps(other.executors[0].logged_config())
+    executor.rundir.create()
+    executor.rundir.config.write_text(written)
+    with pytest.raises(UsageError, match="holds a run with a different config .*; use another run id"):
+        executor.run()
+    assert executor.rundir.config.read_text() == written
+    assert not executor.rundir.checkpoint.exists() and not executor.rundir.metrics_csv.exists()

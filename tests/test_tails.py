@@ -128,3 +128,31 @@ def test_a_tail_is_visible_since_the_first_epoch_from_which_on_every_epoch_shows
     assert visible_since([(1, tailed), (2, flat), (3, tailed), (4, tailed)], last) == 3  # lost at epoch 2
     assert visible_since([(1, shifted), (2, tailed)], last) == 1  # one layer earlier still overlaps it
     assert visible_since([(1, tailed), (2, flat)], last) is None  # the last epoch does not show it
+
+
+@pytest.mark.parametrize("rest, low", [(0.5, 0.25), (0.7, 0.35), (0.9, 0.45)])
+def test_a_tail_exactly_at_the_threshold_qualifies_despite_rounding(rest, low):
+    """Exactly 50% lower is "at least 50% lower": 0.25 vs 0.5 is exact in binary, 0.35 vs 0.7 and 0.45 vs 0.9
+    come out a rounding error above half the rest, which must not drop the tail."""
+    saturations = [rest] * 3 + [low] * 3
+    assert qualifies(saturations, 3, 5)
+    assert spans(saturations) == [(3, 5)]
+
+
+def test_of_two_cores_with_the_same_contrast_the_longer_one_is_chosen():
+    """[0..2] and [0..3] both have mean(window) / mean(rest) = 1/2 exactly; the rule takes the longer window,
+    whose fourth layer (0.25) would not be added by the extension step (it is above half the rest, 0.1875)."""
+    saturations = [0.125, 0.25, 0.125, 0.25, 0.375, 0.375]
+    assert qualifies(saturations, 0, 2) and qualifies(saturations, 0, 3)
+    assert spans(saturations) == [(0, 3)]
+
+
+def test_a_tail_one_layer_later_still_shows_the_last_epochs_tail():
+    """An earlier epoch's tail that shares only the last layer of the final tail (starts at its stop) overlaps
+    it, so the tail counts as visible since that epoch."""
+    from phd_lab.analysis.tails import visible_since
+
+    tailed, later = [0.6] * 2 + [0.1] * 3 + [0.6] * 5, [0.6] * 4 + [0.1] * 3 + [0.6] * 3
+    last = find_tails(tailed)[-1]
+    assert (last.start, last.stop) == (2, 4) and spans(later) == [(4, 6)]
+    assert visible_since([(1, later), (2, tailed)], last) == 1
