@@ -40,8 +40,7 @@ def available_memory(meminfo: Path = Path("/proc/meminfo"), cgroups: Path = Path
     return min(limits) if limits else None
 
 
-def _cgroup_headrooms(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
-                      ) -> list[int]:
+def _cgroup_headrooms(root: Path, membership: Path) -> list[int]:
     """The memory headroom of every limited memory cgroup from this process' own up to the root (cgroup v2, or
     v1's ``memory`` controller; ``membership`` names the process' cgroups)."""
     try:

@@ -63,7 +63,6 @@ def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache
         check_labels(job)
     hits: dict[str, ProbeRecord] = {}
     needed: dict[int, dict[Path, str]] = {}
-    layers = [{layer.name: layer for layer in job.manifest.layers} for job in jobs]
     for task in build_tasks(jobs):
         digest = key_digest(task.key)
         if digest not in hits and cache is not None:
@@ -71,7 +70,8 @@ def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache
             if record is not None:
                 hits[digest] = record
         if digest not in hits:
-            manifest, layer = jobs[task.job].manifest, layers[task.job][task.layer]
+            manifest = jobs[task.job].manifest
+            layer = manifest.layer(task.layer)
             needed.setdefault(task.job, {}).update({
                 Path(layer.train): layer.sha256["train"], Path(layer.eval): layer.sha256["eval"],
                 Path(manifest.train_labels): manifest.labels_sha256["train"],
@@ -215,8 +215,8 @@ def _workers_for_memory(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], hi
     """``workers``, or fewer where the copies of the largest layers to fit would not fit in memory together."""
     from phd_lab.environment import available_memory
     from phd_lab.probes.memory import SHARE, copy_bytes, workers_that_fit
-    layers = [{layer.name: layer for layer in job.manifest.layers} for job in jobs]
-    sizes = [copy_bytes(task, layers[task.job][task.layer]) for task in tasks if key_digest(task.key) not in hits]
+    sizes = [copy_bytes(task, jobs[task.job].manifest.layer(task.layer)) for task in tasks
+             if key_digest(task.key) not in hits]
     available = available_memory()
     budget = memory if memory is not None else int(available * SHARE) if available is not None else None
     fitting = workers_that_fit(sizes, workers, budget)

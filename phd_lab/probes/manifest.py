@@ -8,6 +8,7 @@ with the manifest. Every problem is a ``DataError`` (exit status 2) naming the f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import json
@@ -56,6 +57,14 @@ class Manifest:
     eval_labels: Path
     labels_sha256: dict[str, str]
     raw: dict[str, Any]
+
+    def layer(self, name: str) -> LayerFiles:
+        """The layer (a pixelwise position is one) called ``name``."""
+        return self._by_name[name]
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, LayerFiles]:
+        return {layer.name: layer for layer in self.layers}
 
     def files(self) -> list[tuple[Path, str]]:
         """Every (path, expected sha256) the manifest lists."""
@@ -198,8 +207,8 @@ def read_manifest(folder: Path | str) -> Manifest:
     if not entries:
         raise _fail(path, "it lists no layers")
     label_lengths = {split: _label_count(label_files[split], path) for split in SPLITS}
-    layers, positional, train_dtypes = _read_layers(entries, folder, path, label_files, label_lengths)
-    _check_dtype(dtype, train_dtypes, path)
+    layers, positional = _read_layers(entries, folder, path, label_files, label_lengths)
+    _check_dtype(dtype, {layer.dtypes["train"] for layer in layers}, path)
     _check_layer_sets(folder, path, layers, positional)
     layers.sort(key=lambda layer: layer.index)  # stable: a pixelwise layer's positions keep the manifest's order
     return Manifest(folder, Path(run_dir), None if accuracy is None else float(accuracy), tuple(layers),
@@ -259,11 +268,10 @@ def _label_count(file: Path, manifest: Path) -> int:
 
 
 def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str, Path],
-                 label_lengths: dict[str, int]) -> tuple[list[LayerFiles], set[str], set[str]]:
-    """The layers in manifest order, each checked against its array headers and the labels, the
-    names of the positional entries (the positions of a pixelwise layer) and the dtypes of the
-    training files."""
-    layers, seen_names, seen_files, positional, train_dtypes = [], set(), set(), set(), set()
+                 label_lengths: dict[str, int]) -> tuple[list[LayerFiles], set[str]]:
+    """The layers in manifest order, each checked against its array headers and the labels, and the
+    names of the positional entries (the positions of a pixelwise layer)."""
+    layers, seen_names, seen_files, positional = [], set(), set(), set()
     for position, entry in enumerate(entries):
         where = f"layers[{position}]"
         name = _require(entry, "name", str, path, where)
@@ -285,8 +293,6 @@ def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str,
             seen_files.add(file)
             shapes[split], dtype = _latents_header(file, path)
             dtypes[split] = str(dtype)
-            if split == "train":
-                train_dtypes.add(str(dtype))
             if shapes[split][0] != label_lengths[split]:
                 raise DataError(f"Label file {str(label_files[split])!r} has {label_lengths[split]} labels, but the "
                                 f"{split} latents of layer {name!r} ({str(file)!r}) have {shapes[split][0]} samples; "
@@ -302,7 +308,7 @@ def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str,
                                  tuple(shapes["train"]), shas, dtypes))
         if isinstance(entry, dict) and "position" in entry:
             positional.add(name)
-    return layers, positional, train_dtypes
+    return layers, positional
 
 
 def _latents_header(file: Path, manifest: Path) -> tuple[tuple[int, ...], np.dtype]:
