@@ -93,7 +93,7 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
         log.warning("%s: these results replace the run's earlier probe results, fitted with other settings (%s)",
                     job.label, ", ".join(f"{k}: {json.dumps(earlier.get(k))} -> {json.dumps(now.get(k))}"
                                          for k in changed), extra=tag)
-    csv = table.to_csv(index=False).encode("utf-8")
+    csv = table_bytes(table)
     atomic.write_bytes(job.outputs.probe_csv, csv)
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv, extra=tag)
@@ -106,6 +106,11 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
         refresh_analysis(job, tag)
     # last: the digest of the table it names says that everything above was written for that table
     atomic.write_json(job.outputs.probe_settings, document)
+
+
+def table_bytes(table: Any) -> bytes:
+    """``probe_performances.csv`` as written: ``results_in_place`` compares a run's file with these bytes."""
+    return table.to_csv(index=False).encode("utf-8")
 
 
 def settings_document(job: ProbeJob, csv: bytes) -> dict[str, Any]:
@@ -126,8 +131,7 @@ def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
     layer's, and the accuracy plot. A job whose every layer came from the cache then leaves them be (a job
     repeated over a grid of hundreds of runs redrew and rewrote every finished run's files)."""
     outputs = job.outputs
-    table = performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy)
-    csv = table.to_csv(index=False).encode("utf-8")
+    csv = table_bytes(performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy))
     try:
         if (outputs.probe_csv.read_bytes() != csv
                 or json.loads(outputs.probe_settings.read_text(encoding="utf-8")) != settings_document(job, csv)
