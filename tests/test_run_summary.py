@@ -492,3 +492,22 @@ def test_no_width_advice_with_s_mu_on_the_edge_of_the_target_interval(tmp_path):
     assert not [a for a in summary["recommendations"] if a["kind"] == "width"]
     below = AnalysisSettings(target_saturation=(0.125, 0.2))  # the band is what decides: above this one
     assert [a for a in summarize(tables, below)["recommendations"] if a["kind"] == "width"]
+
+
+def test_no_width_advice_when_rounding_moves_s_mu_just_off_the_edge(tmp_path):
+    """Saturations that average exactly 20% (or 40%) can sum to a float just under (over) it: that is still the
+    edge of the interval, not a network "wider than needed" (or "too narrow")."""
+    def width_advice(tables):
+        return [a for a in summarize(tables)["recommendations"] if a["kind"] == "width"]
+    low_edge = [0.1, 0.5625, 0.3, 0.125, 0.1875, 0.3, 0.2, 0.0625, 0.1875, 0.0625, 0.1125]  # 2.2 / 11 layers
+    tables = _with_saturations(synthetic_run(tmp_path, BORDER), low_edge)
+    assert summarize(tables)["saturation"]["mean"] < 0.2  # the float mean, 0.19999999999999998
+    assert not width_advice(tables)
+    high_edge = [0.6, 0.5, 0.1, 0.375, 0.125, 0.3, 0.6, 0.75, 0.6, 0.25, 0.2]  # 4.4 / 11 layers
+    tables = _with_saturations(tables, high_edge)
+    tables.config = {**tables.config, "target_saturation": [0.2, 0.4]}
+    assert summarize(tables)["saturation"]["mean"] > 0.4  # 0.40000000000000013
+    assert not width_advice(tables)
+    # a real step off either edge still gets its advice
+    assert "too narrow" in width_advice(_with_saturations(tables, [0.401] * 11))[0]["text"]
+    assert "wider than needed" in width_advice(_with_saturations(tables, [0.1999] * 11))[0]["text"]

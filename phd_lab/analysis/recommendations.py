@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # run_summary imports this module
     from phd_lab.analysis.run_summary import AnalysisSettings
 
 Advice = dict[str, str]
+EDGE_TOLERANCE = 1e-9  # relative: s_mu within it of the target interval's edge counts as on the edge
 
 
 def recommendations(summary: dict[str, Any], settings: AnalysisSettings, tracked: bool = True) -> list[Advice]:
@@ -142,10 +143,12 @@ def _width_advice(summary: dict[str, Any], settings: AnalysisSettings) -> Advice
     low, high = settings.target_saturation
     s_mu = sat["mean"]
     target = (low + high) / 2
-    if low <= s_mu <= high:
+    # closed interval, with room for rounding: layers exactly on an edge can average a bit off it in float
+    below, above = s_mu < low * (1 - EDGE_TOLERANCE), s_mu > high * (1 + EDGE_TOLERANCE)
+    if not (below or above):
         return None
     factor = s_mu / target
-    direction = "wider than needed (over-parameterised)" if s_mu < low else "too narrow (under-parameterised)"
+    direction = "wider than needed (over-parameterised)" if below else "too narrow (under-parameterised)"
     width = (summary.get("run") or {}).get("width")
     # a power-of-two step to try, unless the nearest one is the current width (a small correction)
     step = _power_of_two(factor)
@@ -155,7 +158,7 @@ def _width_advice(summary: dict[str, Any], settings: AnalysisSettings) -> Advice
     else:
         scaling = (f"multiplying every layer's width by about {factor:.2f}"
                    + (f" (try {nice_factor(factor)})," if step else ","))
-    text = (f"s_mu = {s_mu:.1%} lies {'below' if s_mu < low else 'above'} the {low:.0%}-{high:.0%} interval "
+    text = (f"s_mu = {s_mu:.1%} lies {'below' if below else 'above'} the {low:.0%}-{high:.0%} interval "
             f"that performs best (thesis ch. 11.3): the network is {direction}. Assuming saturation scales "
             f"inversely with width, {scaling} moves s_mu to about {target:.0%}; parameters and FLOPs of "
             f"the convolutions scale with the square of that factor.")
