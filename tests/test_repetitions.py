@@ -89,6 +89,7 @@ def test_relevant_delta_is_the_smallest_delta_from_which_on_nothing_differs():
     assert relevant_delta(table([("pca", 0.9999, 5, True), ("pca", 0.99, 5, False)])) is None
     assert relevant_delta(table([("pca", 0.99, 1, False)])) is None  # one run tests nothing
     assert relevant_delta(table([("pca", 0.999, 1, True), ("pca", 0.99, 4, False)])) == 0.99
+    assert relevant_delta(table(rows[::-1])) == 0.9998  # read from the largest delta down, in whatever row order
 
 
 def test_saturation_stability_per_layer_in_forward_order():
@@ -102,6 +103,37 @@ def test_saturation_stability_per_layer_in_forward_order():
     assert table["std"].tolist() == pytest.approx([np.std([0.5, 0.7, 0.6], ddof=1), np.std([0.25, 0.35, 0.3], ddof=1),
                                                    np.std([0.75, 0.65], ddof=1)])
     assert table["min"].tolist() == [0.5, 0.25, 0.65] and table["max"].tolist() == [0.7, 0.35, 0.75]
+    # the order of the run with the most layers, whichever run comes first
+    table = saturation_stability({"short": [("conv1", 0.5), ("fc", 0.7)], "long": [("conv1", 0.6), ("conv2", 0.3),
+                                                                                   ("fc", 0.8)]})
+    assert table["layer"].tolist() == ["conv1", "conv2", "fc"] and table["n"].tolist() == [2, 1, 2]
+
+
+def test_significant_means_p_below_alpha():
+    tables = {f"run{i}": projections(0.9, [("pca", 0.99, 0.9 - drop, 40)]) for i, drop in enumerate([0.01, 0.03, 0.02])}
+    p = relevant_eigenspace_table(tables).iloc[0].p
+    assert 0 < p < 1
+    assert not relevant_eigenspace_table(tables, alpha=p).iloc[0].significant
+    assert relevant_eigenspace_table(tables, alpha=math.nextafter(p, 1.0)).iloc[0].significant
+
+
+def test_the_projection_figure_shows_tested_deltas_in_order_and_names_its_measure():
+    import matplotlib.pyplot as plt
+    from phd_lab.plots.repetitions import eigenspace_figure
+    rows = [("pca", 0.99, 3, 0.02, True), ("pca", 0.999, 1, 0.0, False), ("pca", 0.9, 3, 0.2, True),
+            ("random", 0.99, 3, 0.3, True), ("random", 0.9, 3, 0.5, True)]
+    table = pd.DataFrame([{"basis": b, "delta": d, "n": n, "measure": "loss", "drop_mean": m, "drop_ci95": 0.01,
+                           "significant": s, "dims_sum_mean": 10 * d} for b, d, n, m, s in rows])
+    fig = eigenspace_figure(table, "title")
+    try:
+        ax = fig.axes[0]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0.9", "0.99"]  # 0.999: a single run, untested
+        assert ax.get_ylabel() == "loss gained (projected − unprojected)"
+        for container, means in zip(ax.containers, ([0.2, 0.02], [0.5, 0.3])):  # pca, random: δ ascending
+            assert container.lines[0].get_xdata().tolist() == [0, 1]
+            assert container.lines[0].get_ydata().tolist() == means
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------- a real grid
@@ -155,7 +187,12 @@ def test_the_report_tests_each_group_of_repeated_runs(repeated_grid, tmp_path):
             assert row.alpha == 0.05 and row.significant == (row.p < 0.05)
         layers = stability[stability["group"] == label]
         last = [m.sort_values("epoch").iloc[-1] for _, _, m, _ in members]
-        assert layers["layer"].tolist()[0] == "features.0" and len(layers) == 10
+        assert layers["layer"].tolist()[0] == "features.0" and len(layers) == 10 and set(layers["runs"]) == {3}
+        widest = layers.loc[layers["std"].idxmax()]
+        accuracies = [float(m["test_accuracy"]) for m in last]
+        assert (f"Saturation over 3 finished runs: the largest standard deviation is {widest['std']:.1%} "
+                f"({widest['layer']}), the median over layers {layers['std'].median():.1%}; test accuracy "
+                f"{np.mean(accuracies):.1%} ± {np.std(accuracies, ddof=1):.1%}.") in page.read_text(encoding="utf-8")
         for row in layers.itertuples():
             values = [float(m[f"{row.layer}_train_saturation"]) for m in last]
             assert row.n == 3 and row.mean == pytest.approx(np.mean(values))
@@ -247,7 +284,7 @@ def _first_width_runs(logs):
 
 
 @pytest.mark.parametrize("case", ["seed sweep", "same seed", "other projection", "not projected", "older config",
-                                  "damaged accuracy", "download", "workers"])
+                                  "damaged accuracy", "download", "workers", "other split", "unfinished"])
 def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case):
     """Runs are repetitions when only their seed differs; each seed counts once; a run projected otherwise or not
     at all is a repetition, left out of the t-tests; a key an older version did not log is its default, and one
@@ -277,6 +314,12 @@ def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case):
         expected_n = 2
     elif case == "older config":
         _edit_config(third, lambda c: c.pop("tracking_mode"))
+    elif case == "other split":  # saturations of another pass: another analysis, no repetition
+        _edit_config(third, lambda c: c.update(analysis_split="test"))
+        expected_n = 2
+    elif case == "unfinished":  # stopped after its first epoch: its saturations are no last epoch's
+        metrics_csv = third / next(third.glob("*_config.json")).name.replace("_config.json", ".csv")
+        pd.read_csv(metrics_csv).iloc[:1].to_csv(metrics_csv, index=False)
     else:
         table = pd.read_csv(third / "projections.csv")
         table.loc[table["basis"] == "none", "accuracy"] = math.nan
@@ -290,7 +333,7 @@ def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case):
     assert set(rows["n"]) == {tested}
     assert f"over {tested} projected runs" in text
     stability = pd.read_csv(logs / "report_saturation_stability.csv")
-    assert set(stability.loc[stability["group"] == label, "n"]) == {expected_n}
+    assert set(stability.loc[stability["group"] == label, "n"]) == {2 if case == "unfinished" else expected_n}
     assert ("1 run(s) left out: an earlier run of this group has their seed" in text) == (case == "same seed")
     assert ("1 run(s) projected with other parameters" in text) == (case == "other projection")
 
@@ -323,6 +366,21 @@ def test_a_rebuilt_report_takes_unchanged_group_figures_from_the_previous_page(r
     changed = [alt for (k, alt, _), (k2, _, _) in zip(second, third) if k != k2]
     assert changed == [f"Saturation over the repetitions of {_label(0.0625)}"]
     assert third[0][2] != marker and base64.b64decode(third[0][2]).startswith(b"\x89PNG")
+    # a run's projections changed: that group's projection figure is drawn anew
+    run = _first_width_runs(logs)[1]
+    table = pd.read_csv(run / "projections.csv")
+    table.loc[table["basis"] == "pca", "accuracy"] -= 0.01
+    table.to_csv(run / "projections.csv", index=False)
+    fourth = _group_images(write_report(logs).read_text(encoding="utf-8"))
+    assert [alt for (k, alt, _), (k2, _, _) in zip(third, fourth) if k != k2] == [
+        f"Projections over the repetitions of {_label(0.0625)}"]
+    # the other group is gone: the one left has another label, and its figures show it in their titles
+    for run in {p.parent for p in logs.glob("vgg11/Digits_16/*/*/*_config.json")} - set(_first_width_runs(logs)):
+        shutil.rmtree(run)
+    fifth = _group_images(write_report(logs).read_text(encoding="utf-8"))
+    assert [alt for _, alt, _ in fifth] == [f"{kind} over the repetitions of vgg11 / Digits 16 px"
+                                            for kind in ("Saturation", "Projections")]
+    assert not {key for key, *_ in fifth} & {key for key, *_ in fourth}
 
 
 def _label(width):
@@ -342,3 +400,17 @@ def test_a_delta_only_one_run_has_is_no_tested_delta(repeated_grid, tmp_path):
     assert rows.loc[rows["delta"] == 0.9995, "n"].tolist() == [1]
     text = (logs / "report.html").read_text(encoding="utf-8")
     assert "δ = 0.9995" not in text and "the largest, δ = 0.999," in text
+
+
+def test_a_group_where_one_run_has_its_unprojected_accuracy_has_no_t_tests(repeated_grid, tmp_path):
+    """Three projected runs, two of them without the unprojected accuracy to compare with: nothing is tested."""
+    logs = tmp_path / "logs"
+    shutil.copytree(repeated_grid, logs)
+    for run in _first_width_runs(logs)[:2]:
+        table = pd.read_csv(run / "projections.csv")
+        table.loc[table["basis"] == "none", "accuracy"] = math.nan
+        table.to_csv(run / "projections.csv", index=False)
+    text = write_report(logs).read_text(encoding="utf-8")
+    assert set(pd.read_csv(logs / "report_relevant_eigenspace.csv")["group"]) == {_label(0.125)}
+    assert text.count("Paired two-tailed t-test") == 1 and text.count('alt="Projections over the repetitions') == 1
+    assert set(pd.read_csv(logs / "report_saturation_stability.csv")["group"]) == {_label(0.0625), _label(0.125)}

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import pandas as pd
 import pytest
 
-from tests.analysis_fixtures import probe_frame, read_json, write_grid, write_run
+from tests.analysis_fixtures import BORDER, LAYERS, probe_frame, read_json, write_grid, write_run
 from phd_lab import atomic
 from phd_lab.lock import RunLock
 from phd_lab.report.cli import main_report, write_report
@@ -127,6 +127,10 @@ def test_report_of_a_grid_parses_links_resolve_and_lists_every_run(grid, tmp_pat
     assert report_in_process(capsys, logs, "--out", linked, "--no-refresh").returncode == 0
     for href in (h for h in parse(linked).hrefs if not h.startswith("#")):
         assert Path(os.path.normpath(os.path.join(linked.parent, unquote(href)))).is_file(), href
+    # an empty cell sorts last: its sort key is empty, not the dash it shows
+    text = out.read_text(encoding="utf-8")
+    missing = re.findall(r'<td class="[^"]*missing[^"]*"([^>]*)>', text)
+    assert missing and set(missing) == {' data-sort=""'}
     # every image is an embedded PNG: one per run plus three comparison plots
     assert len(page.images) == 5 + 3
     for src in page.images:
@@ -196,6 +200,9 @@ def test_the_report_leaves_the_analysis_of_a_run_a_probe_job_is_writing_to_that_
         write_report(logs, tmp_path / "r.html")
         assert not run.analysis_json.exists()
         assert runs["running"].analysis_json.exists()  # the other runs' analyses are refreshed as before
+        from phd_lab.report.collect import analyse_run  # the probe job itself, holding that lock, writes it
+        assert analyse_run(run, write=True, probe_job=True).written and run.analysis_json.exists()
+        run.analysis_json.unlink()
     write_report(logs, tmp_path / "r.html")  # the job has finished (or died): the report refreshes it again
     assert run.analysis_json.exists()
 
@@ -212,11 +219,17 @@ def test_a_rebuilt_report_takes_unchanged_figures_from_the_run_folders_and_redra
     assert run.analysis_plot.stat().st_ino == drawn.st_ino and run.analysis_json.read_bytes() == analysis
     undated = lambda name: re.sub(r"generated [0-9: -]+", "", (tmp_path / name).read_text())  # noqa: E731
     assert undated("second.html") == undated("first.html")
+    edited = read_json(run.analysis_json)  # an analysis.json edited by hand, its figure_key kept: written again
+    edited["accuracy"]["test"] = 0.0
+    run.analysis_json.write_text(json.dumps(edited))
+    write_report(logs, tmp_path / "second.html")
+    assert run.analysis_json.read_bytes() == analysis
+    figure = run.analysis_plot.read_bytes()
     metrics = pd.read_csv(run.metrics_csv)
     metrics.loc[metrics.index[-1], "test_accuracy"] = 0.5  # new results in the run's table
     atomic.write_csv(run.metrics_csv, metrics)
     write_report(logs, tmp_path / "third.html")
-    assert run.analysis_plot.stat().st_ino != drawn.st_ino
+    assert run.analysis_plot.stat().st_ino != drawn.st_ino and run.analysis_plot.read_bytes() != figure
     assert read_json(run.analysis_json)["accuracy"]["test"] == 0.5
     # the figure is redrawn even when the table changed without a change the summary shows
     redrawn = run.analysis_plot.stat().st_ino
@@ -316,12 +329,14 @@ def test_report_usage_errors_exit_2(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     own, foreign, sibling = site / ".r.html.k1abcdef.tmp", site / ".thesis-draft.tmp", site / ".r.html.gz.k1abcdef.tmp"
+    table = site / ".r_saturation_stability.csv.k1abcdef.tmp"  # a killed report's half-written table goes too
     long_ago = time.time() - atomic.STALE_AFTER_SECONDS - 60
-    for path in (own, foreign, sibling):
+    for path in (own, foreign, sibling, table):
         path.write_text("x")
         os.utime(path, (long_ago, long_ago))
     assert run_report(logs, "--out", site / "r.html", "--no-refresh").returncode == 0
-    assert not own.exists() and foreign.exists() and sibling.exists()
+    assert not own.exists() and not table.exists() and foreign.exists() and sibling.exists()
+    assert not any(rundir.analysis_json.exists() for rundir in runs.values())  # --no-refresh: read-only logs
     # an earlier report is replaced; any other file is not (a run's CSV lost its history to --out)
     assert report_in_process_plain(logs, "--out", site / "r.html", "--no-refresh") == 0
     metrics = runs["full"].metrics_csv
@@ -420,6 +435,8 @@ def test_the_report_shows_progress_over_the_runs(grid, tmp_path, capsys):
     assert "analysing runs: 100%|" in result.stderr.replace("\r", "\n") or f"{len(runs)}/{len(runs)}" in result.stderr
     quiet = report_in_process(capsys, logs, "--out", tmp_path / "q.html", "--no-progress")
     assert quiet.returncode == 0 and "analysing runs" not in quiet.stderr
+    quiet = report_in_process(capsys, logs, "--out", tmp_path / "q.html", "-q")  # warnings and errors only
+    assert quiet.returncode == 0 and quiet.stderr == ""
 
 
 def test_a_run_whose_config_cannot_be_read_does_not_make_every_key_vary(tmp_path):
@@ -432,6 +449,8 @@ def test_a_run_whose_config_cannot_be_read_does_not_make_every_key_vary(tmp_path
     assert "model_args.width" in before and "batch_size" not in before
     runs["trained"].config.write_text("{")
     assert varying_keys(collect(logs, refresh=False)) == before
+    page = parse(write_report(logs, tmp_path / "r.html", refresh=False))  # its section has no swept values
+    assert len(page.rows) == 5 and page.rows[3][0] == "4. " + runs["trained"].name
 
 
 def test_runs_of_0_1_differ_in_no_column_whether_or_not_their_config_says_linear_init_null(tmp_path):
@@ -462,3 +481,66 @@ def test_a_run_with_results_but_an_empty_metrics_csv_is_not_said_to_have_no_csv(
     assert load_run(rundir).status.label() == "no metrics CSV"
     rundir.metrics_csv.write_text("epoch,train_loss,test_loss\n")
     assert load_run(rundir).status.label() == "metrics CSV without epochs"
+
+
+def _edit_config(rundir, change):
+    config = json.loads(rundir.config.read_text())
+    change(config)
+    rundir.config.write_text(json.dumps(config))
+
+
+def test_the_version_technical_keys_and_the_named_columns_are_no_varying_columns(tmp_path):
+    """Runs trained by other versions of phd-lab, on other devices or of other models: only the model tells
+    them apart in the table, in its own column."""
+    from phd_lab.report.collect import collect
+    from phd_lab.report.html import varying_keys
+    logs = tmp_path / "logs"
+    runs = list(write_grid(logs).values())
+    before = varying_keys(collect(logs, refresh=False))
+    assert before == ["model_args.width", "run_id", "seed"]
+    for position, rundir in enumerate(runs):
+        _edit_config(rundir, lambda c: c["_meta"].update(phd_lab=f"0.{position}.0"))
+        _edit_config(rundir, lambda c: c.update(device="cpu" if position % 2 else "cuda:0"))
+        _edit_config(rundir, lambda c: c.update(model="vgg11" if position % 2 else "vgg13"))
+    assert varying_keys(collect(logs, refresh=False)) == before
+
+
+def test_counts_change_unit_at_a_thousand_a_million_and_a_billion():
+    from phd_lab.report.html import MISSING, _count
+    assert [_count(v) for v in (999, 1000, 1e6, 2.5e9, None)] == ["999", "1.00 k", "1.00 M", "2.50 G", MISSING]
+    # the unit is chosen after rounding: never "1000.00 k"
+    assert [_count(v) for v in (999.6, 999_999, 999_994_999, -999_999, 2e12)] == [
+        "1.00 k", "1.00 M", "999.99 M", "-1.00 M", "2000.00 G"]
+
+
+def _with_train_saturations(rundir, values):
+    metrics = pd.read_csv(rundir.metrics_csv)
+    for layer, value in zip(LAYERS, values):
+        metrics[f"{layer}_train_saturation"] = value
+    atomic.write_csv(rundir.metrics_csv, metrics.drop(columns=["train_saturation_mean"]))
+
+
+def test_the_tail_columns_name_the_tail_closest_to_the_output_and_how_far_it_is_from_b_min(tmp_path):
+    logs = tmp_path / "logs"
+    two_tails = write_run(logs, width=0.25, stage="unprobed", run_id="0")
+    _with_train_saturations(two_tails, [0.03] * 3 + [0.4] * 2 + [0.03] * 5 + [0.4])  # input tail, border tail
+    late = write_run(logs, width=0.25, stage="unprobed", run_id="1")
+    _with_train_saturations(late, [0.4] * 7 + [0.03] * 3 + [0.4])  # from features.18, two layers after b_min
+    page = parse(write_report(logs, tmp_path / "r.html", refresh=False))
+    assert [row[-5] for row in page.rows] == [BORDER, BORDER]  # b_min
+    assert [row[-3:-1] for row in page.rows] == [[BORDER, "yes"], ["features.18", "no (+2)"]]
+
+
+def test_the_s_mu_plot_shades_the_target_interval_of_the_runs_analysis(tmp_path):
+    from phd_lab.plots.grid_figures import grid_figures
+    from phd_lab.report.collect import collect
+    logs = tmp_path / "logs"
+    for rundir in write_grid(logs).values():
+        _edit_config(rundir, lambda c: c.update(target_saturation=[0.5, 0.7]))
+    summaries = [entry.summary for entry in collect(logs, refresh=False)]
+    assert {tuple(s["settings"]["target_saturation"]) for s in summaries} == {(0.5, 0.7)}
+    text = write_report(logs, tmp_path / "r.html", refresh=False).read_text(encoding="utf-8")
+    title = "Test accuracy against average saturation s_mu"
+    shaded, default = (base64.b64encode(grid_figures(summaries, band=band)[title]).decode()
+                       for band in ((0.5, 0.7), (0.2, 0.3)))
+    assert shaded != default and shaded in text and default not in text

@@ -199,13 +199,19 @@ def _power_of_two(factor: float) -> int:
     return max(-3, min(3, round(math.log2(factor))))
 
 
+def count_text(value: float, separator: str = "") -> str:
+    """A count in k, M or G with two decimals ("1.23M"), the unit chosen after rounding: 999,999 is "1.00M",
+    not "1000.00k"."""
+    scaled, unit = value, ""
+    for larger in ("k", "M", "G"):
+        if abs(round(scaled, 2 if unit else 0)) < 1000:
+            break
+        scaled, unit = scaled / 1000, larger
+    return f"{scaled:.2f}{separator}{unit}" if unit else f"{scaled:.0f}"
+
+
 def _fmt_count(value: float | None) -> str:
-    if value is None:
-        return "?"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.2f}{unit}"
-    return f"{value:.0f}"
+    return "?" if value is None else count_text(value)
 
 
 def receptive_field_failed(missing: list[str], problems: list[str]) -> str | None:

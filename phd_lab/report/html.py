@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import quote
 
+from phd_lab.analysis.recommendations import count_text
 from phd_lab.report.collect import RunEntry
 from phd_lab.report.config_values import FIXED_COLUMNS, flat_config, varying_keys
 from phd_lab.report.repetitions import RepetitionGroup, repetitions_section
@@ -69,12 +70,7 @@ def _img(data: bytes, alt: str, key: str | None = None) -> str:
 
 
 def _count(value: float | None) -> str:
-    if value is None:
-        return MISSING
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.2f} {unit}"
-    return f"{value:.0f}"
+    return MISSING if value is None else count_text(value, " ")
 
 
 def _pct(value: float | None) -> str:

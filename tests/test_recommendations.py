@@ -1,0 +1,90 @@
+"""The advice of a run's analysis (recommendations.py) on runs written in the documented file formats: diverged
+and unfinished runs, where a tail starts, out-of-date probes and the direction of the width advice."""
+
+import json
+import os
+
+import pandas as pd
+
+from tests.analysis_fixtures import LAYERS, write_run
+from phd_lab import atomic
+from phd_lab.analysis.run_summary import summarize
+from phd_lab.analysis.run_tables import load_run
+
+
+def with_train_saturations(rundir, values):
+    """The run's metrics CSV with these train saturations per layer (s_mu then the mean over the layers)."""
+    metrics = pd.read_csv(rundir.metrics_csv)
+    for layer, value in zip(LAYERS, values):
+        metrics[f"{layer}_train_saturation"] = value
+    atomic.write_csv(rundir.metrics_csv, metrics.drop(columns=["train_saturation_mean"], errors="ignore"))
+    return rundir
+
+
+def advice(rundir, kind=None):
+    return [a["text"] for a in summarize(load_run(rundir))["recommendations"] if kind in (None, a["kind"])]
+
+
+def test_a_diverged_run_is_told_to_train_again_and_nothing_else(tmp_path):
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full", skip="features.16")
+    rundir.diverged.write_text("{}")
+    [text] = advice(rundir)
+    assert text.startswith("The run diverged in epoch 3 of 3: its weights are no longer finite")
+
+
+def test_an_unfinished_run_trained_on_another_host_is_provisional(tmp_path):
+    rundir = write_run(tmp_path / "logs", width=0.5, stage="running")  # 1 of 3 epochs
+    rundir.lock.write_text("PID 4242 on host some-other-node\n")  # cannot be checked: perhaps still training
+    assert load_run(rundir).status.state == "incomplete"
+    assert advice(rundir)[0].startswith("Training is not finished (")
+
+
+def test_only_a_tail_from_the_first_layer_on_is_a_tail_at_the_input(tmp_path):
+    rundir = with_train_saturations(write_run(tmp_path / "logs", width=0.25, stage="unprobed"),
+                                    [0.4] + [0.03] * 3 + [0.4] * 7)
+    assert [t["first_layer"] for t in summarize(load_run(rundir))["tails"]] == ["features.3"]
+    assert not [t for t in advice(rundir, "depth") if t.startswith("A low-saturated tail at the input")]
+
+
+def test_without_border_layers_a_tail_after_an_input_tail_is_named_too(tmp_path):
+    rundir = with_train_saturations(write_run(tmp_path / "logs", width=0.25, stage="trained"),
+                                    [0.03] * 3 + [0.4] * 2 + [0.03] * 5 + [0.4])
+    texts = advice(rundir, "depth")
+    assert len(texts) == 2 and texts[0].startswith("A low-saturated tail at the input (features.0 to features.6)")
+    assert texts[1].startswith("A low-saturated tail from features.13 to classifier.3 is not predicted")
+
+
+def test_probe_drops_read_from_out_of_date_probes_are_held_back(tmp_path):
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full", skip="features.16")
+    assert any(t.startswith("Probe accuracy drops at features.16") for t in advice(rundir, "probes"))
+    later = rundir.probe_csv.stat().st_mtime + 5
+    os.utime(rundir.latents() / "manifest.json", (later, later))
+    [text] = advice(rundir, "probes")
+    assert "rerun probe_main.py" in text
+
+
+def test_the_width_advice_says_which_way_s_mu_misses_the_interval(tmp_path):
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="unprobed")
+    [high] = advice(with_train_saturations(rundir, [0.6] * 11), "width")
+    assert "lies above the 20%-30% interval" in high and "the network is too narrow (under-parameterised)" in high
+    [low] = advice(with_train_saturations(rundir, [0.1] * 11), "width")
+    assert "lies below the 20%-30% interval" in low and "wider than needed (over-parameterised)" in low
+
+
+def test_a_run_without_a_complete_epoch_is_not_described_after_epoch_0(tmp_path):
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full", epochs=2)
+    lines = rundir.metrics_csv.read_bytes().split(b"\n")
+    rundir.metrics_csv.write_bytes(lines[0] + b"\n" + lines[1][:150])  # cut within its first row
+    status = load_run(rundir).status
+    assert status.state == "unknown" and status.epochs_done == 0
+    assert not [t for t in advice(rundir) if "after epoch" in t]
+
+
+def test_a_model_trained_for_another_objective_gets_none_of_the_classifier_guidelines(tmp_path):
+    rundir = with_train_saturations(write_run(tmp_path / "logs", width=0.25, stage="full", skip="features.16"),
+                                    [0.6] * 11)
+    config = json.loads(rundir.config.read_text())
+    config["_meta"]["objective"] = "reconstruction"
+    rundir.config.write_text(json.dumps(config))
+    [text] = advice(rundir)
+    assert text.startswith("This model is trained for reconstruction, not classification.")
