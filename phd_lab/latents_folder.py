@@ -36,7 +36,7 @@ SPLITS = ("train", "eval")
 def expected_settings(run_dir: Path, downsampling: Any, dtype: str, model: nn.Module,
                       method: str = DEFAULT_METHOD) -> dict[str, Any]:
     """What a reusable extraction's manifest must say. ``downsampling_method`` appears only off its default
-    (nearest interpolation), so that the manifests written before it existed stay reusable."""
+    (adaptive average pooling), so that the manifests written before it existed stay reusable."""
     settings = {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION,
                 "run_dir": str(Path(run_dir).resolve()), "downsampling": downsampling, "dtype": dtype,
                 "model_sha256": model_fingerprint(model)}

@@ -350,6 +350,23 @@ def test_the_64_bit_range_ends_are_read(tmp_path):
     assert load_config_file(path) == {"model_args": {"a": 2**63 - 1, "b": [True, 3e38, -2**63]}}
 
 
+def test_the_float32_range_ends_are_read_and_every_factory_mapping_is_held_to_it(tmp_path):
+    """float32's largest value itself is a factory argument a tensor can hold; beyond it is refused in
+    dataset_args as in model_args and optimizer_args, while other keys may hold any finite number."""
+    from phd_lab.config_file import FLOAT32_MAX, load_config_file
+    from phd_lab.errors import ConfigError
+    text = '{"model_args": {"a": %r, "b": [%r]}, "delta": 1e300}' % (FLOAT32_MAX, -FLOAT32_MAX)
+    assert load_config_file(_write_raw(tmp_path, text)) == {"model_args": {"a": FLOAT32_MAX, "b": [-FLOAT32_MAX]},
+                                                           "delta": 1e300}
+    with pytest.raises(ConfigError, match=r"the key 'dataset_args\.scale' holds 1e\+39, beyond the float32 range"):
+        load_config_file(_write_raw(tmp_path, '{"dataset_args": {"scale": 1e39}}'))
+
+
+def test_a_config_path_that_is_a_folder_is_named_as_such(tmp_path, capsys):
+    assert main_cli(["--config", str(tmp_path)]) == 2
+    assert f"Config path {str(tmp_path)!r} is not a file" in flat(capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("number", ["1e400", "-1e400", "NaN", "Infinity"])
 def test_numbers_that_are_not_finite_are_refused_naming_the_key(tmp_path, capsys, number):
     """A learning rate of 1e400 (infinity) trained to NaN losses, exited 0 and logged a config that is no JSON."""

@@ -340,3 +340,186 @@ def test_a_layer_named_labels_is_refused_before_its_files_replace_the_label_file
     assert not (tmp_path / "latents").exists()
     manifest = extract_latents(model, data, tmp_path / "latents", run_dir=tmp_path, layers=["conv"], progress=False)
     assert [entry["name"] for entry in manifest["layers"]] == ["conv"]
+
+
+def test_overlapping_layer_patterns_extract_each_layer_once(tmp_path, data):
+    """A layer named by two patterns (a wildcard and its exact name) is one layer: hooked twice it would fail as
+    a layer that "runs more than once"."""
+    manifest = extract_latents(build_model(), data, tmp_path, run_dir=tmp_path, layers=["body.*", "body.0", "head"],
+                               downsampling=1, progress=False)
+    assert [e["name"] for e in manifest["layers"]] == [f"body.{i}" for i in range(6)] + ["head"]
+
+
+def test_a_named_layer_the_forward_pass_never_calls_is_refused(tmp_path, data):
+    model = build_model()
+    model.add_module("unused", nn.Linear(6, 3))
+    with pytest.raises(ExtractionError, match=r"the layers \['unused'\] are not used in the forward pass"):
+        extract_latents(model, data, tmp_path / "latents", run_dir=tmp_path, layers=["head", "unused"],
+                        progress=False)
+    assert not (tmp_path / "latents").exists()
+
+
+def test_an_empty_split_is_refused_and_leaves_no_folder(tmp_path, data):
+    empty = TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.int64))
+    with pytest.raises(ExtractionError, match="the eval split is empty"):
+        extract_latents(build_model(), {"train": data["train"], "eval": DataLoader(empty, batch_size=10)},
+                        tmp_path / "latents", run_dir=tmp_path, layers=["head"], progress=False)
+    assert not (tmp_path / "latents").exists()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"downsampling": 0}, "downsampling must be an integer ≥ 1, null or 'pixelwise'; got 0"),
+    ({"downsampling": True}, "downsampling must be an integer ≥ 1, null or 'pixelwise'; got True"),
+    ({"dtype": "float64"}, r"dtype must be one of \['float32', 'float16'\]; got 'float64'"),
+    ({"method": "bilinear"}, r"the method must be one of \['adaptive_avg', 'nearest'\]; got 'bilinear'"),
+])
+def test_settings_extraction_cannot_use_are_refused_before_anything_is_written(tmp_path, data, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        extract_latents(build_model(), data, tmp_path / "latents", run_dir=tmp_path, progress=False, **settings)
+    assert not (tmp_path / "latents").exists()
+
+
+def test_pixelwise_positions_of_a_non_square_map_and_their_reuse(tmp_path):
+    """Rows and columns of a 2×3 map are not swapped, and a complete pixelwise extraction (its manifest lists
+    positions, named after their layer) is reused like any other."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * 2 * 3, 2))
+    images = torch.randn(10, 1, 2, 3)
+    dataset = TensorDataset(images, torch.arange(10) % 2)
+    split = {name: DataLoader(dataset, batch_size=4) for name in ("train", "eval")}
+    manifest = extract_latents(model, split, tmp_path, run_dir=tmp_path, downsampling="pixelwise", progress=False)
+    positions = [e["position"] for e in manifest["layers"] if e.get("layer") == "0"]
+    assert positions == [[row, col] for row in range(2) for col in range(3)]
+    with torch.no_grad():
+        maps = model[0](images)
+    for entry in manifest["layers"][:-1]:
+        row, col = entry["position"]
+        np.testing.assert_allclose(np.load(tmp_path / entry["train"]), maps[:, :, row, col].numpy(), rtol=1e-6)
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert extract_latents(model, split, tmp_path, run_dir=tmp_path, downsampling="pixelwise",
+                           progress=False) == manifest
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamps
+
+
+def test_pixelwise_scratch_files_are_split_in_chunks(tmp_path):
+    """Scratch rows beyond the 32 MiB copied at once (here 4 samples per chunk, 9 samples) reach every
+    position file whole, the last partial chunk included."""
+    from phd_lab.extraction import _CHUNK_BYTES, _split_positions
+    samples, width, channels = 9, 2, 2**21  # one sample's row: 2 × 2**21 float16 = 8 MiB
+    assert 1 < _CHUNK_BYTES // (width * channels * 2) < samples
+    scratch = np.empty((samples, 1, width, channels), dtype=np.float16)
+    for sample in range(samples):
+        scratch[sample] = sample + np.arange(width, dtype=np.float16)[:, None] / 4
+    path = tmp_path / ".scratch-train-x.npy"
+    np.save(path, scratch)
+    del scratch
+    files = _split_positions(path, "train", "x", (1, width), "float16")
+    assert sorted(files) == ["x@0_0", "x@0_1"]
+    for col in range(width):
+        written = np.load(tmp_path / files[f"x@0_{col}"]["file"], mmap_mode="r")
+        assert written.shape == (samples, channels)
+        np.testing.assert_array_equal(written[:, :1], (np.arange(samples) + col / 4)[:, None].astype(np.float16))
+        np.testing.assert_array_equal(written[:, -1], np.arange(samples) + col / 4)
+        assert files[f"x@0_{col}"]["sha256"] == sha(tmp_path / files[f"x@0_{col}"]["file"])
+
+
+def test_other_layers_alone_are_extracted_again(tmp_path, data):
+    model = build_model()
+    extract_latents(model, data, tmp_path, run_dir=tmp_path, layers=["head"], progress=False)
+    manifest = extract_latents(model, data, tmp_path, run_dir=tmp_path, layers=["body.0", "head"], progress=False)
+    assert [e["name"] for e in manifest["layers"]] == ["body.0", "head"]
+    assert json.loads((tmp_path / MANIFEST).read_text()) == manifest
+
+
+def test_an_edited_label_file_is_extracted_again(tmp_path, data):
+    """Labels of the same count and dtype but another value fail the probe job's sha256 check as latents do."""
+    model = build_model()
+    first = extract_latents(model, data, tmp_path, run_dir=tmp_path, layers=["head"], progress=False)
+    labels = np.load(tmp_path / "eval-labels.npy")
+    np.save(tmp_path / "eval-labels.npy", (labels + 1) % 10)
+    assert extract_latents(model, data, tmp_path, run_dir=tmp_path, layers=["head"], progress=False) == first
+    assert sha(tmp_path / "eval-labels.npy") == first["labels"]["sha256"]["eval"]
+
+
+@pytest.mark.parametrize("text", ["[]", "null", "{\"format\": 1", "\"latents\""])
+def test_a_manifest_that_is_no_json_object_is_a_half_written_extraction(tmp_path, data, text):
+    (tmp_path / MANIFEST).write_text(text)
+    (tmp_path / "train-head.npy").write_bytes(b"left over")
+    manifest = extract_latents(build_model(), data, tmp_path, run_dir=tmp_path, layers=["head"], progress=False)
+    assert json.loads((tmp_path / MANIFEST).read_text()) == manifest
+    assert sha(tmp_path / "train-head.npy") == manifest["layers"][0]["sha256"]["train"]
+
+
+def test_a_pixelwise_scratch_file_left_by_a_killed_extraction_is_cleared(tmp_path, data):
+    (tmp_path / ".scratch-train-body.4.npy").write_bytes(b"a killed pixelwise extraction's (N, H, W, C) maps")
+    extract_latents(build_model(), data, tmp_path, run_dir=tmp_path, layers=["head"], progress=False)
+    assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("accuracy", [float("nan"), float("inf")])
+def test_a_test_accuracy_that_is_no_number_is_written_as_null(tmp_path, data, accuracy):
+    """A model trained to reconstruct its input has no accuracy (NaN): the manifest must stay strict JSON."""
+    extract_latents(build_model(), data, tmp_path, run_dir=tmp_path, layers=["head"], test_accuracy=accuracy,
+                    progress=False)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is no JSON")
+    assert json.loads((tmp_path / MANIFEST).read_text(), parse_constant=refuse)["model_test_accuracy"] is None
+
+
+def test_layers_that_run_in_another_order_on_the_test_split_are_refused(tmp_path):
+    """The manifest pairs each layer's train and eval files: a forward pass whose order depends on the data must
+    not pair one layer's training latents with another's test latents."""
+    class Swapping(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.b(self.a(x)) if x[0, 0] > 0 else self.a(self.b(x))
+
+    positive = TensorDataset(torch.rand(8, 4) + 0.1, torch.arange(8) % 2)
+    negative = TensorDataset(-torch.rand(8, 4) - 0.1, torch.arange(8) % 2)
+    split = {"train": DataLoader(positive, batch_size=4), "eval": DataLoader(negative, batch_size=4)}
+    with pytest.raises(ExtractionError, match="the layers ran in a different order on the test split"):
+        extract_latents(Swapping(), split, tmp_path / "latents", run_dir=tmp_path, progress=False)
+    assert not (tmp_path / "latents").exists()
+
+
+def test_a_failed_extraction_over_a_complete_one_leaves_no_manifest_of_the_files_it_removed(tmp_path, data):
+    latents = tmp_path / "latents"
+    extract_latents(build_model(), data, latents, run_dir=tmp_path, layers=["head"], progress=False)
+    with pytest.raises(RuntimeError, match="channels"):
+        extract_latents(nn.Sequential(nn.Conv2d(5, 2, 3)), data, latents, run_dir=tmp_path, layers=["0"],
+                        progress=False)
+    assert not latents.exists()
+
+
+def test_a_data_parallel_model_is_extracted_as_its_own_module(tmp_path, data):
+    """The wrapper of a run trained on several GPUs adds no 'module.' to the layer names, and the latents are
+    those of the model itself (reused as they are)."""
+    model = build_model()
+    wrapped = extract_latents(nn.DataParallel(model), data, tmp_path, run_dir=tmp_path, downsampling=1,
+                              progress=False)
+    assert [e["name"] for e in wrapped["layers"]] == ["body.0", "body.4", "head"]
+    stamp = (tmp_path / MANIFEST).stat().st_mtime_ns
+    assert extract_latents(model, data, tmp_path, run_dir=tmp_path, downsampling=1, progress=False) == wrapped
+    assert (tmp_path / MANIFEST).stat().st_mtime_ns == stamp
+
+
+def test_latents_look_whole_only_while_every_listed_file_has_its_rows_shape_and_dtype(tmp_path, data):
+    """What --dry-run reads off the headers: a file replaced by a valid .npy of other rows, features or dtype (or
+    label files that are no int64 vector) is no finished extraction, as the real run would find."""
+    from phd_lab.latents_folder import latents_look_whole
+    extract_latents(build_model(), data, tmp_path, run_dir=tmp_path, layers=["body.0", "head"], downsampling=2,
+                    progress=False)
+    assert latents_look_whole(tmp_path)
+    for name in ("eval-body.0.npy", "train-labels.npy"):
+        original = np.load(tmp_path / name)
+        replacements = ([original[:, :-1], original[:-1], original.astype(np.float16)] if original.ndim == 2
+                        else [original.astype(np.int32), original[:, None], original[:-1]])
+        for replaced in replacements:
+            np.save(tmp_path / name, replaced)
+            assert not latents_look_whole(tmp_path), (name, replaced.shape, replaced.dtype)
+        np.save(tmp_path / name, original)
+        assert latents_look_whole(tmp_path)

@@ -213,3 +213,12 @@ def test_the_probe_job_refuses_bad_sizes_and_methods_as_training_does(tmp_path, 
     assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 2
     said = " ".join(capsys.readouterr().err.split())
     assert "step 'extract'" in said and "Traceback" not in said and re.search(match, said), said
+
+
+def test_folders_named_like_a_set_with_more_after_it_are_the_default_set_and_sets_describe_themselves():
+    """A user's copy such as latents_2x2_avg_backup starts like a set's name; only a whole name is one."""
+    assert [set_of_folder(name) for name in ("latents_2x2_avg_backup", "latents_fullx", "latents_2x2_avg")] == [
+        "", "", "2x2_avg"]
+    assert named_set("1x1_nearest_old") is None and named_set("pixelwise2") is None
+    assert [s.describe() for s in extraction_sets(4, [2, None, "pixelwise"], ["nearest"])] == [
+        "4×4, adaptive_avg", "2×2, nearest", "whole feature maps", "pixelwise"]

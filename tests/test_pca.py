@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from phd_lab.tracking.pca import Conv2dPCA, LinearPCA, insert_pca_layers, pca_layers
@@ -268,3 +270,168 @@ def test_a_layer_with_overflowing_activations_is_named_instead_of_an_eigh_failur
         projection_table(Overflowing(), data, data, torch.device("cpu"), deltas=[0.9])
     table = projection_table(Overflowing(), data, data, torch.device("cpu"), deltas=[0.9], exclude=["second"])
     assert set(table["feature_dims_sum"]) == {4}
+
+
+def test_a_layer_set_to_training_mode_again_keeps_collecting() -> None:
+    """Only switching into training mode starts a new covariance: a collecting layer told train() once more (a
+    parent's train() in the middle of the pass) keeps what it has."""
+    data = correlated()
+    layer = LinearPCA(8).train()
+    layer(data[:200])
+    layer.train()
+    layer(data[200:])
+    assert layer.accumulator.n == len(data)
+    assert torch.allclose(layer.accumulator.covariance(), collected(LinearPCA(8), data).accumulator.covariance())
+
+
+def test_a_new_covariance_gives_a_new_eigenspace() -> None:
+    """Collecting again after an evaluation projects onto the new data's directions, not the cached old ones."""
+    first, second = correlated(seed=1), correlated(seed=2)
+    layer = collected(LinearPCA(8, delta=0.9), first)
+    layer(first)  # computes and caches the first data's eigenspace
+    collected(layer, second)
+    fresh = collected(LinearPCA(8, delta=0.9), second)
+    assert layer.k == fresh.k
+    assert torch.allclose(layer(second), fresh(second), atol=1e-5)
+
+
+def test_the_projection_follows_the_inputs_dtype_and_basis() -> None:
+    """The cached PᵀP is cast once per basis, device and dtype: another dtype, or a switch between the PCA and a
+    random basis at the same delta, projects with the matching matrix."""
+    data = correlated()
+    layer = collected(LinearPCA(8, delta=0.9), data)
+    single = layer(data)
+    double = layer(data.double())
+    assert double.dtype == torch.float64 and torch.allclose(double.float(), single, atol=1e-5)
+    layer.use_random_basis(torch.Generator().manual_seed(0))
+    random = layer(data)
+    assert not torch.allclose(random, single, atol=1e-2)
+    layer.use_pca_basis()
+    assert torch.equal(layer(data), single)
+
+
+def test_insert_pca_layers_refuses_a_projected_model_and_a_bare_layer() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    projected, _ = insert_pca_layers(model)
+    with pytest.raises(ValueError, match="layer '0' has a PCA layer already"):
+        insert_pca_layers(projected)
+    with pytest.raises(TypeError, match="needs a model that contains its Conv2d/Linear layers"):
+        insert_pca_layers(nn.Linear(3, 4))
+
+
+def test_each_row_of_the_projection_table_uses_its_own_basis_and_the_unprojected_row_is_the_model() -> None:
+    """The bases alternate (pca, random, pca, …): the PCA rows and their example outputs equal those of a table
+    without the random control, the random rows come from the seed, layer_dims has one row per layer and delta,
+    and the unprojected row scores the model itself (mean loss per sample)."""
+    from phd_lab.tracking.projection import projection_table
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 40), nn.ReLU(), nn.Linear(40, 4))
+    data = [(torch.randn(50, 10), torch.randint(0, 4, (50,))) for _ in range(3)]
+    examples = data[0][0][:5]
+
+    def table(random_control: bool, seed: int = 0):
+        outputs: dict[float, torch.Tensor] = {}
+        dims: list[dict] = []
+        frame = projection_table(model, data, data, torch.device("cpu"), deltas=[0.8, 0.95],
+                                 random_control=random_control, seed=seed, examples=examples,
+                                 example_outputs=outputs, layer_dims=dims)
+        return frame, outputs, dims
+
+    alone, alone_outputs, alone_dims = table(False)
+    both, both_outputs, both_dims = table(True)
+    assert list(both["basis"]) == ["none", "pca", "random", "pca", "random"]
+    pca_rows = both[both["basis"] != "random"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pca_rows, alone)
+    assert set(both_outputs) == {1.0, 0.8, 0.95}
+    assert all(torch.equal(both_outputs[delta], alone_outputs[delta]) for delta in alone_outputs)
+    assert both_dims == alone_dims and len(both_dims) == 2 * 2
+    random_rows = both[both["basis"] == "random"]
+    assert (random_rows["loss"].to_numpy() != both[both["basis"] == "pca"]["loss"].to_numpy()).all()
+    pd.testing.assert_frame_equal(table(True)[0], both)  # the seed draws the random bases
+    assert not table(True, seed=1)[0]["loss"].equals(both["loss"])
+    with torch.no_grad():
+        inputs, targets = torch.cat([x for x, _ in data]), torch.cat([y for _, y in data])
+        logits = model.eval()(inputs)
+    (unprojected,) = both[both["basis"] == "none"].to_dict("records")
+    assert unprojected["loss"] == pytest.approx(float(F.cross_entropy(logits, targets)), rel=1e-5)
+    assert unprojected["accuracy"] == pytest.approx(float((logits.argmax(1) == targets).float().mean()))
+    assert torch.allclose(both_outputs[1.0], model(examples))
+
+
+def test_first_test_inputs_takes_the_first_inputs_across_batches() -> None:
+    from phd_lab.steps.project import first_test_inputs
+    inputs = torch.arange(20.0).reshape(10, 2)
+    batches = [(inputs[i:i + 3], torch.zeros(3)) for i in range(0, 10, 3)]
+    assert torch.equal(first_test_inputs(batches, 8), inputs[:8])
+    assert torch.equal(first_test_inputs(batches, 6), inputs[:6])
+    assert torch.equal(first_test_inputs(batches, 50), inputs)
+
+
+def test_project_step_takes_deltas_in_0_1_sorted_once_and_an_exclude_that_leaves_layers() -> None:
+    from phd_lab.errors import ConfigError
+    from phd_lab.steps.project import Project
+    params = {"deltas": [0.99, 1, 0.9, 0.99]}
+    Project().check(params, None, "x.json")
+    assert params["deltas"] == [0.9, 0.99, 1.0]  # delta 1 (every direction kept) is allowed
+    for bad in ([0.0, 0.9], [0.9, 1.01], [-0.5], []):
+        with pytest.raises(ConfigError, match=r"x\.json, step 'project': the parameter 'deltas' must be a non-empty"):
+            Project().check({"deltas": bad}, None, "x.json")
+    Project().check_model({"exclude": ["2"]}, nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), "x.json")
+
+
+def test_the_thesis_deltas_are_those_of_tables_4_and_5() -> None:
+    from phd_lab.tracking.projection import THESIS_DELTAS
+    expected = ([0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.992, 0.994, 0.996, 0.998]
+                + [0.999, 0.9991, 0.9992, 0.9993, 0.9994, 0.9995, 0.9996, 0.9997, 0.9998, 0.9999])
+    assert list(THESIS_DELTAS) == expected
+
+
+def test_the_project_step_projects_with_its_parameters_and_the_runs_seed(tmp_path) -> None:
+    """projections.csv is the table of the step's deltas, random control, exclude and centered, with the random
+    bases drawn from the run's seed."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from phd_lab.config_file import load_config_file
+    from phd_lab.data import DataBundle
+    from phd_lab.grid import Grid
+    from phd_lab.rundir import RunDir
+    from phd_lab.steps import StepContext
+    from phd_lab.steps.project import Project
+    from phd_lab.tracking.projection import projection_table
+    from tests.conftest import write_config
+    config = Grid(load_config_file(write_config(tmp_path, seed=7)))[0]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 40), nn.ReLU(), nn.Linear(40, 4)).eval()
+    loader = DataLoader(TensorDataset(torch.randn(150, 10), torch.randint(0, 4, (150,))), batch_size=50)
+    bundle = DataBundle(name="random", train=loader, test=loader, train_eval=loader, num_classes=4, in_channels=1,
+                        resolution=1)
+    rundir = RunDir(root=tmp_path / "run", name="run")
+    rundir.root.mkdir()
+    context = StepContext(config=config, rundir=rundir, model=model, bundle=bundle, device=torch.device("cpu"),
+                          progress=False)
+    for params in ({"deltas": [0.8, 0.95], "random_control": True, "exclude": [], "centered": True},
+                   {"deltas": [0.9], "random_control": False, "exclude": ["2"], "centered": False}):
+        Project().run(context, **params)
+        expected = projection_table(model, loader, loader, torch.device("cpu"), seed=7, **params)
+        pd.testing.assert_frame_equal(pd.read_csv(rundir.projections_csv), expected, check_exact=False, rtol=1e-12)
+
+
+def test_a_layer_the_training_pass_never_calls_passes_test_data_unchanged() -> None:
+    """A branch only some test batches take (here the last, smaller batch) calls a layer that got no covariance:
+    it is left unprojected (delta 1), not asked for an eigenspace it does not have."""
+    from phd_lab.tracking.projection import projection_table
+
+    class Branching(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.rare, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hidden = self.body(x)
+            return self.head(self.rare(hidden) if x.shape[0] < 5 else hidden)
+
+    torch.manual_seed(0)
+    train = [(torch.randn(10, 4), torch.randint(0, 2, (10,))) for _ in range(2)]
+    test = [*train, (torch.randn(3, 4), torch.randint(0, 2, (3,)))]
+    table = projection_table(Branching(), train, test, torch.device("cpu"), deltas=[0.9])
+    assert set(table["feature_dims_sum"]) == {4 + 2} and table["loss"].notna().all()
