@@ -33,7 +33,6 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: s
     accepted = sorted(p for p, spec in params.items()
                       if spec.kind is not inspect.Parameter.VAR_POSITIONAL and p not in reserved
                       and spec.kind is not inspect.Parameter.POSITIONAL_ONLY)
-    accepted = [p for p in accepted if p != "model"]
     unknown = sorted(set(args) - set(accepted))
     if unknown:
         from phd_lab.registry import did_you_mean

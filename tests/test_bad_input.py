@@ -178,6 +178,22 @@ def test_too_long_run_id_is_refused_also_beside_existing_runs(tmp_path, capsys):
     assert sorted(p.name[:3] for p in (tmp_path / "logs" / "vgg11" / "Digits_16").iterdir()) == ["r", "rrr"]
 
 
+def test_names_of_exactly_255_bytes_are_allowed_and_one_byte_more_is_refused(tmp_path):
+    """File systems allow 255 bytes per name: a run folder (here the run id's) and the longest file name (a
+    plot's temp file, 56 bytes more than the model's name at 2 epochs) of exactly 255 bytes are fine."""
+    from phd_lab.errors import ConfigError
+    from phd_lab.grid import Grid
+    from phd_lab.rundir import RunDir
+    for overrides in ({"run_id": "r" * 255}, {"model": "m" * 199}):
+        [fits] = Grid(json.loads(write_config(tmp_path, **overrides).read_text()))
+        assert RunDir.for_run(fits).root.parents[3] == tmp_path / "logs"
+        key, value = next(iter(overrides.items()))
+        [too_long] = Grid(json.loads(write_config(tmp_path, **{key: value + "x"}).read_text()))
+        with pytest.raises(ConfigError, match="256 bytes long|file names of at most 255 bytes"):
+            RunDir.for_run(too_long)
+    assert not (tmp_path / "logs").exists()
+
+
 def test_a_bad_device_option_is_named_as_the_option_not_as_a_key_of_the_config(tmp_path, capsys):
     config = write_config(tmp_path)
     assert main_cli(["--config", str(config), "--device", "tpu", "--dry-run"]) == 2

@@ -83,6 +83,39 @@ def test_a_digest_collision_in_one_grid_is_no_duplicate_but_a_repeated_value_is(
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_same_named_folder_holding_another_run_sends_a_new_run_to_its_long_digest(tmp_path, capsys):
+    """Two commands whose runs share the whole folder name (deltas of one CRC-32): once the first run logged its
+    config there, the second run's folder is another one, and the first run still finds its own."""
+    from phd_lab.experiment import Main
+    first_config = write_config(tmp_path, "first.json", **FAST, delta=COLLIDING_DELTA[0])
+    main = Main(progress=False)
+    main.load(first_config)
+    first = main.executors[0]
+    first.rundir.create()
+    first.rundir.config.write_text(json.dumps(first.logged_config()))
+    second = dry_run(capsys, write_config(tmp_path, "second.json", **FAST, delta=COLLIDING_DELTA[1]))
+    assert second[0][0] == "new" and second[0][1].parent == first.rundir.root.parent
+    assert second[0][1] != first.rundir.root and len(second[0][1].name.rsplit("-", 1)[1]) == 16
+    assert dry_run(capsys, first_config)[0][1] == first.rundir.root
+    # a copy of the other run's logged config put beside the run's own does not make the folder another run's
+    other = Main(progress=False)
+    other.load(tmp_path / "second.json")
+    (first.rundir.root / "copied_config.json").write_text(json.dumps(other.executors[0].logged_config()))
+    assert dry_run(capsys, first_config)[0][1] == first.rundir.root
+
+
+def test_two_folders_with_the_run_s_digest_are_not_guessed_between(tmp_path, capsys):
+    """The digest names the run's folder only where one folder has it: of two (left by hand or by other versions'
+    readable parts), neither is taken at random; the run gets its own folder name."""
+    config = write_config(tmp_path, **FAST)
+    [run] = Grid(json.loads(config.read_text()))
+    [(status, folder)] = dry_run(capsys, config).values()
+    assert status == "new" and folder.name == run.variant_slug()
+    for readable in ("older", "other"):
+        (folder.parent / f"{readable}-{run.identity_hash()}").mkdir(parents=True)
+    assert dry_run(capsys, config)[0][1] == folder
+
+
 NO_USER = "~phdlab_no_such_user_4711"
 
 
@@ -183,3 +216,33 @@ def test_a_factory_argument_at_the_top_level_is_pointed_to_its_args_mapping(key,
     assert main_cli(["--config", str(config), "--dry-run"]) == 2
     err = flat(capsys.readouterr().err)
     assert "did you mean 'batch_size'" in err and "write it inside" not in err, err
+
+
+def test_an_argument_the_framework_supplies_is_not_pointed_to_an_args_mapping(tmp_path, capsys):
+    """in_channels at the top level: the framework passes it to the model factory from the data, and model_args
+    refuses it, so the message must not send the user there."""
+    config = write_config(tmp_path, in_channels=1)
+    assert main_cli(["--config", str(config), "--dry-run"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "unknown config key(s) ['in_channels']" in err and "write it inside" not in err, err
+
+
+def test_a_model_or_dataset_factory_may_take_an_argument_named_model():
+    """Only an optimizer factory gets the model from the framework; a model wrapper's own ``model`` keyword (which
+    torchvision architecture to wrap) was refused with "It accepts: no arguments"."""
+    from phd_lab.errors import ConfigError
+    from phd_lab.factory_args import SUPPLIED_ARGS, check_factory_args
+
+    def wrapper(*, num_classes, in_channels=3, model="resnet18"):
+        raise AssertionError("only its signature is read")
+
+    check_factory_args(wrapper, {"model": "resnet50"}, "model_args", "wrapper", "exp.json", SUPPLIED_ARGS["models"])
+    check_factory_args(wrapper, {"model": "resnet50"}, "dataset_args", "wrapper", "exp.json",
+                       SUPPLIED_ARGS["datasets"])
+
+    def optimizer(model, epochs, lr=0.1):
+        raise AssertionError("only its signature is read")
+
+    with pytest.raises(ConfigError, match=r"optimizer_args \['model'\] are not accepted by 'sgd'.* It accepts: lr"):
+        check_factory_args(optimizer, {"model": "x"}, "optimizer_args", "sgd", "exp.json",
+                           SUPPLIED_ARGS["optimizers"])

@@ -166,6 +166,21 @@ def test_ctrl_c_stops_the_command_s_runs_on_the_cluster_so_that_the_rerun_resume
     assert "Resuming run" in (folder / f"{run_name(folder)}.log").read_text()
 
 
+def test_a_point_queued_behind_a_stopped_command_does_not_start(tmp_path):
+    """A task that a worker takes up only after its command was stopped ends at once: no run folder, no data or
+    model built for a run that would stop at its first batch."""
+    from phd_lab.distributed import train_point
+    from phd_lab.grid import Grid
+    config = write_config(tmp_path, epoch=1)
+    [point] = Grid(json.loads(config.read_text()))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as local, distributed.Client(local) as client:
+        distributed.Event("stopped-command", client=client).set()
+        future = client.submit(train_point, point.values, str(config), {}, "stopped-command", pure=False)
+        assert future.result() == ("stopped", "not started: its command was stopped")
+    assert not (tmp_path / "logs").exists()
+
+
 def test_scheduler_spec_errors():
     assert parse_scheduler("local:3") == ("local", 3)
     assert parse_scheduler("tcp://127.0.0.1:8786") == ("address", "tcp://127.0.0.1:8786")
@@ -190,6 +205,16 @@ def test_a_malformed_scheduler_address_is_a_usage_error(spec):
     with pytest.raises(UsageError, match="cannot reach a Dask scheduler there"):
         with dask_client(spec):
             pass
+
+
+def test_a_device_missing_here_is_refused_before_a_local_cluster_starts(tmp_path, capsys):
+    """local:N trains on this machine, which lacks the device: refused up front as in a sequential run (only the
+    workers of a remote scheduler check their devices themselves)."""
+    config = write_config(tmp_path, device="cuda:99")
+    assert main_cli(["--config", str(config), "--scheduler", "local:1", "--no-progress"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "'cuda:99'" in err and "Traceback" not in err and "Local Dask cluster" not in err  # none started
+    assert not (tmp_path / "logs").exists()
 
 
 def test_probe_tasks_name_their_files_by_absolute_path(tmp_path, monkeypatch):
@@ -266,6 +291,17 @@ def test_gpu_runs_ask_for_a_gpu_resource_only_where_workers_declare_one():
     assert task_resources("cpu", gpus_on_cluster=True) is None
     assert task_resources("cuda", gpus_on_cluster=False) is None
     assert task_resources("auto", gpus_on_cluster=False) is None
+
+
+def test_a_cluster_has_gpus_only_where_a_worker_declares_the_resource():
+    """A local:N cluster (workers without resources) must not be taken for one with GPUs: its GPU runs would ask
+    for GPU=1 and wait forever."""
+    from phd_lab.distributed import cluster_has_gpus, task_resources
+    for resources, gpus in ((None, False), ({"GPU": 0}, False), ({"GPU": 1}, True)):
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
+                                      resources=resources) as local, distributed.Client(local) as client:
+            assert cluster_has_gpus(client) is gpus
+            assert task_resources("cuda", cluster_has_gpus(client)) == ({"GPU": 1} if gpus else None)
 
 
 def test_a_point_in_use_by_another_process_is_reported_as_such_without_a_traceback(tmp_path, cluster, capfd):

@@ -8,7 +8,8 @@ import signal
 import pytest
 
 from phd_lab.cli import guarded
-from phd_lab.interrupts import deferred_interrupts
+from phd_lab.errors import RunStopped
+from phd_lab.interrupts import deferred_interrupts, raise_if_stop_requested, stop_requests
 
 
 @pytest.fixture
@@ -52,3 +53,59 @@ def test_sigterm_inside_the_block_ends_the_command_after_it(capsys):
 
     assert guarded(body) == 128 + signal.SIGTERM
     assert done == ["file"] and "terminated (SIGTERM)" in capsys.readouterr().err
+
+
+def test_of_two_signals_in_the_block_the_first_one_noted_takes_effect(ctrl_c_as_in_a_terminal, capsys):
+    """A SIGTERM (a batch system's time limit) followed by a Ctrl-C ends the command as terminated, not as
+    interrupted: the first signal noted is the one raised after the block."""
+    def body() -> int:
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+        return 0
+
+    assert guarded(body) == 128 + signal.SIGTERM
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_stop_request_is_asked_once_per_interval_and_only_inside_its_block():
+    """A task on a Dask worker asks the scheduler whether its command was stopped: at most once per interval
+    (one round trip each), never outside a ``stop_requests`` block, and an inner block gives the outer one's
+    question back when it ends."""
+    asked = []
+
+    def requested() -> bool:
+        asked.append("asked")
+        return len(asked) > 1
+
+    raise_if_stop_requested()  # outside any block: nothing to ask
+    with stop_requests(requested, poll_seconds=3600):
+        raise_if_stop_requested()  # asked: not stopped
+        raise_if_stop_requested()  # within the interval: not asked again
+    assert asked == ["asked"]
+    with stop_requests(requested, poll_seconds=0):
+        with pytest.raises(RunStopped, match="resumes from there"):
+            raise_if_stop_requested()  # asked again: stopped
+    raise_if_stop_requested()  # after the block: nothing asked, nothing raised
+    assert asked == ["asked", "asked"]
+
+    with stop_requests(lambda: True, poll_seconds=0):
+        with stop_requests(lambda: False, poll_seconds=0):
+            raise_if_stop_requested()
+        with pytest.raises(RunStopped):
+            raise_if_stop_requested()  # the outer block's question is back
+
+
+def test_a_command_leaves_the_sigterm_handler_as_it_found_it():
+    """In a process that calls commands in turn (a notebook, a workflow), SIGTERM after a command must act as
+    before it, not raise the command's ``Terminated`` in whatever runs next."""
+    def handler(signum: int, frame: object) -> None:
+        pass
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        assert guarded(lambda: 0) == 0
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -265,6 +265,9 @@ def test_config_mode_with_latents_dir_and_run_id(tmp_path, capsys):
     rundir = RunDir.for_run(cfg).create()
     latents = rundir.latents(cfg.latents_dir)
     assert scratch in latents.parents
+    # mirrored as documented: <latents_dir>/<model>/<dataset>_<resolution>/<run_id>/<variant>/latents
+    assert latents.relative_to(scratch).parts == (cfg.model, f"{cfg.dataset}_{cfg.resolution}", "b",
+                                                  rundir.root.name, "latents")
     layers, y_train, y_eval = blob_layers(n_layers=2)
     write_latents(latents, layers, y_train, y_eval, rundir.root, 0.95)
     assert cli("--config", str(config), "--run-id", "b", "-mp", "0") == 0

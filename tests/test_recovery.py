@@ -9,6 +9,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -284,6 +285,38 @@ def test_a_killed_owners_forked_children_do_not_keep_the_lock(tmp_path):
         os.kill(child, signal.SIGKILL)
 
 
+def test_the_lock_file_names_its_live_owner_only_and_a_released_lock_closes_nothing_in_later_children(tmp_path):
+    """A killed owner's longer line is not left behind the new owner's, a released lock leaves the file empty
+    (the report reads an owner line as a run in progress), and the descriptor a released lock had, reused by a
+    file opened later, is not closed in a forked child (a DataLoader worker reading that file)."""
+    lock_path = tmp_path / ".lock"
+    lock_path.write_text("PID 4194303 on host a-killed-owner-s-machine-with-a-long-name.cluster.example.org\n")
+    free = os.open(os.devnull, os.O_RDONLY)
+    os.close(free)  # the lowest free descriptor: the lock's, and after its release the data file's
+    lock = RunLock(lock_path).acquire()
+    assert lock_path.read_text() == f"PID {os.getpid()} on host {socket.gethostname()}\n"
+    descriptors = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(RunLockedError):  # another open file of the same lock (as another process's) is refused
+        RunLock(lock_path).acquire()
+    assert len(os.listdir("/proc/self/fd")) == descriptors  # ... without leaving a descriptor open per refusal
+    lock.release()
+    assert lock_path.read_text() == ""
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"batch")
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        assert fd == free
+        child = os.fork()
+        if child == 0:  # the child: exit 0 when the file is still open and readable
+            try:
+                os._exit(0 if os.pread(fd, 5, 0) == b"batch" else 1)
+            except BaseException:
+                os._exit(1)
+        assert os.waitpid(child, 0)[1] == 0
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_written_files_get_the_permissions_of_any_new_file(tmp_path, umask):
     """Atomic writes go through mkstemp, which makes files 0600; results on a shared logs_dir must
@@ -466,6 +499,8 @@ def test_a_run_whose_folder_goes_away_while_it_trains_stops_without_re_creating_
     if how == "moved":
         epochs = len(read_metrics(tmp_path / "moved"))
         assert 1 <= epochs < 40  # the moved folder is left as it was, with its finished epochs
+        moved_log = (tmp_path / "moved" / f"{run_name(tmp_path / 'moved')}.log").read_text()
+        assert "Run failed: The folder" in moved_log and "Traceback" not in moved_log  # its message, no trace
 
 
 def test_writes_into_a_run_folder_that_went_away_do_not_re_create_it(tmp_path):
@@ -520,6 +555,44 @@ def test_writes_into_a_run_folder_that_went_away_do_not_re_create_it(tmp_path):
         with pytest.raises(RunFolderLost, match="its lock file .lock"):
             atomic.write_text(folder / "g.txt", "y")
     assert list(folder.iterdir()) == []
+
+
+def test_a_lock_file_replaced_by_another_process_s_is_said_as_lost(tmp_path):
+    """The folder deleted and made anew (its inode may come back) and locked by a second process: only the lock
+    file tells that the name is another file now, and the run must not write on beside the second one."""
+    from phd_lab.errors import RunFolderLost
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with RunLock(folder / ".lock") as lock:
+        lock.check_held()
+        (folder / ".lock").unlink()
+        with RunLock(folder / ".lock"):  # another process's lock (another open file: flock treats it as such)
+            with pytest.raises(RunFolderLost, match="its lock file .lock is another file now"):
+                lock.check_held()
+
+
+def test_a_forked_child_that_leaves_the_lock_s_block_releases_nothing_of_its_parent(tmp_path):
+    """The child's copy of the lock descriptor was closed at the fork and its number may be reused: the child's
+    release must neither truncate nor unlock the file that now has it, nor the parent's lock."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"batch")
+    with RunLock(folder / ".lock") as lock:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            try:
+                fd = os.open(data, os.O_RDWR)  # takes the number the lock's descriptor had in the parent
+                lock.release()
+                with pytest.raises(RunLockedError):  # the parent's lock is still held
+                    RunLock(folder / ".lock").acquire()
+                os._exit(0 if os.pread(fd, 5, 0) == b"batch" else 1)
+            except BaseException:
+                os._exit(1)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        lock.check_held()
+    assert data.read_bytes() == b"batch"
 
 
 def test_a_kept_folder_whose_parent_became_a_file_is_said_as_lost(tmp_path):

@@ -20,7 +20,7 @@ import pytest
 from phd_lab.cli import main_cli
 from phd_lab.config import META_KEY
 from phd_lab.environment import git_commit
-from tests.conftest import ROOT, main_in_process, run_folders, run_main, run_name, write_config
+from tests.conftest import ROOT, TINY, main_in_process, run_folders, run_main, run_name, write_config
 from tests.test_runs import assert_same_weights, weights
 
 REGISTRY = '''from torch import nn
@@ -107,6 +107,17 @@ def test_a_logged_config_outside_its_run_folder_says_where_its_run_goes(tmp_path
     err = " ".join(err.split())
     assert code == 0 and f"{copied} is a logged config" in err and "does not lie in the run folder" in err
     assert f"the run goes to logs_dir {tmp_path / 'logs'} as logged" in err
+
+
+def test_a_logged_config_copied_near_the_file_system_root_lies_in_no_run_folder():
+    """A logged config four folders below the root (/srv/configs/copied/<name>_config.json) has no folder four
+    levels above its run folder: it lies in none, and is rerun under its logged logs_dir, not a crash."""
+    from phd_lab.rundir import anchor_logged_run, lies_in_its_run_folder
+    raw = {**TINY, "logs_dir": "/srv/logs", META_KEY: {}}
+    shallow = Path("/srv/configs/copied/vgg11-Digits-r16-bs128-e2_config.json")
+    assert len(shallow.parents) == 4 and lies_in_its_run_folder(raw, shallow) is False
+    anchor_logged_run(raw, shallow)
+    assert raw["logs_dir"] == "/srv/logs"
 
 
 def test_the_git_commit_is_only_the_checkout_s_own(tmp_path):
@@ -261,3 +272,36 @@ def test_the_logged_config_pins_every_step_parameter_so_a_later_default_cannot_c
     assert main_in_process(capsys, "--config", str(config), "--no-progress")[0] == 0
     assert (folder / "projections.csv").read_text().count("random") == 0
     assert json.loads(logged_path.read_text())["post_processing"][1]["random_control"] is False
+
+
+def test_only_real_differences_of_the_setup_are_named_not_keys_an_older_meta_lacks():
+    """The comparison behind the warnings above, on logged ``_meta`` values as older versions wrote them: a
+    default changed to null is named, while what an older ``_meta`` lacks or logged as unknown (no hash of a
+    registry file, numba not installed, no diff digest, a kind of factory arguments added since) is not."""
+    from phd_lab.reproduction import code_differences, setup_differences, version_differences
+    now = {"defaults_in_effect": {"model_args": {"act": None, "added": None}, "dataset_args": {"flip": None}},
+           "registry_sha256": {"models": "b" * 64, "datasets": "c" * 64}, "git_commit": "abc",
+           "git_diff_sha256": "d" * 64, "numba": "0.60.0", "torch": "2.5.0"}
+    logged = {"defaults_in_effect": {"model_args": {"act": "relu"}}, "registry_sha256": {"models": None},
+              "git_commit": "abc", "numba": None, "torch": "2.5.0"}
+    assert code_differences(logged, now) == ['the model_args default act: "relu" (now null)']
+    assert version_differences(logged, now) == []
+    assert version_differences({"torch": "2.4.0"}, now) == ["torch 2.4.0 (now 2.5.0)"]
+    assert len(code_differences({"git_commit": "abc", "git_diff_sha256": None}, now)) == 1  # logged: compared
+    assert setup_differences(None, now) == ([], [])
+
+
+def test_factory_defaults_json_cannot_hold_are_logged_as_their_repr():
+    """A default class (an activation) or an infinite bound is logged by its repr: the logged config stays strict
+    JSON that the rerun can read and compare."""
+    from torch import nn
+
+    from phd_lab.factory_args import defaults_in_effect
+
+    def factory(*, num_classes: int, width: float = 0.5, layer: type = nn.ReLU, limit: float = float("inf"),
+                given: int = 3) -> nn.Module:
+        raise AssertionError("only its signature is read")
+
+    defaults = defaults_in_effect(factory, {"given": 4}, ("num_classes",))
+    assert defaults == {"width": 0.5, "layer": repr(nn.ReLU), "limit": "inf"}
+    assert json.loads(json.dumps(defaults, allow_nan=False)) == defaults

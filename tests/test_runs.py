@@ -220,6 +220,28 @@ def test_logged_config_reruns_its_own_run_from_any_directory_and_after_the_logs_
     assert run_folders(moved) == [moved_folder] and (moved_folder / f"{name}.pt").read_bytes() == checkpoint
 
 
+def test_a_logged_config_rerun_under_another_run_id_goes_beside_its_moved_run(tmp_path, capsys):
+    """--run-id applies once the logged config has found its own run folder: after the logs tree moved, the new
+    repetition goes beside the logged run in the moved tree, without a warning, not to the logs_dir logged."""
+    import phd_lab
+    from phd_lab.grid import Grid
+    from phd_lab.rundir import RunDir
+    raw = json.loads(write_config(tmp_path, epoch=1).read_text())
+    [cfg] = Grid(raw)
+    rundir = RunDir.for_run(cfg).create()
+    # as this version logs it (here without training)
+    rundir.config.write_text(json.dumps({**raw, META_KEY: {"phd_lab": phd_lab.__version__}}))
+    moved = tmp_path / "archive" / "logs"
+    moved.parent.mkdir()
+    (tmp_path / "logs").rename(moved)
+    capsys.readouterr()
+    logged = moved / rundir.config.relative_to(tmp_path / "logs")
+    assert main_cli(["--config", str(logged), "--run-id", "rerun", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "does not lie in the run folder" not in err
+    assert str(moved / "vgg11" / "Digits_16" / "rerun") in out and str(tmp_path / "logs") not in out
+
+
 def test_index_runs_one_point_and_dry_run_shows_grid(tmp_path, capsys):
     config = write_config(tmp_path, epoch=1, batch_size=[64, 128], model_args={"width": [0.0625, 0.125]})
     assert main_cli(["--config", str(config), "--dry-run"]) == 0
@@ -422,6 +444,20 @@ def test_a_failing_run_does_not_stop_the_grid(tmp_path, capsys):
     assert any("boom in forward" in log.read_text() and "Traceback" in log.read_text() for log in logs)
     finished = [f for f in run_folders(tmp_path / "logs") if (f / f"{run_name(f)}.csv").exists()]
     assert len(finished) == 1
+
+
+def test_the_advice_on_failed_runs_says_where_each_traceback_is():
+    """Runs that failed before their log was opened have their traceback on the console (or in a worker's log):
+    the summary must not send the user to .log files those runs do not have."""
+    from phd_lab.cli import failed_runs_advice
+    from phd_lab.experiment import RunOutcome
+    logged = RunOutcome(0, "a", "/logs/a", "failed", "boom", logged=True)
+    unlogged = RunOutcome(1, "b", "/logs/b", "failed", "boom", logged=False)
+    assert failed_runs_advice([logged], 3, False) == "1 of 3 run(s) failed; see each failed run's .log file."
+    mixed = failed_runs_advice([logged, unlogged], 3, False)
+    assert "1 of them failed before a run log was opened" in mixed and "tracebacks are above" in mixed
+    assert "The other 1: see their .log files." in mixed
+    assert "in the logs of the Dask workers" in failed_runs_advice([unlogged], 3, True)
 
 
 def test_device_option_overrides_the_config(tmp_path, capsys):
@@ -646,6 +682,19 @@ def test_the_model_is_drawn_from_the_seed_whatever_the_dataset_code_draws(tmp_pa
     assert_same_weights(*(weights(run) for run in runs))
 
 
+def test_each_run_of_a_grid_logs_into_its_own_log_file_only(tmp_path, capsys):
+    """A run's log handler is taken off when the run ends: the next point's lines went on into the earlier
+    run's .log file (reopened by the closed handler)."""
+    config = write_config(tmp_path, epoch=1, resolution=8, track_saturation=False, post_processing=[],
+                          optimizer_args={"lr": [0.003, 0.001]})
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
+    first, second = run_folders(tmp_path / "logs")
+    for own, other in ((first, second), (second, first)):
+        log_text = (own / f"{run_name(own)}.log").read_text()
+        assert f"Run folder {own}" in log_text and str(other) not in log_text
+
+
 def test_a_run_folder_that_another_run_logged_its_config_in_meanwhile_is_refused(tmp_path):
     """Two commands whose runs share a folder digest (a CRC-32 collision): the folder was chosen when the config
     was loaded, and if the other run logged its config there since, this run stops instead of overwriting it."""
@@ -661,3 +710,5 @@ def test_a_run_folder_that_another_run_logged_its_config_in_meanwhile_is_refused
         executor.run()
     assert executor.rundir.config.read_text() == written
     assert not executor.rundir.checkpoint.exists() and not executor.rundir.metrics_csv.exists()
+    log_text = executor.rundir.log.read_text()  # a refusal, said on the console: no failure with a traceback
+    assert "Run failed" not in log_text and "Traceback" not in log_text
