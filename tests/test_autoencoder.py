@@ -245,3 +245,29 @@ def test_a_factory_argument_added_with_a_null_default_is_no_setup_difference(tmp
     logged_path.write_text(json.dumps(logged))
     code, err = main_in_process(capsys, "--config", str(logged_path))
     assert code == 0 and "the dataset_args default normalization: \"none\" (now null)" in " ".join(err.split()), err
+
+
+class _GrayReconstruction(nn.Module):
+    """Reconstructs an image at its size but with one channel: the channels, not the resolution, are wrong."""
+    phd_lab_objective = "reconstruction"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_a_reconstruction_with_other_channels_is_refused_for_its_channels_not_its_resolution(tmp_path):
+    from phd_lab.errors import ConfigError
+    from phd_lab.grid import Grid
+    from phd_lab.model_checks import check_objective
+    cfg = Grid({"model": "vgg11", "dataset": "Digits", "metrics": [], "resolution": 16, "logs_dir": str(tmp_path)},
+               "test.json")[0]
+    with pytest.raises(ConfigError) as error:
+        check_objective(cfg, _GrayReconstruction())
+    message = " ".join(str(error.value).split())
+    assert ("reconstructs inputs of shape (3, 16, 16) (channels, height, width) as outputs of shape (1, 16, 16)"
+            in message)
+    assert "use another 'resolution'" not in message and "16x16 px" not in message

@@ -542,3 +542,89 @@ def test_a_dry_run_names_a_bad_dataset_value_also_before_the_data_is_there(tmp_p
     config = write_config(tmp_path, dataset="Cifar10", dataset_args={"normalization": "bogus"})
     assert main_cli(["--config", str(config), "--dry-run"]) == 2
     assert "'normalization' of dataset 'Cifar10' must be one of" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_symbolic_link_to_a_folder_further_up_is_a_loop_too(tmp_path):
+    pets = _pets(tmp_path / "pets")
+    (pets / "train" / "cats" / "up").symlink_to(pets / "train", target_is_directory=True)
+    with pytest.raises(DataError, match="symbolic link .*/cats/up' to .*/train', a folder that contains it"):
+        DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+
+
+def test_tiny_imagenet_training_images_are_read_in_name_order_without_hidden_files(tmp_path):
+    from phd_lab.datasets.folders import TinyImageNet
+    root = tmp_path / "tiny-imagenet-200"
+    for c, wnid in enumerate(["n02", "n01"]):
+        for i in (5, 3, 9, 1, 7):
+            write_image(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", (8, 8), c * 10 + i)
+        (root / "train" / wnid / "images" / f"._{wnid}_0.JPEG").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    tiny = TinyImageNet(root, "train")
+    assert tiny.classes == ["n01", "n02"]
+    assert [(Path(path).name, label) for path, label in tiny.samples] == [
+        (f"{wnid}_{i}.JPEG", c) for c, wnid in enumerate(["n01", "n02"]) for i in (1, 3, 5, 7, 9)]
+
+
+def test_a_dataset_folder_already_in_place_is_used_as_it_is(tmp_path):
+    """Nothing is fetched or written beside it (no lock file: a data folder may be shared and read-only)."""
+    from phd_lab.datasets.download import download_and_extract
+    (tmp_path / "woof" / "train").mkdir(parents=True)
+    assert download_and_extract("http://127.0.0.1:9/woof.tgz", tmp_path, "woof") == tmp_path / "woof"
+    assert [p.name for p in tmp_path.iterdir()] == ["woof"]
+
+
+def test_files_left_by_a_killed_extraction_do_not_reach_the_dataset_folder(tmp_path):
+    from phd_lab.datasets.download import download_and_extract
+    served = _archive(tmp_path, "woof", "gztar")
+    root = tmp_path / "data"
+    stale = root / ".woof.extracting" / "woof" / "train" / "a" / "stale.png"  # of an older copy of the archive
+    stale.parent.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(stale)
+    with _http_server(served.parent) as address:
+        target = download_and_extract(f"{address}/{served.name}", root, "woof")
+    assert sorted(p.name for p in (target / "train" / "a").iterdir()) == ["0.png"]
+
+
+def test_an_archive_member_outside_its_folder_is_refused_and_not_written(tmp_path):
+    import tarfile
+    source = tmp_path / "source"
+    (source / "woof" / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(source / "woof" / "train" / "a" / "0.png")
+    (source / "evil.txt").write_text("outside")
+    root = tmp_path / "data"
+    root.mkdir()
+    with tarfile.open(root / "woof.tgz", "w:gz") as archive:  # placed by hand: nothing is downloaded
+        archive.add(source / "woof", arcname="woof")
+        archive.add(source / "evil.txt", arcname="../evil.txt")
+    from phd_lab.datasets.download import download_and_extract
+    with pytest.raises(DataError, match="is damaged"):
+        download_and_extract("http://127.0.0.1:9/woof.tgz", root, "woof")
+    assert not (root / "evil.txt").exists() and not (root / "woof").exists()
+
+
+def test_an_archive_without_the_expected_top_folder_is_named_and_leaves_nothing(tmp_path):
+    from phd_lab.datasets.download import download_and_extract
+    served = _archive(tmp_path, "imagewoof2-320", "gztar")  # the 320 px copy under the name of the full one
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(served, root / "woof.tar.gz")
+    with pytest.raises(DataError, match="has no top folder 'woof'"):
+        download_and_extract("http://127.0.0.1:9/woof.tar.gz", root, "woof")
+    assert sorted(p.name for p in root.iterdir()) == [".woof.download.lock", "woof.tar.gz"]
+
+
+def test_an_archive_broken_off_after_its_first_files_leaves_no_partial_extraction(tmp_path):
+    import tarfile
+    from phd_lab.datasets.download import download_and_extract
+    source = tmp_path / "source" / "woof" / "train" / "a"
+    source.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(source / "0.png")
+    (source / "1.png").write_bytes(np.random.default_rng(0).bytes(200_000))  # incompressible
+    root = tmp_path / "data"
+    root.mkdir()
+    with tarfile.open(root / "woof.tar", "w") as archive:
+        archive.add(tmp_path / "source" / "woof", arcname="woof")
+    data = (root / "woof.tar").read_bytes()
+    (root / "woof.tar").write_bytes(data[:len(data) // 2])  # 0.png whole, 1.png cut
+    with pytest.raises(DataError, match="is damaged"):
+        download_and_extract("http://127.0.0.1:9/woof.tar", root, "woof")
+    assert sorted(p.name for p in root.iterdir()) == [".woof.download.lock", "woof.tar"]

@@ -24,6 +24,8 @@ def test_macs_match_hand_computation_without_bias():
     assert rows.loc["0", "macs"] == conv and rows.loc["2", "macs"] == linear
     assert rows.loc[FUNCTIONAL_ROW, "macs"] == 0
     assert table["macs"].sum() == info["macs"]
+    assert rows.loc["0", "flops"] == 2 * conv and rows.loc["2", "flops"] == 2 * linear  # FLOPs = 2 x MACs per row
+    assert table["flops"].sum() == info["flops"]
 
 
 def test_bias_residual_and_frozen_parameters():
@@ -119,3 +121,27 @@ def test_functional_convolutions_are_named_not_guessed(caplog):
     assert info["uncounted_convolutions"] == 1
     assert "leave out 1 convolution call(s) made with F.conv2d" in caplog.text
     assert computational_info(nn.Sequential(nn.Conv2d(3, 4, 3)), (3, 8, 8))[0]["uncounted_convolutions"] == 0
+
+
+def test_a_data_parallel_model_is_counted_as_the_model_it_wraps():
+    """Rows are named as the model names its layers (not ``module.0``), with the same counts."""
+    model = tiny(True)
+    info, table = computational_info(nn.DataParallel(model), (1, 8, 8))
+    plain_info, plain_table = computational_info(model, (1, 8, 8))
+    assert table["layer"].tolist() == ["0", "2", FUNCTIONAL_ROW]
+    assert table.equals(plain_table) and info == plain_info
+
+
+def test_a_module_called_twice_is_one_row_with_the_macs_of_both_calls():
+    class Reused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            return self.conv(self.conv(x))
+
+    info, table = computational_info(Reused(), (2, 4, 4))
+    one_call = 4 * 4 * 2 * 2 * 9
+    assert table["layer"].tolist() == ["conv", FUNCTIONAL_ROW]
+    assert table.set_index("layer").loc["conv", "macs"] == 2 * one_call == info["macs"]

@@ -50,3 +50,21 @@ def test_auxiliary_classifiers_are_refused_up_front(tmp_path, capsys, model):
     message = refused(capsys, tmp_path, config)
     assert f"model {model!r} cannot be built with model_args" in message
     assert "the trainer uses a single output" in message and "'aux_logits' must be false" in message
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_checks_leave_the_shared_meta_model_in_the_mode_they_found_it(tmp_path, training):
+    """The meta model is shared by the checks of every grid point; each forward pass sets the mode it needs and
+    restores the one it found."""
+    import torch
+
+    from phd_lab.grid import Grid
+    from phd_lab.model_checks import check_input_size, check_single_sample_batches
+    from registries.models import resnet18
+    cfg = Grid({"model": "resnet18", "dataset": "Digits", "batch_size": 1, "resolution": 32,
+                "logs_dir": str(tmp_path)}, "test.json")[0]
+    with torch.device("meta"):
+        model = resnet18(num_classes=10, width=0.125, stem="cifar").train(training)
+    for check in (check_input_size, check_single_sample_batches):
+        check(cfg, model)
+        assert all(m.training == training for m in model.modules()), check.__name__

@@ -394,6 +394,47 @@ def test_the_plot_draws_side_branches_apart_from_the_sequence_it_marks_borders_o
     plot_receptive_field(first_version, 32, tmp_path / "rf1.png")
 
 
+def _svg_lines(text: str) -> dict[str, list[list[tuple[float, float]]]]:
+    """The points of every line of a matplotlib SVG, by stroke colour (and ``:dashed`` for dashed lines)."""
+    import re
+    lines: dict[str, list[list[tuple[float, float]]]] = {}
+    for path, style in re.findall(r'<g id="line2d_\d+">\s*<path d="([^"]*)"[^>]*style="([^"]*)"', text):
+        colour = re.search(r"stroke: (#[0-9a-f]{6})", style).group(1) + (":dashed" if "dasharray" in style else "")
+        points = [(float(x), float(y)) for x, y in re.findall(r"[ML] ([-0-9.]+) ([-0-9.]+)", path)]
+        lines.setdefault(colour, []).append(points)
+    return lines
+
+
+def test_the_plot_puts_r_max_r_min_the_resolution_and_each_border_at_its_place(tmp_path):
+    """r_max (red) and r_min (blue) over the sequence's layers, the side branch and a global layer apart; the
+    resolution line at the height of a layer whose r_max equals it; b_max (red dotted) at its layer, b_min (blue
+    dotted) at its own; the given title."""
+    import matplotlib
+
+    from phd_lab.plots.receptive_field import plot_receptive_field, plotted_rows
+    rows = [("c1", 3, 3, False, ""), ("c2", 5, 8, False, "b_max"), ("shortcut", 1, 1, True, ""),
+            ("c3", 9, 12, False, "b_min"), ("gate", math.inf, math.inf, False, "")]
+    table = pd.DataFrame([{"index": i, "layer": layer, "r_min": r_min, "r_max": r_max, "side_branch": side,
+                           "b_min": flag == "b_min", "b_max": flag == "b_max"}
+                          for i, (layer, r_min, r_max, side, flag) in enumerate(rows, 1)])
+    table.loc[len(table)] = {"index": None, "layer": "fc", "r_min": math.inf, "r_max": math.inf,
+                             "side_branch": False, "b_min": False, "b_max": False}
+    sequence, side = plotted_rows(table)
+    assert sequence["layer"].tolist() == ["c1", "c2", "c3"] and side["layer"].tolist() == ["shortcut"]
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text in the file
+        plot_receptive_field(table, 8, tmp_path / "rf.svg", title="vgg at 8 px")
+    text = (tmp_path / "rf.svg").read_text(encoding="utf-8")
+    assert "vgg at 8 px" in text and "receptive field per layer" not in text
+    lines = _svg_lines(text)
+    red, blue = lines["#d62728"][0], lines["#1f77b4"][0]  # the first of each colour: the plotted lines
+    assert len(red) == len(blue) == 3 and [x for x, _ in red] == [x for x, _ in blue]
+    assert [y for _, y in red][0] == [y for _, y in blue][0] and red[1][1] < blue[1][1]  # r_max 8 above r_min 5
+    [resolution] = lines["#000000:dashed"][:1]
+    assert resolution[0][1] == pytest.approx(red[1][1])  # at the height of c2's r_max of 8
+    b_max, b_min = lines["#d62728:dashed"][0], lines["#1f77b4:dashed"][0]
+    assert b_max[0][0] == pytest.approx(red[1][0]) and b_min[0][0] == pytest.approx(red[2][0])
+
+
 def test_pooling_windows_taken_from_the_input_shape():
     """F.avg_pool2d(x, x.size()[2:]) is a global pool written out; a window computed otherwise from the shape
     cannot be known when tracing. Both raised a bare TypeError ('Node' object is not iterable)."""

@@ -108,6 +108,15 @@ def test_borders_of_a_hand_made_table_with_and_without_onward_minima():
     assert borders_of(globals_first, 4) == ("c2", "c2")
 
 
+@pytest.mark.parametrize("flags", [["False", "True", "False"], ["0", "1", "0"], [0.0, 1.0, 0.0], ["false", "TRUE", ""]])
+def test_side_branches_flagged_by_hand_are_left_out_of_the_border_rule(flags):
+    """A side_branch column written by hand (true, 1) or read back as numbers (1.0) marks the side branch c2,
+    whose small receptive field would otherwise stop the backward scan after c1."""
+    table = hand_frame([9, 3, 9], None).assign(side_branch=flags)
+    assert borders_of(table, 4) == ("c1", "c1")
+    assert borders_of(table.assign(side_branch=False), 4) == ("c3", "c3")
+
+
 @pytest.mark.parametrize("build", [torchvision.models.vgg11, torchvision.models.resnet18,
                                    lambda: torchvision.models.densenet121(num_classes=10)],
                          ids=["vgg11", "resnet18", "densenet121"])

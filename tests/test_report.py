@@ -268,6 +268,96 @@ def test_comparison_plots_tell_many_groups_apart_and_count_runs_on_one_spot():
         plt.close(fig)
 
 
+def _summary(model: str, state: str, accuracy: float, s_mu: float, params: int, b_min: str | None,
+             tail_starts: list[str]) -> dict:
+    """An analysis summary as the report reads it: run, accuracy, saturation per layer, borders, tails."""
+    return {"run": {"model": model, "dataset": "D", "status": {"state": state}}, "accuracy": {"test": accuracy},
+            "saturation": {"mean": s_mu, "layers": [{"layer": f"l{i}"} for i in range(1, 6)]},
+            "computational": {"params": params}, "borders": {"b_min": b_min},
+            "tails": [{"first_layer": layer} for layer in tail_starts]}
+
+
+def test_each_comparison_plot_puts_every_run_at_its_own_values():
+    """s_mu on x and accuracy on y; parameters on x; the layer positions (1-based) of b_min on x and of the last
+    tail's start on y; figures identical to the same plots drawn from those points directly."""
+    from phd_lab.plots.grid_figures import grid_figures, png_bytes, scatter_figure
+    summaries = [_summary("a", "finished", 0.9, 0.25, 1000, "l3", ["l1", "l4"]),
+                 _summary("b", "running", 0.7, 0.4, 50_000, "l2", ["l2"]),
+                 _summary("b", "finished", 0.8, 0.1, 20_000, None, [])]
+    points = {"Test accuracy against average saturation s_mu": [(0.25, 0.9), (0.4, 0.7), (0.1, 0.8)],
+              "Test accuracy against parameters": [(1000, 0.9), (50_000, 0.7), (20_000, 0.8)],
+              "Tail start against border layer b_min": [(3, 4), (2, 2), (None, None)]}
+    labels = {"Test accuracy against average saturation s_mu": ("average saturation s_mu", "test accuracy",
+                                                                 "test accuracy vs s_mu", {"band": (0.2, 0.3)}),
+              "Test accuracy against parameters": ("parameters", "test accuracy", "test accuracy vs parameters",
+                                                   {"logx": True}),
+              "Tail start against border layer b_min": ("b_min (layer position)", "tail start (layer position)",
+                                                        "tail start vs b_min", {"diagonal": True})}
+    drawn = grid_figures(summaries)
+    assert list(drawn) == list(points)
+    for title, values in points.items():
+        xlabel, ylabel, short, options = labels[title]
+        at = {id(s): value for s, value in zip(summaries, values)}
+        expected = png_bytes(scatter_figure(summaries, lambda s: at[id(s)], xlabel, ylabel, short, **options))
+        assert drawn[title] == expected, title
+
+
+def test_a_comparison_plot_marks_unfinished_runs_pairs_and_its_scales():
+    import matplotlib.pyplot as plt
+    from phd_lab.plots.grid_figures import scatter_figure
+    summaries = [{"run": {"model": "m", "dataset": "D", "status": {"state": state}}, "x": x, "y": 0.5}
+                 for state, x in (("finished", 10), ("finished", 10), ("running", 1000), ("failed", 100))]
+    fig = scatter_figure(summaries, lambda s: (s["x"], s["y"]), "x", "y", "t", logx=True, diagonal=True)
+    try:
+        [ax] = fig.axes
+        done, unfinished = ax.collections
+        assert done.get_label() == "m / D" and unfinished.get_label() == "m / D (unfinished)"
+        assert sorted(unfinished.get_offsets()[:, 0]) == [100, 1000]  # running and failed: not finished
+        assert done.get_facecolor()[0][3] == 1
+        assert not len(unfinished.get_facecolor()) or unfinished.get_facecolor()[0][3] == 0  # hollow
+        assert [t.get_text() for t in ax.texts] == ["×2"]  # two runs on one spot
+        assert ax.get_xscale() == "log" and "agreement" in [line.get_label() for line in ax.get_lines()]
+    finally:
+        plt.close(fig)
+    fig = scatter_figure([{"run": {}, "x": None, "y": None}], lambda s: (s["x"], s["y"]), "x", "y", "t",
+                         logx=True, diagonal=True)
+    try:
+        [ax] = fig.axes
+        assert not ax.get_lines() and ax.get_xscale() == "linear"  # nothing to draw: no diagonal, no log scale
+        assert [t.get_text() for t in ax.texts] == ["no run has both values yet"]
+    finally:
+        plt.close(fig)
+
+
+def test_a_long_legend_beside_a_comparison_plot_takes_a_second_column():
+    import matplotlib.pyplot as plt
+    from phd_lab.plots.grid_figures import scatter_figure
+    summaries = [{"run": {"model": f"m{group:02d}", "dataset": "D", "status": {"state": "finished"}}, "x": group,
+                  "y": 0.5} for group in range(24)]
+    fig = scatter_figure(summaries, lambda s: (s["x"], s["y"]), "x", "y", "title")
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        columns = {round(t.get_window_extent(renderer).x0) for t in fig.axes[0].get_legend().get_texts()}
+        assert len(columns) == 2
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("count, step", [(40, 1), (41, 2), (81, 3)])
+def test_at_most_forty_tick_labels_every_nth_one(count, step):
+    import matplotlib.pyplot as plt
+    from phd_lab.plots.grid_figures import thin_tick_labels
+    fig, ax = plt.subplots()
+    try:
+        labels = [f"d{i}" for i in range(count)]
+        thin_tick_labels(ax, labels, rotation=70)
+        texts = [t.get_text() for t in ax.get_xticklabels()]
+        assert len(texts) <= 40 and texts == labels[::step] and list(ax.get_xticks()) == list(range(0, count, step))
+    finally:
+        plt.close(fig)
+
+
 def test_probe_results_that_change_while_a_run_is_analysed_are_read_again_before_anything_is_written(tmp_path):
     """The report read a run's tables, a probe job wrote its results and analysis meanwhile, and the report
     then wrote its older analysis over that one."""

@@ -285,6 +285,56 @@ def test_the_run_figure_legend_never_covers_long_layer_names(tmp_path):
         plt.close(fig)
 
 
+def test_the_run_figure_draws_each_table_at_its_layers_place(tmp_path):
+    """Layers once each in forward order; the probe line in forward order however the table is sorted; the split
+    analysed as bars, the other as dots; b_min solid and b_max dashed just before the border layer; every tail
+    shaded from just before its first to just after its last layer, one legend entry for all; the epoch map with
+    the first epoch at the top; the title with test accuracy and s_mu, a finished run without its status."""
+    import matplotlib.pyplot as plt
+
+    from phd_lab.plots.run_figure import draw_run_figure
+    tables = load_run(write_run(tmp_path / "logs", width=0.25, stage="full"))
+    tables.probes = tables.probes.iloc[::-1].reset_index(drop=True)  # a table sorted another way
+    low = {*LAYERS[:3], *LAYERS[5:10]}
+    for layer in LAYERS:  # two tails: the input's and the border's
+        tables.metrics[f"{layer}_train_saturation"] = 0.03 if layer in low else 0.4
+    summary = summarize(tables)
+    assert [(t["first_layer"], t["last_layer"]) for t in summary["tails"]] == [
+        ("features.0", "features.6"), (BORDER, "classifier.3")]
+    fig = draw_run_figure(tables, summary)
+    try:
+        heat, ax, twin = fig.axes[:3]
+        assert [t.get_text() for t in ax.get_xticklabels()] == LAYERS
+        assert heat.images[0].get_extent() == [-0.5, len(LAYERS) - 0.5, 3.5, 0.5]  # epoch 1 at the top
+        assert heat.get_title() == "vgg11-Digits-r32-bs64-e3\ntest acc 93.0%, s_mu 24.3%"
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        probes = lines["probe accuracy (eval)"]
+        assert list(probes.get_xdata()) == list(range(len(LAYERS)))
+        assert list(probes.get_ydata()) == pd.read_csv(tables.folder.probe_csv)["eval_acc"].tolist()
+        assert list(lines["model test accuracy"].get_ydata()) == [0.93, 0.93]
+        assert list(lines["saturation (test)"].get_xdata()) == list(range(len(LAYERS)))
+        [bars] = ax.containers
+        assert bars.get_label() == "saturation (train)" and [b.get_height() for b in bars] == [
+            0.03 if layer in low else 0.4 for layer in LAYERS]
+        border = LAYERS.index(BORDER) - 0.5
+        assert (list(lines["b_min"].get_xdata()), lines["b_min"].get_linestyle()) == ([border, border], "-")
+        assert (list(lines["b_max"].get_xdata()), lines["b_max"].get_linestyle()) == ([border, border], "--")
+        spans = [(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches if p.get_alpha() == 0.13]
+        assert spans == [(-0.5, 2.5), (border, LAYERS.index("classifier.3") + 0.5)]
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels.count("tail") == 1 and "input resolution 32" in labels
+        assert [line.get_label() for line in twin.get_lines()] == [
+            "receptive field r_max", "receptive field r_min", "input resolution 32"]
+    finally:
+        plt.close(fig)
+    two_epochs = load_run(write_run(tmp_path / "logs2", width=0.25, stage="full", epochs=2))
+    fig = draw_run_figure(two_epochs, summarize(two_epochs))
+    try:
+        assert fig.axes[0].images  # two epochs: the map of their saturations
+    finally:
+        plt.close(fig)
+
+
 def test_probes_older_than_the_latents_are_reported_stale(tmp_path):
     """A re-extraction after probing left the old probe table reported as complete."""
     rundir = write_run(tmp_path / "logs", width=0.25, stage="full")

@@ -184,3 +184,32 @@ def test_every_tracking_key_of_a_config_reaches_the_run_s_callback(tmp_path: Pat
     # h×w maps: "HxW" (a list of two numbers would be a sweep of two runs)
     wide = Grid(dict(CONFIG, logs_dir=str(tmp_path / "logs"), tracking_resolution="8x4"), "test.json")[0]
     assert saturation_callback(wide, RunDir.for_run(wide)).options.resolution == (8, 4)
+
+
+def test_the_saturation_plot_shows_each_layers_train_and_test_saturation_in_forward_order() -> None:
+    """One epoch's CSV row drawn as grouped bars: layers in column (forward) order, the train bar left of the
+    test bar, on a 0-1 scale; a layer whose test saturation is not in the row has no test bar (not a bar at 0)."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    from phd_lab.plots.saturation import plot_saturation, saturation_table
+    row = {"epoch": 2, "features.3_train_saturation": 0.6, "features.3_test_saturation": 0.5,
+           "features.0_train_saturation": 0.2, "features.0_test_saturation": 0.25, "train_saturation_mean": 0.4,
+           "_train_saturation": 0.9, "classifier.0_train_saturation": 0.8}
+    table = saturation_table(row)
+    assert list(table.index) == ["features.3", "features.0", "classifier.0"]
+    assert list(table.columns) == ["train", "test"]
+    assert table["train"].tolist() == [0.6, 0.2, 0.8] and table["test"].tolist()[:2] == [0.5, 0.25]
+    assert math.isnan(table.loc["classifier.0", "test"])
+    ax = plot_saturation(table, title="epoch 2")
+    try:
+        train, test = ax.containers
+        assert [bar.get_height() for bar in train] == [0.6, 0.2, 0.8]
+        assert [bar.get_height() for bar in test][:2] == [0.5, 0.25] and math.isnan(test[2].get_height())
+        assert all(a.get_x() < b.get_x() for a, b in zip(train, test))
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["features.3", "features.0", "classifier.0"]
+        assert ax.get_ylim() == (0, 1) and ax.get_title() == "epoch 2"
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "test"]
+    finally:
+        plt.close(ax.figure)

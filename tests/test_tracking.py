@@ -501,3 +501,17 @@ def test_a_pattern_error_offers_only_layers_that_can_be_tracked(tmp_path) -> Non
     with pytest.raises(ConfigError) as error:
         check_tracked_layers(cfg, AttentionNet())
     assert "layers: embed, head." in str(error.value) and "out_proj" not in str(error.value)
+
+
+def test_exclude_patterns_alone_that_leave_no_layer_are_refused(tmp_path) -> None:
+    """tracking_exclude without tracking_include is checked too: excluding every layer is an error, excluding
+    some is not."""
+    from phd_lab.errors import ConfigError
+    from phd_lab.grid import Grid
+    from phd_lab.model_checks import check_tracked_layers
+    every, some = (Grid({"model": "vgg11", "dataset": "Digits", "tracking_exclude": exclude, "logs_dir": str(tmp_path)},
+                        "test.json")[0] for exclude in (["embed", "head"], ["embed"]))
+    with pytest.raises(ConfigError, match=r"tracking_include \[\] and tracking_exclude \['embed', 'head'\] leave "
+                                          r"no layer of 'vgg11' to track. Its Conv2d, Linear and LSTM layers: embed"):
+        check_tracked_layers(every, AttentionNet())
+    check_tracked_layers(some, AttentionNet())

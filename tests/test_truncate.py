@@ -166,3 +166,64 @@ def test_call_names_round_trip_as_the_receptive_field_table_writes_them():
     assert [split_call_name(call_name("block.conv", k)) for k in (1, 2, 3)] == [
         ("block.conv", 1), ("block.conv", 2), ("block.conv", 3)]
     assert split_call_name("odd:name") == ("odd:name", 1) and split_call_name("c:1") == ("c:1", 1)
+
+
+class _CheckedChain(nn.Module):
+    """A chain that checks its first and last feature maps at the end of forward (as torchvision's ViT checks
+    shapes with ``torch._assert``): the check reads those maps but leads to no output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.c3 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.c1(x)
+        c = self.c3(self.c2(a))
+        torch._assert(a.shape[1] == c.shape[1], "as many channels")
+        return self.fc(c.mean((2, 3)))
+
+
+def test_a_check_that_leads_to_no_output_does_not_move_the_cut_earlier():
+    """Only paths from the input to the output decide where a cut may go: the shape check reading c1's map at
+    the end of forward is no path past c2, so cutting before c3 keeps c1 and c2; the check itself, after the cut,
+    goes with c3."""
+    torch.manual_seed(0)
+    model = _CheckedChain()
+    cut = truncate_model(model, "c3", num_classes=5, in_channels=3, input_resolution=8)
+    assert conv_names(cut.body) == ["c1", "c2"]
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(cut.body(x), model.c2(model.c1(x)))
+
+
+def test_border_and_border_max_resolve_to_their_own_layers():
+    """On a ResNet b_min and b_max differ (on a chain they agree, which hid a swap of the two)."""
+    model = models.resnet18(num_classes=10, width=0.125, stem="cifar")
+    b_min, b_max = border_layers(receptive_fields(model, 16), 16)
+    assert (b_min, b_max) == ("layer4.1.conv1", "layer2.1.conv1")
+    assert resolve_cut(model, "border", 16) == b_min and resolve_cut(model, "border_max", 16) == b_max
+    assert resolve_cut(model, "border", 32) is None  # no b_min at 32 px: not truncated
+    assert resolve_cut(model, "border_max", 32) == "layer3.1.conv1"
+    assert resolve_cut(model, "layer3", 32) == "layer3"  # a module name is the layer itself
+
+
+def test_the_layers_offered_instead_are_exactly_those_whose_kept_part_returns_a_feature_map():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(16, 10),
+                          nn.ReLU(), nn.Linear(10, 10))
+    with pytest.raises(ConfigError) as error:
+        check_cut(model, "6", in_channels=3, resolution=6)
+    message = " ".join(str(error.value).split())
+    assert "returns a 2-d tensor" in message
+    assert message.endswith("Layers it can be truncated at (the kept part returns a feature map): 1, 2, 3.")
+
+
+def test_a_truncated_model_keeps_the_training_mode_of_the_model_it_was_cut_from():
+    """Measuring the kept part's channels runs it in eval mode; a model cut in training mode stays in it (its
+    BatchNorm layers keep updating their statistics when it trains), one cut in eval mode stays in eval mode."""
+    model = models.vgg11(num_classes=10, width=0.125, batch_norm=True).train()
+    cut = truncate_model(model, "features.8", num_classes=10, in_channels=3, input_resolution=32)
+    assert all(m.training for m in cut.body.modules())
+    cut = truncate_model(model.eval(), "features.8", num_classes=10, in_channels=3, input_resolution=32)
+    assert not any(m.training for m in cut.body.modules())
