@@ -73,12 +73,6 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
                              "(<logs_dir>/.probe_cache, or .probe_cache in the run folder with --latents).")
         if args.max_memory is not None and not 0 < args.max_memory < 1e9:  # also no nan or inf
             raise UsageError(f"--max-memory must be a positive, finite number of GB; got {args.max_memory}.")
-        if args.max_memory is not None and (args.scheduler or args.processes < 2):
-            log.warning("--max-memory has no effect here: it limits how many -mp worker processes fit layers "
-                        "together, and %s; %s.", "--scheduler hands the layers to Dask workers" if args.scheduler
-                        else f"-mp {args.processes} fits one layer at a time",
-                        "a Dask worker's memory limit (e.g. dask worker --memory-limit) governs its memory"
-                        if args.scheduler else "pass -mp 2 or more for it to apply")
         if args.scheduler:
             from phd_lab.distributed import parse_scheduler
             parse_scheduler(args.scheduler)  # a malformed address fails before any file is read or hashed

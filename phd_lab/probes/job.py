@@ -172,6 +172,14 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     """
     if workers < 0:
         raise UsageError(f"-mp must be ≥ 0 (0 = fit in this process); got {workers}.")
+    local_pool = scheduler is None and workers > 1  # the only case ``memory`` bounds
+    if memory is not None and not local_pool:
+        reason, instead = (("--scheduler hands the layers to Dask workers",
+                            "a Dask worker's memory limit (e.g. dask worker --memory-limit) governs its memory")
+                           if scheduler is not None else
+                           (f"-mp {workers} fits one layer at a time", "pass -mp 2 or more for it to apply"))
+        log.warning("--max-memory has no effect here: it limits how many -mp worker processes fit layers together, "
+                    "and %s; %s.", reason, instead)
     cache = ResultCache(cache_dir)
     cache.check()  # a cache folder that cannot be made must not leave lock files in the run folders
     # reads only: bad input exits before anything is written
@@ -203,7 +211,7 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
         with ProbeLogs([job.outputs.probe_log for job in jobs]) as logs:
             try:
                 tasks = build_tasks(jobs, stamps)
-                if scheduler is None and workers > 1:
+                if local_pool:
                     workers = _workers_for_memory(jobs, tasks, hits, workers, memory)
                 return _run_locked_jobs(jobs, tasks, cache, hits, workers, progress, scheduler, logs)
             except PhdLabError as error:
