@@ -158,6 +158,16 @@ def write_run(logs: Path, *, width: float, stage: str, epochs: int = 3, test_acc
     return rundir
 
 
+def with_train_saturations(rundir: RunDir, values: list[float]) -> RunDir:
+    """The run's metrics CSV with these train saturations per layer, and no logged s_mu column (the analysis
+    then takes the mean of the layers)."""
+    metrics = pd.read_csv(rundir.metrics_csv)
+    for layer, value in zip(LAYERS, values):
+        metrics[f"{layer}_train_saturation"] = value
+    atomic.write_csv(rundir.metrics_csv, metrics.drop(columns=["train_saturation_mean"], errors="ignore"))
+    return rundir
+
+
 def write_grid(logs: Path) -> dict[str, RunDir]:
     """Four runs of one grid plus one folder with only probe results."""
     return {"full": write_run(logs, width=0.25, stage="full", test_accuracy=0.94, skip="features.16"),

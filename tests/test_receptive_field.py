@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Callable
 
 import pandas as pd
 import pytest
@@ -22,6 +23,17 @@ def conv(k: int, s: int = 1, d: int = 1, c: int = 2) -> nn.Conv2d:
 def table(model: nn.Module, resolution: int = 32) -> dict[str, tuple]:
     df = receptive_fields(model, resolution)
     return {row.layer: (row.in_r_min, row.in_r_max, row.r_min, row.r_max, row.jump) for row in df.itertuples()}
+
+
+def two_convs(forward: Callable[..., torch.Tensor]) -> nn.Module:
+    """Two 3×3 convolutions ``a`` and ``b`` joined by ``forward(self, x, ...)``: the graph under test."""
+    class TwoConvs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = conv(3), conv(3)
+
+    TwoConvs.forward = forward
+    return TwoConvs()
 
 
 def test_sequential_chain_hand_computed():
@@ -71,16 +83,11 @@ def test_strided_pooling_hand_computed():
 def test_strided_slice_shortcut_is_a_stride(index):
     """CIFAR ResNets' 'option A' shortcut subsamples with x[:, :, ::2, ::2]: a 1×1 window of stride 2
     (kernel 3 after it: 3 + 2·2 = 7, jump 2). Passing it through would report 5 and jump 1."""
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = conv(3), conv(3)
+    def forward(self, x):
+        x = self.a(x)
+        return self.b(x[:, :, ::2, ::2] if index == "plain" else x[..., ::2, ::2])
 
-        def forward(self, x):
-            x = self.a(x)
-            return self.b(x[:, :, ::2, ::2] if index == "plain" else x[..., ::2, ::2])
-
-    got = table(Net())
+    got = table(two_convs(forward))
     assert got["a"] == (1, 1, 3, 3, 1)
     assert got["b"] == (3, 3, 7, 7, 2)
 
@@ -488,19 +495,14 @@ def test_conv2d_subclasses_and_functional_convolutions_are_layers(make):
 
 
 def test_a_feature_map_of_unknown_receptive_field_is_refused_only_when_a_convolution_reads_it():
-    class ViewThenConv(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = conv(3), conv(3)
-
-        def forward(self, x):
-            y = self.a(x)
-            n, c, h, w = y.shape
-            return self.b(y.reshape(n, c, h, w))
+    def view_then_conv(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        return self.b(y.reshape(n, c, h, w))
 
     with pytest.raises(ReceptiveFieldError, match=r"module 'b'.*receptive field the graph does not determine.*"
                                                   r"\.reshape\(\).*a reshape to 4 dimensions"):
-        receptive_fields(ViewThenConv(), 32)
+        receptive_fields(two_convs(view_then_conv), 32)
     pooled_then_conv = nn.Sequential(conv(3), nn.AdaptiveAvgPool2d(4), conv(3))
     with pytest.raises(ReceptiveFieldError, match=r"module '2'.*AdaptiveAvgPool2d.*pooling to 4 positions"):
         receptive_fields(pooled_then_conv, 32)
@@ -558,15 +560,10 @@ def test_paths_with_different_jumps_report_the_largest_jump():
 def test_only_the_first_input_of_forward_is_the_image():
     """A second forward() argument (a bias map, a mask) carries no image content: adding it to a feature map
     leaves that map's receptive field as it is instead of bringing in a second r = 1 path."""
-    class WithBias(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = conv(3), conv(3)
+    def with_bias(self, x, bias):
+        return self.b(self.a(x) + bias)
 
-        def forward(self, x, bias):
-            return self.b(self.a(x) + bias)
-
-    got = table(WithBias())
+    got = table(two_convs(with_bias))
     assert got["a"] == (1, 1, 3, 3, 1)
     assert got["b"] == (3, 3, 5, 5, 1)
 
@@ -574,19 +571,14 @@ def test_only_the_first_input_of_forward_is_the_image():
 def test_a_reshape_to_a_token_sequence_is_no_global_vector():
     """(n, c, h·w) keeps one value per position (the tokens of a non-local or attention block), unlike
     (n, c·h·w); a convolution reading it after a reshape back is refused rather than reported as global."""
-    class Tokens(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = conv(3), conv(3)
+    def tokens(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        return self.b(y.view(n, c, h * w).view(n, c, h, w))
 
-        def forward(self, x):
-            y = self.a(x)
-            n, c, h, w = y.shape
-            return self.b(y.view(n, c, h * w).view(n, c, h, w))
-
-    Tokens()(torch.zeros(1, 2, 8, 8))
+    two_convs(tokens)(torch.zeros(1, 2, 8, 8))
     with pytest.raises(ReceptiveFieldError, match=r"module 'b'.*\.view\(\).*a reshape to 3 dimensions"):
-        receptive_fields(Tokens(), 32)
+        receptive_fields(two_convs(tokens), 32)
 
 
 def test_adaptive_pooling_to_two_positions_is_not_global():

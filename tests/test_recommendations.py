@@ -4,21 +4,9 @@ and unfinished runs, where a tail starts, out-of-date probes and the direction o
 import json
 import os
 
-import pandas as pd
-
-from tests.analysis_fixtures import LAYERS, write_run
-from phd_lab import atomic
+from tests.analysis_fixtures import with_train_saturations, write_run
 from phd_lab.analysis.run_summary import summarize
 from phd_lab.analysis.run_tables import load_run
-
-
-def with_train_saturations(rundir, values):
-    """The run's metrics CSV with these train saturations per layer (s_mu then the mean over the layers)."""
-    metrics = pd.read_csv(rundir.metrics_csv)
-    for layer, value in zip(LAYERS, values):
-        metrics[f"{layer}_train_saturation"] = value
-    atomic.write_csv(rundir.metrics_csv, metrics.drop(columns=["train_saturation_mean"], errors="ignore"))
-    return rundir
 
 
 def advice(rundir, kind=None):

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import pandas as pd
 import pytest
 
-from tests.analysis_fixtures import BORDER, LAYERS, probe_frame, read_json, write_grid, write_run
+from tests.analysis_fixtures import BORDER, probe_frame, read_json, with_train_saturations, write_grid, write_run
 from phd_lab import atomic
 from phd_lab.lock import RunLock
 from phd_lab.report.cli import main_report, write_report
@@ -603,19 +603,12 @@ def test_counts_change_unit_at_a_thousand_a_million_and_a_billion():
         "1.00 k", "1.00 M", "999.99 M", "-1.00 M", "2000.00 G"]
 
 
-def _with_train_saturations(rundir, values):
-    metrics = pd.read_csv(rundir.metrics_csv)
-    for layer, value in zip(LAYERS, values):
-        metrics[f"{layer}_train_saturation"] = value
-    atomic.write_csv(rundir.metrics_csv, metrics.drop(columns=["train_saturation_mean"]))
-
-
 def test_the_tail_columns_name_the_tail_closest_to_the_output_and_how_far_it_is_from_b_min(tmp_path):
     logs = tmp_path / "logs"
     two_tails = write_run(logs, width=0.25, stage="unprobed", run_id="0")
-    _with_train_saturations(two_tails, [0.03] * 3 + [0.4] * 2 + [0.03] * 5 + [0.4])  # input tail, border tail
+    with_train_saturations(two_tails, [0.03] * 3 + [0.4] * 2 + [0.03] * 5 + [0.4])  # input tail, border tail
     late = write_run(logs, width=0.25, stage="unprobed", run_id="1")
-    _with_train_saturations(late, [0.4] * 7 + [0.03] * 3 + [0.4])  # from features.18, two layers after b_min
+    with_train_saturations(late, [0.4] * 7 + [0.03] * 3 + [0.4])  # from features.18, two layers after b_min
     page = parse(write_report(logs, tmp_path / "r.html", refresh=False))
     assert [row[-5] for row in page.rows] == [BORDER, BORDER]  # b_min
     assert [row[-3:-1] for row in page.rows] == [[BORDER, "yes"], ["features.18", "no (+2)"]]
