@@ -20,6 +20,10 @@ python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.v
 run 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 run 180 python3 benchmarks/tracking_overhead.py --device cuda --reps 3 --profile \
   --conditions untracked,passes,inline
+run 60 python3 benchmarks/tracking_breakdown.py --device cuda
 run 150 python3 benchmarks/probe_speed.py --gpu
 # Issue 8 on the machine's 16 cores (the 2-core target cannot be checked on more cores; this shows scaling).
-run 140 python3 benchmarks/grid_scaling.py --repeats 1 --epochs 3 --jobs train --schedulers local:2,local:4
+# On the CPU: with "device": "auto" every worker would train on the one GPU, whose time is sliced between
+# processes (session 26: local:4 43.4 s against 43.8 s sequential, most likely for that reason).
+CUDA_VISIBLE_DEVICES= run 150 python3 benchmarks/grid_scaling.py --repeats 1 --epochs 3 --jobs train \
+  --schedulers local:4
