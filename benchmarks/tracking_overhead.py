@@ -114,19 +114,24 @@ def make_epoch(condition: str, trainer: BenchTrainer, bundle: DataBundle) -> Cal
     return run
 
 
+def cuda_ms(fn: Callable[[], object], reps: int = 20) -> float:
+    """GPU milliseconds per call of ``fn`` (CUDA events, after one untimed call)."""
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
 def profile_update(device: torch.device, batch: int, reps: int = 20) -> list[str]:
     """Milliseconds per exact covariance update of ResNet18's four feature-map shapes (bf16), by part."""
     from phd_lab.tracking.covariance import CovarianceAccumulator, _convert_and_shift
 
     def ms(fn: Callable[[], object]) -> float:
-        fn()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end) / reps
+        return cuda_ms(fn, reps)
 
     lines = [f"{'maps (bf16)':<22}{'shift':>8}{'sum':>8}{'gram':>8}{'update':>8}   ms per call"]
     for channels, size in ((64, 32), (128, 16), (256, 8), (512, 4)):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
 
 import torch
 
@@ -192,17 +191,6 @@ def check(shapes: list[tuple[int, int, int, int]], device: torch.device, dtype: 
     return ok
 
 
-def cuda_ms(fn: Callable[[], object], reps: int = 20) -> float:
-    fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
-
-
 CONFIGS = {True: [(64, 32, 4), (64, 16, 4)], False: [(32, 8, 4), (16, 16, 4)]}  # by USE_DOT: (C, N, warps)
 
 
@@ -219,6 +207,7 @@ def main() -> int:
         print("accuracy ok" if ok else "ACCURACY FAILED")
         return 0 if ok else 1
     from phd_lab.tracking.covariance import CovarianceAccumulator
+    from tracking_overhead import cuda_ms  # benchmarks/, beside this script
     device = torch.device("cuda")
     shapes = [(256, 64, 32, 32), (256, 128, 16, 16), (256, 256, 8, 8), (256, 512, 4, 4)]
     print(f"variant {args.variant}")
