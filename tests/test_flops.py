@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from phd_lab.analysis.flops import FUNCTIONAL_ROW, LAYER_COLUMNS, computational_info
+from phd_lab.analysis.flops import FUNCTIONAL_ROW, LAYER_COLUMNS, ROOT_ROW, computational_info
 
 
 def tiny(bias: bool) -> nn.Module:
@@ -145,3 +145,17 @@ def test_a_module_called_twice_is_one_row_with_the_macs_of_both_calls():
     one_call = 4 * 4 * 2 * 2 * 9
     assert table["layer"].tolist() == ["conv", FUNCTIONAL_ROW]
     assert table.set_index("layer").loc["conv", "macs"] == 2 * one_call == info["macs"]
+
+
+def test_a_model_that_is_itself_a_counted_layer_is_counted():
+    """An nn.Linear or nn.Conv2d (or a subclass) used as the whole model is one row, not zero MACs, and its
+    convolution is not reported as a functional one."""
+    info, table = computational_info(nn.Linear(8, 4), (1, 1, 8))
+    assert table["layer"].tolist() == [ROOT_ROW, FUNCTIONAL_ROW]
+    assert info["macs"] == table.set_index("layer").loc[ROOT_ROW, "macs"] == 8 * 4 + 4
+    for conv in (nn.Conv2d(3, 4, 3), CountedConv(3, 4, 3)):
+        info, table = computational_info(conv, (3, 8, 8))
+        assert info["macs"] == 36 * 4 * 27 + 4 * 36  # 6×6 positions × C_out × k·k·C_in, plus the bias per output
+        assert info["uncounted_convolutions"] == 0
+        assert table["layer"].tolist() == [ROOT_ROW, FUNCTIONAL_ROW]
+

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 LAYER_COLUMNS = ["layer", "type", "macs", "flops", "params", "trainable_params"]
 FUNCTIONAL_ROW = "(functional ops)"
+ROOT_ROW = "<model>"  # the row of a model that is itself a module ptflops counts (the tracker's name for it)
 
 
 class FlopsError(PhdLabError):
@@ -130,16 +131,17 @@ def _per_layer(model: nn.Module, input_shape: tuple[int, int, int],
 
 def _counted_modules(model: nn.Module, rules: dict) -> dict[str, tuple[nn.Module, Any]]:
     """The named submodules ptflops has a rule for, with that rule, leaving out the submodules of a
-    module whose exact type ptflops knows (they are part of its count)."""
+    module whose exact type ptflops knows (they are part of its count). A model that is itself such a
+    module (an ``nn.Linear`` used as the whole model) is counted as the row ``ROOT_ROW``."""
     counted: dict[str, tuple[nn.Module, Any]] = {}
     whole: list[str] = []  # counted modules of a type ptflops knows exactly
     for name, module in model.named_modules():
         hook = rule_for(module, rules)
         # the submodules of a module of a type ptflops knows are part of its count (MultiheadAttention's
         # out_proj); those of a subclass are not (its rule is the base class' rule for the module itself)
-        if hook is None or not name or any(name.startswith(f"{outer}.") for outer in whole):
+        if hook is None or any(not outer or name.startswith(f"{outer}.") for outer in whole):
             continue
-        counted[name] = (module, hook)
+        counted[name or ROOT_ROW] = (module, hook)
         if type(module) in rules:
             whole.append(name)
     return counted
