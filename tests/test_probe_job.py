@@ -556,6 +556,49 @@ def test_a_latents_file_replaced_after_verification_is_neither_fitted_nor_cached
     assert all(cache.get(task.key) is not None for task in tasks[1:])
 
 
+def test_a_latents_file_replaced_while_its_layer_is_fitted_is_not_returned(tmp_path):
+    """The check after the fit: a re-extraction that replaces a file while scikit-learn fits the layer (on the
+    old file's memory map, or on the new content if it came before loading) leaves it unknown which content was
+    fitted, so the layer's record is not returned (and so never cached)."""
+    import threading
+    from phd_lab.probes.job import validate_jobs
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((2400, 128)).astype(np.float32), rng.integers(0, 5, 2400)  # saga runs every epoch
+    _, latents = make_latents(tmp_path, {"block0.conv": (x[:2000], x[2000:])}, y[:2000], y[2000:])
+    jobs, _ = jobs_from_latents(latents)
+    (task,) = build_tasks(jobs, validate_jobs(jobs)[0])
+    outcome: list[object] = []
+    worker = threading.Thread(target=lambda: outcome.append(_record_or_error(task)), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while worker.is_alive() and not _in_sklearn_fit(worker) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    assert worker.is_alive(), f"the fit ended before it could be caught inside scikit-learn: {outcome}"
+    replaced = Path(task.train)
+    np.save(tmp_path / "new.npy", np.load(replaced) * 0.5)
+    os.replace(tmp_path / "new.npy", replaced)  # what an extraction does
+    worker.join(120)
+    (result,) = outcome
+    assert isinstance(result, RunFailure) and "changed after the probe job verified its sha256" in str(result)
+
+
+def _record_or_error(task) -> object:
+    try:
+        return run_task(task)
+    except RunFailure as error:
+        return error
+
+
+def _in_sklearn_fit(thread) -> bool:
+    """Whether ``thread`` is inside scikit-learn's ``fit`` now (after the task's first stamp check and loading)."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == "fit" and "sklearn" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def test_latents_of_a_copied_or_moved_run_folder_write_beside_themselves(tmp_path, capsys):
     """The manifest's absolute run_dir sent a copy's results into the original run folder, and a moved
     run folder could not be probed at all."""
