@@ -100,7 +100,7 @@ class FusedMapsUpdate:
 
     def __init__(self, channels: int, device: torch.device, block_c: int = 64, block_n: int = 32,
                  num_warps: int = 4, target_programs: int | None = None, variant: str | None = None) -> None:
-        self.variant = variant or os.environ.get("TRITON_GRAM_VARIANT", "native")
+        self.variant = variant or os.environ.get("TRITON_GRAM_VARIANT", "float32")
         self.channels, self.block_c, self.block_n, self.num_warps = channels, block_c, block_n, num_warps
         tiles = triton.cdiv(channels, block_c)
         pairs = [(i, j) for i in range(tiles) for j in range(i + 1)]
@@ -197,7 +197,7 @@ CONFIGS = {True: [(64, 32, 4), (64, 16, 4)], False: [(32, 8, 4), (16, 16, 4)]}  
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check-interpreted", action="store_true")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="native")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="float32")
     args = parser.parse_args()
     os.environ["TRITON_GRAM_VARIANT"] = args.variant
     configs = CONFIGS[VARIANTS[args.variant][1]]
