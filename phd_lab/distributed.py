@@ -2,8 +2,9 @@
 
 Each grid point is one task that trains and post-processes its run on a worker, exactly as a
 sequential run would, so the files are the same. Points whose device is CUDA (or ``auto`` on a
-cluster that advertises GPUs) ask for the worker resource ``GPU=1``: start GPU workers with
-``dask worker ADDRESS --resources GPU=1`` and CPU workers without it. A worker that dies while
+cluster that advertises GPUs) ask for the worker resource ``GPU=1``: start one GPU worker per GPU, each
+seeing only its own (dask-cuda's ``dask cuda worker ADDRESS --resources GPU=1``), and CPU workers
+without the resource; ``gpu_sharing_warning`` says when runs would share a GPU. A worker that dies while
 training makes Dask reschedule the task (``distributed.scheduler.allowed-failures``), and the
 new attempt resumes from the run's last checkpoint.
 """
@@ -187,6 +188,32 @@ def task_resources(device: str, gpus_on_cluster: bool) -> dict[str, int] | None:
     if gpus_on_cluster and (device.startswith("cuda") or device == "auto"):
         return {"GPU": 1}
     return None
+
+
+def gpu_sharing_warning(devices: Sequence[str], gpus_on_cluster: bool, local_workers: int | None,
+                        cuda_here: bool) -> str | None:
+    """The warning for runs that would share a GPU with other runs, or None.
+
+    A cluster whose workers declare ``GPU`` resources gets one run per GPU (``task_resources``). Otherwise
+    every worker of a machine trains on CUDA's default device: the ``local:N`` workers of a GPU machine
+    (where ``"auto"`` means CUDA, ``cuda_here``) all use its first GPU, time-sliced between the processes
+    and with its memory shared. ``local_workers``: N of ``local:N``, None for a cluster at an address.
+    """
+    if gpus_on_cluster:
+        return None
+    local = local_workers is not None
+    if not any(device.startswith("cuda") or (device == "auto" and local and cuda_here) for device in devices):
+        return None
+    per_gpu = ("start one worker per GPU, each seeing only its own GPU: dask-cuda's `dask cuda worker ADDRESS "
+               "--resources GPU=1`, or `CUDA_VISIBLE_DEVICES=i dask worker ADDRESS --resources GPU=1` for GPU i")
+    if local:
+        if local_workers < 2:  # type: ignore[operator]
+            return None
+        return (f"The {local_workers} workers of local:{local_workers} would all train their CUDA runs on this "
+                f"machine's first GPU at once: CUDA gives it to one process at a time and the runs share its memory. "
+                f"For one run per GPU, {per_gpu}, and pass the scheduler's address to --scheduler; small models "
+                f"train side by side on the cores with \"device\": \"cpu\".")
+    return f"No worker of the cluster declares a GPU resource, so GPU runs are not limited to one per GPU; {per_gpu}."
 
 
 def _configure_worker_logging() -> None:

@@ -304,6 +304,37 @@ def test_a_cluster_has_gpus_only_where_a_worker_declares_the_resource():
             assert task_resources("cuda", cluster_has_gpus(client)) == ({"GPU": 1} if gpus else None)
 
 
+def test_runs_that_would_share_a_gpu_are_warned_about_with_the_per_gpu_setup():
+    """local:N workers on a GPU machine all trained on its first GPU without a word (a grid of four took as
+    long as in sequence on an H200); the old advice for remote clusters (`dask worker --resources GPU=1`)
+    still let every worker of a multi-GPU node use the first GPU."""
+    from phd_lab.distributed import gpu_sharing_warning
+    per_gpu = "dask cuda worker ADDRESS --resources GPU=1"
+    for devices in (["cuda"], ["cpu", "cuda:1"], ["auto"]):  # one run per GPU where workers declare GPUs
+        assert gpu_sharing_warning(devices, True, 4, True) is None
+        assert gpu_sharing_warning(devices, True, None, True) is None
+    remote = gpu_sharing_warning(["cpu", "cuda:1"], False, None, False)
+    assert remote.startswith("No worker of the cluster declares a GPU resource") and per_gpu in remote
+    assert gpu_sharing_warning(["cpu"], False, None, True) is None
+    assert gpu_sharing_warning(["auto"], False, None, True) is None  # where 'auto' trains is the workers' business
+    local = gpu_sharing_warning(["auto", "cpu"], False, 2, True)
+    assert local.startswith("The 2 workers of local:2 would all train their CUDA runs on this machine's first GPU")
+    assert per_gpu in local and '"device": "cpu"' in local
+    assert gpu_sharing_warning(["auto"], False, 2, False) is None  # 'auto' is the CPU on a machine without CUDA
+    assert gpu_sharing_warning(["cuda"], False, 1, True) is None  # one worker shares with no one
+    assert gpu_sharing_warning(["cpu"], False, 3, True) is None
+
+
+def test_gpu_runs_on_a_cluster_without_gpu_resources_are_warned_about(tmp_path, cluster, capfd):
+    """The warning reaches the user of a real cluster whose workers declare no GPU (the runs then fail on these
+    CPU-only workers with the device's own error)."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, device="cuda")
+    main_cli(["--config", str(config), "--no-progress", "--scheduler", cluster.scheduler_address])
+    err = " ".join(capfd.readouterr().err.split())
+    assert "No worker of the cluster declares a GPU resource, so GPU runs are not limited to one per GPU" in err
+    assert "dask cuda worker ADDRESS --resources GPU=1" in err
+
+
 def test_a_point_in_use_by_another_process_is_reported_as_such_without_a_traceback(tmp_path, cluster, capfd):
     """On a cluster the lock refusal was a failed task with the worker's traceback, and its exit code differed
     from a sequential run's; now it is 'in use' as there (exit 1 for a grid, 2 when it was the only point)."""
