@@ -191,13 +191,14 @@ def task_resources(device: str, gpus_on_cluster: bool) -> dict[str, int] | None:
 
 
 def gpu_sharing_warning(devices: Sequence[str], gpus_on_cluster: bool, local_workers: int | None,
-                        cuda_here: bool) -> str | None:
-    """The warning for runs that would share a GPU with other runs, or None.
+                        cuda_here: bool, device_key: str = "device") -> str | None:
+    """The warning for runs (or probe fits) that would share a GPU with others, or None.
 
-    A cluster whose workers declare ``GPU`` resources gets one run per GPU (``task_resources``). Otherwise
-    every worker of a machine trains on CUDA's default device: the ``local:N`` workers of a GPU machine
+    A cluster whose workers declare ``GPU`` resources gets one task per GPU (``task_resources``). Otherwise
+    every worker of a machine computes on CUDA's default device: the ``local:N`` workers of a GPU machine
     (where ``"auto"`` means CUDA, ``cuda_here``) all use its first GPU, time-sliced between the processes
-    and with its memory shared. ``local_workers``: N of ``local:N``, None for a cluster at an address.
+    and with its memory shared. ``local_workers``: N of ``local:N``, None for a cluster at an address;
+    ``device_key``: the config key the advice names (``probe_device`` for probe jobs).
     """
     if gpus_on_cluster:
         return None
@@ -212,7 +213,7 @@ def gpu_sharing_warning(devices: Sequence[str], gpus_on_cluster: bool, local_wor
         return (f"The {local_workers} workers of local:{local_workers} would all train their CUDA runs on this "
                 f"machine's first GPU at once: CUDA gives it to one process at a time and the runs share its memory. "
                 f"For one run per GPU, {per_gpu}, and pass the scheduler's address to --scheduler; small models "
-                f"train side by side on the cores with \"device\": \"cpu\".")
+                f"train side by side on the cores with \"{device_key}\": \"cpu\".")
     return f"No worker of the cluster declares a GPU resource, so GPU runs are not limited to one per GPU; {per_gpu}."
 
 

@@ -264,6 +264,44 @@ def test_probe_job_on_cluster_gives_the_same_csv_as_local(tmp_path, cluster):
     assert again.returncode == 0 and "3 found in the cache" in again.stderr
 
 
+def test_gpu_probe_fits_go_to_the_workers_that_declare_a_gpu(tmp_path):
+    """lbfgs-torch fits on CUDA asked for no GPU resource, so on a cluster of CPU and GPU workers they also landed on
+    CPU workers (and failed there). They now go to GPU workers only, as training runs do; CPU fits anywhere."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.probe_latents import blob_layers, make_latents
+
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=4))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cpu, \
+            distributed.Client(cpu) as client:
+        gpu = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cpu.scheduler_address,
+                                "--nthreads", "1", "--resources", "GPU=1", "--name", "gpu-worker", "--no-dashboard"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client.wait_for_workers(2, timeout=120)
+            gpu_address = next(address for address, info in client.scheduler_info()["workers"].items()
+                               if info.get("resources", {}).get("GPU"))
+            ran_on: dict[str, set[str]] = {}
+            for device in ("cuda", "cpu"):  # no CUDA here: the CUDA fits fail, wherever they run
+                with distributed.get_task_stream(client=client) as stream:
+                    result = subprocess.run([sys.executable, str(ROOT / "probe_main.py"), "--latents", str(latents),
+                                             "--no-progress", "--solver", "lbfgs-torch", "--probe-device", device,
+                                             "--scheduler", cpu.scheduler_address,
+                                             "--cache-dir", str(tmp_path / f"cache-{device}")],
+                                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+                probes = [record for record in stream.data if record["key"].startswith("probe-")]
+                ran_on[device] = {record["worker"] for record in probes}
+                # every CPU fit ran; the CUDA fits fail, and a failure cancels the fits still queued
+                assert len({record["key"] for record in probes}) == 4 if device == "cpu" else probes
+                assert result.returncode == (1 if device == "cuda" else 0), result.stderr
+        finally:
+            gpu.terminate()
+            gpu.wait(60)
+    assert ran_on["cuda"] == {gpu_address}  # CPU fits may go to either worker (Dask decides)
+
+
 def _torch_threads() -> int:
     import torch
     return torch.get_num_threads()
@@ -323,6 +361,8 @@ def test_runs_that_would_share_a_gpu_are_warned_about_with_the_per_gpu_setup():
     assert gpu_sharing_warning(["auto"], False, 2, False) is None  # 'auto' is the CPU on a machine without CUDA
     assert gpu_sharing_warning(["cuda"], False, 1, True) is None  # one worker shares with no one
     assert gpu_sharing_warning(["cpu"], False, 3, True) is None
+    probes = gpu_sharing_warning(["cuda", "cuda"], False, 2, False, device_key="probe_device")
+    assert '"probe_device": "cpu"' in probes and per_gpu in probes
 
 
 def test_gpu_runs_on_a_cluster_without_gpu_resources_are_warned_about(tmp_path, cluster, capfd):

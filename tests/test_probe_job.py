@@ -459,6 +459,9 @@ def test_error_cuda_requested_without_cuda(tmp_path, capsys):
     run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--solver", "lbfgs-torch", "--probe-device",
                         "cuda", match="torch sees no CUDA device")
+    # a local cluster fits on this machine too (a remote scheduler's workers have devices of their own)
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--solver", "lbfgs-torch", "--probe-device",
+                        "cuda", "--scheduler", "local:1", match="torch sees no CUDA device")
 
 
 def test_error_labels_that_cannot_be_probed(tmp_path, capsys):

@@ -22,6 +22,7 @@ import numpy as np
 from phd_lab import atomic
 from phd_lab.errors import ConfigError, DataError, PhdLabError, RunLockedError, UsageError
 from phd_lab.interrupts import deferred_interrupts
+from phd_lab.distributed import parse_scheduler
 from phd_lab.lock import PROBE_LOCK, RunLock
 from phd_lab.plots.probes import ConfusionPlots
 from phd_lab.probes.cache import ResultCache, cache_key, key_digest, library_versions
@@ -51,15 +52,18 @@ def check_device(settings: ProbeSettings) -> None:
                           f"are visible.")
 
 
-def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache | None = None
-                  ) -> tuple[dict[str, tuple[int, int, int]], dict[str, ProbeRecord]]:
+def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache | None = None,
+                  devices_here: bool = True) -> tuple[dict[str, tuple[int, int, int]], dict[str, ProbeRecord]]:
     """Everything that can be checked before fitting: settings, devices, subsample sizes, and the sha256 of
     every file a fit will read. A layer whose result ``cache`` holds is not read again, so its files are not
     hashed again either (a job repeated over a growing grid would otherwise re-read every run's latents).
+    ``devices_here``: the fits run on this machine, so its CUDA devices are checked (not so for the workers of a
+    remote Dask scheduler, which may have GPUs where the job's own node has none).
     Returns the stamps of the verified files (see ``runner.check_stamps``) and the cached records by key
     digest (``run_probes`` takes them as they were when the files were checked)."""
     for job in jobs:
-        check_device(job.settings)
+        if devices_here:
+            check_device(job.settings)
         check_labels(job)
     hits: dict[str, ProbeRecord] = {}
     needed: dict[int, dict[Path, str]] = {}
@@ -183,7 +187,8 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     cache = ResultCache(cache_dir)
     cache.check()  # a cache folder that cannot be made must not leave lock files in the run folders
     # reads only: bad input exits before anything is written
-    stamps, hits = validate_jobs(jobs, threads=max(2, workers), cache=cache)
+    remote = scheduler is not None and parse_scheduler(scheduler)[0] != "local"
+    stamps, hits = validate_jobs(jobs, threads=max(2, workers), cache=cache, devices_here=not remote)
     if scheduler is not None:  # nor a scheduler that cannot be reached
         from phd_lab.distributed import check_scheduler
         check_scheduler(scheduler)
