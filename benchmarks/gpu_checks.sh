@@ -21,6 +21,8 @@ run 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 run 180 python3 benchmarks/tracking_overhead.py --device cuda --reps 3 --profile \
   --conditions untracked,passes,inline
 run 60 python3 benchmarks/tracking_breakdown.py --device cuda
+# issue 3's open lead (session 26): the exact update in L2-sized chunks (benchmarks/chunked_update.py)
+for mb in 8 24; do run 60 python3 benchmarks/tracking_breakdown.py --device cuda --variant chunked --chunk-mb $mb; done
 run 150 python3 benchmarks/probe_speed.py --gpu
 # Issue 8 on the machine's 16 cores (the 2-core target cannot be checked on more cores; this shows scaling).
 # On the CPU: with "device": "auto" every worker would train on the one GPU, whose time is sliced between
