@@ -191,30 +191,44 @@ def task_resources(device: str, gpus_on_cluster: bool) -> dict[str, int] | None:
 
 
 def gpu_sharing_warning(devices: Sequence[str], gpus_on_cluster: bool, local_workers: int | None,
-                        cuda_here: bool, device_key: str = "device") -> str | None:
-    """The warning for runs (or probe fits) that would share a GPU with others, or None.
+                        cuda_here: bool, device_key: str = "device", tasks: str = "runs") -> str | None:
+    """The warning for ``tasks`` (runs, probe fits) on ``devices`` that would share a GPU, or None.
 
     A cluster whose workers declare ``GPU`` resources gets one task per GPU (``task_resources``). Otherwise
-    every worker of a machine computes on CUDA's default device: the ``local:N`` workers of a GPU machine
-    (where ``"auto"`` means CUDA, ``cuda_here``) all use its first GPU, time-sliced between the processes
-    and with its memory shared. ``local_workers``: N of ``local:N``, None for a cluster at an address;
-    ``device_key``: the config key the advice names (``probe_device`` for probe jobs).
+    every worker of a machine computes on the device its task names, CUDA's default device for ``cuda``
+    (and for ``auto`` on a GPU machine, ``cuda_here``): the ``local:N`` workers of a GPU machine put two tasks
+    on one GPU at once, time-sliced between the processes and sharing its memory. Tasks that name distinct
+    GPUs (``cuda:0``, ``cuda:1``), a single task or one worker share nothing. ``local_workers``: N of
+    ``local:N``, None for a cluster at an address, whose workers' machines are unknown here: two GPU tasks
+    there are said to be unlimited. ``device_key``: the config key the advice names.
     """
     if gpus_on_cluster:
         return None
-    local = local_workers is not None
-    if not any(device.startswith("cuda") or (device == "auto" and local and cuda_here) for device in devices):
+    gpus = [_cuda_index(device, local_workers is not None and cuda_here) for device in devices]
+    gpus = [gpu for gpu in gpus if gpu is not None]
+    if len(gpus) < 2:
         return None
-    per_gpu = ("start one worker per GPU, each seeing only its own GPU: dask-cuda's `dask cuda worker ADDRESS "
-               "--resources GPU=1`, or `CUDA_VISIBLE_DEVICES=i dask worker ADDRESS --resources GPU=1` for GPU i")
-    if local:
-        if local_workers < 2:  # type: ignore[operator]
-            return None
-        return (f"The {local_workers} workers of local:{local_workers} would all train their CUDA runs on this "
-                f"machine's first GPU at once: CUDA gives it to one process at a time and the runs share its memory. "
-                f"For one run per GPU, {per_gpu}, and pass the scheduler's address to --scheduler; small models "
-                f"train side by side on the cores with \"{device_key}\": \"cpu\".")
-    return f"No worker of the cluster declares a GPU resource, so GPU runs are not limited to one per GPU; {per_gpu}."
+    per_gpu = ("start one worker per GPU, each seeing only its own GPU (and naming it cuda): dask-cuda's `dask "
+               "cuda worker ADDRESS --resources GPU=1`, or `CUDA_VISIBLE_DEVICES=i dask worker ADDRESS --resources "
+               "GPU=1` for GPU i")
+    if local_workers is None:
+        return (f"No worker of the cluster declares a GPU resource, so GPU {tasks} are not limited to one per GPU; "
+                f"{per_gpu}.")
+    if local_workers < 2 or max(gpus.count(gpu) for gpu in set(gpus)) < 2:
+        return None
+    return (f"The {local_workers} workers of local:{local_workers} would run their CUDA {tasks} on the same GPU at "
+            f"once: CUDA gives it to one process at a time, and the {tasks} share its memory. For one per GPU, "
+            f"{per_gpu}, and pass the scheduler's address to --scheduler; with \"{device_key}\": \"cpu\" they run "
+            f"side by side on the cores.")
+
+
+def _cuda_index(device: str, auto_is_cuda: bool) -> int | None:
+    """The CUDA device a task on ``device`` uses (0 for the default device), or None off CUDA."""
+    if device == "auto":
+        return 0 if auto_is_cuda else None
+    if not device.startswith("cuda"):
+        return None
+    return int(device.split(":")[1]) if ":" in device else 0
 
 
 def _configure_worker_logging() -> None:

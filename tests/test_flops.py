@@ -158,4 +158,3 @@ def test_a_model_that_is_itself_a_counted_layer_is_counted():
         assert info["macs"] == 36 * 4 * 27 + 4 * 36  # 6×6 positions × C_out × k·k·C_in, plus the bias per output
         assert info["uncounted_convolutions"] == 0
         assert table["layer"].tolist() == [ROOT_ROW, FUNCTIONAL_ROW]
-

@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 
 from phd_lab import atomic
+from phd_lab.distributed import parse_scheduler
 from phd_lab.errors import ConfigError, DataError, PhdLabError, RunLockedError, UsageError
 from phd_lab.interrupts import deferred_interrupts
-from phd_lab.distributed import parse_scheduler
 from phd_lab.lock import PROBE_LOCK, RunLock
 from phd_lab.plots.probes import ConfusionPlots
 from phd_lab.probes.cache import ResultCache, cache_key, key_digest, library_versions

@@ -401,7 +401,7 @@ def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, 
         gpus = cluster_has_gpus(client)  # lbfgs-torch fits on CUDA go to GPU workers, one per GPU, as training runs
         sharing = gpu_sharing_warning([tasks[position].settings.device for position in misses], gpus,
                                       workers if kind == "local" else None, cuda_here=False,  # never "auto"
-                                      device_key="probe_device")
+                                      device_key="probe_device", tasks="probe fits")
         if sharing:
             log.warning("%s", sharing)
         futures = {client.submit(run_task, tasks[position], key=f"probe-{position}-{tasks[position].layer}-"
