@@ -214,12 +214,27 @@ def gpu_sharing_warning(devices: Sequence[str], gpus_on_cluster: bool, local_wor
     if local_workers is None:
         return (f"No worker of the cluster declares a GPU resource, so GPU {tasks} are not limited to one per GPU; "
                 f"{per_gpu}.")
-    if local_workers < 2 or max(gpus.count(gpu) for gpu in set(gpus)) < 2:
+    if local_workers < 2 or len(set(gpus)) == len(gpus):  # one worker, or every task on a GPU of its own
         return None
     return (f"The {local_workers} workers of local:{local_workers} would run their CUDA {tasks} on the same GPU at "
             f"once: CUDA gives it to one process at a time, and the {tasks} share its memory. For one per GPU, "
             f"{per_gpu}, and pass the scheduler's address to --scheduler; with \"{device_key}\": \"cpu\" they run "
             f"side by side on the cores.")
+
+
+def declared_gpus(client: Any, scheduler: str, devices: Sequence[str], cuda_here: Callable[[], bool],
+                  device_key: str = "device", tasks: str = "runs") -> bool:
+    """Whether ``client``'s workers declare GPUs (then GPU tasks ask for them, ``task_resources``); warns first
+    where ``tasks`` on ``devices`` would share a GPU instead (``gpu_sharing_warning``). ``cuda_here`` is asked
+    only for a local cluster, whose ``auto`` tasks run on this machine."""
+    gpus = cluster_has_gpus(client)
+    kind, workers = parse_scheduler(scheduler)
+    local = kind == "local"
+    sharing = gpu_sharing_warning(devices, gpus, workers if local else None, local and cuda_here(),
+                                  device_key=device_key, tasks=tasks)
+    if sharing:
+        log.warning("%s", sharing)
+    return gpus
 
 
 def _cuda_index(device: str, auto_is_cuda: bool) -> int | None:

@@ -166,18 +166,13 @@ class Main:
 
     def run_on_cluster(self, grid: Grid, scheduler: str, indices: list[int] | None = None) -> list[RunOutcome]:
         """Submit every chosen grid point as one Dask task; failures are reported, not raised."""
-        from phd_lab.distributed import (cluster_has_gpus, dask_client, gpu_sharing_warning, parse_scheduler,
-                                         submit_and_collect, task_resources, train_point)
+        from phd_lab.distributed import (dask_client, declared_gpus, submit_and_collect, task_resources,
+                                         train_point)
         chosen = list(range(len(grid))) if indices is None else indices
         overrides = {k: v if isinstance(v, str) else v.__name__ for k, v in self.registry_overrides.items()}
-        kind, workers = parse_scheduler(scheduler)
         with dask_client(scheduler) as client:
-            gpus = cluster_has_gpus(client)
-            sharing = gpu_sharing_warning([self.executors[index].config.device for index in chosen], gpus,
-                                          workers if kind == "local" else None,
-                                          resolve_device("auto").type == "cuda")
-            if sharing:
-                log.warning("%s", sharing)
+            gpus = declared_gpus(client, scheduler, [self.executors[index].config.device for index in chosen],
+                                 cuda_here=lambda: resolve_device("auto").type == "cuda")
             tasks = []
             command = uuid.uuid4().hex[:12]  # two commands on one scheduler must not share (and skip) tasks
             stop_event = f"stop-{command}"  # set when this command is stopped: its tasks end then too

@@ -394,16 +394,11 @@ def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, 
     """One Dask task per layer; results come back here, where they are cached and written."""
     from distributed import as_completed
 
-    from phd_lab.distributed import (cluster_has_gpus, dask_client, gpu_sharing_warning, parse_scheduler,
-                                     task_resources)
-    kind, workers = parse_scheduler(scheduler)
+    from phd_lab.distributed import dask_client, declared_gpus, task_resources
     with dask_client(scheduler) as client:
-        gpus = cluster_has_gpus(client)  # lbfgs-torch fits on CUDA go to GPU workers, one per GPU, as training runs
-        sharing = gpu_sharing_warning([tasks[position].settings.device for position in misses], gpus,
-                                      workers if kind == "local" else None, cuda_here=False,  # never "auto"
-                                      device_key="probe_device", tasks="probe fits")
-        if sharing:
-            log.warning("%s", sharing)
+        # lbfgs-torch fits on CUDA go to GPU workers, one per GPU, as training runs do; a probe device is never "auto"
+        gpus = declared_gpus(client, scheduler, [tasks[position].settings.device for position in misses],
+                             cuda_here=lambda: False, device_key="probe_device", tasks="probe fits")
         futures = {client.submit(run_task, tasks[position], key=f"probe-{position}-{tasks[position].layer}-"
                                  f"{tasks[position].key_digest()}", resources=task_resources(
                                      tasks[position].settings.device, gpus), pure=False): position
