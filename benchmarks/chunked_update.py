@@ -12,7 +12,7 @@ launches more. Whether that wins is for a GPU session to measure:
     python benchmarks/chunked_update.py --check          # CPU: chunked sums equal np.cov of the maps
 
 ``install(chunk_bytes)`` replaces ``CovarianceAccumulator.update_maps`` for CUDA maps after the first
-batch, as ``triton_gram.install`` does; CPU maps keep the tracker's own path (the fused kernel).
+batch (``tracking_overhead.replace_cuda_maps_update``); CPU maps keep the tracker's own path.
 """
 
 from __future__ import annotations
@@ -45,14 +45,8 @@ def chunked_update(accumulator: CovarianceAccumulator, maps: torch.Tensor, chunk
 
 def install(chunk_bytes: int) -> None:
     """From now on every CovarianceAccumulator adds CUDA feature maps in chunks of ``chunk_bytes``."""
-    original = CovarianceAccumulator.update_maps
-
-    def update_maps(self: CovarianceAccumulator, maps: torch.Tensor) -> None:
-        if self._shift is None or not maps.is_cuda or maps.dim() != 4:
-            original(self, maps)
-            return
-        chunked_update(self, maps.detach(), chunk_bytes)
-    CovarianceAccumulator.update_maps = update_maps  # type: ignore[method-assign]
+    from tracking_overhead import replace_cuda_maps_update  # benchmarks/, beside this script
+    replace_cuda_maps_update(lambda accumulator, maps: chunked_update(accumulator, maps, chunk_bytes))
 
 
 def check() -> bool:

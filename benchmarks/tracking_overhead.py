@@ -47,6 +47,7 @@ from paired_stats import median_interval, paired_verdict  # noqa: E402
 from phd_lab.data import DataBundle  # noqa: E402
 from phd_lab.tracking import SaturationTracker, TrackerOptions, fused_gram, run_pass  # noqa: E402
 from phd_lab.tracking.callback import SaturationCallback  # noqa: E402
+from phd_lab.tracking.covariance import CovarianceAccumulator  # noqa: E402
 from phd_lab.trainer import Trainer  # noqa: E402
 from registries.metrics import Accuracy  # noqa: E402
 from registries.models import vgg11  # noqa: E402
@@ -126,9 +127,22 @@ def cuda_ms(fn: Callable[[], object], reps: int = 20) -> float:
     return start.elapsed_time(end) / reps
 
 
+def replace_cuda_maps_update(update: Callable[[CovarianceAccumulator, torch.Tensor], None]) -> None:
+    """From now on every CovarianceAccumulator adds CUDA feature maps with ``update(accumulator, maps)`` once its
+    first batch has set the shift on the tracker's own path (the experiments triton_gram.py, chunked_update.py)."""
+    original = CovarianceAccumulator.update_maps
+
+    def update_maps(self: CovarianceAccumulator, maps: torch.Tensor) -> None:
+        if self._shift is None or not maps.is_cuda or maps.dim() != 4:
+            original(self, maps)
+        else:
+            update(self, maps.detach())
+    CovarianceAccumulator.update_maps = update_maps  # type: ignore[method-assign]
+
+
 def profile_update(device: torch.device, batch: int, reps: int = 20) -> list[str]:
     """Milliseconds per exact covariance update of ResNet18's four feature-map shapes (bf16), by part."""
-    from phd_lab.tracking.covariance import CovarianceAccumulator, _convert_and_shift
+    from phd_lab.tracking.covariance import _convert_and_shift
 
     def ms(fn: Callable[[], object]) -> float:
         return cuda_ms(fn, reps)

@@ -156,19 +156,15 @@ def relative_error(value: torch.Tensor, exact: torch.Tensor, scale: float) -> fl
 def install() -> None:
     """From now on every CovarianceAccumulator adds CUDA feature maps with the fused kernel (after its
     first batch, which sets the shift on the tracker's own path)."""
-    from phd_lab.tracking.covariance import CovarianceAccumulator
-    original = CovarianceAccumulator.update_maps
+    from tracking_overhead import replace_cuda_maps_update  # benchmarks/, beside this script
 
-    def update_maps(self: CovarianceAccumulator, maps: torch.Tensor) -> None:
-        if self._shift is None or not maps.is_cuda or maps.dim() != 4:
-            original(self, maps)
-            return
-        update = getattr(self, "_fused_update", None)  # one per accumulator (an id() is reused once freed)
+    def fused(accumulator, maps: torch.Tensor) -> None:
+        update = getattr(accumulator, "_fused_update", None)  # one per accumulator (an id() is reused once freed)
         if update is None:
-            update = self._fused_update = FusedMapsUpdate(self.dim, maps.device)  # type: ignore[attr-defined]
-        update(maps.detach(), self._shift, self._gram, self._sum)
-        self.n += maps.shape[0] * maps.shape[2] * maps.shape[3]
-    CovarianceAccumulator.update_maps = update_maps  # type: ignore[method-assign]
+            update = accumulator._fused_update = FusedMapsUpdate(accumulator.dim, maps.device)
+        update(maps, accumulator._shift, accumulator._gram, accumulator._sum)
+        accumulator.n += maps.shape[0] * maps.shape[2] * maps.shape[3]
+    replace_cuda_maps_update(fused)
 
 
 def check(shapes: list[tuple[int, int, int, int]], device: torch.device, dtype: torch.dtype,
