@@ -12,6 +12,7 @@ new attempt resumes from the run's last checkpoint.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import re
@@ -103,9 +104,10 @@ def dask_client(spec: str) -> Iterator[Any]:
         _expect_dask_handshake(distributed, value, seconds)
         client = distributed.Client(value, timeout=seconds)
     with client:
-        if not client.scheduler_info().get("workers"):
-            log.warning("The scheduler at %s has no workers yet; the tasks wait until one connects "
-                        "(`dask worker %s`).", spec, spec)
+        if not cluster_workers(client):  # whether GPU tasks ask for GPU workers is read from the workers
+            log.warning("The scheduler at %s has no workers yet; waiting for the first to connect (`dask worker "
+                        "%s`) before the tasks are submitted.", spec, spec)
+            client.wait_for_workers(1)
         yield client
 
 
@@ -173,8 +175,15 @@ def _expect_dask_handshake(distributed: Any, address: str, seconds: float) -> No
                       f"service's port?") from None
 
 
+def cluster_workers(client: Any) -> dict[str, Any]:
+    """Every worker's information: distributed 2025.7 to 2026.6 list only the first five unless asked for all."""
+    if "n_workers" in inspect.signature(client.scheduler_info).parameters:
+        return client.scheduler_info(n_workers=-1).get("workers", {})
+    return client.scheduler_info().get("workers", {})  # older versions list every worker
+
+
 def cluster_has_gpus(client: Any) -> bool:
-    workers = client.scheduler_info().get("workers", {})
+    workers = cluster_workers(client)
     return any(info.get("resources", {}).get("GPU", 0) > 0 for info in workers.values())
 
 
@@ -188,6 +197,14 @@ def task_resources(device: str, gpus_on_cluster: bool) -> dict[str, int] | None:
     if gpus_on_cluster and (device.startswith("cuda") or device == "auto"):
         return {"GPU": 1}
     return None
+
+
+def gpu_device(device: str, tracking_device: str | None) -> str:
+    """The device that decides whether a run needs a GPU: the model's, or the saturation tracker's where only
+    that one is CUDA (``"device": "cpu", "tracking_device": "cuda"`` sums the covariances on a GPU)."""
+    if device == "auto" or device.startswith("cuda") or not (tracking_device or "").startswith("cuda"):
+        return device
+    return tracking_device
 
 
 def gpu_sharing_warning(devices: Sequence[str], gpus_on_cluster: bool, local_workers: int | None,

@@ -166,21 +166,23 @@ class Main:
 
     def run_on_cluster(self, grid: Grid, scheduler: str, indices: list[int] | None = None) -> list[RunOutcome]:
         """Submit every chosen grid point as one Dask task; failures are reported, not raised."""
-        from phd_lab.distributed import (dask_client, declared_gpus, submit_and_collect, task_resources,
-                                         train_point)
+        from phd_lab.distributed import (dask_client, declared_gpus, gpu_device, submit_and_collect,
+                                         task_resources, train_point)
         chosen = list(range(len(grid))) if indices is None else indices
         overrides = {k: v if isinstance(v, str) else v.__name__ for k, v in self.registry_overrides.items()}
+        configs = {index: self.executors[index].config for index in chosen}
+        devices = {index: gpu_device(cfg.device, cfg.tracking_device) for index, cfg in configs.items()}
         with dask_client(scheduler) as client:
-            gpus = declared_gpus(client, scheduler, [self.executors[index].config.device for index in chosen],
+            gpus = declared_gpus(client, scheduler, [devices[index] for index in chosen],
                                  cuda_here=lambda: resolve_device("auto").type == "cuda")
             tasks = []
             command = uuid.uuid4().hex[:12]  # two commands on one scheduler must not share (and skip) tasks
             stop_event = f"stop-{command}"  # set when this command is stopped: its tasks end then too
             for index in chosen:
-                cfg = self.executors[index].config
+                cfg = configs[index]
                 tasks.append((f"train-{index}-{self.executors[index].rundir.root.name}-{command}", train_point,
                               (absolute_paths(cfg.values), cfg.source, overrides, stop_event),
-                              task_resources(cfg.device, gpus)))
+                              task_resources(devices[index], gpus)))
             log.info("Submitting %d run(s) to %s", len(tasks), scheduler)
             results = submit_and_collect(client, tasks, "grid", progress=self.progress, stop_event=stop_event)
         outcomes, usage_errors = [], []

@@ -334,6 +334,18 @@ def test_gpu_runs_ask_for_a_gpu_resource_only_where_workers_declare_one():
     assert task_resources("auto", gpus_on_cluster=False) is None
 
 
+def test_a_run_that_tracks_saturation_on_cuda_needs_a_gpu_even_when_it_trains_on_the_cpu():
+    """``"device": "cpu", "tracking_device": "cuda"`` sums the covariances on a GPU: such a run asked for no GPU
+    resource, so it could land on a CPU-only worker and fail there, and it was left out of the sharing warning."""
+    from phd_lab.distributed import gpu_device, task_resources
+    assert gpu_device("cpu", "cuda") == "cuda" and gpu_device("cpu", "cuda:1") == "cuda:1"
+    assert task_resources(gpu_device("cpu", "cuda:1"), gpus_on_cluster=True) == {"GPU": 1}
+    for device, tracking in (("cpu", None), ("cpu", "cpu"), ("cuda:1", "cpu"), ("auto", None), ("auto", "cuda"),
+                             ("cuda", "cuda:1")):
+        assert gpu_device(device, tracking) == device  # the model's device decides whenever it may be a GPU
+    assert task_resources(gpu_device("cpu", "cpu"), gpus_on_cluster=True) is None
+
+
 def test_a_cluster_has_gpus_only_where_a_worker_declares_the_resource():
     """A local:N cluster (workers without resources) must not be taken for one with GPUs: its GPU runs would ask
     for GPU=1 and wait forever."""
@@ -343,6 +355,30 @@ def test_a_cluster_has_gpus_only_where_a_worker_declares_the_resource():
                                       resources=resources) as local, distributed.Client(local) as client:
             assert cluster_has_gpus(client) is gpus
             assert task_resources("cuda", cluster_has_gpus(client)) == ({"GPU": 1} if gpus else None)
+
+
+def test_a_gpu_worker_that_joins_after_five_others_is_seen(tmp_path):
+    """distributed 2025.7 to 2026.6 list only the first five workers unless asked for all: a GPU worker beyond them
+    went unseen, so the GPU runs asked for no GPU and landed on CPU workers."""
+    import subprocess
+    import sys
+
+    from phd_lab.distributed import cluster_has_gpus, cluster_workers
+    with distributed.LocalCluster(n_workers=5, threads_per_worker=1, processes=False, protocol="tcp",
+                                  dashboard_address=":0") as cpus, \
+            distributed.Client(cpus) as client:
+        client.wait_for_workers(5, timeout=60)
+        assert not cluster_has_gpus(client)
+        gpu = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cpus.scheduler_address,
+                                "--nthreads", "1", "--resources", "GPU=1", "--no-dashboard", "--no-nanny"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client.wait_for_workers(6, timeout=120)
+            assert len(cluster_workers(client)) == 6
+            assert cluster_has_gpus(client)
+        finally:
+            gpu.terminate()
+            gpu.wait(60)
 
 
 def test_runs_that_would_share_a_gpu_are_warned_about_with_the_per_gpu_setup():
@@ -380,6 +416,12 @@ def test_gpu_runs_on_a_cluster_without_gpu_resources_are_warned_about(tmp_path, 
     err = " ".join(capfd.readouterr().err.split())
     assert "No worker of the cluster declares a GPU resource, so GPU runs are not limited to one per GPU" in err
     assert "dask cuda worker ADDRESS --resources GPU=1" in err
+    (tmp_path / "tracked").mkdir()
+    config = write_config(tmp_path / "tracked", epoch=1, cpu_threads=1, device="cpu", tracking_device="cuda",
+                          seed=[1, 2])
+    main_cli(["--config", str(config), "--no-progress", "--scheduler", cluster.scheduler_address])
+    err = " ".join(capfd.readouterr().err.split())  # the covariances of both runs would share one GPU
+    assert "No worker of the cluster declares a GPU resource, so GPU runs are not limited to one per GPU" in err
 
 
 def test_a_point_in_use_by_another_process_is_reported_as_such_without_a_traceback(tmp_path, cluster, capfd):
@@ -476,12 +518,39 @@ def test_a_probe_job_with_an_unreachable_scheduler_writes_nothing(tmp_path, caps
     assert not {".probe.lock", "probe.log"} & {path.name for path in run_dir.iterdir()}
 
 
-def test_a_scheduler_without_workers_is_said_before_the_tasks_wait(caplog):
-    from phd_lab.distributed import dask_client
+def test_a_scheduler_without_workers_is_said_and_its_first_worker_awaited(caplog):
+    """Whether GPU tasks ask for GPU workers is read from the workers: read from none, GPU runs submitted before the
+    GPU workers had joined asked for no GPU, so they could land on CPU workers (the tasks wait for a worker anyway)."""
+    import subprocess
+    import sys
+
+    from phd_lab.distributed import cluster_has_gpus, dask_client
+    seen: list[bool] = []
     with distributed.LocalCluster(n_workers=0, dashboard_address=":0") as empty:
-        with caplog.at_level("WARNING", logger="phd_lab.distributed"), dask_client(empty.scheduler_address):
-            pass
-    assert f"The scheduler at {empty.scheduler_address} has no workers yet" in caplog.text
+        with caplog.at_level("WARNING", logger="phd_lab.distributed"):
+            connected = threading.Thread(target=lambda: seen.extend(_gpus_seen(dask_client, empty.scheduler_address,
+                                                                               cluster_has_gpus)))
+            connected.start()
+            deadline = time.monotonic() + 60
+            while "has no workers yet" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            assert connected.is_alive() and not seen  # nothing is submitted to a scheduler without workers
+            gpu = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", empty.scheduler_address,
+                                    "--nthreads", "1", "--resources", "GPU=1", "--no-dashboard", "--no-nanny"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                connected.join(120)
+            finally:
+                gpu.terminate()
+                gpu.wait(60)
+    assert seen == [True]
+    assert f"The scheduler at {empty.scheduler_address} has no workers yet; waiting for the first" in caplog.text
+
+
+def _gpus_seen(dask_client, address: str, cluster_has_gpus) -> list[bool]:
+    with dask_client(address) as client:
+        return [cluster_has_gpus(client)]
 
 
 def test_diverged_latents_on_the_cluster_fail_their_run_only(tmp_path, cluster):
