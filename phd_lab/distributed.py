@@ -194,7 +194,7 @@ def task_resources(device: str, gpus_on_cluster: bool) -> dict[str, int] | None:
     GPU=1``) gets no resource request: Dask would otherwise hold such a task forever, as no worker
     could ever take it. A worker without CUDA then fails that run with the device's own error.
     """
-    if gpus_on_cluster and (device.startswith("cuda") or device == "auto"):
+    if gpus_on_cluster and _may_use_gpu(device):
         return {"GPU": 1}
     return None
 
@@ -202,9 +202,14 @@ def task_resources(device: str, gpus_on_cluster: bool) -> dict[str, int] | None:
 def gpu_device(device: str, tracking_device: str | None) -> str:
     """The device that decides whether a run needs a GPU: the model's, or the saturation tracker's where only
     that one is CUDA (``"device": "cpu", "tracking_device": "cuda"`` sums the covariances on a GPU)."""
-    if device == "auto" or device.startswith("cuda") or not (tracking_device or "").startswith("cuda"):
+    if _may_use_gpu(device) or not (tracking_device or "").startswith("cuda"):
         return device
     return tracking_device
+
+
+def _may_use_gpu(device: str) -> bool:
+    """Whether a task on ``device`` computes on a GPU where its worker has one (``cuda``, ``cuda:N``, ``auto``)."""
+    return device == "auto" or device.startswith("cuda")
 
 
 def gpu_sharing_warning(devices: Sequence[str], gpus_on_cluster: bool, local_workers: int | None,
