@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import threading
 import time
+from typing import Iterator
 
 import pytest
 
@@ -23,6 +25,22 @@ from tests.test_runs import assert_same_metrics, assert_same_weights, weights  #
 def cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
         yield c
+
+
+@contextlib.contextmanager
+def _gpu_worker(address: str, *options: str) -> Iterator[None]:
+    """A real `dask worker` subprocess that declares one GPU (``--resources GPU=1``), joining the scheduler at
+    ``address`` while the block runs."""
+    import subprocess
+    import sys
+    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                               "--resources", "GPU=1", "--no-dashboard", *options],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        worker.terminate()
+        worker.wait(60)
 
 
 def _relative_files(logs):
@@ -278,10 +296,7 @@ def test_gpu_probe_fits_go_to_the_workers_that_declare_a_gpu(tmp_path):
     _, latents = make_latents(tmp_path, *blob_layers(n_layers=4))
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cpu, \
             distributed.Client(cpu) as client:
-        gpu = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cpu.scheduler_address,
-                                "--nthreads", "1", "--resources", "GPU=1", "--name", "gpu-worker", "--no-dashboard"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
+        with _gpu_worker(cpu.scheduler_address, "--name", "gpu-worker"):
             client.wait_for_workers(2, timeout=120)
             gpu_address = next(address for address, info in client.scheduler_info()["workers"].items()
                                if info.get("resources", {}).get("GPU"))
@@ -299,9 +314,6 @@ def test_gpu_probe_fits_go_to_the_workers_that_declare_a_gpu(tmp_path):
                 ran_on[device] = {record["worker"] for record in probes}
                 # every fit ran, except where the CUDA fits fail: a failure cancels the fits still queued
                 assert len({record["key"] for record in probes}) == 4 if not fails else probes
-        finally:
-            gpu.terminate()
-            gpu.wait(60)
     assert ran_on["cuda"] == {gpu_address}  # CPU fits may go to either worker (Dask decides)
 
 
@@ -360,25 +372,16 @@ def test_a_cluster_has_gpus_only_where_a_worker_declares_the_resource():
 def test_a_gpu_worker_that_joins_after_five_others_is_seen(tmp_path):
     """distributed 2025.7 to 2026.6 list only the first five workers unless asked for all: a GPU worker beyond them
     went unseen, so the GPU runs asked for no GPU and landed on CPU workers."""
-    import subprocess
-    import sys
-
     from phd_lab.distributed import cluster_has_gpus, cluster_workers
     with distributed.LocalCluster(n_workers=5, threads_per_worker=1, processes=False, protocol="tcp",
                                   dashboard_address=":0") as cpus, \
             distributed.Client(cpus) as client:
         client.wait_for_workers(5, timeout=60)
         assert not cluster_has_gpus(client)
-        gpu = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cpus.scheduler_address,
-                                "--nthreads", "1", "--resources", "GPU=1", "--no-dashboard", "--no-nanny"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
+        with _gpu_worker(cpus.scheduler_address, "--no-nanny"):
             client.wait_for_workers(6, timeout=120)
             assert len(cluster_workers(client)) == 6
             assert cluster_has_gpus(client)
-        finally:
-            gpu.terminate()
-            gpu.wait(60)
 
 
 def test_runs_that_would_share_a_gpu_are_warned_about_with_the_per_gpu_setup():
@@ -521,34 +524,25 @@ def test_a_probe_job_with_an_unreachable_scheduler_writes_nothing(tmp_path, caps
 def test_a_scheduler_without_workers_is_said_and_its_first_worker_awaited(caplog):
     """Whether GPU tasks ask for GPU workers is read from the workers: read from none, GPU runs submitted before the
     GPU workers had joined asked for no GPU, so they could land on CPU workers (the tasks wait for a worker anyway)."""
-    import subprocess
-    import sys
-
-    from phd_lab.distributed import cluster_has_gpus, dask_client
     seen: list[bool] = []
     with distributed.LocalCluster(n_workers=0, dashboard_address=":0") as empty:
         with caplog.at_level("WARNING", logger="phd_lab.distributed"):
-            connected = threading.Thread(target=lambda: seen.extend(_gpus_seen(dask_client, empty.scheduler_address,
-                                                                               cluster_has_gpus)))
+            connected = threading.Thread(target=lambda: seen.extend(_gpus_seen(empty.scheduler_address)))
             connected.start()
             deadline = time.monotonic() + 60
             while "has no workers yet" not in caplog.text and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(1.0)
             assert connected.is_alive() and not seen  # nothing is submitted to a scheduler without workers
-            gpu = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", empty.scheduler_address,
-                                    "--nthreads", "1", "--resources", "GPU=1", "--no-dashboard", "--no-nanny"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
+            with _gpu_worker(empty.scheduler_address, "--no-nanny"):
                 connected.join(120)
-            finally:
-                gpu.terminate()
-                gpu.wait(60)
     assert seen == [True]
     assert f"The scheduler at {empty.scheduler_address} has no workers yet; waiting for the first" in caplog.text
 
 
-def _gpus_seen(dask_client, address: str, cluster_has_gpus) -> list[bool]:
+def _gpus_seen(address: str) -> list[bool]:
+    """Whether the command's connection to ``address`` sees GPU workers, once ``dask_client`` lets it go on."""
+    from phd_lab.distributed import cluster_has_gpus, dask_client
     with dask_client(address) as client:
         return [cluster_has_gpus(client)]
 
