@@ -195,6 +195,51 @@ def test_parallel_workers_give_the_same_records_as_in_process(tmp_path):
     assert strip(serial) == strip(parallel)
 
 
+
+WORKER_TASKS = """
+import builtins, logging, logging.handlers, os, sys
+
+log = logging.getLogger("worker_tasks")
+log.addHandler(logging.handlers.MemoryHandler(100, target=logging.StreamHandler(sys.stdout)))
+log.setLevel(logging.INFO)
+
+class Canary:
+    def __del__(self, write=os.write):
+        write(1, b"torn down\\n")
+
+def task():
+    builtins.canary = Canary()  # freed in the interpreter's teardown, if there is one
+    sys.stdout.write("written by the task\\n")  # buffered: stdout is a pipe
+    log.info("logged by the task")  # held by the handler until it is flushed
+    return os.getpid()
+"""
+
+WORKER_POOL = """
+import multiprocessing, os, sys
+from concurrent.futures import ProcessPoolExecutor
+from phd_lab.probes.runner import _init_worker
+import worker_tasks
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(os.getpid(),)) as pool:
+        worker = pool.submit(worker_tasks.task).result()
+        process = next(iter(pool._processes.values()))
+    print("worker exit code", process.exitcode)
+"""
+
+
+def test_a_worker_ends_with_its_output_flushed_and_without_the_interpreters_teardown(tmp_path):
+    """Tearing down a worker's scikit-learn and SciPy takes about half a second that the job waits for;
+    the worker skips it, but what it wrote or logged must still arrive."""
+    (tmp_path / "worker_tasks.py").write_text(WORKER_TASKS)
+    (tmp_path / "pool.py").write_text(WORKER_POOL)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    done = subprocess.run([sys.executable, str(tmp_path / "pool.py")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["written by the task", "logged by the task", "worker exit code 0"]
+
 # --- config mode -----------------------------------------------------------------------------------------------
 
 def _config(tmp_path: Path, **extra) -> Path:
