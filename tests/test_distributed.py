@@ -285,6 +285,7 @@ def test_probe_job_on_cluster_gives_the_same_csv_as_local(tmp_path, cluster):
 def test_gpu_probe_fits_go_to_the_workers_that_declare_a_gpu(tmp_path):
     """lbfgs-torch fits on CUDA asked for no GPU resource, so on a cluster of CPU and GPU workers they also landed on
     CPU workers (and failed there). They now go to GPU workers only, as training runs do; CPU fits anywhere."""
+    import socket
     import subprocess
     import sys
 
@@ -314,6 +315,11 @@ def test_gpu_probe_fits_go_to_the_workers_that_declare_a_gpu(tmp_path):
                 ran_on[device] = {record["worker"] for record in probes}
                 # every fit ran, except where the CUDA fits fail: a failure cancels the fits still queued
                 assert len({record["key"] for record in probes}) == 4 if not fails else probes
+                if fails:  # the worker without CUDA says so (torch said "Found no NVIDIA driver")
+                    said = " ".join(result.stderr.split())
+                    assert "to be probed on probe_device 'cuda', but torch sees no CUDA device in the process " \
+                           f"that got the fit (host {socket.gethostname()})" in said, said
+                    assert "--resources GPU=1" in said and "Traceback" not in said, said
     assert ran_on["cuda"] == {gpu_address}  # CPU fits may go to either worker (Dask decides)
 
 

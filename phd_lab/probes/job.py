@@ -32,7 +32,7 @@ from phd_lab.probes.manifest import verify_hashes
 from phd_lab.probes.outputs import (confusion_png, in_manifest_order, remove_other_confusions, results_in_place,
                                     write_confusion, write_results)
 from phd_lab.probes.probe_log import PROBE_JOB, PROBE_JOBS, ProbeLogs
-from phd_lab.probes.runner import ProbeTask, run_probes
+from phd_lab.probes.runner import ProbeTask, cuda_shortfall, run_probes
 from phd_lab.probes.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
@@ -40,16 +40,12 @@ log = logging.getLogger(__name__)
 
 
 def check_device(settings: ProbeSettings) -> None:
-    if settings.solver != "lbfgs-torch" or settings.device == "cpu":
+    if settings.solver != "lbfgs-torch":
         return
-    import torch
-    if not torch.cuda.is_available():
-        raise ConfigError(f"probe_device is {settings.device!r}, but torch sees no CUDA device on this machine; use "
-                          f"probe_device 'cpu' (or --probe-device cpu), or run the probe job on a GPU node.")
-    ordinal = int(settings.device.split(":")[1]) if ":" in settings.device else 0
-    if ordinal >= torch.cuda.device_count():
-        raise ConfigError(f"probe_device is {settings.device!r}, but only {torch.cuda.device_count()} CUDA device(s) "
-                          f"are visible.")
+    shortfall = cuda_shortfall(settings.device)
+    if shortfall is not None:
+        raise ConfigError(f"probe_device is {settings.device!r}, but {shortfall} on this machine; use probe_device "
+                          f"'cpu' (or --probe-device cpu), or run the probe job on a GPU node.")
 
 
 def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache | None = None,

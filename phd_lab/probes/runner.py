@@ -13,6 +13,7 @@ import atexit
 import logging
 import multiprocessing
 import os
+import socket
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -93,6 +94,7 @@ def run_task(task: ProbeTask) -> ProbeRecord:
     if delay > 0:
         time.sleep(delay)
     check_versions(task)
+    check_fit_device(task)
     check_stamps(task)
     with FIT_TURN():  # thread limits and warning filters are process-wide: fits in threads take turns
         restore = _single_threaded(task.settings.solver)
@@ -120,6 +122,32 @@ def check_stamps(task: ProbeTask) -> None:
             raise RunFailure(f"The latents file {path!r} changed after the probe job verified its sha256 (was the "
                              f"extraction rerun meanwhile?); layer {task.layer!r} is not fitted or cached. Start "
                              f"the probe job again once the extraction has finished.")
+
+
+def cuda_shortfall(device: str) -> str | None:
+    """Why this process cannot compute on ``device`` (cpu, cuda or cuda:N), or None where it can."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    ordinal = int(device.split(":")[1]) if ":" in device else 0
+    if count == 0:
+        return "torch sees no CUDA device"
+    return f"only {count} CUDA device(s) are visible" if ordinal >= count else None
+
+
+def check_fit_device(task: ProbeTask) -> None:
+    """The driver checks the CUDA device of fits that run on its own machine; on a Dask cluster only the
+    worker that got the fit can (without this, torch's "Found no NVIDIA driver" reached the user)."""
+    if task.settings.solver != "lbfgs-torch":
+        return
+    shortfall = cuda_shortfall(task.settings.device)
+    if shortfall is not None:
+        raise RunFailure(f"Layer {task.layer!r} is to be probed on probe_device {task.settings.device!r}, but "
+                         f"{shortfall} in the process that got the fit (host {socket.gethostname()}). On a Dask "
+                         f"cluster, start the workers of GPU nodes with `dask worker ... --resources GPU=1` (CUDA "
+                         f"fits then go to them only) and check that torch sees their GPUs; or use probe_device "
+                         f"'cpu'.")
 
 
 def check_versions(task: ProbeTask) -> None:
