@@ -355,6 +355,23 @@ def test_probe_job_imports_no_torch_and_no_registries(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def test_a_probe_job_with_worker_processes_imports_no_scikit_learn_in_its_driver(tmp_path):
+    """Importing scikit-learn takes 1.5-2.7 s, and the driver needs only its version for the cache key: the
+    workers import it. The version is the one the fits report, as before, so earlier cache entries still hit."""
+    import sklearn
+
+    from phd_lab.probes.cache import library_versions
+    assert library_versions("saga")["scikit_learn"] == sklearn.__version__
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    code = ("import sys; from phd_lab.probes.cli import probe_cli; "
+            f"rc = probe_cli(['--latents', {str(latents)!r}, '-mp', '1', '--no-progress', '-q', '--cache-dir', "
+            f"{str(tmp_path / 'cache')!r}]); "
+            "assert rc == 0 and 'sklearn' not in sys.modules, rc")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(latents.parent / "probe_performances.csv")) == 2
+
+
 def test_in_process_fits_limit_every_thread_pool_to_one_thread(tmp_path):
     """Also the OpenMP/OpenBLAS copies that scikit-learn and SciPy load only when a fit first needs them."""
     code = ("import os, sys; from phd_lab.probes.runner import _single_threaded; "
