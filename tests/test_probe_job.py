@@ -195,7 +195,6 @@ def test_parallel_workers_give_the_same_records_as_in_process(tmp_path):
     assert strip(serial) == strip(parallel)
 
 
-
 WORKER_TASKS = """
 import builtins, logging, logging.handlers, os, sys
 
@@ -211,11 +210,10 @@ def task():
     builtins.canary = Canary()  # freed in the interpreter's teardown, if there is one
     sys.stdout.write("written by the task\\n")  # buffered: stdout is a pipe
     log.info("logged by the task")  # held by the handler until it is flushed
-    return os.getpid()
 """
 
 WORKER_POOL = """
-import multiprocessing, os, sys
+import multiprocessing, os
 from concurrent.futures import ProcessPoolExecutor
 from phd_lab.probes.runner import _init_worker
 import worker_tasks
@@ -223,7 +221,7 @@ import worker_tasks
 if __name__ == "__main__":
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                              initargs=(os.getpid(),)) as pool:
-        worker = pool.submit(worker_tasks.task).result()
+        pool.submit(worker_tasks.task).result()
         process = next(iter(pool._processes.values()))
     print("worker exit code", process.exitcode)
 """
@@ -239,6 +237,7 @@ def test_a_worker_ends_with_its_output_flushed_and_without_the_interpreters_tear
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["written by the task", "logged by the task", "worker exit code 0"]
+
 
 # --- config mode -----------------------------------------------------------------------------------------------
 
