@@ -359,8 +359,9 @@ def test_a_probe_job_with_worker_processes_imports_no_scikit_learn_in_its_driver
     workers import it. The version is the one the fits report, as before, so earlier cache entries still hit."""
     import sklearn
 
+    from phd_lab.environment import versions
     from phd_lab.probes.cache import library_versions
-    assert library_versions("saga")["scikit_learn"] == sklearn.__version__
+    assert library_versions("saga")["scikit_learn"] == versions()["scikit_learn"] == sklearn.__version__
     _, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
     code = ("import sys; from phd_lab.probes.cli import probe_cli; "
             f"rc = probe_cli(['--latents', {str(latents)!r}, '-mp', '1', '--no-progress', '-q', '--cache-dir', "

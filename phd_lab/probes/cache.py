@@ -11,8 +11,6 @@ a resumed job's CSV identical to an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from phd_lab.atomic import nearest_existing, write_json
+from phd_lab.environment import installed_version
 from phd_lab.errors import UsageError
 from phd_lab.probes.fit import ProbeRecord
 from phd_lab.probes.settings import ProbeSettings
@@ -41,16 +40,6 @@ def library_versions(solver: str) -> dict[str, str]:
         import torch
         versions["torch"] = torch.__version__
     return versions
-
-
-def installed_version(distribution: str, module: str) -> str:
-    """A library's version from its installed metadata, without importing it: the driver needs only
-    scikit-learn's version, and importing it takes 1.5-2.7 s before the workers can start theirs.
-    The module's ``__version__`` where the metadata is missing (a source checkout on the path)."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return importlib.import_module(module).__version__
 
 
 def cache_key(file_sha256: dict[str, str], settings: ProbeSettings, versions: dict[str, str]) -> dict[str, Any]:
