@@ -29,13 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paired_stats import median_interval  # noqa: E402
+from phd_lab import worker_processes  # noqa: E402
 from phd_lab.probes import runner  # noqa: E402
 
 
 def _with_teardown(parent: int) -> None:
     """The runner's initializer without its exit hook: workers end through the interpreter's teardown."""
-    runner._init_worker(parent)
-    atexit.unregister(runner._exit_without_teardown)
+    worker_processes.init_worker(parent)
+    atexit.unregister(worker_processes.exit_without_teardown)
 
 
 def _small_fit() -> int:
@@ -69,9 +70,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=9)
     rounds = parser.parse_args().rounds
-    variants = {"teardown": _with_teardown, "runner": runner._init_worker}
+    variants = {"teardown": _with_teardown, "runner": worker_processes.init_worker}
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    one_pool(runner._init_worker)  # warm the file cache
+    one_pool(worker_processes.init_worker)  # warm the file cache
     for round_ in range(rounds):
         for name in (("teardown", "runner") if round_ % 2 == 0 else ("runner", "teardown")):
             times[name].append(one_pool(variants[name]))

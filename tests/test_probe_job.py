@@ -215,11 +215,11 @@ def task():
 WORKER_POOL = """
 import multiprocessing, os
 from concurrent.futures import ProcessPoolExecutor
-from phd_lab.probes.runner import _init_worker
+from phd_lab.worker_processes import init_worker
 import worker_tasks
 
 if __name__ == "__main__":
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
                              initargs=(os.getpid(),)) as pool:
         pool.submit(worker_tasks.task).result()
         process = next(iter(pool._processes.values()))

@@ -9,27 +9,24 @@ parent, which stores them in the cache and hands them to ``on_record`` (the driv
 
 from __future__ import annotations
 
-import atexit
 import logging
-import multiprocessing
 import os
 import socket
-import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from phd_lab import atomic
-from phd_lab.environment import THREAD_VARIABLES
 from phd_lab.errors import DataError, PhdLabError, RunFailure, RunFolderLost
 from phd_lab.lock import ProcessTurn
 from phd_lab.probes.cache import ResultCache, key_digest, library_versions
 from phd_lab.probes.fit import ProbeRecord, probe_layer
 from phd_lab.probes.probe_log import PROBE_JOB, PROBE_JOBS
 from phd_lab.probes.settings import ProbeSettings
+from phd_lab.worker_processes import spawn_pool, terminate_workers
 
 log = logging.getLogger(__name__)
 
@@ -161,33 +158,6 @@ def check_versions(task: ProbeTask) -> None:
         raise RunFailure(f"The process probing layer {task.layer!r} runs other library versions than the probe job "
                          f"that keys the cache ({differing}); its results would be cached under the wrong versions. "
                          f"Install the same versions everywhere (pip install -c constraints.txt).")
-
-
-def _init_worker(parent: int) -> None:
-    for name in THREAD_VARIABLES:
-        os.environ[name] = "1"
-    threading.Thread(target=_exit_with_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
-    atexit.register(_exit_without_teardown)  # registered last, so it runs first
-
-
-def _exit_without_teardown() -> None:
-    """End a worker that has finished its tasks without the interpreter's teardown.
-
-    Freeing the modules of scikit-learn, SciPy and pandas takes about half a second per worker,
-    and the job waits for its workers to end before it returns. A worker has nothing left to save
-    then: its results are sent and multiprocessing has flushed its standard streams, so only the
-    log handlers are flushed and closed.
-    """
-    logging.shutdown()
-    os._exit(0)
-
-
-def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
-    """A worker whose job was killed (SIGKILL, out of memory) must not go on fitting for nobody,
-    holding a core and a layer's memory: it exits once it has been handed to another parent."""
-    while os.getppid() == parent:
-        time.sleep(interval)
-    os._exit(1)
 
 
 Finished = Callable[[int, "ProbeRecord | None", "BaseException | None"], None]
@@ -396,9 +366,7 @@ def _run_here(tasks: Sequence[ProbeTask], misses: list[int], finished: Finished,
 
 def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int, finished: Finished,
                  wanted: Callable[[int], bool]) -> None:
-    context = multiprocessing.get_context("spawn")  # no forked copies of threads or open handles
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=(os.getpid(),)) as pool:
+    with spawn_pool(workers) as pool:
         pending: dict[Future, int] = {pool.submit(run_task, tasks[position]): position for position in misses}
         try:
             while pending:
@@ -415,20 +383,9 @@ def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int, fi
         except BaseException:
             # Ctrl-C of a terminal reaches the workers too, but a signal to this process alone (a batch
             # system's SIGTERM) would leave them fitting, and leaving the pool waits for their fits
-            _terminate_workers(pool)  # before shutdown, which forgets the processes
+            terminate_workers(pool)  # before shutdown, which forgets the processes
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-
-
-def _terminate_workers(pool: ProcessPoolExecutor) -> None:
-    """Stop the pool's worker processes now (Python 3.14 has ``terminate_workers``; before, the
-    processes are only reachable through the executor's ``_processes``)."""
-    terminate = getattr(pool, "terminate_workers", None)
-    if terminate is not None:
-        terminate()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
 
 
 def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, finished: Finished,

@@ -1,0 +1,64 @@
+"""Spawned worker processes for CPU work split over this machine's cores (probe fits, report figures).
+
+Workers are spawned (no forked copies of threads or open handles), run one BLAS/OpenMP thread each so
+that ``N`` workers use ``N`` cores, exit as soon as their parent is gone (a killed job must not leave
+them computing for nobody) and skip the interpreter's teardown once they are done.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from phd_lab.environment import THREAD_VARIABLES
+
+
+def spawn_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` spawned processes set up by ``init_worker``; leave it with ``terminate_workers``
+    first when the parent stops early (Ctrl-C, a failure), so that no worker goes on with its task."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_worker, initargs=(os.getpid(),))
+
+
+def init_worker(parent: int) -> None:
+    """The initializer of every worker: one thread per library, gone with ``parent``, no teardown at exit."""
+    for name in THREAD_VARIABLES:
+        os.environ[name] = "1"
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
+    atexit.register(exit_without_teardown)  # registered last, so it runs first
+
+
+def exit_without_teardown() -> None:
+    """End a worker that has finished its tasks without the interpreter's teardown.
+
+    Freeing the modules of scikit-learn, SciPy, pandas and matplotlib takes about half a second per worker,
+    and the parent waits for its workers to end before it goes on. A worker has nothing left to save then:
+    its results are sent and multiprocessing has flushed its standard streams, so only the log handlers are
+    flushed and closed.
+    """
+    logging.shutdown()
+    os._exit(0)
+
+
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """A worker whose parent was killed (SIGKILL, out of memory) must not go on for nobody, holding a core
+    and memory: it exits once it has been handed to another parent."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool's worker processes now (Python 3.14 has ``terminate_workers``; before, the
+    processes are only reachable through the executor's ``_processes``)."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
