@@ -11,9 +11,10 @@ a step's parameters, so they are shared between points. The comparison row runs 
 fresh share per point, which is what every point cost before the checks were shared (and what a SLURM array
 task paid before its first epoch). The grid sweeps 4 widths × seeds × learning rates of VGG11 on Digits.
 
-Report: ``write_report`` over fabricated run folders (the test fixtures' tables, figures drawn for real),
-first build against a rebuild with nothing changed: a run's figure is redrawn only when its ``figure_key``
-changes. Both rows also report the peak resident memory of this process so far.
+Report: ``write_report`` over fabricated run folders (the test fixtures' tables, figures drawn for real).
+The first build with every figure drawn in the report's process (``-mp 0``) against the first build of a copy
+with the default worker processes (one per core); then a rebuild with nothing changed, in which a run's figure
+is redrawn only when its ``figure_key`` changes. Both rows also report the peak resident memory of this process so far.
 
 Repeated: a report of configurations run three times each draws two figures per group (saturation over the
 repetitions, the projections' t-tests); a rebuild takes them from the previous page where their data did not
@@ -38,8 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from phd_lab.experiment import Main  # noqa: E402
-from phd_lab.executor import TrainTestExecutor  # noqa: E402
+from phd_lab.environment import available_cores  # noqa: E402
+
 
 WIDTHS = [0.0625, 0.125, 0.25, 0.5]
 
@@ -59,12 +60,15 @@ def grid_config(folder: Path, points: int) -> Path:
 
 def load_shared(config: Path) -> tuple[float, int]:
     started = time.perf_counter()
+    from phd_lab.experiment import Main  # here, not at the top: the report's spawned workers import this module
     grid = Main(progress=False).load(config)
     return time.perf_counter() - started, len(grid)
 
 
 def load_unshared(config: Path) -> float:
     """The same validation as ``Main.load``, with the model checks' share made anew for every point."""
+    from phd_lab.executor import TrainTestExecutor
+    from phd_lab.experiment import Main
     main = Main(progress=False)
     started = time.perf_counter()
     grid = main.load(config)  # the grid's own checks (folders, probe keys), then the per-point model checks again
@@ -80,19 +84,29 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def report_rebuild(folder: Path, runs: int) -> tuple[float, float]:
+def report_rebuild(folder: Path, runs: int) -> tuple[float, float, float]:
+    """Seconds of three reports: the first build with every figure drawn in this process (``-mp 0``), the first
+    build of a copy of the same runs with the default worker processes, and a rebuild of that copy."""
+    import shutil
+
     from phd_lab.report.cli import write_report
     from tests.analysis_fixtures import write_run
-    logs = folder / "runs"
+    logs, copy = folder / "runs", folder / "copy" / "runs"
     for index in range(runs):
         write_run(logs, width=WIDTHS[index % len(WIDTHS)], stage="full", run_id=str(index),
                   test_accuracy=0.9 + 0.05 * (index % 7) / 7)
+    shutil.copytree(logs, copy)  # new inodes: its figures are drawn anew too
+    write_run(folder / "warm-up", width=WIDTHS[0], stage="full")
+    write_report(folder / "warm-up", processes=0)  # imports and matplotlib's font set-up, timed in neither build
     started = time.perf_counter()
-    write_report(logs)
-    first = time.perf_counter() - started
+    write_report(logs, processes=0)
+    one = time.perf_counter() - started
     started = time.perf_counter()
-    write_report(logs)
-    return first, time.perf_counter() - started
+    write_report(copy)
+    workers = time.perf_counter() - started
+    started = time.perf_counter()
+    write_report(copy)
+    return one, workers, time.perf_counter() - started
 
 
 def repeated_report(folder: Path, groups: int) -> tuple[float, float, float]:
@@ -200,10 +214,14 @@ def main() -> int:
                              [("first job", first), ("the same job again, nothing new", again),
                               ("again after one run was added", grown)], ("ratio again / first", again / first))
         if args.only in (None, "report"):
-            first, rebuild = report_rebuild(folder, args.runs)
-            print_comparison(f"report of {args.runs} runs", [("first build", first),
-                                                               ("rebuild, nothing changed", rebuild)],
-                             ("ratio rebuild / first", rebuild / first))
+            one, workers, rebuild = report_rebuild(folder, args.runs)
+            print_comparison(f"report of {args.runs} runs, first build", [
+                ("figures drawn in this process (-mp 0)", one),
+                (f"figures drawn by workers (-mp {available_cores()})", workers)],
+                             ("ratio workers / -mp 0", workers / one))
+            print_comparison(f"report of {args.runs} runs, rebuild", [("first build", workers),
+                                                                     ("rebuild, nothing changed", rebuild)],
+                             ("ratio rebuild / first", rebuild / workers))
     return 0
 
 

@@ -6,7 +6,7 @@ from phd_lab.cli import main_cli
 
 USAGE = ("usage: python -m phd_lab train [main.py options]\n"
          "       python -m phd_lab probe [probe_main.py options]\n"
-         "       python -m phd_lab report LOGS_DIR [--out FILE] [--no-refresh] [--alpha A]\n")
+         "       python -m phd_lab report LOGS_DIR [--out FILE] [--no-refresh] [--alpha A] [-mp N]\n")
 
 
 def main(argv: list[str]) -> int:

@@ -10,12 +10,16 @@ from typing import Sequence
 
 from phd_lab import atomic
 from phd_lab.atomic import check_writable_dir
+from phd_lab.environment import available_cores
 from phd_lab.errors import EXIT_OK, DataError, UsageError
 from phd_lab.report.repetition_files import DEFAULT_ALPHA, REPETITION_TABLES, csv_path, is_repetition_table
 
 log = logging.getLogger(__name__)
 
 RELATIVE_ACCURACY = "Accuracy of the projected networks relative to the unprojected ones"
+# Reports are often built on a shared login node: by default at most this many figure workers (about 130 MB each);
+# eight draw 300 runs' figures in about half a minute.
+DEFAULT_MAX_PROCESSES = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                         help="significance level of the t-tests over repeated runs (default %(default)s, as the "
                              "thesis' Table 5; its Tables 4 and 14-16 use 0.01)")
+    parser.add_argument("-mp", "--processes", type=int, default=None,
+                        help="worker processes that draw the run figures not in the run folders yet (default: the "
+                             f"number of cores, at most {DEFAULT_MAX_PROCESSES}; 0 or 1 draws them in this process); "
+                             "one starts for every 4 figures at most")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     return parser
@@ -53,9 +61,11 @@ def _is_report(path: Path) -> bool:
 
 
 def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh: bool = True,
-                 progress: bool = False, alpha: float = DEFAULT_ALPHA) -> Path:
+                 progress: bool = False, alpha: float = DEFAULT_ALPHA, processes: int | None = None) -> Path:
     """Analyse all runs of ``logs_dir`` and write the report, with the tables of its repeated runs beside
-    it (``<out>_saturation_stability.csv``, ``<out>_relevant_eigenspace.csv``); return its path."""
+    it (``<out>_saturation_stability.csv``, ``<out>_relevant_eigenspace.csv``); return its path.
+    Up to ``processes`` worker processes (default: the available cores, at most ``DEFAULT_MAX_PROCESSES``) draw
+    the run figures that are not in the run folders yet."""
     from phd_lab.analysis.projection_tables import relative_accuracies
     from phd_lab.plots.grid_figures import grid_figures, png_bytes
     from phd_lab.plots.projections import relative_accuracy_figure
@@ -82,6 +92,9 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     if not 0.0 < alpha < 1.0:
         raise UsageError(f"--alpha {alpha:g} is no significance level; pass a number between 0 and 1, e.g. 0.05 "
                          f"(the thesis' Table 5) or 0.01 (its Tables 4 and 14-16).")
+    if processes is not None and processes < 0:
+        raise UsageError(f"-mp must be ≥ 0 (0 draws the run figures in this process); got {processes}. Leave it out "
+                         f"to draw them with one worker process per core (at most {DEFAULT_MAX_PROCESSES}).")
     tables = {suffix: csv_path(out_path, suffix) for suffix in REPETITION_TABLES}
     for path in tables.values():
         if path.exists() and not is_repetition_table(path):
@@ -92,7 +105,8 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     for name in [out_path.name, *(path.name for path in tables.values())]:
         for stale in atomic.remove_stale_temps(out_path.parent, only=name):
             log.info("Removed %s, left half-written by a process that was killed.", stale)
-    entries = collect(logs_dir, refresh=refresh, progress=progress)
+    entries = collect(logs_dir, refresh=refresh, progress=progress,
+                      processes=min(available_cores(), DEFAULT_MAX_PROCESSES) if processes is None else processes)
     if not entries:
         raise DataError(f"LOGS_DIR {str(logs_dir)!r} holds no runs: no folder below it has a <name>_config.json or a "
                         f"post-processing table. Train a grid into it first (python main.py --config FILE).")
@@ -130,7 +144,7 @@ def main_report(argv: Sequence[str]) -> int:
 
     def body() -> int:
         path = write_report(args.logs_dir, args.out, refresh=not args.no_refresh,
-                            progress=not (args.no_progress or args.quiet), alpha=args.alpha)
+                            progress=not (args.no_progress or args.quiet), alpha=args.alpha, processes=args.processes)
         sys.stdout.write(f"{path}\n")
         return EXIT_OK
 

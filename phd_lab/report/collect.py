@@ -53,42 +53,67 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
     last: a finished run is described as finished, not as still post-processing (its lock is released
     right after). ``probe_job``: called by the probe job that holds the folder's probe lock.
     """
+    from phd_lab.plots.run_figure import figure_png
+
     for _ in range(MAX_ATTEMPTS):
-        probes = stamp_if_present(folder.probe_csv)
-        entry, document, up_to_date = _analyse(folder, settings, last_step)
-        if stamp_if_present(folder.probe_csv) == probes:
-            entry.probe_stamp = probes
+        analysis = _analyse(folder, settings, last_step)
+        if analysis.entry.figure is None:
+            analysis.entry.figure = figure_png(analysis.entry.tables, analysis.entry.summary)
+        if _settled(analysis):
             break
         log.info("Probe results of %s arrived while it was analysed; analysing again", folder.root)
     else:
-        return entry
+        return analysis.entry
+    _write(analysis, write=write, skip_active=skip_active, probe_job=probe_job)
+    return analysis.entry
+
+
+@dataclass
+class _Analysis:
+    """A run analysed but not yet written: its entry, the analysis.json document, whether the folder holds both
+    already, and the probe results it read (``stamp_if_present`` before reading the tables)."""
+
+    entry: RunEntry
+    document: dict[str, Any]
+    up_to_date: bool
+    probes: Any
+
+
+def _settled(analysis: _Analysis) -> bool:
+    """Whether the probe results are still those the analysis read (then the entry says so)."""
+    if stamp_if_present(analysis.entry.folder.probe_csv) != analysis.probes:
+        return False
+    analysis.entry.probe_stamp = analysis.probes
+    return True
+
+
+def _write(analysis: _Analysis, *, write: bool, skip_active: bool, probe_job: bool) -> None:
+    """Write the analysis and the figure into the run folder, unless ``analyse_run``'s rules leave it alone."""
+    entry, folder = analysis.entry, analysis.entry.folder
     active = entry.tables.status is not None and entry.tables.status.active is not False  # None: another host
     if skip_active and not active and not probe_job and (folder.root / PROBE_LOCK).is_file():
         active = lock_owner_alive(folder.root / PROBE_LOCK)[0] is True
     if write and folder.root.is_dir() and not (skip_active and active):  # never re-create a deleted run
-        if up_to_date:  # the same analysis and figure are there already: nothing to rewrite
+        if analysis.up_to_date:  # the same analysis and figure are there already: nothing to rewrite
             entry.written = True
-            return entry
+            return
         try:
-            write_analysis_json(folder.analysis_json, document)
+            write_analysis_json(folder.analysis_json, analysis.document)
             atomic.write_bytes(folder.analysis_plot, entry.figure)
             entry.written = True
         except OSError as error:
             log.warning("Cannot refresh the analysis of %s: %s", folder.root, error)
             entry.errors.append(f"analysis files not written: {error}")
-    return entry
 
 
 MAX_ATTEMPTS = 3
 
 
-def _analyse(folder: RunDir, settings: AnalysisSettings | None,
-             last_step: bool) -> tuple[RunEntry, dict[str, Any], bool]:
-    """The run's entry, the analysis.json document, and whether the folder holds both already."""
+def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool) -> _Analysis:
+    """The run's analysis, with the figure of analysis.png where it shows the same (else the figure is None)."""
     from dataclasses import replace
 
-    from phd_lab.plots.run_figure import figure_png
-
+    probes = stamp_if_present(folder.probe_csv)
     tables = load_run(folder)
     if last_step and tables.status is not None and tables.status.state == "finished":
         tables.status = replace(tables.status, active=False, owner="")
@@ -105,9 +130,7 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None,
     figure = _previous_figure(folder) if previous.get("figure_key") == key else None
     document = {**plain, "figure_key": key}
     up_to_date = figure is not None and previous == document
-    if figure is None:
-        figure = figure_png(tables, summary)
-    return RunEntry(folder, tables, summary, figure), document, up_to_date
+    return _Analysis(RunEntry(folder, tables, summary, figure), document, up_to_date, probes)
 
 
 def jsonable(value: Any) -> Any:
@@ -177,6 +200,7 @@ def _previous_figure(folder: RunDir) -> bytes | None:
 
 
 def _failed_entry(folder: RunDir, error: BaseException) -> RunEntry:
+    log.warning("Analysis of %s failed: %s: %s", folder.root, type(error).__name__, error)
     tables = RunTables(folder, problems=[f"analysis failed: {type(error).__name__}: {error}"])
     summary = {"run": {"name": folder.name, "folder": str(folder.root), "model": None, "dataset": None,
                        "resolution": None, "status": None},
@@ -186,16 +210,43 @@ def _failed_entry(folder: RunDir, error: BaseException) -> RunEntry:
     return RunEntry(folder, tables, summary, None, errors=list(tables.problems))
 
 
-def collect(logs_dir: Path | str, *, refresh: bool = True, progress: bool = False) -> list[RunEntry]:
-    """Analyse every run below ``logs_dir``; one broken run never stops the others."""
+def collect(logs_dir: Path | str, *, refresh: bool = True, progress: bool = False,
+            processes: int = 0) -> list[RunEntry]:
+    """Analyse every run below ``logs_dir``; one broken run never stops the others. The figures that are not in
+    the run folders already are drawn by up to ``processes`` worker processes (0: in this process); all reading
+    and writing happens here."""
     from tqdm import tqdm
+
+    from phd_lab.report.run_figures import draw_run_figures
+
     folders = list(discover_runs(logs_dir))
     log.info("Analysing %d run(s) below %s", len(folders), logs_dir)
-    entries = []
+    analyses: list[_Analysis | RunEntry] = []
     for folder in tqdm(folders, desc="analysing runs", unit="run", leave=False, disable=not progress):
         try:
-            entries.append(analyse_run(folder, write=refresh))
+            analyses.append(_analyse(folder, None, last_step=False))
         except Exception as error:  # a report must cover the whole grid even if one folder is odd
-            log.warning("Analysis of %s failed: %s: %s", folder.root, type(error).__name__, error)
-            entries.append(_failed_entry(folder, error))
-    return entries
+            analyses.append(_failed_entry(folder, error))
+    drawn = [position for position, analysis in enumerate(analyses)
+             if isinstance(analysis, _Analysis) and analysis.entry.figure is None]
+    requests = [(analyses[position].entry.tables, analyses[position].entry.summary) for position in drawn]
+    for position, figure in zip(drawn, draw_run_figures(requests, processes=processes, progress=progress)):
+        if isinstance(figure, Exception):
+            analyses[position] = _failed_entry(folders[position], figure)
+        else:
+            analyses[position].entry.figure = figure  # type: ignore[union-attr]
+    return [analysis if isinstance(analysis, RunEntry) else _finish(analysis, refresh) for analysis in analyses]
+
+
+def _finish(analysis: _Analysis, refresh: bool) -> RunEntry:
+    """Write a run's analysis as ``analyse_run`` would, or analyse it again where its probe results changed
+    while the report was busy with other runs."""
+    folder = analysis.entry.folder
+    try:
+        if not _settled(analysis):
+            log.info("Probe results of %s arrived while the report was built; analysing it again", folder.root)
+            return analyse_run(folder, write=refresh)
+        _write(analysis, write=refresh, skip_active=True, probe_job=False)
+        return analysis.entry
+    except Exception as error:  # a report must cover the whole grid even if one folder is odd
+        return _failed_entry(folder, error)

@@ -1,0 +1,145 @@
+"""A report's run figures drawn by worker processes: the same bytes as drawn in the report's own process, one
+figure that fails spoils only its run, and the figures of a killed worker are drawn in the report's process."""
+
+import base64
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+
+from phd_lab.analysis.run_summary import AnalysisSettings, summarize
+from phd_lab.analysis.run_tables import load_run
+from phd_lab.plots.run_figure import figure_png
+from phd_lab.report.cli import main_report, write_report
+from phd_lab.report.run_figures import FIGURES_PER_WORKER, draw_run_figures, figure_workers
+from tests.analysis_fixtures import read_json, write_run
+
+PNG = b"\x89PNG\r\n\x1a\n"
+WIDTHS = (0.0625, 0.125, 0.25, 0.5)
+
+
+def _runs(logs, count):
+    return [write_run(logs, width=WIDTHS[index % len(WIDTHS)], stage="full", run_id=str(index),
+                      test_accuracy=0.9 + 0.01 * index) for index in range(count)]
+
+
+def _request(rundir):
+    tables = load_run(rundir)
+    return tables, summarize(tables, AnalysisSettings())
+
+
+def test_workers_start_only_where_each_has_a_few_figures_to_draw():
+    assert FIGURES_PER_WORKER == 4
+    assert figure_workers(0, 8) == 0
+    assert figure_workers(7, 2) == 0  # one worker's worth: drawn in the report's process
+    assert figure_workers(8, 2) == 2
+    assert figure_workers(100, 1) == 0
+    assert figure_workers(100, 3) == 3
+    assert figure_workers(13, 16) == 3
+
+
+def test_figures_drawn_by_workers_are_the_bytes_the_report_draws_itself(tmp_path, caplog):
+    """Two copies of the same eight runs: one report draws in its own process (-mp 0), the other in two
+    workers. Every analysis.png, every analysis (but the figure key, which names the files' inodes) and every
+    figure the pages embed are the same."""
+    _runs(tmp_path / "here" / "logs", 2 * FIGURES_PER_WORKER)
+    shutil.copytree(tmp_path / "here", tmp_path / "workers")
+    pages = {}
+    for copy, processes in (("here", 0), ("workers", 2)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            pages[copy] = write_report(tmp_path / copy / "logs", processes=processes).read_text()
+        drawn_by_workers = "Drawing 8 run figures in 2 worker processes" in caplog.text
+        assert drawn_by_workers == (processes == 2)
+    figures = {copy: sorted((tmp_path / copy / "logs").rglob("analysis.png")) for copy in pages}
+    assert len(figures["here"]) == len(figures["workers"]) == 8
+    for here, workers in zip(figures["here"], figures["workers"]):
+        assert here.relative_to(tmp_path / "here") == workers.relative_to(tmp_path / "workers")
+        assert here.read_bytes().startswith(PNG) and here.read_bytes() == workers.read_bytes()
+        analyses = [read_json(path.with_name("analysis.json")) for path in (here, workers)]
+        for analysis, copy in zip(analyses, pages):
+            analysis.pop("figure_key")
+            analysis["run"]["folder"] = analysis["run"]["folder"].replace(str(tmp_path / copy), "")
+        assert analyses[0] == analyses[1]
+    embedded = {copy: re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+                for copy, page in pages.items()}
+    assert len(embedded["here"]) >= 8 and embedded["here"] == embedded["workers"]
+    assert {base64.b64decode(data) for data in embedded["here"]} >= {path.read_bytes() for path in figures["here"]}
+
+
+def test_a_figure_that_fails_in_a_worker_spoils_only_its_own_run(tmp_path):
+    requests = [_request(rundir) for rundir in _runs(tmp_path / "logs", 2 * FIGURES_PER_WORKER)]
+    tables, summary = requests[3]
+    broken = {**summary, "saturation": {**summary["saturation"], "layers": [{"not": "a layer"}]}}
+    requests[3] = (tables, broken)
+    results = draw_run_figures(requests, processes=2)
+    assert isinstance(results[3], KeyError)
+    assert all(result.startswith(PNG) for position, result in enumerate(results) if position != 3)
+    assert results[0] == figure_png(*requests[0])
+
+
+def test_the_figures_of_a_killed_worker_are_drawn_in_this_process(tmp_path, caplog):
+    """A worker killed by a signal (the out-of-memory killer) breaks the pool: every figure not yet back is
+    drawn here, and the report says so."""
+    requests = [_request(rundir) for rundir in _runs(tmp_path / "logs", 2 * FIGURES_PER_WORKER)]
+    killed = []
+
+    def kill_a_worker() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            workers = multiprocessing.active_children()
+            if workers:
+                time.sleep(0.5)  # importing or drawing: either way the pool breaks
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            results = draw_run_figures(requests, processes=2)
+    finally:
+        killer.join()
+    assert killed, "no worker process was seen"
+    assert "A figure worker process ended abruptly" in caplog.text
+    assert len(results) == 8 and all(isinstance(result, bytes) and result.startswith(PNG) for result in results)
+    assert results[-1] == figure_png(*requests[-1])
+
+
+def test_a_negative_process_count_is_refused_before_any_run_is_read(tmp_path, capsys):
+    rundir, = _runs(tmp_path / "logs", 1)
+    assert main_report([str(tmp_path / "logs"), "-mp", "-2"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "-mp must be ≥ 0 (0 draws the run figures in this process); got -2" in err and "Traceback" not in err
+    assert not rundir.analysis_json.exists() and not (tmp_path / "logs" / "report.html").exists()
+
+
+def test_a_run_whose_probe_results_change_while_the_report_draws_is_analysed_again_not_written_stale(tmp_path, caplog):
+    """Figures are drawn after every run was read, and only then is anything written: a probe job that replaces a
+    run's results meanwhile gets that run analysed again, and while they keep changing nothing is written there."""
+    import pandas as pd
+
+    from phd_lab import atomic
+    changing, *others = _runs(tmp_path / "logs", 3)
+    probes, stop = pd.read_csv(changing.probe_csv), threading.Event()
+
+    def probe_jobs_writing() -> None:
+        while not stop.is_set():
+            atomic.write_csv(changing.probe_csv, probes)
+            time.sleep(0.005)
+
+    writer = threading.Thread(target=probe_jobs_writing)
+    writer.start()
+    try:
+        with caplog.at_level(logging.INFO):
+            write_report(tmp_path / "logs", processes=0)
+    finally:
+        stop.set()
+        writer.join()
+    assert f"Probe results of {changing.root} arrived while the report was built; analysing it again" in caplog.text
+    assert not changing.analysis_json.exists() and all(rundir.analysis_json.exists() for rundir in others)
