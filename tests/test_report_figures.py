@@ -143,3 +143,25 @@ def test_a_run_whose_probe_results_change_while_the_report_draws_is_analysed_aga
         writer.join()
     assert f"Probe results of {changing.root} arrived while the report was built; analysing it again" in caplog.text
     assert not changing.analysis_json.exists() and all(rundir.analysis_json.exists() for rundir in others)
+
+
+def _report_in_a_daemon(logs: str, queue) -> None:
+    from phd_lab.report.cli import write_report
+    try:
+        queue.put(str(write_report(logs)))
+    except BaseException as error:  # noqa: BLE001 - sent to the test, which names it
+        queue.put(f"{type(error).__name__}: {error}")
+
+
+def test_a_report_built_in_a_daemon_process_draws_its_figures_there(tmp_path):
+    """A daemon process (a multiprocessing pool's worker, a Dask worker) may not start children: the figures are
+    drawn in it instead of failing the report."""
+    runs = _runs(tmp_path / "logs", 2 * FIGURES_PER_WORKER)
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_report_in_a_daemon, args=(str(tmp_path / "logs"), queue), daemon=True)
+    process.start()
+    said = queue.get(timeout=240)
+    process.join(timeout=60)
+    assert said == str(tmp_path / "logs" / "report.html") and process.exitcode == 0
+    assert all(rundir.analysis_plot.read_bytes().startswith(PNG) for rundir in runs)

@@ -8,6 +8,7 @@ processes draw them while this process does all reading and writing.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Sequence
@@ -27,7 +28,9 @@ FigureRequest = tuple[RunTables, dict[str, Any]]
 
 def figure_workers(figures: int, processes: int) -> int:
     """How many worker processes draw ``figures`` figures when up to ``processes`` may: 0 (this process draws
-    them) where fewer than two workers would have enough to do."""
+    them) where fewer than two workers would have enough to do, or where this process may have no children."""
+    if multiprocessing.current_process().daemon:  # e.g. a pool's or a Dask worker: it may not start processes
+        return 0
     workers = min(processes, figures // FIGURES_PER_WORKER)
     return workers if workers >= 2 else 0
 
