@@ -40,6 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from phd_lab.environment import available_cores  # noqa: E402
+from phd_lab.report.cli import DEFAULT_MAX_PROCESSES  # noqa: E402
 
 
 WIDTHS = [0.0625, 0.125, 0.25, 0.5]
@@ -217,7 +218,7 @@ def main() -> int:
             one, workers, rebuild = report_rebuild(folder, args.runs)
             print_comparison(f"report of {args.runs} runs, first build", [
                 ("figures drawn in this process (-mp 0)", one),
-                (f"figures drawn by workers (-mp {available_cores()})", workers)],
+                (f"figures drawn by workers (-mp {min(available_cores(), DEFAULT_MAX_PROCESSES)})", workers)],
                              ("ratio workers / -mp 0", workers / one))
             print_comparison(f"report of {args.runs} runs, rebuild", [("first build", workers),
                                                                      ("rebuild, nothing changed", rebuild)],

@@ -19,8 +19,8 @@ from phd_lab.environment import THREAD_VARIABLES
 
 
 def spawn_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of ``workers`` spawned processes set up by ``init_worker``; leave it with ``terminate_workers``
-    first when the parent stops early (Ctrl-C, a failure), so that no worker goes on with its task."""
+    """A pool of ``workers`` spawned processes set up by ``init_worker``; leave it with ``stop_pool`` when the
+    parent stops early (Ctrl-C, a failure), so that no worker goes on with its task."""
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=init_worker, initargs=(os.getpid(),))
 
@@ -51,6 +51,14 @@ def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
     while os.getppid() == parent:
         time.sleep(interval)
     os._exit(1)
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Leave ``pool`` at once: its workers are terminated (before shutdown, which forgets the processes) and the
+    tasks not started are cancelled. Ctrl-C of a terminal reaches the workers too, but a signal to the parent
+    alone (a batch system's SIGTERM) would leave them computing, and a plain shutdown waits for them."""
+    terminate_workers(pool)
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def terminate_workers(pool: ProcessPoolExecutor) -> None:

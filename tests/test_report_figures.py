@@ -76,15 +76,15 @@ def test_a_figure_that_fails_in_a_worker_spoils_only_its_own_run(tmp_path):
     tables, summary = requests[3]
     broken = {**summary, "saturation": {**summary["saturation"], "layers": [{"not": "a layer"}]}}
     requests[3] = (tables, broken)
-    results = draw_run_figures(requests, processes=2)
-    assert isinstance(results[3], KeyError)
-    assert all(result.startswith(PNG) for position, result in enumerate(results) if position != 3)
+    results = dict(draw_run_figures(requests, processes=2))
+    assert sorted(results) == list(range(8)) and isinstance(results[3], KeyError)
+    assert all(result.startswith(PNG) for position, result in results.items() if position != 3)
     assert results[0] == figure_png(*requests[0])
 
 
 def test_the_figures_of_a_killed_worker_are_drawn_in_this_process(tmp_path, caplog):
     """A worker killed by a signal (the out-of-memory killer) breaks the pool: every figure not yet back is
-    drawn here, and the report says so."""
+    drawn here, and the report says so; each figure is yielded once."""
     requests = [_request(rundir) for rundir in _runs(tmp_path / "logs", 2 * FIGURES_PER_WORKER)]
     killed = []
 
@@ -102,13 +102,17 @@ def test_the_figures_of_a_killed_worker_are_drawn_in_this_process(tmp_path, capl
     killer.start()
     try:
         with caplog.at_level(logging.WARNING):
-            results = draw_run_figures(requests, processes=2)
+            yielded = list(draw_run_figures(requests, processes=2, progress=True))
     finally:
         killer.join()
     assert killed, "no worker process was seen"
-    assert "A figure worker process ended abruptly" in caplog.text
-    assert len(results) == 8 and all(isinstance(result, bytes) and result.startswith(PNG) for result in results)
-    assert results[-1] == figure_png(*requests[-1])
+    assert "A figure worker process ended abruptly (killed by a signal" in caplog.text
+    assert "run figures were not drawn by the worker processes; they are drawn in this process" in caplog.text
+    positions = [position for position, _ in yielded]
+    assert sorted(positions) == list(range(8))  # each figure once, whoever drew it
+    results = dict(yielded)
+    assert all(isinstance(result, bytes) and result.startswith(PNG) for result in results.values())
+    assert results[7] == figure_png(*requests[7])
 
 
 def test_a_negative_process_count_is_refused_before_any_run_is_read(tmp_path, capsys):
@@ -165,3 +169,27 @@ def test_a_report_built_in_a_daemon_process_draws_its_figures_there(tmp_path):
     process.join(timeout=60)
     assert said == str(tmp_path / "logs" / "report.html") and process.exitcode == 0
     assert all(rundir.analysis_plot.read_bytes().startswith(PNG) for rundir in runs)
+
+
+def test_a_run_a_process_takes_after_the_report_read_it_gets_no_stale_analysis(tmp_path):
+    """The report reads every run before it draws their figures; a run resumed meanwhile (a live process holds its
+    folder now) is analysed again and, held, left alone, as one held when the report read it."""
+    from phd_lab.lock import RunLock
+    from phd_lab.report.collect import _analyse, _finish
+    rundir, = _runs(tmp_path / "logs", 1)
+    analysis = _with_figure(_analyse(rundir, None, last_step=False))
+    assert analysis.entry.tables.status.active is False
+    lock = RunLock(rundir.lock).acquire()  # this live process resumes the run
+    try:
+        entry = _finish(analysis, refresh=True)
+    finally:
+        lock.release()
+    assert not entry.written and entry.tables.status.active is True
+    assert not rundir.analysis_json.exists() and not rundir.analysis_plot.exists()
+    entry = _finish(_with_figure(_analyse(rundir, None, last_step=False)), refresh=True)  # released: written
+    assert entry.written and rundir.analysis_plot.read_bytes().startswith(PNG)
+
+
+def _with_figure(analysis):
+    analysis.entry.figure = figure_png(analysis.entry.tables, analysis.entry.summary)
+    return analysis

@@ -26,7 +26,7 @@ from phd_lab.probes.cache import ResultCache, key_digest, library_versions
 from phd_lab.probes.fit import ProbeRecord, probe_layer
 from phd_lab.probes.probe_log import PROBE_JOB, PROBE_JOBS
 from phd_lab.probes.settings import ProbeSettings
-from phd_lab.worker_processes import spawn_pool, terminate_workers
+from phd_lab.worker_processes import spawn_pool, stop_pool
 
 log = logging.getLogger(__name__)
 
@@ -381,10 +381,7 @@ def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int, fi
                     if not wanted(position):
                         future.cancel()  # only those not started; a running one finishes and is cached
         except BaseException:
-            # Ctrl-C of a terminal reaches the workers too, but a signal to this process alone (a batch
-            # system's SIGTERM) would leave them fitting, and leaving the pool waits for their fits
-            terminate_workers(pool)  # before shutdown, which forgets the processes
-            pool.shutdown(wait=False, cancel_futures=True)
+            stop_pool(pool)  # no worker goes on fitting for a job that stopped
             raise
 
 

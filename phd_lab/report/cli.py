@@ -65,7 +65,8 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     """Analyse all runs of ``logs_dir`` and write the report, with the tables of its repeated runs beside
     it (``<out>_saturation_stability.csv``, ``<out>_relevant_eigenspace.csv``); return its path.
     Up to ``processes`` worker processes (default: the available cores, at most ``DEFAULT_MAX_PROCESSES``) draw
-    the run figures that are not in the run folders yet."""
+    the run figures that are not in the run folders yet; they are spawned, so a script that calls this needs an
+    ``if __name__ == "__main__":`` guard (or ``processes=0``)."""
     from phd_lab.analysis.projection_tables import relative_accuracies
     from phd_lab.plots.grid_figures import grid_figures, png_bytes
     from phd_lab.plots.projections import relative_accuracy_figure

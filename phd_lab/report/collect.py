@@ -87,6 +87,13 @@ def _settled(analysis: _Analysis) -> bool:
     return True
 
 
+def _taken_since_read(analysis: _Analysis) -> bool:
+    """Whether a live process holds the run's folder now, when none did as its tables were read."""
+    status, lock = analysis.entry.tables.status, analysis.entry.folder.lock
+    was_free = status is None or status.active is False
+    return was_free and lock.exists() and lock_owner_alive(lock)[0] is not False
+
+
 def _write(analysis: _Analysis, *, write: bool, skip_active: bool, probe_job: bool) -> None:
     """Write the analysis and the figure into the run folder, unless ``analyse_run``'s rules leave it alone."""
     entry, folder = analysis.entry, analysis.entry.folder
@@ -97,9 +104,9 @@ def _write(analysis: _Analysis, *, write: bool, skip_active: bool, probe_job: bo
         if analysis.up_to_date:  # the same analysis and figure are there already: nothing to rewrite
             entry.written = True
             return
-        try:
-            write_analysis_json(folder.analysis_json, analysis.document)
+        try:  # the figure first: analysis.json names it by its key, and a later report takes it by that key
             atomic.write_bytes(folder.analysis_plot, entry.figure)
+            write_analysis_json(folder.analysis_json, analysis.document)
             entry.written = True
         except OSError as error:
             log.warning("Cannot refresh the analysis of %s: %s", folder.root, error)
@@ -214,37 +221,50 @@ def collect(logs_dir: Path | str, *, refresh: bool = True, progress: bool = Fals
             processes: int = 0) -> list[RunEntry]:
     """Analyse every run below ``logs_dir``; one broken run never stops the others. The figures that are not in
     the run folders already are drawn by up to ``processes`` worker processes (0: in this process); all reading
-    and writing happens here."""
+    and writing happens here, each run's as soon as its figure is ready, so a stopped report keeps what it did."""
+    from contextlib import closing
+
     from tqdm import tqdm
 
     from phd_lab.report.run_figures import draw_run_figures
 
     folders = list(discover_runs(logs_dir))
     log.info("Analysing %d run(s) below %s", len(folders), logs_dir)
-    analyses: list[_Analysis | RunEntry] = []
-    for folder in tqdm(folders, desc="analysing runs", unit="run", leave=False, disable=not progress):
+    entries: list[RunEntry | None] = [None] * len(folders)
+    waiting: list[tuple[int, _Analysis]] = []  # runs whose figure must be drawn
+    for position, folder in enumerate(tqdm(folders, desc="analysing runs", unit="run", leave=False,
+                                           disable=not progress)):
         try:
-            analyses.append(_analyse(folder, None, last_step=False))
+            analysis = _analyse(folder, None, last_step=False)
         except Exception as error:  # a report must cover the whole grid even if one folder is odd
-            analyses.append(_failed_entry(folder, error))
-    drawn = [position for position, analysis in enumerate(analyses)
-             if isinstance(analysis, _Analysis) and analysis.entry.figure is None]
-    requests = [(analyses[position].entry.tables, analyses[position].entry.summary) for position in drawn]
-    for position, figure in zip(drawn, draw_run_figures(requests, processes=processes, progress=progress)):
-        if isinstance(figure, Exception):
-            analyses[position] = _failed_entry(folders[position], figure)
+            entries[position] = _failed_entry(folder, error)
+            continue
+        if analysis.entry.figure is None:
+            waiting.append((position, analysis))
         else:
-            analyses[position].entry.figure = figure  # type: ignore[union-attr]
-    return [analysis if isinstance(analysis, RunEntry) else _finish(analysis, refresh) for analysis in analyses]
+            entries[position] = _finish(analysis, refresh)
+    requests = [(analysis.entry.tables, analysis.entry.summary) for _, analysis in waiting]
+    with closing(draw_run_figures(requests, processes=processes, progress=progress)) as figures:
+        for index, figure in figures:
+            position, analysis = waiting[index]
+            if isinstance(figure, Exception):
+                entries[position] = _failed_entry(folders[position], figure)
+            else:
+                analysis.entry.figure = figure
+                entries[position] = _finish(analysis, refresh)
+    return entries  # type: ignore[return-value]  # every position is filled
 
 
 def _finish(analysis: _Analysis, refresh: bool) -> RunEntry:
-    """Write a run's analysis as ``analyse_run`` would, or analyse it again where its probe results changed
-    while the report was busy with other runs."""
+    """Write a run's analysis as ``analyse_run`` would, or analyse the run again where it changed while the report
+    was busy with other runs: new probe results, or a process (a resumed training) that took its folder."""
     folder = analysis.entry.folder
     try:
         if not _settled(analysis):
             log.info("Probe results of %s arrived while the report was built; analysing it again", folder.root)
+            return analyse_run(folder, write=refresh)
+        if _taken_since_read(analysis):
+            log.info("A process took %s while the report was built; analysing it again", folder.root)
             return analyse_run(folder, write=refresh)
         _write(analysis, write=refresh, skip_active=True, probe_job=False)
         return analysis.entry

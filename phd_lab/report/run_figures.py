@@ -11,11 +11,11 @@ import logging
 import multiprocessing
 from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from phd_lab.analysis.run_tables import RunTables
 from phd_lab.plots.run_figure import figure_png
-from phd_lab.worker_processes import spawn_pool, terminate_workers
+from phd_lab.worker_processes import spawn_pool, stop_pool
 
 log = logging.getLogger(__name__)
 
@@ -36,42 +36,59 @@ def figure_workers(figures: int, processes: int) -> int:
 
 
 def draw_run_figures(requests: Sequence[FigureRequest], *, processes: int = 0,
-                     progress: bool = False) -> list[bytes | Exception]:
-    """The PNG bytes of each requested run figure, in order; a figure that could not be drawn is its exception
-    instead, so that one odd run never stops the others. Up to ``processes`` worker processes draw them."""
+                     progress: bool = False) -> Iterator[tuple[int, bytes | Exception]]:
+    """Yield ``(position, figure)`` for every request as its figure is ready: the PNG bytes, or the exception that
+    stopped the drawing, so that one odd run never stops the others. Up to ``processes`` worker processes draw
+    them; what they cannot (the pool could not start, or a worker was killed) is drawn in this process."""
     from tqdm import tqdm
 
-    results: list[bytes | Exception | None] = [None] * len(requests)
     workers = figure_workers(len(requests), processes)
+    left = set(range(len(requests)))
     with tqdm(total=len(requests), desc="drawing run figures", unit="figure", leave=False,
               disable=not progress or not requests) as bar:
         if workers:
             log.info("Drawing %d run figures in %d worker processes", len(requests), workers)
-            _draw_in_workers(requests, workers, results, bar)
-        lost = [position for position, result in enumerate(results)
-                if result is None or isinstance(result, BrokenProcessPool)]
-        if workers and lost:
-            log.warning("A figure worker process ended abruptly (killed by a signal or crashed); the %d figures it "
-                        "left are drawn in this process", len(lost))
-        for position in lost:
-            results[position] = _draw_here(requests[position])
-            if not workers:
+            for position, figure in _drawn_by_workers(requests, workers):
+                left.discard(position)
                 bar.update()
-    return results  # type: ignore[return-value]
+                yield position, figure
+            if left:
+                log.warning("%d run figures were not drawn by the worker processes; they are drawn in this process",
+                            len(left))
+        for position in sorted(left):
+            figure = _draw_here(requests[position])
+            bar.update()
+            yield position, figure
 
 
-def _draw_in_workers(requests: Sequence[FigureRequest], workers: int, results: list[Any], bar: Any) -> None:
-    with spawn_pool(workers) as pool:
+def _drawn_by_workers(requests: Sequence[FigureRequest], workers: int) -> Iterator[tuple[int, bytes | Exception]]:
+    """``(position, figure)`` as the workers finish. A figure whose worker was lost (killed, interrupted) or that no
+    worker took (the pool could not start) is not yielded."""
+    pool = None
+    try:
+        pool = spawn_pool(workers)
         futures = {pool.submit(figure_png, *request): position for position, request in enumerate(requests)}
-        try:
-            for future in as_completed(futures):
-                error = future.exception()
-                results[futures[future]] = future.result() if error is None else error
-                bar.update()
-        except BaseException:  # Ctrl-C, SIGTERM: no worker goes on drawing for nobody
-            terminate_workers(pool)
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    except (OSError, RuntimeError) as error:  # no processes or semaphores left (a login node's limits); broken
+        log.warning("The figure worker processes could not start (%s: %s)", type(error).__name__, error)
+        if pool is not None:
+            stop_pool(pool)
+        return
+    try:
+        lost = False
+        for future in as_completed(futures):
+            error = future.exception()
+            if error is None:
+                yield futures[future], future.result()
+            elif isinstance(error, Exception) and not isinstance(error, BrokenProcessPool):
+                yield futures[future], error
+            elif not lost:  # killed (BrokenProcessPool for every figure not back yet), or signalled alone
+                lost = True
+                log.warning("A figure worker process ended abruptly (killed by a signal, e.g. the out-of-memory "
+                            "killer, or crashed): %s", type(error).__name__)
+    except BaseException:  # Ctrl-C, SIGTERM, or the report stopped reading: no worker goes on drawing for nobody
+        stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _draw_here(request: FigureRequest) -> bytes | Exception:
