@@ -57,11 +57,11 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
     """Leave ``pool`` at once: its workers are terminated (before shutdown, which forgets the processes) and the
     tasks not started are cancelled. Ctrl-C of a terminal reaches the workers too, but a signal to the parent
     alone (a batch system's SIGTERM) would leave them computing, and a plain shutdown waits for them."""
-    terminate_workers(pool)
+    _terminate_workers(pool)
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def terminate_workers(pool: ProcessPoolExecutor) -> None:
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
     """Stop the pool's worker processes now (Python 3.14 has ``terminate_workers``; before, the
     processes are only reachable through the executor's ``_processes``)."""
     terminate = getattr(pool, "terminate_workers", None)
