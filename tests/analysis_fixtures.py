@@ -8,9 +8,12 @@ saturated 10-way classifier.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
@@ -179,3 +182,23 @@ def write_grid(logs: Path) -> dict[str, RunDir]:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def probe_results_replaced_again_and_again(rundir: RunDir) -> Iterator[None]:
+    """While the block runs, the run's probe results are written again every 5 ms (the same rows, a new file each
+    time), as by probe jobs one after another."""
+    probes, stop = pd.read_csv(rundir.probe_csv), threading.Event()
+
+    def probe_jobs_writing() -> None:
+        while not stop.is_set():
+            atomic.write_csv(rundir.probe_csv, probes)
+            time.sleep(0.005)
+
+    writer = threading.Thread(target=probe_jobs_writing)
+    writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        writer.join()

@@ -16,7 +16,8 @@ from urllib.parse import unquote
 import pandas as pd
 import pytest
 
-from tests.analysis_fixtures import BORDER, probe_frame, read_json, with_train_saturations, write_grid, write_run
+from tests.analysis_fixtures import (BORDER, probe_frame, probe_results_replaced_again_and_again, read_json,
+                                     with_train_saturations, write_grid, write_run)
 from phd_lab import atomic
 from phd_lab.lock import RunLock
 from phd_lab.report.cli import main_report, write_report
@@ -361,24 +362,11 @@ def test_at_most_forty_tick_labels_every_nth_one(count, step):
 def test_probe_results_that_change_while_a_run_is_analysed_are_read_again_before_anything_is_written(tmp_path):
     """The report read a run's tables, a probe job wrote its results and analysis meanwhile, and the report
     then wrote its older analysis over that one."""
-    import threading
     from phd_lab.report.collect import analyse_run
     run = write_grid(tmp_path / "logs")["full"]
     run.analysis_json.unlink(missing_ok=True)
-    probes, stop = pd.read_csv(run.probe_csv), threading.Event()
-
-    def probe_job_writing() -> None:  # results replaced again and again, as by probe jobs one after another
-        while not stop.is_set():
-            atomic.write_csv(run.probe_csv, probes)
-            time.sleep(0.005)
-
-    writer = threading.Thread(target=probe_job_writing)
-    writer.start()
-    try:
+    with probe_results_replaced_again_and_again(run):
         entry = analyse_run(run, write=True)
-    finally:
-        stop.set()
-        writer.join()
     assert not entry.written and not run.analysis_json.exists()  # always read while changing: left to the job
     entry = analyse_run(run, write=True)
     assert entry.written and read_json(run.analysis_json)["probes"]["status"] == "complete"

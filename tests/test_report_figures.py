@@ -16,7 +16,7 @@ from phd_lab.analysis.run_tables import load_run
 from phd_lab.plots.run_figure import figure_png
 from phd_lab.report.cli import main_report, write_report
 from phd_lab.report.run_figures import FIGURES_PER_WORKER, draw_run_figures, figure_workers
-from tests.analysis_fixtures import read_json, write_run
+from tests.analysis_fixtures import probe_results_replaced_again_and_again, read_json, write_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 WIDTHS = (0.0625, 0.125, 0.25, 0.5)
@@ -126,25 +126,9 @@ def test_a_negative_process_count_is_refused_before_any_run_is_read(tmp_path, ca
 def test_a_run_whose_probe_results_change_while_the_report_draws_is_analysed_again_not_written_stale(tmp_path, caplog):
     """Figures are drawn after every run was read, and only then is anything written: a probe job that replaces a
     run's results meanwhile gets that run analysed again, and while they keep changing nothing is written there."""
-    import pandas as pd
-
-    from phd_lab import atomic
     changing, *others = _runs(tmp_path / "logs", 3)
-    probes, stop = pd.read_csv(changing.probe_csv), threading.Event()
-
-    def probe_jobs_writing() -> None:
-        while not stop.is_set():
-            atomic.write_csv(changing.probe_csv, probes)
-            time.sleep(0.005)
-
-    writer = threading.Thread(target=probe_jobs_writing)
-    writer.start()
-    try:
-        with caplog.at_level(logging.INFO):
-            write_report(tmp_path / "logs", processes=0)
-    finally:
-        stop.set()
-        writer.join()
+    with probe_results_replaced_again_and_again(changing), caplog.at_level(logging.INFO):
+        write_report(tmp_path / "logs", processes=0)
     assert f"Probe results of {changing.root} arrived while the report was built; analysing it again" in caplog.text
     assert not changing.analysis_json.exists() and all(rundir.analysis_json.exists() for rundir in others)
 
