@@ -13,8 +13,9 @@ task paid before its first epoch). The grid sweeps 4 widths × seeds × learning
 
 Report: ``write_report`` over fabricated run folders (the test fixtures' tables, figures drawn for real).
 The first build with every figure drawn in the report's process (``-mp 0``) against the first build of a copy
-with the default worker processes (one per core); then a rebuild with nothing changed, in which a run's figure
-is redrawn only when its ``figure_key`` changes. Both rows also report the peak resident memory of this process so far.
+with the default worker processes (one per core, at most 8); then a rebuild with nothing changed, in which a
+run's figure is redrawn only when its ``figure_key`` changes. Both rows also report the peak resident memory of
+this process so far.
 
 Repeated: a report of configurations run three times each draws two figures per group (saturation over the
 repetitions, the projections' t-tests); a rebuild takes them from the previous page where their data did not
@@ -39,8 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from phd_lab.environment import available_cores  # noqa: E402
-from phd_lab.report.cli import DEFAULT_MAX_PROCESSES  # noqa: E402
+from phd_lab.report.cli import default_processes  # noqa: E402
 
 
 WIDTHS = [0.0625, 0.125, 0.25, 0.5]
@@ -60,8 +60,8 @@ def grid_config(folder: Path, points: int) -> Path:
 
 
 def load_shared(config: Path) -> tuple[float, int]:
-    started = time.perf_counter()
     from phd_lab.experiment import Main  # here, not at the top: the report's spawned workers import this module
+    started = time.perf_counter()
     grid = Main(progress=False).load(config)
     return time.perf_counter() - started, len(grid)
 
@@ -218,7 +218,7 @@ def main() -> int:
             one, workers, rebuild = report_rebuild(folder, args.runs)
             print_comparison(f"report of {args.runs} runs, first build", [
                 ("figures drawn in this process (-mp 0)", one),
-                (f"figures drawn by workers (-mp {min(available_cores(), DEFAULT_MAX_PROCESSES)})", workers)],
+                (f"figures drawn by workers (-mp {default_processes()})", workers)],
                              ("ratio workers / -mp 0", workers / one))
             print_comparison(f"report of {args.runs} runs, rebuild", [("first build", workers),
                                                                      ("rebuild, nothing changed", rebuild)],

@@ -22,6 +22,12 @@ RELATIVE_ACCURACY = "Accuracy of the projected networks relative to the unprojec
 DEFAULT_MAX_PROCESSES = 8
 
 
+def default_processes() -> int:
+    """The figure workers of a report without ``-mp``: one per core this process may use, at most
+    ``DEFAULT_MAX_PROCESSES``."""
+    return min(available_cores(), DEFAULT_MAX_PROCESSES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m phd_lab report",
@@ -107,7 +113,7 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
         for stale in atomic.remove_stale_temps(out_path.parent, only=name):
             log.info("Removed %s, left half-written by a process that was killed.", stale)
     entries = collect(logs_dir, refresh=refresh, progress=progress,
-                      processes=min(available_cores(), DEFAULT_MAX_PROCESSES) if processes is None else processes)
+                      processes=default_processes() if processes is None else processes)
     if not entries:
         raise DataError(f"LOGS_DIR {str(logs_dir)!r} holds no runs: no folder below it has a <name>_config.json or a "
                         f"post-processing table. Train a grid into it first (python main.py --config FILE).")
