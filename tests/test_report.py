@@ -232,11 +232,30 @@ def test_a_rebuilt_report_takes_unchanged_figures_from_the_run_folders_and_redra
     write_report(logs, tmp_path / "third.html")
     assert run.analysis_plot.stat().st_ino != drawn.st_ino and run.analysis_plot.read_bytes() != figure
     assert read_json(run.analysis_json)["accuracy"]["test"] == 0.5
-    # the figure is redrawn even when the table changed without a change the summary shows
+    # a table written again with the same content keeps the figure; one changed where the summary shows no
+    # change gets it redrawn
     redrawn = run.analysis_plot.stat().st_ino
     atomic.write_csv(run.metrics_csv, metrics)
     write_report(logs, tmp_path / "fourth.html")
+    assert run.analysis_plot.stat().st_ino == redrawn
+    metrics.loc[metrics.index[0], "train_loss"] += 1.0
+    atomic.write_csv(run.metrics_csv, metrics)
+    write_report(logs, tmp_path / "fifth.html")
     assert run.analysis_plot.stat().st_ino != redrawn
+
+
+def test_a_copied_logs_folder_keeps_its_run_figures(tmp_path):
+    """The figure key named the files' inodes and the run's folder, so a logs folder copied from a cluster
+    had every run figure drawn again by its first report there. The analysis names the new folder."""
+    write_grid(tmp_path / "cluster" / "logs")
+    write_report(tmp_path / "cluster" / "logs", tmp_path / "cluster" / "report.html")
+    shutil.copytree(tmp_path / "cluster", tmp_path / "laptop")
+    figures = {path: path.stat().st_ino for path in (tmp_path / "laptop").rglob("analysis.png")}
+    assert len(figures) == 5
+    write_report(tmp_path / "laptop" / "logs", tmp_path / "laptop" / "report.html")
+    assert {path: path.stat().st_ino for path in figures} == figures
+    for path in figures:
+        assert read_json(path.with_name("analysis.json"))["run"]["folder"] == str(path.parent)
 
 
 def test_run_sections_are_headed_by_the_values_that_tell_the_runs_apart(tmp_path):

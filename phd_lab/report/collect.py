@@ -70,11 +70,12 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
 
 @dataclass
 class _Analysis:
-    """A run analysed but not yet written: its entry, the analysis.json document, whether the folder holds both
-    already, and the probe results it read (``stamp_if_present`` before reading the tables)."""
+    """A run analysed but not yet written: its entry, the analysis.json document, whether the folder holds its
+    figure or both already, and the probe results it read (``stamp_if_present`` before reading the tables)."""
 
     entry: RunEntry
     document: dict[str, Any]
+    figure_in_place: bool
     up_to_date: bool
     probes: Any
 
@@ -105,7 +106,8 @@ def _write(analysis: _Analysis, *, write: bool, skip_active: bool, probe_job: bo
             entry.written = True
             return
         try:  # the figure first: analysis.json names it by its key, and a later report takes it by that key
-            atomic.write_bytes(folder.analysis_plot, entry.figure)
+            if not analysis.figure_in_place:
+                atomic.write_bytes(folder.analysis_plot, entry.figure)
             write_analysis_json(folder.analysis_json, analysis.document)
             entry.written = True
         except OSError as error:
@@ -121,6 +123,7 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool)
     from dataclasses import replace
 
     probes = stamp_if_present(folder.probe_csv)
+    sources = _plotted_files_digest(folder)  # before the tables are read: a file replaced between only redraws
     tables = load_run(folder)
     if last_step and tables.status is not None and tables.status.state == "finished":
         tables.status = replace(tables.status, active=False, owner="")
@@ -132,12 +135,13 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool)
             settings = AnalysisSettings()
     summary = summarize(tables, settings)
     plain = json.loads(json.dumps(jsonable(summary), allow_nan=False))  # as analysis.json holds it
-    key = figure_key(folder, plain)
+    key = figure_key(plain, sources)
     previous = _read_previous_analysis(folder)
     figure = _previous_figure(folder) if previous.get("figure_key") == key else None
     document = {**plain, "figure_key": key}
-    up_to_date = figure is not None and previous == document
-    return _Analysis(RunEntry(folder, tables, summary, figure), document, up_to_date, probes)
+    in_place = figure is not None
+    return _Analysis(RunEntry(folder, tables, summary, figure), document, in_place, in_place and previous == document,
+                     probes)
 
 
 def jsonable(value: Any) -> Any:
@@ -167,16 +171,29 @@ def stamp_if_present(path: Path) -> tuple[int, int, int] | None:
         return None
 
 
-def figure_key(folder: RunDir, plain_summary: dict[str, Any]) -> str:
-    """What the run's figure is drawn from: the summary (as plain JSON values), the files it plots (each by
-    inode, time and size: atomic writes give a replaced file a new inode) and the version that draws it. Drawing
-    the figure costs about 0.2 s, most of a report over hundreds of runs; a figure of the same key is taken
-    from analysis.png."""
-    digest = hashlib.sha256(json.dumps(plain_summary, sort_keys=True).encode())
-    for path in (folder.metrics_csv, folder.probe_csv, folder.receptive_field_csv, folder.config):
-        digest.update(f"{path.name} {stamp_if_present(path)};".encode())
+def figure_key(plain_summary: dict[str, Any], plotted_files: str) -> str:
+    """What the run's figure is drawn from: the summary (as plain JSON values) but the run's folder, which the
+    figure does not show, the content of the files it plots (``_plotted_files_digest``) and the version that
+    draws it. Drawing the figure costs about 0.2 s, most of a report over hundreds of runs; a figure of the same
+    key is taken from analysis.png, also in a copied or moved logs folder."""
+    shown = {**plain_summary, "run": {k: v for k, v in plain_summary["run"].items() if k != "folder"}}
+    digest = hashlib.sha256(json.dumps(shown, sort_keys=True).encode())
+    digest.update(plotted_files.encode())
     digest.update(_drawing_code())
     return digest.hexdigest()[:16]
+
+
+def _plotted_files_digest(folder: RunDir) -> str:
+    """A digest of the content of the files the run's figure plots (absent ones named as such). By content, not
+    by inode and time: a copy of the logs folder shows the same figures."""
+    digest = hashlib.sha256()
+    for path in (folder.metrics_csv, folder.probe_csv, folder.receptive_field_csv, folder.config):
+        try:
+            content = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            content = "absent"
+        digest.update(f"{path.name} {content};".encode())
+    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)
