@@ -65,6 +65,28 @@ def test_a_changed_factory_default_and_other_versions_are_named_on_resume_and_on
         in log_text and "torch 1.13.0 (now " in log_text
 
 
+def test_a_run_folder_of_other_model_code_is_refused_before_anything_of_it_changes(tmp_path, capsys):
+    """Two registry files that build the same model name differently give the same run folder (the registry is a
+    technical key); the second config loaded the first's checkpoint and failed with a size-mismatch traceback."""
+    narrow, wide = tmp_path / "narrow.py", tmp_path / "wide.py"
+    narrow.write_text(REGISTRY.format(act="relu"))
+    wide.write_text(REGISTRY.format(act="relu").replace("4", "8"))
+    common = dict(epoch=1, cpu_threads=1, model="tiny_cnn", model_args={}, track_saturation=False,
+                  post_processing=[])
+    first = write_config(tmp_path, "narrow.json", registries={"models": str(narrow)}, **common)
+    assert main_cli(["--config", str(first), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    before = {path.name: path.read_bytes() for path in folder.iterdir() if path.suffix in (".pt", ".csv", ".json")}
+    second = write_config(tmp_path, "wide.json", registries={"models": str(wide)}, **common)
+    code, err = main_in_process(capsys, "--config", str(second), "--no-progress", "-q")
+    err = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err, err
+    assert f"The checkpoint {folder / run_name(folder)}.pt does not fit the model this config builds (" in err
+    assert "size mismatch for 0.weight" in err and "Train this model under another run_id" in err
+    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.name in before} == before
+    assert run_folders(tmp_path / "logs") == [folder]
+
+
 def test_a_hand_written_config_and_an_unchanged_setup_are_not_warned_about(tmp_path):
     config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
