@@ -1,4 +1,4 @@
-"""What the report reads: damaged tables, copied configs, runs named "latents" and unreadable configs."""
+"""What the report reads: damaged tables, copied configs, runs named "latents", unreadable configs, numeric names."""
 
 import html
 import logging
@@ -7,9 +7,11 @@ import shutil
 import pandas as pd
 import pytest
 
-from tests.analysis_fixtures import LAYERS, read_json, write_run
+from tests.analysis_fixtures import BORDER, LAYERS, read_json, write_run
+from tests.conftest import main_in_process, write_config
+from phd_lab import atomic
 from phd_lab.analysis.run_summary import summarize
-from phd_lab.analysis.run_tables import discover_runs, load_run
+from phd_lab.analysis.run_tables import discover_runs, load_run, run_folder
 from phd_lab.report.cli import write_report
 
 
@@ -117,3 +119,65 @@ def test_a_finished_run_whose_config_cannot_be_read_is_not_said_to_have_stopped(
     texts = [a["text"] for a in summary["recommendations"]]
     assert not any("Training is not finished" in t or "stopped" in t for t in texts)
     assert texts[0].startswith("Whether training is finished cannot be told")
+
+
+def with_layers_named(rundir, names):
+    """The run's tables and latents manifest with the fixture's layers renamed by ``names`` (old: new)."""
+    for path in (rundir.receptive_field_csv, rundir.computational_info_csv, rundir.probe_csv):
+        table = pd.read_csv(path)
+        atomic.write_csv(path, table.assign(layer=table["layer"].map(names)))
+    metrics = pd.read_csv(rundir.metrics_csv)
+    renamed = {column: names[layer] + column[len(layer):] for column in metrics.columns for layer in names
+               if column.startswith(layer + "_")}
+    atomic.write_csv(rundir.metrics_csv, metrics.rename(columns=renamed))
+    manifest = read_json(rundir.latents() / "manifest.json")
+    for layer in manifest["layers"]:
+        layer["name"] = names[layer["name"]]
+    atomic.write_json(rundir.latents() / "manifest.json", manifest)
+    return rundir
+
+
+def test_numeric_layer_names_of_a_sequential_model_are_read_as_names(tmp_path):
+    """Layer names of an nn.Sequential ("8") were read as numbers: b_min 8 (int), no b_min index, no truncation
+    estimate, and the report stopped with a traceback (html.escape of an int)."""
+    logs = tmp_path / "logs"
+    numbers = [str(n) for n in (0, 3, 6, 8, 11, 13, 16, 18, 21, 24, 27)]  # VGG11's layers in one flat Sequential
+    names = dict(zip(LAYERS, numbers))
+    rundir = with_layers_named(write_run(logs, width=0.25, stage="full"), names)
+    out = write_report(logs, tmp_path / "r.html", processes=0)
+    analysis = read_json(rundir.analysis_json)
+    border = names[BORDER]
+    assert analysis["borders"]["b_min"] == border and analysis["borders"]["b_min_index"] == 6
+    assert analysis["agreement"]["b_min"] == {"border": border, "tail_start": border, "offset": 0, "agrees": True}
+    assert analysis["truncation"]["border"] == border
+    assert analysis["truncation"]["removed_layers"] == numbers[LAYERS.index(BORDER):]
+    assert analysis["probes"]["first_reaching_layer"] == border
+    assert [layer["layer"] for layer in analysis["saturation"]["layers"]] == numbers
+    assert f">{border}</td>" in out.read_text(encoding="utf-8")
+
+
+def test_nested_layer_names_of_a_real_sequential_model_are_read_as_names(tmp_path, capsys):
+    """A nested nn.Sequential names its layers "0.10": read as the number 0.1, the border layer matched no
+    saturation column (b_min 0.1, no tail agreement, no truncation) and the report stopped with a traceback."""
+    module = tmp_path / "nested.py"
+    module.write_text(
+        "from torch import nn\n"
+        "def nested_cnn(*, num_classes, in_channels=3, width=8):\n"
+        "    conv = lambda c: nn.Conv2d(c, width, 3, padding=1)\n"
+        "    body = nn.Sequential(conv(in_channels), nn.ReLU(), nn.MaxPool2d(2), conv(width), nn.ReLU(), conv(width),\n"
+        "                         nn.ReLU(), nn.MaxPool2d(2), conv(width), nn.ReLU(), conv(width), nn.ReLU())\n"
+        "    return nn.Sequential(body, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))\n")
+    config = write_config(tmp_path, model="nested_cnn", model_args={}, epoch=1, registries={"models": str(module)},
+                          post_processing=["receptive_field", "flops", "analysis"])
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
+    [rundir] = [run_folder(p.parent) for p in (tmp_path / "logs").rglob("*_config.json")]
+    # receptive field at 16 px: 0.8 takes 14 px, 0.10 22 px (after two poolings)
+    analysis = read_json(rundir.analysis_json)
+    assert analysis["borders"]["b_min"] == "0.10" and analysis["borders"]["b_min_index"] == 5
+    assert analysis["saturation"]["main_path"] == ["0.0", "0.3", "0.5", "0.8", "0.10", "3"]
+    assert analysis["agreement"]["b_min"]["border"] == "0.10"
+    assert analysis["truncation"]["border"] == "0.10" and analysis["truncation"]["exact"] is True
+    assert "0.1 " not in " ".join(advice["text"] for advice in analysis["recommendations"])
+    page = write_report(tmp_path / "logs", tmp_path / "r.html", processes=0).read_text(encoding="utf-8")
+    assert ">0.10</td>" in page

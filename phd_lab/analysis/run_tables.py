@@ -187,14 +187,15 @@ def _read_csv(path: Path, tables: RunTables, *, rows_stand_alone: bool = False) 
     fewer fields than the header, was cut (a copy broken off, a full disk). Such rows are left out and the
     problem names the file. ``rows_stand_alone``: each row is a whole record of its own (the metrics CSV:
     one per epoch), so the rows before a cut can still be used; in any other table a lost row is a lost
-    layer, and the whole table is unusable, as is one without a complete row.
+    layer, and the whole table is unusable, as is one without a complete row. A ``layer`` column is read as text:
+    the names of an nn.Sequential ("8", "0.10") are no numbers, and as numbers they match no saturation column.
     """
     if not path.is_file():
         tables.missing.append(path.name)
         return None
     try:
         text, damage = _complete_rows(path.read_bytes())
-        frame = pd.read_csv(io.StringIO(text)) if text.strip() or not damage else None
+        frame = pd.read_csv(io.StringIO(text), dtype={"layer": str}) if text.strip() or not damage else None
     except (OSError, UnicodeDecodeError, ValueError, csv.Error, pd.errors.ParserError,
             pd.errors.EmptyDataError) as error:
         tables.problems.append(f"{path.name} cannot be read: {error}")

@@ -179,7 +179,7 @@ def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None,
         if size == PIXELWISE:
             continue
         try:
-            table = pd.read_csv(path)
+            table = pd.read_csv(path, dtype={"layer": str})  # an nn.Sequential's "0.10" is no number
         except (OSError, ValueError):
             continue
         if not {"index", "layer", "eval_acc"} <= set(table.columns):

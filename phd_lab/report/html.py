@@ -77,7 +77,9 @@ def _pct(value: float | None) -> str:
     return MISSING if value is None else f"{value:.2%}"
 
 
-def _cell(text: str, sort: Any = None, *, numeric: bool = False, css: str = "") -> str:
+def _cell(text: Any, sort: Any = None, *, numeric: bool = False, css: str = "") -> str:
+    """A table cell showing ``text`` as a string (a config value or layer name may be a number)."""
+    text = str(text)
     classes = " ".join(c for c in (("num" if numeric else ""), ("missing" if text == MISSING else ""), css) if c)
     attrs = f' class="{classes}"' if classes else ""
     if sort is not None or text == MISSING:

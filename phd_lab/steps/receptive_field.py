@@ -47,5 +47,5 @@ class ReceptiveFieldStep(Step):
         b_min, b_max = border_layers(table, resolution)
         log.info("Receptive field of %s at resolution %d: b_min=%s, b_max=%s", ctx.config.name, resolution,
                  b_min, b_max)
-        saved = pd.read_csv(ctx.rundir.receptive_field_csv)  # the plot draws the saved table
+        saved = pd.read_csv(ctx.rundir.receptive_field_csv, dtype={"layer": str})  # the plot draws the saved table
         plot_receptive_field(saved, resolution, ctx.rundir.receptive_field_plot, title=ctx.config.name)
