@@ -181,3 +181,32 @@ def test_nested_layer_names_of_a_real_sequential_model_are_read_as_names(tmp_pat
     assert "0.1 " not in " ".join(advice["text"] for advice in analysis["recommendations"])
     page = write_report(tmp_path / "logs", tmp_path / "r.html", processes=0).read_text(encoding="utf-8")
     assert ">0.10</td>" in page
+
+
+def test_a_metrics_row_whose_epoch_is_damaged_is_left_out_and_named(tmp_path):
+    """Rows were sorted by the epoch cell as it was read: a string made the column text ("10" before "9", the
+    string last), a blank cell sorted last, and accuracy and s_mu came from that row, with no problem listed."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full", epochs=12)
+    metrics = pd.read_csv(rundir.metrics_csv)
+    split = summarize(load_run(rundir))["settings"]["analysis_split"]
+    metrics["epoch"] = metrics["epoch"].astype(object)
+    metrics.loc[4, "epoch"] = "x"  # epoch 5
+    atomic.write_csv(rundir.metrics_csv, metrics)
+    summary = summarize(load_run(rundir))
+    assert summary["accuracy"]["epoch"] == summary["saturation"]["epoch"] == 12
+    assert summary["accuracy"]["test"] == pytest.approx(metrics["test_accuracy"].iloc[11])
+    assert summary["saturation"]["mean"] == pytest.approx(metrics[f"{split}_saturation_mean"].iloc[11])
+    assert f"{rundir.metrics_csv.name}: 1 row(s) whose epoch is no number ('x') left out." in summary["problems"]
+    metrics.loc[11, "epoch"] = ""  # the last row's epoch is blank: epoch 11 is the last one that can be told
+    atomic.write_csv(rundir.metrics_csv, metrics)
+    summary = summarize(load_run(rundir))
+    assert summary["accuracy"]["epoch"] == summary["saturation"]["epoch"] == 11
+    assert summary["accuracy"]["test"] == pytest.approx(metrics["test_accuracy"].iloc[10])
+    assert [layer["saturation"] for layer in summary["saturation"]["layers"]] == pytest.approx(
+        [metrics[f"{layer}_{split}_saturation"].iloc[10] for layer in LAYERS])
+    assert f"{rundir.metrics_csv.name}: 2 row(s) whose epoch is no number ('x', blank) left out." in summary["problems"]
+    atomic.write_csv(rundir.metrics_csv, metrics.assign(epoch="?"))  # no epoch can be told: no last epoch either
+    summary = summarize(load_run(rundir))
+    assert summary["accuracy"]["test"] is None and summary["saturation"] is None
+    assert f"{rundir.metrics_csv.name}: 12 row(s) whose epoch is no number ('?', '?', '?', '?', '?', ...) left out." \
+        in summary["problems"]

@@ -83,9 +83,9 @@ def layer_saturations(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame 
         return None
     suffix = f"_{split}_saturation"
     layers = [c[:-len(suffix)] for c in metrics.columns if c.endswith(suffix)]
-    if not layers:
+    row = _last_epoch_row(metrics)
+    if not layers or row is None:
         return None
-    row = metrics.sort_values("epoch").iloc[-1] if "epoch" in metrics.columns else metrics.iloc[-1]
     records = []
     for layer in layers:
         saturation = pd.to_numeric(row.get(f"{layer}{suffix}"), errors="coerce")
@@ -112,9 +112,7 @@ def saturation_history(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame
     columns = [c for c in metrics.columns if c.endswith(suffix) and len(c) > len(suffix)]
     if not columns:
         return None
-    epochs = pd.to_numeric(metrics["epoch"], errors="coerce")
-    rows = metrics.assign(epoch=epochs)[np.isfinite(epochs)]  # a damaged epoch cell: that row is left out
-    rows = rows.sort_values("epoch", kind="stable").drop_duplicates("epoch", keep="last")
+    rows = _epoch_rows(metrics)
     if rows.empty:
         return None
     history = rows[columns].apply(pd.to_numeric, errors="coerce")
@@ -144,10 +142,36 @@ def _usable(saturation: Any) -> bool:
     return not pd.isna(saturation) and 0.0 <= float(saturation) < math.inf
 
 
+def _epoch_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a metrics CSV with an ``epoch`` column in the order of their epochs, read as numbers: rows whose
+    epoch is no finite number (a damaged cell) are left out, and of an epoch written twice the last row counts."""
+    epochs = pd.to_numeric(metrics["epoch"], errors="coerce")
+    rows = metrics.assign(epoch=epochs)[np.isfinite(epochs)]
+    return rows.sort_values("epoch", kind="stable").drop_duplicates("epoch", keep="last")
+
+
 def _last_epoch_row(metrics: pd.DataFrame | None) -> pd.Series | None:
+    """The row of the last epoch (None: no row with an epoch that is a number)."""
     if metrics is None or not len(metrics):
         return None
-    return metrics.sort_values("epoch").iloc[-1] if "epoch" in metrics.columns else metrics.iloc[-1]
+    if "epoch" not in metrics.columns:
+        return metrics.iloc[-1]
+    rows = _epoch_rows(metrics)
+    return rows.iloc[-1] if len(rows) else None
+
+
+def _unusable_epochs(metrics: pd.DataFrame | None, filename: str) -> list[str]:
+    """A note on the rows of the metrics CSV whose epoch is no finite number (a damaged or hand-edited CSV): the
+    analysis leaves them out, since which epoch they hold cannot be told."""
+    if metrics is None or "epoch" not in metrics.columns:
+        return []
+    cells = metrics["epoch"]
+    bad = cells[~np.isfinite(pd.to_numeric(cells, errors="coerce"))]
+    if not len(bad):
+        return []
+    shown = ", ".join("blank" if pd.isna(value) else repr(str(value)) for value in bad[:5])
+    return [f"{filename}: {len(bad)} row(s) whose epoch is no number ({shown}{', ...' if len(bad) > 5 else ''}) "
+            "left out."]
 
 
 def _number(value: Any) -> float | None:
@@ -314,7 +338,8 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
     config = tables.config or {}
     row = _last_epoch_row(tables.metrics)
     saturations = layer_saturations(tables.metrics, settings.analysis_split)
-    problems = list(tables.problems) + _unusable_saturations(row, settings.analysis_split)
+    problems = (list(tables.problems) + _unusable_epochs(tables.metrics, tables.folder.metrics_csv.name)
+                + _unusable_saturations(row, settings.analysis_split))
     resolution = config.get("resolution")
     rf = tables.receptive_field
     if rf is None and saturations is not None and receptive_field_failed(tables.missing, tables.problems):
