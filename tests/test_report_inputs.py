@@ -2,6 +2,7 @@
 
 import html
 import logging
+import os
 import shutil
 
 import pandas as pd
@@ -210,3 +211,21 @@ def test_a_metrics_row_whose_epoch_is_damaged_is_left_out_and_named(tmp_path):
     assert summary["accuracy"]["test"] is None and summary["saturation"] is None
     assert f"{rundir.metrics_csv.name}: 12 row(s) whose epoch is no number ('?', '?', '?', '?', '?', ...) left out." \
         in summary["problems"]
+
+
+@pytest.mark.parametrize("layers", [5, None, "absent"])
+def test_a_latents_manifest_without_a_list_of_layers_leaves_the_layers_extracted_unknown(tmp_path, layers):
+    """``"layers": 5`` or null in latents/manifest.json raised a TypeError: the run's whole analysis failed."""
+    logs = tmp_path / "logs"
+    rundir = write_run(logs, width=0.25, stage="full")
+    manifest = read_json(rundir.latents() / "manifest.json")
+    manifest.pop("layers") if layers == "absent" else manifest.update(layers=layers)
+    atomic.write_json(rundir.latents() / "manifest.json", manifest)
+    probed = rundir.probe_csv.stat().st_mtime_ns
+    os.utime(rundir.latents() / "manifest.json", ns=(probed, probed - 10**9))  # the probes are no older
+    write_report(logs, tmp_path / "r.html", processes=0)
+    analysis = read_json(rundir.analysis_json)
+    assert analysis["probes"]["status"] == "complete" and analysis["probes"]["layers_extracted"] is None
+    assert analysis["probes"]["layers_probed"] == len(LAYERS) and analysis["borders"]["b_min"] == BORDER
+    assert ("latents/manifest.json is malformed: its 'layers' is no list, so the number of layers extracted is "
+            "unknown") in analysis["problems"]

@@ -249,7 +249,8 @@ def _agreement(border: str | None, tail: Tail | None, order: list[str], fallback
 
 def _probe_info(tables: RunTables, model_accuracy: float | None, settings: AnalysisSettings) -> dict[str, Any]:
     probes = tables.probes
-    planned = len(tables.manifest.get("layers", [])) if tables.manifest else None
+    extracted = tables.manifest.get("layers") if tables.manifest else None
+    planned = len(extracted) if isinstance(extracted, list) else None  # None: unknown (a malformed manifest too)
     if probes is None or not len(probes):
         status = "pending (latents extracted)" if tables.manifest else "not probed"
         return {"status": status, "layers_probed": 0, "layers_extracted": planned}

@@ -409,6 +409,9 @@ def load_run(folder: RunDir) -> RunTables:
     tables.projections = _read_csv(folder.projections_csv, tables) if folder.projections_csv.is_file() else None
     manifest = _read_json(latents_manifest_path(tables), tables, record_missing=False)
     tables.manifest = manifest if isinstance(manifest, dict) else None
+    if tables.manifest is not None and not isinstance(tables.manifest.get("layers"), list):
+        tables.problems.append("latents/manifest.json is malformed: its 'layers' is no list, so the number of layers "
+                               "extracted is unknown")
     tables.probes_predate_latents = _probes_predate_latents(tables)
     status = training_status(folder, config, tables.metrics)
     if status.state == "not started" and (tables.probes is not None or tables.receptive_field is not None
