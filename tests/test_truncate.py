@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from phd_lab.analysis.flops import computational_info
 from phd_lab.analysis.receptive_field import border_layers, receptive_fields
 from phd_lab.cli import main_cli
 from phd_lab.errors import ConfigError
@@ -56,6 +57,18 @@ def test_truncation_savings_of_a_model_off_the_default_placement():
     cut = truncate_model(model, "features.18", num_classes=10, in_channels=3, input_resolution=32)
     assert cut.classifier.weight.dtype == torch.float64
     assert cut(torch.zeros(2, 3, 32, 32, dtype=torch.float64)).shape == (2, 10)
+
+
+def test_truncation_savings_list_the_models_own_pool_and_classifier_as_removed():
+    """The kept layers were the cut model's names without "body.", the new head's "pool" and "classifier" among
+    them: a DenseNet's own pool and classifier, which the cut removes, were missing from removed_layers."""
+    model = models.densenet18(num_classes=10, in_channels=1, width=0.25)
+    border, _ = border_layers(receptive_fields(model, 16), 16)
+    full = computational_info(model, (1, 16, 16))
+    saved = truncation_savings(model, border, num_classes=10, in_channels=1, input_resolution=16, full=full)
+    assert saved["removed_layers"][-4:] == ["features.11", "features.12", "pool", "classifier"]
+    params = full[1].set_index("layer")["params"]
+    assert params[saved["removed_layers"]].sum() == saved["params_saved"] + saved["head_params"]
 
 
 def test_truncation_savings_count_the_whole_residual_block_the_cut_removes():

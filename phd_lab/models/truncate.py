@@ -238,7 +238,8 @@ def truncation_savings(model: nn.Module, layer: str, *, num_classes: int, in_cha
     cut = truncate_model(copy.deepcopy(model), layer, num_classes=num_classes, in_channels=in_channels,
                          input_resolution=input_resolution)
     cut_info, cut_table = computational_info(cut, shape)
-    kept = {name.removeprefix("body.") for name in cut_table["layer"]}
+    kept = {name.removeprefix("body.") for name in cut_table["layer"]
+            if name.startswith("body.")}  # the new head's pool and classifier keep no layer of the model
     head = cut_table[cut_table["layer"].isin(["pool", "classifier"])]
     return {"border": layer, "exact": True,
             "removed_layers": [name for name in full_table["layer"] if name not in kept and name != FUNCTIONAL_ROW],
