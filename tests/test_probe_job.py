@@ -679,6 +679,32 @@ def test_latents_of_a_copied_or_moved_run_folder_write_beside_themselves(tmp_pat
     assert (moved / "probe_performances.csv").is_file()
 
 
+def test_a_relative_run_dir_is_relative_to_the_manifests_folder_not_the_current_one(tmp_path, monkeypatch):
+    """A relative run_dir was taken relative to the shell's current folder: the results went into an unrelated
+    folder of that name, with exit status 0."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    latents = write_latents(tmp_path / "store" / "latents", *blob_layers(n_layers=1), run_dir, 0.9)
+    manifest = json.loads((latents / "manifest.json").read_text())
+    manifest["run_dir"] = "../../run"
+    (latents / "manifest.json").write_text(json.dumps(manifest))
+    decoy = tmp_path / "shell" / "run"  # what ../../run names from the shell's folder
+    decoy.mkdir(parents=True)
+    (tmp_path / "shell" / "a" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "shell" / "a" / "b")
+    assert cli("--latents", str(latents), "-mp", "0", "--cache-dir", str(tmp_path / "cache")) == 0
+    assert (run_dir / "probe_performances.csv").is_file()
+    assert not any(decoy.iterdir())
+
+
+def test_write_latents_records_the_run_folder_as_an_absolute_path(tmp_path, monkeypatch):
+    """It stored run_dir as given: a relative one named another folder once read from elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    latents = write_latents("run/latents", *blob_layers(n_layers=1), "run", 0.9)
+    assert json.loads((latents / "manifest.json").read_text())["run_dir"] == str((tmp_path / "run").resolve())
+
+
 def test_a_probe_job_removes_old_temp_files_of_killed_writers_but_not_fresh_ones(tmp_path):
     import time
 

@@ -211,7 +211,8 @@ def read_manifest(folder: Path | str) -> Manifest:
     _check_dtype(dtype, {layer.dtypes["train"] for layer in layers}, path)
     _check_layer_sets(folder, path, layers, positional)
     layers.sort(key=lambda layer: layer.index)  # stable: a pixelwise layer's positions keep the manifest's order
-    return Manifest(folder, Path(run_dir), None if accuracy is None else float(accuracy), tuple(layers),
+    # a relative run_dir is relative to the latents folder, not to the current folder of whoever probes
+    return Manifest(folder, folder / run_dir, None if accuracy is None else float(accuracy), tuple(layers),
                     label_files["train"], label_files["eval"], label_shas, raw)
 
 

@@ -23,7 +23,9 @@ def _save(path: Path, array: np.ndarray) -> str:
 def write_latents(folder: Path | str, layers: Mapping[str, tuple[np.ndarray, np.ndarray]], y_train: np.ndarray,
                   y_eval: np.ndarray, run_dir: Path | str, model_test_accuracy: float | None = None,
                   downsampling: int | str | None = 4) -> Path:
-    """Save ``{layer: (train, eval)}`` in forward order plus labels; the manifest is written last."""
+    """Save ``{layer: (train, eval)}`` in forward order plus labels; the manifest is written last. It names
+    ``run_dir`` by its absolute path, as the extraction does: one given relative to the current folder would
+    otherwise be read relative to the latents folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -37,7 +39,7 @@ def write_latents(folder: Path | str, layers: Mapping[str, tuple[np.ndarray, np.
     labels = {"train": "train-labels.npy", "eval": "eval-labels.npy",
               "sha256": {"train": _save(folder / "train-labels.npy", np.asarray(y_train)),
                          "eval": _save(folder / "eval-labels.npy", np.asarray(y_eval))}}
-    write_json(folder / MANIFEST, {"format": FORMAT, "run_dir": str(run_dir),
+    write_json(folder / MANIFEST, {"format": FORMAT, "run_dir": str(Path(run_dir).resolve()),
                                    "model_test_accuracy": model_test_accuracy,
                                    "downsampling": downsampling, "dtype": ",".join(sorted(dtypes)),
                                    "layers": entries, "labels": labels})
