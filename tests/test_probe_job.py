@@ -1174,6 +1174,30 @@ def test_a_run_whose_layers_all_come_from_the_cache_keeps_its_files_when_they_ar
     assert not any(path.exists() for path in stale)
 
 
+def test_runs_with_identical_latents_share_the_first_fit_and_a_repeat_leaves_their_files_alone(tmp_path):
+    """Two runs of one job with the same latents have the same cache keys. Both were fitted and the second fit
+    overwrote the first's entry, so a repeated (or resumed) job rewrote the first run's table with the second
+    fit's seconds. The first record stored is kept, and both runs get it."""
+    layers, y_train, y_eval = blob_layers(n_layers=2)
+    runs = [make_latents(tmp_path, layers, y_train, y_eval, name=name) for name in ("A", "B")]
+    cache = tmp_path / "cache"
+
+    def probe() -> None:
+        run_jobs([jobs_from_latents(latents)[0][0] for _, latents in runs], cache, progress=False)
+
+    probe()
+    tables = [(run / "probe_performances.csv").read_bytes() for run, _ in runs]
+    assert tables[0] == tables[1]  # one record per layer, its seconds included
+    stored = sorted(json.loads(entry.read_text())["record"]["seconds"] for entry in cache.rglob("*.json"))
+    assert sorted(pd.read_csv(runs[0][0] / "probe_performances.csv")["seconds"]) == stored
+    files = sorted(path for run, _ in runs for path in run.rglob("*")
+                   if path.is_file() and "latents" not in path.parts and path.name not in ("probe.log", ".probe.lock"))
+    identity = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in files}
+    probe()
+    assert {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in files} == identity
+    assert all("already in place" in (run / "probe.log").read_text() for run, _ in runs)
+
+
 def test_a_write_cut_short_is_completed_by_the_next_job_although_every_layer_is_cached(tmp_path):
     """The settings file, which names the table's sha256, is written last. When it came first, a job stopped after
     the table (here: a file size limit makes the 40 KB accuracy plot fail, as a full disk would) left the earlier

@@ -112,7 +112,12 @@ class ResultCache:
             log.warning("ignoring malformed probe cache entry %s (%s); the layer is refitted", path, error)
             return None
 
-    def put(self, key: dict[str, Any], record: ProbeRecord) -> Path:
-        path = self.path(key)
-        write_json(path, {"key": key, "record": record.to_json()})
-        return path
+    def put(self, key: dict[str, Any], record: ProbeRecord) -> ProbeRecord:
+        """Store ``record`` unless the cache holds a record for ``key`` already; return the one it holds. The
+        first writer wins: two runs with identical latents (one key) are both fitted in one job, and the second
+        fit overwrote the first's ``seconds``, so a repeated or resumed job rewrote the first run's table."""
+        stored = self.get(key)
+        if stored is not None:
+            return stored
+        write_json(self.path(key), {"key": key, "record": record.to_json()})
+        return record

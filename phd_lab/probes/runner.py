@@ -4,7 +4,8 @@ Each task is one layer of one run. Workers are spawned processes that hold one l
 time and run every fit with one BLAS/OpenMP (and torch) thread, so ``N`` workers use ``N``
 cores and never oversubscribe; single-threaded fits are also what makes a record the same
 whether it was computed in-process (``workers=0``) or in a worker. Results arrive in the
-parent, which stores them in the cache and hands them to ``on_record`` (the driver's I/O).
+parent, which stores them in the cache and hands them to ``on_record`` (the driver's I/O); where the
+cache holds a record of the same key already (another run's identical latents), that one is handed on.
 """
 
 from __future__ import annotations
@@ -299,7 +300,7 @@ class _Results:
         assert record is not None
         self.records[position] = record
         try:
-            self.cache.put(task.key, record)
+            stored = self.cache.put(task.key, record)
         except RunFolderLost as error:  # the cache lay inside a run folder (--latents' default: the run's own)
             if self.folder_lost(task) is None:  # another run's: every run needs the cache
                 raise _about(task, RunFailure(f"The probe cache {self.cache.folder} lay inside a run folder that "
@@ -311,6 +312,9 @@ class _Results:
             raise _about(task, RunFailure(f"The probe of layer {record.layer!r} finished, but its result could "
                                           f"not be cached: {error}. Layers already cached stay so; rerun the "
                                           f"same command once the problem is fixed.")) from None
+        if stored is not record:  # another run's fit of the same data came first: every run gets that one
+            self.reuse({p: stored for p in (position, *self.followers.get(position, ()))})
+            return
         self.deliver(task, record, False)
         self.bar.set_postfix_str(f"{record.layer}: {record.eval_acc:.3f}", refresh=False)
         self.bar.update(1)  # after the run's outputs are written, which the last layer of a run triggers
