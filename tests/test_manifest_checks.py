@@ -168,3 +168,27 @@ def test_layer_files_the_manifest_does_not_list_are_named_in_one_warning(tmp_pat
     with caplog.at_level(logging.WARNING, logger="phd_lab.probes.manifest"):
         read_manifest(latents(tmp_path / "whole"))
     assert not [r for r in caplog.records if r.name == "phd_lab.probes.manifest"]
+
+
+def _run_folder_holds_only_its_latents(tmp_path: Path) -> None:
+    """Nothing written: no probe.log, lock, cache or result beside the latents."""
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["latents"]
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("train, evaluation, match", [
+    (np.zeros((40, 0), np.float32), np.zeros((20, 0), np.float32), "shape [40, 0] and dtype float32"),
+    (np.ones((40, 3), np.longdouble), np.ones((20, 3), np.longdouble), f"dtype {np.dtype(np.longdouble)}"),
+])
+def test_latents_without_features_or_wider_than_float64_are_refused_before_anything_is_written(
+        tmp_path, train, evaluation, match):
+    """Both passed the header checks and failed in the fit (exit status 1) after probe.log, the lock and the
+    cache had been created."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    folder = write_latents(run_dir / "latents", {"l.0": (train, evaluation)}, np.arange(40) % 2, np.arange(20) % 2,
+                           run_dir, 0.9)
+    err = probe_main(folder, tmp_path)
+    assert "train-l.0.npy' must be a 2-d array of float16, float32 or float64 with at least one feature" in err
+    assert match in err
+    _run_folder_holds_only_its_latents(tmp_path)

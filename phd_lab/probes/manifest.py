@@ -313,11 +313,15 @@ def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str,
 
 
 def _latents_header(file: Path, manifest: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """The shape and dtype of a latents file, which must be a 2-d float array (samples × features)."""
+    """The shape and dtype of a latents file, which must be a 2-d array (samples × features) of float16, float32
+    or float64 with at least one feature. The fits refuse an empty layer, and no solver computes in longdouble
+    (float96/float128): scikit-learn's cast it to float64, torch refuses it. Both were found out only in the fit,
+    after the job had written its log, lock and cache."""
     shape, dtype = _header(file, manifest)
-    if len(shape) != 2 or not np.issubdtype(dtype, np.floating):
-        raise DataError(f"Latents file {str(file)!r} must be a 2-d float array (samples × features); it has "
-                        f"shape {list(shape)} and dtype {dtype}. Rerun the extraction step.")
+    if len(shape) != 2 or shape[1] == 0 or dtype.kind != "f" or dtype.itemsize > 8:
+        raise DataError(f"Latents file {str(file)!r} must be a 2-d array of float16, float32 or float64 with at "
+                        f"least one feature (samples × features); it has shape {list(shape)} and dtype {dtype}. "
+                        f"Rerun the extraction step.")
     return shape, dtype
 
 
