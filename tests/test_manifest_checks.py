@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,11 +73,11 @@ def test_a_text_file_is_not_a_npy_file_rather_than_a_pickle(tmp_path):
     assert "eval-features.1.npy' listed in" in message and "is not a .npy array file" in message
     assert "begin with the .npy signature b'\\x93NUMPY'; it looks like a text file" in message
     assert "pickle" not in message
-    outside = tmp_path / "passwd"  # a file elsewhere that the manifest names
-    outside.write_text("root:x:0:0:root:/root:/bin/bash\n")
-    edit(folder, lambda m: m["layers"][0].update(train=str(outside)))
+    other = folder / "passwd"  # a text file of another name that the manifest names
+    other.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    edit(folder, lambda m: m["layers"][0].update(train="passwd"))
     message = refused(folder)
-    assert f"'{outside}' listed in" in message and "it looks like a text file" in message
+    assert f"'{other}' listed in" in message and "it looks like a text file" in message
     assert "pickle" not in message
 
 
@@ -191,4 +192,23 @@ def test_latents_without_features_or_wider_than_float64_are_refused_before_anyth
     err = probe_main(folder, tmp_path)
     assert "train-l.0.npy' must be a 2-d array of float16, float32 or float64 with at least one feature" in err
     assert match in err
+    _run_folder_holds_only_its_latents(tmp_path)
+
+
+@pytest.mark.parametrize("field, change", [
+    ("layers[1].train", lambda m, outside: m["layers"][1].update(train="../../elsewhere/train.npy")),
+    ("layers[1].eval", lambda m, outside: m["layers"][1].update(eval=str(outside / "eval.npy"))),
+    ("labels.train", lambda m, outside: m["labels"].update(train="../../elsewhere/labels.npy")),
+])
+def test_files_outside_the_latents_folder_are_refused_naming_the_entry(tmp_path, field, change):
+    """A manifest could name any file of the machine ("../../x.npy" or an absolute path), and it was probed."""
+    folder = latents(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for name, moved in (("train", "train-features.1.npy"), ("eval", "eval-features.1.npy"),
+                        ("labels", "train-labels.npy")):
+        shutil.copy(folder / moved, outside / f"{name}.npy")  # valid files, their sha256 as listed
+    edit(folder, lambda m: change(m, outside))
+    err = probe_main(folder, tmp_path)
+    assert f"{field} is" in err and "which is not inside the latents folder" in err
     _run_folder_holds_only_its_latents(tmp_path)

@@ -1,9 +1,9 @@
 """Read and validate a latents folder's ``manifest.json`` (the contract with the extraction step).
 
 The manifest is written last by the extraction, so a folder without one is an unfinished
-extraction. ``read_manifest`` checks the structure, the files' presence, shapes and label
-lengths (array headers only, no data read); ``verify_hashes`` compares every file's sha256
-with the manifest. Every problem is a ``DataError`` (exit status 2) naming the file.
+extraction. ``read_manifest`` checks the structure, that the files lie in the folder, their presence,
+shapes and label lengths (array headers only, no data read); ``verify_hashes`` compares every
+file's sha256 with the manifest. Every problem is a ``DataError`` (exit status 2) naming the file.
 """
 
 from __future__ import annotations
@@ -201,7 +201,8 @@ def read_manifest(folder: Path | str) -> Manifest:
     dtype = _require(raw, "dtype", str, path, "")
     accuracy = _model_test_accuracy(raw, path)
     labels = _require(raw, "labels", dict, path, "")
-    label_files = {split: folder / _require(labels, split, str, path, "labels") for split in SPLITS}
+    label_files = {split: _inside(folder, _require(labels, split, str, path, "labels"), path, f"labels.{split}")
+                   for split in SPLITS}
     label_shas = _sha_pair(labels, path, "labels")
     entries = _require(raw, "layers", list, path, "")
     if not entries:
@@ -259,6 +260,15 @@ def _model_test_accuracy(raw: dict[str, Any], path: Path) -> Any:
     return accuracy
 
 
+def _inside(folder: Path, name: str, manifest: Path, field: str) -> Path:
+    """``folder / name`` where ``name`` is a path inside the latents folder: relative, without "..". A manifest
+    naming "../../x.npy" or an absolute path had any file of the machine read, hashed and probed as latents."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise _fail(manifest, f"{field} is {json.dumps(name)[:80]}, which is not inside the latents folder: a layer "
+                              f"or label file is named by its path relative to that folder, without '..'")
+    return folder / name
+
+
 def _label_count(file: Path, manifest: Path) -> int:
     """The number of labels in a label file, which must be a 1-d integer array."""
     shape, dtype = _header(file, manifest)
@@ -282,13 +292,14 @@ def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str,
             raise DataError(f"The train and eval layer sets in {str(path)!r} differ: layer {name!r} has only a "
                             f"{present[0]} file. Both splits need the same layers; rerun the extraction step.")
         files = {split: _require(entry, split, str, path, where) for split in SPLITS}
+        paths = {split: _inside(folder, files[split], path, f"{where}.{split}") for split in SPLITS}
         shas = _sha_pair(entry, path, where)
         if name in seen_names:
             raise _fail(path, f"layer {name!r} is listed twice")
         seen_names.add(name)
         shapes, dtypes = {}, {}
         for split in SPLITS:
-            file = folder / files[split]
+            file = paths[split]
             if file in seen_files:
                 raise _fail(path, f"file {files[split]!r} is listed twice")
             seen_files.add(file)
@@ -305,7 +316,7 @@ def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str,
         declared = entry.get("shape")
         if declared is not None and (not isinstance(declared, list) or declared != list(shapes["train"])):
             raise _fail(path, f"{where}.shape is {declared}, but {files['train']!r} has shape {list(shapes['train'])}")
-        layers.append(LayerFiles(index, name, folder / files["train"], folder / files["eval"],
+        layers.append(LayerFiles(index, name, paths["train"], paths["eval"],
                                  tuple(shapes["train"]), shas, dtypes))
         if isinstance(entry, dict) and "position" in entry:
             positional.add(name)
