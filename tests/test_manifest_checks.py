@@ -212,3 +212,17 @@ def test_files_outside_the_latents_folder_are_refused_naming_the_entry(tmp_path,
     err = probe_main(folder, tmp_path)
     assert f"{field} is" in err and "which is not inside the latents folder" in err
     _run_folder_holds_only_its_latents(tmp_path)
+
+
+@pytest.mark.parametrize("field, change", [
+    ("run_dir", lambda m: m.update(run_dir="\ud800")),
+    ("layers[0].name", lambda m: m["layers"][0].update(name="a\ud800")),
+])
+def test_a_lone_surrogate_is_refused_naming_the_field(tmp_path, field, change):
+    """The JSON string "\\ud800" is legal, but no UTF-8 text: it raised UnicodeEncodeError (a traceback, exit
+    status 1)."""
+    folder = latents(tmp_path)
+    edit(folder, change)
+    err = probe_main(folder, tmp_path)
+    assert f"{field} is" in err and "which is not valid Unicode text" in err
+    _run_folder_holds_only_its_latents(tmp_path)

@@ -114,6 +114,13 @@ def _require(mapping: Any, key: str, kind: type, manifest: Path, where: str) -> 
     if isinstance(value, str) and "\0" in value:  # Path.resolve() and open() raise ValueError on it
         raise _fail(manifest, f"{field} is {json.dumps(value)[:60]}, which holds a NUL character (\\u0000); no file "
                               f"name or path can hold one")
+    if isinstance(value, str):  # a lone surrogate ("\ud800") is legal JSON; file names and logs raised on it
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise _fail(manifest, f"{field} is {json.dumps(value)[:60]}, which is not valid Unicode text (a lone "
+                                  f"surrogate at character {error.start}); names and paths must be UTF-8 "
+                                  f"text") from None
     return value
 
 
