@@ -202,6 +202,8 @@ def save_figure(fig: "Any", path: Path | str, **kwargs: Any) -> None:
 
 
 NAME_MAX = 255  # bytes per file or folder name on the common file systems
+LOOP = ("it runs into a loop of symbolic links (a link that leads, through others, back to itself); remove the "
+        "loop or choose another folder")
 
 
 def shown_path(path: Path | str, limit: int = 100) -> str:
@@ -220,6 +222,8 @@ def os_refusal(path: Path | str, error: OSError) -> str:
                     f"name; choose a shorter folder name")
         return (f"path too long: {len(str(path).encode('utf-8', 'surrogatepass'))} bytes, more than this system "
                 f"allows for a whole path; choose a shorter folder path")
+    if error.errno == errno.ELOOP:
+        return LOOP
     return f"{error.strerror or error}; choose a folder you can reach"
 
 
@@ -235,6 +239,18 @@ def check_home(path: str, subject: str, where: str) -> None:
                       f"({problem}); write the folder's full path.")
 
 
+def runs_into_a_loop(path: Path | str) -> bool:
+    """Whether the way to ``path`` passes a loop of symbolic links (a -> b -> a). ``exists()`` says False for such a
+    path, as for one not made yet, and ``Path.resolve`` raised RuntimeError (before Python 3.13; later ones return
+    a path that is no folder), so the loop is looked for first: the stat of any path through it fails with
+    ELOOP, whether or not the rest of the path exists."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        return error.errno == errno.ELOOP
+    return False
+
+
 def nearest_existing(path: Path) -> Path:
     """``path``, or its nearest parent that exists (the root at worst): where a folder made for it would begin."""
     while not path.exists() and path != path.parent:
@@ -248,6 +264,8 @@ def check_writable_dir(path: str, key: str, where: str, subject: str | None = No
     subject = subject or f"the key {key!r}"
     from phd_lab.errors import ConfigError
     check_home(path, subject, where)
+    if runs_into_a_loop(os.path.expanduser(path)):
+        raise ConfigError(f"{where}: {subject} is {shown_path(path)!r}, which cannot be used: {LOOP}.")
     try:
         probe = nearest_existing(Path(os.path.expanduser(path)).resolve())
         is_dir = probe.is_dir()

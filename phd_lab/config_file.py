@@ -3,7 +3,8 @@
 ``load_config_file`` reads and parses, refusing what JSON would let through silently (duplicate
 keys, a top level that is no object); ``check_numbers`` then refuses numbers no run could use
 (NaN, infinities, factory arguments beyond float32, integers beyond 64 bits) and ``check_strings``
-strings no file or folder name can hold (a lone surrogate escape). Every message names the file.
+strings no file or folder name can hold (a lone surrogate escape; a NUL in a path key). Every message names
+the file.
 The schema's checks of each key live in ``phd_lab.config``.
 """
 
@@ -14,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from phd_lab.config_paths import PATH_KEYS
 from phd_lab.errors import ConfigError
 
 INT_RANGE = "−2**63 … 2**63 − 1"
@@ -107,8 +109,15 @@ def _numbers(value: Any, key: str) -> Iterator[tuple[str, int | float]]:
 
 def check_strings(raw: Mapping[str, Any], path: Path | str) -> None:
     """Raise a ConfigError for the first key or string value that cannot be encoded as UTF-8: JSON lets a lone
-    surrogate escape such as "\\ud800" through, and it would fail later, in a seed, folder or file name."""
+    surrogate escape such as "\\ud800" through, and it would fail later, in a seed, folder or file name. A NUL
+    ("\\u0000") in a path key (a folder key, a step's, a registry file) is refused too: no file or folder name
+    can hold one, and the first use of the path failed with a traceback."""
     for key, text, is_name in _strings(raw, ""):
+        if not is_name and "\0" in text and _is_path_key(key):
+            shown = printable(text).replace("\0", "\\u0000")[:80]
+            raise ConfigError(f"Config file {str(path)!r}: the key '{printable(key)}' holds \"{shown}\", which has a "
+                              f"NUL character (\\u0000); no file or folder name can hold one. Remove it from the "
+                              f"path.")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
@@ -119,6 +128,13 @@ def check_strings(raw: Mapping[str, Any], path: Path | str) -> None:
                               f"without its pair): it encodes no character and cannot be written as UTF-8 (into a "
                               f"file or folder name, or the logged config); write the character itself, or both "
                               f"halves of its surrogate pair.") from None
+
+
+def _is_path_key(key: str) -> bool:
+    """Whether the key path ``key`` (as ``_strings`` gives it) holds a file or folder path: a folder key at the
+    top level or in a post-processing step (``post_processing.latents_dir``), or a registry module."""
+    names = key.split(".")
+    return names[-1] in PATH_KEYS or names[0] == "registries"
 
 
 def _strings(value: Any, key: str) -> Iterator[tuple[str, str, bool]]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from phd_lab.atomic import NAME_MAX, os_refusal, shown_path
+from phd_lab.atomic import LOOP, NAME_MAX, os_refusal, runs_into_a_loop, shown_path
 from phd_lab.config import (META_KEY, RunConfig, check_known_keys, check_run_id_value, names_another_run,
                             predates_linear_init, validate_values)
 from phd_lab.config_file import load_config_file
@@ -111,10 +111,13 @@ class RunDir:
         parent = run_parent(cfg, logs_dir)
         root = parent / cfg.variant_slug()
         _check_name_lengths(cfg, root)  # before any stat(): the OS answers a too-long name with an error
+        logs = logs_dir if logs_dir is not None else cfg.logs_dir
+        if runs_into_a_loop(parent):  # no folder is found through it, and --dry-run would call the run "new"
+            raise ConfigError(f"{cfg.source}: the key 'logs_dir' is {shown_path(logs)!r}, and the run's folder "
+                              f"{shown_path(root)!r} in it cannot be used: {LOOP} for 'logs_dir'.")
         try:
             return cls(root=_find_folder(cfg, parent, root), name=cfg.name)
         except OSError as error:  # e.g. a whole path longer than the system allows, though each name fits
-            logs = logs_dir if logs_dir is not None else cfg.logs_dir
             raise ConfigError(f"{cfg.source}: the key 'logs_dir' is {shown_path(logs)!r}, and the run's folder "
                               f"{shown_path(root)!r} in it cannot be used: {os_refusal(root, error)} for "
                               f"'logs_dir'.") from None

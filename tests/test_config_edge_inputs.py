@@ -246,3 +246,41 @@ def test_a_model_or_dataset_factory_may_take_an_argument_named_model():
     with pytest.raises(ConfigError, match=r"optimizer_args \['model'\] are not accepted by 'sgd'.* It accepts: lr"):
         check_factory_args(optimizer, {"model": "x"}, "optimizer_args", "sgd", "exp.json",
                            SUPPLIED_ARGS["optimizers"])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"logs_dir": "lo\u0000gs"}, "logs_dir"),
+    ({"data_dir": ["data", "da\u0000ta"]}, "data_dir"),
+    ({"latents_dir": "lat\u0000", "post_processing": ["extract"]}, "latents_dir"),
+    ({"post_processing": [{"name": "extract", "latents_dir": "l\u0000"}]}, "post_processing.latents_dir"),
+    ({"registries": {"models": "my\u0000models.py"}}, "registries.models"),
+])
+def test_a_nul_character_in_a_path_key_is_refused_when_read(overrides, key, tmp_path, capsys):
+    """No file or folder name can hold a NUL: it failed with a traceback where the path was first used."""
+    config = write_config(tmp_path, **overrides)
+    for extra in ([], ["--dry-run"]):
+        code = main_cli(["--config", str(config), "--no-progress", "-q", *extra])
+        err = flat(capsys.readouterr().err)
+        assert code == 2, err
+        assert err.startswith("error: ") and "Traceback" not in err, err
+        assert f"the key '{key}' holds" in err and "NUL character" in err, err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["exp.json"]
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"logs_dir": "{loop}/logs"}, "the key 'logs_dir'"),
+    ({"latents_dir": "{loop}/lat", "post_processing": ["extract"]}, "the key 'latents_dir'"),
+    ({"post_processing": [{"name": "extract", "latents_dir": "{loop}/lat"}]}, "step 'extract': the key 'latents_dir'"),
+])
+def test_a_path_key_through_a_symlink_loop_is_a_config_error_naming_the_key(overrides, key, tmp_path, capsys):
+    """Path.resolve raises RuntimeError (not OSError) on a loop of symbolic links: it was a traceback."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    config = write_config(tmp_path, **json.loads(json.dumps(overrides).replace("{loop}", str(tmp_path / "a"))))
+    for extra in ([], ["--dry-run"]):
+        code = main_cli(["--config", str(config), "--no-progress", "-q", *extra])
+        err = flat(capsys.readouterr().err)
+        assert code == 2, err
+        assert err.startswith("error: ") and "Traceback" not in err, err
+        assert key in err and "loop of symbolic links" in err, err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a", "b", "exp.json"]
