@@ -41,14 +41,21 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: s
         raise ConfigError(f"{where}: {key} {unknown} are not accepted by {name!r}.{hint} It accepts: "
                           f"{', '.join(accepted) or 'no arguments'}{own}.")
     for arg, value in args.items():  # "lr": "fast" failed deep in the factory with a comparison of float and str
-        _check_type(params[arg].default, value, f"{where}: {key} {arg!r} of {name!r}")
+        _check_type(params[arg], value, f"{where}: {key} {arg!r} of {name!r}")
 
 
-def _check_type(default: Any, value: Any, what: str) -> None:
-    """A string or boolean where the factory's default is a number: "lr": true trained with lr 1. (A boolean
-    default says less: the folder datasets' ``canvas`` is false or a size.)"""
+def _check_type(param: inspect.Parameter, value: Any, what: str) -> None:
+    """A string or boolean where the factory's default is a number: "lr": true trained with lr 1. Anything but
+    true or false where the default is a boolean: "amsgrad": "no" trained with AMSGrad, a non-empty string
+    being true. A boolean default with an annotation that names more than ``bool`` (the datasets'
+    ``canvas: bool | int``, false or a size) says less, and the factory checks such a value itself."""
+    default = param.default
     if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, (str, bool)):
         raise ConfigError(f"{what} must be a number (its default is {default!r}); got {json.dumps(value)}.")
+    if isinstance(default, bool) and param.annotation in (inspect.Parameter.empty, bool, "bool") \
+            and not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false (its default is {json.dumps(default)}); got "
+                          f"{json.dumps(value)}. Write JSON's true or false without quotes.")
 
 
 # The keyword arguments the framework passes to each kind of factory itself (not config ``*_args``).

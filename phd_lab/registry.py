@@ -12,6 +12,10 @@ Factory contracts (documented once, here):
 - dataset: ``f(*, batch_size, resolution, data_dir, seed, num_workers, **dataset_args) -> DataBundle``
 - optimizer: ``f(model, *, epochs, **optimizer_args) -> (optimizer, scheduler or None)``
 - metric: ``f() -> Metric`` with ``update(y_true, y_pred)``, ``value``, ``reset()``
+
+A factory's keyword defaults say the types a config's ``*_args`` may give (``phd_lab.factory_args``): a numeric
+default refuses strings and booleans, and a boolean default takes only true or false, unless the annotation
+names more than ``bool`` (``canvas: bool | int = False``, checked by the factory itself).
 """
 
 from __future__ import annotations

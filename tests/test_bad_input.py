@@ -132,7 +132,17 @@ CASES = {
     "image_folder_without_train_tree": ({"dataset": "folder:/nonexistent/pets"},
                                         ["has no folder '/nonexistent/pets/train'", "(or val/)"]),
     "download_that_is_no_boolean": ({"dataset": "Cifar10", "dataset_args": {"download": "yes"}},
-                                    ["'download' of dataset 'Cifar10' must be true or false; got 'yes'"]),
+                                    ["dataset_args 'download' of 'Cifar10' must be true or false (its default is "
+                                     "false); got \"yes\""]),
+    # "no" and "false" are non-empty strings: torch trained with AMSGrad and Nesterov momentum
+    "string_for_a_boolean_optimizer_option": ({"optimizer_args": {"lr": 0.003, "amsgrad": "no"}},
+                                              ["optimizer_args 'amsgrad' of 'adam' must be true or false (its default "
+                                               "is false); got \"no\"", "without quotes"]),
+    "string_false_for_nesterov": ({"optimizer": "sgd", "optimizer_args": {"lr": 0.1, "nesterov": "false"}},
+                                  ["optimizer_args 'nesterov' of 'sgd' must be true or false", 'got "false"']),
+    "number_for_a_boolean_model_option": ({"model_args": {"width": 0.0625, "batch_norm": 0}},
+                                          ["model_args 'batch_norm' of 'vgg11' must be true or false (its default is "
+                                           "true); got 0"]),
     "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 (train split) is not in data_dir",
                                                        "cifar-10-batches-py", "download"]),
     # a million DataLoader workers forked until killed; 100,000 threads segfaulted in libgomp; a resolution of
@@ -394,3 +404,33 @@ def test_numbers_that_are_not_finite_are_refused_naming_the_key(tmp_path, capsys
         err = flat(capsys.readouterr().err)
         assert f"the key {key!r} holds" in err and "which is no finite number" in err and "Traceback" not in err
     assert not (tmp_path / "logs").exists()
+
+
+def test_every_boolean_factory_argument_takes_true_and_false_and_only_they_unless_its_annotation_widens_it():
+    """Each built-in factory's argument with a boolean default takes JSON's true and false, and refuses a string
+    or number; an annotation that names more than bool (the datasets' ``canvas: bool | int``) lets the
+    factory's own check decide."""
+    import inspect
+
+    from phd_lab.errors import ConfigError
+    from phd_lab.factory_args import SUPPLIED_ARGS, check_factory_args
+    from phd_lab.registry import Registries
+    registries, checked, widened = Registries(), set(), set()
+    for kind in ("models", "datasets", "optimizers"):
+        for name in registries[kind].names():
+            factory = registries[kind].get(name)
+            for arg, param in inspect.signature(factory).parameters.items():
+                if not isinstance(param.default, bool) or arg in SUPPLIED_ARGS[kind]:
+                    continue
+                check = lambda value: check_factory_args(factory, {arg: value}, kind, name, "exp.json",  # noqa: E731
+                                                         SUPPLIED_ARGS[kind])
+                check(True), check(False)
+                if param.annotation != "bool":
+                    widened.add(arg)
+                    check(24)
+                    continue
+                checked.add(arg)
+                for wrong in ("no", 0, None):
+                    with pytest.raises(ConfigError, match=f"'{arg}' of '{name}' must be true or false"):
+                        check(wrong)
+    assert checked == {"skip", "batch_norm", "download", "augment", "amsgrad", "nesterov"} and widened == {"canvas"}
