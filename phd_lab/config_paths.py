@@ -35,12 +35,19 @@ def extraction_latents_dir(values: Mapping[str, Any]) -> str | None:
 
 
 def absolute_paths(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Folder keys and registry module files as absolute paths: Dask workers with another working
-    directory, and reruns of a logged config from anywhere, use the same places."""
+    """Folder keys, the same keys given to a post-processing step (the extract step's own ``latents_dir``) and
+    registry module files as absolute paths: Dask workers with another working directory, and reruns of a
+    logged config from anywhere, use the same places. Relative ones are relative to the working directory,
+    for a step's as for the top-level keys."""
     result = dict(values)
     for key in PATH_KEYS:
         if result.get(key):
             result[key] = os.path.abspath(os.path.expanduser(result[key]))
+    if isinstance(result.get("post_processing"), list):
+        result["post_processing"] = [
+            {k: os.path.abspath(os.path.expanduser(v)) if k in PATH_KEYS and isinstance(v, str) and v else v
+             for k, v in step.items()} if isinstance(step, Mapping) else step
+            for step in result["post_processing"]]
     result["registries"] = {kind: os.path.abspath(spec) if spec.endswith(".py") else spec
                             for kind, spec in result.get("registries", {}).items()}
     return result

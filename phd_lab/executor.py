@@ -239,8 +239,9 @@ class TrainTestExecutor:
         (versions, device, registry files, defaults in effect), so that the file reproduces the run."""
         # rerunnable: lists that are values stay values; folders absolute, so that the file reruns this run
         # from any working directory (read from inside its run folder it follows the folder, see rundir.py)
-        values = absolute_paths(as_single_point(self.config.values))
+        values = as_single_point(self.config.values)
         values["post_processing"] = json.loads(json.dumps(logged_steps(self.config, self.steps)))
+        values = absolute_paths(values)  # the steps' folders too (the extract step's own latents_dir)
         if self._trained_threads is not None:  # the count the checkpoint was trained with, whatever the config says
             values["cpu_threads"] = self._trained_threads
         elif values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it

@@ -296,6 +296,32 @@ def test_the_logged_config_pins_every_step_parameter_so_a_later_default_cannot_c
     assert json.loads(logged_path.read_text())["post_processing"][1]["random_control"] is False
 
 
+def test_a_step_s_relative_latents_dir_is_logged_absolute_so_the_logged_config_reruns_and_probes_anywhere(
+        tmp_path, capsys, monkeypatch):
+    """The extract step's own latents_dir was logged as written ("lat"), though the top-level folder keys are
+    logged absolute: the logged config, rerun from another folder, extracted again into that folder's lat/, and
+    probe_main.py --config with it looked there and found no latents."""
+    from phd_lab.probes.cli import probe_cli
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    write_config(here, epoch=1, resolution=8, cpu_threads=1, track_saturation=False,
+                 post_processing=[{"name": "extract", "latents_dir": "lat"}])
+    monkeypatch.chdir(here)
+    assert main_in_process(capsys, "--config", "exp.json", "--no-progress")[0] == 0
+    [folder] = run_folders(here / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    assert json.loads(logged_path.read_text())["post_processing"][0]["latents_dir"] == str(here / "lat")
+    manifest = here / "lat" / folder.relative_to(here / "logs") / "latents" / "manifest.json"
+    written = manifest.stat().st_mtime_ns
+    monkeypatch.chdir(elsewhere)
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0 and "Extracted" not in err, err
+    assert probe_cli(["--config", str(logged_path), "-mp", "0", "--solver", "lbfgs", "--train-samples", "100",
+                      "--no-progress", "-q"]) == 0
+    assert (folder / "probe_performances.csv").is_file() and manifest.stat().st_mtime_ns == written
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_only_real_differences_of_the_setup_are_named_not_keys_an_older_meta_lacks():
     """The comparison behind the warnings above, on logged ``_meta`` values as older versions wrote them: a
     default changed to null is named, while what an older ``_meta`` lacks or logged as unknown (no hash of a
