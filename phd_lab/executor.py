@@ -242,6 +242,7 @@ class TrainTestExecutor:
         values = as_single_point(self.config.values)
         values["post_processing"] = json.loads(json.dumps(logged_steps(self.config, self.steps)))
         values = absolute_paths(values)  # the steps' folders too (the extract step's own latents_dir)
+        values["registries"] = self.registries.logged_specs(values["registries"])  # mymods → <cwd>/mymods.py
         if self._trained_threads is not None:  # the count the checkpoint was trained with, whatever the config says
             values["cpu_threads"] = self._trained_threads
         elif values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it
@@ -321,6 +322,8 @@ class TrainTestExecutor:
                 # The keys that shaped the weights keep the values the run was trained with (what
                 # reproduces it); the others (post-processing, analysis, probe, folders) follow the rerun.
                 now = self.logged_config()
+                if "registries" in previous:  # logged by its bare name (by earlier versions): the same file
+                    previous["registries"] = self.registries.logged_specs(previous["registries"])
                 kept, asked = kept_training_values(previous, now, self._trained_threads, self.config.cpu_threads)
                 self._say_setup_differences(old_meta, now[META_KEY], against_logged_run=False)
                 changed = self._changes_to_training(previous, old_meta or {}) if kept else []

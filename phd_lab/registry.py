@@ -25,6 +25,7 @@ import fnmatch
 import functools
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import logging
@@ -271,6 +272,26 @@ def _import_dotted(spec: str) -> ModuleType:
 BUILT_IN_FOLDER = Path(__file__).resolve().parents[1] / "registries"
 
 
+def working_directory_file(spec: str, module: ModuleType) -> str | None:
+    """The file of a registry module named ``spec`` (a dotted name) that only the working directory holds: a
+    ``mymods.py`` beside where the command started (``_import_dotted``). A logged config names that file
+    instead of the bare name, which another working directory cannot import. None for a module importable from
+    anywhere: installed, or phd-lab's own (``main.py`` puts its checkout on the module path), or a package."""
+    file = getattr(module, "__file__", None)
+    if "." in spec or "/" in spec or not file or Path(file).name == "__init__.py":
+        return None
+    try:
+        cwd, path = Path.cwd().resolve(), Path(file).resolve()
+        if path.parent != cwd:
+            return None
+        # the module path without the working directory (phd-lab's checkout, which main.py puts there, stays)
+        elsewhere = [entry for entry in sys.path if isinstance(entry, str)
+                     and (Path(entry or ".").resolve() != cwd or cwd == BUILT_IN_FOLDER.parent)]
+    except (OSError, RuntimeError):  # a working directory removed since, a loop of links on the module path
+        return None
+    return None if importlib.machinery.PathFinder.find_spec(spec, elsewhere) else str(path)
+
+
 def _warn_if_shadowed(kind: str, file: str | None) -> None:
     """'registries.models' is phd-lab's own module unless a 'registries' package earlier on sys.path (the
     working directory under ``python -m``) shadows it: then runs train other factories under the same names."""
@@ -295,15 +316,29 @@ class Registries:
         self._registries: dict[str, Registry] = {}
         self.files: dict[str, str | None] = {}  # where each module was loaded from (logged with a run)
         self.sha256: dict[str, str | None] = {}  # of the source each module was executed from
+        self.working_directory_files: dict[str, str] = {}  # dotted modules only the working directory holds
         for kind in KINDS:
             module = chosen[kind]
             if isinstance(module, str):
                 module = import_registry_module(module, kind)
+                found = working_directory_file(chosen[kind], module)
+                if found is not None:
+                    self.working_directory_files[kind] = found
             self.files[kind] = getattr(module, "__file__", None)
             self.sha256[kind] = executed_sha256(module)
             if chosen[kind] == DEFAULT_MODULES[kind]:
                 _warn_if_shadowed(kind, self.files[kind])
             self._registries[kind] = Registry.from_module(kind, module)
+
+    def logged_specs(self, specs: Any) -> Any:
+        """A config's 'registries' (``specs``) as a logged config names them: a dotted name these registries
+        found only in the working directory becomes its file's path (``working_directory_file``), so that the
+        logged config reruns from any directory; every other value stays as it is. The file is the module
+        the name loaded, so a run logged with the name by an earlier version has the same setup."""
+        if not isinstance(specs, dict):
+            return specs
+        return {kind: self.working_directory_files.get(kind, spec) if spec == self.modules.get(kind) else spec
+                for kind, spec in specs.items()}
 
     def file_hashes(self) -> dict[str, str | None]:
         """sha256 of the source each registry module was executed from: a custom registry outside the

@@ -196,6 +196,39 @@ def test_a_registry_file_edited_between_two_grids_of_one_process_trains_and_logs
     assert first.file_hashes()["models"] != second.file_hashes()["models"]
 
 
+def test_a_registry_module_found_in_the_working_directory_is_logged_as_its_file_and_reruns_from_anywhere(
+        tmp_path, capsys, monkeypatch):
+    """``"registries": {"models": "mymods"}`` with mymods.py in the working directory was logged as the bare
+    name, so the logged config could not be rerun from another folder ("Cannot import ... 'mymods'"). Its file
+    is logged instead; the run keeps its folder (registries are no part of its identity), and a run logged with
+    the bare name by an earlier version is the same setup, not a changed one."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    module = here / "cwd_models_logged_as_a_file.py"
+    module.write_text(REGISTRY.format(act="relu"))
+    config = write_config(here, epoch=1, cpu_threads=1, model="tiny_cnn", model_args={}, track_saturation=False,
+                          post_processing=[], registries={"models": module.stem})
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])  # as under main.py
+    monkeypatch.chdir(here)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress")
+    assert code == 0, err
+    [folder] = run_folders(here / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    assert logged["registries"] == {"models": str(module)}
+    monkeypatch.chdir(elsewhere)
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0 and "already finished" in err, err
+    assert run_folders(here / "logs") == [folder] and list(elsewhere.iterdir()) == []
+    # a run logged with the bare name (before this version): rerunning its experiment config is no other setup
+    logged_path.write_text(json.dumps({**logged, "registries": {"models": module.stem}}))
+    monkeypatch.chdir(here)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress")
+    assert code == 0 and "already finished" in err and "differs from the logged config" not in err, err
+    assert json.loads(logged_path.read_text())["registries"] == {"models": str(module)}
+    assert run_folders(here / "logs") == [folder]
+
+
 def _checkout_copy(target: Path) -> Path:
     """The tracked files of this checkout, as they are now, committed in a new repository at ``target``."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
