@@ -421,7 +421,7 @@ class TrainTestExecutor:
         self._objective = check_objective(cfg, model, forward=False, factory=self.registries.models.get(cfg.model)).name
         optimizer, scheduler = self.build_optimizer(model)
         metrics = {name.lower(): self.registries.metrics.get(name)() for name in cfg.metrics}
-        rundir = self.rundir.create()
+        rundir = self.rundir
         with writable_lock(rundir) as lock, atomic.existing_folder(rundir.root, lock=lock), run_log(rundir.log):
             log.info("Run folder %s", rundir.root)
             if note:  # said in the run's log, now that it is open

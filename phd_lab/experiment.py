@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from tqdm import tqdm
 
-from phd_lab.atomic import check_writable_dir
+from phd_lab.atomic import check_writable_dir, nearest_existing
 from phd_lab.config_paths import absolute_paths
 from phd_lab.device import parse_device, resolve_device
 from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line
@@ -113,6 +113,9 @@ class Main:
         for logs_dir in sorted({e.config.logs_dir for e in executors}):
             try:
                 check_writable_dir(logs_dir, "logs_dir", grid.where)
+                for index, executor in enumerate(executors):
+                    if executor.config.logs_dir == logs_dir:
+                        _check_run_folder(executor.rundir.root, logs_dir, index, grid.where)
             except ConfigError as error:
                 if self.missing_data != "warn":  # a dry run writes nothing: it may read a read-only archive
                     raise
@@ -211,6 +214,17 @@ class Main:
                  device: str | None = None) -> list[RunOutcome]:
         grid = self.load(config_path, run_id=run_id, device=device)
         return self.run(grid, chosen_indices(grid, index))
+
+
+def _check_run_folder(root: Path, logs_dir: str, index: int, where: str) -> None:
+    """Refuse a file in logs_dir where a folder above run ``index``'s folder ``root`` must go (``logs/vgg11``
+    written as a file): the run could not make its folder, and failed with a NotADirectoryError traceback when
+    it started (other runs of the grid trained first), while --dry-run called it new."""
+    blocking = nearest_existing(root)
+    if not blocking.is_dir():
+        raise ConfigError(f"{where}: the folder of run {index}, {root}, cannot be made inside logs_dir "
+                          f"{logs_dir!r}, but {str(blocking)!r} is a file where a folder must go; move the file "
+                          f"away or choose another logs_dir.")
 
 
 def _warn_of_repeated_runs(grid: Grid, executors: list[TrainTestExecutor]) -> None:

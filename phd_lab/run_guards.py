@@ -14,6 +14,7 @@ from typing import Iterator
 
 import torch
 
+from phd_lab.atomic import nearest_existing
 from phd_lab.errors import DataError, RunDiverged, RunFolderLost, RunStopped, Terminated, UsageError
 from phd_lab.lock import RunLock
 from phd_lab.rundir import RunDir
@@ -39,8 +40,17 @@ class cpu_threads:
 
 @contextlib.contextmanager
 def writable_lock(rundir: RunDir) -> Iterator[RunLock]:
-    """The run folder's lock, held while the block runs; a folder that cannot be written (a read-only mount,
-    no permission) is said in one line instead of an OSError from the lock file."""
+    """The run folder, made where it is missing, and its lock, held while the block runs; a folder that cannot
+    be made (a file where a folder above it must go, put there after the up-front checks) or written (a
+    read-only mount, no permission) is said in one line instead of an OSError from mkdir or the lock file."""
+    try:
+        rundir.create()
+    except OSError as error:
+        blocking = nearest_existing(rundir.root)
+        why = (f"{str(blocking)!r} is a file where a folder must go" if not blocking.is_dir()
+               else error.strerror or str(error))
+        raise DataError(f"The run folder {str(rundir.root)!r} cannot be created ({why}); a run needs its folder "
+                        f"for its lock, log, checkpoints and results.") from None
     lock = RunLock(rundir.lock)
     try:
         lock.acquire()

@@ -284,3 +284,41 @@ def test_a_path_key_through_a_symlink_loop_is_a_config_error_naming_the_key(over
         assert err.startswith("error: ") and "Traceback" not in err, err
         assert key in err and "loop of symbolic links" in err, err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a", "b", "exp.json"]
+
+
+@pytest.mark.parametrize("blocking", ["vgg11", "vgg11/Digits_8", "vgg11/Digits_8/0"])
+def test_a_file_where_a_folder_of_the_run_must_go_is_named_up_front(blocking, tmp_path, capsys):
+    """A file in logs_dir where a folder above the run's must go (a shared tree, a stray download): --dry-run
+    said "new" without a word, and the run failed with a NotADirectoryError traceback and "failed before a run
+    log was opened (while building the data, model or optimizer)". As for a logs_dir that cannot be written,
+    the dry run (which writes nothing) warns."""
+    config = write_config(tmp_path, **FAST)
+    file = tmp_path / "logs" / blocking
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("not a folder")
+    for extra, status in (([], 2), (["--dry-run"], 0)):
+        code = main_cli(["--config", str(config), "--no-progress", *extra])
+        err = flat(capsys.readouterr().err)
+        assert code == status, err
+        assert "Traceback" not in err and "before a run log" not in err and "before its run log" not in err, err
+        assert f"the folder of run 0, {tmp_path / 'logs' / 'vgg11' / 'Digits_8' / '0'}/" in err, err
+        assert f"but {str(file)!r} is a file where a folder must go" in err and "logs_dir" in err, err
+        assert err.startswith("error: ") if status else "WARNING" in err
+    assert file.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["exp.json", "logs"]
+
+
+def test_a_run_folder_made_impossible_after_the_checks_is_one_clear_line(tmp_path):
+    """Where a file takes a folder's place between the up-front checks and the run (another process), creating
+    the run folder is a DataError naming it, not a NotADirectoryError traceback."""
+    from phd_lab.errors import DataError
+    from phd_lab.rundir import RunDir
+    from phd_lab.run_guards import writable_lock
+    [run] = Grid(json.loads(write_config(tmp_path, **FAST).read_text()))
+    rundir = RunDir.for_run(run)
+    (tmp_path / "logs").write_text("not a folder")
+    with pytest.raises(DataError) as raised:
+        with writable_lock(rundir):
+            pass
+    message = flat(str(raised.value))
+    assert f"The run folder {str(rundir.root)!r} cannot be created" in message, message
+    assert f"({str(tmp_path / 'logs')!r} is a file where a folder must go)" in message, message
