@@ -72,7 +72,9 @@ class run_log:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.handler = logging.FileHandler(path, encoding="utf-8")
+        # a config path with a byte that is no UTF-8 (a lone surrogate in the str) is written escaped: strict
+        # UTF-8 printed "--- Logging error ---" for each record naming the file, and the record was lost
+        self.handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
     def __enter__(self) -> None:

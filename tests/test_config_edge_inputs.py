@@ -10,7 +10,7 @@ import pytest
 
 from phd_lab.cli import main_cli
 from phd_lab.grid import Grid
-from tests.conftest import main_in_process, run_folders, write_config
+from tests.conftest import main_in_process, run_folders, run_main, run_name, write_config
 
 # Two learning rates whose runs' identities (the config below) share the CRC-32 c998f298 (found by a search of
 # random rates); and two deltas that share one (delta is not in the folder's readable part: same folder name)
@@ -322,3 +322,19 @@ def test_a_run_folder_made_impossible_after_the_checks_is_one_clear_line(tmp_pat
     message = flat(str(raised.value))
     assert f"The run folder {str(rundir.root)!r} cannot be created" in message, message
     assert f"({str(tmp_path / 'logs')!r} is a file where a folder must go)" in message, message
+
+
+def test_a_config_file_name_that_is_no_utf8_reaches_the_run_log(tmp_path):
+    """``main.py --config $'x\\xff.json'``: the byte the file system allows in a name is a lone surrogate in the
+    path, and the run log's strict UTF-8 handler printed "--- Logging error ---" with a traceback for every
+    record that named the file, which never reached the log. It is written escaped, as stderr writes it (a real
+    process: pytest's captured stderr is strict)."""
+    import os
+    config = write_config(tmp_path, **{**FAST, "track_saturation": True}, tracking_fast=True)
+    odd = config.rename(tmp_path / os.fsdecode(b"x\xff.json"))
+    result = run_main("--config", str(odd), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "Logging error" not in result.stderr and "UnicodeEncodeError" not in result.stderr, result.stderr
+    [folder] = run_folders(tmp_path / "logs")
+    log_text = (folder / f"{run_name(folder)}.log").read_text(encoding="utf-8")
+    assert f"{tmp_path}/x\\udcff.json (run 0): 'tracking_fast' is retired" in log_text, log_text
