@@ -182,10 +182,11 @@ class Main:
             command = uuid.uuid4().hex[:12]  # two commands on one scheduler must not share (and skip) tasks
             stop_event = f"stop-{command}"  # set when this command is stopped: its tasks end then too
             for index in chosen:
-                cfg = configs[index]
-                tasks.append((f"train-{index}-{self.executors[index].rundir.root.name}-{command}", train_point,
-                              (absolute_paths(cfg.values), cfg.source, overrides, stop_event),
-                              task_resources(devices[index], gpus)))
+                cfg, executor = configs[index], self.executors[index]
+                values = absolute_paths(cfg.values)  # a worker's working directory is not this one:
+                values["registries"] = executor.registries.logged_specs(values["registries"])  # mymods → its file
+                tasks.append((f"train-{index}-{executor.rundir.root.name}-{command}", train_point,
+                              (values, cfg.source, overrides, stop_event), task_resources(devices[index], gpus)))
             log.info("Submitting %d run(s) to %s", len(tasks), scheduler)
             results = submit_and_collect(client, tasks, "grid", progress=self.progress, stop_event=stop_event)
         outcomes, usage_errors = [], []

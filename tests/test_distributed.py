@@ -81,6 +81,23 @@ def test_grid_on_cluster_writes_the_same_files_as_sequential(tmp_path, cluster, 
         assert "already finished 2 epochs" in (folder / f"{run_name(folder)}.log").read_text()
 
 
+def test_a_registry_module_of_the_working_directory_reaches_workers_started_elsewhere(tmp_path, cluster, capsys,
+                                                                                     monkeypatch):
+    """A dotted registry name that only the command's working directory holds ("mymods" for ./mymods.py) went
+    to the workers as that name, and a worker started in another folder could not import it."""
+    (tmp_path / "mymods.py").write_text(
+        "from torch import nn\n"
+        "def net(*, num_classes, in_channels=3):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    monkeypatch.chdir(tmp_path)  # the cluster's workers started in the checkout
+    config = write_config(tmp_path, model="net", model_args={}, epoch=1, cpu_threads=1, track_saturation=False,
+                          post_processing=[], registries={"models": "mymods"})
+    assert main_cli(["--config", str(config), "--no-progress", "-q", "--scheduler", cluster.scheduler_address]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged = json.loads((folder / f"{run_name(folder)}_config.json").read_text())
+    assert logged["registries"] == {"models": str((tmp_path / "mymods.py").resolve())}
+
+
 def test_failing_point_is_reported_while_the_others_finish(tmp_path, cluster, capsys):
     module = tmp_path / "fragile.py"
     module.write_text(
