@@ -226,3 +226,19 @@ def test_a_lone_surrogate_is_refused_naming_the_field(tmp_path, field, change):
     err = probe_main(folder, tmp_path)
     assert f"{field} is" in err and "which is not valid Unicode text" in err
     _run_folder_holds_only_its_latents(tmp_path)
+
+
+def test_a_run_folder_whose_name_holds_a_byte_that_is_no_utf8_is_probed(tmp_path):
+    """A run folder below ``x\\xff`` (a byte a file system allows, no UTF-8) gets run_dir "...x\\udcff..." in its
+    manifest: that is the name Python gives the folder, not a lone surrogate to refuse. The probe log wrote every
+    record naming the folder as "--- Logging error ---" instead; it is written escaped."""
+    import os
+    odd = tmp_path / os.fsdecode(b"x\xff")
+    folder = latents(odd)
+    done = subprocess.run([sys.executable, "probe_main.py", "--latents", os.fsencode(folder), "-mp", "0",
+                           "--solver", "lbfgs", "--no-progress"], cwd=ROOT, capture_output=True, timeout=120)
+    stderr = done.stderr.decode("utf-8", "backslashreplace")
+    assert done.returncode == 0 and "Logging error" not in stderr, stderr
+    assert (odd / "run" / "probe_performances.csv").is_file()
+    log_text = (odd / "run" / "probe.log").read_text(encoding="utf-8")
+    assert f"{tmp_path}/x\\udcff/run/latents: probe results in" in log_text, log_text

@@ -104,7 +104,10 @@ def _fail(manifest: Path, what: str) -> DataError:
                      f"step (python main.py --config ... with post_processing 'extract') to rewrite it.")
 
 
-def _require(mapping: Any, key: str, kind: type, manifest: Path, where: str) -> Any:
+def _require(mapping: Any, key: str, kind: type, manifest: Path, where: str, *, path: bool = False) -> Any:
+    """``mapping[key]``, a non-empty ``kind``. A string must be text: a lone surrogate ("\\ud800") is legal JSON,
+    and file names, logs and plots raised on it. A ``path`` may hold the escapes (U+DC80–U+DCFF) by which Python
+    names a file-system byte that is no UTF-8 (a run folder below ``x\\xff``)."""
     if not isinstance(mapping, dict) or key not in mapping:
         raise _fail(manifest, f"{where or 'the top level'} has no {key!r}")
     value = mapping[key]
@@ -114,13 +117,13 @@ def _require(mapping: Any, key: str, kind: type, manifest: Path, where: str) -> 
     if isinstance(value, str) and "\0" in value:  # Path.resolve() and open() raise ValueError on it
         raise _fail(manifest, f"{field} is {json.dumps(value)[:60]}, which holds a NUL character (\\u0000); no file "
                               f"name or path can hold one")
-    if isinstance(value, str):  # a lone surrogate ("\ud800") is legal JSON; file names and logs raised on it
+    if isinstance(value, str):
         try:
-            value.encode("utf-8")
+            value.encode("utf-8", "surrogateescape" if path else "strict")
         except UnicodeEncodeError as error:
             raise _fail(manifest, f"{field} is {json.dumps(value)[:60]}, which is not valid Unicode text (a lone "
-                                  f"surrogate at character {error.start}); names and paths must be UTF-8 "
-                                  f"text") from None
+                                  f"surrogate at character {error.start}); names must be UTF-8 text, and paths "
+                                  f"the names the file system gives") from None
     return value
 
 
@@ -204,12 +207,12 @@ def read_manifest(folder: Path | str) -> Manifest:
     path = folder / MANIFEST
     _require_manifest_file(folder, path)
     raw = _load_json(path)
-    run_dir = _require(raw, "run_dir", str, path, "")
+    run_dir = _require(raw, "run_dir", str, path, "", path=True)
     dtype = _require(raw, "dtype", str, path, "")
     accuracy = _model_test_accuracy(raw, path)
     labels = _require(raw, "labels", dict, path, "")
-    label_files = {split: _inside(folder, _require(labels, split, str, path, "labels"), path, f"labels.{split}")
-                   for split in SPLITS}
+    label_files = {split: _inside(folder, _require(labels, split, str, path, "labels", path=True), path,
+                                  f"labels.{split}") for split in SPLITS}
     label_shas = _sha_pair(labels, path, "labels")
     entries = _require(raw, "layers", list, path, "")
     if not entries:
@@ -298,7 +301,7 @@ def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str,
         if len(present) == 1:
             raise DataError(f"The train and eval layer sets in {str(path)!r} differ: layer {name!r} has only a "
                             f"{present[0]} file. Both splits need the same layers; rerun the extraction step.")
-        files = {split: _require(entry, split, str, path, where) for split in SPLITS}
+        files = {split: _require(entry, split, str, path, where, path=True) for split in SPLITS}
         paths = {split: _inside(folder, files[split], path, f"{where}.{split}") for split in SPLITS}
         shas = _sha_pair(entry, path, where)
         if name in seen_names:

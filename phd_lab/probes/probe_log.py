@@ -52,7 +52,9 @@ class ProbeLogs:
             files.setdefault(Path(path), []).append(position)
         handler_of = {}
         for path, positions in files.items():
-            handler = logging.FileHandler(path, encoding="utf-8")  # appended: every job that probed the run
+            # appended: every job that probed the run; a path byte that is no UTF-8 is written escaped (strict
+            # UTF-8 printed "--- Logging error ---" for each record naming such a path, and lost the record)
+            handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
             handler.setFormatter(logging.Formatter(FORMAT))
             handler.addFilter(_ForOneRun(positions))
             handler_of.update(dict.fromkeys(positions, len(self.handlers)))
