@@ -27,8 +27,8 @@ from torchvision import transforms
 
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.digits import digits_tensors
-from phd_lab.datasets.folders import (class_folders, holds_an_image, require_images_in_every_class,
-                                     require_two_classes)
+from phd_lab.datasets.folders import (class_folders, holds_an_image, no_image_error, require_images_in_every_class,
+                                     require_known_classes, require_two_classes)
 from phd_lab.datasets.torchvision_sets import (SOURCES, check_source, evaluation_folder, folder_source,
                                                load_image_dataset)
 from phd_lab.datasets.transforms import NO_NORMALISATION
@@ -180,16 +180,21 @@ _RELATIVE_WARNED: set[str] = set()
 
 def _check_folder(path: str, data_dir: str, resolution: int | None = None, **dataset_args: Any) -> None:
     """Before any point trains: the folder has train/ with at least two class folders that hold an image,
-    and test/ or val/; the dataset_args fit the resolution (the images themselves are read when it runs)."""
+    and test/ or val/ with an image and no class train/ lacks; the dataset_args fit the resolution (the images
+    themselves are read when it runs)."""
     base = Path(path).expanduser()
     train = base / "train"
     if not train.is_dir():
         raise DataError(f"The image folder dataset {'folder:' + path!r} has no folder {str(train)!r}; it needs "
                         f"{folder_source(path).expected}.")
-    evaluation_folder(base)
+    evaluation = evaluation_folder(base)
     classes = class_folders(train)
     require_two_classes(train, classes)
     require_images_in_every_class(train, [name for name in classes if not holds_an_image(train / name)])
+    evaluation_classes = class_folders(evaluation)
+    require_known_classes(evaluation, evaluation_classes, classes)
+    if not any(holds_an_image(evaluation / name) for name in evaluation_classes):
+        raise no_image_error(evaluation)
     check_source(folder_source(path), data_dir, resolution=resolution, **dataset_args)
     if not Path(path).expanduser().is_absolute() and path not in _RELATIVE_WARNED:
         _RELATIVE_WARNED.add(path)  # once per process, not once per grid point

@@ -442,6 +442,29 @@ def test_a_relative_image_folder_is_named_with_the_directory_a_rerun_must_start_
     assert f"read here as {tmp_path / 'pets'}" in warnings[0] and f"must start from {tmp_path}" in warnings[0]
 
 
+@pytest.mark.parametrize("layout, message", [
+    ({"test/birds": 1}, "class folder(s) ['birds'] that the training split lacks"),
+    ({"test/cats": -1, "test/dogs": -1}, "test' holds no image"),
+])
+def test_a_broken_evaluation_folder_is_refused_before_any_point_of_the_grid_trains(tmp_path, capsys, layout,
+                                                                                  message):
+    """The check before training read only train/ and whether test/ existed: a grid's Digits point trained for
+    hours, then the folder's point failed (exit 1) on an evaluation class train/ lacks or a test/ without images."""
+    from tests.conftest import main_in_process, write_config
+    _pets(tmp_path / "pets")
+    for folder, count in layout.items():
+        if count < 0:
+            shutil.rmtree(tmp_path / "pets" / folder)
+            (tmp_path / "pets" / folder).mkdir()
+        for i in range(count):
+            write_image(tmp_path / "pets" / folder / f"{i}.png", value=i)
+    config = write_config(tmp_path, dataset=["Digits", f"folder:{tmp_path / 'pets'}"])
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    err = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err and message in err, err
+    assert not (tmp_path / "logs").exists()
+
+
 def _pets(root: Path, classes=("cats", "dogs"), train: int = 3, test: int = 1) -> Path:
     for split, count in (("train", train), ("test", test)):
         for c, name in enumerate(classes):

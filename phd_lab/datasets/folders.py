@@ -86,6 +86,20 @@ def require_two_classes(directory: str | Path, present: list[str]) -> None:
                         f"classifier needs at least two, as <split>/<class>/<image files>.")
 
 
+def require_known_classes(directory: str | Path, present: list[str], training: list[str]) -> None:
+    """An evaluation split may lack a training class, but a class of its own no model could ever predict."""
+    unknown = sorted(set(present) - set(training))
+    if unknown:
+        raise DataError(f"The evaluation folder {str(directory)!r} has class folder(s) {unknown[:10]} that the "
+                        f"training split lacks, so a model could never predict them; add them to train/ or "
+                        f"remove them.")
+
+
+def no_image_error(root: str | Path) -> DataError:
+    return DataError(f"The image folder {str(root)!r} holds no image ({', '.join(sorted(IMG_EXTENSIONS))}) in "
+                     f"its class folders; expected <split>/<class>/<image files>.")
+
+
 def require_images_in_every_class(directory: str | Path, empty: list[str]) -> None:
     if empty:
         raise DataError(f"The training folder {str(directory)!r} has class folder(s) {empty[:10]} without "
@@ -106,19 +120,14 @@ class FixedClassImageFolder(ImageFolder):
         check_no_directory_loop(root)
         super().__init__(str(root), loader=load_image, **kwargs)
         if not self.samples:
-            raise DataError(f"The image folder {str(root)!r} holds no image ({', '.join(sorted(IMG_EXTENSIONS))}) in "
-                            f"its class folders; expected <split>/<class>/<image files>.")
+            raise no_image_error(root)
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         present = class_folders(directory)
         if self._given_classes is None:
             require_two_classes(directory, present)
             return present, {name: i for i, name in enumerate(present)}
-        unknown = sorted(set(present) - set(self._given_classes))
-        if unknown:
-            raise DataError(f"The evaluation folder {str(directory)!r} has class folder(s) {unknown[:10]} that the "
-                            f"training split lacks, so a model could never predict them; add them to train/ or "
-                            f"remove them.")
+        require_known_classes(directory, present, self._given_classes)
         return list(self._given_classes), {name: i for i, name in enumerate(self._given_classes)}
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None,
