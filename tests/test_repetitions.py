@@ -232,6 +232,23 @@ def test_a_foreign_file_in_the_tables_place_is_never_replaced(repeated_grid, tmp
     assert foreign.read_text() == "epoch,loss\n1,0.5\n" and not (logs / "report.html").exists()
 
 
+def test_a_page_whose_name_shares_another_pages_stem_is_refused(repeated_grid, tmp_path, capsys):
+    """The tables are named after the page's stem: a report written to r.htm beside r.html removed r.html's
+    tables (or replaced them with other runs' statistics), and r.html's links broke, with exit status 0."""
+    logs = tmp_path / "logs"
+    shutil.copytree(repeated_grid, logs)
+    assert main_report([str(logs), "--out", str(tmp_path / "r.html"), "--no-progress"]) == 0
+    tables = {path: path.read_bytes() for path in tmp_path.glob("r_*.csv")}
+    assert len(tables) == 2
+    assert main_report([str(logs), "--out", str(tmp_path / "r.htm"), "--no-progress"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the report page {str(tmp_path / 'r.html')!r} beside it has the same name before its suffix" in err
+    assert "r_saturation_stability.csv" in err and "Traceback" not in err
+    assert {path: path.read_bytes() for path in tmp_path.glob("r_*.csv")} == tables
+    assert not (tmp_path / "r.htm").exists()
+    assert main_report([str(logs), "--out", str(tmp_path / "r.html"), "--no-progress"]) == 0  # its own page
+
+
 def test_tables_of_groups_that_are_gone_are_removed(repeated_grid, tmp_path):
     logs = tmp_path / "logs"
     shutil.copytree(repeated_grid, logs)

@@ -66,6 +66,22 @@ def _is_report(path: Path) -> bool:
     return f"<title>{TITLE}".encode() in head
 
 
+def _refuse_a_page_sharing_the_tables(out_path: Path, table: Path) -> None:
+    """Refuse ``--out r.htm`` beside the report page ``r.html``: the tables of repeated runs are named after the
+    page's stem (``r_saturation_stability.csv``), so the new report would replace that page's tables with other
+    runs' statistics, or remove them and leave its links broken."""
+    try:
+        siblings = [path for path in out_path.parent.iterdir() if path.stem == out_path.stem and path != out_path]
+    except OSError:  # no such folder yet: no page in it
+        return
+    for page in sorted(siblings):
+        if page.is_file() and _is_report(page):
+            raise UsageError(f"--out {str(out_path)!r}: the report page {str(page)!r} beside it has the same name "
+                             f"before its suffix, and the tables of repeated runs are named after it ({table.name}): "
+                             f"this report would replace or remove that page's tables. Pass another --out name, or "
+                             f"that page's own.")
+
+
 def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh: bool = True,
                  progress: bool = False, alpha: float = DEFAULT_ALPHA, processes: int | None = None) -> Path:
     """Analyse all runs of ``logs_dir`` and write the report, with the tables of its repeated runs beside
@@ -107,6 +123,7 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
         if path.exists() and not is_repetition_table(path):
             raise UsageError(f"{str(path)!r} exists and is no table of a phd-lab report; the report would replace "
                              f"it with the statistics of its repeated runs. Pass another --out or move that file.")
+    _refuse_a_page_sharing_the_tables(out_path, tables[REPETITION_TABLES[0]])
     check_writable_dir(str(out_path.parent), "--out", "report", subject="the folder of --out")  # before any
     # run folder is refreshed; then a killed report's temp page (15 minutes old), and nothing else of that folder
     for name in [out_path.name, *(path.name for path in tables.values())]:
