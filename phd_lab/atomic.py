@@ -119,9 +119,29 @@ def replace(source: Path, target: Path) -> None:
         raise
 
 
+def link_once(source: Path, target: Path) -> None:
+    """Publish ``source`` as ``target`` unless ``target`` exists (then FileExistsError), with no moment in which
+    two writers both see it missing: a hard link fails on an existing name, where a rename replaces it. A file
+    system without hard links falls back to a check and a rename."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if Path(target).exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+        replace(source, target)
+        return
+    os.unlink(source)
+
+
 @contextlib.contextmanager
-def atomic_open(path: Path | str, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
-    """Open a temp file beside ``path``; on clean exit fsync it and rename it over ``path``."""
+def atomic_open(path: Path | str, mode: str = "wb", *, publish: Callable[[Path, Path], None] = replace,
+                **kwargs: Any) -> Iterator[IO]:
+    """Open a temp file beside ``path``; on clean exit fsync it and rename it over ``path`` (or ``publish`` it:
+    ``link_once`` keeps an existing ``path``)."""
     path = Path(path)
     make_folder(path.parent)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -132,7 +152,7 @@ def atomic_open(path: Path | str, mode: str = "wb", **kwargs: Any) -> Iterator[I
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        replace(tmp, path)
+        publish(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -179,6 +199,17 @@ def write_text(path: Path | str, text: str) -> None:
 
 def write_json(path: Path | str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_json_once(path: Path | str, obj: Any) -> bool:
+    """``write_json`` unless ``path`` exists (``link_once``): whether this call wrote it. Of two processes
+    writing the same new file, exactly one does."""
+    try:
+        with atomic_open(path, "w", encoding="utf-8", publish=link_once) as handle:
+            handle.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    except FileExistsError:
+        return False
+    return True
 
 
 def write_csv(path: Path | str, frame: "Any", **to_csv_kwargs: Any) -> None:

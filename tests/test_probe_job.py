@@ -139,6 +139,37 @@ def test_unreadable_cache_entry_is_refitted(tmp_path):
     assert json.loads(entry.read_text())["record"]["layer"] == "block0.conv"
 
 
+def _put_in_turn(folder: str, seconds: float, barrier, results) -> None:
+    """Put a record of ``seconds`` under 40 keys, each at the moment the other process puts its own."""
+    from phd_lab.probes.fit import ProbeRecord
+    cache = ResultCache(folder)
+    record = ProbeRecord(1, "conv", "saga", 0.5, 0.5, 3, True, seconds, 10, 10, 4)
+    kept = []
+    for key in range(40):
+        barrier.wait()
+        kept.append(cache.put({"layer": key}, record).seconds)
+    results.put((seconds, kept))
+
+
+def test_of_two_jobs_putting_the_same_key_at_once_both_keep_the_first_stored_record(tmp_path):
+    """"The first writer wins" read the entry, then wrote it: two jobs sharing a cache could both find it missing,
+    and the one that wrote last replaced the record the other had already written into its run's table."""
+    import multiprocessing
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    writers = [context.Process(target=_put_in_turn, args=(str(tmp_path), seconds, barrier, results))
+               for seconds in (1.0, 2.0)]
+    for writer in writers:
+        writer.start()
+    kept = dict(results.get(timeout=120) for _ in writers)
+    for writer in writers:
+        writer.join(30)
+    cache = ResultCache(tmp_path)
+    stored = [cache.get({"layer": key}).seconds for key in range(40)]
+    assert kept[1.0] == kept[2.0] == stored
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
 def test_a_cache_entry_stored_under_another_key_is_not_taken(tmp_path, caplog):
     """An entry is found by the digest of its key, and it holds the key itself: an entry whose key differs (a
     copied or damaged cache file) is a miss, not another probe's result."""

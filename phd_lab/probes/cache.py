@@ -18,7 +18,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from phd_lab.atomic import nearest_existing, write_json
+from phd_lab.atomic import nearest_existing, write_json, write_json_once
 from phd_lab.environment import installed_version
 from phd_lab.errors import UsageError
 from phd_lab.probes.fit import ProbeRecord
@@ -95,29 +95,36 @@ class ResultCache:
 
     def get(self, key: dict[str, Any]) -> ProbeRecord | None:
         """The stored record, or None on a miss (an unreadable entry counts as a miss)."""
-        path = self.path(key)
+        record, problem = self._read(key)
+        if problem is not None:
+            log.warning("ignoring probe cache entry %s (%s); the layer is refitted", self.path(key), problem)
+        return record
+
+    def _read(self, key: dict[str, Any]) -> tuple[ProbeRecord | None, str | None]:
+        """The stored record (None where there is none) and what is wrong with an entry that cannot be used."""
         try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
+            entry = json.loads(self.path(key).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return None
+            return None, None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            log.warning("ignoring unreadable probe cache entry %s (%s); the layer is refitted", path, error)
-            return None
+            return None, f"unreadable: {error}"
         if not isinstance(entry, dict) or entry.get("key") != key:
-            log.warning("ignoring probe cache entry %s: its key does not match; the layer is refitted", path)
-            return None
+            return None, "its key does not match"
         try:
-            return ProbeRecord.from_json(entry["record"])
+            return ProbeRecord.from_json(entry["record"]), None
         except (KeyError, TypeError) as error:
-            log.warning("ignoring malformed probe cache entry %s (%s); the layer is refitted", path, error)
-            return None
+            return None, f"malformed: {error}"
 
     def put(self, key: dict[str, Any], record: ProbeRecord) -> ProbeRecord:
         """Store ``record`` unless the cache holds a record for ``key`` already; return the one it holds. The
-        first writer wins: two runs with identical latents (one key) are both fitted in one job, and the second
-        fit overwrote the first's ``seconds``, so a repeated or resumed job rewrote the first run's table."""
-        stored = self.get(key)
+        first writer wins, also between two jobs sharing the cache (``write_json_once``): two runs with identical
+        latents (one key) are both fitted, and the second fit overwrote the first's ``seconds``, so a repeated or
+        resumed job rewrote the first run's table. An unusable entry in the way is replaced."""
+        document = {"key": key, "record": record.to_json()}
+        if write_json_once(self.path(key), document):
+            return record
+        stored, _ = self._read(key)
         if stored is not None:
             return stored
-        write_json(self.path(key), {"key": key, "record": record.to_json()})
+        write_json(self.path(key), document)
         return record
