@@ -189,3 +189,30 @@ def _file_is_damaged(error: BaseException) -> bool:
     if isinstance(error, MemoryError):
         return False
     return getattr(error, "errno", None) not in _TRANSIENT_ERRNOS
+
+
+def misfit(store: CheckpointStore, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
+    """The first way the store's checkpoint does not fit ``model`` and ``optimizer`` (a weight the model lacks or
+    has in another shape, other parameter groups), or None (no checkpoint, or it fits). Read from the memory-mapped
+    file, so it is cheap before a run takes its folder: a run folder holds the run of other model code where
+    another registry file builds the same model name differently (``registries`` is not part of the folder)."""
+    weights = store.peek("model")
+    if not isinstance(weights, dict):
+        return None
+    own = model.state_dict()
+    for name in own:
+        if name not in weights:
+            return f"the checkpoint has no {name!r}"
+    for name in weights:
+        if name not in own:
+            return f"the model has no {name!r}"
+    for name, tensor in own.items():
+        saved = getattr(weights[name], "shape", None)
+        if saved is not None and not torch.nn.parameter.is_lazy(tensor) and tuple(saved) != tuple(tensor.shape):
+            return f"{name} has shape {list(saved)} in the checkpoint and {list(tensor.shape)} in the model"
+    groups = (store.peek("optimizer") or {}).get("param_groups")
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if isinstance(groups, list) and [len(group.get("params", ())) for group in groups] != sizes:
+        return f"the optimizer's parameter groups hold {[len(g.get('params', ())) for g in groups]} parameters " \
+               f"in the checkpoint and {sizes} in the model"
+    return None

@@ -19,7 +19,7 @@ from torch import nn
 
 from phd_lab import atomic
 from phd_lab.callbacks import Callback, MetricsCSV, RunFolderGuard
-from phd_lab.checkpoint import CheckpointStore
+from phd_lab.checkpoint import CheckpointStore, misfit
 from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point, names_another_run
 from phd_lab.config_paths import absolute_paths
 from phd_lab.data import DataBundle
@@ -422,6 +422,7 @@ class TrainTestExecutor:
         optimizer, scheduler = self.build_optimizer(model)
         metrics = {name.lower(): self.registries.metrics.get(name)() for name in cfg.metrics}
         rundir = self.rundir
+        self._refuse_another_model(model, optimizer)
         with writable_lock(rundir) as lock, atomic.existing_folder(rundir.root, lock=lock), run_log(rundir.log):
             log.info("Run folder %s", rundir.root)
             if note:  # said in the run's log, now that it is open
@@ -466,6 +467,18 @@ class TrainTestExecutor:
                     log.warning("The analysis of %s could not be refreshed (python -m phd_lab report retries): %s: %s",
                                 cfg.name, type(error).__name__, error)
         return rundir
+
+    def _refuse_another_model(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse a run folder whose checkpoint does not fit the model this config builds, before the folder is
+        taken, logged into or its config rewritten: its run was trained with other model code."""
+        store = CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint)
+        found = misfit(store, model, optimizer)
+        if found is not None:
+            raise UsageError(
+                f"{self.config.source}: the checkpoint {str(store.path)!r} does not fit the model this config builds "
+                f"({found}): the run folder holds a run of other model code (another registry file that builds "
+                f"the same model name differently, or a factory changed since). Train this model under another "
+                f"run_id, or rerun the run's logged config with the code it was trained with.")
 
     def _post_process(self, context: StepContext, stamps: StepStamps, lock: RunLock) -> None:
         """Run the post-processing steps on the trained model in order, skipping a step whose stamp says its

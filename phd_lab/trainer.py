@@ -75,20 +75,9 @@ class Trainer:
             "cpu_threads": torch.get_num_threads(),  # float sums depend on it: a resume goes on with it
         }
 
-    def load_state_dict(self, state: dict[str, Any], bundle: DataBundle, source: Any = "the checkpoint") -> None:
-        """Restore a ``state_dict``. Weights or optimizer state that do not fit the model this config builds (the
-        run folder holds a run of other model code: another registry file, or a factory changed since) are
-        refused with the first difference, before anything of the run is changed."""
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError) as error:
-            details = [line.strip() for line in str(error).splitlines() if line.strip()]
-            raise UsageError(
-                f"{source} does not fit the model this config builds ({' '.join(details[:2])}): the run folder "
-                f"holds a run of other model code (another registry file, or a factory changed since; the run's "
-                f"log names the registry code that differs). Train this model under another run_id, or rerun the "
-                f"run's logged config with the code it was trained with.") from None
+    def load_state_dict(self, state: dict[str, Any], bundle: DataBundle) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -106,7 +95,7 @@ class Trainer:
                 raise UsageError(f"The checkpoint {store.path} has {state['epoch']} completed epochs, but the "
                                  f"config asks for {self.epochs}. Use a new run id (or a larger 'epoch') "
                                  f"instead of shortening a finished run.")
-            self.load_state_dict(state, bundle, source=f"The checkpoint {store.path}")
+            self.load_state_dict(state, bundle)
             if len(self.history) == self.epochs:
                 log.info("Run %s already finished %d epochs; skipping to post-processing.",
                          self.run_name, self.epochs)

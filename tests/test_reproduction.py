@@ -67,23 +67,26 @@ def test_a_changed_factory_default_and_other_versions_are_named_on_resume_and_on
 
 def test_a_run_folder_of_other_model_code_is_refused_before_anything_of_it_changes(tmp_path, capsys):
     """Two registry files that build the same model name differently give the same run folder (the registry is a
-    technical key); the second config loaded the first's checkpoint and failed with a size-mismatch traceback."""
+    technical key); the second config loaded the first's checkpoint and failed with a size-mismatch traceback,
+    after it had rewritten the first run's logged config and written into its log."""
     narrow, wide = tmp_path / "narrow.py", tmp_path / "wide.py"
     narrow.write_text(REGISTRY.format(act="relu"))
     wide.write_text(REGISTRY.format(act="relu").replace("4", "8"))
-    common = dict(epoch=1, cpu_threads=1, model="tiny_cnn", model_args={}, track_saturation=False,
-                  post_processing=[])
-    first = write_config(tmp_path, "narrow.json", registries={"models": str(narrow)}, **common)
+    common = dict(epoch=1, cpu_threads=1, model="tiny_cnn", model_args={}, track_saturation=False)
+    first = write_config(tmp_path, "narrow.json", registries={"models": str(narrow)}, post_processing=[], **common)
     assert main_cli(["--config", str(first), "--no-progress", "-q"]) == 0
     [folder] = run_folders(tmp_path / "logs")
-    before = {path.name: path.read_bytes() for path in folder.iterdir() if path.suffix in (".pt", ".csv", ".json")}
-    second = write_config(tmp_path, "wide.json", registries={"models": str(wide)}, **common)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    second = write_config(tmp_path, "wide.json", registries={"models": str(wide)}, post_processing=["flops"],
+                          **common)
     code, err = main_in_process(capsys, "--config", str(second), "--no-progress", "-q")
     err = " ".join(err.split())
     assert code == 2 and "Traceback" not in err, err
-    assert f"The checkpoint {folder / run_name(folder)}.pt does not fit the model this config builds (" in err
-    assert "size mismatch for 0.weight" in err and "Train this model under another run_id" in err
-    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.name in before} == before
+    checkpoint = str(folder / f"{run_name(folder)}.pt")
+    assert f"the checkpoint {checkpoint!r} does not fit the model this config builds (" in err, err
+    assert "0.weight has shape [4, 1, 3, 3] in the checkpoint and [8, 1, 3, 3] in the model" in err
+    assert "Train this model under another run_id" in err
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
     assert run_folders(tmp_path / "logs") == [folder]
 
 
