@@ -46,14 +46,15 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: s
 
 def _check_type(param: inspect.Parameter, value: Any, what: str) -> None:
     """A string or boolean where the factory's default is a number: "lr": true trained with lr 1. Anything but
-    true or false where the default is a boolean: "amsgrad": "no" trained with AMSGrad, a non-empty string
-    being true. A boolean default with an annotation that names more than ``bool`` (the datasets'
-    ``canvas: bool | int``, false or a size) says less, and the factory checks such a value itself."""
+    true or false (or 0 and 1, which Python reads the same) where the argument is annotated ``bool``: "amsgrad":
+    "no" trained with AMSGrad, a non-empty string being true. An argument annotated otherwise (the datasets'
+    ``canvas: bool | int``, false or a size) or not at all (a user's ``weights=False`` that also takes a name)
+    is the factory's to check."""
     default = param.default
     if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, (str, bool)):
         raise ConfigError(f"{what} must be a number (its default is {default!r}); got {json.dumps(value)}.")
-    if isinstance(default, bool) and param.annotation in (inspect.Parameter.empty, bool, "bool") \
-            and not isinstance(value, bool):
+    if isinstance(default, bool) and param.annotation in (bool, "bool") and not isinstance(value, bool) \
+            and not (type(value) is int and value in (0, 1)):
         raise ConfigError(f"{what} must be true or false (its default is {json.dumps(default)}); got "
                           f"{json.dumps(value)}. Write JSON's true or false without quotes.")
 

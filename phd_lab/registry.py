@@ -13,9 +13,10 @@ Factory contracts (documented once, here):
 - optimizer: ``f(model, *, epochs, **optimizer_args) -> (optimizer, scheduler or None)``
 - metric: ``f() -> Metric`` with ``update(y_true, y_pred)``, ``value``, ``reset()``
 
-A factory's keyword defaults say the types a config's ``*_args`` may give (``phd_lab.factory_args``): a numeric
-default refuses strings and booleans, and a boolean default takes only true or false, unless the annotation
-names more than ``bool`` (``canvas: bool | int = False``, checked by the factory itself).
+A factory's keyword defaults and annotations say the types a config's ``*_args`` may give
+(``phd_lab.factory_args``): a numeric default refuses strings and booleans, and an argument annotated ``bool``
+takes only true or false (or 0 and 1); one annotated otherwise (``canvas: bool | int = False``) or not at all is
+checked by the factory itself.
 """
 
 from __future__ import annotations

@@ -140,9 +140,9 @@ CASES = {
                                                "is false); got \"no\"", "without quotes"]),
     "string_false_for_nesterov": ({"optimizer": "sgd", "optimizer_args": {"lr": 0.1, "nesterov": "false"}},
                                   ["optimizer_args 'nesterov' of 'sgd' must be true or false", 'got "false"']),
-    "number_for_a_boolean_model_option": ({"model_args": {"width": 0.0625, "batch_norm": 0}},
+    "number_for_a_boolean_model_option": ({"model_args": {"width": 0.0625, "batch_norm": 2}},
                                           ["model_args 'batch_norm' of 'vgg11' must be true or false (its default is "
-                                           "true); got 0"]),
+                                           "true); got 2"]),
     "missing_dataset_files": ({"dataset": "Cifar10"}, ["Dataset Cifar10 (train split) is not in data_dir",
                                                        "cifar-10-batches-py", "download"]),
     # a million DataLoader workers forked until killed; 100,000 threads segfaulted in libgomp; a resolution of
@@ -430,7 +430,12 @@ def test_every_boolean_factory_argument_takes_true_and_false_and_only_they_unles
                     check(24)
                     continue
                 checked.add(arg)
-                for wrong in ("no", 0, None):
+                check(0), check(1)  # Python reads them as false and true (a logged config of an earlier version)
+                for wrong in ("no", 2, None):
                     with pytest.raises(ConfigError, match=f"'{arg}' of '{name}' must be true or false"):
                         check(wrong)
     assert checked == {"skip", "batch_norm", "download", "augment", "amsgrad", "nesterov"} and widened == {"canvas"}
+
+    def user_factory(*, num_classes, in_channels=3, weights=False):  # not annotated: False or a weights name
+        raise AssertionError("not called")
+    check_factory_args(user_factory, {"weights": "imagenet"}, "model_args", "mine", "exp.json", SUPPLIED_ARGS["models"])
