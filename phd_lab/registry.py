@@ -224,6 +224,8 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
                          kind, path)
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[module_name] = module
+            if str(path.parent) not in sys.path:  # its own imports of files beside it (from my_layers import ...),
+                sys.path.append(str(path.parent))  # as Python gives a script; after the installed packages
             try:
                 _execute(module, source, path)
             except BaseException:

@@ -232,6 +232,26 @@ def test_a_registry_module_found_in_the_working_directory_is_logged_as_its_file_
     assert run_folders(here / "logs") == [folder]
 
 
+def test_a_registry_file_imports_the_files_beside_it_from_any_working_directory(tmp_path):
+    """A registry file given by its path ran without its folder on the module path, so its own import of a file
+    beside it failed unless the command started in that folder; the logged config, which names the file by its
+    path, then did not rerun a run whose module was found as a bare name in the working directory."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir(), elsewhere.mkdir()
+    (project / "helper_layers_beside_the_registry.py").write_text("from torch import nn\nWIDTH = 4\n")
+    (project / "my_models.py").write_text(
+        "from torch import nn\n"
+        "from helper_layers_beside_the_registry import WIDTH\n"
+        "def tiny_cnn(*, num_classes: int, in_channels: int = 3) -> nn.Module:\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, WIDTH, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(WIDTH, num_classes))\n")
+    config = write_config(project, epoch=1, cpu_threads=1, model="tiny_cnn", model_args={}, track_saturation=False,
+                          post_processing=[], registries={"models": str(project / "my_models.py")})
+    done = run_main("--config", str(config), "--no-progress", "-q", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert len(run_folders(project / "logs")) == 1
+
+
 def _checkout_copy(target: Path) -> Path:
     """The tracked files of this checkout, as they are now, committed in a new repository at ``target``."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
