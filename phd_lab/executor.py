@@ -241,8 +241,7 @@ class TrainTestExecutor:
         # from any working directory (read from inside its run folder it follows the folder, see rundir.py)
         values = as_single_point(self.config.values)
         values["post_processing"] = json.loads(json.dumps(logged_steps(self.config, self.steps)))
-        values = absolute_paths(values)  # the steps' folders too (the extract step's own latents_dir)
-        values["registries"] = self.registries.logged_specs(values["registries"])  # mymods → <cwd>/mymods.py
+        values = self.portable(values)  # the steps' folders too (the extract step's own latents_dir)
         if self._trained_threads is not None:  # the count the checkpoint was trained with, whatever the config says
             values["cpu_threads"] = self._trained_threads
         elif values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it
@@ -258,6 +257,13 @@ class TrainTestExecutor:
                                                if self._git_diff else None)
         if self._objective != CLASSIFICATION:  # the analysis gives no classifier advice
             values[META_KEY]["objective"] = self._objective
+        return values
+
+    def portable(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Config values as a process in another working directory (a rerun, a Dask worker) reads them: folders
+        absolute, and a registry module found in this working directory named by its file (mymods → its path)."""
+        values = absolute_paths(values)
+        values["registries"] = self.registries.logged_specs(values["registries"])
         return values
 
     def _defaults_in_effect(self) -> dict[str, dict[str, Any]]:

@@ -13,7 +13,6 @@ from typing import Any, Mapping
 from tqdm import tqdm
 
 from phd_lab.atomic import check_writable_dir, nearest_existing
-from phd_lab.config_paths import absolute_paths
 from phd_lab.device import parse_device, resolve_device
 from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line
 from phd_lab.executor import TrainTestExecutor
@@ -113,13 +112,15 @@ class Main:
         for logs_dir in sorted({e.config.logs_dir for e in executors}):
             try:
                 check_writable_dir(logs_dir, "logs_dir", grid.where)
-                for index, executor in enumerate(executors):
-                    if executor.config.logs_dir == logs_dir:
-                        _check_run_folder(executor.rundir.root, logs_dir, index, grid.where)
             except ConfigError as error:
                 if self.missing_data != "warn":  # a dry run writes nothing: it may read a read-only archive
                     raise
                 log.warning("%s", error)
+        blocked = _blocked_run_folders(executors, grid.where)
+        if blocked and self.missing_data != "warn":
+            raise blocked[0]
+        for error in blocked:
+            log.warning("%s", error)
         earlier = earlier_version_runs(e.config for e in executors)
         if earlier:
             log.warning("%s: %s", grid.where, earlier_version_advice(earlier, len(executors)))
@@ -183,8 +184,7 @@ class Main:
             stop_event = f"stop-{command}"  # set when this command is stopped: its tasks end then too
             for index in chosen:
                 cfg, executor = configs[index], self.executors[index]
-                values = absolute_paths(cfg.values)  # a worker's working directory is not this one:
-                values["registries"] = executor.registries.logged_specs(values["registries"])  # mymods → its file
+                values = executor.portable(cfg.values)  # a worker's working directory is not this one
                 tasks.append((f"train-{index}-{executor.rundir.root.name}-{command}", train_point,
                               (values, cfg.source, overrides, stop_event), task_resources(devices[index], gpus)))
             log.info("Submitting %d run(s) to %s", len(tasks), scheduler)
@@ -217,15 +217,24 @@ class Main:
         return self.run(grid, chosen_indices(grid, index))
 
 
-def _check_run_folder(root: Path, logs_dir: str, index: int, where: str) -> None:
-    """Refuse a file in logs_dir where a folder above run ``index``'s folder ``root`` must go (``logs/vgg11``
-    written as a file): the run could not make its folder, and failed with a NotADirectoryError traceback when
-    it started (other runs of the grid trained first), while --dry-run called it new."""
-    blocking = nearest_existing(root)
-    if not blocking.is_dir():
-        raise ConfigError(f"{where}: the folder of run {index}, {root}, cannot be made inside logs_dir "
-                          f"{logs_dir!r}, but {str(blocking)!r} is a file where a folder must go; move the file "
-                          f"away or choose another logs_dir.")
+def _blocked_run_folders(executors: list[TrainTestExecutor], where: str) -> list[ConfigError]:
+    """A ConfigError for each run whose folder cannot be made because a file lies where a folder above it must go
+    (``logs/vgg11`` written as a file): the run failed with a NotADirectoryError traceback when it started (other
+    runs of the grid trained first), while --dry-run called it new. The points of a grid share parent folders,
+    so each is looked at once."""
+    blocking: dict[Path, Path] = {}  # parent folder → the nearest existing path on its way
+    errors = []
+    for index, executor in enumerate(executors):
+        root = executor.rundir.root
+        if root.parent not in blocking:
+            blocking[root.parent] = nearest_existing(root.parent)
+        above = blocking[root.parent]
+        found = (root if root.exists() else above) if above == root.parent else above
+        if not found.is_dir():
+            errors.append(ConfigError(f"{where}: the folder of run {index}, {root}, cannot be made inside logs_dir "
+                                      f"{executor.config.logs_dir!r}, but {str(found)!r} is a file where a folder "
+                                      f"must go; move the file away or choose another logs_dir."))
+    return errors
 
 
 def _warn_of_repeated_runs(grid: Grid, executors: list[TrainTestExecutor]) -> None:

@@ -96,6 +96,7 @@ def require_known_classes(directory: str | Path, present: list[str], training: l
 
 
 def no_image_error(root: str | Path) -> DataError:
+    """The error for a split whose class folders hold no image (checked up front and when the split is read)."""
     return DataError(f"The image folder {str(root)!r} holds no image ({', '.join(sorted(IMG_EXTENSIONS))}) in "
                      f"its class folders; expected <split>/<class>/<image files>.")
 
