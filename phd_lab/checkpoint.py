@@ -111,13 +111,18 @@ class CheckpointStore:
     def peek(self, key: str) -> Any:
         """One entry of the checkpoint ``load`` would use, without reading its tensors (memory-mapped),
         or None when there is no readable checkpoint or it lacks the entry."""
+        return self.peek_state().get(key)
+
+    def peek_state(self) -> dict[str, Any]:
+        """The checkpoint ``load`` would use, memory-mapped (its tensors are read only where used); empty when
+        there is no readable one."""
         for path in (self.path, self.previous):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception:  # noqa: BLE001 - missing or damaged: load() falls back the same way
                 continue
-            return state.get(key) if isinstance(state, dict) else None
-        return None
+            return state if isinstance(state, dict) else {}
+        return {}
 
     def load(self) -> dict[str, Any] | None:
         """The newest readable checkpoint, or None for a fresh run."""
@@ -196,7 +201,8 @@ def misfit(store: CheckpointStore, model: torch.nn.Module, optimizer: torch.opti
     has in another shape, other parameter groups), or None (no checkpoint, or it fits). Read from the memory-mapped
     file, so it is cheap before a run takes its folder: a run folder holds the run of other model code where
     another registry file builds the same model name differently (``registries`` is not part of the folder)."""
-    weights = store.peek("model")
+    state = store.peek_state()  # one read of the file for the weights and the optimizer
+    weights = state.get("model")
     if not isinstance(weights, dict):
         return None
     own = model.state_dict()
@@ -210,9 +216,10 @@ def misfit(store: CheckpointStore, model: torch.nn.Module, optimizer: torch.opti
         saved = getattr(weights[name], "shape", None)
         if saved is not None and not torch.nn.parameter.is_lazy(tensor) and tuple(saved) != tuple(tensor.shape):
             return f"{name} has shape {list(saved)} in the checkpoint and {list(tensor.shape)} in the model"
-    groups = (store.peek("optimizer") or {}).get("param_groups")
+    groups = (state.get("optimizer") or {}).get("param_groups")
     sizes = [len(group["params"]) for group in optimizer.param_groups]
-    if isinstance(groups, list) and [len(group.get("params", ())) for group in groups] != sizes:
-        return f"the optimizer's parameter groups hold {[len(g.get('params', ())) for g in groups]} parameters " \
-               f"in the checkpoint and {sizes} in the model"
+    saved_sizes = [len(group.get("params", ())) for group in groups] if isinstance(groups, list) else sizes
+    if saved_sizes != sizes:
+        return (f"the optimizer's parameter groups hold {saved_sizes} parameters in the checkpoint and {sizes} in "
+                f"the model")
     return None
