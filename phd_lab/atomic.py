@@ -125,9 +125,7 @@ def link_once(source: Path, target: Path) -> None:
     system without hard links falls back to a check and a rename."""
     try:
         os.link(source, target)
-    except FileExistsError:
-        raise
-    except OSError as error:
+    except OSError as error:  # FileExistsError (EEXIST) goes on as it is
         if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
             raise
         if Path(target).exists():
@@ -197,8 +195,12 @@ def write_text(path: Path | str, text: str) -> None:
         handle.write(text)
 
 
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+
+
 def write_json(path: Path | str, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text(path, _json_text(obj))
 
 
 def write_json_once(path: Path | str, obj: Any) -> bool:
@@ -206,7 +208,7 @@ def write_json_once(path: Path | str, obj: Any) -> bool:
     writing the same new file, exactly one does."""
     try:
         with atomic_open(path, "w", encoding="utf-8", publish=link_once) as handle:
-            handle.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+            handle.write(_json_text(obj))
     except FileExistsError:
         return False
     return True
