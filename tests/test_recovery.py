@@ -427,7 +427,7 @@ def test_a_point_locked_by_another_process_does_not_stop_the_rest_of_the_grid(tm
 
 def test_ctrl_c_during_training_exits_130_says_how_to_resume_and_the_rerun_resumes(tmp_path):
     """A real SIGINT after the first checkpoint: one line (no traceback), exit 130, and the rerun continues."""
-    config = write_config(tmp_path, epoch=12, cpu_threads=1)
+    config = write_config(tmp_path, epoch=4, cpu_threads=1)
     process = subprocess.Popen([sys.executable, "main.py", "--config", str(config), "--no-progress", "-q"],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=sigint_as_in_a_terminal)
@@ -440,11 +440,11 @@ def test_ctrl_c_during_training_exits_130_says_how_to_resume_and_the_rerun_resum
     assert "training continues after the last completed epoch" in err and "Traceback" not in err
     [folder] = run_folders(tmp_path / "logs")
     done = len(read_metrics(folder))
-    assert 1 <= done < 12
-    shortened = write_config(tmp_path, name="again.json", epoch=12, cpu_threads=1)
+    assert 1 <= done < 4
+    shortened = write_config(tmp_path, name="again.json", epoch=4, cpu_threads=1)
     assert main_cli(["--config", str(shortened), "--no-progress", "-q"]) == 0
     assert "Resuming run" in (folder / f"{run_name(folder)}.log").read_text()
-    assert read_metrics(folder)["epoch"].tolist() == list(range(1, 13))
+    assert read_metrics(folder)["epoch"].tolist() == list(range(1, 5))
 
 
 
@@ -631,7 +631,7 @@ def test_a_forked_child_writes_into_a_kept_folder_without_checking_the_parents_l
 
 def test_sigterm_during_training_is_said_in_the_log_and_the_rerun_resumes(tmp_path):
     """A batch system's time limit (SIGTERM) ended a run without a word in its log or on the console."""
-    config = write_config(tmp_path, epoch=12, cpu_threads=1, track_saturation=False)
+    config = write_config(tmp_path, epoch=4, cpu_threads=1, track_saturation=False)
     process = subprocess.Popen([sys.executable, "main.py", "--config", str(config), "--no-progress", "-q"],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -644,7 +644,7 @@ def test_sigterm_during_training_is_said_in_the_log_and_the_rerun_resumes(tmp_pa
     [folder] = run_folders(tmp_path / "logs")
     assert "Run interrupted (SIGTERM)" in (folder / f"{run_name(folder)}.log").read_text()
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
-    assert read_metrics(folder)["epoch"].tolist() == list(range(1, 13))
+    assert read_metrics(folder)["epoch"].tolist() == list(range(1, 5))
 
 
 def test_a_read_error_of_the_file_system_sets_no_good_checkpoint_aside(tmp_path, monkeypatch):
