@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import os
 import re
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -54,9 +53,14 @@ def parse_scheduler(spec: str) -> tuple[str, Any]:
         raise UsageError(f"--scheduler {spec!r}: a local cluster is written local:N with a whole number N ≥ 1 of "
                          f"worker processes (or plain 'local' for one per core).")
     if match:
-        workers = int(match.group(1) or os.cpu_count() or 1)
+        cores = available_cores()  # plain "local" is one worker per core this process may use (taskset, cgroups)
+        workers = int(match.group(1) or cores)
         if workers < 1:
             raise UsageError(f"--scheduler {spec!r}: a local cluster needs at least one worker (local:N, N ≥ 1).")
+        if workers > cores:
+            log.warning("--scheduler %s starts %d worker processes on %d core(s): they take turns on the cores, so "
+                        "the grid runs no faster than with local:%d and needs more memory.", spec, workers, cores,
+                        cores)
         return "local", workers
     if "://" not in spec and ":" not in spec:
         raise UsageError(f"--scheduler {spec!r} is neither a scheduler address (tcp://host:8786) nor local:N.")

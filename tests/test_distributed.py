@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Iterator
@@ -231,6 +233,19 @@ def test_scheduler_spec_errors():
     for spec in ("http://127.0.0.1:8787", "https://cluster:8787/status"):  # the dashboard's address: a traceback
         with pytest.raises(UsageError, match="is a web address, probably the dashboard's"):
             parse_scheduler(spec)
+
+
+def test_plain_local_starts_one_worker_per_core_this_process_may_use(tmp_path):
+    """Under taskset (or a cgroup's CPU set) plain ``local`` counted the machine's cores, not the usable ones."""
+    code = ("import logging; logging.basicConfig(level=logging.WARNING)\n"
+            "from phd_lab.distributed import parse_scheduler\n"
+            "print(parse_scheduler('local'), parse_scheduler('local:3'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "('local', 1) ('local', 3)"
+    assert "--scheduler local:3 starts 3 worker processes on 1 core(s)" in result.stderr
+    assert "--scheduler local starts" not in result.stderr
 
 
 @pytest.mark.parametrize("spec", ["tcp://", "tls://127.0.0.1:1"])
