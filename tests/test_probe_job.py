@@ -434,6 +434,17 @@ def _assert_usage_error(capsys, run_dir: Path | None, *argv: str, match: str) ->
         assert not (run_dir / ".probe.lock").exists() and not (run_dir / "probe.log").exists()
 
 
+def test_error_in_a_solver_option_is_named_before_the_latents_are_looked_up(tmp_path, capsys):
+    """Was "No latents found" first, so a typo in an option surfaced only once the latents existed."""
+    missing = str(tmp_path / "nope")
+    _assert_usage_error(capsys, None, "--latents", missing, "--train-samples", "0",
+                        match="command line --train-samples: the key 'probe_train_samples' must be an integer ≥ 1")
+    _assert_usage_error(capsys, None, "--latents", missing, "--probe-device", "bogus",
+                        match="--probe-device must be cpu, cuda or cuda:N; got 'bogus'")
+    _assert_usage_error(capsys, None, "--config", str(_config(tmp_path)), "--C", "0",
+                        match="command line --C: the key 'probe_C' must be a number > 0")
+
+
 def test_error_no_latents(tmp_path, capsys):
     _assert_usage_error(capsys, None, "--latents", str(tmp_path / "nope"), match="No latents found")
     config = _config(tmp_path)

@@ -61,6 +61,7 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         from phd_lab.probes.discovery import SAID_ONE_BY_ONE, jobs_from_config, jobs_from_latents
         from phd_lab.probes.job import run_jobs
+        from phd_lab.probes.settings import ProbeSettings
         if not args.config and not args.latents:
             raise UsageError("pass --config FILE (probe every run of a grid that has latents) or --latents DIR "
                              "(probe one latents folder).")
@@ -79,6 +80,7 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
         overrides = {"solver": args.solver, "C": args.C, "max_iter": args.max_iter, "tol": args.tol,
                      "standardize": args.standardize, "train_samples": args.train_samples, "seed": args.seed,
                      "device": args.probe_device}
+        ProbeSettings.check_overrides(overrides)
         not_probed: list[str] = []  # grid runs left out that need the user (the others are probed meanwhile)
         if args.config:
             jobs, cache_dir, not_probed = jobs_from_config(args.config, args.run_id, overrides)

@@ -58,6 +58,21 @@ class ProbeSettings:
         settings.check(where)
         return settings
 
+    @staticmethod
+    def check_overrides(overrides: Mapping[str, Any]) -> None:
+        """Check the command line's values on their own, before any latents are looked up or hashed.
+
+        A typo in ``--train-samples`` or ``--probe-device`` is then named first, not after a "no latents"
+        error or a minute of hashing; combinations with the config's values are checked in ``from_mapping``.
+        """
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            option = "--probe-device" if name == "device" else "--" + name.replace("_", "-")
+            SCHEMA_BY_NAME[CONFIG_KEYS[name]].check(value, f"command line {option}")
+            if name == "device" and not _DEVICE.match(value):
+                raise ConfigError(f"command line: --probe-device must be cpu, cuda or cuda:N; got {value!r}.")
+
     def check(self, where: str = "probe settings") -> None:
         if self.solver not in SOLVERS:
             raise ConfigError(f"{where}: the probe solver must be one of {', '.join(SOLVERS)}; got {self.solver!r}.")
