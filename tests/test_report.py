@@ -631,6 +631,23 @@ def test_the_s_mu_plot_shades_the_target_interval_of_the_runs_analysis(tmp_path)
     assert {tuple(s["settings"]["target_saturation"]) for s in summaries} == {(0.5, 0.7)}
     text = write_report(logs, tmp_path / "r.html", refresh=False).read_text(encoding="utf-8")
     title = "Test accuracy against average saturation s_mu"
-    shaded, default = (base64.b64encode(grid_figures(summaries, band=band)[title]).decode()
+    shaded, default = (base64.b64encode(grid_figures(summaries, bands=[band])[title]).decode()
                        for band in ((0.5, 0.7), (0.2, 0.3)))
     assert shaded != default and shaded in text and default not in text
+
+
+def test_a_grid_over_target_saturation_shades_every_band_of_its_runs(tmp_path):
+    """The s_mu plot shaded the first run's band for every run of the grid."""
+    from phd_lab.plots.grid_figures import grid_figures
+    from phd_lab.report.collect import collect
+    logs = tmp_path / "logs"
+    for rundir, band in zip(write_grid(logs).values(), ([0.5, 0.7], [0.1, 0.2]), strict=False):
+        _edit_config(rundir, lambda c, band=band: c.update(target_saturation=band))
+    summaries = [entry.summary for entry in collect(logs, refresh=False)]
+    assert {(0.5, 0.7), (0.1, 0.2)} <= {tuple(s["settings"]["target_saturation"]) for s in summaries}
+    text = write_report(logs, tmp_path / "r.html", refresh=False).read_text(encoding="utf-8")
+    title = "Test accuracy against average saturation s_mu"
+    bands = sorted({tuple(s["settings"]["target_saturation"]) for s in summaries})
+    every, first = (base64.b64encode(grid_figures(summaries, bands=shown)[title]).decode()
+                    for shown in (bands, bands[:1]))
+    assert every != first and every in text and first not in text

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 _COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # with the colours: 64 groups told apart
+_BAND_COLORS = ("#55a868", "#8172b3", "#dd8452", "#937860")  # target s_mu bands, lowest first
 
 
 MAX_TICK_LABELS = 40  # more layers or deltas than this: every n-th label, so that they stay readable
@@ -49,7 +50,7 @@ def _scatter(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel
 
 
 def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str, *,
-                   logx: bool = False, band: tuple[float, float] | None = None, diagonal: bool = False) -> Any:
+                   logx: bool = False, bands: Sequence[tuple[float, float]] = (), diagonal: bool = False) -> Any:
     """One comparison plot: a colour and marker per model / dataset, hollow while unfinished."""
     import matplotlib
     matplotlib.use("Agg")
@@ -80,8 +81,9 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
                         ax.annotate(f"×{n}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=6,
                                     color=color)
                 plotted += sum(points.values())
-    if band:
-        ax.axvspan(*band, color="#55a868", alpha=0.12, label=f"target s_mu {band[0]:.0%}-{band[1]:.0%}")
+    for index, (low, high) in enumerate(sorted(set(bands))):  # overlapping bands show as a darker shade
+        ax.axvspan(low, high, color=_BAND_COLORS[index % len(_BAND_COLORS)], alpha=0.12,
+                   label=f"target s_mu {low:.0%}-{high:.0%}")
     if diagonal and plotted:
         low, high = ax.get_xlim()
         ax.plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--", label="agreement")
@@ -121,13 +123,18 @@ def _position(s: dict[str, Any], layer: str | None) -> int | None:
     return layers.index(layer) + 1 if layer in layers else None
 
 
-def grid_figures(summaries: Sequence[dict[str, Any]], band: tuple[float, float] = (0.2, 0.3)) -> dict[str, bytes]:
-    """PNG bytes of every comparison plot, keyed by a short title."""
+def grid_figures(summaries: Sequence[dict[str, Any]],
+                 bands: Sequence[tuple[float, float]] = ((0.2, 0.3),)) -> dict[str, bytes]:
+    """PNG bytes of every comparison plot, keyed by a short title.
+
+    ``bands`` are the target s_mu intervals of the runs' analyses (one per distinct interval), shaded on the s_mu
+    plot: a grid over ``target_saturation`` shades each of its bands, not the first run's for all.
+    """
     figures = {}
     figures["Test accuracy against average saturation s_mu"] = _scatter(
         summaries, lambda s: (_s_mu(s), _accuracy(s)), "average saturation s_mu", "test accuracy",
         "test accuracy vs s_mu",
-        band=band)
+        bands=bands)
     figures["Test accuracy against parameters"] = _scatter(
         summaries, lambda s: ((s.get("computational") or {}).get("params"), _accuracy(s)), "parameters",
         "test accuracy", "test accuracy vs parameters", logx=True)

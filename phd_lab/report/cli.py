@@ -134,9 +134,8 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     if not entries:
         raise DataError(f"LOGS_DIR {str(logs_dir)!r} holds no runs: no folder below it has a <name>_config.json or a "
                         f"post-processing table. Train a grid into it first (python main.py --config FILE).")
-    bands = [tuple(e.summary["settings"]["target_saturation"]) for e in entries if e.summary.get("settings")]
-    band = bands[0] if bands else (0.2, 0.3)
-    comparison = grid_figures([e.summary for e in entries], band=band)  # type: ignore[arg-type]
+    bands = {tuple(e.summary["settings"]["target_saturation"]) for e in entries if e.summary.get("settings")}
+    comparison = grid_figures([e.summary for e in entries], bands=sorted(bands) or [(0.2, 0.3)])  # type: ignore
     relative = relative_accuracies({str(e.folder.root): e.tables.projections for e in entries
                                     if e.tables.projections is not None})
     if len(relative):  # §7.3's Fig. 43 over every projected run of the grid
