@@ -575,6 +575,9 @@ def test_error_labels_that_cannot_be_probed(tmp_path, capsys):
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--train-samples", "299",
                         match="the 1 samples left out must include each of the 3 classes")
     assert cli("--latents", str(latents), "--train-samples", "297", "-mp", "0") == 0  # 3 left out: feasible
+    assert "no subsample is drawn" not in capsys.readouterr().err
+    assert cli("--latents", str(latents), "--train-samples", "5000", "-mp", "0") == 0  # was used silently
+    assert "probe_train_samples 5000 is at least the 300 training samples" in " ".join(capsys.readouterr().err.split())
 
     single = y_train.copy()
     single[np.flatnonzero(single == 2)[1:]] = 1  # class 2 keeps one sample
