@@ -531,6 +531,21 @@ def test_a_symbolic_link_loop_in_a_class_folder_is_a_data_error(tmp_path):
         DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
 
 
+def test_a_class_folder_linked_to_another_class_is_a_data_error(tmp_path):
+    """The same images under two labels were accepted silently."""
+    pets = _pets(tmp_path / "pets")
+    (pets / "train" / "wolves").symlink_to(pets / "train" / "dogs", target_is_directory=True)
+    with pytest.raises(DataError, match="class folders 'dogs' and 'wolves' of .*train' are one folder"):
+        DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+    elsewhere = tmp_path / "wolves"  # a class folder linked to images outside the tree is a class of its own
+    shutil.move(str(pets / "train" / "dogs"), elsewhere)
+    (pets / "train" / "wolves").unlink()
+    (pets / "train" / "wolves").symlink_to(elsewhere, target_is_directory=True)
+    shutil.rmtree(pets / "test" / "dogs")
+    bundle = DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+    assert bundle.num_classes == 2
+
+
 def test_a_single_training_sample_is_a_data_error_not_an_epoch_of_no_batches(tmp_path):
     pets = _pets(tmp_path / "pets", train=1)
     shutil.rmtree(pets / "train" / "dogs")

@@ -86,6 +86,19 @@ def require_two_classes(directory: str | Path, present: list[str]) -> None:
                         f"classifier needs at least two, as <split>/<class>/<image files>.")
 
 
+def require_distinct_classes(directory: str | Path, present: list[str]) -> None:
+    """Two class folders that are one folder (a symbolic link to another class) would put the same images
+    under two labels, which no model can learn and which inflates both classes silently."""
+    first_name: dict[str, str] = {}
+    for name in present:
+        real = os.path.realpath(os.path.join(directory, name))
+        if real in first_name:
+            raise DataError(f"The class folders {first_name[real]!r} and {name!r} of {str(directory)!r} are one "
+                            f"folder ({real!r}, reached through a symbolic link): its images would be samples of "
+                            f"both classes. Remove the link, or copy the images that belong to {name!r}.")
+        first_name[real] = name
+
+
 def require_known_classes(directory: str | Path, present: list[str], training: list[str]) -> None:
     """An evaluation split may lack a training class, but a class of its own no model could ever predict."""
     unknown = sorted(set(present) - set(training))
@@ -125,6 +138,7 @@ class FixedClassImageFolder(ImageFolder):
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         present = class_folders(directory)
+        require_distinct_classes(directory, present)
         if self._given_classes is None:
             require_two_classes(directory, present)
             return present, {name: i for i, name in enumerate(present)}
