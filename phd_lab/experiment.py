@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from phd_lab.device import parse_device, resolve_device
 from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
+from phd_lab.latents_folder import other_runs_latents, shared_latents_error
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.registry import Registries
 from phd_lab.rundir import earlier_version_advice, earlier_version_runs, read_config_grid
@@ -120,6 +122,11 @@ class Main:
         if blocked and self.missing_data != "warn":
             raise blocked[0]
         for error in blocked:
+            log.warning("%s", error)
+        shared = _shared_latents_folders(executors, grid.where)
+        if shared and self.missing_data != "warn":
+            raise shared[0]
+        for error in shared:
             log.warning("%s", error)
         earlier = earlier_version_runs(e.config for e in executors)
         if earlier:
@@ -234,6 +241,29 @@ def _blocked_run_folders(executors: list[TrainTestExecutor], where: str) -> list
             errors.append(ConfigError(f"{where}: the folder of run {index}, {root}, cannot be made inside logs_dir "
                                       f"{executor.config.logs_dir!r}, but {str(found)!r} is a file where a folder "
                                       f"must go; move the file away or choose another logs_dir."))
+    return errors
+
+
+def _shared_latents_folders(executors: list[TrainTestExecutor], where: str) -> list[ConfigError]:
+    """A ConfigError for each run whose latents folder under a latents_dir is another run's: another point of the
+    grid (points that differ only in logs_dir mirror to one folder) or a run of another logs tree, whose latents
+    are on disk (``other_runs_latents``). Found when the run extracted, after its training, it rewrote the other
+    run's manifest to name its own folder, so that the probe results went to one tree only."""
+    owners: dict[Path, int] = {}
+    errors = []
+    for index, executor in enumerate(executors):
+        for step, params in executor.steps:
+            if step.name != "extract" or params["latents_dir"] is None:
+                continue
+            for folder in step.folders(executor.rundir, params):  # type: ignore[attr-defined]
+                key = Path(os.path.abspath(folder))
+                first = owners.setdefault(key, index)
+                other = (str(executors[first].rundir.root) if first != index
+                         else other_runs_latents(folder, executor.rundir.root))
+                if other is not None:
+                    errors.append(ConfigError(shared_latents_error(folder, executor.rundir.root, other,
+                                                                   f"{where}, run {index}", first != index)))
+                    break
     return errors
 
 

@@ -44,7 +44,7 @@ from phd_lab.config_paths import safe_name
 from phd_lab.errors import ConfigError, ExtractionError
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.latents_folder import (MANIFEST, SPLITS, build_manifest, clear, expected_settings, load_manifest,
-                                    record_move, reusable)
+                                    other_runs_latents, record_move, reusable, shared_latents_error)
 from phd_lab.latents_sets import DEFAULT_METHOD, METHODS, PIXELWISE
 from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
 from phd_lab.pooling import nearest_to, pool_to
@@ -318,11 +318,14 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
         names = _called_once(model, names, loaders["train"], device)
     settings = expected_settings(Path(run_dir), downsampling, dtype, model, method)
     samples = {split: len(loaders[split].dataset) for split in SPLITS}
+    other = other_runs_latents(folder, run_dir)
+    if other is not None:  # neither reused (its manifest rewritten to name this run) nor replaced
+        raise ConfigError(shared_latents_error(folder, Path(run_dir).resolve(), other, "Step 'extract'"))
     atomic.make_folder(folder)  # inside a run folder: never re-creates it after it was deleted
     previous = load_manifest(folder)
     if reusable(folder, previous, settings, names, samples):
         log.info("Latents in %s are complete; reusing them.", folder)
-        if previous["run_dir"] != settings["run_dir"]:  # type: ignore[index]
+        if previous["run_dir"] != settings["run_dir"]:  # type: ignore[index]  # moved: no other run holds it
             previous = record_move(folder, previous, settings["run_dir"])  # type: ignore[arg-type]
         return previous  # type: ignore[return-value]
     if previous is not None or any(folder.iterdir()):

@@ -128,10 +128,42 @@ def reusable(folder: Path, manifest: dict[str, Any] | None, settings: dict[str, 
     return True
 
 
+def other_runs_latents(folder: Path, run_dir: Path | str) -> str | None:
+    """The run folder whose latents ``folder`` holds, where that is not ``run_dir`` and still holds its run (a
+    logged config): two logs trees (a grid over logs_dir, a copied project) mirror their runs to one folder under
+    a shared latents_dir, which keeps only <model>/<dataset>_<resolution>/<run_id>/<variant>. None for latents
+    inside the run folder (a copied or moved run folder's own), and for a run folder that moved or is gone."""
+    run_dir = Path(run_dir).resolve()
+    if Path(folder).resolve().is_relative_to(run_dir):
+        return None
+    manifest = load_manifest(folder)
+    named = manifest.get("run_dir") if manifest is not None else None
+    if not isinstance(named, str) or not named or "\0" in named:
+        return None
+    other = Path(folder) / named  # a relative run_dir is relative to the latents folder (docs/probes.md)
+    try:
+        if other.resolve() == run_dir or not any(other.glob("*_config.json")):
+            return None
+    except (OSError, ValueError):
+        return None
+    return str(other)
+
+
+def shared_latents_error(folder: Path, run_dir: Path | str, other: str, where: str, in_grid: bool = False) -> str:
+    """The refusal of a latents folder that holds another run's latents (``other_runs_latents``), or that another
+    point of the grid (``in_grid``) extracts into."""
+    whose = "is also that of the grid's run folder" if in_grid else "holds the latents of the run folder"
+    return (f"{where}: the latents folder {str(folder)!r} {whose} {other!r}, and this "
+            f"run's folder is {str(run_dir)!r}: both mirror to the same place under latents_dir, which keeps only "
+            f"<model>/<dataset>_<resolution>/<run_id>/<variant> of a run folder (two logs_dir values, or a copied "
+            f"project whose config names the original's latents_dir). Give this run a latents_dir of its own (the "
+            f"key 'latents_dir', or the extract step's), or null for latents inside its run folder.")
+
+
 def record_move(folder: Path, manifest: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """The logs tree was moved: the manifest names the run folder's new place (the probe job writes its
-    results there). Its modification time is kept, since the latents are the same: probe results newer
-    than them stay current."""
+    """The logs tree was moved (``other_runs_latents`` found no other run in the folder the manifest names):
+    the manifest names the run folder's new place (the probe job writes its results there). Its modification
+    time is kept, since the latents are the same: probe results newer than them stay current."""
     path = Path(folder) / MANIFEST
     stamp = path.stat()
     manifest = {**manifest, "run_dir": run_dir}

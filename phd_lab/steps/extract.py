@@ -62,8 +62,11 @@ class ExtractStep(Step):
         file it lists is still there, whole (a file deleted or truncated since makes the step run again); with
         ``sizes``, every set's."""
         from phd_lab.latents_folder import latents_look_whole
-        return all(latents_look_whole(rundir.latents(params["latents_dir"], latents.folder_name))
-                   for latents in _sets(params))
+        return all(latents_look_whole(folder) for folder in self.folders(rundir, params))
+
+    def folders(self, rundir: Any, params: dict[str, Any]) -> list[Any]:
+        """The latents folders the step writes for the run: ``latents/``, and one per further set of ``sizes``."""
+        return [rundir.latents(params["latents_dir"], latents.folder_name) for latents in _sets(params)]
 
     def run(self, ctx: StepContext, **params: Any) -> None:
         from phd_lab.extraction import extract_latents
