@@ -204,3 +204,30 @@ def test_the_extract_step_takes_the_training_split_in_order_and_the_test_split_a
     np.testing.assert_array_equal(np.load(run / "latents" / "eval-labels.npy"), test.tensors[1].numpy())
     np.testing.assert_array_equal(np.load(run / "latents" / "train-labels.npy"), train.tensors[1].numpy())
     assert np.load(run / "latents" / "eval-classifier.npy").shape == (360, 10)
+
+
+def test_a_classifier_trained_without_the_accuracy_metric_still_tells_its_test_accuracy(tmp_path, capsys):
+    """Only the metric history's test_accuracy was read: the manifest's model_test_accuracy was null, the probes'
+    relative_acc empty and analysis.json's test accuracy None. Measured once on the test set now, it is the
+    accuracy the Accuracy metric records for the same weights. About 6 s."""
+    from phd_lab.probes.cli import probe_cli
+    from tests.conftest import write_config as tiny_config
+    steps = [{"name": "extract", "layers": ["features.0", "classifier"]}, "analysis"]
+    config = tiny_config(tmp_path, "mcc.json", epoch=1, metrics=["MCC"], probe_solver="lbfgs",
+                         post_processing=steps)
+    code, err = main_in_process(capsys, "--config", str(config))
+    assert code == 0, err
+    (run,) = [p.parent for p in (tmp_path / "logs").rglob("*_config.json")]
+    assert not [c for c in pd.read_csv(next(run.glob("*.csv"))).columns if "accuracy" in c]
+    accuracy = json.loads((run / "latents" / "manifest.json").read_text())["model_test_accuracy"]
+    assert isinstance(accuracy, float) and 0.0 <= accuracy <= 1.0
+    assert json.loads((run / "analysis.json").read_text())["accuracy"]["test"] == accuracy
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "--cache-dir", str(tmp_path / "c")]) == 0
+    probes = pd.read_csv(run / "probe_performances.csv")
+    assert probes["relative_acc"].tolist() == pytest.approx((probes["eval_acc"] / accuracy).tolist())
+    assert json.loads((run / "analysis.json").read_text())["probes"]["model_accuracy"] == accuracy
+    same = tiny_config(tmp_path, "accuracy.json", epoch=1, logs_dir=str(tmp_path / "same"))
+    code, err = main_in_process(capsys, "--config", str(same))
+    assert code == 0, err
+    (csv,) = (tmp_path / "same").rglob("*.csv")
+    assert pd.read_csv(csv)["test_accuracy"].iloc[-1] == pytest.approx(accuracy)

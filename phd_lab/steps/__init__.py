@@ -9,6 +9,7 @@ A parameter whose default is ``FROM_CONFIG`` takes the config key of the same na
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from phd_lab.config import SCHEMA_BY_NAME, Key, RunConfig
 from phd_lab.errors import ConfigError
 from phd_lab.registry import did_you_mean
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -54,13 +57,33 @@ class StepContext:
     history: list[dict[str, Any]] = field(default_factory=list)
     progress: bool = True
     notes: dict[str, Any] = field(default_factory=dict)  # what a step tells the run after the steps
+    _measured: list[float | None] = field(default_factory=list, init=False, repr=False)  # test_accuracy's, once
 
     @property
     def test_accuracy(self) -> float | None:
-        """The model's final test accuracy from the metric history, if recorded."""
+        """The model's final test accuracy: from the metric history, else measured once on the test set (eval
+        mode, no grad), so that a run trained without the Accuracy metric still gives the latents manifest, the
+        probes' relative_acc and the analysis its accuracy. None for a model that reconstructs its input."""
         if self.history and "test_accuracy" in self.history[-1]:
             return float(self.history[-1]["test_accuracy"])
-        return None
+        if not self._measured:
+            self._measured.append(self._measure_test_accuracy())
+        return self._measured[0]
+
+    def _measure_test_accuracy(self) -> float | None:
+        from phd_lab.objectives import objective_of
+        from phd_lab.tracking.projection import evaluate
+        objective = objective_of(self.model)
+        if not objective.uses_labels:
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            accuracy, _ = evaluate(self.model, self.bundle.test, self.device, objective)
+        finally:
+            self.model.train(was_training)
+        log.info("The run records no test_accuracy (no Accuracy metric): measured on the test set, %.4f", accuracy)
+        return accuracy
 
 
 class Step:
