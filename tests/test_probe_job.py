@@ -513,15 +513,30 @@ def test_error_sha256_mismatch(tmp_path, capsys):
 
 
 def test_error_train_and_eval_layer_sets_differ(tmp_path, capsys):
+    """A listed layer with a file of one split only (an unlisted stray file is no error: see the next test)."""
     run_dir, latents = make_latents(tmp_path)
-    shutil.copy(latents / "train-features.0.npy", latents / "train-extra.npy")
-    _assert_usage_error(capsys, run_dir, "--latents", str(latents),
-                        match="train and eval layer sets in")
-    (latents / "train-extra.npy").unlink()
     manifest = json.loads((latents / "manifest.json").read_text())
     del manifest["layers"][2]["eval"]
     (latents / "manifest.json").write_text(json.dumps(manifest))
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), match="layer 'features.2' has only a train file")
+
+
+def test_a_stray_unlisted_file_without_its_eval_partner_is_warned_of_and_the_listed_layers_are_probed(
+        tmp_path, capsys):
+    """docs/probes.md: layer files the manifest does not list are not probed, with one warning. A stray
+    train-extra.npy without an eval-extra.npy refused the whole folder (exit 2, "layer sets differ"). About 2 s."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _extraction_models import build_model, loaders
+    from phd_lab.extraction import extract_latents
+    run_dir, latents = tmp_path / "run", tmp_path / "run" / "latents"
+    manifest = extract_latents(build_model(), loaders(), latents, run_dir=run_dir, layers=["body.0", "head"],
+                               test_accuracy=0.9, progress=False)
+    shutil.copy(latents / "train-head.npy", latents / "train-extra.npy")
+    capsys.readouterr()
+    assert cli("--latents", str(latents), "--cache-dir", str(tmp_path / "cache"), "-mp", "0", "--solver", "lbfgs") == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "holds 1 layer file(s) that its manifest.json does not list, which are not probed: train-extra.npy" in said
+    assert pd.read_csv(run_dir / "probe_performances.csv")["layer"].tolist() == [e["name"] for e in manifest["layers"]]
 
 
 def test_error_label_file_of_wrong_length(tmp_path, capsys):

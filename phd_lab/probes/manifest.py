@@ -357,18 +357,13 @@ def _check_dtype(declared: str, train_dtypes: set[str], manifest: Path) -> None:
 
 
 def _check_layer_sets(folder: Path, manifest: Path, layers: list[LayerFiles], positional: set[str]) -> None:
-    """The train-*/eval-* files on disk must come in pairs: the same layer names for both splits. The
-    manifest is the contract, so only the layers it lists are probed; layer files on disk that it does
-    not list (left over from another extraction, or copied in) are named in one warning. Indices are
-    unique, except that the positions of a pixelwise layer (entries with a ``position``) share their
-    layer's index."""
+    """The manifest is the contract: only the layers it lists are probed, each with the train and eval file its
+    entry names (``_read_layers`` refuses an entry of one split). Layer files on disk that it does not list (left
+    over from another extraction, or copied in, with or without a file of the other split) are named in one
+    warning; a stray ``train-extra.npy`` refused the whole folder as "layer sets differ". Indices are unique,
+    except that the positions of a pixelwise layer (entries with a ``position``) share their layer's index."""
     on_disk = {split: {p.name[len(split) + 1:-4] for p in folder.glob(f"{split}-*.npy")} - {"labels"}
                for split in SPLITS}
-    if on_disk["train"] != on_disk["eval"]:
-        only_train = sorted(on_disk["train"] - on_disk["eval"])
-        only_eval = sorted(on_disk["eval"] - on_disk["train"])
-        raise DataError(f"The train and eval layer sets in {str(folder)!r} differ: layers only in train: {only_train}, "
-                        f"only in eval: {only_eval}. Both splits need the same layers; rerun the extraction step.")
     listed = {file for layer in layers for file in (layer.train, layer.eval)}
     unlisted = sorted(f"{split}-{name}.npy" for split in SPLITS for name in on_disk[split]
                       if folder / f"{split}-{name}.npy" not in listed)
