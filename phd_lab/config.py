@@ -293,6 +293,23 @@ def check_known_keys(raw: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: the key {META_KEY!r} must be a JSON object; got "
                           f"{json.dumps(raw[META_KEY])[:60]}. phd-lab writes it into the configs it logs in run "
                           f"folders (versions, git commit, setup); remove it from a config you write yourself.")
+    if META_KEY in raw:
+        check_meta_shape(raw[META_KEY], where)
+
+
+def check_meta_shape(meta: Mapping[str, Any], where: str) -> None:
+    """The ``_meta`` values a rerun compares must have the shape phd-lab writes: a hand-edited
+    ``defaults_in_effect`` of another shape failed the rerun (exit 1) after its run folder was made."""
+    defaults = meta.get("defaults_in_effect")
+    if defaults is None:
+        return
+    if not isinstance(defaults, dict) or not all(isinstance(args, dict) or args is None
+                                                 for args in defaults.values()):
+        raise ConfigError(f"{where}: the key '{META_KEY}.defaults_in_effect' must be a JSON object of JSON objects, "
+                          f"one per kind of factory arguments (e.g. {{\"model_args\": {{\"width\": 1.0}}, "
+                          f"\"optimizer_args\": {{}}}}); got {json.dumps(defaults)[:60]}. phd-lab writes it into "
+                          f"the configs it logs (the factory defaults a run left in effect): restore it from a "
+                          f"copy of the run's logged config, or remove the key to rerun without comparing them.")
 
 
 def is_swept(key: Key, value: Any) -> bool:

@@ -33,6 +33,8 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
     if isinstance(old_defaults, Mapping) and isinstance(new_defaults, Mapping):
         for args in sorted(set(old_defaults) & set(new_defaults)):
             old, new = old_defaults[args] or {}, new_defaults[args] or {}
+            if not isinstance(old, Mapping) or not isinstance(new, Mapping):  # a logged config edited by hand
+                continue
             for name in sorted(set(old) | set(new)):
                 if name not in old and new.get(name, _ABSENT) is None:
                     continue

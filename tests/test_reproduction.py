@@ -100,6 +100,30 @@ def test_a_hand_written_config_and_an_unchanged_setup_are_not_warned_about(tmp_p
         assert "another setup" not in (run / f"{run_name(run)}.log").read_text()
 
 
+def test_a_logged_config_with_a_hand_edited_defaults_in_effect_of_another_shape_is_refused_up_front(tmp_path,
+                                                                                                     capsys):
+    """``"defaults_in_effect": {"model_args": ["width"]}`` failed the rerun with exit 1 (an AttributeError) after
+    it had made the rerun's folder; it is refused with exit 2 before anything is made, and the run folder whose
+    logged config holds it is still post-processed from the experiment's own config."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    logged[META_KEY]["defaults_in_effect"] = {"model_args": ["width"]}
+    logged_path.write_text(json.dumps(logged))
+    before = sorted(path for path in (tmp_path / "logs").rglob("*"))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--run-id", "again", "--no-progress", "-q")
+    err = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err, err
+    assert (f"{logged_path}: the key '_meta.defaults_in_effect' must be a JSON object of JSON objects, one per kind "
+            f'of factory arguments (e.g. {{"model_args": {{"width": 1.0}}, "optimizer_args": {{}}}}); got '
+            f'{{"model_args": ["width"]}}.') in err, err
+    assert sorted(path for path in (tmp_path / "logs").rglob("*")) == before
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0 and "Traceback" not in err, err
+
+
 def test_an_edited_cpu_threads_in_the_logged_config_does_not_change_a_resume(tmp_path):
     """The thread count was read back from the logged config, the very file users rerun and may edit: a resume
     went on with the edited count and ended with other weights. The checkpoint now records the count."""
