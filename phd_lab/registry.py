@@ -208,8 +208,12 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
                 raise RegistryError(f"The {kind} registry module {spec!r} is a folder; give a path to a .py file "
                                     f"or a dotted module name (e.g. 'registries.{kind}').")
             if not path.is_file():
-                raise RegistryError(f"The {kind} registry module file {spec!r} does not exist; give a "
-                                    f"dotted module name (e.g. 'registries.{kind}') or a path to a .py file.")
+                raise RegistryError(
+                    f"The {kind} registry module file {spec!r} does not exist; give a dotted module name (e.g. "
+                    f"'registries.{kind}') or a path to a .py file. If the file moved (with a moved project), set "
+                    f"'registries.{kind}' to its new path, in a run's logged config as well: the registry modules "
+                    f"are no part of a run's identity (its folder's hash), so the edited config reruns the same "
+                    f"run in its folder, and warns if the file's code differs from the sha256 the run logged.")
             module_name = f"phd_lab_user_{kind}_{abs(hash(str(path)))}"
             source = path.read_bytes()
             earlier = sys.modules.get(module_name)

@@ -276,6 +276,35 @@ def test_a_registry_file_imports_the_files_beside_it_from_any_working_directory(
     assert len(run_folders(project / "logs")) == 1
 
 
+def test_a_moved_registry_file_s_error_says_that_its_new_path_in_the_logged_config_reruns_the_same_run(
+        tmp_path, capsys):
+    """A moved project's logged config names its registry file's old path: the error said only that the file does
+    not exist, not that setting the new path keeps the run (registries are no part of a run's identity)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "my_models.py").write_text(REGISTRY.format(act="relu"))
+    config = write_config(project, epoch=1, cpu_threads=1, model="tiny_cnn", model_args={}, track_saturation=False,
+                          post_processing=[], registries={"models": "my_models.py"})
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    moved = tmp_path / "moved"
+    project.rename(moved)
+    [folder] = run_folders(moved / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress", "-q")
+    err = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err, err
+    assert (f"The models registry module file {str(project / 'my_models.py')!r} does not exist; give a dotted "
+            "module name (e.g. 'registries.models') or a path to a .py file. If the file moved (with a moved "
+            "project), set 'registries.models' to its new path, in a run's logged config as well: the registry "
+            "modules are no part of a run's identity (its folder's hash), so the edited config reruns the same run "
+            "in its folder, and warns if the file's code differs from the sha256 the run logged.") in err, err
+    logged = json.loads(logged_path.read_text())
+    logged_path.write_text(json.dumps({**logged, "registries": {"models": str(moved / "my_models.py")}}))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0 and "already finished" in err and "another setup" not in err, err
+    assert run_folders(moved / "logs") == [folder]
+
+
 def _checkout_copy(target: Path) -> Path:
     """The tracked files of this checkout, as they are now, committed in a new repository at ``target``."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
