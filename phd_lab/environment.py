@@ -15,6 +15,10 @@ from typing import Any
 # Environment variables that set the thread count of OpenMP, MKL and OpenBLAS in a new process.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
+# Environment variables that cap the CPU instruction set of torch's own kernels and of oneDNN's (set before torch
+# is imported): another instruction set sums in another order, and the same config trains other weights.
+CPU_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
 
 def available_cores() -> int:
     """Cores this process may run on (respects taskset/cgroup affinity where the OS reports it)."""
@@ -132,6 +136,14 @@ def device_description(device: Any) -> dict[str, Any]:
     else:
         name = cpu_model() or platform.processor() or platform.machine()
     return {"device": str(device), "device_name": name}
+
+
+def cpu_instruction_set() -> dict[str, Any]:
+    """The instruction set torch's CPU kernels use here (AVX2, AVX512, DEFAULT) and the variables that cap it
+    (None: unset), logged with a run and compared on a rerun: they change the last bits of CPU results."""
+    import torch
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_isa_variables": {name: os.environ.get(name) for name in CPU_ISA_VARIABLES}}
 
 
 def cpu_model() -> str | None:

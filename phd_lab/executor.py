@@ -24,7 +24,7 @@ from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point,
 from phd_lab.config_paths import absolute_paths
 from phd_lab.data import DataBundle
 from phd_lab.device import DeviceMissing, resolve_device
-from phd_lab.environment import device_description, git_diff, versions
+from phd_lab.environment import cpu_instruction_set, device_description, git_diff, versions
 from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, UsageError, first_line
 from phd_lab.factory_args import FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect
 from phd_lab.interrupts import raise_if_stop_requested
@@ -247,6 +247,7 @@ class TrainTestExecutor:
         elif values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it
             values["cpu_threads"] = torch.get_num_threads()
         values[META_KEY] = {**versions(), **(device_description(self._device) if self._device else {}),
+                            **cpu_instruction_set(),
                             "registry_files": dict(self.registries.files),
                             "registry_sha256": self.registries.file_hashes(),
                             "defaults_in_effect": self._defaults_in_effect(), "working_directory": os.getcwd()}
@@ -355,8 +356,8 @@ class TrainTestExecutor:
         atomic.write_json(path, now)
 
     def _say_setup_differences(self, logged: Any, now: Mapping[str, Any], against_logged_run: bool) -> None:
-        """Warn when the code (factory defaults, registry files) or versions differ from those a run was
-        logged with: the logged config reproduces a run only under the same setup."""
+        """Warn when the code (factory defaults, registry files), versions or machine (device, CPU instruction
+        set) differ from those a run was logged with: the logged config reproduces a run only under the same setup."""
         code, versions = setup_differences(logged, now)
         if not code and not versions:
             return
@@ -378,7 +379,7 @@ class TrainTestExecutor:
                         "model built from other defaults or registry code may not be the one that was trained.",
                         items)
         else:
-            log.info("Post-processing under other versions than training: %s.", items)
+            log.info("Post-processing under other versions or on another machine than training: %s.", items)
 
     # ------------------------------------------------------------------ running
     def run(self) -> RunDir:

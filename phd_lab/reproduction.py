@@ -1,8 +1,9 @@
 """How the setup of a rerun differs from the one a run was logged with (its config's ``_meta``).
 
-A logged config reproduces its run only under the same code and libraries: the factory defaults
-the config left unset, the code of the registry files and the versions are recorded in ``_meta``
-for that reason, and a rerun names every difference instead of quietly training something else.
+A logged config reproduces its run only under the same code, libraries and machine: the factory defaults
+the config left unset, the code of the registry files, the versions, the device and the CPU instruction set
+are recorded in ``_meta`` for that reason, and a rerun names every difference instead of quietly training
+something else.
 """
 
 from __future__ import annotations
@@ -66,9 +67,34 @@ def version_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
             if logged.get(key) is not None and logged[key] != now.get(key)]
 
 
+def machine_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Another device type or model, and another CPU instruction set of torch's kernels or another value of the
+    variables that cap it (``environment.CPU_ISA_VARIABLES``): the same code sums in another order there, so
+    the same config gives other weights. Another GPU index is the same setup; keys an older ``_meta`` lacks are
+    skipped."""
+    found = []
+    old_device, new_device = logged.get("device"), now.get("device")
+    same_type = not (old_device and new_device) or str(old_device).split(":")[0] == str(new_device).split(":")[0]
+    if not same_type:
+        found.append(f"the device {old_device} (now {new_device})")
+    for key, label in (("device_name", "the device model"), ("cpu_capability", "the CPU instruction set")):
+        if same_type and logged.get(key) and now.get(key) and logged[key] != now[key]:
+            found.append(f"{label} {logged[key]} (now {now[key]})")
+    old_variables, new_variables = logged.get("cpu_isa_variables"), now.get("cpu_isa_variables")
+    if isinstance(old_variables, Mapping) and isinstance(new_variables, Mapping):
+        for name in sorted(set(old_variables) | set(new_variables)):
+            if old_variables.get(name) != new_variables.get(name):
+                found.append(f"{name} {_variable(old_variables.get(name))} (now {_variable(new_variables.get(name))})")
+    return found
+
+
+def _variable(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value)
+
+
 def setup_differences(logged: Any, now: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """(code differences, version differences) between a logged ``_meta`` and the current one; none when
-    nothing was logged (a config written by hand)."""
+    """(code differences, differences of the versions and of the machine) between a logged ``_meta`` and the
+    current one; none when nothing was logged (a config written by hand)."""
     if not isinstance(logged, Mapping):
         return [], []
-    return code_differences(logged, now), version_differences(logged, now)
+    return code_differences(logged, now), version_differences(logged, now) + machine_differences(logged, now)

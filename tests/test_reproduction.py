@@ -90,6 +90,43 @@ def test_a_run_folder_of_other_model_code_is_refused_before_anything_of_it_chang
     assert run_folders(tmp_path / "logs") == [folder]
 
 
+def test_another_cpu_instruction_set_or_device_model_is_logged_and_named_on_a_rerun(tmp_path, monkeypatch):
+    """ATEN_CPU_CAPABILITY=default or ONEDNN_MAX_CPU_ISA=SSE41 train other weights, but the instruction set was not
+    logged, and the logged device and its model were never compared: a rerun on another machine said nothing."""
+    import torch
+
+    for variable in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(variable, raising=False)
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert logged[META_KEY]["cpu_capability"] == capability
+    assert logged[META_KEY]["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None}
+    logged[META_KEY]["device_name"] = "Another CPU 9000"  # as if logged on another machine
+    logged_path.write_text(json.dumps(logged))
+    done = run_main("--config", str(logged_path), "--run-id", "again", "--no-progress", "-q",
+                    env={"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"})
+    assert done.returncode == 0, done.stderr
+    [again] = [f for f in run_folders(tmp_path / "logs") if f != folder]
+    log_text = " ".join((again / f"{run_name(again)}.log").read_text().split())
+    assert "This config was logged by a run under another setup: " in log_text
+    assert "the device model Another CPU 9000 (now " in log_text
+    assert 'ATEN_CPU_CAPABILITY unset (now "default"); ONEDNN_MAX_CPU_ISA unset (now "SSE41")' in log_text
+    if capability != "DEFAULT":
+        assert f"the CPU instruction set {capability} (now DEFAULT)" in log_text
+    assert json.loads((again / f"{run_name(again)}_config.json").read_text())[META_KEY]["cpu_isa_variables"] == {
+        "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+    # another GPU of the same model is the same setup; another device type is named once; an older _meta lacks keys
+    from phd_lab.reproduction import machine_differences
+    gpu = {"device": "cuda:0", "device_name": "NVIDIA H200", "cpu_capability": "AVX2"}
+    assert machine_differences(gpu, {**gpu, "device": "cuda:1"}) == []
+    assert machine_differences(gpu, {"device": "cpu", "device_name": "AMD EPYC"}) == ["the device cuda:0 (now cpu)"]
+    assert machine_differences({}, {**gpu, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": None}}) == []
+
+
 def test_a_hand_written_config_and_an_unchanged_setup_are_not_warned_about(tmp_path):
     config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
