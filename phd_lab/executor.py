@@ -250,6 +250,7 @@ class TrainTestExecutor:
                             **cpu_instruction_set(),
                             "registry_files": dict(self.registries.files),
                             "registry_sha256": self.registries.file_hashes(),
+                            "registry_helper_sha256": self.registries.helper_hashes(),
                             "defaults_in_effect": self._defaults_in_effect(), "working_directory": os.getcwd()}
         # the commit alone does not say which code ran in a checkout with uncommitted changes: their patch
         # is kept beside the config (``<name>_git.diff``) and its sha256 is logged and compared on a rerun

@@ -5,7 +5,8 @@ module-level callables; the function name is the key used in configs and run fol
 module may list its keys in ``__all__``; otherwise every public function or class defined
 in the module itself counts. A module may also define ``PREFIXES = {"tv:": factory}``: a
 name ``tv:resnet50`` then calls ``factory("resnet50", **kwargs)``; a ``factory.names()`` function, where
-given, lists the valid names after the prefix (unknown ones are refused up front, and listed).
+given, lists the valid names after the prefix (unknown ones are refused up front, and listed). A registry file
+given by its path may import the files beside it; their sha256 is logged with the file's own (``helper_sha256``).
 
 Factory contracts (documented once, here):
 - model: ``f(*, num_classes: int, in_channels: int = 3, **model_args) -> torch.nn.Module``
@@ -176,6 +177,115 @@ def _source(file: str | None) -> bytes | None:
         return None
 
 
+# The modules a registry file given by its path imported from its own folder (``helper.py`` beside it, or a
+# package there), by the registry's module name: {path relative to the folder: sha256}. Their code is part of
+# what a run trains with, and the logged git commit does not cover a folder outside phd-lab.
+_HELPER_SHA256: dict[str, dict[str, str]] = {}
+# Each helper's top-level module name → (the folder it was imported from, the registry file that imported it).
+# One process holds one module per name: a same-named helper of another folder would be that first one.
+_HELPER_NAMES: dict[str, tuple[Path, Path]] = {}
+FRAMEWORK_PACKAGES = ("phd_lab", "registries")  # phd-lab's own code, which its git commit covers
+
+
+def helper_sha256(module: ModuleType) -> dict[str, str]:
+    """sha256 of each module the registry file imported from beside it, by its path relative to the file's
+    folder (a moved project compares the same names); empty for a dotted registry module."""
+    return dict(_HELPER_SHA256.get(module.__name__, {}))
+
+
+def _helpers_changed(module_name: str, folder: Path) -> bool:
+    """Whether a helper the registry module imported from ``folder`` was edited (or removed) since."""
+    for relative, digest in _HELPER_SHA256.get(module_name, {}).items():
+        try:
+            if hashlib.sha256((folder / relative).read_bytes()).hexdigest() != digest:
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def _beside(folder: Path, top: str) -> Path | None:
+    """The module ``top`` as the folder holds it (``top.py`` or a package ``top/``), or None."""
+    return next((path for path in (folder / f"{top}.py", folder / top) if path.is_file()
+                 or (path / "__init__.py").is_file()), None)
+
+
+def _helper_file(name: str, module: ModuleType | None, folder: Path) -> Path | None:
+    """The file of a module imported from ``folder`` (``folder/<top>.py`` or inside ``folder/<top>/``); None for
+    any other module (installed, phd-lab's own, a virtual environment's inside the folder)."""
+    top = name.split(".")[0]
+    file = getattr(module, "__file__", None)
+    if top in FRAMEWORK_PACKAGES or not file:
+        return None
+    try:
+        path = Path(file).resolve()
+    except (OSError, RuntimeError):
+        return None
+    return path if path == folder / f"{top}.py" or folder / top in path.parents else None
+
+
+def _same_named_helper(path: Path, imported: Mapping[str, ModuleType]) -> str | None:
+    """Why the registry file ``path`` would run another file than the same-named one beside it: a module it
+    imports that resolved to another folder's file, or whose name another registry file's helper holds."""
+    folder = path.parent
+    for name in sorted(imported):
+        top = name.split(".")[0]
+        mine = _beside(folder, top)
+        if "." in name or top in FRAMEWORK_PACKAGES or mine is None:
+            continue
+        first = _HELPER_NAMES.get(top)
+        file = getattr(imported[name], "__file__", None)
+        if file and _helper_file(name, imported[name], folder) is None:
+            return f"{str(mine)!r} beside it, but {top!r} resolves to {file!r} in this process"
+        if first is not None and first[0] != folder:
+            return (f"{str(mine)!r} beside it, but the registry file {str(first[1])!r} imported another {top!r} from "
+                    f"its own folder ({str(_beside(first[0], top) or first[0] / top)!r}) in this process")
+    return None
+
+
+def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) -> None:
+    """Execute a registry file given by its path, recording the modules it imports from its own folder (each
+    helper imported before by a registry file is imported again, so that this file's own imports are seen and
+    an edited helper runs its new code); a same-named helper of another folder is refused."""
+    folder = path.parent
+    hidden = {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[0] in _HELPER_NAMES}
+    before = set(sys.modules)
+
+    def restore() -> None:
+        for name in set(sys.modules) - before:
+            if name.split(".")[0] in _HELPER_NAMES or _helper_file(name, sys.modules[name], folder) is not None:
+                del sys.modules[name]
+        sys.modules.update(hidden)
+
+    failed: BaseException | None = None
+    try:
+        _execute(module, source, path)
+    except BaseException as error:  # noqa: BLE001 - raised again below (as the refusal where that is the cause)
+        failed = error
+    imported = {name: sys.modules[name] for name in set(sys.modules) - before}
+    # the other folder's helper may lack what this file uses: the refusal says why, not the AttributeError
+    conflict = _same_named_helper(path, imported) if failed is None or isinstance(failed, Exception) else None
+    if failed is not None or conflict is not None:
+        restore()
+    if conflict is None and failed is not None:
+        raise failed
+    if conflict is not None:
+        raise RegistryError(
+            f"The {kind} registry file {str(path)!r} imports a module that lies as {conflict}: one process holds "
+            f"one module per name, so the registry would run another file than the one beside it. Rename the "
+            f"helper (or put it in a package named after its folder) so that no two registry folders share its "
+            f"name.")
+    for name in set(hidden) - set(sys.modules):  # helpers of other registry files that this one does not import
+        sys.modules[name] = hidden[name]
+    helpers = {}
+    for name, imported_module in imported.items():
+        file = _helper_file(name, imported_module, folder)
+        if file is not None:
+            helpers[file.relative_to(folder).as_posix()] = hashlib.sha256(file.read_bytes()).hexdigest()
+            _HELPER_NAMES.setdefault(name.split(".")[0], (folder, path))
+    _HELPER_SHA256[module.__name__] = dict(sorted(helpers.items()))
+
+
 def _execute(module: ModuleType, source: bytes, path: Path) -> ModuleType:
     """Run ``source`` (the bytes that are hashed) as the module's code, in its namespace."""
     exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's own registry module
@@ -217,21 +327,22 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
             module_name = f"phd_lab_user_{kind}_{abs(hash(str(path)))}"
             source = path.read_bytes()
             earlier = sys.modules.get(module_name)
-            if earlier is not None and _EXECUTED_SHA256.get(module_name) == hashlib.sha256(source).hexdigest():
+            if (earlier is not None and _EXECUTED_SHA256.get(module_name) == hashlib.sha256(source).hexdigest()
+                    and not _helpers_changed(module_name, path.parent)):
                 return earlier
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
             if loader_spec is None or loader_spec.loader is None or path.suffix != ".py":
                 raise RegistryError(f"The {kind} registry module {spec!r} is not a Python source file; give a "
                                     f"path ending in .py or a dotted module name.")
             if earlier is not None:  # edited since: a new module, so that factories removed from it are gone
-                log.info("The %s registry file %s changed since this process imported it; importing it again.",
-                         kind, path)
+                log.info("The %s registry file %s (or a file beside it that it imports) changed since this process "
+                         "imported it; importing it again.", kind, path)
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[module_name] = module
             if str(path.parent) not in sys.path:  # its own imports of files beside it (from my_layers import ...),
                 sys.path.append(str(path.parent))  # as Python gives a script; after the installed packages
             try:
-                _execute(module, source, path)
+                _execute_beside(module, source, path, kind)
             except BaseException:
                 if earlier is not None:
                     sys.modules[module_name] = earlier
@@ -323,6 +434,7 @@ class Registries:
         self._registries: dict[str, Registry] = {}
         self.files: dict[str, str | None] = {}  # where each module was loaded from (logged with a run)
         self.sha256: dict[str, str | None] = {}  # of the source each module was executed from
+        self.helper_sha256: dict[str, dict[str, str]] = {}  # of the files a registry file imported from beside it
         self.working_directory_files: dict[str, str] = {}  # dotted modules only the working directory holds
         for kind in KINDS:
             module = chosen[kind]
@@ -333,6 +445,7 @@ class Registries:
                     self.working_directory_files[kind] = found
             self.files[kind] = getattr(module, "__file__", None)
             self.sha256[kind] = executed_sha256(module)
+            self.helper_sha256[kind] = helper_sha256(module)
             if chosen[kind] == DEFAULT_MODULES[kind]:
                 _warn_if_shadowed(kind, self.files[kind])
             self._registries[kind] = Registry.from_module(kind, module)
@@ -351,6 +464,11 @@ class Registries:
         """sha256 of the source each registry module was executed from: a custom registry outside the
         repository is not covered by the logged git commit, and its code is part of what a run trained with."""
         return dict(self.sha256)
+
+    def helper_hashes(self) -> dict[str, dict[str, str]]:
+        """sha256 of the files each registry file imported from its own folder (``helper.py`` beside it), by their
+        path relative to that folder: their code is part of what a run trained with, as the registry file's is."""
+        return {kind: dict(hashes) for kind, hashes in self.helper_sha256.items()}
 
     def __getitem__(self, kind: str) -> Registry:
         return self._registries[kind]

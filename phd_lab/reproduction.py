@@ -26,9 +26,10 @@ def _shown(values: Mapping[str, Any], name: str) -> str:
 
 def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """Differences that build another model, data set or optimizer from the same config: the factory
-    defaults in effect and the code of the registry files. Keys an older ``_meta`` lacks are skipped, and so is
-    a factory argument added since whose default is null: an argument is added with null meaning what the
-    factory did before it existed (Digits' ``normalization``, the image sets' ``flip``)."""
+    defaults in effect and the code of the registry files and of the files beside them that they import. Keys an
+    older ``_meta`` lacks are skipped, and so is a factory argument added since whose default is null: an argument
+    is added with null meaning what the factory did before it existed (Digits' ``normalization``, the image sets'
+    ``flip``)."""
     found = []
     old_defaults, new_defaults = logged.get("defaults_in_effect"), _plain(now.get("defaults_in_effect"))
     if isinstance(old_defaults, Mapping) and isinstance(new_defaults, Mapping):
@@ -47,6 +48,16 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
             if old_hashes[kind] and old_hashes[kind] != new_hashes[kind]:
                 found.append(f"the code of the {kind} registry file (sha256 {str(old_hashes[kind])[:12]}…, now "
                              f"{str(new_hashes[kind])[:12]}…)")
+    old_helpers, new_helpers = logged.get("registry_helper_sha256"), now.get("registry_helper_sha256")
+    if isinstance(old_helpers, Mapping) and isinstance(new_helpers, Mapping):
+        for kind in sorted(set(old_helpers) & set(new_helpers)):
+            old, new = old_helpers[kind], new_helpers[kind]
+            if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+                continue
+            for file in sorted(set(old) | set(new)):
+                if old.get(file) != new.get(file):
+                    found.append(f"the code of {file} beside the {kind} registry file, which it imports "
+                                 f"({_helper_state(old.get(file))}, now {_helper_state(new.get(file))})")
     # the same commit with other uncommitted changes (an older _meta lacks the key: not compared)
     old_diff, new_diff = logged.get("git_diff_sha256", _ABSENT), now.get("git_diff_sha256")
     same_commit = bool(logged.get("git_commit")) and logged.get("git_commit") == now.get("git_commit")
@@ -55,6 +66,10 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
         found.append(f"the uncommitted changes to phd-lab ({_diff_state(old_diff)}, now {_diff_state(new_diff)}"
                      f"{kept})")
     return found
+
+
+def _helper_state(digest: Any) -> str:
+    return f"sha256 {str(digest)[:12]}…" if digest else "not imported"
 
 
 def _diff_state(digest: Any) -> str:

@@ -342,6 +342,81 @@ def test_a_moved_registry_file_s_error_says_that_its_new_path_in_the_logged_conf
     assert run_folders(moved / "logs") == [folder]
 
 
+HELPED_REGISTRY = """from torch import nn
+import {helper}
+
+
+def tiny_cnn(*, num_classes: int, in_channels: int = 3) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_channels, {helper}.WIDTH, 3, padding=1), {helper}.LAYER(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear({helper}.WIDTH, num_classes))
+"""
+
+
+def test_a_helper_beside_a_registry_file_is_hashed_and_an_edit_of_it_is_named_on_a_rerun(tmp_path, capsys):
+    """``import helper`` from a registry file was not hashed: an edited helper.py reran the logged config
+    without a word and trained another model (a long-lived process even kept the helper it imported first)."""
+    helper = tmp_path / "helper_hashed_beside_its_registry.py"
+    helper.write_text("from torch import nn\nWIDTH = 4\nLAYER = nn.ReLU\n")
+    registry = tmp_path / "helped_models.py"
+    registry.write_text(HELPED_REGISTRY.format(helper=helper.stem))
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_cnn", model_args={}, track_saturation=False,
+                          post_processing=[], registries={"models": str(registry)})
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    first = hashlib.sha256(helper.read_bytes()).hexdigest()
+    assert json.loads(logged_path.read_text())[META_KEY]["registry_helper_sha256"]["models"] == {helper.name: first}
+    helper.write_text("from torch import nn\nWIDTH = 4\nLAYER = nn.Tanh\n")
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--run-id", "again", "--no-progress")
+    assert code == 0, err
+    [again] = [f for f in run_folders(tmp_path / "logs") if f != folder]
+    log_text = " ".join((again / f"{run_name(again)}.log").read_text().split())
+    assert (f"This config was logged by a run under another setup: the code of {helper.name} beside the models "
+            f"registry file, which it imports (sha256 {first[:12]}…, now sha256 "
+            f"{hashlib.sha256(helper.read_bytes()).hexdigest()[:12]}…)") in log_text, log_text
+    meta = json.loads((again / f"{run_name(again)}_config.json").read_text())[META_KEY]
+    assert meta["registry_helper_sha256"]["models"] == {helper.name: hashlib.sha256(helper.read_bytes()).hexdigest()}
+    from phd_lab.registry import Registries  # this process imported the helper before it was edited
+    assert type(Registries({"models": str(registry)}).models.get("tiny_cnn")(num_classes=2)[1]).__name__ == "Tanh"
+
+
+def test_same_named_helpers_beside_two_registry_files_are_refused_naming_both(tmp_path, capsys, monkeypatch):
+    """Two registry folders with a helper.py each: the second registry file imported the first folder's helper
+    (one module per name in a process) and trained with it, without a word."""
+    name = "helper_of_the_same_name_in_two_folders"
+    models, optimizers = tmp_path / "models", tmp_path / "optimizers"
+    models.mkdir(), optimizers.mkdir()
+    (models / f"{name}.py").write_text("from torch import nn\nWIDTH = 4\nLAYER = nn.ReLU\nLR = 0.003\n")
+    (models / "helped_models.py").write_text(HELPED_REGISTRY.format(helper=name))
+    (optimizers / f"{name}.py").write_text("LR = 0.01\n")
+    (optimizers / "helped_optimizers.py").write_text(
+        f"import torch\nimport {name}\n\n\ndef adam(model, *, epochs, lr={name}.LR):\n"
+        f"    return torch.optim.Adam(model.parameters(), lr=lr), None\n")
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_cnn", model_args={}, track_saturation=False,
+                          post_processing=[], optimizer_args={}, registries={
+                              "models": str(models / "helped_models.py"),
+                              "optimizers": str(optimizers / "helped_optimizers.py")})
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    err = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err, err
+    assert (f"The optimizers registry file {str(optimizers / 'helped_optimizers.py')!r} imports a module that lies "
+            f"as {str(optimizers / (name + '.py'))!r} beside it, but {name!r} resolves to "
+            f"{str(models / (name + '.py'))!r} in this process") in err, err
+    assert "Rename the helper" in err and not (tmp_path / "logs").exists()
+    # a helper that lacks what the other folder's has: the refusal, not the AttributeError it caused
+    (models / f"{name}.py").write_text("from torch import nn\nWIDTH = 4\nLAYER = nn.ReLU\n")
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    err = " ".join(err.split())
+    assert code == 2 and f"but {name!r} resolves to {str(models / (name + '.py'))!r}" in err, err
+    # the second folder first on the module path: its own helper is imported, but the first folder's is in use
+    from phd_lab.errors import RegistryError
+    from phd_lab.registry import Registries
+    monkeypatch.syspath_prepend(str(optimizers))
+    with pytest.raises(RegistryError, match="imported another") as refused:
+        Registries({"optimizers": str(optimizers / "helped_optimizers.py")})
+    assert str(models / "helped_models.py") in str(refused.value) and str(models / f"{name}.py") in str(refused.value)
+
+
 def _checkout_copy(target: Path) -> Path:
     """The tracked files of this checkout, as they are now, committed in a new repository at ``target``."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
