@@ -59,9 +59,13 @@ class RunLock:
                 f"The run folder {str(self.path.parent)!r} is in use by {owner}. {self.refusal}; wait for it "
                 f"to finish (or stop it) and start again — a lock left by a process that died is taken over "
                 f"automatically.") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+            os.fsync(fd)
+        except BaseException:  # a full disk: closing drops the lock, which no one would release otherwise
+            os.close(fd)
+            raise
         self._fd = fd
         _HELD.add(fd)
         return self

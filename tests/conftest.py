@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -84,6 +85,16 @@ def sigint_as_in_a_terminal() -> None:
     non-interactive shell (a CI script) inherits SIGINT ignored, and Python then never raises
     KeyboardInterrupt; a terminal's foreground command, which Ctrl-C reaches, has the default."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def file_size_limit(limit: int):
+    """``preexec_fn`` standing for a disk that fills up: in the process that calls it, a write that takes a file
+    beyond ``limit`` bytes fails with EFBIG (an OSError, as ENOSPC would) instead of killing it by SIGXFSZ. Only
+    the soft limit is set, so a test may also call it in its own process and restore the limit after."""
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return limit_file_size
 
 
 def run_folders(logs: Path) -> list[Path]:

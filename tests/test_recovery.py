@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -28,7 +29,8 @@ from phd_lab.errors import RunLockedError, UsageError
 from phd_lab.experiment import Main
 from phd_lab.lock import RunLock
 from phd_lab.trainer import Trainer
-from tests.conftest import ROOT, read_metrics, run_folders, run_name, sigint_as_in_a_terminal, write_config
+from tests.conftest import (ROOT, file_size_limit, read_metrics, run_folders, run_name, sigint_as_in_a_terminal,
+                            write_config)
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights
 
 
@@ -315,6 +317,24 @@ def test_the_lock_file_names_its_live_owner_only_and_a_released_lock_closes_noth
         assert os.waitpid(child, 0)[1] == 0
     finally:
         os.close(fd)
+
+
+def test_a_lock_whose_owner_line_cannot_be_written_is_not_left_held(tmp_path):
+    """A full disk after the flock succeeded (the owner line fails with EFBIG here): the descriptor is closed, so
+    the folder is not "in use by unknown process" for the rest of this process (a Dask worker's: for ever)."""
+    lock_path = tmp_path / ".lock"
+    descriptors = len(os.listdir("/proc/self/fd"))
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    default = signal.getsignal(signal.SIGXFSZ)
+    file_size_limit(0)()  # a write that starts at the limit fails (one that crosses it is cut short)
+    try:
+        with pytest.raises(OSError):
+            RunLock(lock_path).acquire()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+        signal.signal(signal.SIGXFSZ, default)
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    RunLock(lock_path).acquire().release()  # the next try takes the lock
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
