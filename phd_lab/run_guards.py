@@ -97,4 +97,5 @@ class run_log:
                     exc[1].logged_to = self.path  # type: ignore[union-attr]
             self.handler.handle(record)
         logging.getLogger().removeHandler(self.handler)
-        self.handler.close()
+        with contextlib.suppress(OSError):  # a full disk: the error that ended the run is the one to report
+            self.handler.close()

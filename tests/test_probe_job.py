@@ -226,6 +226,27 @@ def test_parallel_workers_give_the_same_records_as_in_process(tmp_path):
     assert strip(serial) == strip(parallel)
 
 
+PROBE_LOG_ON_A_FULL_DISK = """
+import logging, sys
+from phd_lab.probes.probe_log import ProbeLogs
+
+logging.getLogger().setLevel(logging.INFO)
+with ProbeLogs([sys.argv[1]]) as logs:
+    logs.write(logging.INFO, "a line longer than the file may grow " + "x" * 300)
+    raise ValueError("the error that ended the job")
+"""
+
+
+def test_a_probe_log_that_cannot_be_written_leaves_the_job_s_own_error(tmp_path):
+    """A full disk (files may grow to 256 bytes): closing the probe log raised its flush's OSError in place of
+    the error that ended the job."""
+    from tests.conftest import ROOT, file_size_limit
+    result = subprocess.run([sys.executable, "-c", PROBE_LOG_ON_A_FULL_DISK, str(tmp_path / "probe.log")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60, preexec_fn=file_size_limit(256))
+    assert result.returncode == 1
+    assert result.stderr.rstrip().splitlines()[-1] == "ValueError: the error that ended the job", result.stderr
+
+
 WORKER_TASKS = """
 import builtins, logging, logging.handlers, os, sys
 

@@ -29,8 +29,8 @@ from phd_lab.errors import RunLockedError, UsageError
 from phd_lab.experiment import Main
 from phd_lab.lock import RunLock
 from phd_lab.trainer import Trainer
-from tests.conftest import (ROOT, file_size_limit, read_metrics, run_folders, run_name, sigint_as_in_a_terminal,
-                            write_config)
+from tests.conftest import (FULL_DISK_ENV, ROOT, file_size_limit, read_metrics, run_folders, run_name,
+                            sigint_as_in_a_terminal, write_config)
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights
 
 
@@ -758,6 +758,19 @@ def test_a_run_folder_that_cannot_be_written_is_said_in_one_line(tmp_path, capsy
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"The run folder '{folder}' cannot be written" in err and "Traceback" not in err
+
+
+def test_a_disk_that_fills_up_during_a_run_is_said_as_the_run_s_failure(tmp_path):
+    """Files may grow to 256 bytes only (a full disk): the run's config write fails, and so does its log. The
+    log handler's close raised a second OSError on flush, which replaced the first: the console said the run
+    'failed before its run log was opened (while building its data, model or optimizer)'."""
+    config = write_config(tmp_path, epoch=1, track_saturation=False)
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(256),
+                            env={**os.environ, **FULL_DISK_ENV})
+    assert result.returncode == 1, result.stderr
+    assert "before its run log was opened" not in result.stderr
+    assert re.search(r"Run 0 \(\S+\) failed: OSError: \[Errno 27\] File too large\. Its log: ", result.stderr)
 
 
 def test_a_diverged_run_stops_with_its_epoch_named_and_the_rest_of_the_grid_runs(tmp_path, capsys):

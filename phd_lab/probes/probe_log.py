@@ -9,6 +9,7 @@ fails, the traceback (the console gets one paragraph). Messages that concern one
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -106,4 +107,5 @@ class ProbeLogs:
         finally:
             for handler in self.handlers:
                 logging.getLogger().removeHandler(handler)
-                handler.close()
+                with contextlib.suppress(OSError):  # a full disk: the error that ended the job is the one to report
+                    handler.close()
