@@ -48,6 +48,10 @@ class CheckpointError(PhdLabError):
     """No usable checkpoint could be loaded."""
 
 
+class ReportError(PhdLabError):
+    """The report's page or one of its tables could not be written (a full disk, a file size limit)."""
+
+
 class RunFolderLost(PhdLabError):
     """A run's folder was deleted or moved while its process worked in it (its lock file is gone or another's)."""
 

@@ -21,7 +21,7 @@ from tests.analysis_fixtures import (BORDER, probe_frame, probe_results_replaced
 from phd_lab import atomic
 from phd_lab.lock import RunLock
 from phd_lab.report.cli import main_report, write_report
-from tests.conftest import main_in_process
+from tests.conftest import FULL_DISK_ENV, file_size_limit, main_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -402,6 +402,24 @@ def test_the_report_never_imports_torch(grid, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[-2] == "0 []"
     assert (tmp_path / "r.html").is_file()
+
+
+def test_a_report_page_that_cannot_be_written_is_one_paragraph_and_exit_1(tmp_path):
+    """Files may grow to 300 bytes only (``ulimit -f``, a full disk): writing the page ended in a traceback; it is
+    one paragraph naming the page and the system's error, and an earlier page stays as it was."""
+    logs, site = tmp_path / "logs", tmp_path / "site"
+    write_run(logs, width=0.25, stage="trained")
+    site.mkdir()
+    page = site / "r.html"
+    assert report_in_process_plain(logs, "--out", page, "--no-refresh", "--no-progress", "-mp", "0") == 0
+    before = page.read_bytes()
+    result = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--out", str(page), "--no-refresh",
+                             "--no-progress", "-mp", "0"], cwd=ROOT, capture_output=True, text=True, timeout=240,
+                            preexec_fn=file_size_limit(300), env={**os.environ, **FULL_DISK_ENV})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"error: The report page '{page}' could not be written (File too large)" in said
+    assert page.read_bytes() == before and sorted(site.iterdir()) == [page]  # no temp page left beside it
 
 
 def test_report_usage_errors_exit_2(tmp_path):

@@ -11,7 +11,7 @@ from typing import Sequence
 from phd_lab import atomic
 from phd_lab.atomic import check_writable_dir
 from phd_lab.environment import available_cores
-from phd_lab.errors import EXIT_OK, DataError, UsageError
+from phd_lab.errors import EXIT_OK, DataError, ReportError, UsageError
 from phd_lab.report.repetition_files import DEFAULT_ALPHA, REPETITION_TABLES, csv_path, is_repetition_table
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "stability, t-tests of the projections), also written to <page>_saturation_stability.csv and "
                     "<page>_relevant_eigenspace.csv beside it. Each run's analysis.json and analysis.png are "
                     "refreshed unless --no-refresh.",
-        epilog="Exit status: 0 success, 2 LOGS_DIR missing or without runs, or a bad option, 1 an unexpected "
-               "failure.")
+        epilog="Exit status: 0 success, 2 LOGS_DIR missing or without runs, or a bad option, 1 the page or a table "
+               "could not be written (a full disk), or an unexpected failure.")
     parser.add_argument("logs_dir", metavar="LOGS_DIR", help="the logs folder of a grid (the config's logs_dir)")
     parser.add_argument("--out", help="HTML file to write (default: LOGS_DIR/report.html)")
     parser.add_argument("--no-refresh", action="store_true",
@@ -80,6 +80,16 @@ def _refuse_a_page_sharing_the_tables(out_path: Path, table: Path) -> None:
                              f"before its suffix, and the tables of repeated runs are named after it ({table.name}): "
                              f"this report would replace or remove that page's tables. Pass another --out name, or "
                              f"that page's own.")
+
+
+def _not_written(out_path: Path, path: Path, error: OSError) -> str:
+    """What a report whose page (or, after the page, one of its tables at ``path``) could not be written says."""
+    why = error.strerror or str(error)
+    if path == out_path:
+        return (f"The report page {str(out_path)!r} could not be written ({why}); a page that was there is left as "
+                f"it was. Free space on its disk (or pass another --out) and rerun the command.")
+    return (f"The report page {str(out_path)!r} was written, but its table {str(path)!r} could not be ({why}), so "
+            f"the page's link to it is stale or broken. Free space on its disk and rerun the command.")
 
 
 def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh: bool = True,
@@ -145,12 +155,16 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     frames = repetitions_csvs(groups)
     page = render_report(entries, logs_dir, out_path, comparison, groups,
                          [tables[suffix] for suffix in REPETITION_TABLES if suffix in frames])
-    atomic.write_text(out_path, page)
-    for suffix, path in tables.items():  # a table the grid no longer has goes: it would describe other runs
-        if suffix in frames:
-            atomic.write_csv(path, frames[suffix])
-        elif path.exists():
-            path.unlink()
+    writing = out_path
+    try:
+        atomic.write_text(out_path, page)
+        for suffix, writing in tables.items():  # a table the grid no longer has goes: it would describe other runs
+            if suffix in frames:
+                atomic.write_csv(writing, frames[suffix])
+            elif writing.exists():
+                writing.unlink()
+    except OSError as error:  # a full disk, a file size limit: one paragraph, not a traceback
+        raise ReportError(_not_written(out_path, writing, error)) from None
     log.info("Report of %d run(s) written to %s", len(entries), out_path)
     for group in groups:
         if group.relevant_delta is not None:
