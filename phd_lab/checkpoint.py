@@ -62,7 +62,18 @@ class CheckpointStore:
         SIGTERM wait until it is done: cut short, the write was thrown away and with it the epoch that had
         just finished (the message still said training continues after it)."""
         with deferred_interrupts():
-            self._save({"format": CHECKPOINT_FORMAT, **state})
+            try:
+                self._save({"format": CHECKPOINT_FORMAT, **state})
+            except (OSError, RuntimeError) as error:
+                # torch's zip writer turns a failed write into "RuntimeError: [enforce fail at
+                # inline_container.cc:672] unexpected pos", with the OSError (a full disk) only as its context
+                cause = error if isinstance(error, OSError) else error.__cause__ or error.__context__
+                if not isinstance(cause, OSError):
+                    raise
+                raise CheckpointError(
+                    f"The checkpoint {str(self.path)!r} could not be written ({cause.strerror or cause}); the one "
+                    f"saved before it, if any, is kept, and the same command resumes from there once its disk has "
+                    f"room.") from cause
 
     def _save(self, payload: dict[str, Any]) -> None:
         pause = float(os.environ.get(PAUSE_ENV, "0") or 0)

@@ -773,6 +773,22 @@ def test_a_disk_that_fills_up_during_a_run_is_said_as_the_run_s_failure(tmp_path
     assert re.search(r"Run 0 \(\S+\) failed: OSError: \[Errno 27\] File too large\. Its log: ", result.stderr)
 
 
+def test_a_checkpoint_that_cannot_be_written_is_said_as_a_checkpoint_error_naming_its_file(tmp_path):
+    """Files may grow to 200 kB only (a full disk): the checkpoint (about 540 kB) failed with torch's
+    'RuntimeError: [enforce fail at inline_container.cc:672] ... unexpected pos', the OSError only its context."""
+    config = write_config(tmp_path, epoch=1, track_saturation=False)
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            preexec_fn=file_size_limit(200_000), env={**os.environ, **FULL_DISK_ENV})
+    assert result.returncode == 1, result.stderr
+    [folder] = run_folders(tmp_path / "logs")
+    said = " ".join(result.stderr.split())
+    assert (f"failed: CheckpointError: The checkpoint '{folder / run_name(folder)}.pt' could not be written "
+            f"(File too large)") in said, result.stderr
+    assert "unexpected pos" not in result.stderr
+    assert not [path.name for path in folder.iterdir() if ".pt" in path.name]  # no checkpoint, no temp file
+
+
 def test_a_diverged_run_stops_with_its_epoch_named_and_the_rest_of_the_grid_runs(tmp_path, capsys):
     """A learning rate that makes the weights NaN trained every remaining epoch and post-processed a NaN model,
     then reported 'finished' with exit 0. Now the run stops after the epoch that diverged (its row and
