@@ -84,10 +84,15 @@ def _cgroup_headrooms(root: Path, membership: Path) -> list[int]:
 
 
 def _run_git(*args: str, timeout: float) -> str | None:
-    """Output of a git command run in the package's folder, or None (no git, not a repository, failed)."""
+    """Output of a git command run in the package's folder, or None (no git, not a repository, failed).
+
+    GIT_OPTIONAL_LOCKS=0: ``git status`` would otherwise rewrite the checkout's index to refresh its file stamps,
+    so recording where a run came from wrote into the user's repository (and a run killed meanwhile, or a full
+    disk, left its ``index.lock`` behind, which blocks the user's next commit)."""
     try:
         result = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
-                                text=True, errors="replace", timeout=timeout, check=False)
+                                text=True, errors="replace", timeout=timeout, check=False,
+                                env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout if result.returncode == 0 else None
@@ -122,9 +127,13 @@ def git_dirty() -> bool | None:
 
 def git_diff() -> str | None:
     """The uncommitted changes to tracked files of the phd-lab checkout as a patch against its commit
-    (``git diff HEAD``, binary files included): with ``git apply`` on that commit it restores the code a
-    run used. "" when there are none; None when it is no git checkout or git is missing."""
-    return _git("diff", "HEAD", "--binary", "--no-color", "--no-ext-diff", timeout=30)
+    (binary files included): with ``git apply`` on that commit it restores the code a run used. "" when there
+    are none; None when it is no git checkout or git is missing.
+
+    ``git diff-index -p`` gives the patch of ``git diff HEAD --binary`` (without its rename detection) but, unlike
+    it, does not rewrite the checkout's index (GIT_OPTIONAL_LOCKS does not stop ``git diff``) and ignores the
+    user's diff settings (``diff.noprefix``, ``diff.algorithm``), so one code state gives one patch."""
+    return _git("diff-index", "-p", "--binary", "--no-color", "--no-ext-diff", "HEAD", timeout=30)
 
 
 def device_description(device: Any) -> dict[str, Any]:

@@ -226,6 +226,30 @@ def test_the_git_commit_is_only_the_checkout_s_own(tmp_path):
     assert copied.git_commit() is None and copied.git_dirty() is None
 
 
+def test_recording_the_checkout_s_state_never_writes_into_its_repository(tmp_path):
+    """``git status`` refreshed the index's file stamps, so every run rewrote the user's .git/index (and left an
+    index.lock behind where it was killed or the disk was full)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    checkout = tmp_path / "checkout"
+    (checkout / "phd_lab").mkdir(parents=True)
+    module = checkout / "phd_lab" / "environment.py"
+    shutil.copy(ROOT / "phd_lab" / "environment.py", module)
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                                                    "-m", "copy"]):
+        subprocess.run(["git", *command], cwd=checkout, check=True, capture_output=True)
+    later = module.stat().st_mtime + 100
+    os.utime(module, (later, later))  # the same content with another stamp: what `git status` refreshes
+    index = checkout / ".git" / "index"
+    before = (index.read_bytes(), index.stat().st_mtime_ns)
+    spec = importlib.util.spec_from_file_location("checkout_environment", module)
+    copied = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copied)
+    assert copied.git_dirty() is False and copied.git_diff() == ""
+    assert (index.read_bytes(), index.stat().st_mtime_ns) == before
+    assert not (checkout / ".git" / "index.lock").exists()
+
+
 def test_a_registry_file_edited_between_two_grids_of_one_process_trains_and_logs_the_new_code(tmp_path, capsys,
                                                                                                monkeypatch):
     """A long-lived process (a Dask worker, a notebook) kept the registry module it imported first: after the
