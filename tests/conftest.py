@@ -87,10 +87,6 @@ def sigint_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-# with file_size_limit: the run's provenance ``git status`` must not rewrite this checkout's index under the limit
-FULL_DISK_ENV = {"GIT_OPTIONAL_LOCKS": "0"}
-
-
 def file_size_limit(limit: int):
     """``preexec_fn`` standing for a disk that fills up: in the process that calls it, a write that takes a file
     beyond ``limit`` bytes fails with EFBIG (an OSError, as ENOSPC would) instead of killing it by SIGXFSZ. Only

@@ -29,7 +29,7 @@ from phd_lab.errors import RunLockedError, UsageError
 from phd_lab.experiment import Main
 from phd_lab.lock import RunLock
 from phd_lab.trainer import Trainer
-from tests.conftest import (FULL_DISK_ENV, ROOT, file_size_limit, read_metrics, run_folders, run_name,
+from tests.conftest import (ROOT, file_size_limit, read_metrics, run_folders, run_name,
                             sigint_as_in_a_terminal, write_config)
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights
 
@@ -766,8 +766,7 @@ def test_a_disk_that_fills_up_during_a_run_is_said_as_the_run_s_failure(tmp_path
     'failed before its run log was opened (while building its data, model or optimizer)'."""
     config = write_config(tmp_path, epoch=1, track_saturation=False)
     result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(256),
-                            env={**os.environ, **FULL_DISK_ENV})
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(256))
     assert result.returncode == 1, result.stderr
     assert "before its run log was opened" not in result.stderr
     assert re.search(r"Run 0 \(\S+\) failed: OSError: \[Errno 27\] File too large\. Its log: ", result.stderr)
@@ -779,7 +778,7 @@ def test_a_checkpoint_that_cannot_be_written_is_said_as_a_checkpoint_error_namin
     config = write_config(tmp_path, epoch=1, track_saturation=False)
     result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            preexec_fn=file_size_limit(200_000), env={**os.environ, **FULL_DISK_ENV})
+                            preexec_fn=file_size_limit(200_000))
     assert result.returncode == 1, result.stderr
     [folder] = run_folders(tmp_path / "logs")
     said = " ".join(result.stderr.split())

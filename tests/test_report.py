@@ -21,7 +21,7 @@ from tests.analysis_fixtures import (BORDER, probe_frame, probe_results_replaced
 from phd_lab import atomic
 from phd_lab.lock import RunLock
 from phd_lab.report.cli import main_report, write_report
-from tests.conftest import FULL_DISK_ENV, file_size_limit, main_in_process
+from tests.conftest import file_size_limit, main_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -415,7 +415,7 @@ def test_a_report_page_that_cannot_be_written_is_one_paragraph_and_exit_1(tmp_pa
     before = page.read_bytes()
     result = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--out", str(page), "--no-refresh",
                              "--no-progress", "-mp", "0"], cwd=ROOT, capture_output=True, text=True, timeout=240,
-                            preexec_fn=file_size_limit(300), env={**os.environ, **FULL_DISK_ENV})
+                            preexec_fn=file_size_limit(300))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     said = " ".join(result.stderr.split())
     assert f"error: The report page '{page}' could not be written (File too large)" in said
