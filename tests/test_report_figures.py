@@ -173,6 +173,28 @@ def test_a_run_a_process_takes_after_the_report_read_it_gets_no_stale_analysis(t
     assert entry.written and rundir.analysis_plot.read_bytes().startswith(PNG)
 
 
+def test_a_run_resumed_to_its_end_after_the_report_read_it_gets_the_finished_analysis(tmp_path, caplog):
+    """A training that takes the run after the report read it and lets it go before the report writes (resumed to
+    its end) leaves no lock held: the report sees the run's files changed and analyses it again, so the analysis
+    it read (stopped after one epoch of three) never replaces the finished run's."""
+    from phd_lab import atomic
+    from phd_lab.lock import RunLock
+    from phd_lab.report.collect import _analyse, _finish
+    from tests.analysis_fixtures import metrics_frame
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="running")
+    analysis = _with_figure(_analyse(rundir, None, last_step=False))
+    assert analysis.entry.tables.status.state == "stopped"
+    with RunLock(rundir.lock):  # main.py resumes the run to its end
+        atomic.write_csv(rundir.metrics_csv, metrics_frame(0.25, 3, 0.93))
+    with caplog.at_level(logging.INFO):
+        entry = _finish(analysis, refresh=True)
+    assert entry.written and entry.tables.status.state == "finished"
+    assert read_json(rundir.analysis_json)["run"]["status"]["state"] == "finished"
+    assert read_json(rundir.analysis_json)["run"]["status"]["epochs_done"] == 3
+    said = " ".join(caplog.text.split())
+    assert f"{rundir.metrics_csv.name}, .lock of {rundir.root} changed while the report was built" in said
+
+
 def _with_figure(analysis):
     analysis.entry.figure = figure_png(analysis.entry.tables, analysis.entry.summary)
     return analysis

@@ -18,7 +18,7 @@ from typing import Any
 
 from phd_lab import atomic
 from phd_lab.analysis.run_summary import AnalysisSettings, summarize
-from phd_lab.analysis.run_tables import RunTables, discover_runs, load_run, lock_owner_alive
+from phd_lab.analysis.run_tables import RunTables, discover_runs, latents_manifest_path, load_run, lock_owner_alive
 from phd_lab.rundir import RunDir
 from phd_lab.errors import ConfigError
 from phd_lab.lock import PROBE_LOCK
@@ -51,7 +51,8 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
     is written: their probe job writes the analysis), so an analysis read before they came never
     replaces the one written with them. ``last_step``: called by the run's own analysis step, its
     last: a finished run is described as finished, not as still post-processing (its lock is released
-    right after). ``probe_job``: called by the probe job that holds the folder's probe lock.
+    right after). ``probe_job``: called by the probe job that holds the folder's probe lock. The same holds for
+    the run's other files (``_read_stamps``): a run that changed while it was analysed is analysed again.
     """
     from phd_lab.plots.run_figure import figure_png
 
@@ -59,9 +60,11 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
         analysis = _analyse(folder, settings, last_step)
         if analysis.entry.figure is None:
             analysis.entry.figure = figure_png(analysis.entry.tables, analysis.entry.summary)
-        if _settled(analysis):
+        changed = _changed_since_read(analysis)
+        if not changed:
+            _settled(analysis)
             break
-        log.info("Probe results of %s arrived while it was analysed; analysing again", folder.root)
+        log.info("%s while it was analysed; analysing again", _what_changed(changed, folder))
     else:
         return analysis.entry
     _write(analysis, write=write, skip_active=skip_active, probe_job=probe_job)
@@ -71,20 +74,42 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
 @dataclass
 class _Analysis:
     """A run analysed but not yet written: its entry, the analysis.json document, whether the folder holds its
-    figure or both already, and the probe results it read (``stamp_if_present`` before reading the tables)."""
+    figure or both already, and the stamps of the files it read (``_read_stamps``, before reading the tables)."""
 
     entry: RunEntry
     document: dict[str, Any]
     figure_in_place: bool
     up_to_date: bool
-    probes: Any
+    stamps: dict[Path, Any]
+
+
+def _read_stamps(folder: RunDir) -> dict[Path, Any]:
+    """``stamp_if_present`` of every file an analysis reads, and of the run's lock and checkpoint: a process that
+    took the folder and let it go (a training resumed to its end) leaves other stamps, though no lock is held now."""
+    paths = (folder.probe_csv, folder.config, folder.metrics_csv, folder.receptive_field_csv,
+             folder.computational_info_json, folder.computational_info_csv, folder.projections_csv,
+             folder.root / "latents" / "manifest.json", folder.diverged, folder.checkpoint, folder.lock,
+             folder.root / PROBE_LOCK)
+    return {path: stamp_if_present(path) for path in paths}
+
+
+def _changed_since_read(analysis: _Analysis) -> list[Path]:
+    """The files whose stamps are no longer those taken before the analysis read the run (none: it may be written)."""
+    return [path for path, stamp in analysis.stamps.items() if stamp_if_present(path) != stamp]
+
+
+def _what_changed(changed: list[Path], folder: RunDir) -> str:
+    """What the log says changed: new probe results, or the other files by name."""
+    if folder.probe_csv in changed:
+        return f"Probe results of {folder.root} arrived"
+    return f"{', '.join(path.name for path in changed)} of {folder.root} changed"
 
 
 def _settled(analysis: _Analysis) -> bool:
-    """Whether the probe results are still those the analysis read (then the entry says so)."""
-    if stamp_if_present(analysis.entry.folder.probe_csv) != analysis.probes:
+    """Whether the run's files are still those the analysis read (then the entry names the probe results read)."""
+    if _changed_since_read(analysis):
         return False
-    analysis.entry.probe_stamp = analysis.probes
+    analysis.entry.probe_stamp = analysis.stamps[analysis.entry.folder.probe_csv]
     return True
 
 
@@ -122,9 +147,11 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool)
     """The run's analysis, with the figure of analysis.png where it shows the same (else the figure is None)."""
     from dataclasses import replace
 
-    probes = stamp_if_present(folder.probe_csv)
+    stamps = _read_stamps(folder)
     sources = _plotted_files_digest(folder)  # before the tables are read: a file replaced between only redraws
     tables = load_run(folder)
+    manifest = latents_manifest_path(tables)  # mirrored under a latents_dir: known once the config is read
+    stamps.setdefault(manifest, stamp_if_present(manifest))
     if last_step and tables.status is not None and tables.status.state == "finished":
         tables.status = replace(tables.status, active=False, owner="")
     if settings is None:
@@ -141,7 +168,7 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool)
     document = {**plain, "figure_key": key}
     in_place = figure is not None
     return _Analysis(RunEntry(folder, tables, summary, figure), document, in_place, in_place and previous == document,
-                     probes)
+                     stamps)
 
 
 def jsonable(value: Any) -> Any:
@@ -274,11 +301,13 @@ def collect(logs_dir: Path | str, *, refresh: bool = True, progress: bool = Fals
 
 def _finish(analysis: _Analysis, refresh: bool) -> RunEntry:
     """Write a run's analysis as ``analyse_run`` would, or analyse the run again where it changed while the report
-    was busy with other runs: new probe results, or a process (a resumed training) that took its folder."""
+    was busy with other runs: new probe results, any other file it read, or a process (a resumed training) that took
+    its folder, whether it holds it still or let it go already (its lock file changed)."""
     folder = analysis.entry.folder
     try:
-        if not _settled(analysis):
-            log.info("Probe results of %s arrived while the report was built; analysing it again", folder.root)
+        changed = _changed_since_read(analysis)
+        if changed:
+            log.info("%s while the report was built; analysing it again", _what_changed(changed, folder))
             return analyse_run(folder, write=refresh)
         if _taken_since_read(analysis):
             log.info("A process took %s while the report was built; analysing it again", folder.root)
