@@ -3,6 +3,7 @@ computation against scipy and numpy, and the report's section and tables on a re
 
 import base64
 import json
+import logging
 import math
 import re
 import shutil
@@ -353,6 +354,24 @@ def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case):
     assert set(stability.loc[stability["group"] == label, "n"]) == {2 if case == "unfinished" else expected_n}
     assert ("1 run(s) left out: an earlier run of this group has their seed" in text) == (case == "same seed")
     assert ("1 run(s) projected with other parameters" in text) == (case == "other projection")
+
+
+def test_repetitions_that_all_share_one_seed_are_shown_with_a_warning_not_dropped(tmp_path, caplog):
+    """Three run_ids with one fixed seed repeat one training: nothing is compared over them, but the group is
+    named on the page and in the log with a warning that its runs share one seed, not dropped without a word."""
+    config = write_config(tmp_path, seed=0, run_id=["0", "1", "2"], epoch=1,
+                          post_processing=[{"name": "project", "deltas": [0.9]}, "analysis"])
+    from phd_lab.cli import main_cli
+    assert main_cli(["--config", str(config)]) == 0
+    logging.getLogger().addHandler(caplog.handler)  # the CLI's logging set-up replaced the root's handlers
+    with caplog.at_level(logging.WARNING):
+        text = " ".join(write_report(tmp_path / "logs").read_text(encoding="utf-8").split())
+    assert '<h3>vgg11 / Digits 16 px <span class="swept">3 runs</span></h3>' in text
+    assert ("All 3 runs of this group share seed 0: they repeat one training (bit for bit on a CPU; on a GPU their "
+            "spread measures its nondeterminism only)") in text
+    assert "vgg11 / Digits 16 px: all 3 runs of this group share seed 0" in " ".join(caplog.text.split())
+    assert not (tmp_path / "logs" / "report_saturation_stability.csv").exists()
+    assert not (tmp_path / "logs" / "report_relevant_eigenspace.csv").exists()
 
 
 def _group_images(text):

@@ -8,6 +8,7 @@ unchanged (§7.4); the numbers also go to two CSV files beside the page (``repet
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from phd_lab.report.collect import RunEntry
 from phd_lab.report.config_values import FIXED_COLUMNS, flat_values
 from phd_lab.report.figure_reuse import KeyedFigure, figure_key, keyed_figure
 from phd_lab.report.repetition_files import DEFAULT_ALPHA
+
+log = logging.getLogger(__name__)
 
 REPEATED_BY = ("run_id", "seed")  # what tells the repetitions of one configuration apart
 
@@ -78,7 +81,9 @@ def _label(flat: dict[str, str], differing: Sequence[str]) -> str:
 
 def repetition_groups(entries: Sequence[RunEntry], alpha: float = DEFAULT_ALPHA) -> list[RepetitionGroup]:
     """Groups of runs with the same configuration but for run_id/seed, with their statistics, in the order
-    their first run appears in ``entries``; only groups where two runs or more have something to compare."""
+    their first run appears in ``entries``; only groups where two runs or more have something to compare, or where
+    runs were left out for repeating an earlier run's seed (the section warns of them: a grid of one seed and
+    several run_ids would otherwise vanish from the page without a word)."""
     members: dict[str, list[RunEntry]] = {}
     for entry in entries:
         identity = _identity(entry)
@@ -90,7 +95,26 @@ def repetition_groups(entries: Sequence[RunEntry], alpha: float = DEFAULT_ALPHA)
     differing = [k for k in keys if len({flat.get(k) for flat in flats.values()}) > 1]
     groups = [group_statistics(RepetitionGroup(_label(flats[identity], differing), runs, alpha))
               for identity, runs in repeated.items()]
-    return [group for group in groups if group.stability is not None or group.eigenspace is not None]
+    for group in groups:
+        if group.same_seed:
+            log.warning("%s: %s", group.label, _same_seed_warning(group))
+    return [group for group in groups if group.stability is not None or group.eigenspace is not None
+            or group.same_seed]
+
+
+def _same_seed_warning(group: RepetitionGroup) -> str:
+    """Why runs of the group are left out: all share one seed (nothing is compared), or some repeat an earlier
+    run's seed; either way each repetition should have its own."""
+    names = ", ".join("/".join(entry.folder.root.parts[-2:]) for entry in group.same_seed[:5])
+    names += ", ..." if len(group.same_seed) > 5 else ""
+    advice = 'Give each repetition its own seed (leave "seed" unset: it is derived from the run_id).'
+    if len(group.same_seed) == len(group.entries) - 1:
+        seed = (group.entries[0].tables.config or {}).get("seed")
+        return (f"all {len(group.entries)} runs of this group share seed {seed}: they repeat one training (bit for "
+                f"bit on a CPU; on a GPU their spread measures its nondeterminism only) instead of sampling "
+                f"others, so nothing is compared over them ({names} left out). {advice}")
+    return (f"{len(group.same_seed)} run(s) left out: an earlier run of this group has their seed, so they repeat "
+            f"its training instead of sampling another one ({names}). {advice}")
 
 
 def _independent(entries: Sequence[RunEntry]) -> tuple[list[RunEntry], list[RunEntry]]:
@@ -256,11 +280,8 @@ def repetitions_section(groups: Sequence[RepetitionGroup], files: Sequence[str],
             parts.append(f'<p class="warn">{len(group.other_projections)} run(s) projected with other parameters of '
                          f'the project step than the others are left out of the t-tests.</p>')
         if group.same_seed:
-            names = ", ".join("/".join(entry.folder.root.parts[-2:]) for entry in group.same_seed[:5])
-            parts.append(f'<p class="warn">{len(group.same_seed)} run(s) left out: an earlier run of this group has '
-                         f'their seed, so they repeat its training instead of sampling another one ({escape(names)}'
-                         f'{", ..." if len(group.same_seed) > 5 else ""}). Give each repetition its own seed (leave '
-                         f'"seed" unset: it is derived from the run_id).</p>')
+            warning = _same_seed_warning(group)
+            parts.append(f'<p class="warn">{escape(warning[0].upper() + warning[1:], quote=False)}</p>')
         if group.stability is not None:
             parts.append(_stability_text(group))
         if group.eigenspace is not None:
