@@ -406,6 +406,32 @@ def test_tails_and_their_offset_from_the_border_are_read_on_the_main_path(tmp_pa
     assert summary["saturation"]["mean"] < summary["saturation"]["mean_all_layers"] - 0.05
 
 
+def test_probe_verdicts_read_the_main_path_not_the_side_branches(tmp_path):
+    """§10.1.1 leaves side branches out of saturation and probes: resnet18_sa's attention gates and 1×1 shortcuts
+    probe low (one channel, a projection) and were named as skipped layers "through shortcuts (App. C)", and one
+    that probed high was the best layer and the first to reach the model."""
+    from phd_lab.analysis.receptive_field import receptive_fields
+    from registries.models import resnet18_sa
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="unprobed", resolution=32, test_accuracy=0.93)
+    table = receptive_fields(resnet18_sa(num_classes=10, width=0.125), 32)
+    atomic.write_csv(rundir.receptive_field_csv, table)
+    layers, side = table["layer"].tolist(), table["side_branch"].tolist()
+    main = [layer for layer, flag in zip(layers, side) if not flag]
+    climb = {layer: 0.4 + 0.53 * position / (len(main) - 1) for position, layer in enumerate(main)}  # to 0.93
+    side_layers = [layer for layer, flag in zip(layers, side) if flag]
+    assert len(side_layers) > 3 and len(main) > 10
+    accuracy = {**climb, **{layer: 0.12 for layer in side_layers}, side_layers[-1]: 0.99}
+    atomic.write_csv(rundir.probe_csv, pd.DataFrame(
+        [{"index": index, "layer": layer, "eval_acc": accuracy[layer], "relative_acc": accuracy[layer] / 0.93}
+         for index, layer in enumerate(layers, 1)]))
+    summary = summarize(load_run(rundir))
+    probes = summary["probes"]
+    assert probes["skipped_layers"] == [] and probes["layers_probed"] == len(layers)
+    assert probes["best_layer"] == probes["first_reaching_layer"] == main[-1]
+    assert probes["best_accuracy"] == pytest.approx(0.93) and probes["layers_after_reaching"] == 0
+    assert not [a for a in summary["recommendations"] if a["text"].startswith("Probe accuracy drops")]
+
+
 def _with_saturations(tables, values):
     metrics = tables.metrics.copy()
     for layer, value in zip(LAYERS, values):

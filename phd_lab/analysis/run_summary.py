@@ -247,7 +247,11 @@ def _agreement(border: str | None, tail: Tail | None, order: list[str], fallback
     return result
 
 
-def _probe_info(tables: RunTables, model_accuracy: float | None, settings: AnalysisSettings) -> dict[str, Any]:
+def _probe_info(tables: RunTables, model_accuracy: float | None, settings: AnalysisSettings,
+                side: set[str]) -> dict[str, Any]:
+    """The probe results and their verdicts. The verdicts (the first layer that reaches the model, the layers
+    whose probes drop, the best layer) read the main path only, as the tails and s_mu (§10.1.1): a side branch's
+    probe (an attention gate, a 1×1 shortcut: ``side``) says nothing of the layers the network skips."""
     probes = tables.probes
     extracted = tables.manifest.get("layers") if tables.manifest else None
     planned = len(extracted) if isinstance(extracted, list) else None  # None: unknown (a malformed manifest too)
@@ -265,6 +269,12 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
         relative = pd.to_numeric(probes["relative_acc"], errors="coerce").tolist()
     else:
         relative = [a / reference if reference else float("nan") for a in accuracy]
+    status = "complete" if planned is None or len(layers) >= planned else f"partial ({len(layers)} of {planned})"
+    if tables.probes_predate_latents:
+        status = "stale (the latents were extracted again after the probes; rerun probe_main.py)"
+    probed_layers = len(layers)
+    main = [i for i, layer in enumerate(layers) if layer not in side]
+    layers, accuracy, relative = ([values[i] for i in main] for values in (layers, accuracy, relative))
     first = next((layer for layer, r in zip(layers, relative) if r >= 1.0 - settings.probe_tolerance), None)
     skipped, best = [], -math.inf
     for layer, value in zip(layers, accuracy):
@@ -273,10 +283,7 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
         best = max(best, value) if not math.isnan(value) else best
     probed = [i for i, value in enumerate(accuracy) if not math.isnan(value)]  # NaN: a layer whose fit failed
     best_at = max(probed, key=lambda i: accuracy[i]) if probed else None
-    status = "complete" if planned is None or len(layers) >= planned else f"partial ({len(layers)} of {planned})"
-    if tables.probes_predate_latents:
-        status = "stale (the latents were extracted again after the probes; rerun probe_main.py)"
-    return {"status": status, "layers_probed": len(layers), "layers_extracted": planned,
+    return {"status": status, "layers_probed": probed_layers, "layers_extracted": planned,
             "model_accuracy": reference, "first_reaching_layer": first,
             "layers_after_reaching": (len(layers) - 1 - layers.index(first)) if first else None,
             "skipped_layers": skipped, "best_layer": layers[best_at] if best_at is not None else None,
@@ -401,7 +408,7 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
         "tails": [{**t.to_dict(), "layers": t.layers(names)} for t in tails],  # start/stop index main_path
         "borders": borders,
         "agreement": agreement,
-        "probes": _probe_info(tables, test_accuracy, settings),
+        "probes": _probe_info(tables, test_accuracy, settings, side),
         "computational": tables.computational,
         "truncation": truncation,
         "missing": sorted(set(tables.missing)),
