@@ -368,7 +368,9 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
         agreement = {key: _agreement(borders[key], last_tail, order, names, settings.border_tolerance)
                      for key in ("b_min", "b_max")}
     test_accuracy = _number(row.get("test_accuracy")) if row is not None else None
-    if test_accuracy is None and tables.manifest:  # trained without the Accuracy metric: the extraction measured it
+    unmeasured = tables.metrics is None or "test_accuracy" not in tables.metrics.columns  # no Accuracy metric
+    if test_accuracy is None and unmeasured and tables.manifest:  # then the extraction measured it (rows of a
+        # damaged CSV stay unknown: the manifest's accuracy is the final model's, not that of their last epoch)
         test_accuracy = _number(tables.manifest.get("model_test_accuracy"))
     mean_column = f"{settings.analysis_split}_saturation_mean"
     all_layers = None  # the run CSV's s_μ: every tracked layer
