@@ -166,9 +166,13 @@ class Main:
                 said = failure_line(error)
                 if said is not None:  # the traceback is in the run's log (or went with a lost folder)
                     log.error("Run %d (%s) failed: %s", index, cfg.name, said)
-                else:  # before its run log was opened (building the data, model or optimizer): show it here
-                    log.error("Run %d (%s) failed before its run log was opened (while building its data, model "
-                              "or optimizer): %s: %s", index, cfg.name, type(error).__name__, error, exc_info=error)
+                else:  # before its run log was opened (building the data, model or optimizer), or into a log
+                    # that could not be written (a full disk): show it here
+                    unwritable = getattr(error, "log_unwritable", None)
+                    when = (f"and its log {str(unwritable)!r} could not take the traceback" if unwritable else
+                            "before its run log was opened (while building its data, model or optimizer)")
+                    log.error("Run %d (%s) failed %s: %s: %s", index, cfg.name, when, type(error).__name__, error,
+                              exc_info=error)
                 outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "failed",
                                            f"{type(error).__name__}: {brief(error)}", logged=said is not None))
                 continue

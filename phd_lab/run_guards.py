@@ -17,6 +17,7 @@ import torch
 from phd_lab.atomic import nearest_existing
 from phd_lab.errors import DataError, RunDiverged, RunFolderLost, RunStopped, Terminated, UsageError
 from phd_lab.lock import RunLock
+from phd_lab.log_file import LogFile
 from phd_lab.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,7 @@ class run_log:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # a config path with a byte that is no UTF-8 (a lone surrogate in the str) is written escaped: strict
-        # UTF-8 printed "--- Logging error ---" for each record naming the file, and the record was lost
-        self.handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.handler = LogFile(path)
 
     def __enter__(self) -> None:
         logging.getLogger().addHandler(self.handler)
@@ -93,9 +91,11 @@ class run_log:
                 record = log.makeRecord(log.name, logging.ERROR, __file__, 0,
                                         f"Run failed: {exc[1]}" if diverged else "Run failed", None,
                                         None if diverged else exc)  # type: ignore[arg-type]
-                with contextlib.suppress(AttributeError):  # the caller names the file that holds the traceback
-                    exc[1].logged_to = self.path  # type: ignore[union-attr]
             self.handler.handle(record)
+            if record.levelno == logging.ERROR:
+                with contextlib.suppress(AttributeError):  # the caller names the file that holds the traceback, or
+                    # shows the traceback itself where the file could not take it (a full disk)
+                    setattr(exc[1], "log_unwritable" if self.handler.broken else "logged_to", self.path)
         logging.getLogger().removeHandler(self.handler)
         with contextlib.suppress(OSError):  # a full disk: the error that ended the run is the one to report
             self.handler.close()

@@ -233,6 +233,7 @@ from phd_lab.probes.probe_log import ProbeLogs
 logging.getLogger().setLevel(logging.INFO)
 with ProbeLogs([sys.argv[1]]) as logs:
     logs.write(logging.INFO, "a line longer than the file may grow " + "x" * 300)
+    logs.write(logging.INFO, "a line after the file is full")
     raise ValueError("the error that ended the job")
 """
 
@@ -245,6 +246,7 @@ def test_a_probe_log_that_cannot_be_written_leaves_the_job_s_own_error(tmp_path)
                             cwd=ROOT, capture_output=True, text=True, timeout=60, preexec_fn=file_size_limit(256))
     assert result.returncode == 1
     assert result.stderr.rstrip().splitlines()[-1] == "ValueError: the error that ended the job", result.stderr
+    assert "--- Logging error ---" not in result.stderr  # one per record after the disk filled up
 
 
 WORKER_TASKS = """

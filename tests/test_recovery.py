@@ -768,8 +768,13 @@ def test_a_disk_that_fills_up_during_a_run_is_said_as_the_run_s_failure(tmp_path
     result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(256))
     assert result.returncode == 1, result.stderr
-    assert "before its run log was opened" not in result.stderr
-    assert re.search(r"Run 0 \(\S+\) failed: OSError: \[Errno 27\] File too large\. Its log: ", result.stderr)
+    assert "before its run log was opened" not in result.stderr and "--- Logging error ---" not in result.stderr
+    said = " ".join(result.stderr.split())
+    [log] = (tmp_path / "logs").rglob("*.log")  # the run folder holds no config: the disk was full before
+    # the log file's failure once, then the run's error with its traceback on the console, where it can be read
+    assert said.count(f"The log file '{log}' cannot be written (File too large); it takes no more records") == 1
+    assert re.search(rf"Run 0 \(\S+\) failed and its log '{re.escape(str(log))}' could not take the traceback: "
+                     rf"OSError: \[Errno 27\] File too large Traceback \(most recent call last\)", said), said
 
 
 def test_a_checkpoint_that_cannot_be_written_is_said_as_a_checkpoint_error_naming_its_file(tmp_path):

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Sequence
 
 from phd_lab.errors import PhdLabError, Terminated
+from phd_lab.log_file import LogFile
 
 log = logging.getLogger(__name__)
 
 PROBE_JOB = "probe_job"  # LogRecord attribute: the position of the run a message is about
 PROBE_JOBS = "probe_jobs"  # attribute of a failure: the positions of the runs it concerns
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _ForOneRun(logging.Filter):
@@ -44,7 +44,7 @@ class ProbeLogs:
 
     def __init__(self, paths: Sequence[Path]) -> None:
         self.paths = list(paths)
-        self.handlers: list[logging.FileHandler] = []
+        self.handlers: list[LogFile] = []
         self._handler_of: list[int] = []  # job position → its handler
 
     def __enter__(self) -> "ProbeLogs":
@@ -53,10 +53,7 @@ class ProbeLogs:
             files.setdefault(Path(path), []).append(position)
         handler_of = {}
         for path, positions in files.items():
-            # appended: every job that probed the run; a path byte that is no UTF-8 is written escaped (strict
-            # UTF-8 printed "--- Logging error ---" for each record naming such a path, and lost the record)
-            handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
-            handler.setFormatter(logging.Formatter(FORMAT))
+            handler = LogFile(path)  # appended: every job that probed the run
             handler.addFilter(_ForOneRun(positions))
             handler_of.update(dict.fromkeys(positions, len(self.handlers)))
             self.handlers.append(handler)

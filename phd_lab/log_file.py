@@ -1,0 +1,40 @@
+"""The log file handler of a run and of a probe job: escaped bytes, and one warning instead of a traceback per
+record once the file cannot be written (a full disk)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+log = logging.getLogger(__name__)
+
+
+class LogFile(logging.FileHandler):
+    """A ``FileHandler`` appending to ``path`` with the framework's line format.
+
+    A path byte that is no UTF-8 (a lone surrogate in the str) is written escaped: strict UTF-8 printed
+    "--- Logging error ---" for each record naming the file and lost the record. A write that fails with an
+    OSError (a full disk, a lost mount) is said once as a warning, and the file takes no more records: logging's
+    default printed a "--- Logging error ---" traceback for every record after it, burying the run's own error.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(path, encoding="utf-8", errors="backslashreplace")
+        self.setFormatter(logging.Formatter(FORMAT))
+        self.broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            super().handleError(record)
+            return
+        self.broken = True  # before the warning, which reaches this handler too
+        log.warning("The log file %r cannot be written (%s); it takes no more records, so the console is where "
+                    "the rest of this process' messages are.", self.baseFilename, error.strerror or error)
