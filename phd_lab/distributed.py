@@ -97,6 +97,12 @@ def dask_client(spec: str) -> Iterator[Any]:
             # a free port: None still took 8787, so a second local cluster warned that it was in use
             log.info("Local Dask cluster of %d worker(s); dashboard (where bokeh is installed): %s", value,
                      cluster.dashboard_link)
+            from phd_lab.dask_worker_signals import PLUGIN_NAME, TerminalInterruptsIgnored
+            client.register_plugin(TerminalInterruptsIgnored(), name=PLUGIN_NAME)  # Ctrl-C is the command's
+            # the scheduler in this process hooks a Python callback into every garbage collection, and a Ctrl-C
+            # that lands in it is printed as "Exception ignored" and lost (1 of 4 tries of the probe test)
+            from distributed.gc import disable_gc_diagnosis
+            disable_gc_diagnosis(force=True)
             try:
                 yield client
             finally:  # every result is in and every file written atomically: a worker that takes more than the
@@ -374,8 +380,9 @@ def _stop_tasks(client: Any, futures: list[Any], stop_event: str | None) -> None
                     "completed epoch (waiting up to %d s; Ctrl-C again leaves them running).", len(futures),
                     STOP_WAIT_SECONDS)
         distributed.Event(stop_event, client=client).set()
-        _, running = distributed.wait(futures, timeout=STOP_WAIT_SECONDS, return_when="ALL_COMPLETED")
-        futures = list(running)
+        with contextlib.suppress(TimeoutError):  # raised, not returned, when some are still running
+            distributed.wait(futures, timeout=STOP_WAIT_SECONDS, return_when="ALL_COMPLETED")
+        futures = [future for future in futures if not future.done()]
     client.cancel(futures)  # the queued ones; Dask cannot end a task that already runs
     if futures and stop_event is not None:
         log.warning("%d run(s) did not stop within %d s and may still be running on the workers; their run folders "

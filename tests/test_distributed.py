@@ -203,6 +203,29 @@ def test_ctrl_c_stops_the_command_s_runs_on_the_cluster_so_that_the_rerun_resume
     assert "Resuming run" in (folder / f"{run_name(folder)}.log").read_text()
 
 
+def test_ctrl_c_in_a_terminal_stops_the_runs_of_a_local_cluster_after_their_batch(tmp_path):
+    """A terminal's Ctrl-C reaches the whole foreground process group, the local workers too: each cancelled its
+    task, whose training went on unreachable by the stop Event until the cluster killed it mid-epoch, and the
+    command ended in a TimeoutError traceback (distributed.wait raised it where the code expected a return)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, sigint_as_in_a_terminal
+    config = write_config(tmp_path, epoch=200, cpu_threads=1, post_processing=[])
+    process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress",
+                                "--scheduler", "local:1"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=sigint_as_in_a_terminal)
+    assert wait_for(lambda: _epochs_in_csv(tmp_path / "logs") >= 1, process, timeout=240)
+    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C: the command and its cluster's worker processes
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "did not stop within" not in err
+    [folder] = run_folders(tmp_path / "logs")
+    assert "Run interrupted (its command was stopped)" in (folder / f"{run_name(folder)}.log").read_text()
+    assert 1 <= len(read_metrics(folder)) < 200
+
+
 def test_a_point_queued_behind_a_stopped_command_does_not_start(tmp_path):
     """A task that a worker takes up only after its command was stopped ends at once: no run folder, no data or
     model built for a run that would stop at its first batch."""
@@ -284,6 +307,31 @@ def test_probe_tasks_name_their_files_by_absolute_path(tmp_path, monkeypatch):
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the worker's own folder
     assert run_task(task).layer == "block0.conv"
+
+
+def test_ctrl_c_of_a_probe_job_on_a_local_cluster_lets_the_running_fit_finish_and_be_cached(tmp_path):
+    """The README promises that probe tasks already running finish their layer; a Ctrl-C cancelled them all
+    (and the terminal's reached the workers too), so the layer a worker was seconds from finishing was lost."""
+    import subprocess
+    import sys
+
+    from phd_lab.probes.runner import TEST_DELAY_ENV
+    from tests.conftest import ROOT, sigint_as_in_a_terminal
+    from tests.probe_latents import digits_layers, make_latents
+    layers = 5
+    _, latents = make_latents(tmp_path, *digits_layers(n_layers=layers, width=16))
+    cache = tmp_path / "cache"
+    process = subprocess.Popen([sys.executable, "probe_main.py", "--latents", str(latents), "--cache-dir", str(cache),
+                                "--scheduler", "local:1", "--no-progress"], cwd=ROOT,
+                               env={**os.environ, TEST_DELAY_ENV: "4"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=sigint_as_in_a_terminal)
+    assert wait_for(lambda: len(list(cache.rglob("*.json"))) >= 1, process, timeout=240)  # the next one runs now
+    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C: the job and its cluster's worker process
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Stopping: 1 layer fit(s) running on the cluster finish and are cached" in err
+    assert len(list(cache.rglob("*.json"))) == 2  # the running one is kept, the queued ones were cancelled
 
 
 def test_probe_job_on_cluster_gives_the_same_csv_as_local(tmp_path, cluster):
