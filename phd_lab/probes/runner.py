@@ -10,6 +10,7 @@ cache holds a record of the same key already (another run's identical latents), 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -413,7 +414,40 @@ def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, 
                 for other, other_position in futures.items():
                     if not wanted(other_position) and not other.done():
                         other.cancel()
-        except BaseException:
-            for other in futures:
-                other.cancel()
+        except BaseException:  # Ctrl-C, SIGTERM, a failure that ends the job
+            _finish_running_fits(client, futures, finished)
             raise
+
+
+def _executing_keys(dask_worker: Any) -> list[str]:
+    """The keys of the tasks a Dask worker runs now (``client.run`` calls it on each worker)."""
+    return [task.key for task in dask_worker.state.executing]
+
+
+def _finish_running_fits(client: Any, futures: dict[Any, int], finished: Finished) -> None:
+    """Cancel the queued layers of a job that stops, and let the fits a worker runs already finish (up to
+    STOP_WAIT_SECONDS) and be cached, so that the rerun does not fit them again: cancelling them all lost every
+    fit in progress, although a worker was seconds from its result."""
+    from distributed import wait as wait_on_cluster
+
+    from phd_lab.distributed import STOP_WAIT_SECONDS
+    pending = [future for future in futures if not future.done()]
+    try:  # the scheduler's "processing" includes tasks queued on a worker behind the one it runs
+        executing = {key for keys in client.run(_executing_keys).values() for key in keys}
+    except Exception:  # noqa: BLE001 - a cluster that does not answer: nothing can be waited for
+        executing = set()
+    running = [future for future in pending if future.key in executing]
+    client.cancel([future for future in pending if future.key not in executing])
+    if not running:
+        return
+    log.warning("Stopping: %d layer fit(s) running on the cluster finish and are cached (waiting up to %d s; "
+                "Ctrl-C again leaves them).", len(running), STOP_WAIT_SECONDS)
+    with contextlib.suppress(TimeoutError):  # raised, not returned, when some are still running
+        wait_on_cluster(running, timeout=STOP_WAIT_SECONDS)
+    for future in running:
+        if future.status == "finished":
+            try:
+                finished(futures[future], future.result(), None)
+            except Exception as error:  # noqa: BLE001 - the error that stops the job is the one to raise
+                log.warning("The fit of task %s finished but could not be kept: %s", future.key, error)
+    client.cancel([future for future in running if not future.done()])
