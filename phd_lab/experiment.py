@@ -96,16 +96,20 @@ class Main:
                 executor.check_model(models)
             except ConfigError as error:
                 raise type(error)(_with_args_axis_hint(str(error), grid)) from None
-            if executor.rundir.root in folders:
-                first = folders[executor.rundir.root]
+            folder = Path(os.path.realpath(executor.rundir.root))  # logs/x and /abs/logs/x, or a link to it
+            if folder in folders:
+                first = folders[folder]
                 other = executors[first].config.values
                 differing = sorted(k for k in cfg.values if cfg.values[k] != other.get(k))
                 why = (f"they differ only in {differing}, which do not change a run's results and are not part of "
                        f"its folder; sweep such keys in separate configs (or one after the other)" if differing
                        else "remove the duplicate value from the lists")
+                if executors[first].rundir.root != executor.rundir.root:
+                    why = (f"their logs_dir values {executors[first].config.logs_dir!r} and {cfg.logs_dir!r} name "
+                           f"one folder (written two ways, or through a symbolic link); keep one of them")
                 raise ConfigError(f"{grid.where}: runs {first} and {index} would share the folder "
                                   f"{executor.rundir.root}: {why}.")
-            folders[executor.rundir.root] = index
+            folders[folder] = index
             executors.append(executor)
         for message, count in said.items():
             if count > 1:  # named by its first clause: several datasets may be missing

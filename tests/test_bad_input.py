@@ -439,3 +439,17 @@ def test_every_boolean_factory_argument_takes_true_and_false_and_only_they_unles
     def user_factory(*, num_classes, in_channels=3, weights=False):  # not annotated: False or a weights name
         raise AssertionError("not called")
     check_factory_args(user_factory, {"weights": "imagenet"}, "model_args", "mine", "exp.json", SUPPLIED_ARGS["models"])
+
+
+def test_one_logs_dir_written_two_ways_is_refused_as_one_folder_for_two_runs(tmp_path, capsys, monkeypatch):
+    """"logs" and its absolute path (or a link to it) were two points of the grid: a dry run called both new, and
+    the run trained the first and reported the second finished (on Dask the two tasks fought for its lock)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "linked").symlink_to(tmp_path / "logs", target_is_directory=True)
+    for written in (str(tmp_path / "logs"), "linked"):
+        config = write_config(tmp_path, logs_dir=["logs", written])
+        assert main_cli(["--config", str(config), "--dry-run"]) == 2
+        said = " ".join(capsys.readouterr().err.split())
+        assert "runs 0 and 1 would share the folder" in said
+        assert f"their logs_dir values 'logs' and {written!r} name one folder" in said
+    assert not (tmp_path / "logs").exists()
