@@ -27,6 +27,7 @@ from phd_lab.device import DeviceMissing, resolve_device
 from phd_lab.environment import cpu_instruction_set, device_description, git_diff, versions
 from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, UsageError, first_line
 from phd_lab.factory_args import FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect
+from phd_lab.factory_results import checked_result
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.model_checks import (check_input_size, check_objective, check_single_sample_batches,
@@ -123,6 +124,7 @@ class TrainTestExecutor:
                 raise ConfigError(f"{where}: {error}") from None
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
                            cfg.optimizer, where, SUPPLIED_ARGS["optimizers"])
+        self.build_metrics()  # what the factories return, before a run folder is made
         self.steps = resolve_steps(cfg, where)
         for key in ("device", "tracking_device"):
             if getattr(cfg, key) is None:
@@ -180,7 +182,7 @@ class TrainTestExecutor:
         A factory that cannot work on meta parameters is checked when the run builds it."""
         try:
             self.build_optimizer(model)
-        except ConfigError:
+        except UsageError:  # ConfigError; RegistryError: it returned no (optimizer, scheduler)
             raise
         except Exception as error:  # noqa: BLE001 - e.g. a factory that reads real parameter values
             log.debug("%s: optimizer %r not checked on the meta model (%s: %s)", self.config.source,
@@ -192,13 +194,14 @@ class TrainTestExecutor:
         cfg = self.config
         factory = self.registries.datasets.get(cfg.dataset)
         try:
-            return factory(batch_size=cfg.batch_size, resolution=cfg.resolution, data_dir=cfg.data_dir,
-                           seed=cfg.seed, num_workers=cfg.num_workers, **cfg.dataset_args)
+            bundle = factory(batch_size=cfg.batch_size, resolution=cfg.resolution, data_dir=cfg.data_dir,
+                             seed=cfg.seed, num_workers=cfg.num_workers, **cfg.dataset_args)
         except UsageError as error:  # ConfigError, DataError: name the config and the run
             raise type(error)(f"{cfg.source}: {error}") from None
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{cfg.source}: dataset {cfg.dataset!r} cannot be built with dataset_args "
                               f"{json.dumps(cfg.dataset_args)}: {first_line(error)}.") from None
+        return checked_result("datasets", cfg.dataset, bundle, self.registries.datasets.source, cfg.source)
 
     def build_model(self, bundle: DataBundle) -> nn.Module:
         """The model for the data's classes and channels, cut at ``truncate`` and with its Linear layers drawn
@@ -211,6 +214,7 @@ class TrainTestExecutor:
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
                               f"{json.dumps(model_args)}: {first_line(error)}.") from None
+        checked_result("models", cfg.model, model, self.registries.models.source, cfg.source)
         truncate = cfg.model_args.get("truncate")
         if truncate:
             from phd_lab.models.truncate import resolve_cut, truncate_model
@@ -228,10 +232,19 @@ class TrainTestExecutor:
         cfg = self.config
         factory = self.registries.optimizers.get(cfg.optimizer)
         try:
-            return factory(model, epochs=cfg.epoch, **cfg.optimizer_args)
+            built = factory(model, epochs=cfg.epoch, **cfg.optimizer_args)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{cfg.source}: optimizer {cfg.optimizer!r} cannot be built with optimizer_args "
                               f"{json.dumps(cfg.optimizer_args)}: {first_line(error)}.") from None
+        optimizer, scheduler = checked_result("optimizers", cfg.optimizer, built, self.registries.optimizers.source,
+                                              cfg.source)
+        return optimizer, scheduler
+
+    def build_metrics(self) -> dict[str, Any]:
+        """The run's metrics by lower-cased name, each a new one from its registry factory."""
+        cfg = self.config
+        return {name.lower(): checked_result("metrics", name, self.registries.metrics.get(name)(),
+                                             self.registries.metrics.source, cfg.source) for name in cfg.metrics}
 
     # ------------------------------------------------------------------ config log
     def logged_config(self) -> dict[str, Any]:
@@ -428,7 +441,7 @@ class TrainTestExecutor:
         # a model the meta device could not build is checked here
         self._objective = check_objective(cfg, model, forward=False, factory=self.registries.models.get(cfg.model)).name
         optimizer, scheduler = self.build_optimizer(model)
-        metrics = {name.lower(): self.registries.metrics.get(name)() for name in cfg.metrics}
+        metrics = self.build_metrics()
         rundir = self.rundir
         self._refuse_another_model(model, optimizer)
         with writable_lock(rundir) as lock, atomic.existing_folder(rundir.root, lock=lock), run_log(rundir.log):

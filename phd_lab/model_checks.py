@@ -19,6 +19,7 @@ from torch import nn
 from phd_lab.config import RunConfig
 from phd_lab.errors import ConfigError, first_line
 from phd_lab.factory_args import FRAMEWORK_MODEL_OPTIONS
+from phd_lab.factory_results import checked_result
 from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, Objective, declared_objective, objective_of
 from phd_lab.registry import Registries
 
@@ -54,6 +55,8 @@ def meta_model(cfg: RunConfig, registries: Registries, built: dict[Any, Any]) ->
             log.debug("%s: model %r not checked on the meta device (%s: %s)", cfg.source, cfg.model,
                       type(error).__name__, error)
             built[key] = None
+            return key, None
+        checked_result("models", cfg.model, built[key], registries.models.source, cfg.source)
     return key, built[key]
 
 

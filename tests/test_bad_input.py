@@ -453,3 +453,34 @@ def test_one_logs_dir_written_two_ways_is_refused_as_one_folder_for_two_runs(tmp
         assert "runs 0 and 1 would share the folder" in said
         assert f"their logs_dir values 'logs' and {written!r} name one folder" in said
     assert not (tmp_path / "logs").exists()
+
+
+BROKEN_FACTORIES = {  # registry kind → (a factory of that kind that breaks its contract, the config's name key)
+    "models": ("from torch import nn\n\ndef tiny(*, num_classes, in_channels=3):\n"
+               "    nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))  # its return is missing\n", "model"),
+    "optimizers": ("import torch\n\ndef bare(model, *, epochs):\n"
+                   "    return torch.optim.SGD(model.parameters(), lr=0.1)  # not (optimizer, scheduler)\n",
+                   "optimizer"),
+    "datasets": ("def nothing(*, batch_size, resolution, data_dir, seed, num_workers):\n    return None\n",
+                 "dataset"),
+    "metrics": ("def three():\n    return 3\n", "metrics"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN_FACTORIES))
+def test_a_factory_that_returns_what_its_contract_does_not_allow_is_named_before_anything_is_written(
+        kind, tmp_path, capsys):
+    """Each failed later with an AttributeError or 'cannot unpack' traceback and exit 1, the metric only after
+    its run folder was made, the dataset and optimizer also after a dry run called the point new."""
+    source, key = BROKEN_FACTORIES[kind]
+    module = tmp_path / f"my_{kind}.py"
+    module.write_text(source)
+    name = source.split("def ")[1].split("(")[0]
+    config = write_config(tmp_path, registries={kind: str(module)}, track_saturation=False,
+                          **({key: [name]} if key == "metrics" else {key: name, f"{key}_args": {}}))
+    for dry in ([], ["--dry-run"]) if kind != "datasets" else ([],):  # a dataset is only built to train
+        assert main_cli(["--config", str(config), "--no-progress", "-q", *dry]) == 2
+        err = flat(capsys.readouterr().err)
+        assert f"the {kind[:-1]} factory {name!r} of {str(module)!r} returned" in err, err
+        assert "which its contract does not allow" in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*_config.json"))

@@ -1,0 +1,59 @@
+"""What a registry factory returns, held to its contract (``phd_lab.registry`` documents them).
+
+A factory of the user's own registry file that returns something else (a model factory without its ``return``, an
+optimizer factory that returns the bare optimizer) failed later with an AttributeError or "cannot unpack"
+traceback, exit 1, some only after the run folder was made; now it is a RegistryError (exit 2) that names the
+factory, its file and the contract, raised where the result comes back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from phd_lab.errors import RegistryError
+
+
+def _is_model(result: Any) -> bool:
+    from torch import nn
+    return isinstance(result, nn.Module)
+
+
+def _is_optimizer_pair(result: Any) -> bool:
+    import torch
+    return (isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[0], torch.optim.Optimizer)
+            and (result[1] is None or callable(getattr(result[1], "step", None))))
+
+
+def _is_data_bundle(result: Any) -> bool:
+    from phd_lab.data import DataBundle
+    return isinstance(result, DataBundle)
+
+
+def _is_metric(result: Any) -> bool:
+    """``update`` and ``reset`` methods and a ``value`` (a property, as ``phd_lab.metrics.Metric`` has it, is
+    looked up, not read: a fresh metric may have nothing to tell yet)."""
+    return all(callable(getattr(result, method, None)) for method in ("update", "reset")) and "value" in dir(result)
+
+
+# registry kind → (the contract as docs/registries.md writes it, the check of a result)
+CONTRACTS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "models": ("f(*, num_classes, in_channels=3, **model_args) -> torch.nn.Module", _is_model),
+    "optimizers": ("f(model, *, epochs, **optimizer_args) -> (torch.optim.Optimizer, scheduler or None)",
+                   _is_optimizer_pair),
+    "datasets": ("f(*, batch_size, resolution, data_dir, seed, num_workers, **dataset_args) -> "
+                 "phd_lab.data.DataBundle", _is_data_bundle),
+    "metrics": ("f() -> a metric with update(y_true, y_pred), value and reset()", _is_metric),
+}
+
+
+def checked_result(kind: str, name: str, result: Any, source: str, where: str) -> Any:
+    """``result`` of the ``kind`` factory ``name`` (from the registry ``source``), or a RegistryError."""
+    contract, holds = CONTRACTS[kind]
+    if holds(result):
+        return result
+    shown = type(result).__name__ if not isinstance(result, (tuple, list)) else (
+        f"a {type(result).__name__} of {', '.join(type(item).__name__ for item in result[:3])}"
+        f"{', ...' if len(result) > 3 else ''}")
+    raise RegistryError(f"{where}: the {kind[:-1]} factory {name!r} of {source or 'its registry'!r} returned {shown}, "
+                        f"which its contract does not allow: a {kind[:-1]} factory is {contract} (see "
+                        f"docs/registries.md). Fix the factory{' (is its return missing?)' if result is None else ''}.")
