@@ -41,10 +41,10 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: s
         raise ConfigError(f"{where}: {key} {unknown} are not accepted by {name!r}.{hint} It accepts: "
                           f"{', '.join(accepted) or 'no arguments'}{own}.")
     for arg, value in args.items():  # "lr": "fast" failed deep in the factory with a comparison of float and str
-        _check_type(params[arg], value, f"{where}: {key} {arg!r} of {name!r}")
+        check_argument_type(params[arg], value, f"{where}: {key} {arg!r} of {name!r}")
 
 
-def _check_type(param: inspect.Parameter, value: Any, what: str) -> None:
+def check_argument_type(param: inspect.Parameter, value: Any, what: str) -> None:
     """A string or boolean where the factory's default is a number: "lr": true trained with lr 1. Anything but
     true or false (or 0 and 1, which Python reads the same) where the argument is annotated ``bool``: "amsgrad":
     "no" trained with AMSGrad, a non-empty string being true. An argument annotated otherwise (the datasets'

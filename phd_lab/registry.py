@@ -17,7 +17,8 @@ Factory contracts (documented once, here):
 A factory's keyword defaults and annotations say the types a config's ``*_args`` may give
 (``phd_lab.factory_args``): a numeric default refuses strings and booleans, and an argument annotated ``bool``
 takes only true or false (or 0 and 1); one annotated otherwise (``canvas: bool | int = False``) or not at all is
-checked by the factory itself.
+checked by the factory itself. A ``tv:`` model's arguments are held to its torchvision class' ``__init__`` the
+same way (its builder takes ``**kwargs``).
 """
 
 from __future__ import annotations

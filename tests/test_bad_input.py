@@ -42,6 +42,13 @@ CASES = {
         ["model 'tv:resnet18' cannot be built", "unexpected keyword argument 'width'",
          "tv:resnet18: its class ResNet takes block, layers, zero_init_residual",
          "torchvision.models.resnet18 sets some of them itself"]),
+    "torchvision_dropout_given_as_a_boolean": (  # built Dropout(p=True): every activation dropped
+        {"model": "tv:vgg11", "model_args": {"dropout": True}, "resolution": 32},
+        ["model_args 'dropout' of 'tv:vgg11' must be a number (its default is 0.5); got true"]),
+    "torchvision_bool_argument_given_as_a_string": (  # "no", a non-empty string, switched zero-init on
+        {"model": "tv:resnet18", "model_args": {"zero_init_residual": "no"}, "resolution": 32},
+        ["model_args 'zero_init_residual' of 'tv:resnet18' must be true or false (its default is false); got "
+         '"no"']),
     "unknown_dataset": ({"dataset": "digits"}, ["Unknown dataset 'digits'", "Did you mean 'Digits'",
                                                 "--list datasets"]),
     "unknown_optimizer": ({"optimizer": "adan"}, ["Unknown optimizer 'adan'", "'adam'", "--list optimizers"]),

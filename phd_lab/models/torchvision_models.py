@@ -8,13 +8,16 @@ Inception v3 are built without their auxiliary classifiers, so that they train l
 
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torchvision
 from torch import nn
 
+from phd_lab.errors import ConfigError
+from phd_lab.factory_args import check_argument_type
 from phd_lab.registry import did_you_mean
 
 
@@ -41,6 +44,31 @@ def arguments_hint(name: str) -> str:
              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     return (f"its class {model_class.__name__} takes {', '.join(names) or 'no arguments'} ({where} sets some of "
             f"them itself)")
+
+
+@functools.lru_cache(maxsize=None)
+def _model_class_parameters(name: str) -> Mapping[str, inspect.Parameter] | None:
+    """The ``__init__`` parameters of torchvision's model class for ``name`` (built once on the meta device), or
+    None where it cannot be built there (RegNet's builders read tensor values)."""
+    try:
+        with torch.device("meta"):
+            model_class = type(torchvision.models.get_model(name, weights=None))
+    except Exception:  # noqa: BLE001 - then the builder alone checks its arguments
+        return None
+    return dict(inspect.signature(model_class.__init__).parameters)
+
+
+def _check_argument_types(name: str, model_args: Mapping[str, Any]) -> None:
+    """The types the model class' defaults and annotations give, as for the registry's own factories
+    (``factory_args.check_argument_type``): ``"dropout": true`` built Dropout(p=True), which drops everything,
+    and ``"zero_init_residual": "no"`` switched zero-init on; the builder's ``**kwargs`` hid both."""
+    parameters = _model_class_parameters(name)
+    for arg, value in model_args.items():
+        if parameters is not None and arg in parameters:
+            try:
+                check_argument_type(parameters[arg], value, f"model_args {arg!r} of 'tv:{name}'")
+            except ConfigError as error:
+                raise ValueError(str(error).rstrip(".")) from None
 
 
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
@@ -82,6 +110,7 @@ def create_torchvision_model(name: str, *, num_classes: int, in_channels: int = 
         model_args.setdefault("aux_logits", False)
         # torchvision's own default for both (it warns on every build when the argument is left out)
         model_args.setdefault("init_weights", True)
+    _check_argument_types(name, model_args)
     try:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **model_args)
     except TypeError as error:  # an argument the model class does not take: say which it does
