@@ -287,15 +287,19 @@ def _warn_of_repeated_runs(grid: Grid, executors: list[TrainTestExecutor]) -> No
     for index, executor in enumerate(executors):
         key = json.dumps(_numbers_as_written_once(executor.config.values), sort_keys=True, default=str)
         if key in seen:
-            log.warning("%s: runs %d and %d differ only in how numbers are written (such as 1 and 1.0), which gives "
-                        "them two folders: the same run would be trained twice. Write each value once.",
+            log.warning("%s: runs %d and %d differ only in how numbers are written (such as 1 and 1.0, or true and "
+                        "1), which gives them two folders: the same run would be trained twice. Write each value "
+                        "once.",
                         grid.where, seen[key], index)
             return
         seen[key] = index
 
 
 def _numbers_as_written_once(value: Any) -> Any:
-    """``value`` with integral floats as ints (1.0 → 1), in nested mappings and lists too."""
+    """``value`` with integral floats and booleans as ints (1.0 → 1, true → 1: an argument annotated ``bool`` takes
+    0 and 1 too), in nested mappings and lists too."""
+    if isinstance(value, bool):
+        return int(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, Mapping):

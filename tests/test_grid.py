@@ -227,7 +227,10 @@ def test_grids_that_would_train_one_network_twice_are_warned_of(tmp_path, capsys
     assert main_cli(["--config", str(config), "--dry-run"]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert """'seed' is 7 for every run_id ["0", "1"], so these repetitions train the same network""" in err
-    assert "runs 2 and 4 differ only in how numbers are written (such as 1 and 1.0)" in err
+    assert "runs 2 and 4 differ only in how numbers are written (such as 1 and 1.0, or true and 1)" in err
+    config = write_config(tmp_path, name="ams.json", optimizer_args={"amsgrad": [True, 1]})  # two folders, one run
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    assert "runs 0 and 1 differ only in how numbers are written" in " ".join(capsys.readouterr().err.split())
     config = write_config(tmp_path, name="fine.json", seed=None, run_id=["0", "1"], model_args={"width": [1, 2]})
     assert main_cli(["--config", str(config), "--dry-run"]) == 0
     err = capsys.readouterr().err
