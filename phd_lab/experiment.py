@@ -44,6 +44,10 @@ def _with_args_axis_hint(message: str, grid: Grid) -> str:
     ``replace_stride_with_dilation``) then reaches the factory one element at a time."""
     for kind in ("model_args", "dataset_args", "optimizer_args"):
         swept = [axis.name for axis in grid.axes if axis.path[0] == kind]
+        if swept == [kind] and f"cannot be built with {kind}" in message:  # "model_args": [{...}, {...}]
+            return (f"{message} ({kind} itself is a grid axis, a list of objects with one point each; a list "
+                    f"inside those objects is no further axis but the argument's value. To sweep an argument, "
+                    f"write {kind} as one object whose argument holds the list.)")
         if swept and f"cannot be built with {kind}" in message:
             return (f"{message} ({', '.join(swept)} {'is a grid axis' if len(swept) == 1 else 'are grid axes'}: "
                     f"a list inside {kind} is swept; an argument whose value is a list is written as a list of "

@@ -94,6 +94,11 @@ def test_a_list_valued_model_argument_swept_by_mistake_gets_the_list_of_lists_hi
                              model_args={"replace_stride_with_dilation": [[False, True, True]]})
     code, err = main_in_process(capsys, "--config", str(one_value), "--dry-run", "--no-progress")
     assert code == 0, err
+    # model_args as a list of objects is the axis: the lists inside them are values (the hint said they were swept)
+    objects = write_config(tmp_path, "objects.json", model_args=[{"width": [0.0625, 0.125]}])
+    code, err = main_in_process(capsys, "--config", str(objects), "--dry-run", "--no-progress")
+    assert code == 2 and "a list inside model_args is swept" not in err
+    assert "model_args itself is a grid axis, a list of objects with one point each" in err
 
 
 def test_checking_a_large_grid_shows_a_progress_bar(tmp_path, capsys):
