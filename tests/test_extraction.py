@@ -328,6 +328,13 @@ def test_default_layers_leave_out_shared_and_never_called_layers(tmp_path, data,
     with pytest.raises(ExtractionError, match="layer 'shared' runs more than once"):
         extract_latents(SharedAndAttention(), data, tmp_path / "named", run_dir=tmp_path, layers=["shared"],
                         progress=False)
+    # a wildcard leaves them out as the default does (it failed the run, naming a layer the user never named)
+    manifest = extract_latents(SharedAndAttention(), data, tmp_path / "wildcard", run_dir=tmp_path,
+                               layers=["s*", "conv", "attention.*"], progress=False)
+    assert [entry["name"] for entry in manifest["layers"]] == ["conv"]  # shared: twice; attention.out_proj: never
+    with pytest.raises(ExtractionError, match=r"no layer that \['s\*'\] match runs exactly once"):
+        extract_latents(SharedAndAttention(), data, tmp_path / "none", run_dir=tmp_path, layers=["s*"],
+                        progress=False)
 
 
 def test_a_layer_named_labels_is_refused_before_its_files_replace_the_label_files(tmp_path, data):
