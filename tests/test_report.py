@@ -547,7 +547,9 @@ def test_the_report_shows_progress_over_the_runs(grid, tmp_path, capsys):
     result = report_in_process(capsys, logs, "--out", tmp_path / "r.html")
     assert result.returncode == 0, result.stderr
     assert f"Analysing {len(runs)} run(s) below {logs}" in result.stderr
-    assert "analysing runs: 100%|" in result.stderr.replace("\r", "\n") or f"{len(runs)}/{len(runs)}" in result.stderr
+    # the bar is drawn when it starts and then at most every 0.1 s; it leaves no line behind, so its last state
+    # (100 %) shows only where a refresh fell on the last run (the suite once missed it on a busy machine)
+    assert re.search(rf"analysing runs: +\d+%\|.*\| \d+/{len(runs)} ", result.stderr.replace("\r", "\n"))
     quiet = report_in_process(capsys, logs, "--out", tmp_path / "q.html", "--no-progress")
     assert quiet.returncode == 0 and "analysing runs" not in quiet.stderr
     quiet = report_in_process(capsys, logs, "--out", tmp_path / "q.html", "-q")  # warnings and errors only

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -51,7 +52,8 @@ def _model_class_parameters(name: str) -> Mapping[str, inspect.Parameter] | None
     """The ``__init__`` parameters of torchvision's model class for ``name`` (built once on the meta device), or
     None where it cannot be built there (RegNet's builders read tensor values)."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # GoogLeNet's FutureWarning about init_weights, which the build sets
             model_class = type(torchvision.models.get_model(name, weights=None))
     except Exception:  # noqa: BLE001 - then the builder alone checks its arguments
         return None
