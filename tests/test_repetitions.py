@@ -303,7 +303,7 @@ def _first_width_runs(logs):
 
 @pytest.mark.parametrize("case", ["seed sweep", "same seed", "other projection", "not projected", "older config",
                                   "damaged accuracy", "download", "workers", "other split", "unfinished"])
-def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case):
+def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case, caplog):
     """Runs are repetitions when only their seed differs; each seed counts once; a run projected otherwise or not
     at all is a repetition, left out of the t-tests; a key an older version did not log is its default, and one
     that is no part of a run's identity (download) does not count, while num_workers other than 0 does (random
@@ -342,6 +342,7 @@ def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case):
         table = pd.read_csv(third / "projections.csv")
         table.loc[table["basis"] == "none", "accuracy"] = math.nan
         table.to_csv(third / "projections.csv", index=False)
+    caplog.set_level(logging.INFO, logger="phd_lab.report.cli")
     text = write_report(logs).read_text(encoding="utf-8")
     eigenspace = pd.read_csv(logs / "report_relevant_eigenspace.csv")
     rows = eigenspace[eigenspace["group"] == label]
@@ -350,6 +351,10 @@ def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case):
     tested = 2 if case in ("damaged accuracy", "other projection", "not projected") else expected_n
     assert set(rows["n"]) == {tested}
     assert f"over {tested} projected runs" in text
+    said = [line for line in caplog.text.splitlines() if f"{label}: relevant eigenspace from delta" in line]
+    assert all(f"(paired t-tests over {tested} projected runs" in line for line in said)  # was the group's folders
+    left_out = 1 if case == "same seed" else 0
+    assert f'<span class="swept">3 runs{f", {left_out} left out" if left_out else ""}</span>' in text
     stability = pd.read_csv(logs / "report_saturation_stability.csv")
     assert set(stability.loc[stability["group"] == label, "n"]) == {2 if case == "unfinished" else expected_n}
     assert ("1 run(s) left out: an earlier run of this group has their seed" in text) == (case == "same seed")
@@ -366,7 +371,7 @@ def test_repetitions_that_all_share_one_seed_are_shown_with_a_warning_not_droppe
     logging.getLogger().addHandler(caplog.handler)  # the CLI's logging set-up replaced the root's handlers
     with caplog.at_level(logging.WARNING):
         text = " ".join(write_report(tmp_path / "logs").read_text(encoding="utf-8").split())
-    assert '<h3>vgg11 / Digits 16 px <span class="swept">3 runs</span></h3>' in text
+    assert '<h3>vgg11 / Digits 16 px <span class="swept">3 runs, 2 left out</span></h3>' in text
     assert ("All 3 runs of this group share seed 0: they repeat one training (bit for bit on a CPU; on a GPU their "
             "spread measures its nondeterminism only)") in text
     assert "vgg11 / Digits 16 px: all 3 runs of this group share seed 0" in " ".join(caplog.text.split())

@@ -168,8 +168,8 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     log.info("Report of %d run(s) written to %s", len(entries), out_path)
     for group in groups:
         if group.relevant_delta is not None:
-            log.info("%s: relevant eigenspace from delta %g on (%d runs, alpha %g)", group.label,
-                     group.relevant_delta, len(group.entries), alpha)
+            log.info("%s: relevant eigenspace from delta %g on (paired t-tests over %d projected runs, alpha %g)",
+                     group.label, group.relevant_delta, group.projected, alpha)  # the n of the page's tests
     return out_path
 
 

@@ -275,7 +275,8 @@ def repetitions_section(groups: Sequence[RepetitionGroup], files: Sequence[str],
              '(§8.2: stability of saturation; §7.4: relevant eigenspaces).</p>']
     for index, group in enumerate(groups, 1):
         parts.append(f'<section class="run repeated" id="repetitions-{index}"><h3>{escape(group.label)} '
-                     f'<span class="swept">{len(group.entries)} runs</span></h3>')
+                     f'<span class="swept">{len(group.entries)} runs'
+                     f'{f", {len(group.same_seed)} left out" if group.same_seed else ""}</span></h3>')
         if group.other_projections:
             parts.append(f'<p class="warn">{len(group.other_projections)} run(s) projected with other parameters of '
                          f'the project step than the others are left out of the t-tests.</p>')
