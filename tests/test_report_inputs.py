@@ -229,3 +229,20 @@ def test_a_latents_manifest_without_a_list_of_layers_leaves_the_layers_extracted
     assert analysis["probes"]["layers_probed"] == len(LAYERS) and analysis["borders"]["b_min"] == BORDER
     assert ("latents/manifest.json is malformed: its 'layers' is no list, so the number of layers extracted is "
             "unknown") in analysis["problems"]
+
+
+def test_a_damaged_projections_table_or_manifest_is_named_as_damaged_not_as_missing(tmp_path):
+    """A cut projections.csv was listed both as 'not (yet) in the folder' and as unusable, while the page linked
+    it; a manifest holding a JSON list was only 'missing'."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
+    config = read_json(rundir.config)
+    atomic.write_json(rundir.config, {**config, "post_processing": [*config["post_processing"], "project"]})
+    rundir.projections_csv.unlink()
+    assert "projections.csv" in load_run(rundir).missing  # not written yet: missing
+    rundir.projections_csv.write_text("delta,basis,accuracy,loss\n1.0,none,0.9,0.3\n0.99,pca,0.8")
+    manifest = rundir.root / "latents" / "manifest.json"
+    manifest.write_text("[]")
+    tables = load_run(rundir)
+    assert "projections.csv" not in tables.missing and "latents/manifest.json" not in tables.missing
+    assert any(problem.startswith("projections.csv cannot be used") for problem in tables.problems), tables.problems
+    assert "latents/manifest.json is malformed: it holds a JSON list, not an object" in tables.problems

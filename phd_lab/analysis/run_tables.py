@@ -409,6 +409,9 @@ def load_run(folder: RunDir) -> RunTables:
     tables.projections = _read_csv(folder.projections_csv, tables) if folder.projections_csv.is_file() else None
     manifest = _read_json(latents_manifest_path(tables), tables, record_missing=False)
     tables.manifest = manifest if isinstance(manifest, dict) else None
+    if manifest is not None and tables.manifest is None:  # JSON, but no object: malformed, not missing
+        tables.problems.append(f"latents/manifest.json is malformed: it holds a JSON {type(manifest).__name__}, "
+                               f"not an object")
     if tables.manifest is not None and not isinstance(tables.manifest.get("layers"), list):
         tables.problems.append("latents/manifest.json is malformed: its 'layers' is no list, so the number of layers "
                                "extracted is unknown")
@@ -425,9 +428,11 @@ def load_run(folder: RunDir) -> RunTables:
         not_asked |= {COMPUTATIONAL_JSON} if "flops" not in steps else set()
         not_asked |= {PROBES} if "extract" not in steps else set()  # no latents: the probe job has nothing to fit
         tables.missing = [name for name in tables.missing if name not in not_asked]
-    if "project" in steps and tables.projections is None and folder.projections_csv.name not in tables.missing:
-        tables.missing.append(folder.projections_csv.name)  # a run killed during its post-processing
-    if "extract" in steps and tables.manifest is None:
+    # not written yet (a run killed during its post-processing); a file that is there but unusable is a problem
+    if ("project" in steps and tables.projections is None and folder.projections_csv.name not in tables.missing
+            and not folder.projections_csv.is_file()):
+        tables.missing.append(folder.projections_csv.name)
+    if "extract" in steps and tables.manifest is None and not latents_manifest_path(tables).is_file():
         tables.missing.append("latents/manifest.json")
     return tables
 
