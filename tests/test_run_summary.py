@@ -337,8 +337,9 @@ def test_the_run_figure_draws_each_table_at_its_layers_place(tmp_path):
 
 def test_probes_older_than_the_latents_are_reported_stale(tmp_path):
     """A re-extraction after probing left the old probe table reported as complete."""
-    rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
-    assert summarize(load_run(rundir))["probes"]["status"] == "complete"
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full", skip="features.16")
+    fresh = summarize(load_run(rundir))["probes"]
+    assert fresh["status"] == "complete" and fresh["skipped_layers"] and fresh["best_layer"] is not None
     manifest = rundir.latents() / "manifest.json"
     later = rundir.probe_csv.stat().st_mtime + 5
     os.utime(manifest, (later, later))
@@ -347,6 +348,21 @@ def test_probes_older_than_the_latents_are_reported_stale(tmp_path):
     # advice read from out-of-date probes is held back; the reader is told to rerun the probe job instead
     probe_advice = [a["text"] for a in summary["recommendations"] if a["kind"] == "probes"]
     assert len(probe_advice) == 1 and "rerun probe_main.py" in probe_advice[0]
+    # and no verdict: the facts table and the figure's curve spoke of the old latents as of this model's layers
+    stale = summary["probes"]
+    assert stale["first_reaching_layer"] is None and stale["skipped_layers"] == [] and stale["best_layer"] is None
+    from phd_lab.report.html import _facts
+    facts = _facts(summary)
+    assert "stale (the latents were extracted again" in facts and "skipped layers" not in facts
+    assert "first layer reaching the model" not in facts
+    import matplotlib.pyplot as plt
+
+    from phd_lab.plots.run_figure import draw_run_figure
+    figure = draw_run_figure(load_run(rundir), summary)
+    labels = {text for ax in figure.axes for text in ax.get_legend_handles_labels()[1]}
+    plt.close(figure)
+    assert "probe accuracy (eval), stale: latents extracted again since" in labels
+    assert "probe accuracy (eval)" not in labels
 
 
 def test_probe_drops_do_not_claim_shortcuts_the_network_may_not_have(tmp_path):

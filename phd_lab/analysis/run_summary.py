@@ -283,6 +283,8 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
         best = max(best, value) if not math.isnan(value) else best
     probed = [i for i, value in enumerate(accuracy) if not math.isnan(value)]  # NaN: a layer whose fit failed
     best_at = max(probed, key=lambda i: accuracy[i]) if probed else None
+    if tables.probes_predate_latents:  # of other latents: no verdict about this model's layers is drawn from them
+        first, skipped, best_at = None, [], None
     return {"status": status, "layers_probed": probed_layers, "layers_extracted": planned,
             "model_accuracy": reference, "first_reaching_layer": first,
             "layers_after_reaching": (len(layers) - 1 - layers.index(first)) if first else None,

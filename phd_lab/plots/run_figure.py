@@ -148,7 +148,10 @@ def _draw_accuracies(ax: Any, tables: RunTables, summary: dict[str, Any], x_of: 
         probes = _probes_by_index(tables.probes)
         points = [(x_of[str(n)], a) for n, a in zip(probes["layer"], pd.to_numeric(probes["eval_acc"],
                                                                                    errors="coerce"))]
-        if points:
+        if points and tables.probes_predate_latents:  # of latents extracted before the current ones
+            ax.plot(*zip(*points), ":o", color="#8c8c8c", markersize=3, linewidth=1.2,
+                    label="probe accuracy (eval), stale: latents extracted again since")
+        elif points:
             ax.plot(*zip(*points), "-o", color="#dd8452", markersize=3.5, linewidth=1.6, label="probe accuracy (eval)")
     if summary["accuracy"]["test"] is not None:
         ax.axhline(summary["accuracy"]["test"], color="#dd8452", linestyle="--", linewidth=1,
