@@ -671,3 +671,47 @@ def test_a_grid_over_target_saturation_shades_every_band_of_its_runs(tmp_path):
     every, first = (base64.b64encode(grid_figures(summaries, bands=shown)[title]).decode()
                     for shown in (bands, bands[:1]))
     assert every != first and every in text and first not in text
+
+
+FAILING_MODEL = '''
+from torch import nn
+
+
+class Failing(nn.Module):
+    """A model whose forward pass fails once ``fail_after`` batches of training went through."""
+
+    def __init__(self, num_classes, in_channels, fail_after):
+        super().__init__()
+        self.head = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+        self.fail_after, self.calls = fail_after, 0
+
+    def forward(self, x):
+        self.calls += self.training
+        if self.training and self.calls > self.fail_after:
+            raise RuntimeError("the model broke on purpose")
+        return self.head(x)
+
+
+def failing(*, num_classes, in_channels=3, fail_after=0):
+    return Failing(num_classes, in_channels, fail_after)
+'''
+
+
+@pytest.mark.parametrize("fail_after", [0, 14])  # in its first epoch; in its second (12 batches an epoch)
+def test_a_run_that_failed_is_shown_failed_with_its_error_and_its_log_linked(tmp_path, capsys, fail_after):
+    """A run that crashed looked "not started" (or "stopped k/E", as if killed) and its log, which holds the
+    traceback, was linked nowhere on the page."""
+    from tests.conftest import write_config
+    module = tmp_path / "failing_models.py"
+    module.write_text(FAILING_MODEL)
+    config = write_config(tmp_path, model="failing", model_args={"fail_after": fail_after}, batch_size=128,
+                          registries={"models": str(module)}, track_saturation=False, epoch=3, post_processing=[])
+    code, _ = main_in_process(capsys, "--config", str(config), "--no-progress")
+    assert code == 1
+    page = parse(write_report(tmp_path / "logs", tmp_path / "r.html", refresh=False))
+    when = "after 1/3 epochs" if fail_after else "before its first epoch"
+    [row] = page.rows
+    assert f"failed {when} (RuntimeError: the model broke on purpose)" in row
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "its log has the traceback" in " ".join(text.split())
+    assert any(unquote(link).endswith("failing-Digits-r16-bs128-e3.log") for link in page.hrefs), page.hrefs

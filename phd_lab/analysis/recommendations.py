@@ -42,7 +42,11 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings, tracked
             advice.append(width)
         if not advice:
             advice.append(_no_advice(summary["saturation"], tracked))
-    if status.get("state") in ("running", "stopped", "incomplete") and status.get("epochs_done"):
+    if status.get("state") == "failed":
+        advice.insert(0, {"kind": "failed", "text": (
+            f"Training {status.get('label')}: its log has the traceback. Fix the cause and run the same command "
+            f"again" + (f"; it resumes after epoch {status['epochs_done']}." if status.get("epochs_done") else "."))})
+    elif status.get("state") in ("running", "stopped", "incomplete") and status.get("epochs_done"):
         advice.insert(0, {"kind": "provisional", "text": (
             f"Training is not finished ({status.get('label')}): everything below describes the network after epoch "
             f"{status['epochs_done']}, and saturation still changes while a network trains.")})

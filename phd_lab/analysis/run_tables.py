@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -123,7 +124,8 @@ def _holds_results(folder: Path, filenames: list[str]) -> bool:
 
 @dataclass(frozen=True)
 class TrainingStatus:
-    """How far training got: finished, running, stopped, diverged, incomplete (not finished; a process on
+    """How far training got: finished, running, stopped, failed (the log's last attempt ended in an error:
+    ``reason``), diverged, incomplete (not finished; a process on
     another host may still train it), unknown (trained epochs, but how many were planned, or how many were
     done, cannot be told: ``reason``), not started, no metrics (results of other steps but no metrics CSV),
     no epochs (a metrics CSV without rows)."""
@@ -133,7 +135,7 @@ class TrainingStatus:
     epochs_planned: int | None
     active: bool | None  # a live process holds the run folder (None: cannot tell, other host)
     owner: str = ""
-    reason: str = ""  # why the state is unknown
+    reason: str = ""  # why the state is unknown; the error of a failed run
 
     def label(self) -> str:
         if self.state == "unknown":
@@ -144,6 +146,10 @@ class TrainingStatus:
         if self.state == "diverged":
             planned = f" of {self.epochs_planned}" if self.epochs_planned else ""
             return f"diverged in epoch {self.epochs_done}{planned}"
+        if self.state == "failed":
+            planned = f"/{self.epochs_planned}" if self.epochs_planned else ""
+            when = f"after {self.epochs_done}{planned} epochs" if self.epochs_done else "before its first epoch"
+            return f"failed {when} ({self.reason})"
         if self.state in ("not started", "no metrics", "no epochs"):
             return {"not started": "not started", "no metrics": "no metrics CSV",
                     "no epochs": "metrics CSV without epochs"}[self.state]
@@ -327,7 +333,47 @@ def training_status(folder: RunDir, config: dict[str, Any] | None,
         return TrainingStatus("unknown", done, planned, active, owner, "the number of epochs planned is unknown")
     else:
         state = "running" if active else ("stopped" if active is False else "incomplete")
+    if state in ("not started", "stopped") and active is False:  # or did its last attempt fail?
+        failure = last_failure(folder.log)
+        if failure is not None:
+            return TrainingStatus("failed", done, planned, active, owner, failure)
     return TrainingStatus(state, done, planned, active, owner)
+
+
+# The lines of a run log (run_guards.run_log's format) that open an attempt and that end one in a failure
+_ATTEMPT_STARTS = " INFO phd_lab.executor: Run folder "
+_RUN_FAILED = " ERROR phd_lab.run_guards: Run failed"
+_LOG_TAIL_BYTES = 1 << 18
+
+
+def last_failure(log: Path) -> str | None:
+    """The error that ended the run's last attempt, from the tail of its log (the record ``run_log`` writes
+    with the traceback), or None where the last attempt did not fail (or the log says nothing): a crashed run
+    otherwise looked "not started" or "stopped", as if it had been killed or never run."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, 2) - _LOG_TAIL_BYTES))
+            lines = handle.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    start = max((i for i, line in enumerate(lines) if _ATTEMPT_STARTS in line), default=0)
+    failed = [i for i, line in enumerate(lines) if i >= start and _RUN_FAILED in line]
+    if not failed:
+        return None
+    line = lines[failed[-1]]
+    said = line.split(_RUN_FAILED, 1)[1]
+    if said.startswith(": "):  # a diverged run or a lost folder: its message, no traceback
+        return said[2:].strip()
+    traceback = []  # the lines after the record up to the next record: the traceback, its exception last
+    for following in lines[failed[-1] + 1:]:
+        if _RECORD.match(following):
+            break
+        traceback.append(following)
+    exception = next((text.strip() for text in reversed(traceback) if text.strip()), "")
+    return exception or "see its log"
+
+
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
 
 
 def _computational(info: Any, tables: RunTables) -> dict[str, Any] | None:

@@ -95,7 +95,7 @@ def _link(path: Path, out_dir: Path, text: str) -> str:
 
 def _run_files(entry: RunEntry, out_dir: Path) -> list[str]:
     folder = entry.folder
-    candidates = [folder.config, folder.metrics_csv] + [
+    candidates = [folder.config, folder.log, folder.metrics_csv] + [  # the log: a failed run's traceback
         folder.receptive_field_csv, folder.computational_info_json, folder.computational_info_csv, folder.probe_csv,
         folder.projections_csv, folder.analysis_json, folder.analysis_plot]
     candidates += [*sorted(folder.root.glob("probe_performances_*.csv")), folder.probe_sets_plot]  # latents sets
