@@ -1500,3 +1500,23 @@ def test_the_memory_available_is_the_tightest_of_the_kernels_and_every_cgroups(t
     (job / "memory.max").write_text("80000000000\n")
     assert available_memory(meminfo, tmp_path / "v2", membership) == 20_000_000 * 1024  # the machine's
     assert available_memory(tmp_path / "missing", tmp_path / "none", tmp_path / "missing") is None
+
+
+def test_a_diverged_run_is_named_as_such_not_sent_back_to_the_training_command(tmp_path, capsys):
+    """A diverged run has no latents: the job said "Train the runs with the 'extract' step first (python main.py
+    ...)", a command that only reports the divergence again, and in a grid it was one unexplained skipped index."""
+    from phd_lab.cli import main_cli
+    from tests.conftest import write_config
+    grid = write_config(tmp_path, optimizer="sgd", optimizer_args={"lr": [1e6, 0.01]}, epoch=1,
+                        track_saturation=False, post_processing=["extract"])
+    assert main_cli(["--config", str(grid), "--no-progress", "-q"]) == 1  # run 0 diverges
+    capsys.readouterr()
+    assert probe_cli(["--config", str(grid), "--no-progress", "-mp", "0"]) == 0  # run 1 is probed
+    said = " ".join(capsys.readouterr().err.split())
+    assert "run 0 (vgg11-Digits-r16-bs128-e1) diverged in training (diverged.json), so it has no latents" in said
+    alone = write_config(tmp_path, "alone.json", optimizer="sgd", optimizer_args={"lr": 1e6}, epoch=1,
+                         track_saturation=False, post_processing=["extract"])
+    assert probe_cli(["--config", str(alone), "--no-progress", "-mp", "0"]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "Run(s) 0 of" in said and "diverged in training (their folders hold diverged.json)" in said
+    assert "Train the runs with the 'extract' post-processing step first" not in said

@@ -73,6 +73,7 @@ class _GridScan:
     unprobed: list[tuple[int, Any]] = field(default_factory=list)  # the same runs, with their configs
     extracting: list[int] = field(default_factory=list)  # an extraction holds the run right now
     unfinished: list[int] = field(default_factory=list)  # an extraction died: no manifest
+    diverged: list[int] = field(default_factory=list)  # its training diverged: no latents will come
     logs_dirs: set[str] = field(default_factory=set)
 
 
@@ -112,7 +113,13 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None) -> _G
             settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
             scan.jobs.append(_job(read_manifest(folder), settings, label, expected_root=rundir.root,
                                   probe_set=latents.name))
-        if not found:
+        if not found and rundir.diverged.exists():  # the training command would only say so again
+            if len(scan.diverged) < SAID_ONE_BY_ONE:
+                log.warning("run %d (%s) diverged in training (%s), so it has no latents to probe; skipped. Train it "
+                            "again with a smaller learning rate, under a new run_id.", index, cfg.name,
+                            rundir.diverged.name)
+            scan.diverged.append(index)
+        elif not found:
             scan.skipped.append(index)
             scan.unprobed.append((index, cfg))
         elif absent:  # the config names latents sets the run has not extracted (yet): say so, probe the others
@@ -160,6 +167,10 @@ def _nothing_to_probe(scan: _GridScan, where: str, runs: int, run_id: str | None
                         f"extracted by the training command, and no other run has latents yet; probe once it has "
                         f"finished. (A lock held from another host cannot be checked from here: if that process has "
                         f"died, rerun the training command, which takes its lock over and finishes the extraction.)")
+    if scan.diverged and not scan.unprobed:
+        raise DataError(f"Run(s) {index_ranges(scan.diverged)} of {where!r} diverged in training (their folders hold "
+                        f"diverged.json), so they have no latents, and no other run has any: nothing to probe. "
+                        f"Train them again with a smaller learning rate, under a new run_id.")
     check_registry_names(scan.unprobed, where)
     earlier = earlier_version_runs(cfg for _, cfg in scan.unprobed)
     hint = f" {earlier_version_advice(earlier, runs)}" if earlier else ""
