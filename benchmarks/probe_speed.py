@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paired_stats import median_interval, paired_verdict  # noqa: E402
+from paired_stats import interval_label, median_interval, paired_verdict  # noqa: E402
 from phd_lab.probes.discovery import jobs_from_latents  # noqa: E402
 from phd_lab.probes.job import run_jobs  # noqa: E402
 from phd_lab.probes.settings import ProbeSettings  # noqa: E402
@@ -210,7 +210,8 @@ def paired_overhead(latents: Path, scratch: Path, rounds: int) -> list[str]:
     for kind, values in ratios.items():
         median, low, high = median_interval(values)
         lines.append(f"- runner -mp 1 / bare fits, {kind}, median of {rounds} paired rounds: {median:.3f}× "
-                     f"[{low:.3f}, {high:.3f}] (target ≤ 1.05: {paired_verdict(low, high, 1.05, at_most=True)})")
+                     f"[{low:.3f}, {high:.3f}] ({interval_label(len(values))}; target ≤ 1.05: "
+                     f"{paired_verdict(low, high, 1.05, at_most=True, n=len(values))})")
     return lines + [""]
 
 

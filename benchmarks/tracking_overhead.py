@@ -43,7 +43,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paired_stats import median_interval, paired_verdict  # noqa: E402
+from paired_stats import interval_label, median_interval, paired_verdict  # noqa: E402
 from phd_lab.data import DataBundle  # noqa: E402
 from phd_lab.tracking import SaturationTracker, TrackerOptions, fused_gram, run_pass  # noqa: E402
 from phd_lab.tracking.callback import SaturationCallback  # noqa: E402
@@ -312,7 +312,8 @@ def print_paired(times: dict[str, list[float]], cpu_times: dict[str, list[float]
     """Median of the per-round ratios tracked / untracked with its 95 % interval, against the target."""
     target, at_most = (0.90, False) if cuda else (1.10, True)
     kind = "throughput (untracked / tracked)" if cuda else "time (tracked / untracked)"
-    print(f"\npaired per round, {kind}, median [95 % interval] over {len(times['untracked'])} rounds, "
+    rounds = len(times["untracked"])
+    print(f"\npaired per round, {kind}, median [{interval_label(rounds)}] over {rounds} rounds, "
           f"target {'≥' if cuda else '≤'} {target:.2f}")
     print(f"{'condition':<21}{'wall':>27}{'verdict':>11}{'CPU time':>27}{'verdict':>11}")
     for name in tracked:
@@ -320,7 +321,8 @@ def print_paired(times: dict[str, list[float]], cpu_times: dict[str, list[float]
         for clock in (times, cpu_times):
             ratios = [(b / a if cuda else a / b) for a, b in zip(clock[name], clock["untracked"])]
             median, low, high = median_interval(ratios)
-            cells.append(f"{median:>10.3f}x [{low:.3f}, {high:.3f}]{paired_verdict(low, high, target, at_most):>11}")
+            verdict = paired_verdict(low, high, target, at_most, len(ratios))
+            cells.append(f"{median:>10.3f}x [{low:.3f}, {high:.3f}]{verdict:>11}")
         print(f"{name:<21}" + "".join(cells))
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paired_stats import median_interval  # noqa: E402
+from paired_stats import interval_label, median_interval  # noqa: E402
 from phd_lab import worker_processes  # noqa: E402
 from phd_lab.probes import runner  # noqa: E402
 
@@ -83,7 +83,7 @@ def main() -> None:
               f"{median_interval([e for _, e in values])[0]:7.3f}")
     ratios = [teardown / runner_ for (_, teardown), (_, runner_) in zip(times["teardown"], times["runner"])]
     median, low, high = median_interval(ratios)
-    print(f"end with teardown / end without: {median:.1f}x [{low:.1f}, {high:.1f}] (95 %)")
+    print(f"end with teardown / end without: {median:.1f}x [{low:.1f}, {high:.1f}] ({interval_label(len(ratios))})")
 
 
 if __name__ == "__main__":
