@@ -211,5 +211,12 @@ def test_the_saturation_plot_shows_each_layers_train_and_test_saturation_in_forw
         assert [t.get_text() for t in ax.get_xticklabels()] == ["features.3", "features.0", "classifier.0"]
         assert ax.get_ylim() == (0, 1) and ax.get_title() == "epoch 2"
         assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "test"]
+        assert not ax.texts  # some values are there: no note
     finally:
         plt.close(ax.figure)
+    diverged = plot_saturation(table.map(lambda _: math.nan))  # every value NaN: an empty chart said nothing
+    try:
+        assert [text.get_text() for text in diverged.texts] == [
+            "no finite saturation in this epoch\n(non-finite activations: did the run diverge?)"]
+    finally:
+        plt.close(diverged.figure)
