@@ -302,9 +302,7 @@ def _warn_of_repeated_runs(grid: Grid, executors: list[TrainTestExecutor]) -> No
 def _numbers_as_written_once(value: Any) -> Any:
     """``value`` with integral floats and booleans as ints (1.0 → 1, true → 1: an argument annotated ``bool`` takes
     0 and 1 too), in nested mappings and lists too."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, bool) or (isinstance(value, float) and value.is_integer()):
         return int(value)
     if isinstance(value, Mapping):
         return {key: _numbers_as_written_once(item) for key, item in value.items()}

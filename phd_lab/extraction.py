@@ -65,12 +65,11 @@ def default_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if name and isinstance(module, (nn.Conv2d, nn.Linear))]
 
 
-def _called_once(model: nn.Module, names: list[str], loader: DataLoader, device: torch.device,
-                 required: bool = True) -> list[str]:
+def _called_once(model: nn.Module, names: list[str], loader: DataLoader, device: torch.device) -> list[str]:
     """The layers (the default ones, or those a wildcard matched) that a forward pass of one training sample
     calls exactly once. A shared module (CBAM's channel MLP runs on two poolings) has no single output, and a
     layer whose parent only reads its weights (attention's ``out_proj``) none: both are left out, as layers
-    named exactly they are an error. ``required``: none left is an error here."""
+    named exactly they are an error."""
     counts = dict.fromkeys(names, 0)
     modules = dict(model.named_modules())
 
@@ -97,11 +96,7 @@ def _called_once(model: nn.Module, names: list[str], loader: DataLoader, device:
         if left_out:
             log.info("Step 'extract': layers %s %s; not extracted (name them in 'layers' to be told why).",
                      ", ".join(left_out), what)
-    chosen = [name for name in names if counts[name] == 1]
-    if not chosen and required:
-        raise ExtractionError(f"Step 'extract': no Conv2d or Linear layer of {type(model).__qualname__} runs exactly "
-                              f"once per forward pass; name the layers to extract in 'layers'.")
-    return chosen
+    return [name for name in names if counts[name] == 1]
 
 
 def select_layers(model: nn.Module, patterns: list[str] | None) -> list[str]:
@@ -319,11 +314,13 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     # is the user's choice, refused with the reason if it is ambiguous)
     matched = names if layers is None else [name for name in names if name not in layers]
     if matched:
-        kept = _called_once(model, matched, loaders["train"], device, required=layers is None)
+        kept = _called_once(model, matched, loaders["train"], device)
         names = [name for name in names if name not in matched or name in kept]
         if not names:
-            raise ExtractionError(f"Step 'extract': no layer that {layers} match runs exactly once per forward "
-                                  f"pass; name the layers to extract in 'layers'.")
+            chosen = (f"Conv2d or Linear layer of {type(model).__qualname__}" if layers is None
+                      else f"layer that {layers} match")
+            raise ExtractionError(f"Step 'extract': no {chosen} runs exactly once per forward pass; name the layers "
+                                  f"to extract in 'layers'.")
     settings = expected_settings(Path(run_dir), downsampling, dtype, model, method)
     samples = {split: len(loaders[split].dataset) for split in SPLITS}
     other = other_runs_latents(folder, run_dir)

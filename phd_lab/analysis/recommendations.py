@@ -113,10 +113,15 @@ def _border_text(summary: dict[str, Any]) -> str:
     return text
 
 
+def probes_are_stale(probes: dict[str, Any]) -> bool:
+    """Whether the summary's probe results predate the latents (status "stale ..."): no verdict is read from them."""
+    return str(probes.get("status", "")).startswith("stale")
+
+
 def _probe_advice(probes: dict[str, Any]) -> list[Advice]:
     """What the probes say: out of date, accuracy drops (skipped layers), or layers after the model's accuracy."""
     advice: list[Advice] = []
-    stale = str(probes.get("status", "")).startswith("stale")
+    stale = probes_are_stale(probes)
     if stale:
         advice.append({"kind": "probes", "text": (
             "The probe results predate the latents (extracted again since): rerun probe_main.py before reading "

@@ -357,15 +357,14 @@ def last_failure(log: Path) -> str | None:
     except OSError:
         return None
     start = max((i for i, line in enumerate(lines) if _ATTEMPT_STARTS in line), default=0)
-    failed = [i for i, line in enumerate(lines) if i >= start and _RUN_FAILED in line]
-    if not failed:
+    failed = max((i for i, line in enumerate(lines) if i >= start and _RUN_FAILED in line), default=None)
+    if failed is None:
         return None
-    line = lines[failed[-1]]
-    said = line.split(_RUN_FAILED, 1)[1]
+    said = lines[failed].split(_RUN_FAILED, 1)[1]
     if said.startswith(": "):  # a diverged run or a lost folder: its message, no traceback
         return said[2:].strip()
     traceback = []  # the lines after the record up to the next record: the traceback, its exception last
-    for following in lines[failed[-1] + 1:]:
+    for following in lines[failed + 1:]:
         if _RECORD.match(following):
             break
         traceback.append(following)

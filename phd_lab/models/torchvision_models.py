@@ -65,8 +65,10 @@ def _check_argument_types(name: str, model_args: Mapping[str, Any]) -> None:
     (``factory_args.check_argument_type``): ``"dropout": true`` built Dropout(p=True), which drops everything,
     and ``"zero_init_residual": "no"`` switched zero-init on; the builder's ``**kwargs`` hid both."""
     parameters = _model_class_parameters(name)
+    if parameters is None:
+        return
     for arg, value in model_args.items():
-        if parameters is not None and arg in parameters:
+        if arg in parameters:
             try:
                 check_argument_type(parameters[arg], value, f"model_args {arg!r} of 'tv:{name}'")
             except ConfigError as error:

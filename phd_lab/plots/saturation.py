@@ -42,8 +42,7 @@ def plot_saturation(table: pd.DataFrame, ax: "Axes | None" = None, title: str = 
     if title:
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    missing = table.isna().to_numpy()
-    if missing.all():  # a diverged epoch (inf/NaN activations) drew an empty chart without a word
+    if table.isna().to_numpy().all():  # a diverged epoch (inf/NaN activations) drew an empty chart without a word
         ax.text(0.5, 0.5, "no finite saturation in this epoch\n(non-finite activations: did the run diverge?)",
                 ha="center", va="center", transform=ax.transAxes, fontsize=9, color="#c44e52")
     return ax

@@ -101,11 +101,12 @@ def check_labels(job: ProbeJob) -> None:
         raise DataError(f"{job.label}: the eval labels {str(job.manifest.eval_labels)!r} are empty; the probes are "
                         f"scored on the eval split. Rerun the extraction with a non-empty test set.")
     samples = job.settings.train_samples
-    if samples is not None and samples >= len(labels):
+    if samples is None:
+        return
+    if samples >= len(labels):
         log.warning("%s: probe_train_samples %d is at least the %d training samples of %s, so no subsample is "
                     "drawn and the probes train on all of them (null says so).", job.label, samples, len(labels),
                     source)
-    if samples is None or samples >= len(labels):
         return
     if samples < len(classes):
         raise ConfigError(f"{job.label}: probe_train_samples is {samples}, but a stratified subsample needs at least "

@@ -62,7 +62,6 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
             analysis.entry.figure = figure_png(analysis.entry.tables, analysis.entry.summary)
         changed = _changed_since_read(analysis)
         if not changed:
-            _settled(analysis)
             break
         log.info("%s while it was analysed; analysing again", _what_changed(changed, folder))
     else:
@@ -103,14 +102,6 @@ def _what_changed(changed: list[Path], folder: RunDir) -> str:
     if folder.probe_csv in changed:
         return f"Probe results of {folder.root} arrived"
     return f"{', '.join(path.name for path in changed)} of {folder.root} changed"
-
-
-def _settled(analysis: _Analysis) -> bool:
-    """Whether the run's files are still those the analysis read (then the entry names the probe results read)."""
-    if _changed_since_read(analysis):
-        return False
-    analysis.entry.probe_stamp = analysis.stamps[analysis.entry.folder.probe_csv]
-    return True
 
 
 def _taken_since_read(analysis: _Analysis) -> bool:
@@ -167,8 +158,8 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool)
     figure = _previous_figure(folder) if previous.get("figure_key") == key else None
     document = {**plain, "figure_key": key}
     in_place = figure is not None
-    return _Analysis(RunEntry(folder, tables, summary, figure), document, in_place, in_place and previous == document,
-                     stamps)
+    return _Analysis(RunEntry(folder, tables, summary, figure, probe_stamp=stamps[folder.probe_csv]), document,
+                     in_place, in_place and previous == document, stamps)
 
 
 def jsonable(value: Any) -> Any:

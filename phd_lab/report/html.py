@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import quote
 
-from phd_lab.analysis.recommendations import count_text
+from phd_lab.analysis.recommendations import count_text, probes_are_stale
 from phd_lab.report.collect import RunEntry
 from phd_lab.report.config_values import FIXED_COLUMNS, flat_config, varying_keys
 from phd_lab.report.repetitions import RepetitionGroup, repetitions_section
@@ -179,8 +179,7 @@ def _facts(s: dict[str, Any]) -> str:
         rows.append(("truncation at b_min saves", f"{_count(truncation.get('params_saved'))} parameters, "
                      f"{_count(truncation.get('flops_saved'))} FLOPs"))
     rows.append(("probes", probes.get("status") or MISSING))
-    stale = str(probes.get("status", "")).startswith("stale")  # no verdicts from probes of other latents
-    if not stale and (probes.get("first_reaching_layer") is not None or probes.get("layers_probed")):
+    if not probes_are_stale(probes) and (probes.get("first_reaching_layer") is not None or probes.get("layers_probed")):
         rows.append(("first layer reaching the model", probes.get("first_reaching_layer") or "none"))
         rows.append(("skipped layers (probe drops)", ", ".join(probes.get("skipped_layers") or []) or "none"))
     body = "".join(f"<tr><td>{escape(k)}</td><td>{escape(str(v))}</td></tr>" for k, v in rows)
