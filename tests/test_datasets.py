@@ -670,3 +670,60 @@ def test_an_archive_broken_off_after_its_first_files_leaves_no_partial_extractio
     with pytest.raises(DataError, match="is damaged"):
         download_and_extract("http://127.0.0.1:9/woof.tar", root, "woof")
     assert sorted(p.name for p in root.iterdir()) == [".woof.download.lock", "woof.tar"]
+
+
+def _imagenet(root: Path, train: list[str], val: list[str], wnids: list[str]) -> Path:
+    """An unpacked ImageNet: ``meta.bin`` as torchvision writes it from the devkit, one image per class folder."""
+    folder = root / "imagenet"
+    folder.mkdir(parents=True)
+    torch.save(({wnid: (f"class {i}",) for i, wnid in enumerate(wnids)}, wnids), folder / "meta.bin")
+    for split, present in (("train", train), ("val", val)):
+        for c, wnid in enumerate(present):
+            write_image(folder / split / wnid / f"{wnid}_0.JPEG", value=c)
+    return folder
+
+
+WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
+
+
+def test_a_stopped_imagenet_unpack_is_refused_naming_the_missing_classes(tmp_path):
+    """torchvision unpacks the train tar in place, one class archive at a time, and took the train/ a stopped
+    unpack left for whole: the model got 3 classes, val (numbered by its own folders) labels up to 3, and the
+    run an IndexError after its first epoch."""
+    folder = _imagenet(tmp_path, WNIDS[:2] + WNIDS[3:], WNIDS, WNIDS)
+    (folder / "train" / f"{WNIDS[2]}.tar").write_bytes(b"\0" * 1024)  # a class archive not unpacked yet
+    with pytest.raises(DataError) as error:
+        DATASETS.get("ImageNet")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    message = str(error.value)
+    assert f"The ImageNet folder {str(folder / 'train')!r} is incomplete" in message, message
+    assert f"lacks the class folders of 1 of the devkit's 4 classes ({WNIDS[2]})" in message
+    assert f"1 class archive(s) not unpacked yet ({WNIDS[2]}.tar)" in message and "Delete" in message
+    write_image(folder / "train" / WNIDS[2] / "0.JPEG")  # the archive's folder, but the archive is still there
+    with pytest.raises(DataError, match="class archive"):
+        DATASETS.get("ImageNet")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    (folder / "train" / f"{WNIDS[2]}.tar").unlink()
+    shutil.rmtree(folder / "val" / WNIDS[1])  # val/ is checked against the devkit's classes too
+    write_image(folder / "val" / "ILSVRC2012_val_00000001.JPEG")  # val images are sorted into class folders
+    with pytest.raises(DataError) as error:
+        DATASETS.get("ImageNet")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    assert (f"{str(folder / 'val')!r} is incomplete: it lacks the class folders of 1 of the devkit's 4 classes "
+            f"({WNIDS[1]}); it holds 1 image file(s) not in class folders") in str(error.value), str(error.value)
+    (folder / "val" / "ILSVRC2012_val_00000001.JPEG").unlink()
+    write_image(folder / "val" / WNIDS[1] / "0.JPEG")
+    bundle = DATASETS.get("ImageNet")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    check_bundle(bundle, num_classes=4, channels=3, resolution=16, train_size=4, test_size=4)
+    assert [label for _, label in bundle.test.dataset.base.samples] == [0, 1, 2, 3]
+
+
+def test_imagenet_val_is_numbered_by_the_training_classes_and_hidden_folders_are_no_classes(tmp_path):
+    """A hidden folder (.ipynb_checkpoints) in train/ ended in a bare KeyError, and so did a class folder the
+    devkit does not list."""
+    folder = _imagenet(tmp_path, WNIDS, WNIDS, WNIDS)
+    write_image(folder / "train" / ".ipynb_checkpoints" / "0-checkpoint.JPEG")
+    bundle = DATASETS.get("ImageNet")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    check_bundle(bundle, num_classes=4, channels=3, resolution=16, train_size=4, test_size=4)
+    assert bundle.test.dataset.base.class_to_idx == {wnid: i for i, wnid in enumerate(WNIDS)}
+    write_image(folder / "train" / "n99999999" / "0.JPEG")
+    with pytest.raises(DataError, match=r"train' has class folder\(s\) \['n99999999'\] that the devkit .*meta.bin'"
+                                        r"\) does not list"):
+        DATASETS.get("ImageNet")(resolution=16, data_dir=str(tmp_path), **COMMON)

@@ -22,7 +22,7 @@ from torchvision import datasets as tv
 from phd_lab.atomic import os_refusal, shown_path
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.download import download_and_extract, missing_folders, remove_empty_folders_since
-from phd_lab.datasets.folders import FixedClassImageFolder, TinyImageNet, load_image
+from phd_lab.datasets.folders import FixedClassImageFolder, TinyImageNet, class_folders, is_image_file, load_image
 from phd_lab.datasets.transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
                                          Preprocessing, RGB_NORMALISATIONS, make_preprocessing)
 from phd_lab.errors import ConfigError, DataError
@@ -207,7 +207,54 @@ def _tiny_imagenet(root: Path, split: str, download: bool) -> Dataset:
 
 
 def _imagenet(root: Path, split: str, download: bool) -> Dataset:
-    return tv.ImageNet(root=str(root / "imagenet"), split="train" if split == "train" else "val")
+    """ImageNet 2012 from the archives torchvision unpacks on first use, as image folders numbered by the
+    training split's classes (hidden folders are none). Each split's class folders are checked against the
+    devkit's first (``_imagenet_classes``): a stopped unpack gave the model fewer classes than val had labels."""
+    from torchvision.datasets import imagenet
+    folder = root / "imagenet"
+    if not (folder / imagenet.META_FILE).is_file():
+        imagenet.parse_devkit_archive(str(folder))
+    wnids = set(imagenet.load_meta_file(str(folder))[0])
+    classes = _imagenet_classes(folder, "train", wnids)
+    if split == "train":
+        return FixedClassImageFolder(folder / "train")
+    _imagenet_classes(folder, "val", wnids)
+    return FixedClassImageFolder(folder / "val", classes=classes)
+
+
+def _imagenet_classes(folder: Path, split: str, wnids: set[str]) -> list[str]:
+    """The class folders of ImageNet's ``train`` or ``val`` folder (unpacked by torchvision where absent), which
+    must be the devkit's ``wnids``. torchvision unpacks in place (the train tar into one archive per class, each
+    unpacked and then deleted; the val images into val/, then moved into class folders) and takes any folder
+    it finds for whole; a stopped unpack leaves classes missing and class archives (or loose images) behind."""
+    from torchvision.datasets import imagenet
+    directory = folder / split
+    if not directory.is_dir():
+        (imagenet.parse_train_archive if split == "train" else imagenet.parse_val_archive)(str(folder))
+    present = class_folders(directory)
+    unknown = sorted(set(present) - wnids)
+    if unknown:
+        raise DataError(f"The ImageNet folder {str(directory)!r} has class folder(s) {unknown[:10]} that the "
+                        f"devkit ({str(folder / imagenet.META_FILE)!r}) does not list; remove them.")
+    missing = sorted(wnids - set(present))
+    left = sorted(entry.name for entry in os.scandir(directory) if entry.is_file() and not entry.name.startswith(".")
+                  and (entry.name.endswith(".tar") if split == "train" else is_image_file(entry.path, directory)))
+    if missing or left:
+        found = [f"it lacks the class folders of {len(missing)} of the devkit's {len(wnids)} classes "
+                 f"({_some(missing, 10)})"] if missing else []
+        if left:
+            kind = "class archive(s) not unpacked yet" if split == "train" else "image file(s) not in class folders"
+            found.append(f"it holds {len(left)} {kind} ({_some(left, 3)})")
+        archive = imagenet.ARCHIVE_META[split][0]
+        raise DataError(f"The ImageNet folder {str(directory)!r} is incomplete: {'; '.join(found)}. torchvision's "
+                        f"unpacking of {archive}, which works in place and takes any {split}/ folder for whole, was "
+                        f"stopped part-way. Delete {str(directory)!r} and run again to unpack "
+                        f"{str(folder / archive)!r} anew.")
+    return present
+
+
+def _some(names: list[str], shown: int) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def _imagenette(root: Path, split: str, download: bool) -> Dataset:
