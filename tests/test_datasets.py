@@ -727,3 +727,23 @@ def test_imagenet_val_is_numbered_by_the_training_classes_and_hidden_folders_are
     with pytest.raises(DataError, match=r"train' has class folder\(s\) \['n99999999'\] that the devkit .*meta.bin'"
                                         r"\) does not list"):
         DATASETS.get("ImageNet")(resolution=16, data_dir=str(tmp_path), **COMMON)
+
+
+@pytest.mark.parametrize("name", ["MNIST", "FashionMNIST"])
+def test_a_truncated_mnist_file_is_a_data_error_naming_its_folder(tmp_path, capsys, name):
+    """A raw file cut short (a stopped download or gunzip) failed in torchvision's parser with a RuntimeError
+    that named neither file nor dataset: exit 1 and a traceback."""
+    from tests.conftest import main_in_process, write_config
+    raw = tmp_path / "data" / name / "raw"
+    write_idx(raw, "train", 12)
+    write_idx(raw, "t10k", 6)
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:500])
+    with pytest.raises(DataError) as error:
+        DATASETS.get(name)(resolution=28, data_dir=str(tmp_path / "data"), **COMMON)
+    message = str(error.value)
+    assert (f"Dataset {name}: the file train-images-idx3-ubyte or train-labels-idx1-ubyte in {str(raw)!r} is "
+            f"truncated or damaged") in message and f"Delete the folder {str(raw)!r}" in message, message
+    config = write_config(tmp_path, dataset=name, resolution=28, epoch=1, track_saturation=False)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 2 and "Traceback" not in err and "is truncated or damaged" in " ".join(err.split()), err

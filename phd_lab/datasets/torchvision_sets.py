@@ -136,6 +136,10 @@ def _entries(root: Path) -> set[str] | None:
         return set()
 
 
+# torchvision's words for missing or damaged files (its RuntimeErrors name no file otherwise)
+_MISSING_WORDS = ("not found", "corrupt", "not present", "does not exist")
+
+
 def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dataset:
     """Open one split; turn missing/corrupt files and failed downloads into a DataError."""
     root = Path(data_dir).expanduser()
@@ -155,7 +159,7 @@ def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dat
         if "error downloading" in text:  # torchvision's summary of every mirror it tried (MNIST, FashionMNIST)
             raise DataError(f"Dataset {source.name} could not be downloaded into {str(root)!r} (torchvision: "
                             f"{' '.join(str(error).split())}). {place}") from None
-        if not any(word in text for word in ("not found", "corrupt", "not present", "does not exist")):
+        if not any(word in text for word in _MISSING_WORDS):
             raise
         raise DataError(f"Dataset {source.name} ({split} split) is not in data_dir {str(root)!r} or is "
                         f"incomplete (torchvision: {error}). {place}") from None
@@ -186,7 +190,22 @@ def load_image_dataset(source: Source, *, batch_size: int, resolution: int, data
 # ------------------------------------------------------------------------------ the openers
 
 def _mnist_like(cls: type) -> Opener:
-    return lambda root, split, download: cls(root=str(root), train=split == "train", download=download)
+    """MNIST or FashionMNIST from ``<name>/raw``. A raw file cut short (a download or gunzip that was stopped)
+    failed in torchvision's parser with a traceback naming neither file nor dataset; it is a DataError here."""
+    def opener(root: Path, split: str, download: bool) -> Dataset:
+        try:
+            return cls(root=str(root), train=split == "train", download=download)
+        except (RuntimeError, ValueError, AssertionError) as error:  # the parser's ways of refusing a file
+            if any(word in str(error).lower() for word in ("error downloading", *_MISSING_WORDS)):
+                raise  # missing files, a failed download: open_split says what to place where
+            raw, prefix = root / cls.__name__ / "raw", "train" if split == "train" else "t10k"
+            said = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            raise DataError(f"Dataset {cls.__name__}: the file {prefix}-images-idx3-ubyte or "
+                            f"{prefix}-labels-idx1-ubyte in {str(raw)!r} is truncated or damaged (torchvision: "
+                            f"{said}), as a download or unpacking that was stopped leaves it. Delete the folder "
+                            f"{str(raw)!r} and run again with \"download\": true (or place whole copies of "
+                            f"{_MNIST_FILES} there).") from None
+    return opener
 
 
 def _cifar(cls: type) -> Opener:
