@@ -747,3 +747,18 @@ def test_a_truncated_mnist_file_is_a_data_error_naming_its_folder(tmp_path, caps
     config = write_config(tmp_path, dataset=name, resolution=28, epoch=1, track_saturation=False)
     code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
     assert code == 2 and "Traceback" not in err and "is truncated or damaged" in " ".join(err.split()), err
+
+
+def test_tiny_imagenet_refuses_a_class_folder_without_training_images(tmp_path):
+    """A copy stopped part-way left class folders without images, which were taken as classes no image
+    teaches (the folder: datasets refuse them)."""
+    root = tmp_path / "tiny-imagenet-200"
+    for c, wnid in enumerate(WNIDS):
+        (root / "train" / wnid / "images").mkdir(parents=True)
+        if c < 2:
+            write_image(root / "train" / wnid / "images" / f"{wnid}_0.JPEG", (64, 64), c)
+        write_image(root / "val" / "images" / f"val_{c}.JPEG", (64, 64), 10 + c)
+    (root / "val" / "val_annotations.txt").write_text("".join(f"val_{c}.JPEG\t{w}\t0\t0\t9\t9\n"
+                                                              for c, w in enumerate(WNIDS)))
+    with pytest.raises(DataError, match=rf"has class folder\(s\) \['{WNIDS[2]}', '{WNIDS[3]}'\] without images"):
+        DATASETS.get("TinyImageNet")(resolution=32, data_dir=str(tmp_path), **COMMON)

@@ -177,6 +177,9 @@ class TinyImageNet(Dataset):
             self.samples = [(str(f), index) for index, wnid in enumerate(self.classes)
                             for f in sorted((train_dir / wnid / "images").iterdir())
                             if f.suffix.lower() in IMG_EXTENSIONS and not f.name.startswith(".")]
+            found = {index for _, index in self.samples}  # as for folder: datasets (a copy stopped part-way)
+            require_images_in_every_class(train_dir, [wnid for index, wnid in enumerate(self.classes)
+                                                      if index not in found])
         elif split == "val":
             annotations = self.root / "val" / "val_annotations.txt"
             if not annotations.is_file():
