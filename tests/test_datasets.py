@@ -762,3 +762,62 @@ def test_tiny_imagenet_refuses_a_class_folder_without_training_images(tmp_path):
                                                               for c, w in enumerate(WNIDS)))
     with pytest.raises(DataError, match=rf"has class folder\(s\) \['{WNIDS[2]}', '{WNIDS[3]}'\] without images"):
         DATASETS.get("TinyImageNet")(resolution=32, data_dir=str(tmp_path), **COMMON)
+
+
+def _served_archive(tmp_path: Path, folder: str, files: dict[str, bytes | None], name: str) -> Path:
+    """A real archive ``name`` of ``folder`` holding ``files`` (None: a small image), placed in tmp_path/data
+    as a user would place a downloaded one: nothing serves it, so a run that fetched anything would fail."""
+    source = tmp_path / "source"
+    for relative, content in files.items():
+        path = source / folder / relative
+        if content is None:
+            write_image(path, (12, 12), len(relative))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+    made = Path(shutil.make_archive(str(tmp_path / "archive"), "gztar", root_dir=source, base_dir=folder))
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return made.rename(tmp_path / "data" / name)
+
+
+def test_imagenette_is_extracted_whole_or_not_at_all(tmp_path):
+    """torchvision extracted imagenette2.tgz in place and, with download on, took any imagenette2/train for a
+    whole download: an extraction stopped in val/ trained and evaluated on the part that was there."""
+    files = {f"{split}/{wnid}/{i}.JPEG": None for split in ("train", "val") for wnid in WNIDS[:2] for i in range(2)}
+    archive = _served_archive(tmp_path, "imagenette2", files, "imagenette2.tgz")
+    data = tmp_path / "data"
+    archive.write_bytes(archive.read_bytes()[:200])  # an archive cut short fills no imagenette2/
+    with pytest.raises(DataError, match="imagenette2.tgz' is damaged"):
+        DATASETS.get("Imagenette")(resolution=16, data_dir=str(data), download=True, **COMMON)
+    assert not (data / "imagenette2").exists() and not (data / ".imagenette2.extracting").exists()
+    archive = _served_archive(tmp_path, "imagenette2", files, "imagenette2.tgz")
+    bundle = DATASETS.get("Imagenette")(resolution=16, data_dir=str(data), download=True, **COMMON)
+    check_bundle(bundle, num_classes=2, channels=3, resolution=16, train_size=4, test_size=4)
+    shutil.rmtree(data / "imagenette2" / "val" / WNIDS[1])  # as torchvision's stopped extraction left it
+    with pytest.raises(DataError) as error:
+        DATASETS.get("Imagenette")(resolution=16, data_dir=str(data), download=True, **COMMON)
+    message = " ".join(str(error.value).split())
+    assert (f"The dataset folder {str(data / 'imagenette2')!r} is incomplete: its train/ has 2 class folders and "
+            f"its val/ 1, which differ in ['{WNIDS[1]}']") in message and "Delete" in message, message
+
+
+def test_food101_is_extracted_whole_and_a_partial_folder_is_refused(tmp_path):
+    """torchvision extracted food-101.tar.gz in place and took any folder with meta/ and images/ for whole: a
+    stopped extraction trained until the first missing image, then failed with a FileNotFoundError traceback."""
+    meta = {"train": {"apple_pie": ["apple_pie/0", "apple_pie/1"], "ramen": ["ramen/0", "ramen/1"]},
+            "test": {"apple_pie": ["apple_pie/2"], "ramen": ["ramen/2"]}}
+    files: dict[str, bytes | None] = {f"meta/{split}.json": json.dumps(content).encode()
+                                      for split, content in meta.items()}
+    files.update({f"images/{dish}/{i}.jpg": None for dish in ("apple_pie", "ramen") for i in range(3)})
+    _served_archive(tmp_path, "food-101", files, "food-101.tar.gz")
+    data = tmp_path / "data"
+    bundle = DATASETS.get("Food101")(resolution=16, data_dir=str(data), download=True, **COMMON)
+    check_bundle(bundle, num_classes=2, channels=3, resolution=16, train_size=4, test_size=2)
+    assert not (data / ".food-101.extracting").exists()
+    (data / "food-101" / "images" / "ramen" / "1.jpg").unlink()  # as a stopped extraction leaves the folder
+    for download in (True, False):
+        with pytest.raises(DataError) as error:
+            DATASETS.get("Food101")(resolution=16, data_dir=str(data), download=download, **COMMON)
+        message = " ".join(str(error.value).split())
+        assert (f"The Food101 folder {str(data / 'food-101')!r} is incomplete: 1 of the 4 images meta/train.json "
+                f"lists are missing") in message and "ramen/1.jpg" in message, message

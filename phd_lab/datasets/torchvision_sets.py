@@ -276,26 +276,56 @@ def _some(names: list[str], shown: int) -> str:
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
-def _imagenette(root: Path, split: str, download: bool) -> Dataset:
-    folder = root / "imagenette2"
-    if download and not (folder / "train").is_dir():
-        tv.Imagenette(root=str(root), split="train", download=True)  # fetches and extracts imagenette2.tgz
-    # torchvision's Imagenette numbers the classes of each split by the folders it has: a val/ lacking one
-    # class shifted the labels of the others; the training split's classes number both here
-    train = FixedClassImageFolder(folder / "train")
-    return train if split == "train" else FixedClassImageFolder(folder / "val", classes=train.classes)
+def _fastai(name: str) -> Opener:
+    """Imagenette or Imagewoof (fast.ai's ``<name>.tgz``): ``<name>/train/<wnid>/`` and ``<name>/val/<wnid>/``,
+    both numbered by the training split's classes (torchvision's Imagenette numbered val/ by its own folders and
+    shifted labels where it lacked a class). Downloaded whole or not at all; torchvision extracted in place, so
+    with download on, a folder already there must have val/ classes as in train/, as the archive has."""
+    def opener(root: Path, split: str, download: bool) -> Dataset:
+        folder = root / name
+        if download:
+            download_and_extract(f"https://s3.amazonaws.com/fast-ai-imageclas/{name}.tgz", root, name)
+            _require_same_classes(folder)
+        train = FixedClassImageFolder(folder / "train")
+        return train if split == "train" else FixedClassImageFolder(folder / "val", classes=train.classes)
+    return opener
 
 
-def _imagewoof(root: Path, split: str, download: bool) -> Dataset:
-    folder = root / "imagewoof2"
-    if download:
-        download_and_extract("https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2.tgz", root, folder.name)
-    train = FixedClassImageFolder(folder / "train")
-    return train if split == "train" else FixedClassImageFolder(folder / "val", classes=train.classes)
+def _require_same_classes(folder: Path) -> None:
+    """A downloaded folder's val/ has the class folders of its train/ (fast.ai's archives do)."""
+    train, val = (set(class_folders(folder / s)) if (folder / s).is_dir() else set() for s in ("train", "val"))
+    if train != val:
+        raise DataError(f"The dataset folder {str(folder)!r} is incomplete: its train/ has {len(train)} class "
+                        f"folders and its val/ {len(val)}, which differ in {sorted(train ^ val)[:10]}; an extraction "
+                        f"that was stopped leaves such a folder. Delete {str(folder)!r} and run again with "
+                        f"\"download\": true to download it anew.")
 
 
 def _food101(root: Path, split: str, download: bool) -> Dataset:
-    return tv.Food101(root=str(root), split="train" if split == "train" else "test", download=download)
+    """Food-101 through torchvision, downloaded through download_and_extract (whole or absent); torchvision
+    extracted in place and took a folder with ``meta/`` and ``images/`` for whole, so every image a split's
+    meta file lists must be there (one listing per class folder): a missing one failed the run mid-epoch."""
+    base, listed = root / "food-101", "train" if split == "train" else "test"
+    if download:
+        download_and_extract("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz", root, base.name)
+    try:
+        dataset = tv.Food101(root=str(root), split=listed, download=False)
+    except ValueError as error:  # a meta file cut short: json's JSONDecodeError
+        raise DataError(f"The Food101 file {str(base / 'meta' / f'{listed}.json')!r} cannot be read ({error}). "
+                        f"Delete {str(base)!r} and run again with \"download\": true.") from None
+    images: list[Path] = dataset._image_files  # type: ignore[attr-defined]
+    files: dict[Path, set[str]] = {}
+    for image in images:
+        if image.parent not in files:
+            files[image.parent] = set(os.listdir(image.parent)) if image.parent.is_dir() else set()
+    missing = [image for image in images if image.name not in files[image.parent]]
+    if missing:
+        raise DataError(f"The Food101 folder {str(base)!r} is incomplete: {len(missing)} of the "
+                        f"{len(dataset)} images meta/{listed}.json lists are missing (such as "
+                        f"{str(missing[0])!r}), as an extraction that was stopped leaves it. Delete "
+                        f"{str(base)!r} and run again with \"download\": true (or place the whole extracted "
+                        f"food-101.tar.gz there).")
+    return dataset
 
 
 def _inaturalist(root: Path, split: str, download: bool) -> Dataset:
@@ -342,9 +372,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
            "and val/val_annotations.txt)", native=64),
     Source("ImageNet", _imagenet, "imagenet/ILSVRC2012_devkit_t12.tar.gz, imagenet/ILSVRC2012_img_train.tar and "
            "imagenet/ILSVRC2012_img_val.tar (torchvision extracts them on first use)", downloadable=False),
-    Source("Imagenette", _imagenette, "imagenette2/train/<wnid>/*.JPEG and imagenette2/val/<wnid>/*.JPEG "
+    Source("Imagenette", _fastai("imagenette2"), "imagenette2/train/<wnid>/*.JPEG and imagenette2/val/<wnid>/*.JPEG "
            "(the extracted imagenette2.tgz)"),
-    Source("Imagewoof", _imagewoof, "imagewoof2/train/<wnid>/*.JPEG and imagewoof2/val/<wnid>/*.JPEG "
+    Source("Imagewoof", _fastai("imagewoof2"), "imagewoof2/train/<wnid>/*.JPEG and imagewoof2/val/<wnid>/*.JPEG "
            "(the extracted imagewoof2.tgz)"),
     Source("Food101", _food101, "food-101/images/<class>/*.jpg and food-101/meta/{classes.txt,train.json,test.json} "
            "(the extracted food-101.tar.gz)"),
