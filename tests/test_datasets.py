@@ -821,3 +821,36 @@ def test_food101_is_extracted_whole_and_a_partial_folder_is_refused(tmp_path):
         message = " ".join(str(error.value).split())
         assert (f"The Food101 folder {str(data / 'food-101')!r} is incomplete: 1 of the 4 images meta/train.json "
                 f"lists are missing") in message and "ramen/1.jpg" in message, message
+
+
+def test_class_labels_do_not_depend_on_the_unicode_normalisation_of_folder_names(tmp_path):
+    """macOS writes names decomposed (NFD), Linux keeps what it is given: sorting the raw names gave 'éclair'
+    label 1 on one machine and 0 on another, and an evaluation folder copied from the other machine was
+    refused, showing two names that look the same."""
+    import unicodedata
+    labels = []
+    for form in ("NFC", "NFD"):
+        for split in ("train", "test"):
+            for c, name in enumerate(("éclair", "falafel")):
+                write_image(tmp_path / form / split / unicodedata.normalize(form, name) / "0.png", value=c)
+        bundle = DATASETS.get(f"folder:{tmp_path / form}")(resolution=16, data_dir="unused", **COMMON)
+        labels.append({unicodedata.normalize("NFC", name): label
+                       for name, label in bundle.train.dataset.base.class_to_idx.items()})
+    assert labels[0] == labels[1] == {"falafel": 0, "éclair": 1}
+    mixed = tmp_path / "NFC" / "test"  # an evaluation folder spelled as the other machine spells it
+    shutil.rmtree(mixed)
+    shutil.copytree(tmp_path / "NFD" / "test", mixed)
+    DATASETS.get(f"folder:{tmp_path / 'NFC'}").check_data("unused", resolution=16)
+    bundle = DATASETS.get(f"folder:{tmp_path / 'NFC'}")(resolution=16, data_dir="unused", **COMMON)
+    assert sorted(label for _, label in bundle.test.dataset.base.samples) == [0, 1]  # no image dropped
+    both = tmp_path / "NFC" / "train" / unicodedata.normalize("NFD", "éclair")  # both spellings in one split
+    shutil.copytree(tmp_path / "NFC" / "train" / "éclair", both)
+    with pytest.raises(DataError, match=r"class folders 'e\\u0301clair' and '\\xe9clair' of .* differ only in their "
+                                        r"Unicode normalisation"):
+        DATASETS.get(f"folder:{tmp_path / 'NFC'}")(resolution=16, data_dir="unused", **COMMON)
+    shutil.rmtree(both)
+    (mixed / unicodedata.normalize("NFD", "éclair")).rename(mixed / "\ufb01sh")  # the ligature 'ﬁ' of 'fish'
+    (tmp_path / "NFC" / "train" / "falafel").rename(tmp_path / "NFC" / "train" / "fish")
+    with pytest.raises(DataError, match=r"'\\ufb01sh' differs from the training class 'fish' only in its Unicode "
+                                        r"normalisation"):
+        DATASETS.get(f"folder:{tmp_path / 'NFC'}").check_data("unused", resolution=16)

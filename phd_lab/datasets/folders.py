@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,9 +75,27 @@ def holds_an_image(folder: Path) -> bool:
     return False
 
 
+def nfc(name: str) -> str:
+    """A folder name in Unicode's NFC form: macOS writes names decomposed (NFD), most other systems composed
+    (NFC), so one class copied between them has two spellings that look the same."""
+    return unicodedata.normalize("NFC", name)
+
+
 def class_folders(directory: str | Path) -> list[str]:
-    """The class folders of a split, sorted; hidden folders (``.ipynb_checkpoints``) are no classes."""
-    return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith("."))
+    """The class folders of a split as named on disk (which opens them), sorted by their NFC form, so that
+    a class gets the same label whichever spelling a copy has; hidden folders (``.ipynb_checkpoints``) are no
+    classes. Two folders whose names differ only in normalisation are a DataError: their order would depend
+    on the file system."""
+    names = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith("."))
+    first: dict[str, str] = {}
+    for name in names:
+        key = nfc(name)
+        if key in first:
+            raise DataError(f"The class folders {ascii(first[key])} and {ascii(name)} of {str(directory)!r} differ "
+                            f"only in their Unicode normalisation (composed and decomposed accents): they look the "
+                            f"same but are two folders. Merge them into one folder.")
+        first[key] = name
+    return sorted(names, key=nfc)
 
 
 def require_two_classes(directory: str | Path, present: list[str]) -> None:
@@ -100,12 +119,19 @@ def require_distinct_classes(directory: str | Path, present: list[str]) -> None:
 
 
 def require_known_classes(directory: str | Path, present: list[str], training: list[str]) -> None:
-    """An evaluation split may lack a training class, but a class of its own no model could ever predict."""
-    unknown = sorted(set(present) - set(training))
+    """An evaluation split may lack a training class, but a class of its own no model could ever predict.
+    Names are compared in NFC form (the same class copied from macOS is spelled NFD); where one still differs
+    from a training class only by Unicode (compatibility) normalisation, the message shows both as ascii()."""
+    known = {nfc(name) for name in training}
+    unknown = sorted((name for name in present if nfc(name) not in known), key=nfc)
     if unknown:
+        lookalike = {unicodedata.normalize("NFKC", name): name for name in training}
+        alike = [f"{ascii(name)} differs from the training class {ascii(lookalike[key])} only in its Unicode "
+                 f"normalisation" for name in unknown if (key := unicodedata.normalize("NFKC", name)) in lookalike]
         raise DataError(f"The evaluation folder {str(directory)!r} has class folder(s) {unknown[:10]} that the "
-                        f"training split lacks, so a model could never predict them; add them to train/ or "
-                        f"remove them.")
+                        f"training split lacks, so a model could never predict them"
+                        f"{' (' + '; '.join(alike[:3]) + ')' if alike else ''}; add them to train/ or remove them"
+                        f"{', or rename them as in train/' if alike else ''}.")
 
 
 def no_image_error(root: str | Path) -> DataError:
@@ -143,7 +169,9 @@ class FixedClassImageFolder(ImageFolder):
             require_two_classes(directory, present)
             return present, {name: i for i, name in enumerate(present)}
         require_known_classes(directory, present, self._given_classes)
-        return list(self._given_classes), {name: i for i, name in enumerate(self._given_classes)}
+        on_disk = {nfc(name): name for name in present}  # this split's own spelling of a class opens its folder
+        return list(self._given_classes), {on_disk.get(nfc(name), name): i
+                                           for i, name in enumerate(self._given_classes)}
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None,
                      allow_empty: bool = False):  # type: ignore[override]
