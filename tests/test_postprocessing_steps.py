@@ -194,6 +194,36 @@ def test_a_step_that_failed_half_way_keeps_no_stamp_of_its_earlier_results(tmp_p
     assert f"Post-processing step project of {run_name(run)}" in err
 
 
+def test_an_output_damaged_since_its_step_wrote_it_is_computed_again(tmp_path, capsys):
+    """A stamp checked only that the step's outputs exist: a receptive_field.csv cut in half was kept as up to date
+    by every rerun, and the analysis lost its border layers, saying so only inside analysis.json. The stamp records
+    each output's size and sha256; a stamp written before it did checks existence only, and the analysis step then
+    warns about the table it cannot use."""
+    steps = ["receptive_field", "flops", "analysis"]
+    config = write_config(tmp_path, steps)
+    run_in_process(config, capsys)
+    (run,) = [p.parent for p in (tmp_path / "logs").rglob("*_config.json")]
+    table, info = run / "receptive_field.csv", run / "computational_info.json"
+    whole = {path: path.read_bytes() for path in (table, info)}
+    table.write_bytes(whole[table][: len(whole[table]) // 2])  # cut: another size
+    middle = len(whole[info]) // 2
+    info.write_bytes(whole[info][:middle] + b"\xaa" + whole[info][middle + 1:])  # one byte: the same size
+    err = run_in_process(config, capsys)
+    assert f"WARNING phd_lab.steps.stamps: {table} is not the file the post-processing step receptive_field" in err
+    assert f"{info} is not the file the post-processing step flops wrote (the same size, other content)" in err
+    assert "up to date" not in err and "WARNING phd_lab.steps.analysis" not in err
+    assert {path: path.read_bytes() for path in (table, info)} == whole
+
+    stamps = json.loads((run / ".steps.json").read_text())  # as versions before the outputs' digests wrote it
+    (run / ".steps.json").write_text(json.dumps({name: {k: v for k, v in stamp.items() if k != "outputs"}
+                                                 for name, stamp in stamps.items()}))
+    table.write_bytes(whole[table][: len(whole[table]) // 2])
+    err = run_in_process(config, capsys)
+    assert f"receptive_field of {run_name(run)}: up to date" in err and "is not the file" not in err
+    assert (f"WARNING phd_lab.steps.analysis: Analysis of {run_name(run)}: receptive_field.csv cannot be used: "
+            f"the last row is incomplete (truncated?)") in err
+
+
 def test_the_extract_step_takes_the_training_split_in_order_and_the_test_split_as_eval(tmp_path, capsys):
     """The probes are fitted on the training split's latents and scored on the test split's ("eval"): the label
     files must be those splits' labels, the training split unshuffled and the eval one not the training split."""

@@ -37,12 +37,15 @@ class AnalysisStep(Step):
     def run(self, ctx: StepContext, **params: Any) -> None:
         """Write the analysis; the probe results it read are noted in ``ctx.notes`` (``ANALYSED_PROBES``): a probe
         job that finishes while this process still holds the run folder leaves the analysis to it, so the run
-        reads them again once it lets the folder go (``TrainTestExecutor``)."""
+        reads them again once it lets the folder go (``TrainTestExecutor``). The analysis' problems (a table that
+        cannot be read or used) are logged as warnings, not only written into analysis.json."""
         from phd_lab.report.collect import analyse_run
         entry = analyse_run(ctx.rundir, write=True, settings=AnalysisSettings.from_config(ctx.config.values),
                             skip_active=False, last_step=True)
         ctx.notes[ANALYSED_PROBES] = entry.probe_stamp if entry.written else "not written"
         time.sleep(float(os.environ.get(PAUSE_ENV, "0") or 0))
+        for problem in entry.summary["problems"]:  # a damaged table costs the analysis its conclusions: said here
+            log.warning("Analysis of %s: %s", ctx.config.name, problem)
         for advice in entry.summary["recommendations"]:
             log.info("Analysis of %s: %s", ctx.config.name, advice["text"])
 
