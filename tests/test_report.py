@@ -244,6 +244,29 @@ def test_a_rebuilt_report_takes_unchanged_figures_from_the_run_folders_and_redra
     assert run.analysis_plot.stat().st_ino != redrawn
 
 
+def test_a_run_figure_damaged_since_it_was_written_is_drawn_again(tmp_path, caplog):
+    """analysis.png was taken whenever analysis.json's figure_key matched, never checking its bytes: a figure cut in
+    half (a copy broken off) was embedded broken in every later report and kept by the analysis step. analysis.json
+    records the figure's sha256; a figure of other bytes is drawn again, and a warning names it."""
+    import base64
+    import hashlib
+    from phd_lab.report.collect import analyse_run
+    logs = tmp_path / "logs"
+    run = write_grid(logs)["full"]
+    write_report(logs, tmp_path / "first.html")
+    figure = run.analysis_plot.read_bytes()
+    assert read_json(run.analysis_json)["figure_sha256"] == hashlib.sha256(figure).hexdigest()
+    run.analysis_plot.write_bytes(figure[: len(figure) // 2])
+    with caplog.at_level("WARNING", logger="phd_lab.report.collect"):
+        page = write_report(logs, tmp_path / "second.html").read_text()
+    assert f"{run.analysis_plot} is not the figure written with analysis.json" in caplog.text
+    assert run.analysis_plot.read_bytes() == figure
+    embedded = [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+    assert figure in embedded and figure[: len(figure) // 2] not in embedded
+    run.analysis_plot.write_bytes(figure[:-1] + b"\0")  # the same size, as the analysis step reads it
+    assert analyse_run(run, write=True).figure == figure and run.analysis_plot.read_bytes() == figure
+
+
 def test_a_copied_logs_folder_keeps_its_run_figures(tmp_path):
     """The figure key named the files' inodes and the run's folder, so a logs folder copied from a cluster
     had every run figure drawn again by its first report there. The analysis names the new folder."""

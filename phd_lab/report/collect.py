@@ -124,7 +124,8 @@ def _write(analysis: _Analysis, *, write: bool, skip_active: bool, probe_job: bo
         try:  # the figure first: analysis.json names it by its key, and a later report takes it by that key
             if not analysis.figure_in_place:
                 atomic.write_bytes(folder.analysis_plot, entry.figure)
-            write_analysis_json(folder.analysis_json, analysis.document)
+            write_analysis_json(folder.analysis_json, {**analysis.document,
+                                                       FIGURE_SHA256: hashlib.sha256(entry.figure).hexdigest()})
             entry.written = True
         except OSError as error:
             log.warning("Cannot refresh the analysis of %s: %s", folder.root, error)
@@ -155,8 +156,8 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool)
     plain = json.loads(json.dumps(jsonable(summary), allow_nan=False))  # as analysis.json holds it
     key = figure_key(plain, sources)
     previous = _read_previous_analysis(folder)
-    figure = _previous_figure(folder) if previous.get("figure_key") == key else None
-    document = {**plain, "figure_key": key}
+    figure = _previous_figure(folder, previous) if previous.get("figure_key") == key else None
+    document = {**plain, "figure_key": key, **({FIGURE_SHA256: previous[FIGURE_SHA256]} if figure else {})}
     in_place = figure is not None
     return _Analysis(RunEntry(folder, tables, summary, figure, probe_stamp=stamps[folder.probe_csv]), document,
                      in_place, in_place and previous == document, stamps)
@@ -234,11 +235,22 @@ def _read_previous_analysis(folder: RunDir) -> dict[str, Any]:
     return previous if isinstance(previous, dict) else {}
 
 
-def _previous_figure(folder: RunDir) -> bytes | None:
+FIGURE_SHA256 = "figure_sha256"  # analysis.json's sha256 of the analysis.png written with it
+
+
+def _previous_figure(folder: RunDir, previous: dict[str, Any]) -> bytes | None:
+    """analysis.png's bytes where they are those written with ``previous`` (its ``figure_sha256``); a figure cut or
+    changed since (a copy broken off) would be embedded broken in the report, and is drawn again (None)."""
     try:
-        return folder.analysis_plot.read_bytes()
+        figure = folder.analysis_plot.read_bytes()
     except OSError:
         return None
+    if hashlib.sha256(figure).hexdigest() == previous.get(FIGURE_SHA256):
+        return figure
+    if FIGURE_SHA256 in previous:  # not an analysis.json of an earlier version, which recorded no sha256
+        log.warning("%s is not the figure written with %s (damaged or changed since?); it is drawn again.",
+                    folder.analysis_plot, folder.analysis_json.name)
+    return None
 
 
 def _failed_entry(folder: RunDir, error: BaseException) -> RunEntry:
