@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -322,17 +323,25 @@ class TrainTestExecutor:
 
     def _read_logged_config(self) -> dict[str, Any] | None:
         """The run folder's logged config as written, or None when there is none or it cannot be read."""
-        try:
-            logged = json.loads(self.rundir.config.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # missing, unreadable, not UTF-8 or not JSON
-            return None
-        return logged if isinstance(logged, dict) else None
+        return read_logged_config(self.rundir.config)[0]
 
     def write_config(self) -> None:
         """Write the logged config into the run folder. A folder of another run is refused; a trained run keeps
-        the values that shaped its weights, and a run with epochs left refuses a changed device setup."""
+        the values that shaped its weights, and a run with epochs left refuses a changed device setup. A trained
+        run whose logged config is there but cannot be read is refused: written anew, it would log this rerun's
+        values as those its weights were trained with."""
         path = self.rundir.config
-        previous = self._read_logged_config()
+        previous, problem = read_logged_config(path)
+        if problem is not None:
+            if CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():
+                raise UsageError(
+                    f"{self.config.source}: the logged config {str(path)!r} of the trained run in that folder cannot "
+                    f"be read ({problem}), and it is what says how the checkpoint's weights were trained (device, "
+                    f"mixed_precision, registries, versions). Restore it (from a backup or a copy of the logs), or "
+                    f"delete it to log this config's values instead (the run's only if it was trained with them); "
+                    f"nothing in the folder was changed.")
+            log.warning("The logged config %s cannot be read (%s); the run has no checkpoint, so it is written anew "
+                        "with this config's values.", path, problem)
         if previous is not None:
             old_meta = previous.pop(META_KEY, None)
             previous = {k: v for k, v in previous.items() if k in SCHEMA_BY_NAME}  # keys of older versions
@@ -542,6 +551,20 @@ def kept_training_values(previous: Mapping[str, Any], now: Mapping[str, Any], tr
         if config_threads not in (None, trained_threads):
             asked["cpu_threads"] = config_threads
     return kept, asked
+
+
+def read_logged_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A run folder's logged config as written (None where there is none or it cannot be read), and why a file
+    that is there cannot be used (None where it can, or where there is none)."""
+    try:
+        logged = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as error:  # unreadable, not UTF-8 or not JSON
+        return None, f"{type(error).__name__}: {error}"
+    if not isinstance(logged, dict):
+        return None, f"it holds a JSON {type(logged).__name__}, not an object"
+    return logged, None
 
 
 def _samples(loader: Any) -> str:

@@ -860,6 +860,36 @@ def test_a_run_whose_buffers_overflowed_with_finite_losses_is_reported_diverged_
     assert not (trained / "diverged.json").exists()
 
 
+def test_a_trained_run_whose_logged_config_cannot_be_read_is_refused_not_logged_anew(tmp_path, capsys):
+    """A logged config cut in half (a copy broken off) beside a checkpoint was taken for a new run's: the rerun
+    wrote its own values over it (another mixed_precision, device or registries), so the log no longer said what
+    the weights were trained with. The damaged file is kept and the run refused, naming it; deleted, it is logged
+    anew. A run without a checkpoint has nothing such a config describes: it is written anew, with a warning."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    whole = logged_path.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"[1, 2]\n"):
+        logged_path.write_bytes(damaged)
+        capsys.readouterr()
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"the logged config {str(logged_path)!r} of the trained run in that folder cannot be read" in err
+        assert "Restore it" in err and "Traceback" not in err and logged_path.read_bytes() == damaged
+    logged_path.unlink()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert json.loads(logged_path.read_text())["epoch"] == 1
+
+    logged_path.write_bytes(whole[: len(whole) // 2])
+    for checkpoint in folder.glob("*.pt"):
+        checkpoint.unlink()
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert f"The logged config {logged_path} cannot be read" in capsys.readouterr().err
+    assert json.loads(logged_path.read_text())["epoch"] == 1
+
+
 def test_a_resume_on_another_device_type_is_refused_but_post_processing_there_is_not(tmp_path, capsys):
     """A run begun on a GPU and resumed with device cpu trained its remaining epochs on the CPU under a logged
     config that still said cuda (only a warning), so the log no longer reproduced it. The GPU start is
