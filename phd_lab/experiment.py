@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from tqdm import tqdm
 
@@ -22,6 +22,9 @@ from phd_lab.latents_folder import other_runs_latents, shared_latents_error
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.registry import Registries
 from phd_lab.rundir import earlier_version_advice, earlier_version_runs, read_config_grid
+
+if TYPE_CHECKING:
+    from phd_lab.analysis.run_tables import TrainingStatus
 
 log = logging.getLogger(__name__)
 
@@ -324,18 +327,30 @@ def chosen_indices(grid: Grid, index: int | None) -> list[int] | None:
 
 def point_status(executor: TrainTestExecutor) -> str:
     """What a grid point's folder holds now: new, running/stopped e/E epochs, finished (post-processing),
-    or trained with post-processing steps left (a run killed during its steps, or with steps added since)."""
+    or trained with post-processing steps left (a run killed during its steps, or with steps added since).
+    The metrics CSV is read as the report reads it; where it is damaged the status names it, and the epochs
+    trained are the checkpoint's where it holds more (it is what a rerun resumes from)."""
     import pandas as pd
 
-    from phd_lab.analysis.run_tables import training_status
+    from phd_lab.analysis.run_tables import read_metrics, training_status
+    from phd_lab.checkpoint import CheckpointStore
     rundir, planned = executor.rundir, executor.config.epoch
     if not rundir.root.exists():
         return "new"
-    try:
-        metrics = pd.read_csv(rundir.metrics_csv) if rundir.metrics_csv.exists() else None
-    except (OSError, ValueError, pd.errors.ParserError):
-        metrics = None
+    metrics, damage = read_metrics(rundir)
     status = training_status(rundir, {"epoch": planned}, metrics)  # as the report says it
+    if damage is None:
+        return _point_status(executor, status)
+    trained = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint).peek("epoch")
+    if not status.active and isinstance(trained, int) and trained > status.epochs_done:
+        status = training_status(rundir, {"epoch": planned}, pd.DataFrame({"epoch": [trained]}))
+        damage += f"; the epochs trained are those of {rundir.checkpoint.name}"
+    return f"{_point_status(executor, status)} ({damage})"
+
+
+def _point_status(executor: TrainTestExecutor, status: "TrainingStatus") -> str:
+    """``point_status`` from the training status: a damaged checkpoint, the steps left, or the status' label."""
+    rundir = executor.rundir
     if not status.active and status.epochs_done:
         from phd_lab.checkpoint import CheckpointStore
         store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)

@@ -607,6 +607,37 @@ def test_dry_run_names_the_steps_a_trained_run_still_lacks(tmp_path, capsys):
     assert status() == "trained, steps left: extract"
 
 
+def test_dry_run_reads_a_damaged_metrics_csv_as_the_report_does_and_counts_the_checkpoints_epochs(tmp_path, capsys):
+    """--dry-run read the metrics CSV with a plain pd.read_csv and turned any error (a file cut in its header, bytes
+    that are no UTF-8) into "not started", although the checkpoint held every epoch. It reads the file as the report
+    does (the complete rows), names the damage, and takes the epochs trained from the checkpoint where it holds more."""
+    config = write_config(tmp_path, epoch=2, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    csv_path = folder / f"{run_name(folder)}.csv"
+    whole = csv_path.read_bytes()
+    header, first, _ = whole.split(b"\n", 2)
+
+    def status() -> str:
+        capsys.readouterr()
+        assert main_cli(["--config", str(config), "--dry-run"]) == 0
+        return capsys.readouterr().out.splitlines()[-1].split(str(folder))[0].split(None, 1)[1].strip()
+
+    checkpoint = f"the epochs trained are those of {run_name(folder)}.pt"
+    csv_path.write_bytes(b"\xff" + whole[1:])  # no UTF-8
+    said = status()
+    assert said.startswith(f"finished ({csv_path.name} cannot be read: 'utf-8' codec can't decode byte 0xff")
+    assert said.endswith(f"; {checkpoint})")
+    csv_path.write_bytes(header[: len(header) // 2])
+    assert status() == (f"finished ({csv_path.name} cannot be used: the last row is incomplete (truncated?); "
+                        f"{checkpoint})")
+    csv_path.write_bytes(header + b"\n" + first + b"\n" + b"2,0.")
+    assert status() == (f"finished ({csv_path.name}: the last row is incomplete (truncated?); only its 1 complete "
+                        f"row(s) are used; {checkpoint})")
+    csv_path.write_bytes(whole)
+    assert status() == "finished"
+
+
 def test_points_that_differ_in_keys_the_model_checks_do_not_read_share_their_checks(tmp_path):
     """Every grid point ran the meta-model checks again (a forward pass, the receptive-field trace): most of a
     large grid's start, paid again by every array task of a SLURM job. Points that differ only in seeds or

@@ -215,6 +215,14 @@ def _read_csv(path: Path, tables: RunTables, *, rows_stand_alone: bool = False) 
     return frame
 
 
+def read_metrics(folder: RunDir) -> tuple[pd.DataFrame | None, str | None]:
+    """A run's metrics CSV as ``load_run`` reads it (the complete rows of a damaged file), and what is wrong with
+    the file, naming it (None: whole, or absent)."""
+    tables = RunTables(folder)
+    metrics = _read_csv(folder.metrics_csv, tables, rows_stand_alone=True)
+    return metrics, "; ".join(tables.problems) or None
+
+
 def _complete_rows(data: bytes) -> tuple[str, str]:
     """The text of a CSV without rows that were cut, and what was wrong ('' if nothing)."""
     damage = []
