@@ -139,6 +139,24 @@ def test_unreadable_cache_entry_is_refitted(tmp_path):
     assert json.loads(entry.read_text())["record"]["layer"] == "block0.conv"
 
 
+def test_a_probe_job_removes_the_cache_temp_files_a_killed_job_left_but_not_a_running_ones(tmp_path, caplog):
+    """A job killed while it wrote a cache entry left its temp file (``<xx>/.<digest>.json.<random>.tmp``) behind
+    for good. A job removes those that are 15 minutes old; another job sharing the cache may be writing one now."""
+    import tempfile
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    cache = tmp_path / "cache"
+    _fitted(latents, cache)
+    [entry] = cache.rglob("*.json")
+    temps = [Path(tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp")[1]) for _ in range(2)]
+    killed, writing = temps
+    old = time.time() - 16 * 60
+    os.utime(killed, (old, old))
+    with caplog.at_level(logging.INFO, logger="phd_lab.probes.cache"):
+        run_jobs(jobs_from_latents(latents)[0], cache, progress=False)
+    assert not killed.exists() and writing.exists()
+    assert f"Removed {killed}, left half-written by a probe job that was killed" in caplog.text
+
+
 def _put_in_turn(folder: str, seconds: float, barrier, results) -> None:
     """Put a record of ``seconds`` under 40 keys, each at the moment the other process puts its own."""
     from phd_lab.probes.fit import ProbeRecord

@@ -18,7 +18,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from phd_lab.atomic import nearest_existing, write_json, write_json_once
+from phd_lab.atomic import nearest_existing, remove_stale_temps, write_json, write_json_once
 from phd_lab.environment import installed_version
 from phd_lab.errors import UsageError
 from phd_lab.probes.fit import ProbeRecord
@@ -88,6 +88,18 @@ class ResultCache:
         if not os.access(self.folder, os.W_OK | os.X_OK):
             raise UsageError(f"The probe cache folder {str(self.folder)!r} is not writable; pass --cache-dir with a "
                              f"folder you can write to.")
+        self.remove_stale_temps()
+
+    def remove_stale_temps(self) -> None:
+        """Delete the temp files of entry writes that a killed job left (``.<digest>.json.<random>.tmp``), once they
+        are ``atomic.STALE_AFTER_SECONDS`` old: another job sharing the cache may be writing its entries now, and an
+        entry takes it milliseconds."""
+        for folder in sorted(self.folder.glob("[0-9a-f][0-9a-f]")):
+            try:
+                for stale in remove_stale_temps(folder):
+                    log.info("Removed %s, left half-written by a probe job that was killed.", stale)
+            except OSError as error:  # a shared folder whose files another user owns: they stay, the job goes on
+                log.warning("The probe cache folder %s holds temp files that cannot be removed: %s", folder, error)
 
     def path(self, key: dict[str, Any]) -> Path:
         digest = key_digest(key)
