@@ -129,14 +129,19 @@ def test_insert_pca_layers_follows_every_conv_and_linear() -> None:
 
 def test_a_rank_deficient_layer_keeps_no_negative_eigenvalues() -> None:
     """More features than directions of variance: rounding makes the extra eigenvalues slightly negative, and
-    the layer's spectrum (what k is read from) holds them as 0."""
-    generator = torch.Generator().manual_seed(2)
-    data = torch.randn(300, 2, generator=generator) @ torch.randn(2, 12, generator=generator)
-    layer = collected(LinearPCA(12, delta=0.99), data)
-    raw = torch.linalg.eigvalsh(layer.accumulator.covariance())
-    assert raw.min() < 0.0  # what rounding gives here
-    values, _ = layer.eigen()
-    assert values.min() == 0.0 and torch.all(values[:-1] >= values[1:]) and layer.k <= 2
+    the layer's spectrum (what k is read from) holds them as 0. Which seeds round below 0 depends on the CPU's
+    kernels (seed 2 did on one machine and not on another), so ten are tried and at least one must."""
+    rounded_below_zero = 0
+    for seed in range(10):
+        generator = torch.Generator().manual_seed(seed)
+        data = torch.randn(300, 2, generator=generator) @ torch.randn(2, 12, generator=generator)
+        layer = collected(LinearPCA(12, delta=0.99), data)
+        negative = bool(torch.linalg.eigvalsh(layer.accumulator.covariance()).min() < 0.0)
+        values, _ = layer.eigen()
+        assert (values.min() == 0.0 if negative else values.min() > 0.0)
+        assert torch.all(values[:-1] >= values[1:]) and layer.k <= 2
+        rounded_below_zero += negative
+    assert rounded_below_zero > 0  # otherwise the test shows nothing about negative eigenvalues
 
 
 def test_the_saturation_of_a_projection_is_the_mean_of_the_layers_saturations() -> None:
