@@ -8,6 +8,9 @@ flattened, to a ``.npy`` file (``np.lib.format`` header, then the rows).
 A background thread writes and hashes each batch while the next one runs through the model;
 its queue is bounded and written pages go to the page cache, so peak memory does not grow
 with the dataset, and the manifest's sha256 values come without reading the files again.
+The first batch of a split shows every layer's row shape, so the bytes still to write are then known exactly:
+a disk without room for them stops the extraction there, naming both numbers (``space_error``), instead of
+writing for hours until it is full.
 
 Folder layout (the contract with the probe job, see DESIGN.md): ``train-<layer>.npy``,
 ``eval-<layer>.npy``, ``train-labels.npy``, ``eval-labels.npy`` and ``manifest.json``.
@@ -29,6 +32,7 @@ import contextlib
 import fnmatch
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -200,10 +204,56 @@ def _batches(loader: DataLoader, device: torch.device) -> Iterable[tuple[torch.T
         yield batch[0].to(device, non_blocking=True), batch[1]
 
 
+def _amount(count: int) -> str:
+    """Bytes for a message: decimal units, as disks are sold and ``df -H`` shows them, and the exact count."""
+    size, unit = float(count), "bytes"
+    for bigger in ("kB", "MB", "GB", "TB", "PB", "EB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, bigger
+    return f"{count:,} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({count:,} bytes)"
+
+
+def space_error(needed: int, free: int, folder: Path | str, dtype: str = "float32") -> str | None:
+    """The message for latents that need more bytes than the disk of ``folder`` has free; None when they fit.
+    Numbers in, message out, so that the boundary and the ways out are tested without filling a disk: the
+    extraction calls it with its exact remaining total after the first batch and ``shutil.disk_usage``."""
+    if needed <= free:
+        return None
+    half = ", or its 'dtype' \"float16\" (half the bytes)" if dtype == "float32" else ""
+    return (f"Step 'extract': the latents need at least {_amount(needed)} more in {folder}, but its disk has "
+            f"{_amount(free)} free; stopped after the first batch instead of writing until the disk is full (the "
+            f"files begun were removed). Ways out: free space on that disk, or set 'latents_dir' to a folder on a "
+            f"disk with room; or extract less per sample: a smaller 'downsampling' (feature maps pooled to at most "
+            f"N×N; null and 'pixelwise' keep whole maps), fewer layers with the extract step's 'layers' (names or "
+            f"wildcards){half}.")
+
+
+def _bytes_to_come(arrays: dict[str, np.ndarray], downsampling: Any, dtype: str, rows_to_come: list[int]) -> int:
+    """The bytes still to write once the first batch of a split shows every layer's row shape: its rows for this
+    split and the later ones (``rows_to_come``), labels included, and for pixelwise layers room for the largest
+    layer's scratch file beside its per-position files while it is split (npy headers left out: a few hundred
+    bytes per file)."""
+    itemsize = np.dtype(dtype).itemsize
+    row = {name: int(np.prod(array.shape[1:], dtype=np.int64)) * itemsize for name, array in arrays.items()}
+    label_row = np.dtype(np.int64).itemsize
+    scratch = [row[name] for name, array in arrays.items() if downsampling == PIXELWISE and array.ndim == 4]
+    return (sum(row.values()) + label_row) * sum(rows_to_come) + max(scratch, default=0) * max(rows_to_come)
+
+
+def _check_space(folder: Path, needed: int, dtype: str) -> None:
+    message = space_error(needed, shutil.disk_usage(folder).free, folder, dtype)
+    if message is not None:
+        raise ExtractionError(message)
+
+
 def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Path, names: list[str],
                    downsampling: Any, dtype: str, device: torch.device, progress: bool,
-                   method: str = DEFAULT_METHOD) -> tuple[list[str], dict[str, dict[str, Any]], RowWriter]:
-    """One pass over a split; returns the layers in forward order, their files and the finished labels file."""
+                   method: str = DEFAULT_METHOD, rows_to_come: list[int] | None = None,
+                   ) -> tuple[list[str], dict[str, dict[str, Any]], RowWriter]:
+    """One pass over a split; returns the layers in forward order, their files and the finished labels file.
+    After its first batch, before writing it, the disk of ``folder`` must have room for the rest: this split's
+    rows and those of the later splits (``rows_to_come``, default this split's alone)."""
     total = len(loader.dataset)
     pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
     capture = _Capture(model, names, downsampling, getattr(torch, dtype), method)
@@ -232,6 +282,7 @@ def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Pat
                         writers[name] = RowWriter(path, total, arrays[name].shape[1:], dtype)
                         if scratch:
                             grids[name] = arrays[name].shape[1:3]
+                    _check_space(folder, _bytes_to_come(arrays, downsampling, dtype, rows_to_come or [total]), dtype)
                 rows = np.array(targets.cpu().numpy(), dtype=np.int64)  # a copy: the loader may reuse its buffer
                 background.submit(append_rows, [(labels, rows), *[(writers[name], arrays[name]) for name in order]])
                 if pause:
@@ -341,7 +392,8 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     model.eval()
     try:
         results = {split: _extract_split(model, loaders[split], split, folder, names, downsampling, dtype, device,
-                                         progress, method) for split in SPLITS}
+                                         progress, method, [samples[later] for later in SPLITS[number:]])
+                   for number, split in enumerate(SPLITS)}
         order = results["train"][0]
         if results["eval"][0] != order:
             raise ExtractionError("Step 'extract': the layers ran in a different order on the test split.")

@@ -530,3 +530,56 @@ def test_latents_look_whole_only_while_every_listed_file_has_its_rows_shape_and_
             assert not latents_look_whole(tmp_path), (name, replaced.shape, replaced.dtype)
         np.save(tmp_path / name, original)
         assert latents_look_whole(tmp_path)
+
+
+def test_space_error_names_the_bytes_needed_and_free_and_the_ways_out():
+    """The check's boundary and message, as numbers: latents that fit (also exactly) pass; more than the free
+    bytes is an error naming both amounts, the folder and the keys that shrink the latents (float16 only where
+    the latents are float32)."""
+    from phd_lab.extraction import space_error
+    assert space_error(0, 0, "/data/latents") is None
+    assert space_error(5 * 10**12, 5 * 10**12, "/data/latents") is None
+    message = space_error(2_300_000_000_123, 499_999_999_999, "/data/latents")
+    assert "need at least 2.3 TB (2,300,000,000,123 bytes) more in /data/latents" in message
+    assert "its disk has 500.0 GB (499,999,999,999 bytes) free" in message
+    for way_out in ("'latents_dir'", "'downsampling'", "'layers'", "'dtype' \"float16\""):
+        assert way_out in message
+    assert "float16" not in space_error(1001, 1000, "x", "float16")
+    assert "1.0 kB (1,001 bytes) more in x, but its disk has 1.0 kB (1,000 bytes) free" in space_error(1001, 1000, "x")
+
+
+class _Huge(torch.utils.data.Dataset):
+    """10¹² samples, of which only the first ``readable`` may be read: latents no disk holds. A read beyond them
+    fails the test, as an extraction that did not stop after its first batch would fill the disk."""
+
+    def __init__(self, readable: int) -> None:
+        self.images, self.labels = loaders()["train"].dataset.tensors
+        self.readable = readable
+
+    def __len__(self) -> int:
+        return 10**12
+
+    def __getitem__(self, index: int):
+        assert index < self.readable, f"sample {index} read: the extraction went on past its first batch"
+        return self.images[index], self.labels[index]
+
+
+@pytest.mark.parametrize("downsampling, row_bytes, scratch_bytes", [
+    (4, (4 * 16 + 6 * 16 + 10) * 4 + 8, 0),  # body.0 4×4×4, body.4 6×4×4, head 10 (float32), a label (int64)
+    ("pixelwise", (4 * 64 + 6 * 16 + 10) * 4 + 8, 4 * 64 * 4),  # and body.0's scratch file while it is split
+])
+def test_latents_larger_than_the_free_disk_space_stop_after_the_first_batch(tmp_path, downsampling, row_bytes,
+                                                                           scratch_bytes):
+    """A real extraction whose data sets have 10¹² samples each needs petabytes: it stops after its first batch
+    (it reads no further sample) with an ExtractionError naming the exact bytes of both splits and the free
+    space of the real disk (shutil.disk_usage), and leaves no latents folder."""
+    data = _Huge(readable=100)
+    huge = {"train": DataLoader(data, batch_size=100), "eval": DataLoader(data, batch_size=100)}
+    with pytest.raises(ExtractionError, match="free space on that disk") as raised:
+        extract_latents(build_model(), huge, tmp_path / "latents", run_dir=tmp_path, downsampling=downsampling,
+                        progress=False)
+    needed = row_bytes * 2 * 10**12 + scratch_bytes * 10**12
+    message = str(raised.value)
+    assert f"need at least {needed / 1e15:.1f} PB ({needed:,} bytes) more in {tmp_path / 'latents'}" in message
+    assert " bytes) free;" in message
+    assert not (tmp_path / "latents").exists()
