@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from phd_lab.analysis.tails import find_tails, qualifies
+from phd_lab.analysis.tails import find_tails, qualifies, visible_since
 
 
 def spans(saturations, **kwargs):
@@ -156,3 +156,173 @@ def test_a_tail_one_layer_later_still_shows_the_last_epochs_tail():
     last = find_tails(tailed)[-1]
     assert (last.start, last.stop) == (2, 4) and spans(later) == [(4, 6)]
     assert visible_since([(1, later), (2, tailed)], last) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The window scan before it ran on numpy arrays, kept as the reference the vectorised one must equal to the bit.
+class _ReferenceSums:
+    def __init__(self, values):
+        self.prefix = [0.0]
+        for value in values:
+            self.prefix.append(self.prefix[-1] + value)
+        self.n = len(values)
+        self.total = self.prefix[-1]
+
+    def means(self, start, stop):
+        inside = self.prefix[stop + 1] - self.prefix[start]
+        length = stop - start + 1
+        return inside / length, (self.total - inside) / (self.n - length)
+
+
+def _reference_qualifies(sums, start, stop, threshold, min_length):
+    length = stop - start + 1
+    if length < min_length or length >= sums.n or start < 0 or stop >= sums.n:
+        return False
+    inside, rest = sums.means(start, stop)
+    return rest > 0 and inside <= (1.0 - threshold) * rest * (1.0 + 1e-12)
+
+
+def _reference_extend(values, sums, taken, start, stop, threshold, min_length):
+    while True:
+        options = []
+        for position, grown in ((start - 1, (start - 1, stop)), (stop + 1, (start, stop + 1))):
+            if not 0 <= position < len(values) or taken[position]:
+                continue
+            if not _reference_qualifies(sums, grown[0], grown[1], threshold, min_length):
+                continue
+            rest = sums.means(*grown)[1]
+            if values[position] <= (1.0 - threshold) * rest * (1.0 + 1e-12):
+                options.append((values[position], position, grown))
+        if not options:
+            return start, stop
+        start, stop = min(options)[2]
+
+
+def reference_find_tails(saturations, threshold=0.5, min_length=3):
+    """(start, stop, mean of the tail, mean of the rest) of every tail, as the pure-Python scan found them."""
+    values = [float(v) for v in saturations]
+    sums = _ReferenceSums(values)
+    n = len(values)
+    taken = [False] * n
+    chosen = []
+    while True:
+        best = None
+        for start in range(n):
+            if taken[start]:
+                continue
+            for stop in range(start + min_length - 1, n):
+                if taken[stop]:
+                    break
+                if not _reference_qualifies(sums, start, stop, threshold, min_length):
+                    continue
+                inside, rest = sums.means(start, stop)
+                key = (inside / rest, -(stop - start + 1), start, stop)
+                if best is None or key < best:
+                    best = key
+        if best is None:
+            break
+        _, _, start, stop = best
+        start, stop = _reference_extend(values, sums, taken, start, stop, threshold, min_length)
+        chosen.append((start, stop))
+        for position in range(start, stop + 1):
+            taken[position] = True
+    chosen.sort()
+    merged = True
+    while merged:
+        merged = False
+        for k in range(len(chosen) - 1):
+            (a, b), (c, d) = chosen[k], chosen[k + 1]
+            if b + 1 == c and _reference_qualifies(sums, a, d, threshold, min_length):
+                chosen[k:k + 2] = [(a, d)]
+                merged = True
+                break
+    return [(start, stop, *sums.means(start, stop)) for start, stop in chosen]
+
+
+def reference_visible_since(history, tail, threshold=0.5, min_length=3):
+    since = None
+    for epoch, saturations in history:
+        shown = any(start <= tail.stop and tail.start <= stop
+                    for start, stop, _, _ in reference_find_tails(saturations, threshold, min_length))
+        since = (epoch if since is None else since) if shown else None
+    return since
+
+
+def _random_saturations(rng: random.Random, n: int) -> list[float]:
+    """Sequences of the kinds the scan must agree on: continuous values, few levels (ties of ratio and length),
+    whole numbers, zeros, thesis-like tails, tiny values near underflow and huge ones whose sums overflow."""
+    kind = rng.randrange(7)
+    if kind == 0:
+        return [rng.random() for _ in range(n)]
+    if kind == 1:
+        levels = [0.0, 0.05, 0.1, 0.2, 0.25, 0.4, 0.5, 1.0]
+        return [rng.choice(levels[:rng.randrange(2, len(levels) + 1)]) for _ in range(n)]
+    if kind == 2:
+        return [float(rng.randrange(4)) for _ in range(n)]
+    if kind == 3:
+        return [0.0 if rng.random() < 0.6 else rng.random() for _ in range(n)]
+    if kind == 4:  # one or two low runs in a well-saturated network
+        values = [rng.uniform(0.25, 0.4) for _ in range(n)]
+        for _ in range(rng.randrange(1, 3)):
+            start = rng.randrange(n) if n else 0
+            for position in range(start, min(n, start + rng.randrange(1, 8))):
+                values[position] = rng.uniform(0.0, 0.08)
+        return values
+    if kind == 5:
+        return [rng.choice([0.0, 5e-324, 1e-310, 1e-300, 0.3]) for _ in range(n)]
+    return [rng.choice([0.0, 1.0, 1e307, 1.7e308]) for _ in range(n)]
+
+
+def test_the_vectorised_scan_finds_the_tails_the_pure_python_scan_found_to_the_bit():
+    """Thousands of random sequences (ties, zeros, underflow, overflowing sums), thresholds and minimum lengths:
+    every tail's span and both means are the reference's, compared by repr (bit for bit)."""
+    rng = random.Random(20240611)
+    for trial in range(4000):
+        n = rng.randrange(0, 45)
+        values = _random_saturations(rng, n)
+        threshold = rng.choice([0.5, 0.25, 0.75, 0.9, rng.uniform(0.01, 0.99)])
+        min_length = rng.choice([1, 2, 3, 3, 3, 4, 6])
+        found = [(t.start, t.stop, t.mean_saturation, t.rest_mean_saturation)
+                 for t in find_tails(values, threshold=threshold, min_length=min_length)]
+        assert repr(found) == repr(reference_find_tails(values, threshold, min_length)), (trial, values, threshold,
+                                                                                        min_length)
+
+
+def test_visible_since_equals_the_epoch_by_epoch_reference():
+    """Random histories in which the last tail shows from the start, from some epoch on, with gaps, or not at the
+    end: the first epoch of the last unbroken run that shows it is the reference's."""
+    rng = random.Random(7)
+    for trial in range(300):
+        n, epochs = rng.randrange(5, 30), rng.randrange(1, 25)
+        history = [(epoch, _random_saturations(rng, n) if rng.random() < 0.5 else
+                    [0.3] * (n - 4) + [rng.choice([0.01, 0.3])] * 4) for epoch in range(1, epochs + 1)]
+        tails = find_tails(history[-1][1])
+        probe = tails[-1] if tails else find_tails([0.3] * (n - 4) + [0.01] * 4)[-1]
+        assert visible_since(history, probe) == reference_visible_since(history, probe), (trial, history)
+
+
+def test_the_window_scan_checks_windows_in_bulk_not_one_python_call_each(monkeypatch):
+    """121 layers (DenseNet121) with a tail: the Python-level window test runs only for the extension and merge
+    steps, a few calls per layer, where checking every window one by one took thousands (O(n²) per tail)."""
+    import phd_lab.analysis.tails as tails
+    calls = []
+    original = tails._qualifies
+    monkeypatch.setattr(tails, "_qualifies", lambda *args: calls.append(args) or original(*args))
+    rng = random.Random(0)
+    values = [rng.uniform(0.25, 0.4) for _ in range(84)] + [rng.uniform(0.02, 0.08) for _ in range(37)]
+    assert [(t.start, t.stop) for t in find_tails(values)] == [(s, e) for s, e, _, _ in reference_find_tails(values)]
+    assert len(calls) <= 2 * len(values)
+
+
+def test_visible_since_looks_back_only_until_an_epoch_that_does_not_show_the_tail(monkeypatch):
+    """The epochs before the last one without the tail cannot change the answer: 200 epochs whose tail shows in the
+    last 5 find tails in 6 of them, not in all 200."""
+    import phd_lab.analysis.tails as tails
+    seen = []
+    original = tails.find_tails
+    monkeypatch.setattr(tails, "find_tails", lambda values, **kwargs: seen.append(1) or original(values, **kwargs))
+    even, tailed = [0.3] * 20, [0.3] * 16 + [0.02] * 4
+    history = [(epoch, tailed if epoch > 195 else even) for epoch in range(1, 201)]
+    tail = original(tailed)[-1]
+    assert tails.visible_since(history, tail) == 196 == reference_visible_since(history, tail)
+    assert len(seen) == 6

