@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef, recall_score, top_k_accuracy_score
@@ -151,3 +152,106 @@ def test_confusion_metrics_grow_with_labels_beyond_the_logits_width(name):
     else:
         expected = recall_score(labels, predicted, labels=[0, 1, 2, 3, 4], average=None, zero_division=0)
         assert [got[str(i)] for i in range(5)] == pytest.approx(list(expected))
+
+
+def _bincount_confusion(batches, classes):
+    """The confusion matrix as the metric counted it before: a bincount of minlength classes² per batch."""
+    matrix = torch.zeros((classes, classes), dtype=torch.int64)
+    for labels, predicted in batches:
+        matrix += torch.bincount(labels * classes + predicted, minlength=classes * classes).view(classes, classes)
+    return matrix
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 10, 100, 1000])
+def test_confusion_counts_equal_the_bincount_formula_and_repeat_exactly(classes):
+    """Random batches of every size (one empty, the last one short), the first ones of a model one class narrower
+    whose labels do not reach the last class, so that the matrix grows: it is the old bincount formula's, integer
+    for integer, and the same on a second pass."""
+    from phd_lab.metrics import ConfusionMetric
+    generator = torch.Generator().manual_seed(classes)
+    narrower = max(1, classes - 1)
+    batches = []
+    for size, width in ((64, narrower), (1, narrower), (0, classes), (64, classes), (37, classes)):
+        labels = torch.randint(0, width, (size,), generator=generator)
+        batches.append((labels, torch.randn(size, width, generator=generator)))
+    matrices = []
+    for _ in range(2):
+        metric = ConfusionMetric()
+        for labels, logits in batches:
+            metric.update(labels, logits)
+        matrices.append(metric.matrix)
+    width = matrices[0].shape[0]
+    expected = _bincount_confusion([(labels, logits.argmax(dim=1)) for labels, logits in batches], width)
+    assert width == classes and matrices[0].dtype == torch.int64
+    assert torch.equal(matrices[0], expected) and torch.equal(matrices[1], expected)
+    assert int(expected.sum()) == 64 + 64 + 1 + 37
+
+
+def test_a_confusion_update_allocates_nothing_of_the_matrix_size():
+    """A batch of 64 samples of a 1,000-class model: no tensor an update creates is larger than the batch (the
+    bincount of minlength classes² made a 1,000,000-cell one every batch: 0.6 s per batch at 10,000 classes).
+    Every operator the update runs is watched through torch's dispatcher; the metric itself runs as it is."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    from phd_lab.metrics import ConfusionMetric
+
+    class NewTensors(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            given = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            self.sizes += [(str(func), t.numel()) for t in tree_leaves(result)
+                           if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in given]
+            return result
+
+    generator = torch.Generator().manual_seed(0)
+    metric = ConfusionMetric()
+    metric.update(torch.randint(0, 1000, (64,), generator=generator), torch.randn(64, 1000, generator=generator))
+    labels, logits = torch.randint(0, 1000, (64,), generator=generator), torch.randn(64, 1000, generator=generator)
+    with NewTensors() as watched:
+        metric.update(labels, logits)
+    assert watched.sizes and max(size for _, size in watched.sizes) <= 64, watched.sizes
+    assert int(metric.matrix.sum()) == 128
+
+
+def _list_history_frame_columns(history):
+    """The column order as history_frame found it before, with a list."""
+    columns = []
+    for row in history:
+        columns += [c for c in row if c not in columns]
+    return columns
+
+
+class _CountedName(str):
+    """A column name that counts how often it is compared with another."""
+
+    comparisons = 0
+
+    def __eq__(self, other):
+        _CountedName.comparisons += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_history_frame_keeps_the_first_appearance_order_and_looks_columns_up_in_constant_time():
+    """Rows that add, drop and reorder columns keep the order the list gave; 3 rows × 2,000 columns (each row its
+    own name objects, as rows read back from a checkpoint have) compare names a few times per cell, not once per
+    pair of columns (the list's membership test: 6 million comparisons, 61 s per epoch at 20,000 columns)."""
+    from phd_lab.callbacks import history_frame
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        names = [f"c{i}" for i in range(rng.integers(1, 12))]
+        history = [{name: float(value) for value, name in enumerate(rng.permutation(names)[:rng.integers(1, 12)])}
+                   for _ in range(rng.integers(1, 5))]
+        pd.testing.assert_frame_equal(history_frame(history),
+                                      pd.DataFrame(history, columns=_list_history_frame_columns(history)))
+    history = [{_CountedName(f"layer{i}_saturation"): float(row) for i in range(2000)} for row in range(3)]
+    _CountedName.comparisons = 0
+    frame = history_frame(history)
+    assert frame.shape == (3, 2000) and list(frame.columns) == [f"layer{i}_saturation" for i in range(2000)]
+    assert _CountedName.comparisons <= 4 * 3 * 2000
