@@ -348,12 +348,14 @@ def submit_and_collect(client: Any, tasks: Sequence[tuple[str, Callable[..., Any
     from distributed import as_completed
     from tqdm.auto import tqdm
 
+    from phd_lab.progress import bar_options
+
     futures = {}
     for key, fn, args, resources in tasks:
         futures[client.submit(fn, *args, key=key, resources=resources, pure=False)] = key
     results: dict[str, tuple[str, Any]] = {}
     try:
-        with tqdm(total=len(futures), desc=description, unit="task", disable=not progress) as bar:
+        with tqdm(total=len(futures), desc=description, unit="task", disable=not progress, **bar_options()) as bar:
             for future in as_completed(futures):
                 key = futures[future]
                 if future.status == "finished":

@@ -20,6 +20,7 @@ from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.latents_folder import other_runs_latents, shared_latents_error
 from phd_lab.probes.settings import ProbeSettings
+from phd_lab.progress import bar_options
 from phd_lab.registry import Registries
 from phd_lab.rundir import earlier_version_advice, earlier_version_runs, read_config_grid
 
@@ -90,7 +91,7 @@ class Main:
         executors, folders, models, said = [], {}, {}, {}
         # every point is checked before any runs: about 2 ms each, so a large grid says how far it got
         for index in tqdm(range(len(grid)), desc=f"checking {len(grid)} grid points", leave=False,
-                          disable=not self.progress or len(grid) < LARGE_GRID):
+                          disable=not self.progress or len(grid) < LARGE_GRID, **bar_options()):
             cfg = grid[index]
             try:
                 registries = self._registries_for(cfg.registries)

@@ -52,6 +52,7 @@ from phd_lab.latents_folder import (MANIFEST, SPLITS, build_manifest, clear, exp
 from phd_lab.latents_sets import DEFAULT_METHOD, METHODS, PIXELWISE
 from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
 from phd_lab.pooling import nearest_to, pool_to
+from phd_lab.progress import bar_options
 from phd_lab.registry import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -265,7 +266,7 @@ def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Pat
     try:
         with torch.inference_mode():
             for inputs, targets in tqdm(_batches(loader, device), total=len(loader), disable=not progress,
-                                        desc=f"extract {split}", unit="batch", leave=False):
+                                        desc=f"extract {split}", unit="batch", leave=False, **bar_options()):
                 model(inputs)
                 arrays = capture.take()
                 if labels is None:  # first batch: forward order and shapes are now known
@@ -294,7 +295,8 @@ def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Pat
         files: dict[str, dict[str, Any]] = {}
         positions = sum(rows * cols for rows, cols in grids.values())
         with tqdm(total=positions, desc=f"{split}: one file per position", unit="file", leave=False,
-                  disable=not progress or not positions) as splitting:  # the long tail of a pixelwise extraction
+                  disable=not progress or not positions,
+                  **bar_options()) as splitting:  # the long tail of a pixelwise extraction
             for name in order:
                 path = writers[name].finish()
                 if name in grids:

@@ -22,6 +22,7 @@ from phd_lab.errors import RunDiverged, UsageError
 from phd_lab.interrupts import deferred_interrupts, raise_if_stop_requested
 from phd_lab.metrics import Metric
 from phd_lab.objectives import objective_of
+from phd_lab.progress import bar_options
 from phd_lab.seeding import capture_rng_state, restore_rng_state
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class Trainer:
             metric.reset()
         total_loss, total = 0.0, 0
         bar = tqdm(bundle.train, desc=f"{self.run_name} epoch {epoch}/{self.epochs}", leave=False,
-                   disable=not self.progress, unit="batch", dynamic_ncols=True)
+                   disable=not self.progress, unit="batch", dynamic_ncols=True, **bar_options())
         for inputs, targets in bar:
             raise_if_stop_requested()
             inputs = inputs.to(self.device, non_blocking=True)
@@ -196,7 +197,7 @@ class Trainer:
             metric.reset()
         total_loss, total = 0.0, 0
         for inputs, targets in tqdm(loader, desc=f"{self.run_name} evaluating", leave=False,
-                                    disable=not self.progress, unit="batch", dynamic_ncols=True):
+                                    disable=not self.progress, unit="batch", dynamic_ncols=True, **bar_options()):
             raise_if_stop_requested()
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)

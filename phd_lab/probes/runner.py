@@ -200,6 +200,8 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
     """
     from tqdm.auto import tqdm
 
+    from phd_lab.progress import bar_options
+
     hits = hits or {}
     cached = {position: record for position, task in enumerate(tasks)
               if (record := hits.get(key_digest(task.key)) or cache.get(task.key)) is not None}
@@ -224,7 +226,8 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
         log.info("probing %d layer(s)%s, %d found in the cache %s", len(misses) + shared,
                  f" ({shared} identical to another layer's, fitted once)" if shared else "", len(cached), cache.folder)
     results = _Results(tasks, cache, on_record, tqdm(total=len(tasks), desc="probes", unit="layer",
-                                                     disable=not progress), run_folders, followers=followers)
+                                                     disable=not progress, **bar_options()),
+                       run_folders, followers=followers)
     try:
         results.reuse(cached)
         misses.sort(key=lambda position: -tasks[position].size)

@@ -273,6 +273,7 @@ def collect(logs_dir: Path | str, *, refresh: bool = True, progress: bool = Fals
 
     from tqdm import tqdm
 
+    from phd_lab.progress import bar_options
     from phd_lab.report.run_figures import draw_run_figures
 
     folders = list(discover_runs(logs_dir))
@@ -280,7 +281,7 @@ def collect(logs_dir: Path | str, *, refresh: bool = True, progress: bool = Fals
     entries: list[RunEntry | None] = [None] * len(folders)
     waiting: list[tuple[int, _Analysis]] = []  # runs whose figure must be drawn
     for position, folder in enumerate(tqdm(folders, desc="analysing runs", unit="run", leave=False,
-                                           disable=not progress)):
+                                           disable=not progress, **bar_options())):
         try:
             analysis = _analyse(folder, None, last_step=False)
         except Exception as error:  # a report must cover the whole grid even if one folder is odd

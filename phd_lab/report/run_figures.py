@@ -42,10 +42,12 @@ def draw_run_figures(requests: Sequence[FigureRequest], *, processes: int = 0,
     them; what they cannot (the pool could not start, or a worker was killed) is drawn in this process."""
     from tqdm import tqdm
 
+    from phd_lab.progress import bar_options
+
     workers = figure_workers(len(requests), processes)
     left = set(range(len(requests)))
     with tqdm(total=len(requests), desc="drawing run figures", unit="figure", leave=False,
-              disable=not progress or not requests) as bar:
+              disable=not progress or not requests, **bar_options()) as bar:
         if workers:
             log.info("Drawing %d run figures in %d worker processes", len(requests), workers)
             for position, figure in _drawn_by_workers(requests, workers):

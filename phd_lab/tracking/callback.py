@@ -28,6 +28,7 @@ from tqdm import tqdm
 from phd_lab.callbacks import Callback
 from phd_lab.config import RunConfig, parse_size
 from phd_lab.errors import ConfigError, UsageError
+from phd_lab.progress import bar_options
 from phd_lab.rundir import RunDir
 from phd_lab.tracking.tracker import SaturationTracker, TrackerOptions, run_pass
 
@@ -136,7 +137,7 @@ class SaturationCallback(Callback):
             for split, loader in (("train", bundle.train_eval), ("test", bundle.test)):
                 tracker.reset()
                 batches = tqdm(loader, desc=f"{trainer.run_name} saturation ({split})", leave=False,
-                               disable=not trainer.progress, unit="batch", dynamic_ncols=True)
+                               disable=not trainer.progress, unit="batch", dynamic_ncols=True, **bar_options())
                 run_pass(tracker, model, batches, trainer.device, trainer.autocast)
                 batches.close()
                 frames[split] = tracker.compute()

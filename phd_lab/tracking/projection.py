@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the loader a second time
 
 from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, Objective, objective_of
+from phd_lab.progress import bar_options
 from phd_lab.tracking.pca import insert_pca_layers
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ def collect(model: nn.Module, layers: Sequence[nn.Module], loader: Iterable, dev
     model.eval()
     for layer in layers:
         layer.train()
-    for inputs, _ in tqdm(loader, desc="PCA covariances", leave=False, disable=not progress, unit="batch"):
+    for inputs, _ in tqdm(loader, desc="PCA covariances", leave=False, disable=not progress, unit="batch",
+                          **bar_options()):
         model(inputs.to(device))
     model.eval()
 
@@ -104,7 +106,8 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
     generator = torch.Generator().manual_seed(seed)
     bases = ("pca", "random") if random_control else ("pca",)
     todo = [(d, b) for d in deltas for b in bases]
-    for delta, basis in tqdm(todo, desc="projections", leave=False, disable=not progress, unit="eval"):
+    for delta, basis in tqdm(todo, desc="projections", leave=False, disable=not progress, unit="eval",
+                             **bar_options()):
         for layer in pca:
             layer.set_delta(delta)
             if basis == "random":

@@ -1,0 +1,46 @@
+"""Progress bars written to a file (a SLURM job's .out) are redrawn rarely; in a terminal they stay live."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+
+from phd_lab.progress import FILE_INTERVAL, bar_options
+from tests.conftest import ROOT, write_config
+
+
+def test_a_file_gets_rare_redraws_and_a_terminal_the_live_bar(tmp_path):
+    """A regular file and a pipe are no terminal; a pseudo-terminal (what an interactive shell gives) is."""
+    with open(tmp_path / "job.out", "w") as file:
+        assert bar_options(file) == {"mininterval": FILE_INTERVAL, "maxinterval": FILE_INTERVAL}
+    read, write = os.pipe()
+    with os.fdopen(read) as reader, os.fdopen(write, "w") as writer:
+        assert bar_options(writer) == bar_options(reader) == {"mininterval": 60.0, "maxinterval": 60.0}
+    leader, follower = os.openpty()
+    with os.fdopen(leader, "w") as _, os.fdopen(follower, "w") as terminal:
+        assert bar_options(terminal) == {}
+    closed = open(tmp_path / "closed.out", "w")
+    closed.close()
+    assert bar_options(closed) == {"mininterval": FILE_INTERVAL, "maxinterval": FILE_INTERVAL}
+
+
+def test_a_run_logging_to_a_file_draws_each_bar_when_it_starts_not_ten_times_a_second(tmp_path):
+    """main.py with stderr in a file, as under SLURM: one epoch of 360 batches, its evaluation and both
+    saturation passes. Each bar is drawn when it starts, at 0 % (and cleared at its end), and then at most once a
+    minute (the bound allows one redraw for a machine so busy that a pass takes that long); before, every bar was
+    redrawn every 0.1 s (about 20 times here for the epoch alone; a 24-hour job's .out grew by about 95 MB)."""
+    config = write_config(tmp_path, epoch=1, batch_size=4, cpu_threads=1, post_processing=[])
+    with open(tmp_path / "job.out", "w") as out:
+        done = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(config)], cwd=ROOT,
+                              stdout=out, stderr=subprocess.STDOUT, timeout=600,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    text = (tmp_path / "job.out").read_text()
+    assert done.returncode == 0, text
+    drawn = [piece for segment in text.split("\r") for piece in segment.split("\n") if "%|" in piece]
+    bars = Counter(segment.split(":")[0] for segment in drawn)
+    assert {name.split(" ", 1)[1] for name in bars} == {"epoch 1/1", "evaluating", "saturation (train)",
+                                                         "saturation (test)"}, drawn
+    assert max(bars.values()) <= 2, bars
+    assert sum(" 0%|" in segment for segment in drawn) == len(bars), drawn
