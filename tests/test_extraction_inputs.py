@@ -84,7 +84,8 @@ def test_layers_that_do_not_collide_keep_their_file_names(tmp_path, data):
     assert np.load(tmp_path / "latents" / "train-d.a_b.npy").shape == (len(data["train"].dataset), 3 * 8 * 8)
 
 
-def test_a_full_disk_during_a_pixelwise_extraction_leaves_nothing_and_names_the_folder(tmp_path, data):
+def test_a_disk_too_small_for_a_pixelwise_extraction_stops_it_leaving_nothing_and_naming_the_folder(tmp_path, data):
+    """A real 1 MB disk: the bytes the first batch shows are to come do not fit, so the extraction stops there."""
     folder = tmp_path / "small"
     folder.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
@@ -93,13 +94,32 @@ def test_a_full_disk_during_a_pixelwise_extraction_leaves_nothing_and_names_the_
     try:
         latents = folder / "latents"
         # body.0 at 8 px: a 0.4 MB scratch file fits, its 64 position files (1.5 MB) do not
-        with pytest.raises(ExtractionError, match=f"{latents}.*No space left") as caught:
+        with pytest.raises(ExtractionError, match=f"need at least .* more in {latents}, but its disk has 1.0 MB"):
             extract_latents(build_model(), data, latents, run_dir=tmp_path, layers=["body.0"],
                             downsampling=PIXELWISE, progress=False)
-        assert isinstance(caught.value.__cause__, OSError)
         assert not latents.exists()  # no scratch, position or temp files, and no empty folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_write_failing_during_a_pixelwise_extraction_leaves_nothing_and_names_the_folder(tmp_path, data):
+    """A disk that fills up after the space check (another job writing to it) fails a write part-way: here files
+    are limited to 200 kB (EFBIG, as ENOSPC would be), which the 0.4 MB scratch file of body.0 exceeds."""
+    import resource
+    import signal
+    from tests.conftest import file_size_limit
+    latents = tmp_path / "latents"
+    before, default = resource.getrlimit(resource.RLIMIT_FSIZE), signal.getsignal(signal.SIGXFSZ)
+    file_size_limit(200_000)()
+    try:
+        with pytest.raises(ExtractionError, match=f"{latents}.*File too large") as caught:
+            extract_latents(build_model(), data, latents, run_dir=tmp_path, layers=["body.0"],
+                            downsampling=PIXELWISE, progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+        signal.signal(signal.SIGXFSZ, default)
+    assert isinstance(caught.value.__cause__, OSError)
+    assert not latents.exists()  # no scratch, position or temp files, and no empty folder
 
 
 def test_a_failed_extraction_leaves_no_empty_latents_folder_but_keeps_other_files(tmp_path, data):
