@@ -157,6 +157,69 @@ def test_a_probe_job_removes_the_cache_temp_files_a_killed_job_left_but_not_a_ru
     assert f"Removed {killed}, left half-written by a probe job that was killed" in caplog.text
 
 
+def test_a_cache_entry_keeps_its_confusion_matrix_as_a_npy_file_that_its_json_names(tmp_path):
+    """A 1000-class matrix as nested lists took 32 MB per record and 13 MB of JSON per entry, and seconds to copy
+    and write: the record holds it as one float64 array, and the cache stores it beside the JSON as ``.npy``, with
+    its sha256 in the entry, the array equal to the layer's ``.npy`` in the run folder."""
+    run_dir, latents = make_latents(tmp_path, *digits_layers(n_layers=1, width=16))
+    cache = ResultCache(tmp_path / "cache")
+    (task,) = build_tasks(jobs_from_latents(latents)[0])
+    fitted = run_task(task)
+    assert isinstance(fitted.confusion, np.ndarray) and fitted.confusion.dtype == np.float64
+    assert fitted.confusion.shape == (10, 10)
+    run_jobs(jobs_from_latents(latents)[0], cache.folder, progress=False)
+    (entry,) = cache.folder.rglob("*.json")
+    document = json.loads(entry.read_text())
+    assert "confusion" not in document["record"] and set(document["confusion"]) == {"file", "sha256"}
+    matrix_file = entry.parent / document["confusion"]["file"]
+    assert sha256_file(matrix_file) == document["confusion"]["sha256"]
+    written = run_dir / "probe_confusion" / f"{task.index:03d}-{task.layer}.npy"
+    assert matrix_file.read_bytes() == written.read_bytes()
+    stored = cache.get(task.key)
+    np.testing.assert_array_equal(stored.confusion, fitted.confusion)
+    assert stored.confusion.dtype == np.float64 and not stored.confusion.flags.writeable
+    assert entry.stat().st_size < 2000
+
+
+def test_a_cache_entry_whose_confusion_matrix_is_missing_or_damaged_is_refitted(tmp_path, caplog):
+    """The matrix is written before the JSON entry, so an entry implies its matrix; one that went or was damaged
+    afterwards makes the entry a miss, said in a warning, and the refit writes it again (the same fit gives the
+    same matrix, under the same name: the entry's first record, its seconds too, is kept and handed on)."""
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    cache = tmp_path / "cache"
+    assert _fitted(latents, cache) == [("block0.conv", False)]
+    (matrix_file,) = cache.rglob("*.npy")
+    original = matrix_file.read_bytes()
+    for damage, said in ((lambda: matrix_file.unlink(), "cannot be read"),
+                         (lambda: matrix_file.write_bytes(original[:-8] + np.float64(0.5).tobytes()), "damaged")):
+        damage()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            _fitted(latents, cache)
+        assert "ignoring probe cache entry" in caplog.text and said in caplog.text
+        assert matrix_file.read_bytes() == original  # refitted: nothing else writes it
+        assert _fitted(latents, cache) == [("block0.conv", True)]
+
+
+def test_the_job_lets_a_runs_confusion_matrices_go_once_their_files_are_written(tmp_path):
+    """The job kept every record whole to its end (and so did the runner): a grid of 1000-class runs held 32 MB
+    a layer. Once a run's files are written its records keep no matrix, fitted or cached; the files hold them."""
+    run_dir, latents = make_latents(tmp_path, *digits_layers(n_layers=2, width=16))
+    for repeat in range(2):  # fitted, then every layer from the cache
+        records = run_jobs(jobs_from_latents(latents)[0], tmp_path / "cache", progress=False)[0]
+        assert [record.confusion for record in records] == [None, None]
+        for record in records:
+            matrix = np.load(run_dir / "probe_confusion" / f"{record.index:03d}-{record.layer}.npy")
+            assert matrix.shape == (10, 10)
+    tasks = build_tasks(jobs_from_latents(latents)[0])
+    delivered = []
+    kept = run_probes(tasks, ResultCache(tmp_path / "cache"), progress=False,
+                      on_record=lambda task, record, cached: delivered.append(record))
+    assert [record.confusion for record in kept] == [None, None]
+    assert [record.confusion_matrix().shape for record in delivered] == [(10, 10), (10, 10)]
+    assert run_probes(tasks, ResultCache(tmp_path / "cache"), progress=False)[0].confusion.shape == (10, 10)
+
+
 def _put_in_turn(folder: str, seconds: float, barrier, results) -> None:
     """Put a record of ``seconds`` under 40 keys, each at the moment the other process puts its own."""
     from phd_lab.probes.fit import ProbeRecord
@@ -239,9 +302,12 @@ def test_layers_are_fitted_largest_first_and_a_failed_runs_other_layers_not_at_a
 def test_parallel_workers_give_the_same_records_as_in_process(tmp_path):
     run_dir, latents = make_latents(tmp_path, *digits_layers(n_layers=3, width=16))
     serial = run_jobs(jobs_from_latents(latents)[0], tmp_path / "c0", workers=0, progress=False)[0]
+    matrices = {path.name: path.read_bytes() for path in (run_dir / "probe_confusion").glob("*.npy")}
     parallel = run_jobs(jobs_from_latents(latents)[0], tmp_path / "c2", workers=2, progress=False)[0]
-    strip = lambda records: [{**r.to_json(), "seconds": 0} for r in records]  # noqa: E731
+    strip = lambda records: [replace(r, seconds=0) for r in records]  # noqa: E731
     assert strip(serial) == strip(parallel)
+    assert len(matrices) == 3  # the matrices came from the worker processes whole
+    assert {path.name: path.read_bytes() for path in (run_dir / "probe_confusion").glob("*.npy")} == matrices
 
 
 PROBE_LOG_ON_A_FULL_DISK = """

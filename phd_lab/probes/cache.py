@@ -2,23 +2,31 @@
 
 Like ``joblib.Memory`` it memoises a pure function on disk, but the key is explicit: the
 sha256 of the four input files (from the manifest), every resolved solver setting and the
-versions of the libraries that compute the fit. Entries are small JSON files written
-atomically, so loading never unpickles anything and a killed job leaves either a whole
-entry or none. The record keeps the ``seconds`` of the fit that produced it, which makes
-a resumed job's CSV identical to an uninterrupted one.
+versions of the libraries that compute the fit. An entry is a small JSON file and, beside it,
+the layer's confusion matrix as a ``.npy`` file, which the JSON names with its sha256 (inside
+JSON a 1000-class matrix took 13 MB and seconds to write and read). Both are written
+atomically, the matrix first, so loading never unpickles anything and a killed job leaves
+either a whole entry or none; an entry whose matrix is missing or damaged is a miss. The
+record keeps the ``seconds`` of the fit that produced it, which makes a resumed job's CSV
+identical to an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
-from phd_lab.atomic import nearest_existing, remove_stale_temps, write_json, write_json_once
+import numpy as np
+
+from phd_lab.atomic import nearest_existing, remove_stale_temps, write_bytes, write_json, write_json_once
 from phd_lab.environment import installed_version
 from phd_lab.errors import UsageError
 from phd_lab.probes.fit import ProbeRecord
@@ -26,7 +34,7 @@ from phd_lab.probes.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the confusion matrix in a .npy file beside the JSON entry
 ALGORITHM_VERSION = 2  # bump when fit.py changes what a record means (2: lbfgs-torch's binary objective)
 
 
@@ -57,7 +65,9 @@ def key_digest(key: dict[str, Any]) -> str:
 
 
 class ResultCache:
-    """``get``/``put`` probe records by key in ``<folder>/<digest[:2]>/<digest>.json``."""
+    """``get``/``put`` probe records by key in ``<folder>/<digest[:2]>/<digest>.json``, each with its confusion
+    matrix in ``<digest>-<sha256[:16]>.npy`` beside it (named by its content: writers of one key never replace
+    each other's matrix)."""
 
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
@@ -112,6 +122,10 @@ class ResultCache:
             log.warning("ignoring probe cache entry %s (%s); the layer is refitted", self.path(key), problem)
         return record
 
+    def _matrix_path(self, key: dict[str, Any], sha256: str) -> Path:
+        path = self.path(key)
+        return path.with_name(f"{path.stem}-{sha256[:16]}.npy")
+
     def _read(self, key: dict[str, Any]) -> tuple[ProbeRecord | None, str | None]:
         """The stored record (None where there is none) and what is wrong with an entry that cannot be used."""
         try:
@@ -123,20 +137,49 @@ class ResultCache:
         if not isinstance(entry, dict) or entry.get("key") != key:
             return None, "its key does not match"
         try:
-            return ProbeRecord.from_json(entry["record"]), None
+            fields, sha256 = entry["record"], entry["confusion"]["sha256"]
+            if not isinstance(sha256, str) or not re.fullmatch("[0-9a-f]{64}", sha256):
+                return None, f"malformed: its confusion matrix's sha256 is {json.dumps(sha256)[:80]}"
+            matrix_path = self._matrix_path(key, sha256)
+            if entry["confusion"]["file"] != matrix_path.name:
+                return None, f"malformed: its confusion matrix is named {entry['confusion']['file']!r}"
         except (KeyError, TypeError) as error:
             return None, f"malformed: {error}"
+        try:
+            data = matrix_path.read_bytes()
+        except OSError as error:
+            return None, f"its confusion matrix {matrix_path.name} cannot be read: {error.strerror or error}"
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return None, f"its confusion matrix {matrix_path.name} is damaged (its sha256 differs)"
+        try:
+            matrix = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)  # .npy only
+            record = ProbeRecord.from_json(fields, matrix)
+        except (ValueError, KeyError, TypeError) as error:
+            return None, f"malformed: {error}"
+        if record.confusion_matrix().shape != (len(record.classes),) * 2:
+            return None, f"malformed: a confusion matrix of shape {matrix.shape} for {len(record.classes)} classes"
+        return record, None
 
     def put(self, key: dict[str, Any], record: ProbeRecord) -> ProbeRecord:
         """Store ``record`` unless the cache holds a record for ``key`` already; return the one it holds. The
         first writer wins, also between two jobs sharing the cache (``write_json_once``): two runs with identical
         latents (one key) are both fitted, and the second fit overwrote the first's ``seconds``, so a repeated or
-        resumed job rewrote the first run's table. An unusable entry in the way is replaced."""
-        document = {"key": key, "record": record.to_json()}
+        resumed job rewrote the first run's table. An unusable entry in the way is replaced. The matrix is
+        written first, so that an entry names a matrix that is there."""
+        buffer = io.BytesIO()
+        np.save(buffer, record.confusion_matrix(), allow_pickle=False)
+        data = buffer.getvalue()
+        sha256 = hashlib.sha256(data).hexdigest()
+        matrix_path = self._matrix_path(key, sha256)
+        write_bytes(matrix_path, data)
+        document = {"key": key, "record": record.to_json(), "confusion": {"file": matrix_path.name, "sha256": sha256}}
         if write_json_once(self.path(key), document):
             return record
         stored, _ = self._read(key)
         if stored is not None:
+            if stored.confusion_matrix().tobytes() != record.confusion_matrix().tobytes():
+                with contextlib.suppress(FileNotFoundError):  # another matrix of the same key won: ours is unused
+                    matrix_path.unlink()
             return stored
         write_json(self.path(key), document)
         return record

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +23,14 @@ if TYPE_CHECKING:  # torch is imported only by the lbfgs-torch solver
     import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ProbeRecord:
-    """The result of one layer's probe; the model itself is discarded (thesis §6.2.5)."""
+    """The result of one layer's probe; the model itself is discarded (thesis §6.2.5).
+
+    ``confusion`` is the eval set's confusion matrix, rows normalised (true class), as the float64 array that is
+    written as the layer's ``.npy``: a 1000-class matrix as nested lists took 32 MB per record and seconds to
+    copy. None once the probe job has written the run's files and let it go (``without_confusion``).
+    """
 
     index: int
     layer: str
@@ -39,17 +44,39 @@ class ProbeRecord:
     n_eval: int
     n_features: int
     classes: list[int] = field(default_factory=list)
-    confusion: list[list[float]] = field(default_factory=list)  # eval set, rows normalised (true class)
+    confusion: np.ndarray | None = field(default_factory=lambda: np.zeros((0, 0)))
+
+    def __post_init__(self) -> None:
+        if self.confusion is not None:  # a read-only float64 view: records that share a matrix cannot change it
+            matrix = np.asarray(self.confusion, dtype=np.float64).view()
+            matrix.flags.writeable = False
+            object.__setattr__(self, "confusion", matrix)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProbeRecord):
+            return NotImplemented
+        mine, theirs = self.confusion, other.confusion
+        same = (mine is None and theirs is None) or (
+            mine is not None and theirs is not None and np.array_equal(mine, theirs))
+        return same and self.to_json() == other.to_json()
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field but the confusion matrix (the cache stores that as a ``.npy`` file), as an explicit dict:
+        ``dataclasses.asdict`` deep-copied the matrix's nested lists too, seconds per 1000-class layer."""
+        return {item.name: getattr(self, item.name) for item in fields(self) if item.name != "confusion"}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ProbeRecord":
-        return cls(**data)
+    def from_json(cls, data: dict[str, Any], confusion: np.ndarray) -> "ProbeRecord":
+        return cls(**data, confusion=confusion)
 
     def confusion_matrix(self) -> np.ndarray:
-        return np.asarray(self.confusion, dtype=np.float64)
+        if self.confusion is None:
+            raise ValueError(f"the confusion matrix of layer {self.layer!r} was let go once its files were written")
+        return self.confusion
+
+    def without_confusion(self) -> "ProbeRecord":
+        """This record without its matrix, for a job that keeps its records after writing their files."""
+        return replace(self, confusion=None)
 
 
 @dataclass(frozen=True)
@@ -302,7 +329,7 @@ def probe_arrays(index: int, layer: str, x_train: np.ndarray, y_train: np.ndarra
         train_acc=float(np.mean(result.train_pred == y_train)), eval_acc=float(np.mean(result.eval_pred == y_eval)),
         n_iter=result.n_iter, converged=bool(result.converged), seconds=time.perf_counter() - start,
         n_train=int(len(y_train)), n_eval=int(len(y_eval)), n_features=int(x_train.shape[1]),
-        classes=[int(c) for c in classes], confusion=confusion.tolist())
+        classes=[int(c) for c in classes], confusion=confusion)
 
 
 def probe_layer(index: int, layer: str, train: Path | str, eval: Path | str, train_labels: Path | str,
@@ -318,4 +345,4 @@ def probe_layer(index: int, layer: str, train: Path | str, eval: Path | str, tra
                                f"training loss is NaN or inf) or its activations overflowed float16; a probe cannot "
                                f"be fitted on them. Retrain it (e.g. with a lower learning rate) before probing.",
                                error.split) from None
-    return ProbeRecord(**{**record.to_json(), "seconds": time.perf_counter() - start})
+    return replace(record, seconds=time.perf_counter() - start)

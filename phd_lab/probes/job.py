@@ -169,6 +169,7 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
              progress: bool = True, scheduler: str | None = None,
              busy: list[str] | None = None, memory: int | None = None) -> dict[int, list[ProbeRecord]]:
     """Validate, then probe every layer of every job in one pool; each run's files are written as it completes.
+    Returns each run's records, in the manifest's order, without their confusion matrices (in the run's files).
 
     A run whose probe results another probe job is writing is an error, unless ``busy`` is a list: then that
     run's jobs are left out (their labels appended to ``busy``) while the others are probed, as a grid job does.
@@ -284,19 +285,25 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], cache
             fitted.add(task.job)
         remaining[task.job] -= 1
         if remaining[task.job] == 0:  # a run's files are replaced together: a stopped job leaves the old set
-            job = jobs[task.job]
-            drawn = plots.pop(task.job)
-            if task.job not in fitted and results_in_place(job, done[task.job]):
-                log.info("%s: probe results already in place in %s (every layer from the cache)", job.label,
-                         job.outputs.probe_csv, extra={PROBE_JOB: task.job})
-                return
-            with deferred_interrupts():  # Ctrl-C or SIGTERM while the set is written takes effect after it
-                written = [path for finished in in_manifest_order(job, done[task.job])
-                           for path in write_confusion(job.outputs, finished,
-                                                       drawn[finished.index, finished.layer]
-                                                       or confusion_png(finished, confusion_plots))]
-                remove_other_confusions(job.outputs.probe_confusion_dir, written)
-                write_results(job, done[task.job], task.job)
+            write_run(task.job)
+            # its matrices are in its files now: a grid of 1000-class runs would hold 8 MB a layer to the end
+            done[task.job] = [finished.without_confusion() for finished in done[task.job]]
+
+    def write_run(position: int) -> None:
+        """Write a run's files once its last layer is in, unless the folder holds them already (all cached)."""
+        job = jobs[position]
+        drawn = plots.pop(position)
+        if position not in fitted and results_in_place(job, done[position]):
+            log.info("%s: probe results already in place in %s (every layer from the cache)", job.label,
+                     job.outputs.probe_csv, extra={PROBE_JOB: position})
+            return
+        with deferred_interrupts():  # Ctrl-C or SIGTERM while the set is written takes effect after it
+            written = [path for finished in in_manifest_order(job, done[position])
+                       for path in write_confusion(job.outputs, finished,
+                                                   drawn[finished.index, finished.layer]
+                                                   or confusion_png(finished, confusion_plots))]
+            remove_other_confusions(job.outputs.probe_confusion_dir, written)
+            write_results(job, done[position], position)
 
     for position, job in enumerate(jobs):
         log.info("%s: %d layer(s) from %s; %s", job.label, len(job.manifest.layers), job.manifest.folder,

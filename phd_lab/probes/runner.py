@@ -188,7 +188,8 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
                on_record: Callable[[ProbeTask, ProbeRecord, bool], None] | None = None,
                scheduler: str | None = None, run_folders: Sequence[Path] | None = None,
                hits: dict[str, ProbeRecord] | None = None) -> list[ProbeRecord]:
-    """Probe every task; returns the records in task order.
+    """Probe every task; returns the records in task order, without their confusion matrices where
+    ``on_record`` got them whole.
 
     Cached records are reused (with the task's current layer name and index) and only the
     misses are fitted. ``on_record(task, record, cached)`` is called in this process as each
@@ -262,13 +263,16 @@ class _Results:
         """Take the cached records, with each task's current layer name and index."""
         for position, record in cached.items():
             task = self.tasks[position]
-            self.records[position] = replace(record, index=task.index, layer=task.layer)
             log.debug("layer %s: cached result reused", task.layer)
-            self.deliver(task, self.records[position], True)
+            self.deliver(position, replace(record, index=task.index, layer=task.layer), True)
             self.bar.update(1)
 
-    def deliver(self, task: ProbeTask, record: ProbeRecord, from_cache: bool) -> None:
-        """Hand a record to ``on_record``, unless the task's run has failed."""
+    def deliver(self, position: int, record: ProbeRecord, from_cache: bool) -> None:
+        """Keep a record and hand it to ``on_record``, unless the task's run has failed. With ``on_record`` the
+        record is kept without its confusion matrix: the caller has it (a job of thousands of 1000-class layers
+        would otherwise hold 8 MB per layer to the end)."""
+        task = self.tasks[position]
+        self.records[position] = record if self.on_record is None else record.without_confusion()
         if self.on_record is None or task.job in self.failed:
             return
         try:
@@ -302,7 +306,6 @@ class _Results:
             log.error("%s", failure, extra={PROBE_JOB: task.job})
             return
         assert record is not None
-        self.records[position] = record
         try:
             stored = self.cache.put(task.key, record)
         except RunFolderLost as error:  # the cache lay inside a run folder (--latents' default: the run's own)
@@ -319,7 +322,7 @@ class _Results:
         if stored is not record:  # another run's fit of the same data came first: every run gets that one
             self.reuse({p: stored for p in (position, *self.followers.get(position, ()))})
             return
-        self.deliver(task, record, False)
+        self.deliver(position, record, False)
         self.bar.set_postfix_str(f"{record.layer}: {record.eval_acc:.3f}", refresh=False)
         self.bar.update(1)  # after the run's outputs are written, which the last layer of a run triggers
         self.reuse({follower: record for follower in self.followers.get(position, ())})
