@@ -157,6 +157,29 @@ def test_a_probe_job_removes_the_cache_temp_files_a_killed_job_left_but_not_a_ru
     assert f"Removed {killed}, left half-written by a probe job that was killed" in caplog.text
 
 
+def test_the_job_says_how_many_latents_files_and_bytes_it_verifies_and_counts_them_in_a_bar(tmp_path, caplog,
+                                                                                              capsys):
+    """Hashing every latents file the fits read came with no word: 2.4 GB took 7 s of silence, and 300 GB would
+    look like a 15-minute hang. An INFO line says how many files and GB are verified, and a progress bar counts
+    the bytes hashed, unless the job's progress bars are off (--no-progress)."""
+    from tqdm import tqdm
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    total = sum(path.stat().st_size for path in latents.glob("*.npy"))  # 2 layers of 2 splits, 2 label files
+    with caplog.at_level(logging.INFO, logger="phd_lab.probes.job"):
+        run_jobs(jobs_from_latents(latents)[0], tmp_path / "cache", progress=True)
+    assert f"verifying 6 latents files ({total / 1e9:.2f} GB) against their manifests" in caplog.text
+    bar = [line for line in capsys.readouterr().err.split("\r") if line.startswith("verifying sha256")][-1]
+    assert f"{tqdm.format_sizeof(total)}/{tqdm.format_sizeof(total)}" in bar and "B/s" in bar
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="phd_lab.probes.job"):
+        run_jobs(jobs_from_latents(latents)[0], tmp_path / "other", progress=False)
+    assert "verifying 6 latents files" in caplog.text and "verifying sha256" not in capsys.readouterr().err
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="phd_lab.probes.job"):  # every layer cached: nothing to hash
+        run_jobs(jobs_from_latents(latents)[0], tmp_path / "other", progress=True)
+    assert "verifying" not in caplog.text and "verifying sha256" not in capsys.readouterr().err
+
+
 def test_a_cache_entry_keeps_its_confusion_matrix_as_a_npy_file_that_its_json_names(tmp_path):
     """A 1000-class matrix as nested lists took 32 MB per record and 13 MB of JSON per entry, and seconds to copy
     and write: the record holds it as one float64 array, and the cache stores it beside the JSON as ``.npy``, with

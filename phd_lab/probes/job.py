@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -49,12 +50,14 @@ def check_device(settings: ProbeSettings) -> None:
 
 
 def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache | None = None,
-                  devices_here: bool = True) -> tuple[dict[str, tuple[int, int, int]], dict[str, ProbeRecord]]:
+                  devices_here: bool = True, progress: bool = True
+                  ) -> tuple[dict[str, tuple[int, int, int]], dict[str, ProbeRecord]]:
     """Everything that can be checked before fitting: settings, devices, subsample sizes, and the sha256 of
     every file a fit will read. A layer whose result ``cache`` holds is not read again, so its files are not
     hashed again either (a job repeated over a growing grid would otherwise re-read every run's latents).
     ``devices_here``: the fits run on this machine, so its CUDA devices are checked (not so for the workers of a
-    remote Dask scheduler, which may have GPUs where the job's own node has none).
+    remote Dask scheduler, which may have GPUs where the job's own node has none). ``progress``: a bar of the
+    bytes hashed.
     Returns the stamps of the verified files (see ``runner.check_stamps``) and the cached records by key
     digest (``run_probes`` takes them as they were when the files were checked)."""
     for job in jobs:
@@ -77,12 +80,40 @@ def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache
                 Path(manifest.train_labels): manifest.labels_sha256["train"],
                 Path(manifest.eval_labels): manifest.labels_sha256["eval"]})
     stamps: dict[str, tuple[int, int, int]] = {}
-    for position, files in needed.items():
-        stamps.update(verify_hashes(jobs[position].manifest, threads=threads, pairs=files.items()))
+    if needed:
+        stamps = _verify_needed(jobs, needed, threads, progress)
     if hits:
         log.info("%d layer result(s) found in the probe cache: their latents are not read (nor hashed) again",
                  len(hits))
     return stamps, hits
+
+
+def _verify_needed(jobs: Sequence[ProbeJob], needed: dict[int, dict[Path, str]], threads: int,
+                   progress: bool) -> dict[str, tuple[int, int, int]]:
+    """``verify_hashes`` of the files each job needs, said first and shown as a bar of bytes: hundreds of GB of
+    latents take many minutes to hash, which looked like a hang before any fit."""
+    from tqdm.auto import tqdm
+
+    count = sum(len(files) for files in needed.values())
+    total = sum(_size(path) for files in needed.values() for path in files)
+    log.info("verifying %d latents files (%.2f GB) against their manifests", count, total / 1e9)
+    stamps: dict[str, tuple[int, int, int]] = {}
+    lock = threading.Lock()  # the hashing threads report their chunks
+    with tqdm(total=total, desc="verifying sha256", unit="B", unit_scale=True, disable=not progress) as bar:
+        def read(size: int) -> None:
+            with lock:
+                bar.update(size)
+        for position, files in needed.items():
+            stamps.update(verify_hashes(jobs[position].manifest, threads=threads, pairs=files.items(), read=read))
+    return stamps
+
+
+def _size(path: Path) -> int:
+    """A file's size for the progress bar; one that cannot be read is said by the hashing that follows."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def check_labels(job: ProbeJob) -> None:
@@ -190,7 +221,8 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     cache.check()  # a cache folder that cannot be made must not leave lock files in the run folders
     # reads only: bad input exits before anything is written
     remote = scheduler is not None and parse_scheduler(scheduler)[0] != "local"
-    stamps, hits = validate_jobs(jobs, threads=max(2, workers), cache=cache, devices_here=not remote)
+    stamps, hits = validate_jobs(jobs, threads=max(2, workers), cache=cache, devices_here=not remote,
+                                 progress=progress)
     if scheduler is not None:  # nor a scheduler that cannot be reached
         from phd_lab.distributed import check_scheduler
         check_scheduler(scheduler)

@@ -17,7 +17,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -89,12 +89,15 @@ def _stamp(info: os.stat_result) -> tuple[int, int, int]:
     return info.st_ino, info.st_size, info.st_mtime_ns
 
 
-def hash_and_stamp(path: Path | str) -> tuple[str, tuple[int, int, int]]:
-    """sha256 of a file and the stamp of the very file that was read (taken from the open handle)."""
+def hash_and_stamp(path: Path | str, read: Callable[[int], None] | None = None) -> tuple[str, tuple[int, int, int]]:
+    """sha256 of a file and the stamp of the very file that was read (taken from the open handle); ``read`` is
+    told the size of each chunk read (a progress bar)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
+            if read is not None:
+                read(len(chunk))
         stamp = _stamp(os.fstat(handle.fileno()))
     return digest.hexdigest(), stamp
 
@@ -377,13 +380,14 @@ def _check_layer_sets(folder: Path, manifest: Path, layers: list[LayerFiles], po
         raise _fail(manifest, f"layer indices repeat ({sorted(indices + list(shared))})")
 
 
-def verify_hashes(manifest: Manifest, threads: int = 2,
-                  pairs: Iterable[tuple[Path, str]] | None = None) -> dict[str, tuple[int, int, int]]:
+def verify_hashes(manifest: Manifest, threads: int = 2, pairs: Iterable[tuple[Path, str]] | None = None,
+                  read: Callable[[int], None] | None = None) -> dict[str, tuple[int, int, int]]:
     """Raise a DataError for the first file whose sha256 differs from the manifest; return the stamp
-    (``file_stamp``) of every verified file, so that a fit can tell the file it loads is that one."""
+    (``file_stamp``) of every verified file, so that a fit can tell the file it loads is that one. ``read`` is
+    told the size of each chunk hashed, from the hashing threads."""
     pairs = list(manifest.files() if pairs is None else pairs)
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        results = list(pool.map(lambda pair: hash_and_stamp(pair[0]), pairs))
+        results = list(pool.map(lambda pair: hash_and_stamp(pair[0], read), pairs))
     for (path, expected), (digest, _) in zip(pairs, results):
         if digest != expected:
             raise DataError(f"Latents file {str(path)!r} has sha256 {digest}, but {str(manifest.folder / MANIFEST)!r} "
