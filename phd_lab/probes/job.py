@@ -94,12 +94,15 @@ def _verify_needed(jobs: Sequence[ProbeJob], needed: dict[int, dict[Path, str]],
     latents take many minutes to hash, which looked like a hang before any fit."""
     from tqdm.auto import tqdm
 
+    from phd_lab.progress import bar_options
+
     count = sum(len(files) for files in needed.values())
     total = sum(_size(path) for files in needed.values() for path in files)
     log.info("verifying %d latents files (%.2f GB) against their manifests", count, total / 1e9)
     stamps: dict[str, tuple[int, int, int]] = {}
     lock = threading.Lock()  # the hashing threads report their chunks
-    with tqdm(total=total, desc="verifying sha256", unit="B", unit_scale=True, disable=not progress) as bar:
+    with tqdm(total=total, desc="verifying sha256", unit="B", unit_scale=True, disable=not progress,
+              **bar_options()) as bar:
         def read(size: int) -> None:
             with lock:
                 bar.update(size)
