@@ -255,6 +255,20 @@ SCHEMA: tuple[Key, ...] = (
 
 SCHEMA_BY_NAME: dict[str, Key] = {k.name: k for k in SCHEMA}
 
+PROBE_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def check_probe_keys(solver: str, device: str, where: str) -> None:
+    """The probe job's device, and its solver with it (each value alone is checked by its key). The grid's check
+    before training and the probe job's settings (``ProbeSettings.check``) share it: training checks the probe
+    keys with the rest without importing the probe code."""
+    if not PROBE_DEVICE.match(device):
+        raise ConfigError(f"{where}: the key 'probe_device' must be cpu, cuda or cuda:N; got {device!r}.")
+    if device != "cpu" and solver != "lbfgs-torch":
+        raise ConfigError(f"{where}: 'probe_device' is {device!r}, but only the lbfgs-torch solver runs on a GPU; "
+                          f"the {solver!r} solver runs on the CPU. Set probe_solver to 'lbfgs-torch' or "
+                          f"probe_device to 'cpu'.")
+
 
 def register_key(key: Key) -> Key:
     """Add a key to the schema (used by feature modules that own their keys)."""

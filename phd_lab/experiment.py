@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 from tqdm import tqdm
 
 from phd_lab.atomic import check_writable_dir, nearest_existing
+from phd_lab.config import check_probe_keys
 from phd_lab.device import parse_device, resolve_device
 from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.latents_folder import other_runs_latents, shared_latents_error
-from phd_lab.probes.settings import ProbeSettings
 from phd_lab.progress import bar_options
 from phd_lab.registry import Registries
 from phd_lab.rundir import earlier_version_advice, earlier_version_runs, read_config_grid
@@ -99,7 +99,8 @@ class Main:
                 raise RegistryError(f"{cfg.source}: the key 'registries': {error}") from None
             executor = TrainTestExecutor(cfg, registries, progress=self.progress)
             executor.validate(self.missing_data, said, self.missing_device)
-            ProbeSettings.from_mapping(cfg.values, where=cfg.source)  # the probe job's keys, checked with the rest
+            # the probe job's keys, checked with the rest (each alone by the schema, here how they combine)
+            check_probe_keys(cfg.values["probe_solver"], cfg.values["probe_device"], cfg.source)
             try:
                 executor.check_model(models)
             except ConfigError as error:

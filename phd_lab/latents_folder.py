@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from phd_lab import atomic
+from phd_lab.file_hash import sha256_file
 from phd_lab.latents_sets import DEFAULT_METHOD
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,6 @@ def reusable(folder: Path, manifest: dict[str, Any] | None, settings: dict[str, 
     """A complete extraction with the same settings, layers and sample counts, every file present
     and unchanged (its sha256 as in the manifest: a file edited since would fail the probe job's
     check, and only a new extraction can mend it)."""
-    from phd_lab.probes.manifest import sha256_file
     if manifest is None or any(manifest.get(k) != v for k, v in settings.items() if k != "run_dir"):
         return False
     if manifest.get("downsampling_method") != settings.get("downsampling_method"):  # absent: average pooling

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 
 from phd_lab.errors import ConfigError
 from phd_lab.experiment import Main
-from tests.conftest import main_in_process
+from tests.conftest import ROOT, main_in_process
 
 
 def write_config(tmp_path: Path, steps: list) -> Path:
@@ -261,3 +263,18 @@ def test_a_classifier_trained_without_the_accuracy_metric_still_tells_its_test_a
     assert code == 0, err
     (csv,) = (tmp_path / "same").rglob("*.csv")
     assert pd.read_csv(csv)["test_accuracy"].iloc[-1] == pytest.approx(accuracy)
+
+
+def test_training_and_its_post_processing_import_no_probe_code(tmp_path):
+    """DESIGN.md: training never imports the probe code (the opposite of test_probe_job's check that the probe job
+    imports no torch). The grid's check of the probe keys loaded the whole probe package, and the step stamps and
+    the reuse of latents took their sha256 from it. A rerun checks the stamps and the latents it finds."""
+    config = write_config(tmp_path, ["flops", "extract", "analysis"])
+    code = ("import sys; from phd_lab.cli import main_cli; "
+            f"args = ['--config', {str(config)!r}, '--no-progress', '-q']; "
+            "rc = main_cli(args) or main_cli(args); "
+            "probes = sorted(m for m in sys.modules if m == 'phd_lab.probes' or m.startswith('phd_lab.probes.')); "
+            "assert rc == 0 and not probes, (rc, probes)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "logs").rglob("manifest.json"))) == 1  # the steps ran

@@ -196,7 +196,7 @@ def test_lbfgs_torch_reads_memory_mapped_latents_in_blocks_without_changing_them
     """lbfgs-torch takes the memory-mapped files as they are (no whole in-memory float copy first) and
     uploads them block by block; the result equals a fit on an in-memory float32 copy."""
     from phd_lab.probes.fit import load_array, to_device_float32
-    from phd_lab.probes.manifest import sha256_file
+    from phd_lab.file_hash import sha256_file
     layers, y_train, y_eval = digits_layers(n_layers=1, width=20, seed=4)
     x_train, x_eval = layers["features.0"]
     np.save(tmp_path / "train.npy", x_train.astype(np.float16))

@@ -20,13 +20,13 @@ import pytest
 
 from phd_lab.config_file import load_config_file
 from phd_lab.errors import RunFailure
+from phd_lab.file_hash import sha256_file
 from phd_lab.grid import Grid
 from phd_lab.probes.cache import ResultCache
 from phd_lab.probes.cli import probe_cli
 from phd_lab.probes.discovery import jobs_from_latents
 from phd_lab.probes.job import build_tasks, run_jobs
 from phd_lab.probes.outputs import CSV_COLUMNS
-from phd_lab.probes.manifest import sha256_file
 from phd_lab.probes.runner import run_probes, run_task
 from phd_lab.probes.synthetic import write_latents
 from phd_lab.rundir import RunDir

@@ -7,11 +7,12 @@ writes a run's results and ``cli`` is the command line of ``probe_main.py``. Not
 torch models (torch itself only for the ``lbfgs-torch`` solver).
 """
 
+from phd_lab.file_hash import sha256_file
 from phd_lab.probes.cache import ResultCache, cache_key
 from phd_lab.probes.discovery import jobs_from_config, jobs_from_latents
 from phd_lab.probes.fit import ProbeRecord, probe_arrays, probe_layer
 from phd_lab.probes.job import run_jobs
-from phd_lab.probes.manifest import Manifest, read_manifest, sha256_file, verify_hashes
+from phd_lab.probes.manifest import Manifest, read_manifest, verify_hashes
 from phd_lab.probes.outputs import CSV_COLUMNS
 from phd_lab.probes.settings import SOLVERS, ProbeSettings
 

@@ -9,8 +9,6 @@ file's sha256 with the manifest. Every problem is a ``DataError`` (exit status 2
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
 import json
 import logging
 import re
@@ -22,13 +20,13 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from phd_lab.errors import DataError
+from phd_lab.file_hash import hash_and_stamp
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 SPLITS = ("train", "eval")
-_CHUNK = 1 << 22
 NPY_MAGIC = b"\x93NUMPY"  # how every .npy file begins (numpy.lib.format)
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _SHOWN = 5  # unlisted layer files named in the warning
@@ -72,34 +70,6 @@ class Manifest:
         for layer in self.layers:
             pairs += [(layer.train, layer.sha256["train"]), (layer.eval, layer.sha256["eval"])]
         return pairs
-
-
-def sha256_file(path: Path | str) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks (hashlib releases the GIL, so threads help)."""
-    return hash_and_stamp(path)[0]
-
-
-def file_stamp(path: Path | str) -> tuple[int, int, int]:
-    """(inode, size, mtime_ns): which file a path names now (a re-extraction replaces it). No device
-    number: clients of a shared file system (the Dask workers) may number the same mount differently."""
-    return _stamp(os.stat(path))
-
-
-def _stamp(info: os.stat_result) -> tuple[int, int, int]:
-    return info.st_ino, info.st_size, info.st_mtime_ns
-
-
-def hash_and_stamp(path: Path | str, read: Callable[[int], None] | None = None) -> tuple[str, tuple[int, int, int]]:
-    """sha256 of a file and the stamp of the very file that was read (taken from the open handle); ``read`` is
-    told the size of each chunk read (a progress bar)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-            if read is not None:
-                read(len(chunk))
-        stamp = _stamp(os.fstat(handle.fileno()))
-    return digest.hexdigest(), stamp
 
 
 def _fail(manifest: Path, what: str) -> DataError:

@@ -109,7 +109,7 @@ def run_task(task: ProbeTask) -> ProbeRecord:
 def check_stamps(task: ProbeTask) -> None:
     """The files are still those whose sha256 the job verified: a re-extraction in the meantime
     (main.py replacing the latents) would otherwise be fitted and cached under the old files' key."""
-    from phd_lab.probes.manifest import file_stamp
+    from phd_lab.file_hash import file_stamp
     for path, stamp in task.stamps.items():
         try:
             now = file_stamp(path)

@@ -7,11 +7,10 @@ default"; ``resolved()`` replaces it, so the cache key never depends on how a va
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
-from phd_lab.config import SCHEMA_BY_NAME
+from phd_lab.config import PROBE_DEVICE, SCHEMA_BY_NAME, check_probe_keys
 from phd_lab.errors import ConfigError
 
 SOLVERS = ("saga", "lbfgs", "lbfgs-torch")
@@ -22,7 +21,6 @@ DEFAULT_STANDARDIZE = {"saga": False, "lbfgs": True, "lbfgs-torch": True}
 CONFIG_KEYS = {"solver": "probe_solver", "C": "probe_C", "max_iter": "probe_max_iter", "tol": "probe_tol",
                "standardize": "probe_standardize", "train_samples": "probe_train_samples",
                "seed": "probe_seed", "device": "probe_device"}
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -70,18 +68,13 @@ class ProbeSettings:
                 continue
             option = "--probe-device" if name == "device" else "--" + name.replace("_", "-")
             SCHEMA_BY_NAME[CONFIG_KEYS[name]].check(value, f"command line {option}")
-            if name == "device" and not _DEVICE.match(value):
+            if name == "device" and not PROBE_DEVICE.match(value):
                 raise ConfigError(f"command line: --probe-device must be cpu, cuda or cuda:N; got {value!r}.")
 
     def check(self, where: str = "probe settings") -> None:
         if self.solver not in SOLVERS:
             raise ConfigError(f"{where}: the probe solver must be one of {', '.join(SOLVERS)}; got {self.solver!r}.")
-        if not _DEVICE.match(self.device):
-            raise ConfigError(f"{where}: the key 'probe_device' must be cpu, cuda or cuda:N; got {self.device!r}.")
-        if self.device != "cpu" and self.solver != "lbfgs-torch":
-            raise ConfigError(f"{where}: 'probe_device' is {self.device!r}, but only the lbfgs-torch solver runs on a "
-                              f"GPU; the {self.solver!r} solver runs on the CPU. Set probe_solver to 'lbfgs-torch' or "
-                              f"probe_device to 'cpu'.")
+        check_probe_keys(self.solver, self.device, where)
 
     def resolved(self) -> "ProbeSettings":
         """Solver defaults filled in (``max_iter``, ``standardize``)."""

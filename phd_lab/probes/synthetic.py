@@ -12,7 +12,8 @@ from typing import Mapping
 import numpy as np
 
 from phd_lab.atomic import write_json, write_with
-from phd_lab.probes.manifest import FORMAT, MANIFEST, sha256_file
+from phd_lab.file_hash import sha256_file
+from phd_lab.probes.manifest import FORMAT, MANIFEST
 
 
 def _save(path: Path, array: np.ndarray) -> str:

@@ -21,8 +21,8 @@ from phd_lab.analysis.run_summary import AnalysisSettings, summarize
 from phd_lab.analysis.run_tables import RunTables, discover_runs, latents_manifest_path, load_run, lock_owner_alive
 from phd_lab.rundir import RunDir
 from phd_lab.errors import ConfigError
+from phd_lab.file_hash import file_stamp
 from phd_lab.lock import PROBE_LOCK
-from phd_lab.probes.manifest import file_stamp
 
 log = logging.getLogger(__name__)
 

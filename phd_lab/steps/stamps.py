@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phd_lab import atomic
+from phd_lab.file_hash import sha256_file
 
 if TYPE_CHECKING:
     from phd_lab.rundir import RunDir
@@ -58,7 +59,6 @@ class StepStamps:
     def checkpoint_sha256(self) -> str:
         """sha256 of the run's checkpoint (read once per instance: post-processing does not change it)."""
         if self._checkpoint_sha256 is None:
-            from phd_lab.probes.manifest import sha256_file
             self._checkpoint_sha256 = sha256_file(self.rundir.checkpoint)
         return self._checkpoint_sha256
 
@@ -121,7 +121,6 @@ class StepStamps:
 
 def output_digest(path: Path) -> list[Any] | None:
     """``[size, sha256]`` of a step's output as a stamp records it; None where it cannot be read."""
-    from phd_lab.probes.manifest import sha256_file
     try:
         return [path.stat().st_size, sha256_file(path)]
     except OSError:
