@@ -216,6 +216,33 @@ def test_checkpoint_of_another_format_is_refused(tmp_path):
         store.load()
 
 
+class _OpensAFile:
+    """Unpickled, it calls ``open(path, "w")``: the stand-in for any code a crafted checkpoint would run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused_without_running_it(tmp_path):
+    """Loading reads plain data only (``weights_only``): a checkpoint is a pickle, and one copied from elsewhere
+    must not run code when a run resumes from it, nor when the dry run or the model check peeks at it."""
+    from phd_lab.errors import CheckpointError
+    marker = tmp_path / "code-ran"
+    store = CheckpointStore(tmp_path / "c.pt", tmp_path / "p.pt")
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 1, "model": _OpensAFile(marker)}, tmp_path / "c.pt")
+    assert store.peek_state() == {} and store.peek("epoch") is None
+    assert not marker.exists()
+    with pytest.raises(CheckpointError) as refused:
+        store.load()
+    message = " ".join(str(refused.value).split())
+    assert "c.pt: UnpicklingError" in message and "Delete them to retrain" in message
+    assert not marker.exists()
+    assert (tmp_path / "c.pt").exists()  # refused, not deleted
+
+
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
