@@ -427,6 +427,90 @@ def test_an_atomic_write_syncs_the_file_before_its_rename_and_the_folder_after(t
     assert any(re.match(rf"fsync\({folder_fd}\)\s+= 0", call) for call in calls[folder_opened:])
 
 
+TRACED_RUN = """
+import json, sys
+from pathlib import Path
+from phd_lab.cli import main_cli
+from phd_lab.probes.cli import probe_cli
+from phd_lab.report.cli import main_report
+config, logs = Path(sys.argv[1]), sys.argv[2]
+assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+assert probe_cli(["--config", str(config), "-mp", "0", "--solver", "lbfgs", "--no-progress", "-q"]) == 0
+assert main_report([logs, "-mp", "0", "--no-progress", "-q"]) == 0
+"""
+# mkstemp's temp file of atomic.atomic_open: ".<target>." + 8 random characters + ".tmp"
+TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
+OPENED = re.compile(r'openat\((?P<dir>[^,]+), "(?P<path>(?:[^"\\]|\\.)*)", (?P<flags>[A-Z0-9_|]+)(?:, \d+)?\) = \d+$')
+MOVED = re.compile(r'(?:rename|renameat2?|link|linkat)\((?:[^,"]+, )?"(?P<source>(?:[^"\\]|\\.)*)", '
+                   r'(?:[^,"]+, )?"(?P<target>(?:[^"\\]|\\.)*)".*\) = 0$')
+WRITING = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND"}
+
+
+def test_training_post_processing_probes_and_report_write_every_result_through_a_renamed_temp_file(tmp_path):
+    """A crash must leave each result whole or absent. The atomic helpers are tested on their own above; this
+    traces every file a real run creates or writes below logs_dir (training with post-processing, a probe job, a
+    report) and finds each written under a temp name and renamed (or linked) onto its final name afterwards: a
+    call site that wrote a result in place (pandas' to_csv on the final path) would leave a truncated file."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    command = [strace, "-ff", "-qq", "--seccomp-bpf", "-e", "trace=openat,rename,renameat,renameat2,link,linkat"]
+    probe_out = ["-o", str(tmp_path / "probe")]  # -ff: one file per process, <name>.<pid>
+    if subprocess.run([*command, *probe_out, "true"], capture_output=True, timeout=60).returncode != 0:
+        command.remove("--seccomp-bpf")  # an older strace: every system call stops the process, slower
+    probe = subprocess.run([*command, *probe_out, "true"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:  # e.g. ptrace not permitted in a container
+        pytest.skip(f"strace cannot trace here: {probe.stderr.strip()[-300:]}")
+    logs = tmp_path / "logs"
+    config = write_config(tmp_path, epoch=2, resolution=8, batch_size=256,
+                          model_args={"width": 0.0625, "batch_norm": False, "head": "linear"},
+                          post_processing=["receptive_field", "flops", "extract", "analysis"])
+    traces = tmp_path / "trace"
+    traces.mkdir()
+    run = subprocess.run([*command, "-o", str(traces / "call"), sys.executable, "-c", TRACED_RUN, str(config),
+                          str(logs)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [folder] = run_folders(logs)
+    # what writes in place, and why that is safe
+    in_place = {
+        folder / ".lock": "RunLock (lock.py): flock locks an open file, so the lock needs one file for good; it "
+                          "holds only the owner's PID for the message another process gets",
+        folder / ".probe.lock": "the probe job's RunLock in the run folder, the same way",
+        folder / f"{run_name(folder)}.log": "LogFile (log_file.py) appends records: a crash loses at most the "
+                                            "last line, the earlier ones stay",
+        folder / "probe.log": "the probe job's LogFile, appended the same way",
+    }  # the latents' .npy files (npy_writer.RowWriter) are streamed into an atomic_open temp file and renamed
+    written, moved, elsewhere = {}, set(), []
+    for trace in traces.iterdir():
+        for line in trace.read_text(encoding="utf-8", errors="replace").splitlines():
+            if (opened := OPENED.match(line)) is not None:
+                flags = set(opened["flags"].split("|"))
+                if not flags & WRITING or "O_TMPFILE" in flags:  # a read; an unnamed file, gone when closed
+                    continue
+                path = opened["path"].encode().decode("unicode_escape")
+                if not path.startswith("/"):
+                    if opened["dir"] != "AT_FDCWD":
+                        elsewhere.append(line)  # relative to a folder descriptor: not to be resolved here
+                    continue
+                if Path(path).is_relative_to(logs):
+                    written.setdefault(Path(path), set()).update(flags)
+            elif (renamed := MOVED.match(line)) is not None:
+                moved.add(tuple(Path(p.encode().decode("unicode_escape")) for p in (renamed["source"],
+                                                                                     renamed["target"])))
+    assert not elsewhere
+    in_place_seen = {path for path in written if path in in_place}
+    assert in_place_seen == set(in_place)  # the run did take its locks and write its logs
+    for path in (folder / f"{run_name(folder)}.log", folder / "probe.log"):
+        assert "O_APPEND" in written[path] and "O_TRUNC" not in written[path]
+    not_temp = sorted(str(path) for path in written if path not in in_place and not TEMP_NAME.fullmatch(path.name))
+    assert not not_temp, f"written in place, not through a temp file: {not_temp}"
+    unpublished = sorted(str(path) for path in written if path not in in_place
+                         and (path, path.with_name(TEMP_NAME.fullmatch(path.name)["target"])) not in moved)
+    assert not unpublished, f"temp files never renamed onto their final names: {unpublished}"
+    results = {path.name for path in written if path not in in_place}
+    assert len(results) > 40 and any(name.startswith(f".{run_name(folder)}.csv.") for name in results)
+
+
 def test_a_start_removes_its_own_leftovers_but_not_the_temp_files_of_other_writers(tmp_path):
     """The probe job and the report write into a run folder without its lock: their temp file of
     the moment must survive a trainer starting there; the trainer's own leftovers go at once."""
