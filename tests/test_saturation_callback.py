@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from phd_lab.callbacks import Callback
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.cli import main_cli
 from phd_lab.seeding import seed_everything
@@ -85,7 +86,19 @@ def test_run_gains_saturation_columns_plots_projections_and_resumes_identically(
     pd.testing.assert_frame_equal(resumed.drop(columns="epoch_seconds"), table.drop(columns="epoch_seconds"))
 
 
-def train(tmp_path: Path, mode: str, epochs: int = 1) -> tuple[list[dict], torch.nn.Module, object]:
+class TrainingPassTracker(Callback):
+    """A standalone tracker of every training-mode forward pass of a fit: what inline mode's train columns are."""
+
+    def on_fit_start(self, trainer, bundle) -> None:
+        self.tracker = SaturationTracker(trainer.model, 0.99, when=lambda module: module.training)
+
+    def on_epoch_end(self, trainer, bundle, epoch, row) -> None:
+        self.frame = self.tracker.compute()
+        self.tracker.close()
+
+
+def train(tmp_path: Path, mode: str, epochs: int = 1,
+          extra: tuple[Callback, ...] = ()) -> tuple[list[dict], torch.nn.Module, object]:
     from phd_lab.trainer import Trainer
     seed_everything(3)
     bundle = Digits(batch_size=128, resolution=8, data_dir="", seed=3, num_workers=0)
@@ -93,13 +106,15 @@ def train(tmp_path: Path, mode: str, epochs: int = 1) -> tuple[list[dict], torch
     model = vgg11(num_classes=10, in_channels=1, width=0.125, batch_norm=False, head="linear")
     optimizer, scheduler = adam(model, epochs=epochs, lr=0.003)
     trainer = Trainer(model, optimizer, scheduler, metrics={"accuracy": Accuracy()}, epochs=epochs,
-                      device=torch.device("cpu"), callbacks=[SaturationCallback(None, mode=mode)], progress=False)
+                      device=torch.device("cpu"), callbacks=[SaturationCallback(None, mode=mode), *extra],
+                      progress=False)
     store = CheckpointStore(tmp_path / f"{mode}.pt", tmp_path / f"{mode}.previous.pt")
     return trainer.fit(bundle, store), model, bundle
 
 
 def test_inline_and_pass_modes_agree_on_the_test_set_and_do_not_perturb_training(tmp_path: Path) -> None:
-    passes, model, bundle = train(tmp_path, "passes")
+    training_passes = TrainingPassTracker()  # beside the passes mode's own eval-mode passes, which it skips
+    passes, model, bundle = train(tmp_path, "passes", extra=(training_passes,))
     inline, _, _ = train(tmp_path, "inline")
     row_p, row_i = passes[-1], inline[-1]
     assert row_p["train_loss"] == row_i["train_loss"] and row_p["test_loss"] == row_i["test_loss"]
@@ -107,6 +122,14 @@ def test_inline_and_pass_modes_agree_on_the_test_set_and_do_not_perturb_training
         for metric in ("saturation", "intrinsic_dimension"):
             assert row_p[f"{layer}_test_{metric}"] == row_i[f"{layer}_test_{metric}"]
             assert 0 <= row_i[f"{layer}_train_{metric}"] <= (1 if metric == "saturation" else 512)
+    # inline train columns: the training batches of the epoch (the identical training of the passes run), and
+    # nothing of the test evaluation that the same hooks see in eval mode
+    standalone = training_passes.frame
+    assert list(standalone.index) == LAYERS
+    for layer in LAYERS:
+        assert row_i[f"{layer}_train_saturation"] == standalone.loc[layer, "saturation"]
+        assert row_i[f"{layer}_train_intrinsic_dimension"] == standalone.loc[layer, "intrinsic_dimension"]
+    assert row_i["train_saturation_mean"] == pytest.approx(standalone["saturation"].mean(), abs=0)
     # the recorded columns are what a standalone tracker measures on the final model
     model.eval()
     for split, loader in (("train", bundle.train_eval), ("test", bundle.test)):
