@@ -291,6 +291,58 @@ def test_run_sections_are_headed_by_the_values_that_tell_the_runs_apart(tmp_path
     assert len({h.split(". ", 1)[1] for h in headings}) == 5
 
 
+class ElementTexts(HTMLParser):
+    """The text of every h3, li and td element as a browser shows it (character references resolved)."""
+
+    CAPTURED = ("h3", "li", "td")
+
+    def __init__(self):
+        super().__init__()
+        self.texts = {tag: [] for tag in self.CAPTURED}
+        self._open = []  # (tag, index in texts[tag]) of the captured elements open now
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.CAPTURED:
+            self.texts[tag].append("")
+            self._open.append((tag, len(self.texts[tag]) - 1))
+
+    def handle_endtag(self, tag):
+        if self._open and self._open[-1][0] == tag:
+            self._open.pop()
+
+    def handle_data(self, data):
+        for tag, index in self._open:
+            self.texts[tag][index] += data
+
+
+def test_names_with_markup_characters_are_shown_as_written(tmp_path):
+    """A run's file prefix (the name a folder's files carry, written by hand or by an older version) and a layer
+    name are text on the page: ``<`` and ``&`` in them are shown, not read as markup, in the run table's cells,
+    the section heading and the recommendations."""
+    import html
+    run = write_run(tmp_path / "logs", width=0.25, stage="full", test_accuracy=0.94)
+    # the border layer (where the tail starts and the probes reach the model), and a prefix that reads as markup
+    layer, name = "<b&min>", "vgg<i>&amp;co"
+    for path in sorted(run.root.rglob("*")):
+        if path.suffix in (".csv", ".json"):
+            path.write_text(path.read_text(encoding="utf-8").replace(BORDER, layer), encoding="utf-8")
+        if path.name.startswith(run.name):
+            path.rename(path.with_name(name + path.name[len(run.name):]))
+    text = write_report(tmp_path / "logs", tmp_path / "r.html").read_text(encoding="utf-8")
+    shown = html.unescape(re.sub(r"<[^>]*>", "", text))  # the page's text: tags left out, references resolved
+    assert f"1. {name}" in shown and f"depth: {layer} and every layer after it" in shown
+    page = parse(tmp_path / "r.html")
+    [row] = page.rows
+    assert row[0] == f"1. {name}" and row[1:4] == ["vgg11", "Digits", "32"]
+    assert row[-5:-2] == [layer, layer, layer]  # b_min, b_max, tail start
+    assert "run-1" in page.ids
+    elements = ElementTexts()
+    elements.feed(text)
+    assert elements.texts["h3"] == [f"1. {name}"]
+    advice = [item for item in elements.texts["li"] if item.startswith(("depth: ", "probes: "))]
+    assert advice and all(layer in item for item in advice)
+
+
 def test_comparison_plots_tell_many_groups_apart_and_count_runs_on_one_spot():
     """Beyond eight model/dataset groups the colours repeated, the legend covered the points, and runs on one
     spot (integer layer positions) showed as one marker."""
