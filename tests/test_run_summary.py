@@ -546,6 +546,36 @@ def test_the_summary_says_since_which_epoch_the_last_tail_shows(tmp_path):
     assert summarize(tables)["saturation"]["last_tail_since_epoch"] is None
 
 
+def test_an_epoch_with_a_main_path_layer_without_value_is_skipped_not_read_as_zero(tmp_path):
+    """The last tail shows in epochs 1 and 3; epoch 2 lacks the saturation of a main-path layer, so it is left out
+    (positions of a shorter sequence would not compare) and the tail shows since epoch 1. Read as 0, that layer
+    pulled the rest's mean (5 x 0.35 + 0) / 6 = 0.29 down so far that epoch 2's tail layers at 0.16 were no longer
+    50% below it (0.16 > 0.146): no tail in epoch 2, and the tail would show only since epoch 3."""
+    tables = synthetic_run(tmp_path, BORDER)  # tail BORDER..classifier.3 at 0.03, the other 6 layers at 0.35
+    second = tables.metrics["epoch"] == 2
+    for layer in LAYERS[LAYERS.index(BORDER):-1]:
+        tables.metrics.loc[second, f"{layer}_train_saturation"] = 0.16  # 0.16 <= 0.5 * 0.35: still a tail
+    tables.metrics.loc[second, f"{LAYERS[0]}_train_saturation"] = float("nan")
+    assert len(tables.metrics) == 3
+    assert summarize(tables)["saturation"]["last_tail_since_epoch"] == 1
+
+
+def test_every_layer_of_a_dip_below_the_best_earlier_probe_is_skipped(tmp_path):
+    """A layer is skipped when its probe lies probe_drop_tolerance below the best probe of any earlier layer
+    (App. C), not just below its predecessor: in a dip over two layers (0.86, then 0.70 and 0.75) the second one,
+    which rises over the first, still lies below 0.86, and both are skipped."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full", test_accuracy=0.94)
+    probes = pd.read_csv(rundir.probe_csv)
+    accuracy = [0.45, 0.58, 0.7, 0.79, 0.86, 0.7, 0.75, 0.9, 0.93, 0.935, 0.94]
+    probes["eval_acc"] = accuracy
+    probes["relative_acc"] = [value / 0.94 for value in accuracy]
+    atomic.write_csv(rundir.probe_csv, probes)
+    info = summarize(load_run(rundir))["probes"]
+    assert LAYERS[4:7] == ["features.11", "features.13", "features.16"]
+    assert info["skipped_layers"] == ["features.13", "features.16"]
+    assert info["best_layer"] == "classifier.6"
+
+
 def test_a_probe_exactly_at_the_tolerance_reaches_the_model(tmp_path):
     """A probe reaches the model at relative accuracy >= 1 - probe_tolerance: a layer at exactly 0.99 (the
     default tolerance 0.01) is the first reaching layer, not the next one above it."""
