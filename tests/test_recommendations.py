@@ -4,8 +4,11 @@ and unfinished runs, where a tail starts, out-of-date probes and the direction o
 import json
 import os
 
-from tests.analysis_fixtures import with_train_saturations, write_run
-from phd_lab.analysis.run_summary import summarize
+import pandas as pd
+
+from tests.analysis_fixtures import probe_frame, with_train_saturations, write_run
+from phd_lab import atomic
+from phd_lab.analysis.run_summary import AnalysisSettings, summarize
 from phd_lab.analysis.run_tables import load_run
 
 
@@ -76,3 +79,51 @@ def test_a_model_trained_for_another_objective_gets_none_of_the_classifier_guide
     rundir.config.write_text(json.dumps(config))
     [text] = advice(rundir)
     assert text.startswith("This model is trained for reconstruction, not classification.")
+
+
+def test_the_probes_advice_names_the_first_layer_that_reaches_the_model_while_later_layers_follow(tmp_path):
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full", test_accuracy=0.94)
+    # the fixture's probes reach 0.94 - 0.002 at features.13, the 6th of 11 layers
+    reached = ("The probes reach the model's accuracy at features.13; the 5 probed layer(s) after it do not improve "
+               "the intermediate solution.")
+    assert advice(rundir, "probes") == [reached]
+    probes = pd.read_csv(rundir.probe_csv)  # only the output layer reaches the model: no layer after it
+    probes["relative_acc"] = [0.9] * (len(probes) - 1) + [1.0]
+    atomic.write_csv(rundir.probe_csv, probes)
+    assert not [text for text in advice(rundir) if text.startswith("The probes reach")]
+    probes["relative_acc"] = 0.9  # none reaches it
+    atomic.write_csv(rundir.probe_csv, probes)
+    assert not [text for text in advice(rundir) if text.startswith("The probes reach")]
+    atomic.write_csv(rundir.probe_csv, probe_frame(0.94))  # reaching again, but older than the latents
+    later = rundir.probe_csv.stat().st_mtime + 5
+    os.utime(rundir.latents() / "manifest.json", (later, later))
+    assert [text for text in advice(rundir, "probes") if "rerun probe_main.py" in text]
+    assert not [text for text in advice(rundir) if text.startswith("The probes reach")]
+
+
+def test_a_tail_at_the_input_that_the_border_layer_predicts_gets_the_border_advice_only(tmp_path):
+    """At 3 px the border layer b_min is features.3 (input receptive field 4 > 3), and the one tail runs from
+    features.0: within the border tolerance of 1 layer, it agrees with b_min, whose advice (cut there) already
+    explains it; the advice for a tail at the input (grow the receptive field faster early on) is held back
+    until the tail does not agree (tolerance 0)."""
+    rundir = with_train_saturations(write_run(tmp_path / "logs", width=0.25, stage="unprobed", resolution=3),
+                                    [0.03] * 10 + [0.4])
+    tables = load_run(rundir)
+    summary = summarize(tables)
+    assert summary["borders"]["b_min"] == "features.3" and [t["start"] for t in summary["tails"]] == [0]
+    assert summary["agreement"]["b_min"]["agrees"] is True
+    depth = [a["text"] for a in summary["recommendations"] if a["kind"] == "depth"]
+    assert len(depth) == 1 and depth[0].startswith("features.3 and every layer after it")
+    strict = summarize(tables, AnalysisSettings(border_tolerance=0))
+    assert strict["agreement"]["b_min"]["agrees"] is False
+    depth = [a["text"] for a in strict["recommendations"] if a["kind"] == "depth"]
+    assert len(depth) == 2 and depth[1].startswith("A low-saturated tail at the input (features.0 to classifier.3)")
+
+
+def test_the_width_advice_of_a_network_with_a_tail_says_to_remove_the_tail_first(tmp_path):
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="unprobed")
+    first = " Remove the tail first: it distorts s_mu, and depth and width are best optimised in that order."
+    [with_tail] = advice(with_train_saturations(rundir, [0.9] * 5 + [0.1] * 5 + [0.9]), "width")
+    assert "lies above the 20%-30% interval" in with_tail and with_tail.endswith(first)
+    [without] = advice(with_train_saturations(rundir, [0.6] * 11), "width")
+    assert "lies above the 20%-30% interval" in without and "Remove the tail" not in without
