@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from phd_lab.datasets.transforms import CIFAR_MEAN, CIFAR_STD, Preprocessing, RandomCanvas
+from phd_lab.datasets.transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, RGB_NORMALISATIONS,
+                                         Preprocessing, RandomCanvas)
 
 
 def rgb(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -77,6 +78,15 @@ def test_canvas_background_is_black_before_normalisation():
     black = (-torch.tensor(CIFAR_MEAN) / torch.tensor(CIFAR_STD)).view(3, 1, 1)
     background = torch.isclose(out, black.expand_as(out), atol=1e-5).all(dim=0)
     assert int(background.sum()) == 64 * 64 - 32 * 32
+
+
+def test_the_normalisation_statistics_are_the_thesis_and_the_imagenet_ones():
+    """Cifar: the thesis' values (ch. 8, 10, 11: "channel-wise normalized with μ = (0.4914, 0.4822, 0.4465) and
+    σ = (0.2023, 0.1994, 0.2010)", after Krizhevsky et al. 2012), its default; ImageNet: the standard statistics
+    of the ImageNet training set. Written out here: the other tests only compare the constants with themselves."""
+    assert CIFAR_MEAN == (0.4914, 0.4822, 0.4465) and CIFAR_STD == (0.2023, 0.1994, 0.2010)
+    assert IMAGENET_MEAN == (0.485, 0.456, 0.406) and IMAGENET_STD == (0.229, 0.224, 0.225)
+    assert RGB_NORMALISATIONS == {"cifar": (CIFAR_MEAN, CIFAR_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
 def test_canvas_rejects_too_large_images():
