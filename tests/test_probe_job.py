@@ -158,6 +158,27 @@ def test_a_probe_job_removes_the_cache_temp_files_a_killed_job_left_but_not_a_ru
     assert f"Removed {killed}, left half-written by a probe job that was killed" in caplog.text
 
 
+def test_a_probe_job_removes_the_confusion_matrices_whose_entry_a_killed_job_never_wrote(tmp_path, caplog):
+    """The matrix is written before its JSON entry: a job killed between the two left a matrix no entry names. A job
+    removes those that are 15 minutes old (another job may be between its two writes now); an entry's own stays."""
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    cache = tmp_path / "cache"
+    _fitted(latents, cache)
+    [entry] = cache.rglob("*.json")
+    [kept] = entry.parent.glob("*.npy")
+    orphans = [entry.parent / f"{digest * 64}-{digest * 16}.npy" for digest in "ab"]
+    for orphan in orphans:
+        orphan.write_bytes(kept.read_bytes())
+    old = time.time() - 16 * 60
+    for path in (orphans[0], kept):
+        os.utime(path, (old, old))
+    with caplog.at_level(logging.INFO, logger="phd_lab.probes.cache"):
+        run_jobs(jobs_from_latents(latents)[0], cache, progress=False)
+    assert _fitted(latents, cache) == [("block0.conv", True)]  # the entry's own matrix is still read
+    assert not orphans[0].exists() and orphans[1].exists() and kept.exists()
+    assert f"Removed {orphans[0]}, a confusion matrix whose cache entry a killed probe job never wrote" in caplog.text
+
+
 def test_the_job_says_how_many_latents_files_and_bytes_it_verifies_and_counts_them_in_a_bar(tmp_path, caplog,
                                                                                               capsys):
     """Hashing every latents file the fits read came with no word: 2.4 GB took 7 s of silence, and 300 GB would

@@ -21,12 +21,14 @@ import logging
 import os
 import platform
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from phd_lab.atomic import nearest_existing, remove_stale_temps, write_bytes, write_json, write_json_once
+from phd_lab.atomic import (STALE_AFTER_SECONDS, nearest_existing, remove_stale_temps, write_bytes, write_json,
+                            write_json_once)
 from phd_lab.environment import installed_version
 from phd_lab.errors import UsageError
 from phd_lab.probes.fit import ProbeRecord
@@ -103,13 +105,23 @@ class ResultCache:
     def remove_stale_temps(self) -> None:
         """Delete the temp files of entry writes that a killed job left (``.<digest>.json.<random>.tmp``), once they
         are ``atomic.STALE_AFTER_SECONDS`` old: another job sharing the cache may be writing its entries now, and an
-        entry takes it milliseconds."""
+        entry takes it milliseconds. So are confusion matrices (``<digest>-<sha256[:16]>.npy``) whose entry was never
+        written: a job killed between the two writes left them."""
+        cutoff = time.time() - STALE_AFTER_SECONDS
         for folder in sorted(self.folder.glob("[0-9a-f][0-9a-f]")):
             try:
                 for stale in remove_stale_temps(folder):
                     log.info("Removed %s, left half-written by a probe job that was killed.", stale)
+                for matrix in folder.glob("*-*.npy"):
+                    entry = matrix.with_name(f"{matrix.name.split('-')[0]}.json")
+                    with contextlib.suppress(FileNotFoundError):  # removed by another job meanwhile
+                        if not entry.exists() and matrix.stat().st_mtime < cutoff:
+                            matrix.unlink()
+                            log.info("Removed %s, a confusion matrix whose cache entry a killed probe job never "
+                                     "wrote.", matrix)
             except OSError as error:  # a shared folder whose files another user owns: they stay, the job goes on
-                log.warning("The probe cache folder %s holds temp files that cannot be removed: %s", folder, error)
+                log.warning("The probe cache folder %s holds files of killed jobs that cannot be removed: %s", folder,
+                            error)
 
     def path(self, key: dict[str, Any]) -> Path:
         digest = key_digest(key)
