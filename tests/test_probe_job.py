@@ -25,7 +25,7 @@ from phd_lab.grid import Grid
 from phd_lab.probes.cache import ResultCache
 from phd_lab.probes.cli import probe_cli
 from phd_lab.probes.discovery import jobs_from_latents
-from phd_lab.probes.job import build_tasks, run_jobs
+from phd_lab.probes.job import build_tasks, run_jobs, validate_jobs
 from phd_lab.probes.runner import run_probes, run_task
 from phd_lab.probes.synthetic import write_latents
 from phd_lab.rundir import RunDir
@@ -263,6 +263,9 @@ def test_the_job_lets_a_runs_confusion_matrices_go_once_their_files_are_written(
     assert [record.confusion for record in kept] == [None, None]
     assert [record.confusion_matrix().shape for record in delivered] == [(10, 10), (10, 10)]
     assert run_probes(tasks, ResultCache(tmp_path / "cache"), progress=False)[0].confusion.shape == (10, 10)
+    # the cache hits found while validating are checked and let go: the job reads each back when it writes its run
+    stamps, hits = validate_jobs(jobs_from_latents(latents)[0], cache=ResultCache(tmp_path / "cache"), progress=False)
+    assert len(hits) == 2 and all(record.confusion is None for record in hits.values())
 
 
 def _put_in_turn(folder: str, seconds: float, barrier, results) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from phd_lab import atomic
 from phd_lab.distributed import parse_scheduler
-from phd_lab.errors import ConfigError, DataError, PhdLabError, RunLockedError, UsageError
+from phd_lab.errors import ConfigError, DataError, PhdLabError, RunFailure, RunLockedError, UsageError
 from phd_lab.interrupts import deferred_interrupts
 from phd_lab.lock import PROBE_LOCK, RunLock
 from phd_lab.plots.probes import ConfusionPlots
@@ -69,9 +70,9 @@ def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache
     for task in build_tasks(jobs):
         digest = key_digest(task.key)
         if digest not in hits and cache is not None:
-            record = cache.get(task.key)
+            record = cache.get(task.key)  # its matrix checked against its sha256, then let go: read again when written
             if record is not None:
-                hits[digest] = record
+                hits[digest] = record.without_confusion()
         if digest not in hits:
             manifest = jobs[task.job].manifest
             layer = manifest.layer(task.layer)
@@ -308,32 +309,46 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], cache
     # written with the run's other files once its last layer is in; a cached layer's is drawn only when written
     plots: dict[int, dict[tuple[int, str], bytes | None]] = {position: {} for position in range(len(jobs))}
     fitted: set[int] = set()  # the jobs with a layer fitted now (not from the cache)
+    # the records are kept without their confusion matrices, which are read back from the cache when their run is
+    # written: a grid of 1000-class runs whose layers finish in any order would hold 8 MB a layer until then
+    keys: dict[int, dict[tuple[int, str], dict]] = {position: {} for position in range(len(jobs))}
 
     def on_record(task: ProbeTask, record: ProbeRecord, cached: bool) -> None:
         logs.write(logging.INFO, "layer %s (index %d): eval acc %.4f, train acc %.4f, %d iterations, %s, %.2f s (%s)",
                    record.layer, record.index, record.eval_acc, record.train_acc, record.n_iter,
                    "converged" if record.converged else "not converged", record.seconds,
                    f"cached result {task.key_digest()}" if cached else "fitted", position=task.job)
-        done[task.job].append(record)
+        done[task.job].append(record.without_confusion())
+        keys[task.job][record.index, record.layer] = task.key
         plots[task.job][record.index, record.layer] = None if cached else confusion_png(record, confusion_plots)
         if not cached:
             fitted.add(task.job)
         remaining[task.job] -= 1
         if remaining[task.job] == 0:  # a run's files are replaced together: a stopped job leaves the old set
             write_run(task.job)
-            # its matrices are in its files now: a grid of 1000-class runs would hold 8 MB a layer to the end
-            done[task.job] = [finished.without_confusion() for finished in done[task.job]]
+
+    def with_matrix(position: int, record: ProbeRecord) -> ProbeRecord:
+        """The record with its confusion matrix, read back from its cache entry (checked against its sha256)."""
+        key = keys[position][record.index, record.layer]
+        stored = cache.get(key)
+        if stored is None:
+            raise RunFailure(f"{jobs[position].label}: the probe cache entry of layer {record.layer!r} "
+                             f"({cache.path(key)}) went or was damaged while the job ran, so its confusion matrix "
+                             f"cannot be written. Rerun the same command: that layer is fitted again, the others "
+                             f"come from the cache.")
+        return replace(record, confusion=stored.confusion_matrix())
 
     def write_run(position: int) -> None:
         """Write a run's files once its last layer is in, unless the folder holds them already (all cached)."""
         job = jobs[position]
         drawn = plots.pop(position)
-        if position not in fitted and results_in_place(job, done[position]):
+        complete = [with_matrix(position, record) for record in done[position]]  # let go again on return
+        if position not in fitted and results_in_place(job, complete):
             log.info("%s: probe results already in place in %s (every layer from the cache)", job.label,
                      job.outputs.probe_csv, extra={PROBE_JOB: position})
             return
         with deferred_interrupts():  # Ctrl-C or SIGTERM while the set is written takes effect after it
-            written = [path for finished in in_manifest_order(job, done[position])
+            written = [path for finished in in_manifest_order(job, complete)
                        for path in write_confusion(job.outputs, finished,
                                                    drawn[finished.index, finished.layer]
                                                    or confusion_png(finished, confusion_plots))]
