@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from tqdm import tqdm
 
 from phd_lab.atomic import check_writable_dir, nearest_existing
+from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import check_probe_keys
 from phd_lab.device import parse_device, resolve_device
 from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line
@@ -335,7 +336,6 @@ def point_status(executor: TrainTestExecutor) -> str:
     import pandas as pd
 
     from phd_lab.analysis.run_tables import read_metrics, training_status
-    from phd_lab.checkpoint import CheckpointStore
     rundir, planned = executor.rundir, executor.config.epoch
     if not rundir.root.exists():
         return "new"
@@ -354,7 +354,6 @@ def _point_status(executor: TrainTestExecutor, status: "TrainingStatus") -> str:
     """``point_status`` from the training status: a damaged checkpoint, the steps left, or the status' label."""
     rundir = executor.rundir
     if not status.active and status.epochs_done:
-        from phd_lab.checkpoint import CheckpointStore
         store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)
         if store.current_is_damaged():
             fallback = store.fallback()  # the generation load() goes back to, checked as load() checks it

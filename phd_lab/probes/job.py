@@ -311,7 +311,7 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], cache
     fitted: set[int] = set()  # the jobs with a layer fitted now (not from the cache)
     # the records are kept without their confusion matrices, which are read back from the cache when their run is
     # written: a grid of 1000-class runs whose layers finish in any order would hold 8 MB a layer until then
-    keys: dict[int, dict[tuple[int, str], dict]] = {position: {} for position in range(len(jobs))}
+    keys = {(task.job, task.index, task.layer): task.key for task in tasks}
 
     def on_record(task: ProbeTask, record: ProbeRecord, cached: bool) -> None:
         logs.write(logging.INFO, "layer %s (index %d): eval acc %.4f, train acc %.4f, %d iterations, %s, %.2f s (%s)",
@@ -319,7 +319,6 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], cache
                    "converged" if record.converged else "not converged", record.seconds,
                    f"cached result {task.key_digest()}" if cached else "fitted", position=task.job)
         done[task.job].append(record.without_confusion())
-        keys[task.job][record.index, record.layer] = task.key
         plots[task.job][record.index, record.layer] = None if cached else confusion_png(record, confusion_plots)
         if not cached:
             fitted.add(task.job)
@@ -329,7 +328,7 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], cache
 
     def with_matrix(position: int, record: ProbeRecord) -> ProbeRecord:
         """The record with its confusion matrix, read back from its cache entry (checked against its sha256)."""
-        key = keys[position][record.index, record.layer]
+        key = keys[position, record.index, record.layer]
         stored = cache.get(key)
         if stored is None:
             raise RunFailure(f"{jobs[position].label}: the probe cache entry of layer {record.layer!r} "
