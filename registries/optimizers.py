@@ -3,7 +3,8 @@
 The scheduler (if any) is stepped once per epoch. Every keyword is an ``optimizer_args`` key.
 Betas are given as ``beta1``/``beta2`` because a list value in ``optimizer_args`` is a grid axis.
 ``step_size`` (epochs) and ``gamma`` give every optimizer the thesis' step decay: lr × gamma every
-``step_size`` epochs (on by default for sgd: ×0.1 every 20 epochs, Tables 9 and 11).
+``step_size`` epochs (on by default for sgd: ×0.1 every 20 epochs, Tables 9 and 11). ``gamma`` null means 0.1;
+a ``gamma`` without a ``step_size`` is refused (it would decay nothing).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from phd_lab.optim import step_schedule
 
 def adam(model: nn.Module, *, epochs: int, lr: float = 1e-4, beta1: float = 0.9, beta2: float = 0.999,
          eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, step_size: int | None = None,
-         gamma: float = 0.1) -> tuple[torch.optim.Optimizer, Any]:
+         gamma: float | None = None) -> tuple[torch.optim.Optimizer, Any]:
     """Adam with the thesis' defaults (lr 1e-4, betas 0.9/0.999, eps 1e-8, Table 12); no decay by default."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(beta1, beta2), eps=eps,
                                  weight_decay=weight_decay, amsgrad=amsgrad)
@@ -26,7 +27,8 @@ def adam(model: nn.Module, *, epochs: int, lr: float = 1e-4, beta1: float = 0.9,
 
 
 def sgd(model: nn.Module, *, epochs: int, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-        nesterov: bool = False, step_size: int | None = 20, gamma: float = 0.1) -> tuple[torch.optim.Optimizer, Any]:
+        nesterov: bool = False, step_size: int | None = 20,
+        gamma: float | None = None) -> tuple[torch.optim.Optimizer, Any]:
     """SGD, lr 0.1, momentum 0.9, no weight decay, lr × 0.1 every 20 epochs (Tables 9, 11)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                                 nesterov=nesterov)
@@ -35,7 +37,7 @@ def sgd(model: nn.Module, *, epochs: int, lr: float = 0.1, momentum: float = 0.9
 
 def adamw(model: nn.Module, *, epochs: int, lr: float = 1e-4, beta1: float = 0.9, beta2: float = 0.999,
           eps: float = 1e-8, weight_decay: float = 0.01, amsgrad: bool = False, step_size: int | None = None,
-          gamma: float = 0.1) -> tuple[torch.optim.Optimizer, Any]:
+          gamma: float | None = None) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW (decoupled weight decay 0.01) with Adam's thesis defaults otherwise."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(beta1, beta2), eps=eps,
                                   weight_decay=weight_decay, amsgrad=amsgrad)
@@ -44,7 +46,7 @@ def adamw(model: nn.Module, *, epochs: int, lr: float = 1e-4, beta1: float = 0.9
 
 def radam(model: nn.Module, *, epochs: int, lr: float = 1e-4, beta1: float = 0.9, beta2: float = 0.999,
           eps: float = 1e-8, weight_decay: float = 0.0, step_size: int | None = None,
-          gamma: float = 0.1) -> tuple[torch.optim.Optimizer, Any]:
+          gamma: float | None = None) -> tuple[torch.optim.Optimizer, Any]:
     """RAdam (Liu et al. 2020, rectified Adam) with Adam's thesis defaults."""
     optimizer = torch.optim.RAdam(model.parameters(), lr=lr, betas=(beta1, beta2), eps=eps,
                                   weight_decay=weight_decay)

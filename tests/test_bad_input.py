@@ -99,6 +99,14 @@ CASES = {
     # found by building each point's optimizer on a dummy model before the first run trains
     "bad_optimizer_value_in_a_later_run": ({"optimizer_args": {"step_size": 1, "gamma": [0.5, 5]}},
                                            ["(run 1): optimizer 'adam' cannot be built", "gamma"]),
+    # a gamma without a step_size built no schedule: the run trained at a constant rate and logged gamma 0.5
+    "gamma_without_step_size": ({"optimizer_args": {"gamma": 0.5}},
+                                ["(run 0): optimizer 'adam' cannot be built", "gamma 0.5 has no effect without "
+                                 "step_size"]),
+    "gamma_out_of_range_without_step_size": ({"optimizer_args": {"gamma": 1.5}},
+                                             ["optimizer 'adam' cannot be built", "gamma must be a number in (0, 1]"]),
+    "gamma_with_the_schedule_switched_off": ({"optimizer": "sgd", "optimizer_args": {"step_size": None, "gamma": 0.1}},
+                                             ["optimizer 'sgd' cannot be built", "gamma 0.1 has no effect"]),
     "fake_data_without_classes": ({"dataset": "FakeData", "dataset_args": {"num_classes": 0}},
                                   ["(run 0): The dataset_args 'num_classes' of dataset 'FakeData' must be a whole "
                                    "number ≥ 2; got 0"]),

@@ -84,7 +84,7 @@ def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
         (ROOT / "registries" / "models.py").read_bytes()).hexdigest()
     assert logged[META_KEY]["defaults_in_effect"]["optimizer_args"] == {
         "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False, "step_size": None,
-        "gamma": 0.1}
+        "gamma": None}
     assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {"batch_norm": True, "dilation": 1, "head": "mlp"}
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                             text=True)
