@@ -131,7 +131,7 @@ class TrainTestExecutor:
             if getattr(cfg, key) is None:
                 continue
             try:
-                resolve_device(getattr(cfg, key), f"the key {key!r}")
+                resolve_device(getattr(cfg, key), f"the key {key!r}", auto=key == "device")
             except DeviceMissing as error:
                 if missing_device == "error":
                     raise DeviceMissing(f"{where}: {error}") from None

@@ -82,6 +82,13 @@ CASES = {
                              'got "xavier"']),
     "tracking_device_that_is_no_device": ({"tracking_device": "gpu0"},
                                           ["the key 'tracking_device' 'gpu0' is not a torch device"]),
+    # null, not 'auto', is tracking_device's "the model's device": its messages offered 'auto', which was refused
+    "tracking_device_auto": ({"tracking_device": "auto"},
+                             ["the key 'tracking_device' 'auto' is not accepted; use null (the model's device), cpu, "
+                              "cuda or cuda:N"]),
+    "tracking_device_of_another_kind": ({"tracking_device": "meta"},
+                                        ["the key 'tracking_device' 'meta' is not supported; use null (the model's "
+                                         "device), cpu, cuda or cuda:N"]),
     "seed_too_large": ({"seed": 2**32}, ["'seed' must be an integer ≥ 0 and ≤ 4294967295"]),
     "mps_where_there_is_none": ({"device": "mps"}, ["'mps' asks for Apple's MPS, which is not available here"]),
     "sweep_over_a_key_outside_the_identity": ({"post_processing": [["flops"], ["receptive_field"]]},
