@@ -11,7 +11,7 @@ import signal
 import sys
 import textwrap
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
 
@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", help="run the grid points as tasks on a Dask scheduler at this address, "
                         "or on a local cluster of N worker processes with local:N")
     parser.add_argument("--list", choices=LISTABLE, metavar="KIND",
-                        help=f"list the registered names of one kind ({', '.join(LISTABLE)}) and exit")
+                        help=f"list the registered names of one kind ({', '.join(LISTABLE)}) and exit; with --config, "
+                        "those of the registry modules the config names (its key 'registries')")
     parser.add_argument("--pattern", default="*", help="wildcard filter for --list (e.g. 'vgg*'; torchvision's models "
                         "by their prefix, e.g. 'tv:res*')")
     parser.add_argument("--list-keys", action="store_true", help="document every config key and exit")
@@ -119,7 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def list_names(kind: str, pattern: str) -> str:
+def config_registries(config_path: str | None) -> list[dict[str, str]]:
+    """The registry modules (the key 'registries') of a config's grid points, each setting once in grid order; [{}]
+    without a config: ``--list`` with ``--config`` lists the names that config can use, a user's own modules too."""
+    if not config_path:
+        return [{}]
+    from phd_lab.rundir import read_config_grid
+    grid = read_config_grid(config_path)
+    settings: list[dict[str, str]] = []
+    for index in range(len(grid)):
+        chosen = grid.point(index).get("registries") or {}
+        if chosen not in settings:
+            settings.append(chosen)
+    return settings or [{}]
+
+
+def list_names(kind: str, pattern: str, registries: Sequence[Mapping[str, str]] = ({},)) -> str:
+    """The names of one kind, with their first docstring line; ``registries``: the modules to list (several: each
+    under the line that names it)."""
+    if kind != "steps" and len(registries) > 1:
+        return "\n".join(f"registries {json.dumps(dict(chosen))}:\n{list_names(kind, pattern, [chosen])}"
+                         for chosen in registries)
     if kind == "steps":
         from phd_lab.steps import FROM_CONFIG, all_steps
         lines = []
@@ -130,8 +151,12 @@ def list_names(kind: str, pattern: str) -> str:
                     default = f"the config key {key.name!r}" if key.default is FROM_CONFIG else json.dumps(key.default)
                     lines.append(f"    {key.name} ({key.expectation()}, default {default}): {key.doc}")
         return "\n".join(lines) or "(none)"
+    from phd_lab.errors import RegistryError
     from phd_lab.registry import Registries
-    registry = Registries()[kind]
+    try:
+        registry = Registries(registries[0])[kind]
+    except RegistryError as error:
+        raise RegistryError(f"--list {kind}: the key 'registries': {error}") from None
     lines = [f"{name:24} {registry.doc(name)}" for name in registry.names(pattern)]
     prefixed = registry.prefixed_names(pattern)
     forms = registry.prefix_forms(pattern)  # prefixes taking any name, e.g. folder:<path> for an image folder
@@ -163,7 +188,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         if args.list:
-            sys.stdout.write(list_names(args.list, args.pattern) + "\n")
+            sys.stdout.write(list_names(args.list, args.pattern, config_registries(args.config)) + "\n")
             return EXIT_OK
         if args.list_keys:
             from phd_lab.config import schema_markdown

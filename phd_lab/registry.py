@@ -60,9 +60,11 @@ class Registry:
     """Name → factory mapping of one kind, built from a module."""
 
     def __init__(self, kind: str, factories: Mapping[str, Callable[..., Any]],
-                 prefixes: Mapping[str, Callable[..., Any]] | None = None, source: str = "") -> None:
+                 prefixes: Mapping[str, Callable[..., Any]] | None = None, source: str = "",
+                 built_in: bool = True) -> None:
         self.kind = kind
         self.source = source
+        self.built_in = built_in  # False: a module a config's 'registries' names, which plain --list does not list
         self._factories = dict(factories)
         self._prefixes = dict(prefixes or {})
 
@@ -81,7 +83,8 @@ class Registry:
                                     f"but it is not a callable factory.")
             factories[name] = obj
         prefixes = getattr(module, "PREFIXES", {}) or {}
-        return cls(kind, factories, prefixes, source=getattr(module, "__file__", module.__name__) or "")
+        return cls(kind, factories, prefixes, source=getattr(module, "__file__", module.__name__) or "",
+                   built_in=module.__name__ == DEFAULT_MODULES.get(kind))
 
     def names(self, pattern: str = "*") -> list[str]:
         return sorted((name for name in self._factories if fnmatch.fnmatchcase(name.lower(), pattern.lower())),
@@ -136,10 +139,12 @@ class Registry:
         if self._prefixes:
             prefix_note = " Names may also start with " + ", ".join(repr(p) for p in sorted(self._prefixes)) + "."
         hint = did_you_mean(str(name), [*self._factories, *self.prefixed_names()])
+        listing = (f"`python main.py --list {self.kind}`" if self.built_in else
+                   f"`python main.py --config CONFIG --list {self.kind}` (CONFIG: the config file whose key "
+                   f"registries.{self.kind} names them)")
         raise RegistryError(
             f"Unknown {self.kind[:-1]} {name!r} for key {key!r}.{hint} Valid {self.kind}: "
-            f"{', '.join(self.names()) or '(none)'}.{prefix_note} List them with "
-            f"`python main.py --list {self.kind}`.")
+            f"{', '.join(self.names()) or '(none)'}.{prefix_note} List them with {listing}.")
 
     def get(self, name: str, key: str | None = None) -> Callable[..., Any]:
         self.check(name, key or self.kind[:-1])

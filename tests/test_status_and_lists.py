@@ -108,3 +108,25 @@ def test_list_datasets_shows_the_folder_prefix_as_list_models_shows_tv(capsys):
     assert "folder:" not in capsys.readouterr().out
     assert main_cli(["--list", "models", "--pattern", "tv:resnet1*"]) == 0
     assert capsys.readouterr().out == "and by prefix (3):\n  tv:resnet101, tv:resnet152, tv:resnet18\n"
+
+
+def test_list_with_a_config_lists_the_registry_modules_it_names(tmp_path, capsys):
+    """--list ignored --config: it listed the built-in models though the config names its own registry module, and
+    the did-you-mean error for a name of such a module sent the user to that listing (`python main.py --list
+    models`), which does not hold the names it can use."""
+    (tmp_path / "my_models.py").write_text(
+        "from torch import nn\n\n\n"
+        "def tiny_net(*, num_classes: int, in_channels: int = 3):\n"
+        "    \"\"\"A user's own model.\"\"\"\n"
+        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    config = tmp_path / "exp.json"
+    config.write_text(json.dumps({"model": "tiny_nte", "dataset": "FakeData", "registries": {"models": "my_models.py"},
+                                  "logs_dir": str(tmp_path / "logs")}))
+    assert main_cli(["--config", str(config), "--dry-run"]) == EXIT_USAGE
+    message = " ".join(capsys.readouterr().err.split())
+    assert "Did you mean 'tiny_net'?" in message and "`python main.py --config CONFIG --list models`" in message
+    assert main_cli(["--config", str(config), "--list", "models"]) == 0
+    assert capsys.readouterr().out == "tiny_net                 A user's own model.\n"
+    assert main_cli(["--config", str(config), "--list", "optimizers", "--pattern", "sgd"]) == 0  # built-in: kept
+    assert capsys.readouterr().out.startswith("sgd ")
+    assert not (tmp_path / "logs").exists()
