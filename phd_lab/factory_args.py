@@ -44,6 +44,11 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: s
         check_argument_type(params[arg], value, f"{where}: {key} {arg!r} of {name!r}")
 
 
+# Annotations that admit numbers only: such an argument refuses null, objects and lists too ("lr": null failed in
+# torch with "'<=' not supported between instances of 'float' and 'NoneType'"); "int | None" admits null.
+NUMBER_ANNOTATIONS = (int, float, "int", "float", "int | float", "float | int")
+
+
 def check_argument_type(param: inspect.Parameter, value: Any, what: str) -> None:
     """A string or boolean where the factory's default is a number: "lr": true trained with lr 1. Anything but
     true or false (or 0 and 1, which Python reads the same) where the argument is annotated ``bool``: "amsgrad":
@@ -51,7 +56,9 @@ def check_argument_type(param: inspect.Parameter, value: Any, what: str) -> None
     ``canvas: bool | int``, false or a size) or not at all (a user's ``weights=False`` that also takes a name)
     is the factory's to check."""
     default = param.default
-    if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, (str, bool)):
+    numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if numeric and (isinstance(value, (str, bool)) or (param.annotation in NUMBER_ANNOTATIONS and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool)))):
         raise ConfigError(f"{what} must be a number (its default is {default!r}); got {json.dumps(value)}.")
     if isinstance(default, bool) and param.annotation in (bool, "bool") and not isinstance(value, bool) \
             and not (type(value) is int and value in (0, 1)):

@@ -15,7 +15,8 @@ Factory contracts (documented once, here):
 - metric: ``f() -> Metric`` with ``update(y_true, y_pred)``, ``value``, ``reset()``
 
 A factory's keyword defaults and annotations say the types a config's ``*_args`` may give
-(``phd_lab.factory_args``): a numeric default refuses strings and booleans, and an argument annotated ``bool``
+(``phd_lab.factory_args``): a numeric default refuses strings and booleans (annotated ``int`` or ``float``, also
+null, objects and lists; ``int | None`` takes null), and an argument annotated ``bool``
 takes only true or false (or 0 and 1); one annotated otherwise (``canvas: bool | int = False``) or not at all is
 checked by the factory itself. A ``tv:`` model's arguments are held to its torchvision class' ``__init__`` the
 same way (its builder takes ``**kwargs``).

@@ -74,6 +74,11 @@ CASES = {
                             ["optimizer_args 'lr' of 'adam' must be a number (its default is 0.0001)", 'got "fast"']),
     "boolean_for_a_number": ({"optimizer_args": {"lr": True}},  # trained with lr 1
                              ["optimizer_args 'lr' of 'adam' must be a number (its default is 0.0001); got true"]),
+    # null and an object reached torch: "'<=' not supported between instances of 'float' and 'NoneType'"
+    "null_for_a_number": ({"optimizer_args": {"lr": None}},
+                          ["optimizer_args 'lr' of 'adam' must be a number (its default is 0.0001); got null"]),
+    "object_for_a_number": ({"optimizer_args": {"lr": {"value": 0.1}}},
+                            ["optimizer_args 'lr' of 'adam' must be a number (its default is 0.0001); got {"]),
     "misspelt_framework_model_option": ({"model_args": {"width": 0.0625, "linear_inti": "torch"}},
                                         ["model_args ['linear_inti'] are not accepted by 'vgg11'. Did you mean "
                                          "'linear_init'?", "(and the framework's own truncate, linear_init)"]),
