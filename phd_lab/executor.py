@@ -82,6 +82,7 @@ class TrainTestExecutor:
         self._trained_threads: int | None = None  # the thread count the run's checkpoint was trained with
         self._git_diff: str | None = None  # uncommitted changes of the phd-lab checkout (set by logged_config)
         self._objective = CLASSIFICATION  # what the built model is trained for (logged for the analysis)
+        self._truncation: tuple[int, str] | None = None  # what ``truncate`` did, said in the run's log once it is open
 
     # ------------------------------------------------------------------ validation
     def validate(self, missing_data: str = "error", said: dict[str, int] | None = None,
@@ -223,6 +224,12 @@ class TrainTestExecutor:
             if layer is not None:
                 model = truncate_model(model, layer, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                                        input_resolution=cfg.resolution)
+                self._truncation = (logging.INFO, f"model_args truncate {truncate!r}: the model is cut before {layer} "
+                                                  f"and ends in global average pooling + a linear classifier.")
+            else:  # the full model trains in a folder named after truncate: its log must say so
+                self._truncation = (logging.WARNING, f"model_args truncate {truncate!r}: {cfg.model} has no border "
+                                                     f"layer at {cfg.resolution} px (every layer can still use new "
+                                                     f"context), so the model is not truncated.")
         linear_init = cfg.model_args.get("linear_init")
         if linear_init is not None:
             redraw_linear_layers(model, linear_init)
@@ -460,6 +467,8 @@ class TrainTestExecutor:
             log.info("Data %s: %s training and %s test samples, %d classes, %d channel(s) at %d px (data_dir %s)",
                      bundle.name, _samples(bundle.train), _samples(bundle.test), bundle.num_classes,
                      bundle.in_channels, bundle.resolution, cfg.data_dir)  # built before the log was open
+            if self._truncation is not None:  # the model was built before the log was open too
+                log.log(*self._truncation)
             self.write_config()
             store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)
             # the lock holder's own files: the run's and those of the post-processing steps (analysis.* is

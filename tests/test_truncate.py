@@ -240,3 +240,17 @@ def test_a_truncated_model_keeps_the_training_mode_of_the_model_it_was_cut_from(
     assert all(m.training for m in cut.body.modules())
     cut = truncate_model(model.eval(), "features.8", num_classes=10, in_channels=3, input_resolution=32)
     assert not any(m.training for m in cut.body.modules())
+
+
+def test_the_run_log_says_where_truncate_cut_the_model_or_that_it_did_not(tmp_path):
+    """``truncate: border`` on a model without a border at its resolution trains the whole model in a folder named
+    after the option; the warning went to the console before the run's log was open, so the run's own record
+    never said so, nor where a border cut was made."""
+    config = write_config(tmp_path, model=["resnet18_cifar", "vgg11"],
+                          model_args={"width": 0.0625, "truncate": "border"}, resolution=32, epoch=1,
+                          dataset="FakeData", dataset_args={"train_size": 16, "test_size": 8}, track_saturation=False)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    logs = {folder.parts[-4]: next(folder.glob("*.log")).read_text() for folder in run_folders(tmp_path / "logs")}
+    assert "resnet18_cifar has no border layer at 32 px" in logs["resnet18_cifar"]
+    assert "so the model is not truncated" in logs["resnet18_cifar"]
+    assert "the model is cut before features.18" in logs["vgg11"]

@@ -216,11 +216,7 @@ def resolve_cut(model: nn.Module, truncate: str, input_resolution: int) -> str |
         return truncate
     from phd_lab.analysis.receptive_field import border_layers, receptive_fields
     b_min, b_max = border_layers(receptive_fields(model, input_resolution), input_resolution)
-    layer = b_min if truncate == "border" else b_max
-    if layer is None:
-        log.warning("No border layer at resolution %d: every layer can still use new context; the model is "
-                    "not truncated.", input_resolution)
-    return layer
+    return b_min if truncate == "border" else b_max  # None: no border (the caller says so in the run's log)
 
 
 def truncation_savings(model: nn.Module, layer: str, *, num_classes: int, in_channels: int, input_resolution: int,
