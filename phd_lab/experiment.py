@@ -49,11 +49,14 @@ def _with_args_axis_hint(message: str, grid: Grid) -> str:
     ``replace_stride_with_dilation``) then reaches the factory one element at a time."""
     for kind in ("model_args", "dataset_args", "optimizer_args"):
         swept = [axis.name for axis in grid.axes if axis.path[0] == kind]
-        if swept == [kind] and f"cannot be built with {kind}" in message:  # "model_args": [{...}, {...}]
+        # "cannot be built with model_args ..." (the factory failed) or "model_args 'width' of 'vgg11' must be ..."
+        if f"cannot be built with {kind}" not in message and f"{kind} '" not in message:
+            continue
+        if swept == [kind]:  # "model_args": [{...}, {...}]
             return (f"{message} ({kind} itself is a grid axis, a list of objects with one point each; a list "
                     f"inside those objects is no further axis but the argument's value. To sweep an argument, "
                     f"write {kind} as one object whose argument holds the list.)")
-        if swept and f"cannot be built with {kind}" in message:
+        if swept:
             return (f"{message} ({', '.join(swept)} {'is a grid axis' if len(swept) == 1 else 'are grid axes'}: "
                     f"a list inside {kind} is swept; an argument whose value is a list is written as a list of "
                     f"lists, e.g. [[false, true, true]].)")
@@ -99,13 +102,13 @@ class Main:
             except RegistryError as error:
                 raise RegistryError(f"{cfg.source}: the key 'registries': {error}") from None
             executor = TrainTestExecutor(cfg, registries, progress=self.progress)
-            executor.validate(self.missing_data, said, self.missing_device)
-            # the probe job's keys, checked with the rest (each alone by the schema, here how they combine)
-            check_probe_keys(cfg.values["probe_solver"], cfg.values["probe_device"], cfg.source)
-            try:
+            try:  # a list inside *_args reaches the factory one element at a time: both checks can say so
+                executor.validate(self.missing_data, said, self.missing_device)
                 executor.check_model(models)
             except ConfigError as error:
                 raise type(error)(_with_args_axis_hint(str(error), grid)) from None
+            # the probe job's keys, checked with the rest (each alone by the schema, here how they combine)
+            check_probe_keys(cfg.values["probe_solver"], cfg.values["probe_device"], cfg.source)
             folder = Path(os.path.realpath(executor.rundir.root))  # logs/x and /abs/logs/x, or a link to it
             if folder in folders:
                 first = folders[folder]
