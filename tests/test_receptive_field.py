@@ -268,16 +268,16 @@ def test_unknown_operation_is_named():
     with pytest.raises(ReceptiveFieldError, match=r"module 'up' \(torch.nn.modules.upsampling.Upsample\)"):
         receptive_fields(Upsampling(), 32)
 
-    class Permuting(nn.Module):
+    class Rolling(nn.Module):  # moves pixels around the map's edge
         def __init__(self) -> None:
             super().__init__()
             self.c = conv(3)
 
         def forward(self, x):
-            return self.c(x).permute(0, 2, 3, 1)
+            return self.c(x).roll(1, 2)
 
-    with pytest.raises(ReceptiveFieldError, match=r"tensor method .permute\(\)"):
-        receptive_fields(Permuting(), 32)
+    with pytest.raises(ReceptiveFieldError, match=r"tensor method .roll\(\)"):
+        receptive_fields(Rolling(), 32)
 
 
 # ---------------------------------------------------------------------------- random DAGs
@@ -498,7 +498,7 @@ def test_a_feature_map_of_unknown_receptive_field_is_refused_only_when_a_convolu
     def view_then_conv(self, x):
         y = self.a(x)
         n, c, h, w = y.shape
-        return self.b(y.reshape(n, c, h, w))
+        return self.b(y.reshape(n, c, h * 2, w // 2))  # folds rows: moves pixels
 
     with pytest.raises(ReceptiveFieldError, match=r"module 'b'.*receptive field the graph does not determine.*"
                                                   r"\.reshape\(\).*a reshape to 4 dimensions"):

@@ -26,13 +26,24 @@ other operation applied to an image-derived tensor raises ``ReceptiveFieldError`
 A merge operand that only bypasses layers (an identity shortcut, a 1×1 projection, also behind a
 tiling pool as in ResNet-D) is no previous layer of what follows and its 1×1 conv a side branch.
 
+Height and width need not stay axes 2 and 3 (``rf_layout``): the shapes of one run of the graph on
+a meta-device input at the analysed resolution say where they are after a ``permute``/``transpose`` (which
+pass the receptive field through) and whether a ``view``/``reshape`` keeps them whole (ShuffleNetV2's
+channel shuffle: it does; then it passes through too). Reductions, softmax, concatenation, strided slicing,
+flatten and Linear test the real height/width axes. A Linear whose last axis is a channel axis of a
+feature map (ConvNeXt's channels-last blocks) is pointwise, like a 1×1 convolution: its row has its
+input's receptive field, no ``index`` (Conv2d rows only) and no part in the border rule, which reads
+Conv2d rows; a Linear on a spatial axis stays global. A window (convolution, pooling) on a tensor whose
+height and width are not its last two axes is refused, naming it.
+
 Layers are the calls of Conv2d and Linear modules, subclasses included (traced as one call,
 as the saturation tracker hooks them), and ``F.conv2d`` calls with a parameter as weight,
 named after the module that holds the weight.
 
 Where the parts live: ``rf_state`` (a tensor's state and merge/window/bounds), ``rf_operations`` (the rules
-per operation above), ``rf_paths`` (shortcuts, attention gates and onward minima), ``rf_propagation``
-(tracing and the dynamic programme); this module turns the layer rows into the table.
+per operation above), ``rf_layout`` (where height and width are), ``rf_paths`` (shortcuts, attention gates
+and onward minima), ``rf_propagation`` (tracing and the dynamic programme); this module turns the layer rows
+into the table.
 """
 
 from __future__ import annotations
@@ -56,8 +67,8 @@ _NUMBERS = ["r_min", "r_max", "jump", "in_r_min", "in_r_max", "prev_r_min"]
 def receptive_fields(model: nn.Module, input_resolution: int) -> pd.DataFrame:
     """One row per Conv2d/Linear module call in forward order (see module docstring).
 
-    Columns: ``index`` (1-based among Conv2d rows, empty for Linear), ``layer`` (qualified module
-    name), ``r_min``, ``r_max``, ``jump`` (of the layer's output), ``in_r_min``, ``in_r_max`` (of the
+    Columns: ``index`` (1-based among Conv2d rows, empty for Linear, pointwise ones included), ``layer``
+    (qualified module name), ``r_min``, ``r_max``, ``jump`` (of the layer's output), ``in_r_min``, ``in_r_max`` (of the
     tensor entering the layer, over all paths), ``prev_r_min`` (the thesis' r_{l-1,min}: the r_min of
     the previous layer(s), grown by the pooling in between; shortcuts that bypass layers are no
     previous layer), ``side_branch`` (a receptive-field-neutral branch beside growing ones — a 1×1
@@ -69,7 +80,7 @@ def receptive_fields(model: nn.Module, input_resolution: int) -> pd.DataFrame:
     and the flags ``b_min``/``b_max`` marking the border layers for ``input_resolution`` (see
     ``border_layers``). Global values are ``inf``.
     """
-    rows = propagate(trace(model))
+    rows = propagate(trace(model), input_resolution)
     records = []
     conv_index = 0
     for row in rows:

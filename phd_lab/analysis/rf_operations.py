@@ -2,9 +2,12 @@
 
 ``transform`` gives the state of a graph node's output from the states of its inputs, by the rules of
 ``phd_lab.analysis.receptive_field`` (its docstring lists them): convolutions and max/avg pooling are
-windows, element-wise, normalisation, activation, dropout, padding and channel concatenation pass through,
-global pooling, spatial reductions, flatten and Linear make a tensor global, and any other operation on an
-image-derived tensor raises ``ReceptiveFieldError`` naming it. Layers and paths are not this module's job.
+windows, element-wise, normalisation, activation, dropout, padding, channel concatenation and permutes of
+axes pass through, global pooling, spatial reductions, flatten and Linear make a tensor global (a Linear or
+flatten that leaves height and width alone does not: ConvNeXt's channels-last Linear layers are pointwise),
+and any other operation on an image-derived tensor raises ``ReceptiveFieldError`` naming it. Which dims
+are height and width comes from the tensor's layout (``rf_layout``; ``output_layout`` carries it from node
+to node). Layers and paths are not this module's job.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from phd_lab.analysis.rf_layout import Layout, carried, is_move, moved, normalized, spatial_dims, viewed
 from phd_lab.analysis.rf_state import GLOBAL, ReceptiveFieldError, Unknown, merge, window
 
 _PASS_MODULES: tuple[type, ...] = (
@@ -57,24 +61,96 @@ _REDUCE_FUNCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", t
                      torch.softmax: "softmax", F.softmax: "softmax", torch.log_softmax: "log_softmax",
                      F.log_softmax: "log_softmax"}
 _REDUCE_METHODS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "softmax", "log_softmax"}
-_SPATIAL_DIMS = {2, 3, -1, -2}
 _CAT_FUNCTIONS = {torch.cat, torch.concat}
 _PAIRWISE_FUNCTIONS = {torch.max, torch.min}  # torch.max(a, b) with a tensor b: element-wise, like torch.maximum
 _PAIRWISE_METHODS = {"max", "min"}
 POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d}
 
 
-def transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], first: Any) -> Any:
-    """The state of ``node``'s output from the states of its inputs (``first``: of its first argument)."""
+def transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], first: Any,
+              layout: Layout = None) -> Any:
+    """The state of ``node``'s output from the states of its inputs (``first``: of its first argument;
+    ``layout``: where height and width are in its spatial input, ``rf_layout``)."""
     if _only_global(in_states) and _keeps_global(node):
         return GLOBAL  # e.g. .squeeze(-1) of a pooled SE gate: whatever the op, it sees the whole input
+    if is_move(node):
+        return _move(first, node, graph_module, in_states, layout)
     if node.op == "call_module":
-        return _module_call(node, graph_module, in_states)
+        return _module_call(node, graph_module, in_states, layout)
     if node.op == "call_function":
-        return _function_call(node, graph_module, in_states, first)
+        return _function_call(node, graph_module, in_states, first, layout)
     if node.op == "call_method":
-        return _method_call(node, graph_module, in_states, first)
+        return _method_call(node, graph_module, in_states, first, layout)
     raise unsupported(node, graph_module)  # pragma: no cover - fx has no other opcodes
+
+
+def output_layout(node: fx.Node, graph_module: fx.GraphModule, out: Any, layout: Layout,
+                  source: fx.Node | None) -> Layout:
+    """Where height and width are in ``node``'s output (state ``out``), given those of its spatial input
+    ``source``; an op that changes the rank of a tensor whose axes were moved raises ReceptiveFieldError."""
+    if not isinstance(out, dict):
+        return None
+    if is_move(node):
+        return moved(node, layout, source)  # _move has checked it
+    if node.op == "call_method" and node.target in _RESHAPE_METHODS:
+        return viewed(node, layout, source) or None  # kept: _reshape has checked it
+    flattened = _flattened_dims(node, graph_module, layout)
+    if flattened is not None:  # kept by _flatten: both spatial axes lie outside the flattened ones
+        rank, height, width = layout
+        start, end = flattened
+        return normalized((rank - (end - start), *(axis - (end - start) if axis > end else axis
+                                                   for axis in (height, width))))
+    result = carried(node, layout, source)
+    if isinstance(result, str):
+        raise unsupported(node, graph_module, result)
+    return result
+
+
+def _move(state: Any, node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], layout: Layout) -> Any:
+    """``permute``/``transpose``: the receptive field passes through; the axes move (``rf_layout``)."""
+    if not isinstance(state, dict):
+        return state  # no image content, or already unknown
+    where = moved(node, layout, _first_node(node))
+    if isinstance(where, str):
+        raise unsupported(node, graph_module, " " + where)
+    return merge(in_states)
+
+
+def _flattened_dims(node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> tuple[int, int] | None:
+    """(start, end) of a flatten (module, function or method) of a tensor with a moved layout, else None."""
+    if layout is None:
+        return None
+    if node.op == "call_module" and isinstance(module := graph_module.get_submodule(node.target), nn.Flatten):
+        start, end = module.start_dim, module.end_dim
+    elif (node.op == "call_function" and node.target is torch.flatten) or \
+            (node.op == "call_method" and node.target in _GLOBAL_METHODS):
+        start, end = node_arg(node, 1, "start_dim", 0), node_arg(node, 2, "end_dim", -1)
+    else:
+        return None
+    if not (isinstance(start, int) and isinstance(end, int)):
+        return None
+    return start % layout[0], end % layout[0]
+
+
+def _flatten(state: Any, node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> Any:
+    """Flatten makes a feature map global, except on a tensor whose axes were moved (``rf_layout``) where the
+    flattened axes are neither height nor width: those it keeps (the axes after them shift)."""
+    flattened = _flattened_dims(node, graph_module, layout)
+    if not isinstance(state, dict) or flattened is None:
+        return GLOBAL
+    start, end = flattened
+    return GLOBAL if any(start <= axis <= end for axis in layout[1:]) else state
+
+
+def _first_node(node: fx.Node) -> fx.Node | None:
+    return node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+
+
+def _standard(node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> None:
+    """Windows (convolution, pooling) act on the last two axes: refused where those are not height and width."""
+    if layout is not None:
+        raise unsupported(node, graph_module, f" on a tensor whose height and width are axes {layout[1]} and "
+                                               f"{layout[2]} of {layout[0]}, not the last two")
 
 
 def _only_global(in_states: list[Any]) -> bool:
@@ -92,13 +168,15 @@ def _keeps_global(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target not in (getattr, F.conv2d)
 
 
-def _module_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any]) -> Any:
+def _module_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], layout: Layout) -> Any:
     """The output state of a module call (``call_module`` node)."""
     module = graph_module.get_submodule(node.target)
+    if isinstance(module, (nn.Conv2d, *WINDOW_MODULES, *_ADAPTIVE_MODULES)):
+        _standard(node, graph_module, layout)
     if isinstance(module, nn.Conv2d):
         return window(merge(in_states), *_conv_params(module, node.target))
     if isinstance(module, nn.Linear):
-        return GLOBAL
+        return _linear(in_states, layout)
     if isinstance(module, WINDOW_MODULES):
         where = f"layer {node.target!r}"
         dilation = getattr(module, "dilation", 1)
@@ -106,32 +184,48 @@ def _module_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[An
     if isinstance(module, _ADAPTIVE_MODULES):
         return _adaptive(merge(in_states), module.output_size, node, graph_module)
     if isinstance(module, nn.Flatten):
-        return GLOBAL
+        return _flatten(merge(in_states), node, graph_module, layout)
     if isinstance(module, _PASS_MODULES):
         return merge(in_states)
     if isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
         dim = module.dim
-        return GLOBAL if dim is None or dim in _SPATIAL_DIMS else merge(in_states)
+        return GLOBAL if dim is None or dim in spatial_dims(layout) else merge(in_states)
     raise unsupported(node, graph_module)
 
 
-def _function_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], first: Any) -> Any:
+def _linear(in_states: list[Any], layout: Layout) -> Any:
+    """Linear acts on the last axis: where that is a channel axis of a feature map (channels-last, after a
+    permute: ConvNeXt's blocks) it is pointwise, like a 1×1 convolution; otherwise global."""
+    state = merge(in_states)
+    if isinstance(state, dict) and layout is not None and layout[0] - 1 not in layout[1:]:
+        return state
+    return GLOBAL
+
+
+def _function_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], first: Any,
+                   layout: Layout) -> Any:
     """The output state of a function call (``call_function`` node)."""
     target = node.target
+    if target in _ADAPTIVE_FUNCTIONS or target in POOL_FUNCTIONS or target is F.conv2d:
+        _standard(node, graph_module, layout)
     if target is operator.getitem:
-        return _getitem(first, node, graph_module)
+        return _getitem(first, node, graph_module, layout)
+    if target is F.linear:
+        return _linear(in_states, layout)
     if target in _CAT_FUNCTIONS:
-        _check_cat_dim(node, graph_module)
+        _check_cat_dim(node, graph_module, layout)
     if target in _PAIRWISE_FUNCTIONS and _pairwise(node, in_states):
         return merge(in_states)
     if target in _PASS_FUNCTIONS or getattr(target, "__name__", None) in _PASS_FUNCTION_NAMES:
         return merge(in_states)
     if target in _ADAPTIVE_FUNCTIONS:
         return _adaptive(first, node_arg(node, 1, "output_size", None), node, graph_module)
+    if target is torch.flatten:
+        return _flatten(first, node, graph_module, layout)
     if target in _GLOBAL_FUNCTIONS:
         return GLOBAL
     if target in _REDUCE_FUNCTIONS:
-        return _reduction(first, node, graph_module)
+        return _reduction(first, node, graph_module, layout)
     if target in POOL_FUNCTIONS:
         return _pool_function(first, node, graph_module)
     if target is F.conv2d:
@@ -141,13 +235,13 @@ def _function_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[
     raise unsupported(node, graph_module)
 
 
-def _check_cat_dim(node: fx.Node, graph_module: fx.GraphModule) -> None:
+def _check_cat_dim(node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> None:
     """Concatenation along channels (dim 1, -3 on 4-d feature maps) or the batch passes through; along
     height or width it places feature maps side by side, which moves pixels: refused."""
     dim = node_arg(node, 1, "dim", 0)
     if not isinstance(dim, int):
         raise unsupported(node, graph_module, f" along a non-constant dim {dim!r}")
-    if dim in _SPATIAL_DIMS:
+    if dim in spatial_dims(layout):
         raise unsupported(node, graph_module, f" along dim {dim} (height/width: it places feature maps side by "
                                                f"side, which moves pixels; only channel concatenation is supported)")
 
@@ -184,7 +278,8 @@ def _conv_function(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> A
                   _square(node_arg(node, 5, "dilation", 1), "dilation", where))
 
 
-def _method_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], first: Any) -> Any:
+def _method_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], first: Any,
+                 layout: Layout) -> Any:
     """The output state of a tensor method call (``call_method`` node)."""
     name = node.target
     if name in _META_METHODS:
@@ -192,11 +287,11 @@ def _method_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[An
     if name in _PASS_METHODS or (name in _PAIRWISE_METHODS and _pairwise(node, in_states)):
         return merge(in_states)
     if name in _GLOBAL_METHODS:
-        return GLOBAL
+        return _flatten(first, node, graph_module, layout)
     if name in _RESHAPE_METHODS:
-        return _reshape(first, node, graph_module)
+        return _reshape(first, node, graph_module, layout)
     if name in _REDUCE_METHODS:
-        return _reduction(first, node, graph_module)
+        return _reduction(first, node, graph_module, layout)
     raise unsupported(node, graph_module)
 
 
@@ -210,18 +305,27 @@ def _adaptive(state: Any, output_size: Any, node: fx.Node, graph_module: fx.Grap
     return Unknown(f"{_describe(node, graph_module)} pooling to {output_size!r} positions")
 
 
-def _reshape(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
-    """A view/reshape to vectors (two dimensions: ``x.view(x.size(0), -1)``) is global; to more
-    dimensions it may keep, fold or move the feature map, which the graph does not say. A global
-    tensor stays global (a squeeze-and-excitation gate viewed as (n, c, 1, 1))."""
+def _reshape(state: Any, node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> Any:
+    """A view/reshape that keeps height and width as whole axes (splits or merges only other axes, as
+    ShuffleNetV2's channel shuffle does; told by the recorded shapes, ``rf_layout.viewed``) passes through.
+    Otherwise, to vectors (two dimensions: ``x.view(x.size(0), -1)``) it is global; to more dimensions it
+    may fold or move the feature map, which the graph does not say. A global tensor stays global (a
+    squeeze-and-excitation gate viewed as (n, c, 1, 1))."""
     if not isinstance(state, dict):
         return GLOBAL if state is GLOBAL else state
+    if _kept_by_view(node, layout):
+        return state
     shape = node.args[1:] or (node.kwargs.get("shape") or node.kwargs.get("size"),)
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     if len(shape) == 2:
         return GLOBAL
     return Unknown(f"{_describe(node, graph_module)}, a reshape to {len(shape)} dimensions")
+
+def _kept_by_view(node: fx.Node, layout: Layout) -> bool:
+    source = _first_node(node)
+    return source is not None and viewed(node, layout, source) is not False
+
 
 def _square(value: Any, what: str, where: str) -> int:
     if isinstance(value, int):
@@ -279,7 +383,7 @@ def _spatial_size(value: Any, pooled: Any) -> bool:
     if not isinstance(value, fx.Node):
         return False
     if value.op == "call_method" and value.target == "size" and value.args and value.args[0] is pooled:
-        return node_arg(value, 1, "dim", None) in _SPATIAL_DIMS
+        return node_arg(value, 1, "dim", None) in spatial_dims(None)  # pooling needs the (N, C, H, W) layout
     if value.op == "call_function" and value.target is operator.getitem:
         base, index = value.args
         return index in _SPATIAL_INDICES and _shape_of(base, pooled)
@@ -302,17 +406,17 @@ def _flat(values: Any) -> list[Any]:
     return [values]
 
 
-def _reduction(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
+def _reduction(state: Any, node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> Any:
     dim = node_arg(node, 1, "dim", None)
     if dim is None:
         return GLOBAL
     dims = dim if isinstance(dim, (tuple, list)) else (dim,)
     if not all(isinstance(d, int) for d in dims):
         raise unsupported(node, graph_module, f" with a non-constant dim {dim!r}")
-    return GLOBAL if set(dims) & _SPATIAL_DIMS else state
+    return GLOBAL if set(dims) & spatial_dims(layout) else state
 
 
-def _getitem(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
+def _getitem(state: Any, node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> Any:
     """Indexing passes the receptive field through, except a strided slice of the feature map
     (``x[:, :, ::2, ::2]``, the 'option A' shortcut of CIFAR ResNets): a 1×1 window with that stride."""
     index = node.args[1] if len(node.args) > 1 else None
@@ -323,8 +427,9 @@ def _getitem(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
                                                      for i, item in enumerate(items[cut + 1:])]
     else:
         positions = list(enumerate(items))
-    steps = {("height" if dim in (2, -2) else "width"): item.step for dim, item in positions
-             if isinstance(item, slice) and item.step not in (None, 1) and dim in _SPATIAL_DIMS}
+    rank, height, _ = layout or (4, 2, 3)
+    steps = {("height" if dim % rank == height else "width"): item.step for dim, item in positions
+             if isinstance(item, slice) and item.step not in (None, 1) and dim in spatial_dims(layout)}
     if not steps:
         return state
     values = set(steps.values())

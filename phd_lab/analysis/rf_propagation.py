@@ -3,8 +3,9 @@
 The dynamic programme visits the graph's nodes in topological order. Two states travel along every
 edge: the receptive fields over all paths (``states``), and those of the previous layer (``previous``):
 the output state of the last Conv2d/Linear on the way, grown by the windows after it, where a merge
-ignores operands that only bypass layers. What an operation does to a state is ``rf_operations``' job;
-which operands bypass layers and which layers are side branches is ``rf_paths``'.
+ignores operands that only bypass layers. Beside them travels each tensor's layout (where height and width
+are, ``rf_layout``), from shapes recorded before the walk. What an operation does to a state is
+``rf_operations``' job; which operands bypass layers and which layers are side branches is ``rf_paths``'.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from phd_lab.analysis.call_names import call_name
-from phd_lab.analysis.rf_operations import node_arg, transform, unsupported
+from phd_lab.analysis.rf_layout import Layout, record_shapes
+from phd_lab.analysis.rf_operations import node_arg, output_layout, transform, unsupported
 from phd_lab.analysis.rf_paths import Ancestry, bypassing_operands, merge_kind, scaled_operands, shortcut_layer
 from phd_lab.analysis.rf_state import ReceptiveFieldError, Unknown, merge
 
@@ -59,8 +61,11 @@ def trace(model: nn.Module) -> fx.GraphModule:
             f"data-dependent control flow; make it fx-traceable or leave the 'receptive_field' step out.") from None
 
 
-def propagate(graph_module: fx.GraphModule) -> list[LayerRow]:
-    """Run the DP over the fx graph and return one row per Conv2d/Linear call, in graph order."""
+def propagate(graph_module: fx.GraphModule, input_resolution: int | None = None) -> list[LayerRow]:
+    """Run the DP over the fx graph and return one row per Conv2d/Linear call, in graph order. With the
+    input resolution, the tensors' shapes are recorded first (``rf_layout``): they tell where height and
+    width are after a permute, transpose or view."""
+    record_shapes(graph_module, input_resolution)
     walk = _GraphWalk(graph_module)
     for node in graph_module.graph.nodes:
         walk.visit(node)
@@ -76,6 +81,7 @@ class _GraphWalk:
         self.graph_module = graph_module
         self.states: dict[fx.Node, Any] = {}  # receptive fields over all paths
         self.previous: dict[fx.Node, Any] = {}  # those of the previous layer(s)
+        self.layouts: dict[fx.Node, Layout] = {}  # where height and width are (None: (N, C, H, W))
         self.ancestry = Ancestry()
         self.rows: list[LayerRow] = []
         self.row_of: dict[fx.Node, LayerRow] = {}
@@ -98,6 +104,8 @@ class _GraphWalk:
         if not in_states:  # constants, shapes, parameters: no image content
             self.states[node] = self.previous[node] = None
             return
+        source = next((n for n in inputs if isinstance(self.states[n], dict)), None)  # a spatial input
+        layout = self.layouts.get(source)
         kind = merge_kind(node)
         skips: set[fx.Node] = set()
         if kind == "gate":
@@ -107,8 +115,9 @@ class _GraphWalk:
                 in_states = [self.states[n] for n in scaled]
         head = _first_input(node)
         out = transform(node, self.graph_module, in_states,
-                        self.states[head] if head is not None else merge(in_states))
+                        self.states[head] if head is not None else merge(in_states), layout)
         self.states[node] = out
+        self.layouts[node] = output_layout(node, self.graph_module, out, layout, source)
         module = self.graph_module.get_submodule(node.target) if node.op == "call_module" else None
         if kind == "join":
             skips = bypassing_operands(inputs, self.states, self.ancestry)
@@ -118,8 +127,8 @@ class _GraphWalk:
             self._add_row(node, layer, module, inputs, in_states, skips, out)
             return
         kept = [self.previous[n] for n in inputs if n not in skips and self.previous[n] is not None]
-        self.previous[node] = transform(node, self.graph_module, kept,
-                                        self.previous[head] if head is not None else merge(kept)) if kept else None
+        self.previous[node] = transform(node, self.graph_module, kept, self.previous[head] if head is not None
+                                        else merge(kept), layout) if kept else None
 
     def _gate(self, inputs: list[fx.Node], scaled: list[fx.Node]) -> set[fx.Node]:
         """Attention: the gate scales the tensor it was computed from and neither widens its receptive

@@ -1,0 +1,151 @@
+"""Where a tensor's height and width are: its layout, from shapes recorded on the traced graph.
+
+Most feature maps are (batch, channels, height, width); a tensor in that layout has the layout ``None``
+(the default, with dims 2, 3, -2, -1 spatial, whatever else is known). Operations that move axes —
+``permute``/``transpose`` (ConvNeXt's channels-last blocks), a ``view``/``reshape`` that splits or merges
+only non-spatial axes (ShuffleNetV2's channel shuffle) — give a tensor an explicit layout
+``(rank, height axis, width axis)``, which turns back into ``None`` once the map is (N, C, H, W) again.
+
+Shapes come from one shape propagation of the traced graph on a ``meta``-device input of the analysed
+resolution (no memory, no arithmetic, no change to the model): ``record_shapes`` stores them on the nodes.
+Where it cannot run, views keep their old rule and permutes/transposes of feature maps stay refused.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.utils.stateless import _reparametrize_module
+
+Layout = tuple[int, int, int] | None  # (rank, height axis, width axis); None: (N, C, H, W)
+_STANDARD = (4, 2, 3)
+_PERMUTES = {torch.permute}
+_TRANSPOSES = {torch.transpose, torch.swapaxes, torch.swapdims}
+PERMUTE_METHODS = {"permute"}
+TRANSPOSE_METHODS = {"transpose", "swapaxes", "swapdims"}
+
+
+def record_shapes(graph_module: fx.GraphModule, input_resolution: int | None) -> bool:
+    """Store every node's output shape (``node.meta['tensor_meta']``) from a run on a meta-device input of
+    2 × C × I × I, C the input channels of the first Conv2d; False where that is impossible."""
+    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    convs = [graph_module.get_submodule(n.target) for n in graph_module.graph.nodes if n.op == "call_module"
+             and isinstance(graph_module.get_submodule(n.target), nn.Conv2d)]
+    if input_resolution is None or len(placeholders) != 1 or not convs:
+        return False
+    meta = {name: torch.empty_like(value, device="meta") for name, value in
+            [*graph_module.named_parameters(), *graph_module.named_buffers()]}
+    image = torch.zeros(2, convs[0].in_channels, input_resolution, input_resolution, device="meta",
+                        dtype=convs[0].weight.dtype)
+    try:  # the random number generators stay untouched (dropout on meta tensors draws nothing, to be sure)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), _reparametrize_module(graph_module, meta):
+            ShapeProp(graph_module).propagate(image)
+    except Exception:  # any op that cannot run on meta tensors, or a mismatch: no shapes, the old rules
+        for node in graph_module.graph.nodes:
+            node.meta.pop("tensor_meta", None)
+        return False
+    return True
+
+
+def shape_of(node: Any) -> tuple[int, ...] | None:
+    """The recorded shape of a node's output tensor, or None (no shapes, or not a tensor)."""
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def spatial_dims(layout: Layout) -> set[int]:
+    """The dims (non-negative and negative) of height and width."""
+    if layout is None:
+        return {2, 3, -2, -1}
+    rank, height, width = layout
+    return {height, width, height - rank, width - rank}
+
+
+def normalized(layout: Layout) -> Layout:
+    """``None`` for the standard (N, C, H, W) layout, also with height and width swapped (every rule treats
+    both alike: kernels, strides and strided slices must be equal along them)."""
+    return None if layout is not None and layout[0] == 4 and set(layout[1:]) == {2, 3} else layout
+
+
+def rank_of(node: Any, layout: Layout) -> int:
+    """The rank of a tensor: recorded, or that of its layout (4 for the standard one)."""
+    shape = shape_of(node)
+    return len(shape) if shape is not None else (layout or _STANDARD)[0]
+
+
+def moved(node: fx.Node, layout: Layout, source: fx.Node) -> Layout | str:
+    """The layout after a permute/transpose of ``source``, or why it cannot be told."""
+    rank = rank_of(source, layout)
+    if layout is None and rank != 4:
+        return f"of a {rank}-dimensional tensor whose height and width axes are not known"
+    _, height, width = layout or _STANDARD
+    if node.op == "call_method" and node.target in PERMUTE_METHODS or node.target in _PERMUTES:
+        dims = node.args[1:] if node.op == "call_method" else node.args[1:2]
+        dims = node.kwargs.get("dims", dims)
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        if not all(isinstance(d, int) for d in dims) or len(dims) != rank:
+            return f"with dims {dims!r} that are not {rank} constants"
+        order = [d % rank for d in dims]
+        return normalized((rank, order.index(height), order.index(width)))
+    first, second = node.args[1:3] if len(node.args) >= 3 else (node.kwargs.get("dim0"), node.kwargs.get("dim1"))
+    if not (isinstance(first, int) and isinstance(second, int)):
+        return f"with non-constant dims {first!r}, {second!r}"
+    swap = {first % rank: second % rank, second % rank: first % rank}
+    return normalized((rank, swap.get(height, height), swap.get(width, width)))
+
+
+def is_move(node: fx.Node) -> bool:
+    """Whether a node is a permute/transpose (function or method)."""
+    if node.op == "call_method":
+        return node.target in PERMUTE_METHODS | TRANSPOSE_METHODS
+    return node.op == "call_function" and node.target in _PERMUTES | _TRANSPOSES
+
+
+def viewed(node: fx.Node, layout: Layout, source: fx.Node) -> Layout | bool:
+    """The layout after a view/reshape of ``source`` that keeps both spatial axes whole (it splits or merges
+    only other axes: ShuffleNetV2's channel shuffle), else False. An axis of size n with P elements
+    after it is kept as the output axis of size n with P elements after it (row-major order); an axis of
+    size 1 (a 1×1 map) fits several, and is taken at the same place counted from the end, if it fits there."""
+    before, after = shape_of(source), shape_of(node)
+    if before is None or after is None or (layout is None and len(before) != 4):
+        return False
+    _, height, width = layout if layout is not None else _STANDARD
+    kept = [_same_axis(before, axis, after) for axis in (height, width)]
+    if None in kept or kept[0] == kept[1]:
+        return False
+    return normalized((len(after), kept[0], kept[1]))
+
+
+def _same_axis(before: tuple[int, ...], axis: int, after: tuple[int, ...]) -> int | None:
+    """The output axis that holds input axis ``axis`` after a row-major view, or None. Of several candidates
+    (axes of size 1: a 1×1 map, any of them holds its one position) the one at the same place from the end."""
+    size, inner = before[axis], math.prod(before[axis + 1:])
+    found = [j for j in range(len(after)) if after[j] == size and math.prod(after[j + 1:]) == inner]
+    if len(found) == 1:
+        return found[0]
+    same_place = len(after) - (len(before) - axis)
+    return same_place if same_place in found else None
+
+
+def carried(node: fx.Node, layout: Layout, source: fx.Node | None) -> Layout | str:
+    """The layout of an op's output that neither moves nor views axes: the same as its input's where the rank
+    stays (or grows by broadcasting, counted from the right); for an explicit layout, any other change
+    of rank is a string saying so."""
+    if layout is None:
+        return None
+    before, after = shape_of(source), shape_of(node)
+    if before is None or after is None or len(before) == len(after):
+        return layout
+    _, height, width = layout
+    if len(after) > len(before) and not (node.op == "call_function" and node.target is operator.getitem):
+        grow = len(after) - len(before)
+        return normalized((len(after), height + grow, width + grow))
+    return (f", which changes the rank ({len(before)} → {len(after)}) of a tensor whose height and width "
+            f"were moved to axes {height} and {width}")

@@ -1,0 +1,159 @@
+"""Receptive fields through ops that move axes: ShuffleNetV2's channel shuffle (view, transpose, view) and
+ConvNeXt's channels-last blocks (permute, LayerNorm and Linear on the channel axis, permute back), against
+hand-computed values; moves that put height or width where a later op reads them wrongly stay refused."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.convnext import CNBlock, LayerNorm2d
+
+from phd_lab.analysis.receptive_field import ReceptiveFieldError, border_layers, receptive_fields
+
+INF = math.inf
+
+
+def rows(model: nn.Module, resolution: int) -> dict[str, tuple]:
+    """layer → (index, in_r_min, in_r_max, r_min, r_max, jump)."""
+    df = receptive_fields(model, resolution)
+    index = [None if pd.isna(value) else int(value) for value in df["index"]]
+    return {row.layer: (i, row.in_r_min, row.in_r_max, row.r_min, row.r_max, row.jump)
+            for i, row in zip(index, df.itertuples())}
+
+
+class ShuffleBlock(nn.Module):
+    """A stride-1 ShuffleNetV2 unit: half the channels pass, half go through 1×1, 3×3 depthwise, 1×1; the
+    halves are concatenated and shuffled exactly as torchvision's ``channel_shuffle`` does."""
+
+    def __init__(self, shuffle: bool = True) -> None:
+        super().__init__()
+        self.shuffle = shuffle
+        self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.branch = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 3, padding=1, groups=2), nn.Conv2d(2, 2, 1))
+        self.head = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        x1, x2 = self.stem(x).chunk(2, dim=1)
+        out = torch.cat((x1, self.branch(x2)), dim=1)
+        if self.shuffle:
+            batch, channels, height, width = out.size()
+            out = out.view(batch, 2, channels // 2, height, width)
+            out = torch.transpose(out, 1, 2).contiguous()
+            out = out.view(batch, -1, height, width)
+        return self.fc(self.head(out).mean((2, 3)))
+
+
+def test_a_channel_shuffle_passes_the_receptive_field_through():
+    # stem 3×3/2: r 3, j 2; branch 1×1: 3, depthwise 3×3: 3 + 2·2 = 7, 1×1: 7; concatenation with the
+    # passing half: (3, 7); the shuffle only permutes channels; head 3×3: (3 + 4, 7 + 4) = (7, 11)
+    expected = {"stem": (1, 1, 1, 3, 3, 2), "branch.0": (2, 3, 3, 3, 3, 2), "branch.1": (3, 3, 3, 7, 7, 2),
+                "branch.2": (4, 7, 7, 7, 7, 2), "head": (5, 3, 7, 7, 11, 2), "fc": (None, INF, INF, INF, INF, INF)}
+    assert rows(ShuffleBlock(), 16) == expected
+    assert rows(ShuffleBlock(shuffle=False), 16) == expected
+    # at 2 px the map is 1×1 after the stem: its size-1 axes fit several axes of the 5-d view; each is
+    # taken at its place counted from the end
+    assert rows(ShuffleBlock(), 2) == expected
+
+
+class ChannelsLast(nn.Module):
+    """A ConvNeXt block written with tensor methods: depthwise conv, permute to channels-last, LayerNorm,
+    Linear, GELU, Linear, permute back, residual sum; the head reduces height and width of a
+    channels-last tensor, and ``mean(-1)`` of a channels-last tensor averages channels only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 2, stride=2)
+        self.dw = nn.Conv2d(4, 4, 5, padding=2, groups=4)
+        self.norm, self.up, self.down = nn.LayerNorm(4), nn.Linear(4, 8), nn.Linear(8, 4)
+        self.gate = nn.Conv2d(1, 1, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.down(F.gelu(self.up(self.norm(y))))
+        x = x + y.permute(0, 3, 1, 2)
+        spatial = self.gate(x.permute(0, 2, 3, 1).mean(-1, keepdim=True).permute(0, 3, 1, 2))
+        return self.fc((x * spatial).permute(0, 2, 3, 1).mean((1, 2)))
+
+
+def test_linear_layers_on_the_channel_axis_of_a_channels_last_map_are_pointwise():
+    # stem 2×2/2: r 2, j 2; depthwise 5×5: 2 + 4·2 = 10; the Linear layers act on the channel axis: like
+    # 1×1 convolutions they keep 10 (rows without index); the sum with the stem: (2, 10); the gate's
+    # 3×3 conv reads the channel mean, still a map: (2 + 4, 10 + 4); the head's mean over axes 1, 2 of the
+    # channels-last tensor is global
+    assert rows(ChannelsLast(), 16) == {
+        "stem": (1, 1, 1, 2, 2, 2), "dw": (2, 2, 2, 10, 10, 2), "up": (None, 10, 10, 10, 10, 2),
+        "down": (None, 10, 10, 10, 10, 2), "gate": (3, 2, 10, 6, 14, 2), "fc": (None, INF, INF, INF, INF, INF)}
+
+
+def test_torchvision_convnext_blocks_layer_norm_2d_and_stochastic_depth():
+    # stem 4×4/4 + LayerNorm2d: r 4, j 4; block 1: depthwise 7×7: 4 + 6·4 = 28, its Linear layers keep it,
+    # the sum with the shortcut: (4, 28); block 2: (28, 52); downsampling LayerNorm2d + 2×2/2: (8, 56), j 8;
+    # block 3: 8 + 6·8 = 56, 56 + 48 = 104
+    model = nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), LayerNorm2d(4), CNBlock(4, 1e-6, 0.1),
+                          CNBlock(4, 1e-6, 0.1),
+                          nn.Sequential(LayerNorm2d(4), nn.Conv2d(4, 8, 2, stride=2)), CNBlock(8, 1e-6, 0.1),
+                          nn.AdaptiveAvgPool2d(1), LayerNorm2d(8), nn.Flatten(1), nn.Linear(8, 3))
+    table = rows(model, 32)
+    assert table == {
+        "0": (1, 1, 1, 4, 4, 4),
+        "2.block.0": (2, 4, 4, 28, 28, 4), "2.block.3": (None, 28, 28, 28, 28, 4),
+        "2.block.5": (None, 28, 28, 28, 28, 4),
+        "3.block.0": (3, 4, 28, 28, 52, 4), "3.block.3": (None, 28, 52, 28, 52, 4),
+        "3.block.5": (None, 28, 52, 28, 52, 4),
+        "4.1": (4, 4, 52, 8, 56, 8),
+        "5.block.0": (5, 8, 56, 56, 104, 8), "5.block.3": (None, 56, 104, 56, 104, 8),
+        "5.block.5": (None, 56, 104, 56, 104, 8), "9": (None, INF, INF, INF, INF, INF)}
+    # border rule on Conv2d rows only: in_r_max > 20 from block 2's depthwise conv on; prev_r_min (28, 28, 8)
+    # never exceeds 20 on every layer onward
+    assert border_layers(receptive_fields(model, 32), 20) == (None, "3.block.0")
+
+
+def moved_then(forward, channels: int = 8) -> nn.Module:
+    class Moved(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, channels, 3, padding=1), nn.Conv2d(channels, channels, 3, padding=1)
+            self.fc = nn.Linear(channels, 3)
+
+    Moved.forward = forward
+    return Moved()
+
+
+def test_moves_of_height_or_width_that_later_ops_would_misread_are_refused():
+    # a convolution reading (N, H, C, W) would slide over channels: refused, naming it and the axes
+    with pytest.raises(ReceptiveFieldError, match=r"module 'b'.*on a tensor whose height and width are axes 1 and 3"):
+        receptive_fields(moved_then(lambda self, x: self.b(torch.transpose(self.a(x), 1, 2))), 8)
+    with pytest.raises(ReceptiveFieldError, match=r"module 'b'.*axes 1 and 2 of 4, not the last two"):
+        receptive_fields(moved_then(lambda self, x: self.b(self.a(x).permute(0, 2, 3, 1))), 8)
+    # concatenation along axis 1 of a channels-last map joins along height
+    with pytest.raises(ReceptiveFieldError, match=r"\.cat \(graph node 'cat'\) along dim 1 \(height/width"):
+        receptive_fields(moved_then(lambda self, x: torch.cat([self.a(x).permute(0, 2, 3, 1)] * 2, 1)), 8)
+    # a reduction over channels that drops the axis of a moved map changes where height and width are
+    with pytest.raises(ReceptiveFieldError, match=r"\.mean\(\).*changes the rank \(4 → 3\)"):
+        receptive_fields(moved_then(lambda self, x: self.a(x).permute(0, 2, 3, 1).mean(-1)), 8)
+    # a Linear over the last axis of (N, H, C, W), the width, is global, not pointwise
+    df = receptive_fields(moved_then(lambda self, x: self.fc(self.a(x).permute(0, 2, 1, 3))), 8)
+    assert df["r_min"].tolist() == [3, INF]
+    # swapping height and width only: the rules treat both alike (square kernels), so it passes
+    assert rows(moved_then(lambda self, x: self.b(self.a(x).transpose(2, 3))), 8)["b"] == (2, 3, 3, 5, 5, 1)
+
+
+def test_flatten_of_a_moved_map_keeps_it_unless_it_flattens_height_or_width():
+    # (N, H, W, C).flatten(0, 1) merges batch and height: global
+    flat = moved_then(lambda self, x: self.fc(self.a(x).permute(0, 2, 3, 1).flatten(0, 1)))
+    assert receptive_fields(flat, 8)["in_r_min"].tolist() == [1, INF]
+
+    def shuffle_by_flatten(self, x):  # a channel shuffle written with flatten(1, 2), then a 3×3 conv
+        y = self.a(x)
+        batch, channels, height, width = y.shape
+        return self.b(y.view(batch, 2, channels // 2, height, width).transpose(1, 2).flatten(1, 2))
+
+    assert rows(moved_then(shuffle_by_flatten), 8)["b"] == (2, 3, 3, 5, 5, 1)
