@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
-from torch.nn.utils.stateless import _reparametrize_module
 
 Layout = tuple[int, int, int] | None  # (rank, height axis, width axis); None: (N, C, H, W)
 _STANDARD = (4, 2, 3)
@@ -38,18 +37,31 @@ def record_shapes(graph_module: fx.GraphModule, input_resolution: int | None) ->
              and isinstance(graph_module.get_submodule(n.target), nn.Conv2d)]
     if input_resolution is None or len(placeholders) != 1 or not convs:
         return False
+    wrapper = _ShapePropagation(graph_module)
     meta = {name: torch.empty_like(value, device="meta") for name, value in
-            [*graph_module.named_parameters(), *graph_module.named_buffers()]}
+            [*wrapper.named_parameters(), *wrapper.named_buffers()]}
     image = torch.zeros(2, convs[0].in_channels, input_resolution, input_resolution, device="meta",
                         dtype=convs[0].weight.dtype)
     try:  # the random number generators stay untouched (dropout on meta tensors draws nothing, to be sure)
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), _reparametrize_module(graph_module, meta):
-            ShapeProp(graph_module).propagate(image)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.func.functional_call(wrapper, meta, (image,))  # meta tensors stand in for the weights
     except Exception:  # any op that cannot run on meta tensors, or a mismatch: no shapes, the old rules
         for node in graph_module.graph.nodes:
             node.meta.pop("tensor_meta", None)
         return False
     return True
+
+
+class _ShapePropagation(nn.Module):
+    """Runs ``ShapeProp`` over the graph as its forward pass, so that ``torch.func.functional_call`` can swap
+    the graph module's parameters and buffers for meta tensors while it runs (the model itself is unchanged)."""
+
+    def __init__(self, graph_module: fx.GraphModule) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+
+    def forward(self, image: torch.Tensor) -> None:
+        ShapeProp(self.graph_module).propagate(image)
 
 
 def shape_of(node: Any) -> tuple[int, ...] | None:
