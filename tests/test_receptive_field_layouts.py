@@ -157,3 +157,13 @@ def test_flatten_of_a_moved_map_keeps_it_unless_it_flattens_height_or_width():
         return self.b(y.view(batch, 2, channels // 2, height, width).transpose(1, 2).flatten(1, 2))
 
     assert rows(moved_then(shuffle_by_flatten), 8)["b"] == (2, 3, 3, 5, 5, 1)
+
+
+def test_a_graph_that_cannot_run_on_meta_tensors_is_analysed_without_shapes_and_quietly(capfd):
+    # at 4 px the 3×3 conv leaves a 2×2 map, too small for the 4×4 pool: the meta run fails, the analysis goes
+    # on without shapes (conv 3, pool 3 + 3·1 = 6, j 4; then 1×1) and prints nothing (torch's ShapeProp printed
+    # a traceback)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(4), nn.Conv2d(4, 4, 1))
+    assert rows(model, 4) == {"0": (1, 1, 1, 3, 3, 1), "2": (2, 6, 6, 6, 6, 4)}
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""

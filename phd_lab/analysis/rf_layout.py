@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
+_SHAPE = "rf_shape"  # node.meta key of a tensor output's shape
 Layout = tuple[int, int, int] | None  # (rank, height axis, width axis); None: (N, C, H, W)
 _STANDARD = (4, 2, 3)
 _PERMUTES = {torch.permute}
@@ -30,7 +30,7 @@ TRANSPOSE_METHODS = {"transpose", "swapaxes", "swapdims"}
 
 
 def record_shapes(graph_module: fx.GraphModule, input_resolution: int | None) -> bool:
-    """Store every node's output shape (``node.meta['tensor_meta']``) from a run on a meta-device input of
+    """Store every tensor-valued node's output shape (``node.meta['rf_shape']``) from a run on a meta-device input of
     2 × C × I × I, C the input channels of the first Conv2d; False where that is impossible."""
     placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
     convs = [graph_module.get_submodule(n.target) for n in graph_module.graph.nodes if n.op == "call_module"
@@ -47,13 +47,25 @@ def record_shapes(graph_module: fx.GraphModule, input_resolution: int | None) ->
             torch.func.functional_call(wrapper, meta, (image,))  # meta tensors stand in for the weights
     except Exception:  # any op that cannot run on meta tensors, or a mismatch: no shapes, the old rules
         for node in graph_module.graph.nodes:
-            node.meta.pop("tensor_meta", None)
+            node.meta.pop(_SHAPE, None)
         return False
     return True
 
 
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph node by node and stores the shape of each tensor output. Unlike torch's ``ShapeProp``, it
+    prints nothing when an op fails (``ShapeProp`` prints the traceback to stderr before raising): a model whose
+    graph cannot run on meta tensors is analysed without shapes, quietly."""
+
+    def run_node(self, node: fx.Node) -> Any:
+        result = super().run_node(node)
+        if isinstance(result, torch.Tensor):
+            node.meta[_SHAPE] = tuple(result.shape)
+        return result
+
+
 class _ShapePropagation(nn.Module):
-    """Runs ``ShapeProp`` over the graph as its forward pass, so that ``torch.func.functional_call`` can swap
+    """Runs ``_ShapeRecorder`` over the graph as its forward pass, so that ``torch.func.functional_call`` can swap
     the graph module's parameters and buffers for meta tensors while it runs (the model itself is unchanged)."""
 
     def __init__(self, graph_module: fx.GraphModule) -> None:
@@ -61,14 +73,12 @@ class _ShapePropagation(nn.Module):
         self.graph_module = graph_module
 
     def forward(self, image: torch.Tensor) -> None:
-        ShapeProp(self.graph_module).propagate(image)
+        _ShapeRecorder(self.graph_module).run(image)
 
 
 def shape_of(node: Any) -> tuple[int, ...] | None:
     """The recorded shape of a node's output tensor, or None (no shapes, or not a tensor)."""
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    shape = getattr(meta, "shape", None)
-    return tuple(shape) if shape is not None else None
+    return node.meta.get(_SHAPE) if isinstance(node, fx.Node) else None
 
 
 def spatial_dims(layout: Layout) -> set[int]:
