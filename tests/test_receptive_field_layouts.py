@@ -167,3 +167,13 @@ def test_a_graph_that_cannot_run_on_meta_tensors_is_analysed_without_shapes_and_
     assert rows(model, 4) == {"0": (1, 1, 1, 3, 3, 1), "2": (2, 6, 6, 6, 6, 4)}
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_tensor_attributes_mT_T_and_data_are_moves_or_the_tensor_itself_not_metadata():
+    # x.mT, x.T, x.data counted as metadata like x.shape: the conv after them lost its input and its row
+    assert rows(moved_then(lambda self, x: self.b(self.a(x).mT)), 8)["b"] == (2, 3, 3, 5, 5, 1)
+    assert rows(moved_then(lambda self, x: self.b(self.a(x).data)), 8)["b"] == (2, 3, 3, 5, 5, 1)
+    with pytest.raises(ReceptiveFieldError, match=r"module 'b'.*axes 1 and 3 of 4, not the last two"):
+        receptive_fields(moved_then(lambda self, x: self.b(self.a(x).permute(0, 2, 3, 1).mT)), 8)
+    with pytest.raises(ReceptiveFieldError, match=r"getattr.*\(attribute \.grad\)"):
+        receptive_fields(moved_then(lambda self, x: self.b(self.a(x).grad)), 8)

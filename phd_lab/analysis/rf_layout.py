@@ -27,6 +27,7 @@ _PERMUTES = {torch.permute}
 _TRANSPOSES = {torch.transpose, torch.swapaxes, torch.swapdims}
 PERMUTE_METHODS = {"permute"}
 TRANSPOSE_METHODS = {"transpose", "swapaxes", "swapdims"}
+MOVE_ATTRIBUTES = {"mT", "mH", "T", "H"}  # x.mT swaps the last two axes, x.T reverses them all
 
 
 def record_shapes(graph_module: fx.GraphModule, input_resolution: int | None) -> bool:
@@ -107,6 +108,9 @@ def moved(node: fx.Node, layout: Layout, source: fx.Node) -> Layout | str:
     if layout is None and rank != 4:
         return f"of a {rank}-dimensional tensor whose height and width axes are not known"
     _, height, width = layout or _STANDARD
+    if node.op == "call_function" and node.target is getattr:  # x.mT, x.mH: the last two axes; x.T, x.H: all
+        order = list(range(rank))[::-1] if node.args[1] in ("T", "H") else [*range(rank - 2), rank - 1, rank - 2]
+        return normalized((rank, order.index(height), order.index(width)))
     if node.op == "call_method" and node.target in PERMUTE_METHODS or node.target in _PERMUTES:
         dims = node.args[1:] if node.op == "call_method" else node.args[1:2]
         dims = node.kwargs.get("dims", dims)
@@ -127,6 +131,8 @@ def is_move(node: fx.Node) -> bool:
     """Whether a node is a permute/transpose (function or method)."""
     if node.op == "call_method":
         return node.target in PERMUTE_METHODS | TRANSPOSE_METHODS
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in MOVE_ATTRIBUTES
     return node.op == "call_function" and node.target in _PERMUTES | _TRANSPOSES
 
 

@@ -231,8 +231,26 @@ def _function_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[
     if target is F.conv2d:
         return _conv_function(first, node, graph_module)
     if target is getattr:
-        return None  # x.shape, x.dtype, ...
+        return _attribute(first, node, graph_module)
     raise unsupported(node, graph_module)
+
+
+# Attributes of a tensor that carry no image content; x.data (and x.real of a real tensor) is the tensor itself.
+_META_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "layout", "requires_grad", "is_cuda", "is_meta", "is_cpu",
+                    "is_sparse", "is_quantized", "is_leaf", "names", "itemsize", "nbytes", "grad_fn", "is_mps"}
+_SAME_ATTRIBUTES = {"data", "real"}
+
+
+def _attribute(state: Any, node: fx.Node, graph_module: fx.GraphModule) -> Any:
+    """``x.shape``, ``x.dtype``, ...: no image content; ``x.data``: the tensor itself (x.mT, x.T are moves).
+    Any other attribute of an image-derived tensor is refused: it used to count as metadata, so a layer after
+    it lost its input and its row."""
+    name = node.args[1] if len(node.args) > 1 else None
+    if name in _META_ATTRIBUTES:
+        return None
+    if name in _SAME_ATTRIBUTES or not isinstance(state, dict):
+        return state
+    raise unsupported(node, graph_module, f" (attribute .{name})")
 
 
 def _check_cat_dim(node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> None:
