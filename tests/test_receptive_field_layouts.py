@@ -177,3 +177,26 @@ def test_tensor_attributes_mT_T_and_data_are_moves_or_the_tensor_itself_not_meta
         receptive_fields(moved_then(lambda self, x: self.b(self.a(x).permute(0, 2, 3, 1).mT)), 8)
     with pytest.raises(ReceptiveFieldError, match=r"getattr.*\(attribute \.grad\)"):
         receptive_fields(moved_then(lambda self, x: self.b(self.a(x).grad)), 8)
+
+
+def test_a_merge_of_maps_whose_height_and_width_sit_at_different_axes_is_refused():
+    # (N, C, H, W) × a channels-last (N, H, W, 1) gate runs when C equals H (8 here), but multiplies pixel (h, w)
+    # of channel c by the gate at (c, h): it was accepted with the receptive field of a product of aligned maps
+    def gate(self, x):
+        return self.b(self.a(x) * self.a(x).permute(0, 2, 3, 1).mean(-1, keepdim=True))
+
+    with pytest.raises(ReceptiveFieldError, match=r"_operator\.mul \(graph node 'mul'\) of feature maps whose height "
+                                                  r"and width are at different axes: 'a' \(height and width at axes 2 "
+                                                  r"and 3 of 4\), 'mean' \(height and width at axes 1 and 2 of 4\)"):
+        receptive_fields(moved_then(gate), 8)
+
+    def cat(self, x):  # (N, 4, H, W) beside (N, 4 of H, W, C): joins channels of one with rows of the other
+        return self.b(torch.cat([self.a(x)[:, :4], self.a(x).permute(0, 2, 3, 1)[:, :4]], 1))
+
+    with pytest.raises(ReceptiveFieldError, match=r"\.cat \(graph node 'cat'\) of feature maps whose height"):
+        receptive_fields(moved_then(cat), 8)
+    # maps aligned alike merge as before: the channels-last product permuted back
+    def aligned(self, x):
+        return self.b(self.a(x) * self.a(x).permute(0, 2, 3, 1).mean(-1, keepdim=True).permute(0, 3, 1, 2))
+
+    assert rows(moved_then(aligned), 8)["b"] == (3, 3, 3, 5, 5, 1)

@@ -177,3 +177,21 @@ def carried(node: fx.Node, layout: Layout, source: fx.Node | None) -> Layout | s
         return normalized((len(after), height + grow, width + grow))
     return (f", which changes the rank ({len(before)} → {len(after)}) of a tensor whose height and width "
             f"were moved to axes {height} and {width}")
+
+
+def disagreement(operands: list[tuple[fx.Node, Layout]]) -> str | None:
+    """Why the feature maps merged by one op (a sum, product, concatenation) cannot be merged, or None: their
+    height and width axes, counted from the end as broadcasting aligns them, must be the same. A (N, C, H, W)
+    map times a channels-last (N, H, W, 1) gate runs when C equals H, but mixes pixels of different places."""
+    seen: dict[frozenset[int], str] = {}
+    for node, layout in operands:
+        rank = rank_of(node, layout)
+        if layout is None and rank != 4:
+            continue  # a standard-layout tensor of another rank: its axes are not known, nothing to compare
+        full, height, width = layout or _STANDARD
+        seen.setdefault(frozenset((height - full, width - full)),
+                        f"{node.name!r} (height and width at axes {height} and {width} of {rank})")
+    if len(seen) < 2:
+        return None
+    return (" of feature maps whose height and width are at different axes: " + ", ".join(seen.values())
+            + "; move their axes alike first")

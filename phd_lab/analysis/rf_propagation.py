@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from phd_lab.analysis.call_names import call_name
-from phd_lab.analysis.rf_layout import Layout, record_shapes
+from phd_lab.analysis.rf_layout import Layout, disagreement, record_shapes
 from phd_lab.analysis.rf_operations import node_arg, output_layout, transform, unsupported
 from phd_lab.analysis.rf_paths import Ancestry, bypassing_operands, merge_kind, scaled_operands, shortcut_layer
 from phd_lab.analysis.rf_state import ReceptiveFieldError, Unknown, merge
@@ -106,6 +106,10 @@ class _GraphWalk:
             return
         source = next((n for n in inputs if isinstance(self.states[n], dict)), None)  # a spatial input
         layout = self.layouts.get(source)
+        mixed = disagreement([(n, self.layouts.get(n)) for n in dict.fromkeys(inputs)
+                              if isinstance(self.states[n], dict)])
+        if mixed is not None:
+            raise unsupported(node, self.graph_module, mixed)
         kind = merge_kind(node)
         skips: set[fx.Node] = set()
         if kind == "gate":
