@@ -200,3 +200,14 @@ def test_a_merge_of_maps_whose_height_and_width_sit_at_different_axes_is_refused
         return self.b(self.a(x) * self.a(x).permute(0, 2, 3, 1).mean(-1, keepdim=True).permute(0, 3, 1, 2))
 
     assert rows(moved_then(aligned), 8)["b"] == (3, 3, 3, 5, 5, 1)
+
+
+def test_without_shapes_a_permute_stays_refused_as_documented():
+    # the 16×16 pool does not fit the 8×8 map: no shapes; docs/analysis.md says permutes then stay refused, but
+    # the permute was taken as one of a (N, C, H, W) tensor
+    def permuted(self, x):
+        return self.b(F.max_pool2d(self.a(x), 16, 1).permute(0, 2, 3, 1).permute(0, 3, 1, 2))
+
+    with pytest.raises(ReceptiveFieldError, match=r"\.permute\(\) \(graph node 'permute'\) of a tensor whose shape "
+                                                  r"is not known"):
+        receptive_fields(moved_then(permuted), 8)

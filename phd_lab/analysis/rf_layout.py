@@ -104,6 +104,9 @@ def rank_of(node: Any, layout: Layout) -> int:
 
 def moved(node: fx.Node, layout: Layout, source: fx.Node) -> Layout | str:
     """The layout after a permute/transpose of ``source``, or why it cannot be told."""
+    if shape_of(source) is None:  # no shapes: the old rule, permutes of feature maps are refused
+        return ("of a tensor whose shape is not known (the traced graph could not run on a meta-device input "
+                "at the analysed resolution, so where height and width go is not known)")
     rank = rank_of(source, layout)
     if layout is None and rank != 4:
         return f"of a {rank}-dimensional tensor whose height and width axes are not known"
