@@ -211,3 +211,13 @@ def test_without_shapes_a_permute_stays_refused_as_documented():
     with pytest.raises(ReceptiveFieldError, match=r"\.permute\(\) \(graph node 'permute'\) of a tensor whose shape "
                                                   r"is not known"):
         receptive_fields(moved_then(permuted), 8)
+
+
+def test_transpose_and_swapaxes_with_dims_by_keyword():
+    # x.transpose(1, dim1=3) and torch.swapaxes(x, axis0=1, axis1=3) were refused "with non-constant dims None, 3"
+    # / "None, None": constant dims, misnamed; swapped there and back they pass the receptive field through
+    there_and_back = [lambda self, x: self.b(self.a(x).transpose(1, dim1=3).transpose(1, 3)),
+                      lambda self, x: self.b(torch.swapaxes(self.a(x), axis0=1, axis1=3).transpose(1, 3)),
+                      lambda self, x: self.b(self.a(x).swapaxes(axis0=1, axis1=3).swapdims(dim0=3, dim1=1))]
+    for forward in there_and_back:
+        assert rows(moved_then(forward), 8)["b"] == (2, 3, 3, 5, 5, 1)

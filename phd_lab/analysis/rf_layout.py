@@ -123,7 +123,8 @@ def moved(node: fx.Node, layout: Layout, source: fx.Node) -> Layout | str:
             return f"with dims {dims!r} that are not {rank} constants"
         order = [d % rank for d in dims]
         return normalized((rank, order.index(height), order.index(width)))
-    first, second = node.args[1:3] if len(node.args) >= 3 else (node.kwargs.get("dim0"), node.kwargs.get("dim1"))
+    first = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim0", node.kwargs.get("axis0"))
+    second = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim1", node.kwargs.get("axis1"))
     if not (isinstance(first, int) and isinstance(second, int)):
         return f"with non-constant dims {first!r}, {second!r}"
     swap = {first % rank: second % rank, second % rank: first % rank}
