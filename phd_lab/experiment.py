@@ -49,8 +49,10 @@ def _with_args_axis_hint(message: str, grid: Grid) -> str:
     ``replace_stride_with_dilation``) then reaches the factory one element at a time."""
     for kind in ("model_args", "dataset_args", "optimizer_args"):
         swept = [axis.name for axis in grid.axes if axis.path[0] == kind]
-        # "cannot be built with model_args ..." (the factory failed) or "model_args 'width' of 'vgg11' must be ..."
-        if f"cannot be built with {kind}" not in message and f"{kind} '" not in message:
+        # "cannot be built with model_args ..." (the factory failed) or "model_args 'width' of 'vgg11' must be a
+        # number ...; got [0.0625, 0.125]" (a list reached it); not a message about some other argument's value
+        # ("model_args 'truncate' is 'bordr'"), which a list of lists would not mend
+        if f"cannot be built with {kind}" not in message and not (f"{kind} '" in message and "; got [" in message):
             continue
         if swept == [kind]:  # "model_args": [{...}, {...}]
             return (f"{message} ({kind} itself is a grid axis, a list of objects with one point each; a list "

@@ -99,6 +99,11 @@ def test_a_list_valued_model_argument_swept_by_mistake_gets_the_list_of_lists_hi
     code, err = main_in_process(capsys, "--config", str(objects), "--dry-run", "--no-progress")
     assert code == 2 and "a list inside model_args is swept" not in err
     assert "model_args itself is a grid axis, a list of objects with one point each" in " ".join(err.split())
+    # an error about another argument's value is no list's doing: no hint (it told to write lists of lists)
+    other = write_config(tmp_path, "other.json", model_args={"width": [0.0625, 0.125], "truncate": "bordr"})
+    code, err = main_in_process(capsys, "--config", str(other), "--dry-run", "--no-progress")
+    message = " ".join(err.split())
+    assert code == 2 and "'truncate' is 'bordr'" in message and "grid axis" not in message
 
 
 def test_checking_a_large_grid_shows_a_progress_bar(tmp_path, capsys):
