@@ -221,3 +221,22 @@ def test_transpose_and_swapaxes_with_dims_by_keyword():
                       lambda self, x: self.b(self.a(x).swapaxes(axis0=1, axis1=3).swapdims(dim0=3, dim1=1))]
     for forward in there_and_back:
         assert rows(moved_then(forward), 8)["b"] == (2, 3, 3, 5, 5, 1)
+
+
+def test_an_item_of_a_reduction_returning_a_tuple_of_a_moved_map_is_checked_like_the_reduction():
+    # x.max(-1) returns (values, indices): its [0] dropped the channel axis of a channels-last map unnoticed, the
+    # layout still said (4, 1, 2), so .softmax(-1) over the width read as one over channels: b got 5, not inf
+    def attention(self, x):
+        y = self.a(x)
+        weights = y.permute(0, 2, 3, 1).max(-1)[0].softmax(-1)
+        return self.b(y * weights.view(x.size(0), 1, 8, 8))
+
+    with pytest.raises(ReceptiveFieldError, match=r"getitem.*\(an item of the result of graph node 'max_1'\), which "
+                                                  r"changes the rank \(4 → 3\)"):
+        receptive_fields(moved_then(attention), 8)
+
+    def halves(self, x):  # chunk keeps the rank: its items keep the layout
+        first, second = self.a(x).permute(0, 2, 3, 1).chunk(2, dim=-1)
+        return self.b(torch.cat([second, first], -1).permute(0, 3, 1, 2))
+
+    assert rows(moved_then(halves), 8)["b"] == (2, 3, 3, 5, 5, 1)

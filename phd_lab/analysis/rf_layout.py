@@ -173,13 +173,17 @@ def carried(node: fx.Node, layout: Layout, source: fx.Node | None) -> Layout | s
     if layout is None:
         return None
     before, after = shape_of(source), shape_of(node)
+    if before is None and node.op == "call_function" and node.target is operator.getitem and source is not None \
+            and source.args and isinstance(source.args[0], fx.Node):
+        before = shape_of(source.args[0])  # an item of a tuple (x.max(-1)[0], x.chunk(2)[1]): the tuple's input
     if before is None or after is None or len(before) == len(after):
         return layout
     _, height, width = layout
     if len(after) > len(before) and not (node.op == "call_function" and node.target is operator.getitem):
         grow = len(after) - len(before)
         return normalized((len(after), height + grow, width + grow))
-    return (f", which changes the rank ({len(before)} → {len(after)}) of a tensor whose height and width "
+    item = f" (an item of the result of graph node {source.name!r})" if shape_of(source) is None else ""
+    return (f"{item}, which changes the rank ({len(before)} → {len(after)}) of a tensor whose height and width "
             f"were moved to axes {height} and {width}")
 
 
