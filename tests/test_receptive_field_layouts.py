@@ -240,3 +240,22 @@ def test_an_item_of_a_reduction_returning_a_tuple_of_a_moved_map_is_checked_like
         return self.b(torch.cat([second, first], -1).permute(0, 3, 1, 2))
 
     assert rows(moved_then(halves), 8)["b"] == (2, 3, 3, 5, 5, 1)
+
+
+def test_a_reduction_or_index_that_drops_the_channel_axis_moves_height_and_width_forward():
+    # (N, C, H, W).mean(1) is (N, H, W): its height is dim 1, but the layout stayed that of (N, C, H, W), so a
+    # softmax over dim 1 (the height: every output reads the whole column) passed as one over channels: b got 5
+    def column_softmax(self, x):
+        return self.b(self.a(x).mean(1).softmax(1)[:, None])
+
+    assert rows(moved_then(column_softmax, channels=1), 8)["b"] == (2, INF, INF, INF, INF, INF)
+    # the values of x.max(1) and the channel x[:, 0] alike
+    assert rows(moved_then(lambda self, x: self.b(self.a(x)[:, 0].softmax(1)[:, None]), channels=1), 8)["b"] \
+        == (2, INF, INF, INF, INF, INF)
+    assert rows(moved_then(lambda self, x: self.b(self.a(x).max(1)[0].softmax(1)[:, None]), channels=1), 8)["b"] \
+        == (2, INF, INF, INF, INF, INF)
+    # a softmax over the width, and a channel mean kept as a map, as before
+    assert rows(moved_then(lambda self, x: self.b(self.a(x).mean(1).softmax(-1)[:, None]), channels=1), 8)["b"] \
+        == (2, INF, INF, INF, INF, INF)
+    assert rows(moved_then(lambda self, x: self.b(self.a(x).amax(1)[:, None]), channels=1), 8)["b"] \
+        == (2, 3, 3, 5, 5, 1)

@@ -170,6 +170,13 @@ def carried(node: fx.Node, layout: Layout, source: fx.Node | None) -> Layout | s
     """The layout of an op's output that neither moves nor views axes: the same as its input's where the rank
     stays (or grows by broadcasting, counted from the right); for an explicit layout, any other change
     of rank is a string saying so."""
+    getitem = node.op == "call_function" and node.target is operator.getitem and len(node.args) > 1
+    if getitem and shape_of(source) is not None and shape_of(node) is not None \
+            and (layout is not None or len(shape_of(source)) == 4 > len(shape_of(node))):  # a tensor's, not a tuple's
+        # (a (N, C, H, W) map that gains axes, x[:, None], keeps the layout None as before)
+        placed = _indexed(node.args[1], len(shape_of(source)), len(shape_of(node)), (layout or _STANDARD)[1:])
+        if placed is not None:
+            return normalized((len(shape_of(node)), *placed))
     if layout is None:
         return None
     before, after = shape_of(source), shape_of(node)
@@ -185,6 +192,32 @@ def carried(node: fx.Node, layout: Layout, source: fx.Node | None) -> Layout | s
     item = f" (an item of the result of graph node {source.name!r})" if shape_of(source) is None else ""
     return (f"{item}, which changes the rank ({len(before)} → {len(after)}) of a tensor whose height and width "
             f"were moved to axes {height} and {width}")
+
+
+def _indexed(index: Any, rank: int, out_rank: int, axes: tuple[int, int]) -> tuple[int, int] | None:
+    """Where axes ``axes`` of a tensor of rank ``rank`` are after basic indexing (ints drop an axis, None adds
+    one, slices keep it, ``...`` stands for the axes not named), or None: an axis dropped, or advanced indexing."""
+    items = index if isinstance(index, tuple) else (index,)
+    if not all(item is None or item is Ellipsis or isinstance(item, slice)
+               or (isinstance(item, int) and not isinstance(item, bool)) for item in items):
+        return None
+    named = sum(1 for item in items if item is not None and item is not Ellipsis)
+    if Ellipsis in items:
+        cut = items.index(Ellipsis)
+        items = items[:cut] + (slice(None),) * (rank - named) + items[cut + 1:]
+    else:
+        items = items + (slice(None),) * (rank - named)
+    place, axis, out = {}, 0, 0
+    for item in items:
+        if item is None:
+            out += 1
+        elif isinstance(item, slice):
+            place[axis], axis, out = out, axis + 1, out + 1
+        else:  # an int
+            axis += 1
+    if out != out_rank or axis != rank or any(a not in place for a in axes):
+        return None
+    return place[axes[0]], place[axes[1]]
 
 
 def disagreement(operands: list[tuple[fx.Node, Layout]]) -> str | None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from phd_lab.analysis.rf_layout import Layout, carried, is_move, moved, normalized, spatial_dims, viewed
+from phd_lab.analysis.rf_layout import Layout, carried, is_move, moved, normalized, shape_of, spatial_dims, viewed
 from phd_lab.analysis.rf_state import GLOBAL, ReceptiveFieldError, Unknown, merge, window
 
 _PASS_MODULES: tuple[type, ...] = (
@@ -100,10 +100,36 @@ def output_layout(node: fx.Node, graph_module: fx.GraphModule, out: Any, layout:
         start, end = flattened
         return normalized((rank - (end - start), *(axis - (end - start) if axis > end else axis
                                                    for axis in (height, width))))
+    dropped = _reduced_layout(node, layout, source)
+    if dropped is not None:
+        return dropped
     result = carried(node, layout, source)
     if isinstance(result, str):
         raise unsupported(node, graph_module, result)
     return result
+
+
+def _reduced_layout(node: fx.Node, layout: Layout, source: fx.Node | None) -> Layout:
+    """Where height and width are after a reduction of a (N, C, H, W) map over other axes that drops them
+    (``x.mean(1)``, ``x.max(1)[0]``: (N, H, W)), or None where the node is no such reduction. Such a tensor kept
+    the layout None, which reads dims 2, 3 as height and width: ``.softmax(1)`` over the height passed as one
+    over channels. A moved map whose rank changes is refused (``carried``)."""
+    reduction, tensor = node, source
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(source, fx.Node) \
+            and shape_of(source) is None and source.args and isinstance(source.args[0], fx.Node):
+        reduction, tensor = source, source.args[0]  # an item of x.max(1), x.min(1): (values, indices)
+    if layout is not None or not ((reduction.op == "call_function" and reduction.target in _REDUCE_FUNCTIONS)
+                                  or (reduction.op == "call_method" and reduction.target in _REDUCE_METHODS)):
+        return None
+    before, after = shape_of(tensor), shape_of(node)
+    dim = node_arg(reduction, 1, "dim", None)
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    if before is None or after is None or len(before) != 4 or not all(isinstance(d, int) for d in dims):
+        return None
+    gone = {d % 4 for d in dims}
+    if len(after) != 4 - len(gone):
+        return None  # the dims are kept (keepdim=True, softmax)
+    return normalized((len(after), 2 - sum(d < 2 for d in gone), 3 - sum(d < 3 for d in gone)))
 
 
 def _move(state: Any, node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], layout: Layout) -> Any:
