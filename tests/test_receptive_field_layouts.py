@@ -259,3 +259,24 @@ def test_a_reduction_or_index_that_drops_the_channel_axis_moves_height_and_width
         == (2, INF, INF, INF, INF, INF)
     assert rows(moved_then(lambda self, x: self.b(self.a(x).amax(1)[:, None]), channels=1), 8)["b"] \
         == (2, 3, 3, 5, 5, 1)
+
+
+class ScaledChannelsLast(nn.Module):
+    """A forward argument beside the image, with a default: the shape run takes the default, so the permutes
+    are known (before, any second input meant no shapes and the permute was refused)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.mix = nn.Linear(4, 4)
+        self.head = nn.Conv2d(4, 4, 3)
+
+    def forward(self, x, scale: float = 2.0):
+        y = self.mix(self.stem(x).permute(0, 2, 3, 1) * scale).permute(0, 3, 1, 2)
+        return self.head(y).mean((2, 3))
+
+
+def test_a_forward_argument_with_a_default_keeps_the_shapes_known():
+    # stem 3×3: 3; the Linear on the channels-last map is pointwise: 3; head 3×3: 5
+    assert rows(ScaledChannelsLast(), 8) == {"stem": (1, 1, 1, 3, 3, 1), "mix": (None, 3, 3, 3, 3, 1),
+                                              "head": (2, 3, 3, 5, 5, 1)}

@@ -32,11 +32,13 @@ MOVE_ATTRIBUTES = {"mT", "mH", "T", "H"}  # x.mT swaps the last two axes, x.T re
 
 def record_shapes(graph_module: fx.GraphModule, input_resolution: int | None) -> bool:
     """Store every tensor-valued node's output shape (``node.meta['rf_shape']``) from a run on a meta-device input of
-    2 × C × I × I, C the input channels of the first Conv2d; False where that is impossible."""
+    2 × C × I × I, C the input channels of the first Conv2d, further forward arguments at their defaults; False
+    where that is impossible."""
     placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
     convs = [graph_module.get_submodule(n.target) for n in graph_module.graph.nodes if n.op == "call_module"
              and isinstance(graph_module.get_submodule(n.target), nn.Conv2d)]
-    if input_resolution is None or len(placeholders) != 1 or not convs:
+    # the image is the first input; further inputs need a default (forward(x, scale=2.0)), which the run takes
+    if input_resolution is None or not placeholders or not convs or any(not p.args for p in placeholders[1:]):
         return False
     wrapper = _ShapePropagation(graph_module)
     meta = {name: torch.empty_like(value, device="meta") for name, value in
