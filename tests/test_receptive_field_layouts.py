@@ -147,7 +147,7 @@ def test_moves_of_height_or_width_that_later_ops_would_misread_are_refused():
 
 
 def test_flatten_of_a_moved_map_keeps_it_unless_it_flattens_height_or_width():
-    # (N, H, W, C).flatten(0, 1) merges batch and height: global
+    # (N, H, W, C).flatten(0, 1) merges batch and height: no map any more, and the Linear reading it is global
     flat = moved_then(lambda self, x: self.fc(self.a(x).permute(0, 2, 3, 1).flatten(0, 1)))
     assert receptive_fields(flat, 8)["in_r_min"].tolist() == [1, INF]
 
@@ -280,3 +280,36 @@ def test_a_forward_argument_with_a_default_keeps_the_shapes_known():
     # stem 3×3: 3; the Linear on the channels-last map is pointwise: 3; head 3×3: 5
     assert rows(ScaledChannelsLast(), 8) == {"stem": (1, 1, 1, 3, 3, 1), "mix": (None, 3, 3, 3, 3, 1),
                                               "head": (2, 3, 3, 5, 5, 1)}
+
+
+def test_a_flatten_that_merges_height_or_width_leaves_no_map_a_convolution_could_read():
+    # a (3×3, j 1: r 3) flattened with its pixels and viewed back to a map: the graph no longer says where the
+    # pixels are, so b (3×3) reading it is refused naming the flatten (it reported r = inf as if global)
+    def flat_then_back(flatten):
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(flatten(self, y).view(y.shape))
+        model = moved_then(forward)
+        model.flat = nn.Flatten()
+        return model
+
+    for flatten in (lambda self, y: y.flatten(1), lambda self, y: torch.flatten(y, 1),
+                    lambda self, y: self.flat(y), lambda self, y: y.flatten(2)):
+        with pytest.raises(ReceptiveFieldError, match=r"'b'.*flatten.*merges height or width"):
+            receptive_fields(flat_then_back(flatten), 8)
+    # already unknown (adaptive pooling to 2×2), flattened: still unknown, not global (r = inf)
+    with pytest.raises(ReceptiveFieldError, match=r"'b'.*pooling to 2 positions"):
+        receptive_fields(moved_then(lambda self, x: self.b(F.adaptive_avg_pool2d(self.a(x), 2).flatten(1)
+                                                         .view(-1, 8, 2, 2))), 8)
+    # flattening batch and channels only keeps the map: b grows it, r 3 + 2 = 5 (it was global)
+    assert rows(moved_then(lambda self, x: self.b(self.a(x).flatten(0, 1).view(-1, 8, 8, 8))), 8)["b"] \
+        == (2, 3, 3, 5, 5, 1)
+    # a head reading the flattened map is global, also through ops the rules do not list (F.normalize)
+    for head in (lambda self, x: self.fc(torch.flatten(F.adaptive_avg_pool2d(self.a(x), 1), 1)),
+                 lambda self, x: self.fc(F.normalize(self.a(x).flatten(2).transpose(1, 2), dim=-1)),
+                 lambda self, x: self.wide(F.normalize(torch.cat([self.a(x).flatten(1)] * 2, -1)))):
+        model = moved_then(head)
+        model.wide = nn.Linear(256, 3)
+        df = receptive_fields(model, 4)
+        assert df["r_min"].tolist() == [3, INF] and df["in_r_max"].tolist() == [1, INF]
+

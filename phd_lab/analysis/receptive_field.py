@@ -14,13 +14,14 @@ along height or width is refused. A product whose factor was computed from the o
 attention gate: SE, spatial attention, CBAM) keeps the receptive field of the gated tensor only,
 and the gate's layers are marked as a side branch (thesis §10.1 leaves them out); global
 pooling (also written out with the map's size, ``F.avg_pool2d(x, x.size(3))``), spatial reductions,
-flatten, a view/reshape to vectors and Linear make a tensor *global*, and any function or method of
+a view/reshape to vectors and Linear make a tensor *global*, and any function or method of
 global tensors only (``.squeeze(-1)`` of a pooled gate) keeps it global.
 A global tensor (e.g. a squeeze-and-excitation gate) that meets spatial tensors is broadcast
 and does not widen their receptive field; global layers report ``inf``. A view/reshape to a
-feature map and adaptive pooling to more than one position make it *unknown*: the graph alone
-does not say how they move pixels, so a convolution that reads such a tensor raises
-``ReceptiveFieldError``, while a head that only flattens it (torchvision's VGG) is fine. Any
+feature map, adaptive pooling to more than one position and a flatten that merges height or width with
+another axis make it *unknown*: the graph alone does not say how they move pixels, so a convolution that
+reads such a tensor raises ``ReceptiveFieldError``, while a head that only flattens it (torchvision's VGG)
+is fine: a Linear reading it is global, and an op the rules do not cover keeps it unknown. Any
 other operation applied to an image-derived tensor raises ``ReceptiveFieldError`` naming it.
 
 A merge operand that only bypasses layers (an identity shortcut, a 1×1 projection, also behind a

@@ -3,9 +3,10 @@
 ``transform`` gives the state of a graph node's output from the states of its inputs, by the rules of
 ``phd_lab.analysis.receptive_field`` (its docstring lists them): convolutions and max/avg pooling are
 windows, element-wise, normalisation, activation, dropout, padding, channel concatenation and permutes of
-axes pass through, global pooling, spatial reductions, flatten and Linear make a tensor global (a Linear or
-flatten that leaves height and width alone does not: ConvNeXt's channels-last Linear layers are pointwise),
-and any other operation on an image-derived tensor raises ``ReceptiveFieldError`` naming it. Which dims
+axes pass through, global pooling, spatial reductions and Linear make a tensor global (a Linear that leaves
+height and width alone does not: ConvNeXt's channels-last Linear layers are pointwise), a flatten that merges
+height or width with another axis makes it unknown (one of other axes only keeps it), and any other operation
+on an image-derived tensor raises ``ReceptiveFieldError`` naming it (on an unknown one it stays unknown). Which dims
 are height and width comes from the tensor's layout (``rf_layout``; ``output_layout`` carries it from node
 to node). Layers and paths are not this module's job.
 """
@@ -19,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from phd_lab.analysis.rf_layout import Layout, carried, is_move, moved, normalized, shape_of, spatial_dims, viewed
+from phd_lab.analysis.rf_layout import (Layout, carried, is_move, moved, normalized, rank_of, shape_of, spatial_dims,
+                                        viewed)
 from phd_lab.analysis.rf_state import GLOBAL, ReceptiveFieldError, Unknown, merge, window
 
 _PASS_MODULES: tuple[type, ...] = (
@@ -64,6 +66,7 @@ _REDUCE_METHODS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "s
 _CAT_FUNCTIONS = {torch.cat, torch.concat}
 _PAIRWISE_FUNCTIONS = {torch.max, torch.min}  # torch.max(a, b) with a tensor b: element-wise, like torch.maximum
 _PAIRWISE_METHODS = {"max", "min"}
+_STANDARD = (4, 2, 3)  # the layout None: (N, C, H, W)
 POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d}
 
 
@@ -73,6 +76,19 @@ def transform(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any],
     ``layout``: where height and width are in its spatial input, ``rf_layout``)."""
     if _only_global(in_states) and _keeps_global(node):
         return GLOBAL  # e.g. .squeeze(-1) of a pooled SE gate: whatever the op, it sees the whole input
+    try:
+        return _rules(node, graph_module, in_states, first, layout)
+    except ReceptiveFieldError:
+        unknown = _only_unknown(in_states)
+        if unknown is None or (node.op == "call_function" and node.target is F.conv2d):
+            raise
+        # an op the rules do not cover (or refuse) on a tensor whose pixels the graph already does not describe
+        # (x.flatten(1) and then F.normalize): still unknown; a Linear reading it is global, a convolution refused
+        return unknown
+
+
+def _rules(node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], first: Any, layout: Layout) -> Any:
+    """``transform`` by the operation tables, for inputs that are not all global."""
     if is_move(node):
         return _move(first, node, graph_module, in_states, layout)
     if node.op == "call_module":
@@ -96,7 +112,7 @@ def output_layout(node: fx.Node, graph_module: fx.GraphModule, out: Any, layout:
         return viewed(node, layout, source) or None  # kept: _reshape has checked it
     flattened = _flattened_dims(node, graph_module, layout)
     if flattened is not None:  # kept by _flatten: both spatial axes lie outside the flattened ones
-        rank, height, width = layout
+        rank, height, width = layout or _STANDARD
         start, end = flattened
         return normalized((rank - (end - start), *(axis - (end - start) if axis > end else axis
                                                    for axis in (height, width))))
@@ -143,8 +159,9 @@ def _move(state: Any, node: fx.Node, graph_module: fx.GraphModule, in_states: li
 
 
 def _flattened_dims(node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> tuple[int, int] | None:
-    """(start, end) of a flatten (module, function or method) of a tensor with a moved layout, else None."""
-    if layout is None:
+    """(start, end) of a flatten (module, function or method) of a tensor with a moved layout, or of a (N, C, H, W)
+    map (layout None, rank 4 or not recorded), else None."""
+    if layout is None and rank_of(_first_node(node), layout) != 4:
         return None
     if node.op == "call_module" and isinstance(module := graph_module.get_submodule(node.target), nn.Flatten):
         start, end = module.start_dim, module.end_dim
@@ -155,17 +172,23 @@ def _flattened_dims(node: fx.Node, graph_module: fx.GraphModule, layout: Layout)
         return None
     if not (isinstance(start, int) and isinstance(end, int)):
         return None
-    return start % layout[0], end % layout[0]
+    rank = (layout or _STANDARD)[0]
+    return start % rank, end % rank
 
 
 def _flatten(state: Any, node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> Any:
-    """Flatten makes a feature map global, except on a tensor whose axes were moved (``rf_layout``) where the
-    flattened axes are neither height nor width: those it keeps (the axes after them shift)."""
+    """Flatten keeps a feature map whose flattened axes are neither height nor width (the axes after them shift,
+    ``rf_layout``). One that merges height or width with another axis (``torch.flatten(x, 1)`` before a head)
+    leaves no map whose pixels the graph describes: unknown, as a reshape that folds pixels — a Linear reading
+    it is global, a convolution reading it (after a view back to a map) is refused. Global stays global."""
+    if not isinstance(state, dict):
+        return state  # global, unknown or no image content
     flattened = _flattened_dims(node, graph_module, layout)
-    if not isinstance(state, dict) or flattened is None:
-        return GLOBAL
-    start, end = flattened
-    return GLOBAL if any(start <= axis <= end for axis in layout[1:]) else state
+    if flattened is not None:
+        start, end = flattened
+        if start == end or not any(start <= axis <= end for axis in (layout or _STANDARD)[1:]):
+            return state
+    return Unknown(f"{_describe(node, graph_module)}, a flatten that merges height or width with other axes")
 
 
 def _first_node(node: fx.Node) -> fx.Node | None:
@@ -183,6 +206,12 @@ def _only_global(in_states: list[Any]) -> bool:
     """Whether every image-derived input is global (constants and shapes carry no state): any op on
     such inputs depends on the whole input image, so its result is global too."""
     return bool(in_states) and all(state is GLOBAL for state in in_states)
+
+
+def _only_unknown(in_states: list[Any]) -> Unknown | None:
+    """The first unknown input where no image-derived input is a spatial map (the others global), else None."""
+    unknown = next((state for state in in_states if isinstance(state, Unknown)), None)
+    return unknown if unknown is not None and not any(isinstance(state, dict) for state in in_states) else None
 
 
 def _keeps_global(node: fx.Node) -> bool:

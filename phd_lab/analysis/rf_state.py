@@ -21,7 +21,7 @@ class ReceptiveFieldError(PhdLabError):
 
 
 class _Global:
-    """Marker state: the tensor depends on the whole input (after global pooling, flatten, Linear)."""
+    """Marker state: the tensor depends on the whole input (after global pooling, Linear)."""
 
     def __repr__(self) -> str:
         return "GLOBAL"
@@ -32,7 +32,8 @@ GLOBAL = _Global()
 
 class Unknown:
     """Marker state: a feature map whose receptive field the graph alone does not determine (a
-    view/reshape to a feature map, adaptive pooling to several positions); ``origin`` names the op."""
+    view/reshape to a feature map, adaptive pooling to several positions, a flatten that merges height or
+    width with another axis); ``origin`` names the op."""
 
     def __init__(self, origin: str) -> None:
         self.origin = origin
