@@ -313,3 +313,25 @@ def test_a_flatten_that_merges_height_or_width_leaves_no_map_a_convolution_could
         df = receptive_fields(model, 4)
         assert df["r_min"].tolist() == [3, INF] and df["in_r_max"].tolist() == [1, INF]
 
+
+def test_a_none_in_an_index_consumes_no_axis_before_a_strided_slice():
+    # x[:, None, :, ::2, ::2] strides height and width (a 1×1 window, stride 2): r 3, j 2, then b 3×3:
+    # 3 + 2·2 = 7, j 2 (the steps were read at index positions: the None shifted them, and it was refused)
+    assert rows(moved_then(lambda self, x: self.b(self.a(x)[:, None, :, ::2, ::2][:, 0])), 8)["b"] \
+        == (2, 3, 3, 7, 7, 2)
+    # after ... the axes count from the end, a None taking none
+    assert rows(moved_then(lambda self, x: self.b(self.a(x)[..., ::2, None, ::2][:, :, :, 0])), 8)["b"] \
+        == (2, 3, 3, 7, 7, 2)
+    # x[:, None, ::2, ::2] strides channels and height, not width: refused (it passed as stride 2 along both)
+    with pytest.raises(ReceptiveFieldError, match=r"strided slice with steps \{'height': 2\}"):
+        receptive_fields(moved_then(lambda self, x: self.a(x)[:, None, ::2, ::2]), 8)
+
+
+def test_a_map_that_gains_an_axis_has_height_and_width_one_axis_further():
+    # (N, 1, C, H, W): a softmax over dim 4, the width, is global (the layout said dims 2, 3: it passed)
+    assert rows(moved_then(lambda self, x: self.b(self.a(x)[:, None].softmax(4)[:, 0])), 8)["b"] \
+        == (2, INF, INF, INF, INF, INF)
+    # over dim 2 (the channels) it passes (it was global); a sum over the new axis is (N, C, H, W) again
+    assert rows(moved_then(lambda self, x: self.b(self.a(x)[:, None].softmax(2)[:, 0])), 8)["b"] \
+        == (2, 3, 3, 5, 5, 1)
+    assert rows(moved_then(lambda self, x: self.b((self.a(x)[:, None] * 2).sum(1))), 8)["b"] == (2, 3, 3, 5, 5, 1)

@@ -174,8 +174,8 @@ def carried(node: fx.Node, layout: Layout, source: fx.Node | None) -> Layout | s
     of rank is a string saying so."""
     getitem = node.op == "call_function" and node.target is operator.getitem and len(node.args) > 1
     if getitem and shape_of(source) is not None and shape_of(node) is not None \
-            and (layout is not None or len(shape_of(source)) == 4 > len(shape_of(node))):  # a tensor's, not a tuple's
-        # (a (N, C, H, W) map that gains axes, x[:, None], keeps the layout None as before)
+            and (layout is not None or len(shape_of(source)) == 4):  # a tensor's, not a tuple's
+        # (a (N, C, H, W) map that gains axes, x[:, None], has height and width at axes 3 and 4)
         placed = _indexed(node.args[1], len(shape_of(source)), len(shape_of(node)), (layout or _STANDARD)[1:])
         if placed is not None:
             return normalized((len(shape_of(node)), *placed))

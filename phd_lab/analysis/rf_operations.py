@@ -117,7 +117,7 @@ def output_layout(node: fx.Node, graph_module: fx.GraphModule, out: Any, layout:
         return normalized((rank - (end - start), *(axis - (end - start) if axis > end else axis
                                                    for axis in (height, width))))
     dropped = _reduced_layout(node, layout, source)
-    if dropped is not None:
+    if dropped is not False:
         return dropped
     result = carried(node, layout, source)
     if isinstance(result, str):
@@ -125,27 +125,30 @@ def output_layout(node: fx.Node, graph_module: fx.GraphModule, out: Any, layout:
     return result
 
 
-def _reduced_layout(node: fx.Node, layout: Layout, source: fx.Node | None) -> Layout:
-    """Where height and width are after a reduction of a (N, C, H, W) map over other axes that drops them
-    (``x.mean(1)``, ``x.max(1)[0]``: (N, H, W)), or None where the node is no such reduction. Such a tensor kept
-    the layout None, which reads dims 2, 3 as height and width: ``.softmax(1)`` over the height passed as one
-    over channels. A moved map whose rank changes is refused (``carried``)."""
+def _reduced_layout(node: fx.Node, layout: Layout, source: fx.Node | None) -> Layout | bool:
+    """Where height and width are after a reduction over other axes that drops them (``x.mean(1)``, ``x.max(1)[0]``
+    of a (N, C, H, W) map: (N, H, W); ``x[:, None].sum(1)``: (N, C, H, W) again), or False where the node is no
+    such reduction. Such a tensor kept the layout None, which reads dims 2, 3 as height and width: ``.softmax(1)``
+    over the height passed as one over channels. Only maps whose height and width are the last two axes: a moved
+    map whose rank changes is refused (``carried``)."""
     reduction, tensor = node, source
     if node.op == "call_function" and node.target is operator.getitem and isinstance(source, fx.Node) \
             and shape_of(source) is None and source.args and isinstance(source.args[0], fx.Node):
         reduction, tensor = source, source.args[0]  # an item of x.max(1), x.min(1): (values, indices)
-    if layout is not None or not ((reduction.op == "call_function" and reduction.target in _REDUCE_FUNCTIONS)
-                                  or (reduction.op == "call_method" and reduction.target in _REDUCE_METHODS)):
-        return None
+    rank, height, width = layout or _STANDARD
+    if (height, width) != (rank - 2, rank - 1) or not (
+            (reduction.op == "call_function" and reduction.target in _REDUCE_FUNCTIONS)
+            or (reduction.op == "call_method" and reduction.target in _REDUCE_METHODS)):
+        return False
     before, after = shape_of(tensor), shape_of(node)
     dim = node_arg(reduction, 1, "dim", None)
     dims = dim if isinstance(dim, (tuple, list)) else (dim,)
-    if before is None or after is None or len(before) != 4 or not all(isinstance(d, int) for d in dims):
-        return None
-    gone = {d % 4 for d in dims}
-    if len(after) != 4 - len(gone):
-        return None  # the dims are kept (keepdim=True, softmax)
-    return normalized((len(after), 2 - sum(d < 2 for d in gone), 3 - sum(d < 3 for d in gone)))
+    if before is None or after is None or len(before) != rank or not all(isinstance(d, int) for d in dims):
+        return False
+    gone = {d % rank for d in dims}
+    if len(after) != rank - len(gone):
+        return False  # the dims are kept (keepdim=True, softmax)
+    return normalized((len(after), height - sum(d < height for d in gone), width - sum(d < width for d in gone)))
 
 
 def _move(state: Any, node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], layout: Layout) -> Any:
@@ -491,18 +494,16 @@ def _reduction(state: Any, node: fx.Node, graph_module: fx.GraphModule, layout: 
 
 def _getitem(state: Any, node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> Any:
     """Indexing passes the receptive field through, except a strided slice of the feature map
-    (``x[:, :, ::2, ::2]``, the 'option A' shortcut of CIFAR ResNets): a 1×1 window with that stride."""
+    (``x[:, :, ::2, ::2]``, the 'option A' shortcut of CIFAR ResNets): a 1×1 window with that stride. Which
+    axis an item indexes counts only the items that consume one: a None adds an axis, and after ``...`` the
+    axes count from the end (``x[:, None, :, ::2, ::2]`` and ``x[..., ::2, None, ::2]`` stride height and width)."""
     index = node.args[1] if len(node.args) > 1 else None
     items = index if isinstance(index, tuple) else (index,)
-    if Ellipsis in items:  # dims after the ellipsis count from the end
-        cut = items.index(Ellipsis)
-        positions = list(enumerate(items[:cut])) + [(i - len(items[cut + 1:]), item)
-                                                     for i, item in enumerate(items[cut + 1:])]
-    else:
-        positions = list(enumerate(items))
-    rank, height, _ = layout or (4, 2, 3)
-    steps = {("height" if dim % rank == height else "width"): item.step for dim, item in positions
-             if isinstance(item, slice) and item.step not in (None, 1) and dim in spatial_dims(layout)}
+    rank = rank_of(_first_node(node), layout)
+    _, height, width = layout or _STANDARD
+    spatial = {dim % rank for dim in spatial_dims(layout)}
+    steps = {("height" if axis % rank == height else "width"): item.step for axis, item in _indexed_axes(items)
+             if isinstance(item, slice) and item.step not in (None, 1) and axis % rank in spatial}
     if not steps:
         return state
     values = set(steps.values())
@@ -510,6 +511,14 @@ def _getitem(state: Any, node: fx.Node, graph_module: fx.GraphModule, layout: La
         raise unsupported(node, graph_module, f" (a strided slice with steps {steps}; the analysis needs the "
                                                f"same constant step along height and width)")
     return window(state, 1, values.pop(), 1)
+
+
+def _indexed_axes(items: tuple[Any, ...]) -> list[tuple[int, Any]]:
+    """(input axis, item) for the items of an index that consume an input axis; axes after ``...`` negative."""
+    cut = items.index(Ellipsis) if Ellipsis in items else len(items)
+    before = [item for item in items[:cut] if item is not None]
+    after = [item for item in items[cut + 1:] if item is not None]
+    return list(enumerate(before)) + [(i - len(after), item) for i, item in enumerate(after)]
 
 
 def _conv_params(module: nn.Module, name: str) -> tuple[int, int, int]:
