@@ -335,3 +335,17 @@ def test_a_map_that_gains_an_axis_has_height_and_width_one_axis_further():
     assert rows(moved_then(lambda self, x: self.b(self.a(x)[:, None].softmax(2)[:, 0])), 8)["b"] \
         == (2, 3, 3, 5, 5, 1)
     assert rows(moved_then(lambda self, x: self.b((self.a(x)[:, None] * 2).sum(1))), 8)["b"] == (2, 3, 3, 5, 5, 1)
+
+
+def test_a_vision_transformer_has_the_patch_size_then_global_layers():
+    # the patch convolution 16×16/16: r 16, jump 16; the tokens are a reshape of the map (unknown pixels), and
+    # every Linear after the attention reads all of them: global; no Conv2d exceeds 32 px, so no border
+    from torchvision.models import VisionTransformer
+    model = VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16,
+                              num_classes=3)
+    df = receptive_fields(model, 32)
+    assert df["layer"].tolist() == ["conv_proj", "encoder.layers.encoder_layer_0.mlp.0",
+                                    "encoder.layers.encoder_layer_0.mlp.3", "heads.head"]
+    assert df[["r_min", "r_max", "jump"]].iloc[0].tolist() == [16, 16, 16]
+    assert (df[["r_min", "r_max", "in_r_min", "in_r_max"]].iloc[1:] == INF).all().all()
+    assert border_layers(df, 32) == (None, None)
