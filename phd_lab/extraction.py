@@ -144,8 +144,13 @@ def check_file_names(model: nn.Module, names: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------- extraction
-def _reduce(output: torch.Tensor, downsampling: int | str | None, method: str = DEFAULT_METHOD) -> torch.Tensor:
-    """(B, ...) layer output → (B, features), or (B, H, W, C) for pixelwise 4-D outputs."""
+def _reduce(output: torch.Tensor, downsampling: int | str | None, method: str = DEFAULT_METHOD,
+            channels_last: bool = False) -> torch.Tensor:
+    """(B, ...) layer output → (B, features), or (B, H, W, C) for pixelwise 4-D outputs. ``channels_last``: a
+    4-D output is (B, H, W, C), as a Linear's on a channels-last map (ConvNeXt's blocks): its features are the
+    last axis, as the saturation tracker and the PCA layers read them, so it is pooled over H and W, not W and C."""
+    if output.dim() == 4 and channels_last:
+        output = output.permute(0, 3, 1, 2)
     if output.dim() == 4:
         if downsampling == PIXELWISE:
             return output.permute(0, 2, 3, 1)
@@ -168,10 +173,11 @@ class _Capture:
         modules = dict(model.named_modules())
         self.outputs: dict[str, torch.Tensor] = {}
         self.order: list[str] = []
-        self.handles = [modules[name].register_forward_hook(self._hook(name)) for name in names]
+        self.handles = [modules[name].register_forward_hook(self._hook(name, isinstance(modules[name], nn.Linear)))
+                        for name in names]
         self.downsampling, self.dtype, self.method = downsampling, dtype, method
 
-    def _hook(self, name: str):
+    def _hook(self, name: str, channels_last: bool):
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             if not isinstance(output, torch.Tensor):
                 raise ExtractionError(f"Step 'extract': the output of layer {name!r} is a "
@@ -179,7 +185,7 @@ class _Capture:
             if name in self.outputs:
                 raise ExtractionError(f"Step 'extract': layer {name!r} runs more than once per forward pass, so its "
                                       f"output is ambiguous; choose other layers.")
-            reduced = _reduce(output.detach(), self.downsampling, self.method).to(self.dtype)
+            reduced = _reduce(output.detach(), self.downsampling, self.method, channels_last).to(self.dtype)
             if reduced.untyped_storage().data_ptr() == output.untyped_storage().data_ptr():
                 reduced = reduced.clone()  # a view of the output: a later in-place op (ReLU) would change it
             self.outputs[name] = reduced

@@ -30,7 +30,8 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 # What extraction computes; part of the reuse check, so latents of an older computation are made anew.
 # 2: feature maps smaller than ``downsampling`` are no longer up-sampled.
-EXTRACTION_VERSION = 2
+# 3: a Linear's 4-D output (B, H, W, C) (ConvNeXt's channels-last blocks) is pooled over H and W, not W and C.
+EXTRACTION_VERSION = 3
 SPLITS = ("train", "eval")
 
 

@@ -583,3 +583,29 @@ def test_latents_larger_than_the_free_disk_space_stop_after_the_first_batch(tmp_
     assert f"need at least {needed / 1e15:.1f} PB ({needed:,} bytes) more in {tmp_path / 'latents'}" in message
     assert " bytes) free;" in message
     assert not (tmp_path / "latents").exists()
+
+
+class _ToChannelsLast(torch.nn.Module):
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1)
+
+
+def test_a_linear_on_a_channels_last_map_keeps_its_features_and_pools_height_and_width(tmp_path):
+    """ConvNeXt's Linear layers output (B, H, W, C): their latents are its C features per pooled position (as the
+    saturation tracker and PCA layers read them), not W and C averaged as if they were height and width."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), _ToChannelsLast(), torch.nn.Linear(4, 6),
+                                torch.nn.Flatten(), torch.nn.Linear(6 * 8 * 8, 2))
+    images = torch.randn(10, 1, 8, 8)
+    dataset = torch.utils.data.TensorDataset(images, torch.arange(10) % 2)
+    data = {split: torch.utils.data.DataLoader(dataset, batch_size=4) for split in ("train", "eval")}
+    with torch.no_grad():
+        hidden = model[2](model[1](model[0](images)))  # (10, 8, 8, 6)
+    manifest = extract_latents(model, data, tmp_path / "pooled", run_dir=tmp_path, downsampling=2, progress=False)
+    assert {e["name"]: e["shape"] for e in manifest["layers"]}["2"] == [10, 6 * 2 * 2]
+    expected = F.adaptive_avg_pool2d(hidden.permute(0, 3, 1, 2), 2).flatten(1)
+    np.testing.assert_allclose(np.load(tmp_path / "pooled" / "train-2.npy"), expected.numpy(), rtol=1e-5, atol=1e-6)
+    manifest = extract_latents(model, data, tmp_path / "pixels", run_dir=tmp_path, downsampling="pixelwise",
+                               layers=["2"], progress=False)
+    assert len(manifest["layers"]) == 8 * 8 and all(e["shape"] == [10, 6] for e in manifest["layers"])
+    np.testing.assert_allclose(np.load(tmp_path / "pixels" / "train-2@3_5.npy"), hidden[:, 3, 5].numpy(), rtol=1e-6)
