@@ -515,3 +515,22 @@ def test_exclude_patterns_alone_that_leave_no_layer_are_refused(tmp_path) -> Non
                                           r"no layer of 'vgg11' to track. Its Conv2d, Linear and LSTM layers: embed"):
         check_tracked_layers(every, AttentionNet())
     check_tracked_layers(some, AttentionNet())
+
+
+class _ToChannelsLast(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+def test_tracking_resolution_reduces_the_maps_of_a_linear_on_a_channels_last_map() -> None:
+    """ConvNeXt's Linear layers output (B, H, W, C) feature maps: tracking_resolution reduces them over H and W
+    as it does the convolutions' maps beside them (they kept every position: 8×8 rows per image, not 4×4)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), _ToChannelsLast(), nn.Linear(3, 5))
+    images = torch.randn(6, 1, 8, 8)
+    with SaturationTracker(model, resolution=4) as tracker, torch.no_grad():
+        hidden = model(images)
+        frame = tracker.compute()
+    assert frame["n"].tolist() == [6 * 16, 6 * 16]
+    rows = F.adaptive_avg_pool2d(hidden.permute(0, 3, 1, 2), 4).permute(0, 2, 3, 1).reshape(-1, 5).double().numpy()
+    assert rel_error(tracker.covariance("2").numpy(), np.cov(rows, rowvar=False, bias=True)) <= 1e-10

@@ -185,6 +185,8 @@ class SaturationTracker:
                 maps = tensor if tensor.dim() == 4 else tensor.unsqueeze(0)  # Conv2d also takes (C, H, W)
                 layer.accumulator.update_maps(self._downsample(maps))
             else:
+                if tensor.dim() == 4:  # a Linear on a channels-last map (ConvNeXt): (B, H, W, C), a map as well
+                    tensor = self._downsample(tensor.movedim(-1, 1)).movedim(1, -1)
                 layer.accumulator.update(tensor.reshape(-1, tensor.shape[-1]))
         return hook
 
