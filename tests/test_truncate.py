@@ -254,3 +254,31 @@ def test_the_run_log_says_where_truncate_cut_the_model_or_that_it_did_not(tmp_pa
     assert "resnet18_cifar has no border layer at 32 px" in logs["resnet18_cifar"]
     assert "so the model is not truncated" in logs["resnet18_cifar"]
     assert "the model is cut before features.18" in logs["vgg11"]
+
+
+class _ShuffleBlocks(nn.Module):
+    """ShuffleNetV2's stride-1 unit: x.chunk(2, dim=1) (a tuple, on every path), one half through a branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.branch = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 1))
+        self.head = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.stem(x).chunk(2, dim=1)
+        y = torch.cat([x1, self.branch(x2)], dim=1)
+        y = y.view(y.shape[0], 2, 2, 8, 8).transpose(1, 2).reshape(y.shape[0], 4, 8, 8)
+        return self.head(y)
+
+
+def test_a_cut_inside_a_shufflenet_unit_goes_before_its_chunk():
+    """The last node on every path before branch.2 is the chunk, a tuple: the kept part returned it and
+    truncate_model failed with "AttributeError: 'tuple' object has no attribute 'dim'"; the whole unit goes now."""
+    torch.manual_seed(0)
+    model = _ShuffleBlocks()
+    check_cut(model, "branch.2", in_channels=1, resolution=8)
+    cut = truncate_model(model, "branch.2", num_classes=5, in_channels=1, input_resolution=8)
+    images = torch.randn(2, 1, 8, 8)
+    assert conv_names(cut.body) == ["stem"] and cut.classifier.in_features == 4
+    torch.testing.assert_close(cut.body(images), model.stem(images))

@@ -76,10 +76,12 @@ def _on_every_path(graph: fx.Graph) -> list[fx.Node]:
     return articulation
 
 
-def _cut_node(graph: fx.Graph, layer: str) -> fx.Node:
+def _cut_node(graph: fx.Graph, layer: str, tuples: set[fx.Node] | frozenset = frozenset()) -> fx.Node:
     """The node to cut after so that ``layer`` and everything after it go. A container (ResNet's ``layer3``),
     which torch.fx traces through, is cut before the first of its modules the forward pass calls; ``name:k``
-    (as the receptive-field table names a module's later calls) before the k-th call of ``name``."""
+    (as the receptive-field table names a module's later calls) before the k-th call of ``name``. ``tuples``:
+    nodes known to return no tensor (ShuffleNetV2's ``x.chunk(2, dim=1)``, on every path of its block), never a
+    cut: the cut moves before them (the whole block goes)."""
     calls = [n for n in graph.nodes
              if n.op == "call_module" and (n.target == layer or str(n.target).startswith(f"{layer}."))]
     name, call = split_call_name(layer)
@@ -97,15 +99,17 @@ def _cut_node(graph: fx.Graph, layer: str) -> fx.Node:
         if node not in ancestors:
             ancestors.add(node)
             stack.extend(node.all_input_nodes)
-    candidates = [n for n in _on_every_path(graph) if n in ancestors]
+    candidates = [n for n in _on_every_path(graph) if n in ancestors and n not in tuples]
     if not candidates or candidates[-1].op == "placeholder":
         raise ConfigError(f"Cannot truncate at {layer!r}: nothing before it would remain.")
     return candidates[-1]
 
 
-def _output_dims(traced: fx.GraphModule, in_channels: int, resolution: int) -> dict[fx.Node, int]:
+def _output_dims(traced: fx.GraphModule, in_channels: int, resolution: int,
+                 tuples: set[fx.Node] | None = None) -> dict[fx.Node, int]:
     """The number of dimensions of each node's tensor output in an eval-mode forward pass of one input, up to
-    the first node that fails (a tail too deep for the resolution leaves the nodes before it known)."""
+    the first node that fails (a tail too deep for the resolution leaves the nodes before it known); the nodes
+    that returned a tuple or list are added to ``tuples`` where given."""
     dims: dict[fx.Node, int] = {}
 
     class Recorder(fx.Interpreter):
@@ -113,6 +117,8 @@ def _output_dims(traced: fx.GraphModule, in_channels: int, resolution: int) -> d
             result = super().run_node(node)
             if isinstance(result, torch.Tensor):
                 dims[node] = result.dim()
+            elif isinstance(result, (tuple, list)) and tuples is not None:
+                tuples.add(node)
             return result
 
     was_training = traced.training
@@ -138,8 +144,10 @@ def check_cut(model: nn.Module, layer: str, *, in_channels: int, resolution: int
     except Exception:  # noqa: BLE001 - reported with its reason when the model is truncated
         return
     graph = traced.graph
-    cut = _cut_node(graph, layer)
-    dims = _output_dims(traced, in_channels, resolution)
+    _cut_node(graph, layer)  # no such module, nothing before it: said before the model runs
+    tuples: set[fx.Node] = set()
+    dims = _output_dims(traced, in_channels, resolution, tuples)
+    cut = _cut_node(graph, layer, tuples)
     dim = dims.get(cut)
     if dim is None or dim == 4:
         return
@@ -148,7 +156,7 @@ def check_cut(model: nn.Module, layer: str, *, in_channels: int, resolution: int
         if node.op != "call_module" or node.target in layers:
             continue
         try:
-            cut = _cut_node(graph, str(node.target))
+            cut = _cut_node(graph, str(node.target), tuples)
         except ConfigError:
             continue
         if dims.get(cut) == 4:
@@ -168,7 +176,10 @@ def truncate_model(model: nn.Module, layer: str, *, num_classes: int, in_channel
         raise ConfigError(f"Cannot truncate {type(model).__name__}: torch.fx cannot trace it "
                           f"({type(error).__name__}: {error}).") from None
     graph = traced.graph
-    cut = _cut_node(graph, layer)
+    _cut_node(graph, layer)  # no such module, nothing before it: said before the model runs
+    tuples: set[fx.Node] = set()
+    _output_dims(traced, in_channels, input_resolution, tuples)
+    cut = _cut_node(graph, layer, tuples)
     kept = fx.Graph()
     mapping: dict[fx.Node, fx.Node] = {}
     for node in graph.nodes:
