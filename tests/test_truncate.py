@@ -282,3 +282,24 @@ def test_a_cut_inside_a_shufflenet_unit_goes_before_its_chunk():
     images = torch.randn(2, 1, 8, 8)
     assert conv_names(cut.body) == ["stem"] and cut.classifier.in_features == 4
     torch.testing.assert_close(cut.body(images), model.stem(images))
+
+
+class _LayerNorm2d(nn.LayerNorm):
+    """torchvision's ConvNeXt LayerNorm2d: torch.fx traces through it (permute, F.layer_norm, permute)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps).permute(
+            0, 3, 1, 2)
+
+
+def test_truncation_savings_keep_a_traced_through_layer_norm_off_the_removed_layers():
+    """The cut model's table has no row of a module torch.fx traced through (it is no longer called): its
+    LayerNorm2d, which the cut keeps, was listed as removed (ConvNeXt-tiny: features.0.1, 2.0, 4.0 and 6.0)."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), _LayerNorm2d(4), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    full = computational_info(model, (1, 8, 8))
+    saved = truncation_savings(model, "3", num_classes=3, in_channels=1, input_resolution=8, full=full)
+    assert saved["removed_layers"] == ["3", "4", "6"]  # (Flatten has no row)
+    params = full[1].set_index("layer")["params"]
+    assert params[saved["removed_layers"]].sum() == saved["params_saved"] + saved["head_params"]

@@ -247,6 +247,9 @@ def truncation_savings(model: nn.Module, layer: str, *, num_classes: int, in_cha
     cut_info, cut_table = computational_info(cut, shape)
     kept = {name.removeprefix("body.") for name in cut_table["layer"]
             if name.startswith("body.")}  # the new head's pool and classifier keep no layer of the model
+    # and the modules torch.fx traced through (ConvNeXt's LayerNorm2d: a permute, F.layer_norm with the module's
+    # weights, a permute), which the kept graph still uses but no longer calls, so the cut model's table lacks them
+    kept |= {name for name, _ in cut.body.named_modules() if name}
     head = cut_table[cut_table["layer"].isin(["pool", "classifier"])]
     return {"border": layer, "exact": True,
             "removed_layers": [name for name in full_table["layer"] if name not in kept and name != FUNCTIONAL_ROW],
