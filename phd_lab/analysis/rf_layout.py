@@ -22,7 +22,7 @@ from torch import fx, nn
 
 _SHAPE = "rf_shape"  # node.meta key of a tensor output's shape
 Layout = tuple[int, int, int] | None  # (rank, height axis, width axis); None: (N, C, H, W)
-_STANDARD = (4, 2, 3)
+STANDARD = (4, 2, 3)  # the layout None: (N, C, H, W)
 _PERMUTES = {torch.permute}
 _TRANSPOSES = {torch.transpose, torch.swapaxes, torch.swapdims}
 PERMUTE_METHODS = {"permute"}
@@ -79,6 +79,24 @@ class _ShapePropagation(nn.Module):
         _ShapeRecorder(self.graph_module).run(image)
 
 
+def first_input(node: fx.Node) -> fx.Node | None:
+    """The node's first argument if that is a graph node (the tensor a method or function acts on)."""
+    return node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+
+
+def is_item(node: fx.Node) -> bool:
+    """Whether ``node`` is an indexing ``x[...]`` (``operator.getitem``)."""
+    return node.op == "call_function" and node.target is operator.getitem
+
+
+def tuple_input(node: fx.Node, source: fx.Node | None) -> fx.Node | None:
+    """For an item of the result of a tuple-valued op ``source`` (``x.max(1)[0]``, ``x.chunk(2)[1]``: no shape
+    recorded for the tuple): the tensor that op read; else None."""
+    if is_item(node) and isinstance(source, fx.Node) and shape_of(source) is None:
+        return first_input(source)
+    return None
+
+
 def shape_of(node: Any) -> tuple[int, ...] | None:
     """The recorded shape of a node's output tensor, or None (no shapes, or not a tensor)."""
     return node.meta.get(_SHAPE) if isinstance(node, fx.Node) else None
@@ -101,7 +119,7 @@ def normalized(layout: Layout) -> Layout:
 def rank_of(node: Any, layout: Layout) -> int:
     """The rank of a tensor: recorded, or that of its layout (4 for the standard one)."""
     shape = shape_of(node)
-    return len(shape) if shape is not None else (layout or _STANDARD)[0]
+    return len(shape) if shape is not None else (layout or STANDARD)[0]
 
 
 def moved(node: fx.Node, layout: Layout, source: fx.Node) -> Layout | str:
@@ -112,7 +130,7 @@ def moved(node: fx.Node, layout: Layout, source: fx.Node) -> Layout | str:
     rank = rank_of(source, layout)
     if layout is None and rank != 4:
         return f"of a {rank}-dimensional tensor whose height and width axes are not known"
-    _, height, width = layout or _STANDARD
+    _, height, width = layout or STANDARD
     if node.op == "call_function" and node.target is getattr:  # x.mT, x.mH: the last two axes; x.T, x.H: all
         order = list(range(rank))[::-1] if node.args[1] in ("T", "H") else [*range(rank - 2), rank - 1, rank - 2]
         return normalized((rank, order.index(height), order.index(width)))
@@ -150,7 +168,7 @@ def viewed(node: fx.Node, layout: Layout, source: fx.Node) -> Layout | bool:
     before, after = shape_of(source), shape_of(node)
     if before is None or after is None or (layout is None and len(before) != 4):
         return False
-    _, height, width = layout if layout is not None else _STANDARD
+    _, height, width = layout if layout is not None else STANDARD
     kept = [_same_axis(before, axis, after) for axis in (height, width)]
     if None in kept or kept[0] == kept[1]:
         return False
@@ -172,23 +190,22 @@ def carried(node: fx.Node, layout: Layout, source: fx.Node | None) -> Layout | s
     """The layout of an op's output that neither moves nor views axes: the same as its input's where the rank
     stays (or grows by broadcasting, counted from the right); for an explicit layout, any other change
     of rank is a string saying so."""
-    getitem = node.op == "call_function" and node.target is operator.getitem and len(node.args) > 1
-    if getitem and shape_of(source) is not None and shape_of(node) is not None \
+    if is_item(node) and shape_of(source) is not None and shape_of(node) is not None \
             and (layout is not None or len(shape_of(source)) == 4):  # a tensor's, not a tuple's
         # (a (N, C, H, W) map that gains axes, x[:, None], has height and width at axes 3 and 4)
-        placed = _indexed(node.args[1], len(shape_of(source)), len(shape_of(node)), (layout or _STANDARD)[1:])
+        placed = _indexed(node.args[1], len(shape_of(source)), len(shape_of(node)), (layout or STANDARD)[1:])
         if placed is not None:
             return normalized((len(shape_of(node)), *placed))
     if layout is None:
         return None
     before, after = shape_of(source), shape_of(node)
-    if before is None and node.op == "call_function" and node.target is operator.getitem and source is not None \
-            and source.args and isinstance(source.args[0], fx.Node):
-        before = shape_of(source.args[0])  # an item of a tuple (x.max(-1)[0], x.chunk(2)[1]): the tuple's input
+    read = tuple_input(node, source)
+    if read is not None:  # an item of a tuple (x.max(-1)[0], x.chunk(2)[1]): the rank of the tuple's input
+        before = shape_of(read)
     if before is None or after is None or len(before) == len(after):
         return layout
     _, height, width = layout
-    if len(after) > len(before) and not (node.op == "call_function" and node.target is operator.getitem):
+    if len(after) > len(before) and not is_item(node):
         grow = len(after) - len(before)
         return normalized((len(after), height + grow, width + grow))
     item = f" (an item of the result of graph node {source.name!r})" if shape_of(source) is None else ""
@@ -231,7 +248,7 @@ def disagreement(operands: list[tuple[fx.Node, Layout]]) -> str | None:
         rank = rank_of(node, layout)
         if layout is None and rank != 4:
             continue  # a standard-layout tensor of another rank: its axes are not known, nothing to compare
-        full, height, width = layout or _STANDARD
+        full, height, width = layout or STANDARD
         seen.setdefault(frozenset((height - full, width - full)),
                         f"{node.name!r} (height and width at axes {height} and {width} of {rank})")
     if len(seen) < 2:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from phd_lab.analysis.rf_layout import (Layout, carried, is_move, moved, normalized, rank_of, shape_of, spatial_dims,
-                                        viewed)
+from phd_lab.analysis.rf_layout import (STANDARD, Layout, carried, first_input, is_move, moved, normalized, rank_of,
+                                        shape_of, spatial_dims, tuple_input, viewed)
 from phd_lab.analysis.rf_state import GLOBAL, ReceptiveFieldError, Unknown, merge, window
 
 _PASS_MODULES: tuple[type, ...] = (
@@ -66,7 +66,6 @@ _REDUCE_METHODS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "s
 _CAT_FUNCTIONS = {torch.cat, torch.concat}
 _PAIRWISE_FUNCTIONS = {torch.max, torch.min}  # torch.max(a, b) with a tensor b: element-wise, like torch.maximum
 _PAIRWISE_METHODS = {"max", "min"}
-_STANDARD = (4, 2, 3)  # the layout None: (N, C, H, W)
 POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d}
 
 
@@ -112,7 +111,7 @@ def output_layout(node: fx.Node, graph_module: fx.GraphModule, out: Any, layout:
         return viewed(node, layout, source) or None  # kept: _reshape has checked it
     flattened = _flattened_dims(node, graph_module, layout)
     if flattened is not None:  # kept by _flatten: both spatial axes lie outside the flattened ones
-        rank, height, width = layout or _STANDARD
+        rank, height, width = layout or STANDARD
         start, end = flattened
         return normalized((rank - (end - start), *(axis - (end - start) if axis > end else axis
                                                    for axis in (height, width))))
@@ -132,10 +131,10 @@ def _reduced_layout(node: fx.Node, layout: Layout, source: fx.Node | None) -> La
     over the height passed as one over channels. Only maps whose height and width are the last two axes: a moved
     map whose rank changes is refused (``carried``)."""
     reduction, tensor = node, source
-    if node.op == "call_function" and node.target is operator.getitem and isinstance(source, fx.Node) \
-            and shape_of(source) is None and source.args and isinstance(source.args[0], fx.Node):
-        reduction, tensor = source, source.args[0]  # an item of x.max(1), x.min(1): (values, indices)
-    rank, height, width = layout or _STANDARD
+    read = tuple_input(node, source)
+    if read is not None:
+        reduction, tensor = source, read  # an item of x.max(1), x.min(1): (values, indices)
+    rank, height, width = layout or STANDARD
     if (height, width) != (rank - 2, rank - 1) or not (
             (reduction.op == "call_function" and reduction.target in _REDUCE_FUNCTIONS)
             or (reduction.op == "call_method" and reduction.target in _REDUCE_METHODS)):
@@ -155,7 +154,7 @@ def _move(state: Any, node: fx.Node, graph_module: fx.GraphModule, in_states: li
     """``permute``/``transpose``: the receptive field passes through; the axes move (``rf_layout``)."""
     if not isinstance(state, dict):
         return state  # no image content, or already unknown
-    where = moved(node, layout, _first_node(node))
+    where = moved(node, layout, first_input(node))
     if isinstance(where, str):
         raise unsupported(node, graph_module, " " + where)
     return merge(in_states)
@@ -164,7 +163,7 @@ def _move(state: Any, node: fx.Node, graph_module: fx.GraphModule, in_states: li
 def _flattened_dims(node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> tuple[int, int] | None:
     """(start, end) of a flatten (module, function or method) of a tensor with a moved layout, or of a (N, C, H, W)
     map (layout None, rank 4 or not recorded), else None."""
-    if layout is None and rank_of(_first_node(node), layout) != 4:
+    if layout is None and rank_of(first_input(node), layout) != 4:
         return None
     if node.op == "call_module" and isinstance(module := graph_module.get_submodule(node.target), nn.Flatten):
         start, end = module.start_dim, module.end_dim
@@ -175,7 +174,7 @@ def _flattened_dims(node: fx.Node, graph_module: fx.GraphModule, layout: Layout)
         return None
     if not (isinstance(start, int) and isinstance(end, int)):
         return None
-    rank = (layout or _STANDARD)[0]
+    rank = (layout or STANDARD)[0]
     return start % rank, end % rank
 
 
@@ -189,13 +188,9 @@ def _flatten(state: Any, node: fx.Node, graph_module: fx.GraphModule, layout: La
     flattened = _flattened_dims(node, graph_module, layout)
     if flattened is not None:
         start, end = flattened
-        if start == end or not any(start <= axis <= end for axis in (layout or _STANDARD)[1:]):
+        if start == end or not any(start <= axis <= end for axis in (layout or STANDARD)[1:]):
             return state
     return Unknown(f"{_describe(node, graph_module)}, a flatten that merges height or width with other axes")
-
-
-def _first_node(node: fx.Node) -> fx.Node | None:
-    return node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
 
 
 def _standard(node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> None:
@@ -398,8 +393,10 @@ def _reshape(state: Any, node: fx.Node, graph_module: fx.GraphModule, layout: La
         return GLOBAL
     return Unknown(f"{_describe(node, graph_module)}, a reshape to {len(shape)} dimensions")
 
+
 def _kept_by_view(node: fx.Node, layout: Layout) -> bool:
-    source = _first_node(node)
+    """Whether a view/reshape keeps height and width whole (``rf_layout.viewed``)."""
+    source = first_input(node)
     return source is not None and viewed(node, layout, source) is not False
 
 
@@ -499,8 +496,8 @@ def _getitem(state: Any, node: fx.Node, graph_module: fx.GraphModule, layout: La
     axes count from the end (``x[:, None, :, ::2, ::2]`` and ``x[..., ::2, None, ::2]`` stride height and width)."""
     index = node.args[1] if len(node.args) > 1 else None
     items = index if isinstance(index, tuple) else (index,)
-    rank = rank_of(_first_node(node), layout)
-    _, height, width = layout or _STANDARD
+    rank = rank_of(first_input(node), layout)
+    _, height, width = layout or STANDARD
     spatial = {dim % rank for dim in spatial_dims(layout)}
     steps = {("height" if axis % rank == height else "width"): item.step for axis, item in _indexed_axes(items)
              if isinstance(item, slice) and item.step not in (None, 1) and axis % rank in spatial}

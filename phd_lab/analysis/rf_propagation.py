@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from phd_lab.analysis.call_names import call_name
-from phd_lab.analysis.rf_layout import Layout, disagreement, record_shapes
+from phd_lab.analysis.rf_layout import Layout, disagreement, first_input, record_shapes
 from phd_lab.analysis.rf_operations import node_arg, output_layout, transform, unsupported
 from phd_lab.analysis.rf_paths import Ancestry, bypassing_operands, merge_kind, scaled_operands, shortcut_layer
 from phd_lab.analysis.rf_state import ReceptiveFieldError, Unknown, merge
@@ -117,7 +117,7 @@ class _GraphWalk:
             if scaled:
                 skips = self._gate(inputs, scaled)
                 in_states = [self.states[n] for n in scaled]
-        head = _first_input(node)
+        head = first_input(node)
         out = transform(node, self.graph_module, in_states,
                         self.states[head] if head is not None else merge(in_states), layout)
         self.states[node] = out
@@ -173,11 +173,6 @@ class _GraphWalk:
         self.row_of[node] = row
         self.rows.append(row)
         self.previous[node] = out
-
-
-def _first_input(node: fx.Node) -> fx.Node | None:
-    """The node's first argument if that is a graph node (the tensor a method or function acts on)."""
-    return node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
 
 
 def _layer_name(node: fx.Node, module: nn.Module | None) -> str | None:
