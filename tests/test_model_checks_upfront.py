@@ -40,7 +40,7 @@ def test_truncating_where_no_feature_map_is_left_is_refused_before_any_point_tra
                                                 {"width": 0.0625, "truncate": "classifier.2"}])
     message = refused(capsys, tmp_path, config)
     assert "model_args 'truncate'" in message
-    assert "Cannot truncate at 'classifier.2'" in message and "2-d tensor, not a feature map" in message
+    assert "Cannot truncate at 'classifier.2'" in message and "2-d tensor, not a (N, C, H, W) feature map" in message
     assert "Layers it can be truncated at" in message and "features.1, features.2" in message
 
 

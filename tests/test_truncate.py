@@ -232,6 +232,35 @@ def test_the_layers_offered_instead_are_exactly_those_whose_kept_part_returns_a_
     assert message.endswith("Layers it can be truncated at (the kept part returns a feature map): 1, 2, 3.")
 
 
+class _ChannelsLastMix(nn.Module):
+    """Conv, then a Linear over the channels of the channels-last map (ConvNeXt's pointwise layers), then a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mix = nn.Linear(8, 8)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mix(self.stem(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_a_cut_whose_kept_part_returns_a_channels_last_map_is_refused():
+    """Cut before ``mix``, the kept part returns the permuted (N, H, W, C) map: 4-d, but the GAP head would have
+    averaged over width and channels and classified 16 "channels" that are rows (before the fix it trained so)."""
+    with pytest.raises(ConfigError) as error:
+        check_cut(_ChannelsLastMix(), "mix", in_channels=3, resolution=16)
+    message = " ".join(str(error.value).split())
+    assert "height and width are axes 1 and 2 (channels-last, shape (1, 16, 16, 8)" in message
+    assert message.endswith("Layers it can be truncated at (the kept part returns a feature map): conv.")
+    with pytest.raises(ConfigError, match="height and width are axes 1 and 2"):
+        truncate_model(_ChannelsLastMix(), "mix", num_classes=10, in_channels=3, input_resolution=16)
+    cut = truncate_model(_ChannelsLastMix(), "conv", num_classes=10, in_channels=3, input_resolution=16)
+    assert cut.classifier.in_features == 8 and cut(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
+
+
 def test_a_truncated_model_keeps_the_training_mode_of_the_model_it_was_cut_from():
     """Measuring the kept part's channels runs it in eval mode; a model cut in training mode stays in it (its
     BatchNorm layers keep updating their statistics when it trains), one cut in eval mode stays in eval mode."""

@@ -14,9 +14,11 @@ previous layer whose smallest receptive field exceeds the resolution, thesis §1
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -105,33 +107,43 @@ def _cut_node(graph: fx.Graph, layer: str, tuples: set[fx.Node] | frozenset = fr
     return candidates[-1]
 
 
-def _output_dims(traced: fx.GraphModule, in_channels: int, resolution: int,
-                 tuples: set[fx.Node] | None = None) -> dict[fx.Node, int]:
-    """The number of dimensions of each node's tensor output in an eval-mode forward pass of one input, up to
-    the first node that fails (a tail too deep for the resolution leaves the nodes before it known); the nodes
-    that returned a tuple or list are added to ``tuples`` where given."""
-    dims: dict[fx.Node, int] = {}
+def _output_shapes(traced: fx.GraphModule, in_channels: int, resolution: int,
+                   tuples: set[fx.Node] | None = None) -> dict[fx.Node, tuple[int, ...]]:
+    """The shape of each node's tensor output in an eval-mode forward pass of one input, up to the first node
+    that fails (a tail too deep for the resolution leaves the nodes before it known); the nodes that returned a
+    tuple or list are added to ``tuples`` where given."""
+    shapes: dict[fx.Node, tuple[int, ...]] = {}
 
     class Recorder(fx.Interpreter):
         def run_node(self, node: fx.Node) -> Any:
             result = super().run_node(node)
             if isinstance(result, torch.Tensor):
-                dims[node] = result.dim()
+                shapes[node] = tuple(result.shape)
             elif isinstance(result, (tuple, list)) and tuples is not None:
                 tuples.add(node)
             return result
 
-    was_training = traced.training
-    traced.eval()
-    device, dtype = _placement(traced)
-    try:
-        with torch.no_grad():
+    with _evaluating(traced):
+        device, dtype = _placement(traced)
+        try:
             Recorder(traced).run(torch.zeros(1, in_channels, resolution, resolution, device=device, dtype=dtype))
-    except Exception:  # noqa: BLE001 - the nodes before the failure are known; the rest stay unknown
-        pass
-    finally:
-        traced.train(was_training)
-    return dims
+        except Exception:  # noqa: BLE001 - the nodes before the failure are known; the rest stay unknown
+            pass
+    return shapes
+
+
+def _not_a_feature_map(shape: tuple[int, ...] | None, doubled: tuple[int, ...] | None) -> str | None:
+    """Why a tensor of ``shape`` (``doubled``: its shape at twice the input resolution, None where unknown) is no
+    (N, C, H, W) feature map for the GAP head, or None where it is one. Height and width are the axes whose size
+    follows the input's; a channels-last map (N, H, W, C) is 4-d too, but pooling its last two axes would average
+    over width and channels."""
+    if shape is None or len(shape) != 4:
+        return None if shape is None else f"a {len(shape)}-d tensor"
+    spatial = [axis for axis, (a, b) in enumerate(zip(shape, doubled or shape)) if a != b]
+    if set(spatial) <= {2, 3}:
+        return None
+    return (f"a 4-d tensor whose height and width are axes {' and '.join(map(str, spatial))} (channels-last, "
+            f"shape {tuple(shape)} at this resolution)")
 
 
 def check_cut(model: nn.Module, layer: str, *, in_channels: int, resolution: int) -> None:
@@ -146,10 +158,11 @@ def check_cut(model: nn.Module, layer: str, *, in_channels: int, resolution: int
     graph = traced.graph
     _cut_node(graph, layer)  # no such module, nothing before it: said before the model runs
     tuples: set[fx.Node] = set()
-    dims = _output_dims(traced, in_channels, resolution, tuples)
-    cut = _cut_node(graph, layer, tuples)
-    dim = dims.get(cut)
-    if dim is None or dim == 4:
+    shapes = _output_shapes(traced, in_channels, resolution, tuples)
+    doubled = _output_shapes(traced, in_channels, 2 * resolution)  # where height and width are
+    problem = lambda node: _not_a_feature_map(shapes.get(node), doubled.get(node))  # noqa: E731
+    why = problem(_cut_node(graph, layer, tuples))
+    if why is None:
         return
     layers: list[str] = []
     for node in graph.nodes:
@@ -159,11 +172,11 @@ def check_cut(model: nn.Module, layer: str, *, in_channels: int, resolution: int
             cut = _cut_node(graph, str(node.target), tuples)
         except ConfigError:
             continue
-        if dims.get(cut) == 4:
+        if cut in shapes and problem(cut) is None:
             layers.append(str(node.target))
     shown = ", ".join(layers[:12]) + (f" ... ({len(layers)} in all, the last {layers[-1]})" if len(layers) > 12 else "")
-    raise ConfigError(f"Cannot truncate at {layer!r}: the part kept before it returns a {dim}-d tensor, not a feature "
-                      f"map for the new pooling head. Layers it can be truncated at (the kept part returns a "
+    raise ConfigError(f"Cannot truncate at {layer!r}: the part kept before it returns {why}, not a (N, C, H, W) "
+                      f"feature map for the new pooling head. Layers it can be truncated at (the kept part returns a "
                       f"feature map): {shown or 'none'}.")
 
 
@@ -178,7 +191,7 @@ def truncate_model(model: nn.Module, layer: str, *, num_classes: int, in_channel
     graph = traced.graph
     _cut_node(graph, layer)  # no such module, nothing before it: said before the model runs
     tuples: set[fx.Node] = set()
-    _output_dims(traced, in_channels, input_resolution, tuples)
+    _output_shapes(traced, in_channels, input_resolution, tuples)
     cut = _cut_node(graph, layer, tuples)
     kept = fx.Graph()
     mapping: dict[fx.Node, fx.Node] = {}
@@ -209,15 +222,31 @@ def _placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+@contextlib.contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """Eval mode and no autograd for a probing forward pass; the module's own mode is restored afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
+
+
 def _output_channels(body: nn.Module, in_channels: int, resolution: int) -> int:
-    was_training = body.training
-    body.eval()
+    """The channels of the kept part's output, which must be a (N, C, H, W) feature map for the GAP head."""
     device, dtype = _placement(body)
-    with torch.no_grad():
+    with _evaluating(body):
         out = body(torch.zeros(1, in_channels, resolution, resolution, device=device, dtype=dtype))
-    body.train(was_training)
-    if out.dim() != 4:
-        raise ConfigError(f"Cannot truncate there: the kept part returns a {out.dim()}-d tensor, not a feature map.")
+        try:  # where height and width are: the axes whose size follows the input's
+            doubled = tuple(body(torch.zeros(1, in_channels, 2 * resolution, 2 * resolution, device=device,
+                                             dtype=dtype)).shape)
+        except Exception:  # noqa: BLE001 - a model of one input size only (ViT): its 4-d output is taken as it is
+            doubled = None
+    why = _not_a_feature_map(tuple(out.shape), doubled)
+    if why is not None:
+        raise ConfigError(f"Cannot truncate there: the kept part returns {why}, not a (N, C, H, W) feature map.")
     return int(out.shape[1])
 
 
