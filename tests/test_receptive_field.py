@@ -165,6 +165,16 @@ def test_resnet18_b_min_on_the_zigzag_of_the_block_convolutions():
     assert df.loc[df.b_min, "layer"].tolist() == ["layer3.1.conv1"]
 
 
+def test_resnet50_b_min_is_its_last_convolution_from_11_to_74_px_as_documented():
+    """docs/analysis.md: the bottlenecks' identity shortcuts keep prev_r_min small, so ResNet50 (ImageNet stem) has
+    b_min = layer4.2.conv3 from 11 to 74 px and none above (the docs said from 12 before; at 11 px layer4.2.conv2's
+    prev_r_min is 11, not > 11, and layer4.2.conv3's 75)."""
+    from registries import models
+    df = receptive_fields(models.resnet50(num_classes=10), 11)
+    assert [border_layers(df, size)[0] for size in (10, 11, 74, 75)] == [
+        "layer1.0.conv1", "layer4.2.conv3", "layer4.2.conv3", None]
+
+
 @pytest.mark.parametrize("variant", ["resnet18_se", "resnet18_sa", "resnet18_cbam", "resnet18_noskip_sa"])
 def test_attention_layers_are_side_branches_that_move_no_border(variant):
     """Thesis §10.1: the layers of the attention mechanism are omitted and do not widen the receptive field."""
