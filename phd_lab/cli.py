@@ -236,13 +236,17 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
 def failed_runs_advice(failed: list[RunOutcome], runs: int, on_cluster: bool) -> str:
     """Where the tracebacks of the failed runs are: in their run logs, or (for runs that failed before their log
     was opened) above on the console, or in the logs of the Dask workers that ran them."""
-    unlogged = sum(not outcome.logged for outcome in failed)
+    died = sum(outcome.died for outcome in failed)
+    gone = (f" {died} of them ended with their Dask worker processes (no traceback exists; the same command resumes "
+            f"them).") if died else ""
+    unlogged = sum(not outcome.logged and not outcome.died for outcome in failed)
     if not unlogged:
-        return f"{len(failed)} of {runs} run(s) failed; see each failed run's .log file."
+        see = "; see each failed run's .log file" if any(outcome.logged for outcome in failed) else ""
+        return f"{len(failed)} of {runs} run(s) failed{see}.{gone}"
     where = "in the logs of the Dask workers that ran them (for local:N: above)" if on_cluster else "above"
     others = f" The other {len(failed) - unlogged}: see their .log files." if unlogged < len(failed) else ""
     return (f"{len(failed)} of {runs} run(s) failed. {unlogged} of them failed before a run log was opened (while "
-            f"building the data, model or optimizer); their tracebacks are {where}.{others}")
+            f"building the data, model or optimizer); their tracebacks are {where}.{others}{gone}")
 
 
 def entry_point() -> None:

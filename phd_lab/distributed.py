@@ -342,7 +342,8 @@ def _stop_flag(name: str | None) -> Callable[[], bool]:
 def submit_and_collect(client: Any, tasks: Sequence[tuple[str, Callable[..., Any], tuple, dict | None]],
                        description: str, progress: bool = True, stop_event: str | None = None
                        ) -> dict[str, tuple[str, Any]]:
-    """Submit ``(key, fn, args, resources)`` tasks; return ``key → ("finished", result) | ("failed", error)``.
+    """Submit ``(key, fn, args, resources)`` tasks; return ``key → ("finished", result) | ("failed", error)`` or
+    ``("died", message)`` for a task whose worker processes died (``worker_deaths``).
     Keys must be unique to the command: the scheduler hands a task of an existing key to whoever asks.
     When the command is stopped while it waits, its unfinished tasks are stopped too (``_stop_tasks``)."""
     from distributed import as_completed
@@ -362,13 +363,26 @@ def submit_and_collect(client: Any, tasks: Sequence[tuple[str, Callable[..., Any
                     results[key] = ("finished", future.result())
                 else:
                     error = future.exception()
-                    results[key] = ("failed", f"{type(error).__name__}: {error}")
-                    log.error("Task %s failed: %s: %s", key, type(error).__name__, error)
+                    died = worker_deaths(error)
+                    results[key] = (("died", died) if died else ("failed", f"{type(error).__name__}: {error}"))
+                    log.error("Task %s failed: %s: %s", key, type(error).__name__, died or error)
                 bar.update()
     except BaseException:  # Ctrl-C, SIGTERM: the tasks would go on running on the workers without this
         _stop_tasks(client, [f for f, key in futures.items() if key not in results], stop_event)
         raise
     return results
+
+
+def worker_deaths(error: BaseException) -> str | None:
+    """What a task given up after its worker processes died (SIGKILL, the OOM killer) went through, or None for an
+    error the task raised. Dask's KilledWorker names no cause: none reached it, and no traceback exists."""
+    from distributed.scheduler import KilledWorker
+    if not isinstance(error, KilledWorker):
+        return None
+    deaths = int(getattr(error, "allowed_failures", 0)) + 1
+    return (f"KilledWorker: the Dask worker process running it died {deaths} time(s) (ended by a signal or by the "
+            f"system, e.g. for lack of memory), so the scheduler gave it up (distributed.scheduler.allowed-failures); "
+            f"no traceback exists, the logs of the workers may say why they died")
 
 
 def _stop_tasks(client: Any, futures: list[Any], stop_event: str | None) -> None:

@@ -41,6 +41,7 @@ class RunOutcome:
     status: str  # finished | failed | in use (another process holds the folder; not run here)
     error: str = ""
     logged: bool = True  # False: it failed before its run log was opened (the traceback went to the console)
+    died: bool = False  # its Dask worker processes died (killed, out of memory): no traceback exists anywhere
 
 
 def _with_args_axis_hint(message: str, grid: Grid) -> str:
@@ -224,6 +225,13 @@ class Main:
             status, value = results[key]
             executor = self.executors[index]
             logged = status == "finished"  # a task that raised failed before its run log was opened
+            died = status == "died"
+            if died:  # killed, not raised: no traceback anywhere, but its log and checkpoints stay
+                run_log = executor.rundir.log
+                logged = run_log.exists()
+                status, value = "failed", (f"{value}. Its last completed epoch is kept: rerun this command to "
+                                           f"resume it." + (f" Its log: {run_log}" if logged else ""))
+                log.error("Run %d (%s) failed: %s", index, executor.config.name, value)
             if status == "finished":  # the task ran: train_point's own (status, folder or message)
                 status, value = value
                 if status == "failed":  # the run failed after its log was opened, which holds the traceback
@@ -236,7 +244,7 @@ class Main:
             outcomes.append(RunOutcome(index, executor.config.name, str(executor.rundir.root), status,
                                        "" if status == "finished" else
                                        brief(value) if isinstance(value, BaseException) else str(value),
-                                       logged=logged))
+                                       logged=logged, died=died))
         if usage_errors and len(usage_errors) == len(chosen):  # as in a sequential run: the input is at fault
             raise usage_errors[0]
         return outcomes

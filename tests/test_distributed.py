@@ -174,6 +174,44 @@ def test_killed_worker_is_survived_and_the_run_resumes_from_its_checkpoint(tmp_p
     _assert_same_runs(tmp_path / "seq" / "logs", logs)
 
 
+def test_a_run_whose_worker_processes_died_is_said_to_have_died_with_its_log_not_to_have_failed_unlogged(
+        tmp_path, cluster, capsys):
+    """A run whose worker processes were killed (SIGKILL, the OOM killer) as often as the scheduler allows was
+    summarised as failed "before a run log was opened (while building the data, model or optimizer)", its
+    traceback "in the logs of the Dask workers": it had started training, its log was open, and no traceback
+    exists anywhere. The summary says now that its workers died, names its log and says that a rerun resumes it."""
+    module = tmp_path / "deadly.py"
+    module.write_text(
+        "import os, signal\n"
+        "from torch import nn\n"
+        "class Dies(nn.Linear):\n"
+        "    def forward(self, x):\n"
+        "        try:  # only in a Dask worker: the checks before the grid runs build and call it here\n"
+        "            from distributed import get_worker\n"
+        "            get_worker()\n"
+        "        except ValueError:\n"
+        "            return super().forward(x)\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "def net(*, num_classes, in_channels=3):\n"
+        "    return nn.Sequential(nn.Flatten(), Dies(in_channels * 16 * 16, num_classes))\n")
+    config = write_config(tmp_path, model="net", model_args={}, epoch=1, cpu_threads=1, track_saturation=False,
+                          post_processing=[], registries={"models": str(module)})
+    scheduler = cluster.scheduler  # in this process: one death gives the task up (Dask's default: the 4th)
+    allowed, scheduler.allowed_failures = scheduler.allowed_failures, 0
+    try:
+        code = main_cli(["--config", str(config), "--no-progress", "-q", "--scheduler", cluster.scheduler_address])
+    finally:
+        scheduler.allowed_failures = allowed
+    err = " ".join(capsys.readouterr().err.split())
+    [folder] = run_folders(tmp_path / "logs")
+    assert code == 1
+    assert "before a run log was opened" not in err and "Traceback" not in err
+    assert "the Dask worker process running it died 1 time" in err
+    assert f"rerun this command to resume it. Its log: {folder / f'{run_name(folder)}.log'}" in err
+    assert ("1 of 1 run(s) failed; see each failed run's .log file. 1 of them ended with their Dask worker processes "
+            "(no traceback exists; the same command resumes them).") in err
+
+
 def test_ctrl_c_stops_the_command_s_runs_on_the_cluster_so_that_the_rerun_resumes_them(tmp_path, cluster):
     """Ctrl-C ended the command, but its task went on training on the worker and held the run folder, so the
     rerun the message asked for was refused ("in use by PID ..." of a worker process)."""

@@ -458,6 +458,10 @@ def test_the_advice_on_failed_runs_says_where_each_traceback_is():
     assert "1 of them failed before a run log was opened" in mixed and "tracebacks are above" in mixed
     assert "The other 1: see their .log files." in mixed
     assert "in the logs of the Dask workers" in failed_runs_advice([unlogged], 3, True)
+    # a run whose Dask worker processes died (KilledWorker) before its log was opened has no traceback anywhere
+    died = RunOutcome(2, "c", "/logs/c", "failed", "KilledWorker: ...", logged=False, died=True)
+    assert failed_runs_advice([died], 3, True) == ("1 of 3 run(s) failed. 1 of them ended with their Dask worker "
+                                                   "processes (no traceback exists; the same command resumes them).")
 
 
 def test_device_option_overrides_the_config(tmp_path, capsys):
