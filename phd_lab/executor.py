@@ -83,6 +83,9 @@ class TrainTestExecutor:
         self._git_diff: str | None = None  # uncommitted changes of the phd-lab checkout (set by logged_config)
         self._objective = CLASSIFICATION  # what the built model is trained for (logged for the analysis)
         self._truncation: tuple[int, str] | None = None  # what ``truncate`` did, said in the run's log once it is open
+        # the layer ``truncate`` cut before (None: no border, not cut), logged in _meta: where 'border' cuts depends
+        # on the receptive-field code, so a rerun under a later version names a cut that moved
+        self._cut_meta: dict[str, str | None] = {}
 
     # ------------------------------------------------------------------ validation
     def validate(self, missing_data: str = "error", said: dict[str, int] | None = None,
@@ -221,6 +224,7 @@ class TrainTestExecutor:
         if truncate:
             from phd_lab.models.truncate import resolve_cut, truncate_model
             layer = resolve_cut(model, truncate, cfg.resolution)
+            self._cut_meta = {"truncated_before": layer}
             if layer is not None:
                 model = truncate_model(model, layer, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                                        input_resolution=cfg.resolution)
@@ -272,7 +276,8 @@ class TrainTestExecutor:
                             "registry_files": dict(self.registries.files),
                             "registry_sha256": self.registries.file_hashes(),
                             "registry_helper_sha256": self.registries.helper_hashes(),
-                            "defaults_in_effect": self._defaults_in_effect(), "working_directory": os.getcwd()}
+                            "defaults_in_effect": self._defaults_in_effect(), "working_directory": os.getcwd(),
+                            **self._cut_meta}
         # the commit alone does not say which code ran in a checkout with uncommitted changes: their patch
         # is kept beside the config (``<name>_git.diff``) and its sha256 is logged and compared on a rerun
         self._git_diff = git_diff() if values[META_KEY].get("git_dirty") else None

@@ -26,10 +26,10 @@ def _shown(values: Mapping[str, Any], name: str) -> str:
 
 def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """Differences that build another model, data set or optimizer from the same config: the factory
-    defaults in effect and the code of the registry files and of the files beside them that they import. Keys an
-    older ``_meta`` lacks are skipped, and so is a factory argument added since whose default is null: an argument
-    is added with null meaning what the factory did before it existed (Digits' ``normalization``, the image sets'
-    ``flip``)."""
+    defaults in effect, the layer ``truncate`` cut before, and the code of the registry files and of the files
+    beside them that they import. Keys an older ``_meta`` lacks are skipped, and so is a factory argument added
+    since whose default is null: an argument is added with null meaning what the factory did before it existed
+    (Digits' ``normalization``, the image sets' ``flip``)."""
     found = []
     old_defaults, new_defaults = logged.get("defaults_in_effect"), _plain(now.get("defaults_in_effect"))
     if isinstance(old_defaults, Mapping) and isinstance(new_defaults, Mapping):
@@ -58,6 +58,10 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
                 if old.get(file) != new.get(file):
                     found.append(f"the code of {file} beside the {kind} registry file, which it imports "
                                  f"({_helper_state(old.get(file))}, now {_helper_state(new.get(file))})")
+    # where truncate ('border') cut the model: found by the receptive-field code, which a later version may change
+    old_cut, new_cut = logged.get("truncated_before", _ABSENT), now.get("truncated_before", _ABSENT)
+    if old_cut is not _ABSENT and new_cut is not _ABSENT and old_cut != new_cut:
+        found.append(f"the layer model_args truncate cuts the model before: {_cut(old_cut)} (now {_cut(new_cut)})")
     # the same commit with other uncommitted changes (an older _meta lacks the key: not compared)
     old_diff, new_diff = logged.get("git_diff_sha256", _ABSENT), now.get("git_diff_sha256")
     same_commit = bool(logged.get("git_commit")) and logged.get("git_commit") == now.get("git_commit")
@@ -66,6 +70,10 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
         found.append(f"the uncommitted changes to phd-lab ({_diff_state(old_diff)}, now {_diff_state(new_diff)}"
                      f"{kept})")
     return found
+
+
+def _cut(layer: Any) -> str:
+    return json.dumps(layer) if layer is not None else "none (no border layer: not truncated)"
 
 
 def _helper_state(digest: Any) -> str:

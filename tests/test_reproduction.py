@@ -65,6 +65,28 @@ def test_a_changed_factory_default_and_other_versions_are_named_on_resume_and_on
         in log_text and "torch 1.13.0 (now " in log_text
 
 
+def test_the_layer_truncate_border_cut_before_is_logged_and_a_cut_that_moved_is_named_on_a_rerun(tmp_path, capsys):
+    """'truncate': 'border' is resolved by the receptive-field code, which later versions change (ResNet50's b_min
+    moved from 12 to 11 px): the logged config named only 'border', so a rerun of it years later that cut the model
+    elsewhere trained another model, named at most as another commit of phd-lab."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model_args={"width": 0.0625, "truncate": "border"},
+                          track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    assert logged[META_KEY]["truncated_before"] == "features.11"
+    logged[META_KEY]["truncated_before"] = "features.8"  # as if an earlier version had found another border
+    logged_path.write_text(json.dumps(logged))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--run-id", "again", "--no-progress", "-q")
+    assert code == 0
+    [again] = [f for f in run_folders(tmp_path / "logs") if f != folder]
+    log_text = " ".join((again / f"{run_name(again)}.log").read_text().split())
+    assert ('This config was logged by a run under another setup: the layer model_args truncate cuts the model '
+            'before: "features.8" (now "features.11")') in log_text
+    assert json.loads((again / logged_path.name).read_text())[META_KEY]["truncated_before"] == "features.11"
+
+
 def test_a_run_folder_of_other_model_code_is_refused_before_anything_of_it_changes(tmp_path, capsys):
     """Two registry files that build the same model name differently give the same run folder (the registry is a
     technical key); the second config loaded the first's checkpoint and failed with a size-mismatch traceback,
