@@ -284,6 +284,28 @@ def _configure_worker_logging() -> None:
         root.setLevel(logging.INFO)
 
 
+# Modules of Dask that draw from Python's global random while a task runs in the worker process: dask.sizeof
+# samples the large collections of every message the worker sends (heartbeats, several a second), the others jitter
+# retries and pick peers or spill files. Each uses only ``random.<function>`` calls that a Random instance has.
+DASK_RANDOM_USERS = ("dask.sizeof", "distributed.worker", "distributed.utils_comm", "distributed.comm.core")
+
+
+def _private_random_for_dask() -> None:
+    """Give the Dask modules that draw from Python's global ``random`` a generator of their own, so that a run's
+    seeded Python random (a model's stochastic depth, a dataset's augmentation) is drawn from by the run alone,
+    as in a sequential run: the worker's heartbeats drew from it, several times a second."""
+    import importlib
+    import random
+    import types
+    for name in DASK_RANDOM_USERS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # another Dask version: nothing of it to guard
+            continue
+        if isinstance(getattr(module, "random", None), types.ModuleType):
+            module.random = random.Random()  # type: ignore[attr-defined]
+
+
 def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapping[str, str],
                 stop_event: str | None = None) -> tuple[str, str]:
     """Task body: train and post-process one resolved grid point.
@@ -300,6 +322,7 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
     from phd_lab.registry import Registries
 
     _configure_worker_logging()
+    _private_random_for_dask()
     stopped = _stop_flag(stop_event)
     if stopped():  # queued behind the runs of a command that was stopped meanwhile
         return "stopped", "not started: its command was stopped"

@@ -83,6 +83,35 @@ def test_grid_on_cluster_writes_the_same_files_as_sequential(tmp_path, cluster, 
         assert "already finished 2 epochs" in (folder / f"{run_name(folder)}.log").read_text()
 
 
+def test_a_model_that_draws_from_python_s_random_trains_the_same_on_the_cluster_as_in_sequence(tmp_path, cluster):
+    """Python's random is seeded like numpy's and torch's, but a Dask worker process draws from it too while a run
+    trains: dask.sizeof samples large collections of every message it sends (heartbeats, several a second). A model
+    or dataset that used random (stochastic depth, an augmentation) trained differently on the cluster than in
+    sequence, and differently on every try."""
+    (tmp_path / "stoch.py").write_text(
+        "import random\n"
+        "from torch import nn\n"
+        "class Skip(nn.Module):\n"
+        "    def __init__(self, width):\n"
+        "        super().__init__()\n"
+        "        self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU())\n"
+        "    def forward(self, x):\n"
+        "        return x if self.training and random.random() < 0.3 else x + self.block(x)\n"
+        "def net(*, num_classes, in_channels=3):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), Skip(8), Skip(8), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(8, num_classes))\n")
+    overrides = dict(model="net", model_args={}, epoch=2, batch_size=8, cpu_threads=1, track_saturation=False,
+                     post_processing=[], registries={"models": str(tmp_path / "stoch.py")})
+    (tmp_path / "seq").mkdir()
+    (tmp_path / "dask").mkdir()
+    assert main_cli(["--config", str(write_config(tmp_path / "seq", **overrides)), "--no-progress", "-q"]) == 0
+    assert main_cli(["--config", str(write_config(tmp_path / "dask", **overrides)), "--no-progress", "-q",
+                     "--scheduler", cluster.scheduler_address]) == 0
+    [sequential], [clustered] = run_folders(tmp_path / "seq" / "logs"), run_folders(tmp_path / "dask" / "logs")
+    assert_same_weights(weights(sequential), weights(clustered))
+    assert_same_metrics(read_metrics(sequential), read_metrics(clustered))
+
+
 def test_a_registry_module_of_the_working_directory_reaches_workers_started_elsewhere(tmp_path, cluster, capsys,
                                                                                      monkeypatch):
     """A dotted registry name that only the command's working directory holds ("mymods" for ./mymods.py) went
