@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pytest
 import torch
 from torch import nn
@@ -47,12 +48,15 @@ def test_resnet_cut_inside_a_block_removes_the_whole_block():
     assert out.shape == (2, 10)
 
 
-def test_truncation_savings_of_a_model_off_the_default_placement():
+def test_truncation_savings_of_a_model_off_the_default_placement(caplog):
     """The probe input and the new head follow the model's device and dtype: the flops step of the
     quickstart (VGG11 at 32 px has a border) failed on every GPU, where the trained model is on CUDA.
-    A float64 model shows the same mismatch on the CPU."""
+    A float64 model shows the same mismatch on the CPU. The estimate says nothing at INFO level: an untruncated
+    run's log read "Truncated VGG before features.18" after its flops step."""
     model = models.vgg11(num_classes=10, width=0.125).double()
-    saved = truncation_savings(model, "features.18", num_classes=10, in_channels=3, input_resolution=32)
+    with caplog.at_level(logging.INFO, logger="phd_lab"):
+        saved = truncation_savings(model, "features.18", num_classes=10, in_channels=3, input_resolution=32)
+    assert not [record.message for record in caplog.records if record.levelno >= logging.INFO]
     assert saved["flops_saved"] > 0 and saved["head_params"] == 10 * 64 + 10
     cut = truncate_model(model, "features.18", num_classes=10, in_channels=3, input_resolution=32)
     assert cut.classifier.weight.dtype == torch.float64

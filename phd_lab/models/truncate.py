@@ -207,7 +207,7 @@ def truncate_model(model: nn.Module, layer: str, *, num_classes: int, in_channel
     body.delete_all_unused_submodules()
     body.recompile()
     channels = _output_channels(body, in_channels, input_resolution)
-    log.info("Truncated %s before %s (kept up to %s, %d channels).", type(model).__name__, layer, cut.name, channels)
+    log.debug("Truncated %s before %s (kept up to %s, %d channels).", type(model).__name__, layer, cut.name, channels)
     truncated = TruncatedModel(body, channels, num_classes, cut_before=layer)
     device, dtype = _placement(body)
     truncated.classifier.to(device=device, dtype=dtype)  # the new head beside the kept layers (a trained model's GPU)
