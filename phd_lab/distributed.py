@@ -68,6 +68,12 @@ def parse_scheduler(spec: str) -> tuple[str, Any]:
     if scheme in ("http", "https"):
         raise UsageError(f"--scheduler {spec!r} is a web address, probably the dashboard's; give the scheduler's "
                          f"own address, e.g. tcp://host:8786 (`dask scheduler` prints it).")
+    host_port = spec.split("://", 1)[-1]
+    port = (host_port.rsplit(":", 1)[1] if scheme == "tcp" and ":" in host_port and not host_port.endswith("]")
+            else None)  # tcp://host and tcp://[::1] take Dask's default port
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise UsageError(f"--scheduler {spec!r}: its port {port!r} is not a number from 1 to 65535; give the "
+                         f"scheduler's address as `dask scheduler` prints it, e.g. tcp://host:8786.")
     return "address", spec
 
 

@@ -323,6 +323,11 @@ def test_scheduler_spec_errors():
     for spec in ("http://127.0.0.1:8787", "https://cluster:8787/status"):  # the dashboard's address: a traceback
         with pytest.raises(UsageError, match="is a web address, probably the dashboard's"):
             parse_scheduler(spec)
+    for spec in ("tcp://127.0.0.1:abc", "localhost:", "tcp://host:99999"):  # were "invalid literal for int() ..."
+        with pytest.raises(UsageError, match="is not a number from 1 to 65535"):
+            parse_scheduler(spec)
+    for spec in ("tcp://[::1]:8786", "tcp://[::1]", "tcp://scheduler"):
+        assert parse_scheduler(spec) == ("address", spec)
 
 
 def test_plain_local_starts_one_worker_per_core_this_process_may_use(tmp_path):
