@@ -274,6 +274,14 @@ def test_bad_model_args_are_rejected(args, message):
         zoo.resnet18(num_classes=10, **args)
 
 
+def test_a_bad_choice_names_null_as_a_json_config_writes_it():
+    """Configs are JSON: the choice None is written null, and a user who copied "None" from the message got a
+    string that the same message refused again."""
+    with pytest.raises(ValueError) as error:
+        zoo.resnet18(num_classes=10, attention="None")
+    assert "attention must be one of null, 'se', 'sa', 'cbam'; got 'None'" in str(error.value)
+
+
 def test_vgg_rejects_bad_dilation_and_head():
     with pytest.raises(ValueError, match="dilation must be a positive integer"):
         zoo.vgg11(num_classes=10, dilation=0)

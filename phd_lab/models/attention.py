@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from phd_lab.models.common import check_choice
+
 ATTENTION_KINDS = (None, "se", "sa", "cbam")
 
 
@@ -80,4 +82,5 @@ def make_attention(kind: str | None, channels: int) -> nn.Module:
         return SpatialAttention()
     if kind == "cbam":
         return CBAM(channels)
-    raise ValueError(f"attention must be one of {ATTENTION_KINDS}; got {kind!r}")
+    check_choice("attention", kind, ATTENTION_KINDS)
+    raise AssertionError(kind)  # every kind is handled above

@@ -17,9 +17,15 @@ def scaled(filters: int, width: float) -> int:
     return max(1, int(round(filters * width)))
 
 
+def _as_written(value: Any) -> str:
+    """A choice as a config writes it: None is JSON's null (a config that copied "None" would give a string)."""
+    return "null" if value is None else repr(value)
+
+
 def check_choice(name: str, value: Any, choices: tuple) -> Any:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+        raise ValueError(f"{name} must be one of {', '.join(_as_written(c) for c in choices)}; "
+                         f"got {_as_written(value)}")
     return value
 
 
