@@ -243,3 +243,39 @@ def test_the_saturation_plot_shows_each_layers_train_and_test_saturation_in_forw
             "no finite saturation in this epoch\n(non-finite activations: did the run diverge?)"]
     finally:
         plt.close(diverged.figure)
+
+
+class _HeadInTrainingOnly(torch.nn.Module):
+    """A convolution, its head, and an auxiliary head that only training-mode forward passes call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, 10)
+        self.aux = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.relu(self.conv(x)).mean((2, 3))
+        return self.head(pooled) + (0 * self.aux(pooled) if self.training else 0)
+
+
+@pytest.mark.parametrize("mode, passes", [("passes", "train and test pass"), ("inline", "test pass")])
+def test_a_layer_the_passes_never_call_is_named_once_as_left_out_of_s_mu(tmp_path: Path, mode: str, passes: str,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The README says such a layer's saturation is NaN, left out of s_mu, and warned about; it was not warned
+    about, so a CSV with empty columns gave no reason."""
+    from phd_lab.trainer import Trainer
+    seed_everything(3)
+    bundle = Digits(batch_size=512, resolution=4, data_dir="", seed=3, num_workers=0)
+    model = _HeadInTrainingOnly()
+    optimizer, scheduler = adam(model, epochs=2)
+    trainer = Trainer(model, optimizer, scheduler, metrics={"accuracy": Accuracy()}, epochs=2,
+                      device=torch.device("cpu"), callbacks=[SaturationCallback(None, mode=mode)], progress=False)
+    with caplog.at_level("WARNING"):
+        rows = trainer.fit(bundle, CheckpointStore(tmp_path / "m.pt", tmp_path / "m.previous.pt"))
+    assert all(row["aux_test_saturation"] != row["aux_test_saturation"] for row in rows)  # NaN
+    assert rows[-1]["test_saturation_mean"] == pytest.approx((rows[-1]["conv_test_saturation"]
+                                                              + rows[-1]["head_test_saturation"]) / 2)
+    warnings = [r.getMessage() for r in caplog.records if "never called" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once, not every epoch
+    assert f"never called aux ({passes})" in warnings[0] and "conv" not in warnings[0].split("never called")[1]

@@ -90,6 +90,7 @@ class SaturationCallback(Callback):
         self.mode = mode
         self.plot = plot and rundir is not None
         self._inline: dict[str, SaturationTracker] = {}
+        self._uncalled_named: set[str] = set()  # layers already warned of as never called
 
     # ------------------------------------------------------------------ inline mode
     def on_fit_start(self, trainer: "Trainer", bundle: "DataBundle") -> None:
@@ -119,12 +120,29 @@ class SaturationCallback(Callback):
         else:
             frames = self.measure(trainer, bundle)
         row.update(saturation_columns(frames))
+        self._warn_of_uncalled_layers(trainer.run_name, frames)
         log.info("%s epoch %d: saturation mean train %.4f, test %.4f (%.2f s)", trainer.run_name, epoch,
                  row["train_saturation_mean"], row["test_saturation_mean"], time.perf_counter() - started)
         if self.plot and self.rundir is not None:
             from phd_lab.plots.saturation import save_saturation_plot
             save_saturation_plot(row, self.rundir.saturation_plot(epoch),
                                  title=f"{self.rundir.name} epoch {epoch}, δ={self.delta:g}")
+
+    def _warn_of_uncalled_layers(self, run_name: str, frames: dict[str, pd.DataFrame]) -> None:
+        """Name, once per layer, the tracked layers a pass never called: their columns are empty (NaN) and s_mu
+        leaves them out, which a reader of the CSV should not have to guess."""
+        uncalled: dict[str, list[str]] = {}
+        for split, frame in frames.items():
+            for layer in frame.index[frame["n"] == 0]:
+                uncalled.setdefault(str(layer), []).append(split)
+        new = {layer: splits for layer, splits in uncalled.items() if layer not in self._uncalled_named}
+        if not new:
+            return
+        self._uncalled_named.update(new)
+        log.warning("%s: the forward passes never called %s, so their saturation is NaN and left out of s_mu (an "
+                    "auxiliary head that runs in training mode only, a branch forward() skips); leave them out "
+                    "with tracking_exclude to track only the layers that run.", run_name,
+                    ", ".join(f"{layer} ({' and '.join(splits)} pass)" for layer, splits in new.items()))
 
     def measure(self, trainer: "Trainer", bundle: "DataBundle") -> dict[str, pd.DataFrame]:
         """Separate tracked passes over the un-augmented training split and the test split."""
