@@ -401,6 +401,8 @@ class TrainTestExecutor:
             log.warning("This config was logged by a run under another setup: %s. This run may therefore differ "
                         "from that one (in the last bits, or more where the code differs).", items)
             return
+        if self.rundir.diverged.is_file():  # it stops again at once: nothing trains or is post-processed now
+            return
         store = CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint)
         trained = store.peek("epoch")
         if trained is None and store.exists():  # none readable: what is left to train is not known (loading says)

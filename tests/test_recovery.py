@@ -937,6 +937,24 @@ def test_a_diverged_run_stops_with_its_epoch_named_and_the_rest_of_the_grid_runs
     assert "diverged in epoch 1 of 3" in listing and "finished" in listing
 
 
+def test_a_diverged_run_rerun_under_another_setup_is_not_said_to_train_its_epochs_under_it(tmp_path, capsys):
+    """A rerun of a diverged run stops at once (README), but under other versions it warned that 'the epochs still
+    to train run under another setup' and that 'the run will differ from one trained without a break'."""
+    config = write_config(tmp_path, epoch=3, cpu_threads=1, optimizer="sgd", optimizer_args={"lr": 1e8})
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    [folder] = run_folders(tmp_path / "logs")
+    logged = folder / f"{run_name(folder)}_config.json"
+    values = json.loads(logged.read_text())
+    values["_meta"]["numpy"] = "0.0.1"  # trained under another numpy
+    logged.write_text(json.dumps(values))
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    err = " ".join(capsys.readouterr().err.split())  # -q: warnings and errors
+    assert "diverged in epoch 1 of 3" in err
+    assert "still to train" not in err and "under another setup" not in err, err
+    assert read_metrics(folder)["epoch"].tolist() == [1]
+
+
 def test_a_run_whose_buffers_overflowed_with_finite_losses_is_reported_diverged_not_stopped(tmp_path, capsys):
     """Adam at lr 1e8 overflows BatchNorm's running_var to inf while the losses stay finite (1e17). The trainer
     stopped the run, but the report and --dry-run, which read no checkpoint, decided "diverged" from a NaN test
