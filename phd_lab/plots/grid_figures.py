@@ -128,7 +128,8 @@ def grid_figures(summaries: Sequence[dict[str, Any]],
     """PNG bytes of every comparison plot, keyed by a short title.
 
     ``bands`` are the target s_mu intervals of the runs' analyses (one per distinct interval), shaded on the s_mu
-    plot: a grid over ``target_saturation`` shades each of its bands, not the first run's for all.
+    plot: runs of configs with other ``target_saturation`` values in one logs folder get each of their bands shaded,
+    not the first run's for all (one config cannot sweep it: it is no part of a run's folder).
     """
     figures = {}
     figures["Test accuracy against average saturation s_mu"] = _scatter(
