@@ -369,7 +369,8 @@ class TrainTestExecutor:
                 kept, asked = kept_training_values(previous, now, self._trained_threads, self.config.cpu_threads)
                 self._say_setup_differences(old_meta, now[META_KEY], against_logged_run=False)
                 changed = self._changes_to_training(previous, old_meta or {}) if kept else []
-                if changed and self._epochs_logged() < self.config.epoch:
+                # a diverged run stops at once (nothing more trains), whatever the setup
+                if changed and self._epochs_logged() < self.config.epoch and not self.rundir.diverged.is_file():
                     raise UsageError(
                         f"{self.config.source}: the run in {str(self.rundir.root)!r} has epochs left to train and "
                         f"was trained so far with {'; '.join(changed)}. A run continues with the settings it began "

@@ -955,6 +955,23 @@ def test_a_diverged_run_rerun_under_another_setup_is_not_said_to_train_its_epoch
     assert read_metrics(folder)["epoch"].tolist() == [1]
 
 
+def test_a_diverged_run_trained_on_another_device_type_stops_again_instead_of_being_refused(tmp_path, capsys):
+    """A run that diverged on a GPU node, rerun on a CPU node: it trains nothing more (it stops at once, exit 1 with
+    the divergence), so the refusal of 'epochs left to train' under another device type (exit 2) did not apply."""
+    config = write_config(tmp_path, epoch=3, cpu_threads=1, optimizer="sgd", optimizer_args={"lr": 1e8})
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    [folder] = run_folders(tmp_path / "logs")
+    logged = folder / f"{run_name(folder)}_config.json"
+    values = json.loads(logged.read_text())
+    values["device"], values["_meta"]["device"] = "cuda", "cuda:0"  # as logged by a run on a GPU node
+    logged.write_text(json.dumps(values))
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "diverged in epoch 1 of 3" in err and "epochs left to train" not in err, err
+    assert read_metrics(folder)["epoch"].tolist() == [1]
+
+
 def test_a_run_whose_buffers_overflowed_with_finite_losses_is_reported_diverged_not_stopped(tmp_path, capsys):
     """Adam at lr 1e8 overflows BatchNorm's running_var to inf while the losses stay finite (1e17). The trainer
     stopped the run, but the report and --dry-run, which read no checkpoint, decided "diverged" from a NaN test
