@@ -246,6 +246,33 @@ def test_a_cache_entry_whose_confusion_matrix_is_missing_or_damaged_is_refitted(
         assert _fitted(latents, cache) == [("block0.conv", True)]
 
 
+def test_a_cache_entry_whose_record_has_a_field_of_another_type_is_refitted(tmp_path, capsys):
+    """A cache entry on a shared folder whose record holds a value of another type (``"eval_acc": "high"``, a
+    field gone or a count that is a string) was taken as it was: the probe job failed with a traceback (``TypeError:
+    unsupported operand type(s) for /: 'str' and 'float'`` writing the run's table, and a logging error before it).
+    Such an entry is a miss, said in a warning that names the field, and the layer is fitted again."""
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    cache = tmp_path / "cache"
+    assert _fitted(latents, cache) == [("block0.conv", False)]
+    (entry,) = cache.rglob("*.json")
+    original = json.loads(entry.read_text())
+    for field, value, said in (("eval_acc", "high", "its eval_acc is \"high\""), ("n_iter", 2.5, "its n_iter"),
+                               ("converged", "yes", "its converged"), ("train_acc", 1.5, "its train_acc"),
+                               ("classes", ["a"], "its classes"), ("seconds", None, "lacks ['seconds']")):
+        document = json.loads(json.dumps(original))
+        if value is None:
+            del document["record"][field]
+        else:
+            document["record"][field] = value
+        entry.write_text(json.dumps(document))
+        capsys.readouterr()
+        assert cli("--latents", str(latents), "-mp", "0", "--cache-dir", str(cache)) == 0
+        err = capsys.readouterr().err
+        assert "ignoring probe cache entry" in err and said in err and "Traceback" not in err, (field, err)
+        assert json.loads(entry.read_text())["record"].get(field) not in ("high", 2.5, "yes", 1.5, ["a"], None)
+        assert _fitted(latents, cache) == [("block0.conv", True)]
+
+
 def test_the_job_lets_a_runs_confusion_matrices_go_once_their_files_are_written(tmp_path):
     """The job kept every record whole to its end (and so did the runner): a grid of 1000-class runs held 32 MB
     a layer. Once a run's files are written its records keep no matrix, fitted or cached; the files hold them."""

@@ -8,6 +8,7 @@ plus ||W||²/(2·C·n) (intercept not penalised), which is scikit-learn's scalin
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -67,6 +68,30 @@ class ProbeRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], confusion: np.ndarray) -> "ProbeRecord":
+        """The record ``to_json`` wrote; a ``TypeError`` or ``ValueError`` naming the first field that is missing,
+        unknown or of another type (a damaged or hand-edited cache entry), which the cache takes for a miss."""
+        if not isinstance(data, dict):
+            raise TypeError(f"the record is a JSON {type(data).__name__}, not an object")
+        expected = [item.name for item in fields(cls) if item.name != "confusion"]
+        missing, unknown = [n for n in expected if n not in data], sorted(set(data) - set(expected))
+        if missing or unknown:
+            raise TypeError(f"the record lacks {missing}" if missing else f"the record has unknown fields {unknown}")
+        for name in expected:
+            value, kind = data[name], _FIELD_KINDS[name]
+            if kind == "count":
+                fits = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            elif kind == "share":
+                fits = _is_number(value) and (value != value or 0.0 <= value <= 1.0)  # NaN: no eval samples
+            elif kind == "seconds":
+                fits = _is_number(value) and 0.0 <= value < float("inf")
+            elif kind == "flag":
+                fits = isinstance(value, bool)
+            elif kind == "text":
+                fits = isinstance(value, str)
+            else:  # the class labels
+                fits = isinstance(value, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in value)
+            if not fits:
+                raise ValueError(f"its {name} is {json.dumps(value)[:80]}, not {_KIND_NAMES[kind]}")
         return cls(**data, confusion=confusion)
 
     def confusion_matrix(self) -> np.ndarray:
@@ -77,6 +102,17 @@ class ProbeRecord:
     def without_confusion(self) -> "ProbeRecord":
         """This record without its matrix, for a job that keeps its records after writing their files."""
         return replace(self, confusion=None)
+
+
+_FIELD_KINDS = {"index": "count", "layer": "text", "solver": "text", "train_acc": "share", "eval_acc": "share",
+                "n_iter": "count", "converged": "flag", "seconds": "seconds", "n_train": "count", "n_eval": "count",
+                "n_features": "count", "classes": "labels"}
+_KIND_NAMES = {"count": "an integer >= 0", "share": "a number from 0 to 1", "seconds": "a number of seconds >= 0",
+               "flag": "true or false", "text": "a string", "labels": "a list of integer class labels"}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
