@@ -431,9 +431,25 @@ def names_another_run(logged: Mapping[str, Any], cfg: "RunConfig") -> bool | Non
     None where it lacks keys of this version (an older one's), so that it is not known. ``cfg``'s values count
     as they are and as they are logged (a list-valued argument wrapped, ``as_single_point``)."""
     values = {k: v for k, v in logged.items() if k in SCHEMA_BY_NAME}
-    if not set(values) >= set(cfg.values):
-        return None
+    if not set(values) >= set(cfg.values) or logged_values_problem(logged) is not None:
+        return None  # an invalid value (a damaged or hand-edited file) names no run, neither this nor another
     return RunConfig(values).identity() not in (cfg.identity(), RunConfig(as_single_point(cfg.values)).identity())
+
+
+_LOGGED = "\0logged"
+
+
+def logged_values_problem(logged: Mapping[str, Any]) -> str | None:
+    """Why a logged config's values are no valid config (a damaged or hand-edited file: ``"epoch": "2"``), as the
+    sentence a config file with that value is refused with, or None where they are valid. Keys of other versions
+    are left out, and so is what a config file is refused for but a run logged before that check keeps."""
+    values = {k: v for k, v in logged.items() if k in SCHEMA_BY_NAME or k == META_KEY}
+    values.setdefault(META_KEY, {})  # a logged run keeps a repeated metric (validate_values)
+    try:
+        validate_values(values, _LOGGED)
+    except ConfigError as error:
+        return str(error).removeprefix(f"{_LOGGED}: ")
+    return None
 
 
 def as_single_point(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from torch import nn
 from phd_lab import atomic
 from phd_lab.callbacks import Callback, MetricsCSV, RunFolderGuard
 from phd_lab.checkpoint import CheckpointStore, misfit
-from phd_lab.config import META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point, names_another_run
+from phd_lab.config import (META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point, logged_values_problem,
+                            names_another_run)
 from phd_lab.config_paths import absolute_paths
 from phd_lab.data import DataBundle
 from phd_lab.device import DeviceMissing, resolve_device
@@ -581,6 +582,9 @@ def read_logged_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"{type(error).__name__}: {error}"
     if not isinstance(logged, dict):
         return None, f"it holds a JSON {type(logged).__name__}, not an object"
+    invalid = logged_values_problem(logged)
+    if invalid is not None:  # damaged or edited: not the values the run was trained with
+        return None, invalid
     return logged, None
 
 

@@ -1036,6 +1036,31 @@ def test_a_trained_run_whose_logged_config_cannot_be_read_is_refused_not_logged_
     assert json.loads(logged_path.read_text())["epoch"] == 1
 
 
+def test_a_logged_config_with_a_value_of_another_type_is_refused_not_taken_for_another_runs(tmp_path, capsys):
+    """A logged config whose JSON is whole but holds a value no config may have (``"epoch": "1"``, edited by hand
+    or damaged) was taken for the config of another run: its folder was left to it, and the rerun trained the run
+    again from scratch in a new folder with the 16-character digest, without a word. Such a file says nothing
+    about which run the folder holds: the trained run is refused (exit 2) naming the file and the key, as one that
+    cannot be read, and nothing is trained or written; restored, the run is found in its folder again."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    whole = logged_path.read_text()
+    for key, value in (("epoch", "1"), ("batch_size", None), ("model_args", [1])):
+        logged_path.write_text(json.dumps({**json.loads(whole), key: value}))
+        damaged = logged_path.read_bytes()
+        capsys.readouterr()
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"the logged config {str(logged_path)!r} of the trained run in that folder cannot be read" in err
+        assert f"the key {key!r} must be" in err and "Traceback" not in err, err
+        assert logged_path.read_bytes() == damaged and run_folders(tmp_path / "logs") == [folder]
+    logged_path.write_text(whole)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert run_folders(tmp_path / "logs") == [folder]
+
+
 def test_a_resume_on_another_device_type_is_refused_but_post_processing_there_is_not(tmp_path, capsys):
     """A run begun on a GPU and resumed with device cpu trained its remaining epochs on the CPU under a logged
     config that still said cuda (only a warning), so the log no longer reproduced it. The GPU start is
