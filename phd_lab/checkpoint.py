@@ -8,7 +8,8 @@ generators), ``history`` (the metric rows so far), ``callbacks`` (their state), 
 
 Saving writes a temp file, fsyncs it, moves the current checkpoint to ``previous`` and
 renames the temp file into place. Loading falls back to ``previous`` when the current file
-is missing or damaged, with a warning that says so. A checkpoint is a zip archive whose members
+is missing or damaged (also a whole archive that lacks an entry a resume reads, or holds one of
+another type), with a warning that says so. A checkpoint is a zip archive whose members
 carry CRC-32 checksums, which ``torch.load`` does not check: a file with one flipped byte loaded
 without a word. Loading checks them first (about 0.1 s per 200 MB).
 """
@@ -103,6 +104,9 @@ class CheckpointStore:
             found = state.get("format") if isinstance(state, dict) else type(state).__name__
             raise CheckpointError(f"{path} has checkpoint format {found!r}; this version of phd-lab reads "
                                   f"format {CHECKPOINT_FORMAT}.")
+        problem = content_problem(state)
+        if problem is not None:  # a whole archive of other content (edited, or another program's): set aside
+            raise MalformedCheckpoint(problem)
         return state
 
     def current_is_damaged(self) -> bool:
@@ -171,6 +175,36 @@ class CheckpointStore:
             return state
         raise CheckpointError(f"Every checkpoint in {self.path.parent} is damaged ({'; '.join(errors)}). "
                               f"Delete them to retrain this run from the start.")
+
+
+class MalformedCheckpoint(ValueError):
+    """A checkpoint that passes its checksums and says format 1 but lacks an entry the resume needs, or holds one of
+    another type: ``load`` takes it for a damaged file (warns, goes back to the previous one)."""
+
+
+# The entries a resume reads (Trainer.load_state_dict), with what each must be; ``scaler``, ``callbacks`` and
+# ``cpu_threads`` may be absent (checkpoints of earlier versions) and are checked where present.
+_ENTRIES = {"epoch": (int, "a count of epochs"), "model": (dict, "a state dict"),
+            "optimizer": (dict, "a state dict"), "scheduler": ((dict, type(None)), "a state dict or None"),
+            "rng": (dict, "the random states"), "history": (list, "a list of metric rows")}
+_OPTIONAL = {"scaler": ((dict, type(None)), "a state dict or None"), "callbacks": (list, "a list of states"),
+             "cpu_threads": (int, "a thread count")}
+
+
+def content_problem(state: dict[str, Any]) -> str | None:
+    """What keeps a format-1 checkpoint from being resumed (an entry missing or of another type, metric rows that
+    are not one per completed epoch), or None where nothing does."""
+    for name, (kind, meant) in {**_ENTRIES, **{k: v for k, v in _OPTIONAL.items() if k in state}}.items():
+        if name not in state:
+            return f"it has no entry {name!r} ({meant})"
+        value = state[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"its entry {name!r} is a {type(value).__name__}, not {meant}"
+    if state["epoch"] < 0 or len(state["history"]) != state["epoch"]:
+        return f"it says {state['epoch']} completed epochs and holds {len(state['history'])} metric rows"
+    if not all(isinstance(row, dict) for row in state["history"]):
+        return "its metric rows are not all mappings"
+    return None
 
 
 def verify_checksums(path: Path) -> None:

@@ -51,6 +51,13 @@ def write_config(folder: Path, name: str = "exp.json", **overrides: Any) -> Path
     return path
 
 
+def checkpoint_state(epoch: int, **entries: Any) -> dict[str, Any]:
+    """The smallest state a CheckpointStore loads as a checkpoint of ``epoch`` completed epochs (every entry a
+    resume reads, empty), for tests of the store itself."""
+    return {"epoch": epoch, "model": {}, "optimizer": {}, "scheduler": None, "rng": {}, "history": [{}] * epoch,
+            **entries}
+
+
 def run_main(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
              timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python main.py ARGS`` in a real subprocess."""

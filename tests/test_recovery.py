@@ -29,7 +29,7 @@ from phd_lab.errors import RunLockedError, UsageError
 from phd_lab.experiment import Main
 from phd_lab.lock import RunLock
 from phd_lab.trainer import Trainer
-from tests.conftest import (ROOT, file_size_limit, read_metrics, run_folders, run_name,
+from tests.conftest import (ROOT, checkpoint_state, file_size_limit, read_metrics, run_folders, run_name,
                             sigint_as_in_a_terminal, write_config)
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights
 
@@ -187,10 +187,11 @@ def test_a_checkpoint_with_one_flipped_byte_is_damaged_for_the_resume_and_the_dr
 def test_a_kill_between_the_two_renames_of_a_save_is_completed_on_load(tmp_path):
     """save() renames current → previous, then next → current; a kill in between left no <name>.pt for good."""
     store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt")
-    store.save({"epoch": 1})
-    store.save({"epoch": 2})
+    store.save(checkpoint_state(1))
+    store.save(checkpoint_state(2))
     (tmp_path / "run.pt").replace(tmp_path / "run.previous.pt")  # the first rename of a third save ...
-    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 3}, tmp_path / "run.pt.next")  # ... whose staged file is whole
+    # ... whose staged file is whole
+    torch.save({"format": CHECKPOINT_FORMAT, **checkpoint_state(3)}, tmp_path / "run.pt.next")
     state = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt").load()
     assert state["epoch"] == 3
     assert not (tmp_path / "run.pt.next").exists()
@@ -214,6 +215,39 @@ def test_checkpoint_of_another_format_is_refused(tmp_path):
     from phd_lab.errors import CheckpointError
     with pytest.raises(CheckpointError, match="format 99"):
         store.load()
+
+
+def test_a_checkpoint_whose_entries_are_missing_or_of_another_type_is_damaged_not_a_traceback(tmp_path, capsys):
+    """A checkpoint that passes its checksums and says format 1 but lacks an entry a resume reads, or holds one of
+    another type (written by another program, or edited), failed the run with 'KeyError: 'epoch'' or 'TypeError:
+    '>' not supported between instances of 'str' and 'int'', naming no file. It is damaged like a cut one: the
+    warning names it and what is wrong, the run resumes from the previous checkpoint (retraining its last epoch),
+    and with no good generation left the run fails naming every one."""
+    config = write_config(tmp_path, epoch=2, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    current, previous = folder / f"{run_name(folder)}.pt", folder / f"{run_name(folder)}.previous.pt"
+    trained = weights(folder)
+    good = torch.load(current, weights_only=True)
+    gone = object()
+    for change, said in (({"epoch": gone}, "it has no entry 'epoch'"),
+                         ({"epoch": "2"}, "its entry 'epoch' is a str, not a count of epochs"),
+                         ({"model": [1, 2]}, "its entry 'model' is a list, not a state dict"),
+                         ({"history": good["history"][:1]}, "it says 2 completed epochs and holds 1 metric rows")):
+        state = {k: v for k, v in {**good, **change}.items() if v is not gone}
+        torch.save(state, current)
+        capsys.readouterr()
+        assert main_cli(["--config", str(config), "--no-progress"]) == 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"Checkpoint {current} is damaged (MalformedCheckpoint: {said}" in err, err
+        assert "falling back to the previous one" in err and "Traceback" not in err
+        assert_same_weights(weights(folder), trained)  # the last epoch trained again, bit-identically
+    torch.save({**good, "rng": None}, current)
+    torch.save({**good, "history": None}, previous)
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Every checkpoint in" in err and "MalformedCheckpoint" in err and "Traceback" not in err
 
 
 class _OpensAFile:
@@ -787,8 +821,8 @@ def test_a_read_error_of_the_file_system_sets_no_good_checkpoint_aside(tmp_path,
     from phd_lab import checkpoint as checkpoint_module
     from phd_lab.errors import CheckpointError
     store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt")
-    store.save({"epoch": 1})
-    store.save({"epoch": 2})
+    store.save(checkpoint_state(1))
+    store.save(checkpoint_state(2))
 
     def unreadable(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")

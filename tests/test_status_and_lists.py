@@ -13,7 +13,7 @@ from phd_lab.checkpoint import CHECKPOINT_FORMAT, CheckpointStore
 from phd_lab.cli import main_cli
 from phd_lab.errors import EXIT_USAGE, RegistryError
 from phd_lab.registry import Registries
-from tests.conftest import main_in_process, run_folders, run_name, write_config
+from tests.conftest import checkpoint_state, main_in_process, run_folders, run_name, write_config
 
 
 def truncate(path) -> None:
@@ -55,11 +55,11 @@ def test_a_run_whose_checkpoints_are_both_damaged_is_said_to_stop_not_to_go_back
 
 def test_the_fallback_is_the_generation_load_goes_back_to(tmp_path, caplog):
     store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt")
-    store.save({"epoch": 1})
-    store.save({"epoch": 2})
+    store.save(checkpoint_state(1))
+    store.save(checkpoint_state(2))
     truncate(store.path)
     assert store.current_is_damaged() and store.fallback() == store.previous
-    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 3}, store.staged)  # whole, left by a save cut short
+    torch.save({"format": CHECKPOINT_FORMAT, **checkpoint_state(3)}, store.staged)  # whole, left by a save cut short
     assert store.fallback() == store.staged
     with caplog.at_level(logging.WARNING, logger="phd_lab.checkpoint"):
         assert CheckpointStore(store.path, store.previous).load()["epoch"] == 3
