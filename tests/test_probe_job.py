@@ -273,6 +273,31 @@ def test_a_cache_entry_whose_record_has_a_field_of_another_type_is_refitted(tmp_
         assert _fitted(latents, cache) == [("block0.conv", True)]
 
 
+def test_a_cache_entry_whose_record_changed_to_other_valid_numbers_is_refitted(tmp_path, capsys):
+    """The confusion matrix of an entry carried its sha256, its record none: an accuracy or count changed in the
+    JSON (a digit flipped on a shared file system, 0.98 read as 0.99) was taken into the run's table as it was.
+    The entry holds its record's sha256; a record that no longer matches is a miss, said in a warning, and the layer
+    is fitted again. An entry written before (without that sha256) is still a hit."""
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    cache = tmp_path / "cache"
+    assert _fitted(latents, cache) == [("block0.conv", False)]
+    (entry,) = cache.rglob("*.json")
+    original = json.loads(entry.read_text())
+    assert set(original) == {"key", "record", "record_sha256", "confusion"}
+    for field in ("eval_acc", "n_iter"):
+        document = json.loads(json.dumps(original))
+        document["record"][field] = document["record"][field] / 2 if field == "eval_acc" else 1
+        entry.write_text(json.dumps(document))
+        capsys.readouterr()
+        assert cli("--latents", str(latents), "-mp", "0", "--cache-dir", str(cache)) == 0
+        err = capsys.readouterr().err
+        assert "ignoring probe cache entry" in err and "its record is damaged (its sha256 differs)" in err, err
+        assert json.loads(entry.read_text())["record"][field] == original["record"][field]  # fitted again
+    older = {k: v for k, v in original.items() if k != "record_sha256"}
+    entry.write_text(json.dumps(older))
+    assert _fitted(latents, cache) == [("block0.conv", True)]
+
+
 def test_the_job_lets_a_runs_confusion_matrices_go_once_their_files_are_written(tmp_path):
     """The job kept every record whole to its end (and so did the runner): a grid of 1000-class runs held 32 MB
     a layer. Once a run's files are written its records keep no matrix, fitted or cached; the files hold them."""

@@ -2,8 +2,8 @@
 
 Like ``joblib.Memory`` it memoises a pure function on disk, but the key is explicit: the
 sha256 of the four input files (from the manifest), every resolved solver setting and the
-versions of the libraries that compute the fit. An entry is a small JSON file and, beside it,
-the layer's confusion matrix as a ``.npy`` file, which the JSON names with its sha256 (inside
+versions of the libraries that compute the fit. An entry is a small JSON file (the record and its sha256)
+and, beside it, the layer's confusion matrix as a ``.npy`` file, which the JSON names with its sha256 (inside
 JSON a 1000-class matrix took 13 MB and seconds to write and read). Both are written
 atomically, the matrix first, so loading never unpickles anything and a killed job leaves
 either a whole entry or none; an entry whose matrix is missing or damaged is a miss. The
@@ -64,6 +64,13 @@ def cache_key(file_sha256: dict[str, str], settings: ProbeSettings, versions: di
 
 def key_digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def record_digest(fields: dict[str, Any]) -> str:
+    """The sha256 of a record's fields as an entry stores them: a digit changed in the JSON (a bit flipped on a shared
+    file system: "eval_acc": 0.98 read as 0.99) is another number of the right type, which no check of the types
+    finds."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
 class ResultCache:
@@ -170,6 +177,8 @@ class ResultCache:
             return None, f"malformed: {error}"
         if record.confusion_matrix().shape != (len(record.classes),) * 2:
             return None, f"malformed: a confusion matrix of shape {matrix.shape} for {len(record.classes)} classes"
+        if "record_sha256" in entry and entry["record_sha256"] != record_digest(fields):  # entries of 2026-12 on
+            return None, "its record is damaged (its sha256 differs)"
         return record, None
 
     def put(self, key: dict[str, Any], record: ProbeRecord) -> ProbeRecord:
@@ -184,7 +193,9 @@ class ResultCache:
         sha256 = hashlib.sha256(data).hexdigest()
         matrix_path = self._matrix_path(key, sha256)
         write_bytes(matrix_path, data)
-        document = {"key": key, "record": record.to_json(), "confusion": {"file": matrix_path.name, "sha256": sha256}}
+        fields = record.to_json()
+        document = {"key": key, "record": fields, "record_sha256": record_digest(fields),
+                    "confusion": {"file": matrix_path.name, "sha256": sha256}}
         if write_json_once(self.path(key), document):
             return record
         stored, _ = self._read(key)
