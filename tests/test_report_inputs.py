@@ -4,12 +4,14 @@ import html
 import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 
 from tests.analysis_fixtures import BORDER, LAYERS, read_json, write_run
-from tests.conftest import main_in_process, write_config
+from tests.conftest import ROOT, main_in_process, write_config
 from phd_lab import atomic
 from phd_lab.analysis.run_summary import summarize
 from phd_lab.analysis.run_tables import discover_runs, load_run, run_folder
@@ -96,6 +98,35 @@ def test_a_logged_config_copied_into_the_logs_folder_is_no_run(tmp_path, caplog)
         path.write_text(path.read_text(encoding="utf-8").replace('"epoch"', '"new_key": 1, "epoch"'), encoding="utf-8")
         assert '"new_key": 1' in path.read_text(encoding="utf-8")
     assert [run.root for run in discover_runs(logs / "vgg11")] == [rundir.root]
+
+
+def test_a_run_folder_that_cannot_be_read_is_named_not_left_out_without_a_word(tmp_path):
+    """os.walk skips a folder it cannot list (a run folder of another user on a shared file system, mode 0700)
+    without a word: the report covered the other runs and said nothing of the one it left out (or, with no other,
+    that LOGS_DIR holds no runs). A warning names the folder and what to do. Root reads any folder, so as root the
+    listing runs without the capabilities that let it (setpriv), as any other user would."""
+    logs = tmp_path / "logs"
+    seen = write_run(logs, width=0.25, stage="full")
+    hidden = write_run(logs, width=0.5, stage="full")
+    script = ("import logging, sys; logging.basicConfig(level=logging.WARNING); "
+              "from phd_lab.analysis.run_tables import discover_runs; "
+              f"print([str(run.root) for run in discover_runs({str(logs)!r})])")
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root reads every folder, and setpriv, which drops that, is not installed")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    hidden.root.chmod(0)
+    try:
+        done = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    finally:
+        hidden.root.chmod(0o755)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str([str(seen.root)])
+    warning = " ".join(done.stderr.split())
+    assert f"1 folder(s) below {logs} cannot be read, so any runs in them are left out: {hidden.root}" in warning
+    assert "Permission denied" in warning and "Make them readable" in warning
 
 
 def test_a_run_whose_run_id_is_latents_is_reported(tmp_path):

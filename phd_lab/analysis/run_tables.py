@@ -74,7 +74,9 @@ def discover_runs(logs_dir: Path | str) -> list[RunDir]:
     logs_dir = Path(logs_dir)
     found: dict[Path, RunDir] = {}
     elsewhere: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(logs_dir):
+    unreadable: list[str] = []  # os.walk leaves out a folder it cannot list without a word: its runs would go unseen
+    for dirpath, dirnames, filenames in os.walk(
+            logs_dir, onerror=lambda error: unreadable.append(f"{error.filename} ({error.strerror or error})")):
         folder = Path(dirpath)
         at_depth = len(folder.relative_to(logs_dir).parts) == RUN_DEPTH
         if at_depth and any(f.endswith(CONFIG_SUFFIX) or f in _MARKERS for f in filenames):
@@ -92,6 +94,10 @@ def discover_runs(logs_dir: Path | str) -> list[RunDir]:
     if elsewhere:
         log.info("Skipped %d logged config(s) that do not lie in the run folder their values name (copied?): %s",
                  len(elsewhere), ", ".join(elsewhere))
+    if unreadable:
+        log.warning("%d folder(s) below %s cannot be read, so any runs in them are left out: %s. Make them "
+                    "readable (chmod, or as their owner) and run this again.", len(unreadable), logs_dir,
+                    "; ".join(unreadable))
     return [found[k] for k in sorted(found)]
 
 
