@@ -185,6 +185,58 @@ def test_folder_trees_that_would_mislead_are_data_errors(tmp_path, layout, messa
     assert message in " ".join(str(error.value).split()), str(error.value)
 
 
+def test_a_class_folder_that_cannot_be_listed_is_named_not_left_out(tmp_path):
+    """os.walk (ImageFolder's) passes over a folder it cannot list without a word: a test class of another user's
+    mode (0700 on a shared file system) vanished from the evaluation split, which may lack classes, and the run
+    scored on the rest. Root lists any folder, so as root the data set is opened without the capabilities that
+    let it (setpriv), as any other user would. An unreadable hidden folder is no part of the data set."""
+    for split, count in (("train", 2), ("test", 1)):
+        for c, name in enumerate(["cats", "dogs"]):
+            for i in range(count):
+                write_image(tmp_path / "pets" / split / name / f"{i}.png", value=c * 10 + i)
+    (tmp_path / "pets" / "test" / ".Trash").mkdir()
+    script = ("import sys; from phd_lab.errors import DataError; from phd_lab.registry import Registries\n"
+              f"factory = Registries().datasets.get('folder:{tmp_path / 'pets'}')\n"
+              "try:\n"
+              "    if sys.argv[1] == 'check':  # the check before any point trains\n"
+              "        factory.check_data('unused', resolution=16); print('checked')\n"
+              "    else:\n"
+              "        b = factory(resolution=16, data_dir='unused', batch_size=4, seed=0, num_workers=0)\n"
+              "        print(len(b.train.dataset), len(b.test.dataset))\n"
+              "except DataError as error:\n"
+              "    print('DataError:', error)\n")
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root lists every folder, and setpriv, which drops that, is not installed")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+    def open_data_set(how: str = "open") -> str:
+        done = subprocess.run([*prefix, sys.executable, "-c", script, how], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return " ".join(done.stdout.split())
+
+    hidden, dogs, cats = (tmp_path / "pets" / path for path in ("test/.Trash", "test/dogs", "train/cats"))
+    hidden.chmod(0)
+    try:
+        assert open_data_set() == "4 2"
+        dogs.chmod(0)
+        opened = open_data_set()
+        cats.chmod(0)
+        checked = open_data_set("check")
+    finally:
+        for folder in (hidden, dogs, cats):
+            folder.chmod(0o755)
+    assert opened.startswith(f"DataError: The image folder '{tmp_path / 'pets' / 'test'}' holds 1 folder(s) that "
+                             f"cannot be listed"), opened
+    assert f"{dogs} (Permission denied)" in opened and "Make them readable" in opened
+    # up front, an unlisted training class was called a class folder "without images"
+    assert checked.startswith(f"DataError: The image folder '{tmp_path / 'pets' / 'train'}' holds 1 folder(s) "
+                              f"that cannot be listed"), checked
+    assert f"{cats} (Permission denied)" in checked
+
+
 def test_hidden_folders_are_no_classes(tmp_path):
     for split, count in (("train", 2), ("test", 1)):
         for c, name in enumerate(["cats", "dogs"]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import unicodedata
 from pathlib import Path
@@ -42,10 +43,18 @@ def load_image(path: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def check_no_directory_loop(root: str | Path) -> None:
-    """Raise a DataError for a symbolic link that leads back into a folder it sits in: os.walk, which
-    ImageFolder uses, follows it about forty levels deep and counts that class's images over and over."""
-    for directory, subdirectories, _ in os.walk(root, followlinks=True):
+def check_folder_tree(root: str | Path) -> None:
+    """Raise a DataError for what os.walk, which ImageFolder uses, would pass over without a word: a symbolic link
+    that leads back into a folder it sits in (followed about forty levels deep, counting that class's images over
+    and over), and a folder it cannot list (``unlisted``)."""
+    failures: list[str] = []
+
+    def note(error: OSError) -> None:
+        failure = unlisted(root, error)
+        if failure is not None:
+            failures.append(failure)
+
+    for directory, subdirectories, _ in os.walk(root, followlinks=True, onerror=note):
         real = os.path.realpath(directory)
         for name in subdirectories:
             target = os.path.join(directory, name)
@@ -55,6 +64,26 @@ def check_no_directory_loop(root: str | Path) -> None:
                     raise DataError(f"The image folder {str(root)!r} holds a symbolic link {target!r} to "
                                     f"{resolved!r}, a folder that contains it: its images would be counted "
                                     f"again at every level. Remove the link.")
+    if failures:
+        raise unlisted_error(root, failures)
+
+
+def unlisted(root: str | Path, error: OSError) -> str | None:
+    """The folder below ``root`` that os.walk could not list (another user's on a shared file system, mode 0700),
+    as the error names it, or None where that loses no sample: a path that is gone, or one in a hidden folder."""
+    relative = Path(os.path.relpath(error.filename, root)) if error.filename else Path()
+    if error.errno == errno.ENOENT or any(part.startswith(".") for part in relative.parts):
+        return None
+    return f"{error.filename} ({error.strerror or error})"
+
+
+def unlisted_error(root: str | Path, failures: list[str]) -> DataError:
+    """os.walk passes over a folder it cannot list without a word: its images would be left out of the split
+    (a class of the evaluation split, which may lack classes, lost silently)."""
+    return DataError(f"The image folder {str(root)!r} holds {len(failures)} folder(s) that cannot be listed, so "
+                     f"their images would be left out of the split without a word: {'; '.join(failures[:5])}"
+                     f"{' ...' if len(failures) > 5 else ''}. Make them readable (chmod -R u+rX, or ask their "
+                     f"owner) or move them out of the data set.")
 
 
 def is_image_file(path: str | Path, top: str | Path) -> bool:
@@ -68,7 +97,12 @@ def is_image_file(path: str | Path, top: str | Path) -> bool:
 
 def holds_an_image(folder: Path) -> bool:
     """Whether a class folder (or a folder below it) holds an image file; stops at the first one."""
-    for directory, subdirectories, files in os.walk(folder, followlinks=True):
+    def refuse(error: OSError) -> None:  # an unlisted class folder is no class "without images"
+        failure = unlisted(folder, error)
+        if failure is not None:
+            raise unlisted_error(folder.parent, [failure])
+
+    for directory, subdirectories, files in os.walk(folder, followlinks=True, onerror=refuse):
         subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
         if any(is_image_file(os.path.join(directory, name), folder) for name in files):
             return True
@@ -157,7 +191,7 @@ class FixedClassImageFolder(ImageFolder):
 
     def __init__(self, root: str | Path, classes: list[str] | None = None, **kwargs: Any) -> None:
         self._given_classes = classes
-        check_no_directory_loop(root)
+        check_folder_tree(root)
         super().__init__(str(root), loader=load_image, **kwargs)
         if not self.samples:
             raise no_image_error(root)
