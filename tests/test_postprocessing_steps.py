@@ -175,6 +175,22 @@ def test_results_stamped_by_an_older_version_of_a_step_are_computed_again(tmp_pa
     assert json.loads((run / ".steps.json").read_text())["receptive_field"]["version"] == 3
 
 
+def test_a_damaged_stamps_file_is_named_when_every_step_runs_again(tmp_path, capsys):
+    """A .steps.json cut short made every step compute its results again (the project step's passes over the data
+    included) without a line saying why; a warning names the file, and the rerun writes it whole again."""
+    config = write_config(tmp_path, ["receptive_field"])
+    run_in_process(config, capsys)
+    (run,) = [p.parent for p in (tmp_path / "logs").rglob("*_config.json")]
+    stamps = (run / ".steps.json").read_text()
+    (run / ".steps.json").write_text(stamps[:len(stamps) // 2])
+    err = " ".join(run_in_process(config, capsys).split())
+    assert f"The post-processing stamps {run / '.steps.json'} cannot be read (" in err
+    assert f"Post-processing step receptive_field of {run_name(run)}" in err and "up to date" not in err
+    assert "receptive_field" in json.loads((run / ".steps.json").read_text())
+    err = run_in_process(config, capsys)
+    assert "cannot be read" not in err and f"receptive_field of {run_name(run)}: up to date" in err
+
+
 def test_a_step_that_failed_half_way_keeps_no_stamp_of_its_earlier_results(tmp_path, capsys):
     """project writes its CSV, then its plot. When the plot cannot be written (here: a folder in its place) the
     CSV already holds the new deltas; the stamp of the earlier parameters must be gone, so that a rerun with

@@ -51,8 +51,14 @@ class StepStamps:
         self.path = Path(rundir.root) / STAMPS
         try:
             stamps = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except FileNotFoundError:  # no step has run here yet
             stamps = {}
+        except (OSError, ValueError) as error:
+            stamps = error
+        if not isinstance(stamps, dict):  # cut short, damaged, a folder in its place: it vouches for no result
+            log.warning("The post-processing stamps %s cannot be read (%s), so every step of this run computes its "
+                        "results again, although they may be intact.", self.path,
+                        stamps if isinstance(stamps, Exception) else f"it holds a JSON {type(stamps).__name__}")
         self.stamps: dict[str, Any] = stamps if isinstance(stamps, dict) else {}
         self._checkpoint_sha256: str | None = None
 
