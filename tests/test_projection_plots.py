@@ -56,6 +56,26 @@ def test_a_reconstruction_model_is_drawn_by_its_loss_on_a_log_scale():
         plt.close(ax.figure)
 
 
+def test_a_run_projected_at_the_thesis_109_deltas_labels_every_nth_one_so_that_the_labels_stay_apart():
+    """configs/thesis/07_4 and A_* project at 109 deltas: the 8-inch figure labelled each, one illegible smear."""
+    deltas = sorted({round(0.9 + 0.01 * i, 4) for i in range(10)} | {round(0.99 + 0.0001 * i, 4) for i in range(100)})
+    rows = [{"delta": 1.0, "basis": "none", "accuracy": 0.8, "loss": 0.1}]
+    rows += [{"delta": d, "basis": basis, "accuracy": d * 0.7, "loss": 0.1}
+             for d in deltas for basis in ("pca", "random")]
+    ax = plot_projections(pd.DataFrame(rows))
+    try:
+        ax.figure.canvas.draw()
+        labelled = [(tick, label.get_text()) for tick, label in zip(ax.get_xticks(), ax.get_xticklabels())]
+        assert 100 <= len(deltas) and len(labelled) <= 40
+        assert all(text == f"{deltas[int(tick)]:g}" for tick, text in labelled)  # each at its delta's place
+        assert list(ax.get_lines()[0].get_xdata()) == list(range(len(deltas)))  # every delta still drawn
+        extents = [label.get_window_extent() for label in ax.get_xticklabels()]
+        gaps = [b.x1 - a.x1 for a, b in zip(extents, extents[1:])]
+        assert min(gaps) >= 0.9 * ax.get_xticklabels()[0].get_fontsize() * ax.figure.dpi / 72
+    finally:
+        plt.close(ax.figure)
+
+
 def test_shown_deltas_spread_over_the_list_and_keep_its_ends():
     deltas = [round(0.1 * i, 1) for i in range(1, 11)]
     shown = shown_deltas(list(reversed(deltas)), most=4)

@@ -21,6 +21,8 @@ def plot_projections(table: pd.DataFrame, ax: "Axes | None" = None, title: str =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from phd_lab.plots.grid_figures import thin_tick_labels
+
     if ax is None:
         _, ax = plt.subplots(figsize=(8.0, 3.8))
     deltas = sorted(table.loc[table["basis"] != "none", "delta"].unique())
@@ -34,8 +36,7 @@ def plot_projections(table: pd.DataFrame, ax: "Axes | None" = None, title: str =
     reference = table[table["basis"] == "none"]
     if len(reference):
         ax.axhline(float(reference[column].iloc[0]), color="grey", ls="--", lw=1, label="unprojected")
-    ax.set_xticks(range(len(deltas)))
-    ax.set_xticklabels([f"{d:g}" for d in deltas], rotation=70, fontsize=7)
+    thin_tick_labels(ax, [f"{d:g}" for d in deltas], rotation=70)  # §7.4's 109 deltas ran into one smear
     ax.set_xlabel("δ (explained variance)")
     if column == "accuracy":
         ax.set_ylabel("test accuracy")
