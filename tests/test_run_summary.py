@@ -335,6 +335,35 @@ def test_the_run_figure_draws_each_table_at_its_layers_place(tmp_path):
         plt.close(fig)
 
 
+def test_the_run_figure_draws_side_branches_off_its_receptive_field_lines(tmp_path):
+    """A ResNet's 1x1 shortcuts sat inside the r_min/r_max lines, which dipped at each of them (a 50-layer ResNet:
+    r_max 299 -> 266 -> 299 around layer4.0.downsample.0), as receptive_field.png had drawn them until it drew
+    side branches as loose points."""
+    import matplotlib.pyplot as plt
+
+    from phd_lab.plots.run_figure import draw_run_figure
+    tables = load_run(write_run(tmp_path / "logs", width=0.25, stage="full"))
+    rf = tables.receptive_field
+    rf["side_branch"] = rf["layer"] == "features.11"
+    rf.loc[rf["side_branch"], ["r_min", "r_max"]] = 5
+    fig = draw_run_figure(tables, summarize(tables))
+    try:
+        _, ax, twin = fig.axes[:3]
+        names = [t.get_text() for t in ax.get_xticklabels()]
+        side = names.index("features.11")
+        lines = {line.get_label(): line for line in twin.get_lines()}
+        convs = rf[rf["index"].notna() & ~rf["side_branch"]]
+        for column in ("r_max", "r_min"):
+            line = lines[f"receptive field {column}"]
+            assert list(line.get_xdata()) == [names.index(n) for n in convs["layer"]] and side not in line.get_xdata()
+            assert list(line.get_ydata()) == convs[column].tolist()
+        points = [line for line in twin.get_lines() if line.get_linestyle() == "None"]
+        assert [(list(p.get_xdata()), list(p.get_ydata())) for p in points] == [([side], [5]), ([side], [5])]
+        assert "receptive field of a side branch" in [t.get_text() for t in ax.get_legend().get_texts()]
+    finally:
+        plt.close(fig)
+
+
 def test_probes_older_than_the_latents_are_reported_stale(tmp_path):
     """A re-extraction after probing left the old probe table reported as complete."""
     rundir = write_run(tmp_path / "logs", width=0.25, stage="full", skip="features.16")

@@ -4,8 +4,9 @@ Layers run along the x axis in forward order; above them, for a run of two epoch
 each layer's saturation per epoch (how the pattern formed). The left axis (0–100%) shows saturation per layer
 as bars (the analysed split) and dots (the other split), the probes' accuracy as a line and the
 model's test accuracy as a dashed line; the right axis shows r_min/r_max per layer with the input
-resolution as a horizontal line. Vertical lines mark b_min (solid) and b_max (dashed) just before
-the border layer, and tails are shaded. Anything missing is simply not drawn.
+resolution as a horizontal line (side branches, such as 1×1 shortcuts, as loose hollow points off the lines).
+Vertical lines mark b_min (solid) and b_max (dashed) just before the border layer, and tails are shaded.
+Anything missing is simply not drawn.
 """
 
 from __future__ import annotations
@@ -185,12 +186,18 @@ def _format_layer_axes(ax: Any, order: list[str]) -> None:
 def _draw_receptive_field(ax: Any, tables: RunTables, borders: dict[str, Any],
                           x_of: dict[str, int]) -> tuple[list[Any], list[str]]:
     """r_max and r_min per layer and the input resolution on a right axis; returns its legend entries."""
-    rf = tables.receptive_field
+    from phd_lab.plots.receptive_field import plotted_rows
+
     twin = ax.twinx()
-    xs = [x_of[str(n)] for n in rf["layer"]]
-    for column, style in (("r_max", "-"), ("r_min", ":")):
-        twin.plot(xs, pd.to_numeric(rf[column], errors="coerce"), style, color="#55a868", linewidth=1.3,
-                  label=f"receptive field {column}")
+    # the lines follow the layers the border rule walks, as receptive_field.png does; side branches (a ResNet's
+    # 1x1 shortcuts, attention gates) are loose hollow points: inside the lines each made r_max and r_min dip
+    sequence, side = plotted_rows(_numeric_receptive_field(tables.receptive_field))
+    for column, style, marker in (("r_max", "-", "o"), ("r_min", ":", "s")):
+        twin.plot([x_of[str(n)] for n in sequence["layer"]], sequence[column], style, color="#55a868",
+                  linewidth=1.3, label=f"receptive field {column}")
+        if len(side):
+            twin.plot([x_of[str(n)] for n in side["layer"]], side[column], marker, color="#55a868", markersize=3.5,
+                      fillstyle="none", label="receptive field of a side branch" if column == "r_max" else None)
     resolution = borders.get("resolution") or tables.config_value("resolution")
     if resolution:
         twin.axhline(resolution, color="#55a868", linestyle="-.", linewidth=1,
@@ -198,6 +205,14 @@ def _draw_receptive_field(ax: Any, tables: RunTables, borders: dict[str, Any],
     twin.set_ylabel("receptive field (pixels)")
     twin.set_ylim(bottom=0)
     return twin.get_legend_handles_labels()
+
+
+def _numeric_receptive_field(rf: pd.DataFrame) -> pd.DataFrame:
+    """The table with numbers in its index and r columns (a damaged cell: NaN, a row not drawn)."""
+    rf = rf.copy()
+    for column in ("index", "r_min", "r_max"):
+        rf[column] = pd.to_numeric(rf[column], errors="coerce")
+    return rf
 
 
 def _below_tick_labels(ax: Any) -> float:

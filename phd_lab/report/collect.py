@@ -222,8 +222,8 @@ def _drawing_code() -> bytes:
     import matplotlib
 
     from phd_lab import __version__
-    from phd_lab.plots import run_figure
-    source = Path(run_figure.__file__).read_bytes()
+    from phd_lab.plots import receptive_field, run_figure
+    source = b"".join(Path(module.__file__).read_bytes() for module in (run_figure, receptive_field))  # plotted_rows
     return f"{__version__} {matplotlib.__version__} ".encode() + hashlib.sha256(source).digest()
 
 
