@@ -66,11 +66,16 @@ def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
                   else "loss gained (projected − unprojected)")
     ax.set_xlabel("δ (explained variance); filled: differs significantly")
     thin_tick_labels(ax, [f"{d:g}" for d in deltas], rotation=70)
+    handles, labels = ax.get_legend_handles_labels()
     pca = table[table["basis"] == "pca"].sort_values("delta")
     if len(pca):
         right = ax.twinx()
-        right.plot([position[d] for d in pca["delta"]], pca["dims_sum_mean"], color="#777777", ls=":", lw=1.2)
+        handles += right.plot([position[d] for d in pca["delta"]], pca["dims_sum_mean"], color="#777777", ls=":",
+                              lw=1.2)
+        labels.append("PCA directions kept (right axis)")
         right.set_ylabel(r"$\sum \dim E_l^k$ (mean, dotted)", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="best")
+    # above the axes, under the title: inside them, "best" placed it by the drops alone and the right axis'
+    # rising line of kept directions, drawn over it, crossed its text in the top right corner
+    ax.legend(handles, labels, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    ax.set_title(title, fontsize=9, pad=22)
     return fig
