@@ -234,7 +234,8 @@ def test_the_saturation_plot_shows_each_layers_train_and_test_saturation_in_forw
         assert [t.get_text() for t in ax.get_xticklabels()] == ["features.3", "features.0", "classifier.0"]
         assert ax.get_ylim() == (0, 1) and ax.get_title() == "epoch 2"
         assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "test"]
-        assert not ax.texts  # some values are there: no note
+        # some values are there: no note of a diverged epoch, but the bar without a value says so
+        assert [(t.get_text(), t.get_position()) for t in ax.texts] == [("no value", (2.2, 0.01))]
     finally:
         plt.close(ax.figure)
     diverged = plot_saturation(table.map(lambda _: math.nan))  # every value NaN: an empty chart said nothing
@@ -243,6 +244,23 @@ def test_the_saturation_plot_shows_each_layers_train_and_test_saturation_in_forw
             "no finite saturation in this epoch\n(non-finite activations: did the run diverge?)"]
     finally:
         plt.close(diverged.figure)
+
+
+def test_a_layer_without_saturation_keeps_its_slot_in_the_plot_and_says_it_has_no_value() -> None:
+    """An auxiliary head no pass calls is NaN in both splits, its CSV columns last: its slot looked like a saturation
+    of 0, and the axes, autoscaled to the bars that exist, cut it off at the right edge."""
+    import matplotlib.pyplot as plt
+
+    from phd_lab.plots.saturation import plot_saturation, saturation_table
+    row = {"conv_train_saturation": 0.5, "conv_test_saturation": 0.5, "dead_train_saturation": 0.0,
+           "dead_test_saturation": 0.0, "aux_train_saturation": float("nan"), "aux_test_saturation": float("nan")}
+    ax = plot_saturation(saturation_table(row))
+    try:
+        assert ax.get_xlim()[1] >= 2.5  # the slot of the third layer, both its bars, is inside the axes
+        assert sorted((t.get_text(), t.get_position()) for t in ax.texts) == [("no value", (1.8, 0.01)),
+                                                                               ("no value", (2.2, 0.01))]
+    finally:
+        plt.close(ax.figure)
 
 
 class _HeadInTrainingOnly(torch.nn.Module):

@@ -36,6 +36,7 @@ def plot_saturation(table: pd.DataFrame, ax: "Axes | None" = None, title: str = 
     ax.bar([p + width / 2 for p in positions], table["test"], width, label="test", color="#e0892f")
     ax.set_xticks(list(positions))
     ax.set_xticklabels(list(table.index), rotation=60, ha="right", fontsize=8)
+    ax.set_xlim(-0.7, len(table) - 0.3)  # every layer's slot, also a last one without bars (autoscaling cut it off)
     ax.set_ylim(0, 1)
     ax.set_ylabel("saturation")
     ax.set_xlabel("layer (forward order)")
@@ -45,7 +46,16 @@ def plot_saturation(table: pd.DataFrame, ax: "Axes | None" = None, title: str = 
     if table.isna().to_numpy().all():  # a diverged epoch (inf/NaN activations) drew an empty chart without a word
         ax.text(0.5, 0.5, "no finite saturation in this epoch\n(non-finite activations: did the run diverge?)",
                 ha="center", va="center", transform=ax.transAxes, fontsize=9, color="#c44e52")
+    else:  # a bar without a value (a layer no pass called, overflowed activations) looked like a saturation of 0
+        for offset, split in ((-width / 2, "train"), (width / 2, "test")):
+            for position, value in zip(positions, table[split]):
+                if pd.isna(value):
+                    ax.text(position + offset, 0.01, NO_VALUE, rotation=90, ha="center", va="bottom", fontsize=7,
+                            color="#777777")
     return ax
+
+
+NO_VALUE = "no value"  # written into the slot of a bar whose saturation is NaN
 
 
 def save_saturation_plot(row: Mapping[str, Any], path: Path | str, title: str = "") -> None:
