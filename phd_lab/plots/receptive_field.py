@@ -56,8 +56,10 @@ def plot_receptive_field(table: pd.DataFrame, resolution: int, path: Path | str,
         ax.set_xticks(convs["index"].astype(int).tolist())
         ax.set_xticklabels(convs["layer"].tolist(), rotation=90, fontsize=7)
         ax.set_title(title or "receptive field per layer")
-        if convs.empty:  # an MLP: say so instead of leaving an empty frame
-            ax.text(0.5, 0.5, "no Conv2d layer: the receptive field is the whole input", ha="center",
+        if convs.empty:  # an MLP: say so instead of leaving an empty frame; below the resolution line, which the
+            # axes autoscaled to it alone put across the middle, through the text
+            ax.set_ylim(0, 1.5 * resolution)
+            ax.text(0.5, 0.35, "no Conv2d layer: the receptive field is the whole input", ha="center",
                     va="center", transform=ax.transAxes)
         ax.legend(fontsize=8)
         atomic.save_figure(fig, path, dpi=120)
