@@ -120,6 +120,29 @@ def test_a_job_s_confusion_plots_are_each_layer_s_drawn_alone(tmp_path):
         assert written == confusion_png(replace(record, confusion=matrix))
 
 
+def test_a_job_s_accuracy_plot_names_the_run_in_its_title(tmp_path):
+    """Every other figure of a run folder names its run; probe_performances.png said only 'Logistic-regression
+    probes (lbfgs)', so a copy of it, or one beside another run's, could not be told apart."""
+    import pandas as pd
+
+    from phd_lab.plots.probes import plot_probe_accuracy, save_probe_accuracy_plot
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    jobs, _ = jobs_from_latents(latents, {"solver": "lbfgs"})
+    run_jobs(jobs, tmp_path / "cache", workers=0, progress=False)
+    [job] = jobs
+    table = pd.read_csv(job.outputs.probe_csv)
+    accuracy = job.manifest.model_test_accuracy
+    save_probe_accuracy_plot(table, accuracy, tmp_path / "named.png", run=job.outputs.name)
+    save_probe_accuracy_plot(table, accuracy, tmp_path / "unnamed.png")
+    written = job.outputs.probe_plot.read_bytes()
+    assert written == (tmp_path / "named.png").read_bytes() != (tmp_path / "unnamed.png").read_bytes()
+    ax = plot_probe_accuracy(table, accuracy, run=job.outputs.name)
+    try:
+        assert ax.get_title() == f"{job.outputs.name}\nLogistic-regression probes (lbfgs)"
+    finally:
+        plt.close(ax.figure)
+
+
 def test_long_class_labels_and_titles_stay_inside_the_figure():
     """The fixed layout replaced a tight bounding box: it must leave room for labels of up to 8 characters
     (class ids like -1000000 or ImageNet-21k's 5 digits) and three title lines."""

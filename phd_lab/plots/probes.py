@@ -25,8 +25,10 @@ def _pyplot():
     return plt
 
 
-def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = None, ax: "Axes | None" = None) -> "Axes":
-    """Train and eval accuracy of each layer's probe in forward order; the model's accuracy as a line."""
+def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = None, ax: "Axes | None" = None,
+                        run: str = "") -> "Axes":
+    """Train and eval accuracy of each layer's probe in forward order; the model's accuracy as a line; ``run``
+    (the run's name) heads the title, as it does on the run's other figures."""
     plt = _pyplot()
     if ax is None:
         ax = plt.subplots(figsize=(max(6.0, 0.35 * len(table) + 2.0), 4.0))[1]
@@ -37,8 +39,9 @@ def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = No
     if model_accuracy is not None:
         ax.axhline(model_accuracy, color="black", linewidth=1.0, label=f"model test accuracy ({model_accuracy:.3f})")
     solver = ", ".join(sorted(set(table["solver"]))) if "solver" in table else ""
+    title = f"Logistic-regression probes ({solver})" if solver else "Logistic-regression probes"
     ax.set(xlabel="layer (forward order)", ylabel="accuracy", ylim=(0.0, 1.02),
-           title=f"Logistic-regression probes ({solver})" if solver else "Logistic-regression probes")
+           title=f"{run}\n{title}" if run else title)
     ax.set_xticks(positions)
     ax.set_xticklabels(table["layer"], rotation=90, fontsize=7)
     ax.grid(alpha=0.3)
@@ -58,11 +61,11 @@ def _label_confusion_axes(ax: "Axes", classes: Sequence[int]) -> None:
     ax.set(xlabel="predicted class", ylabel="true class")
 
 
-def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_accuracy: float | None = None
-                    ) -> "Axes":
+def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_accuracy: float | None = None,
+                    run: str = "") -> "Axes":
     """Probe eval accuracy per layer for several latents sets of one model (§8.3, figures 45 and 46): one
     panel per reduction method, one line per set (``(label, method, table)``, drawn in the given order,
-    darker for later ones), layers in forward order as in the first, longest table."""
+    darker for later ones), layers in forward order as in the first, longest table; ``run`` above the panels."""
     plt = _pyplot()
     methods = list(dict.fromkeys(method for _, method, _ in tables))
     layers = list(max((table.sort_values("index")["layer"] for _, _, table in tables), key=len))
@@ -85,6 +88,8 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=7)
     axes[0][0].set_ylabel("probe eval accuracy")
+    if run:
+        figure.suptitle(run, fontsize=11)
     return axes[0][0]
 
 
@@ -97,12 +102,13 @@ def _save(ax: "Axes", path: Path | str, dpi: int) -> None:
 
 
 def save_probe_sets_plot(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_accuracy: float | None,
-                         path: Path | str) -> None:
-    _save(plot_probe_sets(tables, model_accuracy), path, dpi=120)
+                         path: Path | str, run: str = "") -> None:
+    _save(plot_probe_sets(tables, model_accuracy, run=run), path, dpi=120)
 
 
-def save_probe_accuracy_plot(table: "pd.DataFrame", model_accuracy: float | None, path: Path | str) -> None:
-    _save(plot_probe_accuracy(table, model_accuracy), path, dpi=120)
+def save_probe_accuracy_plot(table: "pd.DataFrame", model_accuracy: float | None, path: Path | str,
+                             run: str = "") -> None:
+    _save(plot_probe_accuracy(table, model_accuracy, run=run), path, dpi=120)
 
 
 def wrapped_title(title: str, width: int, lines: int = 3) -> str:

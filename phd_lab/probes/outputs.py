@@ -95,12 +95,14 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
                                          for k in changed), extra=tag)
     csv = table_bytes(table)
     atomic.write_bytes(job.outputs.probe_csv, csv)
-    save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot)
+    run = job.outputs.name + (f", latents {job.outputs.probe_set}" if job.outputs.probe_set else "")
+    save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot, run=run)
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv, extra=tag)
     document = settings_document(job, csv)
     sets = probe_set_tables(job.outputs, now, current=(job.outputs.probe_set, document))
     if len(sets) > 1:
-        save_probe_sets_plot(sets, job.manifest.model_test_accuracy, job.outputs.probe_sets_plot)
+        save_probe_sets_plot(sets, job.manifest.model_test_accuracy, job.outputs.probe_sets_plot,
+                             run=job.outputs.name)
         log.info("%s: %d latents sets compared in %s", job.label, len(sets), job.outputs.probe_sets_plot, extra=tag)
     if job.outputs.analysis_json.exists() and not job.outputs.probe_set:  # it reads the default set's probes
         refresh_analysis(job, tag)
