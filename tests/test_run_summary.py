@@ -364,6 +364,38 @@ def test_the_run_figure_draws_side_branches_off_its_receptive_field_lines(tmp_pa
         plt.close(fig)
 
 
+def test_the_run_figure_puts_layers_only_the_probes_have_between_their_neighbours(tmp_path):
+    """extract's 'layers' may name any module (features.*: the ReLUs and pools too): those layers, which neither the
+    receptive-field table nor the saturation columns list, came after every other layer, and the probe line ran
+    back and forth across the figure."""
+    import matplotlib.pyplot as plt
+
+    from phd_lab.plots.run_figure import draw_run_figure
+    tables = load_run(write_run(tmp_path / "logs", width=0.25, stage="full"))
+    convs = [layer for layer in LAYERS if layer.startswith("features.")]
+    forward = [f"features.{n}" for n in range(int(convs[-1].split(".")[1]) + 3)]  # every module, two after the last
+    tables.probes = pd.DataFrame({"index": range(1, len(forward) + 1), "layer": forward,
+                                  "train_acc": 0.9, "eval_acc": [0.5 + 0.01 * n for n in range(len(forward))]})
+    fig = draw_run_figure(tables, summarize(tables))
+    try:
+        _, ax = fig.axes[:2]
+        names = [t.get_text() for t in ax.get_xticklabels()]
+        assert names == forward + [layer for layer in LAYERS if layer.startswith("classifier.")]
+        probes = next(line for line in ax.get_lines() if line.get_label() == "probe accuracy (eval)")
+        assert list(probes.get_xdata()) == list(range(len(forward)))  # from left to right, never back
+        assert list(probes.get_ydata()) == tables.probes["eval_acc"].tolist()
+    finally:
+        plt.close(fig)
+
+
+def test_merged_layer_order_keeps_every_tables_order_and_breaks_disagreements_by_the_first_table():
+    from phd_lab.plots.run_figure import merged_order
+    assert merged_order([["a.0", "a.4", "b.2"], ["a.0", "a.4", "b.2"], ["a.0", "a.1", "a.4", "a.5"]]) == [
+        "a.0", "a.1", "a.4", "a.5", "b.2"]
+    assert merged_order([["x", "y", "z"], ["z", "y", "w"]]) == ["x", "y", "z", "w"]  # a cycle: first seen first
+    assert merged_order([]) == [] and merged_order([["a", "a", "b"], []]) == ["a", "b"]
+
+
 def test_probes_older_than_the_latents_are_reported_stale(tmp_path):
     """A re-extraction after probing left the old probe table reported as complete."""
     rundir = write_run(tmp_path / "logs", width=0.25, stage="full", skip="features.16")

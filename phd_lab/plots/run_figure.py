@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 
 
 def layer_order(tables: RunTables, summary: dict[str, Any]) -> list[str]:
-    """Forward order: receptive_field.csv rows, then saturation columns, then probe rows (first seen wins)."""
-    order: list[str] = []
+    """Forward order of the layers of receptive_field.csv's rows, the saturation columns and the probe rows, each
+    in forward order of its own layers: merged so that every table keeps its order (a layer only the probes have,
+    such as a ReLU that extract's ``layers`` named, goes between its neighbours, not after every other table's
+    layers); where the tables disagree, the one named first (receptive field, saturation, probes) wins."""
     sources = []
     if tables.receptive_field is not None:
         sources.append(tables.receptive_field["layer"].astype(str).tolist())
@@ -35,12 +37,64 @@ def layer_order(tables: RunTables, summary: dict[str, Any]) -> list[str]:
         sources.append([entry["layer"] for entry in summary["saturation"]["layers"]])
     if tables.probes is not None:
         sources.append(_probes_by_index(tables.probes)["layer"].astype(str).tolist())
-    seen = set()
+    return merged_order(sources)
+
+
+def merged_order(sources: list[list[str]]) -> list[str]:
+    """One order of every name in ``sources`` in which each source's names keep their order (a topological
+    order of the successions the sources list). Among the names free to come next, one of the last placed
+    name's parent module comes first (features.26, which only the probes list, goes on after features.25,
+    before classifier.2), then the first seen (sources in turn); a cycle (sources that disagree) is broken by
+    the first seen of the names left."""
+    import heapq
+
+    rank: dict[str, int] = {}
     for source in sources:
         for name in source:
-            if name not in seen:
-                seen.add(name)
-                order.append(name)
+            rank.setdefault(name, len(rank))
+    after: dict[str, set[str]] = {name: set() for name in rank}
+    waiting = dict.fromkeys(rank, 0)  # how many names must come before each
+    for source in sources:
+        seen = list(dict.fromkeys(source))
+        for earlier, later in zip(seen, seen[1:]):
+            if later not in after[earlier]:
+                after[earlier].add(later)
+                waiting[later] += 1
+
+    def parent(name: str) -> str:
+        return name.rpartition(".")[0]
+
+    free: list[tuple[int, str]] = []
+    free_by_parent: dict[str, list[tuple[int, str]]] = {}
+
+    def release(name: str) -> None:
+        heapq.heappush(free, (rank[name], name))
+        heapq.heappush(free_by_parent.setdefault(parent(name), []), (rank[name], name))
+
+    def first(heap: list[tuple[int, str]]) -> str | None:
+        while heap and heap[0][1] in placed:
+            heapq.heappop(heap)
+        return heap[0][1] if heap else None
+
+    placed: set[str] = set()
+    for name, count in waiting.items():
+        if count == 0:
+            release(name)
+    order: list[str] = []
+    by_rank, oldest = list(rank), 0  # for breaking a cycle: the names in the order first seen
+    while len(order) < len(rank):
+        name = first(free_by_parent.get(parent(order[-1]), [])) if order else None
+        name = name or first(free)
+        if name is None:  # a cycle: the first seen of the names left comes next
+            while by_rank[oldest] in placed:
+                oldest += 1
+            name = by_rank[oldest]
+        placed.add(name)
+        order.append(name)
+        for later in after[name]:
+            waiting[later] -= 1
+            if waiting[later] == 0 and later not in placed:
+                release(later)
     return order
 
 
