@@ -143,6 +143,31 @@ def test_a_job_s_accuracy_plot_names_the_run_in_its_title(tmp_path):
         plt.close(ax.figure)
 
 
+def test_a_pixelwise_tables_thousands_of_positions_keep_the_accuracy_plot_viewable():
+    """A pixelwise job (configs/thesis/09_3: VGG16 at 32 px, about 2,800 positions) drew probe_performances.png
+    91,802 pixels wide with a label per position; a layer table of ordinary depth keeps a label per layer."""
+    import pandas as pd
+
+    from phd_lab.plots.probes import plot_probe_accuracy, plot_probe_sets
+    sides = [32, 32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2]
+    positions = pd.DataFrame([{"index": n + 1, "layer": f"features.{n}@{r}_{c}", "train_acc": 0.9, "eval_acc": 0.8}
+                              for n, side in enumerate(sides) for r in range(side) for c in range(side)])
+    for ax in (plot_probe_accuracy(positions, 0.9), plot_probe_sets([("pixelwise", "nearest", positions)])):
+        try:
+            names, ticks = [t.get_text() for t in ax.get_xticklabels()], ax.get_xticks()
+            assert ax.figure.get_figwidth() <= 60 and len(positions) == 2812 and 0 < len(names) <= 2812 // 10
+            assert names == [positions["layer"][int(tick)] for tick in ticks] and ticks[0] == 0
+        finally:
+            plt.close(ax.figure)
+    layers = pd.DataFrame({"index": range(121), "layer": [f"l{n}" for n in range(121)], "train_acc": 0.9,
+                           "eval_acc": 0.8})  # a DenseNet121's worth of layers: every one named
+    ax = plot_probe_accuracy(layers)
+    try:
+        assert [t.get_text() for t in ax.get_xticklabels()] == layers["layer"].tolist()
+    finally:
+        plt.close(ax.figure)
+
+
 def test_long_class_labels_and_titles_stay_inside_the_figure():
     """The fixed layout replaced a tight bounding box: it must leave room for labels of up to 8 characters
     (class ids like -1000000 or ImageNet-21k's 5 digits) and three title lines."""

@@ -388,6 +388,24 @@ def test_the_run_figure_puts_layers_only_the_probes_have_between_their_neighbour
         plt.close(fig)
 
 
+def test_the_run_figure_of_a_pixelwise_probe_table_stays_viewable(tmp_path):
+    """A probe table with a row per feature-map position (pixelwise, thousands in configs/thesis/09_3) made the run
+    figure about 0.38 inch wide per row: 90,000 pixels and more."""
+    import matplotlib.pyplot as plt
+
+    from phd_lab.plots.run_figure import draw_run_figure
+    tables = load_run(write_run(tmp_path / "logs", width=0.25, stage="full"))
+    tables.probes = pd.DataFrame([{"index": 1, "layer": f"features.0@{r}_{c}", "train_acc": 0.9, "eval_acc": 0.5}
+                                  for r in range(20) for c in range(20)])
+    fig = draw_run_figure(tables, summarize(tables))
+    try:
+        _, ax = fig.axes[:2]
+        names = [t.get_text() for t in ax.get_xticklabels()]
+        assert fig.get_figwidth() <= 60 and 0 < len(names) <= 200 and names[0] == "features.0"
+    finally:
+        plt.close(fig)
+
+
 def test_merged_layer_order_keeps_every_tables_order_and_breaks_disagreements_by_the_first_table():
     from phd_lab.plots.run_figure import merged_order
     assert merged_order([["a.0", "a.4", "b.2"], ["a.0", "a.4", "b.2"], ["a.0", "a.1", "a.4", "a.5"]]) == [

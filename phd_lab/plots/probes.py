@@ -31,7 +31,7 @@ def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = No
     (the run's name) heads the title, as it does on the run's other figures."""
     plt = _pyplot()
     if ax is None:
-        ax = plt.subplots(figsize=(max(6.0, 0.35 * len(table) + 2.0), 4.0))[1]
+        ax = plt.subplots(figsize=(min(MAX_WIDTH, max(6.0, 0.35 * len(table) + 2.0)), 4.0))[1]
     table = table.sort_values("index")
     positions = np.arange(len(table))
     ax.plot(positions, table["train_acc"], marker="o", linestyle="--", label="probe train accuracy")
@@ -42,11 +42,21 @@ def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = No
     title = f"Logistic-regression probes ({solver})" if solver else "Logistic-regression probes"
     ax.set(xlabel="layer (forward order)", ylabel="accuracy", ylim=(0.0, 1.02),
            title=f"{run}\n{title}" if run else title)
-    ax.set_xticks(positions)
-    ax.set_xticklabels(table["layer"], rotation=90, fontsize=7)
+    _layer_ticks(ax, table["layer"].tolist())
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)  # "lower right" hid the model's line when it lay low
     return ax
+
+
+MAX_WIDTH = 60.0  # inches: a pixelwise job's thousands of positions (§9.3) drew PNGs 90,000 pixels wide
+LABELLED = int((MAX_WIDTH - 2.0) / 0.35)  # layer names that fit at 0.35 inch each; beyond, every n-th is named
+
+
+def _layer_ticks(ax: "Axes", layers: Sequence[str]) -> None:
+    """A tick per layer position, every one named up to ``LABELLED`` of them, else every n-th one."""
+    step = max(1, -(-len(layers) // LABELLED))
+    ax.set_xticks(np.arange(0, len(layers), step))
+    ax.set_xticklabels(list(layers)[::step], rotation=90, fontsize=7)
 
 
 def _label_confusion_axes(ax: "Axes", classes: Sequence[int]) -> None:
@@ -70,8 +80,8 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
     methods = list(dict.fromkeys(method for _, method, _ in tables))
     layers = list(max((table.sort_values("index")["layer"] for _, _, table in tables), key=len))
     position = {layer: number for number, layer in enumerate(layers)}
-    figure, axes = plt.subplots(1, len(methods), figsize=(max(6.0, 0.35 * len(layers) + 2.0) * len(methods), 4.2),
-                                squeeze=False, sharey=True)
+    figure, axes = plt.subplots(1, len(methods), squeeze=False, sharey=True,
+                                figsize=(min(MAX_WIDTH, max(6.0, 0.35 * len(layers) + 2.0)) * len(methods), 4.2))
     for ax, method in zip(axes[0], methods):
         drawn = [(label, table) for label, table_method, table in tables if table_method == method]
         colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(drawn)))
@@ -83,8 +93,7 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
             ax.axhline(model_accuracy, color="black", linewidth=1.0,
                        label=f"model test accuracy ({model_accuracy:.3f})")
         ax.set(xlabel="layer (forward order)", ylim=(0.0, 1.02), title=f"probes on {method} latents")
-        ax.set_xticks(range(len(layers)))
-        ax.set_xticklabels(layers, rotation=90, fontsize=7)
+        _layer_ticks(ax, layers)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=7)
     axes[0][0].set_ylabel("probe eval accuracy")

@@ -113,7 +113,7 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -
     order = layer_order(tables, summary)
     x_of = {name: i for i, name in enumerate(order)}
     longest = max((len(name) for name in order), default=0)
-    width, height = max(6.5, 0.38 * len(order) + 2.5), max(4.6, 3.4 + 0.06 * longest)
+    width, height = min(MAX_WIDTH, max(6.5, 0.38 * len(order) + 2.5)), max(4.6, 3.4 + 0.06 * longest)
     split = summary["settings"]["analysis_split"]
     history = saturation_history(tables.metrics, split) if order else None
     if history is not None and len(history) > 1:  # the pattern's evolution above its last epoch (appendix B)
@@ -146,6 +146,8 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -
 
 
 HISTORY_HEIGHT = 1.8  # inches of the heat map of saturation per epoch above the layer panel
+MAX_WIDTH = 60.0  # inches: a pixelwise probe table's thousands of positions drew figures 90,000 pixels wide
+LABELLED = int((MAX_WIDTH - 2.5) / 0.38)  # layer names that fit at 0.38 inch each; beyond, every n-th is named
 
 
 def _draw_history(ax: Any, history: pd.DataFrame, x_of: dict[str, int], split: str) -> None:
@@ -227,13 +229,15 @@ def _draw_tails_and_borders(ax: Any, tails: list[dict[str, Any]], borders: dict[
 
 
 def _format_layer_axes(ax: Any, order: list[str]) -> None:
-    """Percent scale on the left axis, one tick per layer (names rotated) on the x axis."""
+    """Percent scale on the left axis, one tick per layer (names rotated; beyond ``LABELLED`` layers every n-th)
+    on the x axis."""
     import matplotlib.ticker
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("saturation / accuracy")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    ax.set_xticks(range(len(order)))
-    ax.set_xticklabels(order, rotation=90, fontsize=7)
+    step = max(1, -(-len(order) // LABELLED))
+    ax.set_xticks(range(0, len(order), step))
+    ax.set_xticklabels(order[::step], rotation=90, fontsize=7)
     ax.set_xlim(-0.6, len(order) - 0.4)
 
 
