@@ -406,6 +406,29 @@ def test_the_run_figure_of_a_pixelwise_probe_table_stays_viewable(tmp_path):
         plt.close(fig)
 
 
+def test_the_run_figure_draws_a_pixelwise_probe_table_per_layer_as_the_mean_of_its_positions(tmp_path):
+    """Each feature-map position (<layer>@<row>_<col>) had a place of its own after every layer of the other
+    tables: the bars sat at one end of a figure thousands of places wide, the probes at the other."""
+    import matplotlib.pyplot as plt
+
+    from phd_lab.plots.run_figure import draw_run_figure
+    tables = load_run(write_run(tmp_path / "logs", width=0.25, stage="full"))
+    rows = [(1, "features.0@0_0", 0.4), (1, "features.0@0_1", 0.6), (1, "features.0@1_0", 0.5),
+            (2, "features.3@0_0", 0.8), (9, "classifier.0", 0.9)]
+    tables.probes = pd.DataFrame([{"index": i, "layer": name, "train_acc": 1.0, "eval_acc": acc}
+                                  for i, name, acc in rows])
+    fig = draw_run_figure(tables, summarize(tables))
+    try:
+        _, ax = fig.axes[:2]
+        assert [t.get_text() for t in ax.get_xticklabels()] == LAYERS
+        [probes] = [line for line in ax.get_lines() if line.get_label().startswith("probe accuracy")]
+        assert probes.get_label() == "probe accuracy (eval, mean over positions)"
+        assert list(probes.get_xdata()) == [0, 1, LAYERS.index("classifier.0")]
+        assert list(probes.get_ydata()) == pytest.approx([0.5, 0.8, 0.9])
+    finally:
+        plt.close(fig)
+
+
 def test_merged_layer_order_keeps_every_tables_order_and_breaks_disagreements_by_the_first_table():
     from phd_lab.plots.run_figure import merged_order
     assert merged_order([["a.0", "a.4", "b.2"], ["a.0", "a.4", "b.2"], ["a.0", "a.1", "a.4", "a.5"]]) == [

@@ -36,7 +36,7 @@ def layer_order(tables: RunTables, summary: dict[str, Any]) -> list[str]:
     if summary.get("saturation"):
         sources.append([entry["layer"] for entry in summary["saturation"]["layers"]])
     if tables.probes is not None:
-        sources.append(_probes_by_index(tables.probes)["layer"].astype(str).tolist())
+        sources.append([layer for layer, _ in probe_layers(tables.probes)[0]])
     return merged_order(sources)
 
 
@@ -96,6 +96,18 @@ def merged_order(sources: list[list[str]]) -> list[str]:
             if waiting[later] == 0 and later not in placed:
                 release(later)
     return order
+
+
+def probe_layers(probes: pd.DataFrame) -> tuple[list[tuple[str, float]], bool]:
+    """(layer, eval accuracy) in forward order, and whether the table is pixelwise: its rows are feature-map
+    positions (``<layer>@<row>_<col>``, a probe each), drawn as their layer with the mean of their accuracies (a
+    run figure with a place per position was thousands of places wide, its bars lost at one end)."""
+    table = _probes_by_index(probes)
+    names = table["layer"].astype(str)
+    layers = names.str.replace(r"@\d+_\d+$", "", regex=True)
+    accuracies = pd.to_numeric(table["eval_acc"], errors="coerce")
+    means = accuracies.groupby(layers.to_numpy(), sort=False).mean()
+    return [(str(layer), float(accuracy)) for layer, accuracy in means.items()], bool((layers != names).any())
 
 
 def _probes_by_index(probes: pd.DataFrame) -> pd.DataFrame:
@@ -202,14 +214,14 @@ def _draw_saturations(ax: Any, tables: RunTables, split: str, x_of: dict[str, in
 def _draw_accuracies(ax: Any, tables: RunTables, summary: dict[str, Any], x_of: dict[str, int]) -> None:
     """The probes' accuracy per layer as a line, the model's test accuracy as a dashed line."""
     if tables.probes is not None:
-        probes = _probes_by_index(tables.probes)
-        points = [(x_of[str(n)], a) for n, a in zip(probes["layer"], pd.to_numeric(probes["eval_acc"],
-                                                                                   errors="coerce"))]
+        layers, pixelwise = probe_layers(tables.probes)
+        points = [(x_of[layer], accuracy) for layer, accuracy in layers]
+        label = "probe accuracy (eval, mean over positions)" if pixelwise else "probe accuracy (eval)"
         if points and tables.probes_predate_latents:  # of latents extracted before the current ones
             ax.plot(*zip(*points), ":o", color="#8c8c8c", markersize=3, linewidth=1.2,
-                    label="probe accuracy (eval), stale: latents extracted again since")
+                    label=f"{label}, stale: latents extracted again since")
         elif points:
-            ax.plot(*zip(*points), "-o", color="#dd8452", markersize=3.5, linewidth=1.6, label="probe accuracy (eval)")
+            ax.plot(*zip(*points), "-o", color="#dd8452", markersize=3.5, linewidth=1.6, label=label)
     if summary["accuracy"]["test"] is not None:
         ax.axhline(summary["accuracy"]["test"], color="#dd8452", linestyle="--", linewidth=1,
                    label="model test accuracy")
