@@ -19,13 +19,18 @@ _BAND_COLORS = ("#55a868", "#8172b3", "#dd8452", "#937860")  # target s_mu bands
 
 
 MAX_TICK_LABELS = 40  # more layers or deltas than this: every n-th label, so that they stay readable
+MAX_FIGURE_WIDTH = 60.0  # inches of a figure with a place per layer: a pixelwise probe table's thousands of
+# positions (§9.3) drew PNGs 90,000 pixels wide
 
 
-def thin_tick_labels(ax: Any, labels: Sequence[str], rotation: int) -> None:
-    """One x tick per position, labelled with at most ``MAX_TICK_LABELS`` of ``labels`` (every n-th)."""
-    step = max(1, math.ceil(len(labels) / MAX_TICK_LABELS))
+def thin_tick_labels(ax: Any, labels: Sequence[str], rotation: int, most: int = MAX_TICK_LABELS,
+                     ha: str | None = None) -> None:
+    """A tick at every n-th position, labelled with at most ``most`` of ``labels`` (all where they fit); ``ha``:
+    the labels' alignment (by default right under a rotated label's tick, else centred)."""
+    step = max(1, math.ceil(len(labels) / most))
     ax.set_xticks(range(0, len(labels), step))
-    ax.set_xticklabels(list(labels)[::step], rotation=rotation, fontsize=7, ha="right" if rotation else "center")
+    ax.set_xticklabels(list(labels)[::step], rotation=rotation, fontsize=7,
+                       ha=ha or ("right" if rotation else "center"))
 
 
 def png_bytes(fig: Any) -> bytes:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from phd_lab.atomic import save_figure
+from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, thin_tick_labels
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,7 +32,7 @@ def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = No
     (the run's name) heads the title, as it does on the run's other figures."""
     plt = _pyplot()
     if ax is None:
-        ax = plt.subplots(figsize=(min(MAX_WIDTH, max(6.0, 0.35 * len(table) + 2.0)), 4.0))[1]
+        ax = plt.subplots(figsize=(min(MAX_FIGURE_WIDTH, max(6.0, 0.35 * len(table) + 2.0)), 4.0))[1]
     table = table.sort_values("index")
     positions = np.arange(len(table))
     ax.plot(positions, table["train_acc"], marker="o", linestyle="--", label="probe train accuracy")
@@ -48,15 +49,12 @@ def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = No
     return ax
 
 
-MAX_WIDTH = 60.0  # inches: a pixelwise job's thousands of positions (§9.3) drew PNGs 90,000 pixels wide
-LABELLED = int((MAX_WIDTH - 2.0) / 0.35)  # layer names that fit at 0.35 inch each; beyond, every n-th is named
+LABELLED = int((MAX_FIGURE_WIDTH - 2.0) / 0.35)  # layer names that fit at 0.35 inch each; beyond, every n-th
 
 
 def _layer_ticks(ax: "Axes", layers: Sequence[str]) -> None:
     """A tick per layer position, every one named up to ``LABELLED`` of them, else every n-th one."""
-    step = max(1, -(-len(layers) // LABELLED))
-    ax.set_xticks(np.arange(0, len(layers), step))
-    ax.set_xticklabels(list(layers)[::step], rotation=90, fontsize=7)
+    thin_tick_labels(ax, layers, rotation=90, most=LABELLED, ha="center")
 
 
 def _label_confusion_axes(ax: "Axes", classes: Sequence[int]) -> None:
@@ -81,7 +79,7 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
     layers = list(max((table.sort_values("index")["layer"] for _, _, table in tables), key=len))
     position = {layer: number for number, layer in enumerate(layers)}
     figure, axes = plt.subplots(1, len(methods), squeeze=False, sharey=True,
-                                figsize=(min(MAX_WIDTH, max(6.0, 0.35 * len(layers) + 2.0)) * len(methods), 4.2))
+                                figsize=(min(MAX_FIGURE_WIDTH, max(6.0, 0.35 * len(layers) + 2.0)) * len(methods), 4.2))
     for ax, method in zip(axes[0], methods):
         drawn = [(label, table) for label, table_method, table in tables if table_method == method]
         colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(drawn)))

@@ -20,6 +20,7 @@ import pandas as pd
 
 from phd_lab.analysis.run_summary import layer_saturations, saturation_history
 from phd_lab.analysis.run_tables import RunTables
+from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, thin_tick_labels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -125,7 +126,7 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -
     order = layer_order(tables, summary)
     x_of = {name: i for i, name in enumerate(order)}
     longest = max((len(name) for name in order), default=0)
-    width, height = min(MAX_WIDTH, max(6.5, 0.38 * len(order) + 2.5)), max(4.6, 3.4 + 0.06 * longest)
+    width, height = min(MAX_FIGURE_WIDTH, max(6.5, 0.38 * len(order) + 2.5)), max(4.6, 3.4 + 0.06 * longest)
     split = summary["settings"]["analysis_split"]
     history = saturation_history(tables.metrics, split) if order else None
     if history is not None and len(history) > 1:  # the pattern's evolution above its last epoch (appendix B)
@@ -158,8 +159,7 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -
 
 
 HISTORY_HEIGHT = 1.8  # inches of the heat map of saturation per epoch above the layer panel
-MAX_WIDTH = 60.0  # inches: a pixelwise probe table's thousands of positions drew figures 90,000 pixels wide
-LABELLED = int((MAX_WIDTH - 2.5) / 0.38)  # layer names that fit at 0.38 inch each; beyond, every n-th is named
+LABELLED = int((MAX_FIGURE_WIDTH - 2.5) / 0.38)  # layer names that fit at 0.38 inch each; beyond, every n-th
 
 
 def _draw_history(ax: Any, history: pd.DataFrame, x_of: dict[str, int], split: str) -> None:
@@ -247,9 +247,7 @@ def _format_layer_axes(ax: Any, order: list[str]) -> None:
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("saturation / accuracy")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    step = max(1, -(-len(order) // LABELLED))
-    ax.set_xticks(range(0, len(order), step))
-    ax.set_xticklabels(order[::step], rotation=90, fontsize=7)
+    thin_tick_labels(ax, order, rotation=90, most=LABELLED, ha="center")
     ax.set_xlim(-0.6, len(order) - 0.4)
 
 
