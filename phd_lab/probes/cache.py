@@ -62,15 +62,11 @@ def cache_key(file_sha256: dict[str, str], settings: ProbeSettings, versions: di
             "versions": dict(sorted(versions.items()))}
 
 
-def key_digest(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
-
-
-def record_digest(fields: dict[str, Any]) -> str:
-    """The sha256 of a record's fields as an entry stores them: a digit changed in the JSON (a bit flipped on a shared
-    file system: "eval_acc": 0.98 read as 0.99) is another number of the right type, which no check of the types
-    finds."""
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+def json_digest(value: dict[str, Any]) -> str:
+    """The sha256 of a JSON object written canonically (sorted keys, no spaces): a cache key's name, and the checksum
+    of the record an entry stores (a digit changed in the JSON, a bit flipped on a shared file system: "eval_acc":
+    0.98 read as 0.99, is another number of the right type, which no check of the types finds)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
 class ResultCache:
@@ -131,7 +127,7 @@ class ResultCache:
                             error)
 
     def path(self, key: dict[str, Any]) -> Path:
-        digest = key_digest(key)
+        digest = json_digest(key)
         return self.folder / digest[:2] / f"{digest}.json"
 
     def get(self, key: dict[str, Any]) -> ProbeRecord | None:
@@ -177,7 +173,7 @@ class ResultCache:
             return None, f"malformed: {error}"
         if record.confusion_matrix().shape != (len(record.classes),) * 2:
             return None, f"malformed: a confusion matrix of shape {matrix.shape} for {len(record.classes)} classes"
-        if "record_sha256" in entry and entry["record_sha256"] != record_digest(fields):  # entries of 2026-12 on
+        if "record_sha256" in entry and entry["record_sha256"] != json_digest(fields):  # entries of 2026-12 on
             return None, "its record is damaged (its sha256 differs)"
         return record, None
 
@@ -194,7 +190,7 @@ class ResultCache:
         matrix_path = self._matrix_path(key, sha256)
         write_bytes(matrix_path, data)
         fields = record.to_json()
-        document = {"key": key, "record": fields, "record_sha256": record_digest(fields),
+        document = {"key": key, "record": fields, "record_sha256": json_digest(fields),
                     "confusion": {"file": matrix_path.name, "sha256": sha256}}
         if write_json_once(self.path(key), document):
             return record

@@ -77,21 +77,9 @@ class ProbeRecord:
         if missing or unknown:
             raise TypeError(f"the record lacks {missing}" if missing else f"the record has unknown fields {unknown}")
         for name in expected:
-            value, kind = data[name], _FIELD_KINDS[name]
-            if kind == "count":
-                fits = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-            elif kind == "share":
-                fits = _is_number(value) and (value != value or 0.0 <= value <= 1.0)  # NaN: no eval samples
-            elif kind == "seconds":
-                fits = _is_number(value) and 0.0 <= value < float("inf")
-            elif kind == "flag":
-                fits = isinstance(value, bool)
-            elif kind == "text":
-                fits = isinstance(value, str)
-            else:  # the class labels
-                fits = isinstance(value, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in value)
-            if not fits:
-                raise ValueError(f"its {name} is {json.dumps(value)[:80]}, not {_KIND_NAMES[kind]}")
+            fits, meant = _FIELD_CHECKS[name]
+            if not fits(data[name]):
+                raise ValueError(f"its {name} is {json.dumps(data[name])[:80]}, not {meant}")
         return cls(**data, confusion=confusion)
 
     def confusion_matrix(self) -> np.ndarray:
@@ -104,15 +92,24 @@ class ProbeRecord:
         return replace(self, confusion=None)
 
 
-_FIELD_KINDS = {"index": "count", "layer": "text", "solver": "text", "train_acc": "share", "eval_acc": "share",
-                "n_iter": "count", "converged": "flag", "seconds": "seconds", "n_train": "count", "n_eval": "count",
-                "n_features": "count", "classes": "labels"}
-_KIND_NAMES = {"count": "an integer >= 0", "share": "a number from 0 to 1", "seconds": "a number of seconds >= 0",
-               "flag": "true or false", "text": "a string", "labels": "a list of integer class labels"}
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_COUNT = (lambda v: _is_integer(v) and v >= 0, "an integer >= 0")
+_SHARE = (lambda v: _is_number(v) and (v != v or 0.0 <= v <= 1.0), "a number from 0 to 1")  # NaN: no eval samples
+_TEXT = (lambda v: isinstance(v, str), "a string")
+# what each field of a stored record must be (ProbeRecord.from_json), and how its error says so
+_FIELD_CHECKS = {"index": _COUNT, "layer": _TEXT, "solver": _TEXT, "train_acc": _SHARE, "eval_acc": _SHARE,
+                 "n_iter": _COUNT, "converged": (lambda v: isinstance(v, bool), "true or false"),
+                 "seconds": (lambda v: _is_number(v) and 0.0 <= v < float("inf"), "a number of seconds >= 0"),
+                 "n_train": _COUNT, "n_eval": _COUNT, "n_features": _COUNT,
+                 "classes": (lambda v: isinstance(v, list) and all(map(_is_integer, v)),
+                             "a list of integer class labels")}
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from phd_lab.errors import ConfigError, DataError, PhdLabError, RunFailure, RunL
 from phd_lab.interrupts import deferred_interrupts
 from phd_lab.lock import PROBE_LOCK, RunLock
 from phd_lab.plots.probes import ConfusionPlots
-from phd_lab.probes.cache import ResultCache, cache_key, key_digest, library_versions
+from phd_lab.probes.cache import ResultCache, cache_key, json_digest, library_versions
 from phd_lab.probes.discovery import SAID_ONE_BY_ONE, ProbeJob
 from phd_lab.probes.fit import ProbeRecord, stratified_subsample
 from phd_lab.probes.manifest import verify_hashes
@@ -68,7 +68,7 @@ def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache
     hits: dict[str, ProbeRecord] = {}
     needed: dict[int, dict[Path, str]] = {}
     for task in build_tasks(jobs):
-        digest = key_digest(task.key)
+        digest = json_digest(task.key)
         if digest not in hits and cache is not None:
             record = cache.get(task.key)  # its matrix checked against its sha256, then let go: read again when written
             if record is not None:
@@ -267,7 +267,7 @@ def _workers_for_memory(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], hi
     from phd_lab.environment import available_memory
     from phd_lab.probes.memory import SHARE, copy_bytes, workers_that_fit
     sizes = [copy_bytes(task, jobs[task.job].manifest.layer(task.layer)) for task in tasks
-             if key_digest(task.key) not in hits]
+             if json_digest(task.key) not in hits]
     available = available_memory()
     budget = memory if memory is not None else int(available * SHARE) if available is not None else None
     fitting = workers_that_fit(sizes, workers, budget)

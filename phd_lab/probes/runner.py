@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 from phd_lab import atomic
 from phd_lab.errors import DataError, PhdLabError, RunFailure, RunFolderLost
 from phd_lab.lock import ProcessTurn
-from phd_lab.probes.cache import ResultCache, key_digest, library_versions
+from phd_lab.probes.cache import ResultCache, json_digest, library_versions
 from phd_lab.probes.fit import ProbeRecord, probe_layer
 from phd_lab.probes.probe_log import PROBE_JOB, PROBE_JOBS
 from phd_lab.probes.settings import ProbeSettings
@@ -57,7 +57,7 @@ class ProbeTask:
 
     def key_digest(self) -> str:
         """Short digest of the cache key (distinguishes tasks of equal layer names)."""
-        return key_digest(self.key)[:12]
+        return json_digest(self.key)[:12]
 
 
 def _single_threaded(solver: str) -> Callable[[], None]:
@@ -205,7 +205,7 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
 
     hits = hits or {}
     cached = {position: record for position, task in enumerate(tasks)
-              if (record := hits.get(key_digest(task.key)) or cache.get(task.key)) is not None}
+              if (record := hits.get(json_digest(task.key)) or cache.get(task.key)) is not None}
     misses = [position for position in range(len(tasks)) if position not in cached]
     # Tasks of one run folder with the same key (a layer whose latents two sets share, e.g. a Linear layer at every
     # extraction size) are fitted once; the others take its record as a cached one, as a rerun would. Only within
@@ -213,7 +213,7 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
     def group(position: int) -> tuple[str, str]:
         task = tasks[position]
         run = str(run_folders[task.job]) if run_folders is not None else f"job {task.job}"
-        return run, key_digest(task.key)
+        return run, json_digest(task.key)
 
     first: dict[tuple[str, str], int] = {}
     followers: dict[int, list[int]] = {}
