@@ -735,3 +735,66 @@ def test_no_width_advice_when_rounding_moves_s_mu_just_off_the_edge(tmp_path):
     # a real step off either edge still gets its advice
     assert "too narrow" in width_advice(_with_saturations(tables, [0.401] * 11))[0]["text"]
     assert "wider than needed" in width_advice(_with_saturations(tables, [0.1999] * 11))[0]["text"]
+
+
+def test_a_real_pixelwise_run_is_analysed_and_reported_per_layer_as_the_mean_of_its_positions(tmp_path):
+    """A pixelwise probe table (a row per feature-map position, <layer>@<row>_<col>) was read as if every position
+    were a layer: "Probe accuracy drops at body.0@0_2, body.0@1_3, ...", the best layer and the first to reach the
+    model a position, "partial (n of m)" counting positions. The analysis, its advice, analysis.json and the report
+    now speak of layers, each with the mean over its positions, in forward order, as the run figure draws them."""
+    import csv
+    import re
+    import statistics
+
+    from phd_lab.analysis.run_tables import run_folder
+    from phd_lab.extraction import extract_latents
+    from phd_lab.probes.cli import probe_cli
+    from phd_lab.report.cli import write_report
+    from tests._extraction_models import build_model, loaders
+    run = run_folder(tmp_path / "logs" / "Small" / "Digits_2" / "r" / "pixelwise")
+    extract_latents(build_model(), loaders(resolution=2), run.root / "latents", run_dir=run.root,
+                    downsampling="pixelwise", layers=["body.0", "body.4", "head"], test_accuracy=0.5, progress=False)
+    assert probe_cli(["--latents", str(run.root / "latents"), "-mp", "0", "--solver", "lbfgs", "--train-samples", "200",
+                      "--no-progress", "-q"]) == 0
+    with open(run.probe_csv, newline="") as table:
+        rows = list(csv.DictReader(table))
+    positions: dict[str, list[float]] = {}
+    for row in rows:
+        positions.setdefault(row["layer"].split("@")[0], []).append(float(row["eval_acc"]))
+    assert len(rows) == 4 + 1 + 1 and list(positions) == ["body.0", "body.4", "head"]
+    means = {layer: statistics.fmean(values) for layer, values in positions.items()}
+
+    # any layer reaches the model, any drop counts: the old reading named a position in both verdicts
+    summary = summarize(load_run(run), AnalysisSettings(probe_tolerance=1.0, probe_drop_tolerance=0.0))
+    probes = summary["probes"]
+    assert probes["eval_acc_by_layer"] == pytest.approx(means) and list(probes["eval_acc_by_layer"]) == list(means)
+    assert probes["pixelwise"] is True and probes["status"] == "complete"
+    assert (probes["layers_probed"], probes["layers_extracted"]) == (3, 3)
+    assert probes["first_reaching_layer"] == "body.0" and probes["layers_after_reaching"] == 2
+    best = max(means, key=means.get)
+    assert probes["best_layer"] == best and probes["best_accuracy"] == pytest.approx(means[best])
+    expected_drops = [layer for number, layer in enumerate(means) if means[layer] < max(list(means.values())[:number],
+                                                                                         default=-1.0)]
+    assert probes["skipped_layers"] == expected_drops
+    position = re.compile(r"\w@\d+_\d+")
+    assert not position.search(json.dumps(summary["probes"])) and not position.search(
+        json.dumps(summary["recommendations"]))
+
+    report = write_report(tmp_path / "logs", tmp_path / "report.html", processes=0)
+    analysis = read_json(run.root / "analysis.json")
+    assert analysis["probes"]["eval_acc_by_layer"] == pytest.approx(means)
+    assert not position.search(json.dumps(analysis["probes"])) and not position.search(
+        json.dumps(analysis["recommendations"]))
+    page = report.read_text(encoding="utf-8")
+    assert "the mean over its feature-map positions" in page and not position.search(page)
+
+
+def test_a_pixelwise_table_probed_in_part_counts_layers_and_says_how_many_probes_it_has(tmp_path):
+    tables = load_run(write_run(tmp_path / "logs", width=0.25, stage="full"))
+    names = [f"features.0@{r}_{c}" for r in range(2) for c in range(2)] + ["classifier.0"]
+    tables.manifest = {"model_test_accuracy": 0.9, "layers": [{"index": 1, "name": name} for name in names]}
+    tables.probes = pd.DataFrame({"index": 1, "layer": names[:3], "train_acc": 1.0, "eval_acc": [0.3, 0.6, 0.9]})
+    probes = summarize(tables)["probes"]
+    assert probes["status"] == "partial (1 of 2 layers; 3 of 5 probes)"
+    assert (probes["layers_probed"], probes["layers_extracted"]) == (1, 2)
+    assert probes["eval_acc_by_layer"] == pytest.approx({"features.0": 0.6}) and probes["best_layer"] == "features.0"

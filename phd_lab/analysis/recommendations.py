@@ -122,19 +122,20 @@ def _probe_advice(probes: dict[str, Any]) -> list[Advice]:
     """What the probes say: out of date, accuracy drops (skipped layers), or layers after the model's accuracy."""
     advice: list[Advice] = []
     stale = probes_are_stale(probes)
+    mean = " (per layer, the mean over its feature-map positions)" if probes.get("pixelwise") else ""
     if stale:
         advice.append({"kind": "probes", "text": (
             "The probe results predate the latents (extracted again since): rerun probe_main.py before reading "
             "anything from the probes.")})
     if probes.get("skipped_layers") and not stale:
         advice.append({"kind": "probes", "text": (
-            f"Probe accuracy drops at {', '.join(probes['skipped_layers'])}: their outputs are less linearly "
+            f"Probe accuracy{mean} drops at {', '.join(probes['skipped_layers'])}: their outputs are less linearly "
             "separable than those of earlier layers. In a network with shortcut connections this marks layers it "
             "skips through them (thesis App. C): they add parameters but no quality.")})
     first = probes.get("first_reaching_layer")
     if first and probes.get("layers_after_reaching") and not stale:
         advice.append({"kind": "probes", "text": (
-            f"The probes reach the model's accuracy at {first}; the {probes['layers_after_reaching']} probed "
+            f"The probes reach the model's accuracy at {first}{mean}; the {probes['layers_after_reaching']} probed "
             "layer(s) after it do not improve the intermediate solution.")})
     return advice
 

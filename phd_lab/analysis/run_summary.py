@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -100,6 +101,33 @@ def layer_saturations(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame 
                         "feature_dimension": None if pd.isna(d) else int(d)})
     return pd.DataFrame(records, columns=["layer", "saturation", "intrinsic_dimension", "feature_dimension"]) \
         if records else None
+
+
+POSITION = re.compile(r"@\d+_\d+$")  # the feature-map position of a pixelwise probe: <layer>@<row>_<col>
+
+
+def layer_of(probe_name: str) -> str:
+    """The layer a probe belongs to: a pixelwise position's layer (``features.0@2_3`` → ``features.0``), else
+    the name itself."""
+    return POSITION.sub("", probe_name)
+
+
+def probe_layer_accuracies(probes: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """The probe table per layer in forward order (rows by ``index``, stably), and whether it is pixelwise.
+
+    Columns: layer, positions (probes of the layer), eval_acc and, where the table has it, relative_acc. A
+    pixelwise table has a probe per feature-map position (``<layer>@<row>_<col>``): a layer's values are the mean
+    over its positions (NaN, a failed fit, left out), so that the analysis, its advice, the report and the run
+    figure speak of layers, not of thousands of positions; any other layer has one probe, its values as they are.
+    """
+    table = probes.sort_values("index", kind="stable") if "index" in probes.columns else probes
+    names = table["layer"].astype(str)
+    layers = names.map(layer_of)
+    columns = [column for column in ("eval_acc", "relative_acc") if column in table.columns]
+    grouped = table[columns].apply(pd.to_numeric, errors="coerce").groupby(layers.to_numpy(), sort=False)
+    means = grouped.mean()
+    means.insert(0, "positions", grouped.size())
+    return means.rename_axis("layer").reset_index(), bool((layers != names).any())
 
 
 def saturation_history(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame | None:
@@ -251,28 +279,30 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
                 side: set[str]) -> dict[str, Any]:
     """The probe results and their verdicts. The verdicts (the first layer that reaches the model, the layers
     whose probes drop, the best layer) read the main path only, as the tails and s_mu (§10.1.1): a side branch's
-    probe (an attention gate, a 1×1 shortcut: ``side``) says nothing of the layers the network skips."""
+    probe (an attention gate, a 1×1 shortcut: ``side``) says nothing of the layers the network skips. A pixelwise
+    table's positions count as their layer, with the mean of their accuracies (``probe_layer_accuracies``)."""
     probes = tables.probes
     extracted = tables.manifest.get("layers") if tables.manifest else None
-    planned = len(extracted) if isinstance(extracted, list) else None  # None: unknown (a malformed manifest too)
+    entries = extracted if isinstance(extracted, list) else None  # None: unknown (a malformed manifest too)
+    planned = _extracted_layer_count(entries)
     if probes is None or not len(probes):
         status = "pending (latents extracted)" if tables.manifest else "not probed"
         return {"status": status, "layers_probed": 0, "layers_extracted": planned}
-    if "index" in probes.columns:
-        probes = probes.sort_values("index", kind="stable")
-    layers = probes["layer"].astype(str).tolist()
-    accuracy = pd.to_numeric(probes["eval_acc"], errors="coerce").tolist()
+    per_layer, pixelwise = probe_layer_accuracies(probes)
+    layers = per_layer["layer"].tolist()
+    accuracy = per_layer["eval_acc"].tolist()
     reference = model_accuracy
     if reference is None and tables.manifest:
         reference = _number(tables.manifest.get("model_test_accuracy"))
-    if "relative_acc" in probes.columns:
-        relative = pd.to_numeric(probes["relative_acc"], errors="coerce").tolist()
+    if "relative_acc" in per_layer.columns:
+        relative = per_layer["relative_acc"].tolist()
     else:
         relative = [a / reference if reference else float("nan") for a in accuracy]
-    status = "complete" if planned is None or len(layers) >= planned else f"partial ({len(layers)} of {planned})"
+    status = _probe_status(len(layers), planned, len(probes), entries, pixelwise)
     if tables.probes_predate_latents:
         status = "stale (the latents were extracted again after the probes; rerun probe_main.py)"
     probed_layers = len(layers)
+    by_layer = {layer: _number(value) for layer, value in zip(layers, accuracy)}
     main = [i for i, layer in enumerate(layers) if layer not in side]
     layers, accuracy, relative = ([values[i] for i in main] for values in (layers, accuracy, relative))
     first = next((layer for layer, r in zip(layers, relative) if r >= 1.0 - settings.probe_tolerance), None)
@@ -289,7 +319,26 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
             "model_accuracy": reference, "first_reaching_layer": first,
             "layers_after_reaching": (len(layers) - 1 - layers.index(first)) if first else None,
             "skipped_layers": skipped, "best_layer": layers[best_at] if best_at is not None else None,
-            "best_accuracy": accuracy[best_at] if best_at is not None else None}
+            "best_accuracy": accuracy[best_at] if best_at is not None else None,
+            "pixelwise": pixelwise, "eval_acc_by_layer": by_layer}
+
+
+def _extracted_layer_count(entries: list[Any] | None) -> int | None:
+    """The layers a manifest's entries name (the positions of a pixelwise layer counted once), None if unknown."""
+    if entries is None:
+        return None
+    names = [layer_of(str(entry.get("name"))) if isinstance(entry, dict) else f"entry {number}"
+             for number, entry in enumerate(entries)]
+    return len(dict.fromkeys(names))
+
+
+def _probe_status(layers: int, planned: int | None, probes: int, entries: list[Any] | None, pixelwise: bool) -> str:
+    """"complete", or "partial (7 of 11)" layers; of a pixelwise table, whose layers may be probed at only some
+    of their positions, with the probes too: "partial (2 of 3 layers; 17 of 21 probes)"."""
+    if planned is None or entries is None or probes >= len(entries):
+        return "complete"
+    return f"partial ({layers} of {planned} layers; {probes} of {len(entries)} probes)" if pixelwise else \
+        f"partial ({layers} of {planned})"
 
 
 def truncation_estimate(tables: RunTables, border: str, saturations: pd.DataFrame | None,

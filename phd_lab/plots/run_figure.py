@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from phd_lab.analysis.run_summary import layer_saturations, saturation_history
+from phd_lab.analysis.run_summary import layer_saturations, probe_layer_accuracies, saturation_history
 from phd_lab.analysis.run_tables import RunTables
 from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, thin_tick_labels
 
@@ -37,7 +37,7 @@ def layer_order(tables: RunTables, summary: dict[str, Any]) -> list[str]:
     if summary.get("saturation"):
         sources.append([entry["layer"] for entry in summary["saturation"]["layers"]])
     if tables.probes is not None:
-        sources.append([layer for layer, _ in probe_layers(tables.probes)[0]])
+        sources.append(probe_layer_accuracies(tables.probes)[0]["layer"].tolist())
     return merged_order(sources)
 
 
@@ -97,23 +97,6 @@ def merged_order(sources: list[list[str]]) -> list[str]:
             if waiting[later] == 0 and later not in placed:
                 release(later)
     return order
-
-
-def probe_layers(probes: pd.DataFrame) -> tuple[list[tuple[str, float]], bool]:
-    """(layer, eval accuracy) in forward order, and whether the table is pixelwise: its rows are feature-map
-    positions (``<layer>@<row>_<col>``, a probe each), drawn as their layer with the mean of their accuracies (a
-    run figure with a place per position was thousands of places wide, its bars lost at one end)."""
-    table = _probes_by_index(probes)
-    names = table["layer"].astype(str)
-    layers = names.str.replace(r"@\d+_\d+$", "", regex=True)
-    accuracies = pd.to_numeric(table["eval_acc"], errors="coerce")
-    means = accuracies.groupby(layers.to_numpy(), sort=False).mean()
-    return [(str(layer), float(accuracy)) for layer, accuracy in means.items()], bool((layers != names).any())
-
-
-def _probes_by_index(probes: pd.DataFrame) -> pd.DataFrame:
-    """The probe table in forward order (by its ``index`` column, where it has one)."""
-    return probes.sort_values("index") if "index" in probes.columns else probes
 
 
 def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -> "Figure":
@@ -214,8 +197,8 @@ def _draw_saturations(ax: Any, tables: RunTables, split: str, x_of: dict[str, in
 def _draw_accuracies(ax: Any, tables: RunTables, summary: dict[str, Any], x_of: dict[str, int]) -> None:
     """The probes' accuracy per layer as a line, the model's test accuracy as a dashed line."""
     if tables.probes is not None:
-        layers, pixelwise = probe_layers(tables.probes)
-        points = [(x_of[layer], accuracy) for layer, accuracy in layers]
+        layers, pixelwise = probe_layer_accuracies(tables.probes)  # a pixelwise table: the mean over positions
+        points = [(x_of[layer], accuracy) for layer, accuracy in zip(layers["layer"], layers["eval_acc"])]
         label = "probe accuracy (eval, mean over positions)" if pixelwise else "probe accuracy (eval)"
         if points and tables.probes_predate_latents:  # of latents extracted before the current ones
             ax.plot(*zip(*points), ":o", color="#8c8c8c", markersize=3, linewidth=1.2,

@@ -179,6 +179,8 @@ def _facts(s: dict[str, Any]) -> str:
         rows.append(("truncation at b_min saves", f"{_count(truncation.get('params_saved'))} parameters, "
                      f"{_count(truncation.get('flops_saved'))} FLOPs"))
     rows.append(("probes", probes.get("status") or MISSING))
+    if probes.get("pixelwise"):
+        rows.append(("probe accuracy per layer", "the mean over its feature-map positions (pixelwise probes)"))
     if not probes_are_stale(probes) and (probes.get("first_reaching_layer") is not None or probes.get("layers_probed")):
         rows.append(("first layer reaching the model", probes.get("first_reaching_layer") or "none"))
         rows.append(("skipped layers (probe drops)", ", ".join(probes.get("skipped_layers") or []) or "none"))
