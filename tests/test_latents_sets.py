@@ -137,7 +137,8 @@ def test_one_trained_model_gives_every_set_its_folder_probe_results_and_a_compar
     labels = [label for label, _, _ in probe_set_tables(RunDir(run, ""), older["settings"])]
     assert labels == ["1×1", "2×2 (latents/)", "1×1", "2×2"]  # its size read off latents/manifest.json
     log_text = (run / "probe.log").read_text()
-    assert log_text.count("probe job started") == 2 and log_text.count("probe job finished") == 2  # one per job
+    assert log_text.count("probe job started") == 2  # one per job, each ending with this run's probes finished
+    assert log_text.count("this run's probes finished") == 2
     # the sets differ only in how the convolutions' maps were reduced: the Linear layers' probes agree
     linear = [layer for layer in layers if layer.startswith("classifier")]
     assert linear and all(np.allclose(tables[s].set_index("layer").loc[linear, "eval_acc"],

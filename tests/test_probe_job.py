@@ -26,6 +26,7 @@ from phd_lab.probes.cache import ResultCache
 from phd_lab.probes.cli import probe_cli
 from phd_lab.probes.discovery import jobs_from_latents
 from phd_lab.probes.job import build_tasks, run_jobs, validate_jobs
+from phd_lab.probes.probe_log import FINISHED
 from phd_lab.probes.runner import run_probes, run_task
 from phd_lab.probes.synthetic import write_latents
 from phd_lab.rundir import RunDir
@@ -1033,6 +1034,21 @@ def test_probes_that_finish_while_the_training_command_writes_the_analysis_are_r
     assert json.loads(run.analysis_json.read_text())["probes"]["status"] == "complete"
 
 
+def test_the_log_of_a_run_probed_by_a_grid_job_that_exits_1_for_another_run_says_only_its_own_probes_finished(
+        tmp_path):
+    """A grid job that probed run 0 and exited 1 for run 1 (its extraction died) ended run 0's probe.log with
+    "probe job finished": read years later, without the batch console, that says the job succeeded."""
+    config = _config(tmp_path, probe_solver="lbfgs")
+    done = _latents_for_run(config, 0)
+    dead = _latents_for_run(config, 1)
+    (dead.latents() / "manifest.json").unlink()
+    assert cli("--config", str(config), "-mp", "0") == 1
+    log_text = done.probe_log.read_text()
+    assert "probe job finished" not in log_text
+    assert log_text.rstrip().splitlines()[-1].endswith(
+        "this run's probes finished (the probe job's console and exit status report on its other runs)")
+
+
 def test_runs_whose_latents_are_being_extracted_are_skipped_not_fatal(tmp_path, capsys):
     """Probing beside a training grid: a run mid-extraction (no manifest yet, its folder held by a live
     process) made the whole job exit 2 with 'rerun the training command'; now it waits for a later job."""
@@ -1325,7 +1341,7 @@ def test_each_probed_run_keeps_a_probe_log_of_its_own_layers_and_failures(tmp_pa
     capsys.readouterr()
     assert cli("--latents", str(healthy), "-mp", "0", "--cache-dir", str(tmp_path / "cache")) == 0
     healthy_log = (healthy_run / "probe.log").read_text()
-    assert healthy_log.count("probe job started") == 2 and healthy_log.rstrip().endswith("probe job finished")
+    assert healthy_log.count("probe job started") == 2 and healthy_log.rstrip().endswith(FINISHED)
     assert healthy_log.count("(cached result ") == 2
     assert "(cached result" not in capsys.readouterr().err  # per-layer lines go to the file, not the console
 

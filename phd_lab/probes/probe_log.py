@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 PROBE_JOB = "probe_job"  # LogRecord attribute: the position of the run a message is about
 PROBE_JOBS = "probe_jobs"  # attribute of a failure: the positions of the runs it concerns
+# a log's last line when the job's fits and writes ended well: of this run, not the job, whose exit status also
+# reports the runs it left out or could not lock ("probe job finished" read as a success of a job that exited 1)
+FINISHED = "this run's probes finished (the probe job's console and exit status report on its other runs)"
 
 
 class _ForOneRun(logging.Filter):
@@ -94,8 +97,8 @@ class ProbeLogs:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         try:
-            if error is None:
-                self.write(logging.INFO, "probe job finished")
+            if error is None:  # the job may still exit 1 for runs it left out (a grid's dead extraction)
+                self.write(logging.INFO, FINISHED)
             elif isinstance(error, KeyboardInterrupt):
                 how = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
                 self.write(logging.WARNING, "probe job interrupted (%s); the layers fitted so far are cached", how)
