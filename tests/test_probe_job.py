@@ -791,6 +791,32 @@ def test_error_cuda_requested_without_cuda(tmp_path, capsys):
                         "cuda", "--scheduler", "local:1", match="torch sees no CUDA device")
 
 
+@pytest.mark.parametrize("solver", ["saga", "lbfgs"])
+def test_train_samples_of_at_least_every_sample_is_null_and_shares_its_cache_entries(tmp_path, solver):
+    """--train-samples 5000 on 300 training samples draws no subsample, so it fits exactly as null (all samples),
+    yet it was a cache key of its own (lbfgs' even kept the seed): a later job without the option fitted every layer
+    again, and probe_settings.json recorded a subsample size that was never drawn."""
+    from phd_lab.probes.fit import probe_arrays
+    from phd_lab.probes.settings import ProbeSettings
+    layers, y_train, y_eval = blob_layers(n_layers=2)
+    (x_train, x_eval) = layers["block0.conv"]
+    given, null = (probe_arrays(1, "block0.conv", x_train, y_train, x_eval, y_eval,
+                                ProbeSettings(solver=solver, train_samples=samples)) for samples in (5000, None))
+    assert (given.train_acc, given.eval_acc, given.n_iter) == (null.train_acc, null.eval_acc, null.n_iter)
+    assert np.array_equal(given.confusion, null.confusion)  # the premise: the same fit, bit for bit
+
+    run_dir, latents = make_latents(tmp_path, layers, y_train, y_eval)
+    cache = str(tmp_path / "cache")
+    assert cli("--latents", str(latents), "--solver", solver, "--train-samples", "5000", "-mp", "0",
+               "--cache-dir", cache) == 0
+    first = (run_dir / "probe_performances.csv").read_text()
+    assert json.loads((run_dir / "probe_settings.json").read_text())["settings"]["train_samples"] is None
+    assert cli("--latents", str(latents), "--solver", solver, "-mp", "0", "--cache-dir", cache) == 0
+    second_job = (run_dir / "probe.log").read_text().split("probe job started")[-1]
+    assert second_job.count("(cached result ") == 2 and "(fitted)" not in second_job
+    assert (run_dir / "probe_performances.csv").read_text() == first
+
+
 def test_error_labels_that_cannot_be_probed(tmp_path, capsys):
     """Label problems surface before any fit, as usage errors, not as a failed fit (exit 1)."""
     layers, y_train, y_eval = blob_layers(n_layers=1)  # 300 train samples, 3 classes

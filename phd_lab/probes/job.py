@@ -120,6 +120,23 @@ def _size(path: Path) -> int:
         return 0
 
 
+def with_all_samples_as_null(job: ProbeJob) -> ProbeJob:
+    """The job with ``train_samples`` null where it is at least the run's training samples: no subsample is drawn
+    then, so the fit is bit for bit that of null (all samples), and its cache key, ``probe_settings.json`` and
+    probe log say null, sharing the results of a job given null (a size as given was a key of its own: the same
+    fits done twice, and results recorded with a subsample size that was never drawn)."""
+    samples = job.settings.train_samples
+    if samples is None:
+        return job
+    available = len(np.load(job.manifest.train_labels, mmap_mode="r", allow_pickle=False))
+    if samples < available:
+        return job
+    log.warning("%s: probe_train_samples %d is at least the %d training samples of the labels %r, so no subsample is "
+                "drawn: the probes train on all of them, recorded as null (all samples).", job.label, samples,
+                available, str(job.manifest.train_labels))
+    return replace(job, settings=replace(job.settings, train_samples=None))
+
+
 def check_labels(job: ProbeJob) -> None:
     """The labels must allow a probe: two classes to train on, something to evaluate, and a
     feasible stratified subsample (checked by drawing it, with the seed the fit will use)."""
@@ -136,12 +153,7 @@ def check_labels(job: ProbeJob) -> None:
         raise DataError(f"{job.label}: the eval labels {str(job.manifest.eval_labels)!r} are empty; the probes are "
                         f"scored on the eval split. Rerun the extraction with a non-empty test set.")
     samples = job.settings.train_samples
-    if samples is None:
-        return
-    if samples >= len(labels):
-        log.warning("%s: probe_train_samples %d is at least the %d training samples of %s, so no subsample is "
-                    "drawn and the probes train on all of them (null says so).", job.label, samples, len(labels),
-                    source)
+    if samples is None or samples >= len(labels):  # all samples: no subsample (``with_all_samples_as_null``)
         return
     if samples < len(classes):
         raise ConfigError(f"{job.label}: probe_train_samples is {samples}, but a stratified subsample needs at least "
@@ -221,6 +233,7 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
                            (f"-mp {workers} fits one layer at a time", "pass -mp 2 or more for it to apply"))
         log.warning("--max-memory has no effect here: it limits how many -mp worker processes fit layers together, "
                     "and %s; %s.", reason, instead)
+    jobs = [with_all_samples_as_null(job) for job in jobs]
     cache = ResultCache(cache_dir)
     cache.check()  # a cache folder that cannot be made must not leave lock files in the run folders
     # reads only: bad input exits before anything is written
