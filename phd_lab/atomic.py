@@ -111,12 +111,25 @@ def check_kept(parent: Path) -> None:
 
 def replace(source: Path, target: Path) -> None:
     """``os.replace`` within one folder; a folder that went meanwhile is said as ``RunFolderLost`` where the
-    process keeps it (``existing_folder``), instead of a bare FileNotFoundError."""
+    process keeps it (``existing_folder``), instead of a bare FileNotFoundError, and a folder where ``target``
+    should be as ``FolderInTheWay`` (what to do), instead of a bare IsADirectoryError."""
     try:
         os.replace(source, target)
+    except IsADirectoryError:
+        from phd_lab.errors import FolderInTheWay
+        raise FolderInTheWay(target) from None
     except (FileNotFoundError, NotADirectoryError):
         check_kept(Path(target).parent)
         raise
+
+
+def remove(path: Path, missing_ok: bool = False) -> None:
+    """``path.unlink()`` of a file the framework writes; a folder in its place is said as ``FolderInTheWay``."""
+    try:
+        Path(path).unlink(missing_ok=missing_ok)
+    except IsADirectoryError:
+        from phd_lab.errors import FolderInTheWay
+        raise FolderInTheWay(path) from None
 
 
 def link_once(source: Path, target: Path) -> None:

@@ -28,7 +28,7 @@ import torch
 
 from phd_lab import atomic
 from phd_lab.atomic import atomic_open, fsync_dir
-from phd_lab.errors import CheckpointError
+from phd_lab.errors import CheckpointError, FolderInTheWay
 from phd_lab.interrupts import deferred_interrupts
 
 CHECKPOINT_FORMAT = 1
@@ -65,6 +65,8 @@ class CheckpointStore:
         with deferred_interrupts():
             try:
                 self._save({"format": CHECKPOINT_FORMAT, **state})
+            except FolderInTheWay:  # what to do is not to wait for room on the disk
+                raise
             except (OSError, RuntimeError) as error:
                 # torch's zip writer turns a failed write into "RuntimeError: [enforce fail at
                 # inline_container.cc:672] unexpected pos", with the OSError (a full disk) only as its context

@@ -7,6 +7,9 @@ message as one paragraph and exits with status 2 before anything is written.
 
 from __future__ import annotations
 
+import errno
+import os
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -60,6 +63,23 @@ class RunFolderLost(PhdLabError):
         super().__init__(f"The folder {str(folder)!r} was deleted or moved while this process worked in it ({how}); "
                          f"stopping before writing anything more, so that the folder is not re-created without its "
                          f"config and log. {advice}")
+
+
+class FolderInTheWay(PhdLabError, IsADirectoryError):
+    """A folder sits where the framework writes (or replaces) one of its files: ``os.replace`` and ``unlink`` fail
+    with EISDIR. Still an OSError, so that callers that report or tolerate a failed write go on doing so."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        self.message = (f"{str(path)!r} is a folder, but phd-lab writes a file of that name there (it never makes "
+                        f"such a folder itself), so it cannot go on. Remove or rename that folder (move anything you "
+                        f"keep in it elsewhere), then run the same command again.")
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # pickled to the client by Dask: the path alone rebuilds it
+        return type(self), (self.filename,)
 
 
 class RunFailure(PhdLabError):

@@ -389,7 +389,7 @@ class TrainTestExecutor:
         if self._git_diff:
             atomic.write_text(self.rundir.git_diff, self._git_diff)
         else:
-            self.rundir.git_diff.unlink(missing_ok=True)  # an earlier, untrained start's changes
+            atomic.remove(self.rundir.git_diff, missing_ok=True)  # an earlier, untrained start's changes
         atomic.write_json(path, now)
 
     def _say_setup_differences(self, logged: Any, now: Mapping[str, Any], against_logged_run: bool) -> None:
@@ -496,7 +496,7 @@ class TrainTestExecutor:
                 atomic.write_json(rundir.diverged, {"epoch": len(trainer.history), "epochs": cfg.epoch,
                                                     "message": str(error)})
                 raise
-            rundir.diverged.unlink(missing_ok=True)  # trained to its end (an earlier divergence retrained)
+            atomic.remove(rundir.diverged, missing_ok=True)  # trained to its end (an earlier divergence retrained)
             model.eval()
             context = StepContext(config=cfg, rundir=rundir, model=model, bundle=bundle, device=device,
                                   history=history, progress=self.progress)

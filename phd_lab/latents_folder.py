@@ -178,7 +178,7 @@ def clear(folder: Path) -> None:
     """Remove a previous (possibly half-written) extraction: the manifest first, then its files."""
     manifest = folder / MANIFEST
     if manifest.exists():
-        manifest.unlink()
+        atomic.remove(manifest)
         atomic.fsync_dir(folder)
     for pattern in ("train-*.npy", "eval-*.npy", ".*.tmp", ".scratch-*"):
         for path in folder.glob(pattern):

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from phd_lab.atomic import nearest_existing
-from phd_lab.errors import DataError, RunDiverged, RunFolderLost, RunStopped, Terminated, UsageError
+from phd_lab.errors import DataError, FolderInTheWay, RunDiverged, RunFolderLost, RunStopped, Terminated, UsageError
 from phd_lab.lock import RunLock
 from phd_lab.log_file import LogFile
 from phd_lab.rundir import RunDir
@@ -86,8 +86,8 @@ class run_log:
                             if issubclass(exc[0], kind)), "Ctrl-C")  # type: ignore[arg-type]
                 record = log.makeRecord(log.name, logging.WARNING, __file__, 0, f"Run interrupted ({how}); "
                                         "the same command resumes it from its last checkpoint", None, None)
-            else:  # a diverged run or a lost folder needs its message, not a traceback
-                diverged = issubclass(exc[0], (RunDiverged, RunFolderLost))  # type: ignore[arg-type]
+            else:  # a diverged run, a lost folder or a folder in a file's place needs its message, not a traceback
+                diverged = issubclass(exc[0], (RunDiverged, RunFolderLost, FolderInTheWay))  # type: ignore[arg-type]
                 record = log.makeRecord(log.name, logging.ERROR, __file__, 0,
                                         f"Run failed: {exc[1]}" if diverged else "Run failed", None,
                                         None if diverged else exc)  # type: ignore[arg-type]

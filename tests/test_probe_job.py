@@ -855,6 +855,20 @@ def test_error_cache_dir_that_cannot_be_a_folder(tmp_path, capsys):
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--cache-dir", "", match="--cache-dir is empty")
 
 
+def test_a_folder_where_the_probe_table_goes_is_named_with_what_to_do(tmp_path, capsys):
+    """A folder named probe_performances.csv failed the job with "Is a directory: '.../.probe_performances.csv.
+    5xvq2ozy.tmp' -> '...'": a temp file's name and no way out. It names the folder and says to remove it."""
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    (run_dir / "probe_performances.csv").mkdir()
+    assert cli("--latents", str(latents), "-mp", "0") == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"Probe results could not be written: '{run_dir / 'probe_performances.csv'}' is a folder, but phd-lab "
+            f"writes a file of that name there") in err, err
+    assert "Remove or rename that folder" in err and ".tmp" not in err and ".." not in err
+    (run_dir / "probe_performances.csv").rmdir()
+    assert cli("--latents", str(latents), "-mp", "0") == 0
+
+
 def test_a_result_that_cannot_be_written_fails_clearly_and_keeps_the_cache(tmp_path, capsys):
     run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
     (run_dir / "probe_confusion").write_text("a file where the confusion folder goes")

@@ -432,6 +432,42 @@ def test_a_failed_atomic_write_leaves_the_previous_file_and_no_temp_file(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png", "result.csv"]
 
 
+def test_a_folder_where_a_run_writes_a_file_is_named_with_what_to_do_not_a_bare_is_a_directory(tmp_path, capsys):
+    """A folder at the path of a file the framework writes (the metrics CSV, the latents' manifest.json,
+    .steps.json, diverged.json, the probe table) failed the run with 'IsADirectoryError: [Errno 21] Is a directory:
+    '.../.vgg11-Digits-r16-bs128-e1.csv.syqt0573.tmp' -> '...csv'', naming a temp file and no way out, and a
+    traceback in the run's log. Now every write and removal of such a file says which folder is in the way and
+    to remove or rename it (exit 1, the run and its log named); once it is gone the same command goes on."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=["extract"])
+    main = Main(progress=False)
+    main.load(config)
+    rundir = main.executors[0].rundir
+    metrics_csv, manifest = rundir.metrics_csv, rundir.root / "latents" / "manifest.json"
+    for in_the_way in (metrics_csv, manifest):
+        in_the_way.mkdir(parents=True)
+        capsys.readouterr()
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+        err = " ".join(capsys.readouterr().err.split())
+        assert (f"failed: FolderInTheWay: '{in_the_way}' is a folder, but phd-lab writes a file of that name there"
+                in err), err
+        assert "Remove or rename that folder" in err and f"Its log: {rundir.log}" in err
+        assert "IsADirectoryError" not in err and "Traceback" not in err and ".tmp" not in err
+        log_text = rundir.log.read_text()
+        assert f"Run failed: '{in_the_way}' is a folder" in log_text and "Traceback" not in log_text
+        in_the_way.rmdir()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert (rundir.root / "latents" / "manifest.json").is_file() and metrics_csv.is_file()
+
+    from phd_lab import atomic
+    from phd_lab.errors import FolderInTheWay
+    (tmp_path / "diverged.json").mkdir()
+    for write in (lambda: atomic.write_json(tmp_path / "diverged.json", {}),
+                  lambda: atomic.remove(tmp_path / "diverged.json", missing_ok=True)):
+        with pytest.raises(FolderInTheWay, match="diverged.json' is a folder.*Remove or rename that folder"):
+            write()
+    assert [p.name for p in tmp_path.glob("*.tmp")] == [] and (tmp_path / "diverged.json").is_dir()
+
+
 def test_an_atomic_write_syncs_the_file_before_its_rename_and_the_folder_after(tmp_path):
     """Durability across a power cut: the temp file's data reach the disk (fsync) before the rename makes it the
     target, and the folder's new entry after it. The system calls are traced with strace where it can run."""

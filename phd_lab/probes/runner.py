@@ -280,7 +280,8 @@ class _Results:
         except RunFolderLost as error:
             self.lost(task, error)
         except OSError as error:  # a read-only or full output folder: say which file, not a traceback
-            raise _about(task, RunFailure(f"Probe results could not be written: {error}. The layers probed so far "
+            said = str(error).rstrip(".")  # a FolderInTheWay's message is whole sentences
+            raise _about(task, RunFailure(f"Probe results could not be written: {said}. The layers probed so far "
                                           f"stay cached; rerun the same command once the problem is fixed.")) from None
 
     def finished(self, position: int, record: ProbeRecord | None, error: BaseException | None = None) -> None:
