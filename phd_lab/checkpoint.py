@@ -132,11 +132,14 @@ class CheckpointStore:
 
     def peek_state(self) -> dict[str, Any]:
         """The checkpoint ``load`` would use, memory-mapped (its tensors are read only where used); empty when
-        there is no readable one."""
+        there is no readable one, or when the file system refuses to read one (permissions, an I/O error): ``load``
+        stops there instead of going back to the previous checkpoint, so that one says nothing about the run."""
         for path in (self.path, self.previous):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception:  # noqa: BLE001 - missing or damaged: load() falls back the same way
+            except Exception as error:  # noqa: BLE001 - missing or damaged: load() falls back the same way
+                if not _file_is_damaged(error):
+                    return {}
                 continue
             return state if isinstance(state, dict) else {}
         return {}

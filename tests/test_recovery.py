@@ -871,6 +871,51 @@ def test_a_read_error_of_the_file_system_sets_no_good_checkpoint_aside(tmp_path,
     assert CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt").load()["epoch"] == 2
 
 
+_PEEK_AND_LOAD = """
+import json, sys
+from pathlib import Path
+from phd_lab.checkpoint import CheckpointStore
+from phd_lab.errors import CheckpointError
+store = CheckpointStore(Path(sys.argv[1]), Path(sys.argv[2]))
+peeked = {key: store.peek(key) for key in ("epoch", "cpu_threads")}
+try:
+    store.load()
+    said = None
+except CheckpointError as error:
+    said = str(error)
+print(json.dumps({"peeked": peeked, "said": said}))
+"""
+
+
+def test_a_checkpoint_the_file_system_will_not_read_says_nothing_of_the_run_before_the_load_stops(tmp_path):
+    """A current checkpoint that cannot be read (permission 000) made the load stop, rightly, with 'Reading the
+    checkpoint ... failed: PermissionError'; but the peek before it went back to the previous checkpoint, so a
+    finished 2-epoch run rerun with ATEN_CPU_CAPABILITY=default also warned 'The epochs still to train run under
+    another setup than the epochs before them', though nothing was to train and nothing trained. The peek now
+    knows nothing where the load refuses. The suite runs as root, which reads any file, so the check runs in a
+    process without the capabilities that let root read past permissions."""
+    command = [sys.executable, "-c", _PEEK_AND_LOAD]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv, which could make a file unreadable to a process")
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    current, previous = tmp_path / "run.pt", tmp_path / "run.previous.pt"
+    store = CheckpointStore(current, previous)
+    store.save(checkpoint_state(1, cpu_threads=1))
+    store.save(checkpoint_state(2, cpu_threads=2))
+    current.chmod(0)
+    try:
+        result = subprocess.run([*command, str(current), str(previous)], cwd=ROOT, capture_output=True, text=True,
+                                timeout=120)
+    finally:
+        current.chmod(0o644)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert "Reading the checkpoint" in found["said"] and "PermissionError" in found["said"], found
+    assert found["peeked"] == {"epoch": None, "cpu_threads": None}, found
+    assert CheckpointStore(current, previous).peek("epoch") == 2  # readable again: the current one
+
+
 def test_resume_with_fewer_visible_gpus_restores_the_states_it_can(caplog):
     """A run checkpointed with two GPUs visible and rescheduled under CUDA_VISIBLE_DEVICES=0 could never
     resume (set_rng_state_all indexed a GPU that was no longer there)."""
