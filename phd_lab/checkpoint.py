@@ -112,13 +112,14 @@ class CheckpointStore:
         return state
 
     def current_is_damaged(self) -> bool:
-        """Whether the current checkpoint fails its checksums (``load`` would set it aside and go back to the
-        previous one); False when it is absent or cannot be read at the moment."""
+        """Whether ``load`` would set the current checkpoint aside as damaged (checksums, unpickling, an entry a
+        resume reads missing or of another type) and go back to the previous one; False when it is absent or
+        cannot be read at the moment."""
         return _is_damaged(self.path)
 
     def fallback(self) -> Path | None:
         """The generation ``load`` goes back to when the current checkpoint is damaged: the first of the staged
-        and the previous one that exists and passes its checksums (each read once), None when there is none,
+        and the previous one that exists and is not damaged, None when there is none,
         so that ``load`` stops with an error saying every checkpoint is damaged."""
         for path in self.generations()[1:]:
             if path.exists() and not _is_damaged(path):
@@ -228,15 +229,19 @@ _TRANSIENT_ERRNOS = {errno.EIO, errno.ESTALE, errno.EACCES, errno.EPERM, errno.E
 
 
 def _is_damaged(path: Path) -> bool:
-    """Whether the checkpoint at ``path`` fails its checksums; False when it is absent or cannot be read at the
-    moment (a read error of the file system, which ``load`` does not take for damage either)."""
+    """Whether ``load`` sets the checkpoint at ``path`` aside as damaged: it fails its checksums or cannot be
+    unpickled, or it is a format-1 checkpoint that lacks an entry a resume reads or holds one of another type
+    (``content_problem``). False when it is absent or cannot be read at the moment (a read error of the file
+    system, which ``load`` does not take for damage either), and for another format, which ``load`` refuses."""
     if not path.exists():
         return False
     try:
         verify_checksums(path)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors are not read
     except Exception as error:  # noqa: BLE001 - classified as load() classifies its read errors
         return _file_is_damaged(error) and not isinstance(error, FileNotFoundError)
-    return False
+    return (isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT
+            and content_problem(state) is not None)
 
 
 def _file_is_damaged(error: BaseException) -> bool:

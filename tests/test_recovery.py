@@ -222,21 +222,28 @@ def test_a_checkpoint_whose_entries_are_missing_or_of_another_type_is_damaged_no
     another type (written by another program, or edited), failed the run with 'KeyError: 'epoch'' or 'TypeError:
     '>' not supported between instances of 'str' and 'int'', naming no file. It is damaged like a cut one: the
     warning names it and what is wrong, the run resumes from the previous checkpoint (retraining its last epoch),
-    and with no good generation left the run fails naming every one."""
+    and with no good generation left the run fails naming every one. --dry-run, which checked the checksums
+    only, listed such a run as 'finished'; it names the checkpoint damaged as the resume will find it."""
     config = write_config(tmp_path, epoch=2, cpu_threads=1, track_saturation=False, post_processing=[])
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     [folder] = run_folders(tmp_path / "logs")
-    current, previous = folder / f"{run_name(folder)}.pt", folder / f"{run_name(folder)}.previous.pt"
+    name = run_name(folder)
+    current, previous = folder / f"{name}.pt", folder / f"{name}.previous.pt"
     trained = weights(folder)
     good = torch.load(current, weights_only=True)
     gone = object()
     for change, said in (({"epoch": gone}, "it has no entry 'epoch'"),
+                         ({"rng": gone}, "it has no entry 'rng'"),
                          ({"epoch": "2"}, "its entry 'epoch' is a str, not a count of epochs"),
                          ({"model": [1, 2]}, "its entry 'model' is a list, not a state dict"),
                          ({"history": good["history"][:1]}, "it says 2 completed epochs and holds 1 metric rows")):
         state = {k: v for k, v in {**good, **change}.items() if v is not gone}
         torch.save(state, current)
         capsys.readouterr()
+        assert main_cli(["--config", str(config), "--dry-run"]) == 0
+        listing = " ".join(capsys.readouterr().out.split())
+        assert (f"finished; {name}.pt is damaged: the next run goes back to {name}.previous.pt and trains the "
+                f"epochs after it again") in listing, (change, listing)
         assert main_cli(["--config", str(config), "--no-progress"]) == 0
         err = " ".join(capsys.readouterr().err.split())
         assert f"Checkpoint {current} is damaged (MalformedCheckpoint: {said}" in err, err
@@ -245,6 +252,10 @@ def test_a_checkpoint_whose_entries_are_missing_or_of_another_type_is_damaged_no
     torch.save({**good, "rng": None}, current)
     torch.save({**good, "history": None}, previous)
     capsys.readouterr()
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    listing = " ".join(capsys.readouterr().out.split())
+    assert (f"finished; {name}.pt and {name}.previous.pt are both damaged: the next run stops with an error; delete "
+            f"them to train the run again from the start") in listing, listing
     assert main_cli(["--config", str(config), "--no-progress"]) == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "Every checkpoint in" in err and "MalformedCheckpoint" in err and "Traceback" not in err
