@@ -469,6 +469,7 @@ class TrainTestExecutor:
         metrics = self.build_metrics()
         rundir = self.rundir
         self._refuse_another_model(model, optimizer)
+        self._refuse_a_dangling_logged_config()
         with writable_lock(rundir) as lock, atomic.existing_folder(rundir.root, lock=lock), run_log(rundir.log):
             log.info("Run folder %s", rundir.root)
             if note:  # said in the run's log, now that it is open
@@ -527,6 +528,21 @@ class TrainTestExecutor:
                 f"({found}): the run folder holds a run of other model code (another registry file that builds "
                 f"the same model name differently, or a factory changed since). Train this model under another "
                 f"run_id, or rerun the run's logged config with the code it was trained with.")
+
+    def _refuse_a_dangling_logged_config(self) -> None:
+        """Refuse a logged config that is a symbolic link to a file that is not there (an archive not mounted, a
+        target moved or deleted), before the folder is taken or logged into: read as no config at all, it was
+        replaced by a new file of this rerun's values, also beside a checkpoint (whose training it no longer
+        described), and the link was gone without a word."""
+        path = self.rundir.config
+        if not path.is_symlink() or path.exists():
+            return
+        target = os.path.normpath(os.path.join(path.parent, os.readlink(path)))
+        raise UsageError(
+            f"{self.config.source}: the logged config {str(path)!r} is a symbolic link to {target!r}, which does not "
+            f"exist (a disk not mounted, a file moved or deleted); writing the run's config would replace the link "
+            f"with a new file. Make the link's target available again, or remove the link to log this config's "
+            f"values anew; nothing in the folder was changed.")
 
     def _post_process(self, context: StepContext, stamps: StepStamps, lock: RunLock) -> None:
         """Run the post-processing steps on the trained model in order, skipping a step whose stamp says its

@@ -1162,6 +1162,31 @@ def test_a_trained_run_whose_logged_config_cannot_be_read_is_refused_not_logged_
     assert json.loads(logged_path.read_text())["epoch"] == 1
 
 
+def test_a_logged_config_that_is_a_dangling_link_is_refused_not_replaced(tmp_path, capsys):
+    """A logged config that is a symbolic link to a missing file (an archive not mounted) read as no config:
+    the rerun of the trained run exited 0 and replaced the link with a new file of its own values, so the link was
+    gone and the file no longer said what the weights were trained with. It is refused (exit 2) naming the link
+    and its target, before the run's folder is logged into; with the link removed the config is logged anew."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged_path.unlink()
+    logged_path.symlink_to(tmp_path / "archive" / logged_path.name)
+    run_log = (folder / f"{run_name(folder)}.log").read_bytes()
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"the logged config {str(logged_path)!r} is a symbolic link to "
+            f"{str(tmp_path / 'archive' / logged_path.name)!r}, which does not exist") in err, err
+    assert "remove the link to log this config's values anew" in err and "Traceback" not in err
+    assert logged_path.is_symlink() and os.readlink(logged_path) == str(tmp_path / "archive" / logged_path.name)
+    assert (folder / f"{run_name(folder)}.log").read_bytes() == run_log
+    logged_path.unlink()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert not logged_path.is_symlink() and json.loads(logged_path.read_text())["epoch"] == 1
+
+
 def test_a_logged_config_with_a_value_of_another_type_is_refused_not_taken_for_another_runs(tmp_path, capsys):
     """A logged config whose JSON is whole but holds a value no config may have (``"epoch": "1"``, edited by hand
     or damaged) was taken for the config of another run: its folder was left to it, and the rerun trained the run
