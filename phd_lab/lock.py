@@ -9,6 +9,7 @@ copies of the lock's descriptor at once, so a killed trainer's lock does not liv
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -40,6 +41,17 @@ def _close_inherited_locks() -> None:
 os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
+def write_all(fd: int, data: bytes, offset: int = 0) -> None:
+    """``os.pwrite`` every byte of ``data`` at ``offset``: a write may be cut short (a file size limit or a full disk
+    reached part-way, a network file system), and the write of the rest then succeeds or raises why it cannot."""
+    rest = memoryview(data)
+    while rest:
+        written = os.pwrite(fd, rest, offset)
+        if written == 0:  # no progress and no error: stop instead of spinning
+            raise OSError(errno.EIO, f"{os.strerror(errno.EIO)}: no byte of the lock's owner line was written")
+        rest, offset = rest[written:], offset + written
+
+
 class RunLock:
     """``flock`` on ``path``; ``refusal`` ends the message another process gets (what must not happen twice)."""
 
@@ -61,7 +73,7 @@ class RunLock:
                 f"automatically.") from None
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+            write_all(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode())
             os.fsync(fd)
         except BaseException:  # a full disk: closing drops the lock, which no one would release otherwise
             os.close(fd)

@@ -409,6 +409,28 @@ def test_a_lock_whose_owner_line_cannot_be_written_is_not_left_held(tmp_path):
     RunLock(lock_path).acquire().release()  # the next try takes the lock
 
 
+def test_a_lock_whose_owner_line_is_cut_short_is_not_held_with_half_a_line(tmp_path):
+    """A write that crosses a file size limit (or fills the disk part-way) is cut short without an error: the lock
+    was taken with an owner line of 10 bytes ('PID 12345 ', no host), and a second process was told the folder
+    was in use by that fragment. The rest of the line is written too, or its failure said (EFBIG here) with the
+    lock let go, as for a line that cannot be written at all. (A short write whose rest then succeeds cannot be
+    made on demand on a local file system; the same loop writes it.)"""
+    lock_path = tmp_path / ".lock"
+    descriptors = len(os.listdir("/proc/self/fd"))
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    default = signal.getsignal(signal.SIGXFSZ)
+    file_size_limit(10)()  # the owner line ("PID <pid> on host <host>") is longer: its first write stops at 10
+    try:
+        with pytest.raises(OSError, match="File too large"):
+            RunLock(lock_path).acquire()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+        signal.signal(signal.SIGXFSZ, default)
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    with RunLock(lock_path):  # the next try takes the lock, with its whole owner line
+        assert lock_path.read_text() == f"PID {os.getpid()} on host {socket.gethostname()}\n"
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_written_files_get_the_permissions_of_any_new_file(tmp_path, umask):
     """Atomic writes go through mkstemp, which makes files 0600; results on a shared logs_dir must
