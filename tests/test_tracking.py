@@ -288,6 +288,20 @@ def test_rounding_never_gives_negative_eigenvalues_and_a_singular_layer_warns_no
     assert statistics["log_det"] == -np.inf and statistics["intrinsic_dimension"] <= 2
 
 
+def test_a_layer_without_variance_has_intrinsic_dimension_and_saturation_zero() -> None:
+    """The module's definition: no variance at all (a dead layer, constant activations) is k = 0, saturation 0,
+    which the analysis reads as 'no variance' (not k = d, a fully saturated layer)."""
+    assert intrinsic_dimension(np.zeros(4), 0.99) == 0 == brute_force_k(np.zeros(4), 0.99)
+    dead = nn.Linear(8, 3)
+    with torch.no_grad():
+        dead.weight.zero_()
+        dead.bias.copy_(torch.tensor([0.3, -1.0, 2.0]))
+    tracker = track(dead.eval(), torch.randn(40, 8, generator=torch.Generator().manual_seed(0)), batch=16)
+    assert torch.equal(tracker.covariance("<model>"), torch.zeros(3, 3, dtype=torch.float64))
+    row = tracker.compute().loc["<model>"]
+    assert row["intrinsic_dimension"] == 0 and row["saturation"] == 0.0 and row["n"] == 40
+
+
 def test_include_exclude_patterns() -> None:
     model = seeded_model()
     names = SaturationTracker(model, include=["body.*"], exclude=["*.2"]).layer_names
@@ -298,6 +312,26 @@ def test_include_exclude_patterns() -> None:
     assert SaturationTracker(model, include="body.*", exclude="*.2").layer_names == ["body.0"]
     with pytest.raises(TypeError, match="exclude"):
         TrackerOptions(exclude=["head", 3])
+
+
+class Prefixes(nn.Module):
+    """Layers whose names are prefixes of each other's (``fc`` and ``fc2``), in one Sequential."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.fc2, self.block = nn.Linear(4, 4), nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.fc2(self.fc(x)))
+
+
+def test_include_patterns_match_whole_names_with_wildcards_anywhere() -> None:
+    """fnmatch over the whole qualified name: 'fc' is not 'fc2', and a wildcard may lead ('*.0') or sit inside."""
+    model = Prefixes()
+    assert SaturationTracker(model, include=["fc"]).layer_names == ["fc"]
+    assert SaturationTracker(model, include=["*.0"]).layer_names == ["block.0"]
+    assert SaturationTracker(model, include=["f?2", "b*0"]).layer_names == ["fc2", "block.0"]
+    assert SaturationTracker(model, include=["fc*"], exclude=["fc"]).layer_names == ["fc2"]
 
 
 class TwiceCalled(nn.Module):
