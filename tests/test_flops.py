@@ -92,6 +92,28 @@ def test_subclasses_of_counted_modules_count_as_their_base():
     assert info["macs"] == computational_info(plain, (3, 8, 8))[0]["macs"]
 
 
+class NormedConv(nn.Conv2d):
+    """A Conv2d subclass with a child module of its own that its forward calls."""
+
+    def __init__(self) -> None:
+        super().__init__(1, 2, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return self.norm(super().forward(x))
+
+
+def test_the_submodules_of_a_subclass_of_a_counted_module_are_counted_too():
+    """ptflops' rule for the base class counts the convolution only, so the subclass' own child is a row of its
+    own; only a module of a type ptflops knows exactly (MultiheadAttention) already contains its children."""
+    info, layers = computational_info(nn.Sequential(NormedConv()), (1, 4, 4))
+    rows = layers.set_index("layer")
+    conv = 4 * 4 * 2 * 1 * 3 * 3  # output positions × C_out × C_in × kernel area
+    norm = 2 * (2 * 4 * 4)  # affine batch norm: two per element
+    assert rows.loc["0", "macs"] == conv and rows.loc["0.norm", "macs"] == norm
+    assert info["macs"] == conv + norm
+
+
 def test_the_submodules_of_a_module_ptflops_counts_whole_are_not_counted_again():
     class Attention(nn.Module):
         def __init__(self) -> None:
