@@ -180,3 +180,54 @@ def test_a_model_that_is_itself_a_counted_layer_is_counted():
         assert info["macs"] == 36 * 4 * 27 + 4 * 36  # 6×6 positions × C_out × k·k·C_in, plus the bias per output
         assert info["uncounted_convolutions"] == 0
         assert table["layer"].tolist() == [ROOT_ROW, FUNCTIONAL_ROW]
+
+
+class TwoKernels(nn.Module):
+    """A stem, two parallel branches of 3×3 and 5×5 (receptive fields 5 and 7), then three 3×3 convolutions: at
+    8 px (thesis §9.3, §10.2) b_max is c2 (in_r_max 7, 9, 11 into c1, c2, c3) and b_min is c3 (r_{l-1,min} 5, 7, 9)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.p, self.q = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 5, padding=2)
+        self.c1, self.c2, self.c3 = (nn.Conv2d(4, 4, 3, padding=1) for _ in range(3))
+        self.head = nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.p(x) + self.q(x))
+        return self.head(self.c3(self.c2(self.c1(x))).mean((2, 3)))
+
+
+def test_the_flops_step_measures_the_truncation_at_b_min_not_b_max(tmp_path):
+    """``truncate: border`` cuts at b_min, so the flops step measures that cut; on a chain b_min = b_max, which
+    hid a step that measured at b_max. Cutting c3 removes c3 and the head (148 + 50 parameters) and adds a
+    GAP + Linear(4, 10) head (50): 148 parameters saved."""
+    import json
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from phd_lab.analysis.receptive_field import border_layers, receptive_fields
+    from phd_lab.config_file import load_config_file
+    from phd_lab.data import DataBundle
+    from phd_lab.grid import Grid
+    from phd_lab.rundir import RunDir
+    from phd_lab.steps import StepContext
+    from phd_lab.steps.flops import FlopsStep
+    from tests.conftest import write_config
+
+    torch.manual_seed(0)
+    model = TwoKernels().eval()
+    assert border_layers(receptive_fields(model, 8), 8) == ("c3", "c2")
+    loader = DataLoader(TensorDataset(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)), batch_size=2)
+    bundle = DataBundle(name="zeros", train=loader, test=loader, train_eval=loader, num_classes=10, in_channels=1,
+                        resolution=8)
+    rundir = RunDir(root=tmp_path / "run", name="run")
+    rundir.root.mkdir()
+    context = StepContext(config=Grid(load_config_file(write_config(tmp_path)))[0], rundir=rundir, model=model,
+                          bundle=bundle, device=torch.device("cpu"), progress=False)
+    FlopsStep().run(context)
+    truncation = json.loads(rundir.computational_info_json.read_text())["truncation"]
+    assert truncation["border"] == "c3" and truncation["exact"] is True
+    assert truncation["removed_layers"] == ["c3", "head"]
+    assert truncation["params_saved"] == (4 * 4 * 9 + 4) + (4 * 10 + 10) - (4 * 10 + 10) == 148
