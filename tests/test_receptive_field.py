@@ -79,6 +79,37 @@ def test_strided_pooling_hand_computed():
     assert got["b"] == (25, 25, 25, 25, 4)
 
 
+class PositionalConv(nn.Module):
+    """A layer that holds its weight and calls F.conv2d with stride 2, padding 1 and dilation 3 by position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(2, 2, 3, 3))
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, None, 2, 1, 3)
+
+
+def test_dilated_pooling_modules_and_positional_functional_arguments_hand_computed():
+    """Dilation counts wherever it is given: a MaxPool2d module's, and F.max_pool2d's and F.conv2d's by position
+    (input, kernel/weight, stride, padding, dilation: padding is no dilation)."""
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool = nn.MaxPool2d(3, stride=1, padding=2, dilation=2)
+            self.a, self.f, self.b = conv(3), PositionalConv(), conv(1)
+
+        def forward(self, x):
+            x = self.a(self.pool(x))  # pool: k_eff 5, r 1 + 4 = 5; conv: 5 + 2 = 7, j 1
+            x = F.max_pool2d(x, 3, 2, 1, 2)  # k_eff 5: 7 + 4·1 = 11, j 2
+            return self.b(self.f(x))  # k_eff 7 at jump 2: 11 + 6·2 = 23, j 4
+
+    got = table(Net())
+    assert got["a"] == (5, 5, 7, 7, 1)
+    assert got["f"] == (11, 11, 23, 23, 4)
+    assert got["b"] == (23, 23, 23, 23, 4)
+
+
 @pytest.mark.parametrize("index", ["plain", "ellipsis"])
 def test_strided_slice_shortcut_is_a_stride(index):
     """CIFAR ResNets' 'option A' shortcut subsamples with x[:, :, ::2, ::2]: a 1×1 window of stride 2
