@@ -6,8 +6,8 @@ import os
 import pandas as pd
 import pytest
 
-from tests.analysis_fixtures import (BORDER, LAYERS, computational_table, read_json, receptive_field_table,
-                               saturation_profile, write_run)
+from tests.analysis_fixtures import (BORDER, LAYERS, computational_table, layout, read_json,
+                               receptive_field_table, saturation_profile, write_run)
 from phd_lab import atomic
 from phd_lab.analysis.recommendations import nice_factor
 from phd_lab.analysis.run_summary import AnalysisSettings, border_layers, side_branch_layers, summarize
@@ -522,6 +522,8 @@ def test_tails_and_their_offset_from_the_border_are_read_on_the_main_path(tmp_pa
     assert summary["saturation"]["mean"] == pytest.approx(sum(main) / len(main))
     assert summary["saturation"]["mean_all_layers"] == pytest.approx(sum(values.values()) / len(values))
     assert summary["saturation"]["mean"] < summary["saturation"]["mean_all_layers"] - 0.05
+    # outside the tail, the main path is at 0.45 (the always saturated gates beside it are no part of it)
+    assert summary["saturation"]["mean_outside_tails"] == pytest.approx(0.45)
 
 
 def test_probe_verdicts_read_the_main_path_not_the_side_branches(tmp_path):
@@ -646,6 +648,23 @@ def test_the_summary_says_since_which_epoch_the_last_tail_shows(tmp_path):
     for layer in LAYERS:
         tables.metrics[f"{layer}_train_saturation"] = 0.35  # no tail at all
     assert summarize(tables)["saturation"]["last_tail_since_epoch"] is None
+
+
+def test_since_which_epoch_the_tail_closest_to_the_output_shows_not_the_first_tail(tmp_path):
+    """Two tails, at the input (features.0-6, every epoch) and before the classifier (features.16-classifier.0,
+    from epoch 2 on; 5 layers at 0.5 in between and after): last_tail_since_epoch is the latter's, 2, not 1."""
+    tables = synthetic_run(tmp_path, BORDER)
+    for layer in LAYERS:
+        tables.metrics[f"{layer}_train_saturation"] = 0.5
+    for layer in LAYERS[:3]:
+        tables.metrics[f"{layer}_train_saturation"] = 0.05
+    later = tables.metrics["epoch"] >= 2
+    for layer in LAYERS[6:9]:
+        tables.metrics.loc[later, f"{layer}_train_saturation"] = 0.05
+    summary = summarize(tables)
+    assert [(t["first_layer"], t["last_layer"]) for t in summary["tails"]] == [
+        ("features.0", "features.6"), ("features.16", "classifier.0")]
+    assert summary["saturation"]["last_tail_since_epoch"] == 2
 
 
 def test_an_epoch_with_a_main_path_layer_without_value_is_skipped_not_read_as_zero(tmp_path):
@@ -798,3 +817,34 @@ def test_a_pixelwise_table_probed_in_part_counts_layers_and_says_how_many_probes
     assert probes["status"] == "partial (1 of 2 layers; 3 of 5 probes)"
     assert (probes["layers_probed"], probes["layers_extracted"]) == (1, 2)
     assert probes["eval_acc_by_layer"] == pytest.approx({"features.0": 0.6}) and probes["best_layer"] == "features.0"
+
+
+def test_the_estimated_truncation_head_reads_the_width_of_the_layer_before_the_border(tmp_path):
+    """VGG11 at ¼ width and 24 px: the border is features.11 (128 channels); the new GAP + linear head reads the
+    output of features.8 before it, 256 · ¼ = 64 channels: Linear(64 → 10), 650 parameters, 2 · 640 FLOPs."""
+    tables = synthetic_run(tmp_path, "features.11", resolution=24)
+    for name, _, _, width, _ in layout(0.25):  # k and s = k / d as the tracker writes them, d the layer's width
+        k = tables.metrics[f"{name}_train_saturation"].mul(width).round().clip(lower=1)
+        tables.metrics[f"{name}_train_intrinsic_dimension"], tables.metrics[f"{name}_train_saturation"] = k, k / width
+    summary = summarize(tables)
+    assert summary["borders"]["b_min"] == "features.11"
+    truncation = summary["truncation"]
+    assert truncation["exact"] is False and truncation["removed_layers"] == LAYERS[LAYERS.index("features.11"):]
+    assert truncation["head_params"] == 64 * 10 + 10 and truncation["head_flops"] == 2 * 64 * 10
+    removed = computational_table(0.25, 24).iloc[LAYERS.index("features.11"):]
+    assert truncation["params_saved"] == removed["params"].sum() - 650
+
+
+def test_feature_dimensions_derived_from_k_and_saturation_are_rounded_not_cut():
+    """A metrics CSV has k and s = k / d but not d: d = k / s, which floats put just below d for k = 9, d = 14
+    (9 / (9 / 14) = 13.999...), so truncating it gave 13."""
+    from phd_lab.analysis.run_summary import layer_saturations
+    pairs = {"a": (9, 14), "b": (7, 25), "c": (20, 29), "d": (3, 4)}
+    row = {"epoch": 1}
+    for layer, (k, d) in pairs.items():
+        row[f"{layer}_train_saturation"], row[f"{layer}_train_intrinsic_dimension"] = k / d, k
+    table = layer_saturations(pd.DataFrame([row]), "train")
+    assert table["layer"].tolist() == list(pairs)
+    assert table["feature_dimension"].tolist() == [d for _, d in pairs.values()]
+    assert table["intrinsic_dimension"].tolist() == [k for k, _ in pairs.values()]
+
