@@ -393,7 +393,8 @@ def test_the_thesis_deltas_are_those_of_tables_4_and_5() -> None:
 
 def test_the_project_step_projects_with_its_parameters_and_the_runs_seed(tmp_path) -> None:
     """projections.csv is the table of the step's deltas, random control, exclude and centered, with the random
-    bases drawn from the run's seed."""
+    bases drawn from the run's seed, and the covariances collected on the un-augmented training split
+    (``train_eval``), not on the loader training draws its shuffled, augmented batches from (``train``)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from phd_lab.config_file import load_config_file
@@ -408,7 +409,9 @@ def test_the_project_step_projects_with_its_parameters_and_the_runs_seed(tmp_pat
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 40), nn.ReLU(), nn.Linear(40, 4)).eval()
     loader = DataLoader(TensorDataset(torch.randn(150, 10), torch.randint(0, 4, (150,))), batch_size=50)
-    bundle = DataBundle(name="random", train=loader, test=loader, train_eval=loader, num_classes=4, in_channels=1,
+    augmented = DataLoader(TensorDataset(torch.randn(150, 10) * torch.linspace(0.1, 5.0, 10) + 3.0,
+                                         torch.randint(0, 4, (150,))), batch_size=50, shuffle=True)
+    bundle = DataBundle(name="random", train=augmented, test=loader, train_eval=loader, num_classes=4, in_channels=1,
                         resolution=1)
     rundir = RunDir(root=tmp_path / "run", name="run")
     rundir.root.mkdir()
