@@ -375,6 +375,26 @@ def test_max_batches_and_every_n_select_the_right_batches() -> None:
         assert torch.equal(gated.covariance(name), tracker.covariance(name))
 
 
+def test_passes_the_when_condition_refuses_do_not_count_towards_every_n() -> None:
+    """Inline tracking: the test set's tracker (``when``: eval mode) sees the epoch's training passes first. Its
+    every-n-th selection starts at the first pass it accepts, as in a separate pass over the test set: eval batches
+    0 and 2 of 4 after 3 training passes (counting those, it took batches 1 and 3)."""
+    model, data = seeded_model(6), digits_images(64)
+    batches = list(data.split(16))
+    tracker = SaturationTracker(model, every_n=2, when=lambda m: not m.training)
+    with torch.no_grad():
+        model.train()
+        for batch in batches[:3]:
+            model(batch)
+        model.eval()
+        for batch in batches:
+            model(batch)
+    tracker.close()
+    reference = materialised(model, torch.cat([batches[0], batches[2]]), batch=16)
+    for name, acts in reference.items():
+        assert rel_error(tracker.covariance(name).numpy(), np.cov(acts, rowvar=False, bias=True)) <= 1e-10, name
+
+
 @pytest.mark.parametrize("method", ["adaptive_avg", "nearest", "bilinear"])
 def test_downsampling_equals_np_cov_of_downsampled_maps(method: str) -> None:
     model, data = seeded_model(6), digits_images(64)
