@@ -375,6 +375,19 @@ def test_max_batches_and_every_n_select_the_right_batches() -> None:
         assert torch.equal(gated.covariance(name), tracker.covariance(name))
 
 
+def test_run_pass_forwards_every_batch_of_a_loader_including_a_short_last_one() -> None:
+    """The trainer's covariance passes go through run_pass with (inputs, labels) batches; with the default options
+    every batch counts, the short last one too (150 images in batches of 64: 64, 64, 22)."""
+    model, data = seeded_model(7), digits_images(150)
+    batches = [(chunk, torch.zeros(len(chunk), dtype=torch.long)) for chunk in data.split(64)]
+    tracker = SaturationTracker(model)
+    assert run_pass(tracker, model, batches, torch.device("cpu")) == 3
+    assert tracker.compute().loc["head", "n"] == 150
+    for name, acts in materialised(model, data, batch=64).items():
+        assert rel_error(tracker.covariance(name).numpy(), np.cov(acts, rowvar=False, bias=True)) <= 1e-10, name
+    tracker.close()
+
+
 def test_passes_the_when_condition_refuses_do_not_count_towards_every_n() -> None:
     """Inline tracking: the test set's tracker (``when``: eval mode) sees the epoch's training passes first. Its
     every-n-th selection starts at the first pass it accepts, as in a separate pass over the test set: eval batches
