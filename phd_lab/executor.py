@@ -40,7 +40,7 @@ from phd_lab.registry import Registries
 from phd_lab.report.collect import analyse_run, stamp_if_present
 from phd_lab.reproduction import setup_differences
 from phd_lab.run_guards import cpu_threads, run_log, writable_lock
-from phd_lab.rundir import RunDir
+from phd_lab.rundir import FolderListings, RunDir
 from phd_lab.seeding import seed_everything
 from phd_lab.steps import Step, StepContext, logged_steps, resolve_steps
 from phd_lab.steps.analysis import ANALYSED_PROBES
@@ -72,11 +72,12 @@ def _warn_once(said: dict[str, int] | None, where: str, error: Exception, note: 
 class TrainTestExecutor:
     """Builds model, data, optimizer and metrics of one run, trains it and post-processes it."""
 
-    def __init__(self, config: RunConfig, registries: Registries, *, progress: bool = True) -> None:
+    def __init__(self, config: RunConfig, registries: Registries, *, progress: bool = True,
+                 listings: FolderListings | None = None) -> None:
         self.config = config
         self.registries = registries
         self.progress = progress
-        self.rundir = RunDir.for_run(config)
+        self.rundir = RunDir.for_run(config, listings=listings)  # listings: shared by a grid's points
         self.steps: list[tuple[Step, dict[str, Any]]] = []
         self._validated = False
         self._device: torch.device | None = None  # resolved when the run starts (logged with the versions)

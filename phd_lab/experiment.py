@@ -23,7 +23,7 @@ from phd_lab.grid import Grid
 from phd_lab.latents_folder import other_runs_latents, shared_latents_error
 from phd_lab.progress import bar_options
 from phd_lab.registry import Registries
-from phd_lab.rundir import earlier_version_advice, earlier_version_runs, read_config_grid
+from phd_lab.rundir import FolderListings, earlier_version_advice, earlier_version_runs, read_config_grid
 
 if TYPE_CHECKING:
     from phd_lab.analysis.run_tables import TrainingStatus
@@ -96,6 +96,7 @@ class Main:
 
     def _validate_grid(self, grid: Grid) -> list[TrainTestExecutor]:
         executors, folders, models, said = [], {}, {}, {}
+        listings: FolderListings = {}  # each parent folder listed once: the grid makes no folder while it is checked
         # every point is checked before any runs: about 2 ms each, so a large grid says how far it got
         for index in tqdm(range(len(grid)), desc=f"checking {len(grid)} grid points", leave=False,
                           disable=not self.progress or len(grid) < LARGE_GRID, **bar_options()):
@@ -104,7 +105,7 @@ class Main:
                 registries = self._registries_for(cfg.registries)
             except RegistryError as error:
                 raise RegistryError(f"{cfg.source}: the key 'registries': {error}") from None
-            executor = TrainTestExecutor(cfg, registries, progress=self.progress)
+            executor = TrainTestExecutor(cfg, registries, progress=self.progress, listings=listings)
             try:  # a list inside *_args reaches the factory one element at a time: both checks can say so
                 executor.validate(self.missing_data, said, self.missing_device)
                 executor.check_model(models)

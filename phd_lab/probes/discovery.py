@@ -18,7 +18,7 @@ from phd_lab.errors import ConfigError, DataError
 from phd_lab.latents_sets import set_of_folder
 from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest
 from phd_lab.probes.settings import ProbeSettings
-from phd_lab.rundir import RunDir, earlier_version_advice, earlier_version_runs, read_config_grid
+from phd_lab.rundir import FolderListings, RunDir, earlier_version_advice, earlier_version_runs, read_config_grid
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,10 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None) -> _G
     from phd_lab.latents_sets import config_sets
 
     scan = _GridScan()
+    listings: FolderListings = {}  # each parent folder listed once, not once per run
     for index in range(len(grid)):
         cfg = grid[index]
-        rundir = RunDir.for_run(cfg)
+        rundir = RunDir.for_run(cfg, listings=listings)
         scan.logs_dirs.add(cfg.logs_dir)
         found, absent = False, []
         for latents in config_sets(cfg.values, f"{where} (run {index})"):
