@@ -906,3 +906,19 @@ def test_class_labels_do_not_depend_on_the_unicode_normalisation_of_folder_names
     with pytest.raises(DataError, match=r"'\\ufb01sh' differs from the training class 'fish' only in its Unicode "
                                         r"normalisation"):
         DATASETS.get(f"folder:{tmp_path / 'NFC'}").check_data("unused", resolution=16)
+
+
+def test_the_registries_import_no_scikit_learn_until_digits_are_loaded():
+    """The registry imported scikit-learn for Digits at module level, so every command (a dry run, --list, each
+    array task of a grid on another data set) paid its import, 2 s of CPU and 78 MB, for data it never loaded.
+    It is imported when the digits are, and they load as before."""
+    script = ("import sys\n"
+              "from phd_lab.registry import Registries\n"
+              "print('imported', callable(Registries({}).datasets.get('Digits')), 'sklearn' in sys.modules)\n"
+              "from phd_lab.datasets.digits import digits_tensors\n"
+              "train, test = digits_tensors(8)\n"
+              "print('loaded', 'sklearn' in sys.modules, len(train), len(test))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["imported True False", "loaded True 1437 360"]
