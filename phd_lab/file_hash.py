@@ -7,11 +7,26 @@ that neither imports the other's code.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 _CHUNK = 1 << 22
+
+
+def json_digest(value: dict[str, Any]) -> str:
+    """The sha256 of a JSON object written canonically (sorted keys, no spaces): a probe cache key's name, and the
+    checksum of the record an entry stores (a digit changed in the JSON, a bit flipped on a shared file system:
+    "eval_acc": 0.98 read as 0.99, is another number of the right type, which no check of the types finds)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def latents_digest(manifest: dict[str, Any]) -> str:
+    """Which latents a manifest describes: the digest of its layer and label entries (names, shapes, each file's
+    sha256), not of its ``run_dir``, which names the folder the run lies in now (moved, copied) and not its
+    content. The probe job records it beside its results; the analysis compares it with the manifest there now."""
+    return json_digest({"layers": manifest.get("layers"), "labels": manifest.get("labels")})
 
 
 def sha256_file(path: Path | str) -> str:

@@ -15,6 +15,7 @@ import torch
 
 from phd_lab.config_file import load_config_file
 from phd_lab.extraction import extract_latents
+from phd_lab.file_hash import latents_digest
 from phd_lab.grid import Grid
 from phd_lab.latents_folder import MANIFEST
 from phd_lab.latents_sets import LatentsSet, config_sets, extraction_sets, named_set, set_of_folder
@@ -127,7 +128,8 @@ def test_one_trained_model_gives_every_set_its_folder_probe_results_and_a_compar
     assert all(any((run / f"probe_confusion{s}").glob("*.npy")) for s in sets)
     assert (run / "probe_performances_by_set.png").read_bytes().startswith(PNG)
     recorded = json.loads((run / "probe_settings_1x1_nearest.json").read_text())
-    assert recorded["latents"] == {"downsampling": 1, "downsampling_method": "nearest"}
+    assert recorded["latents"] == {"downsampling": 1, "downsampling_method": "nearest",
+                                   "sha256": latents_digest(manifests["latents_1x1_nearest"])}
     # the comparison draws the sets fitted with the same probe settings only
     assert len(probe_set_tables(RunDir(run, ""), recorded["settings"])) == 4
     assert probe_set_tables(RunDir(run, ""), {**recorded["settings"], "solver": "saga"}) == []

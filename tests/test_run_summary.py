@@ -467,6 +467,41 @@ def test_probes_older_than_the_latents_are_reported_stale(tmp_path):
     assert "probe accuracy (eval)" not in labels
 
 
+def test_probes_are_stale_when_they_name_other_latents_not_when_a_copy_has_new_file_times(tmp_path):
+    """Staleness was read off file times alone: a run copied without them (``cp -r``, scp) whose manifest came out
+    newer than its probe table was reported stale ('rerun probe_main.py') with nothing changed. The probe job now
+    records which latents it probed (probe_settings.json); re-extracted latents are stale whatever the times say."""
+    import shutil
+
+    import torch
+
+    from phd_lab.analysis.run_tables import run_folder
+    from phd_lab.extraction import extract_latents
+    from phd_lab.probes.cli import probe_cli
+    from tests._extraction_models import build_model, loaders
+    original = tmp_path / "logs" / "Small" / "Digits_4" / "r" / "v"
+    model, data = build_model(), loaders(resolution=4)
+    extract_latents(model, data, original / "latents", run_dir=original, layers=["body.0", "head"], test_accuracy=0.5,
+                    progress=False)
+    assert probe_cli(["--latents", str(original / "latents"), "-mp", "0", "--solver", "lbfgs", "--no-progress",
+                      "-q"]) == 0
+    copy = run_folder(tmp_path / "copy" / "Small" / "Digits_4" / "r" / "v")
+    shutil.copytree(original, copy.root, copy_function=shutil.copy)  # contents only, new file times
+    later = copy.probe_csv.stat().st_mtime + 5
+    manifest = copy.latents() / "manifest.json"
+    os.utime(manifest, (later, later))
+    assert load_run(copy).probes_predate_latents is False
+    assert summarize(load_run(copy))["probes"]["status"] == "complete"
+
+    with torch.no_grad():  # other weights extracted again after the probes: their table describes other latents
+        model.head.bias.add_(1.0)
+    extract_latents(model, data, copy.latents(), run_dir=copy.root, layers=["body.0", "head"], test_accuracy=0.5,
+                    progress=False)
+    os.utime(copy.probe_csv, (later + 10, later + 10))  # even though the table is the newer file
+    assert load_run(copy).probes_predate_latents is True
+    assert summarize(load_run(copy))["probes"]["status"].startswith("stale (the latents were extracted again")
+
+
 def test_probe_drops_do_not_claim_shortcuts_the_network_may_not_have(tmp_path):
     """VGG has no shortcut connections; the advice for a drop in probe accuracy said it skips layers through them."""
     summary = summarize(load_run(write_run(tmp_path / "logs", width=0.25, stage="full", skip="features.16")))

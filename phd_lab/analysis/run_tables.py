@@ -28,6 +28,7 @@ import pandas as pd
 
 from phd_lab.config import META_KEY, with_logged_linear_init
 from phd_lab.config_paths import extraction_latents_dir
+from phd_lab.file_hash import latents_digest
 from phd_lab.rundir import RunDir, lies_in_its_run_folder
 
 log = logging.getLogger(__name__)
@@ -437,7 +438,16 @@ def latents_manifest_path(tables: RunTables) -> Path:
 
 
 def _probes_predate_latents(tables: RunTables) -> bool:
-    """The probe table is older than the latents manifest: it describes latents that were replaced."""
+    """The probe table describes latents that were replaced: ``probe_settings.json`` names other latents than the
+    manifest does, or, where it names none (results of an older version), the table is older than the manifest
+    (a copy made without keeping file times, such as ``cp -r``, may invert those)."""
+    try:
+        settings = json.loads(tables.folder.probe_settings.read_text(encoding="utf-8"))
+        probed = settings["latents"]["sha256"]
+    except (OSError, ValueError, TypeError, KeyError):
+        probed = None
+    if isinstance(probed, str) and isinstance(tables.manifest, dict):
+        return probed != latents_digest(tables.manifest)
     try:
         return latents_manifest_path(tables).stat().st_mtime_ns > tables.folder.probe_csv.stat().st_mtime_ns
     except OSError:

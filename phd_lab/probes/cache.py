@@ -31,6 +31,7 @@ from phd_lab.atomic import (STALE_AFTER_SECONDS, nearest_existing, remove_stale_
                             write_json_once)
 from phd_lab.environment import installed_version
 from phd_lab.errors import UsageError
+from phd_lab.file_hash import json_digest
 from phd_lab.probes.fit import ProbeRecord
 from phd_lab.probes.settings import ProbeSettings
 
@@ -60,13 +61,6 @@ def cache_key(file_sha256: dict[str, str], settings: ProbeSettings, versions: di
     """
     return {"format": CACHE_FORMAT, "files": dict(sorted(file_sha256.items())), "settings": settings.key(),
             "versions": dict(sorted(versions.items()))}
-
-
-def json_digest(value: dict[str, Any]) -> str:
-    """The sha256 of a JSON object written canonically (sorted keys, no spaces): a cache key's name, and the checksum
-    of the record an entry stores (a digit changed in the JSON, a bit flipped on a shared file system: "eval_acc":
-    0.98 read as 0.99, is another number of the right type, which no check of the types finds)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
 class ResultCache:

@@ -20,6 +20,7 @@ import numpy as np
 
 from phd_lab import atomic
 from phd_lab.atomic import write_with
+from phd_lab.file_hash import latents_digest
 from phd_lab.latents_sets import DEFAULT_METHOD, PIXELWISE, named_set
 from phd_lab.probes.cache import library_versions
 from phd_lab.probes.discovery import ProbeJob
@@ -117,10 +118,12 @@ def table_bytes(table: Any) -> bytes:
 
 def settings_document(job: ProbeJob, csv: bytes) -> dict[str, Any]:
     """``probe_settings.json``: the settings the results were fitted with (the run's logged config only holds the
-    config's probe keys), the latents set's reduction, the library versions, and the sha256 of the table
+    config's probe keys), the latents set's reduction and digest (which latents were probed: a copied run whose
+    file times are new still reads as probed on its latents), the library versions, and the sha256 of the table
     (``csv``) whose writing, with the plots and the analysis, it completes."""
     latents = {"downsampling": job.manifest.raw.get("downsampling"),
-               "downsampling_method": job.manifest.raw.get("downsampling_method", DEFAULT_METHOD)}
+               "downsampling_method": job.manifest.raw.get("downsampling_method", DEFAULT_METHOD),
+               "sha256": latents_digest(job.manifest.raw)}
     return {"settings": job.settings.key(), "latents": latents,
             "library_versions": library_versions(job.settings.solver),
             "results_sha256": hashlib.sha256(csv).hexdigest()}
