@@ -99,6 +99,42 @@ def test_cache_hits_by_content_and_refits_a_changed_layer(tmp_path):
     assert _fitted(other, cache) == [("renamed", True)]
 
 
+@pytest.mark.parametrize("setting, value", [("solver", "lbfgs"), ("C", 0.5), ("max_iter", 50), ("tol", 1e-3),
+                                            ("standardize", True), ("train_samples", 200), ("seed", 1)])
+def test_every_solver_setting_is_part_of_the_cache_key(tmp_path, setting, value):
+    """Each setting that the fit reads (the saga defaults: C 1, max_iter 100, tol 1e-4, raw features, all samples,
+    seed 0) changed alone is another probe, fitted once and then found in the cache: a setting missing from the
+    key returned the record of the old setting, while probe_settings.json named the new one."""
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    cache = tmp_path / "cache"
+    assert _fitted(latents, cache) == [("block0.conv", False)]
+    assert _fitted(latents, cache, **{setting: value}) == [("block0.conv", False)]
+    assert _fitted(latents, cache, **{setting: value}) == [("block0.conv", True)]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_the_same_latents_with_other_labels_are_refitted_not_taken_from_the_cache(tmp_path, split):
+    """The labels are half of a probe's input: latents kept as they were with another label file (a fixed label
+    mapping, another subset's labels) are another probe. It is fitted anew, with the accuracy of a direct
+    scikit-learn fit on the new labels, not the cached record of the old ones."""
+    from sklearn.linear_model import LogisticRegression
+    layers, y_train, y_eval = blob_layers(n_layers=1)
+    run_dir, latents = make_latents(tmp_path, layers, y_train, y_eval)
+    cache = tmp_path / "cache"
+    assert _fitted(latents, cache) == [("block0.conv", False)]
+    relabelled = {"train": y_train, "eval": y_eval}
+    relabelled[split] = np.random.default_rng(1).permutation(relabelled[split])  # same classes, other labels
+    write_latents(latents, layers, relabelled["train"], relabelled["eval"], run_dir, 0.9)
+    assert _fitted(latents, cache) == [("block0.conv", False)]
+
+    [record] = run_jobs(jobs_from_latents(latents)[0], cache, progress=False)[0]
+    x_train, x_eval = layers["block0.conv"]
+    direct = LogisticRegression(solver="saga", max_iter=100, random_state=0).fit(x_train, relabelled["train"])
+    assert record.eval_acc == direct.score(x_eval, relabelled["eval"]) < 0.6  # chance level: 3 classes
+    assert record.train_acc == direct.score(x_train, relabelled["train"])
+
+
 def test_the_seed_is_part_of_the_key_only_where_it_changes_the_result(tmp_path):
     _, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
     cache = tmp_path / "cache"
