@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
 from sklearn.preprocessing import StandardScaler
@@ -179,6 +182,22 @@ def test_lbfgs_torch_is_not_converged_when_it_runs_out_of_evaluations():
                                                                        max_iter=10))
     assert result.n_iter < 10
     assert not result.converged
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("solver", ["lbfgs", "lbfgs-torch"])
+def test_a_fit_stopped_by_max_iter_is_not_converged_for_either_lbfgs(solver):
+    """A fit that used all its iterations stopped, it did not converge: scikit-learn warns there, and the torch solver
+    must say the same (its loss evaluations are not used up after 5 iterations here, so only the count tells)."""
+    layers, y_train, y_eval = digits_layers(n_layers=1, width=20, seed=4)
+    x_train, x_eval = layers["features.0"]
+    record = probe_arrays(1, "l", x_train, y_train, x_eval, y_eval, ProbeSettings(solver=solver, max_iter=5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        direct = LogisticRegression(max_iter=5).fit(StandardScaler().fit_transform(x_train), y_train)
+    assert direct.n_iter_[0] == 5 and any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    assert record.n_iter == 5
+    assert not record.converged
 
 
 @pytest.mark.parametrize("train_rows", [1, 30, 63, 64, 65])
