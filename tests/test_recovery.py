@@ -117,6 +117,36 @@ def test_a_resume_restores_the_callbacks_state_and_the_python_and_numpy_generato
     assert len({row["python_draw"] for row in reference.history}) == 3
 
 
+def test_a_resume_goes_on_with_the_loss_scale_of_the_checkpoint():
+    """Mixed precision (on CUDA) keeps a loss scale that is halved after each step whose gradients overflowed; a
+    resume goes on with the checkpoint's scale, not the initial 65,536, which would skip the steps again that the
+    uninterrupted run took. A CPU GradScaler stands in for the CUDA one (the same state and rules)."""
+    from torch.utils.data import TensorDataset
+
+    from phd_lab.data import make_bundle
+    samples = TensorDataset(torch.ones(4, 2), torch.zeros(4, dtype=torch.long))
+    bundle = make_bundle("ones", samples, samples, samples, num_classes=2, in_channels=1, resolution=1, batch_size=2,
+                         seed=0, num_workers=0)
+
+    def trainer() -> Trainer:
+        model = torch.nn.Linear(2, 2)
+        made = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, metrics={}, epochs=2,
+                       device=torch.device("cpu"), progress=False)
+        made.scaler = torch.amp.GradScaler("cpu")
+        return made
+
+    trained = trainer()
+    for _ in range(2):  # two steps whose scaled gradients overflow: skipped, and the scale halved each time
+        loss = trained.model(torch.ones(1, 2)).sum() * float("inf")
+        trained.scaler.scale(loss).backward()
+        trained.scaler.step(trained.optimizer)
+        trained.scaler.update()
+    assert trained.scaler.get_scale() == 2.0**16 * 0.5 * 0.5
+    resumed = trainer()
+    resumed.load_state_dict(trained.state_dict(bundle), bundle)
+    assert resumed.scaler.get_scale() == 2.0**14
+
+
 def test_a_checkpoint_with_more_epochs_than_the_config_asks_for_is_refused(tmp_path):
     """A config asking for fewer epochs than its checkpoint holds must not pass the longer run off as its own
     (one epoch more is the case next to the limit); the checkpoint stays as it was."""
