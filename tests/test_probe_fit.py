@@ -101,6 +101,39 @@ def test_probe_with_train_subsample_fits_on_the_subsample_only():
     assert record.eval_acc == pytest.approx(direct.score(scaler.transform(x_eval), y_eval), abs=2 / 300)
 
 
+def test_a_training_subsample_leaves_the_eval_set_whole():
+    """train_samples draws from the training split only: every eval sample is scored, also where the subsample is
+    smaller than the eval set (200 of 1,200 training samples, 300 eval samples)."""
+    layers, y_train, y_eval = digits_layers(n_layers=1, width=16)
+    x_train, x_eval = layers["features.0"]
+    record = probe_arrays(1, "l", x_train, y_train, x_eval, y_eval,
+                          ProbeSettings(solver="lbfgs", train_samples=200, seed=2))
+    chosen = stratified_subsample(y_train, 200, 2)
+    scaler = StandardScaler().fit(x_train[chosen])
+    direct = LogisticRegression(max_iter=1000).fit(scaler.transform(x_train[chosen]), y_train[chosen])
+    predicted = direct.predict(scaler.transform(x_eval))
+    assert (record.n_train, record.n_eval) == (200, 300)
+    assert record.eval_acc == pytest.approx(np.mean(predicted == y_eval), abs=2 / 300)
+    np.testing.assert_allclose(record.confusion_matrix(), confusion_matrix(y_eval, predicted, normalize="true"),
+                               atol=0.1)
+
+
+@pytest.mark.parametrize("solver", ["saga", "lbfgs", "lbfgs-torch"])
+def test_class_labels_that_are_not_0_to_k_minus_1_are_predicted_as_themselves(solver):
+    """Labels as a dataset may have them (a subset of classes: 5, 7 and 11): every solver predicts those labels,
+    so its accuracy is that of the same data labelled 0, 1, 2, and the record names the classes."""
+    layers, y_train, y_eval = blob_layers(n_layers=1)
+    x_train, x_eval = layers["block0.conv"]
+    labels = np.array([5, 7, 11])
+    settings = ProbeSettings(solver=solver)
+    record = probe_arrays(1, "l", x_train, labels[y_train], x_eval, labels[y_eval], settings)
+    plain = probe_arrays(1, "l", x_train, y_train, x_eval, y_eval, settings)
+    assert plain.eval_acc > 0.9
+    assert (record.train_acc, record.eval_acc) == (plain.train_acc, plain.eval_acc)
+    assert record.classes == [5, 7, 11]
+    np.testing.assert_array_equal(record.confusion_matrix(), plain.confusion_matrix())
+
+
 def test_settings_from_config_values_and_overrides():
     settings = ProbeSettings.from_mapping({"probe_solver": "lbfgs", "probe_C": 2}, {"C": 0.5, "tol": None})
     assert (settings.solver, settings.C, settings.tol) == ("lbfgs", 0.5, 1e-4)
