@@ -167,6 +167,26 @@ def test_cached_record_keeps_its_seconds_and_gets_the_current_name(tmp_path):
     assert (run_dir / "probe_performances.csv").read_bytes() == csv
 
 
+def test_a_layer_found_in_the_cache_under_another_name_and_index_is_written_under_its_own(tmp_path):
+    """A run whose first layer holds what another run's second layer held takes that fit from the cache; its table
+    and confusion files are those a fit with an empty cache writes (the seconds aside): its own layer name and
+    index, not those of the run that filled the cache."""
+    layers, y_train, y_eval = blob_layers(n_layers=2)
+    make_latents(tmp_path, layers, y_train, y_eval, name="first")
+    cache = tmp_path / "cache"
+    run_jobs(jobs_from_latents(tmp_path / "first" / "latents")[0], cache, progress=False)
+    tables = {}
+    for name, cache_dir in (("second", cache), ("fresh", tmp_path / "empty cache")):
+        run_dir, latents = make_latents(tmp_path, {"head": layers["block1.conv"]}, y_train, y_eval, name=name)
+        run_jobs(jobs_from_latents(latents)[0], cache_dir, progress=False)
+        tables[name] = pd.read_csv(run_dir / "probe_performances.csv").drop(columns="seconds")
+        assert sorted(path.name for path in (run_dir / "probe_confusion").iterdir()) == ["001-head.npy",
+                                                                                        "001-head.png"]
+    assert len(list(cache.rglob("*.json"))) == 2  # the second run's layer was a hit
+    assert tables["second"][["index", "layer"]].values.tolist() == [[1, "head"]]
+    pd.testing.assert_frame_equal(tables["second"], tables["fresh"])
+
+
 def test_unreadable_cache_entry_is_refitted(tmp_path):
     _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
     cache = tmp_path / "cache"
