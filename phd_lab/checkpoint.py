@@ -134,8 +134,10 @@ class CheckpointStore:
     def peek_state(self) -> dict[str, Any]:
         """The checkpoint ``load`` would use, memory-mapped (its tensors are read only where used); empty when
         there is no readable one, or when the file system refuses to read one (permissions, an I/O error): ``load``
-        stops there instead of going back to the previous checkpoint, so that one says nothing about the run."""
-        for path in (self.path, self.previous):
+        stops there instead of going back to the previous checkpoint, so that one says nothing about the run. Tried
+        in ``load``'s order: after a kill between the two renames of a save, the staged file (whole) is the one
+        ``load`` resumes from, not the previous one."""
+        for path in self.generations():
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception as error:  # noqa: BLE001 - missing or damaged: load() falls back the same way

@@ -228,6 +228,19 @@ def test_a_kill_between_the_two_renames_of_a_save_is_completed_on_load(tmp_path)
     assert torch.load(tmp_path / "run.pt", weights_only=True)["epoch"] == 3
 
 
+def test_peek_reads_the_generation_that_load_resumes_from_after_a_kill_between_the_renames(tmp_path):
+    """With <name>.pt gone and the staged file whole (a kill between the two renames of a save), load() resumes from
+    the staged checkpoint; peek(), which the setup warnings and the status read, names that one's epochs too, not
+    those of the previous checkpoint (one epoch fewer: 'epochs still to train' for a finished run)."""
+    store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt")
+    store.save(checkpoint_state(1))
+    store.save(checkpoint_state(2))
+    (tmp_path / "run.pt").replace(tmp_path / "run.previous.pt")
+    torch.save({"format": CHECKPOINT_FORMAT, **checkpoint_state(3)}, tmp_path / "run.pt.next")
+    assert store.peek("epoch") == 3
+    assert CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt").load()["epoch"] == 3
+
+
 def test_every_checkpoint_damaged_is_a_clear_failure(tmp_path, capsys):
     config = write_config(tmp_path, epoch=2)
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
