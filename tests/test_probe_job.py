@@ -19,13 +19,14 @@ import pandas as pd
 import pytest
 
 from phd_lab.config_file import load_config_file
-from phd_lab.errors import RunFailure
+from phd_lab.errors import DataError, RunFailure
 from phd_lab.file_hash import sha256_file
 from phd_lab.grid import Grid
 from phd_lab.probes.cache import ResultCache
 from phd_lab.probes.cli import probe_cli
 from phd_lab.probes.discovery import jobs_from_latents
 from phd_lab.probes.job import build_tasks, run_jobs, validate_jobs
+from phd_lab.probes.manifest import read_manifest, verify_hashes
 from phd_lab.probes.probe_log import FINISHED
 from phd_lab.probes.runner import run_probes, run_task
 from phd_lab.probes.synthetic import write_latents
@@ -768,12 +769,17 @@ def test_error_listed_file_missing(tmp_path, capsys):
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), match="eval-features.2.npy' listed in")
 
 
-def test_error_sha256_mismatch(tmp_path, capsys):
+@pytest.mark.parametrize("changed", ["train-features.1.npy", "eval-features.1.npy", "train-labels.npy",
+                                     "eval-labels.npy"])
+def test_error_sha256_mismatch(tmp_path, capsys, changed):
+    """Every file the manifest lists is checked, the labels and the eval latents as well as the training latents:
+    a fit on a file changed since the extraction would be cached under the sha256 of the file it replaced."""
     layers, y_train, y_eval = digits_layers()
     run_dir, latents = make_latents(tmp_path, layers, y_train, y_eval)
-    np.save(latents / "train-features.1.npy", layers["features.1"][0] + 1.0)
-    _assert_usage_error(capsys, run_dir, "--latents", str(latents),
-                        match="train-features.1.npy' has sha256")
+    np.save(latents / changed, np.load(latents / changed)[::-1])  # the same values in another order
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), match=f"{changed}' has sha256")
+    with pytest.raises(DataError, match=f"{changed}' has sha256"):  # the public check of a whole manifest too
+        verify_hashes(read_manifest(latents))
 
 
 def test_error_train_and_eval_layer_sets_differ(tmp_path, capsys):
