@@ -44,7 +44,7 @@ from phd_lab.rundir import FolderListings, RunDir
 from phd_lab.seeding import seed_everything
 from phd_lab.steps import Step, StepContext, logged_steps, resolve_steps
 from phd_lab.steps.analysis import ANALYSED_PROBES
-from phd_lab.steps.stamps import StepStamps, step_stamp
+from phd_lab.steps.stamps import STAMPS, StepStamps, step_stamp
 from phd_lab.trainer import Trainer
 from phd_lab.tracking.callback import saturation_callback
 
@@ -482,9 +482,9 @@ class TrainTestExecutor:
                 log.log(*self._truncation)
             self.write_config()
             store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)
-            # the lock holder's own files: the run's and those of the post-processing steps (analysis.* is
-            # also written by the report while no run holds the lock, so only old ones of those go)
-            owned = (rundir.name, "receptive_field", "computational_info", "projections", "diverged")
+            # the lock holder's own files: the run's, those of the post-processing steps and their stamps
+            # (analysis.* is also written by the report while no run holds the lock, so only old ones of those go)
+            owned = (rundir.name, "receptive_field", "computational_info", "projections", "diverged", STAMPS)
             for stale in atomic.remove_stale_temps(rundir.root, owned_prefix=owned):
                 log.info("Removed %s, left half-written by a process that was killed.", stale.name)
             callbacks: list[Callback] = [RunFolderGuard(lock), MetricsCSV(rundir.metrics_csv)]

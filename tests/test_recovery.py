@@ -674,13 +674,14 @@ def test_a_start_removes_its_own_leftovers_but_not_the_temp_files_of_other_write
 
 
 def test_a_rerun_removes_the_fresh_temp_files_of_its_killed_post_processing_steps(tmp_path):
-    """Only main.py (holding the run lock) writes receptive_field.*, computational_info.* and projections.*: a
-    temp file of theirs is a leftover at once, not only after 15 minutes; a probe job's may be live."""
+    """Only main.py (holding the run lock) writes receptive_field.*, computational_info.*, projections.* and the
+    steps' stamps (.steps.json): a temp file of theirs is a leftover at once, not only after 15 minutes; a probe
+    job's may be live. (A kill while the stamps were written left ``..steps.json.<random>.tmp`` for 15 minutes.)"""
     config = write_config(tmp_path, epoch=1)
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     [folder] = run_folders(tmp_path / "logs")
     leftovers = [folder / ".receptive_field.png.k1.tmp", folder / ".computational_info.json.k2.tmp",
-                 folder / ".projections.csv.k3.tmp"]
+                 folder / ".projections.csv.k3.tmp", folder / "..steps.json.k5.tmp"]
     live = folder / ".probe_performances.csv.k4.tmp"
     for path in (*leftovers, live):
         path.write_text("partial")
