@@ -1075,21 +1075,25 @@ def test_write_latents_records_the_run_folder_as_an_absolute_path(tmp_path, monk
     assert json.loads((latents / "manifest.json").read_text())["run_dir"] == str((tmp_path / "run").resolve())
 
 
-def test_a_probe_job_removes_old_temp_files_of_killed_writers_but_not_fresh_ones(tmp_path):
+def test_a_probe_job_removes_its_own_temp_files_at_once_and_other_writers_old_ones(tmp_path):
+    """Only the holder of a run's .probe.lock writes its probe results, so the temp file of one that a killed probe
+    job left is a leftover at once (the rerun exited 0 and kept '.probe_performances.csv.<random>.tmp' for 15
+    minutes); analysis.* is also written by a run or a report working now, so only old temp files of those go."""
     import time
 
     from phd_lab import atomic
     run_dir, latents = make_latents(tmp_path)
     (run_dir / "probe_confusion").mkdir()
-    old = [run_dir / ".probe_performances.csv.k1.tmp", run_dir / "probe_confusion" / ".001-x.png.k2.tmp"]
-    fresh = run_dir / "probe_confusion" / ".002-y.npy.k3.tmp"  # another probe job's file of the moment
+    old = run_dir / ".analysis.json.k1.tmp"
+    own = [run_dir / ".probe_performances.csv.k2.tmp", run_dir / ".probe_settings.json.k3.tmp",
+           run_dir / "probe_confusion" / ".001-x.png.k4.tmp"]
+    fresh = run_dir / ".analysis.png.k5.tmp"  # a report's file of the moment
     long_ago = time.time() - atomic.STALE_AFTER_SECONDS - 60
-    for path in (*old, fresh):
+    for path in (old, *own, fresh):
         path.write_text("partial")
-    for path in old:
-        os.utime(path, (long_ago, long_ago))
-    assert cli("--latents", str(latents)) == 0
-    assert not any(path.exists() for path in old) and fresh.exists()
+    os.utime(old, (long_ago, long_ago))
+    assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 0
+    assert not old.exists() and not any(path.exists() for path in own) and fresh.exists()
 
 
 def test_the_probe_job_refreshes_the_analysis_of_the_runs_it_probed(tmp_path):

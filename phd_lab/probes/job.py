@@ -370,9 +370,11 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], cache
     for position, job in enumerate(jobs):
         log.info("%s: %d layer(s) from %s; %s", job.label, len(job.manifest.layers), job.manifest.folder,
                  job.settings.describe(), extra={PROBE_JOB: position})
-    for position, job in enumerate(jobs):  # temp files a killed probe job left (any writer's, once 15 minutes old)
-        for folder in (job.outputs.root, job.outputs.probe_confusion_dir):
-            for stale in atomic.remove_stale_temps(folder):
+    for position, job in enumerate(jobs):  # temp files a killed process left: those of the probe results at once
+        # (only the holder of the run's .probe.lock writes probe_* and the confusions), any other writer's (the
+        # analysis.* of a run or report working now) once 15 minutes old
+        for folder, owned in ((job.outputs.root, "probe_"), (job.outputs.probe_confusion_dir, "")):
+            for stale in atomic.remove_stale_temps(folder, owned_prefix=owned):
                 log.info("Removed %s, left half-written by a process that was killed.", stale,
                          extra={PROBE_JOB: position})
     with ConfusionPlots() as confusion_plots:
