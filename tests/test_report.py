@@ -244,6 +244,25 @@ def test_a_rebuilt_report_takes_unchanged_figures_from_the_run_folders_and_redra
     assert run.analysis_plot.stat().st_ino != redrawn
 
 
+def test_a_report_removes_the_temp_files_a_killed_report_left_in_a_run_folder_once_they_are_old(tmp_path):
+    """A report killed (SIGKILL) while it wrote a run's analysis.png left '.analysis.png.<random>.tmp' in the run
+    folder, and no report ever removed it (main.py and the probe job do once it is 15 minutes old). The report now
+    does the same; a younger one may be a probe job's write of the moment and stays."""
+    logs = tmp_path / "logs"
+    run = write_grid(logs)["full"]
+    write_report(logs, tmp_path / "first.html")
+    killed = [run.root / ".analysis.png.k1abcdef.tmp", run.root / ".analysis.json.k2abcdef.tmp"]
+    live = run.root / ".analysis.json.k3abcdef.tmp"
+    for path in (*killed, live):
+        path.write_text("partial")
+    long_ago = time.time() - atomic.STALE_AFTER_SECONDS - 60
+    for path in killed:
+        os.utime(path, (long_ago, long_ago))
+    write_report(logs, tmp_path / "second.html")
+    assert not any(path.exists() for path in killed) and live.exists()
+    assert run.analysis_plot.is_file() and run.analysis_json.is_file()
+
+
 def test_a_run_figure_damaged_since_it_was_written_is_drawn_again(tmp_path, caplog):
     """analysis.png was taken whenever analysis.json's figure_key matched, never checking its bytes: a figure cut in
     half (a copy broken off) was embedded broken in every later report and kept by the analysis step. analysis.json

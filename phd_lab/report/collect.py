@@ -118,6 +118,9 @@ def _write(analysis: _Analysis, *, write: bool, skip_active: bool, probe_job: bo
     if skip_active and not active and not probe_job and (folder.root / PROBE_LOCK).is_file():
         active = lock_owner_alive(folder.root / PROBE_LOCK)[0] is True
     if write and folder.root.is_dir() and not (skip_active and active):  # never re-create a deleted run
+        for name in (folder.analysis_plot.name, folder.analysis_json.name):  # a killed writer's, 15 minutes old
+            for stale in atomic.remove_stale_temps(folder.root, only=name):  # (younger: another writer's now)
+                log.info("Removed %s, left half-written by a process that was killed.", stale)
         if analysis.up_to_date:  # the same analysis and figure are there already: nothing to rewrite
             entry.written = True
             return
