@@ -152,13 +152,13 @@ def test_a_pixelwise_tables_thousands_of_positions_keep_the_accuracy_plot_viewab
     sides = [32, 32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2]
     positions = pd.DataFrame([{"index": n + 1, "layer": f"features.{n}@{r}_{c}", "train_acc": 0.9, "eval_acc": 0.8}
                               for n, side in enumerate(sides) for r in range(side) for c in range(side)])
-    for ax in (plot_probe_accuracy(positions, 0.9), plot_probe_sets([("pixelwise", "nearest", positions)])):
-        try:
-            names, ticks = [t.get_text() for t in ax.get_xticklabels()], ax.get_xticks()
-            assert ax.figure.get_figwidth() <= 60 and len(positions) == 2812 and 0 < len(names) <= 2812 // 10
-            assert names == [positions["layer"][int(tick)] for tick in ticks] and ticks[0] == 0
-        finally:
-            plt.close(ax.figure)
+    ax = plot_probe_sets([("pixelwise", "nearest", positions)])
+    try:
+        names, ticks = [t.get_text() for t in ax.get_xticklabels()], ax.get_xticks()
+        assert ax.figure.get_figwidth() <= 60 and len(positions) == 2812 and 0 < len(names) <= 2812 // 10
+        assert names == [positions["layer"][int(tick)] for tick in ticks] and ticks[0] == 0
+    finally:
+        plt.close(ax.figure)
     layers = pd.DataFrame({"index": range(121), "layer": [f"l{n}" for n in range(121)], "train_acc": 0.9,
                            "eval_acc": 0.8})  # a DenseNet121's worth of layers: every one named
     ax = plot_probe_accuracy(layers)
@@ -187,3 +187,37 @@ def test_long_class_labels_and_titles_stay_inside_the_figure():
             for text in texts:
                 box = text.get_window_extent(renderer)
                 assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, (classes, text)
+
+
+def test_a_pixelwise_accuracy_plot_draws_each_layer_as_the_mean_of_its_positions_with_their_range():
+    """The probe job's probe_performances.png drew a pixelwise table (configs/thesis/09_3: about 2,800 positions)
+    as one point per position, every n-th position named, while the analysis, the report and the run figure read
+    each layer as the mean over its positions: now it draws that mean per layer in forward order, a label per
+    layer, and the band from the layer's lowest to its highest position."""
+    import pandas as pd
+
+    from phd_lab.plots.probes import plot_probe_accuracy
+    rng = np.random.default_rng(0)
+    sides = [32, 16, 8, 4, 2]
+    rows = [{"index": n + 1, "layer": f"features.{n}@{r}_{c}", "train_acc": rng.random(), "eval_acc": rng.random(),
+             "solver": "saga"} for n, side in enumerate(sides) for r in range(side) for c in range(side)]
+    rows.append({"index": 6, "layer": "classifier", "train_acc": 0.95, "eval_acc": 0.9, "solver": "saga"})
+    positions = pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # row order is not forward order
+    ax = plot_probe_accuracy(positions, 0.9, run="run-a")
+    try:
+        layers = [f"features.{n}" for n in range(len(sides))] + ["classifier"]
+        assert [t.get_text() for t in ax.get_xticklabels()] == layers
+        of_layer = positions["layer"].str.replace(r"@.*", "", regex=True)
+        for column, line in (("train_acc", ax.lines[0]), ("eval_acc", ax.lines[1])):
+            expected = [positions[column][of_layer == layer].mean() for layer in layers]
+            np.testing.assert_allclose(line.get_ydata(), expected, rtol=0, atol=1e-12)
+        [band] = ax.collections
+        vertices = band.get_paths()[0].vertices
+        for number, layer in enumerate(layers):  # the band spans the layer's lowest to highest position
+            at_layer = vertices[np.isclose(vertices[:, 0], number), 1]
+            values = positions["eval_acc"][of_layer == layer]
+            assert (at_layer.min(), at_layer.max()) == (values.min(), values.max())
+        assert ax.get_title() == "run-a\nPixelwise logistic-regression probes (saga)"
+        assert ax.figure.get_figwidth() < 10
+    finally:
+        plt.close(ax.figure)

@@ -29,24 +29,44 @@ def _pyplot():
 def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = None, ax: "Axes | None" = None,
                         run: str = "") -> "Axes":
     """Train and eval accuracy of each layer's probe in forward order; the model's accuracy as a line; ``run``
-    (the run's name) heads the title, as it does on the run's other figures."""
+    (the run's name) heads the title, as it does on the run's other figures. A pixelwise table draws each layer's
+    mean over its positions, as the analysis reads it, and the band from its lowest to its highest position."""
     plt = _pyplot()
+    solver = ", ".join(sorted(set(table["solver"].astype(str)))) if "solver" in table else ""
+    table, spread = _per_layer(table.sort_values("index", kind="stable"))
     if ax is None:
         ax = plt.subplots(figsize=(min(MAX_FIGURE_WIDTH, max(6.0, 0.35 * len(table) + 2.0)), 4.0))[1]
-    table = table.sort_values("index")
     positions = np.arange(len(table))
-    ax.plot(positions, table["train_acc"], marker="o", linestyle="--", label="probe train accuracy")
-    ax.plot(positions, table["eval_acc"], marker="o", label="probe eval accuracy")
+    what = "mean over positions of " if spread is not None else ""
+    ax.plot(positions, table["train_acc"], marker="o", linestyle="--", label=f"{what}probe train accuracy")
+    ax.plot(positions, table["eval_acc"], marker="o", label=f"{what}probe eval accuracy")
+    if spread is not None:
+        ax.fill_between(positions, spread["min"], spread["max"], alpha=0.2, color=ax.lines[-1].get_color(),
+                        label="probe eval accuracy, lowest to highest position")
     if model_accuracy is not None:
         ax.axhline(model_accuracy, color="black", linewidth=1.0, label=f"model test accuracy ({model_accuracy:.3f})")
-    solver = ", ".join(sorted(set(table["solver"]))) if "solver" in table else ""
-    title = f"Logistic-regression probes ({solver})" if solver else "Logistic-regression probes"
+    title = "Pixelwise logistic-regression probes" if spread is not None else "Logistic-regression probes"
+    title = f"{title} ({solver})" if solver else title
     ax.set(xlabel="layer (forward order)", ylabel="accuracy", ylim=(0.0, 1.02),
            title=f"{run}\n{title}" if run else title)
     _layer_ticks(ax, table["layer"].tolist())
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)  # "lower right" hid the model's line when it lay low
     return ax
+
+
+def _per_layer(table: "pd.DataFrame") -> tuple["pd.DataFrame", "pd.DataFrame | None"]:
+    """A pixelwise table (a probe per feature-map position, ``<layer>@<row>_<col>``) as one row per layer, the
+    mean of its positions' accuracies (thousands of positions are no curve over depth to read), with the eval
+    accuracy's lowest and highest position per layer; any other table as it is, and no spread."""
+    from phd_lab.analysis.run_summary import layer_of
+    layers = table["layer"].astype(str).map(layer_of)
+    if (layers == table["layer"].astype(str)).all():
+        return table, None
+    grouped = table[["train_acc", "eval_acc"]].groupby(layers.to_numpy(), sort=False)
+    means = grouped.mean().rename_axis("layer").reset_index()
+    extremes = grouped["eval_acc"].agg(["min", "max"]).reset_index(drop=True)
+    return means, extremes
 
 
 LABELLED = int((MAX_FIGURE_WIDTH - 2.0) / 0.35)  # layer names that fit at 0.35 inch each; beyond, every n-th
