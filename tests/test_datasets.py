@@ -162,7 +162,9 @@ def test_folder_prefix(tmp_path, caplog):
     with caplog.at_level("INFO"):
         bundle = DATASETS.get(f"folder:{tmp_path / 'pets'}")(resolution=20, data_dir="unused", **COMMON)
     check_bundle(bundle, num_classes=2, channels=3, resolution=20, train_size=6, test_size=2)
-    assert f"6 training and 2 test images from {tmp_path / 'pets' / 'train'}" in caplog.text  # not data_dir
+    # each split's own folder, not data_dir: the log named train/ only, not which of test/ or val/ it evaluated on
+    assert (f"6 training images from {tmp_path / 'pets' / 'train'}, 2 test images from {tmp_path / 'pets' / 'val'}"
+            in caplog.text)
     assert f"folder:{tmp_path / 'pets'}" in DATASETS
 
 

@@ -179,8 +179,8 @@ def load_image_dataset(source: Source, *, batch_size: int, resolution: int, data
                           downsample_then_upsample=downsample_then_upsample, crop=crop, flip=flip)
     train = open_split(source, data_dir, "train", download)
     test = open_split(source, data_dir, "test", download)
-    log.info("%s: %d training and %d test images from %s", source.name, len(train), len(test),
-             getattr(train, "root", data_dir))  # an image folder's own path, not only data_dir
+    log.info("%s: %d training images from %s, %d test images from %s", source.name, len(train),
+             getattr(train, "root", data_dir), len(test), getattr(test, "root", data_dir))  # each split's own folder
     return make_bundle(source.name, TransformedView(train, prep.train()), TransformedView(test, prep.eval()),
                        TransformedView(train, prep.eval()), num_classes=count_classes(train),
                        in_channels=source.channels, resolution=resolution, batch_size=batch_size, seed=seed,
