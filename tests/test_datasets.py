@@ -523,6 +523,33 @@ def test_a_broken_evaluation_folder_is_refused_before_any_point_of_the_grid_trai
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("in_classes", [True, False])
+def test_images_outside_the_class_folders_are_refused_not_passed_over(tmp_path, capsys, split, in_classes):
+    """ImageFolder reads only class folders: image files right in train/ or test/ were left out without a word,
+    and a split of nothing but such files was said to have "no class folders". Up front and when opened (exit 2)."""
+    from tests.conftest import main_in_process, write_config
+    pets = _pets(tmp_path / "pets")
+    if not in_classes:  # all of this split's images loose, as a flat folder of files
+        shutil.rmtree(pets / split)
+    for i, name in enumerate(["a.png", "b.jpg", "c.gif"]):
+        write_image(pets / split / name, size=(12, 12), value=i)
+    (pets / split / "labels.csv").write_text("a.png,cats\n")  # no image: no sample, no complaint
+    expected = (f"The image folder {str(pets / split)!r} holds 3 image file(s) directly, not in a class folder "
+                f"('a.png', 'b.jpg', 'c.gif')")
+    for opens in (lambda: DATASETS.get(f"folder:{pets}").check_data("unused", resolution=16),
+                  lambda: DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)):
+        with pytest.raises(DataError) as error:
+            opens()
+        said = " ".join(str(error.value).split())
+        assert said.startswith(expected) and "one subfolder per class" in said, said
+    code, err = main_in_process(capsys, "--config", str(write_config(tmp_path, dataset=f"folder:{pets}")),
+                                "--no-progress", "-q")
+    err = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err and expected in err, err
+    assert not (tmp_path / "logs").exists()
+
+
 def _pets(root: Path, classes=("cats", "dogs"), train: int = 3, test: int = 1) -> Path:
     for split, count in (("train", train), ("test", test)):
         for c, name in enumerate(classes):

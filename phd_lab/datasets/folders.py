@@ -19,6 +19,13 @@ from phd_lab.errors import DataError, RunFailure
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
+# Image formats that ImageFolder's extension list (IMG_EXTENSIONS, what the loader reads) leaves out: files with
+# these names are images all the same, which the checks name instead of passing over them without a word.
+OTHER_IMAGE_EXTENSIONS = (".apng", ".arw", ".avif", ".btf", ".cr2", ".dcm", ".dds", ".dng", ".eps", ".exr", ".gif",
+                          ".hdr", ".heic", ".heif", ".icns", ".ico", ".j2k", ".jfif", ".jp2", ".jpe", ".jpx", ".jxl",
+                          ".nef", ".orf", ".pbm", ".pcx", ".pnm", ".psd", ".qoi", ".raw", ".rw2", ".sgi", ".svg",
+                          ".tga", ".xbm", ".xpm")
+
 
 def load_image(path: str) -> Image.Image:
     """An image file as RGB. 16-bit grayscale (microscopy, medical scans) is scaled to 8 bits (value / 257);
@@ -84,6 +91,24 @@ def unlisted_error(root: str | Path, failures: list[str]) -> DataError:
                      f"their images would be left out of the split without a word: {'; '.join(failures[:5])}"
                      f"{' ...' if len(failures) > 5 else ''}. Make them readable (chmod -R u+rX, or ask their "
                      f"owner) or move them out of the data set.")
+
+
+def looks_like_an_image(name: str) -> bool:
+    """Whether a file name has an image extension, one the loader reads or another (``OTHER_IMAGE_EXTENSIONS``)."""
+    return has_file_allowed_extension(name, IMG_EXTENSIONS + OTHER_IMAGE_EXTENSIONS)
+
+
+def require_no_loose_images(directory: str | Path) -> None:
+    """ImageFolder reads only the class folders of a split: image files right in ``train/`` or ``test/`` were
+    left out without a word, and a split of nothing but such files was said to have "no class folders"."""
+    with os.scandir(directory) as entries:
+        loose = sorted(entry.name for entry in entries
+                       if not entry.name.startswith(".") and not entry.is_dir() and looks_like_an_image(entry.name))
+    if loose:
+        raise DataError(f"The image folder {str(directory)!r} holds {len(loose)} image file(s) directly, not in a "
+                        f"class folder ({', '.join(map(repr, loose[:5]))}{' ...' if len(loose) > 5 else ''}): they "
+                        f"would be left out of the split. Images must be in one subfolder per class, as "
+                        f"<split>/<class>/<image files>; move each into the folder of its class.")
 
 
 def is_image_file(path: str | Path, top: str | Path) -> bool:
@@ -197,6 +222,7 @@ class FixedClassImageFolder(ImageFolder):
             raise no_image_error(root)
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        require_no_loose_images(directory)
         present = class_folders(directory)
         require_distinct_classes(directory, present)
         if self._given_classes is None:
