@@ -550,6 +550,26 @@ def test_images_outside_the_class_folders_are_refused_not_passed_over(tmp_path, 
     assert not (tmp_path / "logs").exists()
 
 
+def test_image_files_in_formats_the_loader_does_not_read_are_named_once_per_split(tmp_path, caplog):
+    """ImageFolder passed over .gif, .heic, .jfif ... files without a word, so a class shrank silently (in the
+    evaluation split, which may lack classes, it could vanish). One warning per split folder, not per file."""
+    pets = _pets(tmp_path / "pets")
+    for name in ("cats/a.gif", "cats/b.GIF", "dogs/deep/c.heic", "dogs/._d.gif", "dogs/.cache/e.gif", "dogs/f.txt"):
+        (pets / "train" / name).parent.mkdir(parents=True, exist_ok=True)
+        (pets / "train" / name).write_bytes(b"GIF89a")  # never read: no sample
+    write_image(pets / "test" / "dogs" / "g.jfif", size=(12, 12))
+    with caplog.at_level("WARNING"):
+        bundle = DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+    check_bundle(bundle, num_classes=2, channels=3, resolution=16, train_size=6, test_size=2)
+    warnings = [" ".join(record.getMessage().split()) for record in caplog.records if record.levelname == "WARNING"]
+    readable = ".bmp, .jpeg, .jpg, .pgm, .png, .ppm, .tif, .tiff, .webp"
+    assert warnings == [
+        f"The image folder {str(pets / 'train')!r} holds 3 image file(s) in formats the loader does not read (2 .gif, "
+        f"1 .heic), which are left out of the split; it reads {readable}. Convert them (to PNG, say) to use them.",
+        f"The image folder {str(pets / 'test')!r} holds 1 image file(s) in formats the loader does not read (1 .jfif), "
+        f"which are left out of the split; it reads {readable}. Convert them (to PNG, say) to use them."], warnings
+
+
 def _pets(root: Path, classes=("cats", "dogs"), train: int = 3, test: int = 1) -> Path:
     for split, count in (("train", train), ("test", test)):
         for c, name in enumerate(classes):

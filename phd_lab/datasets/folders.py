@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import unicodedata
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +18,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from phd_lab.errors import DataError, RunFailure
 
+log = logging.getLogger(__name__)
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -111,13 +114,35 @@ def require_no_loose_images(directory: str | Path) -> None:
                         f"<split>/<class>/<image files>; move each into the folder of its class.")
 
 
+def is_hidden(path: str | Path, top: str | Path) -> bool:
+    """Whether a file below the folder ``top`` is hidden on the way (``._name.png``, ``.ipynb_checkpoints/``)."""
+    return any(part.startswith(".") for part in Path(os.path.relpath(path, top)).parts)
+
+
 def is_image_file(path: str | Path, top: str | Path) -> bool:
-    """An image below the folder ``top`` (a class folder or its split: class folders are never hidden), not
-    hidden on the way: macOS' ``._name.png`` resource forks and ``.ipynb_checkpoints/`` copies carry image
-    names but are no samples of the class."""
-    relative = Path(os.path.relpath(path, top))
-    return (has_file_allowed_extension(str(path), IMG_EXTENSIONS)
-            and not any(part.startswith(".") for part in relative.parts))
+    """An image the loader reads below the folder ``top`` (a class folder or its split: class folders are never
+    hidden), not hidden on the way: macOS' ``._name.png`` resource forks and ``.ipynb_checkpoints/`` copies carry
+    image names but are no samples of the class."""
+    return has_file_allowed_extension(str(path), IMG_EXTENSIONS) and not is_hidden(path, top)
+
+
+def readable_extensions() -> str:
+    """The image extensions the loader reads, for messages."""
+    return ", ".join(sorted(IMG_EXTENSIONS))
+
+
+def counted(extensions: Counter[str]) -> str:
+    """``Counter({'.gif': 2, '.heic': 1})`` as "2 .gif, 1 .heic", most frequent first."""
+    return ", ".join(f"{count} {extension}" for extension, count in extensions.most_common())
+
+
+def warn_unread_formats(directory: str | Path, skipped: Counter[str]) -> None:
+    """ImageFolder passes over image files whose format it does not read (.gif, .heic, ...) without a word: a
+    class (of the evaluation split, which may lack classes: all of it) shrank silently. One warning per split."""
+    if skipped:
+        log.warning("The image folder %r holds %d image file(s) in formats the loader does not read (%s), which are "
+                    "left out of the split; it reads %s. Convert them (to PNG, say) to use them.",
+                    str(directory), sum(skipped.values()), counted(skipped), readable_extensions())
 
 
 def holds_an_image(folder: Path) -> bool:
@@ -235,9 +260,16 @@ class FixedClassImageFolder(ImageFolder):
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None,
                      allow_empty: bool = False):  # type: ignore[override]
+        skipped: Counter[str] = Counter()
+
         def valid(path: str) -> bool:  # hidden files and folders inside a class folder are no samples
-            return is_image_file(path, directory) and (is_valid_file is None or is_valid_file(path))
+            if not is_image_file(path, directory):
+                if looks_like_an_image(path) and not is_hidden(path, directory):
+                    skipped[os.path.splitext(path)[1].lower()] += 1
+                return False
+            return is_valid_file is None or is_valid_file(path)
         samples = super().make_dataset(directory, class_to_idx, None, valid, allow_empty=True)
+        warn_unread_formats(directory, skipped)
         if self._given_classes is None:  # the training split: every class needs images
             found = {index for _, index in samples}
             if samples:

@@ -348,10 +348,16 @@ def evaluation_folder(base: Path) -> Path:
 
 
 def folder_opener(path: str) -> Opener:
-    """``<path>/train/<class>/*`` and ``<path>/test/<class>/*`` (or ``val/``) ImageFolder trees."""
+    """``<path>/train/<class>/*`` and ``<path>/test/<class>/*`` (or ``val/``) ImageFolder trees. The training
+    split is read once: the evaluation split takes its classes (reading it again walked every training image
+    twice and repeated its warnings)."""
+    opened: dict[str, FixedClassImageFolder] = {}
+
     def opener(root: Path, split: str, download: bool) -> Dataset:
         base = Path(path).expanduser()
-        train = FixedClassImageFolder(base / "train")
+        if "train" not in opened:
+            opened["train"] = FixedClassImageFolder(base / "train")
+        train = opened["train"]
         if split == "train":
             return train
         return FixedClassImageFolder(evaluation_folder(base), classes=train.classes)
