@@ -570,6 +570,23 @@ def test_image_files_in_formats_the_loader_does_not_read_are_named_once_per_spli
         f"which are left out of the split; it reads {readable}. Convert them (to PNG, say) to use them."], warnings
 
 
+def test_a_class_folder_of_only_unread_formats_is_named_with_the_formats_the_loader_reads(tmp_path):
+    """A training class whose images were all .gif was called a class folder "without images", which its
+    owner, looking at a folder of images, could not act on: it now counts them and names the readable formats."""
+    pets = _pets(tmp_path / "pets")
+    for name in ("a.gif", "b.gif", "deep/c.heic", "._d.png", "notes.txt"):
+        (pets / "train" / "birds" / name).parent.mkdir(parents=True, exist_ok=True)
+        (pets / "train" / "birds" / name).write_bytes(b"GIF89a")
+    for opens in (lambda: DATASETS.get(f"folder:{pets}").check_data("unused", resolution=16),
+                  lambda: DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)):
+        with pytest.raises(DataError) as error:
+            opens()
+        said = " ".join(str(error.value).split())
+        assert said.startswith(
+            f"The training folder {str(pets / 'train')!r} has class folder(s) ['birds'] without images the loader "
+            f"reads (.bmp, .jpeg, .jpg, .pgm, .png, .ppm, .tif, .tiff, .webp): 'birds' holds 2 .gif, 1 .heic; "), said
+
+
 def _pets(root: Path, classes=("cats", "dogs"), train: int = 3, test: int = 1) -> Path:
     for split, count in (("train", train), ("test", test)):
         for c, name in enumerate(classes):

@@ -224,10 +224,26 @@ def no_image_error(root: str | Path) -> DataError:
                      f"its class folders; expected <split>/<class>/<image files>.")
 
 
+def unread_images(folder: Path) -> Counter[str]:
+    """The image files below ``folder`` (not hidden) in formats the loader does not read, counted by extension."""
+    found: Counter[str] = Counter()
+    for directory, subdirectories, files in os.walk(folder, followlinks=True):
+        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        found.update(os.path.splitext(name)[1].lower() for name in files if not name.startswith(".")
+                     and looks_like_an_image(name) and not has_file_allowed_extension(name, IMG_EXTENSIONS))
+    return found
+
+
 def require_images_in_every_class(directory: str | Path, empty: list[str]) -> None:
+    """A training class without images could never be learnt. Where its folder holds images in formats the
+    loader does not read (all .gif, say), the message counts them and names the formats it reads."""
     if empty:
-        raise DataError(f"The training folder {str(directory)!r} has class folder(s) {empty[:10]} without "
-                        f"images; every class needs training images (remove the folder or add images).")
+        held = [f"{name!r} holds {counted(found)}" for name in empty[:10]
+                if (found := unread_images(Path(directory, name)))]
+        raise DataError(f"The training folder {str(directory)!r} has class folder(s) {empty[:10]} without images the "
+                        f"loader reads ({readable_extensions()}){': ' + '; '.join(held) if held else ''}; every "
+                        f"class needs training images (remove the folder, or add images, converting other formats "
+                        f"to one of these).")
 
 
 class FixedClassImageFolder(ImageFolder):
