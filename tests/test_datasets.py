@@ -646,6 +646,30 @@ def test_floating_point_images_are_refused_not_loaded_black(tmp_path):
         load_image(str(tmp_path / "scaled.tiff"))
 
 
+def test_thirty_two_bit_integer_images_outside_sixteen_bits_are_refused_not_clipped(tmp_path):
+    """A 32-bit integer TIFF (PIL mode 'I') was clipped to 0..65535 and scaled: values above turned white and
+    negative ones black without a word. Within 16 bits it is scaled as a 16-bit image is; outside, the file is
+    named when it is loaded."""
+    from phd_lab.datasets.folders import load_image
+    within = np.array([[0, 257, 32896], [65535, 1000, 60000]], dtype=np.int32)
+    Image.fromarray(within).save(tmp_path / "within.tiff")
+    assert Image.open(tmp_path / "within.tiff").mode == "I"
+    assert np.asarray(load_image(str(tmp_path / "within.tiff")))[..., 1].tolist() == np.rint(within / 257).tolist()
+    pets = _pets(tmp_path / "pets")
+    outside = pets / "train" / "dogs" / "counts.tiff"
+    Image.fromarray(np.array([[0, 70000], [-5, 300]], dtype=np.int32)).save(outside)
+    for sample in (outside, pets / "train" / "dogs" / "0.png"):
+        (pets / "test" / "dogs" / sample.name).write_bytes(sample.read_bytes())  # in the evaluation split too
+    with pytest.raises(RunFailure) as error:
+        load_image(str(outside))
+    assert str(error.value).startswith(f"The image file {str(outside)!r} holds 32-bit integer pixels (PIL mode 'I') "
+                                       f"from -5 to 70000, outside 0..65535"), str(error.value)
+    bundle = DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+    with pytest.raises(RunFailure, match=f"The image file {str(pets / 'test' / 'dogs' / 'counts.tiff')!r} holds"):
+        for _ in bundle.test:
+            pass
+
+
 def test_a_symbolic_link_loop_in_a_class_folder_is_a_data_error(tmp_path):
     pets = _pets(tmp_path / "pets")
     (pets / "train" / "cats" / "again").symlink_to(pets / "train" / "cats", target_is_directory=True)

@@ -32,7 +32,9 @@ OTHER_IMAGE_EXTENSIONS = (".apng", ".arw", ".avif", ".btf", ".cr2", ".dcm", ".dd
 
 def load_image(path: str) -> Image.Image:
     """An image file as RGB. 16-bit grayscale (microscopy, medical scans) is scaled to 8 bits (value / 257);
-    PIL's own RGB conversion clips it, which turned almost every pixel of such images white. Floating-point
+    PIL's own RGB conversion clips it, which turned almost every pixel of such images white. 32-bit integer
+    images (mode 'I', which PIL also gives some 16-bit files) are scaled alike when their values fit 16 bits and
+    refused otherwise: clipping them to 0..65535 made every brighter pixel white without a word. Floating-point
     images are refused: their range is unknown, and the conversion made 0..1 images black. A file that is
     no readable image (damaged, truncated, another format under an image name) fails the run that reads it,
     naming the file (checking every file's header up front would cost minutes on ImageNet-sized folders)."""
@@ -48,9 +50,21 @@ def load_image(path: str) -> Image.Image:
                          f"(0..1, 0..255 or any other) the file does not say, so they cannot be turned into 8-bit "
                          f"RGB without a guess; convert the images to 8- or 16-bit PNG or TIFF files.")
     if image.mode in _SIXTEEN_BIT_MODES:
-        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        values = np.asarray(image, dtype=np.int64)
+        require_sixteen_bits(path, values)
         image = Image.fromarray(np.rint(values / 257.0).astype(np.uint8), mode="L")
     return image.convert("RGB")
+
+
+def require_sixteen_bits(path: str, values: np.ndarray) -> None:
+    """A mode 'I' image's pixels must fit 0..65535, the range scaled to 8 bits; what range a 32-bit or signed
+    image means (0..2**32, -32768..32767) the file does not say, so it is not guessed."""
+    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise RunFailure(f"The image file {path!r} holds 32-bit integer pixels (PIL mode 'I') from {low} to {high}, "
+                         f"outside 0..65535, the 16-bit range that is scaled to 8 bits; its range is not known "
+                         f"without a guess. Convert the images to 8- or 16-bit PNG or TIFF files (scaled to "
+                         f"0..255 or 0..65535).")
 
 
 def check_folder_tree(root: str | Path) -> None:
