@@ -670,6 +670,22 @@ def test_thirty_two_bit_integer_images_outside_sixteen_bits_are_refused_not_clip
             pass
 
 
+def test_an_image_too_large_for_pil_is_named_without_a_traceback(tmp_path, capsys):
+    """PIL refuses an image of more than about 179 million pixels (its decompression-bomb guard): the run failed
+    with "DecompressionBombError: Image size ... could be decompression bomb DOS attack", naming no file among
+    thousands. A 14000×14000 black PNG is such an image (24 kB on disk)."""
+    from tests.conftest import main_in_process, write_config
+    pets = _pets(tmp_path / "pets")
+    huge = pets / "train" / "dogs" / "huge.png"
+    Image.new("1", (14000, 14000)).save(huge)
+    config = write_config(tmp_path, dataset=f"folder:{pets}", resolution=8, batch_size=8)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    said = " ".join(err.split())
+    assert code == 1 and "Traceback" not in said, said
+    assert (f"RunFailure: The image file {str(huge)!r} is too large to read (Image size (196000000 pixels) exceeds "
+            f"limit of 178956970 pixels" in said and "Downscale it" in said), said
+
+
 def test_a_symbolic_link_loop_in_a_class_folder_is_a_data_error(tmp_path):
     pets = _pets(tmp_path / "pets")
     (pets / "train" / "cats" / "again").symlink_to(pets / "train" / "cats", target_is_directory=True)

@@ -37,11 +37,14 @@ def load_image(path: str) -> Image.Image:
     refused otherwise: clipping them to 0..65535 made every brighter pixel white without a word. Floating-point
     images are refused: their range is unknown, and the conversion made 0..1 images black. A file that is
     no readable image (damaged, truncated, another format under an image name) fails the run that reads it,
-    naming the file (checking every file's header up front would cost minutes on ImageNet-sized folders)."""
+    naming the file (checking every file's header up front would cost minutes on ImageNet-sized folders), as does
+    one larger than PIL reads (``too_large``)."""
     try:
         with open(path, "rb") as handle:
             image = Image.open(handle)
             image.load()
+    except Image.DecompressionBombError as error:
+        raise too_large(path, error) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:  # PIL's ways of refusing a file
         raise RunFailure(f"The image file {path!r} cannot be read ({type(error).__name__}: {error}); remove or "
                          f"replace it (every file with an image extension in a class folder is used).") from None
@@ -54,6 +57,14 @@ def load_image(path: str) -> Image.Image:
         require_sixteen_bits(path, values)
         image = Image.fromarray(np.rint(values / 257.0).astype(np.uint8), mode="L")
     return image.convert("RGB")
+
+
+def too_large(path: str, error: Exception) -> RunFailure:
+    """PIL refuses an image of more than twice ``Image.MAX_IMAGE_PIXELS`` pixels (a guard against decompression
+    bombs: a small file that unpacks to gigabytes) with a DecompressionBombError, whose message names no file."""
+    return RunFailure(f"The image file {path!r} is too large to read ({error}): PIL refuses images of more than "
+                      f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, a guard against files that unpack to gigabytes "
+                      f"of memory. Downscale it (the run resizes every image to its resolution anyway) or remove it.")
 
 
 def require_sixteen_bits(path: str, values: np.ndarray) -> None:
