@@ -587,6 +587,27 @@ def test_a_class_folder_of_only_unread_formats_is_named_with_the_formats_the_loa
             f"reads (.bmp, .jpeg, .jpg, .pgm, .png, .ppm, .tif, .tiff, .webp): 'birds' holds 2 .gif, 1 .heic; "), said
 
 
+def test_training_classes_the_evaluation_split_has_no_image_of_are_named(tmp_path, caplog):
+    """An evaluation split may lack a training class, but one that did (its folder absent, empty, or of .gif
+    files only) was scored on the other classes without a word in the run's log."""
+    pets = _pets(tmp_path / "pets", classes=("birds", "cats", "dogs", "fish"))
+    shutil.rmtree(pets / "test" / "birds")
+    for name in ("cats", "fish"):
+        shutil.rmtree(pets / "test" / name)
+        (pets / "test" / name).mkdir()
+    (pets / "test" / "fish" / "0.gif").write_bytes(b"GIF89a")
+    with caplog.at_level("WARNING"):
+        bundle = DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+    assert bundle.num_classes == 4 and len(bundle.test.dataset) == 1
+    warnings = [" ".join(record.getMessage().split()) for record in caplog.records if record.levelname == "WARNING"]
+    assert (f"The evaluation folder {str(pets / 'test')!r} has no image of 3 of the 4 training classes ('birds', "
+            f"'cats', 'fish'): the test accuracy and loss cover the other classes only.") in warnings, warnings
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a whole evaluation split: no warning
+        DATASETS.get(f"folder:{_pets(tmp_path / 'whole')}")(resolution=16, data_dir="unused", **COMMON)
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]
+
+
 def _pets(root: Path, classes=("cats", "dogs"), train: int = 3, test: int = 1) -> Path:
     for split, count in (("train", train), ("test", test)):
         for c, name in enumerate(classes):

@@ -271,13 +271,23 @@ def require_images_in_every_class(directory: str | Path, empty: list[str]) -> No
                         f"to one of these).")
 
 
+def warn_classes_not_evaluated(directory: str | Path, without: list[str], classes: int) -> None:
+    """An evaluation split may lack a training class (its folder absent, empty or of unread formats), but its
+    accuracy then covers the other classes only, which the run's numbers did not say."""
+    if without:
+        log.warning("The evaluation folder %r has no image of %d of the %d training classes (%s%s): the test "
+                    "accuracy and loss cover the other classes only.", str(directory), len(without), classes,
+                    ", ".join(map(repr, without[:10])), " ..." if len(without) > 10 else "")
+
+
 class FixedClassImageFolder(ImageFolder):
     """ImageFolder whose class → index map is given (the training split's), so that an evaluation
     split lacking a class keeps the same label indices.
 
     Stricter than ImageFolder where a silent result would mislead: hidden folders (``.ipynb_checkpoints``)
     are no classes; a training class folder without images, a split without any image and an
-    evaluation class the training split lacks are DataErrors naming the folders.
+    evaluation class the training split lacks are DataErrors naming the folders; image files in formats
+    the loader does not read and training classes the evaluation split has no image of are warnings.
     """
 
     def __init__(self, root: str | Path, classes: list[str] | None = None, **kwargs: Any) -> None:
@@ -311,11 +321,12 @@ class FixedClassImageFolder(ImageFolder):
             return is_valid_file is None or is_valid_file(path)
         samples = super().make_dataset(directory, class_to_idx, None, valid, allow_empty=True)
         warn_unread_formats(directory, skipped)
-        if self._given_classes is None:  # the training split: every class needs images
-            found = {index for _, index in samples}
-            if samples:
-                require_images_in_every_class(directory, [name for name, index in class_to_idx.items()
-                                                          if index not in found])
+        found = {index for _, index in samples}
+        without = [name for name, index in class_to_idx.items() if index not in found]
+        if samples and self._given_classes is None:  # the training split: every class needs images
+            require_images_in_every_class(directory, without)
+        elif samples:
+            warn_classes_not_evaluated(directory, without, len(class_to_idx))
         return samples
 
 
