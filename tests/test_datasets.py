@@ -283,6 +283,19 @@ def test_a_damaged_image_is_named_when_it_is_loaded(tmp_path):
             pass
 
 
+def test_a_git_lfs_pointer_in_place_of_an_image_is_said_to_be_one(tmp_path):
+    """A data set cloned without git lfs holds text pointers under image names: the run failed on the first with
+    "cannot be read (UnidentifiedImageError ...); remove or replace it", one file of thousands like it."""
+    pets = _pets(tmp_path / "pets")
+    for image in sorted((pets / "train").rglob("*.png")):
+        image.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 1234\n")
+    bundle = DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+    with pytest.raises(RunFailure, match=f"The image file '{pets / 'train'}/(cats|dogs)/[0-2].png' is a Git LFS "
+                                         f"pointer .* git lfs pull"):
+        for _ in bundle.train:
+            pass
+
+
 @pytest.mark.parametrize("name, expected", [
     ("Cifar10", "cifar-10-batches-py/"), ("Cifar100", "cifar-100-python/"), ("SVHN", "SVHN/train_32x32.mat"),
     ("ImageNet", "imagenet/ILSVRC2012_devkit_t12.tar.gz"), ("MNIST", "MNIST/raw/"),

@@ -21,6 +21,7 @@ from phd_lab.errors import DataError, RunFailure
 log = logging.getLogger(__name__)
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 # Image formats that ImageFolder's extension list (IMG_EXTENSIONS, what the loader reads) leaves out: files with
 # these names are images all the same, which the checks name instead of passing over them without a word.
@@ -46,8 +47,7 @@ def load_image(path: str) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise too_large(path, error) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:  # PIL's ways of refusing a file
-        raise RunFailure(f"The image file {path!r} cannot be read ({type(error).__name__}: {error}); remove or "
-                         f"replace it (every file with an image extension in a class folder is used).") from None
+        raise unreadable(path, error) from None
     if image.mode == "F":  # PIL's conversion clips floats to 0..255: images scaled to 0..1 became black
         raise RunFailure(f"The image file {path!r} holds 32-bit floating-point pixels (PIL mode 'F'), whose range "
                          f"(0..1, 0..255 or any other) the file does not say, so they cannot be turned into 8-bit "
@@ -57,6 +57,26 @@ def load_image(path: str) -> Image.Image:
         require_sixteen_bits(path, values)
         image = Image.fromarray(np.rint(values / 257.0).astype(np.uint8), mode="L")
     return image.convert("RGB")
+
+
+def unreadable(path: str, error: Exception) -> RunFailure:
+    """The failure for a file PIL refuses. A Git LFS pointer (a data set cloned without ``git lfs``: every image
+    a few lines of text) is said to be one: "remove or replace it" sent its owner after one file of thousands."""
+    if is_lfs_pointer(path):
+        return RunFailure(f"The image file {path!r} is a Git LFS pointer (a few lines of text that name the image), "
+                          f"not the image: the data set was cloned or copied without its Git LFS files. Fetch them "
+                          f"(git lfs install, then git lfs pull in its repository) or copy the real images.")
+    return RunFailure(f"The image file {path!r} cannot be read ({type(error).__name__}: {error}); remove or "
+                      f"replace it (every file with an image extension in a class folder is used).")
+
+
+def is_lfs_pointer(path: str) -> bool:
+    """Whether a file begins as a Git LFS pointer file does."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(_LFS_POINTER)) == _LFS_POINTER
+    except OSError:
+        return False
 
 
 def too_large(path: str, error: Exception) -> RunFailure:
