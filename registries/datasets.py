@@ -28,7 +28,8 @@ from torchvision import transforms
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.digits import digits_tensors
 from phd_lab.datasets.folders import (class_folders, holds_an_image, no_image_error, require_images_in_every_class,
-                                     require_known_classes, require_no_loose_images, require_two_classes)
+                                     require_known_classes, require_no_broken_links, require_no_loose_images,
+                                     require_two_classes)
 from phd_lab.datasets.torchvision_sets import (SOURCES, check_source, evaluation_folder, folder_source,
                                                load_image_dataset)
 from phd_lab.datasets.transforms import NO_NORMALISATION
@@ -180,16 +181,17 @@ _RELATIVE_WARNED: set[str] = set()
 
 def _check_folder(path: str, data_dir: str, resolution: int | None = None, **dataset_args: Any) -> None:
     """Before any point trains: the folder has train/ with at least two class folders that hold an image,
-    and test/ or val/ with an image and no class train/ lacks, neither with image files outside its class folders;
-    the dataset_args fit the resolution (the images themselves are read when it runs)."""
+    and test/ or val/ with an image and no class train/ lacks, neither with image files outside its class folders
+    nor links to nothing; the dataset_args fit the resolution (the images themselves are read when it runs)."""
     base = Path(path).expanduser()
     train = base / "train"
     if not train.is_dir():
         raise DataError(f"The image folder dataset {'folder:' + path!r} has no folder {str(train)!r}; it needs "
                         f"{folder_source(path).expected}.")
     evaluation = evaluation_folder(base)
-    require_no_loose_images(train)
-    require_no_loose_images(evaluation)
+    for split in (train, evaluation):
+        require_no_loose_images(split)
+        require_no_broken_links(split)
     classes = class_folders(train)
     require_two_classes(train, classes)
     require_images_in_every_class(train, [name for name in classes if not holds_an_image(train / name)])

@@ -727,6 +727,27 @@ def test_a_symbolic_link_loop_in_a_class_folder_is_a_data_error(tmp_path):
         DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_class_folder_linked_to_a_folder_that_is_gone_is_a_data_error(tmp_path, capsys, split):
+    """A class folder that is a link to a folder not there (a drive not mounted) is neither a folder nor an image
+    file: its class was left out of the split without a word (of the training split too)."""
+    from tests.conftest import main_in_process, write_config
+    pets = _pets(tmp_path / "pets", classes=("birds", "cats", "dogs"))
+    shutil.rmtree(pets / split / "birds")
+    (pets / split / "birds").symlink_to(tmp_path / "unmounted" / "birds", target_is_directory=True)
+    (pets / split / ".hidden").symlink_to(tmp_path / "gone")  # hidden: no class, no complaint
+    expected = (f"The image folder {str(pets / split)!r} holds 1 symbolic link(s) that lead to nothing ('birds' -> "
+                f"{str(tmp_path / 'unmounted' / 'birds')!r})")
+    for opens in (lambda: DATASETS.get(f"folder:{pets}").check_data("unused", resolution=16),
+                  lambda: DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)):
+        with pytest.raises(DataError) as error:
+            opens()
+        assert " ".join(str(error.value).split()).startswith(expected), str(error.value)
+    code, err = main_in_process(capsys, "--config", str(write_config(tmp_path, dataset=f"folder:{pets}")),
+                                "--no-progress", "-q")
+    assert code == 2 and "Traceback" not in err and expected in " ".join(err.split()), err
+
+
 def test_a_class_folder_linked_to_another_class_is_a_data_error(tmp_path):
     """The same images under two labels were accepted silently."""
     pets = _pets(tmp_path / "pets")

@@ -159,6 +159,19 @@ def require_no_loose_images(directory: str | Path) -> None:
                         f"<split>/<class>/<image files>; move each into the folder of its class.")
 
 
+def require_no_broken_links(directory: str | Path) -> None:
+    """A class folder that is a symbolic link to a folder that is gone (a drive not mounted, a moved copy) is
+    neither a folder nor an image: its class was left out of the split without a word."""
+    with os.scandir(directory) as entries:
+        broken = sorted((entry.name, os.readlink(entry.path)) for entry in entries
+                        if not entry.name.startswith(".") and entry.is_symlink() and not os.path.exists(entry.path))
+    if broken:
+        raise DataError(f"The image folder {str(directory)!r} holds {len(broken)} symbolic link(s) that lead to "
+                        f"nothing ({'; '.join(f'{name!r} -> {target!r}' for name, target in broken[:5])}"
+                        f"{' ...' if len(broken) > 5 else ''}): the class folders they stand for would be left out "
+                        f"of the split. Mount or restore their targets, or remove the links.")
+
+
 def is_hidden(path: str | Path, top: str | Path) -> bool:
     """Whether a file below the folder ``top`` is hidden on the way (``._name.png``, ``.ipynb_checkpoints/``)."""
     return any(part.startswith(".") for part in Path(os.path.relpath(path, top)).parts)
@@ -319,6 +332,7 @@ class FixedClassImageFolder(ImageFolder):
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         require_no_loose_images(directory)
+        require_no_broken_links(directory)
         present = class_folders(directory)
         require_distinct_classes(directory, present)
         if self._given_classes is None:
