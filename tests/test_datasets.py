@@ -550,11 +550,7 @@ def test_images_outside_the_class_folders_are_refused_not_passed_over(tmp_path, 
     (pets / split / "labels.csv").write_text("a.png,cats\n")  # no image: no sample, no complaint
     expected = (f"The image folder {str(pets / split)!r} holds 3 image file(s) directly, not in a class folder "
                 f"('a.png', 'b.jpg', 'c.gif')")
-    for opens in (lambda: DATASETS.get(f"folder:{pets}").check_data("unused", resolution=16),
-                  lambda: DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)):
-        with pytest.raises(DataError) as error:
-            opens()
-        said = " ".join(str(error.value).split())
+    for said in _refusals_up_front_and_when_opened(pets):
         assert said.startswith(expected) and "one subfolder per class" in said, said
     code, err = main_in_process(capsys, "--config", str(write_config(tmp_path, dataset=f"folder:{pets}")),
                                 "--no-progress", "-q")
@@ -619,6 +615,17 @@ def test_training_classes_the_evaluation_split_has_no_image_of_are_named(tmp_pat
     with caplog.at_level("WARNING"):  # a whole evaluation split: no warning
         DATASETS.get(f"folder:{_pets(tmp_path / 'whole')}")(resolution=16, data_dir="unused", **COMMON)
     assert not [record for record in caplog.records if record.levelname == "WARNING"]
+
+
+def _refusals_up_front_and_when_opened(pets: Path) -> list[str]:
+    """The DataError messages (whitespace folded) of the image folder ``pets`` checked before training and opened."""
+    said = []
+    for opens in (lambda: DATASETS.get(f"folder:{pets}").check_data("unused", resolution=16),
+                  lambda: DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)):
+        with pytest.raises(DataError) as error:
+            opens()
+        said.append(" ".join(str(error.value).split()))
+    return said
 
 
 def _pets(root: Path, classes=("cats", "dogs"), train: int = 3, test: int = 1) -> Path:
@@ -738,11 +745,8 @@ def test_a_class_folder_linked_to_a_folder_that_is_gone_is_a_data_error(tmp_path
     (pets / split / ".hidden").symlink_to(tmp_path / "gone")  # hidden: no class, no complaint
     expected = (f"The image folder {str(pets / split)!r} holds 1 symbolic link(s) that lead to nothing ('birds' -> "
                 f"{str(tmp_path / 'unmounted' / 'birds')!r})")
-    for opens in (lambda: DATASETS.get(f"folder:{pets}").check_data("unused", resolution=16),
-                  lambda: DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)):
-        with pytest.raises(DataError) as error:
-            opens()
-        assert " ".join(str(error.value).split()).startswith(expected), str(error.value)
+    for said in _refusals_up_front_and_when_opened(pets):
+        assert said.startswith(expected), said
     code, err = main_in_process(capsys, "--config", str(write_config(tmp_path, dataset=f"folder:{pets}")),
                                 "--no-progress", "-q")
     assert code == 2 and "Traceback" not in err and expected in " ".join(err.split()), err
