@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,30 @@ def test_saturations_with_and_without_the_kernel_are_identical(delta: float) -> 
     for column in ("intrinsic_dimension", "saturation", "feature_dimension", "n"):
         assert frames[0][column].tolist() == frames[1][column].tolist(), column
     assert np.allclose(frames[0]["trace"], frames[1]["trace"], rtol=1e-12)
+
+
+KERNEL_CACHE_SCRIPT = (
+    "import hashlib, torch\n"
+    "from phd_lab.tracking import fused_gram\n"
+    "from phd_lab.tracking.covariance import CovarianceAccumulator\n"
+    "acc = CovarianceAccumulator(16)\n"
+    "for i in range(2): acc.update_maps(torch.randn(64, 16, 32, 32, generator=torch.Generator().manual_seed(i)))\n"
+    "assert fused_gram._compiled is not None  # the kernel really ran\n"
+    "stats = fused_gram._compiled.stats\n"
+    "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()),\n"
+    "      hashlib.sha256(acc.covariance().numpy().tobytes()).hexdigest())\n")
+
+
+def test_the_compiled_kernel_is_cached_on_disk_for_the_next_process(tmp_path: Path) -> None:
+    """Every process that tracked on the CPU compiled the kernel again (2-3 s of each run of a grid or
+    SLURM array): the second of two real interpreters now loads the first one's machine code from
+    numba's disk cache, and sums to the same bits."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    done = [subprocess.run([sys.executable, "-c", KERNEL_CACHE_SCRIPT], capture_output=True, text=True,
+                           timeout=120, env=env, cwd=Path(__file__).resolve().parents[1]) for _ in range(2)]
+    assert all(run.returncode == 0 for run in done), [run.stderr for run in done]
+    (first_hits, first_misses, first_sum), (second_hits, second_misses, second_sum) = (
+        run.stdout.split() for run in done)
+    assert (first_hits, first_misses) == ("0", "1")
+    assert (second_hits, second_misses) == ("1", "0")
+    assert first_sum == second_sum

@@ -3,12 +3,12 @@
 On the CPU, torch can form the float64 Gram of float32 activations only from a float64 copy of
 them: one pass writes the copy (twice the activations' bytes), one subtracts the shift, one sums
 and one multiplies, and BLAS computes both triangles of the symmetric product. This kernel
-(compiled with numba on first use) reads the maps once: a tile of up to 256 positions is converted
-and shifted into a cache-resident float64 buffer and summed, and the tile's Gram is accumulated in
-4 × 2 register blocks over the lower triangle only. The arithmetic is exact float64, as on the torch
-path; only the order of the additions differs. It was 2–7× faster per update than the torch path
-for VGG- and ResNet-sized maps of 16–256 channels, on one thread and on two (benchmarks/RESULTS.md,
-issue 3).
+(compiled with numba on first use, its machine code cached on disk) reads the maps once: a tile of
+up to 256 positions is converted and shifted into a cache-resident float64 buffer and summed, and
+the tile's Gram is accumulated in 4 × 2 register blocks over the lower triangle only. The
+arithmetic is exact float64, as on the torch path; only the order of the additions differs. It was
+2–7× faster per update than the torch path for VGG- and ResNet-sized maps of 16–256 channels, on
+one thread and on two (benchmarks/RESULTS.md, issue 3).
 
 The kernel runs on the calling thread and the first batch's mean (the shift) is summed by numpy, so
 a layer on this path has sums that do not depend on torch's thread count. Like BLAS, the compiled
@@ -102,12 +102,24 @@ def _padded(channels: int) -> int:
 
 def _kernel() -> Callable[..., None]:
     """The compiled kernel. numba compiles it at the first call for the arguments' types, under its
-    own lock, so threads that race here at most build two dispatchers of the same function."""
+    own lock, so threads that race here at most build two dispatchers of the same function.
+
+    The machine code is cached on disk (numba's cache: ``__pycache__`` beside this file, else the
+    user's cache folder, or ``NUMBA_CACHE_DIR``), keyed by the source, the argument types and the host
+    CPU: compiling took 2-3 s of every process that tracks on the CPU (each run of a SLURM array),
+    more than a small run's saturation passes. The cached code is the code a fresh
+    compile makes on that CPU, so the sums are the same bits. Where no cache folder is writable, it
+    compiles in every process as before."""
     global _compiled
     if _compiled is None:
         import numba  # imported here: only CPU runs with large enough maps pay for it
         # reassoc lets the reductions vectorise; NaN and inf keep their IEEE meaning (no nnan/ninf).
-        _compiled = numba.njit(nogil=True, fastmath={"reassoc", "contract"}, cache=False)(_gram_update)
+        options = {"nogil": True, "fastmath": {"reassoc", "contract"}}
+        try:
+            _compiled = numba.njit(cache=True, **options)(_gram_update)
+        except RuntimeError as error:  # "cannot cache function ...: no locator available" (read-only places)
+            log.debug("The fused CPU covariance kernel is compiled without a disk cache: %s", error)
+            _compiled = numba.njit(cache=False, **options)(_gram_update)
     return _compiled
 
 
