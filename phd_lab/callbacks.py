@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Sequence
 
 import pandas as pd
 
@@ -25,6 +26,11 @@ class Callback:
         The row then goes into the checkpoint, so everything added here must be
         deterministic to keep resumed runs bit-identical.
         """
+
+    def during_test_evaluation(self, trainer: "Trainer") -> ContextManager[None]:
+        """Entered around each epoch's test evaluation (before ``on_epoch_end``): a callback may hook the
+        model's eval-mode forward passes over the test set there instead of forwarding it once more."""
+        return contextlib.nullcontext()
 
     def on_history(self, trainer: "Trainer", history: Sequence[dict[str, Any]]) -> None:
         """Called with the full metric history after each checkpoint and once at fit start."""

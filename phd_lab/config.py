@@ -191,9 +191,10 @@ SCHEMA: tuple[Key, ...] = (
     # --- saturation tracking keys (issue 3) go below this line
     _key("track_saturation", "bool", True, "per epoch: layer saturation on the training and test set (CSV "
          "columns and a plot)"),
-    _key("tracking_mode", "str", "passes", "passes: separate passes over the un-augmented training set and the "
-         "test set after each epoch; inline: accumulate during the epoch's training batches and test "
-         "evaluation (the thesis' Delve, no extra passes)", choices=("passes", "inline")),
+    _key("tracking_mode", "str", "passes", "passes: after each epoch a separate pass over the un-augmented "
+         "training set, and the test set tracked during the epoch's test evaluation; inline: accumulate "
+         "during the epoch's training batches and test evaluation (the thesis' Delve, no extra passes)",
+         choices=("passes", "inline")),
     _key("tracking_resolution", "size", None, "saturation: reduce larger feature maps to N×N (or \"HxW\", e.g. "
          "\"8x4\") before accumulating (null: full resolution, exact)", nullable=True),
     _key("tracking_downsampling", "str", "adaptive_avg", "saturation: how tracking_resolution reduces maps",

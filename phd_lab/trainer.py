@@ -7,6 +7,7 @@ callbacks) and continues after the last completed epoch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any, Mapping, Sequence
@@ -110,7 +111,10 @@ class Trainer:
         for epoch in range(len(self.history) + 1, self.epochs + 1):
             started = time.perf_counter()
             train_loss, train_metrics = self.train_epoch(bundle, epoch)
-            test_loss, test_metrics = self.evaluate(bundle.test)
+            with contextlib.ExitStack() as hooked:
+                for callback in self.callbacks:
+                    hooked.enter_context(callback.during_test_evaluation(self))
+                test_loss, test_metrics = self.evaluate(bundle.test)
             if self.scheduler is not None:
                 self.scheduler.step()
             row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss}

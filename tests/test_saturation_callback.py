@@ -297,3 +297,30 @@ def test_a_layer_the_passes_never_call_is_named_once_as_left_out_of_s_mu(tmp_pat
     warnings = [r.getMessage() for r in caplog.records if "never called" in r.getMessage()]
     assert len(warnings) == 1, warnings  # once, not every epoch
     assert f"never called aux ({passes})" in warnings[0] and "conv" not in warnings[0].split("never called")[1]
+
+
+class EvalForwardCounter(Callback):
+    """Counts the model's eval-mode forward passes (a real forward pre-hook on the real model) and the
+    test batches, so that a fit can be checked for a test set forwarded twice."""
+
+    def on_fit_start(self, trainer, bundle) -> None:
+        self.eval_forwards = 0
+        self.test_batches = len(bundle.test)
+        self.train_eval_batches = len(bundle.train_eval)
+        self.handle = trainer.model.register_forward_pre_hook(self.count)
+
+    def count(self, module, args) -> None:
+        self.eval_forwards += not module.training
+
+    def on_fit_end(self, trainer, bundle) -> None:
+        self.handle.remove()
+
+
+def test_passes_mode_tracks_the_test_split_during_the_test_evaluation_not_in_a_second_pass(tmp_path: Path) -> None:
+    """Passes mode forwarded the test set twice per epoch: once for the test metrics and once more, unchanged,
+    for its saturation. It now tracks the trainer's own test evaluation (the recorded columns are still what a
+    standalone tracker measures: see the test above)."""
+    counter = EvalForwardCounter()
+    history, _, _ = train(tmp_path, "passes", epochs=2, extra=(counter,))
+    assert counter.eval_forwards == 2 * (counter.train_eval_batches + counter.test_batches)
+    assert all(0 <= row["test_saturation_mean"] <= 1 for row in history)

@@ -2,8 +2,9 @@
 
 Mode ``passes`` (default): after each epoch the model (eval mode, unwrapped from
 DataParallel) runs one tracked pass over ``bundle.train_eval`` (training split, no shuffle,
-no augmentation) and one over ``bundle.test``, resetting in between. Fixed loaders and no
-randomness mean a resumed run reproduces the same columns.
+no augmentation); the test split is tracked during the trainer's own test evaluation (the same
+eval-mode forward passes; behind DataParallel a separate pass over ``bundle.test``). Fixed
+loaders and no randomness mean a resumed run reproduces the same columns.
 
 Mode ``inline`` (the thesis' Delve): the hooks stay attached, training-mode forward passes
 feed the train covariance and the trainer's own test evaluation feeds the test covariance,
@@ -17,9 +18,10 @@ plot ``<name>_saturation_epoch<k>.png`` shows saturation per layer in forward or
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pandas as pd
 import torch
@@ -91,6 +93,7 @@ class SaturationCallback(Callback):
         self.plot = plot and rundir is not None
         self._inline: dict[str, SaturationTracker] = {}
         self._uncalled_named: set[str] = set()  # layers already warned of as never called
+        self._test_frame: pd.DataFrame | None = None  # the test split, tracked during the trainer's evaluation
 
     # ------------------------------------------------------------------ inline mode
     def on_fit_start(self, trainer: "Trainer", bundle: "DataBundle") -> None:
@@ -144,8 +147,26 @@ class SaturationCallback(Callback):
                     "with tracking_exclude to track only the layers that run.", run_name,
                     ", ".join(f"{layer} ({' and '.join(splits)} pass)" for layer, splits in new.items()))
 
+    @contextlib.contextmanager
+    def during_test_evaluation(self, trainer: "Trainer") -> Iterator[None]:
+        """Passes mode: track the test split during the trainer's own test evaluation, the same eval-mode
+        forward passes over the same batches (with the same autocast), instead of forwarding the test set a
+        second time in ``measure``: the same sums, one pass fewer per epoch. Not behind DataParallel, whose
+        replicas would race on the sums; there ``measure`` runs its own test pass."""
+        self._test_frame = None
+        if self.mode != "passes" or trainer.network is not trainer.model:
+            yield
+            return
+        tracker = SaturationTracker(trainer.model, self.delta, options=self.options)
+        try:
+            yield
+            self._test_frame = tracker.compute()
+        finally:
+            tracker.close()
+
     def measure(self, trainer: "Trainer", bundle: "DataBundle") -> dict[str, pd.DataFrame]:
-        """Separate tracked passes over the un-augmented training split and the test split."""
+        """A tracked pass over the un-augmented training split, and one over the test split unless the test
+        evaluation tracked it (``during_test_evaluation``)."""
         model = trainer.model
         was_training = model.training
         model.eval()
@@ -153,6 +174,9 @@ class SaturationCallback(Callback):
         frames = {}
         try:
             for split, loader in (("train", bundle.train_eval), ("test", bundle.test)):
+                if split == "test" and self._test_frame is not None:
+                    frames[split], self._test_frame = self._test_frame, None
+                    continue
                 tracker.reset()
                 batches = tqdm(loader, desc=f"{trainer.run_name} saturation ({split})", leave=False,
                                disable=not trainer.progress, unit="batch", dynamic_ncols=True, **bar_options())
