@@ -7,8 +7,8 @@ Every repetition runs each condition once, in a rotating order, through the real
 (train_epoch + evaluate) and the real SaturationCallback:
 
   untracked      training epoch + test evaluation (what a run without tracking costs)
-  passes         + the callback's separate passes over the un-augmented training split and
-                   the test split (the default; exact float64)
+  passes         + the callback's separate pass over the un-augmented training split, and the
+                   test split tracked during the test evaluation (the default; exact float64)
   inline         hooks record during the training batches and the test evaluation (the
                    thesis' Delve; no extra passes), exact float64
   inline-torch   the same with the fused CPU kernel switched off (phd_lab/tracking/fused_gram.py):
@@ -31,6 +31,7 @@ only when the whole interval lies on one side of it. Many short rounds (``--reps
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -98,7 +99,8 @@ def make_epoch(condition: str, trainer: BenchTrainer, bundle: DataBundle) -> Cal
 
     def epoch() -> None:
         trainer.train_epoch(bundle, 1)
-        trainer.evaluate(bundle.test)
+        with callback.during_test_evaluation(trainer) if callback is not None else contextlib.nullcontext():
+            trainer.evaluate(bundle.test)  # passes mode tracks the test split here, as Trainer.fit does
         if callback is not None:
             callback.on_epoch_end(trainer, bundle, 1, row)
 
