@@ -60,7 +60,8 @@ def fit(kind: str, epochs: int, folder: Path) -> tuple[float, list[dict]]:
     started = time.process_time()
     history = trainer.fit(bundle, store)
     seconds = time.process_time() - started
-    store.path.unlink()
+    for path in (store.path, store.previous):  # the next round trains from scratch, not from a checkpoint
+        path.unlink(missing_ok=True)
     return seconds, [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in history]
 
 
