@@ -32,8 +32,8 @@ from phd_lab.factory_args import FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_f
 from phd_lab.factory_results import checked_result
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.lock import ProcessTurn, RunLock
-from phd_lab.model_checks import (check_input_size, check_objective, check_single_sample_batches,
-                                  check_tracked_layers, check_truncate, meta_model)
+from phd_lab.model_checks import (check_input_size, check_objective, check_single_output,
+                                  check_single_sample_batches, check_tracked_layers, check_truncate, meta_model)
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
 from phd_lab.objectives import CLASSIFICATION
 from phd_lab.registry import Registries
@@ -176,6 +176,8 @@ class TrainTestExecutor:
         once(lambda: check_truncate(cfg, model), "truncate", json.dumps(cfg.model_args.get("truncate")),
              cfg.resolution)  # it traces and runs the model on the meta device
         once(lambda: check_input_size(cfg, model), "input size", cfg.resolution)
+        once(lambda: check_single_output(cfg, model, check_objective(cfg, model, forward=False, factory=factory)),
+             "single output", cfg.resolution, json.dumps(cfg.model_args.get("truncate")))
         if cfg.batch_size == 1:
             once(lambda: check_single_sample_batches(cfg, model), "single sample", cfg.resolution)
         check_tracked_layers(cfg, model)

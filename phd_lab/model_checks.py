@@ -105,17 +105,63 @@ def check_input_size(cfg: RunConfig, model: nn.Module) -> None:
 
 def _meta_forward(model: nn.Module, resolution: int) -> tuple[torch.Size | None, Exception | None]:
     """(output shape, None) of an eval-mode forward pass of two placeholder inputs on the meta device, or
-    (None, its error)."""
+    (None, its error); (None, None) for an output that is not a tensor (``check_single_output``'s verdict)."""
+    output, error = _meta_output(model, resolution, training=False)
+    return (output.shape if isinstance(output, torch.Tensor) else None), error
+
+
+def _meta_output(model: nn.Module, resolution: int, training: bool) -> tuple[Any, Exception | None]:
+    """(output, None) of a forward pass of two placeholder inputs on the meta device in training or eval
+    mode, or (None, its error); the model is left in the mode it was found in."""
     was_training = model.training
     try:
-        model.eval()
+        model.train(training)
         with torch.device("meta"):
-            return model(torch.empty(2, PLACEHOLDER_CHANNELS, resolution, resolution)).shape, None
+            return model(torch.empty(2, PLACEHOLDER_CHANNELS, resolution, resolution)), None
     except Exception as error:  # noqa: BLE001 - the caller decides which errors are verdicts
         return None, error
     finally:
         model.train(was_training)
 
+
+def check_single_output(cfg: RunConfig, model: nn.Module, objective: Objective) -> None:
+    """The trainer, the metrics and the post-processing steps take one tensor per forward pass: a classifier's
+    (batch, classes) scores, a reconstruction's image. A model of one's own whose forward returned a dict, a
+    tuple (an auxiliary head in training mode) or scores of another shape failed inside the first training step
+    or a later step, with a traceback and a run folder already made. One forward pass per mode on the meta
+    device tells it up front. With ``truncate`` the classification head added at the cut gives the output."""
+    if cfg.model_args.get("truncate") is not None:
+        return
+    expected = (2, PLACEHOLDER_CLASSES)
+    for training in (True, False):
+        output, error = _meta_output(model, cfg.resolution, training)
+        mode = "training" if training else "eval"
+        if error is not None:  # a forward pass that fails is check_input_size's, or training's on real tensors
+            log.debug("%s: the output of %r not checked in %s mode on the meta model (%s: %s)", cfg.source,
+                      cfg.model, mode, type(error).__name__, error)
+            continue
+        if isinstance(output, torch.Tensor) and (not objective.uses_labels or tuple(output.shape) == expected):
+            continue  # a reconstruction's shape is check_objective's
+        wanted = (f"the trainer, its metrics and the post-processing steps take one tensor of scores of shape "
+                  f"(batch, classes), here {expected} for a batch of 2 and the num_classes={PLACEHOLDER_CLASSES} it "
+                  f"was built with" if objective.uses_labels else
+                  "the trainer and the post-processing steps take one tensor of the input's shape (a reconstruction)")
+        raise ConfigError(f"{cfg.source}: model {cfg.model!r} returns {_described(output)} from forward() in {mode} "
+                          f"mode, but {wanted}. Make forward() return that single tensor in both modes (an auxiliary "
+                          f"output can be kept on an attribute instead).")
+
+
+def _described(output: Any) -> str:
+    """What a forward pass returned, for a message: a tensor's shape, a mapping's keys, a sequence's items."""
+    if isinstance(output, torch.Tensor):
+        return f"a tensor of shape {tuple(output.shape)}"
+    if isinstance(output, dict):
+        keys = ", ".join(map(repr, list(output)[:8])) + (" ..." if len(output) > 8 else "")
+        return f"a {type(output).__name__} (keys {keys})"
+    if isinstance(output, (tuple, list)):
+        items = ", ".join(_described(item) for item in list(output)[:4]) + (", ..." if len(output) > 4 else "")
+        return f"a {type(output).__name__} of {len(output)} ({items})"
+    return f"a {type(output).__name__}"
 
 
 def check_single_sample_batches(cfg: RunConfig, model: nn.Module) -> None:

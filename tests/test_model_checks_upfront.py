@@ -68,3 +68,80 @@ def test_the_checks_leave_the_shared_meta_model_in_the_mode_they_found_it(tmp_pa
     for check in (check_input_size, check_single_sample_batches):
         check(cfg, model)
         assert all(m.training == training for m in model.modules()), check.__name__
+
+
+OWN_MODELS = '''
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, in_channels, returns):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.fc = nn.Linear(4, num_classes)
+        self.returns = returns
+
+    def forward(self, x):
+        features = self.conv(x).mean((2, 3))
+        scores = self.fc(features)
+        if self.returns == "dict":
+            return {"logits": scores}
+        if self.returns == "aux in training" and self.training:
+            return scores, features
+        if self.returns == "3-d scores":
+            return scores[:, None, :]
+        if self.returns == "features":
+            return features
+        return scores
+
+
+def net(*, num_classes, in_channels=3, returns="scores"):
+    return Net(num_classes, in_channels, returns)
+'''
+
+
+@pytest.mark.parametrize(("returns", "described", "mode"), [
+    ("dict", "a dict (keys 'logits')", "training"),
+    ("aux in training", "a tuple of 2 (a tensor of shape (2, 10), a tensor of shape (2, 4))", "training"),
+    ("3-d scores", "a tensor of shape (2, 1, 10)", "training"),
+    ("features", "a tensor of shape (2, 4)", "training"),
+])
+def test_a_model_that_does_not_return_one_tensor_of_scores_is_refused_up_front(tmp_path, capsys, returns, described,
+                                                                               mode):
+    """Such a model failed at its first training step ('cross_entropy_loss(): argument 'input' must be Tensor, not
+    dict', 'Target 6 is out of bounds') after its run folder was made."""
+    (tmp_path / "my_models.py").write_text(OWN_MODELS)
+    config = write_config(tmp_path, model="net", model_args={"returns": returns}, registries={"models": "my_models.py"})
+    message = refused(capsys, tmp_path, config)
+    assert f"model 'net' returns {described} from forward() in {mode} mode" in message
+    assert "one tensor of scores of shape (batch, classes), here (2, 10)" in message
+
+
+
+def test_a_reconstruction_model_that_returns_a_tuple_is_refused_up_front(tmp_path, capsys):
+    (tmp_path / "my_models.py").write_text(
+        "from torch import nn\n"
+        "class Coder(nn.Sequential):\n"
+        "    phd_lab_objective = 'reconstruction'\n"
+        "    def forward(self, x):\n"
+        "        code = self[0](x)\n"
+        "        return self[1](code), code\n"
+        "def coder(*, num_classes, in_channels=3):\n"
+        "    return Coder(nn.Conv2d(in_channels, 4, 3, padding=1), nn.Conv2d(4, in_channels, 3, padding=1))\n")
+    config = write_config(tmp_path, model="coder", model_args={}, metrics=[], registries={"models": "my_models.py"})
+    message = refused(capsys, tmp_path, config)
+    assert "model 'coder' returns a tuple of 2 (a tensor of shape (2, 3, 16, 16), a tensor of shape (2, 4, 16, 16)) " \
+           "from forward() in training mode" in message
+    assert "take one tensor of the input's shape (a reconstruction)" in message
+
+def test_every_registry_model_and_torchvision_aux_model_passes_the_single_output_check(tmp_path):
+    from phd_lab.grid import Grid
+    from phd_lab.model_checks import check_single_output, meta_model
+    from phd_lab.objectives import declared_objective, objective_of
+    from phd_lab.registry import Registries
+    registries = Registries({})
+    for name in [*registries.models.names(), "tv:googlenet", "tv:inception_v3"]:
+        cfg = Grid({"model": name, "dataset": "Digits", "resolution": 96 if name.startswith("tv:") else 32,
+                    "logs_dir": str(tmp_path)}, "test.json")[0]
+        _, model = meta_model(cfg, registries, {})
+        check_single_output(cfg, model, declared_objective(registries.models.get(name)) or objective_of(model))

@@ -647,7 +647,7 @@ def test_dry_run_reads_a_damaged_metrics_csv_as_the_report_does_and_counts_the_c
 def test_points_that_differ_in_keys_the_model_checks_do_not_read_share_their_checks(tmp_path):
     """Every grid point ran the meta-model checks again (a forward pass, the receptive-field trace): most of a
     large grid's start, paid again by every array task of a SLURM job. Points that differ only in seeds or
-    learning rates now share them; another resolution checks the input size again."""
+    learning rates now share them; another resolution checks the input size and the output again."""
     module = tmp_path / "counting_models.py"
     module.write_text(
         "from torch import nn\n"
@@ -673,7 +673,9 @@ def test_points_that_differ_in_keys_the_model_checks_do_not_read_share_their_che
     one = forwards_to_load()
     assert one >= 1
     assert forwards_to_load(optimizer_args={"lr": [0.1, 0.01, 0.001]}, seed=[1, 2, 3]) == one  # 9 points
-    assert forwards_to_load(resolution=[16, 24]) == one + 1  # the input size again; the trace is resolution-free
+    # the input size and the single output (a training-mode and an eval-mode pass) again; the trace is
+    # resolution-free
+    assert forwards_to_load(resolution=[16, 24]) == one + 3
 
 
 def test_the_csv_test_columns_are_the_trained_models_scores_on_the_test_split(tmp_path):
