@@ -324,3 +324,40 @@ def test_passes_mode_tracks_the_test_split_during_the_test_evaluation_not_in_a_s
     history, _, _ = train(tmp_path, "passes", epochs=2, extra=(counter,))
     assert counter.eval_forwards == 2 * (counter.train_eval_batches + counter.test_batches)
     assert all(0 <= row["test_saturation_mean"] <= 1 for row in history)
+
+
+class _OtherConvolutions(torch.nn.Module):
+    """A Conv2d, then a ConvTranspose2d, a Conv3d over a unit depth and a Conv1d over rows, and a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.up = torch.nn.ConvTranspose2d(4, 4, 2, stride=2)
+        self.cube = torch.nn.Conv3d(4, 4, 1)
+        self.rows = torch.nn.Conv1d(4, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.cube(self.up(self.conv(x)).unsqueeze(2)).squeeze(2)
+        return self.head(self.rows(maps.mean(2)).mean(2))
+
+
+@pytest.mark.parametrize("mode", ["passes", "inline"])
+def test_convolutions_the_tracker_cannot_track_are_named_once_per_run(tmp_path: Path, mode: str,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Conv1d, Conv3d and ConvTranspose layers got no saturation column and no word of why."""
+    from phd_lab.trainer import Trainer
+    seed_everything(3)
+    bundle = Digits(batch_size=512, resolution=8, data_dir="", seed=3, num_workers=0)
+    model = _OtherConvolutions()
+    optimizer, scheduler = adam(model, epochs=2)
+    trainer = Trainer(model, optimizer, scheduler, metrics={"accuracy": Accuracy()}, epochs=2,
+                      device=torch.device("cpu"), callbacks=[SaturationCallback(None, mode=mode)], progress=False)
+    with caplog.at_level("WARNING"):
+        rows = trainer.fit(bundle, CheckpointStore(tmp_path / "m.pt", tmp_path / "m.previous.pt"))
+    assert {column for column in rows[-1] if column.endswith("_train_saturation")} == {
+        "conv_train_saturation", "head_train_saturation"}
+    warnings = [r.getMessage() for r in caplog.records if "no saturation column" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once, not every epoch
+    assert "up (ConvTranspose2d), cube (Conv3d), rows (Conv1d)" in warnings[0]
+    assert "Conv2d, Linear and LSTM layers only" in warnings[0] and "conv (" not in warnings[0]

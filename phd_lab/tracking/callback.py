@@ -32,7 +32,7 @@ from phd_lab.config import RunConfig, parse_size
 from phd_lab.errors import ConfigError, UsageError
 from phd_lab.progress import bar_options
 from phd_lab.rundir import RunDir
-from phd_lab.tracking.tracker import SaturationTracker, TrackerOptions, run_pass
+from phd_lab.tracking.tracker import SaturationTracker, TrackerOptions, run_pass, warn_of_untracked_convolutions
 
 if TYPE_CHECKING:
     from phd_lab.data import DataBundle
@@ -97,6 +97,8 @@ class SaturationCallback(Callback):
 
     # ------------------------------------------------------------------ inline mode
     def on_fit_start(self, trainer: "Trainer", bundle: "DataBundle") -> None:
+        if len(trainer.history) < trainer.epochs:
+            warn_of_untracked_convolutions(trainer.model, trainer.run_name)
         if self.mode != "inline" or len(trainer.history) == trainer.epochs:
             return
         if trainer.network is not trainer.model:

@@ -102,6 +102,24 @@ def trackable_layers(model: nn.Module, options: TrackerOptions | None = None) ->
             yield name or "<model>", module
 
 
+def untracked_convolutions(model: nn.Module) -> list[tuple[str, str]]:
+    """(qualified name, type name) of every convolution the tracker cannot track: Conv1d, Conv3d and the
+    transposed convolutions are not Conv2d, and their outputs are not the (N, C, H, W) maps it accumulates."""
+    return [(name or "<model>", type(module).__name__) for name, module in model.named_modules()
+            if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, TRACKED_TYPES)]
+
+
+def warn_of_untracked_convolutions(model: nn.Module, run_name: str) -> None:
+    """Name the model's Conv1d, Conv3d and ConvTranspose layers once per run: they got no saturation column
+    and no warning, so a reader of the CSV took the missing layers for ones the model does not have."""
+    untracked = untracked_convolutions(model)
+    if not untracked:
+        return
+    shown = ", ".join(f"{name} ({kind})" for name, kind in untracked[:20]) + (" ..." if len(untracked) > 20 else "")
+    log.warning("%s: saturation is tracked for Conv2d, Linear and LSTM layers only, so %d layer(s) of the model get "
+                "no saturation column and are left out of s_mu: %s.", run_name, len(untracked), shown)
+
+
 @dataclass
 class _Layer:
     name: str
