@@ -34,6 +34,9 @@ REFERENCE_RESOLUTION = 224
 # What torch says when a layer's kernel or pooling window outgrows its input (meta and real tensors alike)
 _TOO_SMALL_SIGNS = ("Output size is too small", "can't be greater than actual input size", "Wrong image height",
                     "Wrong image width")
+# What torch says when a Linear layer gets another number of features than it was made for (on real tensors, then
+# on the meta device): after a Flatten, the maps of another resolution than the model's; the real model fails too
+_FEATURE_MISMATCH_SIGNS = ("shapes cannot be multiplied", "must have same reduction dim")
 
 
 def meta_model(cfg: RunConfig, registries: Registries, built: dict[Any, Any]) -> tuple[str, nn.Module | None]:
@@ -99,6 +102,12 @@ def check_input_size(cfg: RunConfig, model: nn.Module) -> None:
                           f"forward pass fails at {cfg.resolution}x{cfg.resolution} px ({type(error).__name__}: "
                           f"{message}) but runs at {REFERENCE_RESOLUTION}x{REFERENCE_RESOLUTION} px. Use a "
                           f"'resolution' the model takes (e.g. {REFERENCE_RESOLUTION}) or another model.")
+    if any(sign in message for sign in _FEATURE_MISMATCH_SIGNS) and not _runs_on_one_channel(model, cfg.resolution):
+        raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot take {cfg.resolution}x{cfg.resolution} px "
+                          f"inputs: a Linear layer of it gets another number of features than it was made for "
+                          f"({message}), as a Linear after a Flatten does with the maps of another resolution. Use "
+                          f"the 'resolution' the model is made for, or pool its maps to a fixed size "
+                          f"(nn.AdaptiveAvgPool2d) before the Flatten.")
     log.debug("%s: the input size was not checked on the meta model (%s: %s)", cfg.source, type(error).__name__,
               error)
 
@@ -110,14 +119,21 @@ def _meta_forward(model: nn.Module, resolution: int) -> tuple[torch.Size | None,
     return (output.shape if isinstance(output, torch.Tensor) else None), error
 
 
-def _meta_output(model: nn.Module, resolution: int, training: bool) -> tuple[Any, Exception | None]:
+def _runs_on_one_channel(model: nn.Module, resolution: int) -> bool:
+    """Whether the model runs on one-channel inputs: one that ignores the factory's ``in_channels`` and reads
+    grey images (Digits) fails on the placeholder channels alone, which says nothing of the resolution."""
+    return _meta_output(model, resolution, training=False, channels=1)[1] is None
+
+
+def _meta_output(model: nn.Module, resolution: int, training: bool,
+                 channels: int = PLACEHOLDER_CHANNELS) -> tuple[Any, Exception | None]:
     """(output, None) of a forward pass of two placeholder inputs on the meta device in training or eval
     mode, or (None, its error); the model is left in the mode it was found in."""
     was_training = model.training
     try:
         model.train(training)
         with torch.device("meta"):
-            return model(torch.empty(2, PLACEHOLDER_CHANNELS, resolution, resolution)), None
+            return model(torch.empty(2, channels, resolution, resolution)), None
     except Exception as error:  # noqa: BLE001 - the caller decides which errors are verdicts
         return None, error
     finally:

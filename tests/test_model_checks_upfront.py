@@ -145,3 +145,39 @@ def test_every_registry_model_and_torchvision_aux_model_passes_the_single_output
                     "logs_dir": str(tmp_path)}, "test.json")[0]
         _, model = meta_model(cfg, registries, {})
         check_single_output(cfg, model, declared_objective(registries.models.get(name)) or objective_of(model))
+
+
+FLATTENING_MODELS = """
+from torch import nn
+
+
+def flatten_linear(*, num_classes, in_channels=3, side=32):
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(4 * (side // 2) ** 2, num_classes))
+
+
+def grey_mlp(*, num_classes, in_channels=3):
+    # ignores in_channels: made for the one-channel 16 px digits only
+    return nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, num_classes))
+"""
+
+
+def test_a_linear_after_a_flatten_made_for_another_resolution_is_refused_up_front(tmp_path, capsys):
+    """It failed at the first training step ('mat1 and mat2 shapes cannot be multiplied (128x256 and 1024x10)')
+    after its run folder was made: the meta device's wording of the error was not taken for a verdict."""
+    (tmp_path / "my_models.py").write_text(FLATTENING_MODELS)
+    config = write_config(tmp_path, model="flatten_linear", model_args={}, registries={"models": "my_models.py"})
+    message = refused(capsys, tmp_path, config)
+    assert "model 'flatten_linear' cannot take 16x16 px inputs: a Linear layer of it gets another number of " \
+           "features than it was made for" in message
+    assert "[2, 256] X [1024, 10]" in message and "nn.AdaptiveAvgPool2d" in message
+
+
+@pytest.mark.parametrize(("model", "model_args"), [("grey_mlp", {}), ("flatten_linear", {"side": 16})])
+def test_a_flattening_model_at_its_own_size_is_not_refused(tmp_path, capsys, model, model_args):
+    """Neither a model made for this resolution nor one that ignores in_channels (built with the placeholder 3
+    channels, it reads Digits' one) is taken for one made for another resolution."""
+    (tmp_path / "my_models.py").write_text(FLATTENING_MODELS)
+    config = write_config(tmp_path, model=model, model_args=model_args, registries={"models": "my_models.py"})
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
+    assert code == 0, err
