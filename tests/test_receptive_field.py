@@ -637,3 +637,28 @@ def test_adaptive_pooling_to_two_positions_is_not_global():
     model = nn.Sequential(conv(3), nn.AdaptiveAvgPool2d(2), conv(3))
     with pytest.raises(ReceptiveFieldError, match=r"module '2'.*AdaptiveAvgPool2d.*pooling to 2 positions"):
         receptive_fields(model, 32)
+
+
+class _WithOptions(nn.Module):
+    """A forward with keyword options whose defaults the trainer's ``model(x)`` always takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = conv(3), conv(3)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, features_only: bool = False,
+                temperature: float = 1.0) -> torch.Tensor:
+        x = self.a(x if mask is None else x * mask)
+        if features_only:
+            return x
+        return self.b(x) / temperature
+
+
+def test_a_forward_with_keyword_options_is_traced_at_their_defaults():
+    """'if features_only:' on a keyword option was refused as data-dependent control flow ('symbolically traced
+    variables cannot be used as inputs to control flow'), though ``model(x)`` always takes its default."""
+    model = _WithOptions()
+    assert table(model) == {"a": (1, 1, 3, 3, 1), "b": (3, 3, 5, 5, 1)}
+    from phd_lab.models.truncate import truncate_model
+    truncated = truncate_model(model, "b", num_classes=4, in_channels=2, input_resolution=8)
+    assert truncated(torch.randn(2, 2, 8, 8)).shape == (2, 4)

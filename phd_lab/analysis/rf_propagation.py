@@ -10,6 +10,7 @@ are, ``rf_layout``), from shapes recorded before the walk. What an operation doe
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
         model = model.module
     try:
         tracer = _LayerTracer()
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=forward_defaults(model) or None)
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as error:  # tracing fails in many ways (TraceError, TypeError, ...)
         first = " ".join(str(error).split())[:300]
@@ -59,6 +60,18 @@ def trace(model: nn.Module) -> fx.GraphModule:
             f"Receptive field: the model {type(model).__qualname__} cannot be traced with torch.fx "
             f"({type(error).__name__}: {first}). The analysis needs a model whose forward pass has no "
             f"data-dependent control flow; make it fx-traceable or leave the 'receptive_field' step out.") from None
+
+
+def forward_defaults(model: nn.Module) -> dict[str, Any]:
+    """The default of every parameter of ``model.forward`` after the input: the trainer and the steps call
+    ``model(x)``, so a flag such as ``return_features=False`` has that value. Traced as a value (fx's
+    ``concrete_args``), an ``if`` on it is no longer taken for data-dependent control flow."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):  # a forward without a signature
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in parameters if p.kind in kinds and p.default is not inspect.Parameter.empty}
 
 
 def propagate(graph_module: fx.GraphModule, input_resolution: int | None = None) -> list[LayerRow]:

@@ -25,6 +25,7 @@ import torch
 from torch import fx, nn
 
 from phd_lab.analysis.call_names import split_call_name
+from phd_lab.analysis.rf_propagation import forward_defaults
 from phd_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def check_cut(model: nn.Module, layer: str, *, in_channels: int, resolution: int
     layers whose cut does return one. Works on a meta model; a model torch.fx cannot trace, or that cannot
     run, is left for ``truncate_model`` to report."""
     try:
-        traced = fx.symbolic_trace(model)
+        traced = fx.symbolic_trace(model, concrete_args=forward_defaults(model) or None)
     except Exception:  # noqa: BLE001 - reported with its reason when the model is truncated
         return
     graph = traced.graph
@@ -184,7 +185,7 @@ def truncate_model(model: nn.Module, layer: str, *, num_classes: int, in_channel
                    input_resolution: int) -> TruncatedModel:
     """Remove ``layer`` and everything after it; the rest keeps its (possibly trained) weights."""
     try:
-        traced = fx.symbolic_trace(model)
+        traced = fx.symbolic_trace(model, concrete_args=forward_defaults(model) or None)
     except Exception as error:
         raise ConfigError(f"Cannot truncate {type(model).__name__}: torch.fx cannot trace it "
                           f"({type(error).__name__}: {error}).") from None
