@@ -361,3 +361,36 @@ def test_convolutions_the_tracker_cannot_track_are_named_once_per_run(tmp_path: 
     assert len(warnings) == 1, warnings  # once, not every epoch
     assert "up (ConvTranspose2d), cube (Conv3d), rows (Conv1d)" in warnings[0]
     assert "Conv2d, Linear and LSTM layers only" in warnings[0] and "conv (" not in warnings[0]
+
+
+class _SharedBlock(torch.nn.Module):
+    """A stem, then one block convolution called twice, and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.block = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = torch.relu(self.block(torch.relu(self.block(torch.relu(self.stem(x))))))
+        return self.head(maps.mean((2, 3)))
+
+
+@pytest.mark.parametrize("mode", ["passes", "inline"])
+def test_a_layer_a_forward_pass_calls_twice_is_named_once_as_pooled(tmp_path: Path, mode: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A shared module's one saturation column pooled the outputs of both its calls, at two depths, unsaid."""
+    from phd_lab.trainer import Trainer
+    seed_everything(3)
+    bundle = Digits(batch_size=512, resolution=4, data_dir="", seed=3, num_workers=0)
+    model = _SharedBlock()
+    optimizer, scheduler = adam(model, epochs=2)
+    trainer = Trainer(model, optimizer, scheduler, metrics={"accuracy": Accuracy()}, epochs=2,
+                      device=torch.device("cpu"), callbacks=[SaturationCallback(None, mode=mode)], progress=False)
+    with caplog.at_level("WARNING"):
+        trainer.fit(bundle, CheckpointStore(tmp_path / "m.pt", tmp_path / "m.previous.pt"))
+    warnings = [r.getMessage() for r in caplog.records if "more than once" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once, not every epoch
+    assert "calls block (2 calls) more than once (shared modules)" in warnings[0]
+    assert "stem" not in warnings[0] and "head" not in warnings[0]

@@ -94,6 +94,8 @@ class SaturationCallback(Callback):
         self._inline: dict[str, SaturationTracker] = {}
         self._uncalled_named: set[str] = set()  # layers already warned of as never called
         self._test_frame: pd.DataFrame | None = None  # the test split, tracked during the trainer's evaluation
+        self._repeated: dict[str, int] = {}  # layers called more than once per forward pass: the most calls
+        self._repeated_named: set[str] = set()  # those already warned of
 
     # ------------------------------------------------------------------ inline mode
     def on_fit_start(self, trainer: "Trainer", bundle: "DataBundle") -> None:
@@ -121,11 +123,13 @@ class SaturationCallback(Callback):
         if self.mode == "inline":
             frames = {split: tracker.compute() for split, tracker in self._inline.items()}
             for tracker in self._inline.values():
+                self._repeated.update(tracker.repeated)
                 tracker.reset()
         else:
             frames = self.measure(trainer, bundle)
         row.update(saturation_columns(frames))
         self._warn_of_uncalled_layers(trainer.run_name, frames)
+        self._warn_of_repeated_layers(trainer.run_name)
         log.info("%s epoch %d: saturation mean train %.4f, test %.4f (%.2f s)", trainer.run_name, epoch,
                  row["train_saturation_mean"], row["test_saturation_mean"], time.perf_counter() - started)
         if self.plot and self.rundir is not None:
@@ -163,8 +167,22 @@ class SaturationCallback(Callback):
         try:
             yield
             self._test_frame = tracker.compute()
+            self._repeated.update(tracker.repeated)
         finally:
             tracker.close()
+
+    def _warn_of_repeated_layers(self, run_name: str) -> None:
+        """Name, once per layer, the tracked layers a forward pass calls more than once (a shared module): their
+        one column pools the outputs of every call, at different depths, which the CSV did not tell."""
+        new = {layer: calls for layer, calls in self._repeated.items() if layer not in self._repeated_named}
+        if not new:
+            return
+        self._repeated_named.update(new)
+        log.warning("%s: the forward pass calls %s more than once (shared modules), so the saturation column of each "
+                    "pools the outputs of all its calls (CBAM's channel MLP, by design); give each call a module of "
+                    "its own to track them apart, or leave them out with tracking_exclude.",
+                    run_name, ", ".join(f"{layer} ({calls} calls)" for layer, calls in list(new.items())[:8])
+                    + (f" ... ({len(new)} layers in all)" if len(new) > 8 else ""))
 
     def measure(self, trainer: "Trainer", bundle: "DataBundle") -> dict[str, pd.DataFrame]:
         """A tracked pass over the un-augmented training split, and one over the test split unless the test
@@ -185,6 +203,7 @@ class SaturationCallback(Callback):
                 run_pass(tracker, model, batches, trainer.device, trainer.autocast)
                 batches.close()
                 frames[split] = tracker.compute()
+            self._repeated.update(tracker.repeated)
         finally:
             tracker.close()
             model.train(was_training)

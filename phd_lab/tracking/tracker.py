@@ -148,6 +148,8 @@ class SaturationTracker:
         self._seen_batches = 0
         self._recorded_batches = 0
         self._recording = False
+        self._calls: dict[str, int] = {}  # per layer, its calls in the forward pass being recorded
+        self.repeated: dict[str, int] = {}  # layers called more than once in a recorded pass: the most calls
         for name, module in trackable_layers(model, self.options):
             layer = _Layer(name, CovarianceAccumulator(feature_dimension(module), self.options.device),
                            conv=isinstance(module, nn.Conv2d))
@@ -190,6 +192,10 @@ class SaturationTracker:
 
     def _end_batch(self, module: nn.Module, args: object, output: object) -> None:
         self._recording = False
+        for name, calls in self._calls.items():
+            if calls > 1:
+                self.repeated[name] = max(calls, self.repeated.get(name, 0))
+        self._calls.clear()
 
     # ------------------------------------------------------------------ hooks
     def _hook(self, layer: _Layer) -> Callable[..., None]:
@@ -198,6 +204,7 @@ class SaturationTracker:
                 return
             if layer.name not in self._order:
                 self._order.append(layer.name)
+            self._calls[layer.name] = self._calls.get(layer.name, 0) + 1  # a shared module runs more than once
             tensor = _output_tensor(output).detach()  # detached: no autograd, no no_grad() needed
             if layer.conv:
                 maps = tensor if tensor.dim() == 4 else tensor.unsqueeze(0)  # Conv2d also takes (C, H, W)
