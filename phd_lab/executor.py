@@ -247,6 +247,11 @@ class TrainTestExecutor:
         """The optimizer and its scheduler for ``model`` from the registry factory, given the epoch count."""
         cfg = self.config
         factory = self.registries.optimizers.get(cfg.optimizer)
+        if next(iter(model.parameters()), None) is None:  # torch's "optimizer got an empty parameter list"
+            raise ConfigError(f"{cfg.source}: model {cfg.model!r} has no parameters for optimizer {cfg.optimizer!r} "
+                              f"to train: its weights are buffers or plain tensors, which no optimizer updates. "
+                              f"Register the weights it should learn as nn.Parameter (or use layers such as "
+                              f"nn.Conv2d and nn.Linear).")
         try:
             built = factory(model, epochs=cfg.epoch, **cfg.optimizer_args)
         except (TypeError, ValueError) as error:

@@ -381,6 +381,29 @@ def test_optimizer_values_are_checked_when_the_model_cannot_be_built_on_the_meta
     assert "(run 1): optimizer 'adam' cannot be built" in flat(capsys.readouterr().err)
 
 
+def test_a_model_without_parameters_is_refused_naming_the_model_not_the_optimizer_args(tmp_path, capsys):
+    """Torch's 'optimizer got an empty parameter list' was reported as the optimizer_args' fault."""
+    module = tmp_path / "my_models.py"
+    module.write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "class Fixed(nn.Module):\n"
+        "    def __init__(self, num_classes, in_channels):\n"
+        "        super().__init__()\n"
+        "        self.register_buffer('projection', torch.ones(in_channels, num_classes))\n"
+        "    def forward(self, x):\n"
+        "        return x.mean((2, 3)) @ self.projection\n"
+        "def fixed(*, num_classes, in_channels=3):\n"
+        "    return Fixed(num_classes, in_channels)\n")
+    config = write_config(tmp_path, model="fixed", model_args={}, registries={"models": str(module)})
+    for extra in (["--dry-run"], []):
+        assert main_cli(["--config", str(config), *extra]) == 2
+        err = flat(capsys.readouterr().err)
+        assert "(run 0): model 'fixed' has no parameters for optimizer 'adam' to train" in err, err
+        assert "nn.Parameter" in err and "optimizer_args" not in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists()
+
+
 @pytest.mark.parametrize("number", [str(2**63), str(-2**63 - 1), "9" * 400, "9" * 5000])
 def test_integers_beyond_64_bits_are_refused_naming_the_key(tmp_path, capsys, number):
     """Integers of hundreds of digits overflowed the float checks (OverflowError), ones of thousands
