@@ -394,3 +394,41 @@ def test_a_layer_a_forward_pass_calls_twice_is_named_once_as_pooled(tmp_path: Pa
     assert len(warnings) == 1, warnings  # once, not every epoch
     assert "calls block (2 calls) more than once (shared modules)" in warnings[0]
     assert "stem" not in warnings[0] and "head" not in warnings[0]
+
+
+class _OwnKernel(torch.nn.Module):
+    """A convolution by F.conv2d on a kernel of its own, a Conv2d, and a lazy Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernel = torch.nn.Parameter(torch.randn(4, 1, 3, 3) / 3)
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.head = torch.nn.LazyLinear(10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = torch.relu(self.conv(torch.relu(torch.nn.functional.conv2d(x, self.kernel, padding=1))))
+        return self.head(maps.mean((2, 3)))
+
+
+def test_a_functional_convolution_on_a_kernel_of_its_own_is_named_as_untracked(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """F.conv2d on a model's own kernel got no saturation column and no word of why (no hook sees it); the
+    uninitialised weight of a lazy layer is no kernel of such a call."""
+    from phd_lab.trainer import Trainer
+    seed_everything(3)
+    bundle = Digits(batch_size=512, resolution=4, data_dir="", seed=3, num_workers=0)
+    model = _OwnKernel()
+    model(torch.zeros(1, 1, 4, 4))  # the lazy head gets its weight before the optimizer is built
+    optimizer, scheduler = adam(model, epochs=1)
+    trainer = Trainer(model, optimizer, scheduler, metrics={"accuracy": Accuracy()}, epochs=1,
+                      device=torch.device("cpu"), callbacks=[SaturationCallback(None)], progress=False)
+    with caplog.at_level("WARNING"):
+        trainer.fit(bundle, CheckpointStore(tmp_path / "m.pt", tmp_path / "m.previous.pt"))
+    [warning] = [r.getMessage() for r in caplog.records if "no saturation column" in r.getMessage()]
+    assert "kernel (a kernel of shape (4, 1, 3, 3) outside any Conv module, as F.conv2d uses)" in warning
+    assert "conv (" not in warning and "head" not in warning
+    from phd_lab.tracking.tracker import untracked_convolutions
+    assert untracked_convolutions(torch.nn.Sequential(torch.nn.LazyConv2d(4, 3), torch.nn.LazyLinear(3))) == []
+    # nor is the kernel a parametrisation keeps inside its Conv2d
+    weight_norm = torch.nn.utils.parametrizations.weight_norm
+    assert untracked_convolutions(torch.nn.Sequential(weight_norm(torch.nn.Conv2d(1, 4, 3)))) == []

@@ -103,10 +103,23 @@ def trackable_layers(model: nn.Module, options: TrackerOptions | None = None) ->
 
 
 def untracked_convolutions(model: nn.Module) -> list[tuple[str, str]]:
-    """(qualified name, type name) of every convolution the tracker cannot track: Conv1d, Conv3d and the
-    transposed convolutions are not Conv2d, and their outputs are not the (N, C, H, W) maps it accumulates."""
-    return [(name or "<model>", type(module).__name__) for name, module in model.named_modules()
-            if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, TRACKED_TYPES)]
+    """(qualified name, what it is) of every convolution the tracker cannot track: Conv1d, Conv3d and the
+    transposed convolutions are not Conv2d, and their outputs are not the (N, C, H, W) maps it accumulates; a
+    4-d or 5-d weight of a module that is no convolution is a kernel for a functional call (``F.conv2d``) that
+    no hook sees (none of torchvision's or the registry's models has one elsewhere)."""
+    found, convolutions = [], []
+    for name, module in model.named_modules():
+        if any(not convolution or name.startswith(f"{convolution}.") for convolution in convolutions):
+            continue  # a convolution's own parts: weight_norm's or spectral_norm's parametrisation of its kernel
+        if isinstance(module, nn.modules.conv._ConvNd):
+            convolutions.append(name)
+            if not isinstance(module, TRACKED_TYPES):
+                found.append((name or "<model>", type(module).__name__))
+            continue
+        found += [(f"{name}.{weight}" if name else weight, f"a kernel of shape {tuple(value.shape)} outside any "
+                   f"Conv module, as F.conv2d uses") for weight, value in module.named_parameters(recurse=False)
+                  if not nn.parameter.is_lazy(value) and value.dim() in (4, 5)]
+    return found
 
 
 def warn_of_untracked_convolutions(model: nn.Module, run_name: str) -> None:
