@@ -9,6 +9,7 @@ calls these and memoises them across the points of a grid.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from typing import Any
@@ -146,6 +147,12 @@ def check_single_output(cfg: RunConfig, model: nn.Module, objective: Objective) 
     tuple (an auxiliary head in training mode) or scores of another shape failed inside the first training step
     or a later step, with a traceback and a run folder already made. One forward pass per mode on the meta
     device tells it up front. With ``truncate`` the classification head added at the cut gives the output."""
+    required = _required_beyond_input(model)
+    if required:
+        raise ConfigError(f"{cfg.source}: model {cfg.model!r} has a forward() that requires "
+                          f"{', '.join(map(repr, required))} beside its input, but the trainer, its metrics and the "
+                          f"post-processing steps call model(images) with one batch of images alone. Give "
+                          f"{'that parameter' if len(required) == 1 else 'those parameters'} a default.")
     if cfg.model_args.get("truncate") is not None:
         return
     expected = (2, PLACEHOLDER_CLASSES)
@@ -165,6 +172,19 @@ def check_single_output(cfg: RunConfig, model: nn.Module, objective: Objective) 
         raise ConfigError(f"{cfg.source}: model {cfg.model!r} returns {_described(output)} from forward() in {mode} "
                           f"mode, but {wanted}. Make forward() return that single tensor in both modes (an auxiliary "
                           f"output can be kept on an attribute instead).")
+
+
+def _required_beyond_input(model: nn.Module) -> list[str]:
+    """The parameters of ``model.forward`` after the input that have no default (``forward(self, x, labels)``
+    failed at the first batch with 'missing 1 required positional argument')."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a forward without a signature
+        return []
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    if not parameters or parameters[0].kind in variadic:
+        return []
+    return [p.name for p in parameters[1:] if p.kind not in variadic and p.default is inspect.Parameter.empty]
 
 
 def _described(output: Any) -> str:

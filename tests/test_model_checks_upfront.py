@@ -181,3 +181,27 @@ def test_a_flattening_model_at_its_own_size_is_not_refused(tmp_path, capsys, mod
     config = write_config(tmp_path, model=model, model_args=model_args, registries={"models": "my_models.py"})
     code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
     assert code == 0, err
+
+
+def test_a_forward_that_requires_more_than_the_images_is_refused_up_front(tmp_path, capsys):
+    """It failed at the first training step ('forward() missing 1 required positional argument: 'labels'') after
+    its run folder was made; options with defaults, *args and **kwargs stay allowed."""
+    (tmp_path / "my_models.py").write_text(
+        "from torch import nn\n"
+        "class Net(nn.Sequential):\n"
+        "    def forward(self, x, labels, *args, scale=1.0, **kwargs):\n"
+        "        return super().forward(x) * scale\n"
+        "class Fine(nn.Sequential):\n"
+        "    def forward(self, x, labels=None, *args, scale=1.0, **kwargs):\n"
+        "        return super().forward(x) * scale\n"
+        "def net(*, num_classes, in_channels=3, fine=False):\n"
+        "    return (Fine if fine else Net)(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                                   nn.Linear(4, num_classes))\n")
+    config = write_config(tmp_path, model="net", model_args={}, registries={"models": "my_models.py"})
+    message = refused(capsys, tmp_path, config)
+    assert "model 'net' has a forward() that requires 'labels' beside its input" in message
+    assert "call model(images) with one batch of images alone. Give that parameter a default." in message
+    fine = write_config(tmp_path, name="fine.json", model="net", model_args={"fine": True},
+                        registries={"models": "my_models.py"})
+    code, err = main_in_process(capsys, "--config", str(fine), "--dry-run")
+    assert code == 0, err
