@@ -2,9 +2,10 @@
 
 A model built on torch's meta device costs no memory and no initialisation, yet its module names,
 forward-pass shape errors and BatchNorm layers are those of the real model: a wrong ``truncate`` layer,
-a resolution too small for the model, batch_size 1 under BatchNorm or tracking patterns that match no
-layer fail at the start of a grid instead of at a run's first batch. The executor's ``check_model``
-calls these and memoises them across the points of a grid.
+a resolution too small for the model, a forward that returns more than one tensor of scores, batch_size 1
+under BatchNorm or tracking patterns that match no layer fail at the start of a grid instead of at a run's
+first batch. The executor's ``check_model`` calls these and memoises them across the points of a grid;
+``check_in_channels`` runs once a run's data set is built, before its run folder is made.
 """
 
 from __future__ import annotations
@@ -198,6 +199,32 @@ def _described(output: Any) -> str:
         items = ", ".join(_described(item) for item in list(output)[:4]) + (", ..." if len(output) > 4 else "")
         return f"a {type(output).__name__} of {len(output)} ({items})"
     return f"a {type(output).__name__}"
+
+
+def check_in_channels(cfg: RunConfig, registries: Registries, in_channels: int) -> None:
+    """The model built for the data's channels (known once the data set is built) takes images of that many
+    channels. A factory that ignores ``in_channels`` (a first Conv2d of 3 input channels on grey Digits) passed
+    the checks on placeholder RGB inputs and failed at its first batch ('expected input[128, 1, 16, 16] to have
+    3 channels'), after its run folder was made. Refused only where the same meta model runs on the placeholder
+    channels: a model the meta device cannot run is left to training."""
+    if in_channels == PLACEHOLDER_CHANNELS:
+        return
+    model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
+    try:
+        with torch.device("meta"):
+            model = registries.models.get(cfg.model)(num_classes=PLACEHOLDER_CLASSES, in_channels=in_channels,
+                                                     **model_args)
+    except Exception:  # noqa: BLE001 - built for training next, which reports its errors
+        return
+    if not isinstance(model, nn.Module):
+        return
+    _, error = _meta_output(model, cfg.resolution, training=False, channels=in_channels)
+    if error is None or _meta_output(model, cfg.resolution, training=False)[1] is not None:
+        return
+    raise ConfigError(f"{cfg.source}: model {cfg.model!r} built with in_channels={in_channels} (the channels of "
+                      f"dataset {cfg.dataset!r}) cannot take {in_channels}-channel images ({first_line(error)}), "
+                      f"but takes {PLACEHOLDER_CHANNELS}-channel ones: its factory ignores in_channels. Build its "
+                      f"first layer for in_channels input channels.")
 
 
 def check_single_sample_batches(cfg: RunConfig, model: nn.Module) -> None:

@@ -205,3 +205,21 @@ def test_a_forward_that_requires_more_than_the_images_is_refused_up_front(tmp_pa
                         registries={"models": "my_models.py"})
     code, err = main_in_process(capsys, "--config", str(fine), "--dry-run")
     assert code == 0, err
+
+
+def test_a_model_that_ignores_in_channels_is_refused_before_its_run_folder_is_made(tmp_path, capsys):
+    """A first Conv2d of 3 input channels failed at the first batch of grey Digits ('expected input[128, 1, 16,
+    16] to have 3 channels, but got 1 channels instead') in a run folder of its own, with a traceback."""
+    (tmp_path / "my_models.py").write_text(
+        "from torch import nn\n"
+        "def rgb_only(*, num_classes, in_channels=3):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                         nn.Linear(4, num_classes))\n")
+    config = write_config(tmp_path, model="rgb_only", model_args={}, registries={"models": "my_models.py"})
+    code, err = main_in_process(capsys, "--config", str(config))
+    message = " ".join(err.split())
+    assert code == 2, err
+    assert "(run 0): model 'rgb_only' built with in_channels=1 (the channels of dataset 'Digits') cannot take " \
+           "1-channel images" in message
+    assert "but takes 3-channel ones: its factory ignores in_channels" in message and "Traceback" not in message
+    assert run_folders(tmp_path / "logs") == []
