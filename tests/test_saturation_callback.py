@@ -15,6 +15,7 @@ import torch
 from phd_lab.callbacks import Callback
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.cli import main_cli
+from phd_lab.models.attention import CBAM
 from phd_lab.seeding import seed_everything
 from phd_lab.tracking import SaturationTracker, run_pass
 from phd_lab.tracking.callback import SaturationCallback
@@ -394,6 +395,37 @@ def test_a_layer_a_forward_pass_calls_twice_is_named_once_as_pooled(tmp_path: Pa
     assert len(warnings) == 1, warnings  # once, not every epoch
     assert "calls block (2 calls) more than once (shared modules)" in warnings[0]
     assert "stem" not in warnings[0] and "head" not in warnings[0]
+
+
+class _MarkedSharedBlock(_SharedBlock):
+    """The shared block inside a module marked as pooling its calls on purpose, beside the registry's CBAM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = torch.nn.Sequential(self.block)
+        self.block.pools_repeated_calls = True
+        self.attention = CBAM(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = torch.relu(self.block(torch.relu(self.block(torch.relu(self.stem(x))))))
+        return self.head(self.attention(maps).mean((2, 3)))
+
+
+def test_layers_that_pool_their_calls_by_design_are_not_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    """CBAM's channel MLP runs on the average- and the max-pooled map, its column pooling both as meant: the
+    warning of shared modules came with every run of the registry's CBAM models. A module marked with
+    ``pools_repeated_calls`` (or inside a marked one) is left out of it; the calls are still recorded."""
+    model = _MarkedSharedBlock()
+    tracker = SaturationTracker(model)
+    model(torch.randn(3, 1, 6, 6))
+    assert tracker.repeated == {}
+    assert tracker.layers["block.0"].accumulator.n == 2 * 3 * 36  # both calls, every position
+    assert tracker.layers["attention.channel.mlp.0"].accumulator.n == 2 * 3  # both pooled maps
+    tracker.close()
+    unmarked = _SharedBlock()
+    tracker = SaturationTracker(unmarked)
+    unmarked(torch.randn(3, 1, 6, 6))
+    assert tracker.repeated == {"block": 2}
 
 
 class _OwnKernel(torch.nn.Module):

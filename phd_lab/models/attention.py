@@ -41,6 +41,7 @@ class ChannelAttention(nn.Module):
         self.max = nn.AdaptiveMaxPool2d(1)
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True),
                                  nn.Conv2d(hidden, channels, 1, bias=False))
+        self.mlp.pools_repeated_calls = True  # run on both pooled maps: its saturation pools both, as meant
         self.gate = nn.Sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -179,8 +179,9 @@ class SaturationCallback(Callback):
             return
         self._repeated_named.update(new)
         log.warning("%s: the forward pass calls %s more than once (shared modules), so the saturation column of each "
-                    "pools the outputs of all its calls (CBAM's channel MLP, by design); give each call a module of "
-                    "its own to track them apart, or leave them out with tracking_exclude.",
+                    "pools the outputs of all its calls; give each call a module of its own to track them apart, "
+                    "leave them out with tracking_exclude, or, where pooling is meant, set pools_repeated_calls = "
+                    "True on the module (as CBAM's shared channel MLP does).",
                     run_name, ", ".join(f"{layer} ({calls} calls)" for layer, calls in list(new.items())[:8])
                     + (f" ... ({len(new)} layers in all)" if len(new) > 8 else ""))
 

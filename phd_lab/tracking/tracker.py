@@ -133,6 +133,18 @@ def warn_of_untracked_convolutions(model: nn.Module, run_name: str) -> None:
                 "no saturation column and are left out of s_mu: %s.", run_name, len(untracked), shown)
 
 
+POOLS_REPEATED_CALLS = "pools_repeated_calls"
+
+
+def pools_calls_by_design(model: nn.Module, name: str) -> bool:
+    """Whether the layer ``name`` or a module around it is marked (``module.pools_repeated_calls = True``) as run
+    more than once per forward pass on purpose, its one saturation column pooling every call (CBAM's channel MLP
+    on the average- and the max-pooled map): no warning is due for it."""
+    parts = [] if name == "<model>" else name.split(".")
+    return any(getattr(model.get_submodule(".".join(parts[:depth])), POOLS_REPEATED_CALLS, False)
+               for depth in range(len(parts) + 1))
+
+
 @dataclass
 class _Layer:
     name: str
@@ -163,11 +175,14 @@ class SaturationTracker:
         self._recording = False
         self._calls: dict[str, int] = {}  # per layer, its calls in the forward pass being recorded
         self.repeated: dict[str, int] = {}  # layers called more than once in a recorded pass: the most calls
+        self._pooled_by_design: set[str] = set()  # layers whose repeated calls are meant (pools_calls_by_design)
         for name, module in trackable_layers(model, self.options):
             layer = _Layer(name, CovarianceAccumulator(feature_dimension(module), self.options.device),
                            conv=isinstance(module, nn.Conv2d))
             layer.handle = module.register_forward_hook(self._hook(layer))
             self.layers[name] = layer
+            if pools_calls_by_design(model, name):
+                self._pooled_by_design.add(name)
         if not self.layers:
             patterns = (f" (include {list(self.options.include)}, exclude {list(self.options.exclude)})"
                         if self.options.include or self.options.exclude else "")
@@ -206,7 +221,7 @@ class SaturationTracker:
     def _end_batch(self, module: nn.Module, args: object, output: object) -> None:
         self._recording = False
         for name, calls in self._calls.items():
-            if calls > 1:
+            if calls > 1 and name not in self._pooled_by_design:
                 self.repeated[name] = max(calls, self.repeated.get(name, 0))
         self._calls.clear()
 
