@@ -343,22 +343,28 @@ class _OtherConvolutions(torch.nn.Module):
         return self.head(self.rows(maps.mean(2)).mean(2))
 
 
+def _fit_on_digits(tmp_path: Path, model: torch.nn.Module, caplog: pytest.LogCaptureFixture, *, resolution: int,
+                   epochs: int = 2, mode: str = "passes") -> tuple[list[dict], list[str]]:
+    """Train ``model`` on Digits with the saturation callback; the history and the warnings logged."""
+    from phd_lab.trainer import Trainer
+    optimizer, scheduler = adam(model, epochs=epochs)
+    trainer = Trainer(model, optimizer, scheduler, metrics={"accuracy": Accuracy()}, epochs=epochs,
+                      device=torch.device("cpu"), callbacks=[SaturationCallback(None, mode=mode)], progress=False)
+    bundle = Digits(batch_size=512, resolution=resolution, data_dir="", seed=3, num_workers=0)
+    with caplog.at_level("WARNING"):
+        rows = trainer.fit(bundle, CheckpointStore(tmp_path / "m.pt", tmp_path / "m.previous.pt"))
+    return rows, [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
 @pytest.mark.parametrize("mode", ["passes", "inline"])
 def test_convolutions_the_tracker_cannot_track_are_named_once_per_run(tmp_path: Path, mode: str,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """Conv1d, Conv3d and ConvTranspose layers got no saturation column and no word of why."""
-    from phd_lab.trainer import Trainer
     seed_everything(3)
-    bundle = Digits(batch_size=512, resolution=8, data_dir="", seed=3, num_workers=0)
-    model = _OtherConvolutions()
-    optimizer, scheduler = adam(model, epochs=2)
-    trainer = Trainer(model, optimizer, scheduler, metrics={"accuracy": Accuracy()}, epochs=2,
-                      device=torch.device("cpu"), callbacks=[SaturationCallback(None, mode=mode)], progress=False)
-    with caplog.at_level("WARNING"):
-        rows = trainer.fit(bundle, CheckpointStore(tmp_path / "m.pt", tmp_path / "m.previous.pt"))
+    rows, logged = _fit_on_digits(tmp_path, _OtherConvolutions(), caplog, resolution=8, mode=mode)
     assert {column for column in rows[-1] if column.endswith("_train_saturation")} == {
         "conv_train_saturation", "head_train_saturation"}
-    warnings = [r.getMessage() for r in caplog.records if "no saturation column" in r.getMessage()]
+    warnings = [message for message in logged if "no saturation column" in message]
     assert len(warnings) == 1, warnings  # once, not every epoch
     assert "up (ConvTranspose2d), cube (Conv3d), rows (Conv1d)" in warnings[0]
     assert "Conv2d, Linear and LSTM layers only" in warnings[0] and "conv (" not in warnings[0]
@@ -382,16 +388,9 @@ class _SharedBlock(torch.nn.Module):
 def test_a_layer_a_forward_pass_calls_twice_is_named_once_as_pooled(tmp_path: Path, mode: str,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """A shared module's one saturation column pooled the outputs of both its calls, at two depths, unsaid."""
-    from phd_lab.trainer import Trainer
     seed_everything(3)
-    bundle = Digits(batch_size=512, resolution=4, data_dir="", seed=3, num_workers=0)
-    model = _SharedBlock()
-    optimizer, scheduler = adam(model, epochs=2)
-    trainer = Trainer(model, optimizer, scheduler, metrics={"accuracy": Accuracy()}, epochs=2,
-                      device=torch.device("cpu"), callbacks=[SaturationCallback(None, mode=mode)], progress=False)
-    with caplog.at_level("WARNING"):
-        trainer.fit(bundle, CheckpointStore(tmp_path / "m.pt", tmp_path / "m.previous.pt"))
-    warnings = [r.getMessage() for r in caplog.records if "more than once" in r.getMessage()]
+    _, logged = _fit_on_digits(tmp_path, _SharedBlock(), caplog, resolution=4, mode=mode)
+    warnings = [message for message in logged if "more than once" in message]
     assert len(warnings) == 1, warnings  # once, not every epoch
     assert "calls block (2 calls) more than once (shared modules)" in warnings[0]
     assert "stem" not in warnings[0] and "head" not in warnings[0]
@@ -446,17 +445,11 @@ def test_a_functional_convolution_on_a_kernel_of_its_own_is_named_as_untracked(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """F.conv2d on a model's own kernel got no saturation column and no word of why (no hook sees it); the
     uninitialised weight of a lazy layer is no kernel of such a call."""
-    from phd_lab.trainer import Trainer
     seed_everything(3)
-    bundle = Digits(batch_size=512, resolution=4, data_dir="", seed=3, num_workers=0)
     model = _OwnKernel()
     model(torch.zeros(1, 1, 4, 4))  # the lazy head gets its weight before the optimizer is built
-    optimizer, scheduler = adam(model, epochs=1)
-    trainer = Trainer(model, optimizer, scheduler, metrics={"accuracy": Accuracy()}, epochs=1,
-                      device=torch.device("cpu"), callbacks=[SaturationCallback(None)], progress=False)
-    with caplog.at_level("WARNING"):
-        trainer.fit(bundle, CheckpointStore(tmp_path / "m.pt", tmp_path / "m.previous.pt"))
-    [warning] = [r.getMessage() for r in caplog.records if "no saturation column" in r.getMessage()]
+    _, logged = _fit_on_digits(tmp_path, model, caplog, resolution=4, epochs=1)
+    [warning] = [message for message in logged if "no saturation column" in message]
     assert "kernel (a kernel of shape (4, 1, 3, 3) outside any Conv module, as F.conv2d uses)" in warning
     assert "conv (" not in warning and "head" not in warning
     from phd_lab.tracking.tracker import untracked_convolutions
