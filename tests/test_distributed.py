@@ -220,6 +220,8 @@ def test_a_run_whose_worker_processes_died_is_said_to_have_died_with_its_log_not
         "            get_worker()\n"
         "        except ValueError:\n"
         "            return super().forward(x)\n"
+        "        if x.is_meta:  # the worker's own check of the data's channels, before the run folder\n"
+        "            return super().forward(x)\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "def net(*, num_classes, in_channels=3):\n"
         "    return nn.Sequential(nn.Flatten(), Dies(in_channels * 16 * 16, num_classes))\n")
