@@ -47,8 +47,9 @@ from phd_lab import atomic
 from phd_lab.config_paths import safe_name
 from phd_lab.errors import ConfigError, ExtractionError
 from phd_lab.interrupts import raise_if_stop_requested
-from phd_lab.latents_folder import (MANIFEST, SPLITS, build_manifest, clear, expected_settings, load_manifest,
-                                    other_runs_latents, record_move, reusable, shared_latents_error)
+from phd_lab.latents_folder import (MANIFEST, PREVIOUS_EXTRACTION_VERSION, SPLITS, build_manifest, clear,
+                                    expected_settings, load_manifest, other_runs_latents, record_move, reusable,
+                                    shared_latents_error)
 from phd_lab.latents_sets import DEFAULT_METHOD, METHODS, PIXELWISE
 from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
 from phd_lab.pooling import nearest_to, pool_to
@@ -76,24 +77,13 @@ def _called_once(model: nn.Module, names: list[str], loader: DataLoader, device:
     layer whose parent only reads its weights (attention's ``out_proj``) none: both are left out, as layers
     named exactly they are an error."""
     counts = dict.fromkeys(names, 0)
-    modules = dict(model.named_modules())
 
     def counter(name: str) -> Callable[..., None]:
         def count(*_: Any) -> None:
             counts[name] += 1
         return count
 
-    handles = [modules[name].register_forward_hook(counter(name)) for name in names]
-    was_training = model.training
-    model.eval()
-    try:
-        example = loader.dataset[0][0]
-        with torch.inference_mode():
-            model(torch.as_tensor(example).unsqueeze(0).to(device))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    _forward_one_sample(model, {name: counter(name) for name in names}, loader, device)
     shared = [name for name in names if counts[name] > 1]
     unused = [name for name in names if counts[name] == 0]
     for what, left_out in (("run more than once per forward pass (shared modules)", shared),
@@ -144,6 +134,54 @@ def check_file_names(model: nn.Module, names: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------- extraction
+def _forward_one_sample(model: nn.Module, hooks: dict[str, Callable[..., None]], loader: DataLoader,
+                        device: torch.device) -> None:
+    """One eval-mode forward pass of the loader's first sample with ``hooks`` (layer name → forward hook) in
+    place: a cheap look at which layers run and what they output, before a whole split is extracted."""
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_hook(hook) for name, hook in hooks.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        example = loader.dataset[0][0]
+        with torch.inference_mode():
+            model(torch.as_tensor(example).unsqueeze(0).to(device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+
+
+def _channels_last_linears(model: nn.Module, names: list[str], loader: DataLoader, device: torch.device) -> list[str]:
+    """The chosen Linear layers whose output is 4-D ((B, H, W, C): ConvNeXt's blocks), the only latents that
+    extraction version 3 pools otherwise than the version before it."""
+    modules = dict(model.named_modules())
+    found: list[str] = []
+
+    def recorder(name: str) -> Callable[..., None]:
+        def record(_module: nn.Module, _args: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 4 and name not in found:
+                found.append(name)
+        return record
+
+    linears = {name: recorder(name) for name in names if isinstance(modules[name], nn.Linear)}
+    if linears:
+        _forward_one_sample(model, linears, loader, device)
+    return found
+
+
+def _settings_to_reuse(previous: dict[str, Any] | None, settings: dict[str, Any], model: nn.Module,
+                       names: list[str], loader: DataLoader, device: torch.device) -> dict[str, Any]:
+    """The settings a complete extraction in the folder must have to be reused. One of the previous extraction
+    version made the very latents this one makes unless a chosen Linear layer outputs a 4-D map, so it counts as
+    current then: an upgrade keeps a run's latents, and the probe results fitted on them stay valid, instead of
+    extracting every run again (and calling its probes stale) for a change that touched ConvNeXt-style layers only."""
+    if (not isinstance(previous, dict) or previous.get("extraction_version") != PREVIOUS_EXTRACTION_VERSION
+            or _channels_last_linears(model, names, loader, device)):
+        return settings
+    return {**settings, "extraction_version": PREVIOUS_EXTRACTION_VERSION}
+
+
 def _reduce(output: torch.Tensor, downsampling: int | str | None, method: str = DEFAULT_METHOD,
             channels_last: bool = False) -> torch.Tensor:
     """(B, ...) layer output → (B, features), or (B, H, W, C) for pixelwise 4-D outputs. ``channels_last``: a
@@ -387,7 +425,8 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
         raise ConfigError(shared_latents_error(folder, Path(run_dir).resolve(), other, "Step 'extract'"))
     atomic.make_folder(folder)  # inside a run folder: never re-creates it after it was deleted
     previous = load_manifest(folder)
-    if reusable(folder, previous, settings, names, samples):
+    wanted = _settings_to_reuse(previous, settings, model, names, loaders["train"], device)
+    if reusable(folder, previous, wanted, names, samples):
         log.info("Latents in %s are complete; reusing them.", folder)
         if previous["run_dir"] != settings["run_dir"]:  # type: ignore[index]  # moved: no other run holds it
             previous = record_move(folder, previous, settings["run_dir"])  # type: ignore[arg-type]

@@ -609,3 +609,29 @@ def test_a_linear_on_a_channels_last_map_keeps_its_features_and_pools_height_and
                                layers=["2"], progress=False)
     assert len(manifest["layers"]) == 8 * 8 and all(e["shape"] == [10, 6] for e in manifest["layers"])
     np.testing.assert_allclose(np.load(tmp_path / "pixels" / "train-2@3_5.npy"), hidden[:, 3, 5].numpy(), rtol=1e-6)
+
+
+def test_latents_of_the_previous_extraction_version_are_reused_where_it_extracted_the_same(tmp_path, data, caplog):
+    """Version 3 changed only how a Linear's 4-D (channels-last) output is pooled, yet every run extracted before
+    it (a VGG, a ResNet) was extracted again after the upgrade, and its probe results were then called stale. Such
+    latents are reused; a model with a channels-last Linear still has its latents made anew."""
+    model = build_model()
+    first = extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False)
+    older = {**first, "extraction_version": 2}  # as phd-lab wrote it before 2026-12-02
+    (tmp_path / MANIFEST).write_text(json.dumps(older))
+    times = {path.name: path.stat().st_mtime_ns for path in tmp_path.glob("*.npy")}
+    with caplog.at_level("INFO", logger="phd_lab.extraction"):
+        again = extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False)
+    assert again == older and "reusing them" in caplog.text
+    assert {path.name: path.stat().st_mtime_ns for path in tmp_path.glob("*.npy")} == times
+
+    torch.manual_seed(0)
+    channels_last = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), _ToChannelsLast(), torch.nn.Linear(4, 6),
+                                        torch.nn.Flatten(), torch.nn.Linear(6 * 8 * 8, 2))
+    dataset = torch.utils.data.TensorDataset(torch.randn(10, 1, 8, 8), torch.arange(10) % 2)
+    small = {split: torch.utils.data.DataLoader(dataset, batch_size=4) for split in ("train", "eval")}
+    folder = tmp_path / "channels_last"
+    manifest = extract_latents(channels_last, small, folder, run_dir=tmp_path, downsampling=2, progress=False)
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "extraction_version": 2}))
+    again = extract_latents(channels_last, small, folder, run_dir=tmp_path, downsampling=2, progress=False)
+    assert again["extraction_version"] == 3
