@@ -1826,3 +1826,24 @@ def test_a_diverged_run_is_named_as_such_not_sent_back_to_the_training_command(t
     said = " ".join(capsys.readouterr().err.split())
     assert "Run(s) 0 of" in said and "diverged in training (their folders hold diverged.json)" in said
     assert "Train the runs with the 'extract' post-processing step first" not in said
+
+
+def test_a_cache_entry_of_format_1_is_taken_not_refitted(tmp_path):
+    """Before the confusion matrix moved into a .npy file (CACHE_FORMAT 2), an entry held it inline in its JSON under
+    a key of format 1. A probe job after the upgrade found none of them ('0 found in the cache') and refitted every
+    layer of every run; such an entry is now taken, the same record with the same matrix."""
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    folder = tmp_path / "cache"
+    cache = ResultCache(folder)
+    (task,) = build_tasks(jobs_from_latents(latents)[0])
+    fitted = run_task(task)
+    old_key = {**task.key, "format": 1}  # the entry as phd-lab wrote it before 2026-12-02
+    old_entry = cache.path(old_key)
+    old_entry.parent.mkdir(parents=True)
+    old_entry.write_text(json.dumps({"key": old_key, "record": {**fitted.to_json(),
+                                                                "confusion": fitted.confusion.tolist()}}))
+    assert _fitted(latents, folder) == [("block0.conv", True)]
+    stored = cache.get(task.key)
+    assert stored == fitted and stored.seconds == fitted.seconds
+    old_entry.write_text(json.dumps({"key": old_key, "record": {**fitted.to_json(), "confusion": [[1.0]]}}))
+    assert cache.get(task.key) is None, "an entry whose matrix does not fit its classes is a miss"

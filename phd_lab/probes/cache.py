@@ -37,7 +37,7 @@ from phd_lab.probes.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: the confusion matrix in a .npy file beside the JSON entry
+CACHE_FORMAT = 2  # 2: the confusion matrix in a .npy file beside the JSON entry (format 1 entries are read)
 ALGORITHM_VERSION = 2  # bump when fit.py changes what a record means (2: lbfgs-torch's binary objective)
 
 
@@ -125,11 +125,31 @@ class ResultCache:
         return self.folder / digest[:2] / f"{digest}.json"
 
     def get(self, key: dict[str, Any]) -> ProbeRecord | None:
-        """The stored record, or None on a miss (an unreadable entry counts as a miss)."""
+        """The stored record, or None on a miss (an unreadable entry counts as a miss). Where the key has no entry,
+        one an earlier version stored under the key's format 1 is taken (``_read_format_1``)."""
         record, problem = self._read(key)
         if problem is not None:
             log.warning("ignoring probe cache entry %s (%s); the layer is refitted", self.path(key), problem)
+        if record is None and problem is None and key.get("format") == CACHE_FORMAT:
+            record = self._read_format_1(key)
         return record
+
+    def _read_format_1(self, key: dict[str, Any]) -> ProbeRecord | None:
+        """The record a job before CACHE_FORMAT 2 stored for the same inputs, settings and versions, its confusion
+        matrix inline in the JSON (the same row-normalised matrix): without it an upgrade refitted every layer of
+        every run whose fits the cache held. An entry that cannot be used is a miss, as it was for the version
+        that wrote it."""
+        old_key = {**key, "format": 1}
+        try:
+            entry = json.loads(self.path(old_key).read_text(encoding="utf-8"))
+            if not isinstance(entry, dict) or entry.get("key") != old_key:
+                return None
+            fields = dict(entry["record"])
+            matrix = np.asarray(fields.pop("confusion"), dtype=np.float64)
+            record = ProbeRecord.from_json(fields, matrix)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):  # JSONDecodeError is a ValueError
+            return None
+        return record if matrix.shape == (len(record.classes),) * 2 else None
 
     def _matrix_path(self, key: dict[str, Any], sha256: str) -> Path:
         path = self.path(key)
