@@ -39,6 +39,9 @@ _TOO_SMALL_SIGNS = ("Output size is too small", "can't be greater than actual in
 # What torch says when a Linear layer gets another number of features than it was made for (on real tensors, then
 # on the meta device): after a Flatten, the maps of another resolution than the model's; the real model fails too
 _FEATURE_MISMATCH_SIGNS = ("shapes cannot be multiplied", "must have same reduction dim")
+# Channel counts of data sets other than the placeholder's RGB (grey, grey + alpha, RGBA or four bands) that a model
+# ignoring in_channels may be made for: its Linear after a Flatten then fails on the placeholder channels alone
+_OTHER_CHANNELS = (1, 2, 4)
 
 
 def meta_model(cfg: RunConfig, registries: Registries, built: dict[Any, Any]) -> tuple[str, nn.Module | None]:
@@ -104,7 +107,8 @@ def check_input_size(cfg: RunConfig, model: nn.Module) -> None:
                           f"forward pass fails at {cfg.resolution}x{cfg.resolution} px ({type(error).__name__}: "
                           f"{message}) but runs at {REFERENCE_RESOLUTION}x{REFERENCE_RESOLUTION} px. Use a "
                           f"'resolution' the model takes (e.g. {REFERENCE_RESOLUTION}) or another model.")
-    if any(sign in message for sign in _FEATURE_MISMATCH_SIGNS) and not _runs_on_one_channel(model, cfg.resolution):
+    mismatch = any(sign in message for sign in _FEATURE_MISMATCH_SIGNS)
+    if mismatch and not _runs_on_other_channels(model, cfg.resolution):
         raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot take {cfg.resolution}x{cfg.resolution} px "
                           f"inputs: a Linear layer of it gets another number of features than it was made for "
                           f"({message}), as a Linear after a Flatten does with the maps of another resolution. Use "
@@ -121,10 +125,13 @@ def _meta_forward(model: nn.Module, resolution: int) -> tuple[torch.Size | None,
     return (output.shape if isinstance(output, torch.Tensor) else None), error
 
 
-def _runs_on_one_channel(model: nn.Module, resolution: int) -> bool:
-    """Whether the model runs on one-channel inputs: one that ignores the factory's ``in_channels`` and reads
-    grey images (Digits) fails on the placeholder channels alone, which says nothing of the resolution."""
-    return _meta_output(model, resolution, training=False, channels=1)[1] is None
+def _runs_on_other_channels(model: nn.Module, resolution: int) -> bool:
+    """Whether the model runs on inputs of one of ``_OTHER_CHANNELS``: one that ignores the factory's
+    ``in_channels`` and reads grey images (Digits) or four-channel ones (FakeData's channels=4, RGBA) fails on
+    the placeholder channels alone, which says nothing of the resolution (a four-channel model was refused as
+    made for another resolution, at the resolution it was made for)."""
+    return any(_meta_output(model, resolution, training=False, channels=channels)[1] is None
+               for channels in _OTHER_CHANNELS)
 
 
 def _meta_output(model: nn.Module, resolution: int, training: bool,

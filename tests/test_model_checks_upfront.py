@@ -159,6 +159,11 @@ def flatten_linear(*, num_classes, in_channels=3, side=32):
 def grey_mlp(*, num_classes, in_channels=3):
     # ignores in_channels: made for the one-channel 16 px digits only
     return nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, num_classes))
+
+
+def rgba_mlp(*, num_classes, in_channels=3):
+    # ignores in_channels: made for four-channel 16 px images only
+    return nn.Sequential(nn.Flatten(), nn.Linear(4 * 16 * 16, num_classes))
 """
 
 
@@ -173,12 +178,16 @@ def test_a_linear_after_a_flatten_made_for_another_resolution_is_refused_up_fron
     assert "[2, 256] X [1024, 10]" in message and "nn.AdaptiveAvgPool2d" in message
 
 
-@pytest.mark.parametrize(("model", "model_args"), [("grey_mlp", {}), ("flatten_linear", {"side": 16})])
-def test_a_flattening_model_at_its_own_size_is_not_refused(tmp_path, capsys, model, model_args):
+@pytest.mark.parametrize(("model", "model_args", "data"), [
+    ("grey_mlp", {}, {}), ("flatten_linear", {"side": 16}, {}),
+    ("rgba_mlp", {}, {"dataset": "FakeData", "dataset_args": {"channels": 4, "train_size": 8, "test_size": 4}})])
+def test_a_flattening_model_at_its_own_size_is_not_refused(tmp_path, capsys, model, model_args, data):
     """Neither a model made for this resolution nor one that ignores in_channels (built with the placeholder 3
-    channels, it reads Digits' one) is taken for one made for another resolution."""
+    channels, it reads Digits' one, or four channels of FakeData: that one was refused as made for another
+    resolution, at its own) is taken for one made for another resolution."""
     (tmp_path / "my_models.py").write_text(FLATTENING_MODELS)
-    config = write_config(tmp_path, model=model, model_args=model_args, registries={"models": "my_models.py"})
+    config = write_config(tmp_path, model=model, model_args=model_args, registries={"models": "my_models.py"},
+                          **data)
     code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
     assert code == 0, err
 
