@@ -5,7 +5,7 @@ forward-pass shape errors and BatchNorm layers are those of the real model: a wr
 a resolution too small for the model, a forward that returns more than one tensor of scores, batch_size 1
 under BatchNorm or tracking patterns that match no layer fail at the start of a grid instead of at a run's
 first batch. The executor's ``check_model`` calls these and memoises them across the points of a grid;
-``check_in_channels`` runs once a run's data set is built, before its run folder is made.
+``check_in_channels`` and ``check_num_classes`` run once a run's data set is built, before its run folder is made.
 """
 
 from __future__ import annotations
@@ -173,6 +173,8 @@ def check_single_output(cfg: RunConfig, model: nn.Module, objective: Objective) 
             continue
         if isinstance(output, torch.Tensor) and (not objective.uses_labels or tuple(output.shape) == expected):
             continue  # a reconstruction's shape is check_objective's
+        if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[0] == expected[0]:
+            continue  # scores of a model that ignores num_classes may suit the data's classes: check_num_classes
         wanted = (f"the trainer, its metrics and the post-processing steps take one tensor of scores of shape "
                   f"(batch, classes), here {expected} for a batch of 2 and the num_classes={PLACEHOLDER_CLASSES} it "
                   f"was built with" if objective.uses_labels else
@@ -216,14 +218,8 @@ def check_in_channels(cfg: RunConfig, registries: Registries, in_channels: int) 
     channels: a model the meta device cannot run is left to training."""
     if in_channels == PLACEHOLDER_CHANNELS:
         return
-    model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
-    try:
-        with torch.device("meta"):
-            model = registries.models.get(cfg.model)(num_classes=PLACEHOLDER_CLASSES, in_channels=in_channels,
-                                                     **model_args)
-    except Exception:  # noqa: BLE001 - built for training next, which reports its errors
-        return
-    if not isinstance(model, nn.Module):
+    model = _meta_built(cfg, registries, PLACEHOLDER_CLASSES, in_channels)
+    if model is None:
         return
     _, error = _meta_output(model, cfg.resolution, training=False, channels=in_channels)
     if error is None or _meta_output(model, cfg.resolution, training=False)[1] is not None:
@@ -232,6 +228,46 @@ def check_in_channels(cfg: RunConfig, registries: Registries, in_channels: int) 
                       f"dataset {cfg.dataset!r}) cannot take {in_channels}-channel images ({first_line(error)}), "
                       f"but takes {PLACEHOLDER_CHANNELS}-channel ones: its factory ignores in_channels. Build its "
                       f"first layer for in_channels input channels.")
+
+
+def _meta_built(cfg: RunConfig, registries: Registries, num_classes: int, in_channels: int) -> nn.Module | None:
+    """The registry's model built on the meta device for these classes and channels, or None where it cannot be
+    (built for training next, which reports its errors)."""
+    model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
+    try:
+        with torch.device("meta"):
+            model = registries.models.get(cfg.model)(num_classes=num_classes, in_channels=in_channels, **model_args)
+    except Exception:  # noqa: BLE001 - built for training next, which reports its errors
+        return None
+    return model if isinstance(model, nn.Module) else None
+
+
+def check_num_classes(cfg: RunConfig, registries: Registries, num_classes: int, in_channels: int) -> None:
+    """A classifier built for the data's classes (known once the data set is built) returns scores of shape
+    (batch, num_classes). ``check_single_output`` leaves (batch, k) scores to this check: a factory that ignores
+    num_classes and makes as many outputs as the data has classes (4 on FakeData's num_classes=4) was refused up
+    front for not returning the placeholder's 10, while one returning k other scores (its features) failed at
+    its first batch ('Target 6 is out of bounds'). Refused with exit 2 before the run folder is made."""
+    if cfg.model_args.get("truncate") is not None:  # the head added at the cut makes num_classes scores
+        return
+    model = _meta_built(cfg, registries, num_classes, in_channels)
+    if model is None:
+        return
+    try:
+        if not (declared_objective(registries.models.get(cfg.model)) or objective_of(model)).uses_labels:
+            return
+    except ValueError:  # check_objective's to report, when the run builds the model next
+        return
+    for training in (True, False):
+        output, error = _meta_output(model, cfg.resolution, training, channels=in_channels)
+        if error is None and isinstance(output, torch.Tensor) and output.dim() == 2 \
+                and tuple(output.shape) != (2, num_classes):
+            raise ConfigError(f"{cfg.source}: model {cfg.model!r} returns {_described(output)} from forward() in "
+                              f"{'training' if training else 'eval'} mode, but the trainer, its metrics and the "
+                              f"post-processing steps take one tensor of scores of shape (batch, classes), here "
+                              f"(2, {num_classes}) for a batch of 2 and the {num_classes} classes of dataset "
+                              f"{cfg.dataset!r}. Make forward() return one score per class (build the output layer "
+                              f"for num_classes).")
 
 
 def check_single_sample_batches(cfg: RunConfig, model: nn.Module) -> None:

@@ -104,7 +104,6 @@ def net(*, num_classes, in_channels=3, returns="scores"):
     ("dict", "a dict (keys 'logits')", "training"),
     ("aux in training", "a tuple of 2 (a tensor of shape (2, 10), a tensor of shape (2, 4))", "training"),
     ("3-d scores", "a tensor of shape (2, 1, 10)", "training"),
-    ("features", "a tensor of shape (2, 4)", "training"),
 ])
 def test_a_model_that_does_not_return_one_tensor_of_scores_is_refused_up_front(tmp_path, capsys, returns, described,
                                                                                mode):
@@ -116,6 +115,31 @@ def test_a_model_that_does_not_return_one_tensor_of_scores_is_refused_up_front(t
     assert f"model 'net' returns {described} from forward() in {mode} mode" in message
     assert "one tensor of scores of shape (batch, classes), here (2, 10)" in message
 
+
+
+def test_scores_of_another_number_than_the_data_s_classes_are_refused_before_the_run_folder(tmp_path, capsys):
+    """A model returning (batch, k) scores, k not the data's classes (its features), failed at its first batch
+    ('Target 6 is out of bounds'); only the data set tells the classes, so a dry run cannot refuse it."""
+    (tmp_path / "my_models.py").write_text(OWN_MODELS)
+    config = write_config(tmp_path, model="net", model_args={"returns": "features"},
+                          registries={"models": "my_models.py"})
+    code, err = main_in_process(capsys, "--config", str(config))
+    message = " ".join(err.split())
+    assert code == 2 and "Traceback" not in message and run_folders(tmp_path / "logs") == []
+    assert "model 'net' returns a tensor of shape (2, 4) from forward() in training mode" in message
+    assert "(2, 10) for a batch of 2 and the 10 classes of dataset 'Digits'" in message
+
+
+def test_a_model_made_for_the_data_s_classes_is_not_refused_for_the_placeholder_s(tmp_path, capsys):
+    """A factory that ignores num_classes and makes the 4 outputs of a 4-class data set was refused up front: it
+    did not return the placeholder's 10 scores."""
+    (tmp_path / "my_models.py").write_text(OWN_MODELS + "\n\ndef four_way(*, num_classes, in_channels=3):\n"
+                                           "    return Net(4, in_channels, 'scores')\n")
+    config = write_config(tmp_path, model="four_way", model_args={}, registries={"models": "my_models.py"},
+                          dataset="FakeData", epoch=1,
+                          dataset_args={"num_classes": 4, "train_size": 8, "test_size": 4})
+    code, err = main_in_process(capsys, "--config", str(config))
+    assert code == 0, err
 
 
 def test_a_reconstruction_model_that_returns_a_tuple_is_refused_up_front(tmp_path, capsys):
