@@ -32,9 +32,8 @@ from phd_lab.factory_args import FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_f
 from phd_lab.factory_results import checked_result
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.lock import ProcessTurn, RunLock
-from phd_lab.model_checks import (check_in_channels, check_input_size, check_num_classes, check_objective,
-                                  check_single_output, check_single_sample_batches, check_tracked_layers,
-                                  check_truncate, meta_model)
+from phd_lab.model_checks import (check_fits_data, check_input_size, check_objective, check_single_output,
+                                  check_single_sample_batches, check_tracked_layers, check_truncate, meta_model)
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
 from phd_lab.objectives import CLASSIFICATION
 from phd_lab.registry import Registries
@@ -470,8 +469,7 @@ class TrainTestExecutor:
         cfg = self.config
         seed_everything(cfg.seed)
         bundle = self.build_data()
-        check_in_channels(cfg, self.registries, bundle.in_channels)  # placeholder channels were checked up front
-        check_num_classes(cfg, self.registries, bundle.num_classes, bundle.in_channels)  # and placeholder classes
+        check_fits_data(cfg, self.registries, bundle.in_channels, bundle.num_classes)  # up front: placeholders
         seed_everything(cfg.seed)
         model = self.build_model(bundle).to(device)
         # a model the meta device could not build is checked here

@@ -5,7 +5,7 @@ forward-pass shape errors and BatchNorm layers are those of the real model: a wr
 a resolution too small for the model, a forward that returns more than one tensor of scores, batch_size 1
 under BatchNorm or tracking patterns that match no layer fail at the start of a grid instead of at a run's
 first batch. The executor's ``check_model`` calls these and memoises them across the points of a grid;
-``check_in_channels`` and ``check_num_classes`` run once a run's data set is built, before its run folder is made.
+``check_fits_data`` runs once a run's data set is built, before its run folder is made.
 """
 
 from __future__ import annotations
@@ -48,14 +48,11 @@ def meta_model(cfg: RunConfig, registries: Registries, built: dict[Any, Any]) ->
     """The model built on the meta device (no memory, no initialisation) with placeholder
     classes and channels, which module names do not depend on (None if it cannot be built there), and
     the key it is shared under in ``built``."""
-    model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
+    model_args = _factory_model_args(cfg)
     key = json.dumps([registries.models.source, cfg.model, model_args], sort_keys=True, default=str)
     if key not in built:
-        factory = registries.models.get(cfg.model)
         try:
-            with torch.device("meta"):
-                built[key] = factory(num_classes=PLACEHOLDER_CLASSES, in_channels=PLACEHOLDER_CHANNELS,
-                                     **model_args)
+            built[key] = _build_on_meta(cfg, registries, PLACEHOLDER_CLASSES, PLACEHOLDER_CHANNELS)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
                               f"{json.dumps(model_args)}: {first_line(error)}.") from None
@@ -66,6 +63,19 @@ def meta_model(cfg: RunConfig, registries: Registries, built: dict[Any, Any]) ->
             return key, None
         checked_result("models", cfg.model, built[key], registries.models.source, cfg.source)
     return key, built[key]
+
+
+def _factory_model_args(cfg: RunConfig) -> dict[str, Any]:
+    """The config's model_args that go to the model factory (not the framework's own options)."""
+    return {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
+
+
+def _build_on_meta(cfg: RunConfig, registries: Registries, num_classes: int, in_channels: int) -> Any:
+    """What the registry's model factory returns on the meta device for these classes and channels; its
+    errors are the caller's to judge."""
+    with torch.device("meta"):
+        return registries.models.get(cfg.model)(num_classes=num_classes, in_channels=in_channels,
+                                                 **_factory_model_args(cfg))
 
 
 def check_truncate(cfg: RunConfig, model: nn.Module) -> None:
@@ -174,7 +184,7 @@ def check_single_output(cfg: RunConfig, model: nn.Module, objective: Objective) 
         if isinstance(output, torch.Tensor) and (not objective.uses_labels or tuple(output.shape) == expected):
             continue  # a reconstruction's shape is check_objective's
         if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[0] == expected[0]:
-            continue  # scores of a model that ignores num_classes may suit the data's classes: check_num_classes
+            continue  # scores of a model that ignores num_classes may suit the data's classes: check_fits_data
         wanted = (f"the trainer, its metrics and the post-processing steps take one tensor of scores of shape "
                   f"(batch, classes), here {expected} for a batch of 2 and the num_classes={PLACEHOLDER_CLASSES} it "
                   f"was built with" if objective.uses_labels else
@@ -210,17 +220,28 @@ def _described(output: Any) -> str:
     return f"a {type(output).__name__}"
 
 
-def check_in_channels(cfg: RunConfig, registries: Registries, in_channels: int) -> None:
-    """The model built for the data's channels (known once the data set is built) takes images of that many
-    channels. A factory that ignores ``in_channels`` (a first Conv2d of 3 input channels on grey Digits) passed
-    the checks on placeholder RGB inputs and failed at its first batch ('expected input[128, 1, 16, 16] to have
-    3 channels'), after its run folder was made. Refused only where the same meta model runs on the placeholder
-    channels: a model the meta device cannot run is left to training."""
-    if in_channels == PLACEHOLDER_CHANNELS:
+def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, num_classes: int) -> None:
+    """The model built for the data's channels and classes (known once the data set is built, before the run
+    folder is made) takes those images and returns one score per class; the checks up front ran on placeholder
+    channels and classes. One meta model serves both checks below (a model the meta device cannot build or run
+    is left to training, which reports its errors)."""
+    truncated = cfg.model_args.get("truncate") is not None  # the head added at the cut makes num_classes scores
+    if in_channels == PLACEHOLDER_CHANNELS and truncated:
         return
-    model = _meta_built(cfg, registries, PLACEHOLDER_CLASSES, in_channels)
+    model = _meta_built(cfg, registries, num_classes, in_channels)
     if model is None:
         return
+    if in_channels != PLACEHOLDER_CHANNELS:
+        _require_in_channels(cfg, model, in_channels)
+    if not truncated:
+        _require_num_classes(cfg, registries, model, num_classes, in_channels)
+
+
+def _require_in_channels(cfg: RunConfig, model: nn.Module, in_channels: int) -> None:
+    """A factory that ignores ``in_channels`` (a first Conv2d of 3 input channels on grey Digits) passed the
+    checks on placeholder RGB inputs and failed at its first batch ('expected input[128, 1, 16, 16] to have 3
+    channels'), after its run folder was made. Refused only where the same meta model runs on the placeholder
+    channels."""
     _, error = _meta_output(model, cfg.resolution, training=False, channels=in_channels)
     if error is None or _meta_output(model, cfg.resolution, training=False)[1] is not None:
         return
@@ -233,26 +254,19 @@ def check_in_channels(cfg: RunConfig, registries: Registries, in_channels: int) 
 def _meta_built(cfg: RunConfig, registries: Registries, num_classes: int, in_channels: int) -> nn.Module | None:
     """The registry's model built on the meta device for these classes and channels, or None where it cannot be
     (built for training next, which reports its errors)."""
-    model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
     try:
-        with torch.device("meta"):
-            model = registries.models.get(cfg.model)(num_classes=num_classes, in_channels=in_channels, **model_args)
+        model = _build_on_meta(cfg, registries, num_classes, in_channels)
     except Exception:  # noqa: BLE001 - built for training next, which reports its errors
         return None
     return model if isinstance(model, nn.Module) else None
 
 
-def check_num_classes(cfg: RunConfig, registries: Registries, num_classes: int, in_channels: int) -> None:
-    """A classifier built for the data's classes (known once the data set is built) returns scores of shape
-    (batch, num_classes). ``check_single_output`` leaves (batch, k) scores to this check: a factory that ignores
-    num_classes and makes as many outputs as the data has classes (4 on FakeData's num_classes=4) was refused up
-    front for not returning the placeholder's 10, while one returning k other scores (its features) failed at
-    its first batch ('Target 6 is out of bounds'). Refused with exit 2 before the run folder is made."""
-    if cfg.model_args.get("truncate") is not None:  # the head added at the cut makes num_classes scores
-        return
-    model = _meta_built(cfg, registries, num_classes, in_channels)
-    if model is None:
-        return
+def _require_num_classes(cfg: RunConfig, registries: Registries, model: nn.Module, num_classes: int,
+                         in_channels: int) -> None:
+    """``check_single_output`` leaves (batch, k) scores to this check: a factory that ignores num_classes and
+    makes as many outputs as the data has classes (4 on FakeData's num_classes=4) was refused up front for not
+    returning the placeholder's 10, while one returning k other scores (its features) failed at its first batch
+    ('Target 6 is out of bounds'). Refused with exit 2 before the run folder is made."""
     try:
         if not (declared_objective(registries.models.get(cfg.model)) or objective_of(model)).uses_labels:
             return
