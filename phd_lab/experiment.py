@@ -21,6 +21,7 @@ from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageErro
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.latents_folder import other_runs_latents, shared_latents_error
+from phd_lab.model_checks import meta_model
 from phd_lab.progress import bar_options
 from phd_lab.registry import Registries
 from phd_lab.rundir import FolderListings, earlier_version_advice, earlier_version_runs, read_config_grid
@@ -383,7 +384,12 @@ def _point_status(executor: TrainTestExecutor, status: "TrainingStatus") -> str:
     if status.state == "finished" and not status.active:
         from phd_lab.steps.stamps import StepStamps
         stamps = StepStamps(rundir)
-        left = [step.name for step, params in executor.steps if step.done(rundir, params, stamps) is False]
+        built: dict[Any, Any] = {}
+
+        def meta() -> tuple[Any, int]:  # built once, and only for a step that asks (an older extraction's)
+            return meta_model(executor.config, executor.registries, built)[1], executor.config.resolution
+
+        left = [step.name for step, params in executor.steps if step.done(rundir, params, stamps, meta) is False]
         if left:
             return f"trained, steps left: {', '.join(left)}"
     return status.label()

@@ -138,23 +138,29 @@ def _forward_one_sample(model: nn.Module, hooks: dict[str, Callable[..., None]],
                         device: torch.device) -> None:
     """One eval-mode forward pass of the loader's first sample with ``hooks`` (layer name → forward hook) in
     place: a cheap look at which layers run and what they output, before a whole split is extracted."""
+    _forward_hooked(model, hooks, torch.as_tensor(loader.dataset[0][0]).unsqueeze(0).to(device))
+
+
+def _forward_hooked(model: nn.Module, hooks: dict[str, Callable[..., None]], inputs: torch.Tensor) -> None:
+    """One eval-mode forward pass of ``inputs`` with ``hooks`` (layer name → forward hook) in place; the model is
+    left in the mode it was found in and without the hooks."""
     modules = dict(model.named_modules())
     handles = [modules[name].register_forward_hook(hook) for name, hook in hooks.items()]
     was_training = model.training
     model.eval()
     try:
-        example = loader.dataset[0][0]
         with torch.inference_mode():
-            model(torch.as_tensor(example).unsqueeze(0).to(device))
+            model(inputs)
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
 
 
-def _channels_last_linears(model: nn.Module, names: list[str], loader: DataLoader, device: torch.device) -> list[str]:
+def _channels_last_linears(model: nn.Module, names: list[str], forward: Callable[[dict[str, Any]], None]) -> list[str]:
     """The chosen Linear layers whose output is 4-D ((B, H, W, C): ConvNeXt's blocks), the only latents that
-    extraction version 3 pools otherwise than the version before it."""
+    extraction version 3 pools otherwise than the version before it; ``forward(hooks)`` makes one forward pass with
+    the hooks in place."""
     modules = dict(model.named_modules())
     found: list[str] = []
 
@@ -164,10 +170,23 @@ def _channels_last_linears(model: nn.Module, names: list[str], loader: DataLoade
                 found.append(name)
         return record
 
-    linears = {name: recorder(name) for name in names if isinstance(modules[name], nn.Linear)}
+    linears = {name: recorder(name) for name in names if isinstance(modules.get(name), nn.Linear)}
     if linears:
-        _forward_one_sample(model, linears, loader, device)
+        forward(linears)
     return found
+
+
+def meta_channels_last_linears(model: nn.Module, names: list[str], resolution: int) -> list[str] | None:
+    """``_channels_last_linears`` of a model built on the meta device, by a forward pass of a placeholder image
+    there (no weights, no data: what ``--dry-run`` can afford); RGB first, then grey, two and four channels for a
+    model that ignores its factory's ``in_channels``. None where the model runs on none of them there."""
+    for channels in (3, 1, 2, 4):
+        inputs = torch.empty(1, channels, resolution, resolution, device="meta")
+        try:
+            return _channels_last_linears(model, names, lambda hooks: _forward_hooked(model, hooks, inputs))
+        except Exception as error:  # noqa: BLE001 - the meta device or these channels: the next ones, or None
+            log.debug("Meta forward pass on %d channels failed (%s: %s)", channels, type(error).__name__, error)
+    return None
 
 
 def _settings_to_reuse(previous: dict[str, Any] | None, settings: dict[str, Any], model: nn.Module,
@@ -177,7 +196,7 @@ def _settings_to_reuse(previous: dict[str, Any] | None, settings: dict[str, Any]
     current then: an upgrade keeps a run's latents, and the probe results fitted on them stay valid, instead of
     extracting every run again (and calling its probes stale) for a change that touched ConvNeXt-style layers only."""
     if (not isinstance(previous, dict) or previous.get("extraction_version") != PREVIOUS_EXTRACTION_VERSION
-            or _channels_last_linears(model, names, loader, device)):
+            or _channels_last_linears(model, names, lambda hooks: _forward_one_sample(model, hooks, loader, device))):
         return settings
     return {**settings, "extraction_version": PREVIOUS_EXTRACTION_VERSION}
 

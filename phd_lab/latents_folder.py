@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -84,6 +84,34 @@ def latents_look_whole(folder: Path) -> bool:
         return _files_as_listed(Path(folder), manifest)
     except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError):
         return False
+
+
+def looks_reusable(folder: Path, downsampling: Any, dtype: str, method: str,
+                   previous_version_current: Callable[[list[str]], bool]) -> bool:
+    """What ``--dry-run`` can tell of ``reusable`` without the trained weights or the data: the manifest says this
+    format, extraction version, downsampling, dtype and method and records the model's fingerprint (one written
+    before it was recorded, or by an older extraction, is made anew by the step), and every file it lists is there,
+    whole (``latents_look_whole``). A manifest of ``PREVIOUS_EXTRACTION_VERSION`` counts where
+    ``previous_version_current(its layers)`` says that version extracted them as this one does. Not checked here:
+    the fingerprint's value, the sample counts and the files' sha256, which the step compares when it runs."""
+    manifest = load_manifest(folder)
+    if manifest is None:
+        return False
+    wanted = {"format": MANIFEST_FORMAT, "downsampling": downsampling, "dtype": dtype,
+              "downsampling_method": method if method != DEFAULT_METHOD else None}
+    if any(manifest.get(key) != value for key, value in wanted.items()):
+        return False
+    if not isinstance(manifest.get("model_sha256"), str):
+        return False
+    version = manifest.get("extraction_version")
+    if version != EXTRACTION_VERSION:
+        try:
+            layers = sorted({entry.get("layer", entry["name"]) for entry in manifest["layers"]})
+        except (KeyError, TypeError, AttributeError):
+            return False
+        if version != PREVIOUS_EXTRACTION_VERSION or not previous_version_current(layers):
+            return False
+    return latents_look_whole(folder)
 
 
 def _files_as_listed(folder: Path, manifest: dict[str, Any], samples: dict[str, int] | None = None) -> bool:

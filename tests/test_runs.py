@@ -580,6 +580,65 @@ def test_a_registries_package_that_shadows_the_built_in_one_is_named(tmp_path, c
     assert builtin.files["models"] == str(ROOT / "registries" / "models.py") and "shadows" not in caplog.text
 
 
+CHANNELS_LAST_MODELS = """
+from torch import nn
+
+
+class ToChannelsLast(nn.Module):
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1)
+
+
+def pointwise(*, num_classes, in_channels=3):
+    \"\"\"A Linear on a channels-last map (ConvNeXt's blocks): extraction version 3 pools it otherwise than 2.\"\"\"
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), ToChannelsLast(), nn.Linear(4, 4),
+                         nn.Flatten(), nn.Linear(4 * 16 * 16, num_classes))
+
+
+def plain(*, num_classes, in_channels=3):
+    \"\"\"Latents that extraction versions 2 and 3 make alike (a VGG's or a ResNet's too).\"\"\"
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 16 * 16, num_classes))
+"""
+
+
+def test_dry_run_says_which_latents_of_an_older_extraction_version_the_run_extracts_again(tmp_path, capsys):
+    """--dry-run called a run 'finished' whose latents an older phd-lab had extracted (no extraction_version, no
+    model fingerprint, or version 2 of a model with a channels-last Linear), although the plain command extracts
+    them again; it now lists 'extract' there, and keeps calling other models' version-2 latents, which are reused,
+    done."""
+    (tmp_path / "my_models.py").write_text(CHANNELS_LAST_MODELS)
+    common = {"epoch": 1, "cpu_threads": 1, "track_saturation": False, "post_processing": ["extract"],
+              "model_args": {}, "registries": {"models": "my_models.py"}}
+    configs = [write_config(tmp_path, f"{model}.json", **common, model=model) for model in ("plain", "pointwise")]
+
+    def status(config) -> str:
+        capsys.readouterr()
+        assert main_cli(["--config", str(config), "--dry-run"]) == 0
+        return capsys.readouterr().out.splitlines()[-1].split(str(tmp_path))[0].split(None, 1)[1].strip()
+
+    for config in configs:
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    plain, own = sorted(run_folders(tmp_path / "logs"), key=lambda folder: "pointwise" in str(folder))
+    current = {folder: json.loads((folder / "latents" / "manifest.json").read_text()) for folder in (plain, own)}
+
+    def write_manifest(folder, **changes) -> None:
+        manifest = {k: v for k, v in {**current[folder], **changes}.items() if v is not None}
+        (folder / "latents" / "manifest.json").write_text(json.dumps(manifest))
+
+    assert [status(config) for config in configs] == ["finished", "finished"]
+    write_manifest(plain, extraction_version=2)  # as phd-lab wrote it from 2026-11-28 to 2026-12-02
+    write_manifest(own, extraction_version=2)
+    assert [status(config) for config in configs] == ["finished", "trained, steps left: extract"]
+    for changes in ({"extraction_version": None}, {"model_sha256": None}, {"dtype": "float16"}):  # older still
+        write_manifest(plain, **changes)
+        assert status(configs[0]) == "trained, steps left: extract", changes
+    for config in configs:  # the plain command agrees: it extracts both again
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert [status(config) for config in configs] == ["finished", "finished"]
+    assert all(json.loads((folder / "latents" / "manifest.json").read_text())["extraction_version"] == 3
+               for folder in (plain, own))
+
+
 def test_dry_run_names_the_steps_a_trained_run_still_lacks(tmp_path, capsys):
     """A run killed during its extraction (the manifest is written last) was listed as finished, so a user
     checking a grid with --dry-run never learnt that its latents were missing."""

@@ -99,10 +99,12 @@ class Step:
         parameters are those they were made from (stamps.py); none: the step always runs."""
         return ()
 
-    def done(self, rundir: "RunDir", params: dict[str, Any], stamps: Any = None) -> bool | None:
+    def done(self, rundir: "RunDir", params: dict[str, Any], stamps: Any = None, meta: Any = None) -> bool | None:
         """Whether a rerun of the trained run would keep this step's results (what ``--dry-run`` shows);
         None for a step without declared outputs, which runs every time. ``stamps``: the run's
-        ``StepStamps``, shared by its steps (the checkpoint is hashed once)."""
+        ``StepStamps``, shared by its steps (the checkpoint is hashed once). ``meta``: a callable giving the run's
+        model built on the meta device (None where it cannot be) and its resolution, for a step whose reuse
+        depends on the model's structure (``extract``)."""
         if not self.outputs(rundir):
             return None
         from phd_lab.steps.stamps import StepStamps, step_stamp

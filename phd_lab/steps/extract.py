@@ -58,12 +58,26 @@ class ExtractStep(Step):
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}") from None
 
-    def done(self, rundir: Any, params: dict[str, Any], stamps: Any = None) -> bool | None:
-        """An extraction is complete once its manifest is written (last; one killed part-way has none) and every
-        file it lists is still there, whole (a file deleted or truncated since makes the step run again); with
-        ``sizes``, every set's."""
-        from phd_lab.latents_folder import latents_look_whole
-        return all(latents_look_whole(folder) for folder in self.folders(rundir, params))
+    def done(self, rundir: Any, params: dict[str, Any], stamps: Any = None, meta: Any = None) -> bool | None:
+        """An extraction is complete once its manifest is written (last; one killed part-way has none), says the
+        settings the step would extract with (``looks_reusable``: its extraction version too, as latents of an
+        older version are made anew, those of the version before this one only for a model whose chosen Linear
+        layers output 4-D maps, which a forward pass of ``meta``'s model on the meta device tells) and every file
+        it lists is still there, whole (a file deleted or truncated since makes the step run again); with
+        ``sizes``, every set's. Where ``meta`` gives no model that runs on the meta device, an extraction of the
+        previous version is taken to be reused, as it is for every model without such layers."""
+        from phd_lab.latents_folder import looks_reusable
+
+        def previous_version_current(layers: list[str]) -> bool:
+            model, resolution = meta() if meta is not None else (None, None)
+            if model is None:
+                return True
+            from phd_lab.extraction import meta_channels_last_linears
+            return not meta_channels_last_linears(model, layers, resolution)
+
+        return all(looks_reusable(folder, latents.downsampling, params["dtype"], latents.method,
+                                  previous_version_current)
+                   for latents, folder in zip(_sets(params), self.folders(rundir, params)))
 
     def folders(self, rundir: Any, params: dict[str, Any]) -> list[Any]:
         """The latents folders the step writes for the run: ``latents/``, and one per further set of ``sizes``."""
