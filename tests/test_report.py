@@ -286,6 +286,31 @@ def test_a_run_figure_damaged_since_it_was_written_is_drawn_again(tmp_path, capl
     assert analyse_run(run, write=True).figure == figure and run.analysis_plot.read_bytes() == figure
 
 
+def test_keys_another_version_wrote_into_analysis_json_are_kept_and_named(tmp_path, caplog):
+    """A report rewrote analysis.json from its own summary alone, so a report of this version on runs a newer one
+    had analysed (two checkouts on one logs folder) lost the keys only the newer one writes. They are kept as they
+    were and named in 'kept_from_other_versions'; a version that knows such a key does not go by its kept value (a
+    figure_sha256 kept while the figure was drawn again is no sign of a damaged figure)."""
+    import hashlib
+    from phd_lab.report.collect import analyse_run
+    run = write_run(tmp_path / "logs", width=0.25, stage="full")
+    analyse_run(run, write=True)
+    written = read_json(run.analysis_json)
+    atomic.write_json(run.analysis_json, {**written, "stability": {"tail_start_sd": 0.5}})  # a later version's
+    analyse_run(run, write=True)
+    assert read_json(run.analysis_json) == {**written, "stability": {"tail_start_sd": 0.5},
+                                            "kept_from_other_versions": ["stability"]}
+    analyse_run(run, write=True)  # kept again, not lost the second time
+    assert read_json(run.analysis_json)["stability"] == {"tail_start_sd": 0.5}
+
+    figure, sha256 = run.analysis_plot.read_bytes(), "figure_sha256"
+    atomic.write_json(run.analysis_json, {**written, sha256: "0" * 64, "kept_from_other_versions": [sha256]})
+    with caplog.at_level("WARNING", logger="phd_lab.report.collect"):
+        entry = analyse_run(run, write=True)
+    assert "is not the figure written" not in caplog.text and entry.figure == figure
+    assert read_json(run.analysis_json) == {**written, sha256: hashlib.sha256(figure).hexdigest()}
+
+
 def test_a_copied_logs_folder_keeps_its_run_figures(tmp_path):
     """The figure key named the files' inodes and the run's folder, so a logs folder copied from a cluster
     had every run figure drawn again by its first report there. The analysis names the new folder."""

@@ -159,8 +159,10 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool)
     plain = json.loads(json.dumps(jsonable(summary), allow_nan=False))  # as analysis.json holds it
     key = figure_key(plain, sources)
     previous = _read_previous_analysis(folder)
-    figure = _previous_figure(folder, previous) if previous.get("figure_key") == key else None
-    document = {**plain, "figure_key": key, **({FIGURE_SHA256: previous[FIGURE_SHA256]} if figure else {})}
+    own = _without_kept(previous)
+    figure = _previous_figure(folder, own) if own.get("figure_key") == key else None
+    document = {**plain, "figure_key": key, **({FIGURE_SHA256: own[FIGURE_SHA256]} if figure else {})}
+    document = {**document, **_other_versions_keys(previous, document)}
     in_place = figure is not None
     return _Analysis(RunEntry(folder, tables, summary, figure, probe_stamp=stamps[folder.probe_csv]), document,
                      in_place, in_place and previous == document, stamps)
@@ -238,7 +240,29 @@ def _read_previous_analysis(folder: RunDir) -> dict[str, Any]:
     return previous if isinstance(previous, dict) else {}
 
 
+def _without_kept(previous: dict[str, Any]) -> dict[str, Any]:
+    """An analysis.json less the keys it says another version kept unrefreshed (``KEPT``): what they say may no
+    longer hold (a ``figure_sha256`` kept by a version that drew the figure again), so this version, which knows
+    them, does not go by them."""
+    kept = previous.get(KEPT)
+    stale = {key for key in kept if isinstance(key, str)} if isinstance(kept, list) else set()
+    return {key: value for key, value in previous.items() if key not in stale}
+
+
 FIGURE_SHA256 = "figure_sha256"  # analysis.json's sha256 of the analysis.png written with it
+# analysis.json's list of the keys another phd-lab version wrote that this one does not: kept, not refreshed
+KEPT = "kept_from_other_versions"
+# the top-level keys this version may write beside the summary's (the others it writes every time)
+OWN_KEYS = frozenset({"figure_key", FIGURE_SHA256, KEPT})
+
+
+def _other_versions_keys(previous: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+    """The keys of the previous analysis.json that this version does not write (a newer version's; those of an older
+    one it no longer writes), kept as they were, and ``KEPT`` naming them: a report of this version beside a newer
+    one on the same logs (two checkouts, a cluster's module and a laptop) must not lose what the newer one wrote,
+    yet they were not refreshed with the rest, which the list says. Empty where there are none."""
+    other = {key: value for key, value in previous.items() if key not in document and key not in OWN_KEYS}
+    return {**other, KEPT: sorted(other)} if other else {}
 
 
 def _previous_figure(folder: RunDir, previous: dict[str, Any]) -> bytes | None:
