@@ -284,6 +284,7 @@ class TrainTestExecutor:
                             **cpu_instruction_set(),
                             "registry_files": dict(self.registries.files),
                             "registry_sha256": self.registries.file_hashes(),
+                            "registry_factory_sha256": self.registries.factory_hashes(self.config),
                             "registry_helper_sha256": self.registries.helper_hashes(),
                             "defaults_in_effect": self._defaults_in_effect(), "working_directory": os.getcwd(),
                             **self._cut_meta}

@@ -32,6 +32,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import inspect
+import linecache
 import logging
 import os
 import sys
@@ -297,6 +298,10 @@ def _execute(module: ModuleType, source: bytes, path: Path) -> ModuleType:
     """Run ``source`` (the bytes that are hashed) as the module's code, in its namespace."""
     exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's own registry module
     _EXECUTED_SHA256[module.__name__] = hashlib.sha256(source).hexdigest()
+    # the executed lines, for inspect.getsource (factory_sha256) and tracebacks: a file edited since is not them
+    # (no modification time: linecache.checkcache keeps the entry)
+    lines = source.decode("utf-8", errors="replace").splitlines(keepends=True)
+    linecache.cache[str(path)] = (len(source), None, lines, str(path))
     return module
 
 
@@ -471,6 +476,14 @@ class Registries:
         """sha256 of the source each registry module was executed from: a custom registry outside the
         repository is not covered by the logged git commit, and its code is part of what a run trained with."""
         return dict(self.sha256)
+
+    def factory_hashes(self, config: Any) -> dict[str, dict[str, str | None]]:
+        """``factory_sha256`` of each factory a run's config draws from these registries, by kind and name: a rerun
+        years later asks whether the factory the run used changed, not whether anything in its file did."""
+        from phd_lab.factory_digest import factory_sha256
+        names = {"models": [config.model], "datasets": [config.dataset], "optimizers": [config.optimizer],
+                 "metrics": list(config.metrics)}
+        return {kind: {name: factory_sha256(self[kind].get(name)) for name in names[kind]} for kind in KINDS}
 
     def helper_hashes(self) -> dict[str, dict[str, str]]:
         """sha256 of the files each registry file imported from its own folder (``helper.py`` beside it), by their

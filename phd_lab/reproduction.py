@@ -42,12 +42,7 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
                     continue
                 if old.get(name, _ABSENT) != new.get(name, _ABSENT):
                     found.append(f"the {args} default {name}: {_shown(old, name)} (now {_shown(new, name)})")
-    old_hashes, new_hashes = logged.get("registry_sha256"), now.get("registry_sha256")
-    if isinstance(old_hashes, Mapping) and isinstance(new_hashes, Mapping):
-        for kind in sorted(set(old_hashes) & set(new_hashes)):
-            if old_hashes[kind] and old_hashes[kind] != new_hashes[kind]:
-                found.append(f"the code of the {kind} registry file (sha256 {str(old_hashes[kind])[:12]}…, now "
-                             f"{str(new_hashes[kind])[:12]}…)")
+    found += _registry_differences(logged, now)
     old_helpers, new_helpers = logged.get("registry_helper_sha256"), now.get("registry_helper_sha256")
     if isinstance(old_helpers, Mapping) and isinstance(new_helpers, Mapping):
         for kind in sorted(set(old_helpers) & set(new_helpers)):
@@ -69,6 +64,29 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
         kept = "; the run's <name>_git.diff holds its own" if old_diff else ""
         found.append(f"the uncommitted changes to phd-lab ({_diff_state(old_diff)}, now {_diff_state(new_diff)}"
                      f"{kept})")
+    return found
+
+
+def _registry_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """The factories of a registry the run used whose code changed (``registry_factory_sha256``: their source and
+    what they name from their file; any other change to the file, such as a model added, is no difference); for a
+    kind whose factories were logged without it (versions before December 2026) or cannot be told by their source,
+    the whole registry file's sha256, as those versions compared it."""
+    found = []
+    old_files, new_files = logged.get("registry_sha256"), now.get("registry_sha256")
+    old_factories, new_factories = logged.get("registry_factory_sha256"), now.get("registry_factory_sha256")
+    if not isinstance(old_files, Mapping) or not isinstance(new_files, Mapping):
+        return found
+    for kind in sorted(set(old_files) & set(new_files)):
+        old = old_factories.get(kind) if isinstance(old_factories, Mapping) else None
+        new = new_factories.get(kind) if isinstance(new_factories, Mapping) else None
+        if (isinstance(old, Mapping) and isinstance(new, Mapping) and set(old) <= set(new)
+                and all(old[name] and new[name] for name in old)):
+            found += [f"the code of the {kind} factory {name!r} (sha256 {str(old[name])[:12]}…, now "
+                      f"{str(new[name])[:12]}…)" for name in sorted(old) if old[name] != new[name]]
+        elif old_files[kind] and old_files[kind] != new_files[kind]:
+            found.append(f"the code of the {kind} registry file (sha256 {str(old_files[kind])[:12]}…, now "
+                         f"{str(new_files[kind])[:12]}…)")
     return found
 
 

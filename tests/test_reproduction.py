@@ -51,7 +51,7 @@ def test_a_changed_factory_default_and_other_versions_are_named_on_resume_and_on
     assert run_main("--config", str(logged_path), "--no-progress", "-q").returncode == 0
     log_text = " ".join((folder / f"{name}.log").read_text().split())
     assert ('The epochs still to train run under another setup than the epochs before them: the model_args '
-            'default act: "relu" (now "tanh"); the code of the models registry file (sha256') in log_text
+            'default act: "relu" (now "tanh"); the code of the models factory \'tiny_cnn\' (sha256') in log_text
     logged = json.loads(logged_path.read_text())
     assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {"act": "relu"}, "the setup the run began with"
     assert logged[META_KEY]["numba"] == importlib.metadata.version("numba")  # it compiles the tracking kernel
@@ -620,3 +620,48 @@ def test_factory_defaults_json_cannot_hold_are_logged_as_their_repr():
     defaults = defaults_in_effect(factory, {"given": 4}, ("num_classes",))
     assert defaults == {"width": 0.5, "layer": repr(nn.ReLU), "limit": "inf"}
     assert json.loads(json.dumps(defaults, allow_nan=False)) == defaults
+
+
+MY_MODELS = '''
+from torch import nn
+
+WIDTH = {width}
+
+
+def _block(in_channels):
+    return nn.Conv2d(in_channels, WIDTH, 3, padding=1)
+
+
+def small(*, num_classes, in_channels=3):
+    return nn.Sequential(_block(in_channels), nn.Flatten(), nn.LazyLinear(num_classes))
+
+
+def other(*, num_classes, in_channels=3):
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes{other}))
+'''
+
+
+def test_a_registry_file_edited_elsewhere_than_the_factory_a_run_used_is_no_code_difference(tmp_path):
+    """Every upgrade named 'the code of the models registry file' changed for every logged run, as the whole file's
+    sha256 was compared; a run logs each of its factories' own digest (its source and what it names from the file)
+    and is warned only when that changed. A _meta logged without the digests is compared by the file's sha256."""
+    from types import SimpleNamespace
+    from phd_lab.registry import Registries
+    from phd_lab.reproduction import code_differences
+    config = SimpleNamespace(model="small", dataset="Digits", optimizer="adam", metrics=["Accuracy"])
+    registry = tmp_path / "my_models.py"
+
+    def meta(**source) -> dict:
+        registry.write_text(MY_MODELS.format(**{"width": 4, "other": "", **source}))
+        registries = Registries({"models": str(registry)})
+        return {"registry_sha256": registries.file_hashes(),
+                "registry_factory_sha256": registries.factory_hashes(config)}
+
+    logged = meta()
+    assert logged["registry_factory_sha256"]["models"]["small"] is not None
+    assert code_differences(logged, meta(other=", bias=False")) == []  # another factory of the file edited
+    changed = code_differences(logged, meta(width=8))  # a value the factory's helper reads
+    assert len(changed) == 1 and changed[0].startswith("the code of the models factory 'small' (sha256 ")
+    older = {"registry_sha256": logged["registry_sha256"]}  # as versions before December 2026 logged it
+    assert [text.split(" (")[0] for text in code_differences(older, meta(other=", bias=False"))] == [
+        "the code of the models registry file"]

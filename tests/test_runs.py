@@ -82,6 +82,9 @@ def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
     # the code a custom registry file held, and the factory defaults the config left in effect (TINY sets lr)
     assert logged[META_KEY]["registry_sha256"]["models"] == hashlib.sha256(
         (ROOT / "registries" / "models.py").read_bytes()).hexdigest()
+    from phd_lab.factory_digest import factory_sha256
+    from registries import models as builtin_models
+    assert logged[META_KEY]["registry_factory_sha256"]["models"] == {"vgg11": factory_sha256(builtin_models.vgg11)}
     assert logged[META_KEY]["defaults_in_effect"]["optimizer_args"] == {
         "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False, "step_size": None,
         "gamma": None}

@@ -1,0 +1,108 @@
+"""The sha256 of one registry factory's code: its source and what it names from its own module.
+
+A run's logged config records the sha256 of each whole registry file, so every upgrade of phd-lab (a model added
+to ``registries/models.py``, a docstring reworded) made every logged run warn that "the code of the models
+registry file changed", although the factory the run used had not. The digest here covers what the factory
+builds with from its file: its own source; every function or class of the same module that it names, transitively,
+by their source; the plain values (numbers, strings, lists, dicts of them) it names from the module; the identity
+(module and qualified name) of what it names from elsewhere, whose code the logged versions and git commit cover
+(and, for files beside a registry file, their own sha256); the values its closure holds; and the plain attributes
+set on it (``phd_lab_objective``, a dataset's ``check_data``). Not covered: statements at the module's top level
+that change other modules when the file is imported (setting torch defaults), which the whole file's sha256,
+still logged, shows.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import sys
+import types
+from typing import Any, Callable
+
+_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+
+
+def factory_sha256(factory: Callable[..., Any]) -> str | None:
+    """sha256 of the factory's code as described above; None where its source cannot be read (a factory made by
+    ``functools.partial`` or outside a file), for which the registry file's sha256 stands."""
+    arguments: list[Any] = []
+    while isinstance(factory, functools.partial):  # a prefix's factory (tv:resnet50): the name it was given too
+        arguments.append(_described((factory.args, factory.keywords), None, set()))
+        factory = factory.func
+    try:
+        described = _described(factory, getattr(inspect.unwrap(factory), "__module__", None), set())
+    except Exception:  # noqa: BLE001 - no source (OSError, TypeError) or a module it cannot be read from: no digest
+        return None
+    if not isinstance(described, dict):  # no function or class: no source to describe it by
+        return None
+    if arguments:
+        described = {**described, "partial": arguments}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def _described(value: Any, module: str | None, seen: set[str]) -> Any:
+    """``value`` as the digest holds it: code of ``module`` by its source and what it names, numbers and strings by
+    their value, lists and dicts item by item, anything else by its identity."""
+    if isinstance(value, (types.FunctionType, type)):
+        value = inspect.unwrap(value)
+        if value.__module__ != module:
+            return f"{value.__module__}.{value.__qualname__}"
+        identity = value.__qualname__  # not by the module's name, which a registry file's path gives it
+        if identity in seen:
+            return identity
+        seen.add(identity)
+        namespace = vars(sys.modules[module]) if module in sys.modules else getattr(value, "__globals__", {})
+        return {"source": inspect.getsource(value),
+                "names": {name: _described(namespace[name], module, seen)
+                          for name in sorted(_global_names(value)) if name in namespace},
+                "closure": [_described(cell.cell_contents, module, seen)
+                            for cell in (getattr(value, "__closure__", None) or ()) if _filled(cell)],
+                "attributes": {name: _described(attribute, module, seen) for name, attribute in
+                               sorted(vars(value).items()) if not name.startswith("__")}
+                if isinstance(value, types.FunctionType) else {}}
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_described(item, module, seen) for item in value]
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return {key: _described(item, module, seen) for key, item in sorted(value.items())}
+    if isinstance(value, types.ModuleType):
+        return value.__name__
+    return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # a cell not bound yet
+        return False
+    return True
+
+
+def _global_names(value: Any) -> set[str]:
+    """The names the code of a function, or of a class's methods, looks up (nested functions and comprehensions
+    included); some are attributes, which are then looked up in the module in vain."""
+    codes = [value.__code__] if isinstance(value, types.FunctionType) else [
+        member.__code__ for member in _class_functions(value)]
+    names: set[str] = set()
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(const for const in code.co_consts if isinstance(const, types.CodeType))
+    return names
+
+
+def _class_functions(cls: type) -> list[types.FunctionType]:
+    """The functions a class defines: methods, static and class methods, and properties' accessors."""
+    found = []
+    for member in vars(cls).values():
+        if isinstance(member, (staticmethod, classmethod)):
+            member = member.__func__
+        if isinstance(member, property):
+            found += [accessor for accessor in (member.fget, member.fset, member.fdel) if accessor is not None]
+        elif isinstance(member, types.FunctionType):
+            found.append(member)
+    return [inspect.unwrap(function) for function in found if isinstance(inspect.unwrap(function), types.FunctionType)]
