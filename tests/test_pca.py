@@ -300,6 +300,27 @@ def test_a_new_covariance_gives_a_new_eigenspace() -> None:
     assert torch.allclose(layer(second), fresh(second), atol=1e-5)
 
 
+def test_k_is_thresholded_once_per_covariance_and_delta_and_a_new_delta_reprojects() -> None:
+    """Every eval-mode forward asks for k; it is thresholded from the cached eigenvalues once per covariance and
+    delta, not again for every batch. Overwriting those eigenvalues shows it: k and the projection stay those of
+    the first thresholding until delta changes, and a new covariance gives the data's own k again."""
+    data = correlated()
+    layer = collected(LinearPCA(8, delta=0.9), data)
+    first, k = layer(data), layer.k
+    assert 0 < k < 8
+    values, vectors = layer.eigen()
+    values.fill_(1.0)  # thresholded again, delta 0.9 of eight equal eigenvalues would keep all eight
+    assert layer.k == k and torch.equal(layer(data), first)
+    layer.set_delta(0.5)  # a new delta is thresholded on the eigenvalues as they are now: four of eight
+    basis = vectors[:, :4]
+    assert layer.k == 4
+    assert torch.allclose(layer(data).double(), data.double() @ basis @ basis.T, atol=1e-4)
+    layer.set_delta(0.9)
+    assert layer.k == 8 and torch.equal(layer(data), data)
+    collected(layer, data)  # a new covariance: the data's eigenvalues, and their k, again
+    assert layer.k == k and torch.allclose(layer(data), first, atol=1e-6)
+
+
 def test_the_projection_follows_the_inputs_dtype_and_basis() -> None:
     """The cached PᵀP is cast once per basis, device and dtype: another dtype, or a switch between the PCA and a
     random basis at the same delta, projects with the matching matrix."""

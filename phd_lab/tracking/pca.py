@@ -35,6 +35,9 @@ class _PCALayer(nn.Module):
         self.centered = bool(centered)
         self.accumulator = CovarianceAccumulator(self.features)
         self._eigen: tuple[torch.Tensor, torch.Tensor] | None = None  # (values desc, vectors as columns)
+        # (delta, k) of the last ``k``: every eval-mode forward asks for k, and thresholding the eigenvalues
+        # again each time cost ~2 % of the project step; dropped with the covariance, keyed by delta
+        self._k: tuple[float, int] | None = None
         self._generator: torch.Generator | None = None
         self._matrix: torch.Tensor | None = None  # cached PᵀP, float64
         # PᵀP and the bias cast to the activations' device and dtype, made once per basis: casting a
@@ -49,7 +52,7 @@ class _PCALayer(nn.Module):
 
     def reset(self) -> None:
         self.accumulator.reset()
-        self._eigen = None
+        self._eigen = self._k = None
         self._matrix = self._operands = None
 
     def set_delta(self, delta: float) -> None:
@@ -84,10 +87,12 @@ class _PCALayer(nn.Module):
     def k(self) -> int:
         """Number of directions kept at the current delta; every one at delta = 1 (the thesis' 100 %
         is the unprojected layer, §7.2.1): a direction without variance in the collected data, e.g.
-        a unit that never fired, still passes new data unchanged."""
+        a unit that never fired, still passes new data unchanged. Computed once per covariance and delta."""
         if self.delta >= 1.0:
             return self.features
-        return intrinsic_dimension(self.eigen()[0].numpy(), self.delta)
+        if self._k is None or self._k[0] != self.delta:
+            self._k = (self.delta, intrinsic_dimension(self.eigen()[0].numpy(), self.delta))
+        return self._k[1]
 
     def projection_matrix(self) -> torch.Tensor:
         """PᵀP in float64 (d × d) for the current delta and basis."""
