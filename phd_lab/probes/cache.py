@@ -140,14 +140,14 @@ class ResultCache:
         every run whose fits the cache held. An entry that cannot be used is a miss, as it was for the version
         that wrote it."""
         old_key = {**key, "format": 1}
+        entry, _ = self._entry(old_key)
+        if entry is None:
+            return None
         try:
-            entry = json.loads(self.path(old_key).read_text(encoding="utf-8"))
-            if not isinstance(entry, dict) or entry.get("key") != old_key:
-                return None
             fields = dict(entry["record"])
             matrix = np.asarray(fields.pop("confusion"), dtype=np.float64)
             record = ProbeRecord.from_json(fields, matrix)
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):  # JSONDecodeError is a ValueError
+        except (ValueError, KeyError, TypeError):
             return None
         return record if matrix.shape == (len(record.classes),) * 2 else None
 
@@ -155,8 +155,9 @@ class ResultCache:
         path = self.path(key)
         return path.with_name(f"{path.stem}-{sha256[:16]}.npy")
 
-    def _read(self, key: dict[str, Any]) -> tuple[ProbeRecord | None, str | None]:
-        """The stored record (None where there is none) and what is wrong with an entry that cannot be used."""
+    def _entry(self, key: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        """The parsed JSON entry stored under ``key`` if it is one for that key (None where there is none), and what
+        is wrong with a file that is no such entry; shared by ``_read`` and ``_read_format_1``."""
         try:
             entry = json.loads(self.path(key).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -165,6 +166,13 @@ class ResultCache:
             return None, f"unreadable: {error}"
         if not isinstance(entry, dict) or entry.get("key") != key:
             return None, "its key does not match"
+        return entry, None
+
+    def _read(self, key: dict[str, Any]) -> tuple[ProbeRecord | None, str | None]:
+        """The stored record (None where there is none) and what is wrong with an entry that cannot be used."""
+        entry, problem = self._entry(key)
+        if entry is None:
+            return None, problem
         try:
             fields, sha256 = entry["record"], entry["confusion"]["sha256"]
             if not isinstance(sha256, str) or not re.fullmatch("[0-9a-f]{64}", sha256):
