@@ -28,7 +28,8 @@ from phd_lab.data import DataBundle
 from phd_lab.device import DeviceMissing, resolve_device
 from phd_lab.environment import cpu_instruction_set, device_description, git_diff, versions
 from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, UsageError, first_line
-from phd_lab.factory_args import FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect
+from phd_lab.factory_args import (FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect,
+                                  factory_model_args)
 from phd_lab.factory_results import checked_result
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.lock import ProcessTurn, RunLock
@@ -101,7 +102,7 @@ class TrainTestExecutor:
             self.registries.check_names(cfg)
         except RegistryError as error:
             raise RegistryError(f"{where}: {error}") from None
-        model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
+        model_args = factory_model_args(cfg.model_args)
         check_factory_args(self.registries.models.get(cfg.model), model_args, "model_args", cfg.model, where,
                            SUPPLIED_ARGS["models"], framework=FRAMEWORK_MODEL_OPTIONS)
         truncate = cfg.model_args.get("truncate")
@@ -217,7 +218,7 @@ class TrainTestExecutor:
         again per ``linear_init`` (the model_args the factory never sees)."""
         cfg = self.config
         factory = self.registries.models.get(cfg.model)
-        model_args = {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
+        model_args = factory_model_args(cfg.model_args)
         try:
             model = factory(num_classes=bundle.num_classes, in_channels=bundle.in_channels, **model_args)
         except (TypeError, ValueError) as error:

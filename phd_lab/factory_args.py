@@ -21,6 +21,12 @@ from phd_lab.errors import ConfigError
 FRAMEWORK_MODEL_OPTIONS = ("truncate", "linear_init")
 
 
+def factory_model_args(model_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The model_args that go to the model factory: all but the framework's own (``FRAMEWORK_MODEL_OPTIONS``).
+    One place for the checks, the meta-device build and the real build, which must pass the factory the same."""
+    return {k: v for k, v in model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
+
+
 def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: str, name: str,
                        where: str, reserved: tuple[str, ...], framework: tuple[str, ...] = ()) -> None:
     """Reject arguments a factory does not accept (a typo in model_args fails before training), and values of

@@ -20,7 +20,7 @@ from torch import nn
 
 from phd_lab.config import RunConfig
 from phd_lab.errors import ConfigError, first_line
-from phd_lab.factory_args import FRAMEWORK_MODEL_OPTIONS
+from phd_lab.factory_args import factory_model_args
 from phd_lab.factory_results import checked_result
 from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, Objective, declared_objective, objective_of
 from phd_lab.registry import Registries
@@ -48,7 +48,7 @@ def meta_model(cfg: RunConfig, registries: Registries, built: dict[Any, Any]) ->
     """The model built on the meta device (no memory, no initialisation) with placeholder
     classes and channels, which module names do not depend on (None if it cannot be built there), and
     the key it is shared under in ``built``."""
-    model_args = _factory_model_args(cfg)
+    model_args = factory_model_args(cfg.model_args)
     key = json.dumps([registries.models.source, cfg.model, model_args], sort_keys=True, default=str)
     if key not in built:
         try:
@@ -65,17 +65,12 @@ def meta_model(cfg: RunConfig, registries: Registries, built: dict[Any, Any]) ->
     return key, built[key]
 
 
-def _factory_model_args(cfg: RunConfig) -> dict[str, Any]:
-    """The config's model_args that go to the model factory (not the framework's own options)."""
-    return {k: v for k, v in cfg.model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
-
-
 def _build_on_meta(cfg: RunConfig, registries: Registries, num_classes: int, in_channels: int) -> Any:
     """What the registry's model factory returns on the meta device for these classes and channels; its
     errors are the caller's to judge."""
     with torch.device("meta"):
         return registries.models.get(cfg.model)(num_classes=num_classes, in_channels=in_channels,
-                                                 **_factory_model_args(cfg))
+                                                 **factory_model_args(cfg.model_args))
 
 
 def check_truncate(cfg: RunConfig, model: nn.Module) -> None:
