@@ -457,3 +457,27 @@ def test_a_functional_convolution_on_a_kernel_of_its_own_is_named_as_untracked(
     # nor is the kernel a parametrisation keeps inside its Conv2d
     weight_norm = torch.nn.utils.parametrizations.weight_norm
     assert untracked_convolutions(torch.nn.Sequential(weight_norm(torch.nn.Conv2d(1, 4, 3)))) == []
+
+
+class _NoTrackedLayer(torch.nn.Module):
+    """A linear classifier on the flattened image by a matrix product: no Conv2d, Linear or LSTM module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(10, 16) / 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weight.T
+
+
+@pytest.mark.parametrize("mode", ["passes", "inline"])
+def test_a_model_without_a_layer_to_track_is_named_once_per_run(tmp_path: Path, mode: str,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Every tracker the callback made warned that the model had no layer to track: twice per epoch in passes mode
+    (the test evaluation's tracker and the training split's), twice per run inline. Once per run, naming it."""
+    seed_everything(3)
+    rows, logged = _fit_on_digits(tmp_path, _NoTrackedLayer(), caplog, resolution=4, epochs=2, mode=mode)
+    warnings = [message for message in logged if "no Conv2d, Linear or LSTM layer to track" in message]
+    assert len(warnings) == 1, warnings
+    assert warnings[0] == "SaturationTracker found no Conv2d, Linear or LSTM layer to track in _NoTrackedLayer"
+    assert len(rows) == 2 and all(row["train_saturation_mean"] != row["train_saturation_mean"] for row in rows)

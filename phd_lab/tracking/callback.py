@@ -32,7 +32,8 @@ from phd_lab.config import RunConfig, parse_size
 from phd_lab.errors import ConfigError, UsageError
 from phd_lab.progress import bar_options
 from phd_lab.rundir import RunDir
-from phd_lab.tracking.tracker import SaturationTracker, TrackerOptions, run_pass, warn_of_untracked_convolutions
+from phd_lab.tracking.tracker import (SaturationTracker, TrackerOptions, run_pass, trackable_layers,
+                                     warn_of_no_tracked_layer, warn_of_untracked_convolutions)
 
 if TYPE_CHECKING:
     from phd_lab.data import DataBundle
@@ -101,15 +102,18 @@ class SaturationCallback(Callback):
     def on_fit_start(self, trainer: "Trainer", bundle: "DataBundle") -> None:
         if len(trainer.history) < trainer.epochs:
             warn_of_untracked_convolutions(trainer.model, trainer.run_name)
+            if next(trackable_layers(trainer.model, self.options), None) is None:
+                warn_of_no_tracked_layer(trainer.model, self.options, trainer.run_name)  # once, not per tracker
         if self.mode != "inline" or len(trainer.history) == trainer.epochs:
             return
         if trainer.network is not trainer.model:
             raise UsageError("tracking_mode 'inline' cannot follow a DataParallel model (its replicas would race "
                              "on the covariance sums); use tracking_mode 'passes' or data_parallel false.")
         self._inline = {
-            "train": SaturationTracker(trainer.model, self.delta, options=self.options, when=lambda m: m.training),
+            "train": SaturationTracker(trainer.model, self.delta, options=self.options, when=lambda m: m.training,
+                                       warn_if_empty=False),
             "test": SaturationTracker(trainer.model, self.delta, options=self.options,
-                                      when=lambda m: not m.training),
+                                      when=lambda m: not m.training, warn_if_empty=False),
         }
 
     def on_fit_end(self, trainer: "Trainer", bundle: "DataBundle") -> None:
@@ -163,7 +167,7 @@ class SaturationCallback(Callback):
         if self.mode != "passes" or trainer.network is not trainer.model:
             yield
             return
-        tracker = SaturationTracker(trainer.model, self.delta, options=self.options)
+        tracker = SaturationTracker(trainer.model, self.delta, options=self.options, warn_if_empty=False)
         try:
             yield
             self._test_frame = tracker.compute()
@@ -191,7 +195,7 @@ class SaturationCallback(Callback):
         model = trainer.model
         was_training = model.training
         model.eval()
-        tracker = SaturationTracker(model, self.delta, options=self.options)
+        tracker = SaturationTracker(model, self.delta, options=self.options, warn_if_empty=False)
         frames = {}
         try:
             for split, loader in (("train", bundle.train_eval), ("test", bundle.test)):

@@ -133,6 +133,15 @@ def warn_of_untracked_convolutions(model: nn.Module, run_name: str) -> None:
                 "no saturation column and are left out of s_mu: %s.", run_name, len(untracked), shown)
 
 
+def warn_of_no_tracked_layer(model: nn.Module, options: TrackerOptions, run_name: str | None = None) -> None:
+    """Say that ``model`` has no layer a tracker with ``options`` would hook (none of the tracked types, or the
+    include/exclude patterns leave none): its saturation table is empty and s_mu is NaN."""
+    patterns = (f" (include {list(options.include)}, exclude {list(options.exclude)})"
+                if options.include or options.exclude else "")
+    log.warning("%sSaturationTracker found no Conv2d, Linear or LSTM layer to track in %s%s",
+                f"{run_name}: " if run_name else "", type(model).__name__, patterns)
+
+
 POOLS_REPEATED_CALLS = "pools_repeated_calls"
 
 
@@ -158,10 +167,13 @@ class SaturationTracker:
 
     ``when`` optionally restricts recording to forward passes for which it returns True
     (it receives the model), e.g. ``lambda m: m.training`` records training batches only.
+    ``warn_if_empty=False`` leaves the warning of a model without a layer to track to the caller: the
+    saturation callback makes trackers twice per epoch and warns once per run itself.
     """
 
     def __init__(self, model: nn.Module, delta: float = 0.99, *, options: TrackerOptions | None = None,
-                 when: Callable[[nn.Module], bool] | None = None, **option_kwargs: object) -> None:
+                 when: Callable[[nn.Module], bool] | None = None, warn_if_empty: bool = True,
+                 **option_kwargs: object) -> None:
         if options is not None and option_kwargs:
             raise TypeError("pass either options= or individual option keywords, not both")
         self.options = options if options is not None else TrackerOptions(**option_kwargs)  # type: ignore[arg-type]
@@ -183,11 +195,8 @@ class SaturationTracker:
             self.layers[name] = layer
             if pools_calls_by_design(model, name):
                 self._pooled_by_design.add(name)
-        if not self.layers:
-            patterns = (f" (include {list(self.options.include)}, exclude {list(self.options.exclude)})"
-                        if self.options.include or self.options.exclude else "")
-            log.warning("SaturationTracker found no Conv2d, Linear or LSTM layer to track in %s%s",
-                        type(model).__name__, patterns)
+        if not self.layers and warn_if_empty:
+            warn_of_no_tracked_layer(model, self.options)
         self._root_handle = model.register_forward_pre_hook(self._start_batch)
         # a submodule called on its own after the model's forward (``model.head(x)``) is not a batch of the pass
         self._root_end_handle = model.register_forward_hook(self._end_batch, always_call=True)
