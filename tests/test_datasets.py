@@ -1087,3 +1087,20 @@ def test_the_registries_import_no_scikit_learn_until_digits_are_loaded():
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["imported True False", "loaded True 1437 360"]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_image_file_linked_to_nothing_is_a_data_error_before_training(tmp_path, capsys, split):
+    """A class folder's image file that is a link to a file not there was a sample: the run failed only when an
+    epoch reached it (exit 1, mid-training)."""
+    from tests.conftest import main_in_process, write_config
+    pets = _pets(tmp_path / "pets")
+    (pets / split / "cats" / "gone.png").symlink_to(tmp_path / "moved" / "gone.png")
+    expected = (f"The image folder {str(pets / split)!r} holds 1 image file(s) that are symbolic links leading to "
+                f"nothing ('cats/gone.png' -> {str(tmp_path / 'moved' / 'gone.png')!r})")
+    with pytest.raises(DataError) as error:
+        DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+    assert " ".join(str(error.value).split()).startswith(expected), str(error.value)
+    code, err = main_in_process(capsys, "--config", str(write_config(tmp_path, dataset=f"folder:{pets}")),
+                                "--no-progress", "-q")
+    assert code == 2 and "Traceback" not in err and expected in " ".join(err.split()), err
