@@ -1104,3 +1104,18 @@ def test_an_image_file_linked_to_nothing_is_a_data_error_before_training(tmp_pat
     code, err = main_in_process(capsys, "--config", str(write_config(tmp_path, dataset=f"folder:{pets}")),
                                 "--no-progress", "-q")
     assert code == 2 and "Traceback" not in err and expected in " ".join(err.split()), err
+
+
+def test_a_macos_resource_fork_folder_from_unzipping_is_no_class(tmp_path, caplog):
+    """Unzipping an archive made on macOS leaves ``__MACOSX/`` (``._name.png`` resource forks): it became a class,
+    refused as a training class without images, or in the test split as a class the training split lacks."""
+    pets = _pets(tmp_path / "pets")
+    for split in ("train", "test"):
+        (pets / split / "__MACOSX" / "cats").mkdir(parents=True)
+        (pets / split / "__MACOSX" / "cats" / "._0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+        (pets / split / "cats" / "__MACOSX").mkdir()  # inside a class folder: no samples either
+        write_image(pets / split / "cats" / "__MACOSX" / "0.png", size=(12, 12))
+    with caplog.at_level("INFO"):
+        bundle = DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+    check_bundle(bundle, num_classes=2, channels=3, resolution=16, train_size=6, test_size=2)
+    assert f"The folder {str(pets / 'train')!r} holds a __MACOSX/ folder" in caplog.text

@@ -20,6 +20,7 @@ from phd_lab.errors import DataError, RunFailure
 
 log = logging.getLogger(__name__)
 
+MACOS_FOLDER = "__MACOSX"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
@@ -127,7 +128,7 @@ def unlisted(root: str | Path, error: OSError) -> str | None:
     """The folder below ``root`` that os.walk could not list (another user's on a shared file system, mode 0700),
     as the error names it, or None where that loses no sample: a path that is gone, or one in a hidden folder."""
     relative = Path(os.path.relpath(error.filename, root)) if error.filename else Path()
-    if error.errno == errno.ENOENT or any(part.startswith(".") for part in relative.parts):
+    if error.errno == errno.ENOENT or any(is_left_out(part) for part in relative.parts):
         return None
     return f"{error.filename} ({error.strerror or error})"
 
@@ -151,7 +152,7 @@ def require_no_loose_images(directory: str | Path) -> None:
     left out without a word, and a split of nothing but such files was said to have "no class folders"."""
     with os.scandir(directory) as entries:
         loose = sorted(entry.name for entry in entries
-                       if not entry.name.startswith(".") and not entry.is_dir() and looks_like_an_image(entry.name))
+                       if not is_left_out(entry.name) and not entry.is_dir() and looks_like_an_image(entry.name))
     if loose:
         raise DataError(f"The image folder {str(directory)!r} holds {len(loose)} image file(s) directly, not in a "
                         f"class folder ({', '.join(map(repr, loose[:5]))}{' ...' if len(loose) > 5 else ''}): they "
@@ -164,7 +165,7 @@ def require_no_broken_links(directory: str | Path) -> None:
     neither a folder nor an image: its class was left out of the split without a word."""
     with os.scandir(directory) as entries:
         broken = sorted((entry.name, os.readlink(entry.path)) for entry in entries
-                        if not entry.name.startswith(".") and entry.is_symlink() and not os.path.exists(entry.path))
+                        if not is_left_out(entry.name) and entry.is_symlink() and not os.path.exists(entry.path))
     if broken:
         raise DataError(f"The image folder {str(directory)!r} holds {len(broken)} symbolic link(s) that lead to "
                         f"nothing ({'; '.join(f'{name!r} -> {target!r}' for name, target in broken[:5])}"
@@ -185,9 +186,16 @@ def require_no_broken_file_links(directory: str | Path, paths: list[str]) -> Non
                         f"fail when it reaches them. Restore or mount their targets, or remove the links.")
 
 
+def is_left_out(name: str) -> bool:
+    """Whether a file or folder name is no part of a data set: hidden (``.ipynb_checkpoints``, ``.DS_Store``,
+    ``._name.png``, as torchvision's ImageFolder leaves them out) or ``__MACOSX`` (the resource forks an archive
+    made on macOS holds; unzipped, it became a class folder that failed the run as a class without images)."""
+    return name.startswith(".") or name == MACOS_FOLDER
+
+
 def is_hidden(path: str | Path, top: str | Path) -> bool:
     """Whether a file below the folder ``top`` is hidden on the way (``._name.png``, ``.ipynb_checkpoints/``)."""
-    return any(part.startswith(".") for part in Path(os.path.relpath(path, top)).parts)
+    return any(is_left_out(part) for part in Path(os.path.relpath(path, top)).parts)
 
 
 def is_image_file(path: str | Path, top: str | Path) -> bool:
@@ -224,7 +232,7 @@ def holds_an_image(folder: Path) -> bool:
             raise unlisted_error(folder.parent, [failure])
 
     for directory, subdirectories, files in os.walk(folder, followlinks=True, onerror=refuse):
-        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        subdirectories[:] = [name for name in subdirectories if not is_left_out(name)]
         if any(is_image_file(os.path.join(directory, name), folder) for name in files):
             return True
     return False
@@ -238,10 +246,14 @@ def nfc(name: str) -> str:
 
 def class_folders(directory: str | Path) -> list[str]:
     """The class folders of a split as named on disk (which opens them), sorted by their NFC form, so that
-    a class gets the same label whichever spelling a copy has; hidden folders (``.ipynb_checkpoints``) are no
-    classes. Two folders whose names differ only in normalisation are a DataError: their order would depend
+    a class gets the same label whichever spelling a copy has; hidden folders (``.ipynb_checkpoints``) and
+    ``__MACOSX`` (with one log line) are no classes. Two folders whose names differ only in normalisation are a DataError: their order would depend
     on the file system."""
-    names = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith("."))
+    folders = [entry.name for entry in os.scandir(directory) if entry.is_dir()]
+    if MACOS_FOLDER in folders:
+        log.info("The folder %r holds a %s/ folder (macOS' resource forks, left by unzipping an archive made on a "
+                 "Mac): it is no class and is left out.", str(directory), MACOS_FOLDER)
+    names = sorted(name for name in folders if not is_left_out(name))
     first: dict[str, str] = {}
     for name in names:
         key = nfc(name)
@@ -299,7 +311,7 @@ def unread_images(folder: Path) -> Counter[str]:
     """The image files below ``folder`` (not hidden) in formats the loader does not read, counted by extension."""
     found: Counter[str] = Counter()
     for directory, subdirectories, files in os.walk(folder, followlinks=True):
-        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        subdirectories[:] = [name for name in subdirectories if not is_left_out(name)]
         found.update(os.path.splitext(name)[1].lower() for name in files if not name.startswith(".")
                      and looks_like_an_image(name) and not has_file_allowed_extension(name, IMG_EXTENSIONS))
     return found
