@@ -1119,3 +1119,37 @@ def test_a_macos_resource_fork_folder_from_unzipping_is_no_class(tmp_path, caplo
         bundle = DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
     check_bundle(bundle, num_classes=2, channels=3, resolution=16, train_size=6, test_size=2)
     assert f"The folder {str(pets / 'train')!r} holds a __MACOSX/ folder" in caplog.text
+
+
+def test_an_image_linked_into_two_classes_or_both_splits_is_warned_about(tmp_path, caplog):
+    """A file symlink to an image of another class made it a sample of both classes, and a test image that is a
+    link to a training image (or a class folder of test/ linked to train/'s) was counted in the test accuracy,
+    both without a word."""
+    pets = _pets(tmp_path / "pets")
+    with caplog.at_level("WARNING"):  # a folder without links: nothing to say
+        DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+    assert "symbolic links" not in caplog.text
+    (pets / "train" / "cats" / "x.png").symlink_to(pets / "train" / "dogs" / "0.png")
+    (pets / "test" / "cats" / "leak.png").symlink_to(pets / "train" / "cats" / "1.png")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        bundle = DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+    said = " ".join(caplog.text.split())
+    assert bundle.num_classes == 2 and len(bundle.test.dataset) == 3
+    assert (f"The image folder {str(pets / 'train')!r} holds 1 image file(s) reached through links from two class "
+            f"folders (such as 'cats/x.png' and 'dogs/0.png', one file)") in said, said
+    assert (f"The evaluation folder {str(pets / 'test')!r} holds 1 of its 3 image(s) that are training images too "
+            f"(such as 'cats/leak.png', which is {str(pets / 'train' / 'cats' / '1.png')!r})") in said, said
+    os.link(pets / "train" / "cats" / "2.png", pets / "test" / "cats" / "hard.png")  # a hard link is one file too
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+    assert f"The evaluation folder {str(pets / 'test')!r} holds 2 of its 4 image(s)" in caplog.text, caplog.text
+    (pets / "test" / "cats" / "hard.png").unlink()
+    (pets / "test" / "cats" / "leak.png").unlink()  # a whole test class folder that is a link to train/'s
+    shutil.rmtree(pets / "test" / "dogs")
+    (pets / "test" / "dogs").symlink_to(pets / "train" / "dogs", target_is_directory=True)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
+    assert f"The evaluation folder {str(pets / 'test')!r} holds 3 of its 4 image(s)" in caplog.text, caplog.text

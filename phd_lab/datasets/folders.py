@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -173,17 +174,84 @@ def require_no_broken_links(directory: str | Path) -> None:
                         f"of the split. Mount or restore their targets, or remove the links.")
 
 
-def require_no_broken_file_links(directory: str | Path, paths: list[str]) -> None:
+def linked_samples(directory: str | Path, paths: list[str]) -> set[str]:
+    """The image files below the split folder ``directory`` that a link leads to: the file is a symbolic link or
+    has hard links, or a folder below the split is a symbolic link; empty for a folder without links. An image
+    file that is a symbolic link to nothing is a DataError (``require_no_broken_file_links``). One lstat per file
+    (70-100 ms for 20,000 files on a warm local disk, about twice the walk that lists them; some seconds on
+    ImageNet), a stat per symbolic link, and a real path per folder."""
+    real_root = os.path.realpath(directory)
+    moved: dict[str, bool] = {}  # folder -> whether a symbolic link on the way leads elsewhere
+    linked: set[str] = set()
+    broken: list[str] = []
+    for path in paths:
+        head = os.path.dirname(path)
+        if head not in moved:
+            expected = os.path.normpath(os.path.join(real_root, os.path.relpath(head, directory)))
+            moved[head] = os.path.realpath(head) != expected
+        status = os.lstat(path)
+        if stat.S_ISLNK(status.st_mode) and not os.path.exists(path):
+            broken.append(path)
+        if moved[head] or status.st_nlink > 1 or stat.S_ISLNK(status.st_mode):
+            linked.add(path)
+    require_no_broken_file_links(directory, broken)
+    return linked
+
+
+def require_no_broken_file_links(directory: str | Path, broken: list[str]) -> None:
     """An image file that is a symbolic link to nothing (its target moved or on a drive not mounted) carries an
-    image name, so it became a sample, and the run failed only when an epoch reached it (exit 1). One lstat per
-    file (70-90 ms for 20,000 files on a warm local disk, about twice the walk that lists them; some
-    seconds on ImageNet); a target is looked up only for links."""
-    broken = [(path, os.readlink(path)) for path in paths if os.path.islink(path) and not os.path.exists(path)]
+    image name, so it became a sample, and the run failed only when an epoch reached it (exit 1)."""
     if broken:
-        shown = "; ".join(f"{os.path.relpath(path, directory)!r} -> {target!r}" for path, target in broken[:5])
+        shown = "; ".join(f"{os.path.relpath(path, directory)!r} -> {os.readlink(path)!r}" for path in broken[:5])
         raise DataError(f"The image folder {str(directory)!r} holds {len(broken)} image file(s) that are symbolic "
                         f"links leading to nothing ({shown}{' ...' if len(broken) > 5 else ''}): the run would "
                         f"fail when it reaches them. Restore or mount their targets, or remove the links.")
+
+
+def identity(path: str) -> tuple[int, int]:
+    """The file an image path leads to (its device and inode): the same for every symbolic or hard link to it,
+    and a stat (not a real path, ten times slower through links) per file."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
+def warn_images_in_two_classes(directory: str | Path, samples: list[tuple[str, int]], linked: set[str]) -> None:
+    """An image file reached through links from two class folders was a sample of both classes without a word
+    (labels that contradict each other). Looked for only where a split has links (no cost otherwise)."""
+    if not linked:
+        return
+    first: dict[tuple[int, int], tuple[str, int]] = {}
+    shared: list[tuple[str, str]] = []
+    for path, label in samples:
+        key = identity(path)
+        if key not in first:
+            first[key] = path, label
+        elif first[key][1] != label:
+            shared.append((first[key][0], path))
+    if shared:
+        one, other = (os.path.relpath(path, directory) for path in shared[0])
+        log.warning("The image folder %r holds %d image file(s) reached through links from two class folders "
+                    "(such as %r and %r, one file), each a sample of both classes with contradicting labels. Remove "
+                    "the links from the class the image does not show.", str(directory), len(shared), one, other)
+
+
+def warn_evaluation_images_in_training(train: "FixedClassImageFolder", evaluation: "FixedClassImageFolder") -> None:
+    """An evaluation image that is a training image (a link to it, or both splits reaching one file) makes the test
+    accuracy count images the model was trained on. Compared by file (device and inode), not by content (hashing
+    every file would cost minutes on big folders), and only where a split has links or one split folder lies
+    inside the other (no cost otherwise)."""
+    roots = [os.path.realpath(split.root) + os.sep for split in (train, evaluation)]
+    nested = roots[0].startswith(roots[1]) or roots[1].startswith(roots[0])
+    if not (train.linked or evaluation.linked or nested):
+        return
+    training = {identity(path) for path, _ in train.samples}
+    shared = [path for path, _ in evaluation.samples if identity(path) in training]
+    if shared:
+        log.warning("The evaluation folder %r holds %d of its %d image(s) that are training images too (such as %r, "
+                    "which is %r), through links or a shared folder: the test accuracy counts images the model was "
+                    "trained on. Remove them from one of the splits.", str(evaluation.root), len(shared),
+                    len(evaluation.samples), os.path.relpath(shared[0], evaluation.root),
+                    os.path.realpath(shared[0]))
 
 
 def is_left_out(name: str) -> bool:
@@ -247,8 +315,8 @@ def nfc(name: str) -> str:
 def class_folders(directory: str | Path) -> list[str]:
     """The class folders of a split as named on disk (which opens them), sorted by their NFC form, so that
     a class gets the same label whichever spelling a copy has; hidden folders (``.ipynb_checkpoints``) and
-    ``__MACOSX`` (with one log line) are no classes. Two folders whose names differ only in normalisation are a DataError: their order would depend
-    on the file system."""
+    ``__MACOSX`` (with one log line) are no classes. Two folders whose names differ only in normalisation are a
+    DataError: their order would depend on the file system."""
     folders = [entry.name for entry in os.scandir(directory) if entry.is_dir()]
     if MACOS_FOLDER in folders:
         log.info("The folder %r holds a %s/ folder (macOS' resource forks, left by unzipping an archive made on a "
@@ -350,6 +418,7 @@ class FixedClassImageFolder(ImageFolder):
 
     def __init__(self, root: str | Path, classes: list[str] | None = None, **kwargs: Any) -> None:
         self._given_classes = classes
+        self.linked: set[str] = set()  # the samples reached through links (linked_samples)
         check_folder_tree(root)
         super().__init__(str(root), loader=load_image, **kwargs)
         if not self.samples:
@@ -379,7 +448,8 @@ class FixedClassImageFolder(ImageFolder):
                 return False
             return is_valid_file is None or is_valid_file(path)
         samples = super().make_dataset(directory, class_to_idx, None, valid, allow_empty=True)
-        require_no_broken_file_links(directory, [path for path, _ in samples])
+        self.linked = linked_samples(directory, [path for path, _ in samples])
+        warn_images_in_two_classes(directory, samples, self.linked)
         warn_unread_formats(directory, skipped)
         found = {index for _, index in samples}
         without = [name for name, index in class_to_idx.items() if index not in found]

@@ -22,7 +22,8 @@ from torchvision import datasets as tv
 from phd_lab.atomic import os_refusal, shown_path
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.download import download_and_extract, missing_folders, remove_empty_folders_since
-from phd_lab.datasets.folders import FixedClassImageFolder, TinyImageNet, class_folders, is_image_file, load_image
+from phd_lab.datasets.folders import (FixedClassImageFolder, TinyImageNet, class_folders, is_image_file, load_image,
+                                      warn_evaluation_images_in_training)
 from phd_lab.datasets.transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
                                          Preprocessing, RGB_NORMALISATIONS, make_preprocessing)
 from phd_lab.errors import ConfigError, DataError
@@ -287,7 +288,7 @@ def _fastai(name: str) -> Opener:
             download_and_extract(f"https://s3.amazonaws.com/fast-ai-imageclas/{name}.tgz", root, name)
             _require_same_classes(folder)
         train = FixedClassImageFolder(folder / "train")
-        return train if split == "train" else FixedClassImageFolder(folder / "val", classes=train.classes)
+        return train if split == "train" else evaluation_split(folder / "val", train)
     return opener
 
 
@@ -360,8 +361,15 @@ def folder_opener(path: str) -> Opener:
         train = opened["train"]
         if split == "train":
             return train
-        return FixedClassImageFolder(evaluation_folder(base), classes=train.classes)
+        return evaluation_split(evaluation_folder(base), train)
     return opener
+
+
+def evaluation_split(folder: Path, train: FixedClassImageFolder) -> FixedClassImageFolder:
+    """The evaluation image folder numbered by ``train``'s classes, warned about where it holds training images."""
+    evaluation = FixedClassImageFolder(folder, classes=train.classes)
+    warn_evaluation_images_in_training(train, evaluation)
+    return evaluation
 
 
 _MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
