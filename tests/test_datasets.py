@@ -1153,3 +1153,50 @@ def test_an_image_linked_into_two_classes_or_both_splits_is_warned_about(tmp_pat
     with caplog.at_level("WARNING"):
         DATASETS.get(f"folder:{pets}")(resolution=16, data_dir="unused", **COMMON)
     assert f"The evaluation folder {str(pets / 'test')!r} holds 3 of its 4 image(s)" in caplog.text, caplog.text
+
+
+def _tiny_imagenet(root: Path) -> list[str]:
+    """A Tiny ImageNet tree of three classes (three training images each) and two val images; its annotations."""
+    for c, wnid in enumerate(["n01443537", "n01629819", "n01641577"]):
+        for i in range(3):
+            write_image(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", (8, 8), c * 10 + i)
+    lines = []
+    for i, wnid in enumerate(["n01629819", "n01443537"]):
+        write_image(root / "val" / "images" / f"val_{i}.JPEG", (8, 8), 100 + i)
+        lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t10\t10")
+    return lines
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", "Line 2 of {annotations!r} is 'val_1.JP', not"),
+    ("image missing", "1 of the 2 images that {annotations!r} lists are not in {images!r} (such as 'val_1.JPEG')"),
+    ("images folder missing", "2 of the 2 images that {annotations!r} lists are not in {images!r}"),
+    ("not text", "The file {annotations!r} is not the text it should be"),
+    ("empty", "The file {annotations!r} lists no image"),
+    ("image linked to nothing", "holds 1 image file(s) that are symbolic links leading to nothing ('val_1.JPEG' ->"),
+])
+def test_a_damaged_tiny_imagenet_val_split_is_named_before_training(tmp_path, damage, message):
+    """A val_annotations.txt cut short lost its last images silently, and an image it lists that is not there (or a
+    link to nothing) failed the run mid-epoch."""
+    root = tmp_path / "tiny-imagenet-200"
+    lines = _tiny_imagenet(root)
+    annotations, images = root / "val" / "val_annotations.txt", root / "val" / "images"
+    text = "\n".join(lines) + "\n"
+    if damage == "truncated":
+        text = text[:text.index("EG\tn01443537")]
+    elif damage == "image missing":
+        (images / "val_1.JPEG").unlink()
+    elif damage == "images folder missing":
+        shutil.rmtree(images)
+    elif damage == "not text":
+        text = "\x89PNG\r\n\x1a\n\udcff"
+    elif damage == "empty":
+        text = "\n"
+    elif damage == "image linked to nothing":
+        (images / "val_1.JPEG").unlink()
+        (images / "val_1.JPEG").symlink_to(tmp_path / "gone.JPEG")
+    annotations.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(DataError) as error:
+        DATASETS.get("TinyImageNet")(resolution=8, data_dir=str(tmp_path), **COMMON)
+    expected = message.format(annotations=str(annotations), images=str(images))
+    assert expected in " ".join(str(error.value).split()), str(error.value)

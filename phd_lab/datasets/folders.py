@@ -482,20 +482,9 @@ class TinyImageNet(Dataset):
             found = {index for _, index in self.samples}  # as for folder: datasets (a copy stopped part-way)
             require_images_in_every_class(train_dir, [wnid for index, wnid in enumerate(self.classes)
                                                       if index not in found])
+            linked_samples(train_dir, [path for path, _ in self.samples])  # links to nothing: a DataError
         elif split == "val":
-            annotations = self.root / "val" / "val_annotations.txt"
-            if not annotations.is_file():
-                raise FileNotFoundError(f"{annotations} not found")
-            self.samples, unknown = [], set()
-            for line in annotations.read_text(encoding="utf-8").splitlines():
-                parts = line.split("\t")
-                if len(parts) >= 2 and parts[1] in self.class_to_idx:
-                    self.samples.append((str(self.root / "val" / "images" / parts[0]), self.class_to_idx[parts[1]]))
-                elif len(parts) >= 2:
-                    unknown.add(parts[1])
-            if unknown:  # dropping them silently would evaluate on fewer images than the split has
-                raise DataError(f"{annotations} names class(es) {sorted(unknown)[:10]} that {train_dir} lacks; "
-                                f"the download is incomplete or mixed with another copy.")
+            self.samples = tiny_imagenet_val(self.root, self.class_to_idx)
         else:
             raise ValueError(f"split must be 'train' or 'val'; got {split!r}")
 
@@ -506,3 +495,42 @@ class TinyImageNet(Dataset):
         path, label = self.samples[index]
         image = load_image(path)
         return (self.transform(image) if self.transform is not None else image), label
+
+
+def tiny_imagenet_val(root: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """The samples of Tiny ImageNet's ``val/images`` as ``val/val_annotations.txt`` labels them (file, wnid and
+    box per line, tab-separated). A line cut short (a copy or extraction that was stopped), a file that is no
+    text, an annotation of no image or of a class ``train/`` lacks, and a listed image that is not there (which
+    failed the run mid-epoch) are DataErrors naming the file; dropping lines evaluated on fewer images silently."""
+    annotations, images = root / "val" / "val_annotations.txt", root / "val" / "images"
+    if not annotations.is_file():
+        raise FileNotFoundError(f"{annotations} not found")
+    redo = (f"the download is incomplete or damaged: extract tiny-imagenet-200.zip anew (or delete {str(root)!r} "
+            f"and run again with \"download\": true)")
+    try:
+        lines = annotations.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise DataError(f"The file {str(annotations)!r} is not the text it should be ({error}); {redo}.") from None
+    samples, unknown = [], set()
+    for number, line in enumerate(lines, 1):
+        parts = line.split("\t")
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            if line.strip():
+                raise DataError(f"Line {number} of {str(annotations)!r} is {line[:80]!r}, not '<image file>\\t<wnid>"
+                                f"\\t<box>': {redo}.")
+        elif parts[1] in class_to_idx:
+            samples.append((str(images / parts[0]), class_to_idx[parts[1]]))
+        else:
+            unknown.add(parts[1])
+    if unknown:  # dropping them silently would evaluate on fewer images than the split has
+        raise DataError(f"{annotations} names class(es) {sorted(unknown)[:10]} that {root / 'train'} lacks; "
+                        f"the download is incomplete or mixed with another copy.")
+    if not samples:
+        raise DataError(f"The file {str(annotations)!r} lists no image: {redo}.")
+    present = set(os.listdir(images)) if images.is_dir() else set()
+    missing = [path for path, _ in samples if os.path.basename(path) not in present]
+    if missing:
+        raise DataError(f"{len(missing)} of the {len(samples)} images that {str(annotations)!r} lists are not in "
+                        f"{str(images)!r} (such as {os.path.basename(missing[0])!r}): {redo}.")
+    linked_samples(images, [path for path, _ in samples])  # links to nothing: a DataError
+    return samples
