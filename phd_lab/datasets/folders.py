@@ -174,15 +174,16 @@ def require_no_broken_links(directory: str | Path) -> None:
                         f"of the split. Mount or restore their targets, or remove the links.")
 
 
-def linked_samples(directory: str | Path, paths: list[str]) -> set[str]:
-    """The image files below the split folder ``directory`` that a link leads to: the file is a symbolic link or
-    has hard links, or a folder below the split is a symbolic link; empty for a folder without links. An image
+def has_links(directory: str | Path, paths: list[str]) -> bool:
+    """Whether a link leads to an image file below the split folder ``directory``: the file is a symbolic link or
+    has hard links, or a folder below the split is a symbolic link (a flag, not the paths: a folder copied with
+    hard links would keep a second list of every path in memory, in every loader worker). An image
     file that is a symbolic link to nothing is a DataError (``require_no_broken_file_links``). One lstat per file
     (70-100 ms for 20,000 files on a warm local disk, about twice the walk that lists them; some seconds on
     ImageNet), a stat per symbolic link, and a real path per folder."""
     real_root = os.path.realpath(directory)
     moved: dict[str, bool] = {}  # folder -> whether a symbolic link on the way leads elsewhere
-    linked: set[str] = set()
+    linked = False
     broken: list[str] = []
     for path in paths:
         head = os.path.dirname(path)
@@ -193,7 +194,7 @@ def linked_samples(directory: str | Path, paths: list[str]) -> set[str]:
         if stat.S_ISLNK(status.st_mode) and not os.path.exists(path):
             broken.append(path)
         if moved[head] or status.st_nlink > 1 or stat.S_ISLNK(status.st_mode):
-            linked.add(path)
+            linked = True
     require_no_broken_file_links(directory, broken)
     return linked
 
@@ -215,7 +216,7 @@ def identity(path: str) -> tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
-def warn_images_in_two_classes(directory: str | Path, samples: list[tuple[str, int]], linked: set[str]) -> None:
+def warn_images_in_two_classes(directory: str | Path, samples: list[tuple[str, int]], linked: bool) -> None:
     """An image file reached through links from two class folders was a sample of both classes without a word
     (labels that contradict each other). Looked for only where a split has links (no cost otherwise)."""
     if not linked:
@@ -418,7 +419,7 @@ class FixedClassImageFolder(ImageFolder):
 
     def __init__(self, root: str | Path, classes: list[str] | None = None, **kwargs: Any) -> None:
         self._given_classes = classes
-        self.linked: set[str] = set()  # the samples reached through links (linked_samples)
+        self.linked = False  # whether links lead to some of its images (has_links)
         check_folder_tree(root)
         super().__init__(str(root), loader=load_image, **kwargs)
         if not self.samples:
@@ -448,7 +449,7 @@ class FixedClassImageFolder(ImageFolder):
                 return False
             return is_valid_file is None or is_valid_file(path)
         samples = super().make_dataset(directory, class_to_idx, None, valid, allow_empty=True)
-        self.linked = linked_samples(directory, [path for path, _ in samples])
+        self.linked = has_links(directory, [path for path, _ in samples])
         warn_images_in_two_classes(directory, samples, self.linked)
         warn_unread_formats(directory, skipped)
         found = {index for _, index in samples}
@@ -482,7 +483,7 @@ class TinyImageNet(Dataset):
             found = {index for _, index in self.samples}  # as for folder: datasets (a copy stopped part-way)
             require_images_in_every_class(train_dir, [wnid for index, wnid in enumerate(self.classes)
                                                       if index not in found])
-            linked_samples(train_dir, [path for path, _ in self.samples])  # links to nothing: a DataError
+            has_links(train_dir, [path for path, _ in self.samples])  # links to nothing: a DataError
         elif split == "val":
             self.samples = tiny_imagenet_val(self.root, self.class_to_idx)
         else:
@@ -532,5 +533,5 @@ def tiny_imagenet_val(root: Path, class_to_idx: dict[str, int]) -> list[tuple[st
     if missing:
         raise DataError(f"{len(missing)} of the {len(samples)} images that {str(annotations)!r} lists are not in "
                         f"{str(images)!r} (such as {os.path.basename(missing[0])!r}): {redo}.")
-    linked_samples(images, [path for path, _ in samples])  # links to nothing: a DataError
+    has_links(images, [path for path, _ in samples])  # links to nothing: a DataError
     return samples
