@@ -219,10 +219,12 @@ SCHEMA: tuple[Key, ...] = (
     # --- probe keys (issue 5) go below this line; they do not change the trained run (technical)
     _key("probe_solver", "str", "saga", "probe job: solver of the logistic-regression probes (docs/probes.md)",
          choices=("saga", "lbfgs", "lbfgs-torch"), technical=True),
+    # the bounds keep the solvers' own numbers in range: a smaller C overflowed the float32 penalty of lbfgs-torch
+    # (and saga's step), a larger max_iter saga's C int, both as a failed fit after the run's probe log was opened
     _key("probe_C", "float", 1.0, "probe job: inverse L2 strength C (objective: mean cross-entropy + "
-         "||W||²/(2·C·n))", minimum=0.0, exclusive_minimum=True, technical=True),
+         "||W||²/(2·C·n))", minimum=1e-30, technical=True),
     _key("probe_max_iter", "int", None, "probe job: iteration limit; null = solver default (saga 100 epochs "
-         "as in the thesis, lbfgs/lbfgs-torch 1000)", nullable=True, minimum=1, technical=True),
+         "as in the thesis, lbfgs/lbfgs-torch 1000)", nullable=True, minimum=1, maximum=2**31 - 1, technical=True),
     _key("probe_tol", "float", 1e-4, "probe job: stopping tolerance of the solver", minimum=0.0,
          exclusive_minimum=True, technical=True),
     _key("probe_standardize", "bool", None, "probe job: standardise features with training-set mean/std; "

@@ -140,7 +140,7 @@ def test_settings_from_config_values_and_overrides():
     assert settings.resolved().max_iter == 1000 and settings.resolved().standardize is True
     assert ProbeSettings().resolved().max_iter == 100 and ProbeSettings().resolved().standardize is False
     assert "device" not in ProbeSettings().key() and ProbeSettings(solver="lbfgs-torch").key()["device"] == "cpu"
-    with pytest.raises(ConfigError, match="'probe_C' must be a number > 0"):
+    with pytest.raises(ConfigError, match="'probe_C' must be a number ≥ 1e-30"):
         ProbeSettings.from_mapping({"probe_C": 0})
     with pytest.raises(ConfigError, match="probe_solver.*got \"sgd\""):
         ProbeSettings.from_mapping({}, {"solver": "sgd"})

@@ -707,7 +707,7 @@ def test_error_in_a_solver_option_is_named_before_the_latents_are_looked_up(tmp_
     _assert_usage_error(capsys, None, "--latents", missing, "--probe-device", "bogus",
                         match="--probe-device must be cpu, cuda or cuda:N; got 'bogus'")
     _assert_usage_error(capsys, None, "--config", str(_config(tmp_path)), "--C", "0",
-                        match="command line --C: the key 'probe_C' must be a number > 0")
+                        match="command line --C: the key 'probe_C' must be a number ≥ 1e-30")
 
 
 def test_error_no_latents(tmp_path, capsys):
@@ -832,7 +832,8 @@ def test_error_bad_usage_and_settings(tmp_path, capsys):
     _assert_usage_error(capsys, run_dir, match="pass --config FILE")
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--run-id", "x", match="--run-id only applies")
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "-mp", "-1", match="-mp must be ≥ 0")
-    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--C", "-1", match="'probe_C' must be a number > 0")
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--C", "-1",
+                        match="'probe_C' must be a number ≥ 1e-30")
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--probe-device", "cuda",
                         match="only the lbfgs-torch solver runs on a GPU")
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--train-samples", "2",
@@ -1847,3 +1848,26 @@ def test_a_cache_entry_of_format_1_is_taken_not_refitted(tmp_path):
     assert stored == fitted and stored.seconds == fitted.seconds
     old_entry.write_text(json.dumps({"key": old_key, "record": {**fitted.to_json(), "confusion": [[1.0]]}}))
     assert cache.get(task.key) is None, "an entry whose matrix does not fit its classes is a miss"
+
+
+@pytest.mark.parametrize("option, value, solver, fragment", [
+    ("--max-iter", str(2**31), "saga", "'probe_max_iter' must be an integer ≥ 1 and ≤ 2147483647"),  # saga's C int
+    ("--C", "1e-31", "lbfgs-torch", "'probe_C' must be a number ≥ 1e-30"),  # 1/C overflowed the float32 penalty
+])
+def test_solver_numbers_beyond_what_the_solvers_hold_are_refused_before_any_fit(tmp_path, capsys, option, value,
+                                                                               solver, fragment):
+    """They used to pass the checks and fail each layer's fit (OverflowError, exit 1) after probe.log was opened."""
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=1, n=60))
+    before = sorted(run_dir.rglob("*"))
+    assert cli("--latents", str(latents), "-mp", "0", "--solver", solver, option, value) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert fragment in err and "Traceback" not in err
+    assert sorted(run_dir.rglob("*")) == before  # no probe.log, no cache, no lock
+
+
+def test_the_probe_key_bounds_hold_for_a_config_file_too(tmp_path, capsys):
+    from tests.conftest import write_config
+    config = write_config(tmp_path, probe_max_iter=2**31)
+    assert probe_cli(["--config", str(config), "-mp", "0"]) == 2
+    assert "'probe_max_iter' must be an integer ≥ 1 and ≤ 2147483647" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "logs").exists()
