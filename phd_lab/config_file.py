@@ -3,8 +3,8 @@
 ``load_config_file`` reads and parses, refusing what JSON would let through silently (duplicate
 keys, a top level that is no object); ``check_numbers`` then refuses numbers no run could use
 (NaN, infinities, factory arguments beyond float32, integers beyond 64 bits) and ``check_strings``
-strings no file or folder name can hold (a lone surrogate escape; a NUL in a path key). Every message names
-the file.
+strings no file or folder name can hold (a lone surrogate escape; a NUL in a path key; a folder key of white
+space only). Every message names the file.
 The schema's checks of each key live in ``phd_lab.config``.
 """
 
@@ -111,8 +111,13 @@ def check_strings(raw: Mapping[str, Any], path: Path | str) -> None:
     """Raise a ConfigError for the first key or string value that cannot be encoded as UTF-8: JSON lets a lone
     surrogate escape such as "\\ud800" through, and it would fail later, in a seed, folder or file name. A NUL
     ("\\u0000") in a path key (a folder key, a step's, a registry file) is refused too: no file or folder name
-    can hold one, and the first use of the path failed with a traceback."""
+    can hold one, and the first use of the path failed with a traceback. So is a folder key of white space only
+    ("logs_dir": " "), a slip a run took for a folder named " " in the working directory."""
     for key, text, is_name in _strings(raw, ""):
+        if not is_name and text and not text.strip() and key.split(".")[-1] in PATH_KEYS:
+            raise ConfigError(f"Config file {str(path)!r}: the key '{printable(key)}' holds {json.dumps(text)}, only "
+                              f"white space; it would name a folder of that name in the working directory. Name a "
+                              f"folder, or remove the key to use its default.")
         if not is_name and "\0" in text and _is_path_key(key):
             shown = printable(text).replace("\0", "\\u0000")[:80]
             raise ConfigError(f"Config file {str(path)!r}: the key '{printable(key)}' holds \"{shown}\", which has a "

@@ -268,6 +268,25 @@ def test_a_nul_character_in_a_path_key_is_refused_when_read(overrides, key, tmp_
 
 
 @pytest.mark.parametrize("overrides, key", [
+    ({"logs_dir": " "}, "logs_dir"),
+    ({"data_dir": ["data", "\t"]}, "data_dir"),
+    ({"latents_dir": "  ", "post_processing": ["extract"]}, "latents_dir"),
+    ({"post_processing": [{"name": "extract", "latents_dir": " "}]}, "post_processing.latents_dir"),
+])
+def test_a_folder_key_of_white_space_only_is_refused_when_read(overrides, key, tmp_path, capsys, monkeypatch):
+    """ "logs_dir": " " passed the dry run and trained into a folder named " " in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, **overrides)
+    for extra in (["--dry-run"], []):
+        code = main_cli(["--config", str(config), "--no-progress", "-q", *extra])
+        err = flat(capsys.readouterr().err)
+        assert code == 2, err
+        assert err.startswith("error: ") and "Traceback" not in err, err
+        assert f"the key '{key}' holds" in err and "only white space" in err, err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["exp.json"]
+
+
+@pytest.mark.parametrize("overrides, key", [
     ({"logs_dir": "{loop}/logs"}, "the key 'logs_dir'"),
     ({"latents_dir": "{loop}/lat", "post_processing": ["extract"]}, "the key 'latents_dir'"),
     ({"post_processing": [{"name": "extract", "latents_dir": "{loop}/lat"}]}, "step 'extract': the key 'latents_dir'"),
