@@ -197,6 +197,9 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         if not args.config:
             raise UsageError("--config is required: pass a JSON config file (e.g. configs/quickstart.json), "
                              "or use --list KIND / --list-keys.")
+        if args.dry_run and args.scheduler is not None:  # the run itself checks it only where it starts the cluster
+            from phd_lab.distributed import parse_scheduler
+            parse_scheduler(args.scheduler)
         from phd_lab.experiment import Main, chosen_indices, point_status, summary_table
         main = Main(progress=not args.no_progress, missing_data="warn" if args.dry_run else "error",
                     missing_device="warn" if args.dry_run else "ignore" if _on_other_machines(args.scheduler) else
@@ -210,7 +213,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
                      "folder": {i: str(main.executors[i].rundir.root) for i in shown}}
             sys.stdout.write(f"{len(grid)} run(s) in {args.config}{chosen}\n{grid.table(indices, extra)}\n")
             return EXIT_OK
-        if args.scheduler:
+        if args.scheduler is not None:  # an empty one is refused there, not taken for a run on this machine
             outcomes = main.run_on_cluster(grid, args.scheduler, indices)
         else:
             outcomes = main.run(grid, indices)

@@ -354,6 +354,18 @@ def test_a_malformed_scheduler_address_is_a_usage_error(spec):
             pass
 
 
+@pytest.mark.parametrize("extra, spec", [(["--dry-run"], "x"), (["--dry-run"], "local:0"), (["--dry-run"], ""),
+                                         ([], "")])
+def test_a_malformed_scheduler_is_refused_by_the_dry_run_and_an_empty_one_by_the_run(tmp_path, capsys, extra, spec):
+    """The dry run printed the grid for --scheduler x (only the run refused it), and the run took an empty
+    --scheduler for none and trained on this machine."""
+    config = write_config(tmp_path, epoch=1)
+    assert main_cli(["--config", str(config), "--scheduler", spec, "--no-progress", "-q", *extra]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(f"error: --scheduler {spec!r}") and "Traceback" not in err, err
+    assert not (tmp_path / "logs").exists()
+
+
 def test_a_device_missing_here_is_refused_before_a_local_cluster_starts(tmp_path, capsys):
     """local:N trains on this machine, which lacks the device: refused up front as in a sequential run (only the
     workers of a remote scheduler check their devices themselves)."""
