@@ -57,7 +57,7 @@ def _described(value: Any, module: str | None, seen: set[str]) -> Any:
         namespace = vars(sys.modules[module]) if module in sys.modules else getattr(value, "__globals__", {})
         return {"source": inspect.getsource(value),
                 "names": {name: _described(namespace[name], module, seen)
-                          for name in sorted(_global_names(value)) if name in namespace},
+                          for name in sorted(_global_names(value)) if name in namespace and not _dunder(name)},
                 "closure": [_described(cell.cell_contents, module, seen)
                             for cell in (getattr(value, "__closure__", None) or ()) if _filled(cell)],
                 "attributes": {name: _described(attribute, module, seen) for name, attribute in
@@ -71,7 +71,16 @@ def _described(value: Any, module: str | None, seen: set[str]) -> Any:
         return {key: _described(item, module, seen) for key, item in sorted(value.items())}
     if isinstance(value, types.ModuleType):
         return value.__name__
+    if type(value).__module__ == module:  # an object of the module's own class: its name holds the file's path
+        return {"instance": _described(type(value), module, seen),
+                "state": _described(dict(getattr(value, "__dict__", {})), module, seen)}
     return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+
+
+def _dunder(name: str) -> bool:
+    """A name the module sets itself (``__name__``, ``__file__``): a registry file's path and, through its module's
+    name, the process's string hash seed give it another value in every checkout and process."""
+    return name.startswith("__") and name.endswith("__")
 
 
 def _filled(cell: Any) -> bool:

@@ -1,0 +1,77 @@
+"""The digest of a registry factory (``registry_factory_sha256``) changes with what the factory builds and with
+nothing else: not with the registry file's path or the process (its string hash seed), and not with edits to other
+factories of the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from tests.conftest import ROOT
+
+# the registry file as each of the four kinds: no built-in registry (nor torch) is imported, which takes seconds
+DIGESTS = '''import json, sys
+from phd_lab.factory_digest import factory_sha256
+from phd_lab.registry import KINDS, Registries
+models = Registries({kind: sys.argv[1] for kind in KINDS}).models
+print(json.dumps({name: factory_sha256(models.get(name)) for name in models.names()}))
+'''
+
+SAME_EVERYWHERE = '''import dataclasses
+import logging
+
+
+@dataclasses.dataclass
+class Settings:
+    width: int = 4
+
+
+SETTINGS = Settings(width=4)
+
+
+def logs_its_module(*, num_classes, in_channels=3):
+    logging.getLogger(__name__).info("built")
+    return num_classes
+
+
+def reads_its_file(*, num_classes, in_channels=3):
+    return __file__, num_classes
+
+
+def reads_settings(*, num_classes, in_channels=3):
+    return SETTINGS.width * num_classes
+'''
+
+
+def digests(path: Path, seed: str) -> dict:
+    """The digest of every factory of the registry file ``path``, computed by a process of its own."""
+    env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", DIGESTS, str(path)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def digest(path: Path, source: str, name: str) -> str | None:
+    """The digest of the factory ``name`` of a registry file at ``path`` that holds ``source``, in this process."""
+    from phd_lab.registry import Registries
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source)
+    config = SimpleNamespace(model=name, dataset="Digits", optimizer="adam", metrics=["Accuracy"])
+    return Registries({"models": str(path)}).factory_hashes(config)["models"][name]
+
+
+def test_the_digest_is_the_same_in_other_processes_and_checkouts(tmp_path):
+    """A factory that named ``__name__`` or ``__file__``, or an object of a class of its file, had another digest in
+    every process and checkout (the module's name holds a hash of the file's path, seeded per process), so a rerun
+    of identical code warned that the factory's code changed."""
+    first, second = tmp_path / "one" / "models.py", tmp_path / "checkout" / "two" / "models.py"
+    for path in (first, second):
+        path.parent.mkdir(parents=True)
+        path.write_text(SAME_EVERYWHERE)
+    here, there = digests(first, "1"), digests(second, "2")
+    assert set(here) == {"Settings", "logs_its_module", "reads_its_file", "reads_settings"}
+    assert all(here.values()) and here == there
