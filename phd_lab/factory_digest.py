@@ -22,7 +22,7 @@ import sys
 import types
 from typing import Any, Callable
 
-_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+_PLAIN = (type(None), bool, int, float, str)
 
 
 def factory_sha256(factory: Callable[..., Any]) -> str | None:
@@ -65,6 +65,8 @@ def _described(value: Any, module: str | None, seen: set[str]) -> Any:
                 if isinstance(value, types.FunctionType) else {}}
     if isinstance(value, _PLAIN):
         return value
+    if isinstance(value, (bytes, bytearray, complex)):  # values JSON cannot hold
+        return {type(value).__name__: value.hex() if isinstance(value, (bytes, bytearray)) else repr(value)}
     if isinstance(value, (list, tuple)):
         return [_described(item, module, seen) for item in value]
     if isinstance(value, dict) and all(isinstance(key, str) for key in value):

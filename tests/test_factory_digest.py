@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 from tests.conftest import ROOT
 
@@ -57,11 +56,11 @@ def digests(path: Path, seed: str) -> dict:
 
 def digest(path: Path, source: str, name: str) -> str | None:
     """The digest of the factory ``name`` of a registry file at ``path`` that holds ``source``, in this process."""
-    from phd_lab.registry import Registries
+    from phd_lab.factory_digest import factory_sha256
+    from phd_lab.registry import KINDS, Registries
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source)
-    config = SimpleNamespace(model=name, dataset="Digits", optimizer="adam", metrics=["Accuracy"])
-    return Registries({"models": str(path)}).factory_hashes(config)["models"][name]
+    return factory_sha256(Registries({kind: str(path) for kind in KINDS}).models.get(name))
 
 
 def test_the_digest_is_the_same_in_other_processes_and_checkouts(tmp_path):
@@ -75,3 +74,15 @@ def test_the_digest_is_the_same_in_other_processes_and_checkouts(tmp_path):
     here, there = digests(first, "1"), digests(second, "2")
     assert set(here) == {"Settings", "logs_its_module", "reads_its_file", "reads_settings"}
     assert all(here.values()) and here == there
+
+
+def test_bytes_and_complex_values_are_in_the_digest(tmp_path):
+    """A factory that named a bytes or complex constant of its file ended the run with 'TypeError: Object of type
+    bytes is not JSON serializable' when the run's _meta was written; both are part of the digest."""
+    source = 'MAGIC = b"{magic}"\nPHASE = {phase}\n\n\ndef model(*, num_classes):\n    return MAGIC, PHASE\n'
+    path = tmp_path / "models.py"
+    first = digest(path, source.format(magic="ab", phase="1j"), "model")
+    assert first is not None
+    assert digest(path, source.format(magic="ab", phase="1j"), "model") == first
+    assert digest(path, source.format(magic="ac", phase="1j"), "model") != first
+    assert digest(path, source.format(magic="ab", phase="2j"), "model") != first
