@@ -69,14 +69,37 @@ def _described(value: Any, module: str | None, seen: set[str]) -> Any:
         return {type(value).__name__: value.hex() if isinstance(value, (bytes, bytearray)) else repr(value)}
     if isinstance(value, (list, tuple)):
         return [_described(item, module, seen) for item in value]
-    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
-        return {key: _described(item, module, seen) for key, item in sorted(value.items())}
+    if isinstance(value, dict):  # in their order, which a factory looping over them builds by
+        return {"dict": [[_described(key, module, seen), _described(item, module, seen)] for key, item in
+                         value.items()]}
+    if isinstance(value, (set, frozenset)):  # by value: their order is the process's string hash seed's
+        return {"set": sorted((_described(item, module, seen) for item in value), key=json.dumps)}
+    if isinstance(value, functools.partial):
+        return {"partial": _described([value.func, value.args, value.keywords], module, seen)}
+    array = _array(value, module, seen)
+    if array is not None:
+        return array
     if isinstance(value, types.ModuleType):
         return value.__name__
     if type(value).__module__ == module:  # an object of the module's own class: its name holds the file's path
         return {"instance": _described(type(value), module, seen),
                 "state": _described(dict(getattr(value, "__dict__", {})), module, seen)}
     return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+
+
+def _array(value: Any, module: str | None, seen: set[str]) -> dict[str, Any] | None:
+    """A numpy array or torch tensor by its type, shape and the sha256 of its bytes (an array of objects by its
+    items); None for anything else."""
+    numpy, torch = sys.modules.get("numpy"), sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        return {"tensor": [str(value.dtype), list(value.shape), hashlib.sha256(data).hexdigest()]}
+    if numpy is not None and isinstance(value, numpy.ndarray):
+        if value.dtype.hasobject:  # its bytes are the addresses of its items
+            return {"array": [list(value.shape), _described(value.tolist(), module, seen)]}
+        return {"array": [value.dtype.str, list(value.shape),
+                          hashlib.sha256(numpy.ascontiguousarray(value).tobytes()).hexdigest()]}
+    return None
 
 
 def _dunder(name: str) -> bool:
