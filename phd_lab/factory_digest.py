@@ -4,12 +4,16 @@ A run's logged config records the sha256 of each whole registry file, so every u
 to ``registries/models.py``, a docstring reworded) made every logged run warn that "the code of the models
 registry file changed", although the factory the run used had not. The digest here covers what the factory
 builds with from its file: its own source; every function or class of the same module that it names, transitively,
-by their source; the plain values (numbers, strings, lists, dicts of them) it names from the module; the identity
-(module and qualified name) of what it names from elsewhere, whose code the logged versions and git commit cover
-(and, for files beside a registry file, their own sha256); the values its closure holds; and the plain attributes
-set on it (``phd_lab_objective``, a dataset's ``check_data``). Not covered: statements at the module's top level
-that change other modules when the file is imported (setting torch defaults), which the whole file's sha256,
-still logged, shows.
+by their source, with their defaults, base classes and class attributes; the values it names from the module by
+value (numbers, strings, bytes, lists, dicts in their order, sets by their sorted items, numpy arrays and torch
+tensors by the sha256 of their bytes, ``functools.partial`` objects, objects of the module's own classes by their
+attributes); the identity (module and qualified name) of what it names from elsewhere, whose code the logged
+versions and git commit cover (and, for files beside a registry file, their own sha256); the values its closure
+holds; and the plain attributes set on it (``phd_lab_objective``, a dataset's ``check_data``). Nothing in it
+depends on the registry file's path or on the process (``__name__`` and ``__file__`` are left out), so identical
+code has the same digest in every checkout. Not covered: statements at the module's top level that change other
+modules when the file is imported (setting torch defaults), which the whole file's sha256, still logged, shows;
+the code of a decorator's wrapper; and names looked up dynamically (``globals()[name]``).
 """
 
 from __future__ import annotations
@@ -43,26 +47,28 @@ def factory_sha256(factory: Callable[..., Any]) -> str | None:
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
-def _described(value: Any, module: str | None, seen: set[str]) -> Any:
-    """``value`` as the digest holds it: code of ``module`` by its source and what it names, numbers and strings by
-    their value, lists and dicts item by item, anything else by its identity."""
+def _described(value: Any, module: str | None, seen: set[int]) -> Any:
+    """``value`` as the digest holds it: code of ``module`` by its source and what it names, values by their value
+    (item by item), anything else by its identity; ``seen`` holds the ids of the functions and classes described."""
     if isinstance(value, (types.FunctionType, type)):
         value = inspect.unwrap(value)
         if value.__module__ != module:
             return f"{value.__module__}.{value.__qualname__}"
-        identity = value.__qualname__  # not by the module's name, which a registry file's path gives it
-        if identity in seen:
-            return identity
-        seen.add(identity)
+        if id(value) in seen:  # by identity: two closures of one maker share their qualified name
+            return value.__qualname__  # not by the module's name, which a registry file's path gives it
+        seen.add(id(value))
         namespace = vars(sys.modules[module]) if module in sys.modules else getattr(value, "__globals__", {})
+        function = isinstance(value, types.FunctionType)
         return {"source": inspect.getsource(value),
                 "names": {name: _described(namespace[name], module, seen)
                           for name in sorted(_global_names(value)) if name in namespace and not _dunder(name)},
                 "closure": [_described(cell.cell_contents, module, seen)
                             for cell in (getattr(value, "__closure__", None) or ()) if _filled(cell)],
+                # what the source names outside the code of its functions: defaults, base classes, class attributes
+                "defaults": _described([value.__defaults__, value.__kwdefaults__] if function else
+                                       list(value.__bases__), module, seen),
                 "attributes": {name: _described(attribute, module, seen) for name, attribute in
-                               sorted(vars(value).items()) if not name.startswith("__")}
-                if isinstance(value, types.FunctionType) else {}}
+                               sorted(vars(value).items()) if not _dunder(name)}}
     if isinstance(value, _PLAIN):
         return value
     if isinstance(value, (bytes, bytearray, complex)):  # values JSON cannot hold
@@ -87,7 +93,7 @@ def _described(value: Any, module: str | None, seen: set[str]) -> Any:
     return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
 
 
-def _array(value: Any, module: str | None, seen: set[str]) -> dict[str, Any] | None:
+def _array(value: Any, module: str | None, seen: set[int]) -> dict[str, Any] | None:
     """A numpy array or torch tensor by its type, shape and the sha256 of its bytes (an array of objects by its
     items); None for anything else."""
     numpy, torch = sys.modules.get("numpy"), sys.modules.get("torch")

@@ -131,3 +131,45 @@ def test_sets_dicts_arrays_and_partials_a_factory_names_are_in_the_digest_by_val
     for name, edited in (("tags", '{"relu", "tanh", "elu"}'), ("widths", "{11: 64, 13: 256}"),
                          ("widths", "{13: 128, 11: 64}"), ("mean", "[0.5, 0.75]"), ("wide", 4)):
         assert digest(path, VALUES.format(**{**values, name: edited}), "model") != first, (name, edited)
+
+
+CODE = '''WIDTH = {width}
+
+
+class Base:
+    def widen(self, channels):
+        return channels * {factor}
+
+
+class Net(Base):
+    depth = WIDTH
+
+
+def _block(channels, width=WIDTH):
+    return channels * width
+
+
+def _maker(scale):
+    def made(channels):
+        return channels * scale
+    return made
+
+
+_SMALL, _LARGE = _maker({small}), _maker(8)
+
+
+def model(*, num_classes):
+    return _block(num_classes), Net().widen(num_classes), _SMALL(_LARGE(num_classes))
+'''
+
+
+def test_defaults_base_classes_class_attributes_and_closures_a_factory_builds_with_are_in_the_digest(tmp_path):
+    """What a factory's helpers take from the file outside the code of their functions was left out: a helper's
+    default (``width=WIDTH``), a class's base class and its class attributes (``depth = WIDTH``), and the second of
+    two closures made by one function (named like the first); editing them left the digest unchanged."""
+    values = {"width": 4, "factor": 2, "small": 1}
+    path = tmp_path / "models.py"
+    first = digest(path, CODE.format(**values), "model")
+    assert first is not None and digest(path, CODE.format(**values), "model") == first
+    for name, edited in (("width", 5), ("factor", 3), ("small", 2)):
+        assert digest(path, CODE.format(**{**values, name: edited}), "model") != first, name
