@@ -13,7 +13,8 @@ holds; and the plain attributes set on it (``phd_lab_objective``, a dataset's ``
 depends on the registry file's path or on the process (``__name__`` and ``__file__`` are left out), so identical
 code has the same digest in every checkout. Not covered: statements at the module's top level that change other
 modules when the file is imported (setting torch defaults), which the whole file's sha256, still logged, shows;
-the code of a decorator's wrapper; and names looked up dynamically (``globals()[name]``).
+what a class decorator does; and names looked up dynamically (``globals()[name]``). A decorated function's
+wrappers are covered by the decorator that made them (its source) and their closures.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def factory_sha256(factory: Callable[..., Any]) -> str | None:
 def _described(value: Any, module: str | None, seen: set[int]) -> Any:
     """``value`` as the digest holds it: code of ``module`` by its source and what it names, values by their value
     (item by item), anything else by its identity; ``seen`` holds the ids of the functions and classes described."""
-    if isinstance(value, (types.FunctionType, type)):
+    if isinstance(value, (types.FunctionType, type)) or isinstance(inspect.unwrap(value), types.FunctionType):
+        wrappers = _wrappers(value)  # a decorated function (functools.lru_cache makes no function of it)
         value = inspect.unwrap(value)
         if value.__module__ != module:
             return f"{value.__module__}.{value.__qualname__}"
@@ -59,7 +61,7 @@ def _described(value: Any, module: str | None, seen: set[int]) -> Any:
         seen.add(id(value))
         namespace = vars(sys.modules[module]) if module in sys.modules else getattr(value, "__globals__", {})
         function = isinstance(value, types.FunctionType)
-        return {"source": inspect.getsource(value),
+        described = {"source": inspect.getsource(value),
                 "names": {name: _described(namespace[name], module, seen)
                           for name in sorted(_global_names(value)) if name in namespace and not _dunder(name)},
                 "closure": [_described(cell.cell_contents, module, seen)
@@ -69,6 +71,9 @@ def _described(value: Any, module: str | None, seen: set[int]) -> Any:
                                        list(value.__bases__), module, seen),
                 "attributes": {name: _described(attribute, module, seen) for name, attribute in
                                sorted(vars(value).items()) if not _dunder(name)}}
+        if wrappers:  # a decorated function: the code that wraps it runs too
+            described["wrappers"] = [_wrapper(layer, module, seen) for layer in wrappers]
+        return described
     if isinstance(value, _PLAIN):
         return value
     if isinstance(value, (bytes, bytearray, complex)):  # values JSON cannot hold
@@ -91,6 +96,31 @@ def _described(value: Any, module: str | None, seen: set[int]) -> Any:
         return {"instance": _described(type(value), module, seen),
                 "state": _described(dict(getattr(value, "__dict__", {})), module, seen)}
     return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+
+
+def _wrappers(value: Any) -> list[Any]:
+    """The wrappers around a decorated function (``functools.wraps`` sets ``__wrapped__``), outermost first."""
+    found: list[Any] = []
+    while hasattr(value, "__wrapped__") and all(value is not layer for layer in found):
+        found.append(value)
+        value = value.__wrapped__
+    return found
+
+
+def _wrapper(layer: Any, module: str | None, seen: set[int]) -> Any:
+    """A wrapper of a decorated function: one of ``module`` by the function that made it (the decorator, whose
+    source holds the wrapper's) and the values its closure holds; one from elsewhere by its identity (``wraps``
+    gives it the wrapped function's name and module, so its code's own are used)."""
+    code = getattr(layer, "__code__", None)
+    defined_in = getattr(layer, "__globals__", {}).get("__name__")
+    if not isinstance(layer, types.FunctionType) or defined_in != module:
+        return f"{defined_in}.{code.co_qualname}" if code is not None else (
+            f"{type(layer).__module__}.{type(layer).__qualname__}")
+    maker = layer.__globals__.get(code.co_qualname.split(".")[0])
+    return {"maker": _described(maker, module, seen) if isinstance(maker, types.FunctionType)
+            else inspect.getsource(code),
+            "closure": [_described(cell.cell_contents, module, seen)
+                        for cell in (layer.__closure__ or ()) if _filled(cell)]}
 
 
 def _array(value: Any, module: str | None, seen: set[int]) -> dict[str, Any] | None:

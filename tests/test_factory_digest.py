@@ -173,3 +173,38 @@ def test_defaults_base_classes_class_attributes_and_closures_a_factory_builds_wi
     assert first is not None and digest(path, CODE.format(**values), "model") == first
     for name, edited in (("width", 5), ("factor", 3), ("small", 2)):
         assert digest(path, CODE.format(**{**values, name: edited}), "model") != first, name
+
+
+DECORATED = '''import functools
+
+__all__ = ["model", "cached"]
+
+
+def scaled(factor):
+    def decorate(build):
+        @functools.wraps(build)
+        def wrapper(**kwargs):
+            return build(**kwargs) {operator} factor
+        return wrapper
+    return decorate
+
+
+@scaled(2)
+def model(*, num_classes):
+    return num_classes
+
+
+@functools.lru_cache
+def cached(*, num_classes):
+    return num_classes
+'''
+
+
+def test_the_decorator_a_factory_is_wrapped_by_is_in_the_digest(tmp_path):
+    """A factory decorated by a decorator of its file (``functools.wraps``) was described by the function it wraps
+    alone: editing what the wrapper does to the model changed what the factory built but not its digest."""
+    path = tmp_path / "models.py"
+    first = digest(path, DECORATED.format(operator="*"), "model")
+    assert first is not None and digest(path, DECORATED.format(operator="*"), "model") == first
+    assert digest(path, DECORATED.format(operator="+"), "model") != first
+    assert digest(path, DECORATED.format(operator="*"), "cached") is not None
