@@ -298,11 +298,15 @@ def _execute(module: ModuleType, source: bytes, path: Path) -> ModuleType:
     """Run ``source`` (the bytes that are hashed) as the module's code, in its namespace."""
     exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's own registry module
     _EXECUTED_SHA256[module.__name__] = hashlib.sha256(source).hexdigest()
-    # the executed lines, for inspect.getsource (factory_sha256) and tracebacks: a file edited since is not them
-    # (no modification time: linecache.checkcache keeps the entry)
+    _remember_lines(source, path)
+    return module
+
+
+def _remember_lines(source: bytes, path: Path) -> None:
+    """Keep the lines a module was executed from, for inspect.getsource (factory_sha256) and tracebacks: a file
+    edited since is not them (no modification time: linecache.checkcache keeps the entry)."""
     lines = source.decode("utf-8", errors="replace").splitlines(keepends=True)
     linecache.cache[str(path)] = (len(source), None, lines, str(path))
-    return module
 
 
 def _current(module: ModuleType) -> ModuleType:
@@ -317,6 +321,8 @@ def _current(module: ModuleType) -> ModuleType:
         log.info("The registry module %s (%s) changed since this process imported it; executing it again.",
                  module.__name__, module.__file__)
         _execute(module, source, Path(module.__file__))
+    else:  # imported from these bytes: a later edit of the file is not the code the factories run
+        _remember_lines(source, Path(module.__file__))
     return module
 
 

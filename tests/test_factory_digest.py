@@ -208,3 +208,25 @@ def test_the_decorator_a_factory_is_wrapped_by_is_in_the_digest(tmp_path):
     assert first is not None and digest(path, DECORATED.format(operator="*"), "model") == first
     assert digest(path, DECORATED.format(operator="+"), "model") != first
     assert digest(path, DECORATED.format(operator="*"), "cached") is not None
+
+
+def test_the_digest_is_of_the_code_a_dotted_registry_module_was_imported_from(tmp_path, monkeypatch):
+    """A registry module named by its dotted name, edited while a grid ran (the registries are imported once, before
+    its first run), gave the later runs the digest of the edited file while they built with the code imported: a
+    rerun under the edited code was not warned. The digest is of the lines the module was executed from."""
+    from phd_lab.factory_digest import factory_sha256
+    from phd_lab.registry import KINDS, Registries
+    package = tmp_path / "digest_dotted_registries"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    path = package / "models.py"
+    path.write_text("def model(*, num_classes):\n    return num_classes * 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("digest_dotted_registries", "digest_dotted_registries.models"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    models = Registries({kind: "digest_dotted_registries.models" for kind in KINDS}).models
+    imported = factory_sha256(models.get("model"))
+    path.write_text("def model(*, num_classes):\n    return num_classes * 3\n")
+    assert models.get("model")(num_classes=1) == 2 and factory_sha256(models.get("model")) == imported
+    edited = Registries({kind: "digest_dotted_registries.models" for kind in KINDS}).models
+    assert edited.get("model")(num_classes=1) == 3 and factory_sha256(edited.get("model")) != imported
