@@ -51,29 +51,9 @@ def factory_sha256(factory: Callable[..., Any]) -> str | None:
 def _described(value: Any, module: str | None, seen: set[int]) -> Any:
     """``value`` as the digest holds it: code of ``module`` by its source and what it names, values by their value
     (item by item), anything else by its identity; ``seen`` holds the ids of the functions and classes described."""
-    if isinstance(value, (types.FunctionType, type)) or isinstance(inspect.unwrap(value), types.FunctionType):
-        wrappers = _wrappers(value)  # a decorated function (functools.lru_cache makes no function of it)
-        value = inspect.unwrap(value)
-        if value.__module__ != module:
-            return f"{value.__module__}.{value.__qualname__}"
-        if id(value) in seen:  # by identity: two closures of one maker share their qualified name
-            return value.__qualname__  # not by the module's name, which a registry file's path gives it
-        seen.add(id(value))
-        namespace = vars(sys.modules[module]) if module in sys.modules else getattr(value, "__globals__", {})
-        function = isinstance(value, types.FunctionType)
-        described = {"source": inspect.getsource(value),
-                "names": {name: _described(namespace[name], module, seen)
-                          for name in sorted(_global_names(value)) if name in namespace and not _dunder(name)},
-                "closure": [_described(cell.cell_contents, module, seen)
-                            for cell in (getattr(value, "__closure__", None) or ()) if _filled(cell)],
-                # what the source names outside the code of its functions: defaults, base classes, class attributes
-                "defaults": _described([value.__defaults__, value.__kwdefaults__] if function else
-                                       list(value.__bases__), module, seen),
-                "attributes": {name: _described(attribute, module, seen) for name, attribute in
-                               sorted(vars(value).items()) if not _dunder(name)}}
-        if wrappers:  # a decorated function: the code that wraps it runs too
-            described["wrappers"] = [_wrapper(layer, module, seen) for layer in wrappers]
-        return described
+    if isinstance(value, (types.FunctionType, type)) or (
+            callable(value) and isinstance(inspect.unwrap(value), types.FunctionType)):  # functools.lru_cache's too
+        return _code(value, module, seen)
     if isinstance(value, _PLAIN):
         return value
     if isinstance(value, (bytes, bytearray, complex)):  # values JSON cannot hold
@@ -96,6 +76,33 @@ def _described(value: Any, module: str | None, seen: set[int]) -> Any:
         return {"instance": _described(type(value), module, seen),
                 "state": _described(dict(getattr(value, "__dict__", {})), module, seen)}
     return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+
+
+def _code(value: Any, module: str | None, seen: set[int]) -> Any:
+    """A function or class of ``module`` by its source, what it names, its closure, its defaults (a class: its
+    bases), its attributes and its wrappers; one of another module by its module and qualified name."""
+    wrappers = _wrappers(value)
+    value = inspect.unwrap(value)
+    if value.__module__ != module:
+        return f"{value.__module__}.{value.__qualname__}"
+    if id(value) in seen:  # by identity: two closures of one maker share their qualified name
+        return value.__qualname__  # not by the module's name, which a registry file's path gives it
+    seen.add(id(value))
+    namespace = vars(sys.modules[module]) if module in sys.modules else getattr(value, "__globals__", {})
+    function = isinstance(value, types.FunctionType)
+    described = {"source": inspect.getsource(value),
+                 "names": {name: _described(namespace[name], module, seen)
+                           for name in sorted(_global_names(value)) if name in namespace and not _dunder(name)},
+                 "closure": [_described(cell.cell_contents, module, seen)
+                             for cell in (getattr(value, "__closure__", None) or ()) if _filled(cell)],
+                 # what the source names outside the code of its functions: defaults, base classes, class attributes
+                 "defaults": _described([value.__defaults__, value.__kwdefaults__] if function else
+                                        list(value.__bases__), module, seen),
+                 "attributes": {name: _described(attribute, module, seen) for name, attribute in
+                                sorted(vars(value).items()) if not _dunder(name)}}
+    if wrappers:  # a decorated function: the code that wraps it runs too
+        described["wrappers"] = [_wrapper(layer, module, seen) for layer in wrappers]
+    return described
 
 
 def _wrappers(value: Any) -> list[Any]:
