@@ -19,6 +19,7 @@ wrappers are covered by the decorator that made them (its source) and their clos
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 import inspect
@@ -72,6 +73,8 @@ def _described(value: Any, module: str | None, seen: set[int]) -> Any:
         return array
     if isinstance(value, types.ModuleType):
         return value.__name__
+    if isinstance(value, enum.Enum):  # InterpolationMode.BICUBIC: by its class and its name
+        return {"enum": [_described(type(value), module, seen), value.name]}
     if type(value).__module__ == module:  # an object of the module's own class: its name holds the file's path
         return {"instance": _described(type(value), module, seen),
                 "state": _described(dict(getattr(value, "__dict__", {})), module, seen)}
@@ -132,11 +135,15 @@ def _wrapper(layer: Any, module: str | None, seen: set[int]) -> Any:
 
 def _array(value: Any, module: str | None, seen: set[int]) -> dict[str, Any] | None:
     """A numpy array or torch tensor by its type, shape and the sha256 of its bytes (an array of objects by its
-    items); None for anything else."""
+    items), a numpy scalar or dtype as an array, a torch dtype or device by its name; None for anything else."""
     numpy, torch = sys.modules.get("numpy"), sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         return {"tensor": [str(value.dtype), list(value.shape), hashlib.sha256(data).hexdigest()]}
+    if torch is not None and isinstance(value, (torch.dtype, torch.device)):  # torch.float16, torch.device("cuda")
+        return {"torch": str(value)}
+    if numpy is not None and isinstance(value, (numpy.generic, numpy.dtype)):  # numpy.float32(1e-5), a dtype
+        value = numpy.asarray(value) if isinstance(value, numpy.generic) else numpy.empty(0, dtype=value)
     if numpy is not None and isinstance(value, numpy.ndarray):
         if value.dtype.hasobject:  # its bytes are the addresses of its items
             return {"array": [list(value.shape), _described(value.tolist(), module, seen)]}

@@ -230,3 +230,17 @@ def test_the_digest_is_of_the_code_a_dotted_registry_module_was_imported_from(tm
     assert models.get("model")(num_classes=1) == 2 and factory_sha256(models.get("model")) == imported
     edited = Registries({kind: "digest_dotted_registries.models" for kind in KINDS}).models
     assert edited.get("model")(num_classes=1) == 3 and factory_sha256(edited.get("model")) != imported
+
+
+def test_enum_members_dtypes_devices_and_numpy_scalars_a_factory_names_are_in_the_digest(tmp_path):
+    """An enum member (torchvision's InterpolationMode.BICUBIC), a torch dtype or device and a numpy scalar were
+    described by their type alone: changing BICUBIC to NEAREST or float16 to bfloat16 left the digest unchanged."""
+    source = ('import numpy as np\nimport torch\nfrom torchvision.transforms import InterpolationMode\n\n'
+              'MODE = InterpolationMode.{mode}\nDTYPE = torch.{dtype}\nDEVICE = torch.device("{device}")\n'
+              'EPS = np.float32({eps})\n\n\ndef model(*, num_classes):\n    return MODE, DTYPE, DEVICE, EPS\n')
+    values = {"mode": "BICUBIC", "dtype": "float16", "device": "cpu", "eps": "1e-5"}
+    path = tmp_path / "models.py"
+    first = digest(path, source.format(**values), "model")
+    assert first is not None and digest(path, source.format(**values), "model") == first
+    for name, edited in (("mode", "NEAREST"), ("dtype", "bfloat16"), ("device", "cuda"), ("eps", "1e-3")):
+        assert digest(path, source.format(**{**values, name: edited}), "model") != first, name
