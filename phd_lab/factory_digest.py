@@ -6,15 +6,16 @@ registry file changed", although the factory the run used had not. The digest he
 builds with from its file: its own source; every function or class of the same module that it names, transitively,
 by their source, with their defaults, base classes and class attributes; the values it names from the module by
 value (numbers, strings, bytes, lists, dicts in their order, sets by their sorted items, numpy arrays and torch
-tensors by the sha256 of their bytes, ``functools.partial`` objects, objects of the module's own classes by their
-attributes); the identity (module and qualified name) of what it names from elsewhere, whose code the logged
-versions and git commit cover (and, for files beside a registry file, their own sha256); the values its closure
-holds; and the plain attributes set on it (``phd_lab_objective``, a dataset's ``check_data``). Nothing in it
-depends on the registry file's path or on the process (``__name__`` and ``__file__`` are left out), so identical
-code has the same digest in every checkout. Not covered: statements at the module's top level that change other
-modules when the file is imported (setting torch defaults), which the whole file's sha256, still logged, shows;
-what a class decorator does; and names looked up dynamically (``globals()[name]``). A decorated function's
-wrappers are covered by the decorator that made them (its source) and their closures.
+tensors by the sha256 of their bytes, enum members, torch dtypes and devices, ``functools.partial`` objects,
+objects of the module's own classes by their attributes); the identity (module and qualified name) of what it
+names from elsewhere, whose code the logged versions and git commit cover (and, for files beside a registry file,
+their own sha256); the values its closure holds; and the plain attributes set on it (``phd_lab_objective``, a
+dataset's ``check_data``). Nothing in it depends on the registry file's path or on the process (``__name__`` and
+``__file__`` are left out), so identical code has the same digest in every checkout. Not covered: statements at
+the module's top level that change other modules when the file is imported (setting torch defaults), which the
+whole file's sha256, still logged, shows; what a class decorator does; and names looked up dynamically
+(``globals()[name]``). A decorated function's wrappers are covered by the decorator that made them (its source)
+and their closures.
 """
 
 from __future__ import annotations
