@@ -69,13 +69,7 @@ def test_mnist_like_from_idx_files(tmp_path, name):
 
 def test_tiny_imagenet_tree(tmp_path):
     root = tmp_path / "tiny-imagenet-200"
-    for c, wnid in enumerate(["n01443537", "n01629819", "n01641577"]):
-        for i in range(3):
-            write_image(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", (64, 64), c * 10 + i)
-    lines = []
-    for i, wnid in enumerate(["n01629819", "n01443537"]):
-        write_image(root / "val" / "images" / f"val_{i}.JPEG", (64, 64), 100 + i)
-        lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t10\t10")
+    lines = _tiny_imagenet(root, size=(64, 64))
     (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     bundle = DATASETS.get("TinyImageNet")(resolution=32, data_dir=str(tmp_path), **COMMON)
     check_bundle(bundle, num_classes=3, channels=3, resolution=32, train_size=9, test_size=2)
@@ -1155,14 +1149,14 @@ def test_an_image_linked_into_two_classes_or_both_splits_is_warned_about(tmp_pat
     assert f"The evaluation folder {str(pets / 'test')!r} holds 3 of its 4 image(s)" in caplog.text, caplog.text
 
 
-def _tiny_imagenet(root: Path) -> list[str]:
+def _tiny_imagenet(root: Path, size: tuple[int, int] = (8, 8)) -> list[str]:
     """A Tiny ImageNet tree of three classes (three training images each) and two val images; its annotations."""
     for c, wnid in enumerate(["n01443537", "n01629819", "n01641577"]):
         for i in range(3):
-            write_image(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", (8, 8), c * 10 + i)
+            write_image(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", size, c * 10 + i)
     lines = []
     for i, wnid in enumerate(["n01629819", "n01443537"]):
-        write_image(root / "val" / "images" / f"val_{i}.JPEG", (8, 8), 100 + i)
+        write_image(root / "val" / "images" / f"val_{i}.JPEG", size, 100 + i)
         lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t10\t10")
     return lines
 
