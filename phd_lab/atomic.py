@@ -165,9 +165,11 @@ def atomic_open(path: Path | str, mode: str = "wb", *, publish: Callable[[Path, 
             os.fsync(handle.fileno())
         publish(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(error, OSError) and error.filename is None:  # a failed write (full disk) names no file:
+            error.filename = str(path)  # its message should say which result was lost
         raise
 
 

@@ -31,6 +31,7 @@ from phd_lab.probes.probe_log import FINISHED
 from phd_lab.probes.runner import run_probes, run_task
 from phd_lab.probes.synthetic import write_latents
 from phd_lab.rundir import RunDir
+from tests.conftest import file_size_limit
 from tests.probe_latents import blob_layers, digits_layers, make_latents
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -944,6 +945,23 @@ def test_a_result_that_cannot_be_written_fails_clearly_and_keeps_the_cache(tmp_p
     assert cli("--latents", str(latents), "-mp", "0") == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "Probe results could not be written" in err and "probe_confusion" in err
+
+
+def test_a_disk_that_fills_up_while_the_results_are_written_names_the_file_and_the_rerun_completes(tmp_path):
+    """Files may grow to 3000 bytes only (a full disk): the job said 'Probe results could not be written: [Errno 27]
+    File too large.' and nothing of which file; a write that fails names no file, so the atomic write adds it."""
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    command = [sys.executable, str(ROOT / "probe_main.py"), "--latents", str(latents), "-mp", "0", "--no-progress"]
+    full = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          preexec_fn=file_size_limit(3000))
+    said = " ".join(full.stderr.split())
+    assert full.returncode == 1 and "Traceback" not in said, full.stderr
+    assert f"Probe results could not be written: [Errno 27] File too large: '{run_dir}{os.sep}" in said, said
+    assert not [path for path in run_dir.rglob("*") if path.name.endswith(".tmp")]
+    assert len(list((run_dir / ".probe_cache").rglob("*.json"))) == 2  # the fitted layers stay cached
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(pd.read_csv(run_dir / "probe_performances.csv")) == 2
 
 
 

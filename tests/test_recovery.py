@@ -1077,7 +1077,8 @@ def test_a_disk_that_fills_up_during_a_run_is_said_as_the_run_s_failure(tmp_path
     # the log file's failure once, then the run's error with its traceback on the console, where it can be read
     assert said.count(f"The log file '{log}' cannot be written (File too large); it takes no more records") == 1
     assert re.search(rf"Run 0 \(\S+\) failed and its log '{re.escape(str(log))}' could not take the traceback: "
-                     rf"OSError: \[Errno 27\] File too large Traceback \(most recent call last\)", said), said
+                     rf"OSError: \[Errno 27\] File too large: '{re.escape(str(log.parent))}/[^']+' Traceback "
+                     rf"\(most recent call last\)", said), said  # the file that could not be written named
 
 
 def test_a_checkpoint_that_cannot_be_written_is_said_as_a_checkpoint_error_naming_its_file(tmp_path):
