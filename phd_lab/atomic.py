@@ -168,9 +168,16 @@ def atomic_open(path: Path | str, mode: str = "wb", *, publish: Callable[[Path, 
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(error, OSError) and error.filename is None:  # a failed write (full disk) names no file:
-            error.filename = str(path)  # its message should say which result was lost
+        if isinstance(error, OSError):
+            name_the_file(error, path)
         raise
+
+
+def name_the_file(error: OSError, path: Path | str) -> None:
+    """Give ``error`` the file ``path`` when it names none: a write that fails (EFBIG, ENOSPC on a full disk)
+    says only 'File too large', and its message should say which file was lost."""
+    if error.filename is None:
+        error.filename = str(path)
 
 
 STALE_AFTER_SECONDS = 15 * 60

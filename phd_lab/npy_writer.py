@@ -50,7 +50,11 @@ class RowWriter:
         if data.shape[1:] != self.row_shape:
             raise ExtractionError(f"{self.path.name}: rows of shape {data.shape[1:]}, expected {self.row_shape}")
         view = memoryview(data).cast("B")
-        self.handle.write(view)
+        try:
+            self.handle.write(view)
+        except OSError as error:  # a full disk: the error names no file
+            atomic.name_the_file(error, self.path)
+            raise
         self.digest.update(view)
         self.position += count
 

@@ -102,7 +102,7 @@ def test_a_disk_too_small_for_a_pixelwise_extraction_stops_it_leaving_nothing_an
         subprocess.run(["umount", str(folder)], check=True)
 
 
-def test_a_write_failing_during_a_pixelwise_extraction_leaves_nothing_and_names_the_folder(tmp_path, data):
+def test_a_write_failing_during_a_pixelwise_extraction_leaves_nothing_and_names_the_file(tmp_path, data):
     """A disk that fills up after the space check (another job writing to it) fails a write part-way: here files
     are limited to 200 kB (EFBIG, as ENOSPC would be), which the 0.4 MB scratch file of body.0 exceeds."""
     import resource
@@ -119,6 +119,8 @@ def test_a_write_failing_during_a_pixelwise_extraction_leaves_nothing_and_names_
         resource.setrlimit(resource.RLIMIT_FSIZE, before)
         signal.signal(signal.SIGXFSZ, default)
     assert isinstance(caught.value.__cause__, OSError)
+    # the file that could not be written is named (the message said only 'File too large')
+    assert f"File too large: '{latents / '.scratch-train-body.0.npy'}')" in str(caught.value)
     assert not latents.exists()  # no scratch, position or temp files, and no empty folder
 
 
