@@ -14,6 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
+from phd_lab.interrupts import clear_terminated, note_terminated
 
 if TYPE_CHECKING:
     from phd_lab.experiment import RunOutcome
@@ -61,6 +62,7 @@ def logs_above_progress_bars() -> Iterator[None]:
 def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
     """Run a command body and turn the framework's errors into exit codes; ``interrupted`` is what
     Ctrl-C prints (how this command resumes)."""
+    clear_terminated()
     previous = _terminate_like_ctrl_c()
     try:
         with logs_above_progress_bars():
@@ -79,17 +81,20 @@ def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
         sys.stderr.write(interrupted + "\n")
         return 130
     finally:
+        clear_terminated()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
 def _terminate_like_ctrl_c() -> Any:
     """SIGTERM raises ``Terminated`` in the main thread (a batch system's time limit used to end a run without a
-    word in its log); returns the handler it replaced, or None where handlers cannot be set (other threads)."""
+    word in its log), and again at the next batch should something swallow it (``note_terminated``); returns the
+    handler it replaced, or None where handlers cannot be set (other threads)."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def terminate(signum: int, frame: object) -> None:
+        note_terminated()
         raise Terminated()
     return signal.signal(signal.SIGTERM, terminate)
 

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from phd_lab.errors import RunStopped
+from phd_lab.errors import RunStopped, Terminated
 
 DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
@@ -57,9 +57,26 @@ def stop_requests(is_requested: Callable[[], bool], poll_seconds: float = STOP_P
         _stop_requests.check = previous
 
 
+_terminated = threading.Event()  # SIGTERM arrived (set by the commands' handler, cleared when a command ends)
+
+
+def note_terminated() -> None:
+    """Remember that SIGTERM arrived: the ``Terminated`` its handler raises lands wherever the main thread is, and
+    in a ``__del__`` or a library's catch-all (a DataLoader being started or shut down) it was swallowed, so the
+    run trained on to the end and exited 0; ``raise_if_stop_requested`` raises it again at the next batch."""
+    _terminated.set()
+
+
+def clear_terminated() -> None:
+    _terminated.clear()
+
+
 def raise_if_stop_requested() -> None:
-    """Called between batches: raise RunStopped when the block of ``stop_requests`` around it was asked to stop.
-    Costs a thread-local lookup outside such a block and between polls."""
+    """Called between batches: raise Terminated again when SIGTERM arrived (``note_terminated``) and RunStopped when
+    the block of ``stop_requests`` around it was asked to stop. Costs a flag and a thread-local lookup outside such
+    a block and between polls."""
+    if _terminated.is_set():
+        raise Terminated()
     check = getattr(_stop_requests, "check", None)
     if check is None:
         return

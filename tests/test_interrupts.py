@@ -109,3 +109,35 @@ def test_a_command_leaves_the_sigterm_handler_as_it_found_it():
         assert signal.getsignal(signal.SIGTERM) is handler
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+class _SignalledOnCleanUp:
+    """Sends this process SIGTERM from ``__del__``, where Python swallows any exception (as it does in a
+    DataLoader iterator's clean-up or a library's catch-all): the handler's ``Terminated`` never gets out."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(100))  # the handler runs at a bytecode boundary here, inside __del__
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed Terminated
+def test_a_sigterm_something_swallowed_still_ends_the_command_at_the_next_batch(capsys):
+    """A SIGTERM whose ``Terminated`` landed in a ``__del__`` was lost: the run trained on to its end and the
+    command exited 0, so a batch system's time limit only stopped it with the SIGKILL after the grace period."""
+    batches = []
+
+    def body() -> int:
+        _SignalledOnCleanUp()  # made and dropped at once: SIGTERM arrives inside its __del__
+        for batch in range(3):
+            raise_if_stop_requested()
+            batches.append(batch)
+        return 0
+
+    assert guarded(body) == 128 + signal.SIGTERM
+    assert batches == [] and "terminated (SIGTERM)" in capsys.readouterr().err
+
+    def next_command() -> int:  # the same process goes on (a notebook): the SIGTERM was the last command's
+        raise_if_stop_requested()
+        return 0
+
+    assert guarded(next_command) == 0
