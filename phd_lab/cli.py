@@ -14,7 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
-from phd_lab.interrupts import clear_terminated, note_terminated
+from phd_lab.interrupts import clear_terminated, note_terminated, terminated_noted
 
 if TYPE_CHECKING:
     from phd_lab.experiment import RunOutcome
@@ -88,12 +88,15 @@ def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
 
 def _terminate_like_ctrl_c() -> Any:
     """SIGTERM raises ``Terminated`` in the main thread (a batch system's time limit used to end a run without a
-    word in its log), and again at the next batch should something swallow it (``note_terminated``); returns the
+    word in its log), and again at the next batch should something swallow it (``note_terminated``); a second
+    SIGTERM while the first stops the command is left alone (it raised inside the clean-up); returns the
     handler it replaced, or None where handlers cannot be set (other threads)."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def terminate(signum: int, frame: object) -> None:
+        if terminated_noted():  # a second SIGTERM (from each process of the job) while the first stops it
+            return
         note_terminated()
         raise Terminated()
     return signal.signal(signal.SIGTERM, terminate)

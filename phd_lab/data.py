@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from phd_lab.errors import DataError
+from phd_lab.interrupts import leave_quietly_on_sigterm, sigterm_held_while_forking
 from phd_lab.seeding import make_generator, seed_worker
 
 
@@ -38,6 +39,24 @@ class DataBundle:
         return gens
 
 
+class WorkerLoader(DataLoader):
+    """A DataLoader whose worker processes stop quietly on a SIGTERM sent to the whole job (a batch system's time
+    limit or scancel), forked with SIGTERM held back (``sigterm_held_while_forking``), so that a stopped run says
+    'terminated (SIGTERM)' without a loader's traceback."""
+
+    def _get_iterator(self):  # type: ignore[no-untyped-def]  # where torch starts the worker processes
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        with sigterm_held_while_forking():
+            return super()._get_iterator()
+
+
+def start_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of WorkerLoader: seed the worker, then let SIGTERM end it quietly."""
+    seed_worker(worker_id)
+    leave_quietly_on_sigterm()
+
+
 def make_bundle(name: str, train_set: Dataset, test_set: Dataset, train_eval_set: Dataset, *,
                 num_classes: int, in_channels: int, resolution: int, batch_size: int, seed: int,
                 num_workers: int) -> DataBundle:
@@ -55,9 +74,9 @@ def make_bundle(name: str, train_set: Dataset, test_set: Dataset, train_eval_set
 
     def loader(dataset: Dataset, shuffle: bool, offset: int) -> DataLoader:
         drop_last = shuffle and len(dataset) % batch_size == 1  # type: ignore[arg-type]
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                          generator=make_generator(seed + offset), worker_init_fn=seed_worker, drop_last=drop_last,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        return WorkerLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                            generator=make_generator(seed + offset), worker_init_fn=start_worker,
+                            drop_last=drop_last, pin_memory=torch.cuda.is_available(), persistent_workers=False)
     return DataBundle(name=name, train=loader(train_set, True, 0), test=loader(test_set, False, 1),
                       train_eval=loader(train_eval_set, False, 2), num_classes=num_classes,
                       in_channels=in_channels, resolution=resolution)

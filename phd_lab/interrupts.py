@@ -1,8 +1,10 @@
-"""Ctrl-C and SIGTERM held back while a group of files is written, so that a stop never cuts it in two."""
+"""Ctrl-C and SIGTERM held back while a group of files is written, so that a stop never cuts it in two; SIGTERM
+raised again at the next batch should something swallow it, and kept from DataLoader workers being forked."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -67,6 +69,10 @@ def note_terminated() -> None:
     _terminated.set()
 
 
+def terminated_noted() -> bool:
+    return _terminated.is_set()
+
+
 def clear_terminated() -> None:
     _terminated.clear()
 
@@ -87,3 +93,33 @@ def raise_if_stop_requested() -> None:
     if check():
         raise RunStopped("the command that submitted this run was stopped; the run ends after its last completed "
                          "epoch and resumes from there when the command runs again.")
+
+
+@contextlib.contextmanager
+def sigterm_held_while_forking() -> Iterator[None]:
+    """SIGTERM blocked while DataLoader workers are forked: a batch system's SIGTERM to the whole job that came
+    while they started ran this process's ``Terminated`` handler in a half-made worker (a traceback on the
+    console). A child inherits the blocked signal until its ``worker_init_fn`` sets what SIGTERM does there
+    (``leave_quietly_on_sigterm``); here it takes effect once the workers are started."""
+    if not hasattr(signal, "pthread_sigmask"):  # no POSIX signal masks (Windows)
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def leave_quietly_on_sigterm() -> None:
+    """In a DataLoader worker: SIGTERM ends it at once with exit 0. torch's own handler let a SIGTERM sent to the
+    whole job (not by the loader) kill the worker by the signal, which the loader then raised in this process as
+    'DataLoader worker (pid N) is killed by signal: Terminated' (a traceback while the run stopped); the run's own
+    process stops the run on the same SIGTERM."""
+    signal.signal(signal.SIGTERM, _leave)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _leave(signum: int, frame: object) -> None:
+    os._exit(0)

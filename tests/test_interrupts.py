@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
 from phd_lab.cli import guarded
 from phd_lab.errors import RunStopped
 from phd_lab.interrupts import deferred_interrupts, raise_if_stop_requested, stop_requests
+from tests.conftest import ROOT
 
 
 @pytest.fixture
@@ -141,3 +144,55 @@ def test_a_sigterm_something_swallowed_still_ends_the_command_at_the_next_batch(
         return 0
 
     assert guarded(next_command) == 0
+
+
+_LOADER_STOPPED_BY_THE_JOB = """
+import os, signal, sys
+import torch
+from torch.utils.data import Dataset
+from phd_lab.cli import guarded
+from phd_lab.data import make_bundle
+from phd_lab.interrupts import raise_if_stop_requested
+
+WHEN = sys.argv[1]
+
+
+class Images(Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        if WHEN == "mid-epoch" and index == 40 and torch.utils.data.get_worker_info() is not None:
+            os.killpg(0, signal.SIGTERM)  # the batch system's SIGTERM to the whole job, the workers included
+        return torch.zeros(1, 4, 4), index % 2
+
+
+if WHEN == "while forking":  # SIGTERM to the job the moment a worker is forked, before it is set up
+    os.register_at_fork(after_in_child=lambda: os.killpg(0, signal.SIGTERM))
+bundle = make_bundle("images", Images(), Images(), Images(), num_classes=2, in_channels=1, resolution=4,
+                     batch_size=4, seed=0, num_workers=2)
+
+
+def body():
+    for epoch in range(3):
+        for images, labels in bundle.train:
+            raise_if_stop_requested()
+    return 0
+
+
+sys.exit(guarded(body))
+"""
+
+
+@pytest.mark.parametrize("when", ["mid-epoch", "while forking"])
+def test_sigterm_to_the_whole_job_stops_a_run_with_loader_workers_without_a_traceback(tmp_path, when):
+    """SLURM's time limit or scancel sends SIGTERM to every process of the job: a DataLoader worker died by it and
+    the loader raised 'DataLoader worker (pid N) is killed by signal: Terminated' in the run's process, and a
+    worker forked at that moment ran the run's own handler; both printed tracebacks while the run stopped."""
+    script = tmp_path / "job.py"
+    script.write_text(_LOADER_STOPPED_BY_THE_JOB)
+    result = subprocess.run([sys.executable, str(script), when], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert "terminated (SIGTERM)" in result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
