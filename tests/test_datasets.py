@@ -1194,3 +1194,22 @@ def test_a_damaged_tiny_imagenet_val_split_is_named_before_training(tmp_path, da
         DATASETS.get("TinyImageNet")(resolution=8, data_dir=str(tmp_path), **COMMON)
     expected = message.format(annotations=str(annotations), images=str(images))
     assert expected in " ".join(str(error.value).split()), str(error.value)
+
+
+def test_unlisted_tiny_imagenet_val_images_are_warned_about(tmp_path, caplog):
+    """An image of val/images that val_annotations.txt does not list has no label: it was left out of the
+    evaluation split without a word."""
+    root = tmp_path / "tiny-imagenet-200"
+    lines = _tiny_imagenet(root)
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    write_image(root / "val" / "images" / "extra_1.JPEG", (8, 8), 7)
+    write_image(root / "val" / "images" / "extra_0.JPEG", (8, 8), 8)
+    (root / "val" / "images" / "._val_0.JPEG").write_bytes(b"\0")  # a macOS resource fork: no image
+    with caplog.at_level("WARNING"):
+        bundle = DATASETS.get("TinyImageNet")(resolution=8, data_dir=str(tmp_path), **COMMON)
+    said = " ".join(caplog.text.split())
+    assert len(bundle.test.dataset) == 2
+    assert (f"The folder {str(root / 'val' / 'images')!r} holds 2 image file(s) that "
+            f"{str(root / 'val' / 'val_annotations.txt')!r} does not list (such as 'extra_0.JPEG')") in said, said
+    assert said.count("does not list") == 1
+

@@ -529,4 +529,19 @@ def tiny_imagenet_val(root: Path, class_to_idx: dict[str, int]) -> list[tuple[st
         raise DataError(f"{len(missing)} of the {len(samples)} images that {str(annotations)!r} lists are not in "
                         f"{str(images)!r} (such as {os.path.basename(missing[0])!r}): {redo}.")
     has_links(images, [path for path, _ in samples])  # links to nothing: a DataError
+    warn_unlisted_val_images(annotations, images, present, samples)
     return samples
+
+
+def warn_unlisted_val_images(annotations: Path, images: Path, present: set[str],
+                             samples: list[tuple[str, int]]) -> None:
+    """An image of ``val/images`` that ``val_annotations.txt`` does not list has no label and is no sample: it was
+    left out without a word (images copied in from elsewhere, or an annotations file of another copy). One warning
+    with the count and an example; hidden files (``._name.JPEG``) are no images."""
+    listed = {os.path.basename(path) for path, _ in samples}
+    unlisted = sorted(name for name in present
+                      if name not in listed and not is_left_out(name) and looks_like_an_image(name))
+    if unlisted:
+        log.warning("The folder %r holds %d image file(s) that %r does not list (such as %r): they have no label "
+                    "and are left out of the evaluation split. Add a line for each to the file, or move them out.",
+                    str(images), len(unlisted), str(annotations), unlisted[0])
