@@ -1213,3 +1213,15 @@ def test_unlisted_tiny_imagenet_val_images_are_warned_about(tmp_path, caplog):
             f"{str(root / 'val' / 'val_annotations.txt')!r} does not list (such as 'extra_0.JPEG')") in said, said
     assert said.count("does not list") == 1
 
+
+def test_an_imagenet_val_image_that_is_a_training_image_is_warned_about(tmp_path, caplog):
+    """Own image folders warn about evaluation images that are training images (links); ImageNet's val/, opened
+    by another opener, did not."""
+    folder = _imagenet(tmp_path, WNIDS, WNIDS, WNIDS)
+    (folder / "val" / WNIDS[0] / "leak.JPEG").symlink_to(folder / "train" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG")
+    with caplog.at_level("WARNING"):
+        DATASETS.get("ImageNet")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    said = " ".join(caplog.text.split())
+    assert (f"The evaluation folder {str(folder / 'val')!r} holds 1 of its 5 image(s) that are training images "
+            f"too (such as '{WNIDS[0]}/leak.JPEG'") in said, said
+    assert said.count("training images too") == 1

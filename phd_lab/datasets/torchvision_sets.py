@@ -180,6 +180,8 @@ def load_image_dataset(source: Source, *, batch_size: int, resolution: int, data
                           downsample_then_upsample=downsample_then_upsample, crop=crop, flip=flip)
     train = open_split(source, data_dir, "train", download)
     test = open_split(source, data_dir, "test", download)
+    if isinstance(train, FixedClassImageFolder) and isinstance(test, FixedClassImageFolder):  # own, fast.ai, ImageNet
+        warn_evaluation_images_in_training(train, test)
     log.info("%s: %d training images from %s, %d test images from %s", source.name, len(train),
              getattr(train, "root", data_dir), len(test), getattr(test, "root", data_dir))  # each split's own folder
     return make_bundle(source.name, TransformedView(train, prep.train()), TransformedView(test, prep.eval()),
@@ -366,10 +368,9 @@ def folder_opener(path: str) -> Opener:
 
 
 def evaluation_split(folder: Path, train: FixedClassImageFolder) -> FixedClassImageFolder:
-    """The evaluation image folder numbered by ``train``'s classes, warned about where it holds training images."""
-    evaluation = FixedClassImageFolder(folder, classes=train.classes)
-    warn_evaluation_images_in_training(train, evaluation)
-    return evaluation
+    """The evaluation image folder numbered by ``train``'s classes (``load_image_dataset`` warns where it holds
+    training images, for every source whose splits are image folders)."""
+    return FixedClassImageFolder(folder, classes=train.classes)
 
 
 _MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
