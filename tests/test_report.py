@@ -311,6 +311,23 @@ def test_keys_another_version_wrote_into_analysis_json_are_kept_and_named(tmp_pa
     assert read_json(run.analysis_json) == {**written, sha256: hashlib.sha256(figure).hexdigest()}
 
 
+def test_keys_another_version_wrote_inside_a_section_of_analysis_json_are_kept_and_named(tmp_path):
+    """Unknown top-level keys were kept, but one a newer version wrote inside a known section ("run", "accuracy")
+    was lost when this version rewrote analysis.json. It is kept as it was and named by its path."""
+    from phd_lab.report.collect import analyse_run
+    run = write_run(tmp_path / "logs", width=0.25, stage="full")
+    analyse_run(run, write=True)
+    written = read_json(run.analysis_json)
+    newer = {**written, "run": {**written["run"], "gpu": "H200"},
+             "accuracy": {**written["accuracy"], "top5": 0.99}, "stability": 1}
+    atomic.write_json(run.analysis_json, newer)
+    analyse_run(run, write=True)
+    expected = {**newer, "kept_from_other_versions": ["accuracy.top5", "run.gpu", "stability"]}
+    assert read_json(run.analysis_json) == expected
+    analyse_run(run, write=True)  # kept again, not lost the second time
+    assert read_json(run.analysis_json) == expected
+
+
 def test_a_copied_logs_folder_keeps_its_run_figures(tmp_path):
     """The figure key named the files' inodes and the run's folder, so a logs folder copied from a cluster
     had every run figure drawn again by its first report there. The analysis names the new folder."""

@@ -260,9 +260,30 @@ def _other_versions_keys(previous: dict[str, Any], document: dict[str, Any]) -> 
     """The keys of the previous analysis.json that this version does not write (a newer version's; those of an older
     one it no longer writes), kept as they were, and ``KEPT`` naming them: a report of this version beside a newer
     one on the same logs (two checkouts, a cluster's module and a laptop) must not lose what the newer one wrote,
-    yet they were not refreshed with the rest, which the list says. Empty where there are none."""
-    other = {key: value for key, value in previous.items() if key not in document and key not in OWN_KEYS}
-    return {**other, KEPT: sorted(other)} if other else {}
+    yet they were not refreshed with the rest, which the list says. Keys inside a section both write as an object
+    (``run``, ``accuracy``) are kept too, named by their path (``run.gpu``). Returns the top-level keys to write
+    over ``document``: kept keys, sections with kept keys merged in, and ``KEPT``; empty where there are none."""
+    kept: list[str] = []
+    merged = _merge_kept(previous, document, "", kept, OWN_KEYS)
+    return {**merged, KEPT: sorted(kept)} if kept else {}
+
+
+def _merge_kept(previous: dict[str, Any], document: dict[str, Any], path: str, kept: list[str],
+                own: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The entries of ``document`` (an object at ``path``) that keeping ``previous``'s other keys adds or changes:
+    a key ``document`` lacks, as it was (its path appended to ``kept``), and an object both hold, merged alike."""
+    changed: dict[str, Any] = {}
+    for key, value in previous.items():
+        if key in own:
+            continue
+        if key not in document:
+            changed[key] = value
+            kept.append(path + key)
+        elif isinstance(value, dict) and isinstance(document[key], dict):
+            inner = _merge_kept(value, document[key], f"{path}{key}.", kept)
+            if inner:
+                changed[key] = {**document[key], **inner}
+    return changed
 
 
 def _previous_figure(folder: RunDir, previous: dict[str, Any]) -> bytes | None:
