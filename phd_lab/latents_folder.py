@@ -54,8 +54,14 @@ def model_fingerprint(model: nn.Module) -> str:
     """sha256 of the model's state (names, dtypes, shapes, values): latents are reused only for the very
     weights they came from. A run retrained in its folder (checkpoints deleted, another device or
     precision, which are not part of the run's identity) must not keep the old model's latents."""
+    return state_fingerprint(model.state_dict())
+
+
+def state_fingerprint(state: dict[str, Any]) -> str:
+    """``model_fingerprint`` of a model with this state dict: also of a checkpoint's ``model`` entry, which
+    ``--dry-run`` compares with the manifest's without building the model (``looks_reusable``)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         if isinstance(tensor, nn.parameter.UninitializedTensorMixin):  # a lazy layer before its first call
             digest.update(f"{name}:uninitialized;".encode())
             continue
@@ -87,13 +93,15 @@ def latents_look_whole(folder: Path) -> bool:
 
 
 def looks_reusable(folder: Path, downsampling: Any, dtype: str, method: str,
-                   previous_version_current: Callable[[list[str]], bool]) -> bool:
-    """What ``--dry-run`` can tell of ``reusable`` without the trained weights or the data: the manifest says this
+                   previous_version_current: Callable[[list[str]], bool],
+                   trained_fingerprint: Callable[[], str | None] = lambda: None) -> bool:
+    """What ``--dry-run`` can tell of ``reusable`` without building the model or the data: the manifest says this
     format, extraction version, downsampling, dtype and method and records the model's fingerprint (one written
-    before it was recorded, or by an older extraction, is made anew by the step), and every file it lists is there,
-    whole (``latents_look_whole``). A manifest of ``PREVIOUS_EXTRACTION_VERSION`` counts where
+    before it was recorded, or by an older extraction, is made anew by the step), which is that of the trained
+    weights where ``trained_fingerprint()`` gives it (a run retrained in its folder extracts again), and every file
+    it lists is there, whole (``latents_look_whole``). A manifest of ``PREVIOUS_EXTRACTION_VERSION`` counts where
     ``previous_version_current(its layers)`` says that version extracted them as this one does. Not checked here:
-    the fingerprint's value, the sample counts and the files' sha256, which the step compares when it runs."""
+    the sample counts and the files' sha256, which the step compares when it runs."""
     manifest = load_manifest(folder)
     if manifest is None:
         return False
@@ -111,7 +119,10 @@ def looks_reusable(folder: Path, downsampling: Any, dtype: str, method: str,
             return False
         if version != PREVIOUS_EXTRACTION_VERSION or not previous_version_current(layers):
             return False
-    return latents_look_whole(folder)
+    if not latents_look_whole(folder):
+        return False
+    trained = trained_fingerprint()  # last: it reads the trained weights
+    return trained is None or trained == manifest["model_sha256"]
 
 
 def _files_as_listed(folder: Path, manifest: dict[str, Any], samples: dict[str, int] | None = None) -> bool:

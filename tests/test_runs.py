@@ -642,6 +642,37 @@ def test_dry_run_says_which_latents_of_an_older_extraction_version_the_run_extra
                for folder in (plain, own))
 
 
+def test_dry_run_says_latents_of_other_weights_than_the_checkpoints_are_extracted_again(tmp_path, capsys):
+    """A run retrained in its folder (checkpoints deleted, another device or precision) keeps latents whose model
+    fingerprint is the old weights': the plain command extracts them again, but --dry-run called the run finished.
+    It now compares the manifest's fingerprint with that of the checkpoint's weights, by the same function."""
+    import torch
+
+    from phd_lab.checkpoint import CheckpointStore
+    config = write_config(tmp_path, "exp.json", epoch=1, cpu_threads=1, track_saturation=False,
+                          post_processing=["extract"])
+
+    def status() -> str:
+        capsys.readouterr()
+        assert main_cli(["--config", str(config), "--dry-run"]) == 0
+        return capsys.readouterr().out.splitlines()[-1].split(str(tmp_path))[0].split(None, 1)[1].strip()
+
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    (folder,) = run_folders(tmp_path / "logs")
+    assert status() == "finished"
+    checkpoint = next(path for path in folder.glob("*.pt") if not path.name.endswith(".previous.pt"))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    first = sorted(state["model"])[0]
+    state["model"][first] = state["model"][first] + 1  # the weights of another training in the same folder
+    checkpoint.unlink()
+    CheckpointStore(checkpoint, checkpoint.with_suffix(".previous.pt")).save(state)
+    assert status() == "trained, steps left: extract"
+    manifest = (folder / "latents" / "manifest.json").read_text()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0  # the plain command agrees
+    assert (folder / "latents" / "manifest.json").read_text() != manifest
+    assert status() == "finished"
+
+
 def test_dry_run_names_the_steps_a_trained_run_still_lacks(tmp_path, capsys):
     """A run killed during its extraction (the manifest is written last) was listed as finished, so a user
     checking a grid with --dry-run never learnt that its latents were missing."""

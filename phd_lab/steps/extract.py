@@ -65,7 +65,11 @@ class ExtractStep(Step):
         layers output 4-D maps, which a forward pass of ``meta``'s model on the meta device tells) and every file
         it lists is still there, whole (a file deleted or truncated since makes the step run again); with
         ``sizes``, every set's. Where ``meta`` gives no model that runs on the meta device, an extraction of the
-        previous version is taken to be reused, as it is for every model without such layers."""
+        previous version is taken to be reused, as it is for every model without such layers. The manifest's model
+        fingerprint must be that of the weights in the run's checkpoint (read once, memory-mapped), as the step
+        compares it with the trained model's: a run retrained in its folder extracts again."""
+        import functools
+
         from phd_lab.latents_folder import looks_reusable
 
         def previous_version_current(layers: list[str]) -> bool:
@@ -75,8 +79,9 @@ class ExtractStep(Step):
             from phd_lab.extraction import meta_channels_last_linears
             return not meta_channels_last_linears(model, layers, resolution)
 
+        fingerprint = functools.cache(lambda: _trained_fingerprint(rundir))
         return all(looks_reusable(folder, latents.downsampling, params["dtype"], latents.method,
-                                  previous_version_current)
+                                  previous_version_current, fingerprint)
                    for latents, folder in zip(_sets(params), self.folders(rundir, params)))
 
     def folders(self, rundir: Any, params: dict[str, Any]) -> list[Any]:
@@ -95,6 +100,15 @@ class ExtractStep(Step):
                             run_dir=ctx.rundir.root, downsampling=latents.downsampling, dtype=params["dtype"],
                             layers=params["layers"], device=ctx.device, test_accuracy=ctx.test_accuracy,
                             progress=ctx.progress, method=latents.method)
+
+
+def _trained_fingerprint(rundir: Any) -> str | None:
+    """``model_fingerprint`` of the weights in the checkpoint a rerun would load (the step extracts with them),
+    None where there is no readable one (the rerun trains anew then)."""
+    from phd_lab.checkpoint import CheckpointStore
+    from phd_lab.latents_folder import state_fingerprint
+    state = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint).peek("model")
+    return state_fingerprint(state) if isinstance(state, dict) else None
 
 
 def _sets(params: dict[str, Any]) -> list[Any]:
