@@ -217,7 +217,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             chosen = "" if args.index is None else f", of which --index runs {len(indices)}"
             shown = range(len(grid)) if indices is None else indices
-            extra = {"status": {i: point_status(main.executors[i]) for i in shown},
+            extra = {"status": {i: point_status(main.executors[i], main.meta_models) for i in shown},
                      "folder": {i: str(main.executors[i].rundir.root) for i in shown}}
             sys.stdout.write(f"{len(grid)} run(s) in {args.config}{chosen}\n{grid.table(indices, extra)}\n")
             return EXIT_OK

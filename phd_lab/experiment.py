@@ -83,6 +83,7 @@ class Main:
         if device is not None:
             (resolve_device if self.missing_device == "error" else parse_device)(device, "--device")
         grid = read_config_grid(config_path, run_id=run_id, device=device)
+        self.meta_models: dict[Any, Any] = {}  # the grid check's meta models, shared with point_status
         self.executors = self._validate_grid(grid)
         return grid
 
@@ -96,7 +97,7 @@ class Main:
         return cache[key]
 
     def _validate_grid(self, grid: Grid) -> list[TrainTestExecutor]:
-        executors, folders, models, said = [], {}, {}, {}
+        executors, folders, models, said = [], {}, self.meta_models, {}
         listings: FolderListings = {}  # each parent folder listed once: the grid makes no folder while it is checked
         # every point is checked before any runs: about 2 ms each, so a large grid says how far it got
         for index in tqdm(range(len(grid)), desc=f"checking {len(grid)} grid points", leave=False,
@@ -343,11 +344,12 @@ def chosen_indices(grid: Grid, index: int | None) -> list[int] | None:
     return [index]
 
 
-def point_status(executor: TrainTestExecutor) -> str:
+def point_status(executor: TrainTestExecutor, meta_models: dict[Any, Any] | None = None) -> str:
     """What a grid point's folder holds now: new, running/stopped e/E epochs, finished (post-processing),
     or trained with post-processing steps left (a run killed during its steps, or with steps added since).
     The metrics CSV is read as the report reads it; where it is damaged the status names it, and the epochs
-    trained are the checkpoint's where it holds more (it is what a rerun resumes from)."""
+    trained are the checkpoint's where it holds more (it is what a rerun resumes from). ``meta_models``: the
+    meta-device models the grid check built (``Main.meta_models``), reused rather than built again per point."""
     import pandas as pd
 
     from phd_lab.analysis.run_tables import read_metrics, training_status
@@ -357,15 +359,16 @@ def point_status(executor: TrainTestExecutor) -> str:
     metrics, damage = read_metrics(rundir)
     status = training_status(rundir, {"epoch": planned}, metrics)  # as the report says it
     if damage is None:
-        return _point_status(executor, status)
+        return _point_status(executor, status, meta_models)
     trained = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint).peek("epoch")
     if not status.active and isinstance(trained, int) and trained > status.epochs_done:
         status = training_status(rundir, {"epoch": planned}, pd.DataFrame({"epoch": [trained]}))
         damage += f"; the epochs trained are those of {rundir.checkpoint.name}"
-    return f"{_point_status(executor, status)} ({damage})"
+    return f"{_point_status(executor, status, meta_models)} ({damage})"
 
 
-def _point_status(executor: TrainTestExecutor, status: "TrainingStatus") -> str:
+def _point_status(executor: TrainTestExecutor, status: "TrainingStatus",
+                  meta_models: dict[Any, Any] | None = None) -> str:
     """``point_status`` from the training status: a damaged checkpoint, the steps left, or the status' label."""
     rundir = executor.rundir
     if not status.active and status.epochs_done:
@@ -384,7 +387,7 @@ def _point_status(executor: TrainTestExecutor, status: "TrainingStatus") -> str:
     if status.state == "finished" and not status.active:
         from phd_lab.steps.stamps import StepStamps
         stamps = StepStamps(rundir)
-        built: dict[Any, Any] = {}
+        built = meta_models if meta_models is not None else {}
 
         def meta() -> tuple[Any, int]:  # built once, and only for a step that asks (an older extraction's)
             return meta_model(executor.config, executor.registries, built)[1], executor.config.resolution

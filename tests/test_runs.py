@@ -673,6 +673,41 @@ def test_dry_run_says_latents_of_other_weights_than_the_checkpoints_are_extracte
     assert status() == "finished"
 
 
+COUNTED_MODELS = """
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def counted(*, num_classes, in_channels=3):
+    \"\"\"A model that notes each build on the meta device in meta_builds.txt beside this file.\"\"\"
+    if torch.empty(0).device.type == "meta":
+        with open(Path(__file__).with_name("meta_builds.txt"), "a") as notes:
+            notes.write("built\\n")
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 16 * 16, num_classes))
+"""
+
+
+def test_dry_run_builds_each_meta_model_once(tmp_path, capsys):
+    """The status of a run whose latents a version-2 extraction made asks for the model on the meta device; --dry-run
+    built it again for every such point, although the grid check had built it already."""
+    (tmp_path / "counted_models.py").write_text(COUNTED_MODELS)
+    config = write_config(tmp_path, "exp.json", epoch=1, cpu_threads=1, track_saturation=False,
+                          post_processing=["extract"], model="counted", model_args={},
+                          registries={"models": "counted_models.py"})
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    (folder,) = run_folders(tmp_path / "logs")
+    manifest = json.loads((folder / "latents" / "manifest.json").read_text())
+    (folder / "latents" / "manifest.json").write_text(json.dumps({**manifest, "extraction_version": 2}))
+    builds = tmp_path / "meta_builds.txt"
+    builds.unlink(missing_ok=True)
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    assert "finished" in capsys.readouterr().out  # version 2 of a model without channels-last Linears: reused
+    assert builds.read_text().splitlines() == ["built"]
+
+
 def test_dry_run_names_the_steps_a_trained_run_still_lacks(tmp_path, capsys):
     """A run killed during its extraction (the manifest is written last) was listed as finished, so a user
     checking a grid with --dry-run never learnt that its latents were missing."""
