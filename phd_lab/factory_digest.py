@@ -7,13 +7,15 @@ builds with from its file: its own source; every function or class of the same m
 by their source, with their defaults, base classes and class attributes; the values it names from the module by
 value (numbers, strings, bytes, lists, dicts in their order, sets by their sorted items, numpy arrays and torch
 tensors by the sha256 of their bytes, enum members, torch dtypes and devices, ``functools.partial`` objects,
-objects of the module's own classes by their attributes); the identity (module and qualified name) of what it
-names from elsewhere, whose code the logged versions and git commit cover (and, for files beside a registry file,
-their own sha256); the values its closure holds; and the plain attributes set on it (``phd_lab_objective``, a
-dataset's ``check_data``). Nothing in it depends on the registry file's path or on the process (``__name__`` and
-``__file__`` are left out), so identical code has the same digest in every checkout. Not covered: statements at
-the module's top level that change other modules when the file is imported (setting torch defaults), which the
-whole file's sha256, still logged, shows; what a class decorator does; and names looked up dynamically
+objects of the module's own classes by their attributes, objects of other modules' classes by their repr where it
+is the same in every process and checkout, as a layer's is: ``ACT = nn.LeakyReLU(0.1)``); the identity (module
+and qualified name) of what it names from elsewhere, whose code the logged versions and git commit cover (and,
+for files beside a registry file, their own sha256); the values its closure holds; and the plain attributes set on
+it (``phd_lab_objective``, a dataset's ``check_data``). Nothing in it depends on the registry file's path or on
+the process (``__name__`` and ``__file__`` are left out), so identical code has the same digest in every checkout.
+Not covered: statements at the module's top level that change other modules when the file is imported (setting
+torch defaults), which the whole file's sha256, still logged, shows; objects of other modules' classes whose repr
+holds an address or a path (described by their type); what a class decorator does; and names looked up dynamically
 (``globals()[name]``). A decorated function's wrappers are covered by the decorator that made them (its source)
 and their closures.
 """
@@ -25,6 +27,7 @@ import functools
 import hashlib
 import inspect
 import json
+import os
 import sys
 import types
 from typing import Any, Callable
@@ -79,7 +82,29 @@ def _described(value: Any, module: str | None, seen: set[int]) -> Any:
     if type(value).__module__ == module:  # an object of the module's own class: its name holds the file's path
         return {"instance": _described(type(value), module, seen),
                 "state": _described(dict(getattr(value, "__dict__", {})), module, seen)}
-    return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+    identity = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+    shown = _stable_repr(value, module)
+    return {"object": [identity, shown]} if shown is not None else identity
+
+
+def _stable_repr(value: Any, module: str | None) -> str | None:
+    """The repr of an object of another module's class (``ACT = nn.LeakyReLU(0.1)``, a transform), which says its
+    settings, so that changing 0.1 to 0.2 changes the digest; None where it would not be the same in every process
+    and checkout, or says nothing of the object: functions, classes and modules (named by their identity, which has
+    a ``__qualname__`` or ``__name__``), paths, a repr with a memory address (``<... object at 0x7f...>``), the
+    module's own name or its file's folder (which differ between checkouts), and loggers (whose repr says the level
+    of the moment)."""
+    if (hasattr(value, "__qualname__") or hasattr(value, "__name__") or isinstance(value, os.PathLike)
+            or type(value).__module__ == "logging"):
+        return None
+    try:
+        shown = repr(value)
+    except Exception:  # noqa: BLE001 - an object whose repr fails: its type alone, as before
+        return None
+    file = getattr(sys.modules.get(module or ""), "__file__", None)
+    if " at 0x" in shown or (module and module in shown) or (file and os.path.dirname(file) in shown):
+        return None
+    return shown
 
 
 def _code(value: Any, module: str | None, seen: set[int]) -> Any:

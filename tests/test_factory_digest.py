@@ -244,3 +244,43 @@ def test_enum_members_dtypes_devices_and_numpy_scalars_a_factory_names_are_in_th
     assert first is not None and digest(path, source.format(**values), "model") == first
     for name, edited in (("mode", "NEAREST"), ("dtype", "bfloat16"), ("device", "cuda"), ("eps", "1e-3")):
         assert digest(path, source.format(**{**values, name: edited}), "model") != first, name
+
+
+def test_an_object_of_another_modules_class_a_factory_names_is_in_the_digest_by_its_repr(tmp_path):
+    """A module-level object of another module's class (ACT = nn.LeakyReLU(0.1)) was described by its type alone,
+    so changing its slope to 0.2 changed the model but not the digest, and a rerun was not warned."""
+    source = ("from torch import nn\n\nACT = nn.LeakyReLU({slope})\n\n\n"
+              "def model(*, num_classes, in_channels=3):\n"
+              "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), ACT)\n")
+    path = tmp_path / "models.py"
+    first = digest(path, source.format(slope=0.1), "model")
+    assert first is not None and digest(path, source.format(slope=0.1), "model") == first
+    assert digest(path, source.format(slope=0.2), "model") != first
+
+
+OTHER_MODULES_OBJECTS = '''import decimal
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+DATA = Path(__file__).parent / "data"
+STEP = decimal.Decimal("{step}")
+
+
+def model(*, num_classes, in_channels=3):
+    log.info("built from %s", DATA)
+    return STEP * num_classes
+'''
+
+
+def test_objects_of_other_modules_are_described_alike_in_every_process_and_checkout(tmp_path):
+    """Their repr is the digest's only where it is the same everywhere: a logger's names the module (whose name
+    holds the file's path) and its level, a path the checkout; those stay described by their type."""
+    first, second = tmp_path / "one" / "models.py", tmp_path / "checkout" / "two" / "models.py"
+    for path in (first, second):
+        path.parent.mkdir(parents=True)
+        path.write_text(OTHER_MODULES_OBJECTS.format(step="0.1"))
+    here = digests(first, "1")
+    assert here["model"] and here == digests(second, "2")
+    first.write_text(OTHER_MODULES_OBJECTS.format(step="0.2"))
+    assert digests(first, "1")["model"] != here["model"]
