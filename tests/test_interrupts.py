@@ -196,3 +196,54 @@ def test_sigterm_to_the_whole_job_stops_a_run_with_loader_workers_without_a_trac
     assert result.returncode == 128 + signal.SIGTERM, result.stderr
     assert "terminated (SIGTERM)" in result.stderr
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+_TERMINATED_IN_A_FORWARD_PASS = '''import os
+import signal
+
+import torch
+from torch import nn
+
+
+class Small(nn.Module):
+    """A small CNN that sends its own process SIGTERM in its first forward pass without gradients on real tensors
+    when TERMINATE_IN_FORWARD is set: in a run of a trained model with the step 'project' only, the step's."""
+
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        if not torch.is_grad_enabled() and x.device.type != "meta" and os.environ.pop("TERMINATE_IN_FORWARD", None):
+            os.kill(os.getpid(), signal.SIGTERM)  # a batch system's time limit, in the middle of the step
+        return self.fc(self.features(x).flatten(1))
+
+
+def small(*, num_classes, in_channels=3):
+    return Small(num_classes, in_channels)
+'''
+
+
+def test_sigterm_during_the_project_step_stops_without_a_traceback_and_the_rerun_projects(tmp_path):
+    """A batch system's time limit during post-processing (the step 'project' of a trained run) must stop the
+    command as during training: exit 143, the message, no traceback, no half-written projections; the rerun
+    computes them."""
+    from phd_lab.cli import main_cli
+    from tests.conftest import run_folders, run_main, run_name, write_config
+    (tmp_path / "small_models.py").write_text(_TERMINATED_IN_A_FORWARD_PASS)
+    common = dict(epoch=1, cpu_threads=1, track_saturation=False, model="small", model_args={},
+                  registries={"models": str(tmp_path / "small_models.py")})
+    assert main_cli(["--config", str(write_config(tmp_path, **common)), "--no-progress", "-q"]) == 0
+    project = {"name": "project", "deltas": [0.9], "random_control": False}
+    config = write_config(tmp_path, **common, post_processing=[project])
+    stopped = run_main("--config", str(config), "--no-progress", "-q", env={"TERMINATE_IN_FORWARD": "1"})
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    assert "terminated (SIGTERM)" in stopped.stderr and "Traceback" not in stopped.stderr, stopped.stderr
+    [folder] = run_folders(tmp_path / "logs")
+    said = (folder / f"{run_name(folder)}.log").read_text()
+    assert said.index("Post-processing step project") < said.index("Run interrupted (SIGTERM)"), said
+    assert not [path.name for path in folder.iterdir() if path.name.startswith(("projections", "."))
+                and path.name != ".lock"], sorted(path.name for path in folder.iterdir())
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert (folder / "projections.csv").is_file() and (folder / "projections.png").is_file()
