@@ -1889,3 +1889,17 @@ def test_the_probe_key_bounds_hold_for_a_config_file_too(tmp_path, capsys):
     assert probe_cli(["--config", str(config), "-mp", "0"]) == 2
     assert "'probe_max_iter' must be an integer ≥ 1 and ≤ 2147483647" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "logs").exists()
+
+
+def test_processes_far_above_the_cores_are_warned_about(tmp_path, capsys):
+    """-mp 99999 was taken without a word: a job with that many layers to fit starts a worker process for each,
+    all sharing the machine's few cores (and its memory, a login node's too)."""
+    from phd_lab.environment import available_cores
+    run_dir, latents = make_latents(tmp_path)
+    assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 0  # every layer fitted and cached
+    cores = available_cores()
+    for processes, warned in ((2 * cores, False), (99999, True)):
+        capsys.readouterr()
+        assert cli("--latents", str(latents), "-mp", str(processes), "--solver", "lbfgs") == 0  # from the cache
+        said = " ".join(capsys.readouterr().err.split())
+        assert (f"-mp {processes} is more than twice the {cores} core(s)" in said) == warned, said
