@@ -13,6 +13,7 @@ import errno
 import glob
 import json
 import os
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -130,6 +131,36 @@ def remove(path: Path, missing_ok: bool = False) -> None:
     except IsADirectoryError:
         from phd_lab.errors import FolderInTheWay
         raise FolderInTheWay(path) from None
+
+
+def refuse_link(path: Path | str, what: str) -> None:
+    """Raise a ``DataError`` where ``path``, a file the framework appends to or locks in place (a log, a lock file),
+    is a symbolic link. phd-lab never makes one there, and following it would write outside the run folder: a run
+    folder received from someone else with ``.lock`` linked to ``~/thesis.tex`` had that file emptied by the next
+    run's lock, and a linked ``<name>.log`` took the run's log lines. Files written whole are swapped in by
+    ``os.replace``, which replaces a link instead of following it."""
+    if not os.path.islink(path):
+        return
+    from phd_lab.errors import DataError
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    raise DataError(f"The {what} {str(path)!r} is a symbolic link (to {target!r}), which phd-lab never makes: "
+                    f"writing to it would change that file instead, outside the run folder (a run folder received "
+                    f"from someone else may carry such a link). Nothing was written to it; delete the link (rm "
+                    f"{shlex.quote(str(path))}) and start the command again.")
+
+
+def open_no_follow(path: Path | str, flags: int, what: str, mode: int = 0o666) -> int:
+    """``os.open(path, flags | O_NOFOLLOW)``: a file descriptor of ``path`` itself, never of a file a symbolic link
+    there names (``refuse_link`` says why, also when the link appears after a check)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            refuse_link(path, what)
+        raise
 
 
 def link_once(source: Path, target: Path) -> None:

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from phd_lab.atomic import open_no_follow
 from phd_lab.errors import RunFolderLost, RunLockedError
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT, "lock file", 0o644)  # it is truncated
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,11 +1,14 @@
 """The log file handler of a run and of a probe job: escaped bytes, and one warning instead of a traceback per
-record once the file cannot be written (a full disk)."""
+record once the file cannot be written (a full disk); a symbolic link in the log's place is refused, not followed."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
+
+from phd_lab.atomic import open_no_follow
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -25,6 +28,12 @@ class LogFile(logging.FileHandler):
         super().__init__(path, encoding="utf-8", errors="backslashreplace")
         self.setFormatter(logging.Formatter(FORMAT))
         self.broken = False
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        """The file opened for appending, refused where it is a symbolic link (``refuse_link``): a link planted in a
+        received run folder had every log line appended to the file it named, outside the folder."""
+        fd = open_no_follow(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "log file")
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self.broken:

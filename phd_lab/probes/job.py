@@ -65,6 +65,8 @@ def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache
         if devices_here:
             check_device(job.settings)
         check_labels(job)
+        atomic.refuse_link(job.outputs.root / PROBE_LOCK, "probe lock file")  # before the job writes anything
+        atomic.refuse_link(job.outputs.probe_log, "probe log file")
     hits: dict[str, ProbeRecord] = {}
     needed: dict[int, dict[Path, str]] = {}
     for task in build_tasks(jobs):

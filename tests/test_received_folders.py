@@ -1,0 +1,72 @@
+"""Run folders received from someone else (a colleague's tarball, a downloaded logs folder): rerunning, probing and
+reporting them must not write outside them, whatever files, links and names they carry."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from phd_lab.cli import main_cli
+from phd_lab.probes.cli import probe_cli
+from tests.conftest import run_folders, run_name, write_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny run, trained for an epoch, with its latents: the folder a colleague sends."""
+    root = tmp_path_factory.mktemp("sender")
+    config = write_config(root, epoch=1, resolution=8, post_processing=["extract"])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(root / "logs")
+    return folder
+
+
+@pytest.fixture
+def received(trained: Path, tmp_path: Path) -> Path:
+    """A copy of the trained run's logs tree, as unpacked from a tarball (links kept as links); its run folder."""
+    logs = trained.parents[3]
+    shutil.copytree(logs, tmp_path / "logs", symlinks=True)
+    return tmp_path / "logs" / trained.relative_to(logs)
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A file outside the received folder that a planted link names."""
+    path = tmp_path / "thesis.tex"
+    path.write_text("three years of work\n")
+    return path
+
+
+def plant_link(path: Path, target: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.symlink_to(target)
+
+
+@pytest.mark.parametrize("which", [".lock", "log"])
+def test_a_linked_lock_or_log_file_of_a_received_run_is_refused_not_followed(received, victim, capsys, which):
+    # the lock was opened through the link and truncated (the victim emptied); the log appended to the victim
+    name = run_name(received)
+    link = received / (which if which == ".lock" else f"{name}.log")
+    plant_link(link, victim)
+    capsys.readouterr()
+    code = main_cli(["--config", str(received / f"{name}_config.json"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert victim.read_text() == "three years of work\n"
+    assert link.is_symlink() and "is a symbolic link" in err and str(victim) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("which", [".probe.lock", "probe.log"])
+def test_a_linked_probe_lock_or_log_of_a_received_run_is_refused_before_the_probe_job_writes(received, victim,
+                                                                                             capsys, which):
+    plant_link(received / which, victim)
+    before = sorted(p.name for p in received.iterdir())
+    capsys.readouterr()
+    code = probe_cli(["--latents", str(received / "latents"), "--solver", "lbfgs"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert victim.read_text() == "three years of work\n"
+    assert sorted(p.name for p in received.iterdir()) == before  # no probe results, cache or log
+    assert "is a symbolic link" in err and "Traceback" not in err
