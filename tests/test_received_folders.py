@@ -70,3 +70,50 @@ def test_a_linked_probe_lock_or_log_of_a_received_run_is_refused_before_the_prob
     assert victim.read_text() == "three years of work\n"
     assert sorted(p.name for p in received.iterdir()) == before  # no probe results, cache or log
     assert "is a symbolic link" in err and "Traceback" not in err
+
+
+def huge_npy(element_count: int = 10**15) -> bytes:
+    """A .npy file whose header declares ``element_count`` float64 values (petabytes) and that holds 64 bytes."""
+    import io
+
+    import numpy as np
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (element_count,)})
+    return header.getvalue() + bytes(64)
+
+
+@pytest.fixture
+def probed(received: Path) -> Path:
+    """The received run, probed (its results and probe cache inside it, as the sender's job left them)."""
+    assert probe_cli(["--latents", str(received / "latents"), "--solver", "lbfgs", "-mp", "0", "--no-progress"]) == 0
+    return received
+
+
+def test_a_confusion_matrix_whose_header_declares_petabytes_is_rewritten_not_a_traceback(probed, capsys):
+    # numpy allocates what the header declares before reading: MemoryError, a traceback and exit 1
+    [matrix] = sorted((probed / "probe_confusion").glob("001-*.npy"))
+    matrix.write_bytes(huge_npy())
+    capsys.readouterr()
+    code = probe_cli(["--latents", str(probed / "latents"), "--solver", "lbfgs", "-mp", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err
+    assert len(matrix.read_bytes()) < 10_000  # written again from the cached result
+
+
+def test_a_probe_cache_entry_whose_matrix_header_declares_petabytes_is_refitted_not_a_traceback(probed, capsys):
+    import hashlib
+    import json
+    entries = sorted((probed / ".probe_cache").glob("[0-9a-f][0-9a-f]/*.json"))
+    assert entries
+    for entry_path in entries:  # matrices with a sha256 that matches, as a crafted cache holds them
+        entry = json.loads(entry_path.read_text())
+        (entry_path.parent / entry["confusion"]["file"]).unlink()
+        data = huge_npy()
+        entry["confusion"]["sha256"] = hashlib.sha256(data).hexdigest()
+        entry["confusion"]["file"] = f"{entry_path.stem}-{entry['confusion']['sha256'][:16]}.npy"
+        (entry_path.parent / entry["confusion"]["file"]).write_bytes(data)
+        entry_path.write_text(json.dumps(entry))
+    capsys.readouterr()
+    code = probe_cli(["--latents", str(probed / "latents"), "--solver", "lbfgs", "-mp", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -61,6 +62,19 @@ def cache_key(file_sha256: dict[str, str], settings: ProbeSettings, versions: di
     """
     return {"format": CACHE_FORMAT, "files": dict(sorted(file_sha256.items())), "settings": settings.key(),
             "versions": dict(sorted(versions.items()))}
+
+
+def _read_npy(data: bytes) -> np.ndarray:
+    """The array of the .npy file ``data``, no pickle. Its header's shape is checked against the bytes that follow
+    first: numpy allocates all that a header declares before it reads, and a cache entry (its sha256 matching) whose
+    matrix declared 10^15 values stopped the probe job with a MemoryError traceback instead of a refit."""
+    handle = io.BytesIO(data)
+    version = np.lib.format.read_magic(handle)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(handle)
+    if math.prod(shape) * dtype.itemsize > len(data) - handle.tell():
+        raise ValueError(f"its header declares shape {shape} of {dtype}, more than the file holds")
+    return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
 
 
 class ResultCache:
@@ -189,7 +203,7 @@ class ResultCache:
         if hashlib.sha256(data).hexdigest() != sha256:
             return None, f"its confusion matrix {matrix_path.name} is damaged (its sha256 differs)"
         try:
-            matrix = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)  # .npy only
+            matrix = _read_npy(data)
             record = ProbeRecord.from_json(fields, matrix)
         except (ValueError, KeyError, TypeError) as error:
             return None, f"malformed: {error}"
