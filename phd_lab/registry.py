@@ -438,6 +438,21 @@ def _warn_if_shadowed(kind: str, file: str | None) -> None:
                     kind, DEFAULT_MODULES[kind], file, BUILT_IN_FOLDER)
 
 
+_ANNOUNCED: set[tuple[str, str]] = set()  # (kind, spec) of the registry modules named once in this process
+
+
+def _announce(kind: str, spec: str) -> None:
+    """Say, before it runs, which code a config's 'registries' imports: a registry is code, and a config received
+    from someone else (a run's logged config) that names a .py file beside it or any importable module by a dotted
+    name ran it without a word, also under --dry-run. Said once per process (a grid builds its registries for
+    every run)."""
+    if (kind, spec) in _ANNOUNCED:
+        return
+    _ANNOUNCED.add((kind, spec))
+    log.info("Importing the %s registry module %r named by the config's 'registries': its code runs in this "
+             "process (read a registry that came with someone else's config before running it).", kind, spec)
+
+
 class Registries:
     """The four registries a run draws from."""
 
@@ -457,6 +472,8 @@ class Registries:
         for kind in KINDS:
             module = chosen[kind]
             if isinstance(module, str):
+                if module != DEFAULT_MODULES[kind]:
+                    _announce(kind, module)
                 module = import_registry_module(module, kind)
                 found = working_directory_file(chosen[kind], module)
                 if found is not None:

@@ -117,3 +117,23 @@ def test_a_probe_cache_entry_whose_matrix_header_declares_petabytes_is_refitted_
     code = probe_cli(["--latents", str(probed / "latents"), "--solver", "lbfgs", "-mp", "0", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 0 and "Traceback" not in err
+
+
+def test_the_registry_code_a_config_imports_is_named_before_it_runs(tmp_path, capsys):
+    # a received config naming a .py file beside it (or any module by a dotted name) ran it without a word
+    registry = tmp_path / "my_models.py"
+    registry.write_text("from pathlib import Path\n"
+                        f"Path({str(tmp_path / 'ran')!r}).write_text('imported')\n"
+                        "from torch import nn\n\n\n"
+                        "def tiny_cnn(*, num_classes: int, in_channels: int = 3):\n"
+                        "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1),\n"
+                        "                         nn.Flatten(), nn.Linear(4, num_classes))\n")
+    config = write_config(tmp_path, model="tiny_cnn", model_args={}, registries={"models": "my_models.py"})
+    plain = write_config(tmp_path, name="plain.json")
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert (tmp_path / "ran").is_file()
+    assert f"Importing the models registry module {str(registry)!r}" in err and "its code runs" in err
+    assert main_cli(["--config", str(plain), "--dry-run"]) == 0
+    assert "registry module" not in capsys.readouterr().err  # phd-lab's own registries go unsaid
