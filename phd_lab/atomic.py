@@ -134,11 +134,12 @@ def remove(path: Path, missing_ok: bool = False) -> None:
 
 
 def refuse_link(path: Path | str, what: str) -> None:
-    """Raise a ``DataError`` where ``path``, a file the framework appends to or locks in place (a log, a lock file),
-    is a symbolic link. phd-lab never makes one there, and following it would write outside the run folder: a run
-    folder received from someone else with ``.lock`` linked to ``~/thesis.tex`` had that file emptied by the next
-    run's lock, and a linked ``<name>.log`` took the run's log lines. Files written whole are swapped in by
-    ``os.replace``, which replaces a link instead of following it."""
+    """Raise a ``DataError`` where ``path``, a file the framework appends to or locks in place (a log, a lock file)
+    or a folder whose files it removes, is a symbolic link. phd-lab never makes one there, and following it would
+    change what lies outside the run folder: a run folder received from someone else with ``.lock`` linked to
+    ``~/thesis.tex`` had that file emptied by the next run's lock, a linked ``<name>.log`` took the run's log lines,
+    and a ``probe_confusion`` linked to a folder of figures had every .png in it deleted by the probe job. Files
+    written whole are swapped in by ``os.replace``, which replaces a link instead of following it."""
     if not os.path.islink(path):
         return
     from phd_lab.errors import DataError
@@ -147,7 +148,7 @@ def refuse_link(path: Path | str, what: str) -> None:
     except OSError:
         target = "?"
     raise DataError(f"The {what} {str(path)!r} is a symbolic link (to {target!r}), which phd-lab never makes: "
-                    f"writing to it would change that file instead, outside the run folder (a run folder received "
+                    f"writing there would change what it names instead, outside the run folder (a run folder received "
                     f"from someone else may carry such a link). Nothing was written to it; delete the link (rm "
                     f"{shlex.quote(str(path))}) and start the command again.")
 

@@ -137,3 +137,18 @@ def test_the_registry_code_a_config_imports_is_named_before_it_runs(tmp_path, ca
     assert f"Importing the models registry module {str(registry)!r}" in err and "its code runs" in err
     assert main_cli(["--config", str(plain), "--dry-run"]) == 0
     assert "registry module" not in capsys.readouterr().err  # phd-lab's own registries go unsaid
+
+
+def test_a_linked_confusion_matrix_folder_is_refused_before_the_probe_job_removes_files_in_it(received, tmp_path,
+                                                                                              capsys):
+    # the job removed every .npy and .png in it that it had not written: the figures of the folder the link named
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "fig1.png").write_bytes(b"a figure")
+    plant_link(received / "probe_confusion", figures)
+    capsys.readouterr()
+    code = probe_cli(["--latents", str(received / "latents"), "--solver", "lbfgs", "-mp", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a symbolic link" in err and "Traceback" not in err
+    assert [p.name for p in figures.iterdir()] == ["fig1.png"]
+    assert not (received / "probe_performances.csv").exists()

@@ -67,6 +67,7 @@ def validate_jobs(jobs: Sequence[ProbeJob], threads: int = 2, cache: ResultCache
         check_labels(job)
         atomic.refuse_link(job.outputs.root / PROBE_LOCK, "probe lock file")  # before the job writes anything
         atomic.refuse_link(job.outputs.probe_log, "probe log file")
+        atomic.refuse_link(job.outputs.probe_confusion_dir, "confusion matrix folder")  # its other files are removed
     hits: dict[str, ProbeRecord] = {}
     needed: dict[int, dict[Path, str]] = {}
     for task in build_tasks(jobs):
