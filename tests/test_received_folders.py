@@ -17,7 +17,8 @@ from tests.conftest import run_folders, run_name, write_config
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny run, trained for an epoch, with its latents: the folder a colleague sends."""
     root = tmp_path_factory.mktemp("sender")
-    config = write_config(root, epoch=1, resolution=8, post_processing=["extract"])
+    config = write_config(root, epoch=1, resolution=8,
+                          post_processing=[{"name": "extract", "layers": ["features.0", "classifier.6"]}])
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     [folder] = run_folders(root / "logs")
     return folder
@@ -152,3 +153,23 @@ def test_a_linked_confusion_matrix_folder_is_refused_before_the_probe_job_remove
     assert code == 2 and "is a symbolic link" in err and "Traceback" not in err
     assert [p.name for p in figures.iterdir()] == ["fig1.png"]
     assert not (received / "probe_performances.csv").exists()
+
+
+def test_a_latents_manifest_naming_another_run_folder_of_yours_is_refused(trained, received, tmp_path, capsys):
+    # the results went into (and the confusion matrices of) whichever run folder the received manifest named
+    import json
+    logs = trained.parents[3]
+    shutil.copytree(logs, tmp_path / "mine")
+    mine = tmp_path / "mine" / trained.relative_to(logs)  # a run of the receiver's own, probed
+    assert probe_cli(["--latents", str(mine / "latents"), "--solver", "lbfgs", "-mp", "0", "--no-progress"]) == 0
+    before = {p.name: p.read_bytes() for p in mine.glob("probe_*") if p.is_file()}
+    latents = tmp_path / "download" / "latents"  # a latents folder received on its own
+    shutil.copytree(received / "latents", latents)
+    manifest = json.loads((latents / "manifest.json").read_text())
+    manifest["run_dir"] = str(mine)
+    (latents / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    code = probe_cli(["--latents", str(latents), "--solver", "lbfgs", "-mp", "0", "--no-progress", "--C", "0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not that run's" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in mine.glob("probe_*") if p.is_file()} == before

@@ -275,8 +275,27 @@ def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root:
         raise DataError(f"The run folder {str(run_dir)!r} named by 'run_dir' in {manifest_path!r} "
                         f"does not exist; the probe results are written there. Move the latents back with their run "
                         f"or rerun the extraction step.")
+    if run_dir is manifest.run_dir:
+        _check_foreign_run_folder(manifest, run_dir)
     if expected_root is not None and run_dir.resolve() != expected_root.resolve():
         log.warning("%s: the manifest names run folder %s, not %s; writing the probe results to the manifest's",
                     label, run_dir, expected_root)
     # named: the analysis refresh reads its files
     return ProbeJob(manifest, settings, run_folder(run_dir).for_probe_set(probe_set), label)
+
+
+def _check_foreign_run_folder(manifest: Manifest, run_dir: Path) -> None:
+    """Refuse a manifest that names a run folder (one with a logged config) the latents are not of: neither do they
+    lie in it, nor in its mirror under a ``latents_dir`` (``<model>/<dataset>_<resolution>/<run_id>/<variant>``, the
+    last four parts of both paths). A latents folder received from someone else had the job write its results
+    into, and remove the confusion matrices of, whichever run folder of yours its manifest named. A folder that is
+    no run folder (``write_latents``'s ``run_dir`` may be any) takes them as before."""
+    mirror = manifest.folder.resolve().parent.parts[-4:]
+    if run_dir.resolve().parts[-4:] == mirror or not any(run_dir.glob("*_config.json")):
+        return
+    manifest_path = str(manifest.folder / MANIFEST)
+    raise DataError(f"The manifest {manifest_path!r} names run folder {str(run_dir)!r} ('run_dir') for the probe "
+                    f"results, but the latents lie neither in that run folder nor in its mirror under a latents_dir "
+                    f"(.../{'/'.join(run_dir.resolve().parts[-4:])}/<latents folder>), so they are not that run's; "
+                    f"the job would replace its probe results. Nothing was written. Probe the latents where they lie "
+                    f"in their own run folder, or correct 'run_dir' in the manifest.")
