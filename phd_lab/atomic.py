@@ -253,6 +253,17 @@ def _json_text(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False) + "\n"
 
 
+def read_json(path: Path | str) -> Any:
+    """The JSON value of a UTF-8 file. Nesting too deep for Python's parser (a crafted file in a run folder received
+    from someone else, or runaway brackets) raises a ``ValueError`` like any other invalid JSON, which every reader
+    handles: its ``RecursionError`` stopped the probe job with a traceback."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{str(path)!r} nests lists or objects too deep to be read as JSON") from None
+
+
 def write_json(path: Path | str, obj: Any) -> None:
     write_text(path, _json_text(obj))
 

@@ -602,7 +602,7 @@ def read_logged_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """A run folder's logged config as written (None where there is none or it cannot be read), and why a file
     that is there cannot be used (None where it can, or where there is none)."""
     try:
-        logged = json.loads(path.read_text(encoding="utf-8"))
+        logged = atomic.read_json(path)
     except FileNotFoundError:
         return None, None
     except (OSError, ValueError) as error:  # unreadable, not UTF-8 or not JSON

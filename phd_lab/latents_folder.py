@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -75,7 +74,7 @@ def load_manifest(folder: Path) -> dict[str, Any] | None:
     """The folder's manifest, or None when it is missing or unreadable (= not a complete extraction)."""
     path = Path(folder) / MANIFEST
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = atomic.read_json(path)
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None
@@ -86,7 +85,7 @@ def latents_look_whole(folder: Path) -> bool:
     the files' headers are read, which is cheap enough for ``--dry-run``; their sha256 are compared when the
     step runs (``reusable``) and by the probe job."""
     try:
-        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        manifest = atomic.read_json(Path(folder) / MANIFEST)
         return _files_as_listed(Path(folder), manifest)
     except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError):
         return False

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from phd_lab.atomic import LOOP, NAME_MAX, os_refusal, runs_into_a_loop, shown_path
+from phd_lab.atomic import LOOP, NAME_MAX, os_refusal, read_json, runs_into_a_loop, shown_path
 from phd_lab.config import (META_KEY, RunConfig, check_known_keys, check_run_id_value, names_another_run,
                             predates_linear_init, validate_values)
 from phd_lab.config_file import load_config_file
@@ -59,7 +58,7 @@ def earlier_version_runs(configs: Iterable[RunConfig]) -> list[Path]:
 def _logged_before_linear_init(folder: Path) -> bool:
     for path in folder.glob("*_config.json"):
         try:
-            meta = json.loads(path.read_text(encoding="utf-8")).get(META_KEY)
+            meta = read_json(path).get(META_KEY)
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(meta, dict):
@@ -309,7 +308,7 @@ def _holds_another_run(folder: Path, cfg: RunConfig) -> bool:
     others = False
     for path in folder.glob("*_config.json"):
         try:
-            logged = json.loads(path.read_text(encoding="utf-8"))
+            logged = read_json(path)
             verdict = names_another_run(logged, cfg) if isinstance(logged, dict) else None
         except (OSError, TypeError, ValueError):
             continue

@@ -173,3 +173,25 @@ def test_a_latents_manifest_naming_another_run_folder_of_yours_is_refused(traine
     err = capsys.readouterr().err
     assert code == 2 and "not that run's" in err and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in mine.glob("probe_*") if p.is_file()} == before
+
+
+def deep_json(depth: int = 100_000) -> str:
+    """Valid JSON nested deeper than Python's parser recurses (it raises RecursionError, no ValueError)."""
+    return '{"format": 1, "x": ' + "[" * depth + "]" * depth + "}"
+
+
+def test_a_latents_manifest_nested_too_deep_is_a_usage_error_not_a_traceback(received, capsys):
+    (received / "latents" / "manifest.json").write_text(deep_json())
+    capsys.readouterr()
+    code = probe_cli(["--latents", str(received / "latents"), "--solver", "lbfgs", "-mp", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "too deep" in err and "Traceback" not in err
+
+
+def test_post_processing_stamps_nested_too_deep_are_recomputed_not_a_failed_run(received, capsys):
+    (received / ".steps.json").write_text(deep_json())
+    capsys.readouterr()
+    code = main_cli(["--config", str(received / f"{run_name(received)}_config.json"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0 and "RecursionError" not in err
+    assert "too deep" in err  # the warning that the steps compute their results again says why

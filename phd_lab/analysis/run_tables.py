@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -26,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from phd_lab.atomic import read_json
 from phd_lab.config import META_KEY, with_logged_linear_init
 from phd_lab.config_paths import extraction_latents_dir
 from phd_lab.file_hash import latents_digest
@@ -110,8 +110,8 @@ def _is_latents_folder(folder: Path) -> bool:
 def _logged_config(path: Path) -> dict[str, Any] | None:
     """The values of a logged run config (a JSON object with ``_meta``), or None."""
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        values = read_json(path)
+    except (OSError, ValueError):
         return None
     return values if isinstance(values, dict) and META_KEY in values else None
 
@@ -255,8 +255,8 @@ def _read_json(path: Path, tables: RunTables, *, record_missing: bool = True) ->
             tables.missing.append(path.name)
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return read_json(path)
+    except (OSError, ValueError) as error:
         tables.problems.append(f"{path.name} cannot be read: {error}")
         return None
 
@@ -442,7 +442,7 @@ def _probes_predate_latents(tables: RunTables) -> bool:
     manifest does, or, where it names none (results of an older version), the table is older than the manifest
     (a copy made without keeping file times, such as ``cp -r``, may invert those)."""
     try:
-        settings = json.loads(tables.folder.probe_settings.read_text(encoding="utf-8"))
+        settings = read_json(tables.folder.probe_settings)
         probed = settings["latents"]["sha256"]
     except (OSError, ValueError, TypeError, KeyError):
         probed = None

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from phd_lab.atomic import (STALE_AFTER_SECONDS, nearest_existing, remove_stale_temps, write_bytes, write_json,
-                            write_json_once)
+from phd_lab.atomic import (STALE_AFTER_SECONDS, nearest_existing, read_json, remove_stale_temps, write_bytes,
+                            write_json, write_json_once)
 from phd_lab.environment import installed_version
 from phd_lab.errors import UsageError
 from phd_lab.file_hash import json_digest
@@ -173,10 +173,10 @@ class ResultCache:
         """The parsed JSON entry stored under ``key`` if it is one for that key (None where there is none), and what
         is wrong with a file that is no such entry; shared by ``_read`` and ``_read_format_1``."""
         try:
-            entry = json.loads(self.path(key).read_text(encoding="utf-8"))
+            entry = read_json(self.path(key))
         except FileNotFoundError:
             return None, None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:
             return None, f"unreadable: {error}"
         if not isinstance(entry, dict) or entry.get("key") != key:
             return None, "its key does not match"

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from phd_lab.atomic import read_json
 from phd_lab.errors import DataError
 from phd_lab.file_hash import hash_and_stamp
 
@@ -222,8 +223,8 @@ def _require_manifest_file(folder: Path, path: Path) -> None:
 def _load_json(path: Path) -> dict[str, Any]:
     """The manifest's JSON object, of the format this version reads."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raw = read_json(path)
+    except (OSError, ValueError) as error:
         raise _fail(path, f"it is not valid JSON ({error})") from None
     if not isinstance(raw, dict):
         raise _fail(path, "it does not hold a JSON object")

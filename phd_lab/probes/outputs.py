@@ -139,7 +139,7 @@ def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
     csv = table_bytes(performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy))
     try:
         if (outputs.probe_csv.read_bytes() != csv
-                or json.loads(outputs.probe_settings.read_text(encoding="utf-8")) != settings_document(job, csv)
+                or atomic.read_json(outputs.probe_settings) != settings_document(job, csv)
                 or not outputs.probe_plot.is_file()):
             return False
         expected = set()
@@ -202,7 +202,7 @@ def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None,
 def _json_object(path: Path) -> dict[str, Any]:
     """A JSON file's object ({} when it is missing, unreadable or not an object)."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = atomic.read_json(path)
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}

@@ -234,7 +234,7 @@ def _drawing_code() -> bytes:
 
 def _read_previous_analysis(folder: RunDir) -> dict[str, Any]:
     try:
-        previous = json.loads(folder.analysis_json.read_text(encoding="utf-8"))
+        previous = atomic.read_json(folder.analysis_json)
     except (OSError, ValueError):
         return {}
     return previous if isinstance(previous, dict) else {}

@@ -50,7 +50,7 @@ class StepStamps:
         self.rundir = rundir
         self.path = Path(rundir.root) / STAMPS
         try:
-            stamps = json.loads(self.path.read_text(encoding="utf-8"))
+            stamps = atomic.read_json(self.path)
         except FileNotFoundError:  # no step has run here yet
             stamps = {}
         except (OSError, ValueError) as error:
