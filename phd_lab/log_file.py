@@ -3,10 +3,12 @@ record once the file cannot be written (a full disk); a symbolic link in the log
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from phd_lab.atomic import open_no_follow
 
@@ -47,3 +49,32 @@ class LogFile(logging.FileHandler):
         self.broken = True  # before the warning, which reaches this handler too
         log.warning("The log file %r cannot be written (%s); it takes no more records, so the console is where "
                     "the rest of this process' messages are.", self.baseFilename, error.strerror or error)
+
+
+@contextlib.contextmanager
+def info_records_kept() -> Iterator[None]:
+    """While the block runs, INFO records reach the root logger's handlers (a run's or probe job's log file) also
+    in a process that never configured logging (a notebook, a script calling ``Main``): the root logger's default
+    level WARNING dropped them before any handler saw them, and a run's .log file held its warnings only. The
+    console shows what it showed before: the root's handlers are raised to its old level for the block, and a
+    root without handlers (warnings printed by logging's last resort) gets that handler; all restored after."""
+    root = logging.getLogger()
+    level = root.level
+    if level <= logging.INFO:  # NOTSET (0) passes everything too
+        yield
+        return
+    raised = [(handler, handler.level) for handler in root.handlers if handler.level < level]
+    stand_in = logging.lastResort if not root.handlers else None
+    for handler, _ in raised:
+        handler.setLevel(level)
+    if stand_in is not None:
+        root.addHandler(stand_in)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
+        for handler, before in raised:
+            handler.setLevel(before)

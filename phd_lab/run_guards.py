@@ -17,7 +17,7 @@ import torch
 from phd_lab.atomic import nearest_existing
 from phd_lab.errors import DataError, FolderInTheWay, RunDiverged, RunFolderLost, RunStopped, Terminated, UsageError
 from phd_lab.lock import RunLock
-from phd_lab.log_file import LogFile
+from phd_lab.log_file import LogFile, info_records_kept
 from phd_lab.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,10 @@ class run_log:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.handler = LogFile(path)
+        self.levels = info_records_kept()  # every INFO record in the file, however the caller set up logging
 
     def __enter__(self) -> None:
+        self.levels.__enter__()
         logging.getLogger().addHandler(self.handler)
 
     def __exit__(self, *exc: object) -> None:
@@ -97,5 +99,6 @@ class run_log:
                     # shows the traceback itself where the file could not take it (a full disk)
                     setattr(exc[1], "log_unwritable" if self.handler.broken else "logged_to", self.path)
         logging.getLogger().removeHandler(self.handler)
+        self.levels.__exit__(None, None, None)
         with contextlib.suppress(OSError):  # a full disk: the error that ended the run is the one to report
             self.handler.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from phd_lab.errors import PhdLabError, Terminated
-from phd_lab.log_file import LogFile
+from phd_lab.log_file import LogFile, info_records_kept
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class ProbeLogs:
         self.paths = list(paths)
         self.handlers: list[LogFile] = []
         self._handler_of: list[int] = []  # job position → its handler
+        self._levels = info_records_kept()  # the job's INFO records in the files, however the caller set up logging
 
     def __enter__(self) -> "ProbeLogs":
         files: dict[Path, list[int]] = {}
@@ -62,6 +63,7 @@ class ProbeLogs:
             self.handlers.append(handler)
             logging.getLogger().addHandler(handler)
         self._handler_of = [handler_of[position] for position in range(len(self.paths))]
+        self._levels.__enter__()
         self.write(logging.INFO, "probe job started: %s", " ".join(sys.argv) or "(no command line)")
         return self
 
@@ -109,3 +111,4 @@ class ProbeLogs:
                 logging.getLogger().removeHandler(handler)
                 with contextlib.suppress(OSError):  # a full disk: the error that ended the job is the one to report
                     handler.close()
+            self._levels.__exit__(None, None, None)
