@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
 from phd_lab.interrupts import clear_terminated, note_terminated, terminated_noted
+from phd_lab.log_file import FORMAT
 
 if TYPE_CHECKING:
     from phd_lab.experiment import RunOutcome
@@ -24,13 +25,28 @@ log = logging.getLogger("phd_lab")
 LISTABLE = ("models", "datasets", "optimizers", "metrics", "steps")
 
 
-def configure_logging(verbosity: int = 0) -> None:
-    """Console verbosity from -q/-v; the root logger stays at INFO so every run's .log file is complete."""
+@contextlib.contextmanager
+def command_logging(verbosity: int = 0) -> Iterator[None]:
+    """The console log of one command, at the verbosity of -q/-v; the root logger at INFO (DEBUG with -v) so that
+    every run's .log file is complete. The caller's root handlers and level come back when the command returns:
+    ``logging.basicConfig(force=True)`` closed a notebook's own handlers for good and left the root at INFO."""
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
-    logging.basicConfig(level=min(level, logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        force=True)
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(level)
+    root = logging.getLogger()
+    before, handlers = root.level, list(root.handlers)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter(FORMAT))
+    console.setLevel(level)
+    for handler in handlers:
+        root.removeHandler(handler)
+    root.addHandler(console)
+    root.setLevel(min(level, logging.INFO))
+    try:
+        yield
+    finally:
+        root.removeHandler(console)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(before)
 
 
 def report_error(error: BaseException) -> None:
@@ -192,7 +208,6 @@ def _on_other_machines(scheduler: str | None) -> bool:
 
 def main_cli(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(-1 if args.quiet else 1 if args.verbose else 0)
 
     def body() -> int:
         if args.list:
@@ -240,8 +255,8 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("Results:\n" + "\n".join(f"  {o.folder}" for o in outcomes) + "\n")
         return EXIT_OK
 
-    # a dry run or a listing has nothing to resume
-    return guarded(body, "interrupted" if args.dry_run or args.list or args.list_keys else RESUME_TRAINING)
+    with command_logging(-1 if args.quiet else 1 if args.verbose else 0):  # a dry run or a listing: nothing to resume
+        return guarded(body, "interrupted" if args.dry_run or args.list or args.list_keys else RESUME_TRAINING)
 
 
 def failed_runs_advice(failed: list[RunOutcome], runs: int, on_cluster: bool) -> str:

@@ -39,3 +39,27 @@ def test_a_run_started_from_python_logs_its_whole_run_into_its_log_file(tmp_path
     assert "INFO phd_lab.executor: Run folder" in text
     assert "epoch 1/1: train_loss=" in text
     assert unconfigured_logging.level == logging.WARNING  # and the caller's level is back
+
+
+@pytest.mark.parametrize("command", [["train", "--list", "steps"], ["train", "--config", "missing.json"],
+                                     ["probe", "--latents", "missing"], ["report", "missing"]])
+def test_a_command_called_from_python_leaves_the_callers_logging_as_it_was(tmp_path, unconfigured_logging, capsys,
+                                                                            monkeypatch, command):
+    """``main_cli`` and the other commands set up the console log for their call: they took the caller's handlers
+    off the root logger for good (logging.basicConfig(force=True) closed them) and left the root at INFO, so a
+    notebook's own log handler was gone and every library's INFO lines came out after the first call."""
+    from phd_lab.__main__ import main
+    monkeypatch.chdir(tmp_path)
+    stream = io.StringIO()
+    mine = logging.StreamHandler(stream)
+    unconfigured_logging.addHandler(mine)
+    try:
+        handlers = list(unconfigured_logging.handlers)
+        main(command)
+        assert unconfigured_logging.level == logging.WARNING
+        assert unconfigured_logging.handlers == handlers
+        logging.getLogger("phd_lab.notebook").info("not shown")
+        logging.getLogger("phd_lab.notebook").warning("still mine")
+        assert stream.getvalue().splitlines()[-1:] == ["still mine"] and "not shown" not in stream.getvalue()
+    finally:
+        unconfigured_logging.removeHandler(mine)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from phd_lab.cli import configure_logging, guarded
+from phd_lab.cli import command_logging, guarded
 from phd_lab.errors import EXIT_OK, RunFailure, UsageError
 
 log = logging.getLogger("phd_lab")
@@ -56,7 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def probe_cli(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(-1 if args.quiet else 1 if args.verbose else 0)
 
     def body() -> int:
         from phd_lab.probes.discovery import SAID_ONE_BY_ONE, jobs_from_config, jobs_from_latents
@@ -104,4 +103,5 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
                              f"that is resolved: runs already probed come from the cache.")
         return EXIT_OK
 
-    return guarded(body, "interrupted; rerun the same command: the layers already fitted come from the cache")
+    with command_logging(-1 if args.quiet else 1 if args.verbose else 0):
+        return guarded(body, "interrupted; rerun the same command: the layers already fitted come from the cache")

@@ -174,10 +174,9 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
 
 
 def main_report(argv: Sequence[str]) -> int:
-    from phd_lab.cli import configure_logging, guarded
+    from phd_lab.cli import command_logging, guarded
 
     args = build_parser().parse_args(list(argv))
-    configure_logging(-1 if args.quiet else 0)
 
     def body() -> int:
         path = write_report(args.logs_dir, args.out, refresh=not args.no_refresh,
@@ -185,5 +184,6 @@ def main_report(argv: Sequence[str]) -> int:
         sys.stdout.write(f"{path}\n")
         return EXIT_OK
 
-    return guarded(body, "interrupted; the report was not written (run folders already refreshed stay so); "
-                         "rerun the command")
+    with command_logging(-1 if args.quiet else 0):
+        return guarded(body, "interrupted; the report was not written (run folders already refreshed stay so); "
+                             "rerun the command")
