@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -17,6 +18,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def global_generators_kept(device: torch.device) -> Iterator[None]:
+    """The global generators of python, numpy and torch (and those of the GPUs, for a run on CUDA) as they were
+    before the block, once it ends: a run seeds and draws from them, and a notebook's or script's own draws after
+    a grid repeated those after any other grid of the same seed. A CPU run leaves CUDA uninitialised."""
+    python, numpy_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def seed_worker(worker_id: int) -> None:

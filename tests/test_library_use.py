@@ -63,3 +63,24 @@ def test_a_command_called_from_python_leaves_the_callers_logging_as_it_was(tmp_p
         assert stream.getvalue().splitlines()[-1:] == ["still mine"] and "not shown" not in stream.getvalue()
     finally:
         unconfigured_logging.removeHandler(mine)
+
+
+def test_a_run_leaves_the_callers_random_generators_as_they_were(tmp_path, single_thread):
+    """A run seeds python's, numpy's and torch's global generators; they were left where its training ended, so
+    a notebook's own draws after a grid repeated those after any other grid of the same seed."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from phd_lab.experiment import Main
+
+    def draws() -> tuple:
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    expected = draws()
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    [outcome] = Main(progress=False)(one_epoch(tmp_path))
+    assert outcome.status == "finished"
+    assert draws() == expected
