@@ -1,6 +1,6 @@
-"""What a run holds while it trains: its CPU thread count, its folder's lock and its log file.
+"""What a run holds while it trains: its CPU thread count, cuDNN's autotuner, its folder's lock and its log file.
 
-Three context managers the executor enters around one run. Each restores what it changed when the
+Context managers the executor enters around one run. Each restores what it changed when the
 run ends, however it ends; ``run_log`` also writes the one line that says how a run ended. Kept apart
 from the executor, which builds and trains the run, so that these guards read on their own.
 """
@@ -37,6 +37,20 @@ class cpu_threads:
 
     def __exit__(self, *exc: object) -> None:
         torch.set_num_threads(self.previous)
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(device: torch.device) -> Iterator[None]:
+    """cuDNN's autotuner on for a run on CUDA (the fastest convolution algorithms for its fixed input size), and
+    the caller's setting back after it: the flag is global, and a notebook's own code after a grid ran autotuned,
+    no longer bit-reproducible on its GPU."""
+    before = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 @contextlib.contextmanager

@@ -110,3 +110,11 @@ def test_tracking_bf16_training_on_cuda_equals_the_float64_definition():
         assert torch.equal(cov, again[name]), name
         assert np.linalg.norm(cov.numpy() - expected) <= 1e-10 * np.linalg.norm(expected), name
     assert frame.equals(again_frame)
+
+
+def test_a_cuda_run_leaves_the_callers_cudnn_autotuner_setting(tmp_path):
+    """A CUDA run turns cuDNN's autotuner on for itself; it stayed on in the calling process (a notebook) after."""
+    torch.backends.cudnn.benchmark = False
+    config = write_config(tmp_path, device="cuda", epoch=1, track_saturation=False)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert torch.backends.cudnn.benchmark is False
