@@ -84,3 +84,25 @@ def test_a_run_leaves_the_callers_random_generators_as_they_were(tmp_path, singl
     [outcome] = Main(progress=False)(one_epoch(tmp_path))
     assert outcome.status == "finished"
     assert draws() == expected
+
+
+def test_a_run_leaves_the_callers_matplotlib_backend_and_figures(tmp_path, single_thread):
+    """The plots switched matplotlib to Agg with ``matplotlib.use``, which closes every open pyplot figure and left
+    a notebook's inline backend replaced: its own figures were gone and ``plt.show()`` showed nothing after."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from phd_lab.experiment import Main
+    before = matplotlib.get_backend()
+    plt.switch_backend("svg")  # any backend but Agg stands for a notebook's inline one
+    mine = plt.figure()
+    try:
+        [outcome] = Main(progress=False)(write_config(tmp_path, epoch=1, post_processing=["receptive_field"]))
+        assert outcome.status == "finished"
+        assert list(Path(outcome.folder).glob("*saturation_epoch1.png"))
+        assert (Path(outcome.folder) / "receptive_field.png").is_file()
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == [mine.number]
+    finally:
+        plt.close(mine)
+        plt.switch_backend(before)

@@ -55,14 +55,17 @@ def test_a_plot_drawn_from_the_kept_pixels_equals_matplotlibs_full_drawing():
             assert drawn == full.getvalue(), (len(classes), title)
 
 
-def test_closing_leaves_no_figure_open():
+def test_the_plots_open_no_pyplot_figure_and_closing_frees_their_own():
+    """The figures are drawn outside pyplot (a notebook's open figures and backend are left alone), and closing
+    frees the kept ones."""
     before = set(plt.get_fignums())
     plots = ConfusionPlots()
     plots.png(np.eye(3), [0, 1, 2], "a")
     plots.png(np.eye(4), [0, 1, 2, 3], "b")
-    assert len(set(plt.get_fignums()) - before) == 2
+    figures = [ax.figure for ax, _, _ in plots._figures.values()]
+    assert len(figures) == 2 and set(plt.get_fignums()) == before
     plots.close()
-    assert set(plt.get_fignums()) == before
+    assert not plots._figures and all(not figure.axes for figure in figures)
 
 
 def test_long_titles_wrap_into_three_lines_and_keep_their_end():
@@ -171,13 +174,12 @@ def test_a_pixelwise_tables_thousands_of_positions_keep_the_accuracy_plot_viewab
 def test_long_class_labels_and_titles_stay_inside_the_figure():
     """The fixed layout replaced a tight bounding box: it must leave room for labels of up to 8 characters
     (class ids like -1000000 or ImageNet-21k's 5 digits) and three title lines."""
-    before = set(plt.get_fignums())
     for classes in ([3, 7], list(range(10)), list(range(20_000, 20_030)), list(range(-1_000_000, -999_990))):
         with ConfusionPlots() as plots:
             plots.png(np.eye(len(classes)), classes, "features.denseblock4.denselayer16.conv2@(12, 5) " * 2
                       + "(eval\u00a0acc\u00a00.431)")
-            (number,) = set(plt.get_fignums()) - before
-            figure = plt.figure(number)
+            [(ax, _, _)] = plots._figures.values()
+            figure = ax.figure
             renderer = figure.canvas.get_renderer()
             width, height = figure.canvas.get_width_height()
             texts = [text for ax in figure.axes for text in (ax.title, ax.xaxis.label, ax.yaxis.label,

@@ -35,13 +35,13 @@ def thin_tick_labels(ax: Any, labels: Sequence[str], rotation: int, most: int = 
 
 def png_bytes(fig: Any) -> bytes:
     """The figure as PNG bytes (90 dpi, tight), closed afterwards: for pages that embed it."""
-    import matplotlib.pyplot as plt
+    from phd_lab.plots import close
     try:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
         return buffer.getvalue()
     finally:
-        plt.close(fig)
+        close(fig)
 
 
 def _groups(summaries: Sequence[dict[str, Any]]) -> dict[str, int]:
@@ -57,11 +57,9 @@ def _scatter(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel
 def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str, *,
                    logx: bool = False, bands: Sequence[tuple[float, float]] = (), diagonal: bool = False) -> Any:
     """One comparison plot: a colour and marker per model / dataset, hollow while unfinished."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from phd_lab.plots import subplots
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    fig, ax = subplots(figsize=(5.2, 3.8))
     groups = _groups(summaries)
     plotted = 0
     for label, group in groups.items():

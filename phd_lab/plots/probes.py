@@ -1,7 +1,8 @@
 """Plots of the probe job: accuracy per layer in forward order, and confusion matrices.
 
 They only draw already computed results (the probe table, a confusion matrix); matplotlib is
-imported inside the functions with the Agg backend, so the probe job never needs a display.
+imported inside the functions and draws on Agg canvases of its own (``phd_lab.plots``), so the probe job never
+needs a display.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from phd_lab.atomic import save_figure
+from phd_lab.plots import close, subplots
+from phd_lab.plots import figure as new_figure
 from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, thin_tick_labels
 
 if TYPE_CHECKING:
@@ -19,23 +22,15 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = None, ax: "Axes | None" = None,
                         run: str = "") -> "Axes":
     """Train and eval accuracy of each layer's probe in forward order; the model's accuracy as a line; ``run``
     (the run's name) heads the title, as it does on the run's other figures. A pixelwise table draws each layer's
     mean over its positions, as the analysis reads it, and the band from its lowest to its highest position."""
-    plt = _pyplot()
     solver = ", ".join(sorted(set(table["solver"].astype(str)))) if "solver" in table else ""
     table, spread = _per_layer(table.sort_values("index", kind="stable"))
     if ax is None:
-        ax = plt.subplots(figsize=(min(MAX_FIGURE_WIDTH, max(6.0, 0.35 * len(table) + 2.0)), 4.0))[1]
+        ax = subplots(figsize=(min(MAX_FIGURE_WIDTH, max(6.0, 0.35 * len(table) + 2.0)), 4.0))[1]
     positions = np.arange(len(table))
     what = "mean over positions of " if spread is not None else ""
     ax.plot(positions, table["train_acc"], marker="o", linestyle="--", label=f"{what}probe train accuracy")
@@ -94,15 +89,16 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
     """Probe eval accuracy per layer for several latents sets of one model (§8.3, figures 45 and 46): one
     panel per reduction method, one line per set (``(label, method, table)``, drawn in the given order,
     darker for later ones), layers in forward order as in the first, longest table; ``run`` above the panels."""
-    plt = _pyplot()
+    import matplotlib
+
     methods = list(dict.fromkeys(method for _, method, _ in tables))
     layers = list(max((table.sort_values("index")["layer"] for _, _, table in tables), key=len))
     position = {layer: number for number, layer in enumerate(layers)}
-    figure, axes = plt.subplots(1, len(methods), squeeze=False, sharey=True,
-                                figsize=(min(MAX_FIGURE_WIDTH, max(6.0, 0.35 * len(layers) + 2.0)) * len(methods), 4.2))
+    figure, axes = subplots(1, len(methods), squeeze=False, sharey=True,
+                            figsize=(min(MAX_FIGURE_WIDTH, max(6.0, 0.35 * len(layers) + 2.0)) * len(methods), 4.2))
     for ax, method in zip(axes[0], methods):
         drawn = [(label, table) for label, table_method, table in tables if table_method == method]
-        colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(drawn)))
+        colours = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(drawn)))
         for (label, table), colour in zip(drawn, colours):
             table = table[table["layer"].isin(position)].sort_values("index")
             ax.plot([position[layer] for layer in table["layer"]], table["eval_acc"], marker="o", ms=3,
@@ -125,7 +121,7 @@ def _save(ax: "Axes", path: Path | str, dpi: int) -> None:
     try:
         save_figure(ax.figure, path, dpi=dpi)
     finally:
-        _pyplot().close(ax.figure)
+        close(ax.figure)
 
 
 def save_probe_sets_plot(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_accuracy: float | None,
@@ -188,8 +184,7 @@ class ConfusionPlots:
 
     def _figure(self, classes: tuple[int, ...]) -> tuple[Any, Any, Any]:
         if classes not in self._figures:
-            plt = _pyplot()
-            figure = plt.figure(figsize=(self.WIDTH, self.HEIGHT), dpi=self.DPI)
+            figure = new_figure((self.WIDTH, self.HEIGHT), self.DPI)
             extra = max(0, max((len(str(c)) for c in classes), default=1) - 2)  # characters beyond two per label
             left, bottom = 0.12 + 0.011 * extra, 0.1 + 0.016 * extra  # x labels of 3 or more stand upright
             # room for the ticks, the axis labels and three title lines
@@ -212,9 +207,8 @@ class ConfusionPlots:
     def close(self) -> None:
         if not self._figures:  # nothing drawn: matplotlib need not be imported (nor be whole, after a Ctrl-C)
             return
-        plt = _pyplot()
         for ax, _, _ in self._figures.values():
-            plt.close(ax.figure)
+            close(ax.figure)
         self._figures.clear()
 
     def __enter__(self) -> "ConfusionPlots":

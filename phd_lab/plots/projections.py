@@ -17,14 +17,11 @@ if TYPE_CHECKING:
 
 def plot_projections(table: pd.DataFrame, ax: "Axes | None" = None, title: str = "") -> "Axes":
     """One line per basis over the deltas (evenly spaced, labelled); the unprojected model dashed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from phd_lab.plots import subplots
     from phd_lab.plots.grid_figures import thin_tick_labels
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(8.0, 3.8))
+        _, ax = subplots(figsize=(8.0, 3.8))
     deltas = sorted(table.loc[table["basis"] != "none", "delta"].unique())
     position = {delta: i for i, delta in enumerate(deltas)}
     column = "accuracy" if table["accuracy"].notna().any() else "loss"  # a reconstruction has no accuracy
@@ -51,15 +48,13 @@ def plot_projections(table: pd.DataFrame, ax: "Axes | None" = None, title: str =
 
 
 def save_projection_plot(table: pd.DataFrame, path: Path | str, title: str = "") -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from phd_lab.plots import close
 
     ax = plot_projections(table, title=title)
     try:
         atomic.save_figure(ax.figure, path, dpi=110)
     finally:
-        plt.close(ax.figure)
+        close(ax.figure)
 
 
 def shown_deltas(deltas: Sequence[float], most: int = 6) -> list[float]:
@@ -81,9 +76,7 @@ def save_reconstruction_grid(inputs: np.ndarray, outputs: Mapping[float, np.ndar
                              title: str = "") -> None:
     """Rows: the inputs, then the outputs of the unprojected model (delta 1.0) and of the projected model at a
     few deltas; columns: the examples. Each example is scaled by its input's value range, so that rows compare."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from phd_lab.plots import close, subplots
 
     low = inputs.min(axis=(1, 2, 3), keepdims=True)
     high = inputs.max(axis=(1, 2, 3), keepdims=True)
@@ -92,7 +85,7 @@ def save_reconstruction_grid(inputs: np.ndarray, outputs: Mapping[float, np.ndar
         rows.append(("unprojected", outputs[1.0]))
     rows += [(f"δ = {delta:g}", outputs[delta]) for delta in shown_deltas([d for d in outputs if d != 1.0])]
     count = inputs.shape[0]
-    figure, axes = plt.subplots(len(rows), count, figsize=(1.3 * count + 1.0, 1.3 * len(rows) + 0.4),
+    figure, axes = subplots(len(rows), count, figsize=(1.3 * count + 1.0, 1.3 * len(rows) + 0.4),
                                 squeeze=False)
     for row, (label, images) in zip(axes, rows):
         for ax, image in zip(row, _displayable(images, low, high)):
@@ -105,7 +98,7 @@ def save_reconstruction_grid(inputs: np.ndarray, outputs: Mapping[float, np.ndar
     try:
         atomic.save_figure(figure, path, dpi=110)
     finally:
-        plt.close(figure)
+        close(figure)
 
 
 MAX_PANEL_WIDTH = 12.0  # inches per basis of the relative-accuracy figure
@@ -114,17 +107,14 @@ MAX_PANEL_WIDTH = 12.0  # inches per basis of the relative-accuracy figure
 def relative_accuracy_figure(relative: pd.DataFrame) -> Any:
     """The thesis' Fig. 43 over a grid: per basis a panel, per delta (evenly spaced) a box of the projected
     networks' accuracy relative to their unprojected accuracy and a dot per run, every run of the grid in it."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from phd_lab.analysis.projection_tables import BASES
+    from phd_lab.plots import subplots
     from phd_lab.plots.grid_figures import thin_tick_labels
 
     deltas = sorted(relative["delta"].unique())
     bases = [basis for basis in BASES if (relative["basis"] == basis).any()]
     panel_width = min(MAX_PANEL_WIDTH, max(5.0, 0.28 * len(deltas) + 2))  # §7.4's 110 deltas: labels thinned
-    figure, axes = plt.subplots(1, len(bases), figsize=(panel_width * len(bases), 3.8), sharey=True, squeeze=False)
+    figure, axes = subplots(1, len(bases), figsize=(panel_width * len(bases), 3.8), sharey=True, squeeze=False)
     for ax, basis in zip(axes[0], bases):
         part = relative[relative["basis"] == basis]
         present = [d for d in deltas if (part["delta"] == d).any()]

@@ -29,14 +29,12 @@ def plot_receptive_field(table: pd.DataFrame, resolution: int, path: Path | str,
     Global layers (``inf``) are left out, side branches are unconnected grey points; the border layers
     b_min/b_max are vertical lines.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from phd_lab.plots import close, subplots
 
     convs = table[table["index"].notna()].reset_index(drop=True)
     sequence, side = plotted_rows(convs)
     positions = sequence["index"].astype(int).tolist()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(convs) + 2), 4.0))
+    fig, ax = subplots(figsize=(max(6.0, 0.35 * len(convs) + 2), 4.0))
     try:
         ax.plot(positions, sequence["r_max"].tolist(), "o-", color="tab:red", label=r"$r_{max}$")
         ax.plot(positions, sequence["r_min"].tolist(), "s-", color="tab:blue", label=r"$r_{min}$")
@@ -64,4 +62,4 @@ def plot_receptive_field(table: pd.DataFrame, resolution: int, path: Path | str,
         ax.legend(fontsize=8)
         atomic.save_figure(fig, path, dpi=120)
     finally:
-        plt.close(fig)
+        close(fig)

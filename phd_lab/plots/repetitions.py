@@ -12,17 +12,10 @@ from phd_lab.plots.grid_figures import thin_tick_labels
 _BASIS_COLORS = {"pca": "#3b6fb6", "random": "#c0392b"}
 
 
-def _pyplot() -> Any:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str, float]]], title: str) -> Any:
     """Saturation per layer in forward order: each run a thin line, the mean a thick one, min–max shaded."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.22 * len(table) + 2), 3.6))
+    from phd_lab.plots import subplots
+    fig, ax = subplots(figsize=(max(5.5, 0.22 * len(table) + 2), 3.6))
     position = {layer: i for i, layer in enumerate(table["layer"])}
     for pairs in runs.values():
         points = sorted((position[layer], saturation) for layer, saturation in pairs if layer in position)
@@ -44,11 +37,11 @@ def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
     """Mean drop of the projected networks per delta (evenly spaced, largest right) with the 95% interval
     of the mean; filled markers differ significantly from the unprojected networks; deltas of a single run
     are left out. The PCA bases' mean number of kept directions on the right axis."""
-    plt = _pyplot()
+    from phd_lab.plots import subplots
     table = table[table["n"] > 1]  # a delta of one run is tested against nothing
     deltas = sorted(table["delta"].unique())
     position = {delta: i for i, delta in enumerate(deltas)}
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(deltas) + 4), 3.8))
+    fig, ax = subplots(figsize=(max(6.0, 0.12 * len(deltas) + 4), 3.8))
     for basis, part in table.groupby("basis", sort=False):
         part = part.sort_values("delta")
         color = _BASIS_COLORS.get(str(basis), "#555555")

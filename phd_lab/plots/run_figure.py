@@ -100,11 +100,9 @@ def merged_order(sources: list[list[str]]) -> list[str]:
 
 
 def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -> "Figure":
-    """Build the run's figure (matplotlib imported lazily, Agg backend) at the resolution it will be
+    """Build the run's figure (matplotlib imported lazily, on an Agg canvas of its own) at the resolution it will be
     saved with: the legend is placed below the layer names as measured at that resolution."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from phd_lab.plots import subplots
 
     order = layer_order(tables, summary)
     x_of = {name: i for i, name in enumerate(order)}
@@ -113,12 +111,12 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -
     split = summary["settings"]["analysis_split"]
     history = saturation_history(tables.metrics, split) if order else None
     if history is not None and len(history) > 1:  # the pattern's evolution above its last epoch (appendix B)
-        fig, (heat, ax) = plt.subplots(2, 1, sharex=True, figsize=(width, height + HISTORY_HEIGHT), dpi=dpi,
-                                       gridspec_kw={"height_ratios": [HISTORY_HEIGHT, height]})
+        fig, (heat, ax) = subplots(2, 1, sharex=True, figsize=(width, height + HISTORY_HEIGHT), dpi=dpi,
+                                   gridspec_kw={"height_ratios": [HISTORY_HEIGHT, height]})
         _draw_history(heat, history, x_of, split)
         heat.set_title(_title(summary), fontsize=10)
     else:
-        fig, ax = plt.subplots(figsize=(width, height), dpi=dpi)
+        fig, ax = subplots(figsize=(width, height), dpi=dpi)
         ax.set_title(_title(summary), fontsize=10)
     if not order:
         ax.text(0.5, 0.5, "no saved tables with layers yet", ha="center", va="center", transform=ax.transAxes)
@@ -278,14 +276,14 @@ def _below_tick_labels(ax: Any) -> float:
 
 def figure_png(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -> bytes:
     """The figure as PNG bytes (for embedding and for writing)."""
-    import matplotlib.pyplot as plt
+    from phd_lab.plots import close
     fig = draw_run_figure(tables, summary, dpi)
     try:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
         return buffer.getvalue()
     finally:
-        plt.close(fig)
+        close(fig)
 
 
 def save_run_figure(path: Path | str, tables: RunTables, summary: dict[str, Any], dpi: int = 90) -> bytes:

@@ -24,12 +24,10 @@ def saturation_table(row: Mapping[str, Any]) -> pd.DataFrame:
 
 def plot_saturation(table: pd.DataFrame, ax: "Axes | None" = None, title: str = "") -> "Axes":
     """Grouped bars of train/test saturation per layer, layers left to right in forward order."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from phd_lab.plots import subplots
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(table) + 2.0), 3.6))
+        _, ax = subplots(figsize=(max(4.0, 0.45 * len(table) + 2.0), 3.6))
     positions = range(len(table))
     width = 0.4
     ax.bar([p - width / 2 for p in positions], table["train"], width, label="train", color="#3b6fb6")
@@ -60,12 +58,10 @@ NO_VALUE = "no value"  # written into the slot of a bar whose saturation is NaN
 
 def save_saturation_plot(row: Mapping[str, Any], path: Path | str, title: str = "") -> None:
     """Draw the saturation of one epoch row and save it atomically."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from phd_lab.plots import close
 
     ax = plot_saturation(saturation_table(row), title=title)
     try:
         atomic.save_figure(ax.figure, path, dpi=110)
     finally:
-        plt.close(ax.figure)
+        close(ax.figure)
