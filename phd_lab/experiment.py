@@ -84,6 +84,9 @@ class Main:
             (resolve_device if self.missing_device == "error" else parse_device)(device, "--device")
         grid = read_config_grid(config_path, run_id=run_id, device=device)
         self.meta_models: dict[Any, Any] = {}  # the grid check's meta models, shared with point_status
+        # each grid reads its registry files as they are now (a notebook keeps one Main while they are edited);
+        # within a grid, points that name the same modules share them
+        self._registry_cache: dict[tuple[tuple[str, str], ...], Registries] = {}
         self.executors = self._validate_grid(grid)
         return grid
 

@@ -106,3 +106,21 @@ def test_a_run_leaves_the_callers_matplotlib_backend_and_figures(tmp_path, singl
     finally:
         plt.close(mine)
         plt.switch_backend(before)
+
+
+def test_one_main_runs_a_registry_file_edited_between_two_grids_as_it_is_now(tmp_path):
+    """A ``Main`` kept in a notebook cached the registry modules of its first grid: after the file was edited, the
+    next grid of the same object still built the old models (the README promises the file is executed again)."""
+    from phd_lab.experiment import Main
+    registry = tmp_path / "my_models.py"
+    code = ("from torch import nn\nWIDTH = {}\n\ndef tiny(*, num_classes, in_channels=3):\n    return nn.Sequential("
+            "nn.Conv2d(in_channels, WIDTH, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(WIDTH, num_classes))\n")
+    config = one_epoch(tmp_path, model="tiny", model_args={}, registries={"models": str(registry)})
+    main = Main(progress=False)
+    widths = []
+    for width in (4, 8):
+        registry.write_text(code.format(width))
+        main.load(config)
+        executor = main.executors[0]
+        widths.append(executor.registries.models.get("tiny")(num_classes=10, in_channels=1)[0].out_channels)
+    assert widths == [4, 8]
