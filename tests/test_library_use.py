@@ -124,3 +124,16 @@ def test_one_main_runs_a_registry_file_edited_between_two_grids_as_it_is_now(tmp
         executor = main.executors[0]
         widths.append(executor.registries.models.get("tiny")(num_classes=10, in_channels=1)[0].out_channels)
     assert widths == [4, 8]
+
+
+def test_a_probe_job_started_from_python_logs_its_info_lines_into_probe_log(tmp_path, unconfigured_logging):
+    """The probe job's own lines reached probe.log, but those logged through logging (where the results went) were
+    dropped by the root's WARNING level of a process that never configured logging."""
+    from phd_lab.probes.discovery import jobs_from_latents
+    from phd_lab.probes.job import run_jobs
+    from tests.probe_latents import blob_layers, make_latents
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    run_jobs(jobs_from_latents(latents)[0], tmp_path / "cache", progress=False)
+    text = (run_dir / "probe.log").read_text(encoding="utf-8")
+    assert "INFO phd_lab.probes.outputs: " in text and "probe results in" in text
+    assert unconfigured_logging.level == logging.WARNING

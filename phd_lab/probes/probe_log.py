@@ -56,14 +56,18 @@ class ProbeLogs:
         for position, path in enumerate(self.paths):
             files.setdefault(Path(path), []).append(position)
         handler_of = {}
-        for path, positions in files.items():
-            handler = LogFile(path)  # appended: every job that probed the run
-            handler.addFilter(_ForOneRun(positions))
-            handler_of.update(dict.fromkeys(positions, len(self.handlers)))
-            self.handlers.append(handler)
-            logging.getLogger().addHandler(handler)
+        self._levels.__enter__()  # before the files are added: it raises the caller's handlers, not these
+        try:
+            for path, positions in files.items():
+                handler = LogFile(path)  # appended: every job that probed the run
+                handler.addFilter(_ForOneRun(positions))
+                handler_of.update(dict.fromkeys(positions, len(self.handlers)))
+                self.handlers.append(handler)
+                logging.getLogger().addHandler(handler)
+        except BaseException:  # a log that cannot be opened: nothing of this job stays on the root logger
+            self._remove_handlers()
+            raise
         self._handler_of = [handler_of[position] for position in range(len(self.paths))]
-        self._levels.__enter__()
         self.write(logging.INFO, "probe job started: %s", " ".join(sys.argv) or "(no command line)")
         return self
 
@@ -107,8 +111,12 @@ class ProbeLogs:
             else:
                 self._failed(error)
         finally:
-            for handler in self.handlers:
-                logging.getLogger().removeHandler(handler)
-                with contextlib.suppress(OSError):  # a full disk: the error that ended the job is the one to report
-                    handler.close()
-            self._levels.__exit__(None, None, None)
+            self._remove_handlers()
+
+    def _remove_handlers(self) -> None:
+        """Take the job's files off the root logger and close them, and give the caller its levels back."""
+        for handler in self.handlers:
+            logging.getLogger().removeHandler(handler)
+            with contextlib.suppress(OSError):  # a full disk: the error that ended the job is the one to report
+                handler.close()
+        self._levels.__exit__(None, None, None)
