@@ -86,13 +86,33 @@ def _import_distributed() -> Any:
     return distributed
 
 
+# Dask's loggers a command quietens while it uses a cluster (the nanny's to ERROR once the results are in)
+QUIETENED_LOGGERS = ("distributed", "distributed.scheduler", "distributed.core", "distributed.http.proxy",
+                     "distributed.nanny")
+
+
 @contextlib.contextmanager
 def dask_client(spec: str) -> Iterator[Any]:
-    """A connected ``distributed.Client``; a local cluster is started and stopped around it."""
+    """A connected ``distributed.Client``; a local cluster is started and stopped around it. Dask's loggers are
+    quietened while it is used and given back their levels after: a notebook's own cluster after a grid on
+    ``local:N`` said nothing of its scheduler and nannies."""
+    levels = {name: logging.getLogger(name).level for name in QUIETENED_LOGGERS}
+    try:
+        with _connected_client(spec) as client:
+            yield client
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def _connected_client(spec: str) -> Iterator[Any]:
+    """``dask_client`` without the logger levels given back: the client, and the local cluster around it."""
     distributed = _import_distributed()
     kind, value = parse_scheduler(spec)
-    for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.http.proxy"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in QUIETENED_LOGGERS:
+        if name != "distributed.nanny":  # its exit notes are quietened once the results are in (below)
+            logging.getLogger(name).setLevel(logging.WARNING)
     if kind == "local":
         import dask
         with dask.config.set(WORKER_CONFIG), \

@@ -137,3 +137,15 @@ def test_a_probe_job_started_from_python_logs_its_info_lines_into_probe_log(tmp_
     text = (run_dir / "probe.log").read_text(encoding="utf-8")
     assert "INFO phd_lab.probes.outputs: " in text and "probe results in" in text
     assert unconfigured_logging.level == logging.WARNING
+
+
+def test_a_local_dask_cluster_leaves_the_callers_dask_log_levels():
+    """``--scheduler local:N`` (Main.run_on_cluster) quietened Dask's loggers for the rest of the process: a
+    notebook's own Dask cluster after it no longer said what its scheduler and nannies did."""
+    pytest.importorskip("distributed")
+    from phd_lab.distributed import dask_client
+    names = ("distributed", "distributed.scheduler", "distributed.core", "distributed.http.proxy", "distributed.nanny")
+    before = {name: logging.getLogger(name).level for name in names}
+    with dask_client("local:1") as client:
+        assert client.submit(abs, -1).result() == 1
+    assert {name: logging.getLogger(name).level for name in names} == before
