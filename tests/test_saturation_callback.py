@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -42,13 +39,12 @@ def expected_columns() -> list[str]:
 
 
 def run_main(tmp_path: Path, run_id: str, **overrides: object) -> Path:
+    """Train CONFIG with ``overrides`` in this process (nothing here is about the process: a subprocess only added
+    its imports, twice per test) and return the run folder."""
     config = dict(CONFIG, logs_dir=str(tmp_path / "logs"), **overrides)
     path = tmp_path / f"config-{run_id}.json"
     path.write_text(json.dumps(config))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "main.py", "--config", str(path), "--run-id", run_id, "--no-progress",
-                             "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert main_cli(["--config", str(path), "--run-id", run_id, "--no-progress", "-q"]) == 0
     (folder,) = (tmp_path / "logs" / "vgg11" / "Digits_8" / run_id).iterdir()
     return folder
 
