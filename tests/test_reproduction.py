@@ -34,7 +34,7 @@ def tiny_cnn(*, num_classes: int, in_channels: int = 3, act: str = "{act}") -> n
 '''
 
 
-def test_a_changed_factory_default_and_other_versions_are_named_on_resume_and_on_a_rerun(tmp_path):
+def test_a_changed_factory_default_and_other_versions_are_named_on_resume_and_on_a_rerun(tmp_path, capsys):
     """A default changed in the registry file resumed the run with another activation, without a word."""
     registry = tmp_path / "my_models.py"
     registry.write_text(REGISTRY.format(act="relu"))
@@ -47,8 +47,9 @@ def test_a_changed_factory_default_and_other_versions_are_named_on_resume_and_on
     assert "The epochs still to train" not in (folder / f"{name}.log").read_text()
 
     (folder / f"{name}.previous.pt").replace(folder / f"{name}.pt")  # as if killed during epoch 2
-    registry.write_text(REGISTRY.format(act="tanh"))  # a new process imports the changed file
-    assert run_main("--config", str(logged_path), "--no-progress", "-q").returncode == 0
+    registry.write_text(REGISTRY.format(act="tanh"))  # main.py imports the changed file (in this process too:
+    # test_a_registry_file_edited_between_two_grids_of_one_process_trains_and_logs_the_new_code)
+    assert main_in_process(capsys, "--config", str(logged_path), "--no-progress", "-q")[0] == 0
     log_text = " ".join((folder / f"{name}.log").read_text().split())
     assert ('The epochs still to train run under another setup than the epochs before them: the model_args '
             'default act: "relu" (now "tanh"); the code of the models factory \'tiny_cnn\' (sha256') in log_text
@@ -58,7 +59,7 @@ def test_a_changed_factory_default_and_other_versions_are_named_on_resume_and_on
 
     logged[META_KEY]["torch"] = "1.13.0"  # as if logged years ago
     logged_path.write_text(json.dumps(logged))
-    assert run_main("--config", str(logged_path), "--run-id", "again", "--no-progress", "-q").returncode == 0
+    assert main_in_process(capsys, "--config", str(logged_path), "--run-id", "again", "--no-progress", "-q")[0] == 0
     [again] = [f for f in run_folders(tmp_path / "logs") if f != folder]
     log_text = " ".join((again / f"{run_name(again)}.log").read_text().split())
     assert 'This config was logged by a run under another setup: the model_args default act: "relu" (now "tanh")' \
