@@ -84,7 +84,8 @@ def run_report(*args):
 
 
 def report_in_process(capsys, *args) -> SimpleNamespace:
-    """``python -m phd_lab report ARGS`` in this process (exit codes and errors are checked on subprocesses)."""
+    """``python -m phd_lab report ARGS`` in this process (the exit status of the command itself is checked on a
+    subprocess in test_report_usage_errors_exit_2)."""
     capsys.readouterr()
     code = main_report([str(arg) for arg in args])
     out, err = capsys.readouterr()
@@ -558,20 +559,20 @@ def test_a_report_page_that_cannot_be_written_is_one_paragraph_and_exit_1(tmp_pa
     assert page.read_bytes() == before and sorted(site.iterdir()) == [page]  # no temp page left beside it
 
 
-def test_report_usage_errors_exit_2(tmp_path):
-    missing = run_report(tmp_path / "nope")
+def test_report_usage_errors_exit_2(tmp_path, capsys):
+    missing = run_report(tmp_path / "nope")  # the command's own exit status, in a real process
     assert missing.returncode == 2
     # the message wraps at 110 columns, wherever the temporary folder's length puts the breaks
     assert "does not exist" in " ".join(missing.stderr.split()) and "Traceback" not in missing.stderr
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    empty = run_report(tmp_path / "empty")
+    empty = report_in_process(capsys, tmp_path / "empty")  # the rest in this process: the same code and exit codes
     assert empty.returncode == 2 and "holds no runs" in " ".join(empty.stderr.split())
     assert not (tmp_path / "empty" / "report.html").exists()
     # --out below a file: refused before any run folder's analysis files are refreshed
     logs = tmp_path / "logs"
     runs = write_grid(logs)
     (tmp_path / "afile").write_text("x")
-    blocked = run_report(logs, "--out", tmp_path / "afile" / "r.html")
+    blocked = report_in_process(capsys, logs, "--out", tmp_path / "afile" / "r.html")
     assert blocked.returncode == 2 and "Traceback" not in blocked.stderr
     assert "report: the folder of --out is" in " ".join(blocked.stderr.split())
     assert "is a file, so that folder cannot be created" in " ".join(blocked.stderr.split())
@@ -585,14 +586,14 @@ def test_report_usage_errors_exit_2(tmp_path):
     for path in (own, foreign, sibling, table):
         path.write_text("x")
         os.utime(path, (long_ago, long_ago))
-    assert run_report(logs, "--out", site / "r.html", "--no-refresh").returncode == 0
+    assert report_in_process_plain(logs, "--out", site / "r.html", "--no-refresh") == 0
     assert not own.exists() and not table.exists() and foreign.exists() and sibling.exists()
     assert not any(rundir.analysis_json.exists() for rundir in runs.values())  # --no-refresh: read-only logs
     # an earlier report is replaced; any other file is not (a run's CSV lost its history to --out)
     assert report_in_process_plain(logs, "--out", site / "r.html", "--no-refresh") == 0
     metrics = runs["full"].metrics_csv
     before = metrics.read_bytes()
-    refused = run_report(logs, "--out", metrics, "--no-refresh")
+    refused = report_in_process(capsys, logs, "--out", metrics, "--no-refresh")
     assert refused.returncode == 2 and "exists and is no phd-lab report" in " ".join(refused.stderr.split())
     assert metrics.read_bytes() == before and "Traceback" not in refused.stderr
 
