@@ -1673,25 +1673,26 @@ def test_workers_that_fit_count_the_largest_layers_copies_held_at_once():
     assert memory is not None and 0 < memory < 1 << 50  # Linux: MemAvailable, or a cgroup's limit
 
 
-def test_a_job_starts_fewer_workers_where_the_layers_copies_would_not_fit_in_memory(tmp_path):
+def test_a_job_starts_fewer_workers_where_the_layers_copies_would_not_fit_in_memory(tmp_path, capsys):
     """-mp defaults to the number of cores, and the largest layers start first: lbfgs (which standardises a copy
-    of its layer) on a grid of wide layers used to start them all at once until the kernel killed a worker."""
+    of its layer) on a grid of wide layers used to start them all at once until the kernel killed a worker. (The
+    jobs run in this process, their -mp 2 workers in real processes.)"""
     run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=3))
-    base = [sys.executable, "probe_main.py", "--latents", str(latents), "--no-progress", "-mp", "2"]
-    tight = subprocess.run([*base, "--solver", "lbfgs", "--max-memory", "0.00001", "--cache-dir", str(tmp_path / "a")],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-    err = " ".join(tight.stderr.split())
-    assert tight.returncode == 0, err
+    base = ["--latents", str(latents), "--no-progress", "-mp", "2"]
+    capsys.readouterr()
+    code = probe_cli([*base, "--solver", "lbfgs", "--max-memory", "0.00001", "--cache-dir", str(tmp_path / "a")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 0, err
     assert "-mp 2: only 1 worker process(es) are started" in err and "given with --max-memory" in err
     one_at_a_time = pd.read_csv(run_dir / "probe_performances.csv").drop(columns="seconds")
     assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs", "--cache-dir", str(tmp_path / "c")) == 0
     pd.testing.assert_frame_equal(pd.read_csv(run_dir / "probe_performances.csv").drop(columns="seconds"),
                                   one_at_a_time)
     assert len(one_at_a_time) == 3
-    reads_only = subprocess.run([*base, "--solver", "saga", "--max-memory", "0.00001", "--cache-dir",
-                                 str(tmp_path / "b")], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert reads_only.returncode == 0  # no copies: no warning (stderr is wrapped: normalised first)
-    assert "worker process(es) are started" not in " ".join(reads_only.stderr.split())
+    capsys.readouterr()
+    code = probe_cli([*base, "--solver", "saga", "--max-memory", "0.00001", "--cache-dir", str(tmp_path / "b")])
+    assert code == 0  # no copies: no warning (stderr is wrapped: normalised first)
+    assert "worker process(es) are started" not in " ".join(capsys.readouterr().err.split())
 
 
 def test_layers_taken_from_the_cache_do_not_count_against_the_memory(tmp_path, caplog):
