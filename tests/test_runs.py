@@ -499,7 +499,8 @@ def test_runs_in_threads_of_one_process_take_turns_and_equal_sequential_runs(tmp
     def executor(folder: Path, seed: int):
         folder.mkdir(parents=True, exist_ok=True)
         main = Main(progress=False)
-        main.load(write_config(folder, seed=seed, epoch=2, cpu_threads=1, post_processing=[]))
+        main.load(write_config(folder, seed=seed, epoch=2, cpu_threads=1, post_processing=[],
+                                    track_saturation=False))
         return main.executors[0]
 
     def weights(run) -> dict:
