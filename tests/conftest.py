@@ -136,7 +136,7 @@ def single_thread():
 # run (pytest-xdist's default order puts the files with the fewest tests last: the one-test demo file, 220 s, then
 # ran alone at the end). Used with `--dist loadfile --no-loadscope-reorder` (the Makefile's test command). A worker
 # takes the next file in this order when it is almost idle, so every file of more than about 30 s is listed, the
-# longest first (seconds of a `-n 1` run, session 30): the files left for the end, in alphabetical order, are then
+# longest first (seconds of a `-n 1` run, session 43): the files left for the end, in alphabetical order, are then
 # short, where test_thesis_configs.py (74 s) could start last and keep one worker busy while the other idled.
 LONGEST_FILES_FIRST = ("test_demo_tail.py", "test_fault_injection.py", "test_distributed.py", "test_recovery.py",
                        "test_report.py", "test_probe_job.py", "test_repetitions.py", "test_runs.py",
