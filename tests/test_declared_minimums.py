@@ -12,6 +12,13 @@ from importlib import metadata
 
 from tests.conftest import ROOT
 
+# Floors found by installing the oldest allowed releases and running the tests (README, "Oldest versions"):
+# the release below each one failed the tests, for the reason given.
+TESTED_FLOORS = {
+    "tqdm": ((4, 62, 1), "older logging_redirect_tqdm wrote every console log line to stdout, not stderr"),
+}
+
+
 def _version(text: str) -> tuple[int, ...]:
     """``"2.7"`` -> ``(2, 7)``; release numbers only (no pre-release or local part)."""
     return tuple(int(part) for part in re.match(r"\d+(?:\.\d+)*", text).group(0).split("."))
@@ -48,6 +55,12 @@ def test_the_torch_floor_is_the_one_the_torchvision_floor_needs():
         f"setup.cfg: torch>={'.'.join(map(str, declared['torch']))} but torchvision>="
         f"{'.'.join(map(str, declared['torchvision']))} is built for torch "
         f"{installed_torch[0]}.{declared['torchvision'][1] - distance}")
+
+
+def test_no_floor_is_below_the_oldest_release_that_passed():
+    declared = _declared_minimums()
+    too_low = {name: reason for name, (floor, reason) in TESTED_FLOORS.items() if declared[name] < floor}
+    assert too_low == {}, f"setup.cfg allows releases that fail: {too_low}"
 
 
 def test_the_tested_releases_satisfy_every_floor():
