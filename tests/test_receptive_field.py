@@ -426,7 +426,7 @@ def test_plot_of_a_model_without_any_convolution(tmp_path):
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text in the file
         plot_receptive_field(saved, 16, tmp_path / "rf.svg")
     text = (tmp_path / "rf.svg").read_text(encoding="utf-8")
-    [(size, y)] = re.findall(r'font-size: ([0-9.]+)px[^>]*y="([-0-9.]+)"[^>]*>no Conv2d layer', text)
+    [(size, y)] = re.findall(r'font(?:-size)?: ([0-9.]+)px[^>]*y="([-0-9.]+)"[^>]*>no Conv2d layer', text)
     resolution = _svg_lines(text)["#000000:dashed"][0]  # the resolution line (then its legend entry) crossed it
     assert abs(float(y) - resolution[0][1]) > 2 * float(size)
 
