@@ -285,6 +285,13 @@ def test_the_run_figure_legend_never_covers_long_layer_names(tmp_path):
         plt.close(fig)
 
 
+def _x_extent(patch) -> tuple[float, float]:
+    """(left, right) of an axvspan in data x: a Rectangle since matplotlib 3.9, a Polygon before (setup.cfg
+    allows 3.7), which has no get_x."""
+    xs = patch.get_patch_transform().transform(patch.get_path().vertices)[:, 0]
+    return float(xs.min()), float(xs.max())
+
+
 def test_the_run_figure_draws_each_table_at_its_layers_place(tmp_path):
     """Layers once each in forward order; the probe line in forward order however the table is sorted; the split
     analysed as bars, the other as dots; b_min solid and b_max dashed just before the border layer; every tail
@@ -319,7 +326,7 @@ def test_the_run_figure_draws_each_table_at_its_layers_place(tmp_path):
         border = LAYERS.index(BORDER) - 0.5
         assert (list(lines["b_min"].get_xdata()), lines["b_min"].get_linestyle()) == ([border, border], "-")
         assert (list(lines["b_max"].get_xdata()), lines["b_max"].get_linestyle()) == ([border, border], "--")
-        spans = [(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches if p.get_alpha() == 0.13]
+        spans = [_x_extent(p) for p in ax.patches if p.get_alpha() == 0.13]
         assert spans == [(-0.5, 2.5), (border, LAYERS.index("classifier.3") + 0.5)]
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
         assert labels.count("tail") == 1 and "input resolution 32" in labels

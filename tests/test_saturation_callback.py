@@ -235,7 +235,7 @@ def test_the_saturation_plot_shows_each_layers_train_and_test_saturation_in_forw
         assert [(t.get_text(), t.get_position()) for t in ax.texts] == [("no value", (2.2, 0.01))]
     finally:
         plt.close(ax.figure)
-    diverged = plot_saturation(table.map(lambda _: math.nan))  # every value NaN: an empty chart said nothing
+    diverged = plot_saturation(table * math.nan)  # every value NaN: an empty chart said nothing
     try:
         assert [text.get_text() for text in diverged.texts] == [
             "no finite saturation in this epoch\n(non-finite activations: did the run diverge?)"]
