@@ -92,7 +92,7 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
     import matplotlib
 
     methods = list(dict.fromkeys(method for _, method, _ in tables))
-    layers = list(max((table.sort_values("index")["layer"] for _, _, table in tables), key=len))
+    layers = list(max((table.sort_values("index", kind="stable")["layer"] for _, _, table in tables), key=len))
     position = {layer: number for number, layer in enumerate(layers)}
     figure, axes = subplots(1, len(methods), squeeze=False, sharey=True,
                             figsize=(min(MAX_FIGURE_WIDTH, max(6.0, 0.35 * len(layers) + 2.0)) * len(methods), 4.2))
@@ -100,7 +100,7 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
         drawn = [(label, table) for label, table_method, table in tables if table_method == method]
         colours = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(drawn)))
         for (label, table), colour in zip(drawn, colours):
-            table = table[table["layer"].isin(position)].sort_values("index")
+            table = table[table["layer"].isin(position)].sort_values("index", kind="stable")
             ax.plot([position[layer] for layer in table["layer"]], table["eval_acc"], marker="o", ms=3,
                     color=colour, label=label)
         if model_accuracy is not None:
