@@ -91,6 +91,17 @@ QUIETENED_LOGGERS = ("distributed", "distributed.scheduler", "distributed.core",
                      "distributed.nanny")
 
 
+def _gc_diagnosis_off() -> None:
+    """Unhook the scheduler's callback from every garbage collection (a Ctrl-C that lands in it is lost).
+    distributed moved it from ``distributed.utils_perf`` to ``distributed.gc`` in 2024.8.0; setup.cfg allows
+    2024.1."""
+    try:
+        from distributed.gc import disable_gc_diagnosis
+    except ImportError:  # distributed < 2024.8.0
+        from distributed.utils_perf import disable_gc_diagnosis
+    disable_gc_diagnosis(force=True)
+
+
 @contextlib.contextmanager
 def dask_client(spec: str) -> Iterator[Any]:
     """A connected ``distributed.Client``; a local cluster is started and stopped around it. Dask's loggers are
@@ -127,8 +138,7 @@ def _connected_client(spec: str) -> Iterator[Any]:
             client.register_plugin(TerminalInterruptsIgnored(), name=PLUGIN_NAME)  # Ctrl-C is the command's
             # the scheduler in this process hooks a Python callback into every garbage collection, and a Ctrl-C
             # that lands in it is printed as "Exception ignored" and lost (1 of 4 tries of the probe test)
-            from distributed.gc import disable_gc_diagnosis
-            disable_gc_diagnosis(force=True)
+            _gc_diagnosis_off()
             try:
                 yield client
             finally:  # every result is in and every file written atomically: a worker that takes more than the
