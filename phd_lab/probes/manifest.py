@@ -127,11 +127,14 @@ def _header(path: Path, manifest: Path) -> tuple[tuple[int, ...], np.dtype]:
     except OSError as error:
         raise DataError(f"Latents file {str(path)!r} is not a readable .npy array ({error}); rerun the extraction "
                         f"step.") from None
-    if start and not start.startswith(NPY_MAGIC):  # an empty file: numpy's own message below
+    if not start:  # numpy 1.24 took an empty file for a pickle and said so
+        raise DataError(f"Latents file {str(path)!r} is not a readable .npy array (the file is empty); rerun the "
+                        f"extraction step.")
+    if not start.startswith(NPY_MAGIC):
         raise _not_npy(path, manifest, start)
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:  # EOFError: an empty file
+    except (ValueError, OSError, EOFError) as error:  # EOFError: cut short
         reason = (_PICKLED if "pickle" in str(error) or _holds_objects(path)
                   else str(error) or type(error).__name__)
         raise DataError(f"Latents file {str(path)!r} is not a readable .npy array ({reason}); rerun the extraction "
