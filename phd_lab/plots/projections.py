@@ -85,8 +85,7 @@ def save_reconstruction_grid(inputs: np.ndarray, outputs: Mapping[float, np.ndar
         rows.append(("unprojected", outputs[1.0]))
     rows += [(f"δ = {delta:g}", outputs[delta]) for delta in shown_deltas([d for d in outputs if d != 1.0])]
     count = inputs.shape[0]
-    figure, axes = subplots(len(rows), count, figsize=(1.3 * count + 1.0, 1.3 * len(rows) + 0.4),
-                                squeeze=False)
+    figure, axes = subplots(len(rows), count, figsize=(1.3 * count + 1.0, 1.3 * len(rows) + 0.4), squeeze=False)
     for row, (label, images) in zip(axes, rows):
         for ax, image in zip(row, _displayable(images, low, high)):
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0)
