@@ -89,17 +89,41 @@ def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
     except PhdLabError as error:
         report_error(error)
         return EXIT_FAILURE
-    except Terminated:
-        how = interrupted.removeprefix("interrupted")  # "; rerun the same command to resume: ..." or nothing
-        sys.stderr.write(f"terminated (SIGTERM){how}\n")
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        sys.stderr.write(interrupted + "\n")
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
+        return _stopped(stop, interrupted)
+    except Exception as error:
+        stop = _interruption_behind(error)
+        if stop is None:
+            raise
+        return _stopped(stop, interrupted)
     finally:
         clear_terminated()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(stop: KeyboardInterrupt, interrupted: str) -> int:
+    """Say how the command was stopped and return its exit code: 143 for SIGTERM, 130 for Ctrl-C."""
+    if isinstance(stop, Terminated):
+        how = interrupted.removeprefix("interrupted")  # "; rerun the same command to resume: ..." or nothing
+        sys.stderr.write(f"terminated (SIGTERM){how}\n")
+        return 128 + signal.SIGTERM
+    sys.stderr.write(interrupted + "\n")
+    return 130
+
+
+def _interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``error`` was raised from, if any: one that lands while a compiled module is
+    first imported (matplotlib's, as the probe job draws its first confusion matrix) comes out of the import as
+    ``ImportError: initialization failed`` raised from the KeyboardInterrupt, which stopped the job with a
+    traceback and exit 1 instead of 130."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__
+    return None
 
 
 def _terminate_like_ctrl_c() -> Any:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from phd_lab.cli import guarded
-from phd_lab.errors import RunStopped
+from phd_lab.errors import RunStopped, Terminated
 from phd_lab.interrupts import deferred_interrupts, raise_if_stop_requested, stop_requests
 from tests.conftest import ROOT
 
@@ -112,6 +112,35 @@ def test_a_command_leaves_the_sigterm_handler_as_it_found_it():
         assert signal.getsignal(signal.SIGTERM) is handler
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("stop, code, said", [(KeyboardInterrupt, 130, "interrupted; rerun"),
+                                              (Terminated, 143, "terminated (SIGTERM); rerun")])
+def test_a_stop_that_lands_in_a_compiled_module_s_import_ends_the_command_as_the_stop_does(stop, code, said, capsys):
+    """A Ctrl-C that landed while the probe job first imported matplotlib (to draw a confusion matrix) came out of
+    the import as "ImportError: initialization failed" raised from the KeyboardInterrupt, as compiled modules'
+    initialisation reports it: the job stopped with that traceback and exit 1 (seen once in a suite run of
+    test_probe_resume's Ctrl-C test). The body raises what such an import raises."""
+    def body() -> int:
+        try:
+            raise stop()
+        except KeyboardInterrupt as landed:
+            raise ImportError("initialization failed") from landed
+
+    assert guarded(body, "interrupted; rerun the same command") == code
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+
+
+def test_an_import_error_not_raised_from_a_stop_is_not_taken_for_one():
+    def body() -> int:
+        try:
+            raise ValueError("a broken build")
+        except ValueError as cause:
+            raise ImportError("initialization failed") from cause
+
+    with pytest.raises(ImportError):
+        guarded(body)
 
 
 class _SignalledOnCleanUp:
