@@ -14,7 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
-from phd_lab.interrupts import clear_terminated, note_terminated, terminated_noted
+from phd_lab.interrupts import clear_terminated, interruption_behind, note_terminated, terminated_noted
 from phd_lab.log_file import FORMAT
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
         return _stopped(stop, interrupted)
     except Exception as error:
-        stop = _interruption_behind(error)
+        stop = interruption_behind(error)
         if stop is None:
             raise
         return _stopped(stop, interrupted)
@@ -110,20 +110,6 @@ def _stopped(stop: KeyboardInterrupt, interrupted: str) -> int:
         return 128 + signal.SIGTERM
     sys.stderr.write(interrupted + "\n")
     return 130
-
-
-def _interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
-    """The Ctrl-C or SIGTERM that ``error`` was raised from, if any: one that lands while a compiled module is
-    first imported (matplotlib's, as the probe job draws its first confusion matrix) comes out of the import as
-    ``ImportError: initialization failed`` raised from the KeyboardInterrupt, which stopped the job with a
-    traceback and exit 1 instead of 130."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return error
-        seen.add(id(error))
-        error = error.__cause__
-    return None
 
 
 def _terminate_like_ctrl_c() -> Any:

@@ -20,6 +20,7 @@ from phd_lab.device import parse_device, resolve_device
 from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
+from phd_lab.interrupts import interruption_behind
 from phd_lab.latents_folder import other_runs_latents, shared_latents_error
 from phd_lab.model_checks import meta_model
 from phd_lab.progress import bar_options
@@ -189,6 +190,9 @@ class Main:
                     raise usage_errors[0]
                 continue
             except Exception as error:  # one failed run must not cost the rest of the grid
+                stop = interruption_behind(error)
+                if stop is not None:  # a Ctrl-C or SIGTERM inside a compiled module's import: the command stops
+                    raise stop from None
                 said = failure_line(error)
                 if said is not None:  # the traceback is in the run's log (or went with a lost folder)
                     log.error("Run %d (%s) failed: %s", index, cfg.name, said)

@@ -95,6 +95,20 @@ def raise_if_stop_requested() -> None:
                          "epoch and resumes from there when the command runs again.")
 
 
+def interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``error`` was raised from, if any: one that lands while a compiled module is
+    first imported (matplotlib's, as the probe job draws its first confusion matrix) comes out of the import as
+    ``ImportError: initialization failed`` raised from the KeyboardInterrupt, which stopped the job with a
+    traceback and exit 1 instead of 130, and a grid's run with it was taken for a failed run."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__
+    return None
+
+
 @contextlib.contextmanager
 def sigterm_held_while_forking() -> Iterator[None]:
     """SIGTERM blocked while DataLoader workers are forked: a batch system's SIGTERM to the whole job that came

@@ -424,6 +424,31 @@ def test_list_commands(capsys):
         assert f"\n{key} " in "\n" + out
 
 
+def test_a_ctrl_c_that_a_compiled_import_turned_into_its_error_stops_the_grid(tmp_path, capsys):
+    """A Ctrl-C that lands while a compiled module is first imported comes out of the import as "ImportError:
+    initialization failed" raised from the KeyboardInterrupt (seen with matplotlib's in the probe job): the grid
+    recorded the run as failed and went on to the next point. The forward pass raises what such an import raises."""
+    module = tmp_path / "interrupted.py"
+    module.write_text(
+        "from torch import nn\n"
+        "class Interrupted(nn.Module):\n"
+        "    def __init__(self, n):\n"
+        "        super().__init__(); self.fc = nn.Linear(1, n)\n"
+        "    def forward(self, x):\n"
+        "        try:\n"
+        "            raise KeyboardInterrupt\n"
+        "        except KeyboardInterrupt as landed:\n"
+        "            raise ImportError('initialization failed') from landed\n"
+        "def net(*, num_classes, in_channels=3, width=1):\n"
+        "    return Interrupted(num_classes)\n")
+    config = write_config(tmp_path, model="net", model_args={"width": [1, 2]}, epoch=1,
+                          registries={"models": str(module)})
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "failed" not in err and "Traceback" not in err
+    assert len(list((tmp_path / "logs").rglob("*.log"))) == 1  # the second point never started
+
+
 def test_a_failing_run_does_not_stop_the_grid(tmp_path, capsys):
     module = tmp_path / "fragile.py"
     module.write_text(
