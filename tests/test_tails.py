@@ -73,6 +73,14 @@ def test_exactly_at_the_threshold_counts_as_a_tail():
     assert spans([0.4, 0.4, 0.4, 0.2001, 0.2001, 0.2001]) == []
 
 
+def test_windows_whose_ratios_differ_only_by_the_rounding_of_their_sums_tie():
+    # (4, 6) and (4, 8) both have a mean 60 % below the rest's (0.2/3 against 1.0/6, 0.4/5 against 0.8/4):
+    # the longer one wins, not the one whose sums happened to round lower (which left layers 7 and 8 out)
+    assert spans([0.1, 0.0, 0.0, 0.7, 0.0, 0.1, 0.1, 0.1, 0.1]) == [(0, 2), (4, 8)]
+    # (0, 2) and (1, 3) hold the same values in another order: the earlier one wins
+    assert spans([0.6, 0.0, 0.1, 0.6, 0.8, 0.6, 0.5, 0.0, 0.5, 0.0, 0.6, 0.9]) == [(0, 2), (7, 9)]
+
+
 def test_threshold_is_configurable():
     saturations = [0.4, 0.4, 0.4, 0.25, 0.25, 0.25]  # 37.5% lower
     assert spans(saturations) == []
@@ -206,7 +214,7 @@ def reference_find_tails(saturations, threshold=0.5, min_length=3):
     taken = [False] * n
     chosen = []
     while True:
-        best = None
+        keys = []
         for start in range(n):
             if taken[start]:
                 continue
@@ -216,12 +224,12 @@ def reference_find_tails(saturations, threshold=0.5, min_length=3):
                 if not _reference_qualifies(sums, start, stop, threshold, min_length):
                     continue
                 inside, rest = sums.means(start, stop)
-                key = (inside / rest, -(stop - start + 1), start, stop)
-                if best is None or key < best:
-                    best = key
-        if best is None:
+                keys.append((inside / rest, -(stop - start + 1), start, stop))
+        if not keys:
             break
-        _, _, start, stop = best
+        smallest = min(keys)[0]  # ratios within the rounding margin tie: the longest, then the first wins
+        _, start, stop = min((length, start, stop) for ratio, length, start, stop in keys
+                             if ratio <= smallest * (1.0 + 1e-12))
         start, stop = _reference_extend(values, sums, taken, start, stop, threshold, min_length)
         chosen.append((start, stop))
         for position in range(start, stop + 1):

@@ -13,8 +13,9 @@ swallow a well-saturated neighbour (three layers at 5% can carry a fourth at 60%
 threshold). ``find_tails`` therefore chooses tails as follows, and every tail it returns qualifies:
 
 1. Core: among the qualifying windows that share no layer with an already chosen tail, take the
-   one with the smallest ratio ``mean(window) / mean(rest)`` (the most pronounced contrast); ties go
-   to the longer window, then to the earlier one. A layer above the rest's mean always raises that
+   one with the smallest ratio ``mean(window) / mean(rest)`` (the most pronounced contrast); ties (ratios
+   within the 1e-12 rounding margin: mirror images, equal contrasts of different lengths) go to the longer
+   window, then to the earlier one. A layer above the rest's mean always raises that
    ratio, so a core never reaches into well-saturated layers (but may leave out a low neighbour).
 2. Extension: grow the core one neighbour at a time (the lower-saturated side first, left on a
    tie) while the neighbour is free, is itself at least ``threshold`` below the mean of the rest of
@@ -208,9 +209,10 @@ def _qualifying_windows(prefix: np.ndarray, threshold: float,
 
 def _best_core(windows: tuple[np.ndarray, np.ndarray, np.ndarray], taken: list[bool],
                min_length: int) -> tuple[int, int] | None:
-    """Step 1: the free qualifying window of the smallest (ratio, -length, start, stop), or None (a qualifying
-    ratio is always finite, so this is the minimum of the Python tuples). A window is free as the scan one start
-    at a time had it: its start is free and no stop from ``start + min_length - 1`` up to its own is taken."""
+    """Step 1: the free qualifying window of the smallest ratio, of those within the rounding margin (``_RTOL``)
+    of it the longest, of those the first, or None (a qualifying ratio is always finite). A window is free as
+    the scan one start at a time had it: its start is free and no stop from ``start + min_length - 1`` up to
+    its own is taken."""
     starts, stops, ratios = windows
     is_taken = np.array(taken, dtype=bool)
     blocked = np.flatnonzero(is_taken)
@@ -220,7 +222,9 @@ def _best_core(windows: tuple[np.ndarray, np.ndarray, np.ndarray], taken: list[b
     if not len(free):
         return None
     smallest = ratios[free].min()
-    ties = free[ratios[free] == smallest]
+    # a tie within the rounding margin: two windows of the same values in another order (mirror images) have
+    # equal ratios whose prefix-sum rounding differs, which alone must not decide between them
+    ties = free[ratios[free] <= smallest * (1.0 + _RTOL)]
     lengths = stops[ties] - starts[ties]
     best = ties[np.flatnonzero(lengths == lengths.max())[0]]  # the longest; of those the first start
     return int(starts[best]), int(stops[best])
