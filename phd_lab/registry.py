@@ -40,6 +40,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Mapping
 
+from phd_lab import registry_files
 from phd_lab.errors import RegistryError
 
 log = logging.getLogger(__name__)
@@ -342,7 +343,7 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
                     f"'registries.{kind}' to its new path, in a run's logged config as well: the registry modules "
                     f"are no part of a run's identity (its folder's hash), so the edited config reruns the same "
                     f"run in its folder, and warns if the file's code differs from the sha256 the run logged.")
-            module_name = f"phd_lab_user_{kind}_{abs(hash(str(path)))}"
+            module_name = registry_files.module_name(kind, path)  # importable by that name in workers
             source = path.read_bytes()
             earlier = sys.modules.get(module_name)
             if (earlier is not None and _EXECUTED_SHA256.get(module_name) == hashlib.sha256(source).hexdigest()
