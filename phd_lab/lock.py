@@ -62,7 +62,8 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT, "lock file", 0o644)  # it is truncated
+        # the umask shapes its mode as any new file's: a group's colleague (umask 002) must open it for writing too
+        fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT, "lock file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

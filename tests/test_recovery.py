@@ -492,6 +492,23 @@ def test_written_files_get_the_permissions_of_any_new_file(tmp_path, umask):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "result.csv"]
 
 
+@pytest.mark.parametrize("umask", [0o002, 0o022])
+def test_lock_files_get_the_permissions_of_any_new_file(tmp_path, umask):
+    """A run folder's .lock and .probe.lock were made 0644 whatever the umask: under a group's umask 002 on a shared
+    cluster every other file of the folder was 0664 but the locks not, so a colleague's probe job or resume could
+    not open them for writing (PermissionError). They follow the umask now, like a plain open()."""
+    previous = os.umask(umask)
+    try:
+        with RunLock(tmp_path / ".probe.lock"):
+            pass
+        with open(tmp_path / "plain.txt", "w") as handle:
+            handle.write("x")
+    finally:
+        os.umask(previous)
+    plain = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert stat.S_IMODE((tmp_path / ".probe.lock").stat().st_mode) == plain == 0o666 & ~umask
+
+
 def test_a_failed_atomic_write_leaves_the_previous_file_and_no_temp_file(tmp_path):
     """An error while the content is written, or a rename the file system refuses (a folder in the target's
     place), keeps the previous file as it was and removes the temp file at once, not only at the next start."""
