@@ -249,6 +249,29 @@ def test_the_git_commit_is_only_the_checkout_s_own(tmp_path):
     assert copied.git_commit() is None and copied.git_dirty() is None
 
 
+def test_the_patch_of_uncommitted_changes_keeps_non_ascii_text_under_a_posix_locale(tmp_path):
+    """git's output was decoded in the locale's encoding: under LC_ALL=POSIX (ASCII) an uncommitted 'σ' in the
+    checkout was logged as U+FFFD in <name>_git.diff, which then restored other code and had another sha256 than
+    the same checkout's patch under a UTF-8 locale. It is read as UTF-8, as git writes the files' bytes."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    checkout = tmp_path / "checkout"
+    (checkout / "phd_lab").mkdir(parents=True)
+    module = checkout / "phd_lab" / "environment.py"
+    shutil.copy(ROOT / "phd_lab" / "environment.py", module)
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                                                    "-m", "copy"]):
+        subprocess.run(["git", *command], cwd=checkout, check=True, capture_output=True)
+    with open(module, "a", encoding="utf-8") as handle:
+        handle.write("# the noise σ of a layer\n")
+    script = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('e', sys.argv[1]); "
+              "e = importlib.util.module_from_spec(spec); spec.loader.exec_module(e); "
+              "sys.stdout.buffer.write(e.git_diff().encode('utf-8'))")
+    env = {**os.environ, "LC_ALL": "POSIX", "PYTHONUTF8": "0"}
+    patch = subprocess.run([sys.executable, "-c", script, str(module)], env=env, capture_output=True, check=True)
+    assert "+# the noise σ of a layer\n" in patch.stdout.decode("utf-8")
+
+
 def test_recording_the_checkout_s_state_never_writes_into_its_repository(tmp_path):
     """``git status`` refreshed the index's file stamps, so every run rewrote the user's .git/index (and left an
     index.lock behind where it was killed or the disk was full)."""
