@@ -32,7 +32,9 @@ STOP_WAIT_SECONDS = 30  # how long a stopped command waits for its runs to end o
 # off glibc's adaptive mmap threshold, so every large tensor is mmapped and page-faulted afresh; the
 # statistical profiler samples every task's Python stack every 10 ms.
 WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                 "distributed.worker.profile.enabled": False}
+                 "distributed.worker.profile.enabled": False,
+                 # a daemonic worker may start no process: every run with num_workers > 0 failed in its DataLoader
+                 "distributed.worker.daemon": False}
 
 
 def worker_thread_environment(workers: int) -> dict[str, str]:

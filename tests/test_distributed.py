@@ -508,6 +508,17 @@ def test_local_cluster_workers_share_the_cores(workers):
     assert set(threads.values()) == {max(1, available_cores() // workers)}
 
 
+def test_a_task_on_a_local_cluster_may_start_processes():
+    """Dask started local:N workers as daemonic processes, which may have no children: every run with
+    num_workers > 0 failed with 'AssertionError: daemonic processes are not allowed to have children'."""
+    from phd_lab.distributed import dask_client
+    # as a DataLoader with num_workers > 0 does; exec, a builtin, spares the worker an import of this test file
+    start_a_child = ("import multiprocessing, os\nchild = multiprocessing.Process(target=os.getpid)\nchild.start()\n"
+                     "child.join()\nassert child.exitcode == 0\n")
+    with dask_client("local:1") as client:
+        assert list(client.run(exec, start_a_child).values()) == [None]
+
+
 def test_gpu_runs_ask_for_a_gpu_resource_only_where_workers_declare_one():
     """A task asking for GPU=1 on a cluster whose workers declare no GPU resource (local:N) would
     wait forever: no worker could take it."""
