@@ -2,8 +2,9 @@
 
 Every file the framework writes goes through these helpers, so a crash leaves either the
 old complete file or the new complete file, never a truncated one. Files get the permissions
-any new file gets under the process umask (``mkstemp`` alone would make them private, 0600),
-so results on a shared file system stay readable by the group, the report or Dask workers.
+any new file gets in their folder: the process umask, or the folder's default ACL where it has one
+(``mkstemp`` alone would make them private, 0600), so results on a shared file system stay readable
+by the group, the report or Dask workers.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import errno
 import glob
 import json
 import os
+import secrets
 import shlex
 import tempfile
 import time
@@ -32,20 +34,6 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where the system allows (Linux: /proc)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: set and restore (a brief window; rare platforms only)
-    os.umask(mask)
-    return mask
 
 
 class HeldLock(Protocol):
@@ -180,6 +168,24 @@ def link_once(source: Path, target: Path) -> None:
     os.unlink(source)
 
 
+_TEMP_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def _new_temp(path: Path) -> tuple[int, Path]:
+    """A new temp file beside ``path``, in mkstemp's name shape (``.<name>.`` + 8 random characters + ``.tmp``),
+    created with mode 0666 so that the system gives it what any new file gets there: the umask, or the folder's
+    default ACL. mkstemp makes 0600, and a chmod afterwards to 0666 & ~umask overrode a default ACL (a lab's
+    project folder that grants its group read access gave every result 0600 under a private umask 077)."""
+    for _ in range(100):
+        name = "".join(secrets.choice(_TEMP_CHARACTERS) for _ in range(8))
+        tmp = path.parent / f".{path.name}.{name}.tmp"
+        try:
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temp file name", str(path))
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path | str, mode: str = "wb", *, publish: Callable[[Path, Path], None] = replace,
                 **kwargs: Any) -> Iterator[IO]:
@@ -187,10 +193,8 @@ def atomic_open(path: Path | str, mode: str = "wb", *, publish: Callable[[Path, 
     ``link_once`` keeps an existing ``path``)."""
     path = Path(path)
     make_folder(path.parent)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
+    fd, tmp = _new_temp(path)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; results are shared like any new file
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()

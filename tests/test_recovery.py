@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -476,7 +477,7 @@ def test_a_lock_whose_owner_line_is_cut_short_is_not_held_with_half_a_line(tmp_p
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_written_files_get_the_permissions_of_any_new_file(tmp_path, umask):
-    """Atomic writes go through mkstemp, which makes files 0600; results on a shared logs_dir must
+    """mkstemp makes files 0600; atomic writes' results on a shared logs_dir must
     be readable as the umask allows, like any other new file (and the temp file must not stay)."""
     from phd_lab import atomic
     previous = os.umask(umask)
@@ -490,6 +491,31 @@ def test_written_files_get_the_permissions_of_any_new_file(tmp_path, umask):
     plain = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
     assert stat.S_IMODE((tmp_path / "result.csv").stat().st_mode) == plain
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "result.csv"]
+
+
+def test_written_files_get_what_a_folder_s_default_acl_gives_any_new_file(tmp_path):
+    """A lab's project folder with a default ACL (group read) gives a new file 0640 whatever the umask; atomic
+    writes chmod'ed their mkstemp file to 0666 & ~umask, which under a private umask 077 overrode the ACL: every
+    result was 0600, unreadable by the group that a plain open() lets read it."""
+    from phd_lab import atomic
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    everyone = 0xFFFFFFFF  # the id field of the entries that name no user or group
+    entries = [(0x01, 0o6, everyone), (0x04, 0o4, everyone), (0x20, 0o0, everyone)]  # user::rw- group::r-- other::---
+    try:
+        os.setxattr(shared, "system.posix_acl_default",
+                    struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries))
+    except (OSError, AttributeError) as error:  # no ACLs on this file system or platform
+        pytest.skip(f"no default ACL can be set here: {error}")
+    previous = os.umask(0o077)
+    try:
+        atomic.write_text(shared / "result.csv", "a,b\n1,2\n")
+        with open(shared / "plain.txt", "w") as handle:
+            handle.write("x")
+    finally:
+        os.umask(previous)
+    plain = stat.S_IMODE((shared / "plain.txt").stat().st_mode)
+    assert stat.S_IMODE((shared / "result.csv").stat().st_mode) == plain == 0o640
 
 
 @pytest.mark.parametrize("umask", [0o002, 0o022])
