@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from phd_lab.cli import command_logging, guarded
+from phd_lab.cli import command_logging, guarded, readable_output
 from phd_lab.errors import EXIT_OK, RunFailure, UsageError
 
 log = logging.getLogger("phd_lab")
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@readable_output
 def probe_cli(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 

@@ -174,6 +174,11 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
 
 
 def main_report(argv: Sequence[str]) -> int:
+    from phd_lab.cli import readable_output
+    return readable_output(_main_report)(argv)
+
+
+def _main_report(argv: Sequence[str]) -> int:
     from phd_lab.cli import command_logging, guarded
 
     args = build_parser().parse_args(list(argv))
