@@ -260,6 +260,31 @@ def test_a_layer_without_saturation_keeps_its_slot_in_the_plot_and_says_it_has_n
         plt.close(ax.figure)
 
 
+def _epoch_row(layers: list[str], epoch: int) -> dict[str, float]:
+    """A CSV row of saturations that differ per layer and epoch, with the train value of every third layer
+    missing in odd epochs."""
+    row: dict[str, float] = {}
+    for i, layer in enumerate(layers):
+        row[f"{layer}_train_saturation"] = float("nan") if epoch % 2 and i % 3 == 1 else (i + epoch) % 7 / 7
+        row[f"{layer}_test_saturation"] = (2 * i + epoch) % 5 / 5
+    return row
+
+
+def test_the_saved_saturation_plot_is_the_png_savefig_crops_tightly(tmp_path: Path) -> None:
+    """save_saturation_plot measures the tight box itself, without savefig's layout pass: the same bytes as
+    ``savefig(bbox_inches="tight")``, with long layer names, a long title and bars without a value."""
+    from phd_lab.plots import close
+    from phd_lab.plots.saturation import DPI, plot_saturation, save_saturation_plot, saturation_table
+
+    title = "resnet18_cifar-Digits-r32-bs64-e30-a-long-variant epoch 3, δ=0.99"
+    row = _epoch_row(["conv1", "layer1.0.a_rather_long_block_name.conv2", "fc"], epoch=3)
+    save_saturation_plot(row, tmp_path / "plot.png", title=title)
+    ax = plot_saturation(saturation_table(row), title=title)
+    ax.figure.savefig(tmp_path / "tight.png", dpi=DPI, bbox_inches="tight")
+    close(ax.figure)
+    assert (tmp_path / "plot.png").read_bytes() == (tmp_path / "tight.png").read_bytes()
+
+
 class _HeadInTrainingOnly(torch.nn.Module):
     """A convolution, its head, and an auxiliary head that only training-mode forward passes call."""
 
