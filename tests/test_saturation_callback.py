@@ -285,6 +285,26 @@ def test_the_saved_saturation_plot_is_the_png_savefig_crops_tightly(tmp_path: Pa
     assert (tmp_path / "plot.png").read_bytes() == (tmp_path / "tight.png").read_bytes()
 
 
+def test_epoch_plots_drawn_on_one_reused_figure_are_those_of_fresh_figures(tmp_path: Path) -> None:
+    """The callback's SaturationPlotter keeps one figure for a run's epochs and only puts each epoch's values,
+    notes and title into it: every PNG the same bytes as a figure drawn from scratch, also after an epoch
+    without any value (diverged) and for a row of other layers."""
+    from phd_lab.plots.saturation import SaturationPlotter, save_saturation_plot
+
+    plotter = SaturationPlotter()
+    layers = [f"features.{i}" for i in range(5)]
+    rows = [_epoch_row(layers, epoch) for epoch in (1, 2, 3)]
+    rows.insert(2, {key: float("nan") for key in rows[0]})
+    rows.append(_epoch_row(["conv", "fc"], epoch=1))
+    try:
+        for epoch, row in enumerate(rows, start=1):
+            plotter.save(row, tmp_path / "reused.png", title=f"run epoch {epoch}")
+            save_saturation_plot(row, tmp_path / "fresh.png", title=f"run epoch {epoch}")
+            assert (tmp_path / "reused.png").read_bytes() == (tmp_path / "fresh.png").read_bytes(), epoch
+    finally:
+        plotter.close()
+
+
 class _HeadInTrainingOnly(torch.nn.Module):
     """A convolution, its head, and an auxiliary head that only training-mode forward passes call."""
 

@@ -97,6 +97,7 @@ class SaturationCallback(Callback):
         self._test_frame: pd.DataFrame | None = None  # the test split, tracked during the trainer's evaluation
         self._repeated: dict[str, int] = {}  # layers called more than once per forward pass: the most calls
         self._repeated_named: set[str] = set()  # those already warned of
+        self._plotter: Any = None  # a SaturationPlotter: one figure for the epochs' plots (matplotlib lazily)
 
     # ------------------------------------------------------------------ inline mode
     def on_fit_start(self, trainer: "Trainer", bundle: "DataBundle") -> None:
@@ -120,6 +121,9 @@ class SaturationCallback(Callback):
         for tracker in self._inline.values():
             tracker.close()
         self._inline = {}
+        if self._plotter is not None:
+            self._plotter.close()
+            self._plotter = None
 
     # ------------------------------------------------------------------ per epoch
     def on_epoch_end(self, trainer: "Trainer", bundle: "DataBundle", epoch: int, row: dict[str, Any]) -> None:
@@ -137,9 +141,11 @@ class SaturationCallback(Callback):
         log.info("%s epoch %d: saturation mean train %.4f, test %.4f (%.2f s)", trainer.run_name, epoch,
                  row["train_saturation_mean"], row["test_saturation_mean"], time.perf_counter() - started)
         if self.plot and self.rundir is not None:
-            from phd_lab.plots.saturation import save_saturation_plot
-            save_saturation_plot(row, self.rundir.saturation_plot(epoch),
-                                 title=f"{self.rundir.name} epoch {epoch}, δ={self.delta:g}")
+            if self._plotter is None:
+                from phd_lab.plots.saturation import SaturationPlotter
+                self._plotter = SaturationPlotter()
+            self._plotter.save(row, self.rundir.saturation_plot(epoch),
+                               title=f"{self.rundir.name} epoch {epoch}, δ={self.delta:g}")
 
     def _warn_of_uncalled_layers(self, run_name: str, frames: dict[str, pd.DataFrame]) -> None:
         """Name, once per layer, the tracked layers a pass never called: their columns are empty (NaN) and s_mu
