@@ -3,6 +3,7 @@
 import sys
 
 from phd_lab.cli import main_cli
+from phd_lab.console import write_stdout
 
 USAGE = ("usage: python -m phd_lab train [main.py options]\n"
          "       python -m phd_lab probe [probe_main.py options]\n"
@@ -19,7 +20,7 @@ def main(argv: list[str]) -> int:
         from phd_lab.report.cli import main_report
         return main_report(argv[1:])
     if argv and argv[0] in ("-h", "--help"):
-        sys.stdout.write(USAGE)
+        write_stdout(USAGE)
         return 0
     sys.stderr.write(USAGE)
     return 2

@@ -15,6 +15,7 @@ import textwrap
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
+from phd_lab.console import write_stdout
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
 from phd_lab.interrupts import clear_terminated, interruption_behind, note_terminated, terminated_noted
 from phd_lab.log_file import FORMAT
@@ -259,11 +260,11 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         if args.list:
-            sys.stdout.write(list_names(args.list, args.pattern, config_registries(args.config)) + "\n")
+            write_stdout(list_names(args.list, args.pattern, config_registries(args.config)) + "\n")
             return EXIT_OK
         if args.list_keys:
             from phd_lab.config import schema_markdown
-            sys.stdout.write((schema_markdown() if args.markdown else keys_table()) + "\n")
+            write_stdout((schema_markdown() if args.markdown else keys_table()) + "\n")
             return EXIT_OK
         if not args.config:
             raise UsageError("--config is required: pass a JSON config file (e.g. configs/quickstart.json), "
@@ -282,7 +283,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
             shown = range(len(grid)) if indices is None else indices
             extra = {"status": {i: point_status(main.executors[i], main.meta_models) for i in shown},
                      "folder": {i: str(main.executors[i].rundir.root) for i in shown}}
-            sys.stdout.write(f"{len(grid)} run(s) in {args.config}{chosen}\n{grid.table(indices, extra)}\n")
+            write_stdout(f"{len(grid)} run(s) in {args.config}{chosen}\n{grid.table(indices, extra)}\n")
             return EXIT_OK
         if args.scheduler is not None:  # an empty one is refused there, not taken for a run on this machine
             outcomes = main.run_on_cluster(grid, args.scheduler, indices)
@@ -300,7 +301,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write("\n".join(lines) + "\n")
             return EXIT_FAILURE
         log.info("Summary:\n%s", summary_table(outcomes))
-        sys.stdout.write("Results:\n" + "\n".join(f"  {o.folder}" for o in outcomes) + "\n")
+        write_stdout("Results:\n" + "\n".join(f"  {o.folder}" for o in outcomes) + "\n")
         return EXIT_OK
 
     with command_logging(-1 if args.quiet else 1 if args.verbose else 0):  # a dry run or a listing: nothing to resume

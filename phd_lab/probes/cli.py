@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from phd_lab.cli import command_logging, guarded, readable_output
+from phd_lab.console import write_stdout
 from phd_lab.errors import EXIT_OK, RunFailure, UsageError
 
 log = logging.getLogger("phd_lab")
@@ -97,7 +97,7 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
             not_probed.append(f"{shown}: another probe job is writing their results")
         probed = [job for job in jobs if job.label not in (busy or [])]
         if probed:
-            sys.stdout.write("Probe results:\n" + "\n".join(f"  {job.outputs.probe_csv}" for job in probed) + "\n")
+            write_stdout("Probe results:\n" + "\n".join(f"  {job.outputs.probe_csv}" for job in probed) + "\n")
         if not_probed:
             raise RunFailure(f"Not every run of {args.config} was probed ({'; '.join(not_probed)}); "
                              f"the {len(probed)} probe table(s) listed above are written. Rerun this command once "

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from phd_lab import atomic
 from phd_lab.atomic import check_writable_dir
+from phd_lab.console import write_stdout
 from phd_lab.environment import available_cores
 from phd_lab.errors import EXIT_OK, DataError, ReportError, UsageError
 from phd_lab.report.repetition_files import DEFAULT_ALPHA, REPETITION_TABLES, csv_path, is_repetition_table
@@ -186,7 +186,7 @@ def _main_report(argv: Sequence[str]) -> int:
     def body() -> int:
         path = write_report(args.logs_dir, args.out, refresh=not args.no_refresh,
                             progress=not (args.no_progress or args.quiet), alpha=args.alpha, processes=args.processes)
-        sys.stdout.write(f"{path}\n")
+        write_stdout(f"{path}\n")
         return EXIT_OK
 
     with command_logging(-1 if args.quiet else 0):

@@ -1,0 +1,69 @@
+"""The commands' own text on stdout and stderr, which may be closed or a pipe whose reader has gone.
+
+A command's product is its run folders, probe tables or report page; what it prints (the folders written, a
+listing, an error paragraph) tells the user about them. A stdout closed by the caller (``>&-``: Python then sets
+``sys.stdout`` to None) or a pipe whose reader stopped reading (``| head -1``) once turned a finished grid into
+exit 1 with a traceback, after the training. Here such text is lost, not the command: its exit status stays what
+its work made it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TextIO
+
+log = logging.getLogger("phd_lab")
+
+
+def write_stdout(text: str) -> None:
+    """Print a command's result on stdout. Closed, or a disk that is full (``> /dev/full``): a warning on stderr
+    says what was not printed; a reader that has gone (a broken pipe) chose to stop, so the rest goes quietly."""
+    stream = sys.stdout
+    if stream is None:
+        log.warning("stdout is closed, so this command's output was not printed (it begins %r).", _first_line(text))
+        return
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        _discard_further_output(stream)
+    except (OSError, ValueError) as error:  # ValueError: a stream closed in this process
+        log.warning("stdout could not be written (%s), so this command's output was not printed (it begins %r).",
+                    getattr(error, "strerror", None) or error, _first_line(text))
+
+
+def write_stderr(text: str) -> None:
+    """Write a command's message (an error paragraph, how to resume) on stderr; nothing where it is closed or its
+    reader has gone: there is nowhere left to say it, and the exit status still tells."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        _discard_further_output(stream)
+    except (OSError, ValueError):
+        pass
+
+
+def _discard_further_output(stream: TextIO) -> None:
+    """Point the broken stream's file descriptor at the null device: Python flushes stdout and stderr at exit and
+    printed 'Exception ignored ... BrokenPipeError' (exit status 120) for the text still in their buffer."""
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):  # no descriptor (a stream of this process): nothing flushes it
+        return
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def _first_line(text: str) -> str:
+    """The first line of ``text``, shortened, to name lost output in a warning."""
+    line = text.strip().split("\n", 1)[0]
+    return line if len(line) <= 80 else line[:77] + "..."
