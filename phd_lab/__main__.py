@@ -3,7 +3,7 @@
 import sys
 
 from phd_lab.cli import main_cli
-from phd_lab.console import write_stdout
+from phd_lab.console import write_stderr, write_stdout
 
 USAGE = ("usage: python -m phd_lab train [main.py options]\n"
          "       python -m phd_lab probe [probe_main.py options]\n"
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         write_stdout(USAGE)
         return 0
-    sys.stderr.write(USAGE)
+    write_stderr(USAGE)
     return 2
 
 

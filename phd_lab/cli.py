@@ -15,7 +15,7 @@ import textwrap
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
-from phd_lab.console import write_stdout
+from phd_lab.console import write_stderr, write_stdout
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
 from phd_lab.interrupts import clear_terminated, interruption_behind, note_terminated, terminated_noted
 from phd_lab.log_file import FORMAT
@@ -71,7 +71,8 @@ def command_logging(verbosity: int = 0) -> Iterator[None]:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     root = logging.getLogger()
     before, handlers = root.level, list(root.handlers)
-    console = logging.StreamHandler(sys.stderr)
+    # no stderr (closed by the caller): a log line would otherwise reach stdout through tqdm's redirect
+    console = logging.StreamHandler(sys.stderr) if sys.stderr is not None else logging.NullHandler()
     console.setFormatter(logging.Formatter(FORMAT))
     console.setLevel(level)
     for handler in handlers:
@@ -91,7 +92,7 @@ def report_error(error: BaseException) -> None:
     """One paragraph on stderr, no traceback."""
     text = " ".join(str(error).split())
     lines = textwrap.wrap(f"error: {text}", width=110, break_on_hyphens=False, break_long_words=False)
-    sys.stderr.write("\n".join(lines) + "\n")
+    write_stderr("\n".join(lines) + "\n")
 
 
 RESUME_TRAINING = ("interrupted; rerun the same command to resume: training continues after the last completed "
@@ -101,8 +102,12 @@ RESUME_TRAINING = ("interrupted; rerun the same command to resume: training cont
 @contextlib.contextmanager
 def logs_above_progress_bars() -> Iterator[None]:
     """Console log lines printed above the progress bars instead of into them (tqdm's redirect of the
-    console handler, which keeps its format and stream but not its level: that is carried over)."""
+    console handler, which keeps its format and stream but not its level: that is carried over). Without a stderr
+    there are no bars, and tqdm's handler would write the log lines on stdout instead."""
     from tqdm.contrib.logging import logging_redirect_tqdm
+    if sys.stderr is None:
+        yield
+        return
     root = logging.getLogger()
     before = list(root.handlers)
     levels = [handler.level for handler in before if type(handler) is logging.StreamHandler]
@@ -144,9 +149,9 @@ def _stopped(stop: KeyboardInterrupt, interrupted: str) -> int:
     """Say how the command was stopped and return its exit code: 143 for SIGTERM, 130 for Ctrl-C."""
     if isinstance(stop, Terminated):
         how = interrupted.removeprefix("interrupted")  # "; rerun the same command to resume: ..." or nothing
-        sys.stderr.write(f"terminated (SIGTERM){how}\n")
+        write_stderr(f"terminated (SIGTERM){how}\n")
         return 128 + signal.SIGTERM
-    sys.stderr.write(interrupted + "\n")
+    write_stderr(interrupted + "\n")
     return 130
 
 
@@ -298,7 +303,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
             if in_use:
                 lines.append(f"{len(in_use)} of {len(outcomes)} run(s) are being run by another process and were not "
                              f"run here; rerun this command once it has finished to post-process them.")
-            sys.stderr.write("\n".join(lines) + "\n")
+            write_stderr("\n".join(lines) + "\n")
             return EXIT_FAILURE
         log.info("Summary:\n%s", summary_table(outcomes))
         write_stdout("Results:\n" + "\n".join(f"  {o.folder}" for o in outcomes) + "\n")

@@ -9,6 +9,7 @@ its work made it.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -47,6 +48,14 @@ def write_stderr(text: str) -> None:
         _discard_further_output(stream)
     except (OSError, ValueError):
         pass
+
+
+class Discarded(io.TextIOBase):
+    """A text stream that drops what is written to it: the progress bars' where stderr is closed (tqdm fell back on
+    ``sys.stderr``, None, and the run failed at its first bar)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
 
 
 def _discard_further_output(stream: TextIO) -> None:

@@ -12,14 +12,19 @@ from __future__ import annotations
 import sys
 from typing import IO, Any
 
+from phd_lab.console import Discarded
+
 FILE_INTERVAL = 60.0  # seconds between redraws of a bar written to a file
 
 
 def bar_options(stream: IO[str] | None = None) -> dict[str, Any]:
     """tqdm keyword arguments for a bar written to ``stream`` (default: ``sys.stderr``, where tqdm writes). Not a
     terminal: ``mininterval`` and ``maxinterval`` (tqdm's monitor thread would redraw a slow bar every 10 s) of
-    ``FILE_INTERVAL``; a bar still shows when it starts and is cleared when it ends."""
+    ``FILE_INTERVAL``; a bar still shows when it starts and is cleared when it ends. No stderr at all: a stream
+    that drops the bars."""
     stream = sys.stderr if stream is None else stream
+    if stream is None:  # stderr closed by the caller (``2>&-``): bars that no one can see, drawn nowhere
+        return {"file": Discarded()}
     if type(stream).__module__.startswith("ipykernel"):  # Jupyter: tqdm.auto draws a widget
         return {}
     try:

@@ -1,17 +1,21 @@
-"""The commands where stdout or stderr is closed (``>&-``), full (``> /dev/full``) or a pipe whose reader has gone
-(``| head -1``): the text is lost, never the command's exit status, and no traceback is printed."""
+"""The commands where stdout or stderr is closed (``>&-``, ``2>&-``), full (``> /dev/full``) or a pipe whose reader
+has gone (``| head -1``): the text is lost, never the run or the command's exit status, and no traceback is
+printed."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
+from tqdm import tqdm
 
 from phd_lab.__main__ import main as phd_lab_main
-from phd_lab.cli import main_cli
-from phd_lab.errors import EXIT_OK
+from phd_lab.cli import command_logging, logs_above_progress_bars, main_cli
+from phd_lab.errors import EXIT_OK, EXIT_USAGE
+from phd_lab.progress import bar_options
 from tests.conftest import ROOT
 
 COMMANDS = {"main.py --list-keys": lambda: main_cli(["--list-keys"]),
@@ -52,3 +56,21 @@ def test_a_reader_that_has_gone_ends_the_output_quietly():
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (EXIT_OK, "")
+
+
+def test_a_closed_stderr_keeps_the_usage_error_status(monkeypatch):
+    """`main.py 2>&-` (no --config): writing the error paragraph raised AttributeError inside the handler of the
+    usage error, so the command ended with a traceback no one saw and exit 1 instead of 2."""
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main_cli([]) == EXIT_USAGE
+
+
+def test_a_closed_stderr_draws_the_progress_bars_nowhere_and_the_log_lines_not_on_stdout(monkeypatch, capsys):
+    """`main.py --config exp.json 2>&-`: a run's first progress bar fell back on sys.stderr, None, and the run failed
+    ('NoneType' object has no attribute 'write'); the log lines went to stdout through tqdm's redirect. (The
+    bars and the console log of a command, as the trainer draws them, without the seconds of a training.)"""
+    monkeypatch.setattr(sys, "stderr", None)
+    with command_logging(), logs_above_progress_bars():
+        for step in tqdm(range(3), desc="epoch 1/1", **bar_options()):
+            logging.getLogger("phd_lab.trainer").info("batch %d", step)
+    assert capsys.readouterr().out == ""
