@@ -50,6 +50,38 @@ def write_stderr(text: str) -> None:
         pass
 
 
+class BarStream:
+    """stderr as the progress bars write to it: a reader that has gone (``main.py ... 2>&1 | head``) ends the bars,
+    where tqdm's BrokenPipeError failed the run that drew them; the run's log file still gets every line. Compares
+    equal to the stream it wraps, as tqdm's own wrapper does: tqdm clears the bars of that stream before it writes a
+    log line there."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            _discard_further_output(self._stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            _discard_further_output(self._stream)
+
+    def __getattr__(self, name: str) -> object:  # isatty, fileno, encoding: tqdm sizes and draws the bars by them
+        return getattr(self._stream, name)
+
+    def __eq__(self, other: object) -> bool:
+        return self._stream == getattr(other, "_stream", other)
+
+    def __hash__(self) -> int:
+        return hash(self._stream)
+
+
 class Discarded(io.TextIOBase):
     """A text stream that drops what is written to it: the progress bars' where stderr is closed (tqdm fell back on
     ``sys.stderr``, None, and the run failed at its first bar)."""

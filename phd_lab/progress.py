@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import IO, Any
 
-from phd_lab.console import Discarded
+from phd_lab.console import BarStream, Discarded
 
 FILE_INTERVAL = 60.0  # seconds between redraws of a bar written to a file
 
@@ -20,12 +20,26 @@ FILE_INTERVAL = 60.0  # seconds between redraws of a bar written to a file
 def bar_options(stream: IO[str] | None = None) -> dict[str, Any]:
     """tqdm keyword arguments for a bar written to ``stream`` (default: ``sys.stderr``, where tqdm writes). Not a
     terminal: ``mininterval`` and ``maxinterval`` (tqdm's monitor thread would redraw a slow bar every 10 s) of
-    ``FILE_INTERVAL``; a bar still shows when it starts and is cleared when it ends. No stderr at all: a stream
-    that drops the bars."""
-    stream = sys.stderr if stream is None else stream
-    if stream is None:  # stderr closed by the caller (``2>&-``): bars that no one can see, drawn nowhere
+    ``FILE_INTERVAL``; a bar still shows when it starts and is cleared when it ends. On ``sys.stderr``, also the
+    ``file`` to draw on: stderr wrapped so that a reader that has gone ends the bars, not the run, or where stderr
+    is closed (``2>&-``), a stream that drops them."""
+    if stream is not None:
+        return _redraws(stream)
+    if sys.stderr is None:
         return {"file": Discarded()}
-    if type(stream).__module__.startswith("ipykernel"):  # Jupyter: tqdm.auto draws a widget
+    if _in_jupyter(sys.stderr):
+        return {}
+    return {**_redraws(sys.stderr), "file": BarStream(sys.stderr)}
+
+
+def _in_jupyter(stream: IO[str]) -> bool:
+    """Whether ``stream`` is a Jupyter kernel's, where tqdm.auto draws a widget (not written to the file)."""
+    return type(stream).__module__.startswith("ipykernel")
+
+
+def _redraws(stream: IO[str]) -> dict[str, Any]:
+    """How often a bar on ``stream`` is redrawn: tqdm's default in a terminal or Jupyter, else ``FILE_INTERVAL``."""
+    if _in_jupyter(stream):
         return {}
     try:
         terminal = stream.isatty()

@@ -74,3 +74,15 @@ def test_a_closed_stderr_draws_the_progress_bars_nowhere_and_the_log_lines_not_o
         for step in tqdm(range(3), desc="epoch 1/1", **bar_options()):
             logging.getLogger("phd_lab.trainer").info("batch %d", step)
     assert capsys.readouterr().out == ""
+
+
+def test_a_reader_of_stderr_that_has_gone_ends_the_progress_bars_not_the_run(monkeypatch):
+    """`main.py --config exp.json 2>&1 | head -1`: once head had exited, the next progress bar raised
+    BrokenPipeError and the run failed (exit 1, 'Run 0 ... failed: BrokenPipeError' in its log)."""
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "w") as broken:
+        monkeypatch.setattr(sys, "stderr", broken)
+        for _ in tqdm(range(3), desc="epoch 1/1", **bar_options()):
+            pass
+        monkeypatch.undo()
