@@ -20,13 +20,19 @@ log = logging.getLogger("phd_lab")
 
 def write_stdout(text: str) -> None:
     """Print a command's result on stdout. Closed, or a disk that is full (``> /dev/full``): a warning on stderr
-    says what was not printed; a reader that has gone (a broken pipe) chose to stop, so the rest goes quietly."""
+    says what was not printed; a reader that has gone (a broken pipe) chose to stop, so the rest goes quietly. A
+    character the stream's encoding lacks (``≥`` on an ASCII terminal) is written as its escape, as Python writes
+    stderr, where it failed the command."""
     stream = sys.stdout
     if stream is None:
         log.warning("stdout is closed, so this command's output was not printed (it begins %r).", _first_line(text))
         return
     try:
-        stream.write(text)
+        try:
+            stream.write(text)
+        except UnicodeEncodeError:
+            encoding = getattr(stream, "encoding", None) or "utf-8"
+            stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
         stream.flush()
     except BrokenPipeError:
         _discard_further_output(stream)

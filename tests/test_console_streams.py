@@ -4,6 +4,7 @@ printed."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import subprocess
@@ -86,3 +87,13 @@ def test_a_reader_of_stderr_that_has_gone_ends_the_progress_bars_not_the_run(mon
         for _ in tqdm(range(3), desc="epoch 1/1", **bar_options()):
             pass
         monkeypatch.undo()
+
+
+def test_characters_that_stdout_cannot_encode_are_written_as_escapes(monkeypatch):
+    """`PYTHONIOENCODING=ascii main.py --list-keys` (or a terminal in Latin-1): UnicodeEncodeError on the key
+    table's '≥' and a traceback, with nothing printed."""
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    assert main_cli(["--list-keys"]) == EXIT_OK
+    printed = ascii_out.buffer.getvalue().decode("ascii")
+    assert "an integer \\u2265 1 and \\u2264 8192" in printed and printed.startswith("model ")
