@@ -187,14 +187,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", choices=LISTABLE, metavar="KIND",
                         help=f"list the registered names of one kind ({', '.join(LISTABLE)}) and exit; with --config, "
                         "those of the registry modules the config names (its key 'registries')")
-    parser.add_argument("--pattern", default="*", help="wildcard filter for --list (e.g. 'vgg*'; torchvision's models "
+    parser.add_argument("--pattern", help="wildcard filter for --list (e.g. 'vgg*'; torchvision's models "
                         "by their prefix, e.g. 'tv:res*')")
     parser.add_argument("--list-keys", action="store_true", help="document every config key and exit")
     parser.add_argument("--markdown", action="store_true", help="with --list-keys: print a Markdown table")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    add_verbosity(parser)
     return parser
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """-q and -v, which exclude each other (given both, -q won without a word)."""
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+
+GRID_OPTIONS = {"run_id": "--run-id", "device": "--device", "index": "--index", "dry_run": "--dry-run",
+                "scheduler": "--scheduler"}
+
+
+def refuse_options_without_effect(args: argparse.Namespace) -> None:
+    """Refuse an option the chosen action would ignore: the user meant another command. ``--list-keys --config
+    exp.json --index 3`` printed the key table and trained nothing with exit 0, ``--list models --list-keys``
+    listed the models alone, and ``--pattern`` without ``--list`` or ``--markdown`` without ``--list-keys`` did
+    nothing."""
+    if args.list and args.list_keys:
+        raise UsageError("--list and --list-keys each print one listing; pass one of them.")
+    listing = "--list" if args.list else "--list-keys" if args.list_keys else None
+    ignored = [flag for key, flag in GRID_OPTIONS.items() if getattr(args, key) not in (None, False)]
+    if listing and ignored:
+        raise UsageError(f"{listing} only prints a listing, so {', '.join(ignored)} would do nothing; leave "
+                         f"{listing} out to run (or list) the grid of --config.")
+    if args.list_keys and args.config:
+        raise UsageError("--list-keys documents every config key, whatever the config; leave out --config (with "
+                         "--list KIND, --config names the registry modules to list).")
+    if args.pattern is not None and not args.list:
+        raise UsageError("--pattern filters the names of --list KIND; pass --list with it (KIND one of "
+                         f"{', '.join(LISTABLE)}), or leave it out.")
+    if args.markdown and not args.list_keys:
+        raise UsageError("--markdown is the format of --list-keys; pass --list-keys with it, or leave it out.")
 
 
 def config_registries(config_path: str | None) -> list[dict[str, str]]:
@@ -264,8 +296,9 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        refuse_options_without_effect(args)
         if args.list:
-            write_stdout(list_names(args.list, args.pattern, config_registries(args.config)) + "\n")
+            write_stdout(list_names(args.list, args.pattern or "*", config_registries(args.config)) + "\n")
             return EXIT_OK
         if args.list_keys:
             from phd_lab.config import schema_markdown

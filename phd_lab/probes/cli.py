@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from phd_lab.cli import command_logging, guarded, readable_output
+from phd_lab.cli import add_verbosity, command_logging, guarded, readable_output
 from phd_lab.console import write_stdout
 from phd_lab.errors import EXIT_OK, RunFailure, UsageError
 
@@ -49,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "what the machine or the batch job's cgroup has available); fewer workers are started "
                              "where -mp of the largest layers would not fit")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    add_verbosity(parser)
     return parser
 
 

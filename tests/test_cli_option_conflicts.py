@@ -1,0 +1,40 @@
+"""Options that the chosen action would ignore are refused (exit 2, the options named), as are -q and -v together:
+each of these commands used to exit 0 having done something other than what its options asked."""
+
+from __future__ import annotations
+
+import pytest
+
+from phd_lab.cli import main_cli
+from phd_lab.errors import EXIT_USAGE
+from phd_lab.probes.cli import probe_cli
+
+CONFLICTS = {
+    # arguments: the fragments of the message
+    ("--list-keys", "--config", "exp.json", "--index", "3"): ["--list-keys only prints a listing, so --index would "
+                                                             "do nothing"],
+    ("--list", "models", "--dry-run", "--run-id", "7"): ["--list only prints a listing, so --run-id, --dry-run"],
+    ("--list", "models", "--list-keys"): ["--list and --list-keys each print one listing"],
+    ("--list-keys", "--config", "exp.json"): ["--list-keys documents every config key, whatever the config"],
+    ("--config", "exp.json", "--pattern", "vgg*"): ["--pattern filters the names of --list KIND",
+                                                    "models, datasets, optimizers, metrics, steps"],
+    ("--list", "models", "--markdown"): ["--markdown is the format of --list-keys"],
+}
+
+
+@pytest.mark.parametrize("argv", CONFLICTS, ids=" ".join)
+def test_an_option_the_command_would_ignore_is_refused(argv, capsys):
+    assert main_cli(list(argv)) == EXIT_USAGE
+    captured = capsys.readouterr()
+    message = " ".join(captured.err.split())
+    assert all(fragment in message for fragment in CONFLICTS[argv]), message
+    assert captured.out == "" and "Traceback" not in message
+
+
+@pytest.mark.parametrize("command", [main_cli, probe_cli])
+def test_quiet_and_verbose_together_are_refused(command, capsys):
+    """-q -v logged as -q: the -v asked for was dropped without a word."""
+    with pytest.raises(SystemExit) as stopped:
+        command(["--config", "exp.json", "-q", "-v"])
+    assert stopped.value.code == EXIT_USAGE
+    assert "argument -v/--verbose: not allowed with argument -q/--quiet" in capsys.readouterr().err
