@@ -7,7 +7,6 @@ unchanged files is reused instead of extracting again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -87,7 +86,7 @@ def latents_look_whole(folder: Path) -> bool:
     try:
         manifest = atomic.read_json(Path(folder) / MANIFEST)
         return _files_as_listed(Path(folder), manifest)
-    except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError):
+    except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError, EOFError):  # EOF: an empty .npy
         return False
 
 
@@ -165,7 +164,7 @@ def reusable(folder: Path, manifest: dict[str, Any] | None, settings: dict[str, 
             if sha256_file(Path(folder) / name) != expected:
                 log.warning("Latents file %s changed since it was extracted; extracting again.", Path(folder) / name)
                 return False
-    except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError):
+    except (KeyError, TypeError, IndexError, AttributeError, OSError, ValueError, EOFError):  # EOF: an empty .npy
         return False
     return True
 
@@ -222,9 +221,8 @@ def clear(folder: Path) -> None:
         atomic.remove(manifest)
         atomic.fsync_dir(folder)
     for pattern in ("train-*.npy", "eval-*.npy", ".*.tmp", ".scratch-*"):
-        for path in folder.glob(pattern):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        for path in folder.glob(pattern):  # a folder of such a name: FolderInTheWay, not a bare IsADirectoryError
+            atomic.remove(path, missing_ok=True)
 
 
 def build_manifest(results: dict[str, Any], settings: dict[str, Any], test_accuracy: float | None) -> dict[str, Any]:

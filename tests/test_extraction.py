@@ -532,6 +532,25 @@ def test_latents_look_whole_only_while_every_listed_file_has_its_rows_shape_and_
         assert latents_look_whole(tmp_path)
 
 
+def test_an_empty_latents_file_is_extracted_again_and_a_folder_in_its_place_named(tmp_path, data):
+    """A latents .npy left empty (a full disk, a copy cut short): np.load's EOFError was caught nowhere, so
+    `main.py --dry-run` ended with a traceback and the rerun's extract step failed the run (exit 1) instead of
+    extracting again. A folder in a latents file's place failed it with a bare IsADirectoryError."""
+    from phd_lab.errors import FolderInTheWay
+    from phd_lab.latents_folder import latents_look_whole
+    model = build_model()
+    options = {"run_dir": tmp_path, "layers": ["body.0", "head"], "downsampling": 2, "progress": False}
+    manifest = extract_latents(model, data, tmp_path, **options)
+    (tmp_path / "eval-body.0.npy").write_bytes(b"")
+    assert not latents_look_whole(tmp_path)
+    assert extract_latents(model, data, tmp_path, **options) == manifest
+    assert latents_look_whole(tmp_path)
+    (tmp_path / "train-head.npy").unlink()
+    (tmp_path / "train-head.npy").mkdir()
+    with pytest.raises(FolderInTheWay, match="train-head.npy' is a folder, but phd-lab writes a file"):
+        extract_latents(model, data, tmp_path, **options)
+
+
 def test_space_error_names_the_bytes_needed_and_free_and_the_ways_out():
     """The check's boundary and message, as numbers: latents that fit (also exactly) pass; more than the free
     bytes is an error naming both amounts, the folder and the keys that shrink the latents (float16 only where
