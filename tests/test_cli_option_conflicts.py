@@ -1,5 +1,6 @@
 """Options that the chosen action would ignore are refused (exit 2, the options named), as are -q and -v together:
-each of these commands used to exit 0 having done something other than what its options asked."""
+each of these commands used to exit 0 having done something other than what its options asked. Paths through a
+loop of symbolic links are named as such."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import pytest
 from phd_lab.cli import main_cli
 from phd_lab.errors import EXIT_USAGE
 from phd_lab.probes.cli import probe_cli
+from phd_lab.report.cli import main_report
+from tests.probe_latents import make_latents
 
 CONFLICTS = {
     # arguments: the fragments of the message
@@ -38,3 +41,25 @@ def test_quiet_and_verbose_together_are_refused(command, capsys):
         command(["--config", "exp.json", "-q", "-v"])
     assert stopped.value.code == EXIT_USAGE
     assert "argument -v/--verbose: not allowed with argument -q/--quiet" in capsys.readouterr().err
+
+
+LOOPED = {
+    # the command, where the loop goes: the message's fragment
+    "probe --latents": (lambda loop: probe_cli(["--latents", str(loop)]), "Latents folder"),
+    "probe --cache-dir": (lambda loop: probe_cli(["--latents", str(make_latents(loop.parent)[1]), "-mp", "0",
+                                                  "--cache-dir", str(loop / "cache")]), "The probe cache folder"),
+    "report LOGS_DIR": (lambda loop: main_report([str(loop)]), "LOGS_DIR"),
+    "main.py --config": (lambda loop: main_cli(["--config", str(loop)]), "Config path"),
+}
+
+
+@pytest.mark.parametrize("where", LOOPED)
+def test_a_loop_of_symbolic_links_is_named(where, tmp_path, capsys):
+    """A path through a loop of links (a -> b -> a): probe_main.py ended with RuntimeError: Symlink loop from ...
+    and a traceback (Path.resolve), and the report (and main.py --config) said 'a' does not exist."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    command, subject = LOOPED[where]
+    assert command(tmp_path / "a") == EXIT_USAGE
+    message = " ".join(capsys.readouterr().err.split())
+    assert subject in message and "runs into a loop of symbolic links" in message, message

@@ -111,6 +111,8 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
         raise UsageError("LOGS_DIR is empty; pass the logs folder of a grid (the config's 'logs_dir', ./logs by "
                          "default), or '.' for the working directory.")
     logs_dir = Path(logs_dir)
+    if atomic.runs_into_a_loop(logs_dir):  # exists() says False for it: 'does not exist' misled
+        raise UsageError(f"LOGS_DIR {str(logs_dir)!r} cannot be used: {atomic.LOOP}.")
     if not logs_dir.exists():
         raise UsageError(f"LOGS_DIR {str(logs_dir)!r} does not exist; pass the logs folder of a grid (the config's "
                          f"'logs_dir', ./logs by default).")
