@@ -329,6 +329,19 @@ def os_refusal(path: Path | str, error: OSError) -> str:
     return f"{error.strerror or error}; choose a folder you can reach"
 
 
+def unreachable(path: Path | str) -> str | None:
+    """Why the operating system refuses ``path`` itself (a loop of symbolic links, a name too long), as
+    ``os_refusal`` says it; None where it exists or merely does not exist (yet). pathlib's ``exists()`` says False
+    for a loop, and its ``is_dir()`` and ``resolve()`` raised OSError or RuntimeError on such paths: a traceback."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as error:
+        return os_refusal(path, error)
+    return None
+
+
 def check_home(path: str, subject: str, where: str) -> None:
     """Raise a ConfigError where the ``~`` or ``~user`` that starts ``path`` names no home folder:
     ``os.path.expanduser`` leaves such a path as written, and pathlib raises RuntimeError on it."""

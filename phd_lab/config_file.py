@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from phd_lab.atomic import LOOP, runs_into_a_loop
+from phd_lab.atomic import unreachable
 from phd_lab.config_paths import PATH_KEYS
 from phd_lab.errors import ConfigError
 
@@ -29,8 +29,8 @@ _TOO_DEEP = ("Config file {path!r} nests lists or objects hundreds of levels dee
 def load_config_file(path: Path | str) -> dict[str, Any]:
     """Read a JSON config; errors name the file and (for syntax errors) line and column."""
     path = Path(path)
-    if runs_into_a_loop(path):  # exists() says False for it: 'does not exist' misled
-        raise ConfigError(f"Config path {str(path)!r} cannot be used: {LOOP}.")
+    if why := unreachable(path):  # exists() says False for a loop: 'does not exist' misled
+        raise ConfigError(f"Config path {str(path)!r} cannot be used: {why}.")
     try:
         exists = path.exists()
     except OSError as error:  # e.g. a file name longer than the file system allows

@@ -43,23 +43,30 @@ def test_quiet_and_verbose_together_are_refused(command, capsys):
     assert "argument -v/--verbose: not allowed with argument -q/--quiet" in capsys.readouterr().err
 
 
-LOOPED = {
-    # the command, where the loop goes: the message's fragment
-    "probe --latents": (lambda loop: probe_cli(["--latents", str(loop)]), "Latents folder"),
-    "probe --cache-dir": (lambda loop: probe_cli(["--latents", str(make_latents(loop.parent)[1]), "-mp", "0",
-                                                  "--cache-dir", str(loop / "cache")]), "The probe cache folder"),
-    "report LOGS_DIR": (lambda loop: main_report([str(loop)]), "LOGS_DIR"),
-    "main.py --config": (lambda loop: main_cli(["--config", str(loop)]), "Config path"),
+UNREACHABLE = {
+    # the command, given the path: the message's subject
+    "probe --latents": (lambda path: probe_cli(["--latents", str(path)]), "Latents folder"),
+    "probe --cache-dir": (lambda path: probe_cli(["--latents", str(make_latents(path.parent)[1]), "-mp", "0",
+                                                  "--cache-dir", str(path / "cache")]), "The probe cache folder"),
+    "report LOGS_DIR": (lambda path: main_report([str(path)]), "LOGS_DIR"),
+    "report --out": (lambda path: main_report([str(path.parent), "--out", str(path / "r.html")]), "--out"),
+    "main.py --config": (lambda path: main_cli(["--config", str(path)]), "Config path"),
 }
+WHY = {"loop": "runs into a loop of symbolic links", "long": "path too long: one of its names is 300 bytes"}
 
 
-@pytest.mark.parametrize("where", LOOPED)
-def test_a_loop_of_symbolic_links_is_named(where, tmp_path, capsys):
-    """A path through a loop of links (a -> b -> a): probe_main.py ended with RuntimeError: Symlink loop from ...
-    and a traceback (Path.resolve), and the report (and main.py --config) said 'a' does not exist."""
-    (tmp_path / "a").symlink_to(tmp_path / "b")
-    (tmp_path / "b").symlink_to(tmp_path / "a")
-    command, subject = LOOPED[where]
-    assert command(tmp_path / "a") == EXIT_USAGE
+@pytest.mark.parametrize("why", WHY)
+@pytest.mark.parametrize("where", UNREACHABLE)
+def test_a_path_the_system_refuses_is_named_with_the_reason(where, why, tmp_path, capsys):
+    """A path through a loop of links (a -> b -> a) or with a name longer than 255 bytes: probe_main.py ended with
+    a traceback (RuntimeError: Symlink loop from Path.resolve, OSError: File name too long), so did the report for a
+    long LOGS_DIR or --out, and for a loop the report and main.py --config said 'a' does not exist."""
+    path = tmp_path / ("n" * 300)
+    if why == "loop":
+        path = tmp_path / "a"
+        path.symlink_to(tmp_path / "b")
+        (tmp_path / "b").symlink_to(path)
+    command, subject = UNREACHABLE[where]
+    assert command(path) == EXIT_USAGE
     message = " ".join(capsys.readouterr().err.split())
-    assert subject in message and "runs into a loop of symbolic links" in message, message
+    assert message.startswith(f"error: {subject}") and WHY[why] in message, message

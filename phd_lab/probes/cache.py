@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from phd_lab.atomic import (LOOP, STALE_AFTER_SECONDS, nearest_existing, read_json, remove_stale_temps,
-                            runs_into_a_loop, write_bytes, write_json, write_json_once)
+from phd_lab.atomic import (STALE_AFTER_SECONDS, nearest_existing, read_json, remove_stale_temps, unreachable,
+                            write_bytes, write_json, write_json_once)
 from phd_lab.environment import installed_version
 from phd_lab.errors import UsageError
 from phd_lab.file_hash import json_digest
@@ -88,10 +88,11 @@ class ResultCache:
     def check(self) -> None:
         """Say why the folder cannot hold the cache, creating nothing: the job checks this before it takes its
         run folders' locks (which leave lock files) and ``prepare``s the folder after them."""
+        refused = unreachable(self.folder)  # a loop: Path.resolve raised RuntimeError later; a name too long: OSError
+        if refused:
+            raise UsageError(f"The probe cache folder {str(self.folder)!r} cannot be used: {refused} (--cache-dir).")
         existing = nearest_existing(self.folder)
-        if runs_into_a_loop(self.folder):  # Path.resolve raised RuntimeError on it later, a traceback
-            reason = LOOP.split(";")[0]
-        elif existing == self.folder and not existing.is_dir():
+        if existing == self.folder and not existing.is_dir():
             reason = "it is a file"
         elif existing != self.folder and not existing.is_dir():
             reason = f"{str(existing)!r} on its path is a file"

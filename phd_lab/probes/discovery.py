@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
-from phd_lab.atomic import LOOP, runs_into_a_loop
+from phd_lab.atomic import unreachable
 from phd_lab.errors import ConfigError, DataError
 from phd_lab.latents_sets import set_of_folder
 from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest
@@ -227,8 +227,8 @@ def check_registry_names(runs: Sequence[tuple[int, Any]], where: str) -> None:
 
 def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = None) -> tuple[list[ProbeJob], Path]:
     """One latents folder with default settings plus ``overrides``; the cache defaults to the run folder."""
-    if runs_into_a_loop(folder):  # Path.resolve raised RuntimeError on it, a traceback
-        raise DataError(f"Latents folder {str(folder)!r} cannot be used: {LOOP}.")
+    if why := unreachable(folder):  # a loop: Path.resolve raised RuntimeError; a name too long: OSError
+        raise DataError(f"Latents folder {str(folder)!r} cannot be used: {why}.")
     owner = extracting_owner(Path(folder), run_folder(Path(folder).resolve().parent))
     if owner is not None:
         holder = owner or "another process"

@@ -111,14 +111,16 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
         raise UsageError("LOGS_DIR is empty; pass the logs folder of a grid (the config's 'logs_dir', ./logs by "
                          "default), or '.' for the working directory.")
     logs_dir = Path(logs_dir)
-    if atomic.runs_into_a_loop(logs_dir):  # exists() says False for it: 'does not exist' misled
-        raise UsageError(f"LOGS_DIR {str(logs_dir)!r} cannot be used: {atomic.LOOP}.")
+    if why := atomic.unreachable(logs_dir):  # a loop: exists() said it does not exist; a name too long: a traceback
+        raise UsageError(f"LOGS_DIR {str(logs_dir)!r} cannot be used: {why}.")
     if not logs_dir.exists():
         raise UsageError(f"LOGS_DIR {str(logs_dir)!r} does not exist; pass the logs folder of a grid (the config's "
                          f"'logs_dir', ./logs by default).")
     if not logs_dir.is_dir():
         raise UsageError(f"LOGS_DIR {str(logs_dir)!r} is not a folder; pass the logs folder of a grid.")
     out_path = Path(out) if out is not None else logs_dir / "report.html"
+    if why := atomic.unreachable(out_path):  # a name too long: is_dir() raised OSError, a traceback
+        raise UsageError(f"--out {str(out_path)!r} cannot be used: {why}.")
     if out_path.is_dir():
         raise UsageError(f"--out {str(out_path)!r} is a folder; pass the path of the HTML file to write.")
     if out_path.exists() and not _is_report(out_path):
