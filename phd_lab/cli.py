@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import codecs
 import contextlib
 import fnmatch
-import functools
 import json
 import logging
 import signal
 import sys
 import textwrap
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-from phd_lab.console import write_stderr, write_stdout
+from phd_lab.console import readable_output, write_stderr, write_stdout
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
 from phd_lab.interrupts import clear_terminated, interruption_behind, note_terminated, terminated_noted
 from phd_lab.log_file import FORMAT
@@ -26,41 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("phd_lab")
 
 LISTABLE = ("models", "datasets", "optimizers", "metrics", "steps")
-
-
-def _escaped(error: UnicodeError) -> tuple[bytes, int]:
-    """Encoding error handler of ``readable_output``: a file name's undecodable bytes (lone surrogates, as Python
-    reads them) go out as they were, and any other character the stream's encoding lacks as its backslash escape
-    (≥ as \\u2265)."""
-    if not isinstance(error, UnicodeEncodeError):
-        raise error
-    out = b"".join(bytes([ord(char) - 0xDC00]) if 0xDC80 <= ord(char) <= 0xDCFF
-                   else char.encode("ascii", "backslashreplace") for char in error.object[error.start:error.end])
-    return out, error.end
-
-
-codecs.register_error("phd_lab_escape", _escaped)
-Command = TypeVar("Command", bound=Callable[..., int])
-
-
-def readable_output(command: Command) -> Command:
-    """Run a command with standard output that writes every character: under a locale whose encoding lacks one
-    (LC_ALL=POSIX without Python's UTF-8 mode, a Latin-1 site's LANG), ``--list-keys``, ``--list steps`` and the
-    probe job's ``--help`` stopped with a UnicodeEncodeError at their first '≥' or '→' (exit 1). The caller's
-    setting comes back when the command returns."""
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> int:
-        stream = sys.stdout
-        before = getattr(stream, "errors", None)
-        if not hasattr(stream, "reconfigure") or before is None:  # not a text stream of a file (a notebook's own)
-            return command(*args, **kwargs)
-        stream.reconfigure(errors="phd_lab_escape")
-        try:
-            return command(*args, **kwargs)
-        finally:
-            with contextlib.suppress(ValueError, OSError):  # closed meanwhile
-                stream.reconfigure(errors=before)
-    return run  # type: ignore[return-value]
 
 
 @contextlib.contextmanager

@@ -1,38 +1,72 @@
-"""The commands' own text on stdout and stderr, which may be closed or a pipe whose reader has gone.
+"""The commands' own text on stdout and stderr, which may be closed, a pipe whose reader has gone, or of an
+encoding that lacks some of its characters.
 
 A command's product is its run folders, probe tables or report page; what it prints (the folders written, a
 listing, an error paragraph) tells the user about them. A stdout closed by the caller (``>&-``: Python then sets
 ``sys.stdout`` to None) or a pipe whose reader stopped reading (``| head -1``) once turned a finished grid into
 exit 1 with a traceback, after the training. Here such text is lost, not the command: its exit status stays what
-its work made it.
+its work made it. A character the encoding lacks is written as its escape.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import functools
 import io
 import logging
 import os
 import sys
-from typing import TextIO
+from typing import Any, Callable, TextIO, TypeVar
 
 log = logging.getLogger("phd_lab")
 
 
+def _escaped(error: UnicodeError) -> tuple[bytes, int]:
+    """Encoding error handler of ``readable_output``: a file name's undecodable bytes (lone surrogates, as Python
+    reads them) go out as they were, and any other character the stream's encoding lacks as its backslash escape
+    (≥ as \\u2265)."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    out = b"".join(bytes([ord(char) - 0xDC00]) if 0xDC80 <= ord(char) <= 0xDCFF
+                   else char.encode("ascii", "backslashreplace") for char in error.object[error.start:error.end])
+    return out, error.end
+
+
+codecs.register_error("phd_lab_escape", _escaped)
+Command = TypeVar("Command", bound=Callable[..., int])
+
+
+def readable_output(command: Command) -> Command:
+    """Run a command with standard output that writes every character: under a locale whose encoding lacks one
+    (LC_ALL=POSIX without Python's UTF-8 mode, a Latin-1 site's LANG, PYTHONIOENCODING=ascii), ``--list-keys``,
+    ``--list steps`` and the probe job's ``--help`` stopped with a UnicodeEncodeError at their first '≥' or '→'
+    (exit 1). The caller's setting comes back when the command returns."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> int:
+        stream = sys.stdout
+        before = getattr(stream, "errors", None)
+        if not hasattr(stream, "reconfigure") or before is None:  # not a text stream of a file (a notebook's own)
+            return command(*args, **kwargs)
+        stream.reconfigure(errors="phd_lab_escape")
+        try:
+            return command(*args, **kwargs)
+        finally:
+            with contextlib.suppress(ValueError, OSError):  # closed meanwhile
+                stream.reconfigure(errors=before)
+    return run  # type: ignore[return-value]
+
+
 def write_stdout(text: str) -> None:
     """Print a command's result on stdout. Closed, or a disk that is full (``> /dev/full``): a warning on stderr
-    says what was not printed; a reader that has gone (a broken pipe) chose to stop, so the rest goes quietly. A
-    character the stream's encoding lacks (``≥`` on an ASCII terminal) is written as its escape, as Python writes
-    stderr, where it failed the command."""
+    says what was not printed; a reader that has gone (a broken pipe) chose to stop, so the rest goes quietly.
+    Characters the stream's encoding lacks are the commands' ``readable_output``'s."""
     stream = sys.stdout
     if stream is None:
         log.warning("stdout is closed, so this command's output was not printed (it begins %r).", _first_line(text))
         return
     try:
-        try:
-            stream.write(text)
-        except UnicodeEncodeError:
-            encoding = getattr(stream, "encoding", None) or "utf-8"
-            stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+        stream.write(text)
         stream.flush()
     except BrokenPipeError:
         _discard_further_output(stream)

@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from phd_lab.cli import add_verbosity, command_logging, guarded, readable_output
-from phd_lab.console import write_stdout
+from phd_lab.cli import add_verbosity, command_logging, guarded
+from phd_lab.console import readable_output, write_stdout
 from phd_lab.errors import EXIT_OK, RunFailure, UsageError
 
 log = logging.getLogger("phd_lab")

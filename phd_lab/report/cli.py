@@ -9,7 +9,7 @@ from typing import Sequence
 
 from phd_lab import atomic
 from phd_lab.atomic import check_writable_dir
-from phd_lab.console import write_stdout
+from phd_lab.console import readable_output, write_stdout
 from phd_lab.environment import available_cores
 from phd_lab.errors import EXIT_OK, DataError, ReportError, UsageError
 from phd_lab.report.repetition_files import DEFAULT_ALPHA, REPETITION_TABLES, csv_path, is_repetition_table
@@ -178,7 +178,6 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
 
 
 def main_report(argv: Sequence[str]) -> int:
-    from phd_lab.cli import readable_output
     return readable_output(_main_report)(argv)
 
 
