@@ -20,19 +20,12 @@ from torch import nn
 
 from phd_lab import atomic
 from phd_lab.file_hash import sha256_file
-from phd_lab.latents_sets import DEFAULT_METHOD
+from phd_lab.latents_sets import DEFAULT_METHOD, EXTRACTION_VERSION, PREVIOUS_EXTRACTION_VERSION
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-# What extraction computes; part of the reuse check, so latents of an older computation are made anew.
-# 2: feature maps smaller than ``downsampling`` are no longer up-sampled.
-# 3: a Linear's 4-D output (B, H, W, C) (ConvNeXt's channels-last blocks) is pooled over H and W, not W and C.
-EXTRACTION_VERSION = 3
-# The version before it, whose latents are the current ones wherever no extracted Linear layer outputs a 4-D
-# map (version 3 changed only those): such an extraction is reused, not made anew after an upgrade.
-PREVIOUS_EXTRACTION_VERSION = 2
 SPLITS = ("train", "eval")
 
 

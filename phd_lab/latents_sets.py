@@ -17,6 +17,14 @@ from typing import Any, Mapping
 
 from phd_lab.errors import ConfigError
 
+# What extraction computes; part of the reuse check, so latents of an older computation are made anew. Kept here,
+# away from torch, because the probe job reads it too (``probes.discovery``: it does not probe outdated latents).
+# 2: feature maps smaller than ``downsampling`` are no longer up-sampled.
+# 3: a Linear's 4-D output (B, H, W, C) (ConvNeXt's channels-last blocks) is pooled over H and W, not W and C.
+EXTRACTION_VERSION = 3
+# The version before it, whose latents are the current ones wherever no extracted Linear layer outputs a 4-D
+# map (version 3 changed only those): such an extraction is reused, not made anew after an upgrade.
+PREVIOUS_EXTRACTION_VERSION = 2
 METHODS = ("adaptive_avg", "nearest")
 DEFAULT_METHOD = "adaptive_avg"
 PIXELWISE = "pixelwise"

@@ -1907,3 +1907,24 @@ def test_processes_far_above_the_cores_are_warned_about(tmp_path, capsys):
         assert cli("--latents", str(latents), "-mp", str(processes), "--solver", "lbfgs") == 0  # from the cache
         said = " ".join(capsys.readouterr().err.split())
         assert (f"-mp {processes} is more than twice the {cores} core(s)" in said) == warned, said
+
+
+def test_latents_an_older_phd_lab_extracted_for_a_trained_run_are_not_probed_as_current(tmp_path, capsys):
+    """A trained run's latents extracted before extraction version 2 (small feature maps up-sampled to
+    'downsampling') were probed as they were, by --config and --latents, and their results read as this version's;
+    such a run is now left for the training command to extract again: alone exit 2, beside probed runs exit 1."""
+    config = _config(tmp_path, probe_solver="lbfgs")
+    old = _latents_for_run(config, 0)  # the pre-version-2 manifest: these keys, no extraction_version
+    manifest_path = old.latents() / "manifest.json"
+    assert "extraction_version" not in json.loads(manifest_path.read_text())
+    old.checkpoint.write_bytes(b"checkpoint")  # trained: the extract step's latents, not own ones
+    _assert_usage_error(capsys, old.root, "--config", str(config), "-mp", "0",
+                        match="were extracted by an older phd-lab (their manifest has no extraction_version")
+    _assert_usage_error(capsys, old.root, "--latents", str(old.latents()), "-mp", "0",
+                        match="were extracted by an older phd-lab")
+    current = _latents_for_run(config, 1)  # own latents without a checkpoint are probed as before
+    assert cli("--config", str(config), "-mp", "0") == 1
+    assert "run(s) 0: latents of an older extraction" in " ".join(capsys.readouterr().err.split())
+    assert current.probe_csv.is_file() and not old.probe_csv.exists()
+    manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()), "extraction_version": 2}))
+    assert cli("--config", str(config), "-mp", "0") == 0 and old.probe_csv.is_file()

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
 from phd_lab.atomic import unreachable
 from phd_lab.errors import ConfigError, DataError
-from phd_lab.latents_sets import set_of_folder
+from phd_lab.latents_sets import PREVIOUS_EXTRACTION_VERSION, set_of_folder
 from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.rundir import FolderListings, RunDir, earlier_version_advice, earlier_version_runs, read_config_grid
@@ -61,7 +61,13 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
     if scan.unfinished:
         log.warning("%d run(s) whose extraction did not finish (those latents not probed): %s", len(scan.unfinished),
                     index_ranges(scan.unfinished))
+    if len(scan.outdated) > SAID_ONE_BY_ONE:
+        log.warning("%d run(s) whose latents an older phd-lab extracted (not probed): %s", len(scan.outdated),
+                    index_ranges(scan.outdated))
     notes = [f"run(s) {index_ranges(scan.unfinished)}: extraction unfinished"] if scan.unfinished else []
+    if scan.outdated:
+        notes.append(f"run(s) {index_ranges(scan.outdated)}: latents of an older extraction, to be extracted again "
+                     f"by python main.py --config {shlex.quote(where)}")
     return jobs, Path(sorted(scan.logs_dirs)[0]) / CACHE_FOLDER, notes
 
 
@@ -75,6 +81,7 @@ class _GridScan:
     extracting: list[int] = field(default_factory=list)  # an extraction holds the run right now
     unfinished: list[int] = field(default_factory=list)  # an extraction died: no manifest
     diverged: list[int] = field(default_factory=list)  # its training diverged: no latents will come
+    outdated: list[int] = field(default_factory=list)  # latents of an older extraction: the training command redoes
     logs_dirs: set[str] = field(default_factory=set)
 
 
@@ -112,9 +119,16 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None) -> _G
                                 "it.", index, cfg.name, folder, MANIFEST, where, index)
                 _note(scan.unfinished, index)
                 continue
+            manifest = read_manifest(folder)
+            if older_extraction(manifest, rundir.root):
+                if index not in scan.outdated and len(scan.outdated) < SAID_ONE_BY_ONE:
+                    log.warning("run %d (%s): %s; not probed.", index, cfg.name,
+                                older_extraction_reason(folder, f"python main.py --config {shlex.quote(where)} "
+                                                                f"--index {index}"))
+                _note(scan.outdated, index)
+                continue
             settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
-            scan.jobs.append(_job(read_manifest(folder), settings, label, expected_root=rundir.root,
-                                  probe_set=latents.name))
+            scan.jobs.append(_job(manifest, settings, label, expected_root=rundir.root, probe_set=latents.name))
         if not found and rundir.diverged.exists():  # the training command would only say so again
             if len(scan.diverged) < SAID_ONE_BY_ONE:
                 log.warning("run %d (%s) diverged in training (%s), so it has no latents to probe; skipped. Train it "
@@ -169,6 +183,13 @@ def _nothing_to_probe(scan: _GridScan, where: str, runs: int, run_id: str | None
                         f"extracted by the training command, and no other run has latents yet; probe once it has "
                         f"finished. (A lock held from another host cannot be checked from here: if that process has "
                         f"died, rerun the training command, which takes its lock over and finishes the extraction.)")
+    if scan.outdated:
+        raise DataError(f"The latents of run(s) {index_ranges(scan.outdated)} of {where!r} were extracted by an "
+                        f"older phd-lab (their manifest has no extraction_version, or one below "
+                        f"{PREVIOUS_EXTRACTION_VERSION}: feature maps smaller than 'downsampling' were up-sampled), so "
+                        f"probes of them would not be those of this version's latents, and no other run has latents "
+                        f"to probe. Run python main.py --config {shlex.quote(where)} first: it extracts them again "
+                        f"from the trained checkpoints (nothing is retrained), then rerun this command.")
     if scan.diverged and not scan.unprobed:
         raise DataError(f"Run(s) {index_ranges(scan.diverged)} of {where!r} diverged in training (their folders hold "
                         f"diverged.json), so they have no latents, and no other run has any: nothing to probe. "
@@ -243,9 +264,33 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
                         f"rerun the training command with the 'extract' step, which redoes a half-written "
                         f"extraction.")
     manifest = read_manifest(folder)
+    enclosing = Path(folder).resolve().parent
+    if older_extraction(manifest, enclosing):
+        reason = older_extraction_reason(Path(folder), "the training command (python main.py --config <the run's "
+                                                       "logged config>)")
+        raise DataError(f"{reason[0].upper()}{reason[1:]}. Nothing was probed.")
     settings = ProbeSettings.from_mapping({}, overrides, "command line")
     job = _job(manifest, settings, str(folder), probe_set=set_of_folder(manifest.folder.resolve().name))
     return [job], job.outputs.root / CACHE_FOLDER
+
+
+def older_extraction(manifest: Manifest, run_root: Path) -> bool:
+    """Latents of a trained run (its folder holds a checkpoint) that an older phd-lab extracted: the manifest has no
+    ``extraction_version`` or one below ``PREVIOUS_EXTRACTION_VERSION`` (before it, feature maps smaller than
+    ``downsampling`` were up-sampled). The training command extracts them again; probed, they would give results
+    this version's latents do not (the analysis and report would read them as current). A manifest of
+    ``write_latents`` (own latents, no checkpoint beside them) names no version and is probed as before."""
+    version = manifest.raw.get("extraction_version")
+    current = isinstance(version, int) and not isinstance(version, bool) and version >= PREVIOUS_EXTRACTION_VERSION
+    return not current and any(run_root.glob("*.pt"))
+
+
+def older_extraction_reason(latents: Path, command: str) -> str:
+    """One sentence for ``older_extraction``'s latents: what they are and the command that replaces them."""
+    return (f"the latents {str(latents)!r} were extracted by an older phd-lab (the manifest names no "
+            f"extraction_version, or one below {PREVIOUS_EXTRACTION_VERSION}: feature maps smaller than "
+            f"'downsampling' were up-sampled); {command} extracts them again from the trained checkpoint "
+            f"(nothing is retrained), then probe them")
 
 
 def unfinished_extraction(latents: Path) -> bool:
