@@ -890,3 +890,31 @@ def test_feature_dimensions_derived_from_k_and_saturation_are_rounded_not_cut():
     assert table["feature_dimension"].tolist() == [d for _, d in pairs.values()]
     assert table["intrinsic_dimension"].tolist() == [k for k, _ in pairs.values()]
 
+
+
+def test_probes_of_latents_an_older_phd_lab_extracted_are_reported_stale(tmp_path):
+    """A trained run whose latents a phd-lab before extraction version 2 extracted (manifest without
+    extraction_version: feature maps smaller than downsampling up-sampled) had the probes fitted on them read as
+    current by the analysis and the report (verdicts, advice, figure), beside runs of this version's latents."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full", skip="features.16")  # the old manifest's keys
+    assert "extraction_version" not in read_json(rundir.latents() / "manifest.json")
+    assert summarize(load_run(rundir))["probes"]["status"] == "complete"  # own latents: no checkpoint beside them
+    rundir.checkpoint.write_bytes(b"checkpoint")  # a trained run: the extract step made its latents
+    summary = summarize(load_run(rundir))
+    probes = summary["probes"]
+    assert probes["status"].startswith("stale (fitted on latents an older phd-lab extracted")
+    assert probes["first_reaching_layer"] is None and probes["skipped_layers"] == [] and probes["best_layer"] is None
+    advice = [a["text"] for a in summary["recommendations"] if a["kind"] == "probes"]
+    assert len(advice) == 1 and "rerun main.py, which extracts them again" in advice[0]
+    import matplotlib.pyplot as plt
+
+    from phd_lab.plots.run_figure import draw_run_figure
+    figure = draw_run_figure(load_run(rundir), summary)
+    labels = {text for ax in figure.axes for text in ax.get_legend_handles_labels()[1]}
+    plt.close(figure)
+    assert "probe accuracy (eval), stale: older extraction" in labels
+    manifest = rundir.latents() / "manifest.json"
+    stamp = manifest.stat()  # the same latents, not extracted again after the probes
+    atomic.write_json(manifest, {**read_json(manifest), "extraction_version": 2})  # extracted as this version does
+    os.utime(manifest, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert summarize(load_run(rundir))["probes"]["status"] == "complete"

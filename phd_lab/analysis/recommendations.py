@@ -123,7 +123,12 @@ def _probe_advice(probes: dict[str, Any]) -> list[Advice]:
     advice: list[Advice] = []
     stale = probes_are_stale(probes)
     mean = " (per layer, the mean over its feature-map positions)" if probes.get("pixelwise") else ""
-    if stale:
+    if stale and "older phd-lab" in str(probes.get("status")):
+        advice.append({"kind": "probes", "text": (
+            "The probes were fitted on latents an older phd-lab extracted (small feature maps up-sampled): rerun "
+            "main.py, which extracts them again from the checkpoint, then probe_main.py, before reading anything "
+            "from the probes.")})
+    elif stale:
         advice.append({"kind": "probes", "text": (
             "The probe results predate the latents (extracted again since): rerun probe_main.py before reading "
             "anything from the probes.")})

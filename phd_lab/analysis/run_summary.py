@@ -301,6 +301,9 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
     status = _probe_status(len(layers), planned, len(probes), entries, pixelwise)
     if tables.probes_predate_latents:
         status = "stale (the latents were extracted again after the probes; rerun probe_main.py)"
+    elif tables.latents_of_older_extraction:
+        status = ("stale (fitted on latents an older phd-lab extracted, with small feature maps up-sampled; rerun "
+                  "main.py, which extracts them again, then probe_main.py)")
     probed_layers = len(layers)
     by_layer = {layer: _number(value) for layer, value in zip(layers, accuracy)}
     main = [i for i, layer in enumerate(layers) if layer not in side]
@@ -313,7 +316,7 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
         best = max(best, value) if not math.isnan(value) else best
     probed = [i for i, value in enumerate(accuracy) if not math.isnan(value)]  # NaN: a layer whose fit failed
     best_at = max(probed, key=lambda i: accuracy[i]) if probed else None
-    if tables.probes_predate_latents:  # of other latents: no verdict about this model's layers is drawn from them
+    if tables.probes_predate_latents or tables.latents_of_older_extraction:  # of other latents: no verdict drawn
         first, skipped, best_at = None, [], None
     return {"status": status, "layers_probed": probed_layers, "layers_extracted": planned,
             "model_accuracy": reference, "first_reaching_layer": first,

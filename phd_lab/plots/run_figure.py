@@ -198,9 +198,9 @@ def _draw_accuracies(ax: Any, tables: RunTables, summary: dict[str, Any], x_of: 
         layers, pixelwise = probe_layer_accuracies(tables.probes)  # a pixelwise table: the mean over positions
         points = [(x_of[layer], accuracy) for layer, accuracy in zip(layers["layer"], layers["eval_acc"])]
         label = "probe accuracy (eval, mean over positions)" if pixelwise else "probe accuracy (eval)"
-        if points and tables.probes_predate_latents:  # of latents extracted before the current ones
-            ax.plot(*zip(*points), ":o", color="#8c8c8c", markersize=3, linewidth=1.2,
-                    label=f"{label}, stale: latents extracted again since")
+        if points and (tables.probes_predate_latents or tables.latents_of_older_extraction):  # not these latents'
+            why = "latents extracted again since" if tables.probes_predate_latents else "older extraction"
+            ax.plot(*zip(*points), ":o", color="#8c8c8c", markersize=3, linewidth=1.2, label=f"{label}, stale: {why}")
         elif points:
             ax.plot(*zip(*points), "-o", color="#dd8452", markersize=3.5, linewidth=1.6, label=label)
     if summary["accuracy"]["test"] is not None:
