@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from phd_lab.errors import ConfigError
@@ -143,3 +144,14 @@ def set_of_folder(folder_name: str) -> str:
     prefix = f"{LATENTS}_"
     name = folder_name[len(prefix):] if folder_name.startswith(prefix) else ""
     return name if named_set(name) is not None else ""
+
+
+def extracted_by_older_version(manifest: Mapping[str, Any], run_root: Path) -> bool:
+    """Latents of a trained run (its folder ``run_root`` holds a checkpoint) that an older phd-lab extracted: the
+    manifest names no ``extraction_version``, or one below ``PREVIOUS_EXTRACTION_VERSION`` (before it, feature
+    maps smaller than ``downsampling`` were up-sampled). The training command extracts them again; probes of them
+    are not those of this version's latents. A manifest of ``write_latents`` (own latents, no checkpoint beside
+    them) names no version and counts as current."""
+    version = manifest.get("extraction_version")
+    current = isinstance(version, int) and not isinstance(version, bool) and version >= PREVIOUS_EXTRACTION_VERSION
+    return not current and any(run_root.glob("*.pt"))

@@ -29,7 +29,7 @@ from phd_lab.atomic import read_json
 from phd_lab.config import META_KEY, with_logged_linear_init
 from phd_lab.config_paths import extraction_latents_dir
 from phd_lab.file_hash import latents_digest
-from phd_lab.latents_sets import PREVIOUS_EXTRACTION_VERSION
+from phd_lab.latents_sets import extracted_by_older_version
 from phd_lab.rundir import RunDir, lies_in_its_run_folder
 
 log = logging.getLogger(__name__)
@@ -456,19 +456,6 @@ def _probes_predate_latents(tables: RunTables) -> bool:
         return False
 
 
-def _latents_of_older_extraction(tables: RunTables) -> bool:
-    """The trained run's latents manifest names no ``extraction_version``, or one below
-    ``PREVIOUS_EXTRACTION_VERSION``: an older phd-lab extracted them, up-sampling feature maps smaller than
-    'downsampling', so probes fitted on them are not what this version's latents give (the training command
-    extracts them again). A manifest beside no checkpoint (own latents, ``write_latents``) names no version."""
-    if not isinstance(tables.manifest, dict):
-        return False
-    version = tables.manifest.get("extraction_version")
-    if isinstance(version, int) and not isinstance(version, bool) and version >= PREVIOUS_EXTRACTION_VERSION:
-        return False
-    return any(tables.folder.root.glob("*.pt"))
-
-
 def load_run(folder: RunDir) -> RunTables:
     """Read every saved table of one run; never raises for missing or malformed files."""
     tables = RunTables(folder)
@@ -500,7 +487,8 @@ def load_run(folder: RunDir) -> RunTables:
         tables.problems.append("latents/manifest.json is malformed: its 'layers' is no list, so the number of layers "
                                "extracted is unknown")
     tables.probes_predate_latents = _probes_predate_latents(tables)
-    tables.latents_of_older_extraction = _latents_of_older_extraction(tables)
+    tables.latents_of_older_extraction = (isinstance(tables.manifest, dict)
+                                           and extracted_by_older_version(tables.manifest, tables.folder.root))
     status = training_status(folder, config, tables.metrics)
     if status.state == "not started" and (tables.probes is not None or tables.receptive_field is not None
                                           or tables.computational is not None):

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
 from phd_lab.atomic import unreachable
 from phd_lab.errors import ConfigError, DataError
-from phd_lab.latents_sets import PREVIOUS_EXTRACTION_VERSION, set_of_folder
+from phd_lab.latents_sets import PREVIOUS_EXTRACTION_VERSION, extracted_by_older_version, set_of_folder
 from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.rundir import FolderListings, RunDir, earlier_version_advice, earlier_version_runs, read_config_grid
@@ -120,7 +120,7 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None) -> _G
                 _note(scan.unfinished, index)
                 continue
             manifest = read_manifest(folder)
-            if older_extraction(manifest, rundir.root):
+            if extracted_by_older_version(manifest.raw, rundir.root):
                 if index not in scan.outdated and len(scan.outdated) < SAID_ONE_BY_ONE:
                     log.warning("run %d (%s): %s; not probed.", index, cfg.name,
                                 older_extraction_reason(folder, f"python main.py --config {shlex.quote(where)} "
@@ -265,7 +265,7 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
                         f"extraction.")
     manifest = read_manifest(folder)
     enclosing = Path(folder).resolve().parent
-    if older_extraction(manifest, enclosing):
+    if extracted_by_older_version(manifest.raw, enclosing):
         reason = older_extraction_reason(Path(folder), "the training command (python main.py --config <the run's "
                                                        "logged config>)")
         raise DataError(f"{reason[0].upper()}{reason[1:]}. Nothing was probed.")
@@ -274,19 +274,8 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
     return [job], job.outputs.root / CACHE_FOLDER
 
 
-def older_extraction(manifest: Manifest, run_root: Path) -> bool:
-    """Latents of a trained run (its folder holds a checkpoint) that an older phd-lab extracted: the manifest has no
-    ``extraction_version`` or one below ``PREVIOUS_EXTRACTION_VERSION`` (before it, feature maps smaller than
-    ``downsampling`` were up-sampled). The training command extracts them again; probed, they would give results
-    this version's latents do not (the analysis and report would read them as current). A manifest of
-    ``write_latents`` (own latents, no checkpoint beside them) names no version and is probed as before."""
-    version = manifest.raw.get("extraction_version")
-    current = isinstance(version, int) and not isinstance(version, bool) and version >= PREVIOUS_EXTRACTION_VERSION
-    return not current and any(run_root.glob("*.pt"))
-
-
 def older_extraction_reason(latents: Path, command: str) -> str:
-    """One sentence for ``older_extraction``'s latents: what they are and the command that replaces them."""
+    """One sentence for latents ``extracted_by_older_version``: what they are and the command that replaces them."""
     return (f"the latents {str(latents)!r} were extracted by an older phd-lab (the manifest names no "
             f"extraction_version, or one below {PREVIOUS_EXTRACTION_VERSION}: feature maps smaller than "
             f"'downsampling' were up-sampled); {command} extracts them again from the trained checkpoint "
