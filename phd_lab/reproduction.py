@@ -11,8 +11,15 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from phd_lab.optim import DEFAULT_GAMMA
+
 VERSION_KEYS = ("phd_lab", "git_commit", "python", "torch", "torchvision", "numpy", "scikit_learn", "numba")
 _ABSENT = object()
+# What a null factory argument stands for where the framework's helper reads it (``optim.step_schedule``: gamma
+# null is DEFAULT_GAMMA), per ``*_args`` key: a default changed between that value and null builds the same
+# optimizer, so it is no difference (runs logged before gamma's default became null logged 0.1). A user's factory
+# that reads such a null otherwise is still named when its code changes (``registry_factory_sha256``).
+NULL_STANDS_FOR: dict[str, dict[str, Any]] = {"optimizer_args": {"gamma": DEFAULT_GAMMA}}
 
 
 def _plain(value: Any) -> Any:
@@ -29,7 +36,8 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
     defaults in effect, the layer ``truncate`` cut before, and the code of the registry files and of the files
     beside them that they import. Keys an older ``_meta`` lacks are skipped, and so is a factory argument added
     since whose default is null: an argument is added with null meaning what the factory did before it existed
-    (Digits' ``normalization``, the image sets' ``flip``)."""
+    (Digits' ``normalization``, the image sets' ``flip``). Defaults are compared by what they resolve to
+    (``NULL_STANDS_FOR``): a default changed from 0.1 to null that means 0.1 is the same default."""
     found = []
     old_defaults, new_defaults = logged.get("defaults_in_effect"), _plain(now.get("defaults_in_effect"))
     if isinstance(old_defaults, Mapping) and isinstance(new_defaults, Mapping):
@@ -40,7 +48,7 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
             for name in sorted(set(old) | set(new)):
                 if name not in old and new.get(name, _ABSENT) is None:
                     continue
-                if old.get(name, _ABSENT) != new.get(name, _ABSENT):
+                if _resolved(args, name, old) != _resolved(args, name, new):
                     found.append(f"the {args} default {name}: {_shown(old, name)} (now {_shown(new, name)})")
     found += _registry_differences(logged, now)
     old_helpers, new_helpers = logged.get("registry_helper_sha256"), now.get("registry_helper_sha256")
@@ -65,6 +73,13 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
         found.append(f"the uncommitted changes to phd-lab ({_diff_state(old_diff)}, now {_diff_state(new_diff)}"
                      f"{kept})")
     return found
+
+
+def _resolved(args: str, name: str, values: Mapping[str, Any]) -> Any:
+    """The default ``name`` of ``args`` as the factory reads it: a null the framework reads as a value
+    (``NULL_STANDS_FOR``) is that value; an argument not in ``values`` is ``_ABSENT``."""
+    value, stands_for = values.get(name, _ABSENT), NULL_STANDS_FOR.get(args, {})
+    return stands_for[name] if value is None and name in stands_for else value
 
 
 def _registry_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

@@ -689,3 +689,27 @@ def test_a_registry_file_edited_elsewhere_than_the_factory_a_run_used_is_no_code
     older = {"registry_sha256": logged["registry_sha256"]}  # as versions before December 2026 logged it
     assert [text.split(" (")[0] for text in code_differences(older, meta(other=", bias=False"))] == [
         "the code of the models registry file"]
+
+
+def test_a_default_logged_as_the_value_its_null_now_stands_for_is_no_difference(tmp_path, capsys):
+    """Runs logged before gamma's default became null (= 0.1) logged gamma 0.1 and warned "optimizer_args default
+    gamma: 0.1 (now null)" on every resume, post-processing and rerun, though the same schedule is built; another
+    gamma is still named."""
+    from phd_lab.reproduction import code_differences
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, optimizer="sgd", track_saturation=False,
+                          post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    assert logged[META_KEY]["defaults_in_effect"]["optimizer_args"]["gamma"] is None
+    for gamma, named in ((0.1, False), (0.5, True)):  # as logged before 191f1a7; a real difference
+        logged[META_KEY]["defaults_in_effect"]["optimizer_args"]["gamma"] = gamma
+        logged_path.write_text(json.dumps(logged))
+        code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress", "-q")
+        assert code == 0 and ("another setup" in err) is named, err
+        assert (f"the optimizer_args default gamma: {gamma} (now null)" in " ".join(err.split())) is named
+    now = {"defaults_in_effect": {"optimizer_args": {"gamma": None, "step_size": None}}}
+    assert code_differences({"defaults_in_effect": {"optimizer_args": {"gamma": 0.1, "step_size": None}}}, now) == []
+    assert code_differences({"defaults_in_effect": {"optimizer_args": {"gamma": None, "step_size": 20}}}, now) == [
+        "the optimizer_args default step_size: 20 (now null)"]  # a null that stands for nothing else is compared
