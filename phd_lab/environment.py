@@ -148,6 +148,13 @@ def device_description(device: Any) -> dict[str, Any]:
     return {"device": str(device), "device_name": name}
 
 
+def cpu_architectures() -> set[str]:
+    """The names this machine's CPU architecture goes by (platform.machine() "x86_64", "arm64"; platform.processor()
+    "x86_64", "arm", or empty): versions before the CPU's model was read from /proc/cpuinfo logged one of them as a
+    CPU run's device_name."""
+    return {name for name in (platform.machine(), platform.processor()) if name}
+
+
 def cpu_instruction_set() -> dict[str, Any]:
     """The instruction set torch's CPU kernels use here (AVX2, AVX512, DEFAULT) and the variables that cap it
     (None: unset), logged with a run and compared on a rerun: they change the last bits of CPU results."""

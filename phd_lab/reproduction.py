@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from phd_lab.environment import cpu_architectures
 from phd_lab.optim import DEFAULT_GAMMA
 
 VERSION_KEYS = ("phd_lab", "git_commit", "python", "torch", "torchvision", "numpy", "scikit_learn", "numba")
@@ -127,14 +128,16 @@ def machine_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
     """Another device type or model, and another CPU instruction set of torch's kernels or another value of the
     variables that cap it (``environment.CPU_ISA_VARIABLES``): the same code sums in another order there, so
     the same config gives other weights. Another GPU index is the same setup; keys an older ``_meta`` lacks are
-    skipped."""
+    skipped, and so is a CPU's model that phd-lab 0.1 logged as only the architecture (``x86_64``), where this
+    machine has that architecture: which model it was is not known."""
     found = []
     old_device, new_device = logged.get("device"), now.get("device")
     same_type = not (old_device and new_device) or str(old_device).split(":")[0] == str(new_device).split(":")[0]
     if not same_type:
         found.append(f"the device {old_device} (now {new_device})")
     for key, label in (("device_name", "the device model"), ("cpu_capability", "the CPU instruction set")):
-        if same_type and logged.get(key) and now.get(key) and logged[key] != now[key]:
+        if same_type and logged.get(key) and now.get(key) and logged[key] != now[key] and not (
+                key == "device_name" and _only_this_architecture(logged[key], now)):
             found.append(f"{label} {logged[key]} (now {now[key]})")
     old_variables, new_variables = logged.get("cpu_isa_variables"), now.get("cpu_isa_variables")
     if isinstance(old_variables, Mapping) and isinstance(new_variables, Mapping):
@@ -142,6 +145,12 @@ def machine_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
             if old_variables.get(name) != new_variables.get(name):
                 found.append(f"{name} {_variable(old_variables.get(name))} (now {_variable(new_variables.get(name))})")
     return found
+
+
+def _only_this_architecture(logged_name: Any, now: Mapping[str, Any]) -> bool:
+    """Whether a logged CPU device name is only the architecture this CPU run's machine has, as phd-lab 0.1 logged
+    it (platform.machine()), rather than another CPU's model."""
+    return str(now.get("device", "")).split(":")[0] == "cpu" and logged_name in cpu_architectures()
 
 
 def _variable(value: Any) -> str:

@@ -713,3 +713,26 @@ def test_a_default_logged_as_the_value_its_null_now_stands_for_is_no_difference(
     assert code_differences({"defaults_in_effect": {"optimizer_args": {"gamma": 0.1, "step_size": None}}}, now) == []
     assert code_differences({"defaults_in_effect": {"optimizer_args": {"gamma": None, "step_size": 20}}}, now) == [
         "the optimizer_args default step_size: 20 (now null)"]  # a null that stands for nothing else is compared
+
+
+def test_a_cpu_model_logged_as_only_this_machine_s_architecture_is_no_difference(tmp_path, capsys):
+    """phd-lab 0.1 logged a CPU run's device_name as platform.machine(): its runs said "device model x86_64 (now AMD
+    EPYC ...)" on every rerun on the same machine. Only the architecture is known there, and it is this machine's;
+    another CPU model, or an architecture this machine lacks, is still named."""
+    import platform
+
+    from phd_lab.reproduction import machine_differences
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    for name, named in ((platform.machine(), False), ("Another CPU 9000", True)):
+        logged[META_KEY]["device_name"] = name
+        logged_path.write_text(json.dumps(logged))
+        code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+        assert code == 0 and (f"the device model {name} (now " in err) is named, err
+    cpu = {"device": "cpu", "device_name": "AMD EPYC 7B13"}
+    assert machine_differences({**cpu, "device_name": platform.machine()}, cpu) == []
+    assert machine_differences({**cpu, "device_name": "s390x_of_another_machine"}, cpu) == [
+        "the device model s390x_of_another_machine (now AMD EPYC 7B13)"]
