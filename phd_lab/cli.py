@@ -159,10 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+QUIET_HELP = "log warnings and errors only, and hide the progress bars (as --no-progress)"
+
+
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
-    """-q and -v, which exclude each other (given both, -q won without a word)."""
+    """-q and -v, which exclude each other (given both, -q won without a word). -q hides the progress bars too, as
+    in the report command: a quiet command writes nothing but warnings and errors."""
     verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     verbosity.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
 
@@ -274,7 +278,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
             from phd_lab.distributed import parse_scheduler
             parse_scheduler(args.scheduler)
         from phd_lab.experiment import Main, chosen_indices, point_status, summary_table
-        main = Main(progress=not args.no_progress, missing_data="warn" if args.dry_run else "error",
+        main = Main(progress=not (args.no_progress or args.quiet), missing_data="warn" if args.dry_run else "error",
                     missing_device="warn" if args.dry_run else "ignore" if _on_other_machines(args.scheduler) else
                     "error")
         grid = main.load(args.config, run_id=args.run_id, device=args.device)

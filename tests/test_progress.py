@@ -7,8 +7,11 @@ import subprocess
 import sys
 from collections import Counter
 
+from phd_lab.cli import main_cli
+from phd_lab.probes.cli import probe_cli
 from phd_lab.progress import FILE_INTERVAL, bar_options
 from tests.conftest import ROOT, write_config
+from tests.probe_latents import blob_layers, make_latents
 
 
 def test_a_file_gets_rare_redraws_and_a_terminal_the_live_bar(tmp_path):
@@ -44,3 +47,17 @@ def test_a_run_logging_to_a_file_draws_each_bar_when_it_starts_not_ten_times_a_s
     assert {name.split(" ", 1)[1] for name in bars} == {"epoch 1/1", "evaluating", "saturation (train)"}, drawn
     assert max(bars.values()) <= 2, bars
     assert sum(" 0%|" in segment for segment in drawn) == len(bars), drawn
+
+
+def test_quiet_hides_the_bars_of_training_and_probing_as_it_does_the_report_s(tmp_path, capsys):
+    """-q hid the report's progress bar but not main.py's or probe_main.py's: a quiet job's log still showed every
+    epoch's and every probe's bar. In all three commands -q now writes only warnings and errors."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "%|" not in err and "epoch 1/1" not in err, err
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    assert probe_cli(["--latents", str(latents), "-mp", "0", "--solver", "lbfgs", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "%|" not in err and "probes" not in err, err

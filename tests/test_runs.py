@@ -506,7 +506,7 @@ def test_progress_bars_cover_evaluation_and_the_saturation_passes(tmp_path, caps
     """Each epoch's separate pass (the whole training split again) showed no bar; the test split is tracked
     during the evaluation, under its bar."""
     config = write_config(tmp_path, epoch=1)
-    assert main_cli(["--config", str(config), "-q"]) == 0
+    assert main_cli(["--config", str(config)]) == 0  # not -q, which hides the bars
     err = capsys.readouterr().err
     assert "saturation (test)" not in err
     for description in ("epoch 1/1", "saturation (train)", "evaluating"):

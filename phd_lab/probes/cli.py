@@ -88,8 +88,9 @@ def probe_cli(argv: Sequence[str] | None = None) -> int:
         if args.cache_dir is not None:
             cache_dir = Path(args.cache_dir)
         busy: list[str] | None = [] if args.config else None
-        run_jobs(jobs, cache_dir, workers=args.processes, progress=not args.no_progress, scheduler=args.scheduler,
-                 busy=busy, memory=None if args.max_memory is None else int(args.max_memory * 1e9))
+        run_jobs(jobs, cache_dir, workers=args.processes, progress=not (args.no_progress or args.quiet),
+                 scheduler=args.scheduler, busy=busy,
+                 memory=None if args.max_memory is None else int(args.max_memory * 1e9))
         if busy:
             shown = ", ".join(busy[:SAID_ONE_BY_ONE]) + (f" and {len(busy) - SAID_ONE_BY_ONE} more"
                                                          if len(busy) > SAID_ONE_BY_ONE else "")

@@ -29,6 +29,8 @@ def default_processes() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from phd_lab.cli import QUIET_HELP  # -q says the same in every command
+
     parser = argparse.ArgumentParser(
         prog="python -m phd_lab report",
         description="Analyse every run below LOGS_DIR from its saved files (saturation, receptive fields, FLOPs, "
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"number of cores, at most {DEFAULT_MAX_PROCESSES}; 0 or 1 draws them in this process); "
                              "one starts for every 4 figures at most")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     return parser
 
 
