@@ -65,12 +65,8 @@ def write_stdout(text: str) -> None:
     if stream is None:
         log.warning("stdout is closed, so this command's output was not printed (it begins %r).", _first_line(text))
         return
-    try:
-        stream.write(text)
-        stream.flush()
-    except BrokenPipeError:
-        _discard_further_output(stream)
-    except (OSError, ValueError) as error:  # ValueError: a stream closed in this process
+    error = _written(stream, text)
+    if error is not None:
         log.warning("stdout could not be written (%s), so this command's output was not printed (it begins %r).",
                     getattr(error, "strerror", None) or error, _first_line(text))
 
@@ -78,16 +74,21 @@ def write_stdout(text: str) -> None:
 def write_stderr(text: str) -> None:
     """Write a command's message (an error paragraph, how to resume) on stderr; nothing where it is closed or its
     reader has gone: there is nowhere left to say it, and the exit status still tells."""
-    stream = sys.stderr
-    if stream is None:
-        return
+    if sys.stderr is not None:
+        _written(sys.stderr, text)
+
+
+def _written(stream: TextIO, text: str) -> Exception | None:
+    """Write and flush ``text``; the error that lost it (OSError, or ValueError for a stream closed in this
+    process), or None where it went out or its reader has gone (a broken pipe: the rest goes nowhere)."""
     try:
         stream.write(text)
         stream.flush()
     except BrokenPipeError:
         _discard_further_output(stream)
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError) as error:
+        return error
+    return None
 
 
 class BarStream:

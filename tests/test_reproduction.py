@@ -249,12 +249,9 @@ def test_the_git_commit_is_only_the_checkout_s_own(tmp_path):
     assert copied.git_commit() is None and copied.git_dirty() is None
 
 
-def test_the_patch_of_uncommitted_changes_keeps_non_ascii_text_under_a_posix_locale(tmp_path):
-    """git's output was decoded in the locale's encoding: under LC_ALL=POSIX (ASCII) an uncommitted 'σ' in the
-    checkout was logged as U+FFFD in <name>_git.diff, which then restored other code and had another sha256 than
-    the same checkout's patch under a UTF-8 locale. It is read as UTF-8, as git writes the files' bytes."""
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+def _committed_environment_module(tmp_path: Path) -> tuple[Path, Path]:
+    """A git checkout of its own in ``tmp_path`` holding a committed copy of phd_lab/environment.py (the checkout,
+    the module's path): where the module reads the state of "its" checkout."""
     checkout = tmp_path / "checkout"
     (checkout / "phd_lab").mkdir(parents=True)
     module = checkout / "phd_lab" / "environment.py"
@@ -262,6 +259,16 @@ def test_the_patch_of_uncommitted_changes_keeps_non_ascii_text_under_a_posix_loc
     for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
                                                     "-m", "copy"]):
         subprocess.run(["git", *command], cwd=checkout, check=True, capture_output=True)
+    return checkout, module
+
+
+def test_the_patch_of_uncommitted_changes_keeps_non_ascii_text_under_a_posix_locale(tmp_path):
+    """git's output was decoded in the locale's encoding: under LC_ALL=POSIX (ASCII) an uncommitted 'σ' in the
+    checkout was logged as U+FFFD in <name>_git.diff, which then restored other code and had another sha256 than
+    the same checkout's patch under a UTF-8 locale. It is read as UTF-8, as git writes the files' bytes."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    _, module = _committed_environment_module(tmp_path)
     with open(module, "a", encoding="utf-8") as handle:
         handle.write("# the noise σ of a layer\n")
     script = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('e', sys.argv[1]); "
@@ -277,13 +284,7 @@ def test_recording_the_checkout_s_state_never_writes_into_its_repository(tmp_pat
     index.lock behind where it was killed or the disk was full)."""
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
-    checkout = tmp_path / "checkout"
-    (checkout / "phd_lab").mkdir(parents=True)
-    module = checkout / "phd_lab" / "environment.py"
-    shutil.copy(ROOT / "phd_lab" / "environment.py", module)
-    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
-                                                    "-m", "copy"]):
-        subprocess.run(["git", *command], cwd=checkout, check=True, capture_output=True)
+    checkout, module = _committed_environment_module(tmp_path)
     later = module.stat().st_mtime + 100
     os.utime(module, (later, later))  # the same content with another stamp: what `git status` refreshes
     index = checkout / ".git" / "index"
