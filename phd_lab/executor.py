@@ -40,7 +40,7 @@ from phd_lab.objectives import CLASSIFICATION
 from phd_lab.registry import Registries
 from phd_lab.report.collect import analyse_run, stamp_if_present
 from phd_lab.reproduction import setup_differences
-from phd_lab.run_guards import cpu_threads, cudnn_benchmark, run_log, writable_lock
+from phd_lab.run_guards import cpu_threads, cudnn_benchmark, fx_sources_released, run_log, writable_lock
 from phd_lab.rundir import FolderListings, RunDir
 from phd_lab.seeding import global_generators_kept, seed_everything
 from phd_lab.steps import Step, StepContext, logged_steps, resolve_steps
@@ -446,7 +446,8 @@ class TrainTestExecutor:
             wanted = str(asked) if asked is not None else f"null, {default} here"
             note = (f"Continuing with the {threads} CPU thread(s) this run was trained with (cpu_threads: {wanted}); "
                     f"float sums depend on the count, so a run goes on with the count it began with.")
-        with RUN_TURN(), cpu_threads(threads), cudnn_benchmark(device), global_generators_kept(device):
+        with (RUN_TURN(), cpu_threads(threads), cudnn_benchmark(device), global_generators_kept(device),
+              fx_sources_released()):
             return self._run(device, note)
 
     def _thread_count(self) -> int | None:
