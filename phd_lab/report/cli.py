@@ -179,11 +179,8 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     return out_path
 
 
+@readable_output
 def main_report(argv: Sequence[str]) -> int:
-    return readable_output(_main_report)(argv)
-
-
-def _main_report(argv: Sequence[str]) -> int:
     from phd_lab.cli import command_logging, guarded
 
     args = build_parser().parse_args(list(argv))
