@@ -960,6 +960,24 @@ def test_a_truncated_mnist_file_is_a_data_error_naming_its_folder(tmp_path, caps
     assert code == 2 and "Traceback" not in err and "is truncated or damaged" in " ".join(err.split()), err
 
 
+@pytest.mark.parametrize("labels, found", [
+    (np.arange(6, dtype=np.uint8) % 10, "holds 6 labels for 12 images"),  # t10k's labels under the train name
+    (np.arange(12, dtype=np.uint8), "holds labels up to 11"),  # another data set's (EMNIST: 47 classes)
+])
+def test_a_labels_file_that_does_not_label_its_images_is_a_data_error(tmp_path, labels, found):
+    """Each idx file was whole by itself, so torchvision took a labels file of another split or data set as it
+    came: fewer labels than images failed the run mid-epoch with a bare IndexError, labels from 10 up trained on
+    classes the model has no output for."""
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx(raw, "train", 12)
+    write_idx(raw, "t10k", 6)
+    (raw / "train-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(labels)) + labels.tobytes())
+    with pytest.raises(DataError) as error:
+        DATASETS.get("MNIST")(resolution=28, data_dir=str(tmp_path), **COMMON)
+    assert (f"the file train-labels-idx1-ubyte in {str(raw)!r} does not label the images of "
+            f"train-images-idx3-ubyte: it {found}, where MNIST has one label from 0 to 9 per image") in str(error.value)
+
+
 def test_tiny_imagenet_refuses_a_class_folder_without_training_images(tmp_path):
     """A copy stopped part-way left class folders without images, which were taken as classes no image
     teaches (the folder: datasets refuse them)."""

@@ -197,7 +197,7 @@ def _mnist_like(cls: type) -> Opener:
     failed in torchvision's parser with a traceback naming neither file nor dataset; it is a DataError here."""
     def opener(root: Path, split: str, download: bool) -> Dataset:
         try:
-            return cls(root=str(root), train=split == "train", download=download)
+            dataset = cls(root=str(root), train=split == "train", download=download)
         except (RuntimeError, ValueError, AssertionError) as error:  # the parser's ways of refusing a file
             if any(word in str(error).lower() for word in ("error downloading", *_MISSING_WORDS)):
                 raise  # missing files, a failed download: open_split says what to place where
@@ -208,7 +208,26 @@ def _mnist_like(cls: type) -> Opener:
                             f"{said}), as a download or unpacking that was stopped leaves it. Delete the folder "
                             f"{str(raw)!r} and run again with \"download\": true (or place whole copies of "
                             f"{_MNIST_FILES} there).") from None
+        _require_matching_labels(cls.__name__, root / cls.__name__ / "raw", split, dataset)
+        return dataset
     return opener
+
+
+def _require_matching_labels(name: str, raw: Path, split: str, dataset: Any) -> None:
+    """A split's labels file must label each of its images with one of the 10 classes. Each file is whole by
+    itself, so torchvision took a labels file of another split or data set (t10k's 10,000 labels under the
+    train name, EMNIST's 47 classes) as it came: the run failed mid-epoch with an IndexError, or trained on
+    labels no class stands for."""
+    prefix = "train" if split == "train" else "t10k"
+    images, labels = len(dataset.data), dataset.targets
+    found = (f"{len(labels):,} labels for {images:,} images" if len(labels) != images else
+             f"labels up to {int(labels.max())}" if len(labels) and int(labels.max()) >= len(dataset.classes) else "")
+    if found:
+        raise DataError(f"Dataset {name}: the file {prefix}-labels-idx1-ubyte in {str(raw)!r} does not label the "
+                        f"images of {prefix}-images-idx3-ubyte: it holds {found}, where {name} has one label from "
+                        f"0 to {len(dataset.classes) - 1} per image. One of the two files belongs to another split "
+                        f"or data set; place the {name} files of the same release there (or delete the folder and "
+                        f"run again with \"download\": true).")
 
 
 def _cifar(cls: type) -> Opener:
