@@ -138,8 +138,37 @@ def test_inaturalist_2021_tree(tmp_path):
     from phd_lab.datasets.torchvision_sets import SOURCES, open_split
     for i in (7, 2, 11, 0, 5, 9, 3):
         write_image(tmp_path / "inaturalist" / "2021_train" / categories[1] / f"extra{i}.jpg", value=i)
-    index = open_split(SOURCES["iNaturalist"], str(tmp_path), "train", download=False).index
-    assert len(index) == 11 and index == sorted(index)
+    samples = open_split(SOURCES["iNaturalist"], str(tmp_path), "train", download=False).samples
+    assert len(samples) == 11 and samples == sorted(samples)
+
+
+def test_inaturalist_files_beside_and_inside_the_categories_are_no_categories_and_no_images(tmp_path, caplog):
+    """torchvision's INaturalist took every entry of 2021_train/ for a category and every file of a category for an
+    image: a .DS_Store (a folder copied on a Mac) beside the categories failed the run with 'RuntimeError: Unexpected
+    category name .DS_Store' and a traceback, one inside a category failed it mid-epoch, and a category missing
+    (a stopped extraction) said 'Unexpected category id' with a traceback."""
+    categories = ["00000_Animalia_Chordata_Aves_Passeriformes_Corvidae_Corvus_corax",
+                  "00001_Plantae_Tracheophyta_Magnoliopsida_Rosales_Rosaceae_Rosa_canina",
+                  "00002_Fungi_Basidiomycota_Agaricomycetes_Agaricales_Amanitaceae_Amanita_muscaria"]
+    for version in ("2021_train", "2021_valid"):
+        for c, category in enumerate(categories):
+            write_image(tmp_path / "inaturalist" / version / category / "0.jpg", (8, 8), c)
+            (tmp_path / "inaturalist" / version / category / ".DS_Store").write_bytes(b"\0Bud1")
+        (tmp_path / "inaturalist" / version / ".DS_Store").write_bytes(b"\0Bud1")
+    (tmp_path / "inaturalist" / "2021_train" / categories[1] / "Thumbs.db").write_bytes(b"\xd0\xcf")
+    bundle = DATASETS.get("iNaturalist")(resolution=8, data_dir=str(tmp_path), **COMMON)
+    assert [label for _, label in bundle.train_eval] and bundle.num_classes == 3
+    assert [(Path(path).name, label) for path, label in bundle.test.dataset.base.samples] == [("0.jpg", 0),
+                                                                                              ("0.jpg", 1),
+                                                                                              ("0.jpg", 2)]
+    shutil.rmtree(tmp_path / "inaturalist" / "2021_valid" / categories[0])  # labels still by the training ids
+    with caplog.at_level("WARNING"):
+        bundle = DATASETS.get("iNaturalist")(resolution=8, data_dir=str(tmp_path), **COMMON)
+    assert [label for _, label in bundle.test.dataset.base.samples] == [1, 2]
+    assert "no image of 1 of the 3 training classes" in caplog.text
+    shutil.rmtree(tmp_path / "inaturalist" / "2021_train" / categories[1])
+    with pytest.raises(DataError, match=f"has the category folder '{categories[2]}' where one numbered 00001 belongs"):
+        DATASETS.get("iNaturalist")(resolution=8, data_dir=str(tmp_path), **COMMON)
 
 
 def test_inaturalist_missing_creates_no_folders(tmp_path):

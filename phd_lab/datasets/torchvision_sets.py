@@ -22,7 +22,7 @@ from torchvision import datasets as tv
 from phd_lab.atomic import os_refusal, shown_path
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.download import download_and_extract, missing_folders, remove_empty_folders_since
-from phd_lab.datasets.folders import (FixedClassImageFolder, TinyImageNet, class_folders, is_image_file, load_image,
+from phd_lab.datasets.folders import (FixedClassImageFolder, TinyImageNet, class_folders, is_image_file,
                                       warn_evaluation_images_in_training)
 from phd_lab.datasets.transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
                                          Preprocessing, RGB_NORMALISATIONS, make_preprocessing)
@@ -351,13 +351,40 @@ def _food101(root: Path, split: str, download: bool) -> Dataset:
 
 
 def _inaturalist(root: Path, split: str, download: bool) -> Dataset:
+    """iNaturalist 2021's ``2021_train/`` and ``2021_valid/`` as image folders, both numbered by the training
+    split's categories, whose folder names begin with their ids (``00000_Animalia_..._Corvus_corax``). torchvision's
+    INaturalist (which downloads them here) took every entry of a version folder for a category and every file of a
+    category for an image: a ``.DS_Store`` beside the categories failed the run with a traceback, one inside a
+    category (or any other file) failed it mid-epoch, and a missing category said 'Unexpected category id'."""
+    base = root / "inaturalist"
     version = "2021_train" if split == "train" else "2021_valid"
-    if not download and not (root / "inaturalist" / version).is_dir():  # torchvision would create the folders
-        raise FileNotFoundError(f"no folder {str(root / 'inaturalist' / version)!r}")
-    dataset = tv.INaturalist(root=str(root / "inaturalist"), version=version, target_type="full",
-                             download=download, loader=load_image)
-    dataset.index.sort()  # torchvision lists the files in directory order, which differs between file systems
-    return dataset
+    if download and not _holds_entries(base / version):  # torchvision downloads and renames it whole
+        tv.INaturalist(root=str(base), version=version, target_type="full", download=True)
+    if not (base / version).is_dir():  # torchvision would create the folders
+        raise FileNotFoundError(f"no folder {str(base / version)!r}")
+    categories = class_folders(base / "2021_train")
+    _require_numbered_categories(base / "2021_train", categories)
+    if split == "train":
+        return FixedClassImageFolder(base / version)
+    return FixedClassImageFolder(base / version, classes=categories)
+
+
+def _holds_entries(folder: Path) -> bool:
+    """Whether ``folder`` is a folder with anything in it (torchvision's test of a download done)."""
+    return folder.is_dir() and any(os.scandir(folder))
+
+
+def _require_numbered_categories(folder: Path, categories: list[str]) -> None:
+    """iNaturalist 2021's category folders are numbered from 00000 without a gap, and a category's label is its
+    number: a folder missing (an extraction that was stopped) or one that is no category would shift the labels
+    of every later category."""
+    for index, name in enumerate(categories):
+        if name.split("_")[0] != f"{index:05d}":
+            raise DataError(f"The iNaturalist folder {str(folder)!r} has the category folder {name!r} where one "
+                            f"numbered {index:05d} belongs: its category folders must be numbered from 00000 "
+                            f"without a gap, as the archive holds them, each id the category's label. An extraction "
+                            f"that was stopped leaves a gap; a folder of another name is no category. Remove such "
+                            f"a folder, or delete {str(folder)!r} and extract (or download) it anew.")
 
 
 def evaluation_folder(base: Path) -> Path:
