@@ -332,13 +332,46 @@ def test_missing_data_says_what_to_place_where(tmp_path, name, expected):
     assert expected in message and str(tmp_path) in message and name in message
 
 
-def test_corrupt_cifar_files_are_reported(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    for part in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
-        (folder / part).write_bytes(b"not a pickle")
-    with pytest.raises(DataError, match="cifar-10-batches-py/"):
-        DATASETS.get("Cifar10")(resolution=32, data_dir=str(tmp_path), **COMMON)
+class _OpensAFile:
+    """Unpickled, it calls ``open(path, "w")``: the stand-in for any code a crafted batch file would run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+@pytest.mark.parametrize("name, folder, files", [
+    ("Cifar10", "cifar-10-batches-py", ["data_batch_1", "data_batch_2", "data_batch_4", "data_batch_5", "test_batch",
+                                        "batches.meta"]),
+    ("Cifar100", "cifar-100-python", ["train", "meta"]),
+])
+def test_a_cifar_folder_lacking_or_holding_changed_files_names_them_and_runs_no_code(tmp_path, name, folder, files):
+    """torchvision said 'Dataset not found or corrupted' of a folder lacking one batch file or holding one cut short,
+    naming none. Its files are pickles: one crafted to run code must not run it (they are read only where every
+    file has its published MD5)."""
+    import pickle
+    marker = tmp_path / "code-ran"
+    (tmp_path / folder).mkdir()
+    for file in files:
+        (tmp_path / folder / file).write_bytes(pickle.dumps({"data": _OpensAFile(marker), "labels": [0]}))
+    with pytest.raises(DataError) as error:
+        DATASETS.get(name)(resolution=32, data_dir=str(tmp_path), **COMMON)
+    message = str(error.value)
+    lacking = "data_batch_3" if name == "Cifar10" else "test"
+    assert (f"Dataset {name}: the folder {str(tmp_path / folder)!r} lacks {lacking} and holds {', '.join(files)} "
+            f"unlike the published file(s) (another MD5 checksum") in message, message
+    assert "Python pickles, which could run code if changed" in message
+    assert "Place the files of the extracted" in message
+    assert not marker.exists()
+
+
+def test_an_svhn_file_unlike_the_published_one_is_named(tmp_path):
+    (tmp_path / "SVHN").mkdir()
+    (tmp_path / "SVHN" / "train_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file, cut short")
+    with pytest.raises(DataError, match=r"SVHN' holds train_32x32.mat unlike the published file\(s\)"):
+        DATASETS.get("SVHN")(resolution=32, data_dir=str(tmp_path), **COMMON)
 
 
 def test_missing_folder_tree(tmp_path):

@@ -230,14 +230,54 @@ def _require_matching_labels(name: str, raw: Path, split: str, dataset: Any) -> 
                         f"run again with \"download\": true).")
 
 
-def _cifar(cls: type) -> Opener:
-    return lambda root, split, download: cls(root=str(root), train=split == "train", download=download)
+def _cifar(cls: type, name: str) -> Opener:
+    """Cifar10 or Cifar100 from the extracted archive's folder, whose files torchvision reads only when all of them
+    match the published MD5 checksums; which of them do not is named (``_require_published_files``)."""
+    def opener(root: Path, split: str, download: bool) -> Dataset:
+        try:
+            return cls(root=str(root), train=split == "train", download=download)
+        except RuntimeError as error:
+            if not download and "corrupted" in str(error):  # torchvision's words for a file absent or changed
+                files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
+                _require_published_files(name, root / cls.base_folder, files, f"the files of the extracted "
+                                         f"{cls.filename}", _PICKLES)
+            raise
+    return opener
+
+
+_PICKLES = " (its batch files are Python pickles, which could run code if changed)"
 
 
 def _svhn(root: Path, split: str, download: bool) -> Dataset:
-    dataset = tv.SVHN(root=str(root / "SVHN"), split="train" if split == "train" else "test", download=download)
+    listed = "train" if split == "train" else "test"
+    try:
+        dataset = tv.SVHN(root=str(root / "SVHN"), split=listed, download=download)
+    except RuntimeError as error:
+        if not download and "corrupted" in str(error):
+            _, name, md5 = tv.SVHN.split_list[listed]
+            _require_published_files("SVHN", root / "SVHN", [(name, md5)], f"the published {name}", "")
+        raise
     dataset.classes = [str(i) for i in range(10)]  # type: ignore[attr-defined]
     return dataset
+
+
+def _require_published_files(name: str, folder: Path, files: list[tuple[str, str]], whole: str, note: str) -> None:
+    """Each of ``files`` (name, MD5) is in ``folder`` as published. torchvision said 'Dataset not found or corrupted'
+    of a folder that lacks one file or holds one cut short or from another copy, and named none; this names them.
+    Called once torchvision has refused the folder, so a whole one's checksums are not computed twice; a folder
+    that is not there is left to ``open_split``'s message (what to place where)."""
+    from torchvision.datasets.utils import check_integrity
+    if not folder.is_dir():
+        return
+    missing = [file for file, _ in files if not (folder / file).is_file()]
+    changed = [file for file, md5 in files if file not in missing and not check_integrity(str(folder / file), md5)]
+    found = ([f"lacks {', '.join(missing)}"] if missing else []) + (
+        [f"holds {', '.join(changed)} unlike the published file(s) (another MD5 checksum: cut short, damaged or of "
+         f"another copy)"] if changed else [])
+    if found:
+        raise DataError(f"Dataset {name}: the folder {str(folder)!r} {' and '.join(found)}; torchvision reads it only "
+                        f"where every file matches{note}. Place {whole} there (or delete {str(folder)!r} and run "
+                        f"again with \"download\": true).")
 
 
 def _tiny_imagenet(root: Path, split: str, download: bool) -> Dataset:
@@ -426,8 +466,10 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
            normalisations={"mnist": ((0.1307,), (0.3081,))}),
     Source("FashionMNIST", _mnist_like(tv.FashionMNIST), f"FashionMNIST/raw/{{{_MNIST_FILES}}}", channels=1,
            native=28, normalisations={"fashionmnist": ((0.2860,), (0.3530,))}),
-    Source("Cifar10", _cifar(tv.CIFAR10), "cifar-10-batches-py/ (the extracted cifar-10-python.tar.gz)", native=32),
-    Source("Cifar100", _cifar(tv.CIFAR100), "cifar-100-python/ (the extracted cifar-100-python.tar.gz)", native=32),
+    Source("Cifar10", _cifar(tv.CIFAR10, "Cifar10"), "cifar-10-batches-py/ (the extracted cifar-10-python.tar.gz)",
+           native=32),
+    Source("Cifar100", _cifar(tv.CIFAR100, "Cifar100"), "cifar-100-python/ (the extracted cifar-100-python.tar.gz)",
+           native=32),
     Source("SVHN", _svhn, "SVHN/train_32x32.mat and SVHN/test_32x32.mat", native=32, flip=False),
     Source("TinyImageNet", _tiny_imagenet, "tiny-imagenet-200/ (the extracted tiny-imagenet-200.zip with train/ "
            "and val/val_annotations.txt)", native=64),
