@@ -988,6 +988,20 @@ def test_a_stopped_imagenet_unpack_is_refused_naming_the_missing_classes(tmp_pat
     assert [label for _, label in bundle.test.dataset.base.samples] == [0, 1, 2, 3]
 
 
+def test_imagenet_unpacked_elsewhere_without_the_devkit_names_it_and_the_folder_dataset(tmp_path):
+    """train/<wnid>/ and val/<wnid>/ as clusters keep ImageNet, without the devkit: the message told to place the
+    three archives (about 150 GB), though only the class list was missing, and said nothing of ``folder:``."""
+    folder = _imagenet(tmp_path, WNIDS, WNIDS, WNIDS)
+    (folder / "meta.bin").unlink()
+    with pytest.raises(DataError) as error:
+        DATASETS.get("ImageNet")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    message = str(error.value)
+    assert (f"holds train/ but neither meta.bin nor ILSVRC2012_devkit_t12.tar.gz" in message
+            and f'use "dataset": "folder:{folder}"' in message and "ILSVRC2012_img_train.tar" not in message), message
+    bundle = DATASETS.get(f"folder:{folder}")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    assert bundle.test.dataset.base.class_to_idx == {wnid: i for i, wnid in enumerate(WNIDS)}
+
+
 def test_imagenet_val_is_numbered_by_the_training_classes_and_hidden_folders_are_no_classes(tmp_path):
     """A hidden folder (.ipynb_checkpoints) in train/ ended in a bare KeyError, and so did a class folder the
     devkit does not list."""

@@ -294,6 +294,7 @@ def _imagenet(root: Path, split: str, download: bool) -> Dataset:
     from torchvision.datasets import imagenet
     folder = root / "imagenet"
     if not (folder / imagenet.META_FILE).is_file():
+        _require_devkit(folder)
         imagenet.parse_devkit_archive(str(folder))
     wnids = set(imagenet.load_meta_file(str(folder))[0])
     classes = _imagenet_classes(folder, "train", wnids)
@@ -301,6 +302,20 @@ def _imagenet(root: Path, split: str, download: bool) -> Dataset:
         return FixedClassImageFolder(folder / "train")
     _imagenet_classes(folder, "val", wnids)
     return FixedClassImageFolder(folder / "val", classes=classes)
+
+
+def _require_devkit(folder: Path) -> None:
+    """ImageNet's classes are read from the devkit archive (once, into meta.bin). A folder whose train/ was unpacked
+    elsewhere (the usual copy on a cluster: train/<wnid>/ and val/<wnid>/) without the devkit was told to place the
+    three archives, though only the devkit was missing, and not that a ``folder:`` dataset reads it as it is."""
+    from torchvision.datasets import imagenet
+    devkit = imagenet.ARCHIVE_META["devkit"][0]
+    if not (folder / devkit).is_file() and (folder / "train").is_dir():
+        raise DataError(f"The ImageNet folder {str(folder)!r} holds train/ but neither {imagenet.META_FILE} nor "
+                        f"{devkit}, from which the dataset ImageNet reads its 1,000 classes. Place {devkit} (from "
+                        f"image-net.org, 2.5 MB) there, or use \"dataset\": \"folder:{folder}\", which reads "
+                        f"train/<wnid>/ and val/<wnid>/ as they are, with the same preprocessing and the classes in "
+                        f"the same (sorted) order.")
 
 
 def _imagenet_classes(folder: Path, split: str, wnids: set[str]) -> list[str]:
