@@ -1036,6 +1036,27 @@ def test_a_truncated_mnist_file_is_a_data_error_naming_its_folder(tmp_path, caps
     assert code == 2 and "Traceback" not in err and "is truncated or damaged" in " ".join(err.split()), err
 
 
+@pytest.mark.parametrize("names, held", [
+    (["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"],
+     "it holds train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, not unpacked: "
+     "unpack them there (gunzip -k"),
+    (["train-images.idx3-ubyte", "train-labels.idx1-ubyte"],  # Kaggle's names
+     "it holds train-images.idx3-ubyte, train-labels.idx1-ubyte. Place the MNIST files of these names there"),
+])
+def test_a_raw_folder_without_the_idx_files_says_what_it_holds_instead(tmp_path, names, held):
+    """torchvision said 'Dataset not found' of a raw/ folder holding the files still gzipped (as the mirrors serve
+    them) or under another copy's names, and the message listed the four files without saying what was there."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in names:
+        (raw / name).write_bytes(b"\x1f\x8b")
+    with pytest.raises(DataError) as error:
+        DATASETS.get("MNIST")(resolution=28, data_dir=str(tmp_path), **COMMON)
+    message = str(error.value)
+    assert (f"Dataset MNIST: the folder {str(raw)!r} lacks train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+            f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; {held}") in message, message
+
+
 @pytest.mark.parametrize("labels, found", [
     (np.arange(6, dtype=np.uint8) % 10, "holds 6 labels for 12 images"),  # t10k's labels under the train name
     (np.arange(12, dtype=np.uint8), "holds labels up to 11"),  # another data set's (EMNIST: 47 classes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -199,9 +200,11 @@ def _mnist_like(cls: type) -> Opener:
         try:
             dataset = cls(root=str(root), train=split == "train", download=download)
         except (RuntimeError, ValueError, AssertionError) as error:  # the parser's ways of refusing a file
+            raw, prefix = root / cls.__name__ / "raw", "train" if split == "train" else "t10k"
+            if not download and "not found" in str(error).lower():
+                _require_raw_files(cls.__name__, raw)
             if any(word in str(error).lower() for word in ("error downloading", *_MISSING_WORDS)):
                 raise  # missing files, a failed download: open_split says what to place where
-            raw, prefix = root / cls.__name__ / "raw", "train" if split == "train" else "t10k"
             said = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             raise DataError(f"Dataset {cls.__name__}: the file {prefix}-images-idx3-ubyte or "
                             f"{prefix}-labels-idx1-ubyte in {str(raw)!r} is truncated or damaged (torchvision: "
@@ -211,6 +214,26 @@ def _mnist_like(cls: type) -> Opener:
         _require_matching_labels(cls.__name__, root / cls.__name__ / "raw", split, dataset)
         return dataset
     return opener
+
+
+def _require_raw_files(name: str, raw: Path) -> None:
+    """The four idx files in ``raw``, where it is there. torchvision said 'Dataset not found' of a folder that held
+    the files still gzipped (as the mirrors serve them) or under other names (Kaggle's ``train-images.idx3-ubyte``),
+    and the message named the four files to place without saying what was there instead."""
+    if not raw.is_dir():
+        return
+    missing = [file for file in _MNIST_NAMES if not (raw / file).is_file()]
+    held = sorted(entry.name for entry in os.scandir(raw) if not entry.name.startswith("."))
+    packed = [f"{file}.gz" for file in missing if f"{file}.gz" in held]
+    if packed:
+        what = (f"it holds {', '.join(packed)}, not unpacked: unpack them there (gunzip -k "
+                f"{shlex.quote(str(raw))}/*.gz), or set \"dataset_args\": {{\"download\": true}}, which unpacks the "
+                f"published archives (their MD5 checked) without downloading them again")
+    else:
+        what = (f"it holds {_some(held, 8) if held else 'nothing'}. Place the {name} files of these names there "
+                f"(renamed where a copy names them otherwise), or set \"dataset_args\": {{\"download\": true}} on a "
+                f"machine with internet access")
+    raise DataError(f"Dataset {name}: the folder {str(raw)!r} lacks {', '.join(missing)}; {what}.")
 
 
 def _require_matching_labels(name: str, raw: Path, split: str, dataset: Any) -> None:
@@ -474,7 +497,9 @@ def evaluation_split(folder: Path, train: FixedClassImageFolder) -> FixedClassIm
     return FixedClassImageFolder(folder, classes=train.classes)
 
 
-_MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+_MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte")
+_MNIST_FILES = ", ".join(_MNIST_NAMES)
 
 SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("MNIST", _mnist_like(tv.MNIST), f"MNIST/raw/{{{_MNIST_FILES}}}", channels=1, native=28, flip=False,
