@@ -177,6 +177,17 @@ def test_inaturalist_missing_creates_no_folders(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_inaturalist_extracted_under_the_archive_s_own_folder_name_is_told_to_rename_it(tmp_path):
+    """The 2021 archives are train.tar.gz and val.tar.gz, which extract to train/ and val/ (torchvision renames
+    them): the message named 2021_train.tar.gz, an archive that does not exist, and not the folder to rename."""
+    write_image(tmp_path / "inaturalist" / "train" / "00000_A_B_C_D_E_F_g" / "0.jpg", (8, 8))
+    with pytest.raises(DataError) as error:
+        DATASETS.get("iNaturalist")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    message = str(error.value)
+    assert (f"{str(tmp_path / 'inaturalist' / 'train')!r}, as the archive extracts, is there: rename it to 2021_train"
+            in message and "iNaturalist 2021's train.tar.gz and val.tar.gz extracted" in message), message
+
+
 def test_folder_prefix(tmp_path, caplog):
     for split, count in (("train", 3), ("val", 1)):
         for c, name in enumerate(["cats", "dogs"]):

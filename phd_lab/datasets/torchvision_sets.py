@@ -439,12 +439,19 @@ def _inaturalist(root: Path, split: str, download: bool) -> Dataset:
     if download and not _holds_entries(base / version):  # torchvision downloads and renames it whole
         tv.INaturalist(root=str(base), version=version, target_type="full", download=True)
     if not (base / version).is_dir():  # torchvision would create the folders
-        raise FileNotFoundError(f"no folder {str(base / version)!r}")
+        extracted = base / _INATURALIST_ARCHIVE_FOLDERS[version]
+        raise FileNotFoundError(f"no folder {str(base / version)!r}" + (
+            f"; {str(extracted)!r}, as the archive extracts, is there: rename it to {version}" if extracted.is_dir()
+            else ""))
     categories = class_folders(base / "2021_train")
     _require_numbered_categories(base / "2021_train", categories)
     if split == "train":
         return FixedClassImageFolder(base / version)
     return FixedClassImageFolder(base / version, classes=categories)
+
+
+# the folder iNaturalist 2021's train.tar.gz and val.tar.gz extract to, which torchvision renames
+_INATURALIST_ARCHIVE_FOLDERS = {"2021_train": "train", "2021_valid": "val"}
 
 
 def _holds_entries(folder: Path) -> bool:
@@ -522,7 +529,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("Food101", _food101, "food-101/images/<class>/*.jpg and food-101/meta/{classes.txt,train.json,test.json} "
            "(the extracted food-101.tar.gz)"),
     Source("iNaturalist", _inaturalist, "inaturalist/2021_train/<category>/*.jpg and inaturalist/2021_valid/"
-           "<category>/*.jpg (the extracted 2021_train.tar.gz and 2021_valid.tar.gz)"),
+           "<category>/*.jpg (iNaturalist 2021's train.tar.gz and val.tar.gz extracted, their train/ and val/ "
+           "renamed)"),
 )}
 
 
