@@ -1193,6 +1193,29 @@ def test_class_labels_do_not_depend_on_the_unicode_normalisation_of_folder_names
         DATASETS.get(f"folder:{tmp_path / 'NFC'}").check_data("unused", resolution=16)
 
 
+def test_the_order_of_samples_does_not_depend_on_the_unicode_normalisation_of_names(tmp_path):
+    """Labels were compared in NFC, but ImageFolder sorted the names as stored: a copy from macOS (NFD names)
+    served the same images in another order ('éclair' before 'fig', 'é1.png' before 'f2.png'), so the same seed
+    drew other batches and the run differed from the one on Linux. NFC names keep ImageFolder's own order."""
+    import unicodedata
+
+    from torchvision.datasets import ImageFolder
+
+    from phd_lab.datasets.folders import FixedClassImageFolder
+    orders = []
+    for form in ("NFC", "NFD"):
+        for c, name in enumerate(("éclair", "fig")):
+            for file in ("é1.png", "f2.png", "sub/a.png"):
+                write_image(tmp_path / form / unicodedata.normalize(form, name) / unicodedata.normalize(form, file),
+                            (4, 4), c)
+        samples = FixedClassImageFolder(tmp_path / form).samples
+        orders.append([(unicodedata.normalize("NFC", os.path.relpath(path, tmp_path / form)), label)
+                       for path, label in samples])
+    assert orders[0] == orders[1] == [("fig/f2.png", 0), ("fig/é1.png", 0), ("fig/sub/a.png", 0),
+                                      ("éclair/f2.png", 1), ("éclair/é1.png", 1), ("éclair/sub/a.png", 1)]
+    assert FixedClassImageFolder(tmp_path / "NFC").samples == ImageFolder(str(tmp_path / "NFC")).samples
+
+
 def test_the_registries_import_no_scikit_learn_until_digits_are_loaded():
     """The registry imported scikit-learn for Digits at module level, so every command (a dry run, --list, each
     array task of a grid on another data set) paid its import, 2 s of CPU and 78 MB, for data it never loaded.

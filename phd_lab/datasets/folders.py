@@ -308,6 +308,21 @@ def nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+def in_nfc_order(directory: str | Path, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """``samples`` in ImageFolder's order (class folder, then folder, then file name, each sorted) of the names' NFC
+    forms: ImageFolder sorts the names as stored, so a copy whose non-ASCII names are decomposed (NFD, from macOS)
+    gave the same images and labels in another order, hence other batches and another run for the same seed. Names
+    in NFC (every ASCII name) keep ImageFolder's order, and ASCII-only paths are returned as they are."""
+    if all(path.isascii() for path, _ in samples):
+        return samples
+    start = len(os.path.join(os.path.expanduser(str(directory)), ""))
+
+    def key(sample: tuple[str, int]) -> tuple[str, str, str]:
+        head, name = os.path.split(sample[0][start:])
+        return nfc(head.split(os.sep, 1)[0]), nfc(head), nfc(name)
+    return sorted(samples, key=key)
+
+
 def class_folders(directory: str | Path) -> list[str]:
     """The class folders of a split as named on disk (which opens them), sorted by their NFC form, so that
     a class gets the same label whichever spelling a copy has; hidden folders (``.ipynb_checkpoints``) and
@@ -443,7 +458,7 @@ class FixedClassImageFolder(ImageFolder):
                     skipped[os.path.splitext(path)[1].lower()] += 1
                 return False
             return is_valid_file is None or is_valid_file(path)
-        samples = super().make_dataset(directory, class_to_idx, None, valid, allow_empty=True)
+        samples = in_nfc_order(directory, super().make_dataset(directory, class_to_idx, None, valid, allow_empty=True))
         self.linked = has_links(directory, [path for path, _ in samples])
         warn_images_in_two_classes(directory, samples, self.linked)
         warn_unread_formats(directory, skipped)
