@@ -1345,6 +1345,26 @@ def test_a_damaged_tiny_imagenet_val_split_is_named_before_training(tmp_path, da
     assert expected in " ".join(str(error.value).split()), str(error.value)
 
 
+def test_a_tiny_imagenet_val_sorted_into_class_folders_keeps_its_labels(tmp_path):
+    """Scripts that prepare Tiny ImageNet for an ImageFolder move val/images/<file> to val/<wnid>/images/<file>:
+    such a copy was refused as 'incomplete or damaged' (its annotations list images not in val/images), or, with
+    the annotations gone, as missing, though every image was there with its label."""
+    from phd_lab.datasets.folders import TinyImageNet
+    root = tmp_path / "tiny-imagenet-200"
+    lines = _tiny_imagenet(root)
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    annotated = {Path(path).name: label for path, label in TinyImageNet(root, "val").samples}
+    for line in lines:
+        file, wnid = line.split("\t")[:2]
+        (root / "val" / wnid / "images").mkdir(parents=True, exist_ok=True)
+        (root / "val" / "images" / file).rename(root / "val" / wnid / "images" / file)
+    (root / "val" / "images").rmdir()
+    assert {Path(path).name: label for path, label in TinyImageNet(root, "val").samples} == annotated
+    (root / "val" / "val_annotations.txt").unlink()
+    assert {Path(path).name: label for path, label in TinyImageNet(root, "val").samples} == annotated == {
+        "val_0.JPEG": 1, "val_1.JPEG": 0}
+
+
 def test_unlisted_tiny_imagenet_val_images_are_warned_about(tmp_path, caplog):
     """An image of val/images that val_annotations.txt does not list has no label: it was left out of the
     evaluation split without a word."""

@@ -494,6 +494,8 @@ class TinyImageNet(Dataset):
             require_images_in_every_class(train_dir, [wnid for index, wnid in enumerate(self.classes)
                                                       if index not in found])
             has_links(train_dir, [path for path, _ in self.samples])  # links to nothing: a DataError
+        elif split == "val" and sorted_by_class(self.root / "val", self.classes):
+            self.samples = FixedClassImageFolder(self.root / "val", classes=self.classes).samples
         elif split == "val":
             self.samples = tiny_imagenet_val(self.root, self.class_to_idx)
         else:
@@ -506,6 +508,15 @@ class TinyImageNet(Dataset):
         path, label = self.samples[index]
         image = load_image(path)
         return (self.transform(image) if self.transform is not None else image), label
+
+
+def sorted_by_class(val: Path, classes: list[str]) -> bool:
+    """Whether Tiny ImageNet's ``val/`` was sorted into class folders (``val/<wnid>/images/``, as the scripts that
+    prepare it for an ImageFolder leave it) rather than ``val/images/`` with the annotations: it was refused as
+    'incomplete or damaged', though every image was there with its label."""
+    if (val / "images").is_dir() or not val.is_dir():
+        return False
+    return bool(set(class_folders(val)) & set(classes))
 
 
 def tiny_imagenet_val(root: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
