@@ -101,6 +101,24 @@ def test_imagenette_keeps_training_class_indices_when_val_lacks_a_class(tmp_path
     assert bundle.test.dataset[0][1] == 2
 
 
+def test_fast_ai_s_downsized_imagenette_is_named_with_the_folder_dataset_that_reads_it(tmp_path):
+    """Many download imagenette2-320.tgz (or -160), fast.ai's smaller releases: the message said only that there
+    is no 'imagenette2' and to place the full-size folder, not that the one there can be read as a folder: set."""
+    for c, wnid in enumerate(["n01440764", "n02102040"]):
+        for split in ("train", "val"):
+            write_image(tmp_path / "imagenette2-320" / split / wnid / "0.JPEG", (8, 8), c)
+    said = (f"{str(tmp_path / 'imagenette2-320')!r} is there: another release of the images (downsized), which the "
+            f"dataset Imagenette does not read; train on it as it is with \"dataset\": \"folder:"
+            f"{tmp_path / 'imagenette2-320'}\" (the same classes, in the same order). Otherwise place imagenette2/")
+    with pytest.raises(DataError) as up_front:
+        DATASETS.get("Imagenette").check_data(str(tmp_path), resolution=16)
+    with pytest.raises(DataError) as opened:
+        DATASETS.get("Imagenette")(resolution=16, data_dir=str(tmp_path), **COMMON)
+    assert said in str(up_front.value) and said in str(opened.value), str(opened.value)
+    bundle = DATASETS.get(f"folder:{tmp_path / 'imagenette2-320'}")(resolution=16, data_dir="unused", **COMMON)
+    assert bundle.num_classes == 2 and len(bundle.test.dataset) == 2
+
+
 def test_imagewoof_tree_keeps_training_class_indices(tmp_path):
     for c, wnid in enumerate(["n02086240", "n02087394", "n02088364"]):
         for i in range(2):

@@ -47,6 +47,7 @@ class Source:
     downloadable: bool = True
     in_data_dir: bool = True               # False: ``expected`` is a full path (folder: datasets)
     normalisations: dict[str, tuple] = field(default_factory=lambda: dict(RGB_NORMALISATIONS))
+    variants: tuple[str, ...] = ()         # folders of other releases in data_dir, which the dataset does not read
 
 
 class TransformedView(Dataset):
@@ -74,11 +75,25 @@ def count_classes(dataset: Dataset) -> int:
 
 def _place(source: Source, root: Path, downloading: bool = False) -> str:
     """What to do about missing files: where to put which, or how to download them."""
-    where = f"Place {source.expected}" + (f" under data_dir {str(root)!r}" if source.in_data_dir else "")
+    there = _variants_there(source, root)
+    where = (f"{there}{'Otherwise place' if there else 'Place'} {source.expected}"
+             + (f" under data_dir {str(root)!r}" if source.in_data_dir else ""))
     if downloading:  # download is on already: the network (or the mirror) is what failed
         return f"{where} yourself, or run once with \"download\": true on a machine with internet access."
     return where + (", or set \"dataset_args\": {\"download\": true} on a machine with internet access."
                     if source.downloadable else " (this dataset cannot be downloaded automatically).")
+
+
+def _variants_there(source: Source, root: Path) -> str:
+    """A sentence naming the folders of the dataset's other releases that are in ``root`` (fast.ai's downsized
+    imagenette2-320/, say): a user who had one was told only to place the full-size folder."""
+    there = [name for name in source.variants if (root / name).is_dir()]
+    if not there:
+        return ""
+    shown = ", ".join(repr(str(root / name)) for name in there)
+    return (f"{shown} {'is' if len(there) == 1 else 'are'} there: another release of the images (downsized), which "
+            f"the dataset {source.name} does not read; train on it as it is with \"dataset\": "
+            f"\"folder:{root / there[0]}\" (the same classes, in the same order). ")
 
 
 def _check_download(source: Source, download: object) -> None:
@@ -523,9 +538,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("ImageNet", _imagenet, "imagenet/ILSVRC2012_devkit_t12.tar.gz, imagenet/ILSVRC2012_img_train.tar and "
            "imagenet/ILSVRC2012_img_val.tar (torchvision extracts them on first use)", downloadable=False),
     Source("Imagenette", _fastai("imagenette2"), "imagenette2/train/<wnid>/*.JPEG and imagenette2/val/<wnid>/*.JPEG "
-           "(the extracted imagenette2.tgz)"),
+           "(the extracted imagenette2.tgz)", variants=("imagenette2-320", "imagenette2-160")),
     Source("Imagewoof", _fastai("imagewoof2"), "imagewoof2/train/<wnid>/*.JPEG and imagewoof2/val/<wnid>/*.JPEG "
-           "(the extracted imagewoof2.tgz)"),
+           "(the extracted imagewoof2.tgz)", variants=("imagewoof2-320", "imagewoof2-160")),
     Source("Food101", _food101, "food-101/images/<class>/*.jpg and food-101/meta/{classes.txt,train.json,test.json} "
            "(the extracted food-101.tar.gz)"),
     Source("iNaturalist", _inaturalist, "inaturalist/2021_train/<category>/*.jpg and inaturalist/2021_valid/"
