@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 from phd_lab.console import readable_output, write_stderr, write_stdout
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
 from phd_lab.interrupts import clear_terminated, interruption_behind, note_terminated, terminated_noted
-from phd_lab.log_file import FORMAT
+from phd_lab.log_file import Formatter
 
 if TYPE_CHECKING:
     from phd_lab.experiment import RunOutcome
@@ -36,7 +36,7 @@ def command_logging(verbosity: int = 0) -> Iterator[None]:
     before, handlers = root.level, list(root.handlers)
     # no stderr (closed by the caller): a log line would otherwise reach stdout through tqdm's redirect
     console = logging.StreamHandler(sys.stderr) if sys.stderr is not None else logging.NullHandler()
-    console.setFormatter(logging.Formatter(FORMAT))
+    console.setFormatter(Formatter())
     console.setLevel(level)
     for handler in handlers:
         root.removeHandler(handler)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +16,18 @@ from phd_lab.atomic import open_no_follow
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 log = logging.getLogger(__name__)
+
+
+class Formatter(logging.Formatter):
+    """The framework's line format, its time stamps with their UTC offset ("2026-12-03 16:48:50,264+0100"):
+    a run resumed on a node of another time zone, or read years later on another machine, had local times that
+    said nothing of where they were taken, so the order of its attempts and their durations could not be told."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return super().formatTime(record, datefmt) + time.strftime("%z", self.converter(record.created))
 
 
 class LogFile(logging.FileHandler):
@@ -28,7 +41,7 @@ class LogFile(logging.FileHandler):
 
     def __init__(self, path: Path | str) -> None:
         super().__init__(path, encoding="utf-8", errors="backslashreplace")
-        self.setFormatter(logging.Formatter(FORMAT))
+        self.setFormatter(Formatter())
         self.broken = False
 
     def _open(self):  # type: ignore[no-untyped-def]

@@ -389,7 +389,7 @@ def last_failure(log: Path) -> str | None:
     return exception or "see its log"
 
 
-_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}([+-]\d{4})? [A-Z]+ ")  # offset: newer logs
 
 
 def _computational(info: Any, tables: RunTables) -> dict[str, Any] | None:

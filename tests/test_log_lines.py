@@ -1,0 +1,51 @@
+"""The log lines a researcher reads later as evidence of what a run did: time stamps that say their time zone."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import pytest
+
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+
+
+@pytest.fixture
+def india_time(monkeypatch):
+    """A process in a time zone of its own (UTC+05:30): the offset its log lines must carry."""
+    monkeypatch.setenv("TZ", "IST-05:30")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_log_file_and_console_lines_carry_their_utc_offset(tmp_path, india_time, capsys):
+    """Lines read "2026-12-03 16:48:50,264 INFO ...": a run resumed on a node in another time zone (or read on
+    another machine) had times that said nothing of where they were taken, so its attempts could not be ordered."""
+    from phd_lab.cli import command_logging
+    from phd_lab.log_file import LogFile
+    handler = LogFile(tmp_path / "run.log")
+    with command_logging():
+        logging.getLogger().addHandler(handler)
+        try:
+            logging.getLogger("phd_lab.test").info("hello")
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    assert re.fullmatch(STAMP + r"\+0530 INFO phd_lab.test: hello\n", (tmp_path / "run.log").read_text())
+    assert re.search("^" + STAMP + r"\+0530 INFO phd_lab.test: hello$", capsys.readouterr().err, re.M)
+
+
+@pytest.mark.parametrize("offset", ["+0530", ""])  # this version's lines, and those of logs before it
+def test_the_failure_of_a_runs_last_attempt_is_read_from_lines_with_or_without_an_offset(tmp_path, offset):
+    """The report reads a failed run's exception off its log: the record after the traceback ends it."""
+    from phd_lab.analysis.run_tables import last_failure
+    stamp = f"2026-12-03 16:48:50,264{offset}"
+    log = tmp_path / "run.log"
+    log.write_text(f"{stamp} INFO phd_lab.executor: Run folder {tmp_path}\n"
+                   f"{stamp} ERROR phd_lab.run_guards: Run failed\nTraceback (most recent call last):\n"
+                   f'  File "x.py", line 1, in f\nRuntimeError: planted\n'
+                   f"{stamp} WARNING phd_lab.other: a later record\n")
+    assert last_failure(log) == "RuntimeError: planted"
