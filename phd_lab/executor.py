@@ -12,6 +12,8 @@ import inspect
 import json
 import logging
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -84,6 +86,7 @@ class TrainTestExecutor:
         self._device: torch.device | None = None  # resolved when the run starts (logged with the versions)
         self._trained_threads: int | None = None  # the thread count the run's checkpoint was trained with
         self._git_diff: str | None = None  # uncommitted changes of the phd-lab checkout (set by logged_config)
+        self._setup: dict[str, Any] | None = None  # versions and device of the attempt under way (``_attempt_setup``)
         self._objective = CLASSIFICATION  # what the built model is trained for (logged for the analysis)
         self._truncation: tuple[int, str] | None = None  # what ``truncate`` did, said in the run's log once it is open
         # the layer ``truncate`` cut before (None: no border, not cut), logged in _meta: where 'border' cuts depends
@@ -281,8 +284,7 @@ class TrainTestExecutor:
             values["cpu_threads"] = self._trained_threads
         elif values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it
             values["cpu_threads"] = torch.get_num_threads()
-        values[META_KEY] = {**versions(), **(device_description(self._device) if self._device else {}),
-                            **cpu_instruction_set(),
+        values[META_KEY] = {**self._attempt_setup(), **cpu_instruction_set(),
                             "registry_files": dict(self.registries.files),
                             "registry_sha256": self.registries.file_hashes(),
                             "registry_factory_sha256": self.registries.factory_hashes(self.config),
@@ -430,6 +432,27 @@ class TrainTestExecutor:
         else:
             log.info("Post-processing under other versions or on another machine than training: %s.", items)
 
+    def _attempt_setup(self) -> dict[str, Any]:
+        """The versions (git included) and device of this attempt, asked once for its start line and its
+        logged config; outside an attempt (a dry run's logged config) asked anew each time."""
+        if self._setup is not None:
+            return self._setup
+        return {**versions(), **(device_description(self._device) if self._device else {})}
+
+    def _say_attempt_starts(self) -> None:
+        """Open the attempt's part of the run's log with what a reader needs years later: which config, seed,
+        process, machine, device and code. The log was a list of epochs without any of these, and a resumed
+        run's lines followed a killed attempt's without a mark of where the new process began."""
+        cfg = self.config
+        self._setup = None  # asked anew: an earlier attempt in this process may have run under another commit
+        setup = self._setup = self._attempt_setup()
+        git = (f", git {setup['git_commit'][:12]}{' with uncommitted changes' if setup.get('git_dirty') else ''}"
+               if setup.get("git_commit") else "")
+        log.info("Run %s started from config %s in process %d on %s: seed %s, device %s (%s), %d CPU thread(s); "
+                 "phd-lab %s%s, torch %s, Python %s", cfg.name, cfg.source, os.getpid(), socket.gethostname(),
+                 cfg.seed, setup.get("device"), setup.get("device_name"), torch.get_num_threads(),
+                 setup["phd_lab"], git, setup["torch"], setup["python"])
+
     # ------------------------------------------------------------------ running
     def run(self) -> RunDir:
         """Train this grid point and post-process it, resuming from its checkpoint if it has one. Runs take
@@ -448,7 +471,10 @@ class TrainTestExecutor:
                     f"float sums depend on the count, so a run goes on with the count it began with.")
         with (RUN_TURN(), cpu_threads(threads), cudnn_benchmark(device), global_generators_kept(device),
               fx_sources_released()):
-            return self._run(device, note)
+            try:
+                return self._run(device, note)
+            finally:
+                self._setup = None
 
     def _thread_count(self) -> int | None:
         """``cpu_threads``; a run that has checkpoints keeps the count it was trained with (logged in its
@@ -482,6 +508,8 @@ class TrainTestExecutor:
         self._refuse_another_model(model, optimizer)
         self._refuse_a_dangling_logged_config()
         with writable_lock(rundir) as lock, atomic.existing_folder(rundir.root, lock=lock), run_log(rundir.log):
+            started = time.monotonic()
+            self._say_attempt_starts()
             log.info("Run folder %s", rundir.root)
             if note:  # said in the run's log, now that it is open
                 log.info("%s", note)
@@ -515,6 +543,9 @@ class TrainTestExecutor:
             stamps = StepStamps(rundir)
             probes_before = stamp_if_present(rundir.probe_csv)
             self._post_process(context, stamps, lock)
+            log.info("Run %s finished: %d of %d epoch(s) trained, post-processing %s; %.1f s in this attempt",
+                     cfg.name, len(history), cfg.epoch, ", ".join(step.name for step, _ in self.steps) or "none",
+                     time.monotonic() - started)
         if any(step.name == "analysis" for step, _ in self.steps):
             # a probe job that finished while the folder was held left the analysis to this run; now that the
             # folder is let go, a later one would write its own

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +51,32 @@ def test_the_failure_of_a_runs_last_attempt_is_read_from_lines_with_or_without_a
                    f'  File "x.py", line 1, in f\nRuntimeError: planted\n'
                    f"{stamp} WARNING phd_lab.other: a later record\n")
     assert last_failure(log) == "RuntimeError: planted"
+
+
+def test_each_attempt_of_a_run_opens_its_log_with_its_setup_and_a_finished_one_says_so(tmp_path, single_thread):
+    """A run's log was a list of epochs: no config, seed, process, machine, device or code version, nothing where
+    a resumed (or rerun) attempt's lines began after a killed one's, and nothing that told a finished run from
+    one killed after its last line."""
+    import os
+    import socket
+
+    from phd_lab import __version__
+    from phd_lab.experiment import Main
+    from tests.conftest import write_config
+    config = write_config(tmp_path, epoch=1, track_saturation=False, post_processing=[])
+    for _ in range(2):  # trained, then rerun: its post-processing only
+        [outcome] = Main(progress=False)(config)
+        assert outcome.status == "finished"
+    [log] = Path(outcome.folder).glob("*.log")
+    lines = log.read_text(encoding="utf-8").splitlines()
+    name = log.stem
+    starts = [i for i, line in enumerate(lines) if f" INFO phd_lab.executor: Run {name} started from config " in line]
+    ends = [i for i, line in enumerate(lines) if f"Run {name} finished: 1 of 1 epoch(s) trained, post-processing "
+            "none; " in line]
+    assert len(starts) == 2 and starts[0] == 0, lines
+    assert len(ends) == 2 and starts[0] < ends[0] < starts[1] < ends[1] == len(lines) - 1, lines
+    seed = json.loads(next(Path(outcome.folder).glob("*_config.json")).read_text())["seed"]
+    start = lines[starts[1]]
+    for fact in (str(config), f"in process {os.getpid()} on {socket.gethostname()}", f"seed {seed}",
+                 "device cpu (", "1 CPU thread(s)", f"phd-lab {__version__}", "torch ", "Python "):
+        assert fact in start, (fact, start)
