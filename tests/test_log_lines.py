@@ -80,3 +80,23 @@ def test_each_attempt_of_a_run_opens_its_log_with_its_setup_and_a_finished_one_s
     for fact in (str(config), f"in process {os.getpid()} on {socket.gethostname()}", f"seed {seed}",
                  "device cpu (", "1 CPU thread(s)", f"phd-lab {__version__}", "torch ", "Python "):
         assert fact in start, (fact, start)
+
+
+def test_a_probe_jobs_lines_in_probe_log_open_with_its_process_host_and_versions(tmp_path):
+    """probe.log is appended by every job that probes the run (a killed one, its resume, a colleague's on another
+    node); its start line named the command alone, so whose lines followed it could not be told."""
+    import os
+    import socket
+
+    from phd_lab import __version__
+    from phd_lab.environment import installed_version
+    from phd_lab.probes.probe_log import FINISHED, ProbeLogs
+    log = tmp_path / "probe.log"
+    for _ in range(2):
+        with ProbeLogs([log]):
+            pass
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 4 and FINISHED in lines[1] and FINISHED in lines[3], lines
+    started = (f"probe job started in process {os.getpid()} on {socket.gethostname()} (phd-lab {__version__}, "
+               f"scikit-learn {installed_version('scikit-learn', 'sklearn')}): ")
+    assert started in lines[0] and started in lines[2], lines

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from phd_lab import __version__
+from phd_lab.environment import installed_version
 from phd_lab.errors import PhdLabError, Terminated
 from phd_lab.log_file import LogFile, info_records_kept
 
@@ -68,8 +72,16 @@ class ProbeLogs:
             self._remove_handlers()
             raise
         self._handler_of = [handler_of[position] for position in range(len(self.paths))]
-        self.write(logging.INFO, "probe job started: %s", " ".join(sys.argv) or "(no command line)")
+        self._say_started()
         return self
+
+    def _say_started(self) -> None:
+        """Open the job's part of each log with its command line, process, host and the versions that fit the
+        probes: the line named the command alone, so a job's lines in a log appended by jobs on several nodes (a
+        killed one, its resume, a colleague's) could not be told apart, nor matched to a lock's holder."""
+        self.write(logging.INFO, "probe job started in process %d on %s (phd-lab %s, scikit-learn %s): %s",
+                   os.getpid(), socket.gethostname(), __version__, installed_version("scikit-learn", "sklearn"),
+                   " ".join(sys.argv) or "(no command line)")
 
     def write(self, level: int, message: str, *args: object, position: int | None = None,
               exc_info: BaseException | None = None) -> None:
