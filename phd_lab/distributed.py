@@ -15,10 +15,13 @@ import contextlib
 import inspect
 import logging
 import re
+import sys
+import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.environment import THREAD_VARIABLES, available_cores
 from phd_lab.errors import UsageError, failure_line
+from phd_lab.log_file import FORMAT, Formatter
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +325,28 @@ def _configure_worker_logging() -> None:
         root.setLevel(logging.INFO)
 
 
+@contextlib.contextmanager
+def run_warnings_on_worker_console(run_name: str) -> Iterator[None]:
+    """While a task runs, the warnings and errors its thread logs go to the worker's stderr (a local cluster's is
+    the command's) in the log format, named with the run: a worker has no console handler, so logging's last
+    resort printed them as bare messages ("planted warning") that said neither when nor for which of the grid's
+    runs, and once the run's log file was open (a handler on the root) not at all. Records of the worker's other
+    threads (another task, Dask's own) are left to them."""
+    if sys.stderr is None:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(Formatter(FORMAT.replace("%(name)s:", f"%(name)s (run {run_name.replace('%', '%%')}):")))
+    thread = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == thread)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
 # Modules of Dask that draw from Python's global random while a task runs in the worker process: dask.sizeof
 # samples the large collections of every message the worker sends (heartbeats, several a second), the others jitter
 # retries and pick peers or spill files. Each uses only ``random.<function>`` calls that a Random instance has.
@@ -367,7 +392,7 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
     config = RunConfig(dict(values), source=source)
     modules = {**config.registries, **registry_overrides}
     try:
-        with stop_requests(stopped):
+        with stop_requests(stopped), run_warnings_on_worker_console(config.name):
             executor = TrainTestExecutor(config, Registries(modules), progress=False)  # a registry this worker
             executor.validate()  # cannot import is a usage error too
             return "finished", str(executor.run().root)

@@ -23,8 +23,8 @@ class Formatter(logging.Formatter):
     a run resumed on a node of another time zone, or read years later on another machine, had local times that
     said nothing of where they were taken, so the order of its attempts and their durations could not be told."""
 
-    def __init__(self) -> None:
-        super().__init__(FORMAT)
+    def __init__(self, fmt: str = FORMAT) -> None:
+        super().__init__(fmt)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return super().formatTime(record, datefmt) + time.strftime("%z", self.converter(record.created))

@@ -100,3 +100,26 @@ def test_a_probe_jobs_lines_in_probe_log_open_with_its_process_host_and_versions
     started = (f"probe job started in process {os.getpid()} on {socket.gethostname()} (phd-lab {__version__}, "
                f"scikit-learn {installed_version('scikit-learn', 'sklearn')}): ")
     assert started in lines[0] and started in lines[2], lines
+
+
+
+def test_a_dask_tasks_warnings_reach_the_workers_console_with_time_level_and_run(capsys):
+    """On a Dask worker (no console handler) logging's last resort printed a run's warnings as bare messages
+    ("planted warning"): neither when nor for which of the grid's runs; those logged once the run's log file was
+    open did not reach the console at all. train_point wraps its run in this; another thread's records (another
+    task's, Dask's own) stay theirs."""
+    import threading
+
+    from phd_lab.distributed import run_warnings_on_worker_console
+    other = logging.getLogger("elsewhere")
+    with run_warnings_on_worker_console("vgg11-Digits-r8-bs64-e1"):
+        logging.getLogger("my_models").warning("planted warning")
+        logging.getLogger("my_models").info("an info line")  # the run's log file only
+        thread = threading.Thread(target=other.warning, args=("another task's warning",))
+        thread.start()
+        thread.join()
+    logging.getLogger("my_models").warning("after the task")
+    said = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(STAMP + r"[+-]\d{4} WARNING my_models \(run vgg11-Digits-r8-bs64-e1\): planted warning",
+                        said[0]), said
+    assert not any("info line" in line or "(run" in line for line in said[1:]), said
