@@ -42,7 +42,8 @@ from phd_lab.objectives import CLASSIFICATION
 from phd_lab.registry import Registries
 from phd_lab.report.collect import analyse_run, stamp_if_present
 from phd_lab.reproduction import setup_differences
-from phd_lab.run_guards import cpu_threads, cudnn_benchmark, fx_sources_released, run_log, writable_lock
+from phd_lab.run_guards import (cpu_threads, cudnn_benchmark, fx_sources_released, records_before_the_log, run_log,
+                                writable_lock)
 from phd_lab.rundir import FolderListings, RunDir
 from phd_lab.seeding import global_generators_kept, seed_everything
 from phd_lab.steps import Step, StepContext, logged_steps, resolve_steps
@@ -495,22 +496,26 @@ class TrainTestExecutor:
 
     def _run(self, device: torch.device, note: str | None = None) -> RunDir:
         cfg = self.config
-        seed_everything(cfg.seed)
-        bundle = self.build_data()
-        check_fits_data(cfg, self.registries, bundle.in_channels, bundle.num_classes)  # up front: placeholders
-        seed_everything(cfg.seed)
-        model = self.build_model(bundle).to(device)
-        # a model the meta device could not build is checked here
-        self._objective = check_objective(cfg, model, forward=False, factory=self.registries.models.get(cfg.model)).name
-        optimizer, scheduler = self.build_optimizer(model)
-        metrics = self.build_metrics()
+        with records_before_the_log() as early:  # said in the run's log too, once it is open
+            seed_everything(cfg.seed)
+            bundle = self.build_data()
+            check_fits_data(cfg, self.registries, bundle.in_channels, bundle.num_classes)  # up front: placeholders
+            seed_everything(cfg.seed)
+            model = self.build_model(bundle).to(device)
+            # a model the meta device could not build is checked here
+            self._objective = check_objective(cfg, model, forward=False,
+                                              factory=self.registries.models.get(cfg.model)).name
+            optimizer, scheduler = self.build_optimizer(model)
+            metrics = self.build_metrics()
         rundir = self.rundir
         self._refuse_another_model(model, optimizer)
         self._refuse_a_dangling_logged_config()
-        with writable_lock(rundir) as lock, atomic.existing_folder(rundir.root, lock=lock), run_log(rundir.log):
+        with (writable_lock(rundir) as lock, atomic.existing_folder(rundir.root, lock=lock),
+              run_log(rundir.log) as logged):
             started = time.monotonic()
             self._say_attempt_starts()
             log.info("Run folder %s", rundir.root)
+            logged.replay(early)
             if note:  # said in the run's log, now that it is open
                 log.info("%s", note)
             log.info("Data %s: %s training and %s test samples, %d classes, %d channel(s) at %d px (data_dir %s)",

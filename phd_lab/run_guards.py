@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import linecache
 import logging
+import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch.fx import graph_module as fx_graph_module
@@ -104,6 +105,38 @@ def writable_lock(rundir: RunDir) -> Iterator[RunLock]:
 INTERRUPTIONS = {Terminated: "SIGTERM", RunStopped: "its command was stopped"}
 
 
+class records_before_the_log(logging.Handler):
+    """Keep the records this thread logs while a run builds its data and model, before its log file is open (a
+    data set's warnings about its images, a model or dataset factory's own), for ``run_log.replay``: they went to
+    the console alone, which a batch job's .out takes with it, and the run's .log never said them. Records of
+    other threads (another run's) are not kept; past ``LIMIT`` records the rest are counted, not kept. It keeps
+    what the root logger passes (INFO and up under the commands): raising the caller's level here as ``run_log``
+    does would hide INFO lines of other threads from the caller's handlers for longer."""
+
+    LIMIT = 1000
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self.dropped = 0
+        self.thread = threading.get_ident()
+
+    def __enter__(self) -> "records_before_the_log":
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger().removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:
+            return
+        if len(self.records) < self.LIMIT:
+            self.records.append(record)
+        else:
+            self.dropped += 1
+
+
 class run_log:
     """Copy every log record to the run's log file while the run is active."""
 
@@ -112,9 +145,18 @@ class run_log:
         self.handler = LogFile(path)
         self.levels = info_records_kept()  # every INFO record in the file, however the caller set up logging
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> "run_log":
         self.levels.__enter__()
         logging.getLogger().addHandler(self.handler)
+        return self
+
+    def replay(self, early: records_before_the_log) -> None:
+        """Write the records logged before the file was open into it (the console has shown them already)."""
+        for record in early.records:
+            self.handler.handle(record)
+        if early.dropped:
+            self.handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0, "%d more records logged "
+                                               "before the log was open are not in it", (early.dropped,), None))
 
     def __exit__(self, *exc: object) -> None:
         if exc and exc[0] is not None and not issubclass(exc[0], UsageError):

@@ -123,3 +123,34 @@ def test_a_dask_tasks_warnings_reach_the_workers_console_with_time_level_and_run
     assert re.fullmatch(STAMP + r"[+-]\d{4} WARNING my_models \(run vgg11-Digits-r8-bs64-e1\): planted warning",
                         said[0]), said
     assert not any("info line" in line or "(run" in line for line in said[1:]), said
+
+
+WARNING_MODELS = '''
+import logging
+
+from torch import nn
+
+
+def warns(*, num_classes, in_channels=3):
+    """A tiny net whose factory warns, as a user's registry may."""
+    logging.getLogger("my_models").warning("planted warning")
+    return nn.Sequential(nn.Conv2d(in_channels, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, num_classes))
+'''
+
+
+def test_what_a_run_logs_while_building_its_data_and_model_is_in_its_log_file_too(tmp_path, single_thread):
+    """A data set's or model factory's warnings are logged while the run builds them, before its log file is
+    open: they reached the console (a batch job's .out) alone, and the run's .log never said them."""
+    from phd_lab.experiment import Main
+    from tests.conftest import write_config
+    (tmp_path / "my_models.py").write_text(WARNING_MODELS)
+    config = write_config(tmp_path, model="warns", model_args={}, registries={"models": str(tmp_path / "my_models.py")},
+                          epoch=1, resolution=8, track_saturation=False, post_processing=[])
+    [outcome] = Main(progress=False)(config)
+    assert outcome.status == "finished"
+    lines = next(Path(outcome.folder).glob("*.log")).read_text(encoding="utf-8").splitlines()
+    planted = [i for i, line in enumerate(lines) if line.endswith(" WARNING my_models: planted warning")]
+    folder = next(i for i, line in enumerate(lines) if "INFO phd_lab.executor: Run folder " in line)
+    # the factory builds a model twice (the data's fit check, then the run's), each said once in the file, after
+    # the lines that open the attempt, at the time it was logged
+    assert planted == [folder + 1, folder + 2], lines
