@@ -520,7 +520,8 @@ class TrainTestExecutor:
                 log.info("%s", note)
             log.info("Data %s: %s training and %s test samples, %d classes, %d channel(s) at %d px (data_dir %s)",
                      bundle.name, _samples(bundle.train), _samples(bundle.test), bundle.num_classes,
-                     bundle.in_channels, bundle.resolution, cfg.data_dir)  # built before the log was open
+                     bundle.in_channels, bundle.resolution,  # built before the log was open
+                     absolute_paths({"data_dir": cfg.data_dir})["data_dir"])  # as the logged config names it
             if self._truncation is not None:  # the model was built before the log was open too
                 log.log(*self._truncation)
             self.write_config()

@@ -154,3 +154,18 @@ def test_what_a_run_logs_while_building_its_data_and_model_is_in_its_log_file_to
     # the factory builds a model twice (the data's fit check, then the run's), each said once in the file, after
     # the lines that open the attempt, at the time it was logged
     assert planted == [folder + 1, folder + 2], lines
+
+
+def test_the_data_line_names_the_data_folder_as_the_logged_config_does(tmp_path, monkeypatch, single_thread):
+    """A relative data_dir was logged as given ("data_dir ./data"), relative to a working directory the log does not
+    name, while the logged config names the folder absolutely: the two files disagreed on where the data was."""
+    from phd_lab.experiment import Main
+    from tests.conftest import write_config
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, data_dir="./data", epoch=1, resolution=8, track_saturation=False,
+                          post_processing=[])
+    [outcome] = Main(progress=False)(config)
+    logged = json.loads(next(Path(outcome.folder).glob("*_config.json")).read_text())["data_dir"]
+    assert logged == str(tmp_path / "data")
+    text = next(Path(outcome.folder).glob("*.log")).read_text(encoding="utf-8")
+    assert f"1 channel(s) at 8 px (data_dir {logged})\n" in text, text
