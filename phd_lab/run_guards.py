@@ -138,11 +138,15 @@ class records_before_the_log(logging.Handler):
 
 
 class run_log:
-    """Copy every log record to the run's log file while the run is active."""
+    """Copy every log record of the run's thread to the run's log file while the run is active. Records of other
+    threads are another run's (a Dask worker with several threads: the next task's checks, its wait for its turn
+    "Another training run is in progress ..."), which went into this run's file while it was open."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.handler = LogFile(path)
+        thread = threading.get_ident()
+        self.handler.addFilter(lambda record: record.thread == thread)
         self.levels = info_records_kept()  # every INFO record in the file, however the caller set up logging
 
     def __enter__(self) -> "run_log":

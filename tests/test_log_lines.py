@@ -169,3 +169,31 @@ def test_the_data_line_names_the_data_folder_as_the_logged_config_does(tmp_path,
     assert logged == str(tmp_path / "data")
     text = next(Path(outcome.folder).glob("*.log")).read_text(encoding="utf-8")
     assert f"1 channel(s) at 8 px (data_dir {logged})\n" in text, text
+
+
+def test_a_runs_log_file_takes_no_lines_of_another_thread_of_its_process(tmp_path, caplog):
+    """A Dask worker with several threads runs one task while the next one checks its config and waits for its
+    turn: the waiting run's "Another training run is in progress ..." (and its checks' warnings) went into the log
+    file of the run that held the turn, as if that run had said them."""
+    import threading
+
+    from phd_lab.executor import RUN_TURN
+    from phd_lab.run_guards import run_log
+
+    def next_task() -> None:
+        with RUN_TURN():
+            pass
+
+    caplog.set_level(logging.INFO)  # the root at INFO: run_log leaves the capturing handler at its level
+    path = tmp_path / "run.log"
+    waiting = threading.Thread(target=next_task)
+    with RUN_TURN(), run_log(path):
+        logging.getLogger("phd_lab.test").info("the run's own line")
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while "Another training run is in progress" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+    waiting.join()
+    assert "Another training run is in progress" in caplog.text
+    text = path.read_text()
+    assert "the run's own line" in text and "Another training run" not in text, text
