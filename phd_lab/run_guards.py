@@ -101,6 +101,9 @@ def writable_lock(rundir: RunDir) -> Iterator[RunLock]:
         lock.release()
 
 
+# What a run's log says above a failure's traceback: the log said "Run failed" alone, not what to do next
+FAILED_WITH_TRACEBACK = ("Run failed (the traceback follows); once its cause is fixed, the same command resumes it: "
+                         "training after the last completed epoch, post-processing keeping the steps that had finished")
 # How a run's log names what ended it, where that was no failure (KeyboardInterrupt itself: "Ctrl-C")
 INTERRUPTIONS = {Terminated: "SIGTERM", RunStopped: "its command was stopped"}
 
@@ -173,7 +176,7 @@ class run_log:
             else:  # a diverged run, a lost folder or a folder in a file's place needs its message, not a traceback
                 diverged = issubclass(exc[0], (RunDiverged, RunFolderLost, FolderInTheWay))  # type: ignore[arg-type]
                 record = log.makeRecord(log.name, logging.ERROR, __file__, 0,
-                                        f"Run failed: {exc[1]}" if diverged else "Run failed", None,
+                                        f"Run failed: {exc[1]}" if diverged else FAILED_WITH_TRACEBACK, None,
                                         None if diverged else exc)  # type: ignore[arg-type]
             self.handler.handle(record)
             if record.levelno == logging.ERROR:

@@ -197,3 +197,40 @@ def test_a_runs_log_file_takes_no_lines_of_another_thread_of_its_process(tmp_pat
     assert "Another training run is in progress" in caplog.text
     text = path.read_text()
     assert "the run's own line" in text and "Another training run" not in text, text
+
+
+FAILING_MODELS = '''
+from torch import nn
+
+
+class Boom(nn.Module):
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("planted failure in forward")
+        return x
+
+
+def fails(*, num_classes, in_channels=3):
+    """A tiny net that raises in training."""
+    return nn.Sequential(nn.Conv2d(in_channels, 2, 3), Boom(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(2, num_classes))
+'''
+
+
+def test_a_failed_runs_log_says_how_to_go_on_above_its_traceback(tmp_path, single_thread):
+    """A run that failed in training logged "Run failed" and its traceback: the interrupted run's line said that the
+    same command resumes it, the failed one's said nothing of what to do next. The report still reads the error."""
+    from phd_lab.analysis.run_tables import last_failure
+    from phd_lab.experiment import Main
+    from tests.conftest import write_config
+    (tmp_path / "my_models.py").write_text(FAILING_MODELS)
+    config = write_config(tmp_path, model="fails", model_args={}, registries={"models": str(tmp_path / "my_models.py")},
+                          epoch=1, resolution=8, track_saturation=False, post_processing=[])
+    [outcome] = Main(progress=False)(config)
+    assert outcome.status == "failed"
+    [log] = Path(outcome.folder).glob("*.log")
+    text = log.read_text(encoding="utf-8")
+    assert (" ERROR phd_lab.run_guards: Run failed (the traceback follows); once its cause is fixed, the same command "
+            "resumes it: training after the last completed epoch, post-processing keeping the steps that had "
+            "finished\nTraceback (most recent call last):\n") in text, text
+    assert last_failure(log) == "RuntimeError: planted failure in forward"
