@@ -219,6 +219,20 @@ def name_the_file(error: OSError, path: Path | str) -> None:
 STALE_AFTER_SECONDS = 15 * 60
 
 
+def file_system_now(folder: Path | str) -> float:
+    """The time the file system of ``folder`` gives a file written now: the modification time of a temp file made
+    there. A file's age must be read on the clock that stamped it. On a shared file system the server's clock (or
+    that of the node that wrote) stamps files, and a node whose own clock ran 20 minutes ahead took another node's
+    temp file of the moment for one a killed writer left 15 minutes ago and deleted it under its writer (whose
+    result was lost); one behind kept a killed writer's leftovers. Where no file can be made there (a folder of
+    another user, which nothing can be removed from either), this machine's clock is taken."""
+    try:
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            return os.fstat(probe.fileno()).st_mtime
+    except OSError:
+        return time.time()
+
+
 def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] | None = None,
                        older_than: float = STALE_AFTER_SECONDS, only: str | None = None) -> list[Path]:
     """Delete temp files that a killed writer left in ``folder``: every one of the caller's own
@@ -227,15 +241,17 @@ def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] |
     lock (the probe job, the report); their temp files of the moment must survive. ``only``
     restricts the removal to the temp files of that one target name (a folder that is not ours)."""
     removed = []
-    cutoff = time.time() - older_than
+    cutoff: float | None = None  # measured at the first temp file that is not the caller's (most calls find none)
     owned_prefixes = (owned_prefix,) if isinstance(owned_prefix, str) else tuple(owned_prefix or ())
     # mkstemp's shape: ".<target>." + 8 random characters + ".tmp" (not the temps of a sibling "<target>.gz")
     pattern = ".*.tmp" if only is None else f".{glob.escape(only)}." + "[a-z0-9_]" * 8 + ".tmp"
     for stale in Path(folder).glob(pattern):
         try:
             owned = any(stale.name.startswith(f".{prefix}") for prefix in owned_prefixes)
-            if not owned and stale.stat().st_mtime > cutoff:
-                continue
+            if not owned:
+                cutoff = file_system_now(folder) - older_than if cutoff is None else cutoff
+                if stale.stat().st_mtime > cutoff:
+                    continue
             stale.unlink()
         except FileNotFoundError:  # finished (renamed) meanwhile
             continue

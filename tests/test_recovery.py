@@ -716,6 +716,34 @@ def test_a_start_removes_its_own_leftovers_but_not_the_temp_files_of_other_write
     assert other_now.exists() and not own.exists() and not other_old.exists()
 
 
+def test_a_temp_file_s_age_is_read_on_the_file_system_s_clock_not_this_node_s(tmp_path, monkeypatch):
+    """A node whose clock ran 20 minutes ahead of the shared file system took another writer's temp file of the
+    moment (a report's analysis.json, a probe job's cache entry) for a killed writer's and deleted it under that
+    writer; one 20 minutes behind kept a killed writer's leftover. Both compare with the folder's own clock now."""
+    from phd_lab import atomic
+    from phd_lab.probes.cache import ResultCache
+    live = tmp_path / ".analysis.json.abcd1234.tmp"
+    left = tmp_path / ".analysis.png.abcd1234.tmp"
+    cache = tmp_path / "cache"
+    (cache / "ab").mkdir(parents=True)
+    matrix = cache / "ab" / "ab12-0123456789abcdef.npy"  # a confusion matrix written now, its entry comes next
+    for path in (live, left, matrix):
+        path.write_text("partial")
+    long_ago = time.time() - atomic.STALE_AFTER_SECONDS - 60
+    os.utime(left, (long_ago, long_ago))
+    real_time = time.time
+    with monkeypatch.context() as clock:
+        clock.setattr(time, "time", lambda: real_time() + 20 * 60)  # this node runs ahead
+        assert atomic.remove_stale_temps(tmp_path) == [left]
+        ResultCache(cache).remove_stale_temps()
+    assert live.exists() and matrix.exists()
+    left.write_text("partial")
+    os.utime(left, (long_ago, long_ago))
+    with monkeypatch.context() as clock:
+        clock.setattr(time, "time", lambda: real_time() - 20 * 60)  # this node runs behind
+        assert atomic.remove_stale_temps(tmp_path) == [left]
+
+
 def test_a_rerun_removes_the_fresh_temp_files_of_its_killed_post_processing_steps(tmp_path):
     """Only main.py (holding the run lock) writes receptive_field.*, computational_info.*, projections.* and the
     steps' stamps (.steps.json): a temp file of theirs is a leftover at once, not only after 15 minutes; a probe

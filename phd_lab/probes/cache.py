@@ -22,14 +22,13 @@ import math
 import os
 import platform
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from phd_lab.atomic import (STALE_AFTER_SECONDS, nearest_existing, read_json, remove_stale_temps, unreachable,
-                            write_bytes, write_json, write_json_once)
+from phd_lab.atomic import (STALE_AFTER_SECONDS, file_system_now, nearest_existing, read_json, remove_stale_temps,
+                            unreachable, write_bytes, write_json, write_json_once)
 from phd_lab.environment import installed_version
 from phd_lab.errors import UsageError
 from phd_lab.file_hash import json_digest
@@ -121,7 +120,7 @@ class ResultCache:
         are ``atomic.STALE_AFTER_SECONDS`` old: another job sharing the cache may be writing its entries now, and an
         entry takes it milliseconds. So are confusion matrices (``<digest>-<sha256[:16]>.npy``) whose entry was never
         written: a job killed between the two writes left them."""
-        cutoff = time.time() - STALE_AFTER_SECONDS
+        cutoff = file_system_now(self.folder) - STALE_AFTER_SECONDS  # the clock that stamped the files
         for folder in sorted(self.folder.glob("[0-9a-f][0-9a-f]")):
             try:
                 for stale in remove_stale_temps(folder):
