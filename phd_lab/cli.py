@@ -14,6 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.console import readable_output, write_stderr, write_stdout
+from phd_lab.environment import process_limit_refusal
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
 from phd_lab.interrupts import clear_terminated, interruption_behind, note_terminated, terminated_noted
 from phd_lab.log_file import Formatter
@@ -51,7 +52,7 @@ def command_logging(verbosity: int = 0) -> Iterator[None]:
         root.setLevel(before)
 
 
-def report_error(error: BaseException) -> None:
+def report_error(error: BaseException | str) -> None:
     """One paragraph on stderr, no traceback."""
     text = " ".join(str(error).split())
     lines = textwrap.wrap(f"error: {text}", width=110, break_on_hyphens=False, break_long_words=False)
@@ -99,9 +100,14 @@ def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
         return _stopped(stop, interrupted)
     except Exception as error:
         stop = interruption_behind(error)
-        if stop is None:
+        if stop is not None:
+            return _stopped(stop, interrupted)
+        refusal = process_limit_refusal(error)
+        if refusal is None:
             raise
-        return _stopped(stop, interrupted)
+        log.debug("The system refused a thread or process:", exc_info=True)  # the run's or job's log file
+        report_error(refusal)
+        return EXIT_FAILURE
     finally:
         clear_terminated()
         if previous is not None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.metadata
 import os
 import platform
+import resource
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +28,43 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def process_limit_refusal(error: BaseException) -> str | None:
+    """What to tell the user when the system refused the command a new thread (``RuntimeError: can't start new
+    thread``) or process (``BlockingIOError`` EAGAIN from a fork or spawn), or None for another error. A node's
+    limit of processes per user (``ulimit -u``; threads count too) or of address space (``ulimit -v``: a thread's
+    stack must be mapped) ended the probe job's file check with a traceback, though only the limits were wrong."""
+    thread = isinstance(error, RuntimeError) and "can't start new thread" in str(error)
+    process = isinstance(error, BlockingIOError) and error.errno == errno.EAGAIN and _raised_by_a_start(error)
+    if not (thread or process):
+        return None
+    limits = ", ".join(f"{name} {_limit_text(kind)}" for name, kind in (("ulimit -u", "RLIMIT_NPROC"),
+                                                                        ("ulimit -v", "RLIMIT_AS")))
+    return (f"The system refused this command a new {'thread' if thread else 'process'} ({error}): this user's "
+            f"processes and threads, or its address space, reached a limit of this machine ({limits}; a batch "
+            f"system's cgroup may set others). Raise the limit, or use fewer worker processes (-mp, num_workers) or "
+            f"threads (cpu_threads), and rerun the same command: work finished before is kept.")
+
+
+def _raised_by_a_start(error: BaseException) -> bool:
+    """Whether ``error`` came out of starting a process (multiprocessing's or subprocess' Popen)."""
+    traceback = error.__traceback__
+    while traceback is not None:
+        code = traceback.tb_frame.f_code
+        if "multiprocessing" in code.co_filename or code.co_filename.endswith("subprocess.py"):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def _limit_text(kind: str) -> str:
+    """A resource limit as ``ulimit`` shows it (the soft one), or '?' where this system has none of that kind."""
+    try:
+        soft, _ = resource.getrlimit(getattr(resource, kind))
+    except (AttributeError, ValueError, OSError):
+        return "?"
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft if kind == "RLIMIT_NPROC" else soft // 1024)
 
 
 def available_memory(meminfo: Path = Path("/proc/meminfo"), cgroups: Path = Path("/sys/fs/cgroup"),

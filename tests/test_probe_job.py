@@ -1928,3 +1928,30 @@ def test_latents_an_older_phd_lab_extracted_for_a_trained_run_are_not_probed_as_
     assert current.probe_csv.is_file() and not old.probe_csv.exists()
     manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()), "extraction_version": 2}))
     assert cli("--config", str(config), "-mp", "0") == 0 and old.probe_csv.is_file()
+
+
+@pytest.mark.filterwarnings("ignore::tqdm.TqdmMonitorWarning")
+def test_a_thread_the_system_refuses_is_said_as_such_without_a_traceback(tmp_path, capsys):
+    """A node's limit of processes per user (ulimit -u, threads count) or of address space ended the job's file
+    check with 'RuntimeError: can't start new thread' and a traceback. A stack no thread can map is refused the
+    same real way: the job says which limits to raise, exit 1, and the rerun fits the layers."""
+    import threading
+
+    from tqdm import tqdm
+    run_dir, latents = make_latents(tmp_path)
+    previous, monitor = threading.stack_size(1 << 40), tqdm.monitor_interval
+    try:
+        try:
+            threading.Thread(target=int).start()
+        except RuntimeError:
+            pass
+        else:  # a system that commits any address space (vm.overcommit_memory 1) starts it
+            pytest.skip("this system maps a 1 TiB thread stack")
+        assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 1
+    finally:
+        threading.stack_size(previous)
+        tqdm.monitor_interval = monitor  # tqdm turns its monitor thread off for good when it cannot start
+    err = capsys.readouterr().err
+    assert "error: The system refused this command a new thread (can't start new thread)" in err
+    assert "ulimit -u" in err and "Traceback" not in err and not (run_dir / "probe_performances.csv").exists()
+    assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 0
