@@ -14,7 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.console import readable_output, write_stderr, write_stdout
-from phd_lab.environment import process_limit_refusal
+from phd_lab.environment import limit_refusal
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
 from phd_lab.interrupts import clear_terminated, interruption_behind, note_terminated, terminated_noted
 from phd_lab.log_file import Formatter
@@ -102,7 +102,7 @@ def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
         stop = interruption_behind(error)
         if stop is not None:
             return _stopped(stop, interrupted)
-        refusal = process_limit_refusal(error)
+        refusal = limit_refusal(error)
         if refusal is None:
             raise
         log.debug("The system refused a thread or process:", exc_info=True)  # the run's or job's log file

@@ -30,21 +30,30 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def process_limit_refusal(error: BaseException) -> str | None:
+LIMIT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)  # a read that fails so says nothing about the file
+
+
+def limit_refusal(error: BaseException) -> str | None:
     """What to tell the user when the system refused the command a new thread (``RuntimeError: can't start new
-    thread``) or process (``BlockingIOError`` EAGAIN from a fork or spawn), or None for another error. A node's
-    limit of processes per user (``ulimit -u``; threads count too) or of address space (``ulimit -v``: a thread's
-    stack must be mapped) ended the probe job's file check with a traceback, though only the limits were wrong."""
-    thread = isinstance(error, RuntimeError) and "can't start new thread" in str(error)
-    process = isinstance(error, BlockingIOError) and error.errno == errno.EAGAIN and _raised_by_a_start(error)
-    if not (thread or process):
+    thread``), process (``BlockingIOError`` EAGAIN from a fork or spawn), open file (EMFILE, ENFILE) or memory
+    map (ENOMEM), or None for another error (``LIMIT_ERRNOS``: what no file is to blame for). A node's limit of
+    processes per user (``ulimit -u``; threads count too), of address space (``ulimit -v``: a thread's stack must
+    be mapped) or of open files (``ulimit -n``) ended the probe job with a traceback, though only the limits were
+    wrong."""
+    if isinstance(error, RuntimeError) and "can't start new thread" in str(error):
+        what, limits = "thread", (("ulimit -u", "RLIMIT_NPROC"), ("ulimit -v", "RLIMIT_AS"))
+    elif isinstance(error, BlockingIOError) and error.errno == errno.EAGAIN and _raised_by_a_start(error):
+        what, limits = "process", (("ulimit -u", "RLIMIT_NPROC"), ("ulimit -v", "RLIMIT_AS"))
+    elif isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+        what, limits = "open file", (("ulimit -n", "RLIMIT_NOFILE"),)
+    elif isinstance(error, OSError) and error.errno == errno.ENOMEM:  # a memory map of a file, a buffer
+        what, limits = "piece of memory", (("ulimit -v", "RLIMIT_AS"),)
+    else:
         return None
-    limits = ", ".join(f"{name} {_limit_text(kind)}" for name, kind in (("ulimit -u", "RLIMIT_NPROC"),
-                                                                        ("ulimit -v", "RLIMIT_AS")))
-    return (f"The system refused this command a new {'thread' if thread else 'process'} ({error}): this user's "
-            f"processes and threads, or its address space, reached a limit of this machine ({limits}; a batch "
-            f"system's cgroup may set others). Raise the limit, or use fewer worker processes (-mp, num_workers) or "
-            f"threads (cpu_threads), and rerun the same command: work finished before is kept.")
+    named = ", ".join(f"{name} {_limit_text(kind)}" for name, kind in limits)
+    return (f"The system refused this command a new {what} ({error}): it reached a limit of this machine ({named}; "
+            f"a batch system's cgroup may set others). Raise the limit, or use fewer worker processes (-mp, "
+            f"num_workers) or threads (cpu_threads), and rerun the same command: work finished before is kept.")
 
 
 def _raised_by_a_start(error: BaseException) -> bool:
@@ -64,7 +73,7 @@ def _limit_text(kind: str) -> str:
         soft, _ = resource.getrlimit(getattr(resource, kind))
     except (AttributeError, ValueError, OSError):
         return "?"
-    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft if kind == "RLIMIT_NPROC" else soft // 1024)
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft // 1024 if kind == "RLIMIT_AS" else soft)
 
 
 def available_memory(meminfo: Path = Path("/proc/meminfo"), cgroups: Path = Path("/sys/fs/cgroup"),

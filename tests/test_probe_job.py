@@ -1955,3 +1955,21 @@ def test_a_thread_the_system_refuses_is_said_as_such_without_a_traceback(tmp_pat
     assert "error: The system refused this command a new thread (can't start new thread)" in err
     assert "ulimit -u" in err and "Traceback" not in err and not (run_dir / "probe_performances.csv").exists()
     assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 0
+
+
+def test_an_open_file_the_system_refuses_is_said_as_such_without_a_traceback(tmp_path, capsys):
+    """A node's limit of open files (ulimit -n) reached while the job read its labels ended it with 'OSError:
+    [Errno 24] Too many open files' and a traceback; it names ulimit -n now, exit 1, and the rerun fits."""
+    import resource
+    run_dir, latents = make_latents(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")), hard))
+    try:
+        assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    err = capsys.readouterr().err
+    assert "error:" in err and "Too many open files" in err and "Traceback" not in err
+    assert "ulimit -n" in err
+    assert not (run_dir / "probe_performances.csv").exists()
+    assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 0

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from phd_lab.atomic import read_json
+from phd_lab.environment import LIMIT_ERRNOS
 from phd_lab.errors import DataError
 from phd_lab.file_hash import hash_and_stamp
 
@@ -125,6 +126,8 @@ def _header(path: Path, manifest: Path) -> tuple[tuple[int, ...], np.dtype]:
         with open(path, "rb") as handle:
             start = handle.read(512)
     except OSError as error:
+        if error.errno in LIMIT_ERRNOS:  # this machine's limit, not the file: the command says which
+            raise
         raise DataError(f"Latents file {str(path)!r} is not a readable .npy array ({error}); rerun the extraction "
                         f"step.") from None
     if not start:  # numpy 1.24 took an empty file for a pickle and said so
@@ -135,6 +138,8 @@ def _header(path: Path, manifest: Path) -> tuple[tuple[int, ...], np.dtype]:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:  # EOFError: cut short
+        if isinstance(error, OSError) and error.errno in LIMIT_ERRNOS:
+            raise
         reason = (_PICKLED if "pickle" in str(error) or _holds_objects(path)
                   else str(error) or type(error).__name__)
         raise DataError(f"Latents file {str(path)!r} is not a readable .npy array ({reason}); rerun the extraction "
