@@ -41,19 +41,19 @@ def limit_refusal(error: BaseException) -> str | None:
     be mapped) or of open files (``ulimit -n``) ended the probe job with a traceback, though only the limits were
     wrong."""
     if isinstance(error, RuntimeError) and "can't start new thread" in str(error):
-        what, limits = "thread", (("ulimit -u", "RLIMIT_NPROC"), ("ulimit -v", "RLIMIT_AS"))
+        what, limits = "thread", ("-u", "-v")
     elif isinstance(error, BlockingIOError) and error.errno == errno.EAGAIN and _raised_by_a_start(error):
-        what, limits = "process", (("ulimit -u", "RLIMIT_NPROC"), ("ulimit -v", "RLIMIT_AS"))
+        what, limits = "process", ("-u", "-v")
     elif isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
-        what, limits = "open file", (("ulimit -n", "RLIMIT_NOFILE"),)
+        what, limits = "open file", ("-n",)
     elif isinstance(error, OSError) and error.errno == errno.ENOMEM:  # a memory map of a file, a buffer
-        what, limits = "piece of memory", (("ulimit -v", "RLIMIT_AS"),)
+        what, limits = "piece of memory", ("-v",)
     else:
         return None
-    named = ", ".join(f"{name} {_limit_text(kind)}" for name, kind in limits)
-    return (f"The system refused this command a new {what} ({error}): it reached a limit of this machine ({named}; "
-            f"a batch system's cgroup may set others). Raise the limit, or use fewer worker processes (-mp, "
-            f"num_workers) or threads (cpu_threads), and rerun the same command: work finished before is kept.")
+    return (f"The system refused this command a new {what} ({error}): it reached a limit of this machine "
+            f"({ulimits(*limits)}; a batch system's cgroup may set others). Raise the limit, or use fewer worker "
+            f"processes (-mp, num_workers) or threads (cpu_threads), and rerun the same command: work finished "
+            f"before is kept.")
 
 
 def _raised_by_a_start(error: BaseException) -> bool:
@@ -67,13 +67,22 @@ def _raised_by_a_start(error: BaseException) -> bool:
     return False
 
 
+_ULIMIT_FLAGS = {"-u": "RLIMIT_NPROC", "-v": "RLIMIT_AS", "-n": "RLIMIT_NOFILE", "-s": "RLIMIT_STACK"}
+
+
+def ulimits(*flags: str) -> str:
+    """This process' limits as ``ulimit`` shows them (the soft ones; KiB for -v and -s): 'ulimit -u 4096, ulimit -v
+    unlimited'; '?' for a kind this system does not have."""
+    return ", ".join(f"ulimit {flag} {_limit_text(_ULIMIT_FLAGS[flag])}" for flag in flags)
+
+
 def _limit_text(kind: str) -> str:
-    """A resource limit as ``ulimit`` shows it (the soft one), or '?' where this system has none of that kind."""
     try:
         soft, _ = resource.getrlimit(getattr(resource, kind))
     except (AttributeError, ValueError, OSError):
         return "?"
-    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft // 1024 if kind == "RLIMIT_AS" else soft)
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft // 1024 if kind in ("RLIMIT_AS", "RLIMIT_STACK")
+                                                                   else soft)
 
 
 def available_memory(meminfo: Path = Path("/proc/meminfo"), cgroups: Path = Path("/sys/fs/cgroup"),

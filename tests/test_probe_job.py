@@ -1973,3 +1973,32 @@ def test_an_open_file_the_system_refuses_is_said_as_such_without_a_traceback(tmp
     assert "ulimit -n" in err
     assert not (run_dir / "probe_performances.csv").exists()
     assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 0
+
+
+def test_a_worker_that_cannot_start_its_threads_is_not_only_said_killed_or_crashed(tmp_path, capsys):
+    """Workers that could not start their threads (a node's ulimit -u, which counts threads; here a stack limit no
+    thread can map, which spawned workers inherit) died at their imports, and the job said only that a worker was
+    killed (the out-of-memory killer) or crashed; it names the limits now, exit 1."""
+    import resource
+    import threading
+    run_dir, latents = make_latents(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    previous = threading.stack_size(1 << 40)  # what a thread of a worker under that stack limit asks for
+    try:
+        threading.Thread(target=int).start()
+    except RuntimeError:
+        pass
+    else:  # a system that commits any address space (vm.overcommit_memory 1) starts it
+        pytest.skip("this system maps a 1 TiB thread stack")
+    finally:
+        threading.stack_size(previous)
+    if hard != resource.RLIM_INFINITY and hard < 1 << 40:
+        pytest.skip("the hard stack limit is below 1 TiB")
+    resource.setrlimit(resource.RLIMIT_STACK, (1 << 40, hard))
+    try:
+        assert cli("--latents", str(latents), "-mp", "2", "--solver", "lbfgs") == 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_STACK, (soft, hard))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "could not start its threads" in err and "ulimit -u" in err and "ulimit -s 1073741824" in err
+    assert not (run_dir / "probe_performances.csv").exists()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from phd_lab import atomic
+from phd_lab.environment import ulimits
 from phd_lab.errors import DataError, PhdLabError, RunFailure, RunFolderLost
 from phd_lab.lock import ProcessTurn
 from phd_lab.probes.cache import ResultCache, json_digest, library_versions
@@ -171,9 +172,10 @@ def _failure(task: ProbeTask, error: BaseException) -> PhdLabError:
     if isinstance(error, BrokenProcessPool):  # every layer not yet done gets it: which one the dead worker had
         return RunFailure(  # is not known, so no layer is named
             f"A probe worker process ended abruptly while layers were being fitted: it was killed by a signal (the "
-            f"out-of-memory killer does this when the layers being fitted do not fit in memory together) or "
-            f"crashed. The layers fitted before are cached; run the job again to fit the rest, with fewer "
-            f"worker processes (-mp) if memory is short. ({error})")
+            f"out-of-memory killer does this when the layers being fitted do not fit in memory together), "
+            f"crashed, or could not start its threads (a limit of this machine: {ulimits('-u', '-v', '-s')}; "
+            f"its own error is on the console then). The layers fitted before are cached; run the job again to fit "
+            f"the rest, with fewer worker processes (-mp) if memory is short. ({error})")
     return RunFailure(f"The probe of layer {task.layer!r} (index {task.index}, {task.train}) failed: "
                       f"{type(error).__name__}: {error}")
 
