@@ -40,9 +40,6 @@ COMPUTATIONAL_JSON = "computational_info.json"
 COMPUTATIONAL_CSV = "computational_info.csv"
 PROBES = "probe_performances.csv"
 PROJECTIONS = "projections.csv"
-ANALYSIS_JSON = "analysis.json"
-ANALYSIS_PNG = "analysis.png"
-LOCK = ".lock"
 _MARKERS = (RECEPTIVE_FIELD, COMPUTATIONAL_JSON, PROBES)  # a folder with one of these is a run too
 
 
