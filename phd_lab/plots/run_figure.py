@@ -12,7 +12,6 @@ Anything missing is simply not drawn.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -285,10 +284,3 @@ def figure_png(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -> byt
     finally:
         close(fig)
 
-
-def save_run_figure(path: Path | str, tables: RunTables, summary: dict[str, Any], dpi: int = 90) -> bytes:
-    """Write the figure atomically to ``path`` and return its PNG bytes."""
-    from phd_lab import atomic
-    data = figure_png(tables, summary, dpi)
-    atomic.write_bytes(path, data)
-    return data
