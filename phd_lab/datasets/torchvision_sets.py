@@ -25,8 +25,7 @@ from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.download import download_and_extract, missing_folders, remove_empty_folders_since
 from phd_lab.datasets.folders import (FixedClassImageFolder, TinyImageNet, class_folders, is_image_file,
                                       warn_evaluation_images_in_training)
-from phd_lab.datasets.transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
-                                         Preprocessing, RGB_NORMALISATIONS, make_preprocessing)
+from phd_lab.datasets.transforms import Preprocessing, RGB_NORMALISATIONS, make_preprocessing
 from phd_lab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
