@@ -273,16 +273,6 @@ def check_probe_keys(solver: str, device: str, where: str) -> None:
                           f"probe_device to 'cpu'.")
 
 
-def register_key(key: Key) -> Key:
-    """Add a key to the schema (used by feature modules that own their keys)."""
-    global SCHEMA
-    if key.name in SCHEMA_BY_NAME:
-        raise AssertionError(f"config key {key.name!r} declared twice")
-    SCHEMA = SCHEMA + (key,)
-    SCHEMA_BY_NAME[key.name] = key
-    return key
-
-
 def _args_hint(key: str) -> str:
     """Where a factory argument written at the config's top level belongs (``"lr"`` → ``optimizer_args``)."""
     from phd_lab.factory_args import args_taking  # imports the registries: only for an unknown key

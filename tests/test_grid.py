@@ -175,7 +175,8 @@ def test_a_result_affecting_key_added_later_moves_no_existing_run():
     before = Grid(PINNED)[0]
     schema, by_name = config.SCHEMA, dict(config.SCHEMA_BY_NAME)
     try:
-        config.register_key(config.Key("label_smoothing", "float", 0.0, "a key of a later version", minimum=0.0))
+        later = config.Key("label_smoothing", "float", 0.0, "a key of a later version", minimum=0.0)
+        config.SCHEMA, config.SCHEMA_BY_NAME[later.name] = schema + (later,), later
         assert Grid(PINNED)[0].identity_hash() == before.identity_hash()
         assert RunDir.for_run(Grid(PINNED)[0]).root == RunDir.for_run(before).root
         assert Grid(dict(PINNED, label_smoothing=0.1))[0].identity_hash() != before.identity_hash()
