@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -210,8 +210,3 @@ def _through_pca_layer(module: nn.Module, inputs: object, output: torch.Tensor) 
     """Forward hook: the layer's output, collected or projected by its PCA child."""
     return getattr(module, PCA_CHILD)(output)
 
-
-def pca_layers(model: nn.Module) -> Iterator[_PCALayer]:
-    for module in model.modules():
-        if isinstance(module, _PCALayer):
-            yield module
