@@ -94,13 +94,13 @@ class Main:
         return grid
 
     def _registries_for(self, modules: Mapping[str, str]) -> Registries:
+        """The registries a grid point names (``Main``'s own overrides win), imported once per grid by ``load``."""
         chosen = dict(modules)
         chosen.update(self.registry_overrides)
         key = tuple(sorted((k, v if isinstance(v, str) else v.__name__) for k, v in chosen.items()))
-        cache = self.__dict__.setdefault("_registry_cache", {})
-        if key not in cache:
-            cache[key] = Registries(chosen)
-        return cache[key]
+        if key not in self._registry_cache:
+            self._registry_cache[key] = Registries(chosen)
+        return self._registry_cache[key]
 
     def _validate_grid(self, grid: Grid) -> list[TrainTestExecutor]:
         executors, folders, models, said = [], {}, self.meta_models, {}
