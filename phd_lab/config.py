@@ -188,7 +188,7 @@ SCHEMA: tuple[Key, ...] = (
          nullable=True, technical=True),
     _key("post_processing", "list", [], "steps to run after training (see --list steps); each a name or "
          "{\"name\": ..., parameters}", technical=True),
-    # --- saturation tracking keys (issue 3) go below this line
+    # --- saturation tracking
     _key("track_saturation", "bool", True, "per epoch: layer saturation on the training and test set (CSV "
          "columns and a plot)"),
     _key("tracking_mode", "str", "passes", "passes: after each epoch a separate pass over the un-augmented "
@@ -214,9 +214,7 @@ SCHEMA: tuple[Key, ...] = (
     _key("tracking_device", "str", None, "saturation: device of the covariance sums (null: the model's)",
          nullable=True, technical=True),
 
-    # --- post-processing keys (issue 4) go below this line
-
-    # --- probe keys (issue 5) go below this line; they do not change the trained run (technical)
+    # --- probe job: these keys do not change the trained run (technical)
     _key("probe_solver", "str", "saga", "probe job: solver of the logistic-regression probes (docs/probes.md)",
          choices=("saga", "lbfgs", "lbfgs-torch"), technical=True),
     # the bounds keep the solvers' own numbers in range: a smaller C overflowed the float32 penalty of lbfgs-torch
@@ -236,7 +234,7 @@ SCHEMA: tuple[Key, ...] = (
     _key("probe_device", "str", "cpu", "probe job: torch device of the lbfgs-torch solver (cpu, cuda, cuda:N)",
          technical=True),
 
-    # --- analysis keys (issue 7) go below this line
+    # --- analysis
     _key("tail_threshold", "float", 0.5, "analysis: a tail's mean saturation is at least this share lower than the "
          "rest's (thesis: 0.5)", minimum=0.0, exclusive_minimum=True, maximum=0.99, technical=True),
     _key("tail_min_length", "int", 3, "analysis: fewest consecutive layers that form a tail (thesis: 3)", minimum=1,
@@ -251,9 +249,6 @@ SCHEMA: tuple[Key, ...] = (
          "the width guideline aims for (thesis: 20-30%)", item_kind="float", technical=True),
     _key("analysis_split", "str", "train", "analysis: saturations of the train or test pass of the last epoch "
          "(thesis: train)", choices=("train", "test"), technical=True),
-
-    # --- model zoo / dataset keys (issue 6) go below this line
-
 )
 
 SCHEMA_BY_NAME: dict[str, Key] = {k.name: k for k in SCHEMA}

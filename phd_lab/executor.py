@@ -58,9 +58,7 @@ RUN_TURN = ProcessTurn("training run")  # runs in threads of one process take tu
 
 # Feature modules add callbacks here: ``factory(config, rundir) -> Callback | None``.
 CALLBACK_FACTORIES: list[Callable[[RunConfig, RunDir], "Callback | None"]] = [
-    # issue 3: the saturation callback factory goes on the next line
     saturation_callback,
-
 ]
 
 

@@ -169,11 +169,11 @@ class RunDir:
         return self.root / "diverged.json"
 
     @property
-    def analysis_json(self) -> Path:  # issue 7: written by the analysis step and the report
+    def analysis_json(self) -> Path:  # written by the analysis step and the report
         return self.root / "analysis.json"
 
     @property
-    def analysis_plot(self) -> Path:  # issue 7
+    def analysis_plot(self) -> Path:
         return self.root / "analysis.png"
 
     @property
@@ -224,7 +224,7 @@ class RunDir:
         """The same run folder, its probe_* paths naming the results of latents set ``probe_set``."""
         return replace(self, probe_set=probe_set)
 
-    # --- probe job outputs (issue 5): they do not use ``name``, so the probe job can build a
+    # --- probe job outputs: they do not use ``name``, so the probe job can build a
     # RunDir from the manifest's run_dir alone. A latents set other than the default adds its name:
     # probe_performances_2x2_nearest.csv.
     @property

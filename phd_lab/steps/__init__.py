@@ -32,14 +32,8 @@ FROM_CONFIG = object()  # sentinel default: use the config key of the same name
 # Modules that register steps when imported (kept lazy so that importing the registry
 # stays cheap). Each module calls ``register_step`` at import time.
 STEP_MODULES: tuple[str, ...] = (
-    # issue 4 step modules (receptive_field, flops, extract) go on the next line
-    "phd_lab.steps.receptive_field", "phd_lab.steps.flops", "phd_lab.steps.extract",
-    # issue 3 step module (project) goes on the next line
-    "phd_lab.steps.project",
-
-    # issue 7 step module (analysis) goes on the next line
+    "phd_lab.steps.receptive_field", "phd_lab.steps.flops", "phd_lab.steps.extract", "phd_lab.steps.project",
     "phd_lab.steps.analysis",
-
 )
 
 _STEPS: dict[str, "Step"] = {}
