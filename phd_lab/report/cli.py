@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from phd_lab import atomic
 from phd_lab.atomic import check_writable_dir
@@ -13,6 +13,11 @@ from phd_lab.console import readable_output, write_stdout
 from phd_lab.environment import available_cores
 from phd_lab.errors import EXIT_OK, DataError, ReportError, UsageError
 from phd_lab.report.repetition_files import DEFAULT_ALPHA, REPETITION_TABLES, csv_path, is_repetition_table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from phd_lab.report.collect import RunEntry
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +106,41 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     Up to ``processes`` worker processes (default: the available cores, at most ``DEFAULT_MAX_PROCESSES``) draw
     the run figures that are not in the run folders yet; they are spawned, so a script that calls this needs an
     ``if __name__ == "__main__":`` guard (or ``processes=0``)."""
-    from phd_lab.analysis.projection_tables import relative_accuracies
-    from phd_lab.plots.grid_figures import grid_figures, png_bytes
-    from phd_lab.plots.projections import relative_accuracy_figure
     from phd_lab.report.collect import collect
     from phd_lab.report.html import render_report
     from phd_lab.report.figure_reuse import previous_figures
     from phd_lab.report.repetitions import draw_figures, repetition_groups, repetitions_csvs
 
+    logs_dir, out_path, tables = _checked_paths(logs_dir, out, alpha, processes)
+    check_writable_dir(str(out_path.parent), "--out", "report", subject="the folder of --out")  # before any
+    # run folder is refreshed; then a killed report's temp page (15 minutes old), and nothing else of that folder
+    for name in [out_path.name, *(path.name for path in tables.values())]:
+        for stale in atomic.remove_stale_temps(out_path.parent, only=name):
+            log.info("Removed %s, left half-written by a process that was killed.", stale)
+    entries = collect(logs_dir, refresh=refresh, progress=progress,
+                      processes=default_processes() if processes is None else processes)
+    if not entries:
+        raise DataError(f"LOGS_DIR {str(logs_dir)!r} holds no runs: no folder below it has a <name>_config.json or a "
+                        f"post-processing table. Train a grid into it first (python main.py --config FILE).")
+    comparison = _comparison_figures(entries)
+    previous = previous_figures(out_path)  # a report page where one exists (checked above)
+    groups = [draw_figures(group, previous) for group in repetition_groups(entries, alpha)]
+    frames = repetitions_csvs(groups)
+    page = render_report(entries, logs_dir, out_path, comparison, groups,
+                         [tables[suffix] for suffix in REPETITION_TABLES if suffix in frames])
+    _write_page(out_path, page, tables, frames)
+    log.info("Report of %d run(s) written to %s", len(entries), out_path)
+    for group in groups:
+        if group.relevant_delta is not None:
+            log.info("%s: relevant eigenspace from delta %g on (paired t-tests over %d projected runs, alpha %g)",
+                     group.label, group.relevant_delta, group.projected, alpha)  # the n of the page's tests
+    return out_path
+
+
+def _checked_paths(logs_dir: Path | str, out: Path | str | None, alpha: float,
+                   processes: int | None) -> tuple[Path, Path, dict[str, Path]]:
+    """LOGS_DIR, the page to write and its repetition tables by suffix, once every option is usable: a
+    UsageError before any run folder is read or written."""
     if not str(logs_dir).strip():  # Path("") is the working directory: an unset shell variable, not a choice
         raise UsageError("LOGS_DIR is empty; pass the logs folder of a grid (the config's 'logs_dir', ./logs by "
                          "default), or '.' for the working directory.")
@@ -140,43 +172,37 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
             raise UsageError(f"{str(path)!r} exists and is no table of a phd-lab report; the report would replace "
                              f"it with the statistics of its repeated runs. Pass another --out or move that file.")
     _refuse_a_page_sharing_the_tables(out_path, tables[REPETITION_TABLES[0]])
-    check_writable_dir(str(out_path.parent), "--out", "report", subject="the folder of --out")  # before any
-    # run folder is refreshed; then a killed report's temp page (15 minutes old), and nothing else of that folder
-    for name in [out_path.name, *(path.name for path in tables.values())]:
-        for stale in atomic.remove_stale_temps(out_path.parent, only=name):
-            log.info("Removed %s, left half-written by a process that was killed.", stale)
-    entries = collect(logs_dir, refresh=refresh, progress=progress,
-                      processes=default_processes() if processes is None else processes)
-    if not entries:
-        raise DataError(f"LOGS_DIR {str(logs_dir)!r} holds no runs: no folder below it has a <name>_config.json or a "
-                        f"post-processing table. Train a grid into it first (python main.py --config FILE).")
+    return logs_dir, out_path, tables
+
+
+def _comparison_figures(entries: list[RunEntry]) -> dict[str, bytes]:
+    """The grid's comparison plots as PNG bytes by title, with §7.3's Fig. 43 where any run was projected."""
+    from phd_lab.analysis.projection_tables import relative_accuracies
+    from phd_lab.plots.grid_figures import grid_figures, png_bytes
+    from phd_lab.plots.projections import relative_accuracy_figure
+
     bands = {tuple(e.summary["settings"]["target_saturation"]) for e in entries if e.summary.get("settings")}
     comparison = grid_figures([e.summary for e in entries], bands=sorted(bands) or [(0.2, 0.3)])  # type: ignore
     relative = relative_accuracies({str(e.folder.root): e.tables.projections for e in entries
                                     if e.tables.projections is not None})
     if len(relative):  # §7.3's Fig. 43 over every projected run of the grid
         comparison[RELATIVE_ACCURACY] = png_bytes(relative_accuracy_figure(relative))
-    previous = previous_figures(out_path)  # a report page where one exists (checked above)
-    groups = [draw_figures(group, previous) for group in repetition_groups(entries, alpha)]
-    frames = repetitions_csvs(groups)
-    page = render_report(entries, logs_dir, out_path, comparison, groups,
-                         [tables[suffix] for suffix in REPETITION_TABLES if suffix in frames])
+    return comparison
+
+
+def _write_page(out_path: Path, page: str, tables: dict[str, Path], frames: dict[str, pd.DataFrame]) -> None:
+    """Write the page, then its repetition tables (removing one the grid no longer has: it would describe other
+    runs); a write that fails is one ReportError paragraph, not a traceback."""
     writing = out_path
     try:
         atomic.write_text(out_path, page)
-        for suffix, writing in tables.items():  # a table the grid no longer has goes: it would describe other runs
+        for suffix, writing in tables.items():
             if suffix in frames:
                 atomic.write_csv(writing, frames[suffix])
             elif writing.exists():
                 writing.unlink()
-    except OSError as error:  # a full disk, a file size limit: one paragraph, not a traceback
+    except OSError as error:  # a full disk, a file size limit
         raise ReportError(_not_written(out_path, writing, error)) from None
-    log.info("Report of %d run(s) written to %s", len(entries), out_path)
-    for group in groups:
-        if group.relevant_delta is not None:
-            log.info("%s: relevant eigenspace from delta %g on (paired t-tests over %d projected runs, alpha %g)",
-                     group.label, group.relevant_delta, group.projected, alpha)  # the n of the page's tests
-    return out_path
 
 
 @readable_output
