@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.console import readable_output, write_stderr, write_stdout
 from phd_lab.environment import limit_refusal
-from phd_lab.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PhdLabError, Terminated, UsageError
+from phd_lab.errors import EXIT_FAILURE, EXIT_OK, PhdLabError, Terminated, UsageError
 from phd_lab.interrupts import clear_terminated, interruption_behind, note_terminated, terminated_noted
 from phd_lab.log_file import Formatter
 
@@ -90,12 +90,9 @@ def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
     try:
         with logs_above_progress_bars():
             return body()
-    except UsageError as error:
+    except PhdLabError as error:  # UsageError: 2, anything else the framework raises: 1
         report_error(error)
-        return EXIT_USAGE
-    except PhdLabError as error:
-        report_error(error)
-        return EXIT_FAILURE
+        return error.exit_code
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
         return _stopped(stop, interrupted)
     except Exception as error:
