@@ -23,9 +23,9 @@ FolderListings = dict[Path, dict[str, list[str]]]
 grid, so that each parent is listed once instead of once per grid point and digest."""
 
 
-def run_parent(cfg: RunConfig, logs_dir: Path | str | None = None) -> Path:
+def run_parent(cfg: RunConfig) -> Path:
     """``<logs_dir>/<model>/<dataset>_<resolution>/<run_id>``: the folder that holds the run's variants."""
-    logs = Path(os.path.expanduser(logs_dir if logs_dir is not None else cfg.logs_dir))  # '~/logs', not ./~/logs
+    logs = Path(os.path.expanduser(cfg.logs_dir))  # '~/logs', not ./~/logs
     return logs / safe_name(cfg.model) / f"{safe_name(cfg.dataset)}_{cfg.resolution}" / safe_name(cfg.run_id)
 
 
@@ -99,8 +99,7 @@ class RunDir:
     probe_set: str = ""  # the latents set whose probe results the probe_* paths name ("": the default set)
 
     @classmethod
-    def for_run(cls, cfg: RunConfig, logs_dir: Path | str | None = None,
-                listings: FolderListings | None = None) -> "RunDir":
+    def for_run(cls, cfg: RunConfig, listings: FolderListings | None = None) -> "RunDir":
         """The run's folder. The variant's hash suffix is what identifies it: a folder whose readable part
         was written otherwise (the keys of a nested mapping in another order, by an older version) is
         found by its hash and kept.
@@ -115,17 +114,16 @@ class RunDir:
 
         ``listings``, shared by the points of one grid, keeps each parent folder's listing: looked up per point, a
         parent of n variant folders was read n times (4,000 points, half trained: 30 s of CPU)."""
-        parent = run_parent(cfg, logs_dir)
+        parent = run_parent(cfg)
         root = parent / cfg.variant_slug()
         _check_name_lengths(cfg, root)  # before any stat(): the OS answers a too-long name with an error
-        logs = logs_dir if logs_dir is not None else cfg.logs_dir
         if runs_into_a_loop(parent):  # no folder is found through it, and --dry-run would call the run "new"
-            raise ConfigError(f"{cfg.source}: the key 'logs_dir' is {shown_path(logs)!r}, and the run's folder "
+            raise ConfigError(f"{cfg.source}: the key 'logs_dir' is {shown_path(cfg.logs_dir)!r}, and the run's folder "
                               f"{shown_path(root)!r} in it cannot be used: {LOOP} for 'logs_dir'.")
         try:
             return cls(root=_find_folder(cfg, parent, root, listings), name=cfg.name)
         except OSError as error:  # e.g. a whole path longer than the system allows, though each name fits
-            raise ConfigError(f"{cfg.source}: the key 'logs_dir' is {shown_path(logs)!r}, and the run's folder "
+            raise ConfigError(f"{cfg.source}: the key 'logs_dir' is {shown_path(cfg.logs_dir)!r}, and the run's folder "
                               f"{shown_path(root)!r} in it cannot be used: {os_refusal(root, error)} for "
                               f"'logs_dir'.") from None
 
