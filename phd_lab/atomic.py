@@ -284,6 +284,16 @@ def read_json(path: Path | str) -> Any:
         raise ValueError(f"{str(path)!r} nests lists or objects too deep to be read as JSON") from None
 
 
+def read_json_object(path: Path | str) -> dict[str, Any] | None:
+    """The JSON object of a file, or None where it is missing, unreadable, not JSON or not an object: for the files
+    a reader treats as absent then (a manifest, a previous analysis, a probe job's settings)."""
+    try:
+        value = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def write_json(path: Path | str, obj: Any) -> None:
     write_text(path, _json_text(obj))
 

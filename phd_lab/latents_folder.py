@@ -64,12 +64,7 @@ def state_fingerprint(state: dict[str, Any]) -> str:
 
 def load_manifest(folder: Path) -> dict[str, Any] | None:
     """The folder's manifest, or None when it is missing or unreadable (= not a complete extraction)."""
-    path = Path(folder) / MANIFEST
-    try:
-        manifest = atomic.read_json(path)
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
+    return atomic.read_json_object(Path(folder) / MANIFEST)
 
 
 def latents_look_whole(folder: Path) -> bool:

@@ -744,6 +744,17 @@ def test_a_temp_file_s_age_is_read_on_the_file_system_s_clock_not_this_node_s(tm
         assert atomic.remove_stale_temps(tmp_path) == [left]
 
 
+def test_a_json_file_read_as_an_object_is_none_unless_it_holds_one(tmp_path):
+    """The one reader of manifests, previous analyses and probe settings: a file missing, not UTF-8, not JSON,
+    nested too deep or holding no object is None (the readers treat it as absent), an object is returned."""
+    from phd_lab import atomic
+    contents = {"not_utf8": b"\xff{}", "not_json": b"{", "list": b"[1]", "deep": b"[" * 100_000, "object": b'{"a": 1}'}
+    for name, data in contents.items():
+        (tmp_path / name).write_bytes(data)
+    assert {name: atomic.read_json_object(tmp_path / name) for name in [*contents, "missing"]} == {
+        "not_utf8": None, "not_json": None, "list": None, "deep": None, "object": {"a": 1}, "missing": None}
+
+
 def test_a_rerun_removes_the_fresh_temp_files_of_its_killed_post_processing_steps(tmp_path):
     """Only main.py (holding the run lock) writes receptive_field.*, computational_info.*, projections.* and the
     steps' stamps (.steps.json): a temp file of theirs is a leftover at once, not only after 15 minutes; a probe

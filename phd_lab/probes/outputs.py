@@ -171,13 +171,13 @@ def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None,
         if (name and named is None) or name == PIXELWISE or not path.is_file():
             continue
         recorded = (current[1] if current is not None and current[0] == name
-                    else _json_object(outputs.for_probe_set(name).probe_settings))
+                    else atomic.read_json_object(outputs.for_probe_set(name).probe_settings) or {})
         if settings is not None and _dict_at(recorded, "settings") != settings:
             other_settings.append(path.name)
             continue
         latents = _dict_at(recorded, "latents") or {}
         if not name and "downsampling" not in latents:  # default-set results of an older version: its manifest
-            manifest = _json_object(outputs.latents() / "manifest.json")
+            manifest = atomic.read_json_object(outputs.latents() / "manifest.json") or {}
             latents = {"downsampling": manifest["downsampling"]} if "downsampling" in manifest else {}
         unknown = not name and "downsampling" not in latents
         size = latents.get("downsampling", named.downsampling if named else None)
@@ -199,15 +199,6 @@ def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None,
     return [(label, method, table) for _, label, method, table in sorted(found, key=lambda item: item[0])]
 
 
-def _json_object(path: Path) -> dict[str, Any]:
-    """A JSON file's object ({} when it is missing, unreadable or not an object)."""
-    try:
-        value = atomic.read_json(path)
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _dict_at(value: dict[str, Any], key: str) -> dict[str, Any] | None:
     """``value[key]`` where it is an object, else None."""
     inner = value.get(key)
@@ -216,7 +207,7 @@ def _dict_at(value: dict[str, Any], key: str) -> dict[str, Any] | None:
 
 def _earlier_settings(path: Path) -> dict[str, Any] | None:
     """The settings of the probe results a run folder holds (None: none, or unreadable)."""
-    return _dict_at(_json_object(path), "settings")
+    return _dict_at(atomic.read_json_object(path) or {}, "settings")
 
 
 def refresh_analysis(job: ProbeJob, tag: dict[str, int] | None = None) -> None:

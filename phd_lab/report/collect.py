@@ -158,7 +158,7 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool)
     summary = summarize(tables, settings)
     plain = json.loads(json.dumps(jsonable(summary), allow_nan=False))  # as analysis.json holds it
     key = figure_key(plain, sources)
-    previous = _read_previous_analysis(folder)
+    previous = atomic.read_json_object(folder.analysis_json) or {}
     own = _without_kept(previous)
     figure = _previous_figure(folder, own) if own.get("figure_key") == key else None
     document = {**plain, "figure_key": key, **({FIGURE_SHA256: own[FIGURE_SHA256]} if figure else {})}
@@ -230,14 +230,6 @@ def _drawing_code() -> bytes:
     from phd_lab.plots import receptive_field, run_figure
     source = b"".join(Path(module.__file__).read_bytes() for module in (run_figure, receptive_field))  # plotted_rows
     return f"{__version__} {matplotlib.__version__} ".encode() + hashlib.sha256(source).digest()
-
-
-def _read_previous_analysis(folder: RunDir) -> dict[str, Any]:
-    try:
-        previous = atomic.read_json(folder.analysis_json)
-    except (OSError, ValueError):
-        return {}
-    return previous if isinstance(previous, dict) else {}
 
 
 def _without_kept(previous: dict[str, Any]) -> dict[str, Any]:
