@@ -5,6 +5,11 @@ old complete file or the new complete file, never a truncated one. Files get the
 any new file gets in their folder: the process umask, or the folder's default ACL where it has one
 (``mkstemp`` alone would make them private, 0600), so results on a shared file system stay readable
 by the group, the report or Dask workers.
+
+Two jobs around those writes live here too: the folders a process keeps while it writes into them
+(``existing_folder``, ``make_folder``: a run folder deleted or replaced meanwhile is ``RunFolderLost``, not
+re-created), and the checks of a user's path before anything is written there (``check_writable_dir``,
+``check_home``, ``runs_into_a_loop``, ``unreachable``, with ``os_refusal`` and ``shown_path`` for their messages).
 """
 
 from __future__ import annotations
