@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from phd_lab.atomic import read_json
+from phd_lab.atomic import read_json, read_json_object
 from phd_lab.config import META_KEY, with_logged_linear_init
 from phd_lab.config_paths import extraction_latents_dir
 from phd_lab.file_hash import latents_digest
@@ -107,11 +107,8 @@ def _is_latents_folder(folder: Path) -> bool:
 
 def _logged_config(path: Path) -> dict[str, Any] | None:
     """The values of a logged run config (a JSON object with ``_meta``), or None."""
-    try:
-        values = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return values if isinstance(values, dict) and META_KEY in values else None
+    values = read_json_object(path)
+    return values if values is not None and META_KEY in values else None
 
 
 def _lies_in_its_run_folder(raw: dict[str, Any], path: Path) -> bool | None:
