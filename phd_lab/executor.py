@@ -493,6 +493,8 @@ class TrainTestExecutor:
         return self.config.cpu_threads
 
     def _run(self, device: torch.device, note: str | None = None) -> RunDir:
+        """Build data, model and optimizer, then, holding the run folder's lock and log, write the config, train
+        (or resume) and post-process; ``note`` is logged once the run's log is open."""
         cfg = self.config
         with records_before_the_log() as early:  # said in the run's log too, once it is open
             seed_everything(cfg.seed)

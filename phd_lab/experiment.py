@@ -103,6 +103,9 @@ class Main:
         return self._registry_cache[key]
 
     def _validate_grid(self, grid: Grid) -> list[TrainTestExecutor]:
+        """One executor per grid point, each point checked (config, model, probe keys) before any runs; points
+        sharing a folder, unwritable logs_dirs and folders another process holds are refused (warned of by a dry
+        run)."""
         executors, folders, models, said = [], {}, self.meta_models, {}
         listings: FolderListings = {}  # each parent folder listed once: the grid makes no folder while it is checked
         # every point is checked before any runs: about 2 ms each, so a large grid says how far it got

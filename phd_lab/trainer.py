@@ -91,6 +91,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def fit(self, bundle: DataBundle, store: CheckpointStore) -> list[dict[str, Any]]:
+        """Train the epochs the store's checkpoint has not completed (all of them without one), checkpointing each
+        and telling the callbacks; return the history, one metrics row per epoch, resumed ones included."""
         state = store.load()
         if state is not None:
             if state["epoch"] > self.epochs:
@@ -162,6 +164,7 @@ class Trainer:
             f"learning rate (optimizer_args)" + (", or mixed_precision: false with a new run_id." if self.amp else "."))
 
     def train_epoch(self, bundle: DataBundle, epoch: int) -> tuple[float, dict[str, float]]:
+        """One pass over the training set: the mean loss per sample and the metrics' values."""
         network = self.network
         network.train()
         for metric in self.metrics.values():
@@ -195,6 +198,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader: torch.utils.data.DataLoader) -> tuple[float, dict[str, float]]:
+        """The model in evaluation mode on ``loader``: the mean loss per sample and the metrics' values."""
         network = self.network
         network.eval()
         for metric in self.metrics.values():

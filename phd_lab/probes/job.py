@@ -335,6 +335,8 @@ def _naming_the_logs(error: PhdLabError, jobs: Sequence[ProbeJob]) -> PhdLabErro
 def _run_locked_jobs(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], cache: ResultCache,
                      hits: dict[str, ProbeRecord], workers: int, progress: bool, scheduler: str | None,
                      logs: ProbeLogs) -> dict[int, list[ProbeRecord]]:
+    """Probe ``tasks`` while their run folders are locked, writing each run's files (table, confusion plots,
+    settings) as soon as its last layer is in; each run's records in manifest order, without their matrices."""
     remaining = {position: len(job.manifest.layers) for position, job in enumerate(jobs)}
     done: dict[int, list[ProbeRecord]] = {position: [] for position in range(len(jobs))}
     # each fitted layer's confusion plot, drawn as its record arrives (while the workers fit the next layers) and
