@@ -404,6 +404,37 @@ def _split_positions(scratch: Path, split: str, name: str, grid: tuple[int, int]
     return files
 
 
+def _check_settings(downsampling: int | str | None, dtype: str, method: str) -> None:
+    """Refuse a dtype, downsampling or reduction method the extraction does not know (a ConfigError naming it)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"Step 'extract': dtype must be one of {list(DTYPES)}; got {dtype!r}.")
+    if not (downsampling is None or downsampling == PIXELWISE
+            or (isinstance(downsampling, int) and not isinstance(downsampling, bool) and downsampling >= 1)):
+        raise ConfigError(f"Step 'extract': downsampling must be an integer ≥ 1, null or 'pixelwise'; got "
+                          f"{downsampling!r}.")
+    if method not in METHODS:
+        raise ConfigError(f"Step 'extract': the method must be one of {list(METHODS)}; got {method!r}.")
+
+
+def _layers_to_extract(model: nn.Module, layers: list[str] | None, loader: DataLoader,
+                       device: torch.device) -> list[str]:
+    """The layers ``select_layers`` picks, less those the default or a wildcard picked that do not run exactly once
+    per forward pass of one of ``loader``'s samples (an ExtractionError where none is left)."""
+    names = select_layers(model, layers)
+    # the default, and layers a wildcard matched: only those whose output is unambiguous (a name given exactly
+    # is the user's choice, refused with the reason if it is ambiguous)
+    matched = names if layers is None else [name for name in names if name not in layers]
+    if matched:
+        kept = _called_once(model, matched, loader, device)
+        names = [name for name in names if name not in matched or name in kept]
+        if not names:
+            chosen = (f"Conv2d or Linear layer of {type(model).__qualname__}" if layers is None
+                      else f"layer that {layers} match")
+            raise ExtractionError(f"Step 'extract': no {chosen} runs exactly once per forward pass; name the layers "
+                                  f"to extract in 'layers'.")
+    return names
+
+
 def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Path | str, *, run_dir: Path | str,
                     downsampling: int | str | None = 4, dtype: str = "float32", layers: list[str] | None = None,
                     device: torch.device | str = "cpu", test_accuracy: float | None = None,
@@ -413,30 +444,12 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     Returns the manifest. A complete extraction with the same settings is reused as it is;
     anything else in the folder (a half-written extraction, other settings) is replaced.
     """
-    if dtype not in DTYPES:
-        raise ConfigError(f"Step 'extract': dtype must be one of {list(DTYPES)}; got {dtype!r}.")
-    if not (downsampling is None or downsampling == PIXELWISE
-            or (isinstance(downsampling, int) and not isinstance(downsampling, bool) and downsampling >= 1)):
-        raise ConfigError(f"Step 'extract': downsampling must be an integer ≥ 1, null or 'pixelwise'; got "
-                          f"{downsampling!r}.")
-    if method not in METHODS:
-        raise ConfigError(f"Step 'extract': the method must be one of {list(METHODS)}; got {method!r}.")
+    _check_settings(downsampling, dtype, method)
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
     folder = Path(folder)
     device = torch.device(device)
-    names = select_layers(model, layers)
-    # the default, and layers a wildcard matched: only those whose output is unambiguous (a name given exactly
-    # is the user's choice, refused with the reason if it is ambiguous)
-    matched = names if layers is None else [name for name in names if name not in layers]
-    if matched:
-        kept = _called_once(model, matched, loaders["train"], device)
-        names = [name for name in names if name not in matched or name in kept]
-        if not names:
-            chosen = (f"Conv2d or Linear layer of {type(model).__qualname__}" if layers is None
-                      else f"layer that {layers} match")
-            raise ExtractionError(f"Step 'extract': no {chosen} runs exactly once per forward pass; name the layers "
-                                  f"to extract in 'layers'.")
+    names = _layers_to_extract(model, layers, loaders["train"], device)
     settings = expected_settings(Path(run_dir), downsampling, dtype, model, method)
     samples = {split: len(loaders[split].dataset) for split in SPLITS}
     other = other_runs_latents(folder, run_dir)
