@@ -239,10 +239,10 @@ def file_system_now(folder: Path | str) -> float:
 
 
 def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] | None = None,
-                       older_than: float = STALE_AFTER_SECONDS, only: str | None = None) -> list[Path]:
+                       only: str | None = None) -> list[Path]:
     """Delete temp files that a killed writer left in ``folder``: every one of the caller's own
     files (targets starting with ``owned_prefix``: only the lock holder writes those), and any other
-    not modified for ``older_than`` seconds. Other processes write into a run folder without its
+    not modified for ``STALE_AFTER_SECONDS``. Other processes write into a run folder without its
     lock (the probe job, the report); their temp files of the moment must survive. ``only``
     restricts the removal to the temp files of that one target name (a folder that is not ours)."""
     removed = []
@@ -254,7 +254,7 @@ def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] |
         try:
             owned = any(stale.name.startswith(f".{prefix}") for prefix in owned_prefixes)
             if not owned:
-                cutoff = file_system_now(folder) - older_than if cutoff is None else cutoff
+                cutoff = file_system_now(folder) - STALE_AFTER_SECONDS if cutoff is None else cutoff
                 if stale.stat().st_mtime > cutoff:
                     continue
             stale.unlink()
