@@ -4,6 +4,7 @@ import sys
 
 from phd_lab.cli import main_cli
 from phd_lab.console import write_stderr, write_stdout
+from phd_lab.errors import EXIT_OK, EXIT_USAGE
 
 USAGE = ("usage: python -m phd_lab train [main.py options]\n"
          "       python -m phd_lab probe [probe_main.py options]\n"
@@ -11,6 +12,7 @@ USAGE = ("usage: python -m phd_lab train [main.py options]\n"
 
 
 def main(argv: list[str]) -> int:
+    """Run the command ``argv[0]`` names with the rest of ``argv``; its exit status."""
     if argv and argv[0] == "train":
         return main_cli(argv[1:])
     if argv and argv[0] == "probe":
@@ -21,9 +23,9 @@ def main(argv: list[str]) -> int:
         return main_report(argv[1:])
     if argv and argv[0] in ("-h", "--help"):
         write_stdout(USAGE)
-        return 0
+        return EXIT_OK
     write_stderr(USAGE)
-    return 2
+    return EXIT_USAGE
 
 
 def entry_point() -> None:
