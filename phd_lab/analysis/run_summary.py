@@ -411,42 +411,14 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
     main_path = saturations[~saturations["layer"].astype(str).isin(side)] if saturations is not None else None
     tails, names = _tail_info(main_path, settings)
     order = [layer for layer in rf["layer"].astype(str) if layer not in side] if rf is not None else []
-    borders = None
-    if rf is not None and isinstance(resolution, int):
-        b_min, b_max = border_layers(rf, resolution)
-        borders = {"resolution": resolution, "b_min": b_min, "b_max": b_max,
-                   "b_min_index": _conv_index(rf, b_min), "b_max_index": _conv_index(rf, b_max)}
+    borders = _borders(rf, resolution)
     last_tail = tails[-1] if tails else None
     agreement = None
     if borders is not None:
         agreement = {key: _agreement(borders[key], last_tail, order, names, settings.border_tolerance)
                      for key in ("b_min", "b_max")}
-    test_accuracy = _number(row.get("test_accuracy")) if row is not None else None
-    unmeasured = tables.metrics is None or "test_accuracy" not in tables.metrics.columns  # no Accuracy metric
-    if test_accuracy is None and unmeasured and tables.manifest:  # then the extraction measured it (rows of a
-        # damaged CSV stay unknown: the manifest's accuracy is the final model's, not that of their last epoch)
-        test_accuracy = _number(tables.manifest.get("model_test_accuracy"))
-    mean_column = f"{settings.analysis_split}_saturation_mean"
-    all_layers = None  # the run CSV's s_μ: every tracked layer
-    if row is not None and mean_column in row.index:
-        all_layers = _number(row[mean_column])
-    if all_layers is None and saturations is not None:
-        all_layers = float(saturations["saturation"].mean())
-    # s_μ of the analysis and its width advice: the main path, as the tails (§10.1). A side branch's saturation
-    # says nothing of the width: an SE gate behind a 16× bottleneck stays low, a one-channel gate is always 1.
-    s_mu = all_layers
-    if main_path is not None and len(main_path) and len(main_path) < len(saturations):  # type: ignore[arg-type]
-        s_mu = _number(main_path["saturation"].mean())
-    saturation = None
-    if saturations is not None and main_path is not None:
-        in_tail = {p for t in tails for p in range(t.start, t.stop + 1)}  # positions on the main path
-        outside = [s for p, s in enumerate(main_path["saturation"]) if p not in in_tail]
-        saturation = {"split": settings.analysis_split, "epoch": _int(row.get("epoch")) if row is not None else None,
-                      "mean": s_mu, "mean_all_layers": all_layers,
-                      "mean_outside_tails": float(sum(outside) / len(outside)) if outside else None,
-                      "layers": saturations.to_dict(orient="records"),
-                      "main_path": names,  # what a tail's start/stop index: side branches are no part of it
-                      "last_tail_since_epoch": _last_tail_since(tables.metrics, names, tails, settings)}
+    test_accuracy = _test_accuracy(tables, row)
+    saturation = _saturation_section(tables, row, saturations, main_path, tails, names, settings)
     truncation = None
     if borders and borders["b_min"]:
         truncation = truncation_estimate(tables, borders["b_min"], saturations, order or names)
@@ -473,6 +445,53 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
     summary["recommendations"] = recommendations(summary, settings,
                                                  tracked=config.get("track_saturation", True) is not False)
     return summary
+
+
+def _borders(rf: pd.DataFrame | None, resolution: Any) -> dict[str, Any] | None:
+    """b_min and b_max of the receptive-field table at the run's input resolution, with their conv indices."""
+    if rf is None or not isinstance(resolution, int):
+        return None
+    b_min, b_max = border_layers(rf, resolution)
+    return {"resolution": resolution, "b_min": b_min, "b_max": b_max,
+            "b_min_index": _conv_index(rf, b_min), "b_max_index": _conv_index(rf, b_max)}
+
+
+def _test_accuracy(tables: RunTables, row: pd.Series | None) -> float | None:
+    """The last epoch's test accuracy; without an Accuracy metric, the one the extraction measured."""
+    test_accuracy = _number(row.get("test_accuracy")) if row is not None else None
+    unmeasured = tables.metrics is None or "test_accuracy" not in tables.metrics.columns  # no Accuracy metric
+    if test_accuracy is None and unmeasured and tables.manifest:  # then the extraction measured it (rows of a
+        # damaged CSV stay unknown: the manifest's accuracy is the final model's, not that of their last epoch)
+        test_accuracy = _number(tables.manifest.get("model_test_accuracy"))
+    return test_accuracy
+
+
+def _saturation_section(tables: RunTables, row: pd.Series | None, saturations: pd.DataFrame | None,
+                        main_path: pd.DataFrame | None, tails: list[Tail], names: list[str],
+                        settings: AnalysisSettings) -> dict[str, Any] | None:
+    """analysis.json's ``saturation``: s_μ of the main path and of every layer, outside the tails, per layer
+    (None without saturation columns)."""
+    if saturations is None or main_path is None:
+        return None
+    mean_column = f"{settings.analysis_split}_saturation_mean"
+    all_layers = None  # the run CSV's s_μ: every tracked layer
+    if row is not None and mean_column in row.index:
+        all_layers = _number(row[mean_column])
+    if all_layers is None:
+        all_layers = float(saturations["saturation"].mean())
+    # s_μ of the analysis and its width advice: the main path, as the tails (§10.1). A side branch's saturation
+    # says nothing of the width: an SE gate behind a 16× bottleneck stays low, a one-channel gate is always 1.
+    s_mu = all_layers
+    if len(main_path) and len(main_path) < len(saturations):
+        s_mu = _number(main_path["saturation"].mean())
+    in_tail = {p for t in tails for p in range(t.start, t.stop + 1)}  # positions on the main path
+    outside = [s for p, s in enumerate(main_path["saturation"]) if p not in in_tail]
+    return {"split": settings.analysis_split, "epoch": _int(row.get("epoch")) if row is not None else None,
+            "mean": s_mu, "mean_all_layers": all_layers,
+            "mean_outside_tails": float(sum(outside) / len(outside)) if outside else None,
+            "layers": saturations.to_dict(orient="records"),
+            "main_path": names,  # what a tail's start/stop index: side branches are no part of it
+            "last_tail_since_epoch": _last_tail_since(tables.metrics, names, tails, settings)}
 
 
 def _int(value: Any) -> int | None:
