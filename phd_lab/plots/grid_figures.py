@@ -33,12 +33,12 @@ def thin_tick_labels(ax: Any, labels: Sequence[str], rotation: int, most: int = 
                        ha=ha or ("right" if rotation else "center"))
 
 
-def png_bytes(fig: Any) -> bytes:
-    """The figure as PNG bytes (90 dpi, tight), closed afterwards: for pages that embed it."""
+def png_bytes(fig: Any, dpi: int = 90) -> bytes:
+    """The figure as PNG bytes (tight), closed afterwards: for pages that embed it."""
     from phd_lab.plots import close
     try:
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
         return buffer.getvalue()
     finally:
         close(fig)

@@ -11,7 +11,6 @@ Anything missing is simply not drawn.
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +18,7 @@ import pandas as pd
 
 from phd_lab.analysis.run_summary import layer_saturations, probe_layer_accuracies, saturation_history
 from phd_lab.analysis.run_tables import RunTables
-from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, thin_tick_labels
+from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, png_bytes, thin_tick_labels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -275,12 +274,5 @@ def _below_tick_labels(ax: Any) -> float:
 
 def figure_png(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -> bytes:
     """The figure as PNG bytes (for embedding and for writing)."""
-    from phd_lab.plots import close
-    fig = draw_run_figure(tables, summary, dpi)
-    try:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-        return buffer.getvalue()
-    finally:
-        close(fig)
+    return png_bytes(draw_run_figure(tables, summary, dpi), dpi)
 
