@@ -5,7 +5,9 @@ pooling or by nearest interpolation, all from one trained model. A run's ``downs
 average pooling is its default set, in ``latents/`` with ``probe_performances.csv`` (the contract
 the analysis reads); the extract step's ``sizes`` × ``methods`` add sets of their own, each named
 after its size and method: ``latents_2x2_nearest/`` and ``probe_performances_2x2_nearest.csv``.
-Names only; no I/O.
+The extraction's version lives here too, so that the probe job, which imports no torch, can tell latents an
+older phd-lab extracted (``extracted_by_older_version``, the one function that looks at the disk: for a
+checkpoint beside them). Nothing here reads or writes a file.
 """
 
 from __future__ import annotations
