@@ -1,9 +1,10 @@
 """Logistic-regression probes on extracted latents (thesis §4.3, §6.2.5, §8.3).
 
-``fit`` holds the pure functions (arrays → ``ProbeRecord``), ``manifest`` reads and checks a
-latents folder, ``cache`` memoises records by content, ``runner`` runs layers in single-threaded
-worker processes, ``discovery`` finds the latents to probe, ``job`` is the driver, ``outputs``
-writes a run's results and ``cli`` is the command line of ``probe_main.py``. Nothing here imports
+``fit`` holds the pure functions (arrays → ``ProbeRecord``), ``settings`` the settings that change a result,
+``manifest`` reads and checks a latents folder, ``cache`` memoises records by content, ``runner`` runs layers in
+single-threaded worker processes (as many as ``memory`` says fit), ``discovery`` finds the latents to probe,
+``job`` is the driver, ``outputs`` writes a run's results and ``probe_log`` its ``probe.log``, ``synthetic``
+writes arrays as a latents folder, and ``cli`` is the command line of ``probe_main.py``. Nothing here imports
 torch models (torch itself only for the ``lbfgs-torch`` solver).
 """
 
