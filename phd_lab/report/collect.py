@@ -157,7 +157,7 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool)
             settings = AnalysisSettings()
     summary = summarize(tables, settings)
     plain = json.loads(json.dumps(jsonable(summary), allow_nan=False))  # as analysis.json holds it
-    key = figure_key(plain, sources)
+    key = run_figure_key(plain, sources)
     previous = atomic.read_json_object(folder.analysis_json) or {}
     own = _without_kept(previous)
     figure = _previous_figure(folder, own) if own.get("figure_key") == key else None
@@ -195,7 +195,7 @@ def stamp_if_present(path: Path) -> tuple[int, int, int] | None:
         return None
 
 
-def figure_key(plain_summary: dict[str, Any], plotted_files: str) -> str:
+def run_figure_key(plain_summary: dict[str, Any], plotted_files: str) -> str:
     """What the run's figure is drawn from: the summary (as plain JSON values) but the run's folder, which the
     figure does not show, the content of the files it plots (``_plotted_files_digest``) and the version that
     draws it. Drawing the figure costs about 0.2 s, most of a report over hundreds of runs; a figure of the same
@@ -203,7 +203,7 @@ def figure_key(plain_summary: dict[str, Any], plotted_files: str) -> str:
     shown = {**plain_summary, "run": {k: v for k, v in plain_summary["run"].items() if k != "folder"}}
     digest = hashlib.sha256(json.dumps(shown, sort_keys=True).encode())
     digest.update(plotted_files.encode())
-    digest.update(_drawing_code())
+    digest.update(_run_figure_code())
     return digest.hexdigest()[:16]
 
 
@@ -221,7 +221,7 @@ def _plotted_files_digest(folder: RunDir) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _drawing_code() -> bytes:
+def _run_figure_code() -> bytes:
     """The versions of the code that draws a figure: phd-lab, matplotlib and the figure module's own text
     (an edit of it, without a new version, must not leave old figures in place)."""
     import matplotlib
