@@ -198,3 +198,23 @@ def test_a_run_resumed_to_its_end_after_the_report_read_it_gets_the_finished_ana
 def _with_figure(analysis):
     analysis.entry.figure = figure_png(analysis.entry.tables, analysis.entry.summary)
     return analysis
+
+
+def test_an_edit_of_any_module_the_run_figure_draws_with_draws_it_again(tmp_path, monkeypatch):
+    """The run figure's key hashed run_figure.py and receptive_field.py only, though it draws with grid_figures.py
+    (its tick thinning, width limit and PNG writer) and plots/__init__.py (its Agg figures) too: an edit there left
+    every analysis.png as it was."""
+    from phd_lab import plots
+    from phd_lab.plots import grid_figures, receptive_field, run_figure
+    from phd_lab.report import collect
+    summary = {"run": {"folder": "x"}}
+    keys = [collect.run_figure_key(summary, "")]
+    for module in (grid_figures, plots, receptive_field, run_figure):
+        edited = tmp_path / f"{module.__name__}.py"
+        edited.write_bytes(open(module.__file__, "rb").read() + b"\n# edited\n")
+        with monkeypatch.context() as patched:
+            patched.setattr(module, "__file__", str(edited))
+            collect._run_figure_code.cache_clear()
+            keys.append(collect.run_figure_key(summary, ""))
+        collect._run_figure_code.cache_clear()
+    assert len(set(keys)) == 5, keys

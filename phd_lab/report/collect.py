@@ -222,13 +222,16 @@ def _plotted_files_digest(folder: RunDir) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _run_figure_code() -> bytes:
-    """The versions of the code that draws a figure: phd-lab, matplotlib and the figure module's own text
-    (an edit of it, without a new version, must not leave old figures in place)."""
+    """The versions of the code that draws a figure: phd-lab, matplotlib and the text of the modules it draws with
+    (an edit of one, without a new version, must not leave old figures in place)."""
     import matplotlib
 
     from phd_lab import __version__
-    from phd_lab.plots import receptive_field, run_figure
-    source = b"".join(Path(module.__file__).read_bytes() for module in (run_figure, receptive_field))  # plotted_rows
+    from phd_lab import plots
+    from phd_lab.plots import grid_figures, receptive_field, run_figure
+    # plotted_rows; tick thinning, width and png_bytes; the Agg figures (subplots)
+    drawing = (run_figure, receptive_field, grid_figures, plots)
+    source = b"".join(Path(module.__file__).read_bytes() for module in drawing)
     return f"{__version__} {matplotlib.__version__} ".encode() + hashlib.sha256(source).digest()
 
 
