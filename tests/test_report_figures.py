@@ -218,3 +218,24 @@ def test_an_edit_of_any_module_the_run_figure_draws_with_draws_it_again(tmp_path
             keys.append(collect.run_figure_key(summary, ""))
         collect._run_figure_code.cache_clear()
     assert len(set(keys)) == 5, keys
+
+
+def test_an_edit_of_the_agg_figures_draws_the_reports_own_figures_again(tmp_path, monkeypatch):
+    """The keys of the report's own figures hashed their module and grid_figures.py, not plots/__init__.py, whose
+    subplots they draw on: an edit there left the repetition figures of the previous page in the new one."""
+    import pandas as pd
+
+    from phd_lab import plots
+    from phd_lab.plots import repetitions
+    from phd_lab.report import figure_reuse
+    table = pd.DataFrame({"layer": ["a"], "mean": [0.5]})
+    before = figure_reuse.figure_key(repetitions, "stability", "g", table)
+    edited = tmp_path / "plots_init.py"
+    edited.write_bytes(open(plots.__file__, "rb").read() + b"\n# edited\n")
+    monkeypatch.setattr(plots, "__file__", str(edited))
+    figure_reuse._drawing_code.cache_clear()
+    try:
+        assert figure_reuse.figure_key(repetitions, "stability", "g", table) != before
+    finally:
+        monkeypatch.undo()
+        figure_reuse._drawing_code.cache_clear()

@@ -27,14 +27,14 @@ class KeyedFigure(NamedTuple):
 
 @functools.lru_cache(maxsize=8)
 def _drawing_code(module: ModuleType) -> bytes:
-    """phd-lab's and matplotlib's versions and the drawing modules' text (the figure's and the PNG writer's):
-    an edit of them redraws every figure they drew."""
+    """phd-lab's and matplotlib's versions and the drawing modules' text (the figure's, the PNG writer's and that
+    of the Agg figures, ``plots.subplots``): an edit of them redraws every figure they drew."""
     import matplotlib
 
-    from phd_lab import __version__
+    from phd_lab import __version__, plots
     from phd_lab.plots import grid_figures
     return f"{__version__} {matplotlib.__version__} ".encode() + b"".join(
-        Path(source.__file__).read_bytes() for source in (module, grid_figures))  # type: ignore[arg-type]
+        Path(source.__file__).read_bytes() for source in (module, grid_figures, plots))  # type: ignore[arg-type]
 
 
 def figure_key(module: ModuleType, kind: str, label: str, *tables: pd.DataFrame, data: Any = None) -> str:
