@@ -13,7 +13,7 @@ import linecache
 import logging
 import threading
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import torch
 from torch.fx import graph_module as fx_graph_module

@@ -1025,7 +1025,7 @@ def test_imagenet_unpacked_elsewhere_without_the_devkit_names_it_and_the_folder_
     with pytest.raises(DataError) as error:
         DATASETS.get("ImageNet")(resolution=16, data_dir=str(tmp_path), **COMMON)
     message = str(error.value)
-    assert (f"holds train/ but neither meta.bin nor ILSVRC2012_devkit_t12.tar.gz" in message
+    assert ("holds train/ but neither meta.bin nor ILSVRC2012_devkit_t12.tar.gz" in message
             and f'use "dataset": "folder:{folder}"' in message and "ILSVRC2012_img_train.tar" not in message), message
     bundle = DATASETS.get(f"folder:{folder}")(resolution=16, data_dir=str(tmp_path), **COMMON)
     assert bundle.test.dataset.base.class_to_idx == {wnid: i for i, wnid in enumerate(WNIDS)}
