@@ -36,7 +36,8 @@ from phd_lab.factory_results import checked_result
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.model_checks import (check_fits_data, check_input_size, check_objective, check_single_output,
-                                  check_single_sample_batches, check_tracked_layers, check_truncate, meta_model)
+                                  check_single_sample_batches, check_tracked_layers, check_truncate, meta_model,
+                                  trained_meta_model)
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
 from phd_lab.objectives import CLASSIFICATION
 from phd_lab.registry import Registries
@@ -183,10 +184,12 @@ class TrainTestExecutor:
              "single output", cfg.resolution, json.dumps(cfg.model_args.get("truncate")))
         if cfg.batch_size == 1:
             once(lambda: check_single_sample_batches(cfg, model), "single sample", cfg.resolution)
-        check_tracked_layers(cfg, model)
+        trained = trained_meta_model(cfg, model, shared, key)  # the layers named as the run names them
+        check_tracked_layers(cfg, trained)
+        cut = (json.dumps(cfg.model_args.get("truncate")), cfg.resolution if trained is not model else None)
         for step, params in self.steps:
-            once(lambda: step.check_model(params, model, cfg.source), "step", step.name,
-                 json.dumps(params, sort_keys=True, default=str))
+            once(lambda: step.check_model(params, trained, cfg.source), "step", step.name,
+                 json.dumps(params, sort_keys=True, default=str), *cut)
         self._check_optimizer(model)
 
     def _check_optimizer(self, model: nn.Module) -> None:

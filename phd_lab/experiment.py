@@ -22,7 +22,7 @@ from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.interrupts import interruption_behind
 from phd_lab.latents_folder import other_runs_latents, shared_latents_error
-from phd_lab.model_checks import meta_model
+from phd_lab.model_checks import meta_model, trained_meta_model
 from phd_lab.progress import bar_options
 from phd_lab.registry import Registries
 from phd_lab.run_guards import fx_sources_released
@@ -402,7 +402,9 @@ def _point_status(executor: TrainTestExecutor, status: "TrainingStatus",
         built = meta_models if meta_models is not None else {}
 
         def meta() -> tuple[Any, int]:  # built once, and only for a step that asks (an older extraction's)
-            return meta_model(executor.config, executor.registries, built)[1], executor.config.resolution
+            key, model = meta_model(executor.config, executor.registries, built)
+            trained = None if model is None else trained_meta_model(executor.config, model, built, key)
+            return trained, executor.config.resolution
 
         left = [step.name for step, params in executor.steps if step.done(rundir, params, stamps, meta) is False]
         if left:

@@ -93,6 +93,32 @@ def check_truncate(cfg: RunConfig, model: nn.Module) -> None:
         raise ConfigError(f"{where}: model_args 'truncate': {error}") from None
 
 
+def trained_meta_model(cfg: RunConfig, model: nn.Module, built: dict[Any, Any], key: str) -> nn.Module:
+    """The meta model as the run trains it: cut before the layer ``truncate`` names or its border at the
+    run's resolution, where it has one (a TruncatedModel: the kept layers as ``body.<name>``, then ``classifier``),
+    else ``model`` itself. The layer patterns of the tracking keys and of the steps name the layers of this model,
+    which the run's CSV columns and latents are named after, so they are checked against it. A model that cannot
+    be cut on the meta device is left whole here; building it for training reports why. Shared in ``built``."""
+    truncate = cfg.model_args.get("truncate")
+    if not truncate:
+        return model
+    memo = ("trained", key, truncate, cfg.resolution)
+    if memo not in built:
+        import copy
+
+        from phd_lab.models.truncate import resolve_cut, truncate_model
+        try:
+            layer = resolve_cut(model, truncate, cfg.resolution)
+            built[memo] = model if layer is None else truncate_model(
+                copy.deepcopy(model), layer, num_classes=PLACEHOLDER_CLASSES, in_channels=PLACEHOLDER_CHANNELS,
+                input_resolution=cfg.resolution)
+        except Exception as error:  # noqa: BLE001 - said with its reason when the run builds its model
+            log.debug("%s: model %r not cut on the meta device (%s: %s)", cfg.source, cfg.model,
+                      type(error).__name__, error)
+            built[memo] = model
+    return built[memo]
+
+
 def check_input_size(cfg: RunConfig, model: nn.Module) -> None:
     """A model whose pooling or kernels outgrow the maps at this resolution (torchvision's AlexNet or
     ConvNeXt at 16 px, Inception v3 below 75 px) failed at its first batch with torch's message. A forward

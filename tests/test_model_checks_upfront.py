@@ -256,3 +256,21 @@ def test_a_model_that_ignores_in_channels_is_refused_before_its_run_folder_is_ma
            "1-channel images" in message
     assert "but takes 3-channel ones: its factory ignores in_channels" in message and "Traceback" not in message
     assert run_folders(tmp_path / "logs") == []
+
+
+def test_layer_patterns_of_a_truncated_run_are_checked_against_the_model_it_trains(tmp_path, capsys):
+    """A cut model names the layers it keeps body.<name> (its CSV columns and latents): the steps' layer patterns
+    were checked against the uncut model, so 'features.0' passed the check and failed the run after training, while
+    'body.features.0', which the run's own error proposed, was refused up front."""
+    cut = {"width": 0.0625, "truncate": "border"}  # at 8 px VGG11's border is features.8: features.0 and .4 stay
+    config = write_config(tmp_path, model_args=cut, resolution=8,
+                          post_processing=[{"name": "extract", "layers": ["features.0"]}])
+    message = refused(capsys, tmp_path, config)
+    assert "Step 'extract': the layer 'features.0' matches no module of TruncatedModel" in message
+    assert "'body.features.0'" in message
+    config = write_config(tmp_path, model_args=cut, resolution=8, tracking_exclude=["body.features.0"],
+                          post_processing=[{"name": "extract", "layers": ["body.features.0"]},
+                                           {"name": "project", "exclude": ["body.features.0"]}])
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
+    assert code == 0, err
+
