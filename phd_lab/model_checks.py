@@ -334,12 +334,32 @@ def check_tracked_layers(cfg: RunConfig, model: nn.Module) -> None:
         return
     from phd_lab.tracking.callback import tracker_options
     from phd_lab.tracking.tracker import trackable_layers
+    _check_uncut_names(cfg, model, [name for name, _ in trackable_layers(model)])
     if not any(True for _ in trackable_layers(model, tracker_options(cfg))):
         candidates = [name for name, _ in trackable_layers(model)]  # the names a pattern can select
         raise ConfigError(f"{cfg.source}: tracking_include {cfg.tracking_include} and tracking_exclude "
                           f"{cfg.tracking_exclude} leave no layer of {cfg.model!r} to track. Its Conv2d, "
                           f"Linear and LSTM layers: {', '.join(candidates[:30])}"
                           f"{' ...' if len(candidates) > 30 else ''}.")
+
+
+def _check_uncut_names(cfg: RunConfig, model: nn.Module, names: list[str]) -> None:
+    """A model cut by ``truncate`` names its kept layers ``body.<name>``: a tracking pattern written with a layer's
+    uncut name matches none of them, and an exclude pattern would be ignored without a word (the layer tracked
+    after all), an include pattern leave its layer untracked. Such a pattern is refused with the name to write."""
+    import fnmatch
+
+    from phd_lab.models.truncate import TruncatedModel
+    if not isinstance(model, TruncatedModel):
+        return
+    for key in ("tracking_include", "tracking_exclude"):
+        for pattern in getattr(cfg, key):
+            if (not any(fnmatch.fnmatchcase(name, pattern) for name in names)
+                    and any(fnmatch.fnmatchcase(name, f"body.{pattern}") for name in names)):
+                raise ConfigError(f"{cfg.source}: the {key} pattern {pattern!r} matches no layer of {cfg.model!r} "
+                                  f"as model_args 'truncate' {cfg.model_args['truncate']!r} cuts it: the cut model "
+                                  f"names the layers it keeps 'body.' + their name (as its CSV columns and latents "
+                                  f"do), then its new head 'classifier'. Write {f'body.{pattern}'!r}.")
 
 
 def check_objective(cfg: RunConfig, model: nn.Module | None, forward: bool = True, factory: Any = None) -> Objective:

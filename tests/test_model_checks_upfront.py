@@ -274,3 +274,14 @@ def test_layer_patterns_of_a_truncated_run_are_checked_against_the_model_it_trai
     code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
     assert code == 0, err
 
+
+@pytest.mark.parametrize("key", ["tracking_exclude", "tracking_include"])
+def test_a_tracking_pattern_with_a_layer_s_uncut_name_is_refused_for_a_truncated_run(tmp_path, capsys, key):
+    """'features.0' matches no layer of the cut model (body.features.0): as tracking_exclude it was ignored without a
+    word (the layer tracked after all), as tracking_include beside a pattern that matches it left it untracked."""
+    patterns = ["features.0"] if key == "tracking_exclude" else ["features.0", "classifier"]
+    config = write_config(tmp_path, model_args={"width": 0.0625, "truncate": "border"}, resolution=8,
+                          **{key: patterns})
+    message = refused(capsys, tmp_path, config)
+    assert f"the {key} pattern 'features.0' matches no layer of 'vgg11' as model_args 'truncate' 'border'" in message
+    assert "Write 'body.features.0'" in message
