@@ -143,6 +143,8 @@ class TrainTestExecutor:
             try:
                 resolve_device(getattr(cfg, key), f"the key {key!r}", auto=key == "device")
             except DeviceMissing as error:
+                if key == "tracking_device" and not cfg.track_saturation:
+                    continue  # nothing is tracked: the run never uses it
                 if missing_device == "error":
                     raise DeviceMissing(f"{where}: {error}") from None
                 if missing_device == "warn":
@@ -337,7 +339,8 @@ class TrainTestExecutor:
                     changes.append(f"{key} {json.dumps(previous[key])} (now {json.dumps(cfg.values.get(key))})")
         old_tracking = device_type(previous.get("tracking_device")) or old
         new_tracking = device_type(cfg.tracking_device) or new
-        if "tracking_device" in previous and None not in (old_tracking, new_tracking) and old_tracking != new_tracking:
+        tracks = cfg.track_saturation and "tracking_device" in previous  # a run tracking nothing never uses it
+        if tracks and None not in (old_tracking, new_tracking) and old_tracking != new_tracking:
             changes.append(f"tracking_device {old_tracking} (now {new_tracking})")
         return changes
 

@@ -221,7 +221,8 @@ class Main:
         chosen = list(range(len(grid))) if indices is None else indices
         overrides = {k: v if isinstance(v, str) else v.__name__ for k, v in self.registry_overrides.items()}
         configs = {index: self.executors[index].config for index in chosen}
-        devices = {index: gpu_device(cfg.device, cfg.tracking_device) for index, cfg in configs.items()}
+        devices = {index: gpu_device(cfg.device, cfg.tracking_device if cfg.track_saturation else None)
+                   for index, cfg in configs.items()}  # a run that tracks nothing sums no covariance on a GPU
         with dask_client(scheduler) as client:
             gpus = declared_gpus(client, scheduler, [devices[index] for index in chosen],
                                  cuda_here=lambda: resolve_device("auto").type == "cuda")

@@ -115,3 +115,13 @@ def test_checking_a_large_grid_shows_a_progress_bar(tmp_path, capsys):
     small = write_config(tmp_path, "small.json", run_id=["0", "1"], seed=None)
     code, err = main_in_process(capsys, "--config", str(small), "--dry-run")
     assert code == 0 and "checking" not in err
+
+
+@without_cuda
+def test_a_tracking_device_is_not_asked_for_where_saturation_is_not_tracked(tmp_path):
+    """tracking_device is the device of the covariance sums only: a config that tracks nothing was refused on a
+    machine without that device ('asks for CUDA'), though its run never uses it."""
+    config = write_config(tmp_path, track_saturation=False, tracking_device="cuda")
+    assert len(Main(progress=False).load(config)) == 1
+    with pytest.raises(ConfigError, match="asks for CUDA"):
+        Main(progress=False).load(write_config(tmp_path, "tracked.json", tracking_device="cuda"))
