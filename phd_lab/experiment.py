@@ -322,6 +322,7 @@ def _warn_of_repeated_runs(grid: Grid, executors: list[TrainTestExecutor]) -> No
         log.warning("%s: 'seed' is %s for every run_id %s, so these repetitions train the same network (bit for bit "
                     "on the CPU). Set \"seed\": null to derive each repetition's seed from its run_id.", grid.where,
                     json.dumps(grid.base["seed"]), json.dumps(list(axes["run_id"])))
+    _warn_of_idle_tracking_keys(grid, executors)
     seen: dict[str, int] = {}
     for index, executor in enumerate(executors):
         key = json.dumps(_numbers_as_written_once(executor.config.values), sort_keys=True, default=str)
@@ -332,6 +333,45 @@ def _warn_of_repeated_runs(grid: Grid, executors: list[TrainTestExecutor]) -> No
                         grid.where, seen[key], index)
             return
         seen[key] = index
+
+
+def idle_tracking_keys(values: Mapping[str, Any]) -> list[str]:
+    """The tracking keys a run's values set off their defaults where they have no effect: every one that is part
+    of the run's folder with ``track_saturation`` false, and ``tracking_downsampling`` without a
+    ``tracking_resolution`` to reduce maps to. Runs logged with them keep their folders, so a sweep over one of
+    them trains the same run once per value."""
+    from phd_lab.config import SCHEMA_BY_NAME
+    keys = ([key for key, spec in SCHEMA_BY_NAME.items() if key.startswith("tracking_") and not spec.technical]
+            if not values.get("track_saturation")
+            else ["tracking_downsampling"] if values.get("tracking_resolution") is None else [])
+    return [key for key in keys if key in values and values[key] != SCHEMA_BY_NAME[key].default]
+
+
+def _warn_of_idle_tracking_keys(grid: Grid, executors: list[TrainTestExecutor]) -> None:
+    """Name, once per grid, the tracking keys that change nothing in the runs that set them (the option accepted
+    and ignored without a word) and the runs that differ in nothing else: one network trained in several folders."""
+    from phd_lab.config import SCHEMA_BY_NAME
+    idle: dict[str, list[int]] = {}
+    for index, executor in enumerate(executors):
+        for key in idle_tracking_keys(executor.config.values):
+            idle.setdefault(key, []).append(index)
+    if not idle:
+        return
+    why = ("'track_saturation' is false" if any(key != "tracking_downsampling" for key in idle)
+           else "'tracking_resolution' is null (maps are tracked at full size)")
+    message = (f"{grid.where}: {', '.join(repr(key) for key in idle)} {'has' if len(idle) == 1 else 'have'} no "
+               f"effect where {why}, yet each value gives a run its own folder")
+    seen: dict[str, int] = {}
+    for index, executor in enumerate(executors):
+        values = dict(executor.config.values)
+        values.update({key: SCHEMA_BY_NAME[key].default for key in idle_tracking_keys(values)})
+        key = json.dumps(values, sort_keys=True, default=str)
+        if key in seen:
+            message += f": runs {seen[key]} and {index} differ only in them and train the same network twice"
+            break
+        seen[key] = index
+    log.warning("%s. Leave them out of new configs (a run trained with them finds its folder only with them).",
+                message)
 
 
 def _numbers_as_written_once(value: Any) -> Any:

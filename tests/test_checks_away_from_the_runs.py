@@ -125,3 +125,21 @@ def test_a_tracking_device_is_not_asked_for_where_saturation_is_not_tracked(tmp_
     assert len(Main(progress=False).load(config)) == 1
     with pytest.raises(ConfigError, match="asks for CUDA"):
         Main(progress=False).load(write_config(tmp_path, "tracked.json", tracking_device="cuda"))
+
+
+def test_tracking_keys_without_effect_are_named_with_the_runs_they_duplicate(tmp_path, caplog):
+    """tracking_downsampling reduces maps only to a tracking_resolution, and no tracking key does anything with
+    track_saturation false: a sweep over one of them trained one network in a folder per value without a word."""
+    config = write_config(tmp_path, tracking_downsampling=["adaptive_avg", "nearest", "bilinear"])
+    with caplog.at_level("WARNING", logger="phd_lab.experiment"):
+        assert len(Main(progress=False).load(config)) == 3
+    assert "'tracking_downsampling' has no effect where 'tracking_resolution' is null" in caplog.text
+    assert "runs 0 and 1 differ only in them and train the same network twice" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="phd_lab.experiment"):
+        Main(progress=False).load(write_config(tmp_path, "off.json", track_saturation=False, tracking_every_n=3,
+                                               tracking_device="cpu"))  # no part of the folder: not named
+        Main(progress=False).load(write_config(tmp_path, "used.json", tracking_resolution=4,
+                                               tracking_downsampling="nearest", tracking_every_n=3))
+    assert ": 'tracking_every_n' has no effect where 'track_saturation' is false" in caplog.text
+    assert "twice" not in caplog.text and caplog.text.count("has no effect") == 1
