@@ -522,3 +522,38 @@ def test_a_model_without_a_layer_to_track_is_named_once_per_run(tmp_path: Path, 
     assert len(warnings) == 1, warnings
     assert warnings[0] == "SaturationTracker found no Conv2d, Linear or LSTM layer to track in _NoTrackedLayer"
     assert len(rows) == 2 and all(row["train_saturation_mean"] != row["train_saturation_mean"] for row in rows)
+
+
+class _WideHead(torch.nn.Module):
+    """A 4×4 image flattened into a 256-wide Linear layer, then a 10-way head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = torch.nn.Linear(16, 256)
+        self.head = torch.nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.wide(x.flatten(1))))
+
+
+def test_a_layer_with_no_more_observations_than_features_is_named_once_with_its_bound(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With n observations a covariance has rank n - 1 at most, so a layer wider than its pass' n (a small data
+    set, a small tracking_max_batches) got a saturation of at most (n - 1)/d, read without a word as a low one."""
+    from phd_lab.tracking.tracker import TrackerOptions
+    from phd_lab.trainer import Trainer
+    seed_everything(3)
+    model = _WideHead()
+    optimizer, scheduler = adam(model, epochs=2)
+    callback = SaturationCallback(None, options=TrackerOptions(max_batches=1))  # one batch of 64: n = 64 ≤ 256
+    trainer = Trainer(model, optimizer, scheduler, metrics={"accuracy": Accuracy()}, epochs=2,
+                      device=torch.device("cpu"), callbacks=[callback], progress=False)
+    bundle = Digits(batch_size=64, resolution=4, data_dir="", seed=3, num_workers=0)
+    with caplog.at_level("WARNING"):
+        rows = trainer.fit(bundle, CheckpointStore(tmp_path / "m.pt", tmp_path / "m.previous.pt"))
+    assert rows[-1]["wide_train_saturation"] <= 63 / 256
+    warnings = [r.getMessage() for r in caplog.records if "too few observations" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per run, not every epoch
+    assert "wide (train pass: n=64 ≤ 256 features; test pass: n=64 ≤ 256 features)" in warnings[0]
+    assert "head (" not in warnings[0]  # 64 observations > its 10 features
+    assert "(n - 1)/d" in warnings[0] and "tracking_max_batches" in warnings[0]

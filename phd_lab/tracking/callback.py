@@ -94,6 +94,7 @@ class SaturationCallback(Callback):
         self.plot = plot and rundir is not None
         self._inline: dict[str, SaturationTracker] = {}
         self._uncalled_named: set[str] = set()  # layers already warned of as never called
+        self._undersampled_named: set[str] = set()  # layers already warned of as seeing too few observations
         self._test_frame: pd.DataFrame | None = None  # the test split, tracked during the trainer's evaluation
         self._repeated: dict[str, int] = {}  # layers called more than once per forward pass: the most calls
         self._repeated_named: set[str] = set()  # those already warned of
@@ -137,6 +138,7 @@ class SaturationCallback(Callback):
             frames = self.measure(trainer, bundle)
         row.update(saturation_columns(frames))
         self._warn_of_uncalled_layers(trainer.run_name, frames)
+        self._warn_of_undersampled_layers(trainer.run_name, frames)
         self._warn_of_repeated_layers(trainer.run_name)
         log.info("%s epoch %d: saturation mean train %.4f, test %.4f (%.2f s)", trainer.run_name, epoch,
                  row["train_saturation_mean"], row["test_saturation_mean"], time.perf_counter() - started)
@@ -162,6 +164,27 @@ class SaturationCallback(Callback):
                     "auxiliary head that runs in training mode only, a branch forward() skips); leave them out "
                     "with tracking_exclude to track only the layers that run.", run_name,
                     ", ".join(f"{layer} ({' and '.join(splits)} pass)" for layer, splits in new.items()))
+
+    def _warn_of_undersampled_layers(self, run_name: str, frames: dict[str, pd.DataFrame]) -> None:
+        """Name, once per layer, the tracked layers a pass gave no more observations (samples × positions) than
+        they have features: their covariance has rank at most n − 1, so their saturation cannot exceed (n − 1)/d
+        whatever the layer learned. Without a word, such a bound (a small data set, a small tracking_max_batches)
+        read as a low saturation, and a run of such layers as a tail."""
+        few: dict[str, list[str]] = {}
+        for split, frame in frames.items():
+            for layer, n, dim in zip(frame.index, frame["n"], frame["feature_dimension"]):
+                if 0 < n <= dim and layer not in self._undersampled_named:
+                    few.setdefault(str(layer), []).append(f"{split} pass: n={int(n)} ≤ {int(dim)} features")
+        if not few:
+            return
+        self._undersampled_named.update(few)
+        named = [f"{layer} ({'; '.join(splits)})" for layer, splits in few.items()]
+        log.warning("%s: too few observations (samples × feature-map positions) for %s: n is not above the layer's "
+                    "feature dimension d, so its covariance has rank at most n - 1 and its saturation cannot exceed "
+                    "(n - 1)/d, whatever the layer learned; a low saturation there (and a tail of such layers) "
+                    "measures the sample count, not the layer. Track more observations: more samples, a larger "
+                    "tracking_max_batches, tracking_every_n 1, a larger tracking_resolution.", run_name,
+                    ", ".join(named[:8]) + (f" ... ({len(named)} layers in all)" if len(named) > 8 else ""))
 
     @contextlib.contextmanager
     def during_test_evaluation(self, trainer: "Trainer") -> Iterator[None]:
