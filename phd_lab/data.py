@@ -63,7 +63,8 @@ def make_bundle(name: str, train_set: Dataset, test_set: Dataset, train_eval_set
     """Build the three loaders with seeded generators and worker seeding.
 
     The shuffled training loader drops its last batch only when that batch would hold a single
-    sample: batch norm cannot train on one sample, and every other sample is still used.
+    sample: batch norm cannot train on one sample, and every other sample is still used. The training
+    split needs two samples, the test split one.
     """
     if num_classes < 2:
         raise DataError(f"Dataset {name} has {num_classes} class(es); a classifier needs at least two.")
@@ -71,6 +72,10 @@ def make_bundle(name: str, train_set: Dataset, test_set: Dataset, train_eval_set
     if samples < 2:
         raise DataError(f"Dataset {name} has {samples} training sample(s); training needs at least two (a batch of "
                         f"one cannot train batch norm).")
+    if len(test_set) == 0:  # type: ignore[arg-type]
+        raise DataError(f"Dataset {name} has no test sample; every epoch's test loss, test metrics and test-set "
+                        f"saturation are measured on it (an empty one gave a test loss of 0.0 and NaN metrics), so it "
+                        f"needs at least one.")
 
     def loader(dataset: Dataset, shuffle: bool, offset: int) -> DataLoader:
         drop_last = shuffle and len(dataset) % batch_size == 1  # type: ignore[arg-type]

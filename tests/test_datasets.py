@@ -1412,3 +1412,25 @@ def test_an_imagenet_val_image_that_is_a_training_image_is_warned_about(tmp_path
     assert (f"The evaluation folder {str(folder / 'val')!r} holds 1 of its 5 image(s) that are training images "
             f"too (such as '{WNIDS[0]}/leak.JPEG'") in said, said
     assert said.count("training images too") == 1
+
+
+def test_an_empty_test_split_is_a_data_error_before_any_run_folder(tmp_path, capsys):
+    """A dataset factory whose test split came out empty (a filter that kept no class) trained the run anyway: its
+    CSV said test_loss 0.0 beside NaN accuracies, a warning blamed 'never called' layers, and only the extraction
+    failed, after training. It is refused (exit 2) before the run folder is made."""
+    from phd_lab.cli import main_cli
+    from tests.conftest import run_folders, write_config
+    (tmp_path / "no_test.py").write_text(
+        "import torch\nfrom phd_lab.data import make_bundle\n\n\n"
+        "def NoTest(*, batch_size, resolution, data_dir, seed, num_workers):\n"
+        "    train = torch.utils.data.TensorDataset(torch.zeros(8, 1, 4, 4), torch.arange(8) % 2)\n"
+        "    test = torch.utils.data.TensorDataset(torch.zeros(0, 1, 4, 4), torch.zeros(0, dtype=torch.int64))\n"
+        "    return make_bundle('NoTest', train, test, train, num_classes=2, in_channels=1, resolution=resolution,\n"
+        "                       batch_size=batch_size, seed=seed, num_workers=num_workers)\n")
+    config = write_config(tmp_path, dataset="NoTest", registries={"datasets": "no_test.py"}, resolution=4,
+                          model="mlp", model_args={"input_side": 4, "units": [[4]]}, epoch=1)
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Dataset NoTest has no test sample" in err and "Traceback" not in err, err
+    assert run_folders(tmp_path / "logs") == []
