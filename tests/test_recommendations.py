@@ -127,3 +127,15 @@ def test_the_width_advice_of_a_network_with_a_tail_says_to_remove_the_tail_first
     assert "lies above the 20%-30% interval" in with_tail and with_tail.endswith(first)
     [without] = advice(with_train_saturations(rundir, [0.6] * 11), "width")
     assert "lies above the 20%-30% interval" in without and "Remove the tail" not in without
+
+
+def test_layers_without_any_variance_are_named_before_the_width_advice(tmp_path):
+    """A collapsed network (its output layer the same for every input, saturation 0) was told only that it was
+    wider than needed, as if its low s_mu measured its width."""
+    rundir = with_train_saturations(write_run(tmp_path / "logs", width=0.25, stage="unprobed"),
+                                    [0.1] * 10 + [0.0])
+    kinds = [a["kind"] for a in summarize(load_run(rundir))["recommendations"]]
+    assert kinds[0] == "dead-layers" and "width" in kinds
+    [text] = advice(rundir, "dead-layers")
+    assert text.startswith("classifier.6 showed no variance at all on the train set (saturation 0")
+    assert not advice(with_train_saturations(rundir, [0.25] * 11), "dead-layers")

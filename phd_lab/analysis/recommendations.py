@@ -36,7 +36,7 @@ def recommendations(summary: dict[str, Any], settings: AnalysisSettings, tracked
             f"layers, probe plateaus, the 20-30% s_mu interval) were read from classifiers, so none is applied to it; "
             f"its saturation, probes and costs are reported as measured.")}]
     else:
-        advice = _depth_advice(summary) + _probe_advice(summary["probes"])
+        advice = _dead_layer_advice(summary["saturation"]) + _depth_advice(summary) + _probe_advice(summary["probes"])
         width = _width_advice(summary, settings)
         if width:
             advice.append(width)
@@ -143,6 +143,24 @@ def _probe_advice(probes: dict[str, Any]) -> list[Advice]:
             f"The probes reach the model's accuracy at {first}{mean}; the {probes['layers_after_reaching']} probed "
             "layer(s) after it do not improve the intermediate solution.")})
     return advice
+
+
+def _dead_layer_advice(sat: dict[str, Any] | None) -> list[Advice]:
+    """Name the layers without any variance beside layers with some: a trained classifier's layers rarely have
+    none, an output layer never (it would score every input alike), so they mark broken training (units that
+    never fire, a collapsed output), and the width advice read from such an s_mu told a collapsed network that
+    it was wider than needed. (No layer with variance at all is the 'no-variance' case.)"""
+    if not _has_variance(sat):
+        return []
+    dead = [str(entry["layer"]) for entry in sat.get("layers") or [] if entry.get("saturation") == 0]
+    if not dead:
+        return []
+    named = ", ".join(dead[:8]) + (f" ... ({len(dead)} layers in all)" if len(dead) > 8 else "")
+    return [{"kind": "dead-layers", "text": (
+        f"{named} showed no variance at all on the {sat.get('split', 'train')} set (saturation 0: units that never "
+        f"fire, or an output that is the same for every input). A trained layer rarely does; check the training "
+        f"(loss, accuracy, learning rate) first: these layers pull s_mu down and can form a tail, so the advice "
+        f"below may describe a broken network rather than its architecture.")}]
 
 
 def _has_variance(sat: dict[str, Any] | None) -> bool:
