@@ -601,3 +601,21 @@ def test_tracking_resolution_reduces_the_maps_of_a_linear_on_a_channels_last_map
     assert frame["n"].tolist() == [6 * 16, 6 * 16]
     rows = F.adaptive_avg_pool2d(hidden.permute(0, 3, 1, 2), 4).permute(0, 2, 3, 1).reshape(-1, 5).double().numpy()
     assert rel_error(tracker.covariance("2").numpy(), np.cov(rows, rowvar=False, bias=True)) <= 1e-10
+
+
+def test_at_delta_one_a_rank_deficient_layer_has_its_rank_not_a_count_of_rounding_noise() -> None:
+    """A 64-wide Linear layer fed 2 inputs spans 2 directions; at delta = 1 its k counted the eigenvalues that
+    rounding left above 0 (3 to 10 by seed), so the saturation at delta = 1 was noise, not the layer's rank."""
+    for seed in range(5):
+        generator = torch.Generator().manual_seed(seed)
+        model = nn.Sequential(nn.Linear(2, 64))
+        with torch.no_grad():
+            model[0].weight.copy_(torch.randn(64, 2, generator=generator))
+        tracker = SaturationTracker(model, delta=1.0)
+        with torch.no_grad():
+            for _ in range(4):
+                model(torch.randn(250, 2, generator=generator))
+        frame = tracker.compute()
+        tracker.close()
+        assert frame.loc["0", "intrinsic_dimension"] == 2, seed
+    assert intrinsic_dimension(np.array([3.0, 1.0, 1e-17, 0.0]), 1.0) == 2  # 1e-17 < 3 · 4 · ε: rounding level

@@ -2,7 +2,8 @@
 
 Definitions (thesis §6.1.4 and §8.1): with the eigenvalues λ₁ ≥ … ≥ λ_d of the population
 covariance, the intrinsic dimension k is the smallest number of largest eigenvalues whose
-sum is ≥ delta × Σλ, and the saturation is k / d. A layer without any variance has k = 0.
+sum is ≥ delta × Σλ, and the saturation is k / d. A layer without any variance has k = 0. Eigenvalues
+at the rounding level of the decomposition (≤ λ₁ · d · ε) count as 0, so at delta = 1 k is the numerical rank.
 
 Covariances up to ``ONE_THREAD_MAX_DIM`` wide are decomposed on one BLAS thread. Two reasons: on
 such sizes more threads gain nothing, and OpenBLAS' idle workers keep spinning for a while after the
@@ -57,11 +58,17 @@ def _blas_threads() -> "ThreadpoolController":
 
 
 def intrinsic_dimension(eigenvalues: np.ndarray, delta: float) -> int:
-    """Smallest k with λ₁ + … + λ_k ≥ delta · Σλ (eigenvalues sorted largest first)."""
+    """Smallest k with λ₁ + … + λ_k ≥ delta · Σλ (eigenvalues sorted largest first).
+
+    Eigenvalues at or below the rounding level of the decomposition, λ₁ · d · ε (numpy's ``matrix_rank``
+    tolerance), count as 0: a symmetric eigensolver resolves eigenvalues only to about ε · λ₁, so smaller ones are
+    rounding noise, not variance. Counted, they made k at delta = 1 depend on that noise (a layer of rank 2 with
+    64 features: k = 3 to 10 by seed, not 2); below delta = 1 they weigh less than the tolerance itself."""
     delta = check_delta(delta)
     values = np.asarray(eigenvalues, dtype=np.float64)
     if values.size == 0:
         return 0
+    values = np.where(values > values.max() * values.size * np.finfo(np.float64).eps, values, 0.0)
     cumulative = np.cumsum(values)
     total = cumulative[-1]
     if not total > 0.0:
