@@ -619,3 +619,14 @@ def test_at_delta_one_a_rank_deficient_layer_has_its_rank_not_a_count_of_roundin
         tracker.close()
         assert frame.loc["0", "intrinsic_dimension"] == 2, seed
     assert intrinsic_dimension(np.array([3.0, 1.0, 1e-17, 0.0]), 1.0) == 2  # 1e-17 < 3 · 4 · ε: rounding level
+
+
+def test_a_numerically_singular_layer_has_a_log_det_of_minus_infinity_not_one_of_rounding_noise() -> None:
+    """A covariance of rank d - 1 whose last eigenvalue rounding left at +1e-17 had a finite log det (that of the
+    noise), one rounded to -1e-17 had -inf: the same layer either way."""
+    from phd_lab.tracking.saturation import layer_statistics
+    basis = np.linalg.qr(np.random.default_rng(0).standard_normal((3, 3)))[0]
+    for noise in (1e-17, 0.0, -1e-17):
+        cov = basis @ np.diag([2.0, 1.0, noise]) @ basis.T
+        assert layer_statistics(cov, 0.99, 100)["log_det"] == -np.inf, noise
+    assert layer_statistics(np.diag([2.0, 1.0, 1e-3]), 0.99, 100)["log_det"] == pytest.approx(np.log(2e-3))

@@ -57,6 +57,12 @@ def _blas_threads() -> "ThreadpoolController":
     return ThreadpoolController()
 
 
+def rounding_level(eigenvalues: np.ndarray) -> float:
+    """λ₁ · d · ε: eigenvalues at or below it are not resolved by the decomposition (numpy's ``matrix_rank``
+    tolerance) and count as 0, for k and for log det alike."""
+    return float(np.max(eigenvalues)) * eigenvalues.size * float(np.finfo(np.float64).eps)
+
+
 def intrinsic_dimension(eigenvalues: np.ndarray, delta: float) -> int:
     """Smallest k with λ₁ + … + λ_k ≥ delta · Σλ (eigenvalues sorted largest first).
 
@@ -68,7 +74,7 @@ def intrinsic_dimension(eigenvalues: np.ndarray, delta: float) -> int:
     values = np.asarray(eigenvalues, dtype=np.float64)
     if values.size == 0:
         return 0
-    values = np.where(values > values.max() * values.size * np.finfo(np.float64).eps, values, 0.0)
+    values = np.where(values > rounding_level(values), values, 0.0)
     cumulative = np.cumsum(values)
     total = cumulative[-1]
     if not total > 0.0:
@@ -86,11 +92,13 @@ def layer_statistics(cov: np.ndarray, delta: float, n: int) -> dict[str, float]:
     eigenvalues = sorted_eigenvalues(cov)
     k = intrinsic_dimension(eigenvalues, delta)
     # log det from the eigenvalues already at hand (a second factorisation cost a quarter of eigh's time
-    # on a 4,096-wide layer); singular (an eigenvalue rounded to ≤ 0) is -inf, as slogdet's sign says
+    # on a 4,096-wide layer); singular (an eigenvalue at the rounding level, which only its rounding kept above
+    # 0 or not: a finite log det of noise otherwise) is -inf
     if dim == 0:
         log_det = 0.0  # the empty product
     else:
-        log_det = float(np.sum(np.log(eigenvalues))) if eigenvalues[-1] > 0.0 else -math.inf
+        singular = eigenvalues[-1] <= rounding_level(eigenvalues)
+        log_det = -math.inf if singular else float(np.sum(np.log(eigenvalues)))
     return {
         "saturation": k / dim if dim else math.nan,
         "intrinsic_dimension": k,
