@@ -918,3 +918,19 @@ def test_probes_of_latents_an_older_phd_lab_extracted_are_reported_stale(tmp_pat
     atomic.write_json(manifest, {**read_json(manifest), "extraction_version": 2})  # extracted as this version does
     os.utime(manifest, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert summarize(load_run(rundir))["probes"]["status"] == "complete"
+
+
+def test_a_layer_without_variance_keeps_its_feature_dimension_and_every_dimension_is_a_whole_number(tmp_path):
+    """The CSV holds s and k, and d was read as k / s: a layer at s = 0 (dead units, a collapsed output) lost its d
+    (None), which turned every d of analysis.json into a float (16.0). Its d comes from the split or epoch where it
+    had variance, and the dimensions stay ints."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="unprobed")
+    metrics = pd.read_csv(rundir.metrics_csv)
+    last = LAYERS[-1]
+    expected = round(metrics[f"{last}_test_intrinsic_dimension"].iloc[-1] / metrics[f"{last}_test_saturation"].iloc[-1])
+    metrics[f"{last}_train_saturation"] = 0.0
+    metrics[f"{last}_train_intrinsic_dimension"] = 0
+    atomic.write_csv(rundir.metrics_csv, metrics)
+    layers = summarize(load_run(rundir))["saturation"]["layers"]
+    assert layers[-1] == {"layer": last, "saturation": 0.0, "intrinsic_dimension": 0, "feature_dimension": expected}
+    assert all(type(entry[key]) is int for entry in layers for key in ("intrinsic_dimension", "feature_dimension"))

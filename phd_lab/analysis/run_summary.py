@@ -94,13 +94,37 @@ def layer_saturations(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame 
             continue
         k = pd.to_numeric(row.get(f"{layer}_{split}_intrinsic_dimension"), errors="coerce")
         d = pd.to_numeric(row.get(f"{layer}_{split}_feature_dimension"), errors="coerce")
-        if pd.isna(d) and not pd.isna(k) and saturation > 0:
-            d = round(float(k) / float(saturation))
+        if pd.isna(d):
+            d = _derived_feature_dimension(metrics, layer, split)
         records.append({"layer": layer, "saturation": float(saturation),
                         "intrinsic_dimension": None if pd.isna(k) else int(k),
                         "feature_dimension": None if pd.isna(d) else int(d)})
-    return pd.DataFrame(records, columns=["layer", "saturation", "intrinsic_dimension", "feature_dimension"]) \
-        if records else None
+    if not records:
+        return None
+    # whole numbers stay ints beside a missing one (a float64 column wrote 16.0 into analysis.json)
+    return pd.DataFrame({column: pd.Series([record[column] for record in records],
+                                           dtype=object if column in INT_COLUMNS else None)
+                         for column in ("layer", "saturation", "intrinsic_dimension", "feature_dimension")})
+
+
+INT_COLUMNS = ("intrinsic_dimension", "feature_dimension")
+
+
+def _derived_feature_dimension(metrics: pd.DataFrame, layer: str, split: str) -> int | None:
+    """A layer's feature dimension d = k / s, from the last epoch of ``split`` where its saturation is above 0, else
+    from the other split's: a layer without variance (s = 0: dead units, a collapsed output) has the same d
+    as in an epoch or split where it had some, and its d was lost (None in analysis.json, and no new head in a
+    truncation estimate that ends at it)."""
+    rows = _epoch_rows(metrics) if "epoch" in metrics.columns else metrics
+    for name in (split, "test" if split == "train" else "train"):
+        columns = f"{layer}_{name}_saturation", f"{layer}_{name}_intrinsic_dimension"
+        if not all(column in rows.columns for column in columns):
+            continue
+        saturations, dimensions = (pd.to_numeric(rows[column], errors="coerce") for column in columns)
+        usable = (saturations > 0) & np.isfinite(saturations) & np.isfinite(dimensions)
+        if usable.any():
+            return round(float(dimensions[usable].iloc[-1]) / float(saturations[usable].iloc[-1]))
+    return None
 
 
 POSITION = re.compile(r"@\d+_\d+$")  # the feature-map position of a pixelwise probe: <layer>@<row>_<col>
