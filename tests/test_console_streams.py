@@ -4,9 +4,11 @@ printed."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -15,6 +17,7 @@ from tqdm import tqdm
 
 from phd_lab.__main__ import main as phd_lab_main
 from phd_lab.cli import command_logging, logs_above_progress_bars, main_cli
+from phd_lab.console import BarStream, readable_output, write_stdout
 from phd_lab.errors import EXIT_OK, EXIT_USAGE
 from phd_lab.progress import bar_options
 from tests.conftest import ROOT
@@ -97,3 +100,69 @@ def test_characters_that_stdout_cannot_encode_are_written_as_escapes(monkeypatch
     assert main_cli(["--list-keys"]) == EXIT_OK
     printed = ascii_out.buffer.getvalue().decode("ascii")
     assert "an integer \\u2265 1 and \\u2264 8192" in printed and printed.startswith("model ")
+
+
+def test_a_file_names_undecodable_bytes_go_out_as_they_were_and_other_characters_as_escapes(monkeypatch):
+    """A folder named with bytes that are no UTF-8 (``x\\xff``, ``x\\x80``: Python's lone surrogates \\udcff and
+    \\udc80) is printed as those bytes, as the shell would show the name; a character the encoding lacks as its
+    escape. Once the command returns, stdout has its own error handler back."""
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    readable_output(lambda: write_stdout("x\udc80 x\udcff \u2265\n"))()
+    assert ascii_out.buffer.getvalue() == b"x\x80 x\xff \\u2265\n"
+    assert ascii_out.errors == "strict"
+
+
+def test_the_escape_handler_leaves_a_decoding_error_as_it_was():
+    """The handler is for writing text; where the same stream reads bytes, the decoder's own error is raised."""
+    with pytest.raises(UnicodeDecodeError):
+        b"\xff".decode("utf-8", "phd_lab_escape")
+
+
+def test_one_short_line_on_a_full_stdout_is_named_in_a_warning(monkeypatch, caplog):
+    """`main.py ... > /dev/full` with a short result (a line or two, held in the stream's buffer): the write alone
+    succeeds, so only the flush finds the full disk; the warning names what was not printed."""
+    with open("/dev/full", "w") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        write_stdout("results in /tmp/x\n")
+        monkeypatch.undo()
+        with contextlib.suppress(OSError):
+            full.close()
+    assert "stdout could not be written (No space left on device)" in caplog.text
+    assert "'results in /tmp/x'" in caplog.text
+
+
+@pytest.mark.parametrize("draw", [write_stdout, lambda text: BarStream(sys.stdout).write(text)])
+def test_a_reader_that_has_gone_sends_the_streams_later_output_nowhere(draw, monkeypatch):
+    """Once the reader of a pipe has gone, its descriptor points at the null device: what is written to it after
+    (Python's own flush of the stream at exit, which printed 'Exception ignored ... BrokenPipeError' and exit 120)
+    goes nowhere instead of breaking the pipe again."""
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "w", buffering=1) as broken:
+        monkeypatch.setattr(sys, "stdout", broken)
+        draw("x" * 70_000)
+        monkeypatch.undo()
+        assert os.write(write, b"more") == 4
+
+
+def test_a_log_line_clears_the_progress_bar_it_is_written_above(monkeypatch):
+    """A log line during a bar is written on a line of its own: tqdm clears the bars of a stream before it writes
+    a log line there, and knows the bar's stream (wrapped) as stderr only by comparing equal to it."""
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with command_logging(), logs_above_progress_bars():
+        for step in tqdm(range(2), desc="epoch 1/1", **bar_options()):
+            logging.getLogger("phd_lab.trainer").info("batch %d", step)
+    lines = re.split(r"[\r\n]", stderr.getvalue())
+    assert sum(line.endswith("batch 0") and "epoch 1/1" not in line for line in lines) == 1, stderr.getvalue()
+
+
+def test_the_warning_names_lost_output_by_its_first_line_shortened(monkeypatch, caplog):
+    """A closed stdout loses a grid's whole 'Results:' list; the warning quotes its first line, cut at 80
+    characters, not the list."""
+    monkeypatch.setattr(sys, "stdout", None)
+    write_stdout("  " + "r" * 81 + "\nsecond line\n")
+    write_stdout("s" * 80 + "\nsecond line\n")
+    assert f"(it begins '{'r' * 77}...')" in caplog.text and f"(it begins '{'s' * 80}')" in caplog.text
+    assert "second line" not in caplog.text
