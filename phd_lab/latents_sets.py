@@ -155,5 +155,5 @@ def extracted_by_older_version(manifest: Mapping[str, Any], run_root: Path) -> b
     are not those of this version's latents. A manifest of ``write_latents`` (own latents, no checkpoint beside
     them) names no version and counts as current."""
     version = manifest.get("extraction_version")
-    current = isinstance(version, int) and not isinstance(version, bool) and version >= PREVIOUS_EXTRACTION_VERSION
+    current = isinstance(version, int) and version >= PREVIOUS_EXTRACTION_VERSION  # true and false are below it
     return not current and any(run_root.glob("*.pt"))
