@@ -737,3 +737,22 @@ def test_a_cpu_model_logged_as_only_this_machine_s_architecture_is_no_difference
     assert machine_differences({**cpu, "device_name": platform.machine()}, cpu) == []
     assert machine_differences({**cpu, "device_name": "s390x_of_another_machine"}, cpu) == [
         "the device model s390x_of_another_machine (now AMD EPYC 7B13)"]
+
+
+def test_only_the_rules_own_default_and_a_cpu_runs_model_are_read_as_what_they_stand_for(monkeypatch):
+    """The two readings that keep an old run's log from differing apply where they are true and nowhere else: a null
+    stands for 0.1 only as optimizer_args' gamma (a dataset's gamma null vs 0.1 is another default); a logged name
+    that is only this machine's architecture is no difference only as a CPU run's device model (a GPU logged so, or
+    an instruction set, is named). The architecture goes by platform.processor()'s name too (macOS: arm64, arm)."""
+    from phd_lab.reproduction import code_differences, machine_differences
+    assert code_differences({"defaults_in_effect": {"dataset_args": {"gamma": 0.1}}},
+                            {"defaults_in_effect": {"dataset_args": {"gamma": None}}}) == [
+        "the dataset_args default gamma: 0.1 (now null)"]
+    monkeypatch.setattr("platform.machine", lambda: "arm64")
+    monkeypatch.setattr("platform.processor", lambda: "arm")
+    cpu = {"device": "cpu", "device_name": "Apple M2", "cpu_capability": "DEFAULT"}
+    assert machine_differences({**cpu, "device_name": "arm"}, cpu) == []
+    gpu = {"device": "cuda:0", "device_name": "NVIDIA H200"}
+    assert machine_differences({**gpu, "device_name": "arm64"}, gpu) == ["the device model arm64 (now NVIDIA H200)"]
+    assert machine_differences({**cpu, "cpu_capability": "arm64"}, cpu) == [
+        "the CPU instruction set arm64 (now DEFAULT)"]
