@@ -40,3 +40,40 @@ def test_the_commands_write_characters_an_ascii_locale_lacks_as_escapes():
         result = subprocess.run([sys.executable, str(ROOT / script), option], env=env, capture_output=True, timeout=120)
         assert result.returncode == 0, result.stderr.decode("ascii", "replace")[-500:]
         assert escape in result.stdout  # main.py: 'an integer ≥ 1'; probe_main.py: a section sign (§)
+
+
+def test_a_process_that_imports_a_registry_file_by_its_name_alone_finds_it_and_the_files_beside_it(tmp_path,
+                                                                                                    monkeypatch):
+    """A process that did not import the registry file itself and got no module path from a parent (unpickling a
+    dataset in a fresh interpreter: only multiprocessing passes its parent's sys.path on) imports it by its module
+    name, and the helper beside it by the file's folder, which the import puts on the module path."""
+    import importlib
+
+    from phd_lab import registry_files
+    (tmp_path / "sizes_by_name_alone.py").write_text("SIZE = 5\n", encoding="utf-8")
+    (tmp_path / "my_data.py").write_text("from sizes_by_name_alone import SIZE\n", encoding="utf-8")
+    name = registry_files.module_name("datasets", tmp_path / "my_data.py")
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry != str(tmp_path)])
+    for module in (name, "sizes_by_name_alone"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    assert importlib.import_module(name).SIZE == 5 and str(tmp_path) in sys.path
+
+
+def test_only_names_of_registry_files_that_exist_are_registry_modules(tmp_path):
+    """The finder answers for the names ``module_name`` makes and for nothing else: a name of this package
+    without a kind or with a path not in hex, or the name of a file that is gone, is no module (as for any other
+    missing module), never another file executed or an error of the name's decoding."""
+    import importlib
+
+    from phd_lab import registry_files
+    path = tmp_path / "registry.py"
+    path.write_text("X = 1\n", encoding="utf-8")
+    assert registry_files.file_of(registry_files.module_name("models", path)) == path
+    for name in (f"{registry_files.__name__}.{os.fsencode(str(path)).hex()}",  # no kind
+                 f"{registry_files.__name__}.models_{path}",  # not hex
+                 f"elsewhere.models_{os.fsencode(str(path)).hex()}"):
+        assert registry_files.file_of(name) is None, name
+    for name in (f"{registry_files.__name__}.models_zz", registry_files.module_name("models", tmp_path / "gone.py"),
+                 registry_files.module_name("models", tmp_path)):  # not hex; a file that is gone; a folder
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(name)
