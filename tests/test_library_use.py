@@ -151,10 +151,14 @@ def test_a_local_dask_cluster_leaves_the_callers_dask_log_levels():
     assert {name: logging.getLogger(name).level for name in names} == before
 
 
-def fx_sources() -> int:
-    """The generated sources of torch.fx graph modules that the process keeps for tracebacks."""
+def fx_sources() -> tuple[int, int]:
+    """The generated sources of torch.fx graph modules that the process keeps for tracebacks: in linecache, and in
+    torch.fx's loader (with a copy of each module's globals)."""
     import linecache
-    return sum(key.startswith("<eval_with_key>") for key in list(linecache.cache))
+
+    from torch.fx import graph_module
+    return (sum(key.startswith("<eval_with_key>") for key in list(linecache.cache)),
+            len(graph_module._loader.eval_cache))
 
 
 def test_a_grid_in_one_process_keeps_no_source_of_the_graphs_its_runs_traced(tmp_path, single_thread):
