@@ -217,8 +217,8 @@ def _best_core(windows: tuple[np.ndarray, np.ndarray, np.ndarray], taken: list[b
     is_taken = np.array(taken, dtype=bool)
     blocked = np.flatnonzero(is_taken)
     # the first taken position at or after each start's first stop (n if none): stops must lie before it
-    limit = np.append(blocked, len(taken))[np.searchsorted(blocked, np.minimum(starts + min_length - 1, len(taken)))]
-    free = np.flatnonzero(~is_taken[starts] & (stops < limit)) if len(blocked) else np.arange(len(starts))
+    limit = np.append(blocked, len(taken))[np.searchsorted(blocked, starts + min_length - 1)]
+    free = np.flatnonzero(~is_taken[starts] & (stops < limit))
     if not len(free):
         return None
     smallest = ratios[free].min()
