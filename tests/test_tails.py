@@ -334,3 +334,18 @@ def test_visible_since_looks_back_only_until_an_epoch_that_does_not_show_the_tai
     tail = original(tailed)[-1]
     assert tails.visible_since(history, tail) == 196 == reference_visible_since(history, tail)
     assert len(seen) == 6
+
+
+
+def test_the_rounding_margin_is_no_wider_than_rounding():
+    """Only a rounding error makes two contrasts equal or a window reach the threshold. [0..2] and [0..3] have the
+    same contrast, 0.3/1.2 and 0.5/2 (the longer one wins, and the extension would not add layer 3 to the shorter
+    one); a layer 3 1e-9 higher (far more than the sums' rounding) makes the longer one the weaker contrast. A
+    window 1e-9 short of "50% lower" is no tail, and a neighbour 1e-9 short of it is not added to a core."""
+    eps = 1e-9
+    assert spans([0.1, 0.1, 0.1, 0.2, 0.5, 0.5], threshold=0.7) == [(0, 3)]
+    assert spans([0.1, 0.1, 0.1, 0.2 + eps, 0.5, 0.5], threshold=0.7) == [(0, 2)]
+    short = [0.4, 0.4, 0.4, 0.2 + eps, 0.2 + eps, 0.2 + eps]
+    assert spans(short) == [] and not qualifies(short, 3, 5)
+    assert spans([0.1, 0.1, 0.1, 0.5, 1.0, 1.0]) == [(0, 3)]  # core [0..2], layer 3 exactly half the rest
+    assert spans([0.1, 0.1, 0.1, 0.5 + eps, 1.0, 1.0]) == [(0, 2)]
