@@ -535,6 +535,31 @@ def test_lock_files_get_the_permissions_of_any_new_file(tmp_path, umask):
     assert stat.S_IMODE((tmp_path / ".probe.lock").stat().st_mode) == plain == 0o666 & ~umask
 
 
+def test_an_atomic_write_keeps_off_another_writers_temp_file_and_names_its_own_as_the_cleanup_finds_it(tmp_path,
+                                                                                                      monkeypatch):
+    """Another writer's temp file of the same name (its random characters drawn alike) is left whole: the write
+    draws another name. Each temp file is named as the cleanup of a killed writer's temps finds them
+    (``remove_stale_temps`` of one target: ".<target>." + 8 characters of [a-z0-9_] + ".tmp")."""
+    from phd_lab import atomic
+    drawn = iter("a" * 8)  # the first name drawn is the other writer's; then secrets' own draws
+    monkeypatch.setattr(atomic.secrets, "choice", lambda characters: next(drawn, None) or random.choice(characters))
+    other = tmp_path / ".result.csv.aaaaaaaa.tmp"
+    other.write_text("another writer's")
+    names = set()
+    for row in range(20):
+        with atomic.atomic_open(tmp_path / "result.csv", "w") as handle:
+            handle.write(f"a\n{row}\n")
+            names |= {path.name for path in tmp_path.glob(".result.csv.*.tmp")} - {other.name}
+    assert other.read_text() == "another writer's" and (tmp_path / "result.csv").read_text() == "a\n19\n"
+    assert len(names) == 20
+    for name in names:  # as a killed writer would have left them, an hour ago
+        (tmp_path / name).write_text("half")
+        os.utime(tmp_path / name, (time.time() - 3600,) * 2)
+    os.utime(other, (time.time() - 3600,) * 2)
+    removed = atomic.remove_stale_temps(tmp_path, only="result.csv")
+    assert sorted(path.name for path in removed) == sorted(names | {other.name})
+
+
 def test_a_failed_atomic_write_leaves_the_previous_file_and_no_temp_file(tmp_path):
     """An error while the content is written, or a rename the file system refuses (a folder in the target's
     place), keeps the previous file as it was and removes the temp file at once, not only at the next start."""
