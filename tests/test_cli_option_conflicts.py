@@ -22,6 +22,9 @@ CONFLICTS = {
     ("--config", "exp.json", "--pattern", "vgg*"): ["--pattern filters the names of --list KIND",
                                                     "models, datasets, optimizers, metrics, steps"],
     ("--list", "models", "--markdown"): ["--markdown is the format of --list-keys"],
+    ("--list-keys", "--device", "cpu", "--scheduler", "local:1"): ["so --device, --scheduler would do nothing"],
+    ("--pattern", "vgg*"): ["--pattern filters the names of --list KIND"],  # not 'no --config'
+    ("--config", "exp.json", "--markdown"): ["--markdown is the format of --list-keys"],
 }
 
 
