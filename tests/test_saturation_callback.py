@@ -288,7 +288,8 @@ def test_the_saved_saturation_plot_is_the_png_savefig_crops_tightly(tmp_path: Pa
 def test_epoch_plots_drawn_on_one_reused_figure_are_those_of_fresh_figures(tmp_path: Path) -> None:
     """The callback's SaturationPlotter keeps one figure for a run's epochs and only puts each epoch's values,
     notes and title into it: every PNG the same bytes as a figure drawn from scratch, also after an epoch
-    without any value (diverged) and for a row of other layers."""
+    without any value (diverged), for a row without a title after one with it, and for a row of other layers.
+    Closing the plotter frees its figure."""
     from phd_lab.plots.saturation import SaturationPlotter, save_saturation_plot
 
     plotter = SaturationPlotter()
@@ -298,11 +299,30 @@ def test_epoch_plots_drawn_on_one_reused_figure_are_those_of_fresh_figures(tmp_p
     rows.append(_epoch_row(["conv", "fc"], epoch=1))
     try:
         for epoch, row in enumerate(rows, start=1):
-            plotter.save(row, tmp_path / "reused.png", title=f"run epoch {epoch}")
-            save_saturation_plot(row, tmp_path / "fresh.png", title=f"run epoch {epoch}")
+            title = "" if epoch == 2 else f"run epoch {epoch}"
+            plotter.save(row, tmp_path / "reused.png", title=title)
+            save_saturation_plot(row, tmp_path / "fresh.png", title=title)
             assert (tmp_path / "reused.png").read_bytes() == (tmp_path / "fresh.png").read_bytes(), epoch
+        figure = plotter._ax.figure
     finally:
         plotter.close()
+    assert figure.axes == []
+
+
+def test_a_figure_drawn_at_another_resolution_before_is_cropped_as_savefig_does(tmp_path: Path) -> None:
+    """save_tight measures the box with the renderer of the figure's last save only where that save had the
+    resolution of this one: text extents depend on it, so a box measured at another one crops the PNG wrongly."""
+    from phd_lab.plots import close
+    from phd_lab.plots.saturation import DPI, plot_saturation, save_tight, saturation_table
+
+    ax = plot_saturation(saturation_table(_epoch_row(["conv1", "fc"], epoch=2)), title="epoch 2")
+    try:
+        ax.figure.savefig(tmp_path / "small.png", dpi=DPI // 2)
+        save_tight(ax.figure, tmp_path / "plot.png")
+        ax.figure.savefig(tmp_path / "tight.png", dpi=DPI, bbox_inches="tight")
+    finally:
+        close(ax.figure)
+    assert (tmp_path / "plot.png").read_bytes() == (tmp_path / "tight.png").read_bytes()
 
 
 class _HeadInTrainingOnly(torch.nn.Module):
