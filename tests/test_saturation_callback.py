@@ -325,6 +325,31 @@ def test_a_figure_drawn_at_another_resolution_before_is_cropped_as_savefig_does(
     assert (tmp_path / "plot.png").read_bytes() == (tmp_path / "tight.png").read_bytes()
 
 
+def test_a_finished_fit_holds_no_figure_of_its_epoch_plots(tmp_path: Path) -> None:
+    """The callback keeps one figure for a run's epoch plots; the fit's end frees it (clears it and lets it go), or
+    a grid of hundreds of runs in one process kept a figure of every run."""
+    import gc
+
+    from matplotlib.figure import Figure
+
+    from phd_lab.rundir import RunDir
+    from phd_lab.trainer import Trainer
+    seed_everything(3)
+    bundle = Digits(batch_size=512, resolution=4, data_dir="", seed=3, num_workers=0)
+    model = _HeadInTrainingOnly()
+    optimizer, scheduler = adam(model, epochs=1)
+    callback = SaturationCallback(RunDir(tmp_path, "run"))
+    gc.collect()
+    before = {id(figure) for figure in gc.get_referrers(Figure) if isinstance(figure, Figure)}  # other tests'
+    trainer = Trainer(model, optimizer, scheduler, metrics={"accuracy": Accuracy()}, epochs=1,
+                      device=torch.device("cpu"), callbacks=[callback], progress=False)
+    trainer.fit(bundle, CheckpointStore(tmp_path / "m.pt", tmp_path / "m.previous.pt"))
+    assert RunDir(tmp_path, "run").saturation_plot(1).stat().st_size > 1000
+    gc.collect()
+    assert not [figure for figure in gc.get_referrers(Figure)
+                if isinstance(figure, Figure) and figure.axes and id(figure) not in before]
+
+
 class _HeadInTrainingOnly(torch.nn.Module):
     """A convolution, its head, and an auxiliary head that only training-mode forward passes call."""
 
