@@ -1924,7 +1924,9 @@ def test_latents_an_older_phd_lab_extracted_for_a_trained_run_are_not_probed_as_
                         match="were extracted by an older phd-lab")
     current = _latents_for_run(config, 1)  # own latents without a checkpoint are probed as before
     assert cli("--config", str(config), "-mp", "0") == 1
-    assert "run(s) 0: latents of an older extraction" in " ".join(capsys.readouterr().err.split())
+    said = " ".join(capsys.readouterr().err.split())
+    assert "run(s) 0: latents of an older extraction" in said
+    assert "were extracted by an older phd-lab" in said and f"--config {config} --index 0 extracts them again" in said
     assert current.probe_csv.is_file() and not old.probe_csv.exists()
     manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()), "extraction_version": 2}))
     assert cli("--config", str(config), "-mp", "0") == 0 and old.probe_csv.is_file()
