@@ -1363,6 +1363,17 @@ def test_a_damaged_tiny_imagenet_val_split_is_named_before_training(tmp_path, da
     assert expected in " ".join(str(error.value).split()), str(error.value)
 
 
+def test_a_byte_order_mark_in_tiny_imagenet_val_annotations_is_no_part_of_a_file_name(tmp_path):
+    """An annotations file saved with a UTF-8 byte-order mark (a Windows editor) was refused: its first image
+    was 'missing' under the name '\\ufeffval_0.JPEG'."""
+    from phd_lab.datasets.folders import tiny_imagenet_val
+    root = tmp_path / "tiny-imagenet-200"
+    lines = _tiny_imagenet(root)
+    (root / "val" / "val_annotations.txt").write_bytes(("\n".join(lines) + "\n").encode("utf-8-sig"))
+    samples = tiny_imagenet_val(root, {"n01443537": 0, "n01629819": 1, "n01641577": 2})
+    assert [(Path(path).name, label) for path, label in samples] == [("val_0.JPEG", 1), ("val_1.JPEG", 0)]
+
+
 def test_a_tiny_imagenet_val_sorted_into_class_folders_keeps_its_labels(tmp_path):
     """Scripts that prepare Tiny ImageNet for an ImageFolder move val/images/<file> to val/<wnid>/images/<file>:
     such a copy was refused as 'incomplete or damaged' (its annotations list images not in val/images), or, with

@@ -523,14 +523,16 @@ def tiny_imagenet_val(root: Path, class_to_idx: dict[str, int]) -> list[tuple[st
     """The samples of Tiny ImageNet's ``val/images`` as ``val/val_annotations.txt`` labels them (file, wnid and
     box per line, tab-separated). A line cut short (a copy or extraction that was stopped), a file that is no
     text, an annotation of no image or of a class ``train/`` lacks, and a listed image that is not there (which
-    failed the run mid-epoch) are DataErrors naming the file; dropping lines evaluated on fewer images silently."""
+    failed the run mid-epoch) are DataErrors naming the file; dropping lines evaluated on fewer images silently.
+    The file is read as ``utf-8-sig``: a byte-order mark that an editor on Windows put in front of the first line
+    was part of its file name ('\\ufeffval_0.JPEG') and that image was refused as missing."""
     annotations, images = root / "val" / "val_annotations.txt", root / "val" / "images"
     if not annotations.is_file():
         raise FileNotFoundError(f"{annotations} not found")
     redo = (f"the download is incomplete or damaged: extract tiny-imagenet-200.zip anew (or delete {str(root)!r} "
             f"and run again with \"download\": true)")
     try:
-        lines = annotations.read_text(encoding="utf-8").splitlines()
+        lines = annotations.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as error:
         raise DataError(f"The file {str(annotations)!r} is not the text it should be ({error}); {redo}.") from None
     samples, unknown = [], set()
