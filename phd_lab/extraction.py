@@ -488,5 +488,6 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
         model.train(was_training)
     manifest = build_manifest(results, settings, test_accuracy)
     atomic.write_json(folder / MANIFEST, manifest)
-    log.info("Extracted %d layers (%d files per split) into %s", len(order), len(manifest["layers"]), folder)
+    log.info("Extracted %d layer%s (%d file%s per split) into %s", len(order), "" if len(order) == 1 else "s",
+             len(manifest["layers"]), "" if len(manifest["layers"]) == 1 else "s", folder)
     return manifest

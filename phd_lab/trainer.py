@@ -101,8 +101,8 @@ class Trainer:
                                  f"instead of shortening a finished run.")
             self.load_state_dict(state, bundle)
             if len(self.history) == self.epochs:
-                log.info("Run %s already finished %d epochs; skipping to post-processing.",
-                         self.run_name, self.epochs)
+                log.info("Run %s already finished %d epoch%s; skipping to post-processing.",
+                         self.run_name, self.epochs, "" if self.epochs == 1 else "s")
             else:
                 log.info("Resuming run %s after epoch %d of %d.", self.run_name, len(self.history), self.epochs)
         for callback in self.callbacks:

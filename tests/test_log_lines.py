@@ -234,3 +234,25 @@ def test_a_failed_runs_log_says_how_to_go_on_above_its_traceback(tmp_path, singl
             "resumes it: training after the last completed epoch, post-processing keeping the steps that had "
             "finished\nTraceback (most recent call last):\n") in text, text
     assert last_failure(log) == "RuntimeError: planted failure in forward"
+
+
+def test_counts_of_one_are_written_in_the_singular(tmp_path, caplog):
+    """Lines said 'after 1 epochs', 'over 1 layers' and 'Extracted 1 layers (1 files per split)'; 'already
+    finished 1 epochs' is tested with the runs (tests/test_runs.py)."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from phd_lab.analysis.recommendations import _no_advice
+    from phd_lab.analysis.run_tables import TrainingStatus
+    from phd_lab.extraction import extract_latents
+    assert TrainingStatus("failed", 1, None, False, reason="boom").label() == "failed after 1 epoch (boom)"
+    assert TrainingStatus("failed", 2, None, False, reason="boom").label() == "failed after 2 epochs (boom)"
+    assert "over 1 layer:" in _no_advice({"mean": 0.0, "layers": ["conv1"]}, tracked=True)["text"]
+    assert "over 1 layer:" in _no_advice({"mean": 0.25, "layers": ["conv1"]}, tracked=True)["text"]
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 3))
+    images = TensorDataset(torch.zeros(4, 1, 6, 6), torch.tensor([0, 1, 2, 0]))
+    data = {"train": DataLoader(images, batch_size=2), "eval": DataLoader(images, batch_size=2)}
+    with caplog.at_level(logging.INFO, logger="phd_lab"):
+        extract_latents(model, data, tmp_path / "latents", run_dir=tmp_path, layers=["0"], downsampling=None,
+                        progress=False)
+    assert "Extracted 1 layer (1 file per split) into" in caplog.text, caplog.text

@@ -170,7 +170,7 @@ def test_finished_run_is_not_trained_again(tmp_path):
     assert rewritten["post_processing"] == [{"name": "receptive_field"}]
     assert rewritten["target_saturation"] == [0.1, 0.2]
     log_text = (folder / f"{run_name(folder)}.log").read_text()
-    assert "already finished 1 epochs; skipping to post-processing" in log_text
+    assert "already finished 1 epoch; skipping to post-processing" in log_text
     assert f"differs from the logged config {logged_path.name} in cpu_threads={logged['cpu_threads'] + 1}" in log_text
     # a config logged by an older version (a key since removed, one since added, other versions): no crash, and
     # what the run was trained with stays
@@ -204,7 +204,7 @@ def test_logged_config_reruns_its_own_run_from_any_directory_and_after_the_logs_
     assert code == 0, err
     assert list(elsewhere.iterdir()) == [] and run_folders(project / "logs") == [folder]
     assert (folder / f"{name}.pt").read_bytes() == checkpoint
-    assert "already finished 1 epochs" in (folder / f"{name}.log").read_text()
+    assert "already finished 1 epoch;" in (folder / f"{name}.log").read_text()
     # the whole tree moved (another disk, another machine): the logged config still names its own folder
     moved = tmp_path / "archive" / "logs"
     moved.parent.mkdir()

@@ -203,7 +203,8 @@ def _width_advice(summary: dict[str, Any], settings: AnalysisSettings) -> Advice
 
 def _no_advice(sat: dict[str, Any] | None, tracked: bool) -> Advice:
     """Why there is nothing to change: saturation not tracked or not recorded yet, no variance, or all is well."""
-    n_layers = len(sat["layers"]) if sat else 0
+    count = len(sat["layers"]) if sat else 0
+    n_layers = f"{count} layer{'' if count == 1 else 's'}"
     if sat is None and not tracked:
         return {"kind": "missing", "text": (
             "This run was trained with track_saturation false, so neither tails nor width can be judged; train "
@@ -214,12 +215,12 @@ def _no_advice(sat: dict[str, Any] | None, tracked: bool) -> Advice:
             "epoch with saturation tracking has finished.")}
     if not _has_variance(sat):
         return {"kind": "no-variance", "text": (
-            f"s_mu = {sat['mean']} over {n_layers} layers: no tracked layer showed any variance (constant "
+            f"s_mu = {sat['mean']} over {n_layers}: no tracked layer showed any variance (constant "
             "activations, e.g. dead units or an untrained model), so saturation cannot judge the width. Check "
             "the training (loss, learning rate) before reading the other values.")}
     return {"kind": "none", "text": (
         f"No tail, no border layer inside the network and s_mu within the target interval over "
-        f"{n_layers} layers: the thesis' guidelines suggest no change.")}
+        f"{n_layers}: the thesis' guidelines suggest no change.")}
 
 
 def nice_factor(factor: float) -> str:

@@ -150,7 +150,8 @@ class TrainingStatus:
             return f"diverged in epoch {self.epochs_done}{planned}"
         if self.state == "failed":
             planned = f"/{self.epochs_planned}" if self.epochs_planned else ""
-            when = f"after {self.epochs_done}{planned} epochs" if self.epochs_done else "before its first epoch"
+            epochs = "epoch" if self.epochs_done == 1 and not planned else "epochs"
+            when = f"after {self.epochs_done}{planned} {epochs}" if self.epochs_done else "before its first epoch"
             return f"failed {when} ({self.reason})"
         if self.state in ("not started", "no metrics", "no epochs"):
             return {"not started": "not started", "no metrics": "no metrics CSV",
