@@ -112,6 +112,9 @@ def brief(error: BaseException) -> str:
     return f"{lines[0]} {lines[-1]}"
 
 
+LOG_MARK = ". Its log: "  # where failure_line names the log; the summary's row names the run folder instead
+
+
 def failure_line(error: BaseException) -> str | None:
     """One line for a run that failed after its run log was opened: the error, and the log that holds its
     traceback (not for a lost run folder: its log went with it). None: it failed before its log was opened,
@@ -120,7 +123,13 @@ def failure_line(error: BaseException) -> str | None:
     if isinstance(error, RunFolderLost):
         return said
     logged_to = getattr(error, "logged_to", None)
-    return None if logged_to is None else f"{said}. Its log: {logged_to}"
+    return None if logged_to is None else f"{said}{LOG_MARK}{logged_to}"
+
+
+def without_log(line: str) -> str:
+    """A failure_line for the summary's row, which names the run folder itself: the error without its log, as a
+    sequential run's row has it (a Dask run's row said the log a second time, after the error line above)."""
+    return line.split(LOG_MARK, 1)[0]
 
 
 def first_line(error: BaseException) -> str:

@@ -17,7 +17,8 @@ from phd_lab.atomic import check_writable_dir, nearest_existing
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import check_probe_keys
 from phd_lab.device import parse_device, resolve_device
-from phd_lab.errors import ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line
+from phd_lab.errors import (LOG_MARK, ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line,
+                            without_log)
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.interrupts import interruption_behind
@@ -246,12 +247,15 @@ class Main:
                 run_log = executor.rundir.log
                 logged = run_log.exists()
                 status, value = "failed", (f"{value}. Its last completed epoch is kept: rerun this command to "
-                                           f"resume it." + (f" Its log: {run_log}" if logged else ""))
-                log.error("Run %d (%s) failed: %s", index, executor.config.name, value)
+                                           f"resume it")
+                log.error("Run %d (%s) failed: %s", index, executor.config.name,
+                          f"{value}{LOG_MARK}{run_log}" if logged else f"{value}.")
+                value += "."
             if status == "finished":  # the task ran: train_point's own (status, folder or message)
                 status, value = value
                 if status == "failed":  # the run failed after its log was opened, which holds the traceback
                     log.error("Run %d (%s) failed: %s", index, executor.config.name, value)
+                    value = without_log(value)
             if status == "invalid":  # a usage error found when the point ran (dataset missing)
                 status = "failed"
                 usage_errors.append(UsageError(str(value)))

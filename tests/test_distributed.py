@@ -160,6 +160,7 @@ def test_failing_point_is_reported_while_the_others_finish(tmp_path, cluster, ca
     [broken] = [f for f in run_folders(tmp_path / "logs") if "hidden21" in f.name]
     log_file = broken / f"{run_name(broken)}.log"
     assert f"RuntimeError: broke while training. Its log: {log_file}" in err
+    assert err.count("Its log:") == 1, err  # on the error line; the summary's row names the folder, not the log
     assert "Traceback" in log_file.read_text()
 
 
@@ -239,6 +240,7 @@ def test_a_run_whose_worker_processes_died_is_said_to_have_died_with_its_log_not
     assert "before a run log was opened" not in err and "Traceback" not in err
     assert "the Dask worker process running it died 1 time" in err
     assert f"rerun this command to resume it. Its log: {folder / f'{run_name(folder)}.log'}" in err
+    assert err.count("Its log:") == 1, err  # on the error line; the summary's row names the folder, not the log
     assert ("1 of 1 run(s) failed; see each failed run's .log file. 1 of them ended with their Dask worker processes "
             "(no traceback exists; the same command resumes them).") in err
 
