@@ -654,3 +654,22 @@ def test_latents_of_the_previous_extraction_version_are_reused_where_it_extracte
     (folder / MANIFEST).write_text(json.dumps({**manifest, "extraction_version": 2}))
     again = extract_latents(channels_last, small, folder, run_dir=tmp_path, downsampling=2, progress=False)
     assert again["extraction_version"] == 3
+
+
+def test_the_extract_steps_layers_say_that_a_wildcard_picks_modules_of_any_type():
+    """'features.*' of vgg11 picks 29 modules (its ReLUs, BatchNorms and pools beside the 8 convolutions), which
+    the step's documentation ('module names or wildcards'; by default Conv2d and Linear) did not say."""
+    from collections import Counter
+
+    from phd_lab.extraction import select_layers
+    from phd_lab.registry import Registries
+    from phd_lab.steps.extract import ExtractStep
+    model = Registries().models.get("vgg11")(num_classes=10)
+    modules = dict(model.named_modules())
+    picked = Counter(type(modules[name]).__name__ for name in select_layers(model, ["features.*"]))
+    assert picked == {"Conv2d": 8, "BatchNorm2d": 8, "ReLU": 8, "MaxPool2d": 5}
+    [layers] = [key for key in ExtractStep.params if key.name == "layers"]
+    said = " ".join(layers.doc.split())
+    assert "8 Conv2d, 8 BatchNorm2d, 8 ReLU and 5 MaxPool2d (29 latents sets)" in said, said
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "also extracts its BatchNorm2d, ReLU and MaxPool2d outputs: 29 sets" in readme

@@ -23,9 +23,10 @@ class ExtractStep(Step):
         param_from_config("downsampling"),
         param_from_config("latents_dir"),
         Key("dtype", "str", "float32", "storage type of the latents", choices=DTYPES),
-        Key("layers", "list", None, "module names or wildcards to extract (a wildcard leaves out the modules a "
-            "forward pass calls more or less than once); null = every Conv2d and Linear called once per forward "
-            "pass",
+        Key("layers", "list", None, "module names or shell wildcards to extract, matched against the qualified "
+            "name of every module of any type ('*' crosses dots): 'features.*' of vgg11 picks its 8 Conv2d, 8 "
+            "BatchNorm2d, 8 ReLU and 5 MaxPool2d (29 latents sets); a wildcard leaves out the modules a forward "
+            "pass calls more or less than once; null = every Conv2d and Linear called once per forward pass",
             nullable=True, item_kind="str"),
         Key("sizes", "list", None, "further latents sets from the same model (§8.3's probe ablation): maximum "
             "feature-map sides (integers ≥ 1; null for whole maps, \"pixelwise\"), each × 'methods' into "
