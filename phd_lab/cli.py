@@ -284,7 +284,7 @@ def main_cli(argv: Sequence[str] | None = None) -> int:
         main = Main(progress=not (args.no_progress or args.quiet), missing_data="warn" if args.dry_run else "error",
                     missing_device="warn" if args.dry_run else "ignore" if _on_other_machines(args.scheduler) else
                     "error")
-        grid = main.load(args.config, run_id=args.run_id, device=args.device)
+        grid = main.load(args.config, run_id=args.run_id, device=args.device, index=args.index)
         indices = chosen_indices(grid, args.index)
         if args.dry_run:
             chosen = "" if args.index is None else f", of which --index runs {len(indices)}"

@@ -31,6 +31,7 @@ from phd_lab.rundir import FolderListings, earlier_version_advice, earlier_versi
 
 if TYPE_CHECKING:
     from phd_lab.analysis.run_tables import TrainingStatus
+    from phd_lab.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,10 @@ class Main:
         # "warn" for a dry run, "ignore" when the runs go to a cluster: a login node without the GPU the runs ask for
         self.missing_device = missing_device
 
-    def load(self, config_path: str | Path, *, run_id: str | None = None, device: str | None = None) -> Grid:
-        """Read and validate a config file; every grid point is checked before anything runs."""
+    def load(self, config_path: str | Path, *, run_id: str | None = None, device: str | None = None,
+             index: int | None = None) -> Grid:
+        """Read and validate a config file; every grid point is checked before anything runs. ``index``: the point
+        ``--index`` runs, named in the error of another point (which is checked too)."""
         if device is not None:
             (resolve_device if self.missing_device == "error" else parse_device)(device, "--device")
         grid = read_config_grid(config_path, run_id=run_id, device=device)
@@ -91,7 +94,7 @@ class Main:
         # within a grid, points that name the same modules share them
         self._registry_cache: dict[tuple[tuple[str, str], ...], Registries] = {}
         with fx_sources_released():  # the models' receptive-field checks trace them
-            self.executors = self._validate_grid(grid)
+            self.executors = self._validate_grid(grid, index)
         return grid
 
     def _registries_for(self, modules: Mapping[str, str]) -> Registries:
@@ -103,28 +106,40 @@ class Main:
             self._registry_cache[key] = Registries(chosen)
         return self._registry_cache[key]
 
-    def _validate_grid(self, grid: Grid) -> list[TrainTestExecutor]:
+    def _checked_point(self, grid: Grid, index: int, listings: FolderListings, said: dict[str, int],
+                       models: dict[Any, Any]) -> tuple[RunConfig, TrainTestExecutor]:
+        """Grid point ``index`` resolved and checked (registries, config, model, probe keys), with its executor."""
+        cfg = grid[index]
+        try:
+            registries = self._registries_for(cfg.registries)
+        except RegistryError as error:
+            raise RegistryError(f"{cfg.source}: the key 'registries': {error}") from None
+        executor = TrainTestExecutor(cfg, registries, progress=self.progress, listings=listings)
+        try:  # a list inside *_args reaches the factory one element at a time: both checks can say so
+            executor.validate(self.missing_data, said, self.missing_device)
+            executor.check_model(models)
+        except ConfigError as error:
+            raise type(error)(_with_args_axis_hint(str(error), grid)) from None
+        # the probe job's keys, checked with the rest (each alone by the schema, here how they combine)
+        check_probe_keys(cfg.values["probe_solver"], cfg.values["probe_device"], cfg.source)
+        return cfg, executor
+
+    def _validate_grid(self, grid: Grid, chosen: int | None = None) -> list[TrainTestExecutor]:
         """One executor per grid point, each point checked (config, model, probe keys) before any runs; points
         sharing a folder, unwritable logs_dirs and folders another process holds are refused (warned of by a dry
-        run)."""
+        run). The error of a point other than ``chosen`` (``--index``) says it is not the one chosen."""
         executors, folders, models, said = [], {}, self.meta_models, {}
         listings: FolderListings = {}  # each parent folder listed once: the grid makes no folder while it is checked
         # every point is checked before any runs: about 2 ms each, so a large grid says how far it got
         for index in tqdm(range(len(grid)), desc=f"checking {len(grid)} grid points", leave=False,
                           disable=not self.progress or len(grid) < LARGE_GRID, **bar_options()):
-            cfg = grid[index]
             try:
-                registries = self._registries_for(cfg.registries)
-            except RegistryError as error:
-                raise RegistryError(f"{cfg.source}: the key 'registries': {error}") from None
-            executor = TrainTestExecutor(cfg, registries, progress=self.progress, listings=listings)
-            try:  # a list inside *_args reaches the factory one element at a time: both checks can say so
-                executor.validate(self.missing_data, said, self.missing_device)
-                executor.check_model(models)
-            except ConfigError as error:
-                raise type(error)(_with_args_axis_hint(str(error), grid)) from None
-            # the probe job's keys, checked with the rest (each alone by the schema, here how they combine)
-            check_probe_keys(cfg.values["probe_solver"], cfg.values["probe_device"], cfg.source)
+                cfg, executor = self._checked_point(grid, index, listings, said, models)
+            except UsageError as error:
+                if chosen is None or chosen == index or not 0 <= chosen < len(grid):
+                    raise
+                raise type(error)(f"{str(error).rstrip()} (Run {index} is not the one --index {chosen} runs, but "
+                                  f"every run of the grid is checked before any of them starts: fix it too.)") from None
             folder = Path(os.path.realpath(executor.rundir.root))  # logs/x and /abs/logs/x, or a link to it
             if folder in folders:
                 first = folders[folder]
@@ -271,7 +286,7 @@ class Main:
 
     def __call__(self, config_path: str | Path, *, index: int | None = None, run_id: str | None = None,
                  device: str | None = None) -> list[RunOutcome]:
-        grid = self.load(config_path, run_id=run_id, device=device)
+        grid = self.load(config_path, run_id=run_id, device=device, index=index)
         return self.run(grid, chosen_indices(grid, index))
 
 

@@ -264,3 +264,20 @@ def test_a_grid_lists_each_parent_folder_once_and_still_finds_renamed_folders(tm
     monkeypatch.undo()
     assert reads.count(str(parent)) == 2  # the folders' lookup, and the look for runs of phd-lab 0.1
     assert [executor.rundir.root for executor in main.executors] == [*expected[:3], renamed, *expected[4:]]
+
+
+def test_under_index_the_error_of_another_grid_point_says_it_is_not_the_one_chosen(tmp_path, capsys):
+    """Every point is checked before any runs, so '--index 1' was refused with '... (run 0): optimizer_args
+    ['nonsense'] are not accepted', which read as if the run asked for were wrong."""
+    from phd_lab.cli import main_cli
+    from tests.conftest import write_config
+    config = write_config(tmp_path, optimizer_args=[{"lr": 0.01, "nonsense": 1}, {"lr": 0.01}])
+    assert main_cli(["--config", str(config), "--index", "1", "-q"]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert (f"{config} (run 0): optimizer_args ['nonsense'] are not accepted by 'adam'" in said and
+            "(Run 0 is not the one --index 1 runs, but every run of the grid is checked before any of them starts: "
+            "fix it too.)" in said), said
+    assert main_cli(["--config", str(config), "--index", "0", "-q"]) == 2  # the chosen point: said as before
+    said = " ".join(capsys.readouterr().err.split())
+    assert "(run 0): optimizer_args ['nonsense']" in said and "is not the one" not in said, said
+    assert not (tmp_path / "logs").exists()
