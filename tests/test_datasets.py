@@ -6,6 +6,7 @@ import contextlib
 import functools
 import http.server
 import json
+import logging
 import os
 import shutil
 import struct
@@ -1445,3 +1446,26 @@ def test_an_empty_test_split_is_a_data_error_before_any_run_folder(tmp_path, cap
     err = " ".join(capsys.readouterr().err.split())
     assert "Dataset NoTest has no test sample" in err and "Traceback" not in err, err
     assert run_folders(tmp_path / "logs") == []
+
+
+@pytest.mark.parametrize("raw_too", [False, True])
+def test_mnist_read_from_torchvisions_old_cache_names_it(tmp_path, caplog, raw_too):
+    """Where MNIST/processed/{training,test}.pt are there, torchvision reads them instead of raw/ without a word:
+    a raw copy placed or replaced since was not what the run trained on."""
+    import torchvision.datasets as tv
+
+    from phd_lab.datasets.torchvision_sets import _mnist_like
+    processed = tmp_path / "MNIST" / "processed"
+    processed.mkdir(parents=True)
+    for file, count in (("training.pt", 6), ("test.pt", 4)):
+        torch.save((torch.zeros(count, 28, 28, dtype=torch.uint8), torch.arange(count) % 10), processed / file)
+    if raw_too:
+        write_idx(tmp_path / "MNIST" / "raw", "train", 20)
+    with caplog.at_level(logging.INFO, logger="phd_lab"):
+        dataset = _mnist_like(tv.MNIST)(tmp_path, "train", False)
+    assert len(dataset) == 6  # torchvision's choice, kept
+    [record] = [r for r in caplog.records if "training.pt" in r.getMessage()]
+    assert record.levelno == (logging.WARNING if raw_too else logging.INFO)
+    said = record.getMessage()
+    assert f"Dataset MNIST: the train split is read from {str(processed / 'training.pt')!r}" in said, said
+    assert (f"delete {str(processed)!r} to read those" in said) == raw_too, said

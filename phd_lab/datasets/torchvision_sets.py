@@ -225,9 +225,28 @@ def _mnist_like(cls: type) -> Opener:
                             f"{said}), as a download or unpacking that was stopped leaves it. Delete the folder "
                             f"{str(raw)!r} and run again with \"download\": true (or place whole copies of "
                             f"{_MNIST_FILES} there).") from None
+        _log_legacy_cache(cls.__name__, root / cls.__name__, split)
         _require_matching_labels(cls.__name__, root / cls.__name__ / "raw", split, dataset)
         return dataset
     return opener
+
+
+def _log_legacy_cache(name: str, folder: Path, split: str) -> None:
+    """torchvision reads ``processed/training.pt`` and ``test.pt`` (the cache its versions before 0.10 wrote)
+    instead of ``raw/`` wherever both are there, and said nothing: a raw copy placed or replaced since was not
+    what the run trained on. The file read is named, and a warning says so where ``raw/`` holds files too."""
+    processed = folder / "processed"
+    if not all((processed / file).is_file() for file in ("training.pt", "test.pt")):
+        return
+    read = processed / ("training.pt" if split == "train" else "test.pt")
+    raw = folder / "raw"
+    if raw.is_dir() and any(not entry.name.startswith(".") for entry in os.scandir(raw)):
+        log.warning("Dataset %s: the %s split is read from %r (the cache of torchvision before 0.10), which "
+                    "torchvision prefers to the files in %r; delete %r to read those.", name, split, str(read),
+                    str(raw), str(processed))
+    else:
+        log.info("Dataset %s: the %s split is read from %r (the cache of torchvision before 0.10).", name, split,
+                 str(read))
 
 
 def _require_raw_files(name: str, raw: Path) -> None:
