@@ -2004,3 +2004,20 @@ def test_a_worker_that_cannot_start_its_threads_is_not_only_said_killed_or_crash
     err = " ".join(capsys.readouterr().err.split())
     assert "could not start its threads" in err and "ulimit -u" in err and "ulimit -s 1073741824" in err
     assert not (run_dir / "probe_performances.csv").exists()
+
+
+def test_the_job_sums_up_the_layers_that_did_not_converge_once(tmp_path):
+    """Each layer's line said 'not converged' (saga's 100 epochs, the thesis' setting, stop nearly every layer
+    there) and nothing summed them up or said whether that was the setting meant."""
+    from phd_lab.probes.fit import ProbeRecord
+    from phd_lab.probes.job import convergence_summary
+    from phd_lab.probes.settings import ProbeSettings
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    run_jobs(jobs_from_latents(latents, {"solver": "saga", "max_iter": 1})[0], tmp_path / "cache", progress=False)
+    said = " ".join((run_dir / "probe.log").read_text().split())
+    assert ("2 of 2 layer(s) did not converge within max_iter 1 (saga); raise --max-iter (probe_max_iter) for fits "
+            "that converge.") in said, said
+    record = ProbeRecord(0, "conv", "saga", 0.5, 0.5, 100, False, 1.0, 10, 10, 4)
+    assert convergence_summary(ProbeSettings(), [record, replace(record, converged=True)]).startswith(
+        "1 of 2 layer(s) did not converge within max_iter 100 (saga): saga's 100 epochs are the thesis' setting")
+    assert convergence_summary(ProbeSettings(), [replace(record, converged=True)]) is None

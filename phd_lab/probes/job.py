@@ -35,7 +35,7 @@ from phd_lab.probes.outputs import (confusion_png, in_manifest_order, remove_oth
                                     write_confusion, write_results)
 from phd_lab.probes.probe_log import PROBE_JOB, PROBE_JOBS, ProbeLogs
 from phd_lab.probes.runner import ProbeTask, cuda_shortfall, run_probes
-from phd_lab.probes.settings import ProbeSettings
+from phd_lab.probes.settings import DEFAULT_MAX_ITER, ProbeSettings
 
 log = logging.getLogger(__name__)
 
@@ -401,4 +401,25 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], cache
     with ConfusionPlots() as confusion_plots:
         run_probes(tasks, cache, workers=workers, progress=progress, on_record=on_record, scheduler=scheduler,
                    run_folders=[job.outputs.root for job in jobs], hits=hits)
+    for position, records in done.items():
+        said = convergence_summary(jobs[position].settings, records)
+        if said:
+            log.info("%s: %s", jobs[position].label, said, extra={PROBE_JOB: position})
     return {position: in_manifest_order(jobs[position], records) for position, records in done.items()}
+
+
+def convergence_summary(settings: ProbeSettings, records: Sequence[ProbeRecord]) -> str | None:
+    """One line for the layers whose fit stopped at ``max_iter`` (None: all converged). Each layer's line says
+    'not converged'; saga's 100 epochs, the thesis' setting, stop nearly every layer there, which read as a
+    failure of each, so the count is said once, with whether it is that setting (its results are unchanged)."""
+    stopped = sum(not record.converged for record in records)
+    if not stopped:
+        return None
+    resolved = settings.resolved()
+    said = (f"{stopped} of {len(records)} layer(s) did not converge within max_iter {resolved.max_iter} "
+            f"({resolved.solver})")
+    if resolved.solver == "saga" and resolved.max_iter == DEFAULT_MAX_ITER["saga"]:
+        return (f"{said}: saga's 100 epochs are the thesis' setting (§6.2.5), which stops most layers before "
+                f"convergence; their accuracies depend on that budget (docs/probes.md), compare them at the same "
+                f"settings.")
+    return f"{said}; raise --max-iter (probe_max_iter) for fits that converge."
