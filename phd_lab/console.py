@@ -123,6 +123,20 @@ class BarStream:
         return hash(self._stream)
 
 
+class BarLines(BarStream):
+    """stderr that is no terminal (a SLURM job's ``.out``, a pipe) as the progress bars write to it: each drawing on
+    a line of its own. tqdm draws a bar as ``\r<bar>`` and clears it with ``\r<spaces>\r``, which a terminal
+    overwrites; a file kept both, so the next log line began with ``\r...0%...\r<spaces>\r`` and grep or an
+    editor showed the fragment in front of it. The clearings (and a nested bar's cursor moves) are dropped."""
+
+    def write(self, text: str) -> int:
+        drawn = [piece.rstrip() for piece in text.replace("\x1b[A", "").replace("\r", "\n").split("\n")]
+        lines = "".join(f"{piece}\n" for piece in drawn if piece)
+        if lines:
+            super().write(lines)
+        return len(text)
+
+
 class Discarded(io.TextIOBase):
     """A text stream that drops what is written to it: the progress bars' where stderr is closed (tqdm fell back on
     ``sys.stderr``, None, and the run failed at its first bar)."""

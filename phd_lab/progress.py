@@ -4,7 +4,8 @@ tqdm redraws a bar up to ten times a second. In a terminal that is one line kept
 file (a SLURM job's ``.out``, ``nohup``, a pipe), every redraw stays in it: a 24-hour job wrote about 95 MB of
 bars. ``bar_options`` gives the keyword arguments every tqdm of phd-lab is built with: none in a terminal (or a
 Jupyter kernel, whose widget bars are not written to the file), and otherwise a redraw at most every
-``FILE_INTERVAL`` seconds, so a job's log still shows how far each loop got, in kilobytes.
+``FILE_INTERVAL`` seconds, so a job's log still shows how far each loop got, in kilobytes; there each drawing is
+a line of its own (``console.BarLines``), so that the log lines between them start clean.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import IO, Any
 
-from phd_lab.console import BarStream, Discarded
+from phd_lab.console import BarLines, BarStream, Discarded
 
 FILE_INTERVAL = 60.0  # seconds between redraws of a bar written to a file
 
@@ -20,16 +21,17 @@ FILE_INTERVAL = 60.0  # seconds between redraws of a bar written to a file
 def bar_options(stream: IO[str] | None = None) -> dict[str, Any]:
     """tqdm keyword arguments for a bar written to ``stream`` (default: ``sys.stderr``, where tqdm writes). Not a
     terminal: ``mininterval`` and ``maxinterval`` (tqdm's monitor thread would redraw a slow bar every 10 s) of
-    ``FILE_INTERVAL``; a bar still shows when it starts and is cleared when it ends. On ``sys.stderr``, also the
-    ``file`` to draw on: stderr wrapped so that a reader that has gone ends the bars, not the run, or where stderr
-    is closed (``2>&-``), a stream that drops them."""
+    ``FILE_INTERVAL``; a bar still shows when it starts. On ``sys.stderr``, also the ``file`` to draw on: stderr
+    wrapped so that a reader that has gone ends the bars, not the run (not a terminal: each drawing on a line of its
+    own, ``BarLines``), or where stderr is closed (``2>&-``), a stream that drops them."""
     if stream is not None:
         return _redraws(stream)
     if sys.stderr is None:
         return {"file": Discarded()}
     if _in_jupyter(sys.stderr):
         return {}
-    return {**_redraws(sys.stderr), "file": BarStream(sys.stderr)}
+    redraws = _redraws(sys.stderr)
+    return {**redraws, "file": BarLines(sys.stderr) if redraws else BarStream(sys.stderr)}
 
 
 def _in_jupyter(stream: IO[str]) -> bool:

@@ -166,3 +166,23 @@ def test_the_warning_names_lost_output_by_its_first_line_shortened(monkeypatch, 
     write_stdout("s" * 80 + "\nsecond line\n")
     assert f"(it begins '{'r' * 77}...')" in caplog.text and f"(it begins '{'s' * 80}')" in caplog.text
     assert "second line" not in caplog.text
+
+
+def test_progress_bars_in_a_file_leave_no_fragment_in_front_of_the_log_lines(tmp_path, monkeypatch):
+    """stderr in a file (a SLURM job's .out): each bar was drawn as '\\r<bar>' and cleared with '\\r<spaces>\\r', so
+    the next log line began with '\\r... 0%|...\\r      \\r' (grep and editors show it). Each drawing is a line of
+    its own now, and a log line, written while a bar is open or after it closed, starts its line."""
+    with open(tmp_path / "job.out", "w") as out:
+        monkeypatch.setattr(sys, "stderr", out)
+        with command_logging(), logs_above_progress_bars():
+            for step in tqdm(range(3), desc="epoch 1/1", leave=False, **bar_options()):
+                if step == 1:
+                    logging.getLogger("phd_lab.trainer").info("during the bar")
+            logging.getLogger("phd_lab.trainer").info("after the bar")
+        monkeypatch.undo()
+    lines = (tmp_path / "job.out").read_bytes().decode().split("\n")
+    assert all("\r" not in line and "\x1b" not in line for line in lines), lines
+    assert lines[0].startswith("epoch 1/1:   0%|"), lines
+    assert [line.split(" INFO phd_lab.trainer: ")[1] for line in lines if " INFO " in line] == [
+        "during the bar", "after the bar"], lines
+    assert all("%|" in line or " INFO " in line for line in lines[:-1]) and lines[-1] == "", lines

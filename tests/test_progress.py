@@ -31,7 +31,7 @@ def test_a_file_gets_rare_redraws_and_a_terminal_the_live_bar(tmp_path):
 
 def test_a_run_logging_to_a_file_draws_each_bar_when_it_starts_not_ten_times_a_second(tmp_path):
     """main.py with stderr in a file, as under SLURM: one epoch of 360 batches, its evaluation and the
-    saturation pass. Each bar is drawn when it starts, at 0 % (and cleared at its end), and then at most once a
+    saturation pass. Each bar is drawn when it starts, at 0 % (a line of its own), and then at most once a
     minute (the bound allows one redraw for a machine so busy that a pass takes that long); before, every bar was
     redrawn every 0.1 s (about 20 times here for the epoch alone; a 24-hour job's .out grew by about 95 MB)."""
     config = write_config(tmp_path, epoch=1, batch_size=4, cpu_threads=1, post_processing=[])
