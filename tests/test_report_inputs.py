@@ -100,6 +100,22 @@ def test_a_logged_config_copied_into_the_logs_folder_is_no_run(tmp_path, caplog)
     assert [run.root for run in discover_runs(logs / "vgg11")] == [rundir.root]
 
 
+def test_a_run_folder_copied_out_of_its_logs_tree_is_a_run(tmp_path):
+    """One run folder copied to archive/my_run (its logged config beside its metrics CSV and tables, at another
+    depth than a logs tree's) was no run: the report said 'holds no runs: no folder below it has a
+    <name>_config.json', next to that very file. A logged config alone stays no run (the test above)."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
+    copy = tmp_path / "archive" / "my_run"
+    shutil.copytree(rundir.root, copy)
+    assert [run.root for run in discover_runs(tmp_path / "archive")] == [copy]
+    write_report(tmp_path / "archive", tmp_path / "r.html", processes=0)
+    assert read_json(copy / "analysis.json")["run"]["status"]["state"] == "finished"
+    # only its metrics CSV beside the config (a run that trained without steps) is a run too
+    for name in ("receptive_field.csv", "computational_info.json", "probe_performances.csv", "analysis.json"):
+        (copy / name).unlink()
+    assert [run.root for run in discover_runs(tmp_path / "archive")] == [copy]
+
+
 def test_a_run_folder_that_cannot_be_read_is_named_not_left_out_without_a_word(tmp_path):
     """os.walk skips a folder it cannot list (a run folder of another user on a shared file system, mode 0700)
     without a word: the report covered the other runs and said nothing of the one it left out (or, with no other,

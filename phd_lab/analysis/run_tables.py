@@ -65,8 +65,9 @@ def run_folder(root: Path | str) -> RunDir:
 
 def discover_runs(logs_dir: Path | str) -> list[RunDir]:
     """Every run folder below ``logs_dir``, sorted: a folder with a logged run config (a
-    ``*_config.json`` carrying ``_meta``) that lies in the run folder its own values name, or at a
-    run folder's depth with any config (perhaps damaged) or step table. Other JSON files or tables
+    ``*_config.json`` carrying ``_meta``) that lies in the run folder its own values name or beside the
+    run's metrics CSV or a step table (a run folder copied out of its logs tree, ``archive/my_run/``), or at
+    a run folder's depth with any config (perhaps damaged) or step table. Other JSON files or tables
     somewhere in the tree (an experiment config, a logged config copied elsewhere to rerun it, notes)
     are no runs, and the report writes nothing there. Latents folders (a run folder's ``latents``,
     or any folder holding a ``manifest.json``) are not searched; a run whose run_id is "latents" is."""
@@ -84,7 +85,7 @@ def discover_runs(logs_dir: Path | str) -> list[RunDir]:
             configs = [folder / f for f in sorted(filenames) if f.endswith(CONFIG_SUFFIX)]
             logged = [(path, raw) for path in configs if (raw := _logged_config(path)) is not None]
             placed = [_lies_in_its_run_folder(raw, path) for path, raw in logged]
-            if any(placed) or (None in placed and _holds_results(folder, filenames)):
+            if any(placed) or (logged and _holds_results(folder, filenames)):
                 found[folder] = run_folder(folder)
             else:
                 elsewhere += [str(path) for path, _ in logged]
