@@ -142,18 +142,19 @@ def _cgroup_headrooms(root: Path, membership: Path) -> list[int]:
 
 def _run_git(*args: str, timeout: float) -> str | None:
     """Output of a git command run in the package's folder, or None (no git, not a repository, failed).
-    Read as UTF-8 whatever the locale: a patch holds the files' own bytes (an ASCII locale made a 'σ' U+FFFD).
+    Read as UTF-8 whatever the locale: a patch holds the files' own bytes (an ASCII locale made a 'σ' U+FFFD). Its
+    line ends are kept as they are: text mode turned the CRLF line ends of such a file into LF, a patch git cannot
+    apply.
 
     GIT_OPTIONAL_LOCKS=0: ``git status`` would otherwise rewrite the checkout's index to refresh its file stamps,
     so recording where a run came from wrote into the user's repository (and a run killed meanwhile, or a full
     disk, left its ``index.lock`` behind, which blocks the user's next commit)."""
     try:
         result = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
-                                encoding="utf-8", errors="replace", timeout=timeout, check=False,
-                                env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+                                timeout=timeout, check=False, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout if result.returncode == 0 else None
+    return result.stdout.decode("utf-8", errors="replace") if result.returncode == 0 else None
 
 
 @lru_cache(maxsize=1)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from phd_lab import atomic
 from phd_lab.cli import main_cli
 from phd_lab.config import META_KEY
 from phd_lab.environment import git_commit
@@ -277,6 +278,28 @@ def test_the_patch_of_uncommitted_changes_keeps_non_ascii_text_under_a_posix_loc
     env = {**os.environ, "LC_ALL": "POSIX", "PYTHONUTF8": "0"}
     patch = subprocess.run([sys.executable, "-c", script, str(module)], env=env, capture_output=True, check=True)
     assert "+# the noise σ of a layer\n" in patch.stdout.decode("utf-8")
+
+
+def test_the_patch_of_a_file_with_crlf_line_ends_applies(tmp_path):
+    """git's output was read in text mode, which turned the CRLF line ends of a tracked file into LF: the run's
+    <name>_git.diff named lines the file does not have, and ``git apply`` refused it ('patch does not apply')."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    checkout, module = _committed_environment_module(tmp_path)
+    crlf = checkout / "phd_lab" / "windows.py"
+    crlf.write_bytes(b"a = 1\r\nb = 2\r\n")
+    for command in (["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "crlf"]):
+        subprocess.run(["git", *command], cwd=checkout, check=True, capture_output=True)
+    crlf.write_bytes(b"a = 1\r\nb = 3\r\n")
+    spec = importlib.util.spec_from_file_location("checkout_environment", module)
+    copied = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copied)
+    patch = tmp_path / "run_git.diff"
+    atomic.write_text(patch, copied.git_diff())  # as the executor writes it
+    subprocess.run(["git", "checkout", "-q", "phd_lab/windows.py"], cwd=checkout, check=True)
+    applied = subprocess.run(["git", "apply", str(patch)], cwd=checkout, capture_output=True, text=True)
+    assert applied.returncode == 0, applied.stderr
+    assert crlf.read_bytes() == b"a = 1\r\nb = 3\r\n"
 
 
 def test_recording_the_checkout_s_state_never_writes_into_its_repository(tmp_path):
