@@ -1235,6 +1235,22 @@ def test_the_order_of_samples_does_not_depend_on_the_unicode_normalisation_of_na
     assert FixedClassImageFolder(tmp_path / "NFC").samples == ImageFolder(str(tmp_path / "NFC")).samples
 
 
+def test_samples_named_in_nfc_are_not_sorted_again_below_a_non_ascii_folder():
+    """The samples were sorted by their names' NFC forms whenever any path was non-ASCII, also where only the data
+    folder's own name was (/home/josé/data) and every name below it NFC: each run then sorted ImageNet's 1.3M paths
+    again (seconds per split) into the order ImageFolder gave. Names in NFC keep that order as it is."""
+    import unicodedata
+
+    from phd_lab.datasets.folders import in_nfc_order
+    top = os.path.join("/data", "josé")  # NFC itself; the names below it differ in form only in the last case
+    samples = [(os.path.join(top, cls, name), label) for label, cls in enumerate(("fig", "éclair"))
+               for name in ("a.png", "é.png")]
+    assert in_nfc_order(top, samples) is samples  # ASCII and NFC names below a non-ASCII folder: as they are
+    stored = [(unicodedata.normalize("NFD", path), label) for path, label in samples]  # a copy from macOS
+    assert [(unicodedata.normalize("NFC", path), label) for path, label in in_nfc_order(
+        unicodedata.normalize("NFD", top), stored)] == samples
+
+
 def test_the_registries_import_no_scikit_learn_until_digits_are_loaded():
     """The registry imported scikit-learn for Digits at module level, so every command (a dry run, --list, each
     array task of a grid on another data set) paid its import, 2 s of CPU and 78 MB, for data it never loaded.
