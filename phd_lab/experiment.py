@@ -368,29 +368,42 @@ def idle_tracking_keys(values: Mapping[str, Any]) -> list[str]:
 
 def _warn_of_idle_tracking_keys(grid: Grid, executors: list[TrainTestExecutor]) -> None:
     """Name, once per grid, the tracking keys that change nothing in the runs that set them (the option accepted
-    and ignored without a word) and the runs that differ in nothing else: one network trained in several folders."""
+    and ignored without a word) and the runs that differ in nothing else: one network trained in several folders.
+    A key that takes effect in other runs of the grid (a sweep of track_saturation with tracking_every_n 2) is named
+    only where two runs differ in nothing else, and is not to be left out then, but set only where it acts."""
     from phd_lab.config import SCHEMA_BY_NAME
-    idle: dict[str, list[int]] = {}
-    for index, executor in enumerate(executors):
-        for key in idle_tracking_keys(executor.config.values):
-            idle.setdefault(key, []).append(index)
+    idle_at = [idle_tracking_keys(executor.config.values) for executor in executors]
+    idle = list(dict.fromkeys(key for keys in idle_at for key in keys))
+    acting = {key for executor, keys in zip(executors, idle_at) for key in idle if key not in keys
+              and executor.config.values.get(key, SCHEMA_BY_NAME[key].default) != SCHEMA_BY_NAME[key].default}
+    pair = _runs_differing_only_in_idle_keys(executors, idle_at)
+    if pair is None:
+        idle = [key for key in idle if key not in acting]
     if not idle:
         return
     why = ("'track_saturation' is false" if any(key != "tracking_downsampling" for key in idle)
            else "'tracking_resolution' is null (maps are tracked at full size)")
     message = (f"{grid.where}: {', '.join(repr(key) for key in idle)} {'has' if len(idle) == 1 else 'have'} no "
                f"effect where {why}, yet each value gives a run its own folder")
+    if pair is not None:
+        message += f": runs {pair[0]} and {pair[1]} differ only in them and train the same network twice"
+    advice = ("Set them only in the runs where they act, the others in a config of their own"
+              if acting & set(idle) else "Leave them out of new configs")
+    log.warning("%s. %s (a run trained with them finds its folder only with them).", message, advice)
+
+
+def _runs_differing_only_in_idle_keys(executors: list[TrainTestExecutor],
+                                      idle_at: list[list[str]]) -> tuple[int, int] | None:
+    """The first two grid points whose values are the same once their idle tracking keys are set to the defaults."""
+    from phd_lab.config import SCHEMA_BY_NAME
     seen: dict[str, int] = {}
-    for index, executor in enumerate(executors):
-        values = dict(executor.config.values)
-        values.update({key: SCHEMA_BY_NAME[key].default for key in idle_tracking_keys(values)})
+    for index, (executor, keys) in enumerate(zip(executors, idle_at)):
+        values = {**executor.config.values, **{key: SCHEMA_BY_NAME[key].default for key in keys}}
         key = json.dumps(values, sort_keys=True, default=str)
         if key in seen:
-            message += f": runs {seen[key]} and {index} differ only in them and train the same network twice"
-            break
+            return seen[key], index
         seen[key] = index
-    log.warning("%s. Leave them out of new configs (a run trained with them finds its folder only with them).",
-                message)
+    return None
 
 
 def _numbers_as_written_once(value: Any) -> Any:

@@ -143,3 +143,18 @@ def test_tracking_keys_without_effect_are_named_with_the_runs_they_duplicate(tmp
                                                tracking_downsampling="nearest", tracking_every_n=3))
     assert ": 'tracking_every_n' has no effect where 'track_saturation' is false" in caplog.text
     assert "twice" not in caplog.text and caplog.text.count("has no effect") == 1
+
+
+def test_a_tracking_key_that_acts_in_other_runs_of_the_grid_is_not_called_idle(tmp_path, caplog):
+    """A grid comparing tracked and untracked runs with tracking_every_n 2 was warned that the key has no effect
+    and told to leave it out of new configs, which would change the tracked runs; it duplicates no run. Only a
+    sweep that does (two untracked runs differing in it alone) is named, with advice that keeps the tracked runs."""
+    with caplog.at_level("WARNING", logger="phd_lab.experiment"):
+        assert len(Main(progress=False).load(write_config(tmp_path, "mixed.json", track_saturation=[True, False],
+                                                          tracking_every_n=2))) == 2
+    assert "has no effect" not in caplog.text
+    with caplog.at_level("WARNING", logger="phd_lab.experiment"):
+        Main(progress=False).load(write_config(tmp_path, "sweep.json", track_saturation=[True, False],
+                                               tracking_every_n=[1, 2]))
+    assert "runs 2 and 3 differ only in them and train the same network twice" in caplog.text
+    assert "Set them only in the runs where they act" in caplog.text and "Leave them out" not in caplog.text
