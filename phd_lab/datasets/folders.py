@@ -371,9 +371,11 @@ def require_distinct_classes(directory: str | Path, present: list[str]) -> None:
 def require_known_classes(directory: str | Path, present: list[str], training: list[str]) -> None:
     """An evaluation split may lack a training class, but a class of its own no model could ever predict.
     Names are compared in NFC form (the same class copied from macOS is spelled NFD); where one still differs
-    from a training class only by Unicode (compatibility) normalisation, the message shows both as ascii()."""
+    from a training class only by Unicode (compatibility) normalisation, the message shows both as ascii(). An empty
+    folder holds nothing to predict (Tiny ImageNet's val/images/ that the scripts sorting val/ into class folders
+    leave behind)."""
     known = {nfc(name) for name in training}
-    unknown = sorted((name for name in present if nfc(name) not in known), key=nfc)
+    unknown = sorted((name for name in present if nfc(name) not in known and not _is_empty(directory, name)), key=nfc)
     if unknown:
         lookalike = {unicodedata.normalize("NFKC", name): name for name in training}
         alike = [f"{ascii(name)} differs from the training class {ascii(lookalike[key])} only in its Unicode "
@@ -382,6 +384,15 @@ def require_known_classes(directory: str | Path, present: list[str], training: l
                         f"training split lacks, so a model could never predict them"
                         f"{' (' + '; '.join(alike[:3]) + ')' if alike else ''}; add them to train/ or remove them"
                         f"{', or rename them as in train/' if alike else ''}.")
+
+
+def _is_empty(directory: str | Path, name: str) -> bool:
+    """Whether the folder ``name`` of ``directory`` holds no entry at all (an unreadable one is not known to)."""
+    try:
+        with os.scandir(os.path.join(directory, name)) as entries:
+            return not any(True for _ in entries)
+    except OSError:
+        return False
 
 
 def no_image_error(root: str | Path) -> DataError:
@@ -517,8 +528,10 @@ class TinyImageNet(Dataset):
 def sorted_by_class(val: Path, classes: list[str]) -> bool:
     """Whether Tiny ImageNet's ``val/`` was sorted into class folders (``val/<wnid>/images/``, as the scripts that
     prepare it for an ImageFolder leave it) rather than ``val/images/`` with the annotations: it was refused as
-    'incomplete or damaged', though every image was there with its label."""
-    if (val / "images").is_dir() or not val.is_dir():
+    'incomplete or damaged', though every image was there with its label. A ``val/images/`` those scripts left
+    empty is no sign of the other layout (it was refused the same way)."""
+    images = val / "images"
+    if not val.is_dir() or (images.is_dir() and any(True for _ in os.scandir(images))):
         return False
     return bool(set(class_folders(val)) & set(classes))
 
