@@ -555,9 +555,9 @@ class TrainTestExecutor:
             stamps = StepStamps(rundir)
             probes_before = stamp_if_present(rundir.probe_csv)
             self._post_process(context, stamps, lock)
-            log.info("Run %s finished: %d of %d epoch(s) trained, post-processing %s; %.1f s in this attempt",
-                     cfg.name, len(history), cfg.epoch, ", ".join(step.name for step, _ in self.steps) or "none",
-                     time.monotonic() - started)
+            log.info("Run %s finished: %d of %d epoch(s) trained (%d in this attempt), post-processing %s; %.1f s "
+                     "in this attempt", cfg.name, len(history), cfg.epoch, len(trainer.epochs_run),
+                     ", ".join(step.name for step, _ in self.steps) or "none", time.monotonic() - started)
         if any(step.name == "analysis" for step, _ in self.steps):
             # a probe job that finished while the folder was held left the analysis to this run; now that the
             # folder is let go, a later one would write its own

@@ -71,10 +71,12 @@ def test_each_attempt_of_a_run_opens_its_log_with_its_setup_and_a_finished_one_s
     lines = log.read_text(encoding="utf-8").splitlines()
     name = log.stem
     starts = [i for i, line in enumerate(lines) if f" INFO phd_lab.executor: Run {name} started from config " in line]
-    ends = [i for i, line in enumerate(lines) if f"Run {name} finished: 1 of 1 epoch(s) trained, post-processing "
-            "none; " in line]
+    ends = [i for i, line in enumerate(lines) if f"Run {name} finished: 1 of 1 epoch(s) trained (" in line
+            and ", post-processing none; " in line]
     assert len(starts) == 2 and starts[0] == 0, lines
     assert len(ends) == 2 and starts[0] < ends[0] < starts[1] < ends[1] == len(lines) - 1, lines
+    # the rerun trained nothing: its line said "1 of 1 epoch(s) trained" as the first attempt's did
+    assert "(1 in this attempt)" in lines[ends[0]] and "(0 in this attempt)" in lines[ends[1]], lines
     seed = json.loads(next(Path(outcome.folder).glob("*_config.json")).read_text())["seed"]
     start = lines[starts[1]]
     for fact in (str(config), f"in process {os.getpid()} on {socket.gethostname()}", f"seed {seed}",
