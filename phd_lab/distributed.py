@@ -130,7 +130,27 @@ def _connected_client(spec: str) -> Iterator[Any]:
         if name != "distributed.nanny":  # its exit notes are quietened once the results are in (below)
             logging.getLogger(name).setLevel(logging.WARNING)
     if kind == "local":
-        import dask
+        with _local_cluster_client(distributed, value) as client:
+            yield client
+        return
+    seconds = _connect_timeout()
+    with _unreachable_said(spec):
+        _expect_dask_handshake(distributed, value, seconds)
+        client = distributed.Client(value, timeout=seconds)
+    with client:
+        if not cluster_workers(client):  # whether GPU tasks ask for GPU workers is read from the workers
+            log.warning("The scheduler at %s has no workers yet; waiting for the first to connect (`dask worker "
+                        "%s`) before the tasks are submitted.", spec, spec)
+            client.wait_for_workers(1)
+        yield client
+
+
+@contextlib.contextmanager
+def _local_cluster_client(distributed: Any, value: int) -> Iterator[Any]:
+    """A client of a local cluster of ``value`` worker processes, which is closed and then released: distributed
+    keeps every closed scheduler of this process alive otherwise (below)."""
+    import dask
+    try:
         with dask.config.set(WORKER_CONFIG), \
                 distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
                                          env=worker_thread_environment(value),
@@ -149,17 +169,20 @@ def _connected_client(spec: str) -> Iterator[Any]:
             finally:  # every result is in and every file written atomically: a worker that takes more than the
                 # nanny's 4 s to exit (torch's teardown after training) is killed harmlessly, and need not be said
                 logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
-        return
-    seconds = _connect_timeout()
-    with _unreachable_said(spec):
-        _expect_dask_handshake(distributed, value, seconds)
-        client = distributed.Client(value, timeout=seconds)
-    with client:
-        if not cluster_workers(client):  # whether GPU tasks ask for GPU workers is read from the workers
-            log.warning("The scheduler at %s has no workers yet; waiting for the first to connect (`dask worker "
-                        "%s`) before the tasks are submitted.", spec, spec)
-            client.wait_for_workers(1)
-        yield client
+    finally:
+        _release_closed_servers(distributed)
+
+
+def _release_closed_servers(distributed: Any) -> None:
+    """Let the closed local cluster's scheduler be freed. distributed caches, without bound, whether each handler
+    of a server takes a comm (``distributed.core._expects_comm``, a ``functools.cache`` keyed by the bound methods),
+    so every scheduler this process ever started stayed alive with its state and a log handler on
+    ``distributed.scheduler``: about 4 MB and one handler more each ``--scheduler local:N`` grid or probe job of a
+    notebook or other long-lived process. Clearing the cache costs a look-up per handler of the next server."""
+    cache = getattr(getattr(distributed, "core", None), "_expects_comm", None)
+    clear = getattr(cache, "cache_clear", None)
+    if callable(clear):  # the name is distributed's private one: where it is gone, there is nothing to clear
+        clear()
 
 
 def check_scheduler(spec: str) -> None:

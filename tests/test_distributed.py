@@ -790,3 +790,22 @@ def test_two_local_clusters_at_once_do_not_compete_for_the_dashboard_port(recwar
     with dask_client("local:1") as first, dask_client("local:1") as second:
         assert first.dashboard_link != second.dashboard_link
     assert not [w for w in recwarn if "already in use" in str(w.message)]
+
+
+def test_a_closed_local_cluster_s_scheduler_is_freed():
+    """distributed's unbounded cache of its servers' handlers (``distributed.core._expects_comm``) kept every
+    local:N scheduler alive after its cluster closed: +1 log handler on distributed.scheduler and ~4 MB each
+    grid or probe job on a local cluster in one process (a notebook)."""
+    import gc
+    import logging
+    from phd_lab.distributed import dask_client
+    gc.collect()
+    before = {id(o) for o in gc.get_objects() if isinstance(o, distributed.Scheduler)}  # of other tests, if any
+    handlers = len(logging.getLogger("distributed.scheduler").handlers)
+    with dask_client("local:1") as client:
+        total = client.submit(sum, [1, 2]).result()  # outside an assert, whose rewriting keeps the future
+    del client
+    gc.collect()
+    assert total == 3
+    assert not [o for o in gc.get_objects() if isinstance(o, distributed.Scheduler) and id(o) not in before]
+    assert len(logging.getLogger("distributed.scheduler").handlers) <= handlers
