@@ -6,10 +6,9 @@ any new file gets in their folder: the process umask, or the folder's default AC
 (``mkstemp`` alone would make them private, 0600), so results on a shared file system stay readable
 by the group, the report or Dask workers.
 
-Two jobs around those writes live here too: the folders a process keeps while it writes into them
+One job around those writes lives here too: the folders a process keeps while it writes into them
 (``existing_folder``, ``make_folder``: a run folder deleted or replaced meanwhile is ``RunFolderLost``, not
-re-created), and the checks of a user's path before anything is written there (``check_writable_dir``,
-``check_home``, ``runs_into_a_loop``, ``unreachable``, with ``os_refusal`` and ``shown_path`` for their messages).
+re-created). The checks of a user's path before anything is written there are ``phd_lab.user_paths``.
 """
 
 from __future__ import annotations
@@ -332,101 +331,3 @@ def save_figure(fig: "Any", path: Path | str, **kwargs: Any) -> None:
     fmt = Path(path).suffix.lstrip(".") or "png"
     kwargs.setdefault("bbox_inches", "tight")
     write_with(path, lambda handle: fig.savefig(handle, format=fmt, **kwargs))
-
-
-NAME_MAX = 255  # bytes per file or folder name on the common file systems
-LOOP = ("it runs into a loop of symbolic links (a link that leads, through others, back to itself); remove the "
-        "loop or choose another folder")
-
-
-def shown_path(path: Path | str, limit: int = 100) -> str:
-    """``path`` for a message: a long one with its middle left out."""
-    text = str(path)
-    return text if len(text) <= limit else f"{text[:limit - 40]}...{text[-37:]}"
-
-
-def os_refusal(path: Path | str, error: OSError) -> str:
-    """Why the operating system refused ``path`` (``error`` from a stat of it), with what to do, for a message;
-    a path too long says whether one name or the whole path is."""
-    if error.errno == errno.ENAMETOOLONG:
-        longest = max((len(part.encode("utf-8", "surrogatepass")) for part in Path(path).parts), default=0)
-        if longest > NAME_MAX:
-            return (f"path too long: one of its names is {longest} bytes, and file systems allow {NAME_MAX} per "
-                    f"name; choose a shorter folder name")
-        return (f"path too long: {len(str(path).encode('utf-8', 'surrogatepass'))} bytes, more than this system "
-                f"allows for a whole path; choose a shorter folder path")
-    if error.errno == errno.ELOOP:
-        return LOOP
-    return f"{error.strerror or error}; choose a folder you can reach"
-
-
-def unreachable(path: Path | str) -> str | None:
-    """Why the operating system refuses ``path`` itself (a loop of symbolic links, a name too long), as
-    ``os_refusal`` says it; None where it exists or merely does not exist (yet). pathlib's ``exists()`` says False
-    for a loop, and its ``is_dir()`` and ``resolve()`` raised OSError or RuntimeError on such paths: a traceback."""
-    try:
-        os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as error:
-        return os_refusal(path, error)
-    return None
-
-
-def check_home(path: str, subject: str, where: str) -> None:
-    """Raise a ConfigError where the ``~`` or ``~user`` that starts ``path`` names no home folder:
-    ``os.path.expanduser`` leaves such a path as written, and pathlib raises RuntimeError on it."""
-    if not path.startswith("~") or os.path.expanduser(path) != path:
-        return
-    user = path[1:].split(os.sep, 1)[0]
-    problem = f"no user {user}" if user else "the home folder is unknown (HOME is not set)"
-    from phd_lab.errors import ConfigError
-    raise ConfigError(f"{where}: {subject} is {path!r}, but {path.split(os.sep, 1)[0]!r} names no home folder "
-                      f"({problem}); write the folder's full path.")
-
-
-def runs_into_a_loop(path: Path | str) -> bool:
-    """Whether the way to ``path`` passes a loop of symbolic links (a -> b -> a). ``exists()`` says False for such a
-    path, as for one not made yet, and ``Path.resolve`` raised RuntimeError (before Python 3.13; later ones return
-    a path that is no folder), so the loop is looked for first: the stat of any path through it fails with
-    ELOOP, whether or not the rest of the path exists."""
-    try:
-        os.stat(path)
-    except OSError as error:
-        return error.errno == errno.ELOOP
-    return False
-
-
-def nearest_existing(path: Path) -> Path:
-    """``path``, or its nearest parent that exists (the root at worst): where a folder made for it would begin."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_writable_dir(path: str, key: str, where: str, subject: str | None = None) -> None:
-    """Fail early if ``path`` cannot be created or written, without leaving anything behind.
-    Messages name ``the key 'key'``, or ``subject`` (e.g. a command-line option) when given."""
-    subject = subject or f"the key {key!r}"
-    from phd_lab.errors import ConfigError
-    check_home(path, subject, where)
-    if runs_into_a_loop(os.path.expanduser(path)):
-        raise ConfigError(f"{where}: {subject} is {shown_path(path)!r}, which cannot be used: {LOOP}.")
-    try:
-        probe = nearest_existing(Path(os.path.expanduser(path)).resolve())
-        is_dir = probe.is_dir()
-    except OSError as error:  # e.g. a path longer than the system allows
-        raise ConfigError(f"{where}: {subject} is {shown_path(path)!r}, which cannot be used: "
-                          f"{os_refusal(os.path.expanduser(path), error)}.") from None
-    if not is_dir:
-        raise ConfigError(f"{where}: {subject} is {path!r}, but {str(probe)!r} is a file, so that folder "
-                          f"cannot be created; choose a folder path.")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as error:
-        raise ConfigError(f"{where}: {subject} is {path!r}, but {str(probe)!r} is not writable "
-                          f"({error.strerror}); choose a folder you can write to.") from None
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{where}: {subject} is {path!r}, but {str(probe)!r} is not writable; choose a "
-                          f"folder you can write to.")

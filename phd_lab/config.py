@@ -18,11 +18,11 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
-from phd_lab.atomic import check_home
 from phd_lab.config_file import printable
 from phd_lab.config_paths import PATH_KEYS, safe_name
 from phd_lab.errors import ConfigError
 from phd_lab.registry import KINDS, did_you_mean
+from phd_lab.user_paths import check_home
 
 META_KEY = "_meta"  # written into logged configs (versions, git commit); ignored when read back
 

@@ -15,9 +15,9 @@ import math
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from phd_lab.atomic import unreachable
 from phd_lab.config_paths import PATH_KEYS
 from phd_lab.errors import ConfigError
+from phd_lab.user_paths import unreachable
 
 INT_RANGE = "−2**63 … 2**63 − 1"
 FLOAT32_MAX = 3.4028234663852886e38

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from tqdm import tqdm
 
-from phd_lab.atomic import check_writable_dir, nearest_existing
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import check_probe_keys
 from phd_lab.device import parse_device, resolve_device
@@ -28,6 +27,7 @@ from phd_lab.progress import bar_options
 from phd_lab.registry import Registries
 from phd_lab.run_guards import fx_sources_released
 from phd_lab.rundir import FolderListings, earlier_version_advice, earlier_version_runs, read_config_grid
+from phd_lab.user_paths import check_writable_dir, nearest_existing
 
 if TYPE_CHECKING:
     from phd_lab.analysis.run_tables import TrainingStatus

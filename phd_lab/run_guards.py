@@ -18,11 +18,11 @@ from typing import Iterator
 import torch
 from torch.fx import graph_module as fx_graph_module
 
-from phd_lab.atomic import nearest_existing
 from phd_lab.errors import DataError, FolderInTheWay, RunDiverged, RunFolderLost, RunStopped, Terminated, UsageError
 from phd_lab.lock import RunLock
 from phd_lab.log_file import LogFile, info_records_kept
 from phd_lab.rundir import RunDir
+from phd_lab.user_paths import nearest_existing
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from phd_lab.atomic import LOOP, NAME_MAX, os_refusal, read_json, runs_into_a_loop, shown_path
+from phd_lab.atomic import read_json
 from phd_lab.config import (META_KEY, RunConfig, check_known_keys, check_run_id_value, names_another_run,
                             predates_linear_init, validate_values)
 from phd_lab.config_file import load_config_file
 from phd_lab.config_paths import anchor_registry_paths, safe_name
 from phd_lab.errors import ConfigError
 from phd_lab.grid import Grid
+from phd_lab.user_paths import LOOP, NAME_MAX, os_refusal, runs_into_a_loop, shown_path
 
 log = logging.getLogger(__name__)
 

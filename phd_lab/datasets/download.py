@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
 
-from phd_lab.atomic import fsync_dir, nearest_existing
+from phd_lab.atomic import fsync_dir
 from phd_lab.errors import DataError
 from phd_lab.lock import waiting_lock
+from phd_lab.user_paths import nearest_existing
 
 log = logging.getLogger(__name__)
 

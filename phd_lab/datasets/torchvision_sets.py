@@ -20,13 +20,13 @@ from typing import Any, Callable
 from torch.utils.data import Dataset
 from torchvision import datasets as tv
 
-from phd_lab.atomic import os_refusal, shown_path
 from phd_lab.data import DataBundle, make_bundle
 from phd_lab.datasets.download import download_and_extract, missing_folders, remove_empty_folders_since
 from phd_lab.datasets.folders import (FixedClassImageFolder, TinyImageNet, class_folders, is_image_file,
                                       warn_evaluation_images_in_training)
 from phd_lab.datasets.transforms import Preprocessing, RGB_NORMALISATIONS, make_preprocessing
 from phd_lab.errors import ConfigError, DataError
+from phd_lab.user_paths import os_refusal, shown_path
 
 log = logging.getLogger(__name__)
 

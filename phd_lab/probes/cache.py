@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from phd_lab.atomic import (STALE_AFTER_SECONDS, file_system_now, nearest_existing, read_json, remove_stale_temps,
-                            unreachable, write_bytes, write_json, write_json_once)
+from phd_lab.atomic import (STALE_AFTER_SECONDS, file_system_now, read_json, remove_stale_temps, write_bytes,
+                            write_json, write_json_once)
 from phd_lab.environment import installed_version
 from phd_lab.errors import UsageError
 from phd_lab.file_hash import json_digest
 from phd_lab.probes.fit import ProbeRecord
 from phd_lab.probes.settings import ProbeSettings
+from phd_lab.user_paths import nearest_existing, unreachable
 
 log = logging.getLogger(__name__)
 

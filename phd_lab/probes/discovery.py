@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
-from phd_lab.atomic import unreachable
 from phd_lab.errors import ConfigError, DataError
 from phd_lab.latents_sets import PREVIOUS_EXTRACTION_VERSION, extracted_by_older_version, set_of_folder
 from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.rundir import FolderListings, RunDir, earlier_version_advice, earlier_version_runs, read_config_grid
+from phd_lab.user_paths import unreachable
 
 log = logging.getLogger(__name__)
 

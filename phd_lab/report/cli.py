@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from phd_lab import atomic
-from phd_lab.atomic import check_writable_dir
 from phd_lab.console import readable_output, write_stdout
 from phd_lab.environment import available_cores
 from phd_lab.errors import EXIT_OK, DataError, ReportError, UsageError
 from phd_lab.report.repetition_files import DEFAULT_ALPHA, REPETITION_TABLES, csv_path, is_repetition_table
+from phd_lab.user_paths import check_writable_dir, unreachable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -145,7 +145,7 @@ def _checked_paths(logs_dir: Path | str, out: Path | str | None, alpha: float,
         raise UsageError("LOGS_DIR is empty; pass the logs folder of a grid (the config's 'logs_dir', ./logs by "
                          "default), or '.' for the working directory.")
     logs_dir = Path(logs_dir)
-    if why := atomic.unreachable(logs_dir):  # a loop: exists() said it does not exist; a name too long: a traceback
+    if why := unreachable(logs_dir):  # a loop: exists() said it does not exist; a name too long: a traceback
         raise UsageError(f"LOGS_DIR {str(logs_dir)!r} cannot be used: {why}.")
     if not logs_dir.exists():
         raise UsageError(f"LOGS_DIR {str(logs_dir)!r} does not exist; pass the logs folder of a grid (the config's "
@@ -153,7 +153,7 @@ def _checked_paths(logs_dir: Path | str, out: Path | str | None, alpha: float,
     if not logs_dir.is_dir():
         raise UsageError(f"LOGS_DIR {str(logs_dir)!r} is not a folder; pass the logs folder of a grid.")
     out_path = Path(out) if out is not None else logs_dir / "report.html"
-    if why := atomic.unreachable(out_path):  # a name too long: is_dir() raised OSError, a traceback
+    if why := unreachable(out_path):  # a name too long: is_dir() raised OSError, a traceback
         raise UsageError(f"--out {str(out_path)!r} cannot be used: {why}.")
     if out_path.is_dir():
         raise UsageError(f"--out {str(out_path)!r} is a folder; pass the path of the HTML file to write.")

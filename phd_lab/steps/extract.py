@@ -38,8 +38,8 @@ class ExtractStep(Step):
     )
 
     def check(self, params: dict[str, Any], config: Any, where: str) -> None:
-        from phd_lab.atomic import check_writable_dir
         from phd_lab.errors import ConfigError
+        from phd_lab.user_paths import check_writable_dir
         if params["latents_dir"] is not None:  # found before training, not after it
             check_writable_dir(params["latents_dir"], "latents_dir", f"{where}, step 'extract'")
         if params["layers"] is not None and not params["layers"]:
