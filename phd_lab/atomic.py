@@ -6,9 +6,8 @@ any new file gets in their folder: the process umask, or the folder's default AC
 (``mkstemp`` alone would make them private, 0600), so results on a shared file system stay readable
 by the group, the report or Dask workers.
 
-One job around those writes lives here too: the folders a process keeps while it writes into them
-(``existing_folder``, ``make_folder``: a run folder deleted or replaced meanwhile is ``RunFolderLost``, not
-re-created). The checks of a user's path before anything is written there are ``phd_lab.user_paths``.
+A write never re-creates a folder the process keeps (``phd_lab.kept_folders``); the checks of a user's path
+before anything is written there are ``phd_lab.user_paths``.
 """
 
 from __future__ import annotations
@@ -23,7 +22,9 @@ import shlex
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Protocol
+from typing import IO, Any, Callable, Iterator
+
+from phd_lab.kept_folders import check_kept, make_folder
 
 
 def fsync_dir(folder: Path) -> None:
@@ -38,68 +39,6 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-class HeldLock(Protocol):
-    def check_held(self, advice: str | None = None) -> None: ...
-
-
-# folders a write must find, never create: the folder's identity, the advice of the error, the lock held in it
-_KEPT: dict[Path, tuple[tuple[int, int], str | None, HeldLock | None]] = {}
-
-
-@contextlib.contextmanager
-def existing_folder(folder: Path, advice: str | None = None, lock: HeldLock | None = None) -> Iterator[None]:
-    """While the block runs, writes into ``folder`` (or below it) never create it: a run folder deleted or moved
-    while its process works in it raises ``RunFolderLost`` at the next write (ending with ``advice``; by default,
-    to train the run anew), instead of coming back without its config and log. A new folder that took the old
-    one's place is noticed too, so no write lands in another command's run: by ``lock`` (the lock file this
-    process holds in the folder, whose inode cannot be reused while it is held open), or without a lock by the
-    folder's inode (which some file systems, FUSE mounts among them, may renumber under a long run)."""
-    folder = Path(folder).absolute()
-    outer = _KEPT.get(folder)  # the same folder kept by an enclosing block stays kept after this one
-    _KEPT[folder] = (_identity(os.stat(folder)), advice, lock)
-    try:
-        yield
-    finally:
-        if outer is None:
-            _KEPT.pop(folder, None)
-        else:
-            _KEPT[folder] = outer
-
-
-def make_folder(folder: Path) -> None:
-    """``folder.mkdir(parents=True, exist_ok=True)``, which never re-creates a folder ``existing_folder`` keeps."""
-    check_kept(Path(folder))
-    Path(folder).mkdir(parents=True, exist_ok=True)
-
-
-def _identity(info: os.stat_result) -> tuple[int, int]:
-    return info.st_dev, info.st_ino
-
-
-def check_kept(parent: Path) -> None:
-    """Raise ``RunFolderLost`` if a folder this process keeps (``existing_folder``), ``parent`` itself or one
-    above it, is gone or was replaced."""
-    if not _KEPT:
-        return
-    parent = parent.absolute()
-    for folder, (identity, advice, lock) in tuple(_KEPT.items()):  # another thread (a Dask worker) may change it
-        if folder != parent and folder not in parent.parents:
-            continue
-        try:
-            now = _identity(os.stat(folder))
-        except (FileNotFoundError, NotADirectoryError):  # also a folder on its path replaced by a file
-            how = "it is gone"
-        else:
-            if lock is not None:
-                lock.check_held(advice)
-                continue
-            if now == identity:
-                continue
-            how = "another folder of that name took its place"
-        from phd_lab.errors import RunFolderLost
-        raise RunFolderLost(folder, how, advice)
 
 
 def replace(source: Path, target: Path) -> None:

@@ -34,6 +34,7 @@ from phd_lab.factory_args import (FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_
                                   factory_model_args)
 from phd_lab.factory_results import checked_result
 from phd_lab.interrupts import raise_if_stop_requested
+from phd_lab.kept_folders import existing_folder
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.model_checks import (check_fits_data, check_input_size, check_objective, check_single_output,
                                   check_single_sample_batches, check_tracked_layers, check_truncate, meta_model,
@@ -516,7 +517,7 @@ class TrainTestExecutor:
         rundir = self.rundir
         self._refuse_another_model(model, optimizer)
         self._refuse_a_dangling_logged_config()
-        with (writable_lock(rundir) as lock, atomic.existing_folder(rundir.root, lock=lock),
+        with (writable_lock(rundir) as lock, existing_folder(rundir.root, lock=lock),
               run_log(rundir.log) as logged):
             started = time.monotonic()
             self._say_attempt_starts()

@@ -47,6 +47,7 @@ from phd_lab import atomic
 from phd_lab.config_paths import safe_name
 from phd_lab.errors import ConfigError, ExtractionError
 from phd_lab.interrupts import raise_if_stop_requested
+from phd_lab.kept_folders import make_folder
 from phd_lab.latents_folder import (MANIFEST, PREVIOUS_EXTRACTION_VERSION, SPLITS, build_manifest, clear,
                                     expected_settings, load_manifest, other_runs_latents, record_move, reusable,
                                     shared_latents_error)
@@ -455,7 +456,7 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     other = other_runs_latents(folder, run_dir)
     if other is not None:  # neither reused (its manifest rewritten to name this run) nor replaced
         raise ConfigError(shared_latents_error(folder, Path(run_dir).resolve(), other, "Step 'extract'"))
-    atomic.make_folder(folder)  # inside a run folder: never re-creates it after it was deleted
+    make_folder(folder)  # inside a run folder: never re-creates it after it was deleted
     previous = load_manifest(folder)
     wanted = _settings_to_reuse(previous, settings, model, names, loaders["train"], device)
     if reusable(folder, previous, wanted, names, samples):

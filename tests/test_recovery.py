@@ -892,9 +892,10 @@ def test_writes_into_a_run_folder_that_went_away_do_not_re_create_it(tmp_path):
     """Between two checks of the lock, a write (checkpoint, CSV, plot) re-created a deleted run folder."""
     from phd_lab import atomic
     from phd_lab.errors import RunFolderLost
+    from phd_lab.kept_folders import existing_folder, make_folder
     folder = tmp_path / "run"
     (folder / "sub").mkdir(parents=True)
-    with atomic.existing_folder(folder):
+    with existing_folder(folder):
         atomic.write_text(folder / "a.txt", "x")
         atomic.write_text(folder / "new" / "b.txt", "x")  # a subfolder is still created inside the folder
         shutil.rmtree(folder)
@@ -902,10 +903,10 @@ def test_writes_into_a_run_folder_that_went_away_do_not_re_create_it(tmp_path):
             with pytest.raises(RunFolderLost, match="was deleted or moved while this process worked in it"):
                 atomic.write_text(path, "y")
         with pytest.raises(RunFolderLost):  # a folder made inside it (the extract step's latents folder)
-            atomic.make_folder(folder / "latents")
+            make_folder(folder / "latents")
         assert not folder.exists()
     folder.mkdir()
-    with atomic.existing_folder(folder):
+    with existing_folder(folder):
         with pytest.raises(RunFolderLost):  # gone while the file was being written
             with atomic.atomic_open(folder / "d.txt", "w") as handle:
                 shutil.rmtree(folder)
@@ -913,27 +914,27 @@ def test_writes_into_a_run_folder_that_went_away_do_not_re_create_it(tmp_path):
         assert not folder.exists()
     atomic.write_text(folder / "e.txt", "y")  # outside the block writes create their folders as before
     assert (folder / "e.txt").read_text() == "y"
-    with atomic.existing_folder(folder):  # moved away, and another command made a new folder of that name
+    with existing_folder(folder):  # moved away, and another command made a new folder of that name
         folder.rename(tmp_path / "moved")
         folder.mkdir()
         with pytest.raises(RunFolderLost, match="another folder of that name took its place"):
             atomic.write_text(folder / "f.txt", "y")
         with pytest.raises(RunFolderLost, match="another folder of that name took its place"):
-            atomic.make_folder(folder / "latents")
+            make_folder(folder / "latents")
         shutil.rmtree(folder)
         with pytest.raises(RunFolderLost, match="it is gone"):  # a rename inside it (the checkpoint's)
             atomic.replace(folder / "checkpoint.pt.staged", folder / "checkpoint.pt")
         folder.mkdir()
     assert list(folder.iterdir()) == [] and (tmp_path / "moved" / "e.txt").exists()
-    with atomic.existing_folder(folder):
-        with atomic.existing_folder(folder):  # kept twice: the inner block's end leaves the outer one's keep
+    with existing_folder(folder):
+        with existing_folder(folder):  # kept twice: the inner block's end leaves the outer one's keep
             pass
         shutil.rmtree(folder)
         with pytest.raises(RunFolderLost):
             atomic.write_text(folder / "h.txt", "y")
     folder.mkdir()
     from phd_lab.lock import RunLock
-    with RunLock(folder / ".lock", "test") as lock, atomic.existing_folder(folder, lock=lock):
+    with RunLock(folder / ".lock", "test") as lock, existing_folder(folder, lock=lock):
         # a folder deleted and made anew may get the old inode back; the held lock file's inode cannot be reused,
         # so the lock tells (here: the lock file alone is gone, and the folder's inode is the same)
         (folder / ".lock").unlink()
@@ -984,9 +985,10 @@ def test_a_kept_folder_whose_parent_became_a_file_is_said_as_lost(tmp_path):
     """stat() of a path through a file raises NotADirectoryError, which came out bare."""
     from phd_lab import atomic
     from phd_lab.errors import RunFolderLost
+    from phd_lab.kept_folders import existing_folder
     folder = tmp_path / "logs" / "run"
     folder.mkdir(parents=True)
-    with atomic.existing_folder(folder):
+    with existing_folder(folder):
         shutil.rmtree(tmp_path / "logs")
         (tmp_path / "logs").write_text("not a folder")
         with pytest.raises(RunFolderLost, match="it is gone"):
@@ -997,10 +999,11 @@ def test_a_forked_child_writes_into_a_kept_folder_without_checking_the_parents_l
     """A forked child's copy of the lock descriptor is closed at the fork; checking it failed every write of the
     child (EBADF) or, with the number reused, could call a healthy folder lost."""
     from phd_lab import atomic
+    from phd_lab.kept_folders import existing_folder
     from phd_lab.lock import RunLock
     folder = tmp_path / "run"
     folder.mkdir()
-    with RunLock(folder / ".lock", "test") as lock, atomic.existing_folder(folder, lock=lock):
+    with RunLock(folder / ".lock", "test") as lock, existing_folder(folder, lock=lock):
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the child
             try:

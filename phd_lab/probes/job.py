@@ -6,7 +6,7 @@ The jobs come from ``discovery``. One probe job at a time writes a run's results
 writes all of a run's files once its last layer is fitted, so a stopped job leaves the earlier
 set whole. A run whose latents hold NaN or inf (it diverged) fails alone: the other runs are
 probed and written. So does a run whose folder is deleted or replaced while it is probed: nothing is
-written into it (``atomic.existing_folder``).
+written into it (``kept_folders.existing_folder``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from phd_lab import atomic
 from phd_lab.distributed import parse_scheduler
 from phd_lab.errors import ConfigError, DataError, PhdLabError, RunFailure, RunLockedError, UsageError
 from phd_lab.interrupts import deferred_interrupts
+from phd_lab.kept_folders import existing_folder
 from phd_lab.lock import PROBE_LOCK, RunLock
 from phd_lab.plots.probes import ConfusionPlots
 from phd_lab.probes.cache import ResultCache, cache_key, json_digest, library_versions
@@ -278,8 +279,8 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
                 continue
             except OSError as error:
                 raise DataError(f"The probe results of {str(root)!r} cannot be written there: {error}.") from None
-            locks.enter_context(atomic.existing_folder(root, advice=_lost_folder_advice(root, cache.folder),
-                                                       lock=lock))
+            locks.enter_context(existing_folder(root, advice=_lost_folder_advice(root, cache.folder),
+                                                lock=lock))
         if not jobs:
             return {}
         cache.prepare()  # after the locks: a run folder that cannot be written leaves no empty cache folder

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from phd_lab import atomic
 from phd_lab.environment import ulimits
 from phd_lab.errors import DataError, PhdLabError, RunFailure, RunFolderLost
+from phd_lab.kept_folders import check_kept
 from phd_lab.lock import ProcessTurn
 from phd_lab.probes.cache import ResultCache, json_digest, library_versions
 from phd_lab.probes.fit import ProbeRecord, probe_layer
@@ -197,7 +197,7 @@ def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int =
     misses are fitted. ``on_record(task, record, cached)`` is called in this process as each
     record becomes available. ``workers=0`` fits in this process, for debugging; with a
     ``scheduler`` (a Dask address or ``local:N``) every miss is one task on that cluster.
-    ``run_folders`` (by job) are the folders the caller keeps (``atomic.existing_folder``): a run whose
+    ``run_folders`` (by job) are the folders the caller keeps (``kept_folders.existing_folder``): a run whose
     folder goes while it is probed fails alone, also when its latents went with it. ``hits`` (by key digest)
     are records the caller found in the cache already (and therefore did not verify the files of).
     """
@@ -335,7 +335,7 @@ class _Results:
         if self.run_folders is None:
             return None
         try:
-            atomic.check_kept(self.run_folders[task.job])
+            check_kept(self.run_folders[task.job])
         except RunFolderLost as error:
             return error
         return None
