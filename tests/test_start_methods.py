@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from phd_lab.registry import import_registry_module
+from phd_lab.registry_import import import_registry_module
 from tests.conftest import ROOT
 
 

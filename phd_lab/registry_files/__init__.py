@@ -5,7 +5,7 @@ by itself, yet the objects it defines travel by their module's name whenever the
 DataLoader worker processes started by ``spawn`` (macOS' default) or ``forkserver`` (Linux' default from Python
 3.14), which import the module again by that name. Its name therefore holds the file's path, and importing this
 package installs the finder that turns such a name back into the file (and puts the file's folder on the module
-path, as ``phd_lab.registry`` does for the files beside it), in any process.
+path, as ``phd_lab.registry_import`` does for the files beside it), in any process.
 """
 
 from __future__ import annotations

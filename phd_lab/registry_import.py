@@ -1,0 +1,272 @@
+"""Importing registry modules, and the code they ran: the module a config's 'registries' names, by a dotted name or
+by a file's path.
+
+A registry file given by its path is imported under its ``registry_files`` name (any process can import it again),
+with its own folder on the module path for the helpers beside it (``helper.py``). A module imported before in
+this process is executed again when its file (or such a helper) changed since, so the code a run trains with is
+the code whose sha256 it records: that of the source each module was executed from (``executed_sha256``) and
+those of the helpers a registry file imported from its own folder (``helper_sha256``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import linecache
+import logging
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Mapping
+
+from phd_lab import registry_files
+from phd_lab.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+
+# The sha256 of the source each registry module was last executed from, by module name. A long-lived process
+# (a Dask worker, a notebook) sees a registry file edited between two grids: the module is executed again
+# from its new source, so the code a run trains with is always the code whose hash its _meta records.
+_EXECUTED_SHA256: dict[str, str] = {}
+
+
+def executed_sha256(module: ModuleType) -> str | None:
+    """sha256 of the source the registry module was executed from (None: not from a readable file)."""
+    known = _EXECUTED_SHA256.get(module.__name__)
+    if known is not None:
+        return known
+    source = _source(getattr(module, "__file__", None))
+    return hashlib.sha256(source).hexdigest() if source is not None else None
+
+
+def _source(file: str | None) -> bytes | None:
+    if not file or not file.endswith(".py"):
+        return None
+    try:
+        return Path(file).read_bytes()
+    except OSError:
+        return None
+
+
+# The modules a registry file given by its path imported from its own folder (``helper.py`` beside it, or a
+# package there), by the registry's module name: {path relative to the folder: sha256}. Their code is part of
+# what a run trains with, and the logged git commit does not cover a folder outside phd-lab.
+_HELPER_SHA256: dict[str, dict[str, str]] = {}
+# Each helper's top-level module name → (the folder it was imported from, the registry file that imported it).
+# One process holds one module per name: a same-named helper of another folder would be that first one.
+_HELPER_NAMES: dict[str, tuple[Path, Path]] = {}
+FRAMEWORK_PACKAGES = ("phd_lab", "registries")  # phd-lab's own code, which its git commit covers
+
+
+def helper_sha256(module: ModuleType) -> dict[str, str]:
+    """sha256 of each module the registry file imported from beside it, by its path relative to the file's
+    folder (a moved project compares the same names); empty for a dotted registry module."""
+    return dict(_HELPER_SHA256.get(module.__name__, {}))
+
+
+def _helpers_changed(module_name: str, folder: Path) -> bool:
+    """Whether a helper the registry module imported from ``folder`` was edited (or removed) since."""
+    for relative, digest in _HELPER_SHA256.get(module_name, {}).items():
+        try:
+            if hashlib.sha256((folder / relative).read_bytes()).hexdigest() != digest:
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def _beside(folder: Path, top: str) -> Path | None:
+    """The module ``top`` as the folder holds it (``top.py`` or a package ``top/``), or None."""
+    return next((path for path in (folder / f"{top}.py", folder / top) if path.is_file()
+                 or (path / "__init__.py").is_file()), None)
+
+
+def _helper_file(name: str, module: ModuleType | None, folder: Path) -> Path | None:
+    """The file of a module imported from ``folder`` (``folder/<top>.py`` or inside ``folder/<top>/``); None for
+    any other module (installed, phd-lab's own, a virtual environment's inside the folder)."""
+    top = name.split(".")[0]
+    file = getattr(module, "__file__", None)
+    if top in FRAMEWORK_PACKAGES or not file:
+        return None
+    try:
+        path = Path(file).resolve()
+    except (OSError, RuntimeError):
+        return None
+    return path if path == folder / f"{top}.py" or folder / top in path.parents else None
+
+
+def _same_named_helper(path: Path, imported: Mapping[str, ModuleType]) -> str | None:
+    """Why the registry file ``path`` would run another file than the same-named one beside it: a module it
+    imports that resolved to another folder's file, or whose name another registry file's helper holds."""
+    folder = path.parent
+    for name in sorted(imported):
+        top = name.split(".")[0]
+        mine = _beside(folder, top)
+        if "." in name or top in FRAMEWORK_PACKAGES or mine is None:
+            continue
+        first = _HELPER_NAMES.get(top)
+        file = getattr(imported[name], "__file__", None)
+        if file and _helper_file(name, imported[name], folder) is None:
+            return f"{str(mine)!r} beside it, but {top!r} resolves to {file!r} in this process"
+        if first is not None and first[0] != folder:
+            return (f"{str(mine)!r} beside it, but the registry file {str(first[1])!r} imported another {top!r} from "
+                    f"its own folder ({str(_beside(first[0], top) or first[0] / top)!r}) in this process")
+    return None
+
+
+def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) -> None:
+    """Execute a registry file given by its path, recording the modules it imports from its own folder (each
+    helper imported before by a registry file is imported again, so that this file's own imports are seen and
+    an edited helper runs its new code); a same-named helper of another folder is refused."""
+    folder = path.parent
+    hidden = {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[0] in _HELPER_NAMES}
+    before = set(sys.modules)
+
+    def restore() -> None:
+        for name in set(sys.modules) - before:
+            if name.split(".")[0] in _HELPER_NAMES or _helper_file(name, sys.modules[name], folder) is not None:
+                del sys.modules[name]
+        sys.modules.update(hidden)
+
+    failed: BaseException | None = None
+    try:
+        _execute(module, source, path)
+    except BaseException as error:  # noqa: BLE001 - raised again below (as the refusal where that is the cause)
+        failed = error
+    imported = {name: sys.modules[name] for name in set(sys.modules) - before}
+    # the other folder's helper may lack what this file uses: the refusal says why, not the AttributeError
+    conflict = _same_named_helper(path, imported) if failed is None or isinstance(failed, Exception) else None
+    if failed is not None or conflict is not None:
+        restore()
+    if conflict is None and failed is not None:
+        raise failed
+    if conflict is not None:
+        raise RegistryError(
+            f"The {kind} registry file {str(path)!r} imports a module that lies as {conflict}: one process holds "
+            f"one module per name, so the registry would run another file than the one beside it. Rename the "
+            f"helper (or put it in a package named after its folder) so that no two registry folders share its "
+            f"name.")
+    for name in set(hidden) - set(sys.modules):  # helpers of other registry files that this one does not import
+        sys.modules[name] = hidden[name]
+    helpers = {}
+    for name, imported_module in imported.items():
+        file = _helper_file(name, imported_module, folder)
+        if file is not None:
+            helpers[file.relative_to(folder).as_posix()] = hashlib.sha256(file.read_bytes()).hexdigest()
+            _HELPER_NAMES.setdefault(name.split(".")[0], (folder, path))
+    _HELPER_SHA256[module.__name__] = dict(sorted(helpers.items()))
+
+
+def _execute(module: ModuleType, source: bytes, path: Path) -> ModuleType:
+    """Run ``source`` (the bytes that are hashed) as the module's code, in its namespace."""
+    exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's own registry module
+    _EXECUTED_SHA256[module.__name__] = hashlib.sha256(source).hexdigest()
+    _remember_lines(source, path)
+    return module
+
+
+def _remember_lines(source: bytes, path: Path) -> None:
+    """Keep the lines a module was executed from, for inspect.getsource (factory_sha256) and tracebacks: a file
+    edited since is not them (no modification time: linecache.checkcache keeps the entry)."""
+    lines = source.decode("utf-8", errors="replace").splitlines(keepends=True)
+    linecache.cache[str(path)] = (len(source), None, lines, str(path))
+
+
+def _current(module: ModuleType) -> ModuleType:
+    """A module imported by name earlier in this process, executed again in its namespace if its file changed
+    since (as ``importlib.reload`` does, but from the bytes that are hashed)."""
+    source = _source(getattr(module, "__file__", None))
+    if source is None:
+        return module
+    digest = hashlib.sha256(source).hexdigest()
+    known = _EXECUTED_SHA256.setdefault(module.__name__, digest)  # first seen: imported from this source
+    if known != digest:
+        log.info("The registry module %s (%s) changed since this process imported it; executing it again.",
+                 module.__name__, module.__file__)
+        _execute(module, source, Path(module.__file__))
+    else:  # imported from these bytes: a later edit of the file is not the code the factories run
+        _remember_lines(source, Path(module.__file__))
+    return module
+
+
+def import_registry_module(spec: str, kind: str) -> ModuleType:
+    """Import a registry module given as dotted name or as a path to a ``.py`` file; one imported before
+    in this process is executed again when its file has changed since."""
+    try:
+        if spec.endswith(".py") or "/" in spec:
+            path = Path(spec).expanduser().resolve()
+            if path.is_dir():
+                raise RegistryError(f"The {kind} registry module {spec!r} is a folder; give a path to a .py file "
+                                    f"or a dotted module name (e.g. 'registries.{kind}').")
+            if not path.is_file():
+                raise RegistryError(
+                    f"The {kind} registry module file {spec!r} does not exist; give a dotted module name (e.g. "
+                    f"'registries.{kind}') or a path to a .py file. If the file moved (with a moved project), set "
+                    f"'registries.{kind}' to its new path, in a run's logged config as well: the registry modules "
+                    f"are no part of a run's identity (its folder's hash), so the edited config reruns the same "
+                    f"run in its folder, and warns if the file's code differs from the sha256 the run logged.")
+            module_name = registry_files.module_name(kind, path)  # importable by that name in workers
+            source = path.read_bytes()
+            earlier = sys.modules.get(module_name)
+            if (earlier is not None and _EXECUTED_SHA256.get(module_name) == hashlib.sha256(source).hexdigest()
+                    and not _helpers_changed(module_name, path.parent)):
+                return earlier
+            loader_spec = importlib.util.spec_from_file_location(module_name, path)
+            if loader_spec is None or loader_spec.loader is None or path.suffix != ".py":
+                raise RegistryError(f"The {kind} registry module {spec!r} is not a Python source file; give a "
+                                    f"path ending in .py or a dotted module name.")
+            if earlier is not None:  # edited since: a new module, so that factories removed from it are gone
+                log.info("The %s registry file %s (or a file beside it that it imports) changed since this process "
+                         "imported it; importing it again.", kind, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[module_name] = module
+            if str(path.parent) not in sys.path:  # its own imports of files beside it (from my_layers import ...),
+                sys.path.append(str(path.parent))  # as Python gives a script; after the installed packages
+            try:
+                _execute_beside(module, source, path, kind)
+            except BaseException:
+                if earlier is not None:
+                    sys.modules[module_name] = earlier
+                else:
+                    del sys.modules[module_name]
+                raise
+            return module
+        return _current(_import_dotted(spec))
+    except RegistryError:
+        raise
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        if missing and not (spec == missing or spec.startswith(missing + ".")):  # the module's own import failed
+            raise RegistryError(f"The {kind} registry module {spec!r} imports {missing!r}, which is not installed "
+                                f"here ({error}). Install it, or point the key 'registries.{kind}' elsewhere."
+                                ) from None
+        raise RegistryError(f"Cannot import the {kind} registry module {spec!r}: {error}. Give a dotted "
+                            f"module name importable from the working directory or a path to a .py file.") from None
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the module itself is broken: say where
+        # SystemExit too (a module that calls sys.exit() at import ended the command without a word); Ctrl-C
+        # (KeyboardInterrupt) and SIGTERM (Terminated) still stop it
+        where = f" ({error.filename}, line {error.lineno})" if isinstance(error, SyntaxError) else ""
+        what = (f"it calls sys.exit({'' if error.code is None else repr(error.code)}) or raises SystemExit"
+                if isinstance(error, SystemExit) else error)
+        raise RegistryError(f"The {kind} registry module {spec!r} failed while being imported: "
+                            f"{type(error).__name__}: {what}{where}. Fix the module (run `python {spec}` to see "
+                            f"the traceback) or point the key 'registries.{kind}' elsewhere.") from None
+
+
+def _import_dotted(spec: str) -> ModuleType:
+    """A dotted module name, also from the working directory: ``main.py`` puts its own folder first on
+    ``sys.path``, not the working directory that ``python -m`` would, and the messages promise it."""
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as error:
+        cwd = os.getcwd()
+        top = spec.split(".")[0]
+        if error.name not in (top, spec) or cwd in sys.path or not (
+                Path(cwd, top + ".py").is_file() or Path(cwd, top).is_dir()):
+            raise
+        sys.path.append(cwd)  # after the installed packages: it never shadows them
+        return importlib.import_module(spec)
+
