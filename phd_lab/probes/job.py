@@ -338,46 +338,91 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], cache
                      logs: ProbeLogs) -> dict[int, list[ProbeRecord]]:
     """Probe ``tasks`` while their run folders are locked, writing each run's files (table, confusion plots,
     settings) as soon as its last layer is in; each run's records in manifest order, without their matrices."""
-    remaining = {position: len(job.manifest.layers) for position, job in enumerate(jobs)}
-    done: dict[int, list[ProbeRecord]] = {position: [] for position in range(len(jobs))}
-    # each fitted layer's confusion plot, drawn as its record arrives (while the workers fit the next layers) and
-    # written with the run's other files once its last layer is in; a cached layer's is drawn only when written
-    plots: dict[int, dict[tuple[int, str], bytes | None]] = {position: {} for position in range(len(jobs))}
-    fitted: set[int] = set()  # the jobs with a layer fitted now (not from the cache)
-    # the records are kept without their confusion matrices, which are read back from the cache when their run is
-    # written: a grid of 1000-class runs whose layers finish in any order would hold 8 MB a layer until then
-    keys = {(task.job, task.index, task.layer): task.key for task in tasks}
+    _log_plans(jobs)
+    _remove_killed_writers_temps(jobs)
+    with ConfusionPlots() as confusion_plots:
+        runs = _RunsInProgress(jobs, tasks, cache, logs, confusion_plots)
+        run_probes(tasks, cache, workers=workers, progress=progress, on_record=runs.on_record, scheduler=scheduler,
+                   run_folders=[job.outputs.root for job in jobs], hits=hits)
+    for position, records in runs.done.items():
+        said = convergence_summary(jobs[position].settings, records)
+        if said:
+            log.info("%s: %s", jobs[position].label, said, extra={PROBE_JOB: position})
+    return runs.records()
 
-    def on_record(task: ProbeTask, record: ProbeRecord, cached: bool) -> None:
-        logs.write(logging.INFO, "layer %s (index %d): eval acc %.4f, train acc %.4f, %d iterations, %s, %.2f s (%s)",
-                   record.layer, record.index, record.eval_acc, record.train_acc, record.n_iter,
-                   "converged" if record.converged else "not converged", record.seconds,
-                   f"cached result {task.key_digest()}" if cached else "fitted", position=task.job)
-        done[task.job].append(record.without_confusion())
-        plots[task.job][record.index, record.layer] = None if cached else confusion_png(record, confusion_plots)
+
+def _log_plans(jobs: Sequence[ProbeJob]) -> None:
+    """Say what each job probes: how many layers, from which latents, with which settings."""
+    for position, job in enumerate(jobs):
+        log.info("%s: %d layer(s) from %s; %s", job.label, len(job.manifest.layers), job.manifest.folder,
+                 job.settings.describe(), extra={PROBE_JOB: position})
+
+
+def _remove_killed_writers_temps(jobs: Sequence[ProbeJob]) -> None:
+    """Remove the temp files a killed process left in the jobs' run folders: those of the probe results at once
+    (only the holder of the run's .probe.lock writes probe_* and the confusions), any other writer's (the
+    analysis.* of a run or report working now) once 15 minutes old."""
+    for position, job in enumerate(jobs):
+        for folder, owned in ((job.outputs.root, "probe_"), (job.outputs.probe_confusion_dir, "")):
+            for stale in atomic.remove_stale_temps(folder, owned_prefix=owned):
+                log.info("Removed %s, left half-written by a process that was killed.", stale,
+                         extra={PROBE_JOB: position})
+
+
+class _RunsInProgress:
+    """The runs of a probe job while their layers come in (``on_record``): each layer's record and confusion plot
+    is kept until the run's last layer is in, then the run's files are written together."""
+
+    def __init__(self, jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], cache: ResultCache, logs: ProbeLogs,
+                 confusion_plots: ConfusionPlots) -> None:
+        self.jobs, self.cache, self.logs, self.confusion_plots = jobs, cache, logs, confusion_plots
+        self.remaining = {position: len(job.manifest.layers) for position, job in enumerate(jobs)}
+        self.done: dict[int, list[ProbeRecord]] = {position: [] for position in range(len(jobs))}
+        # each fitted layer's confusion plot, drawn as its record arrives (while the workers fit the next layers)
+        # and written with the run's other files once its last layer is in; a cached layer's is drawn only when
+        # written
+        self.plots: dict[int, dict[tuple[int, str], bytes | None]] = {position: {} for position in range(len(jobs))}
+        self.fitted: set[int] = set()  # the jobs with a layer fitted now (not from the cache)
+        # the records are kept without their confusion matrices, which are read back from the cache when their run
+        # is written: a grid of 1000-class runs whose layers finish in any order would hold 8 MB a layer until then
+        self.keys = {(task.job, task.index, task.layer): task.key for task in tasks}
+
+    def on_record(self, task: ProbeTask, record: ProbeRecord, cached: bool) -> None:
+        """Log a layer's record as it arrives, keep it, and write its run once that was the run's last layer."""
+        self.logs.write(logging.INFO, "layer %s (index %d): eval acc %.4f, train acc %.4f, %d iterations, %s, "
+                        "%.2f s (%s)", record.layer, record.index, record.eval_acc, record.train_acc, record.n_iter,
+                        "converged" if record.converged else "not converged", record.seconds,
+                        f"cached result {task.key_digest()}" if cached else "fitted", position=task.job)
+        self.done[task.job].append(record.without_confusion())
+        self.plots[task.job][record.index, record.layer] = (None if cached else
+                                                            confusion_png(record, self.confusion_plots))
         if not cached:
-            fitted.add(task.job)
-        remaining[task.job] -= 1
-        if remaining[task.job] == 0:  # a run's files are replaced together: a stopped job leaves the old set
-            write_run(task.job)
+            self.fitted.add(task.job)
+        self.remaining[task.job] -= 1
+        if self.remaining[task.job] == 0:  # a run's files are replaced together: a stopped job leaves the old set
+            self._write_run(task.job)
 
-    def with_matrix(position: int, record: ProbeRecord) -> ProbeRecord:
+    def records(self) -> dict[int, list[ProbeRecord]]:
+        """Each run's records in manifest order, without their confusion matrices."""
+        return {position: in_manifest_order(self.jobs[position], records) for position, records in self.done.items()}
+
+    def _with_matrix(self, position: int, record: ProbeRecord) -> ProbeRecord:
         """The record with its confusion matrix, read back from its cache entry (checked against its sha256)."""
-        key = keys[position, record.index, record.layer]
-        stored = cache.get(key)
+        key = self.keys[position, record.index, record.layer]
+        stored = self.cache.get(key)
         if stored is None:
-            raise RunFailure(f"{jobs[position].label}: the probe cache entry of layer {record.layer!r} "
-                             f"({cache.path(key)}) went or was damaged while the job ran, so its confusion matrix "
-                             f"cannot be written. Rerun the same command: that layer is fitted again, the others "
-                             f"come from the cache.")
+            raise RunFailure(f"{self.jobs[position].label}: the probe cache entry of layer {record.layer!r} "
+                             f"({self.cache.path(key)}) went or was damaged while the job ran, so its confusion "
+                             f"matrix cannot be written. Rerun the same command: that layer is fitted again, the "
+                             f"others come from the cache.")
         return replace(record, confusion=stored.confusion_matrix())
 
-    def write_run(position: int) -> None:
+    def _write_run(self, position: int) -> None:
         """Write a run's files once its last layer is in, unless the folder holds them already (all cached)."""
-        job = jobs[position]
-        drawn = plots.pop(position)
-        complete = [with_matrix(position, record) for record in done[position]]  # let go again on return
-        if position not in fitted and results_in_place(job, complete):
+        job = self.jobs[position]
+        drawn = self.plots.pop(position)
+        complete = [self._with_matrix(position, record) for record in self.done[position]]  # let go again on return
+        if position not in self.fitted and results_in_place(job, complete):
             log.info("%s: probe results already in place in %s (every layer from the cache)", job.label,
                      job.outputs.probe_csv, extra={PROBE_JOB: position})
             return
@@ -385,28 +430,9 @@ def _run_locked_jobs(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], cache
             written = [path for finished in in_manifest_order(job, complete)
                        for path in write_confusion(job.outputs, finished,
                                                    drawn[finished.index, finished.layer]
-                                                   or confusion_png(finished, confusion_plots))]
+                                                   or confusion_png(finished, self.confusion_plots))]
             remove_other_confusions(job.outputs.probe_confusion_dir, written)
-            write_results(job, done[position], position)
-
-    for position, job in enumerate(jobs):
-        log.info("%s: %d layer(s) from %s; %s", job.label, len(job.manifest.layers), job.manifest.folder,
-                 job.settings.describe(), extra={PROBE_JOB: position})
-    for position, job in enumerate(jobs):  # temp files a killed process left: those of the probe results at once
-        # (only the holder of the run's .probe.lock writes probe_* and the confusions), any other writer's (the
-        # analysis.* of a run or report working now) once 15 minutes old
-        for folder, owned in ((job.outputs.root, "probe_"), (job.outputs.probe_confusion_dir, "")):
-            for stale in atomic.remove_stale_temps(folder, owned_prefix=owned):
-                log.info("Removed %s, left half-written by a process that was killed.", stale,
-                         extra={PROBE_JOB: position})
-    with ConfusionPlots() as confusion_plots:
-        run_probes(tasks, cache, workers=workers, progress=progress, on_record=on_record, scheduler=scheduler,
-                   run_folders=[job.outputs.root for job in jobs], hits=hits)
-    for position, records in done.items():
-        said = convergence_summary(jobs[position].settings, records)
-        if said:
-            log.info("%s: %s", jobs[position].label, said, extra={PROBE_JOB: position})
-    return {position: in_manifest_order(jobs[position], records) for position, records in done.items()}
+            write_results(job, self.done[position], position)
 
 
 def convergence_summary(settings: ProbeSettings, records: Sequence[ProbeRecord]) -> str | None:
