@@ -800,12 +800,18 @@ def test_a_closed_local_cluster_s_scheduler_is_freed():
     import logging
     from phd_lab.distributed import dask_client
     gc.collect()
-    before = {id(o) for o in gc.get_objects() if isinstance(o, distributed.Scheduler)}  # of other tests, if any
+
+    def schedulers() -> list:
+        """The live schedulers (by type(): isinstance asks each object's __class__, which warns for torch's
+        deprecated torch.distributed.reduce_op)."""
+        return [o for o in gc.get_objects() if issubclass(type(o), distributed.Scheduler)]
+
+    before = {id(o) for o in schedulers()}  # of other tests, if any
     handlers = len(logging.getLogger("distributed.scheduler").handlers)
     with dask_client("local:1") as client:
         total = client.submit(sum, [1, 2]).result()  # outside an assert, whose rewriting keeps the future
     del client
     gc.collect()
     assert total == 3
-    assert not [o for o in gc.get_objects() if isinstance(o, distributed.Scheduler) and id(o) not in before]
+    assert not [o for o in schedulers() if id(o) not in before]
     assert len(logging.getLogger("distributed.scheduler").handlers) <= handlers

@@ -1393,7 +1393,7 @@ def test_a_resume_on_another_device_type_is_refused_but_post_processing_there_is
     """A run begun on a GPU and resumed with device cpu trained its remaining epochs on the CPU under a logged
     config that still said cuda (only a warning), so the log no longer reproduced it. The GPU start is
     written into the logged config here, as a GPU node would have logged it (this machine has none)."""
-    config = write_config(tmp_path, epoch=2, cpu_threads=1, track_saturation=False)
+    config = write_config(tmp_path, epoch=2, cpu_threads=1)  # tracked: a tracking_device to compare on resume
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     [folder] = run_folders(tmp_path / "logs")
     logged_path = folder / f"{run_name(folder)}_config.json"
