@@ -224,15 +224,10 @@ def _plotted_files_digest(folder: RunDir) -> str:
 def _run_figure_code() -> bytes:
     """The versions of the code that draws a figure: phd-lab, matplotlib and the text of the modules it draws with
     (an edit of one, without a new version, must not leave old figures in place)."""
-    import matplotlib
-
-    from phd_lab import __version__
-    from phd_lab import plots
-    from phd_lab.plots import grid_figures, receptive_field, run_figure
-    # plotted_rows; tick thinning, width and png_bytes; the Agg figures (subplots)
-    drawing = (run_figure, receptive_field, grid_figures, plots)
-    source = b"".join(Path(module.__file__).read_bytes() for module in drawing)
-    return f"{__version__} {matplotlib.__version__} ".encode() + hashlib.sha256(source).digest()
+    from phd_lab.plots import receptive_field, run_figure
+    from phd_lab.report.figure_reuse import drawing_sources, drawing_versions
+    # run_figure and receptive_field's plotted_rows, then the modules every figure is drawn with
+    return drawing_versions() + hashlib.sha256(drawing_sources(run_figure, receptive_field)).digest()
 
 
 def _without_kept(previous: dict[str, Any]) -> dict[str, Any]:

@@ -25,16 +25,30 @@ class KeyedFigure(NamedTuple):
     key: str  # what it was drawn from (``figure_key``): a later report with the same key takes it as it is
 
 
-@functools.lru_cache(maxsize=8)
-def _drawing_code(module: ModuleType) -> bytes:
-    """phd-lab's and matplotlib's versions and the drawing modules' text (the figure's, the PNG writer's and that
-    of the Agg figures, ``plots.subplots``): an edit of them redraws every figure they drew."""
+def drawing_versions() -> bytes:
+    """phd-lab's and matplotlib's versions, the first part of every figure's key."""
     import matplotlib
 
-    from phd_lab import __version__, plots
+    from phd_lab import __version__
+    return f"{__version__} {matplotlib.__version__} ".encode()
+
+
+def drawing_sources(*modules: ModuleType) -> bytes:
+    """The text of the modules that draw a figure, then of those every figure is drawn with: the PNG writer's
+    (``grid_figures``: also tick thinning and the width limit) and the Agg figures' (``plots.subplots``). Both kinds
+    of figure key (a run's analysis.png, the report's own figures) list their modules here, so an edit of a module
+    they share redraws them all: one forgotten left old figures in new pages."""
+    from phd_lab import plots
     from phd_lab.plots import grid_figures
-    return f"{__version__} {matplotlib.__version__} ".encode() + b"".join(
-        Path(source.__file__).read_bytes() for source in (module, grid_figures, plots))  # type: ignore[arg-type]
+    return b"".join(Path(source.__file__).read_bytes()  # type: ignore[arg-type]
+                    for source in (*modules, grid_figures, plots))
+
+
+@functools.lru_cache(maxsize=8)
+def _drawing_code(module: ModuleType) -> bytes:
+    """The versions and the drawing modules' text of a report figure drawn by ``module``: an edit of them redraws
+    every figure they drew."""
+    return drawing_versions() + drawing_sources(module)
 
 
 def figure_key(module: ModuleType, kind: str, label: str, *tables: pd.DataFrame, data: Any = None) -> str:
