@@ -16,12 +16,11 @@ import inspect
 import logging
 import re
 import sys
-import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.environment import THREAD_VARIABLES, available_cores
 from phd_lab.errors import UsageError, failure_line
-from phd_lab.log_file import FORMAT, Formatter
+from phd_lab.log_file import FORMAT, Formatter, this_thread_only
 
 log = logging.getLogger(__name__)
 
@@ -361,8 +360,7 @@ def run_warnings_on_worker_console(run_name: str) -> Iterator[None]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.WARNING)
     handler.setFormatter(Formatter(FORMAT.replace("%(name)s:", f"%(name)s (run {run_name.replace('%', '%%')}):")))
-    thread = threading.get_ident()
-    handler.addFilter(lambda record: record.thread == thread)
+    this_thread_only(handler)
     logging.getLogger().addHandler(handler)
     try:
         yield

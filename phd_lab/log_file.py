@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +29,14 @@ class Formatter(logging.Formatter):
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return super().formatTime(record, datefmt) + time.strftime("%z", self.converter(record.created))
+
+
+def this_thread_only(handler: logging.Handler) -> logging.Handler:
+    """``handler``, taking from now on only the records of the thread that calls this: a run's (several runs of a
+    Dask worker share its process and its root logger, each in a thread of its own)."""
+    thread = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == thread)
+    return handler
 
 
 class LogFile(logging.FileHandler):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import linecache
 import logging
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +19,7 @@ from torch.fx import graph_module as fx_graph_module
 
 from phd_lab.errors import DataError, FolderInTheWay, RunDiverged, RunFolderLost, RunStopped, Terminated, UsageError
 from phd_lab.lock import RunLock
-from phd_lab.log_file import LogFile, info_records_kept
+from phd_lab.log_file import LogFile, info_records_kept, this_thread_only
 from phd_lab.rundir import RunDir
 from phd_lab.user_paths import nearest_existing
 
@@ -120,9 +119,9 @@ class records_before_the_log(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
+        this_thread_only(self)
         self.records: list[logging.LogRecord] = []
         self.dropped = 0
-        self.thread = threading.get_ident()
 
     def __enter__(self) -> "records_before_the_log":
         logging.getLogger().addHandler(self)
@@ -132,8 +131,6 @@ class records_before_the_log(logging.Handler):
         logging.getLogger().removeHandler(self)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread != self.thread:
-            return
         if len(self.records) < self.LIMIT:
             self.records.append(record)
         else:
@@ -147,9 +144,7 @@ class run_log:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.handler = LogFile(path)
-        thread = threading.get_ident()
-        self.handler.addFilter(lambda record: record.thread == thread)
+        self.handler = this_thread_only(LogFile(path))
         self.levels = info_records_kept()  # every INFO record in the file, however the caller set up logging
 
     def __enter__(self) -> "run_log":
