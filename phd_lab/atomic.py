@@ -177,14 +177,16 @@ def file_system_now(folder: Path | str) -> float:
 
 
 def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] | None = None,
-                       only: str | None = None) -> list[Path]:
+                       only: str | None = None, now: float | None = None) -> list[Path]:
     """Delete temp files that a killed writer left in ``folder``: every one of the caller's own
     files (targets starting with ``owned_prefix``: only the lock holder writes those), and any other
     not modified for ``STALE_AFTER_SECONDS``. Other processes write into a run folder without its
     lock (the probe job, the report); their temp files of the moment must survive. ``only``
-    restricts the removal to the temp files of that one target name (a folder that is not ours)."""
+    restricts the removal to the temp files of that one target name (a folder that is not ours).
+    ``now``: ``file_system_now`` of the folder's file system, where the caller cleans many of its folders."""
     removed = []
-    cutoff: float | None = None  # measured at the first temp file that is not the caller's (most calls find none)
+    # measured at the first temp file that is not the caller's (most calls find none)
+    cutoff = None if now is None else now - STALE_AFTER_SECONDS
     owned_prefixes = (owned_prefix,) if isinstance(owned_prefix, str) else tuple(owned_prefix or ())
     # mkstemp's shape: ".<target>." + 8 random characters + ".tmp" (not the temps of a sibling "<target>.gz")
     pattern = ".*.tmp" if only is None else f".{glob.escape(only)}." + "[a-z0-9_]" * 8 + ".tmp"

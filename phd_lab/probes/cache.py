@@ -121,10 +121,11 @@ class ResultCache:
         are ``atomic.STALE_AFTER_SECONDS`` old: another job sharing the cache may be writing its entries now, and an
         entry takes it milliseconds. So are confusion matrices (``<digest>-<sha256[:16]>.npy``) whose entry was never
         written: a job killed between the two writes left them."""
-        cutoff = file_system_now(self.folder) - STALE_AFTER_SECONDS  # the clock that stamped the files
+        now = file_system_now(self.folder)  # the clock that stamped the files, read once for the 256 folders
+        cutoff = now - STALE_AFTER_SECONDS
         for folder in sorted(self.folder.glob("[0-9a-f][0-9a-f]")):
             try:
-                for stale in remove_stale_temps(folder):
+                for stale in remove_stale_temps(folder, now=now):
                     log.info("Removed %s, left half-written by a probe job that was killed.", stale)
                 for matrix in folder.glob("*-*.npy"):
                     entry = matrix.with_name(f"{matrix.name.split('-')[0]}.json")
