@@ -133,6 +133,13 @@ class Sampler:
         return Probe()
 
 
+def succeeded(exit_code: int, command: str) -> None:
+    """Stop the soak where a command it times failed. Not ``assert command(...) == 0``: ``python -O`` compiles an
+    assert away with the call in it, so the command never ran and the soak printed its 0 s as a measurement."""
+    if exit_code != 0:
+        raise SystemExit(f"{command} exited with {exit_code}; the soak stops (its timings would not be of a run).")
+
+
 def write_config(folder: Path, name: str, **values: object) -> Path:
     path = folder / name
     path.write_text(json.dumps({**TINY, "logs_dir": str(folder / "logs"), **values}))
@@ -206,7 +213,7 @@ def soak_grid(folder: Path, points: int, via: str, steps: bool = False) -> Path:
             from phd_lab.cli import main_cli
             stdout, sys.stdout = sys.stdout, open(os.devnull, "w")
             try:  # with the progress bars (on stderr), as a user's main.py shows them
-                assert main_cli(["--config", str(config), "-q"]) == 0
+                succeeded(main_cli(["--config", str(config), "-q"]), "main.py")
             finally:
                 sys.stdout.close()
                 sys.stdout = stdout
@@ -242,7 +249,7 @@ def timed_commands(grid_folder: Path, points: int) -> None:
         stdout, sys.stdout = sys.stdout, devnull
         try:
             started = time.perf_counter()
-            assert main_cli(["--config", str(path), "--dry-run", "--no-progress", "-q"]) == 0
+            succeeded(main_cli(["--config", str(path), "--dry-run", "--no-progress", "-q"]), "main.py --dry-run")
             dry = time.perf_counter() - started
         finally:
             sys.stdout = stdout
@@ -252,7 +259,7 @@ def timed_commands(grid_folder: Path, points: int) -> None:
             shutil.copytree(source / run_id, logs / "vgg11" / "Digits_8" / run_id)
         before = counters()
         started = time.perf_counter()
-        assert main_report([str(logs), "-mp", "0", "--no-progress", "-q"]) == 0
+        succeeded(main_report([str(logs), "-mp", "0", "--no-progress", "-q"]), "python -m phd_lab report")
         report = time.perf_counter() - started
         after = counters()
         print(f"(c) {runs:3d} runs: --dry-run {dry:6.2f} s ({1000 * dry / runs:5.1f} ms/run), report {report:6.2f} s "

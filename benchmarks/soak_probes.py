@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from soak import TINY, counters, grid_values, show, write_config  # noqa: E402  (also puts the project on the path)
+# soak also puts the project on the path
+from soak import TINY, counters, grid_values, show, succeeded, write_config  # noqa: E402
 
 
 def children() -> list[int]:
@@ -124,7 +125,7 @@ def soak_probes(folder: Path, runs: int, layers: int, samples: int, features: in
                                       str(folder / cache), "--no-progress", "-q"])
                 finally:
                     sys.stdout = stdout
-                assert code == 0, code
+                succeeded(code, "probe_main.py")
                 all_pids.append(set(sampler.pids))
                 if run in (1, runs):
                     for layer in sorted(sampler.rows):
@@ -170,7 +171,8 @@ def soak_dask_cli(folder: Path, points: int) -> None:
         started = time.perf_counter()
         stdout, sys.stdout = sys.stdout, open(os.devnull, "w")
         try:
-            assert main_cli(["--config", str(config), "--scheduler", "local:2", "--no-progress", "-q"]) == 0
+            succeeded(main_cli(["--config", str(config), "--scheduler", "local:2", "--no-progress", "-q"]),
+                      "main.py --scheduler local:2")
         finally:
             sys.stdout.close()
             sys.stdout = stdout
