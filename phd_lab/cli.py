@@ -137,8 +137,42 @@ def _terminate_like_ctrl_c() -> Any:
     return signal.signal(signal.SIGTERM, terminate)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The parser of every command. An option must be spelled in full: argparse took any unambiguous prefix, so
+    ``--run 3`` meant ``--run-id 3`` (the whole grid trained as repetition '3' where grid point 3 was meant),
+    ``probe_main.py -m 2`` meant ``-mp 2``, and an option added later would make a batch script's prefix
+    ambiguous. An option it does not know is answered with the closest ones it has."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """The parsed options; exit 2 naming the arguments it does not know and the options closest to them."""
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}.{self._closest_options(unknown)}")
+        return parsed
+
+    def _get_option_tuples(self, option_string: str) -> list[Any]:
+        """The options an argument not spelled as one may be: a one-letter option with its value attached (``-mp``
+        is not ``-m p``), never the prefix of a longer one (which allow_abbrev leaves to single-dash options)."""
+        return [match for match in super()._get_option_tuples(option_string) if len(match[1]) == 2]
+
+    def _closest_options(self, unknown: Sequence[str]) -> str:
+        """' Did you mean ...?' with the parser's closest option to each unknown one (``--confg=x`` by its name)."""
+        from phd_lab.registry import did_you_mean
+        options = [name for name in self._option_string_actions if name not in ("-h", "--help")]
+        names = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
+        # options share their '--', which makes any two alike: only a close one ('--bogus' is no '--verbose')
+        hints = [(name, did_you_mean(name, options, n=1, cutoff=0.7)) for name in names]
+        hints = [(name, hint) for name, hint in hints if hint]
+        if len(hints) == 1:
+            return hints[0][1]
+        return "".join(hint.replace(" Did you mean", f" For {name!r} did you mean") for name, hint in hints)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="main.py", description="Train and analyse every run of a JSON config grid.",
         epilog="Exit status: 0 success, 2 invalid usage/config/input (nothing written), 1 a run failed, "
                "130 Ctrl-C, 143 SIGTERM.")

@@ -45,11 +45,12 @@ KINDS = ("models", "datasets", "optimizers", "metrics")
 DEFAULT_MODULES = {kind: f"registries.{kind}" for kind in KINDS}
 
 
-def did_you_mean(value: str, choices: "list[str] | Mapping[str, Any]", n: int = 3) -> str:
-    """A short 'closest matches' clause for error messages (empty when nothing is close)."""
+def did_you_mean(value: str, choices: "list[str] | Mapping[str, Any]", n: int = 3, cutoff: float = 0.5) -> str:
+    """A short 'closest matches' clause for error messages (empty when nothing is close: a similarity below
+    ``cutoff``)."""
     names = list(choices)
     lowered = {name.lower(): name for name in names}
-    close = difflib.get_close_matches(value.lower(), list(lowered), n=n, cutoff=0.5)
+    close = difflib.get_close_matches(value.lower(), list(lowered), n=n, cutoff=cutoff)
     if not close:
         return ""
     return " Did you mean " + " or ".join(repr(lowered[c]) for c in close) + "?"

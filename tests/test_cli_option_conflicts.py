@@ -73,3 +73,40 @@ def test_a_path_the_system_refuses_is_named_with_the_reason(where, why, tmp_path
     assert command(path) == EXIT_USAGE
     message = " ".join(capsys.readouterr().err.split())
     assert message.startswith(f"error: {subject}") and WHY[why] in message, message
+
+
+PREFIXES = {
+    # the command's parser, its arguments with an option given by a prefix of its name alone, what it refuses
+    "main.py --run 3 (--run-id, not --index)": ("phd_lab.cli", ["--run", "3"], "--run 3. Did you mean '--run-id'?"),
+    "main.py --conf exp.json": ("phd_lab.cli", ["--conf", "exp.json"], "--conf exp.json"),
+    "probe_main.py -m 2 (-mp)": ("phd_lab.probes.cli", ["--latents", "x", "-m", "2"], "-m 2. Did you mean '-mp'?"),
+    "report --no-r (--no-refresh)": ("phd_lab.report.cli", ["logs", "--no-r"], "--no-r"),
+}
+
+
+@pytest.mark.parametrize("case", PREFIXES)
+def test_an_option_is_spelled_in_full(case, capsys):
+    """argparse took any unambiguous prefix of an option: ``main.py --run 3``, meant to run grid point 3, trained
+    the whole grid as repetition '3' (--run-id), and an option added later would make a script's prefix ambiguous."""
+    import importlib
+    module, argv, refused = PREFIXES[case]
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(module).build_parser().parse_args(argv)
+    assert stopped.value.code == EXIT_USAGE
+    assert f"error: unrecognized arguments: {refused}" in capsys.readouterr().err
+
+
+def test_an_unknown_option_is_answered_with_the_closest_ones(capsys):
+    """'unrecognized arguments: --confg x' named no option the command has."""
+    from phd_lab.cli import build_parser
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--confg", "exp.json", "--dry-run"])
+    assert "unrecognized arguments: --confg exp.json. Did you mean '--config'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--confg=exp.json", "--indx", "3"])
+    assert ("For '--confg' did you mean '--config'? For '--indx' did you mean '--index'?"
+            in " ".join(capsys.readouterr().err.split()))
+    assert build_parser().parse_args(["--run-id", "3", "--config=exp.json"]).run_id == "3"  # full names still do
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--bogus"])
+    assert capsys.readouterr().err.endswith("unrecognized arguments: --bogus.\n")  # no '--verbose' named

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from phd_lab.cli import add_verbosity, command_logging, guarded
+from phd_lab.cli import CommandParser, add_verbosity, command_logging, guarded
 from phd_lab.console import readable_output, write_stdout
 from phd_lab.errors import EXIT_OK, RunFailure, UsageError
 
@@ -17,7 +17,7 @@ log = logging.getLogger("phd_lab")
 def build_parser() -> argparse.ArgumentParser:
     from phd_lab.environment import available_cores
     from phd_lab.probes.settings import SOLVERS
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="probe_main.py",
         description="Fit a logistic-regression probe on the extracted latents of every layer (thesis §4.3, §6.2.5) "
                     "and write probe_performances.csv, its plot and per-layer confusion matrices into the run "

@@ -34,9 +34,9 @@ def default_processes() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from phd_lab.cli import QUIET_HELP  # -q says the same in every command
+    from phd_lab.cli import QUIET_HELP, CommandParser  # -q says the same in every command; no option prefixes
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m phd_lab report",
         description="Analyse every run below LOGS_DIR from its saved files (saturation, receptive fields, FLOPs, "
                     "probes) and write one static HTML page with a sortable table, comparison plots and a section "
