@@ -6,9 +6,13 @@ from phd_lab.cli import main_cli
 from phd_lab.console import write_stderr, write_stdout
 from phd_lab.errors import EXIT_OK, EXIT_USAGE
 
+COMMANDS = ("train", "probe", "report")
 USAGE = ("usage: python -m phd_lab train [main.py options]\n"
          "       python -m phd_lab probe [probe_main.py options]\n"
-         "       python -m phd_lab report LOGS_DIR [--out FILE] [--no-refresh] [--alpha A] [-mp N]\n")
+         "       python -m phd_lab report LOGS_DIR [--out FILE] [--no-refresh]\n"
+         "                                [--alpha A] [-mp N] [--no-progress] [-q]\n"
+         "Each command's options: python -m phd_lab COMMAND --help (phd-lab COMMAND --help\n"
+         "once installed).\n")
 
 
 def main(argv: list[str]) -> int:
@@ -24,8 +28,18 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         write_stdout(USAGE)
         return EXIT_OK
-    write_stderr(USAGE)
+    write_stderr(USAGE + unknown_command(argv))
     return EXIT_USAGE
+
+
+def unknown_command(argv: list[str]) -> str:
+    """The error line under the usage: a mistyped command (``trian``) was answered with the usage alone, which
+    did not say what was wrong with the command line."""
+    if not argv:
+        return f"error: name a command: {', '.join(COMMANDS)}.\n"
+    from phd_lab.registry import did_you_mean
+    hint = did_you_mean(argv[0], list(COMMANDS), n=1) or f" The commands are {', '.join(COMMANDS)}."
+    return f"error: unknown command {argv[0]!r}.{hint}\n"
 
 
 def entry_point() -> None:

@@ -1,0 +1,24 @@
+"""What a researcher reading only ``--help`` learns: the usage of ``python -m phd_lab`` and each command's help
+name every option the command takes, fit an 80-column terminal, and a mistyped command says what was wrong."""
+
+from __future__ import annotations
+
+from phd_lab.__main__ import USAGE, main as phd_lab_main
+from phd_lab.errors import EXIT_USAGE
+from phd_lab.report.cli import build_parser as report_parser
+
+
+def test_a_mistyped_command_is_named_with_the_closest_one(capsys):
+    """``python -m phd_lab trian`` printed the usage alone (exit 2), which did not say what was wrong."""
+    assert phd_lab_main(["trian", "--config", "exp.json"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(USAGE) and err.endswith("error: unknown command 'trian'. Did you mean 'train'?\n")
+    assert phd_lab_main([]) == EXIT_USAGE
+    assert capsys.readouterr().err.endswith("error: name a command: train, probe, report.\n")
+
+
+def test_the_usage_names_every_report_option_in_80_columns():
+    """The usage's report line was 88 characters wide and lacked --no-progress and -q."""
+    assert max(len(line) for line in USAGE.splitlines()) <= 80
+    options = {action.option_strings[0] for action in report_parser()._actions if action.option_strings}
+    assert {option for option in options - {"-h"} if option not in USAGE} == set()
