@@ -22,3 +22,12 @@ def test_the_usage_names_every_report_option_in_80_columns():
     assert max(len(line) for line in USAGE.splitlines()) <= 80
     options = {action.option_strings[0] for action in report_parser()._actions if action.option_strings}
     assert {option for option in options - {"-h"} if option not in USAGE} == set()
+
+
+def test_every_help_names_the_exit_status_of_a_stop():
+    """The report's --help listed 0, 2 and 1 alone, though a Ctrl-C or SIGTERM ends it with 130 or 143 (guarded) as
+    it ends main.py and probe_main.py, whose help say so."""
+    from phd_lab.cli import build_parser as main_parser
+    from phd_lab.probes.cli import build_parser as probe_parser
+    for parser in (main_parser(), probe_parser(), report_parser()):
+        assert parser.epilog.endswith("130 Ctrl-C, 143 SIGTERM."), parser.prog

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "<page>_relevant_eigenspace.csv beside it. Each run's analysis.json and analysis.png are "
                     "refreshed unless --no-refresh.",
         epilog="Exit status: 0 success, 2 LOGS_DIR missing or without runs, or a bad option, 1 the page or a table "
-               "could not be written (a full disk), or an unexpected failure.")
+               "could not be written (a full disk), or an unexpected failure, 130 Ctrl-C, 143 SIGTERM.")
     parser.add_argument("logs_dir", metavar="LOGS_DIR", help="the logs folder of a grid (the config's logs_dir)")
     parser.add_argument("--out", help="HTML file to write (default: LOGS_DIR/report.html)")
     parser.add_argument("--no-refresh", action="store_true",
