@@ -1,6 +1,7 @@
 """``python -m phd_lab train ...`` (main.py), ``probe ...`` (probe_main.py) and ``report LOGS_DIR ...``."""
 
 import sys
+from pathlib import Path
 
 from phd_lab.cli import main_cli
 from phd_lab.console import write_stderr, write_stdout
@@ -18,18 +19,25 @@ USAGE = ("usage: python -m phd_lab train [main.py options]\n"
 def main(argv: list[str]) -> int:
     """Run the command ``argv[0]`` names with the rest of ``argv``; its exit status."""
     if argv and argv[0] == "train":
-        return main_cli(argv[1:])
+        return main_cli(argv[1:], prog=command_name("train"))
     if argv and argv[0] == "probe":
         from phd_lab.probes.cli import probe_cli
-        return probe_cli(argv[1:])
+        return probe_cli(argv[1:], prog=command_name("probe"))
     if argv and argv[0] == "report":
         from phd_lab.report.cli import main_report
-        return main_report(argv[1:])
+        return main_report(argv[1:], prog=command_name("report"))
     if argv and argv[0] in ("-h", "--help"):
         write_stdout(USAGE)
         return EXIT_OK
     write_stderr(USAGE + unknown_command(argv))
     return EXIT_USAGE
+
+
+def command_name(command: str) -> str:
+    """The command as its usage and errors name it, as it was typed: ``phd-lab train`` (the console script) or
+    ``python -m phd_lab train``; their help and errors said ``main.py``, a file a pip install does not have."""
+    launcher = "phd-lab" if Path(sys.argv[0]).name == "phd-lab" else "python -m phd_lab"
+    return f"{launcher} {command}"
 
 
 def unknown_command(argv: list[str]) -> str:

@@ -171,9 +171,10 @@ class CommandParser(argparse.ArgumentParser):
         return "".join(hint.replace(" Did you mean", f" For {name!r} did you mean") for name, hint in hints)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
+    """main.py's options; ``prog``: the command as its usage and errors name it (``phd-lab train``)."""
     parser = CommandParser(
-        prog="main.py", description="Train and analyse every run of a JSON config grid.",
+        prog=prog, description="Train and analyse every run of a JSON config grid.",
         epilog="Exit status: 0 success, 2 invalid usage/config/input (nothing written), 1 a run failed, "
                "130 Ctrl-C, 143 SIGTERM.")
     parser.add_argument("--config", help="JSON config file (an experiment or a logged <run>_config.json)")
@@ -296,8 +297,8 @@ def _on_other_machines(scheduler: str | None) -> bool:
 
 
 @readable_output
-def main_cli(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main_cli(argv: Sequence[str] | None = None, prog: str = "main.py") -> int:
+    args = build_parser(prog).parse_args(argv)
 
     def body() -> int:
         refuse_options_without_effect(args)
@@ -368,4 +369,4 @@ def failed_runs_advice(failed: list[RunOutcome], runs: int, on_cluster: bool) ->
 
 def entry_point() -> None:
     """Console script ``phd-lab-train``."""
-    sys.exit(main_cli())
+    sys.exit(main_cli(prog="phd-lab-train"))

@@ -31,3 +31,17 @@ def test_every_help_names_the_exit_status_of_a_stop():
     from phd_lab.probes.cli import build_parser as probe_parser
     for parser in (main_parser(), probe_parser(), report_parser()):
         assert parser.epilog.endswith("130 Ctrl-C, 143 SIGTERM."), parser.prog
+
+
+def test_a_command_of_python_m_phd_lab_is_named_as_typed(monkeypatch, capsys):
+    """``python -m phd_lab train -h`` (and ``phd-lab train``) showed 'usage: main.py' and its errors said 'main.py:
+    error:', a file a pip install does not have; ``phd-lab report`` said 'python -m phd_lab report'."""
+    import sys
+
+    import pytest
+    for launcher, argv0 in (("python -m phd_lab", "/venv/lib/phd_lab/__main__.py"), ("phd-lab", "/venv/bin/phd-lab")):
+        monkeypatch.setattr(sys, "argv", [argv0])
+        for command in ("train", "probe", "report"):
+            with pytest.raises(SystemExit):
+                phd_lab_main([command, "logs", "--bogus"] if command == "report" else [command, "--bogus"])
+            assert f"\n{launcher} {command}: error: unrecognized arguments" in capsys.readouterr().err

@@ -14,11 +14,11 @@ from phd_lab.errors import EXIT_OK, RunFailure, UsageError
 log = logging.getLogger("phd_lab")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "probe_main.py") -> argparse.ArgumentParser:
     from phd_lab.environment import available_cores
     from phd_lab.probes.settings import SOLVERS
     parser = CommandParser(
-        prog="probe_main.py",
+        prog=prog,
         description="Fit a logistic-regression probe on the extracted latents of every layer (thesis §4.3, §6.2.5) "
                     "and write probe_performances.csv, its plot and per-layer confusion matrices into the run "
                     "folder. Finished layers are cached, so a killed job resumes where it stopped.",
@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @readable_output
-def probe_cli(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def probe_cli(argv: Sequence[str] | None = None, prog: str = "probe_main.py") -> int:
+    args = build_parser(prog).parse_args(argv)
 
     def body() -> int:
         from phd_lab.probes.discovery import SAID_ONE_BY_ONE, jobs_from_config, jobs_from_latents

@@ -33,11 +33,11 @@ def default_processes() -> int:
     return min(available_cores(), DEFAULT_MAX_PROCESSES)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m phd_lab report") -> argparse.ArgumentParser:
     from phd_lab.cli import QUIET_HELP, CommandParser  # -q says the same in every command; no option prefixes
 
     parser = CommandParser(
-        prog="python -m phd_lab report",
+        prog=prog,
         description="Analyse every run below LOGS_DIR from its saved files (saturation, receptive fields, FLOPs, "
                     "probes) and write one static HTML page with a sortable table, comparison plots and a section "
                     "per run. Runs repeated with other seeds get statistics over the repetitions (saturation "
@@ -206,10 +206,10 @@ def _write_page(out_path: Path, page: str, tables: dict[str, Path], frames: dict
 
 
 @readable_output
-def main_report(argv: Sequence[str]) -> int:
+def main_report(argv: Sequence[str], prog: str = "python -m phd_lab report") -> int:
     from phd_lab.cli import command_logging, guarded
 
-    args = build_parser().parse_args(list(argv))
+    args = build_parser(prog).parse_args(list(argv))
 
     def body() -> int:
         path = write_report(args.logs_dir, args.out, refresh=not args.no_refresh,
