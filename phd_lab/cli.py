@@ -171,13 +171,17 @@ class CommandParser(argparse.ArgumentParser):
         return "".join(hint.replace(" Did you mean", f" For {name!r} did you mean") for name, hint in hints)
 
 
+CONFIG_DOCS = "one object, each list in it a grid axis (README: 'The config and its grid'); its keys: --list-keys"
+
+
 def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
     """main.py's options; ``prog``: the command as its usage and errors name it (``phd-lab train``)."""
     parser = CommandParser(
         prog=prog, description="Train and analyse every run of a JSON config grid.",
         epilog="Exit status: 0 success, 2 invalid usage/config/input (nothing written), 1 a run failed, "
                "130 Ctrl-C, 143 SIGTERM.")
-    parser.add_argument("--config", help="JSON config file (an experiment or a logged <run>_config.json)")
+    parser.add_argument("--config",
+                        help=f"JSON config file (an experiment or a logged <run>_config.json): {CONFIG_DOCS}")
     parser.add_argument("--run-id", help="name of the repetition (overrides the config's run_id)")
     parser.add_argument("--device", help="compute device, overrides the config (auto, cpu, cuda, cuda:N)")
     parser.add_argument("--index", type=int, help="run only grid point INDEX (e.g. $SLURM_ARRAY_TASK_ID)")

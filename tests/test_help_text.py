@@ -45,3 +45,15 @@ def test_a_command_of_python_m_phd_lab_is_named_as_typed(monkeypatch, capsys):
             with pytest.raises(SystemExit):
                 phd_lab_main([command, "logs", "--bogus"] if command == "report" else [command, "--bogus"])
             assert f"\n{launcher} {command}: error: unrecognized arguments" in capsys.readouterr().err
+
+
+def test_the_help_of_config_says_where_its_format_is_described():
+    """main.py --help said 'JSON config file' and nothing of what it holds or where that is described."""
+    import re
+
+    from phd_lab.cli import build_parser as main_parser
+    from tests.conftest import ROOT
+    help_text = " ".join(main_parser().format_help().split())
+    assert "each list in it a grid axis" in help_text and "its keys: --list-keys" in help_text
+    section = re.search(r"README: '([^']+)'", help_text).group(1)
+    assert f"\n## {section}\n" in (ROOT / "README.md").read_text(encoding="utf-8")
