@@ -11,7 +11,7 @@ COMMANDS = ("train", "probe", "report")
 USAGE = ("usage: python -m phd_lab train [main.py options]\n"
          "       python -m phd_lab probe [probe_main.py options]\n"
          "       python -m phd_lab report LOGS_DIR [--out FILE] [--no-refresh]\n"
-         "                                [--alpha A] [-mp N] [--no-progress] [-q]\n"
+         "                                [--alpha A] [-mp N] [--no-progress] [-q|-v]\n"
          "Each command's options: python -m phd_lab COMMAND --help (phd-lab COMMAND --help\n"
          "once installed).\n")
 

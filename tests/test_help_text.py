@@ -57,3 +57,13 @@ def test_the_help_of_config_says_where_its_format_is_described():
     assert "each list in it a grid axis" in help_text and "its keys: --list-keys" in help_text
     section = re.search(r"README: '([^']+)'", help_text).group(1)
     assert f"\n## {section}\n" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_command_takes_quiet_and_verbose(capsys):
+    """The report took -q alone: 'report logs -v' was refused as an unknown argument, though README says -q/-v log
+    less or more, the report as well; -q -v is refused in it as in the others."""
+    import pytest
+    assert report_parser().parse_args(["logs", "-v"]).verbose
+    with pytest.raises(SystemExit):
+        report_parser().parse_args(["logs", "-q", "-v"])
+    assert "argument -v/--verbose: not allowed with argument -q/--quiet" in capsys.readouterr().err

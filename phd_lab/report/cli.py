@@ -34,7 +34,7 @@ def default_processes() -> int:
 
 
 def build_parser(prog: str = "python -m phd_lab report") -> argparse.ArgumentParser:
-    from phd_lab.cli import QUIET_HELP, CommandParser  # -q says the same in every command; no option prefixes
+    from phd_lab.cli import CommandParser, add_verbosity  # no option prefixes; -q and -v as in every command
 
     parser = CommandParser(
         prog=prog,
@@ -58,7 +58,7 @@ def build_parser(prog: str = "python -m phd_lab report") -> argparse.ArgumentPar
                              f"number of cores, at most {DEFAULT_MAX_PROCESSES}; 0 or 1 draws them in this process); "
                              "one starts for every 4 figures at most")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    add_verbosity(parser)
     return parser
 
 
@@ -217,6 +217,6 @@ def main_report(argv: Sequence[str], prog: str = "python -m phd_lab report") -> 
         write_stdout(f"{path}\n")
         return EXIT_OK
 
-    with command_logging(-1 if args.quiet else 0):
+    with command_logging(-1 if args.quiet else 1 if args.verbose else 0):
         return guarded(body, "interrupted; the report was not written (run folders already refreshed stay so); "
                              "rerun the command")
