@@ -153,6 +153,13 @@ class CommandParser(argparse.ArgumentParser):
             self.error(f"unrecognized arguments: {' '.join(unknown)}.{self._closest_options(unknown)}")
         return parsed
 
+    def _print_message(self, message: str, file: Any = None) -> None:
+        """--help, the usage and argparse's errors through the commands' own writers: argparse dropped the help
+        without a word where stdout is full (``--help > /dev/full``, exit 0) and wrote it on stderr where stdout is
+        closed; both now warn as every command's output does."""
+        if message:
+            (write_stderr if file is sys.stderr else write_stdout)(message)
+
     def _get_option_tuples(self, option_string: str) -> list[Any]:
         """The options an argument not spelled as one may be: a one-letter option with its value attached (``-mp``
         is not ``-m p``), never the prefix of a longer one (which allow_abbrev leaves to single-dash options)."""

@@ -67,3 +67,23 @@ def test_every_command_takes_quiet_and_verbose(capsys):
     with pytest.raises(SystemExit):
         report_parser().parse_args(["logs", "-q", "-v"])
     assert "argument -v/--verbose: not allowed with argument -q/--quiet" in capsys.readouterr().err
+
+
+def test_help_on_a_full_stdout_is_named_in_a_warning(monkeypatch, capsys, caplog):
+    """``main.py --help > /dev/full`` exited 0 without a word (argparse swallowed the write's error), though README
+    says a command's output lost on a full stdout is named in a warning on stderr."""
+    import contextlib
+    import sys
+
+    import pytest
+
+    from phd_lab.cli import main_cli
+    with open("/dev/full", "w") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        with pytest.raises(SystemExit) as stopped:
+            main_cli(["--help"])
+        monkeypatch.undo()
+        with contextlib.suppress(OSError):  # the help left in the stream's buffer
+            full.close()
+    assert stopped.value.code == 0
+    assert "stdout could not be written" in capsys.readouterr().err + caplog.text
