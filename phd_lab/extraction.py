@@ -223,6 +223,22 @@ def _file_stem(name: str) -> str:
     return safe_name(name)
 
 
+def _narrowed(name: str, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` as ``dtype``, refusing finite values that float16 cannot hold: they became inf without a word,
+    the step exited 0, and the probe job then refused the layer as a diverged run's, advising to retrain it."""
+    narrowed = values.to(dtype)
+    if dtype != torch.float16 or values.dtype == torch.float16 or not bool(torch.isinf(narrowed).any()):
+        return narrowed
+    overflowed = torch.isinf(narrowed) & torch.isfinite(values)
+    if not bool(overflowed.any()):
+        return narrowed  # inf in the layer's own output: the probe job names those (a diverged run)
+    largest = float(values[overflowed].abs().max())
+    raise ExtractionError(f"Step 'extract': layer {name!r} outputs finite values up to {largest:.4g} in magnitude, "
+                          f"beyond float16's largest value {torch.finfo(torch.float16).max:.0f}, so its float16 "
+                          f"latents would hold inf and the probe job could fit no probe on them; set the extract "
+                          f"step's 'dtype' to \"float32\" (the default) and run the same command again.")
+
+
 class _Capture:
     """Forward hooks that keep the current batch's reduced output of each chosen layer."""
 
@@ -243,7 +259,8 @@ class _Capture:
             if name in self.outputs:
                 raise ExtractionError(f"Step 'extract': layer {name!r} runs more than once per forward pass, so its "
                                       f"output is ambiguous; choose other layers.")
-            reduced = _reduce(output.detach(), self.downsampling, self.method, channels_last).to(self.dtype)
+            reduced = _narrowed(name, _reduce(output.detach(), self.downsampling, self.method, channels_last),
+                                self.dtype)
             if reduced.untyped_storage().data_ptr() == output.untyped_storage().data_ptr():
                 reduced = reduced.clone()  # a view of the output: a later in-place op (ReLU) would change it
             self.outputs[name] = reduced

@@ -673,3 +673,22 @@ def test_the_extract_steps_layers_say_that_a_wildcard_picks_modules_of_any_type(
     assert "8 Conv2d, 8 BatchNorm2d, 8 ReLU and 5 MaxPool2d (29 latents sets)" in said, said
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     assert "also extracts its BatchNorm2d, ReLU and MaxPool2d outputs: 29 sets" in readme
+
+
+def test_float16_latents_of_activations_beyond_its_range_are_refused(tmp_path):
+    """A layer output above float16's 65504 became inf in float16 latents without a word (the step exited 0) and
+    the probe job then refused the layer as a diverged run's; the extraction now refuses it, naming the layer and
+    dtype float32, and removes what it had written (the overflow comes in the train split's last batch)."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Flatten(), nn.Linear(2 * 4 * 4, 2))
+    images = torch.rand(20, 1, 4, 4)
+    images[-1] *= 1e6
+    dataset = TensorDataset(images, torch.arange(20) % 2)
+    data = {split: DataLoader(dataset, batch_size=8) for split in ("train", "eval")}
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    with pytest.raises(ExtractionError, match=r"layer '0' outputs finite values up to .* beyond float16's largest "
+                                              r"value 65504.*'dtype' to \"float32\""):
+        extract_latents(model, data, tmp_path / "latents", run_dir=tmp_path, dtype="float16", progress=False)
+    assert not (tmp_path / "latents").exists()
+    manifest = extract_latents(model, data, tmp_path / "latents", run_dir=tmp_path, progress=False)
+    assert all(np.isfinite(np.load(tmp_path / "latents" / e["train"])).all() for e in manifest["layers"])

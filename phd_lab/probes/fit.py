@@ -376,6 +376,8 @@ def probe_layer(index: int, layer: str, train: Path | str, eval: Path | str, tra
         path = train if error.split == "train" else eval
         raise NonFiniteLatents(f"Latents file {str(path)!r}: {error}. The run diverged (its "
                                f"training loss is NaN or inf) or its activations overflowed float16; a probe cannot "
-                               f"be fitted on them. Retrain it (e.g. with a lower learning rate) before probing.",
+                               f"be fitted on them. Retrain it (e.g. with a lower learning rate) before probing, or, "
+                               f"for latents extracted as float16, extract them as float32 (the extract step's "
+                               f"'dtype').",
                                error.split) from None
     return replace(record, seconds=time.perf_counter() - start)
