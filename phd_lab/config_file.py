@@ -4,7 +4,7 @@
 keys, a top level that is no object); ``check_numbers`` then refuses numbers no run could use
 (NaN, infinities, factory arguments beyond float32, integers beyond 64 bits) and ``check_strings``
 strings no file or folder name can hold (a lone surrogate escape; a NUL in a path key; a folder key of white
-space only). Every message names the file.
+space only; a path the locale's file-name encoding lacks a character of). Every message names the file.
 The schema's checks of each key live in ``phd_lab.config``.
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -136,6 +138,24 @@ def check_strings(raw: Mapping[str, Any], path: Path | str) -> None:
                               f"without its pair): it encodes no character and cannot be written as UTF-8 (into a "
                               f"file or folder name, or the logged config); write the character itself, or both "
                               f"halves of its surrogate pair.") from None
+        if not is_name and _is_path_key(key):
+            _check_file_name_encoding(text, key, path)
+
+
+def _check_file_name_encoding(text: str, key: str, path: Path | str) -> None:
+    """Raise a ConfigError where ``text`` (the value of the path key ``key``) has a character this process cannot
+    put in a file name: under a locale whose encoding lacks it (LC_ALL=C with Python's UTF-8 mode off, a Latin-1
+    LANG for '数据'), the first stat of a logs_dir named so ended the command with a UnicodeEncodeError and a
+    traceback (exit 1)."""
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as error:
+        lacking = printable(error.object[error.start:error.end])
+        raise ConfigError(f"Config file {str(path)!r}: the key '{printable(key)}' holds \"{printable(text)[:80]}\", "
+                          f"which this process cannot use as a file name: the file-name encoding of its locale "
+                          f"({sys.getfilesystemencoding()}, from LC_ALL, LC_CTYPE or LANG) lacks '{lacking}'. Run "
+                          f"under a UTF-8 locale (e.g. LC_ALL=C.UTF-8) or with PYTHONUTF8=1, or name a folder of "
+                          f"ASCII characters.") from None
 
 
 def _is_path_key(key: str) -> bool:

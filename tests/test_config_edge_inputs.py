@@ -4,6 +4,9 @@ a hand-written ``_meta`` and repeated metrics. Bad input is exit status 2, one p
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -357,3 +360,22 @@ def test_a_config_file_name_that_is_no_utf8_reaches_the_run_log(tmp_path):
     [folder] = run_folders(tmp_path / "logs")
     log_text = (folder / f"{run_name(folder)}.log").read_text(encoding="utf-8")
     assert f"{tmp_path}/x\\udcff.json (run 0): 'tracking_fast' is retired" in log_text, log_text
+
+
+NO_UTF8_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+
+
+def test_a_folder_the_locale_cannot_name_is_refused_when_read(tmp_path):
+    """Under a locale whose file-name encoding is ASCII (Python's UTF-8 mode and locale coercion off), a logs_dir of
+    '数据' ended the dry run with a UnicodeEncodeError traceback at its first stat (exit 1)."""
+    encoding = subprocess.run([sys.executable, "-c", "import sys; print(sys.getfilesystemencoding())"],
+                              env={**os.environ, **NO_UTF8_LOCALE}, capture_output=True, text=True).stdout.strip()
+    if encoding.lower().replace("-", "") == "utf8":  # macOS: file names are UTF-8 whatever the locale
+        pytest.skip("this system's file names are UTF-8 under every locale")
+    config = write_config(tmp_path, logs_dir=str(tmp_path / "数据"))
+    done = run_main("--config", str(config), "--dry-run", env=NO_UTF8_LOCALE)
+    err = flat(done.stderr)
+    assert done.returncode == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    assert "the key 'logs_dir'" in err and "\\u6570\\u636e" in err and "PYTHONUTF8=1" in err, err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["exp.json"]
