@@ -1,10 +1,10 @@
 """Checks of a user's path before anything is written there, and the words for what is wrong with one.
 
 A folder a config or an option names is checked before any run starts: a ``~user`` that names no home folder
-(``check_home``), a loop of symbolic links on the way (``runs_into_a_loop``, ``unreachable``), a path or a name
-too long for the system, a file where a folder would be made or a folder that cannot be written
-(``check_writable_dir``); ``os_refusal`` and ``shown_path`` word the messages, and ``nearest_existing`` finds
-where a folder made for a path would begin.
+(``check_home``), a loop of symbolic links on the way (``runs_into_a_loop``, ``unreachable``) or a link that leads
+nowhere (``dangling_link``), a path or a name too long for the system, a file where a folder would be made or a
+folder that cannot be written (``check_writable_dir``); ``os_refusal`` and ``shown_path`` word the messages, and
+``nearest_existing`` finds where a folder made for a path would begin.
 """
 
 from __future__ import annotations
@@ -85,6 +85,16 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
+def dangling_link(path: Path | str) -> Path | None:
+    """The symbolic link on the way to ``path`` whose target does not exist (a logs link into a scratch space since
+    purged), or None. The check of the folder followed it to the root, the nearest folder that exists, and passed;
+    the run then failed to make its folder with 'cannot be created (File exists)', naming no link."""
+    for step in (Path(os.path.abspath(path)), *Path(os.path.abspath(path)).parents):
+        if os.path.lexists(step):
+            return step if step.is_symlink() and not step.exists() else None
+    return None
+
+
 def check_writable_dir(path: str, key: str, where: str, subject: str | None = None) -> None:
     """Fail early if ``path`` cannot be created or written, without leaving anything behind.
     Messages name ``the key 'key'``, or ``subject`` (e.g. a command-line option) when given."""
@@ -93,6 +103,11 @@ def check_writable_dir(path: str, key: str, where: str, subject: str | None = No
     check_home(path, subject, where)
     if runs_into_a_loop(os.path.expanduser(path)):
         raise ConfigError(f"{where}: {subject} is {shown_path(path)!r}, which cannot be used: {LOOP}.")
+    link = dangling_link(os.path.expanduser(path))
+    if link is not None:
+        raise ConfigError(f"{where}: {subject} is {shown_path(path)!r}, but {str(link)!r} on the way is a symbolic "
+                          f"link to {os.readlink(link)!r}, which does not exist, so no folder can be made through "
+                          f"it; create the folder it points to, or remove the link.")
     try:
         probe = nearest_existing(Path(os.path.expanduser(path)).resolve())
         is_dir = probe.is_dir()

@@ -379,3 +379,15 @@ def test_a_folder_the_locale_cannot_name_is_refused_when_read(tmp_path):
     assert err.startswith("error: ") and "Traceback" not in err, err
     assert "the key 'logs_dir'" in err and "\\u6570\\u636e" in err and "PYTHONUTF8=1" in err, err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["exp.json"]
+
+
+def test_a_logs_dir_through_a_link_that_leads_nowhere_is_refused_up_front(tmp_path, capsys):
+    """A logs link into a purged scratch space: the check followed it to the root and passed, and the run then said
+    'The run folder ... cannot be created (File exists)', naming no link."""
+    (tmp_path / "logs").symlink_to(tmp_path / "purged" / "logs")
+    config = write_config(tmp_path)
+    assert main_cli(["--config", str(config), "--no-progress"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert err.startswith("error: ") and "the key 'logs_dir'" in err, err
+    assert f"'{tmp_path / 'logs'}' on the way is a symbolic link to '{tmp_path / 'purged' / 'logs'}'" in err, err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["exp.json", "logs"]
