@@ -915,6 +915,11 @@ def test_error_cache_dir_that_cannot_be_a_folder(tmp_path, capsys):
                         match="cannot be used (it is a file)")
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--cache-dir", str(in_the_way / "sub"),
                         match=f"cannot be used ({str(in_the_way)!r} on its path is a file)")
+    # a link into a purged scratch space: mkdir said 'cannot be created (File exists)', naming no link
+    (tmp_path / "linked").symlink_to(tmp_path / "purged")
+    _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--cache-dir", str(tmp_path / "linked" / "c"),
+                        match=f"cannot be used ({str(tmp_path / 'linked')!r} on its path is a symbolic link to "
+                              f"{str(tmp_path / 'purged')!r}, which does not exist)")
     # checked before the run folder's lock is taken (_assert_usage_error: an exit 2 leaves no lock file behind)
     # an empty value (an unset shell variable) fell back to the default folder without a word
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--cache-dir", "", match="--cache-dir is empty")

@@ -34,7 +34,7 @@ from phd_lab.errors import UsageError
 from phd_lab.file_hash import json_digest
 from phd_lab.probes.fit import ProbeRecord
 from phd_lab.probes.settings import ProbeSettings
-from phd_lab.user_paths import nearest_existing, unreachable
+from phd_lab.user_paths import dangling_link, nearest_existing, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,10 @@ class ResultCache:
         refused = unreachable(self.folder)  # a loop: Path.resolve raised RuntimeError later; a name too long: OSError
         if refused:
             raise UsageError(f"The probe cache folder {str(self.folder)!r} cannot be used: {refused} (--cache-dir).")
-        existing = nearest_existing(self.folder)
-        if existing == self.folder and not existing.is_dir():
+        existing, link = nearest_existing(self.folder), dangling_link(self.folder)
+        if link is not None:  # mkdir said 'File exists' for it
+            reason = f"{str(link)!r} on its path is a symbolic link to {os.readlink(link)!r}, which does not exist"
+        elif existing == self.folder and not existing.is_dir():
             reason = "it is a file"
         elif existing != self.folder and not existing.is_dir():
             reason = f"{str(existing)!r} on its path is a file"
