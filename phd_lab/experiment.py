@@ -190,8 +190,8 @@ class Main:
         for position, index in enumerate(chosen, 1):
             executor = self.executors[index]
             cfg = executor.config
-            log.info("Run %d (%d of %d): %s  %s", index, position, len(chosen), cfg.name,
-                     " ".join(f"{k}={v}" for k, v in grid.varying(index).items()))
+            varying = "".join(f"  {k}={v}" for k, v in grid.varying(index).items())  # none: no trailing blanks
+            log.info("Run %d (%d of %d): %s%s", index, position, len(chosen), cfg.name, varying)
             try:
                 executor.run()
             except UsageError as error:

@@ -53,7 +53,8 @@ def test_the_failure_of_a_runs_last_attempt_is_read_from_lines_with_or_without_a
     assert last_failure(log) == "RuntimeError: planted"
 
 
-def test_each_attempt_of_a_run_opens_its_log_with_its_setup_and_a_finished_one_says_so(tmp_path, single_thread):
+def test_each_attempt_of_a_run_opens_its_log_with_its_setup_and_a_finished_one_says_so(tmp_path, single_thread,
+                                                                                         caplog):
     """A run's log was a list of epochs: no config, seed, process, machine, device or code version, nothing where
     a resumed (or rerun) attempt's lines began after a killed one's, and nothing that told a finished run from
     one killed after its last line."""
@@ -65,8 +66,12 @@ def test_each_attempt_of_a_run_opens_its_log_with_its_setup_and_a_finished_one_s
     from tests.conftest import write_config
     config = write_config(tmp_path, epoch=1, track_saturation=False, post_processing=[])
     for _ in range(2):  # trained, then rerun: its post-processing only
-        [outcome] = Main(progress=False)(config)
+        with caplog.at_level(logging.INFO, logger="phd_lab"):
+            [outcome] = Main(progress=False)(config)
         assert outcome.status == "finished"
+    # a grid with nothing varying ended the console's 'Run 0 (1 of 1): <name>' line in two blanks
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("Run 0 (")] == [
+        f"Run 0 (1 of 1): {outcome.name}"] * 2
     [log] = Path(outcome.folder).glob("*.log")
     lines = log.read_text(encoding="utf-8").splitlines()
     name = log.stem
