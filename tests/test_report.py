@@ -852,3 +852,22 @@ def test_a_run_that_failed_is_shown_failed_with_its_error_and_its_log_linked(tmp
     text = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "its log has the traceback" in " ".join(text.split())
     assert any(unquote(link).endswith("failing-Digits-r16-bs128-e3.log") for link in page.hrefs), page.hrefs
+
+
+def test_a_logs_dir_the_locale_cannot_decode_is_linked_and_named_as_its_bytes_are(tmp_path):
+    """'数据' given on the command line under LC_ALL=C (Python's UTF-8 mode off) is held as undecodable bytes: the
+    page's links to the run's files ended the report with a UnicodeEncodeError traceback (exit 1). The page is now
+    the one a UTF-8 locale writes."""
+    logs, site = tmp_path / "数据", tmp_path / "site"
+    write_run(logs, width=0.25, stage="trained")
+    pages = {}
+    for locale, env in (("c", {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}),
+                        ("utf8", {"PYTHONUTF8": "1"})):
+        pages[locale] = site / f"{locale}.html"
+        done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--out", str(pages[locale]),
+                               "--no-refresh", "--no-progress", "-mp", "0"], cwd=ROOT, capture_output=True,
+                              env={**os.environ, **env}, timeout=240)
+        assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+    undated = {locale: re.sub(rb"generated [0-9: -]+", b"", page.read_bytes()) for locale, page in pages.items()}
+    assert undated["c"] == undated["utf8"]
+    assert "../%E6%95%B0%E6%8D%AE/vgg11/" in undated["c"].decode("utf-8")

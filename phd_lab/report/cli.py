@@ -192,10 +192,11 @@ def _comparison_figures(entries: list[RunEntry]) -> dict[str, bytes]:
 
 def _write_page(out_path: Path, page: str, tables: dict[str, Path], frames: dict[str, pd.DataFrame]) -> None:
     """Write the page, then its repetition tables (removing one the grid no longer has: it would describe other
-    runs); a write that fails is one ReportError paragraph, not a traceback."""
+    runs); a write that fails is one ReportError paragraph, not a traceback. A folder name the locale could not
+    decode (a UTF-8 '数据' under LC_ALL=C with Python's UTF-8 mode off) goes into the page as the bytes it has."""
     writing = out_path
     try:
-        atomic.write_text(out_path, page)
+        atomic.write_bytes(out_path, page.encode("utf-8", "surrogateescape"))  # a path's undecoded bytes
         for suffix, writing in tables.items():
             if suffix in frames:
                 atomic.write_csv(writing, frames[suffix])

@@ -90,7 +90,8 @@ def _cell(text: Any, sort: Any = None, *, numeric: bool = False, css: str = "") 
 def _link(path: Path, out_dir: Path, text: str) -> str:
     # as the paths are typed, not resolved: a browser applies ".." to the page's address, symlinks included
     rel = os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))
-    return f'<a href="{escape(quote(Path(rel).as_posix()))}">{escape(text)}</a>'
+    # the name's own bytes: one the locale could not decode holds surrogates, which quote's UTF-8 refused
+    return f'<a href="{escape(quote(os.fsencode(Path(rel).as_posix())))}">{escape(text)}</a>'
 
 
 def _run_files(entry: RunEntry, out_dir: Path) -> list[str]:
