@@ -2026,3 +2026,17 @@ def test_the_job_sums_up_the_layers_that_did_not_converge_once(tmp_path):
     assert convergence_summary(ProbeSettings(), [record, replace(record, converged=True)]).startswith(
         "1 of 2 layer(s) did not converge within max_iter 100 (saga): saga's 100 epochs are the thesis' setting")
     assert convergence_summary(ProbeSettings(), [replace(record, converged=True)]) is None
+
+
+def test_latents_below_a_folder_the_locale_cannot_decode_are_probed(tmp_path):
+    """A manifest written under a UTF-8 locale names its run folder '.../数据/run' as text; read under LC_ALL=C
+    (Python's UTF-8 mode off), the job could not name that folder ('ascii' codec can't encode, a traceback, exit
+    1)."""
+    run_dir, latents = make_latents(tmp_path / "数据", *blob_layers(n_layers=1))
+    assert json.loads((latents / "manifest.json").read_text(encoding="utf-8"))["run_dir"] == str(run_dir)
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([sys.executable, str(ROOT / "probe_main.py"), "--latents", str(latents), "-mp", "0",
+                           "--solver", "lbfgs", "--no-progress", "-q"], cwd=ROOT, env=env, capture_output=True,
+                          timeout=240)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+    assert (run_dir / "probe_performances.csv").is_file()

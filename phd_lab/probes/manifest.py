@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,7 +83,8 @@ def _fail(manifest: Path, what: str) -> DataError:
 def _require(mapping: Any, key: str, kind: type, manifest: Path, where: str, *, path: bool = False) -> Any:
     """``mapping[key]``, a non-empty ``kind``. A string must be text: a lone surrogate ("\\ud800") is legal JSON,
     and file names, logs and plots raised on it. A ``path`` may hold the escapes (U+DC80–U+DCFF) by which Python
-    names a file-system byte that is no UTF-8 (a run folder below ``x\\xff``)."""
+    names a file-system byte that is no UTF-8 (a run folder below ``x\\xff``); it is returned as this process names
+    the file of those UTF-8 bytes (a locale without UTF-8 mode had no name for a '数据' written under one)."""
     if not isinstance(mapping, dict) or key not in mapping:
         raise _fail(manifest, f"{where or 'the top level'} has no {key!r}")
     value = mapping[key]
@@ -99,6 +101,8 @@ def _require(mapping: Any, key: str, kind: type, manifest: Path, where: str, *, 
             raise _fail(manifest, f"{field} is {json.dumps(value)[:60]}, which is not valid Unicode text (a lone "
                                   f"surrogate at character {error.start}); names must be UTF-8 text, and paths "
                                   f"the names the file system gives") from None
+        if path:  # its UTF-8 bytes, as this process names them (a '数据' of a UTF-8 locale, read under LC_ALL=C)
+            return os.fsdecode(value.encode("utf-8", "surrogateescape"))
     return value
 
 
