@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from paired_stats import MIN_ROUNDS, interval_label, median_interval, paired_verdict  # noqa: E402
+from benchmarks.paired_stats import MIN_ROUNDS, interval_label, median_interval, paired_verdict
 
 
 def test_too_few_rounds_give_a_range_and_no_verdict():

@@ -23,9 +23,7 @@ from phd_lab.errors import ConfigError, ExtractionError
 from phd_lab.extraction import PAUSE_ENV, extract_latents
 from phd_lab.latents_folder import MANIFEST
 from phd_lab.pooling import pool_to
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _extraction_models import build_model, loaders  # noqa: E402
+from tests._extraction_models import build_model, loaders
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_KEYS = {"format", "extraction_version", "run_dir", "model_test_accuracy", "downsampling", "dtype", "layers",

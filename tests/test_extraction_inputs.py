@@ -4,8 +4,6 @@ that fills up during a pixelwise extraction, and hidden folders in a Tiny ImageN
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +16,7 @@ from phd_lab.errors import ConfigError, ExtractionError
 from phd_lab.extraction import PIXELWISE, extract_latents
 from phd_lab.registry import Registries
 from phd_lab.steps.extract import ExtractStep
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _extraction_models import build_model, loaders  # noqa: E402
+from tests._extraction_models import build_model, loaders
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,10 +22,8 @@ from phd_lab.probes.cli import probe_cli
 from phd_lab.probes.outputs import probe_set_tables
 from phd_lab.rundir import RunDir
 from tests.conftest import main_in_process, run_folders, write_config
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _extraction_models import build_model, loaders  # noqa: E402
-from test_extraction import reference_outputs  # noqa: E402
+from tests._extraction_models import build_model, loaders
+from tests.test_extraction import reference_outputs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 ABLATION = {"name": "extract", "sizes": [1, 2], "methods": ["adaptive_avg", "nearest"]}

@@ -146,8 +146,7 @@ def test_the_dtype_of_write_latents_lists_the_training_files_only(tmp_path):
 
 def test_the_dtype_of_an_extraction_is_read(tmp_path):
     """The extraction writes every file in its configured dtype, and names that dtype (pixelwise: many files)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _extraction_models import build_model, loaders
+    from tests._extraction_models import build_model, loaders
     from phd_lab.extraction import extract_latents
     manifest = extract_latents(build_model(), loaders(), tmp_path, run_dir=tmp_path, downsampling="pixelwise",
                                dtype="float16", layers=["body.4", "head"], progress=False)

@@ -797,8 +797,7 @@ def test_a_stray_unlisted_file_without_its_eval_partner_is_warned_of_and_the_lis
         tmp_path, capsys):
     """docs/probes.md: layer files the manifest does not list are not probed, with one warning. A stray
     train-extra.npy without an eval-extra.npy refused the whole folder (exit 2, "layer sets differ"). About 2 s."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _extraction_models import build_model, loaders
+    from tests._extraction_models import build_model, loaders
     from phd_lab.extraction import extract_latents
     run_dir, latents = tmp_path / "run", tmp_path / "run" / "latents"
     manifest = extract_latents(build_model(), loaders(), latents, run_dir=run_dir, layers=["body.0", "head"],

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,7 @@ from phd_lab.grid import Grid
 from phd_lab.latents_folder import MANIFEST
 from phd_lab.rundir import RunDir
 from tests.conftest import main_in_process, write_config
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _extraction_models import build_model, loaders  # noqa: E402
+from tests._extraction_models import build_model, loaders
 
 
 def _rundir(config: Path) -> RunDir:
