@@ -287,9 +287,14 @@ def test_ctrl_c_in_a_terminal_stops_the_runs_of_a_local_cluster_after_their_batc
                                 "--scheduler", "local:1"], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True,
                                preexec_fn=sigint_as_in_a_terminal)
-    assert wait_for(lambda: _epochs_in_csv(tmp_path / "logs") >= 1, process, timeout=240)
-    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C: the command and its cluster's worker processes
-    _, err = process.communicate(timeout=120)
+    try:
+        assert wait_for(lambda: _epochs_in_csv(tmp_path / "logs") >= 1, process, timeout=240)
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C: the command and its cluster's worker processes
+        _, err = process.communicate(timeout=120)
+    finally:  # its own session: a failed wait (or a stopped test run) left 200 epochs training on after the test
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
     assert process.returncode == 130, err
     assert "Traceback" not in err and "did not stop within" not in err
     [folder] = run_folders(tmp_path / "logs")
