@@ -407,8 +407,12 @@ def test_repetitions_that_all_share_one_seed_are_shown_with_a_warning_not_droppe
     assert not (tmp_path / "logs" / "report_relevant_eigenspace.csv").exists()
 
 
-def _group_images(text):
+def _keyed_images(text):
     return re.findall(r'<img data-key="([0-9a-f]{32})" alt="([^"]*)" src="data:image/png;base64,([^"]+)"', text)
+
+
+def _group_images(text):
+    return [image for image in _keyed_images(text) if " over the repetitions of " in image[1]]
 
 
 def test_a_rebuilt_report_takes_unchanged_group_figures_from_the_previous_page(repeated_grid, tmp_path):
@@ -450,6 +454,27 @@ def test_a_rebuilt_report_takes_unchanged_group_figures_from_the_previous_page(r
     assert [alt for _, alt, _ in fifth] == [f"{kind} over the repetitions of vgg11 / Digits 16 px"
                                             for kind in ("Saturation", "Projections")]
     assert not {key for key, *_ in fifth} & {key for key, *_ in fourth}
+
+
+
+def test_a_rebuilt_report_takes_unchanged_comparison_figures_from_the_previous_page(repeated_grid, tmp_path):
+    """The grid's comparison plots were drawn on every report, with matplotlib imported for them: most of a rebuilt
+    report's time when nothing had changed. Now they are keyed like the group figures and taken over unchanged."""
+    logs = tmp_path / "logs"
+    shutil.copytree(repeated_grid, logs)
+    page = write_report(logs)
+    first = [image for image in _keyed_images(page.read_text(encoding="utf-8"))
+             if " over the repetitions " not in image[1]]
+    assert [alt for _, alt, _ in first] == ["Test accuracy against average saturation s_mu",
+                                            "Test accuracy against parameters", "Tail start against border layer b_min",
+                                            "Accuracy of the projected networks relative to the unprojected ones"]
+    text = page.read_text(encoding="utf-8")
+    markers = {key: base64.b64encode(b"\x89PNG\r\n\x1a\n marker " + key.encode()).decode() for key, _, _ in first}
+    for key, _, data in first:
+        text = text.replace(data, markers[key])
+    page.write_text(text, encoding="utf-8")
+    second = {alt: (key, data) for key, alt, data in _keyed_images(write_report(logs).read_text(encoding="utf-8"))}
+    assert all(second[alt] == (key, markers[key]) for key, alt, _ in first)  # none drawn again
 
 
 def _label(width):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 _COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # with the colours: 64 groups told apart
@@ -126,23 +126,17 @@ def _position(s: dict[str, Any], layer: str | None) -> int | None:
     return layers.index(layer) + 1 if layer in layers else None
 
 
-def grid_figures(summaries: Sequence[dict[str, Any]],
-                 bands: Sequence[tuple[float, float]] = ((0.2, 0.3),)) -> dict[str, bytes]:
-    """PNG bytes of every comparison plot, keyed by a short title.
+def comparison_plots(summaries: Sequence[dict[str, Any]], bands: Sequence[tuple[float, float]] = ((0.2, 0.3),)
+                     ) -> dict[str, tuple[Callable[[dict[str, Any]], tuple[Any, Any]], tuple[str, str, str],
+                                          dict[str, Any]]]:
+    """Every comparison plot by a short title: how it reads a run's (x, y), its axis labels and plot title, and the
+    options of ``scatter_figure``. ``grid_figures`` draws them; the report keys each one by ``plotted_values``
+    first, so that an unchanged plot is taken from the page it replaces instead of drawn again.
 
     ``bands`` are the target s_mu intervals of the runs' analyses (one per distinct interval), shaded on the s_mu
     plot: runs of configs with other ``target_saturation`` values in one logs folder get each of their bands shaded,
     not the first run's for all (one config cannot sweep it: it is no part of a run's folder).
     """
-    figures = {}
-    figures["Test accuracy against average saturation s_mu"] = _scatter(
-        summaries, lambda s: (_s_mu(s), _accuracy(s)), "average saturation s_mu", "test accuracy",
-        "test accuracy vs s_mu",
-        bands=bands)
-    figures["Test accuracy against parameters"] = _scatter(
-        summaries, lambda s: ((s.get("computational") or {}).get("params"), _accuracy(s)), "parameters",
-        "test accuracy", "test accuracy vs parameters", logx=True)
-
     def tail_vs_border(s: dict[str, Any]) -> tuple[int | None, int | None]:
         tails = s.get("tails") or []
         border = (s.get("borders") or {}).get("b_min")
@@ -150,7 +144,27 @@ def grid_figures(summaries: Sequence[dict[str, Any]],
             return None, None
         return _position(s, border), _position(s, tails[-1]["first_layer"])
 
-    figures["Tail start against border layer b_min"] = _scatter(
-        summaries, tail_vs_border, "b_min (layer position)", "tail start (layer position)",
-        "tail start vs b_min", diagonal=True)
-    return figures
+    return {
+        "Test accuracy against average saturation s_mu": (
+            lambda s: (_s_mu(s), _accuracy(s)), ("average saturation s_mu", "test accuracy", "test accuracy vs s_mu"),
+            {"bands": [tuple(band) for band in bands]}),
+        "Test accuracy against parameters": (
+            lambda s: ((s.get("computational") or {}).get("params"), _accuracy(s)),
+            ("parameters", "test accuracy", "test accuracy vs parameters"), {"logx": True}),
+        "Tail start against border layer b_min": (
+            tail_vs_border, ("b_min (layer position)", "tail start (layer position)", "tail start vs b_min"),
+            {"diagonal": True}),
+    }
+
+
+def plotted_values(summaries: Sequence[dict[str, Any]], x_of: Callable[[dict[str, Any]], tuple[Any, Any]]
+                   ) -> list[list[Any]]:
+    """All that ``scatter_figure`` reads of each run, in order: its group label, whether it finished, its (x, y)."""
+    return [[f"{s['run'].get('model')} / {s['run'].get('dataset')}", finished(s), *x_of(s)] for s in summaries]
+
+
+def grid_figures(summaries: Sequence[dict[str, Any]],
+                 bands: Sequence[tuple[float, float]] = ((0.2, 0.3),)) -> dict[str, bytes]:
+    """PNG bytes of every comparison plot (``comparison_plots``), keyed by a short title."""
+    return {title: _scatter(summaries, x_of, *labels, **options)
+            for title, (x_of, labels, options) in comparison_plots(summaries, bands).items()}

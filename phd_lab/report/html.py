@@ -18,6 +18,7 @@ from urllib.parse import quote
 from phd_lab.analysis.recommendations import count_text, probes_are_stale
 from phd_lab.report.collect import RunEntry
 from phd_lab.report.config_values import FIXED_COLUMNS, flat_config, varying_keys
+from phd_lab.report.figure_reuse import KeyedFigure
 from phd_lab.report.repetitions import RepetitionGroup, repetitions_section
 
 MISSING = "—"
@@ -236,7 +237,7 @@ TITLE = "phd-lab report: "  # marks a page this command wrote (every version): -
 
 
 def render_report(entries: Sequence[RunEntry], logs_dir: Path, out_path: Path,
-                  comparison: dict[str, bytes], repetitions: Sequence[RepetitionGroup] = (),
+                  comparison: Sequence[KeyedFigure], repetitions: Sequence[RepetitionGroup] = (),
                   repetition_files: Sequence[Path] = ()) -> str:
     """The HTML text of the report page; ``repetitions``: groups of repeated runs, with the tables written
     for them in ``repetition_files``."""
@@ -246,7 +247,7 @@ def render_report(entries: Sequence[RunEntry], logs_dir: Path, out_path: Path,
                                                      "b_max", "tail start", "tail at b_min", "probes"])
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     rows = "\n".join(_row(i, e, varying, logs_dir) for i, e in enumerate(entries, 1))
-    figures = "".join(_img(data, title) for title, data in comparison.items())
+    figures = "".join(_img(figure.png, figure.title, figure.key) for figure in comparison)
     sections = "\n".join(_section(i, e, out_dir, logs_dir, varying) for i, e in enumerate(entries, 1))
     repeated = repetitions_section(repetitions, [_link(p, out_dir, p.name) for p in repetition_files], _img)
     jump = ' · <a href="#repetitions">repetitions</a>' if repeated else ""
