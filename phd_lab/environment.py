@@ -140,11 +140,10 @@ def _cgroup_headrooms(root: Path, membership: Path) -> list[int]:
     return headrooms
 
 
-def _run_git(*args: str, timeout: float) -> str | None:
-    """Output of a git command run in the package's folder, or None (no git, not a repository, failed).
-    Read as UTF-8 whatever the locale: a patch holds the files' own bytes (an ASCII locale made a 'σ' U+FFFD). Its
-    line ends are kept as they are: text mode turned the CRLF line ends of such a file into LF, a patch git cannot
-    apply.
+def _run_git_bytes(*args: str, timeout: float) -> bytes | None:
+    """Output of a git command run in the package's folder as git wrote it, or None (no git, not a repository,
+    failed). A patch holds the files' own bytes: text mode turned the CRLF line ends of such a file into LF, and
+    decoding it as UTF-8 made a Latin-1 file's 'é' U+FFFD; either way a patch git cannot apply.
 
     GIT_OPTIONAL_LOCKS=0: ``git status`` would otherwise rewrite the checkout's index to refresh its file stamps,
     so recording where a run came from wrote into the user's repository (and a run killed meanwhile, or a full
@@ -154,7 +153,14 @@ def _run_git(*args: str, timeout: float) -> str | None:
                                 timeout=timeout, check=False, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.decode("utf-8", errors="replace") if result.returncode == 0 else None
+    return result.stdout if result.returncode == 0 else None
+
+
+def _run_git(*args: str, timeout: float) -> str | None:
+    """``_run_git_bytes`` read as UTF-8 whatever the locale (an ASCII locale made a 'σ' in a path U+FFFD): for
+    git's own answers (a commit, a folder, a status), not for a patch."""
+    output = _run_git_bytes(*args, timeout=timeout)
+    return output.decode("utf-8", errors="replace") if output is not None else None
 
 
 @lru_cache(maxsize=1)
@@ -168,6 +174,11 @@ def _own_checkout() -> bool:
 def _git(*args: str, timeout: float) -> str | None:
     """Output of a git command in the phd-lab checkout, or None when the package is not its own checkout."""
     return _run_git(*args, timeout=timeout) if _own_checkout() else None
+
+
+def _git_bytes(*args: str, timeout: float) -> bytes | None:
+    """``_git``'s output as git wrote it (for a patch, which holds the files' own bytes)."""
+    return _run_git_bytes(*args, timeout=timeout) if _own_checkout() else None
 
 
 @lru_cache(maxsize=1)
@@ -184,15 +195,16 @@ def git_dirty() -> bool | None:
     return bool(status.strip()) if status is not None else None
 
 
-def git_diff() -> str | None:
+def git_diff() -> bytes | None:
     """The uncommitted changes to tracked files of the phd-lab checkout as a patch against its commit
-    (binary files included): with ``git apply`` on that commit it restores the code a run used. "" when there
-    are none; None when it is no git checkout or git is missing.
+    (binary files included): with ``git apply`` on that commit it restores the code a run used. Its bytes are
+    git's, not text: a file in another encoding than UTF-8 (Latin-1) or with CRLF line ends is in it as it is.
+    b"" when there are none; None when it is no git checkout or git is missing.
 
     ``git diff-index -p`` gives the patch of ``git diff HEAD --binary`` (without its rename detection) but, unlike
     it, does not rewrite the checkout's index (GIT_OPTIONAL_LOCKS does not stop ``git diff``) and ignores the
     user's diff settings (``diff.noprefix``, ``diff.algorithm``), so one code state gives one patch."""
-    return _git("diff-index", "-p", "--binary", "--no-color", "--no-ext-diff", "HEAD", timeout=30)
+    return _git_bytes("diff-index", "-p", "--binary", "--no-color", "--no-ext-diff", "HEAD", timeout=30)
 
 
 def device_description(device: Any) -> dict[str, Any]:

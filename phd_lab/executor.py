@@ -86,7 +86,7 @@ class TrainTestExecutor:
         self._validated = False
         self._device: torch.device | None = None  # resolved when the run starts (logged with the versions)
         self._trained_threads: int | None = None  # the thread count the run's checkpoint was trained with
-        self._git_diff: str | None = None  # uncommitted changes of the phd-lab checkout (set by logged_config)
+        self._git_diff: bytes | None = None  # uncommitted changes of the phd-lab checkout (set by logged_config)
         self._setup: dict[str, Any] | None = None  # versions and device of the attempt under way (``_attempt_setup``)
         self._objective = CLASSIFICATION  # what the built model is trained for (logged for the analysis)
         self._truncation: tuple[int, str] | None = None  # what ``truncate`` did, said in the run's log once it is open
@@ -299,7 +299,7 @@ class TrainTestExecutor:
         # the commit alone does not say which code ran in a checkout with uncommitted changes: their patch
         # is kept beside the config (``<name>_git.diff``) and its sha256 is logged and compared on a rerun
         self._git_diff = git_diff() if values[META_KEY].get("git_dirty") else None
-        values[META_KEY]["git_diff_sha256"] = (hashlib.sha256(self._git_diff.encode("utf-8")).hexdigest()
+        values[META_KEY]["git_diff_sha256"] = (hashlib.sha256(self._git_diff).hexdigest()
                                                if self._git_diff else None)
         if self._objective != CLASSIFICATION:  # the analysis gives no classifier advice
             values[META_KEY]["objective"] = self._objective
@@ -405,7 +405,7 @@ class TrainTestExecutor:
         now = self.logged_config()
         self._say_setup_differences(self.config.logged_meta, now[META_KEY], against_logged_run=True)
         if self._git_diff:
-            atomic.write_text(self.rundir.git_diff, self._git_diff)
+            atomic.write_bytes(self.rundir.git_diff, self._git_diff)
         else:
             atomic.remove(self.rundir.git_diff, missing_ok=True)  # an earlier, untrained start's changes
         atomic.write_json(path, now)

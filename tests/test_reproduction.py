@@ -274,7 +274,7 @@ def test_the_patch_of_uncommitted_changes_keeps_non_ascii_text_under_a_posix_loc
         handle.write("# the noise σ of a layer\n")
     script = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('e', sys.argv[1]); "
               "e = importlib.util.module_from_spec(spec); spec.loader.exec_module(e); "
-              "sys.stdout.buffer.write(e.git_diff().encode('utf-8'))")
+              "sys.stdout.buffer.write(e.git_diff())")
     env = {**os.environ, "LC_ALL": "POSIX", "PYTHONUTF8": "0"}
     patch = subprocess.run([sys.executable, "-c", script, str(module)], env=env, capture_output=True, check=True)
     assert "+# the noise σ of a layer\n" in patch.stdout.decode("utf-8")
@@ -295,11 +295,35 @@ def test_the_patch_of_a_file_with_crlf_line_ends_applies(tmp_path):
     copied = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(copied)
     patch = tmp_path / "run_git.diff"
-    atomic.write_text(patch, copied.git_diff())  # as the executor writes it
+    atomic.write_bytes(patch, copied.git_diff())  # as the executor writes it
     subprocess.run(["git", "checkout", "-q", "phd_lab/windows.py"], cwd=checkout, check=True)
     applied = subprocess.run(["git", "apply", str(patch)], cwd=checkout, capture_output=True, text=True)
     assert applied.returncode == 0, applied.stderr
     assert crlf.read_bytes() == b"a = 1\r\nb = 3\r\n"
+
+
+def test_the_patch_of_a_latin_1_file_applies(tmp_path):
+    """git's output was decoded as UTF-8 with errors replaced: the 'é' of a Latin-1 encoded file (byte 0xE9) became
+    U+FFFD in the run's <name>_git.diff, whose context lines then named bytes the file does not have, and ``git
+    apply`` refused it. The patch keeps git's bytes."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    checkout, module = _committed_environment_module(tmp_path)
+    latin = checkout / "phd_lab" / "legacy.py"
+    latin.write_bytes("# coding: latin-1\nname = 'café'\n".encode("latin-1"))
+    for command in (["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "latin"]):
+        subprocess.run(["git", *command], cwd=checkout, check=True, capture_output=True)
+    latin.write_bytes("# coding: latin-1\nname = 'café'\nsize = 'è'\n".encode("latin-1"))
+    spec = importlib.util.spec_from_file_location("checkout_environment", module)
+    copied = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copied)
+    patch = tmp_path / "run_git.diff"
+    atomic.write_bytes(patch, copied.git_diff())  # as the executor writes it
+    subprocess.run(["git", "checkout", "-q", "phd_lab/legacy.py"], cwd=checkout, check=True)
+    applied = subprocess.run(["git", "apply", "--check", str(patch)], cwd=checkout, capture_output=True, text=True)
+    assert applied.returncode == 0, applied.stderr
+    subprocess.run(["git", "apply", str(patch)], cwd=checkout, check=True)
+    assert latin.read_bytes() == "# coding: latin-1\nname = 'café'\nsize = 'è'\n".encode("latin-1")
 
 
 def test_recording_the_checkout_s_state_never_writes_into_its_repository(tmp_path):
@@ -315,7 +339,7 @@ def test_recording_the_checkout_s_state_never_writes_into_its_repository(tmp_pat
     spec = importlib.util.spec_from_file_location("checkout_environment", module)
     copied = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(copied)
-    assert copied.git_dirty() is False and copied.git_diff() == ""
+    assert copied.git_dirty() is False and copied.git_diff() == b""
     assert (index.read_bytes(), index.stat().st_mtime_ns) == before
     assert not (checkout / ".git" / "index.lock").exists()
 
