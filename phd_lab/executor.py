@@ -280,11 +280,7 @@ class TrainTestExecutor:
     def logged_config(self) -> dict[str, Any]:
         """The config as the run folder logs it: every value resolved, plus the setup it ran under
         (versions, device, registry files, defaults in effect), so that the file reproduces the run."""
-        # rerunnable: lists that are values stay values; folders absolute, so that the file reruns this run
-        # from any working directory (read from inside its run folder it follows the folder, see rundir.py)
-        values = as_single_point(self.config.values)
-        values["post_processing"] = json.loads(json.dumps(logged_steps(self.config, self.steps)))
-        values = self.portable(values)  # the steps' folders too (the extract step's own latents_dir)
+        values = self.logged_values()
         if self._trained_threads is not None:  # the count the checkpoint was trained with, whatever the config says
             values["cpu_threads"] = self._trained_threads
         elif values.get("cpu_threads") is None:  # the count in effect: the last bits of CPU results depend on it
@@ -304,6 +300,14 @@ class TrainTestExecutor:
         if self._objective != CLASSIFICATION:  # the analysis gives no classifier advice
             values[META_KEY]["objective"] = self._objective
         return values
+
+    def logged_values(self) -> dict[str, Any]:
+        """The config's values as ``logged_config`` logs them, before the thread count and setup it adds."""
+        # rerunnable: lists that are values stay values; folders absolute, so that the file reruns this run
+        # from any working directory (read from inside its run folder it follows the folder, see rundir.py)
+        values = as_single_point(self.config.values)
+        values["post_processing"] = json.loads(json.dumps(logged_steps(self.config, self.steps)))
+        return self.portable(values)  # the steps' folders too (the extract step's own latents_dir)
 
     def portable(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Config values as a process in another working directory (a rerun, a Dask worker) reads them: folders

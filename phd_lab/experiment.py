@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 from tqdm import tqdm
 
 from phd_lab.checkpoint import CheckpointStore
-from phd_lab.config import check_probe_keys
+from phd_lab.config import META_KEY, check_probe_keys
 from phd_lab.device import parse_device, resolve_device
 from phd_lab.errors import (LOG_MARK, ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line,
                             without_log)
-from phd_lab.executor import TrainTestExecutor
+from phd_lab.executor import TRAINING_KEYS, TrainTestExecutor, read_logged_config
 from phd_lab.grid import Grid
 from phd_lab.interrupts import interruption_behind
 from phd_lab.latents_folder import other_runs_latents, shared_latents_error
@@ -231,10 +231,16 @@ class Main:
         return outcomes
 
     def run_on_cluster(self, grid: Grid, scheduler: str, indices: list[int] | None = None) -> list[RunOutcome]:
-        """Submit every chosen grid point as one Dask task; failures are reported, not raised."""
+        """Submit every chosen grid point as one Dask task, but for those a rerun would leave as they are (listed
+        as finished, as a worker would have said); failures are reported, not raised."""
         from phd_lab.distributed import (dask_client, declared_gpus, gpu_device, submit_and_collect,
                                          task_resources, train_point)
-        chosen = list(range(len(grid))) if indices is None else indices
+        requested = list(range(len(grid))) if indices is None else indices
+        skipped = self._finished_points(requested)
+        done = {outcome.index for outcome in skipped}
+        chosen = [index for index in requested if index not in done]
+        if not chosen:
+            return skipped
         overrides = {k: v if isinstance(v, str) else v.__name__ for k, v in self.registry_overrides.items()}
         configs = {index: self.executors[index].config for index in chosen}
         devices = {index: gpu_device(cfg.device, cfg.tracking_device if cfg.track_saturation else None)
@@ -280,8 +286,21 @@ class Main:
                                        "" if status == "finished" else
                                        brief(value) if isinstance(value, BaseException) else str(value),
                                        logged=logged, died=died))
-        if usage_errors and len(usage_errors) == len(chosen):  # as in a sequential run: the input is at fault
+        if usage_errors and len(usage_errors) == len(requested):  # as in a sequential run: the input is at fault
             raise usage_errors[0]
+        return sorted(outcomes + skipped, key=lambda outcome: outcome.index)
+
+    def _finished_points(self, indices: list[int]) -> list[RunOutcome]:
+        """The outcomes of the points a rerun would leave as they are (``rerun_changes_nothing``), as a worker
+        would have reported them: a task would have a worker import torch and build the run's data and model
+        only for the run to find itself finished (42 s against 66 s of training for 12 points)."""
+        outcomes = []
+        for index in indices:
+            executor = self.executors[index]
+            if rerun_changes_nothing(executor, self.meta_models):
+                log.info("Run %d (%s) is finished, with no post-processing step left: not submitted.", index,
+                         executor.config.name)
+                outcomes.append(RunOutcome(index, executor.config.name, str(executor.rundir.root), "finished"))
         return outcomes
 
     def __call__(self, config_path: str | Path, *, index: int | None = None, run_id: str | None = None,
@@ -450,6 +469,21 @@ def point_status(executor: TrainTestExecutor, meta_models: dict[Any, Any] | None
         status = training_status(rundir, {"epoch": planned}, pd.DataFrame({"epoch": [trained]}))
         damage += f"; the epochs trained are those of {rundir.checkpoint.name}"
     return f"{_point_status(executor, status, meta_models)} ({damage})"
+
+
+def rerun_changes_nothing(executor: TrainTestExecutor, meta_models: dict[Any, Any] | None = None) -> bool:
+    """Whether running this grid point again would train no epoch, run no post-processing step and leave its
+    logged config as it is (``--dry-run``'s 'finished', and the logged config's values are those the config would
+    log, but for the ones a trained run keeps): a Dask grid need not send it to a worker. A rerun that would
+    update or refuse something (a changed key, a damaged or unreadable file) is still sent, as before."""
+    if point_status(executor, meta_models) != "finished":
+        return False
+    logged, _ = read_logged_config(executor.rundir.config)
+    if logged is None:
+        return False
+    now = executor.logged_values()
+    keys = (set(logged) | set(now)) - {META_KEY, *TRAINING_KEYS}
+    return all(logged.get(key) == now.get(key) for key in keys)
 
 
 def _point_status(executor: TrainTestExecutor, status: "TrainingStatus",

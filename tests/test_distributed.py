@@ -77,10 +77,23 @@ def test_grid_on_cluster_writes_the_same_files_as_sequential(tmp_path, cluster, 
     assert "grid:" not in capsys.readouterr().err  # --no-progress: no bar over the cluster's tasks either
     assert len(run_folders(tmp_path / "dask" / "logs")) == 4
     _assert_same_runs(tmp_path / "seq" / "logs", tmp_path / "dask" / "logs")
-    # re-running the same command resumes: finished points are skipped
+    # re-running the same command skips finished points, on this side: each task had a worker import torch and
+    # build the run's data and model only for the run to find itself finished
+    submitted = _train_tasks(cluster)
+    assert len(submitted) == 4
+    logs = {folder: (folder / f"{run_name(folder)}.log").read_text() for folder in run_folders(tmp_path / "dask" /
+                                                                                                 "logs")}
+    capsys.readouterr()
     assert main_cli(["--config", str(clustered), "--no-progress", "--scheduler", cluster.scheduler_address]) == 0
-    for folder in run_folders(tmp_path / "dask" / "logs"):
-        assert "already finished 2 epochs" in (folder / f"{run_name(folder)}.log").read_text()
+    assert _train_tasks(cluster) == submitted
+    summary = capsys.readouterr().err.split("Summary:\n")[1]
+    assert [line.split()[:2] for line in summary.splitlines()[1:]] == [[str(i), "finished"] for i in range(4)]
+    assert {folder: (folder / f"{run_name(folder)}.log").read_text() for folder in logs} == logs
+
+
+def _train_tasks(cluster) -> set[str]:
+    """The keys of the training tasks the cluster's scheduler (in this process) has seen."""
+    return {str(key) for key, *_ in cluster.scheduler.transition_log if str(key).startswith("train-")}
 
 
 def test_a_model_that_draws_from_python_s_random_trains_the_same_on_the_cluster_as_in_sequence(tmp_path, cluster):
