@@ -16,6 +16,7 @@ import contextlib
 import errno
 import glob
 import json
+import math
 import os
 import secrets
 import shlex
@@ -214,8 +215,31 @@ def write_text(path: Path | str, text: str) -> None:
         handle.write(text)
 
 
-def _json_text(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+def _json_text(obj: Any, path: Path | str) -> str:
+    """``obj`` as strict JSON: a NaN or infinity (which Python would write as ``NaN``/``Infinity``, a file jq and
+    other readers refuse) is a ``ValueError`` naming ``path`` and where in ``obj`` it lies; nothing is written."""
+    try:
+        return json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError:
+        where = _non_finite_at(obj)
+        if where is None:
+            raise
+        raise ValueError(f"{str(path)!r} was not written: its value at {where[0]} is {where[1]}, which strict JSON has "
+                         f"no number for (jq and other readers refuse NaN and Infinity)") from None
+
+
+def _non_finite_at(obj: Any, where: str = "the top") -> tuple[str, float] | None:
+    """Where in ``obj`` (a key path such as ``record.eval_acc`` or ``layers[2]``) the first NaN or infinity lies,
+    and the value; None where there is none."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where, obj
+    if isinstance(obj, dict):
+        items = ((f"{key}" if where == "the top" else f"{where}.{key}", value) for key, value in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{'' if where == 'the top' else where}[{i}]", value) for i, value in enumerate(obj))
+    else:
+        return None
+    return next((found for key, value in items if (found := _non_finite_at(value, key)) is not None), None)
 
 
 def read_json(path: Path | str) -> Any:
@@ -240,15 +264,17 @@ def read_json_object(path: Path | str) -> dict[str, Any] | None:
 
 
 def write_json(path: Path | str, obj: Any) -> None:
-    write_text(path, _json_text(obj))
+    """Write ``obj`` as strict JSON (no NaN or infinity: ``_json_text``)."""
+    write_text(path, _json_text(obj, path))
 
 
 def write_json_once(path: Path | str, obj: Any) -> bool:
     """``write_json`` unless ``path`` exists (``link_once``): whether this call wrote it. Of two processes
     writing the same new file, exactly one does."""
+    text = _json_text(obj, path)
     try:
         with atomic_open(path, "w", encoding="utf-8", publish=link_once) as handle:
-            handle.write(_json_text(obj))
+            handle.write(text)
     except FileExistsError:
         return False
     return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import warnings
 
 import numpy as np
@@ -328,3 +330,22 @@ def test_a_class_seen_only_in_the_eval_set_gets_its_row_and_column_in_the_confus
     assert matrix.shape == (4, 4) and (y_eval == 3).any()
     assert matrix[3].sum() == pytest.approx(1.0) and matrix[3, 3] == 0.0 and np.all(matrix[:, 3] == 0.0)
     assert record.eval_acc == pytest.approx(np.mean(y_eval != 3), abs=0.05)  # the unseen class: all wrong
+
+
+def test_a_probe_of_no_eval_samples_is_cached_as_strict_json_and_read_back(tmp_path):
+    """Its eval accuracy (NaN) was written into the cache entry as ``NaN``, which strict JSON readers refuse."""
+    from phd_lab.probes.cache import ResultCache, cache_key
+    from phd_lab.probes.fit import ProbeRecord
+    record = ProbeRecord(index=0, layer="conv1", solver="saga", train_acc=0.75, eval_acc=float("nan"), n_iter=3,
+                         converged=True, seconds=0.5, n_train=4, n_eval=0, n_features=2, classes=[0, 1],
+                         confusion=np.zeros((2, 2)))
+    cache = ResultCache(tmp_path)
+    key = cache_key({"train": "a" * 64, "eval": "b" * 64}, ProbeSettings(), {"numpy": np.__version__})
+    assert cache.put(key, record) is record
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+    entry = json.loads(cache.path(key).read_text(), parse_constant=refuse)
+    assert entry["record"]["eval_acc"] is None
+    stored = ResultCache(tmp_path).get(key)
+    assert math.isnan(stored.eval_acc) and stored.train_acc == 0.75 and stored.n_eval == 0

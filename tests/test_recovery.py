@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from phd_lab import atomic
 from phd_lab.callbacks import Callback
 from phd_lab.checkpoint import CHECKPOINT_FORMAT, CheckpointStore
 from phd_lab.cli import main_cli
@@ -1424,3 +1425,11 @@ def test_a_resume_on_another_device_type_is_refused_but_post_processing_there_is
     csv_path.write_text("".join(rows))  # trained to the end: post-processing may run on another device
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert json.loads(logged_path.read_text())["device"] == "cuda"  # what it was trained with stays logged
+
+
+@pytest.mark.parametrize("write", [atomic.write_json, atomic.write_json_once])
+def test_a_nan_is_refused_by_the_json_writer_naming_the_file_and_where_it_lies(tmp_path, write):
+    """``NaN`` was written as such: a file Python reads back but jq and other strict JSON readers refuse."""
+    with pytest.raises(ValueError, match=r"'.*info\.json' was not written: its value at layers\[1\]\.macs is nan, "):
+        write(tmp_path / "info.json", {"run": "r", "layers": [{"macs": 1}, {"macs": float("nan")}]})
+    assert list(tmp_path.iterdir()) == []  # not even a temp file

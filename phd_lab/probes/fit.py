@@ -9,6 +9,7 @@ plus ||W||²/(2·C·n) (intercept not penalised), which is scikit-learn's scalin
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -63,8 +64,10 @@ class ProbeRecord:
 
     def to_json(self) -> dict[str, Any]:
         """Every field but the confusion matrix (the cache stores that as a ``.npy`` file), as an explicit dict:
-        ``dataclasses.asdict`` deep-copied the matrix's nested lists too, seconds per 1000-class layer."""
-        return {item.name: getattr(self, item.name) for item in fields(self) if item.name != "confusion"}
+        ``dataclasses.asdict`` deep-copied the matrix's nested lists too, seconds per 1000-class layer. An
+        accuracy of no samples (NaN) is null, so that the cache's entry is strict JSON."""
+        return {item.name: None if item.name in _SHARES and math.isnan(getattr(self, item.name))
+                else getattr(self, item.name) for item in fields(self) if item.name != "confusion"}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], confusion: np.ndarray) -> "ProbeRecord":
@@ -80,7 +83,7 @@ class ProbeRecord:
             fits, meant = _FIELD_CHECKS[name]
             if not fits(data[name]):
                 raise ValueError(f"its {name} is {json.dumps(data[name])[:80]}, not {meant}")
-        return cls(**data, confusion=confusion)
+        return cls(**{**data, **{name: float("nan") for name in _SHARES if data[name] is None}}, confusion=confusion)
 
     def confusion_matrix(self) -> np.ndarray:
         if self.confusion is None:
@@ -101,7 +104,9 @@ def _is_integer(value: Any) -> bool:
 
 
 _COUNT = (lambda v: _is_integer(v) and v >= 0, "an integer >= 0")
-_SHARE = (lambda v: _is_number(v) and (v != v or 0.0 <= v <= 1.0), "a number from 0 to 1")  # NaN: no eval samples
+_SHARE = (lambda v: v is None or _is_number(v) and (v != v or 0.0 <= v <= 1.0),  # NaN (null): no eval samples
+          "a number from 0 to 1")
+_SHARES = ("train_acc", "eval_acc")
 _TEXT = (lambda v: isinstance(v, str), "a string")
 # what each field of a stored record must be (ProbeRecord.from_json), and how its error says so
 _FIELD_CHECKS = {"index": _COUNT, "layer": _TEXT, "solver": _TEXT, "train_acc": _SHARE, "eval_acc": _SHARE,
