@@ -51,7 +51,7 @@ from phd_lab.kept_folders import make_folder
 from phd_lab.latents_folder import (MANIFEST, PREVIOUS_EXTRACTION_VERSION, SPLITS, build_manifest, clear,
                                     expected_settings, load_manifest, other_runs_latents, record_move, reusable,
                                     shared_latents_error)
-from phd_lab.latents_sets import DEFAULT_METHOD, METHODS, PIXELWISE
+from phd_lab.latents_sets import DEFAULT_METHOD, METHODS, PIXELWISE, extraction_version
 from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
 from phd_lab.pooling import nearest_to, pool_to
 from phd_lab.progress import bar_options
@@ -196,7 +196,7 @@ def _settings_to_reuse(previous: dict[str, Any] | None, settings: dict[str, Any]
     version made the very latents this one makes unless a chosen Linear layer outputs a 4-D map, so it counts as
     current then: an upgrade keeps a run's latents, and the probe results fitted on them stay valid, instead of
     extracting every run again (and calling its probes stale) for a change that touched ConvNeXt-style layers only."""
-    if (not isinstance(previous, dict) or previous.get("extraction_version") != PREVIOUS_EXTRACTION_VERSION
+    if (not isinstance(previous, dict) or extraction_version(previous) != PREVIOUS_EXTRACTION_VERSION
             or _channels_last_linears(model, names, lambda hooks: _forward_one_sample(model, hooks, loader, device))):
         return settings
     return {**settings, "extraction_version": PREVIOUS_EXTRACTION_VERSION}

@@ -20,7 +20,7 @@ from torch import nn
 
 from phd_lab import atomic
 from phd_lab.file_hash import sha256_file
-from phd_lab.latents_sets import DEFAULT_METHOD, EXTRACTION_VERSION, PREVIOUS_EXTRACTION_VERSION
+from phd_lab.latents_sets import DEFAULT_METHOD, EXTRACTION_VERSION, PREVIOUS_EXTRACTION_VERSION, extraction_version
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def looks_reusable(folder: Path, downsampling: Any, dtype: str, method: str,
         return False
     if not isinstance(manifest.get("model_sha256"), str):
         return False
-    version = manifest.get("extraction_version")
+    version = extraction_version(manifest)
     if version != EXTRACTION_VERSION:
         try:
             layers = sorted({entry.get("layer", entry["name"]) for entry in manifest["layers"]})

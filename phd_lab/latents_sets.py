@@ -154,6 +154,17 @@ def extracted_by_older_version(manifest: Mapping[str, Any], run_root: Path) -> b
     maps smaller than ``downsampling`` were up-sampled). The training command extracts them again; probes of them
     are not those of this version's latents. A manifest of ``write_latents`` (own latents, no checkpoint beside
     them) names no version and counts as current."""
-    version = manifest.get("extraction_version")
-    current = isinstance(version, int) and version >= PREVIOUS_EXTRACTION_VERSION  # true and false are below it
+    version = extraction_version(manifest)
+    current = version is not None and version >= PREVIOUS_EXTRACTION_VERSION
     return not current and any(run_root.glob("*.pt"))
+
+
+def extraction_version(manifest: Mapping[str, Any]) -> int | None:
+    """The manifest's ``extraction_version`` as a whole number (a hand-edited ``3.0`` is 3, as JSON numbers go), or
+    None where it names none or something else (true, "3", 2.5). The one reading shared by the extraction, which
+    reuses latents, and the probe job and the report, which call them older: the extraction read 3.0 as 3 and the
+    probe job as older."""
+    version = manifest.get("extraction_version")
+    if isinstance(version, float) and version.is_integer():
+        return int(version)
+    return version if isinstance(version, int) and not isinstance(version, bool) else None

@@ -654,6 +654,20 @@ def test_latents_of_the_previous_extraction_version_are_reused_where_it_extracte
     assert again["extraction_version"] == 3
 
 
+def test_an_extraction_version_of_3_0_is_current_to_the_extraction_and_the_probe_job_alike(tmp_path, data):
+    """``"extraction_version": 3.0`` was reused by the extraction (3.0 == 3) but called older by the probe job and
+    the report (not an int), which then asked for the latents to be extracted again; both read it as 3."""
+    from phd_lab.latents_sets import extracted_by_older_version
+    model = build_model()
+    first = extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False)
+    edited = {**first, "extraction_version": 3.0}
+    (tmp_path / MANIFEST).write_text(json.dumps(edited))
+    (tmp_path / "run.pt").write_bytes(b"")  # a trained run's folder: older latents of it would be called so
+    assert extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False) == edited  # reused
+    assert not extracted_by_older_version(edited, tmp_path)
+    assert extracted_by_older_version({**first, "extraction_version": 1.0}, tmp_path)
+
+
 def test_the_extract_steps_layers_say_that_a_wildcard_picks_modules_of_any_type():
     """'features.*' of vgg11 picks 29 modules (its ReLUs, BatchNorms and pools beside the 8 convolutions), which
     the step's documentation ('module names or wildcards'; by default Conv2d and Linear) did not say."""
