@@ -297,6 +297,18 @@ def test_untraceable_model_gives_a_clear_error():
         receptive_fields(DataDependent(), 32)
 
 
+def test_a_module_name_with_a_double_quote_is_named_as_what_stops_the_tracing():
+    """torch.fx writes module names into code as "..." literals: a name with a double quote made it fail with a
+    SyntaxError, and the step blamed data-dependent control flow in a forward pass that had none."""
+    model = nn.Sequential()
+    model.add_module('conv"1', conv(3))
+    model.add_module("relu", nn.ReLU())
+    said = "because of the name of its module 'conv\"1': torch.fx writes"
+    with pytest.raises(ReceptiveFieldError, match=said) as caught:
+        receptive_fields(model, 32)
+    assert "data-dependent" not in str(caught.value)
+
+
 def test_unknown_operation_is_named():
     class Upsampling(nn.Module):
         def __init__(self) -> None:

@@ -55,11 +55,32 @@ def trace(model: nn.Module) -> fx.GraphModule:
         graph = tracer.trace(model, concrete_args=forward_defaults(model) or None)
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as error:  # tracing fails in many ways (TraceError, TypeError, ...)
-        first = " ".join(str(error).split())[:300]
-        raise ReceptiveFieldError(
-            f"Receptive field: the model {type(model).__qualname__} cannot be traced with torch.fx "
-            f"({type(error).__name__}: {first}). The analysis needs a model whose forward pass has no "
-            f"data-dependent control flow; make it fx-traceable or leave the 'receptive_field' step out.") from None
+        raise ReceptiveFieldError(_untraceable(model, error)) from None
+
+
+def _untraceable(model: nn.Module, error: Exception) -> str:
+    """Why torch.fx could not trace ``model``: the names of its modules where they broke fx's generated code,
+    otherwise (most often) control flow that depends on the data."""
+    first = " ".join(str(error).split())[:300]
+    start = f"Receptive field: the model {type(model).__qualname__} cannot be traced with torch.fx"
+    unwritable = _names_fx_cannot_write(model) if isinstance(error, SyntaxError) else []
+    if not unwritable:
+        return (f"{start} ({type(error).__name__}: {first}). The analysis needs a model whose forward pass has no "
+                f"data-dependent control flow; make it fx-traceable or leave the 'receptive_field' step out.")
+    several = "s" if len(unwritable) > 1 else ""
+    names = ", ".join(repr(name) for name in unwritable[:5]) + (f" ({len(unwritable)} in all)"
+                                                                 if len(unwritable) > 5 else "")
+    return (f"{start} because of the name{several} of its module{several} {names}: torch.fx writes module names "
+            f"into Python code as \"...\" literals, which a double quote or a line break in a name breaks "
+            f"({type(error).__name__}: {first}). Rename the module (the name given to add_module or the attribute), "
+            f"or leave the 'receptive_field' step out.")
+
+
+def _names_fx_cannot_write(model: nn.Module) -> list[str]:
+    """The names of ``model``'s modules that torch.fx's generated code cannot hold: it writes each between double
+    quotes, so a name with a double quote or a line break (``add_module`` accepts them) gave a ``SyntaxError``,
+    which read as if the forward pass had data-dependent control flow."""
+    return [name for name, _ in model.named_modules() if any(mark in name for mark in '"\n\r')]
 
 
 def forward_defaults(model: nn.Module) -> dict[str, Any]:
