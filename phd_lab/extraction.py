@@ -56,6 +56,7 @@ from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
 from phd_lab.pooling import nearest_to, pool_to
 from phd_lab.progress import bar_options
 from phd_lab.registry import did_you_mean
+from phd_lab.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -506,6 +507,6 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
         model.train(was_training)
     manifest = build_manifest(results, settings, test_accuracy)
     atomic.write_json(folder / MANIFEST, manifest)
-    log.info("Extracted %d layer%s (%d file%s per split) into %s", len(order), "" if len(order) == 1 else "s",
-             len(manifest["layers"]), "" if len(manifest["layers"]) == 1 else "s", folder)
+    log.info("Extracted %s (%s per split) into %s", plural(len(order), "layer"),
+             plural(len(manifest["layers"]), "file"), folder)
     return manifest

@@ -25,6 +25,7 @@ from phd_lab.metrics import Metric
 from phd_lab.objectives import objective_of
 from phd_lab.progress import bar_options
 from phd_lab.seeding import capture_rng_state, restore_rng_state
+from phd_lab.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,8 @@ class Trainer:
                                  f"instead of shortening a finished run.")
             self.load_state_dict(state, bundle)
             if len(self.history) == self.epochs:
-                log.info("Run %s already finished %d epoch%s; skipping to post-processing.",
-                         self.run_name, self.epochs, "" if self.epochs == 1 else "s")
+                log.info("Run %s already finished %s; skipping to post-processing.", self.run_name,
+                         plural(self.epochs, "epoch"))
             else:
                 log.info("Resuming run %s after epoch %d of %d.", self.run_name, len(self.history), self.epochs)
         for callback in self.callbacks:

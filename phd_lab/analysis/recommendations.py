@@ -12,6 +12,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from phd_lab.analysis.run_tables import RECEPTIVE_FIELD
+from phd_lab.wording import first_names, plural
 
 if TYPE_CHECKING:  # run_summary imports this module
     from phd_lab.analysis.run_summary import AnalysisSettings
@@ -155,7 +156,7 @@ def _dead_layer_advice(sat: dict[str, Any] | None) -> list[Advice]:
     dead = [str(entry["layer"]) for entry in sat.get("layers") or [] if entry.get("saturation") == 0]
     if not dead:
         return []
-    named = ", ".join(dead[:8]) + (f" ... ({len(dead)} layers in all)" if len(dead) > 8 else "")
+    named = first_names(dead)
     return [{"kind": "dead-layers", "text": (
         f"{named} showed no variance at all on the {sat.get('split', 'train')} set (saturation 0: units that never "
         f"fire, or an output that is the same for every input). A trained layer rarely does; check the training "
@@ -204,7 +205,7 @@ def _width_advice(summary: dict[str, Any], settings: AnalysisSettings) -> Advice
 def _no_advice(sat: dict[str, Any] | None, tracked: bool) -> Advice:
     """Why there is nothing to change: saturation not tracked or not recorded yet, no variance, or all is well."""
     count = len(sat["layers"]) if sat else 0
-    n_layers = f"{count} layer{'' if count == 1 else 's'}"
+    n_layers = plural(count, "layer")
     if sat is None and not tracked:
         return {"kind": "missing", "text": (
             "This run was trained with track_saturation false, so neither tails nor width can be judged; train "

@@ -22,6 +22,7 @@ from phd_lab.analysis.rf_layout import Layout, disagreement, first_input, record
 from phd_lab.analysis.rf_operations import node_arg, output_layout, transform, unsupported
 from phd_lab.analysis.rf_paths import Ancestry, bypassing_operands, merge_kind, scaled_operands, shortcut_layer
 from phd_lab.analysis.rf_state import ReceptiveFieldError, Unknown, merge
+from phd_lab.wording import first_names
 
 
 @dataclass
@@ -68,8 +69,7 @@ def _untraceable(model: nn.Module, error: Exception) -> str:
         return (f"{start} ({type(error).__name__}: {first}). The analysis needs a model whose forward pass has no "
                 f"data-dependent control flow; make it fx-traceable or leave the 'receptive_field' step out.")
     several = "s" if len(unwritable) > 1 else ""
-    names = ", ".join(repr(name) for name in unwritable[:5]) + (f" ({len(unwritable)} in all)"
-                                                                 if len(unwritable) > 5 else "")
+    names = first_names([repr(name) for name in unwritable], shown=5, what="modules")
     return (f"{start} because of the name{several} of its module{several} {names}: torch.fx writes module names "
             f"into Python code as \"...\" literals, which a double quote or a line break in a name breaks "
             f"({type(error).__name__}: {first}). Rename the module (the name given to add_module or the attribute), "

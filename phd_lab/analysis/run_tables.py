@@ -31,6 +31,7 @@ from phd_lab.config_paths import extraction_latents_dir
 from phd_lab.file_hash import latents_digest
 from phd_lab.latents_sets import extracted_by_older_version
 from phd_lab.rundir import RunDir, lies_in_its_run_folder
+from phd_lab.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class TrainingStatus:
 
     def label(self) -> str:
         if self.state == "unknown":
-            done = f"{self.epochs_done} epoch{'' if self.epochs_done == 1 else 's'}"
+            done = plural(self.epochs_done, "epoch")
             return f"unknown ({self.reason})" if not self.epochs_done else f"unknown after {done} ({self.reason})"
         if self.state == "finished":
             return "finished (post-processing)" if self.active else "finished"
@@ -159,7 +160,7 @@ class TrainingStatus:
                     "no epochs": "metrics CSV without epochs"}[self.state]
         if self.epochs_planned:
             return f"{self.state} {self.epochs_done}/{self.epochs_planned} epochs"
-        return f"{self.state} after {self.epochs_done} epoch{'' if self.epochs_done == 1 else 's'}"
+        return f"{self.state} after {plural(self.epochs_done, 'epoch')}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state, "label": self.label(), "epochs_done": self.epochs_done,

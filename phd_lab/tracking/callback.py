@@ -34,6 +34,7 @@ from phd_lab.progress import bar_options
 from phd_lab.rundir import RunDir
 from phd_lab.tracking.tracker import (SaturationTracker, TrackerOptions, run_pass, trackable_layers,
                                      warn_of_no_tracked_layer, warn_of_untracked_convolutions)
+from phd_lab.wording import first_names
 
 if TYPE_CHECKING:
     from phd_lab.data import DataBundle
@@ -184,7 +185,7 @@ class SaturationCallback(Callback):
                     "(n - 1)/d, whatever the layer learned; a low saturation there (and a tail of such layers) "
                     "measures the sample count, not the layer. Track more observations: more samples, a larger "
                     "tracking_max_batches, tracking_every_n 1, a larger tracking_resolution.", run_name,
-                    ", ".join(named[:8]) + (f" ... ({len(named)} layers in all)" if len(named) > 8 else ""))
+                    first_names(named))
 
     @contextlib.contextmanager
     def during_test_evaluation(self, trainer: "Trainer") -> Iterator[None]:
@@ -215,8 +216,7 @@ class SaturationCallback(Callback):
                     "pools the outputs of all its calls; give each call a module of its own to track them apart, "
                     "leave them out with tracking_exclude, or, where pooling is meant, set pools_repeated_calls = "
                     "True on the module (as CBAM's shared channel MLP does).",
-                    run_name, ", ".join(f"{layer} ({calls} calls)" for layer, calls in list(new.items())[:8])
-                    + (f" ... ({len(new)} layers in all)" if len(new) > 8 else ""))
+                    run_name, first_names([f"{layer} ({calls} calls)" for layer, calls in new.items()]))
 
     def measure(self, trainer: "Trainer", bundle: "DataBundle") -> dict[str, pd.DataFrame]:
         """A tracked pass over the un-augmented training split, and one over the test split unless the test
