@@ -107,7 +107,7 @@ def _cgroup_headrooms(root: Path, membership: Path) -> list[int]:
     """The memory headroom of every limited memory cgroup from this process' own up to the root (cgroup v2, or
     v1's ``memory`` controller; ``membership`` names the process' cgroups)."""
     try:
-        lines = membership.read_text().splitlines()
+        lines = membership.read_text(encoding="utf-8", errors="surrogateescape").splitlines()  # a path's bytes kept
     except OSError:
         return []
     folders = []
@@ -128,11 +128,11 @@ def _cgroup_headrooms(root: Path, membership: Path) -> list[int]:
                                                      ("memory.limit_in_bytes", "memory.usage_in_bytes",
                                                       "total_inactive_file")):
             try:
-                limit = (folder / limit_file).read_text().strip()
+                limit = (folder / limit_file).read_text(encoding="ascii").strip()
                 if limit == "max" or int(limit) >= 1 << 60:  # v1 writes its "unlimited" as a huge number
                     continue
-                usage = int((folder / usage_file).read_text())
-                stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines()
+                usage = int((folder / usage_file).read_text(encoding="ascii"))
+                stat = dict(line.split() for line in (folder / "memory.stat").read_text(encoding="ascii").splitlines()
                             if len(line.split()) == 2)
                 headrooms.append(max(0, int(limit) - usage + int(stat.get(inactive_key, 0))))
             except (OSError, ValueError):

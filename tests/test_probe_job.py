@@ -1817,6 +1817,26 @@ def test_memory_cgroups_on_the_way_to_the_root_limit_what_is_available(tmp_path)
     assert _cgroup_headrooms(tmp_path / "none", membership) == []
 
 
+def test_memory_cgroups_are_read_in_their_own_encoding_whatever_the_locale(tmp_path):
+    """The cgroup files were read in the locale's encoding: probe_main.py -mp 2 under -X warn_default_encoding
+    printed two EncodingWarnings from environment.py, and a cgroup whose name is not UTF-8 (a byte the kernel keeps
+    as it is) ended the job with a UnicodeDecodeError. /proc/self/cgroup's paths keep their bytes; the limits are
+    ASCII."""
+    job = tmp_path / "v2" / os.fsdecode(b"job_\xe9")
+    job.mkdir(parents=True)
+    (job / "memory.max").write_bytes(b"4000\n")
+    (job / "memory.current").write_bytes(b"1000\n")
+    (job / "memory.stat").write_bytes(b"inactive_file 500\n")
+    membership = tmp_path / "cgroup"
+    membership.write_bytes(b"0::/job_\xe9\n")
+    code = ("import sys; from pathlib import Path; from phd_lab.environment import _cgroup_headrooms; "
+            "print(_cgroup_headrooms(Path(sys.argv[1]), Path(sys.argv[2])))")
+    done = subprocess.run([sys.executable, "-X", "warn_default_encoding", "-W", "error::EncodingWarning", "-c", code,
+                           str(tmp_path / "v2"), str(membership)], capture_output=True, text=True, encoding="utf-8",
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[3500]\n", "")
+
+
 def test_the_memory_available_is_the_tightest_of_the_kernels_and_every_cgroups(tmp_path):
     """MemAvailable of the machine, or less where a cgroup on the way to the root has less headroom."""
     from phd_lab.environment import available_memory
