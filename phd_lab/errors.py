@@ -112,6 +112,26 @@ def brief(error: BaseException) -> str:
     return f"{lines[0]} {lines[-1]}"
 
 
+# Why a file system refused a write, and what frees it: a run that stopped on one resumes once it is fixed
+STORAGE_REFUSALS = {
+    errno.ENOSPC: "its disk is full: free space on it",
+    errno.EDQUOT: "your disk quota there is used up (`quota -s` shows it): free space within it or ask for more",
+    errno.EFBIG: "the file outgrew this process' file size limit (`ulimit -f`, or the batch job's): raise or lift it",
+    errno.EROFS: "its file system is mounted read-only: make it writable again",
+    # a read refused too (a data file): the words must fit both
+    errno.EACCES: "this user lacks the permission to it: give it back (on the file and its folder)",
+}
+
+
+def storage_refusal(error: BaseException) -> str | None:
+    """What a write refused by the file system means (a full disk, a used-up quota, ``ulimit -f``, a read-only
+    mount, a permission taken away) and what to do about it, for a message; None for any other error. The
+    system's own words ("File too large") do not say that a limit of the process, not the file, is at fault."""
+    if not isinstance(error, OSError) or isinstance(error, FolderInTheWay):
+        return None
+    return STORAGE_REFUSALS.get(error.errno)
+
+
 LOG_MARK = ". Its log: "  # where failure_line names the log; the summary's row names the run folder instead
 
 
@@ -120,6 +140,9 @@ def failure_line(error: BaseException) -> str | None:
     traceback (not for a lost run folder: its log went with it). None: it failed before its log was opened,
     so the caller has to show the traceback itself."""
     said = f"{type(error).__name__}: {brief(error).rstrip('.')}"
+    refusal = storage_refusal(error)
+    if refusal is not None:
+        said = f"{said}; {refusal}, then run the same command again: it resumes the run where it stopped"
     if isinstance(error, RunFolderLost):
         return said
     logged_to = getattr(error, "logged_to", None)

@@ -1192,6 +1192,29 @@ def test_a_disk_that_fills_up_during_a_run_is_said_as_the_run_s_failure(tmp_path
                      rf"\(most recent call last\)", said), said  # the file that could not be written named
 
 
+def test_a_run_stopped_by_a_file_size_limit_says_the_cause_and_that_the_same_command_resumes(tmp_path, capsys):
+    """Files may grow to 3,000 bytes only (``ulimit -f``): the logged config (over 4 kB) cannot be written. The
+    console said only 'OSError: [Errno 27] File too large: <config>', neither that a limit of the process is
+    at fault nor what to do; it now says both, and that the same command resumes the run."""
+    config = write_config(tmp_path, epoch=1, track_saturation=False, post_processing=[])
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    file_size_limit(3000)()
+    try:
+        code = main_cli(["--config", str(config), "--no-progress", "-q"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    said = " ".join(capsys.readouterr().err.split())
+    [log] = (tmp_path / "logs").rglob("*.log")
+    assert code == 1 and "Traceback" not in said, said
+    # the logged config, or before it the git diff of a work tree with changes in it
+    assert re.search(rf"OSError: \[Errno 27\] File too large: '{re.escape(str(log.parent))}/[^']+'; the file "
+                     rf"outgrew this process' file size limit \(`ulimit -f`, or the batch job's\): raise or lift "
+                     rf"it, then run the same command again: it resumes the run where it stopped\. Its log: "
+                     rf"{re.escape(str(log))}", said), said
+    assert sorted(path.name for path in log.parent.iterdir()) == [".lock", log.name]  # no config, no temp file
+
+
 def test_a_checkpoint_that_cannot_be_written_is_said_as_a_checkpoint_error_naming_its_file(tmp_path):
     """Files may grow to 200 kB only (a full disk): the checkpoint (about 540 kB) failed with torch's
     'RuntimeError: [enforce fail at inline_container.cc:672] ... unexpected pos', the OSError only its context."""
