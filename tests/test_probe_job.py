@@ -954,7 +954,8 @@ def test_a_result_that_cannot_be_written_fails_clearly_and_keeps_the_cache(tmp_p
 
 def test_a_disk_that_fills_up_while_the_results_are_written_names_the_file_and_the_rerun_completes(tmp_path):
     """Files may grow to 3000 bytes only (a full disk): the job said 'Probe results could not be written: [Errno 27]
-    File too large.' and nothing of which file; a write that fails names no file, so the atomic write adds it."""
+    File too large.' and nothing of which file; a write that fails names no file, so the atomic write adds it. It
+    said neither that a limit of the process was at fault nor what to do; now it says both."""
     run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
     command = [sys.executable, str(ROOT / "probe_main.py"), "--latents", str(latents), "-mp", "0", "--no-progress"]
     full = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -962,6 +963,9 @@ def test_a_disk_that_fills_up_while_the_results_are_written_names_the_file_and_t
     said = " ".join(full.stderr.split())
     assert full.returncode == 1 and "Traceback" not in said, full.stderr
     assert f"Probe results could not be written: [Errno 27] File too large: '{run_dir}{os.sep}" in said, said
+    # the cause in words: a limit of the process, not of the file ("File too large"), and what to do
+    assert ("'; the file outgrew this process' file size limit (`ulimit -f`, or the batch job's): raise or lift it. "
+            "The layers probed so far stay cached; rerun the same command") in said, said
     assert not [path for path in run_dir.rglob("*") if path.name.endswith(".tmp")]
     assert len(list((run_dir / ".probe_cache").rglob("*.json"))) == 2  # the fitted layers stay cached
     rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from phd_lab.environment import ulimits
-from phd_lab.errors import DataError, PhdLabError, RunFailure, RunFolderLost
+from phd_lab.errors import DataError, PhdLabError, RunFailure, RunFolderLost, storage_refusal
 from phd_lab.kept_folders import check_kept
 from phd_lab.lock import ProcessTurn
 from phd_lab.probes.cache import ResultCache, json_digest, library_versions
@@ -186,6 +186,13 @@ def _about(task: ProbeTask, failure: PhdLabError) -> PhdLabError:
     return failure
 
 
+def _refused(said: str, error: OSError) -> str:
+    """``said`` about a failed write, with its cause in words and what to do where the file system refused it (a
+    full disk, a quota, ``ulimit -f``, a read-only folder): the system's own "File too large" says neither."""
+    refusal = storage_refusal(error)
+    return said if refusal is None else f"{said}; {refusal}"
+
+
 def run_probes(tasks: Sequence[ProbeTask], cache: ResultCache, *, workers: int = 0, progress: bool = True,
                on_record: Callable[[ProbeTask, ProbeRecord, bool], None] | None = None,
                scheduler: str | None = None, run_folders: Sequence[Path] | None = None,
@@ -282,7 +289,7 @@ class _Results:
         except RunFolderLost as error:
             self.lost(task, error)
         except OSError as error:  # a read-only or full output folder: say which file, not a traceback
-            said = str(error).rstrip(".")  # a FolderInTheWay's message is whole sentences
+            said = _refused(str(error).rstrip("."), error)  # a FolderInTheWay's message is whole sentences
             raise _about(task, RunFailure(f"Probe results could not be written: {said}. The layers probed so far "
                                           f"stay cached; rerun the same command once the problem is fixed.")) from None
 
@@ -320,8 +327,8 @@ class _Results:
             return
         except OSError as error:  # a full disk, a vanished folder: say which result could not be kept
             raise _about(task, RunFailure(f"The probe of layer {record.layer!r} finished, but its result could "
-                                          f"not be cached: {error}. Layers already cached stay so; rerun the "
-                                          f"same command once the problem is fixed.")) from None
+                                          f"not be cached: {_refused(str(error), error)}. Layers already cached stay "
+                                          f"so; rerun the same command once the problem is fixed.")) from None
         if stored is not record:  # another run's fit of the same data came first: every run gets that one
             self.reuse({p: stored for p in (position, *self.followers.get(position, ()))})
             return
