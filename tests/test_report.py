@@ -543,7 +543,8 @@ def test_the_report_never_imports_torch(grid, tmp_path):
 
 def test_a_report_page_that_cannot_be_written_is_one_paragraph_and_exit_1(tmp_path):
     """Files may grow to 300 bytes only (``ulimit -f``, a full disk): writing the page ended in a traceback; it is
-    one paragraph naming the page and the system's error, and an earlier page stays as it was."""
+    one paragraph naming the page and the system's error, and an earlier page stays as it was. It told to free
+    space on the disk, which a file size limit does not need; it now names that limit."""
     logs, site = tmp_path / "logs", tmp_path / "site"
     write_run(logs, width=0.25, stage="trained")
     site.mkdir()
@@ -556,6 +557,9 @@ def test_a_report_page_that_cannot_be_written_is_one_paragraph_and_exit_1(tmp_pa
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     said = " ".join(result.stderr.split())
     assert f"error: The report page '{page}' could not be written (File too large)" in said
+    # a limit of the process, not a full disk: freeing space would not help, raising the limit does
+    assert ("left as it was. The cause: the file outgrew this process' file size limit (`ulimit -f`, or the batch "
+            "job's): raise or lift it (or pass another --out), then rerun the command.") in said, said
     assert page.read_bytes() == before and sorted(site.iterdir()) == [page]  # no temp page left beside it
 
 

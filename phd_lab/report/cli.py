@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 from phd_lab import atomic
 from phd_lab.console import readable_output, write_stdout
 from phd_lab.environment import available_cores
-from phd_lab.errors import EXIT_OK, DataError, ReportError, UsageError
+from phd_lab.errors import EXIT_OK, DataError, ReportError, UsageError, storage_refusal
 from phd_lab.report.repetition_files import DEFAULT_ALPHA, REPETITION_TABLES, csv_path, is_repetition_table
 from phd_lab.user_paths import check_writable_dir, unreachable
 
@@ -95,9 +95,18 @@ def _not_written(out_path: Path, path: Path, error: OSError) -> str:
     why = error.strerror or str(error)
     if path == out_path:
         return (f"The report page {str(out_path)!r} could not be written ({why}); a page that was there is left as "
-                f"it was. Free space on its disk (or pass another --out) and rerun the command.")
+                f"it was. {_remedy(error, ' (or pass another --out)')}")
     return (f"The report page {str(out_path)!r} was written, but its table {str(path)!r} could not be ({why}), so "
-            f"the page's link to it is stale or broken. Free space on its disk and rerun the command.")
+            f"the page's link to it is stale or broken. {_remedy(error, '')}")
+
+
+def _remedy(error: OSError, elsewhere: str) -> str:
+    """What to do about a write the file system refused: its cause in words where ``storage_refusal`` knows it
+    (free space is no help for ``ulimit -f`` or a read-only mount), else free space, the usual cause."""
+    refusal = storage_refusal(error)
+    if refusal is None:
+        return f"Free space on its disk{elsewhere} and rerun the command."
+    return f"The cause: {refusal}{elsewhere}, then rerun the command."
 
 
 def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh: bool = True,
