@@ -46,6 +46,41 @@ CONTRACTS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
+def _required_parameters(owner: Any, method: str) -> list[str]:
+    """Names of the parameters ``owner.<method>()`` cannot be called without. Read from the class' function
+    unwrapped (torch wraps an optimizer's step in hooks whose bound signature still names ``self``)."""
+    import inspect
+    try:
+        parameters = list(inspect.signature(inspect.unwrap(getattr(type(owner), method))).parameters.values())[1:]
+    except (AttributeError, TypeError, ValueError):  # no signature to read: taken as callable without arguments
+        return []
+    return [p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                                              p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def stepping_refusal(optimizer: Any, scheduler: Any) -> str | None:
+    """Why the trainer cannot step what an optimizer factory returned, or None. The trainer calls
+    ``optimizer.step()`` once per batch without a closure, and ``scheduler.step()`` once per epoch, a
+    ReduceLROnPlateau with the epoch's test loss (so in mode 'min'): an LBFGS (its step needs a closure) or a
+    scheduler whose step needs an argument failed after the first batch or epoch, its run folder made."""
+    import torch
+    needed = _required_parameters(optimizer, "step")
+    if needed:
+        return (f"its optimizer {type(optimizer).__name__}'s step() requires {', '.join(needed)}, but the trainer "
+                f"calls optimizer.step() without arguments once per batch (optimizers that need a closure, such as "
+                f"LBFGS, are not supported)")
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if scheduler.mode != "min":
+            return (f"its ReduceLROnPlateau has mode {scheduler.mode!r}, but the trainer steps it with the epoch's "
+                    f"test loss, which needs mode 'min'")
+        return None
+    needed = _required_parameters(scheduler, "step") if scheduler is not None else []
+    if needed:
+        return (f"its scheduler {type(scheduler).__name__}'s step() requires {', '.join(needed)}, but the trainer "
+                f"calls scheduler.step() without arguments once per epoch (a ReduceLROnPlateau with the test loss)")
+    return None
+
+
 def checked_result(kind: str, name: str, result: Any, source: str, where: str) -> Any:
     """``result`` of the ``kind`` factory ``name`` (from the registry ``source``), or a RegistryError."""
     contract, holds = CONTRACTS[kind]

@@ -12,7 +12,8 @@ given by its path may import the files beside it; their sha256 is logged with th
 Factory contracts (documented once, here):
 - model: ``f(*, num_classes: int, in_channels: int = 3, **model_args) -> torch.nn.Module``
 - dataset: ``f(*, batch_size, resolution, data_dir, seed, num_workers, **dataset_args) -> DataBundle``
-- optimizer: ``f(model, *, epochs, **optimizer_args) -> (optimizer, scheduler or None)``
+- optimizer: ``f(model, *, epochs, **optimizer_args) -> (optimizer, scheduler or None)``: the optimizer stepped
+  per batch without a closure, the scheduler once per epoch (``factory_results.stepping_refusal``)
 - metric: ``f() -> Metric`` with ``update(y_true, y_pred)``, ``value``, ``reset()``
 
 A factory's keyword defaults and annotations say the types a config's ``*_args`` may give

@@ -118,8 +118,7 @@ class Trainer:
                 for callback in self.callbacks:
                     hooked.enter_context(callback.during_test_evaluation(self))
                 test_loss, test_metrics = self.evaluate(bundle.test)
-            if self.scheduler is not None:
-                self.scheduler.step()
+            self._step_scheduler(test_loss)
             row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss}
             row.update({f"train_{k}": v for k, v in train_metrics.items()})
             row.update({f"test_{k}": v for k, v in test_metrics.items()})
@@ -140,6 +139,14 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_fit_end(self, bundle)
         return self.history
+
+    def _step_scheduler(self, test_loss: float) -> None:
+        """Step the scheduler once per epoch: a ReduceLROnPlateau with the epoch's test loss (the one value every
+        run has; its step needs a metric), any other without arguments (``factory_results.stepping_refusal``)."""
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(test_loss)
+        elif self.scheduler is not None:
+            self.scheduler.step()
 
     def non_finite_tensors(self) -> list[str]:
         """Names of the model's floating-point parameters and buffers that hold NaN or inf."""

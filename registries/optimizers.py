@@ -1,6 +1,7 @@
 """Optimizer registry: ``f(model, *, epochs, **optimizer_args) -> (optimizer, scheduler or None)``.
 
-The scheduler (if any) is stepped once per epoch. Every keyword is an ``optimizer_args`` key.
+The scheduler (if any) is stepped once per epoch (a ReduceLROnPlateau with the epoch's test loss).
+Every keyword is an ``optimizer_args`` key.
 Betas are given as ``beta1``/``beta2`` because a list value in ``optimizer_args`` is a grid axis.
 ``step_size`` (epochs) and ``gamma`` give every optimizer the thesis' step decay: lr × gamma every
 ``step_size`` epochs (on by default for sgd: ×0.1 every 20 epochs, Tables 9 and 11). ``gamma`` null means 0.1;
