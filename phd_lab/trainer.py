@@ -19,7 +19,7 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the 
 from phd_lab.callbacks import Callback
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.data import DataBundle
-from phd_lab.errors import RunDiverged, UsageError
+from phd_lab.errors import RegistryError, RunDiverged, UsageError
 from phd_lab.interrupts import deferred_interrupts, raise_if_stop_requested
 from phd_lab.metrics import Metric
 from phd_lab.objectives import objective_of
@@ -196,11 +196,8 @@ class Trainer:
             total += batch
             for metric in self.metrics.values():
                 metric.update(targets.detach(), outputs.detach().float())
-            first = next(iter(self.metrics.items()), None)
-            postfix = {"loss": f"{total_loss / total:.4f}"}
-            if first is not None and not isinstance(first[1].value, Mapping):
-                postfix[first[0]] = f"{first[1].value:.4f}"
-            bar.set_postfix(postfix, refresh=False)
+            if not bar.disable:  # a metric's value may cost a pass over what it holds: read it only to show it
+                bar.set_postfix(self._postfix(total_loss / total), refresh=False)
         bar.close()
         return total_loss / max(total, 1), self._metric_values()
 
@@ -226,12 +223,36 @@ class Trainer:
                 metric.update(targets, outputs.float())
         return total_loss / max(total, 1), self._metric_values()
 
+    def _postfix(self, loss: float) -> dict[str, str]:
+        """The progress bar's figures: the mean loss so far and the first metric's value where it is one number."""
+        postfix = {"loss": f"{loss:.4f}"}
+        name, metric = next(iter(self.metrics.items()), (None, None))
+        value = metric.value if metric is not None else None  # read once: it may cost a pass
+        if name is not None and not isinstance(value, Mapping):
+            postfix[name] = f"{metric_number(name, value):.4f}"
+        return postfix
+
     def _metric_values(self) -> dict[str, float]:
+        """Each metric's value as CSV columns: ``name``, or ``name_key`` for each key of a dict value."""
         values: dict[str, float] = {}
         for name, metric in self.metrics.items():
             value = metric.value
             if isinstance(value, Mapping):
-                values.update({f"{name}_{k}": float(v) for k, v in value.items()})
+                values.update({f"{name}_{k}": metric_number(f"{name}[{k!r}]", v) for k, v in value.items()})
             else:
-                values[name] = float(value)
+                values[name] = metric_number(name, value)
         return values
+
+
+def metric_number(name: str, value: Any) -> float:
+    """``value`` of the metric ``name`` as a float: a number, a numpy scalar or a tensor of one element (a shape (1,)
+    tensor failed the run in the progress bar's format); anything else is a RegistryError naming the metric, where
+    a bare TypeError or ValueError ended the run."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        shown = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else (
+            f"{type(value).__name__} {value!r}"[:80])
+        raise RegistryError(f"The value of metric {name!r} is {shown}, not a number: a metric's value must be a "
+                            f"number (a float, a numpy scalar or a tensor of one element) or a dict of them, one "
+                            f"CSV column per key (see docs/registries.md). Fix the metric.") from None

@@ -5,9 +5,12 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import torch
 
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.cli import main_cli
+from phd_lab.errors import RegistryError
+from phd_lab.metrics import Metric
 from tests.conftest import run_folders, write_config
 from tests.test_recovery import CrashAt, make_trainer
 
@@ -65,3 +68,44 @@ def test_an_optimizer_or_scheduler_the_trainer_cannot_step_is_refused_before_its
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
     assert "ReduceLROnPlateau has mode 'max'" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
+
+
+class ReadCounted(Metric):
+    """Accuracy whose value says how often it was read, and returns a tensor of shape (1,) as a user's may."""
+
+    def __init__(self, value=None) -> None:
+        self.reads, self.fixed = 0, value
+        self.reset()
+
+    def reset(self) -> None:
+        self.correct, self.total = 0, 0
+
+    def update(self, y_true, y_pred) -> None:
+        self.correct += int((y_pred.argmax(1) == y_true).sum())
+        self.total += len(y_true)
+
+    @property
+    def value(self):
+        self.reads += 1
+        return torch.tensor([self.correct / self.total]) if self.fixed is None else self.fixed
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_metric_is_read_once_per_pass_without_a_bar_and_may_be_a_one_element_tensor(tmp_path, progress):
+    """The bar's postfix read the first metric's value after every batch even with --no-progress (an sklearn
+    metric over all its predictions cost a pass each batch), and a value of shape (1,) failed the run with
+    'unsupported format string passed to Tensor.__format__'."""
+    trainer, bundle, _ = make_trainer(own_config(tmp_path, "plateau", epoch=1), tmp_path)
+    trainer.metrics = {"counted": ReadCounted()}
+    trainer.progress = progress
+    trainer.fit(bundle, CheckpointStore(tmp_path / "run.pt", tmp_path / "run.prev.pt"))
+    assert 0 < trainer.history[0]["train_counted"] <= 1
+    batches = len(bundle.train)
+    assert trainer.metrics["counted"].reads == (2 if not progress else 2 + batches)
+
+
+def test_a_metric_whose_value_is_no_number_is_named_with_what_a_value_may_be(tmp_path):
+    trainer, bundle, _ = make_trainer(own_config(tmp_path, "plateau", epoch=1), tmp_path)
+    trainer.metrics = {"f1": ReadCounted({"macro": "0.5 (of 10 classes)"})}
+    with pytest.raises(RegistryError, match=r"metric \"f1\['macro'\]\" is str '0.5 \(of 10 classes\)', not a number"):
+        trainer.fit(bundle, CheckpointStore(tmp_path / "run.pt", tmp_path / "run.prev.pt"))
