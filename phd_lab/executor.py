@@ -32,7 +32,7 @@ from phd_lab.environment import cpu_instruction_set, device_description, git_dif
 from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, UsageError, first_line
 from phd_lab.factory_args import (FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect,
                                   factory_model_args)
-from phd_lab.factory_results import checked_result, stepping_refusal
+from phd_lab.factory_results import check_callable, checked_result, stepping_refusal
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.kept_folders import existing_folder
 from phd_lab.lock import ProcessTurn, RunLock
@@ -261,6 +261,8 @@ class TrainTestExecutor:
                               f"to train: its weights are buffers or plain tensors, which no optimizer updates. "
                               f"Register the weights it should learn as nn.Parameter (or use layers such as "
                               f"nn.Conv2d and nn.Linear).")
+        check_callable("optimizers", cfg.optimizer, factory, self.registries.optimizers.source, cfg.source, model,
+                       epochs=cfg.epoch)
         try:
             built = factory(model, epochs=cfg.epoch, **cfg.optimizer_args)
         except (TypeError, ValueError) as error:
@@ -277,9 +279,13 @@ class TrainTestExecutor:
 
     def build_metrics(self) -> dict[str, Any]:
         """The run's metrics by lower-cased name, each a new one from its registry factory."""
-        cfg = self.config
-        return {name.lower(): checked_result("metrics", name, self.registries.metrics.get(name)(),
-                                             self.registries.metrics.source, cfg.source) for name in cfg.metrics}
+        cfg, source = self.config, self.registries.metrics.source
+        metrics = {}
+        for name in cfg.metrics:
+            factory = self.registries.metrics.get(name)
+            check_callable("metrics", name, factory, source, cfg.source)
+            metrics[name.lower()] = checked_result("metrics", name, factory(), source, cfg.source)
+        return metrics
 
     # ------------------------------------------------------------------ config log
     def logged_config(self) -> dict[str, Any]:

@@ -81,6 +81,30 @@ def stepping_refusal(optimizer: Any, scheduler: Any) -> str | None:
     return None
 
 
+def _a(kind: str) -> str:
+    """'a model', 'an optimizer': the singular of a registry kind with its article."""
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind[:-1]}"
+
+
+def check_callable(kind: str, name: str, factory: Callable[..., Any], source: str, where: str, *args: Any,
+                   **kwargs: Any) -> None:
+    """Raise a RegistryError where the ``kind`` factory ``name`` cannot take the arguments its contract passes
+    (``args`` and ``kwargs``; a config's ``*_args`` are the caller's to check): a metric factory that needs an
+    argument ended the grid check with a TypeError traceback, an optimizer factory without ``epochs`` was said to
+    be called with the wrong optimizer_args. A factory without a signature to read is left to its call."""
+    import inspect
+    try:
+        inspect.signature(factory).bind_partial(*args, **kwargs)
+        if kind == "metrics":
+            inspect.signature(factory).bind(*args, **kwargs)
+    except ValueError:
+        return
+    except TypeError as error:
+        raise RegistryError(f"{where}: the {kind[:-1]} factory {name!r} of {source or 'its registry'!r} cannot be "
+                            f"called as the framework calls it ({error}): {_a(kind)} factory is "
+                            f"{CONTRACTS[kind][0]} (see docs/registries.md). Fix its signature.") from None
+
+
 def checked_result(kind: str, name: str, result: Any, source: str, where: str) -> Any:
     """``result`` of the ``kind`` factory ``name`` (from the registry ``source``), or a RegistryError."""
     contract, holds = CONTRACTS[kind]
@@ -90,5 +114,5 @@ def checked_result(kind: str, name: str, result: Any, source: str, where: str) -
         f"a {type(result).__name__} of {', '.join(type(item).__name__ for item in result[:3])}"
         f"{', ...' if len(result) > 3 else ''}")
     raise RegistryError(f"{where}: the {kind[:-1]} factory {name!r} of {source or 'its registry'!r} returned {shown}, "
-                        f"which its contract does not allow: a {kind[:-1]} factory is {contract} (see "
+                        f"which its contract does not allow: {_a(kind)} factory is {contract} (see "
                         f"docs/registries.md). Fix the factory{' (is its return missing?)' if result is None else ''}.")

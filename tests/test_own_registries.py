@@ -28,15 +28,25 @@ def plateau(model, *, epochs, lr=0.01, mode="min"):
 def lbfgs(model, *, epochs, lr=0.1):
     """LBFGS, whose step needs a closure."""
     return torch.optim.LBFGS(model.parameters(), lr=lr), None
+
+
+def no_epochs(model, lr=0.1):
+    """SGD, its factory without the contract's epochs."""
+    return torch.optim.SGD(model.parameters(), lr=lr), None
+
+
+def MacroF1(num_classes):
+    """A metric factory that wants an argument its contract does not pass."""
+    raise AssertionError("not called")
 '''
 
 
 def own_config(tmp_path, optimizer, optimizer_args=None, **overrides):
     """A tiny Digits config (8 px) whose optimizer comes from OWN_OPTIMIZERS."""
     (tmp_path / "my_optimizers.py").write_text(textwrap.dedent(OWN_OPTIMIZERS))
+    overrides.setdefault("registries", {"optimizers": str(tmp_path / "my_optimizers.py")})
     return write_config(tmp_path, optimizer=optimizer, optimizer_args=optimizer_args or {}, track_saturation=False,
-                        resolution=8, batch_size=256,
-                        registries={"optimizers": str(tmp_path / "my_optimizers.py")}, **overrides)
+                        resolution=8, batch_size=256, **overrides)
 
 
 def test_reduce_lr_on_plateau_is_stepped_with_the_test_loss_and_resumes_where_it_was(tmp_path):
@@ -109,3 +119,21 @@ def test_a_metric_whose_value_is_no_number_is_named_with_what_a_value_may_be(tmp
     trainer.metrics = {"f1": ReadCounted({"macro": "0.5 (of 10 classes)"})}
     with pytest.raises(RegistryError, match=r"metric \"f1\['macro'\]\" is str '0.5 \(of 10 classes\)', not a number"):
         trainer.fit(bundle, CheckpointStore(tmp_path / "run.pt", tmp_path / "run.prev.pt"))
+
+
+def test_an_optimizer_or_metric_factory_of_another_signature_is_named_with_its_contract(tmp_path, capsys):
+    """A metric factory that takes an argument ended the grid check with a TypeError traceback (exit 1); an
+    optimizer factory without 'epochs' was said to be built with the wrong optimizer_args. Both are exit 2 now,
+    naming the factory and its contract, before any run folder."""
+    assert main_cli(["--config", str(own_config(tmp_path, "no_epochs")), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the optimizer factory 'no_epochs'" in err and "(got an unexpected keyword argument 'epochs')" in err
+    assert "an optimizer factory is f(model, *, epochs, **optimizer_args)" in err
+    config = own_config(tmp_path, "plateau", metrics=["MacroF1"],
+                        registries={"optimizers": str(tmp_path / "my_optimizers.py"),
+                                    "metrics": str(tmp_path / "my_optimizers.py")})
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the metric factory 'MacroF1'" in err and "missing a required argument: 'num_classes'" in err
+    assert "a metric factory is f() ->" in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
