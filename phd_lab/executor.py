@@ -32,7 +32,7 @@ from phd_lab.environment import cpu_instruction_set, device_description, git_dif
 from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, UsageError, first_line
 from phd_lab.factory_args import (FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect,
                                   factory_model_args)
-from phd_lab.factory_results import check_callable, checked_result, stepping_refusal
+from phd_lab.factory_results import check_callable, checked_result, stepping_refusal, unrestorable_scheduler
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.kept_folders import existing_folder
 from phd_lab.lock import ProcessTurn, RunLock
@@ -270,11 +270,11 @@ class TrainTestExecutor:
                               f"{json.dumps(cfg.optimizer_args)}: {first_line(error)}.") from None
         optimizer, scheduler = checked_result("optimizers", cfg.optimizer, built, self.registries.optimizers.source,
                                               cfg.source)
-        refusal = stepping_refusal(optimizer, scheduler)
+        refusal = stepping_refusal(optimizer, scheduler) or unrestorable_scheduler(scheduler)
         if refusal:
             raise RegistryError(f"{cfg.source}: the optimizer factory {cfg.optimizer!r} of "
                                 f"{self.registries.optimizers.source or 'its registry'!r} returned what the trainer "
-                                f"cannot step: {refusal} (see docs/registries.md). Fix the factory.")
+                                f"cannot use: {refusal} (see docs/registries.md). Fix the factory.")
         return optimizer, scheduler
 
     def build_metrics(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from phd_lab.errors import RegistryError
+from phd_lab.errors import RegistryError, first_line
 
 
 def _is_model(result: Any) -> bool:
@@ -78,6 +78,35 @@ def stepping_refusal(optimizer: Any, scheduler: Any) -> str | None:
     if needed:
         return (f"its scheduler {type(scheduler).__name__}'s step() requires {', '.join(needed)}, but the trainer "
                 f"calls scheduler.step() without arguments once per epoch (a ReduceLROnPlateau with the test loss)")
+    return None
+
+
+def unrestorable_scheduler(scheduler: Any) -> str | None:
+    """Why a checkpoint could not carry ``scheduler``'s state, or None. A scheduler without ``state_dict`` failed
+    the run after its first epoch; one whose state holds what ``torch.load(weights_only=True)`` refuses (a numpy
+    scalar, a function) was saved every epoch, but every resume called each checkpoint damaged, the run lost."""
+    import io
+    import pickle
+    import re
+
+    import torch
+    if scheduler is None:
+        return None
+    missing = [method for method in ("state_dict", "load_state_dict") if not callable(getattr(scheduler, method, None))]
+    if missing:
+        return (f"its scheduler {type(scheduler).__name__} has no {' or '.join(m + '()' for m in missing)}, which a "
+                f"checkpoint saves and a resume restores")
+    buffer = io.BytesIO()
+    try:
+        torch.save(scheduler.state_dict(), buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except (pickle.PicklingError, pickle.UnpicklingError, TypeError, AttributeError) as error:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        held = refused.group(1) if refused else f"what pickle refuses ({first_line(error)})"
+        return (f"its scheduler {type(scheduler).__name__}'s state_dict() holds {held}, which a checkpoint cannot "
+                f"restore (it is read with torch.load(weights_only=True)): keep its state to tensors, numbers, "
+                f"strings and lists and dicts of them")
     return None
 
 

@@ -15,6 +15,7 @@ from tests.conftest import run_folders, write_config
 from tests.test_recovery import CrashAt, make_trainer
 
 OWN_OPTIMIZERS = '''
+import numpy as np
 import torch
 
 
@@ -28,6 +29,28 @@ def plateau(model, *, epochs, lr=0.01, mode="min"):
 def lbfgs(model, *, epochs, lr=0.1):
     """LBFGS, whose step needs a closure."""
     return torch.optim.LBFGS(model.parameters(), lr=lr), None
+
+
+class Warmup:
+    """A hand-written warm-up whose state holds a numpy integer (torch.load(weights_only=True) refuses it)."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.done = optimizer, np.int64(0)
+
+    def step(self):
+        self.done += 1
+
+    def state_dict(self):
+        return {"done": self.done}
+
+    def load_state_dict(self, state):
+        self.done = state["done"]
+
+
+def warmup(model, *, epochs, lr=0.1):
+    """SGD with a Warmup, whose checkpointed state no resume could read."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    return optimizer, Warmup(optimizer)
 
 
 def no_epochs(model, lr=0.1):
@@ -136,4 +159,15 @@ def test_an_optimizer_or_metric_factory_of_another_signature_is_named_with_its_c
     err = " ".join(capsys.readouterr().err.split())
     assert "the metric factory 'MacroF1'" in err and "missing a required argument: 'num_classes'" in err
     assert "a metric factory is f() ->" in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
+
+
+def test_a_scheduler_whose_state_no_checkpoint_can_restore_is_refused_before_its_run_folder(tmp_path, capsys):
+    """Its checkpoints were written every epoch, but each resume said 'Every checkpoint ... is damaged
+    (UnpicklingError). Delete them to retrain this run from the start'; a scheduler without state_dict failed the
+    run after its first epoch. The factory is named up front, with what its state holds."""
+    assert main_cli(["--config", str(own_config(tmp_path, "warmup")), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the optimizer factory 'warmup'" in err and "its scheduler Warmup's state_dict() holds numpy" in err
+    assert "torch.load(weights_only=True)" in err and "Traceback" not in err
     assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
