@@ -195,3 +195,29 @@ def test_post_processing_stamps_nested_too_deep_are_recomputed_not_a_failed_run(
     err = capsys.readouterr().err
     assert code == 0 and "RecursionError" not in err
     assert "too deep" in err  # the warning that the steps compute their results again says why
+
+
+def test_a_linked_folder_in_a_shared_probe_cache_has_nothing_removed_where_it_points(tmp_path, caplog):
+    """A cache on a shared file system (a lab's scratch folder) is written by others: a folder 'ab' planted there as
+    a link to the user's results had every old '*-*.npy' without a '<name>.json' beside it (taken for a confusion
+    matrix a killed job left) and every old hidden '.*.tmp' in it deleted by the user's next probe job."""
+    import os
+    import time
+
+    from phd_lab.atomic import STALE_AFTER_SECONDS
+    from phd_lab.probes.cache import ResultCache
+    results = tmp_path / "results"
+    results.mkdir()
+    kept = [results / "run-2024.npy", results / ".notes.draft.tmp"]
+    cache = tmp_path / "cache"
+    (cache / "cd").mkdir(parents=True)
+    left = cache / "cd" / "cd12-0123456789abcdef.npy"  # a killed job's matrix in a real folder of the cache: removed
+    long_ago = time.time() - STALE_AFTER_SECONDS - 60
+    for path in (*kept, left):
+        path.write_text("data")
+        os.utime(path, (long_ago, long_ago))
+    (cache / "ab").symlink_to(results)
+    ResultCache(cache).remove_stale_temps()
+    assert all(path.read_text() == "data" for path in kept)
+    assert not left.exists()
+    assert "is a symbolic link" in caplog.text

@@ -122,10 +122,16 @@ class ResultCache:
         """Delete the temp files of entry writes that a killed job left (``.<digest>.json.<random>.tmp``), once they
         are ``atomic.STALE_AFTER_SECONDS`` old: another job sharing the cache may be writing its entries now, and an
         entry takes it milliseconds. So are confusion matrices (``<digest>-<sha256[:16]>.npy``) whose entry was never
-        written: a job killed between the two writes left them."""
+        written: a job killed between the two writes left them. A folder of the cache that is a symbolic link is
+        left alone: the job never makes one, and in a cache shared with others (a lab's scratch folder) a link
+        ``ab -> ~/results`` had every ``*-*.npy`` there without a ``<name>.json`` beside it deleted."""
         now = file_system_now(self.folder)  # the clock that stamped the files, read once for the 256 folders
         cutoff = now - STALE_AFTER_SECONDS
         for folder in sorted(self.folder.glob("[0-9a-f][0-9a-f]")):
+            if folder.is_symlink():
+                log.warning("The probe cache folder %s is a symbolic link, which probe jobs never make; nothing in "
+                            "what it names is removed.", folder)
+                continue
             try:
                 for stale in remove_stale_temps(folder, now=now):
                     log.info("Removed %s, left half-written by a probe job that was killed.", stale)
