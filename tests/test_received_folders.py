@@ -221,3 +221,31 @@ def test_a_linked_folder_in_a_shared_probe_cache_has_nothing_removed_where_it_po
     assert all(path.read_text() == "data" for path in kept)
     assert not left.exists()
     assert "is a symbolic link" in caplog.text
+
+
+@pytest.mark.parametrize("leftover", [".woof.extracting", ".woof.tar.partial"])
+def test_a_link_in_a_shared_data_dir_at_a_download_folder_is_removed_not_followed(tmp_path, leftover):
+    """A data_dir shared with others: a link planted at the name of the extraction's (or download's) temp folder
+    had the archive extracted into the folder it names, overwriting the files there, and that folder's woof/ moved
+    into data_dir (rmtree leaves a link alone). Only the link goes now."""
+    import tarfile
+
+    from phd_lab.datasets.download import download_and_extract
+    from tests.test_datasets import _http_server
+    source = tmp_path / "source" / "woof"
+    source.mkdir(parents=True)
+    (source / "notes.txt").write_text("from the archive")
+    mine = tmp_path / "home" / "woof"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("three years of work")
+    root, served = tmp_path / "data", tmp_path / "served"
+    root.mkdir()
+    served.mkdir()
+    with tarfile.open(served / "woof.tar", "w") as archive:
+        archive.add(source, arcname="woof")
+    (root / leftover).symlink_to(mine.parent)
+    with _http_server(served) as address:
+        target = download_and_extract(f"{address}/woof.tar", root, "woof")
+    assert (target / "notes.txt").read_text() == "from the archive"
+    assert (mine / "notes.txt").read_text() == "three years of work"
+    assert not (root / leftover).exists() and not (root / leftover).is_symlink()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shlex
 import shutil
 import tarfile
 import zipfile
@@ -43,8 +44,7 @@ def download_and_extract(url: str, root: Path, folder: str) -> Path:
         archive = root / Path(urlparse(url).path).name
         if not archive.is_file():
             _download(url, archive)
-        staging = root / f".{folder}.extracting"
-        shutil.rmtree(staging, ignore_errors=True)  # left by an extraction that was killed
+        staging = _fresh_folder(root / f".{folder}.extracting")  # one left by a killed extraction is removed
         log.info("Extracting %s ...", archive)
         try:
             # tar: no member may leave the staging folder or be a device file (zipfile strips such paths itself)
@@ -63,11 +63,28 @@ def download_and_extract(url: str, root: Path, folder: str) -> Path:
     return target
 
 
+def _fresh_folder(path: Path) -> Path:
+    """``path`` made anew as an empty folder of this process, whatever a killed process (or someone sharing
+    ``data_dir``) left there. A symbolic link there is removed, not followed: ``rmtree`` leaves a link alone, and
+    the archive was then extracted into the folder it names (``~/stuff``), overwriting its files, and that folder's
+    ``<dataset>/`` moved into ``data_dir``. ``mkdir`` fails where a link appears again before it."""
+    try:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        path.mkdir()
+    except OSError as error:  # another user's leftover in a shared data_dir, or a link planted again
+        raise DataError(f"{str(path)!r}, left by a download or extraction that was killed, cannot be replaced "
+                        f"({error.strerror or error}); remove it (rm -r {shlex.quote(str(path))}, or ask its owner) "
+                        f"and run again.") from None
+    return path
+
+
 def _download(url: str, archive: Path) -> None:
     """The file at ``url`` as ``archive``, renamed into place only once it is whole."""
     from torchvision.datasets.utils import download_url
-    partial = archive.parent / f".{archive.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)  # left by a download that was killed
+    partial = _fresh_folder(archive.parent / f".{archive.name}.partial")  # one left by a killed download is removed
     log.info("Downloading %s ...", url)
     try:
         download_url(url, str(partial), filename=archive.name)
