@@ -184,7 +184,10 @@ def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] |
     not modified for ``STALE_AFTER_SECONDS``. Other processes write into a run folder without its
     lock (the probe job, the report); their temp files of the moment must survive. ``only``
     restricts the removal to the temp files of that one target name (a folder that is not ours).
-    ``now``: ``file_system_now`` of the folder's file system, where the caller cleans many of its folders."""
+    ``now``: ``file_system_now`` of the folder's file system, where the caller cleans many of its folders.
+    A folder of a temp file's name is none of ours and stays (a run folder received from someone else with a
+    folder ``.<name>.log.abcd1234.tmp`` ended the rerun, the probe job and the report with IsADirectoryError);
+    a symbolic link of such a name goes, not what it names."""
     removed = []
     # measured at the first temp file that is not the caller's (most calls find none)
     cutoff = None if now is None else now - STALE_AFTER_SECONDS
@@ -193,10 +196,12 @@ def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] |
     pattern = ".*.tmp" if only is None else f".{glob.escape(only)}." + "[a-z0-9_]" * 8 + ".tmp"
     for stale in Path(folder).glob(pattern):
         try:
+            if stale.is_dir() and not stale.is_symlink():
+                continue
             owned = any(stale.name.startswith(f".{prefix}") for prefix in owned_prefixes)
             if not owned:
                 cutoff = file_system_now(folder) - STALE_AFTER_SECONDS if cutoff is None else cutoff
-                if stale.stat().st_mtime > cutoff:
+                if stale.lstat().st_mtime > cutoff:  # a link's own age, not that of what it names
                     continue
             stale.unlink()
         except FileNotFoundError:  # finished (renamed) meanwhile

@@ -249,3 +249,26 @@ def test_a_link_in_a_shared_data_dir_at_a_download_folder_is_removed_not_followe
     assert (target / "notes.txt").read_text() == "from the archive"
     assert (mine / "notes.txt").read_text() == "three years of work"
     assert not (root / leftover).exists() and not (root / leftover).is_symlink()
+
+
+def test_a_folder_or_link_named_like_a_killed_writers_temp_file_is_not_followed_nor_a_traceback(tmp_path):
+    """A run folder received from someone else with a folder named like a temp file (.<name>.log.abcd1234.tmp)
+    ended the rerun, the probe job and the report with IsADirectoryError; it stays now. A link of such a name is
+    removed itself, what it names is left alone."""
+    import os
+    import time
+
+    from phd_lab import atomic
+    victim = tmp_path / "outside"
+    victim.mkdir()
+    (victim / "data.txt").write_text("three years of work")
+    run = tmp_path / "run"
+    run.mkdir()
+    folder, link = run / ".run.log.abcd1234.tmp", run / ".analysis.json.abcd1234.tmp"
+    folder.mkdir()
+    link.symlink_to(victim)
+    long_ago = time.time() - atomic.STALE_AFTER_SECONDS - 60
+    os.utime(folder, (long_ago, long_ago))
+    os.utime(link, (long_ago, long_ago), follow_symlinks=False)
+    assert atomic.remove_stale_temps(run, owned_prefix="run") == [link]
+    assert folder.is_dir() and (victim / "data.txt").read_text() == "three years of work"
