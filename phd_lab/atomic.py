@@ -18,6 +18,7 @@ import glob
 import json
 import math
 import os
+import re
 import secrets
 import shlex
 import tempfile
@@ -178,13 +179,14 @@ def file_system_now(folder: Path | str) -> float:
 
 
 def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] | None = None,
-                       only: str | None = None, now: float | None = None) -> list[Path]:
+                       only: str | None = None, now: float | None = None, shape: str | None = None) -> list[Path]:
     """Delete temp files that a killed writer left in ``folder``: every one of the caller's own
     files (targets starting with ``owned_prefix``: only the lock holder writes those), and any other
     not modified for ``STALE_AFTER_SECONDS``. Other processes write into a run folder without its
     lock (the probe job, the report); their temp files of the moment must survive. ``only``
     restricts the removal to the temp files of that one target name (a folder that is not ours).
     ``now``: ``file_system_now`` of the folder's file system, where the caller cleans many of its folders.
+    ``shape``: a regular expression the target names must match in full (the names the caller writes there).
     A folder of a temp file's name is none of ours and stays (a run folder received from someone else with a
     folder ``.<name>.log.abcd1234.tmp`` ended the rerun, the probe job and the report with IsADirectoryError);
     a symbolic link of such a name goes, not what it names."""
@@ -196,7 +198,8 @@ def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] |
     pattern = ".*.tmp" if only is None else f".{glob.escape(only)}." + "[a-z0-9_]" * 8 + ".tmp"
     for stale in Path(folder).glob(pattern):
         try:
-            if stale.is_dir() and not stale.is_symlink():
+            if (stale.is_dir() and not stale.is_symlink()
+                    or shape is not None and not re.fullmatch(rf"\.(?:{shape})\.[a-z0-9_]{{8}}\.tmp", stale.name)):
                 continue
             owned = any(stale.name.startswith(f".{prefix}") for prefix in owned_prefixes)
             if not owned:

@@ -211,7 +211,7 @@ def test_a_linked_folder_in_a_shared_probe_cache_has_nothing_removed_where_it_po
     kept = [results / "run-2024.npy", results / ".notes.draft.tmp"]
     cache = tmp_path / "cache"
     (cache / "cd").mkdir(parents=True)
-    left = cache / "cd" / "cd12-0123456789abcdef.npy"  # a killed job's matrix in a real folder of the cache: removed
+    left = cache / "cd" / f"cd{'0' * 62}-0123456789abcdef.npy"  # a killed job's matrix in a folder of the cache
     long_ago = time.time() - STALE_AFTER_SECONDS - 60
     for path in (*kept, left):
         path.write_text("data")
@@ -272,3 +272,27 @@ def test_a_folder_or_link_named_like_a_killed_writers_temp_file_is_not_followed_
     os.utime(link, (long_ago, long_ago), follow_symlinks=False)
     assert atomic.remove_stale_temps(run, owned_prefix="run") == [link]
     assert folder.is_dir() and (victim / "data.txt").read_text() == "three years of work"
+
+
+
+def test_a_probe_cache_folder_linked_to_a_folder_of_yours_loses_none_of_its_files(tmp_path):
+    """A cache folder that is a link to a folder of the user's (a received run folder's .probe_cache, as --latents
+    uses, or a mistyped --cache-dir) is followed, as for a scratch disk; its cleanup removed every old '*-*.npy'
+    without a '<name>.json' beside it and every old '.*.tmp' in its two-hex-digit folders (hash-sharded data).
+    Only files of the cache's own names go."""
+    import os
+    import time
+
+    from phd_lab.probes.cache import ResultCache
+    shard = tmp_path / "store" / "ab"
+    shard.mkdir(parents=True)
+    digest = "ab" + "0" * 62
+    mine = [shard / "run-2024.npy", shard / ".notes.draft.tmp", shard / f"{digest}-my-own.npy"]
+    theirs = [shard / f"{digest}-0123456789abcdef.npy", shard / f".{digest}.json.abcd1234.tmp"]
+    long_ago = time.time() - 3600
+    for path in mine + theirs:
+        path.write_bytes(b"data")
+        os.utime(path, (long_ago, long_ago))
+    (tmp_path / "cache").symlink_to(tmp_path / "store")
+    ResultCache(tmp_path / "cache").remove_stale_temps()
+    assert sorted(p.name for p in shard.iterdir()) == sorted(p.name for p in mine)

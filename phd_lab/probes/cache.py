@@ -77,6 +77,10 @@ def _read_npy(data: bytes) -> np.ndarray:
     return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
 
 
+# the names of an entry's files: <digest>.json and <digest>-<sha256[:16]>.npy
+_OWN_NAMES = r"[0-9a-f]{64}(?:\.json|-[0-9a-f]{16}\.npy)"
+
+
 class ResultCache:
     """``get``/``put`` probe records by key in ``<folder>/<digest[:2]>/<digest>.json``, each with its confusion
     matrix in ``<digest>-<sha256[:16]>.npy`` beside it (named by its content: writers of one key never replace
@@ -124,7 +128,10 @@ class ResultCache:
         entry takes it milliseconds. So are confusion matrices (``<digest>-<sha256[:16]>.npy``) whose entry was never
         written: a job killed between the two writes left them. A folder of the cache that is a symbolic link is
         left alone: the job never makes one, and in a cache shared with others (a lab's scratch folder) a link
-        ``ab -> ~/results`` had every ``*-*.npy`` there without a ``<name>.json`` beside it deleted."""
+        ``ab -> ~/results`` had every ``*-*.npy`` there without a ``<name>.json`` beside it deleted. Only files of
+        the cache's own names go (``_OWN_NAMES``): a cache folder that is a link to a folder of the user's (a
+        received run folder's ``.probe_cache``, a mistyped ``--cache-dir``) lost every old ``*-*.npy`` and
+        ``.*.tmp`` of its two-hex-digit folders (hash-sharded data)."""
         now = file_system_now(self.folder)  # the clock that stamped the files, read once for the 256 folders
         cutoff = now - STALE_AFTER_SECONDS
         for folder in sorted(self.folder.glob("[0-9a-f][0-9a-f]")):
@@ -133,9 +140,11 @@ class ResultCache:
                             "what it names is removed.", folder)
                 continue
             try:
-                for stale in remove_stale_temps(folder, now=now):
+                for stale in remove_stale_temps(folder, now=now, shape=_OWN_NAMES):
                     log.info("Removed %s, left half-written by a probe job that was killed.", stale)
                 for matrix in folder.glob("*-*.npy"):
+                    if not re.fullmatch(_OWN_NAMES, matrix.name):  # (the glob: a .npy, no .json)
+                        continue
                     entry = matrix.with_name(f"{matrix.name.split('-')[0]}.json")
                     with contextlib.suppress(FileNotFoundError):  # removed by another job meanwhile
                         if not entry.exists() and matrix.stat().st_mtime < cutoff:
