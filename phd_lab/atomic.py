@@ -199,7 +199,7 @@ def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] |
     for stale in Path(folder).glob(pattern):
         try:
             if (stale.is_dir() and not stale.is_symlink()
-                    or shape is not None and not re.fullmatch(rf"\.(?:{shape})\.[a-z0-9_]{{8}}\.tmp", stale.name)):
+                    or shape is not None and not re.fullmatch(rf"\.(?:{shape})\.[a-z0-9_]+\.tmp", stale.name)):
                 continue
             owned = any(stale.name.startswith(f".{prefix}") for prefix in owned_prefixes)
             if not owned:

@@ -296,3 +296,27 @@ def test_a_probe_cache_folder_linked_to_a_folder_of_yours_loses_none_of_its_file
     (tmp_path / "cache").symlink_to(tmp_path / "store")
     ResultCache(tmp_path / "cache").remove_stale_temps()
     assert sorted(p.name for p in shard.iterdir()) == sorted(p.name for p in mine)
+
+
+def test_a_received_latents_folder_naming_a_folder_of_yours_has_no_hidden_temp_file_of_it_removed(tmp_path):
+    """A latents folder received on its own sends the probe results to the folder its manifest's run_dir names
+    (documented); the job also removed every hidden '.*.tmp' there 15 minutes old, as in a run folder, where
+    other phd-lab writers leave them. A folder without a logged config loses only the job's own temp files."""
+    import os
+    import time
+
+    from phd_lab.probes.synthetic import write_latents
+    from tests.probe_latents import blob_layers
+    home = tmp_path / "home"
+    home.mkdir()
+    draft, killed = home / ".thesis.tex.tmp", home / ".probe_performances.csv.abcd1234.tmp"
+    for path in (draft, killed):
+        path.write_text("draft")
+    long_ago = time.time() - 3600
+    os.utime(draft, (long_ago, long_ago))
+    layers, y_train, y_eval = blob_layers(n_layers=1, n=60)
+    latents = write_latents(tmp_path / "received" / "latents", layers, y_train, y_eval, home, 0.9)
+    assert probe_cli(["--latents", str(latents), "--solver", "lbfgs", "-mp", "0", "--no-progress", "-q",
+                      "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (home / "probe_performances.csv").is_file()
+    assert draft.read_text() == "draft" and not killed.exists()

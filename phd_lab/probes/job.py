@@ -361,10 +361,15 @@ def _log_plans(jobs: Sequence[ProbeJob]) -> None:
 def _remove_killed_writers_temps(jobs: Sequence[ProbeJob]) -> None:
     """Remove the temp files a killed process left in the jobs' run folders: those of the probe results at once
     (only the holder of the run's .probe.lock writes probe_* and the confusions), any other writer's (the
-    analysis.* of a run or report working now) once 15 minutes old."""
+    analysis.* of a run or report working now) once 15 minutes old. A folder the latents do not lie in and that
+    is no run folder (no logged config: the ``run_dir`` a latents folder received on its own names, perhaps ``~``)
+    loses only the job's own: every hidden ``.*.tmp`` there 15 minutes old went."""
     for position, job in enumerate(jobs):
-        for folder, owned in ((job.outputs.root, "probe_"), (job.outputs.probe_confusion_dir, "")):
-            for stale in atomic.remove_stale_temps(folder, owned_prefix=owned):
+        root = job.outputs.root
+        theirs = job.manifest.folder.resolve().parent == root.resolve() or any(root.glob("*_config.json"))
+        others = None if theirs else r"probe_.*"  # the temp files of other writers' names may go
+        for folder, owned, shape in ((root, "probe_", others), (job.outputs.probe_confusion_dir, "", None)):
+            for stale in atomic.remove_stale_temps(folder, owned_prefix=owned, shape=shape):
                 log.info("Removed %s, left half-written by a process that was killed.", stale,
                          extra={PROBE_JOB: position})
 
