@@ -49,8 +49,8 @@ from phd_lab.errors import ConfigError, ExtractionError
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.kept_folders import make_folder
 from phd_lab.latents_folder import (MANIFEST, PREVIOUS_EXTRACTION_VERSION, SPLITS, build_manifest, clear,
-                                    expected_settings, load_manifest, other_runs_latents, record_move, reusable,
-                                    shared_latents_error)
+                                    expected_settings, load_manifest, other_runs_latents, record_move,
+                                    refuse_foreign_link, reusable, shared_latents_error)
 from phd_lab.latents_sets import DEFAULT_METHOD, METHODS, PIXELWISE, extraction_version
 from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
 from phd_lab.pooling import nearest_to, pool_to
@@ -482,6 +482,7 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
         if previous["run_dir"] != settings["run_dir"]:  # type: ignore[index]  # moved: no other run holds it
             previous = record_move(folder, previous, settings["run_dir"])  # type: ignore[arg-type]
         return previous  # type: ignore[return-value]
+    refuse_foreign_link(folder, previous)
     if previous is not None or any(folder.iterdir()):
         log.info("Latents in %s are incomplete or were made with other settings; extracting again.", folder)
     clear(folder)

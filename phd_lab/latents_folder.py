@@ -11,6 +11,7 @@ import hashlib
 import logging
 import math
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from phd_lab import atomic
+from phd_lab.errors import ConfigError
 from phd_lab.file_hash import sha256_file
 from phd_lab.latents_sets import DEFAULT_METHOD, EXTRACTION_VERSION, PREVIOUS_EXTRACTION_VERSION, extraction_version
 
@@ -202,15 +204,42 @@ def record_move(folder: Path, manifest: dict[str, Any], run_dir: str) -> dict[st
     return manifest
 
 
+_EXTRACTION_FILES = ("train-*.npy", "eval-*.npy", ".*.tmp", ".scratch-*")  # what an extraction writes, by name
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """The files of the names an extraction writes in ``folder`` (its manifest aside): what ``clear`` removes."""
+    return sorted(path for pattern in _EXTRACTION_FILES for path in folder.glob(pattern))
+
+
+def refuse_foreign_link(folder: Path, manifest: dict[str, Any] | None) -> None:
+    """Raise a ``ConfigError`` where ``folder`` is a symbolic link without an extraction's manifest (``manifest``:
+    ``load_manifest``'s) that holds files of the names an extraction writes (``train-*.npy``, ``.*.tmp``, or a
+    ``manifest.json`` of another program): they need not be a killed extraction's. A run folder received from
+    someone else whose ``latents`` was a link to a folder of the user's had its ``train-images.npy`` and hidden
+    ``.*.tmp`` files deleted by the rerun's extract step. A link to an empty folder, or to one holding an
+    extraction (a scratch disk), is followed."""
+    if not os.path.islink(folder) or isinstance(manifest, dict) and {"layers", "labels"} <= set(manifest):
+        return
+    found = ([folder / MANIFEST] if manifest is not None else []) + leftovers(folder)
+    if found:
+        shown = ", ".join(path.name for path in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise ConfigError(f"Step 'extract': the latents folder {str(folder)!r} is a symbolic link (to "
+                          f"{os.readlink(folder)!r}) to a folder without an extraction's {MANIFEST} that holds "
+                          f"{shown}; the step would remove them as a killed extraction's files, but they need not be "
+                          f"(a run folder received from someone else may carry such a link). Nothing was removed. "
+                          f"Delete them if they are a killed extraction's, or the link (rm "
+                          f"{shlex.quote(str(folder))}) to extract into the run folder.")
+
+
 def clear(folder: Path) -> None:
     """Remove a previous (possibly half-written) extraction: the manifest first, then its files."""
     manifest = folder / MANIFEST
     if manifest.exists():
         atomic.remove(manifest)
         atomic.fsync_dir(folder)
-    for pattern in ("train-*.npy", "eval-*.npy", ".*.tmp", ".scratch-*"):
-        for path in folder.glob(pattern):  # a folder of such a name: FolderInTheWay, not a bare IsADirectoryError
-            atomic.remove(path, missing_ok=True)
+    for path in leftovers(folder):  # a folder of such a name: FolderInTheWay, not a bare IsADirectoryError
+        atomic.remove(path, missing_ok=True)
 
 
 def build_manifest(results: dict[str, Any], settings: dict[str, Any], test_accuracy: float | None) -> dict[str, Any]:

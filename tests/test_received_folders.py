@@ -320,3 +320,31 @@ def test_a_received_latents_folder_naming_a_folder_of_yours_has_no_hidden_temp_f
                       "--cache-dir", str(tmp_path / "cache")]) == 0
     assert (home / "probe_performances.csv").is_file()
     assert draft.read_text() == "draft" and not killed.exists()
+
+
+def test_a_latents_link_to_a_folder_of_yours_is_refused_before_the_extract_step_clears_it(tmp_path):
+    """A run folder received from someone else whose 'latents' was a link to a folder of the user's: the rerun's
+    extract step removed its train-*.npy, eval-*.npy and hidden .*.tmp files (and an unrelated manifest.json) as a
+    killed extraction's. Such a folder is refused, nothing removed; a link to an empty folder is followed."""
+    from phd_lab.errors import ConfigError
+    from phd_lab.extraction import extract_latents
+    from tests._extraction_models import build_model, loaders_of
+    mine = tmp_path / "data"
+    mine.mkdir()
+    files = {"train-images.npy": "images", ".session.tmp": "draft", "manifest.json": '{"name": "my web app"}'}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "latents").symlink_to(mine)
+    model, data = build_model(), loaders_of(40, 8, 20)
+    with pytest.raises(ConfigError, match="is a symbolic link") as refused:
+        extract_latents(model, data, run / "latents", run_dir=run, progress=False, layers=["head"])
+    assert {path.name: path.read_text() for path in mine.iterdir()} == files
+    assert "train-images.npy" in str(refused.value) and "Nothing was removed" in str(refused.value)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (run / "latents").unlink()
+    (run / "latents").symlink_to(scratch)
+    extract_latents(model, data, run / "latents", run_dir=run, progress=False, layers=["head"])
+    assert (scratch / "manifest.json").is_file() and (scratch / "train-head.npy").is_file()
