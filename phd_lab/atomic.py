@@ -81,9 +81,9 @@ def refuse_link(path: Path | str, what: str) -> None:
     except OSError:
         target = "?"
     raise DataError(f"The {what} {str(path)!r} is a symbolic link (to {target!r}), which phd-lab never makes: "
-                    f"writing there would change what it names instead, outside the run folder (a run folder received "
-                    f"from someone else may carry such a link). Nothing was written to it; delete the link (rm "
-                    f"{shlex.quote(str(path))}) and start the command again.")
+                    f"writing there would change what it names instead, outside its folder (a run folder received "
+                    f"from someone else, or a folder shared with others, may carry such a link). Nothing was written "
+                    f"to it; delete the link (rm {shlex.quote(str(path))}) and start the command again.")
 
 
 def open_no_follow(path: Path | str, flags: int, what: str, mode: int = 0o666) -> int:

@@ -123,8 +123,10 @@ class RunLock:
 @contextlib.contextmanager
 def waiting_lock(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path``, waiting while another process holds it (``RunLock`` refuses
-    instead); the kernel drops it when its process dies."""
-    with open(path, "a+b") as handle:
+    instead); the kernel drops it when its process dies. A symbolic link at ``path`` is refused, not followed
+    (``open_no_follow``): in a data_dir shared with others, one planted at a download's lock made an empty file of
+    whatever name it gave, in a folder of the user's, and locked it."""
+    with os.fdopen(open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, "lock file"), "r+b") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -348,3 +348,18 @@ def test_a_latents_link_to_a_folder_of_yours_is_refused_before_the_extract_step_
     (run / "latents").symlink_to(scratch)
     extract_latents(model, data, run / "latents", run_dir=run, progress=False, layers=["head"])
     assert (scratch / "manifest.json").is_file() and (scratch / "train-head.npy").is_file()
+
+
+def test_a_link_at_a_download_lock_in_a_shared_data_dir_is_refused_not_followed(tmp_path):
+    """A link planted at a download's lock file in a data_dir shared with others: the download opened it to lock,
+    which made an empty file of the name the link gave, in a folder of the user's."""
+    from phd_lab.datasets.download import download_and_extract
+    from phd_lab.errors import DataError
+    root = tmp_path / "data"
+    root.mkdir()
+    made = tmp_path / "home" / ".hushlogin"
+    made.parent.mkdir()
+    (root / ".woof.download.lock").symlink_to(made)
+    with pytest.raises(DataError, match="is a symbolic link"):
+        download_and_extract("http://127.0.0.1:9/woof.tar", root, "woof")
+    assert not made.exists()
