@@ -56,6 +56,7 @@ from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
 from phd_lab.pooling import nearest_to, pool_to
 from phd_lab.progress import bar_options
 from phd_lab.registry import did_you_mean
+from phd_lab.user_paths import nearest_existing
 from phd_lab.wording import plural
 
 log = logging.getLogger(__name__)
@@ -328,6 +329,64 @@ def _check_space(folder: Path, needed: int, dtype: str) -> None:
     message = space_error(needed, shutil.disk_usage(folder).free, folder, dtype)
     if message is not None:
         raise ExtractionError(message)
+
+
+def _row_bytes_per_set(model: nn.Module, names: list[str], loader: DataLoader, device: torch.device,
+                       sets: list[tuple[Any, str]], dtype: str) -> list[int]:
+    """The bytes one sample takes in each latents set of ``sets`` ((downsampling, method) pairs), its label
+    included, from one forward pass of the loader's first sample (npy headers and pixelwise scratch left out)."""
+    linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                outputs[name] = output.detach().clone()
+        return hook
+
+    _forward_one_sample(model, {name: keep(name) for name in names}, loader, device)
+    itemsize = np.dtype(dtype).itemsize
+    label = np.dtype(np.int64).itemsize
+    return [sum(_reduce(output, downsampling, method, name in linears)[0].numel() for name, output in outputs.items())
+            * itemsize + label for downsampling, method in sets]
+
+
+def _bytes_in(folder: Path) -> int:
+    """The bytes of the files in ``folder`` (none where it is missing): an extraction replaces or reuses them."""
+    with contextlib.suppress(OSError):
+        return sum(entry.stat().st_size for entry in folder.iterdir() if entry.is_file())
+    return 0
+
+
+def check_sets_space(model: nn.Module, loaders: dict[str, DataLoader], sets: list[tuple[Path, Any, str]], *,
+                     layers: list[str] | None = None, dtype: str = "float32",
+                     device: torch.device | str = "cpu") -> None:
+    """Before the first of several latents sets (the extract step's 'sizes' and 'methods'; ``sets`` holds each
+    one's folder, downsampling and method): their disk must have room for all of them. Each extraction checks
+    only its own set after its first batch, so the sets that fit were written (hours for §8.3's fourteen sets of
+    a ResNet18 on Cifar-10) before a larger one, often the last, stopped the step on a disk that never had room
+    for it. An ExtractionError names the total, each set's share, the folder, the free space and the keys that
+    shrink them; the bytes of the sets' folders now count as free (each is reused or replaced)."""
+    device = torch.device(device)
+    bare = model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
+    names = _layers_to_extract(bare, layers, loaders["train"], device)
+    samples = sum(len(loaders[split].dataset) for split in SPLITS)
+    rows = _row_bytes_per_set(bare, names, loaders["train"], device,
+                              [(downsampling, method) for _, downsampling, method in sets], dtype)
+    needed = sum(row * samples for row in rows) - sum(_bytes_in(folder) for folder, _, _ in sets)
+    parent = nearest_existing(sets[0][0].parent)
+    free = shutil.disk_usage(parent).free
+    if needed <= free:
+        return
+    shares = ", ".join(f"{folder.name} {_amount(row * samples).split(' (')[0]}"
+                       for (folder, _, _), row in zip(sets, rows))
+    half = ", 'dtype' \"float16\" (half the bytes)" if dtype == "float32" else ""
+    raise ExtractionError(
+        f"Step 'extract': its {len(sets)} latents sets need at least {_amount(needed)} more in {sets[0][0].parent} "
+        f"({shares}), but its disk has {_amount(free)} free; stopped before extracting any. Ways out: free space "
+        f"on that disk, or set 'latents_dir' to a folder on a disk with room; or extract less: fewer 'sizes' or "
+        f"'methods' (a set's bytes grow with the square of its size), a smaller 'downsampling', fewer layers with "
+        f"the extract step's 'layers'{half}.")
 
 
 def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Path, names: list[str],

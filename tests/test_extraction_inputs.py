@@ -162,3 +162,30 @@ def test_tiny_imagenet_skips_hidden_folders_in_train(tmp_path):
                                                        num_workers=0)
     assert bundle.num_classes == 3
     assert len(bundle.train.dataset) == 6 and [label for _, label in bundle.test.dataset] == [1]
+
+
+def test_several_latents_sets_that_do_not_fit_together_stop_the_step_before_the_first_is_written(tmp_path, data):
+    """A real 1 MB disk: the default set at 1×1 (0.16 MB) fits, the whole-map set of 'sizes' [8] (2.6 MB) does not.
+    Each set checked only its own room after its first batch, so the first was written (hours for §8.3's sets of
+    a ResNet18 on Cifar-10) before the second stopped the step; now the step stops before either, naming both."""
+    from types import SimpleNamespace
+
+    from phd_lab.rundir import RunDir
+    from phd_lab.steps import StepContext
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        context = StepContext(config=None, rundir=RunDir(root=folder, name="run"), model=build_model(),  # type: ignore
+                              bundle=SimpleNamespace(train_eval=data["train"], test=data["eval"]),  # type: ignore
+                              device=torch.device("cpu"), history=[{"test_accuracy": 0.5}], progress=False)
+        params = {**_params(None), "downsampling": 1, "sizes": [8], "methods": ["adaptive_avg"]}
+        with pytest.raises(ExtractionError, match=rf"its 2 latents sets need at least 2\.\d MB .* more in {folder} "
+                                                  rf"\(latents 158\.1 kB, latents_8x8_avg 2\.6 MB\), but its "
+                                                  rf"disk has 1\.0 MB .* free; stopped before extracting any"):
+            ExtractStep().run(context, **params)
+        assert list(folder.iterdir()) == []  # the set that fits was not written either
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -90,17 +90,21 @@ class ExtractStep(Step):
         return [rundir.latents(params["latents_dir"], latents.folder_name) for latents in _sets(params)]
 
     def run(self, ctx: StepContext, **params: Any) -> None:
-        from phd_lab.extraction import extract_latents
+        from phd_lab.extraction import check_sets_space, extract_latents
 
         sets = _sets(params)
+        loaders = {"train": ctx.bundle.train_eval, "eval": ctx.bundle.test}
+        if len(sets) > 1:  # room for all of them, before the first is written
+            check_sets_space(ctx.model, loaders, [(ctx.rundir.latents(params["latents_dir"], latents.folder_name),
+                                                   latents.downsampling, latents.method) for latents in sets],
+                             layers=params["layers"], dtype=params["dtype"], device=ctx.device)
         for number, latents in enumerate(sets, 1):
             if len(sets) > 1:
                 log.info("Latents set %d of %d: %s (%s)", number, len(sets), latents.folder_name, latents.describe())
             folder = ctx.rundir.latents(params["latents_dir"], latents.folder_name)
-            extract_latents(ctx.model, {"train": ctx.bundle.train_eval, "eval": ctx.bundle.test}, folder,
-                            run_dir=ctx.rundir.root, downsampling=latents.downsampling, dtype=params["dtype"],
-                            layers=params["layers"], device=ctx.device, test_accuracy=ctx.test_accuracy,
-                            progress=ctx.progress, method=latents.method)
+            extract_latents(ctx.model, loaders, folder, run_dir=ctx.rundir.root, downsampling=latents.downsampling,
+                            dtype=params["dtype"], layers=params["layers"], device=ctx.device,
+                            test_accuracy=ctx.test_accuracy, progress=ctx.progress, method=latents.method)
 
 
 def _trained_fingerprint(rundir: Any) -> str | None:
