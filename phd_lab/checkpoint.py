@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -30,6 +31,7 @@ from phd_lab import atomic
 from phd_lab.atomic import atomic_open, fsync_dir
 from phd_lab.errors import CheckpointError, FolderInTheWay
 from phd_lab.interrupts import deferred_interrupts
+from phd_lab.wording import byte_amount
 
 CHECKPOINT_FORMAT = 1
 # Test-only hook: seconds to sleep in the middle of writing a checkpoint, so that fault
@@ -280,3 +282,45 @@ def misfit(store: CheckpointStore, model: torch.nn.Module, optimizer: torch.opti
         return (f"the optimizer's parameter groups hold {saved_sizes} parameters in the checkpoint and {sizes} in "
                 f"the model")
     return None
+
+
+GENERATIONS_ON_DISK = 3  # while a save writes the staged file, the current and the previous one are still there
+
+
+def _tensor_bytes(tensors: Any) -> int:
+    """The bytes of the tensors among ``tensors`` (other values, such as a step count, left out)."""
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """The bytes of the tensors of one checkpoint of ``model`` and ``optimizer``, a lower bound of its size (RNG
+    states, history and zip headers left out: 20 % more for a tiny model, little at thesis scale): the model's
+    state, and the optimizer's, which before its first step holds nothing yet; then each parameter counts once per
+    running buffer of the optimizer's kind (Adam's two moments, SGD's momentum)."""
+    state = _tensor_bytes(model.state_dict().values())
+    kept = [value for entry in optimizer.state.values() for value in entry.values()]
+    if kept:
+        return state + _tensor_bytes(kept)
+    params = _tensor_bytes(p for group in optimizer.param_groups for p in group["params"])
+    buffers = 2 if "betas" in optimizer.defaults else 1 if optimizer.defaults.get("momentum") else 0
+    return state + buffers * params
+
+
+def room_warning(store: CheckpointStore, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 epochs_left: int) -> str | None:
+    """A warning, before training ``epochs_left`` epochs, where the disk of the run folder has less room than its
+    checkpoints will take (one saved per epoch, up to three on disk at once); None where they fit. The first
+    checkpoint is written after the first epoch (hours of ImageNet), so a run on a disk without room for it
+    trained that epoch for nothing and then stopped with a CheckpointError."""
+    one = checkpoint_bytes(model, optimizer)
+    present = [path.stat().st_size for path in store.generations() if path.is_file()]
+    needed = min(GENERATIONS_ON_DISK, len(present) + epochs_left) * one - sum(present)
+    free = shutil.disk_usage(store.path.parent).free
+    if needed <= free:
+        return None
+    return (f"The checkpoints of this run need at least {byte_amount(needed)} more in {store.path.parent} (one "
+            f"holds at least {byte_amount(one)}: the model's and the optimizer's tensors; up to {GENERATIONS_ON_DISK} "
+            f"are on disk while one is written after each epoch), but its disk has {byte_amount(free)} free: the "
+            f"run will stop with a "
+            f"CheckpointError once an epoch is trained and cannot be saved. Free space on that disk, or set "
+            f"'logs_dir' to a folder on a disk with room.")

@@ -22,7 +22,7 @@ from torch import nn
 
 from phd_lab import atomic
 from phd_lab.callbacks import Callback, MetricsCSV, RunFolderGuard
-from phd_lab.checkpoint import CheckpointStore, misfit
+from phd_lab.checkpoint import CheckpointStore, misfit, room_warning
 from phd_lab.config import (META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point, logged_values_problem,
                             names_another_run)
 from phd_lab.config_paths import absolute_paths
@@ -553,6 +553,10 @@ class TrainTestExecutor:
             owned = (rundir.name, "receptive_field", "computational_info", "projections", "diverged", STAMPS)
             for stale in atomic.remove_stale_temps(rundir.root, owned_prefix=owned):
                 log.info("Removed %s, left half-written by a process that was killed.", stale.name)
+            epochs_left = cfg.epoch - ((store.peek("epoch") or 0) if store.exists() else 0)
+            room = room_warning(store, model, optimizer, epochs_left) if epochs_left > 0 else None
+            if room is not None:  # before the first epoch, not once it is trained and cannot be saved
+                log.warning("%s", room)
             callbacks: list[Callback] = [RunFolderGuard(lock), MetricsCSV(rundir.metrics_csv)]
             callbacks += [cb for factory in CALLBACK_FACTORIES if (cb := factory(cfg, rundir)) is not None]
             trainer = Trainer(model, optimizer, scheduler, metrics=metrics, epochs=cfg.epoch, device=device,

@@ -57,6 +57,7 @@ from phd_lab.pooling import nearest_to, pool_to
 from phd_lab.progress import bar_options
 from phd_lab.registry import did_you_mean
 from phd_lab.user_paths import nearest_existing
+from phd_lab.wording import byte_amount
 from phd_lab.wording import plural
 
 log = logging.getLogger(__name__)
@@ -288,16 +289,6 @@ def _batches(loader: DataLoader, device: torch.device) -> Iterable[tuple[torch.T
         yield batch[0].to(device, non_blocking=True), batch[1]
 
 
-def _amount(count: int) -> str:
-    """Bytes for a message: decimal units, as disks are sold and ``df -H`` shows them, and the exact count."""
-    size, unit = float(count), "bytes"
-    for bigger in ("kB", "MB", "GB", "TB", "PB", "EB"):
-        if size < 1000:
-            break
-        size, unit = size / 1000, bigger
-    return f"{count:,} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({count:,} bytes)"
-
-
 def space_error(needed: int, free: int, folder: Path | str, dtype: str = "float32") -> str | None:
     """The message for latents that need more bytes than the disk of ``folder`` has free; None when they fit.
     Numbers in, message out, so that the boundary and the ways out are tested without filling a disk: the
@@ -305,9 +296,9 @@ def space_error(needed: int, free: int, folder: Path | str, dtype: str = "float3
     if needed <= free:
         return None
     half = ", or its 'dtype' \"float16\" (half the bytes)" if dtype == "float32" else ""
-    return (f"Step 'extract': the latents need at least {_amount(needed)} more in {folder}, but its disk has "
-            f"{_amount(free)} free; stopped after the first batch instead of writing until the disk is full (the "
-            f"files begun were removed). Ways out: free space on that disk, or set 'latents_dir' to a folder on a "
+    return (f"Step 'extract': the latents need at least {byte_amount(needed)} more in {folder}, but its disk "
+            f"has {byte_amount(free)} free; stopped after the first batch instead of writing until the disk is full "
+            f"(the files begun were removed). Ways out: free space on that disk, or set 'latents_dir' to a folder on a "
             f"disk with room; or extract less per sample: a smaller 'downsampling' (feature maps pooled to at most "
             f"N×N; null and 'pixelwise' keep whole maps), fewer layers with the extract step's 'layers' (names or "
             f"wildcards){half}.")
@@ -378,15 +369,15 @@ def check_sets_space(model: nn.Module, loaders: dict[str, DataLoader], sets: lis
     free = shutil.disk_usage(parent).free
     if needed <= free:
         return
-    shares = ", ".join(f"{folder.name} {_amount(row * samples).split(' (')[0]}"
+    shares = ", ".join(f"{folder.name} {byte_amount(row * samples).split(' (')[0]}"
                        for (folder, _, _), row in zip(sets, rows))
     half = ", 'dtype' \"float16\" (half the bytes)" if dtype == "float32" else ""
     raise ExtractionError(
-        f"Step 'extract': its {len(sets)} latents sets need at least {_amount(needed)} more in {sets[0][0].parent} "
-        f"({shares}), but its disk has {_amount(free)} free; stopped before extracting any. Ways out: free space "
-        f"on that disk, or set 'latents_dir' to a folder on a disk with room; or extract less: fewer 'sizes' or "
-        f"'methods' (a set's bytes grow with the square of its size), a smaller 'downsampling', fewer layers with "
-        f"the extract step's 'layers'{half}.")
+        f"Step 'extract': its {len(sets)} latents sets need at least {byte_amount(needed)} more in "
+        f"{sets[0][0].parent} ({shares}), but its disk has {byte_amount(free)} free; stopped before extracting any. "
+        f"Ways out: free space on that disk, or set 'latents_dir' to a folder on a disk with room; or extract less: "
+        f"fewer 'sizes' or 'methods' (a set's bytes grow with the square of its size), a smaller 'downsampling', "
+        f"fewer layers with the extract step's 'layers'{half}.")
 
 
 def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Path, names: list[str],

@@ -1,4 +1,4 @@
-"""Counts and lists in the words of messages: '1 epoch' and '3 epochs', the first names of a long list."""
+"""Counts and lists in the words of messages: '1 epoch' and '3 epochs', the first names of a long list, bytes."""
 
 from __future__ import annotations
 
@@ -16,3 +16,14 @@ def first_names(names: Sequence[str], shown: int = 8, what: str = "layers") -> s
     warning naming the layers of a model of hundreds stays one readable line."""
     more = f" ... ({len(names)} {what} in all)" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
+
+
+def byte_amount(count: int) -> str:
+    """Bytes for a message: decimal units, as disks are sold and ``df -H`` shows them, and the exact count
+    ('2.6 MB (2,616,432 bytes)'; '512 bytes')."""
+    size, unit = float(count), "bytes"
+    for bigger in ("kB", "MB", "GB", "TB", "PB", "EB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, bigger
+    return f"{count:,} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({count:,} bytes)"
