@@ -87,3 +87,14 @@ def test_help_on_a_full_stdout_is_named_in_a_warning(monkeypatch, capsys, caplog
             full.close()
     assert stopped.value.code == 0
     assert "stdout could not be written" in capsys.readouterr().err + caplog.text
+
+
+def test_an_option_before_the_command_is_named_as_misplaced(capsys):
+    """``python -m phd_lab -q report logs`` said "unknown command '-q'", as if -q were a mistyped command, not a
+    report option typed before the command it belongs to."""
+    assert phd_lab_main(["-q", "report", "logs"]) == EXIT_USAGE
+    assert capsys.readouterr().err.endswith("error: '-q' comes before the command 'report'; a command's options go "
+                                            "after it (python -m phd_lab report -q ...).\n")
+    assert phd_lab_main(["--bogus"]) == EXIT_USAGE  # no command anywhere: as before
+    assert capsys.readouterr().err.endswith("error: unknown command '--bogus'. The commands are train, probe, "
+                                            "report.\n")
