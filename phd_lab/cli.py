@@ -169,7 +169,9 @@ class CommandParser(argparse.ArgumentParser):
         """' Did you mean ...?' with the parser's closest option to each unknown one (``--confg=x`` by its name)."""
         from phd_lab.registry import did_you_mean
         options = [name for name in self._option_string_actions if name not in ("-h", "--help")]
-        names = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
+        # an option of its own is unknown only after '--' (``main.py -- --config x``): it is meant literally there
+        names = [name for name in (arg.split("=", 1)[0] for arg in unknown if arg.startswith("-"))
+                 if name not in self._option_string_actions]
         # options share their '--', which makes any two alike: only a close one ('--bogus' is no '--verbose')
         hints = [(name, did_you_mean(name, options, n=1, cutoff=0.7)) for name in names]
         hints = [(name, hint) for name, hint in hints if hint]

@@ -110,3 +110,12 @@ def test_an_unknown_option_is_answered_with_the_closest_ones(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--bogus"])
     assert capsys.readouterr().err.endswith("unrecognized arguments: --bogus.\n")  # no '--verbose' named
+
+
+def test_an_option_after_the_separator_is_not_offered_as_its_own_correction(capsys):
+    """``main.py -- --config x`` (after '--' nothing is an option) answered "Did you mean '--config'?", the very
+    option typed, as if it had been misspelled."""
+    from phd_lab.cli import build_parser
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--", "--config", "exp.json"])
+    assert capsys.readouterr().err.endswith("unrecognized arguments: -- --config exp.json.\n")
