@@ -51,7 +51,7 @@ from phd_lab.kept_folders import make_folder
 from phd_lab.latents_folder import (MANIFEST, PREVIOUS_EXTRACTION_VERSION, SPLITS, build_manifest, clear,
                                     expected_settings, load_manifest, other_runs_latents, record_move,
                                     refuse_foreign_link, reusable, shared_latents_error)
-from phd_lab.latents_sets import DEFAULT_METHOD, METHODS, PIXELWISE, extraction_version
+from phd_lab.latents_sets import DEFAULT_METHOD, METHODS, PIXELWISE, extraction_version, manifest_path
 from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
 from phd_lab.pooling import nearest_to, pool_to
 from phd_lab.progress import bar_options
@@ -529,7 +529,8 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     wanted = _settings_to_reuse(previous, settings, model, names, loaders["train"], device)
     if reusable(folder, previous, wanted, names, samples):
         log.info("Latents in %s are complete; reusing them.", folder)
-        if previous["run_dir"] != settings["run_dir"]:  # type: ignore[index]  # moved: no other run holds it
+        # moved: no other run holds it (the same folder named by another locale's process has not moved)
+        if manifest_path(str(previous["run_dir"])) != settings["run_dir"]:  # type: ignore[index]
             previous = record_move(folder, previous, settings["run_dir"])  # type: ignore[arg-type]
         return previous  # type: ignore[return-value]
     refuse_foreign_link(folder, previous)

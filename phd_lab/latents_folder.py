@@ -22,7 +22,8 @@ from torch import nn
 from phd_lab import atomic
 from phd_lab.errors import ConfigError
 from phd_lab.file_hash import sha256_file
-from phd_lab.latents_sets import DEFAULT_METHOD, EXTRACTION_VERSION, PREVIOUS_EXTRACTION_VERSION, extraction_version
+from phd_lab.latents_sets import (DEFAULT_METHOD, EXTRACTION_VERSION, PREVIOUS_EXTRACTION_VERSION, extraction_version,
+                                  manifest_path)
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,9 @@ def other_runs_latents(folder: Path, run_dir: Path | str) -> str | None:
     manifest = load_manifest(folder)
     named = manifest.get("run_dir") if manifest is not None else None
     if not isinstance(named, str) or not named or "\0" in named:
+        return None
+    named = manifest_path(named)  # as this process names it, whichever locale wrote it
+    if named is None:
         return None
     other = Path(folder) / named  # a relative run_dir is relative to the latents folder (docs/probes.md)
     try:

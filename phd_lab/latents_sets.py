@@ -13,6 +13,7 @@ checkpoint beside them). Nothing here reads or writes a file.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,3 +169,15 @@ def extraction_version(manifest: Mapping[str, Any]) -> int | None:
     if isinstance(version, float) and version.is_integer():
         return int(version)
     return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def manifest_path(value: str) -> str | None:
+    """A path a manifest holds (``run_dir``, a file name) as this process names it, or None where it is no
+    path's name (a lone surrogate other than a byte's escape). A manifest holds a path's bytes as UTF-8 text: a
+    '数据' written under a UTF-8 locale is that text, written under LC_ALL=C with Python's UTF-8 mode off it is
+    the escapes of its bytes; both are the same folder, which the probe job and the extraction name alike (the
+    extraction compared the texts and took one locale's manifest for a moved run folder's)."""
+    try:
+        return os.fsdecode(value.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return None

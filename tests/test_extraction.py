@@ -704,3 +704,25 @@ def test_float16_latents_of_activations_beyond_its_range_are_refused(tmp_path):
     assert not (tmp_path / "latents").exists()
     manifest = extract_latents(model, data, tmp_path / "latents", run_dir=tmp_path, progress=False)
     assert all(np.isfinite(np.load(tmp_path / "latents" / e["train"])).all() for e in manifest["layers"])
+
+
+def test_a_run_folder_named_by_another_locale_is_not_taken_for_a_moved_one(tmp_path, data, caplog):
+    """A manifest written under LC_ALL=C with Python's UTF-8 mode off names a run folder below '数据' by the escapes
+    of its bytes; a rerun under a UTF-8 locale (or the other way round) took the same folder for a moved one: it
+    logged 'The run folder moved' and rewrote the manifest, each locale in turn, though the probe job named both
+    alike."""
+    import logging
+
+    from phd_lab import atomic
+    model = build_model()
+    run = tmp_path / "数据" / "run"
+    extract_latents(model, data, run / "latents", run_dir=run, progress=False)
+    manifest = run / "latents" / MANIFEST
+    written = json.loads(manifest.read_text(encoding="utf-8"))
+    as_c_names_it = os.fsencode(written["run_dir"]).decode("ascii", "surrogateescape")
+    atomic.write_json(manifest, {**written, "run_dir": as_c_names_it})
+    text = manifest.read_text(encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="phd_lab"):
+        again = extract_latents(model, data, run / "latents", run_dir=run, progress=False)
+    assert "moved" not in caplog.text and manifest.read_text(encoding="utf-8") == text
+    assert again["run_dir"] == as_c_names_it

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from phd_lab.atomic import read_json
 from phd_lab.environment import LIMIT_ERRNOS
 from phd_lab.errors import DataError
 from phd_lab.file_hash import hash_and_stamp
+from phd_lab.latents_sets import manifest_path
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _require(mapping: Any, key: str, kind: type, manifest: Path, where: str, *, 
                                   f"surrogate at character {error.start}); names must be UTF-8 text, and paths "
                                   f"the names the file system gives") from None
         if path:  # its UTF-8 bytes, as this process names them (a '数据' of a UTF-8 locale, read under LC_ALL=C)
-            return os.fsdecode(value.encode("utf-8", "surrogateescape"))
+            return manifest_path(value)
     return value
 
 
