@@ -530,7 +530,7 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     if reusable(folder, previous, wanted, names, samples):
         log.info("Latents in %s are complete; reusing them.", folder)
         # moved: no other run holds it (the same folder named by another locale's process has not moved)
-        if manifest_path(str(previous["run_dir"])) != settings["run_dir"]:  # type: ignore[index]
+        if manifest_path(str(previous["run_dir"])) != manifest_path(settings["run_dir"]):  # type: ignore[index]
             previous = record_move(folder, previous, settings["run_dir"])  # type: ignore[arg-type]
         return previous  # type: ignore[return-value]
     refuse_foreign_link(folder, previous)

@@ -23,7 +23,7 @@ from phd_lab import atomic
 from phd_lab.errors import ConfigError
 from phd_lab.file_hash import sha256_file
 from phd_lab.latents_sets import (DEFAULT_METHOD, EXTRACTION_VERSION, PREVIOUS_EXTRACTION_VERSION, extraction_version,
-                                  manifest_path)
+                                  manifest_path, manifest_text)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def expected_settings(run_dir: Path, downsampling: Any, dtype: str, model: nn.Mo
     """What a reusable extraction's manifest must say. ``downsampling_method`` appears only off its default
     (adaptive average pooling), so that the manifests written before it existed stay reusable."""
     settings = {"format": MANIFEST_FORMAT, "extraction_version": EXTRACTION_VERSION,
-                "run_dir": str(Path(run_dir).resolve()), "downsampling": downsampling, "dtype": dtype,
+                "run_dir": manifest_text(Path(run_dir).resolve()), "downsampling": downsampling, "dtype": dtype,
                 "model_sha256": model_fingerprint(model)}
     if method != DEFAULT_METHOD:
         settings["downsampling_method"] = method

@@ -171,6 +171,14 @@ def extraction_version(manifest: Mapping[str, Any]) -> int | None:
     return version if isinstance(version, int) and not isinstance(version, bool) else None
 
 
+def manifest_text(path: Path | str) -> str:
+    """``path`` as a manifest holds it, whatever this process's locale: the text of its bytes read as UTF-8 (a
+    byte that is no UTF-8 as its escape), which ``manifest_path`` names again. A process under a Latin-1 or GBK
+    locale wrote its own name of a folder 'café', and the probe job, which reads a manifest's paths as UTF-8,
+    looked for another folder (exit 2, 'does not exist'), in that locale too."""
+    return os.fsencode(path).decode("utf-8", "surrogateescape")
+
+
 def manifest_path(value: str) -> str | None:
     """A path a manifest holds (``run_dir``, a file name) as this process names it, or None where it is no
     path's name (a lone surrogate other than a byte's escape). A manifest holds a path's bytes as UTF-8 text: a

@@ -2063,3 +2063,29 @@ def test_latents_below_a_folder_the_locale_cannot_decode_are_probed(tmp_path):
                           timeout=240)
     assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
     assert (run_dir / "probe_performances.csv").is_file()
+
+
+def test_latents_written_under_a_latin_1_locale_are_probed_in_it(tmp_path):
+    """Under a Latin-1 locale the manifest named a run folder 'café' (the byte 0xE9 on disk) by that locale's text,
+    and the probe job, which reads a manifest's paths as UTF-8, looked for another folder, in that locale too
+    ('The run folder ... does not exist', exit 2). The manifest holds the folder's bytes as UTF-8 text now."""
+    locales = tmp_path / "locales"
+    locales.mkdir()
+    if shutil.which("localedef") is None or subprocess.run(
+            ["localedef", "-i", "en_US", "-f", "ISO-8859-1", str(locales / "en_US.ISO-8859-1")],
+            capture_output=True, timeout=60).returncode not in (0, 1):  # 1: written, with warnings
+        pytest.skip("localedef cannot make a Latin-1 locale here")
+    env = {**os.environ, "LOCPATH": str(locales), "LC_ALL": "en_US.ISO-8859-1", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0", "PYTHONPATH": str(ROOT)}
+    script = ("import sys\nfrom pathlib import Path\nfrom tests.probe_latents import blob_layers, make_latents\n"
+              "from phd_lab.probes.cli import probe_cli\n"
+              "if sys.getfilesystemencoding() != 'iso8859-1':\n    sys.exit(77)\n"
+              "run, latents = make_latents(Path(sys.argv[1]) / 'caf\\xe9', *blob_layers(n_layers=1))\n"
+              "sys.exit(probe_cli(['--latents', str(latents), '-mp', '0', '--solver', 'lbfgs', '--no-progress',\n"
+              "                    '-q']))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                          timeout=240)
+    if done.returncode == 77:
+        pytest.skip("the Latin-1 locale made here is not Python's file-name encoding")
+    assert done.returncode == 0, done.stderr.decode("latin-1")
+    assert (tmp_path / os.fsdecode(b"caf\xe9") / "run" / "probe_performances.csv").is_file()  # the folder's byte
