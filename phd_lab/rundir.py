@@ -15,7 +15,7 @@ from phd_lab.config_file import load_config_file
 from phd_lab.config_paths import anchor_registry_paths, safe_name
 from phd_lab.errors import ConfigError
 from phd_lab.grid import Grid
-from phd_lab.user_paths import LOOP, NAME_MAX, os_refusal, runs_into_a_loop, shown_path
+from phd_lab.user_paths import LOOP, NAME_MAX, name_bytes, os_refusal, runs_into_a_loop, shown_path
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,12 @@ def _check_name_lengths(cfg: RunConfig, root: Path) -> None:
     sources = {safe_name(cfg.model): "model", f"{safe_name(cfg.dataset)}_{cfg.resolution}": "dataset",
                safe_name(cfg.run_id): "run_id"}
     for part in root.parts:
-        if len(part.encode("utf-8")) > NAME_MAX:
-            raise ConfigError(f"{cfg.source}: the run folder name {part[:60]!r}... is {len(part.encode('utf-8'))} "
+        if name_bytes(part) > NAME_MAX:
+            raise ConfigError(f"{cfg.source}: the run folder name {part[:60]!r}... is {name_bytes(part)} "
                               f"bytes long, and file systems allow {NAME_MAX} per folder; shorten "
                               f"'{sources.get(part, 'logs_dir')}' (or the value it comes from).")
     longest = f".{cfg.name}_saturation_epoch{cfg.epoch}.png.{'x' * 8}.tmp"  # a plot's temp file
-    if len(longest.encode("utf-8")) > NAME_MAX:
+    if name_bytes(longest) > NAME_MAX:
         raise ConfigError(f"{cfg.source}: the run's file names start with {cfg.name[:60]!r}... "
                           f"({len(cfg.name.encode('utf-8'))} bytes, from the model, dataset, resolution, batch size "
                           f"and epochs), too long for file names of at most {NAME_MAX} bytes such as {longest[:40]!r}"

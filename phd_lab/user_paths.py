@@ -30,11 +30,11 @@ def os_refusal(path: Path | str, error: OSError) -> str:
     """Why the operating system refused ``path`` (``error`` from a stat of it), with what to do, for a message;
     a path too long says whether one name or the whole path is."""
     if error.errno == errno.ENAMETOOLONG:
-        longest = max((len(part.encode("utf-8", "surrogatepass")) for part in Path(path).parts), default=0)
+        longest = max((name_bytes(part) for part in Path(path).parts), default=0)
         if longest > NAME_MAX:
             return (f"path too long: one of its names is {longest} bytes, and file systems allow {NAME_MAX} per "
                     f"name; choose a shorter folder name")
-        return (f"path too long: {len(str(path).encode('utf-8', 'surrogatepass'))} bytes, more than this system "
+        return (f"path too long: {name_bytes(str(path))} bytes, more than this system "
                 f"allows for a whole path; choose a shorter folder path")
     if error.errno == errno.ELOOP:
         return LOOP
@@ -76,6 +76,16 @@ def runs_into_a_loop(path: Path | str) -> bool:
     except OSError as error:
         return error.errno == errno.ELOOP
     return False
+
+
+def name_bytes(name: str) -> int:
+    """The bytes a file or folder name takes on disk: its bytes as this process names them (a byte that is no UTF-8,
+    such as a Latin-1 'é' below a UTF-8 locale, is held as its escape and is one byte); UTF-8's count where the
+    locale cannot encode the name. Counting UTF-8 alone raised UnicodeEncodeError on such an escape."""
+    try:
+        return len(os.fsencode(name))
+    except UnicodeEncodeError:
+        return len(name.encode("utf-8", "surrogatepass"))
 
 
 def nearest_existing(path: Path) -> Path:

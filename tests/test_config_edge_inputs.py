@@ -3,6 +3,7 @@ a hand-written ``_meta`` and repeated metrics. Bad input is exit status 2, one p
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -391,3 +392,18 @@ def test_a_logs_dir_through_a_link_that_leads_nowhere_is_refused_up_front(tmp_pa
     assert err.startswith("error: ") and "the key 'logs_dir'" in err, err
     assert f"'{tmp_path / 'logs'}' on the way is a symbolic link to '{tmp_path / 'purged' / 'logs'}'" in err, err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["exp.json", "logs"]
+
+
+def test_a_logs_dir_below_a_home_whose_name_is_no_utf8_is_planned(tmp_path, monkeypatch):
+    """logs_dir '~/logs' with a home folder named with a byte that is no UTF-8 (a Latin-1 'é'; '数据' under LC_ALL=C
+    without UTF-8 mode): the run folder's name-length check encoded its names as strict UTF-8 and the dry run ended
+    with a UnicodeEncodeError traceback (exit 1). Names are counted in the bytes the file system holds."""
+    home = tmp_path / os.fsdecode(b"h\xe9")
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    config = write_config(tmp_path, logs_dir="~/logs")
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="surrogateescape")  # the name's byte as it is
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main_cli(["--config", str(config), "--dry-run", "--no-progress", "-q"]) == 0
+    out.flush()
+    assert b"/h\xe9/logs/vgg11/Digits_16/0/" in out.buffer.getvalue()
