@@ -875,3 +875,22 @@ def test_a_logs_dir_the_locale_cannot_decode_is_linked_and_named_as_its_bytes_ar
     undated = {locale: re.sub(rb"generated [0-9: -]+", b"", page.read_bytes()) for locale, page in pages.items()}
     assert undated["c"] == undated["utf8"]
     assert "../%E6%95%B0%E6%8D%AE/vgg11/" in undated["c"].decode("utf-8")
+
+
+def test_a_page_holding_a_name_that_is_no_utf_8_still_lends_its_figures_to_the_next(tmp_path):
+    """A folder name with a byte that is no UTF-8 (a Latin-1 'café') goes into the page as its bytes, and the next
+    report read that page as strict UTF-8, failed, and drew every comparison and group figure again, each time."""
+    site = tmp_path / os.fsdecode(b"caf\xe9")
+    logs = site / "logs"
+    write_run(logs, width=0.25, stage="trained")
+    page = write_report(logs, site / "r.html", refresh=False, progress=False, processes=0)
+    text = page.read_bytes()
+    assert b"caf\xe9" in text  # the name's own byte
+    keyed = re.findall(rb'<img data-key="([0-9a-f]{32})" [^>]*?src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert keyed
+    markers = {key: base64.b64encode(b"\x89PNG\r\n\x1a\n marker " + key) for key, _ in keyed}
+    for key, data in keyed:
+        text = text.replace(data, markers[key])
+    page.write_bytes(text)
+    again = write_report(logs, site / "r.html", refresh=False, progress=False, processes=0).read_bytes()
+    assert all(markers[key] in again for key, _ in keyed)  # none drawn again

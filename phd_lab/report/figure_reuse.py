@@ -65,10 +65,11 @@ _KEYED_IMAGE = re.compile(r'<img data-key="([0-9a-f]{32})" [^>]*?src="data:image
 
 def previous_figures(page: Path) -> dict[str, bytes]:
     """The keyed figures a previous report page embeds, by key (none if there is no such page or it cannot be
-    read)."""
+    read). A page keeps a folder name's bytes that are no UTF-8 (``_write_page``), so it is read keeping them: read
+    as strict UTF-8 it failed, and every figure was drawn again on each report of such a folder."""
     try:
-        text = page.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        text = page.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
         return {}
     figures = {}
     for key, data in _KEYED_IMAGE.findall(text):
