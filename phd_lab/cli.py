@@ -221,6 +221,11 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
     verbosity.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
 
+def verbosity(args: argparse.Namespace) -> int:
+    """The command_logging level of add_verbosity's options: -1 quiet, 1 verbose, 0 neither."""
+    return -1 if args.quiet else 1 if args.verbose else 0
+
+
 GRID_OPTIONS = {"run_id": "--run-id", "device": "--device", "index": "--index", "dry_run": "--dry-run",
                 "scheduler": "--scheduler"}
 
@@ -360,7 +365,7 @@ def main_cli(argv: Sequence[str] | None = None, prog: str = "main.py") -> int:
         write_stdout("Results:\n" + "\n".join(f"  {o.folder}" for o in outcomes) + "\n")
         return EXIT_OK
 
-    with command_logging(-1 if args.quiet else 1 if args.verbose else 0):  # a dry run or a listing: nothing to resume
+    with command_logging(verbosity(args)):  # a dry run or a listing: nothing to resume
         return guarded(body, "interrupted" if args.dry_run or args.list or args.list_keys else RESUME_TRAINING)
 
 

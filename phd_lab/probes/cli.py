@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from phd_lab.cli import CommandParser, add_verbosity, command_logging, guarded
+from phd_lab.cli import CommandParser, add_verbosity, command_logging, guarded, verbosity
 from phd_lab.console import readable_output, write_stdout
 from phd_lab.errors import EXIT_OK, RunFailure, UsageError
 
@@ -104,5 +104,5 @@ def probe_cli(argv: Sequence[str] | None = None, prog: str = "probe_main.py") ->
                              f"that is resolved: runs already probed come from the cache.")
         return EXIT_OK
 
-    with command_logging(-1 if args.quiet else 1 if args.verbose else 0):
+    with command_logging(verbosity(args)):
         return guarded(body, "interrupted; rerun the same command: the layers already fitted come from the cache")

@@ -228,7 +228,7 @@ def _write_page(out_path: Path, page: str, tables: dict[str, Path], frames: dict
 
 @readable_output
 def main_report(argv: Sequence[str], prog: str = "python -m phd_lab report") -> int:
-    from phd_lab.cli import command_logging, guarded
+    from phd_lab.cli import command_logging, guarded, verbosity
 
     args = build_parser(prog).parse_args(list(argv))
 
@@ -238,6 +238,6 @@ def main_report(argv: Sequence[str], prog: str = "python -m phd_lab report") -> 
         write_stdout(f"{path}\n")
         return EXIT_OK
 
-    with command_logging(-1 if args.quiet else 1 if args.verbose else 0):
+    with command_logging(verbosity(args)):
         return guarded(body, "interrupted; the report was not written (run folders already refreshed stay so); "
                              "rerun the command")
