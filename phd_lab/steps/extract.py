@@ -20,7 +20,10 @@ class ExtractStep(Step):
     name = "extract"
     summary = "latents of every Conv2d/Linear (train and test split) → latents/*.npy + manifest.json"
     params = (
-        param_from_config("downsampling"),
+        param_from_config("downsampling", doc="adaptive-average-pool feature maps to at most N×N (smaller ones "
+                          "stay) for latents/; null keeps whole feature maps, \"pixelwise\" writes one data set per "
+                          "feature-map position (<layer>@<row>_<col>, one probe each); given here, unlike the config "
+                          "key, it is no part of the run's folder (for several sizes of one run, use 'sizes')"),
         param_from_config("latents_dir"),
         Key("dtype", "str", "float32", "storage type of the latents", choices=DTYPES),
         Key("layers", "list", None, "module names or shell wildcards to extract, matched against the qualified "
