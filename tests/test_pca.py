@@ -464,3 +464,44 @@ def test_a_layer_the_training_pass_never_calls_passes_test_data_unchanged() -> N
     test = [*train, (torch.randn(3, 4), torch.randint(0, 2, (3,)))]
     table = projection_table(Branching(), train, test, torch.device("cpu"), deltas=[0.9])
     assert set(table["feature_dims_sum"]) == {4 + 2} and table["loss"].notna().all()
+
+
+class _TrainingOnlyHead(nn.Module):
+    """A classifier whose auxiliary head runs in training mode only (as Inception's): eval passes never call it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head, self.aux = nn.Linear(4, 6), nn.Linear(6, 2), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.body(x)
+        return self.head(hidden) + (0 * self.aux(hidden) if self.training else 0)
+
+
+def test_the_project_step_names_its_run_and_the_remedy_for_layers_eval_mode_never_calls(tmp_path, caplog) -> None:
+    """The warning was 'layers never called in eval mode, left unprojected and out of the sums: aux': no run of a
+    grid, no column it meant, nothing to do about it. It names the run, the columns and the step's 'exclude'."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from phd_lab.config_file import load_config_file
+    from phd_lab.data import DataBundle
+    from phd_lab.grid import Grid
+    from phd_lab.rundir import RunDir
+    from phd_lab.steps import StepContext
+    from phd_lab.steps.project import Project
+    from tests.conftest import write_config
+    config = Grid(load_config_file(write_config(tmp_path, seed=7)))[0]
+    torch.manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.randn(40, 4), torch.randint(0, 2, (40,))), batch_size=20)
+    bundle = DataBundle(name="random", train=loader, test=loader, train_eval=loader, num_classes=2, in_channels=1,
+                        resolution=1)
+    rundir = RunDir(root=tmp_path / "run", name="run")
+    rundir.root.mkdir()
+    context = StepContext(config=config, rundir=rundir, model=_TrainingOnlyHead().eval(), bundle=bundle,
+                          device=torch.device("cpu"), progress=False)
+    with caplog.at_level("WARNING", logger="phd_lab.tracking.projection"):
+        Project().run(context, deltas=[0.9], random_control=False, exclude=[], centered=False)
+    warnings = [record.getMessage() for record in caplog.records if "eval mode" in record.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"{config.name}: ") and "never called aux," in warnings[0]
+    assert "dims_sum and feature_dims_sum" in warnings[0] and "the project step's 'exclude'" in warnings[0]

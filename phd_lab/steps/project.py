@@ -74,7 +74,7 @@ class Project(Step):
                                  deltas=params["deltas"], random_control=params["random_control"],
                                  seed=ctx.config.seed, progress=ctx.progress, exclude=params["exclude"],
                                  centered=params["centered"], examples=examples, example_outputs=outputs,
-                                 layer_dims=layer_dims)
+                                 layer_dims=layer_dims, run_name=ctx.config.name)
         import pandas as pd
         atomic.write_csv(ctx.rundir.projections_layers_csv,
                          pd.DataFrame(layer_dims, columns=["delta", "layer", "k", "features"]))

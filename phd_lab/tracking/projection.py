@@ -69,7 +69,7 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
                      progress: bool = False, exclude: Sequence[str] = (), centered: bool = False,
                      examples: torch.Tensor | None = None,
                      example_outputs: dict[float, torch.Tensor] | None = None,
-                     layer_dims: list[dict] | None = None) -> pd.DataFrame:
+                     layer_dims: list[dict] | None = None, run_name: str = "") -> pd.DataFrame:
     """Rows (delta, basis, accuracy, loss, dims_sum, feature_dims_sum, saturation_mean).
 
     ``basis`` is ``none`` for the unprojected model (delta 1), ``pca`` for the leading
@@ -79,6 +79,7 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
     inputs), ``example_outputs`` receives the model's outputs for them: unprojected under delta 1.0, and
     with the PCA bases under each delta. ``layer_dims`` receives one row per projected layer and delta
     (delta, layer, k, features; the random bases keep the same k), e.g. the encoding's k of §7.2's Table 3.
+    ``run_name`` begins the warning about layers the pass never called, as the run's other warnings begin.
     """
     objective = objective_of(model)
     model.eval()
@@ -86,7 +87,10 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
     collect(projected, list(layers.values()), train_loader, device, progress)
     idle = [name for name, layer in layers.items() if layer.accumulator.n == 0]
     if idle:  # e.g. auxiliary heads that run only in training mode: they stay unprojected and uncounted
-        log.warning("layers never called in eval mode, left unprojected and out of the sums: %s", ", ".join(idle))
+        log.warning("%s: the model's forward pass in eval mode never called %s, so they stay unprojected and are "
+                    "left out of dims_sum and feature_dims_sum (an auxiliary head that runs in training mode only, "
+                    "a branch forward() skips); leave them out with the project step's 'exclude' to project only "
+                    "the layers that run.", run_name or "project", ", ".join(idle))
         for name in idle:
             layers[name].set_delta(1.0)
     pca_names = [name for name in layers if name not in idle]
