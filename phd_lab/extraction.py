@@ -57,8 +57,7 @@ from phd_lab.pooling import nearest_to, pool_to
 from phd_lab.progress import bar_options
 from phd_lab.registry import did_you_mean
 from phd_lab.user_paths import nearest_existing
-from phd_lab.wording import byte_amount
-from phd_lab.wording import plural
+from phd_lab.wording import byte_amount, first_names, plural
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +111,11 @@ def select_layers(model: nn.Module, patterns: list[str] | None) -> list[str]:
                                   f"{type(model).__qualname__}.{did_you_mean(pattern, names)} Give qualified module "
                                   f"names or wildcards (e.g. 'features.*'); null extracts every Conv2d and Linear.")
             chosen += [m for m in matches if m not in chosen]
-    if not chosen:
-        raise ExtractionError(f"Step 'extract': {type(model).__qualname__} has no Conv2d or Linear module to extract.")
+    if not chosen:  # only the default can choose nothing: a pattern that matches nothing is refused above
+        names = [name for name, _ in model.named_modules() if name]
+        raise ConfigError(f"Step 'extract': {type(model).__qualname__} has no Conv2d or Linear module, which the "
+                          f"step extracts by default; name the modules to extract in its 'layers' (qualified names "
+                          f"or wildcards; this model's: {first_names(names, what='modules')}), or leave the step out.")
     check_file_names(model, chosen)
     return chosen
 

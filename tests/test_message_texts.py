@@ -23,3 +23,38 @@ def test_the_extract_steps_downsampling_is_not_described_as_part_of_the_run_fold
     assert main_cli(["--list", "steps"]) == 0
     listed = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("downsampling (")]
     assert len(listed) == 1 and "no part of the run's folder" in listed[0], listed
+
+
+CONV1D_MODEL = '''
+import torch
+from torch import nn
+
+
+class Conv1dOnly(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, 3)
+        self.weight = nn.Parameter(torch.zeros(num_classes, 4))
+
+    def forward(self, x):
+        return self.conv(x.reshape(x.shape[0], 1, -1)).mean(-1) @ self.weight.t()
+
+
+def conv1d_only(*, num_classes, in_channels=3):
+    """A classifier without a Conv2d or Linear module."""
+    return Conv1dOnly(num_classes)
+'''
+
+
+def test_a_model_without_a_default_layer_to_extract_is_refused_up_front_naming_layers(tmp_path, capsys):
+    """The extract step of a model with no Conv2d or Linear module passed the dry run and failed after training
+    (exit 1) with 'Flat has no Conv2d or Linear module to extract.', not saying what to do. It is refused before
+    training (exit 2), naming the step's 'layers' and the model's modules."""
+    (tmp_path / "my_models.py").write_text(CONV1D_MODEL)
+    config = write_config(tmp_path, model="conv1d_only", model_args={}, track_saturation=False,
+                          registries={"models": str(tmp_path / "my_models.py")}, post_processing=["extract"])
+    assert main_cli(["--config", str(config), "--dry-run", "-q"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert err.startswith(f"error: {config} (run 0): Step 'extract': Conv1dOnly has no Conv2d or Linear module"), err
+    assert "name the modules to extract in its 'layers'" in err and "this model's: conv)" in err
+    assert not (tmp_path / "logs").exists()

@@ -53,12 +53,9 @@ class ExtractStep(Step):
 
     def check_model(self, params: dict[str, Any], model: Any, where: str) -> None:
         from phd_lab.errors import ConfigError
-        from phd_lab.extraction import check_file_names, default_layers, select_layers
-        try:
-            if params["layers"] is not None:
-                select_layers(model, params["layers"])  # also refuses layers whose files would collide
-            else:  # the default layers' file names, before training rather than after it
-                check_file_names(model, default_layers(model))
+        from phd_lab.extraction import select_layers
+        try:  # before training rather than after it: patterns that match nothing, a model without a default layer,
+            select_layers(model, params["layers"])  # and layers whose files would collide
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}") from None
 
