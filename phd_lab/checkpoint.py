@@ -17,6 +17,7 @@ without a word. Loading checks them first (about 0.1 s per 200 MB).
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -105,9 +106,7 @@ class CheckpointStore:
         verify_checksums(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            found = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise CheckpointError(f"{path} has checkpoint format {found!r}; this version of phd-lab reads "
-                                  f"format {CHECKPOINT_FORMAT}.")
+            raise CheckpointError(_other_format(path, state))
         problem = content_problem(state)
         if problem is not None:  # a whole archive of other content (edited, or another program's): set aside
             raise MalformedCheckpoint(problem)
@@ -185,6 +184,19 @@ class CheckpointStore:
             return state
         raise CheckpointError(f"Every checkpoint in {self.path.parent} is damaged ({'; '.join(errors)}). "
                               f"Delete them to retrain this run from the start.")
+
+
+def _other_format(path: Path, state: object) -> str:
+    """Why ``state`` read from ``path`` is no checkpoint this version resumes, and what to do: another version's
+    format (named as the number it is), or no phd-lab checkpoint at all (no 'format' entry: another program's)."""
+    anew = "or move the run folder away to train the run anew"
+    found = state.get("format") if isinstance(state, dict) else None
+    if found is None:
+        held = "an object without a 'format' entry" if isinstance(state, dict) else f"a {type(state).__name__}"
+        return (f"The checkpoint {str(path)!r} is no phd-lab checkpoint: it holds {held} (written by another "
+                f"program?). Put the run's own checkpoint back, {anew}.")
+    return (f"The checkpoint {str(path)!r} has format {json.dumps(found, default=repr)}, and this version of "
+            f"phd-lab reads format {CHECKPOINT_FORMAT}. Resume the run with the phd-lab version that wrote it, {anew}.")
 
 
 class MalformedCheckpoint(ValueError):

@@ -255,11 +255,22 @@ def test_every_checkpoint_damaged_is_a_clear_failure(tmp_path, capsys):
 
 
 def test_checkpoint_of_another_format_is_refused(tmp_path):
+    """Refused saying what to do; another program's file (no 'format' entry) was said to be of 'checkpoint format
+    'list'' or 'None' (Python's words for a type and a missing value), as if it were a phd-lab checkpoint."""
     store = CheckpointStore(tmp_path / "c.pt", tmp_path / "p.pt")
     torch.save({"format": 99, "epoch": 1}, tmp_path / "c.pt")
     from phd_lab.errors import CheckpointError
-    with pytest.raises(CheckpointError, match="format 99"):
+    with pytest.raises(CheckpointError, match="has format 99, and this version of phd-lab reads format 1. Resume "
+                                              "the run with the phd-lab version that wrote it, or move the run "
+                                              "folder away to train the run anew"):
         store.load()
+    for content, held in ((["weights"], "a list"), ({"epoch": 1}, "an object without a 'format' entry")):
+        torch.save(content, tmp_path / "c.pt")
+        with pytest.raises(CheckpointError) as refused:
+            store.load()
+        assert str(refused.value) == (f"The checkpoint {str(tmp_path / 'c.pt')!r} is no phd-lab checkpoint: it "
+                                      f"holds {held} (written by another program?). Put the run's own checkpoint "
+                                      f"back, or move the run folder away to train the run anew.")
 
 
 def test_a_checkpoint_whose_entries_are_missing_or_of_another_type_is_damaged_not_a_traceback(tmp_path, capsys):
