@@ -716,11 +716,18 @@ def test_error_no_latents(tmp_path, capsys):
     _assert_usage_error(capsys, None, "--latents", str(tmp_path / "nope"), match="No latents found")
     config = _config(tmp_path)
     _assert_usage_error(capsys, None, "--config", str(config), match="No latents found for any of the 2 run(s)")
+    # a config without the extract step was told to train its runs 'with the extract step' by a command that
+    # extracts nothing: the message says to add the step first
+    _assert_usage_error(capsys, None, "--config", str(config),
+                        match=f"The config's post_processing lists no 'extract' step: add \"extract\" to it, then "
+                              f"run python main.py --config {config} (a trained run is not trained again")
     # --run-id names other runs than the config's: the message says so and its advice keeps the option
     _assert_usage_error(capsys, None, "--config", str(config), "--run-id", "rep 2",
                         match=f"the 2 run(s) of {str(config)!r} with --run-id 'rep 2' (looked for")
+    config = _config(tmp_path, post_processing=["flops", {"name": "extract", "dtype": "float16"}])
     _assert_usage_error(capsys, None, "--config", str(config), "--run-id", "rep 2",
-                        match=f"first (python main.py --config {config} --run-id 'rep 2').")
+                        match=f"Train the runs with the 'extract' post-processing step first (python main.py "
+                              f"--config {config} --run-id 'rep 2').")
 
 
 def test_error_misspelt_registry_name_is_named_not_reported_as_missing_latents(tmp_path, capsys):

@@ -200,10 +200,20 @@ def _nothing_to_probe(scan: _GridScan, where: str, runs: int, run_id: str | None
     with_id = "" if run_id is None else f" with --run-id {run_id!r}"
     command = f"python main.py --config {shlex.quote(where)}" + (
         "" if run_id is None else f" --run-id {shlex.quote(run_id)}")
+    if any(_lists_extract(cfg.values) for _, cfg in scan.unprobed):
+        remedy = f"Train the runs with the 'extract' post-processing step first ({command})."
+    else:  # the command the message named would train or skip the runs without extracting anything
+        remedy = (f"The config's post_processing lists no 'extract' step: add \"extract\" to it, then run "
+                  f"{command} (a trained run is not trained again, its latents are extracted).")
     raise DataError(f"No latents found for any of the {runs} run(s) of {where!r}{with_id} (looked for "
                     f"<run folder>/latents, and the latents_<size>_<method> folders of the extract step's 'sizes', or "
-                    f"under latents_dir). Train the runs with the 'extract' "
-                    f"post-processing step first ({command}).{hint}")
+                    f"under latents_dir). {remedy}{hint}")
+
+
+def _lists_extract(values: Mapping[str, Any]) -> bool:
+    """Whether a run's config lists the extract step in its post_processing (by name or as an object)."""
+    return any(step == "extract" or (isinstance(step, Mapping) and step.get("name") == "extract")
+               for step in values.get("post_processing") or ())
 
 
 SAID_ONE_BY_ONE = 5  # runs skipped for the same reason that get a line each; the rest are counted
