@@ -36,6 +36,13 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: s
     params = signature.parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
+    missing = [p for p in reserved if p not in params]
+    if missing:  # the call fails with "got an unexpected keyword argument", which blamed the config's args
+        kind = key.split("_")[0]
+        raise ConfigError(f"{where}: the {kind} factory {name!r} has no parameter {', '.join(map(repr, missing))}, "
+                          f"which phd-lab passes to every {kind} factory ({', '.join(reserved)}, then the "
+                          f"{key}); add {'it' if len(missing) == 1 else 'them'} to its signature "
+                          f"(docs/registries.md).")
     accepted = sorted(p for p, spec in params.items()
                       if spec.kind is not inspect.Parameter.VAR_POSITIONAL and p not in reserved
                       and spec.kind is not inspect.Parameter.POSITIONAL_ONLY)

@@ -58,3 +58,25 @@ def test_a_model_without_a_default_layer_to_extract_is_refused_up_front_naming_l
     assert err.startswith(f"error: {config} (run 0): Step 'extract': Conv1dOnly has no Conv2d or Linear module"), err
     assert "name the modules to extract in its 'layers'" in err and "this model's: conv)" in err
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_factory_without_a_parameter_the_framework_passes_is_named_not_the_configs_args(tmp_path, capsys):
+    """A model factory without 'in_channels' was refused as "model 'plain' cannot be built with model_args {}:
+    plain() got an unexpected keyword argument 'in_channels'", blaming the config's (empty) model_args; an
+    optimizer factory without 'epochs' alike. The message names the factory's missing parameter and the contract."""
+    (tmp_path / "my_models.py").write_text(CONV1D_MODEL.replace("in_channels=3", "width=1"))
+    config = write_config(tmp_path, model="conv1d_only", model_args={},
+                          registries={"models": str(tmp_path / "my_models.py")})
+    assert main_cli(["--config", str(config), "--dry-run", "-q"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert err == (f"error: {config} (run 0): the model factory 'conv1d_only' has no parameter 'in_channels', which "
+                   f"phd-lab passes to every model factory (num_classes, in_channels, then the model_args); add it "
+                   f"to its signature (docs/registries.md)."), err
+    (tmp_path / "my_optimizers.py").write_text("import torch\n\n\ndef plain_sgd(model, *, lr=0.1):\n"
+                                              "    \"\"\"SGD without a schedule.\"\"\"\n"
+                                              "    return torch.optim.SGD(model.parameters(), lr=lr)\n")
+    config = write_config(tmp_path, optimizer="plain_sgd", optimizer_args={},
+                          registries={"optimizers": str(tmp_path / "my_optimizers.py")})
+    assert main_cli(["--config", str(config), "--dry-run", "-q"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "the optimizer factory 'plain_sgd' has no parameter 'epochs'" in err and "optimizer_args {}" not in err
