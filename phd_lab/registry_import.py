@@ -250,7 +250,7 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
         # (KeyboardInterrupt) and SIGTERM (Terminated) still stop it
         where = f" ({error.filename}, line {error.lineno})" if isinstance(error, SyntaxError) else ""
         what = (f"it calls sys.exit({'' if error.code is None else repr(error.code)}) or raises SystemExit"
-                if isinstance(error, SystemExit) else error)
+                if isinstance(error, SystemExit) else (error.msg or error) if isinstance(error, SyntaxError) else error)
         raise RegistryError(f"The {kind} registry module {spec!r} failed while being imported: "
                             f"{type(error).__name__}: {what}{where}. Fix the module (run `python {spec}` to see "
                             f"the traceback) or point the key 'registries.{kind}' elsewhere.") from None

@@ -80,3 +80,14 @@ def test_a_factory_without_a_parameter_the_framework_passes_is_named_not_the_con
     assert main_cli(["--config", str(config), "--dry-run", "-q"]) == 2
     err = flat(capsys.readouterr().err)
     assert "the optimizer factory 'plain_sgd' has no parameter 'epochs'" in err and "optimizer_args {}" not in err
+
+
+def test_a_registry_module_with_a_syntax_error_is_named_with_its_place_once(tmp_path, capsys):
+    """'SyntaxError: invalid syntax (broken.py, line 1) (/path/broken.py, line 1)': Python's own place of the error
+    and the message's, one after the other. The place is said once, with the file's whole path."""
+    broken = tmp_path / "broken.py"
+    broken.write_text("def net(:\n")
+    config = write_config(tmp_path, registries={"models": str(broken)})
+    assert main_cli(["--config", str(config), "--dry-run", "-q"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert f"failed while being imported: SyntaxError: invalid syntax ({broken}, line 1). Fix the module" in err, err
