@@ -16,6 +16,7 @@ import importlib.util
 import linecache
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -252,8 +253,16 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
         what = (f"it calls sys.exit({'' if error.code is None else repr(error.code)}) or raises SystemExit"
                 if isinstance(error, SystemExit) else (error.msg or error) if isinstance(error, SyntaxError) else error)
         raise RegistryError(f"The {kind} registry module {spec!r} failed while being imported: "
-                            f"{type(error).__name__}: {what}{where}. Fix the module (run `python {spec}` to see "
-                            f"the traceback) or point the key 'registries.{kind}' elsewhere.") from None
+                            f"{type(error).__name__}: {what}{where}. Fix the module (run `{_import_command(spec)}` "
+                            f"to see the traceback) or point the key 'registries.{kind}' elsewhere.") from None
+
+
+def _import_command(spec: str) -> str:
+    """The shell command that shows the traceback of a registry module's import: a file runs as a script, a dotted
+    module name is imported (``python registries.mine`` looks for a file of that name)."""
+    if spec.endswith(".py") or "/" in spec:
+        return f"python {shlex.quote(spec)}"
+    return f"python -c 'import {spec}'"
 
 
 def _import_dotted(spec: str) -> ModuleType:

@@ -91,3 +91,15 @@ def test_a_registry_module_with_a_syntax_error_is_named_with_its_place_once(tmp_
     assert main_cli(["--config", str(config), "--dry-run", "-q"]) == 2
     err = flat(capsys.readouterr().err)
     assert f"failed while being imported: SyntaxError: invalid syntax ({broken}, line 1). Fix the module" in err, err
+
+
+def test_a_dotted_registry_module_that_fails_is_told_with_a_command_that_imports_it(tmp_path, capsys, monkeypatch):
+    """The advice to see the traceback was `python my_failing_models` for a dotted module name, which looks for a
+    file of that name ("can't open file"); a dotted name is imported with python -c, a file still run as such."""
+    (tmp_path / "phd_lab_msg_failing_models.py").write_text("raise RuntimeError('no GPU driver')\n")
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, registries={"models": "phd_lab_msg_failing_models"})
+    assert main_cli(["--config", str(config), "--dry-run", "-q"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "RuntimeError: no GPU driver. Fix the module (run `python -c 'import phd_lab_msg_failing_models'` to " \
+           "see the traceback)" in err, err
