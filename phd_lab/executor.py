@@ -395,12 +395,7 @@ class TrainTestExecutor:
                 raise UsageError(f"The run folder {str(self.rundir.root)!r} holds a run with a different "
                                  f"config ({path.name}); use another run id.")
             if CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():  # trained
-                # The keys that shaped the weights keep the values the run was trained with (what
-                # reproduces it); the others (post-processing, analysis, probe, folders) follow the rerun.
-                now = self.logged_config()
-                if "registries" in previous:  # logged by its bare name (by earlier versions): the same file
-                    previous["registries"] = self.registries.logged_specs(previous["registries"])
-                kept, asked = kept_training_values(previous, now, self._trained_threads, self.config.cpu_threads)
+                now, kept, asked = self._trained_rerun(previous)
                 self._say_setup_differences(old_meta, now[META_KEY], against_logged_run=False)
                 changed = self._changes_to_training(previous, old_meta or {}) if kept else []
                 # a diverged run stops at once (nothing more trains), whatever the setup
@@ -424,6 +419,37 @@ class TrainTestExecutor:
         else:
             atomic.remove(self.rundir.git_diff, missing_ok=True)  # an earlier, untrained start's changes
         atomic.write_json(path, now)
+
+    def _trained_rerun(self, previous: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The config a rerun of a trained run logs, the training values it keeps from the logged ``previous``
+        (its keys of this version) and those this rerun asks for instead (named in a warning). The keys that shaped
+        the weights keep the values the run was trained with (what reproduces it); the others (post-processing,
+        analysis, probe, folders) follow the rerun."""
+        now = self.logged_config()
+        if "registries" in previous:  # logged by its bare name (by earlier versions): the same file
+            previous["registries"] = self.registries.logged_specs(previous["registries"])
+        kept, asked = kept_training_values(previous, now, self._trained_threads, self.config.cpu_threads)
+        return now, kept, asked
+
+    def finished_rerun_is_silent(self) -> bool:
+        """Whether ``write_config`` would leave the logged config of this trained run as it is and say nothing: the
+        config asks for no other value (a training key the run keeps is named in a warning) and the same code
+        builds its model, data and optimizer (other factory code is named in a warning, and a model its
+        checkpoint no longer fits is refused). A Dask grid lists a finished point as finished without sending it
+        to a worker only then, so that it misses no warning or refusal a sequential rerun gives."""
+        logged, _ = read_logged_config(self.rundir.config)
+        if logged is None:
+            return False
+        old_meta = logged.pop(META_KEY, None)
+        previous = {k: v for k, v in logged.items() if k in SCHEMA_BY_NAME}
+        if names_another_run(previous, self.config):
+            return False
+        self._thread_count()  # the count the checkpoint was trained with, which the logged config keeps
+        now, kept, asked = self._trained_rerun(previous)
+        if asked or setup_differences(old_meta, now[META_KEY])[0]:
+            return False
+        written = {key: value for key, value in {**now, **kept}.items() if key != META_KEY}
+        return written == logged
 
     def _say_setup_differences(self, logged: Any, now: Mapping[str, Any], against_logged_run: bool) -> None:
         """Warn when the code (factory defaults, registry files), versions or machine (device, CPU instruction

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 from tqdm import tqdm
 
 from phd_lab.checkpoint import CheckpointStore
-from phd_lab.config import META_KEY, check_probe_keys
+from phd_lab.config import check_probe_keys
 from phd_lab.device import parse_device, resolve_device
 from phd_lab.errors import (LOG_MARK, ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line,
                             without_log)
-from phd_lab.executor import TRAINING_KEYS, TrainTestExecutor, read_logged_config
+from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.interrupts import interruption_behind
 from phd_lab.latents_folder import other_runs_latents, shared_latents_error
@@ -472,18 +472,11 @@ def point_status(executor: TrainTestExecutor, meta_models: dict[Any, Any] | None
 
 
 def rerun_changes_nothing(executor: TrainTestExecutor, meta_models: dict[Any, Any] | None = None) -> bool:
-    """Whether running this grid point again would train no epoch, run no post-processing step and leave its
-    logged config as it is (``--dry-run``'s 'finished', and the logged config's values are those the config would
-    log, but for the ones a trained run keeps): a Dask grid need not send it to a worker. A rerun that would
-    update or refuse something (a changed key, a damaged or unreadable file) is still sent, as before."""
-    if point_status(executor, meta_models) != "finished":
-        return False
-    logged, _ = read_logged_config(executor.rundir.config)
-    if logged is None:
-        return False
-    now = executor.logged_values()
-    keys = (set(logged) | set(now)) - {META_KEY, *TRAINING_KEYS}
-    return all(logged.get(key) == now.get(key) for key in keys)
+    """Whether running this grid point again would train no epoch, run no post-processing step, leave its
+    logged config as it is and warn of nothing (``--dry-run``'s 'finished' and ``finished_rerun_is_silent``, the
+    sequential rerun's own comparison): a Dask grid need not send it to a worker. A rerun that would update, warn
+    of or refuse something (a changed key, other factory code, a damaged or unreadable file) is still sent."""
+    return point_status(executor, meta_models) == "finished" and executor.finished_rerun_is_silent()
 
 
 def _point_status(executor: TrainTestExecutor, status: "TrainingStatus",

@@ -803,3 +803,36 @@ def test_only_the_rules_own_default_and_a_cpu_runs_model_are_read_as_what_they_s
     assert machine_differences({**gpu, "device_name": "arm64"}, gpu) == ["the device model arm64 (now NVIDIA H200)"]
     assert machine_differences({**cpu, "cpu_capability": "arm64"}, cpu) == [
         "the CPU instruction set arm64 (now DEFAULT)"]
+
+
+def test_a_finished_run_whose_code_or_training_keys_changed_is_not_called_finished_by_the_dask_client(tmp_path,
+                                                                                                     capsys):
+    """A Dask grid lists a finished point as finished without sending it to a worker (``rerun_changes_nothing``),
+    but it compared the logged values alone: after the model factory's code changed it said 'finished' where a
+    sequential rerun warns that the run is post-processed under other code, or refuses a checkpoint the model no
+    longer fits (exit 2), and it said nothing of a cpu_threads the run keeps. Such a point goes to a worker now,
+    whose rerun says so as the sequential one does."""
+    from phd_lab.experiment import Main, rerun_changes_nothing
+    registry = tmp_path / "my_models.py"
+    registry.write_text(REGISTRY.format(act="relu"))
+    values = dict(epoch=1, cpu_threads=1, model="tiny_cnn", model_args={}, registries={"models": str(registry)},
+                  track_saturation=False, post_processing=[])
+    config = write_config(tmp_path, **values)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+
+    def skipped() -> bool:
+        main = Main(progress=False)
+        main.load(config)
+        return rerun_changes_nothing(main.executors[0], main.meta_models)
+
+    assert skipped(), "finished, nothing changed: not sent to a worker"
+    registry.write_text(REGISTRY.format(act="relu").replace("A 4-channel", "One 4-channel"))  # the docstring only
+    assert not skipped()
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress")
+    assert code == 0 and "post-processed under another setup than it was trained with" in err
+    registry.write_text(REGISTRY.format(act="relu").replace("4", "8"))  # a model the checkpoint does not fit
+    assert not skipped()
+    registry.write_text(REGISTRY.format(act="relu"))
+    assert skipped()
+    write_config(tmp_path, **{**values, "cpu_threads": 2})  # kept from the checkpoint, named in a warning
+    assert not skipped()
