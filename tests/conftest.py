@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -102,6 +103,20 @@ def file_size_limit(limit: int):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     return limit_file_size
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """``folder`` made a real tmpfs disk of ``size`` (``"1m"``, ``"256k"``) for the block, unmounted after it; the
+    test is skipped where mounting needs a root this process lacks."""
+    folder.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 def run_folders(logs: Path) -> list[Path]:

@@ -3,7 +3,6 @@ that fills up during a pixelwise extraction, and hidden folders in a Tiny ImageN
 
 from __future__ import annotations
 
-import subprocess
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from phd_lab.extraction import PIXELWISE, extract_latents
 from phd_lab.registry import Registries
 from phd_lab.steps.extract import ExtractStep
 from tests._extraction_models import build_model, loaders
+from tests.conftest import small_disk
 
 
 @pytest.fixture(scope="module")
@@ -83,19 +83,13 @@ def test_layers_that_do_not_collide_keep_their_file_names(tmp_path, data):
 def test_a_disk_too_small_for_a_pixelwise_extraction_stops_it_leaving_nothing_and_naming_the_folder(tmp_path, data):
     """A real 1 MB disk: the bytes the first batch shows are to come do not fit, so the extraction stops there."""
     folder = tmp_path / "small"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
+    with small_disk(folder, "1m"):
         latents = folder / "latents"
         # body.0 at 8 px: a 0.4 MB scratch file fits, its 64 position files (1.5 MB) do not
         with pytest.raises(ExtractionError, match=f"need at least .* more in {latents}, but its disk has 1.0 MB"):
             extract_latents(build_model(), data, latents, run_dir=tmp_path, layers=["body.0"],
                             downsampling=PIXELWISE, progress=False)
         assert not latents.exists()  # no scratch, position or temp files, and no empty folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_a_write_failing_during_a_pixelwise_extraction_leaves_nothing_and_names_the_file(tmp_path, data):
@@ -173,11 +167,7 @@ def test_several_latents_sets_that_do_not_fit_together_stop_the_step_before_the_
     from phd_lab.rundir import RunDir
     from phd_lab.steps import StepContext
     folder = tmp_path / "small"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
+    with small_disk(folder, "1m"):
         context = StepContext(config=None, rundir=RunDir(root=folder, name="run"), model=build_model(),  # type: ignore
                               bundle=SimpleNamespace(train_eval=data["train"], test=data["eval"]),  # type: ignore
                               device=torch.device("cpu"), history=[{"test_accuracy": 0.5}], progress=False)
@@ -187,5 +177,3 @@ def test_several_latents_sets_that_do_not_fit_together_stop_the_step_before_the_
                                                   rf"disk has 1\.0 MB .* free; stopped before extracting any"):
             ExtractStep().run(context, **params)
         assert list(folder.iterdir()) == []  # the set that fits was not written either
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)

@@ -32,7 +32,7 @@ from phd_lab.experiment import Main
 from phd_lab.lock import RunLock
 from phd_lab.trainer import Trainer
 from tests.conftest import (ROOT, checkpoint_state, file_size_limit, main_in_process, read_metrics, run_folders,
-                            run_name, sigint_as_in_a_terminal, write_config)
+                            run_name, sigint_as_in_a_terminal, small_disk, write_config)
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights
 
 
@@ -1475,16 +1475,10 @@ def test_a_run_folder_on_a_disk_without_room_for_its_checkpoints_is_warned_about
     the checkpoint could not be written, and nothing said so before. Now a warning before the first epoch names the
     checkpoint's size, the folder, the free space and 'logs_dir'; the run still stops with the CheckpointError."""
     logs = tmp_path / "logs"
-    logs.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(logs)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
+    with small_disk(logs, "256k"):
         config = write_config(tmp_path, epoch=1, track_saturation=False, cpu_threads=1)
         code, err = main_in_process(capsys, "--config", str(config), "--no-progress")
         [folder] = run_folders(logs)
-    finally:
-        subprocess.run(["umount", str(logs)], check=True)
     said = " ".join(err.split())
     assert code == 1
     warned = re.search(rf"WARNING \S+: The checkpoints of this run need at least 4\d\d\.\d kB \([\d,]+ bytes\) more "
