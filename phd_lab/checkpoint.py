@@ -132,6 +132,12 @@ class CheckpointStore:
         or None when there is no readable checkpoint or it lacks the entry."""
         return self.peek_state().get(key)
 
+    def peek_epochs(self) -> int | None:
+        """The epochs trained by the checkpoint ``load`` would use, or None where there is none or its 'epoch' is
+        no count (a damaged one, which ``load`` refuses: a str there ended the room check with a TypeError)."""
+        epochs = self.peek("epoch")
+        return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
     def peek_state(self) -> dict[str, Any]:
         """The checkpoint ``load`` would use, memory-mapped (its tensors are read only where used); empty when
         there is no readable one, or when the file system refuses to read one (permissions, an I/O error): ``load``
@@ -300,8 +306,10 @@ GENERATIONS_ON_DISK = 3  # while a save writes the staged file, the current and 
 
 
 def _tensor_bytes(tensors: Any) -> int:
-    """The bytes of the tensors among ``tensors`` (other values, such as a step count, left out)."""
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    """The bytes of the tensors among ``tensors`` (other values, such as a step count, left out; so is a lazy
+    module's parameter before its first forward pass, whose size is not known yet and whose numel() raises)."""
+    return sum(t.numel() * t.element_size() for t in tensors
+               if isinstance(t, torch.Tensor) and not torch.nn.parameter.is_lazy(t))
 
 
 def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:

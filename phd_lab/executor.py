@@ -465,7 +465,7 @@ class TrainTestExecutor:
         if self.rundir.diverged.is_file():  # it stops again at once: nothing trains or is post-processed now
             return
         store = CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint)
-        trained = store.peek("epoch")
+        trained = store.peek_epochs()
         if trained is None and store.exists():  # none readable: what is left to train is not known (loading says)
             return
         if (trained or 0) < self.config.epoch:
@@ -579,7 +579,7 @@ class TrainTestExecutor:
             owned = (rundir.name, "receptive_field", "computational_info", "projections", "diverged", STAMPS)
             for stale in atomic.remove_stale_temps(rundir.root, owned_prefix=owned):
                 log.info("Removed %s, left half-written by a process that was killed.", stale.name)
-            epochs_left = cfg.epoch - ((store.peek("epoch") or 0) if store.exists() else 0)
+            epochs_left = cfg.epoch - ((store.peek_epochs() or 0) if store.exists() else 0)
             room = room_warning(store, model, optimizer, epochs_left) if epochs_left > 0 else None
             if room is not None:  # before the first epoch, not once it is trained and cannot be saved
                 log.warning("%s", room)

@@ -464,8 +464,8 @@ def point_status(executor: TrainTestExecutor, meta_models: dict[Any, Any] | None
     status = training_status(rundir, {"epoch": planned}, metrics)  # as the report says it
     if damage is None:
         return _point_status(executor, status, meta_models)
-    trained = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint).peek("epoch")
-    if not status.active and isinstance(trained, int) and trained > status.epochs_done:
+    trained = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint).peek_epochs()
+    if not status.active and trained is not None and trained > status.epochs_done:
         status = training_status(rundir, {"epoch": planned}, pd.DataFrame({"epoch": [trained]}))
         damage += f"; the epochs trained are those of {rundir.checkpoint.name}"
     return f"{_point_status(executor, status, meta_models)} ({damage})"

@@ -1486,3 +1486,16 @@ def test_a_run_folder_on_a_disk_without_room_for_its_checkpoints_is_warned_about
                        rf"its disk has 2\d\d\.\d kB .* free: .* set 'logs_dir' to a folder on a disk with room", said)
     assert warned, said
     assert warned.start() < said.index("failed: CheckpointError")
+
+
+def test_the_checkpoint_size_of_a_lazy_model_counts_its_initialised_tensors_before_its_first_forward_pass():
+    """A lazy module's parameter has no size before the first batch (numel() raises): the room check before the
+    first epoch failed every run of such a model ('Attempted to use an uninitialized parameter'); it counts what
+    is known, the bound staying a lower one."""
+    from phd_lab.checkpoint import checkpoint_bytes
+    model = torch.nn.Sequential(torch.nn.LazyLinear(4), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.Adam(model.parameters())
+    known = (4 * 2 + 2) * 4  # the second layer's float32 weight and bias
+    assert checkpoint_bytes(model, optimizer) == known + 2 * known  # Adam's two moments of the known parameters
+    model(torch.zeros(1, 3))
+    assert checkpoint_bytes(model, optimizer) == 3 * ((3 * 4 + 4) * 4 + known)
