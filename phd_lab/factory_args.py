@@ -27,6 +27,16 @@ def factory_model_args(model_args: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
 
 
+PASSED_BY_POSITION = ("model",)  # an optimizer factory is called f(model, epochs=..., ...): any first name will do
+
+
+def _takes_one_by_position(params: Any) -> bool:
+    """Whether a factory with the parameters ``params`` takes a first argument by position."""
+    kinds = [p.kind for p in params]
+    return bool(kinds) and (kinds[0] in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                            or inspect.Parameter.VAR_POSITIONAL in kinds)
+
+
 def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: str, name: str,
                        where: str, reserved: tuple[str, ...], framework: tuple[str, ...] = ()) -> None:
     """Reject arguments a factory does not accept (a typo in model_args fails before training), and values of
@@ -36,7 +46,8 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: s
     params = signature.parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    missing = [p for p in reserved if p not in params]
+    missing = [p for p in reserved if p not in params and not (p in PASSED_BY_POSITION and _takes_one_by_position(
+        params.values()))]
     if missing:  # the call fails with "got an unexpected keyword argument", which blamed the config's args
         kind = key.split("_")[0]
         raise ConfigError(f"{where}: the {kind} factory {name!r} has no parameter {', '.join(map(repr, missing))}, "

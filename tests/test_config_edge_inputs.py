@@ -241,7 +241,10 @@ def test_a_model_or_dataset_factory_may_take_an_argument_named_model():
         raise AssertionError("only its signature is read")
 
     check_factory_args(wrapper, {"model": "resnet50"}, "model_args", "wrapper", "exp.json", SUPPLIED_ARGS["models"])
-    check_factory_args(wrapper, {"model": "resnet50"}, "dataset_args", "wrapper", "exp.json",
+    def data_wrapper(*, batch_size, resolution, data_dir, seed, num_workers, model="resnet18"):
+        raise AssertionError("only its signature is read")
+
+    check_factory_args(data_wrapper, {"model": "resnet50"}, "dataset_args", "data_wrapper", "exp.json",
                        SUPPLIED_ARGS["datasets"])
 
     def optimizer(model, epochs, lr=0.1):
@@ -249,6 +252,14 @@ def test_a_model_or_dataset_factory_may_take_an_argument_named_model():
 
     with pytest.raises(ConfigError, match=r"optimizer_args \['model'\] are not accepted by 'sgd'.* It accepts: lr"):
         check_factory_args(optimizer, {"model": "x"}, "optimizer_args", "sgd", "exp.json",
+                           SUPPLIED_ARGS["optimizers"])
+
+    def named_otherwise(net, *, epochs, lr=0.1):  # the model is passed by position: any first name takes it
+        raise AssertionError("only its signature is read")
+
+    check_factory_args(named_otherwise, {"lr": 0.5}, "optimizer_args", "mine", "exp.json", SUPPLIED_ARGS["optimizers"])
+    with pytest.raises(ConfigError, match=r"the optimizer factory 'kw' has no parameter 'model'"):
+        check_factory_args(lambda *, epochs: None, {}, "optimizer_args", "kw", "exp.json",
                            SUPPLIED_ARGS["optimizers"])
 
 
