@@ -91,6 +91,9 @@ def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
         with logs_above_progress_bars():
             return body()
     except PhdLabError as error:  # UsageError: 2, anything else the framework raises: 1
+        stop = interruption_behind(error)  # a probe worker's own Ctrl-C, taken for its layer's failure (exit 1)
+        if stop is not None:
+            return _stopped(stop, interrupted)
         report_error(error)
         return error.exit_code
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)

@@ -175,6 +175,22 @@ def test_a_sigterm_something_swallowed_still_ends_the_command_at_the_next_batch(
     assert guarded(next_command) == 0
 
 
+
+def test_a_framework_error_raised_from_a_ctrl_c_ends_the_command_as_the_ctrl_c_does(capsys):
+    """Ctrl-C in a terminal reaches the probe job's workers too; a worker's KeyboardInterrupt that came back before
+    the job's own was taken for its layer's failure ('The probe of layer ... failed: KeyboardInterrupt', exit 1)."""
+    from phd_lab.errors import RunFailure
+
+    def body() -> int:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as stop:
+            raise RunFailure("The probe of layer 'features.1' failed: KeyboardInterrupt") from stop
+
+    assert guarded(body, "interrupted; rerun") == 130
+    err = capsys.readouterr().err
+    assert "interrupted; rerun" in err and "failed" not in err
+
 _LOADER_STOPPED_BY_THE_JOB = """
 import os, signal, sys
 import torch
