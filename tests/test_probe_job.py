@@ -1967,6 +1967,17 @@ def test_latents_an_older_phd_lab_extracted_for_a_trained_run_are_not_probed_as_
     assert cli("--config", str(config), "-mp", "0") == 0 and old.probe_csv.is_file()
 
 
+def _skip_where_the_thread_stack_is_mapped() -> None:
+    """Skip the test where a thread with the stack size set now (1 TiB) starts: a system that commits any address
+    space (vm.overcommit_memory 1) maps it, so no thread is refused there."""
+    import threading
+    try:
+        threading.Thread(target=int).start()
+    except RuntimeError:
+        return
+    pytest.skip("this system maps a 1 TiB thread stack")
+
+
 @pytest.mark.filterwarnings("ignore::tqdm.TqdmMonitorWarning")
 def test_a_thread_the_system_refuses_is_said_as_such_without_a_traceback(tmp_path, capsys):
     """A node's limit of processes per user (ulimit -u, threads count) or of address space ended the job's file
@@ -1978,12 +1989,7 @@ def test_a_thread_the_system_refuses_is_said_as_such_without_a_traceback(tmp_pat
     run_dir, latents = make_latents(tmp_path)
     previous, monitor = threading.stack_size(1 << 40), tqdm.monitor_interval
     try:
-        try:
-            threading.Thread(target=int).start()
-        except RuntimeError:
-            pass
-        else:  # a system that commits any address space (vm.overcommit_memory 1) starts it
-            pytest.skip("this system maps a 1 TiB thread stack")
+        _skip_where_the_thread_stack_is_mapped()
         assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs") == 1
     finally:
         threading.stack_size(previous)
@@ -2022,11 +2028,7 @@ def test_a_worker_that_cannot_start_its_threads_is_not_only_said_killed_or_crash
     soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
     previous = threading.stack_size(1 << 40)  # what a thread of a worker under that stack limit asks for
     try:
-        threading.Thread(target=int).start()
-    except RuntimeError:
-        pass
-    else:  # a system that commits any address space (vm.overcommit_memory 1) starts it
-        pytest.skip("this system maps a 1 TiB thread stack")
+        _skip_where_the_thread_stack_is_mapped()
     finally:
         threading.stack_size(previous)
     if hard != resource.RLIM_INFINITY and hard < 1 << 40:
