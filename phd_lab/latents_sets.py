@@ -111,12 +111,20 @@ def check_sets(sizes: Any, methods: Any, where: str) -> None:
                           f"latents/). Give 'sizes', e.g. [1, 2, 4].")
 
 
+def _extract_steps(values: Mapping[str, Any]) -> list[Any]:
+    """The entries of the config's post_processing that are the extract step, by name or as an object."""
+    return [step for step in values.get("post_processing") or ()
+            if step == "extract" or isinstance(step, Mapping) and step.get("name") == "extract"]
+
+
+def lists_extract_step(values: Mapping[str, Any]) -> bool:
+    """Whether a run's config lists the extract step in its post_processing (by name or as an object)."""
+    return bool(_extract_steps(values))
+
+
 def extract_step_entry(values: Mapping[str, Any]) -> Mapping[str, Any]:
     """The config's extract step as a mapping of its given parameters ({} when listed by name or absent)."""
-    for step in values.get("post_processing") or ():
-        if isinstance(step, Mapping) and step.get("name") == "extract":
-            return step
-    return {}
+    return next((step for step in _extract_steps(values) if isinstance(step, Mapping)), {})
 
 
 def config_sets(values: Mapping[str, Any], where: str = "config") -> list[LatentsSet]:

@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 
 from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
 from phd_lab.errors import ConfigError, DataError
-from phd_lab.latents_sets import PREVIOUS_EXTRACTION_VERSION, extracted_by_older_version, set_of_folder
+from phd_lab.latents_sets import (PREVIOUS_EXTRACTION_VERSION, extracted_by_older_version, lists_extract_step,
+                                  set_of_folder)
 from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.rundir import FolderListings, RunDir, earlier_version_advice, earlier_version_runs, read_config_grid
@@ -200,7 +201,7 @@ def _nothing_to_probe(scan: _GridScan, where: str, runs: int, run_id: str | None
     with_id = "" if run_id is None else f" with --run-id {run_id!r}"
     command = f"python main.py --config {shlex.quote(where)}" + (
         "" if run_id is None else f" --run-id {shlex.quote(run_id)}")
-    if any(_lists_extract(cfg.values) for _, cfg in scan.unprobed):
+    if any(lists_extract_step(cfg.values) for _, cfg in scan.unprobed):
         remedy = f"Train the runs with the 'extract' post-processing step first ({command})."
     else:  # the command the message named would train or skip the runs without extracting anything
         remedy = (f"The config's post_processing lists no 'extract' step: add \"extract\" to it, then run "
@@ -208,12 +209,6 @@ def _nothing_to_probe(scan: _GridScan, where: str, runs: int, run_id: str | None
     raise DataError(f"No latents found for any of the {runs} run(s) of {where!r}{with_id} (looked for "
                     f"<run folder>/latents, and the latents_<size>_<method> folders of the extract step's 'sizes', or "
                     f"under latents_dir). {remedy}{hint}")
-
-
-def _lists_extract(values: Mapping[str, Any]) -> bool:
-    """Whether a run's config lists the extract step in its post_processing (by name or as an object)."""
-    return any(step == "extract" or (isinstance(step, Mapping) and step.get("name") == "extract")
-               for step in values.get("post_processing") or ())
 
 
 SAID_ONE_BY_ONE = 5  # runs skipped for the same reason that get a line each; the rest are counted
