@@ -46,6 +46,23 @@ def test_projection_lines_follow_the_sorted_deltas_and_the_unprojected_accuracy_
         plt.close(ax.figure)
 
 
+def test_projection_bases_differ_by_more_than_hue():
+    """In grayscale or to a colour-blind reader the red random and the blue PCA line were one kind of line: the
+    bases (and the unprojected reference) differ in line style and marker, in the axes and in the legend."""
+    ax = plot_projections(_table("accuracy"))
+    try:
+        pca, random, reference = ax.get_lines()
+        assert (pca.get_linestyle(), pca.get_marker()) == ("-", "o")
+        assert (random.get_linestyle(), random.get_marker()) == ("--", "s")
+        assert reference.get_marker() == "None"
+        assert len({line.get_linestyle() for line in (pca, random, reference)}) == 3
+        shown = {text.get_text(): (handle.get_linestyle(), handle.get_marker())
+                 for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().get_lines())}
+        assert shown == {"pca basis": ("-", "o"), "random basis": ("--", "s"), "unprojected": (":", "None")}
+    finally:
+        plt.close(ax.figure)
+
+
 def test_a_reconstruction_model_is_drawn_by_its_loss_on_a_log_scale():
     ax = plot_projections(_table("loss"))
     try:

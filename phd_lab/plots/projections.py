@@ -15,8 +15,14 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
+# each basis told apart by its line and marker too, not by hue alone (grayscale prints, colour-blind readers)
+BASIS_STYLES = {"pca": {"color": "#3b6fb6", "linestyle": "-", "marker": "o"},
+                "random": {"color": "#c0392b", "linestyle": "--", "marker": "s"}}
+
+
 def plot_projections(table: pd.DataFrame, ax: "Axes | None" = None, title: str = "") -> "Axes":
-    """One line per basis over the deltas (evenly spaced, labelled); the unprojected model dashed."""
+    """One line per basis over the deltas (evenly spaced, labelled): PCA solid with round markers, random dashed
+    with square ones; the unprojected model a grey dotted line without markers."""
     from phd_lab.plots import subplots
     from phd_lab.plots.grid_figures import thin_tick_labels
 
@@ -25,14 +31,13 @@ def plot_projections(table: pd.DataFrame, ax: "Axes | None" = None, title: str =
     deltas = sorted(table.loc[table["basis"] != "none", "delta"].unique())
     position = {delta: i for i, delta in enumerate(deltas)}
     column = "accuracy" if table["accuracy"].notna().any() else "loss"  # a reconstruction has no accuracy
-    for basis, color in (("pca", "#3b6fb6"), ("random", "#c0392b")):
+    for basis, style in BASIS_STYLES.items():
         part = table[table["basis"] == basis].sort_values("delta")
         if len(part):
-            ax.plot([position[d] for d in part["delta"]], part[column], marker="o", ms=3, color=color,
-                    label=f"{basis} basis")
+            ax.plot([position[d] for d in part["delta"]], part[column], ms=3, label=f"{basis} basis", **style)
     reference = table[table["basis"] == "none"]
     if len(reference):
-        ax.axhline(float(reference[column].iloc[0]), color="grey", ls="--", lw=1, label="unprojected")
+        ax.axhline(float(reference[column].iloc[0]), color="grey", ls=":", lw=1.2, label="unprojected")
     thin_tick_labels(ax, [f"{d:g}" for d in deltas], rotation=70)  # §7.4's 109 deltas ran into one smear
     ax.set_xlabel("δ (explained variance)")
     if column == "accuracy":
