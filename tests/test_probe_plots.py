@@ -224,3 +224,33 @@ def test_a_pixelwise_accuracy_plot_draws_each_layer_as_the_mean_of_its_positions
         assert ax.figure.get_figwidth() < 10
     finally:
         plt.close(ax.figure)
+
+
+def test_probe_sets_differ_by_more_than_hue_and_the_model_accuracy_line_is_none_of_them():
+    """The sets of a panel differed only by their viridis colour and the model's accuracy was a black solid line
+    like the first, darkest set's: in grayscale or to a colour-blind reader they were one kind of line. Each set
+    now has a line style and marker of its own, and the model's line is a grey dashed one, named in the legend."""
+    import pandas as pd
+    from matplotlib.colors import to_rgb
+
+    from phd_lab.plots.probes import plot_probe_sets
+    tables = [(f"set {n}", "pca", pd.DataFrame({"index": [1, 2, 3], "layer": ["a", "b", "c"], "train_acc": 0.9,
+                                                "eval_acc": [0.3 + 0.1 * n, 0.5, 0.6]})) for n in range(5)]
+    ax = plot_probe_sets(tables, model_accuracy=0.8)
+    try:
+        *sets, model = ax.get_lines()
+        assert [line.get_label() for line in sets] == [f"set {n}" for n in range(5)]
+        styles = [(line.get_linestyle(), line.get_marker()) for line in sets]
+        assert len(set(styles)) == 5 and len({style for style, _ in styles}) == 3
+        assert len({marker for _, marker in styles}) == 5 and "None" not in {marker for _, marker in styles}
+        assert model.get_label() == "model test accuracy (0.800)" and list(model.get_ydata()) == [0.8, 0.8]
+        assert model.get_linestyle() == "--" and model.get_marker() == "None"
+        assert model.get_linestyle() not in {style for style, _ in styles}
+        red, green, blue = to_rgb(model.get_color())
+        assert red == green == blue and 0.3 < red < 0.7  # grey: neither black nor a viridis colour
+        legend = {text.get_text(): (handle.get_linestyle(), handle.get_marker())
+                  for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().get_lines())}
+        assert legend == {**{f"set {n}": style for n, style in enumerate(styles)},
+                          "model test accuracy (0.800)": ("--", "None")}
+    finally:
+        plt.close(ax.figure)

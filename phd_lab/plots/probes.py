@@ -39,7 +39,7 @@ def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = No
         ax.fill_between(positions, spread["min"], spread["max"], alpha=0.2, color=ax.lines[-1].get_color(),
                         label="probe eval accuracy, lowest to highest position")
     if model_accuracy is not None:
-        ax.axhline(model_accuracy, color="black", linewidth=1.0, label=f"model test accuracy ({model_accuracy:.3f})")
+        _draw_model_accuracy(ax, model_accuracy)
     title = "Pixelwise logistic-regression probes" if spread is not None else "Logistic-regression probes"
     title = f"{title} ({solver})" if solver else title
     ax.set(xlabel="layer (forward order)", ylabel="accuracy", ylim=(0.0, 1.02),
@@ -88,7 +88,8 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
                     run: str = "") -> "Axes":
     """Probe eval accuracy per layer for several latents sets of one model (§8.3, figures 45 and 46): one
     panel per reduction method, one line per set (``(label, method, table)``, drawn in the given order,
-    darker for later ones), layers in forward order as in the first, longest table; ``run`` above the panels."""
+    lighter for later ones, each with a line style and marker of its own), layers in forward order as in the
+    first, longest table; ``run`` above the panels."""
     import matplotlib
 
     methods = list(dict.fromkeys(method for _, method, _ in tables))
@@ -99,13 +100,12 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
     for ax, method in zip(axes[0], methods):
         drawn = [(label, table) for label, table_method, table in tables if table_method == method]
         colours = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(drawn)))
-        for (label, table), colour in zip(drawn, colours):
+        for number, ((label, table), colour) in enumerate(zip(drawn, colours)):
             table = table[table["layer"].isin(position)].sort_values("index", kind="stable")
-            ax.plot([position[layer] for layer in table["layer"]], table["eval_acc"], marker="o", ms=3,
-                    color=colour, label=label)
+            ax.plot([position[layer] for layer in table["layer"]], table["eval_acc"], ms=3, color=colour,
+                    label=label, **set_style(number))
         if model_accuracy is not None:
-            ax.axhline(model_accuracy, color="black", linewidth=1.0,
-                       label=f"model test accuracy ({model_accuracy:.3f})")
+            _draw_model_accuracy(ax, model_accuracy)
         ax.set(xlabel="layer (forward order)", ylim=(0.0, 1.02), title=f"probes on {method} latents")
         _layer_ticks(ax, layers)
         ax.grid(alpha=0.3)
@@ -114,6 +114,22 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
     if run:
         figure.suptitle(run, fontsize=11)
     return axes[0][0]
+
+
+SET_LINESTYLES = ("-", ":", "-.")  # never dashed: that is the model's accuracy
+SET_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def set_style(number: int) -> dict[str, str]:
+    """Line style and marker of the ``number``-th latents set of a panel: with 3 styles and 8 markers the first
+    24 sets differ in more than their viridis colour, which grayscale prints and colour-blind readers lose."""
+    return {"linestyle": SET_LINESTYLES[number % len(SET_LINESTYLES)], "marker": SET_MARKERS[number % len(SET_MARKERS)]}
+
+
+def _draw_model_accuracy(ax: "Axes", accuracy: float) -> None:
+    """The model's test accuracy as a grey dashed line without markers, named in the legend: black and solid it
+    looked like viridis' first, darkest colour of a probe line."""
+    ax.axhline(accuracy, color="0.45", linestyle="--", linewidth=1.2, label=f"model test accuracy ({accuracy:.3f})")
 
 
 def _save(ax: "Axes", path: Path | str, dpi: int) -> None:
