@@ -477,7 +477,7 @@ def _svg_lines(text: str) -> dict[str, list[list[tuple[float, float]]]]:
 def test_the_plot_puts_r_max_r_min_the_resolution_and_each_border_at_its_place(tmp_path):
     """r_max (red) and r_min (blue) over the sequence's layers, the side branch and a global layer apart; the
     resolution line at the height of a layer whose r_max equals it; b_max (red dotted) at its layer, b_min (blue
-    dotted) at its own; the given title."""
+    dash-dotted) at its own; the given title."""
     import matplotlib
 
     from phd_lab.plots.receptive_field import plot_receptive_field, plotted_rows
@@ -502,6 +502,32 @@ def test_the_plot_puts_r_max_r_min_the_resolution_and_each_border_at_its_place(t
     assert resolution[0][1] == pytest.approx(red[1][1])  # at the height of c2's r_max of 8
     b_max, b_min = lines["#d62728:dashed"][0], lines["#1f77b4:dashed"][0]
     assert b_max[0][0] == pytest.approx(red[1][0]) and b_min[0][0] == pytest.approx(red[2][0])
+
+
+def test_the_border_lines_differ_from_each_other_and_the_resolution_by_more_than_hue():
+    """b_max and b_min were both dotted, red and blue, told apart by colour only (one kind of line in grayscale or
+    to a colour-blind reader): each border and the resolution line has a line style of its own, in the legend too."""
+    from phd_lab.plots import close
+    from phd_lab.plots.receptive_field import receptive_field_figure
+    from registries.models import resnet18
+    saved = receptive_fields(resnet18(num_classes=10, width=0.125), 32)
+    b_min, b_max = border_layers(saved, 32)
+    assert b_min != b_max  # two vertical lines at two layers
+    figure = receptive_field_figure(saved, 32)
+    try:
+        [ax] = figure.axes
+        by_label = {line.get_label(): line for line in ax.get_lines()}
+        borders = [by_label[r"$b_{max}$: " + b_max], by_label[r"$b_{min}$: " + b_min]]
+        resolution = by_label["input resolution 32"]
+        assert [line.get_linestyle() for line in (*borders, resolution)] == [":", "-.", "--"]
+        assert all(line.get_marker() == "None" for line in (*borders, resolution))
+        legend = {text.get_text(): handle.get_linestyle()
+                  for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().get_lines())}
+        assert {label: legend[label] for label in (r"$b_{max}$: " + b_max, r"$b_{min}$: " + b_min,
+                                                   "input resolution 32")} == {
+            r"$b_{max}$: " + b_max: ":", r"$b_{min}$: " + b_min: "-.", "input resolution 32": "--"}
+    finally:
+        close(figure)
 
 
 def test_pooling_windows_taken_from_the_input_shape():

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from phd_lab import atomic
 from phd_lab.analysis.borders import side_branch_flags
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def plotted_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -23,43 +27,57 @@ def plotted_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return spatial[~side], spatial[side]
 
 
-def plot_receptive_field(table: pd.DataFrame, resolution: int, path: Path | str, title: str = "") -> None:
-    """Draw a ``receptive_field.csv`` table: one point per Conv2d in forward order.
+# the border layers' lines differ from each other and from the resolution's (dashed) by their style, not only by
+# the colour they share with r_max and r_min: in grayscale prints and to colour-blind readers
+BORDER_STYLES = (("b_max", "tab:red", ":", r"$b_{max}$"), ("b_min", "tab:blue", "-.", r"$b_{min}$"))
 
-    Global layers (``inf``) are left out, side branches are unconnected grey points; the border layers
-    b_min/b_max are vertical lines.
+
+def plot_receptive_field(table: pd.DataFrame, resolution: int, path: Path | str, title: str = "") -> None:
+    """Draw a ``receptive_field.csv`` table (``receptive_field_figure``) and save it atomically to ``path``."""
+    from phd_lab.plots import close
+
+    fig = receptive_field_figure(table, resolution, title)
+    try:
+        atomic.save_figure(fig, path, dpi=120)
+    finally:
+        close(fig)
+
+
+def receptive_field_figure(table: pd.DataFrame, resolution: int, title: str = "") -> "Figure":
+    """The figure of a ``receptive_field.csv`` table: one point per Conv2d in forward order.
+
+    Global layers (``inf``) are left out, side branches are unconnected grey points; the input resolution is a
+    dashed horizontal line, the border layers b_max (dotted) and b_min (dash-dotted) vertical lines, each named
+    in the legend with its layer.
     """
-    from phd_lab.plots import close, subplots
+    from phd_lab.plots import subplots
 
     convs = table[table["index"].notna()].reset_index(drop=True)
     sequence, side = plotted_rows(convs)
     positions = sequence["index"].astype(int).tolist()
     fig, ax = subplots(figsize=(max(6.0, 0.35 * len(convs) + 2), 4.0))
-    try:
-        ax.plot(positions, sequence["r_max"].tolist(), "o-", color="tab:red", label=r"$r_{max}$")
-        ax.plot(positions, sequence["r_min"].tolist(), "s-", color="tab:blue", label=r"$r_{min}$")
-        if not side.empty:
-            side_positions = side["index"].astype(int).tolist()
-            ax.plot(side_positions, side["r_max"].tolist(), "o", color="grey", fillstyle="none")
-            ax.plot(side_positions, side["r_min"].tolist(), "s", color="grey", fillstyle="none",
-                    label="side branch (not in the border rule)")
-        ax.axhline(resolution, color="black", linestyle="--", linewidth=1, label=f"input resolution {resolution}")
-        for flag, color, label in (("b_max", "tab:red", r"$b_{max}$"), ("b_min", "tab:blue", r"$b_{min}$")):
-            marked = convs[convs[flag].astype(bool)]
-            for _, row in marked.iterrows():
-                ax.axvline(int(row["index"]), color=color, linestyle=":", linewidth=2,
-                           label=f"{label}: {row['layer']}")
-        ax.set_xlabel("Conv2d layer (forward order)")
-        ax.set_ylabel("receptive field (pixels)")
-        ax.set_xticks(convs["index"].astype(int).tolist())
-        ax.set_xticklabels(convs["layer"].tolist(), rotation=90, fontsize=7)
-        ax.set_title(title or "receptive field per layer")
-        if convs.empty:  # an MLP: say so instead of leaving an empty frame; below the resolution line, which the
-            # axes autoscaled to it alone put across the middle, through the text
-            ax.set_ylim(0, 1.5 * resolution)
-            ax.text(0.5, 0.35, "no Conv2d layer: the receptive field is the whole input", ha="center",
-                    va="center", transform=ax.transAxes)
-        ax.legend(fontsize=8)
-        atomic.save_figure(fig, path, dpi=120)
-    finally:
-        close(fig)
+    ax.plot(positions, sequence["r_max"].tolist(), "o-", color="tab:red", label=r"$r_{max}$")
+    ax.plot(positions, sequence["r_min"].tolist(), "s-", color="tab:blue", label=r"$r_{min}$")
+    if not side.empty:
+        side_positions = side["index"].astype(int).tolist()
+        ax.plot(side_positions, side["r_max"].tolist(), "o", color="grey", fillstyle="none")
+        ax.plot(side_positions, side["r_min"].tolist(), "s", color="grey", fillstyle="none",
+                label="side branch (not in the border rule)")
+    ax.axhline(resolution, color="black", linestyle="--", linewidth=1, label=f"input resolution {resolution}")
+    for flag, color, style, label in BORDER_STYLES:
+        marked = convs[convs[flag].astype(bool)]
+        for _, row in marked.iterrows():
+            ax.axvline(int(row["index"]), color=color, linestyle=style, linewidth=2,
+                       label=f"{label}: {row['layer']}")
+    ax.set_xlabel("Conv2d layer (forward order)")
+    ax.set_ylabel("receptive field (pixels)")
+    ax.set_xticks(convs["index"].astype(int).tolist())
+    ax.set_xticklabels(convs["layer"].tolist(), rotation=90, fontsize=7)
+    ax.set_title(title or "receptive field per layer")
+    if convs.empty:  # an MLP: say so instead of leaving an empty frame; below the resolution line, which the
+        # axes autoscaled to it alone put across the middle, through the text
+        ax.set_ylim(0, 1.5 * resolution)
+        ax.text(0.5, 0.35, "no Conv2d layer: the receptive field is the whole input", ha="center",
+                va="center", transform=ax.transAxes)
+    ax.legend(fontsize=8)
+    return fig
