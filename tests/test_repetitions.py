@@ -137,6 +137,39 @@ def test_the_projection_figure_shows_tested_deltas_in_order_and_names_its_measur
         plt.close(fig)
 
 
+def test_the_projection_figures_bases_differ_by_more_than_hue():
+    """The PCA and the random bases' drops were solid lines with round dots, told apart by colour only (one kind of
+    line in grayscale or to a colour-blind reader): random is dashed with square markers now, in the legend too,
+    and its filled (significant) and hollow dots are squares."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from phd_lab.plots.repetitions import eigenspace_figure
+    rows = [("pca", 0.9, 0.2, False), ("pca", 0.99, 0.02, True), ("random", 0.9, 0.5, False),
+            ("random", 0.99, 0.3, True)]
+    table = pd.DataFrame([{"basis": b, "delta": d, "n": 3, "measure": "accuracy", "drop_mean": m, "drop_ci95": 0.01,
+                           "significant": s, "dims_sum_mean": 10 * d} for b, d, m, s in rows])
+    fig = eigenspace_figure(table, "title")
+    try:
+        ax = fig.axes[0]
+        pca, random = (container.lines[0] for container in ax.containers)
+        assert (pca.get_linestyle(), pca.get_marker()) == ("-", "o")
+        assert (random.get_linestyle(), random.get_marker()) == ("--", "s")
+        corners = [len(dots.get_paths()[0].vertices) for dots in ax.collections if len(dots.get_offsets())
+                   and dots.get_paths()[0].vertices.shape[0] > 2]  # the dots, not the error bars
+        assert len(corners) == 4 and corners[:2] == [corners[0]] * 2 and corners[2:] == [5, 5]  # squares
+        assert corners[0] > 5  # circles
+        shown = {}  # the legend's entries by colour: their line styles, their markers (an error bar's caps left out)
+        for line in ax.get_legend().findobj(Line2D):
+            styles, markers = shown.setdefault(line.get_color(), (set(), set()))
+            styles.add(line.get_linestyle())
+            markers.add(line.get_marker())
+        assert shown[pca.get_color()] == ({"-", "None"}, {"_", "none", "o"})
+        assert shown[random.get_color()] == ({"--", "None"}, {"_", "none", "s"})
+    finally:
+        plt.close(fig)
+
+
 def test_the_projection_figure_legend_lies_outside_the_axes_where_no_line_crosses_it():
     """The right axis' line of kept directions is drawn after the left axes and their legend, which "best" placed
     by the drops alone: on the drops of a real grid (three VGG11 on Digits) the dotted line ran across its text."""

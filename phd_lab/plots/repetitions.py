@@ -9,7 +9,10 @@ import pandas as pd
 
 from phd_lab.plots.grid_figures import thin_tick_labels
 
-_BASIS_COLORS = {"pca": "#3b6fb6", "random": "#c0392b"}
+# a basis is told apart by its line and marker too, not by hue alone (grayscale prints, colour-blind readers)
+_BASIS_STYLES = {"pca": {"color": "#3b6fb6", "linestyle": "-", "marker": "o"},
+                 "random": {"color": "#c0392b", "linestyle": "--", "marker": "s"}}
+_OTHER_BASIS = {"color": "#555555", "linestyle": "-.", "marker": "^"}
 
 
 def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str, float]]], title: str) -> Any:
@@ -35,8 +38,9 @@ def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str,
 
 def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
     """Mean drop of the projected networks per delta (evenly spaced, largest right) with the 95% interval
-    of the mean; filled markers differ significantly from the unprojected networks; deltas of a single run
-    are left out. The PCA bases' mean number of kept directions on the right axis."""
+    of the mean, PCA bases solid with round markers, random ones dashed with square markers; filled markers
+    differ significantly from the unprojected networks; deltas of a single run are left out. The PCA bases' mean
+    number of kept directions on the right axis."""
     from phd_lab.plots import subplots
     table = table[table["n"] > 1]  # a delta of one run is tested against nothing
     deltas = sorted(table["delta"].unique())
@@ -44,15 +48,19 @@ def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
     fig, ax = subplots(figsize=(max(6.0, 0.12 * len(deltas) + 4), 3.8))
     for basis, part in table.groupby("basis", sort=False):
         part = part.sort_values("delta")
-        color = _BASIS_COLORS.get(str(basis), "#555555")
+        style = _BASIS_STYLES.get(str(basis), _OTHER_BASIS)
+        color, marker = style["color"], style["marker"]
         x = [position[d] for d in part["delta"]]
+        # the line carries the basis' marker hollow, so that the legend shows it too; the scatters fill it where
+        # the drop is significant
         ax.errorbar(x, part["drop_mean"], yerr=part["drop_ci95"].fillna(0.0), color=color, lw=1, capsize=2,
+                    linestyle=style["linestyle"], marker=marker, ms=4, mfc="white", mec=color,
                     label=f"{basis} basis")
         significant = part["significant"].to_numpy(dtype=bool)
         ax.scatter([v for v, s in zip(x, significant) if s], part["drop_mean"][significant], color=color, s=16,
-                   zorder=3)
+                   marker=marker, zorder=3)
         ax.scatter([v for v, s in zip(x, significant) if not s], part["drop_mean"][~significant], s=16, zorder=3,
-                   facecolors="white", edgecolors=color)
+                   marker=marker, facecolors="white", edgecolors=color)
     ax.axhline(0.0, color="grey", ls="--", lw=1)
     measure = str(table["measure"].iloc[0]) if len(table) else "accuracy"
     ax.set_ylabel("accuracy lost (unprojected − projected)" if measure == "accuracy"
