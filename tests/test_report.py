@@ -425,6 +425,24 @@ def test_comparison_plots_tell_many_groups_apart_and_count_runs_on_one_spot():
         plt.close(fig)
 
 
+def test_comparison_plot_groups_differ_by_more_than_hue():
+    """Up to eight model/dataset groups were all round markers told apart by colour only (one kind of point in
+    grayscale or to a colour-blind reader): each of them has a marker shape of its own now, in the legend too."""
+    import matplotlib.pyplot as plt
+    from phd_lab.plots.grid_figures import scatter_figure
+    summaries = [{"run": {"model": f"m{group}", "dataset": "D", "status": {"state": "finished"}}, "x": group,
+                  "y": 0.5} for group in range(8)]
+    fig = scatter_figure(summaries, lambda s: (s["x"], s["y"]), "x", "y", "title")
+    try:
+        [ax] = fig.axes
+        shapes = [c.get_paths()[0].vertices.tobytes() for c in ax.collections]
+        assert len(shapes) == 8 and len(set(shapes)) == 8
+        shown = [h.get_paths()[0].vertices.tobytes() for h in ax.get_legend().legend_handles]
+        assert shown == shapes
+    finally:
+        plt.close(fig)
+
+
 def _summary(model: str, state: str, accuracy: float, s_mu: float, params: int, b_min: str | None,
              tail_starts: list[str]) -> dict:
     """An analysis summary as the report reads it: run, accuracy, saturation per layer, borders, tails."""

@@ -54,6 +54,14 @@ def _scatter(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel
     return png_bytes(scatter_figure(summaries, x_of, xlabel, ylabel, title, **options))
 
 
+def group_style(group: int) -> tuple[str, str]:
+    """Colour and marker of the ``group``-th model / dataset: both change from one group to the next, so that groups
+    differ in more than hue (grayscale prints, colour-blind readers), and the first 64 groups are pairs of their
+    own (the marker is shifted by one for each round of the eight colours)."""
+    round_ = group // len(_COLORS)
+    return _COLORS[group % len(_COLORS)], _MARKERS[(group + round_) % len(_MARKERS)]
+
+
 def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str, *,
                    logx: bool = False, bands: Sequence[tuple[float, float]] = (), diagonal: bool = False) -> Any:
     """One comparison plot: a colour and marker per model / dataset, hollow while unfinished."""
@@ -63,7 +71,7 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
     groups = _groups(summaries)
     plotted = 0
     for label, group in groups.items():
-        color, marker = _COLORS[group % len(_COLORS)], _MARKERS[group // len(_COLORS) % len(_MARKERS)]
+        color, marker = group_style(group)
         for done in (True, False):
             points: Counter[tuple[float, float]] = Counter()
             for s in summaries:
