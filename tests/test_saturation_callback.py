@@ -243,6 +243,22 @@ def test_the_saturation_plot_shows_each_layers_train_and_test_saturation_in_forw
         plt.close(diverged.figure)
 
 
+def test_the_train_and_test_bars_differ_by_more_than_hue() -> None:
+    """Train and test bars were plain blue and plain orange, told apart by colour only (grayscale prints,
+    colour-blind readers): the test bars are hatched now, in the legend too, the train bars plain."""
+    import matplotlib.pyplot as plt
+
+    from phd_lab.plots.saturation import plot_saturation, saturation_table
+    ax = plot_saturation(saturation_table(_epoch_row(["conv1", "conv2", "fc"], epoch=2)))
+    try:
+        train, test = ax.containers
+        assert {bar.get_hatch() for bar in train} == {None} and len({bar.get_hatch() for bar in test}) == 1
+        assert test[0].get_hatch()
+        assert [handle.get_hatch() for handle in ax.get_legend().legend_handles] == [None, test[0].get_hatch()]
+    finally:
+        plt.close(ax.figure)
+
+
 def test_a_layer_without_saturation_keeps_its_slot_in_the_plot_and_says_it_has_no_value() -> None:
     """An auxiliary head no pass calls is NaN in both splits, its CSV columns last: its slot looked like a saturation
     of 0, and the axes, autoscaled to the bars that exist, cut it off at the right edge."""

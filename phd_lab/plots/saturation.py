@@ -24,14 +24,17 @@ def saturation_table(row: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def plot_saturation(table: pd.DataFrame, ax: "Axes | None" = None, title: str = "") -> "Axes":
-    """Grouped bars of train/test saturation per layer, layers left to right in forward order."""
+    """Grouped bars of train/test saturation per layer, layers left to right in forward order: train plain blue,
+    test hatched orange."""
     from phd_lab.plots import subplots
 
     if ax is None:
         _, ax = subplots(figsize=(max(4.0, 0.45 * len(table) + 2.0), 3.6))
     positions = range(len(table))
     ax.bar([p - WIDTH / 2 for p in positions], table["train"], WIDTH, label="train", color="#3b6fb6")
-    ax.bar([p + WIDTH / 2 for p in positions], table["test"], WIDTH, label="test", color="#e0892f")
+    # hatched: the test bars differ from the train bars by more than hue (grayscale prints, colour-blind readers)
+    ax.bar([p + WIDTH / 2 for p in positions], table["test"], WIDTH, label="test", color="#e0892f",
+           hatch=TEST_HATCH, edgecolor="white", linewidth=0)  # white hatch lines, no frame
     ax.set_xticks(list(positions))
     ax.set_xticklabels(list(table.index), rotation=60, ha="right", fontsize=8)
     ax.set_xlim(-0.7, len(table) - 0.3)  # every layer's slot, also a last one without bars (autoscaling cut it off)
@@ -46,6 +49,7 @@ def plot_saturation(table: pd.DataFrame, ax: "Axes | None" = None, title: str = 
 
 
 WIDTH = 0.4  # of a bar; a layer's train and test bars side by side
+TEST_HATCH = "///"  # of the test bars; the train bars are plain
 
 
 def _note_missing_values(ax: "Axes", table: pd.DataFrame) -> None:
