@@ -371,6 +371,34 @@ def test_the_run_figure_draws_side_branches_off_its_receptive_field_lines(tmp_pa
         plt.close(fig)
 
 
+def test_no_two_lines_of_the_run_figure_legend_differ_by_colour_alone(tmp_path):
+    """In grayscale or to a colour-blind reader the legend's dashed model accuracy (orange) was b_max's dashed line
+    (black), and the solid r_max line (green) b_min's: every line entry of the legend now differs from every other
+    in its dash pattern, its marker or whether the marker is filled."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from phd_lab.plots.run_figure import draw_run_figure
+    tables = load_run(write_run(tmp_path / "logs", width=0.25, stage="full"))
+    rf = tables.receptive_field
+    rf["side_branch"] = rf["layer"] == "features.11"  # its hollow points in the legend too
+    fig = draw_run_figure(tables, summarize(tables))
+    try:
+        [legend] = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        entries = {text.get_text(): handle for text, handle in zip(legend.get_texts(), legend.legend_handles)
+                   if isinstance(handle, Line2D)}
+        assert {"model test accuracy", "b_min", "b_max", "receptive field r_max", "receptive field r_min",
+                "input resolution 32", "probe accuracy (eval)", "saturation (test)",
+                "receptive field of a side branch"} <= set(entries)
+        looks = {label: (line.get_linestyle(), line._unscaled_dash_pattern, line.get_marker(),
+                         str(line.get_markerfacecolor()) == "none" or line.get_fillstyle() == "none")
+                 for label, line in entries.items()}
+        alike = [(a, b) for a in looks for b in looks if a < b and looks[a] == looks[b]]
+        assert alike == []
+    finally:
+        plt.close(fig)
+
+
 def test_the_run_figure_puts_layers_only_the_probes_have_between_their_neighbours(tmp_path):
     """extract's 'layers' may name any module (features.*: the ReLUs and pools too): those layers, which neither the
     receptive-field table nor the saturation columns list, came after every other layer, and the probe line ran

@@ -3,8 +3,9 @@
 Layers run along the x axis in forward order; above them, for a run of two epochs or more, a heat map of
 each layer's saturation per epoch (how the pattern formed). The left axis (0–100%) shows saturation per layer
 as bars (the analysed split) and dots (the other split), the probes' accuracy as a line and the
-model's test accuracy as a dashed line; the right axis shows r_min/r_max per layer with the input
-resolution as a horizontal line (side branches, such as 1×1 shortcuts, as loose hollow points off the lines).
+model's test accuracy as a dash-dot-dotted line; the right axis shows r_max (solid, upward triangles) and r_min
+(dotted, downward triangles) per layer with the input resolution as a dash-dotted horizontal line (side
+branches, such as 1×1 shortcuts, as loose hollow points off the lines). No two lines differ by colour alone.
 Vertical lines mark b_min (solid) and b_max (dashed) just before the border layer, and tails are shaded.
 Anything missing is simply not drawn.
 """
@@ -191,7 +192,8 @@ def _draw_saturations(ax: Any, tables: RunTables, split: str, x_of: dict[str, in
 
 
 def _draw_accuracies(ax: Any, tables: RunTables, summary: dict[str, Any], x_of: dict[str, int]) -> None:
-    """The probes' accuracy per layer as a line, the model's test accuracy as a dashed line."""
+    """The probes' accuracy per layer as a line, the model's test accuracy as a dash-dot-dotted line (dashed, it
+    was b_max's line in the legend but for its colour)."""
     if tables.probes is not None:
         layers, pixelwise = probe_layer_accuracies(tables.probes)  # a pixelwise table: the mean over positions
         points = [(x_of[layer], accuracy) for layer, accuracy in zip(layers["layer"], layers["eval_acc"])]
@@ -202,8 +204,11 @@ def _draw_accuracies(ax: Any, tables: RunTables, summary: dict[str, Any], x_of: 
         elif points:
             ax.plot(*zip(*points), "-o", color="#dd8452", markersize=3.5, linewidth=1.6, label=label)
     if summary["accuracy"]["test"] is not None:
-        ax.axhline(summary["accuracy"]["test"], color="#dd8452", linestyle="--", linewidth=1,
+        ax.axhline(summary["accuracy"]["test"], color="#dd8452", linestyle=MODEL_ACCURACY_STYLE, linewidth=1,
                    label="model test accuracy")
+
+
+MODEL_ACCURACY_STYLE = (0, (5, 1.5, 1, 1.5, 1, 1.5))  # dash-dot-dot: no other line of the figure has it
 
 
 def _draw_tails_and_borders(ax: Any, tails: list[dict[str, Any]], borders: dict[str, Any],
@@ -239,9 +244,10 @@ def _draw_receptive_field(ax: Any, tables: RunTables, borders: dict[str, Any],
     # the lines follow the layers the border rule walks, as receptive_field.png does; side branches (a ResNet's
     # 1x1 shortcuts, attention gates) are loose hollow points: inside the lines each made r_max and r_min dip
     sequence, side = plotted_rows(_numeric_receptive_field(tables.receptive_field))
-    for column, style, marker in (("r_max", "-", "o"), ("r_min", ":", "s")):
+    # markers on the lines: solid without them, r_max was b_min's line in the legend but for its colour
+    for column, style, marker, line_marker in (("r_max", "-", "o", "^"), ("r_min", ":", "s", "v")):
         twin.plot([x_of[str(n)] for n in sequence["layer"]], sequence[column], style, color="#55a868",
-                  linewidth=1.3, label=f"receptive field {column}")
+                  linewidth=1.3, marker=line_marker, markersize=3, label=f"receptive field {column}")
         if len(side):
             twin.plot([x_of[str(n)] for n in side["layer"]], side[column], marker, color="#55a868", markersize=3.5,
                       fillstyle="none", label="receptive field of a side branch" if column == "r_max" else None)
