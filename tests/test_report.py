@@ -443,6 +443,28 @@ def test_comparison_plot_groups_differ_by_more_than_hue():
         plt.close(fig)
 
 
+def test_the_target_bands_of_a_comparison_plot_differ_by_more_than_hue():
+    """A grid over target_saturation shades a band per interval, pale green, purple, orange: told apart by colour
+    only (grayscale prints, colour-blind readers). From the second band on each is hatched its own way, in the legend
+    too; a single band stays a plain shade."""
+    import matplotlib.pyplot as plt
+    from phd_lab.plots.grid_figures import scatter_figure
+    summaries = [{"run": {"model": "m", "dataset": "D", "status": {"state": "finished"}}, "x": 0.25, "y": 0.9}]
+    fig = scatter_figure(summaries, lambda s: (s["x"], s["y"]), "s_mu", "accuracy", "t",
+                         bands=[(0.5, 0.6), (0.2, 0.3), (0.25, 0.4)])
+    try:
+        [ax] = fig.axes
+        hatches = {patch.get_label(): patch.get_hatch() for patch in ax.patches}
+        assert list(hatches) == ["target s_mu 20%-30%", "target s_mu 25%-40%", "target s_mu 50%-60%"]
+        assert hatches["target s_mu 20%-30%"] is None and len(set(hatches.values())) == 3
+        shown = {text.get_text(): handle.get_hatch()
+                 for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)
+                 if text.get_text().startswith("target")}
+        assert shown == hatches
+    finally:
+        plt.close(fig)
+
+
 def _summary(model: str, state: str, accuracy: float, s_mu: float, params: int, b_min: str | None,
              tail_starts: list[str]) -> dict:
     """An analysis summary as the report reads it: run, accuracy, saturation per layer, borders, tails."""

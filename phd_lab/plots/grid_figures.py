@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 _COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # with the colours: 64 groups told apart
 _BAND_COLORS = ("#55a868", "#8172b3", "#dd8452", "#937860")  # target s_mu bands, lowest first
+_BAND_HATCHES = (None, "//", "\\\\", "..")  # with the colours: the bands differ by more than hue
 
 
 MAX_TICK_LABELS = 40  # more layers or deltas than this: every n-th label, so that they stay readable
@@ -62,6 +63,17 @@ def group_style(group: int) -> tuple[str, str]:
     return _COLORS[group % len(_COLORS)], _MARKERS[(group + round_) % len(_MARKERS)]
 
 
+def band_style(index: int) -> dict[str, Any]:
+    """Patch options of the ``index``-th target s_mu band: a pale shade of its colour, hatched in that colour from
+    the second band on (a grid over target_saturation shades several: told apart in grayscale and by colour-blind
+    readers too, in the legend as on the axes)."""
+    from matplotlib.colors import to_rgb
+
+    red, green, blue = to_rgb(_BAND_COLORS[index % len(_BAND_COLORS)])
+    return {"facecolor": (red, green, blue, 0.12), "edgecolor": (red, green, blue, 0.5), "linewidth": 0,
+            "hatch": _BAND_HATCHES[index % len(_BAND_HATCHES)]}
+
+
 def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str, *,
                    logx: bool = False, bands: Sequence[tuple[float, float]] = (), diagonal: bool = False) -> Any:
     """One comparison plot: a colour and marker per model / dataset, hollow while unfinished."""
@@ -93,8 +105,7 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
                                     color=color)
                 plotted += sum(points.values())
     for index, (low, high) in enumerate(sorted(set(bands))):  # overlapping bands show as a darker shade
-        ax.axvspan(low, high, color=_BAND_COLORS[index % len(_BAND_COLORS)], alpha=0.12,
-                   label=f"target s_mu {low:.0%}-{high:.0%}")
+        ax.axvspan(low, high, **band_style(index), label=f"target s_mu {low:.0%}-{high:.0%}")
     if diagonal and plotted:
         low, high = ax.get_xlim()
         ax.plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--", label="agreement")
