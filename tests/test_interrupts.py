@@ -175,7 +175,6 @@ def test_a_sigterm_something_swallowed_still_ends_the_command_at_the_next_batch(
     assert guarded(next_command) == 0
 
 
-
 def test_a_framework_error_raised_from_a_ctrl_c_ends_the_command_as_the_ctrl_c_does(capsys):
     """Ctrl-C in a terminal reaches the probe job's workers too; a worker's KeyboardInterrupt that came back before
     the job's own was taken for its layer's failure ('The probe of layer ... failed: KeyboardInterrupt', exit 1)."""
@@ -190,6 +189,26 @@ def test_a_framework_error_raised_from_a_ctrl_c_ends_the_command_as_the_ctrl_c_d
     assert guarded(body, "interrupted; rerun") == 130
     err = capsys.readouterr().err
     assert "interrupted; rerun" in err and "failed" not in err
+
+
+def test_a_probe_workers_ctrl_c_taken_for_its_layers_failure_is_logged_as_the_jobs_interruption(tmp_path):
+    """guarded ends a framework error raised from a worker's Ctrl-C as the Ctrl-C (exit 130, 'interrupted'), but
+    the run's probe.log said 'probe job failed' with the traceback of a failure, not that the job was
+    interrupted and its layers cached."""
+    from phd_lab.errors import RunFailure
+    from phd_lab.probes.probe_log import ProbeLogs
+
+    log = tmp_path / "probe.log"
+    with pytest.raises(RunFailure):
+        with ProbeLogs([log]):
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as stop:
+                raise RunFailure("The probe of layer 'features.1' failed: KeyboardInterrupt") from stop
+    text = log.read_text(encoding="utf-8")
+    assert "probe job interrupted (Ctrl-C); the layers fitted so far are cached" in text
+    assert "probe job failed" not in text and "Traceback" not in text
+
 
 _LOADER_STOPPED_BY_THE_JOB = """
 import os, signal, sys

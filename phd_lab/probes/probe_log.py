@@ -20,6 +20,7 @@ from typing import Sequence
 from phd_lab import __version__
 from phd_lab.environment import installed_version
 from phd_lab.errors import PhdLabError, Terminated
+from phd_lab.interrupts import interruption_behind
 from phd_lab.log_file import LogFile, info_records_kept
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,12 @@ class ProbeLogs:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         try:
+            # a worker's own Ctrl-C that came back as its layer's failure: the command ends as interrupted
+            stop = None if error is None else interruption_behind(error)
             if error is None:  # the job may still exit 1 for runs it left out (a grid's dead extraction)
                 self.write(logging.INFO, FINISHED)
-            elif isinstance(error, KeyboardInterrupt):
-                how = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
+            elif stop is not None:
+                how = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
                 self.write(logging.WARNING, "probe job interrupted (%s); the layers fitted so far are cached", how)
             else:
                 self._failed(error)
