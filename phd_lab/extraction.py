@@ -113,6 +113,10 @@ def select_layers(model: nn.Module, patterns: list[str] | None) -> list[str]:
             chosen += [m for m in matches if m not in chosen]
     if not chosen:  # only the default can choose nothing: a pattern that matches nothing is refused above
         names = [name for name, _ in model.named_modules() if name]
+        if not names:  # nothing 'layers' could name: its forward pass uses its own parameters alone
+            raise ConfigError(f"Step 'extract': {type(model).__qualname__} has no submodules (its forward pass uses "
+                              f"its own parameters), so the step has no layer to extract; leave the step out, or "
+                              f"build the model of modules such as Conv2d or Linear.")
         raise ConfigError(f"Step 'extract': {type(model).__qualname__} has no Conv2d or Linear module, which the "
                           f"step extracts by default; name the modules to extract in its 'layers' (qualified names "
                           f"or wildcards; this model's: {first_names(names, what='modules')}), or leave the step out.")

@@ -103,3 +103,36 @@ def test_a_dotted_registry_module_that_fails_is_told_with_a_command_that_imports
     err = flat(capsys.readouterr().err)
     assert "RuntimeError: no GPU driver. Fix the module (run `python -c 'import phd_lab_msg_failing_models'` to " \
            "see the traceback)" in err, err
+
+
+BARE_MODEL = '''
+import torch
+from torch import nn
+
+
+class Bare(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_classes, 3))
+
+    def forward(self, x):
+        return x.mean((2, 3)) @ self.weight.t()
+
+
+def bare(*, num_classes, in_channels=3):
+    """A classifier without any submodule."""
+    return Bare(num_classes)
+'''
+
+
+def test_a_model_without_submodules_is_not_told_to_name_its_modules_in_layers(tmp_path, capsys):
+    """A model without submodules (a matrix product of its own parameters) was told to name the modules to extract
+    in 'layers' from "this model's: )", an empty list: 'layers' can name none, so the step can only be left out."""
+    (tmp_path / "my_models.py").write_text(BARE_MODEL)
+    config = write_config(tmp_path, model="bare", model_args={}, track_saturation=False,
+                          registries={"models": str(tmp_path / "my_models.py")}, post_processing=["extract"])
+    assert main_cli(["--config", str(config), "--dry-run", "-q"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert err.startswith(f"error: {config} (run 0): Step 'extract': Bare has no submodules"), err
+    assert "leave the step out" in err and "this model's: )" not in err and "'layers'" not in err
+    assert not (tmp_path / "logs").exists()
