@@ -247,12 +247,16 @@ def test_projection_keeps_the_layers_a_transformer_encoder_reads_directly() -> N
 
 
 def test_project_step_names_what_leaves_nothing_to_project() -> None:
+    """Both refusals said what was wrong alone ('the model has no Conv2d or Linear layer to project.'), not what to
+    do: they name the step's way out (leave it out of post_processing, or exclude fewer of the layers named)."""
     from phd_lab.errors import ConfigError
     from phd_lab.steps.project import Project
-    with pytest.raises(ConfigError, match="the model has no Conv2d or Linear layer to project"):
+    with pytest.raises(ConfigError, match=r"the model has no Conv2d or Linear layer to project \(the only layers the "
+                                          r"step projects\); leave 'project' out of post_processing\."):
         Project().check_model({"exclude": []}, nn.Sequential(nn.LSTM(3, 4)), "x.json")
-    with pytest.raises(ConfigError, match=r"'exclude' \['\*'\] leaves no layer to project"):
-        Project().check_model({"exclude": ["*"]}, nn.Sequential(nn.Linear(3, 4)), "x.json")
+    with pytest.raises(ConfigError, match=r"'exclude' \['\*'\] leaves no layer to project; exclude fewer of the "
+                                          r"model's Conv2d and Linear layers \(0, 1\), or leave 'project' out"):
+        Project().check_model({"exclude": ["*"]}, nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), "x.json")
 
 
 def test_a_layer_with_overflowing_activations_is_named_instead_of_an_eigh_failure() -> None:

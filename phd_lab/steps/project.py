@@ -17,6 +17,7 @@ from phd_lab.config import Key, RunConfig
 from phd_lab.errors import ConfigError
 from phd_lab.rundir import RunDir
 from phd_lab.steps import Step, StepContext, register_step
+from phd_lab.wording import first_names
 from phd_lab.tracking.projection import THESIS_DELTAS, projection_table
 
 log = logging.getLogger(__name__)
@@ -51,13 +52,16 @@ class Project(Step):
         from phd_lab.tracking.pca import projectable_layers
         names = [name for name, _ in projectable_layers(model)]
         if not names:
-            raise ConfigError(f"{where}, step 'project': the model has no Conv2d or Linear layer to project.")
+            raise ConfigError(f"{where}, step 'project': the model has no Conv2d or Linear layer to project (the "
+                              f"only layers the step projects); leave 'project' out of post_processing.")
         for pattern in params["exclude"]:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
                 raise ConfigError(f"{where}, step 'project': the exclude pattern {pattern!r} matches no Conv2d or "
                                   f"Linear layer of the model (e.g. {', '.join(names[:6])}).")
         if all(any(fnmatch.fnmatchcase(name, p) for p in params["exclude"]) for name in names):
-            raise ConfigError(f"{where}, step 'project': 'exclude' {params['exclude']} leaves no layer to project.")
+            raise ConfigError(f"{where}, step 'project': 'exclude' {params['exclude']} leaves no layer to project; "
+                              f"exclude fewer of the model's Conv2d and Linear layers ({first_names(names)}), or "
+                              f"leave 'project' out of post_processing.")
 
     def outputs(self, rundir: RunDir) -> tuple[Path, ...]:
         # not projections_layers.csv: projections made before it was written stay up to date (a pass over the
