@@ -259,9 +259,10 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
 
 def _import_command(spec: str) -> str:
     """The shell command that shows the traceback of a registry module's import: a file runs as a script, a dotted
-    module name is imported (``python registries.mine`` looks for a file of that name)."""
+    module name is imported (``python registries.mine`` looks for a file of that name). A '~' is expanded first: the
+    shell leaves a quoted one as it is ("python '~/my_models.py'": can't open file)."""
     if spec.endswith(".py") or "/" in spec:
-        return f"python {shlex.quote(spec)}"
+        return f"python {shlex.quote(os.path.expanduser(spec))}"
     return f"python -c 'import {spec}'"
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+
+import pytest
+
 from phd_lab.cli import main_cli
 from tests.conftest import write_config
 
@@ -136,3 +141,22 @@ def test_a_model_without_submodules_is_not_told_to_name_its_modules_in_layers(tm
     assert err.startswith(f"error: {config} (run 0): Step 'extract': Bare has no submodules"), err
     assert "leave the step out" in err and "this model's: )" not in err and "'layers'" not in err
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_registry_file_under_home_that_fails_is_told_with_a_command_the_shell_runs(tmp_path, monkeypatch):
+    """A registry file given as '~/my_models.py' (Registries, as a notebook passes it) that failed at import was
+    told to run `python '~/my_models.py'`: the shell leaves a quoted '~' as it is, and python can't open the file."""
+    import subprocess
+    import sys
+
+    from phd_lab.errors import RegistryError
+    from phd_lab.registry import Registries
+    (tmp_path / "phd_lab_msg_home_models.py").write_text("raise RuntimeError('no GPU driver')\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(RegistryError) as raised:
+        Registries({"models": "~/phd_lab_msg_home_models.py"})
+    command = re.search(r"run `python (.+?)` to see the traceback", str(raised.value))
+    assert command is not None, raised.value
+    shown = subprocess.run(f"{shlex.quote(sys.executable)} {command.group(1)}", shell=True, capture_output=True,
+                           text=True, cwd=tmp_path)
+    assert "RuntimeError: no GPU driver" in shown.stderr, shown.stderr
