@@ -107,7 +107,9 @@ def _cgroup_headrooms(root: Path, membership: Path) -> list[int]:
     """The memory headroom of every limited memory cgroup from this process' own up to the root (cgroup v2, or
     v1's ``memory`` controller; ``membership`` names the process' cgroups)."""
     try:
-        lines = membership.read_text(encoding="utf-8", errors="surrogateescape").splitlines()  # a path's bytes kept
+        # a path's bytes, named as this process names files: read as UTF-8, a '数据' under LC_ALL=C without UTF-8
+        # mode (or a Latin-1 locale) named no file, or another, and the cgroup's limit was missed
+        lines = os.fsdecode(membership.read_bytes()).splitlines()
     except OSError:
         return []
     folders = []

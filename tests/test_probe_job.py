@@ -1848,6 +1848,26 @@ def test_memory_cgroups_are_read_in_their_own_encoding_whatever_the_locale(tmp_p
     assert (done.returncode, done.stdout, done.stderr) == (0, "[3500]\n", "")
 
 
+def test_a_memory_cgroup_named_in_utf_8_is_found_under_a_locale_without_utf_8(tmp_path):
+    """/proc/self/cgroup was read as UTF-8 whatever the locale: under LC_ALL=C with Python's UTF-8 mode off, a
+    cgroup named '数据' became text this process cannot name a file with (under a Latin-1 locale, another folder's
+    name), so the memory check of probe_main.py -mp 2 missed the cgroup's limit and started workers for the
+    machine's memory."""
+    job = tmp_path / "v2" / os.fsdecode("job_数据".encode())
+    job.mkdir(parents=True)
+    (job / "memory.max").write_bytes(b"4000\n")
+    (job / "memory.current").write_bytes(b"1000\n")
+    (job / "memory.stat").write_bytes(b"inactive_file 500\n")
+    membership = tmp_path / "cgroup"
+    membership.write_bytes("0::/job_数据\n".encode())
+    code = ("import sys; from pathlib import Path; from phd_lab.environment import _cgroup_headrooms; "
+            "print(_cgroup_headrooms(Path(sys.argv[1]), Path(sys.argv[2])))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "v2"), str(membership)], capture_output=True,
+                          text=True, encoding="utf-8", cwd=ROOT, env=env)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[3500]\n", "")
+
+
 def test_the_memory_available_is_the_tightest_of_the_kernels_and_every_cgroups(tmp_path):
     """MemAvailable of the machine, or less where a cgroup on the way to the root has less headroom."""
     from phd_lab.environment import available_memory
