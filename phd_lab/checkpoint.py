@@ -30,7 +30,7 @@ import torch
 
 from phd_lab import atomic
 from phd_lab.atomic import atomic_open, fsync_dir
-from phd_lab.errors import CheckpointError, FolderInTheWay
+from phd_lab.errors import CheckpointError, FolderInTheWay, storage_refusal
 from phd_lab.interrupts import deferred_interrupts
 from phd_lab.wording import byte_amount
 
@@ -76,10 +76,14 @@ class CheckpointStore:
                 cause = error if isinstance(error, OSError) else error.__cause__ or error.__context__
                 if not isinstance(cause, OSError):
                     raise
+                # the cause in words where it is known: 'once its disk has room' misled under ulimit -f or on a
+                # read-only file system
+                refusal = storage_refusal(cause)
+                then = ("and the same command resumes from there once its disk has room" if refusal is None else
+                        f"{refusal}, then run the same command again: it resumes from there")
                 raise CheckpointError(
                     f"The checkpoint {str(self.path)!r} could not be written ({cause.strerror or cause}); the one "
-                    f"saved before it, if any, is kept, and the same command resumes from there once its disk has "
-                    f"room.") from cause
+                    f"saved before it, if any, is kept{',' if refusal is None else ';'} {then}.") from cause
 
     def _save(self, payload: dict[str, Any]) -> None:
         pause = float(os.environ.get(PAUSE_ENV, "0") or 0)

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from phd_lab import atomic
 from phd_lab.config_paths import safe_name
-from phd_lab.errors import ConfigError, ExtractionError
+from phd_lab.errors import ConfigError, ExtractionError, storage_refusal
 from phd_lab.interrupts import raise_if_stop_requested
 from phd_lab.kept_folders import make_folder
 from phd_lab.latents_folder import (MANIFEST, PREVIOUS_EXTRACTION_VERSION, SPLITS, build_manifest, clear,
@@ -557,9 +557,11 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
         with contextlib.suppress(OSError):
             clear(folder)
             folder.rmdir()  # and no empty latents folder (one holding files of the user's own stays)
-        if isinstance(error, OSError):  # e.g. a full disk: say where
+        if isinstance(error, OSError):  # e.g. a full disk: say where, and what frees it where that is known
+            refusal = storage_refusal(error)
+            remedy = "" if refusal is None else f"; {refusal}, then run the same command again"
             raise ExtractionError(f"Step 'extract': writing the latents to {folder} failed ({error}); its partial "
-                                  f"files were removed.") from error
+                                  f"files were removed{remedy}.") from error
         raise
     finally:
         model.train(was_training)

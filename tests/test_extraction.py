@@ -726,3 +726,26 @@ def test_a_run_folder_named_by_another_locale_is_not_taken_for_a_moved_one(tmp_p
         again = extract_latents(model, data, run / "latents", run_dir=run, progress=False)
     assert "moved" not in caplog.text and manifest.read_text(encoding="utf-8") == text
     assert again["run_dir"] == as_c_names_it
+
+
+def test_latents_a_file_size_limit_refuses_are_said_with_the_cause_and_what_to_do(tmp_path, data):
+    """Files may grow to 2,000 bytes only (``ulimit -f``): the step said 'writing the latents to <folder> failed
+    ([Errno 27] File too large ...); its partial files were removed.', not that a limit of the process was at
+    fault nor what to do, as the console line of a run stopped so says (errors.storage_refusal)."""
+    import resource
+
+    from tests.conftest import file_size_limit
+    model = build_model()
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    file_size_limit(2000)()
+    try:
+        with pytest.raises(ExtractionError) as raised:
+            extract_latents(model, data, tmp_path / "latents", run_dir=tmp_path, downsampling=None, progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    said = str(raised.value)
+    assert "File too large" in said and said.endswith(
+        "its partial files were removed; the file outgrew this process' file size limit (`ulimit -f`, or the batch "
+        "job's): raise or lift it, then run the same command again."), said
+    assert not (tmp_path / "latents").exists()

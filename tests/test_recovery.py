@@ -1238,6 +1238,10 @@ def test_a_checkpoint_that_cannot_be_written_is_said_as_a_checkpoint_error_namin
     said = " ".join(result.stderr.split())
     assert (f"failed: CheckpointError: The checkpoint '{folder / run_name(folder)}.pt' could not be written "
             f"(File too large)") in said, result.stderr
+    # the cause and its remedy: 'resumes from there once its disk has room' misled where a limit was at fault
+    assert ("is kept; the file outgrew this process' file size limit (`ulimit -f`, or the batch job's): raise or "
+            "lift it, then run the same command again: it resumes from there.") in said, said
+    assert "once its disk has room" not in said
     assert "unexpected pos" not in result.stderr
     assert not [path.name for path in folder.iterdir() if ".pt" in path.name]  # no checkpoint, no temp file
 
