@@ -229,16 +229,16 @@ def _json_text(obj: Any, path: Path | str) -> str:
     try:
         return json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
     except ValueError:
-        where = _non_finite_at(obj)
+        where = non_finite_at(obj)
         if where is None:
             raise
         raise ValueError(f"{str(path)!r} was not written: its value at {where[0]} is {where[1]}, which strict JSON has "
                          f"no number for (jq and other readers refuse NaN and Infinity)") from None
 
 
-def _non_finite_at(obj: Any, where: str = "the top") -> tuple[str, float] | None:
+def non_finite_at(obj: Any, where: str = "the top") -> tuple[str, float] | None:
     """Where in ``obj`` (a key path such as ``record.eval_acc`` or ``layers[2]``) the first NaN or infinity lies,
-    and the value; None where there is none."""
+    and the value; None where there is none. Readers of a file this module wrote refuse one the same way."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return where, obj
     if isinstance(obj, dict):
@@ -247,7 +247,7 @@ def _non_finite_at(obj: Any, where: str = "the top") -> tuple[str, float] | None
         items = ((f"{'' if where == 'the top' else where}[{i}]", value) for i, value in enumerate(obj))
     else:
         return None
-    return next((found for key, value in items if (found := _non_finite_at(value, key)) is not None), None)
+    return next((found for key, value in items if (found := non_finite_at(value, key)) is not None), None)
 
 
 def read_json(path: Path | str) -> Any:

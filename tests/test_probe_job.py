@@ -1371,6 +1371,20 @@ def test_a_manifest_model_accuracy_outside_0_1_is_refused(tmp_path, capsys, accu
     assert not (run_dir / "probe_performances.csv").exists()
 
 
+def test_a_manifest_holding_nan_is_refused_before_any_layer_is_fitted(tmp_path, capsys):
+    """Python's JSON reader takes NaN; a hand-edited manifest's "downsampling": NaN was copied into
+    probe_settings.json, which atomic.write_json now refuses (f6f584d): the job fitted every layer, wrote
+    probe_performances.csv, then ended with a ValueError traceback (exit 1) and no probe_settings.json."""
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
+    manifest = json.loads((latents / "manifest.json").read_text())
+    manifest["downsampling"] = float("nan")
+    (latents / "manifest.json").write_text(json.dumps(manifest))
+    assert cli("--latents", str(latents), "-mp", "0") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "its value at downsampling is nan, which strict JSON has no number for" in err and "Traceback" not in err
+    assert not (run_dir / "probe_performances.csv").exists()
+
+
 def test_a_probe_seed_beyond_32_bits_is_refused_up_front(tmp_path, capsys):
     _, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
     assert cli("--latents", str(latents), "-mp", "0", "--seed", str(2**32)) == 2

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from phd_lab.atomic import read_json
+from phd_lab.atomic import non_finite_at, read_json
 from phd_lab.environment import LIMIT_ERRNOS
 from phd_lab.errors import DataError
 from phd_lab.file_hash import hash_and_stamp
@@ -196,6 +196,7 @@ def read_manifest(folder: Path | str) -> Manifest:
     run_dir = _require(raw, "run_dir", str, path, "", path=True)
     dtype = _require(raw, "dtype", str, path, "")
     accuracy = _model_test_accuracy(raw, path)
+    _refuse_non_finite(raw, path)
     labels = _require(raw, "labels", dict, path, "")
     label_files = {split: _inside(folder, _require(labels, split, str, path, "labels", path=True), path,
                                   f"labels.{split}") for split in SPLITS}
@@ -244,6 +245,16 @@ def _load_json(path: Path) -> dict[str, Any]:
         raise _fail(path, f"format is {json.dumps(raw.get('format'))}, this version reads format {FORMAT} (an "
                           f"integer)")
     return raw
+
+
+def _refuse_non_finite(raw: dict[str, Any], path: Path) -> None:
+    """Refuse a NaN or infinity anywhere in the manifest, which Python's JSON reader takes: one copied into
+    probe_settings.json (strict JSON, ``atomic.write_json``) ended the job with a traceback once every layer was
+    fitted, its probe_performances.csv written and its settings not."""
+    found = non_finite_at(raw)
+    if found is not None:
+        raise _fail(path, f"its value at {found[0]} is {found[1]}, which strict JSON has no number for (an "
+                          f"extraction writes none)")
 
 
 def _model_test_accuracy(raw: dict[str, Any], path: Path) -> Any:
