@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -586,6 +587,20 @@ def test_a_model_without_a_layer_to_track_is_named_once_per_run(tmp_path: Path, 
                            "saturation table is empty and s_mu is NaN; set track_saturation false for such a model, "
                            "or give it a layer of those types.")
     assert len(rows) == 2 and all(row["train_saturation_mean"] != row["train_saturation_mean"] for row in rows)
+
+
+def test_patterns_that_leave_no_layer_to_track_are_named_in_words(caplog: pytest.LogCaptureFixture) -> None:
+    """A tracker whose include/exclude patterns matched no layer warned 'the model (Sequential) has no Conv2d,
+    Linear or LSTM layer that include ['head*'] and exclude [] leave to track', which does not parse, and told to
+    set track_saturation false or give the model such a layer, though it has one: the patterns are at fault."""
+    from phd_lab.tracking.tracker import SaturationTracker
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    with caplog.at_level(logging.WARNING):
+        SaturationTracker(model, include=("head*",))
+    assert [record.getMessage() for record in caplog.records] == [
+        "the include patterns ['head*'] and exclude patterns [] leave no Conv2d, Linear or LSTM layer of the model "
+        "(Sequential) to track, so its saturation table is empty and s_mu is NaN; give patterns that match some of "
+        "its layers' qualified names."]
 
 
 class _WideHead(torch.nn.Module):

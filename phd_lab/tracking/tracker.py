@@ -136,11 +136,16 @@ def warn_of_untracked_convolutions(model: nn.Module, run_name: str) -> None:
 def warn_of_no_tracked_layer(model: nn.Module, options: TrackerOptions, run_name: str | None = None) -> None:
     """Say that ``model`` has no layer a tracker with ``options`` would hook (none of the tracked types, or the
     include/exclude patterns leave none): its saturation table is empty and s_mu is NaN."""
-    patterns = (f" that include {list(options.include)} and exclude {list(options.exclude)} leave"
-                if options.include or options.exclude else "")
-    log.warning("%sthe model (%s) has no Conv2d, Linear or LSTM layer%s to track, so its saturation table is empty "
+    prefix = f"{run_name}: " if run_name else ""
+    if options.include or options.exclude:  # 'no ... layer that include [...] and exclude [...] leave to track'
+        log.warning("%sthe include patterns %s and exclude patterns %s leave no Conv2d, Linear or LSTM layer of the "
+                    "model (%s) to track, so its saturation table is empty and s_mu is NaN; give patterns that match "
+                    "some of its layers' qualified names.", prefix, list(options.include), list(options.exclude),
+                    type(model).__name__)
+        return
+    log.warning("%sthe model (%s) has no Conv2d, Linear or LSTM layer to track, so its saturation table is empty "
                 "and s_mu is NaN; set track_saturation false for such a model, or give it a layer of those types.",
-                f"{run_name}: " if run_name else "", type(model).__name__, patterns)
+                prefix, type(model).__name__)
 
 
 POOLS_REPEATED_CALLS = "pools_repeated_calls"
