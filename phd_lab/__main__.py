@@ -42,14 +42,17 @@ def command_name(command: str) -> str:
 
 def unknown_command(argv: list[str]) -> str:
     """The error line under the usage: a mistyped command (``trian``) was answered with the usage alone, which
-    did not say what was wrong with the command line; an option before the command (``-q report``) was called an
-    unknown command."""
+    did not say what was wrong with the command line; an option before the command (``-q report``), or without one
+    (``-q``), was called an unknown command."""
     if not argv:
         return f"error: name a command: {', '.join(COMMANDS)}.\n"
     command = next((arg for arg in argv if arg in COMMANDS), None)
     if argv[0].startswith("-") and command is not None:  # 'python -m phd_lab -q report logs': the option first
         return (f"error: {argv[0]!r} comes before the command {command!r}; a command's options go after it "
                 f"({command_name(command)} {argv[0]} ...).\n")
+    if argv[0].startswith("-"):  # 'python -m phd_lab -q': no mistyped command, an option without one
+        return (f"error: {argv[0]!r} is an option, not a command: name a command first ({', '.join(COMMANDS)}), "
+                f"then its options ({command_name('COMMAND')} {argv[0]} ...).\n")
     from phd_lab.registry import did_you_mean
     hint = did_you_mean(argv[0], list(COMMANDS), n=1) or f" The commands are {', '.join(COMMANDS)}."
     return f"error: unknown command {argv[0]!r}.{hint}\n"

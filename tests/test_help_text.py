@@ -95,6 +95,7 @@ def test_an_option_before_the_command_is_named_as_misplaced(capsys):
     assert phd_lab_main(["-q", "report", "logs"]) == EXIT_USAGE
     assert capsys.readouterr().err.endswith("error: '-q' comes before the command 'report'; a command's options go "
                                             "after it (python -m phd_lab report -q ...).\n")
-    assert phd_lab_main(["--bogus"]) == EXIT_USAGE  # no command anywhere: as before
-    assert capsys.readouterr().err.endswith("error: unknown command '--bogus'. The commands are train, probe, "
-                                            "report.\n")
+    # no command anywhere: it was "unknown command '-q'", as if -q were a mistyped command
+    assert phd_lab_main(["-q"]) == EXIT_USAGE
+    assert capsys.readouterr().err.endswith("error: '-q' is an option, not a command: name a command first (train, "
+                                            "probe, report), then its options (python -m phd_lab COMMAND -q ...).\n")
