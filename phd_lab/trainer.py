@@ -19,7 +19,7 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the 
 from phd_lab.callbacks import Callback
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.data import DataBundle
-from phd_lab.errors import RegistryError, RunDiverged, UsageError
+from phd_lab.errors import RunDiverged, RunFailure, UsageError
 from phd_lab.interrupts import deferred_interrupts, raise_if_stop_requested
 from phd_lab.metrics import Metric
 from phd_lab.objectives import objective_of
@@ -246,13 +246,14 @@ class Trainer:
 
 def metric_number(name: str, value: Any) -> float:
     """``value`` of the metric ``name`` as a float: a number, a numpy scalar or a tensor of one element (a shape (1,)
-    tensor failed the run in the progress bar's format); anything else is a RegistryError naming the metric, where
-    a bare TypeError or ValueError ended the run."""
+    tensor failed the run in the progress bar's format); anything else is a RunFailure naming the metric, where a
+    bare TypeError or ValueError ended the run. Not a RegistryError: found once the run trains, that one ended the
+    command with exit 2 ('nothing written') beside a run folder already made, its log not saying why it stopped."""
     try:
         return float(value)
     except (TypeError, ValueError, RuntimeError):
         shown = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else (
             f"{type(value).__name__} {value!r}"[:80])
-        raise RegistryError(f"The value of metric {name!r} is {shown}, not a number: a metric's value must be a "
-                            f"number (a float, a numpy scalar or a tensor of one element) or a dict of them, one "
-                            f"CSV column per key (see docs/registries.md). Fix the metric.") from None
+        raise RunFailure(f"The value of metric {name!r} is {shown}, not a number: a metric's value must be a "
+                         f"number (a float, a numpy scalar or a tensor of one element) or a dict of them, one CSV "
+                         f"column per key (see docs/registries.md). Fix the metric.") from None

@@ -9,7 +9,7 @@ import torch
 
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.cli import main_cli
-from phd_lab.errors import RegistryError
+from phd_lab.errors import RunFailure
 from phd_lab.metrics import Metric
 from tests.conftest import run_folders, write_config
 from tests.test_recovery import CrashAt, make_trainer
@@ -140,8 +140,44 @@ def test_a_metric_is_read_once_per_pass_without_a_bar_and_may_be_a_one_element_t
 def test_a_metric_whose_value_is_no_number_is_named_with_what_a_value_may_be(tmp_path):
     trainer, bundle, _ = make_trainer(own_config(tmp_path, "plateau", epoch=1), tmp_path)
     trainer.metrics = {"f1": ReadCounted({"macro": "0.5 (of 10 classes)"})}
-    with pytest.raises(RegistryError, match=r"metric \"f1\['macro'\]\" is str '0.5 \(of 10 classes\)', not a number"):
+    with pytest.raises(RunFailure, match=r"metric \"f1\['macro'\]\" is str '0.5 \(of 10 classes\)', not a number"):
         trainer.fit(bundle, CheckpointStore(tmp_path / "run.pt", tmp_path / "run.prev.pt"))
+
+
+OWN_METRICS = '''
+class Wordy:
+    """A metric whose value is a sentence."""
+
+    def update(self, y_true, y_pred):
+        pass
+
+    @property
+    def value(self):
+        return "high"
+
+    def reset(self):
+        pass
+
+
+def wordy():
+    """A metric whose value is no number."""
+    return Wordy()
+'''
+
+
+def test_a_metric_value_that_is_no_number_fails_the_run_with_its_log_saying_why(tmp_path, capsys):
+    """Found once the run trains, such a value ended main.py with exit 2, which says 'nothing written', beside the
+    run folder it had made, and the run's log did not say why the run stopped: the run fails (exit 1), its log
+    holds the error and the console names it."""
+    (tmp_path / "my_metrics.py").write_text(OWN_METRICS)
+    config = write_config(tmp_path, epoch=1, resolution=8, batch_size=256, track_saturation=False, post_processing=[],
+                          metrics=["wordy"], registries={"metrics": str(tmp_path / "my_metrics.py")})
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    said = " ".join(capsys.readouterr().err.split())
+    [folder] = run_folders(tmp_path / "logs")
+    [log] = folder.glob("*.log")
+    assert "RunFailure: The value of metric 'wordy' is str 'high', not a number" in said and "Its log" in said, said
+    assert "The value of metric 'wordy' is str 'high', not a number" in log.read_text(encoding="utf-8")
 
 
 def test_an_optimizer_or_metric_factory_of_another_signature_is_named_with_its_contract(tmp_path, capsys):
