@@ -1,0 +1,81 @@
+"""The registry models' r_max against autograd: the extent of the input rows one output position depends on.
+
+For each Conv2d of a registry model (small width), the gradient of one output position (all channels summed)
+with respect to the input is nonzero exactly on the rows some path from that position reaches, provided
+nothing cancels: every weight is positive (1/fan-in, so the values stay near 1), BatchNorm is the identity in
+eval mode, the input is all ones (every ReLU is open) and max pools are replaced by average pools of the same
+window (a max pool passes the gradient to one input only). The extent (last − first + 1) of those rows is
+r_max, as long as the input is tall enough that no path reaches the border. The width stays small: a kernel's
+height and width taps combine freely, so the border in the width does not change the extent in the height.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from phd_lab.analysis.receptive_field import receptive_fields
+from registries import models as registry
+
+WIDTH = 0.0625
+COLUMNS = 32  # one column left after the factor-32 downsampling of the ImageNet stems
+CASES = {
+    "vgg11": {}, "vgg19_dilated": {}, "resnet18": {}, "resnet18_cifar": {}, "mpnet18": {}, "densenet18": {},
+    "resnet18_noskip": {"stem": "cifar"},
+}
+
+
+def monotone_copy(model: nn.Module) -> nn.Module:
+    """``model`` with positive constant weights, identity BatchNorm in eval, and average instead of max pools."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(module, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                         ceil_mode=child.ceil_mode))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.fill_(1.0 / module.weight[0].numel())
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()  # weight 1, bias 0, running mean 0, running variance 1
+    return model.double().eval()
+
+
+def measured_r_max(model: nn.Module, layers: list[str], height: int) -> dict[str, int]:
+    """The input-gradient extent, in rows, of the middle output position of every layer in ``layers``."""
+    outputs: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
+               for name in layers]
+    inputs = torch.ones(1, 3, height, COLUMNS, dtype=torch.float64, requires_grad=True)
+    model(inputs)
+    for handle in handles:
+        handle.remove()
+    extents = {}
+    for name in layers:
+        out = outputs[name]
+        position = out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum()
+        (grad,) = torch.autograd.grad(position, inputs, retain_graph=True)
+        rows = torch.nonzero(grad[0].abs().sum(dim=(0, 2))).flatten()
+        first, last = int(rows.min()), int(rows.max())
+        assert 0 < first and last < height - 1, f"{name}: the gradient reached the border; the input is too small"
+        extents[name] = last - first + 1
+    return extents
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_convolution_of_a_registry_model_has_the_r_max_autograd_measures(name):
+    factory = getattr(registry, name)
+    table = receptive_fields(factory(num_classes=10, width=WIDTH, **CASES[name]), 32)
+    convs = table[table["index"].notna() & table["r_max"].map(math.isfinite)]
+    assert len(convs) >= 8
+    height = 32 * math.ceil((2 * convs["r_max"].max() + 64) / 32)
+    extents = measured_r_max(monotone_copy(factory(num_classes=10, width=WIDTH, **CASES[name])),
+                             convs["layer"].tolist(), int(height))
+    expected = dict(zip(convs["layer"], convs["r_max"].astype(int)))
+    assert extents == expected
