@@ -1,8 +1,9 @@
 """The per-layer MACs of registry models against our own forward hooks on every Conv2d and Linear.
 
 A convolution multiplies and accumulates in_channels/groups · kh · kw times per output element, and adds its
-bias once per output element; a Linear does in_features per output feature, plus the bias (ptflops' rules,
-which the analysis documents). FLOPs are 2 × MACs (README, the ``flops`` step), per layer and in total.
+bias once per output element; a Linear does in_features per output element (once per position on a
+channels-last map), plus the bias (ptflops' rules, which the analysis documents). FLOPs are 2 × MACs (README,
+the ``flops`` step), per layer and in total.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from phd_lab.analysis.flops import computational_info
 from registries import models as registry
 
 CASES = {"resnet18_cifar": (32, {}), "vgg11": (32, {}), "vgg11_no_bn": (32, {"batch_norm": False}),
-         "densenet18": (64, {}), "mpnet18": (32, {}), "vgg19_dilated": (40, {})}
+         "densenet18": (64, {}), "mpnet18": (32, {}), "vgg19_dilated": (40, {}),
+         "tv:mobilenet_v2": (32, {"width_mult": 0.25}), "tv:shufflenet_v2_x0_5": (32, {})}  # depthwise convolutions
 
 
 def hooked_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, int]:
@@ -42,7 +44,10 @@ def hooked_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_convolution_and_linear_layer_has_the_macs_our_hooks_count(case):
     side, model_args = CASES[case]
-    model = getattr(registry, case.removesuffix("_no_bn"))(num_classes=10, width=0.25, **model_args)
+    if case.startswith("tv:"):
+        model = registry.PREFIXES["tv:"](case[3:], num_classes=10, **model_args)
+    else:
+        model = getattr(registry, case.removesuffix("_no_bn"))(num_classes=10, width=0.25, **model_args)
     shape = (3, side, side)
     info, table = computational_info(model, shape)
     expected = hooked_macs(model, shape)
