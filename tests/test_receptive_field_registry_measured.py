@@ -4,9 +4,12 @@ For each Conv2d of a registry model (small width), the gradient of one output po
 with respect to the input is nonzero exactly on the rows some path from that position reaches, provided
 nothing cancels: every weight is positive (1/fan-in, so the values stay near 1), BatchNorm is the identity in
 eval mode, the input is all ones (every ReLU is open) and max pools are replaced by average pools of the same
-window (a max pool passes the gradient to one input only). The extent (last − first + 1) of those rows is
-r_max, as long as the input is tall enough that no path reaches the border. The width stays small: a kernel's
-height and width taps combine freely, so the border in the width does not change the extent in the height.
+window (a max pool passes the gradient to one input only). An attention gate's output is detached: the analysis
+gives a gated tensor the receptive field of the tensor alone (thesis §10.1 leaves the gates out), and the
+gradient through a squeeze-and-excitation gate would reach the whole input. The extent (last − first + 1) of
+those rows is r_max, as long as the input is tall enough that no path reaches the border. The width stays
+small: a kernel's height and width taps combine freely, so the border in the width does not change the extent
+in the height.
 """
 
 from __future__ import annotations
@@ -18,18 +21,20 @@ import torch
 from torch import nn
 
 from phd_lab.analysis.receptive_field import receptive_fields
+from phd_lab.models.attention import ChannelAttention, SpatialAttention, SqueezeExcitation
 from registries import models as registry
 
 WIDTH = 0.0625
 COLUMNS = 32  # one column left after the factor-32 downsampling of the ImageNet stems
 CASES = {
     "vgg11": {}, "vgg19_dilated": {}, "resnet18": {}, "resnet18_cifar": {}, "mpnet18": {}, "densenet18": {},
-    "resnet18_noskip": {"stem": "cifar"},
+    "resnet18_noskip": {"stem": "cifar"}, "resnet18_cbam": {}, "resnet18_se": {"stem": "cifar"},
 }
 
 
 def monotone_copy(model: nn.Module) -> nn.Module:
-    """``model`` with positive constant weights, identity BatchNorm in eval, and average instead of max pools."""
+    """``model`` with positive constant weights, identity BatchNorm in eval, average instead of max pools, and
+    detached attention gates."""
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.MaxPool2d):
@@ -43,6 +48,9 @@ def monotone_copy(model: nn.Module) -> nn.Module:
                     module.bias.zero_()
             elif isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()  # weight 1, bias 0, running mean 0, running variance 1
+    for module in model.modules():
+        if isinstance(module, (SqueezeExcitation, ChannelAttention, SpatialAttention)):
+            module.gate.register_forward_hook(lambda _m, _i, out: out.detach())
     return model.double().eval()
 
 
