@@ -22,6 +22,9 @@ from torch import nn
 
 from phd_lab.analysis.receptive_field import receptive_fields
 from phd_lab.models.attention import ChannelAttention, SpatialAttention, SqueezeExcitation
+from phd_lab.models.densenet import DenseLayer
+from phd_lab.models.mpnet import MultipathBlock
+from phd_lab.models.resnet import BasicBlock, Bottleneck
 from registries import models as registry
 
 WIDTH = 0.0625
@@ -87,3 +90,53 @@ def test_every_convolution_of_a_registry_model_has_the_r_max_autograd_measures(n
                              convs["layer"].tolist(), int(height))
     expected = dict(zip(convs["layer"], convs["r_max"].astype(int)))
     assert extents == expected
+
+
+def bypassable(model: nn.Module) -> list[str]:
+    """The branches a shorter path can bypass, in forward order: a residual block's branch (its last module,
+    ``attention``, an identity without attention), MPNet's 7×7 path beside the 3×3 one, a dense layer beside the
+    concatenated input. The branch beside each is no wider (an identity, a strided 1×1 projection, the 3×3 path
+    of the same stride), so on any path choosing it never adds to eq. (9)'s sum, and the shortest path takes it
+    in every unit before a layer."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, (BasicBlock, Bottleneck)):
+            names.append(f"{name}.attention")
+        elif isinstance(module, MultipathBlock):
+            names.append(f"{name}.paths.1")
+        elif isinstance(module, DenseLayer):
+            names.append(name)
+    return names
+
+
+def shortest_path_extents(model: nn.Module, layers: list[str], height: int) -> dict[str, int]:
+    """``measured_r_max`` of every layer with the bypassable branches before it switched off (their outputs zero):
+    the extent of the shortest path, the r_min."""
+    modules = dict(model.named_modules())
+    order = list(modules)
+    units = bypassable(model)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for layer in layers:
+        before = tuple(unit for unit in units if order.index(unit) < order.index(layer)
+                       and not layer.startswith(f"{unit}."))
+        groups.setdefault(before, []).append(layer)
+    extents = {}
+    for before, group in groups.items():
+        handles = [modules[unit].register_forward_hook(lambda _m, _i, out: torch.zeros_like(out)) for unit in before]
+        extents.update(measured_r_max(model, group, height))
+        for handle in handles:
+            handle.remove()
+    return extents
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50_cifar", "mpnet18", "densenet18"])
+def test_every_convolution_of_a_branching_registry_model_has_the_r_min_of_its_shortest_path(name):
+    factory = getattr(registry, name)
+    table = receptive_fields(factory(num_classes=10, width=WIDTH), 32)
+    convs = table[table["index"].notna() & table["r_max"].map(math.isfinite)]
+    assert (convs["r_min"] < convs["r_max"]).sum() >= 8
+    height = 32 * math.ceil((2 * convs["r_max"].max() + 64) / 32)
+    model = monotone_copy(factory(num_classes=10, width=WIDTH))
+    assert len(bypassable(model)) >= 8
+    extents = shortest_path_extents(model, convs["layer"].tolist(), int(height))
+    assert extents == dict(zip(convs["layer"], convs["r_min"].astype(int)))
