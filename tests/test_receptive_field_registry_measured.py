@@ -57,12 +57,17 @@ def monotone_copy(model: nn.Module) -> nn.Module:
     return model.double().eval()
 
 
-def measured_r_max(model: nn.Module, layers: list[str], height: int) -> dict[str, int]:
-    """The input-gradient extent, in rows, of the middle output position of every layer in ``layers``."""
+def measured_r_max(model: nn.Module, layers: list[str], height: int, of: str = "output") -> dict[str, int]:
+    """The input-gradient extent, in rows, of the middle position of the output (``of="input"``: of the input)
+    of every layer in ``layers``."""
     outputs: dict[str, torch.Tensor] = {}
     modules = dict(model.named_modules())
-    handles = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
-               for name in layers]
+    if of == "input":
+        handles = [modules[name].register_forward_pre_hook(lambda _m, args, name=name: outputs.__setitem__(
+            name, args[0])) for name in layers]
+    else:
+        handles = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(
+            name, out)) for name in layers]
     inputs = torch.ones(1, 3, height, COLUMNS, dtype=torch.float64, requires_grad=True)
     model(inputs)
     for handle in handles:
@@ -90,6 +95,19 @@ def test_every_convolution_of_a_registry_model_has_the_r_max_autograd_measures(n
                              convs["layer"].tolist(), int(height))
     expected = dict(zip(convs["layer"], convs["r_max"].astype(int)))
     assert extents == expected
+
+
+@pytest.mark.parametrize("name", ["vgg11", "resnet18", "densenet18"])
+def test_the_input_of_every_convolution_has_the_in_r_max_autograd_measures(name):
+    """The receptive field entering a layer, pools in between included (the border rule reads it)."""
+    factory = getattr(registry, name)
+    table = receptive_fields(factory(num_classes=10, width=WIDTH), 32)
+    convs = table[table["index"].notna() & table["r_max"].map(math.isfinite)]
+    assert (convs["in_r_max"].to_numpy()[1:] != convs["r_max"].to_numpy()[:-1]).any()  # a pool between two rows
+    height = 32 * math.ceil((2 * convs["r_max"].max() + 64) / 32)
+    extents = measured_r_max(monotone_copy(factory(num_classes=10, width=WIDTH)), convs["layer"].tolist(),
+                             int(height), of="input")
+    assert extents == dict(zip(convs["layer"], convs["in_r_max"].astype(int)))
 
 
 def bypassable(model: nn.Module) -> list[str]:
