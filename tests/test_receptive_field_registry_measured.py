@@ -97,6 +97,19 @@ def test_every_convolution_of_a_registry_model_has_the_r_max_autograd_measures(n
     assert extents == expected
 
 
+@pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "googlenet"])
+def test_torchvision_models_with_a_channel_shuffle_or_inception_branches_have_the_measured_r_max(name):
+    """ShuffleNetV2's channel shuffle (a view and a transpose that keep height and width whole) and GoogLeNet's
+    parallel branches with a stride-1 max pool (every third convolution and the last, for time)."""
+    table = receptive_fields(registry.PREFIXES["tv:"](name, num_classes=10), 32)
+    convs = table[table["index"].notna() & table["r_max"].map(math.isfinite)]
+    layers = convs["layer"].tolist()[::3] + convs["layer"].tolist()[-1:]
+    height = 32 * math.ceil((2 * convs["r_max"].max() + 64) / 32)
+    extents = measured_r_max(monotone_copy(registry.PREFIXES["tv:"](name, num_classes=10)), layers, int(height))
+    assert extents == {layer: int(r) for layer, r in zip(convs["layer"], convs["r_max"]) if layer in extents}
+    assert len(extents) >= 15
+
+
 @pytest.mark.parametrize("name", ["vgg11", "resnet18", "densenet18"])
 def test_the_input_of_every_convolution_has_the_in_r_max_autograd_measures(name):
     """The receptive field entering a layer, pools in between included (the border rule reads it)."""
