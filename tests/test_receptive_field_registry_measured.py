@@ -1,4 +1,4 @@
-"""The registry models' r_max against autograd: the extent of the input rows one output position depends on.
+"""The registry models' receptive fields against autograd: the extent of the input rows one position depends on.
 
 For each Conv2d of a registry model (small width), the gradient of one output position (all channels summed)
 with respect to the input is nonzero exactly on the rows some path from that position reaches, provided
@@ -9,7 +9,8 @@ gives a gated tensor the receptive field of the tensor alone (thesis §10.1 leav
 gradient through a squeeze-and-excitation gate would reach the whole input. The extent (last − first + 1) of
 those rows is r_max, as long as the input is tall enough that no path reaches the border. The width stays
 small: a kernel's height and width taps combine freely, so the border in the width does not change the extent
-in the height.
+in the height. The same extent of a layer's input is its in_r_max; with the branches a shorter path bypasses
+switched off, the extent is r_min (``bypassable``).
 """
 
 from __future__ import annotations
