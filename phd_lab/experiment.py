@@ -25,7 +25,7 @@ from phd_lab.latents_folder import other_runs_latents, shared_latents_error
 from phd_lab.model_checks import meta_model, trained_meta_model
 from phd_lab.progress import bar_options
 from phd_lab.registry import Registries
-from phd_lab.run_guards import fx_sources_released
+from phd_lab.run_guards import fx_sources_released, torch_flags_kept
 from phd_lab.rundir import FolderListings, earlier_version_advice, earlier_version_runs, read_config_grid
 from phd_lab.user_paths import check_writable_dir, nearest_existing
 
@@ -93,7 +93,8 @@ class Main:
         # each grid reads its registry files as they are now (a notebook keeps one Main while they are edited);
         # within a grid, points that name the same modules share them
         self._registry_cache: dict[tuple[tuple[str, str], ...], Registries] = {}
-        with fx_sources_released():  # the models' receptive-field checks trace them
+        # the models' receptive-field checks trace them; their factories run here too (meta models)
+        with fx_sources_released(), torch_flags_kept():
             self.executors = self._validate_grid(grid, index)
         return grid
 

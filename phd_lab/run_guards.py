@@ -1,5 +1,5 @@
-"""What a run holds while it trains: its CPU thread count, cuDNN's autotuner, its folder's lock and its log file,
-and the sources torch.fx keeps of the graph modules it traced.
+"""What a run holds while it trains: its CPU thread count, cuDNN's autotuner, torch's numeric flags, its folder's
+lock and its log file, and the sources torch.fx keeps of the graph modules it traced.
 
 Context managers the executor enters around one run. Each restores what it changed when the
 run ends, however it ends; ``run_log`` also writes the one line that says how a run ended. Kept apart
@@ -54,6 +54,33 @@ def cudnn_benchmark(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+@contextlib.contextmanager
+def torch_flags_kept() -> Iterator[None]:
+    """torch's process-wide numeric flags as they were before the block, once it ends: the default dtype,
+    deterministic algorithms, cuDNN's and the matmuls' precision switches, grad and anomaly mode. A registry
+    factory may set them ("for reproducibility", a float64 model), and every later grid point of the process
+    was built and trained under them: after a factory that set float64, the next point of the grid built its
+    model in float64 and failed on float32 data, where run alone it trained. None of these initialises CUDA."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    dtype, grad, anomaly = torch.get_default_dtype(), torch.is_grad_enabled(), torch.is_anomaly_enabled()
+    check_nan = torch.is_anomaly_check_nan_enabled()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    flags = (cudnn.enabled, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32,
+             matmul.allow_fp16_reduced_precision_reduction)
+    precision = torch.get_float32_matmul_precision()
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_grad_enabled(grad)
+        torch.autograd.set_detect_anomaly(anomaly, check_nan)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        (cudnn.enabled, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32,
+         matmul.allow_fp16_reduced_precision_reduction) = flags
+        torch.set_float32_matmul_precision(precision)
 
 
 @contextlib.contextmanager

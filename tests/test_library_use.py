@@ -173,3 +173,56 @@ def test_a_grid_in_one_process_keeps_no_source_of_the_graphs_its_runs_traced(tmp
     assert [outcome.status for outcome in outcomes] == ["finished"] * 2
     assert all((Path(outcome.folder) / "receptive_field.csv").exists() for outcome in outcomes)
     assert fx_sources() == before
+
+
+SLOPPY_MODELS = '''import torch
+from torch import nn
+
+
+def tiny(*, num_classes, in_channels=3):
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+
+def sloppy(*, num_classes, in_channels=3):
+    torch.set_default_dtype(torch.float64)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.autograd.set_detect_anomaly(True)
+    torch.backends.cudnn.deterministic = True
+    torch.set_float32_matmul_precision("medium")
+    return tiny(num_classes=num_classes, in_channels=in_channels).float()
+'''
+
+
+def torch_flags() -> tuple:
+    """The process-wide torch flags a registry factory may set."""
+    import torch
+    return (torch.get_default_dtype(), torch.are_deterministic_algorithms_enabled(), torch.is_anomaly_enabled(),
+            torch.backends.cudnn.deterministic, torch.get_float32_matmul_precision(), torch.is_grad_enabled())
+
+
+def test_a_factory_that_sets_torch_flags_changes_no_later_grid_point(tmp_path, single_thread):
+    """A model factory that set torch's default dtype to float64 (or deterministic algorithms, anomaly mode) left
+    it set for the rest of the process: the grid's next point built its model in float64 and failed on float32
+    data, where run alone it trained. The next point trains bit-identically to it run alone, and the caller's
+    flags are as they were."""
+    import torch
+
+    from phd_lab.experiment import Main
+    registry = tmp_path / "sloppy_models.py"
+    registry.write_text(SLOPPY_MODELS)
+
+    def grid(logs: str, models: list[str]) -> list:
+        config = one_epoch(tmp_path, name=f"{logs}.json", model=models, model_args={}, resolution=8,
+                           logs_dir=str(tmp_path / logs), registries={"models": str(registry)})
+        return Main(progress=False)(config)
+
+    before = torch_flags()
+    [alone] = grid("alone", ["tiny"])
+    assert torch_flags() == before
+    outcomes = grid("after", ["sloppy", "tiny"])
+    assert [outcome.status for outcome in outcomes] == ["finished", "finished"], outcomes
+    assert torch_flags() == before
+    [expected], [got] = ([torch.load(path, weights_only=True)["model"] for path in Path(folder).glob("*.pt")]
+                         for folder in (alone.folder, outcomes[1].folder))
+    assert expected and all(got[name].dtype == torch.float32 and torch.equal(got[name], expected[name])
+                            for name in expected)
