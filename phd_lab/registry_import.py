@@ -10,6 +10,7 @@ those of the helpers a registry file imported from its own folder (``helper_sha2
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -20,7 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from phd_lab import registry_files
 from phd_lab.errors import RegistryError
@@ -60,6 +61,8 @@ _HELPER_SHA256: dict[str, dict[str, str]] = {}
 # One process holds one module per name: a same-named helper of another folder would be that first one.
 _HELPER_NAMES: dict[str, tuple[Path, Path]] = {}
 FRAMEWORK_PACKAGES = ("phd_lab", "registries")  # phd-lab's own code, which its git commit covers
+# The folders of registry files that this module put on sys.path (those that were not there already)
+_REGISTRY_FOLDERS: set[str] = set()
 
 
 def helper_sha256(module: ModuleType) -> dict[str, str]:
@@ -134,7 +137,8 @@ def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) ->
 
     failed: BaseException | None = None
     try:
-        _execute(module, source, path)
+        with _other_registry_folders_hidden(folder):
+            _execute(module, source, path)
     except BaseException as error:  # noqa: BLE001 - raised again below (as the refusal where that is the cause)
         failed = error
     imported = {name: sys.modules[name] for name in set(sys.modules) - before}
@@ -159,6 +163,23 @@ def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) ->
             helpers[file.relative_to(folder).as_posix()] = hashlib.sha256(file.read_bytes()).hexdigest()
             _HELPER_NAMES.setdefault(name.split(".")[0], (folder, path))
     _HELPER_SHA256[module.__name__] = dict(sorted(helpers.items()))
+
+
+@contextlib.contextmanager
+def _other_registry_folders_hidden(folder: Path) -> Iterator[None]:
+    """sys.path without the folders other registry files put there, while the file of ``folder`` is executed: its
+    import of a module that lies beside none of its own paths found the one beside a registry file an earlier grid
+    point (or task of a Dask worker) had imported, so the file imported in one process and failed in a fresh one,
+    and ran code its run never recorded (no helper of its folder)."""
+    hidden = [(index, entry) for index, entry in enumerate(sys.path)
+              if entry in _REGISTRY_FOLDERS and entry != str(folder)]
+    for index, _entry in reversed(hidden):
+        del sys.path[index]
+    try:
+        yield
+    finally:
+        for index, entry in hidden:
+            sys.path.insert(index, entry)
 
 
 def _execute(module: ModuleType, source: bytes, path: Path) -> ModuleType:
@@ -226,6 +247,7 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
             sys.modules[module_name] = module
             if str(path.parent) not in sys.path:  # its own imports of files beside it (from my_layers import ...),
                 sys.path.append(str(path.parent))  # as Python gives a script; after the installed packages
+                _REGISTRY_FOLDERS.add(str(path.parent))
             try:
                 _execute_beside(module, source, path, kind)
             except BaseException:

@@ -226,3 +226,24 @@ def test_a_factory_that_sets_torch_flags_changes_no_later_grid_point(tmp_path, s
                          for folder in (alone.folder, outcomes[1].folder))
     assert expected and all(got[name].dtype == torch.float32 and torch.equal(got[name], expected[name])
                             for name in expected)
+
+
+def test_a_registry_file_imports_no_module_beside_another_grids_registry_file(tmp_path):
+    """A registry file's folder stays on sys.path once imported, and the registry file of a later grid (another
+    folder) that imports a module lying beside neither of its paths found the one beside the first file: it
+    loaded in that process, running code its run recorded nowhere, and failed when its grid ran alone."""
+    from phd_lab.errors import RegistryError
+    from phd_lab.experiment import Main
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    (first / "layers_of_the_first_project.py").write_text("WIDTH = 4\n")
+    code = ("from torch import nn\nfrom layers_of_the_first_project import WIDTH\n\n\ndef tiny(*, num_classes, "
+            "in_channels=3):\n    return nn.Sequential(nn.Conv2d(in_channels, WIDTH, 3), nn.AdaptiveAvgPool2d(1), "
+            "nn.Flatten(), nn.Linear(WIDTH, num_classes))\n")
+    for folder in (first, second):
+        (folder / "models.py").write_text(code)
+    main = Main(progress=False)
+    main.load(one_epoch(first, model="tiny", model_args={}, registries={"models": str(first / "models.py")}))
+    with pytest.raises(RegistryError, match="imports 'layers_of_the_first_project', which is not installed"):
+        main.load(one_epoch(second, model="tiny", model_args={}, registries={"models": str(second / "models.py")}))
+    main.load(one_epoch(first, model="tiny", model_args={}, registries={"models": str(first / "models.py")}))

@@ -518,14 +518,15 @@ def test_same_named_helpers_beside_two_registry_files_are_refused_naming_both(tm
     err = " ".join(err.split())
     assert code == 2 and "Traceback" not in err, err
     assert (f"The optimizers registry file {str(optimizers / 'helped_optimizers.py')!r} imports a module that lies "
-            f"as {str(optimizers / (name + '.py'))!r} beside it, but {name!r} resolves to "
-            f"{str(models / (name + '.py'))!r} in this process") in err, err
+            f"as {str(optimizers / (name + '.py'))!r} beside it, but the registry file "
+            f"{str(models / 'helped_models.py')!r} imported another {name!r} from its own folder "
+            f"({str(models / (name + '.py'))!r}) in this process") in err, err
     assert "Rename the helper" in err and not (tmp_path / "logs").exists()
     # a helper that lacks what the other folder's has: the refusal, not the AttributeError it caused
     (models / f"{name}.py").write_text("from torch import nn\nWIDTH = 4\nLAYER = nn.ReLU\n")
     code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
     err = " ".join(err.split())
-    assert code == 2 and f"but {name!r} resolves to {str(models / (name + '.py'))!r}" in err, err
+    assert code == 2 and f"imported another {name!r} from its own folder ({str(models / (name + '.py'))!r})" in err, err
     # the second folder first on the module path: its own helper is imported, but the first folder's is in use
     from phd_lab.errors import RegistryError
     from phd_lab.registry import Registries
