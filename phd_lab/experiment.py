@@ -93,8 +93,7 @@ class Main:
         # each grid reads its registry files as they are now (a notebook keeps one Main while they are edited);
         # within a grid, points that name the same modules share them
         self._registry_cache: dict[tuple[tuple[str, str], ...], Registries] = {}
-        # the models' receptive-field checks trace them; their factories run here too (meta models)
-        with fx_sources_released(), torch_flags_kept():
+        with fx_sources_released():  # the models' receptive-field checks trace them
             self.executors = self._validate_grid(grid, index)
         return grid
 
@@ -117,8 +116,10 @@ class Main:
             raise RegistryError(f"{cfg.source}: the key 'registries': {error}") from None
         executor = TrainTestExecutor(cfg, registries, progress=self.progress, listings=listings)
         try:  # a list inside *_args reaches the factory one element at a time: both checks can say so
-            executor.validate(self.missing_data, said, self.missing_device)
-            executor.check_model(models)
+            # the flags a factory sets end with the checks (not those its module set on import)
+            with torch_flags_kept():
+                executor.validate(self.missing_data, said, self.missing_device)
+                executor.check_model(models)
         except ConfigError as error:
             raise type(error)(_with_args_axis_hint(str(error), grid)) from None
         # the probe job's keys, checked with the rest (each alone by the schema, here how they combine)

@@ -59,11 +59,13 @@ def cudnn_benchmark(device: torch.device) -> Iterator[None]:
 @contextlib.contextmanager
 def torch_flags_kept() -> Iterator[None]:
     """torch's process-wide numeric flags as they were before the block, once it ends: the default dtype,
-    deterministic algorithms, cuDNN's and the matmuls' precision switches, grad and anomaly mode. A registry
-    factory may set them ("for reproducibility", a float64 model), and every later grid point of the process
-    was built and trained under them: after a factory that set float64, the next point of the grid built its
-    model in float64 and failed on float32 data, where run alone it trained. None of these initialises CUDA."""
+    deterministic algorithms, cuDNN's and the matmuls' precision switches, grad and anomaly mode, the CPU thread
+    count. A registry factory may set them ("for reproducibility", a float64 model, one thread), and every later
+    grid point of the process was built and trained under them: after a factory that set float64, the next point
+    of the grid built its model in float64 and failed on float32 data, where run alone it trained; after one that
+    set one thread, the grid's points of ``cpu_threads: null`` summed with it. None of these initialises CUDA."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    threads = torch.get_num_threads()
     dtype, grad, anomaly = torch.get_default_dtype(), torch.is_grad_enabled(), torch.is_anomaly_enabled()
     check_nan = torch.is_anomaly_check_nan_enabled()
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -81,6 +83,8 @@ def torch_flags_kept() -> Iterator[None]:
         (cudnn.enabled, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32,
          matmul.allow_fp16_reduced_precision_reduction) = flags
         torch.set_float32_matmul_precision(precision)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

@@ -247,3 +247,48 @@ def test_a_registry_file_imports_no_module_beside_another_grids_registry_file(tm
     with pytest.raises(RegistryError, match="imports 'layers_of_the_first_project', which is not installed"):
         main.load(one_epoch(second, model="tiny", model_args={}, registries={"models": str(second / "models.py")}))
     main.load(one_epoch(first, model="tiny", model_args={}, registries={"models": str(first / "models.py")}))
+
+
+def test_a_factory_that_sets_the_thread_count_while_the_grid_is_checked_leaves_the_other_points_theirs(tmp_path):
+    """A model factory that called torch.set_num_threads(1) (run on the meta device while the grid is checked)
+    left one thread to every point of the grid: those of ``cpu_threads: null`` summed with one thread instead of
+    torch's default, and differed in their last bits from the same points run alone."""
+    import torch
+
+    from phd_lab.experiment import Main
+    registry = tmp_path / "thread_models.py"
+    registry.write_text(SLOPPY_MODELS.split("\n\n\ndef sloppy")[0] + "\n\n\ndef one_thread(*, num_classes, "
+                        "in_channels=3):\n    torch.set_num_threads(1)\n    return tiny(num_classes=num_classes, "
+                        "in_channels=in_channels)\n")
+    config = one_epoch(tmp_path, model=["one_thread", "tiny"], model_args={}, resolution=8,
+                       registries={"models": str(registry)})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        main = Main(progress=False)
+        grid = main.load(config)
+        assert torch.get_num_threads() == 2
+        [outcome] = main.run(grid, [1])  # the tiny point alone
+    finally:
+        torch.set_num_threads(before)
+    assert outcome.status == "finished"
+    [tiny_log] = Path(outcome.folder).glob("*.log")
+    assert "2 CPU thread(s)" in tiny_log.read_text(encoding="utf-8")
+
+
+def test_a_flag_a_registry_file_sets_when_it_is_imported_holds_for_its_runs(tmp_path):
+    """torch flags a registry file sets at its top (as a library's import would) are the setup its runs are meant to
+    train under: the grid check restores those its factories set, not those of the module's import."""
+    import torch
+
+    from phd_lab.experiment import Main
+    registry = tmp_path / "precise_models.py"
+    tiny = SLOPPY_MODELS.split("\n\n\ndef sloppy")[0]
+    registry.write_text(tiny + "\n\n\ntorch.set_float32_matmul_precision('high')\n")
+    before = torch.get_float32_matmul_precision()
+    try:
+        config = one_epoch(tmp_path, model="tiny", model_args={}, registries={"models": str(registry)})
+        Main(progress=False).load(config)
+        assert torch.get_float32_matmul_precision() == "high" != before
+    finally:
+        torch.set_float32_matmul_precision(before)
