@@ -61,8 +61,6 @@ _HELPER_SHA256: dict[str, dict[str, str]] = {}
 # One process holds one module per name: a same-named helper of another folder would be that first one.
 _HELPER_NAMES: dict[str, tuple[Path, Path]] = {}
 FRAMEWORK_PACKAGES = ("phd_lab", "registries")  # phd-lab's own code, which its git commit covers
-# The folders of registry files that this module put on sys.path (those that were not there already)
-_REGISTRY_FOLDERS: set[str] = set()
 
 
 def helper_sha256(module: ModuleType) -> dict[str, str]:
@@ -126,7 +124,7 @@ def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) ->
     helper imported before by a registry file is imported again, so that this file's own imports are seen and
     an edited helper runs its new code); a same-named helper of another folder is refused."""
     folder = path.parent
-    hidden = {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[0] in _HELPER_NAMES}
+    hidden = {name: sys.modules.pop(name) for name in list(sys.modules) if _is_a_helper(name)}
     before = set(sys.modules)
 
     def restore() -> None:
@@ -165,6 +163,15 @@ def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) ->
     _HELPER_SHA256[module.__name__] = dict(sorted(helpers.items()))
 
 
+def _is_a_helper(name: str) -> bool:
+    """Whether the module ``name`` was imported from beside a registry file: a helper some registry file imported
+    as such, or any module of a registry file's folder (one imported by its module name, in a worker process)."""
+    if name.split(".")[0] in _HELPER_NAMES:
+        return True
+    module = sys.modules.get(name)
+    return any(_helper_file(name, module, Path(folder)) is not None for folder in registry_files.FOLDERS_ADDED)
+
+
 @contextlib.contextmanager
 def _other_registry_folders_hidden(folder: Path) -> Iterator[None]:
     """sys.path without the folders other registry files put there, while the file of ``folder`` is executed: its
@@ -172,7 +179,7 @@ def _other_registry_folders_hidden(folder: Path) -> Iterator[None]:
     point (or task of a Dask worker) had imported, so the file imported in one process and failed in a fresh one,
     and ran code its run never recorded (no helper of its folder)."""
     hidden = [(index, entry) for index, entry in enumerate(sys.path)
-              if entry in _REGISTRY_FOLDERS and entry != str(folder)]
+              if entry in registry_files.FOLDERS_ADDED and entry != str(folder)]
     for index, _entry in reversed(hidden):
         del sys.path[index]
     try:
@@ -245,9 +252,8 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
                          "imported it; importing it again.", kind, path)
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[module_name] = module
-            if str(path.parent) not in sys.path:  # its own imports of files beside it (from my_layers import ...),
-                sys.path.append(str(path.parent))  # as Python gives a script; after the installed packages
-                _REGISTRY_FOLDERS.add(str(path.parent))
+            # its own imports of files beside it (from my_layers import ...), as Python gives a script
+            registry_files.add_folder(path.parent)
             try:
                 _execute_beside(module, source, path, kind)
             except BaseException:

@@ -228,23 +228,32 @@ def test_a_factory_that_sets_torch_flags_changes_no_later_grid_point(tmp_path, s
                             for name in expected)
 
 
-def test_a_registry_file_imports_no_module_beside_another_grids_registry_file(tmp_path):
+@pytest.mark.parametrize("first_by", ["grid", "module name"])
+def test_a_registry_file_imports_no_module_beside_another_grids_registry_file(tmp_path, first_by):
     """A registry file's folder stays on sys.path once imported, and the registry file of a later grid (another
     folder) that imports a module lying beside neither of its paths found the one beside the first file: it
-    loaded in that process, running code its run recorded nowhere, and failed when its grid ran alone."""
+    loaded in that process, running code its run recorded nowhere, and failed when its grid ran alone. The first
+    file may also have come in by its module name (a worker process that received one of its objects)."""
+    import importlib
+
+    from phd_lab import registry_files
     from phd_lab.errors import RegistryError
     from phd_lab.experiment import Main
+    helper = f"layers_of_the_first_project_{first_by.replace(' ', '_')}"  # one module per name in a process
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir(), second.mkdir()
-    (first / "layers_of_the_first_project.py").write_text("WIDTH = 4\n")
-    code = ("from torch import nn\nfrom layers_of_the_first_project import WIDTH\n\n\ndef tiny(*, num_classes, "
+    (first / f"{helper}.py").write_text("WIDTH = 4\n")
+    code = (f"from torch import nn\nfrom {helper} import WIDTH\n\n\ndef tiny(*, num_classes, "
             "in_channels=3):\n    return nn.Sequential(nn.Conv2d(in_channels, WIDTH, 3), nn.AdaptiveAvgPool2d(1), "
             "nn.Flatten(), nn.Linear(WIDTH, num_classes))\n")
     for folder in (first, second):
         (folder / "models.py").write_text(code)
     main = Main(progress=False)
-    main.load(one_epoch(first, model="tiny", model_args={}, registries={"models": str(first / "models.py")}))
-    with pytest.raises(RegistryError, match="imports 'layers_of_the_first_project', which is not installed"):
+    if first_by == "grid":
+        main.load(one_epoch(first, model="tiny", model_args={}, registries={"models": str(first / "models.py")}))
+    else:
+        importlib.import_module(registry_files.module_name("models", first / "models.py"))
+    with pytest.raises(RegistryError, match=f"imports '{helper}', which is not installed"):
         main.load(one_epoch(second, model="tiny", model_args={}, registries={"models": str(second / "models.py")}))
     main.load(one_epoch(first, model="tiny", model_args={}, registries={"models": str(first / "models.py")}))
 

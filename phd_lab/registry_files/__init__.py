@@ -37,6 +37,17 @@ def file_of(name: str) -> Path | None:
         return None
 
 
+# The folders of registry files put on sys.path here or by ``phd_lab.registry_import`` (not those that were there)
+FOLDERS_ADDED: set[str] = set()
+
+
+def add_folder(folder: Path) -> None:
+    """Put a registry file's folder on sys.path after the installed packages, once, and remember that it was put."""
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+        FOLDERS_ADDED.add(str(folder))
+
+
 class _Loader(importlib.abc.Loader):
     """Executes a registry file by its module name, with its folder on the module path (after the installed
     packages) so that its imports of the files beside it work in a worker process too."""
@@ -48,8 +59,7 @@ class _Loader(importlib.abc.Loader):
         return None
 
     def exec_module(self, module: ModuleType) -> None:
-        if str(self.path.parent) not in sys.path:
-            sys.path.append(str(self.path.parent))
+        add_folder(self.path.parent)
         exec(compile(self.path.read_bytes(), str(self.path), "exec"), module.__dict__)  # noqa: S102 - user's own
 
 
