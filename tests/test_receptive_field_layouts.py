@@ -349,3 +349,34 @@ def test_a_vision_transformer_has_the_patch_size_then_global_layers():
     assert df[["r_min", "r_max", "jump"]].iloc[0].tolist() == [16, 16, 16]
     assert (df[["r_min", "r_max", "in_r_min", "in_r_max"]].iloc[1:] == INF).all().all()
     assert border_layers(df, 32) == (None, None)
+
+
+class LazyChannelsLast(nn.Module):
+    """A convolution, its map moved to channels-last, then a lazy Linear head (its weight is made by the first
+    forward pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.head = nn.LazyLinear(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.conv(x).permute(0, 2, 3, 1), 1))
+
+
+def test_a_lazy_model_before_its_first_forward_pass_is_analysed_or_refused_naming_its_lazy_layers():
+    """The shapes are recorded on meta copies of the weights, which a lazy layer before its first call does not
+    have: receptive_fields on such a model raised torch's ValueError about empty_like and uninitialized
+    parameters. A model that needs no shapes is analysed (the table of the model after one batch); one whose
+    permute needs them is refused naming the lazy layer and what to do."""
+    plain = nn.Sequential(nn.LazyConv2d(4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(3))
+    before = receptive_fields(plain, 16)
+    plain(torch.zeros(1, 1, 16, 16))
+    pd.testing.assert_frame_equal(before, receptive_fields(plain, 16))
+    assert before["r_max"].tolist() == [3, 5, INF]
+    model = LazyChannelsLast()
+    with pytest.raises(ReceptiveFieldError, match=r"the lazy layers 'head' of LazyChannelsLast have no weights "
+                                                  r"before their first forward pass: run the model on one batch"):
+        receptive_fields(model, 16)
+    model(torch.zeros(1, 1, 16, 16))
+    assert receptive_fields(model, 16)["r_max"].tolist() == [3, INF]

@@ -20,7 +20,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from phd_lab.wording import first_names
+
 _SHAPE = "rf_shape"  # node.meta key of a tensor output's shape
+_NO_SHAPES = "rf_no_shapes"  # graph_module.meta key: why no shapes were recorded, where the words say more
 Layout = tuple[int, int, int] | None  # (rank, height axis, width axis); None: (N, C, H, W)
 STANDARD = (4, 2, 3)  # the layout None: (N, C, H, W)
 _PERMUTES = {torch.permute}
@@ -38,14 +41,21 @@ def record_shapes(graph_module: fx.GraphModule, input_resolution: int | None) ->
     convs = [graph_module.get_submodule(n.target) for n in graph_module.graph.nodes if n.op == "call_module"
              and isinstance(graph_module.get_submodule(n.target), nn.Conv2d)]
     # the image is the first input; further inputs need a default (forward(x, scale=2.0)), which the run takes
+    graph_module.meta.pop(_NO_SHAPES, None)
     if input_resolution is None or not placeholders or not convs or any(not p.args for p in placeholders[1:]):
         return False
+    lazy = _lazy_modules(graph_module)
+    if lazy:  # a lazy layer before its first call has no shape to copy (empty_like raised torch's ValueError)
+        names = first_names([repr(name) for name in lazy], shown=3, what="modules")
+        graph_module.meta[_NO_SHAPES] = (f"the lazy layers {names} of {type(graph_module).__name__} have no weights "
+                                         f"before their first forward pass: run the model on one batch first")
+        return False
     wrapper = _ShapePropagation(graph_module)
-    meta = {name: torch.empty_like(value, device="meta") for name, value in
-            [*wrapper.named_parameters(), *wrapper.named_buffers()]}
-    image = torch.zeros(2, convs[0].in_channels, input_resolution, input_resolution, device="meta",
-                        dtype=convs[0].weight.dtype)
     try:  # the random number generators stay untouched (dropout on meta tensors draws nothing, to be sure)
+        meta = {name: torch.empty_like(value, device="meta") for name, value in
+                [*wrapper.named_parameters(), *wrapper.named_buffers()]}
+        image = torch.zeros(2, convs[0].in_channels, input_resolution, input_resolution, device="meta",
+                            dtype=convs[0].weight.dtype)
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.func.functional_call(wrapper, meta, (image,))  # meta tensors stand in for the weights
     except Exception:  # any op that cannot run on meta tensors, or a mismatch: no shapes, the old rules
@@ -53,6 +63,14 @@ def record_shapes(graph_module: fx.GraphModule, input_resolution: int | None) ->
             node.meta.pop(_SHAPE, None)
         return False
     return True
+
+
+def _lazy_modules(model: nn.Module) -> list[str]:
+    """The names of ``model``'s modules whose own parameters or buffers are still uninitialised (a LazyLinear,
+    LazyConv2d before its first forward pass): their shapes are not known yet."""
+    return [name for name, module in model.named_modules()
+            if any(nn.parameter.is_lazy(tensor)
+                   for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)])]
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -125,8 +143,9 @@ def rank_of(node: Any, layout: Layout) -> int:
 def moved(node: fx.Node, layout: Layout, source: fx.Node) -> Layout | str:
     """The layout after a permute/transpose of ``source``, or why it cannot be told."""
     if shape_of(source) is None:  # no shapes: the old rule, permutes of feature maps are refused
-        return ("of a tensor whose shape is not known (the traced graph could not run on a meta-device input "
-                "at the analysed resolution, so where height and width go is not known)")
+        known = source.graph.owning_module.meta.get(_NO_SHAPES) if source.graph.owning_module is not None else None
+        why = known or "the traced graph could not run on a meta-device input at the analysed resolution"
+        return f"of a tensor whose shape is not known, so where height and width go is not known ({why})"
     rank = rank_of(source, layout)
     if layout is None and rank != 4:
         return f"of a {rank}-dimensional tensor whose height and width axes are not known"
