@@ -243,6 +243,35 @@ def test_peek_reads_the_generation_that_load_resumes_from_after_a_kill_between_t
     assert CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt").load()["epoch"] == 3
 
 
+def _flip_a_tensor_byte(path: Path) -> None:
+    """Flip one byte inside the data of the checkpoint's largest tensor: the archive stays whole, its CRC-32 fails."""
+    with zipfile.ZipFile(path) as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+    data = bytearray(path.read_bytes())
+    data[member.header_offset + 30 + len(member.filename.encode()) + len(member.extra) + member.file_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "no metric rows"])
+def test_peek_passes_over_a_damaged_current_checkpoint_as_load_does(tmp_path, damage):
+    """peek() read the current checkpoint without its checksums and entries, which load() checks before it goes
+    back to the previous one: with a byte of the newest checkpoint flipped (or its metric rows gone), the room
+    check, the setup warning and the dry run's status counted 2 epochs trained where the resume trains the
+    second again."""
+    store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt")
+    store.save(checkpoint_state(1, model={"w": torch.arange(4096.0)}))
+    store.save(checkpoint_state(2, model={"w": torch.arange(4096.0) * 2}))
+    if damage == "flipped byte":
+        _flip_a_tensor_byte(store.path)
+    elif damage == "truncated":
+        store.path.write_bytes(store.path.read_bytes()[: store.path.stat().st_size // 2])
+    else:
+        torch.save({"format": CHECKPOINT_FORMAT, **checkpoint_state(2), "history": []}, store.path)
+    assert store.peek_epochs() == 1
+    assert torch.equal(store.peek("model")["w"], torch.arange(4096.0))
+    assert CheckpointStore(store.path, store.previous).load()["epoch"] == 1
+
+
 def test_every_checkpoint_damaged_is_a_clear_failure(tmp_path, capsys):
     config = write_config(tmp_path, epoch=2)
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
