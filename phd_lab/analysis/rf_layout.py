@@ -8,7 +8,9 @@ only non-spatial axes (ShuffleNetV2's channel shuffle) — give a tensor an expl
 
 Shapes come from one shape propagation of the traced graph on a ``meta``-device input of the analysed
 resolution (no memory, no arithmetic, no change to the model): ``record_shapes`` stores them on the nodes.
-Where it cannot run, views keep their old rule and permutes/transposes of feature maps stay refused.
+Where it cannot run, views keep their old rule and permutes/transposes of feature maps stay refused; so does a
+model whose lazy layers (``nn.LazyLinear``, ``nn.LazyConv2d``) have no weights yet, before its first forward pass,
+and the refusal names them.
 """
 
 from __future__ import annotations
