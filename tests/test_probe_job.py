@@ -200,6 +200,21 @@ def test_unreadable_cache_entry_is_refitted(tmp_path):
     assert json.loads(entry.read_text())["record"]["layer"] == "block0.conv"
 
 
+def test_an_unreadable_cache_entry_is_warned_of_once_per_job(tmp_path, caplog):
+    """The job looks every layer up in the cache when it validates and again when it fits (another job may have
+    stored it meanwhile): each damaged entry was said in two identical warnings."""
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    cache = tmp_path / "cache"
+    run_jobs(jobs_from_latents(latents)[0], cache, progress=False)
+    entry = next(cache.rglob("*.json"))
+    entry.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="phd_lab.probes.cache"):
+        run_jobs(jobs_from_latents(latents)[0], cache, progress=False)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ignoring probe cache entry")]
+    assert len(said) == 1 and str(entry) in said[0], said
+    assert json.loads(entry.read_text())["record"]["layer"] == "block0.conv"
+
+
 def test_a_probe_job_removes_the_cache_temp_files_a_killed_job_left_but_not_a_running_ones(tmp_path, caplog):
     """A job killed while it wrote a cache entry left its temp file (``<xx>/.<digest>.json.<random>.tmp``) behind
     for good. A job removes those that are 15 minutes old; another job sharing the cache may be writing one now."""

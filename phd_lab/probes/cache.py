@@ -88,6 +88,7 @@ class ResultCache:
 
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
+        self._said: set[tuple[Path, str]] = set()  # the unusable entries warned of (``get``), each once
 
     def check(self) -> None:
         """Say why the folder cannot hold the cache, creating nothing: the job checks this before it takes its
@@ -161,9 +162,12 @@ class ResultCache:
 
     def get(self, key: dict[str, Any]) -> ProbeRecord | None:
         """The stored record, or None on a miss (an unreadable entry counts as a miss). Where the key has no entry,
-        one an earlier version stored under the key's format 1 is taken (``_read_format_1``)."""
+        one an earlier version stored under the key's format 1 is taken (``_read_format_1``). An unusable entry is
+        warned of once: the job looks each layer up when it validates and again when it fits (another job sharing
+        the cache may have stored it meanwhile), and said every damaged entry twice."""
         record, problem = self._read(key)
-        if problem is not None:
+        if problem is not None and (self.path(key), problem) not in self._said:
+            self._said.add((self.path(key), problem))
             log.warning("ignoring probe cache entry %s (%s); the layer is refitted", self.path(key), problem)
         if record is None and problem is None and key.get("format") == CACHE_FORMAT:
             record = self._read_format_1(key)
