@@ -122,6 +122,8 @@ def writable_lock(rundir: RunDir) -> Iterator[RunLock]:
     lock = RunLock(rundir.lock)
     try:
         lock.acquire()
+    except FolderInTheWay as error:  # a folder where the lock file goes: named, with what to do
+        raise DataError(str(error)) from None
     except OSError as error:
         raise DataError(f"The run folder {str(rundir.root)!r} cannot be written ({error.strerror or error}); "
                         f"a run needs its folder for its lock, log, checkpoints and results.") from None

@@ -960,6 +960,19 @@ def test_a_folder_where_the_probe_table_goes_is_named_with_what_to_do(tmp_path, 
     assert cli("--latents", str(latents), "-mp", "0") == 0
 
 
+def test_a_folder_where_the_probe_lock_goes_is_named_with_what_to_do(tmp_path, capsys):
+    """A folder at a run's .probe.lock was said as "[Errno 21] Is a directory: '...'", without what to do."""
+    run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    (run_dir / ".probe.lock").mkdir()
+    assert cli("--latents", str(latents), "-mp", "0") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"The probe results of '{run_dir}' cannot be written there: '{run_dir / '.probe.lock'}' is a folder, "
+            f"but phd-lab writes a file of that name there") in err, err
+    assert "Remove or rename that folder" in err and "Errno" not in err and ".." not in err
+    (run_dir / ".probe.lock").rmdir()
+    assert cli("--latents", str(latents), "-mp", "0") == 0
+
+
 def test_a_result_that_cannot_be_written_fails_clearly_and_keeps_the_cache(tmp_path, capsys):
     run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=2))
     (run_dir / "probe_confusion").write_text("a file where the confusion folder goes")

@@ -617,6 +617,25 @@ def test_a_failed_atomic_write_leaves_the_previous_file_and_no_temp_file(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png", "result.csv"]
 
 
+def test_a_folder_where_the_run_lock_goes_is_named_with_what_to_do(tmp_path, capsys):
+    """A folder at the run folder's .lock stopped the run with "The run folder '...' cannot be written (Is a
+    directory)": which of its files was in the way was not said. Now the folder is named, with what to do (exit 2:
+    nothing was trained or written); once it is gone the same command trains the run."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False)
+    main = Main(progress=False)
+    main.load(config)
+    rundir = main.executors[0].rundir
+    rundir.lock.mkdir(parents=True)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 2, err
+    err = " ".join(err.split())
+    assert f"'{rundir.lock}' is a folder, but phd-lab writes a file of that name there" in err, err
+    assert "Remove or rename that folder" in err and "Traceback" not in err
+    assert not rundir.metrics_csv.exists()
+    rundir.lock.rmdir()
+    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+
+
 def test_a_folder_where_a_run_writes_a_file_is_named_with_what_to_do_not_a_bare_is_a_directory(tmp_path, capsys):
     """A folder at the path of a file the framework writes (the metrics CSV, the latents' manifest.json,
     .steps.json, diverged.json, the probe table) failed the run with 'IsADirectoryError: [Errno 21] Is a directory:
@@ -1202,16 +1221,20 @@ def test_a_resume_with_another_cpu_threads_in_the_config_keeps_the_logged_count(
 def test_a_run_folder_that_cannot_be_written_is_said_in_one_line(tmp_path, capsys):
     """A read-only run folder failed at its lock file with a traceback and 'failed before its run log was opened
     (while building its data, model or optimizer)'. The suite runs as root, which writes anywhere, so the lock
-    path is made unusable instead (a folder where the lock file goes: the same OSError)."""
+    path is made unusable instead: a socket where the lock file goes, which no process can open (ENXIO; a folder
+    there is named as such, ``test_a_folder_where_the_run_lock_goes_is_named_with_what_to_do``). The socket is
+    bound from inside the folder: its whole path is longer than a socket's address may be."""
     config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False)
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     [folder] = run_folders(tmp_path / "logs")
     (folder / ".lock").unlink(missing_ok=True)
-    (folder / ".lock").mkdir()
+    subprocess.run([sys.executable, "-c", "import socket; socket.socket(socket.AF_UNIX).bind('.lock')"], cwd=folder,
+                   check=True)
     capsys.readouterr()
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert f"The run folder '{folder}' cannot be written" in err and "Traceback" not in err
+    assert f"The run folder '{folder}' cannot be written (No such device or address)" in err, err
+    assert "Traceback" not in err
 
 
 def test_a_disk_that_fills_up_during_a_run_is_said_as_the_run_s_failure(tmp_path):

@@ -278,7 +278,8 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
                 jobs = [job for job in jobs if job.outputs.root != root]
                 continue
             except OSError as error:
-                raise DataError(f"The probe results of {str(root)!r} cannot be written there: {error}.") from None
+                raise DataError(f"The probe results of {str(root)!r} cannot be written there: "
+                                f"{str(error).rstrip('.')}.") from None  # a FolderInTheWay's is whole sentences
             locks.enter_context(existing_folder(root, advice=_lost_folder_advice(root, cache.folder),
                                                 lock=lock))
         if not jobs:
