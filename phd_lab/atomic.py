@@ -88,9 +88,14 @@ def refuse_link(path: Path | str, what: str) -> None:
 
 def open_no_follow(path: Path | str, flags: int, what: str, mode: int = 0o666) -> int:
     """``os.open(path, flags | O_NOFOLLOW)``: a file descriptor of ``path`` itself, never of a file a symbolic link
-    there names (``refuse_link`` says why, also when the link appears after a check)."""
+    there names (``refuse_link`` says why, also when the link appears after a check). A folder at ``path`` is said
+    as ``FolderInTheWay`` (what to do): a bare IsADirectoryError of a run's log file read as a failure 'while
+    building its data, model or optimizer', with a traceback."""
     try:
         return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except IsADirectoryError:
+        from phd_lab.errors import FolderInTheWay
+        raise FolderInTheWay(path) from None
     except OSError as error:
         if error.errno == errno.ELOOP:
             refuse_link(path, what)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from phd_lab.atomic import open_no_follow
-from phd_lab.errors import FolderInTheWay, RunFolderLost, RunLockedError
+from phd_lab.errors import RunFolderLost, RunLockedError
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,7 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         # the umask shapes its mode as any new file's: a group's colleague (umask 002) must open it for writing too
-        try:
-            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT, "lock file")
-        except IsADirectoryError:  # said as 'cannot be written (Is a directory)' of the run folder, naming no file
-            raise FolderInTheWay(self.path) from None
+        fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT, "lock file")  # a folder there: FolderInTheWay
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

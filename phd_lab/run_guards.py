@@ -177,7 +177,10 @@ class run_log:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.handler = this_thread_only(LogFile(path))
+        try:
+            self.handler = this_thread_only(LogFile(path))
+        except FolderInTheWay as error:  # a traceback and 'failed while building its data, model or optimizer'
+            raise DataError(str(error)) from None
         self.levels = info_records_kept()  # every INFO record in the file, however the caller set up logging
 
     def __enter__(self) -> "run_log":

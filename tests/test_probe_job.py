@@ -960,16 +960,19 @@ def test_a_folder_where_the_probe_table_goes_is_named_with_what_to_do(tmp_path, 
     assert cli("--latents", str(latents), "-mp", "0") == 0
 
 
-def test_a_folder_where_the_probe_lock_goes_is_named_with_what_to_do(tmp_path, capsys):
-    """A folder at a run's .probe.lock was said as "[Errno 21] Is a directory: '...'", without what to do."""
+@pytest.mark.parametrize("file, code, said", [(".probe.lock", 2, "The probe results of '{run}' cannot be written "
+                                                                   "there: "), ("probe.log", 1, "")])
+def test_a_folder_where_the_probe_lock_or_log_goes_is_named_with_what_to_do(tmp_path, capsys, file, code, said):
+    """A folder at a run's .probe.lock was said as "[Errno 21] Is a directory: '...'", without what to do; one at
+    its probe.log ended the job with an IsADirectoryError traceback."""
     run_dir, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
-    (run_dir / ".probe.lock").mkdir()
-    assert cli("--latents", str(latents), "-mp", "0") == 2
+    (run_dir / file).mkdir()
+    assert cli("--latents", str(latents), "-mp", "0") == code
     err = " ".join(capsys.readouterr().err.split())
-    assert (f"The probe results of '{run_dir}' cannot be written there: '{run_dir / '.probe.lock'}' is a folder, "
-            f"but phd-lab writes a file of that name there") in err, err
-    assert "Remove or rename that folder" in err and "Errno" not in err and ".." not in err
-    (run_dir / ".probe.lock").rmdir()
+    assert (f"{said.format(run=run_dir)}'{run_dir / file}' is a folder, but phd-lab writes a file of that name "
+            f"there") in err, err
+    assert "Remove or rename that folder" in err and "Errno" not in err and ".." not in err and "Traceback" not in err
+    (run_dir / file).rmdir()
     assert cli("--latents", str(latents), "-mp", "0") == 0
 
 

@@ -617,22 +617,25 @@ def test_a_failed_atomic_write_leaves_the_previous_file_and_no_temp_file(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png", "result.csv"]
 
 
-def test_a_folder_where_the_run_lock_goes_is_named_with_what_to_do(tmp_path, capsys):
+@pytest.mark.parametrize("file", ["lock", "log"])
+def test_a_folder_where_the_run_lock_or_log_goes_is_named_with_what_to_do(tmp_path, capsys, file):
     """A folder at the run folder's .lock stopped the run with "The run folder '...' cannot be written (Is a
-    directory)": which of its files was in the way was not said. Now the folder is named, with what to do (exit 2:
-    nothing was trained or written); once it is gone the same command trains the run."""
+    directory)", which did not say which of its files was in the way; one at its log file with an IsADirectoryError
+    traceback and 'failed before its run log was opened (while building its data, model or optimizer)'. Now the
+    folder is named, with what to do (exit 2: nothing was trained); once it is gone the same command trains."""
     config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False)
     main = Main(progress=False)
     main.load(config)
     rundir = main.executors[0].rundir
-    rundir.lock.mkdir(parents=True)
+    in_the_way = getattr(rundir, file)
+    in_the_way.mkdir(parents=True)
     code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
     assert code == 2, err
     err = " ".join(err.split())
-    assert f"'{rundir.lock}' is a folder, but phd-lab writes a file of that name there" in err, err
-    assert "Remove or rename that folder" in err and "Traceback" not in err
+    assert f"'{in_the_way}' is a folder, but phd-lab writes a file of that name there" in err, err
+    assert "Remove or rename that folder" in err and "Traceback" not in err and "while building" not in err
     assert not rundir.metrics_csv.exists()
-    rundir.lock.rmdir()
+    in_the_way.rmdir()
     assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
 
 
@@ -1222,7 +1225,7 @@ def test_a_run_folder_that_cannot_be_written_is_said_in_one_line(tmp_path, capsy
     """A read-only run folder failed at its lock file with a traceback and 'failed before its run log was opened
     (while building its data, model or optimizer)'. The suite runs as root, which writes anywhere, so the lock
     path is made unusable instead: a socket where the lock file goes, which no process can open (ENXIO; a folder
-    there is named as such, ``test_a_folder_where_the_run_lock_goes_is_named_with_what_to_do``). The socket is
+    there is named as such, ``test_a_folder_where_the_run_lock_or_log_goes_is_named_with_what_to_do``). The socket is
     bound from inside the folder: its whole path is longer than a socket's address may be."""
     config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False)
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
