@@ -178,6 +178,8 @@ class CheckpointStore:
             except CheckpointError:
                 raise
             except Exception as error:  # a truncated or corrupted file: fall back to the next one
+                if isinstance(error, IsADirectoryError):  # taken for a damaged file, it was renamed *.damaged
+                    raise FolderInTheWay(candidate) from None
                 if not _file_is_damaged(error):
                     raise CheckpointError(
                         f"Reading the checkpoint {candidate} failed: {type(error).__name__}: {error}. That is the "
@@ -278,8 +280,9 @@ def _is_damaged(path: Path) -> bool:
 
 
 def _file_is_damaged(error: BaseException) -> bool:
-    """Whether a failed read says something about the file rather than the file system."""
-    if isinstance(error, MemoryError):
+    """Whether a failed read says something about the file rather than the file system. A folder in the file's place
+    is no damaged file: ``load`` names it (``FolderInTheWay``) instead of going back to the previous checkpoint."""
+    if isinstance(error, (MemoryError, IsADirectoryError)):
         return False
     return getattr(error, "errno", None) not in _TRANSIENT_ERRNOS
 

@@ -272,6 +272,23 @@ def test_peek_passes_over_a_damaged_current_checkpoint_as_load_does(tmp_path, da
     assert CheckpointStore(store.path, store.previous).load()["epoch"] == 1
 
 
+def test_a_folder_where_the_checkpoint_goes_is_named_not_renamed_as_a_damaged_checkpoint(tmp_path):
+    """A folder at <name>.pt was taken for a damaged checkpoint: the run went back to the previous one, trained the
+    last epoch again and renamed the folder, with the user's files in it, to <name>.pt.damaged. It is named with
+    what to do now, and stays as it is; peek and the dry run's status do not count it as a damaged checkpoint."""
+    from phd_lab.errors import FolderInTheWay
+    store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt")
+    store.save(checkpoint_state(1))
+    store.save(checkpoint_state(2))
+    store.path.unlink()
+    store.path.mkdir()
+    (store.path / "notes.txt").write_text("mine")
+    with pytest.raises(FolderInTheWay, match="run.pt' is a folder, but phd-lab writes a file of that name"):
+        store.load()
+    assert store.peek_state() == {} and not store.current_is_damaged()
+    assert (store.path / "notes.txt").read_text() == "mine" and not (tmp_path / "run.pt.damaged").exists()
+
+
 def test_every_checkpoint_damaged_is_a_clear_failure(tmp_path, capsys):
     config = write_config(tmp_path, epoch=2)
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
