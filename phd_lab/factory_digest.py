@@ -22,17 +22,21 @@ and their closures.
 
 from __future__ import annotations
 
+import __future__
 import enum
 import functools
 import hashlib
 import inspect
 import json
+import linecache
 import os
 import sys
 import types
 from typing import Any, Callable
 
 _PLAIN = (type(None), bool, int, float, str)
+_FUTURE_FLAGS = functools.reduce(lambda flags, feature: flags | getattr(__future__, feature).compiler_flag,
+                                 __future__.all_feature_names, 0)
 
 
 def factory_sha256(factory: Callable[..., Any]) -> str | None:
@@ -195,14 +199,45 @@ def _filled(cell: Any) -> bool:
 def _global_names(value: Any) -> set[str]:
     """The names the code of a function, or of a class's methods, looks up (nested functions and comprehensions
     included); some are attributes, which are then looked up in the module in vain."""
-    codes = [value.__code__] if isinstance(value, types.FunctionType) else [
-        member.__code__ for member in _class_functions(value)]
+    codes = [_unoptimized(value.__code__)] if isinstance(value, types.FunctionType) else [
+        _unoptimized(member.__code__) for member in _class_functions(value)]
     names: set[str] = set()
     while codes:
         code = codes.pop()
         names.update(code.co_names)
         codes.extend(const for const in code.co_consts if isinstance(const, types.CodeType))
     return names
+
+
+def _unoptimized(code: types.CodeType) -> types.CodeType:
+    """``code`` as compiled without ``python -O``, which drops the ``assert`` statements and ``if __debug__:`` blocks
+    and with them the names they look up: a factory whose assert names a constant of its file had another digest
+    under -O, and a rerun without -O warned that its code changed. ``code`` itself where its file cannot be read."""
+    if not sys.flags.optimize:
+        return code
+    text = "".join(linecache.getlines(code.co_filename))  # what inspect.getsource read the source from
+    return _plain_codes(code.co_filename, text, code.co_flags & _FUTURE_FLAGS).get(
+        (code.co_qualname, code.co_firstlineno), code)
+
+
+@functools.lru_cache(maxsize=16)
+def _plain_codes(filename: str, text: str, flags: int) -> dict[tuple[str, int], types.CodeType]:
+    """Every code object of a file's ``text`` compiled without -O (under the future flags it was compiled with),
+    by qualified name and first line; two on one line (lambdas) are left out, as no name tells them apart."""
+    try:
+        codes = [compile(text, filename, "exec", flags=flags, dont_inherit=True, optimize=0)]
+    except (SyntaxError, ValueError):  # not the file the code was compiled from
+        return {}
+    found: dict[tuple[str, int], types.CodeType] = {}
+    twice: set[tuple[str, int]] = set()
+    while codes:
+        code = codes.pop()
+        key = (code.co_qualname, code.co_firstlineno)
+        if key in found:
+            twice.add(key)
+        found[key] = code
+        codes.extend(const for const in code.co_consts if isinstance(const, types.CodeType))
+    return {key: code for key, code in found.items() if key not in twice}
 
 
 def _class_functions(cls: type) -> list[types.FunctionType]:

@@ -53,10 +53,11 @@ def reads_a_set(*, num_classes, in_channels=3):
 '''
 
 
-def digests(path: Path, seed: str) -> dict:
-    """The digest of every factory of the registry file ``path``, computed by a process of its own."""
+def digests(path: Path, seed: str, *flags: str) -> dict:
+    """The digest of every factory of the registry file ``path``, computed by a process of its own (started with
+    the interpreter's ``flags``, such as ``-O``)."""
     env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", DIGESTS, str(path)], env=env, cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, *flags, "-c", DIGESTS, str(path)], env=env, cwd=ROOT, capture_output=True,
                           text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -81,6 +82,42 @@ def test_the_digest_is_the_same_in_other_processes_and_checkouts(tmp_path):
     here, there = digests(first, "1"), digests(second, "2")
     assert set(here) == {"Settings", "logs_its_module", "reads_its_file", "reads_settings", "reads_a_set"}
     assert all(here.values()) and here == there
+
+
+ASSERTS = '''from __future__ import annotations
+
+MIN_CLASSES = 2
+CHECKED = {"vgg"}
+
+
+def checked(*, num_classes, in_channels=3):
+    """A factory whose checks name constants of its file."""
+    assert num_classes >= MIN_CLASSES, "too few classes"
+    if __debug__:
+        num_classes += len(CHECKED) - 1
+    scale = lambda x: x * 2; shift = lambda x: x + MIN_CLASSES  # noqa: E731, E702 - two lambdas on one line
+    return shift(scale(num_classes))
+
+
+class Checked:
+    """A class whose method asserts."""
+
+    def build(self, num_classes):
+        assert num_classes >= MIN_CLASSES
+        return num_classes
+'''
+
+
+def test_the_digest_is_the_same_under_python_O(tmp_path):
+    """``python -O`` drops ``assert`` statements and ``if __debug__:`` blocks, and with them the names they look up:
+    a factory whose assert named a constant of its file had another digest under -O (or -OO), and a rerun without
+    it warned that 'the code of the models factory changed'."""
+    path = tmp_path / "models.py"
+    path.write_text(ASSERTS)
+    plain = digests(path, "0")
+    assert set(plain) == {"checked", "Checked"} and all(plain.values())
+    assert digests(path, "0", "-O") == plain
+    assert digests(path, "0", "-OO") == plain
 
 
 def test_bytes_and_complex_values_are_in_the_digest(tmp_path):
