@@ -26,6 +26,7 @@ same way (its builder takes ``**kwargs``).
 
 from __future__ import annotations
 
+import ast
 import difflib
 import fnmatch
 import functools
@@ -33,6 +34,7 @@ import importlib.machinery
 import inspect
 import logging
 import sys
+import textwrap
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Mapping
@@ -110,7 +112,7 @@ class Registry:
                 argument = "name"
             form = f"{prefix}<{argument}>"
             if fnmatch.fnmatchcase(form.lower(), pattern.lower()):
-                text = inspect.getdoc(factory) or ""
+                text = factory_doc(factory)
                 forms.append((form, text.strip().splitlines()[0] if text.strip() else ""))
         return forms
 
@@ -156,8 +158,23 @@ class Registry:
     def doc(self, name: str) -> str:
         """First docstring line of a factory (for listings)."""
         factory = self._factories.get(name)
-        text = inspect.getdoc(factory) if factory is not None else ""
+        text = factory_doc(factory) if factory is not None else ""
         return (text or "").strip().splitlines()[0] if text else ""
+
+
+def factory_doc(factory: Callable[..., Any]) -> str:
+    """A factory's docstring, cleaned as ``inspect.getdoc`` does; read from its source under ``python -OO``, which
+    drops docstrings (``--list`` showed the names without a word on them). Empty where it has none."""
+    text = inspect.getdoc(factory)
+    if text is None and sys.flags.optimize >= 2:
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(factory))))
+        except (OSError, TypeError, SyntaxError):  # no source to read it from
+            return ""
+        definition = tree.body[0] if tree.body else None
+        if isinstance(definition, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            text = ast.get_docstring(definition)
+    return text or ""
 
 
 BUILT_IN_FOLDER = Path(__file__).resolve().parents[1] / "registries"

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +16,7 @@ from phd_lab.checkpoint import CHECKPOINT_FORMAT, CheckpointStore
 from phd_lab.cli import main_cli
 from phd_lab.errors import EXIT_USAGE, RegistryError
 from phd_lab.registry import Registries
-from tests.conftest import checkpoint_state, main_in_process, run_folders, run_name, write_config
+from tests.conftest import ROOT, checkpoint_state, main_in_process, run_folders, run_name, write_config
 
 
 def truncate(path) -> None:
@@ -130,3 +133,34 @@ def test_list_with_a_config_lists_the_registry_modules_it_names(tmp_path, capsys
     assert main_cli(["--config", str(config), "--list", "optimizers", "--pattern", "sgd"]) == 0  # built-in: kept
     assert capsys.readouterr().out.startswith("sgd ")
     assert not (tmp_path / "logs").exists()
+
+
+OWN_MODELS = '''def tiny(*, num_classes, in_channels=3):
+    """A tiny network: one convolution.
+
+    More words.
+    """
+    return num_classes
+
+
+class Wide:
+    """A class factory."""
+
+
+def bare(*, num_classes, in_channels=3):
+    return num_classes
+'''
+
+
+def test_list_under_python_OO_says_what_each_factory_is(tmp_path):
+    """``python -OO`` drops docstrings, and --list printed the names of the models, datasets and metrics without
+    the line that says what each is (the docstring's first line); it reads them from the factories' source now."""
+    registry = tmp_path / "models.py"
+    registry.write_text(OWN_MODELS)
+    code = ("import sys\nfrom phd_lab.registry import KINDS, Registries\n"
+            "models = Registries({kind: sys.argv[1] for kind in KINDS}).models\n"
+            "print([models.doc(name) for name in ('tiny', 'Wide', 'bare')])")
+    done = subprocess.run([sys.executable, "-OO", "-c", code, str(registry)], cwd=ROOT, capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['A tiny network: one convolution.', 'A class factory.', '']"
