@@ -219,7 +219,7 @@ def test_a_rebuilt_report_takes_unchanged_figures_from_the_run_folders_and_redra
     analysis = run.analysis_json.read_bytes()
     write_report(logs, tmp_path / "second.html")
     assert run.analysis_plot.stat().st_ino == drawn.st_ino and run.analysis_json.read_bytes() == analysis
-    undated = lambda name: re.sub(r"generated [0-9: -]+", "", (tmp_path / name).read_text())  # noqa: E731
+    undated = lambda name: re.sub(r"generated [0-9: +-]+", "", (tmp_path / name).read_text())  # noqa: E731
     assert undated("second.html") == undated("first.html")
     edited = read_json(run.analysis_json)  # an analysis.json edited by hand, its figure_key kept: written again
     edited["accuracy"]["test"] = 0.0
@@ -243,6 +243,21 @@ def test_a_rebuilt_report_takes_unchanged_figures_from_the_run_folders_and_redra
     atomic.write_csv(run.metrics_csv, metrics)
     write_report(logs, tmp_path / "fifth.html")
     assert run.analysis_plot.stat().st_ino != redrawn
+
+
+def test_the_report_says_when_it_was_generated_with_the_utc_offset_of_that_time(tmp_path, monkeypatch):
+    """The page said 'generated 2026-12-04 19:58' in the local time of the machine that wrote it, without saying
+    which zone (TZ) that was, although the log lines of the same runs carry their UTC offset."""
+    logs = tmp_path / "logs"
+    write_run(logs, width=0.25, stage="trained")
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +0530 all year
+    time.tzset()
+    try:
+        page = write_report(logs, tmp_path / "r.html", refresh=False, processes=0).read_text()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert re.search(r"generated \d{4}-\d\d-\d\d \d\d:\d\d \+0530 ·", page), page[:2000]
 
 
 def test_a_report_removes_the_temp_files_a_killed_report_left_in_a_run_folder_once_they_are_old(tmp_path):
@@ -912,7 +927,7 @@ def test_a_logs_dir_the_locale_cannot_decode_is_linked_and_named_as_its_bytes_ar
                                "--no-refresh", "--no-progress", "-mp", "0"], cwd=ROOT, capture_output=True,
                               env={**os.environ, **env}, timeout=240)
         assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
-    undated = {locale: re.sub(rb"generated [0-9: -]+", b"", page.read_bytes()) for locale, page in pages.items()}
+    undated = {locale: re.sub(rb"generated [0-9: +-]+", b"", page.read_bytes()) for locale, page in pages.items()}
     assert undated["c"] == undated["utf8"]
     assert "../%E6%95%B0%E6%8D%AE/vgg11/" in undated["c"].decode("utf-8")
 

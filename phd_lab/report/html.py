@@ -251,7 +251,8 @@ def render_report(entries: Sequence[RunEntry], logs_dir: Path, out_path: Path,
     sections = "\n".join(_section(i, e, out_dir, logs_dir, varying) for i, e in enumerate(entries, 1))
     repeated = repetitions_section(repetitions, [_link(p, out_dir, p.name) for p in repetition_files], _img)
     jump = ' · <a href="#repetitions">repetitions</a>' if repeated else ""
-    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    # with its UTC offset, as the log lines have theirs: a page read on another machine says when it was made
+    now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %z")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{TITLE}{escape(str(logs_dir))}</title>
 <style>{_CSS}</style></head>
