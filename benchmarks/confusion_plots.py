@@ -48,7 +48,7 @@ def compare(classes: int, plots: int) -> tuple[float, float, bool]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--plots", type=int, default=40, help="plots per class count")
     args = parser.parse_args()
     print(f"confusion plots, {args.plots} per class count, median ms per plot")

@@ -91,7 +91,7 @@ def bare_forward(model: torch.nn.Module, loaders: dict[str, DataLoader], device:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--width", type=float, default=0.25, help="VGG11 width factor")
     parser.add_argument("--throughput-width", type=float, default=1.0, help="VGG11 width for the throughput test")

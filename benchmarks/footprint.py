@@ -90,7 +90,7 @@ def thesis_estimates() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--out", default=None)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--estimate", action="store_true", help="only the full-width thesis estimates")

@@ -89,7 +89,7 @@ def history(classes: int, epochs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=121)
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--classes", type=int, default=10000)

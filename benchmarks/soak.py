@@ -270,7 +270,7 @@ def timed_commands(grid_folder: Path, points: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--points", type=int, default=60)
     parser.add_argument("--step-points", type=int, default=18, help="(s): points of the grid with the steps")

@@ -217,7 +217,7 @@ def soak_dask_library(folder: Path, points: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--layers", type=int, default=40)
     parser.add_argument("--samples", type=int, default=300)

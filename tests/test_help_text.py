@@ -3,6 +3,10 @@ name every option the command takes, fit an 80-column terminal, and a mistyped c
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from phd_lab.__main__ import USAGE, main as phd_lab_main
 from phd_lab.errors import EXIT_USAGE
 from phd_lab.report.cli import build_parser as report_parser
@@ -99,3 +103,22 @@ def test_an_option_before_the_command_is_named_as_misplaced(capsys):
     assert phd_lab_main(["-q"]) == EXIT_USAGE
     assert capsys.readouterr().err.endswith("error: '-q' is an option, not a command: name a command first (train, "
                                             "probe, report), then its options (python -m phd_lab COMMAND -q ...).\n")
+
+
+def test_no_script_reads_its_docstring_as_text_which_python_OO_drops():
+    """``python -OO`` sets every ``__doc__`` to None, and the benchmarks whose argparse description was
+    ``__doc__.splitlines()[0]`` ended ``--help`` (and every run) with an AttributeError; the three that import
+    nothing heavy are run so, and no Python file of the project calls a method on ``__doc__`` any more."""
+    import ast
+
+    from tests.conftest import ROOT
+    files = [ROOT / "main.py", ROOT / "probe_main.py"]
+    files += [path for folder in ("phd_lab", "registries", "benchmarks") for path in (ROOT / folder).rglob("*.py")]
+    uses = [f"{path.relative_to(ROOT)}:{node.lineno}" for path in files
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "__doc__"]
+    assert not uses, f"methods called on __doc__, which is None under python -OO: {', '.join(uses)}"
+    for script in ("grid_scaling.py", "soak.py", "soak_probes.py"):
+        done = subprocess.run([sys.executable, "-OO", str(ROOT / "benchmarks" / script), "--help"], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.startswith("usage: "), (script, done.stderr[-500:])
