@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -11,7 +14,8 @@ from phd_lab.checkpoint import CheckpointStore
 from phd_lab.cli import main_cli
 from phd_lab.errors import RunFailure
 from phd_lab.metrics import Metric
-from tests.conftest import run_folders, write_config
+from phd_lab.registry_import import import_registry_module
+from tests.conftest import ROOT, run_folders, write_config
 from tests.test_recovery import CrashAt, make_trainer
 
 OWN_OPTIMIZERS = '''
@@ -207,3 +211,17 @@ def test_a_scheduler_whose_state_no_checkpoint_can_restore_is_refused_before_its
     assert "the optimizer factory 'warmup'" in err and "its scheduler Warmup's state_dict() holds numpy" in err
     assert "torch.load(weights_only=True)" in err and "Traceback" not in err
     assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
+
+
+def test_a_registry_file_given_by_its_path_runs_under_its_own_future_statements(tmp_path):
+    """A registry file given by its path was compiled under ``from __future__ import annotations`` of phd-lab's
+    importing module: its annotations were strings (``'int'``), unlike the same file imported by its dotted name,
+    and in a worker process that imports it again by its module name. It runs as Python runs it now."""
+    path = tmp_path / "annotated_models.py"
+    path.write_text("def tiny(*, num_classes: int, in_channels=3):\n    return num_classes\n")
+    assert import_registry_module(str(path), "models").tiny.__annotations__ == {"num_classes": int}
+    code = ("import importlib, sys\nfrom pathlib import Path\nfrom phd_lab.registry_files import module_name\n"
+            "print(importlib.import_module(module_name('models', Path(sys.argv[1]))).tiny.__annotations__)")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "{'num_classes': <class 'int'>}", done.stderr

@@ -60,7 +60,8 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         add_folder(self.path.parent)
-        exec(compile(self.path.read_bytes(), str(self.path), "exec"), module.__dict__)  # noqa: S102 - user's own
+        code = compile(self.path.read_bytes(), str(self.path), "exec", dont_inherit=True)  # the file's own futures
+        exec(code, module.__dict__)  # noqa: S102 - the user's own registry module
 
 
 class _Finder(importlib.abc.MetaPathFinder):
