@@ -229,10 +229,11 @@ def cpu_architectures() -> set[str]:
 
 def cpu_instruction_set() -> dict[str, Any]:
     """The instruction set torch's CPU kernels use here (AVX2, AVX512, DEFAULT) and the variables that cap it
-    (None: unset), logged with a run and compared on a rerun: they change the last bits of CPU results."""
+    (None: unset, or set empty, which torch and oneDNN read as unset: ``export ATEN_CPU_CAPABILITY=`` in a
+    cluster's module file), logged with a run and compared on a rerun: they change the last bits of CPU results."""
     import torch
     return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_isa_variables": {name: os.environ.get(name) for name in CPU_ISA_VARIABLES}}
+            "cpu_isa_variables": {name: os.environ.get(name) or None for name in CPU_ISA_VARIABLES}}
 
 
 def cpu_model() -> str | None:

@@ -142,7 +142,7 @@ def machine_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
     old_variables, new_variables = logged.get("cpu_isa_variables"), now.get("cpu_isa_variables")
     if isinstance(old_variables, Mapping) and isinstance(new_variables, Mapping):
         for name in sorted(set(old_variables) | set(new_variables)):
-            if old_variables.get(name) != new_variables.get(name):
+            if (old_variables.get(name) or None) != (new_variables.get(name) or None):  # empty: unset for both
                 found.append(f"{name} {_variable(old_variables.get(name))} (now {_variable(new_variables.get(name))})")
     return found
 
@@ -154,7 +154,7 @@ def _only_this_architecture(logged_name: Any, now: Mapping[str, Any]) -> bool:
 
 
 def _variable(value: Any) -> str:
-    return "unset" if value is None else json.dumps(value)
+    return "unset" if not value else json.dumps(value)
 
 
 def setup_differences(logged: Any, now: Mapping[str, Any]) -> tuple[list[str], list[str]]:

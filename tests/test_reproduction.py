@@ -151,6 +151,22 @@ def test_another_cpu_instruction_set_or_device_model_is_logged_and_named_on_a_re
     assert machine_differences({}, {**gpu, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": None}}) == []
 
 
+def test_a_cpu_isa_variable_set_empty_is_the_same_setup_as_one_unset(tmp_path, monkeypatch):
+    """``export ATEN_CPU_CAPABILITY=`` (empty, which torch and oneDNN read as unset) was logged as "" and a rerun
+    without it warned 'This config was logged by a run under another setup: ATEN_CPU_CAPABILITY "" (now unset)',
+    though nothing differed: the empty value is logged as unset now, and an older run's "" compares as unset."""
+    from phd_lab.environment import cpu_instruction_set
+    from phd_lab.reproduction import machine_differences
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    empty = cpu_instruction_set()
+    assert empty["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None}
+    older = {**empty, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "", "ONEDNN_MAX_CPU_ISA": None}}
+    assert machine_differences(older, empty) == [] and machine_differences(empty, older) == []
+    now = {**empty, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": None}}
+    assert machine_differences(older, now) == ['ATEN_CPU_CAPABILITY unset (now "default")']
+
+
 def test_a_hand_written_config_and_an_unchanged_setup_are_not_warned_about(tmp_path):
     config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
