@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import matplotlib
@@ -16,6 +19,8 @@ from phd_lab.plots.probes import ConfusionPlots, wrapped_title  # noqa: E402
 from phd_lab.probes.discovery import jobs_from_latents  # noqa: E402
 from phd_lab.probes.job import run_jobs  # noqa: E402
 from phd_lab.probes.outputs import confusion_png  # noqa: E402
+from phd_lab.report.figure_reuse import drawing_versions  # noqa: E402
+from tests.conftest import ROOT  # noqa: E402
 from tests.probe_latents import blob_layers, make_latents  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -254,3 +259,20 @@ def test_probe_sets_differ_by_more_than_hue_and_the_model_accuracy_line_is_none_
                           "model test accuracy (0.800)": ("--", "None")}
     finally:
         plt.close(ax.figure)
+
+
+def test_an_unknown_mplbackend_leaves_the_figures_to_agg_with_a_warning(tmp_path):
+    """``MPLBACKEND=inline`` (a notebook's, or a typo) made ``import matplotlib`` raise ValueError, so the saturation
+    plot at the end of epoch 1 failed the run, a probe job ended with a traceback at its first confusion matrix,
+    and the report analysed no run; the figures are drawn on Agg canvases whatever the backend, and a warning names
+    the variable."""
+    code = ("import numpy as np\nfrom phd_lab.plots import figure\nfrom phd_lab.plots.probes import ConfusionPlots\n"
+            "from phd_lab.report.figure_reuse import drawing_versions\n"
+            "png = ConfusionPlots().png(np.eye(3), [0, 1, 2], 'layer')\nfigure()\n"
+            "print(drawing_versions().decode(), png[:4])")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "inline"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [*drawing_versions().decode().split(), "b'\\x89PNG'"]
+    assert "MPLBACKEND='inline' names no matplotlib backend" in done.stderr

@@ -7,14 +7,43 @@ and replaced its inline backend for good.
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+log = logging.getLogger(__name__)
+
+
+def matplotlib_module() -> ModuleType:
+    """``matplotlib``, imported also where ``MPLBACKEND`` names no backend it knows (a typo, or ``inline`` from a
+    notebook's environment): its import refused with ValueError, and the first figure (the saturation plot at the
+    end of epoch 1) failed the run, though these figures are drawn on Agg canvases whatever the backend."""
+    try:
+        import matplotlib
+    except ValueError as error:  # "Key backend: 'nonsense' is not a valid value for backend; supported ..."
+        backend = os.environ.get("MPLBACKEND")
+        if not backend or "backend" not in str(error):
+            raise
+        for name in [name for name in sys.modules if name.startswith("matplotlib.")]:  # of the failed import
+            del sys.modules[name]
+        del os.environ["MPLBACKEND"]
+        try:
+            import matplotlib
+        finally:
+            os.environ["MPLBACKEND"] = backend
+        log.warning("MPLBACKEND=%r names no matplotlib backend (%s); phd-lab draws its figures on Agg canvases "
+                    "and leaves pyplot's default backend in place.", backend, error)
+    return matplotlib
+
 
 def figure(figsize: tuple[float, float] | None = None, dpi: float | None = None) -> "Figure":
     """A figure drawn by Agg that no pyplot backend holds (saved with ``savefig``, freed with ``close``)."""
+    matplotlib_module()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     made = Figure(figsize=figsize, dpi=dpi)

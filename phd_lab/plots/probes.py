@@ -90,7 +90,8 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
     panel per reduction method, one line per set (``(label, method, table)``, drawn in the given order,
     lighter for later ones, each with a line style and marker of its own), layers in forward order as in the
     first, longest table; ``run`` above the panels."""
-    import matplotlib
+    from phd_lab.plots import matplotlib_module
+    matplotlib = matplotlib_module()
 
     methods = list(dict.fromkeys(method for _, method, _ in tables))
     layers = list(max((table.sort_values("index", kind="stable")["layer"] for _, _, table in tables), key=len))
@@ -181,6 +182,8 @@ class ConfusionPlots:
         """The plot of ``matrix`` (rows: true class, columns: predicted class) as PNG bytes."""
         import io
 
+        from phd_lab.plots import matplotlib_module
+        matplotlib_module()
         from matplotlib.image import imsave
         ax, image, background = self._figure(tuple(int(c) for c in classes))
         canvas = ax.figure.canvas

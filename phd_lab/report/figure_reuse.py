@@ -27,10 +27,9 @@ class KeyedFigure(NamedTuple):
 
 def drawing_versions() -> bytes:
     """phd-lab's and matplotlib's versions, the first part of every figure's key."""
-    import matplotlib
-
     from phd_lab import __version__
-    return f"{__version__} {matplotlib.__version__} ".encode()
+    from phd_lab.plots import matplotlib_module
+    return f"{__version__} {matplotlib_module().__version__} ".encode()
 
 
 def drawing_sources(*modules: ModuleType) -> bytes:
