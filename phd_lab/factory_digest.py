@@ -12,7 +12,8 @@ is the same in every process and checkout, as a layer's is: ``ACT = nn.LeakyReLU
 and qualified name) of what it names from elsewhere, whose code the logged versions and git commit cover (and,
 for files beside a registry file, their own sha256); the values its closure holds; and the plain attributes set on
 it (``phd_lab_objective``, a dataset's ``check_data``). Nothing in it depends on the registry file's path or on
-the process (``__name__`` and ``__file__`` are left out), so identical code has the same digest in every checkout.
+the process (``__name__`` and ``__file__`` are left out) or on ``python -O`` (which drops asserts: the names code
+looks up are read from it as compiled without -O), so identical code has the same digest in every checkout.
 Not covered: statements at the module's top level that change other modules when the file is imported (setting
 torch defaults), which the whole file's sha256, still logged, shows; objects of other modules' classes whose repr
 holds an address or a path (described by their type); what a class decorator does; and names looked up dynamically
