@@ -142,6 +142,11 @@ def _cgroup_headrooms(root: Path, membership: Path) -> list[int]:
     return headrooms
 
 
+# git's variables that choose the repository and its files, which then are not the checkout phd-lab lies in
+_GIT_REPOSITORY_VARIABLES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+                             "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE")
+
+
 def _run_git_bytes(*args: str, timeout: float) -> bytes | None:
     """Output of a git command run in the package's folder as git wrote it, or None (no git, not a repository,
     failed). A patch holds the files' own bytes: text mode turned the CRLF line ends of such a file into LF, and
@@ -149,10 +154,13 @@ def _run_git_bytes(*args: str, timeout: float) -> bytes | None:
 
     GIT_OPTIONAL_LOCKS=0: ``git status`` would otherwise rewrite the checkout's index to refresh its file stamps,
     so recording where a run came from wrote into the user's repository (and a run killed meanwhile, or a full
-    disk, left its ``index.lock`` behind, which blocks the user's next commit)."""
+    disk, left its ``index.lock`` behind, which blocks the user's next commit). Without the variables that name
+    another repository (``_GIT_REPOSITORY_VARIABLES``): a ``GIT_DIR`` exported for a dotfiles repository made
+    every run log no commit at all."""
+    env = {name: value for name, value in os.environ.items() if name not in _GIT_REPOSITORY_VARIABLES}
     try:
         result = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
-                                timeout=timeout, check=False, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+                                timeout=timeout, check=False, env={**env, "GIT_OPTIONAL_LOCKS": "0"})
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout if result.returncode == 0 else None

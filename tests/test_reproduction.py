@@ -279,6 +279,25 @@ def _committed_environment_module(tmp_path: Path) -> tuple[Path, Path]:
     return checkout, module
 
 
+def test_the_git_commit_is_the_checkout_s_own_when_git_dir_names_another_repository(tmp_path):
+    """``GIT_DIR`` (and ``GIT_WORK_TREE``) exported for another repository, as for a dotfiles repository, made git
+    read that one: every run logged no commit (git_commit None, so no rerun compared it) and no uncommitted
+    changes. phd-lab's own checkout is read now whatever those variables name."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    checkout, module = _committed_environment_module(tmp_path)
+    own = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True)
+    other = tmp_path / "dotfiles"
+    subprocess.run(["git", "init", "-q", str(other)], check=True, capture_output=True)
+    script = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('e', sys.argv[1]); "
+              "e = importlib.util.module_from_spec(spec); spec.loader.exec_module(e); "
+              "print(e.git_commit(), e.git_dirty())")
+    env = {**os.environ, "GIT_DIR": str(other / ".git"), "GIT_WORK_TREE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script, str(module)], env=env, capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == [own.stdout.strip(), "False"]
+
+
 def test_the_patch_of_uncommitted_changes_keeps_non_ascii_text_under_a_posix_locale(tmp_path):
     """git's output was decoded in the locale's encoding: under LC_ALL=POSIX (ASCII) an uncommitted 'σ' in the
     checkout was logged as U+FFFD in <name>_git.diff, which then restored other code and had another sha256 than
