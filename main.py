@@ -1,8 +1,15 @@
 """Train and analyse every run of a JSON config grid: ``python main.py --config exp.json``."""
 
+import os
 import sys
 
-from phd_lab.cli import main_cli
+# this checkout first, as Python puts a script's folder unless PYTHONSAFEPATH, -P or -I leave it out: then
+# an installed phd-lab (another checkout's, another version) ran instead, or none was found
+_CHECKOUT = os.path.dirname(os.path.realpath(__file__))
+if _CHECKOUT not in sys.path[:1]:
+    sys.path.insert(0, _CHECKOUT)
+
+from phd_lab.cli import main_cli  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main_cli())

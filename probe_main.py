@@ -1,8 +1,15 @@
 """Fit logistic-regression probes on extracted latents: ``python probe_main.py --config exp.json``."""
 
+import os
 import sys
 
-from phd_lab.probes.cli import probe_cli
+# this checkout first, as Python puts a script's folder unless PYTHONSAFEPATH, -P or -I leave it out: then
+# an installed phd-lab (another checkout's, another version) ran instead, or none was found
+_CHECKOUT = os.path.dirname(os.path.realpath(__file__))
+if _CHECKOUT not in sys.path[:1]:
+    sys.path.insert(0, _CHECKOUT)
+
+from phd_lab.probes.cli import probe_cli  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(probe_cli())

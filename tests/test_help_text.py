@@ -122,3 +122,18 @@ def test_no_script_reads_its_docstring_as_text_which_python_OO_drops():
         done = subprocess.run([sys.executable, "-OO", str(ROOT / "benchmarks" / script), "--help"], cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and done.stdout.startswith("usage: "), (script, done.stderr[-500:])
+
+
+def test_main_py_and_probe_main_py_run_their_own_checkout_under_pythonsafepath(tmp_path):
+    """PYTHONSAFEPATH=1 (or ``python -P``/``-I``) leaves the script's folder off the module path, so main.py and
+    probe_main.py imported whichever phd_lab the path held first: another checkout's or version's (here one that
+    exits at once), or none at all (ModuleNotFoundError). They run the phd_lab beside them now, as without it."""
+    from tests.conftest import ROOT
+    other = tmp_path / "elsewhere" / "phd_lab"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("raise SystemExit('another phd_lab')\n")
+    env = {**os.environ, "PYTHONSAFEPATH": "1", "PYTHONPATH": str(other.parent)}
+    for script in ("main.py", "probe_main.py"):
+        done = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.startswith(f"usage: {script}"), (script, done.stderr[-800:])
