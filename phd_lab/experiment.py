@@ -16,12 +16,12 @@ from tqdm import tqdm
 from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import check_probe_keys
 from phd_lab.device import parse_device, resolve_device
-from phd_lab.errors import (LOG_MARK, ConfigError, RegistryError, RunLockedError, UsageError, brief, failure_line,
-                            without_log)
+from phd_lab.errors import (LOG_MARK, ConfigError, DataError, RegistryError, RunLockedError, UsageError, brief,
+                            failure_line, without_log)
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.interrupts import interruption_behind
-from phd_lab.latents_folder import other_runs_latents, shared_latents_error
+from phd_lab.latents_folder import load_manifest, other_runs_latents, shared_latents_error
 from phd_lab.model_checks import meta_model, trained_meta_model
 from phd_lab.progress import bar_options
 from phd_lab.registry import Registries
@@ -173,7 +173,7 @@ class Main:
             raise blocked[0]
         for error in blocked:
             log.warning("%s", error)
-        shared = _shared_latents_folders(executors, grid.where)
+        shared = [*_invalid_latents_manifests(executors, grid.where), *_shared_latents_folders(executors, grid.where)]
         if shared and self.missing_data != "warn":
             raise shared[0]
         for error in shared:
@@ -331,6 +331,22 @@ def _blocked_run_folders(executors: list[TrainTestExecutor], where: str) -> list
     return errors
 
 
+def _invalid_latents_manifests(executors: list[TrainTestExecutor], where: str) -> list[UsageError]:
+    """A DataError for each run whose latents manifest the extract step would refuse (``load_manifest``: a NaN of
+    a hand edit), before the run resumes or trains rather than at its extract step."""
+    errors: list[UsageError] = []
+    for index, executor in enumerate(executors):
+        for step, params in executor.steps:
+            if step.name != "extract":
+                continue
+            for folder in step.folders(executor.rundir, params):  # type: ignore[attr-defined]
+                try:
+                    load_manifest(folder)
+                except DataError as error:
+                    errors.append(DataError(f"{where}, run {index}: {error}"))
+    return errors
+
+
 def _shared_latents_folders(executors: list[TrainTestExecutor], where: str) -> list[ConfigError]:
     """A ConfigError for each run whose latents folder under a latents_dir is another run's: another point of the
     grid (points that differ only in logs_dir mirror to one folder) or a run of another logs tree, whose latents
@@ -345,8 +361,11 @@ def _shared_latents_folders(executors: list[TrainTestExecutor], where: str) -> l
             for folder in step.folders(executor.rundir, params):  # type: ignore[attr-defined]
                 key = Path(os.path.abspath(folder))
                 first = owners.setdefault(key, index)
-                other = (str(executors[first].rundir.root) if first != index
-                         else other_runs_latents(folder, executor.rundir.root))
+                try:
+                    other = (str(executors[first].rundir.root) if first != index
+                             else other_runs_latents(folder, executor.rundir.root))
+                except DataError:  # a manifest refused: _invalid_latents_manifests says so
+                    continue
                 if other is not None:
                     errors.append(ConfigError(shared_latents_error(folder, executor.rundir.root, other,
                                                                    f"{where}, run {index}", first != index)))

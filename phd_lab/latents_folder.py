@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from phd_lab import atomic
-from phd_lab.errors import ConfigError
+from phd_lab.errors import ConfigError, DataError
 from phd_lab.file_hash import sha256_file
 from phd_lab.latents_sets import (DEFAULT_METHOD, EXTRACTION_VERSION, PREVIOUS_EXTRACTION_VERSION, extraction_version,
                                   manifest_path, manifest_text)
@@ -66,8 +66,18 @@ def state_fingerprint(state: dict[str, Any]) -> str:
 
 
 def load_manifest(folder: Path) -> dict[str, Any] | None:
-    """The folder's manifest, or None when it is missing or unreadable (= not a complete extraction)."""
-    return atomic.read_json_object(Path(folder) / MANIFEST)
+    """The folder's manifest, or None when it is missing or unreadable (= not a complete extraction). One holding
+    a NaN or infinity (a hand edit: Python's JSON reader takes them, an extraction writes none) is refused, as the
+    probe job refuses it: reused after its run folder moved, its rewrite (``record_move``, strict JSON) ended the
+    run with a ValueError once it had resumed."""
+    path = Path(folder) / MANIFEST
+    manifest = atomic.read_json_object(path)
+    found = atomic.non_finite_at(manifest) if manifest is not None else None
+    if found is not None:
+        raise DataError(f"Latents manifest {str(path)!r} is invalid: its value at {found[0]} is {found[1]}, which "
+                        f"strict JSON has no number for (an extraction writes none). Put the number back, or delete "
+                        f"the manifest (rm {shlex.quote(str(path))}) to have the extract step extract again.")
+    return manifest
 
 
 def latents_look_whole(folder: Path) -> bool:
@@ -91,7 +101,10 @@ def looks_reusable(folder: Path, downsampling: Any, dtype: str, method: str,
     it lists is there, whole (``latents_look_whole``). A manifest of ``PREVIOUS_EXTRACTION_VERSION`` counts where
     ``previous_version_current(its layers)`` says that version extracted them as this one does. Not checked here:
     the sample counts and the files' sha256, which the step compares when it runs."""
-    manifest = load_manifest(folder)
+    try:
+        manifest = load_manifest(folder)
+    except DataError:  # the step refuses it when it runs (a status or dry run only asks whether it would run)
+        return False
     if manifest is None:
         return False
     wanted = {"format": MANIFEST_FORMAT, "downsampling": downsampling, "dtype": dtype,
@@ -206,6 +219,7 @@ def record_move(folder: Path, manifest: dict[str, Any], run_dir: str) -> dict[st
     os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     log.info("The run folder moved to %s since its latents were extracted; their manifest now names it.", run_dir)
     return manifest
+
 
 
 _EXTRACTION_FILES = ("train-*.npy", "eval-*.npy", ".*.tmp", ".scratch-*")  # what an extraction writes, by name

@@ -173,6 +173,22 @@ def test_latents_of_a_moved_run_folder_are_reused_and_name_its_new_place(tmp_pat
     assert manifest.stat().st_mtime_ns == stamp  # the same latents: probes fitted before stay current
 
 
+
+def test_a_manifest_holding_nan_is_refused_naming_its_key_not_rewritten_with_a_traceback(tmp_path, data):
+    """A hand-edited "model_test_accuracy": Infinity (Python's JSON reader takes it): the moved run folder's latents
+    were reused, then rewriting their manifest to name the new place raised a ValueError (strict JSON)."""
+    from phd_lab.errors import DataError
+    model = build_model()
+    old, new = tmp_path / "old" / "run", tmp_path / "new" / "run"
+    extract_latents(model, data, old / "latents", run_dir=old, progress=False)
+    manifest = old / "latents" / MANIFEST
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "model_test_accuracy": float("inf")}))
+    old.parent.rename(tmp_path / "new")
+    before = (new / "latents" / MANIFEST).read_bytes()
+    with pytest.raises(DataError, match=r"manifest '.*new/run/latents/manifest.json' is invalid: its value at "
+                                        r"model_test_accuracy is inf.*delete the manifest"):
+        extract_latents(model, data, new / "latents", run_dir=new, progress=False)
+    assert (new / "latents" / MANIFEST).read_bytes() == before
 def test_a_latents_file_changed_since_extraction_is_extracted_again(tmp_path, data):
     """Same shape and dtype, one value edited: reuse would leave a folder the probe job rejects
     (sha256 mismatch) and that no rerun could mend."""

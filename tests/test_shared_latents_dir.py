@@ -92,3 +92,27 @@ def test_extraction_refuses_a_folder_whose_manifest_names_another_run_that_still
     shutil.rmtree(owner)
     again = extract_latents(model, data, shared, run_dir=other, progress=False)
     assert again == {**first, "run_dir": str(other.resolve())}
+
+
+def test_a_latents_manifest_holding_nan_is_refused_before_training_not_when_its_move_is_recorded(tmp_path, capsys):
+    """A hand-edited manifest's "model_test_accuracy": NaN (Python's JSON reader takes it) was reused after the logs
+    tree moved, and its rewrite naming the new place (record_move, atomic.write_json refuses NaN) ended the run
+    with a ValueError traceback, after it had resumed. About 3 s."""
+    latents_dir = str(tmp_path / "latents")
+    first = write_config(tmp_path, "a.json", epoch=1, logs_dir=str(tmp_path / "a"), latents_dir=latents_dir,
+                         post_processing=["extract"])
+    code, err = main_in_process(capsys, "--config", str(first))
+    assert code == 0, err
+    manifest = _rundir(first).latents(latents_dir) / MANIFEST
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "model_test_accuracy": float("nan")}))
+    before = manifest.read_bytes()
+    (tmp_path / "a").rename(tmp_path / "moved")
+    moved = write_config(tmp_path, "moved.json", epoch=1, logs_dir=str(tmp_path / "moved"), latents_dir=latents_dir,
+                         post_processing=["extract"])
+    code, err = main_in_process(capsys, "--config", str(moved))
+    said = " ".join(err.split())
+    assert code == 2, said
+    assert f"run 0: Latents manifest {str(manifest)!r} is invalid: its value at model_test_accuracy is nan" in said
+    assert "Traceback" not in said and "started from config" not in said and manifest.read_bytes() == before
+    code, err = main_in_process(capsys, "--config", str(moved), "--dry-run")
+    assert code == 0 and "its value at model_test_accuracy is nan" in " ".join(err.split())
