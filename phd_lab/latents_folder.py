@@ -217,9 +217,18 @@ def record_move(folder: Path, manifest: dict[str, Any], run_dir: str) -> dict[st
     manifest = {**manifest, "run_dir": run_dir}
     atomic.write_json(path, manifest)
     os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    log.info("The run folder moved to %s since its latents were extracted; their manifest now names it.", run_dir)
+    log.info("The run folder moved to %s since its latents were extracted; their manifest now names it.",
+             readable_path(run_dir))
     return manifest
 
+
+def readable_path(text: str) -> str:
+    """A manifest's path (``manifest_text``) for a log line: that UTF-8 text, or, where the folder's bytes are no
+    UTF-8 (a Latin-1 locale's 'café'), the folder as this process names it; the escape of such a byte was logged
+    ('caf\\udce9')."""
+    named = manifest_path(text)
+    escaped = any(0xDC80 <= ord(char) <= 0xDCFF for char in text)
+    return named if escaped and named is not None else text
 
 
 _EXTRACTION_FILES = ("train-*.npy", "eval-*.npy", ".*.tmp", ".scratch-*")  # what an extraction writes, by name

@@ -189,6 +189,40 @@ def test_a_manifest_holding_nan_is_refused_naming_its_key_not_rewritten_with_a_t
                                         r"model_test_accuracy is inf.*delete the manifest"):
         extract_latents(model, data, new / "latents", run_dir=new, progress=False)
     assert (new / "latents" / MANIFEST).read_bytes() == before
+
+
+LATIN_1_MOVE = """import logging, sys
+from pathlib import Path
+from tests._extraction_models import build_model, loaders
+from phd_lab.extraction import extract_latents
+if sys.getfilesystemencoding() != 'iso8859-1':
+    sys.exit(77)
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+top, model, data = Path(sys.argv[1]), build_model(), loaders()
+extract_latents(model, data, top / 'old' / 'run' / 'latents', run_dir=top / 'old' / 'run', progress=False)
+(top / 'old').rename(top / 'caf\\xe9')
+extract_latents(model, data, top / 'caf\\xe9' / 'run' / 'latents', run_dir=top / 'caf\\xe9' / 'run', progress=False)
+"""
+
+
+def test_the_move_of_a_run_folder_is_logged_by_a_readable_name_under_a_latin_1_locale(tmp_path):
+    """Under a Latin-1 locale the manifest names a folder 'café' by the escape of its byte 0xE9, which is how
+    'The run folder moved to .../caf\\udce9' was logged."""
+    locales = tmp_path / "locales"
+    locales.mkdir()
+    if subprocess.run(["localedef", "-i", "en_US", "-f", "ISO-8859-1", str(locales / "en_US.ISO-8859-1")],
+                      capture_output=True, timeout=60).returncode not in (0, 1):  # 1: written, with warnings
+        pytest.skip("localedef cannot make a Latin-1 locale here")
+    env = {**os.environ, "LOCPATH": str(locales), "LC_ALL": "en_US.ISO-8859-1", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", LATIN_1_MOVE, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                          timeout=240)
+    if done.returncode == 77:
+        pytest.skip("the Latin-1 locale made here is not Python's file-name encoding")
+    assert done.returncode == 0, done.stderr.decode("latin-1")
+    moved = [line for line in done.stderr.splitlines() if b"The run folder moved to" in line]
+    assert len(moved) == 1 and b"/caf\xe9/run since" in moved[0], done.stderr.decode("latin-1")
+
 def test_a_latents_file_changed_since_extraction_is_extracted_again(tmp_path, data):
     """Same shape and dtype, one value edited: reuse would leave a folder the probe job rejects
     (sha256 mismatch) and that no rerun could mend."""
