@@ -18,6 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
+from phd_lab.atomic import non_finite_at
 from phd_lab.config_file import printable
 from phd_lab.config_paths import PATH_KEYS, safe_name
 from phd_lab.errors import ConfigError
@@ -437,6 +438,10 @@ def logged_values_problem(logged: Mapping[str, Any]) -> str | None:
         validate_values(values, _LOGGED)
     except ConfigError as error:
         return str(error).removeprefix(f"{_LOGGED}: ")
+    # a NaN (Python's JSON reader takes it; no run logs one): the folder was left to it as another run's
+    found = non_finite_at(values)
+    if found is not None:
+        return f"the key {found[0]!r} holds {found[1]}, which is no finite number (a config file may hold none)"
     return None
 
 

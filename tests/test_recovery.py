@@ -1500,6 +1500,24 @@ def test_a_logged_config_with_a_value_of_another_type_is_refused_not_taken_for_a
     assert run_folders(tmp_path / "logs") == [folder]
 
 
+def test_a_logged_config_holding_nan_is_refused_not_taken_for_another_runs(tmp_path, capsys):
+    """A hand-edited "optimizer_args": {"lr": NaN} (Python's JSON reader takes it, and the logged config's checks
+    let it through) named another run: the rerun trained the run again from scratch in a new folder with the
+    16-character digest, exit 0. It is refused as a logged config that cannot be read (exit 2), naming the key."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    logged_path.write_text(json.dumps({**logged, "optimizer_args": {"lr": float("nan")}}))
+    damaged = logged_path.read_bytes()
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the logged config {str(logged_path)!r} of the trained run in that folder cannot be read" in err
+    assert "the key 'optimizer_args.lr' holds nan, which is no finite number" in err and "Traceback" not in err, err
+    assert logged_path.read_bytes() == damaged and run_folders(tmp_path / "logs") == [folder]
+
 def test_a_resume_on_another_device_type_is_refused_but_post_processing_there_is_not(tmp_path, capsys):
     """A run begun on a GPU and resumed with device cpu trained its remaining epochs on the CPU under a logged
     config that still said cuda (only a warning), so the log no longer reproduced it. The GPU start is
