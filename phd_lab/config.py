@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 from phd_lab.atomic import non_finite_at
-from phd_lab.config_file import printable
+from phd_lab.config_file import META_KEY, printable
 from phd_lab.config_paths import PATH_KEYS, safe_name
 from phd_lab.errors import ConfigError
 from phd_lab.registry import KINDS, did_you_mean
 from phd_lab.user_paths import check_home
-
-META_KEY = "_meta"  # written into logged configs (versions, git commit); ignored when read back
 
 _KIND_WORDS = {"str": "a non-empty string", "int": "an integer", "float": "a number", "bool": "true or false",
                "mapping": "a JSON object", "list": "a list", "any": "any JSON value",

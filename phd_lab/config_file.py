@@ -21,6 +21,7 @@ from phd_lab.config_paths import PATH_KEYS
 from phd_lab.errors import ConfigError
 from phd_lab.user_paths import unreachable
 
+META_KEY = "_meta"  # written into logged configs (versions, git commit); ignored when read back
 INT_RANGE = "−2**63 … 2**63 − 1"
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -117,8 +118,11 @@ def check_strings(raw: Mapping[str, Any], path: Path | str) -> None:
     surrogate escape such as "\\ud800" through, and it would fail later, in a seed, folder or file name. A NUL
     ("\\u0000") in a path key (a folder key, a step's, a registry file) is refused too: no file or folder name
     can hold one, and the first use of the path failed with a traceback. So is a folder key of white space only
-    ("logs_dir": " "), a slip a run took for a folder named " " in the working directory."""
-    for key, text, is_name in _strings(raw, ""):
+    ("logs_dir": " "), a slip a run took for a folder named " " in the working directory. A logged config's
+    ``META_KEY`` is left out: read back it is ignored, and a run started under LC_ALL=C (Python's UTF-8 mode off)
+    in a working directory '数据' logs that folder by the escapes of its bytes, so that its logged config was
+    refused in every locale."""
+    for key, text, is_name in _strings({name: value for name, value in raw.items() if name != META_KEY}, ""):
         if not is_name and text and not text.strip() and key.split(".")[-1] in PATH_KEYS:
             raise ConfigError(f"Config file {str(path)!r}: the key '{printable(key)}' holds {json.dumps(text)}, only "
                               f"white space; it would name a folder of that name in the working directory. Name a "

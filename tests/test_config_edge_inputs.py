@@ -393,6 +393,25 @@ def test_a_folder_the_locale_cannot_name_is_refused_when_read(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["exp.json"]
 
 
+def test_a_run_logged_under_a_locale_that_cannot_name_its_working_directory_is_reproduced(tmp_path, capsys):
+    """Started under LC_ALL=C (Python's UTF-8 mode off) in a working directory '数据', a run logged that folder in
+    its config's _meta by the escapes of its bytes, and `main.py --config <its logged config>` refused the file in
+    every locale ('the key '_meta.working_directory' holds ... a lone surrogate escape', exit 2). About 6 s."""
+    encoding = subprocess.run([sys.executable, "-c", "import sys; print(sys.getfilesystemencoding())"],
+                              env={**os.environ, **NO_UTF8_LOCALE}, capture_output=True, text=True).stdout.strip()
+    if encoding.lower().replace("-", "") == "utf8":  # macOS: file names are UTF-8 whatever the locale
+        pytest.skip("this system's file names are UTF-8 under every locale")
+    config = write_config(tmp_path, epoch=1, track_saturation=False, post_processing=[])
+    (tmp_path / "数据").mkdir()
+    done = run_main("--config", str(config), "--no-progress", "-q", env=NO_UTF8_LOCALE, cwd=tmp_path / "数据")
+    assert done.returncode == 0, done.stderr
+    [folder] = run_folders(tmp_path / "logs")
+    logged = folder / f"{run_name(folder)}_config.json"
+    assert "\\udce6" in logged.read_text(encoding="utf-8")  # the folder's bytes, as that process named them
+    code, err = main_in_process(capsys, "--config", str(logged), "--dry-run")
+    assert code == 0 and "surrogate" not in err, err
+    assert run_folders(tmp_path / "logs") == [folder]
+
 def test_a_logs_dir_through_a_link_that_leads_nowhere_is_refused_up_front(tmp_path, capsys):
     """A logs link into a purged scratch space: the check followed it to the root and passed, and the run then said
     'The run folder ... cannot be created (File exists)', naming no link."""
