@@ -29,8 +29,10 @@ _TOO_DEEP = ("Config file {path!r} nests lists or objects hundreds of levels dee
              "a list of objects of lists. Check the file for runaway brackets.")
 
 
-def load_config_file(path: Path | str) -> dict[str, Any]:
-    """Read a JSON config; errors name the file and (for syntax errors) line and column."""
+def load_config_file(path: Path | str, *, logged_logs_dir_later: bool = False) -> dict[str, Any]:
+    """Read a JSON config; errors name the file and (for syntax errors) line and column. With
+    ``logged_logs_dir_later``, a logged config's logs_dir is left to the caller to check (``check_strings`` of it
+    alone), which a logged config lying in its run folder does not use (``anchor_logged_run`` replaces it)."""
     path = Path(path)
     if why := unreachable(path):  # exists() says False for a loop: 'does not exist' misled
         raise ConfigError(f"Config path {str(path)!r} cannot be used: {why}.")
@@ -75,7 +77,7 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
         raise ConfigError(f"Config file {str(path)!r} gives the key(s) {sorted(set(duplicates))} more than once in "
                           f"the same object; keep one of each (to sweep values, give a list).")
     check_numbers(raw, path)
-    check_strings(raw, path)
+    check_strings(raw, path, ("logs_dir",) if logged_logs_dir_later and META_KEY in raw else ())
     return raw
 
 
@@ -113,7 +115,7 @@ def _numbers(value: Any, key: str) -> Iterator[tuple[str, int | float]]:
         yield key, value
 
 
-def check_strings(raw: Mapping[str, Any], path: Path | str) -> None:
+def check_strings(raw: Mapping[str, Any], path: Path | str, unused: tuple[str, ...] = ()) -> None:
     """Raise a ConfigError for the first key or string value that cannot be encoded as UTF-8: JSON lets a lone
     surrogate escape such as "\\ud800" through, and it would fail later, in a seed, folder or file name. A NUL
     ("\\u0000") in a path key (a folder key, a step's, a registry file) is refused too: no file or folder name
@@ -121,7 +123,9 @@ def check_strings(raw: Mapping[str, Any], path: Path | str) -> None:
     ("logs_dir": " "), a slip a run took for a folder named " " in the working directory. A logged config's
     ``META_KEY`` is left out: read back it is ignored, and a run started under LC_ALL=C (Python's UTF-8 mode off)
     in a working directory '数据' logs that folder by the escapes of its bytes, so that its logged config was
-    refused in every locale."""
+    refused in every locale. Whether the caller can name the folders of the top-level keys ``unused`` (neither
+    a lone surrogate nor a character the locale lacks) is not checked: a run logged under a UTF-8 locale below
+    '数据' was refused its reproduction under LC_ALL=C for a logs_dir that the reproduction replaces."""
     for key, text, is_name in _strings({name: value for name, value in raw.items() if name != META_KEY}, ""):
         if not is_name and text and not text.strip() and key.split(".")[-1] in PATH_KEYS:
             raise ConfigError(f"Config file {str(path)!r}: the key '{printable(key)}' holds {json.dumps(text)}, only "
@@ -132,6 +136,8 @@ def check_strings(raw: Mapping[str, Any], path: Path | str) -> None:
             raise ConfigError(f"Config file {str(path)!r}: the key '{printable(key)}' holds \"{shown}\", which has a "
                               f"NUL character (\\u0000); no file or folder name can hold one. Remove it from the "
                               f"path.")
+        if not is_name and key in unused:
+            continue
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:

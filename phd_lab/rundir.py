@@ -11,7 +11,7 @@ from typing import Any, Iterable
 from phd_lab.atomic import read_json
 from phd_lab.config import (META_KEY, RunConfig, check_known_keys, check_run_id_value, names_another_run,
                             predates_linear_init, validate_values)
-from phd_lab.config_file import load_config_file
+from phd_lab.config_file import check_strings, load_config_file
 from phd_lab.config_paths import anchor_registry_paths, safe_name
 from phd_lab.errors import ConfigError
 from phd_lab.grid import Grid
@@ -342,7 +342,7 @@ def lies_in_its_run_folder(raw: dict[str, Any], path: Path) -> bool | None:
         return None
 
 
-def anchor_logged_run(raw: dict[str, Any], config_path: Path | str) -> None:
+def anchor_logged_run(raw: dict[str, Any], config_path: Path | str) -> bool:
     """Rerun a logged config read from inside its own run folder in that folder, from any working directory.
 
     ``<logs_dir>/<model>/<dataset>_<resolution>/<run_id>/<variant>/<name>_config.json`` names its own
@@ -350,22 +350,32 @@ def anchor_logged_run(raw: dict[str, Any], config_path: Path | str) -> None:
     This covers relative folders logged by older versions, and logs trees that were moved or copied
     (to another machine, years later). A logged config that does not match the folder it lies in is
     left as written, with a warning that says where its run goes; a config without ``_meta`` is not
-    a logged one. Call it before command-line overrides such as --run-id.
+    a logged one. Call it before command-line overrides such as --run-id. Returns whether logs_dir was replaced.
     """
     if META_KEY not in raw or isinstance(raw.get("logs_dir"), list):
-        return
+        return False
     path = Path(config_path).resolve()
     placed = lies_in_its_run_folder(raw, path)
     if placed is None:  # bad values: validation reports them next
-        return
+        return False
     if not placed:
         _say_not_in_its_run_folder(raw, path)
-        return
+        return False
     logs = path.parents[LOGGED_CONFIG_DEPTH]
     written = raw.get("logs_dir")
-    if not isinstance(written, str) or Path(os.path.expanduser(written)).resolve() != logs:
+    if not isinstance(written, str) or not _names_folder(written, logs):
         log.info("%s lies in its run folder: logs_dir is %s (the config says %r)", path.name, logs, written)
     raw["logs_dir"] = str(logs)
+    return True
+
+
+def _names_folder(written: str, folder: Path) -> bool:
+    """Whether the logs_dir ``written`` names ``folder``; not where this process has no name for it (a '数据'
+    under LC_ALL=C with Python's UTF-8 mode off, a lone surrogate, a NUL)."""
+    try:
+        return Path(os.path.expanduser(written)).resolve() == folder
+    except (UnicodeEncodeError, ValueError, OSError):
+        return False
 
 
 def read_config_grid(config_path: Path | str, *, run_id: str | None = None, device: str | None = None) -> Grid:
@@ -375,10 +385,11 @@ def read_config_grid(config_path: Path | str, *, run_id: str | None = None, devi
     overrides (``--run-id``, ``--device``) apply, so both commands place every run in the same folder.
     """
     where = str(config_path)
-    raw = load_config_file(config_path)
+    raw = load_config_file(config_path, logged_logs_dir_later=True)
     check_known_keys(raw, where)
     anchor_registry_paths(raw, config_path)
-    anchor_logged_run(raw, config_path)
+    if not anchor_logged_run(raw, config_path):  # the logs_dir a logged config was written with is used
+        check_strings({"logs_dir": raw.get("logs_dir")}, config_path)
     if run_id is not None:
         raw["run_id"] = check_run_id_value(run_id)
     if device is not None:

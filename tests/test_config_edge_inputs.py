@@ -412,6 +412,33 @@ def test_a_run_logged_under_a_locale_that_cannot_name_its_working_directory_is_r
     assert code == 0 and "surrogate" not in err, err
     assert run_folders(tmp_path / "logs") == [folder]
 
+
+def test_a_run_logged_below_a_folder_the_locale_cannot_name_is_reproduced_in_it(tmp_path, capsys):
+    """A run logged under a UTF-8 locale below '数据': its logged config was refused under LC_ALL=C (Python's UTF-8
+    mode off) for its logs_dir, which its reproduction replaces by the folder the file lies in. Reproduced there,
+    it stays in its folder, and its logged config (which names that folder by the escapes of its bytes now) is
+    reproduced under the UTF-8 locale again. About 8 s (a subprocess under LC_ALL=C)."""
+    encoding = subprocess.run([sys.executable, "-c", "import sys; print(sys.getfilesystemencoding())"],
+                              env={**os.environ, **NO_UTF8_LOCALE}, capture_output=True, text=True).stdout.strip()
+    if encoding.lower().replace("-", "") == "utf8":  # macOS: file names are UTF-8 whatever the locale
+        pytest.skip("this system's file names are UTF-8 under every locale")
+    config = write_config(tmp_path, epoch=1, logs_dir=str(tmp_path / "数据"), track_saturation=False,
+                          post_processing=[])
+    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+    [folder] = run_folders(tmp_path / "数据")
+    logged = folder / f"{run_name(folder)}_config.json"
+    done = run_main("--config", str(logged), "--no-progress", env=NO_UTF8_LOCALE)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "already finished 1 epoch" in done.stderr and run_folders(tmp_path / "数据") == [folder]
+    code, err = main_in_process(capsys, "--config", str(logged), "--no-progress")
+    assert code == 0 and "already finished 1 epoch" in err, err
+    assert run_folders(tmp_path / "数据") == [folder]
+    copied = tmp_path / "copied_config.json"  # outside its run folder: its logs_dir is used, and checked
+    copied.write_text(json.dumps({**json.loads(logged.read_text(encoding="utf-8")), "logs_dir": "\ud800"}))
+    code, err = main_in_process(capsys, "--config", str(copied), "--dry-run")
+    assert code == 2 and "the key 'logs_dir' holds \"\\ud800\", which has a lone surrogate" in flat(err), err
+
+
 def test_a_logs_dir_through_a_link_that_leads_nowhere_is_refused_up_front(tmp_path, capsys):
     """A logs link into a purged scratch space: the check followed it to the root and passed, and the run then said
     'The run folder ... cannot be created (File exists)', naming no link."""
