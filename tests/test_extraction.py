@@ -223,6 +223,7 @@ def test_the_move_of_a_run_folder_is_logged_by_a_readable_name_under_a_latin_1_l
     moved = [line for line in done.stderr.splitlines() if b"The run folder moved to" in line]
     assert len(moved) == 1 and b"/caf\xe9/run since" in moved[0], done.stderr.decode("latin-1")
 
+
 def test_a_latents_file_changed_since_extraction_is_extracted_again(tmp_path, data):
     """Same shape and dtype, one value edited: reuse would leave a folder the probe job rejects
     (sha256 mismatch) and that no rerun could mend."""

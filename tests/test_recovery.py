@@ -1518,6 +1518,7 @@ def test_a_logged_config_holding_nan_is_refused_not_taken_for_another_runs(tmp_p
     assert "the key 'optimizer_args.lr' holds nan, which is no finite number" in err and "Traceback" not in err, err
     assert logged_path.read_bytes() == damaged and run_folders(tmp_path / "logs") == [folder]
 
+
 def test_a_resume_on_another_device_type_is_refused_but_post_processing_there_is_not(tmp_path, capsys):
     """A run begun on a GPU and resumed with device cpu trained its remaining epochs on the CPU under a logged
     config that still said cuda (only a warning), so the log no longer reproduced it. The GPU start is
