@@ -109,6 +109,15 @@ def interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
+def raise_interruption_behind(error: BaseException) -> None:
+    """Raise the Ctrl-C or SIGTERM behind ``error`` (``interruption_behind``), if any. For the catch-alls that turn a
+    failure into a warning, a fallback or an error of their own: a stop that a compiled module's import turned into
+    its ImportError was taken there for the failure, so the command went on (or failed) instead of stopping."""
+    stop = interruption_behind(error)
+    if stop is not None:
+        raise stop from None
+
+
 @contextlib.contextmanager
 def sigterm_held_while_forking() -> Iterator[None]:
     """SIGTERM blocked while DataLoader workers are forked: a batch system's SIGTERM to the whole job that came

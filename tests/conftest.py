@@ -95,6 +95,16 @@ def sigint_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def interrupted_import() -> None:
+    """Raise what a compiled module's import raises when a Ctrl-C lands in it (matplotlib's, seen in the probe job):
+    "ImportError: initialization failed" raised from the KeyboardInterrupt. A forward pass that calls it stands for
+    one that Ctrl-C stopped so; the framework's catch-alls must stop the command on it, not take it for a failure."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as landed:
+        raise ImportError("initialization failed") from landed
+
+
 def file_size_limit(limit: int):
     """``preexec_fn`` standing for a disk that fills up: in the process that calls it, a write that takes a file
     beyond ``limit`` bytes fails with EFBIG (an OSError, as ENOSPC would) instead of killing it by SIGXFSZ. Only

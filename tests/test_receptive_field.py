@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 from phd_lab.analysis.receptive_field import COLUMNS, ReceptiveFieldError, border_layers, receptive_fields
+from tests.conftest import interrupted_import
 
 
 def conv(k: int, s: int = 1, d: int = 1, c: int = 2) -> nn.Conv2d:
@@ -700,3 +701,36 @@ def test_a_forward_with_keyword_options_is_traced_at_their_defaults():
     from phd_lab.models.truncate import truncate_model
     truncated = truncate_model(model, "b", num_classes=4, in_channels=2, input_resolution=8)
     assert truncated(torch.randn(2, 2, 8, 8)).shape == (2, 4)
+
+
+class _InterruptedOnMeta(nn.Conv2d):
+    """A 3×3 convolution that a Ctrl-C stops when it runs on the meta device (the recording of the shapes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_meta:
+            interrupted_import()
+        return super().forward(x)
+
+
+def test_a_ctrl_c_while_the_model_is_traced_stops_the_analysis():
+    """Tracing took every error of the forward pass for an untraceable model, a Ctrl-C turned into a compiled
+    module's ImportError too: the receptive-field step said 'cannot be traced with torch.fx' instead of stopping."""
+    class Interrupted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = conv(3)
+
+        def forward(self, x):
+            interrupted_import()
+            return self.a(x)
+
+    with pytest.raises(KeyboardInterrupt):
+        receptive_fields(Interrupted(), 8)
+
+
+def test_a_ctrl_c_while_the_shapes_are_recorded_stops_the_analysis():
+    """The shapes' recording on meta tensors fell back to the rules without shapes on any error: a Ctrl-C there was
+    swallowed and the analysis went on as if nothing had happened."""
+    model = nn.Sequential(conv(3), _InterruptedOnMeta(2, 2, 3, padding=1))
+    with pytest.raises(KeyboardInterrupt):
+        receptive_fields(model, 8)

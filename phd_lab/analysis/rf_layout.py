@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.wording import first_names
 
 _SHAPE = "rf_shape"  # node.meta key of a tensor output's shape
@@ -60,7 +61,8 @@ def record_shapes(graph_module: fx.GraphModule, input_resolution: int | None) ->
                             dtype=convs[0].weight.dtype)
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.func.functional_call(wrapper, meta, (image,))  # meta tensors stand in for the weights
-    except Exception:  # any op that cannot run on meta tensors, or a mismatch: no shapes, the old rules
+    except Exception as error:  # any op that cannot run on meta tensors, or a mismatch: no shapes, the old rules
+        raise_interruption_behind(error)
         for node in graph_module.graph.nodes:
             node.meta.pop(_SHAPE, None)
         return False

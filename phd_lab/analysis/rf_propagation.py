@@ -22,6 +22,7 @@ from phd_lab.analysis.rf_layout import Layout, disagreement, first_input, record
 from phd_lab.analysis.rf_operations import node_arg, output_layout, transform, unsupported
 from phd_lab.analysis.rf_paths import Ancestry, bypassing_operands, merge_kind, scaled_operands, shortcut_layer
 from phd_lab.analysis.rf_state import ReceptiveFieldError, Unknown, merge
+from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.wording import first_names
 
 
@@ -56,6 +57,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
         graph = tracer.trace(model, concrete_args=forward_defaults(model) or None)
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as error:  # tracing fails in many ways (TraceError, TypeError, ...)
+        raise_interruption_behind(error)  # a Ctrl-C in the forward pass is no untraceable model
         raise ReceptiveFieldError(_untraceable(model, error)) from None
 
 
