@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from phd_lab.analysis.flops import FUNCTIONAL_ROW, LAYER_COLUMNS, ROOT_ROW, computational_info
+from tests.conftest import interrupted_import
 
 
 def tiny(bias: bool) -> nn.Module:
@@ -231,3 +233,51 @@ def test_the_flops_step_measures_the_truncation_at_b_min_not_b_max(tmp_path):
     assert truncation["border"] == "c3" and truncation["exact"] is True
     assert truncation["removed_layers"] == ["c3", "head"]
     assert truncation["params_saved"] == (4 * 4 * 9 + 4) + (4 * 10 + 10) - (4 * 10 + 10) == 148
+
+
+def test_a_ctrl_c_in_the_counted_forward_pass_stops_the_step():
+    """ptflops' forward pass took any error for a model it cannot count: a Ctrl-C (as a compiled module's
+    ImportError) failed the flops step with 'ptflops could not count the operations' (exit 1)."""
+    class Interrupted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            interrupted_import()
+            return self.conv(x)
+
+    with pytest.raises(KeyboardInterrupt):
+        computational_info(Interrupted(), (1, 8, 8))
+
+
+def test_a_ctrl_c_while_the_truncation_is_measured_stops_the_step(tmp_path, caplog):
+    """The truncation savings beside the FLOPs table took any error for one of the estimate: a Ctrl-C while the
+    truncated model ran was a warning ('could not be measured'), and the step wrote its table as if finished."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from phd_lab.config_file import load_config_file
+    from phd_lab.data import DataBundle
+    from phd_lab.grid import Grid
+    from phd_lab.rundir import RunDir
+    from phd_lab.steps import StepContext
+    from phd_lab.steps.flops import border_truncation
+    from tests.conftest import write_config
+
+    full = computational_info(TwoKernels().eval(), (1, 8, 8))
+    model = TwoKernels().eval()
+
+    def ctrl_c_on_real_input(module: nn.Module, inputs: tuple[torch.Tensor]) -> None:
+        if not inputs[0].is_meta:  # the shapes' recording runs on meta tensors; the truncated model on real ones
+            interrupted_import()
+
+    model.stem.register_forward_pre_hook(ctrl_c_on_real_input)
+    loader = DataLoader(TensorDataset(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)), batch_size=2)
+    bundle = DataBundle(name="zeros", train=loader, test=loader, train_eval=loader, num_classes=10, in_channels=1,
+                        resolution=8)
+    context = StepContext(config=Grid(load_config_file(write_config(tmp_path)))[0],
+                          rundir=RunDir(root=tmp_path / "run", name="run"), model=model, bundle=bundle,
+                          device=torch.device("cpu"), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        border_truncation(context, full)
+    assert "could not be measured" not in caplog.text

@@ -13,7 +13,7 @@ from phd_lab.cli import main_cli
 from phd_lab.errors import ConfigError
 from phd_lab.models.truncate import check_cut, resolve_cut, truncate_model, truncation_savings
 from registries import models
-from tests.conftest import read_metrics, run_folders, write_config
+from tests.conftest import interrupted_import, read_metrics, run_folders, write_config
 
 
 def conv_names(model: nn.Module) -> list[str]:
@@ -336,3 +336,50 @@ def test_truncation_savings_keep_a_traced_through_layer_norm_off_the_removed_lay
     assert saved["removed_layers"] == ["3", "4", "6"]  # (Flatten has no row)
     params = full[1].set_index("layer")["params"]
     assert params[saved["removed_layers"]].sum() == saved["params_saved"] + saved["head_params"]
+
+
+def _chain() -> nn.Sequential:
+    """Three 3×3 convolutions and a head: a cut before '2' keeps two of them."""
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+
+def _ctrl_c_on_real_input(resolution: int):
+    """A forward pre-hook that a Ctrl-C stops once the layer runs on a real (not meta) input of ``resolution`` px."""
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor]) -> None:
+        if not inputs[0].is_meta and inputs[0].shape[-1] == resolution:
+            interrupted_import()
+    return hook
+
+
+class _InterruptedWhileTraced(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        interrupted_import()
+        return self.b(self.a(x))
+
+
+@pytest.mark.parametrize("check", [check_cut, truncate_model])
+def test_a_ctrl_c_while_the_model_is_traced_for_the_cut_stops_it(check):
+    """A Ctrl-C (as a compiled module's ImportError) while torch.fx traced the model was taken for an untraceable
+    model: the check passed in silence, and the cut said 'Cannot truncate ...: torch.fx cannot trace it' (exit 2)."""
+    arguments = {"in_channels": 1, "resolution": 8} if check is check_cut else \
+        {"num_classes": 3, "in_channels": 1, "input_resolution": 8}
+    with pytest.raises(KeyboardInterrupt):
+        check(_InterruptedWhileTraced(), "b", **arguments)
+
+
+@pytest.mark.parametrize("resolution", [8, 16])
+def test_a_ctrl_c_while_the_kept_part_runs_stops_the_cut(resolution):
+    """The kept part's runs at the input resolution (its shapes) and at twice it (where height and width are) took
+    any error for an op they cannot run: a Ctrl-C there was swallowed and the cut went on."""
+    model = _chain()
+    model[0].register_forward_pre_hook(_ctrl_c_on_real_input(resolution))
+    with pytest.raises(KeyboardInterrupt):
+        truncate_model(model, "2", num_classes=3, in_channels=1, input_resolution=8)
+    if resolution == 16:  # the check runs the traced model at both resolutions too
+        with pytest.raises(KeyboardInterrupt):
+            check_cut(model, "3", in_channels=1, resolution=8)

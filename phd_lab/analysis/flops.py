@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from phd_lab.errors import PhdLabError
+from phd_lab.interrupts import raise_interruption_behind
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def computational_info(model: nn.Module, input_shape: tuple[int, int, int]) -> t
     try:
         rows, functional, uncounted = _per_layer(copy.deepcopy(model).eval(), input_shape, MODULES_MAPPING)
     except Exception as error:  # noqa: BLE001 - any failure of the forward pass under ptflops' hooks
+        raise_interruption_behind(error)  # a Ctrl-C in the forward pass: the command stops, no failed step
         raise FlopsError(f"ptflops could not count the operations of {type(model).__qualname__} for an input "
                          f"of shape {tuple(input_shape)}: {type(error).__name__}: {error}") from None
     rows.append({"layer": FUNCTIONAL_ROW, "type": "", "macs": functional, "params": 0, "trainable_params": 0})

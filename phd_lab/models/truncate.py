@@ -27,6 +27,7 @@ from torch import fx, nn
 from phd_lab.analysis.call_names import split_call_name
 from phd_lab.analysis.rf_propagation import forward_defaults
 from phd_lab.errors import ConfigError
+from phd_lab.interrupts import raise_interruption_behind
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,8 @@ def _output_shapes(traced: fx.GraphModule, in_channels: int, resolution: int,
         device, dtype = _placement(traced)
         try:
             Recorder(traced).run(torch.zeros(1, in_channels, resolution, resolution, device=device, dtype=dtype))
-        except Exception:  # noqa: BLE001 - the nodes before the failure are known; the rest stay unknown
-            pass
+        except Exception as error:  # noqa: BLE001 - the nodes before the failure are known; the rest stay unknown
+            raise_interruption_behind(error)
     return shapes
 
 
@@ -154,7 +155,8 @@ def check_cut(model: nn.Module, layer: str, *, in_channels: int, resolution: int
     run, is left for ``truncate_model`` to report."""
     try:
         traced = fx.symbolic_trace(model, concrete_args=forward_defaults(model) or None)
-    except Exception:  # noqa: BLE001 - reported with its reason when the model is truncated
+    except Exception as error:  # noqa: BLE001 - reported with its reason when the model is truncated
+        raise_interruption_behind(error)
         return
     graph = traced.graph
     _cut_node(graph, layer)  # no such module, nothing before it: said before the model runs
@@ -187,6 +189,7 @@ def truncate_model(model: nn.Module, layer: str, *, num_classes: int, in_channel
     try:
         traced = fx.symbolic_trace(model, concrete_args=forward_defaults(model) or None)
     except Exception as error:
+        raise_interruption_behind(error)  # a Ctrl-C while it is traced is no untraceable model
         raise ConfigError(f"Cannot truncate {type(model).__name__}: torch.fx cannot trace it "
                           f"({type(error).__name__}: {error}).") from None
     graph = traced.graph
@@ -243,7 +246,8 @@ def _output_channels(body: nn.Module, in_channels: int, resolution: int) -> int:
         try:  # where height and width are: the axes whose size follows the input's
             doubled = tuple(body(torch.zeros(1, in_channels, 2 * resolution, 2 * resolution, device=device,
                                              dtype=dtype)).shape)
-        except Exception:  # noqa: BLE001 - a model of one input size only (ViT): its 4-d output is taken as it is
+        except Exception as error:  # noqa: BLE001 - a model of one input size only (ViT): its 4-d output as it is
+            raise_interruption_behind(error)
             doubled = None
     why = _not_a_feature_map(tuple(out.shape), doubled)
     if why is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from phd_lab import atomic
+from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.rundir import RunDir
 from phd_lab.steps import Step, StepContext, register_step
 
@@ -56,9 +57,11 @@ def border_truncation(ctx: StepContext, full: tuple[dict, Any]) -> dict | None:
         return truncation_savings(ctx.model, b_min, num_classes=ctx.bundle.num_classes,
                                   in_channels=ctx.bundle.in_channels, input_resolution=resolution, full=full)
     except (ReceptiveFieldError, ConfigError) as error:
+        raise_interruption_behind(error)
         log.info("%s: no truncation cost measured (%s)", ctx.config.name, error)
         return None
-    except Exception as error:  # an estimate beside the FLOPs table: it must not fail the step
+    except Exception as error:  # an estimate beside the FLOPs table: it must not fail the step, but a Ctrl-C stops
+        raise_interruption_behind(error)
         log.warning("%s: the truncation savings could not be measured (%s: %s); the FLOPs table is complete",
                     ctx.config.name, type(error).__name__, error)
         return None
