@@ -949,3 +949,41 @@ def test_a_page_holding_a_name_that_is_no_utf_8_still_lends_its_figures_to_the_n
     page.write_bytes(text)
     again = write_report(logs, site / "r.html", refresh=False, progress=False, processes=0).read_bytes()
     assert all(markers[key] in again for key, _ in keyed)  # none drawn again
+
+
+@pytest.mark.parametrize("module, leaf", [("phd_lab.report.collect", "_plotted_files_digest"),
+                                          ("phd_lab.plots.run_figure", "draw_run_figure"),
+                                          ("phd_lab.report.collect", "_write")])
+def test_a_ctrl_c_as_matplotlib_is_first_imported_stops_the_report(tmp_path, capsys, monkeypatch, module, leaf):
+    """A Ctrl-C that lands while a compiled module is first imported comes out of the import as "ImportError:
+    initialization failed" raised from the KeyboardInterrupt; the report imports matplotlib's as it reads the first
+    run's plotted files, draws its figure or writes it. Each took the stop for that run's failed analysis: the report
+    went on to the next run and was written, exit 0. ``leaf`` raises what such an import raises."""
+    import importlib
+
+    from tests.conftest import interrupted_import
+
+    logs = tmp_path / "logs"
+    write_run(logs, width=0.25, stage="full")
+    monkeypatch.setattr(importlib.import_module(module), leaf, lambda *args, **kwargs: interrupted_import())
+    out = tmp_path / "report.html"
+    result = report_in_process(capsys, logs, "--out", out, "--processes", 0)
+    assert result.returncode == 130
+    assert "interrupted" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_a_ctrl_c_while_the_probe_job_refreshes_the_analysis_stops_the_job(tmp_path, monkeypatch, caplog):
+    """The probe job refreshes the run's analysis after writing its results, the first figure it draws importing
+    matplotlib: a Ctrl-C there was a warning ('the analysis could not be refreshed') and the job went on."""
+    from phd_lab.probes.discovery import ProbeJob
+    from phd_lab.probes.outputs import refresh_analysis
+    from phd_lab.plots import run_figure
+    from tests.conftest import interrupted_import
+
+    run = write_run(tmp_path / "logs", width=0.25, stage="full")
+    monkeypatch.setattr(run_figure, "draw_run_figure", lambda *args, **kwargs: interrupted_import())
+    job = ProbeJob(manifest=None, settings=None, outputs=run, label=run.name)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        refresh_analysis(job)
+    assert "could not be refreshed" not in caplog.text

@@ -21,6 +21,7 @@ import numpy as np
 from phd_lab import atomic
 from phd_lab.atomic import write_with
 from phd_lab.file_hash import latents_digest
+from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.latents_sets import DEFAULT_METHOD, PIXELWISE, named_set
 from phd_lab.probes.cache import library_versions
 from phd_lab.probes.discovery import ProbeJob
@@ -217,6 +218,7 @@ def refresh_analysis(job: ProbeJob, tag: dict[str, int] | None = None) -> None:
     try:
         entry = analyse_run(job.outputs, write=True, probe_job=True)
     except Exception as error:  # the probe results are written; a broken analysis must not fail the job
+        raise_interruption_behind(error)  # but a Ctrl-C as its first matplotlib import ran stops it
         log.warning("%s: the analysis could not be refreshed (python -m phd_lab report retries): %s: %s",
                     job.label, type(error).__name__, error, extra=tag)
         return

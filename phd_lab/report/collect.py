@@ -19,6 +19,7 @@ from typing import Any
 from phd_lab import atomic
 from phd_lab.analysis.run_summary import AnalysisSettings, summarize
 from phd_lab.analysis.run_tables import RunTables, discover_runs, latents_manifest_path, load_run, lock_owner_alive
+from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.rundir import RunDir
 from phd_lab.errors import ConfigError
 from phd_lab.file_hash import file_stamp
@@ -323,6 +324,7 @@ def collect(logs_dir: Path | str, *, refresh: bool = True, progress: bool = Fals
         try:
             analysis = _analyse(folder, None, last_step=False)
         except Exception as error:  # a report must cover the whole grid even if one folder is odd
+            raise_interruption_behind(error)  # a Ctrl-C as the plotting modules were first imported stops it
             entries[position] = _failed_entry(folder, error)
             continue
         if analysis.entry.figure is None:
@@ -357,4 +359,5 @@ def _finish(analysis: _Analysis, refresh: bool) -> RunEntry:
         _write(analysis, write=refresh, skip_active=True, probe_job=False)
         return analysis.entry
     except Exception as error:  # a report must cover the whole grid even if one folder is odd
+        raise_interruption_behind(error)
         return _failed_entry(folder, error)

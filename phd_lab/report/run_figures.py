@@ -14,6 +14,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterator, Sequence
 
 from phd_lab.analysis.run_tables import RunTables
+from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.plots.run_figure import figure_png
 from phd_lab.worker_processes import spawn_pool, stop_pool
 
@@ -97,4 +98,5 @@ def _draw_here(request: FigureRequest) -> bytes | Exception:
     try:
         return figure_png(*request)
     except Exception as error:  # noqa: BLE001 - reported as that run's failed analysis
+        raise_interruption_behind(error)  # but a Ctrl-C as matplotlib was first imported stops the report
         return error
