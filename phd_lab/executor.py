@@ -33,7 +33,7 @@ from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, U
 from phd_lab.factory_args import (FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect,
                                   factory_model_args)
 from phd_lab.factory_results import check_callable, checked_result, stepping_refusal, unrestorable_scheduler
-from phd_lab.interrupts import raise_if_stop_requested
+from phd_lab.interrupts import raise_if_stop_requested, raise_interruption_behind
 from phd_lab.kept_folders import existing_folder
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.model_checks import (check_fits_data, check_input_size, check_objective, check_single_output,
@@ -203,6 +203,7 @@ class TrainTestExecutor:
         except UsageError:  # ConfigError; RegistryError: it returned no (optimizer, scheduler)
             raise
         except Exception as error:  # noqa: BLE001 - e.g. a factory that reads real parameter values
+            raise_interruption_behind(error)
             log.debug("%s: optimizer %r not checked on the meta model (%s: %s)", self.config.source,
                       self.config.optimizer, type(error).__name__, error)
 

@@ -22,6 +22,7 @@ from phd_lab.config import RunConfig
 from phd_lab.errors import ConfigError, first_line
 from phd_lab.factory_args import factory_model_args
 from phd_lab.factory_results import checked_result
+from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, Objective, declared_objective, objective_of
 from phd_lab.registry import Registries
 
@@ -54,9 +55,11 @@ def meta_model(cfg: RunConfig, registries: Registries, built: dict[Any, Any]) ->
         try:
             built[key] = _build_on_meta(cfg, registries, PLACEHOLDER_CLASSES, PLACEHOLDER_CHANNELS)
         except (TypeError, ValueError) as error:
+            raise_interruption_behind(error)  # a Ctrl-C in the factory is no bad model_args
             raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
                               f"{json.dumps(model_args)}: {first_line(error)}.") from None
         except Exception as error:  # noqa: BLE001 - e.g. a factory that needs real tensors
+            raise_interruption_behind(error)
             log.debug("%s: model %r not checked on the meta device (%s: %s)", cfg.source, cfg.model,
                       type(error).__name__, error)
             built[key] = None
@@ -113,6 +116,7 @@ def trained_meta_model(cfg: RunConfig, model: nn.Module, built: dict[Any, Any], 
                 copy.deepcopy(model), layer, num_classes=PLACEHOLDER_CLASSES, in_channels=PLACEHOLDER_CHANNELS,
                 input_resolution=cfg.resolution)
         except Exception as error:  # noqa: BLE001 - said with its reason when the run builds its model
+            raise_interruption_behind(error)
             log.debug("%s: model %r not cut on the meta device (%s: %s)", cfg.source, cfg.model,
                       type(error).__name__, error)
             built[memo] = model
@@ -175,6 +179,7 @@ def _meta_output(model: nn.Module, resolution: int, training: bool,
         with torch.device("meta"):
             return model(torch.empty(2, channels, resolution, resolution)), None
     except Exception as error:  # noqa: BLE001 - the caller decides which errors are verdicts
+        raise_interruption_behind(error)  # a Ctrl-C is none: the checks took it for a resolution the model refuses
         return None, error
     finally:
         model.train(was_training)
@@ -277,7 +282,8 @@ def _meta_built(cfg: RunConfig, registries: Registries, num_classes: int, in_cha
     (built for training next, which reports its errors)."""
     try:
         model = _build_on_meta(cfg, registries, num_classes, in_channels)
-    except Exception:  # noqa: BLE001 - built for training next, which reports its errors
+    except Exception as error:  # noqa: BLE001 - built for training next, which reports its errors
+        raise_interruption_behind(error)
         return None
     return model if isinstance(model, nn.Module) else None
 
@@ -316,12 +322,14 @@ def check_single_sample_batches(cfg: RunConfig, model: nn.Module) -> None:
         with torch.device("meta"):
             model(torch.empty(1, PLACEHOLDER_CHANNELS, cfg.resolution, cfg.resolution))
     except ValueError as error:
+        raise_interruption_behind(error)
         if "more than 1 value per channel" not in str(error):
             return
         raise ConfigError(f"{cfg.source}: 'batch_size' 1 cannot train {cfg.model!r} at resolution "
                           f"{cfg.resolution}: a BatchNorm layer then normalises a single value per channel "
                           f"({error}). Use a batch_size of at least 2.") from None
     except Exception as error:  # noqa: BLE001 - a model the meta device cannot run is checked by training
+        raise_interruption_behind(error)
         log.debug("%s: batch_size 1 not checked on the meta model (%s: %s)", cfg.source, type(error).__name__,
                   error)
     finally:

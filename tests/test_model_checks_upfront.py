@@ -285,3 +285,58 @@ def test_a_tracking_pattern_with_a_layer_s_uncut_name_is_refused_for_a_truncated
     message = refused(capsys, tmp_path, config)
     assert f"the {key} pattern 'features.0' matches no layer of 'vgg11' as model_args 'truncate' 'border'" in message
     assert "Write 'body.features.0'" in message
+
+
+INTERRUPTED_PARTS = '''
+import torch
+from torch import nn
+
+
+def interrupted_import():
+    """What a compiled module's import raises when a Ctrl-C lands in it."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as landed:
+        raise ImportError("initialization failed") from landed
+
+
+class LazyImport(nn.Module):
+    """Imports a compiled module on its first forward pass, where the Ctrl-C lands."""
+
+    def __init__(self, num_classes, in_channels, interrupted):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(4, num_classes)
+        self.calls, self.interrupted = 0, interrupted
+
+    def forward(self, x):
+        self.calls += 1
+        if self.interrupted and self.calls == 1:
+            interrupted_import()
+        return self.fc(self.features(x))
+
+
+def net(*, num_classes, in_channels=3, where="forward"):
+    if where == "factory":
+        interrupted_import()
+    return LazyImport(num_classes, in_channels, interrupted=where == "forward")
+
+
+def sgd(model, *, epochs, lr=0.01):
+    interrupted_import()
+'''
+
+
+@pytest.mark.parametrize("where", ["forward", "factory", "optimizer"])
+def test_a_ctrl_c_during_the_checks_before_training_stops_the_command(tmp_path, capsys, where):
+    """The checks on the meta model took any error of its factory, forward pass or optimizer factory for one of
+    the meta device or of the config: a Ctrl-C there (as a compiled module's ImportError) was swallowed, the dry run
+    ending with exit 0, or read as bad input ("'resolution' 32 does not suit model 'net'", exit 2)."""
+    module = tmp_path / "interrupted.py"
+    module.write_text(INTERRUPTED_PARTS)
+    registries = {"models": str(module), **({"optimizers": str(module)} if where == "optimizer" else {})}
+    config = write_config(tmp_path, model="net", model_args={"where": "none" if where == "optimizer" else where},
+                          registries=registries, **({"optimizer": "sgd"} if where == "optimizer" else {}))
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
+    assert code == 130, err
+    assert "interrupted" in err and "Traceback" not in err and "does not suit" not in err
