@@ -46,7 +46,7 @@ from tqdm import tqdm
 from phd_lab import atomic
 from phd_lab.config_paths import safe_name
 from phd_lab.errors import ConfigError, ExtractionError, storage_refusal
-from phd_lab.interrupts import raise_if_stop_requested
+from phd_lab.interrupts import raise_if_stop_requested, raise_interruption_behind
 from phd_lab.kept_folders import make_folder
 from phd_lab.latents_folder import (MANIFEST, PREVIOUS_EXTRACTION_VERSION, SPLITS, build_manifest, clear,
                                     expected_settings, load_manifest, other_runs_latents, record_move,
@@ -195,6 +195,7 @@ def meta_channels_last_linears(model: nn.Module, names: list[str], resolution: i
         try:
             return _channels_last_linears(model, names, lambda hooks: _forward_hooked(model, hooks, inputs))
         except Exception as error:  # noqa: BLE001 - the meta device or these channels: the next ones, or None
+            raise_interruption_behind(error)
             log.debug("Meta forward pass on %d channels failed (%s: %s)", channels, type(error).__name__, error)
     return None
 

@@ -177,3 +177,25 @@ def test_several_latents_sets_that_do_not_fit_together_stop_the_step_before_the_
                                                   rf"disk has 1\.0 MB .* free; stopped before extracting any"):
             ExtractStep().run(context, **params)
         assert list(folder.iterdir()) == []  # the set that fits was not written either
+
+
+def test_a_ctrl_c_in_the_meta_forward_pass_of_the_latents_version_check_stops_it():
+    """Whether old latents are still current is told by a forward pass on the meta device, which took any error for
+    one the meta device or the channels cause (the next channels, then 'no such layers'): a Ctrl-C there (as a
+    compiled module's ImportError) was swallowed, and the old latents were kept as current."""
+    from phd_lab.extraction import meta_channels_last_linears
+    from tests.conftest import interrupted_import
+
+    class Interrupted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            interrupted_import()
+            return self.fc(x)
+
+    with torch.device("meta"):
+        model = Interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        meta_channels_last_linears(model, ["fc"], 8)
