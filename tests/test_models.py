@@ -381,3 +381,21 @@ def test_every_model_factory_keeps_the_registry_contract():
         assert parameters["num_classes"].default is inspect.Parameter.empty, name
         assert parameters["in_channels"].kind is inspect.Parameter.KEYWORD_ONLY, name
         assert parameters["in_channels"].default == 3, name
+
+
+@pytest.mark.parametrize("ask", ["_model_class_parameters", "arguments_hint"])
+def test_a_ctrl_c_while_a_torchvision_class_is_built_on_the_meta_device_stops_the_command(monkeypatch, ask):
+    """The tv: argument checks build the model's class once on the meta device and took any failure for a class
+    that cannot be built there: a Ctrl-C (as a compiled module's ImportError) only cost the hint or, cached for the
+    process, every later argument check of that model."""
+    from torchvision.models import _api
+
+    from phd_lab.models import torchvision_models
+    from tests.conftest import interrupted_import
+
+    def interrupted_builder(**kwargs):
+        interrupted_import()
+
+    monkeypatch.setitem(_api.BUILTIN_MODELS, "phd_lab_interrupted_net", interrupted_builder)  # register_model's dict
+    with pytest.raises(KeyboardInterrupt):
+        getattr(torchvision_models, ask)("phd_lab_interrupted_net")

@@ -19,6 +19,7 @@ from torch import nn
 
 from phd_lab.errors import ConfigError
 from phd_lab.factory_args import check_argument_type
+from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.registry import did_you_mean
 
 
@@ -38,7 +39,8 @@ def arguments_hint(name: str) -> str:
     try:
         with torch.device("meta"):
             model_class = type(torchvision.models.get_model(name, weights=None))
-    except Exception:  # noqa: BLE001 - any failure only costs the hint
+    except Exception as error:  # noqa: BLE001 - any failure only costs the hint
+        raise_interruption_behind(error)
         return f"see {where} for the arguments it takes"
     parameters = inspect.signature(model_class.__init__).parameters.values()
     names = [p.name for p in parameters if p.name not in ("self", "num_classes", "weights")
@@ -55,7 +57,8 @@ def _model_class_parameters(name: str) -> Mapping[str, inspect.Parameter] | None
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # GoogLeNet's FutureWarning about init_weights, which the build sets
             model_class = type(torchvision.models.get_model(name, weights=None))
-    except Exception:  # noqa: BLE001 - then the builder alone checks its arguments
+    except Exception as error:  # noqa: BLE001 - then the builder alone checks its arguments
+        raise_interruption_behind(error)
         return None
     return dict(inspect.signature(model_class.__init__).parameters)
 
