@@ -218,6 +218,7 @@ class TrainTestExecutor:
         except UsageError as error:  # ConfigError, DataError: name the config and the run
             raise type(error)(f"{cfg.source}: {error}") from None
         except (TypeError, ValueError) as error:
+            raise_interruption_behind(error)  # a Ctrl-C in the factory is no bad dataset_args
             raise ConfigError(f"{cfg.source}: dataset {cfg.dataset!r} cannot be built with dataset_args "
                               f"{json.dumps(cfg.dataset_args)}: {first_line(error)}.") from None
         return checked_result("datasets", cfg.dataset, bundle, self.registries.datasets.source, cfg.source)
@@ -231,6 +232,7 @@ class TrainTestExecutor:
         try:
             model = factory(num_classes=bundle.num_classes, in_channels=bundle.in_channels, **model_args)
         except (TypeError, ValueError) as error:
+            raise_interruption_behind(error)
             raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
                               f"{json.dumps(model_args)}: {first_line(error)}.") from None
         checked_result("models", cfg.model, model, self.registries.models.source, cfg.source)
@@ -267,6 +269,7 @@ class TrainTestExecutor:
         try:
             built = factory(model, epochs=cfg.epoch, **cfg.optimizer_args)
         except (TypeError, ValueError) as error:
+            raise_interruption_behind(error)
             raise ConfigError(f"{cfg.source}: optimizer {cfg.optimizer!r} cannot be built with optimizer_args "
                               f"{json.dumps(cfg.optimizer_args)}: {first_line(error)}.") from None
         optimizer, scheduler = checked_result("optimizers", cfg.optimizer, built, self.registries.optimizers.source,

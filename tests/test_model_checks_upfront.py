@@ -340,3 +340,49 @@ def test_a_ctrl_c_during_the_checks_before_training_stops_the_command(tmp_path, 
     code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
     assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err and "does not suit" not in err
+
+
+REAL_ONLY_FACTORIES = '''
+import torch
+from torch import nn
+from phd_lab.data import make_bundle
+
+
+def interrupted():
+    """What a factory that wraps its library's errors raises when a Ctrl-C lands in that library."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as landed:
+        raise ValueError("could not read the data") from landed
+
+
+def data(*, batch_size, resolution, data_dir, seed, num_workers):
+    interrupted()
+
+
+def net(*, num_classes, in_channels=3):
+    if torch.empty(0).is_meta:  # the checks before training build it on the meta device; training for real
+        return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+    interrupted()
+
+
+def sgd(model, *, epochs, lr=0.01):
+    if not next(model.parameters()).is_meta:
+        interrupted()
+    return torch.optim.SGD(model.parameters(), lr=lr), None
+'''
+
+
+@pytest.mark.parametrize("factory", ["dataset", "model", "optimizer"])
+def test_a_ctrl_c_in_a_factory_when_the_run_builds_its_parts_is_no_bad_input(tmp_path, capsys, factory):
+    """A factory's TypeError or ValueError is read as a config its factory refuses ("cannot be built with
+    dataset_args", exit 2): one raised from a Ctrl-C was too, where the command was stopped (exit 130)."""
+    module = tmp_path / "real_only.py"
+    module.write_text(REAL_ONLY_FACTORIES)
+    chosen = {"dataset": {"dataset": "data", "registries": {"datasets": str(module)}},
+              "model": {"model": "net", "model_args": {}, "registries": {"models": str(module)}},
+              "optimizer": {"optimizer": "sgd", "registries": {"optimizers": str(module)}}}[factory]
+    config = write_config(tmp_path, epoch=1, **chosen)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 130, err
+    assert "interrupted" in err and "cannot be built" not in err
