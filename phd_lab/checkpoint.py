@@ -31,7 +31,7 @@ import torch
 from phd_lab import atomic
 from phd_lab.atomic import atomic_open, fsync_dir
 from phd_lab.errors import CheckpointError, FolderInTheWay, storage_refusal
-from phd_lab.interrupts import deferred_interrupts
+from phd_lab.interrupts import deferred_interrupts, raise_interruption_behind
 from phd_lab.wording import byte_amount
 
 CHECKPOINT_FORMAT = 1
@@ -155,6 +155,7 @@ class CheckpointStore:
                 verify_checksums(path)  # reads the file once (about 0.1 s per 200 MB); its tensors stay unread
                 state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception as error:  # noqa: BLE001 - missing or damaged: load() falls back the same way
+                raise_interruption_behind(error)  # a Ctrl-C while it is read says nothing about the file
                 if not _file_is_damaged(error):
                     return {}
                 continue
@@ -178,6 +179,7 @@ class CheckpointStore:
             except CheckpointError:
                 raise
             except Exception as error:  # a truncated or corrupted file: fall back to the next one
+                raise_interruption_behind(error)  # a Ctrl-C while it is read is no damage
                 if isinstance(error, IsADirectoryError):  # taken for a damaged file, it was renamed *.damaged
                     raise FolderInTheWay(candidate) from None
                 if not _file_is_damaged(error):
@@ -274,6 +276,7 @@ def _is_damaged(path: Path) -> bool:
         verify_checksums(path)
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors are not read
     except Exception as error:  # noqa: BLE001 - classified as load() classifies its read errors
+        raise_interruption_behind(error)
         return _file_is_damaged(error) and not isinstance(error, FileNotFoundError)
     return (isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT
             and content_problem(state) is not None)

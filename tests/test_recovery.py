@@ -1594,3 +1594,29 @@ def test_the_checkpoint_size_of_a_lazy_model_counts_its_initialised_tensors_befo
     assert checkpoint_bytes(model, optimizer) == known + 2 * known  # Adam's two moments of the known parameters
     model(torch.zeros(1, 3))
     assert checkpoint_bytes(model, optimizer) == 3 * ((3 * 4 + 4) * 4 + known)
+
+
+class _InterruptedWhenRead:
+    """An entry whose unpickling runs code that a Ctrl-C stops (as a compiled module's ImportError), as torch.load's
+    own imports can be; allowed by torch's safe_globals, since weights_only=True reads only what is allowed."""
+
+    def __init__(self) -> None:
+        self.state = 1
+
+    def __setstate__(self, state: dict) -> None:
+        from tests.conftest import interrupted_import
+        interrupted_import()
+
+
+@pytest.mark.parametrize("read", ["load", "peek_state", "current_is_damaged"])
+def test_a_ctrl_c_while_the_newest_checkpoint_is_read_is_no_damage(tmp_path, read):
+    """A Ctrl-C that torch.load's unpickling turned into another error was taken for a damaged file: the resume went
+    back to the previous checkpoint ('Checkpoint run.pt is damaged; falling back to the previous one'), an epoch
+    lost, and the dry run and the peeks read the previous one."""
+    from torch.serialization import safe_globals
+
+    store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.prev.pt")
+    store.save(checkpoint_state(1))
+    store.save(checkpoint_state(2, callbacks={"lazy": _InterruptedWhenRead()}))
+    with safe_globals([_InterruptedWhenRead]), pytest.raises(KeyboardInterrupt):
+        getattr(store, read)()
