@@ -216,6 +216,7 @@ class TrainTestExecutor:
             bundle = factory(batch_size=cfg.batch_size, resolution=cfg.resolution, data_dir=cfg.data_dir,
                              seed=cfg.seed, num_workers=cfg.num_workers, **cfg.dataset_args)
         except UsageError as error:  # ConfigError, DataError: name the config and the run
+            raise_interruption_behind(error)  # a factory's DataError raised from a Ctrl-C
             raise type(error)(f"{cfg.source}: {error}") from None
         except (TypeError, ValueError) as error:
             raise_interruption_behind(error)  # a Ctrl-C in the factory is no bad dataset_args

@@ -197,6 +197,9 @@ class Main:
             try:
                 executor.run()
             except UsageError as error:
+                stop = interruption_behind(error)
+                if stop is not None:  # a Ctrl-C that a factory or library turned into its error: the command stops
+                    raise stop from None
                 if len(chosen) == 1:  # the command's only run: a usage error of the command (exit 2)
                     raise
                 # found only when the point runs (a dataset missing from data_dir, a folder in use by another

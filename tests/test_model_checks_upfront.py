@@ -386,3 +386,25 @@ def test_a_ctrl_c_in_a_factory_when_the_run_builds_its_parts_is_no_bad_input(tmp
     code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
     assert code == 130, err
     assert "interrupted" in err and "cannot be built" not in err
+
+
+def test_a_dataset_error_raised_from_a_ctrl_c_stops_the_grid(tmp_path, capsys):
+    """A dataset factory's DataError raised from a Ctrl-C (the factory wraps its reader's errors) was re-raised with
+    the config's name but without its cause, so every point of the grid was tried and the command ended as if the
+    data were missing (exit 2)."""
+    module = tmp_path / "wrapping.py"
+    module.write_text(
+        "from phd_lab.errors import DataError\n"
+        "def data(*, batch_size, resolution, data_dir, seed, num_workers):\n"
+        "    try:\n"
+        "        try:\n"
+        "            raise KeyboardInterrupt\n"
+        "        except KeyboardInterrupt as landed:\n"
+        "            raise ImportError('initialization failed') from landed\n"
+        "    except ImportError as error:\n"
+        "        raise DataError(f'the data could not be read: {error}') from error\n")
+    config = write_config(tmp_path, dataset="data", registries={"datasets": str(module)}, epoch=1, model="mlp",
+                          model_args={"input_side": 4, "units": [[4], [8]]}, resolution=4)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 130, err
+    assert "interrupted" in err and "could not be read" not in err
