@@ -99,13 +99,17 @@ def interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C or SIGTERM that ``error`` was raised from, if any: one that lands while a compiled module is
     first imported (matplotlib's, as the probe job draws its first confusion matrix) comes out of the import as
     ``ImportError: initialization failed`` raised from the KeyboardInterrupt, which stopped the job with a
-    traceback and exit 1 instead of 130, and a grid's run with it was taken for a failed run."""
+    traceback and exit 1 instead of 130, and a grid's run with it was taken for a failed run. The chain is followed
+    as Python prints it: the cause, else the error being handled when ``error`` was raised (a clean-up that failed
+    while the Ctrl-C unwound, whose RuntimeError ended the command with a traceback and exit 1), unless ``raise ...
+    from None`` hid that one."""
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, KeyboardInterrupt):
             return error
         seen.add(id(error))
-        error = error.__cause__
+        hidden = error.__suppress_context__ and error.__cause__ is None
+        error = None if hidden else error.__cause__ or error.__context__
     return None
 
 

@@ -311,3 +311,34 @@ def test_sigterm_during_the_project_step_stops_without_a_traceback_and_the_rerun
                 and path.name != ".lock"], sorted(path.name for path in folder.iterdir())
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert (folder / "projections.csv").is_file() and (folder / "projections.png").is_file()
+
+
+def test_an_error_of_a_clean_up_while_a_ctrl_c_unwound_ends_the_command_as_the_ctrl_c_does(
+        ctrl_c_as_in_a_terminal, capsys):
+    """A clean-up that fails while a Ctrl-C unwinds (a DataLoader's workers shut down, a pool stopped) raises its
+    own error with the KeyboardInterrupt as its context, not its cause: the command ended with that error's
+    traceback and exit 1."""
+    def body() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(100))  # the KeyboardInterrupt lands here
+        finally:
+            raise RuntimeError("DataLoader worker (pid 4242) exited unexpectedly")
+
+    assert guarded(body, "interrupted; rerun") == 130
+    err = capsys.readouterr().err
+    assert "interrupted; rerun" in err and "Traceback" not in err
+
+
+def test_an_error_that_replaced_a_ctrl_c_on_purpose_is_not_taken_for_it(ctrl_c_as_in_a_terminal):
+    """``raise ... from None`` inside the handling of a Ctrl-C says the new error stands alone."""
+    def body() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(100))
+        except KeyboardInterrupt:
+            raise ValueError("a replacement") from None
+        return 0
+
+    with pytest.raises(ValueError):
+        guarded(body)
