@@ -25,6 +25,7 @@ from typing import Iterator, Mapping
 
 from phd_lab import registry_files
 from phd_lab.errors import RegistryError
+from phd_lab.interrupts import raise_interruption_behind
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,7 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
     except RegistryError:
         raise
     except ModuleNotFoundError as error:
+        raise_interruption_behind(error)
         missing = error.name or ""
         if missing and not (spec == missing or spec.startswith(missing + ".")):  # the module's own import failed
             raise RegistryError(f"The {kind} registry module {spec!r} imports {missing!r}, which is not installed "
@@ -278,7 +280,8 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
                             f"module name importable from the working directory or a path to a .py file.") from None
     except (Exception, SystemExit) as error:  # noqa: BLE001 - the module itself is broken: say where
         # SystemExit too (a module that calls sys.exit() at import ended the command without a word); Ctrl-C
-        # (KeyboardInterrupt) and SIGTERM (Terminated) still stop it
+        # (KeyboardInterrupt) and SIGTERM (Terminated) still stop it, also as the error of a compiled module's import
+        raise_interruption_behind(error)
         where = f" ({error.filename}, line {error.lineno})" if isinstance(error, SyntaxError) else ""
         what = (f"it calls sys.exit({'' if error.code is None else repr(error.code)}) or raises SystemExit"
                 if isinstance(error, SystemExit) else (error.msg or error) if isinstance(error, SyntaxError) else error)

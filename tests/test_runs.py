@@ -401,6 +401,21 @@ def test_unusable_registry_modules_are_named(tmp_path, capsys, registries, fragm
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_ctrl_c_while_a_registry_module_imports_a_compiled_one_stops_the_command(tmp_path, capsys):
+    """A registry module that imports a compiled module (timm, a CUDA extension) at its own import: a Ctrl-C that
+    landed there came out as "ImportError: initialization failed", taken for a broken registry module ('failed while
+    being imported', exit 2)."""
+    module = tmp_path / "heavy.py"
+    module.write_text("try:\n"
+                      "    raise KeyboardInterrupt  # where the compiled module's initialisation was stopped\n"
+                      "except KeyboardInterrupt as landed:\n"
+                      "    raise ImportError('initialization failed') from landed\n")
+    config = write_config(tmp_path, registries={"models": str(module)})
+    assert main_cli(["--config", str(config), "--no-progress"]) == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert "interrupted" in err and "failed while being imported" not in err and "Traceback" not in err
+
+
 def test_list_commands(capsys):
     assert main_cli(["--list", "models"]) == 0
     assert "vgg11" in capsys.readouterr().out
