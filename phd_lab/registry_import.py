@@ -13,15 +13,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import linecache
 import logging
 import os
 import shlex
 import sys
+import weakref
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 from phd_lab import registry_files
 from phd_lab.errors import RegistryError
@@ -61,6 +64,11 @@ _HELPER_SHA256: dict[str, dict[str, str]] = {}
 # Each helper's top-level module name → (the folder it was imported from, the registry file that imported it).
 # One process holds one module per name: a same-named helper of another folder would be that first one.
 _HELPER_NAMES: dict[str, tuple[Path, Path]] = {}
+# Each helper module a registry file's execution imported afresh → (the sha256 of its file then, the helpers it
+# imported itself, the registry modules that imported it): another registry file of its folder reuses it where
+# none of them changed since; one executed again (edited) imports it afresh, as its own code may change it.
+_HELPER_RECORDS: weakref.WeakKeyDictionary[ModuleType, tuple[str, frozenset[str], set[str]]] = \
+    weakref.WeakKeyDictionary()
 FRAMEWORK_PACKAGES = ("phd_lab", "registries")  # phd-lab's own code, which its git commit covers
 
 
@@ -123,7 +131,9 @@ def _same_named_helper(path: Path, imported: Mapping[str, ModuleType]) -> str | 
 def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) -> None:
     """Execute a registry file given by its path, recording the modules it imports from its own folder (each
     helper imported before by a registry file is imported again, so that this file's own imports are seen and
-    an edited helper runs its new code); a same-named helper of another folder is refused."""
+    an edited helper runs its new code, but for the unchanged ones of its folder that another registry file
+    imported, which the two share as in a fresh process: ``_HelperImports``); a same-named helper of another
+    folder is refused."""
     folder = path.parent
     beside = _module_names_beside_registry_files()
     hidden = {name: sys.modules.pop(name) for name in list(sys.modules) if _is_a_helper(name, beside)}
@@ -135,9 +145,10 @@ def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) ->
                 del sys.modules[name]
         sys.modules.update(hidden)
 
+    watch = _HelperImports(folder, hidden, module.__name__)
     failed: BaseException | None = None
     try:
-        with _other_registry_folders_hidden(folder):
+        with _other_registry_folders_hidden(folder), watch:
             _execute(module, source, path)
     except BaseException as error:  # noqa: BLE001 - raised again below (as the refusal where that is the cause)
         failed = error
@@ -157,12 +168,84 @@ def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) ->
     for name in set(hidden) - set(sys.modules):  # helpers of other registry files that this one does not import
         sys.modules[name] = hidden[name]
     helpers = {}
-    for name, imported_module in imported.items():
-        file = _helper_file(name, imported_module, folder)
+    files = {name: _helper_file(name, imported_module, folder) for name, imported_module in imported.items()}
+    for name, file in files.items():
         if file is not None:
-            helpers[file.relative_to(folder).as_posix()] = hashlib.sha256(file.read_bytes()).hexdigest()
+            digest = hashlib.sha256(file.read_bytes()).hexdigest()
+            helpers[file.relative_to(folder).as_posix()] = digest
             _HELPER_NAMES.setdefault(name.split(".")[0], (folder, path))
+            if name in watch.reused:
+                _HELPER_RECORDS[imported[name]][2].add(module.__name__)
+            else:  # the helpers it imports (not the installed modules it was the first to import)
+                uses = frozenset(used for used in watch.imports.get(name, ()) if files.get(used) is not None)
+                _HELPER_RECORDS[imported[name]] = (digest, uses, {module.__name__})
     _HELPER_SHA256[module.__name__] = dict(sorted(helpers.items()))
+
+
+class _HelperImports(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """While a registry file is executed: which helper imported which (``imports``), and the helpers of its own
+    folder that another registry file of that folder imported, unchanged since (nor any helper they import), given
+    back as they are (``reused``). Imported afresh, two registry files of one folder held two copies of a shared
+    helper: the dataset of the first was of another class than the one its module's name now gave, so a DataLoader
+    worker under spawn or forkserver could not be sent it ("Can't pickle ... not the same object"). A helper an
+    earlier execution of the same registry module imported is imported afresh: the file's code may have set things
+    in it (registered its factories), which it does again."""
+
+    def __init__(self, folder: Path, hidden: Mapping[str, ModuleType], registry: str) -> None:
+        self.folder, self.hidden, self.registry = folder, hidden, registry
+        self.imports: dict[str, set[str]] = {}
+        self.reused: set[str] = set()
+        self._reusable: dict[str, bool] = {}
+
+    def __enter__(self) -> None:
+        sys.meta_path.insert(0, self)
+
+    def __exit__(self, *exc: object) -> None:
+        sys.meta_path.remove(self)
+
+    def can_reuse(self, name: str) -> bool:
+        """Whether the hidden helper ``name`` is of this folder, its file unchanged, and so are those it imports."""
+        if name not in self._reusable:
+            self._reusable[name] = False  # an import cycle: decided by its other modules
+            module = self.hidden.get(name)
+            record = _HELPER_RECORDS.get(module) if module is not None else None
+            record = None if record is None or self.registry in record[2] else record
+            file = _helper_file(name, module, self.folder) if record is not None else None
+            try:
+                same = file is not None and hashlib.sha256(file.read_bytes()).hexdigest() == record[0]
+            except OSError:
+                same = False
+            self._reusable[name] = same and all(self.can_reuse(used) for used in record[1])
+        return self._reusable[name]
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        importer = _importer()
+        if importer is not None:
+            self.imports.setdefault(importer, set()).add(fullname)
+        if not self.can_reuse(fullname):
+            return None
+        return importlib.util.spec_from_loader(fullname, self, is_package=hasattr(self.hidden[fullname], "__path__"))
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        return self.hidden[spec.name]
+
+    def exec_module(self, module: ModuleType) -> None:
+        original = self.hidden[module.__name__]
+        module.__spec__, module.__loader__ = original.__spec__, original.__loader__  # the import set them to ours
+        self.reused.add(module.__name__)
+        for used in sorted(_HELPER_RECORDS[original][1]):  # its helpers are this file's too (and back in place)
+            importlib.import_module(used)
+
+
+def _importer() -> str | None:
+    """The name of the module whose code runs the import that is being found (the first frame outside
+    importlib), or None."""
+    frame = sys._getframe(2)
+    while frame is not None and (frame.f_code.co_filename.startswith("<frozen importlib")
+                                 or frame.f_globals.get("__name__") == "importlib"):
+        frame = frame.f_back
+    return frame.f_globals.get("__name__") if frame is not None else None
 
 
 def _module_names_beside_registry_files() -> dict[Path, set[str]]:

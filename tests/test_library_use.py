@@ -290,6 +290,47 @@ def test_a_registry_files_import_looks_at_no_module_that_lies_beside_no_registry
     assert Counted.reads == 0
 
 
+def test_two_registry_files_of_one_folder_share_its_helpers_as_python_would(tmp_path, monkeypatch):
+    """The datasets and models registry files of one folder both importing a helper beside them (``shared.py``,
+    which imports ``sizes.py``) each got a copy of their own: the dataset of the first was of a class its module's
+    name no longer gave, so a DataLoader worker under spawn or forkserver could not be sent it ("Can't pickle
+    <class 'shared.Blobs'>: it's not the same object as shared.Blobs"). An unchanged helper is shared now, each
+    file still records it and what it imports; an edited one is executed afresh, and so is each helper for a
+    registry file executed again (edited), whose code sets things in it once (``NAMES.append``)."""
+    import pickle
+    import sys
+
+    from phd_lab.registry_import import helper_sha256, import_registry_module
+    shared, sizes = f"shared_of_{tmp_path.name}", f"sizes_of_{tmp_path.name}"  # one module per name in a process
+    (tmp_path / f"{sizes}.py").write_text("SIZE = 3\n")
+    installed = f"installed_of_{tmp_path.name}"  # an installed module that shared.py is the first to import
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / f"{installed}.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    (tmp_path / f"{shared}.py").write_text(f"import {installed}\nfrom {sizes} import SIZE\n\nNAMES = []\n\n\n"
+                                           f"class Blobs:\n    def __len__(self):\n        return SIZE\n")
+    (tmp_path / "datasets.py").write_text(f"from {shared} import Blobs\n\n\ndef blobs():\n    return Blobs()\n")
+    (tmp_path / "models.py").write_text(f"import {shared}\n\n{shared}.NAMES.append('net')\n\n\ndef net():\n"
+                                        f"    return {shared}.Blobs\n")
+    try:
+        datasets = import_registry_module(str(tmp_path / "datasets.py"), "datasets")
+        models = import_registry_module(str(tmp_path / "models.py"), "models")
+        assert len(pickle.loads(pickle.dumps(datasets.blobs()))) == 3
+        assert models.net() is type(datasets.blobs())
+        assert helper_sha256(models) == helper_sha256(datasets) and set(helper_sha256(models)) == {
+            f"{shared}.py", f"{sizes}.py"}
+        assert sys.modules[shared].NAMES == ["net"]
+        (tmp_path / "models.py").write_text((tmp_path / "models.py").read_text() + "# edited\n")
+        models = import_registry_module(str(tmp_path / "models.py"), "models")
+        assert sys.modules[shared].NAMES == ["net"]  # appended once, as in a fresh process
+        (tmp_path / f"{sizes}.py").write_text("SIZE = 5\n")  # shared.py is unchanged, what it imports is not
+        datasets = import_registry_module(str(tmp_path / "datasets.py"), "datasets")
+        assert len(datasets.blobs()) == 5 and len(models.net()()) == 3
+    finally:
+        for name in (shared, sizes, installed):
+            sys.modules.pop(name, None)
+
+
 def test_a_factory_that_sets_the_thread_count_while_the_grid_is_checked_leaves_the_other_points_theirs(tmp_path):
     """A model factory that called torch.set_num_threads(1) (run on the meta device while the grid is checked)
     left one thread to every point of the grid: those of ``cpu_threads: null`` summed with one thread instead of
