@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from phd_lab import atomic
+from phd_lab import atomic, environment
 from phd_lab.callbacks import Callback
 from phd_lab.checkpoint import CHECKPOINT_FORMAT, CheckpointStore
 from phd_lab.cli import main_cli
@@ -1275,25 +1275,48 @@ def test_a_disk_that_fills_up_during_a_run_is_said_as_the_run_s_failure(tmp_path
                      rf"\(most recent call last\)", said), said  # the file that could not be written named
 
 
-def test_a_run_stopped_by_a_file_size_limit_says_the_cause_and_that_the_same_command_resumes(tmp_path, capsys):
+@contextlib.contextmanager
+def outside_git(monkeypatch: pytest.MonkeyPatch):
+    """Runs in this process see phd-lab as no git checkout for the block: git's own setting
+    GIT_CEILING_DIRECTORIES keeps it from looking up into the checkout. A run of a checkout with uncommitted
+    changes writes its <name>_git.diff beside its config, so a test that counts a run's files or sizes a limit
+    by them holds then whether or not the developer's checkout is dirty."""
+    def forget() -> None:
+        environment._own_checkout.cache_clear()
+        environment.git_commit.cache_clear()
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setenv("GIT_CEILING_DIRECTORIES", str(ROOT))
+            forget()
+            assert environment.git_dirty() is None  # a git that ignored the setting: the test would depend again
+            yield
+    finally:
+        forget()  # the checkout's own answers again for the tests after
+
+
+def test_a_run_stopped_by_a_file_size_limit_says_the_cause_and_that_the_same_command_resumes(tmp_path, capsys,
+                                                                                                monkeypatch):
     """Files may grow to 3,000 bytes only (``ulimit -f``): the logged config (over 4 kB) cannot be written. The
     console said only 'OSError: [Errno 27] File too large: <config>', neither that a limit of the process is
-    at fault nor what to do; it now says both, and that the same command resumes the run."""
+    at fault nor what to do; it now says both, and that the same command resumes the run. The run sees no git
+    checkout: from one with uncommitted changes it wrote its <name>_git.diff before the config, a third file in
+    the folder (or the file the limit stopped), and the test failed on a dirty checkout only."""
     config = write_config(tmp_path, epoch=1, track_saturation=False, post_processing=[])
     before = resource.getrlimit(resource.RLIMIT_FSIZE)
-    file_size_limit(3000)()
-    try:
-        code = main_cli(["--config", str(config), "--no-progress", "-q"])
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, before)
-        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    with outside_git(monkeypatch):
+        file_size_limit(3000)()
+        try:
+            code = main_cli(["--config", str(config), "--no-progress", "-q"])
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, before)
+            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
     said = " ".join(capsys.readouterr().err.split())
     [log] = (tmp_path / "logs").rglob("*.log")
     assert code == 1 and "Traceback" not in said, said
-    # the logged config, or before it the git diff of a work tree with changes in it
-    assert re.search(rf"OSError: \[Errno 27\] File too large: '{re.escape(str(log.parent))}/[^']+'; the file "
-                     rf"outgrew this process' file size limit \(`ulimit -f`, or the batch job's\): raise or lift "
-                     rf"it, then run the same command again: it resumes the run where it stopped\. Its log: "
+    assert re.search(rf"OSError: \[Errno 27\] File too large: '{re.escape(str(log.parent))}/[^']+_config\.json'; "
+                     rf"the file outgrew this process' file size limit \(`ulimit -f`, or the batch job's\): raise "
+                     rf"or lift it, then run the same command again: it resumes the run where it stopped\. Its log: "
                      rf"{re.escape(str(log))}", said), said
     assert sorted(path.name for path in log.parent.iterdir()) == [".lock", log.name]  # no config, no temp file
 
