@@ -35,6 +35,11 @@ from tests.conftest import (ROOT, checkpoint_state, file_size_limit, main_in_pro
                             run_name, sigint_as_in_a_terminal, small_disk, write_config)
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights
 
+# git's own setting that keeps it from looking up into phd-lab's checkout: a run then sees no git checkout and
+# writes no <name>_git.diff, which in a checkout with uncommitted changes comes before its config and checkpoints
+# and takes room (a test that sizes a limit or a disk by a run's files would depend on the developer's checkout)
+OUTSIDE_GIT = {"GIT_CEILING_DIRECTORIES": str(ROOT)}
+
 
 class CrashAt(Callback):
     def __init__(self, epoch: int) -> None:
@@ -1263,7 +1268,8 @@ def test_a_disk_that_fills_up_during_a_run_is_said_as_the_run_s_failure(tmp_path
     'failed before its run log was opened (while building its data, model or optimizer)'."""
     config = write_config(tmp_path, epoch=1, track_saturation=False)
     result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(256))
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(256),
+                            env={**os.environ, **OUTSIDE_GIT})
     assert result.returncode == 1, result.stderr
     assert "before its run log was opened" not in result.stderr and "--- Logging error ---" not in result.stderr
     said = " ".join(result.stderr.split())
@@ -1277,17 +1283,15 @@ def test_a_disk_that_fills_up_during_a_run_is_said_as_the_run_s_failure(tmp_path
 
 @contextlib.contextmanager
 def outside_git(monkeypatch: pytest.MonkeyPatch):
-    """Runs in this process see phd-lab as no git checkout for the block: git's own setting
-    GIT_CEILING_DIRECTORIES keeps it from looking up into the checkout. A run of a checkout with uncommitted
-    changes writes its <name>_git.diff beside its config, so a test that counts a run's files or sizes a limit
-    by them holds then whether or not the developer's checkout is dirty."""
+    """Runs in this process see phd-lab as no git checkout for the block (``OUTSIDE_GIT``)."""
     def forget() -> None:
         environment._own_checkout.cache_clear()
         environment.git_commit.cache_clear()
 
     try:
         with monkeypatch.context() as patch:
-            patch.setenv("GIT_CEILING_DIRECTORIES", str(ROOT))
+            for name, value in OUTSIDE_GIT.items():
+                patch.setenv(name, value)
             forget()
             assert environment.git_dirty() is None  # a git that ignored the setting: the test would depend again
             yield
@@ -1327,7 +1331,7 @@ def test_a_checkpoint_that_cannot_be_written_is_said_as_a_checkpoint_error_namin
     config = write_config(tmp_path, epoch=1, track_saturation=False)
     result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            preexec_fn=file_size_limit(200_000))
+                            preexec_fn=file_size_limit(200_000), env={**os.environ, **OUTSIDE_GIT})
     assert result.returncode == 1, result.stderr
     [folder] = run_folders(tmp_path / "logs")
     said = " ".join(result.stderr.split())
@@ -1588,12 +1592,12 @@ def test_a_nan_is_refused_by_the_json_writer_naming_the_file_and_where_it_lies(t
 
 
 def test_a_run_folder_on_a_disk_without_room_for_its_checkpoints_is_warned_about_before_the_first_epoch(
-        tmp_path, capsys):
+        tmp_path, capsys, monkeypatch):
     """A real 256 kB disk, a checkpoint of about 540 kB: the run trained its first epoch (hours of ImageNet) before
     the checkpoint could not be written, and nothing said so before. Now a warning before the first epoch names the
     checkpoint's size, the folder, the free space and 'logs_dir'; the run still stops with the CheckpointError."""
     logs = tmp_path / "logs"
-    with small_disk(logs, "256k"):
+    with small_disk(logs, "256k"), outside_git(monkeypatch):  # a dirty checkout's patch would take disk room
         config = write_config(tmp_path, epoch=1, track_saturation=False, cpu_threads=1)
         code, err = main_in_process(capsys, "--config", str(config), "--no-progress")
         [folder] = run_folders(logs)
