@@ -107,7 +107,7 @@ class CheckpointStore:
         fsync_dir(self.path.parent)
 
     def _read(self, path: Path) -> dict[str, Any]:
-        checksums_checked(path)
+        verify_checksums(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(_other_format(path, state))
@@ -152,7 +152,7 @@ class CheckpointStore:
         a flipped byte counted its epoch, which the resume from the previous one trains again."""
         for path in self.generations():
             try:
-                checksums_checked(path)  # reads the file once (about 0.1 s per 200 MB); its tensors stay unread
+                verify_checksums(path)  # reads the file once (about 0.1 s per 200 MB); its tensors stay unread
                 state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception as error:  # noqa: BLE001 - missing or damaged: load() falls back the same way
                 raise_interruption_behind(error)  # a Ctrl-C while it is read says nothing about the file
@@ -259,31 +259,6 @@ def verify_checksums(path: Path) -> None:
         raise zipfile.BadZipFile(f"the data of {bad} does not match its CRC-32 checksum")
 
 
-# The checkpoints whose checksums passed in this process, by path: the file's (device, inode, size, modification
-# time) then. A save replaces the file (another inode), so a stamp seen again is the file that passed. One modified
-# less than _CHECKSUMS_SETTLED_NS before is not remembered: a write in place within the same tick of the file
-# system's clock (a few ms) keeps its modification time.
-_CHECKSUMS_PASSED: dict[str, tuple[int, int, int, int]] = {}
-_CHECKSUMS_KEPT = 256  # paths remembered; the oldest is forgotten (a grid of thousands of runs in one process)
-_CHECKSUMS_SETTLED_NS = 2_000_000_000
-
-
-def checksums_checked(path: Path) -> None:
-    """``verify_checksums``, once per file: a resume peeked at its checkpoint up to four times (its thread count,
-    the epochs left, the room check, the setup warning) and then loaded it, and each check read the whole file
-    (a rerun of a grid of finished runs read each checkpoint four times, where it read it once)."""
-    info = os.stat(path)
-    stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-    if _CHECKSUMS_PASSED.get(str(path)) == stamp:
-        return
-    verify_checksums(path)
-    _CHECKSUMS_PASSED.pop(str(path), None)
-    if time.time_ns() - info.st_mtime_ns > _CHECKSUMS_SETTLED_NS:
-        _CHECKSUMS_PASSED[str(path)] = stamp
-    if len(_CHECKSUMS_PASSED) > _CHECKSUMS_KEPT:
-        del _CHECKSUMS_PASSED[next(iter(_CHECKSUMS_PASSED))]
-
-
 # What a read error of the file system or the machine looks like (the file may be fine): such a
 # checkpoint must not be set aside as damaged. torch.load reports a truncated file as EINVAL.
 _TRANSIENT_ERRNOS = {errno.EIO, errno.ESTALE, errno.EACCES, errno.EPERM, errno.EAGAIN, errno.EINTR,
@@ -298,7 +273,7 @@ def _is_damaged(path: Path) -> bool:
     if not path.exists():
         return False
     try:
-        checksums_checked(path)
+        verify_checksums(path)
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors are not read
     except Exception as error:  # noqa: BLE001 - classified as load() classifies its read errors
         raise_interruption_behind(error)

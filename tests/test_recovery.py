@@ -1647,21 +1647,3 @@ def test_a_ctrl_c_while_the_newest_checkpoint_is_read_is_no_damage(tmp_path, rea
     store.save(checkpoint_state(2, callbacks={"lazy": _InterruptedWhenRead()}))
     with safe_globals([_InterruptedWhenRead]), pytest.raises(KeyboardInterrupt):
         getattr(store, read)()
-
-
-def test_a_rerun_of_a_finished_run_reads_its_checkpoint_through_once(tmp_path, monkeypatch):
-    """Since peek checks the checksums as load does (f81a3fe), a rerun read the whole checkpoint for each peek
-    (its thread count, the epochs left, the room check) and for load: four reads of each finished run's checkpoint
-    of a grid that is rerun (one before), a damaged generation still passed over (the recovery tests above). A file
-    whose checksums passed is not read through again while its device, inode, size and modification time hold."""
-    from phd_lab import checkpoint
-    config = write_config(tmp_path, epoch=1, track_saturation=False)
-    [first] = Main(progress=False)(config)
-    [checkpoint_file] = Path(first.folder).glob("*.pt")
-    os.utime(checkpoint_file, (time.time() - 3600,) * 2)  # saved an hour ago (one just written is read again)
-    reads = []
-    verify = checkpoint.verify_checksums
-    monkeypatch.setattr(checkpoint, "verify_checksums", lambda path: (reads.append(Path(path).name), verify(path)))
-    [again] = Main(progress=False)(config)
-    assert again.status == "finished" and again.folder == first.folder
-    assert len(reads) == 1, reads
