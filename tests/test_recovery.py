@@ -277,6 +277,31 @@ def test_peek_passes_over_a_damaged_current_checkpoint_as_load_does(tmp_path, da
     assert CheckpointStore(store.path, store.previous).load()["epoch"] == 1
 
 
+def _bytes_read() -> int:
+    """The bytes this process has read by read() calls so far (Linux' /proc/self/io)."""
+    return int(re.search(r"^rchar: (\d+)$", Path("/proc/self/io").read_text(), re.M).group(1))
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="reads Linux' per-process I/O counters")
+def test_peek_reads_an_unchanged_checkpoint_once_and_a_changed_one_again(tmp_path):
+    """Since peek checks the checksums, a rerun of a finished grid read every run's checkpoint four times (three
+    peeks and the load: 17 % more CPU for 20 runs of VGG11); an unchanged file is read once, and one written since
+    (a flipped byte) is checked again and passed over."""
+    store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt")
+    store.save(checkpoint_state(1, model={"w": torch.arange(4096.0)}))
+    store.save(checkpoint_state(2, model={"w": torch.arange(1 << 20, dtype=torch.float32)}))
+    old = time.time() - 60  # a file saved in an earlier command
+    for path in (store.path, store.previous):
+        os.utime(path, (old, old))
+    size = store.path.stat().st_size
+    before = _bytes_read()
+    assert [store.peek_epochs() for _ in range(3)] == [2, 2, 2]
+    assert size <= _bytes_read() - before < 1.5 * size
+    _flip_a_tensor_byte(store.path)
+    assert store.peek_epochs() == 1
+    assert CheckpointStore(store.path, store.previous).load()["epoch"] == 1
+
+
 def test_a_folder_where_the_checkpoint_goes_is_named_not_renamed_as_a_damaged_checkpoint(tmp_path):
     """A folder at <name>.pt was taken for a damaged checkpoint: the run went back to the previous one, trained the
     last epoch again and renamed the folder, with the user's files in it, to <name>.pt.damaged. It is named with
