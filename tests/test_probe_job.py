@@ -321,6 +321,24 @@ def test_a_cache_entry_whose_confusion_matrix_is_missing_or_damaged_is_refitted(
         assert _fitted(latents, cache) == [("block0.conv", True)]
 
 
+def test_a_damaged_cache_entry_replaced_by_a_refit_of_another_matrix_leaves_no_matrix_behind(tmp_path):
+    """A refit whose matrix differs from the one the damaged entry named (another machine's fit on a shared cache)
+    wrote its own matrix file beside the old one; the old one, named by no entry, stayed for good: the cleanup
+    only removes matrices without a JSON entry of their name."""
+    from phd_lab.probes.fit import ProbeRecord
+    cache = ResultCache(tmp_path)
+    key = {"layer": "conv"}
+    first = ProbeRecord(1, "conv", "saga", 0.5, 0.5, 3, True, 1.0, 10, 10, 4, [0, 1], np.eye(2))
+    cache.put(key, first)
+    (old_matrix,) = tmp_path.rglob("*.npy")
+    old_matrix.write_bytes(old_matrix.read_bytes()[:-8] + np.float64(0.5).tobytes())  # the entry is damaged
+    refit = replace(first, confusion=np.array([[0.75, 0.25], [0.0, 1.0]]), seconds=2.0)
+    assert cache.get(key) is None and cache.put(key, refit) is refit
+    (new_matrix,) = tmp_path.rglob("*.npy")
+    assert new_matrix != old_matrix and json.loads(cache.path(key).read_text())["confusion"]["file"] == new_matrix.name
+    np.testing.assert_array_equal(ResultCache(tmp_path).get(key).confusion, refit.confusion)
+
+
 def test_a_cache_entry_whose_record_has_a_field_of_another_type_is_refitted(tmp_path, capsys):
     """A cache entry on a shared folder whose record holds a value of another type (``"eval_acc": "high"``, a
     field gone or a count that is a string) was taken as it was: the probe job failed with a traceback (``TypeError:

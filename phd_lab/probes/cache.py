@@ -242,8 +242,9 @@ class ResultCache:
         """Store ``record`` unless the cache holds a record for ``key`` already; return the one it holds. The
         first writer wins, also between two jobs sharing the cache (``write_json_once``): two runs with identical
         latents (one key) are both fitted, and the second fit overwrote the first's ``seconds``, so a repeated or
-        resumed job rewrote the first run's table. An unusable entry in the way is replaced. The matrix is
-        written first, so that an entry names a matrix that is there."""
+        resumed job rewrote the first run's table. An unusable entry in the way is replaced, and the matrix it named
+        removed unless the new entry names it too. The matrix is written first, so that an entry names a matrix
+        that is there."""
         buffer = io.BytesIO()
         np.save(buffer, record.confusion_matrix(), allow_pickle=False)
         data = buffer.getvalue()
@@ -261,5 +262,19 @@ class ResultCache:
                 with contextlib.suppress(FileNotFoundError):  # another matrix of the same key won: ours is unused
                     matrix_path.unlink()
             return stored
+        replaced = self._named_matrix(key)
         write_json(self.path(key), document)
+        if replaced is not None and replaced != matrix_path and self._named_matrix(key) != replaced:
+            with contextlib.suppress(FileNotFoundError):
+                replaced.unlink()
         return record
+
+    def _named_matrix(self, key: dict[str, Any]) -> Path | None:
+        """The matrix file that the entry stored under ``key`` names by its sha256 (None where it names none), read
+        however damaged the entry is: ``put`` removes that of an entry it replaces, which no entry names then and the
+        cleanup never removes (a JSON entry of its name is there); a refit's other matrix left it for good."""
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            sha256 = read_json(self.path(key))["confusion"]["sha256"]
+            if isinstance(sha256, str) and re.fullmatch("[0-9a-f]{64}", sha256):
+                return self._matrix_path(key, sha256)
+        return None
