@@ -25,7 +25,7 @@ from phd_lab.datasets.download import download_and_extract, missing_folders, rem
 from phd_lab.datasets.folders import (FixedClassImageFolder, TinyImageNet, class_folders, is_image_file,
                                       warn_evaluation_images_in_training)
 from phd_lab.datasets.transforms import Preprocessing, RGB_NORMALISATIONS, make_preprocessing
-from phd_lab.errors import ConfigError, DataError
+from phd_lab.errors import ConfigError, DataError, FolderInTheWay
 from phd_lab.user_paths import os_refusal, shown_path
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,8 @@ def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dat
             if download:  # torchvision makes its folders (MNIST/raw) before it finds there is no network
                 remove_empty_folders_since(root, entries, made)
             raise
+    except FolderInTheWay as error:  # at the download's lock: not the network's fault, and placing data won't help
+        raise DataError(str(error)) from None
     except FileNotFoundError as error:
         raise DataError(f"Dataset {source.name} ({split} split) is missing: {error}. {place}") from None
     except RuntimeError as error:
