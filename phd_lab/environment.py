@@ -191,9 +191,10 @@ def _git_bytes(*args: str, timeout: float) -> bytes | None:
     return _run_git_bytes(*args, timeout=timeout) if _own_checkout() else None
 
 
-@lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The commit of the phd-lab checkout, if it is a git checkout and git is installed."""
+    """The commit of the phd-lab checkout, if it is a git checkout and git is installed. Asked anew each time, as
+    ``git_dirty`` and ``git_diff`` are (3 ms): cached per process, a notebook or Dask worker that saw a new commit
+    logged the old one beside the new checkout's dirty flag and patch, which apply to no code that ran."""
     head = _git("rev-parse", "HEAD", timeout=5)
     return head.strip() or None if head is not None else None
 

@@ -1311,7 +1311,6 @@ def outside_git(monkeypatch: pytest.MonkeyPatch):
     """Runs in this process see phd-lab as no git checkout for the block (``OUTSIDE_GIT``)."""
     def forget() -> None:
         environment._own_checkout.cache_clear()
-        environment.git_commit.cache_clear()
 
     try:
         with monkeypatch.context() as patch:

@@ -279,6 +279,29 @@ def _committed_environment_module(tmp_path: Path) -> tuple[Path, Path]:
     return checkout, module
 
 
+def test_a_long_lived_process_logs_the_commit_it_sees_now_beside_the_dirty_flag(tmp_path):
+    """``git_commit`` was cached per process while ``git_dirty`` and ``git_diff`` were asked each time: a notebook
+    or Dask worker that saw a new commit logged the old commit as clean, with a patch against the new one."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    checkout, module = _committed_environment_module(tmp_path)
+    spec = importlib.util.spec_from_file_location("long_lived_environment", module)
+    copied = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copied)
+
+    def head() -> str:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    first = head()
+    assert copied.git_commit() == first and copied.git_dirty() is False
+    (checkout / "phd_lab" / "extra.py").write_text("x = 1\n")
+    for command in (["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "next"]):
+        subprocess.run(["git", *command], cwd=checkout, check=True, capture_output=True)
+    second = head()
+    assert second != first
+    assert copied.git_commit() == second and copied.git_dirty() is False and copied.git_diff() == b""
+
+
 def test_the_git_commit_is_the_checkout_s_own_when_git_dir_names_another_repository(tmp_path):
     """``GIT_DIR`` (and ``GIT_WORK_TREE``) exported for another repository, as for a dotfiles repository, made git
     read that one: every run logged no commit (git_commit None, so no rerun compared it) and no uncommitted
