@@ -404,6 +404,7 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
     from phd_lab.executor import TrainTestExecutor
     from phd_lab.interrupts import stop_requests
     from phd_lab.registry import Registries
+    from phd_lab.run_guards import torch_flags_kept
 
     _configure_worker_logging()
     _private_random_for_dask()
@@ -414,8 +415,10 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
     modules = {**config.registries, **registry_overrides}
     try:
         with stop_requests(stopped), run_warnings_on_worker_console(config.name):
-            executor = TrainTestExecutor(config, Registries(modules), progress=False)  # a registry this worker
-            executor.validate()  # cannot import is a usage error too
+            # a registry this worker cannot import is a usage error too
+            executor = TrainTestExecutor(config, Registries(modules), progress=False)
+            with torch_flags_kept():  # the flags the checks' factories set end with them, as in a sequential grid
+                executor.validate()  # (they stayed set for the worker's later tasks)
             return "finished", str(executor.run().root)
     except RunLockedError as error:
         return "in use", str(error)

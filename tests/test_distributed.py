@@ -330,6 +330,44 @@ def test_a_point_queued_behind_a_stopped_command_does_not_start(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
+FLAG_SETTING_METRICS = '''import torch
+
+from phd_lab.metrics import TopKAccuracy
+
+
+def strict_accuracy():
+    """Accuracy, set up "for reproducibility" as some factories do."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_float32_matmul_precision("medium")
+    return TopKAccuracy(k=1, name="strict_accuracy")
+'''
+
+
+def test_a_factory_that_sets_torch_flags_while_a_worker_checks_its_point_leaves_them_to_no_later_task(tmp_path):
+    """On a worker, the point's checks (check_data, the metric factories) ran outside the guard that puts torch's
+    flags back: a factory's deterministic algorithms and matmul precision stayed set for the worker's later tasks,
+    which a sequential grid (its checks guarded) never trained under."""
+    import torch
+
+    from phd_lab.distributed import train_point
+    from phd_lab.grid import Grid
+    (tmp_path / "flag_metrics.py").write_text(FLAG_SETTING_METRICS)
+    config = write_config(tmp_path, epoch=1, resolution=8, batch_size=256, track_saturation=False, post_processing=[],
+                          metrics=["strict_accuracy"], registries={"metrics": str(tmp_path / "flag_metrics.py")})
+    [point] = Grid(json.loads(config.read_text()))
+    before = torch.are_deterministic_algorithms_enabled(), torch.get_float32_matmul_precision()
+    assert before == (False, "highest")
+    try:
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                      dashboard_address=":0") as local, distributed.Client(local) as client:
+            outcome = client.submit(train_point, point.values, str(config), {}, pure=False).result()
+            assert outcome[0] == "finished", outcome
+            assert (torch.are_deterministic_algorithms_enabled(), torch.get_float32_matmul_precision()) == before
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.set_float32_matmul_precision(before[1])
+
+
 def test_scheduler_spec_errors():
     assert parse_scheduler("local:3") == ("local", 3)
     assert parse_scheduler("tcp://127.0.0.1:8786") == ("address", "tcp://127.0.0.1:8786")
