@@ -460,7 +460,7 @@ def test_delta_accepts_numpy_numbers_and_an_empty_selection_names_its_patterns(c
         check_delta(np.bool_(True))
     with caplog.at_level("WARNING"):
         SaturationTracker(seeded_model(), include=["nothing*"]).close()
-    assert "include ['nothing*']" in caplog.text
+    assert "the include patterns ['nothing*'] and exclude patterns [] leave no" in caplog.text
 
 
 def test_lstm_outputs_are_tracked() -> None:
