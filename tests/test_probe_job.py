@@ -339,6 +339,39 @@ def test_a_damaged_cache_entry_replaced_by_a_refit_of_another_matrix_leaves_no_m
     np.testing.assert_array_equal(ResultCache(tmp_path).get(key).confusion, refit.confusion)
 
 
+def test_an_old_matrix_that_its_digests_entry_does_not_name_is_removed_by_the_cleanup(tmp_path):
+    """A job killed after it lost the first-writer race of ``put`` on a shared cache left its matrix beside the
+    winner's entry, which names another matrix: the cleanup only removed matrices without a JSON entry of their
+    name, so it stayed for good. Such a matrix older than the cutoff goes; a fresh one (a job writing now), the
+    named one and the matrices of an entry that cannot be parsed (refitted by ``put``, which removes them) stay."""
+    from phd_lab.probes.fit import ProbeRecord
+    cache, elsewhere = ResultCache(tmp_path / "cache"), ResultCache(tmp_path / "elsewhere")
+    first = ProbeRecord(1, "conv", "saga", 0.5, 0.5, 3, True, 1.0, 10, 10, 4, [0, 1], np.eye(2))
+    losers = [replace(first, confusion=np.array([[p, 1 - p], [0.0, 1.0]])) for p in (0.75, 0.5)]
+    for key in ({"layer": "conv"}, {"layer": "damaged"}):
+        cache.put(key, first)
+        for loser in losers:  # the matrices the killed losers wrote before their entry lost the race
+            elsewhere.put(key, loser)
+            (matrix,) = elsewhere.folder.rglob("*.npy")
+            shutil.copy(matrix, cache.path(key).parent)
+            shutil.rmtree(elsewhere.folder)
+    cache.path({"layer": "damaged"}).write_text("{not json")
+    entry = cache.path({"layer": "conv"})
+    named = entry.with_name(json.loads(entry.read_text())["confusion"]["file"])
+    fresh = entry.with_name(f"{entry.stem}-{'0' * 16}.npy")
+    fresh.write_bytes(named.read_bytes())
+    long_ago = time.time() - 3600
+    for matrix in tmp_path.rglob("*.npy"):
+        if matrix != fresh:
+            os.utime(matrix, (long_ago, long_ago))
+    before = {path.name for path in tmp_path.rglob("*.npy")}
+    assert len(before) == 7
+    cache.remove_stale_temps()
+    left = {path.name for path in tmp_path.rglob("*.npy")}
+    assert left == {name for name in before if not name.startswith(entry.stem)} | {named.name, fresh.name}
+    np.testing.assert_array_equal(cache.get({"layer": "conv"}).confusion, first.confusion)
+
+
 def test_a_cache_entry_whose_record_has_a_field_of_another_type_is_refitted(tmp_path, capsys):
     """A cache entry on a shared folder whose record holds a value of another type (``"eval_acc": "high"``, a
     field gone or a count that is a string) was taken as it was: the probe job failed with a traceback (``TypeError:

@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,8 @@ class ResultCache:
         ``ab -> ~/results`` had every ``*-*.npy`` there without a ``<name>.json`` beside it deleted. Only files of
         the cache's own names go (``_OWN_NAMES``): a cache folder that is a link to a folder of the user's (a
         received run folder's ``.probe_cache``, a mistyped ``--cache-dir``) lost every old ``*-*.npy`` and
-        ``.*.tmp`` of its two-hex-digit folders (hash-sharded data)."""
+        ``.*.tmp`` of its two-hex-digit folders (hash-sharded data). Old matrices that an entry of their digest does
+        not name go too (``_remove_unnamed_matrices``)."""
         now = file_system_now(self.folder)  # the clock that stamped the files, read once for the 256 folders
         cutoff = now - STALE_AFTER_SECONDS
         for folder in sorted(self.folder.glob("[0-9a-f][0-9a-f]")):
@@ -152,9 +154,29 @@ class ResultCache:
                             matrix.unlink()
                             log.info("Removed %s, a confusion matrix whose cache entry a killed probe job never "
                                      "wrote.", matrix)
+                self._remove_unnamed_matrices(folder, cutoff)
             except OSError as error:  # a shared folder whose files another user owns: they stay, the job goes on
                 log.warning("The probe cache folder %s holds files of killed jobs that cannot be removed: %s", folder,
                             error)
+
+    def _remove_unnamed_matrices(self, folder: Path, cutoff: float) -> None:
+        """Delete the matrices older than ``cutoff`` beside a JSON entry that names another matrix of their digest: a
+        job killed after it lost the first-writer race of ``put`` on a shared cache (before it removed its own) left
+        one for good, since the entry of its name is there. Only the entries of digests with two or more matrices are
+        read. Links are left alone, as is every matrix of an entry that cannot be read or names none (a damaged
+        entry: its refit's ``put`` removes the matrix it named)."""
+        by_digest: dict[str, list[Path]] = {}
+        for matrix in folder.glob("*-*.npy"):
+            if re.fullmatch(_OWN_NAMES, matrix.name) and not matrix.is_symlink():
+                by_digest.setdefault(matrix.name.split("-")[0], []).append(matrix)
+        for digest, matrices in sorted(by_digest.items()):
+            named = _named_in(folder / f"{digest}.json") if len(matrices) > 1 else None
+            for matrix in matrices if named is not None else ():
+                with contextlib.suppress(FileNotFoundError):  # removed by another job meanwhile
+                    if matrix.name != named and matrix.lstat().st_mtime < cutoff:
+                        matrix.unlink()
+                        log.info("Removed %s, a confusion matrix that its cache entry does not name (a probe job "
+                                 "killed after another job stored the entry).", matrix)
 
     def path(self, key: dict[str, Any]) -> Path:
         digest = json_digest(key)
@@ -278,3 +300,16 @@ class ResultCache:
             if isinstance(sha256, str) and re.fullmatch("[0-9a-f]{64}", sha256):
                 return self._matrix_path(key, sha256)
         return None
+
+
+def _named_in(entry: Path) -> str | None:
+    """The name of the matrix file that the JSON ``entry`` names, or None where it is no plain file, cannot be read or
+    parsed, or names none consistently (its ``file`` and its ``sha256`` disagree)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        if not stat.S_ISREG(entry.lstat().st_mode):  # a link, or a FIFO that reading would wait on for good
+            return None
+        confusion = read_json(entry)["confusion"]
+        sha256, name = confusion["sha256"], confusion["file"]
+        if isinstance(sha256, str) and re.fullmatch("[0-9a-f]{64}", sha256):
+            return name if name == f"{entry.stem}-{sha256[:16]}.npy" else None
+    return None
