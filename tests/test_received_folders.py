@@ -366,6 +366,22 @@ def test_a_folder_at_a_download_lock_is_named_with_what_to_do(tmp_path, capsys):
     assert "could not be downloaded" not in err and "internet access" not in err, err
 
 
+def test_a_folder_at_a_downloads_archive_is_named_with_what_to_do(tmp_path, capsys):
+    """A folder at a dataset's archive path (``data/imagenette2.tgz/``) is not taken for a missing archive, whose
+    download then fails; the folder is named with what to do now (remove or rename it), exit 2."""
+    config = write_config(tmp_path, dataset="Imagenette", dataset_args={"download": True}, epoch=1, cpu_threads=1,
+                          track_saturation=False)
+    in_the_way = tmp_path / "data" / "imagenette2.tgz"
+    in_the_way.mkdir(parents=True)
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"'{in_the_way}' is a folder, but phd-lab writes a file of that name there" in err, err
+    assert "Remove or rename that folder" in err and "Traceback" not in err
+    assert "could not be downloaded" not in err and "internet access" not in err, err
+    assert in_the_way.is_dir() and not list((tmp_path / "data").glob(".*.partial"))
+
+
 def test_a_link_at_a_download_lock_in_a_shared_data_dir_is_refused_not_followed(tmp_path):
     """A link planted at a download's lock file in a data_dir shared with others: the download opened it to lock,
     which made an empty file of the name the link gave, in a folder of the user's."""

@@ -23,7 +23,7 @@ from typing import Sequence
 from urllib.parse import urlparse
 
 from phd_lab.atomic import fsync_dir
-from phd_lab.errors import DataError
+from phd_lab.errors import DataError, FolderInTheWay
 from phd_lab.lock import waiting_lock
 from phd_lab.user_paths import nearest_existing
 
@@ -42,6 +42,8 @@ def download_and_extract(url: str, root: Path, folder: str) -> Path:
         if target.is_dir():  # another process finished it while this one waited
             return target
         archive = root / Path(urlparse(url).path).name
+        if archive.is_dir():  # was taken for a missing archive: its download was said to have failed (the network)
+            raise FolderInTheWay(archive)
         if not archive.is_file():
             _download(url, archive)
         staging = _fresh_folder(root / f".{folder}.extracting")  # one left by a killed extraction is removed
