@@ -350,28 +350,15 @@ def test_a_latents_link_to_a_folder_of_yours_is_refused_before_the_extract_step_
     assert (scratch / "manifest.json").is_file() and (scratch / "train-head.npy").is_file()
 
 
-def test_a_folder_at_a_download_lock_is_named_with_what_to_do(tmp_path, capsys):
+@pytest.mark.parametrize("name", [".imagenette2.download.lock", "imagenette2.tgz"])
+def test_a_folder_where_a_download_writes_is_named_with_what_to_do(tmp_path, capsys, name):
     """A folder at a dataset's download lock (``.imagenette2.download.lock``) was said as a failed download, its
     message in parentheses, with the advice to place the dataset by hand or download it on a machine with internet
-    access; the folder is named with what to do now (remove or rename it), exit 2."""
+    access; a folder at its archive path (``imagenette2.tgz/``) was taken for a missing archive, whose download
+    then failed. The folder is named with what to do now (remove or rename it), exit 2, and left as it was."""
     config = write_config(tmp_path, dataset="Imagenette", dataset_args={"download": True}, epoch=1, cpu_threads=1,
                           track_saturation=False)
-    in_the_way = tmp_path / "data" / ".imagenette2.download.lock"
-    in_the_way.mkdir(parents=True)
-    capsys.readouterr()
-    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
-    err = " ".join(capsys.readouterr().err.split())
-    assert f"'{in_the_way}' is a folder, but phd-lab writes a file of that name there" in err, err
-    assert "Remove or rename that folder" in err and "Traceback" not in err
-    assert "could not be downloaded" not in err and "internet access" not in err, err
-
-
-def test_a_folder_at_a_downloads_archive_is_named_with_what_to_do(tmp_path, capsys):
-    """A folder at a dataset's archive path (``data/imagenette2.tgz/``) is not taken for a missing archive, whose
-    download then fails; the folder is named with what to do now (remove or rename it), exit 2."""
-    config = write_config(tmp_path, dataset="Imagenette", dataset_args={"download": True}, epoch=1, cpu_threads=1,
-                          track_saturation=False)
-    in_the_way = tmp_path / "data" / "imagenette2.tgz"
+    in_the_way = tmp_path / "data" / name
     in_the_way.mkdir(parents=True)
     capsys.readouterr()
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
