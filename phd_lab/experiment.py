@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from tqdm import tqdm
 
@@ -20,7 +20,7 @@ from phd_lab.errors import (LOG_MARK, ConfigError, DataError, RegistryError, Run
                             failure_line, without_log)
 from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
-from phd_lab.interrupts import interruption_behind
+from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.latents_folder import load_manifest, other_runs_latents, shared_latents_error
 from phd_lab.model_checks import meta_model, trained_meta_model
 from phd_lab.progress import bar_options
@@ -197,9 +197,7 @@ class Main:
             try:
                 executor.run()
             except UsageError as error:
-                stop = interruption_behind(error)
-                if stop is not None:  # a Ctrl-C that a factory or library turned into its error: the command stops
-                    raise stop from None
+                raise_interruption_behind(error)  # a Ctrl-C that a factory or library turned into its error: stop
                 if len(chosen) == 1:  # the command's only run: a usage error of the command (exit 2)
                     raise
                 # found only when the point runs (a dataset missing from data_dir, a folder in use by another
@@ -216,9 +214,7 @@ class Main:
                     raise usage_errors[0]
                 continue
             except Exception as error:  # one failed run must not cost the rest of the grid
-                stop = interruption_behind(error)
-                if stop is not None:  # a Ctrl-C or SIGTERM inside a compiled module's import: the command stops
-                    raise stop from None
+                raise_interruption_behind(error)  # a Ctrl-C or SIGTERM inside a compiled module's import: stop
                 said = failure_line(error)
                 if said is not None:  # the traceback is in the run's log (or went with a lost folder)
                     log.error("Run %d (%s) failed: %s", index, cfg.name, said)
@@ -334,15 +330,20 @@ def _blocked_run_folders(executors: list[TrainTestExecutor], where: str) -> list
     return errors
 
 
+def _extract_folders(executor: TrainTestExecutor) -> Iterator[tuple[dict[str, Any], list[Path]]]:
+    """Each extract step of the run: its parameters and the latents folders it writes."""
+    for step, params in executor.steps:
+        if step.name == "extract":
+            yield params, step.folders(executor.rundir, params)  # type: ignore[attr-defined]
+
+
 def _invalid_latents_manifests(executors: list[TrainTestExecutor], where: str) -> list[UsageError]:
     """A DataError for each run whose latents manifest the extract step would refuse (``load_manifest``: a NaN of
     a hand edit), before the run resumes or trains rather than at its extract step."""
     errors: list[UsageError] = []
     for index, executor in enumerate(executors):
-        for step, params in executor.steps:
-            if step.name != "extract":
-                continue
-            for folder in step.folders(executor.rundir, params):  # type: ignore[attr-defined]
+        for _params, folders in _extract_folders(executor):
+            for folder in folders:
                 try:
                     load_manifest(folder)
                 except DataError as error:
@@ -358,10 +359,10 @@ def _shared_latents_folders(executors: list[TrainTestExecutor], where: str) -> l
     owners: dict[Path, int] = {}
     errors = []
     for index, executor in enumerate(executors):
-        for step, params in executor.steps:
-            if step.name != "extract" or params["latents_dir"] is None:
+        for params, folders in _extract_folders(executor):
+            if params["latents_dir"] is None:
                 continue
-            for folder in step.folders(executor.rundir, params):  # type: ignore[attr-defined]
+            for folder in folders:
                 key = Path(os.path.abspath(folder))
                 first = owners.setdefault(key, index)
                 try:
