@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from phd_lab.environment import ulimits
+from phd_lab.environment import limit_refusal, ulimits
 from phd_lab.errors import DataError, PhdLabError, RunFailure, RunFolderLost, storage_refusal
 from phd_lab.kept_folders import check_kept
 from phd_lab.lock import ProcessTurn
@@ -176,8 +176,9 @@ def _failure(task: ProbeTask, error: BaseException) -> PhdLabError:
             f"crashed, or could not start its threads (a limit of this machine: {ulimits('-u', '-v', '-s')}; "
             f"its own error is on the console then). The layers fitted before are cached; run the job again to fit "
             f"the rest, with fewer worker processes (-mp) if memory is short. ({error})")
+    refusal = limit_refusal(error)  # a limit of the machine (open files, threads), not this layer's data
     return RunFailure(f"The probe of layer {task.layer!r} (index {task.index}, {task.train}) failed: "
-                      f"{type(error).__name__}: {error}")
+                      + (refusal or f"{type(error).__name__}: {error}"))
 
 
 def _about(task: ProbeTask, failure: PhdLabError) -> PhdLabError:
