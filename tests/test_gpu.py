@@ -57,6 +57,22 @@ def test_lbfgs_torch_on_cuda_matches_cpu(tmp_path):
     assert abs(cpu.eval_acc - gpu.eval_acc) <= 0.01
 
 
+@pytest.mark.parametrize("dtype", ["<f4", "<f2", "<f8", ">f4", ">f2"])
+def test_latents_reach_the_gpu_unchanged(tmp_path, dtype):
+    """The upload (float16/float64 blocks converted on the GPU) gives the float32 values the CPU path gives, for
+    float16/32/64 and big-endian files, over many blocks and a short last one."""
+    from phd_lab.probes.fit import load_array, to_device_float32
+    values = np.random.default_rng(1).standard_normal((203, 48)) * 300
+    np.save(tmp_path / "x.npy", values.astype(dtype))
+    mapped = load_array(tmp_path / "x.npy")
+    expected = to_device_float32(mapped, "cpu")
+    for block_bytes in (1, 48 * 8 * 10, 1 << 25):  # one row per block, ten, all
+        uploaded = to_device_float32(mapped, "cuda", block_bytes=block_bytes)
+        assert uploaded.dtype == torch.float32 and uploaded.is_cuda
+        assert torch.equal(uploaded.cpu(), expected), block_bytes
+    assert to_device_float32(mapped[:0], "cuda").shape == (0, 48)
+
+
 def test_cuda_covariance_of_large_feature_maps_equals_numpy():
     from phd_lab.tracking.covariance import CovarianceAccumulator
     torch.manual_seed(0)

@@ -319,6 +319,22 @@ def test_latents_with_inf_in_the_eval_file_name_that_file(tmp_path):
     assert "hold 1 NaN or infinite value(s)" in str(error.value) and error.value.split == "eval"
 
 
+def test_lbfgs_torch_names_float64_latents_that_its_float32_copy_cannot_hold(tmp_path):
+    """lbfgs-torch checks its own float32 copy for NaN/inf (on its device, not by another pass over the files
+    on the host), so finite float64 latents beyond float32's range are named like a diverged run's, not a
+    RuntimeError 'value cannot be converted to type float without overflow' from the worker."""
+    from phd_lab.probes.fit import NonFiniteLatents
+    layers, y_train, y_eval = blob_layers(n_layers=1)
+    x_train, x_eval = (x.astype(np.float64) for x in layers["block0.conv"])
+    x_eval[2, 0] = 1e300  # finite in the file
+    _, folder = make_latents(tmp_path, {"block0.conv": (x_train, x_eval)}, y_train, y_eval)
+    with pytest.raises(NonFiniteLatents) as error:
+        probe_layer(1, "block0.conv", folder / "train-block0.conv.npy", folder / "eval-block0.conv.npy",
+                    folder / "train-labels.npy", folder / "eval-labels.npy", ProbeSettings(solver="lbfgs-torch"))
+    assert f"Latents file {str(folder / 'eval-block0.conv.npy')!r}" in str(error.value)
+    assert f"hold 1 NaN or infinite value(s) of {x_eval.size}" in str(error.value) and error.value.split == "eval"
+
+
 def test_a_class_seen_only_in_the_eval_set_gets_its_row_and_column_in_the_confusion_matrix(tmp_path):
     """The probe cannot predict a class it never saw; its eval samples count as errors in a row of their own
     (normalised to 1), so the matrix shows the class instead of silently dropping it."""

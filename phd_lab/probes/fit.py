@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -149,13 +149,23 @@ def nonfinite_count(x: np.ndarray, rows: int = 1024) -> int:
                for block in (x[start:start + rows] for start in range(0, len(x), rows)))
 
 
-def check_finite(x_train: np.ndarray, x_eval: np.ndarray, layer: str) -> None:
-    """Raise ``NonFiniteLatents`` naming the split, so the caller can name the file."""
+def nonfinite_count_tensor(x: torch.Tensor, rows: int = 4096) -> int:
+    """``nonfinite_count`` of a tensor, on its device: lbfgs-torch checks its uploaded copy on the GPU
+    instead of reading the files once more on the host."""
+    import torch
+    if x.numel() == 0:
+        return 0
+    return int(sum(torch.count_nonzero(~torch.isfinite(block)) for block in x.split(rows)))
+
+
+def check_finite(x_train: Any, x_eval: Any, layer: str, count: Callable[[Any], int] = nonfinite_count) -> None:
+    """Raise ``NonFiniteLatents`` naming the split, so the caller can name the file (arrays, or tensors
+    with ``count=nonfinite_count_tensor``)."""
     for split, x in (("train", x_train), ("eval", x_eval)):
-        bad = nonfinite_count(x)
+        bad = count(x)
         if bad:
             raise NonFiniteLatents(f"the {split} latents of layer {layer!r} hold {bad} NaN or infinite value(s) "
-                                   f"of {x.size}", split)
+                                   f"of {int(np.prod(x.shape))}", split)
 
 
 def stratified_subsample(y: np.ndarray, n: int | None, seed: int) -> np.ndarray | None:
@@ -266,10 +276,13 @@ def standardize_tensors(x_train: torch.Tensor, x_eval: torch.Tensor, rows: int |
 def to_device_float32(x: np.ndarray, device: Any, block_bytes: int = 1 << 25) -> torch.Tensor:
     """A float32 copy of a (memory-mapped) array on ``device``, filled block by block.
 
-    No whole-array host copy is made first: on a GPU the latents go from the page cache to the
-    device in blocks of about ``block_bytes``, converted on the way (float16/float64 → float32).
+    No whole-array host copy is made first: the latents go from the page cache to the device in
+    blocks of about ``block_bytes``. A float16 or float64 block travels as it is and the device
+    converts it: a copy that also converts between devices was converted on the host first, which
+    made a float16 layer's upload to an H200 2.6x slower than now (benchmarks/probe_upload.py).
     """
     import torch
+    device = torch.device(device)
     out = torch.empty(x.shape, dtype=torch.float32, device=device)
     rows = max(1, block_bytes // max(1, x.itemsize * int(np.prod(x.shape[1:]))))
     with warnings.catch_warnings():
@@ -278,11 +291,15 @@ def to_device_float32(x: np.ndarray, device: Any, block_bytes: int = 1 << 25) ->
             block = np.ascontiguousarray(x[start:start + rows])
             if not block.dtype.isnative:  # a big-endian file (">f4"): torch takes native byte order only
                 block = block.astype(block.dtype.newbyteorder("="))
-            out[start:start + rows].copy_(torch.from_numpy(block))
+            source = torch.from_numpy(block)
+            if device.type != "cpu" and source.dtype != torch.float32:
+                source = source.to(device)  # as it is; converted by the copy below, on the device
+            out[start:start + rows].copy_(source)
     return out
 
 
-def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings) -> FitResult:
+def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings,
+                    layer: str = "") -> FitResult:
     """Full-batch ``torch.optim.LBFGS`` on the same objective as scikit-learn (float32, any device).
 
     The raw (memory-mapped) arrays go to the device in blocks as float32 (``to_device_float32``), and
@@ -297,6 +314,7 @@ def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray
     device = torch.device(s.device)
     classes = np.unique(y_train)
     x, xe = to_device_float32(x_train, device), to_device_float32(x_eval, device)
+    check_finite(x, xe, layer, count=nonfinite_count_tensor)  # after the conversion: float64 beyond float32 too
     if s.standardize:
         standardize_tensors(x, xe)
     y = torch.from_numpy(np.searchsorted(classes, y_train).astype(np.int64)).to(device)
@@ -327,7 +345,8 @@ def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray
     return FitResult(classes[train_pred], classes[eval_pred], n_iter, converged)
 
 
-def fit_arrays(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings) -> FitResult:
+def fit_arrays(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings,
+               layer: str = "") -> FitResult:
     """Standardise if asked (in place: pass arrays you own), then fit the chosen solver.
 
     ``lbfgs-torch`` standardises its own copy on its device (``standardize_tensors``); its arrays
@@ -335,7 +354,7 @@ def fit_arrays(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, set
     """
     s = settings.resolved()
     if s.solver == "lbfgs-torch":
-        return fit_torch_lbfgs(x_train, y_train, x_eval, s)
+        return fit_torch_lbfgs(x_train, y_train, x_eval, s, layer)
     if s.standardize:
         x_train, x_eval = standardize(x_train, x_eval)
     return fit_sklearn(x_train, y_train, x_eval, s)
@@ -356,8 +375,8 @@ def probe_arrays(index: int, layer: str, x_train: np.ndarray, y_train: np.ndarra
         # a subsample is a copy already; the caller's arrays are copied only for the in-place standardisation
         x_train = as_float(x_train, copy=s.standardize and chosen is None)
         x_eval = as_float(x_eval, copy=s.standardize)
-    check_finite(x_train, x_eval, layer)
-    result = fit_arrays(x_train, y_train, x_eval, s)
+        check_finite(x_train, x_eval, layer)  # lbfgs-torch checks its copies on its device
+    result = fit_arrays(x_train, y_train, x_eval, s, layer)
     classes = np.union1d(y_train, y_eval)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # classes absent from the eval set give empty rows
