@@ -1,4 +1,4 @@
-"""Experiment (issue 3, GPU; not yet measured): the exact CUDA update of feature maps in L2-sized chunks.
+"""Experiment (issue 3, GPU; measured in session 49 and dropped: slower): the exact CUDA update in L2-sized chunks.
 
 ``tracking_breakdown.py`` showed that at batch 256 a tracked ResNet18 pass on an H200 spends its extra
 2.3 ms on GPU work, and the per-update profile puts most of it in memory traffic: the tracker writes
@@ -6,7 +6,8 @@ each map once more as float64 (134 MB for a 256 × 64 × 32 × 32 map), reads it
 again for the Gram product. Done in chunks of whole images whose float64 copy fits in the L2 cache
 (60 MB on an H200), the copy may be read back from L2 instead of DRAM. The arithmetic is unchanged
 (exact float64, the same shift); only the order of the additions differs, and each chunk costs three
-launches more. Whether that wins is for a GPU session to measure:
+launches more. On an H200 (session 49, benchmarks/RESULTS.md) it lost: 3.0 ms (24 MB chunks) and 4.3 ms (8 MB) of
+GPU time per tracked pass against 2.35 ms unchunked. Kept as the record; to measure again:
 
     python benchmarks/tracking_breakdown.py --device cuda --variant chunked --chunk-mb 16
     python benchmarks/chunked_update.py --check          # CPU: chunked sums equal np.cov of the maps

@@ -17,15 +17,14 @@ export PYTHONUNBUFFERED=1
 run() { local limit=$1; shift; echo "=== $*"; timeout "$limit" "$@" 2>&1 | tee -a "$out/gpu_checks.log" | grep -v "^20..-..-.. .* INFO"; echo "=== exit ${PIPESTATUS[0]}"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_checks.log"
 python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])" | tee -a "$out/gpu_checks.log"
-run 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+run 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 run 180 python3 benchmarks/tracking_overhead.py --device cuda --reps 3 --profile \
   --conditions untracked,passes,inline
 run 60 python3 benchmarks/tracking_breakdown.py --device cuda
-# issue 3's open lead (session 26): the exact update in L2-sized chunks (benchmarks/chunked_update.py)
-for mb in 8 24; do run 60 python3 benchmarks/tracking_breakdown.py --device cuda --variant chunked --chunk-mb $mb; done
-run 150 python3 benchmarks/probe_speed.py --gpu
+run 120 python3 benchmarks/probe_speed.py --gpu
+run 150 python3 benchmarks/probe_upload.py
 # Issue 8 on the machine's 16 cores (the 2-core target cannot be checked on more cores; this shows scaling).
 # On the CPU: with "device": "auto" every worker would train on the one GPU, whose time is sliced between
 # processes (session 26: local:4 43.4 s against 43.8 s sequential, most likely for that reason).
-CUDA_VISIBLE_DEVICES= run 150 python3 benchmarks/grid_scaling.py --repeats 1 --epochs 3 --jobs train \
+CUDA_VISIBLE_DEVICES= run 100 python3 benchmarks/grid_scaling.py --repeats 1 --epochs 3 --jobs train \
   --schedulers local:4
