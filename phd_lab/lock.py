@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from phd_lab.atomic import open_no_follow
-from phd_lab.errors import RunFolderLost, RunLockedError
+from phd_lab.errors import DataError, RunFolderLost, RunLockedError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,18 @@ def write_all(fd: int, data: bytes, offset: int = 0) -> None:
         rest, offset = rest[written:], offset + written
 
 
+def lock_refused(path: Path, error: OSError) -> DataError:
+    """The error for a lock file whose file system refused ``flock`` (ENOLCK: an NFS mount without its lock service;
+    EOPNOTSUPP, ENOSYS: some FUSE or network mounts): a bare "OSError: [Errno 37] No locks available" named neither
+    the file nor what to do."""
+    name = errno.errorcode.get(error.errno or 0, "an error")
+    return DataError(f"The lock file {str(path)!r} could not be locked: the file system of its folder refused the "
+                     f"lock ({error.strerror or error}, {name}); this file system does not support locks, as some "
+                     f"NFS mounts without their lock service and some FUSE mounts do not. phd-lab locks it so that "
+                     f"two processes never write the same folder at once; put the folder on a file system with locks "
+                     f"(a local disk, or a network mount with locking enabled), then run the same command again.")
+
+
 class RunLock:
     """``flock`` on ``path``; ``refusal`` ends the message another process gets (what must not happen twice)."""
 
@@ -73,6 +85,11 @@ class RunLock:
                 f"The run folder {str(self.path.parent)!r} is in use by {owner}. {self.refusal}; wait for it "
                 f"to finish (or stop it) and start again — a lock left by a process that died is taken over "
                 f"automatically.") from None
+        except BaseException as error:  # ENOLCK, EOPNOTSUPP: the descriptor went on open, once per try
+            os.close(fd)
+            if isinstance(error, OSError):
+                raise lock_refused(self.path, error) from None
+            raise
         try:
             os.ftruncate(fd, 0)
             write_all(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode())
@@ -128,10 +145,13 @@ def waiting_lock(path: Path) -> Iterator[None]:
     whatever name it gave, in a folder of the user's, and locked it."""
     with os.fdopen(open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, "lock file"), "r+b") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("Waiting for another process that holds %s ...", path)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("Waiting for another process that holds %s ...", path)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as error:
+            raise lock_refused(Path(path), error) from None
         try:
             yield
         finally:

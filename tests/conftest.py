@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -113,6 +114,31 @@ def file_size_limit(limit: int):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     return limit_file_size
+
+
+def refused_flock(error: int):
+    """``preexec_fn`` standing for a file system that refuses locks (an NFS mount without its lock service: ENOLCK):
+    in the process that calls it, every ``flock`` system call fails with ``error``, by the kernel (a seccomp
+    filter, which the process keeps for good). Skips the test on a machine whose ``flock`` call number is not
+    known here."""
+    import platform
+    number = {"x86_64": 73, "aarch64": 32}.get(platform.machine())
+    if number is None:
+        pytest.skip(f"the flock system call's number on {platform.machine()} is not known to this test")
+
+    def refuse() -> None:
+        import ctypes
+        # classic BPF: load the call number; flock -> SECCOMP_RET_ERRNO | error, anything else -> SECCOMP_RET_ALLOW
+        program = [(0x20, 0, 0, 0), (0x15, 0, 1, number), (0x06, 0, 0, 0x00050000 | error), (0x06, 0, 0, 0x7fff0000)]
+        code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *step) for step in program))
+
+        class Program(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(Program(len(program), ctypes.cast(
+                code, ctypes.c_void_p))), 0, 0):  # PR_SET_NO_NEW_PRIVS, then PR_SET_SECCOMP with the filter
+            os._exit(99)
+    return refuse
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -31,8 +32,8 @@ from phd_lab.errors import RunLockedError, UsageError
 from phd_lab.experiment import Main
 from phd_lab.lock import RunLock
 from phd_lab.trainer import Trainer
-from tests.conftest import (ROOT, checkpoint_state, file_size_limit, main_in_process, read_metrics, run_folders,
-                            run_name, sigint_as_in_a_terminal, small_disk, write_config)
+from tests.conftest import (ROOT, checkpoint_state, file_size_limit, main_in_process, read_metrics, refused_flock,
+                            run_folders, run_name, sigint_as_in_a_terminal, small_disk, write_config)
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights
 
 # git's own setting that keeps it from looking up into phd-lab's checkout: a run then sees no git checkout and
@@ -539,6 +540,42 @@ def test_a_lock_whose_owner_line_cannot_be_written_is_not_left_held(tmp_path):
         signal.signal(signal.SIGXFSZ, default)
     assert len(os.listdir("/proc/self/fd")) == descriptors
     RunLock(lock_path).acquire().release()  # the next try takes the lock
+
+
+_LOCK_REFUSED = """
+import os, sys
+from pathlib import Path
+from phd_lab.errors import DataError
+from phd_lab.lock import RunLock, waiting_lock
+folder = Path(sys.argv[1])
+descriptors = len(os.listdir("/proc/self/fd"))
+for take in (lambda: RunLock(folder / ".lock").acquire(),
+             lambda: waiting_lock(folder / ".MNIST.download.lock").__enter__()) * 3:
+    try:
+        take()
+    except (DataError, OSError) as error:
+        print(error)
+print(len(os.listdir("/proc/self/fd")) - descriptors, "descriptors left open")
+"""
+
+
+def test_a_lock_on_a_file_system_that_refuses_locks_is_said_and_leaves_no_descriptor_open(tmp_path):
+    """A file system that refuses ``flock`` (here: every flock fails with ENOLCK, as on an NFS mount without its lock
+    service) raised a bare "OSError: [Errno 37] No locks available" naming no file, and each try left the lock
+    file's descriptor open (a Dask worker retrying runs for days ran out of them). The lock file and the cause are
+    said in one paragraph now, and the descriptor is closed."""
+    done = subprocess.run([sys.executable, "-c", _LOCK_REFUSED, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                          preexec_fn=refused_flock(errno.ENOLCK))
+    if done.returncode == 99:
+        pytest.skip("this machine does not let a process install a seccomp filter")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "0 descriptors left open" and len(lines) == 7
+    for line, name in zip(lines, [".lock", ".MNIST.download.lock"] * 3):
+        assert line.startswith(f"The lock file {str(tmp_path / name)!r} could not be locked: the file system of its "
+                               f"folder refused the lock (No locks available, ENOLCK); this file system does not "
+                               f"support locks"), line
 
 
 def test_a_lock_whose_owner_line_is_cut_short_is_not_held_with_half_a_line(tmp_path):
