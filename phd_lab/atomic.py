@@ -16,6 +16,7 @@ import contextlib
 import errno
 import glob
 import json
+import logging
 import math
 import os
 import re
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 from phd_lab.kept_folders import check_kept, make_folder
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -195,7 +198,7 @@ def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] |
     A folder of a temp file's name is none of ours and stays (a run folder received from someone else with a
     folder ``.<name>.log.abcd1234.tmp`` ended the rerun, the probe job and the report with IsADirectoryError);
     a symbolic link of such a name goes, not what it names."""
-    removed = []
+    removed, kept = [], []
     # measured at the first temp file that is not the caller's (most calls find none)
     cutoff = None if now is None else now - STALE_AFTER_SECONDS
     owned_prefixes = (owned_prefix,) if isinstance(owned_prefix, str) else tuple(owned_prefix or ())
@@ -214,8 +217,29 @@ def remove_stale_temps(folder: Path | str, owned_prefix: str | tuple[str, ...] |
             stale.unlink()
         except FileNotFoundError:  # finished (renamed) meanwhile
             continue
+        except OSError as error:
+            if error.errno not in _NOT_OURS_TO_REMOVE:
+                raise
+            kept.append((stale, error))
+            continue
         removed.append(stale)
+    if kept:
+        _say_kept(Path(folder), kept)
     return removed
+
+
+# unlink's errors where a temp file cannot be removed by this user: a shared folder with the sticky bit (mode 1777)
+# and the file another user's, a folder without write permission, a read-only mount
+_NOT_OURS_TO_REMOVE = (errno.EPERM, errno.EACCES, errno.EROFS)
+
+
+def _say_kept(folder: Path, kept: list[tuple[Path, OSError]]) -> None:
+    """Warn once that the temp files ``kept`` of killed writers stay in ``folder``: ``remove_stale_temps`` stopped the
+    report with a PermissionError traceback where another user's killed report had left one in a shared folder."""
+    first, error = kept[0]
+    log.warning("%d temp file(s) that a killed process left in %s cannot be removed by this user and stay (%s: %s); "
+                "they do no harm, and their owner (or the folder's) may delete them.", len(kept), folder,
+                first.name, error.strerror or error)
 
 
 def write_bytes(path: Path | str, data: bytes) -> None:

@@ -279,6 +279,34 @@ def test_a_report_removes_the_temp_files_a_killed_report_left_in_a_run_folder_on
     assert run.analysis_plot.is_file() and run.analysis_json.is_file()
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to plant another "
+                    "user's file, and setpriv to drop root's right to remove it")
+def test_a_killed_report_s_temp_file_of_another_user_in_a_shared_folder_is_left_with_a_warning(tmp_path):
+    """A shared folder of mode 1777 (a lab's /scratch) where another user's killed report had left
+    '.report.html.<random>.tmp' an hour ago: this user may not remove it (EPERM), and the report stopped with a
+    PermissionError traceback before reading any run. The file stays now, a warning says so once, and the report
+    is written."""
+    logs, shared = tmp_path / "logs", tmp_path / "shared"
+    write_grid(logs)
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    theirs = shared / ".report.html.k1abcdef.tmp"
+    theirs.write_text("partial")
+    long_ago = time.time() - 3600
+    os.utime(theirs, (long_ago, long_ago))
+    for path in (shared, theirs):
+        os.chown(path, 65534, 65534)  # nobody's: root without CAP_FOWNER may not remove it (the sticky bit)
+    done = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable, "-m",
+                           "phd_lab", "report", str(logs), "--out", str(shared / "report.html"), "--processes", "0",
+                           "--no-progress"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (shared / "report.html").is_file() and theirs.read_text() == "partial"
+    assert done.stderr.count("cannot be removed by this user") == 1, done.stderr[-2000:]
+    assert (f"1 temp file(s) that a killed process left in {shared} cannot be removed by this user and stay "
+            f"(.report.html.k1abcdef.tmp: Operation not permitted)") in done.stderr
+
+
 def test_a_run_figure_damaged_since_it_was_written_is_drawn_again(tmp_path, caplog):
     """analysis.png was taken whenever analysis.json's figure_key matched, never checking its bytes: a figure cut in
     half (a copy broken off) was embedded broken in every later report and kept by the analysis step. analysis.json
