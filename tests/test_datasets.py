@@ -946,6 +946,29 @@ def test_an_archive_member_outside_its_folder_is_refused_and_not_written(tmp_pat
     assert not (root / "evil.txt").exists() and not (root / "woof").exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a symbolic link another owner")
+def test_an_archive_that_is_another_user_s_symbolic_link_is_refused_and_not_read(tmp_path):
+    """A shared data_dir where another user had planted 'woof.tar.gz' as a symbolic link to a file only this user
+    may read: the archive it names was unpacked into data_dir, where the link's owner could read it. Such a link is
+    refused now, naming it and what to do; a link of this user's own (an archive placed by hand) is still used."""
+    from phd_lab.datasets.download import download_and_extract
+    private = _archive(tmp_path, "woof", "gztar")
+    private.chmod(0o600)
+    root = tmp_path / "data"
+    root.mkdir()
+    planted = root / "woof.tar.gz"
+    planted.symlink_to(private)
+    os.lchown(planted, 65534, 65534)  # nobody's link
+    with pytest.raises(DataError) as error:
+        download_and_extract("http://127.0.0.1:9/woof.tar.gz", root, "woof")
+    assert str(error.value).startswith(f"The archive {str(planted)!r} is a symbolic link (to {str(private)!r}) of "
+                                       f"another user (uid 65534): phd-lab would read what it names")
+    assert sorted(p.name for p in root.iterdir()) == [".woof.download.lock", "woof.tar.gz"]
+    os.lchown(planted, os.geteuid(), os.getegid())  # this user's own link: followed
+    target = download_and_extract("http://127.0.0.1:9/woof.tar.gz", root, "woof")
+    assert (target / "train" / "a" / "0.png").is_file() and planted.is_symlink()
+
+
 def test_an_archive_without_the_expected_top_folder_is_named_and_leaves_nothing(tmp_path):
     from phd_lab.datasets.download import download_and_extract
     served = _archive(tmp_path, "imagewoof2-320", "gztar")  # the 320 px copy under the name of the full one

@@ -44,6 +44,7 @@ def download_and_extract(url: str, root: Path, folder: str) -> Path:
         archive = root / Path(urlparse(url).path).name
         if archive.is_dir():  # was taken for a missing archive: its download was said to have failed (the network)
             raise FolderInTheWay(archive)
+        refuse_foreign_link(archive)
         if not archive.is_file():
             _download(url, archive)
         staging = _fresh_folder(root / f".{folder}.extracting")  # one left by a killed extraction is removed
@@ -63,6 +64,29 @@ def download_and_extract(url: str, root: Path, folder: str) -> Path:
         fsync_dir(root)
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def refuse_foreign_link(archive: Path) -> None:
+    """Raise a ``DataError`` where ``archive`` is a symbolic link of another user: its target was read with this
+    user's rights and extracted into ``data_dir``, so a link planted in a shared ``data_dir`` (mode 1777) to a file
+    only this user may read had its contents unpacked where the link's owner could read them. A link of this user's
+    own (an archive placed by hand elsewhere) or of root's (an administrator's, who may read anything) is followed,
+    as is any regular file there."""
+    try:
+        owner = archive.lstat().st_uid if archive.is_symlink() else None
+    except OSError:  # gone meanwhile: downloaded anew
+        return
+    if owner is None or owner in (os.geteuid(), 0):
+        return
+    try:
+        target = os.readlink(archive)
+    except OSError:
+        target = "?"
+    raise DataError(f"The archive {str(archive)!r} is a symbolic link (to {target!r}) of another user (uid {owner}): "
+                    f"phd-lab would read what it names with your rights and unpack it into {str(archive.parent)!r}, "
+                    f"where the link's owner may read it (a shared data_dir may carry such a link). Nothing was read; "
+                    f"delete the link (rm {shlex.quote(str(archive))}), or copy the archive there yourself, and run "
+                    f"again.")
 
 
 def _fresh_folder(path: Path) -> Path:
