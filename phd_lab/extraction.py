@@ -50,7 +50,8 @@ from phd_lab.interrupts import raise_if_stop_requested, raise_interruption_behin
 from phd_lab.kept_folders import make_folder
 from phd_lab.latents_folder import (MANIFEST, PREVIOUS_EXTRACTION_VERSION, SPLITS, build_manifest, clear,
                                     expected_settings, load_manifest, other_runs_latents, record_move,
-                                    refuse_foreign_link, reusable, shared_latents_error)
+                                    mark_in_progress, refuse_foreign_link, reusable, shared_latents_error,
+                                    unmark_in_progress)
 from phd_lab.latents_sets import DEFAULT_METHOD, METHODS, PIXELWISE, extraction_version, manifest_path
 from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
 from phd_lab.pooling import nearest_to, pool_to
@@ -539,10 +540,12 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
         # moved: no other run holds it (the same folder named by another locale's process has not moved)
         if manifest_path(str(previous["run_dir"])) != manifest_path(settings["run_dir"]):  # type: ignore[index]
             previous = record_move(folder, previous, settings["run_dir"])  # type: ignore[arg-type]
+        unmark_in_progress(folder)  # one killed after its manifest was written
         return previous  # type: ignore[return-value]
     refuse_foreign_link(folder, previous)
     if previous is not None or any(folder.iterdir()):
         log.info("Latents in %s are incomplete or were made with other settings; extracting again.", folder)
+    mark_in_progress(folder, settings["run_dir"])  # before its first file goes, or an old one is removed
     clear(folder)
 
     was_training = model.training
@@ -557,6 +560,7 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
     except BaseException as error:  # no half-written files left behind: finished ones, pixelwise scratch files
         with contextlib.suppress(OSError):
             clear(folder)
+            unmark_in_progress(folder)
             folder.rmdir()  # and no empty latents folder (one holding files of the user's own stays)
         if isinstance(error, OSError):  # e.g. a full disk: say where, and what frees it where that is known
             refusal = storage_refusal(error)
@@ -568,6 +572,7 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
         model.train(was_training)
     manifest = build_manifest(results, settings, test_accuracy)
     atomic.write_json(folder / MANIFEST, manifest)
+    unmark_in_progress(folder)
     log.info("Extracted %s (%s per split) into %s", plural(len(order), "layer"),
              plural(len(manifest["layers"]), "file"), folder)
     return manifest

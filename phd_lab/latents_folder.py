@@ -28,6 +28,9 @@ from phd_lab.latents_sets import (DEFAULT_METHOD, EXTRACTION_VERSION, PREVIOUS_E
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# written before an extraction writes its first file, removed once its manifest is: the files beside it are an
+# extraction's (``refuse_foreign_link``), also where a SIGKILL left them without a manifest
+IN_PROGRESS = ".extraction-in-progress.json"
 MANIFEST_FORMAT = 1
 SPLITS = ("train", "eval")
 
@@ -245,8 +248,11 @@ def refuse_foreign_link(folder: Path, manifest: dict[str, Any] | None) -> None:
     ``manifest.json`` of another program): they need not be a killed extraction's. A run folder received from
     someone else whose ``latents`` was a link to a folder of the user's had its ``train-images.npy`` and hidden
     ``.*.tmp`` files deleted by the rerun's extract step. A link to an empty folder, or to one holding an
-    extraction (a scratch disk), is followed."""
+    extraction (a scratch disk), is followed, and so is one holding the files of an extraction that was killed
+    (``IN_PROGRESS``): the rerun of a run whose extraction into a scratch disk was killed (SIGKILL) was refused."""
     if not os.path.islink(folder) or isinstance(manifest, dict) and {"layers", "labels"} <= set(manifest):
+        return
+    if (folder / IN_PROGRESS).is_file():  # a killed extraction's files, in a folder an extraction wrote
         return
     found = ([folder / MANIFEST] if manifest is not None else []) + leftovers(folder)
     if found:
@@ -257,6 +263,18 @@ def refuse_foreign_link(folder: Path, manifest: dict[str, Any] | None) -> None:
                           f"(a run folder received from someone else may carry such a link). Nothing was removed. "
                           f"Delete them if they are a killed extraction's, or the link (rm "
                           f"{shlex.quote(str(folder))}) to extract into the run folder.")
+
+
+def mark_in_progress(folder: Path, run_dir: str) -> None:
+    """Mark ``folder`` as one an extraction writes into (``IN_PROGRESS``) before it writes any file there."""
+    atomic.write_json(folder / IN_PROGRESS, {"run_dir": run_dir})
+
+
+def unmark_in_progress(folder: Path) -> None:
+    """Remove ``IN_PROGRESS`` once the manifest is written (or the extraction's files removed). Only where it is
+    there: reused latents may lie on a read-only mount, where even the unlink of a missing file fails (EROFS)."""
+    if os.path.lexists(folder / IN_PROGRESS):
+        atomic.remove(folder / IN_PROGRESS, missing_ok=True)
 
 
 def clear(folder: Path) -> None:

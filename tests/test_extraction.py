@@ -266,10 +266,17 @@ extract_latents(build_model(), loaders(), {folder!r}, run_dir={run!r}, downsampl
 """
 
 
-def test_restart_after_sigkill_mid_extraction(tmp_path, data):
+@pytest.mark.parametrize("linked", [False, True], ids=["folder", "link-to-scratch"])
+def test_restart_after_sigkill_mid_extraction(tmp_path, data, linked):
+    """Also where the latents folder is the user's link to a scratch disk: its killed extraction's files were
+    refused on the rerun as possibly the user's own (``refuse_foreign_link``), so that the run could not go on."""
     folder = tmp_path / "latents"
-    folder.mkdir()
-    (folder / "train-stale.npy").write_bytes(b"left by an older extraction")
+    if linked:
+        (tmp_path / "scratch").mkdir()
+        folder.symlink_to(tmp_path / "scratch")
+    else:  # (in a linked folder without a manifest, such a file may be the user's: refused, tested elsewhere)
+        folder.mkdir()
+        (folder / "train-stale.npy").write_bytes(b"left by an older extraction")
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), folder=str(folder), run=str(tmp_path))
     env = {**os.environ, PAUSE_ENV: "0.3", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT)
@@ -291,6 +298,7 @@ def test_restart_after_sigkill_mid_extraction(tmp_path, data):
                             progress=False)
     assert resumed == clean  # same files, same hashes
     assert not list(folder.glob(".*")) and not (folder / "train-stale.npy").exists()
+    assert folder.is_symlink() == linked
     for entry in resumed["layers"]:
         assert sha(folder / entry["train"]) == entry["sha256"]["train"]
 
