@@ -98,7 +98,8 @@ def main() -> int:
             mapped[np.dtype(dtype).name] = load_array(path)
             np.asarray(mapped[np.dtype(dtype).name]).sum()  # into the page cache
         print(f"# upload of a memory-mapped {args.rows:,} × {args.dim:,} layer to "
-              f"{torch.cuda.get_device_name(device)}, seconds, medians of {args.reps} interleaved rounds after one warm-up")
+              f"{torch.cuda.get_device_name(device)}, seconds, medians of {args.reps} interleaved rounds after "
+              f"one warm-up")
         print(f"{'file':8} {'before':>8} {'pinned':>8} {'now':>8} {'now GB/s':>9} {'before/now':>11}  identical")
         for name, x in mapped.items():
             times: dict[str, list[float]] = {key: [] for key in uploads}
