@@ -281,3 +281,16 @@ def test_under_index_the_error_of_another_grid_point_says_it_is_not_the_one_chos
     said = " ".join(capsys.readouterr().err.split())
     assert "(run 0): optimizer_args ['nonsense']" in said and "is not the one" not in said, said
     assert not (tmp_path / "logs").exists()
+
+
+def test_points_differing_only_in_non_ascii_characters_keep_their_own_folders(tmp_path):
+    """Folder and file names keep ASCII only (``safe_name``: 'Würzburg' and 'Wärzburg' both read 'W_rzburg',
+    Japanese text '_'), so the readable parts of such points are one name; the identity hash behind each
+    variant keeps their folders apart, on disk too, each point finding its own again."""
+    raw = {"model": "m", "dataset": ["Würzburg", "Wärzburg"], "run_id": ["東京", "大阪"], "seed": 1,
+           "model_args": {"city": ["東京", "大阪"]}, "logs_dir": str(tmp_path)}
+    grid = Grid(raw)
+    assert len({RunDir.for_run(c).root.parent for c in grid}) == 1  # the readable parts collide
+    roots = [RunDir.for_run(c).create().root for c in grid]
+    assert len(set(roots)) == len(grid) == 8
+    assert [RunDir.for_run(c).root for c in Grid(raw)] == roots
