@@ -11,7 +11,7 @@ import resource
 import subprocess
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 
 # Environment variables that set the thread count of OpenMP, MKL and OpenBLAS in a new process.
@@ -241,8 +241,21 @@ def cpu_instruction_set() -> dict[str, Any]:
     (None: unset, or set empty, which torch and oneDNN read as unset: ``export ATEN_CPU_CAPABILITY=`` in a
     cluster's module file), logged with a run and compared on a rerun: they change the last bits of CPU results."""
     import torch
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_isa_variables": {name: os.environ.get(name) or None for name in CPU_ISA_VARIABLES}}
+    capability = torch.backends.cpu.get_cpu_capability()
+    variables = {name: os.environ.get(name) or None for name in CPU_ISA_VARIABLES}
+    return {"cpu_capability": capability, "cpu_isa_variables": isa_variables_in_effect(variables, capability)}
+
+
+def isa_variables_in_effect(variables: Any, capability: Any) -> Any:
+    """``variables`` with an ``ATEN_CPU_CAPABILITY`` that torch ignored read as unset: torch takes only the
+    lower-case name of a kernel set it was built with ("default", "avx2", "avx512", ...) and for any other value
+    ("abc", "AVX2") warns 'ignoring invalid value' and picks the CPU's best, as if unset. Such a value is in
+    effect exactly when it names the instruction set torch chose (``capability``); unchanged where either is
+    unknown (an older ``_meta``)."""
+    value = variables.get("ATEN_CPU_CAPABILITY") if isinstance(variables, Mapping) else None
+    if not value or not isinstance(capability, str) or value == capability.lower():
+        return variables
+    return {**variables, "ATEN_CPU_CAPABILITY": None}
 
 
 def cpu_model() -> str | None:

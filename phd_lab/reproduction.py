@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from phd_lab.environment import cpu_architectures
+from phd_lab.environment import cpu_architectures, isa_variables_in_effect
 from phd_lab.optim import DEFAULT_GAMMA
 
 VERSION_KEYS = ("phd_lab", "git_commit", "python", "torch", "torchvision", "numpy", "scikit_learn", "numba")
@@ -139,7 +139,8 @@ def machine_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
         if same_type and logged.get(key) and now.get(key) and logged[key] != now[key] and not (
                 key == "device_name" and _only_this_architecture(logged[key], now)):
             found.append(f"{label} {logged[key]} (now {now[key]})")
-    old_variables, new_variables = logged.get("cpu_isa_variables"), now.get("cpu_isa_variables")
+    old_variables = isa_variables_in_effect(logged.get("cpu_isa_variables"), logged.get("cpu_capability"))
+    new_variables = isa_variables_in_effect(now.get("cpu_isa_variables"), now.get("cpu_capability"))
     if isinstance(old_variables, Mapping) and isinstance(new_variables, Mapping):
         for name in sorted(set(old_variables) | set(new_variables)):
             if (old_variables.get(name) or None) != (new_variables.get(name) or None):  # empty: unset for both

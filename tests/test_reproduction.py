@@ -163,8 +163,31 @@ def test_a_cpu_isa_variable_set_empty_is_the_same_setup_as_one_unset(tmp_path, m
     assert empty["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None}
     older = {**empty, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "", "ONEDNN_MAX_CPU_ISA": None}}
     assert machine_differences(older, empty) == [] and machine_differences(empty, older) == []
-    now = {**empty, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": None}}
-    assert machine_differences(older, now) == ['ATEN_CPU_CAPABILITY unset (now "default")']
+    now = {**empty, "cpu_capability": "DEFAULT",  # what torch runs under ATEN_CPU_CAPABILITY=default
+           "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": None}}
+    assert machine_differences(older, now)[-1] == 'ATEN_CPU_CAPABILITY unset (now "default")'
+
+
+def test_an_aten_cpu_capability_torch_ignores_is_logged_as_unset():
+    """``ATEN_CPU_CAPABILITY=abc`` (or "AVX2": torch takes lower-case names only) is ignored by torch, which warns
+    and picks the CPU's best kernels as if unset, but it was logged as "abc", and a rerun without it warned
+    'ATEN_CPU_CAPABILITY "abc" (now unset)' though the same kernels ran: it is logged as unset now, and an older
+    run's logged value compares as unset where it is not the instruction set that run logged."""
+    from phd_lab.reproduction import machine_differences
+    script = ("import json, torch; from phd_lab.environment import cpu_instruction_set; "
+              "print(json.dumps(cpu_instruction_set()))")
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    unset, ignored, honoured = (json.loads(subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script], env={**env, **extra}, cwd=ROOT, capture_output=True,
+        text=True, check=True).stdout.splitlines()[-1]) for extra in ({}, {"ATEN_CPU_CAPABILITY": "abc"},
+                                                                        {"ATEN_CPU_CAPABILITY": "default"}))
+    assert ignored == unset and ignored["cpu_isa_variables"]["ATEN_CPU_CAPABILITY"] is None
+    assert honoured == {"cpu_capability": "DEFAULT",
+                        "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": None}}
+    older = {**unset, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "AVX2", "ONEDNN_MAX_CPU_ISA": None}}
+    assert machine_differences(older, unset) == [] and machine_differences(unset, older) == []
+    assert machine_differences(honoured, unset) == [f"the CPU instruction set DEFAULT (now {unset['cpu_capability']})",
+                                                    'ATEN_CPU_CAPABILITY "default" (now unset)']
 
 
 def test_a_hand_written_config_and_an_unchanged_setup_are_not_warned_about(tmp_path):
