@@ -404,7 +404,7 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
     from phd_lab.executor import TrainTestExecutor
     from phd_lab.interrupts import stop_requests
     from phd_lab.registry import Registries
-    from phd_lab.run_guards import torch_flags_kept
+    from phd_lab.run_guards import torch_flags_kept, warning_filters_kept
 
     _configure_worker_logging()
     _private_random_for_dask()
@@ -417,8 +417,9 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
         with stop_requests(stopped), run_warnings_on_worker_console(config.name):
             # a registry this worker cannot import is a usage error too
             executor = TrainTestExecutor(config, Registries(modules), progress=False)
-            with torch_flags_kept():  # the flags the checks' factories set end with them, as in a sequential grid
-                executor.validate()  # (they stayed set for the worker's later tasks)
+            # the flags and warning filters the checks' factories set end with them, as in a sequential grid
+            with torch_flags_kept(), warning_filters_kept():  # (they stayed set for the worker's later tasks)
+                executor.validate()
             return "finished", str(executor.run().root)
     except RunLockedError as error:
         return "in use", str(error)

@@ -45,7 +45,7 @@ from phd_lab.registry import Registries
 from phd_lab.report.collect import analyse_run, stamp_if_present
 from phd_lab.reproduction import setup_differences
 from phd_lab.run_guards import (cpu_threads, cudnn_benchmark, fx_sources_released, records_before_the_log, run_log,
-                                torch_flags_kept, writable_lock)
+                                torch_flags_kept, warning_filters_kept, writable_lock)
 from phd_lab.rundir import FolderListings, RunDir
 from phd_lab.seeding import global_generators_kept, seed_everything
 from phd_lab.steps import Step, StepContext, logged_steps, resolve_steps
@@ -509,8 +509,8 @@ class TrainTestExecutor:
     def run(self) -> RunDir:
         """Train this grid point and post-process it, resuming from its checkpoint if it has one. Runs take
         turns within a process and keep the CPU thread count they began with (float sums depend on it); the
-        caller's thread count, cuDNN flags, torch's numeric flags and global random generators are as they were
-        once it returns."""
+        caller's thread count, cuDNN flags, torch's numeric flags, warning filters and global random generators
+        are as they were once it returns."""
         cfg = self.config
         if not self._validated:
             self.validate()
@@ -523,7 +523,7 @@ class TrainTestExecutor:
             note = (f"Continuing with the {threads} CPU thread(s) this run was trained with (cpu_threads: {wanted}); "
                     f"float sums depend on the count, so a run goes on with the count it began with.")
         with (RUN_TURN(), cpu_threads(threads), cudnn_benchmark(device), global_generators_kept(device),
-              torch_flags_kept(), fx_sources_released()):
+              torch_flags_kept(), warning_filters_kept(), fx_sources_released()):
             try:
                 return self._run(device, note)
             finally:

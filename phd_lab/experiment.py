@@ -25,7 +25,7 @@ from phd_lab.latents_folder import load_manifest, other_runs_latents, shared_lat
 from phd_lab.model_checks import meta_model, trained_meta_model
 from phd_lab.progress import bar_options
 from phd_lab.registry import Registries
-from phd_lab.run_guards import fx_sources_released, torch_flags_kept
+from phd_lab.run_guards import fx_sources_released, torch_flags_kept, warning_filters_kept
 from phd_lab.rundir import FolderListings, earlier_version_advice, earlier_version_runs, read_config_grid
 from phd_lab.user_paths import check_writable_dir, nearest_existing
 
@@ -117,7 +117,7 @@ class Main:
         executor = TrainTestExecutor(cfg, registries, progress=self.progress, listings=listings)
         try:  # a list inside *_args reaches the factory one element at a time: both checks can say so
             # the flags a factory sets end with the checks (not those its module set on import)
-            with torch_flags_kept():
+            with torch_flags_kept(), warning_filters_kept():
                 executor.validate(self.missing_data, said, self.missing_device)
                 executor.check_model(models)
         except ConfigError as error:

@@ -1,5 +1,5 @@
-"""What a run holds while it trains: its CPU thread count, cuDNN's autotuner, torch's numeric flags, its folder's
-lock and its log file, and the sources torch.fx keeps of the graph modules it traced.
+"""What a run holds while it trains: its CPU thread count, cuDNN's autotuner, torch's numeric flags, Python's
+warning filters, its folder's lock and its log file, and the sources torch.fx keeps of the graph modules it traced.
 
 Context managers the executor enters around one run. Each restores what it changed when the
 run ends, however it ends; ``run_log`` also writes the one line that says how a run ended. Kept apart
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import linecache
 import logging
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -85,6 +86,24 @@ def torch_flags_kept() -> Iterator[None]:
         torch.set_float32_matmul_precision(precision)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def warning_filters_kept() -> Iterator[None]:
+    """Python's warning filters as they were before the block, once it ends. A registry factory may silence
+    warnings (``warnings.simplefilter("ignore")``, "this library is noisy"), and every later grid point of the
+    process, the caller's own code and a Dask worker's later tasks lost theirs. Put back into the same list, and
+    only where the block changed them, as ``torch_flags_kept`` puts back torch's flags: ``catch_warnings`` swaps
+    the module's list for another and back, which is not meant for a process of several threads."""
+    before = list(warnings.filters)
+    try:
+        yield
+    finally:
+        if warnings.filters != before:
+            warnings.filters[:] = before
+            mutated = getattr(warnings, "_filters_mutated", None)  # the caches of filters already consulted
+            if callable(mutated):
+                mutated()
 
 
 @contextlib.contextmanager

@@ -228,6 +228,40 @@ def test_a_factory_that_sets_torch_flags_changes_no_later_grid_point(tmp_path, s
                             for name in expected)
 
 
+WARNING_MODELS = '''import warnings
+
+from torch import nn
+
+
+def quiet(*, num_classes, in_channels=3):
+    warnings.simplefilter("ignore")  # "this library is noisy"
+    return loud(num_classes=num_classes, in_channels=in_channels)
+
+
+def loud(*, num_classes, in_channels=3):
+    warnings.warn("planted by the loud factory", UserWarning)
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+'''
+
+
+def test_a_factory_that_silences_warnings_silences_no_later_grid_point(tmp_path, single_thread, recwarn):
+    """A model factory that called ``warnings.simplefilter("ignore")`` left the filter in the process: every later
+    grid point (and the caller's own code, a notebook's, a Dask worker's next tasks) lost its warnings. The
+    filters end with the factory's checks and run, as torch's flags do."""
+    import warnings
+
+    from phd_lab.experiment import Main
+    registry = tmp_path / "warning_models.py"
+    registry.write_text(WARNING_MODELS)
+    config = one_epoch(tmp_path, model=["quiet", "loud"], model_args={}, resolution=8,
+                       registries={"models": str(registry)})
+    before = list(warnings.filters)
+    outcomes = Main(progress=False)(config)
+    assert [outcome.status for outcome in outcomes] == ["finished", "finished"], outcomes
+    assert warnings.filters == before
+    assert any("planted by the loud factory" in str(w.message) for w in recwarn), [str(w.message) for w in recwarn]
+
+
 @pytest.mark.parametrize("first_by", ["grid", "module name"])
 def test_a_registry_file_imports_no_module_beside_another_grids_registry_file(tmp_path, first_by):
     """A registry file's folder stays on sys.path once imported, and the registry file of a later grid (another
