@@ -10,6 +10,7 @@ a line of its own (``console.BarLines``), so that the log lines between them sta
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 from typing import IO, Any
 
@@ -24,6 +25,7 @@ def bar_options(stream: IO[str] | None = None) -> dict[str, Any]:
     ``FILE_INTERVAL``; a bar still shows when it starts. On ``sys.stderr``, also the ``file`` to draw on: stderr
     wrapped so that a reader that has gone ends the bars, not the run (not a terminal: each drawing on a line of its
     own, ``BarLines``), or where stderr is closed (``2>&-``), a stream that drops them."""
+    _leave_the_start_method_unchosen()
     if stream is not None:
         return _redraws(stream)
     if sys.stderr is None:
@@ -32,6 +34,25 @@ def bar_options(stream: IO[str] | None = None) -> dict[str, Any]:
         return {}
     redraws = _redraws(sys.stderr)
     return {**redraws, "file": BarLines(sys.stderr) if redraws else BarStream(sys.stderr)}
+
+
+def _leave_the_start_method_unchosen() -> None:
+    """Make tqdm's multiprocessing lock before its first bar does, by the start method the platform would choose
+    (``get_all_start_methods()[0]``, the lock tqdm made there) without choosing it: tqdm takes the default
+    context, which fixes the process' start method, and a caller who ran a grid and then chose its own
+    (``set_start_method("spawn")``) stopped with 'context has already been set'. Left to tqdm where the
+    start method is chosen already, or its lock made."""
+    from tqdm.std import TqdmDefaultWriteLock
+
+    if hasattr(TqdmDefaultWriteLock, "mp_lock") or multiprocessing.get_start_method(allow_none=True) is not None:
+        return
+    with TqdmDefaultWriteLock.th_lock:
+        if not hasattr(TqdmDefaultWriteLock, "mp_lock"):
+            try:
+                method = multiprocessing.get_all_start_methods()[0]
+                TqdmDefaultWriteLock.mp_lock = multiprocessing.get_context(method).RLock()
+            except (ImportError, OSError):  # no working semaphores here: tqdm then does without one too
+                TqdmDefaultWriteLock.mp_lock = None
 
 
 def _in_jupyter(stream: IO[str]) -> bool:

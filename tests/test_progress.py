@@ -61,3 +61,20 @@ def test_quiet_hides_the_bars_of_training_and_probing_as_it_does_the_report_s(tm
     assert probe_cli(["--latents", str(latents), "-mp", "0", "--solver", "lbfgs", "-q"]) == 0
     err = capsys.readouterr().err
     assert "%|" not in err and "probes" not in err, err
+
+
+def test_the_bars_leave_the_callers_multiprocessing_start_method_unchosen():
+    """tqdm's first bar (drawn or disabled) made its multiprocessing lock from the default context, which fixes
+    the start method: a notebook or script that ran a grid (``Main``, whose bars are built so) and then chose its
+    own start method (``set_start_method("spawn")``, as code written for macOS does) stopped with 'context has
+    already been set'. The lock is made by the start method the platform would choose, still left unchosen."""
+    code = ("import multiprocessing; from tqdm import tqdm; from tqdm.auto import tqdm as auto; "
+            "from phd_lab.progress import bar_options\n"
+            "for bar in (tqdm, auto):\n"
+            "    list(bar(range(2), disable=True, **bar_options())); list(bar(range(2), **bar_options()))\n"
+            "assert multiprocessing.get_start_method(allow_none=True) is None\n"
+            "assert type(tqdm.get_lock().locks[0]).__module__ == 'multiprocessing.synchronize'  # still one\n"
+            "multiprocessing.set_start_method('spawn'); print(multiprocessing.get_start_method())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and done.stdout.split() == ["spawn"], done.stderr
