@@ -10,6 +10,7 @@ those of the helpers a registry file imported from its own folder (``helper_sha2
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import importlib
@@ -343,6 +344,7 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
                     f"run in its folder, and warns if the file's code differs from the sha256 the run logged.")
             module_name = registry_files.module_name(kind, path)  # importable by that name in workers
             source = path.read_bytes()
+            _refuse_relative_imports(source, path, spec, kind)
             earlier = sys.modules.get(module_name)
             if (earlier is not None and _EXECUTED_SHA256.get(module_name) == hashlib.sha256(source).hexdigest()
                     and not _helpers_changed(module_name, path.parent)):
@@ -389,6 +391,41 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
         raise RegistryError(f"The {kind} registry module {spec!r} failed while being imported: "
                             f"{type(error).__name__}: {what}{where}. Fix the module (run `{_import_command(spec)}` "
                             f"to see the traceback) or point the key 'registries.{kind}' elsewhere.") from None
+
+
+def _refuse_relative_imports(source: bytes, path: Path, spec: str, kind: str) -> None:
+    """Refuse a registry file given by its path whose code imports relatively (``from .layers import WIDTH``,
+    also inside a factory): it is executed as a module of its own (``registry_files``), never as a module of the
+    package it may lie in, so such an import looked for ``phd_lab.registry_files.layers`` and its error named
+    that. A file that does not parse is left to its import, which says where."""
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except (SyntaxError, ValueError):
+        return
+    node = next((node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level), None)
+    if node is None:
+        return
+    written = f"from {'.' * node.level}{node.module or ''} import ..."
+    beside = node.module if node.level == 1 and node.module else "helper"
+    absolute = f"import the files beside it by their own names (from {beside} import ...: its folder is on the " \
+               f"module path)"
+    dotted, root = _dotted_name(path)
+    if dotted:
+        absolute = (f"Give the dotted module name {dotted!r} (from {str(root)!r}, on the module path or the working "
+                    f"directory) as 'registries.{kind}', which imports the file as part of its package, or {absolute}")
+    raise RegistryError(f"The {kind} registry file {spec!r} imports relatively (line {node.lineno}: {written!r}), "
+                        f"which a registry file given by its path cannot: it is imported as a module of its own, not "
+                        f"as part of a package. {absolute[0].upper()}{absolute[1:]}.")
+
+
+def _dotted_name(path: Path) -> tuple[str | None, Path]:
+    """The dotted module name of a file inside packages (folders with ``__init__.py``) and the folder above the
+    outermost one; (None, its folder) for a file in no package."""
+    parts, folder = [path.stem], path.parent
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier() and folder.parent != folder:
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    return (".".join(parts), folder) if len(parts) > 1 and path.stem.isidentifier() else (None, path.parent)
 
 
 def _import_command(spec: str) -> str:

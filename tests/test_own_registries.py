@@ -225,3 +225,28 @@ def test_a_registry_file_given_by_its_path_runs_under_its_own_future_statements(
     done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "{'num_classes': <class 'int'>}", done.stderr
+
+
+def test_a_registry_file_of_a_package_that_imports_relatively_is_refused_with_the_dotted_name(tmp_path,
+                                                                                              monkeypatch):
+    """A registry file inside a package (``proj/lenses/models.py`` beside ``__init__.py``) given by its path is
+    executed as a module of its own: its ``from .layers import WIDTH`` said it "imports
+    'phd_lab.registry_files.layers', which is not installed here", and ``from . import layers`` "cannot import
+    name 'layers' from 'phd_lab.registry_files'", naming neither the relative import nor what to give instead.
+    It is refused before it runs, with the dotted module name that imports it as part of its package."""
+    from phd_lab.errors import RegistryError
+    package = tmp_path / "lenses_relative"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "layers.py").write_text("WIDTH = 4\n")
+    code = "import torch\n\n\ndef tiny(*, num_classes):\n    {}\n    return torch.nn.Linear(WIDTH, num_classes)\n"
+    (package / "models.py").write_text("from .layers import WIDTH\n" + code.format("pass"))
+    (package / "late.py").write_text(code.format("from . import layers\n    WIDTH = layers.WIDTH"))
+    for name, line in (("models", 1), ("late", 5)):
+        with pytest.raises(RegistryError) as caught:
+            import_registry_module(str(package / f"{name}.py"), "models")
+        message = " ".join(str(caught.value).split())
+        assert f"imports relatively (line {line}: 'from ." in message and "phd_lab.registry_files" not in message
+        assert f"Give the dotted module name 'lenses_relative.{name}' (from {str(tmp_path)!r}," in message, message
+    monkeypatch.syspath_prepend(str(tmp_path))  # what the dotted name needs: the folder above the package
+    assert import_registry_module("lenses_relative.models", "models").tiny(num_classes=3).in_features == 4
