@@ -375,6 +375,7 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
     except ModuleNotFoundError as error:
         raise_interruption_behind(error)
         missing = error.name or ""
+        _refuse_own_package_by_name(spec, kind, missing)
         if missing and not (spec == missing or spec.startswith(missing + ".")):  # the module's own import failed
             raise RegistryError(f"The {kind} registry module {spec!r} imports {missing!r}, which is not installed "
                                 f"here ({error}). Install it, or point the key 'registries.{kind}' elsewhere."
@@ -416,6 +417,22 @@ def _refuse_relative_imports(source: bytes, path: Path, spec: str, kind: str) ->
     raise RegistryError(f"The {kind} registry file {spec!r} imports relatively (line {node.lineno}: {written!r}), "
                         f"which a registry file given by its path cannot: it is imported as a module of its own, not "
                         f"as part of a package. {absolute[0].upper()}{absolute[1:]}.")
+
+
+def _refuse_own_package_by_name(spec: str, kind: str, missing: str) -> None:
+    """Say what to give instead where a registry file given by its path imports the package it lies in by name
+    (``from lenses.layers import WIDTH`` in ``lenses/models.py``), which is not on the module path: only the
+    file's own folder is put there. The error said to install 'lenses'."""
+    if not (spec.endswith(".py") or "/" in spec) or not missing:
+        return
+    dotted, root = _dotted_name(Path(spec).expanduser().resolve())
+    if dotted is None or dotted.split(".")[0] != missing.split(".")[0]:
+        return
+    raise RegistryError(f"The {kind} registry file {spec!r} imports the package it lies in by name ({missing!r}), "
+                        f"which is not on the module path: a registry file given by its path has only its own "
+                        f"folder there. Give the dotted module name {dotted!r} (from {str(root)!r}, on the module "
+                        f"path or the working directory) as 'registries.{kind}', or import the files beside it by "
+                        f"their own names (from helper import ...).")
 
 
 def _dotted_name(path: Path) -> tuple[str | None, Path]:

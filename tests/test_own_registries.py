@@ -233,7 +233,8 @@ def test_a_registry_file_of_a_package_that_imports_relatively_is_refused_with_th
     executed as a module of its own: its ``from .layers import WIDTH`` said it "imports
     'phd_lab.registry_files.layers', which is not installed here", and ``from . import layers`` "cannot import
     name 'layers' from 'phd_lab.registry_files'", naming neither the relative import nor what to give instead.
-    It is refused before it runs, with the dotted module name that imports it as part of its package."""
+    It is refused before it runs, with the dotted module name that imports it as part of its package; one that
+    imports its own package by name (``from lenses.layers import WIDTH``) was said to need 'lenses' installed."""
     from phd_lab.errors import RegistryError
     package = tmp_path / "lenses_relative"
     package.mkdir()
@@ -248,5 +249,12 @@ def test_a_registry_file_of_a_package_that_imports_relatively_is_refused_with_th
         message = " ".join(str(caught.value).split())
         assert f"imports relatively (line {line}: 'from ." in message and "phd_lab.registry_files" not in message
         assert f"Give the dotted module name 'lenses_relative.{name}' (from {str(tmp_path)!r}," in message, message
+    (package / "byname.py").write_text("from lenses_relative.layers import WIDTH\n" + code.format("pass"))
+    with pytest.raises(RegistryError) as caught:  # said to install 'lenses_relative', its own package
+        import_registry_module(str(package / "byname.py"), "models")
+    message = " ".join(str(caught.value).split())
+    assert "imports the package it lies in by name ('lenses_relative')" in message and "Install" not in message
+    assert f"Give the dotted module name 'lenses_relative.byname' (from {str(tmp_path)!r}," in message, message
     monkeypatch.syspath_prepend(str(tmp_path))  # what the dotted name needs: the folder above the package
-    assert import_registry_module("lenses_relative.models", "models").tiny(num_classes=3).in_features == 4
+    for name in ("models", "byname"):
+        assert import_registry_module(f"lenses_relative.{name}", "models").tiny(num_classes=3).in_features == 4
