@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from phd_lab.errors import DataError
 from phd_lab.interrupts import leave_quietly_on_sigterm, sigterm_held_while_forking
 from phd_lab.seeding import make_generator, seed_worker
+from phd_lab.worker_processes import start_method_context
 
 
 @dataclass
@@ -62,9 +63,10 @@ def make_bundle(name: str, train_set: Dataset, test_set: Dataset, train_eval_set
                 num_workers: int) -> DataBundle:
     """Build the three loaders with seeded generators and worker seeding.
 
-    The shuffled training loader drops its last batch only when that batch would hold a single
-    sample: batch norm cannot train on one sample, and every other sample is still used. The training
-    split needs two samples, the test split one.
+    Workers start by the start method chosen in this process, or the platform's, left unchosen
+    (``start_method_context``). The shuffled training loader drops its last batch only when that batch
+    would hold a single sample: batch norm cannot train on one sample, and every other sample is still
+    used. The training split needs two samples, the test split one.
     """
     if num_classes < 2:
         raise DataError(f"Dataset {name} has {num_classes} class(es); a classifier needs at least two.")
@@ -81,7 +83,8 @@ def make_bundle(name: str, train_set: Dataset, test_set: Dataset, train_eval_set
         drop_last = shuffle and len(dataset) % batch_size == 1  # type: ignore[arg-type]
         return WorkerLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                             generator=make_generator(seed + offset), worker_init_fn=start_worker,
-                            drop_last=drop_last, pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                            drop_last=drop_last, pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                            multiprocessing_context=start_method_context() if num_workers else None)
     return DataBundle(name=name, train=loader(train_set, True, 0), test=loader(test_set, False, 1),
                       train_eval=loader(train_eval_set, False, 2), num_classes=num_classes,
                       in_channels=in_channels, resolution=resolution)

@@ -38,19 +38,18 @@ def bar_options(stream: IO[str] | None = None) -> dict[str, Any]:
 
 def _leave_the_start_method_unchosen() -> None:
     """Make tqdm's multiprocessing lock before its first bar does, by the start method the platform would choose
-    (``get_all_start_methods()[0]``, the lock tqdm made there) without choosing it: tqdm takes the default
-    context, which fixes the process' start method, and a caller who ran a grid and then chose its own
-    (``set_start_method("spawn")``) stopped with 'context has already been set'. Left to tqdm where the
-    start method is chosen already, or its lock made."""
+    (the lock tqdm made there) without choosing it (``start_method_context``): tqdm takes the default context,
+    which fixes the process' start method. Left to tqdm where the method is chosen already, or its lock made."""
     from tqdm.std import TqdmDefaultWriteLock
+
+    from phd_lab.worker_processes import start_method_context
 
     if hasattr(TqdmDefaultWriteLock, "mp_lock") or multiprocessing.get_start_method(allow_none=True) is not None:
         return
     with TqdmDefaultWriteLock.th_lock:
         if not hasattr(TqdmDefaultWriteLock, "mp_lock"):
             try:
-                method = multiprocessing.get_all_start_methods()[0]
-                TqdmDefaultWriteLock.mp_lock = multiprocessing.get_context(method).RLock()
+                TqdmDefaultWriteLock.mp_lock = start_method_context().RLock()
             except (ImportError, OSError):  # no working semaphores here: tqdm then does without one too
                 TqdmDefaultWriteLock.mp_lock = None
 

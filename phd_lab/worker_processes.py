@@ -2,7 +2,9 @@
 
 Workers are spawned (no forked copies of threads or open handles), run one BLAS/OpenMP thread each so
 that ``N`` workers use ``N`` cores, exit as soon as their parent is gone (a killed job must not leave
-them computing for nobody) and skip the interpreter's teardown once they are done.
+them computing for nobody) and skip the interpreter's teardown once they are done. ``start_method_context``
+is the context of the other processes phd-lab starts (a run's DataLoader workers, tqdm's lock), which leaves
+the process' start method unchosen.
 """
 
 from __future__ import annotations
@@ -16,6 +18,15 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from phd_lab.environment import THREAD_VARIABLES
+
+
+def start_method_context() -> multiprocessing.context.BaseContext:
+    """The context new processes start by, the method chosen in this process or else the platform's
+    (``get_all_start_methods()[0]``), without choosing it: the default context's objects (a queue, a lock) fix the
+    process' start method, and a caller who ran a grid and then chose its own (``set_start_method("spawn")``)
+    stopped with 'context has already been set'."""
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    return multiprocessing.get_context(method)
 
 
 def spawn_pool(workers: int) -> ProcessPoolExecutor:

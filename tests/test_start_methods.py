@@ -77,3 +77,28 @@ def test_only_names_of_registry_files_that_exist_are_registry_modules(tmp_path):
                  registry_files.module_name("models", tmp_path)):  # not hex; a file that is gone; a folder
         with pytest.raises(ModuleNotFoundError):
             importlib.import_module(name)
+
+
+def test_a_run_s_loader_workers_leave_the_callers_start_method_unchosen():
+    """A DataLoader with workers (num_workers > 0) took its queues from the default context, which fixes the start
+    method: a script or notebook that ran such a grid and then chose its own (``set_start_method("spawn")``)
+    stopped with 'context has already been set'. The workers start by the method chosen before (or the
+    platform's), and the choice is left open."""
+    code = """
+import multiprocessing, torch
+from torch.utils.data import TensorDataset
+from phd_lab.data import make_bundle
+def bundle():
+    data = TensorDataset(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]))
+    return make_bundle("d", data, data, data, num_classes=2, in_channels=1, resolution=2, batch_size=2, seed=0,
+                       num_workers=1)
+loader = bundle().train
+assert [len(batch[1]) for batch in loader] == [2, 2]
+assert loader.multiprocessing_context.get_start_method() == multiprocessing.get_all_start_methods()[0]
+assert multiprocessing.get_start_method(allow_none=True) is None
+multiprocessing.set_start_method("spawn")
+print(bundle().test.multiprocessing_context.get_start_method())
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and done.stdout.split() == ["spawn"], done.stderr
