@@ -94,7 +94,9 @@ def warning_filters_kept() -> Iterator[None]:
     warnings (``warnings.simplefilter("ignore")``, "this library is noisy"), and every later grid point of the
     process, the caller's own code and a Dask worker's later tasks lost theirs. Put back into the same list, and
     only where the block changed them, as ``torch_flags_kept`` puts back torch's flags: ``catch_warnings`` swaps
-    the module's list for another and back, which is not meant for a process of several threads."""
+    the module's list for another and back, which is not meant for a process of several threads. A filter that a
+    library sets when the block first imports it goes too (scipy's for its special functions), as after
+    ``catch_warnings`` or a test under pytest: no filter says who set it."""
     before = list(warnings.filters)
     try:
         yield
