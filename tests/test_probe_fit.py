@@ -235,6 +235,50 @@ def test_a_fit_stopped_by_max_iter_is_not_converged_for_either_lbfgs(solver):
     assert not record.converged
 
 
+@pytest.mark.parametrize("power", [520, 1000, 1019])
+def test_float64_latents_beyond_1e154_standardise_to_the_bits_of_unscaled_ones(power):
+    """Finite float64 latents beyond about 1e154 overflowed the sums of squares: lbfgs failed with scikit-learn's
+    "Input X contains NaN". Scaling a feature by a power of two is exact, so the standardised values of latents
+    scaled by 2**power are those of the unscaled latents, bit for bit, the untouched features' included."""
+    rng = np.random.default_rng(power)
+    x_train, x_eval = rng.normal(3.0, 2.0, (300, 6)), rng.normal(3.0, 2.0, (70, 6))
+    x_train[:, 1] = 5.0  # constant: scale 1, centred on 5
+    expected = standardize(x_train.copy(), x_eval.copy(), rows=64)
+    big = np.where(np.arange(6) == 4, 1.0, 2.0 ** power)  # feature 4 keeps its scale and its results
+    got = standardize(x_train * big, x_eval * big, rows=64)
+    for standardised, wanted in zip(got, expected):
+        assert np.isfinite(standardised).all()
+        np.testing.assert_array_equal(standardised, wanted * np.where(np.arange(6) == 1, big, 1.0))
+
+
+def test_an_lbfgs_probe_of_float64_latents_near_float64_s_largest_equals_the_unscaled_probe():
+    layers, y_train, y_eval = blob_layers(n_layers=2)
+    x_train, x_eval = (x.astype(np.float64) for x in layers["block1.conv"])
+    settings = ProbeSettings(solver="lbfgs")
+    expected = probe_arrays(0, "l", x_train, y_train, x_eval, y_eval, settings)
+    for scale in (1e200, 1e306):
+        got = probe_arrays(0, "l", x_train * scale, y_train, x_eval * scale, y_eval, settings)
+        assert (got.train_acc, got.eval_acc, got.converged) == (expected.train_acc, expected.eval_acc, True)
+        np.testing.assert_array_equal(got.confusion_matrix(), expected.confusion_matrix())
+
+
+@pytest.mark.parametrize("implementation", ["numpy", "torch"])
+def test_float32_latents_near_float32_s_largest_standardise_in_float64_without_overflow(implementation):
+    """The float32 squares go to float64 before they are summed: 3e38 squared is far inside float64."""
+    rng = np.random.default_rng(5)
+    x_train = (rng.uniform(-1, 1, (200, 3)) * [3e38, 1e30, 1.0]).astype(np.float32)
+    x_eval = (rng.uniform(-1, 1, (50, 3)) * [3e38, 1e30, 1.0]).astype(np.float32)
+    scaler = StandardScaler().fit(x_train.astype(np.float64))
+    if implementation == "torch":
+        train_t, eval_t = torch.from_numpy(x_train.copy()), torch.from_numpy(x_eval.copy())
+        standardize_tensors(train_t, eval_t, rows=64)
+        train, evaluation = train_t.numpy(), eval_t.numpy()
+    else:
+        train, evaluation = standardize(x_train.copy(), x_eval.copy(), rows=64)
+    np.testing.assert_allclose(train, scaler.transform(x_train.astype(np.float64)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(evaluation, scaler.transform(x_eval.astype(np.float64)), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("train_rows", [1, 30, 63, 64, 65])
 def test_standardize_with_fewer_training_rows_than_eval_rows(train_rows):
     rng = np.random.default_rng(train_rows)

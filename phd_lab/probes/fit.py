@@ -190,18 +190,58 @@ def standardize(x_train: np.ndarray, x_eval: np.ndarray, rows: int = 64) -> tupl
 
     ``StandardScaler``'s definition (population variance; near-constant features keep scale 1 by
     its rule, ``constant_features``) with float64 arithmetic, stored back into the caller's
-    float32 copies (``as_float`` makes them). The work goes through one float64 buffer of ``rows``
-    samples that stays in the CPU cache: one pass for the statistics (each block's mean and centred
-    sum of squares, merged exactly as in Chan et al.'s parallel variance), one for the scaling.
+    float32/float64 copies (``as_float`` makes them). The work goes through one float64 buffer of ``rows``
+    samples that stays in the CPU cache: one pass for the statistics (``_moments``), one for the scaling.
     ``StandardScaler`` itself makes whole-array float64 temporaries: 1.9 s of a 20,000 × 4,096
     layer whose lbfgs fit takes 8–13 s; this takes 0.25 s.
+
+    Finite float64 latents beyond about 1e154 overflow the sums of squares (and near float64's largest,
+    the sums): such features are scaled by a power of two (``_power_of_two_factors``), which is exact, and
+    their statistics taken again. The standardised values are then those of the unscaled computation, to the
+    last bit, unless a feature's values span more than float64's range of exponents (its smallest then
+    round to subnormals); the common case makes no extra pass.
     """
-    count, features = x_train.shape
-    buffer = np.empty((rows, features))  # also holds eval blocks: not limited by the training rows
+    buffer = np.empty((rows, x_train.shape[1]))  # also holds eval blocks: not limited by the training rows
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows as a non-finite statistic
+        mean, m2 = _moments(x_train, buffer, None)
+    overflowed = ~(np.isfinite(mean) & np.isfinite(m2))
+    factor = None
+    if overflowed.any():
+        factor = _power_of_two_factors(x_train, buffer, overflowed)
+        mean, m2 = _moments(x_train, buffer, factor)
+    count = x_train.shape[0]
+    var = m2 / count
+    scale = np.sqrt(var)
+    constant = constant_features(var, mean, count)
+    scale[constant] = 1.0 if factor is None else factor[constant]  # 1 in the latents' own units
+    inverse = 1.0 / scale
+    for x in (x_train, x_eval):
+        for start in range(0, x.shape[0], rows):
+            target = x[start:start + rows]
+            block = _load(buffer, target, factor)
+            block -= mean
+            block *= inverse
+            np.copyto(target, block, casting="same_kind")
+    return x_train, x_eval
+
+
+def _load(buffer: np.ndarray, source: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
+    """``source`` rows in float64 in the front of ``buffer``, times the features' ``factor`` where given."""
+    block = buffer[:source.shape[0]]
+    if factor is None:
+        np.copyto(block, source)
+    else:
+        np.multiply(source, factor, out=block)
+    return block
+
+
+def _moments(x: np.ndarray, buffer: np.ndarray, factor: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's mean and centred sum of squares of ``x`` (times ``factor``), block by block: each
+    block's mean and sum of squares, merged exactly as in Chan et al.'s parallel variance."""
+    rows, features = buffer.shape
     mean, m2, seen = np.zeros(features), np.zeros(features), 0
-    for start in range(0, count, rows):
-        block = buffer[:min(rows, count - start)]
-        np.copyto(block, x_train[start:start + rows])
+    for start in range(0, x.shape[0], rows):
+        block = _load(buffer, x[start:start + rows], factor)
         block_mean = block.mean(axis=0)
         block -= block_mean
         size, total = block.shape[0], seen + block.shape[0]
@@ -209,19 +249,19 @@ def standardize(x_train: np.ndarray, x_eval: np.ndarray, rows: int = 64) -> tupl
         mean += delta * (size / total)
         m2 += np.einsum("ij,ij->j", block, block) + delta * delta * (seen * size / total)
         seen = total
-    var = m2 / count
-    scale = np.sqrt(var)
-    scale[constant_features(var, mean, count)] = 1.0
-    inverse = 1.0 / scale
-    for x in (x_train, x_eval):
-        for start in range(0, x.shape[0], rows):
-            target = x[start:start + rows]
-            block = buffer[:target.shape[0]]
-            np.copyto(block, target)
-            block -= mean
-            block *= inverse
-            np.copyto(target, block, casting="same_kind")
-    return x_train, x_eval
+    return mean, m2
+
+
+def _power_of_two_factors(x: np.ndarray, buffer: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Per feature, 1, or for the ``chosen`` ones the power of two that brings their largest |value| into
+    [0.5, 1): multiplying by it is exact in binary floating point, and no sum of squares overflows after it."""
+    rows = buffer.shape[0]
+    peak = np.zeros(buffer.shape[1])
+    for start in range(0, x.shape[0], rows):
+        block = _load(buffer, x[start:start + rows], None)
+        np.maximum(peak, np.abs(block, out=block).max(axis=0), out=peak)
+    _, exponent = np.frexp(peak)
+    return np.where(chosen, np.ldexp(1.0, -exponent), 1.0)
 
 
 def constant_features(var: Any, mean: Any, count: int) -> Any:
