@@ -363,6 +363,30 @@ def test_latents_with_inf_in_the_eval_file_name_that_file(tmp_path):
     assert "hold 1 NaN or infinite value(s)" in str(error.value) and error.value.split == "eval"
 
 
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1e20), (np.float64, 1e200), (np.float64, 1e306)])
+def test_saga_on_raw_latents_too_large_for_its_step_size_names_the_file_instead_of_an_untrained_probe(
+        tmp_path, dtype, scale):
+    """scikit-learn's saga takes 1 / (largest squared row norm) as its step, in the latents' dtype: float32 values
+    of 1e20 made it 0, and saga returned a probe that predicts one class, reported as converged after one epoch
+    (float64 near its largest failed with saga's own overflow instead). Standardised, the same latents fit."""
+    from phd_lab.errors import DataError
+    layers, y_train, y_eval = blob_layers(n_layers=1)
+    x_train, x_eval = ((x.astype(np.float64) * scale).astype(dtype) for x in layers["block0.conv"])
+    _, folder = make_latents(tmp_path, {"block0.conv": (x_train, x_eval)}, y_train, y_eval)
+    paths = (folder / "train-block0.conv.npy", folder / "eval-block0.conv.npy", folder / "train-labels.npy",
+             folder / "eval-labels.npy")
+    with pytest.raises(DataError) as error:
+        probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="saga"))
+    message = " ".join(str(error.value).split())
+    assert message.startswith(f"Latents file {str(paths[0])!r}: the train latents of layer 'block0.conv' are too "
+                              f"large for saga on raw features") and "--standardize" in message
+    assert f"overflows {np.dtype(dtype).name}" in message
+    standardised = probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="saga", standardize=True))
+    unscaled = probe_arrays(1, "block0.conv", *layers["block0.conv"][:1], y_train, layers["block0.conv"][1], y_eval,
+                            ProbeSettings(solver="saga", standardize=True))
+    assert standardised.eval_acc == unscaled.eval_acc > 0.9
+
+
 def test_lbfgs_torch_names_float64_latents_that_its_float32_copy_cannot_hold(tmp_path):
     """lbfgs-torch checks its own float32 copy for NaN/inf (on its device, not by another pass over the files
     on the host), so finite float64 latents beyond float32's range are named like a diverged run's, not a

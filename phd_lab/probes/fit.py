@@ -140,6 +140,14 @@ class NonFiniteLatents(DataError):
         self.split = split
 
 
+class LatentsTooLarge(DataError):
+    """A layer's latents are finite but too large for the fit asked for (saga on raw features)."""
+
+    def __init__(self, message: str, split: str = "train") -> None:
+        super().__init__(message)
+        self.split = split
+
+
 def nonfinite_count(x: np.ndarray, rows: int = 1024) -> int:
     """NaN and inf values in ``x``, counted block by block (a memory-mapped file is read once, with no
     full-size temporary)."""
@@ -271,6 +279,25 @@ def constant_features(var: Any, mean: Any, count: int) -> Any:
     return var <= count * eps * var + (count * mean * eps) ** 2
 
 
+def check_saga_step(x_train: np.ndarray, layer: str) -> None:
+    """Raise ``LatentsTooLarge`` where scikit-learn's saga could not fit the raw latents ``x_train``.
+
+    Its step size is 1 / (the largest squared row norm + ...), which it computes in the latents' own dtype:
+    where that overflows (float32 values beyond about 1.8e19 / √features, float64 beyond 1.3e154 / √features), the
+    step is 0 and saga returned an untrained probe, every sample predicted as one class, reported as converged
+    after one epoch; near float64's largest it failed with its "Floating-point under-/overflow". This is its own
+    computation (``row_norms``), one pass over the training latents, small beside saga's epochs over them.
+    """
+    from sklearn.utils.extmath import row_norms
+    if len(x_train) == 0 or np.isfinite(row_norms(x_train, squared=True).max()):
+        return
+    limit = np.finfo(x_train.dtype).max
+    raise LatentsTooLarge(
+        f"the train latents of layer {layer!r} are too large for saga on raw features: the squared length of "
+        f"their longest sample overflows {x_train.dtype} (beyond {limit:.3g}), so scikit-learn's saga would take "
+        f"steps of size 0 and return an untrained probe (or fail with a floating-point overflow)", "train")
+
+
 def sklearn_estimator(settings: ProbeSettings) -> Any:
     """The scikit-learn LogisticRegression the ``saga``/``lbfgs`` solvers fit (L2 penalty, multinomial)."""
     from sklearn.linear_model import LogisticRegression
@@ -397,6 +424,8 @@ def fit_arrays(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, set
         return fit_torch_lbfgs(x_train, y_train, x_eval, s, layer)
     if s.standardize:
         x_train, x_eval = standardize(x_train, x_eval)
+    elif s.solver == "saga":
+        check_saga_step(x_train, layer)
     return fit_sklearn(x_train, y_train, x_eval, s)
 
 
@@ -444,4 +473,8 @@ def probe_layer(index: int, layer: str, train: Path | str, eval: Path | str, tra
                                f"for latents extracted as float16, extract them as float32 (the extract step's "
                                f"'dtype').",
                                error.split) from None
+    except LatentsTooLarge as error:
+        raise LatentsTooLarge(f"Latents file {str(train)!r}: {error}. Standardise them (--standardize, or "
+                              f"probe_standardize: true in the config), or probe with lbfgs, which standardises; "
+                              f"values this large may also mean that the run diverged.", error.split) from None
     return replace(record, seconds=time.perf_counter() - start)
