@@ -401,6 +401,11 @@ def test_lbfgs_torch_names_float64_latents_that_its_float32_copy_cannot_hold(tmp
                     folder / "train-labels.npy", folder / "eval-labels.npy", ProbeSettings(solver="lbfgs-torch"))
     assert f"Latents file {str(folder / 'eval-block0.conv.npy')!r}" in str(error.value)
     assert f"hold 1 NaN or infinite value(s) of {x_eval.size}" in str(error.value) and error.value.split == "eval"
+    # the file holds no NaN or inf, and extracting as float32 (the advice for a float16 overflow) would not help
+    message = " ".join(str(error.value).split())
+    assert "in lbfgs-torch's float32 copy of them" in message and "finite float64 values beyond float32's" in message
+    assert "probe it with lbfgs, which standardises float64 latents of any finite size" in message
+    assert "overflowed float16" not in message
 
 
 def test_a_class_seen_only_in_the_eval_set_gets_its_row_and_column_in_the_confusion_matrix(tmp_path):

@@ -133,11 +133,13 @@ def load_array(path: Path | str) -> np.ndarray:
 
 
 class NonFiniteLatents(DataError):
-    """A layer's latents hold NaN or inf (the run diverged): no probe can be fitted on them."""
+    """A layer's latents hold NaN or inf (the run diverged): no probe can be fitted on them. ``beyond_float32``:
+    found in lbfgs-torch's float32 copy of float64 latents, where finite values beyond float32 overflow too."""
 
-    def __init__(self, message: str, split: str = "train") -> None:
+    def __init__(self, message: str, split: str = "train", beyond_float32: bool = False) -> None:
         super().__init__(message)
         self.split = split
+        self.beyond_float32 = beyond_float32
 
 
 class LatentsTooLarge(DataError):
@@ -381,7 +383,14 @@ def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray
     device = torch.device(s.device)
     classes = np.unique(y_train)
     x, xe = to_device_float32(x_train, device), to_device_float32(x_eval, device)
-    check_finite(x, xe, layer, count=nonfinite_count_tensor)  # after the conversion: float64 beyond float32 too
+    try:
+        check_finite(x, xe, layer, count=nonfinite_count_tensor)  # after the conversion: float64 beyond float32 too
+    except NonFiniteLatents as error:
+        if (x_train if error.split == "train" else x_eval).dtype.itemsize <= 4:
+            raise
+        raise NonFiniteLatents(f"{error} in lbfgs-torch's float32 copy of them: NaN or infinite values in the "
+                               f"file, or finite float64 values beyond float32's range (about ±3.4e38)", error.split,
+                               beyond_float32=True) from None
     if s.standardize:
         standardize_tensors(x, xe)
     y = torch.from_numpy(np.searchsorted(classes, y_train).astype(np.int64)).to(device)
@@ -467,6 +476,11 @@ def probe_layer(index: int, layer: str, train: Path | str, eval: Path | str, tra
                               load_array(eval_labels), settings)
     except NonFiniteLatents as error:
         path = train if error.split == "train" else eval
+        if error.beyond_float32:
+            raise NonFiniteLatents(f"Latents file {str(path)!r}: {error}. If the file's values are finite, probe "
+                                   f"it with lbfgs, which standardises float64 latents of any finite size; if not, "
+                                   f"the run diverged: retrain it (e.g. with a lower learning rate) before probing.",
+                                   error.split, beyond_float32=True) from None
         raise NonFiniteLatents(f"Latents file {str(path)!r}: {error}. The run diverged (its "
                                f"training loss is NaN or inf) or its activations overflowed float16; a probe cannot "
                                f"be fitted on them. Retrain it (e.g. with a lower learning rate) before probing, or, "
