@@ -2,9 +2,10 @@
 
 Workers are spawned (no forked copies of threads or open handles), run one BLAS/OpenMP thread each so
 that ``N`` workers use ``N`` cores, exit as soon as their parent is gone (a killed job must not leave
-them computing for nobody) and skip the interpreter's teardown once they are done. ``start_method_context``
-is the context of the other processes phd-lab starts (a run's DataLoader workers, tqdm's lock), which leaves
-the process' start method unchosen.
+them computing for nobody), die of SIGINT (which the parent reads as an interruption, ``worker_interrupted``)
+and skip the interpreter's teardown once they are done. ``start_method_context`` is the context of the other
+processes phd-lab starts (a run's DataLoader workers, tqdm's lock), which leaves the process' start method
+unchosen.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import atexit
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -37,11 +39,22 @@ def spawn_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def init_worker(parent: int) -> None:
-    """The initializer of every worker: one thread per library, gone with ``parent``, no teardown at exit."""
+    """The initializer of every worker: one thread per library, ended by SIGINT, gone with ``parent``, no teardown
+    at exit."""
     for name in THREAD_VARIABLES:
         os.environ[name] = "1"
+    die_of_sigint()  # before the thread below starts: tests take that thread for a worker ready to be signalled
     threading.Thread(target=_exit_with_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
     atexit.register(exit_without_teardown)  # registered last, so it runs first
+
+
+def die_of_sigint() -> None:
+    """SIGINT (Ctrl-C) ends this worker at once, by the signal (exit status -2), unless it is ignored (a background
+    job's). Python's KeyboardInterrupt came back as the failure of the task the worker had (the report said
+    'killed by a signal, e.g. the out-of-memory killer' and went on), or, between tasks, ended the worker with a
+    traceback on the console and exit status 0; the parent reads -2 as an interruption (``worker_interrupted``)."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def exit_without_teardown() -> None:
@@ -70,6 +83,19 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
     alone (a batch system's SIGTERM) would leave them computing, and a plain shutdown waits for them."""
     _terminate_workers(pool)
     pool.shutdown(wait=False, cancel_futures=True)
+
+
+def worker_interrupted(pool: ProcessPoolExecutor, wait: float = 5.0) -> bool:
+    """Whether a worker of ``pool``, which broke (BrokenProcessPool), died of SIGINT: Ctrl-C, or a SIGINT sent to it
+    alone; to be reported as an interruption, not as the out-of-memory killer or a crash. Call it before the pool's
+    shutdown, which forgets its processes. Waits up to ``wait`` seconds for the pool's own thread, which terminates
+    the workers left and reaps them all: a command that exited while it did so printed an ignored OSError 'Bad file
+    descriptor' traceback (Python 3.11's exit hook woke the thread through a pipe the thread was closing)."""
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None:
+        manager.join(wait)
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    return any(process.exitcode == -signal.SIGINT for process in processes)
 
 
 def _terminate_workers(pool: ProcessPoolExecutor) -> None:

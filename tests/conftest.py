@@ -96,6 +96,49 @@ def sigint_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def ready_pool_workers(process: subprocess.Popen, count: int, timeout: float = 90) -> list[int]:
+    """The pids of ``count`` spawned pool workers of ``process`` (``phd_lab.worker_processes``) that SIGINT ends:
+    their initializer started their second thread after it took SIGINT from Python's KeyboardInterrupt handler
+    (which BLAS threads started by an import alone do not show). Polls /proc (Linux)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{count} pool worker(s) never became ready"
+        ready = [pid for pid in _spawned_children(process.pid) if _threads(pid) >= 2 and not _catches_sigint(pid)]
+        if len(ready) >= count:
+            return ready[:count]
+        time.sleep(0.02)
+
+
+def _catches_sigint(pid: int) -> bool:
+    """Whether ``pid`` has a handler for SIGINT (the SigCgt mask of /proc/PID/status); True while it cannot be read."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    return True
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """The spawned ``multiprocessing`` children of ``pid`` (pool workers and the resource tracker)."""
+    with contextlib.suppress(OSError):
+        children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return [child for child in children if _cmdline(child).find(b"spawn_main") >= 0]
+    return []
+
+
+def _cmdline(pid: int) -> bytes:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    return b""
+
+
+def _threads(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        return len(os.listdir(f"/proc/{pid}/task"))
+    return 0
+
+
 def interrupted_import() -> None:
     """Raise what a compiled module's import raises when a Ctrl-C lands in it (matplotlib's, seen in the probe job):
     "ImportError: initialization failed" raised from the KeyboardInterrupt. A forward pass that calls it stands for

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from phd_lab.probes.runner import TEST_DELAY_ENV
-from tests.conftest import sigint_as_in_a_terminal
+from tests.conftest import ready_pool_workers, sigint_as_in_a_terminal
 from tests.probe_latents import digits_layers, make_latents
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +166,18 @@ def test_ctrl_c_mid_job_exits_130_and_says_the_cache_keeps_the_finished_layers(t
     resumed = _probe(latents, cache)
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0 and "found in the cache" in err, err
+
+
+def test_a_worker_interrupted_alone_stops_the_job_as_ctrl_c_does(tmp_path):
+    """A SIGINT sent to one worker ends it by the signal (workers die of SIGINT): the job stops with exit 130 as on
+    Ctrl-C, not with 'killed by a signal (the out-of-memory killer ...)' and exit 1 for the broken pool."""
+    _, latents = make_latents(tmp_path, *digits_layers(n_layers=4, width=16))
+    process = _probe(latents, tmp_path / "cache", delay=30.0, workers=2)
+    os.kill(ready_pool_workers(process, 2)[0], signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "the layers already fitted come from the cache" in err
+    assert "out-of-memory" not in err and "Traceback" not in err, err
 
 
 def test_a_run_folder_deleted_or_replaced_while_it_is_probed_gets_no_probe_files(tmp_path):

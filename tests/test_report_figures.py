@@ -8,8 +8,13 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
+
+import pytest
 
 from phd_lab.analysis.run_summary import AnalysisSettings, summarize
 from phd_lab.analysis.run_tables import load_run
@@ -17,8 +22,10 @@ from phd_lab.plots.run_figure import figure_png
 from phd_lab.report.cli import main_report, write_report
 from phd_lab.report.run_figures import FIGURES_PER_WORKER, draw_run_figures, figure_workers
 from tests.analysis_fixtures import probe_results_replaced_again_and_again, read_json, write_run
+from tests.conftest import ready_pool_workers, sigint_as_in_a_terminal
 
 PNG = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = (0.0625, 0.125, 0.25, 0.5)
 
 
@@ -112,6 +119,30 @@ def test_the_figures_of_a_killed_worker_are_drawn_in_this_process(tmp_path, capl
     results = dict(yielded)
     assert all(isinstance(result, bytes) and result.startswith(PNG) for result in results.values())
     assert results[7] == figure_png(*requests[7])
+
+
+@pytest.mark.parametrize("whom", ["the report's process group", "a figure worker alone"])
+def test_a_figure_worker_interrupted_by_sigint_stops_the_report_as_ctrl_c_does(tmp_path, whom):
+    """Ctrl-C reaches the figure workers too, and a SIGINT may be sent to one alone: the report stops with exit 130,
+    not with a worker 'killed by a signal, e.g. the out-of-memory killer' (a worker between figures died with a
+    traceback and exit status 0, one drawing sent KeyboardInterrupt back as its figure's failure; the report drew
+    on and exited 0)."""
+    logs = tmp_path / "logs"
+    _runs(logs, 2 * FIGURES_PER_WORKER)
+    process = subprocess.Popen([sys.executable, "-m", "phd_lab", "report", str(logs), "-mp", "2"], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=sigint_as_in_a_terminal)
+    workers = ready_pool_workers(process, 2)  # 8 figures of 0.6-1 s each left to draw
+    if whom == "a figure worker alone":
+        os.kill(workers[0], signal.SIGINT)
+    else:
+        os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted; the report was not written" in err
+    assert "out-of-memory" not in err and "Traceback" not in err, err
+    assert not (logs / "report.html").exists()
 
 
 def test_a_negative_process_count_is_refused_before_any_run_is_read(tmp_path, capsys):

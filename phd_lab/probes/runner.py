@@ -29,7 +29,7 @@ from phd_lab.probes.cache import ResultCache, json_digest, library_versions
 from phd_lab.probes.fit import ProbeRecord, probe_layer
 from phd_lab.probes.probe_log import PROBE_JOB, PROBE_JOBS
 from phd_lab.probes.settings import ProbeSettings
-from phd_lab.worker_processes import spawn_pool, stop_pool
+from phd_lab.worker_processes import spawn_pool, stop_pool, worker_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -398,6 +398,8 @@ def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int, fi
                     if future.cancelled():  # a layer of a run that failed: not fitted
                         continue
                     error = future.exception()
+                    if isinstance(error, BrokenProcessPool) and worker_interrupted(pool):
+                        raise KeyboardInterrupt  # as Ctrl-C, not the out-of-memory killer's or a crash's failure
                     finished(position, future.result() if error is None else None, error)
                 for future, position in pending.items():
                     if not wanted(position):

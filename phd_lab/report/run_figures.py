@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from concurrent.futures import as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterator, Sequence
 
 from phd_lab.analysis.run_tables import RunTables
 from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.plots.run_figure import figure_png
-from phd_lab.worker_processes import spawn_pool, stop_pool
+from phd_lab.worker_processes import spawn_pool, stop_pool, worker_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +84,24 @@ def _drawn_by_workers(requests: Sequence[FigureRequest], workers: int) -> Iterat
                 yield futures[future], future.result()
             elif isinstance(error, Exception) and not isinstance(error, BrokenProcessPool):
                 yield futures[future], error
-            elif not lost:  # killed (BrokenProcessPool for every figure not back yet), or signalled alone
+            elif not lost:  # killed or interrupted (BrokenProcessPool for every figure not back yet)
                 lost = True
-                log.warning("A figure worker process ended abruptly (killed by a signal, e.g. the out-of-memory "
-                            "killer, or crashed): %s", type(error).__name__)
+                _say_lost(pool, error)
     except BaseException:  # Ctrl-C, SIGTERM, or the report stopped reading: no worker goes on drawing for nobody
         stop_pool(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def _say_lost(pool: ProcessPoolExecutor, error: BaseException) -> None:
+    """Say how a figure worker was lost. One interrupted (SIGINT: Ctrl-C, or sent to it alone) stops the report as
+    Ctrl-C does (exit 130), as it stops the probe job: it was said to be 'killed by a signal, e.g. the out-of-memory
+    killer' and the report drew on."""
+    if isinstance(error, KeyboardInterrupt) or isinstance(error, BrokenProcessPool) and worker_interrupted(pool):
+        log.warning("A figure worker process was interrupted (SIGINT); the report stops as on Ctrl-C")
+        raise KeyboardInterrupt
+    log.warning("A figure worker process ended abruptly (killed by a signal, e.g. the out-of-memory killer, or "
+                "crashed): %s", type(error).__name__)
 
 
 def _draw_here(request: FigureRequest) -> bytes | Exception:
