@@ -372,6 +372,38 @@ def test_an_old_matrix_that_its_digests_entry_does_not_name_is_removed_by_the_cl
     np.testing.assert_array_equal(cache.get({"layer": "conv"}).confusion, first.confusion)
 
 
+@pytest.mark.parametrize("entry_kind", ["file disagrees with sha256", "symbolic link"])
+def test_the_cleanup_removes_no_matrix_beside_an_entry_that_names_none_consistently(tmp_path, entry_kind):
+    """The cleanup removes the other matrices of a digest only where its JSON entry is a plain file whose ``file``
+    is the matrix its ``sha256`` names: an entry that is a link, or whose two fields disagree, names no matrix it
+    could keep, so every old matrix of its digest stays (``put`` reads the same entry however damaged)."""
+    from phd_lab.probes.fit import ProbeRecord
+    cache, elsewhere = ResultCache(tmp_path / "cache"), ResultCache(tmp_path / "elsewhere")
+    key = {"layer": "conv"}
+    first = ProbeRecord(1, "conv", "saga", 0.5, 0.5, 3, True, 1.0, 10, 10, 4, [0, 1], np.eye(2))
+    cache.put(key, first)
+    elsewhere.put(key, replace(first, confusion=np.array([[0.75, 0.25], [0.0, 1.0]])))
+    (loser,) = elsewhere.folder.rglob("*.npy")
+    shutil.copy(loser, cache.path(key).parent)
+    entry = cache.path(key)
+    document = json.loads(entry.read_text())
+    if entry_kind == "symbolic link":
+        target = tmp_path / "entry.json"
+        target.write_text(json.dumps(document))
+        entry.unlink()
+        entry.symlink_to(target)
+    else:
+        document["confusion"]["file"] = loser.name
+        entry.write_text(json.dumps(document))
+    long_ago = time.time() - 3600
+    for matrix in cache.folder.rglob("*.npy"):
+        os.utime(matrix, (long_ago, long_ago))
+    before = sorted(path.name for path in cache.folder.rglob("*.npy"))
+    assert len(before) == 2
+    cache.remove_stale_temps()
+    assert sorted(path.name for path in cache.folder.rglob("*.npy")) == before
+
+
 def test_a_cache_entry_whose_record_has_a_field_of_another_type_is_refitted(tmp_path, capsys):
     """A cache entry on a shared folder whose record holds a value of another type (``"eval_acc": "high"``, a
     field gone or a count that is a string) was taken as it was: the probe job failed with a traceback (``TypeError:

@@ -170,10 +170,10 @@ class ResultCache:
             if re.fullmatch(_OWN_NAMES, matrix.name) and not matrix.is_symlink():
                 by_digest.setdefault(matrix.name.split("-")[0], []).append(matrix)
         for digest, matrices in sorted(by_digest.items()):
-            named = _named_in(folder / f"{digest}.json") if len(matrices) > 1 else None
+            named = _matrix_named_by(folder / f"{digest}.json", strict=True) if len(matrices) > 1 else None
             for matrix in matrices if named is not None else ():
                 with contextlib.suppress(FileNotFoundError):  # removed by another job meanwhile
-                    if matrix.name != named and matrix.lstat().st_mtime < cutoff:
+                    if matrix.name != named.name and matrix.lstat().st_mtime < cutoff:
                         matrix.unlink()
                         log.info("Removed %s, a confusion matrix that its cache entry does not name (a probe job "
                                  "killed after another job stored the entry).", matrix)
@@ -213,8 +213,7 @@ class ResultCache:
         return record if matrix.shape == (len(record.classes),) * 2 else None
 
     def _matrix_path(self, key: dict[str, Any], sha256: str) -> Path:
-        path = self.path(key)
-        return path.with_name(f"{path.stem}-{sha256[:16]}.npy")
+        return _matrix_beside(self.path(key), sha256)
 
     def _entry(self, key: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
         """The parsed JSON entry stored under ``key`` if it is one for that key (None where there is none), and what
@@ -284,32 +283,33 @@ class ResultCache:
                 with contextlib.suppress(FileNotFoundError):  # another matrix of the same key won: ours is unused
                     matrix_path.unlink()
             return stored
-        replaced = self._named_matrix(key)
+        # the matrix of the entry it replaces: no entry names it afterwards and the cleanup never removes it (a JSON
+        # entry of its name is there), so a refit with another matrix left it for good
+        replaced = _matrix_named_by(self.path(key))
         write_json(self.path(key), document)
-        if replaced is not None and replaced != matrix_path and self._named_matrix(key) != replaced:
+        if replaced is not None and replaced != matrix_path and _matrix_named_by(self.path(key)) != replaced:
             with contextlib.suppress(FileNotFoundError):
                 replaced.unlink()
         return record
 
-    def _named_matrix(self, key: dict[str, Any]) -> Path | None:
-        """The matrix file that the entry stored under ``key`` names by its sha256 (None where it names none), read
-        however damaged the entry is: ``put`` removes that of an entry it replaces, which no entry names then and the
-        cleanup never removes (a JSON entry of its name is there); a refit's other matrix left it for good."""
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            sha256 = read_json(self.path(key))["confusion"]["sha256"]
-            if isinstance(sha256, str) and re.fullmatch("[0-9a-f]{64}", sha256):
-                return self._matrix_path(key, sha256)
-        return None
 
-
-def _named_in(entry: Path) -> str | None:
-    """The name of the matrix file that the JSON ``entry`` names, or None where it is no plain file, cannot be read or
-    parsed, or names none consistently (its ``file`` and its ``sha256`` disagree)."""
+def _matrix_named_by(entry: Path, *, strict: bool = False) -> Path | None:
+    """The matrix file that the JSON ``entry`` names by its sha256, or None where it cannot be read or parsed or names
+    none; read however damaged the entry is, so that ``put`` removes the matrix of an entry it replaces. ``strict``
+    (the cleanup, which removes the other matrices of the digest): also None where the entry is no plain file or its
+    ``file`` and its ``sha256`` disagree."""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        if not stat.S_ISREG(entry.lstat().st_mode):  # a link, or a FIFO that reading would wait on for good
+        if strict and not stat.S_ISREG(entry.lstat().st_mode):  # a link, or a FIFO that reading would wait on for good
             return None
         confusion = read_json(entry)["confusion"]
-        sha256, name = confusion["sha256"], confusion["file"]
+        sha256 = confusion["sha256"]
         if isinstance(sha256, str) and re.fullmatch("[0-9a-f]{64}", sha256):
-            return name if name == f"{entry.stem}-{sha256[:16]}.npy" else None
+            matrix = _matrix_beside(entry, sha256)
+            return matrix if not strict or confusion["file"] == matrix.name else None
     return None
+
+
+def _matrix_beside(entry: Path, sha256: str) -> Path:
+    """The file of the confusion matrix of sha256 ``sha256`` beside the JSON ``entry`` (its digest, a dash, the
+    sha256's first 16 digits): one entry's refits of another matrix each have their own."""
+    return entry.with_name(f"{entry.stem}-{sha256[:16]}.npy")
