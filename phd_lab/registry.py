@@ -112,8 +112,7 @@ class Registry:
                 argument = "name"
             form = f"{prefix}<{argument}>"
             if fnmatch.fnmatchcase(form.lower(), pattern.lower()):
-                text = factory_doc(factory)
-                forms.append((form, text.strip().splitlines()[0] if text.strip() else ""))
+                forms.append((form, factory_summary(factory)))
         return forms
 
     def __contains__(self, name: object) -> bool:
@@ -158,8 +157,13 @@ class Registry:
     def doc(self, name: str) -> str:
         """First docstring line of a factory (for listings)."""
         factory = self._factories.get(name)
-        text = factory_doc(factory) if factory is not None else ""
-        return (text or "").strip().splitlines()[0] if text else ""
+        return factory_summary(factory) if factory is not None else ""
+
+
+def factory_summary(factory: Callable[..., Any]) -> str:
+    """The first line of a factory's docstring, which listings show beside its name; empty where it has none."""
+    text = factory_doc(factory).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def factory_doc(factory: Callable[..., Any]) -> str:

@@ -135,6 +135,21 @@ def test_list_with_a_config_lists_the_registry_modules_it_names(tmp_path, capsys
     assert not (tmp_path / "logs").exists()
 
 
+def test_list_shows_a_factory_whose_docstring_is_only_white_space_without_words(tmp_path, capsys):
+    """A factory whose docstring held only white space with a tab in it (which ``inspect.getdoc`` keeps as spaces)
+    made --list fail with an IndexError traceback; it is listed by its name alone, as one without a docstring."""
+    (tmp_path / "my_models.py").write_text(
+        "from torch import nn\n\n\n"
+        "def blank_doc(*, num_classes: int, in_channels: int = 3):\n"
+        "    \"\"\"\n\t \n    \"\"\"\n"
+        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    config = tmp_path / "exp.json"
+    config.write_text(json.dumps({"model": "blank_doc", "dataset": "FakeData",
+                                  "registries": {"models": "my_models.py"}, "logs_dir": str(tmp_path / "logs")}))
+    assert main_cli(["--config", str(config), "--list", "models"]) == 0
+    assert capsys.readouterr().out == f"{'blank_doc':24} \n"
+
+
 OWN_MODELS = '''def tiny(*, num_classes, in_channels=3):
     """A tiny network: one convolution.
 
