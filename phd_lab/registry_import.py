@@ -293,10 +293,8 @@ def _other_registry_folders_hidden(folder: Path) -> Iterator[None]:
 
 
 def _execute(module: ModuleType, source: bytes, path: Path) -> ModuleType:
-    """Run ``source`` (the bytes that are hashed) as the module's code, in its namespace."""
-    # dont_inherit: under the file's own future statements, not this module's (``annotations``: its annotations
-    # were strings, and its digest another, where the file is imported by its dotted name)
-    exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)  # noqa: S102 - the user's own
+    """Run ``source`` (the bytes that are hashed) as the module's code, in its namespace, and remember them."""
+    registry_files.execute(module, source, path)
     _EXECUTED_SHA256[module.__name__] = hashlib.sha256(source).hexdigest()
     _remember_lines(source, path)
     return module

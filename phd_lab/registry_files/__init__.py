@@ -48,6 +48,13 @@ def add_folder(folder: Path) -> None:
         FOLDERS_ADDED.add(str(folder))
 
 
+def execute(module: ModuleType, source: bytes, path: Path) -> None:
+    """Run a registry module's ``source`` (read from ``path``) as its code, in its namespace: under the file's
+    own future statements, not those of the module that runs it (``annotations``: its annotations were strings, and
+    its factory digests others, where the file is imported by its dotted name)."""
+    exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)  # noqa: S102 - the user's own
+
+
 class _Loader(importlib.abc.Loader):
     """Executes a registry file by its module name, with its folder on the module path (after the installed
     packages) so that its imports of the files beside it work in a worker process too."""
@@ -60,8 +67,7 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         add_folder(self.path.parent)
-        code = compile(self.path.read_bytes(), str(self.path), "exec", dont_inherit=True)  # the file's own futures
-        exec(code, module.__dict__)  # noqa: S102 - the user's own registry module
+        execute(module, self.path.read_bytes(), self.path)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
