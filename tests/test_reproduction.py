@@ -361,50 +361,34 @@ def test_the_patch_of_uncommitted_changes_keeps_non_ascii_text_under_a_posix_loc
     assert "+# the noise σ of a layer\n" in patch.stdout.decode("utf-8")
 
 
-def test_the_patch_of_a_file_with_crlf_line_ends_applies(tmp_path):
-    """git's output was read in text mode, which turned the CRLF line ends of a tracked file into LF: the run's
-    <name>_git.diff named lines the file does not have, and ``git apply`` refused it ('patch does not apply')."""
+@pytest.mark.parametrize("name, committed, edited", [
+    ("windows.py", b"a = 1\r\nb = 2\r\n", b"a = 1\r\nb = 3\r\n"),
+    ("legacy.py", "# coding: latin-1\nname = 'café'\n".encode("latin-1"),
+     "# coding: latin-1\nname = 'café'\nsize = 'è'\n".encode("latin-1")),
+], ids=["crlf line ends", "latin-1"])
+def test_the_patch_of_a_file_git_does_not_read_as_utf_8_text_applies(tmp_path, name, committed, edited):
+    """git's output was read in text mode, which turned the CRLF line ends of a tracked file into LF, and decoded
+    as UTF-8 with errors replaced, which turned the 'é' of a Latin-1 encoded file (byte 0xE9) into U+FFFD: the
+    run's <name>_git.diff named lines or bytes the file does not have, and ``git apply`` refused it ('patch does not
+    apply'). The patch keeps git's bytes."""
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
     checkout, module = _committed_environment_module(tmp_path)
-    crlf = checkout / "phd_lab" / "windows.py"
-    crlf.write_bytes(b"a = 1\r\nb = 2\r\n")
-    for command in (["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "crlf"]):
+    tracked = checkout / "phd_lab" / name
+    tracked.write_bytes(committed)
+    for command in (["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", name]):
         subprocess.run(["git", *command], cwd=checkout, check=True, capture_output=True)
-    crlf.write_bytes(b"a = 1\r\nb = 3\r\n")
+    tracked.write_bytes(edited)
     spec = importlib.util.spec_from_file_location("checkout_environment", module)
     copied = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(copied)
     patch = tmp_path / "run_git.diff"
     atomic.write_bytes(patch, copied.git_diff())  # as the executor writes it
-    subprocess.run(["git", "checkout", "-q", "phd_lab/windows.py"], cwd=checkout, check=True)
-    applied = subprocess.run(["git", "apply", str(patch)], cwd=checkout, capture_output=True, text=True)
-    assert applied.returncode == 0, applied.stderr
-    assert crlf.read_bytes() == b"a = 1\r\nb = 3\r\n"
-
-
-def test_the_patch_of_a_latin_1_file_applies(tmp_path):
-    """git's output was decoded as UTF-8 with errors replaced: the 'é' of a Latin-1 encoded file (byte 0xE9) became
-    U+FFFD in the run's <name>_git.diff, whose context lines then named bytes the file does not have, and ``git
-    apply`` refused it. The patch keeps git's bytes."""
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
-    checkout, module = _committed_environment_module(tmp_path)
-    latin = checkout / "phd_lab" / "legacy.py"
-    latin.write_bytes("# coding: latin-1\nname = 'café'\n".encode("latin-1"))
-    for command in (["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "latin"]):
-        subprocess.run(["git", *command], cwd=checkout, check=True, capture_output=True)
-    latin.write_bytes("# coding: latin-1\nname = 'café'\nsize = 'è'\n".encode("latin-1"))
-    spec = importlib.util.spec_from_file_location("checkout_environment", module)
-    copied = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(copied)
-    patch = tmp_path / "run_git.diff"
-    atomic.write_bytes(patch, copied.git_diff())  # as the executor writes it
-    subprocess.run(["git", "checkout", "-q", "phd_lab/legacy.py"], cwd=checkout, check=True)
+    subprocess.run(["git", "checkout", "-q", f"phd_lab/{name}"], cwd=checkout, check=True)
     applied = subprocess.run(["git", "apply", "--check", str(patch)], cwd=checkout, capture_output=True, text=True)
     assert applied.returncode == 0, applied.stderr
     subprocess.run(["git", "apply", str(patch)], cwd=checkout, check=True)
-    assert latin.read_bytes() == "# coding: latin-1\nname = 'café'\nsize = 'è'\n".encode("latin-1")
+    assert tracked.read_bytes() == edited
 
 
 def test_recording_the_checkout_s_state_never_writes_into_its_repository(tmp_path):
