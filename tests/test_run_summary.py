@@ -79,11 +79,7 @@ def test_tail_two_layers_late_disagrees_unless_the_tolerance_allows_it(tmp_path)
 
 
 def test_border_without_tail_and_no_border_at_high_resolution(tmp_path):
-    tables = synthetic_run(tmp_path, BORDER)
-    metrics = tables.metrics.copy()
-    for layer in LAYERS:
-        metrics[f"{layer}_train_saturation"] = 0.3
-    tables.metrics = metrics
+    tables = _with_saturations(synthetic_run(tmp_path, BORDER), [0.3] * len(LAYERS))
     summary = summarize(tables)
     assert summary["tails"] == [] and summary["agreement"]["b_min"]["agrees"] is False
     assert "no tail" in summary["recommendations"][0]["text"]
@@ -144,11 +140,7 @@ def test_truncation_measured_by_the_flops_step_replaces_the_table_estimate(tmp_p
 
 
 def test_width_advice_outside_the_target_interval(tmp_path):
-    tables = synthetic_run(tmp_path, BORDER)
-    metrics = tables.metrics.copy()
-    for layer in LAYERS:
-        metrics[f"{layer}_train_saturation"] = 0.1
-    tables.metrics = metrics
+    tables = _with_saturations(synthetic_run(tmp_path, BORDER), [0.1] * len(LAYERS))
     advice = [a["text"] for a in summarize(tables)["recommendations"] if a["kind"] == "width"]
     # the factor multiplies the run's width (0.25): not to be read as model_args.width itself
     assert len(advice) == 1 and "10.0%" in advice[0]
@@ -157,7 +149,7 @@ def test_width_advice_outside_the_target_interval(tmp_path):
     tables.config = {**tables.config, "model_args": {}}  # a model without a width argument
     advice = [a["text"] for a in summarize(tables)["recommendations"] if a["kind"] == "width"]
     assert "multiplying every layer's width by about 0.40 (try 1/2)" in advice[0]
-    metrics.loc[:, [f"{layer}_train_saturation" for layer in LAYERS]] = 0.25
+    tables.metrics.loc[:, [f"{layer}_train_saturation" for layer in LAYERS]] = 0.25
     assert not [a for a in summarize(tables)["recommendations"] if a["kind"] == "width"]
     assert nice_factor(0.4) == "1/2" and nice_factor(2.2) == "2" and nice_factor(0.01) == "1/8"
 
