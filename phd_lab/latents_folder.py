@@ -22,17 +22,14 @@ from torch import nn
 from phd_lab import atomic
 from phd_lab.errors import ConfigError, DataError
 from phd_lab.file_hash import sha256_file
-from phd_lab.latents_sets import (DEFAULT_METHOD, EXTRACTION_VERSION, PREVIOUS_EXTRACTION_VERSION, extraction_version,
-                                  manifest_path, manifest_text)
+from phd_lab.latents_sets import (DEFAULT_METHOD, EXTRACTION_VERSION, MANIFEST, MANIFEST_FORMAT,
+                                  PREVIOUS_EXTRACTION_VERSION, SPLITS, extraction_version, manifest_path, manifest_text)
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 # written before an extraction writes its first file, removed once its manifest is: the files beside it are an
 # extraction's (``refuse_foreign_link``), also where a SIGKILL left them without a manifest
 IN_PROGRESS = ".extraction-in-progress.json"
-MANIFEST_FORMAT = 1
-SPLITS = ("train", "eval")
 
 
 def expected_settings(run_dir: Path, downsampling: Any, dtype: str, model: nn.Module,

@@ -33,6 +33,11 @@ METHODS = ("adaptive_avg", "nearest")
 DEFAULT_METHOD = "adaptive_avg"
 PIXELWISE = "pixelwise"
 LATENTS = "latents"
+# The file an extraction writes last into a latents folder, the format of what it holds and the splits it names: one
+# definition for the extraction that writes it (``latents_folder``) and the probe job that reads it (probes.manifest)
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+SPLITS = ("train", "eval")
 _METHOD_TOKENS = {"adaptive_avg": "avg", "nearest": "nearest"}
 _SET_NAME = re.compile(r"[1-9][0-9]*x[1-9][0-9]*_(avg|nearest)|full|pixelwise")
 

@@ -29,7 +29,7 @@ from phd_lab.atomic import read_json, read_json_object
 from phd_lab.config import META_KEY, with_logged_linear_init
 from phd_lab.config_paths import extraction_latents_dir
 from phd_lab.file_hash import latents_digest
-from phd_lab.latents_sets import extracted_by_older_version
+from phd_lab.latents_sets import LATENTS, MANIFEST, extracted_by_older_version
 from phd_lab.rundir import RunDir, lies_in_its_run_folder
 from phd_lab.wording import plural
 
@@ -104,7 +104,7 @@ def discover_runs(logs_dir: Path | str) -> list[RunDir]:
 
 def _is_latents_folder(folder: Path) -> bool:
     """A latents folder of the extraction step: one that holds a manifest.json."""
-    return (folder / "manifest.json").is_file()
+    return (folder / MANIFEST).is_file()
 
 
 def _logged_config(path: Path) -> dict[str, Any] | None:
@@ -430,10 +430,10 @@ def latents_manifest_path(tables: RunTables) -> Path:
     latents_dir = extraction_latents_dir(tables.config or {})
     if latents_dir:
         try:
-            return tables.folder.latents(latents_dir) / "manifest.json"
+            return tables.folder.latents(latents_dir) / MANIFEST
         except (IndexError, ValueError):
             pass
-    return tables.folder.root / "latents" / "manifest.json"
+    return tables.folder.root / LATENTS / MANIFEST
 
 
 def _probes_predate_latents(tables: RunTables) -> bool:

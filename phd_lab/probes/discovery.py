@@ -313,7 +313,7 @@ def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root:
                     "results beside them", label, run_dir, enclosing)
         run_dir = enclosing
     if not run_dir.is_dir():
-        manifest_path = str(manifest.folder / "manifest.json")
+        manifest_path = str(manifest.folder / MANIFEST)
         raise DataError(f"The run folder {str(run_dir)!r} named by 'run_dir' in {manifest_path!r} "
                         f"does not exist; the probe results are written there. Move the latents back with their run "
                         f"or rerun the extraction step.")

@@ -23,13 +23,10 @@ from phd_lab.atomic import non_finite_at, read_json
 from phd_lab.environment import LIMIT_ERRNOS
 from phd_lab.errors import DataError
 from phd_lab.file_hash import hash_and_stamp
-from phd_lab.latents_sets import manifest_path
+from phd_lab.latents_sets import MANIFEST, MANIFEST_FORMAT, SPLITS, manifest_path
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-FORMAT = 1
-SPLITS = ("train", "eval")
 NPY_MAGIC = b"\x93NUMPY"  # how every .npy file begins (numpy.lib.format)
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _SHOWN = 5  # unlisted layer files named in the warning
@@ -241,8 +238,8 @@ def _load_json(path: Path) -> dict[str, Any]:
         raise _fail(path, f"it is not valid JSON ({error})") from None
     if not isinstance(raw, dict):
         raise _fail(path, "it does not hold a JSON object")
-    if type(raw.get("format")) is not int or raw["format"] != FORMAT:  # not True or 1.0, which equal 1
-        raise _fail(path, f"format is {json.dumps(raw.get('format'))}, this version reads format {FORMAT} (an "
+    if type(raw.get("format")) is not int or raw["format"] != MANIFEST_FORMAT:  # not True or 1.0, which equal 1
+        raise _fail(path, f"format is {json.dumps(raw.get('format'))}, this version reads format {MANIFEST_FORMAT} (an "
                           f"integer)")
     return raw
 

@@ -22,7 +22,7 @@ from phd_lab import atomic
 from phd_lab.atomic import write_with
 from phd_lab.file_hash import latents_digest
 from phd_lab.interrupts import raise_interruption_behind
-from phd_lab.latents_sets import DEFAULT_METHOD, PIXELWISE, named_set
+from phd_lab.latents_sets import DEFAULT_METHOD, MANIFEST, PIXELWISE, named_set
 from phd_lab.probes.cache import library_versions
 from phd_lab.probes.discovery import ProbeJob
 from phd_lab.probes.fit import ProbeRecord
@@ -178,7 +178,7 @@ def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None,
             continue
         latents = _dict_at(recorded, "latents") or {}
         if not name and "downsampling" not in latents:  # default-set results of an older version: its manifest
-            manifest = atomic.read_json_object(outputs.latents() / "manifest.json") or {}
+            manifest = atomic.read_json_object(outputs.latents() / MANIFEST) or {}
             latents = {"downsampling": manifest["downsampling"]} if "downsampling" in manifest else {}
         unknown = not name and "downsampling" not in latents
         size = latents.get("downsampling", named.downsampling if named else None)

@@ -13,8 +13,7 @@ import numpy as np
 
 from phd_lab.atomic import write_json, write_with
 from phd_lab.file_hash import sha256_file
-from phd_lab.latents_sets import manifest_text
-from phd_lab.probes.manifest import FORMAT, MANIFEST
+from phd_lab.latents_sets import MANIFEST, MANIFEST_FORMAT, manifest_text
 
 
 def _save(path: Path, array: np.ndarray) -> str:
@@ -41,7 +40,7 @@ def write_latents(folder: Path | str, layers: Mapping[str, tuple[np.ndarray, np.
     labels = {"train": "train-labels.npy", "eval": "eval-labels.npy",
               "sha256": {"train": _save(folder / "train-labels.npy", np.asarray(y_train)),
                          "eval": _save(folder / "eval-labels.npy", np.asarray(y_eval))}}
-    write_json(folder / MANIFEST, {"format": FORMAT, "run_dir": manifest_text(Path(run_dir).resolve()),
+    write_json(folder / MANIFEST, {"format": MANIFEST_FORMAT, "run_dir": manifest_text(Path(run_dir).resolve()),
                                    "model_test_accuracy": model_test_accuracy,
                                    "downsampling": downsampling, "dtype": ",".join(sorted(dtypes)),
                                    "layers": entries, "labels": labels})

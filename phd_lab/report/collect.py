@@ -20,6 +20,7 @@ from phd_lab import atomic
 from phd_lab.analysis.run_summary import AnalysisSettings, summarize
 from phd_lab.analysis.run_tables import RunTables, discover_runs, latents_manifest_path, load_run, lock_owner_alive
 from phd_lab.interrupts import raise_interruption_behind
+from phd_lab.latents_sets import LATENTS, MANIFEST
 from phd_lab.rundir import RunDir
 from phd_lab.errors import ConfigError
 from phd_lab.file_hash import file_stamp
@@ -88,7 +89,7 @@ def _read_stamps(folder: RunDir) -> dict[Path, Any]:
     took the folder and let it go (a training resumed to its end) leaves other stamps, though no lock is held now."""
     paths = (folder.probe_csv, folder.config, folder.metrics_csv, folder.receptive_field_csv,
              folder.computational_info_json, folder.computational_info_csv, folder.projections_csv,
-             folder.root / "latents" / "manifest.json", folder.diverged, folder.checkpoint, folder.lock,
+             folder.root / LATENTS / MANIFEST, folder.diverged, folder.checkpoint, folder.lock,
              folder.root / PROBE_LOCK)
     return {path: stamp_if_present(path) for path in paths}
 
