@@ -29,9 +29,9 @@ from phd_lab.config_paths import absolute_paths
 from phd_lab.data import DataBundle
 from phd_lab.device import DeviceMissing, resolve_device
 from phd_lab.environment import cpu_instruction_set, device_description, git_diff, versions
-from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, UsageError, first_line
+from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, UsageError
 from phd_lab.factory_args import (FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect,
-                                  factory_model_args)
+                                  factory_model_args, refused_args)
 from phd_lab.factory_results import check_callable, checked_result, stepping_refusal, unrestorable_scheduler
 from phd_lab.interrupts import raise_if_stop_requested, raise_interruption_behind
 from phd_lab.kept_folders import existing_folder
@@ -220,8 +220,7 @@ class TrainTestExecutor:
             raise type(error)(f"{cfg.source}: {error}") from None
         except (TypeError, ValueError) as error:
             raise_interruption_behind(error)  # a Ctrl-C in the factory is no bad dataset_args
-            raise ConfigError(f"{cfg.source}: dataset {cfg.dataset!r} cannot be built with dataset_args "
-                              f"{json.dumps(cfg.dataset_args)}: {first_line(error)}.") from None
+            raise refused_args(cfg.source, "dataset", cfg.dataset, cfg.dataset_args, error) from None
         return checked_result("datasets", cfg.dataset, bundle, self.registries.datasets.source, cfg.source)
 
     def build_model(self, bundle: DataBundle) -> nn.Module:
@@ -234,8 +233,7 @@ class TrainTestExecutor:
             model = factory(num_classes=bundle.num_classes, in_channels=bundle.in_channels, **model_args)
         except (TypeError, ValueError) as error:
             raise_interruption_behind(error)
-            raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
-                              f"{json.dumps(model_args)}: {first_line(error)}.") from None
+            raise refused_args(cfg.source, "model", cfg.model, model_args, error) from None
         checked_result("models", cfg.model, model, self.registries.models.source, cfg.source)
         truncate = cfg.model_args.get("truncate")
         if truncate:
@@ -271,8 +269,7 @@ class TrainTestExecutor:
             built = factory(model, epochs=cfg.epoch, **cfg.optimizer_args)
         except (TypeError, ValueError) as error:
             raise_interruption_behind(error)
-            raise ConfigError(f"{cfg.source}: optimizer {cfg.optimizer!r} cannot be built with optimizer_args "
-                              f"{json.dumps(cfg.optimizer_args)}: {first_line(error)}.") from None
+            raise refused_args(cfg.source, "optimizer", cfg.optimizer, cfg.optimizer_args, error) from None
         optimizer, scheduler = checked_result("optimizers", cfg.optimizer, built, self.registries.optimizers.source,
                                               cfg.source)
         refusal = stepping_refusal(optimizer, scheduler) or unrestorable_scheduler(scheduler)

@@ -12,7 +12,7 @@ import inspect
 import json
 from typing import Any, Callable, Mapping
 
-from phd_lab.errors import ConfigError
+from phd_lab.errors import ConfigError, first_line
 
 # model_args the framework handles itself (not passed to the model factory):
 # "truncate": cut the model before a layer ("border" = before the border layer b_min) and add a GAP + linear head.
@@ -25,6 +25,14 @@ def factory_model_args(model_args: Mapping[str, Any]) -> dict[str, Any]:
     """The model_args that go to the model factory: all but the framework's own (``FRAMEWORK_MODEL_OPTIONS``).
     One place for the checks, the meta-device build and the real build, which must pass the factory the same."""
     return {k: v for k, v in model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
+
+
+def refused_args(source: str, kind: str, name: str, args: Mapping[str, Any], error: BaseException) -> ConfigError:
+    """The error of the ``kind`` factory (dataset, model, optimizer) ``name`` whose call with the config's
+    ``<kind>_args`` raised ``error`` (a TypeError or ValueError): one wording for the checks before training and
+    the run, which ``experiment._with_args_axis_hint`` recognises ("cannot be built with model_args")."""
+    return ConfigError(f"{source}: {kind} {name!r} cannot be built with {kind}_args {json.dumps(args)}: "
+                       f"{first_line(error)}.")
 
 
 PASSED_BY_POSITION = ("model",)  # an optimizer factory is called f(model, epochs=..., ...): any first name will do

@@ -20,7 +20,7 @@ from torch import nn
 
 from phd_lab.config import RunConfig
 from phd_lab.errors import ConfigError, first_line
-from phd_lab.factory_args import factory_model_args
+from phd_lab.factory_args import factory_model_args, refused_args
 from phd_lab.factory_results import checked_result
 from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, Objective, declared_objective, objective_of
@@ -56,8 +56,7 @@ def meta_model(cfg: RunConfig, registries: Registries, built: dict[Any, Any]) ->
             built[key] = _build_on_meta(cfg, registries, PLACEHOLDER_CLASSES, PLACEHOLDER_CHANNELS)
         except (TypeError, ValueError) as error:
             raise_interruption_behind(error)  # a Ctrl-C in the factory is no bad model_args
-            raise ConfigError(f"{cfg.source}: model {cfg.model!r} cannot be built with model_args "
-                              f"{json.dumps(model_args)}: {first_line(error)}.") from None
+            raise refused_args(cfg.source, "model", cfg.model, model_args, error) from None
         except Exception as error:  # noqa: BLE001 - e.g. a factory that needs real tensors
             raise_interruption_behind(error)
             log.debug("%s: model %r not checked on the meta device (%s: %s)", cfg.source, cfg.model,

@@ -179,6 +179,9 @@ CASES = {
     "resolution_beyond_reason": ({"resolution": 10**9}, ["'resolution' must be an integer ≥ 1 and ≤ 8192"]),
     "width_that_overflows_the_layer_sizes": ({"model_args": {"width": 1e30}},  # torch appended C++ stack frames
                                              ["model 'vgg11' cannot be built with model_args {\"width\": 1e+30}"]),
+    "optimizer_args_the_optimizer_refuses": ({"optimizer_args": {"beta1": 2.0}},  # torch's ValueError, one line
+                                             ["optimizer 'adam' cannot be built with optimizer_args {\"beta1\": 2.0}: "
+                                              "Invalid beta parameter at index 0: 2.0."]),
     "learning_rate_beyond_float32": ({"optimizer_args": {"lr": 1e300}},
                                      ["the key 'optimizer_args.lr' holds 1e+300, beyond the float32 range"]),
 }
