@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -55,14 +56,20 @@ def test_a_model_without_a_default_layer_to_extract_is_refused_up_front_naming_l
     """The extract step of a model with no Conv2d or Linear module passed the dry run and failed after training
     (exit 1) with 'Flat has no Conv2d or Linear module to extract.', not saying what to do. It is refused before
     training (exit 2), naming the step's 'layers' and the model's modules."""
-    (tmp_path / "my_models.py").write_text(CONV1D_MODEL)
-    config = write_config(tmp_path, model="conv1d_only", model_args={}, track_saturation=False,
-                          registries={"models": str(tmp_path / "my_models.py")}, post_processing=["extract"])
-    assert main_cli(["--config", str(config), "--dry-run", "-q"]) == 2
-    err = flat(capsys.readouterr().err)
+    config, err = _extract_step_refusal(tmp_path, capsys, CONV1D_MODEL, "conv1d_only")
     assert err.startswith(f"error: {config} (run 0): Step 'extract': Conv1dOnly has no Conv2d or Linear module"), err
     assert "name the modules to extract in its 'layers'" in err and "this model's: conv)" in err
+
+
+def _extract_step_refusal(tmp_path: Path, capsys: pytest.CaptureFixture, source: str, model: str) -> tuple[Path, str]:
+    """The config and the dry run's error (in one line) of the extract step of the model factory ``model`` that
+    ``source`` defines, which the dry run refuses with exit 2 before anything is written."""
+    (tmp_path / "my_models.py").write_text(source)
+    config = write_config(tmp_path, model=model, model_args={}, track_saturation=False,
+                          registries={"models": str(tmp_path / "my_models.py")}, post_processing=["extract"])
+    assert main_cli(["--config", str(config), "--dry-run", "-q"]) == 2
     assert not (tmp_path / "logs").exists()
+    return config, flat(capsys.readouterr().err)
 
 
 def test_a_factory_without_a_parameter_the_framework_passes_is_named_not_the_configs_args(tmp_path, capsys):
@@ -133,14 +140,9 @@ def bare(*, num_classes, in_channels=3):
 def test_a_model_without_submodules_is_not_told_to_name_its_modules_in_layers(tmp_path, capsys):
     """A model without submodules (a matrix product of its own parameters) was told to name the modules to extract
     in 'layers' from "this model's: )", an empty list: 'layers' can name none, so the step can only be left out."""
-    (tmp_path / "my_models.py").write_text(BARE_MODEL)
-    config = write_config(tmp_path, model="bare", model_args={}, track_saturation=False,
-                          registries={"models": str(tmp_path / "my_models.py")}, post_processing=["extract"])
-    assert main_cli(["--config", str(config), "--dry-run", "-q"]) == 2
-    err = flat(capsys.readouterr().err)
+    config, err = _extract_step_refusal(tmp_path, capsys, BARE_MODEL, "bare")
     assert err.startswith(f"error: {config} (run 0): Step 'extract': Bare has no submodules"), err
     assert "leave the step out" in err and "this model's: )" not in err and "'layers'" not in err
-    assert not (tmp_path / "logs").exists()
 
 
 def test_a_registry_file_under_home_that_fails_is_told_with_a_command_the_shell_runs(tmp_path, monkeypatch):
