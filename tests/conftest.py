@@ -44,6 +44,11 @@ TINY = {
 }
 
 
+def flat(text: str) -> str:
+    """Messages are wrapped at 110 columns; compare them as one line."""
+    return " ".join(text.split())
+
+
 def write_config(folder: Path, name: str = "exp.json", **overrides: Any) -> Path:
     """A tiny Digits config in ``folder`` with logs under ``folder/logs``."""
     config = {**TINY, "logs_dir": str(folder / "logs"), "data_dir": str(folder / "data"), **overrides}

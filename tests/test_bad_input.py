@@ -8,12 +8,7 @@ from pathlib import Path
 import pytest
 
 from phd_lab.cli import main_cli
-from tests.conftest import TINY, run_main, write_config
-
-
-def flat(text: str) -> str:
-    """Messages are wrapped at 110 columns; compare them as one line."""
-    return " ".join(text.split())
+from tests.conftest import TINY, flat, run_main, write_config
 
 
 def _write_raw(tmp_path: Path, text: str) -> Path:

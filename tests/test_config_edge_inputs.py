@@ -14,17 +14,13 @@ import pytest
 
 from phd_lab.cli import main_cli
 from phd_lab.grid import Grid
-from tests.conftest import main_in_process, run_folders, run_main, run_name, write_config
+from tests.conftest import flat, main_in_process, run_folders, run_main, run_name, write_config
 
 # Two learning rates whose runs' identities (the config below) share the CRC-32 c998f298 (found by a search of
 # random rates); and two deltas that share one (delta is not in the folder's readable part: same folder name)
 COLLIDING_LR = (0.7950524859260707, 0.48695836658792335)
 COLLIDING_DELTA = (0.7827254627313773, 0.7235952987416239)
 FAST = {"resolution": 8, "epoch": 1, "batch_size": 256, "seed": 1, "track_saturation": False}
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def dry_run(capsys: pytest.CaptureFixture, config: Path) -> dict[int, tuple[str, Path]]:

@@ -9,12 +9,7 @@ from pathlib import Path
 import pytest
 
 from phd_lab.cli import main_cli
-from tests.conftest import write_config
-
-
-def flat(text: str) -> str:
-    """Messages are wrapped at 110 columns; compare them as one line."""
-    return " ".join(text.split())
+from tests.conftest import flat, write_config
 
 
 def test_the_extract_steps_downsampling_is_not_described_as_part_of_the_run_folder(tmp_path, capsys):
