@@ -401,7 +401,7 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
     """
     from phd_lab.config import RunConfig
     from phd_lab.errors import RunLockedError, RunStopped
-    from phd_lab.executor import TrainTestExecutor
+    from phd_lab.executor import RUN_TURN, TrainTestExecutor
     from phd_lab.interrupts import stop_requests
     from phd_lab.registry import Registries
     from phd_lab.run_guards import torch_flags_kept, warning_filters_kept
@@ -414,7 +414,9 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
     config = RunConfig(dict(values), source=source)
     modules = {**config.registries, **registry_overrides}
     try:
-        with stop_requests(stopped), run_warnings_on_worker_console(config.name):
+        # the turn before the checks: importing registry files takes other folders' helpers out of sys.modules for
+        # a while, and the checks' factories set torch's flags, under a run that another thread is training
+        with stop_requests(stopped), run_warnings_on_worker_console(config.name), RUN_TURN():
             # a registry this worker cannot import is a usage error too
             executor = TrainTestExecutor(config, Registries(modules), progress=False)
             # the flags and warning filters the checks' factories set end with them, as in a sequential grid

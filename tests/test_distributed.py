@@ -368,6 +368,97 @@ def test_a_factory_that_sets_torch_flags_while_a_worker_checks_its_point_leaves_
         torch.set_float32_matmul_precision(before[1])
 
 
+WAITING_MODELS = """import torch
+from torch import nn
+
+import {gate} as gate
+
+
+class Waiting(nn.Module):
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4, num_classes))
+
+    def forward(self, x):
+        if not x.is_meta and not gate.started.is_set():  # training: the worker's next task arrives now
+            gate.started.set()
+            gate.next_task.start()
+            gate.reached.wait(60)
+            gate.seen.append((list(gate.checked), torch.are_deterministic_algorithms_enabled()))
+            gate.recorded.set()
+        return self.net(x)
+
+
+def waiting(*, num_classes, in_channels=3):
+    return Waiting(num_classes, in_channels)
+"""
+
+GATED_METRICS = """import torch
+
+import {gate} as gate
+from phd_lab.metrics import TopKAccuracy
+
+
+def strict_accuracy():
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    gate.checked.append("strict_accuracy")
+    gate.reached.set()
+    gate.recorded.wait(60)
+    return TopKAccuracy(k=1, name="strict_accuracy")
+"""
+
+
+def test_a_workers_next_task_checks_its_point_only_once_the_run_in_progress_has_ended(tmp_path):
+    """A worker with several threads checked a task's point (imported its registry files, ran its factories) while
+    another task's run trained: the import took the other registry folders' helpers out of sys.modules and their
+    folders off sys.path (that run's dataset could not be pickled for its DataLoader workers: 'import of module
+    failed'), and a factory's flags (deterministic algorithms) held for the run in progress, which the guard of
+    the checks then set back under it. The next task waits for its turn before its checks now."""
+    import logging
+    import types
+
+    import torch
+
+    from phd_lab.distributed import train_point
+    from phd_lab.grid import Grid
+    name = f"gate_{tmp_path.name}"
+    gate = types.ModuleType(name)
+    gate.started, gate.reached, gate.recorded = threading.Event(), threading.Event(), threading.Event()
+    gate.checked, gate.seen, outcomes = [], [], []
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "models.py").write_text(WAITING_MODELS.format(gate=name))
+    (tmp_path / "b" / "metrics.py").write_text(GATED_METRICS.format(gate=name))
+    first = write_config(tmp_path / "a", epoch=1, resolution=8, batch_size=256, track_saturation=False,
+                         post_processing=[], model="waiting", model_args={},
+                         registries={"models": str(tmp_path / "a" / "models.py")})
+    second = write_config(tmp_path / "b", epoch=1, resolution=8, batch_size=256, track_saturation=False,
+                          post_processing=[], metrics=["strict_accuracy"],
+                          registries={"metrics": str(tmp_path / "b" / "metrics.py")})
+    [point_a], [point_b] = Grid(json.loads(first.read_text())), Grid(json.loads(second.read_text()))
+    gate.next_task = threading.Thread(target=lambda: outcomes.append(train_point(point_b.values, str(second), {})))
+
+    class Waits(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "Another training run is in progress" in record.getMessage():
+                gate.reached.set()
+
+    turn_log, root = logging.getLogger("phd_lab.lock"), logging.getLogger()
+    levels, waits = (turn_log.level, root.level), Waits()
+    turn_log.setLevel(logging.INFO), turn_log.addHandler(waits)
+    sys.modules[name] = gate
+    try:
+        outcome = train_point(point_a.values, str(first), {})
+        gate.next_task.join(120)
+    finally:
+        turn_log.removeHandler(waits)
+        turn_log.setLevel(levels[0]), root.setLevel(levels[1])
+        del sys.modules[name]
+        torch.use_deterministic_algorithms(False)
+    assert outcome[0] == "finished" and [result[0] for result in outcomes] == ["finished"], (outcome, outcomes)
+    assert gate.seen == [([], False)]
+
+
 def test_scheduler_spec_errors():
     assert parse_scheduler("local:3") == ("local", 3)
     assert parse_scheduler("tcp://127.0.0.1:8786") == ("address", "tcp://127.0.0.1:8786")
