@@ -13,7 +13,7 @@ import linecache
 import logging
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch.fx import graph_module as fx_graph_module
@@ -57,23 +57,80 @@ def cudnn_benchmark(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
+# The switches of torch.backends a factory may set (where below torch.backends, name), restored in this order: the
+# TF32 switches of torch before 2.9 first, then 2.9's fp32_precision of each backend and operator (general ones
+# first), which the older switches write (set_float32_matmul_precision sets cuda.matmul.fp32_precision).
+_SWITCHES = (("cudnn", "enabled"), ("cudnn", "benchmark"), ("cudnn", "deterministic"), ("cudnn", "allow_tf32"),
+             ("cuda.matmul", "allow_tf32"), ("cuda.matmul", "allow_fp16_reduced_precision_reduction"),
+             ("cuda.matmul", "allow_bf16_reduced_precision_reduction"), ("mkldnn", "enabled"))
+_PRECISIONS = ("", "cuda.matmul", "cudnn", "cudnn.conv", "cudnn.rnn", "mkldnn", "mkldnn.matmul", "mkldnn.conv",
+               "mkldnn.rnn")
+_SDP_KERNELS = ("flash", "mem_efficient", "math", "cudnn")  # scaled dot-product attention's kernels
+_UNREADABLE = object()  # a TF32 switch of before 2.9 that torch refuses to read once 2.9's names set it
+
+
+def _backend(path: str) -> object:
+    """The module of torch.backends at ``path`` ('cuda.matmul'; '' for torch.backends), or None."""
+    owner: object = torch.backends
+    for part in filter(None, path.split(".")):
+        owner = getattr(owner, part, None)
+    return owner
+
+
+def _flag_accessors() -> list[tuple[Callable[[], object], Callable[[object], None]]]:
+    """(read, write) of each process-wide numeric switch of torch.backends, in the order they are restored; those
+    this torch lacks are left out."""
+    def attribute(path: str, name: str) -> list[tuple[Callable[[], object], Callable[[object], None]]]:
+        owner = _backend(path)
+        try:  # attributes of a module class, or its __getattr__'s (cuda.matmul): dir() names neither
+            getattr(owner, name)
+        except AttributeError:
+            return []
+        except RuntimeError:  # there, but set by torch 2.9's names
+            pass
+        return [(lambda: getattr(owner, name), lambda value: setattr(owner, name, value))]
+
+    accessors = [accessor for path, name in _SWITCHES for accessor in attribute(path, name)]
+    accessors.append((torch.get_float32_matmul_precision, torch.set_float32_matmul_precision))
+    accessors += [accessor for path in _PRECISIONS for accessor in attribute(path, "fp32_precision")]
+    cuda = torch.backends.cuda
+    for kernel in _SDP_KERNELS:
+        read, write = getattr(cuda, f"{kernel}_sdp_enabled", None), getattr(cuda, f"enable_{kernel}_sdp", None)
+        if read is not None and write is not None:
+            accessors.append((read, write))
+    return accessors
+
+
+def _read(read: Callable[[], object]) -> object:
+    """The switch ``read`` reads, or ``_UNREADABLE`` where torch refuses to read it by that name."""
+    try:
+        return read()
+    except RuntimeError:  # "you have used mix of the legacy and new APIs": set by the names of torch 2.9
+        return _UNREADABLE
+
+
+def _default_device() -> torch.device | None:
+    """The device torch.set_default_device set for this thread (None: none), not a ``with torch.device`` block's."""
+    context = getattr(getattr(torch, "_GLOBAL_DEVICE_CONTEXT", None), "device_context", None)
+    return getattr(context, "device", None)
+
+
 @contextlib.contextmanager
 def torch_flags_kept() -> Iterator[None]:
-    """torch's process-wide numeric flags as they were before the block, once it ends: the default dtype,
-    deterministic algorithms, cuDNN's and the matmuls' precision switches, grad and anomaly mode, the CPU thread
-    count. A registry factory may set them ("for reproducibility", a float64 model, one thread), and every later
-    grid point of the process was built and trained under them: after a factory that set float64, the next point
-    of the grid built its model in float64 and failed on float32 data, where run alone it trained; after one that
-    set one thread, the grid's points of ``cpu_threads: null`` summed with it. None of these initialises CUDA."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    threads = torch.get_num_threads()
+    """torch's process-wide numeric flags as they were before the block, once it ends: the default dtype and device,
+    deterministic algorithms, cuDNN's, oneDNN's and the matmuls' switches (TF32 by the names of torch before and
+    since 2.9, cuDNN's autotuner), the attention kernels, grad and anomaly mode, the CPU thread count. A registry
+    factory may set them ("for reproducibility", a float64 model, one thread), and every later grid point of the
+    process was built and trained under them: after a factory that set float64, the next point of the grid built
+    its model in float64 and failed on float32 data, where run alone it trained; after one that set one thread, the
+    grid's points of ``cpu_threads: null`` summed with it. A switch set by torch 2.9's names (fp32_precision), which
+    torch refuses to read by the older ones, is kept by the newer ones. None of these initialises CUDA."""
+    threads, device = torch.get_num_threads(), _default_device()
     dtype, grad, anomaly = torch.get_default_dtype(), torch.is_grad_enabled(), torch.is_anomaly_enabled()
     check_nan = torch.is_anomaly_check_nan_enabled()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    flags = (cudnn.enabled, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32,
-             matmul.allow_fp16_reduced_precision_reduction)
-    precision = torch.get_float32_matmul_precision()
+    switches = [(read, write, _read(read)) for read, write in _flag_accessors()]
     try:
         yield
     finally:
@@ -81,9 +138,11 @@ def torch_flags_kept() -> Iterator[None]:
         torch.set_grad_enabled(grad)
         torch.autograd.set_detect_anomaly(anomaly, check_nan)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-        (cudnn.enabled, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32,
-         matmul.allow_fp16_reduced_precision_reduction) = flags
-        torch.set_float32_matmul_precision(precision)
+        for read, write, value in switches:
+            if value is not _UNREADABLE and _read(read) != value:
+                write(value)
+        if _default_device() != device:
+            torch.set_default_device(device)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 

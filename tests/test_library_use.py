@@ -262,6 +262,62 @@ def test_a_factory_that_silences_warnings_silences_no_later_grid_point(tmp_path,
     assert any("planted by the loud factory" in str(w.message) for w in recwarn), [str(w.message) for w in recwarn]
 
 
+def backend_switches() -> dict[str, object]:
+    """The switches of torch.backends and the default device a factory may set, beside ``torch_flags``."""
+    import torch
+    backends = torch.backends
+    return {"benchmark": backends.cudnn.benchmark, "onednn": backends.mkldnn.enabled,
+            "bf16 reduction": backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
+            "flash attention": backends.cuda.flash_sdp_enabled(), "math attention": backends.cuda.math_sdp_enabled(),
+            "fp32": [getattr(owner, "fp32_precision") for owner in (backends, backends.cuda.matmul, backends.cudnn.conv,
+                                                                     backends.mkldnn, backends.mkldnn.matmul)],
+            "device": torch.empty(0).device.type}
+
+
+@pytest.mark.parametrize("setting", [
+    "torch.backends.cudnn.benchmark = True", "torch.backends.mkldnn.enabled = False",
+    "torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False",
+    "torch.backends.cuda.enable_flash_sdp(False)", "torch.backends.cuda.enable_math_sdp(False)",
+    "torch.backends.fp32_precision = 'tf32'", "torch.backends.mkldnn.matmul.fp32_precision = 'bf16'",
+    "torch.set_default_device('meta')"])
+def test_a_switch_a_factory_sets_is_put_back_however_its_run_ends(setting):
+    """The guard around a run and around the grid's checks put back the dtype, the deterministic algorithms and
+    the older TF32 switches, but not cuDNN's autotuner (in the checks), oneDNN (CPU convolutions of other sums),
+    the attention kernels, bf16 reductions, torch 2.9's fp32_precision nor the default device: a factory that set
+    one left it to every later grid point and to the caller."""
+    import torch
+
+    from phd_lab.run_guards import torch_flags_kept
+    before = backend_switches()
+    with pytest.raises(RuntimeError, match="the run failed"), torch_flags_kept():
+        exec(setting, {"torch": torch})  # noqa: S102 - one of the settings above
+        raise RuntimeError("the run failed")
+    assert backend_switches() == before
+
+
+def test_a_registry_file_that_sets_tf32_by_torchs_newer_names_runs_under_it(tmp_path):
+    """torch 2.9 names the TF32 switches anew (torch.backends.cuda.matmul.fp32_precision = "tf32", as its notes
+    advise), and refuses to read one set by those names by the older ones ("you have used mix of the legacy and new
+    APIs"): a registry file or a notebook that set one failed every grid with that RuntimeError, the guard of
+    torch's flags reading torch.get_float32_matmul_precision. The switch holds for the runs, and the guard keeps it
+    by the newer names."""
+    import torch
+
+    from phd_lab.experiment import Main
+    registry = tmp_path / "tf32_models.py"
+    tiny = SLOPPY_MODELS.split("\n\n\ndef sloppy")[0]
+    registry.write_text(tiny + "\n\n\ntorch.backends.cuda.matmul.fp32_precision = 'tf32'\n")
+    before = torch.backends.cuda.matmul.fp32_precision
+    try:
+        config = one_epoch(tmp_path, model="tiny", model_args={}, resolution=8, registries={"models": str(registry)})
+        [outcome] = Main(progress=False)(config)
+        assert outcome.status == "finished"
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before
+    assert torch.get_float32_matmul_precision() == "highest"  # readable by the older names again
+
+
 @pytest.mark.parametrize("first_by", ["grid", "module name"])
 def test_a_registry_file_imports_no_module_beside_another_grids_registry_file(tmp_path, first_by):
     """A registry file's folder stays on sys.path once imported, and the registry file of a later grid (another
