@@ -70,6 +70,9 @@ _HELPER_NAMES: dict[str, tuple[Path, Path]] = {}
 # none of them changed since; one executed again (edited) imports it afresh, as its own code may change it.
 _HELPER_RECORDS: weakref.WeakKeyDictionary[ModuleType, tuple[str, frozenset[str], set[str]]] = \
     weakref.WeakKeyDictionary()
+# The helper modules each registry module's execution left in place, by the registry's module name: one imported
+# afresh since for another registry file of its folder (edited) is no longer the one its objects' classes are of.
+_HELPER_MODULES: dict[str, dict[str, weakref.ref[ModuleType]]] = {}
 FRAMEWORK_PACKAGES = ("phd_lab", "registries")  # phd-lab's own code, which its git commit covers
 
 
@@ -88,6 +91,13 @@ def _helpers_changed(module_name: str, folder: Path) -> bool:
         except OSError:
             return True
     return False
+
+
+def _helpers_replaced(module_name: str) -> bool:
+    """Whether a helper the registry module imported is no longer the module its name gives in this process:
+    imported afresh since for another registry file of its folder (edited since), whose objects' classes the
+    helper's name now gives, so that this module's objects can no longer be pickled (spawn DataLoader workers)."""
+    return any(sys.modules.get(name) is not module() for name, module in _HELPER_MODULES.get(module_name, {}).items())
 
 
 def _beside(folder: Path, top: str) -> Path | None:
@@ -181,6 +191,8 @@ def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) ->
                 uses = frozenset(used for used in watch.imports.get(name, ()) if files.get(used) is not None)
                 _HELPER_RECORDS[imported[name]] = (digest, uses, {module.__name__})
     _HELPER_SHA256[module.__name__] = dict(sorted(helpers.items()))
+    _HELPER_MODULES[module.__name__] = {name: weakref.ref(imported[name]) for name, file in files.items()
+                                        if file is not None}
 
 
 class _HelperImports(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -344,14 +356,18 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
             source = path.read_bytes()
             _refuse_relative_imports(source, path, spec, kind)
             earlier = sys.modules.get(module_name)
-            if (earlier is not None and _EXECUTED_SHA256.get(module_name) == hashlib.sha256(source).hexdigest()
-                    and not _helpers_changed(module_name, path.parent)):
+            unchanged = (earlier is not None and _EXECUTED_SHA256.get(module_name) == hashlib.sha256(source).hexdigest()
+                         and not _helpers_changed(module_name, path.parent))
+            if unchanged and not _helpers_replaced(module_name):
                 return earlier
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
             if loader_spec is None or loader_spec.loader is None or path.suffix != ".py":
                 raise RegistryError(f"The {kind} registry module {spec!r} is not a Python source file; give a "
                                     f"path ending in .py or a dotted module name.")
-            if earlier is not None:  # edited since: a new module, so that factories removed from it are gone
+            if unchanged:  # its helper imported afresh for another file of its folder: theirs is shared now
+                log.info("The %s registry file %s imports a helper that another registry file of its folder imported "
+                         "afresh since (edited); importing it again, so that the two share it.", kind, path)
+            elif earlier is not None:  # edited since: a new module, so that factories removed from it are gone
                 log.info("The %s registry file %s (or a file beside it that it imports) changed since this process "
                          "imported it; importing it again.", kind, path)
             module = importlib.util.module_from_spec(loader_spec)

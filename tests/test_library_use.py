@@ -421,6 +421,31 @@ def test_two_registry_files_of_one_folder_share_its_helpers_as_python_would(tmp_
             sys.modules.pop(name, None)
 
 
+def test_a_helper_imported_afresh_for_an_edited_registry_file_is_the_one_its_folders_other_files_use(tmp_path):
+    """Two registry files of one folder share its helper (``shared.py``); once the models file was edited in a
+    long-lived process (a notebook, a Dask worker), its new import took the helper afresh, and the unchanged datasets
+    file kept the old one: its dataset was of a class the helper's name no longer gave, so a DataLoader worker under
+    spawn or forkserver could not be sent it ("Can't pickle ... not the same object") until the process ended. The
+    datasets file is executed again on its next import, with the helper its folder's files now share."""
+    import pickle
+    import sys
+
+    from phd_lab.registry_import import import_registry_module
+    shared = f"edited_shared_of_{tmp_path.name}"  # one module per name in a process
+    (tmp_path / f"{shared}.py").write_text("class Blobs:\n    pass\n")
+    (tmp_path / "datasets.py").write_text(f"from {shared} import Blobs\n\n\ndef blobs():\n    return Blobs()\n")
+    (tmp_path / "models.py").write_text(f"import {shared}\n\n\ndef net():\n    return {shared}.Blobs\n")
+    try:
+        import_registry_module(str(tmp_path / "datasets.py"), "datasets")
+        import_registry_module(str(tmp_path / "models.py"), "models")
+        (tmp_path / "models.py").write_text((tmp_path / "models.py").read_text() + "# edited\n")
+        models = import_registry_module(str(tmp_path / "models.py"), "models")
+        datasets = import_registry_module(str(tmp_path / "datasets.py"), "datasets")
+        assert type(pickle.loads(pickle.dumps(datasets.blobs()))) is models.net() is sys.modules[shared].Blobs
+    finally:
+        sys.modules.pop(shared, None)
+
+
 def test_a_factory_that_sets_the_thread_count_while_the_grid_is_checked_leaves_the_other_points_theirs(tmp_path):
     """A model factory that called torch.set_num_threads(1) (run on the meta device while the grid is checked)
     left one thread to every point of the grid: those of ``cpu_threads: null`` summed with one thread instead of
