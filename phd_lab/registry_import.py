@@ -120,14 +120,17 @@ def _helper_file(name: str, module: ModuleType | None, folder: Path) -> Path | N
     return path if path == folder / f"{top}.py" or folder / top in path.parents else None
 
 
-def _same_named_helper(path: Path, imported: Mapping[str, ModuleType]) -> str | None:
+def _same_named_helper(path: Path, imported: Mapping[str, ModuleType], asked: set[str]) -> str | None:
     """Why the registry file ``path`` would run another file than the same-named one beside it: a module it
-    imports that resolved to another folder's file, or whose name another registry file's helper holds."""
+    imports that resolved to another folder's file, or whose name another registry file's helper holds. Only
+    the names it or a module of its folder imported (``asked``) are looked at: a library's import of an installed
+    package of the name of a file beside it (Hugging Face's ``datasets``, its folder's datasets registry file) is
+    no import of that file."""
     folder = path.parent
     for name in sorted(imported):
         top = name.split(".")[0]
         mine = _beside(folder, top)
-        if "." in name or top in FRAMEWORK_PACKAGES or mine is None:
+        if "." in name or top in FRAMEWORK_PACKAGES or mine is None or name not in asked:
             continue
         first = _HELPER_NAMES.get(top)
         file = getattr(imported[name], "__file__", None)
@@ -165,7 +168,10 @@ def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) ->
         failed = error
     imported = {name: sys.modules[name] for name in set(sys.modules) - before}
     # the other folder's helper may lack what this file uses: the refusal says why, not the AttributeError
-    conflict = _same_named_helper(path, imported) if failed is None or isinstance(failed, Exception) else None
+    asked = {name for importer, names in watch.imports.items()
+             if importer == module.__name__ or _of_folder(importer, folder) for name in names}
+    conflict = (_same_named_helper(path, imported, asked) if failed is None or isinstance(failed, Exception)
+                else None)
     if failed is not None or conflict is not None:
         restore()
     if conflict is None and failed is not None:
@@ -193,6 +199,15 @@ def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) ->
     _HELPER_SHA256[module.__name__] = dict(sorted(helpers.items()))
     _HELPER_MODULES[module.__name__] = {name: weakref.ref(imported[name]) for name, file in files.items()
                                         if file is not None}
+
+
+def _of_folder(name: str, folder: Path) -> bool:
+    """Whether the module ``name`` was imported from ``folder``; one that failed (gone from sys.modules): whether the
+    folder holds a module of its name."""
+    module = sys.modules.get(name)
+    if module is None:
+        return _beside(folder, name.split(".")[0]) is not None
+    return _helper_file(name, module, folder) is not None
 
 
 class _HelperImports(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -444,6 +445,29 @@ def test_a_helper_imported_afresh_for_an_edited_registry_file_is_the_one_its_fol
         assert type(pickle.loads(pickle.dumps(datasets.blobs()))) is models.net() is sys.modules[shared].Blobs
     finally:
         sys.modules.pop(shared, None)
+
+
+def test_a_library_that_imports_a_package_named_like_a_file_beside_the_registry_file_is_no_helper_of_it(
+        tmp_path, monkeypatch):
+    """A metrics registry file beside its folder's datasets registry file (``datasets.py``) that imports a library
+    which imports an installed package of that name (evaluate imports Hugging Face's ``datasets``) was refused:
+    "imports a module that lies as '.../datasets.py' beside it, but 'datasets' resolves to '.../site-packages/...'",
+    though neither it nor a helper of its folder imported that name. Only the names they import are looked at."""
+    from phd_lab.registry_import import helper_sha256, import_registry_module
+    package, library = f"data_of_{tmp_path.name}", f"evaluation_of_{tmp_path.name}"  # one module per name
+    (tmp_path / "site" / package).mkdir(parents=True)
+    (tmp_path / "site" / package / "__init__.py").write_text("")
+    (tmp_path / "site" / f"{library}.py").write_text(f"import {package}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / f"{package}.py").write_text("def blobs():\n    return 1\n")  # its datasets file
+    (tmp_path / "project" / "metrics.py").write_text(f"import {library}\n\n\ndef score():\n    return 1\n")
+    try:
+        metrics = import_registry_module(str(tmp_path / "project" / "metrics.py"), "metrics")
+        assert metrics.score() == 1 and helper_sha256(metrics) == {}
+    finally:
+        for name in (package, library):
+            sys.modules.pop(name, None)
 
 
 def test_a_factory_that_sets_the_thread_count_while_the_grid_is_checked_leaves_the_other_points_theirs(tmp_path):
