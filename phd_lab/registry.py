@@ -40,7 +40,7 @@ from types import ModuleType
 from typing import Any, Callable, Mapping
 
 from phd_lab.errors import RegistryError
-from phd_lab.registry_import import executed_sha256, helper_sha256, import_registry_module
+from phd_lab.registry_import import executed_sha256, helper_sha256, helpers_replaced, import_registry_module
 
 log = logging.getLogger(__name__)
 
@@ -245,21 +245,31 @@ class Registries:
         self.sha256: dict[str, str | None] = {}  # of the source each module was executed from
         self.helper_sha256: dict[str, dict[str, str]] = {}  # of the files a registry file imported from beside it
         self.working_directory_files: dict[str, str] = {}  # dotted modules only the working directory holds
+        loaded = {kind: self._load(kind, chosen[kind]) for kind in KINDS}
+        # a registry file executed again (edited) imports the helpers of its folder afresh: the file of an earlier
+        # kind that shares one is executed again too, so that the two share it as in a fresh process
         for kind in KINDS:
-            module = chosen[kind]
-            if isinstance(module, str):
-                if module != DEFAULT_MODULES[kind]:
-                    _announce(kind, module)
-                module = import_registry_module(module, kind)
-                found = working_directory_file(chosen[kind], module)
-                if found is not None:
-                    self.working_directory_files[kind] = found
-            self.files[kind] = getattr(module, "__file__", None)
-            self.sha256[kind] = executed_sha256(module)
-            self.helper_sha256[kind] = helper_sha256(module)
-            if chosen[kind] == DEFAULT_MODULES[kind]:
-                _warn_if_shadowed(kind, self.files[kind])
-            self._registries[kind] = Registry.from_module(kind, module)
+            if isinstance(chosen[kind], str) and helpers_replaced(loaded[kind]):
+                self._load(kind, chosen[kind])
+
+    def _load(self, kind: str, module: "str | ModuleType") -> ModuleType:
+        """Import the registry module of ``kind`` (given by name or path, or as a module) and record where it was
+        loaded from and the sha256 of its code and helpers."""
+        spec = module
+        if isinstance(module, str):
+            if module != DEFAULT_MODULES[kind]:
+                _announce(kind, module)
+            module = import_registry_module(module, kind)
+            found = working_directory_file(spec, module)
+            if found is not None:
+                self.working_directory_files[kind] = found
+        self.files[kind] = getattr(module, "__file__", None)
+        self.sha256[kind] = executed_sha256(module)
+        self.helper_sha256[kind] = helper_sha256(module)
+        if spec == DEFAULT_MODULES[kind]:
+            _warn_if_shadowed(kind, self.files[kind])
+        self._registries[kind] = Registry.from_module(kind, module)
+        return module
 
     def logged_specs(self, specs: Any) -> Any:
         """A config's 'registries' (``specs``) as a logged config names them: a dotted name these registries

@@ -93,11 +93,12 @@ def _helpers_changed(module_name: str, folder: Path) -> bool:
     return False
 
 
-def _helpers_replaced(module_name: str) -> bool:
+def helpers_replaced(module: ModuleType) -> bool:
     """Whether a helper the registry module imported is no longer the module its name gives in this process:
     imported afresh since for another registry file of its folder (edited since), whose objects' classes the
     helper's name now gives, so that this module's objects can no longer be pickled (spawn DataLoader workers)."""
-    return any(sys.modules.get(name) is not module() for name, module in _HELPER_MODULES.get(module_name, {}).items())
+    helpers = _HELPER_MODULES.get(module.__name__, {})
+    return any(sys.modules.get(name) is not helper() for name, helper in helpers.items())
 
 
 def _beside(folder: Path, top: str) -> Path | None:
@@ -373,7 +374,7 @@ def import_registry_module(spec: str, kind: str) -> ModuleType:
             earlier = sys.modules.get(module_name)
             unchanged = (earlier is not None and _EXECUTED_SHA256.get(module_name) == hashlib.sha256(source).hexdigest()
                          and not _helpers_changed(module_name, path.parent))
-            if unchanged and not _helpers_replaced(module_name):
+            if unchanged and not helpers_replaced(earlier):
                 return earlier
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
             if loader_spec is None or loader_spec.loader is None or path.suffix != ".py":

@@ -431,6 +431,7 @@ def test_a_helper_imported_afresh_for_an_edited_registry_file_is_the_one_its_fol
     import pickle
     import sys
 
+    from phd_lab.registry import Registries
     from phd_lab.registry_import import import_registry_module
     shared = f"edited_shared_of_{tmp_path.name}"  # one module per name in a process
     (tmp_path / f"{shared}.py").write_text("class Blobs:\n    pass\n")
@@ -443,6 +444,11 @@ def test_a_helper_imported_afresh_for_an_edited_registry_file_is_the_one_its_fol
         models = import_registry_module(str(tmp_path / "models.py"), "models")
         datasets = import_registry_module(str(tmp_path / "datasets.py"), "datasets")
         assert type(pickle.loads(pickle.dumps(datasets.blobs()))) is models.net() is sys.modules[shared].Blobs
+        # the models registry imported first (as a grid's registries are): it shares the one the datasets file,
+        # edited since, imports afresh
+        (tmp_path / "datasets.py").write_text((tmp_path / "datasets.py").read_text() + "# edited\n")
+        registries = Registries({"models": str(tmp_path / "models.py"), "datasets": str(tmp_path / "datasets.py")})
+        assert registries.models.get("net")() is type(registries.datasets.get("blobs")()) is sys.modules[shared].Blobs
     finally:
         sys.modules.pop(shared, None)
 
