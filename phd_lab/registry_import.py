@@ -171,8 +171,9 @@ def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) ->
     # the other folder's helper may lack what this file uses: the refusal says why, not the AttributeError
     asked = {name for importer, names in watch.imports.items()
              if importer == module.__name__ or _of_folder(importer, folder) for name in names}
-    conflict = (_same_named_helper(path, imported, asked) if failed is None or isinstance(failed, Exception)
-                else None)
+    earlier = _imported_before(module, failed, before)
+    conflict = (_same_named_helper(path, {**earlier, **imported}, asked | set(earlier))
+                if failed is None or isinstance(failed, Exception) else None)
     if failed is not None or conflict is not None:
         restore()
     if conflict is None and failed is not None:
@@ -200,6 +201,16 @@ def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) ->
     _HELPER_SHA256[module.__name__] = dict(sorted(helpers.items()))
     _HELPER_MODULES[module.__name__] = {name: weakref.ref(imported[name]) for name, file in files.items()
                                         if file is not None}
+
+
+def _imported_before(module: ModuleType, failed: BaseException | None, before: set[str]) -> dict[str, ModuleType]:
+    """The modules the registry file's code names that this process had imported before it ran (its import of an
+    installed ``tqdm`` reached no finder): those it holds (``import tqdm``), and the one whose import failed
+    (``from tqdm import my_fn``: cannot import name), so that a same-named file beside it is named as such."""
+    names = {value.__name__ for value in vars(module).values() if isinstance(value, ModuleType)}
+    if isinstance(failed, ImportError) and failed.name:
+        names.add(failed.name)
+    return {name: sys.modules[name] for name in names if name in before and name in sys.modules}
 
 
 def _of_folder(name: str, folder: Path) -> bool:

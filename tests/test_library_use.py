@@ -476,6 +476,35 @@ def test_a_library_that_imports_a_package_named_like_a_file_beside_the_registry_
             sys.modules.pop(name, None)
 
 
+@pytest.mark.parametrize("imports", ["from {name} import my_fn", "import {name}"])
+def test_a_helper_named_like_a_package_this_process_imported_before_is_refused_as_one_never_imported(
+        tmp_path, monkeypatch, imports):
+    """A helper named like an installed package (``tqdm.py`` beside the registry file): where no module had imported
+    that package yet, the refusal named the helper and the package it lost to; where phd-lab or the caller had
+    (tqdm, numpy), the registry file ran with the package, failing with "cannot import name 'my_fn' from 'tqdm'"
+    and the advice to run the file as a script, which imports the helper and shows no error. It is the refusal in
+    both cases now."""
+    import importlib
+
+    from phd_lab.errors import RegistryError
+    from phd_lab.registry_import import import_registry_module
+    name = f"bars_of_{tmp_path.name}"  # one module per name in a process
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / f"{name}.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.import_module(name)  # an installed package this process imported before
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / f"{name}.py").write_text("def my_fn():\n    return 1\n")
+    (tmp_path / "project" / "models.py").write_text(imports.format(name=name) + "\n\n\ndef net():\n    return 1\n")
+    try:
+        with pytest.raises(RegistryError, match="imports a module that lies as") as refused:
+            import_registry_module(str(tmp_path / "project" / "models.py"), "models")
+        assert str(tmp_path / "project" / f"{name}.py") in str(refused.value)
+        assert str(tmp_path / "site" / f"{name}.py") in str(refused.value)
+    finally:
+        sys.modules.pop(name, None)
+
+
 def test_a_factory_that_sets_the_thread_count_while_the_grid_is_checked_leaves_the_other_points_theirs(tmp_path):
     """A model factory that called torch.set_num_threads(1) (run on the meta device while the grid is checked)
     left one thread to every point of the grid: those of ``cpu_threads: null`` summed with one thread instead of
