@@ -13,25 +13,23 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from tqdm import tqdm
 
-from phd_lab.checkpoint import CheckpointStore
 from phd_lab.config import check_probe_keys
-from phd_lab.device import parse_device, resolve_device
 from phd_lab.errors import (LOG_MARK, ConfigError, DataError, RegistryError, RunLockedError, UsageError, brief,
                             failure_line, without_log)
-from phd_lab.executor import TrainTestExecutor
 from phd_lab.grid import Grid
 from phd_lab.interrupts import raise_interruption_behind
-from phd_lab.latents_folder import load_manifest, other_runs_latents, shared_latents_error
-from phd_lab.model_checks import meta_model, trained_meta_model
 from phd_lab.progress import bar_options
 from phd_lab.registry import Registries
-from phd_lab.run_guards import fx_sources_released, torch_flags_kept, warning_filters_kept
 from phd_lab.rundir import FolderListings, earlier_version_advice, earlier_version_runs, read_config_grid
 from phd_lab.user_paths import check_writable_dir, nearest_existing
+
+# torch, pandas and the executor's modules are imported where a grid is checked or run, after its config is read:
+# a config refused by the schema (a typo, a missing key) is said without the seconds torch takes to import
 
 if TYPE_CHECKING:
     from phd_lab.analysis.run_tables import TrainingStatus
     from phd_lab.config import RunConfig
+    from phd_lab.executor import TrainTestExecutor
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +85,14 @@ class Main:
         """Read and validate a config file; every grid point is checked before anything runs. ``index``: the point
         ``--index`` runs, named in the error of another point (which is checked too)."""
         if device is not None:
+            from phd_lab.device import parse_device, resolve_device
             (resolve_device if self.missing_device == "error" else parse_device)(device, "--device")
         grid = read_config_grid(config_path, run_id=run_id, device=device)
         self.meta_models: dict[Any, Any] = {}  # the grid check's meta models, shared with point_status
         # each grid reads its registry files as they are now (a notebook keeps one Main while they are edited);
         # within a grid, points that name the same modules share them
         self._registry_cache: dict[tuple[tuple[str, str], ...], Registries] = {}
+        from phd_lab.run_guards import fx_sources_released
         with fx_sources_released():  # the models' receptive-field checks trace them
             self.executors = self._validate_grid(grid, index)
         return grid
@@ -109,6 +109,8 @@ class Main:
     def _checked_point(self, grid: Grid, index: int, listings: FolderListings, said: dict[str, int],
                        models: dict[Any, Any]) -> tuple[RunConfig, TrainTestExecutor]:
         """Grid point ``index`` resolved and checked (registries, config, model, probe keys), with its executor."""
+        from phd_lab.executor import TrainTestExecutor
+        from phd_lab.run_guards import torch_flags_kept, warning_filters_kept
         cfg = grid[index]
         try:
             registries = self._registries_for(cfg.registries)
@@ -246,6 +248,7 @@ class Main:
         configs = {index: self.executors[index].config for index in chosen}
         devices = {index: gpu_device(cfg.device, cfg.tracking_device if cfg.track_saturation else None)
                    for index, cfg in configs.items()}  # a run that tracks nothing sums no covariance on a GPU
+        from phd_lab.device import resolve_device
         with dask_client(scheduler) as client:
             gpus = declared_gpus(client, scheduler, [devices[index] for index in chosen],
                                  cuda_here=lambda: resolve_device("auto").type == "cuda")
@@ -340,6 +343,7 @@ def _extract_folders(executor: TrainTestExecutor) -> Iterator[tuple[dict[str, An
 def _invalid_latents_manifests(executors: list[TrainTestExecutor], where: str) -> list[UsageError]:
     """A DataError for each run whose latents manifest the extract step would refuse (``load_manifest``: a NaN of
     a hand edit), before the run resumes or trains rather than at its extract step."""
+    from phd_lab.latents_folder import load_manifest
     errors: list[UsageError] = []
     for index, executor in enumerate(executors):
         for _params, folders in _extract_folders(executor):
@@ -356,6 +360,7 @@ def _shared_latents_folders(executors: list[TrainTestExecutor], where: str) -> l
     grid (points that differ only in logs_dir mirror to one folder) or a run of another logs tree, whose latents
     are on disk (``other_runs_latents``). Found when the run extracted, after its training, it rewrote the other
     run's manifest to name its own folder, so that the probe results went to one tree only."""
+    from phd_lab.latents_folder import other_runs_latents, shared_latents_error
     owners: dict[Path, int] = {}
     errors = []
     for index, executor in enumerate(executors):
@@ -482,6 +487,7 @@ def point_status(executor: TrainTestExecutor, meta_models: dict[Any, Any] | None
     import pandas as pd
 
     from phd_lab.analysis.run_tables import read_metrics, training_status
+    from phd_lab.checkpoint import CheckpointStore
     rundir, planned = executor.rundir, executor.config.epoch
     if not rundir.root.exists():
         return "new"
@@ -507,6 +513,8 @@ def rerun_changes_nothing(executor: TrainTestExecutor, meta_models: dict[Any, An
 def _point_status(executor: TrainTestExecutor, status: "TrainingStatus",
                   meta_models: dict[Any, Any] | None = None) -> str:
     """``point_status`` from the training status: a damaged checkpoint, the steps left, or the status' label."""
+    from phd_lab.checkpoint import CheckpointStore
+    from phd_lab.model_checks import meta_model, trained_meta_model
     rundir = executor.rundir
     if not status.active and status.epochs_done:
         store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)

@@ -1,0 +1,57 @@
+"""Commands that end before any work import none of the heavy libraries: a config the schema refuses, the probe
+job's help and usage errors, the report's usage errors. Each command runs in a real subprocess, in-process there
+through ``runpy``, which then prints the heavy modules it imported; its own output and exit status are checked too,
+so that a refusal moved before the imports is still the same refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HEAVY = ("torch", "torchvision", "sklearn", "pandas", "matplotlib", "scipy")
+
+# the command's script or module run as ``python SCRIPT ARGS`` would, then the heavy modules it left imported
+RUN_AND_LIST = """import runpy, sys
+target, *args = sys.argv[1:]
+sys.argv = [target, *args]
+code = 0
+try:
+    (runpy.run_path(target, run_name='__main__') if target.endswith('.py') else
+     runpy.run_module(target, run_name='__main__', alter_sys=True))
+except SystemExit as stop:
+    code = stop.code
+sys.stdout.write('\\nEXIT %s IMPORTED %s\\n' % (code, ','.join(m for m in HEAVY if m in sys.modules)))
+"""
+
+
+def _imported(*command: str) -> tuple[int, list[str], str]:
+    """The exit status, the heavy modules imported and stdout + stderr of ``python COMMAND`` (a script of the
+    checkout, or ``phd_lab`` for ``-m phd_lab``), its lines joined as one."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    done = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n" + RUN_AND_LIST, *command], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    last = [line for line in done.stdout.splitlines() if line.startswith("EXIT ")][-1].split()
+    return int(last[1]), last[3].split(",") if len(last) > 3 else [], " ".join((done.stdout + done.stderr).split())
+
+
+@pytest.fixture
+def bad_config(tmp_path: Path) -> Path:
+    """A config the schema refuses: 'epoch' is no integer."""
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"model": "vgg11", "dataset": "Digits", "epoch": "x", "logs_dir": str(tmp_path)}))
+    return path
+
+
+def test_main_refuses_a_config_before_importing_torch(bad_config: Path, tmp_path: Path) -> None:
+    code, imported, output = _imported("main.py", "--config", str(bad_config))
+    assert code == 2 and "the key 'epoch' must be an integer" in output
+    assert imported == []
+    code, imported, output = _imported("main.py", "--config", str(tmp_path / "missing.json"))
+    assert code == 2 and "missing.json" in output and imported == []
