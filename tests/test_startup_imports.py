@@ -55,3 +55,25 @@ def test_main_refuses_a_config_before_importing_torch(bad_config: Path, tmp_path
     assert imported == []
     code, imported, output = _imported("main.py", "--config", str(tmp_path / "missing.json"))
     assert code == 2 and "missing.json" in output and imported == []
+
+
+def test_probe_help_and_usage_errors_import_no_pandas(bad_config: Path) -> None:
+    code, imported, output = _imported("probe_main.py", "--help")
+    assert code == 0 and "--latents" in output and imported == []
+    code, imported, output = _imported("probe_main.py", "--config", str(bad_config), "-mp", "-1")
+    assert code == 2 and "-mp must be ≥ 0" in output and imported == []
+    code, imported, output = _imported("probe_main.py", "--config", str(bad_config))  # read by the schema only
+    assert code == 2 and "the key 'epoch' must be an integer" in output and imported == []
+
+
+def test_the_probe_package_still_exports_its_names() -> None:
+    """``phd_lab.probes`` imports its names on first use: every name of ``__all__`` is there, and a submodule
+    (a spawned worker's ``runner``) still imports by ``from phd_lab.probes import``."""
+    import phd_lab.probes as probes
+    from phd_lab.probes import runner
+
+    assert runner.__name__ == "phd_lab.probes.runner"
+    for name in probes.__all__:
+        assert getattr(probes, name) is not None
+    with pytest.raises(AttributeError):
+        probes.no_such_name  # noqa: B018

@@ -58,8 +58,6 @@ def probe_cli(argv: Sequence[str] | None = None, prog: str = "probe_main.py") ->
     args = build_parser(prog).parse_args(argv)
 
     def body() -> int:
-        from phd_lab.probes.discovery import SAID_ONE_BY_ONE, jobs_from_config, jobs_from_latents
-        from phd_lab.probes.job import run_jobs
         from phd_lab.probes.settings import ProbeSettings
         if not args.config and not args.latents:
             raise UsageError("pass --config FILE (probe every run of a grid that has latents) or --latents DIR "
@@ -80,6 +78,9 @@ def probe_cli(argv: Sequence[str] | None = None, prog: str = "probe_main.py") ->
                      "standardize": args.standardize, "train_samples": args.train_samples, "seed": args.seed,
                      "device": args.probe_device}
         ProbeSettings.check_overrides(overrides)
+        # imported once the options are found valid: they import pandas and numpy, which a usage error need not wait for
+        from phd_lab.probes.discovery import SAID_ONE_BY_ONE, jobs_from_config, jobs_from_latents
+        from phd_lab.probes.job import run_jobs
         not_probed: list[str] = []  # grid runs left out that need the user (the others are probed meanwhile)
         if args.config:
             jobs, cache_dir, not_probed = jobs_from_config(args.config, args.run_id, overrides)

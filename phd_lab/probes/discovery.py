@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from phd_lab.analysis.run_tables import lock_owner_alive, run_folder
 from phd_lab.errors import ConfigError, DataError
 from phd_lab.latents_sets import (PREVIOUS_EXTRACTION_VERSION, extracted_by_older_version, lists_extract_step,
                                   set_of_folder)
@@ -255,6 +254,7 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
     """One latents folder with default settings plus ``overrides``; the cache defaults to the run folder."""
     if why := unreachable(folder):  # a loop: Path.resolve raised RuntimeError; a name too long: OSError
         raise DataError(f"Latents folder {str(folder)!r} cannot be used: {why}.")
+    from phd_lab.analysis.run_tables import run_folder  # pandas: not for a refused config
     owner = extracting_owner(Path(folder), run_folder(Path(folder).resolve().parent))
     if owner is not None:
         holder = owner or "another process"
@@ -299,6 +299,7 @@ def extracting_owner(latents: Path, rundir: RunDir) -> str | None:
     without its manifest whose run folder such a process holds is still being written."""
     if (latents / MANIFEST).is_file() or not rundir.lock.exists():
         return None
+    from phd_lab.analysis.run_tables import lock_owner_alive
     active, owner = lock_owner_alive(rundir.lock)
     return None if active is False else owner
 
@@ -323,6 +324,7 @@ def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root:
         log.warning("%s: the manifest names run folder %s, not %s; writing the probe results to the manifest's",
                     label, run_dir, expected_root)
     # named: the analysis refresh reads its files
+    from phd_lab.analysis.run_tables import run_folder
     return ProbeJob(manifest, settings, run_folder(run_dir).for_probe_set(probe_set), label)
 
 
