@@ -66,6 +66,13 @@ def test_probe_help_and_usage_errors_import_no_pandas(bad_config: Path) -> None:
     assert code == 2 and "the key 'epoch' must be an integer" in output and imported == []
 
 
+def test_report_usage_errors_import_no_pandas(tmp_path: Path) -> None:
+    code, imported, output = _imported("phd_lab", "report", str(tmp_path / "missing"))
+    assert code == 2 and "does not exist" in output and imported == []
+    code, imported, output = _imported("phd_lab", "report", str(tmp_path), "--alpha", "2")
+    assert code == 2 and "no significance level" in output and imported == []
+
+
 def test_the_probe_package_still_exports_its_names() -> None:
     """``phd_lab.probes`` imports its names on first use: every name of ``__all__`` is there, and a submodule
     (a spawned worker's ``runner``) still imports by ``from phd_lab.probes import``."""

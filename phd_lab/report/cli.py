@@ -116,17 +116,18 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     Up to ``processes`` worker processes (default: the available cores, at most ``DEFAULT_MAX_PROCESSES``) draw
     the run figures that are not in the run folders yet; they are spawned, so a script that calls this needs an
     ``if __name__ == "__main__":`` guard (or ``processes=0``)."""
-    from phd_lab.report.collect import collect
-    from phd_lab.report.html import render_report
-    from phd_lab.report.figure_reuse import previous_figures
-    from phd_lab.report.repetitions import draw_figures, repetition_groups, repetitions_csvs
-
     logs_dir, out_path, tables = _checked_paths(logs_dir, out, alpha, processes)
     check_writable_dir(str(out_path.parent), "--out", "report", subject="the folder of --out")  # before any
     # run folder is refreshed; then a killed report's temp page (15 minutes old), and nothing else of that folder
     for name in [out_path.name, *(path.name for path in tables.values())]:
         for stale in atomic.remove_stale_temps(out_path.parent, only=name):
             log.info("Removed %s, left half-written by a process that was killed.", stale)
+    # imported once the options are found usable: they import pandas and numpy, which a usage error need not wait for
+    from phd_lab.report.collect import collect
+    from phd_lab.report.html import render_report
+    from phd_lab.report.figure_reuse import previous_figures
+    from phd_lab.report.repetitions import draw_figures, repetition_groups, repetitions_csvs
+
     entries = collect(logs_dir, refresh=refresh, progress=progress,
                       processes=default_processes() if processes is None else processes)
     if not entries:
