@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.analysis_fixtures import write_run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 HEAVY = ("torch", "torchvision", "sklearn", "pandas", "matplotlib", "scipy")
@@ -84,3 +86,15 @@ def test_the_probe_package_still_exports_its_names() -> None:
         assert getattr(probes, name) is not None
     with pytest.raises(AttributeError):
         probes.no_such_name  # noqa: B018
+
+
+def test_a_report_rebuilt_with_nothing_changed_imports_no_matplotlib(tmp_path: Path) -> None:
+    """Its figures all come from the page it replaces and the run folders; reading matplotlib's version for their
+    keys imported matplotlib (0.1 s of CPU). The page rebuilt is the page built."""
+    write_run(tmp_path / "logs", width=0.25, stage="full")
+    code, imported, output = _imported("phd_lab", "report", str(tmp_path / "logs"), "-q", "-mp", "0")
+    assert code == 0 and "matplotlib" in imported, output  # it drew the figures
+    page = (tmp_path / "logs" / "report.html").read_bytes()
+    code, imported, output = _imported("phd_lab", "report", str(tmp_path / "logs"), "-q", "-mp", "0")
+    assert code == 0 and "pandas" in imported and "matplotlib" not in imported, output
+    assert (tmp_path / "logs" / "report.html").read_bytes() == page

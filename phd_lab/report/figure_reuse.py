@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import importlib.metadata
 import json
 import re
 from pathlib import Path
@@ -28,8 +29,19 @@ class KeyedFigure(NamedTuple):
 def drawing_versions() -> bytes:
     """phd-lab's and matplotlib's versions, the first part of every figure's key."""
     from phd_lab import __version__
-    from phd_lab.plots import matplotlib_module
-    return f"{__version__} {matplotlib_module().__version__} ".encode()
+    return f"{__version__} {_matplotlib_version()} ".encode()
+
+
+@functools.lru_cache(maxsize=None)
+def _matplotlib_version() -> str:
+    """The installed matplotlib's version, read from its package metadata: importing matplotlib for it took 0.1 s
+    of CPU, 13 % of a one-run report rebuilt with nothing changed (whose figures all come from the page and the run
+    folders); a matplotlib without metadata (a source tree on the path) is imported for its ``__version__``."""
+    try:
+        return importlib.metadata.version("matplotlib")
+    except importlib.metadata.PackageNotFoundError:
+        from phd_lab.plots import matplotlib_module
+        return matplotlib_module().__version__
 
 
 def drawing_sources(*modules: ModuleType) -> bytes:
