@@ -2,7 +2,7 @@
 
 Workers are spawned (no forked copies of threads or open handles), run one BLAS/OpenMP thread each so
 that ``N`` workers use ``N`` cores, exit as soon as their parent is gone (a killed job must not leave
-them computing for nobody), die of SIGINT (which the parent reads as an interruption, ``worker_interrupted``)
+them computing for nobody), die of SIGINT (which the parent reads as an interruption, ``worker_exit_codes``)
 and skip the interpreter's teardown once they are done. ``start_method_context`` is the context of the other
 processes phd-lab starts (a run's DataLoader workers, tqdm's lock), which leaves the process' start method
 unchosen.
@@ -18,8 +18,9 @@ import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import Sequence
 
-from phd_lab.environment import THREAD_VARIABLES
+from phd_lab.environment import THREAD_VARIABLES, ulimits
 
 
 def start_method_context() -> multiprocessing.context.BaseContext:
@@ -52,7 +53,7 @@ def die_of_sigint() -> None:
     """SIGINT (Ctrl-C) ends this worker at once, by the signal (exit status -2), unless it is ignored (a background
     job's). Python's KeyboardInterrupt came back as the failure of the task the worker had (the report said
     'killed by a signal, e.g. the out-of-memory killer' and went on), or, between tasks, ended the worker with a
-    traceback on the console and exit status 0; the parent reads -2 as an interruption (``worker_interrupted``)."""
+    traceback on the console and exit status 0; the parent reads -2 as an interruption (``worker_exit_codes``)."""
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
@@ -85,17 +86,53 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def worker_interrupted(pool: ProcessPoolExecutor, wait: float = 5.0) -> bool:
-    """Whether a worker of ``pool``, which broke (BrokenProcessPool), died of SIGINT: Ctrl-C, or a SIGINT sent to it
-    alone; to be reported as an interruption, not as the out-of-memory killer or a crash. Call it before the pool's
-    shutdown, which forgets its processes. Waits up to ``wait`` seconds for the pool's own thread, which terminates
-    the workers left and reaps them all: a command that exited while it did so printed an ignored OSError 'Bad file
-    descriptor' traceback (Python 3.11's exit hook woke the thread through a pipe the thread was closing)."""
+def worker_exit_codes(pool: ProcessPoolExecutor, wait: float = 5.0) -> list[int]:
+    """The exit codes of the workers of ``pool``, which broke (BrokenProcessPool), that have ended: what ended them
+    (-2, SIGINT: an interruption; otherwise ``worker_death``). Call it before the pool's shutdown, which forgets its
+    processes. Waits up to ``wait`` seconds for the pool's own thread, which terminates the workers left and reaps
+    them all: a command that exited while it did so printed an ignored OSError 'Bad file descriptor' traceback
+    (Python 3.11's exit hook woke the thread through a pipe the thread was closing)."""
     manager = getattr(pool, "_executor_manager_thread", None)
     if manager is not None:
         manager.join(wait)
     processes = list((getattr(pool, "_processes", None) or {}).values())
-    return any(process.exitcode == -signal.SIGINT for process in processes)
+    return [process.exitcode for process in processes if process.exitcode is not None]
+
+
+def worker_death(codes: Sequence[int]) -> str:
+    """What ended a worker of a broken pool, and what to do, from the exit codes of its ended workers
+    (``worker_exit_codes``): a clause to follow 'A ... worker process ended abruptly: '. Every death was said to be
+    'killed by a signal (the out-of-memory killer ...), crashed, or could not start its threads', which left a user
+    whose batch system had terminated the job, or whose BLAS had crashed, looking for a memory shortage. Once one
+    worker died the pool terminates (SIGTERM) the others, so SIGTERM is the cause only where no worker ended
+    otherwise."""
+    own = [code for code in codes if code != -signal.SIGTERM] or list(codes)
+    if not own:  # the pool's processes could not be read
+        return (f"it was killed by a signal (the out-of-memory killer does this when the work in hand does not fit "
+                f"in memory), crashed, or could not start its threads (a limit of this machine: "
+                f"{ulimits('-u', '-v', '-s')}; its own error is on the console then); if memory is short, use fewer "
+                f"worker processes (-mp)")
+    code = own[0]
+    if code == -signal.SIGKILL:
+        return ("it was killed by SIGKILL: the out-of-memory killer does this when the work in hand does not fit in "
+                "memory, and so does a batch system's hard kill (e.g. over the job's memory limit); use fewer worker "
+                "processes (-mp) or give the job more memory")
+    if code == -signal.SIGTERM:
+        return ("it was terminated by SIGTERM, e.g. by a batch system at the job's time limit or by `kill`; nothing "
+                "was wrong with the work itself")
+    if code < 0:
+        return (f"it crashed with {_signal_name(-code)}, in a native library (BLAS, OpenMP, PyTorch) rather than in "
+                f"Python; please report it, with the versions of Python and the libraries (`pip list`)")
+    return (f"it exited with exit status {code}, e.g. because it could not start its threads (a limit of this "
+            f"machine: {ulimits('-u', '-v', '-s')}); its own error is on the console above")
+
+
+def _signal_name(number: int) -> str:
+    """'SIGSEGV' for 11; 'signal 64' for a number without a name here."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _terminate_workers(pool: ProcessPoolExecutor) -> None:

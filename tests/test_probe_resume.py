@@ -137,12 +137,31 @@ def test_a_worker_killed_alone_is_said_as_such_and_the_rerun_completes_the_job(t
     assert process.returncode == 1
     said = " ".join(err.split())
     assert "A probe worker process ended abruptly while layers were being fitted" in said
-    assert "with fewer worker processes (-mp) if memory is short" in said and "Traceback" not in said
+    assert "it was killed by SIGKILL: the out-of-memory killer does this" in said and "Traceback" not in said
+    assert "use fewer worker processes (-mp) or give the job more memory" in said
     assert "The probe of layer" not in said  # no layer is blamed: which one the worker had is unknown
     rerun = _probe(latents, cache, workers=2)
     _, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
     assert len(_rows_without_seconds(run_dir / "probe_performances.csv")) == 1 + 4
+
+
+@pytest.mark.parametrize("signum, told", [
+    (signal.SIGTERM, "it was terminated by SIGTERM, e.g. by a batch system at the job's time limit or by `kill`"),
+    (signal.SIGSEGV, "it crashed with SIGSEGV, in a native library (BLAS, OpenMP, PyTorch) rather than in Python; "
+                     "please report it, with the versions of Python and the libraries (`pip list`)")])
+def test_a_worker_ended_by_a_signal_is_said_to_be_ended_by_that_signal(tmp_path, signum, told):
+    """A worker terminated (a batch system's SIGTERM) or crashed (SIGSEGV in a native library) was said to be 'killed
+    by a signal (the out-of-memory killer ...), crashed, or could not start its threads', with advice about memory."""
+    _, latents = make_latents(tmp_path, *digits_layers(n_layers=4, width=16))
+    process = _probe(latents, tmp_path / "cache", delay=30.0, workers=2)
+    os.kill(ready_pool_workers(process, 2)[0], signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    said = " ".join(err.split())
+    assert f"A probe worker process ended abruptly while layers were being fitted: {told}" in said
+    assert "out-of-memory" not in said and "memory" not in said and "Traceback" not in said, said
+    assert "The layers fitted before are cached; run the job again to fit the rest" in said
 
 
 def _state(pid: int) -> str:

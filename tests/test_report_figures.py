@@ -112,7 +112,7 @@ def test_the_figures_of_a_killed_worker_are_drawn_in_this_process(tmp_path, capl
     finally:
         killer.join()
     assert killed, "no worker process was seen"
-    assert "A figure worker process ended abruptly (killed by a signal" in caplog.text
+    assert "A figure worker process ended abruptly: it was killed by SIGKILL: the out-of-memory killer" in caplog.text
     assert "run figures were not drawn by the worker processes; they are drawn in this process" in caplog.text
     positions = [position for position, _ in yielded]
     assert sorted(positions) == list(range(8))  # each figure once, whoever drew it

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from phd_lab.environment import limit_refusal, ulimits
+from phd_lab.environment import limit_refusal
 from phd_lab.errors import DataError, PhdLabError, RunFailure, RunFolderLost, storage_refusal
 from phd_lab.kept_folders import check_kept
 from phd_lab.lock import ProcessTurn
@@ -29,12 +30,15 @@ from phd_lab.probes.cache import ResultCache, json_digest, library_versions
 from phd_lab.probes.fit import ProbeRecord, probe_layer
 from phd_lab.probes.probe_log import PROBE_JOB, PROBE_JOBS
 from phd_lab.probes.settings import ProbeSettings
-from phd_lab.worker_processes import spawn_pool, stop_pool, worker_interrupted
+from phd_lab.worker_processes import spawn_pool, stop_pool, worker_death, worker_exit_codes
 
 log = logging.getLogger(__name__)
 
 # Test-only hook: seconds each fit sleeps first, so that a test can SIGKILL a job mid-way.
 TEST_DELAY_ENV = "PHD_LAB_PROBE_TEST_DELAY"
+# The attribute of a pool's BrokenProcessPool that holds the exit codes of its ended workers (what ended the one
+# that died, for the job's message)
+WORKER_EXIT_CODES = "phd_lab_worker_exit_codes"
 # Fits in threads of one process (a Dask worker with several threads) take turns: the thread limits and
 # the warning filters that tell convergence are process-wide.
 FIT_TURN = ProcessTurn("probe fit")
@@ -171,11 +175,9 @@ def _failure(task: ProbeTask, error: BaseException) -> PhdLabError:
         return error
     if isinstance(error, BrokenProcessPool):  # every layer not yet done gets it: which one the dead worker had
         return RunFailure(  # is not known, so no layer is named
-            f"A probe worker process ended abruptly while layers were being fitted: it was killed by a signal (the "
-            f"out-of-memory killer does this when the layers being fitted do not fit in memory together), "
-            f"crashed, or could not start its threads (a limit of this machine: {ulimits('-u', '-v', '-s')}; "
-            f"its own error is on the console then). The layers fitted before are cached; run the job again to fit "
-            f"the rest, with fewer worker processes (-mp) if memory is short. ({error})")
+            f"A probe worker process ended abruptly while layers were being fitted: "
+            f"{worker_death(getattr(error, WORKER_EXIT_CODES, ()))}. The layers fitted before are cached; run the "
+            f"job again to fit the rest. ({error})")
     refusal = limit_refusal(error)  # a limit of the machine (open files, threads), not this layer's data
     return RunFailure(f"The probe of layer {task.layer!r} (index {task.index}, {task.train}) failed: "
                       + (refusal or f"{type(error).__name__}: {error}"))
@@ -398,8 +400,11 @@ def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int, fi
                     if future.cancelled():  # a layer of a run that failed: not fitted
                         continue
                     error = future.exception()
-                    if isinstance(error, BrokenProcessPool) and worker_interrupted(pool):
-                        raise KeyboardInterrupt  # as Ctrl-C, not the out-of-memory killer's or a crash's failure
+                    if isinstance(error, BrokenProcessPool):
+                        codes = worker_exit_codes(pool)
+                        if -signal.SIGINT in codes:  # as Ctrl-C, not the out-of-memory killer's or a crash's failure
+                            raise KeyboardInterrupt
+                        setattr(error, WORKER_EXIT_CODES, codes)  # what ended the worker, for the job's message
                     finished(position, future.result() if error is None else None, error)
                 for future, position in pending.items():
                     if not wanted(position):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterator, Sequence
@@ -16,7 +17,7 @@ from typing import Any, Iterator, Sequence
 from phd_lab.analysis.run_tables import RunTables
 from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.plots.run_figure import figure_png
-from phd_lab.worker_processes import spawn_pool, stop_pool, worker_interrupted
+from phd_lab.worker_processes import spawn_pool, stop_pool, worker_death, worker_exit_codes
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,12 @@ def _drawn_by_workers(requests: Sequence[FigureRequest], workers: int) -> Iterat
 def _say_lost(pool: ProcessPoolExecutor, error: BaseException) -> None:
     """Say how a figure worker was lost. One interrupted (SIGINT: Ctrl-C, or sent to it alone) stops the report as
     Ctrl-C does (exit 130), as it stops the probe job: it was said to be 'killed by a signal, e.g. the out-of-memory
-    killer' and the report drew on."""
-    if isinstance(error, KeyboardInterrupt) or isinstance(error, BrokenProcessPool) and worker_interrupted(pool):
+    killer' and the report drew on. Otherwise the warning names what ended it (``worker_death``)."""
+    codes = worker_exit_codes(pool) if isinstance(error, BrokenProcessPool) else []
+    if isinstance(error, KeyboardInterrupt) or -signal.SIGINT in codes:
         log.warning("A figure worker process was interrupted (SIGINT); the report stops as on Ctrl-C")
         raise KeyboardInterrupt
-    log.warning("A figure worker process ended abruptly (killed by a signal, e.g. the out-of-memory killer, or "
-                "crashed): %s", type(error).__name__)
+    log.warning("A figure worker process ended abruptly: %s (%s)", worker_death(codes), type(error).__name__)
 
 
 def _draw_here(request: FigureRequest) -> bytes | Exception:
