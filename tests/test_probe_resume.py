@@ -149,7 +149,8 @@ def test_a_worker_killed_alone_is_said_as_such_and_the_rerun_completes_the_job(t
 @pytest.mark.parametrize("signum, told", [
     (signal.SIGTERM, "it was terminated by SIGTERM, e.g. by a batch system at the job's time limit or by `kill`"),
     (signal.SIGSEGV, "it crashed with SIGSEGV, in a native library (BLAS, OpenMP, PyTorch) rather than in Python; "
-                     "please report it, with the versions of Python and the libraries (`pip list`)")])
+                     "please report it, with the versions of Python and the libraries (`pip list`)")],
+    ids=["SIGTERM", "SIGSEGV"])
 def test_a_worker_ended_by_a_signal_is_said_to_be_ended_by_that_signal(tmp_path, signum, told):
     """A worker terminated (a batch system's SIGTERM) or crashed (SIGSEGV in a native library) was said to be 'killed
     by a signal (the out-of-memory killer ...), crashed, or could not start its threads', with advice about memory."""
