@@ -22,6 +22,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 import weakref
 from pathlib import Path
 from types import ModuleType
@@ -363,9 +364,22 @@ def _current(module: ModuleType) -> ModuleType:
     return module
 
 
+# Held while a registry module and its helpers are imported: the import edits sys.path, sys.modules and the
+# bookkeeping above, so two threads of one process (a notebook running two grids in threads, a Main called from
+# two threads) importing at once hid each other's helpers and put a registry's folder off sys.path mid-import.
+# Re-entrant: a registry file's code may import another registry module in the same thread.
+_IMPORT_LOCK = threading.RLock()
+
+
 def import_registry_module(spec: str, kind: str) -> ModuleType:
     """Import a registry module given as dotted name or as a path to a ``.py`` file; one imported before
-    in this process is executed again when its file has changed since."""
+    in this process is executed again when its file has changed since. One thread at a time (``_IMPORT_LOCK``)."""
+    with _IMPORT_LOCK:
+        return _import_registry_module(spec, kind)
+
+
+def _import_registry_module(spec: str, kind: str) -> ModuleType:
+    """``import_registry_module``, the lock held."""
     try:
         if spec.endswith(".py") or "/" in spec:
             path = Path(spec).expanduser().resolve()

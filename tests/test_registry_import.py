@@ -1,0 +1,80 @@
+"""Importing registry files given by their paths (``phd_lab.registry_import``) from real folders: two threads of
+one process, a project moved within one process, and the messages for a registry name that is no module."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+from pathlib import Path
+
+from phd_lab import registry_import
+from phd_lab.registry_import import import_registry_module
+
+WAIT_S = 60  # only ever reached where the import is broken: every wait of these tests ends on an event first
+
+
+def _waits_for_the_import_lock(thread: threading.Thread) -> bool:
+    """Whether ``thread`` stands at the lock of ``import_registry_module`` (its innermost Python frame is that
+    function's, at the line that takes the lock), which another thread holds: it cannot go on before that
+    thread's import ends."""
+    frame = sys._current_frames().get(thread.ident)
+    code = registry_import.import_registry_module.__code__
+    if frame is None or frame.f_code is not code:
+        return False
+    return "with _IMPORT_LOCK" in Path(code.co_filename).read_text().splitlines()[frame.f_lineno - 1]
+
+
+def test_a_registry_file_imported_in_another_thread_waits_until_the_first_import_ends(tmp_path):
+    """Two threads of one process (a notebook running two grids in threads, ``Main`` called from two threads)
+    importing registry files at once edited sys.path and sys.modules over each other: the second file's code ran
+    while the first one's folder was on the module path and its helpers hidden. The first file's code here starts
+    the second import in another thread and waits until that import either ran its code (no lock) or waits for the
+    lock; the second file's code runs only after the first import ended. The first file imports a helper beside it
+    and another registry file in its own thread (the lock is re-entrant)."""
+    probe_name = f"reglock_probe_{tmp_path.name}"
+    helper = f"reglock_helper_{tmp_path.name}"  # one module per name in a process
+    for name in ("first", "second", "nested"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "first" / f"{helper}.py").write_text("WIDTH = 3\n")
+    (tmp_path / "first" / "models.py").write_text(
+        f"import sys\n\nfrom {helper} import WIDTH\n\nprobe = sys.modules[{probe_name!r}]\n"
+        f"probe.order.append('first starts')\nprobe.nested()\nprobe.second.start()\nprobe.wait_for_second()\n"
+        f"probe.order.append('first ends')\n\n\ndef net():\n    return WIDTH\n")
+    (tmp_path / "second" / "models.py").write_text(
+        f"import sys\n\nprobe = sys.modules[{probe_name!r}]\nprobe.order.append('second')\nprobe.second_ran.set()\n")
+    (tmp_path / "nested" / "metrics.py").write_text("def score():\n    return 1\n")
+    imported: dict[str, types.ModuleType] = {}
+
+    def importing(name: str, kind: str = "models") -> threading.Thread:
+        def target() -> None:
+            imported[name] = import_registry_module(str(tmp_path / name / f"{kind}.py"), kind)
+        return threading.Thread(target=target, name=f"import {name}", daemon=True)
+
+    second_ran = threading.Event()
+
+    def wait_for_second() -> None:
+        """Until the second import ran its code or waits for the lock (``WAIT_S`` at most: then neither)."""
+        for _ in range(WAIT_S * 100):
+            if second_ran.wait(0.01) or _waits_for_the_import_lock(probe.second):
+                return
+            if not probe.second.is_alive():
+                return
+
+    probe = types.SimpleNamespace(order=[], second=importing("second"), second_ran=second_ran,
+                                  wait_for_second=wait_for_second,
+                                  nested=lambda: imported.setdefault("nested", import_registry_module(
+                                      str(tmp_path / "nested" / "metrics.py"), "metrics")))
+    sys.modules[probe_name] = probe
+    first = importing("first")
+    try:
+        first.start()
+        first.join(WAIT_S)
+        assert not first.is_alive(), "the first import still waits: a deadlock"
+        probe.second.join(WAIT_S)
+        assert not probe.second.is_alive(), "the second import still waits: a deadlock"
+        assert probe.order == ["first starts", "first ends", "second"]
+        assert imported["first"].net() == 3 and imported["nested"].score() == 1 and "second" in imported
+    finally:
+        for name in (probe_name, helper):
+            sys.modules.pop(name, None)
