@@ -135,6 +135,7 @@ def _same_named_helper(path: Path, imported: Mapping[str, ModuleType], asked: se
         if "." in name or top in FRAMEWORK_PACKAGES or mine is None or name not in asked:
             continue
         first = _HELPER_NAMES.get(top)
+        first = None if first is None or _beside(first[0], top) is None else first  # moved away since: no other
         file = getattr(imported[name], "__file__", None)
         if file and _helper_file(name, imported[name], folder) is None:
             return f"{str(mine)!r} beside it, but {top!r} resolves to {file!r} in this process"
@@ -142,6 +143,15 @@ def _same_named_helper(path: Path, imported: Mapping[str, ModuleType], asked: se
             return (f"{str(mine)!r} beside it, but the registry file {str(first[1])!r} imported another {top!r} from "
                     f"its own folder ({str(_beside(first[0], top) or first[0] / top)!r}) in this process")
     return None
+
+
+def _record_helper_name(top: str, folder: Path, path: Path) -> None:
+    """Record that the registry file ``path`` imported the helper ``top`` from ``folder``; a folder that no longer
+    holds it (a project moved within one process) gives way: its registry file was refused as one that imported
+    another folder's helper ("rename the helper"), though no other file of that name was left."""
+    first = _HELPER_NAMES.get(top)
+    if first is None or _beside(first[0], top) is None:
+        _HELPER_NAMES[top] = (folder, path)
 
 
 def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) -> None:
@@ -193,7 +203,7 @@ def _execute_beside(module: ModuleType, source: bytes, path: Path, kind: str) ->
         if file is not None:
             digest = hashlib.sha256(file.read_bytes()).hexdigest()
             helpers[file.relative_to(folder).as_posix()] = digest
-            _HELPER_NAMES.setdefault(name.split(".")[0], (folder, path))
+            _record_helper_name(name.split(".")[0], folder, path)
             if name in watch.reused:
                 _HELPER_RECORDS[imported[name]][2].add(module.__name__)
             else:  # the helpers it imports (not the installed modules it was the first to import)

@@ -78,3 +78,33 @@ def test_a_registry_file_imported_in_another_thread_waits_until_the_first_import
     finally:
         for name in (probe_name, helper):
             sys.modules.pop(name, None)
+
+
+def test_a_project_moved_within_one_process_imports_its_helper_from_its_new_folder(tmp_path):
+    """A project whose registry file imports a helper beside it, moved to another folder while a notebook ran: its
+    import from the new folder was refused with "the registry file ... imported another helper from its own folder
+    ... Rename the helper", though the old folder held no such file any more. A copy beside the old folder is still
+    refused: two files of one name in one process."""
+    import shutil
+
+    import pytest
+
+    from phd_lab.errors import RegistryError
+    from phd_lab.registry_import import helper_sha256
+    helper = f"moved_helper_{tmp_path.name}"  # one module per name in a process
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / f"{helper}.py").write_text("WIDTH = 3\n")
+    (tmp_path / "old" / "models.py").write_text(f"from {helper} import WIDTH\n\n\ndef net():\n    return WIDTH\n")
+    try:
+        assert import_registry_module(str(tmp_path / "old" / "models.py"), "models").net() == 3
+        (tmp_path / "old").rename(tmp_path / "new")
+        (tmp_path / "new" / f"{helper}.py").write_text("WIDTH = 4\n")
+        moved = import_registry_module(str(tmp_path / "new" / "models.py"), "models")
+        assert moved.net() == 4 and set(helper_sha256(moved)) == {f"{helper}.py"}
+        assert Path(sys.modules[helper].__file__).parent == (tmp_path / "new").resolve()
+        shutil.copytree(tmp_path / "new", tmp_path / "copy")
+        with pytest.raises(RegistryError, match="Rename the helper") as refused:
+            import_registry_module(str(tmp_path / "copy" / "models.py"), "models")
+        assert str((tmp_path / "new" / "models.py").resolve()) in str(refused.value)
+    finally:
+        sys.modules.pop(helper, None)
