@@ -445,6 +445,7 @@ def _import_registry_module(spec: str, kind: str) -> ModuleType:
             raise RegistryError(f"The {kind} registry module {spec!r} imports {missing!r}, which is not installed "
                                 f"here ({error}). Install it, or point the key 'registries.{kind}' elsewhere."
                                 ) from None
+        _refuse_file_named_like_a_dotted_name(spec, kind)
         raise RegistryError(f"Cannot import the {kind} registry module {spec!r}: {error}. Give a dotted "
                             f"module name importable from the working directory or a path to a .py file.") from None
     except (Exception, SystemExit) as error:  # noqa: BLE001 - the module itself is broken: say where
@@ -498,6 +499,23 @@ def _refuse_own_package_by_name(spec: str, kind: str, missing: str) -> None:
                         f"folder there. Give the dotted module name {dotted!r} (from {str(root)!r}, on the module "
                         f"path or the working directory) as 'registries.{kind}', or import the files beside it by "
                         f"their own names (from helper import ...).")
+
+
+def _refuse_file_named_like_a_dotted_name(spec: str, kind: str) -> None:
+    """Point to the file ``a.b.py`` (in the working directory or a folder on the module path) that a dotted name
+    ``a.b`` that imports nothing names: a dot in a file's name makes it no module name, and the message only said to
+    give a path to a .py file."""
+    if "." not in spec:
+        return
+    folders = [os.getcwd(), *(entry for entry in sys.path if isinstance(entry, str) and entry)]
+    found = next((Path(folder, f"{spec}.py") for folder in folders if Path(folder, f"{spec}.py").is_file()), None)
+    if found is None:
+        return
+    package, module = spec.rsplit(".", 1)
+    raise RegistryError(f"Cannot import the {kind} registry module {spec!r}: no module of that name exists, but the "
+                        f"file {str(found.resolve())!r} does; a dot in a file's name makes it no module name (Python "
+                        f"reads {spec!r} as the module {module!r} of a package {package!r}). Give the file's path as "
+                        f"'registries.{kind}', or rename the file without the dot.")
 
 
 def _dotted_name(path: Path) -> tuple[str | None, Path]:

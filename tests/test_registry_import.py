@@ -108,3 +108,22 @@ def test_a_project_moved_within_one_process_imports_its_helper_from_its_new_fold
         assert str((tmp_path / "new" / "models.py").resolve()) in str(refused.value)
     finally:
         sys.modules.pop(helper, None)
+
+
+def test_a_dotted_name_that_only_a_file_with_dots_in_its_name_holds_points_to_that_file(tmp_path, monkeypatch):
+    """'registries.models: my.models' beside a file ``my.models.py`` (and no package ``my``) was refused with the
+    general "give a dotted module name ... or a path to a .py file", which did not say that the file was found nor
+    why its name is no module name. The message names the file and its path to give now."""
+    import pytest
+
+    from phd_lab.errors import RegistryError
+    name = f"lab_{tmp_path.name}.models"
+    (tmp_path / f"{name}.py").write_text("def net():\n    return 1\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RegistryError) as refused:
+        import_registry_module(name, "models")
+    message = " ".join(str(refused.value).split())
+    assert str((tmp_path / f"{name}.py").resolve()) in message
+    assert "Give the file's path as 'registries.models'" in message
+    assert "no module of that name exists, but the file" in message
+    assert import_registry_module(f"./{name}.py", "models").net() == 1
