@@ -52,7 +52,7 @@ from phd_lab.latents_folder import (MANIFEST, PREVIOUS_EXTRACTION_VERSION, SPLIT
                                     expected_settings, load_manifest, other_runs_latents, record_move,
                                     mark_in_progress, refuse_foreign_link, reusable, shared_latents_error,
                                     unmark_in_progress)
-from phd_lab.latents_sets import DEFAULT_METHOD, METHODS, PIXELWISE, extraction_version, manifest_path
+from phd_lab.latents_sets import DEFAULT_METHOD, DTYPES, METHODS, PIXELWISE, extraction_version, manifest_path
 from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
 from phd_lab.pooling import nearest_to, pool_to
 from phd_lab.progress import bar_options
@@ -62,7 +62,6 @@ from phd_lab.wording import byte_amount, first_names, plural
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("float32", "float16")
 # Test-only hook: seconds to sleep after every written batch, so that a fault-injection test
 # can SIGKILL the process in the middle of an extraction.
 PAUSE_ENV = "PHD_LAB_TEST_EXTRACT_PAUSE"

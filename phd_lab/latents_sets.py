@@ -29,6 +29,7 @@ EXTRACTION_VERSION = 3
 # The version before it, whose latents are the current ones wherever no extracted Linear layer outputs a 4-D
 # map (version 3 changed only those): such an extraction is reused, not made anew after an upgrade.
 PREVIOUS_EXTRACTION_VERSION = 2
+DTYPES = ("float32", "float16")  # the storage types of latents (the extract step's 'dtype')
 METHODS = ("adaptive_avg", "nearest")
 DEFAULT_METHOD = "adaptive_avg"
 PIXELWISE = "pixelwise"

@@ -59,6 +59,15 @@ def test_main_refuses_a_config_before_importing_torch(bad_config: Path, tmp_path
     assert code == 2 and "missing.json" in output and imported == []
 
 
+def test_listing_the_steps_imports_no_torch() -> None:
+    """``--list steps`` only reads each step's name and parameters, but the extract and project steps imported
+    their storage types and default deltas from the modules that run them, which import torch: 2.1 s of CPU, 0.5 s
+    now."""
+    code, imported, output = _imported("main.py", "--list", "steps")
+    assert code == 0 and "extract" in output and "deltas (" in output and "dtype (" in output
+    assert "torch" not in imported
+
+
 def test_probe_help_and_usage_errors_import_no_pandas(bad_config: Path) -> None:
     code, imported, output = _imported("probe_main.py", "--help")
     assert code == 0 and "--latents" in output and imported == []

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from phd_lab.config import Key
-from phd_lab.extraction import DTYPES
+from phd_lab.latents_sets import DTYPES  # not from extraction: --list steps imports no torch
 from phd_lab.steps import Step, StepContext, param_from_config, register_step
 
 log = logging.getLogger(__name__)

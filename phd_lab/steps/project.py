@@ -15,10 +15,10 @@ from typing import Any
 from phd_lab import atomic
 from phd_lab.config import Key, RunConfig
 from phd_lab.errors import ConfigError
+from phd_lab.projection_deltas import THESIS_DELTAS
 from phd_lab.rundir import RunDir
 from phd_lab.steps import Step, StepContext, register_step
 from phd_lab.wording import first_names
-from phd_lab.tracking.projection import THESIS_DELTAS, projection_table
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class Project(Step):
 
     def run(self, ctx: StepContext, **params: Any) -> None:
         from phd_lab.objectives import objective_of
+        from phd_lab.tracking.projection import projection_table  # torch and pandas: not for --list steps
         reconstructs = not objective_of(ctx.model).uses_labels
         examples = first_test_inputs(ctx.bundle.test, RECONSTRUCTION_EXAMPLES) if reconstructs else None
         outputs: dict[float, Any] = {}

@@ -20,18 +20,11 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the 
 
 from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, Objective, objective_of
 from phd_lab.progress import bar_options
+from phd_lab.projection_deltas import THESIS_DELTAS
 from phd_lab.tracking.pca import insert_pca_layers
 
 log = logging.getLogger(__name__)
 
-# δ ∈ {0.90, 0.91, …, 0.99} ∪ {0.992, …, 0.998} ∪ {0.999, 0.9991, …, 0.9999}: the values of §7.4's Tables 4
-# and 5. §7.3's sweep is {0.90, …, 0.99} ∪ {0.991, …, 0.999}; pass it as the step's 'deltas' to repeat it.
-# The unprojected model is always evaluated as the reference.
-THESIS_DELTAS: tuple[float, ...] = (
-    tuple(round(0.90 + i / 100, 4) for i in range(10))
-    + tuple(round(0.99 + i / 500, 4) for i in range(1, 5))
-    + tuple(round(0.999 + i / 10000, 4) for i in range(10))
-)
 PROJECTION_COLUMNS = ("delta", "basis", "accuracy", "loss", "dims_sum", "feature_dims_sum", "saturation_mean")
 
 
