@@ -13,13 +13,15 @@ import errno
 import fcntl
 import logging
 import os
+import shlex
 import socket
+import stat
 import threading
 from pathlib import Path
 from typing import Iterator
 
 from phd_lab.atomic import open_no_follow
-from phd_lab.errors import DataError, RunFolderLost, RunLockedError
+from phd_lab.errors import DataError, RunFolderLost, RunLockedError, storage_refusal
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,28 @@ def lock_refused(path: Path, error: OSError) -> DataError:
                      f"(a local disk, or a network mount with locking enabled), then run the same command again.")
 
 
+# What a lock file may be that is no regular file, in words (a socket cannot be opened: ENXIO at the open)
+_NOT_REGULAR = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def not_a_lock_file(path: Path, mode: int) -> DataError:
+    """The error for a lock path that holds no regular file (a FIFO or device node someone made there): its
+    ftruncate failed, and the run said only "run folder cannot be written (Invalid argument)"."""
+    what = _NOT_REGULAR.get(stat.S_IFMT(mode), "no regular file")
+    return DataError(f"The lock file {str(path)!r} is {what}, not a regular file: phd-lab did not make it (its lock "
+                     f"files are regular files holding their owner's PID). Remove it (rm {shlex.quote(str(path))}) "
+                     f"and run the same command again: phd-lab makes a new one.")
+
+
+def lock_unwritable(path: Path, error: OSError) -> DataError:
+    """The error for a lock file whose owner line could not be written (a full disk, a used-up quota, a file size
+    limit): a bare OSError, or "run folder cannot be written (No space left on device)", named no file."""
+    remedy = storage_refusal(error) or "the file system refused to write it"
+    return DataError(f"The lock file {str(path)!r} could not be written ({error.strerror or error}): {remedy}, then "
+                     f"run the same command again. phd-lab writes its owner's PID there before it writes anything "
+                     f"else in the folder.")
+
+
 class RunLock:
     """``flock`` on ``path``; ``refusal`` ends the message another process gets (what must not happen twice)."""
 
@@ -76,6 +100,10 @@ class RunLock:
     def acquire(self) -> "RunLock":
         # the umask shapes its mode as any new file's: a group's colleague (umask 002) must open it for writing too
         fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT, "lock file")  # a folder there: FolderInTheWay
+        mode = os.fstat(fd).st_mode  # a FIFO opened for reading and writing does not wait for a writer
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise not_a_lock_file(self.path, mode)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -94,8 +122,10 @@ class RunLock:
             os.ftruncate(fd, 0)
             write_all(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode())
             os.fsync(fd)
-        except BaseException:  # a full disk: closing drops the lock, which no one would release otherwise
+        except BaseException as error:  # a full disk: closing drops the lock, which no one would release otherwise
             os.close(fd)
+            if isinstance(error, OSError):
+                raise lock_unwritable(self.path, error) from None
             raise
         self._fd = fd
         _HELD.add(fd)

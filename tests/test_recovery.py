@@ -28,7 +28,7 @@ from phd_lab import atomic, environment
 from phd_lab.callbacks import Callback
 from phd_lab.checkpoint import CHECKPOINT_FORMAT, CheckpointStore
 from phd_lab.cli import main_cli
-from phd_lab.errors import RunLockedError, UsageError
+from phd_lab.errors import DataError, RunLockedError, UsageError
 from phd_lab.experiment import Main
 from phd_lab.lock import RunLock
 from phd_lab.trainer import Trainer
@@ -533,7 +533,7 @@ def test_a_lock_whose_owner_line_cannot_be_written_is_not_left_held(tmp_path):
     default = signal.getsignal(signal.SIGXFSZ)
     file_size_limit(0)()  # a write that starts at the limit fails (one that crosses it is cut short)
     try:
-        with pytest.raises(OSError):
+        with pytest.raises(DataError, match="could not be written"):
             RunLock(lock_path).acquire()
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, before)
@@ -590,7 +590,7 @@ def test_a_lock_whose_owner_line_is_cut_short_is_not_held_with_half_a_line(tmp_p
     default = signal.getsignal(signal.SIGXFSZ)
     file_size_limit(10)()  # the owner line ("PID <pid> on host <host>") is longer: its first write stops at 10
     try:
-        with pytest.raises(OSError, match="File too large"):
+        with pytest.raises(DataError, match=r"could not be written \(File too large\)"):
             RunLock(lock_path).acquire()
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, before)
@@ -721,6 +721,48 @@ def test_a_folder_where_the_run_lock_or_log_goes_is_named_with_what_to_do(tmp_pa
     assert not rundir.metrics_csv.exists()
     in_the_way.rmdir()
     assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+
+
+def test_a_fifo_at_the_run_lock_is_named_with_what_to_do_and_the_command_does_not_wait_on_it(tmp_path, capsys):
+    """A FIFO at the run folder's .lock (mkfifo, by a user or a tool) stopped the run with "The run folder '...'
+    cannot be written (Invalid argument)", its ftruncate's error, which said neither the file nor what it is. Now
+    the lock file is named as a FIFO with what to do, the real command ends at once (exit 2: nothing trained, no
+    wait for a writer at the pipe)."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False)
+    main = Main(progress=False)
+    main.load(config)
+    rundir = main.executors[0].rundir
+    rundir.root.mkdir(parents=True)
+    os.mkfifo(rundir.lock)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 2, err
+    err = " ".join(err.split())
+    assert (f"The lock file '{rundir.lock}' is a FIFO (named pipe), not a regular file: phd-lab did not make it"
+            in err), err
+    assert f"Remove it (rm {rundir.lock}) and run the same command again" in err and "Traceback" not in err, err
+    assert stat.S_ISFIFO(os.lstat(rundir.lock).st_mode) and not rundir.metrics_csv.exists()
+
+
+def test_a_full_disk_at_the_run_lock_is_named_with_the_lock_file_and_what_to_do(tmp_path):
+    """A disk full to its last byte: the lock file is made, its owner line is refused (ENOSPC), and the run said
+    "The run folder '...' cannot be written (No space left on device)" (a bare OSError to RunLock's other callers,
+    the probe command's lock). Now the lock file is named, with storage_refusal's words for a full disk, and the
+    descriptor is closed."""
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        with contextlib.suppress(OSError):
+            with open(disk / "filler", "wb") as filler:
+                while True:
+                    filler.write(b"x" * 4096)
+                    filler.flush()
+        descriptors = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(DataError) as refused:
+            RunLock(disk / ".lock").acquire()
+        assert str(refused.value).startswith(f"The lock file '{disk / '.lock'}' could not be written (No space left "
+                                             f"on device): its disk is full: free space on it, then run the same "
+                                             f"command again."), refused.value
+        assert len(os.listdir("/proc/self/fd")) == descriptors
+        (disk / "filler").unlink()
+        RunLock(disk / ".lock").acquire().release()  # with room again, the lock is taken
 
 
 def test_a_folder_where_a_run_writes_a_file_is_named_with_what_to_do_not_a_bare_is_a_directory(tmp_path, capsys):
