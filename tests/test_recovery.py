@@ -743,6 +743,23 @@ def test_a_fifo_at_the_run_lock_is_named_with_what_to_do_and_the_command_does_no
     assert stat.S_ISFIFO(os.lstat(rundir.lock).st_mode) and not rundir.metrics_csv.exists()
 
 
+def test_the_report_of_a_run_with_a_fifo_at_its_lock_does_not_wait_on_the_fifo(tmp_path, capsys):
+    """The report reads a run's .lock to learn whether a live process holds it: a FIFO there (mkfifo) was opened for
+    reading, which waits for a writer for ever, and `python -m phd_lab report` hung at 0 of the runs. Now a lock
+    path that is no regular file is read as held by no one (RunLock refuses one), and the report is written."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False)
+    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+    [folder] = run_folders(tmp_path / "logs")
+    (folder / ".lock").unlink()
+    os.mkfifo(folder / ".lock")
+    out = tmp_path / "report.html"
+    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(tmp_path / "logs"), "--out", str(out),
+                           "--no-progress", "-q"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.is_file() and stat.S_ISFIFO(os.lstat(folder / ".lock").st_mode)
+
+
 def test_a_full_disk_at_the_run_lock_is_named_with_the_lock_file_and_what_to_do(tmp_path):
     """A disk full to its last byte: the lock file is made, its owner line is refused (ENOSPC), and the run said
     "The run folder '...' cannot be written (No space left on device)" (a bare OSError to RunLock's other callers,

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import socket
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,24 @@ def _flock_held(lock_path: Path) -> bool | None:
     return False
 
 
+def _owner_line(lock_path: Path) -> str | None:
+    """What ``lock_path`` says of its owner; None where it cannot be read or is no regular file, so no run holds it
+    (``RunLock`` refuses one). A FIFO there (mkfifo) was read as a file: its open waited for a writer for ever, and
+    the report and the probe command hung on it."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, 4096).decode("utf-8", "replace").strip()  # one line, tens of bytes, while held
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def lock_owner_alive(lock_path: Path) -> tuple[bool | None, str]:
     """Whether a live process holds the run folder's lock (None: held on another host or unknown).
 
@@ -296,9 +315,8 @@ def lock_owner_alive(lock_path: Path) -> tuple[bool | None, str]:
     release; a line left by a killed owner stays. On the same host, /proc/locks says whether the
     flock is held; without it, whether that PID lives. Another host's line cannot be checked.
     """
-    try:
-        text = lock_path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
+    text = _owner_line(lock_path)
+    if text is None:
         return False, ""
     parts = text.split()
     if len(parts) >= 5 and parts[0] == "PID" and parts[4] != socket.gethostname():
