@@ -545,6 +545,38 @@ def test_a_failed_download_is_a_data_error_naming_the_dataset(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["CIFAR10"]  # with the parents it made for it
 
 
+def test_a_download_into_a_data_dir_this_user_cannot_write_says_so_not_a_network_failure(tmp_path):
+    """A download into a data_dir without write permission failed at its lock file (download_and_extract's,
+    TinyImageNet) or torchvision's first folder (MNIST) and was said as a failed download, "PermissionError: [Errno
+    13] ...", with the advice to download on a machine with internet access. Now data_dir's file system is named
+    as what refused, with the remedies: a data_dir this user can write, or the files placed there. Root writes
+    anywhere, so the data sets are opened without the capability that lets it (setpriv); nothing is downloaded."""
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root writes into any folder, and setpriv, which drops that, is not installed")
+        prefix = ["setpriv", "--bounding-set=-dac_override"]
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o555)
+    script = ("import sys; from phd_lab.errors import DataError; from phd_lab.registry import Registries\n"
+              "for name in ('TinyImageNet', 'MNIST'):\n"
+              "    try:\n"
+              f"        Registries().datasets.get(name)(resolution=16, data_dir={str(data_dir)!r}, batch_size=4, "
+              "seed=0, num_workers=0, download=True)\n"
+              "    except DataError as error:\n"
+              "        print('DataError:', ' '.join(str(error).split()))\n")
+    done = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tiny, mnist = done.stdout.splitlines()
+    for said, refused in ((tiny, data_dir / ".tiny-imagenet-200.download.lock"), (mnist, data_dir / "MNIST")):
+        assert said.startswith(f"DataError: Dataset {'TinyImageNet' if said is tiny else 'MNIST'} could not be "
+                               f"downloaded into data_dir '{data_dir}': its file system refused '{refused}' "
+                               f"(Permission denied): this user lacks the permission to it"), said
+        assert "set 'data_dir' to a folder this user can write" in said and "internet" not in said, said
+    assert list(data_dir.iterdir()) == []
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to run as nobody")
 def test_a_data_dir_others_may_enter_but_not_list_still_loads(tmp_path):
     """Opening a dataset listed data_dir (for the clean-up after a failed download) also without a download: a

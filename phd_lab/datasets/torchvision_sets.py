@@ -25,7 +25,7 @@ from phd_lab.datasets.download import download_and_extract, missing_folders, rem
 from phd_lab.datasets.folders import (FixedClassImageFolder, TinyImageNet, class_folders, is_image_file,
                                       warn_evaluation_images_in_training)
 from phd_lab.datasets.transforms import Preprocessing, RGB_NORMALISATIONS, make_preprocessing
-from phd_lab.errors import ConfigError, DataError, FolderInTheWay
+from phd_lab.errors import ConfigError, DataError, FolderInTheWay, storage_refusal
 from phd_lab.user_paths import os_refusal, shown_path
 
 log = logging.getLogger(__name__)
@@ -182,8 +182,21 @@ def open_split(source: Source, data_dir: str, split: str, download: bool) -> Dat
         raise DataError(f"Dataset {source.name} ({split} split) is not in data_dir {str(root)!r} or is "
                         f"incomplete (torchvision: {error}). {place}") from None
     except OSError as error:  # URLError and socket errors of a failed download
+        if download and storage_refusal(error) is not None:  # data_dir's file system refused, not the network
+            raise _data_dir_unwritable(source, root, error) from None
         raise DataError(f"Dataset {source.name} could not be {'downloaded into' if download else 'read from'} "
                         f"{str(root)!r} ({type(error).__name__}: {error}). {place}") from None
+
+
+def _data_dir_unwritable(source: Source, root: Path, error: OSError) -> DataError:
+    """The error for a download into a ``data_dir`` whose file system refused a write (no permission, a read-only
+    mount, a full disk): it was said as a failed download ("PermissionError: [Errno 13] ...download.lock"), with
+    the advice to download on a machine with internet access, which this one may well have."""
+    what = repr(error.filename) if error.filename else "a file there"
+    return DataError(f"Dataset {source.name} could not be downloaded into data_dir {str(root)!r}: its file system "
+                     f"refused {what} ({error.strerror or error}): {storage_refusal(error)}. Otherwise set 'data_dir' "
+                     f"to a folder this user can write, or place {source.expected} under data_dir {str(root)!r} "
+                     f"(downloaded elsewhere) and leave \"download\" off.")
 
 
 def load_image_dataset(source: Source, *, batch_size: int, resolution: int, data_dir: str, seed: int,
