@@ -151,14 +151,22 @@ class RunLock:
             raise RunFolderLost(self.path.parent, f"its lock file {self.path.name} is another file now", advice)
 
     def release(self) -> None:
+        """Let go of the lock. A refused ftruncate or unlock (an NFS mount that lost its lock service meanwhile) is
+        a warning, not an error: it failed a run that had trained and written its results, and left the descriptor,
+        and with it the lock, open for the rest of the process."""
         if self._fd is not None and self._fd not in _HELD:  # a forked child: its copy was closed at the fork
             self._fd = None
         if self._fd is not None:
-            _HELD.discard(self._fd)
-            os.ftruncate(self._fd, 0)  # no owner line left: readers elsewhere need not guess (see run_tables)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            _HELD.discard(fd)
+            try:
+                os.ftruncate(fd, 0)  # no owner line left: readers elsewhere need not guess (see run_tables)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except OSError as error:  # the close lets go of the lock all the same
+                log.warning("The lock file %s could not be emptied or unlocked (%s); it is let go by closing it, "
+                            "and what was written under it is kept.", self.path, error.strerror or error)
+            finally:
+                os.close(fd)
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

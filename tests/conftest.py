@@ -164,11 +164,11 @@ def file_size_limit(limit: int):
     return limit_file_size
 
 
-def refused_flock(error: int):
+def refused_flock(error: int, operation: int | None = None):
     """``preexec_fn`` standing for a file system that refuses locks (an NFS mount without its lock service: ENOLCK):
-    in the process that calls it, every ``flock`` system call fails with ``error``, by the kernel (a seccomp
-    filter, which the process keeps for good). Skips the test on a machine whose ``flock`` call number is not
-    known here."""
+    in the process that calls it, every ``flock`` system call (of ``operation`` alone, ``fcntl.LOCK_UN`` say, where
+    given) fails with ``error``, by the kernel (a seccomp filter, which the process keeps for good). Skips the test
+    on a machine whose ``flock`` call number is not known here."""
     import platform
     number = {"x86_64": 73, "aarch64": 32}.get(platform.machine())
     if number is None:
@@ -178,6 +178,8 @@ def refused_flock(error: int):
         import ctypes
         # classic BPF: load the call number; flock -> SECCOMP_RET_ERRNO | error, anything else -> SECCOMP_RET_ALLOW
         program = [(0x20, 0, 0, 0), (0x15, 0, 1, number), (0x06, 0, 0, 0x00050000 | error), (0x06, 0, 0, 0x7fff0000)]
+        if operation is not None:  # flock -> load its second argument (at byte 24); operation -> error, else allow
+            program[1:2] = [(0x15, 0, 3, number), (0x20, 0, 0, 24), (0x15, 0, 1, operation)]
         code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *step) for step in program))
 
         class Program(ctypes.Structure):
