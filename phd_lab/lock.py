@@ -180,7 +180,8 @@ def waiting_lock(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path``, waiting while another process holds it (``RunLock`` refuses
     instead); the kernel drops it when its process dies. A symbolic link at ``path`` is refused, not followed
     (``open_no_follow``): in a data_dir shared with others, one planted at a download's lock made an empty file of
-    whatever name it gave, in a folder of the user's, and locked it."""
+    whatever name it gave, in a folder of the user's, and locked it. A refused unlock is a warning: it failed a
+    download that had completed (or replaced the error of one that had not)."""
     with os.fdopen(open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, "lock file"), "r+b") as handle:
         try:
             try:
@@ -193,7 +194,11 @@ def waiting_lock(path: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            except OSError as error:  # the close just below lets go of it all the same
+                log.warning("The lock file %s could not be unlocked (%s); it is let go by closing it.", path,
+                            error.strerror or error)
 
 
 class ProcessTurn:
