@@ -438,3 +438,30 @@ def test_a_probe_of_no_eval_samples_is_cached_as_strict_json_and_read_back(tmp_p
     assert entry["record"]["eval_acc"] is None
     stored = ResultCache(tmp_path).get(key)
     assert math.isnan(stored.eval_acc) and stored.train_acc == 0.75 and stored.n_eval == 0
+
+
+@pytest.mark.parametrize("solver, dtype, tiny, far", [("lbfgs", np.float32, 1e-30, 1e10),
+                                                      ("lbfgs", np.float64, 1e-150, 1e160),
+                                                      ("lbfgs-torch", np.float32, 1e-30, 1e10)])
+def test_an_eval_value_whose_standardised_value_is_beyond_the_dtype_names_the_eval_file(tmp_path, solver, dtype, tiny,
+                                                                                        far):
+    """An eval value 1e40 training standard deviations out overflowed the standardised copy: lbfgs failed in the
+    worker with scikit-learn's "Input X contains infinity", lbfgs-torch predicted with the inf silently."""
+    from phd_lab.probes.fit import StandardisedBeyondRange
+    layers, y_train, y_eval = blob_layers(n_layers=1)
+    x_train, x_eval = (x.astype(dtype) for x in layers["block0.conv"])
+    x_train[:, 2] *= tiny
+    x_eval[:, 2] *= tiny
+    x_eval[4, 2] = far
+    _, folder = make_latents(tmp_path, {"block0.conv": (x_train, x_eval)}, y_train, y_eval)
+    paths = (folder / "train-block0.conv.npy", folder / "eval-block0.conv.npy", folder / "train-labels.npy",
+             folder / "eval-labels.npy")
+    with pytest.raises(StandardisedBeyondRange) as error:
+        probe_layer(1, "block0.conv", *paths, ProbeSettings(solver=solver))
+    message = " ".join(str(error.value).split())
+    assert message.startswith(f"Latents file {str(paths[1])!r}: standardised with the statistics of the train "
+                              f"latents, the eval latents of layer 'block0.conv' hold values beyond "
+                              f"{np.dtype(dtype).name}'s range") and error.value.split == "eval"
+    assert "first sample 4's feature 2, whose train values have mean " in message and "--no-standardize" in message
+    raw = probe_layer(1, "block0.conv", *paths, ProbeSettings(solver=solver, standardize=False))
+    assert raw.n_eval == len(y_eval)  # the advice holds: on raw features the layer is probed

@@ -150,6 +150,27 @@ class LatentsTooLarge(DataError):
         self.split = split
 
 
+class StandardisedBeyondRange(DataError):
+    """Latents standardised with the training statistics hold values beyond their dtype (float32: about 3.4e38):
+    an eval value that many training standard deviations out, which a fit would take as inf."""
+
+    def __init__(self, message: str, split: str = "eval") -> None:
+        super().__init__(message)
+        self.split = split
+
+
+def beyond_range(split: str, layer: str, dtype: Any, sample: int, feature: int, mean: float, std: float
+                 ) -> StandardisedBeyondRange:
+    """The error for a standardised value of ``split`` beyond ``dtype``: the first such sample and feature, and
+    that feature's training statistics, which tell a (nearly) constant training feature from a wrong file."""
+    limit = float(np.finfo(dtype).max)
+    return StandardisedBeyondRange(
+        f"standardised with the statistics of the train latents, the {split} latents of layer {layer!r} hold values "
+        f"beyond {np.dtype(dtype).name}'s range (about ±{limit:.2g}), first sample {sample}'s feature {feature}, "
+        f"whose train values have mean {mean:.3g} and standard deviation {std:.3g}: it lies more than {limit:.2g} "
+        f"standard deviations outside the training distribution, and a probe would take it as infinite", split)
+
+
 def nonfinite_count(x: np.ndarray, rows: int = 1024) -> int:
     """NaN and inf values in ``x``, counted block by block (a memory-mapped file is read once, with no
     full-size temporary)."""
@@ -195,7 +216,8 @@ def as_float(x: np.ndarray, copy: bool) -> np.ndarray:
     return np.array(x, dtype=dtype, order="C", copy=True) if copy else np.asarray(x, dtype=dtype, order="C")
 
 
-def standardize(x_train: np.ndarray, x_eval: np.ndarray, rows: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def standardize(x_train: np.ndarray, x_eval: np.ndarray, rows: int = 64,
+                layer: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Scale features to zero mean and unit variance with training statistics, in place.
 
     ``StandardScaler``'s definition (population variance; near-constant features keep scale 1 by
@@ -210,6 +232,11 @@ def standardize(x_train: np.ndarray, x_eval: np.ndarray, rows: int = 64) -> tupl
     their statistics taken again. The standardised values are then those of the unscaled computation, to the
     last bit, unless a feature's values span more than float64's range of exponents (its smallest then
     round to subnormals); the common case makes no extra pass.
+
+    An eval value so far outside the training distribution that its standardised value is beyond the copy's
+    dtype raises ``StandardisedBeyondRange`` (numpy's overflow flag, checked after each operation anyway, so
+    finite results cost nothing extra): stored, it became inf, and scikit-learn failed with "Input X contains
+    infinity".
     """
     buffer = np.empty((rows, x_train.shape[1]))  # also holds eval blocks: not limited by the training rows
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows as a non-finite statistic
@@ -225,13 +252,20 @@ def standardize(x_train: np.ndarray, x_eval: np.ndarray, rows: int = 64) -> tupl
     constant = constant_features(var, mean, count)
     scale[constant] = 1.0 if factor is None else factor[constant]  # 1 in the latents' own units
     inverse = 1.0 / scale
-    for x in (x_train, x_eval):
+    for split, x in (("train", x_train), ("eval", x_eval)):
         for start in range(0, x.shape[0], rows):
             target = x[start:start + rows]
             block = _load(buffer, target, factor)
-            block -= mean
-            block *= inverse
-            np.copyto(target, block, casting="same_kind")
+            try:
+                with np.errstate(over="raise"):  # the operation completes, then raises
+                    block -= mean
+                    block *= inverse
+                    np.copyto(target, block, casting="same_kind")
+            except FloatingPointError:
+                sample, feature = np.argwhere(~(np.abs(block) <= np.finfo(x.dtype).max))[0]
+                unit = 1.0 if factor is None else factor[feature]
+                raise beyond_range(split, layer, x.dtype, start + int(sample), int(feature), mean[feature] / unit,
+                                   scale[feature] / unit) from None
     return x_train, x_eval
 
 
@@ -318,13 +352,16 @@ def fit_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, se
     return FitResult(estimator.predict(x_train), estimator.predict(x_eval), int(np.max(estimator.n_iter_)), converged)
 
 
-def standardize_tensors(x_train: torch.Tensor, x_eval: torch.Tensor, rows: int | None = None) -> None:
+def standardize_tensors(x_train: torch.Tensor, x_eval: torch.Tensor, rows: int | None = None,
+                        layer: str = "") -> None:
     """``standardize`` for torch tensors on any device, in place (for ``lbfgs-torch`` on a GPU).
 
     Statistics are accumulated in float64 over blocks of ``rows`` samples (default: about 32 MB of
     float64 per block, so no float64 copy of the data); near-constant features keep scale 1
     (``constant_features``), as in ``StandardScaler``. Standardising on the GPU spares the CPU
-    pass over the latents.
+    pass over the latents. A standardised value beyond the tensors' dtype raises ``StandardisedBeyondRange``,
+    as in ``standardize`` (a count of the eval tensor on the device, small beside the fit): it was inf, and
+    predicted with silently.
     """
     import torch
     count = x_train.shape[0]
@@ -337,9 +374,15 @@ def standardize_tensors(x_train: torch.Tensor, x_eval: torch.Tensor, rows: int |
     var = m2 / count
     std = var.sqrt()
     std[constant_features(var, mean, count)] = 1.0
-    for x in (x_train, x_eval):
+    for split, x in (("train", x_train), ("eval", x_eval)):
         for block in x.split(rows):
             block.copy_(((block.to(torch.float64) - mean) / std).to(x.dtype))
+        # the raw latents were checked finite, so these overflowed here; standardised train values are at most
+        # √n standard deviations out (constant features: 1 in their own units), so only the eval ones can
+        if split == "eval" and nonfinite_count_tensor(x, rows):
+            sample, feature = (int(i) for i in torch.nonzero(~torch.isfinite(x))[0])
+            raise beyond_range(split, layer, str(x.dtype).removeprefix("torch."), sample, feature,
+                               float(mean[feature]), float(std[feature]))
 
 
 def to_device_float32(x: np.ndarray, device: Any, block_bytes: int = 1 << 25) -> torch.Tensor:
@@ -392,7 +435,7 @@ def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray
                                f"file, or finite float64 values beyond float32's range (about ±3.4e38)", error.split,
                                beyond_float32=True) from None
     if s.standardize:
-        standardize_tensors(x, xe)
+        standardize_tensors(x, xe, layer=layer)
     y = torch.from_numpy(np.searchsorted(classes, y_train).astype(np.int64)).to(device)
     n, d = x.shape
     weight = torch.zeros(len(classes), d, dtype=torch.float32, device=device, requires_grad=True)
@@ -432,7 +475,7 @@ def fit_arrays(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, set
     if s.solver == "lbfgs-torch":
         return fit_torch_lbfgs(x_train, y_train, x_eval, s, layer)
     if s.standardize:
-        x_train, x_eval = standardize(x_train, x_eval)
+        x_train, x_eval = standardize(x_train, x_eval, layer=layer)
     elif s.solver == "saga":
         check_saga_step(x_train, layer)
     return fit_sklearn(x_train, y_train, x_eval, s)
@@ -487,6 +530,12 @@ def probe_layer(index: int, layer: str, train: Path | str, eval: Path | str, tra
                                f"for latents extracted as float16, extract them as float32 (the extract step's "
                                f"'dtype').",
                                error.split) from None
+    except StandardisedBeyondRange as error:
+        raise StandardisedBeyondRange(
+            f"Latents file {str(train if error.split == 'train' else eval)!r}: {error}. Check that the train and "
+            f"eval latents come from the same run and extraction; a feature (nearly) constant in training that "
+            f"varies in the eval set does this too. Probing on raw features (--no-standardize, or "
+            f"probe_standardize: false in the config) avoids the overflow.", error.split) from None
     except LatentsTooLarge as error:
         raise LatentsTooLarge(f"Latents file {str(train)!r}: {error}. Standardise them (--standardize, or "
                               f"probe_standardize: true in the config), or probe with lbfgs, which standardises; "
