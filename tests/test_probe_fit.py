@@ -465,3 +465,25 @@ def test_an_eval_value_whose_standardised_value_is_beyond_the_dtype_names_the_ev
     assert "first sample 4's feature 2, whose train values have mean " in message and "--no-standardize" in message
     raw = probe_layer(1, "block0.conv", *paths, ProbeSettings(solver=solver, standardize=False))
     assert raw.n_eval == len(y_eval)  # the advice holds: on raw features the layer is probed
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float64, 1e150), (np.float64, 1e300), (np.float32, 1e32)])
+def test_lbfgs_on_raw_latents_too_large_for_its_line_search_names_the_file_instead_of_an_untrained_probe(
+        tmp_path, dtype, scale):
+    """lbfgs with --no-standardize on raw latents of 1e150 took 0 iterations and kept every weight 0: a probe that
+    predicts one class (accuracy 0.317 on three classes), converged False, and no cause named."""
+    from phd_lab.probes.fit import LatentsTooLarge
+    layers, y_train, y_eval = blob_layers(n_layers=1)
+    x_train, x_eval = ((x.astype(np.float64) * scale).astype(dtype) for x in layers["block0.conv"])
+    _, folder = make_latents(tmp_path, {"block0.conv": (x_train, x_eval)}, y_train, y_eval)
+    paths = (folder / "train-block0.conv.npy", folder / "eval-block0.conv.npy", folder / "train-labels.npy",
+             folder / "eval-labels.npy")
+    with pytest.raises(LatentsTooLarge) as error:
+        probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="lbfgs", standardize=False))
+    message = " ".join(str(error.value).split())
+    peak = float(np.abs(x_train).max())
+    assert message.startswith(f"Latents file {str(paths[0])!r}: scikit-learn's lbfgs took no step on the raw train "
+                              f"latents of layer 'block0.conv' (their largest |value| is {peak:.3g})")
+    assert "--standardize" in message and "probe with lbfgs" not in message  # it is lbfgs already
+    standardised = probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="lbfgs"))
+    assert standardised.converged and standardised.eval_acc > 0.9

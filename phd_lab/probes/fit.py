@@ -341,7 +341,8 @@ def sklearn_estimator(settings: ProbeSettings) -> Any:
     return LogisticRegression(C=s.C, solver=s.solver, max_iter=s.max_iter, tol=s.tol, random_state=s.seed)
 
 
-def fit_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings) -> FitResult:
+def fit_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings,
+                layer: str = "") -> FitResult:
     """Fit scikit-learn's saga or lbfgs; convergence = no ConvergenceWarning."""
     from sklearn.exceptions import ConvergenceWarning
     estimator = sklearn_estimator(settings)
@@ -349,7 +350,25 @@ def fit_sklearn(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, se
         warnings.simplefilter("always", ConvergenceWarning)
         estimator.fit(x_train, y_train)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    return FitResult(estimator.predict(x_train), estimator.predict(x_eval), int(np.max(estimator.n_iter_)), converged)
+    n_iter = int(np.max(estimator.n_iter_))
+    s = settings.resolved()
+    if s.solver == "lbfgs" and not s.standardize and not converged and n_iter == 0 and not np.any(estimator.coef_):
+        raise lbfgs_took_no_step(x_train, layer)
+    return FitResult(estimator.predict(x_train), estimator.predict(x_eval), n_iter, converged)
+
+
+def lbfgs_took_no_step(x_train: np.ndarray, layer: str, rows: int = 1024) -> LatentsTooLarge:
+    """The error for an lbfgs fit on raw latents that ended, not converged, where it started (every weight 0):
+    its first line search failed, as scikit-learn's does on raw latents from about 1e28 on (where exactly depends
+    on the data). Such a probe predicts one class for every sample, and was reported as a result (0 iterations,
+    converged False) with no cause named. The largest |value| takes one pass over the latents, on this path only.
+    """
+    peak = max((float(np.abs(x_train[start:start + rows]).max()) for start in range(0, len(x_train), rows)),
+               default=0.0)
+    return LatentsTooLarge(
+        f"scikit-learn's lbfgs took no step on the raw train latents of layer {layer!r} (their largest |value| is "
+        f"{peak:.3g}): its first line search failed, which it does on raw latents this large, so the probe would "
+        f"be untrained (every weight 0, one class predicted for every sample)", "train")
 
 
 def standardize_tensors(x_train: torch.Tensor, x_eval: torch.Tensor, rows: int | None = None,
@@ -478,7 +497,7 @@ def fit_arrays(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, set
         x_train, x_eval = standardize(x_train, x_eval, layer=layer)
     elif s.solver == "saga":
         check_saga_step(x_train, layer)
-    return fit_sklearn(x_train, y_train, x_eval, s)
+    return fit_sklearn(x_train, y_train, x_eval, s, layer)
 
 
 def probe_arrays(index: int, layer: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
@@ -537,7 +556,8 @@ def probe_layer(index: int, layer: str, train: Path | str, eval: Path | str, tra
             f"varies in the eval set does this too. Probing on raw features (--no-standardize, or "
             f"probe_standardize: false in the config) avoids the overflow.", error.split) from None
     except LatentsTooLarge as error:
+        other = ", or probe with lbfgs, which standardises by default" if settings.solver == "saga" else ""
         raise LatentsTooLarge(f"Latents file {str(train)!r}: {error}. Standardise them (--standardize, or "
-                              f"probe_standardize: true in the config), or probe with lbfgs, which standardises; "
-                              f"values this large may also mean that the run diverged.", error.split) from None
+                              f"probe_standardize: true in the config){other}; values this large may also mean "
+                              f"that the run diverged.", error.split) from None
     return replace(record, seconds=time.perf_counter() - start)
