@@ -487,3 +487,22 @@ def test_lbfgs_on_raw_latents_too_large_for_its_line_search_names_the_file_inste
     assert "--standardize" in message and "probe with lbfgs" not in message  # it is lbfgs already
     standardised = probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="lbfgs"))
     assert standardised.converged and standardised.eval_acc > 0.9
+
+
+def test_lbfgs_torch_on_raw_latents_too_large_for_float32_names_the_file_instead_of_nan_weights(tmp_path):
+    """lbfgs-torch with --no-standardize on raw float32 latents of 1e11 ended with NaN weights after its first line
+    search, and the argmax of NaN logits predicted class 0 for every sample: accuracy 0.3, no cause named."""
+    from phd_lab.probes.fit import LatentsTooLarge
+    layers, y_train, y_eval = blob_layers(n_layers=1)
+    x_train, x_eval = ((x * np.float32(1e10)) for x in layers["block0.conv"])
+    _, folder = make_latents(tmp_path, {"block0.conv": (x_train, x_eval)}, y_train, y_eval)
+    paths = (folder / "train-block0.conv.npy", folder / "eval-block0.conv.npy", folder / "train-labels.npy",
+             folder / "eval-labels.npy")
+    with pytest.raises(LatentsTooLarge) as error:
+        probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="lbfgs-torch", standardize=False))
+    message = " ".join(str(error.value).split())
+    assert message.startswith(f"Latents file {str(paths[0])!r}: lbfgs-torch's weights became NaN or infinite on the "
+                              f"raw train latents of layer 'block0.conv' (their largest |value| is "
+                              f"{float(np.abs(x_train).max()):.3g})") and "--standardize" in message
+    standardised = probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="lbfgs-torch"))
+    assert standardised.converged and standardised.eval_acc > 0.9

@@ -473,6 +473,13 @@ def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray
         return loss
 
     optimizer.step(closure)
+    if not s.standardize and not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+        peak = max((float(block.abs().max()) for block in x.split(4096)), default=0.0)
+        raise LatentsTooLarge(
+            f"lbfgs-torch's weights became NaN or infinite on the raw train latents of layer {layer!r} (their "
+            f"largest |value| is {peak:.3g}): its float32 line search overflows on raw latents this large (from "
+            f"about 1e10 on, depending on the data), so the probe would be untrained (one class predicted for "
+            f"every sample)", "train")
     state = optimizer.state[weight]
     n_iter = int(state.get("n_iter", 0))
     # A stop at max_iter or at the evaluation budget is not convergence (scikit-learn warns there too).
