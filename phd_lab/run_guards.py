@@ -162,9 +162,21 @@ def warning_filters_kept() -> Iterator[None]:
     finally:
         if warnings.filters != before:
             warnings.filters[:] = before
-            mutated = getattr(warnings, "_filters_mutated", None)  # the caches of filters already consulted
-            if callable(mutated):
-                mutated()
+            _forget_warnings_already_decided()
+
+
+class _NeverWarned(Warning):
+    """A category nothing warns with: a filter for it changes no decision."""
+
+
+def _forget_warnings_already_decided() -> None:
+    """Make Python forget which warnings it has shown once under the filters just replaced (each module's
+    ``__warningregistry__``): a warning shown by a "default" filter of the block would otherwise stay silent under
+    an "always" filter put back. Adding a filter is the public way to say the filters changed (the private
+    ``warnings._filters_mutated`` of Python 3.13 and before is gone in 3.14); one for a category nothing warns with
+    is added and taken out again."""
+    warnings.simplefilter("ignore", _NeverWarned, append=True)
+    warnings.filters[:] = [item for item in warnings.filters if item[2] is not _NeverWarned]
 
 
 @contextlib.contextmanager

@@ -254,6 +254,8 @@ def test_a_factory_that_silences_warnings_silences_no_later_grid_point(tmp_path,
     from phd_lab.experiment import Main
     registry = tmp_path / "warning_models.py"
     registry.write_text(WARNING_MODELS)
+    (tmp_path / "warm-up").mkdir()
+    Main(progress=False)(one_epoch(tmp_path / "warm-up", resolution=8))  # what a first call imports before any run
     config = one_epoch(tmp_path, model=["quiet", "loud"], model_args={}, resolution=8,
                        registries={"models": str(registry)})
     before = list(warnings.filters)
@@ -548,3 +550,35 @@ def test_a_flag_a_registry_file_sets_when_it_is_imported_holds_for_its_runs(tmp_
         assert torch.get_float32_matmul_precision() == "high" != before
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_a_warning_shown_once_inside_a_guarded_block_shows_again_under_the_filters_put_back():
+    """Python records a warning shown by a "default" filter in the module's registry; the guard puts back the
+    filters but must also make Python forget that record, or an "always" filter of the caller stays silent for
+    that warning. It said so through warnings._filters_mutated, which Python 3.14 no longer has."""
+    import warnings
+
+    from phd_lab.run_guards import warning_filters_kept
+
+    def shown() -> bool:
+        said: list[str] = []
+        hook, warnings.showwarning = warnings.showwarning, lambda message, *rest, **named: said.append(str(message))
+        try:
+            warnings.warn("said at one place", UserWarning)
+        finally:
+            warnings.showwarning = hook
+        return said == ["said at one place"]
+
+    saved = list(warnings.filters)
+    try:
+        warnings.simplefilter("always", UserWarning)
+        before = list(warnings.filters)
+        with warning_filters_kept():
+            warnings.simplefilter("default", UserWarning)  # shown once, then recorded and silent
+            assert shown() and not shown()
+        assert warnings.filters == before
+        assert shown() and shown()  # "always" again
+    finally:
+        warnings.filters[:] = saved
+        warnings.simplefilter("ignore", append=True)  # any filter call makes Python forget the records
+        warnings.filters[:] = saved
