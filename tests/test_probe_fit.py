@@ -251,6 +251,26 @@ def test_float64_latents_beyond_1e154_standardise_to_the_bits_of_unscaled_ones(p
         np.testing.assert_array_equal(standardised, wanted * np.where(np.arange(6) == 1, big, 1.0))
 
 
+def test_float64_features_at_float64_s_largest_standardise_without_inf_or_warnings():
+    """A feature of about 2**1023 and more (a constant one, or beside one of subnormal values) was scaled by 2**-1024,
+    a subnormal whose inverse overflows: the constant feature standardised to NaN (lbfgs failed with
+    "Input X contains NaN") and the factor left unused for the subnormal feature overflowed with a
+    RuntimeWarning. The factor is the smallest normal power of two at most, and the values are those of the
+    unscaled latents, bit for bit."""
+    rng = np.random.default_rng(7)
+    x_train, x_eval = rng.normal(3.0, 2.0, (300, 4)), rng.normal(3.0, 2.0, (70, 4))
+    x_train[:, 1], x_eval[:, 1] = 1.5, rng.uniform(1.0, 1.9, 70)  # constant: 1.5 * 2**1023 is 1.35e308
+    x_train[:, 3] *= 1e-320  # subnormal values: never scaled
+    x_eval[:, 3] *= 1e-320
+    expected = standardize(x_train.copy(), x_eval.copy(), rows=64)
+    big = np.array([2.0 ** 1019, 2.0 ** 1023, 1.0, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = standardize(x_train * big, x_eval * big, rows=64)
+    for standardised, wanted in zip(got, expected):
+        assert np.isfinite(standardised).all()
+        np.testing.assert_array_equal(standardised, wanted * np.where(np.arange(4) == 1, big, 1.0))
+
 def test_an_lbfgs_probe_of_float64_latents_near_float64_s_largest_equals_the_unscaled_probe():
     layers, y_train, y_eval = blob_layers(n_layers=2)
     x_train, x_eval = (x.astype(np.float64) for x in layers["block1.conv"])

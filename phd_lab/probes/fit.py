@@ -298,14 +298,17 @@ def _moments(x: np.ndarray, buffer: np.ndarray, factor: np.ndarray | None) -> tu
 
 def _power_of_two_factors(x: np.ndarray, buffer: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     """Per feature, 1, or for the ``chosen`` ones the power of two that brings their largest |value| into
-    [0.5, 1): multiplying by it is exact in binary floating point, and no sum of squares overflows after it."""
+    [0.5, 1) (beyond 2**1022, [1, 4)): multiplying by it is exact in binary floating point, and no sum of squares
+    overflows after it. The factor is a normal number, at least 2**-1022: 2**-1024 is a subnormal whose inverse, the
+    scale of a constant feature of 1.5 * 2**1023, overflowed (the feature standardised to NaN)."""
     rows = buffer.shape[0]
     peak = np.zeros(buffer.shape[1])
     for start in range(0, x.shape[0], rows):
         block = _load(buffer, x[start:start + rows], None)
         np.maximum(peak, np.abs(block, out=block).max(axis=0), out=peak)
     _, exponent = np.frexp(peak)
-    return np.where(chosen, np.ldexp(1.0, -exponent), 1.0)
+    # only for the chosen: 2**1070 of a feature of subnormal values overflowed, with a RuntimeWarning
+    return np.ldexp(1.0, -np.where(chosen, np.minimum(exponent, -np.finfo(np.float64).minexp), 0))
 
 
 def constant_features(var: Any, mean: Any, count: int) -> Any:
