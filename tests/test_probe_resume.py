@@ -279,3 +279,22 @@ def test_a_run_folder_that_goes_while_several_runs_are_probed_fails_alone(tmp_pa
     assert "Details" not in message  # the lost run's log went with its folder
     assert len((kept / "probe_performances.csv").read_text().splitlines()) == 1 + 3
     assert "probe job failed on another run" in (kept / "probe.log").read_text()
+
+
+
+def test_a_background_job_ignoring_sigint_keeps_its_workers_fitting_through_a_sigint_to_its_group(tmp_path):
+    """A job started in the background by a non-interactive shell inherits SIGINT ignored, and its workers must
+    keep ignoring it (they die of SIGINT only where it is not ignored): a SIGINT to the whole group leaves the job
+    and its two workers fitting, and it fits and writes every layer."""
+    signalled_run, signalled = make_latents(tmp_path, *digits_layers(n_layers=4, width=16))
+    process = subprocess.Popen([sys.executable, "probe_main.py", "--latents", str(signalled), "-mp", "2",
+                                "--cache-dir", str(tmp_path / "cache"), "--no-progress"], cwd=ROOT,
+                               env={**os.environ, TEST_DELAY_ENV: "0.5", "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    ready_pool_workers(process, 2)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and "Traceback" not in err and "interrupted" not in err, err
+    rows = _rows_without_seconds(signalled_run / "probe_performances.csv")
+    assert len(rows) == 1 + 4 and len(list((tmp_path / "cache").rglob("*.json"))) == 4
