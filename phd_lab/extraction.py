@@ -541,7 +541,7 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
             previous = record_move(folder, previous, settings["run_dir"])  # type: ignore[arg-type]
         unmark_in_progress(folder)  # one killed after its manifest was written
         return previous  # type: ignore[return-value]
-    refuse_foreign_link(folder, previous)
+    refuse_foreign_link(folder, previous, settings["run_dir"])
     if previous is not None or any(folder.iterdir()):
         log.info("Latents in %s are incomplete or were made with other settings; extracting again.", folder)
     mark_in_progress(folder, settings["run_dir"])  # before its first file goes, or an old one is removed

@@ -239,17 +239,18 @@ def leftovers(folder: Path) -> list[Path]:
     return sorted(path for pattern in _EXTRACTION_FILES for path in folder.glob(pattern))
 
 
-def refuse_foreign_link(folder: Path, manifest: dict[str, Any] | None) -> None:
+def refuse_foreign_link(folder: Path, manifest: dict[str, Any] | None, run_dir: str) -> None:
     """Raise a ``ConfigError`` where ``folder`` is a symbolic link without an extraction's manifest (``manifest``:
     ``load_manifest``'s) that holds files of the names an extraction writes (``train-*.npy``, ``.*.tmp``, or a
     ``manifest.json`` of another program): they need not be a killed extraction's. A run folder received from
     someone else whose ``latents`` was a link to a folder of the user's had its ``train-images.npy`` and hidden
     ``.*.tmp`` files deleted by the rerun's extract step. A link to an empty folder, or to one holding an
     extraction (a scratch disk), is followed, and so is one holding the files of an extraction that was killed
-    (``IN_PROGRESS``): the rerun of a run whose extraction into a scratch disk was killed (SIGKILL) was refused."""
+    (``IN_PROGRESS``) of this run (``run_dir``, as ``expected_settings`` has it): the rerun of a run whose extraction
+    into a scratch disk was killed (SIGKILL) was refused."""
     if not os.path.islink(folder) or isinstance(manifest, dict) and {"layers", "labels"} <= set(manifest):
         return
-    if (folder / IN_PROGRESS).is_file():  # a killed extraction's files, in a folder an extraction wrote
+    if _marked_by(folder, run_dir):  # this run's killed extraction's files, in a folder it wrote
         return
     found = ([folder / MANIFEST] if manifest is not None else []) + leftovers(folder)
     if found:
@@ -260,6 +261,16 @@ def refuse_foreign_link(folder: Path, manifest: dict[str, Any] | None) -> None:
                           f"(a run folder received from someone else may carry such a link). Nothing was removed. "
                           f"Delete them if they are a killed extraction's, or the link (rm "
                           f"{shlex.quote(str(folder))}) to extract into the run folder.")
+
+
+def _marked_by(folder: Path, run_dir: str) -> bool:
+    """Whether ``folder`` holds the ``IN_PROGRESS`` marker of the run folder ``run_dir``. Another run's marker stays
+    in a folder that its killed extraction wrote after `rm *` (the shell's * skips dot files), where the user may
+    keep files of the same names later: any run linked to it removed them as a killed extraction's."""
+    marker = atomic.read_json_object(folder / IN_PROGRESS)
+    named = marker.get("run_dir") if marker is not None else None
+    return isinstance(named, str) and manifest_path(named) is not None and \
+        manifest_path(named) == manifest_path(run_dir)
 
 
 def mark_in_progress(folder: Path, run_dir: str) -> None:

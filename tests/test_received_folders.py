@@ -382,3 +382,30 @@ def test_a_link_at_a_download_lock_in_a_shared_data_dir_is_refused_not_followed(
     with pytest.raises(DataError, match="is a symbolic link"):
         download_and_extract("http://127.0.0.1:9/woof.tar", root, "woof")
     assert not made.exists()
+
+
+def test_a_linked_folder_of_yours_keeping_another_run_s_extraction_marker_is_refused_not_cleared(tmp_path):
+    """A folder once the scratch target of a killed extraction keeps its hidden marker after `rm *` (the shell's *
+    skips dot files); files of the user's own put there later were removed by the extract step of any run linked
+    to it, as a killed extraction's. The marker clears a folder only for the run that marked it."""
+    import json
+
+    from phd_lab.errors import ConfigError
+    from phd_lab.extraction import extract_latents
+    from phd_lab.latents_folder import IN_PROGRESS
+    from tests._extraction_models import build_model, loaders_of
+    mine = tmp_path / "scratch"
+    mine.mkdir()
+    (mine / IN_PROGRESS).write_text(json.dumps({"run_dir": str(tmp_path / "an-old-run")}))
+    (mine / "train-images.npy").write_text("images")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "latents").symlink_to(mine)
+    model, data = build_model(), loaders_of(40, 8, 20)
+    with pytest.raises(ConfigError, match="is a symbolic link") as refused:
+        extract_latents(model, data, run / "latents", run_dir=run, progress=False, layers=["head"])
+    assert (mine / "train-images.npy").read_text() == "images" and "Nothing was removed" in str(refused.value)
+    (mine / IN_PROGRESS).write_text(json.dumps({"run_dir": str(run)}))  # this run's own killed extraction
+    extract_latents(model, data, run / "latents", run_dir=run, progress=False, layers=["head"])
+    assert not (mine / "train-images.npy").exists() and (mine / "train-head.npy").is_file()
+    assert not (mine / IN_PROGRESS).exists()
