@@ -97,6 +97,16 @@ def test_the_probe_package_still_exports_its_names() -> None:
         probes.no_such_name  # noqa: B018
 
 
+
+def test_the_probe_package_lists_its_names_before_their_first_use() -> None:
+    """dir() (a notebook's tab completion) listed none of the names the package imports on first use, so
+    that ``phd_lab.probes.<Tab>`` offered no run_jobs or ProbeSettings; it lists ``__all__``, importing nothing."""
+    script = ("import sys, phd_lab.probes as probes; names = dir(probes); "
+              "print(sorted(set(probes.__all__) - set(names)), 'pandas' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == ["[]", "False"], done.stdout + done.stderr
+
 def test_a_report_rebuilt_with_nothing_changed_imports_no_matplotlib(tmp_path: Path) -> None:
     """Its figures all come from the page it replaces and the run folders; reading matplotlib's version for their
     keys imported matplotlib (0.1 s of CPU). The page rebuilt is the page built."""
