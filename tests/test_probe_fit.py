@@ -553,3 +553,4 @@ def test_nonfinite_count_of_a_cpu_tensor_is_numpys_count_without_torch_kernels()
     assert nonfinite_count_tensor(x[:, 1:]) == 2  # a strided view
     assert nonfinite_count_tensor(torch.zeros(0, 4)) == 0
     assert nonfinite_count_tensor(torch.randn(8, 3, dtype=torch.float64)) == 0
+    assert nonfinite_count_tensor(x.to(torch.bfloat16)) == 3  # which numpy cannot view: counted by torch

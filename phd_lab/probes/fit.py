@@ -188,7 +188,7 @@ def nonfinite_count_tensor(x: torch.Tensor, rows: int = 4096) -> int:
     import torch
     if x.numel() == 0:
         return 0
-    if x.device.type == "cpu":
+    if x.device.type == "cpu" and x.dtype != torch.bfloat16:  # numpy has no bfloat16
         return nonfinite_count(x.detach().numpy())
     return int(sum(torch.count_nonzero(~torch.isfinite(block)) for block in x.split(rows)))
 
