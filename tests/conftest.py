@@ -249,3 +249,15 @@ LONGEST_FILES_FIRST = ("test_demo_tail.py", "test_fault_injection.py", "test_dis
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: position for position, name in enumerate(LONGEST_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """A test's captured output and log records in its report with names that are no UTF-8 written as escapes
+    (``\\udcXX``): many tests give the framework such names on purpose, and pytest-xdist cannot send a report holding
+    one from its worker ('strings must be utf-8 encodable', an INTERNALERROR that ended the whole run where an
+    earlier test had left a logger at INFO, so that the records naming the file were captured)."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+                       for title, text in report.sections]
