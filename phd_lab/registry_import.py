@@ -134,23 +134,28 @@ def _same_named_helper(path: Path, imported: Mapping[str, ModuleType], asked: se
         mine = _beside(folder, top)
         if "." in name or top in FRAMEWORK_PACKAGES or mine is None or name not in asked:
             continue
-        first = _HELPER_NAMES.get(top)
-        first = None if first is None or _beside(first[0], top) is None else first  # moved away since: no other
+        first = _recorded_helper(top)
         file = getattr(imported[name], "__file__", None)
         if file and _helper_file(name, imported[name], folder) is None:
             return f"{str(mine)!r} beside it, but {top!r} resolves to {file!r} in this process"
         if first is not None and first[0] != folder:
             return (f"{str(mine)!r} beside it, but the registry file {str(first[1])!r} imported another {top!r} from "
-                    f"its own folder ({str(_beside(first[0], top) or first[0] / top)!r}) in this process")
+                    f"its own folder ({str(_beside(first[0], top))!r}) in this process")
     return None
 
 
-def _record_helper_name(top: str, folder: Path, path: Path) -> None:
-    """Record that the registry file ``path`` imported the helper ``top`` from ``folder``; a folder that no longer
-    holds it (a project moved within one process) gives way: its registry file was refused as one that imported
-    another folder's helper ("rename the helper"), though no other file of that name was left."""
+def _recorded_helper(top: str) -> tuple[Path, Path] | None:
+    """The (folder, registry file) that first imported the helper ``top`` in this process, while that folder still
+    holds it: one that no longer does (a project moved within one process) gives way, else its registry file was
+    refused as one that imported another folder's helper ("rename the helper"), though no other file was left."""
     first = _HELPER_NAMES.get(top)
-    if first is None or _beside(first[0], top) is None:
+    return None if first is None or _beside(first[0], top) is None else first
+
+
+def _record_helper_name(top: str, folder: Path, path: Path) -> None:
+    """Record that the registry file ``path`` imported the helper ``top`` from ``folder``, unless a folder that
+    still holds it did so first (``_recorded_helper``)."""
+    if _recorded_helper(top) is None:
         _HELPER_NAMES[top] = (folder, path)
 
 
