@@ -132,31 +132,33 @@ def load_array(path: Path | str) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-class NonFiniteLatents(DataError):
-    """A layer's latents hold NaN or inf (the run diverged): no probe can be fitted on them. ``beyond_float32``:
-    found in lbfgs-torch's float32 copy of float64 latents, where finite values beyond float32 overflow too."""
-
-    def __init__(self, message: str, split: str = "train", beyond_float32: bool = False) -> None:
-        super().__init__(message)
-        self.split = split
-        self.beyond_float32 = beyond_float32
-
-
-class LatentsTooLarge(DataError):
-    """A layer's latents are finite but too large for the fit asked for (saga on raw features)."""
+class LatentsError(DataError):
+    """Latents no probe can be fitted on as asked; ``split`` (train or eval) tells the caller which file to name."""
 
     def __init__(self, message: str, split: str = "train") -> None:
         super().__init__(message)
         self.split = split
 
 
-class StandardisedBeyondRange(DataError):
+class NonFiniteLatents(LatentsError):
+    """A layer's latents hold NaN or inf (the run diverged): no probe can be fitted on them. ``beyond_float32``:
+    found in lbfgs-torch's float32 copy of float64 latents, where finite values beyond float32 overflow too."""
+
+    def __init__(self, message: str, split: str = "train", beyond_float32: bool = False) -> None:
+        super().__init__(message, split)
+        self.beyond_float32 = beyond_float32
+
+
+class LatentsTooLarge(LatentsError):
+    """A layer's latents are finite but too large for the fit asked for (saga on raw features)."""
+
+
+class StandardisedBeyondRange(LatentsError):
     """Latents standardised with the training statistics hold values beyond their dtype (float32: about 3.4e38):
     an eval value that many training standard deviations out, which a fit would take as inf."""
 
     def __init__(self, message: str, split: str = "eval") -> None:
-        super().__init__(message)
-        self.split = split
+        super().__init__(message, split)
 
 
 def beyond_range(split: str, layer: str, dtype: Any, sample: int, feature: int, mean: float, std: float
