@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -367,6 +368,15 @@ def test_saga_fits_memory_mapped_latents_in_place_and_copies_only_to_standardise
     np.testing.assert_array_equal(own, x_train)  # standardised on a copy, the caller's array untouched
 
 
+def one_layer_files(folder: Path, x_train: np.ndarray, x_eval: np.ndarray, y_train: np.ndarray,
+                    y_eval: np.ndarray) -> tuple[Path, Path, Path, Path]:
+    """Latents of one layer, block0.conv, written with their manifest: its train, eval, train-labels and
+    eval-labels files, as probe_layer takes them."""
+    _, latents = make_latents(folder, {"block0.conv": (x_train, x_eval)}, y_train, y_eval)
+    return (latents / "train-block0.conv.npy", latents / "eval-block0.conv.npy", latents / "train-labels.npy",
+            latents / "eval-labels.npy")
+
+
 def test_latents_with_inf_in_the_eval_file_name_that_file(tmp_path):
     """A float16 overflow leaves inf, not NaN; the evaluation file is checked as well as the training file, and
     the message names the file that holds them."""
@@ -375,11 +385,10 @@ def test_latents_with_inf_in_the_eval_file_name_that_file(tmp_path):
     x_train, x_eval = layers["block0.conv"]
     x_eval = x_eval.copy()
     x_eval[3, 1] = -np.inf
-    _, folder = make_latents(tmp_path, {"block0.conv": (x_train, x_eval)}, y_train, y_eval)
+    paths = one_layer_files(tmp_path, x_train, x_eval, y_train, y_eval)
     with pytest.raises(NonFiniteLatents) as error:
-        probe_layer(1, "block0.conv", folder / "train-block0.conv.npy", folder / "eval-block0.conv.npy",
-                    folder / "train-labels.npy", folder / "eval-labels.npy", ProbeSettings(solver="lbfgs"))
-    assert f"Latents file {str(folder / 'eval-block0.conv.npy')!r}" in str(error.value)
+        probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="lbfgs"))
+    assert f"Latents file {str(paths[1])!r}" in str(error.value)
     assert "hold 1 NaN or infinite value(s)" in str(error.value) and error.value.split == "eval"
 
 
@@ -392,9 +401,7 @@ def test_saga_on_raw_latents_too_large_for_its_step_size_names_the_file_instead_
     from phd_lab.errors import DataError
     layers, y_train, y_eval = blob_layers(n_layers=1)
     x_train, x_eval = ((x.astype(np.float64) * scale).astype(dtype) for x in layers["block0.conv"])
-    _, folder = make_latents(tmp_path, {"block0.conv": (x_train, x_eval)}, y_train, y_eval)
-    paths = (folder / "train-block0.conv.npy", folder / "eval-block0.conv.npy", folder / "train-labels.npy",
-             folder / "eval-labels.npy")
+    paths = one_layer_files(tmp_path, x_train, x_eval, y_train, y_eval)
     with pytest.raises(DataError) as error:
         probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="saga"))
     message = " ".join(str(error.value).split())
@@ -415,11 +422,10 @@ def test_lbfgs_torch_names_float64_latents_that_its_float32_copy_cannot_hold(tmp
     layers, y_train, y_eval = blob_layers(n_layers=1)
     x_train, x_eval = (x.astype(np.float64) for x in layers["block0.conv"])
     x_eval[2, 0] = 1e300  # finite in the file
-    _, folder = make_latents(tmp_path, {"block0.conv": (x_train, x_eval)}, y_train, y_eval)
+    paths = one_layer_files(tmp_path, x_train, x_eval, y_train, y_eval)
     with pytest.raises(NonFiniteLatents) as error:
-        probe_layer(1, "block0.conv", folder / "train-block0.conv.npy", folder / "eval-block0.conv.npy",
-                    folder / "train-labels.npy", folder / "eval-labels.npy", ProbeSettings(solver="lbfgs-torch"))
-    assert f"Latents file {str(folder / 'eval-block0.conv.npy')!r}" in str(error.value)
+        probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="lbfgs-torch"))
+    assert f"Latents file {str(paths[1])!r}" in str(error.value)
     assert f"hold 1 NaN or infinite value(s) of {x_eval.size}" in str(error.value) and error.value.split == "eval"
     # the file holds no NaN or inf, and extracting as float32 (the advice for a float16 overflow) would not help
     message = " ".join(str(error.value).split())
@@ -473,9 +479,7 @@ def test_an_eval_value_whose_standardised_value_is_beyond_the_dtype_names_the_ev
     x_train[:, 2] *= tiny
     x_eval[:, 2] *= tiny
     x_eval[4, 2] = far
-    _, folder = make_latents(tmp_path, {"block0.conv": (x_train, x_eval)}, y_train, y_eval)
-    paths = (folder / "train-block0.conv.npy", folder / "eval-block0.conv.npy", folder / "train-labels.npy",
-             folder / "eval-labels.npy")
+    paths = one_layer_files(tmp_path, x_train, x_eval, y_train, y_eval)
     with pytest.raises(StandardisedBeyondRange) as error:
         probe_layer(1, "block0.conv", *paths, ProbeSettings(solver=solver))
     message = " ".join(str(error.value).split())
@@ -495,9 +499,7 @@ def test_lbfgs_on_raw_latents_too_large_for_its_line_search_names_the_file_inste
     from phd_lab.probes.fit import LatentsTooLarge
     layers, y_train, y_eval = blob_layers(n_layers=1)
     x_train, x_eval = ((x.astype(np.float64) * scale).astype(dtype) for x in layers["block0.conv"])
-    _, folder = make_latents(tmp_path, {"block0.conv": (x_train, x_eval)}, y_train, y_eval)
-    paths = (folder / "train-block0.conv.npy", folder / "eval-block0.conv.npy", folder / "train-labels.npy",
-             folder / "eval-labels.npy")
+    paths = one_layer_files(tmp_path, x_train, x_eval, y_train, y_eval)
     with pytest.raises(LatentsTooLarge) as error:
         probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="lbfgs", standardize=False))
     message = " ".join(str(error.value).split())
@@ -515,9 +517,7 @@ def test_lbfgs_torch_on_raw_latents_too_large_for_float32_names_the_file_instead
     from phd_lab.probes.fit import LatentsTooLarge
     layers, y_train, y_eval = blob_layers(n_layers=1)
     x_train, x_eval = ((x * np.float32(1e10)) for x in layers["block0.conv"])
-    _, folder = make_latents(tmp_path, {"block0.conv": (x_train, x_eval)}, y_train, y_eval)
-    paths = (folder / "train-block0.conv.npy", folder / "eval-block0.conv.npy", folder / "train-labels.npy",
-             folder / "eval-labels.npy")
+    paths = one_layer_files(tmp_path, x_train, x_eval, y_train, y_eval)
     with pytest.raises(LatentsTooLarge) as error:
         probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="lbfgs-torch", standardize=False))
     message = " ".join(str(error.value).split())
