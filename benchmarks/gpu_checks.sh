@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # All checks that need a CUDA GPU, in one run (the lead's device session): GPU tests, then the GPU
-# variants of the benchmarks. Usage: bash benchmarks/gpu_checks.sh [OUT_DIR]
+# variants of the benchmarks, the most wanted first (a run cut short by its time limit keeps those).
+# Usage: bash benchmarks/gpu_checks.sh [OUT_DIR]
 # Needs torch with CUDA plus the project's dependencies; ptflops and Dask may come as wheels in .whl/.
 # The device image lacks ptflops and Dask; fetch them here into an ignored .whl/ and carry it:
 #   pip download -d .whl --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -18,9 +19,14 @@ run() { local limit=$1; shift; echo "=== $*"; timeout "$limit" "$@" 2>&1 | tee -
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_checks.log"
 python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])" | tee -a "$out/gpu_checks.log"
 run 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+# Issue 3's lead of session 50 (prepared without a GPU): the covariance update on bf16 tensor cores, split
+# exactly. First its error on real tensor cores (bound 1e-7, identical intrinsic dimensions), then its speed.
+run 150 python3 benchmarks/triton_split_gram.py
+run 60 python3 benchmarks/tracking_breakdown.py --device cuda
+run 60 python3 benchmarks/tracking_breakdown.py --device cuda --variant split
+run 150 python3 benchmarks/tracking_overhead.py --device cuda --reps 3 --conditions untracked,inline --variant split
 run 180 python3 benchmarks/tracking_overhead.py --device cuda --reps 3 --profile \
   --conditions untracked,passes,inline
-run 60 python3 benchmarks/tracking_breakdown.py --device cuda
 run 120 python3 benchmarks/probe_speed.py --gpu
 run 150 python3 benchmarks/probe_upload.py
 # Issue 8 on the machine's 16 cores (the 2-core target cannot be checked on more cores; this shows scaling).

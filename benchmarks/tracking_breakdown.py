@@ -71,9 +71,10 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=None, help="default 256 on cuda, 32 on cpu")
     parser.add_argument("--passes", type=int, default=None, help="forward passes per timing (default 50 cuda, 3 cpu)")
     parser.add_argument("--reps", type=int, default=5, help="interleaved rounds")
-    parser.add_argument("--variant", choices=("triton", "chunked"), default=None,
+    parser.add_argument("--variant", choices=("triton", "chunked", "split"), default=None,
                         help="CUDA feature maps take an experimental update: the fused Triton prototype "
-                        "(triton_gram.py) or L2-sized chunks (chunked_update.py)")
+                        "(triton_gram.py), L2-sized chunks (chunked_update.py) or bf16 slices on tensor cores "
+                        "(triton_split_gram.py)")
     parser.add_argument("--chunk-mb", type=float, default=16.0, help="--variant chunked: float64 MB per chunk")
     args = parser.parse_args()
     if args.variant == "triton":
@@ -82,6 +83,9 @@ def main() -> int:
     elif args.variant == "chunked":
         import chunked_update  # benchmarks/, beside this script
         chunked_update.install(int(args.chunk_mb * 2**20))
+    elif args.variant == "split":
+        import triton_split_gram  # benchmarks/, beside this script
+        triton_split_gram.install()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -142,7 +146,8 @@ def main() -> int:
     print(f"ResNet18 (3×3 stem), 32×32, batch {batch}, forward passes (eval, no gradients), {title}")
     print(f"{passes} passes per timing, median of {args.reps} interleaved rounds"
           + {None: "", "triton": ", maps updated by the fused Triton prototype",
-             "chunked": f", maps updated in chunks of {args.chunk_mb:g} MB"}[args.variant])
+             "chunked": f", maps updated in chunks of {args.chunk_mb:g} MB",
+             "split": ", bf16 maps updated by the split tensor-core prototype"}[args.variant])
     print(f"{'condition':<22}{'ms per pass':>12}")
     median = {name: statistics.median(values) for name, values in times.items()}
     for name, value in median.items():

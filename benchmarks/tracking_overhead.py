@@ -212,6 +212,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="CUDA: also time the parts of one update; CPU: "
                         "also time one update per map shape with the fused kernel and with the torch path")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated subset")
+    parser.add_argument("--variant", choices=("split",), default=None, help="CUDA: bf16 feature maps take the "
+                        "split tensor-core prototype (triton_split_gram.py) instead of the tracker's exact update")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -224,6 +226,12 @@ def main() -> int:
     if unknown or "untracked" not in conditions:
         sys.stderr.write(f"--conditions must include 'untracked' and come from {CONDITIONS}; got {conditions}\n")
         return 2
+    if args.variant == "split":
+        if not cuda:
+            sys.stderr.write("--variant split needs --device cuda\n")
+            return 2
+        import triton_split_gram  # beside this script
+        triton_split_gram.install()
     if args.threads:
         torch.set_num_threads(args.threads)
     reps = args.reps or (5 if cuda else 3)
@@ -234,7 +242,8 @@ def main() -> int:
     if cuda:
         torch.backends.cudnn.benchmark = True
         model = resnet18_cifar().to(device)
-        title = f"ResNet18 (3×3 stem), 32×32, batch {batch}, bf16 autocast, {torch.cuda.get_device_name(device)}"
+        title = f"ResNet18 (3×3 stem), 32×32, batch {batch}, bf16 autocast, {torch.cuda.get_device_name(device)}" \
+            + (", bf16 maps updated by the split prototype" if args.variant else "")
     else:
         model = vgg11(num_classes=10, in_channels=3, width=0.25)
         title = f"VGG11 at 1/4 width, 32×32, batch {batch}, CPU ({torch.get_num_threads()} threads)"
