@@ -116,7 +116,7 @@ class SplitMapsUpdate:
     (Σ (x−a)(x−a)ᵀ = G_b + δ s_bᵀ + s_b δᵀ + n δ δᵀ with δ = b − a, s_b = Σ (x − b))."""
 
     def __init__(self, channels: int, device: torch.device, block_c: int = 64, block_n: int = 64,
-                 num_warps: int = 4, slices: int = 3, target_programs: int | None = None) -> None:
+                 num_warps: int = 8, slices: int = 3, target_programs: int | None = None) -> None:
         self.channels, self.block_c, self.block_n, self.num_warps, self.slices = \
             channels, block_c, block_n, num_warps, slices
         tiles = triton.cdiv(channels, block_c)
@@ -275,17 +275,20 @@ def main() -> int:
     for name, batches in model_batches(device, 256).items():
         ok &= compare(f"resnet18 {name}", batches, slices=args.slices)
     print("accuracy ok" if ok else "ACCURACY FAILED")
-    print(f"\n{'maps (bf16)':<22}{'tracker':>9}{'split':>9}   ms per update")
+    configs = ((64, 64, 8), (64, 64, 4), (64, 32, 4), (32, 64, 4))  # (channels, positions) per block, warps
+    print(f"\n{'maps (bf16)':<22}{'tracker':>9}" + "".join(f"{f'C{c} N{n} w{w}':>14}" for c, n, w in configs)
+          + "   ms per update")
     for shape in ((256, 64, 32, 32), (256, 128, 16, 16), (256, 256, 8, 8), (256, 512, 4, 4)):
         maps = torch.randn(shape, device=device).to(torch.bfloat16)
         accumulator = CovarianceAccumulator(shape[1], device)
         accumulator.update_maps(maps)  # the first batch sets the shift; later ones take the timed path
         gram = torch.zeros(shape[1], shape[1], dtype=torch.float64, device=device)
         sums = torch.zeros(shape[1], dtype=torch.float64, device=device)
-        update = SplitMapsUpdate(shape[1], device, slices=args.slices)
-        times = (cuda_ms(lambda: accumulator.update_maps(maps)),
-                 cuda_ms(lambda: update(maps, accumulator._shift, gram, sums)))
-        print(f"{str(shape):<22}{times[0]:>9.3f}{times[1]:>9.3f}")
+        times = [cuda_ms(lambda: accumulator.update_maps(maps))]
+        for block_c, block_n, warps in configs:
+            update = SplitMapsUpdate(shape[1], device, block_c, block_n, warps, slices=args.slices)
+            times.append(cuda_ms(lambda: update(maps, accumulator._shift, gram, sums)))
+        print(f"{str(shape):<22}{times[0]:>9.3f}" + "".join(f"{t:>14.3f}" for t in times[1:]))
     return 0 if ok else 1
 
 
