@@ -270,3 +270,41 @@ def test_an_edit_of_the_agg_figures_draws_the_reports_own_figures_again(tmp_path
     finally:
         monkeypatch.undo()
         figure_reuse._drawing_code.cache_clear()
+
+
+_VERSIONS_AND_IMPORT = ("import sys\nfrom phd_lab.report.figure_reuse import drawing_versions\n"
+                        "keyed = drawing_versions().decode().split()[1]\nimported = 'matplotlib' in sys.modules\n"
+                        "import matplotlib\nprint(keyed, imported, matplotlib.__version__)")
+
+
+@pytest.mark.parametrize("ahead", ["metadata of another copy", "a source tree", "an egg-info copy"])
+def test_the_figure_keys_name_the_version_of_the_matplotlib_imported(tmp_path, ahead):
+    """The keys named the version in the first matplotlib metadata on the path, which need not be of the matplotlib
+    that is imported: a second site folder's (its package removed) or, with a source tree ahead on the path, the
+    installed copy's, so that figures were not drawn again after the matplotlib drawing them changed. Where the
+    metadata records the imported files (a wheel's RECORD, or the top_level.txt of a Linux distribution's
+    .egg-info beside the package), matplotlib stays unimported (a rebuilt report imports none)."""
+    import matplotlib
+    ahead_folder = tmp_path / "ahead"
+    if ahead == "a source tree":
+        (ahead_folder / "matplotlib").mkdir(parents=True)
+        (ahead_folder / "matplotlib" / "__init__.py").write_text("__version__ = '9.9.9.dev0'\n")
+        expected = ["9.9.9.dev0", "True", "9.9.9.dev0"]
+    elif ahead == "an egg-info copy":
+        (ahead_folder / "matplotlib").mkdir(parents=True)
+        (ahead_folder / "matplotlib" / "__init__.py").write_text("__version__ = '9.9.8'\n")
+        (ahead_folder / "matplotlib-9.9.8.egg-info").mkdir()
+        (ahead_folder / "matplotlib-9.9.8.egg-info" / "PKG-INFO").write_text(
+            "Metadata-Version: 1.2\nName: matplotlib\nVersion: 9.9.8\n")
+        (ahead_folder / "matplotlib-9.9.8.egg-info" / "top_level.txt").write_text("matplotlib\nmpl_toolkits\n")
+        expected = ["9.9.8", "False", "9.9.8"]
+    else:
+        (ahead_folder / "matplotlib-0.1.dist-info").mkdir(parents=True)
+        (ahead_folder / "matplotlib-0.1.dist-info" / "METADATA").write_text(
+            "Metadata-Version: 2.1\nName: matplotlib\nVersion: 0.1\n")
+        expected = [matplotlib.__version__, "False", matplotlib.__version__]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ahead_folder), str(ROOT)]), "MPLBACKEND": "Agg"}
+    done = subprocess.run([sys.executable, "-c", _VERSIONS_AND_IMPORT], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == expected

@@ -11,8 +11,10 @@ import base64
 import functools
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import re
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Mapping, NamedTuple
@@ -34,14 +36,34 @@ def drawing_versions() -> bytes:
 
 @functools.lru_cache(maxsize=None)
 def _matplotlib_version() -> str:
-    """The installed matplotlib's version, read from its package metadata: importing matplotlib for it took 0.1 s
-    of CPU, 13 % of a one-run report rebuilt with nothing changed (whose figures all come from the page and the run
-    folders); a matplotlib without metadata (a source tree on the path) is imported for its ``__version__``."""
-    try:
-        return importlib.metadata.version("matplotlib")
-    except importlib.metadata.PackageNotFoundError:
-        from phd_lab.plots import matplotlib_module
-        return matplotlib_module().__version__
+    """The version of the matplotlib that ``import matplotlib`` gives (the one that draws), read from the package
+    metadata that records its files: importing matplotlib for it took 0.1 s of CPU, 13 % of a one-run report
+    rebuilt with nothing changed (whose figures all come from the page and the run folders). The metadata found
+    first on the path was read before, which another copy's (a source tree, or a second site folder ahead of
+    it) could be, so that figures were not drawn again after the matplotlib drawing them changed. A matplotlib
+    that no metadata records (a source tree on the path) is imported for its ``__version__``."""
+    version = _recorded_version(importlib.util.find_spec("matplotlib"))
+    if version is not None:
+        return version
+    from phd_lab.plots import matplotlib_module
+    return matplotlib_module().__version__
+
+
+def _recorded_version(spec: ModuleSpec | None) -> str | None:
+    """The version that a distribution beside the package of ``spec`` gives, if it is that package's: its RECORD
+    lists the package's ``__init__.py`` (the very files imported), or it has no RECORD (a Linux distribution's
+    ``.egg-info``) and its ``top_level.txt`` names the package. None otherwise."""
+    if spec is None or spec.origin is None:
+        return None
+    init = Path(spec.origin)
+    entry = f"{init.parent.name}/{init.name},"
+    for distribution in importlib.metadata.distributions(name="matplotlib", path=[str(init.parent.parent)]):
+        record = distribution.read_text("RECORD")
+        if record is not None and any(line.startswith(entry) for line in record.splitlines()):
+            return distribution.version
+        if record is None and init.parent.name in (distribution.read_text("top_level.txt") or "").split():
+            return distribution.version
+    return None
 
 
 def drawing_sources(*modules: ModuleType) -> bytes:
