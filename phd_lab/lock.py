@@ -67,17 +67,47 @@ def lock_refused(path: Path, error: OSError) -> DataError:
                      f"(a local disk, or a network mount with locking enabled), then run the same command again.")
 
 
-# What a lock file may be that is no regular file, in words (a socket cannot be opened: ENXIO at the open)
-_NOT_REGULAR = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+# What a lock file may be that is no regular file, in words
+_NOT_REGULAR = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                stat.S_IFSOCK: "a socket"}
 
 
 def not_a_lock_file(path: Path, mode: int) -> DataError:
-    """The error for a lock path that holds no regular file (a FIFO or device node someone made there): its
+    """The error for a lock path that holds no regular file (a FIFO, socket or device node someone made there): its
     ftruncate failed, and the run said only "run folder cannot be written (Invalid argument)"."""
     what = _NOT_REGULAR.get(stat.S_IFMT(mode), "no regular file")
     return DataError(f"The lock file {str(path)!r} is {what}, not a regular file: phd-lab did not make it (its lock "
                      f"files are regular files holding their owner's PID). Remove it (rm {shlex.quote(str(path))}) "
                      f"and run the same command again: phd-lab makes a new one.")
+
+
+def _mode_if(wanted: bool, path: Path) -> int | None:
+    """The mode of ``path`` itself (links not followed) when ``wanted`` and it can be read, else None."""
+    if not wanted:
+        return None
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return None
+
+
+def open_lock_file(path: Path, flags: int) -> int:
+    """A descriptor of the regular file at ``path`` (``open_no_follow``; made where missing), else the error of
+    ``not_a_lock_file``: a FIFO there opens (for reading and writing, without waiting for a writer) and a device
+    node too, so its mode is checked on the descriptor; a socket cannot be opened at all, and its ENXIO said
+    only "No such device or address"."""
+    try:
+        fd = open_no_follow(path, flags, "lock file")  # a folder there: FolderInTheWay
+    except OSError as error:
+        mode = _mode_if(error.errno == errno.ENXIO, path)
+        if mode is not None and not stat.S_ISREG(mode):
+            raise not_a_lock_file(Path(path), mode) from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise not_a_lock_file(Path(path), mode)
+    return fd
 
 
 def lock_unwritable(path: Path, error: OSError) -> DataError:
@@ -99,11 +129,7 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         # the umask shapes its mode as any new file's: a group's colleague (umask 002) must open it for writing too
-        fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT, "lock file")  # a folder there: FolderInTheWay
-        mode = os.fstat(fd).st_mode  # a FIFO opened for reading and writing does not wait for a writer
-        if not stat.S_ISREG(mode):
-            os.close(fd)
-            raise not_a_lock_file(self.path, mode)
+        fd = open_lock_file(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -180,9 +206,10 @@ def waiting_lock(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path``, waiting while another process holds it (``RunLock`` refuses
     instead); the kernel drops it when its process dies. A symbolic link at ``path`` is refused, not followed
     (``open_no_follow``): in a data_dir shared with others, one planted at a download's lock made an empty file of
-    whatever name it gave, in a folder of the user's, and locked it. A refused unlock is a warning: it failed a
-    download that had completed (or replaced the error of one that had not)."""
-    with os.fdopen(open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, "lock file"), "r+b") as handle:
+    whatever name it gave, in a folder of the user's, and locked it; a FIFO or socket there is refused as at a run's
+    lock (``open_lock_file``). A refused unlock is a warning: it failed a download that had completed (or replaced
+    the error of one that had not)."""
+    with os.fdopen(open_lock_file(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC), "r+b") as handle:
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

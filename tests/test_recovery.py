@@ -746,24 +746,53 @@ def test_a_folder_where_the_run_lock_or_log_goes_is_named_with_what_to_do(tmp_pa
     assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
 
 
-def test_a_fifo_at_the_run_lock_is_named_with_what_to_do_and_the_command_does_not_wait_on_it(tmp_path, capsys):
+def _make_socket(path: Path) -> None:
+    """A unix socket at ``path``, bound from inside its folder: a whole tmp_path path is longer than a socket's
+    address may be."""
+    subprocess.run([sys.executable, "-c", f"import socket; socket.socket(socket.AF_UNIX).bind({path.name!r})"],
+                   cwd=path.parent, check=True)
+
+
+NOT_REGULAR = {"a FIFO (named pipe)": os.mkfifo, "a socket": _make_socket}
+
+
+@pytest.mark.parametrize("what", NOT_REGULAR)
+def test_a_fifo_at_the_run_lock_is_named_with_what_to_do_and_the_command_does_not_wait_on_it(tmp_path, capsys, what):
     """A FIFO at the run folder's .lock (mkfifo, by a user or a tool) stopped the run with "The run folder '...'
-    cannot be written (Invalid argument)", its ftruncate's error, which said neither the file nor what it is. Now
-    the lock file is named as a FIFO with what to do, the real command ends at once (exit 2: nothing trained, no
-    wait for a writer at the pipe)."""
+    cannot be written (Invalid argument)", its ftruncate's error, which said neither the file nor what it is; a
+    socket there (which no process can open) with "... (No such device or address)". Now the lock file is named as
+    what it is with what to do, the real command ends at once (exit 2: nothing trained, no wait for a writer at
+    the pipe)."""
     config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False)
     main = Main(progress=False)
     main.load(config)
     rundir = main.executors[0].rundir
     rundir.root.mkdir(parents=True)
-    os.mkfifo(rundir.lock)
+    NOT_REGULAR[what](rundir.lock)
+    kind = stat.S_IFMT(os.lstat(rundir.lock).st_mode)
     code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
     assert code == 2, err
     err = " ".join(err.split())
-    assert (f"The lock file '{rundir.lock}' is a FIFO (named pipe), not a regular file: phd-lab did not make it"
+    assert (f"The lock file '{rundir.lock}' is {what}, not a regular file: phd-lab did not make it"
             in err), err
     assert f"Remove it (rm {rundir.lock}) and run the same command again" in err and "Traceback" not in err, err
-    assert stat.S_ISFIFO(os.lstat(rundir.lock).st_mode) and not rundir.metrics_csv.exists()
+    assert stat.S_IFMT(os.lstat(rundir.lock).st_mode) == kind and not rundir.metrics_csv.exists()
+
+
+@pytest.mark.parametrize("what", NOT_REGULAR)
+def test_a_fifo_at_a_download_lock_is_named_with_what_to_do(tmp_path, what):
+    """A FIFO at a data_dir's download lock was opened and locked as if it were the lock file, with no word of it
+    (and a socket there said only "No such device or address"); the download now stops before it starts, naming
+    the lock file as what it is and the rm that clears it. Nothing serves the URL: it must not be fetched."""
+    from phd_lab.datasets.download import download_and_extract
+    root = tmp_path / "data"
+    root.mkdir()
+    NOT_REGULAR[what](root / ".woof.download.lock")
+    with pytest.raises(DataError) as refused:
+        download_and_extract("http://127.0.0.1:9/woof.tgz", root, "woof")
+    lock = root / ".woof.download.lock"
+    assert str(refused.value).startswith(f"The lock file '{lock}' is {what}, not a regular file"), refused.value
+    assert f"Remove it (rm {lock})" in str(refused.value) and sorted(os.listdir(root)) == [lock.name]
 
 
 def test_the_report_of_a_run_with_a_fifo_at_its_lock_does_not_wait_on_the_fifo(tmp_path, capsys):
@@ -1389,21 +1418,21 @@ def test_a_resume_with_another_cpu_threads_in_the_config_keeps_the_logged_count(
 
 def test_a_run_folder_that_cannot_be_written_is_said_in_one_line(tmp_path, capsys):
     """A read-only run folder failed at its lock file with a traceback and 'failed before its run log was opened
-    (while building its data, model or optimizer)'. The suite runs as root, which writes anywhere, so the lock
-    path is made unusable instead: a socket where the lock file goes, which no process can open (ENXIO; a folder
-    there is named as such, ``test_a_folder_where_the_run_lock_or_log_goes_is_named_with_what_to_do``). The socket is
-    bound from inside the folder: its whole path is longer than a socket's address may be."""
+    (while building its data, model or optimizer)'. The suite runs as root, which writes anywhere, so the run
+    folder is a read-only mount (a tmpfs remounted read-only; a socket at the lock path, used before, is named as
+    such now, ``test_a_fifo_at_the_run_lock_is_named_with_what_to_do_and_the_command_does_not_wait_on_it``)."""
     config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False)
-    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
-    [folder] = run_folders(tmp_path / "logs")
-    (folder / ".lock").unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-c", "import socket; socket.socket(socket.AF_UNIX).bind('.lock')"], cwd=folder,
-                   check=True)
-    capsys.readouterr()
-    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
-    err = " ".join(capsys.readouterr().err.split())
-    assert f"The run folder '{folder}' cannot be written (No such device or address)" in err, err
-    assert "Traceback" not in err
+    main = Main(progress=False)
+    main.load(config)
+    folder = main.executors[0].rundir.root
+    folder.mkdir(parents=True)
+    with small_disk(folder, "64k"):
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        capsys.readouterr()
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"The run folder '{folder}' cannot be written (Read-only file system)" in err, err
+        assert "Traceback" not in err and not os.listdir(folder)
 
 
 def test_a_disk_that_fills_up_during_a_run_is_said_as_the_run_s_failure(tmp_path):
