@@ -21,6 +21,15 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 # is imported): another instruction set sums in another order, and the same config trains other weights.
 CPU_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
+# The values of ONEDNN_MAX_CPU_ISA that cap oneDNN's instruction set, lower-case (oneDNN 3, which torch 2.7 and later
+# bundle, lower-cases the value it reads): those its "CPU Dispatcher Control" guide lists for x86-64, with the
+# AVX512_CORE_* aliases of the AVX10_1_512 ones, and those its AArch64 code takes. oneDNN ignores any other value
+# ("abc", or oneDNN 2's AVX512_MIC), as it does DEFAULT, which lifts no cap: it runs its best kernels, as unset.
+ONEDNN_ISA_CAPS = frozenset({
+    "sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512_core", "avx512_core_vnni", "avx512_core_bf16",
+    "avx10_1_512", "avx512_core_fp16", "avx10_1_512_amx", "avx512_core_amx", "avx10_1_512_amx_fp16",
+    "avx512_core_amx_fp16", "asimd", "sve_128", "sve_256", "sve_512"})
+
 
 def available_cores() -> int:
     """Cores this process may run on (respects taskset/cgroup affinity where the OS reports it)."""
@@ -239,7 +248,8 @@ def cpu_architectures() -> set[str]:
 def cpu_instruction_set() -> dict[str, Any]:
     """The instruction set torch's CPU kernels use here (AVX2, AVX512, DEFAULT) and the variables that cap it
     (None: unset, or set empty, which torch and oneDNN read as unset: ``export ATEN_CPU_CAPABILITY=`` in a
-    cluster's module file), logged with a run and compared on a rerun: they change the last bits of CPU results."""
+    cluster's module file, or set to a value they ignore: ``isa_variables_in_effect``), logged with a run and
+    compared on a rerun: they change the last bits of CPU results."""
     import torch
     capability = torch.backends.cpu.get_cpu_capability()
     variables = {name: os.environ.get(name) or None for name in CPU_ISA_VARIABLES}
@@ -247,15 +257,29 @@ def cpu_instruction_set() -> dict[str, Any]:
 
 
 def isa_variables_in_effect(variables: Any, capability: Any) -> Any:
-    """``variables`` with an ``ATEN_CPU_CAPABILITY`` that torch ignored read as unset: torch takes only the
-    lower-case name of a kernel set it was built with ("default", "avx2", "avx512", ...) and for any other value
-    ("abc", "AVX2") warns 'ignoring invalid value' and picks the CPU's best, as if unset. Such a value is in
-    effect exactly when it names the instruction set torch chose (``capability``); unchanged where either is
-    unknown (an older ``_meta``)."""
-    value = variables.get("ATEN_CPU_CAPABILITY") if isinstance(variables, Mapping) else None
-    if not value or not isinstance(capability, str) or value == capability.lower():
+    """``variables`` with a value torch or oneDNN ignored read as unset (unchanged where it is no mapping, in an
+    older ``_meta``): a rerun without such a value runs the same kernels. See ``_aten_ignored`` and
+    ``ONEDNN_ISA_CAPS``: ``ONEDNN_MAX_CPU_ISA=abc`` was logged as set, and a rerun without it warned of another
+    setup."""
+    if not isinstance(variables, Mapping):
         return variables
-    return {**variables, "ATEN_CPU_CAPABILITY": None}
+    checks = {"ATEN_CPU_CAPABILITY": _aten_ignored, "ONEDNN_MAX_CPU_ISA": _onednn_ignored}
+    ignored = [name for name, ignores in checks.items() if variables.get(name) and ignores(variables[name], capability)]
+    return {**variables, **dict.fromkeys(ignored)} if ignored else variables
+
+
+def _aten_ignored(value: Any, capability: Any) -> bool:
+    """Whether torch ignored ``ATEN_CPU_CAPABILITY=value``: it takes only the lower-case name of a kernel set it was
+    built with ("default", "avx2", "avx512", ...) and for any other value ("abc", "AVX2") warns 'ignoring invalid
+    value' and picks the CPU's best, as if unset. Such a value is in effect exactly when it names the instruction
+    set torch chose (``capability``); not known where that is unknown (an older ``_meta``): then False."""
+    return isinstance(capability, str) and value != capability.lower()
+
+
+def _onednn_ignored(value: Any, capability: Any) -> bool:
+    """Whether oneDNN runs as if ``ONEDNN_MAX_CPU_ISA=value`` were unset: a value no oneDNN knows ("abc"), or
+    DEFAULT (``ONEDNN_ISA_CAPS``). ``capability`` (torch's own kernels) has no part in it."""
+    return not isinstance(value, str) or value.lower() not in ONEDNN_ISA_CAPS
 
 
 def cpu_model() -> str | None:

@@ -190,6 +190,27 @@ def test_an_aten_cpu_capability_torch_ignores_is_logged_as_unset():
                                                     'ATEN_CPU_CAPABILITY "default" (now unset)']
 
 
+@pytest.mark.parametrize("value, logged", [("abc", None), ("DEFAULT", None), ("AVX512_MIC", None), ("SSE41", "SSE41"),
+                                           ("avx2", "avx2"), ("AVX512_CORE_AMX_FP16", "AVX512_CORE_AMX_FP16")])
+def test_a_onednn_max_cpu_isa_onednn_ignores_is_logged_as_unset(monkeypatch, value, logged):
+    """``ONEDNN_MAX_CPU_ISA=abc`` is ignored by oneDNN, which takes only the names of its CPU Dispatcher Control
+    guide (in any case: oneDNN 3 lower-cases the value) and runs its best kernels otherwise, as under DEFAULT or
+    with the variable unset (ONEDNN_VERBOSE=all said the same 'isa:' for these three and oneDNN 2's AVX512_MIC);
+    it was logged as "abc", and a rerun without it warned 'ONEDNN_MAX_CPU_ISA "abc" (now unset)' though the same
+    kernels ran. Such a value is logged as unset now, and an older run's compares so."""
+    from phd_lab.environment import cpu_instruction_set
+    from phd_lab.reproduction import machine_differences
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    unset = cpu_instruction_set()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", value)
+    now = cpu_instruction_set()
+    assert now["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": logged}
+    older = {**unset, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": value}}
+    said = [] if logged is None else [f'ONEDNN_MAX_CPU_ISA "{value}" (now unset)']
+    assert machine_differences(older, unset) == said
+
+
 def test_a_hand_written_config_and_an_unchanged_setup_are_not_warned_about(tmp_path):
     config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
