@@ -254,9 +254,10 @@ def content_problem(state: dict[str, Any]) -> str | None:
 # found its checksums whole. A rerun of a finished grid peeked at every run's checkpoint three times and loaded it
 # once, reading each file four times; a file written since (a flipped byte, a new save, another file renamed into
 # place) has another inode or times, and is read again. Only a file last modified a while before it was read is
-# kept: file times have a clock tick's resolution, and a write within the tick of the last one may not change them.
+# kept: file times have a clock tick's resolution, and a write within the tick of the last one may not change them
+# (FAT keeps modification times in 2 s steps).
 _VERIFIED: dict[str, tuple[int, ...]] = {}
-_SETTLED_NS = 1_000_000_000
+_SETTLED_NS = 2_000_000_000
 
 
 def verify_checksums(path: Path) -> None:

@@ -27,7 +27,7 @@ import torch
 
 from phd_lab import atomic, environment
 from phd_lab.callbacks import Callback
-from phd_lab.checkpoint import CHECKPOINT_FORMAT, CheckpointStore
+from phd_lab.checkpoint import CHECKPOINT_FORMAT, CheckpointStore, verify_checksums
 from phd_lab.cli import main_cli
 from phd_lab.errors import DataError, RunLockedError, UsageError
 from phd_lab.experiment import Main
@@ -302,6 +302,23 @@ def test_peek_reads_an_unchanged_checkpoint_once_and_a_changed_one_again(tmp_pat
     _flip_a_tensor_byte(store.path)
     assert store.peek_epochs() == 1
     assert CheckpointStore(store.path, store.previous).load()["epoch"] == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="reads Linux' per-process I/O counters")
+def test_a_checkpoint_modified_within_a_fat_time_tick_is_read_again(tmp_path):
+    """A checkpoint whose checksums passed was not read again while its inode, size and times held, once its
+    modification time was over 1 s old; FAT (a USB disk) keeps modification times in 2 s steps, so an in-place
+    rewrite of the same size within the tick (a flipped byte) kept the modification time, and where the change time
+    was no finer, the whole key: it passed as verified. A file modified 1.2 s before it was read is read again now."""
+    path = tmp_path / "run.pt"
+    torch.save(checkpoint_state(1, model={"w": torch.arange(1 << 18, dtype=torch.float32)}), path)
+    recent = time.time_ns() - 1_200_000_000  # within FAT's 2 s, past the 1 s judged before
+    os.utime(path, ns=(recent, recent))
+    size = path.stat().st_size
+    verify_checksums(path)
+    before = _bytes_read()
+    verify_checksums(path)
+    assert _bytes_read() - before >= size
 
 
 def test_a_folder_where_the_checkpoint_goes_is_named_not_renamed_as_a_damaged_checkpoint(tmp_path):
