@@ -9,10 +9,10 @@ The numbers are the medians of the child's CPU seconds (user + sys, from ``wait4
 drifts with the other processes, its CPU time much less) and of its wall seconds, the ratio new / old of the CPU
 medians, and the heavy modules the command imported under each checkout (one more run of each, in-process through
 ``runpy``, reading ``sys.modules`` at its exit). The commands are those that end before any work: the help texts,
-a config the schema refuses, a missing config file, a probe job's usage error and bad config, the report's usage
-error and its refusal of a folder without runs, and with ``--logs`` the report of finished runs rebuilt with
-nothing changed; each must exit as it did before (the exit status is printed, and
-flagged where the two checkouts differ).
+the steps' listing, a config the schema refuses, a missing config file, a probe job's usage error and bad config,
+the report's usage error and its refusal of a folder without runs, and with ``--logs`` the report of finished runs
+rebuilt with nothing changed; each must exit as it did before (the exit status is printed, and flagged where the
+two checkouts differ).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def commands(scratch: Path, logs: Path | None) -> dict[str, list[str]]:
             "main.py --config BAD (schema)": ["main.py", "--config", str(bad)],
             "main.py --config MISSING": ["main.py", "--config", str(scratch / "missing.json")],
             "main.py --list-keys": ["main.py", "--list-keys"],
+            "main.py --list steps": ["main.py", "--list", "steps"],
             "probe_main.py --help": ["probe_main.py", "--help"],
             "probe_main.py -mp -1 (usage)": ["probe_main.py", "--config", str(bad), "-mp", "-1"],
             "probe_main.py --config BAD": ["probe_main.py", "--config", str(bad)],

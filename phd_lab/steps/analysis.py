@@ -13,7 +13,6 @@ import os
 import time
 from typing import Any
 
-from phd_lab.analysis.run_summary import AnalysisSettings
 from phd_lab.config import RunConfig
 from phd_lab.errors import ConfigError
 from phd_lab.steps import Step, StepContext, register_step
@@ -32,6 +31,7 @@ class AnalysisStep(Step):
         if names and names[-1] != self.name:
             raise ConfigError(f"{where}: the post-processing step 'analysis' reads the tables of the other steps, so "
                               f"it must come last in 'post_processing'; got the order {names}.")
+        from phd_lab.analysis.run_summary import AnalysisSettings  # imports pandas: --list steps does not
         AnalysisSettings.from_config(config.values, where)
 
     def run(self, ctx: StepContext, **params: Any) -> None:
@@ -39,6 +39,7 @@ class AnalysisStep(Step):
         job that finishes while this process still holds the run folder leaves the analysis to it, so the run
         reads them again once it lets the folder go (``TrainTestExecutor``). The analysis' problems (a table that
         cannot be read or used) are logged as warnings, not only written into analysis.json."""
+        from phd_lab.analysis.run_summary import AnalysisSettings
         from phd_lab.report.collect import analyse_run
         entry = analyse_run(ctx.rundir, write=True, settings=AnalysisSettings.from_config(ctx.config.values),
                             skip_active=False, last_step=True)

@@ -6,8 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from phd_lab import atomic
 from phd_lab.rundir import RunDir
 from phd_lab.steps import Step, StepContext, register_step
@@ -38,6 +36,8 @@ class ReceptiveFieldStep(Step):
             raise ConfigError(f"{where}: post-processing step 'receptive_field': {error}") from None
 
     def run(self, ctx: StepContext, **params: Any) -> None:
+        import pandas as pd  # here, not at import: --list steps imports no pandas
+
         from phd_lab.analysis.receptive_field import border_layers, receptive_fields
         from phd_lab.plots.receptive_field import plot_receptive_field
 
