@@ -40,7 +40,8 @@ from types import ModuleType
 from typing import Any, Callable, Mapping
 
 from phd_lab.errors import RegistryError
-from phd_lab.registry_import import executed_sha256, helper_sha256, helpers_replaced, import_registry_module
+from phd_lab.registry_import import (executed_sha256, helper_sha256, helpers_replaced, import_registry_module,
+                                    imports_held)
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +246,13 @@ class Registries:
         self.sha256: dict[str, str | None] = {}  # of the source each module was executed from
         self.helper_sha256: dict[str, dict[str, str]] = {}  # of the files a registry file imported from beside it
         self.working_directory_files: dict[str, str] = {}  # dotted modules only the working directory holds
-        loaded = {kind: self._load(kind, chosen[kind]) for kind in KINDS}
-        # a registry file executed again (edited) imports the helpers of its folder afresh: the file of an earlier
-        # kind that shares one is executed again too, so that the two share it as in a fresh process
-        for kind in KINDS:
-            if isinstance(chosen[kind], str) and helpers_replaced(loaded[kind]):
-                self._load(kind, chosen[kind])
+        with imports_held():  # another thread's import of an edited module waits until its code is read here
+            loaded = {kind: self._load(kind, chosen[kind]) for kind in KINDS}
+            # a registry file executed again (edited) imports the helpers of its folder afresh: the file of an
+            # earlier kind that shares one is executed again too, so that the two share it as in a fresh process
+            for kind in KINDS:
+                if isinstance(chosen[kind], str) and helpers_replaced(loaded[kind]):
+                    self._load(kind, chosen[kind])
 
     def _load(self, kind: str, module: "str | ModuleType") -> ModuleType:
         """Import the registry module of ``kind`` (given by name or path, or as a module) and record where it was

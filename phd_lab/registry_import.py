@@ -386,6 +386,15 @@ def _current(module: ModuleType) -> ModuleType:
 _IMPORT_LOCK = threading.RLock()
 
 
+@contextlib.contextmanager
+def imports_held() -> Iterator[None]:
+    """Keep other threads' registry imports waiting (``_IMPORT_LOCK``) while several modules are imported and what
+    they ran is read (``Registries``): one let in between may run an edited file's code again, into a module
+    imported by its dotted name, after its sha256 was read and before its factories were."""
+    with _IMPORT_LOCK:
+        yield
+
+
 def import_registry_module(spec: str, kind: str) -> ModuleType:
     """Import a registry module given as dotted name or as a path to a ``.py`` file; one imported before
     in this process is executed again when its file has changed since. One thread at a time (``_IMPORT_LOCK``)."""

@@ -3,12 +3,14 @@ one process, a project moved within one process, and the messages for a registry
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import threading
 import types
 from pathlib import Path
 
 from phd_lab import registry_import
+from phd_lab.registry import Registries
 from phd_lab.registry_import import import_registry_module
 
 WAIT_S = 60  # only ever reached where the import is broken: every wait of these tests ends on an event first
@@ -78,6 +80,59 @@ def test_a_registry_file_imported_in_another_thread_waits_until_the_first_import
     finally:
         for name in (probe_name, helper):
             sys.modules.pop(name, None)
+
+
+def test_registries_built_while_another_thread_imports_the_edited_module_record_the_code_they_hold(tmp_path):
+    """A notebook running two grids in threads, the registry module edited between their starts: each import was
+    one thread's at a time, but ``Registries`` recorded a module's sha256 and then read its factories with the lock
+    let go, so the second grid's import ran the edited code into the module in between (a module imported by its
+    dotted name runs again in its own namespace) and the first grid trained the edited factory under the sha256
+    of the code before. The first construction here reads the module's factories (its ``__getattr__`` answers
+    that there is no ``__all__``) only once the other thread's import ran or waits for the lock; it holds the code
+    it records, and the other thread imports the edited code once it ended."""
+    name = f"regatom_models_{tmp_path.name}"
+    probe_name = f"regatom_probe_{tmp_path.name}"
+    file = tmp_path / f"{name}.py"
+    first = (f"import sys\n\n\ndef net():\n    return 1\n\n\ndef __getattr__(attribute):\n"
+             f"    if attribute == '__all__':\n        sys.modules[{probe_name!r}].while_reading()\n"
+             f"    raise AttributeError(attribute)\n")
+    edited = "def net():\n    return 2\n"
+    file.write_text(first)
+    imported: dict[str, types.ModuleType] = {}
+    second_done = threading.Event()
+
+    def edit_and_import() -> None:
+        file.write_text(edited)
+        try:
+            imported["second"] = import_registry_module(name, "models")
+        finally:
+            second_done.set()
+
+    second = threading.Thread(target=edit_and_import, name="import the edited module", daemon=True)
+
+    def while_reading() -> None:
+        """Once: start the other import and wait until it ran or waits for the lock (``WAIT_S`` at most)."""
+        if second.ident is not None:
+            return
+        second.start()
+        for _ in range(WAIT_S * 100):
+            if second_done.wait(0.01) or _waits_for_the_import_lock(second):
+                return
+
+    sys.modules[probe_name] = types.SimpleNamespace(while_reading=while_reading)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        others = {kind: types.ModuleType(f"regatom_{kind}") for kind in ("datasets", "optimizers", "metrics")}
+        built = Registries({"models": name, **others})  # the built-in ones import torch: seconds
+        second.join(WAIT_S)
+        assert not second.is_alive(), "the other import still waits: a deadlock"
+        assert built.models.get("net")() == 1
+        assert built.file_hashes()["models"] == hashlib.sha256(first.encode()).hexdigest()
+        assert imported["second"].net() == 2
+    finally:
+        sys.path.remove(str(tmp_path))
+        for module in (probe_name, name):
+            sys.modules.pop(module, None)
 
 
 def test_a_project_moved_within_one_process_imports_its_helper_from_its_new_folder(tmp_path):
