@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -298,3 +300,76 @@ def test_a_background_job_ignoring_sigint_keeps_its_workers_fitting_through_a_si
     assert process.returncode == 0 and "Traceback" not in err and "interrupted" not in err, err
     rows = _rows_without_seconds(signalled_run / "probe_performances.csv")
     assert len(rows) == 1 + 4 and len(list((tmp_path / "cache").rglob("*.json"))) == 4
+
+
+def _open_for_writing_once_read(fifo: Path) -> int:
+    """A write end of ``fifo``, opened once a process has opened it to read (ENXIO until then); holding it open
+    without writing keeps that reader waiting for data."""
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno != errno.ENXIO:
+                raise
+        assert time.monotonic() < deadline, f"no worker ever opened {fifo}"
+        time.sleep(0.02)
+
+
+def _reader_of(fifo: Path) -> int:
+    """The pid of this process's child that holds ``fifo`` open (a pool worker loading it; its open returns once
+    a writer opened the pipe)."""
+    deadline = time.monotonic() + 60
+    while True:
+        for child in _children(os.getpid()):
+            with contextlib.suppress(OSError):
+                if any(os.readlink(link) == str(fifo) for link in Path(f"/proc/{child}/fd").iterdir()):
+                    return child
+        assert time.monotonic() < deadline, f"no child process holds {fifo} open"
+        time.sleep(0.02)
+
+
+def test_layers_finished_in_the_same_wake_up_as_a_worker_interrupted_alone_are_cached(tmp_path):
+    """A worker interrupted alone (SIGINT) breaks the pool: the layers fitted meanwhile and the broken ones came back
+    in one wake-up, and the job stopped at the first broken one it met, so the fitted layers after it in that set
+    were neither cached nor written and a rerun fitted them again. One worker fits layer 0 (delivered: the parent
+    waits there), then layers 1-4, then waits on a named pipe while 10 layers are queued; its SIGINT then breaks
+    the pool, and the 4 fitted layers and the 11 broken ones are handed back together. Each of them is cached."""
+    from dataclasses import replace
+
+    from phd_lab.probes.cache import ResultCache
+    from phd_lab.probes.discovery import jobs_from_latents
+    from phd_lab.probes.job import build_tasks, validate_jobs
+    from phd_lab.probes.runner import run_probes
+    _, latents = make_latents(tmp_path, *digits_layers(n_layers=5, width=8))
+    jobs, _ = jobs_from_latents(latents)
+    fitted = [replace(task, size=100 - task.index) for task in build_tasks(jobs, validate_jobs(jobs)[0])]
+    fifo = tmp_path / "never-written.npy"
+    os.mkfifo(fifo)
+    waiting = [replace(fitted[0], layer=f"waiting.{n}", train=str(fifo), stamps={}, size=0,
+                       key={**fitted[0].key, "test": n}) for n in range(11)]
+    cache = ResultCache(tmp_path / "cache")
+    delivered = []
+
+    def on_record(task, record, cached) -> None:
+        delivered.append(task.layer)
+        if len(delivered) == 1:  # the worker goes on with layers 1-4, then opens the pipe and waits
+            writer = _open_for_writing_once_read(fifo)
+            try:
+                worker = _reader_of(fifo)
+                os.kill(worker, signal.SIGINT)
+                deadline = time.monotonic() + 60
+                while Path(f"/proc/{worker}").exists():  # reaped once the pool marked the queued layers broken
+                    assert time.monotonic() < deadline, "the interrupted worker was never reaped"
+                    time.sleep(0.02)
+            finally:
+                os.close(writer)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # the workers' SIGINT as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_probes(fitted + waiting, cache, workers=1, progress=False, on_record=on_record)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sorted(delivered) == [task.layer for task in fitted]
+    assert all(cache.get(task.key) is not None for task in fitted)

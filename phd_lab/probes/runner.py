@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -395,23 +395,37 @@ def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int, fi
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    position = pending.pop(future)
-                    if future.cancelled():  # a layer of a run that failed: not fitted
-                        continue
-                    error = future.exception()
-                    if isinstance(error, BrokenProcessPool):
-                        codes = worker_exit_codes(pool)
-                        if -signal.SIGINT in codes:  # as Ctrl-C, not the out-of-memory killer's or a crash's failure
-                            raise KeyboardInterrupt
-                        setattr(error, WORKER_EXIT_CODES, codes)  # what ended the worker, for the job's message
-                    finished(position, future.result() if error is None else None, error)
+                _take_done(pool, [(future, pending.pop(future)) for future in done], finished)
                 for future, position in pending.items():
                     if not wanted(position):
                         future.cancel()  # only those not started; a running one finishes and is cached
         except BaseException:
             stop_pool(pool)  # no worker goes on fitting for a job that stopped
             raise
+
+
+def _take_done(pool: ProcessPoolExecutor, done: list[tuple[Future, int]], finished: Finished) -> None:
+    """Hand the layers of one wake-up to ``finished``: those fitted first, then the failures. The fits that ended
+    with a worker interrupted alone (SIGINT) come back with it as broken, and the job stopped at the first broken
+    one it met, so the fitted layers met after it were neither cached nor written (a rerun fitted them again)."""
+    failed = []
+    for future, position in done:
+        if future.cancelled():  # a layer of a run that failed: not fitted
+            continue
+        error = future.exception()
+        if error is None:
+            finished(position, future.result())
+        else:
+            failed.append((position, error))
+    codes = None
+    for position, error in failed:
+        if isinstance(error, BrokenProcessPool):
+            codes = worker_exit_codes(pool) if codes is None else codes
+            if -signal.SIGINT in codes:  # as Ctrl-C, not the out-of-memory killer's or a crash's failure
+                raise KeyboardInterrupt
+            setattr(error, WORKER_EXIT_CODES, codes)  # what ended the worker, for the job's message
+    for position, error in failed:
+        finished(position, None, error)
 
 
 def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, finished: Finished,
