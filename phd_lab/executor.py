@@ -616,6 +616,7 @@ class TrainTestExecutor:
                 try:
                     analyse_run(rundir, write=True)
                 except Exception as error:  # noqa: BLE001 - the run is done; the next report refreshes it
+                    raise_interruption_behind(error)  # but a Ctrl-C as the figure's modules were imported stops it
                     log.warning("The analysis of %s could not be refreshed (python -m phd_lab report retries): %s: %s",
                                 cfg.name, type(error).__name__, error)
         return rundir

@@ -342,3 +342,40 @@ def test_an_error_that_replaced_a_ctrl_c_on_purpose_is_not_taken_for_it(ctrl_c_a
 
     with pytest.raises(ValueError):
         guarded(body)
+
+
+def test_a_ctrl_c_as_a_run_reads_probe_results_that_came_while_it_was_held_stops_the_run(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """A run reads again the probe results that a probe job wrote while the run held its folder, drawing its
+    figure: a Ctrl-C that a compiled module's import turned into its ImportError there was a warning ('could not
+    be refreshed') and the run exited 0. The probe job's results arrive as the run logs that it finished (a
+    handler writes them then); ``draw_run_figure`` raises what such an import raises once they are there (the
+    real Ctrl-C cannot be aimed at an import: the analysis runs no code of the user's)."""
+    import logging
+
+    from phd_lab.config_file import load_config_file
+    from phd_lab.grid import Grid
+    from phd_lab.plots import run_figure
+    from phd_lab.probes.outputs import CSV_COLUMNS
+    from phd_lab.rundir import RunDir
+    from tests.conftest import interrupted_import, main_in_process, write_config
+
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, post_processing=["analysis"])
+    run = RunDir.for_run(Grid(load_config_file(config))[0])
+
+    class ProbeJobFinishes(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Run ") and " finished: " in record.getMessage():
+                run.probe_csv.write_text(",".join(CSV_COLUMNS) + "\n")
+
+    drawn = run_figure.draw_run_figure
+    monkeypatch.setattr(run_figure, "draw_run_figure", lambda *args, **kwargs: interrupted_import()
+                        if run.probe_csv.exists() else drawn(*args, **kwargs))
+    handler = ProbeJobFinishes(logging.INFO)
+    logging.getLogger("phd_lab.executor").addHandler(handler)
+    try:
+        code, err = main_in_process(capsys, "--config", str(config), "--no-progress")
+    finally:
+        logging.getLogger("phd_lab.executor").removeHandler(handler)
+    assert "its analysis reads them now" in err  # the refresh ran
+    assert code == 130 and "could not be refreshed" not in err and "Traceback" not in err, err
