@@ -226,3 +226,30 @@ def test_the_compiled_kernel_is_cached_on_disk_for_the_next_process(tmp_path: Pa
     assert (first_hits, first_misses) == ("0", "1")
     assert (second_hits, second_misses) == ("1", "0")
     assert first_sum == second_sum
+
+
+INTERRUPTED_IMPORT = ("try:\n"
+                      "    raise KeyboardInterrupt  # where a Ctrl-C lands in a compiled module's initialisation\n"
+                      "except KeyboardInterrupt as landed:\n"
+                      "    raise ImportError('initialization failed') from landed\n")
+
+
+def test_a_ctrl_c_as_numba_is_first_imported_stops_tracking_instead_of_turning_the_kernel_off(tmp_path) -> None:
+    """numba is imported as the first layer is tracked (a second or more): a Ctrl-C that its compiled modules'
+    import turned into "ImportError: initialization failed" was taken for a Python without numba, so the kernel was
+    off for the rest of the process with a warning, and the run went on training. A real interpreter whose
+    ``import numba`` raises what such an import raises (a stand-in module first on its path)."""
+    (tmp_path / "numba.py").write_text(INTERRUPTED_IMPORT)
+    script = (
+        "import torch\n"
+        "from phd_lab.tracking import fused_gram\n"
+        "try:\n"
+        "    fused_gram.applies(torch.zeros(64, 16, 32, 32))\n"
+        "except KeyboardInterrupt:\n"
+        "    print('stopped', fused_gram._numba_missing)\n")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=root,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{root}"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped None", done.stdout  # not remembered as missing: tried again later
+    assert "fused CPU covariance kernel is off" not in done.stderr, done.stderr

@@ -26,6 +26,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from phd_lab.interrupts import raise_interruption_behind
+
 MAX_CHANNELS = 256  # wider layers keep BLAS (multithreaded), which caught up at 512 channels on 2 threads
 MIN_WORK = 1 << 22  # observations × channels² per update; smaller updates are not worth compiling for
 _BLOCK = 4  # rows of one register block: the buffer is padded to a multiple
@@ -71,6 +73,7 @@ def _numba_available() -> bool:
             importlib.import_module("numba")
             _numba_missing = ""
         except ImportError as error:
+            raise_interruption_behind(error)  # a Ctrl-C as its compiled modules were imported: no missing numba
             _numba_missing = str(error) or "numba cannot be imported"
             log.warning("The fused CPU covariance kernel is off (%s): saturation tracking on the CPU takes the "
                         "slower torch path, with the same exact float64 result.", _numba_missing)
