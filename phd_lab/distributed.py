@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.environment import THREAD_VARIABLES, available_cores
 from phd_lab.errors import UsageError, failure_line
+from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.log_file import FORMAT, Formatter, this_thread_only
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ def parse_scheduler(spec: str) -> tuple[str, Any]:
 def _import_distributed() -> Any:
     try:
         import distributed
-    except ImportError:
+    except ImportError as error:
+        raise_interruption_behind(error)  # a Ctrl-C as its compiled modules were imported: no missing extra
         raise UsageError("--scheduler needs the Dask extra: pip install 'phd-lab[distributed]' "
                          "(or pip install distributed).") from None
     return distributed

@@ -379,3 +379,24 @@ def test_a_ctrl_c_as_a_run_reads_probe_results_that_came_while_it_was_held_stops
         logging.getLogger("phd_lab.executor").removeHandler(handler)
     assert "its analysis reads them now" in err  # the refresh ran
     assert code == 130 and "could not be refreshed" not in err and "Traceback" not in err, err
+
+
+def test_a_ctrl_c_as_dask_is_first_imported_stops_the_command_instead_of_asking_for_the_dask_extra(tmp_path):
+    """``--scheduler`` imports distributed first (a second or more, with compiled modules): a Ctrl-C that such an
+    import turned into "ImportError: initialization failed" was taken for a Python without Dask, so the command
+    said to install the Dask extra and exited 2. A real probe job whose ``import distributed`` raises what such an
+    import raises (a stand-in module first on its path)."""
+    from tests.probe_latents import blob_layers, make_latents
+
+    (tmp_path / "stand-in").mkdir()
+    (tmp_path / "stand-in" / "distributed.py").write_text(
+        "try:\n"
+        "    raise KeyboardInterrupt  # where a Ctrl-C lands in a compiled module's initialisation\n"
+        "except KeyboardInterrupt as landed:\n"
+        "    raise ImportError('initialization failed') from landed\n")
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    done = subprocess.run([sys.executable, "probe_main.py", "--latents", str(latents), "--scheduler", "local:1",
+                           "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path / 'stand-in'}{os.pathsep}{ROOT}"})
+    assert done.returncode == 130, done.stderr
+    assert "interrupted" in done.stderr and "Dask extra" not in done.stderr and "Traceback" not in done.stderr
