@@ -840,6 +840,22 @@ def test_error_misspelt_registry_name_is_named_not_reported_as_missing_latents(t
     _assert_usage_error(capsys, None, "--config", str(config), match="No latents found for any of the 2 run(s)")
 
 
+def test_a_grid_with_one_invalid_manifest_exits_2_and_writes_into_no_run(tmp_path, capsys):
+    """DESIGN.md: exit 2 for invalid input data writes nothing, also into the grid's runs whose latents are valid
+    (unlike an unfinished extraction, which the job leaves for later with exit 1)."""
+    config = _config(tmp_path, probe_solver="lbfgs")
+    valid, damaged = _latents_for_run(config, 0), _latents_for_run(config, 1)
+    manifest = damaged.latents() / "manifest.json"
+    content = json.loads(manifest.read_text())
+    content["layers"][0]["shape"] = [5, 5]
+    manifest.write_text(json.dumps(content))
+    _assert_usage_error(capsys, valid.root, "--config", str(config), "-mp", "0",
+                        match=f"Latents manifest {str(manifest)!r} is incomplete or invalid: layers[0].shape is [5, 5]")
+    for run in (valid, damaged):
+        assert not run.probe_csv.exists() and not (run.root / "probe.log").exists()
+    assert not (tmp_path / "logs" / ".probe_cache").exists()
+
+
 def test_error_manifest_missing(tmp_path, capsys):
     run_dir, latents = make_latents(tmp_path)
     (latents / "manifest.json").unlink()
