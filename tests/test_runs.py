@@ -19,7 +19,8 @@ from phd_lab.errors import UsageError
 from phd_lab.experiment import Main
 from tests.conftest import ROOT, main_in_process, read_metrics, run_folders, run_name, write_config
 
-CSV_COLUMNS = ["epoch", "train_loss", "test_loss", "train_accuracy", "test_accuracy", "epoch_seconds"]
+CSV_COLUMNS = ["epoch", "train_loss", "test_loss", "train_accuracy", "train_top5accuracy", "test_accuracy",
+               "test_top5accuracy", "epoch_seconds"]
 
 
 def weights(folder):
@@ -40,7 +41,7 @@ def assert_same_metrics(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 
 def test_run_folder_layout_and_files(tmp_path, capsys):
-    config = write_config(tmp_path, epoch=2)
+    config = write_config(tmp_path, epoch=2, metrics=["Accuracy", "Top5Accuracy"])
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     [folder] = run_folders(tmp_path / "logs")
     rel = folder.relative_to(tmp_path / "logs").parts
@@ -49,10 +50,19 @@ def test_run_folder_layout_and_files(tmp_path, capsys):
     assert name == "vgg11-Digits-r16-bs128-e2"
     assert {p.name for p in folder.iterdir()} >= {f"{name}_config.json", f"{name}.csv", f"{name}.pt",
                                                    f"{name}.log"}
+    # DESIGN.md's checkpoint: the current and the previous generation, each with every part a resume needs
+    assert (folder / f"{name}.previous.pt").is_file()
+    state = torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True)
+    assert state["format"] == 1 and state["epoch"] == 2 and {"python", "numpy", "torch"} <= set(state["rng"])
+    assert {"model", "optimizer", "scheduler", "scaler"} <= set(state)
     metrics = read_metrics(folder)
+    # DESIGN.md's and the README's columns: train_<metric> for every metric, then test_<metric> for every metric
     assert list(metrics.columns[:len(CSV_COLUMNS)]) == CSV_COLUMNS
-    assert list(metrics.columns[-2:]) == ["train_saturation_mean", "test_saturation_mean"]
-    assert "features.0_train_saturation" in metrics.columns
+    layers = [column[:-len("_train_saturation")] for column in metrics.columns if column.endswith("_train_saturation")]
+    assert layers[0] == "features.0" and len(layers) == 10  # vgg11's 8 convolutions and 2 hidden Linear layers
+    assert list(metrics.columns[len(CSV_COLUMNS):]) == [
+        f"{layer}_{split}_{statistic}" for layer in layers for statistic in ("saturation", "intrinsic_dimension")
+        for split in ("train", "test")] + ["train_saturation_mean", "test_saturation_mean"]
     assert metrics["epoch"].tolist() == [1, 2]
     captured = capsys.readouterr()
     assert str(folder) in captured.out
