@@ -95,6 +95,14 @@ def test_a_rerun_keeps_results_whose_model_and_parameters_did_not_change(tmp_pat
     outputs = ["receptive_field.csv", "receptive_field.png", "computational_info.json", "projections.csv",
                "projections.png"]
     times = {name: (run / name).stat().st_mtime_ns for name in outputs}
+    # DESIGN.md's analysis.json (+ png): tails, borders, s_mu (of the last epoch's train pass) and recommendations
+    analysis = json.loads((run / "analysis.json").read_text())
+    assert isinstance(analysis["tails"], list) and analysis["recommendations"]
+    border = pd.read_csv(run / "receptive_field.csv").query("b_min")["layer"].iloc[0]
+    assert analysis["borders"]["b_min"] == border and analysis["borders"]["resolution"] == 8
+    s_mu = pd.read_csv(run / f"{run_name(run)}.csv")["train_saturation_mean"].iloc[-1]
+    assert analysis["saturation"]["split"] == "train" and analysis["saturation"]["mean"] == pytest.approx(s_mu)
+    assert (run / "analysis.png").stat().st_size > 1000
 
     def rerun(steps: list) -> str:
         return run_in_process(write_config(tmp_path, steps), capsys)
