@@ -102,6 +102,8 @@ def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                             text=True)
     assert logged[META_KEY]["git_dirty"] == (bool(status.stdout.strip()) if status.returncode == 0 else None)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)  # DESIGN.md
+    assert logged[META_KEY]["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     assert logged["epoch"] == 2 and logged["optimizer"] == "adam" and logged["delta"] == 0.99  # defaults injected
     logged_path = first / f"{run_name(first)}_config.json"
     assert main_cli(["--config", str(logged_path), "--run-id", "other", "--no-progress", "-q"]) == 0
