@@ -32,7 +32,7 @@ from phd_lab.probes.probe_log import FINISHED
 from phd_lab.probes.runner import run_probes, run_task
 from phd_lab.probes.synthetic import write_latents
 from phd_lab.rundir import RunDir
-from tests.conftest import file_size_limit
+from tests.conftest import file_size_limit, small_disk
 from tests.probe_latents import blob_layers, digits_layers, make_latents
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1043,6 +1043,18 @@ def test_error_cache_dir_that_cannot_be_a_folder(tmp_path, capsys):
     # checked before the run folder's lock is taken (_assert_usage_error: an exit 2 leaves no lock file behind)
     # an empty value (an unset shell variable) fell back to the default folder without a word
     _assert_usage_error(capsys, run_dir, "--latents", str(latents), "--cache-dir", "", match="--cache-dir is empty")
+
+
+def test_a_cache_folder_a_full_disk_cannot_make_leaves_no_lock_file_in_the_runs(tmp_path, capsys):
+    """A disk out of inodes (or of quota) passed the cache folder's check, which finds its parent writable, and
+    its mkdir failed only once every run folder of the grid was locked: exit 2 left a .probe.lock in each."""
+    config = _config(tmp_path, probe_solver="lbfgs")
+    runs = [_latents_for_run(config, 0), _latents_for_run(config, 1)]
+    with small_disk(tmp_path / "disk", "64k,nr_inodes=1") as disk:  # its root folder takes the only inode
+        cache = disk / "cache"
+        _assert_usage_error(capsys, runs[0].root, "--config", str(config), "-mp", "0", "--cache-dir", str(cache),
+                            match=f"The probe cache folder {str(cache)!r} cannot be created (No space left on device)")
+        assert not (runs[1].root / ".probe.lock").exists() and not cache.exists()
 
 
 def test_a_folder_where_the_probe_table_goes_is_named_with_what_to_do(tmp_path, capsys):

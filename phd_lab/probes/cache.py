@@ -90,10 +90,11 @@ class ResultCache:
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
         self._said: set[tuple[Path, str]] = set()  # the unusable entries warned of (``get``), each once
+        self._created: list[Path] = []  # the folders ``prepare`` made, the deepest first
 
     def check(self) -> None:
-        """Say why the folder cannot hold the cache, creating nothing: the job checks this before it takes its
-        run folders' locks (which leave lock files) and ``prepare``s the folder after them."""
+        """Say why the folder cannot hold the cache, creating nothing: the job checks this before it reads the
+        latents, and ``prepare``s the folder (which a full disk can still refuse) once they are found valid."""
         refused = unreachable(self.folder)  # a loop: Path.resolve raised RuntimeError later; a name too long: OSError
         if refused:
             raise UsageError(f"The probe cache folder {str(self.folder)!r} cannot be used: {refused} (--cache-dir).")
@@ -112,9 +113,12 @@ class ResultCache:
                          f"with a folder you can write to.")
 
     def prepare(self) -> None:
-        """Create the folder, or say clearly why it cannot hold the cache (before any fit runs)."""
+        """Create the folder, or say clearly why it cannot hold the cache (before any fit runs); ``remove_unused``
+        takes back the folders it made."""
+        missing = [folder for folder in (self.folder, *self.folder.parents) if not folder.exists()]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            self._created = missing
         except OSError as error:
             reason = error.strerror or type(error).__name__
             raise UsageError(f"The probe cache folder {str(self.folder)!r} cannot be created ({reason}); pass "
@@ -123,6 +127,16 @@ class ResultCache:
             raise UsageError(f"The probe cache folder {str(self.folder)!r} is not writable; pass --cache-dir with a "
                              f"folder you can write to.")
         self.remove_stale_temps()
+
+    def remove_unused(self) -> None:
+        """Remove the folders ``prepare`` made while they are still empty: a job that ends before its first fit
+        (every run locked by another job, a run folder that cannot be written) leaves no cache folder behind."""
+        for folder in self._created:
+            try:
+                folder.rmdir()
+            except OSError:  # another job's entries are in it, or it went
+                break
+        self._created = []
 
     def remove_stale_temps(self) -> None:
         """Delete the temp files of entry writes that a killed job left (``.<digest>.json.<random>.tmp``), once they

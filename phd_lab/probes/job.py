@@ -255,7 +255,7 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
                     "and %s; %s.", reason, instead)
     jobs = [with_all_samples_as_null(job) for job in jobs]
     cache = ResultCache(cache_dir)
-    cache.check()  # a cache folder that cannot be made must not leave lock files in the run folders
+    cache.check()
     # reads only: bad input exits before anything is written
     remote = scheduler is not None and parse_scheduler(scheduler)[0] != "local"
     stamps, hits = validate_jobs(jobs, threads=max(2, workers), cache=cache, devices_here=not remote,
@@ -263,28 +263,16 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     if scheduler is not None:  # nor a scheduler that cannot be reached
         from phd_lab.distributed import check_scheduler
         check_scheduler(scheduler)
+    cache.prepare()  # before the locks: a cache folder a full disk cannot make leaves no lock files in the runs
     with contextlib.ExitStack() as locks:
-        for root in sorted({job.outputs.root for job in jobs}):  # one writer of a run's probe results at a time
-            try:
-                lock = locks.enter_context(RunLock(root / PROBE_LOCK, "Two probe jobs must not write the same "
-                                                                      "run's results"))
-            except RunLockedError as error:
-                if busy is None:
-                    raise
-                left = [job for job in jobs if job.outputs.root == root]
-                if len(busy) < SAID_ONE_BY_ONE:  # the caller sums all of them up
-                    log.warning("%s: skipped, %s", ", ".join(job.label for job in left), error)
-                busy += [job.label for job in left]
-                jobs = [job for job in jobs if job.outputs.root != root]
-                continue
-            except OSError as error:
-                raise DataError(f"The probe results of {str(root)!r} cannot be written there: "
-                                f"{str(error).rstrip('.')}.") from None  # a FolderInTheWay's is whole sentences
-            locks.enter_context(existing_folder(root, advice=_lost_folder_advice(root, cache.folder),
-                                                lock=lock))
+        try:
+            jobs = _lock_runs(locks, jobs, cache, busy)
+        except BaseException:
+            cache.remove_unused()  # nor does a run folder that cannot be written leave an empty cache folder
+            raise
         if not jobs:
+            cache.remove_unused()
             return {}
-        cache.prepare()  # after the locks: a run folder that cannot be written leaves no empty cache folder
         with ProbeLogs([job.outputs.probe_log for job in jobs]) as logs:
             try:
                 tasks = build_tasks(jobs, stamps)
@@ -293,6 +281,31 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
                 return _run_locked_jobs(jobs, tasks, cache, hits, workers, progress, scheduler, logs)
             except PhdLabError as error:
                 raise _naming_the_logs(error, jobs)
+
+
+def _lock_runs(locks: contextlib.ExitStack, jobs: list[ProbeJob], cache: ResultCache,
+               busy: list[str] | None) -> list[ProbeJob]:
+    """Take each run folder's probe lock into ``locks`` (one writer of a run's probe results at a time) and keep
+    the folder from being re-created; the jobs whose runs are locked now. A run another job holds is an error, or,
+    where ``busy`` is a list, left out with its labels appended there."""
+    for root in sorted({job.outputs.root for job in jobs}):
+        try:
+            lock = locks.enter_context(RunLock(root / PROBE_LOCK, "Two probe jobs must not write the same "
+                                                                  "run's results"))
+        except RunLockedError as error:
+            if busy is None:
+                raise
+            left = [job for job in jobs if job.outputs.root == root]
+            if len(busy) < SAID_ONE_BY_ONE:  # the caller sums all of them up
+                log.warning("%s: skipped, %s", ", ".join(job.label for job in left), error)
+            busy += [job.label for job in left]
+            jobs = [job for job in jobs if job.outputs.root != root]
+            continue
+        except OSError as error:
+            raise DataError(f"The probe results of {str(root)!r} cannot be written there: "
+                            f"{str(error).rstrip('.')}.") from None  # a FolderInTheWay's is whole sentences
+        locks.enter_context(existing_folder(root, advice=_lost_folder_advice(root, cache.folder), lock=lock))
+    return jobs
 
 
 def _workers_for_memory(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], hits: dict[str, ProbeRecord],
