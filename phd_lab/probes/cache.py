@@ -40,7 +40,8 @@ from phd_lab.user_paths import dangling_link, nearest_existing, unreachable
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # 2: the confusion matrix in a .npy file beside the JSON entry (format 1 entries are read)
-ALGORITHM_VERSION = 2  # bump when fit.py changes what a record means (2: lbfgs-torch's binary objective)
+ALGORITHM_VERSION = 3  # bump when fit.py changes what a record means (2: lbfgs-torch's binary objective;
+# 3: lbfgs-torch's converged is lbfgs' gradient test, not 'stopped before its budget')
 
 
 def library_versions(solver: str) -> dict[str, str]:
