@@ -2263,6 +2263,21 @@ def test_the_job_sums_up_the_layers_that_did_not_converge_once(tmp_path):
     assert convergence_summary(ProbeSettings(), [replace(record, converged=True)]) is None
 
 
+def test_the_summary_does_not_advise_more_iterations_for_lbfgs_torch_fits_that_stalled_before_max_iter(tmp_path):
+    """A raw lbfgs-torch fit of Digits x 1e8 stalls in float32 after a few iterations, far from the optimum; the
+    job said to raise --max-iter, which changes nothing there, as its float32 stall stops it just the same."""
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
+    run_dir, latents = make_latents(tmp_path, {"pixels": ((x[:1400] * 1e8).astype(np.float32),
+                                                          (x[1400:] * 1e8).astype(np.float32))}, y[:1400], y[1400:])
+    run_jobs(jobs_from_latents(latents, {"solver": "lbfgs-torch", "standardize": False})[0], tmp_path / "cache",
+             progress=False)
+    said = " ".join((run_dir / "probe.log").read_text().split())
+    assert ("1 of 1 layer(s) did not converge (lbfgs-torch), 1 of them stalled before max_iter 1000 with a gradient "
+            "entry above tol 0.0001") in said, said
+    assert "raise --max-iter" not in said
+
+
 def test_latents_below_a_folder_the_locale_cannot_decode_are_probed(tmp_path):
     """A manifest written under a UTF-8 locale names its run folder '.../数据/run' as text; read under LC_ALL=C
     (Python's UTF-8 mode off), the job could not name that folder ('ascii' codec can't encode, a traceback, exit

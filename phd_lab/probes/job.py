@@ -455,13 +455,21 @@ class _RunsInProgress:
 
 
 def convergence_summary(settings: ProbeSettings, records: Sequence[ProbeRecord]) -> str | None:
-    """One line for the layers whose fit stopped at ``max_iter`` (None: all converged). Each layer's line says
+    """One line for the layers whose fit did not converge (None: all converged). Each layer's line says
     'not converged'; saga's 100 epochs, the thesis' setting, stop nearly every layer there, which read as a
-    failure of each, so the count is said once, with whether it is that setting (its results are unchanged)."""
+    failure of each, so the count is said once, with whether it is that setting (its results are unchanged).
+    Fits that stopped short of ``max_iter`` (lbfgs-torch's float32 stalls) are named apart: more iterations
+    would not help them."""
     stopped = sum(not record.converged for record in records)
     if not stopped:
         return None
     resolved = settings.resolved()
+    short = sum(not record.converged and record.n_iter < resolved.max_iter for record in records)
+    if resolved.solver == "lbfgs-torch" and short:
+        return (f"{stopped} of {len(records)} layer(s) did not converge (lbfgs-torch), {short} of them stalled "
+                f"before max_iter {resolved.max_iter} with a gradient entry above tol {resolved.tol:g}: float32 "
+                f"arithmetic stalls like this on raw latents far from unit scale; standardise them "
+                f"(--standardize) or probe them with lbfgs.")
     said = (f"{stopped} of {len(records)} layer(s) did not converge within max_iter {resolved.max_iter} "
             f"({resolved.solver})")
     if resolved.solver == "saga" and resolved.max_iter == DEFAULT_MAX_ITER["saga"]:
