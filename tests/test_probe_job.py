@@ -524,12 +524,16 @@ def test_a_cache_entry_stored_under_another_key_is_not_taken(tmp_path, caplog):
 
 
 def test_the_cache_key_holds_the_probe_algorithms_version_and_torchs_for_the_torch_solver():
-    """A change of what a record means (ALGORITHM_VERSION), or another torch for lbfgs-torch, must not hit the
-    records of the old one; torch's version does not key the scikit-learn solvers."""
+    """A change of what a solver's record means (ALGORITHM_VERSIONS), or another torch for lbfgs-torch, must not
+    hit the records of the old one, and only that solver's records are refitted (lbfgs-torch's converged changed in
+    version 3: the saga and lbfgs records of version 2 stay valid); torch's version does not key the other solvers."""
     import torch
 
-    from phd_lab.probes.cache import ALGORITHM_VERSION, library_versions
-    assert library_versions("saga")["probe_algorithm"] == str(ALGORITHM_VERSION)
+    from phd_lab.probes.cache import ALGORITHM_VERSIONS, library_versions
+    for solver in ("saga", "lbfgs", "lbfgs-torch"):
+        assert library_versions(solver)["probe_algorithm"] == str(ALGORITHM_VERSIONS[solver])
+    assert library_versions("saga")["probe_algorithm"] == library_versions("lbfgs")["probe_algorithm"] == "2"
+    assert library_versions("lbfgs-torch")["probe_algorithm"] == "3"
     assert "torch" not in library_versions("lbfgs")
     assert library_versions("lbfgs-torch")["torch"] == torch.__version__
 

@@ -40,8 +40,10 @@ from phd_lab.user_paths import dangling_link, nearest_existing, unreachable
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # 2: the confusion matrix in a .npy file beside the JSON entry (format 1 entries are read)
-ALGORITHM_VERSION = 3  # bump when fit.py changes what a record means (2: lbfgs-torch's binary objective;
-# 3: lbfgs-torch's converged is lbfgs' gradient test, not 'stopped before its budget')
+# a solver's version: bump it when fit.py changes what that solver's record means, so that only its records are
+# refitted (2: lbfgs-torch's binary objective; lbfgs-torch 3: its converged is lbfgs' gradient test, not 'stopped
+# before its budget')
+ALGORITHM_VERSIONS = {"saga": 2, "lbfgs": 2, "lbfgs-torch": 3}
 
 
 def library_versions(solver: str) -> dict[str, str]:
@@ -49,7 +51,7 @@ def library_versions(solver: str) -> dict[str, str]:
     import numpy
     import scipy
     versions = {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__,
-                "scikit_learn": installed_version("scikit-learn", "sklearn"), "probe_algorithm": str(ALGORITHM_VERSION)}
+                "scikit_learn": installed_version("scikit-learn", "sklearn"), "probe_algorithm": str(ALGORITHM_VERSIONS[solver])}
     if solver == "lbfgs-torch":
         import torch
         versions["torch"] = torch.__version__
