@@ -506,6 +506,40 @@ def test_an_eval_value_whose_standardised_value_is_beyond_the_dtype_names_the_ev
     assert raw.n_eval == len(y_eval)  # the advice holds: on raw features the layer is probed
 
 
+@pytest.mark.parametrize("solver", ["lbfgs", "lbfgs-torch"])
+def test_an_eval_value_beyond_the_dtype_on_a_constant_training_feature_is_not_given_a_standard_deviation_of_1(
+        tmp_path, solver):
+    """A feature constant in training is centred only (scale 1 in its own units); the message said its train values
+    had standard deviation 1 and that the eval value lay 3.4e38 standard deviations out."""
+    from phd_lab.probes.fit import StandardisedBeyondRange
+    layers, y_train, y_eval = blob_layers(n_layers=1)
+    x_train, x_eval = (x.astype(np.float32) for x in layers["block0.conv"])
+    x_train[:, 2] = 3e38
+    x_eval[4, 2] = -3e38  # -6e38 once centred: beyond float32
+    paths = one_layer_files(tmp_path, x_train, x_eval, y_train, y_eval)
+    with pytest.raises(StandardisedBeyondRange) as error:
+        probe_layer(1, "block0.conv", *paths, ProbeSettings(solver=solver))
+    message = " ".join(str(error.value).split())
+    assert "first sample 4's feature 2, whose train values are all 3e+38 (a constant feature, centred but not " \
+           "scaled): it lies more than 3.4e+38 from that value" in message
+    assert "standard deviation" not in message and error.value.split == "eval"
+
+
+def test_standardised_bfloat16_tensors_beyond_their_range_name_bfloat16():
+    """standardize_tensors took the range of a bfloat16 tensor from numpy, which has no bfloat16: a ValueError
+    'data type <class 'numpy.str_'> not inexact' instead of the error naming the sample and feature."""
+    import torch
+
+    from phd_lab.probes.fit import StandardisedBeyondRange, standardize_tensors
+    x_train = torch.tensor([[0.0, 1.0], [0.01, 2.0], [0.02, 3.0]], dtype=torch.bfloat16)
+    x_eval = torch.tensor([[0.0, 1.0], [3e38, 2.0]], dtype=torch.bfloat16)
+    with pytest.raises(StandardisedBeyondRange) as error:
+        standardize_tensors(x_train, x_eval, layer="fc")
+    message = str(error.value)
+    assert "the eval latents of layer 'fc' hold values beyond bfloat16's range (about ±3.4e+38), first sample 1's " \
+           "feature 0, whose train values have mean 0.01 and standard deviation" in message
+
+
 @pytest.mark.parametrize("dtype, scale", [(np.float64, 1e150), (np.float64, 1e300), (np.float32, 1e32)])
 def test_lbfgs_on_raw_latents_too_large_for_its_line_search_names_the_file_instead_of_an_untrained_probe(
         tmp_path, dtype, scale):

@@ -161,16 +161,20 @@ class StandardisedBeyondRange(LatentsError):
         super().__init__(message, split)
 
 
-def beyond_range(split: str, layer: str, dtype: Any, sample: int, feature: int, mean: float, std: float
-                 ) -> StandardisedBeyondRange:
-    """The error for a standardised value of ``split`` beyond ``dtype``: the first such sample and feature, and
-    that feature's training statistics, which tell a (nearly) constant training feature from a wrong file."""
-    limit = float(np.finfo(dtype).max)
+def beyond_range(split: str, layer: str, dtype: str, limit: float, sample: int, feature: int, mean: float,
+                 std: float | None) -> StandardisedBeyondRange:
+    """The error for a standardised value of ``split`` beyond ``dtype`` (named as numpy names it; ``limit``: its
+    largest finite value): the first such sample and feature, and that feature's training statistics, which tell a
+    (nearly) constant training feature from a wrong file. ``std`` None: the feature was constant in training, so it
+    was centred only (scale 1 in its own units), which a standard deviation of 1 misstated."""
+    where = (f"whose train values are all {mean:.3g} (a constant feature, centred but not scaled): it lies more "
+             f"than {limit:.2g} from that value" if std is None else
+             f"whose train values have mean {mean:.3g} and standard deviation {std:.3g}: it lies more than "
+             f"{limit:.2g} standard deviations outside the training distribution")
     return StandardisedBeyondRange(
         f"standardised with the statistics of the train latents, the {split} latents of layer {layer!r} hold values "
-        f"beyond {np.dtype(dtype).name}'s range (about ±{limit:.2g}), first sample {sample}'s feature {feature}, "
-        f"whose train values have mean {mean:.3g} and standard deviation {std:.3g}: it lies more than {limit:.2g} "
-        f"standard deviations outside the training distribution, and a probe would take it as infinite", split)
+        f"beyond {dtype}'s range (about ±{limit:.2g}), first sample {sample}'s feature {feature}, {where}, and a "
+        f"probe would take it as infinite", split)
 
 
 def nonfinite_count(x: np.ndarray, rows: int = 1024) -> int:
@@ -270,8 +274,9 @@ def standardize(x_train: np.ndarray, x_eval: np.ndarray, rows: int = 64,
             except FloatingPointError:
                 sample, feature = np.argwhere(~(np.abs(block) <= np.finfo(x.dtype).max))[0]
                 unit = 1.0 if factor is None else factor[feature]
-                raise beyond_range(split, layer, x.dtype, start + int(sample), int(feature), mean[feature] / unit,
-                                   scale[feature] / unit) from None
+                raise beyond_range(split, layer, x.dtype.name, float(np.finfo(x.dtype).max), start + int(sample),
+                                   int(feature), mean[feature] / unit,
+                                   None if constant[feature] else scale[feature] / unit) from None
     return x_train, x_eval
 
 
@@ -401,7 +406,8 @@ def standardize_tensors(x_train: torch.Tensor, x_eval: torch.Tensor, rows: int |
         m2 += (block.to(torch.float64) - mean).square_().sum(dim=0)
     var = m2 / count
     std = var.sqrt()
-    std[constant_features(var, mean, count)] = 1.0
+    constant = constant_features(var, mean, count)
+    std[constant] = 1.0
     for split, x in (("train", x_train), ("eval", x_eval)):
         for block in x.split(rows):
             block.copy_(((block.to(torch.float64) - mean) / std).to(x.dtype))
@@ -409,8 +415,10 @@ def standardize_tensors(x_train: torch.Tensor, x_eval: torch.Tensor, rows: int |
         # √n standard deviations out (constant features: 1 in their own units), so only the eval ones can
         if split == "eval" and nonfinite_count_tensor(x, rows):
             sample, feature = (int(i) for i in torch.nonzero(~torch.isfinite(x))[0])
-            raise beyond_range(split, layer, str(x.dtype).removeprefix("torch."), sample, feature,
-                               float(mean[feature]), float(std[feature]))
+            # torch's finfo: numpy's knows no bfloat16
+            raise beyond_range(split, layer, str(x.dtype).removeprefix("torch."), float(torch.finfo(x.dtype).max),
+                               sample, feature, float(mean[feature]),
+                               None if constant[feature] else float(std[feature]))
 
 
 def to_device_float32(x: np.ndarray, device: Any, block_bytes: int = 1 << 25) -> torch.Tensor:
