@@ -560,6 +560,26 @@ def test_lbfgs_on_raw_latents_too_large_for_its_line_search_names_the_file_inste
     assert standardised.converged and standardised.eval_acc > 0.9
 
 
+@pytest.mark.parametrize("standardize", [True, False])
+def test_lbfgs_torch_weights_gone_nan_under_a_tiny_c_name_c_not_the_latents(tmp_path, standardize):
+    """C = 1e-25 (the schema allows 1e-30) overflowed lbfgs-torch's float32 line search: standardised, the untrained
+    probe (one class predicted) was reported as a result, converged False; raw, the error blamed 'raw latents this
+    large' (|value| about 5) and advised to standardise them."""
+    from phd_lab.errors import DataError
+    from phd_lab.probes.fit import LatentsTooLarge
+    layers, y_train, y_eval = blob_layers(n_layers=1)
+    x_train, x_eval = (x.astype(np.float32) for x in layers["block0.conv"])
+    paths = one_layer_files(tmp_path, x_train, x_eval, y_train, y_eval)
+    with pytest.raises(DataError) as error:
+        probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="lbfgs-torch", C=1e-25, standardize=standardize))
+    message = " ".join(str(error.value).split())
+    assert not isinstance(error.value, LatentsTooLarge)
+    assert message.startswith("lbfgs-torch's weights became NaN or infinite on layer 'block0.conv': its penalty "
+                              "||W||²/(2·C·n), with C = 1e-25 and n = ") and "Use a larger C (--C" in message
+    float64 = probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="lbfgs", C=1e-25, standardize=standardize))
+    assert float64.converged  # the advice holds: lbfgs fits it (every weight about 0 under such a penalty)
+
+
 def test_lbfgs_torch_on_raw_latents_too_large_for_float32_names_the_file_instead_of_nan_weights(tmp_path):
     """lbfgs-torch with --no-standardize on raw float32 latents of 1e11 ended with NaN weights after its first line
     search, and the argmax of NaN logits predicted class 0 for every sample: accuracy 0.3, no cause named."""

@@ -491,13 +491,8 @@ def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray
         return loss
 
     optimizer.step(closure)
-    if not s.standardize and not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
-        peak = max((float(block.abs().max()) for block in x.split(4096)), default=0.0)
-        raise LatentsTooLarge(
-            f"lbfgs-torch's weights became NaN or infinite on the raw train latents of layer {layer!r} (their "
-            f"largest |value| is {peak:.3g}): its float32 line search overflows on raw latents this large (from "
-            f"about 1e10 on, depending on the data), so the probe would be untrained (one class predicted for "
-            f"every sample)", "train")
+    if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+        raise lbfgs_torch_overflowed(x, s, strength, layer)
     n_iter = int(optimizer.state[weight].get("n_iter", 0))
     # Not "stopped before its budget": its float32 stalls (a loss or step change below tolerance_change, absolute)
     # ended a fit on raw latents of 1e8 after 2 iterations, largest gradient 2.3e7, reported as converged.
@@ -516,6 +511,27 @@ def largest_gradient(closure: Callable[[], Any], params: tuple[torch.Tensor, ...
     with torch.enable_grad():
         closure()
     return max(float(p.grad.abs().max()) if p.grad is not None and p.numel() else 0.0 for p in params)
+
+
+def lbfgs_torch_overflowed(x: torch.Tensor, settings: ProbeSettings, strength: float, layer: str) -> DataError:
+    """The error for lbfgs-torch weights that became NaN or infinite: its float32 line search overflowed, on raw
+    latents too large (``LatentsTooLarge``) or under a penalty too strong (a tiny C). Such a probe predicts one class
+    for every sample; one of C = 1e-25 (allowed down to 1e-30) was blamed on raw latents of 5 ("this large"), or,
+    standardised, was reported as a result (converged False) with no cause named."""
+    peak = max((float(block.abs().max()) for block in x.split(4096)), default=0.0)
+    if not settings.standardize and peak * peak >= strength:
+        return LatentsTooLarge(
+            f"lbfgs-torch's weights became NaN or infinite on the raw train latents of layer {layer!r} (their "
+            f"largest |value| is {peak:.3g}): its float32 line search overflows on raw latents this large (from "
+            f"about 1e10 on, depending on the data), so the probe would be untrained (one class predicted for "
+            f"every sample)", "train")
+    raw = "" if settings.standardize else f" on raw latents of largest |value| {peak:.3g}"
+    return DataError(
+        f"lbfgs-torch's weights became NaN or infinite on layer {layer!r}: its penalty ||W||²/(2·C·n), with C = "
+        f"{settings.C:.3g} and n = {x.shape[0]} training samples, weighs {strength:.3g} per squared weight, which "
+        f"overflowed its float32 line search{raw} (standardised latents: from about 1e20 on), so the probe would be "
+        f"untrained (one class predicted for every sample). Use a larger C (--C, or probe_C in the config), or probe "
+        f"with lbfgs, which computes in float64.")
 
 
 def fit_arrays(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings,
