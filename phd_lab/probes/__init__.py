@@ -44,11 +44,11 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-
 def __dir__() -> list[str]:
     """The module's names and those of ``__all__`` not imported yet: dir() (a notebook's tab completion) listed only
     the names used so far."""
     return sorted(set(globals()) | set(_HOMES))
+
 
 __all__ = ["CSV_COLUMNS", "SOLVERS", "Manifest", "ProbeRecord", "ProbeSettings", "ResultCache", "cache_key",
            "jobs_from_config", "jobs_from_latents", "probe_arrays", "probe_layer", "read_manifest", "run_jobs",
