@@ -16,12 +16,13 @@ import inspect
 import logging
 import re
 import sys
+import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.environment import THREAD_VARIABLES, available_cores
 from phd_lab.errors import UsageError, failure_line
 from phd_lab.interrupts import raise_interruption_behind
-from phd_lab.log_file import FORMAT, Formatter, this_thread_only
+from phd_lab.log_file import FORMAT, Formatter, info_records_kept, this_thread_only
 
 log = logging.getLogger(__name__)
 
@@ -343,10 +344,36 @@ def _cuda_index(device: str, auto_is_cuda: bool) -> int | None:
     return int(device.split(":")[1]) if ":" in device else 0
 
 
-def _configure_worker_logging() -> None:
-    root = logging.getLogger()
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)
+class _InfoRecordsWhileTasksRun:
+    """While any task of this process runs, the root logger passes INFO records (the run's log file and the records
+    kept before it opens need them, in a worker that never configured logging), and the root's handlers show what
+    they showed before (``info_records_kept``); the last task to end gives the level back. The root was set to INFO
+    for good instead: on a cluster of threads in the caller's own process (``LocalCluster(processes=False)``, whose
+    address ``--scheduler`` or ``Main.run_on_cluster`` may be given) the caller's console printed every INFO line of
+    its process after a grid. Tasks in threads of one process share the one raised level, so none gives it back under
+    another."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tasks = 0
+        self.kept: contextlib.AbstractContextManager | None = None
+
+    def __enter__(self) -> None:
+        with self.lock:
+            if self.tasks == 0:
+                self.kept = info_records_kept()
+                self.kept.__enter__()
+            self.tasks += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.tasks -= 1
+            if self.tasks == 0 and self.kept is not None:
+                kept, self.kept = self.kept, None
+                kept.__exit__(None, None, None)
+
+
+info_records_while_tasks_run = _InfoRecordsWhileTasksRun()
 
 
 @contextlib.contextmanager
@@ -408,7 +435,6 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
     from phd_lab.registry import Registries
     from phd_lab.run_guards import torch_flags_kept, warning_filters_kept
 
-    _configure_worker_logging()
     _private_random_for_dask()
     stopped = _stop_flag(stop_event)
     if stopped():  # queued behind the runs of a command that was stopped meanwhile
@@ -417,8 +443,10 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
     modules = {**config.registries, **registry_overrides}
     try:
         # the turn before the checks: importing registry files takes other folders' helpers out of sys.modules for
-        # a while, and the checks' factories set torch's flags, under a run that another thread is training
-        with stop_requests(stopped), run_warnings_on_worker_console(config.name), RUN_TURN():
+        # a while, and the checks' factories set torch's flags, under a run that another thread is training; INFO
+        # records reach the run's log once the worker console's handler is on the root (no last-resort stand-in)
+        with stop_requests(stopped), run_warnings_on_worker_console(config.name), info_records_while_tasks_run, \
+                RUN_TURN():
             # a registry this worker cannot import is a usage error too
             executor = TrainTestExecutor(config, Registries(modules), progress=False)
             # the flags and warning filters the checks' factories set end with them, as in a sequential grid

@@ -330,6 +330,36 @@ def test_a_point_queued_behind_a_stopped_command_does_not_start(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_grid_on_a_cluster_of_threads_leaves_the_callers_root_logger_as_it_found_it(tmp_path):
+    """A task set the root logger of the process it ran in to INFO for good: on a cluster of threads in the caller's
+    process (LocalCluster(processes=False)) the caller's console printed every INFO line of its process after the
+    grid. The level and the handlers are the caller's again after the task, and the run's log still has its INFO
+    lines."""
+    import logging
+
+    from phd_lab.distributed import train_point
+    from phd_lab.grid import Grid
+    config = write_config(tmp_path, epoch=1, resolution=8, batch_size=256, track_saturation=False, post_processing=[])
+    [point] = Grid(json.loads(config.read_text()))
+    root, console = logging.getLogger(), logging.StreamHandler(sys.stderr)
+    level = root.level
+    root.setLevel(logging.WARNING)
+    root.addHandler(console)
+    try:
+        before = root.level, list(root.handlers), [handler.level for handler in root.handlers]
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                      dashboard_address=":0") as local, distributed.Client(local) as client:
+            outcome = client.submit(train_point, point.values, str(config), {}, pure=False).result()
+            after = root.level, list(root.handlers), [handler.level for handler in root.handlers]
+    finally:
+        root.removeHandler(console)
+        root.setLevel(level)
+    assert outcome[0] == "finished", outcome
+    assert after == before
+    [folder] = run_folders(tmp_path / "logs")
+    assert " INFO " in (folder / f"{run_name(folder)}.log").read_text()
+
+
 FLAG_SETTING_METRICS = '''import torch
 
 from phd_lab.metrics import TopKAccuracy
