@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import threading
@@ -78,12 +79,22 @@ def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
     os._exit(1)
 
 
-def stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Leave ``pool`` at once: its workers are terminated (before shutdown, which forgets the processes) and the
-    tasks not started are cancelled. Ctrl-C of a terminal reaches the workers too, but a signal to the parent
-    alone (a batch system's SIGTERM) would leave them computing, and a plain shutdown waits for them."""
+def stop_pool(pool: ProcessPoolExecutor, wait: float = 5.0) -> None:
+    """Leave ``pool`` now: its workers are terminated (before shutdown, which forgets the processes) and the tasks
+    not started are cancelled. Ctrl-C of a terminal reaches the workers too, but a signal to the parent alone (a batch
+    system's SIGTERM) would leave them computing, and a plain shutdown waits for their tasks. It returns once the
+    workers have ended (those that outlive ``wait`` seconds of SIGTERM are killed) and the pool's own thread has
+    reaped them: it returned while they were still alive, and the thread went on in a report that drew on."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     _terminate_workers(pool)
     pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + wait
+    for process in processes:  # the sentinel, not exitcode: the pool's thread may be reaping it meanwhile
+        if not multiprocessing.connection.wait([process.sentinel], timeout=max(0.0, deadline - time.monotonic())):
+            process.kill()  # SIGTERM held or ignored: it must not go on computing for nobody
+    if manager is not None:  # it reaps the workers; it ends once it has seen them all gone
+        manager.join(wait)
 
 
 def worker_exit_codes(pool: ProcessPoolExecutor, wait: float = 5.0) -> list[int]:

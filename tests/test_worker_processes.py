@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing.connection
 import os
 import signal
+import time
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +35,36 @@ def test_the_cause_is_the_signal_of_the_worker_that_died_and_sigterm_only_where_
     assert worker_death([-signal.SIGTERM, -signal.SIGTERM]).startswith("it was terminated by SIGTERM")
     assert worker_death([-signal.SIGABRT, -signal.SIGTERM]).startswith("it crashed with SIGABRT, in a native library")
     assert "could not start its threads" in worker_death([])  # nothing read: every possibility, as before
+
+
+def _busy(ready: str, ignore_sigterm: bool) -> None:
+    """A task that says it has started (a file at ``ready``) and then computes for a minute, SIGTERM ignored or not."""
+    if ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(ready).touch()
+    time.sleep(60)
+
+
+def test_a_stopped_pool_has_no_worker_left_alive_once_stop_pool_returns(tmp_path):
+    """stop_pool returned right after sending SIGTERM: its busy workers were still alive then (every try), one that
+    ignored SIGTERM computed on for a minute, and the pool's thread lived on. It returns once every worker has
+    ended (the one that ignores SIGTERM is killed) and the pool's thread is gone."""
+    pool = spawn_pool(2)
+    ready = [tmp_path / "plain", tmp_path / "ignores-sigterm"]
+    for path, ignore in zip(ready, (False, True)):
+        pool.submit(_busy, str(path), ignore)
+    processes = []
+    try:
+        deadline = time.monotonic() + 60
+        while not all(path.exists() for path in ready) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        processes, manager = list(pool._processes.values()), pool._executor_manager_thread
+        assert len(processes) == 2 and manager is not None
+        stop_pool(pool, wait=1.0)
+        alive = [process.pid for process in processes
+                 if not multiprocessing.connection.wait([process.sentinel], timeout=0)]
+        assert alive == [] and not manager.is_alive(), (alive, manager)
+        assert sorted(process.exitcode for process in processes) == sorted([-signal.SIGKILL, -signal.SIGTERM])
+    finally:
+        for process in processes:
+            process.kill()
