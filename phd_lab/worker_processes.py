@@ -116,14 +116,20 @@ def worker_death(codes: Sequence[int]) -> str:
     'killed by a signal (the out-of-memory killer ...), crashed, or could not start its threads', which left a user
     whose batch system had terminated the job, or whose BLAS had crashed, looking for a memory shortage. Once one
     worker died the pool terminates (SIGTERM) the others, so SIGTERM is the cause only where no worker ended
-    otherwise."""
+    otherwise. Workers that died of different causes at once are each said ('Another worker ...'): only the first was,
+    so a SIGSEGV beside a SIGKILL went unsaid and the crash unreported."""
     own = [code for code in codes if code != -signal.SIGTERM] or list(codes)
     if not own:  # the pool's processes could not be read
         return (f"it was killed by a signal (the out-of-memory killer does this when the work in hand does not fit "
                 f"in memory), crashed, or could not start its threads (a limit of this machine: "
                 f"{ulimits('-u', '-v', '-s')}; its own error is on the console then); if memory is short, use fewer "
                 f"worker processes (-mp)")
-    code = own[0]
+    first, *others = [_death_cause(code) for code in dict.fromkeys(own)]  # each cause once, in the workers' order
+    return ". ".join([first, *(f"Another worker {cause.removeprefix('it ')}" for cause in others)])
+
+
+def _death_cause(code: int) -> str:
+    """What ended one worker with exit code ``code`` (not 0), and what to do: a clause beginning with 'it'."""
     if code == -signal.SIGKILL:
         return ("it was killed by SIGKILL: the out-of-memory killer does this when the work in hand does not fit in "
                 "memory, and so does a batch system's hard kill (e.g. over the job's memory limit); use fewer worker "

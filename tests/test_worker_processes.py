@@ -68,3 +68,36 @@ def test_a_stopped_pool_has_no_worker_left_alive_once_stop_pool_returns(tmp_path
     finally:
         for process in processes:
             process.kill()
+
+
+def _die_together(ready: str, others: list[str], signum: int) -> None:
+    """A task that says it has started, waits for the ``others`` to have started too, and then dies of ``signum``:
+    SIGTERM ignored, so that the pool's SIGTERM to the rest once one died cannot come first; no core file."""
+    import resource
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    Path(ready).touch()
+    deadline = time.monotonic() + 60
+    while not all(Path(other).exists() for other in others) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(os.getpid(), signum)
+
+
+def test_workers_that_died_of_different_causes_at_once_are_each_said(tmp_path):
+    """Two workers died at once, one killed (SIGKILL: the out-of-memory killer) and one crashed (SIGSEGV): the message
+    named the first cause only, so the crash, which wants a report, went unsaid (or the memory advice did)."""
+    ready = [str(tmp_path / "killed"), str(tmp_path / "crashed")]
+    pool = spawn_pool(2)
+    try:
+        futures = [pool.submit(_die_together, path, ready, signum)
+                   for path, signum in zip(ready, (signal.SIGKILL, signal.SIGSEGV))]
+        with pytest.raises(BrokenProcessPool):
+            futures[0].result(timeout=60)
+        codes = worker_exit_codes(pool)
+    finally:
+        stop_pool(pool)
+    assert sorted(codes) == sorted([-signal.SIGKILL, -signal.SIGSEGV]), codes
+    said = worker_death(codes)
+    assert "was killed by SIGKILL: the out-of-memory killer" in said, said
+    assert "crashed with SIGSEGV, in a native library" in said, said
+    assert said.startswith("it ") and "Another worker " in said, said
