@@ -480,6 +480,7 @@ def test_a_workers_next_task_checks_its_point_only_once_the_run_in_progress_has_
     try:
         outcome = train_point(point_a.values, str(first), {})
         gate.next_task.join(120)
+        root_level = root.level  # the caller's again, though the task that raised it ended first
     finally:
         turn_log.removeHandler(waits)
         turn_log.setLevel(levels[0]), root.setLevel(levels[1])
@@ -487,6 +488,7 @@ def test_a_workers_next_task_checks_its_point_only_once_the_run_in_progress_has_
         torch.use_deterministic_algorithms(False)
     assert outcome[0] == "finished" and [result[0] for result in outcomes] == ["finished"], (outcome, outcomes)
     assert gate.seen == [([], False)]
+    assert root_level == levels[1]
 
 
 def test_scheduler_spec_errors():
