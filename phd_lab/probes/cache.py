@@ -51,7 +51,8 @@ def library_versions(solver: str) -> dict[str, str]:
     import numpy
     import scipy
     versions = {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__,
-                "scikit_learn": installed_version("scikit-learn", "sklearn"), "probe_algorithm": str(ALGORITHM_VERSIONS[solver])}
+                "scikit_learn": installed_version("scikit-learn", "sklearn"),
+                "probe_algorithm": str(ALGORITHM_VERSIONS[solver])}
     if solver == "lbfgs-torch":
         import torch
         versions["torch"] = torch.__version__
