@@ -1061,6 +1061,22 @@ def test_a_cache_folder_a_full_disk_cannot_make_leaves_no_lock_file_in_the_runs(
         assert not (runs[1].root / ".probe.lock").exists() and not cache.exists()
 
 
+def test_a_job_takes_back_only_the_cache_folders_it_made(tmp_path):
+    """The folders missing before the mkdir were taken as the job's own, so --cache-dir new/../cache (a script's
+    path) named the user's empty cache folder as made by the job, and a job whose runs were all busy removed it
+    (and left new behind); only what the job's mkdir made goes now."""
+    (tmp_path / "cache").mkdir()
+    cache = ResultCache(tmp_path / "new" / ".." / "cache")
+    cache.check()
+    cache.prepare()
+    cache.remove_unused()
+    assert (tmp_path / "cache").is_dir() and not (tmp_path / "new").exists()
+    cache = ResultCache(tmp_path / "a" / "b")
+    cache.prepare()
+    cache.remove_unused()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache"]
+
+
 def test_a_folder_where_the_probe_table_goes_is_named_with_what_to_do(tmp_path, capsys):
     """A folder named probe_performances.csv failed the job with "Is a directory: '.../.probe_performances.csv.
     5xvq2ozy.tmp' -> '...'": a temp file's name and no way out. It names the folder and says to remove it."""

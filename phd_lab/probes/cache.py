@@ -119,10 +119,8 @@ class ResultCache:
     def prepare(self) -> None:
         """Create the folder, or say clearly why it cannot hold the cache (before any fit runs); ``remove_unused``
         takes back the folders it made."""
-        missing = [folder for folder in (self.folder, *self.folder.parents) if not folder.exists()]
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._created = missing
+            self._created = _make_folders(self.folder)  # a file in the way: FileExistsError
         except OSError as error:
             reason = error.strerror or type(error).__name__
             raise UsageError(f"The probe cache folder {str(self.folder)!r} cannot be created ({reason}); pass "
@@ -309,6 +307,32 @@ class ResultCache:
             with contextlib.suppress(FileNotFoundError):
                 replaced.unlink()
         return record
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Make ``folder`` and the missing folders above it as ``mkdir(parents=True)`` does (never an mkdir on a folder
+    that is there: a read-only mount may refuse it); those this call made, the deepest first. Only what an mkdir
+    made counts: a name that did not resolve beforehand (``new/../existing``, whose ``existing`` a user made) or a
+    folder another job made meanwhile is none of this job's to remove."""
+    try:
+        folder.mkdir()
+    except FileNotFoundError:
+        if folder.parent == folder:
+            raise
+        made = _make_folders(folder.parent)
+        try:
+            folder.mkdir()
+        except OSError:
+            if not folder.is_dir():
+                raise
+            return made  # new/.. once new was made, or another job's meanwhile
+    except OSError:  # as mkdir(exist_ok=True): a folder there, whatever the error (EEXIST, or EROFS on some mounts)
+        if not folder.is_dir():
+            raise
+        return []
+    else:
+        return [folder]
+    return [folder, *made]
 
 
 def _matrix_named_by(entry: Path, *, strict: bool = False) -> Path | None:
