@@ -2,6 +2,7 @@
 figure that fails spoils only its run, and the figures of a killed worker are drawn in the report's process."""
 
 import base64
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -308,3 +309,29 @@ def test_the_figure_keys_name_the_version_of_the_matplotlib_imported(tmp_path, a
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == expected
+
+
+def test_the_figure_keys_name_the_version_of_a_reinstall_beside_a_left_over_record(tmp_path):
+    """``pip install --ignore-installed`` of another version leaves the replaced version's dist-info beside the
+    new one, its RECORD listing the same matplotlib/__init__.py; the first found in the folder was taken, so the
+    keys could name the replaced version and figures were not drawn again. The RECORD whose hashes are those of
+    the files imported is taken now (and matplotlib stays unimported)."""
+    site = tmp_path / "site"
+    (site / "matplotlib").mkdir(parents=True)
+    names = ["matplotlib-9.9.7.dist-info", "matplotlib-9.9.9.dist-info"]
+    for name in names:
+        (site / name).mkdir()
+    left_over, installed = [name for name in os.listdir(site) if name in names]  # importlib.metadata's order
+    version = installed.removeprefix("matplotlib-").removesuffix(".dist-info")
+    init = f"__version__ = '{version}'\n".encode()
+    for name, text in ((left_over, b"__version__ = 'replaced'\n"), (installed, init)):
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text).digest()).rstrip(b"=").decode()
+        (site / name / "METADATA").write_text(f"Metadata-Version: 2.1\nName: matplotlib\nVersion: "
+                                              f"{name.removeprefix('matplotlib-').removesuffix('.dist-info')}\n")
+        (site / name / "RECORD").write_text(f"matplotlib/__init__.py,sha256={digest},{len(text)}\n{name}/RECORD,,\n")
+    (site / "matplotlib" / "__init__.py").write_bytes(init)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "MPLBACKEND": "Agg"}
+    done = subprocess.run([sys.executable, "-c", _VERSIONS_AND_IMPORT], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [version, "False", version]

@@ -8,6 +8,7 @@ about 0.2 s a figure, which on a grid of hundreds of runs would be most of a reb
 from __future__ import annotations
 
 import base64
+import csv
 import functools
 import hashlib
 import importlib.metadata
@@ -51,19 +52,42 @@ def _matplotlib_version() -> str:
 
 def _recorded_version(spec: ModuleSpec | None) -> str | None:
     """The version that a distribution beside the package of ``spec`` gives, if it is that package's: its RECORD
-    lists the package's ``__init__.py`` (the very files imported), or it has no RECORD (a Linux distribution's
-    ``.egg-info``) and its ``top_level.txt`` names the package. None otherwise."""
+    lists the package's ``__init__.py`` with the hashes of the very files imported (``_records_files_there``), or
+    it has no RECORD (a Linux distribution's ``.egg-info``) and its ``top_level.txt`` names the package. None
+    otherwise."""
     if spec is None or spec.origin is None:
         return None
     init = Path(spec.origin)
-    entry = f"{init.parent.name}/{init.name},"
     for distribution in importlib.metadata.distributions(name="matplotlib", path=[str(init.parent.parent)]):
         record = distribution.read_text("RECORD")
-        if record is not None and any(line.startswith(entry) for line in record.splitlines()):
+        if record is not None and _records_files_there(record, init):
             return distribution.version
         if record is None and init.parent.name in (distribution.read_text("top_level.txt") or "").split():
             return distribution.version
     return None
+
+
+def _records_files_there(record: str, init: Path) -> bool:
+    """Whether ``record`` (a RECORD's text) lists the package's ``init`` file, and each of it and the package's
+    ``_version.py`` that it lists with a hash has that hash there: a RECORD that an install beside it did not
+    remove (``pip install --ignore-installed`` of another version leaves the old one) lists the same names, and
+    the first found was taken, so the key could name the version that was replaced."""
+    package = init.parent
+    wanted = {f"{package.name}/{init.name}": init, f"{package.name}/_version.py": package / "_version.py"}
+    listed = {row[0]: row[1] for row in csv.reader(record.splitlines()) if len(row) >= 2 and row[0] in wanted}
+    if f"{package.name}/{init.name}" not in listed:
+        return False
+    return all(_has_hash(wanted[name], recorded) for name, recorded in listed.items() if recorded)
+
+
+def _has_hash(file: Path, recorded: str) -> bool:
+    """Whether ``file`` has the RECORD hash ``recorded`` (``sha256=`` and its urlsafe base64 without padding)."""
+    algorithm, _, digest = recorded.partition("=")
+    try:
+        actual = hashlib.new(algorithm, file.read_bytes()).digest()
+    except (OSError, ValueError):  # gone, unreadable, or an algorithm hashlib lacks
+        return False
+    return base64.urlsafe_b64encode(actual).rstrip(b"=").decode() == digest
 
 
 def drawing_sources(*modules: ModuleType) -> bytes:
