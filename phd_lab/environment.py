@@ -23,12 +23,15 @@ CPU_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
 # The values of ONEDNN_MAX_CPU_ISA that cap oneDNN's instruction set, lower-case (oneDNN 3, which torch 2.7 and later
 # bundle, lower-cases the value it reads): those its "CPU Dispatcher Control" guide lists for x86-64, with the
-# AVX512_CORE_* aliases of the AVX10_1_512 ones, and those its AArch64 code takes. oneDNN ignores any other value
-# ("abc", or oneDNN 2's AVX512_MIC), as it does DEFAULT, which lifts no cap: it runs its best kernels, as unset.
+# AVX512_CORE_* aliases of the AVX10_1_512 ones, the AVX10_2 opt-ins (ISAs oneDNN does not dispatch unless named
+# here, with their *_512 aliases; oneDNN 3.12, which torch 2.14 bundles, knows avx10_2_512 and avx10_2_512_amx_2),
+# and those its AArch64 code takes. oneDNN ignores any other value ("abc", or oneDNN 2's AVX512_MIC), as it does
+# DEFAULT, which lifts no cap: it runs its best kernels, as unset.
 ONEDNN_ISA_CAPS = frozenset({
     "sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512_core", "avx512_core_vnni", "avx512_core_bf16",
     "avx10_1_512", "avx512_core_fp16", "avx10_1_512_amx", "avx512_core_amx", "avx10_1_512_amx_fp16",
-    "avx512_core_amx_fp16", "asimd", "sve_128", "sve_256", "sve_512"})
+    "avx512_core_amx_fp16", "avx10_2", "avx10_2_512", "avx10_2_amx_2", "avx10_2_512_amx_2", "avx10_2_ace", "asimd",
+    "sve_128", "sve_256", "sve_512"})
 
 
 def available_cores() -> int:

@@ -191,13 +191,16 @@ def test_an_aten_cpu_capability_torch_ignores_is_logged_as_unset():
 
 
 @pytest.mark.parametrize("value, logged", [("abc", None), ("DEFAULT", None), ("AVX512_MIC", None), ("SSE41", "SSE41"),
-                                           ("avx2", "avx2"), ("AVX512_CORE_AMX_FP16", "AVX512_CORE_AMX_FP16")])
+                                           ("avx2", "avx2"), ("AVX512_CORE_AMX_FP16", "AVX512_CORE_AMX_FP16"),
+                                           ("AVX10_2_512", "AVX10_2_512"), ("AVX10_2_512_AMX_2", "AVX10_2_512_AMX_2")])
 def test_a_onednn_max_cpu_isa_onednn_ignores_is_logged_as_unset(monkeypatch, value, logged):
     """``ONEDNN_MAX_CPU_ISA=abc`` is ignored by oneDNN, which takes only the names of its CPU Dispatcher Control
     guide (in any case: oneDNN 3 lower-cases the value) and runs its best kernels otherwise, as under DEFAULT or
     with the variable unset (ONEDNN_VERBOSE=all said the same 'isa:' for these three and oneDNN 2's AVX512_MIC);
     it was logged as "abc", and a rerun without it warned 'ONEDNN_MAX_CPU_ISA "abc" (now unset)' though the same
-    kernels ran. Such a value is logged as unset now, and an older run's compares so."""
+    kernels ran. Such a value is logged as unset now, and an older run's compares so. The AVX10_2 opt-ins (which
+    enable kernels oneDNN does not dispatch otherwise) were read as ignored, so a rerun without them was not
+    warned of."""
     from phd_lab.environment import cpu_instruction_set
     from phd_lab.reproduction import machine_differences
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
