@@ -311,27 +311,40 @@ def test_the_figure_keys_name_the_version_of_the_matplotlib_imported(tmp_path, a
     assert done.stdout.split() == expected
 
 
-def test_the_figure_keys_name_the_version_of_a_reinstall_beside_a_left_over_record(tmp_path):
+def _left_over_listed_first(site: Path, installed: str, suffix: str) -> str:
+    """A matplotlib-9.9.N.<suffix> folder made in ``site`` that the folder lists before ``installed`` (the order
+    importlib.metadata finds them in), so that a key taking the first found takes it."""
+    for minor in range(10):
+        left_over = f"matplotlib-9.9.{minor}.{suffix}"
+        (site / left_over).mkdir()
+        if [name for name in os.listdir(site) if name in (left_over, installed)][0] == left_over:
+            return left_over
+        (site / left_over).rmdir()
+    raise AssertionError(f"{site} lists {installed} before every other name")
+
+
+@pytest.mark.parametrize("suffix", ["dist-info", "egg-info"])
+def test_the_figure_keys_name_the_version_of_a_reinstall_beside_a_left_over_install(tmp_path, suffix):
     """``pip install --ignore-installed`` of another version leaves the replaced version's dist-info beside the
-    new one, its RECORD listing the same matplotlib/__init__.py; the first found in the folder was taken, so the
-    keys could name the replaced version and figures were not drawn again. The RECORD whose hashes are those of
-    the files imported is taken now (and matplotlib stays unimported)."""
-    site = tmp_path / "site"
-    (site / "matplotlib").mkdir(parents=True)
-    names = ["matplotlib-9.9.7.dist-info", "matplotlib-9.9.9.dist-info"]
-    for name in names:
-        (site / name).mkdir()
-    left_over, installed = [name for name in os.listdir(site) if name in names]  # importlib.metadata's order
-    version = installed.removeprefix("matplotlib-").removesuffix(".dist-info")
-    init = f"__version__ = '{version}'\n".encode()
-    for name, text in ((left_over, b"__version__ = 'replaced'\n"), (installed, init)):
+    new one, its RECORD listing the same matplotlib/__init__.py (or, over a distutils install, its .egg-info,
+    whose top_level.txt names matplotlib); the first found in the folder was taken, so the keys could name the
+    replaced version and figures were not drawn again. The RECORD whose hashes are those of the files imported
+    is taken now (and matplotlib stays unimported)."""
+    site, installed = tmp_path / "site", "matplotlib-9.9.99.dist-info"
+    (site / installed).mkdir(parents=True)
+    left_over = _left_over_listed_first(site, installed, suffix)
+    (site / "matplotlib").mkdir()
+    for name, text in ((left_over, b"__version__ = 'replaced'\n"), (installed, b"__version__ = '9.9.99'\n")):
+        version = name.removeprefix("matplotlib-").removesuffix(f".{suffix}").removesuffix(".dist-info")
+        metadata = f"Metadata-Version: 2.1\nName: matplotlib\nVersion: {version}\n"
+        (site / name / ("PKG-INFO" if name.endswith("egg-info") else "METADATA")).write_text(metadata)
         digest = base64.urlsafe_b64encode(hashlib.sha256(text).digest()).rstrip(b"=").decode()
-        (site / name / "METADATA").write_text(f"Metadata-Version: 2.1\nName: matplotlib\nVersion: "
-                                              f"{name.removeprefix('matplotlib-').removesuffix('.dist-info')}\n")
-        (site / name / "RECORD").write_text(f"matplotlib/__init__.py,sha256={digest},{len(text)}\n{name}/RECORD,,\n")
-    (site / "matplotlib" / "__init__.py").write_bytes(init)
+        record = f"matplotlib/__init__.py,sha256={digest},{len(text)}\n{name}/RECORD,,\n"
+        (site / name / ("top_level.txt" if name.endswith("egg-info") else "RECORD")).write_text(
+            "matplotlib\n" if name.endswith("egg-info") else record)
+        (site / "matplotlib" / "__init__.py").write_bytes(text)  # the installed one's last
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "MPLBACKEND": "Agg"}
     done = subprocess.run([sys.executable, "-c", _VERSIONS_AND_IMPORT], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == [version, "False", version]
+    assert done.stdout.split() == ["9.9.99", "False", "9.9.99"]

@@ -53,18 +53,22 @@ def _matplotlib_version() -> str:
 def _recorded_version(spec: ModuleSpec | None) -> str | None:
     """The version that a distribution beside the package of ``spec`` gives, if it is that package's: its RECORD
     lists the package's ``__init__.py`` with the hashes of the very files imported (``_records_files_there``), or
-    it has no RECORD (a Linux distribution's ``.egg-info``) and its ``top_level.txt`` names the package. None
+    it has no RECORD (a Linux distribution's ``.egg-info``) and its ``top_level.txt`` names the package, where
+    no RECORD does: ``pip install --ignore-installed`` over a distutils install ('Cannot uninstall ... a distutils
+    installed project') leaves its .egg-info beside the new dist-info, and the first found was taken. None
     otherwise."""
     if spec is None or spec.origin is None:
         return None
     init = Path(spec.origin)
+    unrecorded = None
     for distribution in importlib.metadata.distributions(name="matplotlib", path=[str(init.parent.parent)]):
         record = distribution.read_text("RECORD")
         if record is not None and _records_files_there(record, init):
             return distribution.version
-        if record is None and init.parent.name in (distribution.read_text("top_level.txt") or "").split():
-            return distribution.version
-    return None
+        if record is None and unrecorded is None and init.parent.name in (distribution.read_text("top_level.txt")
+                                                                            or "").split():
+            unrecorded = distribution.version
+    return unrecorded
 
 
 def _records_files_there(record: str, init: Path) -> bool:
