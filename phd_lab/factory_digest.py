@@ -122,7 +122,7 @@ def _code(value: Any, module: str | None, seen: set[int]) -> Any:
     if id(value) in seen:  # by identity: two closures of one maker share their qualified name
         return value.__qualname__  # not by the module's name, which a registry file's path gives it
     seen.add(id(value))
-    namespace = vars(sys.modules[module]) if module in sys.modules else getattr(value, "__globals__", {})
+    namespace = _namespace(value, module)
     function = isinstance(value, types.FunctionType)
     described = {"source": inspect.getsource(value),
                  "names": {name: _described(namespace[name], module, seen)
@@ -137,6 +137,16 @@ def _code(value: Any, module: str | None, seen: set[int]) -> Any:
     if wrappers:  # a decorated function: the code that wraps it runs too
         described["wrappers"] = [_wrapper(layer, module, seen) for layer in wrappers]
     return described
+
+
+def _namespace(value: Any, module: str) -> dict[str, Any]:
+    """The globals ``value`` (a function, or a class by its functions) runs with: its module's in
+    ``sys.modules`` was read, which for a registry file imported again since (edited, by a later grid point or
+    another thread) is the new module's, not the one the factory of an earlier ``Registries`` was made in."""
+    for function in [value] if isinstance(value, types.FunctionType) else _class_functions(value):
+        if isinstance(function, types.FunctionType) and function.__globals__.get("__name__") == module:
+            return function.__globals__  # (a class's attribute may be a function of another module)
+    return vars(sys.modules[module]) if module in sys.modules else getattr(value, "__globals__", {})
 
 
 def _wrappers(value: Any) -> list[Any]:

@@ -27,17 +27,19 @@ same way (its builder takes ``**kwargs``).
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import fnmatch
 import functools
 import importlib.machinery
 import inspect
+import linecache
 import logging
 import sys
 import textwrap
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from phd_lab.errors import RegistryError
 from phd_lab.registry_import import (executed_sha256, helper_sha256, helpers_replaced, import_registry_module,
@@ -230,6 +232,23 @@ def _announce(kind: str, spec: str) -> None:
              "process (read a registry that came with someone else's config before running it).", kind, spec)
 
 
+@contextlib.contextmanager
+def _lines_read(lines: Mapping[str, tuple[Any, ...]]) -> Iterator[None]:
+    """linecache holding ``lines`` (the source each registry file was executed from), for ``inspect.getsource``:
+    another thread's (a notebook's second grid) or a later grid point's import of an edited registry file put the
+    edited lines there, and the factory digests logged for a run of the code before were the edited code's."""
+    before = {file: linecache.cache.get(file) for file in lines}
+    linecache.cache.update(lines)
+    try:
+        yield
+    finally:
+        for file, entry in before.items():
+            if entry is None:
+                linecache.cache.pop(file, None)
+            else:
+                linecache.cache[file] = entry
+
+
 class Registries:
     """The four registries a run draws from."""
 
@@ -246,6 +265,7 @@ class Registries:
         self.sha256: dict[str, str | None] = {}  # of the source each module was executed from
         self.helper_sha256: dict[str, dict[str, str]] = {}  # of the files a registry file imported from beside it
         self.working_directory_files: dict[str, str] = {}  # dotted modules only the working directory holds
+        self._lines: dict[str, tuple[Any, ...]] = {}  # linecache's entry of each file as it was executed here
         with imports_held():  # another thread's import of an edited module waits until its code is read here
             loaded = {kind: self._load(kind, chosen[kind]) for kind in KINDS}
             # a registry file executed again (edited) imports the helpers of its folder afresh: the file of an
@@ -267,6 +287,9 @@ class Registries:
                 self.working_directory_files[kind] = found
         self.files[kind] = getattr(module, "__file__", None)
         self.sha256[kind] = executed_sha256(module)
+        executed = linecache.cache.get(str(self.files[kind])) if isinstance(spec, str) else None
+        if executed is not None:  # the lines import_registry_module ran (a later import of an edit replaces them)
+            self._lines[str(self.files[kind])] = executed
         self.helper_sha256[kind] = helper_sha256(module)
         if spec == DEFAULT_MODULES[kind]:
             _warn_if_shadowed(kind, self.files[kind])
@@ -294,7 +317,8 @@ class Registries:
         from phd_lab.factory_digest import factory_sha256
         names = {"models": [config.model], "datasets": [config.dataset], "optimizers": [config.optimizer],
                  "metrics": list(config.metrics)}
-        return {kind: {name: factory_sha256(self[kind].get(name)) for name in names[kind]} for kind in KINDS}
+        with imports_held(), _lines_read(self._lines):
+            return {kind: {name: factory_sha256(self[kind].get(name)) for name in names[kind]} for kind in KINDS}
 
     def helper_hashes(self) -> dict[str, dict[str, str]]:
         """sha256 of the files each registry file imported from its own folder (``helper.py`` beside it), by their

@@ -182,3 +182,34 @@ def test_a_dotted_name_that_only_a_file_with_dots_in_its_name_holds_points_to_th
     assert "Give the file's path as 'registries.models'" in message
     assert "no module of that name exists, but the file" in message
     assert import_registry_module(f"./{name}.py", "models").net() == 1
+
+
+def test_the_factory_digests_of_registries_are_of_the_code_they_loaded_after_an_edit_is_imported(tmp_path):
+    """Registries read a factory's digest from the lines linecache holds for its file and the names of the module
+    sys.modules holds by its name, both of which a later import of the edited file (a notebook's second grid, a
+    later grid point) replaces: a run of the first logged the edited factory's digest over the code before. It
+    logs the digest of the code it loaded now (with a dotted module executed again in its namespace, of its source
+    and the names it now runs with, which are the edited file's)."""
+    files = {kind: tmp_path / f"fdigest_{kind}.py" for kind in ("models", "datasets", "optimizers", "metrics")}
+    for kind, name in (("datasets", "data"), ("optimizers", "opt"), ("metrics", "met")):
+        files[kind].write_text(f"def {name}():\n    return 0\n")
+    files["models"].write_text("WIDTH = 1\n\n\ndef net():\n    return WIDTH\n")
+    config = types.SimpleNamespace(model="net", dataset="data", optimizer="opt", metrics=["met"])
+    sys.path.insert(0, str(tmp_path))
+    try:
+        for models in (str(files["models"]), "fdigest_models"):  # by its path, then by a dotted name
+            first = Registries({**{kind: str(file) for kind, file in files.items()}, "models": models})
+            before = first.factory_hashes(config)
+            files["models"].write_text("WIDTH = 2\n\n\ndef net():\n    return WIDTH + 0\n")
+            edited = Registries({**{kind: str(file) for kind, file in files.items()}, "models": models})
+            assert edited.factory_hashes(config)["models"] != before["models"]
+            if models.endswith(".py"):  # a new module: the first one's factory runs the code before, as logged
+                assert (first.models.get("net")(), first.factory_hashes(config)) == (1, before)
+            else:  # executed again in its namespace: the source before, with WIDTH 2 (neither digest)
+                assert first.models.get("net")() == 2
+                assert first.factory_hashes(config)["models"] not in (before["models"],
+                                                                      edited.factory_hashes(config)["models"])
+            files["models"].write_text("WIDTH = 1\n\n\ndef net():\n    return WIDTH\n")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("fdigest_models", None)
