@@ -217,7 +217,8 @@ SCHEMA: tuple[Key, ...] = (
     _key("probe_solver", "str", "saga", "probe job: solver of the logistic-regression probes (docs/probes.md)",
          choices=("saga", "lbfgs", "lbfgs-torch"), technical=True),
     # the bounds keep the solvers' own numbers in range: a smaller C overflowed the float32 penalty of lbfgs-torch
-    # (and saga's step), a larger max_iter saga's C int, both as a failed fit after the run's probe log was opened
+    # (and saga's step), a larger max_iter saga's C int, both as a failed fit after the run's probe log was opened;
+    # lbfgs-torch's line search overflows from C of about 1e-24 on, which its fit names as an error (fit.py)
     _key("probe_C", "float", 1.0, "probe job: inverse L2 strength C (objective: mean cross-entropy + "
          "||W||²/(2·C·n))", minimum=1e-30, technical=True),
     _key("probe_max_iter", "int", None, "probe job: iteration limit; null = solver default (saga 100 epochs "
