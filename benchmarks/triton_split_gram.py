@@ -247,8 +247,10 @@ def model_batches(device: torch.device, batch: int, batches: int = 2) -> dict[st
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check-interpreted", action="store_true")
-    parser.add_argument("--slices", type=int, choices=(2, 3), default=3)
+    parser.add_argument("--check-interpreted", action="store_true",
+                        help="check the kernel's arithmetic on the CPU in Triton's interpreter (no GPU needed)")
+    parser.add_argument("--slices", type=int, choices=(2, 3), default=3,
+                        help="bf16 slices per value (default 3: six dots; 2: four, too few on centred maps)")
     parser.add_argument("--model", action="store_true", help="--check-interpreted: also ResNet18's conv maps")
     args = parser.parse_args()
     if args.check_interpreted:
