@@ -3,9 +3,9 @@ by a file's path.
 
 A registry file given by its path is imported under its ``registry_files`` name (any process can import it again),
 with its own folder on the module path for the helpers beside it (``helper.py``). A module imported before in
-this process is executed again when its file (or such a helper) changed since, so the code a run trains with is
-the code whose sha256 it records: that of the source each module was executed from (``executed_sha256``) and
-those of the helpers a registry file imported from its own folder (``helper_sha256``).
+this process is executed again, into a new module, when its file (or such a helper) changed since, so the code a
+run trains with is the code whose sha256 it records: that of the source each module was executed from
+(``executed_sha256``) and those of the helpers a registry file imported from its own folder (``helper_sha256``).
 """
 
 from __future__ import annotations
@@ -363,8 +363,8 @@ def _remember_lines(source: bytes, path: Path) -> None:
 
 
 def _current(module: ModuleType) -> ModuleType:
-    """A module imported by name earlier in this process, executed again in its namespace if its file changed
-    since (as ``importlib.reload`` does, but from the bytes that are hashed)."""
+    """A module imported by name earlier in this process; one whose file changed since is executed again into a
+    new module (``_executed_afresh``), so that the code a run trains with is the code whose sha256 it records."""
     source = _source(getattr(module, "__file__", None))
     if source is None:
         return module
@@ -373,10 +373,32 @@ def _current(module: ModuleType) -> ModuleType:
     if known != digest:
         log.info("The registry module %s (%s) changed since this process imported it; executing it again.",
                  module.__name__, module.__file__)
-        _execute(module, source, Path(module.__file__))
-    else:  # imported from these bytes: a later edit of the file is not the code the factories run
-        _remember_lines(source, Path(module.__file__))
+        return _executed_afresh(module, source)
+    _remember_lines(source, Path(module.__file__))  # imported from these bytes: a later edit is not the code run
     return module
+
+
+def _executed_afresh(module: ModuleType, source: bytes) -> ModuleType:
+    """Execute ``source`` (the edited file of the dotted module ``module``) into a new module of its name, which
+    sys.modules and its package then hold (later imports get it): executed again in the old module's namespace,
+    the factories of an earlier ``Registries`` (a grid still training in a notebook or another thread) ran their
+    own code with the edited file's globals, under the sha256 of the code before. On a failure the old module
+    stays in place."""
+    spec = getattr(module, "__spec__", None)
+    fresh = importlib.util.module_from_spec(spec) if spec is not None else ModuleType(module.__name__)
+    if spec is None:
+        fresh.__file__ = module.__file__
+    package, _, leaf = module.__name__.rpartition(".")
+    parent = sys.modules.get(package) if package else None
+    sys.modules[module.__name__] = fresh
+    try:
+        _execute(fresh, source, Path(module.__file__))
+    except BaseException:
+        sys.modules[module.__name__] = module
+        raise
+    if parent is not None:  # ``from package import models`` reads the package's attribute first
+        setattr(parent, leaf, fresh)
+    return fresh
 
 
 # Held while a registry module and its helpers are imported: the import edits sys.path, sys.modules and the

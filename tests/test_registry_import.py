@@ -188,8 +188,9 @@ def test_the_factory_digests_of_registries_are_of_the_code_they_loaded_after_an_
     """Registries read a factory's digest from the lines linecache holds for its file and the names of the module
     sys.modules holds by its name, both of which a later import of the edited file (a notebook's second grid, a
     later grid point) replaces: a run of the first logged the edited factory's digest over the code before. It
-    logs the digest of the code it loaded now (with a dotted module executed again in its namespace, of its source
-    and the names it now runs with, which are the edited file's)."""
+    logs the digest of the code it loaded now. A dotted module was executed again in its own namespace: the first
+    registries' factory ran its old code with the edited file's WIDTH (2, under the sha256 of the code before); it
+    is executed into a new module now, as a file given by its path is, and the first factory keeps its globals."""
     files = {kind: tmp_path / f"fdigest_{kind}.py" for kind in ("models", "datasets", "optimizers", "metrics")}
     for kind, name in (("datasets", "data"), ("optimizers", "opt"), ("metrics", "met")):
         files[kind].write_text(f"def {name}():\n    return 0\n")
@@ -203,13 +204,43 @@ def test_the_factory_digests_of_registries_are_of_the_code_they_loaded_after_an_
             files["models"].write_text("WIDTH = 2\n\n\ndef net():\n    return WIDTH + 0\n")
             edited = Registries({**{kind: str(file) for kind, file in files.items()}, "models": models})
             assert edited.factory_hashes(config)["models"] != before["models"]
-            if models.endswith(".py"):  # a new module: the first one's factory runs the code before, as logged
-                assert (first.models.get("net")(), first.factory_hashes(config)) == (1, before)
-            else:  # executed again in its namespace: the source before, with WIDTH 2 (neither digest)
-                assert first.models.get("net")() == 2
-                assert first.factory_hashes(config)["models"] not in (before["models"],
-                                                                      edited.factory_hashes(config)["models"])
+            assert edited.models.get("net")() == 2
+            # a new module: the first one's factory runs the code before, as logged
+            assert (first.models.get("net")(), first.factory_hashes(config)) == (1, before), models
             files["models"].write_text("WIDTH = 1\n\n\ndef net():\n    return WIDTH\n")
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("fdigest_models", None)
+
+
+def test_a_dotted_registry_module_executed_again_after_an_edit_is_the_module_later_imports_get(tmp_path):
+    """A dotted registry module whose file was edited is executed into a new module: sys.modules and its package
+    give that one to later imports (``import``, ``from package import models``), the earlier module keeps its code
+    and globals, and an edit that fails to execute leaves the earlier module in place."""
+    import importlib
+
+    import pytest
+
+    from phd_lab.errors import RegistryError
+    package = f"regfresh_{tmp_path.name}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    file = tmp_path / package / "models.py"
+    file.write_text("WIDTH = 1\n\n\ndef net():\n    return WIDTH\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        first = import_registry_module(f"{package}.models", "models")
+        file.write_text("WIDTH = 2\n\n\ndef net():\n    return WIDTH * 10\n")
+        edited = import_registry_module(f"{package}.models", "models")
+        assert edited is not first and (first.net(), edited.net()) == (1, 20)
+        assert importlib.import_module(f"{package}.models") is edited
+        assert getattr(importlib.import_module(package), "models") is edited
+        assert registry_import.executed_sha256(edited) == hashlib.sha256(file.read_bytes()).hexdigest()
+        file.write_text("raise ValueError('half-edited')\n")
+        with pytest.raises(RegistryError, match="half-edited"):
+            import_registry_module(f"{package}.models", "models")
+        assert sys.modules[f"{package}.models"] is edited and edited.net() == 20
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in (package, f"{package}.models"):
+            sys.modules.pop(name, None)
