@@ -103,14 +103,25 @@ def helpers_replaced(module: ModuleType) -> bool:
 
 
 def _beside(folder: Path, top: str) -> Path | None:
-    """The module ``top`` as the folder holds it (``top.py`` or a package ``top/``), or None."""
-    return next((path for path in (folder / f"{top}.py", folder / top) if path.is_file()
-                 or (path / "__init__.py").is_file()), None)
+    """The module ``top`` as the folder holds it, or None: a package ``top/``, an extension module (``top.so``) or
+    ``top.py``, in the order Python's import looks for them. A file ``top`` without a suffix imports nothing, and a
+    folder without ``__init__.py`` (a namespace portion) loses to an installed module of its name in any process:
+    counted, a registry file importing the installed ``tqdm`` beside such a file or data folder was refused."""
+    if (folder / top / "__init__.py").is_file():
+        return folder / top
+    return next((path for path in _module_files(folder, top) if path.is_file()), None)
+
+
+def _module_files(folder: Path, top: str) -> list[Path]:
+    """The files a top-level module ``top`` other than a package may be in ``folder``: its extension modules, then
+    its source."""
+    return [*(folder / f"{top}{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES), folder / f"{top}.py"]
 
 
 def _helper_file(name: str, module: ModuleType | None, folder: Path) -> Path | None:
-    """The file of a module imported from ``folder`` (``folder/<top>.py`` or inside ``folder/<top>/``); None for
-    any other module (installed, phd-lab's own, a virtual environment's inside the folder)."""
+    """The file of a module imported from ``folder`` (``folder/<top>.py``, an extension module ``folder/<top>.so``
+    or inside ``folder/<top>/``); None for any other module (installed, phd-lab's own, a virtual environment's
+    inside the folder)."""
     top = name.split(".")[0]
     file = getattr(module, "__file__", None)
     if top in FRAMEWORK_PACKAGES or not file:
@@ -119,7 +130,7 @@ def _helper_file(name: str, module: ModuleType | None, folder: Path) -> Path | N
         path = Path(file).resolve()
     except (OSError, RuntimeError):
         return None
-    return path if path == folder / f"{top}.py" or folder / top in path.parents else None
+    return path if path in _module_files(folder, top) or folder / top in path.parents else None
 
 
 def _same_named_helper(path: Path, imported: Mapping[str, ModuleType], asked: set[str]) -> str | None:

@@ -4,6 +4,7 @@ one process, a project moved within one process, and the messages for a registry
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import sys
 import threading
 import types
@@ -244,3 +245,80 @@ def test_a_dotted_registry_module_executed_again_after_an_edit_is_the_module_lat
         sys.path.remove(str(tmp_path))
         for name in (package, f"{package}.models"):
             sys.modules.pop(name, None)
+
+
+def test_a_file_without_a_suffix_or_a_folder_without_init_named_like_an_imported_package_is_no_helper(
+        tmp_path, monkeypatch):
+    """A registry file importing an installed package (``tqdm``) beside a file of that name without ``.py`` (notes, a
+    data file) was refused as importing another module than "the one beside it", which no import ever reads; so is
+    a folder without ``__init__.py`` (a data folder), which loses to the installed package in any process."""
+    name, other = f"bars_{tmp_path.name}", f"data_{tmp_path.name}"  # one module per name in a process
+    (tmp_path / "site").mkdir()
+    for installed in (name, other):
+        (tmp_path / "site" / f"{installed}.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    (tmp_path / "project" / other).mkdir(parents=True)
+    (tmp_path / "project" / other / "images.txt").write_text("a folder of data, no module\n")
+    (tmp_path / "project" / name).write_text("notes, no module\n")
+    (tmp_path / "project" / "models.py").write_text(
+        f"import {name}\nimport {other}\n\n\ndef net():\n    return {name}.VALUE + {other}.VALUE\n")
+    try:
+        models = import_registry_module(str(tmp_path / "project" / "models.py"), "models")
+        assert models.net() == 2 and registry_import.helper_sha256(models) == {}
+    finally:
+        for module in (name, other):
+            sys.modules.pop(module, None)
+
+
+def _compile_extension(folder: Path, name: str, value: int) -> Path:
+    """A real extension module ``name`` in ``folder`` whose ``value()`` returns ``value`` (the C compiler's)."""
+    import shutil
+    import subprocess
+    import sysconfig
+
+    import pytest
+    compiler, include = shutil.which("cc") or shutil.which("gcc"), sysconfig.get_paths()["include"]
+    if compiler is None or not Path(include, "Python.h").is_file():
+        pytest.skip("no C compiler or Python headers to build an extension module")
+    source = folder / f"{name}.c"
+    source.write_text(
+        "#include <Python.h>\n"
+        f"static PyObject *value(PyObject *self, PyObject *args) {{ return PyLong_FromLong({value}); }}\n"
+        "static PyMethodDef methods[] = {{\"value\", value, METH_NOARGS, NULL}, {NULL, NULL, 0, NULL}};\n"
+        f"static struct PyModuleDef module = {{PyModuleDef_HEAD_INIT, \"{name}\", NULL, -1, methods}};\n"
+        f"PyMODINIT_FUNC PyInit_{name}(void) {{ return PyModule_Create(&module); }}\n")
+    built = folder / f"{name}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    subprocess.run([compiler, "-shared", "-fPIC", f"-I{include}", str(source), "-o", str(built)], check=True)
+    source.unlink()
+    return built
+
+
+def test_an_extension_module_beside_a_registry_file_is_its_helper_and_one_named_like_an_installed_one_refused(
+        tmp_path, monkeypatch):
+    """An extension module beside a registry file (``fast.cpython-311-x86_64-linux-gnu.so``) was no helper: its
+    sha256 was not logged, and one named like an installed module, which the import found first, let the registry
+    file run the installed one without a word, as a ``.py`` helper is refused."""
+    import pytest
+
+    from phd_lab.errors import RegistryError
+    own, shadowed = f"fast_{tmp_path.name}", f"shadowed_{tmp_path.name}"  # one module per name in a process
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / f"{shadowed}.py").write_text("def value():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for folder in ("own", "shadowing"):
+        (tmp_path / folder).mkdir()
+    built = _compile_extension(tmp_path / "own", own, 3)
+    _compile_extension(tmp_path / "shadowing", shadowed, 2)
+    (tmp_path / "own" / "models.py").write_text(f"import {own}\n\n\ndef net():\n    return {own}.value()\n")
+    (tmp_path / "shadowing" / "models.py").write_text(
+        f"import {shadowed}\n\n\ndef net():\n    return {shadowed}.value()\n")
+    try:
+        models = import_registry_module(str(tmp_path / "own" / "models.py"), "models")
+        assert models.net() == 3
+        assert registry_import.helper_sha256(models) == {built.name: hashlib.sha256(built.read_bytes()).hexdigest()}
+        with pytest.raises(RegistryError, match="imports a module that lies as") as refused:
+            import_registry_module(str(tmp_path / "shadowing" / "models.py"), "models")
+        assert str(tmp_path / "site" / f"{shadowed}.py") in str(refused.value)
+    finally:
+        for module in (own, shadowed):
+            sys.modules.pop(module, None)
