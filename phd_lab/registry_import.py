@@ -422,8 +422,8 @@ _IMPORT_LOCK = threading.RLock()
 @contextlib.contextmanager
 def imports_held() -> Iterator[None]:
     """Keep other threads' registry imports waiting (``_IMPORT_LOCK``) while several modules are imported and what
-    they ran is read (``Registries``): one let in between may run an edited file's code again, into a module
-    imported by its dotted name, after its sha256 was read and before its factories were."""
+    they ran is read (``Registries``): one let in between may run an edited file's code again after the module was
+    imported and before its sha256 (recorded by the module's name) was read."""
     with _IMPORT_LOCK:
         yield
 
