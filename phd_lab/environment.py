@@ -18,8 +18,13 @@ from typing import Any, Mapping
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 # Environment variables that cap the CPU instruction set of torch's own kernels and of oneDNN's (set before torch
-# is imported): another instruction set sums in another order, and the same config trains other weights.
-CPU_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+# is imported): another instruction set sums in another order, and the same config trains other weights. oneDNN
+# also reads its older name DNNL_MAX_CPU_ISA, where ONEDNN_MAX_CPU_ISA is unset or empty (``_dnnl_ignored``).
+CPU_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+# The longest value oneDNN reads from an environment variable (its getenv_string_user reads into 128 bytes and
+# skips a longer value, as if unset).
+ONEDNN_VALUE_LIMIT = 127
 
 # The values of ONEDNN_MAX_CPU_ISA that cap oneDNN's instruction set, lower-case (oneDNN 3, which torch 2.7 and later
 # bundle, lower-cases the value it reads): those its "CPU Dispatcher Control" guide lists for x86-64, with the
@@ -263,10 +268,11 @@ def isa_variables_in_effect(variables: Any, capability: Any) -> Any:
     """``variables`` with a value torch or oneDNN ignored read as unset (unchanged where it is no mapping, in an
     older ``_meta``): a rerun without such a value runs the same kernels. See ``_aten_ignored`` and
     ``ONEDNN_ISA_CAPS``: ``ONEDNN_MAX_CPU_ISA=abc`` was logged as set, and a rerun without it warned of another
-    setup."""
+    setup. DNNL_MAX_CPU_ISA is read the same way where oneDNN reads it (``_dnnl_ignored``)."""
     if not isinstance(variables, Mapping):
         return variables
-    checks = {"ATEN_CPU_CAPABILITY": _aten_ignored, "ONEDNN_MAX_CPU_ISA": _onednn_ignored}
+    checks = {"ATEN_CPU_CAPABILITY": _aten_ignored, "ONEDNN_MAX_CPU_ISA": _onednn_ignored,
+              "DNNL_MAX_CPU_ISA": lambda value, _: _dnnl_ignored(value, variables.get("ONEDNN_MAX_CPU_ISA"))}
     ignored = [name for name, ignores in checks.items() if variables.get(name) and ignores(variables[name], capability)]
     return {**variables, **dict.fromkeys(ignored)} if ignored else variables
 
@@ -283,6 +289,15 @@ def _onednn_ignored(value: Any, capability: Any) -> bool:
     """Whether oneDNN runs as if ``ONEDNN_MAX_CPU_ISA=value`` were unset: a value no oneDNN knows ("abc"), or
     DEFAULT (``ONEDNN_ISA_CAPS``). ``capability`` (torch's own kernels) has no part in it."""
     return not isinstance(value, str) or value.lower() not in ONEDNN_ISA_CAPS
+
+
+def _dnnl_ignored(value: Any, onednn_value: Any) -> bool:
+    """Whether oneDNN runs as if ``DNNL_MAX_CPU_ISA=value`` were unset: oneDNN reads ONEDNN_MAX_CPU_ISA first and
+    DNNL_MAX_CPU_ISA only where that is unset, empty or too long to read, so DNNL_MAX_CPU_ISA=sse41 caps nothing
+    beside ONEDNN_MAX_CPU_ISA=abc (which oneDNN takes, and ignores); otherwise as ``_onednn_ignored``.
+    ``onednn_value`` is ONEDNN_MAX_CPU_ISA as read from the environment, before an ignored value is nulled."""
+    overridden = isinstance(onednn_value, str) and 0 < len(onednn_value) <= ONEDNN_VALUE_LIMIT
+    return overridden or _onednn_ignored(value, None)
 
 
 def cpu_model() -> str | None:

@@ -128,8 +128,9 @@ def machine_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
     """Another device type or model, and another CPU instruction set of torch's kernels or another value of the
     variables that cap it (``environment.CPU_ISA_VARIABLES``): the same code sums in another order there, so
     the same config gives other weights. Another GPU index is the same setup; keys an older ``_meta`` lacks are
-    skipped, and so is a CPU's model that phd-lab 0.1 logged as only the architecture (``x86_64``), where this
-    machine has that architecture: which model it was is not known."""
+    skipped (DNNL_MAX_CPU_ISA among the variables: older runs did not log it), and so is a CPU's model that
+    phd-lab 0.1 logged as only the architecture (``x86_64``), where this machine has that architecture: which
+    model it was is not known."""
     found = []
     old_device, new_device = logged.get("device"), now.get("device")
     same_type = not (old_device and new_device) or str(old_device).split(":")[0] == str(new_device).split(":")[0]
@@ -142,7 +143,7 @@ def machine_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
     old_variables = isa_variables_in_effect(logged.get("cpu_isa_variables"), logged.get("cpu_capability"))
     new_variables = isa_variables_in_effect(now.get("cpu_isa_variables"), now.get("cpu_capability"))
     if isinstance(old_variables, Mapping) and isinstance(new_variables, Mapping):
-        for name in sorted(set(old_variables) | set(new_variables)):
+        for name in sorted(set(old_variables) & set(new_variables)):  # one an older _meta lacks: not known
             if (old_variables.get(name) or None) != (new_variables.get(name) or None):  # empty: unset for both
                 found.append(f"{name} {_variable(old_variables.get(name))} (now {_variable(new_variables.get(name))})")
     return found

@@ -20,7 +20,7 @@ import pytest
 from phd_lab import atomic
 from phd_lab.cli import main_cli
 from phd_lab.config import META_KEY
-from phd_lab.environment import git_commit
+from phd_lab.environment import CPU_ISA_VARIABLES, git_commit
 from tests.conftest import ROOT, TINY, main_in_process, run_folders, run_main, run_name, write_config
 from tests.test_runs import assert_same_weights, weights
 
@@ -119,7 +119,7 @@ def test_another_cpu_instruction_set_or_device_model_is_logged_and_named_on_a_re
     logged, and the logged device and its model were never compared: a rerun on another machine said nothing."""
     import torch
 
-    for variable in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+    for variable in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
         monkeypatch.delenv(variable, raising=False)
     config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
@@ -128,7 +128,7 @@ def test_another_cpu_instruction_set_or_device_model_is_logged_and_named_on_a_re
     logged = json.loads(logged_path.read_text())
     capability = torch.backends.cpu.get_cpu_capability()
     assert logged[META_KEY]["cpu_capability"] == capability
-    assert logged[META_KEY]["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None}
+    assert logged[META_KEY]["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None, "DNNL_MAX_CPU_ISA": None}
     logged[META_KEY]["device_name"] = "Another CPU 9000"  # as if logged on another machine
     logged_path.write_text(json.dumps(logged))
     done = run_main("--config", str(logged_path), "--run-id", "again", "--no-progress", "-q",
@@ -142,7 +142,7 @@ def test_another_cpu_instruction_set_or_device_model_is_logged_and_named_on_a_re
     if capability != "DEFAULT":
         assert f"the CPU instruction set {capability} (now DEFAULT)" in log_text
     assert json.loads((again / f"{run_name(again)}_config.json").read_text())[META_KEY]["cpu_isa_variables"] == {
-        "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+        "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "DNNL_MAX_CPU_ISA": None}
     # another GPU of the same model is the same setup; another device type is named once; an older _meta lacks keys
     from phd_lab.reproduction import machine_differences
     gpu = {"device": "cuda:0", "device_name": "NVIDIA H200", "cpu_capability": "AVX2"}
@@ -159,12 +159,14 @@ def test_a_cpu_isa_variable_set_empty_is_the_same_setup_as_one_unset(tmp_path, m
     from phd_lab.reproduction import machine_differences
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "")
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     empty = cpu_instruction_set()
-    assert empty["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None}
+    assert empty["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None, "DNNL_MAX_CPU_ISA": None}
     older = {**empty, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "", "ONEDNN_MAX_CPU_ISA": None}}
     assert machine_differences(older, empty) == [] and machine_differences(empty, older) == []
     now = {**empty, "cpu_capability": "DEFAULT",  # what torch runs under ATEN_CPU_CAPABILITY=default
-           "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": None}}
+           "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": None,
+                                              "DNNL_MAX_CPU_ISA": None}}
     assert machine_differences(older, now)[-1] == 'ATEN_CPU_CAPABILITY unset (now "default")'
 
 
@@ -176,14 +178,15 @@ def test_an_aten_cpu_capability_torch_ignores_is_logged_as_unset():
     from phd_lab.reproduction import machine_differences
     script = ("import json, torch; from phd_lab.environment import cpu_instruction_set; "
               "print(json.dumps(cpu_instruction_set()))")
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    env = {k: v for k, v in os.environ.items() if k not in CPU_ISA_VARIABLES}
     unset, ignored, honoured = (json.loads(subprocess.run(
         [sys.executable, "-W", "ignore", "-c", script], env={**env, **extra}, cwd=ROOT, capture_output=True,
         text=True, check=True).stdout.splitlines()[-1]) for extra in ({}, {"ATEN_CPU_CAPABILITY": "abc"},
                                                                         {"ATEN_CPU_CAPABILITY": "default"}))
     assert ignored == unset and ignored["cpu_isa_variables"]["ATEN_CPU_CAPABILITY"] is None
     assert honoured == {"cpu_capability": "DEFAULT",
-                        "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": None}}
+                        "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": None,
+                                              "DNNL_MAX_CPU_ISA": None}}
     older = {**unset, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "AVX2", "ONEDNN_MAX_CPU_ISA": None}}
     assert machine_differences(older, unset) == [] and machine_differences(unset, older) == []
     assert machine_differences(honoured, unset) == [f"the CPU instruction set DEFAULT (now {unset['cpu_capability']})",
@@ -203,15 +206,43 @@ def test_a_onednn_max_cpu_isa_onednn_ignores_is_logged_as_unset(monkeypatch, val
     warned of."""
     from phd_lab.environment import cpu_instruction_set
     from phd_lab.reproduction import machine_differences
-    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    for variable in CPU_ISA_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
     unset = cpu_instruction_set()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", value)
     now = cpu_instruction_set()
-    assert now["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": logged}
+    assert now["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": logged,
+                                        "DNNL_MAX_CPU_ISA": None}
     older = {**unset, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": value}}
     said = [] if logged is None else [f'ONEDNN_MAX_CPU_ISA "{value}" (now unset)']
     assert machine_differences(older, unset) == said
+
+
+@pytest.mark.parametrize("onednn, dnnl, logged", [
+    (None, "sse41", "sse41"), ("", "SSE41", "SSE41"), (None, "abc", None), (None, "DEFAULT", None),
+    ("abc", "sse41", None), ("avx2", "sse41", None), ("a" * 128, "sse41", "sse41")])
+def test_dnnl_max_cpu_isa_is_logged_where_onednn_reads_it_and_compared(monkeypatch, onednn, dnnl, logged):
+    """oneDNN also reads its older name DNNL_MAX_CPU_ISA (where ONEDNN_MAX_CPU_ISA is unset, empty or longer than
+    the 127 characters it reads; ONEDNN_VERBOSE said 'isa:Intel SSE4.1' for DNNL_MAX_CPU_ISA=sse41 alone or
+    beside ONEDNN_MAX_CPU_ISA= or a 128-character one, and the CPU's best beside ONEDNN_MAX_CPU_ISA=abc), but it
+    was neither logged nor compared: a rerun under DNNL_MAX_CPU_ISA=sse41 trained other weights without a warning.
+    It is logged where oneDNN honours it, and an older run's ``_meta``, which lacks it, compares cleanly."""
+    from phd_lab.environment import cpu_instruction_set
+    from phd_lab.reproduction import machine_differences
+    for variable in CPU_ISA_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    unset = cpu_instruction_set()
+    if onednn is not None:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", dnnl)
+    now = cpu_instruction_set()
+    assert now["cpu_isa_variables"]["DNNL_MAX_CPU_ISA"] == logged
+    said = [] if logged is None else [f'DNNL_MAX_CPU_ISA unset (now "{dnnl}")']
+    assert [line for line in machine_differences(unset, now) if "DNNL" in line] == said
+    assert machine_differences(now, {**now}) == []
+    older = {**unset, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None}}
+    assert machine_differences(older, unset) == [] and machine_differences(older, {**unset, **{
+        "cpu_isa_variables": {**unset["cpu_isa_variables"], "DNNL_MAX_CPU_ISA": "sse41"}}}) == []
 
 
 def test_a_hand_written_config_and_an_unchanged_setup_are_not_warned_about(tmp_path):
