@@ -128,7 +128,7 @@ def test_another_cpu_instruction_set_or_device_model_is_logged_and_named_on_a_re
     logged = json.loads(logged_path.read_text())
     capability = torch.backends.cpu.get_cpu_capability()
     assert logged[META_KEY]["cpu_capability"] == capability
-    assert logged[META_KEY]["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None, "DNNL_MAX_CPU_ISA": None}
+    assert logged[META_KEY]["cpu_isa_variables"] == dict.fromkeys(CPU_ISA_VARIABLES)
     logged[META_KEY]["device_name"] = "Another CPU 9000"  # as if logged on another machine
     logged_path.write_text(json.dumps(logged))
     done = run_main("--config", str(logged_path), "--run-id", "again", "--no-progress", "-q",
@@ -161,7 +161,7 @@ def test_a_cpu_isa_variable_set_empty_is_the_same_setup_as_one_unset(tmp_path, m
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     empty = cpu_instruction_set()
-    assert empty["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None, "DNNL_MAX_CPU_ISA": None}
+    assert empty["cpu_isa_variables"] == dict.fromkeys(CPU_ISA_VARIABLES)
     older = {**empty, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "", "ONEDNN_MAX_CPU_ISA": None}}
     assert machine_differences(older, empty) == [] and machine_differences(empty, older) == []
     now = {**empty, "cpu_capability": "DEFAULT",  # what torch runs under ATEN_CPU_CAPABILITY=default
