@@ -623,3 +623,22 @@ def test_nonfinite_count_of_a_cpu_tensor_is_numpys_count_without_torch_kernels()
     assert nonfinite_count_tensor(torch.zeros(0, 4)) == 0
     assert nonfinite_count_tensor(torch.randn(8, 3, dtype=torch.float64)) == 0
     assert nonfinite_count_tensor(x.to(torch.bfloat16)) == 3  # which numpy cannot view: counted by torch
+
+
+@pytest.mark.parametrize("value", [7e307, 1e200, 0.1])
+def test_a_constant_float64_feature_standardises_to_exactly_0(value):
+    """A constant float64 feature of 7e307 standardised to about ±2e292 instead of 0 (1e200: ±5e184; 0.1: ±1e-16):
+    the float64 mean of many copies of it is a few ulps off, and the feature keeps scale 1 in its own units, so it
+    was that rounding error, a huge constant input that lbfgs fitted on. It standardises to exactly 0 now (train,
+    and eval values equal to it), and an lbfgs probe with it is the probe without it."""
+    layers, y_train, y_eval = blob_layers(n_layers=1, n=300)
+    x_train, x_eval = (x.astype(np.float64) for x in layers["block0.conv"])
+    with_constant = [np.hstack([x, np.full((len(x), 1), value)]) for x in (x_train, x_eval)]
+    train, evaluation = standardize(with_constant[0].copy(), with_constant[1].copy(), rows=64)
+    assert np.all(train[:, -1] == 0.0) and np.all(evaluation[:, -1] == 0.0)
+    np.testing.assert_array_equal(train[:, :-1], standardize(x_train.copy(), x_eval.copy(), rows=64)[0])
+    settings = ProbeSettings(solver="lbfgs")
+    expected = probe_arrays(0, "l", x_train, y_train, x_eval, y_eval, settings)
+    got = probe_arrays(0, "l", *with_constant[:1], y_train, with_constant[1], y_eval, settings)
+    assert (got.train_acc, got.eval_acc, got.n_iter, got.converged) == (
+        expected.train_acc, expected.eval_acc, expected.n_iter, expected.converged)

@@ -261,6 +261,7 @@ def standardize(x_train: np.ndarray, x_eval: np.ndarray, rows: int = 64,
     scale = np.sqrt(var)
     constant = constant_features(var, mean, count)
     scale[constant] = 1.0 if factor is None else factor[constant]  # 1 in the latents' own units
+    mean = _exact_constant_means(x_train, mean, factor, constant, rows)
     inverse = 1.0 / scale
     for split, x in (("train", x_train), ("eval", x_eval)):
         for start in range(0, x.shape[0], rows):
@@ -305,6 +306,27 @@ def _moments(x: np.ndarray, buffer: np.ndarray, factor: np.ndarray | None) -> tu
         m2 += np.einsum("ij,ij->j", block, block) + delta * delta * (seen * size / total)
         seen = total
     return mean, m2
+
+
+def _exact_constant_means(x: np.ndarray, mean: np.ndarray, factor: np.ndarray | None, constant: np.ndarray,
+                          rows: int) -> np.ndarray:
+    """``mean`` with the value itself (times ``factor``) for each feature whose training values are all the same:
+    the float64 mean of many copies of 7e307 (or 0.1) is a few ulps off, and the feature, which keeps scale 1 in
+    its own units, standardised to that error (about ±1e292 there) instead of 0, a huge constant input to the fit.
+    Only features taken as constant whose mean is not already their first value are read (none in the common case:
+    a dead unit's mean of 0 is exact, and so is a float32 feature's mean), one block of ``rows`` at a time."""
+    if x.shape[0] == 0:
+        return mean
+    first = x[0].astype(np.float64) * (1.0 if factor is None else factor)  # a power of two: exact
+    suspects = np.flatnonzero(constant & (mean != first))
+    if suspects.size == 0:
+        return mean
+    same = np.ones(suspects.size, dtype=bool)
+    for start in range(0, x.shape[0], rows):
+        same &= (x[start:start + rows, suspects] == x[0, suspects]).all(axis=0)
+    exact = mean.copy()
+    exact[suspects[same]] = first[suspects[same]]
+    return exact
 
 
 def _power_of_two_factors(x: np.ndarray, buffer: np.ndarray, chosen: np.ndarray) -> np.ndarray:
