@@ -259,8 +259,24 @@ def refuse_foreign_link(folder: Path, manifest: dict[str, Any] | None, run_dir: 
                           f"{os.readlink(folder)!r}) to a folder without an extraction's {MANIFEST} that holds "
                           f"{shown}; the step would remove them as a killed extraction's files, but they need not be "
                           f"(a run folder received from someone else may carry such a link). Nothing was removed. "
-                          f"Delete them if they are a killed extraction's, or the link (rm "
-                          f"{shlex.quote(str(folder))}) to extract into the run folder.")
+                          f"{_marker_note(folder, run_dir)}Delete them if they are a killed extraction's, or the link "
+                          f"(rm {shlex.quote(str(folder))}) to extract into the run folder.")
+
+
+def _marker_note(folder: Path, run_dir: str) -> str:
+    """What the refusal says of another run folder's ``IN_PROGRESS`` marker in ``folder``: the run folder it names
+    (where a run folder moved after its extraction into a linked scratch folder was killed, its old place), and the
+    command that removes the killed extraction's files with the marker; the refusal named neither, so the moved
+    run could not tell why its own files were refused. Empty where there is no such marker."""
+    marker = atomic.read_json_object(folder / IN_PROGRESS)
+    named = marker.get("run_dir") if marker is not None else None
+    if not isinstance(named, str) or not named:
+        return ""
+    patterns = " ".join(_EXTRACTION_FILES)
+    return (f"It holds {IN_PROGRESS}, the marker of a killed extraction of the run folder {readable_path(named)!r}, "
+            f"not of this run's {readable_path(run_dir)!r} (a run folder moved since is named at its old place). "
+            f"If they are that extraction's files, remove them and the marker (cd {shlex.quote(str(folder))} && "
+            f"rm -f -- {patterns} {IN_PROGRESS}) and rerun. ")
 
 
 def _marked_by(folder: Path, run_dir: str) -> bool:

@@ -808,3 +808,33 @@ def test_latents_a_file_size_limit_refuses_are_said_with_the_cause_and_what_to_d
         "its partial files were removed; the file outgrew this process' file size limit (`ulimit -f`, or the batch "
         "job's): raise or lift it, then run the same command again."), said
     assert not (tmp_path / "latents").exists()
+
+
+def test_a_run_folder_moved_after_its_extraction_into_a_linked_folder_was_killed_is_told_what_to_remove(tmp_path,
+                                                                                                        data):
+    """The killed extraction's marker names the run folder's old place, so the moved run's rerun was refused as if
+    the files were someone else's ('Nothing was removed'), naming neither that place nor how to clear them. The
+    refusal names the run folder the marker holds and the rm that clears the files, which lets the rerun go on."""
+    from phd_lab.latents_folder import IN_PROGRESS, mark_in_progress
+    (tmp_path / "scratch").mkdir()
+    old_run, new_run = tmp_path / "run", tmp_path / "moved" / "run"
+    old_run.mkdir()
+    (old_run / "latents").symlink_to(tmp_path / "scratch")
+    done = extract_latents(build_model(), data, old_run / "latents", run_dir=old_run, downsampling=2, progress=False)
+    # what a SIGKILL after the last file and before the manifest leaves (test_restart_after_sigkill_mid_extraction)
+    (tmp_path / "scratch" / MANIFEST).unlink()
+    mark_in_progress(tmp_path / "scratch", done["run_dir"])
+    new_run.parent.mkdir()
+    old_run.rename(new_run)  # the link goes with the run folder
+    with pytest.raises(ConfigError) as refused:
+        extract_latents(build_model(), data, new_run / "latents", run_dir=new_run, downsampling=2, progress=False)
+    message = " ".join(str(refused.value).split())
+    assert "Nothing was removed" in message and f"the run folder '{old_run.resolve()}'" in message, message
+    assert f"this run's '{new_run.resolve()}'" in message
+    command = message.split(" (cd ", 1)[1].split(") and rerun", 1)[0]
+    assert command.endswith(f"rm -f -- train-*.npy eval-*.npy .*.tmp .scratch-* {IN_PROGRESS}")
+    subprocess.run(["bash", "-c", "cd " + command], check=True)
+    assert sorted(path.name for path in (tmp_path / "scratch").iterdir()) == []
+    again = extract_latents(build_model(), data, new_run / "latents", run_dir=new_run, downsampling=2,
+                            progress=False)
+    assert again["run_dir"] == str(new_run.resolve()) and again["layers"] == done["layers"]
