@@ -255,7 +255,9 @@ def content_problem(state: dict[str, Any]) -> str | None:
 # once, reading each file four times; a file written since (a flipped byte, a new save, another file renamed into
 # place) has another inode or times, and is read again. Only a file last modified a while before it was read is
 # kept: file times have a clock tick's resolution, and a write within the tick of the last one may not change them
-# (FAT keeps modification times in 2 s steps).
+# (FAT keeps modification times in 2 s steps). The age is read on the file system's clock (``file_system_now``), which
+# stamped the file: a node whose clock ran ahead of a shared file system's took a file modified a moment before for
+# a settled one, and kept it as verified.
 _VERIFIED: dict[str, tuple[int, ...]] = {}
 _SETTLED_NS = 2_000_000_000
 
@@ -268,7 +270,7 @@ def verify_checksums(path: Path) -> None:
         signature = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         if _VERIFIED.get(os.fspath(path)) == signature:
             return
-        settled = time.time_ns() - info.st_mtime_ns > _SETTLED_NS
+        settled = round(atomic.file_system_now(Path(path).parent) * 1e9) - info.st_mtime_ns > _SETTLED_NS
         with zipfile.ZipFile(file) as archive:
             bad = archive.testzip()
     if bad is not None:

@@ -321,7 +321,36 @@ def test_a_checkpoint_modified_within_a_fat_time_tick_is_read_again(tmp_path):
     assert _bytes_read() - before >= size
 
 
-def test_a_folder_where_the_checkpoint_goes_is_named_not_renamed_as_a_damaged_checkpoint(tmp_path):
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="reads Linux' per-process I/O counters")
+def test_a_checkpoint_s_age_is_read_on_the_file_system_s_clock_before_it_is_kept_as_verified(tmp_path, monkeypatch):
+    """Whether a checkpoint was modified long enough ago to be kept as verified was read on this node's clock: one
+    an hour ahead of the (shared) file system's took a checkpoint written a moment before for a settled one, and an
+    in-place rewrite within its time tick passed as verified. Its age is read on the folder's clock now (the file
+    system's times are real here, only this node's clock is moved); a file stamped an hour ahead is never kept."""
+    path = tmp_path / "run.pt"
+    torch.save(checkpoint_state(1, model={"w": torch.arange(1 << 18, dtype=torch.float32)}), path)
+    size = path.stat().st_size
+    real_ns, real_s = time.time_ns, time.time
+    with monkeypatch.context() as clock:
+        clock.setattr(time, "time_ns", lambda: real_ns() + 3600 * 10**9)  # this node runs an hour ahead
+        clock.setattr(time, "time", lambda: real_s() + 3600)
+        verify_checksums(path)
+        before = _bytes_read()
+        verify_checksums(path)
+        assert _bytes_read() - before >= size
+    ahead = time.time_ns() + 3600 * 10**9  # stamped by a node whose clock runs ahead of the file system's
+    os.utime(path, ns=(ahead, ahead))
+    verify_checksums(path)
+    before = _bytes_read()
+    verify_checksums(path)
+    assert _bytes_read() - before >= size
+    settled = time.time_ns() - 60 * 10**9  # and one written a minute ago is kept, read once
+    os.utime(path, ns=(settled, settled))
+    verify_checksums(path)
+    before = _bytes_read()
+    verify_checksums(path)
+    assert _bytes_read() - before < size
     """A folder at <name>.pt was taken for a damaged checkpoint: the run went back to the previous one, trained the
     last epoch again and renamed the folder, with the user's files in it, to <name>.pt.damaged. It is named with
     what to do now, and stays as it is; peek and the dry run's status do not count it as a damaged checkpoint."""
