@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from phd_lab.environment import THREAD_VARIABLES, available_cores
 from phd_lab.errors import UsageError, failure_line
 from phd_lab.interrupts import raise_interruption_behind
-from phd_lab.log_file import FORMAT, Formatter, info_records_kept, this_thread_only
+from phd_lab.log_file import FORMAT, Formatter, info_records_kept, this_thread_only, thread_only
 
 log = logging.getLogger(__name__)
 
@@ -376,13 +376,74 @@ class _InfoRecordsWhileTasksRun:
 info_records_while_tasks_run = _InfoRecordsWhileTasksRun()
 
 
+class _OtherThreadsLastResort(logging.Handler):
+    """On the root while tasks run: a record of a thread that runs no task goes to logging's last resort where
+    logging itself would have used it (no handler on the record's way up but those of tasks, which take their own
+    thread's records only): the tasks' handlers on the root kept logging from its last resort, so on a cluster of
+    threads in the caller's process (``LocalCluster(processes=False)``) the warnings of a caller without handlers
+    were lost while a task ran, and on a worker those of threads other than the tasks'."""
+
+    def __init__(self, tasks: set[int]) -> None:
+        super().__init__()
+        self.tasks = tasks
+
+    def emit(self, record: logging.LogRecord) -> None:
+        last = logging.lastResort
+        if last is None or record.thread in self.tasks or record.levelno < last.level or self._handled(record):
+            return
+        last.handle(record)
+
+    def _handled(self, record: logging.LogRecord) -> bool:
+        """Whether a handler on the record's way to the root, other than this and those of one thread, took it."""
+        logger: logging.Logger | None = logging.Logger.manager.loggerDict.get(record.name)  # type: ignore[assignment]
+        if not isinstance(logger, logging.Logger):
+            logger = logging.getLogger()
+        while logger is not None:
+            if any(handler is not self and not thread_only(handler) for handler in logger.handlers):
+                return True
+            logger = logger.parent if logger.propagate else None
+        return False
+
+
+class _WorkerConsole:
+    """The console handlers of the tasks running in this process, one per task's thread (``run_warnings_on_worker
+    _console``). While any runs, ``_OtherThreadsLastResort`` stands in for logging's last resort; the last task to
+    end takes it back."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tasks: set[int] = set()
+        self.stand_in = _OtherThreadsLastResort(self.tasks)
+
+    @contextlib.contextmanager
+    def task(self, handler: logging.Handler) -> Iterator[None]:
+        """``handler`` on the root while the block runs in this thread, a task's."""
+        root = logging.getLogger()
+        with self.lock:
+            if not self.tasks:
+                root.addHandler(self.stand_in)
+            self.tasks.add(threading.get_ident())
+            root.addHandler(handler)
+        try:
+            yield
+        finally:
+            with self.lock:
+                root.removeHandler(handler)
+                self.tasks.discard(threading.get_ident())
+                if not self.tasks:
+                    root.removeHandler(self.stand_in)
+
+
+_worker_console = _WorkerConsole()
+
+
 @contextlib.contextmanager
 def run_warnings_on_worker_console(run_name: str) -> Iterator[None]:
     """While a task runs, the warnings and errors its thread logs go to the worker's stderr (a local cluster's is
     the command's) in the log format, named with the run: a worker has no console handler, so logging's last
     resort printed them as bare messages ("planted warning") that said neither when nor for which of the grid's
     runs, and once the run's log file was open (a handler on the root) not at all. Records of the worker's other
-    threads (another task, Dask's own) are left to them."""
+    threads (another task, Dask's own) are left to them (``_WorkerConsole``)."""
     if sys.stderr is None:
         yield
         return
@@ -390,11 +451,8 @@ def run_warnings_on_worker_console(run_name: str) -> Iterator[None]:
     handler.setLevel(logging.WARNING)
     handler.setFormatter(Formatter(FORMAT.replace("%(name)s:", f"%(name)s (run {run_name.replace('%', '%%')}):")))
     this_thread_only(handler)
-    logging.getLogger().addHandler(handler)
-    try:
+    with _worker_console.task(handler):
         yield
-    finally:
-        logging.getLogger().removeHandler(handler)
 
 
 # Modules of Dask that draw from Python's global random while a task runs in the worker process: dask.sizeof

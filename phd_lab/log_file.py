@@ -36,7 +36,13 @@ def this_thread_only(handler: logging.Handler) -> logging.Handler:
     Dask worker share its process and its root logger, each in a thread of its own)."""
     thread = threading.get_ident()
     handler.addFilter(lambda record: record.thread == thread)
+    handler.only_thread = thread  # type: ignore[attr-defined]  # for ``thread_only``
     return handler
+
+
+def thread_only(handler: logging.Handler) -> bool:
+    """Whether ``handler`` takes one thread's records only (``this_thread_only``): it shows nothing of the others'."""
+    return getattr(handler, "only_thread", None) is not None
 
 
 class LogFile(logging.FileHandler):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -358,6 +359,62 @@ def test_a_grid_on_a_cluster_of_threads_leaves_the_callers_root_logger_as_it_fou
     assert after == before
     [folder] = run_folders(tmp_path / "logs")
     assert " INFO " in (folder / f"{run_name(folder)}.log").read_text()
+
+
+OTHER_THREAD_MODELS = '''import logging
+import threading
+
+from torch import nn
+
+
+def warns(*, num_classes, in_channels=3):
+    """A tiny net whose factory warns, while another thread of its process (the caller's) warns too."""
+    logging.getLogger("my_models").warning("planted warning")
+    other = threading.Thread(target=logging.getLogger("caller").warning, args=("the caller's warning",))
+    other.start()
+    other.join()
+    return nn.Sequential(nn.Conv2d(in_channels, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, num_classes))
+'''
+
+
+def _warning_point_on_threads(tmp_path, console: logging.Handler | None) -> tuple[list[str], list[str]]:
+    """Train a point whose factory warns (``OTHER_THREAD_MODELS``) on a cluster of threads in this process, the root
+    logger at WARNING with ``console`` as its one handler (pytest's own taken off for the task); the lines the
+    console (stderr) got and the WARNING lines of the run's log."""
+    from phd_lab.distributed import train_point
+    from phd_lab.grid import Grid
+    (tmp_path / "thread_models.py").write_text(OTHER_THREAD_MODELS)
+    config = write_config(tmp_path, model="warns", model_args={}, epoch=1, resolution=8, batch_size=256,
+                          track_saturation=False, post_processing=[],
+                          registries={"models": str(tmp_path / "thread_models.py")})
+    [point] = Grid(json.loads(config.read_text()))
+    root = logging.getLogger()
+    kept, level = list(root.handlers), root.level
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as local, distributed.Client(local) as client:
+        root.handlers[:] = [console] if console else []
+        root.setLevel(logging.WARNING)
+        try:
+            outcome = client.submit(train_point, point.values, str(config), {}, pure=False).result()
+        finally:
+            root.handlers[:] = kept
+            root.setLevel(level)
+    assert outcome[0] == "finished", outcome
+    [folder] = run_folders(tmp_path / "logs")
+    logged = (folder / f"{run_name(folder)}.log").read_text(encoding="utf-8").splitlines()
+    return sys.stderr.getvalue().splitlines(), [line for line in logged if " WARNING " in line]
+
+
+def test_the_callers_other_threads_warnings_still_show_while_a_task_runs_on_its_cluster_of_threads(tmp_path, capsys):
+    """A caller without a root handler has its warnings printed by logging's last resort; while a task ran on a
+    cluster of threads in its process (LocalCluster(processes=False)), the task's console handler (taking its own
+    thread's records only) stood on the root, so logging used no last resort and the warnings of the caller's other
+    threads were lost. They show as without the task now, and the run's warnings show once, named with the run."""
+    said, logged = _warning_point_on_threads(tmp_path, None)
+    planted = [line for line in said if "planted warning" in line]
+    assert said.count("the caller's warning") == len(planted) == len(logged) >= 1, said
+    [folder] = run_folders(tmp_path / "logs")
+    assert all(line.endswith(f" WARNING my_models (run {run_name(folder)}): planted warning") for line in planted), said
 
 
 FLAG_SETTING_METRICS = '''import torch
