@@ -376,6 +376,9 @@ class _InfoRecordsWhileTasksRun:
 info_records_while_tasks_run = _InfoRecordsWhileTasksRun()
 
 
+CONSOLE_LEVEL = logging.WARNING  # what a task's console handler shows of its thread's records
+
+
 class _OtherThreadsLastResort(logging.Handler):
     """On the root while tasks run: a record of a thread that runs no task goes to logging's last resort where
     logging itself would have used it (no handler on the record's way up but those of tasks, which take their own
@@ -407,13 +410,20 @@ class _OtherThreadsLastResort(logging.Handler):
 
 class _WorkerConsole:
     """The console handlers of the tasks running in this process, one per task's thread (``run_warnings_on_worker
-    _console``). While any runs, ``_OtherThreadsLastResort`` stands in for logging's last resort; the last task to
-    end takes it back."""
+    _console``). While any runs, the caller's console handlers on the root (a stream handler on stderr or stdout:
+    on a cluster of threads in the caller's process) leave the tasks' warnings to them, which showed each run
+    warning twice, once without the run's name; and ``_OtherThreadsLastResort`` stands in for logging's last
+    resort. The last task to end takes both back."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.tasks: set[int] = set()
         self.stand_in = _OtherThreadsLastResort(self.tasks)
+        self.muted: list[logging.Handler] = []
+
+    def shown_by_a_task(self, record: logging.LogRecord) -> bool:
+        """Filter for the caller's console handlers: False for a record that a task's console handler shows."""
+        return not (record.thread in self.tasks and record.levelno >= CONSOLE_LEVEL)
 
     @contextlib.contextmanager
     def task(self, handler: logging.Handler) -> Iterator[None]:
@@ -421,6 +431,9 @@ class _WorkerConsole:
         root = logging.getLogger()
         with self.lock:
             if not self.tasks:
+                self.muted = [console for console in root.handlers if _on_console(console)]
+                for console in self.muted:
+                    console.addFilter(self.shown_by_a_task)
                 root.addHandler(self.stand_in)
             self.tasks.add(threading.get_ident())
             root.addHandler(handler)
@@ -432,6 +445,16 @@ class _WorkerConsole:
                 self.tasks.discard(threading.get_ident())
                 if not self.tasks:
                     root.removeHandler(self.stand_in)
+                    for console in self.muted:
+                        console.removeFilter(self.shown_by_a_task)
+                    self.muted = []
+
+
+def _on_console(handler: logging.Handler) -> bool:
+    """Whether ``handler`` is one of all threads' that writes to the console (stderr or stdout), not to a file."""
+    consoles = {id(stream) for stream in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__) if stream}
+    return (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+            and not thread_only(handler) and id(handler.stream) in consoles)
 
 
 _worker_console = _WorkerConsole()
@@ -443,12 +466,13 @@ def run_warnings_on_worker_console(run_name: str) -> Iterator[None]:
     the command's) in the log format, named with the run: a worker has no console handler, so logging's last
     resort printed them as bare messages ("planted warning") that said neither when nor for which of the grid's
     runs, and once the run's log file was open (a handler on the root) not at all. Records of the worker's other
-    threads (another task, Dask's own) are left to them (``_WorkerConsole``)."""
+    threads (another task, Dask's own) are left to them, and a caller's console handler leaves the task's warnings
+    to this one (``_WorkerConsole``)."""
     if sys.stderr is None:
         yield
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(logging.WARNING)
+    handler.setLevel(CONSOLE_LEVEL)
     handler.setFormatter(Formatter(FORMAT.replace("%(name)s:", f"%(name)s (run {run_name.replace('%', '%%')}):")))
     this_thread_only(handler)
     with _worker_console.task(handler):

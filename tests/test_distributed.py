@@ -417,6 +417,20 @@ def test_the_callers_other_threads_warnings_still_show_while_a_task_runs_on_its_
     assert all(line.endswith(f" WARNING my_models (run {run_name(folder)}): planted warning") for line in planted), said
 
 
+def test_a_run_warning_shows_once_on_the_callers_console_on_a_cluster_of_threads(tmp_path, capsys):
+    """With its own console handler on the root, a caller whose cluster of threads ran a task saw each of the run's
+    warnings twice: from its handler and from the task's console handler, which names the run. Once now, named
+    with the run; the caller's other threads' warnings still reach its handler, and the run's log has them all."""
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("CALLER %(name)s: %(message)s"))
+    said, logged = _warning_point_on_threads(tmp_path, console)
+    planted = [line for line in said if "planted warning" in line]
+    assert said.count("CALLER caller: the caller's warning") == len(planted) == len(logged) >= 1, said
+    assert all("(run " in line and not line.startswith("CALLER") for line in planted), said
+    assert all(line.endswith(" WARNING my_models: planted warning") for line in logged), logged
+    assert console.filters == []  # the caller's handler is as it was
+
+
 FLAG_SETTING_METRICS = '''import torch
 
 from phd_lab.metrics import TopKAccuracy
