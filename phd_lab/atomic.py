@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shlex
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -279,11 +280,34 @@ def non_finite_at(obj: Any, where: str = "the top") -> tuple[str, float] | None:
     return next((found for key, value in items if (found := non_finite_at(value, key)) is not None), None)
 
 
+def read_bytes(path: Path | str) -> bytes:
+    """The bytes of the regular file ``path``. A FIFO, socket or device node there is ``NotARegularFile`` (an
+    OSError): ``Path.read_bytes`` of a FIFO waits for a writer for ever, and the report hung at a FIFO in a run
+    folder (analysis.json, probe_performances.csv). The file is opened without waiting (O_NONBLOCK) so that its
+    mode can be checked first; a socket cannot be opened at all (ENXIO)."""
+    from phd_lab.errors import NotARegularFile
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        mode = None
+        if error.errno == errno.ENXIO:
+            with contextlib.suppress(OSError):
+                mode = os.stat(path).st_mode
+        if mode is not None and not stat.S_ISREG(mode):
+            raise NotARegularFile(path, mode) from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(path, mode)
+        return handle.read()
+
+
 def read_json(path: Path | str) -> Any:
     """The JSON value of a UTF-8 file. Nesting too deep for Python's parser (a crafted file in a run folder received
     from someone else, or runaway brackets) raises a ``ValueError`` like any other invalid JSON, which every reader
-    handles: its ``RecursionError`` stopped the probe job with a traceback."""
-    text = Path(path).read_text(encoding="utf-8")
+    handles: its ``RecursionError`` stopped the probe job with a traceback. A FIFO there is refused (``read_bytes``)."""
+    text = read_bytes(path).decode("utf-8")
     try:
         return json.loads(text)
     except RecursionError:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
+import stat
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -37,6 +39,31 @@ class RegistryError(UsageError):
 
 class DataError(UsageError):
     """Input data is missing, incomplete or inconsistent."""
+
+
+# What a path may be that is no regular file, in words (a lock file, or a file phd-lab reads)
+NOT_REGULAR = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFSOCK: "a socket"}
+
+
+class NotARegularFile(DataError, OSError):
+    """A FIFO, socket or device node where phd-lab reads one of its files (a manifest, an analysis.json, a table):
+    opening a FIFO for reading waits for a writer for ever, and the report and the probe command hung on one. Still
+    an OSError, so that readers that take an unreadable file for an absent one go on doing so."""
+
+    def __init__(self, path: object, mode: int) -> None:
+        super().__init__(errno.EINVAL, os.strerror(errno.EINVAL), str(path))
+        self.mode = mode
+        what = NOT_REGULAR.get(stat.S_IFMT(mode), "no regular file")
+        self.message = (f"{str(path)!r} is {what}, not a regular file: phd-lab did not make it (it writes its files "
+                        f"whole, as regular files), and reading it could wait for ever. Remove it "
+                        f"(rm {shlex.quote(str(path))}) and run the same command again.")
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:  # pickled to the client by Dask: path and mode rebuild it
+        return type(self), (self.filename, self.mode)
 
 
 class RunLockedError(UsageError):

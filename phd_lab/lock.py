@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from phd_lab.atomic import open_no_follow
-from phd_lab.errors import DataError, RunFolderLost, RunLockedError, storage_refusal
+from phd_lab.errors import NOT_REGULAR, DataError, RunFolderLost, RunLockedError, storage_refusal
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +67,10 @@ def lock_refused(path: Path, error: OSError) -> DataError:
                      f"(a local disk, or a network mount with locking enabled), then run the same command again.")
 
 
-# What a lock file may be that is no regular file, in words
-_NOT_REGULAR = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-                stat.S_IFSOCK: "a socket"}
-
-
 def not_a_lock_file(path: Path, mode: int) -> DataError:
     """The error for a lock path that holds no regular file (a FIFO, socket or device node someone made there): its
     ftruncate failed, and the run said only "run folder cannot be written (Invalid argument)"."""
-    what = _NOT_REGULAR.get(stat.S_IFMT(mode), "no regular file")
+    what = NOT_REGULAR.get(stat.S_IFMT(mode), "no regular file")
     return DataError(f"The lock file {str(path)!r} is {what}, not a regular file: phd-lab did not make it (its lock "
                      f"files are regular files holding their owner's PID). Remove it (rm {shlex.quote(str(path))}) "
                      f"and run the same command again: phd-lab makes a new one.")

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from phd_lab.atomic import read_json, read_json_object
+from phd_lab.atomic import read_bytes, read_json, read_json_object
 from phd_lab.config import META_KEY, with_logged_linear_init
 from phd_lab.config_paths import extraction_latents_dir
 from phd_lab.file_hash import latents_digest
@@ -207,7 +207,7 @@ def _read_csv(path: Path, tables: RunTables, *, rows_stand_alone: bool = False) 
         tables.missing.append(path.name)
         return None
     try:
-        text, damage = _complete_rows(path.read_bytes())
+        text, damage = _complete_rows(read_bytes(path))
         frame = pd.read_csv(io.StringIO(text), dtype={"layer": str}) if text.strip() or not damage else None
     except (OSError, UnicodeDecodeError, ValueError, csv.Error, pd.errors.ParserError,
             pd.errors.EmptyDataError) as error:

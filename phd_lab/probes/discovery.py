@@ -289,15 +289,22 @@ def older_extraction_reason(latents: Path, command: str) -> str:
 
 def unfinished_extraction(latents: Path) -> bool:
     """A latents folder without its manifest, which the extraction writes last (and not a folder that holds
-    latents folders, which ``read_manifest`` points to)."""
-    return latents.is_dir() and not (latents / MANIFEST).is_file() and not any(latents.glob(f"*/{MANIFEST}"))
+    latents folders, which ``read_manifest`` points to). A FIFO there is no missing manifest: ``read_manifest``
+    names it as what it is (it was said to be an extraction that did not finish)."""
+    return latents.is_dir() and not _manifest_there(latents) and not any(latents.glob(f"*/{MANIFEST}"))
+
+
+def _manifest_there(latents: Path) -> bool:
+    """Whether something other than a folder is at ``latents``' manifest path (a file, or a FIFO someone made)."""
+    path = latents / MANIFEST
+    return path.exists() and not path.is_dir()
 
 
 def extracting_owner(latents: Path, rundir: RunDir) -> str | None:
     """The lock line of the process extracting ``latents`` right now (live here, or on another host where
     that cannot be checked; "" while a holder has not written its line yet), or None: a latents folder
     without its manifest whose run folder such a process holds is still being written."""
-    if (latents / MANIFEST).is_file() or not rundir.lock.exists():
+    if _manifest_there(latents) or not rundir.lock.exists():
         return None
     from phd_lab.analysis.run_tables import lock_owner_alive
     active, owner = lock_owner_alive(rundir.lock)

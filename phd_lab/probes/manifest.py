@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 
 from phd_lab.atomic import non_finite_at, read_json
 from phd_lab.environment import LIMIT_ERRNOS
-from phd_lab.errors import DataError
+from phd_lab.errors import DataError, NotARegularFile
 from phd_lab.file_hash import hash_and_stamp
 from phd_lab.latents_sets import MANIFEST, MANIFEST_FORMAT, SPLITS, manifest_path
 
@@ -216,6 +218,9 @@ def _require_manifest_file(folder: Path, path: Path) -> None:
     if not folder.is_dir():
         raise DataError(f"No latents found: {str(folder)!r} is not a folder. Pass the latents folder written by the "
                         f"extraction step (by default <run folder>/latents).")
+    mode = _mode_of(path)
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise NotARegularFile(path, mode)  # a FIFO: not "the extraction is unfinished", and never read
     if not path.is_file():
         inside = sorted(str(p.parent) for p in folder.glob(f"*/{MANIFEST}"))
         if inside:  # a run folder given instead of its latents folder
@@ -230,10 +235,20 @@ def _require_manifest_file(folder: Path, path: Path) -> None:
                         f"a half-written extraction.")
 
 
+def _mode_of(path: Path) -> int | None:
+    """The mode of what ``path`` names (links followed), or None where nothing can be found there."""
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return None
+
+
 def _load_json(path: Path) -> dict[str, Any]:
     """The manifest's JSON object, of the format this version reads."""
     try:
         raw = read_json(path)
+    except NotARegularFile:
+        raise
     except (OSError, ValueError) as error:
         raise _fail(path, f"it is not valid JSON ({error})") from None
     if not isinstance(raw, dict):

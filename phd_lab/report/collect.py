@@ -215,7 +215,7 @@ def _plotted_files_digest(folder: RunDir) -> str:
     digest = hashlib.sha256()
     for path in (folder.metrics_csv, folder.probe_csv, folder.receptive_field_csv, folder.config):
         try:
-            content = hashlib.sha256(path.read_bytes()).hexdigest()
+            content = hashlib.sha256(atomic.read_bytes(path)).hexdigest()
         except OSError:
             content = "absent"
         digest.update(f"{path.name} {content};".encode())
@@ -282,7 +282,7 @@ def _previous_figure(folder: RunDir, previous: dict[str, Any]) -> bytes | None:
     """analysis.png's bytes where they are those written with ``previous`` (its ``figure_sha256``); a figure cut or
     changed since (a copy broken off) would be embedded broken in the report, and is drawn again (None)."""
     try:
-        figure = folder.analysis_plot.read_bytes()
+        figure = atomic.read_bytes(folder.analysis_plot)
     except OSError:
         return None
     if hashlib.sha256(figure).hexdigest() == previous.get(FIGURE_SHA256):

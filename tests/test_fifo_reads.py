@@ -1,0 +1,85 @@
+"""A FIFO (mkfifo) where phd-lab reads one of its own files: opening it for reading waits for a writer for ever, so
+each command is run as a real process with a timeout, which the old code ran into."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.analysis_fixtures import write_run
+from tests.conftest import ROOT
+from tests.probe_latents import make_latents
+
+TIMEOUT = 60  # a hang fails here; the commands take a few seconds
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _fifo_at(path: Path) -> Path:
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def _said(err: str, fifo: Path) -> None:
+    """The one paragraph that names the FIFO as what it is and the rm that clears it, with no traceback."""
+    err = " ".join(err.split())
+    assert f"'{fifo}' is a FIFO (named pipe), not a regular file: phd-lab did not make it" in err, err
+    assert f"Remove it (rm {fifo}) and run the same command again" in err and "Traceback" not in err, err
+
+
+def test_a_fifo_at_the_manifest_of_a_latents_folder_is_named_by_the_probe_command(tmp_path):
+    """probe_main.py --latents DIR with a FIFO at DIR/manifest.json said that the extraction had not finished
+    ('has no manifest.json') and sent the user to extract again. Now the FIFO is named, with the rm (exit 2)."""
+    _, latents = make_latents(tmp_path)
+    fifo = _fifo_at(latents / "manifest.json")
+    done = _run("probe_main.py", "--latents", str(latents), "--no-progress", "-q")
+    assert done.returncode == 2, done.stderr[-2000:]
+    _said(done.stderr, fifo)
+    assert "unfinished" not in done.stderr and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_a_fifo_at_a_runs_manifest_is_named_by_the_probe_command_of_its_config(tmp_path):
+    """probe_main.py --config: a run whose latents folder has a FIFO at its manifest was said to be an extraction
+    that did not finish. Now the FIFO is named, with the rm (exit 2)."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="unprobed")
+    fifo = _fifo_at(rundir.latents() / "manifest.json")
+    done = _run("probe_main.py", "--config", str(rundir.config), "--no-progress", "-q")
+    assert done.returncode == 2, done.stderr[-2000:]
+    _said(done.stderr, fifo)
+    assert "did not finish" not in done.stderr
+
+
+@pytest.mark.parametrize("name", ["analysis.json", "probe_performances.csv", "receptive_field.csv"])
+def test_the_report_does_not_wait_on_a_fifo_in_a_run_folder(tmp_path, name):
+    """The report read analysis.json (the previous analysis) and hashed the tables its figure plots with
+    Path.read_bytes: a FIFO at any of them hung `python -m phd_lab report` for good. Now a FIFO there is read as
+    no file, and the report is written."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
+    _fifo_at(rundir.root / name)
+    out = tmp_path / "report.html"
+    done = _run("-m", "phd_lab", "report", str(tmp_path / "logs"), "--out", str(out), "--no-progress", "-q")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.is_file()
+
+
+def test_the_readers_of_framework_json_files_do_not_wait_on_a_fifo(tmp_path):
+    """read_json_object (the latents manifest and the extraction's marker as the training command reads them, a
+    previous analysis) takes a FIFO for no file, as it takes an unreadable one; read_json names it."""
+    fifo = _fifo_at(tmp_path / ".extraction-in-progress.json")
+    code = ("import sys; from phd_lab import atomic\n"
+            "assert atomic.read_json_object(sys.argv[1]) is None\n"
+            "try:\n    atomic.read_json(sys.argv[1])\n"
+            "except OSError as error:\n    print(type(error).__name__, error)\n")
+    done = _run("-c", code, str(fifo))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("NotARegularFile "), done.stdout
+    _said(done.stdout, fifo)
