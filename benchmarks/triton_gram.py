@@ -33,6 +33,7 @@ if "--check-interpreted" in sys.argv:
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from triton_tiles import TiledMapsUpdate, observation_block, store_partials, tile_pair  # noqa: E402 - beside it
 
 
 @triton.jit
@@ -57,26 +58,15 @@ def _shifted_gram_kernel(maps_ptr, shift_ptr, pairs_ptr, partial_gram_ptr, parti
     (i ≥ j), and for diagonal pairs also Σ (x − s). Observation n is position n % positions of image
     n // positions; channel c of it lies at image·channels·positions + c·positions + position."""
     split = tl.program_id(0)
-    pair = tl.program_id(1)
-    tile_i = tl.load(pairs_ptr + 2 * pair)
-    tile_j = tl.load(pairs_ptr + 2 * pair + 1)
-    ci = tile_i * BLOCK_C + tl.arange(0, BLOCK_C)
-    cj = tile_j * BLOCK_C + tl.arange(0, BLOCK_C)
-    in_i = ci < channels
-    in_j = cj < channels
-    shift_i = tl.load(shift_ptr + ci, mask=in_i, other=0.0)
-    shift_j = tl.load(shift_ptr + cj, mask=in_j, other=0.0)
+    tile_i, tile_j, ci, cj, in_i, in_j, shift_i, shift_j = tile_pair(pairs_ptr, shift_ptr, channels, BLOCK_C)
     gram = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float64)
     sums = tl.zeros((BLOCK_C,), dtype=tl.float64)
     start = split * ROWS_PER_SPLIT
     for step in range(0, ROWS_PER_SPLIT, BLOCK_N):  # the last split ends at ``count``
-        n = (start + step + tl.arange(0, BLOCK_N)).to(tl.int64)
-        in_n = n < count
-        offset = (n // positions) * channels * positions + n % positions
-        mask_i = in_i[:, None] & in_n[None, :]
-        mask_j = in_j[:, None] & in_n[None, :]
-        x_i = _load_float64(maps_ptr + offset[None, :] + ci[:, None].to(tl.int64) * positions, mask_i, LOAD)
-        x_j = _load_float64(maps_ptr + offset[None, :] + cj[:, None].to(tl.int64) * positions, mask_j, LOAD)
+        pointers_i, mask_i, pointers_j, mask_j = observation_block(maps_ptr, start + step, count, positions,
+                                                                   channels, ci, cj, in_i, in_j, BLOCK_N)
+        x_i = _load_float64(pointers_i, mask_i, LOAD)
+        x_j = _load_float64(pointers_j, mask_j, LOAD)
         x_i = tl.where(mask_i, x_i - shift_i[:, None], 0.0)
         x_j = tl.where(mask_j, x_j - shift_j[:, None], 0.0)
         if USE_DOT:
@@ -84,10 +74,8 @@ def _shifted_gram_kernel(maps_ptr, shift_ptr, pairs_ptr, partial_gram_ptr, parti
         else:
             gram += tl.sum(x_i[:, None, :] * x_j[None, :, :], axis=2)
         sums += tl.sum(x_i, axis=1)
-    out = partial_gram_ptr + split * channels * channels + ci[:, None] * channels + cj[None, :]
-    tl.store(out, gram, mask=in_i[:, None] & in_j[None, :])
-    if tile_i == tile_j:
-        tl.store(partial_sum_ptr + split * channels + ci, sums, mask=in_i)
+    store_partials(partial_gram_ptr, partial_sum_ptr, split, channels, tile_i, tile_j, ci, cj, in_i, in_j, gram,
+                   sums)
 
 
 # name: (LOAD, USE_DOT); "float32" converts the maps to float32 in torch first
@@ -95,30 +83,13 @@ VARIANTS = {"native": (0, True), "via-float32": (1, True), "bits": (2, True), "f
             "fma": (0, False)}
 
 
-class FusedMapsUpdate:
+class FusedMapsUpdate(TiledMapsUpdate):
     """Adds shifted sums and the lower-triangle Gram of (B, C, H, W) maps to float64 running sums."""
 
     def __init__(self, channels: int, device: torch.device, block_c: int = 64, block_n: int = 32,
                  num_warps: int = 4, target_programs: int | None = None, variant: str | None = None) -> None:
         self.variant = variant or os.environ.get("TRITON_GRAM_VARIANT", "float32")
-        self.channels, self.block_c, self.block_n, self.num_warps = channels, block_c, block_n, num_warps
-        tiles = triton.cdiv(channels, block_c)
-        pairs = [(i, j) for i in range(tiles) for j in range(i + 1)]
-        self.pairs = torch.tensor(pairs, dtype=torch.int32, device=device).reshape(-1)
-        self.pair_count = len(pairs)
-        if target_programs is None:
-            target_programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count \
-                if device.type == "cuda" else 8
-        self.target_programs = target_programs
-        self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _partials(self, splits: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        # zero once: the upper-triangle tiles are never written and must stay zero
-        if splits not in self._buffers:
-            self._buffers[splits] = (torch.zeros(splits, self.channels, self.channels, dtype=torch.float64,
-                                                 device=device),
-                                     torch.zeros(splits, self.channels, dtype=torch.float64, device=device))
-        return self._buffers[splits]
+        super().__init__(channels, device, block_c, block_n, num_warps, target_programs)
 
     def __call__(self, maps: torch.Tensor, shift: torch.Tensor, gram: torch.Tensor, sums: torch.Tensor) -> None:
         maps = maps.contiguous()
@@ -130,9 +101,7 @@ class FusedMapsUpdate:
             maps = maps.view(torch.int16) if maps.dtype == torch.bfloat16 else maps.float()
             load = 2 if maps.dtype == torch.int16 else 0
         count, positions = batch * height * width, height * width
-        splits = max(1, min(triton.cdiv(count, self.block_n), self.target_programs // self.pair_count))
-        rows_per_split = triton.cdiv(triton.cdiv(count, splits), self.block_n) * self.block_n
-        splits = triton.cdiv(count, rows_per_split)
+        splits, rows_per_split = self._splits(count)
         partial_gram, partial_sum = self._partials(splits, maps.device)
         _shifted_gram_kernel[(splits, self.pair_count)](
             maps, shift, self.pairs, partial_gram, partial_sum, count, positions, channels,

@@ -35,6 +35,7 @@ if "--check-interpreted" in sys.argv:
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from triton_tiles import TiledMapsUpdate, observation_block, store_partials, tile_pair  # noqa: E402 - beside it
 
 BOUND = 1e-7  # issue 3: relative covariance error a faster path may reach
 DELTAS = (0.9, 0.99, 0.999, 0.9999)
@@ -71,26 +72,15 @@ def _split_gram_kernel(maps_ptr, shift_ptr, pairs_ptr, partial_gram_ptr, partial
     """Program (split, pair): Σ (x − m)(x − m)ᵀ over the split's observations for one channel tile pair (i ≥ j),
     and for diagonal pairs Σ (x − m). Observation n is position n % positions of image n // positions."""
     split = tl.program_id(0)
-    pair = tl.program_id(1)
-    tile_i = tl.load(pairs_ptr + 2 * pair)
-    tile_j = tl.load(pairs_ptr + 2 * pair + 1)
-    ci = tile_i * BLOCK_C + tl.arange(0, BLOCK_C)
-    cj = tile_j * BLOCK_C + tl.arange(0, BLOCK_C)
-    in_i = ci < channels
-    in_j = cj < channels
-    shift_i = tl.load(shift_ptr + ci, mask=in_i, other=0.0)
-    shift_j = tl.load(shift_ptr + cj, mask=in_j, other=0.0)
+    tile_i, tile_j, ci, cj, in_i, in_j, shift_i, shift_j = tile_pair(pairs_ptr, shift_ptr, channels, BLOCK_C)
     gram = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float64)
     sums = tl.zeros((BLOCK_C,), dtype=tl.float64)
     start = split * ROWS_PER_SPLIT
     for step in range(0, ROWS_PER_SPLIT, BLOCK_N):  # the last split ends at ``count``
-        n = (start + step + tl.arange(0, BLOCK_N)).to(tl.int64)
-        in_n = n < count
-        offset = (n // positions) * channels * positions + n % positions
-        mask_i = in_i[:, None] & in_n[None, :]
-        mask_j = in_j[:, None] & in_n[None, :]
-        x_i = tl.load(maps_ptr + offset[None, :] + ci[:, None].to(tl.int64) * positions, mask=mask_i, other=0.0)
-        x_j = tl.load(maps_ptr + offset[None, :] + cj[:, None].to(tl.int64) * positions, mask=mask_j, other=0.0)
+        pointers_i, mask_i, pointers_j, mask_j = observation_block(maps_ptr, start + step, count, positions,
+                                                                   channels, ci, cj, in_i, in_j, BLOCK_N)
+        x_i = tl.load(pointers_i, mask=mask_i, other=0.0)
+        x_j = tl.load(pointers_j, mask=mask_j, other=0.0)
         d_i = tl.where(mask_i, x_i.to(tl.float32) - shift_i[:, None], 0.0)
         d_j = tl.where(mask_j, x_j.to(tl.float32) - shift_j[:, None], 0.0)
         hi_i, mid_i, lo_i = _bf16_slices(d_i, SLICES)
@@ -104,38 +94,19 @@ def _split_gram_kernel(maps_ptr, shift_ptr, pairs_ptr, partial_gram_ptr, partial
             small = _dot(lo_i, hi_j, small, INTERPRETED)
         gram += large.to(tl.float64) + small.to(tl.float64)
         sums += tl.sum(d_i, axis=1).to(tl.float64)
-    out = partial_gram_ptr + split * channels * channels + ci[:, None] * channels + cj[None, :]
-    tl.store(out, gram, mask=in_i[:, None] & in_j[None, :])
-    if tile_i == tile_j:
-        tl.store(partial_sum_ptr + split * channels + ci, sums, mask=in_i)
+    store_partials(partial_gram_ptr, partial_sum_ptr, split, channels, tile_i, tile_j, ci, cj, in_i, in_j, gram,
+                   sums)
 
 
-class SplitMapsUpdate:
+class SplitMapsUpdate(TiledMapsUpdate):
     """Adds Σ (x − a) and Σ (x − a)(x − a)ᵀ of bf16 (B, C, H, W) maps to float64 running sums, for the tracker's
     float64 shift a: the kernel shifts by a rounded to bfloat16 (b), and the sums are moved from b to a in float64
     (Σ (x−a)(x−a)ᵀ = G_b + δ s_bᵀ + s_b δᵀ + n δ δᵀ with δ = b − a, s_b = Σ (x − b))."""
 
     def __init__(self, channels: int, device: torch.device, block_c: int = 64, block_n: int = 64,
                  num_warps: int = 8, slices: int = 3, target_programs: int | None = None) -> None:
-        self.channels, self.block_c, self.block_n, self.num_warps, self.slices = \
-            channels, block_c, block_n, num_warps, slices
-        tiles = triton.cdiv(channels, block_c)
-        pairs = [(i, j) for i in range(tiles) for j in range(i + 1)]
-        self.pairs = torch.tensor(pairs, dtype=torch.int32, device=device).reshape(-1)
-        self.pair_count = len(pairs)
-        if target_programs is None:
-            target_programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count \
-                if device.type == "cuda" else 8
-        self.target_programs = target_programs
-        self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _partials(self, splits: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        # zeroed once: the upper-triangle tiles are never written and must stay zero
-        if splits not in self._buffers:
-            self._buffers[splits] = (torch.zeros(splits, self.channels, self.channels, dtype=torch.float64,
-                                                 device=device),
-                                     torch.zeros(splits, self.channels, dtype=torch.float64, device=device))
-        return self._buffers[splits]
+        self.slices = slices
+        super().__init__(channels, device, block_c, block_n, num_warps, target_programs)
 
     def __call__(self, maps: torch.Tensor, shift: torch.Tensor, gram: torch.Tensor, sums: torch.Tensor) -> None:
         if maps.dtype != torch.bfloat16:
@@ -144,9 +115,7 @@ class SplitMapsUpdate:
         batch, channels, height, width = maps.shape
         count, positions = batch * height * width, height * width
         coarse = shift.to(torch.bfloat16).to(torch.float32)
-        splits = max(1, min(triton.cdiv(count, self.block_n), self.target_programs // self.pair_count))
-        rows_per_split = triton.cdiv(triton.cdiv(count, splits), self.block_n) * self.block_n
-        splits = triton.cdiv(count, rows_per_split)
+        splits, rows_per_split = self._splits(count)
         partial_gram, partial_sum = self._partials(splits, maps.device)
         _split_gram_kernel[(splits, self.pair_count)](
             maps, coarse, self.pairs, partial_gram, partial_sum, count, positions, channels,

@@ -1,6 +1,8 @@
 """The split bf16 covariance prototype (benchmarks/triton_split_gram.py, issue 3's GPU lead) computes the
 covariance within the issue's 1e-7 bound in Triton's interpreter; its two-slice variant does not on centred maps,
-which is why three slices are the default. The GPU's own rounding is checked by benchmarks/gpu_checks.sh."""
+which is why three slices are the default. The GPU's own rounding is checked by benchmarks/gpu_checks.sh. The
+exact fused prototype (benchmarks/triton_gram.py), whose tiling (benchmarks/triton_tiles.py) it shares, stays exact
+in the interpreter too."""
 
 import os
 import subprocess
@@ -40,3 +42,11 @@ def test_three_slices_keep_the_bound_where_two_do_not():
     assert done.returncode == 0, done.stderr
     errors = {int(slices): float(error) for slices, error in (line.split() for line in done.stdout.splitlines())}
     assert errors[3] <= 1e-7 < errors[2]
+
+
+def test_the_fused_prototype_sharing_the_tiling_stays_exact_in_the_interpreter():
+    for variant in ("float32", "fma"):
+        done = _interpreted("triton_gram.py", "--check-interpreted", "--variant", variant)
+        assert done.returncode == 0, done.stdout + done.stderr
+        lines = [line for line in done.stdout.splitlines() if "gram" in line]
+        assert len(lines) == 6 and done.stdout.rstrip().endswith("accuracy ok"), done.stdout
