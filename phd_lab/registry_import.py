@@ -316,18 +316,32 @@ def _importer() -> str | None:
 
 
 def _module_names_beside_registry_files() -> dict[Path, set[str]]:
-    """The top-level module names each registry folder holds (``name.py``, a folder ``name/``), read once per
-    import: a module of another name is no module of that folder, and need not have its path resolved (a few
-    thousand modules by the folders on sys.path made each registry file's import 0.2 s slower per folder)."""
+    """The top-level module names each registry folder holds (``name.py``, an extension module ``name.so``, a
+    folder ``name/``), read once per import: a module of another name is no module of that folder, and need not
+    have its path resolved (a few thousand modules by the folders on sys.path made each registry file's import 0.2 s
+    slower per folder)."""
     names: dict[Path, set[str]] = {}
     for folder in registry_files.FOLDERS_ADDED:
         try:
             with os.scandir(folder) as entries:
-                names[Path(folder)] = {entry.name[:-3] if entry.name.endswith(".py") else entry.name
-                                       for entry in entries}
+                names[Path(folder)] = {_module_name_of(entry.name) for entry in entries}
         except OSError:  # gone or unreadable since: no module is imported from it again
             names[Path(folder)] = set()
     return names
+
+
+# The suffixes of a module's file, longest first: ``fast.cpython-311-x86_64-linux-gnu.so`` also ends in ``.so``
+_MODULE_SUFFIXES = sorted({*importlib.machinery.EXTENSION_SUFFIXES, *importlib.machinery.SOURCE_SUFFIXES},
+                          key=len, reverse=True)
+
+
+def _module_name_of(file_name: str) -> str:
+    """The module name a file of a folder imports as (``fast`` for ``fast.cpython-311-x86_64-linux-gnu.so`` or
+    ``fast.abi3.so``, ``helper`` for ``helper.py``); any other name as it is (a package's folder). Only ``.py`` was
+    stripped: an extension helper that a registry module imported by its name (a worker process) was not hidden
+    from the registry file's execution, so its sha256 went unlogged."""
+    suffix = next((suffix for suffix in _MODULE_SUFFIXES if file_name.endswith(suffix)), None)
+    return file_name[:-len(suffix)] if suffix and len(file_name) > len(suffix) else file_name
 
 
 def _is_a_helper(name: str, beside: Mapping[Path, set[str]]) -> bool:

@@ -322,3 +322,36 @@ def test_an_extension_module_beside_a_registry_file_is_its_helper_and_one_named_
     finally:
         for module in (own, shadowed):
             sys.modules.pop(module, None)
+
+
+def test_an_extension_helper_of_a_registry_module_imported_by_its_name_is_logged_when_its_file_is_imported():
+    """Only ``.py`` was stripped from the names of the files beside registry files, so an extension helper
+    (``fast_<n>.cpython-311-x86_64-linux-gnu.so``, ``fast_<n>.abi3.so``) that the registry module imported by its
+    module name (a worker process unpickling its objects) was not hidden from the file's later import by its path:
+    the file did not import it afresh, and its sha256 was missing from ``helper_sha256`` (a ``.py`` helper's was
+    there)."""
+    import importlib
+    import tempfile
+
+    from phd_lab import registry_files
+    for suffix in dict.fromkeys(importlib.machinery.EXTENSION_SUFFIXES[:2]):
+        with tempfile.TemporaryDirectory() as folder:  # a new registry file and module names for each suffix
+            project = Path(folder).resolve()
+            own, source = f"fast_{project.name}", f"slow_{project.name}"
+            built = _compile_extension(project, own, 3)
+            if built.name != f"{own}{suffix}":
+                built = built.rename(project / f"{own}{suffix}")
+            (project / f"{source}.py").write_text("VALUE = 10\n")
+            (project / "models.py").write_text(f"import {own}\nimport {source}\n\n\n"
+                                               f"def net():\n    return {own}.value() + {source}.VALUE\n")
+            name = registry_files.module_name("models", project / "models.py")
+            try:
+                importlib.import_module(name)  # as a worker process does, by the module's name
+                models = import_registry_module(str(project / "models.py"), "models")
+                assert models.net() == 13
+                assert registry_import.helper_sha256(models) == {
+                    built.name: hashlib.sha256(built.read_bytes()).hexdigest(),
+                    f"{source}.py": hashlib.sha256(b"VALUE = 10\n").hexdigest()}
+            finally:
+                for module in (own, source, name):
+                    sys.modules.pop(module, None)
