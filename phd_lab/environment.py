@@ -22,6 +22,12 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 # also reads its older name DNNL_MAX_CPU_ISA, where ONEDNN_MAX_CPU_ISA is unset or empty (``_dnnl_ignored``).
 CPU_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
+# MKLDNN_MAX_CPU_ISA, oneDNN's name of old: torch's ideep copies it over DNNL_MAX_CPU_ISA (its C environment's, which
+# os.environ does not see) when torch is loaded, where it is set and not empty, so it caps oneDNN as that does
+# (ONEDNN_VERBOSE said 'isa:Intel SSE4.1' under MKLDNN_MAX_CPU_ISA=sse41 alone). It is logged as the
+# DNNL_MAX_CPU_ISA it becomes (``_dnnl_value``).
+MKLDNN_MAX_CPU_ISA = "MKLDNN_MAX_CPU_ISA"
+
 # The longest value oneDNN reads from an environment variable (its getenv_string_user reads into 128 bytes and
 # skips a longer value, as if unset).
 ONEDNN_VALUE_LIMIT = 127
@@ -261,7 +267,15 @@ def cpu_instruction_set() -> dict[str, Any]:
     import torch
     capability = torch.backends.cpu.get_cpu_capability()
     variables = {name: os.environ.get(name) or None for name in CPU_ISA_VARIABLES}
+    variables["DNNL_MAX_CPU_ISA"] = _dnnl_value(os.environ)
     return {"cpu_capability": capability, "cpu_isa_variables": isa_variables_in_effect(variables, capability)}
+
+
+def _dnnl_value(environ: Mapping[str, str]) -> str | None:
+    """DNNL_MAX_CPU_ISA as oneDNN reads it under torch: MKLDNN_MAX_CPU_ISA where that is set and not empty
+    (``MKLDNN_MAX_CPU_ISA``), else DNNL_MAX_CPU_ISA; None where neither is. A rerun under MKLDNN_MAX_CPU_ISA=sse41
+    trained other weights without a warning, the variable neither logged nor compared."""
+    return environ.get(MKLDNN_MAX_CPU_ISA) or environ.get("DNNL_MAX_CPU_ISA") or None
 
 
 def isa_variables_in_effect(variables: Any, capability: Any) -> Any:

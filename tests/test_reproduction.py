@@ -245,6 +245,29 @@ def test_dnnl_max_cpu_isa_is_logged_where_onednn_reads_it_and_compared(monkeypat
         "cpu_isa_variables": {**unset["cpu_isa_variables"], "DNNL_MAX_CPU_ISA": "sse41"}}}) == []
 
 
+@pytest.mark.parametrize("onednn, dnnl, mkldnn, logged", [
+    (None, None, "sse41", "sse41"), (None, "avx2", "sse41", "sse41"), (None, "sse41", "", "sse41"),
+    ("avx2", None, "sse41", None), (None, None, "abc", None)])
+def test_mkldnn_max_cpu_isa_is_logged_as_the_dnnl_max_cpu_isa_torch_sets_it_to(monkeypatch, onednn, dnnl, mkldnn,
+                                                                                logged):
+    """torch's ideep copies MKLDNN_MAX_CPU_ISA (oneDNN's oldest name of the cap) over DNNL_MAX_CPU_ISA in its C
+    environment when torch is loaded, where it is set and not empty (ONEDNN_VERBOSE said 'isa:Intel SSE4.1' under
+    MKLDNN_MAX_CPU_ISA=sse41 alone, and os.environ still had no DNNL_MAX_CPU_ISA), but it was neither logged nor
+    compared: a rerun under it trained other weights without a warning. It is logged as that DNNL_MAX_CPU_ISA."""
+    from phd_lab.environment import cpu_instruction_set
+    from phd_lab.reproduction import machine_differences
+    for variable in (*CPU_ISA_VARIABLES, "MKLDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(variable, raising=False)
+    unset = cpu_instruction_set()
+    for variable, value in (("ONEDNN_MAX_CPU_ISA", onednn), ("DNNL_MAX_CPU_ISA", dnnl), ("MKLDNN_MAX_CPU_ISA", mkldnn)):
+        if value is not None:
+            monkeypatch.setenv(variable, value)
+    now = cpu_instruction_set()
+    assert now["cpu_isa_variables"]["DNNL_MAX_CPU_ISA"] == logged
+    said = [] if logged is None else [f'DNNL_MAX_CPU_ISA unset (now "{logged}")']
+    assert [line for line in machine_differences(unset, now) if "DNNL" in line] == said
+
+
 def test_a_hand_written_config_and_an_unchanged_setup_are_not_warned_about(tmp_path):
     config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
