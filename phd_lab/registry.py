@@ -42,8 +42,8 @@ from types import ModuleType
 from typing import Any, Callable, Iterator, Mapping
 
 from phd_lab.errors import RegistryError
-from phd_lab.registry_import import (executed_sha256, helper_sha256, helpers_replaced, import_registry_module,
-                                    imports_held)
+from phd_lab.registry_import import (executed_lines, executed_sha256, helper_sha256, helpers_replaced,
+                                    import_registry_module, imports_held)
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,9 @@ class Registries:
                 self.working_directory_files[kind] = found
         self.files[kind] = getattr(module, "__file__", None)
         self.sha256[kind] = executed_sha256(module)
-        executed = linecache.cache.get(str(self.files[kind])) if isinstance(spec, str) else None
+        executed = executed_lines(module)  # a module given as such may be one an edit's import replaced since
+        if executed is None and isinstance(spec, str):
+            executed = linecache.cache.get(str(self.files[kind]))
         if executed is not None:  # the lines import_registry_module ran (a later import of an edit replaces them)
             self._lines[str(self.files[kind])] = executed
         self.helper_sha256[kind] = helper_sha256(module)

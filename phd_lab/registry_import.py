@@ -41,13 +41,30 @@ log = logging.getLogger(__name__)
 _EXECUTED_SHA256: dict[str, str] = {}
 
 
+# The sha256 and linecache entry of the source each registry module object was executed from (or, first seen by
+# name, imported from): an edited dotted module is executed into a new module, and an earlier one (a notebook's own
+# handle on it, given to Registries as a module) runs the code before, which its name's sha256 no longer is.
+_EXECUTED_BY_MODULE: weakref.WeakKeyDictionary[ModuleType, tuple[str, tuple[object, ...]]] = \
+    weakref.WeakKeyDictionary()
+
+
 def executed_sha256(module: ModuleType) -> str | None:
     """sha256 of the source the registry module was executed from (None: not from a readable file)."""
+    record = _EXECUTED_BY_MODULE.get(module)
+    if record is not None:
+        return record[0]
     known = _EXECUTED_SHA256.get(module.__name__)
     if known is not None:
         return known
     source = _source(getattr(module, "__file__", None))
     return hashlib.sha256(source).hexdigest() if source is not None else None
+
+
+def executed_lines(module: ModuleType) -> tuple[object, ...] | None:
+    """The linecache entry of the source the registry module object was executed from (``_remember_lines``), for
+    its factories' digests; None for a module this process's registry imports never ran or saw."""
+    record = _EXECUTED_BY_MODULE.get(module)
+    return record[1] if record is not None else None
 
 
 def _source(file: str | None) -> bytes | None:
@@ -375,16 +392,19 @@ def _other_registry_folders_hidden(folder: Path) -> Iterator[None]:
 def _execute(module: ModuleType, source: bytes, path: Path) -> ModuleType:
     """Run ``source`` (the bytes that are hashed) as the module's code, in its namespace, and remember them."""
     registry_files.execute(module, source, path)
-    _EXECUTED_SHA256[module.__name__] = hashlib.sha256(source).hexdigest()
-    _remember_lines(source, path)
+    digest = hashlib.sha256(source).hexdigest()
+    _EXECUTED_SHA256[module.__name__] = digest
+    _EXECUTED_BY_MODULE[module] = (digest, _remember_lines(source, path))
     return module
 
 
-def _remember_lines(source: bytes, path: Path) -> None:
+def _remember_lines(source: bytes, path: Path) -> tuple[object, ...]:
     """Keep the lines a module was executed from, for inspect.getsource (factory_sha256) and tracebacks: a file
-    edited since is not them (no modification time: linecache.checkcache keeps the entry)."""
+    edited since is not them (no modification time: linecache.checkcache keeps the entry). Returns the entry."""
     lines = source.decode("utf-8", errors="replace").splitlines(keepends=True)
-    linecache.cache[str(path)] = (len(source), None, lines, str(path))
+    entry = (len(source), None, lines, str(path))
+    linecache.cache[str(path)] = entry
+    return entry
 
 
 def _current(module: ModuleType) -> ModuleType:
@@ -399,7 +419,9 @@ def _current(module: ModuleType) -> ModuleType:
         log.info("The registry module %s (%s) changed since this process imported it; executing it again.",
                  module.__name__, module.__file__)
         return _executed_afresh(module, source)
-    _remember_lines(source, Path(module.__file__))  # imported from these bytes: a later edit is not the code run
+    entry = _remember_lines(source, Path(module.__file__))  # imported from these bytes: a later edit is not run
+    if module not in _EXECUTED_BY_MODULE:
+        _EXECUTED_BY_MODULE[module] = (digest, entry)
     return module
 
 

@@ -214,6 +214,32 @@ def test_the_factory_digests_of_registries_are_of_the_code_they_loaded_after_an_
         sys.modules.pop("fdigest_models", None)
 
 
+def test_registries_given_a_module_that_an_edit_replaced_since_record_the_code_it_runs(tmp_path):
+    """A dotted registry module whose file was edited is executed into a new module, but the sha256 was read by the
+    module's name: Registries given the earlier module itself (a notebook's own handle on it, ``Main({"models":
+    models})``) recorded the edited file's sha256 and factory digest while its factory ran the code before (net()
+    gave 1). They record the code that module was executed from now."""
+    name = f"regheld_{tmp_path.name}"
+    file = tmp_path / f"{name}.py"
+    file.write_text("WIDTH = 1\n\n\ndef net():\n    return WIDTH\n")
+    config = types.SimpleNamespace(model="net", dataset="Cifar10", optimizer="sgd", metrics=["Accuracy"])
+    sys.path.insert(0, str(tmp_path))
+    try:
+        first = Registries({"models": name})
+        held = sys.modules[name]
+        before = first.factory_hashes(config)["models"]
+        file.write_text("WIDTH = 2\n\n\ndef net():\n    return WIDTH * 10\n")
+        edited = Registries({"models": name})
+        assert (edited.models.get("net")(), held.net()) == (20, 1)
+        again = Registries({"models": held})
+        assert again.models.get("net")() == 1
+        assert again.file_hashes()["models"] == first.file_hashes()["models"] != edited.file_hashes()["models"]
+        assert again.factory_hashes(config)["models"] == before != edited.factory_hashes(config)["models"]
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(name, None)
+
+
 def test_a_dotted_registry_module_executed_again_after_an_edit_is_the_module_later_imports_get(tmp_path):
     """A dotted registry module whose file was edited is executed into a new module: sys.modules and its package
     give that one to later imports (``import``, ``from package import models``), the earlier module keeps its code
