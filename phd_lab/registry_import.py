@@ -435,6 +435,7 @@ def _executed_afresh(module: ModuleType, source: bytes) -> ModuleType:
     fresh = importlib.util.module_from_spec(spec) if spec is not None else ModuleType(module.__name__)
     if spec is None:
         fresh.__file__ = module.__file__
+    _submodules_set(fresh)
     package, _, leaf = module.__name__.rpartition(".")
     parent = sys.modules.get(package) if package else None
     sys.modules[module.__name__] = fresh
@@ -446,6 +447,19 @@ def _executed_afresh(module: ModuleType, source: bytes) -> ModuleType:
     if parent is not None:  # ``from package import models`` reads the package's attribute first
         setattr(parent, leaf, fresh)
     return fresh
+
+
+def _submodules_set(package: ModuleType) -> None:
+    """Give a package executed afresh (``_executed_afresh``) its submodules that this process imported, as its
+    attributes, as the import system set them on the earlier module: ``import package.layers`` finds the submodule in
+    sys.modules and sets no attribute, so a registry package whose code then read ``package.layers.WIDTH`` failed
+    with an AttributeError after an edit."""
+    if not hasattr(package, "__path__"):
+        return
+    prefix = package.__name__ + "."
+    for name, submodule in list(sys.modules.items()):
+        if name.startswith(prefix) and "." not in name[len(prefix):] and submodule is not None:
+            setattr(package, name[len(prefix):], submodule)
 
 
 # Held while a registry module and its helpers are imported: the import edits sys.path, sys.modules and the

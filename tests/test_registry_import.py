@@ -273,6 +273,30 @@ def test_a_dotted_registry_module_executed_again_after_an_edit_is_the_module_lat
             sys.modules.pop(name, None)
 
 
+def test_a_registry_package_executed_afresh_after_an_edit_keeps_its_imported_submodules_as_attributes(tmp_path):
+    """A registry package (``package/__init__.py`` given by its dotted name) whose code imports its submodule and
+    reads it as an attribute (``import package.layers``, ``package.layers.WIDTH``) failed after an edit with
+    "module has no attribute 'layers'": executed into a new module, its ``import package.layers`` found the
+    submodule in sys.modules and set no attribute on the new package. It has its submodules as attributes now."""
+    package = f"regpkg_{tmp_path.name}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "layers.py").write_text("WIDTH = 3\n")
+    init = tmp_path / package / "__init__.py"
+    init.write_text(f"import {package}.layers\n\n\ndef net():\n    return {package}.layers.WIDTH + 1\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        first = import_registry_module(package, "models")
+        assert first.net() == 4
+        init.write_text(init.read_text().replace("+ 1", "+ 2"))
+        edited = import_registry_module(package, "models")
+        assert edited is not first and (first.net(), edited.net()) == (4, 5)
+        assert edited.layers is sys.modules[f"{package}.layers"]
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in (package, f"{package}.layers"):
+            sys.modules.pop(name, None)
+
+
 def test_a_file_without_a_suffix_or_a_folder_without_init_named_like_an_imported_package_is_no_helper(
         tmp_path, monkeypatch):
     """A registry file importing an installed package (``tqdm``) beside a file of that name without ``.py`` (notes, a
