@@ -138,16 +138,18 @@ def _module_files(folder: Path, top: str) -> list[Path]:
 def _helper_file(name: str, module: ModuleType | None, folder: Path) -> Path | None:
     """The file of a module imported from ``folder`` (``folder/<top>.py``, an extension module ``folder/<top>.so``
     or inside ``folder/<top>/``); None for any other module (installed, phd-lab's own, a virtual environment's
-    inside the folder)."""
+    inside the folder). A symbolic link there (``helper.py`` linked to a shared file) is the folder's module: its
+    target's path, all that was compared, lies elsewhere, and the registry file was refused as one that imports
+    "'folder/helper.py' beside it, but 'helper' resolves to 'folder/helper.py'"."""
     top = name.split(".")[0]
     file = getattr(module, "__file__", None)
     if top in FRAMEWORK_PACKAGES or not file:
         return None
     try:
-        path = Path(file).resolve()
-    except (OSError, RuntimeError):
+        paths = (Path(os.path.abspath(file)), Path(file).resolve())
+    except (OSError, RuntimeError, ValueError):
         return None
-    return path if path in _module_files(folder, top) or folder / top in path.parents else None
+    return next((path for path in paths if path in _module_files(folder, top) or folder / top in path.parents), None)
 
 
 def _same_named_helper(path: Path, imported: Mapping[str, ModuleType], asked: set[str]) -> str | None:

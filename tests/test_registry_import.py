@@ -405,3 +405,22 @@ def test_an_extension_helper_of_a_registry_module_imported_by_its_name_is_logged
             finally:
                 for module in (own, source, name):
                     sys.modules.pop(module, None)
+
+
+def test_a_helper_beside_a_registry_file_that_is_a_symbolic_link_to_a_shared_file_is_its_helper(tmp_path):
+    """A helper beside a registry file that is a symbolic link (``helper.py`` linked to a project's shared copy) was
+    compared by its target's path, which lies elsewhere: the registry file was refused as one importing "'.../helper.py'
+    beside it, but 'helper' resolves to '.../helper.py'", the same path. It is the file's helper, logged by its name
+    beside the file with the sha256 of what it reads."""
+    helper = f"symhelper_{tmp_path.name}"
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "project").mkdir()
+    (tmp_path / "shared" / f"{helper}.py").write_text("VALUE = 7\n")
+    (tmp_path / "project" / f"{helper}.py").symlink_to(tmp_path / "shared" / f"{helper}.py")
+    (tmp_path / "project" / "models.py").write_text(f"import {helper}\n\n\ndef net():\n    return {helper}.VALUE\n")
+    try:
+        models = import_registry_module(str(tmp_path / "project" / "models.py"), "models")
+        assert models.net() == 7
+        assert registry_import.helper_sha256(models) == {f"{helper}.py": hashlib.sha256(b"VALUE = 7\n").hexdigest()}
+    finally:
+        sys.modules.pop(helper, None)
