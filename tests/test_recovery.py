@@ -321,7 +321,6 @@ def test_a_checkpoint_modified_within_a_fat_time_tick_is_read_again(tmp_path):
     assert _bytes_read() - before >= size
 
 
-
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="reads Linux' per-process I/O counters")
 def test_a_checkpoint_s_age_is_read_on_the_file_system_s_clock_before_it_is_kept_as_verified(tmp_path, monkeypatch):
     """Whether a checkpoint was modified long enough ago to be kept as verified was read on this node's clock: one
@@ -351,6 +350,9 @@ def test_a_checkpoint_s_age_is_read_on_the_file_system_s_clock_before_it_is_kept
     before = _bytes_read()
     verify_checksums(path)
     assert _bytes_read() - before < size
+
+
+def test_a_folder_where_the_checkpoint_goes_is_named_not_renamed_as_a_damaged_checkpoint(tmp_path):
     """A folder at <name>.pt was taken for a damaged checkpoint: the run went back to the previous one, trained the
     last epoch again and renamed the folder, with the user's files in it, to <name>.pt.damaged. It is named with
     what to do now, and stays as it is; peek and the dry run's status do not count it as a damaged checkpoint."""
