@@ -309,17 +309,26 @@ def test_a_pixelwise_extraction_of_several_sets_killed_at_each_stage_resumes_to_
     assert_same_files(files, run_files(folder, logs))
 
 
-def test_the_logged_config_rerun_in_a_fresh_logs_dir_writes_the_same_files(tmp_path, reference_folder, reference):
-    """The logged config copied out of its run folder, its logs_dir set to an empty folder."""
+@pytest.mark.parametrize("where", ["edited", "moved"])
+def test_the_logged_config_rerun_in_a_fresh_logs_dir_writes_the_same_files(tmp_path, reference_folder, reference,
+                                                                            where):
+    """The logged config copied out of its run folder with its logs_dir set to an empty folder (edited), or alone
+    into its run folder's place in an empty logs tree (moved: the README's rerun of a run whose tree moved)."""
     folder = reference_folder
-    logged = json.loads((folder / f"{run_name(folder)}_config.json").read_text())
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    (fresh / "rerun.json").write_text(json.dumps({**logged, "logs_dir": str(fresh / "logs")}))
-    assert main_cli(["--config", str(fresh / "rerun.json"), "--no-progress", "-q"]) == 0
-    [again] = run_folders(fresh / "logs")
-    assert again.relative_to(fresh / "logs") == folder.relative_to(folder.parents[3])
-    assert_same_files(reference, run_files(again, fresh / "logs"))
+    logged = folder / f"{run_name(folder)}_config.json"
+    fresh = tmp_path / "logs"
+    relative = folder.relative_to(folder.parents[3])
+    if where == "edited":
+        config = tmp_path / "rerun.json"
+        config.write_text(json.dumps({**json.loads(logged.read_text()), "logs_dir": str(fresh)}))
+    else:
+        config = fresh / relative / logged.name
+        config.parent.mkdir(parents=True)
+        config.write_bytes(logged.read_bytes())
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [again] = run_folders(fresh)
+    assert again.relative_to(fresh) == relative
+    assert_same_files(reference, run_files(again, fresh))
 
 
 # ------------------------------------------------------------------------------------------------ probe job
