@@ -342,7 +342,13 @@ def probe_files(folder: Path) -> dict[str, Any]:
     return {relative: content for relative, content in files.items() if content is not None}
 
 
-LAYERS = digits_layers(n_layers=3, width=16)
+PROBED_LAYERS = 3
+
+
+def _probed_run(root: Path) -> tuple[Path, Path]:
+    """Latents of a few layers (Digits pixels through random ReLU layers) in ``root/run``: every job's run has one
+    name, which heads its figures' titles."""
+    return make_latents(root, *digits_layers(n_layers=PROBED_LAYERS, width=16))
 # saga draws from its seed, and a stratified training subsample is drawn too
 PROBE_OPTIONS = ["--solver", "saga", "--train-samples", "600", "--no-progress", "-q"]
 
@@ -350,7 +356,7 @@ PROBE_OPTIONS = ["--solver", "saga", "--train-samples", "600", "--no-progress", 
 @pytest.fixture(scope="module")
 def probe_reference(tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("probe-reference")
-    run, latents = make_latents(root, *LAYERS)
+    run, latents = _probed_run(root)
     assert probe_cli(["--latents", str(latents), "-mp", "0", "--cache-dir", str(root / "cache"), *PROBE_OPTIONS]) == 0
     files = probe_files(run)
     assert {"probe_performances.csv", "probe_performances.png", "probe_settings.json",
@@ -360,14 +366,14 @@ def probe_reference(tmp_path_factory) -> dict[str, Any]:
 
 @pytest.mark.parametrize("how", [["-mp", "1"], ["-mp", "2"], ["--scheduler", "local:2"]], ids=" ".join)
 def test_a_probe_job_writes_the_same_files_however_its_layers_are_fitted(tmp_path, probe_reference, how):
-    run, latents = make_latents(tmp_path, *LAYERS)  # the same run name: it heads the figures' titles
+    run, latents = _probed_run(tmp_path)
     assert probe_cli(["--latents", str(latents), *how, "--cache-dir", str(tmp_path / "cache"), *PROBE_OPTIONS]) == 0
     assert_same_files(probe_reference, probe_files(run))
 
 
 @pytest.mark.slow
 def test_a_probe_job_killed_and_resumed_writes_the_same_files(tmp_path, probe_reference):
-    run, latents = make_latents(tmp_path, *LAYERS)
+    run, latents = _probed_run(tmp_path)
     cache = tmp_path / "cache"
     process = subprocess.Popen([sys.executable, "probe_main.py", "--latents", str(latents), "-mp", "1",
                                 "--cache-dir", str(cache), *PROBE_OPTIONS], cwd=ROOT,
@@ -378,7 +384,7 @@ def test_a_probe_job_killed_and_resumed_writes_the_same_files(tmp_path, probe_re
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the job and its worker, like a node failure
         process.wait()
-    assert not (run / "probe_performances.csv").exists() and len(list(cache.rglob("*.json"))) < len(LAYERS[0])
+    assert not (run / "probe_performances.csv").exists() and len(list(cache.rglob("*.json"))) < PROBED_LAYERS
     assert probe_cli(["--latents", str(latents), "-mp", "0", "--cache-dir", str(cache), *PROBE_OPTIONS]) == 0
     assert_same_files(probe_reference, probe_files(run))
 
