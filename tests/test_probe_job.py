@@ -860,6 +860,82 @@ def test_a_grid_with_one_invalid_manifest_exits_2_and_writes_into_no_run(tmp_pat
     assert not (tmp_path / "logs" / ".probe_cache").exists()
 
 
+def _three_runs(tmp_path: Path) -> tuple[Path, list[RunDir]]:
+    """A grid of three runs with valid latents (and probe_solver lbfgs)."""
+    config = _config(tmp_path, model_args={"width": [0.25, 0.125, 0.5]}, probe_solver="lbfgs")
+    return config, [_latents_for_run(config, index) for index in range(3)]
+
+
+def test_a_grid_refused_for_one_runs_latents_names_that_run_and_the_command_that_extracts_them_again(
+        tmp_path, capsys):
+    """The error named the file only, and "python main.py --config ..." as its remedy: which grid run it was, and
+    that no other run was probed, were left to the user. Now the run and its --index command are named."""
+    config, runs = _three_runs(tmp_path)
+    damaged = runs[1].latents() / "train-block1.conv.npy"
+    damaged.write_bytes(damaged.read_bytes()[:200])  # cut short: its header promises more than it holds
+    _assert_usage_error(capsys, runs[0].root, "--config", str(config), "-mp", "0",
+                        match=f"error: run 1 (vgg11-Digits-r32-bs64-e1): Latents file {str(damaged)!r} is not a "
+                              f"readable .npy array")
+    _assert_usage_error(capsys, runs[2].root, "--config", str(config), "-mp", "0",
+                        match=f"No run was probed and nothing was written: `python main.py --config {config} --index "
+                              f"1` extracts its latents again from its checkpoint (nothing is retrained)")
+    assert not (tmp_path / "logs" / ".probe_cache").exists()
+
+
+def test_a_grid_job_names_every_run_whose_latents_are_invalid_not_only_the_first(tmp_path, capsys):
+    """Each run with invalid latents was found only once the one before it was repaired (a probe job of hours
+    refused again and again, the latents of all runs hashed each time). Headers, label lengths and layer sets of
+    every run are read first, then every run's files are hashed, and the error names all runs found."""
+    config, runs = _three_runs(tmp_path)
+    np.save(runs[0].latents() / "eval-labels.npy", np.load(runs[0].latents() / "eval-labels.npy")[:-3])
+    manifest = runs[2].latents() / "manifest.json"
+    content = json.loads(manifest.read_text())
+    del content["layers"][1]["eval"]
+    manifest.write_text(json.dumps(content))
+    _assert_usage_error(capsys, runs[1].root, "--config", str(config), "-mp", "0",
+                        match="The latents of run 2 (vgg11-Digits-r32-bs64-e1) are invalid too. No run was probed and "
+                              f"nothing was written: `python main.py --config {config}` (or one --index per run) "
+                              f"extracts their latents again")
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress"]) == 2  # the other run's error is warned
+    assert "run 2 (vgg11-Digits-r32-bs64-e1): The train and eval layer sets in" in capsys.readouterr().err
+    for run in runs:  # now the files agree with their headers, but not with their sha256
+        write_latents(run.latents(), *blob_layers(n_layers=2), run.root, 0.95)
+    for run in runs[::2]:
+        np.save(run.latents() / "eval-block0.conv.npy", np.load(run.latents() / "eval-block0.conv.npy")[::-1])
+    _assert_usage_error(capsys, runs[1].root, "--config", str(config), "-mp", "0",
+                        match=f"error: run 0 (vgg11-Digits-r32-bs64-e1): Latents file "
+                              f"{str(runs[0].latents() / 'eval-block0.conv.npy')!r} has sha256")
+    _assert_usage_error(capsys, runs[1].root, "--config", str(config), "-mp", "0",
+                        match="The latents of run 2 (vgg11-Digits-r32-bs64-e1) are invalid too.")
+
+
+def test_a_trained_run_whose_configured_extraction_has_not_run_is_named_with_its_command(tmp_path, capsys):
+    """A trained run without latents was only counted among the runs "without latents (skipped)" (INFO, exit 0),
+    as a run not trained yet is, though its config lists 'extract': the job ended 0 with that run not probed. Now
+    it is warned of with the command that extracts its latents, and the job exits 1 once the others are probed; a
+    run that a process is training now is still skipped quietly, as is one whose config lists no extract step."""
+    from phd_lab.lock import RunLock
+    config = _config(tmp_path, probe_solver="lbfgs", post_processing=["extract"])
+    probed = _latents_for_run(config, 0)
+    trained = RunDir.for_run(Grid(load_config_file(config))[1]).create()
+    trained.checkpoint.write_bytes(b"a checkpoint")
+    with RunLock(trained.lock):  # its training (or post-processing) is at work on it
+        assert cli("--config", str(config), "-mp", "0") == 0
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress"]) == 1
+    said = " ".join(capsys.readouterr().err.split())
+    assert (f"run(s) 1 of {config}: trained (a checkpoint, and no process at work on the run) but without latents, "
+            f"though the config's post_processing lists 'extract'") in said
+    assert (f"Not every run of {config} was probed (run(s) 1: trained, latents not extracted (python main.py --config "
+            f"{config} --index 1 extracts them)); the 1 probe table(s) listed above are written") in said
+    assert probe_csv_written(probed) and not trained.probe_csv.exists()
+    config = _config(tmp_path, probe_solver="lbfgs")  # the same runs, no extract step: nothing is missing
+    assert cli("--config", str(config), "-mp", "0") == 0
+
+
+def probe_csv_written(run: RunDir) -> bool:
+    return run.probe_csv.exists() and len(pd.read_csv(run.probe_csv)) == 2
+
+
 def test_error_manifest_missing(tmp_path, capsys):
     run_dir, latents = make_latents(tmp_path)
     (latents / "manifest.json").unlink()

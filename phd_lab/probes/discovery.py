@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -34,6 +34,7 @@ class ProbeJob:
     settings: ProbeSettings
     outputs: RunDir
     label: str  # for messages: the run's name or the latents folder
+    extract_again: str = ""  # the command that extracts a grid run's latents again (empty for --latents)
 
 
 def jobs_from_config(config_path: Path | str, run_id: str | None = None,
@@ -49,12 +50,22 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
     """
     where = str(config_path)
     grid = read_config_grid(config_path, run_id=run_id)
-    scan = _scan_grid(grid, where, overrides)
+    scan = _scan_grid(grid, where, overrides, run_id)
+    if scan.invalid:  # before any other run is probed: exit 2, nothing written, every such run named at once
+        raise invalid_latents_error(scan.invalid)
     jobs = _without_repeats(scan.jobs, where)
     if not jobs:
         _nothing_to_probe(scan, where, len(grid), run_id)
-    if scan.skipped:
-        log.info("%d run(s) without latents (skipped): %s", len(scan.skipped), index_ranges(scan.skipped))
+    waiting = [index for index in scan.skipped if index not in scan.not_extracted]
+    if waiting:
+        log.info("%d run(s) without latents (skipped): %s", len(waiting), index_ranges(waiting))
+    if scan.not_extracted:
+        command = (extraction_command(where, run_id, scan.not_extracted[0]) if len(scan.not_extracted) == 1
+                   else extraction_command(where, run_id, 0).rsplit(" --index ", 1)[0])
+        log.warning("run(s) %s of %s: trained (a checkpoint, and no process at work on the run) but without latents, "
+                    "though the config's post_processing lists 'extract': their extraction has not run (the step "
+                    "was added after training, or the training was stopped); skipped. `%s` extracts them (a "
+                    "trained run is not trained again).", index_ranges(scan.not_extracted), where, command)
     if len(scan.extracting) > SAID_ONE_BY_ONE:
         log.warning("%d run(s) whose latents are being extracted (skipped): %s", len(scan.extracting),
                     index_ranges(scan.extracting))
@@ -65,6 +76,9 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
         log.warning("%d run(s) whose latents an older phd-lab extracted (not probed): %s", len(scan.outdated),
                     index_ranges(scan.outdated))
     notes = [f"run(s) {index_ranges(scan.unfinished)}: extraction unfinished"] if scan.unfinished else []
+    if scan.not_extracted:
+        notes.append(f"run(s) {index_ranges(scan.not_extracted)}: trained, latents not extracted ({command} "
+                     f"extracts them)")
     if scan.outdated:
         notes.append(f"run(s) {index_ranges(scan.outdated)}: latents of an older extraction, to be extracted again "
                      f"by python main.py --config {shlex.quote(where)}")
@@ -77,17 +91,21 @@ class _GridScan:
 
     jobs: list[ProbeJob] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)  # no latents folder
+    not_extracted: list[int] = field(default_factory=list)  # of those, trained runs whose extract step has not run
     unprobed: list[tuple[int, Any]] = field(default_factory=list)  # the same runs, with their configs
     extracting: list[int] = field(default_factory=list)  # an extraction holds the run right now
     unfinished: list[int] = field(default_factory=list)  # an extraction died: no manifest
     diverged: list[int] = field(default_factory=list)  # its training diverged: no latents will come
     outdated: list[int] = field(default_factory=list)  # latents of an older extraction: the training command redoes
+    invalid: list[tuple[str, str, DataError]] = field(default_factory=list)  # invalid latents (label, command, error)
     logs_dirs: set[str] = field(default_factory=set)
 
 
-def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None) -> _GridScan:
+def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None, run_id: str | None = None) -> _GridScan:
     """Look at every run's latents folders once (the default set's, and one per further set of the extract
-    step's ``sizes``); the first few runs left out say why one by one."""
+    step's ``sizes``); the first few runs left out say why one by one. A manifest that does not agree with its
+    files (headers, label lengths, layer sets) does not end the scan: every run with invalid latents is found
+    before the job is refused, so that one extraction repairs them all."""
     from phd_lab.config_paths import extraction_latents_dir
     from phd_lab.latents_sets import config_sets
 
@@ -119,7 +137,12 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None) -> _G
                                 "it.", index, cfg.name, folder, MANIFEST, where, index)
                 _note(scan.unfinished, index)
                 continue
-            manifest = read_manifest(folder)
+            extract_again = extraction_command(where, run_id, index)
+            try:
+                manifest = read_manifest(folder)
+            except DataError as error:
+                scan.invalid.append((label, extract_again, error))
+                continue
             if extracted_by_older_version(manifest.raw, rundir.root):
                 if index not in scan.outdated and len(scan.outdated) < SAID_ONE_BY_ONE:
                     log.warning("run %d (%s): %s; not probed.", index, cfg.name,
@@ -128,7 +151,12 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None) -> _G
                 _note(scan.outdated, index)
                 continue
             settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
-            scan.jobs.append(_job(manifest, settings, label, expected_root=rundir.root, probe_set=latents.name))
+            try:
+                job = _job(manifest, settings, label, expected_root=rundir.root, probe_set=latents.name)
+            except DataError as error:
+                scan.invalid.append((label, extract_again, error))
+                continue
+            scan.jobs.append(replace(job, extract_again=extract_again))
         if not found and rundir.diverged.exists():  # the training command would only say so again
             if len(scan.diverged) < SAID_ONE_BY_ONE:
                 log.warning("run %d (%s) diverged in training (%s), so it has no latents to probe; skipped. Train it "
@@ -138,12 +166,56 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None) -> _G
         elif not found:
             scan.skipped.append(index)
             scan.unprobed.append((index, cfg))
+            if lists_extract_step(cfg.values) and _trained_and_idle(rundir):  # not a run being trained now
+                scan.not_extracted.append(index)
         elif absent:  # the config names latents sets the run has not extracted (yet): say so, probe the others
             log.warning("run %d (%s): no %s yet (the config's extract step names %s); probed without %s. The training "
                         "command extracts %s.", index, cfg.name, ", ".join(absent),
                         "it" if len(absent) == 1 else "them", "it" if len(absent) == 1 else "them",
                         "it" if len(absent) == 1 else "them")
     return scan
+
+
+def extraction_command(where: str, run_id: str | None, index: int) -> str:
+    """The training command that extracts grid run ``index``'s latents again (it retrains nothing)."""
+    return " ".join(["python main.py --config", shlex.quote(where),
+                     *(["--run-id", shlex.quote(run_id)] if run_id is not None else []), "--index", str(index)])
+
+
+def invalid_latents_error(invalid: Sequence[tuple[str, str, DataError]]) -> DataError:
+    """The error of a grid job refused for the invalid latents of some of its runs, given as (label, command that
+    extracts them again, error) each: the first error as it is, the other runs named, that nothing was probed, and
+    what to do: extract those runs again (the training command), or probe the valid runs' folders one by one."""
+    first_label, first_command, first = invalid[0]
+    if len(invalid) == 1 and not first_command:  # --latents: the error names the folder already
+        return first
+    labels = list(dict.fromkeys(label for label, _, _ in invalid))
+    others = ""
+    if len(labels) > 1:
+        shown = labels[1:1 + SAID_ONE_BY_ONE]
+        more = f" and {len(labels) - 1 - len(shown)} more" if len(labels) - 1 > len(shown) else ""
+        others = f" The latents of {'; '.join(shown)}{more} are invalid too."
+        for label, _, error in invalid[1:1 + SAID_ONE_BY_ONE]:
+            log.warning("%s: %s", label, str(error).rstrip())
+    commands = list(dict.fromkeys(command for _, command, _ in invalid))
+    if len(commands) == 1:
+        rerun = f"`{commands[0]}` extracts its latents again from its checkpoint"
+    else:  # several runs: one --index each, or the whole grid, whose valid runs are left as they are
+        rerun = (f"`{first_command.rsplit(' --index ', 1)[0]}` (or one --index per run) extracts their latents "
+                 f"again from their checkpoints, leaving the runs whose latents are valid as they are")
+    return DataError(f"{first_label}: {str(first).rstrip()}{others} No run was probed and nothing was written: "
+                     f"{rerun} (nothing is retrained); then rerun this command. To probe a run whose latents are "
+                     f"valid before that, pass its latents folder: probe_main.py --latents DIR.")
+
+
+def _trained_and_idle(rundir: RunDir) -> bool:
+    """Whether a run folder holds a checkpoint and no process (training, post-processing) holds its lock."""
+    if not rundir.checkpoint.exists():
+        return False
+    if not rundir.lock.exists():
+        return True
+    from phd_lab.analysis.run_tables import lock_owner_alive
+    return lock_owner_alive(rundir.lock)[0] is False
 
 
 def _note(indices: list[int], index: int) -> None:

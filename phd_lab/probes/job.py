@@ -29,7 +29,7 @@ from phd_lab.kept_folders import existing_folder
 from phd_lab.lock import PROBE_LOCK, RunLock
 from phd_lab.plots.probes import ConfusionPlots
 from phd_lab.probes.cache import ResultCache, cache_key, json_digest, library_versions
-from phd_lab.probes.discovery import SAID_ONE_BY_ONE, ProbeJob
+from phd_lab.probes.discovery import SAID_ONE_BY_ONE, ProbeJob, invalid_latents_error
 from phd_lab.probes.fit import ProbeRecord, stratified_subsample
 from phd_lab.probes.manifest import verify_hashes
 from phd_lab.probes.outputs import (confusion_png, in_manifest_order, remove_other_confusions, results_in_place,
@@ -105,6 +105,7 @@ def _verify_needed(jobs: Sequence[ProbeJob], needed: dict[int, dict[Path, str]],
     total = sum(_size(path) for files in needed.values() for path in files)
     log.info("verifying %d latents files (%.2f GB) against their manifests", count, total / 1e9)
     stamps: dict[str, tuple[int, int, int]] = {}
+    invalid: list[tuple[str, str, DataError]] = []
     lock = threading.Lock()  # the hashing threads report their chunks
     with tqdm(total=total, desc="verifying sha256", unit="B", unit_scale=True, disable=not progress,
               **bar_options()) as bar:
@@ -112,7 +113,12 @@ def _verify_needed(jobs: Sequence[ProbeJob], needed: dict[int, dict[Path, str]],
             with lock:
                 bar.update(size)
         for position, files in needed.items():
-            stamps.update(verify_hashes(jobs[position].manifest, threads=threads, pairs=files.items(), read=read))
+            try:
+                stamps.update(verify_hashes(jobs[position].manifest, threads=threads, pairs=files.items(), read=read))
+            except DataError as error:  # the other runs are still verified: one extraction repairs every such run
+                invalid.append((jobs[position].label, jobs[position].extract_again, error))
+    if invalid:
+        raise invalid_latents_error(invalid)
     return stamps
 
 
