@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import csv
 import errno
@@ -373,3 +374,58 @@ def test_layers_finished_in_the_same_wake_up_as_a_worker_interrupted_alone_are_c
         signal.signal(signal.SIGINT, previous)
     assert sorted(delivered) == [task.layer for task in fitted]
     assert all(cache.get(task.key) is not None for task in fitted)
+
+
+class _KilledWhileHandedOver(collections.abc.Sequence):
+    """A job's tasks, the last of which, when it is handed to the pool (a pool worker runs then), is given only once
+    the worker fitted the first layer and waits on ``fifo`` (the second): the worker is then killed (SIGKILL, as the
+    out-of-memory killer does) and the pool has marked itself broken (the worker reaped)."""
+
+    def __init__(self, tasks: list, fifo: Path) -> None:
+        self.tasks, self.fifo, self.killed = tasks, fifo, False
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, position):
+        if position == len(self.tasks) - 1 and not self.killed and _spawned_workers(os.getpid()):
+            self.killed = True
+            writer = _open_for_writing_once_read(self.fifo)
+            try:
+                worker = _reader_of(self.fifo)
+                os.kill(worker, signal.SIGKILL)
+                deadline = time.monotonic() + 60
+                while Path(f"/proc/{worker}").exists():
+                    assert time.monotonic() < deadline, "the killed worker was never reaped"
+                    time.sleep(0.02)
+            finally:
+                os.close(writer)
+        return self.tasks[position]
+
+
+def test_a_worker_killed_while_the_layers_are_handed_to_the_pool_is_said_and_the_fitted_layers_are_cached(tmp_path):
+    """A worker that died while the job was still handing layers to the pool (killed early, e.g. by the
+    out-of-memory killer) made the pool's submit raise BrokenProcessPool, which came out as a traceback, and the
+    layers fitted before were not cached. Now it is the failure of a worker that died later: said, and those kept."""
+    from dataclasses import replace
+
+    from phd_lab.errors import RunFailure
+    from phd_lab.probes.cache import ResultCache
+    from phd_lab.probes.discovery import jobs_from_latents
+    from phd_lab.probes.job import build_tasks, validate_jobs
+    from phd_lab.probes.runner import run_probes
+    _, latents = make_latents(tmp_path, *digits_layers(n_layers=1, width=8))
+    jobs, _ = jobs_from_latents(latents)
+    fitted = replace(build_tasks(jobs, validate_jobs(jobs)[0])[0], size=100)
+    fifo = tmp_path / "never-written.npy"
+    os.mkfifo(fifo)
+    waiting = [replace(fitted, layer=f"waiting.{n}", train=str(fifo), stamps={}, size=0,
+                       key={**fitted.key, "test": n}) for n in range(3)]
+    cache = ResultCache(tmp_path / "cache")
+    tasks = _KilledWhileHandedOver([fitted, *waiting], fifo)
+    with pytest.raises(RunFailure) as raised:
+        run_probes(tasks, cache, workers=1, progress=False)
+    assert tasks.killed
+    said = " ".join(str(raised.value).split())
+    assert "A probe worker process ended abruptly while layers were being fitted: it was killed by SIGKILL" in said
+    assert cache.get(fitted.key) is not None  # the layer fitted before is kept: a rerun does not fit it again

@@ -391,8 +391,9 @@ def _run_here(tasks: Sequence[ProbeTask], misses: list[int], finished: Finished,
 def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int, finished: Finished,
                  wanted: Callable[[int], bool]) -> None:
     with spawn_pool(workers) as pool:
-        pending: dict[Future, int] = {pool.submit(run_task, tasks[position]): position for position in misses}
+        pending: dict[Future, int] = {}
         try:
+            _submit_all(pool, tasks, misses, pending)
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 _take_done(pool, [(future, pending.pop(future)) for future in done], finished)
@@ -402,6 +403,24 @@ def _run_in_pool(tasks: Sequence[ProbeTask], misses: list[int], workers: int, fi
         except BaseException:
             stop_pool(pool)  # no worker goes on fitting for a job that stopped
             raise
+
+
+def _submit_all(pool: ProcessPoolExecutor, tasks: Sequence[ProbeTask], misses: list[int],
+                pending: dict[Future, int]) -> None:
+    """Hand every miss to ``pool`` into ``pending``. A worker that dies while they are handed over (killed at its
+    start) breaks the pool, whose ``submit`` then raises BrokenProcessPool: that stops the handing over and comes
+    back as the failure of the next layer, a future like those the pool failed, so that the layers fitted already
+    are cached and the job says what ended the worker, as when a worker dies later. It was raised as it came, a
+    traceback, and those layers were lost."""
+    for position in misses:
+        try:
+            future = pool.submit(run_task, tasks[position])
+        except BrokenProcessPool as error:
+            future = Future()
+            future.set_exception(error)
+            pending[future] = position
+            return
+        pending[future] = position
 
 
 def _take_done(pool: ProcessPoolExecutor, done: list[tuple[Future, int]], finished: Finished) -> None:
