@@ -109,10 +109,15 @@ def ready_pool_workers(process: subprocess.Popen, count: int, timeout: float = 9
     while True:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, f"{count} pool worker(s) never became ready"
-        ready = [pid for pid in _spawned_children(process.pid) if _threads(pid) >= 2 and not _catches_sigint(pid)]
+        ready = [pid for pid in spawned_children(process.pid) if pool_worker_ready(pid)]
         if len(ready) >= count:
             return ready[:count]
         time.sleep(0.02)
+
+
+def pool_worker_ready(pid: int) -> bool:
+    """Whether the pool worker ``pid`` has run its initializer (SIGINT ends it; see ``ready_pool_workers``)."""
+    return _threads(pid) >= 2 and not _catches_sigint(pid)
 
 
 def _catches_sigint(pid: int) -> bool:
@@ -124,8 +129,9 @@ def _catches_sigint(pid: int) -> bool:
     return True
 
 
-def _spawned_children(pid: int) -> list[int]:
-    """The spawned ``multiprocessing`` children of ``pid`` (pool workers and the resource tracker)."""
+def spawned_children(pid: int) -> list[int]:
+    """The spawned ``multiprocessing`` children of ``pid`` (pool workers, not the resource tracker), read from /proc:
+    unlike ``multiprocessing.active_children``, this reaps none of them (a pool's own thread must see one die)."""
     with contextlib.suppress(OSError):
         children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         return [child for child in children if _cmdline(child).find(b"spawn_main") >= 0]

@@ -23,7 +23,7 @@ from phd_lab.plots.run_figure import figure_png
 from phd_lab.report.cli import main_report, write_report
 from phd_lab.report.run_figures import FIGURES_PER_WORKER, draw_run_figures, figure_workers
 from tests.analysis_fixtures import probe_results_replaced_again_and_again, read_json, write_run
-from tests.conftest import ready_pool_workers, sigint_as_in_a_terminal
+from tests.conftest import pool_worker_ready, ready_pool_workers, sigint_as_in_a_terminal, spawned_children
 
 PNG = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,6 +120,54 @@ def test_the_figures_of_a_killed_worker_are_drawn_in_this_process(tmp_path, capl
     results = dict(yielded)
     assert all(isinstance(result, bytes) and result.startswith(PNG) for result in results.values())
     assert results[7] == figure_png(*requests[7])
+
+
+class _WorkerLostWhileHandedOver(list):
+    """Figure requests, the last of which, when it is handed to the pool (its workers run then), is given only once
+    ``signum`` ended a worker that is ready (past its initializer) and the pool marked itself broken (the worker
+    reaped): the worker died while the figures were handed over, as one killed at its start would."""
+
+    def __init__(self, requests: list, signum: int) -> None:
+        super().__init__(requests)
+        self.signum, self.killed = signum, False
+
+    def __getitem__(self, position):
+        if position == len(self) - 1 and not self.killed and spawned_children(os.getpid()):
+            self.killed = True
+            deadline = time.monotonic() + 60
+            while not (ready := [pid for pid in spawned_children(os.getpid()) if pool_worker_ready(pid)]):
+                assert time.monotonic() < deadline, "no figure worker became ready"
+                time.sleep(0.02)
+            os.kill(ready[0], self.signum)
+            while Path(f"/proc/{ready[0]}").exists():
+                assert time.monotonic() < deadline, "the figure worker was never reaped"
+                time.sleep(0.02)
+        return super().__getitem__(position)
+
+    def __iter__(self):
+        return (self[position] for position in range(len(self)))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_a_figure_worker_lost_while_the_figures_are_handed_over_is_said_as_one_lost_later(tmp_path, caplog, signum):
+    """A worker that died while the report still handed figures to the pool made the pool's submit raise
+    BrokenProcessPool, which the report took for a pool that 'could not start': a worker killed (SIGKILL) was not
+    said as such, and one interrupted alone (SIGINT) did not stop the report as Ctrl-C does."""
+    runs = _runs(tmp_path / "logs", 2 * FIGURES_PER_WORKER)
+    requests = _WorkerLostWhileHandedOver([_request(rundir) for rundir in runs], signum)
+    drawn = draw_run_figures(requests, processes=2)
+    with caplog.at_level(logging.WARNING):
+        if signum == signal.SIGINT:
+            with pytest.raises(KeyboardInterrupt):
+                next(drawn)
+        else:  # the figures not back are drawn here, the first of them before the next one is asked for
+            position, figure = next(drawn)
+            drawn.close()
+            assert figure == figure_png(*requests[position])
+    assert requests.killed
+    assert "could not start" not in caplog.text
+    if signum == signal.SIGKILL:
+        assert "A figure worker process ended abruptly: it was killed by SIGKILL" in caplog.text
 
 
 @pytest.mark.parametrize("whom", ["the report's process group", "a figure worker alone"])

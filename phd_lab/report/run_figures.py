@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterator, Sequence
 
@@ -69,14 +69,27 @@ def _drawn_by_workers(requests: Sequence[FigureRequest], workers: int) -> Iterat
     """``(position, figure)`` as the workers finish. A figure whose worker was lost (killed, interrupted) or that no
     worker took (the pool could not start) is not yielded."""
     pool = None
+    futures: dict[Future, int] = {}
     try:
         pool = spawn_pool(workers)
-        futures = {pool.submit(figure_png, *request): position for position, request in enumerate(requests)}
-    except (OSError, RuntimeError) as error:  # no processes or semaphores left (a login node's limits); broken
+        for position, request in enumerate(requests):
+            try:
+                future = pool.submit(figure_png, *request)
+            except BrokenProcessPool as error:  # a worker died while the figures were handed over (killed at its
+                future = Future()  # start): said below as a worker lost later, not as a pool that could not start
+                future.set_exception(error)
+                futures[future] = position
+                break
+            futures[future] = position
+    except (OSError, RuntimeError) as error:  # no processes or semaphores left (a login node's limits)
         log.warning("The figure worker processes could not start (%s: %s)", type(error).__name__, error)
         if pool is not None:
             stop_pool(pool)
         return
+    except BaseException:  # Ctrl-C or SIGTERM while the figures were handed over: no worker goes on drawing
+        if pool is not None:
+            stop_pool(pool)
+        raise
     try:
         lost = False
         for future in as_completed(futures):
