@@ -577,10 +577,10 @@ def submit_and_collect(client: Any, tasks: Sequence[tuple[str, Callable[..., Any
     from phd_lab.progress import bar_options
 
     futures = {}
-    for key, fn, args, resources in tasks:
-        futures[client.submit(fn, *args, key=key, resources=resources, pure=False)] = key
     results: dict[str, tuple[str, Any]] = {}
-    try:
+    try:  # a Ctrl-C while the tasks are handed over stops those handed over already, as one later does
+        for key, fn, args, resources in tasks:
+            futures[client.submit(fn, *args, key=key, resources=resources, pure=False)] = key
         with tqdm(total=len(futures), desc=description, unit="task", disable=not progress, **bar_options()) as bar:
             for future in as_completed(futures):
                 key = futures[future]

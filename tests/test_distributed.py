@@ -316,6 +316,34 @@ def test_ctrl_c_in_a_terminal_stops_the_runs_of_a_local_cluster_after_their_batc
     assert 1 <= len(read_metrics(folder)) < 200
 
 
+def _runs_until_stopped(started: str, stop: str) -> str:
+    """A task that says it started (Dask Event ``started``) and runs until its command sets ``stop``."""
+    client = distributed.get_client()
+    distributed.Event(started, client=client).set()
+    distributed.Event(stop, client=client).wait(120)  # a bound only: an unfixed command never sets it
+    return "stopped"
+
+
+def test_a_command_stopped_while_it_hands_tasks_to_the_cluster_stops_those_handed_over(tmp_path):
+    """A Ctrl-C (or SIGTERM) while the grid's runs were still being handed to the cluster left the runs handed over
+    already running on the workers, for nobody (holding their run folders): the tasks were submitted outside the
+    handling that stops them."""
+    from phd_lab.distributed import submit_and_collect
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as local, distributed.Client(local) as client:
+        def handed_over():
+            yield "first", _runs_until_stopped, ("first-started", "stop-command"), None
+            assert distributed.Event("first-started", client=client).wait(120), "the first task never started"
+            raise KeyboardInterrupt  # Ctrl-C before the second is handed over
+
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                submit_and_collect(client, handed_over(), "grid", progress=False, stop_event="stop-command")
+            assert distributed.Event("stop-command", client=client).is_set()
+        finally:
+            distributed.Event("stop-command", client=client).set()  # the task ends either way
+
+
 def test_a_point_queued_behind_a_stopped_command_does_not_start(tmp_path):
     """A task that a worker takes up only after its command was stopped ends at once: no run folder, no data or
     model built for a run that would stop at its first batch."""
@@ -670,6 +698,55 @@ def test_ctrl_c_of_a_probe_job_on_a_local_cluster_lets_the_running_fit_finish_an
     assert process.returncode == 130, err
     assert "Stopping: 1 layer fit(s) running on the cluster finish and are cached" in err
     assert len(list(cache.rglob("*.json"))) == 2  # the running one is kept, the queued ones were cancelled
+
+
+class _InterruptedWhileHandedOver(list):
+    """Probe tasks, the last of which, when it is handed to the cluster (the job's client holds a probe future then),
+    is met with a Ctrl-C once the first one runs on the cluster."""
+
+    def __init__(self, tasks: list, client) -> None:
+        super().__init__(tasks)
+        self.client, self.interrupted = client, False
+
+    def __getitem__(self, position):
+        handing_over = any(str(key).startswith("probe-") for key in distributed.default_client().futures)
+        if position == len(self) - 1 and handing_over and not self.interrupted:
+            self.interrupted = True
+            deadline = time.monotonic() + 120
+            while not any(self.client.run(_executing_keys).values()):
+                assert time.monotonic() < deadline, "the first fit never ran"
+                time.sleep(0.02)
+            raise KeyboardInterrupt
+        return super().__getitem__(position)
+
+
+def _executing_keys(dask_worker) -> list[str]:
+    return [task.key for task in dask_worker.state.executing]
+
+
+def test_ctrl_c_while_a_probe_job_hands_layers_to_the_cluster_lets_the_running_fit_finish_and_be_cached(tmp_path,
+                                                                                                      monkeypatch):
+    """A Ctrl-C while the layers were still being handed to the cluster came before the handling that lets the fits
+    running there finish and be cached: the layer a worker was fitting was lost, and the rerun fitted it again."""
+    from dataclasses import replace
+
+    from phd_lab.probes.cache import ResultCache
+    from phd_lab.probes.discovery import jobs_from_latents
+    from phd_lab.probes.job import build_tasks, validate_jobs
+    from phd_lab.probes.runner import TEST_DELAY_ENV, run_probes
+    from tests.probe_latents import digits_layers, make_latents
+    _, latents = make_latents(tmp_path, *digits_layers(n_layers=2, width=8))
+    jobs, _ = jobs_from_latents(latents)
+    first, last = (replace(task, size=size) for task, size in zip(build_tasks(jobs, validate_jobs(jobs)[0]), (1, 0)))
+    cache = ResultCache(tmp_path / "cache")
+    monkeypatch.setenv(TEST_DELAY_ENV, "2")  # the first fit still runs when the Ctrl-C comes
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  dashboard_address=":0") as local, distributed.Client(local) as client:
+        tasks = _InterruptedWhileHandedOver([first, last], client)
+        with pytest.raises(KeyboardInterrupt):
+            run_probes(tasks, cache, progress=False, scheduler=local.scheduler_address)
+    assert tasks.interrupted
+    assert cache.get(first.key) is not None and cache.get(last.key) is None
 
 
 def test_probe_job_on_cluster_gives_the_same_csv_as_local(tmp_path, cluster):

@@ -457,11 +457,12 @@ def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, 
         # lbfgs-torch fits on CUDA go to GPU workers, one per GPU, as training runs do; a probe device is never "auto"
         gpus = declared_gpus(client, scheduler, [tasks[position].settings.device for position in misses],
                              cuda_here=lambda: False, device_key="probe_device", tasks="probe fits")
-        futures = {client.submit(run_task, tasks[position], key=f"probe-{position}-{tasks[position].layer}-"
-                                 f"{tasks[position].key_digest()}", resources=task_resources(
-                                     tasks[position].settings.device, gpus), pure=False): position
-                   for position in misses}
-        try:
+        futures: dict[Any, int] = {}
+        try:  # a Ctrl-C while the layers are handed over stops those handed over already, as one later does
+            for position in misses:
+                task = tasks[position]
+                futures[client.submit(run_task, task, key=f"probe-{position}-{task.layer}-{task.key_digest()}",
+                                      resources=task_resources(task.settings.device, gpus), pure=False)] = position
             for future in as_completed(futures):
                 position = futures[future]
                 if future.cancelled():
