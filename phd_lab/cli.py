@@ -333,9 +333,9 @@ def main_cli(argv: Sequence[str] | None = None, prog: str = "main.py") -> int:
         if not args.config:
             raise UsageError("--config is required: pass a JSON config file (e.g. configs/quickstart.json), "
                              "or use --list KIND / --list-keys.")
-        if args.dry_run and args.scheduler is not None:  # the run itself checks it only where it starts the cluster
+        if args.scheduler is not None:  # before the config: also where every point is finished and none is sent
             from phd_lab.distributed import parse_scheduler
-            parse_scheduler(args.scheduler)
+            parse_scheduler(args.scheduler, warn=args.dry_run)  # a run warns of its workers where it starts them
         from phd_lab.experiment import Main, chosen_indices, point_status, summary_table
         main = Main(progress=not (args.no_progress or args.quiet), missing_data="warn" if args.dry_run else "error",
                     missing_device="warn" if args.dry_run else "ignore" if _on_other_machines(args.scheduler) else

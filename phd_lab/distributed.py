@@ -52,8 +52,9 @@ def worker_thread_environment(workers: int) -> dict[str, str]:
     return {name: threads for name in THREAD_VARIABLES}
 
 
-def parse_scheduler(spec: str) -> tuple[str, Any]:
-    """``local:N`` → ("local", N); anything else is a scheduler address."""
+def parse_scheduler(spec: str, warn: bool = True) -> tuple[str, Any]:
+    """``local:N`` → ("local", N); anything else is a scheduler address. ``warn=False`` only checks the spelling
+    (a command checking it up front leaves the warning about more workers than cores to the cluster's start)."""
     match = _LOCAL.match(spec.strip())
     if not match and re.match(r"(?i)^local(?::|$)", spec.strip()):  # not localhost:8786, an address
         raise UsageError(f"--scheduler {spec!r}: a local cluster is written local:N with a whole number N ≥ 1 of "
@@ -63,7 +64,7 @@ def parse_scheduler(spec: str) -> tuple[str, Any]:
         workers = int(match.group(1) or cores)
         if workers < 1:
             raise UsageError(f"--scheduler {spec!r}: a local cluster needs at least one worker (local:N, N ≥ 1).")
-        if workers > cores:
+        if workers > cores and warn:
             log.warning("--scheduler %s starts %d worker processes on %d core(s): they take turns on the cores, so "
                         "the grid runs no faster than with local:%d and needs more memory.", spec, workers, cores,
                         cores)

@@ -10,6 +10,7 @@ from phd_lab.cli import main_cli
 from phd_lab.errors import EXIT_USAGE
 from phd_lab.probes.cli import probe_cli
 from phd_lab.report.cli import main_report
+from tests.conftest import flat, main_in_process, write_config
 from tests.probe_latents import make_latents
 
 CONFLICTS = {
@@ -119,3 +120,20 @@ def test_an_option_after_the_separator_is_not_offered_as_its_own_correction(caps
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--", "--config", "exp.json"])
     assert capsys.readouterr().err.endswith("unrecognized arguments: -- --config exp.json.\n")
+
+
+
+def test_a_malformed_scheduler_is_refused_also_where_every_point_is_finished(tmp_path, capsys, single_thread):
+    """main.py checked --scheduler only where it started the cluster: on a grid whose every point was finished, a
+    misspelt `local:x` (or an empty value from an unset variable) exited 0, and the same script failed later."""
+    config = write_config(tmp_path, epoch=1, track_saturation=False)
+    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+    log_file = next((tmp_path / "logs").rglob("*.log"))
+    before = log_file.read_bytes()
+    for spec in ["local:x", "local:0", "nonsense", ""]:
+        code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "--scheduler", spec)
+        assert code == EXIT_USAGE, err
+        message = flat(err)
+        assert message.startswith(f"error: --scheduler {spec!r}") and "Traceback" not in message, message
+        assert "local:N" in message and "Run 0" not in message, message  # told before the grid is looked at
+    assert log_file.read_bytes() == before
