@@ -943,6 +943,24 @@ def test_error_manifest_missing(tmp_path, capsys):
                                                                         "unfinished")
 
 
+
+def test_a_run_folder_without_latents_given_to_latents_is_named_as_a_run_folder(tmp_path, capsys):
+    """`--latents <run folder>` of a run trained without the extract step was said to be an extraction that is
+    unfinished, still running or killed; it is a run folder, and the message says what makes its latents."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = run_dir / "vgg11-Digits-r16-bs128-e2_config.json"
+    config.write_text(json.dumps({"model": "vgg11", "post_processing": []}))
+    _assert_usage_error(capsys, run_dir, "--latents", str(run_dir),
+                        match=f"{str(run_dir)!r} is a run folder, not a latents folder, and it has no latents folder")
+    assert cli("--latents", str(run_dir)) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert f'Add "extract" to the post_processing of {config}' in said and "unfinished" not in said, said
+    (run_dir / "latents").mkdir()  # an extraction that did not write its manifest
+    _assert_usage_error(capsys, run_dir, "--latents", str(run_dir),
+                        match=f"its latents folder {str(run_dir / 'latents')!r} has no manifest.json yet")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["latents", config.name]
+
 @pytest.mark.parametrize("mutate, match", [
     (lambda m: m.pop("labels"), "the top level has no 'labels'"),
     (lambda m: m["layers"][1]["sha256"].pop("eval"), "layers[1].sha256 has no 'eval'"),

@@ -332,6 +332,8 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
         holder = owner or "another process"
         raise DataError(f"Latents folder {str(folder)!r} is being extracted right now ({holder}): its manifest is "
                         f"written last. Probe it once that process has finished.")
+    if unfinished_extraction(Path(folder)):
+        _refuse_a_run_folder(Path(folder))
     if unfinished_extraction(Path(folder)) and not any(Path(folder).resolve().parent.glob("*_config.json")):
         # not inside its run folder (mirrored under latents_dir): the run folder, whose lock would tell whether
         # the extraction is still running, is named only by the manifest
@@ -349,6 +351,27 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
     settings = ProbeSettings.from_mapping({}, overrides, "command line")
     job = _job(manifest, settings, str(folder), probe_set=set_of_folder(manifest.folder.resolve().name))
     return [job], job.outputs.root / CACHE_FOLDER
+
+
+def _refuse_a_run_folder(folder: Path) -> None:
+    """A run folder given to --latents that holds no latents folder with a manifest: say so, and what makes its
+    latents (it was said to be an extraction that did not finish, also of a run that never extracted any)."""
+    configs = sorted(folder.glob("*_config.json"))
+    if not configs:
+        return
+    config = shlex.quote(str(configs[0]))
+    latents = folder / "latents"
+    if latents.is_dir():
+        why = (f"its latents folder {str(latents)!r} has no {MANIFEST} yet: that extraction is unfinished, still "
+               f"running or was killed (the manifest is written last). Probe it once the training command has "
+               f"finished; if its process died, rerun python main.py --config {config}, which redoes a half-written "
+               f"extraction")
+    else:
+        why = (f"it has no latents folder: its run extracted none, or into the config's latents_dir. Add \"extract\" "
+               f"to the post_processing of {config} and rerun python main.py --config {config} (a trained run is "
+               f"not trained again), then pass the latents folder it writes (by default {str(latents)!r}) to "
+               f"--latents, or probe the whole grid with --config")
+    raise DataError(f"{str(folder)!r} is a run folder, not a latents folder, and {why}.")
 
 
 def older_extraction_reason(latents: Path, command: str) -> str:
