@@ -137,3 +137,20 @@ def test_main_py_and_probe_main_py_run_their_own_checkout_under_pythonsafepath(t
         done = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0 and done.stdout.startswith(f"usage: {script}"), (script, done.stderr[-800:])
+
+
+def test_every_option_of_every_command_is_documented():
+    """`--help` named options that neither README.md nor docs/ mentioned (probe_main.py's and the report's
+    `--processes`, the long `--quiet` and `--verbose`): a user reading the docs could not know them."""
+    from pathlib import Path
+
+    from phd_lab.cli import build_parser as main_parser
+    from phd_lab.probes.cli import build_parser as probe_parser
+
+    root = Path(__file__).resolve().parents[1]
+    docs = (root / "README.md").read_text() + "".join(p.read_text() for p in (root / "docs").glob("*.md"))
+    for parser in (main_parser(), probe_parser(), report_parser()):
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    assert f"`{option}" in docs or f"{option} " in docs, f"{parser.prog} {option}"
