@@ -86,12 +86,16 @@ def check_argument_type(param: inspect.Parameter, value: Any, what: str) -> None
     true or false (or 0 and 1, which Python reads the same) where the argument is annotated ``bool``: "amsgrad":
     "no" trained with AMSGrad, a non-empty string being true. An argument annotated otherwise (the datasets'
     ``canvas: bool | int``, false or a size) or not at all (a user's ``weights=False`` that also takes a name)
-    is the factory's to check."""
+    is the factory's to check. A float where it is annotated ``int`` (8.0 or 8.5 for a channel count) is refused
+    too."""
     default = param.default
     numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
     if numeric and (isinstance(value, (str, bool)) or (param.annotation in NUMBER_ANNOTATIONS and not (
             isinstance(value, (int, float)) and not isinstance(value, bool)))):
         raise ConfigError(f"{what} must be a number (its default is {default!r}); got {json.dumps(value)}.")
+    if param.annotation in (int, "int") and isinstance(value, float):  # "width": 8.0 failed in torch's empty()
+        raise ConfigError(f"{what} must be a whole number without a decimal point (the factory annotates it int; "
+                          f"its default is {default!r}); got {json.dumps(value)}.")
     if isinstance(default, bool) and param.annotation in (bool, "bool") and not isinstance(value, bool) \
             and not (type(value) is int and value in (0, 1)):
         raise ConfigError(f"{what} must be true or false (its default is {json.dumps(default)}); got "

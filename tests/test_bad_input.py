@@ -532,3 +532,27 @@ def test_a_factory_that_returns_what_its_contract_does_not_allow_is_named_before
         assert f"the {kind[:-1]} factory {name!r} of {str(module)!r} returned" in err, err
         assert "which its contract does not allow" in err and "Traceback" not in err
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*_config.json"))
+
+
+def test_a_float_where_a_factory_annotates_int_is_refused_naming_the_argument(tmp_path, capsys):
+    """"width": 8.0 for a user's `width: int = 16` reached torch, whose message named no argument ("empty():
+    argument 'size' (position 1) must be tuple of ints, but found element of type float"); 8.5 gave "out_channels
+    must be divisible by groups"."""
+    (tmp_path / "my_models.py").write_text(
+        "from torch import nn\n\n\n"
+        "def tiny_cnn(*, num_classes: int, in_channels: int = 3, width: int = 16) -> nn.Module:\n"
+        '    """Two convolutions and a linear read-out."""\n'
+        "    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))\n")
+    for width in (8.0, 8.5):
+        config = write_config(tmp_path, registries={"models": "my_models.py"}, model="tiny_cnn",
+                              model_args={"width": width})
+        code = main_cli(["--config", str(config), "--no-progress", "-q"])
+        err = flat(capsys.readouterr().err)
+        assert code == 2, err
+        assert (f"model_args 'width' of 'tiny_cnn' must be a whole number without a decimal point (the factory "
+                f"annotates it int; its default is 16); got {width}.") in err, err
+        assert "Traceback" not in err and not (tmp_path / "logs").exists()
+    config = write_config(tmp_path, registries={"models": "my_models.py"}, model="tiny_cnn", model_args={"width": 8},
+                          epoch=1)
+    assert main_cli(["--config", str(config), "--no-progress", "-q", "--dry-run"]) == 0
