@@ -280,11 +280,12 @@ def non_finite_at(obj: Any, where: str = "the top") -> tuple[str, float] | None:
     return next((found for key, value in items if (found := non_finite_at(value, key)) is not None), None)
 
 
-def read_bytes(path: Path | str) -> bytes:
-    """The bytes of the regular file ``path``. A FIFO, socket or device node there is ``NotARegularFile`` (an
-    OSError): ``Path.read_bytes`` of a FIFO waits for a writer for ever, and the report hung at a FIFO in a run
-    folder (analysis.json, probe_performances.csv). The file is opened without waiting (O_NONBLOCK) so that its
-    mode can be checked first; a socket cannot be opened at all (ENXIO)."""
+def open_regular(path: Path | str) -> IO[bytes]:
+    """``path`` opened for reading in binary mode where it is a regular file. A FIFO, socket or device node there is
+    ``NotARegularFile`` (an OSError): ``open`` of a FIFO waits for a writer for ever, and the report hung at a FIFO in
+    a run folder (analysis.json, probe_performances.csv, the run's log, the page --out names). The file is opened
+    without waiting (O_NONBLOCK) and its mode checked on the open file, so a FIFO put there after a check of the path
+    is refused too; a socket cannot be opened at all (ENXIO)."""
     from phd_lab.errors import NotARegularFile
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -296,10 +297,17 @@ def read_bytes(path: Path | str) -> bytes:
         if mode is not None and not stat.S_ISREG(mode):
             raise NotARegularFile(path, mode) from None
         raise
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotARegularFile(path, mode)
+    handle = os.fdopen(fd, "rb")
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        handle.close()
+        raise NotARegularFile(path, mode)
+    return handle
+
+
+def read_bytes(path: Path | str) -> bytes:
+    """The bytes of the regular file ``path`` (``open_regular``: a FIFO or device there is ``NotARegularFile``)."""
+    with open_regular(path) as handle:
         return handle.read()
 
 

@@ -83,3 +83,50 @@ def test_the_readers_of_framework_json_files_do_not_wait_on_a_fifo(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("NotARegularFile "), done.stdout
     _said(done.stdout, fifo)
+
+
+def _report(logs: Path, *out: str) -> subprocess.CompletedProcess:
+    return _run("-m", "phd_lab", "report", str(logs), *out, "--no-progress", "-q")
+
+
+def test_a_fifo_at_the_report_page_is_refused_not_waited_on(tmp_path):
+    """The report opened the page at --out (by default LOGS_DIR/report.html) to see whether it wrote it: a FIFO
+    there hung `python -m phd_lab report` for good. Now it is no page of the report's, refused (exit 2) and kept."""
+    write_run(tmp_path / "logs", width=0.25, stage="full")
+    fifo = _fifo_at(tmp_path / "logs" / "report.html")
+    done = _report(tmp_path / "logs")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "exists and is no phd-lab report" in " ".join(done.stderr.split()) and "Traceback" not in done.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_a_fifo_at_a_repetition_table_of_the_report_is_refused_not_waited_on(tmp_path):
+    """The report read the first line of each table of repeated runs beside its page: a FIFO there hung it."""
+    write_run(tmp_path / "logs", width=0.25, stage="full")
+    fifo = _fifo_at(tmp_path / "r_saturation_stability.csv")
+    done = _report(tmp_path / "logs", "--out", str(tmp_path / "r.html"))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "is no table of a phd-lab report" in " ".join(done.stderr.split()) and "Traceback" not in done.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and not (tmp_path / "r.html").exists()
+
+
+def test_a_fifo_at_the_log_of_a_stopped_run_is_no_log(tmp_path):
+    """The status of a stopped run reads the tail of its log for the error that ended it (last_failure): a FIFO at
+    the log hung the report (and main.py --dry-run) for good. Now it is read as no log, and the report is written."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="running")
+    _fifo_at(rundir.log)
+    out = tmp_path / "report.html"
+    done = _report(tmp_path / "logs", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.is_file()
+
+
+def test_a_fifo_at_a_latents_array_is_named_by_the_probe_command(tmp_path):
+    """probe_main.py said that a layer's .npy file that is a FIFO 'does not exist' and sent the user to extract
+    again; now the FIFO is named, with the rm (exit 2), and never opened."""
+    _, latents = make_latents(tmp_path)
+    fifo = _fifo_at(sorted(latents.glob("*.npy"))[0])
+    done = _run("probe_main.py", "--latents", str(latents), "--no-progress", "-q")
+    assert done.returncode == 2, done.stderr[-2000:]
+    _said(done.stderr, fifo)
+    assert "does not exist" not in done.stderr

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from phd_lab.atomic import read_bytes, read_json, read_json_object
+from phd_lab.atomic import open_regular, read_bytes, read_json, read_json_object
 from phd_lab.config import META_KEY, with_logged_linear_init
 from phd_lab.config_paths import extraction_latents_dir
 from phd_lab.file_hash import latents_digest
@@ -381,9 +381,10 @@ _LOG_TAIL_BYTES = 1 << 18
 def last_failure(log: Path) -> str | None:
     """The error that ended the run's last attempt, from the tail of its log (the record ``run_log`` writes
     with the traceback), or None where the last attempt did not fail (or the log says nothing): a crashed run
-    otherwise looked "not started" or "stopped", as if it had been killed or never run."""
+    otherwise looked "not started" or "stopped", as if it had been killed or never run. A FIFO at the log is no
+    log (``open_regular``): opening it waited for a writer for ever, and the report and --dry-run with it."""
     try:
-        with open(log, "rb") as handle:
+        with open_regular(log) as handle:
             handle.seek(max(0, handle.seek(0, 2) - _LOG_TAIL_BYTES))
             lines = handle.read().decode("utf-8", errors="replace").splitlines()
     except OSError:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from phd_lab.atomic import non_finite_at, read_json
+from phd_lab.atomic import non_finite_at, open_regular, read_json
 from phd_lab.environment import LIMIT_ERRNOS
 from phd_lab.errors import DataError, NotARegularFile
 from phd_lab.file_hash import hash_and_stamp
@@ -121,13 +121,19 @@ _PICKLED = "it holds pickled Python objects, which are never loaded (loading the
 def _header(path: Path, manifest: Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype from the .npy header (memory-mapped: no data is read). A file that does not begin
     with the .npy signature is refused before numpy reads it: numpy takes any other file for a pickle
-    (a CSV file, too) or, for a zip archive (.npz, torch.save), returns an archive instead of an array."""
+    (a CSV file, too) or, for a zip archive (.npz, torch.save), returns an archive instead of an array. A FIFO there
+    is named as what it is (``NotARegularFile``): it was said not to exist, and never read."""
+    mode = _mode_of(path)
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise NotARegularFile(path, mode)
     if not path.is_file():
         raise DataError(f"Latents file {str(path)!r} listed in {str(manifest)!r} does not exist; the extraction is "
                         f"incomplete or the folder was moved. Rerun the extraction step.")
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             start = handle.read(512)
+    except NotARegularFile:
+        raise
     except OSError as error:
         if error.errno in LIMIT_ERRNOS:  # this machine's limit, not the file: the command says which
             raise

@@ -64,10 +64,11 @@ def build_parser(prog: str = "python -m phd_lab report") -> argparse.ArgumentPar
 
 
 def _is_report(path: Path) -> bool:
-    """Whether ``path`` is a page this command wrote (which a new report may replace)."""
+    """Whether ``path`` is a page this command wrote (which a new report may replace). A FIFO there is none: it is
+    not read (``open_regular``), and opening it waited for a writer for ever."""
     from phd_lab.report.html import TITLE
     try:
-        with open(path, "rb") as handle:
+        with atomic.open_regular(path) as handle:
             head = handle.read(4096)
     except OSError:
         return False

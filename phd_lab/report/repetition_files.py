@@ -12,10 +12,12 @@ _HEADERS = ("group,layer,position,", "group,basis,delta,")  # how those tables b
 
 
 def is_repetition_table(path: Path) -> bool:
-    """Whether ``path`` is a table a report wrote (which the next report may replace or remove)."""
+    """Whether ``path`` is a table a report wrote (which the next report may replace or remove). A FIFO there is
+    none: it is not read (``open_regular``), and opening it waited for a writer for ever."""
+    from phd_lab.atomic import open_regular
     try:
-        with open(path, encoding="utf-8") as handle:
-            first = handle.readline()
+        with open_regular(path) as handle:
+            first = handle.readline().decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return False
     return first.startswith(_HEADERS)
