@@ -54,7 +54,7 @@ class NotARegularFile(DataError, OSError):
     def __init__(self, path: object, mode: int) -> None:
         super().__init__(errno.EINVAL, os.strerror(errno.EINVAL), str(path))
         self.mode = mode
-        what = NOT_REGULAR.get(stat.S_IFMT(mode), "no regular file")
+        self.what = what = NOT_REGULAR.get(stat.S_IFMT(mode), "no regular file")
         self.message = (f"{str(path)!r} is {what}, not a regular file: phd-lab did not make it (it writes its files "
                         f"whole, as regular files), and reading it could wait for ever. Remove it "
                         f"(rm {shlex.quote(str(path))}) and run the same command again.")

@@ -130,3 +130,19 @@ def test_a_fifo_at_a_latents_array_is_named_by_the_probe_command(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     _said(done.stderr, fifo)
     assert "does not exist" not in done.stderr
+
+
+@pytest.mark.parametrize("planted", ["probe_performances.csv", "probe_confusion/001-*.npy", ".probe_cache/*/*.npy"])
+def test_a_probe_job_run_again_does_not_wait_on_a_fifo_in_the_run_folder(tmp_path, planted):
+    """probe_main.py run again compares the table and the confusion matrices in the run folder with its results and
+    reads each layer's matrix from the probe cache: a FIFO at any of them hung it for good. Now the file is read as
+    damaged (the cache names the FIFO), and the job writes its results again."""
+    _, latents = make_latents(tmp_path)
+    assert _run("probe_main.py", "--latents", str(latents), "--no-progress", "-q").returncode == 0
+    fifo = _fifo_at(sorted(latents.parent.glob(planted))[0])
+    done = _run("probe_main.py", "--latents", str(latents), "--no-progress", "-v")
+    assert done.returncode == 0, done.stderr[-2000:]
+    if planted.startswith(".probe_cache"):
+        assert f"its confusion matrix {fifo.name} cannot be read: it is a FIFO (named pipe)" in done.stderr
+    else:
+        assert fifo.is_file()  # written again, in the FIFO's place

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from phd_lab.atomic import (STALE_AFTER_SECONDS, file_system_now, read_json, remove_stale_temps, write_bytes,
-                            write_json, write_json_once)
+from phd_lab.atomic import (STALE_AFTER_SECONDS, file_system_now, read_bytes, read_json, remove_stale_temps,
+                            write_bytes, write_json, write_json_once)
 from phd_lab.environment import installed_version
-from phd_lab.errors import UsageError
+from phd_lab.errors import NotARegularFile, UsageError
 from phd_lab.file_hash import json_digest
 from phd_lab.probes.fit import ProbeRecord
 from phd_lab.probes.settings import ProbeSettings
@@ -259,9 +259,10 @@ class ResultCache:
         except (KeyError, TypeError) as error:
             return None, f"malformed: {error}"
         try:
-            data = matrix_path.read_bytes()
+            data = read_bytes(matrix_path)  # a FIFO there is refused, not waited on
         except OSError as error:
-            return None, f"its confusion matrix {matrix_path.name} cannot be read: {error.strerror or error}"
+            why = f"it is {error.what}" if isinstance(error, NotARegularFile) else error.strerror or error
+            return None, f"its confusion matrix {matrix_path.name} cannot be read: {why}"
         if hashlib.sha256(data).hexdigest() != sha256:
             return None, f"its confusion matrix {matrix_path.name} is damaged (its sha256 differs)"
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -139,15 +140,15 @@ def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
     outputs = job.outputs
     csv = table_bytes(performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy))
     try:
-        if (outputs.probe_csv.read_bytes() != csv
+        if (atomic.read_bytes(outputs.probe_csv) != csv  # a FIFO there is refused, not waited on
                 or atomic.read_json(outputs.probe_settings) != settings_document(job, csv)
                 or not outputs.probe_plot.is_file()):
             return False
         expected = set()
         for record in records:
             array, plot = (outputs.probe_confusion(record.index, record.layer, suffix) for suffix in (".npy", ".png"))
-            if not plot.is_file() or not np.array_equal(np.load(array, mmap_mode="r", allow_pickle=False),
-                                                             record.confusion_matrix()):
+            if not plot.is_file() or not np.array_equal(np.load(io.BytesIO(atomic.read_bytes(array)),
+                                                                 allow_pickle=False), record.confusion_matrix()):
                 return False
             expected |= {array.name, plot.name}
         present = {path.name for path in outputs.probe_confusion_dir.iterdir()
