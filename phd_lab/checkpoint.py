@@ -30,7 +30,7 @@ import torch
 
 from phd_lab import atomic
 from phd_lab.atomic import atomic_open, fsync_dir
-from phd_lab.errors import CheckpointError, FolderInTheWay, storage_refusal
+from phd_lab.errors import CheckpointError, FolderInTheWay, NotARegularFile, storage_refusal
 from phd_lab.interrupts import deferred_interrupts, raise_interruption_behind
 from phd_lab.wording import byte_amount
 
@@ -182,6 +182,8 @@ class CheckpointStore:
                 raise_interruption_behind(error)  # a Ctrl-C while it is read is no damage
                 if isinstance(error, IsADirectoryError):  # taken for a damaged file, it was renamed *.damaged
                     raise FolderInTheWay(candidate) from None
+                if isinstance(error, NotARegularFile):  # a FIFO: named with the rm that clears it, never renamed
+                    raise error from None
                 if not _file_is_damaged(error):
                     raise CheckpointError(
                         f"Reading the checkpoint {candidate} failed: {type(error).__name__}: {error}. That is the "
@@ -264,8 +266,9 @@ _SETTLED_NS = 2_000_000_000
 
 def verify_checksums(path: Path) -> None:
     """Raise ``zipfile.BadZipFile`` when the checkpoint is no whole zip archive or a member's data does not
-    match its CRC-32. A file found whole is not read again while it stays the same file, unchanged."""
-    with open(path, "rb") as file:
+    match its CRC-32. A file found whole is not read again while it stays the same file, unchanged. A FIFO there is
+    ``NotARegularFile`` (``atomic.open_regular``): opening it waited for a writer for ever."""
+    with atomic.open_regular(path) as file:
         info = os.fstat(file.fileno())  # before the read: a write during it changes what the path says after
         signature = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         if _VERIFIED.get(os.fspath(path)) == signature:
@@ -304,8 +307,9 @@ def _is_damaged(path: Path) -> bool:
 
 def _file_is_damaged(error: BaseException) -> bool:
     """Whether a failed read says something about the file rather than the file system. A folder in the file's place
-    is no damaged file: ``load`` names it (``FolderInTheWay``) instead of going back to the previous checkpoint."""
-    if isinstance(error, (MemoryError, IsADirectoryError)):
+    is no damaged file: ``load`` names it (``FolderInTheWay``) instead of going back to the previous checkpoint, nor
+    is a FIFO (``NotARegularFile``)."""
+    if isinstance(error, (MemoryError, IsADirectoryError, NotARegularFile)):
         return False
     return getattr(error, "errno", None) not in _TRANSIENT_ERRNOS
 

@@ -146,3 +146,21 @@ def test_a_probe_job_run_again_does_not_wait_on_a_fifo_in_the_run_folder(tmp_pat
         assert f"its confusion matrix {fifo.name} cannot be read: it is a FIFO (named pipe)" in done.stderr
     else:
         assert fifo.is_file()  # written again, in the FIFO's place
+
+
+def test_a_fifo_at_a_runs_checkpoint_is_named_by_the_training_command(tmp_path):
+    """main.py read the checkpoint of a run it resumes (and --dry-run peeked at it) with open(): a FIFO there hung
+    both for good. Now --dry-run reads it as no checkpoint, and the run refuses it with the rm (exit 2), leaving it
+    where it is rather than setting it aside as a damaged checkpoint."""
+    import json
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="running")
+    fifo = _fifo_at(rundir.checkpoint)
+    config = {key: value for key, value in json.loads(rundir.config.read_text()).items() if key != "_meta"}
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(config))
+    dry = _run("main.py", "--config", str(grid), "--dry-run")
+    assert dry.returncode == 0 and "stopped 1/3 epochs" in dry.stdout, dry.stderr[-2000:]
+    done = _run("main.py", "--config", str(grid), "--no-progress", "-q")
+    assert done.returncode == 2, done.stderr[-2000:]
+    _said(done.stderr, fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and not list(rundir.root.glob("*.damaged"))
