@@ -193,7 +193,7 @@ def test_resnet18_b_min_on_the_zigzag_of_the_block_convolutions():
     main = df[df["index"].notna() & ~df.side_branch]
     assert main.prev_r_min.tolist() == [1, 11, 19, 27, 19, 27, 19, 35, 27, 43, 27, 59, 43, 75, 43, 107, 75]
     assert set(main.in_r_min.iloc[1:]) == {11, 19, 27, 43, 75}  # the old rule: never > 32 at a block's first conv
-    assert border_layers(df, 32) == ("layer3.1.conv1", "layer1.1.conv2")  # 12th of the 17 block convolutions
+    assert border_layers(df, 32) == ("layer3.1.conv1", "layer1.1.conv2")  # 12th of 17 with the stem
     assert df.loc[df.b_min, "layer"].tolist() == ["layer3.1.conv1"]
 
 
