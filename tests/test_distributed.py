@@ -749,6 +749,42 @@ def test_ctrl_c_while_a_probe_job_hands_layers_to_the_cluster_lets_the_running_f
     assert cache.get(first.key) is not None and cache.get(last.key) is None
 
 
+def test_a_stop_while_one_fit_is_handled_keeps_a_fit_that_finished_on_the_cluster_meanwhile(tmp_path):
+    """A stop (here a Ctrl-C) while the job handled one layer's result lost a fit that had finished on the cluster
+    meanwhile, not yet handed over by as_completed: only the fits still running were waited for and cached, so the
+    rerun fitted that layer again (hours on a big one). It is cached and written now."""
+    from phd_lab.probes.cache import ResultCache
+    from phd_lab.probes.discovery import jobs_from_latents
+    from phd_lab.probes.job import build_tasks, validate_jobs
+    from phd_lab.probes.runner import run_probes
+    from tests.probe_latents import digits_layers, make_latents
+    _, latents = make_latents(tmp_path, *digits_layers(n_layers=2, width=8))
+    jobs, _ = jobs_from_latents(latents)
+    tasks = build_tasks(jobs, validate_jobs(jobs)[0])
+    cache = ResultCache(tmp_path / "cache")
+    written: list[str] = []
+
+    def on_record(task, record, cached) -> None:
+        written.append(task.layer)
+        if len(written) > 1:
+            return
+        # the job's own client holds the probe futures; wait until the other layer's fit has finished there
+        futures = distributed.default_client().futures
+        other = next(key for key in futures if str(key).startswith("probe-") and task.key_digest() not in str(key))
+        deadline = time.monotonic() + 120
+        while futures[other].status != "finished":
+            assert time.monotonic() < deadline, "the other fit never finished"
+            time.sleep(0.02)
+        raise KeyboardInterrupt  # the stop arrives while the first layer's record is written
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  dashboard_address=":0") as local:
+        with pytest.raises(KeyboardInterrupt):
+            run_probes(tasks, cache, progress=False, scheduler=local.scheduler_address, on_record=on_record)
+    assert sorted(written) == sorted(task.layer for task in tasks)
+    assert all(cache.get(task.key) is not None for task in tasks)  # the rerun fits none of them again
+
+
 def test_probe_job_on_cluster_gives_the_same_csv_as_local(tmp_path, cluster):
     import subprocess
     import sys

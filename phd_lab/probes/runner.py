@@ -458,6 +458,7 @@ def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, 
         gpus = declared_gpus(client, scheduler, [tasks[position].settings.device for position in misses],
                              cuda_here=lambda: False, device_key="probe_device", tasks="probe fits")
         futures: dict[Any, int] = {}
+        taken: set[Any] = set()  # the futures handed to ``finished`` (marked before: it may raise the job's failure)
         try:  # a Ctrl-C while the layers are handed over stops those handed over already, as one later does
             for position in misses:
                 task = tasks[position]
@@ -467,13 +468,14 @@ def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, 
                 position = futures[future]
                 if future.cancelled():
                     continue
+                taken.add(future)
                 error = future.exception()
                 finished(position, future.result() if error is None else None, error)
                 for other, other_position in futures.items():
                     if not wanted(other_position) and not other.done():
                         other.cancel()
         except BaseException:  # Ctrl-C, SIGTERM, a failure that ends the job
-            _finish_running_fits(client, futures, finished)
+            _finish_running_fits(client, futures, finished, taken)
             raise
 
 
@@ -482,10 +484,11 @@ def _executing_keys(dask_worker: Any) -> list[str]:
     return [task.key for task in dask_worker.state.executing]
 
 
-def _finish_running_fits(client: Any, futures: dict[Any, int], finished: Finished) -> None:
-    """Cancel the queued layers of a job that stops, and let the fits a worker runs already finish (up to
-    STOP_WAIT_SECONDS) and be cached, so that the rerun does not fit them again: cancelling them all lost every
-    fit in progress, although a worker was seconds from its result."""
+def _finish_running_fits(client: Any, futures: dict[Any, int], finished: Finished, taken: set[Any]) -> None:
+    """Cancel the queued layers of a job that stops, keep the fits that finished but were not ``taken`` yet, and
+    let the fits a worker runs already finish (up to STOP_WAIT_SECONDS) and be cached, so that the rerun does not
+    fit them again: cancelling them all lost every fit in progress, although a worker was seconds from its result,
+    and a fit that finished while the job handled another's result was lost too."""
     from distributed import wait as wait_on_cluster
 
     from phd_lab.distributed import STOP_WAIT_SECONDS
@@ -496,16 +499,24 @@ def _finish_running_fits(client: Any, futures: dict[Any, int], finished: Finishe
         executing = set()
     running = [future for future in pending if future.key in executing]
     client.cancel([future for future in pending if future.key not in executing])
+    _keep_finished([future for future in futures if future not in taken and future not in running], futures,
+                   finished)
     if not running:
         return
     log.warning("Stopping: %d layer fit(s) running on the cluster finish and are cached (waiting up to %d s; "
                 "Ctrl-C again leaves them).", len(running), STOP_WAIT_SECONDS)
     with contextlib.suppress(TimeoutError):  # raised, not returned, when some are still running
         wait_on_cluster(running, timeout=STOP_WAIT_SECONDS)
-    for future in running:
+    _keep_finished(running, futures, finished)
+    client.cancel([future for future in running if not future.done()])
+
+
+def _keep_finished(candidates: list[Any], futures: dict[Any, int], finished: Finished) -> None:
+    """Hand the ``candidates`` that finished with a record to ``finished``, in a job that stops: one that cannot be
+    kept is logged, as the error that stops the job is the one to raise (a failed fit is not fitted again anyway)."""
+    for future in candidates:
         if future.status == "finished":
             try:
                 finished(futures[future], future.result(), None)
             except Exception as error:  # noqa: BLE001 - the error that stops the job is the one to raise
                 log.warning("The fit of task %s finished but could not be kept: %s", future.key, error)
-    client.cancel([future for future in running if not future.done()])
