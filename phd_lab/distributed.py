@@ -345,38 +345,6 @@ def _cuda_index(device: str, auto_is_cuda: bool) -> int | None:
     return int(device.split(":")[1]) if ":" in device else 0
 
 
-class _InfoRecordsWhileTasksRun:
-    """While any task of this process runs, the root logger passes INFO records (the run's log file and the records
-    kept before it opens need them, in a worker that never configured logging), and the root's handlers show what
-    they showed before (``info_records_kept``); the last task to end gives the level back. The root was set to INFO
-    for good instead: on a cluster of threads in the caller's own process (``LocalCluster(processes=False)``, whose
-    address ``--scheduler`` or ``Main.run_on_cluster`` may be given) the caller's console printed every INFO line of
-    its process after a grid. Tasks in threads of one process share the one raised level, so none gives it back under
-    another."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.tasks = 0
-        self.kept: contextlib.AbstractContextManager | None = None
-
-    def __enter__(self) -> None:
-        with self.lock:
-            if self.tasks == 0:
-                self.kept = info_records_kept()
-                self.kept.__enter__()
-            self.tasks += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self.lock:
-            self.tasks -= 1
-            if self.tasks == 0 and self.kept is not None:
-                kept, self.kept = self.kept, None
-                kept.__exit__(None, None, None)
-
-
-info_records_while_tasks_run = _InfoRecordsWhileTasksRun()
-
-
 CONSOLE_LEVEL = logging.WARNING  # what a task's console handler shows of its thread's records
 
 
@@ -527,8 +495,10 @@ def train_point(values: Mapping[str, Any], source: str, registry_overrides: Mapp
     try:
         # the turn before the checks: importing registry files takes other folders' helpers out of sys.modules for
         # a while, and the checks' factories set torch's flags, under a run that another thread is training; INFO
-        # records reach the run's log once the worker console's handler is on the root (no last-resort stand-in)
-        with stop_requests(stopped), run_warnings_on_worker_console(config.name), info_records_while_tasks_run, \
+        # records reach the run's log once the worker console's handler is on the root (no last-resort stand-in),
+        # from its checks on, and the last task or run of the process to end gives the root its level back (a root
+        # left at INFO printed every INFO line of the caller's process after a grid on a cluster of its threads)
+        with stop_requests(stopped), run_warnings_on_worker_console(config.name), info_records_kept(), \
                 RUN_TURN():
             # a registry this worker cannot import is a usage error too
             executor = TrainTestExecutor(config, Registries(modules), progress=False)

@@ -79,28 +79,57 @@ class LogFile(logging.FileHandler):
                     "the rest of this process' messages are.", self.baseFilename, error.strerror or error)
 
 
+_kept_lock = threading.Lock()
+_holders = 0  # blocks of ``info_records_kept`` running in this process, in any thread
+_raised: tuple[int, list[tuple[logging.Handler, int]], logging.Handler | None] | None = None  # what the first changed
+
+
 @contextlib.contextmanager
 def info_records_kept() -> Iterator[None]:
     """While the block runs, INFO records reach the root logger's handlers (a run's or probe job's log file) also
     in a process that never configured logging (a notebook, a script calling ``Main``): the root logger's default
     level WARNING dropped them before any handler saw them, and a run's .log file held its warnings only. The
     console shows what it showed before: the root's handlers are raised to its old level for the block, and a
-    root without handlers (warnings printed by logging's last resort) gets that handler; all restored after."""
-    root = logging.getLogger()
-    level = root.level
-    if level <= logging.INFO:  # NOTSET (0) passes everything too
-        yield
-        return
-    raised = [(handler, handler.level) for handler in root.handlers if handler.level < level]
-    stand_in = logging.lastResort if not root.handlers else None
-    for handler, _ in raised:
-        handler.setLevel(level)
-    if stand_in is not None:
-        root.addHandler(stand_in)
-    root.setLevel(logging.INFO)
+    root without handlers (warnings printed by logging's last resort) gets that handler; all restored after.
+
+    Blocks in threads of one process (a run and a probe job, a Dask task on a cluster of threads in the caller's
+    process) share the one raised level, and the last of them to end restores it: the first to end gave the level
+    back under the others, whose files lost their INFO lines (epochs, probe results) for the rest of their work."""
+    _hold()
     try:
         yield
     finally:
+        _release()
+
+
+def _hold() -> None:
+    """One more block of ``info_records_kept``; the root is raised if it drops INFO records and no block raised it."""
+    global _holders, _raised
+    root = logging.getLogger()
+    with _kept_lock:
+        _holders += 1
+        level = root.level
+        if _raised is not None or level <= logging.INFO:  # NOTSET (0) passes everything too
+            return
+        raised = [(handler, handler.level) for handler in root.handlers if handler.level < level]
+        stand_in = logging.lastResort if not root.handlers else None
+        for handler, _ in raised:
+            handler.setLevel(level)
+        if stand_in is not None:
+            root.addHandler(stand_in)
+        root.setLevel(logging.INFO)
+        _raised = level, raised, stand_in
+
+
+def _release() -> None:
+    """One block of ``info_records_kept`` fewer; the last gives back what ``_hold`` changed."""
+    global _holders, _raised
+    root = logging.getLogger()
+    with _kept_lock:
+        _holders -= 1
+        if _holders or _raised is None:
+            return
+        (level, raised, stand_in), _raised = _raised, None
         root.setLevel(level)
         if stand_in is not None:
             root.removeHandler(stand_in)

@@ -140,6 +140,129 @@ def test_a_probe_job_started_from_python_logs_its_info_lines_into_probe_log(tmp_
     assert unconfigured_logging.level == logging.WARNING
 
 
+def test_info_records_kept_in_two_threads_gives_the_callers_levels_back_once_the_last_ends(unconfigured_logging):
+    """Two blocks of ``info_records_kept`` in two threads of one process (a run and a probe job), the first to start
+    ending first: it put the root back to WARNING under the other, whose file took no more INFO records. The root
+    passes INFO until the last ends; then the caller's level, handlers and their levels are as they were."""
+    import threading
+
+    from phd_lab.log_file import info_records_kept
+    console = logging.StreamHandler(io.StringIO())
+    unconfigured_logging.addHandler(console)
+    before = unconfigured_logging.level, list(unconfigured_logging.handlers), \
+        [handler.level for handler in unconfigured_logging.handlers]
+    entered, release, levels = threading.Event(), threading.Event(), []
+
+    def second() -> None:
+        with info_records_kept():
+            entered.set()
+            release.wait(60)
+            levels.append(logging.getLogger("phd_lab.trainer").isEnabledFor(logging.INFO))
+    other = threading.Thread(target=second)
+    try:
+        with info_records_kept():
+            other.start()
+            entered.wait(60)
+        release.set()
+        other.join(60)
+        after = unconfigured_logging.level, list(unconfigured_logging.handlers), \
+            [handler.level for handler in unconfigured_logging.handlers]
+    finally:
+        release.set()
+        unconfigured_logging.removeHandler(console)
+    assert levels == [True]  # the second block's INFO records still reach the handlers after the first ended
+    assert after == before
+
+
+GATED_MODELS = '''from torch import nn
+
+import {gate} as gate
+
+
+class Gated(nn.Module):
+    """A tiny net whose first training step calls ``gate.hook`` (from the run's thread, its log open)."""
+
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4, num_classes))
+        self.called = False
+
+    def forward(self, x):
+        if not x.is_meta and self.training and not self.called:
+            self.called = True
+            gate.hook()
+        return self.net(x)
+
+
+def gated(*, num_classes, in_channels=3):
+    return Gated(num_classes, in_channels)
+'''
+
+
+@pytest.mark.parametrize("first", ["probe job", "run"])
+def test_a_run_and_a_probe_job_in_two_threads_keep_their_info_lines_whichever_ends_first(tmp_path, first,
+                                                                                        unconfigured_logging,
+                                                                                        single_thread):
+    """A run (``Main``) and a probe job in two threads of one process (a notebook), the one that started first
+    ending first while the other still worked: it gave the root logger back its WARNING level under the other, and
+    the run's .log lost its epoch lines (or probe.log its results' INFO lines) from then on."""
+    import threading
+    import types
+
+    from phd_lab.experiment import Main
+    from phd_lab.probes.discovery import jobs_from_latents
+    from phd_lab.probes.job import run_jobs
+    from tests.probe_latents import blob_layers, make_latents
+    name = f"gate_{tmp_path.name}"
+    gate = types.ModuleType(name)
+    (tmp_path / "models.py").write_text(GATED_MODELS.format(gate=name))
+    config = write_config(tmp_path, epoch=2, resolution=8, batch_size=256, track_saturation=False,
+                          post_processing=[], model="gated", model_args={},
+                          registries={"models": str(tmp_path / "models.py")})
+    run_dir, latents = make_latents(tmp_path / "probed", *blob_layers(n_layers=1))
+    probing, release, outcomes = threading.Event(), threading.Event(), []
+
+    class ProbeGate(logging.Handler):
+        """Holds the probe job at its first line of fitting (its probe.log open) until released."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.threadName == "probe" and record.name == "phd_lab.probes.runner" and not probing.is_set():
+                probing.set()
+                release.wait(60)
+
+    probe = threading.Thread(name="probe", target=run_jobs, args=(jobs_from_latents(latents)[0], tmp_path / "cache"),
+                             kwargs={"progress": False})
+    run = threading.Thread(target=lambda: outcomes.extend(Main(progress=False)(config)))
+    if first == "probe job":  # the probe job ends while the run trains
+        gate.hook = lambda: (release.set(), probe.join(60))
+    else:  # the run ends while the probe job fits
+        gate.hook = lambda: (probe.start(), probing.wait(60))
+    probe_gate = ProbeGate()
+    logging.getLogger("phd_lab.probes").addHandler(probe_gate)
+    sys.modules[name] = gate
+    try:
+        if first == "probe job":
+            probe.start()
+            probing.wait(60)
+        run.start()
+        run.join(120)
+        release.set()
+        probe.join(60)
+    finally:
+        release.set()
+        logging.getLogger("phd_lab.probes").removeHandler(probe_gate)
+        del sys.modules[name]
+    [outcome] = outcomes
+    assert outcome.status == "finished"
+    [run_log] = Path(outcome.folder).glob("*.log")
+    text = run_log.read_text(encoding="utf-8")
+    assert "epoch 2/2: train_loss=" in text and "INFO phd_lab.executor: Run gated-" in text
+    probed = (run_dir / "probe.log").read_text(encoding="utf-8")
+    assert "INFO phd_lab.probes.outputs: " in probed and "probe results in" in probed
+    assert unconfigured_logging.level == logging.WARNING
+
+
 def test_a_local_dask_cluster_leaves_the_callers_dask_log_levels():
     """``--scheduler local:N`` (Main.run_on_cluster) quietened Dask's loggers for the rest of the process: a
     notebook's own Dask cluster after it no longer said what its scheduler and nannies did."""
