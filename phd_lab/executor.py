@@ -31,7 +31,7 @@ from phd_lab.device import DeviceMissing, resolve_device
 from phd_lab.environment import cpu_instruction_set, device_description, git_diff, versions
 from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, UsageError
 from phd_lab.factory_args import (FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect,
-                                  factory_model_args, refused_args)
+                                  factory_model_args, logged_run, refused_args)
 from phd_lab.factory_results import check_callable, checked_result, stepping_refusal, unrestorable_scheduler
 from phd_lab.interrupts import raise_if_stop_requested, raise_interruption_behind
 from phd_lab.kept_folders import existing_folder
@@ -107,8 +107,9 @@ class TrainTestExecutor:
         except RegistryError as error:
             raise RegistryError(f"{where}: {error}") from None
         model_args = factory_model_args(cfg.model_args)
+        logged = cfg.logged_meta is not None
         check_factory_args(self.registries.models.get(cfg.model), model_args, "model_args", cfg.model, where,
-                           SUPPLIED_ARGS["models"], framework=FRAMEWORK_MODEL_OPTIONS)
+                           SUPPLIED_ARGS["models"], framework=FRAMEWORK_MODEL_OPTIONS, logged=logged)
         truncate = cfg.model_args.get("truncate")
         if truncate is not None and (not isinstance(truncate, str) or not truncate):
             raise ConfigError(f"{where}: model_args 'truncate' must be a layer name, 'border' or 'border_max' "
@@ -120,7 +121,7 @@ class TrainTestExecutor:
                               f"{choices}; got {json.dumps(linear_init)}.")
         dataset_factory = self.registries.datasets.get(cfg.dataset)
         check_factory_args(dataset_factory, cfg.dataset_args, "dataset_args",
-                           cfg.dataset, where, SUPPLIED_ARGS["datasets"])
+                           cfg.dataset, where, SUPPLIED_ARGS["datasets"], logged=logged)
         check_data = getattr(dataset_factory, "check_data", None)  # optional: is the data there at all?
         if check_data is not None:
             try:
@@ -135,7 +136,7 @@ class TrainTestExecutor:
             except ConfigError as error:  # a dataset argument the check found wrong (e.g. 'download': "yes")
                 raise ConfigError(f"{where}: {error}") from None
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
-                           cfg.optimizer, where, SUPPLIED_ARGS["optimizers"])
+                           cfg.optimizer, where, SUPPLIED_ARGS["optimizers"], logged=logged)
         self.build_metrics()  # what the factories return, before a run folder is made
         self.steps = resolve_steps(cfg, where)
         for key in ("device", "tracking_device"):
@@ -230,7 +231,8 @@ class TrainTestExecutor:
         factory = self.registries.models.get(cfg.model)
         model_args = factory_model_args(cfg.model_args)
         try:
-            model = factory(num_classes=bundle.num_classes, in_channels=bundle.in_channels, **model_args)
+            with logged_run(cfg.logged_meta is not None):  # tv: models check their arguments' types as they build
+                model = factory(num_classes=bundle.num_classes, in_channels=bundle.in_channels, **model_args)
         except (TypeError, ValueError) as error:
             raise_interruption_behind(error)
             raise refused_args(cfg.source, "model", cfg.model, model_args, error) from None

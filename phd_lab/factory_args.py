@@ -8,9 +8,11 @@ never reach the factory. Kept apart from the executor, which only calls these.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import json
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from phd_lab.errors import ConfigError, first_line
 
@@ -46,10 +48,12 @@ def _takes_one_by_position(params: Any) -> bool:
 
 
 def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: str, name: str,
-                       where: str, reserved: tuple[str, ...], framework: tuple[str, ...] = ()) -> None:
+                       where: str, reserved: tuple[str, ...], framework: tuple[str, ...] = (),
+                       logged: bool = False) -> None:
     """Reject arguments a factory does not accept (a typo in model_args fails before training), and values of
     the wrong type where the factory's default says the type. ``framework``: the arguments of ``key`` that the
-    framework handles itself (left out of ``args``), offered with the factory's own in the message."""
+    framework handles itself (left out of ``args``), offered with the factory's own in the message. ``logged``:
+    the config is a run's logged config (``logged_run``)."""
     signature = inspect.signature(factory)
     params = signature.parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -72,13 +76,28 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], key: s
         own = f" (and the framework's own {', '.join(framework)})" if framework else ""
         raise ConfigError(f"{where}: {key} {unknown} are not accepted by {name!r}.{hint} It accepts: "
                           f"{', '.join(accepted) or 'no arguments'}{own}.")
-    for arg, value in args.items():  # "lr": "fast" failed deep in the factory with a comparison of float and str
-        check_argument_type(params[arg], value, f"{where}: {key} {arg!r} of {name!r}")
+    with logged_run(logged):
+        for arg, value in args.items():  # "lr": "fast" failed deep in the factory with a comparison of float and str
+            check_argument_type(params[arg], value, f"{where}: {key} {arg!r} of {name!r}")
 
 
 # Annotations that admit numbers only: such an argument refuses null, objects and lists too ("lr": null failed in
 # torch with "'<=' not supported between instances of 'float' and 'NoneType'"); "int | None" admits null.
 NUMBER_ANNOTATIONS = (int, float, "int", "float", "int | float", "float | int")
+# True while the factories of a point read from a run's logged config are checked and built (``logged_run``)
+_LOGGED_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("phd_lab_logged_run", default=False)
+
+
+@contextlib.contextmanager
+def logged_run(logged: bool) -> Iterator[None]:
+    """Check and build factories for a point read from a run's logged config (``logged``): a float where an
+    argument is annotated ``int`` is left to the factory there, as before that check, so that a run logged with
+    one that trained (tv:resnet50's "width_per_group": 32.0, an int only used in arithmetic) reruns."""
+    token = _LOGGED_RUN.set(logged)
+    try:
+        yield
+    finally:
+        _LOGGED_RUN.reset(token)
 
 
 def check_argument_type(param: inspect.Parameter, value: Any, what: str) -> None:
@@ -87,13 +106,14 @@ def check_argument_type(param: inspect.Parameter, value: Any, what: str) -> None
     "no" trained with AMSGrad, a non-empty string being true. An argument annotated otherwise (the datasets'
     ``canvas: bool | int``, false or a size) or not at all (a user's ``weights=False`` that also takes a name)
     is the factory's to check. A float where it is annotated ``int`` (8.0 or 8.5 for a channel count) is refused
-    too."""
+    too, except for a run's logged config (``logged_run``)."""
     default = param.default
     numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
     if numeric and (isinstance(value, (str, bool)) or (param.annotation in NUMBER_ANNOTATIONS and not (
             isinstance(value, (int, float)) and not isinstance(value, bool)))):
         raise ConfigError(f"{what} must be a number (its default is {default!r}); got {json.dumps(value)}.")
-    if param.annotation in (int, "int") and isinstance(value, float):  # "width": 8.0 failed in torch's empty()
+    # "width": 8.0 failed in torch's empty()
+    if param.annotation in (int, "int") and isinstance(value, float) and not _LOGGED_RUN.get():
         raise ConfigError(f"{what} must be a whole number without a decimal point (the factory annotates it int; "
                           f"its default is {default!r}); got {json.dumps(value)}.")
     if isinstance(default, bool) and param.annotation in (bool, "bool") and not isinstance(value, bool) \

@@ -20,7 +20,7 @@ from torch import nn
 
 from phd_lab.config import RunConfig
 from phd_lab.errors import ConfigError, first_line
-from phd_lab.factory_args import factory_model_args, refused_args
+from phd_lab.factory_args import factory_model_args, logged_run, refused_args
 from phd_lab.factory_results import checked_result
 from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, Objective, declared_objective, objective_of
@@ -70,7 +70,7 @@ def meta_model(cfg: RunConfig, registries: Registries, built: dict[Any, Any]) ->
 def _build_on_meta(cfg: RunConfig, registries: Registries, num_classes: int, in_channels: int) -> Any:
     """What the registry's model factory returns on the meta device for these classes and channels; its
     errors are the caller's to judge."""
-    with torch.device("meta"):
+    with torch.device("meta"), logged_run(cfg.logged_meta is not None):
         return registries.models.get(cfg.model)(num_classes=num_classes, in_channels=in_channels,
                                                  **factory_model_args(cfg.model_args))
 

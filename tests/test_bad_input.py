@@ -556,3 +556,39 @@ def test_a_float_where_a_factory_annotates_int_is_refused_naming_the_argument(tm
     config = write_config(tmp_path, registries={"models": "my_models.py"}, model="tiny_cnn", model_args={"width": 8},
                           epoch=1)
     assert main_cli(["--config", str(config), "--no-progress", "-q", "--dry-run"]) == 0
+
+
+def test_a_logged_config_with_a_float_where_a_factory_annotates_int_reruns_as_it_trained(tmp_path, capsys):
+    """Runs logged before the float-for-int check trained with such floats where the factory only computes with
+    them (tv:resnet50's "width_per_group": 32.0 gives the model of 32; a user's `spread: int = 2` only scaling
+    its output): their logged configs were refused (exit 2), so the run could not be reproduced or resumed. A
+    config written by hand is still refused."""
+    (tmp_path / "my_models.py").write_text(
+        "import torch\nfrom torch import nn\n\n\n"
+        "class Scaled(nn.Module):\n"
+        "    def __init__(self, body: nn.Module, spread: int) -> None:\n"
+        "        super().__init__()\n"
+        "        self.body, self.spread = body, spread\n\n"
+        "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n"
+        "        return self.body(x) / self.spread\n\n\n"
+        "def tiny_cnn(*, num_classes: int, in_channels: int = 3, spread: int = 2) -> nn.Module:\n"
+        '    """A convolution and a linear read-out whose logits are divided by spread."""\n'
+        "    return Scaled(nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "                                nn.Flatten(), nn.Linear(4, num_classes)), spread)\n")
+    meta = {"phd_lab": "0.1.0", "torch": "2.4.0"}  # what a run's logged config of an earlier version carries
+    for model, model_args, logged in (("tiny_cnn", {"spread": 2.0}, True), ("tv:resnet50", {"width_per_group": 32.0},
+                                                                          False)):
+        hand = write_config(tmp_path, registries={"models": "my_models.py"} if logged else None, model=model,
+                            model_args=model_args, epoch=1, track_saturation=False, post_processing=[])
+        assert main_cli(["--config", str(hand), "--no-progress", "-q", "--dry-run"]) == 2
+        assert "must be a whole number without a decimal point" in flat(capsys.readouterr().err)
+        config = json.loads(hand.read_text())
+        config["_meta"] = meta
+        hand.write_text(json.dumps(config))
+        if not logged:  # the meta-device build is tv:'s check of its model class' annotations
+            assert main_cli(["--config", str(hand), "--no-progress", "-q", "--dry-run"]) == 0, capsys.readouterr()
+            continue
+        code = main_cli(["--config", str(hand), "--no-progress", "-q"])
+        assert code == 0, capsys.readouterr().err
+        [trained] = [path for path in (tmp_path / "logs").rglob("*_config.json")]
+        assert json.loads(trained.read_text())["model_args"]["spread"] == 2.0
