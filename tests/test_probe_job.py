@@ -1247,6 +1247,14 @@ def test_error_malformed_scheduler_before_any_file_is_hashed(tmp_path, capsys):
     assert not (run_dir / ".probe_cache").exists() and not (run_dir / "probe_performances.csv").exists()
 
 
+def test_an_empty_scheduler_is_refused_before_the_latents_are_looked_at(tmp_path, capsys):
+    """`--scheduler "$UNSET"` passed the up-front check (an empty value is false) and was found only once the jobs
+    were made: a folder without latents was named instead, and the command failed again once it was fixed."""
+    assert probe_cli(["--latents", str(tmp_path / "no_such_folder"), "--scheduler", ""]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: --scheduler '' is neither a scheduler address") and "Traceback" not in err, err
+
+
 def test_a_latents_file_rewritten_in_place_after_verification_is_not_fitted(tmp_path):
     """np.save onto an existing path keeps its inode, and the same shape keeps its size: the modification time
     is what tells the rewritten file from the verified one."""

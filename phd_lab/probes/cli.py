@@ -71,7 +71,7 @@ def probe_cli(argv: Sequence[str] | None = None, prog: str = "probe_main.py") ->
                              "(<logs_dir>/.probe_cache, or .probe_cache in the run folder with --latents).")
         if args.max_memory is not None and not 0 < args.max_memory < 1e9:  # also no nan or inf
             raise UsageError(f"--max-memory must be a positive, finite number of GB; got {args.max_memory}.")
-        if args.scheduler:
+        if args.scheduler is not None:  # also an empty one (an unset variable), as main.py
             from phd_lab.distributed import parse_scheduler
             parse_scheduler(args.scheduler)  # a malformed address fails before any file is read or hashed
         overrides = {"solver": args.solver, "C": args.C, "max_iter": args.max_iter, "tol": args.tol,
