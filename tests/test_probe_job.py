@@ -961,6 +961,22 @@ def test_a_run_folder_without_latents_given_to_latents_is_named_as_a_run_folder(
                         match=f"its latents folder {str(run_dir / 'latents')!r} has no manifest.json yet")
     assert sorted(p.name for p in run_dir.iterdir()) == ["latents", config.name]
 
+
+def test_a_run_folder_whose_latents_lie_under_its_latents_dir_names_them(tmp_path, capsys):
+    """`--latents <run folder>` of a run whose extract step wrote under the config's latents_dir (a scratch
+    folder) was told that its run extracted none and to add "extract" and rerun main.py, which it has and which
+    would do nothing; the message names the latents folder there."""
+    scratch = tmp_path / "scratch"
+    _, latents = make_latents(scratch / "vgg11" / "Digits_16" / "0", name="v")
+    run_dir = tmp_path / "logs" / "vgg11" / "Digits_16" / "0" / "v"
+    run_dir.mkdir(parents=True)
+    config = run_dir / "vgg11-Digits-r16-bs128-e2_config.json"
+    config.write_text(json.dumps({"model": "vgg11", "latents_dir": str(scratch),
+                                  "post_processing": [{"name": "extract"}]}))
+    _assert_usage_error(capsys, run_dir, "--latents", str(run_dir),
+                        match=f"its run extracted its latents into the latents_dir of {config}: pass "
+                              f"{str(latents)!r} to --latents")
+
 @pytest.mark.parametrize("mutate, match", [
     (lambda m: m.pop("labels"), "the top level has no 'labels'"),
     (lambda m: m["layers"][1]["sha256"].pop("eval"), "layers[1].sha256 has no 'eval'"),

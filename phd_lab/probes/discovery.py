@@ -7,7 +7,9 @@ driver (``job``) validates and fits them; ``outputs`` writes their results.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -361,6 +363,11 @@ def _refuse_a_run_folder(folder: Path) -> None:
         return
     config = shlex.quote(str(configs[0]))
     latents = folder / "latents"
+    mirrored = _mirrored_latents(folder, configs[0])
+    if mirrored is not None:
+        raise DataError(f"{str(folder)!r} is a run folder, not a latents folder; its run extracted its latents into "
+                        f"the latents_dir of {config}: pass {str(mirrored)!r} to --latents, or probe the whole grid "
+                        f"with --config.")
     if latents.is_dir():
         why = (f"its latents folder {str(latents)!r} has no {MANIFEST} yet: that extraction is unfinished, still "
                f"running or was killed (the manifest is written last). Probe it once the training command has "
@@ -372,6 +379,22 @@ def _refuse_a_run_folder(folder: Path) -> None:
                f"not trained again), then pass the latents folder it writes (by default {str(latents)!r}) to "
                f"--latents, or probe the whole grid with --config")
     raise DataError(f"{str(folder)!r} is a run folder, not a latents folder, and {why}.")
+
+
+def _mirrored_latents(folder: Path, config: Path) -> Path | None:
+    """The latents folder with a manifest that the run of ``folder`` extracted under the latents_dir its logged
+    ``config`` names (mirrored as ``<model>/<dataset>_<resolution>/<run_id>/<variant>``), or None."""
+    from phd_lab.config_paths import extraction_latents_dir
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+        latents_dir = extraction_latents_dir(values) if isinstance(values, dict) else None
+    except (OSError, ValueError, AttributeError):  # unreadable or hand-edited: the general message then
+        return None
+    if latents_dir is None:
+        return None
+    mirror = Path(os.path.expanduser(latents_dir)).joinpath(*folder.resolve().parts[-4:])
+    found = [mirror / "latents", *sorted(mirror.glob("latents_*"))]
+    return next((path for path in found if (path / MANIFEST).is_file()), None)
 
 
 def older_extraction_reason(latents: Path, command: str) -> str:
