@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from phd_lab.errors import RegistryError
 from phd_lab.registry_import import (executed_lines, executed_sha256, helper_sha256, helpers_replaced,
-                                    import_registry_module, imports_held)
+                                    import_registry_module, imports_held, remember_given)
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +285,8 @@ class Registries:
             found = working_directory_file(spec, module)
             if found is not None:
                 self.working_directory_files[kind] = found
+        else:
+            remember_given(module)  # the code it runs: its file may be edited before it is given again
         self.files[kind] = getattr(module, "__file__", None)
         self.sha256[kind] = executed_sha256(module)
         executed = executed_lines(module)  # a module given as such may be one an edit's import replaced since

@@ -67,6 +67,22 @@ def executed_lines(module: ModuleType) -> tuple[object, ...] | None:
     return record[1] if record is not None else None
 
 
+def remember_given(module: ModuleType) -> None:
+    """Keep the sha256 and lines of a registry module given as a module object (``Registries({'models': models})``)
+    the first time it is seen, as ``_current`` does for one imported by name: one the user imported was executed
+    from its file as it is then, and given again after an edit (a notebook's handle on it, not imported again) it
+    runs that code, while its file's sha256 and factory digests were read from the edited file."""
+    if module in _EXECUTED_BY_MODULE:
+        return
+    file = getattr(module, "__file__", None)
+    source = _source(file)
+    if source is not None:
+        digest = hashlib.sha256(source).hexdigest()
+        _EXECUTED_BY_MODULE[module] = (digest, _remember_lines(source, Path(file)))
+        if sys.modules.get(module.__name__) is module:  # its name given later, after an edit, executes that
+            _EXECUTED_SHA256.setdefault(module.__name__, digest)
+
+
 def _source(file: str | None) -> bytes | None:
     if not file or not file.endswith(".py"):
         return None

@@ -240,6 +240,33 @@ def test_registries_given_a_module_that_an_edit_replaced_since_record_the_code_i
         sys.modules.pop(name, None)
 
 
+def test_registries_given_a_module_the_user_imported_record_its_code_after_its_file_is_edited(tmp_path):
+    """A registry module the user imported (``import models``, never imported by its name through phd-lab) and gave
+    again after editing its file (``Main({"models": models})`` in a notebook, not imported again) recorded the
+    edited file's sha256 and factory digest while its factory ran the code it was imported with (net() gave 1).
+    Given by its name after that, the edit is executed."""
+    name = f"reguser_{tmp_path.name}"
+    file = tmp_path / f"{name}.py"
+    file.write_text("WIDTH = 1\n\n\ndef net():\n    return WIDTH\n")
+    config = types.SimpleNamespace(model="net", dataset="Cifar10", optimizer="sgd", metrics=["Accuracy"])
+    sys.path.insert(0, str(tmp_path))
+    try:
+        held = importlib.import_module(name)
+        first = Registries({"models": held})
+        before = first.factory_hashes(config)["models"]
+        file.write_text("WIDTH = 2\n\n\ndef net():\n    return WIDTH * 10\n")
+        again = Registries({"models": held})
+        assert again.models.get("net")() == 1
+        assert again.file_hashes()["models"] == first.file_hashes()["models"]
+        assert again.factory_hashes(config)["models"] == before
+        by_name = Registries({"models": name})
+        assert by_name.models.get("net")() == 20 and by_name.file_hashes()["models"] != first.file_hashes()["models"]
+        assert by_name.factory_hashes(config)["models"] != before
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(name, None)
+
+
 def test_a_dotted_registry_module_executed_again_after_an_edit_is_the_module_later_imports_get(tmp_path):
     """A dotted registry module whose file was edited is executed into a new module: sys.modules and its package
     give that one to later imports (``import``, ``from package import models``), the earlier module keeps its code
