@@ -161,3 +161,36 @@ def test_a_basis_no_run_has_gets_no_panel():
         assert ax.get_title() == "pca bases (3 runs)"
     finally:
         plt.close(figure)
+
+
+def test_the_legend_of_a_trained_classifiers_projections_covers_none_of_its_points():
+    """At the thesis' deltas a trained classifier's PCA line and its unprojected accuracy lie near 1 at the right,
+    where the legend ("best" inside the axes) was drawn over them: no point of any line lies under the legend,
+    measured on the rendered figure, and the legend lies beside the axes."""
+    from phd_lab.projection_deltas import THESIS_DELTAS
+
+    # the accuracies of the quickstart's VGG11 on Digits after 3 epochs (projections.csv)
+    pca = [0.103, 0.103, 0.225, 0.225, 0.306, 0.575, 0.631, 0.711, 0.894, 0.947, 0.95, 0.961, 0.981, 0.981, 0.986,
+           0.986, 0.986, 0.986, 0.986, 0.986, 0.983, 0.983, 0.983, 0.983]
+    random = [0.103, 0.1, 0.103, 0.1, 0.1, 0.1, 0.103, 0.1, 0.1, 0.164, 0.103, 0.103, 0.1, 0.128, 0.128, 0.1, 0.317,
+              0.106, 0.1, 0.158, 0.097, 0.178, 0.175, 0.189]
+    rows = [{"delta": 1.0, "basis": "none", "accuracy": 0.983}]
+    for delta, on_pca, on_random in zip(THESIS_DELTAS, pca, random, strict=True):
+        rows += [{"delta": delta, "basis": "pca", "accuracy": on_pca},
+                 {"delta": delta, "basis": "random", "accuracy": on_random}]
+    table = pd.DataFrame(rows).assign(loss=0.1)
+    ax = plot_projections(table, title="vgg11-Digits-r32-bs64-e3")
+    try:
+        renderer = ax.figure.canvas.get_renderer()
+        ax.figure.draw(renderer)
+        legend = ax.get_legend().get_window_extent(renderer)
+        for line in ax.get_lines():  # its markers and the segments between them, a point every few pixels
+            ends = line.get_transform().transform(line.get_xydata())
+            points = [start + (end - start) * part for start, end in zip(ends, ends[1:])
+                      for part in np.linspace(0.0, 1.0, 200)]
+            reach = max(line.get_markersize(), line.get_linewidth()) / 2 * ax.figure.dpi / 72  # drawn around it
+            covered = [tuple(point) for point in points if legend.padded(reach).contains(*point)]
+            assert not covered, f"the legend covers {line.get_label()!r} at {len(covered)} points, first {covered[0]}"
+        assert not legend.overlaps(ax.get_window_extent(renderer))
+    finally:
+        plt.close(ax.figure)

@@ -22,7 +22,7 @@ BASIS_STYLES = {"pca": {"color": "#3b6fb6", "linestyle": "-", "marker": "o"},
 
 def plot_projections(table: pd.DataFrame, ax: "Axes | None" = None, title: str = "") -> "Axes":
     """One line per basis over the deltas (evenly spaced, labelled): PCA solid with round markers, random dashed
-    with square ones; the unprojected model a grey dotted line without markers."""
+    with square ones; the unprojected model a grey dotted line without markers; the legend beside the axes."""
     from phd_lab.plots import subplots
     from phd_lab.plots.grid_figures import thin_tick_labels
 
@@ -48,7 +48,9 @@ def plot_projections(table: pd.DataFrame, ax: "Axes | None" = None, title: str =
         ax.set_yscale("log")
     if title:
         ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    # beside the axes: inside, "best" put it over the PCA line and the unprojected line, which lie near the top
+    # right at the high deltas of every trained classifier; the saved figure grows to hold it (tight box)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
     return ax
 
 
