@@ -177,6 +177,23 @@ def test_a_pixelwise_tables_thousands_of_positions_keep_the_accuracy_plot_viewab
         plt.close(ax.figure)
 
 
+def test_no_two_class_labels_of_a_confusion_plot_overlap_whatever_the_number_of_classes():
+    """From 21 to 39 classes every class was labelled (the step was ``classes // 20``, 1) and the labels of a
+    30-class plot ran into each other on both axes: measured on the kept figure as drawn, no two tick labels of
+    an axis overlap, and at most 20 are labelled."""
+    for count in (10, 20, 30, 39, 21, 40, 99, 100, 101, 1000):
+        with ConfusionPlots() as plots:
+            plots.png(np.eye(count), list(range(count)), "features.11 (eval acc 0.992)")
+            [(ax, _, _)] = plots._figures.values()
+            renderer = ax.figure.canvas.get_renderer()
+            for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+                boxes = [label.get_window_extent(renderer) for label in labels if label.get_text()]
+                touching = [(a, b) for a, b in zip(labels, labels[1:]) if a.get_window_extent(renderer).overlaps(
+                    b.get_window_extent(renderer))]
+                assert not touching, (count, [(a.get_text(), b.get_text()) for a, b in touching])
+                assert 1 < len(boxes) <= 20, count
+
+
 def test_long_class_labels_and_titles_stay_inside_the_figure():
     """The fixed layout replaced a tight bounding box: it must leave room for labels of up to 8 characters
     (class ids like -1000000 or ImageNet-21k's 5 digits) and three title lines."""

@@ -7,6 +7,7 @@ needs a display.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -73,9 +74,9 @@ def _layer_ticks(ax: "Axes", layers: Sequence[str]) -> None:
 
 
 def _label_confusion_axes(ax: "Axes", classes: Sequence[int]) -> None:
-    """Class ticks (at most about 20 labelled) and the axis labels of a confusion plot."""
+    """Class ticks (at most 20 labelled) and the axis labels of a confusion plot."""
     ticks = np.arange(len(classes))
-    step = max(1, len(classes) // 20)
+    step = max(1, math.ceil(len(classes) / 20))  # // 20 labelled all of 21 to 39 classes, into each other
     labels = [str(c) for c in classes][::step]
     ax.set_xticks(ticks[::step])
     ax.set_xticklabels(labels, fontsize=7, rotation=90 if max(map(len, labels), default=0) > 2 else 0)
