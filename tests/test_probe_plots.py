@@ -194,6 +194,19 @@ def test_no_two_class_labels_of_a_confusion_plot_overlap_whatever_the_number_of_
                 assert 1 < len(boxes) <= 20, count
 
 
+def test_the_colour_bar_of_a_confusion_plot_says_what_its_colours_measure():
+    """The colour bar ran from 0 to 1 without a word: counts, a fraction of the whole matrix or of a row (it is
+    row-normalised) were the reader's guess. It is labelled, and the label lies inside the figure."""
+    with ConfusionPlots() as plots:
+        plots.png(np.eye(10), list(range(10)), "features.11 (eval acc 0.992)")
+        [(ax, _, _)] = plots._figures.values()
+        [bar] = [other for other in ax.figure.axes if other is not ax]
+        assert bar.get_ylabel() == "fraction of the true class"
+        box = bar.yaxis.label.get_window_extent(ax.figure.canvas.get_renderer())
+        width, height = ax.figure.canvas.get_width_height()
+        assert 0 <= box.x0 and box.x1 <= width and 0 <= box.y0 and box.y1 <= height
+
+
 def test_long_class_labels_and_titles_stay_inside_the_figure():
     """The fixed layout replaced a tight bounding box: it must leave room for labels of up to 8 characters
     (class ids like -1000000 or ImageNet-21k's 5 digits) and three title lines."""

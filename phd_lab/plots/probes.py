@@ -162,6 +162,9 @@ def wrapped_title(title: str, width: int, lines: int = 3) -> str:
     return "\n".join(wrapped)
 
 
+COLOUR_LABEL = "fraction of the true class"  # of a row-normalised confusion matrix's cells: the colour bar's unit
+
+
 class ConfusionPlots:
     """PNGs of row-normalised confusion matrices, drawn on one kept figure per class list.
 
@@ -207,12 +210,12 @@ class ConfusionPlots:
             figure = new_figure((self.WIDTH, self.HEIGHT), self.DPI)
             extra = max(0, max((len(str(c)) for c in classes), default=1) - 2)  # characters beyond two per label
             left, bottom = 0.12 + 0.011 * extra, 0.1 + 0.016 * extra  # x labels of 3 or more stand upright
-            # room for the ticks, the axis labels and three title lines
-            ax = figure.add_axes((left, bottom, 0.82 - left, 0.84 - bottom))
-            bar = figure.add_axes((0.85, bottom, 0.04, 0.84 - bottom))
+            # room for the ticks, the axis labels, three title lines and the colour bar's label
+            ax = figure.add_axes((left, bottom, 0.80 - left, 0.84 - bottom))
+            bar = figure.add_axes((0.83, bottom, 0.04, 0.84 - bottom))
             image = ax.imshow(np.zeros((len(classes), len(classes))), vmin=0.0, vmax=1.0, cmap="viridis",
                               aspect="auto")
-            figure.colorbar(image, cax=bar)
+            figure.colorbar(image, cax=bar).set_label(COLOUR_LABEL, fontsize=8)  # rows sum to 1
             _label_confusion_axes(ax, classes)
             changing = self._changing(ax, image)
             for artist in changing:
