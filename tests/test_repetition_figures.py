@@ -1,0 +1,44 @@
+"""The report's figures of repeated runs, read back from the drawn matplotlib figure."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from torch import nn  # noqa: E402
+
+from phd_lab.plots.repetitions import stability_figure  # noqa: E402
+from registries.models import resnet50  # noqa: E402
+
+
+def test_the_stability_figure_of_a_resnet50_names_every_layer_and_no_two_names_touch():
+    """A ResNet-50's 54 tracked layers got a name at every second layer only (40 labels at most), so half the
+    points of Fig. 44 had no layer: every layer is named, on the x axis as drawn, and neighbouring names (at
+    60 degrees) lie further apart, across their slant, than a name is high."""
+    model = resnet50(num_classes=100, width=0.125)
+    layers = [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 54
+    rng = np.random.default_rng(0)
+    runs = {f"seed {seed}": [(layer, float(rng.uniform(0.1, 1.0))) for layer in layers] for seed in range(3)}
+    values = np.array([[saturation for _, saturation in pairs] for pairs in runs.values()])
+    table = pd.DataFrame({"layer": layers, "min": values.min(0), "max": values.max(0), "mean": values.mean(0)})
+    figure = stability_figure(table, runs, "resnet50 / FakeData: saturation per layer")
+    try:
+        renderer = figure.canvas.get_renderer()
+        figure.draw(renderer)
+        [ax] = figure.axes
+        labels = [label for label in ax.get_xticklabels() if label.get_text()]
+        assert [label.get_text() for label in labels] == layers
+        assert ax.get_xlabel() == "layer (forward order)"
+        rotation = math.radians(labels[0].get_rotation())
+        labels[0].set_rotation(0)  # a name's height across its slant: its box's height laid flat
+        height = labels[0].get_window_extent(renderer).height
+        ticks = ax.transData.transform([(position, 0) for position in ax.get_xticks()])[:, 0]
+        assert min(np.diff(ticks)) * math.sin(rotation) > height
+    finally:
+        plt.close(figure)
