@@ -468,6 +468,32 @@ def test_comparison_plots_tell_many_groups_apart_and_count_runs_on_one_spot():
         plt.close(fig)
 
 
+def test_the_accuracy_axes_of_the_comparison_plots_never_run_past_an_accuracy_of_1():
+    """Around the one run of the quickstart (98.3% test accuracy) autoscaling put ticks at 1.02 and 1.04 on the
+    accuracy axis of both accuracy plots: the y axis now ends at 1 (a marker's margin above), with its ticks."""
+    import matplotlib.pyplot as plt
+    from phd_lab.plots.grid_figures import comparison_plots, scatter_figure
+    summaries = [{"run": {"model": "vgg11", "dataset": "Digits", "status": {"state": "finished"}},
+                  "accuracy": {"test": 0.9833}, "saturation": {"mean": 0.624, "layers": []},
+                  "computational": {"params": 585_000}}]
+    drawn = 0
+    for x_of, labels, options in comparison_plots(summaries).values():
+        if labels[1] != "test accuracy":
+            continue
+        fig = scatter_figure(summaries, x_of, *labels, **options)
+        try:
+            [ax] = fig.axes
+            fig.draw(fig.canvas.get_renderer())
+            low, high = ax.get_ylim()
+            assert low < 0.9833 < high <= 1.01, labels
+            shown = [tick for tick in ax.get_yticks() if low <= tick <= high]
+            assert shown and max(shown) <= 1.0, (labels, shown)
+            drawn += 1
+        finally:
+            plt.close(fig)
+    assert drawn == 2
+
+
 def test_comparison_plot_groups_differ_by_more_than_hue():
     """Up to eight model/dataset groups were all round markers told apart by colour only (one kind of point in
     grayscale or to a colour-blind reader): each of them has a marker shape of its own now, in the legend too."""

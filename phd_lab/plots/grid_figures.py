@@ -75,8 +75,10 @@ def band_style(index: int) -> dict[str, Any]:
 
 
 def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str, *,
-                   logx: bool = False, bands: Sequence[tuple[float, float]] = (), diagonal: bool = False) -> Any:
-    """One comparison plot: a colour and marker per model / dataset, hollow while unfinished."""
+                   logx: bool = False, bands: Sequence[tuple[float, float]] = (), diagonal: bool = False,
+                   y_at_most: float | None = None) -> Any:
+    """One comparison plot: a colour and marker per model / dataset, hollow while unfinished; ``y_at_most``: the
+    largest value y can take (an accuracy's 1), which the y axis does not run past."""
     from phd_lab.plots import subplots
 
     fig, ax = subplots(figsize=(5.2, 3.8))
@@ -111,6 +113,10 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
         ax.plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--", label="agreement")
     if logx and plotted:
         ax.set_xscale("log")
+    low, high = ax.get_ylim()
+    if plotted and y_at_most is not None and high > y_at_most:  # around one run at 98%, autoscaling put ticks at
+        # an impossible 1.02 and 1.04 accuracy; a margin keeps a marker at y_at_most whole
+        ax.set_ylim(low, y_at_most + 0.02 * (y_at_most - low))
     if not plotted:
         ax.text(0.5, 0.5, "no run has both values yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
@@ -166,10 +172,10 @@ def comparison_plots(summaries: Sequence[dict[str, Any]], bands: Sequence[tuple[
     return {
         "Test accuracy against average saturation s_mu": (
             lambda s: (_s_mu(s), _accuracy(s)), ("average saturation s_mu", "test accuracy", "test accuracy vs s_mu"),
-            {"bands": [tuple(band) for band in bands]}),
+            {"bands": [tuple(band) for band in bands], "y_at_most": 1.0}),
         "Test accuracy against parameters": (
             lambda s: ((s.get("computational") or {}).get("params"), _accuracy(s)),
-            ("parameters", "test accuracy", "test accuracy vs parameters"), {"logx": True}),
+            ("parameters", "test accuracy", "test accuracy vs parameters"), {"logx": True, "y_at_most": 1.0}),
         "Tail start against border layer b_min": (
             tail_vs_border, ("b_min (layer position)", "tail start (layer position)", "tail start vs b_min"),
             {"diagonal": True}),
