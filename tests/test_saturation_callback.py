@@ -287,6 +287,28 @@ def _epoch_row(layers: list[str], epoch: int) -> dict[str, float]:
     return row
 
 
+def test_the_saturation_plots_legend_covers_no_bar_where_every_layer_saturates() -> None:
+    """A narrow network saturates most layers (thesis ch. 11.3): with every bar between 0.85 and 1, the legend
+    that "best" placed inside the axes covered the highest bars. Measured on the drawn figure, it covers none."""
+    from phd_lab.plots import close
+    from phd_lab.plots.saturation import plot_saturation, saturation_table
+
+    row = {}
+    for i, layer in enumerate(LAYERS):
+        row[f"{layer}_train_saturation"], row[f"{layer}_test_saturation"] = 0.85 + 0.015 * i, 0.84 + 0.015 * i
+    ax = plot_saturation(saturation_table(row), title="vgg11-Digits-r8-bs64-e2 epoch 2, δ=0.99")
+    try:
+        renderer = ax.figure.canvas.get_renderer()
+        ax.figure.draw(renderer)
+        legend = ax.get_legend().get_window_extent(renderer)
+        bars = [bar for container in ax.containers for bar in container]
+        assert len(bars) == 2 * len(LAYERS)
+        covered = [bar for bar in bars if bar.get_window_extent(renderer).overlaps(legend)]
+        assert not covered, f"the legend covers {len(covered)} bars"
+    finally:
+        close(ax.figure)
+
+
 def test_the_saved_saturation_plot_is_the_png_savefig_crops_tightly(tmp_path: Path) -> None:
     """save_saturation_plot measures the tight box itself, without savefig's layout pass: the same bytes as
     ``savefig(bbox_inches="tight")``, with long layer names, a long title and bars without a value."""

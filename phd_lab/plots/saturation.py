@@ -25,7 +25,7 @@ def saturation_table(row: Mapping[str, Any]) -> pd.DataFrame:
 
 def plot_saturation(table: pd.DataFrame, ax: "Axes | None" = None, title: str = "") -> "Axes":
     """Grouped bars of train/test saturation per layer, layers left to right in forward order: train plain blue,
-    test hatched orange."""
+    test hatched orange; the legend beside the axes."""
     from phd_lab.plots import subplots
 
     if ax is None:
@@ -43,7 +43,9 @@ def plot_saturation(table: pd.DataFrame, ax: "Axes | None" = None, title: str = 
     ax.set_xlabel("layer (forward order)")
     if title:
         ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    # beside the axes: inside, "best" found no free corner where most layers saturate (a narrow network's) and
+    # covered the highest bars; the saved figure grows to hold it (tight box)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
     _note_missing_values(ax, table)
     return ax
 
