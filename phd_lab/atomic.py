@@ -285,10 +285,16 @@ def open_regular(path: Path | str) -> IO[bytes]:
     ``NotARegularFile`` (an OSError): ``open`` of a FIFO waits for a writer for ever, and the report hung at a FIFO in
     a run folder (analysis.json, probe_performances.csv, the run's log, the page --out names). The file is opened
     without waiting (O_NONBLOCK) and its mode checked on the open file, so a FIFO put there after a check of the path
-    is refused too; a socket cannot be opened at all (ENXIO)."""
+    is refused too; a socket cannot be opened at all (ENXIO). A file under another process's lease (an oplock of a
+    Samba server, a delegation of an NFS server) refuses an open without waiting (EAGAIN) where ``open`` waits for the
+    lease to be given back: only a regular file takes a lease, so it is opened again waiting, as ``open`` does (the
+    report said it could not be read, the training took its checkpoint for a file system failing). A folder there is
+    IsADirectoryError naming the path, and no descriptor is left open on any refusal."""
     from phd_lab.errors import NotARegularFile
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except BlockingIOError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as error:
         mode = None
         if error.errno == errno.ENXIO:
@@ -297,12 +303,16 @@ def open_regular(path: Path | str) -> IO[bytes]:
         if mode is not None and not stat.S_ISREG(mode):
             raise NotARegularFile(path, mode) from None
         raise
-    handle = os.fdopen(fd, "rb")
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        handle.close()
-        raise NotARegularFile(path, mode)
-    return handle
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):  # os.fdopen's own error named the descriptor's number and left it open
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(path, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
 
 
 def read_bytes(path: Path | str) -> bytes:

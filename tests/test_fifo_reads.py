@@ -164,3 +164,69 @@ def test_a_fifo_at_a_runs_checkpoint_is_named_by_the_training_command(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     _said(done.stderr, fifo)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and not list(rundir.root.glob("*.damaged"))
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts this process's descriptors in /proc/self/fd")
+def test_a_refused_read_names_its_path_and_leaves_no_descriptor_open(tmp_path):
+    """open_regular handed a folder's descriptor to os.fdopen, whose IsADirectoryError named the descriptor's number
+    ('Is a directory: 7', so the report said 'analysis.json cannot be read: [Errno 21] Is a directory: 7') and left it
+    open: each read of a folder at a run's file leaked one descriptor. Now the path is named and nothing is left."""
+    from phd_lab import atomic
+    from phd_lab.errors import NotARegularFile
+    folder = tmp_path / "analysis.json"
+    folder.mkdir()
+    fifo = _fifo_at(tmp_path / "probe_performances.csv")
+    (tmp_path / "linked.csv").symlink_to(fifo)
+    before = _open_descriptors()
+    for _ in range(3):
+        with pytest.raises(IsADirectoryError) as refused:
+            atomic.read_bytes(folder)
+        assert str(refused.value) == f"[Errno 21] Is a directory: {str(folder)!r}"
+        for path in (fifo, tmp_path / "linked.csv"):
+            with pytest.raises(NotARegularFile, match="is a FIFO"):
+                atomic.read_bytes(path)
+        with pytest.raises(FileNotFoundError):
+            atomic.read_bytes(tmp_path / "absent.json")
+    assert _open_descriptors() == before
+
+
+_LEASE_HOLDER = """
+import fcntl, os, signal, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+def give_back(*_):
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    os._exit(0)
+signal.signal(signal.SIGIO, give_back)
+try:
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+except OSError as error:
+    print("no lease", error, flush=True)
+    sys.exit(0)
+print("held", flush=True)
+signal.pause()
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_SETLEASE"), reason="leases are Linux's")
+def test_a_file_under_another_process_lease_is_read_once_the_lease_is_given_back(tmp_path):
+    """A lease (an oplock a Samba server takes, a delegation of an NFS server) makes an open without waiting fail
+    with EAGAIN, where open() waits for its holder to give it back: read_bytes raised BlockingIOError, so the report
+    said the file could not be read and the training took its checkpoint for a failing file system. Now the file is
+    opened again, waiting as open() does, and read whole."""
+    from phd_lab import atomic
+    table = tmp_path / "probe_performances.csv"
+    table.write_bytes(b"index,layer\n0,conv\n")
+    holder = subprocess.Popen([sys.executable, "-c", _LEASE_HOLDER, str(table)], stdout=subprocess.PIPE, text=True)
+    try:
+        said = holder.stdout.readline()
+        if not said.startswith("held"):
+            pytest.skip(f"this file system gives no lease: {said.strip()}")
+        assert atomic.read_bytes(table) == b"index,layer\n0,conv\n"
+        assert holder.wait(timeout=TIMEOUT) == 0  # it gave the lease back when asked
+    finally:
+        holder.kill()
+        holder.wait()
