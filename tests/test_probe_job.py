@@ -2454,3 +2454,28 @@ def test_latents_written_under_a_latin_1_locale_are_probed_in_it(tmp_path):
         pytest.skip("the Latin-1 locale made here is not Python's file-name encoding")
     assert done.returncode == 0, done.stderr.decode("latin-1")
     assert (tmp_path / os.fsdecode(b"caf\xe9") / "run" / "probe_performances.csv").is_file()  # the folder's byte
+
+
+def test_the_commands_named_for_a_grid_job_with_a_run_id_keep_that_run_id(tmp_path, capsys):
+    """With --run-id (one repetition of a config whose run_id list repeats every point) the warnings of an unfinished
+    and of an older extraction, the job's closing note and the error of a grid with only such runs named `python
+    main.py --config FILE --index N` without it: grid point N of the whole list, another run (here another
+    repetition), or the whole list of repetitions trained. Every command named now carries --run-id."""
+    config = _config(tmp_path, model_args={"width": [0.25, 0.125, 0.5]}, run_id=["a", "b"], probe_solver="lbfgs")
+    only_b = tmp_path / "b.json"
+    only_b.write_text(json.dumps({**json.loads(config.read_text()), "run_id": "b"}))
+    probed, dead, old = (_latents_for_run(only_b, index) for index in range(3))
+    assert "/b/" in str(probed.root)
+    (dead.latents() / "manifest.json").unlink()  # an extraction killed before its manifest (written last)
+    old.checkpoint.write_bytes(b"checkpoint")  # a trained run whose latents have no extraction_version
+    assert cli("--config", str(config), "--run-id", "b", "-mp", "0") == 1
+    said = " ".join(capsys.readouterr().err.split())
+    command = f"python main.py --config {config} --run-id b"
+    assert f"`{command} --index 1` finishes it" in said, said
+    assert f"{command} --index 2 extracts them again" in said, said
+    assert f"run(s) 2: latents of an older extraction, to be extracted again by {command})" in said, said
+    assert f"--config {config} --index" not in said and probed.probe_csv.is_file()
+    for run in (probed, dead):  # the older extraction alone is left: the job is refused
+        shutil.rmtree(run.latents())
+    _assert_usage_error(capsys, None, "--config", str(config), "--run-id", "b", "-mp", "0",
+                        match=f"Run {command} first: it extracts them again")

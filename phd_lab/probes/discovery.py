@@ -63,7 +63,7 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
         log.info("%d run(s) without latents (skipped): %s", len(waiting), index_ranges(waiting))
     if scan.not_extracted:
         command = (extraction_command(where, run_id, scan.not_extracted[0]) if len(scan.not_extracted) == 1
-                   else extraction_command(where, run_id, 0).rsplit(" --index ", 1)[0])
+                   else grid_command(where, run_id))
         log.warning("run(s) %s of %s: trained (a checkpoint, and no process at work on the run) but without latents, "
                     "though the config's post_processing lists 'extract': their extraction has not run (the step "
                     "was added after training, or the training was stopped); skipped. `%s` extracts them (a "
@@ -83,7 +83,7 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
                      f"extracts them)")
     if scan.outdated:
         notes.append(f"run(s) {index_ranges(scan.outdated)}: latents of an older extraction, to be extracted again "
-                     f"by python main.py --config {shlex.quote(where)}")
+                     f"by {grid_command(where, run_id)}")
     return jobs, Path(sorted(scan.logs_dirs)[0]) / CACHE_FOLDER, notes
 
 
@@ -135,8 +135,8 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None, run_i
             if unfinished_extraction(folder):  # its process was killed: the other runs need not wait for this one
                 if index not in scan.unfinished and len(scan.unfinished) < SAID_ONE_BY_ONE:  # an array job killed
                     log.warning("run %d (%s): its latents folder %s has no %s: the extraction did not finish (its "
-                                "process was killed?); skipped. `python main.py --config %s --index %d` finishes "
-                                "it.", index, cfg.name, folder, MANIFEST, where, index)
+                                "process was killed?); skipped. `%s` finishes it.", index, cfg.name, folder, MANIFEST,
+                                extraction_command(where, run_id, index))
                 _note(scan.unfinished, index)
                 continue
             extract_again = extraction_command(where, run_id, index)
@@ -148,8 +148,7 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None, run_i
             if extracted_by_older_version(manifest.raw, rundir.root):
                 if index not in scan.outdated and len(scan.outdated) < SAID_ONE_BY_ONE:
                     log.warning("run %d (%s): %s; not probed.", index, cfg.name,
-                                older_extraction_reason(folder, f"python main.py --config {shlex.quote(where)} "
-                                                                f"--index {index}"))
+                                older_extraction_reason(folder, extraction_command(where, run_id, index)))
                 _note(scan.outdated, index)
                 continue
             settings = ProbeSettings.from_mapping(cfg.values, overrides, f"{where} (run {index})")
@@ -178,10 +177,16 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None, run_i
     return scan
 
 
+def grid_command(where: str, run_id: str | None) -> str:
+    """The training command of the grid the probe job reads: its --run-id, which changes the grid (a run_id list in
+    the config repeats every point; --run-id keeps one repetition), belongs to every command a message names."""
+    return " ".join(["python main.py --config", shlex.quote(where),
+                     *(["--run-id", shlex.quote(run_id)] if run_id is not None else [])])
+
+
 def extraction_command(where: str, run_id: str | None, index: int) -> str:
     """The training command that extracts grid run ``index``'s latents again (it retrains nothing)."""
-    return " ".join(["python main.py --config", shlex.quote(where),
-                     *(["--run-id", shlex.quote(run_id)] if run_id is not None else []), "--index", str(index)])
+    return f"{grid_command(where, run_id)} --index {index}"
 
 
 def invalid_latents_error(invalid: Sequence[tuple[str, str, DataError]]) -> DataError:
@@ -262,7 +267,7 @@ def _nothing_to_probe(scan: _GridScan, where: str, runs: int, run_id: str | None
                         f"older phd-lab (their manifest has no extraction_version, or one below "
                         f"{PREVIOUS_EXTRACTION_VERSION}: feature maps smaller than 'downsampling' were up-sampled), so "
                         f"probes of them would not be those of this version's latents, and no other run has latents "
-                        f"to probe. Run python main.py --config {shlex.quote(where)} first: it extracts them again "
+                        f"to probe. Run {grid_command(where, run_id)} first: it extracts them again "
                         f"from the trained checkpoints (nothing is retrained), then rerun this command.")
     if scan.diverged and not scan.unprobed:
         raise DataError(f"Run(s) {index_ranges(scan.diverged)} of {where!r} diverged in training (their folders hold "
@@ -272,8 +277,7 @@ def _nothing_to_probe(scan: _GridScan, where: str, runs: int, run_id: str | None
     earlier = earlier_version_runs(cfg for _, cfg in scan.unprobed)
     hint = f" {earlier_version_advice(earlier, runs)}" if earlier else ""
     with_id = "" if run_id is None else f" with --run-id {run_id!r}"
-    command = f"python main.py --config {shlex.quote(where)}" + (
-        "" if run_id is None else f" --run-id {shlex.quote(run_id)}")
+    command = grid_command(where, run_id)
     if any(lists_extract_step(cfg.values) for _, cfg in scan.unprobed):
         remedy = f"Train the runs with the 'extract' post-processing step first ({command})."
     else:  # the command the message named would train or skip the runs without extracting anything
