@@ -69,10 +69,11 @@ def cache_key(file_sha256: dict[str, str], settings: ProbeSettings, versions: di
             "versions": dict(sorted(versions.items()))}
 
 
-def _read_npy(data: bytes) -> np.ndarray:
+def read_npy(data: bytes) -> np.ndarray:
     """The array of the .npy file ``data``, no pickle. Its header's shape is checked against the bytes that follow
     first: numpy allocates all that a header declares before it reads, and a cache entry (its sha256 matching) whose
-    matrix declared 10^15 values stopped the probe job with a MemoryError traceback instead of a refit."""
+    matrix declared 10^15 values stopped the probe job with a MemoryError traceback instead of a refit (and one in the
+    run folder, which ``results_in_place`` compares, instead of writing it again)."""
     handle = io.BytesIO(data)
     version = np.lib.format.read_magic(handle)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -266,7 +267,7 @@ class ResultCache:
         if hashlib.sha256(data).hexdigest() != sha256:
             return None, f"its confusion matrix {matrix_path.name} is damaged (its sha256 differs)"
         try:
-            matrix = _read_npy(data)
+            matrix = read_npy(data)
             record = ProbeRecord.from_json(fields, matrix)
         except (ValueError, KeyError, TypeError) as error:
             return None, f"malformed: {error}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 from pathlib import Path
@@ -24,7 +23,7 @@ from phd_lab.atomic import write_with
 from phd_lab.file_hash import latents_digest
 from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.latents_sets import DEFAULT_METHOD, MANIFEST, PIXELWISE, named_set
-from phd_lab.probes.cache import library_versions
+from phd_lab.probes.cache import library_versions, read_npy
 from phd_lab.probes.discovery import ProbeJob
 from phd_lab.probes.fit import ProbeRecord
 from phd_lab.probes.probe_log import PROBE_JOB
@@ -147,14 +146,14 @@ def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
         expected = set()
         for record in records:
             array, plot = (outputs.probe_confusion(record.index, record.layer, suffix) for suffix in (".npy", ".png"))
-            if not plot.is_file() or not np.array_equal(np.load(io.BytesIO(atomic.read_bytes(array)),
-                                                                 allow_pickle=False), record.confusion_matrix()):
+            if not plot.is_file() or not np.array_equal(read_npy(atomic.read_bytes(array)),
+                                                             record.confusion_matrix()):
                 return False
             expected |= {array.name, plot.name}
         present = {path.name for path in outputs.probe_confusion_dir.iterdir()
                    if path.suffix in (".npy", ".png") and not path.name.startswith(".")}
         return present == expected
-    except (OSError, ValueError):  # memory-mapped: a header that declares more than the file holds is one
+    except (OSError, ValueError):  # read_npy: a header that declares more than the file holds is one
         return False
 
 
