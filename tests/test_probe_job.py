@@ -2479,3 +2479,30 @@ def test_the_commands_named_for_a_grid_job_with_a_run_id_keep_that_run_id(tmp_pa
         shutil.rmtree(run.latents())
     _assert_usage_error(capsys, None, "--config", str(config), "--run-id", "b", "-mp", "0",
                         match=f"Run {command} first: it extracts them again")
+
+
+def test_a_run_stopped_before_its_last_epoch_is_not_called_trained(tmp_path, capsys):
+    """A run killed in epoch 2 of 3 (a checkpoint of epoch 1, no process at work on it) whose config lists 'extract'
+    was warned of as "trained ... but without latents" with a command that "extracts them (a trained run is not
+    trained again)": that command trains it on for the epochs left first. Its training is now named as stopped, with
+    the command that resumes it and then extracts the latents (exit 1 as before); a run trained to its end is still
+    named as trained."""
+    config = _config(tmp_path, probe_solver="lbfgs", post_processing=["extract"], epoch=3,
+                     model_args={"width": [0.25, 0.125, 0.5]})
+    probed = _latents_for_run(config, 0)
+    grid = Grid(load_config_file(config))
+    stopped, trained = (RunDir.for_run(grid[index]).create() for index in (1, 2))
+    for run, epochs in ((stopped, 1), (trained, 3)):
+        run.checkpoint.write_bytes(b"a checkpoint")
+        run.metrics_csv.write_text("epoch,train_loss,test_loss\n" + "".join(f"{e},0.5,0.6\n" for e in
+                                                                             range(1, epochs + 1)))
+    assert cli("--config", str(config), "-mp", "0") == 1
+    said = " ".join(capsys.readouterr().err.split())
+    assert (f"run 1 of {config} (training: stopped 1/3 epochs; no process at work on it): it stopped before its last "
+            f"epoch") in said, said
+    assert f"`python main.py --config {config} --index 1` resumes the training from its checkpoint" in said, said
+    assert f"run(s) 2 of {config}: trained (a checkpoint" in said and "run(s) 1 of" not in said, said
+    assert (f"run(s) 2: trained, latents not extracted (python main.py --config {config} --index 2 extracts them); "
+            f"run(s) 1: training stopped before its last epoch, no latents (python main.py --config {config} --index 1 "
+            f"resumes it)") in said, said
+    assert probe_csv_written(probed)

@@ -58,7 +58,8 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
     jobs = _without_repeats(scan.jobs, where)
     if not jobs:
         _nothing_to_probe(scan, where, len(grid), run_id)
-    waiting = [index for index in scan.skipped if index not in scan.not_extracted]
+    stopped = [index for index, _ in scan.stopped]
+    waiting = [index for index in scan.skipped if index not in scan.not_extracted and index not in stopped]
     if waiting:
         log.info("%d run(s) without latents (skipped): %s", len(waiting), index_ranges(waiting))
     if scan.not_extracted:
@@ -68,6 +69,11 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
                     "though the config's post_processing lists 'extract': their extraction has not run (the step "
                     "was added after training, or the training was stopped); skipped. `%s` extracts them (a "
                     "trained run is not trained again).", index_ranges(scan.not_extracted), where, command)
+    for index, how_far in scan.stopped[:SAID_ONE_BY_ONE]:
+        log.warning("run %d of %s (training: %s; no process at work on it): it stopped before its last epoch, so "
+                    "the latents its config's post_processing lists ('extract') were not extracted; skipped. `%s` "
+                    "resumes the training from its checkpoint, then extracts them.", index, where, how_far,
+                    extraction_command(where, run_id, index))
     if len(scan.extracting) > SAID_ONE_BY_ONE:
         log.warning("%d run(s) whose latents are being extracted (skipped): %s", len(scan.extracting),
                     index_ranges(scan.extracting))
@@ -81,6 +87,10 @@ def jobs_from_config(config_path: Path | str, run_id: str | None = None,
     if scan.not_extracted:
         notes.append(f"run(s) {index_ranges(scan.not_extracted)}: trained, latents not extracted ({command} "
                      f"extracts them)")
+    if scan.stopped:
+        resume = extraction_command(where, run_id, stopped[0]) if len(stopped) == 1 else grid_command(where, run_id)
+        notes.append(f"run(s) {index_ranges(stopped)}: training stopped before its last epoch, no latents ({resume} "
+                     f"resumes {'it' if len(stopped) == 1 else 'them'})")
     if scan.outdated:
         notes.append(f"run(s) {index_ranges(scan.outdated)}: latents of an older extraction, to be extracted again "
                      f"by {grid_command(where, run_id)}")
@@ -94,6 +104,7 @@ class _GridScan:
     jobs: list[ProbeJob] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)  # no latents folder
     not_extracted: list[int] = field(default_factory=list)  # of those, trained runs whose extract step has not run
+    stopped: list[tuple[int, str]] = field(default_factory=list)  # of those, idle runs stopped before their last epoch
     unprobed: list[tuple[int, Any]] = field(default_factory=list)  # the same runs, with their configs
     extracting: list[int] = field(default_factory=list)  # an extraction holds the run right now
     unfinished: list[int] = field(default_factory=list)  # an extraction died: no manifest
@@ -168,7 +179,11 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None, run_i
             scan.skipped.append(index)
             scan.unprobed.append((index, cfg))
             if lists_extract_step(cfg.values) and _trained_and_idle(rundir):  # not a run being trained now
-                scan.not_extracted.append(index)
+                how_far = _training_stopped(rundir, cfg.values)
+                if how_far is None:
+                    scan.not_extracted.append(index)
+                else:
+                    scan.stopped.append((index, how_far))
         elif absent:  # the config names latents sets the run has not extracted (yet): say so, probe the others
             log.warning("run %d (%s): no %s yet (the config's extract step names %s); probed without %s. The training "
                         "command extracts %s.", index, cfg.name, ", ".join(absent),
@@ -223,6 +238,18 @@ def _trained_and_idle(rundir: RunDir) -> bool:
         return True
     from phd_lab.analysis.run_tables import lock_owner_alive
     return lock_owner_alive(rundir.lock)[0] is False
+
+
+def _training_stopped(rundir: RunDir, values: Mapping[str, Any]) -> str | None:
+    """How far the training of an idle run with a checkpoint got where its metrics say it stopped before its last
+    epoch ("stopped 1/30 epochs", "failed after 1/30 epochs (...)"), or None: trained to its end, or its metrics
+    cannot tell. Such a run was said to be trained, and its command one that "extracts" its latents."""
+    from phd_lab.analysis.run_tables import read_metrics, training_status
+    metrics, _ = read_metrics(rundir)
+    if metrics is None or not len(metrics):
+        return None
+    status = training_status(rundir, dict(values), metrics)
+    return None if status.state in ("finished", "diverged", "unknown", "running", "incomplete") else status.label()
 
 
 def _note(indices: list[int], index: int) -> None:
