@@ -52,9 +52,9 @@ def worker_thread_environment(workers: int) -> dict[str, str]:
     return {name: threads for name in THREAD_VARIABLES}
 
 
-def parse_scheduler(spec: str, warn: bool = True) -> tuple[str, Any]:
-    """``local:N`` → ("local", N); anything else is a scheduler address. ``warn=False`` only checks the spelling
-    (a command checking it up front leaves the warning about more workers than cores to the cluster's start)."""
+def parse_scheduler(spec: str, warn: bool = False) -> tuple[str, Any]:
+    """``local:N`` → ("local", N); anything else is a scheduler address. ``warn=True`` also warns of more workers
+    than cores, which a command does once: where the cluster starts (``dask_client``), or in main.py's dry run."""
     match = _LOCAL.match(spec.strip())
     if not match and re.match(r"(?i)^local(?::|$)", spec.strip()):  # not localhost:8786, an address
         raise UsageError(f"--scheduler {spec!r}: a local cluster is written local:N with a whole number N ≥ 1 of "
@@ -128,7 +128,7 @@ def dask_client(spec: str) -> Iterator[Any]:
 def _connected_client(spec: str) -> Iterator[Any]:
     """``dask_client`` without the logger levels given back: the client, and the local cluster around it."""
     distributed = _import_distributed()
-    kind, value = parse_scheduler(spec)
+    kind, value = parse_scheduler(spec, warn=True)  # the one place a started cluster's workers are warned of
     for name in QUIETENED_LOGGERS:
         if name != "distributed.nanny":  # its exit notes are quietened once the results are in (below)
             logging.getLogger(name).setLevel(logging.WARNING)

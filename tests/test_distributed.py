@@ -616,13 +616,31 @@ def test_plain_local_starts_one_worker_per_core_this_process_may_use(tmp_path):
     """Under taskset (or a cgroup's CPU set) plain ``local`` counted the machine's cores, not the usable ones."""
     code = ("import logging; logging.basicConfig(level=logging.WARNING)\n"
             "from phd_lab.distributed import parse_scheduler\n"
-            "print(parse_scheduler('local'), parse_scheduler('local:3'))")
+            "print(parse_scheduler('local', warn=True), parse_scheduler('local:3', warn=True))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "('local', 1) ('local', 3)"
     assert "--scheduler local:3 starts 3 worker processes on 1 core(s)" in result.stderr
     assert "--scheduler local starts" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["main.py", "probe_main.py"])
+def test_a_command_warns_of_more_workers_than_cores_once(tmp_path, command):
+    """Each check of --scheduler warned again: main.py said it twice (at the cluster's start and where it asked
+    the workers for GPUs), probe_main.py five times."""
+    from tests.conftest import ROOT
+    from tests.probe_latents import blob_layers, make_latents
+    if command == "main.py":
+        source = ["--config", str(write_config(tmp_path, epoch=1, post_processing=[]))]
+    else:
+        source = ["--latents", str(make_latents(tmp_path, *blob_layers(n_layers=1))[1]),
+                  "--cache-dir", str(tmp_path / "cache")]
+    result = subprocess.run([sys.executable, command, *source, "--scheduler", "local:2", "--no-progress"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("--scheduler local:2 starts 2 worker processes on 1 core(s)") == 1, result.stderr
 
 
 @pytest.mark.parametrize("spec", ["tcp://", "tls://127.0.0.1:1"])
