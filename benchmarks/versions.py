@@ -14,6 +14,8 @@ CPU medians. The commands:
                 checkpoint (``CheckpointStore.peek``); GRID is a grid of finished runs both checkouts name alike
   rerun         ``main.py --config GRID``: the same finished grid run again (each point's checks, its folder
                 found finished, nothing trained)
+  probe rerun   with ``--probe``: ``probe_main.py --config GRID -mp 0 --max-iter 50``, every layer of every run
+                found in the probe cache (GRID's runs extracted and probed once beforehand with the same flags)
   train         one new 1-epoch run of VGG11 1/8 on Digits at 32 px, saturation tracked (its plot drawn), one
                 thread, in a fresh logs folder of its own per round and checkout
 
@@ -54,13 +56,16 @@ def timed(command: list[str], cwd: Path) -> tuple[float, float]:
     return usage.ru_utime + usage.ru_stime, wall
 
 
-def commands(grid: Path | None, scratch: Path) -> dict[str, Callable[[int, str], list[str]]]:
+def commands(grid: Path | None, scratch: Path, probe: bool = False) -> dict[str, Callable[[int, str], list[str]]]:
     """The commands by name, each a function of the round and the checkout's label giving its argument list."""
     python = sys.executable
     found = {"help": lambda round_, label: [python, "main.py", "--help"]}
     if grid is not None:
         found["dry run"] = lambda round_, label: [python, "main.py", "--config", str(grid), "--dry-run", "-q"]
         found["rerun"] = lambda round_, label: [python, "main.py", "--config", str(grid), "-q", "--no-progress"]
+        if probe:
+            found["probe rerun"] = lambda round_, label: [python, "probe_main.py", "--config", str(grid), "-mp", "0",
+                                                          "--max-iter", "50", "-q", "--no-progress"]
 
     def train(round_: int, label: str) -> list[str]:
         """A config of its own per round and checkout, so that every round trains."""
@@ -78,12 +83,13 @@ def main() -> None:
     parser.add_argument("--old", type=Path, required=True, help="checkout before the changes")
     parser.add_argument("--new", type=Path, required=True, help="checkout after the changes")
     parser.add_argument("--grid", type=Path, help="config of a finished grid for the dry run and the rerun")
+    parser.add_argument("--probe", action="store_true", help="also time a probe job rerun on GRID (all cached)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--only", default="", help="comma-separated command names")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     with tempfile.TemporaryDirectory(prefix="versions-") as scratch:
-        todo = commands(args.grid.resolve() if args.grid else None, Path(scratch))
+        todo = commands(args.grid.resolve() if args.grid else None, Path(scratch), args.probe)
         if args.only:
             todo = {name: todo[name] for name in args.only.split(",")}
         checkouts = {"old": args.old.resolve(), "new": args.new.resolve()}
@@ -97,13 +103,13 @@ def main() -> None:
                     cpu[name, label].append(seconds)
                     wall[name, label].append(elapsed)
             LOG.info("round %d of %d done", round_ + 1, args.reps)
-        LOG.info("%-10s %10s %10s %10s %10s %8s", "command", "old CPU s", "new CPU s", "old wall", "new wall",
+        LOG.info("%-11s %10s %10s %10s %10s %8s", "command", "old CPU s", "new CPU s", "old wall", "new wall",
                  "new/old")
         for name in todo:
             old, new = statistics.median(cpu[name, "old"]), statistics.median(cpu[name, "new"])
-            LOG.info("%-10s %10.2f %10.2f %10.2f %10.2f %8.3f", name, old, new, statistics.median(wall[name, "old"]),
+            LOG.info("%-11s %10.2f %10.2f %10.2f %10.2f %8.3f", name, old, new, statistics.median(wall[name, "old"]),
                      statistics.median(wall[name, "new"]), new / old)
-            LOG.info("%-10s old %s | new %s", "", " ".join(f"{s:.2f}" for s in cpu[name, "old"]),
+            LOG.info("%-11s old %s | new %s", "", " ".join(f"{s:.2f}" for s in cpu[name, "old"]),
                      " ".join(f"{s:.2f}" for s in cpu[name, "new"]))
 
 
