@@ -554,7 +554,8 @@ def test_each_comparison_plot_puts_every_run_at_its_own_values():
               "Test accuracy against parameters": [(1000, 0.9), (50_000, 0.7), (20_000, 0.8)],
               "Tail start against border layer b_min": [(3, 4), (2, 2), (None, None)]}
     labels = {"Test accuracy against average saturation s_mu": ("average saturation s_mu", "test accuracy",
-                                                                 "test accuracy vs s_mu", {"bands": [(0.2, 0.3)]}),
+                                                                 "test accuracy vs s_mu",
+                                                                 {"bands": [(0.2, 0.3)], "x_percent": True}),
               "Test accuracy against parameters": ("parameters", "test accuracy", "test accuracy vs parameters",
                                                    {"logx": True}),
               "Tail start against border layer b_min": ("b_min (layer position)", "tail start (layer position)",

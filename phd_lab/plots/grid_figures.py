@@ -15,6 +15,15 @@ from typing import Any, Callable, Sequence
 
 _COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # with the colours: 64 groups told apart
+# one colour per split in every figure that shows splits (saturation plot, run figure, repetitions): the palette's
+# blue for train and its orange for test, a pair colour-blind readers tell apart (by lightness in grayscale too)
+SPLIT_COLORS = {"train": _COLORS[0], "test": _COLORS[1]}
+
+
+def split_color(split: str) -> str:
+    """The colour of ``split`` in every figure (``SPLIT_COLORS``); the palette's grey for a split it does not name."""
+    return SPLIT_COLORS.get(split, _COLORS[-1])
+
 _BAND_COLORS = ("#55a868", "#8172b3", "#dd8452", "#937860")  # target s_mu bands, lowest first
 _BAND_HATCHES = (None, "//", "\\\\", "..")  # with the colours: the bands differ by more than hue
 
@@ -32,6 +41,13 @@ def thin_tick_labels(ax: Any, labels: Sequence[str], rotation: int, most: int = 
     ax.set_xticks(range(0, len(labels), step))
     ax.set_xticklabels(list(labels)[::step], rotation=rotation, fontsize=7,
                        ha=ha or ("right" if rotation else "center"))
+
+
+def saturation_in_percent(axis: Any) -> None:
+    """Label ``axis`` (an x or y axis, or a colour bar's) in percent: saturation is a fraction in the tables, shown
+    as 0–100% in every figure, as the thesis gives it (s_mu of 20–30%, tails 50% below the rest)."""
+    from matplotlib.ticker import PercentFormatter
+    axis.set_major_formatter(PercentFormatter(1.0))
 
 
 def png_bytes(fig: Any, dpi: int = 90) -> bytes:
@@ -76,9 +92,10 @@ def band_style(index: int) -> dict[str, Any]:
 
 def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str, *,
                    logx: bool = False, bands: Sequence[tuple[float, float]] = (), diagonal: bool = False,
-                   y_at_most: float | None = None) -> Any:
+                   y_at_most: float | None = None, x_percent: bool = False) -> Any:
     """One comparison plot: a colour and marker per model / dataset, hollow while unfinished; ``y_at_most``: the
-    largest value y can take (an accuracy's 1), which the y axis does not run past."""
+    largest value y can take (an accuracy's 1), which the y axis does not run past; ``x_percent``: x is a saturation
+    (labelled in percent)."""
     from phd_lab.plots import subplots
 
     fig, ax = subplots(figsize=(5.2, 3.8))
@@ -113,6 +130,8 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
         ax.plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--", label="agreement")
     if logx and plotted:
         ax.set_xscale("log")
+    if x_percent:
+        saturation_in_percent(ax.xaxis)
     low, high = ax.get_ylim()
     if plotted and y_at_most is not None and high > y_at_most:  # around one run at 98%, autoscaling put ticks at
         # an impossible 1.02 and 1.04 accuracy; a margin keeps a marker at y_at_most whole
@@ -172,7 +191,7 @@ def comparison_plots(summaries: Sequence[dict[str, Any]], bands: Sequence[tuple[
     return {
         "Test accuracy against average saturation s_mu": (
             lambda s: (_s_mu(s), _accuracy(s)), ("average saturation s_mu", "test accuracy", "test accuracy vs s_mu"),
-            {"bands": [tuple(band) for band in bands], "y_at_most": 1.0}),
+            {"bands": [tuple(band) for band in bands], "y_at_most": 1.0, "x_percent": True}),
         "Test accuracy against parameters": (
             lambda s: ((s.get("computational") or {}).get("params"), _accuracy(s)),
             ("parameters", "test accuracy", "test accuracy vs parameters"), {"logx": True, "y_at_most": 1.0}),

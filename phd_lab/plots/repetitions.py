@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, thin_tick_labels
+from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, saturation_in_percent, split_color, thin_tick_labels
 
 # a basis is told apart by its line and marker too, not by hue alone (grayscale prints, colour-blind readers)
 _BASIS_STYLES = {"pca": {"color": "#3b6fb6", "linestyle": "-", "marker": "o"},
@@ -19,8 +19,10 @@ LAYER_WIDTH = 0.22  # inches per layer of the stability figure: names at 60 degr
 STABILITY_LABELLED = int((MAX_FIGURE_WIDTH - 2) / LAYER_WIDTH)  # layer names that fit; beyond, every n-th
 
 
-def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str, float]]], title: str) -> Any:
-    """Saturation per layer in forward order: each run a thin line, the mean a thick one, min–max shaded."""
+def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str, float]]], title: str,
+                     split: str = "train") -> Any:
+    """Saturation of ``split`` (the runs' ``analysis_split``) per layer in forward order, in percent: each run a
+    thin line, the mean a thick one, min–max shaded, in the split's colour (as in the run figure)."""
     from phd_lab.plots import subplots
     fig, ax = subplots(figsize=(min(MAX_FIGURE_WIDTH, max(5.5, LAYER_WIDTH * len(table) + 2)), 3.6))
     position = {layer: i for i, layer in enumerate(table["layer"])}
@@ -29,14 +31,16 @@ def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str,
         ax.plot([p for p, _ in points], [s for _, s in points], color="#999999", lw=0.6, alpha=0.6, marker=".",
                 ms=2)
     x = list(range(len(table)))
-    ax.fill_between(x, table["min"], table["max"], color="#3b6fb6", alpha=0.18, lw=0, label="min – max")
-    ax.vlines(x, table["min"], table["max"], color="#3b6fb6", alpha=0.5, lw=1)  # seen also at a single layer
-    ax.plot(x, table["mean"], color="#3b6fb6", lw=2, marker="o", ms=3, label=f"mean of {len(runs)} runs")
+    color = split_color(split)
+    ax.fill_between(x, table["min"], table["max"], color=color, alpha=0.18, lw=0, label="min – max")
+    ax.vlines(x, table["min"], table["max"], color=color, alpha=0.5, lw=1)  # seen also at a single layer
+    ax.plot(x, table["mean"], color=color, lw=2, marker="o", ms=3, label=f"mean of {len(runs)} runs")
     # every layer named as far as the width holds them (a 54-layer ResNet-50 had every second one, as 40 at most)
     thin_tick_labels(ax, [str(layer) for layer in table["layer"]], rotation=60, most=STABILITY_LABELLED)
     ax.set_ylim(0, 1.02)
+    saturation_in_percent(ax.yaxis)
     ax.set_xlabel("layer (forward order)")
-    ax.set_ylabel("saturation (last epoch)")
+    ax.set_ylabel(f"saturation ({split}, last epoch)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     return fig

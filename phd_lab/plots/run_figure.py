@@ -2,10 +2,12 @@
 
 Layers run along the x axis in forward order; above them, for a run of two epochs or more, a heat map of
 each layer's saturation per epoch (how the pattern formed). The left axis (0–100%) shows saturation per layer
-as bars (the analysed split) and dots (the other split), the probes' accuracy as a line and the
-model's test accuracy as a dash-dot-dotted line; the right axis shows r_max (solid, upward triangles) and r_min
-(dotted, downward triangles) per layer with the input resolution as a dash-dotted horizontal line (side
-branches, such as 1×1 shortcuts, as loose hollow points off the lines). No two lines differ by colour alone.
+as bars (the analysed split) and dots (the other split), each in its split's colour (``SPLIT_COLORS``: train
+blue, test orange, as in the per-epoch saturation plot, whichever split is analysed), the probes' accuracy as a
+purple line and the model's test accuracy as a dash-dot-dotted purple line; the right axis shows r_max (solid,
+upward triangles) and r_min (dotted, downward triangles) per layer with the input resolution as a dash-dotted
+horizontal line (side branches, such as 1×1 shortcuts, as loose hollow points off the lines). No two lines differ
+by colour alone.
 Vertical lines mark b_min (solid) and b_max (dashed) just before the border layer, and tails are shaded.
 Anything missing is simply not drawn.
 """
@@ -19,7 +21,7 @@ import pandas as pd
 
 from phd_lab.analysis.run_summary import layer_saturations, probe_layer_accuracies, saturation_history
 from phd_lab.analysis.run_tables import RunTables
-from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, png_bytes, thin_tick_labels
+from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, png_bytes, saturation_in_percent, split_color, thin_tick_labels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -159,6 +161,7 @@ def _draw_history(ax: Any, history: pd.DataFrame, x_of: dict[str, int], split: s
     ax.tick_params(axis="y", labelsize=7)
     colorbar = ax.figure.colorbar(image, cax=ax.inset_axes([1.01, 0.0, 0.012, 1.0]))
     colorbar.set_label(f"saturation ({split})", fontsize=7)
+    saturation_in_percent(colorbar.ax.yaxis)  # as the axis of the bars below
     colorbar.ax.tick_params(labelsize=6)
 
 
@@ -177,18 +180,18 @@ def _title(summary: dict[str, Any]) -> str:
 
 
 def _draw_saturations(ax: Any, tables: RunTables, split: str, x_of: dict[str, int]) -> None:
-    """Saturation per layer: bars for the analysed split, dots for the other one."""
+    """Saturation per layer: bars for the analysed split, dots for the other one, each in its split's colour."""
     other = "test" if split == "train" else "train"
     main = layer_saturations(tables.metrics, split)
     if main is not None:
         xs = [x_of[n] for n in main["layer"] if n in x_of]
         ax.bar(xs, [s for n, s in zip(main["layer"], main["saturation"]) if n in x_of], width=0.7,
-               color="#4c72b0", alpha=0.85, label=f"saturation ({split})")
+               color=split_color(split), alpha=0.85, label=f"saturation ({split})")
     second = layer_saturations(tables.metrics, other)
     if second is not None:
         ax.plot([x_of[n] for n in second["layer"] if n in x_of],
                 [s for n, s in zip(second["layer"], second["saturation"]) if n in x_of],
-                "o", color="#1b2a49", markersize=3.5, label=f"saturation ({other})")
+                "o", color=split_color(other), markersize=3.5, label=f"saturation ({other})")
 
 
 def _draw_accuracies(ax: Any, tables: RunTables, summary: dict[str, Any], x_of: dict[str, int]) -> None:
@@ -202,12 +205,13 @@ def _draw_accuracies(ax: Any, tables: RunTables, summary: dict[str, Any], x_of: 
             why = "latents extracted again since" if tables.probes_predate_latents else "older extraction"
             ax.plot(*zip(*points), ":o", color="#8c8c8c", markersize=3, linewidth=1.2, label=f"{label}, stale: {why}")
         elif points:
-            ax.plot(*zip(*points), "-o", color="#dd8452", markersize=3.5, linewidth=1.6, label=label)
+            ax.plot(*zip(*points), "-o", color=ACCURACY_COLOR, markersize=3.5, linewidth=1.6, label=label)
     if summary["accuracy"]["test"] is not None:
-        ax.axhline(summary["accuracy"]["test"], color="#dd8452", linestyle=MODEL_ACCURACY_STYLE, linewidth=1,
+        ax.axhline(summary["accuracy"]["test"], color=ACCURACY_COLOR, linestyle=MODEL_ACCURACY_STYLE, linewidth=1,
                    label="model test accuracy")
 
 
+ACCURACY_COLOR = "#8172b3"  # the palette's purple: the orange of the accuracies was the test split's colour
 MODEL_ACCURACY_STYLE = (0, (5, 1.5, 1, 1.5, 1, 1.5))  # dash-dot-dot: no other line of the figure has it
 
 
@@ -227,10 +231,9 @@ def _draw_tails_and_borders(ax: Any, tails: list[dict[str, Any]], borders: dict[
 def _format_layer_axes(ax: Any, order: list[str]) -> None:
     """Percent scale on the left axis, one tick per layer (names rotated; beyond ``LABELLED`` layers every n-th)
     on the x axis."""
-    import matplotlib.ticker
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("saturation / accuracy")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    saturation_in_percent(ax.yaxis)
     thin_tick_labels(ax, order, rotation=90, most=LABELLED, ha="center")
     ax.set_xlim(-0.6, len(order) - 0.4)
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import pandas as pd
 
 from phd_lab import atomic
+from phd_lab.plots.grid_figures import SPLIT_COLORS, saturation_in_percent
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -24,21 +25,23 @@ def saturation_table(row: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def plot_saturation(table: pd.DataFrame, ax: "Axes | None" = None, title: str = "") -> "Axes":
-    """Grouped bars of train/test saturation per layer, layers left to right in forward order: train plain blue,
-    test hatched orange; the legend beside the axes."""
+    """Grouped bars of train/test saturation per layer (in percent), layers left to right in forward order: train
+    plain, test hatched, each in its split's colour (``SPLIT_COLORS``, as in the run figure); the legend beside the
+    axes."""
     from phd_lab.plots import subplots
 
     if ax is None:
         _, ax = subplots(figsize=(max(4.0, 0.45 * len(table) + 2.0), 3.6))
     positions = range(len(table))
-    ax.bar([p - WIDTH / 2 for p in positions], table["train"], WIDTH, label="train", color="#3b6fb6")
+    ax.bar([p - WIDTH / 2 for p in positions], table["train"], WIDTH, label="train", color=SPLIT_COLORS["train"])
     # hatched: the test bars differ from the train bars by more than hue (grayscale prints, colour-blind readers)
-    ax.bar([p + WIDTH / 2 for p in positions], table["test"], WIDTH, label="test", color="#e0892f",
+    ax.bar([p + WIDTH / 2 for p in positions], table["test"], WIDTH, label="test", color=SPLIT_COLORS["test"],
            hatch=TEST_HATCH, edgecolor="white", linewidth=0)  # white hatch lines, no frame
     ax.set_xticks(list(positions))
     ax.set_xticklabels(list(table.index), rotation=60, ha="right", fontsize=8)
     ax.set_xlim(-0.7, len(table) - 0.3)  # every layer's slot, also a last one without bars (autoscaling cut it off)
     ax.set_ylim(0, 1)
+    saturation_in_percent(ax.yaxis)  # 0–100%, as the run figure and the thesis show saturation
     ax.set_ylabel("saturation")
     ax.set_xlabel("layer (forward order)")
     if title:

@@ -39,6 +39,7 @@ class RepetitionGroup:
     label: str
     entries: list[RunEntry]
     alpha: float = DEFAULT_ALPHA
+    split: str = "train"  # the runs' analysis_split: the saturations compared, drawn in its colour
     saturations: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     stability: pd.DataFrame | None = None
     accuracy: Spread | None = None
@@ -93,7 +94,8 @@ def repetition_groups(entries: Sequence[RunEntry], alpha: float = DEFAULT_ALPHA)
     flats = {identity: json.loads(identity) for identity in repeated}
     keys = sorted({k for flat in flats.values() for k in flat} - set(FIXED_COLUMNS))
     differing = [k for k in keys if len({flat.get(k) for flat in flats.values()}) > 1]
-    groups = [group_statistics(RepetitionGroup(_label(flats[identity], differing), runs, alpha))
+    groups = [group_statistics(RepetitionGroup(_label(flats[identity], differing), runs, alpha,
+                                               str(flats[identity]["analysis_split"])))
               for identity, runs in repeated.items()]
     for group in groups:
         if group.same_seed:
@@ -251,10 +253,11 @@ def draw_figures(group: RepetitionGroup, previous: Mapping[str, bytes] | None = 
     previous = previous or {}
     if group.stability is not None:
         stability, saturations = group.stability, group.saturations
-        key = figure_key(drawing, "stability", group.label, stability, data=list(saturations.values()))
+        key = figure_key(drawing, "stability", group.label, stability, data=[*saturations.values(), group.split])
         group.figures.append(keyed_figure(
             f"Saturation over the repetitions of {group.label}", key, previous=previous,
-            draw=lambda: drawing.stability_figure(stability, saturations, f"{group.label}: saturation per layer")))
+            draw=lambda: drawing.stability_figure(stability, saturations, f"{group.label}: saturation per layer",
+                                                  group.split)))
     if group.eigenspace is not None:
         eigenspace = group.eigenspace
         key = figure_key(drawing, "eigenspace", group.label, eigenspace)
