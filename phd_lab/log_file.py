@@ -103,22 +103,53 @@ def info_records_kept() -> Iterator[None]:
 
 
 def _hold() -> None:
-    """One more block of ``info_records_kept``; the root is raised if it drops INFO records and no block raised it."""
+    """One more block of ``info_records_kept``; the root is raised if it drops INFO records and no block raised it.
+    All or nothing: a Ctrl-C (or a handler's error) halfway left the block counted although its ``finally`` never
+    ran, so the last real block never gave the caller its WARNING level back, nor its handlers' levels."""
     global _holders, _raised
     root = logging.getLogger()
     with _kept_lock:
-        _holders += 1
         level = root.level
-        if _raised is not None or level <= logging.INFO:  # NOTSET (0) passes everything too
-            return
-        raised = [(handler, handler.level) for handler in root.handlers if handler.level < level]
-        stand_in = logging.lastResort if not root.handlers else None
-        for handler, _ in raised:
-            handler.setLevel(level)
-        if stand_in is not None:
-            root.addHandler(stand_in)
-        root.setLevel(logging.INFO)
-        _raised = level, raised, stand_in
+        if _raised is None and level > logging.INFO:  # NOTSET (0) passes everything too
+            raised: list[tuple[logging.Handler, int]] = []
+            stand_in = logging.lastResort if not root.handlers else None
+            try:
+                for handler in root.handlers:
+                    if handler.level < level:
+                        before = handler.level
+                        handler.setLevel(level)
+                        raised.append((handler, before))
+                if stand_in is not None:
+                    root.addHandler(stand_in)
+                root.setLevel(logging.INFO)
+            except BaseException:
+                _give_back(level, raised, stand_in)
+                raise
+            _raised = level, raised, stand_in
+        _holders += 1
+
+
+def _give_back(level: int, raised: list[tuple[logging.Handler, int]], stand_in: logging.Handler | None) -> None:
+    """Put back the root's level and its handlers' levels where they are still what ``_hold`` made them (a level
+    the caller set during the blocks, DEBUG say, is the caller's and stays), and remove the stand-in handler."""
+    root = logging.getLogger()
+    if root.level == logging.INFO:
+        root.setLevel(level)
+    if stand_in is not None:
+        root.removeHandler(stand_in)
+    for handler, before in raised:
+        if handler.level == level:
+            handler.setLevel(before)
+
+
+def _reset_lock_in_child() -> None:
+    """A process forked while another thread held the lock (a DataLoader's workers, a pool forked beside a probe
+    job in a thread) inherited it held by a thread it does not have, and its first block waited for ever."""
+    global _kept_lock
+    _kept_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
 def _release() -> None:
@@ -130,8 +161,4 @@ def _release() -> None:
         if _holders or _raised is None:
             return
         (level, raised, stand_in), _raised = _raised, None
-        root.setLevel(level)
-        if stand_in is not None:
-            root.removeHandler(stand_in)
-        for handler, before in raised:
-            handler.setLevel(before)
+        _give_back(level, raised, stand_in)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -705,3 +706,88 @@ def test_a_warning_shown_once_inside_a_guarded_block_shows_again_under_the_filte
         warnings.filters[:] = saved
         warnings.simplefilter("ignore", append=True)  # any filter call makes Python forget the records
         warnings.filters[:] = saved
+
+
+def _one_block_then_exit() -> None:
+    from phd_lab.log_file import info_records_kept
+    with info_records_kept():
+        pass
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks a child process")
+def test_a_child_forked_while_another_thread_holds_the_blocks_lock_can_enter_a_block(unconfigured_logging):
+    """A process forked while a thread of its parent was inside ``info_records_kept``'s counting (a DataLoader's
+    workers or a forked pool started beside a probe job in a thread) inherited the lock held by a thread it does not
+    have, and its first block waited for ever. The lock is held here by a thread at the fork, as it can be then."""
+    import multiprocessing
+    import threading
+
+    from phd_lab import log_file
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with log_file._kept_lock:
+            holding.set()
+            release.wait(60)
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(60)
+    child = multiprocessing.get_context("fork").Process(target=_one_block_then_exit)
+    try:
+        child.start()
+    finally:
+        release.set()
+        holder.join(60)
+    child.join(60)
+    if child.exitcode is None:
+        child.kill()
+        child.join()
+    assert child.exitcode == 0
+
+
+def test_a_block_interrupted_while_it_raised_the_root_is_not_counted(unconfigured_logging):
+    """A Ctrl-C while ``info_records_kept`` raised the root's handlers left the block counted though its ``finally``
+    never ran: every later block ended with the root still at INFO and the handler at WARNING for the rest of the
+    process. The interrupted block now changes nothing, and a later one gives everything back."""
+    from phd_lab.log_file import info_records_kept
+
+    class InterruptedOnce(logging.Handler):
+        """A console handler whose first level change meets a Ctrl-C."""
+        interrupt = True
+
+        def setLevel(self, level) -> None:  # noqa: N802 - logging's name
+            if self.interrupt:
+                self.interrupt = False
+                raise KeyboardInterrupt
+            super().setLevel(level)
+    console = InterruptedOnce()
+    unconfigured_logging.addHandler(console)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with info_records_kept():
+                pass
+        interrupted = unconfigured_logging.level, console.level
+        with info_records_kept():
+            inside = unconfigured_logging.level, console.level
+        after = unconfigured_logging.level, console.level
+    finally:
+        unconfigured_logging.removeHandler(console)
+    assert interrupted == (logging.WARNING, logging.NOTSET)
+    assert inside == (logging.INFO, logging.WARNING)
+    assert after == (logging.WARNING, logging.NOTSET)
+
+
+def test_a_level_the_caller_sets_inside_a_block_is_kept_after_it(unconfigured_logging):
+    """The root's and a handler's level that the caller set while a block ran (a notebook turning on DEBUG while a
+    run trained in a thread) were overwritten by the levels found at the start when the last block ended."""
+    from phd_lab.log_file import info_records_kept
+    console = logging.StreamHandler(io.StringIO())
+    unconfigured_logging.addHandler(console)
+    try:
+        with info_records_kept():
+            unconfigured_logging.setLevel(logging.DEBUG)
+            console.setLevel(logging.ERROR)
+        after = unconfigured_logging.level, console.level
+    finally:
+        unconfigured_logging.removeHandler(console)
+    assert after == (logging.DEBUG, logging.ERROR)
