@@ -155,7 +155,6 @@ os.register_at_fork(after_in_child=_reset_lock_in_child)
 def _release() -> None:
     """One block of ``info_records_kept`` fewer; the last gives back what ``_hold`` changed."""
     global _holders, _raised
-    root = logging.getLogger()
     with _kept_lock:
         _holders -= 1
         if _holders or _raised is None:
