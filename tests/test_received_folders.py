@@ -73,13 +73,14 @@ def test_a_linked_probe_lock_or_log_of_a_received_run_is_refused_before_the_prob
     assert "is a symbolic link" in err and "Traceback" not in err
 
 
-def huge_npy(element_count: int = 10**15) -> bytes:
-    """A .npy file whose header declares ``element_count`` float64 values (petabytes) and that holds 64 bytes."""
+def huge_npy(element_count: int = 10**15, descr: str = "<f8") -> bytes:
+    """A .npy file whose header declares ``element_count`` float64 values (petabytes) and that holds 64 bytes; with
+    ``descr`` "|V0" values of no bytes each, which pass a check of the bytes but allocate petabytes once converted."""
     import io
 
     import numpy as np
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (element_count,)})
+    np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": (element_count,)})
     return header.getvalue() + bytes(64)
 
 
@@ -90,10 +91,11 @@ def probed(received: Path) -> Path:
     return received
 
 
-def test_a_confusion_matrix_whose_header_declares_petabytes_is_rewritten_not_a_traceback(probed, capsys):
+@pytest.mark.parametrize("descr", ["<f8", "|V0", "|S0"])
+def test_a_confusion_matrix_whose_header_declares_petabytes_is_rewritten_not_a_traceback(probed, capsys, descr):
     # numpy allocates what the header declares before reading: MemoryError, a traceback and exit 1
     [matrix] = sorted((probed / "probe_confusion").glob("001-*.npy"))
-    matrix.write_bytes(huge_npy())
+    matrix.write_bytes(huge_npy(descr=descr))
     capsys.readouterr()
     code = probe_cli(["--latents", str(probed / "latents"), "--solver", "lbfgs", "-mp", "0", "--no-progress"])
     err = capsys.readouterr().err
@@ -101,7 +103,8 @@ def test_a_confusion_matrix_whose_header_declares_petabytes_is_rewritten_not_a_t
     assert len(matrix.read_bytes()) < 10_000  # written again from the cached result
 
 
-def test_a_probe_cache_entry_whose_matrix_header_declares_petabytes_is_refitted_not_a_traceback(probed, capsys):
+@pytest.mark.parametrize("descr", ["<f8", "|V0", "|S0"])
+def test_a_probe_cache_entry_whose_matrix_header_declares_petabytes_is_refitted_not_a_traceback(probed, capsys, descr):
     import hashlib
     import json
     entries = sorted((probed / ".probe_cache").glob("[0-9a-f][0-9a-f]/*.json"))
@@ -109,7 +112,7 @@ def test_a_probe_cache_entry_whose_matrix_header_declares_petabytes_is_refitted_
     for entry_path in entries:  # matrices with a sha256 that matches, as a crafted cache holds them
         entry = json.loads(entry_path.read_text())
         (entry_path.parent / entry["confusion"]["file"]).unlink()
-        data = huge_npy()
+        data = huge_npy(descr=descr)
         entry["confusion"]["sha256"] = hashlib.sha256(data).hexdigest()
         entry["confusion"]["file"] = f"{entry_path.stem}-{entry['confusion']['sha256'][:16]}.npy"
         (entry_path.parent / entry["confusion"]["file"]).write_bytes(data)

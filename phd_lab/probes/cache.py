@@ -73,13 +73,16 @@ def read_npy(data: bytes) -> np.ndarray:
     """The array of the .npy file ``data``, no pickle. Its header's shape is checked against the bytes that follow
     first: numpy allocates all that a header declares before it reads, and a cache entry (its sha256 matching) whose
     matrix declared 10^15 values stopped the probe job with a MemoryError traceback instead of a refit (and one in the
-    run folder, which ``results_in_place`` compares, instead of writing it again)."""
+    run folder, which ``results_in_place`` compares, instead of writing it again). Values of no bytes (``|V0``,
+    ``|S0``) are refused too: they passed that check, and the record's float64 copy of 10^15 of them was that error."""
     handle = io.BytesIO(data)
     version = np.lib.format.read_magic(handle)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, _, dtype = read(handle)
     if math.prod(shape) * dtype.itemsize > len(data) - handle.tell():
         raise ValueError(f"its header declares shape {shape} of {dtype}, more than the file holds")
+    if dtype.itemsize == 0 and math.prod(shape):  # no bytes to check: 10^15 of them became petabytes as float64
+        raise ValueError(f"its header declares shape {shape} of {dtype}, values of no bytes")
     return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
 
 
