@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -174,6 +175,14 @@ def _step_started(step: str) -> Callable[[Path], bool]:
 
 
 def _main_in_child(config: Path, env: dict[str, str]) -> None:
+    # A forked child shares the parent's tqdm locks, the multiprocessing one a semaphore of both: killed while a
+    # bar held it (every tqdm, even a disabled one, takes it when made), the child left it taken and the test's
+    # next run in this process waited for it for ever. The child takes locks of its own.
+    from tqdm import tqdm
+    from tqdm.std import TqdmDefaultWriteLock
+    TqdmDefaultWriteLock.th_lock = threading.RLock()
+    TqdmDefaultWriteLock.mp_lock = multiprocessing.get_context("fork").RLock()
+    tqdm.set_lock(TqdmDefaultWriteLock())
     os.environ.update(env)
     os._exit(main_cli(["--config", str(config), "--no-progress", "-q"]))
 
