@@ -2,6 +2,7 @@
 figure that fails spoils only its run, and the figures of a killed worker are drawn in the report's process."""
 
 import base64
+import contextlib
 import hashlib
 import logging
 import multiprocessing
@@ -155,8 +156,12 @@ def test_a_figure_worker_lost_while_the_figures_are_handed_over_is_said_as_one_l
     said as such, and one interrupted alone (SIGINT) did not stop the report as Ctrl-C does."""
     runs = _runs(tmp_path / "logs", 2 * FIGURES_PER_WORKER)
     requests = _WorkerLostWhileHandedOver([_request(rundir) for rundir in runs], signum)
+    # the workers' SIGINT as in a terminal: started in the background by a non-interactive shell (a CI script),
+    # this process has SIGINT ignored, which its workers inherit, and the one signalled would never end
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     drawn = draw_run_figures(requests, processes=2)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), contextlib.ExitStack() as restore:
+        restore.callback(signal.signal, signal.SIGINT, previous)
         if signum == signal.SIGINT:
             with pytest.raises(KeyboardInterrupt):
                 next(drawn)
