@@ -18,7 +18,7 @@ from tests.conftest import ROOT, run_folders
 @pytest.mark.slow
 def test_demo_at_16_px_has_a_tail_after_the_border_where_the_probes_stop_improving(tmp_path):
     config = json.loads((ROOT / "configs" / "demo_tail.json").read_text())
-    # 16 px and 6 of the demo's 30 epochs (the suite must stay short; 32 px took 128-300 s, 10 epochs 60-70 s):
+    # 16 px and 6 of the demo's 30 epochs (the suite must stay short; 32 px took 128-300 s, 10 epochs 72 s):
     # border, tail and probe plateau are there by then on seeds 0-2 (session 52: border conv 6, tail from conv 8
     # since epoch 2, probes 97.8-98.6 % at its start and at most 0.6 points above in it, model 90.6-96.7 %). One
     # CPU thread leaves the other core to the suite's other test process.
