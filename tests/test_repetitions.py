@@ -211,6 +211,16 @@ def repeated_grid(tmp_path_factory):
     return folder / "logs"
 
 
+@pytest.fixture(scope="module")
+def reported_grid(repeated_grid, tmp_path_factory):
+    """The repeated grid with a report written once: its runs' analysis.png and the page's figures are there, so a
+    test's report draws only what its edit changed (the first report draws 6 run figures, about 3 s)."""
+    logs = tmp_path_factory.mktemp("reported") / "logs"
+    shutil.copytree(repeated_grid, logs)
+    write_report(logs)
+    return logs
+
+
 def _runs(logs):
     """Each run folder's logged config and its tables."""
     runs = []
@@ -269,9 +279,9 @@ def test_the_report_tests_each_group_of_repeated_runs(repeated_grid, tmp_path):
     assert text.count("With 3 runs the tests miss all but large differences") == text.count("Relevant eigenspace: from")
 
 
-def test_alpha_is_the_users_choice_and_bad_values_are_refused(repeated_grid, tmp_path, capsys):
+def test_alpha_is_the_users_choice_and_bad_values_are_refused(reported_grid, tmp_path, capsys):
     logs = tmp_path / "logs"
-    shutil.copytree(repeated_grid, logs)
+    shutil.copytree(reported_grid, logs)
     assert main_report([str(logs), "--alpha", "0.01", "--no-progress"]) == 0
     strict = pd.read_csv(logs / "report_relevant_eigenspace.csv")
     assert set(strict["alpha"]) == {0.01} and (strict["significant"] == (strict["p"] < 0.01)).all()
@@ -294,11 +304,11 @@ def test_a_foreign_file_in_the_tables_place_is_never_replaced(repeated_grid, tmp
     assert foreign.read_text() == "epoch,loss\n1,0.5\n" and not (logs / "report.html").exists()
 
 
-def test_a_page_whose_name_shares_another_pages_stem_is_refused(repeated_grid, tmp_path, capsys):
+def test_a_page_whose_name_shares_another_pages_stem_is_refused(reported_grid, tmp_path, capsys):
     """The tables are named after the page's stem: a report written to r.htm beside r.html removed r.html's
     tables (or replaced them with other runs' statistics), and r.html's links broke, with exit status 0."""
     logs = tmp_path / "logs"
-    shutil.copytree(repeated_grid, logs)
+    shutil.copytree(reported_grid, logs)
     assert main_report([str(logs), "--out", str(tmp_path / "r.html"), "--no-progress"]) == 0
     tables = {path: path.read_bytes() for path in tmp_path.glob("r_*.csv")}
     assert len(tables) == 2
@@ -311,9 +321,9 @@ def test_a_page_whose_name_shares_another_pages_stem_is_refused(repeated_grid, t
     assert main_report([str(logs), "--out", str(tmp_path / "r.html"), "--no-progress"]) == 0  # its own page
 
 
-def test_tables_of_groups_that_are_gone_are_removed(repeated_grid, tmp_path):
+def test_tables_of_groups_that_are_gone_are_removed(reported_grid, tmp_path):
     logs = tmp_path / "logs"
-    shutil.copytree(repeated_grid, logs)
+    shutil.copytree(reported_grid, logs)
     write_report(logs)
     assert (logs / "report_relevant_eigenspace.csv").is_file()
     for folder in sorted(logs.glob("vgg11/Digits_16/[12]")):  # one run of each width is left: nothing repeats
@@ -364,13 +374,13 @@ def _first_width_runs(logs):
 
 @pytest.mark.parametrize("case", ["seed sweep", "same seed", "other projection", "not projected", "older config",
                                   "damaged accuracy", "download", "workers", "other split", "unfinished"])
-def test_which_runs_count_as_repetitions(repeated_grid, tmp_path, case, caplog):
+def test_which_runs_count_as_repetitions(reported_grid, tmp_path, case, caplog):
     """Runs are repetitions when only their seed differs; each seed counts once; a run projected otherwise or not
     at all is a repetition, left out of the t-tests; a key an older version did not log is its default, and one
     that is no part of a run's identity (download) does not count, while num_workers other than 0 does (random
     augmentations depend on it); a damaged cell loses only that run."""
     logs = tmp_path / "logs"
-    shutil.copytree(repeated_grid, logs)
+    shutil.copytree(reported_grid, logs)
     first, second, third = _first_width_runs(logs)
     expected_n, label = 3, "vgg11 / Digits 16 px · model_args.width=0.0625"
     if case == "seed sweep":  # "seed": [..] with one run_id: the runs share name and run_id, not their folder
@@ -514,10 +524,10 @@ def _label(width):
     return f"vgg11 / Digits 16 px · model_args.width={width}"
 
 
-def test_a_delta_only_one_run_has_is_no_tested_delta(repeated_grid, tmp_path):
+def test_a_delta_only_one_run_has_is_no_tested_delta(reported_grid, tmp_path):
     """A delta of a single run has no test (n = 1): the verdict does not name it as the largest tested one."""
     logs = tmp_path / "logs"
-    shutil.copytree(repeated_grid, logs)
+    shutil.copytree(reported_grid, logs)
     run = _first_width_runs(logs)[0]
     table = pd.read_csv(run / "projections.csv")
     extra = table[(table["basis"] == "pca") & (table["delta"] == 0.999)].assign(delta=0.9995, accuracy=0.0)
@@ -529,10 +539,10 @@ def test_a_delta_only_one_run_has_is_no_tested_delta(repeated_grid, tmp_path):
     assert "δ = 0.9995" not in text and "the largest, δ = 0.999," in text
 
 
-def test_a_group_where_one_run_has_its_unprojected_accuracy_has_no_t_tests(repeated_grid, tmp_path):
+def test_a_group_where_one_run_has_its_unprojected_accuracy_has_no_t_tests(reported_grid, tmp_path):
     """Three projected runs, two of them without the unprojected accuracy to compare with: nothing is tested."""
     logs = tmp_path / "logs"
-    shutil.copytree(repeated_grid, logs)
+    shutil.copytree(reported_grid, logs)
     for run in _first_width_runs(logs)[:2]:
         table = pd.read_csv(run / "projections.csv")
         table.loc[table["basis"] == "none", "accuracy"] = math.nan
