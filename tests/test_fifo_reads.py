@@ -137,8 +137,9 @@ def test_a_probe_job_run_again_does_not_wait_on_a_fifo_in_the_run_folder(tmp_pat
     """probe_main.py run again compares the table and the confusion matrices in the run folder with its results and
     reads each layer's matrix from the probe cache: a FIFO at any of them hung it for good. Now the file is read as
     damaged (the cache names the FIFO), and the job writes its results again."""
+    from phd_lab.probes.cli import probe_cli
     _, latents = make_latents(tmp_path)
-    assert _run("probe_main.py", "--latents", str(latents), "--no-progress", "-q").returncode == 0
+    assert probe_cli(["--latents", str(latents), "-mp", "0", "--no-progress", "-q"]) == 0  # the first job: no FIFO yet
     fifo = _fifo_at(sorted(latents.parent.glob(planted))[0])
     done = _run("probe_main.py", "--latents", str(latents), "--no-progress", "-v")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1444,12 +1444,15 @@ def test_probes_that_finish_while_the_training_command_writes_the_analysis_are_r
     from tests.conftest import ROOT, wait_for, write_config
     config = write_config(tmp_path, epoch=1, cpu_threads=1, post_processing=["extract", "analysis"])
     run = RunDir.for_run(Grid(load_config_file(config))[0])
+    probed = tmp_path / "probed"  # main.py holds the run folder after its analysis until this file exists
     process = subprocess.Popen([sys.executable, "main.py", "--config", str(config), "--no-progress", "-q"],
-                               cwd=ROOT, env={**os.environ, PAUSE_ENV: "8"}, stdout=subprocess.PIPE,
+                               cwd=ROOT, env={**os.environ, PAUSE_ENV: str(probed)}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     assert wait_for(run.analysis_json.exists, process)  # the analysis is written, the run folder still held
     assert json.loads(run.analysis_json.read_text())["probes"]["status"] != "complete"
     assert cli("--config", str(config), "-mp", "0", "--solver", "lbfgs") == 0
+    assert process.poll() is None  # the probes finished while main.py held the folder
+    probed.touch()
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert json.loads(run.analysis_json.read_text())["probes"]["status"] == "complete"

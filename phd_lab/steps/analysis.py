@@ -44,7 +44,7 @@ class AnalysisStep(Step):
         entry = analyse_run(ctx.rundir, write=True, settings=AnalysisSettings.from_config(ctx.config.values),
                             skip_active=False, last_step=True)
         ctx.notes[ANALYSED_PROBES] = entry.probe_stamp if entry.written else "not written"
-        time.sleep(float(os.environ.get(PAUSE_ENV, "0") or 0))
+        _pause_for_tests()
         for problem in entry.summary["problems"]:  # a damaged table costs the analysis its conclusions: said here
             log.warning("Analysis of %s: %s", ctx.config.name, problem)
         for advice in entry.summary["recommendations"]:
@@ -52,4 +52,17 @@ class AnalysisStep(Step):
 
 
 ANALYSED_PROBES = "analysed_probes"
-PAUSE_ENV = "PHD_LAB_TEST_ANALYSIS_PAUSE"  # tests: seconds to wait after writing, for a probe job to finish meanwhile
+PAUSE_ENV = "PHD_LAB_TEST_ANALYSIS_PAUSE"  # tests: seconds to wait after writing, or a file to wait for
+
+
+def _pause_for_tests() -> None:
+    """Tests only: hold the run folder after its analysis is written, for ``PAUSE_ENV`` seconds or, where it names
+    a file, until that file exists (at most 120 s), so that a test's probe job finishes meanwhile and then ends the
+    pause at once instead of sleeping out a margin."""
+    value = os.environ.get(PAUSE_ENV, "")
+    try:
+        time.sleep(float(value or 0))
+    except ValueError:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(value) and time.monotonic() < deadline:
+            time.sleep(0.02)
