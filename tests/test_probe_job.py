@@ -1448,11 +1448,13 @@ def test_probes_that_finish_while_the_training_command_writes_the_analysis_are_r
     process = subprocess.Popen([sys.executable, "main.py", "--config", str(config), "--no-progress", "-q"],
                                cwd=ROOT, env={**os.environ, PAUSE_ENV: str(probed)}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    assert wait_for(run.analysis_json.exists, process)  # the analysis is written, the run folder still held
-    assert json.loads(run.analysis_json.read_text())["probes"]["status"] != "complete"
-    assert cli("--config", str(config), "-mp", "0", "--solver", "lbfgs") == 0
-    assert process.poll() is None  # the probes finished while main.py held the folder
-    probed.touch()
+    try:
+        assert wait_for(run.analysis_json.exists, process)  # the analysis is written, the run folder still held
+        assert json.loads(run.analysis_json.read_text())["probes"]["status"] != "complete"
+        assert cli("--config", str(config), "-mp", "0", "--solver", "lbfgs") == 0
+        assert process.poll() is None  # the probes finished while main.py held the folder
+    finally:
+        probed.touch()  # main.py goes on (also where the test failed: it does not wait its 120 s for nothing)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert json.loads(run.analysis_json.read_text())["probes"]["status"] == "complete"
