@@ -324,8 +324,7 @@ def test_a_page_whose_name_shares_another_pages_stem_is_refused(reported_grid, t
 def test_tables_of_groups_that_are_gone_are_removed(reported_grid, tmp_path):
     logs = tmp_path / "logs"
     shutil.copytree(reported_grid, logs)
-    write_report(logs)
-    assert (logs / "report_relevant_eigenspace.csv").is_file()
+    assert (logs / "report_relevant_eigenspace.csv").is_file()  # written by the fixture's report
     for folder in sorted(logs.glob("vgg11/Digits_16/[12]")):  # one run of each width is left: nothing repeats
         shutil.rmtree(folder)
     text = write_report(logs).read_text(encoding="utf-8")
