@@ -25,12 +25,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("phd_lab")
 
 LISTABLE = ("models", "datasets", "optimizers", "metrics", "steps")
+# libraries whose debug messages -v leaves out (matplotlib's font search alone logged 2,410 lines per figure-drawing
+# process into the console and every run's .log file); a level set on one of them (a notebook's) is kept
+QUIET_LIBRARIES = ("matplotlib", "PIL", "fsspec", "asyncio", "urllib3", "numba", "filelock")
 
 
 @contextlib.contextmanager
 def command_logging(verbosity: int = 0) -> Iterator[None]:
-    """The console log of one command, at the verbosity of -q/-v; the root logger at INFO (DEBUG with -v) so that
-    every run's .log file is complete. The caller's root handlers and level come back when the command returns:
+    """The console log of one command, at the verbosity of -q/-v; the root logger at INFO (DEBUG with -v, but for
+    the QUIET_LIBRARIES) so that every run's .log file is complete. The caller's root handlers and level come back when the command returns:
     ``logging.basicConfig(force=True)`` closed a notebook's own handlers for good and left the root at INFO."""
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     root = logging.getLogger()
@@ -43,6 +46,9 @@ def command_logging(verbosity: int = 0) -> Iterator[None]:
         root.removeHandler(handler)
     root.addHandler(console)
     root.setLevel(min(level, logging.INFO))
+    quieted = [logger for logger in map(logging.getLogger, QUIET_LIBRARIES) if logger.level == logging.NOTSET]
+    for logger in quieted:
+        logger.setLevel(logging.INFO)
     try:
         yield
     finally:
@@ -50,6 +56,8 @@ def command_logging(verbosity: int = 0) -> Iterator[None]:
         for handler in handlers:
             root.addHandler(handler)
         root.setLevel(before)
+        for logger in quieted:
+            logger.setLevel(logging.NOTSET)
 
 
 def report_error(error: BaseException | str) -> None:

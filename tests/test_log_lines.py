@@ -40,6 +40,35 @@ def test_log_file_and_console_lines_carry_their_utc_offset(tmp_path, india_time,
     assert re.search("^" + STAMP + r"\+0530 INFO phd_lab.test: hello$", capsys.readouterr().err, re.M)
 
 
+def test_verbose_logs_the_frameworks_debug_messages_but_not_matplotlibs_font_search(tmp_path, capsys):
+    """-v put matplotlib's font search (2,410 debug lines per process that drew a figure) into the console and every
+    run's .log file, burying the framework's own debug messages. Its warnings still come through; a level the caller
+    set on such a library (a notebook's) is kept, and the levels are as before once the command returns."""
+    from matplotlib.font_manager import FontProperties, findfont
+
+    from phd_lab.cli import command_logging
+    from phd_lab.log_file import LogFile
+    handler = LogFile(tmp_path / "run.log")
+    logging.getLogger("PIL").setLevel(logging.DEBUG)
+    try:
+        with command_logging(verbosity=1):
+            logging.getLogger().addHandler(handler)
+            try:
+                logging.getLogger("phd_lab.test").debug("kept")
+                findfont(FontProperties(family=[f"no-such-font-{tmp_path.name}"]))  # not cached: searched afresh
+                assert logging.getLogger("PIL").level == logging.DEBUG
+            finally:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+    finally:
+        logging.getLogger("PIL").setLevel(logging.NOTSET)
+    for text in ((tmp_path / "run.log").read_text(), capsys.readouterr().err):
+        assert "DEBUG phd_lab.test: kept" in text
+        assert "WARNING matplotlib.font_manager: findfont: Font family" in text
+        assert "DEBUG matplotlib" not in text
+    assert logging.getLogger("matplotlib").level == logging.NOTSET
+
+
 @pytest.mark.parametrize("offset", ["+0530", ""])  # this version's lines, and those of logs before it
 def test_the_failure_of_a_runs_last_attempt_is_read_from_lines_with_or_without_an_offset(tmp_path, offset):
     """The report reads a failed run's exception off its log: the record after the traceback ends it."""
