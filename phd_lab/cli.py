@@ -33,8 +33,9 @@ QUIET_LIBRARIES = ("matplotlib", "PIL", "fsspec", "asyncio", "urllib3", "numba",
 @contextlib.contextmanager
 def command_logging(verbosity: int = 0) -> Iterator[None]:
     """The console log of one command, at the verbosity of -q/-v; the root logger at INFO (DEBUG with -v, but for
-    the QUIET_LIBRARIES) so that every run's .log file is complete. The caller's root handlers and level come back when the command returns:
-    ``logging.basicConfig(force=True)`` closed a notebook's own handlers for good and left the root at INFO."""
+    the QUIET_LIBRARIES) so that every run's .log file is complete. The caller's root handlers and level come back
+    when the command returns: ``logging.basicConfig(force=True)`` closed a notebook's own handlers for good and left
+    the root at INFO."""
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     root = logging.getLogger()
     before, handlers = root.level, list(root.handlers)

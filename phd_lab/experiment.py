@@ -135,8 +135,8 @@ class Main:
         executors, folders, models, said = [], {}, self.meta_models, {}
         listings: FolderListings = {}  # each parent folder listed once: the grid makes no folder while it is checked
         # every point is checked before any runs: about 2 ms each, so a large grid says how far it got
-        for index in tqdm(range(len(grid)), desc=f"checking {len(grid)} grid points", leave=False,
-                          disable=not self.progress or len(grid) < LARGE_GRID, **bar_options()):
+        for index in tqdm(range(len(grid)), desc=f"checking {len(grid)} grid points",
+                          disable=not self.progress or len(grid) < LARGE_GRID, **bar_options(transient=True)):
             try:
                 cfg, executor = self._checked_point(grid, index, listings, said, models)
             except UsageError as error:

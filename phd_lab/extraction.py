@@ -405,7 +405,7 @@ def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Pat
     try:
         with torch.inference_mode():
             for inputs, targets in tqdm(_batches(loader, device), total=len(loader), disable=not progress,
-                                        desc=f"extract {split}", unit="batch", leave=False, **bar_options()):
+                                        desc=f"extract {split}", unit="batch", **bar_options(transient=True)):
                 model(inputs)
                 arrays = capture.take()
                 if labels is None:  # first batch: forward order and shapes are now known
@@ -433,9 +433,9 @@ def _extract_split(model: nn.Module, loader: DataLoader, split: str, folder: Pat
         background.drain()
         files: dict[str, dict[str, Any]] = {}
         positions = sum(rows * cols for rows, cols in grids.values())
-        with tqdm(total=positions, desc=f"{split}: one file per position", unit="file", leave=False,
+        with tqdm(total=positions, desc=f"{split}: one file per position", unit="file",
                   disable=not progress or not positions,
-                  **bar_options()) as splitting:  # the long tail of a pixelwise extraction
+                  **bar_options(transient=True)) as splitting:  # the long tail of a pixelwise extraction
             for name in order:
                 path = writers[name].finish()
                 if name in grids:

@@ -19,21 +19,23 @@ from phd_lab.console import BarLines, BarStream, Discarded
 FILE_INTERVAL = 60.0  # seconds between redraws of a bar written to a file
 
 
-def bar_options(stream: IO[str] | None = None) -> dict[str, Any]:
+def bar_options(stream: IO[str] | None = None, transient: bool = False) -> dict[str, Any]:
     """tqdm keyword arguments for a bar written to ``stream`` (default: ``sys.stderr``, where tqdm writes). Not a
     terminal: ``mininterval`` and ``maxinterval`` (tqdm's monitor thread would redraw a slow bar every 10 s) of
     ``FILE_INTERVAL``; a bar still shows when it starts. On ``sys.stderr``, also the ``file`` to draw on: stderr
     wrapped so that a reader that has gone ends the bars, not the run (not a terminal: each drawing on a line of its
-    own, ``BarLines``), or where stderr is closed (``2>&-``), a stream that drops them."""
+    own, ``BarLines``), or where stderr is closed (``2>&-``), a stream that drops them. A ``transient`` bar (an
+    epoch's, a pass's) vanishes when it ends in a terminal; in a file it draws its last state (count, time, rate)
+    as any bar does: there it was left at its first drawing, 0 %, and a job's log read as if no loop had progressed."""
     _leave_the_start_method_unchosen()
     if stream is not None:
-        return _redraws(stream)
+        return _redraws(stream, transient)
     if sys.stderr is None:
         return {"file": Discarded()}
     if _in_jupyter(sys.stderr):
-        return {}
-    redraws = _redraws(sys.stderr)
-    return {**redraws, "file": BarLines(sys.stderr) if redraws else BarStream(sys.stderr)}
+        return _vanishing(transient)
+    redraws = _redraws(sys.stderr, transient)
+    return {**redraws, "file": BarLines(sys.stderr) if "mininterval" in redraws else BarStream(sys.stderr)}
 
 
 def _leave_the_start_method_unchosen() -> None:
@@ -59,12 +61,18 @@ def _in_jupyter(stream: IO[str]) -> bool:
     return type(stream).__module__.startswith("ipykernel")
 
 
-def _redraws(stream: IO[str]) -> dict[str, Any]:
-    """How often a bar on ``stream`` is redrawn: tqdm's default in a terminal or Jupyter, else ``FILE_INTERVAL``."""
+def _redraws(stream: IO[str], transient: bool) -> dict[str, Any]:
+    """How often a bar on ``stream`` is redrawn (tqdm's default in a terminal or Jupyter, else ``FILE_INTERVAL``),
+    and whether it stays when it ends (a file keeps every bar's last drawing)."""
     if _in_jupyter(stream):
-        return {}
+        return _vanishing(transient)
     try:
         terminal = stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         terminal = False
-    return {} if terminal else {"mininterval": FILE_INTERVAL, "maxinterval": FILE_INTERVAL}
+    return _vanishing(transient) if terminal else {"mininterval": FILE_INTERVAL, "maxinterval": FILE_INTERVAL}
+
+
+def _vanishing(transient: bool) -> dict[str, Any]:
+    """tqdm's ``leave`` of a bar in a terminal or Jupyter: a transient bar is cleared when it ends."""
+    return {"leave": False} if transient else {}

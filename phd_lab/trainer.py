@@ -178,8 +178,8 @@ class Trainer:
         for metric in self.metrics.values():
             metric.reset()
         total_loss, total = 0.0, 0
-        bar = tqdm(bundle.train, desc=f"{self.run_name} epoch {epoch}/{self.epochs}", leave=False,
-                   disable=not self.progress, unit="batch", dynamic_ncols=True, **bar_options())
+        bar = tqdm(bundle.train, desc=f"{self.run_name} epoch {epoch}/{self.epochs}",
+                   disable=not self.progress, unit="batch", dynamic_ncols=True, **bar_options(transient=True))
         for inputs, targets in bar:
             raise_if_stop_requested()
             inputs = inputs.to(self.device, non_blocking=True)
@@ -209,8 +209,8 @@ class Trainer:
         for metric in self.metrics.values():
             metric.reset()
         total_loss, total = 0.0, 0
-        for inputs, targets in tqdm(loader, desc=f"{self.run_name} evaluating", leave=False,
-                                    disable=not self.progress, unit="batch", dynamic_ncols=True, **bar_options()):
+        for inputs, targets in tqdm(loader, desc=f"{self.run_name} evaluating", disable=not self.progress,
+                                    unit="batch", dynamic_ncols=True, **bar_options(transient=True)):
             raise_if_stop_requested()
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)

@@ -320,8 +320,8 @@ def collect(logs_dir: Path | str, *, refresh: bool = True, progress: bool = Fals
     log.info("Analysing %d run(s) below %s", len(folders), logs_dir)
     entries: list[RunEntry | None] = [None] * len(folders)
     waiting: list[tuple[int, _Analysis]] = []  # runs whose figure must be drawn
-    for position, folder in enumerate(tqdm(folders, desc="analysing runs", unit="run", leave=False,
-                                           disable=not progress, **bar_options())):
+    for position, folder in enumerate(tqdm(folders, desc="analysing runs", unit="run",
+                                           disable=not progress, **bar_options(transient=True))):
         try:
             analysis = _analyse(folder, None, last_step=False)
         except Exception as error:  # a report must cover the whole grid even if one folder is odd

@@ -48,8 +48,8 @@ def draw_run_figures(requests: Sequence[FigureRequest], *, processes: int = 0,
 
     workers = figure_workers(len(requests), processes)
     left = set(range(len(requests)))
-    with tqdm(total=len(requests), desc="drawing run figures", unit="figure", leave=False,
-              disable=not progress or not requests, **bar_options()) as bar:
+    with tqdm(total=len(requests), desc="drawing run figures", unit="figure",
+              disable=not progress or not requests, **bar_options(transient=True)) as bar:
         if workers:
             log.info("Drawing %d run figures in %d worker processes", len(requests), workers)
             for position, figure in _drawn_by_workers(requests, workers):

@@ -232,8 +232,8 @@ class SaturationCallback(Callback):
                     frames[split], self._test_frame = self._test_frame, None
                     continue
                 tracker.reset()
-                batches = tqdm(loader, desc=f"{trainer.run_name} saturation ({split})", leave=False,
-                               disable=not trainer.progress, unit="batch", dynamic_ncols=True, **bar_options())
+                batches = tqdm(loader, desc=f"{trainer.run_name} saturation ({split})", disable=not trainer.progress,
+                               unit="batch", dynamic_ncols=True, **bar_options(transient=True))
                 run_pass(tracker, model, batches, trainer.device, trainer.autocast)
                 batches.close()
                 frames[split] = tracker.compute()

@@ -51,8 +51,8 @@ def collect(model: nn.Module, layers: Sequence[nn.Module], loader: Iterable, dev
     model.eval()
     for layer in layers:
         layer.train()
-    for inputs, _ in tqdm(loader, desc="PCA covariances", leave=False, disable=not progress, unit="batch",
-                          **bar_options()):
+    for inputs, _ in tqdm(loader, desc="PCA covariances", disable=not progress, unit="batch",
+                          **bar_options(transient=True)):
         model(inputs.to(device))
     model.eval()
 
@@ -103,8 +103,8 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
     generator = torch.Generator().manual_seed(seed)
     bases = ("pca", "random") if random_control else ("pca",)
     todo = [(d, b) for d in deltas for b in bases]
-    for delta, basis in tqdm(todo, desc="projections", leave=False, disable=not progress, unit="eval",
-                             **bar_options()):
+    for delta, basis in tqdm(todo, desc="projections", disable=not progress, unit="eval",
+                             **bar_options(transient=True)):
         for layer in pca:
             layer.set_delta(delta)
             if basis == "random":
