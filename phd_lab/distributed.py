@@ -581,16 +581,37 @@ def worker_deaths(error: BaseException) -> str | None:
             f"no traceback exists, the logs of the workers may say why they died")
 
 
+def _executing_on(dask_worker: Any) -> list[str]:
+    """The keys of the tasks a Dask worker runs now (``client.run`` calls it on each worker)."""
+    return [task.key for task in dask_worker.state.executing]
+
+
+def executing_keys(client: Any) -> set[str] | None:
+    """The keys of the tasks the cluster's workers run now, or None where the workers do not answer. The scheduler's
+    "processing" includes the tasks queued on a worker behind the one it runs."""
+    try:
+        return {key for keys in client.run(_executing_on).values() for key in keys}
+    except Exception:  # noqa: BLE001 - a cluster that does not answer: the caller takes every task for running
+        log.debug("Could not ask the workers which tasks they run", exc_info=True)
+        return None
+
+
 def _stop_tasks(client: Any, futures: list[Any], stop_event: str | None) -> None:
-    """Stop the command's unfinished tasks: set ``stop_event`` (tasks that poll it end after their current batch
-    and release their run folders) and wait up to STOP_WAIT_SECONDS for them; cancel the rest."""
+    """Stop the command's unfinished tasks: cancel those not started, set ``stop_event`` (tasks that poll it end
+    after their current batch and release their run folders) and wait up to STOP_WAIT_SECONDS for the running ones;
+    cancel those still running then (their results are not waited for). The queued tasks were counted as stopping
+    and left to start after the event, each building its data and model only to stop at once."""
     import distributed
     if not futures:
         return
     if stop_event is not None:
-        log.warning("Stopping %d task(s) on the cluster: each run ends after its current batch and keeps its last "
-                    "completed epoch (waiting up to %d s; Ctrl-C again leaves them running).", len(futures),
-                    STOP_WAIT_SECONDS)
+        executing = executing_keys(client)
+        queued = [] if executing is None else [future for future in futures if future.key not in executing]
+        client.cancel(queued)  # one a worker holds beyond its threads may start still: it ends at once (train_point)
+        futures = [future for future in futures if future not in queued]
+        log.warning("Stopping %d running task(s) on the cluster: each run ends after its current batch and keeps its "
+                    "last completed epoch (waiting up to %d s; Ctrl-C again leaves them running)%s.", len(futures),
+                    STOP_WAIT_SECONDS, f"; {len(queued)} queued task(s) cancelled" if queued else "")
         distributed.Event(stop_event, client=client).set()
         with contextlib.suppress(TimeoutError):  # raised, not returned, when some are still running
             distributed.wait(futures, timeout=STOP_WAIT_SECONDS, return_when="ALL_COMPLETED")

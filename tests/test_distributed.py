@@ -276,7 +276,8 @@ def test_ctrl_c_stops_the_command_s_runs_on_the_cluster_so_that_the_rerun_resume
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
-    assert "Stopping 1 task(s) on the cluster" in err and "did not stop within" not in err
+    assert "Stopping 1 running task(s) on the cluster" in err and "did not stop within" not in err
+    assert "queued" not in err
     [folder] = run_folders(tmp_path / "logs")
     assert "Run interrupted (its command was stopped)" in (folder / f"{run_name(folder)}.log").read_text()
     epochs_at_stop = len(read_metrics(folder))
@@ -324,6 +325,13 @@ def _runs_until_stopped(started: str, stop: str) -> str:
     return "stopped"
 
 
+def _runs_unless_stopped(started: str, stop: str) -> str:
+    """``_runs_until_stopped``, but a task that starts after its command was stopped ends at once, as train_point."""
+    if distributed.Event(stop, client=distributed.get_client()).is_set():
+        return "not started"
+    return _runs_until_stopped(started, stop)
+
+
 def test_a_command_stopped_while_it_hands_tasks_to_the_cluster_stops_those_handed_over(tmp_path):
     """A Ctrl-C (or SIGTERM) while the grid's runs were still being handed to the cluster left the runs handed over
     already running on the workers, for nobody (holding their run folders): the tasks were submitted outside the
@@ -342,6 +350,38 @@ def test_a_command_stopped_while_it_hands_tasks_to_the_cluster_stops_those_hande
             assert distributed.Event("stop-command", client=client).is_set()
         finally:
             distributed.Event("stop-command", client=client).set()  # the task ends either way
+
+
+def test_a_stopped_command_cancels_its_queued_tasks_and_waits_only_for_the_running_one(tmp_path, caplog):
+    """A stopped command said "Stopping 3 task(s) on the cluster: each run ends after its current batch" where one
+    ran and two waited behind it; those two then started after the stop, only to end at once. Now they are
+    cancelled before the stop is signalled, and the message counts each kind. (A task that a worker was handed
+    already may still start once cancelled: the worker learns of it later than of the stop. It ends at once, as
+    train_point does for a point queued behind a stopped command, and as the task here does.)"""
+    from phd_lab.distributed import submit_and_collect
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as local, distributed.Client(local) as client:
+        def handed_over():  # one task group ("point"), as a grid's: the scheduler queues what no thread takes
+            for index in range(3):
+                yield f"point-{index}", _runs_unless_stopped, (f"started-{index}", "stop-queue"), None
+            assert distributed.Event("started-0", client=client).wait(120), "the first task never started"
+            deadline = time.monotonic() + 60
+            while len(local.scheduler.tasks) < 3:  # Ctrl-C once the scheduler has all: not within their handing over
+                assert time.monotonic() < deadline, "the scheduler never got the three tasks"
+                time.sleep(0.01)
+            raise KeyboardInterrupt  # Ctrl-C with one task running and two queued
+
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                submit_and_collect(client, handed_over(), "grid", progress=False, stop_event="stop-queue")
+            time.sleep(0.5)  # a worker given a queued task would have started it by now
+            assert not distributed.Event("started-1", client=client).is_set()
+            assert not distributed.Event("started-2", client=client).is_set()
+        finally:
+            distributed.Event("stop-queue", client=client).set()
+    said = " ".join(caplog.text.split())
+    assert "Stopping 1 running task(s) on the cluster" in said and "; 2 queued task(s) cancelled." in said, said
+    assert "did not stop within" not in said
 
 
 def test_a_point_queued_behind_a_stopped_command_does_not_start(tmp_path):

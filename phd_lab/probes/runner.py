@@ -479,11 +479,6 @@ def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, 
             raise
 
 
-def _executing_keys(dask_worker: Any) -> list[str]:
-    """The keys of the tasks a Dask worker runs now (``client.run`` calls it on each worker)."""
-    return [task.key for task in dask_worker.state.executing]
-
-
 def _finish_running_fits(client: Any, futures: dict[Any, int], finished: Finished, taken: set[Any]) -> None:
     """Cancel the queued layers of a job that stops, keep the fits that finished but were not ``taken`` yet, and
     let the fits a worker runs already finish (up to STOP_WAIT_SECONDS) and be cached, so that the rerun does not
@@ -491,12 +486,9 @@ def _finish_running_fits(client: Any, futures: dict[Any, int], finished: Finishe
     and a fit that finished while the job handled another's result was lost too."""
     from distributed import wait as wait_on_cluster
 
-    from phd_lab.distributed import STOP_WAIT_SECONDS
+    from phd_lab.distributed import STOP_WAIT_SECONDS, executing_keys
     pending = [future for future in futures if not future.done()]
-    try:  # the scheduler's "processing" includes tasks queued on a worker behind the one it runs
-        executing = {key for keys in client.run(_executing_keys).values() for key in keys}
-    except Exception:  # noqa: BLE001 - a cluster that does not answer: nothing can be waited for
-        executing = set()
+    executing = executing_keys(client) or set()  # a cluster that does not answer: nothing can be waited for
     running = [future for future in pending if future.key in executing]
     client.cancel([future for future in pending if future.key not in executing])
     _keep_finished([future for future in futures if future not in taken and future not in running], futures,
