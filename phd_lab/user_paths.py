@@ -105,6 +105,17 @@ def dangling_link(path: Path | str) -> Path | None:
     return None
 
 
+def gone_link_target(link: Path, path: Path | str) -> str:
+    """What a message on ``path`` says of ``dangling_link``'s link on its way: where it points (as written, and
+    resolved where relative) and why a folder can be missing there."""
+    written = os.readlink(link)
+    resolved = os.path.normpath(os.path.join(link.parent, written))
+    shown = repr(written) if resolved == written else f"{written!r} ({resolved})"
+    which = "it is" if Path(os.path.abspath(path)) == link else f"{str(link)!r} on its way is"
+    return (f"{which} a symbolic link to {shown}, which does not exist (deleted, e.g. a scratch space purged, or on a "
+            f"file system not mounted on this machine)")
+
+
 def check_writable_dir(path: str, key: str, where: str, subject: str | None = None) -> None:
     """Fail early if ``path`` cannot be created or written, without leaving anything behind.
     Messages name ``the key 'key'``, or ``subject`` (e.g. a command-line option) when given."""

@@ -134,6 +134,27 @@ def test_pixelwise_writes_every_position_as_its_own_data_set(tmp_path, data, cap
     assert len(list((tmp_path / "probe_confusion").glob("*.npy"))) == 17
 
 
+def test_a_latents_link_into_a_purged_scratch_space_is_named_and_extracts_there_once_its_folder_is_back(tmp_path,
+                                                                                                     data):
+    """mkdir failed on a latents folder that is a link to a folder since deleted: 'File exists', naming neither the
+    link nor where it leads. The step names both, with the commands that mend it, and makes nothing; with the
+    folder made again, the latents are extracted into it."""
+    scratch = tmp_path / "scratch" / "latents"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "latents").symlink_to("../scratch/latents")  # relative, as `ln -s` is often used
+    with pytest.raises(ConfigError) as refused:
+        extract_latents(build_model(), data, tmp_path / "run" / "latents", run_dir=tmp_path / "run", progress=False)
+    said = " ".join(str(refused.value).split())
+    assert (f"it is a symbolic link to '../scratch/latents' ({scratch}), which does not exist (deleted, e.g. a "
+            f"scratch space purged, or on a file system not mounted on this machine). Create the folder it points "
+            f"to (mkdir -p {scratch}) to extract there, or remove the link (rm {tmp_path / 'run' / 'latents'})") in said
+    assert not (tmp_path / "scratch").exists()
+    scratch.mkdir(parents=True)
+    manifest = extract_latents(build_model(), data, tmp_path / "run" / "latents", run_dir=tmp_path / "run",
+                               progress=False)
+    assert (scratch / MANIFEST).is_file() and len(manifest["layers"]) == 3
+
+
 def test_complete_extraction_is_reused_and_changed_settings_redo_it(tmp_path, data):
     model = build_model()
     first = extract_latents(model, data, tmp_path, run_dir=tmp_path, progress=False)

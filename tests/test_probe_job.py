@@ -932,6 +932,26 @@ def test_a_trained_run_whose_configured_extraction_has_not_run_is_named_with_its
     assert cli("--config", str(config), "-mp", "0") == 0
 
 
+def test_a_latents_link_into_a_purged_scratch_space_is_named_not_read_as_latents_never_extracted(tmp_path, capsys):
+    """A run whose latents folder is a link into a scratch space since purged (or on a file system this node does
+    not mount) was read as a run whose extraction never ran, with a command that then failed on the link ('File
+    exists'); with --latents, as "not a folder". Both now say where the link leads and what to do; the grid job
+    probes nothing (as for other runs whose latents cannot be read) and writes nothing."""
+    config = _config(tmp_path, probe_solver="lbfgs", post_processing=["extract"])
+    probed = _latents_for_run(config, 0)
+    linked = RunDir.for_run(Grid(load_config_file(config))[1]).create()
+    linked.checkpoint.write_bytes(b"a checkpoint")
+    linked.latents().symlink_to(tmp_path / "scratch" / "purged")
+    _assert_usage_error(capsys, probed.root, "--config", str(config), "-mp", "0",
+                        match=f"error: run 1 (vgg11-Digits-r32-bs64-e1): Its latents folder {str(linked.latents())!r} "
+                              f"cannot be read: it is a symbolic link to {str(tmp_path / 'scratch' / 'purged')!r}, "
+                              f"which does not exist (deleted, e.g. a scratch space purged, or on a file system not "
+                              f"mounted on this machine).")
+    _assert_usage_error(capsys, linked.root, "--latents", str(linked.latents()), "-mp", "0",
+                        match=f"No latents found at {str(linked.latents())!r}: it is a symbolic link to")
+    assert not (tmp_path / "scratch").exists()
+
+
 def probe_csv_written(run: RunDir) -> bool:
     return run.probe_csv.exists() and len(pd.read_csv(run.probe_csv)) == 2
 

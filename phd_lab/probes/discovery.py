@@ -21,7 +21,7 @@ from phd_lab.latents_sets import (PREVIOUS_EXTRACTION_VERSION, extracted_by_olde
 from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.rundir import FolderListings, RunDir, earlier_version_advice, earlier_version_runs, read_config_grid
-from phd_lab.user_paths import unreachable
+from phd_lab.user_paths import dangling_link, gone_link_target, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,19 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None, run_i
         found, absent = False, []
         for latents in config_sets(cfg.values, f"{where} (run {index})"):
             folder = rundir.latents(extraction_latents_dir(cfg.values), latents.folder_name)
+            label = f"run {index} ({cfg.name})" + (f", latents set {latents.name}" if latents.name else "")
+            link = dangling_link(folder) if not folder.exists() else None
+            if link is not None:  # was read as latents never extracted, and the extraction failed on the link
+                found = True
+                scan.invalid.append((label, extraction_command(where, run_id, index), DataError(
+                    f"Its latents folder {str(folder)!r} cannot be read: {gone_link_target(link, folder)}. If that "
+                    f"file system is mounted elsewhere, probe there; if the latents are gone, create the folder the "
+                    f"link points to or remove the link, so that the extraction can write them again.")))
+                continue
             if not folder.exists():
                 absent.append(latents.folder_name)
                 continue
             found = True
-            label = f"run {index} ({cfg.name})" + (f", latents set {latents.name}" if latents.name else "")
             owner = extracting_owner(folder, rundir)
             if owner is not None:  # probing beside a training grid: this run's turn comes in a later job
                 if index not in scan.extracting and len(scan.extracting) < SAID_ONE_BY_ONE:

@@ -26,6 +26,7 @@ from phd_lab.environment import LIMIT_ERRNOS
 from phd_lab.errors import DataError, NotARegularFile
 from phd_lab.file_hash import hash_and_stamp
 from phd_lab.latents_sets import MANIFEST, MANIFEST_FORMAT, SPLITS, manifest_path
+from phd_lab.user_paths import dangling_link, gone_link_target
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,11 @@ def read_manifest(folder: Path | str) -> Manifest:
 
 def _require_manifest_file(folder: Path, path: Path) -> None:
     """Fail unless ``folder`` is a folder holding ``path``, saying which folder was likely meant."""
+    link = dangling_link(folder)
+    if link is not None:
+        raise DataError(f"No latents found at {str(folder)!r}: {gone_link_target(link, folder)}. If that file system "
+                        f"is mounted elsewhere, probe there; if the latents are gone, the training command extracts "
+                        f"them again once the link leads to a folder (create it) or is removed.")
     if not folder.is_dir():
         raise DataError(f"No latents found: {str(folder)!r} is not a folder. Pass the latents folder written by the "
                         f"extraction step (by default <run folder>/latents).")
