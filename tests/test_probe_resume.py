@@ -376,6 +376,47 @@ def test_layers_finished_in_the_same_wake_up_as_a_worker_interrupted_alone_are_c
     assert all(cache.get(task.key) is not None for task in fitted)
 
 
+def test_layers_fitted_in_the_same_wake_up_as_one_whose_results_cannot_be_written_are_cached(tmp_path, caplog):
+    """A fitted layer whose results cannot be written ends the job, and the layers fitted in the same wake-up after
+    it were neither cached nor written, so the rerun fitted them again; a job on Dask kept them. One worker fits layer
+    0 (delivered: the parent waits there), then layers 1-4, and waits on a named pipe; the parent then takes layers
+    1-4 in one wake-up, and the first of them cannot be written. The job ends with that error, and every fitted
+    layer is cached."""
+    from dataclasses import replace
+
+    from phd_lab.errors import RunFailure
+    from phd_lab.probes.cache import ResultCache
+    from phd_lab.probes.discovery import jobs_from_latents
+    from phd_lab.probes.job import build_tasks, validate_jobs
+    from phd_lab.probes.runner import run_probes
+    _, latents = make_latents(tmp_path, *digits_layers(n_layers=5, width=8))
+    jobs, _ = jobs_from_latents(latents)
+    fitted = [replace(task, size=100 - task.index) for task in build_tasks(jobs, validate_jobs(jobs)[0])]
+    fifo = tmp_path / "never-written.npy"
+    os.mkfifo(fifo)
+    waiting = replace(fitted[0], layer="waiting", train=str(fifo), stamps={}, size=0, key={**fitted[0].key, "t": 1})
+    cache = ResultCache(tmp_path / "cache")
+    delivered, writer = [], []
+
+    def on_record(task, record, cached) -> None:
+        delivered.append(task.layer)
+        if len(delivered) == 1:  # the worker fits layers 1-4, then opens the pipe and waits
+            writer.append(_open_for_writing_once_read(fifo))
+            _reader_of(fifo)
+            time.sleep(0.5)  # the pool's thread has handed their results back by now
+        elif len(delivered) == 2:
+            raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "probe_performances.csv"))
+
+    try:
+        with pytest.raises(RunFailure, match="Probe results could not be written"):
+            run_probes([*fitted, waiting], cache, workers=1, progress=False, on_record=on_record)
+    finally:
+        for end in writer:
+            os.close(end)
+    assert sorted(delivered) == [task.layer for task in fitted]
+    assert all(cache.get(task.key) is not None for task in fitted)
+
+
 class _KilledWhileHandedOver(collections.abc.Sequence):
     """A job's tasks, the last of which, when it is handed to the pool (a pool worker runs then), is given only once
     the worker fitted the first layer and waits on ``fifo`` (the second): the worker is then killed (SIGKILL, as the
