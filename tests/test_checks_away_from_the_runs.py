@@ -75,7 +75,10 @@ def test_a_dry_run_stopped_by_sigterm_does_not_speak_of_resuming_training(tmp_pa
     config = write_config(tmp_path, run_id=[str(i) for i in range(20000)], seed=None)  # validating takes a while
     process = subprocess.Popen([sys.executable, "main.py", "--config", str(config), "--dry-run"], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(8)  # past the imports, into the grid's checks
+    said = []  # past the imports: the grid's checks draw their bar as they start
+    while not said or "checking 20000 grid points" not in said[-1]:
+        said.append(process.stderr.readline())
+        assert said[-1], said  # the process ended without starting the checks
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM
