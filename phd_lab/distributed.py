@@ -605,10 +605,10 @@ def _stop_tasks(client: Any, futures: list[Any], stop_event: str | None) -> None
     if not futures:
         return
     if stop_event is not None:
-        executing = executing_keys(client)
+        executing = executing_keys(client)  # None: every task is taken for running
         queued = [] if executing is None else [future for future in futures if future.key not in executing]
         client.cancel(queued)  # one a worker holds beyond its threads may start still: it ends at once (train_point)
-        futures = [future for future in futures if future not in queued]
+        futures = futures if executing is None else [future for future in futures if future.key in executing]
         log.warning("Stopping %d running task(s) on the cluster: each run ends after its current batch and keeps its "
                     "last completed epoch (waiting up to %d s; Ctrl-C again leaves them running)%s.", len(futures),
                     STOP_WAIT_SECONDS, f"; {len(queued)} queued task(s) cancelled" if queued else "")

@@ -53,6 +53,7 @@ from phd_lab.steps.analysis import ANALYSED_PROBES
 from phd_lab.steps.stamps import STAMPS, StepStamps, step_stamp
 from phd_lab.trainer import Trainer
 from phd_lab.tracking.callback import saturation_callback
+from phd_lab.user_paths import link_target
 
 log = logging.getLogger(__name__)
 
@@ -643,7 +644,7 @@ class TrainTestExecutor:
         path = self.rundir.config
         if not path.is_symlink() or path.exists():
             return
-        target = os.path.normpath(os.path.join(path.parent, os.readlink(path)))
+        target = link_target(path)
         raise UsageError(
             f"{self.config.source}: the logged config {str(path)!r} is a symbolic link to {target!r}, which does not "
             f"exist (a disk not mounted, a file moved or deleted); writing the run's config would replace the link "

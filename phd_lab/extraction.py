@@ -58,7 +58,7 @@ from phd_lab.npy_writer import BackgroundWriter, RowWriter, append_rows
 from phd_lab.pooling import nearest_to, pool_to
 from phd_lab.progress import bar_options
 from phd_lab.registry import did_you_mean
-from phd_lab.user_paths import dangling_link, gone_link_target, nearest_existing
+from phd_lab.user_paths import dangling_link, gone_link_target, link_target, nearest_existing
 from phd_lab.wording import byte_amount, first_names, plural
 
 log = logging.getLogger(__name__)
@@ -534,11 +534,11 @@ def extract_latents(model: nn.Module, loaders: dict[str, DataLoader], folder: Pa
         raise ConfigError(shared_latents_error(folder, Path(run_dir).resolve(), other, "Step 'extract'"))
     link = dangling_link(folder)
     if link is not None:  # mkdir said 'File exists', naming neither the link nor where it leads
-        target = os.path.normpath(os.path.join(link.parent, os.readlink(link)))
         raise ConfigError(f"Step 'extract': the latents folder {str(folder)!r} cannot be made: "
                           f"{gone_link_target(link, folder)}. Create the folder it points to (mkdir -p "
-                          f"{shlex.quote(target)}) to extract there, or remove the link (rm {shlex.quote(str(link))}) "
-                          f"to extract into the run folder; then run the same command again (nothing is retrained).")
+                          f"{shlex.quote(link_target(link))}) to extract there, or remove the link (rm "
+                          f"{shlex.quote(str(link))}) to extract into the run folder; then run the same command again "
+                          f"(nothing is retrained).")
     make_folder(folder)  # inside a run folder: never re-creates it after it was deleted
     previous = load_manifest(folder)
     wanted = _settings_to_reuse(previous, settings, model, names, loaders["train"], device)

@@ -29,13 +29,13 @@ def bar_options(stream: IO[str] | None = None, transient: bool = False) -> dict[
     as any bar does: there it was left at its first drawing, 0 %, and a job's log read as if no loop had progressed."""
     _leave_the_start_method_unchosen()
     if stream is not None:
-        return _redraws(stream, transient)
+        return _redraws(_live(stream), transient)
     if sys.stderr is None:
         return {"file": Discarded()}
     if _in_jupyter(sys.stderr):
-        return _vanishing(transient)
-    redraws = _redraws(sys.stderr, transient)
-    return {**redraws, "file": BarLines(sys.stderr) if "mininterval" in redraws else BarStream(sys.stderr)}
+        return _redraws(True, transient)
+    live = _live(sys.stderr)
+    return {**_redraws(live, transient), "file": BarStream(sys.stderr) if live else BarLines(sys.stderr)}
 
 
 def _leave_the_start_method_unchosen() -> None:
@@ -61,18 +61,19 @@ def _in_jupyter(stream: IO[str]) -> bool:
     return type(stream).__module__.startswith("ipykernel")
 
 
-def _redraws(stream: IO[str], transient: bool) -> dict[str, Any]:
-    """How often a bar on ``stream`` is redrawn (tqdm's default in a terminal or Jupyter, else ``FILE_INTERVAL``),
-    and whether it stays when it ends (a file keeps every bar's last drawing)."""
+def _live(stream: IO[str]) -> bool:
+    """Whether a bar on ``stream`` is drawn live, one line kept up to date: in a terminal or Jupyter."""
     if _in_jupyter(stream):
-        return _vanishing(transient)
+        return True
     try:
-        terminal = stream.isatty()
+        return stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or a closed stream
-        terminal = False
-    return _vanishing(transient) if terminal else {"mininterval": FILE_INTERVAL, "maxinterval": FILE_INTERVAL}
+        return False
 
 
-def _vanishing(transient: bool) -> dict[str, Any]:
-    """tqdm's ``leave`` of a bar in a terminal or Jupyter: a transient bar is cleared when it ends."""
-    return {"leave": False} if transient else {}
+def _redraws(live: bool, transient: bool) -> dict[str, Any]:
+    """How often a bar is redrawn (tqdm's default where it is ``live``, else ``FILE_INTERVAL``), and whether it
+    stays when it ends: a live ``transient`` bar is cleared; a file keeps every bar's last drawing."""
+    if live:
+        return {"leave": False} if transient else {}
+    return {"mininterval": FILE_INTERVAL, "maxinterval": FILE_INTERVAL}

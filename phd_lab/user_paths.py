@@ -105,11 +105,16 @@ def dangling_link(path: Path | str) -> Path | None:
     return None
 
 
+def link_target(link: Path) -> str:
+    """Where the symbolic link ``link`` leads, a relative target taken from the link's folder (whether or not it
+    exists)."""
+    return os.path.normpath(os.path.join(link.parent, os.readlink(link)))
+
+
 def gone_link_target(link: Path, path: Path | str) -> str:
     """What a message on ``path`` says of ``dangling_link``'s link on its way: where it points (as written, and
     resolved where relative) and why a folder can be missing there."""
-    written = os.readlink(link)
-    resolved = os.path.normpath(os.path.join(link.parent, written))
+    written, resolved = os.readlink(link), link_target(link)
     shown = repr(written) if resolved == written else f"{written!r} ({resolved})"
     which = "it is" if Path(os.path.abspath(path)) == link else f"{str(link)!r} on its way is"
     return (f"{which} a symbolic link to {shown}, which does not exist (deleted, e.g. a scratch space purged, or on a "

@@ -132,16 +132,16 @@ def _scan_grid(grid: Any, where: str, overrides: Mapping[str, Any] | None, run_i
         for latents in config_sets(cfg.values, f"{where} (run {index})"):
             folder = rundir.latents(extraction_latents_dir(cfg.values), latents.folder_name)
             label = f"run {index} ({cfg.name})" + (f", latents set {latents.name}" if latents.name else "")
-            link = dangling_link(folder) if not folder.exists() else None
-            if link is not None:  # was read as latents never extracted, and the extraction failed on the link
-                found = True
+            if not folder.exists():
+                link = dangling_link(folder)
+                if link is None:
+                    absent.append(latents.folder_name)
+                    continue
+                found = True  # was read as latents never extracted, and the extraction failed on the link
                 scan.invalid.append((label, extraction_command(where, run_id, index), DataError(
                     f"Its latents folder {str(folder)!r} cannot be read: {gone_link_target(link, folder)}. If that "
                     f"file system is mounted elsewhere, probe there; if the latents are gone, create the folder the "
                     f"link points to or remove the link, so that the extraction can write them again.")))
-                continue
-            if not folder.exists():
-                absent.append(latents.folder_name)
                 continue
             found = True
             owner = extracting_owner(folder, rundir)

@@ -428,20 +428,22 @@ def _take_done(pool: ProcessPoolExecutor, done: list[tuple[Future, int]], finish
     with a worker interrupted alone (SIGINT) come back with it as broken, and the job stopped at the first broken
     one it met, so the fitted layers met after it were neither cached nor written (a rerun fitted them again). A
     fitted layer whose results cannot be kept (a run folder that cannot be written) ends the job, after the other
-    layers fitted in that wake-up are kept as far as they can be, as a job on Dask keeps them (``_keep_finished``)."""
-    failed = []
-    fitted = [(future, position) for future, position in done
-              if not future.cancelled() and future.exception() is None]  # cancelled: a layer of a run that failed
-    for number, (future, position) in enumerate(fitted):
+    layers fitted in that wake-up are kept as far as they can be, as a job on Dask keeps them (``_keep_records``)."""
+    fitted, failed = [], []
+    for future, position in done:
+        if future.cancelled():  # a layer of a run that failed: not fitted
+            continue
+        error = future.exception()
+        if error is None:
+            fitted.append((position, future))
+        else:
+            failed.append((position, error))
+    for number, (position, future) in enumerate(fitted):
         try:
             finished(position, future.result())
         except BaseException:
-            rest = fitted[number + 1:]
-            _keep_finished([future for future, _ in rest], dict(rest), finished)
+            _keep_records([(later, later, kept) for later, kept in fitted[number + 1:]], finished)
             raise
-    for future, position in done:
-        if not future.cancelled() and future.exception() is not None:
-            failed.append((position, future.exception()))
     codes = None
     for position, error in failed:
         if isinstance(error, BrokenProcessPool):
@@ -512,10 +514,15 @@ def _finish_running_fits(client: Any, futures: dict[Any, int], finished: Finishe
 def _keep_finished(candidates: list[Any], futures: dict[Any, int], finished: Finished) -> None:
     """Hand the ``candidates`` that finished with a record to ``finished``, in a job that stops: one that cannot be
     kept is logged, as the error that stops the job is the one to raise (a failed fit is not fitted again anyway)."""
-    for future in candidates:  # Dask futures, or a process pool's that hold a record (``_take_done``)
-        if getattr(future, "status", "finished") == "finished":
-            try:
-                finished(futures[future], future.result(), None)
-            except Exception as error:  # noqa: BLE001 - the error that stops the job is the one to raise
-                log.warning("The fit of task %s finished but could not be kept: %s",
-                            getattr(future, "key", futures[future]), error)
+    _keep_records([(future.key, futures[future], future) for future in candidates if future.status == "finished"],
+                  finished)
+
+
+def _keep_records(fits: Sequence[tuple[Any, int, Any]], finished: Finished) -> None:
+    """Hand the record of each (task name, position, finished future: Dask's or a process pool's) to ``finished``
+    in a job that stops; one that cannot be kept is logged, as the error that stops the job is the one to raise."""
+    for name, position, future in fits:
+        try:
+            finished(position, future.result(), None)
+        except Exception as error:  # noqa: BLE001 - the error that stops the job is the one to raise
+            log.warning("The fit of task %s finished but could not be kept: %s", name, error)
