@@ -11,6 +11,8 @@ Every repetition runs each condition once, in a rotating order, through the real
                    test split tracked during the test evaluation (the default; exact float64)
   inline         hooks record during the training batches and the test evaluation (the
                    thesis' Delve; no extra passes), exact float64
+  inline-serial  the same with the fused CPU kernel on the calling thread only (before session 55:
+                   with several threads, its updates now run on torch's OpenMP team)
   inline-torch   the same with the fused CPU kernel switched off (phd_lab/tracking/fused_gram.py):
                    every layer takes the torch path (float64 copy, then BLAS Gram)
 
@@ -53,7 +55,7 @@ from phd_lab.trainer import Trainer  # noqa: E402
 from registries.metrics import Accuracy  # noqa: E402
 from registries.models import vgg11  # noqa: E402
 
-CONDITIONS = ("untracked", "passes", "inline", "inline-torch")
+CONDITIONS = ("untracked", "passes", "inline", "inline-serial", "inline-torch")
 
 
 def resnet18_cifar(num_classes: int = 10) -> nn.Module:
@@ -105,7 +107,7 @@ def make_epoch(condition: str, trainer: BenchTrainer, bundle: DataBundle) -> Cal
             callback.on_epoch_end(trainer, bundle, 1, row)
 
     def run() -> None:
-        with fused_gram.switched(variant != "torch"):
+        with fused_gram.switched(variant != "torch", team=variant != "serial"):
             if callback is not None and callback.mode == "inline":
                 callback.on_fit_start(trainer, bundle)  # hooks attached only while this condition runs
                 try:
@@ -256,12 +258,12 @@ def main() -> int:
                            mixed_precision=cuda, progress=False, bf16=cuda)
     epochs = {c: make_epoch(c, trainer, bundle) for c in conditions}
 
-    def forward_pass(tracked: bool, fused: bool = True) -> Callable[[], None]:
+    def forward_pass(tracked: bool, fused: bool = True, team: bool = True) -> Callable[[], None]:
         def run() -> None:
             model.eval()
             tracker = SaturationTracker(model, 0.99) if tracked else None
             try:
-                with fused_gram.switched(fused):
+                with fused_gram.switched(fused, team=team):
                     pass_over_train(tracker)
             finally:
                 if tracker is not None:
@@ -278,6 +280,7 @@ def main() -> int:
             run_pass(tracker, model, train, device, trainer.autocast)
             tracker.compute()
     passes = {"pass untracked": forward_pass(False), "pass tracked": forward_pass(True),
+              "pass tracked (serial)": forward_pass(True, team=False),
               "pass tracked (torch)": forward_pass(True, fused=False)}
 
     print(title)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from phd_lab.tracking import SaturationTracker, fused_gram
+from phd_lab.tracking import SaturationTracker, fused_gram, openmp_team
 from phd_lab.tracking.covariance import CovarianceAccumulator
 
 
@@ -253,3 +253,40 @@ def test_a_ctrl_c_as_numba_is_first_imported_stops_tracking_instead_of_turning_t
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopped None", done.stdout  # not remembered as missing: tried again later
     assert "fused CPU covariance kernel is off" not in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(openmp_team._gomp_parallel() is None, reason="torch's threads are no OpenMP team here")
+@pytest.mark.parametrize("shape", [(64, 16, 32, 32), (64, 13, 32, 32), (40, 30, 16, 16), (64, 256, 2, 2)])
+def test_torch_s_threads_share_an_update_with_the_bits_of_one_thread(shape: tuple[int, int, int, int]) -> None:
+    """On two intra-op threads, a large float32 update runs on torch's OpenMP team, each thread computing
+    contiguous runs of the triangle's register blocks; every sum keeps one thread's order, so the Gram and
+    the totals have the same bits, also cut into more parts than threads (each thread claims parts until
+    none is left: what a team smaller than asked for, e.g. under OMP_THREAD_LIMIT, relies on)."""
+    values = relu_maps(shape, 5).reshape(shape[0], shape[1], -1).numpy()
+    shift = values[:8].mean(axis=(0, 2), dtype=np.float64)  # not the overall mean: the totals are not zero
+    tile = 256 if shape[1] <= 128 else 128
+
+    def update(parts: int) -> tuple[np.ndarray, np.ndarray]:
+        gram, total = np.zeros((shape[1], shape[1])), np.zeros(shape[1])
+        if parts == 0:
+            fused_gram._kernel()(values, shift, gram, total, tile, 0, 1)  # the calling thread alone
+        else:
+            fused_gram._on_team(values, shift, gram, total, tile, 2, parts)
+        return np.tril(gram), total
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert openmp_team.team_size() == 2 and fused_gram._team_threads(values) == 2
+        assert fused_gram._team_threads(values.astype(np.float64)) == 1  # float64 maps stay on one thread
+        assert fused_gram._team_threads(values[:1, :, :4]) == 1  # too little work to wake the team for
+        alone, *shared = [update(parts) for parts in (0, 2, 1, 3, 7, 1000)]
+    finally:
+        torch.set_num_threads(threads)
+    for gram, total in shared:
+        assert np.array_equal(gram, alone[0]) and np.array_equal(total, alone[1])
+    rows = values.transpose(0, 2, 1).reshape(-1, shape[1]).astype(np.float64)
+    gram = alone[0] + np.tril(alone[0], -1).T
+    expected = (rows - shift).T @ (rows - shift)
+    assert rel_error(gram, expected) <= 1e-10
+    assert np.allclose(alone[1], (rows - shift).sum(axis=0), rtol=1e-9, atol=1e-6)

@@ -10,7 +10,10 @@ arithmetic is exact float64, as on the torch path; only the order of the additio
 2–7× faster per update than the torch path for VGG- and ResNet-sized maps of 16–256 channels, on
 one thread and on two (benchmarks/RESULTS.md, issue 3).
 
-The kernel runs on the calling thread and the first batch's mean (the shift) is summed by numpy, so
+With more than one intra-op thread, an update with enough work runs on torch's own OpenMP team
+(``openmp_team``), each thread a contiguous run of the triangle's blocks; a second thread pool of our
+own had competed with torch's spinning workers and measured slower. Every sum is still added in the
+order one thread adds it, and the first batch's mean (the shift) is summed by numpy on one thread, so
 a layer on this path has sums that do not depend on torch's thread count. Like BLAS, the compiled
 code follows the host CPU (vector width, FMA), so the last bits may differ between CPU models.
 ``CovarianceAccumulator`` reads the Gram's lower triangle, which every update path keeps.
@@ -21,15 +24,18 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+from types import ModuleType
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from phd_lab.interrupts import raise_interruption_behind
+from phd_lab.tracking import openmp_team
 
 MAX_CHANNELS = 256  # wider layers keep BLAS (multithreaded), which caught up at 512 channels on 2 threads
 MIN_WORK = 1 << 22  # observations × channels² per update; smaller updates are not worth compiling for
+TEAM_MIN_WORK = 1 << 22  # observations × channels² from which torch's threads share an update
 _BLOCK = 4  # rows of one register block: the buffer is padded to a multiple
 _MAX_TILE = 256  # positions per tile
 _TILE_BYTES = 256 * 1024  # float64 tile of (channels, positions), kept in the L2 cache
@@ -38,6 +44,7 @@ _DTYPES = (torch.float32, torch.float64)
 log = logging.getLogger(__name__)
 
 enabled = True  # off: every update takes the torch path (see ``switched``)
+team_enabled = True  # off: the kernel runs on the calling thread only
 
 _compiled: Callable[..., None] | None = None
 _numba_missing: str | None = None  # None: not tried yet; "": importable; else the import error
@@ -54,15 +61,15 @@ def applies(maps: torch.Tensor) -> bool:
 
 
 @contextlib.contextmanager
-def switched(on: bool) -> Iterator[None]:
-    """The kernel on or off while the block runs: the benchmark compares both paths side by side,
-    and tests pin one of them."""
-    global enabled
-    previous, enabled = enabled, on
+def switched(on: bool, *, team: bool = True) -> Iterator[None]:
+    """The kernel on or off, and torch's threads sharing its updates or not, while the block runs: the
+    benchmark compares the paths side by side, and tests pin one of them."""
+    global enabled, team_enabled
+    previous, enabled, team_enabled = (enabled, team_enabled), on, team
     try:
         yield
     finally:
-        enabled = previous
+        enabled, team_enabled = previous
 
 
 def _numba_available() -> bool:
@@ -88,9 +95,12 @@ def accumulate(maps: torch.Tensor, shift: torch.Tensor, gram: torch.Tensor, tota
     """
     batch, channels = maps.shape[:2]
     values = maps.reshape(batch, channels, -1).contiguous().numpy()
-    kernel = _kernel()
     tile = int(min(_MAX_TILE, max(16, _TILE_BYTES // (8 * _padded(channels)))))
-    kernel(values, shift.numpy(), gram.numpy(), total.numpy(), tile)
+    threads = _team_threads(values)
+    if threads > 1:
+        _on_team(values, shift.numpy(), gram.numpy(), total.numpy(), tile, threads)
+    else:
+        _kernel()(values, shift.numpy(), gram.numpy(), total.numpy(), tile, 0, 1)
 
 
 def channel_sums(maps: torch.Tensor) -> torch.Tensor:
@@ -103,74 +113,42 @@ def _padded(channels: int) -> int:
     return -(-channels // _BLOCK) * _BLOCK
 
 
-def _kernel() -> Callable[..., None]:
-    """The compiled kernel. numba compiles it at the first call for the arguments' types, under its
-    own lock, so threads that race here at most build two dispatchers of the same function.
+def _team_threads(values: np.ndarray) -> int:
+    """How many of torch's threads share this update: all of them for float32 maps with enough work (a
+    team wakes in microseconds, but small updates gain less than that), else 1 (the calling thread)."""
+    if not team_enabled or values.dtype != np.float32 or values.size * values.shape[1] < TEAM_MIN_WORK:
+        return 1
+    return openmp_team.team_size()
 
-    The machine code is cached on disk (numba's cache: ``__pycache__`` beside this file, else the
-    user's cache folder, or ``NUMBA_CACHE_DIR``), keyed by the source, the argument types and the host
-    CPU: compiling took 2-3 s of every process that tracks on the CPU (each run of a SLURM array),
-    more than a small run's saturation passes. The cached code is the code a fresh
-    compile makes on that CPU, so the sums are the same bits. Where no cache folder is writable, it
-    compiles in every process as before."""
+
+def _on_team(values: np.ndarray, shift: np.ndarray, gram: np.ndarray, total: np.ndarray, tile: int,
+             threads: int, parts: int | None = None) -> None:
+    """The update split into ``parts`` (default: one per thread) over ``threads`` of torch's OpenMP team:
+    the same sums, in the same order, as on one thread."""
+    kernel = _kernel_module()
+    slots = np.zeros(kernel.SLOTS, dtype=np.int64)
+    for slot, array in ((kernel.VALUES, values), (kernel.SHIFT, shift), (kernel.GRAM, gram), (kernel.TOTAL, total)):
+        slots[slot] = array.ctypes.data
+    slots[[kernel.BATCH, kernel.CHANNELS, kernel.POSITIONS]] = values.shape
+    slots[kernel.TILE], slots[kernel.PARTS] = tile, parts or threads
+    openmp_team.run(kernel.team_body().address, slots.ctypes.data, threads)
+
+
+def _kernel() -> Callable[..., None]:
+    """The compiled kernel for the calling thread (``fused_gram_kernel.serial``).
+
+    numba compiles it at the first call for the arguments' types, under its own lock, and caches the
+    machine code on disk (numba's cache: ``__pycache__`` beside the kernel's file, else the user's cache
+    folder, or ``NUMBA_CACHE_DIR``), keyed by the source, the argument types and the host CPU: compiling
+    took 2-3 s of every process that tracks on the CPU (each run of a SLURM array), more than a small
+    run's saturation passes. The cached code is the code a fresh compile makes on that CPU, so the sums
+    are the same bits. Where no cache folder is writable, it compiles in every process as before."""
     global _compiled
     if _compiled is None:
-        import numba  # imported here: only CPU runs with large enough maps pay for it
-        # reassoc lets the reductions vectorise; NaN and inf keep their IEEE meaning (no nnan/ninf).
-        options = {"nogil": True, "fastmath": {"reassoc", "contract"}}
-        try:
-            _compiled = numba.njit(cache=True, **options)(_gram_update)
-        except RuntimeError as error:  # "cannot cache function ...: no locator available" (read-only places)
-            log.debug("The fused CPU covariance kernel is compiled without a disk cache: %s", error)
-            _compiled = numba.njit(cache=False, **options)(_gram_update)
+        _compiled = _kernel_module().serial
     return _compiled
 
 
-def _gram_update(values: np.ndarray, shift: np.ndarray, gram: np.ndarray, total: np.ndarray,
-                 tile: int) -> None:  # pragma: no cover - runs compiled; tested through accumulate()
-    """The kernel numba compiles. values (B, C, P); a tile holds up to ``tile`` positions of one map,
-    or several whole maps when they are smaller. Register blocks of 4 rows × 2 columns."""
-    batch, channels, positions = values.shape
-    padded = (channels + 3) // 4 * 4
-    width_max = min(tile, positions)
-    maps_per_tile = max(1, tile // positions) if positions < tile else 1
-    buffer = np.zeros((padded, maps_per_tile * width_max))  # rows beyond ``channels`` stay zero
-    for first in range(0, batch, maps_per_tile):
-        maps = min(maps_per_tile, batch - first)
-        for start in range(0, positions, width_max):
-            width = min(width_max, positions - start)
-            count = maps * width
-            for m in range(maps):
-                base = m * width
-                for c in range(channels):
-                    offset = shift[c]
-                    row_sum = 0.0
-                    source = values[first + m, c, start:start + width]
-                    target = buffer[c, base:base + width]
-                    for t in range(width):
-                        value = np.float64(source[t]) - offset
-                        target[t] = value
-                        row_sum += value
-                    total[c] += row_sum
-            for r in range(0, padded, 4):
-                for s in range(0, r + 4, 2):
-                    a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = 0.0
-                    for t in range(count):
-                        x0, x1, x2, x3 = buffer[r, t], buffer[r + 1, t], buffer[r + 2, t], buffer[r + 3, t]
-                        y0, y1 = buffer[s, t], buffer[s + 1, t]
-                        a00 += x0 * y0
-                        a01 += x0 * y1
-                        a10 += x1 * y0
-                        a11 += x1 * y1
-                        a20 += x2 * y0
-                        a21 += x2 * y1
-                        a30 += x3 * y0
-                        a31 += x3 * y1
-                    first_column, second_column = (a00, a10, a20, a30), (a01, a11, a21, a31)
-                    for i in range(4):  # skip the zero padding rows and columns
-                        if r + i < channels:
-                            if s < channels:
-                                gram[r + i, s] += first_column[i]
-                            if s + 1 < channels:
-                                gram[r + i, s + 1] += second_column[i]
-
+def _kernel_module() -> ModuleType:
+    """Imported here: only CPU runs with large enough maps pay for importing numba."""
+    return importlib.import_module("phd_lab.tracking.fused_gram_kernel")
