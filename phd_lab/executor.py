@@ -91,6 +91,7 @@ class TrainTestExecutor:
         self._setup: dict[str, Any] | None = None  # versions and device of the attempt under way (``_attempt_setup``)
         self._objective = CLASSIFICATION  # what the built model is trained for (logged for the analysis)
         self._truncation: tuple[int, str] | None = None  # what ``truncate`` did, said in the run's log once it is open
+        self._output_layer_note: str | None = None  # which layer linear_init drew, where module order misleads
         # the layer ``truncate`` cut before (None: no border, not cut), logged in _meta: where 'border' cuts depends
         # on the receptive-field code, so a rerun under a later version names a cut that moved
         self._cut_meta: dict[str, str | None] = {}
@@ -254,7 +255,8 @@ class TrainTestExecutor:
                                                      f"context), so the model is not truncated.")
         linear_init = cfg.model_args.get("linear_init")
         if linear_init is not None:
-            redraw_linear_layers(model, linear_init)
+            self._output_layer_note = redraw_linear_layers(
+                model, linear_init, (bundle.in_channels, cfg.resolution, cfg.resolution))
         return model
 
     def build_optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
@@ -578,6 +580,8 @@ class TrainTestExecutor:
                      absolute_paths({"data_dir": cfg.data_dir})["data_dir"])  # as the logged config names it
             if self._truncation is not None:  # the model was built before the log was open too
                 log.log(*self._truncation)
+            if self._output_layer_note is not None:
+                log.warning("%s", self._output_layer_note)
             self.write_config()
             store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)
             # the lock holder's own files: the run's, those of the post-processing steps and their stamps

@@ -368,6 +368,81 @@ def test_the_default_draws_only_the_output_layer_again_so_that_deep_mlps_keep_th
             assert output_layer(model) is None, name
             continue
         assert output_layer(model).out_features == 7, name
+        assert output_layer(model, (3, 32, 32)) is output_layer(model), name  # forward order: the same layer
+
+
+class _SqueezeExcite(nn.Module):
+    """Two Linear layers on the pooled channels; the block's deliberate init: the gate starts fully open."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(channels, 4), nn.Linear(4, channels)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.constant_(self.fc2.bias, 3.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3))))))
+        return x * gate[:, :, None, None]
+
+
+class _ClassifierBeforeBlock(nn.Module):
+    """Registers its classifier before the SE block that runs ahead of it."""
+
+    def __init__(self, num_classes: int = 3, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 8, 3)
+        self.classifier = nn.Linear(8, num_classes)
+        self.se = _SqueezeExcite(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.se(self.conv(x)).mean((2, 3)))
+
+
+class _ConvHead(nn.Module):
+    """SE blocks inside, a 1x1 convolution gives the class scores: no Linear output layer."""
+
+    def __init__(self, num_classes: int = 3, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 8, 3)
+        self.se = _SqueezeExcite(8)
+        self.head = nn.Conv2d(8, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.se(self.conv(x))).mean((2, 3))
+
+
+def test_the_default_draws_the_layer_that_gives_the_scores_not_the_last_one_registered():
+    """A researcher's model that registers an SE block after its classifier: "torch_output" drew the SE block's
+    second Linear layer (the last in module order) again, wiping its deliberate init, and left the classifier
+    with the fan-out draw. The output layer is now the last Linear layer the forward pass calls (traced on
+    meta copies: the model's weights and the random stream untouched), and the run's log says what changed."""
+    from phd_lab.models.init import output_layer, redraw_linear_layers
+    torch.manual_seed(0)
+    model = _ClassifierBeforeBlock()
+    built = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    assert output_layer(model) is model.se.fc2  # module order: what earlier releases drew
+    assert output_layer(model, (3, 16, 16)) is model.classifier
+    state = torch.get_rng_state()
+    note = redraw_linear_layers(model, "torch_output", (3, 16, 16))
+    after = model.state_dict()
+    changed = sorted(name for name in built if not torch.equal(built[name], after[name]))
+    assert changed == ["classifier.bias", "classifier.weight"]
+    assert not model.se.fc2.weight.any() and torch.equal(model.se.fc2.bias, torch.full((8,), 3.0))
+    assert "the output layer 'classifier'" in note and "'se.fc2', registered after it, keeps the model's draw" in note
+    torch.set_rng_state(state)  # the same draw as a redraw without the trace
+    model.classifier.reset_parameters()
+    assert torch.equal(model.classifier.weight, after["classifier.weight"])
+
+    conv_head = _ConvHead()
+    built = {name: tensor.clone() for name, tensor in conv_head.state_dict().items()}
+    assert output_layer(conv_head, (3, 16, 16)) is None
+    note = redraw_linear_layers(conv_head, "torch_output", (3, 16, 16))
+    assert all(torch.equal(built[name], tensor) for name, tensor in conv_head.state_dict().items())
+    assert "no Linear layer gives the model's output" in note and "'se.fc2'" in note
+
+    lazy = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(5))
+    assert output_layer(lazy, (3, 8, 8)) is lazy[2] and nn.parameter.is_lazy(lazy[2].weight)  # not materialised
+    assert redraw_linear_layers(_ClassifierBeforeBlock(), "torch") is None  # every layer: nothing to say
 
 
 def test_every_model_factory_keeps_the_registry_contract():
