@@ -39,6 +39,7 @@ from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.model_checks import (check_fits_data, check_input_size, check_objective, check_single_output,
                                   check_single_sample_batches, check_tracked_layers, check_truncate, meta_model,
                                   trained_meta_model)
+from phd_lab.bundle_checks import check_bundle_data
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
 from phd_lab.objectives import CLASSIFICATION
 from phd_lab.registry import Registries
@@ -555,6 +556,7 @@ class TrainTestExecutor:
         with records_before_the_log() as early:  # said in the run's log too, once it is open
             seed_everything(cfg.seed)
             bundle = self.build_data()
+            check_bundle_data(bundle, cfg.resolution, cfg.dataset, self.registries.datasets.source, cfg.source)
             check_fits_data(cfg, self.registries, bundle.in_channels, bundle.num_classes)  # up front: placeholders
             seed_everything(cfg.seed)
             model = self.build_model(bundle).to(device)

@@ -1,0 +1,85 @@
+"""A dataset factory's DataBundle against what its data hold, before the run folder is made.
+
+The bundle declares channels, resolution and classes; the model is built for them and the receptive-field,
+FLOPs and border analyses compute with them. A factory of one's own that resizes to a fixed size whatever
+``resolution`` it is given trained without complaint while every analysis described another input size,
+and labels counted from 1 or images with other channels than declared failed only in the first batch, with
+torch's traceback. One un-augmented sample of each evaluation split, and the labels a dataset lists, show it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from phd_lab.errors import DataError
+
+_SPLITS = (("test", "its test split"), ("train_eval", "its training split"))
+
+
+def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, where: str) -> None:
+    """Refuse (DataError) a bundle whose images or labels contradict what it declares or the config's
+    ``resolution``. ``dataset``/``source``: the registry name and module, for the message. Samples that are
+    not (image tensor, integer label) pairs are left to the loaders, which report their own errors."""
+    factory = f"the dataset factory {dataset!r}{f' of {source!r}' if source else ''}"
+    if bundle.resolution != resolution:
+        raise DataError(f"{where}: {factory} was asked for {resolution} px images and declares {bundle.resolution} "
+                        f"px (its DataBundle's resolution): the model, its receptive fields and FLOPs are built for "
+                        f"the config's 'resolution'. Make the factory resize to the resolution it is given.")
+    declared = (bundle.in_channels, resolution, resolution)
+    for split, named in _SPLITS:
+        data = getattr(getattr(bundle, split), "dataset", None)
+        sample = _first_sample(data)
+        if sample is None:
+            continue
+        image, label = sample
+        if isinstance(image, torch.Tensor) and image.dim() == 3 and tuple(image.shape) != declared:
+            raise DataError(f"{where}: {factory} declares {bundle.in_channels}-channel images of {resolution} px "
+                            f"(in_channels and resolution of its DataBundle), but the first sample of {named} is an "
+                            f"image of shape {tuple(image.shape)} (channels, height, width): the model, its "
+                            f"receptive fields and FLOPs would describe another input. Make the factory resize to "
+                            f"the 'resolution' it is given and declare the channels its images have.")
+        _check_labels(_listed_labels(data, label), bundle.num_classes, factory, named, where)
+
+
+def _first_sample(data: Dataset | None) -> tuple[Any, Any] | None:
+    """Sample 0 of a map-style dataset as (image, label), or None (empty, iterable, or no such pair)."""
+    try:
+        if data is None or len(data) == 0:  # type: ignore[arg-type]
+            return None
+        sample = data[0]
+    except (TypeError, NotImplementedError):  # an iterable-style dataset: no len or no indexing
+        return None
+    return (sample[0], sample[1]) if isinstance(sample, (tuple, list)) and len(sample) >= 2 else None
+
+
+def _listed_labels(data: Dataset | None, label: Any) -> torch.Tensor | None:
+    """Every label the dataset lists (``targets``, as torchvision's data sets have, or a TensorDataset's second
+    tensor), else the one sample's; None where they are no integers."""
+    listed = getattr(data, "targets", None)
+    if listed is None and isinstance(data, TensorDataset) and len(data.tensors) >= 2:
+        listed = data.tensors[1]
+    for labels in (listed, label):
+        if labels is None:
+            continue
+        try:
+            values = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        if values.dtype.is_floating_point or values.dtype == torch.bool or values.dtype.is_complex:
+            return None
+        return values.reshape(-1)
+    return None
+
+
+def _check_labels(labels: torch.Tensor | None, num_classes: int, factory: str, named: str, where: str) -> None:
+    if labels is None or labels.numel() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise DataError(f"{where}: {factory} declares {num_classes} classes (num_classes of its DataBundle), so "
+                        f"labels must lie in 0..{num_classes - 1}, but {named} has labels from {low} to {high}. "
+                        f"Count the classes from 0 (e.g. label - 1 for labels counted from 1), or declare as many "
+                        f"classes as the labels need.")

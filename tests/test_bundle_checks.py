@@ -1,0 +1,93 @@
+"""A dataset factory's bundle against its own data: refused before the run folder is made (exit 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import main_in_process, run_folders, write_config
+
+# A registry of one's own: each factory gets something wrong that training alone did not catch, or caught only
+# in its first batch with torch's traceback.
+DATASETS = '''
+import torch
+from phd_lab.data import make_bundle
+
+
+def _bundle(name, images, labels, *, batch_size, seed, num_workers, resolution, classes=3, channels=3, targets=None):
+    data = torch.utils.data.TensorDataset(images, labels)
+    if targets is not None:
+        data.targets = targets
+    return make_bundle(name, data, data, data, num_classes=classes, in_channels=channels, resolution=resolution,
+                       batch_size=batch_size, seed=seed, num_workers=num_workers)
+
+
+def fixed16(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Resizes to 16 px whatever it is asked for, and declares the resolution it was given."""
+    return _bundle("fixed16", torch.rand(12, 3, 16, 16), torch.arange(12) % 3, batch_size=batch_size, seed=seed,
+                   num_workers=num_workers, resolution=resolution)
+
+
+def declares_other(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Honest about its 16 px, but not what the config asked for."""
+    return _bundle("declares_other", torch.rand(12, 3, 16, 16), torch.arange(12) % 3, batch_size=batch_size,
+                   seed=seed, num_workers=num_workers, resolution=16)
+
+
+def grey_declared_rgb(*, batch_size, resolution, data_dir, seed, num_workers):
+    return _bundle("grey", torch.rand(12, 1, resolution, resolution), torch.arange(12) % 3, batch_size=batch_size,
+                   seed=seed, num_workers=num_workers, resolution=resolution)
+
+
+def one_based(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Labels 1..3 for 3 classes; sample 0 has label 1, so only the listed labels show it."""
+    return _bundle("one_based", torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3 + 1,
+                   batch_size=batch_size, seed=seed, num_workers=num_workers, resolution=resolution)
+
+
+def listed_targets(*, batch_size, resolution, data_dir, seed, num_workers):
+    """A dataset listing its labels in ``targets``, as torchvision's do: one of them is negative."""
+    return _bundle("listed", torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3, batch_size=batch_size,
+                   seed=seed, num_workers=num_workers, resolution=resolution, targets=[0, 1, 2, -1] * 3)
+
+
+def honest(*, batch_size, resolution, data_dir, seed, num_workers):
+    return _bundle("honest", torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3, batch_size=batch_size,
+                   seed=seed, num_workers=num_workers, resolution=resolution)
+'''
+
+REFUSALS = {
+    "fixed16": ["declares 3-channel images of 8 px", "the first sample of its test split is an image of shape "
+                "(3, 16, 16)", "Make the factory resize to the 'resolution' it is given"],
+    "declares_other": ["was asked for 8 px images and declares 16 px (its DataBundle's resolution)"],
+    "grey_declared_rgb": ["declares 3-channel images of 8 px", "image of shape (1, 8, 8)"],
+    "one_based": ["declares 3 classes (num_classes of its DataBundle), so labels must lie in 0..2, but its test "
+                  "split has labels from 1 to 3", "Count the classes from 0"],
+    "listed_targets": ["labels from -1 to 2"],
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(REFUSALS))
+def test_a_bundle_that_contradicts_its_data_is_refused_before_the_run_folder(tmp_path, capsys, dataset):
+    """A factory that always resized to 16 px while declaring the config's 8 px trained with exit 0, and its
+    receptive fields, borders and MACs (0.151 M instead of 0.605 M) described 8 px inputs; labels counted
+    from 1 and grey images declared RGB failed in the first batch with torch's IndexError/RuntimeError."""
+    (tmp_path / "my_data.py").write_text(DATASETS)
+    config = write_config(tmp_path, dataset=dataset, registries={"datasets": "my_data.py"}, resolution=8,
+                          model="mlp", model_args={"input_side": 8, "units": [[4]]}, epoch=1, batch_size=4)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    said = " ".join(err.split())
+    assert code == 2, said
+    assert f"the dataset factory {dataset!r} of" in said and "Traceback" not in said, said
+    for part in REFUSALS[dataset]:
+        assert part in said, said
+    assert run_folders(tmp_path / "logs") == []
+
+
+def test_an_honest_bundle_trains(tmp_path, capsys):
+    (tmp_path / "my_data.py").write_text(DATASETS)
+    config = write_config(tmp_path, dataset="honest", registries={"datasets": "my_data.py"}, resolution=8,
+                          model="mlp", model_args={"input_side": 8, "units": [[4]]}, epoch=1, batch_size=4,
+                          post_processing=[])
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
+    assert len(run_folders(tmp_path / "logs")) == 1
