@@ -211,8 +211,9 @@ def check_single_output(cfg: RunConfig, model: nn.Module, objective: Objective) 
         if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[0] == expected[0]:
             continue  # scores of a model that ignores num_classes may suit the data's classes: check_fits_data
         wanted = (f"the trainer, its metrics and the post-processing steps take one tensor of scores of shape "
-                  f"(batch, classes), here {expected} for a batch of 2 and the num_classes={PLACEHOLDER_CLASSES} it "
-                  f"was built with" if objective.uses_labels else
+                  f"(batch, classes), here {expected} for a batch of 2 (checked before the data set is loaded, on "
+                  f"the model built with num_classes={PLACEHOLDER_CLASSES} as a stand-in for the data's classes)"
+                  if objective.uses_labels else
                   "the trainer and the post-processing steps take one tensor of the input's shape (a reconstruction)")
         raise ConfigError(f"{cfg.source}: model {cfg.model!r} returns {_described(output)} from forward() in {mode} "
                           f"mode, but {wanted}. Make forward() return that single tensor in both modes (an auxiliary "

@@ -114,6 +114,7 @@ def test_a_model_that_does_not_return_one_tensor_of_scores_is_refused_up_front(t
     message = refused(capsys, tmp_path, config)
     assert f"model 'net' returns {described} from forward() in {mode} mode" in message
     assert "one tensor of scores of shape (batch, classes), here (2, 10)" in message
+    assert "with num_classes=10 as a stand-in for the data's classes" in message  # not a class count to wonder at
 
 
 

@@ -723,6 +723,21 @@ def test_config_mode_with_latents_dir_and_run_id(tmp_path, capsys):
                                                                         "running or killed")
 
 
+def test_a_folder_no_extraction_wrote_to_is_not_called_an_unfinished_extraction(tmp_path, capsys):
+    """--latents given a data folder or a logs folder (nothing an extraction writes, in no run folder) said "the
+    extraction is unfinished ... rerun the training command with the 'extract' step", which cannot help."""
+    data = tmp_path / "data" / "shapes"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "circle.png").write_bytes(b"\x89PNG")
+    for folder in (data, tmp_path / "data"):
+        _assert_usage_error(capsys, None, "--latents", str(folder), match=f"{str(folder)!r} is not a latents "
+                            "folder: it holds no manifest.json and no latents files (train-<layer>.npy, "
+                            "eval-<layer>.npy), and it lies in no run folder")
+    # what a killed extraction leaves (a temp file, or finished .npy files) is still an unfinished extraction
+    (data / ".train-features.0.npy.abcd1234.tmp").write_bytes(b"")
+    _assert_usage_error(capsys, None, "--latents", str(data), match="the extraction is unfinished")
+
+
 def test_latents_dir_given_to_the_extract_step_is_where_the_job_and_the_analysis_look(tmp_path):
     """The extract step's own latents_dir parameter placed latents that neither the probe job (--config) nor the
     analysis found: both read only the top-level key."""

@@ -375,6 +375,7 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
                         f"written last. Probe it once that process has finished.")
     if unfinished_extraction(Path(folder)):
         _refuse_a_run_folder(Path(folder))
+        _refuse_a_folder_without_latents(Path(folder))
     if unfinished_extraction(Path(folder)) and not any(Path(folder).resolve().parent.glob("*_config.json")):
         # not inside its run folder (mirrored under latents_dir): the run folder, whose lock would tell whether
         # the extraction is still running, is named only by the manifest
@@ -392,6 +393,20 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
     settings = ProbeSettings.from_mapping({}, overrides, "command line")
     job = _job(manifest, settings, str(folder), probe_set=set_of_folder(manifest.folder.resolve().name))
     return [job], job.outputs.root / CACHE_FOLDER
+
+
+def _refuse_a_folder_without_latents(folder: Path) -> None:
+    """A folder given to --latents that holds neither a manifest nor anything an extraction writes (its .npy
+    files, or their temp files), and lies in no run folder: no extraction ever wrote there (a data folder, a
+    logs folder), which was said to be an extraction that did not finish, with a command that could not help."""
+    if any(folder.resolve().parent.glob("*_config.json")):
+        return  # a run's own latents folder, made before its first file: an unfinished extraction indeed
+    if any(folder.glob("*.npy")) or any(folder.glob(".*.npy.*.tmp")):
+        return
+    raise DataError(f"{str(folder)!r} is not a latents folder: it holds no {MANIFEST} and no latents files "
+                    f"(train-<layer>.npy, eval-<layer>.npy), and it lies in no run folder. Pass the latents folder "
+                    f"the extraction step writes (by default <run folder>/latents), or probe the runs of a grid "
+                    f"with --config.")
 
 
 def _refuse_a_run_folder(folder: Path) -> None:
