@@ -509,3 +509,36 @@ def test_the_project_step_names_its_run_and_the_remedy_for_layers_eval_mode_neve
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith(f"{config.name}: ") and "never called aux," in warnings[0]
     assert "dims_sum and feature_dims_sum" in warnings[0] and "the project step's 'exclude'" in warnings[0]
+
+
+class _ConvThenLSTM(nn.Module):
+    """A conv feature extractor read row by row by an LSTM, then a Linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(5, 2)
+        self.lstm = nn.LSTM(4 * 6, 5, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = torch.relu(self.conv(x))  # (B, 4, 6, 6): one step per row
+        sequence, _ = self.lstm(maps.permute(0, 2, 1, 3).flatten(2))
+        return self.fc(sequence[:, -1])
+
+
+@pytest.mark.parametrize("exclude", [[], ["lstm"]])
+def test_the_project_step_says_it_leaves_lstm_layers_unprojected(caplog, exclude) -> None:
+    """Saturation tracking reads an LSTM by its output sequence, and s_μ counts it, but projections.csv summed
+    the conv and Linear layers only without a word (dims_sum 11 = 8 + 3 beside a tracked LSTM)."""
+    from phd_lab.tracking.projection import projection_table
+    torch.manual_seed(0)
+    loader = [(torch.randn(8, 1, 6, 6), torch.randint(0, 2, (8,))) for _ in range(2)]
+    with caplog.at_level("WARNING", logger="phd_lab.tracking.projection"):
+        table = projection_table(_ConvThenLSTM(), loader, loader, torch.device("cpu"), deltas=[0.9],
+                                 random_control=False, exclude=exclude, run_name="run-1")
+    assert set(table["feature_dims_sum"]) == {4 + 2}  # conv and fc: the LSTM is not among the projected layers
+    said = [record.getMessage() for record in caplog.records if "LSTM" in record.getMessage()]
+    if exclude:
+        assert said == []
+    else:
+        assert len(said) == 1 and said[0].startswith("run-1: ") and "LSTM layer(s) lstm run unprojected" in said[0]
+        assert "left out of dims_sum, feature_dims_sum and saturation_mean" in said[0]

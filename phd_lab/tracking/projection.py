@@ -10,6 +10,7 @@ loss (accuracy NaN), and the outputs of a few example inputs can be kept for eac
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from typing import Iterable, Sequence
 
@@ -77,6 +78,13 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
     objective = objective_of(model)
     model.eval()
     projected, layers = insert_pca_layers(model, exclude=exclude, centered=centered)
+    recurrent = [name for name, module in model.named_modules() if isinstance(module, nn.LSTM)
+                 and not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)]
+    if recurrent:  # tracked for saturation, so a reader of projections.csv expects them in its sums
+        log.warning("%s: the project step inserts PCA layers after Conv2d and Linear layers only (thesis ch. 7), so "
+                    "LSTM layer(s) %s run unprojected and are left out of dims_sum, feature_dims_sum and "
+                    "saturation_mean, although their saturation is tracked; leave them out with the step's "
+                    "'exclude' to silence this.", run_name or "project", ", ".join(recurrent))
     collect(projected, list(layers.values()), train_loader, device, progress)
     idle = [name for name, layer in layers.items() if layer.accumulator.n == 0]
     if idle:  # e.g. auxiliary heads that run only in training mode: they stay unprojected and uncounted
