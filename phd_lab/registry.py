@@ -171,8 +171,14 @@ def factory_summary(factory: Callable[..., Any]) -> str:
 
 def factory_doc(factory: Callable[..., Any]) -> str:
     """A factory's docstring, cleaned as ``inspect.getdoc`` does; read from its source under ``python -OO``, which
-    drops docstrings (``--list`` showed the names without a word on them). Empty where it has none."""
-    text = inspect.getdoc(factory)
+    drops docstrings (``--list`` showed the names without a word on them). Empty where it has none. A class is
+    described by its own docstring only: ``inspect.getdoc`` gives a helper block without one nn.Module's "Base class
+    for all neural network modules.", which ``--list models`` showed as if it described a model."""
+    if inspect.isclass(factory):
+        own = vars(factory).get("__doc__")
+        text = inspect.cleandoc(own) if isinstance(own, str) else None
+    else:
+        text = inspect.getdoc(factory)
     if text is None and sys.flags.optimize >= 2:
         try:
             tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(factory))))

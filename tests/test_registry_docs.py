@@ -78,3 +78,28 @@ def test_the_optimizer_defaults_shown_are_the_factories_defaults():
         factory = getattr(registries.optimizers, name)
         actual = {key: repr(parameter.default) for key, parameter in _settable("optimizers", factory).items()}
         assert shown == actual, name
+
+
+def test_a_class_without_a_docstring_of_its_own_is_listed_without_torch_s(tmp_path, capsys):
+    """``--list models`` of a registry module with a helper block showed "KBlock  Base class for all neural network
+    modules." (nn.Module's docstring, which ``inspect.getdoc`` inherits) as if it described a model."""
+    from phd_lab.cli import main_cli
+    from tests.conftest import write_config
+    (tmp_path / "my_models.py").write_text(
+        "from torch import nn\n\n\n"
+        "class KBlock(nn.Module):\n"
+        "    def __init__(self, channels):\n"
+        "        super().__init__()\n\n\n"
+        "class Documented(nn.Module):\n"
+        "    \"\"\"A model of its own.\n\n    More lines.\"\"\"\n\n\n"
+        "def net(*, num_classes, in_channels=3):\n"
+        "    \"\"\"The factory.\"\"\"\n"
+        "    return nn.Linear(in_channels, num_classes)\n")
+    config = write_config(tmp_path, registries={"models": str(tmp_path / "my_models.py")}, model="net")
+    capsys.readouterr()
+    code = main_cli(["--config", str(config), "--list", "models"])
+    listed = {line.split()[0]: " ".join(line.split()[1:]) for line in capsys.readouterr().out.splitlines()
+              if line.strip()}
+    assert code == 0
+    assert listed["net"] == "The factory." and listed["Documented"] == "A model of its own."
+    assert listed["KBlock"] == "" and "Base class" not in " ".join(listed.values())
