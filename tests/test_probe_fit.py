@@ -576,6 +576,9 @@ def test_lbfgs_torch_weights_gone_nan_under_a_tiny_c_name_c_not_the_latents(tmp_
     assert not isinstance(error.value, LatentsTooLarge)
     assert message.startswith("lbfgs-torch's weights became NaN or infinite on layer 'block0.conv': its penalty "
                               "||W||²/(2·C·n), with C = 1e-25 and n = ") and "Use a larger C (--C" in message
+    n = len(y_train)
+    weighs = f"{1 / (2 * 1e-25 * n):.3g} per squared weight"  # as the formula says (it said 1/(C·n), twice that)
+    assert f"n = {n} training samples, weighs {weighs}" in message, message
     float64 = probe_layer(1, "block0.conv", *paths, ProbeSettings(solver="lbfgs", C=1e-25, standardize=standardize))
     assert float64.converged  # the advice holds: lbfgs fits it (every weight about 0 under such a penalty)
 

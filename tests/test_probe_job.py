@@ -738,6 +738,38 @@ def test_a_folder_no_extraction_wrote_to_is_not_called_an_unfinished_extraction(
     _assert_usage_error(capsys, None, "--latents", str(data), match="the extraction is unfinished")
 
 
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_a_copied_run_folder_without_its_config_never_gets_the_original_runs_results(tmp_path, capsys, mirrored):
+    """A logs tree copied elsewhere whose run folder lost its logged config: its manifest still names the original
+    run folder, whose last four path parts match, so it passed as a latents_dir mirror and the job replaced the
+    original run's probe table, settings and log (exit 0, a warning only). A mirror is now one only where the
+    named run's logged config names a latents_dir (a copied mirror of a latents_dir still probes its run)."""
+    (tmp_path / "original").mkdir()
+    scratch = tmp_path / "original" / "scratch"
+    config = _config(tmp_path / "original", **({"latents_dir": str(scratch)} if mirrored else {}))
+    cfg = Grid(load_config_file(config))[0]
+    original = _latents_for_run(config, 0)
+    (original.root / "run_config.json").write_text(json.dumps({"latents_dir": cfg.latents_dir}))
+    latents = original.latents(cfg.latents_dir)
+    assert cli("--latents", str(latents), "-mp", "0") == 0
+    before = original.probe_csv.read_bytes()
+    shutil.copytree(tmp_path / "original", tmp_path / "copy")
+    copy = tmp_path / "copy" / latents.relative_to(tmp_path / "original")
+    for logged in copy.parent.glob("*_config.json"):
+        logged.unlink()
+    code = cli("--latents", str(copy), "-mp", "0", "--solver", "lbfgs")
+    err = " ".join(capsys.readouterr().err.split())
+    if mirrored:  # a real mirror: the results go to the run folder the manifest names, as before
+        assert code == 0, err
+        assert set(pd.read_csv(original.probe_csv)["solver"]) == {"lbfgs"}
+        return
+    assert code == 2 and "Traceback" not in err, err
+    assert (f"but the latents lie in {str(copy.parent)!r}, a copy of that run folder without its logged config"
+            in err), err
+    assert "'run_config.json' names no latents_dir" in err and "Nothing was written" in err
+    assert original.probe_csv.read_bytes() == before
+
+
 def test_latents_dir_given_to_the_extract_step_is_where_the_job_and_the_analysis_look(tmp_path):
     """The extract step's own latents_dir parameter placed latents that neither the probe job (--config) nor the
     analysis found: both read only the top-level key."""
@@ -1557,6 +1589,10 @@ def test_a_grid_job_probes_the_other_runs_when_one_extraction_died_or_one_run_is
     err = " ".join(capsys.readouterr().err.split())
     assert "run 0 (" in err and "another probe job is writing their results" in err and f"PID {os.getpid()}" in err
     assert dead.probe_csv.exists() and not done.probe_csv.exists()
+    with RunLock(done.root / PROBE_LOCK), RunLock(dead.root / PROBE_LOCK):  # every run busy: nothing was written
+        assert cli("--config", str(config), "-mp", "0") == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no probe table was written. Rerun this command" in err and "listed above" not in err, err
     assert cli("--config", str(config), "-mp", "0") == 0  # released: the whole grid is probed
     assert done.probe_csv.exists()
     # with no other run to probe, an unfinished extraction is still the error it was

@@ -295,3 +295,21 @@ def test_a_damaged_projections_table_or_manifest_is_named_as_damaged_not_as_miss
     assert "projections.csv" not in tables.missing and "latents/manifest.json" not in tables.missing
     assert any(problem.startswith("projections.csv cannot be used") for problem in tables.problems), tables.problems
     assert "latents/manifest.json is malformed: it holds a JSON list, not an object" in tables.problems
+
+
+def test_a_run_folder_without_its_config_is_named_after_its_checkpoint_or_metrics_csv(tmp_path):
+    """A run folder that lost its logged config was named after the first CSV in name order: projections_layers
+    (or probe_performances_<set>) sorts before vgg11-..., so the report called the run 'projections_layers', read
+    that table's 240 rows as epochs and listed 'projections_layers_config.json' as missing."""
+    from phd_lab.analysis.run_tables import run_folder
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "vgg11-Digits-r32-bs64-e3.csv").write_text("epoch,train_loss,test_loss\n1,2.0,2.1\n")
+    for table in ("projections_layers.csv", "probe_performances_sizes.csv", "aaa_notes.csv"):
+        (folder / table).write_text("delta,layer,k\n0.9,features.0,3\n")
+    assert run_folder(folder).name == "vgg11-Digits-r32-bs64-e3"
+    (folder / "vgg11-Digits-r32-bs64-e3.csv").unlink()  # no metrics either: a table no step writes
+    assert run_folder(folder).name == "aaa_notes"
+    (folder / "net-Digits-r8.pt").write_bytes(b"")
+    (folder / "aaa.previous.pt").write_bytes(b"")
+    assert run_folder(folder).name == "net-Digits-r8"  # the checkpoint's name, not the previous one's

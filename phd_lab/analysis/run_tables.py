@@ -48,12 +48,29 @@ _MARKERS = (RECEPTIVE_FIELD, COMPUTATIONAL_JSON, PROBES)  # a folder with one of
 
 
 def _name_of(folder: Path) -> str | None:
+    """The run's file prefix: its logged config's, else its checkpoint's, else its metrics CSV's (the table whose
+    header starts with ``epoch``), else that of a table no step writes. A run folder that lost its config was
+    named after projections_layers.csv, which sorts before the metrics CSV of a VGG run, and the report read
+    that table's 240 rows as epochs."""
     configs = sorted(p.name[:-len(CONFIG_SUFFIX)] for p in folder.glob(f"*{CONFIG_SUFFIX}"))
     if configs:
         return configs[0]
+    checkpoints = sorted(p.stem for p in folder.glob("*.pt") if not p.name.endswith(".previous.pt"))
+    if checkpoints:
+        return checkpoints[0]
     known = {RECEPTIVE_FIELD, COMPUTATIONAL_CSV, PROBES, PROJECTIONS}
-    csvs = sorted(p.stem for p in folder.glob("*.csv") if p.name not in known)
-    return csvs[0] if csvs else None
+    csvs = sorted(p for p in folder.glob("*.csv") if p.name not in known
+                  and not p.name.startswith(("probe_performances_", "projections_")))
+    metrics = [p.stem for p in csvs if _header_starts_with_epoch(p)]
+    return (metrics or [p.stem for p in csvs] or [None])[0]
+
+
+def _header_starts_with_epoch(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            return file.read(6) == b"epoch,"
+    except OSError:
+        return False
 
 
 RUN_DEPTH = 4  # <logs_dir>/<model>/<dataset>_<resolution>/<run_id>/<variant>

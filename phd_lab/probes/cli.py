@@ -100,9 +100,10 @@ def probe_cli(argv: Sequence[str] | None = None, prog: str = "probe_main.py") ->
         if probed:
             write_stdout("Probe results:\n" + "\n".join(f"  {job.outputs.probe_csv}" for job in probed) + "\n")
         if not_probed:
-            raise RunFailure(f"Not every run of {args.config} was probed ({'; '.join(not_probed)}); "
-                             f"the {len(probed)} probe table(s) listed above are written. Rerun this command once "
-                             f"that is resolved: runs already probed come from the cache.")
+            written = (f"the {len(probed)} probe table(s) listed above are written" if probed else
+                       "no probe table was written")
+            raise RunFailure(f"Not every run of {args.config} was probed ({'; '.join(not_probed)}); {written}. Rerun "
+                             f"this command once that is resolved: runs already probed come from the cache.")
         return EXIT_OK
 
     with command_logging(verbosity(args)):

@@ -507,16 +507,43 @@ def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root:
     return ProbeJob(manifest, settings, run_folder(run_dir).for_probe_set(probe_set), label)
 
 
+def _names_a_latents_dir(config: Path) -> bool | None:
+    """Whether a logged config names a ``latents_dir`` (top-level, or an extract step's own); None where it
+    cannot be read."""
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(values, dict):
+        return None
+    steps = values.get("post_processing")
+    named = [step.get("latents_dir") for step in steps if isinstance(step, dict)] if isinstance(steps, list) else []
+    return any(value is not None for value in [values.get("latents_dir"), *named])
+
+
 def _check_foreign_run_folder(manifest: Manifest, run_dir: Path) -> None:
     """Refuse a manifest that names a run folder (one with a logged config) the latents are not of: neither do they
     lie in it, nor in its mirror under a ``latents_dir`` (``<model>/<dataset>_<resolution>/<run_id>/<variant>``, the
     last four parts of both paths). A latents folder received from someone else had the job write its results
     into, and remove the confusion matrices of, whichever run folder of yours its manifest named. A folder that is
     no run folder (``write_latents``'s ``run_dir`` may be any) takes them as before."""
-    mirror = manifest.folder.resolve().parent.parts[-4:]
-    if run_dir.resolve().parts[-4:] == mirror or not any(run_dir.glob("*_config.json")):
+    enclosing = manifest.folder.resolve().parent
+    configs = sorted(run_dir.glob("*_config.json"))
+    if enclosing == run_dir.resolve() or not configs:
         return
     manifest_path = str(manifest.folder / MANIFEST)
+    if run_dir.resolve().parts[-4:] == enclosing.parts[-4:]:
+        if _names_a_latents_dir(configs[0]) is not False:
+            return
+        # a copy of a logs tree whose run folder lost its logged config (which would have made it the latents'
+        # run, see ``_job``): the same last four parts, but the named run extracted into its own folder
+        raise DataError(f"The manifest {manifest_path!r} names run folder {str(run_dir)!r} ('run_dir') for the "
+                        f"probe results, but the latents lie in {str(enclosing)!r}, a copy of that run folder "
+                        f"without its logged config (*_config.json), and {str(configs[0].name)!r} names no "
+                        f"latents_dir the latents could have been mirrored to: the job would replace the results of "
+                        f"the run in the other logs tree. Nothing was written. Copy the logged config back into "
+                        f"{str(enclosing)!r} (the results are then written there), or correct 'run_dir' in the "
+                        f"manifest.")
     raise DataError(f"The manifest {manifest_path!r} names run folder {str(run_dir)!r} ('run_dir') for the probe "
                     f"results, but the latents lie neither in that run folder nor in its mirror under a latents_dir "
                     f"(.../{'/'.join(run_dir.resolve().parts[-4:])}/<latents folder>), so they are not that run's; "

@@ -548,9 +548,11 @@ def lbfgs_torch_overflowed(x: torch.Tensor, settings: ProbeSettings, strength: f
             f"about 1e10 on, depending on the data), so the probe would be untrained (one class predicted for "
             f"every sample)", "train")
     raw = "" if settings.standardize else f" on raw latents of largest |value| {peak:.3g}"
+    # the loss adds strength/2 · ||W||²: 1/(2·C·n) per squared weight, 1/(C·n) for two classes (one weight vector)
+    penalty = "||w||²/(C·n)" if round(strength * settings.C * x.shape[0]) == 2 else "||W||²/(2·C·n)"
     return DataError(
-        f"lbfgs-torch's weights became NaN or infinite on layer {layer!r}: its penalty ||W||²/(2·C·n), with C = "
-        f"{settings.C:.3g} and n = {x.shape[0]} training samples, weighs {strength:.3g} per squared weight, which "
+        f"lbfgs-torch's weights became NaN or infinite on layer {layer!r}: its penalty {penalty}, with C = "
+        f"{settings.C:.3g} and n = {x.shape[0]} training samples, weighs {strength / 2:.3g} per squared weight, which "
         f"overflowed its float32 line search{raw} (standardised latents: from about 1e20 on), so the probe would be "
         f"untrained (one class predicted for every sample). Use a larger C (--C, or probe_C in the config), or probe "
         f"with lbfgs, which computes in float64.")
