@@ -306,3 +306,26 @@ def test_an_unknown_mplbackend_leaves_the_figures_to_agg_with_a_warning(tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [*drawing_versions().decode().split(), "b'\\x89PNG'"]
     assert "MPLBACKEND='inline' names no matplotlib backend" in done.stderr
+
+
+def test_a_latents_set_has_one_colour_and_style_in_every_panel():
+    """Sizes 1 and 2 extracted with two methods: "2×2" was teal in the adaptive_avg panel and light green in the
+    nearest panel, where light green meant 4×4 in the other one (each panel spread viridis over its own sets)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.colors import to_rgb
+
+    from phd_lab.plots.probes import plot_probe_sets
+    table = pd.DataFrame({"index": [1, 2], "layer": ["a", "b"], "train_acc": 0.9, "eval_acc": [0.5, 0.6]})
+    tables = [("1×1", "adaptive_avg", table), ("2×2", "adaptive_avg", table), ("4×4", "adaptive_avg", table),
+              ("2×2", "nearest", table), ("4×4", "nearest", table)]
+    ax = plot_probe_sets(tables)
+    try:
+        left, right = ax.figure.axes[:2]
+        drawn = [{line.get_label(): (to_rgb(line.get_color()), line.get_linestyle(), line.get_marker())
+                  for line in panel.get_lines()} for panel in (left, right)]
+        assert set(drawn[0]) == {"1×1", "2×2", "4×4"} and set(drawn[1]) == {"2×2", "4×4"}
+        assert drawn[1]["2×2"] == drawn[0]["2×2"] and drawn[1]["4×4"] == drawn[0]["4×4"]
+        assert len({style for style in drawn[0].values()}) == 3
+    finally:
+        plt.close(ax.figure)

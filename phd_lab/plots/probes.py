@@ -89,7 +89,7 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
                     run: str = "") -> "Axes":
     """Probe eval accuracy per layer for several latents sets of one model (§8.3, figures 45 and 46): one
     panel per reduction method, one line per set (``(label, method, table)``, drawn in the given order,
-    lighter for later ones, each with a line style and marker of its own), layers in forward order as in the
+    lighter for later labels, each label with a colour, line style and marker of its own in every panel), layers in forward order as in the
     first, longest table; ``run`` above the panels."""
     from phd_lab.plots import matplotlib_module
     matplotlib = matplotlib_module()
@@ -99,12 +99,15 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
     position = {layer: number for number, layer in enumerate(layers)}
     figure, axes = subplots(1, len(methods), squeeze=False, sharey=True,
                             figsize=(min(MAX_FIGURE_WIDTH, max(6.0, 0.35 * len(layers) + 2.0)) * len(methods), 4.2))
+    # one colour and style per set label in every panel: a size drawn in two panels is the same line in both
+    labels = list(dict.fromkeys(label for label, _, _ in tables))
+    colours = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(labels)))
     for ax, method in zip(axes[0], methods):
         drawn = [(label, table) for label, table_method, table in tables if table_method == method]
-        colours = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(drawn)))
-        for number, ((label, table), colour) in enumerate(zip(drawn, colours)):
+        for label, table in drawn:
+            number = labels.index(label)
             table = table[table["layer"].isin(position)].sort_values("index", kind="stable")
-            ax.plot([position[layer] for layer in table["layer"]], table["eval_acc"], ms=3, color=colour,
+            ax.plot([position[layer] for layer in table["layer"]], table["eval_acc"], ms=3, color=colours[number],
                     label=label, **set_style(number))
         if model_accuracy is not None:
             _draw_model_accuracy(ax, model_accuracy)
