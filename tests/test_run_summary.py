@@ -954,3 +954,18 @@ def test_a_layer_without_variance_keeps_its_feature_dimension_and_every_dimensio
     layers = summarize(load_run(rundir))["saturation"]["layers"]
     assert layers[-1] == {"layer": last, "saturation": 0.0, "intrinsic_dimension": 0, "feature_dimension": expected}
     assert all(type(entry[key]) is int for entry in layers for key in ("intrinsic_dimension", "feature_dimension"))
+
+
+@pytest.mark.parametrize("damage", ["cut", "binary"])
+def test_a_damaged_probe_table_is_called_damaged_not_pending(tmp_path, damage):
+    """A probe_performances.csv cut short in its header (or not text at all) left the report's table saying
+    "pending (latents extracted)", as if the probe job had never run; only the run's own section named the file."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
+    table = rundir.root / "probe_performances.csv"
+    table.write_bytes(table.read_bytes()[:30] if damage == "cut" else b"\xff\xfe\x00garbage")
+    summary = summarize(load_run(rundir))
+    assert summary["probes"]["status"] == ("damaged (probe_performances.csv cannot be used; rerun probe_main.py, "
+                                           "which rewrites it from its cache)"), summary["probes"]
+    assert any(problem.startswith("probe_performances.csv") for problem in summary["problems"])
+    table.unlink()
+    assert summarize(load_run(rundir))["probes"]["status"] == "pending (latents extracted)"

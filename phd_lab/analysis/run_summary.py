@@ -310,7 +310,12 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
     entries = extracted if isinstance(extracted, list) else None  # None: unknown (a malformed manifest too)
     planned = _extracted_layer_count(entries)
     if probes is None or not len(probes):
-        status = "pending (latents extracted)" if tables.manifest else "not probed"
+        table = tables.folder.probe_csv.name
+        unusable = [problem for problem in tables.problems if problem.startswith(table)]
+        if probes is None and unusable:  # the report's table showed "pending" beside a damaged table
+            status = f"damaged ({table} cannot be used; rerun probe_main.py, which rewrites it from its cache)"
+        else:
+            status = "pending (latents extracted)" if tables.manifest else "not probed"
         return {"status": status, "layers_probed": 0, "layers_extracted": planned}
     per_layer, pixelwise = probe_layer_accuracies(probes)
     layers = per_layer["layer"].tolist()
