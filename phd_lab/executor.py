@@ -92,7 +92,8 @@ class TrainTestExecutor:
         self._objective = CLASSIFICATION  # what the built model is trained for (logged for the analysis)
         self._truncation: tuple[int, str] | None = None  # what ``truncate`` did, said in the run's log once it is open
         # the layer ``truncate`` cut before (None: no border, not cut), logged in _meta: where 'border' cuts depends
-        # on the receptive-field code, so a rerun under a later version names a cut that moved
+        # on the receptive-field code, so a rerun under a later version names a cut that moved; a cut asked for
+        # inside a residual block goes before the block, which it names, and truncate_named the layer asked for
         self._cut_meta: dict[str, str | None] = {}
 
     # ------------------------------------------------------------------ validation
@@ -246,8 +247,15 @@ class TrainTestExecutor:
             if layer is not None:
                 model = truncate_model(model, layer, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                                        input_resolution=cfg.resolution)
-                self._truncation = (logging.INFO, f"model_args truncate {truncate!r}: the model is cut before {layer} "
-                                                  f"and ends in global average pooling + a linear classifier.")
+                self._cut_meta = {"truncated_before": model.cut_before}
+                said = (f"model_args truncate {truncate!r}: the model is cut before {model.cut_before} and ends in "
+                        f"global average pooling + a linear classifier.")
+                if model.moved is not None:  # a layer inside a residual block: the cut goes before the block
+                    self._cut_meta["truncate_named"] = layer  # what an earlier version logged as truncated_before
+                    named = f"{layer} as named" if layer == truncate else \
+                        f"{layer} (its {truncate} layer at {cfg.resolution} px)"
+                    said += f" The cut is before {model.cut_before}, not before {named}: {model.moved}."
+                self._truncation = (logging.INFO, said)
             else:  # the full model trains in a folder named after truncate: its log must say so
                 self._truncation = (logging.WARNING, f"model_args truncate {truncate!r}: {cfg.model} has no border "
                                                      f"layer at {cfg.resolution} px (every layer can still use new "
