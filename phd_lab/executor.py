@@ -94,7 +94,8 @@ class TrainTestExecutor:
         self._truncation: tuple[int, str] | None = None  # what ``truncate`` did, said in the run's log once it is open
         self._output_layer_note: str | None = None  # which layer linear_init drew, where module order misleads
         # the layer ``truncate`` cut before (None: no border, not cut), logged in _meta: where 'border' cuts depends
-        # on the receptive-field code, so a rerun under a later version names a cut that moved
+        # on the receptive-field code, so a rerun under a later version names a cut that moved; a cut asked for
+        # inside a residual block goes before the block, which it names, and truncate_named the layer asked for
         self._cut_meta: dict[str, str | None] = {}
 
     # ------------------------------------------------------------------ validation
@@ -194,9 +195,9 @@ class TrainTestExecutor:
         trained = trained_meta_model(cfg, model, shared, key)  # the layers named as the run names them
         check_tracked_layers(cfg, trained)
         cut = (json.dumps(cfg.model_args.get("truncate")), cfg.resolution if trained is not model else None)
-        for step, params in self.steps:
-            once(lambda: step.check_model(params, trained, cfg.source), "step", step.name,
-                 json.dumps(params, sort_keys=True, default=str), *cut)
+        for step, params in self.steps:  # at the run's resolution (extract's forward pass)
+            once(lambda: step.check_model(params, trained, cfg.source, resolution=cfg.resolution), "step", step.name,
+                 json.dumps(params, sort_keys=True, default=str), cfg.resolution, *cut)
         self._check_optimizer(model)
 
     def _check_optimizer(self, model: nn.Module) -> None:
@@ -248,8 +249,15 @@ class TrainTestExecutor:
             if layer is not None:
                 model = truncate_model(model, layer, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                                        input_resolution=cfg.resolution)
-                self._truncation = (logging.INFO, f"model_args truncate {truncate!r}: the model is cut before {layer} "
-                                                  f"and ends in global average pooling + a linear classifier.")
+                self._cut_meta = {"truncated_before": model.cut_before}
+                said = (f"model_args truncate {truncate!r}: the model is cut before {model.cut_before} and ends in "
+                        f"global average pooling + a linear classifier.")
+                if model.moved is not None:  # a layer inside a residual block: the cut goes before the block
+                    self._cut_meta["truncate_named"] = layer  # what an earlier version logged as truncated_before
+                    named = f"{layer} as named" if layer == truncate else \
+                        f"{layer} (its {truncate} layer at {cfg.resolution} px)"
+                    said += f" The cut is before {model.cut_before}, not before {named}: {model.moved}."
+                self._truncation = (logging.INFO, said)
             else:  # the full model trains in a folder named after truncate: its log must say so
                 self._truncation = (logging.WARNING, f"model_args truncate {truncate!r}: {cfg.model} has no border "
                                                      f"layer at {cfg.resolution} px (every layer can still use new "

@@ -187,18 +187,91 @@ def _channels_last_linears(model: nn.Module, names: list[str], forward: Callable
     return found
 
 
-def meta_channels_last_linears(model: nn.Module, names: list[str], resolution: int) -> list[str] | None:
-    """``_channels_last_linears`` of a model built on the meta device, by a forward pass of a placeholder image
-    there (no weights, no data: what ``--dry-run`` can afford); RGB first, then grey, two and four channels for a
-    model that ignores its factory's ``in_channels``. None where the model runs on none of them there."""
+def _on_meta(model: nn.Module, resolution: int, look: Callable[[Callable[[dict[str, Any]], None]], Any]) -> Any:
+    """What ``look(forward)`` returns, ``forward(hooks)`` making one forward pass of a placeholder image on the meta
+    device with the hooks in place (no weights, no data: what ``--dry-run`` can afford); RGB first, then grey, two
+    and four channels for a model that ignores its factory's ``in_channels``. None where the model runs on none of
+    them there."""
     for channels in (3, 1, 2, 4):
         inputs = torch.empty(1, channels, resolution, resolution, device="meta")
         try:
-            return _channels_last_linears(model, names, lambda hooks: _forward_hooked(model, hooks, inputs))
+            return look(lambda hooks: _forward_hooked(model, hooks, inputs))
         except Exception as error:  # noqa: BLE001 - the meta device or these channels: the next ones, or None
             raise_interruption_behind(error)
             log.debug("Meta forward pass on %d channels failed (%s: %s)", channels, type(error).__name__, error)
     return None
+
+
+def meta_channels_last_linears(model: nn.Module, names: list[str], resolution: int) -> list[str] | None:
+    """``_channels_last_linears`` of a model built on the meta device (``_on_meta``); None where the model runs on
+    none of the placeholder images there."""
+    return _on_meta(model, resolution, lambda forward: _channels_last_linears(model, names, forward))
+
+
+def check_layer_outputs(model: nn.Module, names: list[str], patterns: list[str] | None, resolution: int) -> None:
+    """Refuse, before training, the layers ``select_layers`` chose (``names``, for the step's ``layers``
+    ``patterns``) that the extraction would stop at after it: a layer named exactly that the forward pass calls more
+    than once (a shared module: which output?) or never, and a chosen layer whose output holds no tensor to extract
+    (``layer_tensor``); a ConfigError names every one and why. Also where the default or the wildcards leave no
+    layer that runs exactly once. One eval-mode forward pass of the model built on the meta device (``_on_meta``)
+    tells it; a model that runs on none of its placeholder images there is left to the extraction."""
+    outputs: dict[str, list[torch.Tensor | str]] = {}
+
+    def recorder(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, _args: Any, output: Any) -> None:
+            outputs[name].append(layer_tensor(module, output))
+        return record
+
+    def look(forward: Callable[[dict[str, Any]], None]) -> bool:
+        outputs.clear()  # a pass on other channels before this one may have called some layers
+        outputs.update({name: [] for name in names})
+        forward({name: recorder(name) for name in names})
+        return True
+
+    if not _on_meta(model, resolution, look):
+        return
+    exact = set(patterns or ())
+    problems = []
+    for name in names:
+        calls = outputs[name]
+        if name in exact and len(calls) > 1:
+            problems.append(f"{name!r} runs {len(calls)} times per forward pass (a module used more than once has "
+                            f"no single output)")
+        elif name in exact and not calls:
+            problems.append(f"{name!r} is not called in the forward pass")
+        elif len(calls) == 1 and isinstance(calls[0], str):
+            pattern = next((p for p in patterns or () if fnmatch.fnmatchcase(name, p)), None)
+            matched = "" if name in exact or pattern is None else f" (matched by {pattern!r})"
+            problems.append(f"{name!r}{matched} returns {calls[0]}")
+    if problems:
+        raise ConfigError(f"Step 'extract': 'layers' names {'a layer' if len(problems) == 1 else 'layers'} the step "
+                          f"cannot extract: {'; '.join(problems)}. Leave {'it' if len(problems) == 1 else 'them'} "
+                          f"out of 'layers' (choose modules that run once per forward pass and return a tensor; a "
+                          f"wildcard leaves out those that run more or less than once), or give null for every "
+                          f"Conv2d and Linear.")
+    if not any(len(outputs[name]) == 1 for name in names):
+        chosen = (f"Conv2d or Linear layer of {type(model).__qualname__}" if patterns is None
+                  else f"layer that {patterns} match")
+        raise ConfigError(f"Step 'extract': no {chosen} runs exactly once per forward pass; name the layers to "
+                          f"extract in 'layers'.")
+
+
+def layer_tensor(module: nn.Module, output: Any) -> torch.Tensor | str:
+    """What the step extracts of a layer's ``output``, a (batch, ...) tensor: the output itself, or for a recurrent
+    layer (nn.LSTM, nn.GRU, nn.RNN), which returns (sequence, state), its output sequence, as the saturation
+    tracker reads it, batch first (its features: every time step's outputs). A str says why there is none."""
+    if isinstance(module, nn.RNNBase) and isinstance(output, tuple) and output:
+        sequence = output[0]
+        if isinstance(sequence, nn.utils.rnn.PackedSequence):
+            return ("a PackedSequence as its output sequence (sequences of several lengths: no fixed number of "
+                    "features per sample)")
+        if isinstance(sequence, torch.Tensor) and sequence.dim() == 3:
+            return sequence if module.batch_first else sequence.transpose(0, 1)
+        if isinstance(sequence, torch.Tensor):
+            return f"an unbatched output sequence of shape {tuple(sequence.shape)} (no sample axis)"
+    if isinstance(output, torch.Tensor):
+        return output
+    return f"a {type(output).__name__}, not a tensor"
 
 
 def _settings_to_reuse(previous: dict[str, Any] | None, settings: dict[str, Any], model: nn.Module,
@@ -263,10 +336,11 @@ class _Capture:
         self.downsampling, self.dtype, self.method = downsampling, dtype, method
 
     def _hook(self, name: str, channels_last: bool):
-        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-            if not isinstance(output, torch.Tensor):
-                raise ExtractionError(f"Step 'extract': the output of layer {name!r} is a "
-                                      f"{type(output).__name__}, not a tensor; choose other layers.")
+        def hook(module: nn.Module, _args: Any, output: Any) -> None:
+            output = layer_tensor(module, output)  # an LSTM's output sequence
+            if isinstance(output, str):  # refused before training where the model runs on the meta device
+                raise ExtractionError(f"Step 'extract': the output of layer {name!r} is {output}; choose other "
+                                      f"layers.")
             if name in self.outputs:
                 raise ExtractionError(f"Step 'extract': layer {name!r} runs more than once per forward pass, so its "
                                       f"output is ambiguous; choose other layers.")
@@ -338,7 +412,8 @@ def _row_bytes_per_set(model: nn.Module, names: list[str], loader: DataLoader, d
     outputs: dict[str, torch.Tensor] = {}
 
     def keep(name: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+        def hook(module: nn.Module, _args: Any, output: Any) -> None:
+            output = layer_tensor(module, output)
             if isinstance(output, torch.Tensor):
                 outputs[name] = output.detach().clone()
         return hook

@@ -62,9 +62,12 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
                 if old.get(file) != new.get(file):
                     found.append(f"the code of {file} beside the {kind} registry file, which it imports "
                                  f"({_helper_state(old.get(file))}, now {_helper_state(new.get(file))})")
-    # where truncate ('border') cut the model: found by the receptive-field code, which a later version may change
+    # where truncate ('border') cut the model: found by the receptive-field code, which a later version may change.
+    # A cut asked for inside a residual block goes before the block, which truncated_before names, and the layer
+    # named, truncate_named now, which earlier versions logged as truncated_before: the same cut
     old_cut, new_cut = logged.get("truncated_before", _ABSENT), now.get("truncated_before", _ABSENT)
-    if old_cut is not _ABSENT and new_cut is not _ABSENT and old_cut != new_cut:
+    same_cut = (new_cut, now.get("truncate_named", _ABSENT))
+    if old_cut is not _ABSENT and new_cut is not _ABSENT and old_cut not in same_cut:
         found.append(f"the layer model_args truncate cuts the model before: {_cut(old_cut)} (now {_cut(new_cut)})")
     # the same commit with other uncommitted changes (an older _meta lacks the key: not compared)
     old_diff, new_diff = logged.get("git_diff_sha256", _ABSENT), now.get("git_diff_sha256")

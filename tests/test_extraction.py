@@ -859,3 +859,38 @@ def test_a_run_folder_moved_after_its_extraction_into_a_linked_folder_was_killed
     again = extract_latents(build_model(), data, new_run / "latents", run_dir=new_run, downsampling=2,
                             progress=False)
     assert again["run_dir"] == str(new_run.resolve()) and again["layers"] == done["layers"]
+
+
+class _RowsLSTM(nn.Module):
+    """A convolution, then an LSTM over the rows of its feature map, then a linear head on the last step."""
+
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.lstm = nn.LSTM(4, 6, batch_first=batch_first)
+        self.head = nn.Linear(6, 10)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.conv(x).mean(3).transpose(1, 2)  # (batch, height, channels)
+        return rows if self.lstm.batch_first else rows.transpose(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sequence, _ = self.lstm(self.rows(x))
+        return self.head(sequence[:, -1] if self.lstm.batch_first else sequence[-1])
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_an_lstm_is_extracted_by_its_output_sequence(tmp_path, data, batch_first):
+    """An nn.LSTM returns (sequence, (h, c)): the step stopped after training with "the output of layer 'lstm' is a
+    tuple, not a tensor". It extracts the output sequence, as the saturation tracker tracks it, one row per sample
+    (every time step's outputs) whichever axis the LSTM takes its batch on."""
+    torch.manual_seed(0)
+    model = _RowsLSTM(batch_first).eval()
+    manifest = extract_latents(model, data, tmp_path, run_dir=tmp_path, layers=["lstm"], downsampling=None,
+                               progress=False)
+    images = data["train"].dataset.tensors[0]
+    assert [(entry["name"], entry["shape"]) for entry in manifest["layers"]] == [("lstm", [len(images), 8 * 6])]
+    with torch.no_grad():
+        sequence, _ = model.lstm(model.rows(images))
+    expected = (sequence if batch_first else sequence.transpose(0, 1)).flatten(1)
+    np.testing.assert_allclose(np.load(tmp_path / "train-lstm.npy"), expected.numpy(), rtol=1e-5, atol=1e-6)

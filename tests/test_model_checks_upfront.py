@@ -409,3 +409,59 @@ def test_a_dataset_error_raised_from_a_ctrl_c_stops_the_grid(tmp_path, capsys):
     code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
     assert code == 130, err
     assert "interrupted" in err and "could not be read" not in err
+
+
+UNEXTRACTABLE_LAYERS = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    """A ReLU module used twice, an attention block (it returns a tuple), a layer never called and an LSTM."""
+
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(in_channels, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.attention = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.unused = nn.Linear(4, 4)
+        self.lstm = nn.LSTM(4, 6, batch_first=True)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        rows = self.relu(self.conv2(self.relu(self.conv1(x)))).mean(3).transpose(1, 2)
+        rows = rows + self.attention(rows, rows, rows)[0]
+        return self.fc(self.lstm(rows)[0][:, -1])
+
+
+def net(*, num_classes, in_channels=3):
+    return Net(num_classes, in_channels)
+'''
+
+
+@pytest.mark.parametrize(("layers", "expected"), [
+    (["conv1", "relu", "attention", "unused", "lstm"],
+     "Step 'extract': 'layers' names layers the step cannot extract: 'relu' runs 2 times per forward pass (a module "
+     "used more than once has no single output); 'attention' returns a tuple, not a tensor; 'unused' is not called in "
+     "the forward pass. Leave them out of 'layers'"),
+    (["conv*", "att*"], "Step 'extract': 'layers' names a layer the step cannot extract: 'attention' (matched by "
+                        "'att*') returns a tuple, not a tensor. Leave it out of 'layers'"),
+    (["rel*"], "Step 'extract': no layer that ['rel*'] match runs exactly once per forward pass; name the layers to "
+               "extract in 'layers'."),
+])
+def test_extract_layers_the_step_cannot_extract_are_refused_before_training(tmp_path, capsys, layers, expected):
+    """A layer the forward pass runs twice, one that returns a tuple or is never called stopped the extract step
+    after training (exit 1), one layer per attempt; a forward pass on the meta device finds them all up front."""
+    (tmp_path / "my_models.py").write_text(UNEXTRACTABLE_LAYERS)
+    config = write_config(tmp_path, model="net", model_args={}, registries={"models": "my_models.py"},
+                          track_saturation=False, post_processing=[{"name": "extract", "layers": layers}])
+    message = refused(capsys, tmp_path, config)
+    assert f"{config} (run 0): {expected}" in message, message
+
+
+def test_extract_layers_that_run_once_and_an_lstm_pass_the_checks(tmp_path, capsys):
+    (tmp_path / "my_models.py").write_text(UNEXTRACTABLE_LAYERS)
+    config = write_config(tmp_path, model="net", model_args={}, registries={"models": "my_models.py"},
+                          track_saturation=False, post_processing=[{"name": "extract", "layers": ["conv*", "lstm"]}])
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
+    assert code == 0, err

@@ -383,3 +383,130 @@ def test_a_ctrl_c_while_the_kept_part_runs_stops_the_cut(resolution):
     if resolution == 16:  # the check runs the traced model at both resolutions too
         with pytest.raises(KeyboardInterrupt):
             check_cut(model, "3", in_channels=1, resolution=8)
+
+
+RESIDUAL_MODELS = '''
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """conv1/bn1/conv2/bn2 and a skip: the identity, or a 1x1 conv shortcut where the shape changes."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(out + self.shortcut(x))
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(in_channels, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.layer1, self.layer2 = BasicBlock(8, 8), BasicBlock(8, 16, 2)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        out = self.layer2(self.layer1(torch.relu(self.bn1(self.conv1(x)))))
+        return self.fc(out.mean((2, 3)))
+
+
+def net(*, num_classes, in_channels=3):
+    return Net(num_classes, in_channels)
+'''
+
+
+def _residual_net() -> nn.Module:
+    """A ResNet-like model whose ``layer1`` is a BasicBlock with an identity skip, ``layer2`` one with a conv
+    shortcut."""
+    namespace: dict = {}
+    exec(RESIDUAL_MODELS, namespace)  # noqa: S102 - the registry file of the run below, as a module here
+    torch.manual_seed(0)
+    return namespace["net"](num_classes=10, in_channels=3)
+
+
+@pytest.mark.parametrize(("named", "block", "kept_last"), [("layer1.conv2", "layer1", "bn1"),
+                                                           ("layer1.bn2", "layer1", "bn1"),
+                                                           ("layer2.shortcut.0", "layer2", "layer1.bn2")])
+def test_a_cut_inside_a_residual_block_names_the_block_it_goes_before(named, block, kept_last):
+    """``truncate: "layer1.conv2"`` kept the stem alone (layer1.conv1 and bn1 went too) while the run's log said
+    "the model is cut before layer1.conv2" and its config logged truncated_before "layer1.conv2"; a shortcut's conv
+    took the whole block's other path with it. The cut model names the block the cut is before, and why."""
+    model = _residual_net()
+    cut = truncate_model(model, named, num_classes=10, in_channels=3, input_resolution=16)
+    assert [name for name, _ in cut.body.named_modules() if name][-1] == kept_last
+    assert (cut.cut_before, cut.named) == (block, named)
+    assert cut.moved == (f"{named} lies inside a block with more than one path from its input (a residual connection "
+                         f"or parallel branches), and a cut must lie on every path, so the whole block goes")
+    again = truncate_model(model, block, num_classes=10, in_channels=3, input_resolution=16)  # the same cut
+    assert again.moved is None and again.cut_before == block
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(cut.body(x), again.body(x))
+
+
+@pytest.mark.parametrize("named", ["layer1", "layer1.conv1", "layer2.conv1", "bn1"])
+def test_a_cut_right_before_the_layer_named_keeps_its_name(named):
+    cut = truncate_model(_residual_net(), named, num_classes=10, in_channels=3, input_resolution=16)
+    assert (cut.cut_before, cut.named, cut.moved) == (named, named, None)
+
+
+def test_the_layers_offered_for_a_residual_model_are_those_cut_where_named():
+    """The refusal offered layer1.conv2 and the shortcut's layers as places to cut, which cut elsewhere."""
+    with pytest.raises(ConfigError) as error:
+        check_cut(_residual_net(), "fc", in_channels=3, resolution=16)
+    message = " ".join(str(error.value).split())
+    assert message.endswith("Layers it can be truncated at (the kept part returns a feature map; the layers inside a "
+                            "residual or multipath block are left out, as a cut there goes before the whole block): "
+                            "bn1, layer1.conv1, layer2.conv1.")
+
+
+def test_the_run_log_and_logged_config_name_the_block_a_cut_inside_it_goes_before(tmp_path, capsys):
+    """The log said "the model is cut before layer1.conv2" and _meta logged truncated_before "layer1.conv2" for a
+    model cut before layer1. A config logged so (as before) reruns without a warning of a cut that moved."""
+    (tmp_path / "my_models.py").write_text(RESIDUAL_MODELS)
+    config = write_config(tmp_path, model="net", model_args={"truncate": "layer1.conv2"},
+                          registries={"models": "my_models.py"}, epoch=1, cpu_threads=1, track_saturation=False,
+                          post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    log_text = " ".join(next(folder.glob("*.log")).read_text().split())
+    assert ("model_args truncate 'layer1.conv2': the model is cut before layer1 and ends in global average pooling + "
+            "a linear classifier. The cut is before layer1, not before layer1.conv2 as named: layer1.conv2 lies inside "
+            "a block with more than one path from its input (a residual connection or parallel branches), and a cut "
+            "must lie on every path, so the whole block goes.") in log_text
+    assert "cut before layer1.conv2" not in log_text
+    import json
+    logged_path = next(folder.glob("*_config.json"))
+    logged = json.loads(logged_path.read_text())
+    assert (logged["_meta"]["truncated_before"], logged["_meta"]["truncate_named"]) == ("layer1", "layer1.conv2")
+    logged["_meta"]["truncated_before"] = "layer1.conv2"  # as the versions before logged it
+    del logged["_meta"]["truncate_named"]
+    logged_path.write_text(json.dumps(logged))
+    assert main_cli(["--config", str(logged_path), "--run-id", "again", "--no-progress", "-q"]) == 0
+    [again] = [f for f in run_folders(tmp_path / "logs") if f != folder]
+    assert "cuts the model before" not in next(again.glob("*.log")).read_text()
+    assert "cuts the model before" not in capsys.readouterr().err
+
+
+def test_a_border_inside_a_residual_block_is_named_beside_the_block_the_cut_goes_before(tmp_path):
+    """At 8 px the residual model's b_max is layer2.conv2, inside a block: the log names both, and why."""
+    (tmp_path / "my_models.py").write_text(RESIDUAL_MODELS)
+    config = write_config(tmp_path, model="net", model_args={"truncate": "border_max"}, resolution=8,
+                          registries={"models": "my_models.py"}, epoch=1, cpu_threads=1, track_saturation=False,
+                          post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    log_text = " ".join(next(folder.glob("*.log")).read_text().split())
+    assert ("model_args truncate 'border_max': the model is cut before layer2 and ends in global average pooling + a "
+            "linear classifier. The cut is before layer2, not before layer2.conv2 (its border_max layer at 8 px): "
+            "layer2.conv2 lies inside a block") in log_text
+    import json
+    meta = json.loads(next(folder.glob("*_config.json")).read_text())["_meta"]
+    assert (meta["truncated_before"], meta["truncate_named"]) == ("layer2", "layer2.conv2")

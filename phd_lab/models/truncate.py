@@ -4,12 +4,13 @@
 as the thesis removes "all layers of the tail (including the border layer)". The cut is made
 on the torch.fx graph at the last tensor before that layer through which every path from
 the input passes, so a residual or multipath block is never cut in half: cutting at a conv
-inside a block removes the whole block. Weights of the kept layers are shared with the
-original model, so a trained model can be truncated too. A container module (ResNet's
-``layer3``) is cut before the first of its layers. ``"border"`` cuts at the border layer b_min
-of the run's resolution (the first Conv2d from which on every Conv2d of the main sequence has a
-previous layer whose smallest receptive field exceeds the resolution, thesis §10.2:
-``prev_r_min`` in receptive_field.py), ``"border_max"`` at b_max.
+inside a block removes the whole block, and the cut model names the layer the cut is really before
+(``cut_before``: the block, where the named layer lies inside one) and why it moved (``moved``).
+Weights of the kept layers are shared with the original model, so a trained model can be truncated
+too. A container module (ResNet's ``layer3``) is cut before the first of its layers. ``"border"``
+cuts at the border layer b_min of the run's resolution (the first Conv2d from which on every Conv2d
+of the main sequence has a previous layer whose smallest receptive field exceeds the resolution,
+thesis §10.2: ``prev_r_min`` in receptive_field.py), ``"border_max"`` at b_max.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import copy
 import itertools
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from phd_lab.analysis.call_names import split_call_name
+from phd_lab.analysis.call_names import call_name, split_call_name
 from phd_lab.analysis.rf_propagation import forward_defaults
 from phd_lab.errors import ConfigError
 from phd_lab.interrupts import raise_interruption_behind
@@ -37,12 +39,15 @@ BORDER_CHOICES = ("border", "border_max")
 class TruncatedModel(nn.Module):
     """The kept part of a model, global average pooling and a new linear classifier."""
 
-    def __init__(self, body: fx.GraphModule, channels: int, num_classes: int, cut_before: str) -> None:
+    def __init__(self, body: fx.GraphModule, channels: int, num_classes: int, cut_before: str,
+                 named: str | None = None, moved: str | None = None) -> None:
         super().__init__()
         self.body = body
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)
-        self.cut_before = cut_before
+        self.cut_before = cut_before  # the layer the cut is before: the one named, or the block it lies inside
+        self.named = cut_before if named is None else named  # the layer the cut was asked for
+        self.moved = moved  # why the cut is not before the layer named (None: it is)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.body(x)), 1))
@@ -80,12 +85,10 @@ def _on_every_path(graph: fx.Graph) -> list[fx.Node]:
     return articulation
 
 
-def _cut_node(graph: fx.Graph, layer: str, tuples: set[fx.Node] | frozenset = frozenset()) -> fx.Node:
-    """The node to cut after so that ``layer`` and everything after it go. A container (ResNet's ``layer3``),
-    which torch.fx traces through, is cut before the first of its modules the forward pass calls; ``name:k``
-    (as the receptive-field table names a module's later calls) before the k-th call of ``name``. ``tuples``:
-    nodes known to return no tensor (ShuffleNetV2's ``x.chunk(2, dim=1)``, on every path of its block), never a
-    cut: the cut moves before them (the whole block goes)."""
+def _first_call(graph: fx.Graph, layer: str) -> fx.Node:
+    """The first call of ``layer`` in the forward pass: of the module itself, or of the first module inside a
+    container (ResNet's ``layer3``, which torch.fx traces through); ``name:k`` (as the receptive-field table names
+    a module's later calls) the k-th call of ``name``."""
     calls = [n for n in graph.nodes
              if n.op == "call_module" and (n.target == layer or str(n.target).startswith(f"{layer}."))]
     name, call = split_call_name(layer)
@@ -95,18 +98,89 @@ def _cut_node(graph: fx.Graph, layer: str, tuples: set[fx.Node] | frozenset = fr
         names = sorted({str(n.target) for n in graph.nodes if n.op == "call_module"})
         raise ConfigError(f"Cannot truncate at {layer!r}: the model calls no module of that name. Modules: "
                           f"{', '.join(names[:40])}{' ...' if len(names) > 40 else ''}.")
-    first = calls[0]
+    return calls[0]
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    """Every node whose output ``node``'s inputs are computed from."""
     ancestors: set[fx.Node] = set()
-    stack = list(first.all_input_nodes)
+    stack = list(node.all_input_nodes)
     while stack:
-        node = stack.pop()
-        if node not in ancestors:
-            ancestors.add(node)
-            stack.extend(node.all_input_nodes)
+        current = stack.pop()
+        if current not in ancestors:
+            ancestors.add(current)
+            stack.extend(current.all_input_nodes)
+    return ancestors
+
+
+def _cut_node(graph: fx.Graph, layer: str, tuples: set[fx.Node] | frozenset = frozenset()) -> fx.Node:
+    """The node to cut after so that ``layer`` and everything after it go. A container (ResNet's ``layer3``),
+    which torch.fx traces through, is cut before the first of its modules the forward pass calls; ``name:k``
+    (as the receptive-field table names a module's later calls) before the k-th call of ``name``. ``tuples``:
+    nodes known to return no tensor (ShuffleNetV2's ``x.chunk(2, dim=1)``, on every path of its block), never a
+    cut: the cut moves before them (the whole block goes)."""
+    ancestors = _ancestors(_first_call(graph, layer))
     candidates = [n for n in _on_every_path(graph) if n in ancestors and n not in tuples]
     if not candidates or candidates[-1].op == "placeholder":
         raise ConfigError(f"Cannot truncate at {layer!r}: nothing before it would remain.")
     return candidates[-1]
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    """Where a cut asked for before ``layer`` is made: after ``node``, before the layer ``before``, which is
+    ``layer`` itself unless the cut had to move before a layer that leads to it (``moved`` says why)."""
+
+    node: fx.Node
+    before: str
+    moved: str | None
+
+
+def _removed_on_the_way(graph: fx.Graph, cut: fx.Node, layer: str) -> list[fx.Node]:
+    """The module calls the cut before ``layer`` removes that the forward pass makes before ``layer``'s first
+    call, in forward order: those after ``cut`` that lead to ``layer`` (the conv before it in a residual block)
+    and those on another path from ``cut`` (the block's other branch, a shortcut's conv named). None where the
+    kept part ends right before ``layer`` (functions such as a flatten between them at most)."""
+    nodes = list(graph.nodes)
+    position = {node: i for i, node in enumerate(nodes)}
+    first = position[_first_call(graph, layer)]
+    downstream = {cut}
+    for node in nodes[position[cut] + 1:first]:
+        if any(arg in downstream for arg in node.all_input_nodes):
+            downstream.add(node)
+    return [node for node in nodes[position[cut] + 1:first] if node.op == "call_module" and node in downstream]
+
+
+def _layer_name(graph: fx.Graph, node: fx.Node) -> str:
+    """The name ``truncate`` takes for the module call ``node``: the outermost container whose first call it is
+    (ResNet's block ``layer3.0``, or ``layer3``), else its module, ``name:k`` for a later call of a module."""
+    calls = [n for n in graph.nodes if n.op == "call_module"]
+    target = str(node.target)
+    count = [n for n in calls if n.target == node.target].index(node) + 1
+    if count > 1:
+        return call_name(target, count)
+    parts = target.split(".")
+    for end in range(1, len(parts)):
+        container = ".".join(parts[:end])
+        if next(n for n in calls if n.target == container or str(n.target).startswith(f"{container}.")) is node:
+            return container
+    return target
+
+
+def _cut_point(graph: fx.Graph, layer: str, tuples: set[fx.Node] | frozenset = frozenset()) -> CutPoint:
+    """``_cut_node`` and the layer the cut is before: ``layer``, or where a layer inside a residual or multipath
+    block (or after a split into a tuple) moved it, with the reason."""
+    cut = _cut_node(graph, layer, tuples)
+    removed = _removed_on_the_way(graph, cut, layer)
+    if not removed:
+        return CutPoint(cut, layer, None)
+    if tuples and not _removed_on_the_way(graph, _cut_node(graph, layer), layer):
+        why = (f"the last tensor every path passes before {layer} is split into several (as x.chunk does), which "
+               f"the new head cannot take, so the cut goes before the split and the block it feeds")
+    else:
+        why = (f"{layer} lies inside a block with more than one path from its input (a residual connection or "
+               f"parallel branches), and a cut must lie on every path, so the whole block goes")
+    return CutPoint(cut, _layer_name(graph, removed[0]), why)
 
 
 def _output_shapes(traced: fx.GraphModule, in_channels: int, resolution: int,
@@ -168,19 +242,24 @@ def check_cut(model: nn.Module, layer: str, *, in_channels: int, resolution: int
     if why is None:
         return
     layers: list[str] = []
+    inside = False  # a layer whose cut moves before its block is left out (the block's first layer is offered)
     for node in graph.nodes:
         if node.op != "call_module" or node.target in layers:
             continue
         try:
-            cut = _cut_node(graph, str(node.target), tuples)
+            point = _cut_point(graph, str(node.target), tuples)
         except ConfigError:
             continue
-        if cut in shapes and problem(cut) is None:
-            layers.append(str(node.target))
+        if point.node in shapes and problem(point.node) is None:
+            if point.moved is None:
+                layers.append(str(node.target))
+            inside = inside or point.moved is not None
     shown = ", ".join(layers[:12]) + (f" ... ({len(layers)} in all, the last {layers[-1]})" if len(layers) > 12 else "")
+    left_out = ("; the layers inside a residual or multipath block are left out, as a cut there goes before the "
+                "whole block") if inside else ""
     raise ConfigError(f"Cannot truncate at {layer!r}: the part kept before it returns {why}, not a (N, C, H, W) "
                       f"feature map for the new pooling head. Layers it can be truncated at (the kept part returns a "
-                      f"feature map): {shown or 'none'}.")
+                      f"feature map{left_out}): {shown or 'none'}.")
 
 
 def truncate_model(model: nn.Module, layer: str, *, num_classes: int, in_channels: int,
@@ -196,7 +275,8 @@ def truncate_model(model: nn.Module, layer: str, *, num_classes: int, in_channel
     _cut_node(graph, layer)  # no such module, nothing before it: said before the model runs
     tuples: set[fx.Node] = set()
     _output_shapes(traced, in_channels, input_resolution, tuples)
-    cut = _cut_node(graph, layer, tuples)
+    point = _cut_point(graph, layer, tuples)
+    cut = point.node
     kept = fx.Graph()
     mapping: dict[fx.Node, fx.Node] = {}
     for node in graph.nodes:
@@ -211,8 +291,9 @@ def truncate_model(model: nn.Module, layer: str, *, num_classes: int, in_channel
     body.delete_all_unused_submodules()
     body.recompile()
     channels = _output_channels(body, in_channels, input_resolution)
-    log.debug("Truncated %s before %s (kept up to %s, %d channels).", type(model).__name__, layer, cut.name, channels)
-    truncated = TruncatedModel(body, channels, num_classes, cut_before=layer)
+    log.debug("Truncated %s before %s (asked before %s; kept up to %s, %d channels).", type(model).__name__,
+              point.before, layer, cut.name, channels)
+    truncated = TruncatedModel(body, channels, num_classes, cut_before=point.before, named=layer, moved=point.moved)
     device, dtype = _placement(body)
     truncated.classifier.to(device=device, dtype=dtype)  # the new head beside the kept layers (a trained model's GPU)
     return truncated

@@ -130,9 +130,11 @@ class Step:
     def check(self, params: dict[str, Any], config: RunConfig, where: str) -> None:
         """Cross-parameter checks of a step (override when needed)."""
 
-    def check_model(self, params: dict[str, Any], model: "nn.Module", where: str) -> None:
+    def check_model(self, params: dict[str, Any], model: "nn.Module", where: str,
+                    resolution: int | None = None) -> None:
         """Checks against the run's model, before training (built on the meta device: names and
-        structure only, no values); override when the parameters name parts of the model."""
+        structure only, no values, and forward passes of placeholder images of the run's ``resolution``);
+        override when the parameters name parts of the model."""
 
     def run(self, ctx: StepContext, **params: Any) -> None:
         raise NotImplementedError

@@ -29,7 +29,8 @@ class ExtractStep(Step):
         Key("layers", "list", None, "module names or shell wildcards to extract, matched against the qualified "
             "name of every module of any type ('*' crosses dots): 'features.*' of vgg11 picks its 8 Conv2d, 8 "
             "BatchNorm2d, 8 ReLU and 5 MaxPool2d (29 latents sets); a wildcard leaves out the modules a forward "
-            "pass calls more or less than once; null = every Conv2d and Linear called once per forward pass",
+            "pass calls more or less than once; an LSTM gives its output sequence; null = every Conv2d and Linear "
+            "called once per forward pass",
             nullable=True, item_kind="str"),
         Key("sizes", "list", None, "further latents sets from the same model (§8.3's probe ablation): maximum "
             "feature-map sides (integers ≥ 1; null for whole maps, \"pixelwise\"), each × 'methods' into "
@@ -51,11 +52,16 @@ class ExtractStep(Step):
         from phd_lab.latents_sets import check_sets
         check_sets(params["sizes"], params["methods"], f"{where}, step 'extract'")
 
-    def check_model(self, params: dict[str, Any], model: Any, where: str) -> None:
+    def check_model(self, params: dict[str, Any], model: Any, where: str, resolution: int | None = None) -> None:
+        """Before training rather than after it: patterns that match nothing, a model without a default layer,
+        layers whose files would collide, and (with ``resolution``: a forward pass on the meta device) layers that
+        run more than once or never, or return no tensor (``check_layer_outputs``)."""
         from phd_lab.errors import ConfigError
-        from phd_lab.extraction import select_layers
-        try:  # before training rather than after it: patterns that match nothing, a model without a default layer,
-            select_layers(model, params["layers"])  # and layers whose files would collide
+        from phd_lab.extraction import check_layer_outputs, select_layers
+        try:
+            names = select_layers(model, params["layers"])
+            if resolution is not None:
+                check_layer_outputs(model, names, params["layers"], resolution)
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}") from None
 

@@ -46,7 +46,7 @@ class Project(Step):
                               f"in (0, 1]; got {deltas if not bad else bad}.")
         params["deltas"] = sorted({float(d) for d in deltas})
 
-    def check_model(self, params: dict[str, Any], model: Any, where: str) -> None:
+    def check_model(self, params: dict[str, Any], model: Any, where: str, resolution: int | None = None) -> None:
         import fnmatch
 
         from phd_lab.tracking.pca import projectable_layers

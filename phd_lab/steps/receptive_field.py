@@ -24,7 +24,7 @@ class ReceptiveFieldStep(Step):
     def outputs(self, rundir: RunDir) -> tuple[Path, ...]:
         return rundir.receptive_field_csv, rundir.receptive_field_plot
 
-    def check_model(self, params: dict[str, Any], model: Any, where: str) -> None:
+    def check_model(self, params: dict[str, Any], model: Any, where: str, resolution: int | None = None) -> None:
         """A model the analysis cannot reason about (an op it does not know, untraceable by torch.fx)
         is refused before training, not after it: the other steps would not run either. The
         structure alone decides, so the meta model at any resolution will do."""
