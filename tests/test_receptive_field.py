@@ -135,6 +135,55 @@ def test_strided_slice_shortcut_is_a_stride(index):
         receptive_fields(OneAxis(), 32)
 
 
+def test_a_strided_slice_that_starts_off_the_first_row_alone_is_a_stride_and_its_merges_join_windows():
+    """x[..., 1::2, 1::2] alone reads every other pixel as x[..., ::2, ::2] does (b: 3 + 2·2 = 7); beside a slice
+    that starts elsewhere, the union of their windows counts (a's 3×3 windows one row and column apart: 4; b:
+    4 + 2·2 = 8). The concatenation took the larger of the two, 3, and b got 7."""
+    assert table(two_convs(lambda self, x: self.b(self.a(x)[..., 1::2, 1::2])))["b"] == (3, 3, 7, 7, 2)
+    joined = two_convs(lambda self, x: self.b((lambda y: y[..., ::2, ::2] + y[..., 1::2, 1::2])(self.a(x))))
+    assert table(joined)["b"] == (4, 4, 8, 8, 2)
+
+
+class Misaligned(nn.Module):
+    """Strided slices joined where the analysis cannot tell the union of their windows: ``case`` says how."""
+
+    def __init__(self, case: str) -> None:
+        super().__init__()
+        self.case = case
+        self.a, self.b = conv(3), conv(3, c=4)
+
+    def forward(self, x):
+        x = self.a(x)
+        if self.case == "taller_than_wide":  # rows 0 and 1, column 0 only: 2 pixels tall, 1 wide
+            joined = torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2]], 1)
+        elif self.case == "sizes_from_two_layers":  # a 3×3 conv's windows beside pixels: the padding decides
+            joined = torch.cat([self.a(x)[..., ::2, ::2], x[..., 1::2, 1::2]], 1)
+        else:  # windows of 4 around rows 0 and 1 beside a 2×2 pool's, taken as centred on row 0: half a row off
+            joined = torch.cat([x[..., ::2, ::2] + x[..., 1::2, 1::2], F.avg_pool2d(x, 2)], 1)
+        return self.b(joined)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("taller_than_wide", r"module 'b' .*, which reads a feature map whose smallest windows \(jump 2\), joined from "
+                         r"strided slices that start at different rows and columns, are 4 pixels tall but 3 wide"),
+    ("sizes_from_two_layers", r"graph node 'cat'\) \(a merge of feature maps whose windows lie at different "
+                              r"places, moved by strided slices .* and differ in size: where the smaller ones lie"),
+    ("half_a_pixel", r"graph node 'cat'\) \(a merge .* known only to half a pixel"),
+])
+def test_strided_slices_whose_union_the_analysis_cannot_tell_are_refused_before_training(case, message):
+    """Refused with the operation named, in one paragraph; the step's check before training makes it a config
+    error (exit 2). The analysis used to report the larger of the windows instead."""
+    from phd_lab.errors import EXIT_USAGE, ConfigError
+    from phd_lab.steps.receptive_field import ReceptiveFieldStep
+
+    with pytest.raises(ReceptiveFieldError, match=message) as refused:
+        receptive_fields(Misaligned(case), 32)
+    assert "\n" not in str(refused.value) and "leave the 'receptive_field' step out" in str(refused.value)
+    with pytest.raises(ConfigError, match="post-processing step 'receptive_field': Receptive field: ") as error:
+        ReceptiveFieldStep().check_model({}, Misaligned(case), "config.json")
+    assert error.value.exit_code == EXIT_USAGE
+
+
 class Residual(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -4,7 +4,9 @@ The measured receptive field of one output position is the extent (last − firs
 change it. With positive weights, an all-ones input and only monotone operations (convolution, max/avg
 pooling, ReLU), raising one input pixel raises exactly the outputs whose window covers it, so nothing can
 cancel and one batched forward pass (one bumped pixel per sample) measures it. Every width is 1: a square
-window with its padding keeps a single column, which makes the probe one-dimensional and cheap.
+window with its padding keeps a single column, which makes the probe one-dimensional and cheap. Strided slices
+that start at different rows and columns (YOLOv5's Focus stem) need both: there the gradient of one output
+position tells the rows and the columns it reaches (``measured_2d``).
 """
 
 from __future__ import annotations
@@ -209,3 +211,182 @@ def test_k_stacked_3x3_convolutions_see_1_plus_2k_pixels_and_border_at_the_first
         expected = next((str(l - 1) for l in range(1, depth + 1) if 1 + 2 * (l - 1) > resolution), None)
         assert table.loc[table["b_max"], "layer"].tolist() == ([expected] if expected else [])
         assert table.loc[table["b_min"], "layer"].tolist() == ([expected] if expected else [])
+
+
+# Strided slices that start at different rows and columns, joined (YOLOv5's Focus stem): the union of their windows.
+
+def measured_2d(model: nn.Module, channels: int, size: int) -> tuple[int, int]:
+    """(rows, columns): the extent of the input pixels the gradient of the middle output position (all channels
+    summed) reaches. Positive weights, an all-ones input and monotone ops (convolution, average pooling, ReLU,
+    batch norm with positive scales) leave nothing to cancel, so the gradient is nonzero on every pixel some path
+    from that position reads."""
+    for parameter in model.parameters():
+        with torch.no_grad():
+            parameter.uniform_(0.5, 1.0)
+    model = model.double().eval()
+    image = torch.ones(1, channels, size, size, dtype=torch.float64, requires_grad=True)
+    out = model(image)
+    out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum().backward()
+    reached = torch.nonzero(image.grad[0].abs().sum(0))
+    extents = []
+    for axis in (0, 1):
+        first, last = int(reached[:, axis].min()), int(reached[:, axis].max())
+        assert 0 < first and last < size - 1, "the probe reached the border: the input is too small"
+        extents.append(last - first + 1)
+    return extents[0], extents[1]
+
+
+class Focus(nn.Module):
+    """YOLOv5's Focus stem: the four pixels of every 2×2 block side by side as channels, then convolutions."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4 * in_channels, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
+        x = self.conv2(torch.relu(self.conv(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_focus_stem_sees_the_whole_2x2_block_as_the_gradient_does():
+    """The four slices read the four pixels of a 2×2 block: together a 2×2 window of stride 2, so conv sees
+    2 + 2·2 = 6 and conv2 6 + 2·2 = 10 pixels, as the gradient says. Each slice was a 1×1 window of stride 2
+    and the concatenation took the largest: 5 and 9."""
+    model = Focus()
+    table = receptive_fields(model, 32).set_index("layer")
+    assert tuple(table.loc["conv", ["in_r_min", "in_r_max", "r_min", "r_max", "jump", "prev_r_min"]]) \
+        == (2, 2, 6, 6, 2, 2)
+    assert tuple(table.loc["conv2", ["in_r_min", "in_r_max", "r_min", "r_max", "jump"]]) == (6, 6, 10, 10, 2)
+    assert measured_2d(nn.Sequential(FocusSlices(), model.conv), 3, 32) == (6, 6)
+    assert measured_2d(nn.Sequential(FocusSlices(), model.conv, nn.ReLU(), model.conv2), 3, 32) == (10, 10)
+
+
+class FocusSlices(nn.Module):
+    """The slicing and concatenation of a Focus model alone."""
+
+    def forward(self, x):
+        return torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
+
+
+class Offsets(nn.Module):
+    """Strided slices of one map, each starting at its own (row, column), cut to ``size`` positions and joined by
+    a concatenation or a sum."""
+
+    def __init__(self, starts: list[tuple[int, int]], step: int, size: int, join: str) -> None:
+        super().__init__()
+        self.starts, self.step, self.size, self.join = starts, step, size, join
+
+    def forward(self, x):
+        end = self.step * self.size
+        parts = [x[:, :, a:a + end:self.step, b:b + end:self.step] for a, b in self.starts]
+        if self.join == "cat":
+            return torch.cat(parts, 1)
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total
+
+
+def random_offsets(rng: random.Random) -> tuple[list[tuple[int, int]], int, int]:
+    """Starts of strided slices whose rows and columns span the same distance (0 to 2·step − 1): the two corners
+    of the box they span and 0–3 other starts inside it; (starts, step, span)."""
+    step = rng.choice([2, 2, 3])
+    span = rng.randint(0, 2 * step - 1)
+    top, left = rng.randint(0, 2), rng.randint(0, 2)
+    corners = [(top, left), (top + span, left + span)] if rng.random() < 0.5 else \
+        [(top + span, left), (top, left + span)]
+    inside = [(top + rng.randint(0, span), left + rng.randint(0, span)) for _ in range(rng.randint(0, 3))]
+    starts = corners + inside
+    rng.shuffle(starts)
+    return starts, step, span
+
+
+def _monotone_layer(rng: random.Random) -> tuple[nn.Module, int, int, int]:
+    """A random convolution (any padding), average pool, ReLU or batch norm and its (kernel, stride, dilation)."""
+    kind = rng.choice(["conv", "conv", "avg", "relu", "norm"])
+    if kind in ("relu", "norm"):
+        return (nn.ReLU() if kind == "relu" else nn.BatchNorm2d(CHANNELS)), 1, 1, 1
+    kernel, stride = rng.randint(1, 4), rng.randint(1, 2)
+    if kind == "avg":
+        return nn.AvgPool2d(kernel, stride, rng.randint(0, kernel // 2)), kernel, stride, 1
+    dilation = rng.choice([1, 1, 2])
+    padding = rng.randint(0, dilation * (kernel - 1))
+    return nn.Conv2d(CHANNELS, CHANNELS, kernel, stride, padding, dilation=dilation), kernel, stride, dilation
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_offset_strided_slices_joined_by_cat_or_sum_have_the_measured_receptive_field(seed):
+    """Random layers, strided slices of their output that start at different rows and columns (the corners of
+    a square box of side span + 1), joined by a concatenation or a sum, and random layers after them: every
+    convolution's r_min and r_max are eq. (9) with the slices as one window of span + 1 and the slices' step,
+    and the extent the gradient reaches, along height and width alike."""
+    rng = random.Random(300 + seed)
+    for _ in range(4):
+        before = [_monotone_layer(rng) for _ in range(rng.randint(0, 2))]
+        starts, step, span = random_offsets(rng)
+        after = [_monotone_layer(rng) for _ in range(rng.randint(0, 2))]
+        join = rng.choice(["cat", "sum"])
+        windows = [tuple(w) for _, *w in before] + [(span + 1, step, 1), (3, 1, 1)] + [tuple(w) for _, *w in after]
+        expected = formula(windows)
+        jump = _product(s for _, s, _ in windows)
+        size = 3 * expected[-1] + 4 * jump + 8
+        # the slices' map is size / (strides before) - a bit; cut every slice to what the last start leaves
+        inner = size // _product(s for _, s, _ in windows[:len(before)]) - 2 * sum(k for k, _, _ in windows)
+        parts = len(starts) if join == "cat" else 1
+        model = nn.Sequential(nn.Conv2d(1, CHANNELS, 1), *(m for m, *_ in before),
+                              Offsets(starts, step, (inner - max(max(s) for s in starts)) // step, join),
+                              nn.Conv2d(CHANNELS * parts, CHANNELS, 3, padding=1), *(m for m, *_ in after))
+        table = receptive_fields(model, size).set_index("layer")
+        convs = [i for i, m in enumerate(model) if isinstance(m, nn.Conv2d)]
+        for position in convs:
+            r = ([1] + expected)[position]  # model[0] is a 1×1 conv: model[p] ends window p − 1
+            row = table.loc[str(position)]
+            assert row.r_min == row.r_max == r, (model, starts, position)
+            assert measured_2d(model[:position + 1], 1, size) == (r, r), (model, starts, position)
+
+
+class Sliced(nn.Module):
+    """A 3×3 convolution, ``join`` of strided slices of its output, and a 3×3 convolution ``b`` after them."""
+
+    def __init__(self, join, parts: int) -> None:
+        super().__init__()
+        self.join = join
+        self.a = nn.Conv2d(1, CHANNELS, 3, padding=1)
+        self.b = nn.Conv2d(CHANNELS * parts, CHANNELS, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(self.join(self.a(x)))
+
+
+def _s(x, row, column, step=2):
+    return x[..., row::step, column::step]
+
+
+JOINS = {  # (join, parts, b's r: a's 3 grown by the union of the slices, then 2 · the jump), at 36 px
+    # the Focus stem written as a sum, which adds two slices at a time: 2 × 1 windows, then 2 × 2
+    "pairwise_sum": (lambda y: _s(y, 0, 0) + _s(y, 1, 0) + _s(y, 0, 1) + _s(y, 1, 1), 1, 4 + 2 * 2),
+    "nested_cat": (lambda y: torch.cat([torch.cat([_s(y, 0, 0), _s(y, 1, 0)], 1),
+                                        torch.cat([_s(y, 0, 1), _s(y, 1, 1)], 1)], 1), 4, 4 + 2 * 2),
+    "diagonal_sum_after_relu": (lambda y: torch.relu(_s(y, 0, 0)) + torch.relu(_s(y, 1, 1)), 1, 4 + 2 * 2),
+    "step_3": (lambda y: sum(_s(y, a, b, 3) for a in range(3) for b in range(3)), 1, 5 + 2 * 3),
+    # one union of slices beside another slice of the same map inside it: 2 × 2 either way
+    "slice_inside_a_union": (lambda y: torch.cat([_s(y, 0, 0) + _s(y, 1, 1), _s(y, 1, 1)], 1), 2, 4 + 2 * 2),
+    # a slice of the map and one of its transpose, transposed back: rows 1 apart, then columns 1 apart
+    "across_a_transpose": (lambda y: torch.cat([_s(y, 1, 0), _s(y.transpose(2, 3), 1, 0).transpose(2, 3)], 1),
+                           2, 4 + 2 * 2),
+    "start_from_the_end": (lambda y: torch.cat([_s(y, 0, 0), _s(y, -35, -35)], 1), 2, 4 + 2 * 2),  # 36 px: row 1
+}
+
+
+@pytest.mark.parametrize("case", JOINS)
+def test_strided_slices_joined_pairwise_nested_or_across_a_transpose_have_the_measured_receptive_field(case):
+    join, parts, r = JOINS[case]
+    model = Sliced(join, parts)
+    table = receptive_fields(model, 36).set_index("layer")
+    assert (table.loc["a", "r_max"], table.loc["b", "r_min"], table.loc["b", "r_max"]) == (3, r, r)
+    assert table.loc["b", "in_r_min"] == table.loc["b", "prev_r_min"] == r - 2 * table.loc["b", "jump"]
+    assert not table["side_branch"].any()
+    assert measured_2d(model, 1, 36) == (r, r)

@@ -10,8 +10,13 @@ Rules per operation (kernel k, stride s, dilation d, k_eff = d(k-1)+1):
 ``r_out = r_in + (k_eff-1)·j_in`` and ``j_out = j_in·s`` for convolutions and max/avg pooling;
 element-wise ops (``torch.max(a, b)`` of two tensors included), normalisation, activations, dropout,
 padding and concatenation along channels pass through with min/max over their inputs; concatenation
-along height or width is refused. A product whose factor was computed from the other factor (an
-attention gate: SE, spatial attention, CBAM) keeps the receptive field of the gated tensor only,
+along height or width is refused. A strided slice ``x[..., a::s, b::s]`` is a 1×1 window of stride s that
+starts a rows and b columns further on: merged (by a sum, a concatenation, ...) with slices that start elsewhere,
+as in YOLOv5's Focus stem, the windows are joined like the taps of one window (four slices of step 2: a 2×2
+window of stride 2); such a merge of windows of different sizes from different layers, where the padding would
+decide how they overlap, or one whose windows end up taller than wide, is refused (``rf_state``). A product
+whose factor was computed from the other factor (an attention gate: SE, spatial attention, CBAM) keeps the
+receptive field of the gated tensor only,
 and the gate's layers are marked as a side branch (thesis §10.1 leaves them out); global
 pooling (also written out with the map's size, ``F.avg_pool2d(x, x.size(3))``), spatial reductions,
 a view/reshape to vectors and Linear make a tensor *global*, and any function or method of

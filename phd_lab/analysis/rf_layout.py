@@ -146,6 +146,18 @@ def rank_of(node: Any, layout: Layout) -> int:
 
 def moved(node: fx.Node, layout: Layout, source: fx.Node) -> Layout | str:
     """The layout after a permute/transpose of ``source``, or why it cannot be told."""
+    where = _moved_axes(node, layout, source)
+    return where if isinstance(where, str) else normalized(where)
+
+
+def swaps_names(node: fx.Node, layout: Layout, source: fx.Node) -> bool:
+    """Whether a permute/transpose of ``source`` leaves a (N, C, H, W) map with width and height swapped
+    (``x.transpose(2, 3)``): its layout None names axis 2 the height, which was the width."""
+    return _moved_axes(node, layout, source) == (4, 3, 2)
+
+
+def _moved_axes(node: fx.Node, layout: Layout, source: fx.Node) -> tuple[int, int, int] | str:
+    """``moved`` before ``normalized``: (rank, height axis, width axis), or why it cannot be told."""
     if shape_of(source) is None:  # no shapes: the old rule, permutes of feature maps are refused
         known = source.graph.owning_module.meta.get(_NO_SHAPES) if source.graph.owning_module is not None else None
         why = known or "the traced graph could not run on a meta-device input at the analysed resolution"
@@ -156,7 +168,7 @@ def moved(node: fx.Node, layout: Layout, source: fx.Node) -> Layout | str:
     _, height, width = layout or STANDARD
     if node.op == "call_function" and node.target is getattr:  # x.mT, x.mH: the last two axes; x.T, x.H: all
         order = list(range(rank))[::-1] if node.args[1] in ("T", "H") else [*range(rank - 2), rank - 1, rank - 2]
-        return normalized((rank, order.index(height), order.index(width)))
+        return rank, order.index(height), order.index(width)
     if node.op == "call_method" and node.target in PERMUTE_METHODS or node.target in _PERMUTES:
         dims = node.args[1:] if node.op == "call_method" else node.args[1:2]
         dims = node.kwargs.get("dims", dims)
@@ -165,13 +177,13 @@ def moved(node: fx.Node, layout: Layout, source: fx.Node) -> Layout | str:
         if not all(isinstance(d, int) for d in dims) or len(dims) != rank:
             return f"with dims {dims!r} that are not {rank} constants"
         order = [d % rank for d in dims]
-        return normalized((rank, order.index(height), order.index(width)))
+        return rank, order.index(height), order.index(width)
     first = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim0", node.kwargs.get("axis0"))
     second = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim1", node.kwargs.get("axis1"))
     if not (isinstance(first, int) and isinstance(second, int)):
         return f"with non-constant dims {first!r}, {second!r}"
     swap = {first % rank: second % rank, second % rank: first % rank}
-    return normalized((rank, swap.get(height, height), swap.get(width, width)))
+    return rank, swap.get(height, height), swap.get(width, width)
 
 
 def is_move(node: fx.Node) -> bool:

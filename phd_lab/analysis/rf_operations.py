@@ -2,13 +2,14 @@
 
 ``transform`` gives the state of a graph node's output from the states of its inputs, by the rules of
 ``phd_lab.analysis.receptive_field`` (its docstring lists them): convolutions and max/avg pooling are
-windows, element-wise, normalisation, activation, dropout, padding, channel concatenation and permutes of
-axes pass through, global pooling, spatial reductions and Linear make a tensor global (a Linear that leaves
-height and width alone does not: ConvNeXt's channels-last Linear layers are pointwise), a flatten that merges
-height or width with another axis makes it unknown (one of other axes only keeps it), and any other operation
-on an image-derived tensor raises ``ReceptiveFieldError`` naming it (on an unknown one it stays unknown). Which dims
-are height and width comes from the tensor's layout (``rf_layout``; ``output_layout`` carries it from node
-to node). Layers and paths are not this module's job.
+windows (so is a strided slice: a 1×1 one, moved by its start), element-wise, normalisation, activation, dropout,
+padding, channel concatenation and permutes of axes pass through (a merge of maps whose windows a strided slice
+moved joins them: ``rf_state.merge``), global pooling, spatial reductions and Linear make a tensor global (a
+Linear that leaves height and width alone does not: ConvNeXt's channels-last Linear layers are pointwise), a
+flatten that merges height or width with another axis makes it unknown (one of other axes only keeps it), and
+any other operation on an image-derived tensor raises ``ReceptiveFieldError`` naming it (on an unknown one it
+stays unknown). Which dims are height and width comes from the tensor's layout (``rf_layout``; ``output_layout``
+carries it from node to node). Layers and paths are not this module's job.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from phd_lab.analysis.rf_layout import (STANDARD, Layout, carried, first_input, is_move, moved, normalized, rank_of,
-                                        shape_of, spatial_dims, tuple_input, viewed)
-from phd_lab.analysis.rf_state import GLOBAL, ReceptiveFieldError, Unknown, merge, window
+                                        shape_of, spatial_dims, swaps_names, tuple_input, viewed)
+from phd_lab.analysis.rf_state import (GLOBAL, ReceptiveFieldError, Unknown, merge, padded, sliced, transposed,
+                                       window)
 
 _PASS_MODULES: tuple[type, ...] = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
@@ -33,6 +35,7 @@ _PASS_MODULES: tuple[type, ...] = (
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
     nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d,
 )
+_PAD_MODULES = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d)
 WINDOW_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
 _ADAPTIVE_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -151,13 +154,14 @@ def _reduced_layout(node: fx.Node, layout: Layout, source: fx.Node | None) -> La
 
 
 def _move(state: Any, node: fx.Node, graph_module: fx.GraphModule, in_states: list[Any], layout: Layout) -> Any:
-    """``permute``/``transpose``: the receptive field passes through; the axes move (``rf_layout``)."""
+    """``permute``/``transpose``: the receptive field passes through; the axes move (``rf_layout``), and where
+    height and width swap names, so do the rows and columns of where the windows lie (``rf_state.Place``)."""
     if not isinstance(state, dict):
         return state  # no image content, or already unknown
     where = moved(node, layout, first_input(node))
     if isinstance(where, str):
         raise unsupported(node, graph_module, " " + where)
-    return merge(in_states)
+    return transposed(merge(in_states)) if swaps_names(node, layout, first_input(node)) else merge(in_states)
 
 
 def _flattened_dims(node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> tuple[int, int] | None:
@@ -238,6 +242,8 @@ def _module_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[An
         return _adaptive(merge(in_states), module.output_size, node, graph_module)
     if isinstance(module, nn.Flatten):
         return _flatten(merge(in_states), node, graph_module, layout)
+    if isinstance(module, _PAD_MODULES):
+        return padded(merge(in_states))  # padding moves the pixels: a new frame (rf_state.Place)
     if isinstance(module, _PASS_MODULES):
         return merge(in_states)
     if isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
@@ -269,6 +275,8 @@ def _function_call(node: fx.Node, graph_module: fx.GraphModule, in_states: list[
         _check_cat_dim(node, graph_module, layout)
     if target in _PAIRWISE_FUNCTIONS and _pairwise(node, in_states):
         return merge(in_states)
+    if target is F.pad:
+        return padded(merge(in_states))
     if target in _PASS_FUNCTIONS or getattr(target, "__name__", None) in _PASS_FUNCTION_NAMES:
         return merge(in_states)
     if target in _ADAPTIVE_FUNCTIONS:
@@ -491,23 +499,47 @@ def _reduction(state: Any, node: fx.Node, graph_module: fx.GraphModule, layout: 
 
 def _getitem(state: Any, node: fx.Node, graph_module: fx.GraphModule, layout: Layout) -> Any:
     """Indexing passes the receptive field through, except a strided slice of the feature map
-    (``x[:, :, ::2, ::2]``, the 'option A' shortcut of CIFAR ResNets): a 1×1 window with that stride. Which
-    axis an item indexes counts only the items that consume one: a None adds an axis, and after ``...`` the
-    axes count from the end (``x[:, None, :, ::2, ::2]`` and ``x[..., ::2, None, ::2]`` stride height and width)."""
+    (``x[:, :, ::2, ::2]``, the 'option A' shortcut of CIFAR ResNets): a 1×1 window with that stride. A start off
+    the first row or column (``x[..., 1::2, ::2]``, YOLOv5's Focus stem) moves its windows (``rf_state.sliced``);
+    a merge of slices that start at different places joins their windows. Which axis an item indexes counts only
+    the items that consume one: a None adds an axis, and after ``...`` the axes count from the end
+    (``x[:, None, :, ::2, ::2]`` and ``x[..., ::2, None, ::2]`` stride height and width)."""
     index = node.args[1] if len(node.args) > 1 else None
     items = index if isinstance(index, tuple) else (index,)
-    rank = rank_of(first_input(node), layout)
+    source = first_input(node)
+    rank = rank_of(source, layout)
     _, height, width = layout or STANDARD
     spatial = {dim % rank for dim in spatial_dims(layout)}
-    steps = {("height" if axis % rank == height else "width"): item.step for axis, item in _indexed_axes(items)
-             if isinstance(item, slice) and item.step not in (None, 1) and axis % rank in spatial}
-    if not steps:
+    strided = {("height" if axis % rank == height else "width"): item for axis, item in _indexed_axes(items)
+               if isinstance(item, slice) and item.step not in (None, 1) and axis % rank in spatial}
+    if not strided:
         return state
+    steps = {axis: item.step for axis, item in strided.items()}
     values = set(steps.values())
     if len(steps) != 2 or len(values) != 1 or not all(isinstance(v, int) and v > 0 for v in values):
         raise unsupported(node, graph_module, f" (a strided slice with steps {steps}; the analysis needs the "
                                                f"same constant step along height and width)")
-    return window(state, 1, values.pop(), 1)
+    if not isinstance(state, dict):
+        return state  # no image content, or already unknown
+    return sliced(state, values.pop(), (_start(strided["height"], height, source, node, graph_module),
+                                        _start(strided["width"], width, source, node, graph_module)))
+
+
+def _start(item: slice, axis: int, source: fx.Node | None, node: fx.Node, graph_module: fx.GraphModule) -> int:
+    """The first row (column) a strided slice reads: its start; one counted from the end needs the map's size,
+    from the recorded shapes (``rf_layout``)."""
+    start = 0 if item.start is None else item.start
+    if not isinstance(start, int):
+        raise unsupported(node, graph_module, f" (a strided slice that starts at a non-constant {start!r}: where its "
+                                               f"windows lie is not known)")
+    if start >= 0:
+        return start
+    shape = shape_of(source)
+    if shape is None:
+        raise unsupported(node, graph_module, f" (a strided slice that starts at {start}, counted from the end of a "
+                                               f"map whose size is not known: where its windows lie is not known; "
+                                               f"start it from the first row and column)")
+    return max(shape[axis] + start, 0)
 
 
 def _indexed_axes(items: tuple[Any, ...]) -> list[tuple[int, Any]]:

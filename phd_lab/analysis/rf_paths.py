@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 
 from phd_lab.analysis.rf_operations import POOL_FUNCTIONS, WINDOW_MODULES, node_arg
-from phd_lab.analysis.rf_state import bounds
+from phd_lab.analysis.rf_state import aligned, bounds
 
 if TYPE_CHECKING:
     from phd_lab.analysis.rf_propagation import LayerRow
@@ -83,8 +83,8 @@ def bypassing_operands(inputs: list[fx.Node], states: dict[fx.Node, Any], ancest
     a dense block concatenates. Operand ``a`` is one when another operand ``b`` depends on a node
     from which ``a`` was reached without any growth of the receptive field, while ``b`` grew."""
     spatial = [n for n in dict.fromkeys(inputs) if isinstance(states[n], dict)]
-    if len(spatial) < 2:
-        return set()
+    if len(spatial) < 2 or not aligned(states[n] for n in spatial):
+        return set()  # windows at different places (strided slices, a Focus stem) are taps of one window
     span = {n: bounds(states[n])[:2] for n in spatial}
     skips = set()
     for a in spatial:

@@ -21,7 +21,7 @@ from phd_lab.analysis.call_names import call_name
 from phd_lab.analysis.rf_layout import Layout, disagreement, first_input, record_shapes
 from phd_lab.analysis.rf_operations import node_arg, output_layout, transform, unsupported
 from phd_lab.analysis.rf_paths import Ancestry, bypassing_operands, merge_kind, scaled_operands, shortcut_layer
-from phd_lab.analysis.rf_state import ReceptiveFieldError, Unknown, merge
+from phd_lab.analysis.rf_state import Misaligned, ReceptiveFieldError, Unknown, image, merge, square
 from phd_lab.interrupts import raise_interruption_behind
 from phd_lab.wording import first_names
 
@@ -125,12 +125,19 @@ class _GraphWalk:
         self.saw_input = False
 
     def visit(self, node: fx.Node) -> None:
-        """Both states of ``node``'s output, and its row if it is a layer (its inputs have been visited)."""
+        """Both states of ``node``'s output, and its row if it is a layer (its inputs have been visited); a merge
+        the states cannot describe (``rf_state.Misaligned``) is refused, naming the operation."""
+        try:
+            self._visit(node)
+        except Misaligned as error:
+            raise unsupported(node, self.graph_module, error.why) from None
+
+    def _visit(self, node: fx.Node) -> None:
         inputs: list[fx.Node] = []
         fx.node.map_arg((node.args, node.kwargs), lambda n: inputs.append(n) or n)
         self.ancestry.add(node, inputs)
         if node.op == "placeholder":
-            self.states[node] = self.previous[node] = None if self.saw_input else {1: (1, 1)}
+            self.states[node] = self.previous[node] = None if self.saw_input else image()
             self.saw_input = True
             return
         if node.op in ("get_attr", "output"):
@@ -203,8 +210,11 @@ class _GraphWalk:
         if is_conv and isinstance(entering, Unknown):
             raise unsupported(node, self.graph_module, f", which reads a feature map whose receptive field the "
                                                        f"graph does not determine: it comes from {entering.origin}")
-        row = LayerRow(_call_name(layer, self.calls), is_conv, entering, out,
-                       merge(self.previous[n] for n in inputs if n not in skips),
+        previous = merge(self.previous[n] for n in inputs if n not in skips)
+        uneven = square(entering) or square(previous)
+        if uneven is not None:
+            raise unsupported(node, self.graph_module, f", which reads a feature map {uneven}")
+        row = LayerRow(_call_name(layer, self.calls), is_conv, entering, out, previous,
                        position=self.ancestry.position[node], ancestors=self.ancestry.ancestors[node])
         self.row_of[node] = row
         self.rows.append(row)
