@@ -195,9 +195,10 @@ class TrainTestExecutor:
         trained = trained_meta_model(cfg, model, shared, key)  # the layers named as the run names them
         check_tracked_layers(cfg, trained)
         cut = (json.dumps(cfg.model_args.get("truncate")), cfg.resolution if trained is not model else None)
-        for step, params in self.steps:  # at the run's resolution (extract's forward pass)
-            once(lambda: step.check_model(params, trained, cfg.source, resolution=cfg.resolution), "step", step.name,
-                 json.dumps(params, sort_keys=True, default=str), cfg.resolution, *cut)
+        for step, params in self.steps:  # at the run's resolution where a step's check runs the model (extract)
+            resolution = cfg.resolution if step.checks_at_resolution else None
+            once(lambda: step.check_model(params, trained, cfg.source, resolution=resolution), "step", step.name,
+                 json.dumps(params, sort_keys=True, default=str), resolution, *cut)
         self._check_optimizer(model)
 
     def _check_optimizer(self, model: nn.Module) -> None:

@@ -5,10 +5,10 @@ convolutions follow torchvision's ResNets (Kaiming normal, fan-out). The familie
 same way, which suits square hidden layers (mlp_long_skip's 137) but not the output layer: there the fan-out
 is the number of classes, so the first batch's logits are 5-20x too large (training-mode loss 6-25 at 10
 classes; chance is 2.3). docs/initialisation.md measures the cost on the tail demo: 71-79 % instead of
-96-99.7 % test accuracy at 16 px over three seeds. Since 0.2 the framework therefore draws the output layer
-(the last Linear layer the forward pass calls) again with torch's own default, a departure from the thesis' Kaiming-He for
-every layer (``model_args`` ``linear_init``, default ``"torch_output"``); the other schemes draw every Linear
-layer, and null keeps the model's own draw, which reruns of 0.1 runs use.
+96-99.7 % test accuracy at 16 px over three seeds. Since 0.2 the framework therefore draws the output
+layer (the last Linear layer the forward pass calls) again with torch's own default, a departure from the
+thesis' Kaiming-He for every layer (``model_args`` ``linear_init``, default ``"torch_output"``); the other
+schemes draw every Linear layer, and null keeps the model's own draw, which reruns of 0.1 runs use.
 """
 
 from __future__ import annotations

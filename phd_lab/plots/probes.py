@@ -89,8 +89,8 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
                     run: str = "") -> "Axes":
     """Probe eval accuracy per layer for several latents sets of one model (§8.3, figures 45 and 46): one
     panel per reduction method, one line per set (``(label, method, table)``, drawn in the given order,
-    lighter for later labels, each label with a colour, line style and marker of its own in every panel), layers in forward order as in the
-    first, longest table; ``run`` above the panels."""
+    lighter for later labels, each label with one colour, line style and marker in every panel), layers in
+    forward order as in the first, longest table; ``run`` above the panels."""
     from phd_lab.plots import matplotlib_module
     matplotlib = matplotlib_module()
 

@@ -87,6 +87,7 @@ class Step:
     summary: ClassVar[str] = ""
     params: ClassVar[tuple[Key, ...]] = ()
     version: ClassVar[int] = 1  # raise it when the step computes something else: older results are made anew
+    checks_at_resolution: ClassVar[bool] = False  # check_model runs the model on images of the run's resolution
 
     def outputs(self, rundir: "RunDir") -> tuple[Path, ...]:
         """Files the step writes. Declared: a rerun skips the step while they exist and the model and

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 @register_step
 class ExtractStep(Step):
     name = "extract"
+    checks_at_resolution = True  # check_model runs the model (layers called more than once, outputs no tensor)
     summary = "latents of every Conv2d/Linear (train and test split) → latents/*.npy + manifest.json"
     params = (
         param_from_config("downsampling", doc="adaptive-average-pool feature maps to at most N×N (smaller ones "
