@@ -796,6 +796,33 @@ def test_dry_run_names_the_steps_a_trained_run_still_lacks(tmp_path, capsys):
     assert status() == "trained, steps left: extract"
 
 
+def test_a_run_killed_as_its_analysis_was_written_is_not_called_finished(tmp_path, capsys):
+    """The analysis step declares no outputs of its own (it reads the latest tables and runs on every rerun), so a
+    SIGKILL while analysis.json and analysis.png were written left a run that --dry-run called finished and that a
+    Dask rerun did not submit ("finished, with no post-processing step left"): its analysis was never written."""
+    from phd_lab.experiment import rerun_changes_nothing
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False,
+                          post_processing=["receptive_field", "analysis"])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+
+    def status() -> str:
+        capsys.readouterr()
+        assert main_cli(["--config", str(config), "--dry-run"]) == 0
+        return capsys.readouterr().out.splitlines()[-1].split(str(folder))[0].split(None, 1)[1].strip()
+
+    assert status() == "finished"
+    for written in ("analysis.json", "analysis.png"):
+        saved = (folder / written).read_bytes()
+        (folder / written).unlink()  # the state a kill before this file's rename leaves
+        assert status() == "trained, steps left: analysis"
+        main = Main(progress=False)
+        main.load(config)
+        assert not rerun_changes_nothing(main.executors[0])  # a Dask grid sends it to a worker
+        assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+        assert status() == "finished" and (folder / written).read_bytes() == saved
+
+
 def test_dry_run_reads_a_damaged_metrics_csv_as_the_report_does_and_counts_the_checkpoints_epochs(tmp_path, capsys):
     """--dry-run read the metrics CSV with a plain pd.read_csv and turned any error (a file cut in its header, bytes
     that are no UTF-8) into "not started", although the checkpoint held every epoch. It reads the file as the report

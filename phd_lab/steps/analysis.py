@@ -15,6 +15,7 @@ from typing import Any
 
 from phd_lab.config import RunConfig
 from phd_lab.errors import ConfigError
+from phd_lab.rundir import RunDir
 from phd_lab.steps import Step, StepContext, register_step
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,12 @@ class AnalysisStep(Step):
                               f"it must come last in 'post_processing'; got the order {names}.")
         from phd_lab.analysis.run_summary import AnalysisSettings  # imports pandas: --list steps does not
         AnalysisSettings.from_config(config.values, where)
+
+    def done(self, rundir: RunDir, params: dict[str, Any], stamps: Any = None, meta: Any = None) -> bool | None:
+        """None (it reads the other steps' latest tables, so a rerun writes it again) once analysis.json and its
+        figure are there; False while one is missing: a kill as they were written left a run that --dry-run
+        called finished and that a Dask rerun did not submit, so the analysis was never written."""
+        return None if rundir.analysis_json.is_file() and rundir.analysis_plot.is_file() else False
 
     def run(self, ctx: StepContext, **params: Any) -> None:
         """Write the analysis; the probe results it read are noted in ``ctx.notes`` (``ANALYSED_PROBES``): a probe
