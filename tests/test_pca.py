@@ -542,3 +542,22 @@ def test_the_project_step_says_it_leaves_lstm_layers_unprojected(caplog, exclude
     else:
         assert len(said) == 1 and said[0].startswith("run-1: ") and "LSTM layer(s) lstm run unprojected" in said[0]
         assert "left out of dims_sum, feature_dims_sum and saturation_mean" in said[0]
+
+
+def test_a_deltas_random_control_does_not_depend_on_the_other_deltas_listed() -> None:
+    """One random stream served every delta in turn, so adding 0.95 to [0.9, 0.99] changed the random-basis row of
+    0.99 (accuracy 0.1 -> 0.097): a delta table extended later, or compared with another sweep, disagreed with
+    itself. Each delta's random bases now come from a seed of the run's seed and that delta."""
+    from phd_lab.tracking.projection import projection_table
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    loader = [(torch.randn(16, 1, 6, 6), torch.randint(0, 3, (16,))) for _ in range(2)]
+
+    def random_rows(deltas: list[float], seed: int = 7) -> pd.DataFrame:
+        table = projection_table(model, loader, loader, torch.device("cpu"), deltas=deltas, seed=seed)
+        return table[table["basis"] == "random"].set_index("delta")
+
+    short, long = random_rows([0.5, 0.9]), random_rows([0.5, 0.7, 0.9])
+    pd.testing.assert_frame_equal(short, long.loc[[0.5, 0.9]])
+    assert not random_rows([0.5, 0.9], seed=8)["loss"].equals(short["loss"])  # the run's seed still decides

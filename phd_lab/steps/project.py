@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 class Project(Step):
     name = "project"
     summary = "accuracy of the network projected onto PCA (and random) subspaces for a list of deltas"
-    version = 3  # 2: layers never called in eval mode are left out of the sums; 3: x PᵀP (Eq. 12) by default
+    # 2: layers never called in eval mode are left out of the sums; 3: x PᵀP (Eq. 12) by default; 4: each delta's
+    # random bases from a seed of its own (the same rows whichever other deltas are listed)
+    version = 4
     params = (
         Key("deltas", "list", list(THESIS_DELTAS), "explained-variance thresholds in (0, 1] to evaluate (the "
             "unprojected model is always evaluated too)", item_kind="float"),

@@ -11,6 +11,7 @@ loss (accuracy NaN), and the outputs of a few example inputs can be kept for eac
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 from typing import Iterable, Sequence
 
@@ -108,15 +109,15 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
     keep_examples(model, 1.0, examples, example_outputs, device)
     rows = [{"delta": 1.0, "basis": "none", "accuracy": accuracy, "loss": loss, "dims_sum": feature_dims,
              "feature_dims_sum": feature_dims, "saturation_mean": 1.0}]
-    generator = torch.Generator().manual_seed(seed)
     bases = ("pca", "random") if random_control else ("pca",)
     todo = [(d, b) for d in deltas for b in bases]
     for delta, basis in tqdm(todo, desc="projections", disable=not progress, unit="eval",
                              **bar_options(transient=True)):
+        generator = torch.Generator().manual_seed(random_basis_seed(seed, delta))
         for layer in pca:
             layer.set_delta(delta)
             if basis == "random":
-                layer.use_random_basis(generator)
+                layer.use_random_basis(generator)  # the layers in order, from this delta's own stream
             else:
                 layer.use_pca_basis()
         dims = [layer.k for layer in pca]
@@ -132,6 +133,14 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
         log.debug("delta %.4f %s: accuracy %.4f, loss %.4f, dims %d/%d", delta, basis, accuracy, loss, sum(dims),
                   feature_dims)
     return pd.DataFrame(rows, columns=list(PROJECTION_COLUMNS))
+
+
+def random_basis_seed(seed: int, delta: float) -> int:
+    """The seed of ``delta``'s random bases: a function of the run's seed and delta alone, so that a delta's random
+    control is the same whichever other deltas the list holds (one stream for the whole list gave 0.1 and then
+    0.097 at delta 0.99 once 0.95 was added before it)."""
+    digest = hashlib.sha256(f"{int(seed)}:{float(delta)!r}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 @torch.no_grad()
