@@ -823,6 +823,34 @@ def test_a_run_killed_as_its_analysis_was_written_is_not_called_finished(tmp_pat
         assert status() == "finished" and (folder / written).read_bytes() == saved
 
 
+def test_dry_run_counts_the_checkpoints_epochs_where_a_kill_left_the_csv_behind_it(tmp_path, capsys):
+    """A SIGKILL between an epoch's checkpoint and its CSV row (written second) left --dry-run saying "stopped 2/3
+    epochs" (or "not started" after the first epoch) while the rerun resumed after the checkpoint's epoch 3 and
+    trained nothing. A checkpoint saved after the CSV's last write is read for its epochs."""
+    config = write_config(tmp_path, epoch=2, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    [csv] = [path for path in folder.glob("*.csv")]
+    [checkpoint] = [path for path in folder.glob("*.pt") if not path.name.endswith(".previous.pt")]
+    rows = csv.read_text().splitlines(keepends=True)
+
+    def status() -> str:
+        capsys.readouterr()
+        assert main_cli(["--config", str(config), "--dry-run"]) == 0
+        return " ".join(capsys.readouterr().out.splitlines()[-1].split(str(folder))[0].split()[1:])
+
+    assert status() == "finished"
+    csv.write_text("".join(rows[:2]))  # the epoch-2 row never written
+    later = csv.stat().st_mtime_ns + 10**9
+    os.utime(checkpoint, ns=(later, later))
+    assert status() == f"finished (the epochs trained are those of {checkpoint.name}: the metrics CSV lists 1 of its 2)"
+    os.utime(checkpoint, ns=(later - 2 * 10**9, later - 2 * 10**9))  # the CSV written last: not read
+    assert status() == "stopped 1/2 epochs"
+    csv.unlink()  # killed before the first epoch's row: "not started" was said
+    assert status().startswith(f"finished (the epochs trained are those of {checkpoint.name}: the metrics CSV "
+                               f"lists 0 of its 2)")
+
+
 def test_dry_run_reads_a_damaged_metrics_csv_as_the_report_does_and_counts_the_checkpoints_epochs(tmp_path, capsys):
     """--dry-run read the metrics CSV with a plain pd.read_csv and turned any error (a file cut in its header, bytes
     that are no UTF-8) into "not started", although the checkpoint held every epoch. It reads the file as the report
