@@ -269,8 +269,11 @@ def _find_folder(cfg: RunConfig, parent: Path, root: Path, listings: FolderListi
     """``RunDir.for_run``'s lookup: the folder named ``root`` (readable part and 8-character digest), else the
     one folder of ``parent`` with the run's short, long or a legacy digest, leaving out those holding another
     run; a new run takes ``root``, or the long digest where another run has the short one or may take it."""
-    if root.exists() and not _holds_another_run(root, cfg):
-        return root
+    if root.exists():
+        if not _holds_another_run(root, cfg):
+            return root
+        if not cfg.shares_digest:  # two points of one grid with one short digest: the other one's, as meant
+            _warn_of_a_folder_taken(root, parent / cfg.long_variant_slug())
     taken = cfg.shares_digest
     if parent.is_dir():
         by_digest = _names_by_digest(parent, {} if listings is None else listings)
@@ -282,6 +285,23 @@ def _find_folder(cfg: RunConfig, parent: Path, root: Path, listings: FolderListi
                 return same[0]
             taken = taken or (digest == short and len(same) < len(found))
     return parent / cfg.long_variant_slug() if taken else root
+
+
+_TAKEN_FOLDERS_SAID: set[Path] = set()  # said once per process: a grid and its dry run look folders up repeatedly
+
+
+def _warn_of_a_folder_taken(root: Path, elsewhere: Path) -> None:
+    """The folder named after this run (its readable part and digest) holds the logged config of another run:
+    almost always that config edited in place and rerun (an edited value is another run), which cut the trained
+    run off from its own config, which then silently trained it again from the start in another folder."""
+    if root in _TAKEN_FOLDERS_SAID:
+        return
+    _TAKEN_FOLDERS_SAID.add(root)
+    log.warning("The run folder %s is named after this run, but its logged config (*_config.json) names another "
+                "run: edited in place and rerun, it now describes that run. This run is looked for in %s instead "
+                "and, where it is not there, trains from the start. To continue the run trained in %s, restore "
+                "the values of its logged config (an edited copy kept elsewhere runs the edited run).",
+                root, elsewhere, root)
 
 
 def _names_by_digest(parent: Path, listings: FolderListings) -> dict[str, list[str]]:

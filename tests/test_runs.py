@@ -851,6 +851,24 @@ def test_dry_run_counts_the_checkpoints_epochs_where_a_kill_left_the_csv_behind_
                                f"lists 0 of its 2)")
 
 
+def test_a_logged_config_edited_in_place_is_named_when_its_original_config_looks_for_the_run(tmp_path, capsys):
+    """A user edited 'epoch' in a run's logged config and ran that file (another run, as documented). The original
+    experiment config then found its folder holding the edited run's config and silently trained its run again from
+    the start in a long-digest folder; the dry run said "new". Now a warning names the folder and the remedy."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    [logged] = folder.glob("*_config.json")
+    logged.write_text(logged.read_text().replace('"epoch": 1', '"epoch": 2'))  # edited in place
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"The run folder {folder} is named after this run, but its logged config (*_config.json) names another " \
+           "run" in said, said
+    assert "To continue the run trained in" in said and "restore the values of its logged config" in said
+    assert said.count("is named after this run") == 1  # once, though the grid check and the listing look it up
+
+
 def test_dry_run_reads_a_damaged_metrics_csv_as_the_report_does_and_counts_the_checkpoints_epochs(tmp_path, capsys):
     """--dry-run read the metrics CSV with a plain pd.read_csv and turned any error (a file cut in its header, bytes
     that are no UTF-8) into "not started", although the checkpoint held every epoch. It reads the file as the report
