@@ -763,6 +763,13 @@ def test_dry_run_builds_each_meta_model_once(tmp_path, capsys):
     assert builds.read_text().splitlines() == ["built"]
 
 
+def dry_run_status(capsys, config, folder) -> str:
+    """The status --dry-run lists for the run in ``folder`` (the last line of its listing)."""
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    return " ".join(capsys.readouterr().out.splitlines()[-1].split(str(folder))[0].split()[1:])
+
+
 def test_dry_run_names_the_steps_a_trained_run_still_lacks(tmp_path, capsys):
     """A run killed during its extraction (the manifest is written last) was listed as finished, so a user
     checking a grid with --dry-run never learnt that its latents were missing."""
@@ -772,9 +779,7 @@ def test_dry_run_names_the_steps_a_trained_run_still_lacks(tmp_path, capsys):
     [folder] = run_folders(tmp_path / "logs")
 
     def status() -> str:
-        capsys.readouterr()
-        assert main_cli(["--config", str(config), "--dry-run"]) == 0
-        return capsys.readouterr().out.splitlines()[-1].split(str(folder))[0].split(None, 1)[1].strip()
+        return dry_run_status(capsys, config, folder)
 
     assert status() == "finished"
     (folder / "latents" / "manifest.json").unlink()  # the state a SIGKILL during the extraction leaves
@@ -807,9 +812,7 @@ def test_a_run_killed_as_its_analysis_was_written_is_not_called_finished(tmp_pat
     [folder] = run_folders(tmp_path / "logs")
 
     def status() -> str:
-        capsys.readouterr()
-        assert main_cli(["--config", str(config), "--dry-run"]) == 0
-        return capsys.readouterr().out.splitlines()[-1].split(str(folder))[0].split(None, 1)[1].strip()
+        return dry_run_status(capsys, config, folder)
 
     assert status() == "finished"
     for written in ("analysis.json", "analysis.png"):
@@ -835,9 +838,7 @@ def test_dry_run_counts_the_checkpoints_epochs_where_a_kill_left_the_csv_behind_
     rows = csv.read_text().splitlines(keepends=True)
 
     def status() -> str:
-        capsys.readouterr()
-        assert main_cli(["--config", str(config), "--dry-run"]) == 0
-        return " ".join(capsys.readouterr().out.splitlines()[-1].split(str(folder))[0].split()[1:])
+        return dry_run_status(capsys, config, folder)
 
     assert status() == "finished"
     csv.write_text("".join(rows[:2]))  # the epoch-2 row never written
@@ -881,9 +882,7 @@ def test_dry_run_reads_a_damaged_metrics_csv_as_the_report_does_and_counts_the_c
     header, first, _ = whole.split(b"\n", 2)
 
     def status() -> str:
-        capsys.readouterr()
-        assert main_cli(["--config", str(config), "--dry-run"]) == 0
-        return capsys.readouterr().out.splitlines()[-1].split(str(folder))[0].split(None, 1)[1].strip()
+        return dry_run_status(capsys, config, folder)
 
     checkpoint = f"the epochs trained are those of {run_name(folder)}.pt"
     csv_path.write_bytes(b"\xff" + whole[1:])  # no UTF-8
