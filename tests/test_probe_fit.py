@@ -82,6 +82,21 @@ def test_torch_lbfgs_matches_sklearn_lbfgs_on_hard_data():
     np.testing.assert_allclose(sk.confusion_matrix(), th.confusion_matrix(), atol=0.1)
 
 
+@pytest.mark.parametrize("left_out", [1, 5, 9])
+def test_a_subsample_that_leaves_out_fewer_samples_than_classes_keeps_each_class_share(left_out):
+    """--train-samples 1430 of 1,437 Digits samples (10 classes) was refused: scikit-learn's stratified split needs
+    every class in the part left out too. Each class keeps its share rounded by largest remainders, seeded."""
+    y = np.repeat(np.arange(10), [143, 144, 145, 140, 150, 139, 146, 141, 144, 145])
+    n = len(y) - left_out
+    chosen = stratified_subsample(y, n, seed=3)
+    assert len(chosen) == n and len(np.unique(chosen)) == n and np.all(np.diff(chosen) > 0)
+    kept = np.bincount(y[chosen], minlength=10)
+    counts = np.bincount(y)
+    assert np.all(np.abs(kept - counts * n / len(y)) < 1) and np.all(kept <= counts)
+    np.testing.assert_array_equal(chosen, stratified_subsample(y, n, seed=3))
+    assert not np.array_equal(chosen, stratified_subsample(y, n, seed=4))
+
+
 def test_stratified_subsample_keeps_class_proportions_and_is_seeded():
     y = np.repeat(np.arange(4), [100, 200, 300, 400])
     chosen = stratified_subsample(y, 100, seed=1)

@@ -176,10 +176,8 @@ def check_labels(job: ProbeJob) -> None:
         if len(rare):
             detail = (f"class(es) {', '.join(str(c) for c in rare[:5])} have a single sample, which a stratified "
                       f"split cannot divide. Use null to train on all {len(labels)} samples")
-        else:
-            detail = (f"the {len(labels) - samples} samples left out must include each of the {len(classes)} "
-                      f"classes. Use null to train on all {len(labels)} samples, or a size ≤ "
-                      f"{len(labels) - len(classes)}")
+        else:  # scikit-learn's own conditions (left out: each class; see stratified_subsample)
+            detail = f"use null to train on all {len(labels)} samples"
         raise ConfigError(f"{job.label}: probe_train_samples {samples} cannot be drawn as a stratified subsample of "
                           f"{source} ({len(labels)} samples, {len(classes)} classes): {detail}. (scikit-learn: "
                           f"{error})") from None
