@@ -388,6 +388,24 @@ class TrainTestExecutor:
         """The run folder's logged config as written, or None when there is none or it cannot be read."""
         return read_logged_config(self.rundir.config)[0]
 
+    def _refuse_an_unreadable_logged_config(self) -> None:
+        """``write_config``'s refusal of a trained run whose logged config cannot be read, made before the folder is
+        locked and its log opened: made there, it appended the attempt's first lines to the run's log (and no end
+        line, which reads as a killed attempt) while saying nothing in the folder was changed."""
+        path = self.rundir.config
+        if not path.exists() or not CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():
+            return
+        _, problem = read_logged_config(path)
+        if problem is not None:
+            raise UsageError(self._unreadable_logged_config(path, problem))
+
+    def _unreadable_logged_config(self, path: Path, problem: str) -> str:
+        return (f"{self.config.source}: the logged config {str(path)!r} of the trained run in that folder cannot be "
+                f"read ({problem}), and it is what says how the checkpoint's weights were trained (device, "
+                f"mixed_precision, registries, versions). Restore it (from a backup or a copy of the logs), or delete "
+                f"it to log this config's values instead (the run's only if it was trained with them); nothing in the "
+                f"folder was changed.")
+
     def write_config(self) -> None:
         """Write the logged config into the run folder. A folder of another run is refused; a trained run keeps
         the values that shaped its weights, and a run with epochs left refuses a changed device setup. A trained
@@ -397,12 +415,7 @@ class TrainTestExecutor:
         previous, problem = read_logged_config(path)
         if problem is not None:
             if CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():
-                raise UsageError(
-                    f"{self.config.source}: the logged config {str(path)!r} of the trained run in that folder cannot "
-                    f"be read ({problem}), and it is what says how the checkpoint's weights were trained (device, "
-                    f"mixed_precision, registries, versions). Restore it (from a backup or a copy of the logs), or "
-                    f"delete it to log this config's values instead (the run's only if it was trained with them); "
-                    f"nothing in the folder was changed.")
+                raise UsageError(self._unreadable_logged_config(path, problem))
             log.warning("The logged config %s cannot be read (%s); the run has no checkpoint, so it is written anew "
                         "with this config's values.", path, problem)
         if previous is not None:
@@ -577,6 +590,7 @@ class TrainTestExecutor:
         rundir = self.rundir
         self._refuse_another_model(model, optimizer)
         self._refuse_a_dangling_logged_config()
+        self._refuse_an_unreadable_logged_config()
         with (writable_lock(rundir) as lock, existing_folder(rundir.root, lock=lock),
               run_log(rundir.log) as logged):
             started = time.monotonic()

@@ -210,7 +210,8 @@ class Main:
                 else:
                     log.error("Run %d (%s) failed: %s", index, cfg.name, error)
                 outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root),
-                                           "in use" if in_use else "failed", f"{type(error).__name__}: {error}"))
+                                           "in use" if in_use else "failed", f"{type(error).__name__}: {error}",
+                                           logged=False))  # refused before its run log was opened: said above
                 usage_errors.append(error)
                 if len(usage_errors) == len(chosen):  # no point could run: the command's input is at fault
                     raise usage_errors[0]
@@ -281,8 +282,9 @@ class Main:
                 if status == "failed":  # the run failed after its log was opened, which holds the traceback
                     log.error("Run %d (%s) failed: %s", index, executor.config.name, value)
                     value = without_log(value)
-            if status == "invalid":  # a usage error found when the point ran (dataset missing)
-                status = "failed"
+            if status == "invalid":  # a usage error found when the point ran (dataset missing): no run log
+                status, logged = "failed", False
+                log.error("Run %d (%s) failed: %s", index, executor.config.name, value)  # as a sequential run says
                 usage_errors.append(UsageError(str(value)))
             elif status == "in use":
                 usage_errors.append(RunLockedError(str(value)))

@@ -1677,13 +1677,17 @@ def test_a_trained_run_whose_logged_config_cannot_be_read_is_refused_not_logged_
     [folder] = run_folders(tmp_path / "logs")
     logged_path = folder / f"{run_name(folder)}_config.json"
     whole = logged_path.read_bytes()
-    for damaged in (whole[: len(whole) // 2], b"[1, 2]\n"):
+    log = folder / f"{run_name(folder)}.log"
+    for damaged in (whole[: len(whole) // 2], b"[1, 2]\n", whole.replace(b'"epoch": 1', b'"epoch": "1"')):
         logged_path.write_bytes(damaged)
+        logged = log.read_bytes()
         capsys.readouterr()
         assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
         err = " ".join(capsys.readouterr().err.split())
         assert f"the logged config {str(logged_path)!r} of the trained run in that folder cannot be read" in err
         assert "Restore it" in err and "Traceback" not in err and logged_path.read_bytes() == damaged
+        # "nothing in the folder was changed": the log took three lines of an attempt without an end (a "kill")
+        assert log.read_bytes() == logged
     logged_path.unlink()
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert json.loads(logged_path.read_text())["epoch"] == 1

@@ -1006,3 +1006,22 @@ def test_a_run_folder_that_another_run_logged_its_config_in_meanwhile_is_refused
     assert not executor.rundir.checkpoint.exists() and not executor.rundir.metrics_csv.exists()
     log_text = executor.rundir.log.read_text()  # a refusal, said on the console: no failure with a traceback
     assert "Run failed" not in log_text and "Traceback" not in log_text
+
+
+def test_a_point_refused_as_it_runs_is_not_sent_to_a_run_log_that_does_not_exist(tmp_path, capsys):
+    """A grid point whose dataset argument its factory refuses (found only when the point builds its data) was listed
+    with "see each failed run's .log file", in a folder that was never made; the error is on the console."""
+    (tmp_path / "my_data.py").write_text(
+        "from registries.datasets import Digits\n\n\n"
+        "def Digits2(*, mode='ok', **kwargs):\n"
+        "    if mode != 'ok':\n"
+        "        raise ValueError(f'unknown mode {mode!r}: expected \\'ok\\'')\n"
+        "    return Digits(**kwargs)\n")
+    config = write_config(tmp_path, dataset="Digits2", dataset_args={"mode": ["ok", "bad"]}, epoch=1, cpu_threads=1,
+                          track_saturation=False, post_processing=[], registries={"datasets": "my_data.py"})
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    text = " ".join(err.split())
+    assert code == 1, text
+    assert "unknown mode 'bad'" in text and "see each failed run's .log file" not in text
+    assert "1 of 2 run(s) failed. 1 of them failed before a run log was opened" in text
+    assert len(run_folders(tmp_path / "logs")) == 1
