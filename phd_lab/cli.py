@@ -305,7 +305,7 @@ def list_names(kind: str, pattern: str, registries: Sequence[Mapping[str, str]] 
     prefixed = registry.prefixed_names(pattern)
     forms = registry.prefix_forms(pattern)  # prefixes taking any name, e.g. folder:<path> for an image folder
     if prefixed or forms:  # e.g. every torchvision classification model, as tv:<name>: one wrapped block
-        lines.append(f"and by prefix ({len(prefixed) + len(forms)}):")
+        lines.append(f"{'and by' if lines else 'By'} prefix ({len(prefixed) + len(forms)}):")  # none named: no "and"
         lines += [f"  {form:22} {doc}" for form, doc in forms]
         if prefixed:
             lines.append(textwrap.fill(", ".join(prefixed), 116, initial_indent="  ", subsequent_indent="  ",

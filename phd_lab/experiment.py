@@ -148,7 +148,7 @@ class Main:
             if folder in folders:
                 first = folders[folder]
                 other = executors[first].config.values
-                differing = sorted(k for k in cfg.values if cfg.values[k] != other.get(k))
+                differing = sorted(_differing_keys(cfg.values, other))
                 why = (f"they differ only in {differing}, which do not change a run's results and are not part of "
                        f"its folder; sweep such keys in separate configs (or one after the other)" if differing
                        else "remove the duplicate value from the lists")
@@ -384,6 +384,21 @@ def _shared_latents_folders(executors: list[TrainTestExecutor], where: str) -> l
     return errors
 
 
+def _differing_keys(values: dict[str, Any], other: dict[str, Any], prefix: str = "") -> list[str]:
+    """The keys whose values differ, a nested mapping's by their dotted path ('dataset_args.download', not
+    'dataset_args', some of whose keys do change a run's results)."""
+    differing = []
+    for key in values.keys() | other.keys():
+        mine, theirs = values.get(key), other.get(key)
+        if mine == theirs:
+            continue
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            differing += _differing_keys(mine, theirs, f"{prefix}{key}.")
+        else:
+            differing.append(f"{prefix}{key}")
+    return differing
+
+
 def _warn_of_repeated_runs(grid: Grid, executors: list[TrainTestExecutor]) -> None:
     """Grid points that train the same network twice in two folders: repetitions (run_id) under one fixed
     seed, and values that differ only in how a number is written (1 and 1.0 name two folders)."""
@@ -391,7 +406,7 @@ def _warn_of_repeated_runs(grid: Grid, executors: list[TrainTestExecutor]) -> No
     if len(axes.get("run_id", ())) > 1 and "seed" not in axes and grid.base.get("seed") is not None:
         log.warning("%s: 'seed' is %s for every run_id %s, so these repetitions train the same network (bit for bit "
                     "on the CPU). Set \"seed\": null to derive each repetition's seed from its run_id.", grid.where,
-                    json.dumps(grid.base["seed"]), json.dumps(list(axes["run_id"])))
+                    json.dumps(grid.base["seed"]), json.dumps(list(axes["run_id"]), ensure_ascii=False))
     _warn_of_idle_tracking_keys(grid, executors)
     seen: dict[str, int] = {}
     for index, executor in enumerate(executors):

@@ -228,6 +228,9 @@ def test_grids_that_would_train_one_network_twice_are_warned_of(tmp_path, capsys
     assert main_cli(["--config", str(config), "--dry-run"]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert """'seed' is 7 for every run_id ["0", "1"], so these repetitions train the same network""" in err
+    config = write_config(tmp_path, name="accents.json", seed=7, run_id=["é", "ü"])  # named as written
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    assert """'seed' is 7 for every run_id ["é", "ü"]""" in " ".join(capsys.readouterr().err.split())
     assert "runs 2 and 4 differ only in how numbers are written (such as 1 and 1.0, or true and 1)" in err
     config = write_config(tmp_path, name="ams.json", optimizer_args={"amsgrad": [True, 1]})  # two folders, one run
     assert main_cli(["--config", str(config), "--dry-run"]) == 0
@@ -294,3 +297,16 @@ def test_points_differing_only_in_non_ascii_characters_keep_their_own_folders(tm
     roots = [RunDir.for_run(c).create().root for c in grid]
     assert len(set(roots)) == len(grid) == 8
     assert [RunDir.for_run(c).root for c in Grid(raw)] == roots
+
+
+def test_a_folder_shared_by_a_sweep_of_a_nested_key_names_that_key(tmp_path, capsys):
+    """A sweep of dataset_args.download (no part of a run's folder) was refused as differing "only in
+    ['dataset_args'], which do not change a run's results", although dataset_args.normalization does."""
+    from phd_lab.cli import main_cli
+    from tests.conftest import write_config
+    config = write_config(tmp_path, dataset="MNIST", data_dir=str(tmp_path / "data"),
+                          dataset_args={"download": [True, False]})
+    assert main_cli(["--config", str(config), "--dry-run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "runs 0 and 1 would share the folder" in err, err
+    assert "they differ only in ['dataset_args.download'], which do not change a run's results" in err, err

@@ -110,7 +110,7 @@ def test_list_datasets_shows_the_folder_prefix_as_list_models_shows_tv(capsys):
     assert main_cli(["--list", "datasets", "--pattern", "mnist"]) == 0
     assert "folder:" not in capsys.readouterr().out
     assert main_cli(["--list", "models", "--pattern", "tv:resnet1*"]) == 0
-    assert capsys.readouterr().out == "and by prefix (3):\n  tv:resnet101, tv:resnet152, tv:resnet18\n"
+    assert capsys.readouterr().out == "By prefix (3):\n  tv:resnet101, tv:resnet152, tv:resnet18\n"  # no "and"
 
 
 def test_list_with_a_config_lists_the_registry_modules_it_names(tmp_path, capsys):
