@@ -116,6 +116,10 @@ class Main:
             registries = self._registries_for(cfg.registries)
         except RegistryError as error:
             raise RegistryError(f"{cfg.source}: the key 'registries': {error}") from None
+        try:  # before the executor names the run's folder: a mistyped name of 5,000 characters was refused as too
+            registries.check_names(cfg)  # long a folder name, and only the shortened one as an unknown model
+        except RegistryError as error:
+            raise RegistryError(f"{cfg.source}: {error}") from None
         executor = TrainTestExecutor(cfg, registries, progress=self.progress, listings=listings)
         try:  # a list inside *_args reaches the factory one element at a time: both checks can say so
             # the flags a factory sets end with the checks (not those its module set on import)

@@ -310,3 +310,14 @@ def test_a_folder_shared_by_a_sweep_of_a_nested_key_names_that_key(tmp_path, cap
     err = " ".join(capsys.readouterr().err.split())
     assert "runs 0 and 1 would share the folder" in err, err
     assert "they differ only in ['dataset_args.download'], which do not change a run's results" in err, err
+
+
+def test_a_very_long_unknown_model_name_is_refused_as_unknown(tmp_path, capsys):
+    """A 5,000-character model name was refused as too long a folder name ("shorten 'model'"); shortened, it was
+    then refused as unknown: the first error sent the user on a detour."""
+    from phd_lab.cli import main_cli
+    from tests.conftest import write_config
+    config = write_config(tmp_path, model="v" * 5000)
+    assert main_cli(["--config", str(config), "--dry-run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Unknown model" in err and "bytes long" not in err, err[:300]
