@@ -321,3 +321,27 @@ def test_a_very_long_unknown_model_name_is_refused_as_unknown(tmp_path, capsys):
     assert main_cli(["--config", str(config), "--dry-run"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "Unknown model" in err and "bytes long" not in err, err[:300]
+
+
+@pytest.mark.parametrize("sweep", [{"model_args": [{}, {"width": 1.0}]},
+                                   {"optimizer_args": [{}, {"lr": 0.0001}]}])
+def test_a_default_written_out_in_one_run_is_warned_of(tmp_path, capsys, sweep):
+    """vgg11's width and adam's lr written at their defaults in one point of a grid and left out in another gave two
+    folders for one run, trained twice without a word (1 and 1.0 were warned of, a repeated linear_init refused)."""
+    import inspect
+
+    from phd_lab.cli import main_cli
+    from phd_lab.registry import Registries
+    from tests.conftest import write_config
+    factories = Registries({})
+    assert inspect.signature(factories.models.get("vgg11")).parameters["width"].default == 1.0
+    assert inspect.signature(factories.optimizers.get("adam")).parameters["lr"].default == 0.0001
+    config = write_config(tmp_path, **sweep)
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("runs 0 and 1 differ only in factory arguments that one of them writes at the factory's default, which "
+            "gives them two folders: the same run would be trained twice") in err, err
+    capsys.readouterr()
+    config = write_config(tmp_path, name="other.json", model_args=[{"width": 0.5}, {"width": 1.0}])
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    assert "factory's default" not in capsys.readouterr().err
