@@ -433,7 +433,7 @@ def test_list_commands(capsys):
     assert "vgg11" in capsys.readouterr().out
     assert main_cli(["--list", "models", "--pattern", "tv:resnet1*"]) == 0  # torchvision's, by their prefix
     listed = capsys.readouterr().out.split()
-    assert listed == ["and", "by", "prefix", "(3):", "tv:resnet101,", "tv:resnet152,", "tv:resnet18"]
+    assert listed == ["By", "prefix", "(3):", "tv:resnet101,", "tv:resnet152,", "tv:resnet18"]
     assert main_cli(["--list", "datasets"]) == 0
     out = capsys.readouterr().out
     assert "Digits" in out and "FakeData" in out
