@@ -538,21 +538,17 @@ def point_status(executor: TrainTestExecutor, meta_models: dict[Any, Any] | None
     metrics, damage = read_metrics(rundir)
     status = training_status(rundir, {"epoch": planned}, metrics)  # as the report says it
     store = CheckpointStore(rundir.checkpoint, rundir.previous_checkpoint)
-    if damage is None and not status.active and _checkpoint_newer_than_csv(store, rundir.metrics_csv):
-        # a kill between an epoch's checkpoint and its CSV row (the CSV is written second): the rerun resumes
-        # after the checkpoint's epoch, which the CSV does not list yet
+    notes = [] if damage is None else [damage]
+    # a damaged CSV, or a kill between an epoch's checkpoint and its CSV row (the CSV is written second): the
+    # rerun resumes after the checkpoint's epoch, which the CSV may not list
+    if not status.active and (damage is not None or _checkpoint_newer_than_csv(store, rundir.metrics_csv)):
         trained, listed = store.peek_epochs(), status.epochs_done
         if trained is not None and trained > listed:
             status = training_status(rundir, {"epoch": planned}, pd.DataFrame({"epoch": [trained]}))
-            return (f"{_point_status(executor, status, meta_models)} (the epochs trained are those of "
-                    f"{rundir.checkpoint.name}: the metrics CSV lists {listed} of its {trained})")
-    if damage is None:
-        return _point_status(executor, status, meta_models)
-    trained = store.peek_epochs()
-    if not status.active and trained is not None and trained > status.epochs_done:
-        status = training_status(rundir, {"epoch": planned}, pd.DataFrame({"epoch": [trained]}))
-        damage += f"; the epochs trained are those of {rundir.checkpoint.name}"
-    return f"{_point_status(executor, status, meta_models)} ({damage})"
+            notes.append(f"the epochs trained are those of {rundir.checkpoint.name}" + (
+                "" if damage is not None else f": the metrics CSV lists {listed} of its {trained}"))
+    said = _point_status(executor, status, meta_models)
+    return f"{said} ({'; '.join(notes)})" if notes else said
 
 
 def _checkpoint_newer_than_csv(store: Any, csv: Path) -> bool:

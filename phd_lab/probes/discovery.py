@@ -435,16 +435,21 @@ def _refuse_a_run_folder(folder: Path) -> None:
     raise DataError(f"{str(folder)!r} is a run folder, not a latents folder, and {why}.")
 
 
-def _mirrored_latents(folder: Path, config: Path) -> Path | None:
-    """The latents folder with a manifest that the run of ``folder`` extracted under the latents_dir its logged
-    ``config`` names (mirrored as ``<model>/<dataset>_<resolution>/<run_id>/<variant>``), or None."""
+def _logged_latents_dir(config: Path) -> tuple[bool, str | None]:
+    """Whether a logged config can be read, and the latents_dir its extraction writes to (None: the run folder)."""
     from phd_lab.config_paths import extraction_latents_dir
     try:
         values = json.loads(config.read_text(encoding="utf-8"))
-        latents_dir = extraction_latents_dir(values) if isinstance(values, dict) else None
-    except (OSError, ValueError, AttributeError):  # unreadable or hand-edited: the general message then
-        return None
-    if latents_dir is None:
+        return isinstance(values, dict), extraction_latents_dir(values) if isinstance(values, dict) else None
+    except (OSError, ValueError, AttributeError):  # unreadable or hand-edited
+        return False, None
+
+
+def _mirrored_latents(folder: Path, config: Path) -> Path | None:
+    """The latents folder with a manifest that the run of ``folder`` extracted under the latents_dir its logged
+    ``config`` names (mirrored as ``<model>/<dataset>_<resolution>/<run_id>/<variant>``), or None."""
+    _, latents_dir = _logged_latents_dir(config)
+    if latents_dir is None:  # none, or an unreadable config: the general message then
         return None
     mirror = Path(os.path.expanduser(latents_dir)).joinpath(*folder.resolve().parts[-4:])
     found = [mirror / "latents", *sorted(mirror.glob("latents_*"))]
@@ -507,20 +512,6 @@ def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root:
     return ProbeJob(manifest, settings, run_folder(run_dir).for_probe_set(probe_set), label)
 
 
-def _names_a_latents_dir(config: Path) -> bool | None:
-    """Whether a logged config names a ``latents_dir`` (top-level, or an extract step's own); None where it
-    cannot be read."""
-    try:
-        values = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(values, dict):
-        return None
-    steps = values.get("post_processing")
-    named = [step.get("latents_dir") for step in steps if isinstance(step, dict)] if isinstance(steps, list) else []
-    return any(value is not None for value in [values.get("latents_dir"), *named])
-
-
 def _check_foreign_run_folder(manifest: Manifest, run_dir: Path) -> None:
     """Refuse a manifest that names a run folder (one with a logged config) the latents are not of: neither do they
     lie in it, nor in its mirror under a ``latents_dir`` (``<model>/<dataset>_<resolution>/<run_id>/<variant>``, the
@@ -533,7 +524,8 @@ def _check_foreign_run_folder(manifest: Manifest, run_dir: Path) -> None:
         return
     manifest_path = str(manifest.folder / MANIFEST)
     if run_dir.resolve().parts[-4:] == enclosing.parts[-4:]:
-        if _names_a_latents_dir(configs[0]) is not False:
+        readable, latents_dir = _logged_latents_dir(configs[0])
+        if not readable or latents_dir is not None:  # mirrored there (or cannot tell)
             return
         # a copy of a logs tree whose run folder lost its logged config (which would have made it the latents'
         # run, see ``_job``): the same last four parts, but the named run extracted into its own folder
