@@ -412,39 +412,37 @@ def _warn_of_repeated_runs(grid: Grid, executors: list[TrainTestExecutor]) -> No
                     "on the CPU). Set \"seed\": null to derive each repetition's seed from its run_id.", grid.where,
                     json.dumps(grid.base["seed"]), json.dumps(list(axes["run_id"]), ensure_ascii=False))
     _warn_of_idle_tracking_keys(grid, executors)
-    _warn_of_defaults_written_out(grid, executors)
-    seen: dict[str, int] = {}
+    written: dict[str, int] = {}  # values with each number written one way
+    resolved: dict[str, int] = {}  # and with the factories' defaults filled in
     for index, executor in enumerate(executors):
         key = json.dumps(_numbers_as_written_once(executor.config.values), sort_keys=True, default=str)
-        if key in seen:
+        if key in written:
             log.warning("%s: runs %d and %d differ only in how numbers are written (such as 1 and 1.0, or true and "
                         "1), which gives them two folders: the same run would be trained twice. Write each value "
                         "once.",
-                        grid.where, seen[key], index)
+                        grid.where, written[key], index)
             return
-        seen[key] = index
-
-
-def _warn_of_defaults_written_out(grid: Grid, executors: list[TrainTestExecutor]) -> None:
-    """Two runs whose factory arguments differ only in a default one of them writes out (model_args [{}, {"width":
-    1.0}] for vgg11, whose width is 1.0 by default): the folder is named by the arguments as written, so the same
-    network was trained twice in two folders without a word (a repeated framework option is refused instead)."""
-    from phd_lab.factory_args import SUPPLIED_ARGS, defaults_in_effect
-    seen: dict[str, int] = {}
-    for index, executor in enumerate(executors):
-        cfg, values = executor.config, dict(executor.config.values)
-        for kind, name in (("models", cfg.model), ("datasets", cfg.dataset), ("optimizers", cfg.optimizer)):
-            key = f"{kind[:-1]}_args"
-            given = values.get(key) or {}
-            factory = executor.registries[kind].get(name)
-            values[key] = {**defaults_in_effect(factory, given, SUPPLIED_ARGS[kind]), **given}
-        resolved = json.dumps(_numbers_as_written_once(values), sort_keys=True, default=str)
-        first = seen.setdefault(resolved, index)
+        written[key] = index
+        first = resolved.setdefault(_with_factory_defaults(executor), index)
         if first != index and executors[first].rundir.root != executor.rundir.root:
+            # model_args [{}, {"width": 1.0}] for vgg11 (width 1.0 by default): folders are named by the arguments
+            # as written (a repeated framework option is refused instead)
             log.warning("%s: runs %d and %d differ only in factory arguments that one of them writes at the "
                         "factory's default, which gives them two folders: the same run would be trained twice. "
                         "Write such a default in every run or in none.", grid.where, first, index)
             return
+
+
+def _with_factory_defaults(executor: TrainTestExecutor) -> str:
+    """A run's values with each number written one way and the model, dataset and optimizer factories' defaults
+    filled into their arguments, as a key: two runs with one key train the same network."""
+    from phd_lab.factory_args import SUPPLIED_ARGS, defaults_in_effect
+    cfg, values = executor.config, dict(executor.config.values)
+    for kind, name in (("models", cfg.model), ("datasets", cfg.dataset), ("optimizers", cfg.optimizer)):
+        key = f"{kind[:-1]}_args"
+        given = values.get(key) or {}
+        values[key] = {**defaults_in_effect(executor.registries[kind].get(name), given, SUPPLIED_ARGS[kind]), **given}
+    return json.dumps(_numbers_as_written_once(values), sort_keys=True, default=str)
 
 
 def idle_tracking_keys(values: Mapping[str, Any]) -> list[str]:
