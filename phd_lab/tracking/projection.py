@@ -11,7 +11,6 @@ loss (accuracy NaN), and the outputs of a few example inputs can be kept for eac
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import logging
 from typing import Iterable, Sequence
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on the loader a second time
 
+from phd_lab.config import derive_seed
 from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, Objective, objective_of
 from phd_lab.progress import bar_options
 from phd_lab.projection_deltas import THESIS_DELTAS
@@ -113,10 +113,10 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
     todo = [(d, b) for d in deltas for b in bases]
     for delta, basis in tqdm(todo, desc="projections", disable=not progress, unit="eval",
                              **bar_options(transient=True)):
-        generator = torch.Generator().manual_seed(random_basis_seed(seed, delta))
+        generator = torch.Generator().manual_seed(random_basis_seed(seed, delta)) if basis == "random" else None
         for layer in pca:
             layer.set_delta(delta)
-            if basis == "random":
+            if generator is not None:
                 layer.use_random_basis(generator)  # the layers in order, from this delta's own stream
             else:
                 layer.use_pca_basis()
@@ -139,8 +139,7 @@ def random_basis_seed(seed: int, delta: float) -> int:
     """The seed of ``delta``'s random bases: a function of the run's seed and delta alone, so that a delta's random
     control is the same whichever other deltas the list holds (one stream for the whole list gave 0.1 and then
     0.097 at delta 0.99 once 0.95 was added before it)."""
-    digest = hashlib.sha256(f"{int(seed)}:{float(delta)!r}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return derive_seed(f"{int(seed)}:{float(delta)!r}")
 
 
 @torch.no_grad()
