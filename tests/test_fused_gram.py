@@ -258,29 +258,36 @@ def test_a_ctrl_c_as_numba_is_first_imported_stops_tracking_instead_of_turning_t
 @pytest.mark.skipif(openmp_team._gomp_parallel() is None, reason="torch's threads are no OpenMP team here")
 @pytest.mark.parametrize("shape", [(64, 16, 32, 32), (64, 13, 32, 32), (40, 30, 16, 16), (64, 256, 2, 2)])
 def test_torch_s_threads_share_an_update_with_the_bits_of_one_thread(shape: tuple[int, int, int, int]) -> None:
-    """On two intra-op threads, a large float32 update runs on torch's OpenMP team, each thread computing
-    contiguous runs of the triangle's register blocks; every sum keeps one thread's order, so the Gram and
-    the totals have the same bits, also cut into more parts than threads (each thread claims parts until
-    none is left: what a team smaller than asked for, e.g. under OMP_THREAD_LIMIT, relies on)."""
-    values = relu_maps(shape, 5).reshape(shape[0], shape[1], -1).numpy()
+    """On two intra-op threads, a large float32 update runs on torch's OpenMP team: each thread sums a chunk
+    of the positions (or a run of the triangle's register blocks of one chunk) into the chunk's own sums,
+    which are added in chunk order; so the Gram and the totals have the bits of the chunks summed one after
+    the other on one thread, also when the chunks are cut into more parts than threads (each thread claims
+    work until none is left: what a team smaller than asked for, e.g. under OMP_THREAD_LIMIT, relies on)."""
+    maps = relu_maps(shape, 5)
+    values = maps.reshape(shape[0], shape[1], -1).numpy()
     shift = values[:8].mean(axis=(0, 2), dtype=np.float64)  # not the overall mean: the totals are not zero
     tile = 256 if shape[1] <= 128 else 128
 
-    def update(parts: int) -> tuple[np.ndarray, np.ndarray]:
-        gram, total = np.zeros((shape[1], shape[1])), np.zeros(shape[1])
-        if parts == 0:
-            fused_gram._kernel()(values, shift, gram, total, tile, 0, 1)  # the calling thread alone
+    def update(parts: int | None, team: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        gram, total = torch.zeros(shape[1], shape[1], dtype=torch.float64), torch.zeros(shape[1], dtype=torch.float64)
+        if parts is None:  # the public entry: chunks on the team, or one after the other on the calling thread
+            with fused_gram.switched(True, team=team):
+                fused_gram.accumulate(maps, torch.from_numpy(shift), gram, total)
         else:
-            fused_gram._on_team(values, shift, gram, total, tile, 2, parts)
-        return np.tril(gram), total
+            grams, totals = np.zeros((fused_gram.CHUNKS, shape[1], shape[1])), np.zeros((fused_gram.CHUNKS, shape[1]))
+            fused_gram._on_team(values, shift, grams, totals, tile, 2, parts)
+            gram, total = torch.from_numpy(grams.sum(axis=0)), torch.from_numpy(totals.sum(axis=0))
+        return np.tril(gram.numpy()), total.numpy()
 
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert openmp_team.team_size() == 2 and fused_gram._team_threads(values) == 2
-        assert fused_gram._team_threads(values.astype(np.float64)) == 1  # float64 maps stay on one thread
-        assert fused_gram._team_threads(values[:1, :, :4]) == 1  # too little work to wake the team for
-        alone, *shared = [update(parts) for parts in (0, 2, 1, 3, 7, 1000)]
+        assert openmp_team.team_size() == 2 and fused_gram._chunked(values)
+        assert not fused_gram._chunked(values.astype(np.float64))  # float64 maps stay on the calling thread
+        assert not fused_gram._chunked(values[:1, :, :4])  # too little work to wake the team for
+        alone, *shared = [update(None, team=False)] + [update(None)] + [update(parts) for parts in (1, 2, 3, 7, 1000)]
+        torch.set_num_threads(1)
+        shared.append(update(None))
     finally:
         torch.set_num_threads(threads)
     for gram, total in shared:
@@ -290,3 +297,13 @@ def test_torch_s_threads_share_an_update_with_the_bits_of_one_thread(shape: tupl
     expected = (rows - shift).T @ (rows - shift)
     assert rel_error(gram, expected) <= 1e-10
     assert np.allclose(alone[1], (rows - shift).sum(axis=0), rtol=1e-9, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_first_batch_s_channel_sums_are_float64_sums_of_every_position(dtype: torch.dtype) -> None:
+    """The shift's sums (numba, one thread) equal numpy's float64 sums; channels_last maps included."""
+    maps = relu_maps((9, 7, 13, 11), 3, dtype) * 1e4
+    expected = maps.double().sum(dim=(0, 2, 3)).numpy()
+    for layout in (maps, maps.to(memory_format=torch.channels_last)):
+        sums = fused_gram.channel_sums(layout)
+        assert sums.dtype == torch.float64 and np.allclose(sums.numpy(), expected, rtol=1e-13, atol=0)

@@ -66,11 +66,12 @@ def tracker_options(config: RunConfig) -> TrackerOptions:
 def saturation_columns(frames: dict[str, pd.DataFrame]) -> dict[str, float]:
     """CSV columns of one epoch from the per-split tracker tables (layers in forward order)."""
     columns: dict[str, float] = {}
-    layers = list(frames[SPLITS[0]].index)
-    for layer in layers:
-        for metric in ("saturation", "intrinsic_dimension"):
+    metrics = ("saturation", "intrinsic_dimension")
+    values = {(split, metric): frames[split][metric].to_dict() for split in SPLITS for metric in metrics}
+    for layer in frames[SPLITS[0]].index:
+        for metric in metrics:
             for split in SPLITS:
-                value = frames[split].loc[layer, metric] if layer in frames[split].index else float("nan")
+                value = values[split, metric].get(layer, float("nan"))
                 columns[f"{layer}_{split}_{metric}"] = float(value) if metric == "saturation" else _int(value)
     for split in SPLITS:
         columns[f"{split}_saturation_mean"] = float(frames[split]["saturation"].mean())

@@ -10,12 +10,16 @@ arithmetic is exact float64, as on the torch path; only the order of the additio
 2–7× faster per update than the torch path for VGG- and ResNet-sized maps of 16–256 channels, on
 one thread and on two (benchmarks/RESULTS.md, issue 3).
 
-With more than one intra-op thread, an update with enough work runs on torch's own OpenMP team
-(``openmp_team``), each thread a contiguous run of the triangle's blocks; a second thread pool of our
-own had competed with torch's spinning workers and measured slower. Every sum is still added in the
-order one thread adds it, and the first batch's mean (the shift) is summed by numpy on one thread, so
-a layer on this path has sums that do not depend on torch's thread count. Like BLAS, the compiled
-code follows the host CPU (vector width, FMA), so the last bits may differ between CPU models.
+A float32 update with enough work is summed in ``CHUNKS`` chunks of positions, each into sums of its
+own that are then added in chunk order. With more than one intra-op thread the chunks (and, with more
+threads than chunks, contiguous runs of the triangle's blocks within a chunk) run on torch's own OpenMP
+team (``openmp_team``): a second thread pool of our own had competed with torch's spinning workers and
+measured slower, and each thread of two reads only its own share of the maps (splitting the triangle
+alone had both threads read every map, which right after a training convolution come from memory and
+cost as much as the arithmetic saved). Whether an update is chunked depends on its shape only, and the
+first batch's mean (the shift) is summed on one thread, so the sums do not depend on torch's thread
+count. Like BLAS, the compiled code follows the host CPU (vector width, FMA), so the last bits may
+differ between CPU models.
 ``CovarianceAccumulator`` reads the Gram's lower triangle, which every update path keeps.
 """
 
@@ -35,7 +39,8 @@ from phd_lab.tracking import openmp_team
 
 MAX_CHANNELS = 256  # wider layers keep BLAS (multithreaded), which caught up at 512 channels on 2 threads
 MIN_WORK = 1 << 22  # observations × channels² per update; smaller updates are not worth compiling for
-TEAM_MIN_WORK = 1 << 22  # observations × channels² from which torch's threads share an update
+TEAM_MIN_WORK = 1 << 23  # observations × channels² from which an update is summed in chunks torch's threads share
+CHUNKS = 2  # chunks of positions: each thread of two reads only its own share of the maps
 _BLOCK = 4  # rows of one register block: the buffer is padded to a multiple
 _MAX_TILE = 256  # positions per tile
 _TILE_BYTES = 256 * 1024  # float64 tile of (channels, positions), kept in the L2 cache
@@ -91,46 +96,66 @@ def accumulate(maps: torch.Tensor, shift: torch.Tensor, gram: torch.Tensor, tota
     """gram += Σ (a − shift)(a − shift)ᵀ (lower triangle) and total += Σ (a − shift) over every position.
 
     ``maps`` (B, C, H, W) on the CPU; ``shift`` (C,), ``gram`` (C, C) and ``total`` (C,) are float64,
-    contiguous, and updated in place.
+    contiguous, and updated in place. Float32 maps with at least ``TEAM_MIN_WORK`` are summed in
+    ``CHUNKS`` chunks of positions, each into sums of its own that are then added in chunk order, whether
+    the chunks run on torch's threads or one after the other: the bits depend on the shape, not on the
+    thread count.
     """
     batch, channels = maps.shape[:2]
     values = maps.reshape(batch, channels, -1).contiguous().numpy()
     tile = int(min(_MAX_TILE, max(16, _TILE_BYTES // (8 * _padded(channels)))))
-    threads = _team_threads(values)
+    kernel = _kernel_module()
+    tiles = kernel.tile_count(batch, values.shape[2], tile)
+    if not _chunked(values):
+        _kernel()(values, shift.numpy(), gram.numpy(), total.numpy(), tile, 0, tiles, 0, 1)
+        return
+    grams, totals = np.zeros((CHUNKS, channels, channels)), np.zeros((CHUNKS, channels))
+    threads = openmp_team.team_size() if team_enabled else 1
     if threads > 1:
-        _on_team(values, shift.numpy(), gram.numpy(), total.numpy(), tile, threads)
+        _on_team(values, shift.numpy(), grams, totals, tile, threads)
     else:
-        _kernel()(values, shift.numpy(), gram.numpy(), total.numpy(), tile, 0, 1)
+        for chunk in range(CHUNKS):
+            _kernel()(values, shift.numpy(), grams[chunk], totals[chunk], tile, tiles * chunk // CHUNKS,
+                      tiles * (chunk + 1) // CHUNKS, 0, 1)
+    gram_values, total_values = gram.numpy(), total.numpy()
+    for chunk in range(CHUNKS):
+        gram_values += grams[chunk]
+        total_values += totals[chunk]
 
 
 def channel_sums(maps: torch.Tensor) -> torch.Tensor:
-    """Σ over batch and positions per channel, in float64, by numpy on one thread (deterministic)."""
-    values = maps.reshape(maps.shape[0], maps.shape[1], -1).numpy()
-    return torch.from_numpy(values.sum(axis=(0, 2), dtype=np.float64))
+    """Σ over batch and positions per channel, in float64, on one thread (deterministic)."""
+    values = maps.reshape(maps.shape[0], maps.shape[1], -1).contiguous().numpy()
+    sums = np.zeros(values.shape[1])
+    _kernel_module().channel_totals(values, sums)
+    return torch.from_numpy(sums)
 
 
 def _padded(channels: int) -> int:
     return -(-channels // _BLOCK) * _BLOCK
 
 
-def _team_threads(values: np.ndarray) -> int:
-    """How many of torch's threads share this update: all of them for float32 maps with enough work (a
-    team wakes in microseconds, but small updates gain less than that), else 1 (the calling thread)."""
-    if not team_enabled or values.dtype != np.float32 or values.size * values.shape[1] < TEAM_MIN_WORK:
-        return 1
-    return openmp_team.team_size()
+def _chunked(values: np.ndarray) -> bool:
+    """Whether an update is summed in chunks of positions that torch's threads can share: float32 maps with
+    enough work (a team wakes in microseconds, but small updates gain less than that). Never a function of
+    the thread count, so that the sums are not either."""
+    return values.dtype == np.float32 and values.size * values.shape[1] >= TEAM_MIN_WORK
 
 
-def _on_team(values: np.ndarray, shift: np.ndarray, gram: np.ndarray, total: np.ndarray, tile: int,
+def _on_team(values: np.ndarray, shift: np.ndarray, grams: np.ndarray, totals: np.ndarray, tile: int,
              threads: int, parts: int | None = None) -> None:
-    """The update split into ``parts`` (default: one per thread) over ``threads`` of torch's OpenMP team:
-    the same sums, in the same order, as on one thread."""
+    """The chunks of an update (``grams`` and ``totals`` hold one row per chunk), each split into ``parts``
+    runs of the triangle's blocks (default: enough for every thread), over ``threads`` of torch's OpenMP
+    team: the same sums, in the same order, as the chunks one after the other on one thread."""
     kernel = _kernel_module()
+    chunks = grams.shape[0]
     slots = np.zeros(kernel.SLOTS, dtype=np.int64)
-    for slot, array in ((kernel.VALUES, values), (kernel.SHIFT, shift), (kernel.GRAM, gram), (kernel.TOTAL, total)):
+    for slot, array in ((kernel.VALUES, values), (kernel.SHIFT, shift), (kernel.GRAM, grams),
+                        (kernel.TOTAL, totals)):
         slots[slot] = array.ctypes.data
     slots[[kernel.BATCH, kernel.CHANNELS, kernel.POSITIONS]] = values.shape
-    slots[kernel.TILE], slots[kernel.PARTS] = tile, parts or threads
+    slots[kernel.TILE], slots[kernel.TILES] = tile, kernel.tile_count(values.shape[0], values.shape[2], tile)
+    slots[kernel.CHUNKS], slots[kernel.PARTS] = chunks, parts or -(-threads // chunks)
     openmp_team.run(kernel.team_body().address, slots.ctypes.data, threads)
 
 

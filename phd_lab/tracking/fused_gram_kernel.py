@@ -1,12 +1,14 @@
 """The compiled code of the fused covariance update (numba), in one file so that numba's disk cache,
 which follows the source file of each cached function, never pairs a changed kernel with stale callers.
 
-``serial`` runs one update on the calling thread. ``team_body`` is a C function for torch's OpenMP team
-(``openmp_team.run``): the lower triangle's register blocks are cut into contiguous parts, each thread
-claims parts until none is left and computes every block of a part over all positions, in the order
-``serial`` does. So every sum is added in the same order whichever thread adds it, and the result has
-the same bits on any number of threads. Each part converts the rows it reads into a buffer of its own;
-the last part, which reads all of them, sums the totals.
+``serial`` runs one update of a run of tiles (a chunk of the maps' positions) on the calling thread.
+``team_body`` is a C function for torch's OpenMP team (``openmp_team.run``): each work item is one of a
+fixed number of position chunks, or a contiguous part of the lower triangle's register blocks of one
+chunk; each thread claims items until none is left. Each chunk's sums go to a Gram of its own, which the
+caller adds up in chunk order, and every block of a chunk is added in the order ``serial`` adds it, so
+the result has the same bits on any number of threads. Each item converts the rows it reads into a
+buffer of its own; the last part of a chunk, which reads all of them, sums the chunk's totals.
+``channel_totals`` sums the first batch's channels on one thread.
 
 Imported by ``fused_gram`` on first use only: importing numba takes about a second.
 """
@@ -27,8 +29,8 @@ log = logging.getLogger(__name__)
 # reassoc lets the reductions vectorise; NaN and inf keep their IEEE meaning (no nnan/ninf).
 _OPTIONS: dict[str, Any] = {"nogil": True, "fastmath": {"reassoc", "contract"}}
 # The team's data: int64 slots (the claim counter first, then addresses and sizes)
-CLAIMED, VALUES, SHIFT, GRAM, TOTAL, BATCH, CHANNELS, POSITIONS, TILE, PARTS = range(10)
-SLOTS = 10
+CLAIMED, VALUES, SHIFT, GRAM, TOTAL, BATCH, CHANNELS, POSITIONS, TILE, TILES, CHUNKS, PARTS = range(12)
+SLOTS = 12
 
 
 def _compiled(compile: Callable[..., Callable[[Callable], Any]], function: Callable, *args: Any) -> Any:
@@ -70,11 +72,20 @@ def _claim(typingctx, slots):  # noqa: ANN001, ANN202
     return types.int64(types.CPointer(types.int64)), codegen
 
 
+def tile_count(batch: int, positions: int, tile: int) -> int:
+    """How many tiles ``gram_update`` cuts (batch, channels, positions) maps into: a tile holds up to
+    ``tile`` positions of one map, or several whole maps when they are smaller."""
+    width = min(tile, positions)
+    maps_per_tile = max(1, tile // positions) if positions < tile else 1
+    return -(-batch // maps_per_tile) * -(-positions // width)
+
+
 def gram_update(values: np.ndarray, shift: np.ndarray, gram: np.ndarray, total: np.ndarray, tile: int,
-                part: int, parts: int) -> None:  # pragma: no cover - runs compiled; tested through accumulate()
-    """values (B, C, P); a tile holds up to ``tile`` positions of one map, or several whole maps when they
-    are smaller. Register blocks of 4 rows × 2 columns over the lower triangle, numbered row by row; this
-    call computes the ``part``-th of ``parts`` contiguous runs of them (all of them: 0 of 1)."""
+                first_tile: int, end_tile: int, part: int,
+                parts: int) -> None:  # pragma: no cover - runs compiled; tested through accumulate()
+    """Add the tiles ``first_tile`` .. ``end_tile`` - 1 of values (B, C, P) (see ``tile_count``), shifted, to
+    ``gram`` and ``total``. Register blocks of 4 rows × 2 columns over the lower triangle, numbered row by
+    row; this call computes the ``part``-th of ``parts`` contiguous runs of them (all of them: 0 of 1)."""
     batch, channels, positions = values.shape
     padded = (channels + 3) // 4 * 4
     blocks = padded // 4 * (padded // 4 + 1)  # row block b holds 2b + 2 column pairs
@@ -88,65 +99,82 @@ def gram_update(values: np.ndarray, shift: np.ndarray, gram: np.ndarray, total: 
     sums_totals = part == parts - 1  # the last part reads every row
     width_max = min(tile, positions)
     maps_per_tile = max(1, tile // positions) if positions < tile else 1
+    position_tiles = (positions + width_max - 1) // width_max
     buffer = np.zeros((padded, maps_per_tile * width_max))  # rows beyond ``rows`` stay zero
-    for first in range(0, batch, maps_per_tile):
+    for index in range(first_tile, end_tile):
+        first, start = index // position_tiles * maps_per_tile, index % position_tiles * width_max
         maps = min(maps_per_tile, batch - first)
-        for start in range(0, positions, width_max):
-            width = min(width_max, positions - start)
-            count = maps * width
-            for m in range(maps):
-                base = m * width
-                for c in range(rows):
-                    offset = shift[c]
-                    row_sum = 0.0
-                    source = values[first + m, c, start:start + width]
-                    target = buffer[c, base:base + width]
-                    for t in range(width):
-                        value = np.float64(source[t]) - offset
-                        target[t] = value
-                        row_sum += value
-                    if sums_totals:
-                        total[c] += row_sum
-            number = 0
-            for r in range(0, padded, 4):
-                for s in range(0, r + 4, 2):
-                    if first_block <= number < end_block:
-                        a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = 0.0
-                        for t in range(count):
-                            x0, x1, x2, x3 = buffer[r, t], buffer[r + 1, t], buffer[r + 2, t], buffer[r + 3, t]
-                            y0, y1 = buffer[s, t], buffer[s + 1, t]
-                            a00 += x0 * y0
-                            a01 += x0 * y1
-                            a10 += x1 * y0
-                            a11 += x1 * y1
-                            a20 += x2 * y0
-                            a21 += x2 * y1
-                            a30 += x3 * y0
-                            a31 += x3 * y1
-                        first_column, second_column = (a00, a10, a20, a30), (a01, a11, a21, a31)
-                        for i in range(4):  # skip the zero padding rows and columns
-                            if r + i < channels:
-                                if s < channels:
-                                    gram[r + i, s] += first_column[i]
-                                if s + 1 < channels:
-                                    gram[r + i, s + 1] += second_column[i]
-                    number += 1
+        width = min(width_max, positions - start)
+        count = maps * width
+        for m in range(maps):
+            base = m * width
+            for c in range(rows):
+                offset = shift[c]
+                row_sum = 0.0
+                source = values[first + m, c, start:start + width]
+                target = buffer[c, base:base + width]
+                for t in range(width):
+                    value = np.float64(source[t]) - offset
+                    target[t] = value
+                    row_sum += value
+                if sums_totals:
+                    total[c] += row_sum
+        number = 0
+        for r in range(0, padded, 4):
+            for s in range(0, r + 4, 2):
+                if first_block <= number < end_block:
+                    a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = 0.0
+                    for t in range(count):
+                        x0, x1, x2, x3 = buffer[r, t], buffer[r + 1, t], buffer[r + 2, t], buffer[r + 3, t]
+                        y0, y1 = buffer[s, t], buffer[s + 1, t]
+                        a00 += x0 * y0
+                        a01 += x0 * y1
+                        a10 += x1 * y0
+                        a11 += x1 * y1
+                        a20 += x2 * y0
+                        a21 += x2 * y1
+                        a30 += x3 * y0
+                        a31 += x3 * y1
+                    first_column, second_column = (a00, a10, a20, a30), (a01, a11, a21, a31)
+                    for i in range(4):  # skip the zero padding rows and columns
+                        if r + i < channels:
+                            if s < channels:
+                                gram[r + i, s] += first_column[i]
+                            if s + 1 < channels:
+                                gram[r + i, s + 1] += second_column[i]
+                number += 1
+
+
+def channel_sums(values: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - runs compiled
+    """out[c] += Σ over maps and positions of values (B, C, P)[:, c] in float64, map by map (one thread)."""
+    batch, channels, positions = values.shape
+    for b in range(batch):
+        for c in range(channels):
+            row_sum = 0.0
+            for t in range(positions):
+                row_sum += np.float64(values[b, c, t])
+            out[c] += row_sum
 
 
 serial = _compiled(numba.njit, gram_update)
+channel_totals = _compiled(numba.njit, channel_sums)
 
 
 def _team_part(data):  # noqa: ANN001, ANN202 - runs compiled
-    """One team thread: claim parts of the float32 update in ``data``'s slots until none is left."""
+    """One team thread: claim work items (a part of a chunk) of the float32 update in ``data``'s slots until
+    none is left."""
     slots = _slots(data)
-    values = numba.carray(float32_at(slots[VALUES]), (slots[BATCH], slots[CHANNELS], slots[POSITIONS]))
-    shift = numba.carray(float64_at(slots[SHIFT]), slots[CHANNELS])
-    gram = numba.carray(float64_at(slots[GRAM]), (slots[CHANNELS], slots[CHANNELS]))
-    total = numba.carray(float64_at(slots[TOTAL]), slots[CHANNELS])
-    part = _claim(slots)
-    while part < slots[PARTS]:
-        serial(values, shift, gram, total, slots[TILE], part, slots[PARTS])
-        part = _claim(slots)
+    channels, chunks, parts, tiles = slots[CHANNELS], slots[CHUNKS], slots[PARTS], slots[TILES]
+    values = numba.carray(float32_at(slots[VALUES]), (slots[BATCH], channels, slots[POSITIONS]))
+    shift = numba.carray(float64_at(slots[SHIFT]), channels)
+    grams = numba.carray(float64_at(slots[GRAM]), (chunks, channels, channels))
+    totals = numba.carray(float64_at(slots[TOTAL]), (chunks, channels))
+    item = _claim(slots)
+    while item < chunks * parts:
+        chunk, part = item // parts, item % parts
+        serial(values, shift, grams[chunk], totals[chunk], slots[TILE], tiles * chunk // chunks,
+               tiles * (chunk + 1) // chunks, part, parts)
+        item = _claim(slots)
 
 
 _team_body: Any = None
