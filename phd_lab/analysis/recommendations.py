@@ -95,9 +95,15 @@ def _border_text(summary: dict[str, Any]) -> str:
              if last_tail and summary["agreement"]["b_min"]["agrees"] else
              "; the saturation shows no tail starting there, so check the probes before cutting."
              if sat else "; saturation was not recorded to confirm it.")
-    text += (f" Option 1: cut {b_min} and every later layer and put global average pooling + a linear "
-             f"classifier on the stump, then retrain (thesis ch. 11.4).")
     truncation = summary["truncation"]
+    cut_before = truncation.get("cut_before") if truncation else None
+    if cut_before and cut_before != b_min:  # b_min inside a block of several paths: the whole block goes
+        text += (f" Option 1: cut the model before {cut_before}, the block {b_min} lies in (a cut must lie on every "
+                 f"path from the input, so the whole block goes, as \"truncate\": \"border\" does), and put global "
+                 f"average pooling + a linear classifier on the stump, then retrain (thesis ch. 11.4).")
+    else:
+        text += (f" Option 1: cut {b_min} and every later layer and put global average pooling + a linear "
+                 f"classifier on the stump, then retrain (thesis ch. 11.4).")
     if truncation:
         share = truncation.get("params_saved_share")
         flop_share = truncation.get("flops_saved_share")
