@@ -166,3 +166,20 @@ def test_the_cut_advice_names_the_block_a_border_layer_inside_a_multipath_block_
     assert "Option 1: cut the model before stage2.1, the block stage2.1.paths.0.3 lies in" in texts["mpnet18"]
     assert "cut stage2.1.paths.0.3 and every later layer" not in texts["mpnet18"]
     assert "Option 1: cut layer3.1.conv1 and every later layer" in texts["resnet18"]
+
+
+def test_the_border_advice_names_a_tail_that_starts_beside_the_border_instead_of_denying_one(tmp_path):
+    """A tail that starts two layers after b_min (features.13, the 6th convolution at 32 px) does not agree
+    within border_tolerance 1, and the border advice said "the saturation shows no tail starting there", while no
+    other advice named that tail (VGG16 on digits at 32 px: tail features.34-40, three convolutions after the
+    border features.24)."""
+    rundir = with_train_saturations(write_run(tmp_path / "logs", width=0.25, stage="unprobed"),
+                                    [0.5] * 7 + [0.1, 0.1, 0.1, 0.9])
+    summary = summarize(load_run(rundir))
+    assert summary["borders"]["b_min"] == "features.13"
+    assert [(t["first_layer"], t["last_layer"]) for t in summary["tails"]] == [("features.18", "classifier.3")]
+    assert summary["agreement"]["b_min"]["offset"] == 2 and summary["agreement"]["b_min"]["agrees"] is False
+    depth = [a["text"] for a in summary["recommendations"] if a["kind"] == "depth"]
+    assert len(depth) == 1 and "shows no tail" not in depth[0]
+    assert ("the saturation tail closest to the output, features.18 to classifier.3, starts 2 layers after it (more "
+            "than border_tolerance), so check the probes before cutting.") in depth[0]
