@@ -38,7 +38,7 @@ def test_bias_residual_and_frozen_parameters():
             self.head = nn.Linear(2, 3)
 
         def forward(self, x):
-            y = self.conv(x) + x  # the residual addition is a functional op
+            y = self.conv(x) + x  # the residual addition written as an operator: not counted
             return self.head(y.mean((2, 3)))
 
     model = Block()
@@ -281,3 +281,28 @@ def test_a_ctrl_c_while_the_truncation_is_measured_stops_the_step(tmp_path, capl
     with pytest.raises(KeyboardInterrupt):
         border_truncation(context, full)
     assert "could not be measured" not in caplog.text
+
+
+@pytest.mark.parametrize(("written", "counted"), [("x + y", False), ("x * y", False), ("x.add_(y)", False),
+                                                  ("torch.add(x, y)", True), ("x.add(y)", True),
+                                                  ("torch.mul(x, y)", True), ("x.mul(y)", True)])
+def test_element_wise_arithmetic_is_counted_as_written_and_the_docstring_says_so(written, counted):
+    """The module docstring said element-wise arithmetic "is not counted by ptflops at all"; ptflops counts the
+    calls torch.add/torch.mul and the methods .add/.mul (one MAC per output element), not the operators."""
+    import phd_lab.analysis.flops as flops
+
+    class Merge(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 1, bias=False)
+
+        def forward(self, y):
+            x = self.conv(y)
+            return eval(written, {"torch": torch}, {"x": x, "y": y})
+
+    info, table = computational_info(Merge(), (2, 4, 4))
+    assert table.set_index("layer").loc[FUNCTIONAL_ROW, "macs"] == (2 * 4 * 4 if counted else 0)
+    assert info["macs"] == 2 * 4 * 4 * 2 + (2 * 4 * 4 if counted else 0)
+    doc = " ".join(flops.__doc__.split())
+    assert "is not counted by ptflops at all" not in doc
+    assert "``torch.add``/``torch.mul`` and the methods ``x.add(y)``/``x.mul(y)``" in doc

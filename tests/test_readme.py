@@ -29,3 +29,11 @@ def test_the_code_map_names_every_module_and_only_modules_that_exist():
     modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "phd_lab").rglob("*.py")}
     assert modules - named == set(), "modules missing from docs/code-map.md"
     assert {name for name in named if not (ROOT / name).is_file()} == set(), "docs/code-map.md names no such file"
+
+
+def test_the_readme_does_not_call_the_csv_mean_the_s_mu_of_the_analysis():
+    """README called the metrics CSV's ``train_saturation_mean`` "s_μ", while the report's s_μ (``analysis.json`` →
+    ``saturation.mean``) leaves side branches out: for resnet18_cifar on digits 84.6 % against 91.5 %."""
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert "(s_μ over the layers with a value" not in text
+    assert "`test_saturation_mean` (the mean over every tracked layer with a value, side branches included" in text

@@ -139,3 +139,47 @@ def test_layers_without_any_variance_are_named_before_the_width_advice(tmp_path)
     [text] = advice(rundir, "dead-layers")
     assert text.startswith("classifier.6 showed no variance at all on the train set (saturation 0")
     assert not advice(with_train_saturations(rundir, [0.25] * 11), "dead-layers")
+
+
+def test_the_cut_advice_names_the_block_a_border_layer_inside_a_multipath_block_takes_with_it():
+    """MPNet18's b_min at 32 px, stage2.1.paths.0.3, lies inside a block of two paths: the measured truncation (and
+    ``"truncate": "border"``) cuts before the whole block, stage2.1.paths.0.0 (before b_min) included, while the
+    advice said "cut stage2.1.paths.0.3 and every later layer" beside those savings. ResNet18's b_min opens its
+    block, and its advice names it as before."""
+    from phd_lab.analysis.receptive_field import border_layers, receptive_fields
+    from phd_lab.analysis.recommendations import recommendations
+    from phd_lab.models.truncate import truncation_savings
+    from registries import models as registry
+
+    texts = {}
+    for name, block in [("mpnet18", "stage2.1"), ("resnet18", "layer3.1.conv1")]:
+        model = getattr(registry, name)(num_classes=10, width=0.0625)
+        b_min, b_max = border_layers(receptive_fields(model, 32), 32)
+        truncation = truncation_savings(model, b_min, num_classes=10, in_channels=3, input_resolution=32)
+        assert truncation["cut_before"] == block
+        summary = {"run": {}, "tails": [], "saturation": None, "probes": {}, "truncation": truncation,
+                   "borders": {"resolution": 32, "b_min": b_min, "b_max": b_max},
+                   "agreement": {"b_min": {"agrees": False}, "b_max": {"agrees": False}}}
+        texts[name] = [a["text"] for a in recommendations(summary, AnalysisSettings()) if a["kind"] == "depth"][0]
+        if name == "mpnet18":
+            assert b_min == "stage2.1.paths.0.3" and "stage2.1.paths.0.0" in truncation["removed_layers"]
+    assert "Option 1: cut the model before stage2.1, the block stage2.1.paths.0.3 lies in" in texts["mpnet18"]
+    assert "cut stage2.1.paths.0.3 and every later layer" not in texts["mpnet18"]
+    assert "Option 1: cut layer3.1.conv1 and every later layer" in texts["resnet18"]
+
+
+def test_the_border_advice_names_a_tail_that_starts_beside_the_border_instead_of_denying_one(tmp_path):
+    """A tail that starts two layers after b_min (features.13, the 6th convolution at 32 px) does not agree
+    within border_tolerance 1, and the border advice said "the saturation shows no tail starting there", while no
+    other advice named that tail (VGG16 on digits at 32 px: tail features.34-40, three convolutions after the
+    border features.24)."""
+    rundir = with_train_saturations(write_run(tmp_path / "logs", width=0.25, stage="unprobed"),
+                                    [0.5] * 7 + [0.1, 0.1, 0.1, 0.9])
+    summary = summarize(load_run(rundir))
+    assert summary["borders"]["b_min"] == "features.13"
+    assert [(t["first_layer"], t["last_layer"]) for t in summary["tails"]] == [("features.18", "classifier.3")]
+    assert summary["agreement"]["b_min"]["offset"] == 2 and summary["agreement"]["b_min"]["agrees"] is False
+    depth = [a["text"] for a in summary["recommendations"] if a["kind"] == "depth"]
+    assert len(depth) == 1 and "shows no tail" not in depth[0]
+    assert ("the saturation tail closest to the output, features.18 to classifier.3, starts 2 layers after it (more "
+            "than border_tolerance), so check the probes before cutting.") in depth[0]

@@ -13,8 +13,10 @@ named in a warning and in ``uncounted_convolutions``, not guessed. Functional ca
 ptflops counts (``F.relu``, pooling, interpolation, ``matmul``/``bmm``, ...) made outside those
 modules appear as one extra row. ptflops' own total also adds the functional calls that modules
 make internally (``nn.ReLU`` calls ``F.relu``), counting those modules twice; here they are
-left out. Element-wise tensor arithmetic, such as the additions of residual connections, is not
-counted by ptflops at all.
+left out. Element-wise tensor arithmetic is counted by how it is written, as ptflops counts it: the
+calls ``torch.add``/``torch.mul`` and the methods ``x.add(y)``/``x.mul(y)`` (one MAC per output element,
+in the functional row), but not the operators (``x + y``, ``x * y``, the usual residual addition and
+attention gate) nor in-place ``x.add_(y)``, which ptflops does not see.
 """
 
 from __future__ import annotations

@@ -91,13 +91,27 @@ def _border_text(summary: dict[str, Any]) -> str:
     text = (f"{b_min} and every layer after it on the way to the output receive from the layer before them more "
             f"than the {resolution}x{resolution} input (its smallest receptive field r_min exceeds it: border layer "
             f"b_min), so these layers cannot add context")
-    text += (f"; the saturation tail from {last_tail['first_layer']} to {last_tail['last_layer']} confirms it."
-             if last_tail and summary["agreement"]["b_min"]["agrees"] else
-             "; the saturation shows no tail starting there, so check the probes before cutting."
-             if sat else "; saturation was not recorded to confirm it.")
-    text += (f" Option 1: cut {b_min} and every later layer and put global average pooling + a linear "
-             f"classifier on the stump, then retrain (thesis ch. 11.4).")
+    agreement = summary["agreement"]["b_min"]
+    offset = agreement.get("offset")
+    if last_tail and agreement["agrees"]:
+        text += f"; the saturation tail from {last_tail['first_layer']} to {last_tail['last_layer']} confirms it."
+    elif last_tail and offset is not None and last_tail["start"] > 0:  # a tail beside the border, not at it
+        text += (f"; the saturation tail closest to the output, {last_tail['first_layer']} to "
+                 f"{last_tail['last_layer']}, starts {abs(offset)} {'layer' if abs(offset) == 1 else 'layers'} "
+                 f"{'after' if offset > 0 else 'before'} it (more than border_tolerance), so check the probes "
+                 f"before cutting.")
+    else:
+        text += ("; the saturation shows no tail starting there, so check the probes before cutting."
+                 if sat else "; saturation was not recorded to confirm it.")
     truncation = summary["truncation"]
+    cut_before = truncation.get("cut_before") if truncation else None
+    if cut_before and cut_before != b_min:  # b_min inside a block of several paths: the whole block goes
+        text += (f" Option 1: cut the model before {cut_before}, the block {b_min} lies in (a cut must lie on every "
+                 f"path from the input, so the whole block goes, as \"truncate\": \"border\" does), and put global "
+                 f"average pooling + a linear classifier on the stump, then retrain (thesis ch. 11.4).")
+    else:
+        text += (f" Option 1: cut {b_min} and every later layer and put global average pooling + a linear "
+                 f"classifier on the stump, then retrain (thesis ch. 11.4).")
     if truncation:
         share = truncation.get("params_saved_share")
         flop_share = truncation.get("flops_saved_share")

@@ -350,7 +350,8 @@ def truncation_savings(model: nn.Module, layer: str, *, num_classes: int, in_cha
     """What ``truncate`` at ``layer`` saves, measured on the truncated model itself: parameters and
     FLOPs of the full model minus those of the truncated one (its new GAP + linear head included),
     and the layers it no longer has. The cut may remove more than the layers after ``layer`` (a
-    whole residual block), which an estimate from the per-layer table alone would miss.
+    whole residual block), which an estimate from the per-layer table alone would miss: ``cut_before`` names
+    the layer or block the cut is really before (``TruncatedModel.cut_before``).
     ``full`` passes ``computational_info(model, ...)`` when the caller has it already.
     """
     from phd_lab.analysis.flops import FUNCTIONAL_ROW, computational_info
@@ -366,7 +367,7 @@ def truncation_savings(model: nn.Module, layer: str, *, num_classes: int, in_cha
     # weights, a permute), which the kept graph still uses but no longer calls, so the cut model's table lacks them
     kept |= {name for name, _ in cut.body.named_modules() if name}
     head = cut_table[cut_table["layer"].isin(["pool", "classifier"])]
-    return {"border": layer, "exact": True,
+    return {"border": layer, "exact": True, "cut_before": cut.cut_before,
             "removed_layers": [name for name in full_table["layer"] if name not in kept and name != FUNCTIONAL_ROW],
             "params_saved": float(full_info["params_total"] - cut_info["params_total"]),
             "flops_saved": float(full_info["flops"] - cut_info["flops"]),

@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 class FlopsStep(Step):
     name = "flops"
     summary = "ptflops MACs/FLOPs and parameter counts for one image → computational_info.json/.csv"
-    version = 2  # 2: truncation savings of ShuffleNetV2 (a cut inside a unit) and ConvNeXt (removed_layers)
+    # 2: truncation savings of ShuffleNetV2 (a cut inside a unit) and ConvNeXt (removed_layers); 3: the truncation
+    # names the layer or block the cut is really before (cut_before: MPNet's b_min lies inside a block)
+    version = 3
 
     def outputs(self, rundir: RunDir) -> tuple[Path, ...]:
         return rundir.computational_info_json, rundir.computational_info_csv
