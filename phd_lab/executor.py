@@ -135,6 +135,11 @@ class TrainTestExecutor:
                 else:
                     check_data(cfg.data_dir, **cfg.dataset_args)
             except DataError as error:
+                if logged:  # the path of the machine and the day it trained: the one key to change here
+                    error = DataError(f"{error} This is a logged config, whose data_dir is the one the run was "
+                                      f"trained with (another machine's, or a folder moved since): set \"data_dir\" "
+                                      f"in it to where the data lies here. It is no part of the run's identity, so the "
+                                      f"run keeps its folder.")
                 if missing_data != "warn":  # "warn": a dry run, which shows the grid also before the download
                     raise DataError(f"{where}: {error}") from None
                 _warn_once(said, where, error)

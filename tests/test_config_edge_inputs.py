@@ -472,3 +472,27 @@ def test_a_key_unknown_to_this_version_in_a_logged_config_of_another_is_said_to_
     (tmp_path / "same.json").write_text(json.dumps({**logged, "tracking_newthing": 3}))  # this version's own: a typo
     code, err = main_in_process(capsys, "--config", str(tmp_path / "same.json"), "-q")
     assert code == 2 and "unknown config key(s)" in err and "written by" not in err, err
+
+
+def test_data_missing_for_a_logged_config_says_that_its_data_dir_may_be_set_to_the_data_s_place_here(tmp_path,
+                                                                                                     capsys):
+    """A logged config names the data_dir of the machine and day it trained (absolute): rerun elsewhere, or after the
+    data moved, it was told only to place the data under that old path, not that data_dir may be set in the logged
+    config without making it another run (as the README's 'Run folders and configs from someone else' says)."""
+    from phd_lab.config import META_KEY
+    config = write_config(tmp_path, epoch=1, track_saturation=False, post_processing=[])
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
+    [folder] = run_folders(tmp_path / "logs")
+    logged = json.loads((folder / f"{run_name(folder)}_config.json").read_text())
+    assert META_KEY in logged
+    gone = str(tmp_path / "moved_data")
+    (tmp_path / "cifar_logged.json").write_text(json.dumps({**logged, "dataset": "Cifar10", "data_dir": gone}))
+    code, err = main_in_process(capsys, "--config", str(tmp_path / "cifar_logged.json"), "-q")
+    err = " ".join(err.split())
+    assert code == 2 and f"is not in data_dir '{gone}'" in err, err
+    assert ("This is a logged config, whose data_dir is the one the run was trained with (another machine's, or a "
+            "folder moved since): set \"data_dir\" in it to where the data lies here.") in err, err
+    plain = write_config(tmp_path, "cifar.json", dataset="Cifar10", data_dir=gone)  # a config of one's own: no hint
+    code, err = main_in_process(capsys, "--config", str(plain), "-q")
+    assert code == 2 and f"is not in data_dir '{gone}'" in " ".join(err.split()) and "logged config" not in err, err
