@@ -285,8 +285,9 @@ def check_known_keys(raw: Mapping[str, Any], where: str) -> None:
     if unknown:
         hints = "".join(did_you_mean(k, SCHEMA_BY_NAME).replace(" Did you mean", f" For {k!r} did you mean")
                         or _args_hint(k) for k in unknown)
-        raise ConfigError(f"{where}: unknown config key(s) {unknown}.{hints} Valid keys: "
-                          f"{', '.join(sorted(SCHEMA_BY_NAME))}. `python main.py --list-keys` documents them.")
+        raise ConfigError(f"{where}: unknown config key(s) {unknown}.{_other_version(raw.get(META_KEY))}{hints} "
+                          f"Valid keys: {', '.join(sorted(SCHEMA_BY_NAME))}. `python main.py --list-keys` documents "
+                          f"them.")
     missing = [k.name for k in SCHEMA if k.required and k.name not in raw]
     if missing:
         raise ConfigError(f"{where}: required key(s) {missing} are missing; "
@@ -297,6 +298,26 @@ def check_known_keys(raw: Mapping[str, Any], where: str) -> None:
                           f"folders (versions, git commit, setup); remove it from a config you write yourself.")
     if META_KEY in raw:
         check_meta_shape(raw[META_KEY], where)
+
+
+def _other_version(meta: Any) -> str:
+    """For a logged config that another phd-lab wrote (its ``_meta`` names another version or commit), the note
+    that a key unknown here may be one that version has: a logged config of a newer version was told only the
+    nearest key names, as if its keys were typos."""
+    if not isinstance(meta, Mapping):
+        return ""
+    from phd_lab import __version__
+    from phd_lab.environment import git_commit
+    version, commit = meta.get("phd_lab"), meta.get("git_commit")
+    now = git_commit() if isinstance(commit, str) and commit else None
+    if version == __version__ and not (now and commit != now):
+        return ""
+    logged = f"phd-lab {version}" if isinstance(version, str) else "another phd-lab"
+    at = f" at git commit {commit}" if isinstance(commit, str) and commit else ""
+    this = f" at {now}" if now else ""
+    return (f" This logged config was written by {logged}{at}, and this is phd-lab {__version__}{this}: a key "
+            f"unknown here may be one that version has, so rerun it with that version (in a git checkout, "
+            f"`git checkout` the commit it names).")
 
 
 def check_meta_shape(meta: Mapping[str, Any], where: str) -> None:

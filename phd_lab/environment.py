@@ -170,7 +170,7 @@ _GIT_REPOSITORY_VARIABLES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_
                              "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE")
 
 
-def _run_git_bytes(*args: str, timeout: float) -> bytes | None:
+def _run_git_bytes(*args: str, timeout: float, ok: tuple[int, ...] = (0,)) -> bytes | None:
     """Output of a git command run in the package's folder as git wrote it, or None (no git, not a repository,
     failed). A patch holds the files' own bytes: text mode turned the CRLF line ends of such a file into LF, and
     decoding it as UTF-8 made a Latin-1 file's 'é' U+FFFD; either way a patch git cannot apply.
@@ -186,7 +186,7 @@ def _run_git_bytes(*args: str, timeout: float) -> bytes | None:
                                 timeout=timeout, check=False, env={**env, "GIT_OPTIONAL_LOCKS": "0"})
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout if result.returncode == 0 else None
+    return result.stdout if result.returncode in ok else None
 
 
 def _run_git(*args: str, timeout: float) -> str | None:
@@ -226,7 +226,42 @@ def git_dirty() -> bool | None:
     """Whether the phd-lab checkout has uncommitted changes to tracked files (then ``git_commit`` alone does
     not say which code ran); None when it is no git checkout or git is missing."""
     status = _git("status", "--porcelain", "--untracked-files=no", timeout=10)
-    return bool(status.strip()) if status is not None else None
+    untracked = untracked_code()
+    return bool(status.strip() or untracked) if status is not None and untracked is not None else None
+
+
+def untracked_code() -> list[str] | None:
+    """The checkout's untracked ``.py`` files that git does not ignore, as paths from its top folder: code a
+    tracked file may import (a new model module beside the ones it registers), which ``git_commit`` and the patch of
+    the tracked files do not hold. None when it is no git checkout or git is missing. Other untracked files (the
+    user's configs, notebooks, data) are no code that runs and are left out."""
+    listed = _git_bytes("ls-files", "-z", "--others", "--exclude-standard", "--full-name", "--", ":(top)*.py",
+                        timeout=10)
+    if listed is None:
+        return None
+    top, environments = Path(__file__).resolve().parent.parent, {}
+    return sorted(name for name in (entry.decode("utf-8", errors="surrogateescape") for entry in listed.split(b"\0")
+                                    if entry) if not _in_an_environment(top, name, environments))
+
+
+ENVIRONMENT_MARKERS = ("pyvenv.cfg", "conda-meta")  # the root of a virtual environment, of a conda prefix
+
+
+def _in_an_environment(top: Path, name: str, known: dict[Path, bool]) -> bool:
+    """Whether the untracked file ``name`` (from the checkout's ``top``) lies in a Python environment kept inside the
+    checkout but not in .gitignore (``python -m venv venv``): its installed packages are no code of phd-lab, and
+    would put all of site-packages into every run's patch. ``known``: the folders already looked at."""
+    folder = (top / name).parent
+    seen = []
+    while folder != top and folder not in known and top in folder.parents:
+        seen.append(folder)
+        if any((folder / marker).exists() for marker in ENVIRONMENT_MARKERS):
+            known.update(dict.fromkeys(seen, True))
+            return True
+        folder = folder.parent
+    inside = known.get(folder, False)
+    known.update(dict.fromkeys(seen, inside))
+    return inside
 
 
 def git_diff() -> bytes | None:
@@ -237,8 +272,23 @@ def git_diff() -> bytes | None:
 
     ``git diff-index -p`` gives the patch of ``git diff HEAD --binary`` (without its rename detection) but, unlike
     it, does not rewrite the checkout's index (GIT_OPTIONAL_LOCKS does not stop ``git diff``) and ignores the
-    user's diff settings (``diff.noprefix``, ``diff.algorithm``), so one code state gives one patch."""
-    return _git_bytes("diff-index", "-p", "--binary", "--no-color", "--no-ext-diff", "HEAD", timeout=30)
+    user's diff settings (``diff.noprefix``, ``diff.algorithm``), so one code state gives one patch.
+
+    The untracked ``.py`` files (``untracked_code``) follow as new files: a run of a model module not yet committed
+    logged a patch that imported it without holding it, and a rerun after that module changed warned of nothing."""
+    patch = _git_bytes("diff-index", "-p", "--binary", "--no-color", "--no-ext-diff", "HEAD", timeout=30)
+    untracked = untracked_code()
+    if patch is None or untracked is None:
+        return None
+    top = str(Path(__file__).resolve().parent.parent)  # _git_bytes answered: the package's parent is the top
+    for name in untracked:  # status 1: the file differs from /dev/null, as it always does
+        added = _run_git_bytes("-C", top, "diff", "--no-index", "--binary", "--no-color", "--no-ext-diff",
+                               "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/", "--", os.devnull, name,
+                               timeout=30, ok=(0, 1))
+        if added is None:  # removed since it was listed, or unreadable: not code that can run
+            continue
+        patch += added
+    return patch
 
 
 def device_description(device: Any) -> dict[str, Any]:

@@ -55,6 +55,7 @@ from phd_lab.steps.stamps import STAMPS, StepStamps, step_stamp
 from phd_lab.trainer import Trainer
 from phd_lab.tracking.callback import saturation_callback
 from phd_lab.user_paths import link_target
+from phd_lab.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,11 @@ class TrainTestExecutor:
                 else:
                     check_data(cfg.data_dir, **cfg.dataset_args)
             except DataError as error:
+                if logged:  # the path of the machine and the day it trained: the one key to change here
+                    error = DataError(f"{error} This is a logged config, whose data_dir is the one the run was "
+                                      f"trained with (another machine's, or a folder moved since): set \"data_dir\" "
+                                      f"in it to where the data lies here. It is no part of the run's identity, so the "
+                                      f"run keeps its folder.")
                 if missing_data != "warn":  # "warn": a dry run, which shows the grid also before the download
                     raise DataError(f"{where}: {error}") from None
                 _warn_once(said, where, error)
@@ -614,6 +620,8 @@ class TrainTestExecutor:
             owned = (rundir.name, "receptive_field", "computational_info", "projections", "diverged", STAMPS)
             for stale in atomic.remove_stale_temps(rundir.root, owned_prefix=owned):
                 log.info("Removed %s, left half-written by a process that was killed.", stale.name)
+            if not store.exists():
+                self._say_checkpoints_gone()
             epochs_left = cfg.epoch - ((store.peek_epochs() or 0) if store.exists() else 0)
             room = room_warning(store, model, optimizer, epochs_left) if epochs_left > 0 else None
             if room is not None:  # before the first epoch, not once it is trained and cannot be saved
@@ -664,6 +672,20 @@ class TrainTestExecutor:
                 f"({found}): the run folder holds a run of other model code (another registry file that builds "
                 f"the same model name differently, or a factory changed since). Train this model under another "
                 f"run_id, or rerun the run's logged config with the code it was trained with.")
+
+    def _say_checkpoints_gone(self) -> None:
+        """A run folder whose metrics CSV lists trained epochs but holds no checkpoint (deleted to save space, or
+        as a damaged one's message advises): it is trained again from the start, and the new rows replace the
+        CSV's, which another setup would make other numbers; say so, with the epochs the CSV listed."""
+        from phd_lab.analysis.run_tables import read_metrics
+        metrics, _ = read_metrics(self.rundir)
+        listed = 0 if metrics is None or "epoch" not in metrics else len(metrics)
+        if listed:
+            log.warning("%s lists %s, but neither checkpoint (%s, %s) is in the run folder: the run is trained "
+                        "again from the start, and its new rows replace those of the CSV (keep a copy of it first "
+                        "where its numbers matter: another setup trains other weights).", self.rundir.metrics_csv,
+                        plural(listed, "trained epoch"), self.rundir.checkpoint.name,
+                        self.rundir.previous_checkpoint.name)
 
     def _refuse_a_dangling_logged_config(self) -> None:
         """Refuse a logged config that is a symbolic link to a file that is not there (an archive not mounted, a

@@ -545,6 +545,10 @@ def point_status(executor: TrainTestExecutor, meta_models: dict[Any, Any] | None
             status = training_status(rundir, {"epoch": planned}, pd.DataFrame({"epoch": [trained]}))
             notes.append(f"the epochs trained are those of {rundir.checkpoint.name}" + (
                 "" if damage is not None else f": the metrics CSV lists {listed} of its {trained}"))
+    if not status.active and status.epochs_done and not store.exists():  # the checkpoints deleted since
+        return (f"{status.label()}, but neither {rundir.checkpoint.name} nor {rundir.previous_checkpoint.name} is "
+                f"there: the plain command trains it again from the start and replaces the rows of "
+                f"{rundir.metrics_csv.name}" + (f" ({'; '.join(notes)})" if notes else ""))
     said = _point_status(executor, status, meta_models)
     return f"{said} ({'; '.join(notes)})" if notes else said
 

@@ -12,7 +12,7 @@ from phd_lab.atomic import read_json
 from phd_lab.config import (META_KEY, RunConfig, check_known_keys, check_run_id_value, names_another_run,
                             predates_linear_init, validate_values)
 from phd_lab.config_file import check_strings, load_config_file
-from phd_lab.config_paths import anchor_registry_paths, safe_name
+from phd_lab.config_paths import anchor_registry_paths, extraction_latents_dir, safe_name
 from phd_lab.errors import ConfigError
 from phd_lab.grid import Grid
 from phd_lab.user_paths import LOOP, NAME_MAX, name_bytes, os_refusal, runs_into_a_loop, shown_path
@@ -385,8 +385,30 @@ def anchor_logged_run(raw: dict[str, Any], config_path: Path | str) -> bool:
     written = raw.get("logs_dir")
     if not isinstance(written, str) or not _names_folder(written, logs):
         log.info("%s lies in its run folder: logs_dir is %s (the config says %r)", path.name, logs, written)
+    _say_latents_dir_gone(raw, path)
     raw["logs_dir"] = str(logs)
     return True
+
+
+def _say_latents_dir_gone(raw: dict[str, Any], path: Path) -> None:
+    """A trained run (its folder, where its logged config lies, holds a checkpoint) whose logged latents_dir is gone:
+    an experiment folder renamed or moved with its logs and latents (logs_dir follows the run folder, latents_dir
+    is an absolute path). The rerun would extract the latents again at the old path, making that folder anew, and
+    the probe job would find none there; say so before, and how to point it at them."""
+    latents = extraction_latents_dir(raw)
+    if latents is None or not os.path.isabs(os.path.expanduser(latents)):
+        return
+    try:
+        if os.path.lexists(os.path.expanduser(latents)) or not any(path.parent.glob("*.pt")):
+            return
+    except (TypeError, ValueError, OSError):  # a NUL in the value (validation reports it next), an unreadable folder
+        return
+    key = "latents_dir" if raw.get("latents_dir") == latents else "the extract step's 'latents_dir'"
+    log.warning("%s: this trained run's latents_dir, %s, does not exist (an experiment folder renamed or moved since "
+                "it was logged?): the extract step would extract its latents again there, making that folder anew, "
+                "and the probe job looks for them there. If the latents moved with the run, set %s in this logged "
+                "config to their new place: it is no part of the run's identity, so the run keeps its folder.",
+                path, latents, key)
 
 
 def _names_folder(written: str, folder: Path) -> bool:

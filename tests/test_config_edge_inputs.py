@@ -451,3 +451,48 @@ def test_a_logs_dir_below_a_home_whose_name_is_no_utf8_is_planned(tmp_path, monk
     assert main_cli(["--config", str(config), "--dry-run", "--no-progress", "-q"]) == 0
     out.flush()
     assert b"/h\xe9/logs/vgg11/Digits_16/0/" in out.buffer.getvalue()
+
+
+def test_a_key_unknown_to_this_version_in_a_logged_config_of_another_is_said_to_be_that_version_s(tmp_path, capsys):
+    """A logged config written by a newer phd-lab (a colleague's logs) was refused with 'did you mean' for its new
+    keys, as if they were typos, without a word that its _meta names another version to rerun it with."""
+    from phd_lab import __version__
+    from phd_lab.config import META_KEY
+    config = write_config(tmp_path, epoch=1, track_saturation=False, post_processing=[])
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
+    [folder] = run_folders(tmp_path / "logs")
+    logged = json.loads((folder / f"{run_name(folder)}_config.json").read_text())
+    newer = {**logged, "tracking_newthing": 3, META_KEY: {**logged[META_KEY], "phd_lab": "9.9.9"}}
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    code, err = main_in_process(capsys, "--config", str(tmp_path / "newer.json"), "-q")
+    err = " ".join(err.split())
+    assert code == 2 and "unknown config key(s) ['tracking_newthing']" in err, err
+    assert "This logged config was written by phd-lab 9.9.9" in err and f"this is phd-lab {__version__}" in err, err
+    (tmp_path / "same.json").write_text(json.dumps({**logged, "tracking_newthing": 3}))  # this version's own: a typo
+    code, err = main_in_process(capsys, "--config", str(tmp_path / "same.json"), "-q")
+    assert code == 2 and "unknown config key(s)" in err and "written by" not in err, err
+
+
+def test_data_missing_for_a_logged_config_says_that_its_data_dir_may_be_set_to_the_data_s_place_here(tmp_path,
+                                                                                                     capsys):
+    """A logged config names the data_dir of the machine and day it trained (absolute): rerun elsewhere, or after the
+    data moved, it was told only to place the data under that old path, not that data_dir may be set in the logged
+    config without making it another run (as the README's 'Run folders and configs from someone else' says)."""
+    from phd_lab.config import META_KEY
+    config = write_config(tmp_path, epoch=1, track_saturation=False, post_processing=[])
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
+    [folder] = run_folders(tmp_path / "logs")
+    logged = json.loads((folder / f"{run_name(folder)}_config.json").read_text())
+    assert META_KEY in logged
+    gone = str(tmp_path / "moved_data")
+    (tmp_path / "cifar_logged.json").write_text(json.dumps({**logged, "dataset": "Cifar10", "data_dir": gone}))
+    code, err = main_in_process(capsys, "--config", str(tmp_path / "cifar_logged.json"), "-q")
+    err = " ".join(err.split())
+    assert code == 2 and f"is not in data_dir '{gone}'" in err, err
+    assert ("This is a logged config, whose data_dir is the one the run was trained with (another machine's, or a "
+            "folder moved since): set \"data_dir\" in it to where the data lies here.") in err, err
+    plain = write_config(tmp_path, "cifar.json", dataset="Cifar10", data_dir=gone)  # a config of one's own: no hint
+    code, err = main_in_process(capsys, "--config", str(plain), "-q")
+    assert code == 2 and f"is not in data_dir '{gone}'" in " ".join(err.split()) and "logged config" not in err, err

@@ -470,3 +470,26 @@ def test_a_worker_killed_while_the_layers_are_handed_to_the_pool_is_said_and_the
     said = " ".join(str(raised.value).split())
     assert "A probe worker process ended abruptly while layers were being fitted: it was killed by SIGKILL" in said
     assert cache.get(fitted.key) is not None  # the layer fitted before is kept: a rerun does not fit it again
+
+
+def test_results_refitted_under_other_library_versions_say_that_they_replace_the_earlier_ones(tmp_path, capsys):
+    """A probe job rerun under other versions of scikit-learn, SciPy or NumPy (the run's probes reproduced years
+    later) refitted the layers and replaced the run's table and its probe_settings.json, the record of the versions
+    the earlier results were fitted under, without a word: only other settings were said."""
+    from phd_lab.probes.cli import probe_cli
+    from phd_lab.probes.cache import library_versions
+    run_dir, latents = make_latents(tmp_path, accuracy=0.8)
+    command = ["--latents", str(latents), "-mp", "0", "--solver", "lbfgs", "--no-progress"]
+    assert probe_cli(command) == 0
+    assert probe_cli(command) == 0  # the same settings and versions: nothing said
+    assert "replace" not in capsys.readouterr().err
+    settings = run_dir / "probe_settings.json"
+    document = json.loads(settings.read_text())
+    document["library_versions"]["scikit_learn"] = "0.0.1"  # as an older installation wrote it
+    settings.write_text(json.dumps(document))
+    assert probe_cli(command) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    now = library_versions("lbfgs")["scikit_learn"]
+    assert ("these results replace the run's earlier probe results, fitted with the same settings under other "
+            f"library versions (scikit_learn: \"0.0.1\" -> \"{now}\")") in said, said
+    assert json.loads(settings.read_text())["library_versions"]["scikit_learn"] == now

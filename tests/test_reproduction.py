@@ -727,6 +727,68 @@ def test_uncommitted_changes_are_kept_as_a_patch_beside_the_config_and_named_on_
                              {**meta, "git_diff_sha256": None})[0] == []  # an older _meta: not compared
 
 
+UNTRACKED_MODULE = '''from torch import nn
+
+
+def build(num_classes: int, in_channels: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.{act}(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+'''
+UNTRACKED_FACTORY = '''
+
+def local_net(*, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """A model of a module not yet committed."""
+    from phd_lab.models.local_net import build
+    return build(num_classes, in_channels)
+'''
+
+
+def test_an_untracked_module_the_run_imports_is_in_its_patch_and_a_change_to_it_is_named(tmp_path):
+    """The patch held only tracked files: a run of a new model module, not yet committed, logged a patch that
+    registered it without holding it (``git apply`` on the logged commit restored code that cannot run), and a
+    rerun after that module changed trained another model without a warning (same commit, same patch)."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("git or this checkout's repository is missing")
+    checkout = _checkout_copy(tmp_path / "checkout")
+    module = checkout / "phd_lab" / "models" / "local_net.py"
+    module.write_text(UNTRACKED_MODULE.format(act="ReLU"))
+    environment = checkout / "venv"  # `python -m venv venv` in the checkout: its packages are no code of phd-lab
+    (environment / "lib" / "site-packages" / "pkg").mkdir(parents=True)
+    (environment / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (environment / "lib" / "site-packages" / "pkg" / "installed.py").write_text("x = 1\n")
+    registry = checkout / "registries" / "models.py"
+    registry.write_text(registry.read_text() + UNTRACKED_FACTORY)
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="local_net", model_args={}, resolution=8,
+                          track_saturation=False, post_processing=[])
+    done = subprocess.run([sys.executable, str(checkout / "main.py"), "--config", str(config), "--no-progress"],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr
+    [folder] = run_folders(tmp_path / "logs")
+    name = run_name(folder)
+    meta = json.loads((folder / f"{name}_config.json").read_text())[META_KEY]
+    patch = folder / f"{name}_git.diff"
+    assert meta["git_dirty"] is True and meta["git_diff_sha256"] == hashlib.sha256(patch.read_bytes()).hexdigest()
+    assert b"+++ b/phd_lab/models/local_net.py" in patch.read_bytes() and b"installed.py" not in patch.read_bytes()
+    kept = module.read_bytes(), registry.read_bytes()
+    shutil.rmtree(environment)
+    subprocess.run(["git", "stash", "-q", "--include-untracked"], cwd=checkout, check=True, capture_output=True)
+    assert not module.exists()
+    subprocess.run(["git", "apply", str(patch)], cwd=checkout, check=True, capture_output=True)  # restores both
+    assert (module.read_bytes(), registry.read_bytes()) == kept
+
+    # the module changed since: the checkout's patch is another, so a rerun names the uncommitted changes
+    module.write_text(UNTRACKED_MODULE.format(act="Tanh"))
+    spec = importlib.util.spec_from_file_location("untracked_environment", checkout / "phd_lab" / "environment.py")
+    copied = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copied)
+    assert copied.untracked_code() == ["phd_lab/models/local_net.py"] and copied.git_dirty() is True
+    from phd_lab.reproduction import setup_differences
+    now = {**meta, "git_diff_sha256": hashlib.sha256(copied.git_diff()).hexdigest()}
+    assert setup_differences(meta, now)[0] == [
+        f"the uncommitted changes to phd-lab (diff sha256 {meta['git_diff_sha256'][:12]}…, now diff sha256 "
+        f"{now['git_diff_sha256'][:12]}…; the run's <name>_git.diff holds its own)"]
+
+
 def test_a_factory_removed_from_an_edited_registry_file_is_gone(tmp_path):
     from phd_lab.errors import RegistryError
     from phd_lab.registry import Registries

@@ -101,7 +101,10 @@ def test_logged_config_reruns_bit_identically_under_another_run_id(tmp_path):
     assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {"batch_norm": True, "dilation": 1, "head": "mlp"}
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                             text=True)
-    assert logged[META_KEY]["git_dirty"] == (bool(status.stdout.strip()) if status.returncode == 0 else None)
+    untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", "*.py"], cwd=ROOT,
+                               capture_output=True, text=True)  # code a tracked file may import counts too
+    assert logged[META_KEY]["git_dirty"] == (bool(status.stdout.strip() or untracked.stdout.strip())
+                                             if status.returncode == 0 else None)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)  # DESIGN.md
     assert logged[META_KEY]["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     assert logged["epoch"] == 2 and logged["optimizer"] == "adam" and logged["delta"] == 0.99  # defaults injected

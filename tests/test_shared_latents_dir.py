@@ -116,3 +116,35 @@ def test_a_latents_manifest_holding_nan_is_refused_before_training_not_when_its_
     assert "Traceback" not in said and "started from config" not in said and manifest.read_bytes() == before
     code, err = main_in_process(capsys, "--config", str(moved), "--dry-run")
     assert code == 0 and "its value at model_test_accuracy is nan" in " ".join(err.split())
+
+
+def test_a_renamed_experiment_folder_is_told_that_its_logged_latents_dir_is_gone_and_how_to_name_the_new_one(
+        tmp_path, capsys):
+    """An experiment folder renamed with its logs and latents (projA -> projB): the rerun of a logged config in its
+    moved run folder extracted the latents again under the old projA/lat, making projA anew without a word, and the
+    probe job said only 'No latents found ... or under latents_dir' and to train the run first. About 6 s."""
+    from phd_lab.probes.cli import probe_cli
+    old, new = tmp_path / "projA", tmp_path / "projB"
+    old.mkdir()
+    config = write_config(old, epoch=1, latents_dir=str(old / "lat"), post_processing=["extract"])
+    code, err = main_in_process(capsys, "--config", str(config))
+    assert code == 0, err
+    logged = _rundir(config).config
+    old.rename(new)
+    moved = new / logged.relative_to(old)
+    capsys.readouterr()
+    assert probe_cli(["--config", str(moved), "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    gone = str(old / "lat")
+    assert f"this trained run's latents_dir, {gone}, does not exist" in err, err
+    assert f"or under latents_dir '{gone}', which does not exist)" in err, err
+    code, err = main_in_process(capsys, "--config", str(moved), "--no-progress")
+    err = " ".join(err.split())
+    assert code == 0 and f"set latents_dir in this logged config to their new place" in err, err
+    shutil.rmtree(old)  # the old place the rerun made anew, as it warned
+    values = json.loads(moved.read_text())
+    moved.write_text(json.dumps({**values, "latents_dir": str(new / "lat")}, indent=2))  # as the warning advises
+    code, err = main_in_process(capsys, "--config", str(moved), "--no-progress")
+    assert code == 0 and "does not exist" not in err and "are complete; reusing them" in err, err
+    assert not old.exists()
+    assert probe_cli(["--config", str(moved), "-q"]) == 0

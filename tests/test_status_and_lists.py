@@ -179,3 +179,34 @@ def test_list_under_python_OO_says_what_each_factory_is(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['A tiny network: one convolution.', 'A class factory.', '']"
+
+
+def test_a_trained_run_whose_checkpoints_were_deleted_is_said_to_train_again_not_to_be_finished(tmp_path, capsys):
+    """Checkpoints deleted to save space (or as a damaged one's message advises): --dry-run said 'finished', so a
+    Dask rerun skipped the point, while the plain command trained it again from the start and replaced the metrics
+    CSV's rows without a word (under another setup, other numbers in place of the run's own)."""
+    config = write_config(tmp_path, epoch=2, cpu_threads=1, track_saturation=False)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    name = run_name(folder)
+    for checkpoint in (f"{name}.pt", f"{name}.previous.pt"):
+        (folder / checkpoint).unlink()
+
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    listing = " ".join(capsys.readouterr().out.split())
+    assert (f"finished, but neither {name}.pt nor {name}.previous.pt is there: the plain command trains it again "
+            f"from the start and replaces the rows of {name}.csv") in listing, listing
+    from phd_lab.experiment import Main, rerun_changes_nothing
+    main = Main(progress=False)
+    main.load(str(config))
+    assert not rerun_changes_nothing(main.executors[0], main.meta_models)  # a Dask rerun sends it to a worker
+
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress")
+    err = " ".join(err.split())
+    assert code == 0 and (f"{name}.csv lists 2 trained epochs, but neither checkpoint ({name}.pt, {name}.previous.pt) "
+                          f"is in the run folder: the run is trained again from the start") in err, err
+    assert f"{name}.csv lists" in " ".join((folder / f"{name}.log").read_text().split())
+    assert (folder / f"{name}.pt").exists()
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[1] == "finished"

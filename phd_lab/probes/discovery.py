@@ -318,9 +318,13 @@ def _nothing_to_probe(scan: _GridScan, where: str, runs: int, run_id: str | None
     else:  # the command the message named would train or skip the runs without extracting anything
         remedy = (f"The config's post_processing lists no 'extract' step: add \"extract\" to it, then run "
                   f"{command} (a trained run is not trained again, its latents are extracted).")
+    from phd_lab.config_paths import extraction_latents_dir
+    named = sorted({folder for _, cfg in scan.unprobed if (folder := extraction_latents_dir(cfg.values))})
+    under = (f"under latents_dir {named[0]!r}{'' if os.path.isdir(named[0]) else ', which does not exist'}"
+             if len(named) == 1 else "under latents_dir")
     raise DataError(f"No latents found for any of the {runs} run(s) of {where!r}{with_id} (looked for "
                     f"<run folder>/latents, and the latents_<size>_<method> folders of the extract step's 'sizes', or "
-                    f"under latents_dir). {remedy}{hint}")
+                    f"{under}). {remedy}{hint}")
 
 
 SAID_ONE_BY_ONE = 5  # runs skipped for the same reason that get a line each; the rest are counted

@@ -95,6 +95,8 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
         log.warning("%s: these results replace the run's earlier probe results, fitted with other settings (%s)",
                     job.label, ", ".join(f"{k}: {json.dumps(earlier.get(k))} -> {json.dumps(now.get(k))}"
                                          for k in changed), extra=tag)
+    elif earlier is not None:  # the same settings under other libraries: a refit whose numbers may differ
+        _say_other_versions(job, tag)
     csv = table_bytes(table)
     atomic.write_bytes(job.outputs.probe_csv, csv)
     run = job.outputs.name + (f", latents {job.outputs.probe_set}" if job.outputs.probe_set else "")
@@ -204,6 +206,22 @@ def _dict_at(value: dict[str, Any], key: str) -> dict[str, Any] | None:
     """``value[key]`` where it is an object, else None."""
     inner = value.get(key)
     return inner if isinstance(inner, dict) else None
+
+
+def _say_other_versions(job: ProbeJob, tag: dict[str, int] | None) -> None:
+    """Results that replace a run's earlier ones of the same settings, fitted under other versions of the libraries
+    that can change a fit (``library_versions``, which ``probe_settings.json`` records): a job rerun years later
+    refitted them and replaced the table, and the record of the versions it was fitted under, without a word."""
+    before = _dict_at(atomic.read_json_object(job.outputs.probe_settings) or {}, "library_versions")
+    if before is None:
+        return
+    now = library_versions(job.settings.solver)
+    changed = sorted(k for k in set(before) & set(now) if before[k] != now[k])
+    if changed:
+        log.warning("%s: these results replace the run's earlier probe results, fitted with the same settings under "
+                    "other library versions (%s): their numbers may differ; the earlier ones are no longer in the "
+                    "run folder.", job.label,
+                    ", ".join(f"{k}: {json.dumps(before[k])} -> {json.dumps(now[k])}" for k in changed), extra=tag)
 
 
 def _earlier_settings(path: Path) -> dict[str, Any] | None:
