@@ -140,7 +140,7 @@ def test_a_renamed_experiment_folder_is_told_that_its_logged_latents_dir_is_gone
     assert f"or under latents_dir '{gone}', which does not exist)" in err, err
     code, err = main_in_process(capsys, "--config", str(moved), "--no-progress")
     err = " ".join(err.split())
-    assert code == 0 and f"set latents_dir in this logged config to their new place" in err, err
+    assert code == 0 and "set latents_dir in this logged config to their new place" in err, err
     shutil.rmtree(old)  # the old place the rerun made anew, as it warned
     values = json.loads(moved.read_text())
     moved.write_text(json.dumps({**values, "latents_dir": str(new / "lat")}, indent=2))  # as the warning advises
