@@ -275,7 +275,8 @@ def test_torch_s_threads_share_an_update_with_the_bits_of_one_thread(shape: tupl
                 fused_gram.accumulate(maps, torch.from_numpy(shift), gram, total)
         else:
             grams, totals = np.zeros((fused_gram.CHUNKS, shape[1], shape[1])), np.zeros((fused_gram.CHUNKS, shape[1]))
-            fused_gram._on_team(values, shift, grams, totals, tile, 2, parts)
+            tiles = fused_gram._kernel_module().tile_count(shape[0], values.shape[2], tile)
+            fused_gram._on_team(values, shift, grams, totals, tile, tiles, 2, parts)
             gram, total = torch.from_numpy(grams.sum(axis=0)), torch.from_numpy(totals.sum(axis=0))
         return np.tril(gram.numpy()), total.numpy()
 

@@ -112,7 +112,7 @@ def accumulate(maps: torch.Tensor, shift: torch.Tensor, gram: torch.Tensor, tota
     grams, totals = np.zeros((CHUNKS, channels, channels)), np.zeros((CHUNKS, channels))
     threads = openmp_team.team_size() if team_enabled else 1
     if threads > 1:
-        _on_team(values, shift.numpy(), grams, totals, tile, threads)
+        _on_team(values, shift.numpy(), grams, totals, tile, tiles, threads)
     else:
         for chunk in range(CHUNKS):
             _kernel()(values, shift.numpy(), grams[chunk], totals[chunk], tile, tiles * chunk // CHUNKS,
@@ -143,7 +143,7 @@ def _chunked(values: np.ndarray) -> bool:
 
 
 def _on_team(values: np.ndarray, shift: np.ndarray, grams: np.ndarray, totals: np.ndarray, tile: int,
-             threads: int, parts: int | None = None) -> None:
+             tiles: int, threads: int, parts: int | None = None) -> None:
     """The chunks of an update (``grams`` and ``totals`` hold one row per chunk), each split into ``parts``
     runs of the triangle's blocks (default: enough for every thread), over ``threads`` of torch's OpenMP
     team: the same sums, in the same order, as the chunks one after the other on one thread."""
@@ -154,7 +154,7 @@ def _on_team(values: np.ndarray, shift: np.ndarray, grams: np.ndarray, totals: n
                         (kernel.TOTAL, totals)):
         slots[slot] = array.ctypes.data
     slots[[kernel.BATCH, kernel.CHANNELS, kernel.POSITIONS]] = values.shape
-    slots[kernel.TILE], slots[kernel.TILES] = tile, kernel.tile_count(values.shape[0], values.shape[2], tile)
+    slots[kernel.TILE], slots[kernel.TILES] = tile, tiles
     slots[kernel.CHUNKS], slots[kernel.PARTS] = chunks, parts or -(-threads // chunks)
     openmp_team.run(kernel.team_body().address, slots.ctypes.data, threads)
 
