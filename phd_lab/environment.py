@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import importlib
 import importlib.metadata
 import os
@@ -377,6 +378,19 @@ def cpu_model() -> str | None:
     return None
 
 
+def package_sha256(package: Path | None = None) -> str:
+    """sha256 of the phd_lab package's Python source: each ``.py`` file's path inside the package and the
+    sha256 of its bytes, in path order. It tells which code ran where no git commit does (a copy installed
+    or synced to a cluster node without its ``.git``); read anew each time, as the commit is (about 5 ms).
+    ``package``: another copy's package folder (default: this one)."""
+    package = package or Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py"), key=lambda found: found.relative_to(package).as_posix()):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def versions() -> dict[str, Any]:
     import numpy
     import torch
@@ -384,6 +398,7 @@ def versions() -> dict[str, Any]:
 
     from phd_lab import __version__
     return {"phd_lab": __version__, "git_commit": git_commit(), "git_dirty": git_dirty(),
+            "phd_lab_sha256": package_sha256(),
             "python": platform.python_version(),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
             "scikit_learn": installed_version("scikit-learn", "sklearn"), "numba": _numba_version()}

@@ -76,7 +76,17 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
         kept = "; the run's <name>_git.diff holds its own" if old_diff else ""
         found.append(f"the uncommitted changes to phd-lab ({_diff_state(old_diff)}, now {_diff_state(new_diff)}"
                      f"{kept})")
-    return found
+    return found + _package_difference(logged, now)
+
+
+def _package_difference(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Other source of the phd_lab package (``phd_lab_sha256``) where no git commit on one side or the other says
+    which code ran (a copy without its ``.git``); where both have one, the commit and the patch name the change."""
+    old, new = logged.get("phd_lab_sha256"), now.get("phd_lab_sha256")
+    if not old or not new or old == new or (logged.get("git_commit") and now.get("git_commit")):
+        return []
+    return [f"the code of the phd_lab package (sha256 {str(old)[:12]}…, now {str(new)[:12]}…; no git commit "
+            f"{'was logged' if not logged.get('git_commit') else 'is here'} to name the change)"]
 
 
 def _resolved(args: str, name: str, values: Mapping[str, Any]) -> Any:

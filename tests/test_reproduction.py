@@ -20,7 +20,7 @@ import pytest
 from phd_lab import atomic
 from phd_lab.cli import main_cli
 from phd_lab.config import META_KEY
-from phd_lab.environment import CPU_ISA_VARIABLES, git_commit
+from phd_lab.environment import CPU_ISA_VARIABLES, git_commit, package_sha256
 from tests.conftest import ROOT, TINY, main_in_process, run_folders, run_main, run_name, write_config
 from tests.test_runs import assert_same_weights, weights
 
@@ -725,6 +725,44 @@ def test_uncommitted_changes_are_kept_as_a_patch_beside_the_config_and_named_on_
     assert setup_differences(meta, {**meta, "git_commit": "another"})[0] == []  # named as another commit
     assert setup_differences({k: v for k, v in meta.items() if k != "git_diff_sha256"},
                              {**meta, "git_diff_sha256": None})[0] == []  # an older _meta: not compared
+
+
+def test_a_copy_without_git_logs_the_sha256_of_its_source_and_a_rerun_after_an_edit_names_it(tmp_path):
+    """A copy of phd-lab synced to a cluster node without its .git logged no commit, so a rerun after the package's
+    code changed (a model builder in phd_lab/models, the trainer) could not say that another code ran."""
+    copy = tmp_path / "copy"
+    for name in ("phd_lab", "registries"):
+        shutil.copytree(ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "main.py", copy / "main.py")
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(copy / "main.py"), "--config", *args, "--no-progress"],
+                              cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+
+    assert run(str(config)).returncode == 0
+    [folder] = run_folders(tmp_path / "logs")
+    name = run_name(folder)
+    meta = json.loads((folder / f"{name}_config.json").read_text())[META_KEY]
+    assert meta["git_commit"] is None and meta["phd_lab_sha256"] == package_sha256(copy / "phd_lab")
+    (copy / "phd_lab" / "notes.txt").write_text("no code")
+    assert package_sha256(copy / "phd_lab") == meta["phd_lab_sha256"]  # only the .py files are the code
+    trainer = copy / "phd_lab" / "trainer.py"
+    trainer.write_text(trainer.read_text() + "\nLOCAL_CHANGE = 1\n")
+    done = run(str(folder / f"{name}_config.json"), "--run-id", "again")
+    assert done.returncode == 0, done.stderr
+    message = " ".join(done.stderr.split())
+    assert (f"This config was logged by a run under another setup: the code of the phd_lab package (sha256 "
+            f"{meta['phd_lab_sha256'][:12]}…, now {package_sha256(copy / 'phd_lab')[:12]}…; no git commit was "
+            f"logged to name the change)") in message
+
+    from phd_lab.reproduction import code_differences
+    both = {"git_commit": "abc", "phd_lab_sha256": "b" * 64}
+    assert code_differences({"git_commit": "abc", "phd_lab_sha256": "a" * 64}, both) == []  # the commit names it
+    assert code_differences({"git_commit": "abc"}, {**both, "git_commit": None}) == []  # an older _meta lacks it
+    assert code_differences({"git_commit": "abc", "phd_lab_sha256": "a" * 64}, {**both, "git_commit": None}) == [
+        "the code of the phd_lab package (sha256 aaaaaaaaaaaa…, now bbbbbbbbbbbb…; no git commit is here to name "
+        "the change)"]
 
 
 UNTRACKED_MODULE = '''from torch import nn
