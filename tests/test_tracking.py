@@ -523,6 +523,35 @@ def test_accumulator_with_a_large_mean_and_drifting_batches_equals_numpy(as_maps
     assert accumulator.n == everything.shape[0]
 
 
+@pytest.mark.parametrize("as_maps", [False, True])
+def test_a_mean_a_billion_times_the_spread_keeps_the_covariance_to_rounding_level(as_maps: bool) -> None:
+    """The first batch's rounded mean is the shift, so that batch's Σ (a − shift) is n₁ times the rounding error
+    of the mean, not 0: taken as 0, the covariance of these batches (mean 1e6, spread 1e-3) was off by 2e-9."""
+    from phd_lab.tracking.covariance import CovarianceAccumulator
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(16, 3, generator=generator, dtype=torch.float64) * 1e-3
+    batches = [torch.randn(96, 3, generator=generator, dtype=torch.float64) @ mixing.T + 1e6 for _ in range(3)]
+    accumulator = CovarianceAccumulator(16)
+    for rows in batches:  # as maps: (B, C, H, W) with B·H·W = 96 positions, on the torch path (little work)
+        accumulator.update_maps(rows.reshape(6, 4, 4, 16).permute(0, 3, 1, 2)) if as_maps else accumulator.update(rows)
+    expected = np.cov(torch.cat(batches).numpy(), rowvar=False, bias=True)
+    assert rel_error(accumulator.covariance().numpy(), expected) <= 1e-12
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_a_float64_layer_with_one_constant_output_has_no_variance(conv: bool) -> None:
+    """Constant float64 outputs whose mean rounds: every shifted value is the same tiny residue r, so the covariance
+    is Σr²/n − (Σr/n)² = 0 only when the first batch's Σr is kept; taken as 0, the layer had saturation 1/d."""
+    layer = nn.Conv2d(3, 16, 3).double() if conv else nn.Linear(3, 64).double()
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.copy_(torch.rand(layer.bias.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    data = torch.randn(67, 3, 9, 9, dtype=torch.float64) if conv else torch.randn(607, 3, dtype=torch.float64)
+    tracker = track(layer.eval(), data, batch=300 if not conv else 30)
+    assert torch.equal(tracker.covariance("<model>"), torch.zeros((layer.bias.numel(),) * 2, dtype=torch.float64))
+    assert tracker.compute().loc["<model>", "saturation"] == 0.0
+
+
 def test_log_det_of_singular_and_regular_covariances_matches_slogdet() -> None:
     from phd_lab.tracking.saturation import layer_statistics
     rng = np.random.default_rng(0)
