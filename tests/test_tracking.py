@@ -552,6 +552,22 @@ def test_a_float64_layer_with_one_constant_output_has_no_variance(conv: bool) ->
     assert tracker.compute().loc["<model>", "saturation"] == 0.0
 
 
+@pytest.mark.parametrize("layer, shape", [(nn.Linear(6, 5), (40, 6)), (nn.Conv2d(3, 8, 3), (4, 3, 9, 9)),
+                                          (nn.Conv2d(3, 32, 3, padding=1), (16, 3, 16, 16))])  # the fused kernel
+def test_a_pass_that_begins_under_inference_mode_goes_on_outside_it(layer: nn.Module, shape: tuple[int, ...]) -> None:
+    """An evaluation under torch.inference_mode, then training batches: the sums the first batch made were
+    inference tensors, and the next batch's in-place update raised a RuntimeError inside the forward hook."""
+    data = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+    with SaturationTracker(layer) as tracker:
+        with torch.inference_mode():
+            layer(data[0])
+        with torch.no_grad():
+            layer(data[1])
+        layer(data[2])
+    expected = np.cov(observation_rows([layer(batch).detach() for batch in data]), rowvar=False, bias=True)
+    assert rel_error(tracker.covariance("<model>").numpy(), expected) <= 1e-12
+
+
 def test_log_det_of_singular_and_regular_covariances_matches_slogdet() -> None:
     from phd_lab.tracking.saturation import layer_statistics
     rng = np.random.default_rng(0)

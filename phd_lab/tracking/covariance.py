@@ -114,7 +114,7 @@ class CovarianceAccumulator:
         Σ (a − shift), kept although it is 0 in exact arithmetic: the rounded mean leaves n₁ times its rounding
         error there, and a sum taken as 0 gave a constant float64 layer a saturation of 1/d instead of 0 and a
         mean 1e9 times the spread a relative covariance error of 1e-9 instead of 1e-13."""
-        self.n, self._shift, self._sum, self._gram = count, mean, total, m2
+        self.n, self._shift, self._sum, self._gram = count, *_outside_inference_mode(mean, total, m2)
 
     def _add_shifted(self, count: int, columns: torch.Tensor) -> None:
         """Add a float64 (dim, count) matrix of shifted observations (columns). Every operand is
@@ -143,6 +143,15 @@ class CovarianceAccumulator:
         cov.add_(self._gram).div_(self.n)
         lower = torch.tril(cov, diagonal=-1)
         return cov.tril_().add_(lower.T)
+
+
+def _outside_inference_mode(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The running sums as normal tensors: made from a first batch run under ``torch.inference_mode`` they were
+    inference tensors, which no later batch outside it may update in place (a RuntimeError from the hook)."""
+    if not any(tensor.is_inference() for tensor in tensors):
+        return tensors
+    with torch.inference_mode(False):
+        return tuple(tensor.clone() for tensor in tensors)
 
 
 def _convert_and_shift(source: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> None:
