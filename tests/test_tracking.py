@@ -232,6 +232,16 @@ def test_non_finite_activations_give_nan_saturation_and_a_warning_not_a_crash(ca
     assert frame.shape == tracker.compute().shape and tracker.compute()["saturation"].notna().all()
 
 
+def test_a_finite_covariance_whose_eigenvalues_overflow_gives_a_nan_row_not_an_error() -> None:
+    """eigvalsh of a finite covariance near float64's limit returns an inf eigenvalue: such a layer's row is NaN,
+    like one of non-finite activations, and neither an error (intrinsic_dimension refuses inf) nor k = 0."""
+    from phd_lab.tracking.saturation import layer_statistics
+    with np.errstate(over="ignore"):  # its trace is inf
+        statistics = layer_statistics(np.full((4, 4), 1.7e308), 0.99, 3)
+    assert np.isnan(statistics["saturation"]) and np.isnan(statistics["intrinsic_dimension"])
+    assert statistics["n"] == 3
+
+
 def test_reset_and_close() -> None:
     model, data = seeded_model(4), digits_images(128)
     tracker = track(model, data[:64], batch=32)
