@@ -561,3 +561,19 @@ def test_a_deltas_random_control_does_not_depend_on_the_other_deltas_listed() ->
     short, long = random_rows([0.5, 0.9]), random_rows([0.5, 0.7, 0.9])
     pd.testing.assert_frame_equal(short, long.loc[[0.5, 0.9]])
     assert not random_rows([0.5, 0.9], seed=8)["loss"].equals(short["loss"])  # the run's seed still decides
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_pca_layer_that_collected_non_finite_activations_says_so(value: float) -> None:
+    """Used on its own (not through projection_table, which checks first), a PCA layer that collected a NaN or inf
+    failed in eigh with 'failed to converge ... ill-conditioned', and intrinsic_dimension gave NaN eigenvalues
+    k = 0, a dead layer's value: both now refuse them by name."""
+    maps = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    maps[1, 2, 3, 4] = value
+    layer = Conv2dPCA(3, delta=0.9).train()
+    layer(maps)
+    layer.eval()
+    with pytest.raises(ValueError, match="Conv2dPCA collected NaN or inf activations"):
+        layer(maps[:1])
+    with pytest.raises(ValueError, match="eigenvalues must be finite"):
+        intrinsic_dimension(np.array([value, 1.0, 0.0]), 0.9)

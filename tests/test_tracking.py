@@ -232,6 +232,16 @@ def test_non_finite_activations_give_nan_saturation_and_a_warning_not_a_crash(ca
     assert frame.shape == tracker.compute().shape and tracker.compute()["saturation"].notna().all()
 
 
+def test_a_finite_covariance_whose_eigenvalues_overflow_gives_a_nan_row_not_an_error() -> None:
+    """eigvalsh of a finite covariance near float64's limit returns an inf eigenvalue: such a layer's row is NaN,
+    like one of non-finite activations, and neither an error (intrinsic_dimension refuses inf) nor k = 0."""
+    from phd_lab.tracking.saturation import layer_statistics
+    with np.errstate(over="ignore"):  # its trace is inf
+        statistics = layer_statistics(np.full((4, 4), 1.7e308), 0.99, 3)
+    assert np.isnan(statistics["saturation"]) and np.isnan(statistics["intrinsic_dimension"])
+    assert statistics["n"] == 3
+
+
 def test_reset_and_close() -> None:
     model, data = seeded_model(4), digits_images(128)
     tracker = track(model, data[:64], batch=32)
@@ -521,6 +531,51 @@ def test_accumulator_with_a_large_mean_and_drifting_batches_equals_numpy(as_maps
     assert rel_error(accumulator.covariance().numpy(), expected) <= 1e-10
     assert np.abs(accumulator.mean.numpy() - everything.mean(axis=0)).max() <= 1e-9
     assert accumulator.n == everything.shape[0]
+
+
+@pytest.mark.parametrize("as_maps", [False, True])
+def test_a_mean_a_billion_times_the_spread_keeps_the_covariance_to_rounding_level(as_maps: bool) -> None:
+    """The first batch's rounded mean is the shift, so that batch's Σ (a − shift) is n₁ times the rounding error
+    of the mean, not 0: taken as 0, the covariance of these batches (mean 1e6, spread 1e-3) was off by 2e-9."""
+    from phd_lab.tracking.covariance import CovarianceAccumulator
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(16, 3, generator=generator, dtype=torch.float64) * 1e-3
+    batches = [torch.randn(96, 3, generator=generator, dtype=torch.float64) @ mixing.T + 1e6 for _ in range(3)]
+    accumulator = CovarianceAccumulator(16)
+    for rows in batches:  # as maps: (B, C, H, W) with B·H·W = 96 positions, on the torch path (little work)
+        accumulator.update_maps(rows.reshape(6, 4, 4, 16).permute(0, 3, 1, 2)) if as_maps else accumulator.update(rows)
+    expected = np.cov(torch.cat(batches).numpy(), rowvar=False, bias=True)
+    assert rel_error(accumulator.covariance().numpy(), expected) <= 1e-12
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_a_float64_layer_with_one_constant_output_has_no_variance(conv: bool) -> None:
+    """Constant float64 outputs whose mean rounds: every shifted value is the same tiny residue r, so the covariance
+    is Σr²/n − (Σr/n)² = 0 only when the first batch's Σr is kept; taken as 0, the layer had saturation 1/d."""
+    layer = nn.Conv2d(3, 16, 3).double() if conv else nn.Linear(3, 64).double()
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.copy_(torch.rand(layer.bias.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    data = torch.randn(67, 3, 9, 9, dtype=torch.float64) if conv else torch.randn(607, 3, dtype=torch.float64)
+    tracker = track(layer.eval(), data, batch=300 if not conv else 30)
+    assert torch.equal(tracker.covariance("<model>"), torch.zeros((layer.bias.numel(),) * 2, dtype=torch.float64))
+    assert tracker.compute().loc["<model>", "saturation"] == 0.0
+
+
+@pytest.mark.parametrize("layer, shape", [(nn.Linear(6, 5), (40, 6)), (nn.Conv2d(3, 8, 3), (4, 3, 9, 9)),
+                                          (nn.Conv2d(3, 32, 3, padding=1), (16, 3, 16, 16))])  # the fused kernel
+def test_a_pass_that_begins_under_inference_mode_goes_on_outside_it(layer: nn.Module, shape: tuple[int, ...]) -> None:
+    """An evaluation under torch.inference_mode, then training batches: the sums the first batch made were
+    inference tensors, and the next batch's in-place update raised a RuntimeError inside the forward hook."""
+    data = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+    with SaturationTracker(layer) as tracker:
+        with torch.inference_mode():
+            layer(data[0])
+        with torch.no_grad():
+            layer(data[1])
+        layer(data[2])
+    expected = np.cov(observation_rows([layer(batch).detach() for batch in data]), rowvar=False, bias=True)
+    assert rel_error(tracker.covariance("<model>").numpy(), expected) <= 1e-12
 
 
 def test_log_det_of_singular_and_regular_covariances_matches_slogdet() -> None:

@@ -67,7 +67,7 @@ class CovarianceAccumulator:
                 x = rows.to(torch.float64, copy=True)  # centred in place below: never the layer's own tensor
                 mean = x.mean(dim=0)
                 x -= mean
-                self._start(count, mean, x.T @ x)
+                self._start(count, mean, x.T @ x, x.sum(dim=0))
             return
         x = torch.empty(count, self.dim, dtype=torch.float64, device=rows.device)
         _convert_and_shift(rows, self._shift, out=x)
@@ -85,7 +85,7 @@ class CovarianceAccumulator:
         if fused_gram.applies(maps):
             if self._shift is None:  # the exact mean, summed on one thread like the kernel's sums
                 mean = fused_gram.channel_sums(maps).div_(count)
-                self._start(0, mean, torch.zeros(channels, channels, dtype=torch.float64))
+                self._start(0, mean, torch.zeros(channels, channels, dtype=torch.float64), torch.zeros_like(mean))
             fused_gram.accumulate(maps, self._shift, self._gram, self._sum)  # type: ignore[arg-type]
             self.n += count
             return
@@ -97,7 +97,7 @@ class CovarianceAccumulator:
                 x.view(channels, batch, -1).copy_(by_channel)
                 mean = x.mean(dim=1)
                 x -= mean[:, None]
-                self._start(count, mean, x @ x.T)
+                self._start(count, mean, x @ x.T, x.sum(dim=1))
             return
         x = torch.empty(channels, count, dtype=torch.float64, device=maps.device)
         _convert_and_shift(by_channel, self._shift.view(channels, 1, 1), out=x.view(channels, batch, -1))
@@ -109,9 +109,12 @@ class CovarianceAccumulator:
             tensor = tensor.to(self.device)
         return tensor
 
-    def _start(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
-        """First batch: its exact mean becomes the shift of every later batch."""
-        self.n, self._shift, self._sum, self._gram = count, mean, torch.zeros_like(mean), m2
+    def _start(self, count: int, mean: torch.Tensor, m2: torch.Tensor, total: torch.Tensor) -> None:
+        """First batch: its mean, as rounded, becomes the shift of every later batch. ``total`` is the batch's
+        Σ (a − shift), kept although it is 0 in exact arithmetic: the rounded mean leaves n₁ times its rounding
+        error there, and a sum taken as 0 gave a constant float64 layer a saturation of 1/d instead of 0 and a
+        mean 1e9 times the spread a relative covariance error of 1e-9 instead of 1e-13."""
+        self.n, self._shift, self._sum, self._gram = count, *_outside_inference_mode(mean, total, m2)
 
     def _add_shifted(self, count: int, columns: torch.Tensor) -> None:
         """Add a float64 (dim, count) matrix of shifted observations (columns). Every operand is
@@ -140,6 +143,15 @@ class CovarianceAccumulator:
         cov.add_(self._gram).div_(self.n)
         lower = torch.tril(cov, diagonal=-1)
         return cov.tril_().add_(lower.T)
+
+
+def _outside_inference_mode(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The running sums as normal tensors: made from a first batch run under ``torch.inference_mode`` they were
+    inference tensors, which no later batch outside it may update in place (a RuntimeError from the hook)."""
+    if not any(tensor.is_inference() for tensor in tensors):
+        return tensors
+    with torch.inference_mode(False):
+        return tuple(tensor.clone() for tensor in tensors)
 
 
 def _convert_and_shift(source: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> None:

@@ -78,7 +78,11 @@ class _PCALayer(nn.Module):
             if self.accumulator.n == 0:
                 raise RuntimeError(f"{type(self).__name__} has no covariance yet: pass data through it in training "
                                    f"mode before evaluating")
-            values, vectors = torch.linalg.eigh(self.accumulator.covariance().cpu())
+            covariance = self.accumulator.covariance().cpu()
+            if not torch.isfinite(covariance).all():  # eigh failed "to converge", which hid the cause
+                raise ValueError(f"{type(self).__name__} collected NaN or inf activations, so its covariance has no "
+                                 f"eigenspace to project onto")
+            values, vectors = torch.linalg.eigh(covariance)
             values = values.flip(0).clamp_min(0.0)
             self._eigen = (values, vectors.flip(1))
         return self._eigen

@@ -72,6 +72,9 @@ def intrinsic_dimension(eigenvalues: np.ndarray, delta: float) -> int:
     64 features: k = 3 to 10 by seed, not 2); below delta = 1 they weigh less than the tolerance itself."""
     delta = check_delta(delta)
     values = np.asarray(eigenvalues, dtype=np.float64)
+    if not np.isfinite(values).all():  # NaN fails every comparison below: k was 0, a dead layer's k
+        raise ValueError(f"eigenvalues must be finite to have an intrinsic dimension; got {values[:8]!r}"
+                         f"{' ...' if values.size > 8 else ''}")
     if values.size == 0:
         return 0
     values = np.where(values > rounding_level(values), values, 0.0)
@@ -87,9 +90,11 @@ def layer_statistics(cov: np.ndarray, delta: float, n: int) -> dict[str, float]:
     """Every per-layer number the tracker reports, from one covariance matrix."""
     cov = np.asarray(cov, dtype=np.float64)
     dim = cov.shape[0]
-    if not np.isfinite(cov).all():  # inf/NaN activations (a diverged run, float16 overflow): nothing to decompose
+    # inf/NaN activations (a diverged run, float16 overflow): nothing to decompose; and a finite covariance near
+    # float64's limit can still give eigvalsh an inf eigenvalue, which has no intrinsic dimension either
+    eigenvalues = sorted_eigenvalues(cov) if np.isfinite(cov).all() else None
+    if eigenvalues is None or not np.isfinite(eigenvalues).all():
         return {**empty_statistics(dim), "trace": float(np.trace(cov)), "n": int(n)}
-    eigenvalues = sorted_eigenvalues(cov)
     k = intrinsic_dimension(eigenvalues, delta)
     # log det from the eigenvalues already at hand (a second factorisation cost a quarter of eigh's time
     # on a 4,096-wide layer); singular (an eigenvalue at the rounding level, which only its rounding kept above

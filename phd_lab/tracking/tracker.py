@@ -294,7 +294,8 @@ class SaturationTracker:
         broken = frame.index[(frame["n"] > 0) & (frame["feature_dimension"] > 0) & frame["saturation"].isna()].tolist()
         if broken:
             log.warning("The activations of %s were not finite (inf or NaN: the training diverged, or float16 "
-                        "overflowed); their saturations are NaN.", ", ".join(broken))
+                        "overflowed), or so large that their covariance's eigenvalues overflowed float64; their "
+                        "saturations are NaN.", ", ".join(broken))
         return frame
 
     def saturation_mean(self, frame: pd.DataFrame | None = None) -> float:
