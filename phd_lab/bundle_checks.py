@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from phd_lab.errors import DataError
+from phd_lab.errors import DataError, RunFailure
 
 _SPLITS = (("test", "its test split"), ("train_eval", "its training split"))
 
@@ -31,7 +31,7 @@ def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, w
     declared = (bundle.in_channels, resolution, resolution)
     for split, named in _SPLITS:
         data = getattr(getattr(bundle, split), "dataset", None)
-        sample = _first_sample(data)
+        sample = _first_sample(data, where)
         if sample is None:
             continue
         image, label = sample
@@ -44,14 +44,18 @@ def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, w
         _check_labels(_listed_labels(data, label), bundle.num_classes, factory, named, where)
 
 
-def _first_sample(data: Dataset | None) -> tuple[Any, Any] | None:
-    """Sample 0 of a map-style dataset as (image, label), or None (empty, iterable, or no such pair)."""
+def _first_sample(data: Dataset | None, where: str) -> tuple[Any, Any] | None:
+    """Sample 0 of a map-style dataset as (image, label), or None (empty, iterable, or no such pair). A sample that
+    cannot be loaded (a damaged image file, ``folders.load_image``) is a DataError: nothing has run or been written
+    yet, and as the RunFailure it fails a run with during training it ended the command with exit 1 and a traceback."""
     try:
         if data is None or len(data) == 0:  # type: ignore[arg-type]
             return None
         sample = data[0]
     except (TypeError, NotImplementedError):  # an iterable-style dataset: no len or no indexing
         return None
+    except RunFailure as error:
+        raise DataError(f"{where}: {error}") from None
     return (sample[0], sample[1]) if isinstance(sample, (tuple, list)) and len(sample) >= 2 else None
 
 

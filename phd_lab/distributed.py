@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.environment import THREAD_VARIABLES, available_cores
 from phd_lab.errors import UsageError, failure_line
-from phd_lab.interrupts import raise_interruption_behind
+from phd_lab.interrupts import interrupts_held_while_processes_start, raise_interruption_behind
 from phd_lab.log_file import FORMAT, Formatter, info_records_kept, this_thread_only, thread_only
 
 log = logging.getLogger(__name__)
@@ -154,19 +154,20 @@ def _local_cluster_client(distributed: Any, value: int) -> Iterator[Any]:
     keeps every closed scheduler of this process alive otherwise (below)."""
     import dask
     try:
-        with dask.config.set(WORKER_CONFIG), \
-                distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
-                                         env=worker_thread_environment(value),
-                                         dashboard_address=":0", silence_logs=logging.WARNING) as cluster, \
-                distributed.Client(cluster) as client:
-            # a free port: None still took 8787, so a second local cluster warned that it was in use
-            log.info("Local Dask cluster of %d worker(s); dashboard (where bokeh is installed): %s", value,
-                     cluster.dashboard_link)
-            from phd_lab.dask_worker_signals import PLUGIN_NAME, TerminalInterruptsIgnored
-            client.register_plugin(TerminalInterruptsIgnored(), name=PLUGIN_NAME)  # Ctrl-C is the command's
-            # the scheduler in this process hooks a Python callback into every garbage collection, and a Ctrl-C
-            # that lands in it is printed as "Exception ignored" and lost (1 of 4 tries of the probe test)
-            _gc_diagnosis_off()
+        with dask.config.set(WORKER_CONFIG), contextlib.ExitStack() as stack:
+            with interrupts_held_while_processes_start():  # a Ctrl-C now is raised once the cluster can be closed
+                cluster = stack.enter_context(distributed.LocalCluster(
+                    n_workers=value, threads_per_worker=1, processes=True, env=worker_thread_environment(value),
+                    dashboard_address=":0", silence_logs=logging.WARNING))
+                # a free port: None still took 8787, so a second local cluster warned that it was in use
+                client = stack.enter_context(distributed.Client(cluster))
+                log.info("Local Dask cluster of %d worker(s); dashboard (where bokeh is installed): %s", value,
+                         cluster.dashboard_link)
+                from phd_lab.dask_worker_signals import PLUGIN_NAME, TerminalInterruptsIgnored
+                client.register_plugin(TerminalInterruptsIgnored(), name=PLUGIN_NAME)  # Ctrl-C is the command's
+                # the scheduler in this process hooks a Python callback into every garbage collection, and a
+                # Ctrl-C that lands in it is printed as "Exception ignored" and lost (1 of 4 tries of the probe test)
+                _gc_diagnosis_off()
             try:
                 yield client
             finally:  # every result is in and every file written atomically: a worker that takes more than the

@@ -138,6 +138,29 @@ def sigterm_held_while_forking() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+@contextlib.contextmanager
+def interrupts_held_while_processes_start() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back (``deferred_interrupts``) while a local Dask cluster starts, SIGINT blocked in
+    this thread as well: the threads the cluster starts inherit it blocked, and so do the worker processes they
+    spawn (a blocked signal stays blocked across fork and exec), which ignore the terminal's Ctrl-C anyway
+    (``dask_worker_signals``). A Ctrl-C in that window reached the half-started workers, each of which printed the
+    traceback of its interrupted imports, and the cluster cut short in its construction was closed at exit with
+    distributed's ``AssertionError: Status.init``; now it takes effect once the cluster is up, which closes it.
+    multiprocessing's resource tracker is started first: starting it unblocks SIGINT in the thread that does,
+    which was the cluster's event loop, the parent of every worker."""
+    with deferred_interrupts():
+        if not hasattr(signal, "pthread_sigmask"):  # no POSIX signal masks (Windows)
+            yield
+            return
+        from multiprocessing import resource_tracker
+        resource_tracker.ensure_running()  # a no-op once it runs
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:  # a Ctrl-C pending meanwhile is noted here, and raised once the handlers are back
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def leave_quietly_on_sigterm() -> None:
     """In a DataLoader worker: SIGTERM ends it at once with exit 0. torch's own handler let a SIGTERM sent to the
     whole job (not by the loader) kill the worker by the signal, which the loader then raised in this process as

@@ -130,12 +130,16 @@ def _catches_sigint(pid: int) -> bool:
 
 
 def spawned_children(pid: int) -> list[int]:
-    """The spawned ``multiprocessing`` children of ``pid`` (pool workers, not the resource tracker), read from /proc:
-    unlike ``multiprocessing.active_children``, this reaps none of them (a pool's own thread must see one die)."""
+    """The spawned ``multiprocessing`` children of ``pid`` (pool workers, a local Dask cluster's workers, not the
+    resource tracker), read from /proc: unlike ``multiprocessing.active_children``, this reaps none of them (a
+    pool's own thread must see one die). Every thread's children count: a Dask nanny spawns its worker from a
+    thread of its own."""
+    children = []
     with contextlib.suppress(OSError):
-        children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        return [child for child in children if _cmdline(child).find(b"spawn_main") >= 0]
-    return []
+        for thread in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                children += [int(child) for child in (thread / "children").read_text().split()]
+    return [child for child in children if _cmdline(child).find(b"spawn_main") >= 0]
 
 
 def _cmdline(pid: int) -> bytes:

@@ -91,3 +91,27 @@ def test_an_honest_bundle_trains(tmp_path, capsys):
     code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
     assert code == 0, err
     assert len(run_folders(tmp_path / "logs")) == 1
+
+
+def test_a_damaged_first_image_of_a_folder_dataset_is_refused_before_the_run_folder_without_a_traceback(tmp_path):
+    """The bundle check reads each split's first image before the run folder is made; a damaged one ended the
+    command with exit 1 and the traceback of a failed run, although nothing had run or been written."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.test_datasets import write_image
+    for split in ("train", "test"):
+        for c, name in enumerate(["cats", "dogs"]):
+            write_image(tmp_path / "pets" / split / name / "0.png", value=c)
+    damaged = tmp_path / "pets" / "train" / "cats" / "0.png"  # the training split's sample 0
+    damaged.write_bytes(damaged.read_bytes()[:40])  # truncated
+    config = write_config(tmp_path, dataset=f"folder:{tmp_path / 'pets'}", resolution=8, epoch=1, batch_size=2,
+                          post_processing=[])
+    done = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress", "-q"],
+                          capture_output=True, text=True, timeout=300)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, said
+    assert "Traceback" not in said and f"The image file {str(damaged)!r} cannot be read" in said, said
+    assert f"{config} (run 0)" in said, said
+    assert not (tmp_path / "logs").exists() or run_folders(tmp_path / "logs") == []

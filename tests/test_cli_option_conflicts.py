@@ -47,6 +47,21 @@ def test_quiet_and_verbose_together_are_refused(command, capsys):
     assert "argument -v/--verbose: not allowed with argument -q/--quiet" in capsys.readouterr().err
 
 
+def test_standardize_and_no_standardize_together_are_refused(tmp_path):
+    """probe_main.py --standardize --no-standardize probed as the last one said: the other was dropped without a
+    word, as -q was of -q -v."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    for order in (["--standardize", "--no-standardize"], ["--no-standardize", "--standardize"]):
+        done = subprocess.run([sys.executable, str(ROOT / "probe_main.py"), "--latents", str(tmp_path), *order],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == EXIT_USAGE, done.stderr
+        assert f"argument {order[1]}: not allowed with argument {order[0]}" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []
+
+
 UNREACHABLE = {
     # the command, given the path: the message's subject
     "probe --latents": (lambda path: probe_cli(["--latents", str(path)]), "Latents folder"),

@@ -317,6 +317,31 @@ def test_ctrl_c_in_a_terminal_stops_the_runs_of_a_local_cluster_after_their_batc
     assert 1 <= len(read_metrics(folder)) < 200
 
 
+def test_ctrl_c_in_a_terminal_while_a_local_cluster_starts_stops_the_command_without_a_traceback(tmp_path):
+    """A terminal's Ctrl-C while ``--scheduler local:N`` started its cluster reached the worker processes that were
+    still importing, each of which printed the traceback of its KeyboardInterrupt, and the cluster cut short in its
+    construction was closed at exit with distributed's 'AssertionError: Status.init'. The command now takes it once
+    the cluster is up, and closes the cluster."""
+    from tests.conftest import ROOT, sigint_as_in_a_terminal, spawned_children
+    config = write_config(tmp_path, epoch=1, post_processing=[])
+    process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress",
+                                "--scheduler", "local:2"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=sigint_as_in_a_terminal)
+    try:
+        assert wait_for(lambda: spawned_children(process.pid), process, timeout=120), process.communicate()
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C, while the first worker process imports
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Exception ignored" not in err, err
+    assert "interrupted; rerun the same command" in err
+    assert not run_folders(tmp_path / "logs")  # no task was handed over: nothing to resume, nothing half-written
+
+
 def _runs_until_stopped(started: str, stop: str) -> str:
     """A task that says it started (Dask Event ``started``) and runs until its command sets ``stop``."""
     client = distributed.get_client()

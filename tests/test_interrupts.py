@@ -400,3 +400,28 @@ def test_a_ctrl_c_as_dask_is_first_imported_stops_the_command_instead_of_asking_
                           env={**os.environ, "PYTHONPATH": f"{tmp_path / 'stand-in'}{os.pathsep}{ROOT}"})
     assert done.returncode == 130, done.stderr
     assert "interrupted" in done.stderr and "Dask extra" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("script", ["main.py", "probe_main.py"])
+def test_a_ctrl_c_while_a_command_imports_its_modules_ends_it_without_a_traceback(tmp_path, script):
+    """A Ctrl-C in the first tenth of a second, while main.py or probe_main.py imported phd_lab's modules or read
+    its options, ended the command with a KeyboardInterrupt traceback, before its own handling of Ctrl-C began."""
+    from tests.conftest import sigint_as_in_a_terminal, write_config
+    config = write_config(tmp_path, epoch=1, post_processing=[])
+    process = subprocess.Popen([sys.executable, "-X", "importtime", script, "--config", str(config), "-q"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, preexec_fn=sigint_as_in_a_terminal)
+    try:
+        for line in process.stderr:  # -X importtime: a line as each module's import ends
+            if line.rstrip().endswith("phd_lab.console"):  # the first of phd_lab.cli's: the others are to come
+                os.killpg(process.pid, signal.SIGINT)
+                break
+        rest = process.stderr.read()
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    said = "".join(line for line in rest.splitlines(keepends=True) if not line.startswith("import time:"))
+    assert process.returncode == 130, said
+    assert "Traceback" not in said and "KeyboardInterrupt" not in said and said.startswith("interrupted"), said

@@ -66,6 +66,17 @@ def test_a_zip_archive_named_npy_is_refused_as_not_a_npy_array(tmp_path):
     assert "it is a zip archive, as numpy.savez (.npz) and torch.save write" in err
 
 
+def test_a_folder_in_place_of_a_layer_file_is_called_a_folder_not_missing(tmp_path):
+    """A folder under a listed file's name was said not to exist ('the extraction is incomplete or the folder was
+    moved'), which sent its owner looking for a file that is there, as a folder."""
+    folder = latents(tmp_path)
+    (folder / "eval-features.1.npy").unlink()
+    (folder / "eval-features.1.npy").mkdir()
+    err = probe_main(folder, tmp_path)
+    assert "eval-features.1.npy' listed in" in err and "is a folder, not a .npy array file" in err, err
+    assert "does not exist" not in err
+
+
 def test_a_text_file_is_not_a_npy_file_rather_than_a_pickle(tmp_path):
     folder = latents(tmp_path)
     (folder / "eval-features.1.npy").write_text("a,b,c\n1,2,3\n")

@@ -37,8 +37,12 @@ def build_parser(prog: str = "probe_main.py") -> argparse.ArgumentParser:
     parser.add_argument("--C", type=float, dest="C", help="inverse L2 strength (probe_C)")
     parser.add_argument("--max-iter", type=int, help="iteration limit (probe_max_iter)")
     parser.add_argument("--tol", type=float, help="stopping tolerance (probe_tol)")
-    parser.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
-                        help="standardise features (probe_standardize; default: off for saga, on for lbfgs)")
+    # two options that exclude each other, as -q and -v: given both, the last won without a word
+    scaling = parser.add_mutually_exclusive_group()
+    scaling.add_argument("--standardize", action="store_const", const=True, default=None,
+                         help="standardise features (probe_standardize; default: off for saga, on for lbfgs)")
+    scaling.add_argument("--no-standardize", action="store_const", const=False, dest="standardize",
+                         help="fit on the raw features")
     parser.add_argument("--train-samples", type=int, help="stratified training subsample size (probe_train_samples)")
     parser.add_argument("--seed", type=int, help="seed of saga and the subsample (probe_seed)")
     parser.add_argument("--probe-device", help="device of lbfgs-torch: cpu, cuda, cuda:N (probe_device)")

@@ -127,6 +127,9 @@ def _header(path: Path, manifest: Path) -> tuple[tuple[int, ...], np.dtype]:
     mode = _mode_of(path)
     if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
         raise NotARegularFile(path, mode)
+    if mode is not None and stat.S_ISDIR(mode):  # it was said not to exist
+        raise DataError(f"Latents file {str(path)!r} listed in {str(manifest)!r} is a folder, not a .npy array "
+                        f"file. Rerun the extraction step.")
     if not path.is_file():
         raise DataError(f"Latents file {str(path)!r} listed in {str(manifest)!r} does not exist; the extraction is "
                         f"incomplete or the folder was moved. Rerun the extraction step.")
