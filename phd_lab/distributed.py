@@ -81,6 +81,11 @@ def parse_scheduler(spec: str, warn: bool = False) -> tuple[str, Any]:
     if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
         raise UsageError(f"--scheduler {spec!r}: its port {port!r} is not a number from 1 to 65535; give the "
                          f"scheduler's address as `dask scheduler` prints it, e.g. tcp://host:8786.")
+    host = host_port.rsplit(":", 1)[0] if port is not None else host_port
+    if scheme == "tcp" and not host.strip("[]").strip():  # tcp:// passed the dry run; the probe job hashed every
+        # latents file before distributed refused it
+        raise UsageError(f"--scheduler {spec!r} names no host; give the scheduler's address as `dask scheduler` "
+                         f"prints it, e.g. tcp://host:8786.")
     return "address", spec
 
 

@@ -675,6 +675,9 @@ def test_scheduler_spec_errors():
             parse_scheduler(spec)
     for spec in ("tcp://[::1]:8786", "tcp://[::1]", "tcp://scheduler"):
         assert parse_scheduler(spec) == ("address", spec)
+    for spec in ("tcp://", "tcp://:8786", ":8786", "tcp://[]:8786"):  # tcp:// passed the dry run
+        with pytest.raises(UsageError, match="names no host"):
+            parse_scheduler(spec)
 
 
 def test_plain_local_starts_one_worker_per_core_this_process_may_use(tmp_path):
@@ -708,7 +711,7 @@ def test_a_command_warns_of_more_workers_than_cores_once(tmp_path, command):
     assert result.stderr.count("--scheduler local:2 starts 2 worker processes on 1 core(s)") == 1, result.stderr
 
 
-@pytest.mark.parametrize("spec", ["tcp://", "tls://127.0.0.1:1"])
+@pytest.mark.parametrize("spec", ["tls://127.0.0.1:1"])
 def test_a_malformed_scheduler_address_is_a_usage_error(spec):
     """distributed raises ValueError/TypeError for these (a traceback, exit 1)."""
     from phd_lab.distributed import dask_client
@@ -718,7 +721,7 @@ def test_a_malformed_scheduler_address_is_a_usage_error(spec):
 
 
 @pytest.mark.parametrize("extra, spec", [(["--dry-run"], "x"), (["--dry-run"], "local:0"), (["--dry-run"], ""),
-                                         ([], "")])
+                                         ([], ""), (["--dry-run"], "tcp://")])
 def test_a_malformed_scheduler_is_refused_by_the_dry_run_and_an_empty_one_by_the_run(tmp_path, capsys, extra, spec):
     """The dry run printed the grid for --scheduler x (only the run refused it), and the run took an empty
     --scheduler for none and trained on this machine."""
