@@ -1052,6 +1052,8 @@ def test_a_run_folder_whose_latents_lie_under_its_latents_dir_names_them(tmp_pat
     (lambda m: m["layers"][0].update(shape=[5, 5]), "layers[0].shape is [5, 5]"),
     (lambda m: m["layers"][0].update(shape=1000), "layers[0].shape is 1000"),
     (lambda m: m["layers"][2].update(index=1), "layer indices repeat ([1, 1, 2])"),
+    # accepted, it failed every rerun with exit 1: the cache refused the record's index as not >= 0
+    (lambda m: m["layers"][0].update(index=-1), "layers[0].index is -1, expected an integer >= 0"),
 ])
 def test_error_manifest_incomplete(tmp_path, capsys, mutate, match):
     run_dir, latents = make_latents(tmp_path)

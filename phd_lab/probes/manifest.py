@@ -321,6 +321,8 @@ def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str,
         where = f"layers[{position}]"
         name = _require(entry, "name", str, path, where)
         index = _require(entry, "index", int, path, where)
+        if index < 0:  # a record's index is >= 0: the cache refused such a layer's entry, and every rerun failed
+            raise _fail(path, f"{where}.index is {index}, expected an integer >= 0")
         present = [split for split in SPLITS if isinstance(entry, dict) and entry.get(split)]
         if len(present) == 1:
             raise DataError(f"The train and eval layer sets in {str(path)!r} differ: layer {name!r} has only a "
