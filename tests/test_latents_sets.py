@@ -123,6 +123,9 @@ def test_one_trained_model_gives_every_set_its_folder_probe_results_and_a_compar
     assert all((run / f"probe_performances{s}.png").read_bytes().startswith(PNG) for s in sets)
     assert all(any((run / f"probe_confusion{s}").glob("*.npy")) for s in sets)
     assert (run / "probe_performances_by_set.png").read_bytes().startswith(PNG)
+    (run / "probe_performances_by_set.png").unlink()  # every layer from the cache: it was not drawn again
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 0
+    assert (run / "probe_performances_by_set.png").read_bytes().startswith(PNG)
     recorded = json.loads((run / "probe_settings_1x1_nearest.json").read_text())
     assert recorded["latents"] == {"downsampling": 1, "downsampling_method": "nearest",
                                    "sha256": latents_digest(manifests["latents_1x1_nearest"])}
@@ -135,8 +138,8 @@ def test_one_trained_model_gives_every_set_its_folder_probe_results_and_a_compar
     labels = [label for label, _, _ in probe_set_tables(RunDir(run, ""), older["settings"])]
     assert labels == ["1×1", "2×2 (latents/)", "1×1", "2×2"]  # its size read off latents/manifest.json
     log_text = (run / "probe.log").read_text()
-    assert log_text.count("probe job started") == 2  # one per job, each ending with this run's probes finished
-    assert log_text.count("this run's probes finished") == 2
+    assert log_text.count("probe job started") == 3  # one per job, each ending with this run's probes finished
+    assert log_text.count("this run's probes finished") == 3
     # the sets differ only in how the convolutions' maps were reduced: the Linear layers' probes agree
     linear = [layer for layer in layers if layer.startswith("classifier")]
     assert linear and all(np.allclose(tables[s].set_index("layer").loc[linear, "eval_acc"],

@@ -136,15 +136,20 @@ def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
     """Whether the run folder holds what ``write_confusion`` and ``write_results`` would write for ``records``
     already: the table as it would be written, the settings that the job writes last and that name the table's
     sha256 (so the writing that table began also ended), each layer's matrix (equal) with its plot, no other
-    layer's, and the accuracy plot. A job whose every layer came from the cache then leaves them be (a job
-    repeated over a grid of hundreds of runs redrew and rewrote every finished run's files)."""
+    layer's, the accuracy plot, and the plot that compares the run's latents sets where it has several. A job
+    whose every layer came from the cache then leaves them be (a job repeated over a grid of hundreds of runs
+    redrew and rewrote every finished run's files)."""
     outputs = job.outputs
     csv = table_bytes(performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy))
     try:
+        document = settings_document(job, csv)
         if (atomic.read_bytes(outputs.probe_csv) != csv  # a FIFO there is refused, not waited on
-                or atomic.read_json(outputs.probe_settings) != settings_document(job, csv)
+                or atomic.read_json(outputs.probe_settings) != document
                 or not outputs.probe_plot.is_file()):
             return False
+        if not outputs.probe_sets_plot.is_file() and len(probe_set_tables(
+                outputs, document["settings"], current=(outputs.probe_set, document))) > 1:
+            return False  # a deleted comparison was never drawn again while every layer came from the cache
         expected = set()
         for record in records:
             array, plot = (outputs.probe_confusion(record.index, record.layer, suffix) for suffix in (".npy", ".png"))
