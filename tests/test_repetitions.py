@@ -550,3 +550,32 @@ def test_a_group_where_one_run_has_its_unprojected_accuracy_has_no_t_tests(repor
     assert set(pd.read_csv(logs / "report_relevant_eigenspace.csv")["group"]) == {_label(0.125)}
     assert text.count("Paired two-tailed t-test") == 1 and text.count('alt="Projections over the repetitions') == 1
     assert set(pd.read_csv(logs / "report_saturation_stability.csv")["group"]) == {_label(0.0625), _label(0.125)}
+
+
+BLOCK_MODELS = '''
+import torch.nn as nn
+
+
+def blocknet(*, num_classes: int, in_channels: int = 3, block: dict | None = None):
+    """A one-hidden-layer MLP on 8x8 images whose hidden width is block["width"]."""
+    width = (block or {})["width"]
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, width), nn.ReLU(), nn.Linear(width, num_classes))
+'''
+
+
+def test_repetitions_that_log_a_nested_mapping_in_another_key_order_are_one_group(tmp_path):
+    """One configuration written in two key orders ({"width": 8, "act": "relu"} and the reverse) is one run
+    identity, as its folder's hash says: its repetitions were two groups of one run (no Repetitions section) and
+    the run table called the mapping a varying column."""
+    (tmp_path / "block_models.py").write_text(BLOCK_MODELS)
+    from phd_lab.cli import main_cli
+    for run_id, block in (("0", {"width": 8, "act": "relu"}), ("1", {"act": "relu", "width": 8})):
+        config = write_config(tmp_path, f"exp{run_id}.json", model="blocknet", model_args={"block": block},
+                              registries={"models": str(tmp_path / "block_models.py")}, resolution=8, epoch=1,
+                              run_id=run_id, seed=None, post_processing=[])
+        assert main_cli(["--config", str(config), "--no-progress"]) == 0
+    text = " ".join(write_report(tmp_path / "logs").read_text(encoding="utf-8").split())
+    assert '<h3>blocknet / Digits 8 px <span class="swept">2 runs</span></h3>' in text
+    assert "model_args.block" not in text
+    stability = pd.read_csv(tmp_path / "logs" / "report_saturation_stability.csv")
+    assert set(stability["group"]) == {"blocknet / Digits 8 px"} and set(stability["n"]) == {2}

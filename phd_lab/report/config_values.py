@@ -18,15 +18,22 @@ def flat_config(config: dict[str, Any] | None) -> dict[str, str]:
 
 
 def flat_values(values: dict[str, Any]) -> dict[str, str]:
-    """``key`` / ``mapping.key`` → compact JSON text (a top-level string as it is)."""
+    """``key`` / ``mapping.key`` → compact JSON text (a top-level string as it is). Mappings nested deeper are
+    written with sorted keys, as a run's folder hash reads them: ``{"k": 3, "act": "relu"}`` in either order is
+    one value, so that repetitions logged in two orders are one group and no varying column."""
     flat: dict[str, str] = {}
     for key, value in values.items():
         if isinstance(value, dict):
             for inner, inner_value in value.items():
-                flat[f"{key}.{inner}"] = json.dumps(inner_value, separators=(",", ":"))
+                flat[f"{key}.{inner}"] = _compact(inner_value)
         else:
-            flat[key] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+            flat[key] = value if isinstance(value, str) else _compact(value)
     return flat
+
+
+def _compact(value: Any) -> str:
+    """``value`` as compact JSON text with sorted keys."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def varying_keys(entries: Sequence[RunEntry]) -> list[str]:
