@@ -372,7 +372,8 @@ def _first_width_runs(logs):
 
 
 @pytest.mark.parametrize("case", ["seed sweep", "same seed", "other projection", "not projected", "older config",
-                                  "damaged accuracy", "download", "workers", "other split", "unfinished"])
+                                  "damaged accuracy", "download", "workers", "other split", "unfinished",
+                                  "same seed after an unfinished run"])
 def test_which_runs_count_as_repetitions(reported_grid, tmp_path, case, caplog):
     """Runs are repetitions when only their seed differs; each seed counts once; a run projected otherwise or not
     at all is a repetition, left out of the t-tests; a key an older version did not log is its default, and one
@@ -408,6 +409,13 @@ def test_which_runs_count_as_repetitions(reported_grid, tmp_path, case, caplog):
     elif case == "unfinished":  # stopped after its first epoch: its saturations are no last epoch's
         metrics_csv = third / next(third.glob("*_config.json")).name.replace("_config.json", ".csv")
         pd.read_csv(metrics_csv).iloc[:1].to_csv(metrics_csv, index=False)
+    elif case == "same seed after an unfinished run":  # its rerun under another run_id counts, not it (was neither)
+        metrics_csv = first / next(first.glob("*_config.json")).name.replace("_config.json", ".csv")
+        pd.read_csv(metrics_csv).iloc[:1].to_csv(metrics_csv, index=False)
+        (first / "projections.csv").unlink()
+        seed = _seed_of(first)
+        _edit_config(second, lambda c: c.update(seed=seed))
+        expected_n = 2
     else:
         table = pd.read_csv(third / "projections.csv")
         table.loc[table["basis"] == "none", "accuracy"] = math.nan
@@ -423,11 +431,13 @@ def test_which_runs_count_as_repetitions(reported_grid, tmp_path, case, caplog):
     assert f"over {tested} projected runs" in text
     said = [line for line in caplog.text.splitlines() if f"{label}: relevant eigenspace from delta" in line]
     assert all(f"(paired t-tests over {tested} projected runs" in line for line in said)  # was the group's folders
-    left_out = 1 if case == "same seed" else 0
+    left_out = 1 if case.startswith("same seed") else 0
     assert f'<span class="swept">3 runs{f", {left_out} left out" if left_out else ""}</span>' in text
     stability = pd.read_csv(logs / "report_saturation_stability.csv")
     assert set(stability.loc[stability["group"] == label, "n"]) == {2 if case == "unfinished" else expected_n}
-    assert ("1 run(s) left out: an earlier run of this group has their seed" in text) == (case == "same seed")
+    assert ("1 run(s) left out: another run of this group has their seed" in text) == case.startswith("same seed")
+    if case == "same seed after an unfinished run":
+        assert f"({'/'.join(first.parts[-2:])})" in " ".join(text.split())  # the unfinished run is the one left out
     assert ("1 run(s) projected with other parameters" in text) == (case == "other projection")
 
 

@@ -46,7 +46,7 @@ class RepetitionGroup:
     eigenspace: pd.DataFrame | None = None
     relevant_delta: float | None = None
     figures: list[KeyedFigure] = field(default_factory=list)  # ``draw_figures``
-    same_seed: list[RunEntry] = field(default_factory=list)  # left out: an earlier run of the group has their seed
+    same_seed: list[RunEntry] = field(default_factory=list)  # left out: another run of the group has their seed
     projected: int = 0  # runs whose projections the t-tests compare
     other_projections: list[RunEntry] = field(default_factory=list)  # left out: projected with other parameters
 
@@ -83,7 +83,7 @@ def _label(flat: dict[str, str], differing: Sequence[str]) -> str:
 def repetition_groups(entries: Sequence[RunEntry], alpha: float = DEFAULT_ALPHA) -> list[RepetitionGroup]:
     """Groups of runs with the same configuration but for run_id/seed, with their statistics, in the order
     their first run appears in ``entries``; only groups where two runs or more have something to compare, or where
-    runs were left out for repeating an earlier run's seed (the section warns of them: a grid of one seed and
+    runs were left out for repeating another run's seed (the section warns of them: a grid of one seed and
     several run_ids would otherwise vanish from the page without a word)."""
     members: dict[str, list[RunEntry]] = {}
     for entry in entries:
@@ -105,7 +105,7 @@ def repetition_groups(entries: Sequence[RunEntry], alpha: float = DEFAULT_ALPHA)
 
 
 def _same_seed_warning(group: RepetitionGroup) -> str:
-    """Why runs of the group are left out: all share one seed (nothing is compared), or some repeat an earlier
+    """Why runs of the group are left out: all share one seed (nothing is compared), or some repeat another
     run's seed; either way each repetition should have its own."""
     names = ", ".join("/".join(entry.folder.root.parts[-2:]) for entry in group.same_seed[:5])
     names += ", ..." if len(group.same_seed) > 5 else ""
@@ -115,19 +115,23 @@ def _same_seed_warning(group: RepetitionGroup) -> str:
         return (f"all {len(group.entries)} runs of this group share seed {seed}: they repeat one training (bit for "
                 f"bit on a CPU; on a GPU their spread measures its nondeterminism only) instead of sampling "
                 f"others, so nothing is compared over them ({names} left out). {advice}")
-    return (f"{len(group.same_seed)} run(s) left out: an earlier run of this group has their seed, so they repeat "
+    return (f"{len(group.same_seed)} run(s) left out: another run of this group has their seed, so they repeat "
             f"its training instead of sampling another one ({names}). {advice}")
 
 
 def _independent(entries: Sequence[RunEntry]) -> tuple[list[RunEntry], list[RunEntry]]:
-    """The runs to count, and those left out because an earlier run has their seed: the same training (bit for
-    bit on a CPU), which would pass for agreement between repetitions and make any difference look significant."""
-    kept, left_out, seeds = [], [], set()
+    """The runs to count, one per seed, and those left out because another run has their seed: the same training
+    (bit for bit on a CPU), which would pass for agreement between repetitions and make any difference look
+    significant. Of a seed's runs the first finished one counts, else the first: a run that failed and its rerun
+    under another run_id (``--run-id NEW`` keeps the logged seed) counted nothing, the rerun being left out for the
+    failed run's seed."""
+    counted: dict[str, RunEntry] = {}
     for entry in entries:
         seed = json.dumps((entry.tables.config or {}).get("seed"))
-        (left_out if seed in seeds else kept).append(entry)
-        seeds.add(seed)
-    return kept, left_out
+        if seed not in counted or (finished(entry.summary) and not finished(counted[seed].summary)):
+            counted[seed] = entry
+    kept = {id(entry) for entry in counted.values()}
+    return [e for e in entries if id(e) in kept], [e for e in entries if id(e) not in kept]
 
 
 def group_statistics(group: RepetitionGroup) -> RepetitionGroup:
