@@ -103,7 +103,7 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot, run=run)
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv, extra=tag)
     document = settings_document(job, csv)
-    sets = probe_set_tables(job.outputs, now, current=(job.outputs.probe_set, document))
+    sets = _compared_sets(job, document)
     if len(sets) > 1:
         save_probe_sets_plot(sets, job.manifest.model_test_accuracy, job.outputs.probe_sets_plot,
                              run=job.outputs.name)
@@ -147,8 +147,7 @@ def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
                 or atomic.read_json(outputs.probe_settings) != document
                 or not outputs.probe_plot.is_file()):
             return False
-        if not outputs.probe_sets_plot.is_file() and len(probe_set_tables(
-                outputs, document["settings"], current=(outputs.probe_set, document))) > 1:
+        if not outputs.probe_sets_plot.is_file() and len(_compared_sets(job, document)) > 1:
             return False  # a deleted comparison was never drawn again while every layer came from the cache
         expected = set()
         for record in records:
@@ -162,6 +161,12 @@ def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
         return present == expected
     except (OSError, ValueError):  # read_npy: a header that declares more than the file holds is one
         return False
+
+
+def _compared_sets(job: ProbeJob, document: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """The latents sets ``probe_performances_by_set.png`` compares (drawn where there are two or more): the run's
+    sets fitted with the job's settings, this job's own set read from its settings ``document``."""
+    return probe_set_tables(job.outputs, document["settings"], current=(job.outputs.probe_set, document))
 
 
 def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None,
