@@ -692,6 +692,12 @@ def _checkout_copy(target: Path) -> Path:
     return target
 
 
+def _main_of(checkout: Path, cwd: Path, config: str, *args: str) -> subprocess.CompletedProcess:
+    """``checkout``'s main.py on ``config`` (with ``args``) in a subprocess that imports that checkout's phd_lab."""
+    return subprocess.run([sys.executable, str(checkout / "main.py"), "--config", config, *args, "--no-progress"],
+                          cwd=cwd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+
+
 def test_uncommitted_changes_are_kept_as_a_patch_beside_the_config_and_named_on_a_rerun(tmp_path):
     """A dirty checkout logged git_dirty: true and nothing else: the code that ran could not be restored."""
     if shutil.which("git") is None or not (ROOT / ".git").exists():
@@ -700,12 +706,7 @@ def test_uncommitted_changes_are_kept_as_a_patch_beside_the_config_and_named_on_
     init = checkout / "phd_lab" / "__init__.py"
     init.write_text(init.read_text() + "\nLOCAL_CHANGE = 1  # not committed\n")
     config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(checkout / "main.py"), "--config", *args, "--no-progress"],
-                              cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
-
-    assert run(str(config)).returncode == 0
+    assert _main_of(checkout, tmp_path, str(config)).returncode == 0
     [folder] = run_folders(tmp_path / "logs")
     name = run_name(folder)
     meta = json.loads((folder / f"{name}_config.json").read_text())[META_KEY]
@@ -735,12 +736,7 @@ def test_a_copy_without_git_logs_the_sha256_of_its_source_and_a_rerun_after_an_e
         shutil.copytree(ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(ROOT / "main.py", copy / "main.py")
     config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(copy / "main.py"), "--config", *args, "--no-progress"],
-                              cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
-
-    assert run(str(config)).returncode == 0
+    assert _main_of(copy, tmp_path, str(config)).returncode == 0
     [folder] = run_folders(tmp_path / "logs")
     name = run_name(folder)
     meta = json.loads((folder / f"{name}_config.json").read_text())[META_KEY]
@@ -749,7 +745,7 @@ def test_a_copy_without_git_logs_the_sha256_of_its_source_and_a_rerun_after_an_e
     assert package_sha256(copy / "phd_lab") == meta["phd_lab_sha256"]  # only the .py files are the code
     trainer = copy / "phd_lab" / "trainer.py"
     trainer.write_text(trainer.read_text() + "\nLOCAL_CHANGE = 1\n")
-    done = run(str(folder / f"{name}_config.json"), "--run-id", "again")
+    done = _main_of(copy, tmp_path, str(folder / f"{name}_config.json"), "--run-id", "again")
     assert done.returncode == 0, done.stderr
     message = " ".join(done.stderr.split())
     assert (f"This config was logged by a run under another setup: the code of the phd_lab package (sha256 "
@@ -798,8 +794,7 @@ def test_an_untracked_module_the_run_imports_is_in_its_patch_and_a_change_to_it_
     registry.write_text(registry.read_text() + UNTRACKED_FACTORY)
     config = write_config(tmp_path, epoch=1, cpu_threads=1, model="local_net", model_args={}, resolution=8,
                           track_saturation=False, post_processing=[])
-    done = subprocess.run([sys.executable, str(checkout / "main.py"), "--config", str(config), "--no-progress"],
-                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+    done = _main_of(checkout, tmp_path, str(config))
     assert done.returncode == 0, done.stderr
     [folder] = run_folders(tmp_path / "logs")
     name = run_name(folder)
