@@ -1,11 +1,12 @@
-"""``python -m phd_lab train ...`` (main.py), ``probe ...`` (probe_main.py) and ``report LOGS_DIR ...``."""
+"""``python -m phd_lab train ...`` (main.py), ``probe ...`` (probe_main.py) and ``report LOGS_DIR ...``.
+
+Only the standard library and the Ctrl-C guard (phd_lab.entry) are imported here: each command's modules load under
+that guard, so that a Ctrl-C while they load ends the command in a line instead of a traceback."""
 
 import sys
 from pathlib import Path
 
-from phd_lab.cli import main_cli
-from phd_lab.console import write_stderr, write_stdout
-from phd_lab.errors import EXIT_OK, EXIT_USAGE
+from phd_lab.entry import run_command
 
 COMMANDS = ("train", "probe", "report")
 USAGE = ("usage: python -m phd_lab train [main.py options]\n"
@@ -19,13 +20,18 @@ USAGE = ("usage: python -m phd_lab train [main.py options]\n"
 def main(argv: list[str]) -> int:
     """Run the command ``argv[0]`` names with the rest of ``argv``; its exit status."""
     if argv and argv[0] == "train":
-        return main_cli(argv[1:], prog=command_name("train"))
+        return run_command("phd_lab.cli", "main_cli", argv[1:], prog=command_name("train"))
     if argv and argv[0] == "probe":
-        from phd_lab.probes.cli import probe_cli
-        return probe_cli(argv[1:], prog=command_name("probe"))
+        return run_command("phd_lab.probes.cli", "probe_cli", argv[1:], prog=command_name("probe"))
     if argv and argv[0] == "report":
-        from phd_lab.report.cli import main_report
-        return main_report(argv[1:], prog=command_name("report"))
+        return run_command("phd_lab.report.cli", "main_report", argv[1:], prog=command_name("report"))
+    return usage_or_error(argv)
+
+
+def usage_or_error(argv: list[str]) -> int:
+    """The usage on stdout for ``-h``/``--help``, else on stderr with the error line: exit status 0 or 2."""
+    from phd_lab.console import write_stderr, write_stdout
+    from phd_lab.errors import EXIT_OK, EXIT_USAGE
     if argv and argv[0] in ("-h", "--help"):
         write_stdout(USAGE)
         return EXIT_OK

@@ -402,13 +402,15 @@ def test_a_ctrl_c_as_dask_is_first_imported_stops_the_command_instead_of_asking_
     assert "interrupted" in done.stderr and "Dask extra" not in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("script", ["main.py", "probe_main.py"])
-def test_a_ctrl_c_while_a_command_imports_its_modules_ends_it_without_a_traceback(tmp_path, script):
-    """A Ctrl-C in the first tenth of a second, while main.py or probe_main.py imported phd_lab's modules or read
-    its options, ended the command with a KeyboardInterrupt traceback, before its own handling of Ctrl-C began."""
+@pytest.mark.parametrize("command", [["main.py"], ["probe_main.py"], ["-m", "phd_lab", "train"],
+                                     ["-m", "phd_lab", "probe"]], ids=" ".join)
+def test_a_ctrl_c_while_a_command_imports_its_modules_ends_it_without_a_traceback(tmp_path, command):
+    """A Ctrl-C in the first tenth of a second, while main.py, probe_main.py or ``python -m phd_lab train|probe``
+    imported phd_lab's modules or read its options, ended the command with a KeyboardInterrupt traceback, before its
+    own handling of Ctrl-C began."""
     from tests.conftest import sigint_as_in_a_terminal, write_config
     config = write_config(tmp_path, epoch=1, post_processing=[])
-    process = subprocess.Popen([sys.executable, "-X", "importtime", script, "--config", str(config), "-q"],
+    process = subprocess.Popen([sys.executable, "-X", "importtime", *command, "--config", str(config), "-q"],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True, preexec_fn=sigint_as_in_a_terminal)
     try:
