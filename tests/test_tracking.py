@@ -498,6 +498,19 @@ def test_invalid_options_are_rejected() -> None:
         TrackerOptions(max_batches=0)
     with pytest.raises(ValueError, match="max_batches must be an integer"):
         TrackerOptions(max_batches=2.5)  # recorded 3 batches before
+    for bad in (0, True, 2.5, (8,), (8, 8, 8), (8, "8"), "8"):
+        with pytest.raises(ValueError, match="resolution must be"):
+            TrackerOptions(resolution=bad)
+
+
+def test_options_take_numpy_integers_as_python_ints() -> None:
+    """Sizes taken from an array's shape or a numpy grid (np.int64) were refused as no integers."""
+    options = TrackerOptions(resolution=np.int64(4), max_batches=np.int32(3), every_n=np.int64(2))
+    assert options.resolution == (4, 4) and options.max_batches == 3 and options.every_n == 2
+    assert all(type(value) is int for value in (*options.resolution, options.max_batches, options.every_n))
+    assert TrackerOptions(resolution=[np.int64(4), 6]).resolution == (4, 6)
+    with pytest.raises(ValueError, match="every_n"):
+        TrackerOptions(every_n=np.bool_(True))
 
 
 def test_tracking_never_changes_the_model_output() -> None:

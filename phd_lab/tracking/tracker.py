@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import operator
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -55,15 +56,20 @@ class TrackerOptions:
         if self.downsampling not in DOWNSAMPLING_METHODS:
             raise ValueError(f"downsampling must be one of {DOWNSAMPLING_METHODS}; got {self.downsampling!r}")
         if self.resolution is not None:
-            size = (self.resolution,) * 2 if isinstance(self.resolution, int) else tuple(self.resolution)
-            if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
+            sizes = (self.resolution,) * 2 if _whole_number(self.resolution) is not None else self.resolution
+            size = tuple(_whole_number(s) for s in sizes) if isinstance(sizes, (tuple, list)) else ()
+            if len(size) != 2 or not all(s is not None and s >= 1 for s in size):
                 raise ValueError(f"resolution must be a positive int or (h, w); got {self.resolution!r}")
             object.__setattr__(self, "resolution", size)
-        if self.max_batches is not None and (isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int)
-                                             or self.max_batches < 1):
-            raise ValueError(f"max_batches must be an integer ≥ 1 or None; got {self.max_batches!r}")
-        if isinstance(self.every_n, bool) or not isinstance(self.every_n, int) or self.every_n < 1:
+        if self.max_batches is not None:
+            max_batches = _whole_number(self.max_batches)
+            if max_batches is None or max_batches < 1:
+                raise ValueError(f"max_batches must be an integer ≥ 1 or None; got {self.max_batches!r}")
+            object.__setattr__(self, "max_batches", max_batches)
+        every_n = _whole_number(self.every_n)
+        if every_n is None or every_n < 1:
             raise ValueError(f"every_n must be an integer ≥ 1; got {self.every_n!r}")
+        object.__setattr__(self, "every_n", every_n)
         object.__setattr__(self, "include", _patterns("include", self.include))
         object.__setattr__(self, "exclude", _patterns("exclude", self.exclude))
 
@@ -71,6 +77,17 @@ class TrackerOptions:
         if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
             return False
         return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+
+def _whole_number(value: object) -> int | None:
+    """``value`` as a Python int when it is an integer (numpy's too: a size taken from an array's shape), else
+    None; a bool is no size."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def _patterns(option: str, value: str | Iterable[str]) -> tuple[str, ...]:
