@@ -58,6 +58,13 @@ def _with_args_axis_hint(message: str, grid: Grid) -> str:
         # ("model_args 'truncate' is 'bordr'"), which a list of lists would not mend
         if f"cannot be built with {kind}" not in message and not (f"{kind} '" in message and "; got [" in message):
             continue
+        nested = _lists_below(grid.base.get(kind), kind) if swept != [kind] else []
+        if nested:  # "model_args": {"block": {"width": [8, 16]}}: the factory got the list as one value
+            outer = nested[0].split(".")[1]
+            return (f"{message} ({', '.join(nested)} {'is a list' if len(nested) == 1 else 'are lists'} below an "
+                    f"argument of {kind}: only a list directly inside {kind} is a grid axis, a list deeper down is "
+                    f"the value itself. To sweep it, write the whole argument as a list of its mappings, "
+                    f"{outer!r}: [{{...}}, {{...}}].)")
         if swept == [kind]:  # "model_args": [{...}, {...}]
             return (f"{message} ({kind} itself is a grid axis, a list of objects with one point each; a list "
                     f"inside those objects is no further axis but the argument's value. To sweep an argument, "
@@ -67,6 +74,21 @@ def _with_args_axis_hint(message: str, grid: Grid) -> str:
                     f"a list inside {kind} is swept; an argument whose value is a list is written as a list of "
                     f"lists, e.g. [[false, true, true]].)")
     return message
+
+
+def _lists_below(args: Any, kind: str) -> list[str]:
+    """The dotted paths (``model_args.block.width``) of lists inside a mapping that is an argument of ``kind``'s
+    mapping ``args``: lists that the grid does not sweep (it sweeps those directly inside ``args``)."""
+    def lists_in(value: Any, path: str) -> list[str]:
+        if isinstance(value, list):
+            return [path]
+        if isinstance(value, Mapping):
+            return [found for key, inner in value.items() for found in lists_in(inner, f"{path}.{key}")]
+        return []
+    if not isinstance(args, Mapping):
+        return []
+    return [found for key, value in args.items() if isinstance(value, Mapping)
+            for found in lists_in(value, f"{kind}.{key}")]
 
 
 class Main:

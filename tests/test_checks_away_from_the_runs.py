@@ -160,3 +160,41 @@ def test_a_tracking_key_that_acts_in_other_runs_of_the_grid_is_not_called_idle(t
                                                tracking_every_n=[1, 2]))
     assert "runs 2 and 3 differ only in them and train the same network twice" in caplog.text
     assert "Set them only in the runs where they act" in caplog.text and "Leave them out" not in caplog.text
+
+
+MAPPING_MODEL = '''
+from torch import nn
+
+
+def blocky(*, num_classes, in_channels=3, block=None):
+    width = int(block["width"])  # a list here: "int() argument must be ... not 'list'"
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(width, num_classes))
+
+
+def tagged(*, num_classes, in_channels=3, block=None):
+    assert isinstance(block["widths"], list)  # a list as the value itself: no axis, and none wanted
+    return blocky(num_classes=num_classes, in_channels=in_channels, block={"width": block["widths"][0]})
+'''
+
+
+def test_a_list_below_an_argument_of_model_args_is_said_to_be_no_axis(tmp_path, capsys):
+    """``"model_args": {"block": {"width": [8, 16]}}`` reached the factory as one value and failed with the
+    factory's own error alone: that only a list directly inside model_args is swept was in the README only."""
+    registry = tmp_path / "mapping_models.py"
+    registry.write_text(MAPPING_MODEL.lstrip())
+    nested = write_config(tmp_path, model="blocky", model_args={"block": {"width": [8, 16]}},
+                          registries={"models": str(registry)})
+    code, err = main_in_process(capsys, "--config", str(nested), "--dry-run", "--no-progress")
+    message = " ".join(err.split())
+    assert code == 2 and "model_args.block.width is a list below an argument of model_args" in message, message
+    assert "only a list directly inside model_args is a grid axis" in message
+    assert "'block': [{...}, {...}]" in message and "Traceback" not in message
+    swept = write_config(tmp_path, "swept.json", model="blocky", model_args={"block": [{"width": 8}, {"width": 16}]},
+                         registries={"models": str(registry)})
+    code, err = main_in_process(capsys, "--config", str(swept), "--dry-run", "--no-progress")
+    assert code == 0, err  # the hint's way: two grid points
+    value = write_config(tmp_path, "value.json", model="tagged", model_args={"block": {"widths": [8, 16]}},
+                         registries={"models": str(registry)})
+    code, err = main_in_process(capsys, "--config", str(value), "--dry-run", "--no-progress")
+    assert code == 0 and "below an argument" not in err, err
