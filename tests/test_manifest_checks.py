@@ -181,6 +181,19 @@ def test_layer_files_the_manifest_does_not_list_are_named_in_one_warning(tmp_pat
     assert not [r for r in caplog.records if r.name == "phd_lab.probes.manifest"]
 
 
+def test_label_files_under_other_names_are_no_unlisted_layer_files(tmp_path, caplog):
+    """A manifest may name its label files as it likes (``labels.train``); ``train-y.npy`` was warned about as a
+    layer file that the manifest does not list."""
+    folder = latents(tmp_path)
+    for split in ("train", "eval"):
+        (folder / f"{split}-labels.npy").rename(folder / f"{split}-y.npy")
+    edit(folder, lambda m: m.update(labels={**m["labels"], "train": "train-y.npy", "eval": "eval-y.npy"}))
+    with caplog.at_level(logging.WARNING, logger="phd_lab.probes.manifest"):
+        manifest = read_manifest(folder)
+    assert manifest.train_labels == folder / "train-y.npy" and len(manifest.layers) == 2
+    assert not [r.getMessage() for r in caplog.records if r.name == "phd_lab.probes.manifest"]
+
+
 def _run_folder_holds_only_its_latents(tmp_path: Path) -> None:
     """Nothing written: no probe.log, lock, cache or result beside the latents."""
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["latents"]

@@ -216,7 +216,7 @@ def read_manifest(folder: Path | str) -> Manifest:
     label_lengths = {split: _label_count(label_files[split], path) for split in SPLITS}
     layers, positional = _read_layers(entries, folder, path, label_files, label_lengths)
     _check_dtype(dtype, {layer.dtypes["train"] for layer in layers}, path)
-    _check_layer_sets(folder, path, layers, positional)
+    _check_layer_sets(folder, path, layers, positional, set(label_files.values()))
     layers.sort(key=lambda layer: layer.index)  # stable: a pixelwise layer's positions keep the manifest's order
     # a relative run_dir is relative to the latents folder, not to the current folder of whoever probes
     return Manifest(folder, folder / run_dir, None if accuracy is None else float(accuracy), tuple(layers),
@@ -382,7 +382,8 @@ def _check_dtype(declared: str, train_dtypes: set[str], manifest: Path) -> None:
                               f"{json.dumps(actual)} (the field is their dtypes, sorted and joined by commas)")
 
 
-def _check_layer_sets(folder: Path, manifest: Path, layers: list[LayerFiles], positional: set[str]) -> None:
+def _check_layer_sets(folder: Path, manifest: Path, layers: list[LayerFiles], positional: set[str],
+                      label_files: set[Path]) -> None:
     """The manifest is the contract: only the layers it lists are probed, each with the train and eval file its
     entry names (``_read_layers`` refuses an entry of one split). Layer files on disk that it does not list (left
     over from another extraction, or copied in, with or without a file of the other split) are named in one
@@ -390,7 +391,7 @@ def _check_layer_sets(folder: Path, manifest: Path, layers: list[LayerFiles], po
     except that the positions of a pixelwise layer (entries with a ``position``) share their layer's index."""
     on_disk = {split: {p.name[len(split) + 1:-4] for p in folder.glob(f"{split}-*.npy")} - {"labels"}
                for split in SPLITS}
-    listed = {file for layer in layers for file in (layer.train, layer.eval)}
+    listed = {file for layer in layers for file in (layer.train, layer.eval)} | label_files
     unlisted = sorted(f"{split}-{name}.npy" for split in SPLITS for name in on_disk[split]
                       if folder / f"{split}-{name}.npy" not in listed)
     if unlisted:
