@@ -58,3 +58,23 @@ def test_dry_run_validates_and_prints_the_readme_run_count(path: Path, tmp_path,
     assert match, first_line
     assert int(match.group(1)) == readme_runs()[path.name]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pixelwise_config_trains_the_three_models_of_appendix_g():
+    """Appendix G compiles the pixelwise-probe heatmaps of §9.3 for three models: VGG16 (Fig. 86), ResNet18
+    (Fig. 87) and the Cifar10-optimised ResNet18 (Fig. 88: its stem a 3×3 stride-1 convolution, no max-pool).
+    Each must be a run of ``09_3_pixelwise_probes.json``; the registry models are built to tell the stems apart."""
+    from torch import nn
+
+    from registries import models
+
+    def described(point: dict) -> tuple[str, int]:
+        model = getattr(models, point["model"])(num_classes=10, **point.get("model_args", {}))
+        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        family = "vgg16" if point["model"].startswith("vgg16") else "resnet18"
+        return family, first.stride[0]
+
+    grid = Grid(load_config_file(THESIS / "09_3_pixelwise_probes.json"), "09_3_pixelwise_probes.json")
+    runs = sorted(described(grid.point(index)) for index in range(len(grid)))
+    assert all(grid.point(index)["downsampling"] == "pixelwise" for index in range(len(grid)))
+    assert runs == [("resnet18", 1), ("resnet18", 2), ("vgg16", 1)]

@@ -3,6 +3,10 @@
 Each module multiplies a dynamically computed weight onto its input and returns a tensor of
 the input's shape, so a block can apply it to the output of its residual path. None of them
 has data-dependent control flow, so models using them stay ``torch.fx`` traceable.
+
+The gates are the sigmoids of the cited papers (Hu et al. 2018, Woo et al. 2018), not the softmax that §3.3.6
+describes: a softmax over a block's channels (or positions) would scale its residual branch down by their count
+(configs/thesis/README.md, "Choices where the thesis is silent or inconsistent").
 """
 
 from __future__ import annotations
