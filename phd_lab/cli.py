@@ -322,8 +322,13 @@ def keys_table() -> str:
 
 
 def _on_other_machines(scheduler: str | None) -> bool:
-    """Whether the runs train on a cluster's machines, which check the device themselves (``local:N`` is here)."""
-    return bool(scheduler) and not scheduler.startswith("local:")
+    """Whether the runs train on a cluster's machines, which check the device themselves (``local:N`` and plain
+    ``local`` are here: a local cluster's workers have this machine's devices, so a missing one is refused up
+    front, before the cluster starts)."""
+    if not scheduler:
+        return False
+    from phd_lab.distributed import parse_scheduler
+    return parse_scheduler(scheduler)[0] != "local"
 
 
 @readable_output
