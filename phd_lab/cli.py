@@ -209,7 +209,7 @@ def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the expanded grid (varying values, each point's status and folder) and exit")
     parser.add_argument("--scheduler", help="run the grid points as tasks on a Dask scheduler at this address, "
-                        "or on a local cluster of N worker processes with local:N")
+                        "or on a local cluster of N worker processes with local:N (plain local: one per core)")
     parser.add_argument("--list", choices=LISTABLE, metavar="KIND",
                         help=f"list the registered names of one kind ({', '.join(LISTABLE)}) and exit; with --config, "
                         "those of the registry modules the config names (its key 'registries')")
@@ -322,8 +322,13 @@ def keys_table() -> str:
 
 
 def _on_other_machines(scheduler: str | None) -> bool:
-    """Whether the runs train on a cluster's machines, which check the device themselves (``local:N`` is here)."""
-    return bool(scheduler) and not scheduler.startswith("local:")
+    """Whether the runs train on a cluster's machines, which check the device themselves (``local:N`` and plain
+    ``local`` are here: a local cluster's workers have this machine's devices, so a missing one is refused up
+    front, before the cluster starts)."""
+    if not scheduler:
+        return False
+    from phd_lab.distributed import parse_scheduler
+    return parse_scheduler(scheduler)[0] != "local"
 
 
 @readable_output

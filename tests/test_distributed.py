@@ -732,11 +732,13 @@ def test_a_malformed_scheduler_is_refused_by_the_dry_run_and_an_empty_one_by_the
     assert not (tmp_path / "logs").exists()
 
 
-def test_a_device_missing_here_is_refused_before_a_local_cluster_starts(tmp_path, capsys):
+@pytest.mark.parametrize("spec", ["local:1", "local"])
+def test_a_device_missing_here_is_refused_before_a_local_cluster_starts(tmp_path, capsys, spec):
     """local:N trains on this machine, which lacks the device: refused up front as in a sequential run (only the
-    workers of a remote scheduler check their devices themselves)."""
+    workers of a remote scheduler check their devices themselves). Plain 'local' (one worker per core) was taken
+    for a remote scheduler: its cluster started and its worker failed the run before the command said exit 2."""
     config = write_config(tmp_path, device="cuda:99")
-    assert main_cli(["--config", str(config), "--scheduler", "local:1", "--no-progress"]) == 2
+    assert main_cli(["--config", str(config), "--scheduler", spec, "--no-progress"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "'cuda:99'" in err and "Traceback" not in err and "Local Dask cluster" not in err  # none started
     assert not (tmp_path / "logs").exists()

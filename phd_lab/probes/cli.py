@@ -47,7 +47,8 @@ def build_parser(prog: str = "probe_main.py") -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="seed of saga and the subsample (probe_seed)")
     parser.add_argument("--probe-device", help="device of lbfgs-torch: cpu, cuda, cuda:N (probe_device)")
     parser.add_argument("--scheduler", help="fit every layer as a task on a Dask scheduler at this address, or on "
-                        "a local cluster of N worker processes with local:N (the cache folder must be shared)")
+                        "a local cluster of N worker processes with local:N (plain local: one per core; the cache "
+                        "folder must be shared)")
     parser.add_argument("--max-memory", type=float, metavar="GB",
                         help="memory the -mp worker processes' layer copies may take together (default: 80 %% of "
                              "what the machine or the batch job's cgroup has available); fewer workers are started "
