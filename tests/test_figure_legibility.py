@@ -1,0 +1,81 @@
+"""How the figures read, checked on the drawn matplotlib figures (artists, labels, text extents), never on pixels.
+
+Each test names what a reader saw before: a legend entry for a line hidden under another, accuracies in 0-1 on
+one figure and in percent on the next, ...
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torchvision
+
+from phd_lab.analysis.receptive_field import receptive_fields
+from phd_lab.analysis.run_summary import summarize
+from phd_lab.analysis.run_tables import load_run
+from phd_lab.plots import close
+from tests.analysis_fixtures import write_run
+
+
+def _labelled_lines(fig) -> list:
+    """Every line of the figure that the legend names (labels starting with '_' are matplotlib's unnamed ones)."""
+    return [line for ax in fig.axes for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+def _hidden_lines(fig) -> list[tuple[str, str]]:
+    """Pairs of named lines drawn on the same points of the same axes: the later one hides the earlier one, which
+    the legend names but the reader cannot find."""
+    lines = _labelled_lines(fig)
+    return [(first.get_label(), second.get_label()) for i, first in enumerate(lines) for second in lines[i + 1:]
+            if first.axes is second.axes and np.array_equal(np.asarray(first.get_xydata(), dtype=float),
+                                                            np.asarray(second.get_xydata(), dtype=float))]
+
+
+def test_a_single_path_networks_receptive_field_plot_names_no_line_it_hides():
+    """A VGG's r_min equals its r_max at every layer and its b_min is its b_max: the red r_max line lay under
+    the blue r_min one and b_max's dotted line under b_min's, both named in the legend but nowhere to be seen.
+    Now one line each, named for both."""
+    from phd_lab.plots.receptive_field import receptive_field_figure
+
+    table = receptive_fields(torchvision.models.vgg11(), 32)
+    figure = receptive_field_figure(table, 32)
+    try:
+        assert _hidden_lines(figure) == []
+        labels = [line.get_label() for line in _labelled_lines(figure)]
+        assert r"$r_{min} = r_{max}$" in labels and r"$b_{min} = b_{max}$: features.13" in labels
+        assert figure.axes[0].get_ylim()[0] == 0  # no negative receptive field on the axis
+    finally:
+        close(figure)
+
+
+def test_a_resnets_receptive_field_plot_keeps_its_two_lines_and_two_borders():
+    """Where r_min and r_max differ (a ResNet's paths), each has its line, and each border its own."""
+    from phd_lab.plots.receptive_field import receptive_field_figure
+    from registries.models import resnet18
+
+    figure = receptive_field_figure(receptive_fields(resnet18(num_classes=10, width=0.125), 32), 32)
+    try:
+        labels = [line.get_label() for line in _labelled_lines(figure)]
+        assert {r"$r_{min}$", r"$r_{max}$"} <= set(labels)
+        assert sum(label.startswith(r"$b_{min}$: ") for label in labels) == 1
+        assert sum(label.startswith(r"$b_{max}$: ") for label in labels) == 1
+    finally:
+        close(figure)
+
+
+def test_the_run_figure_of_a_single_path_network_names_no_line_it_hides(tmp_path):
+    """The run figure drew b_max dashed under b_min's solid line and r_min dotted on r_max's points: legend
+    entries for lines no one could see. Now 'b_min = b_max' and 'receptive field r_min = r_max'."""
+    from phd_lab.plots.run_figure import draw_run_figure
+
+    tables = load_run(write_run(tmp_path / "logs", width=0.25, stage="full"))
+    summary = summarize(tables)
+    assert summary["borders"]["b_min"] == summary["borders"]["b_max"]
+    figure = draw_run_figure(tables, summary)
+    try:
+        assert _hidden_lines(figure) == []
+        legend = next(ax.get_legend() for ax in figure.axes if ax.get_legend() is not None)
+        entries = [text.get_text() for text in legend.get_texts()]
+        assert "b_min = b_max" in entries and "receptive field r_min = r_max" in entries
+        assert not {"b_max", "receptive field r_min"} & set(entries)
+    finally:
+        close(figure)
