@@ -79,3 +79,52 @@ def test_the_run_figure_of_a_single_path_network_names_no_line_it_hides(tmp_path
         assert not {"b_max", "receptive field r_min"} & set(entries)
     finally:
         close(figure)
+
+
+def _percent_of_one(axis) -> float | None:
+    """The percent ``axis`` writes an accuracy of 1.0 as ('100%', '100.0%'); None where it writes no percent."""
+    label = axis.get_major_formatter()(1.0, 0)
+    return float(label[:-1]) if label.endswith("%") else None
+
+
+def test_every_accuracy_axis_is_in_percent_as_the_run_figures(tmp_path):
+    """The run figure shows accuracy on its percent axis (shared with saturation) and in its title ('test acc
+    93.0%'), while the probe plots, the projection plot, the comparison plots and the repetitions' drop figure
+    showed 0-1 (the probe plot's model line '(0.930)'): one run's accuracy read as 93% on one figure and 0.93 on
+    the next."""
+    from phd_lab.analysis.repetitions import relevant_eigenspace_table
+    from phd_lab.plots.grid_figures import comparison_plots, scatter_figure
+    from phd_lab.plots.probes import plot_probe_accuracy, plot_probe_sets
+    from phd_lab.plots.projections import plot_projections
+    from phd_lab.plots.repetitions import eigenspace_figure
+    from phd_lab.plots.run_figure import draw_run_figure
+
+    tables = load_run(write_run(tmp_path / "logs", width=0.25, stage="full"))
+    summary = summarize(tables)
+    shown, legends = {}, {}
+    figure = draw_run_figure(tables, summary)
+    shown["run figure"] = _percent_of_one(figure.axes[-2].yaxis)  # the layer panel, under the epoch map
+    close(figure)
+    ax = plot_probe_accuracy(tables.probes, summary["accuracy"]["test"])
+    shown["probe accuracy"] = _percent_of_one(ax.yaxis)
+    legends["probe accuracy"] = [text.get_text() for text in ax.get_legend().get_texts()]
+    close(ax.figure)
+    ax = plot_probe_sets([("4x4", "adaptive_avg", tables.probes)], summary["accuracy"]["test"])
+    shown["probe sets"] = _percent_of_one(ax.yaxis)
+    legends["probe sets"] = [text.get_text() for text in ax.get_legend().get_texts()]
+    close(ax.figure)
+    ax = plot_projections(tables.projections)
+    shown["projections"] = _percent_of_one(ax.yaxis)
+    close(ax.figure)
+    for title, (x_of, labels, options) in comparison_plots([summary]).items():
+        if "accuracy" in labels[1]:
+            figure = scatter_figure([summary], x_of, *labels, **options)
+            shown[title] = _percent_of_one(figure.axes[0].yaxis)
+            close(figure)
+    drops = relevant_eigenspace_table({"0": tables.projections, "1": tables.projections.assign(
+        accuracy=tables.projections["accuracy"] - 0.01)})
+    figure = eigenspace_figure(drops, "repetitions")
+    shown["accuracy lost over repetitions"] = _percent_of_one(figure.axes[0].yaxis)
+    close(figure)
+    assert shown == dict.fromkeys(shown, 100)
+    assert all(f"model test accuracy ({summary['accuracy']['test']:.1%})" in entries for entries in legends.values())
