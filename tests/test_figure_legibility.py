@@ -128,3 +128,44 @@ def test_every_accuracy_axis_is_in_percent_as_the_run_figures(tmp_path):
     close(figure)
     assert shown == dict.fromkeys(shown, 100)
     assert all(f"model test accuracy ({summary['accuracy']['test']:.1%})" in entries for entries in legends.values())
+
+
+def test_an_empty_tail_plot_says_why_and_shows_no_made_up_scale(tmp_path):
+    """A grid of VGGs without tails (the quickstart's) drew 'no run has both values yet' on axes ticked 0-1, as if
+    layer position 0.6 meant something, and said 'yet' of finished runs that will never have a tail start."""
+    from phd_lab.plots.grid_figures import comparison_plots, scatter_figure
+
+    summary = summarize(load_run(write_run(tmp_path / "logs", width=0.25, stage="full")))
+    summary["tails"] = []  # finished, with a border, without a tail
+    x_of, labels, options = comparison_plots([summary])["Tail start against border layer b_min"]
+    figure = scatter_figure([summary], x_of, *labels, **options)
+    try:
+        [ax] = figure.axes
+        [note] = [text.get_text() for text in ax.texts]
+        assert "tail" in note and "b_min" in note and "yet" not in note
+        assert list(ax.get_xticks()) == [] and list(ax.get_yticks()) == []
+        figure.canvas.draw()
+        inside = figure.bbox
+        extent = ax.texts[0].get_window_extent()
+        assert inside.x0 <= extent.x0 and extent.x1 <= inside.x1  # the note stays inside the figure
+    finally:
+        close(figure)
+
+
+def test_a_tail_plot_ticks_whole_layer_positions(tmp_path):
+    """Layer positions are whole numbers: ticks at 2.5 named no layer."""
+    from phd_lab.plots.grid_figures import comparison_plots, scatter_figure
+
+    summaries = []
+    for width, run_id in ((0.25, "0"), (0.5, "1")):
+        summaries.append(summarize(load_run(write_run(tmp_path / run_id, width=width, stage="full", run_id=run_id))))
+    summaries[0]["tails"] = [{"first_layer": "features.16", "last_layer": "classifier.3"}]
+    summaries[1]["tails"] = [{"first_layer": "features.18", "last_layer": "classifier.3"}]
+    x_of, labels, options = comparison_plots(summaries)["Tail start against border layer b_min"]
+    figure = scatter_figure(summaries, x_of, *labels, **options)
+    try:
+        [ax] = figure.axes
+        ticks = [tick for axis in (ax.get_xticks(), ax.get_yticks()) for tick in axis]
+        assert ticks and all(float(tick).is_integer() for tick in ticks)
+    finally:
+        close(figure)

@@ -560,7 +560,7 @@ def test_each_comparison_plot_puts_every_run_at_its_own_values():
               "Test accuracy against parameters": ("parameters", "test accuracy", "test accuracy vs parameters",
                                                    {"logx": True, "y_percent": True}),
               "Tail start against border layer b_min": ("b_min (layer position)", "tail start (layer position)",
-                                                        "tail start vs b_min", {"diagonal": True})}
+                                                        "tail start vs b_min", {"diagonal": True, "integer": True})}
     drawn = grid_figures(summaries)
     assert list(drawn) == list(points)
     for title, values in points.items():
