@@ -169,3 +169,28 @@ def test_a_tail_plot_ticks_whole_layer_positions(tmp_path):
         assert ticks and all(float(tick).is_integer() for tick in ticks)
     finally:
         close(figure)
+
+
+def test_the_run_figure_of_a_run_whose_last_epoch_has_no_finite_saturation_says_so(tmp_path):
+    """NaN saturations in the last epoch (a diverged run) drew the layer panel without a bar and without a word,
+    as if saturation had not been tracked; the per-epoch saturation plot said what happened."""
+    import pandas as pd
+
+    from phd_lab import atomic
+    from phd_lab.plots.run_figure import NO_FINITE_SATURATION, draw_run_figure
+
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
+    metrics = pd.read_csv(rundir.metrics_csv)
+    metrics.loc[metrics.index[-1], [c for c in metrics.columns if c.endswith("_saturation")]] = float("nan")
+    atomic.write_csv(rundir.metrics_csv, metrics)
+    tables = load_run(rundir)
+    figure = draw_run_figure(tables, summarize(tables))
+    try:
+        _, panel, twin = figure.axes[:3]  # the layer panel under the epoch map, and its right axis
+        assert not panel.containers  # no bars
+        [note] = [text for text in figure.texts if text.get_text() == NO_FINITE_SATURATION]
+        figure.canvas.draw()
+        assert panel.bbox.contains(*note.get_window_extent().p0) and panel.bbox.contains(*note.get_window_extent().p1)
+        assert note.get_zorder() > max(panel.get_zorder(), twin.get_zorder())  # over the right axis' lines
+    finally:
+        close(figure)

@@ -193,6 +193,15 @@ def _draw_saturations(ax: Any, tables: RunTables, split: str, x_of: dict[str, in
         ax.plot([x_of[n] for n in second["layer"] if n in x_of],
                 [s for n, s in zip(second["layer"], second["saturation"]) if n in x_of],
                 "o", color=split_color(other), markersize=3.5, label=f"saturation ({other})")
+    tracked = tables.metrics is not None and any(str(column).endswith(f"_{split}_saturation")
+                                                 for column in tables.metrics.columns)
+    if main is None and tracked:  # a diverged last epoch (NaN saturations) left the panel without bars or a word;
+        # on the figure, boxed: over the right axis' lines, which crossed it as a text of the panel
+        ax.figure.text(0.5, 0.5, NO_FINITE_SATURATION, ha="center", va="center", transform=ax.transAxes, fontsize=9,
+                       color="#c44e52", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.9})
+
+
+NO_FINITE_SATURATION = "no finite saturation in the last epoch\n(non-finite activations: did the run diverge?)"
 
 
 def _draw_accuracies(ax: Any, tables: RunTables, summary: dict[str, Any], x_of: dict[str, int]) -> None:
