@@ -278,7 +278,7 @@ def test_probe_sets_differ_by_more_than_hue_and_the_model_accuracy_line_is_none_
         styles = [(line.get_linestyle(), line.get_marker()) for line in sets]
         assert len(set(styles)) == 5 and len({style for style, _ in styles}) == 3
         assert len({marker for _, marker in styles}) == 5 and "None" not in {marker for _, marker in styles}
-        assert model.get_label() == "model test accuracy (0.800)" and list(model.get_ydata()) == [0.8, 0.8]
+        assert model.get_label() == "model test accuracy (80.0%)" and list(model.get_ydata()) == [0.8, 0.8]
         assert model.get_linestyle() == "--" and model.get_marker() == "None"
         assert model.get_linestyle() not in {style for style, _ in styles}
         red, green, blue = to_rgb(model.get_color())
@@ -286,7 +286,7 @@ def test_probe_sets_differ_by_more_than_hue_and_the_model_accuracy_line_is_none_
         legend = {text.get_text(): (handle.get_linestyle(), handle.get_marker())
                   for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().get_lines())}
         assert legend == {**{f"set {n}": style for n, style in enumerate(styles)},
-                          "model test accuracy (0.800)": ("--", "None")}
+                          "model test accuracy (80.0%)": ("--", "None")}
     finally:
         plt.close(ax.figure)
 

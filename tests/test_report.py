@@ -555,11 +555,12 @@ def test_each_comparison_plot_puts_every_run_at_its_own_values():
               "Tail start against border layer b_min": [(3, 4), (2, 2), (None, None)]}
     labels = {"Test accuracy against average saturation s_mu": ("average saturation s_mu", "test accuracy",
                                                                  "test accuracy vs s_mu",
-                                                                 {"bands": [(0.2, 0.3)], "x_percent": True}),
+                                                                 {"bands": [(0.2, 0.3)], "x_percent": True,
+                                                                  "y_percent": True}),
               "Test accuracy against parameters": ("parameters", "test accuracy", "test accuracy vs parameters",
-                                                   {"logx": True}),
+                                                   {"logx": True, "y_percent": True}),
               "Tail start against border layer b_min": ("b_min (layer position)", "tail start (layer position)",
-                                                        "tail start vs b_min", {"diagonal": True})}
+                                                        "tail start vs b_min", {"diagonal": True, "integer": True})}
     drawn = grid_figures(summaries)
     assert list(drawn) == list(points)
     for title, values in points.items():

@@ -286,7 +286,7 @@ def _x_extent(patch) -> tuple[float, float]:
 
 def test_the_run_figure_draws_each_table_at_its_layers_place(tmp_path):
     """Layers once each in forward order; the probe line in forward order however the table is sorted; the split
-    analysed as bars, the other as dots; b_min solid and b_max dashed just before the border layer; every tail
+    analysed as bars, the other as dots; b_min = b_max solid just before the border layer; every tail
     shaded from just before its first to just after its last layer, one legend entry for all; the epoch map with
     the first epoch at the top; the title with test accuracy and s_mu, a finished run without its status."""
     import matplotlib.pyplot as plt
@@ -316,14 +316,16 @@ def test_the_run_figure_draws_each_table_at_its_layers_place(tmp_path):
         assert bars.get_label() == "saturation (train)" and [b.get_height() for b in bars] == [
             0.03 if layer in low else 0.4 for layer in LAYERS]
         border = LAYERS.index(BORDER) - 0.5
-        assert (list(lines["b_min"].get_xdata()), lines["b_min"].get_linestyle()) == ([border, border], "-")
-        assert (list(lines["b_max"].get_xdata()), lines["b_max"].get_linestyle()) == ([border, border], "--")
+        # b_min and b_max at one layer: one solid line named for both (b_max's dashed one lay hidden under it)
+        assert summary["borders"]["b_min"] == summary["borders"]["b_max"] and "b_max" not in lines
+        assert (list(lines["b_min = b_max"].get_xdata()), lines["b_min = b_max"].get_linestyle()) == (
+            [border, border], "-")
         spans = [_x_extent(p) for p in ax.patches if p.get_alpha() == 0.13]
         assert spans == [(-0.5, 2.5), (border, LAYERS.index("classifier.3") + 0.5)]
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
         assert labels.count("tail") == 1 and "input resolution 32" in labels
-        assert [line.get_label() for line in twin.get_lines()] == [
-            "receptive field r_max", "receptive field r_min", "input resolution 32"]
+        assert [line.get_label() for line in twin.get_lines()] == [  # a VGG: r_min = r_max at every layer
+            "receptive field r_min = r_max", "input resolution 32"]
     finally:
         plt.close(fig)
     two_epochs = load_run(write_run(tmp_path / "logs2", width=0.25, stage="full", epochs=2))
@@ -345,6 +347,7 @@ def test_the_run_figure_draws_side_branches_off_its_receptive_field_lines(tmp_pa
     rf = tables.receptive_field
     rf["side_branch"] = rf["layer"] == "features.11"
     rf.loc[rf["side_branch"], ["r_min", "r_max"]] = 5
+    rf.loc[rf["layer"] == "features.18", "r_min"] -= 10  # two paths: r_min and r_max lines of their own
     fig = draw_run_figure(tables, summarize(tables))
     try:
         _, ax, twin = fig.axes[:3]
@@ -374,7 +377,10 @@ def test_no_two_lines_of_the_run_figure_legend_differ_by_colour_alone(tmp_path):
     tables = load_run(write_run(tmp_path / "logs", width=0.25, stage="full"))
     rf = tables.receptive_field
     rf["side_branch"] = rf["layer"] == "features.11"  # its hollow points in the legend too
-    fig = draw_run_figure(tables, summarize(tables))
+    rf.loc[rf["layer"] == "features.18", "r_min"] -= 10  # two paths: r_min and r_max lines of their own
+    summary = summarize(tables)
+    summary["borders"]["b_max"] = "features.16"  # two borders: b_min's line and b_max's
+    fig = draw_run_figure(tables, summary)
     try:
         [legend] = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
         entries = {text.get_text(): handle for text, handle in zip(legend.get_texts(), legend.legend_handles)

@@ -50,6 +50,13 @@ def saturation_in_percent(axis: Any) -> None:
     axis.set_major_formatter(PercentFormatter(1.0))
 
 
+def accuracy_in_percent(axis: Any) -> None:
+    """Label ``axis`` in percent where it shows an accuracy (a fraction in the tables): as the run figure, whose
+    axis it shares with saturation, and its title show it; the probe, projection and comparison plots showed
+    0-1 beside it."""
+    saturation_in_percent(axis)
+
+
 def png_bytes(fig: Any, dpi: int = 90) -> bytes:
     """The figure as PNG bytes (tight), closed afterwards: for pages that embed it."""
     from phd_lab.plots import close
@@ -92,10 +99,12 @@ def band_style(index: int) -> dict[str, Any]:
 
 def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, ylabel: str, title: str, *,
                    logx: bool = False, bands: Sequence[tuple[float, float]] = (), diagonal: bool = False,
-                   y_at_most: float | None = None, x_percent: bool = False) -> Any:
+                   y_at_most: float | None = None, x_percent: bool = False, y_percent: bool = False,
+                   integer: bool = False, empty: str = "no run has both values yet") -> Any:
     """One comparison plot: a colour and marker per model / dataset, hollow while unfinished; ``y_at_most``: the
     largest value y can take (an accuracy's 1), which the y axis does not run past; ``x_percent``: x is a saturation
-    (labelled in percent)."""
+    (labelled in percent); ``y_percent``: y is an accuracy (labelled in percent); ``integer``: both are counts
+    (layer positions: whole-numbered ticks); ``empty``: what the plot says where no run has both values."""
     from phd_lab.plots import subplots
 
     fig, ax = subplots(figsize=(5.2, 3.8))
@@ -132,12 +141,20 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
         ax.set_xscale("log")
     if x_percent:
         saturation_in_percent(ax.xaxis)
+    if y_percent:
+        accuracy_in_percent(ax.yaxis)
     low, high = ax.get_ylim()
     if plotted and y_at_most is not None and high > y_at_most:  # around one run at 98%, autoscaling put ticks at
         # an impossible 1.02 and 1.04 accuracy; a margin keeps a marker at y_at_most whole
         ax.set_ylim(low, y_at_most + 0.02 * (y_at_most - low))
+    if integer and plotted:
+        from matplotlib.ticker import MaxNLocator
+        for axis in (ax.xaxis, ax.yaxis):  # layer 2.5 is no layer
+            axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if not plotted:
-        ax.text(0.5, 0.5, "no run has both values yet", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, wrap=True)
+        ax.set_xticks([])  # the 0-1 of empty axes read as values (an accuracy of 0.4, a layer position of 0.6)
+        ax.set_yticks([])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -191,13 +208,16 @@ def comparison_plots(summaries: Sequence[dict[str, Any]], bands: Sequence[tuple[
     return {
         "Test accuracy against average saturation s_mu": (
             lambda s: (_s_mu(s), _accuracy(s)), ("average saturation s_mu", "test accuracy", "test accuracy vs s_mu"),
-            {"bands": [tuple(band) for band in bands], "y_at_most": 1.0, "x_percent": True}),
+            {"bands": [tuple(band) for band in bands], "y_at_most": 1.0, "x_percent": True,
+             "y_percent": True}),
         "Test accuracy against parameters": (
             lambda s: ((s.get("computational") or {}).get("params"), _accuracy(s)),
-            ("parameters", "test accuracy", "test accuracy vs parameters"), {"logx": True, "y_at_most": 1.0}),
+            ("parameters", "test accuracy", "test accuracy vs parameters"),
+            {"logx": True, "y_at_most": 1.0, "y_percent": True}),
         "Tail start against border layer b_min": (
             tail_vs_border, ("b_min (layer position)", "tail start (layer position)", "tail start vs b_min"),
-            {"diagonal": True}),
+            {"diagonal": True, "integer": True,
+             "empty": "no run has both a tail and a border layer b_min\n(a run without a tail has no tail start)"}),
     }
 
 

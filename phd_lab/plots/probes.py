@@ -16,7 +16,7 @@ import numpy as np
 from phd_lab.atomic import save_figure
 from phd_lab.plots import close, subplots
 from phd_lab.plots import figure as new_figure
-from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, thin_tick_labels
+from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, accuracy_in_percent, thin_tick_labels
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,6 +45,7 @@ def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = No
     title = f"{title} ({solver})" if solver else title
     ax.set(xlabel="layer (forward order)", ylabel="accuracy", ylim=(0.0, 1.02),
            title=f"{run}\n{title}" if run else title)
+    accuracy_in_percent(ax.yaxis)
     _layer_ticks(ax, table["layer"].tolist())
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)  # "lower right" hid the model's line when it lay low
@@ -112,6 +113,7 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
         if model_accuracy is not None:
             _draw_model_accuracy(ax, model_accuracy)
         ax.set(xlabel="layer (forward order)", ylim=(0.0, 1.02), title=f"probes on {method} latents")
+        accuracy_in_percent(ax.yaxis)
         _layer_ticks(ax, layers)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=7)
@@ -132,9 +134,9 @@ def set_style(number: int) -> dict[str, str]:
 
 
 def _draw_model_accuracy(ax: "Axes", accuracy: float) -> None:
-    """The model's test accuracy as a grey dashed line without markers, named in the legend: black and solid it
-    looked like viridis' first, darkest colour of a probe line."""
-    ax.axhline(accuracy, color="0.45", linestyle="--", linewidth=1.2, label=f"model test accuracy ({accuracy:.3f})")
+    """The model's test accuracy as a grey dashed line without markers, named in the legend with its value in
+    percent (as the axis): black and solid it looked like viridis' first, darkest colour of a probe line."""
+    ax.axhline(accuracy, color="0.45", linestyle="--", linewidth=1.2, label=f"model test accuracy ({accuracy:.1%})")
 
 
 def _save(ax: "Axes", path: Path | str, dpi: int) -> None:

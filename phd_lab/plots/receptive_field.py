@@ -27,6 +27,12 @@ def plotted_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return spatial[~side], spatial[side]
 
 
+def equal_extremes(rows: pd.DataFrame) -> bool:
+    """Whether r_min equals r_max at every row (every layer of a network with a single path, such as a VGG):
+    one line then shows both, as two lines on the same points hid one of them."""
+    return bool((rows["r_min"].astype(float) == rows["r_max"].astype(float)).all())
+
+
 # the border layers' lines differ from each other and from the resolution's (dashed) by their style, not only by
 # the colour they share with r_max and r_min: in grayscale prints and to colour-blind readers
 BORDER_STYLES = (("b_max", "tab:red", ":", r"$b_{max}$"), ("b_min", "tab:blue", "-.", r"$b_{min}$"))
@@ -48,7 +54,8 @@ def receptive_field_figure(table: pd.DataFrame, resolution: int, title: str = ""
 
     Global layers (``inf``) are left out, side branches are unconnected grey points; the input resolution is a
     dashed horizontal line, the border layers b_max (dotted) and b_min (dash-dotted) vertical lines, each named
-    in the legend with its layer.
+    in the legend with its layer. Lines that would lie on each other are one line named for both: r_min and
+    r_max of a single-path network, b_min and b_max at the same layer (solid black).
     """
     from phd_lab.plots import subplots
 
@@ -56,21 +63,30 @@ def receptive_field_figure(table: pd.DataFrame, resolution: int, title: str = ""
     sequence, side = plotted_rows(convs)
     positions = sequence["index"].astype(int).tolist()
     fig, ax = subplots(figsize=(max(6.0, 0.35 * len(convs) + 2), 4.0))
-    ax.plot(positions, sequence["r_max"].tolist(), "o-", color="tab:red", label=r"$r_{max}$")
-    ax.plot(positions, sequence["r_min"].tolist(), "s-", color="tab:blue", label=r"$r_{min}$")
+    if len(sequence) and equal_extremes(sequence):  # a sequential network: r_max drawn under r_min was named in
+        # the legend but nowhere to be seen, as if it were missing
+        ax.plot(positions, sequence["r_max"].tolist(), "o-", color="tab:purple", label=r"$r_{min} = r_{max}$")
+    else:
+        ax.plot(positions, sequence["r_max"].tolist(), "o-", color="tab:red", label=r"$r_{max}$")
+        ax.plot(positions, sequence["r_min"].tolist(), "s-", color="tab:blue", label=r"$r_{min}$")
     if not side.empty:
         side_positions = side["index"].astype(int).tolist()
         ax.plot(side_positions, side["r_max"].tolist(), "o", color="grey", fillstyle="none")
         ax.plot(side_positions, side["r_min"].tolist(), "s", color="grey", fillstyle="none",
                 label="side branch (not in the border rule)")
     ax.axhline(resolution, color="black", linestyle="--", linewidth=1, label=f"input resolution {resolution}")
+    both = convs["b_min"].astype(bool) & convs["b_max"].astype(bool)
+    for _, row in convs[both].iterrows():  # one line: b_max's drawn under b_min's was named but never seen
+        ax.axvline(int(row["index"]), color="black", linestyle="-", linewidth=2,
+                   label=rf"$b_{{min}} = b_{{max}}$: {row['layer']}")
     for flag, color, style, label in BORDER_STYLES:
-        marked = convs[convs[flag].astype(bool)]
+        marked = convs[convs[flag].astype(bool) & ~both]
         for _, row in marked.iterrows():
             ax.axvline(int(row["index"]), color=color, linestyle=style, linewidth=2,
                        label=f"{label}: {row['layer']}")
     ax.set_xlabel("Conv2d layer (forward order)")
     ax.set_ylabel("receptive field (pixels)")
+    ax.set_ylim(bottom=0)  # a receptive field has no negative size (autoscaling's margin drew one below 0 px)
     ax.set_xticks(convs["index"].astype(int).tolist())
     ax.set_xticklabels(convs["layer"].tolist(), rotation=90, fontsize=7)
     ax.set_title(title or "receptive field per layer")

@@ -7,7 +7,8 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, saturation_in_percent, split_color, thin_tick_labels
+from phd_lab.plots.grid_figures import (MAX_FIGURE_WIDTH, accuracy_in_percent, saturation_in_percent, split_color,
+                                        thin_tick_labels)
 
 # a basis is told apart by its line and marker too, not by hue alone (grayscale prints, colour-blind readers)
 _BASIS_STYLES = {"pca": {"color": "#3b6fb6", "linestyle": "-", "marker": "o"},
@@ -73,8 +74,11 @@ def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
                    marker=marker, facecolors="white", edgecolors=color)
     ax.axhline(0.0, color="grey", ls="--", lw=1)
     measure = str(table["measure"].iloc[0]) if len(table) else "accuracy"
-    ax.set_ylabel("accuracy lost (unprojected − projected)" if measure == "accuracy"
-                  else "loss gained (projected − unprojected)")
+    if measure == "accuracy":
+        ax.set_ylabel("accuracy lost (unprojected − projected)")
+        accuracy_in_percent(ax.yaxis)  # percentage points, as the accuracies of the other figures
+    else:
+        ax.set_ylabel("loss gained (projected − unprojected)")
     ax.set_xlabel("δ (explained variance); filled: differs significantly")
     thin_tick_labels(ax, [f"{d:g}" for d in deltas], rotation=70)
     handles, labels = ax.get_legend_handles_labels()

@@ -8,7 +8,8 @@ purple line and the model's test accuracy as a dash-dot-dotted purple line; the 
 upward triangles) and r_min (dotted, downward triangles) per layer with the input resolution as a dash-dotted
 horizontal line (side branches, such as 1×1 shortcuts, as loose hollow points off the lines). No two lines differ
 by colour alone.
-Vertical lines mark b_min (solid) and b_max (dashed) just before the border layer, and tails are shaded.
+Vertical lines mark b_min (solid) and b_max (dashed) just before the border layer, and tails are shaded. Lines that
+would lie on each other are one line named for both (b_min = b_max; r_min = r_max of a single-path network).
 Anything missing is simply not drawn.
 """
 
@@ -192,6 +193,15 @@ def _draw_saturations(ax: Any, tables: RunTables, split: str, x_of: dict[str, in
         ax.plot([x_of[n] for n in second["layer"] if n in x_of],
                 [s for n, s in zip(second["layer"], second["saturation"]) if n in x_of],
                 "o", color=split_color(other), markersize=3.5, label=f"saturation ({other})")
+    tracked = tables.metrics is not None and any(str(column).endswith(f"_{split}_saturation")
+                                                 for column in tables.metrics.columns)
+    if main is None and tracked:  # a diverged last epoch (NaN saturations) left the panel without bars or a word;
+        # on the figure, boxed: over the right axis' lines, which crossed it as a text of the panel
+        ax.figure.text(0.5, 0.5, NO_FINITE_SATURATION, ha="center", va="center", transform=ax.transAxes, fontsize=9,
+                       color="#c44e52", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.9})
+
+
+NO_FINITE_SATURATION = "no finite saturation in the last epoch\n(non-finite activations: did the run diverge?)"
 
 
 def _draw_accuracies(ax: Any, tables: RunTables, summary: dict[str, Any], x_of: dict[str, int]) -> None:
@@ -222,6 +232,10 @@ def _draw_tails_and_borders(ax: Any, tails: list[dict[str, Any]], borders: dict[
         if tail["first_layer"] in x_of and tail["last_layer"] in x_of:
             ax.axvspan(x_of[tail["first_layer"]] - 0.5, x_of[tail["last_layer"]] + 0.5, color="#c44e52", alpha=0.13,
                        label="tail" if tail is tails[0] else None)
+    if borders.get("b_min") in x_of and borders.get("b_min") == borders.get("b_max"):  # one line: b_max's dashed
+        # line under b_min's solid one was named in the legend but nowhere to be seen
+        ax.axvline(x_of[borders["b_min"]] - 0.5, color="black", linestyle="-", linewidth=1.4, label="b_min = b_max")
+        return
     for key, style in (("b_min", "-"), ("b_max", "--")):
         layer = borders.get(key)
         if layer in x_of:
@@ -241,16 +255,21 @@ def _format_layer_axes(ax: Any, order: list[str]) -> None:
 def _draw_receptive_field(ax: Any, tables: RunTables, borders: dict[str, Any],
                           x_of: dict[str, int]) -> tuple[list[Any], list[str]]:
     """r_max and r_min per layer and the input resolution on a right axis; returns its legend entries."""
-    from phd_lab.plots.receptive_field import plotted_rows
+    from phd_lab.plots.receptive_field import equal_extremes, plotted_rows
 
     twin = ax.twinx()
     # the lines follow the layers the border rule walks, as receptive_field.png does; side branches (a ResNet's
     # 1x1 shortcuts, attention gates) are loose hollow points: inside the lines each made r_max and r_min dip
     sequence, side = plotted_rows(_numeric_receptive_field(tables.receptive_field))
     # markers on the lines: solid without them, r_max was b_min's line in the legend but for its colour
-    for column, style, marker, line_marker in (("r_max", "-", "o", "^"), ("r_min", ":", "s", "v")):
-        twin.plot([x_of[str(n)] for n in sequence["layer"]], sequence[column], style, color="#55a868",
-                  linewidth=1.3, marker=line_marker, markersize=3, label=f"receptive field {column}")
+    lines = (("r_max", "-", "o", "^"), ("r_min", ":", "s", "v"))
+    # one line where r_min equals r_max at every layer (a single-path network): r_min's, drawn on r_max's, hid it
+    names = {"r_max": "r_min = r_max"} if len(sequence) and equal_extremes(sequence) else {}
+    for column, style, marker, line_marker in lines:
+        if column in names or not names:
+            twin.plot([x_of[str(n)] for n in sequence["layer"]], sequence[column], style, color="#55a868",
+                      linewidth=1.3, marker=line_marker, markersize=3,
+                      label=f"receptive field {names.get(column, column)}")
         if len(side):
             twin.plot([x_of[str(n)] for n in side["layer"]], side[column], marker, color="#55a868", markersize=3.5,
                       fillstyle="none", label="receptive field of a side branch" if column == "r_max" else None)

@@ -53,7 +53,7 @@ def performance_table(records: Sequence[ProbeRecord], model_accuracy: float | No
 def confusion_png(record: ProbeRecord, plots: "ConfusionPlots | None" = None) -> bytes:
     """One layer's confusion plot as PNG bytes, drawn on the figures of ``plots`` when given (a job's many)."""
     from phd_lab.plots.probes import ConfusionPlots
-    title = f"{record.layer} (eval\u00a0acc\u00a0{record.eval_acc:.3f})"  # the accuracy stays on one line
+    title = f"{record.layer} (eval\u00a0acc\u00a0{record.eval_acc:.1%})"  # the accuracy stays on one line
     with contextlib.nullcontext(plots) if plots is not None else ConfusionPlots() as drawing:
         return drawing.png(record.confusion_matrix(), record.classes, title)
 
