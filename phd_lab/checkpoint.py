@@ -152,8 +152,7 @@ class CheckpointStore:
         a flipped byte counted its epoch, which the resume from the previous one trains again."""
         for path in self.generations():
             try:
-                verify_checksums(path)  # reads the file once (about 0.1 s per 200 MB); its tensors stay unread
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                state = _peek_file(path)  # checked and unpickled once while it stays the same file
             except Exception as error:  # noqa: BLE001 - missing or damaged: load() falls back the same way
                 raise_interruption_behind(error)  # a Ctrl-C while it is read says nothing about the file
                 if not _file_is_damaged(error):
@@ -264,15 +263,16 @@ _VERIFIED: dict[str, tuple[int, ...]] = {}
 _SETTLED_NS = 2_000_000_000
 
 
-def verify_checksums(path: Path) -> None:
+def verify_checksums(path: Path) -> tuple[int, ...] | None:
     """Raise ``zipfile.BadZipFile`` when the checkpoint is no whole zip archive or a member's data does not
     match its CRC-32. A file found whole is not read again while it stays the same file, unchanged. A FIFO there is
-    ``NotARegularFile`` (``atomic.open_regular``): opening it waited for a writer for ever."""
+    ``NotARegularFile`` (``atomic.open_regular``): opening it waited for a writer for ever. Returns the file's
+    signature where it is kept as verified (settled), else None."""
     with atomic.open_regular(path) as file:
         info = os.fstat(file.fileno())  # before the read: a write during it changes what the path says after
         signature = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         if _VERIFIED.get(os.fspath(path)) == signature:
-            return
+            return signature
         settled = round(atomic.file_system_now(Path(path).parent) * 1e9) - info.st_mtime_ns > _SETTLED_NS
         with zipfile.ZipFile(file) as archive:
             bad = archive.testzip()
@@ -280,6 +280,35 @@ def verify_checksums(path: Path) -> None:
         raise zipfile.BadZipFile(f"the data of {bad} does not match its CRC-32 checksum")
     if settled:
         _VERIFIED[os.fspath(path)] = signature
+        return signature
+    return None
+
+
+# The memory-mapped states of the last few checkpoints peeked at, by path, with the signature ``verify_checksums``
+# kept them under. Unpickling a checkpoint costs about 0.1 ms per tensor whatever its size (torch's weights-only
+# unpickler; VGG11 with Adam: 200 tensors, 16 ms), and a finished grid point's status unpickled its checkpoint twice
+# (``current_is_damaged`` and the extract step's fingerprint), its rerun four times (thread count, fit, setup, epochs
+# left) before the load: half of a dry run of a 500-point grid with 320 runs trained. A file written since has another
+# signature and is read again; a few entries only, so that the maps a grid leaves behind do not grow with it.
+_PEEKED: dict[str, tuple[tuple[int, ...], Any]] = {}
+_PEEKED_KEPT = 4
+
+
+def _peek_file(path: Path) -> Any:
+    """``torch.load`` of the checkpoint at ``path``, memory-mapped (its tensors stay unread), after its checksums
+    (``verify_checksums``); a settled file that is still the same file is unpickled once."""
+    signature = verify_checksums(path)
+    key = os.fspath(path)
+    kept = _PEEKED.get(key)
+    if signature is not None and kept is not None and kept[0] == signature:
+        return kept[1]
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if signature is not None:
+        _PEEKED.pop(key, None)
+        _PEEKED[key] = (signature, state)  # the newest last: the oldest goes first
+        while len(_PEEKED) > _PEEKED_KEPT:
+            del _PEEKED[next(iter(_PEEKED))]
+    return state
 
 
 # What a read error of the file system or the machine looks like (the file may be fine): such a
@@ -296,8 +325,7 @@ def _is_damaged(path: Path) -> bool:
     if not path.exists():
         return False
     try:
-        verify_checksums(path)
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors are not read
+        state = _peek_file(path)  # checksums, then its tensors memory-mapped, not read
     except Exception as error:  # noqa: BLE001 - classified as load() classifies its read errors
         raise_interruption_behind(error)
         return _file_is_damaged(error) and not isinstance(error, FileNotFoundError)

@@ -304,6 +304,41 @@ def test_peek_reads_an_unchanged_checkpoint_once_and_a_changed_one_again(tmp_pat
     assert CheckpointStore(store.path, store.previous).load()["epoch"] == 1
 
 
+def test_an_unchanged_checkpoint_is_unpickled_once_by_the_peeks_of_a_status_and_a_rerun(tmp_path, monkeypatch):
+    """A finished grid point's dry-run status unpickled its checkpoint twice (the damage check, the extract step's
+    fingerprint) and its rerun four times before the load, at about 0.1 ms per tensor (torch's weights-only
+    unpickler) however small: half the time of a dry run over 320 trained runs. An unchanged settled file is now
+    unpickled once for all of them (the load, which needs real tensors, reads it itself); one written since (a
+    flipped byte, a new save) is read again, so damage is still found."""
+    import phd_lab.checkpoint as checkpoint
+    from phd_lab.checkpoint import misfit
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    store = CheckpointStore(tmp_path / "run.pt", tmp_path / "run.previous.pt")
+    store.save(checkpoint_state(1, model=model.state_dict(), optimizer=optimizer.state_dict()))
+    store.save(checkpoint_state(2, model=model.state_dict(), optimizer=optimizer.state_dict()))
+    old = time.time() - 60  # a file saved in an earlier command
+    for path in (store.path, store.previous):
+        os.utime(path, (old, old))
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(args[0]) or real_load(*args, **kwargs))
+    assert not store.current_is_damaged()
+    assert [store.peek_epochs(), store.peek("format"), misfit(store, model, optimizer)] == [2, CHECKPOINT_FORMAT, None]
+    assert torch.equal(store.peek("model")["weight"], model.weight.detach())
+    assert loads == [store.path]
+    assert CheckpointStore(store.path, store.previous).load()["epoch"] == 2  # the load reads the file itself
+    assert loads == [store.path] * 2
+    _flip_a_tensor_byte(store.path)  # written since: found damaged, the previous generation peeked at instead
+    assert store.current_is_damaged() and store.peek_epochs() == 1
+    assert loads[2:] == [store.previous]
+    for number in range(3, 3 + checkpoint._PEEKED_KEPT + 2):  # other runs' checkpoints: a few states are kept
+        other = CheckpointStore(tmp_path / f"run{number}.pt", tmp_path / f"run{number}.previous.pt")
+        other.save(checkpoint_state(number))
+        os.utime(other.path, (old, old))
+        assert other.peek_epochs() == number
+    assert len(checkpoint._PEEKED) == checkpoint._PEEKED_KEPT
+
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="reads Linux' per-process I/O counters")
 def test_a_checkpoint_modified_within_a_fat_time_tick_is_read_again(tmp_path):
     """A checkpoint whose checksums passed was not read again while its inode, size and times held, once its

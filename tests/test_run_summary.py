@@ -918,6 +918,35 @@ def test_feature_dimensions_derived_from_k_and_saturation_are_rounded_not_cut():
 
 
 
+def test_derived_feature_dimensions_sort_the_epoch_rows_once_and_keep_every_value(monkeypatch):
+    """Each layer whose d is derived (k / s) sorted and copied the whole metrics table again (``_epoch_rows``): L
+    layers cost L copies of an L-column table, a fifth of a report's time over hundreds of runs. The rows are now
+    sorted once per table; every d is still that of the last usable epoch (epochs out of order, one written twice, a
+    damaged epoch cell, s = 0 in the last epoch, a layer whose d comes from the other split)."""
+    from phd_lab.analysis import run_summary
+    rows = []
+    for epoch, scale in ((2, 2.0), (1, 1.0), (2, 4.0), ("x", 8.0), (3, 3.0)):  # the second epoch 2 counts
+        row = {"epoch": epoch}
+        for number, layer in enumerate(("a", "b", "c", "d"), 1):
+            d = 10 * number + int(scale)
+            row[f"{layer}_train_saturation"], row[f"{layer}_train_intrinsic_dimension"] = 3 / d, 3
+            row[f"{layer}_test_saturation"], row[f"{layer}_test_intrinsic_dimension"] = 5 / d, 5
+        rows.append(row)
+    rows[-1]["b_train_saturation"], rows[-1]["b_train_intrinsic_dimension"] = 0.0, 0  # d from epoch 2 (scale 4)
+    for row in rows:  # no train value in any epoch: d from the test split's last epoch
+        row["d_train_intrinsic_dimension"] = float("nan")
+    rows[-1]["d_train_saturation"] = 0.0
+    metrics = pd.DataFrame(rows)
+    calls = []
+    epoch_rows = run_summary._epoch_rows
+    monkeypatch.setattr(run_summary, "_epoch_rows", lambda frame: calls.append(1) or epoch_rows(frame))
+    table = run_summary.layer_saturations(metrics, "train")
+    assert table["layer"].tolist() == ["a", "b", "c", "d"]
+    assert table["feature_dimension"].tolist() == [13, 24, 33, 43]
+    assert table["intrinsic_dimension"].tolist() == [3, 0, 3, None]
+    assert len(calls) == 1, calls  # the last epoch's row and every derived d read the same sorted rows
+
+
 def test_probes_of_latents_an_older_phd_lab_extracted_are_reported_stale(tmp_path):
     """A trained run whose latents a phd-lab before extraction version 2 extracted (manifest without
     extraction_version: feature maps smaller than downsampling up-sampled) had the probes fitted on them read as

@@ -84,7 +84,9 @@ def layer_saturations(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame 
         return None
     suffix = f"_{split}_saturation"
     layers = [c[:-len(suffix)] for c in metrics.columns if c.endswith(suffix)]
-    row = _last_epoch_row(metrics)
+    # sorted once: the last epoch's row, and the rows from which every layer without a saved d derives it
+    rows = _epoch_rows(metrics) if "epoch" in metrics.columns else metrics
+    row = rows.iloc[-1] if len(rows) else None  # _last_epoch_row's
     if not layers or row is None:
         return None
     records = []
@@ -95,7 +97,7 @@ def layer_saturations(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame 
         k = pd.to_numeric(row.get(f"{layer}_{split}_intrinsic_dimension"), errors="coerce")
         d = pd.to_numeric(row.get(f"{layer}_{split}_feature_dimension"), errors="coerce")
         if pd.isna(d):
-            d = _derived_feature_dimension(metrics, layer, split)
+            d = _derived_feature_dimension(rows, layer, split)
         records.append({"layer": layer, "saturation": float(saturation),
                         "intrinsic_dimension": None if pd.isna(k) else int(k),
                         "feature_dimension": None if pd.isna(d) else int(d)})
@@ -110,12 +112,13 @@ def layer_saturations(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame 
 INT_COLUMNS = ("intrinsic_dimension", "feature_dimension")
 
 
-def _derived_feature_dimension(metrics: pd.DataFrame, layer: str, split: str) -> int | None:
+def _derived_feature_dimension(rows: pd.DataFrame, layer: str, split: str) -> int | None:
     """A layer's feature dimension d = k / s, from the last epoch of ``split`` where its saturation is above 0, else
     from the other split's: a layer without variance (s = 0: dead units, a collapsed output) has the same d
     as in an epoch or split where it had some, and its d was lost (None in analysis.json, and no new head in a
-    truncation estimate that ends at it)."""
-    rows = _epoch_rows(metrics) if "epoch" in metrics.columns else metrics
+    truncation estimate that ends at it). ``rows``: the metrics CSV's ``_epoch_rows`` (the CSV itself without an
+    epoch column), sorted once by the caller: sorted again per layer, a run of L layers copied its whole table
+    L times (L² cells), the largest cost of reading a run's saturations in the report."""
     for name in (split, "test" if split == "train" else "train"):
         columns = f"{layer}_{name}_saturation", f"{layer}_{name}_intrinsic_dimension"
         if not all(column in rows.columns for column in columns):
