@@ -149,7 +149,8 @@ class CheckpointStore:
         in ``load``'s order: after a kill between the two renames of a save, the staged file (whole) is the one
         ``load`` resumes from, not the previous one. A generation ``load`` sets aside as damaged (its checksums, an
         entry a resume reads missing) is passed over as ``load`` passes it over: peeked at, a current checkpoint with
-        a flipped byte counted its epoch, which the resume from the previous one trains again."""
+        a flipped byte counted its epoch, which the resume from the previous one trains again. The state is shared
+        with later peeks at the same unchanged file (``_peek_file``): read it, never change it."""
         for path in self.generations():
             try:
                 state = _peek_file(path)  # checked and unpickled once while it stays the same file

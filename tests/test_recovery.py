@@ -339,6 +339,7 @@ def test_an_unchanged_checkpoint_is_unpickled_once_by_the_peeks_of_a_status_and_
         assert other.peek_epochs() == number
     assert len(checkpoint._PEEKED) == checkpoint._PEEKED_KEPT
 
+
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="reads Linux' per-process I/O counters")
 def test_a_checkpoint_modified_within_a_fat_time_tick_is_read_again(tmp_path):
     """A checkpoint whose checksums passed was not read again while its inode, size and times held, once its
