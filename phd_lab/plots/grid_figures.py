@@ -43,18 +43,12 @@ def thin_tick_labels(ax: Any, labels: Sequence[str], rotation: int, most: int = 
                        ha=ha or ("right" if rotation else "center"))
 
 
-def saturation_in_percent(axis: Any) -> None:
-    """Label ``axis`` (an x or y axis, or a colour bar's) in percent: saturation is a fraction in the tables, shown
-    as 0–100% in every figure, as the thesis gives it (s_mu of 20–30%, tails 50% below the rest)."""
+def fraction_in_percent(axis: Any) -> None:
+    """Label ``axis`` (an x or y axis, or a colour bar's) in percent where it shows a fraction of the tables: a
+    saturation, shown as 0–100% in every figure as the thesis gives it (s_mu of 20–30%, tails 50% below the rest),
+    or an accuracy, in percent on every figure as the run figure (axis and title) shows it."""
     from matplotlib.ticker import PercentFormatter
     axis.set_major_formatter(PercentFormatter(1.0))
-
-
-def accuracy_in_percent(axis: Any) -> None:
-    """Label ``axis`` in percent where it shows an accuracy (a fraction in the tables): as the run figure, whose
-    axis it shares with saturation, and its title show it; the probe, projection and comparison plots showed
-    0-1 beside it."""
-    saturation_in_percent(axis)
 
 
 def png_bytes(fig: Any, dpi: int = 90) -> bytes:
@@ -140,9 +134,9 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
     if logx and plotted:
         ax.set_xscale("log")
     if x_percent:
-        saturation_in_percent(ax.xaxis)
+        fraction_in_percent(ax.xaxis)
     if y_percent:
-        accuracy_in_percent(ax.yaxis)
+        fraction_in_percent(ax.yaxis)
     low, high = ax.get_ylim()
     if plotted and y_at_most is not None and high > y_at_most:  # around one run at 98%, autoscaling put ticks at
         # an impossible 1.02 and 1.04 accuracy; a margin keeps a marker at y_at_most whole

@@ -16,7 +16,7 @@ import numpy as np
 from phd_lab.atomic import save_figure
 from phd_lab.plots import close, subplots
 from phd_lab.plots import figure as new_figure
-from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, accuracy_in_percent, thin_tick_labels
+from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, fraction_in_percent, thin_tick_labels
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,7 +45,7 @@ def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = No
     title = f"{title} ({solver})" if solver else title
     ax.set(xlabel="layer (forward order)", ylabel="accuracy", ylim=(0.0, 1.02),
            title=f"{run}\n{title}" if run else title)
-    accuracy_in_percent(ax.yaxis)
+    fraction_in_percent(ax.yaxis)
     _layer_ticks(ax, table["layer"].tolist())
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)  # "lower right" hid the model's line when it lay low
@@ -113,7 +113,7 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
         if model_accuracy is not None:
             _draw_model_accuracy(ax, model_accuracy)
         ax.set(xlabel="layer (forward order)", ylim=(0.0, 1.02), title=f"probes on {method} latents")
-        accuracy_in_percent(ax.yaxis)
+        fraction_in_percent(ax.yaxis)
         _layer_ticks(ax, layers)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=7)

@@ -24,7 +24,7 @@ def plot_projections(table: pd.DataFrame, ax: "Axes | None" = None, title: str =
     """One line per basis over the deltas (evenly spaced, labelled): PCA solid with round markers, random dashed
     with square ones; the unprojected model a grey dotted line without markers; the legend beside the axes."""
     from phd_lab.plots import subplots
-    from phd_lab.plots.grid_figures import accuracy_in_percent, thin_tick_labels
+    from phd_lab.plots.grid_figures import fraction_in_percent, thin_tick_labels
 
     if ax is None:
         _, ax = subplots(figsize=(8.0, 3.8))
@@ -43,7 +43,7 @@ def plot_projections(table: pd.DataFrame, ax: "Axes | None" = None, title: str =
     if column == "accuracy":
         ax.set_ylabel("test accuracy")
         ax.set_ylim(0, 1.02)  # the unprojected line of a model near 100% lay on the frame at 1
-        accuracy_in_percent(ax.yaxis)
+        fraction_in_percent(ax.yaxis)
     else:
         ax.set_ylabel("test reconstruction loss (MSE)")
         ax.set_yscale("log")

@@ -7,8 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from phd_lab.plots.grid_figures import (MAX_FIGURE_WIDTH, accuracy_in_percent, saturation_in_percent, split_color,
-                                        thin_tick_labels)
+from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, fraction_in_percent, split_color, thin_tick_labels
 
 # a basis is told apart by its line and marker too, not by hue alone (grayscale prints, colour-blind readers)
 _BASIS_STYLES = {"pca": {"color": "#3b6fb6", "linestyle": "-", "marker": "o"},
@@ -39,7 +38,7 @@ def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str,
     # every layer named as far as the width holds them (a 54-layer ResNet-50 had every second one, as 40 at most)
     thin_tick_labels(ax, [str(layer) for layer in table["layer"]], rotation=60, most=STABILITY_LABELLED)
     ax.set_ylim(0, 1.02)
-    saturation_in_percent(ax.yaxis)
+    fraction_in_percent(ax.yaxis)
     ax.set_xlabel("layer (forward order)")
     ax.set_ylabel(f"saturation ({split}, last epoch)")
     ax.set_title(title, fontsize=9)
@@ -76,7 +75,7 @@ def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
     measure = str(table["measure"].iloc[0]) if len(table) else "accuracy"
     if measure == "accuracy":
         ax.set_ylabel("accuracy lost (unprojected − projected)")
-        accuracy_in_percent(ax.yaxis)  # percentage points, as the accuracies of the other figures
+        fraction_in_percent(ax.yaxis)  # percentage points, as the accuracies of the other figures
     else:
         ax.set_ylabel("loss gained (projected − unprojected)")
     ax.set_xlabel("δ (explained variance); filled: differs significantly")

@@ -22,7 +22,7 @@ import pandas as pd
 
 from phd_lab.analysis.run_summary import layer_saturations, probe_layer_accuracies, saturation_history
 from phd_lab.analysis.run_tables import RunTables
-from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, png_bytes, saturation_in_percent, split_color, thin_tick_labels
+from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, fraction_in_percent, png_bytes, split_color, thin_tick_labels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -162,7 +162,7 @@ def _draw_history(ax: Any, history: pd.DataFrame, x_of: dict[str, int], split: s
     ax.tick_params(axis="y", labelsize=7)
     colorbar = ax.figure.colorbar(image, cax=ax.inset_axes([1.01, 0.0, 0.012, 1.0]))
     colorbar.set_label(f"saturation ({split})", fontsize=7)
-    saturation_in_percent(colorbar.ax.yaxis)  # as the axis of the bars below
+    fraction_in_percent(colorbar.ax.yaxis)  # as the axis of the bars below
     colorbar.ax.tick_params(labelsize=6)
 
 
@@ -247,7 +247,7 @@ def _format_layer_axes(ax: Any, order: list[str]) -> None:
     on the x axis."""
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("saturation / accuracy")
-    saturation_in_percent(ax.yaxis)
+    fraction_in_percent(ax.yaxis)
     thin_tick_labels(ax, order, rotation=90, most=LABELLED, ha="center")
     ax.set_xlim(-0.6, len(order) - 0.4)
 
@@ -262,14 +262,13 @@ def _draw_receptive_field(ax: Any, tables: RunTables, borders: dict[str, Any],
     # 1x1 shortcuts, attention gates) are loose hollow points: inside the lines each made r_max and r_min dip
     sequence, side = plotted_rows(_numeric_receptive_field(tables.receptive_field))
     # markers on the lines: solid without them, r_max was b_min's line in the legend but for its colour
-    lines = (("r_max", "-", "o", "^"), ("r_min", ":", "s", "v"))
     # one line where r_min equals r_max at every layer (a single-path network): r_min's, drawn on r_max's, hid it
-    names = {"r_max": "r_min = r_max"} if len(sequence) and equal_extremes(sequence) else {}
-    for column, style, marker, line_marker in lines:
-        if column in names or not names:
+    equal = bool(len(sequence)) and equal_extremes(sequence)
+    for column, style, marker, line_marker in (("r_max", "-", "o", "^"), ("r_min", ":", "s", "v")):
+        if not (equal and column == "r_min"):
             twin.plot([x_of[str(n)] for n in sequence["layer"]], sequence[column], style, color="#55a868",
                       linewidth=1.3, marker=line_marker, markersize=3,
-                      label=f"receptive field {names.get(column, column)}")
+                      label=f"receptive field {'r_min = r_max' if equal else column}")
         if len(side):
             twin.plot([x_of[str(n)] for n in side["layer"]], side[column], marker, color="#55a868", markersize=3.5,
                       fillstyle="none", label="receptive field of a side branch" if column == "r_max" else None)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import pandas as pd
 
 from phd_lab import atomic
-from phd_lab.plots.grid_figures import SPLIT_COLORS, saturation_in_percent
+from phd_lab.plots.grid_figures import SPLIT_COLORS, fraction_in_percent
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -41,7 +41,7 @@ def plot_saturation(table: pd.DataFrame, ax: "Axes | None" = None, title: str = 
     ax.set_xticklabels(list(table.index), rotation=60, ha="right", fontsize=8)
     ax.set_xlim(-0.7, len(table) - 0.3)  # every layer's slot, also a last one without bars (autoscaling cut it off)
     ax.set_ylim(0, 1)
-    saturation_in_percent(ax.yaxis)  # 0–100%, as the run figure and the thesis show saturation
+    fraction_in_percent(ax.yaxis)  # 0–100%, as the run figure and the thesis show saturation
     ax.set_ylabel("saturation")
     ax.set_xlabel("layer (forward order)")
     if title:
