@@ -86,22 +86,14 @@ def statuses(config: Path, cached: bool) -> tuple[float, list[str]]:
 def reference_layer_saturations(metrics: Any, split: str) -> Any:
     """``layer_saturations`` before session 58: ``_epoch_rows`` for the last row, and again for every layer whose
     feature dimension is derived."""
-    import numpy as np
     import pandas as pd
 
-    from phd_lab.analysis.run_summary import INT_COLUMNS, _epoch_rows, _last_epoch_row, _usable
+    from phd_lab.analysis.run_summary import (INT_COLUMNS, _derived_feature_dimension, _epoch_rows, _last_epoch_row,
+                                              _usable)
 
-    def derived(layer: str) -> int | None:
-        rows = _epoch_rows(metrics) if "epoch" in metrics.columns else metrics
-        for name in (split, "test" if split == "train" else "train"):
-            columns = f"{layer}_{name}_saturation", f"{layer}_{name}_intrinsic_dimension"
-            if not all(column in rows.columns for column in columns):
-                continue
-            saturations, dimensions = (pd.to_numeric(rows[column], errors="coerce") for column in columns)
-            usable = (saturations > 0) & np.isfinite(saturations) & np.isfinite(dimensions)
-            if usable.any():
-                return round(float(dimensions[usable].iloc[-1]) / float(saturations[usable].iloc[-1]))
-        return None
+    def derived(layer: str) -> int | None:  # the rows sorted again for every layer, as before
+        return _derived_feature_dimension(_epoch_rows(metrics) if "epoch" in metrics.columns else metrics, layer,
+                                          split)
 
     if metrics is None or not len(metrics):
         return None
