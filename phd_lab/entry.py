@@ -5,17 +5,36 @@ so that the guard is in place before the command's modules load."""
 
 import importlib
 import os
+import sys
+import threading
 from typing import Any
 
 
 def run_command(module: str, function: str, *args: Any, **kwargs: Any) -> int:
     """The exit status of ``module.function(*args, **kwargs)``; 130, said in a line, for a Ctrl-C before it handles
-    one itself."""
+    one itself. The command's helper threads have ended when it returns (``stop_progress_monitors``)."""
     try:
-        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+        try:
+            return getattr(importlib.import_module(module), function)(*args, **kwargs)
+        finally:
+            stop_progress_monitors()
     except KeyboardInterrupt:
         try:
             os.write(2, b"interrupted\n")
         except OSError:  # stderr closed
             pass
         return 130
+
+
+def stop_progress_monitors() -> None:
+    """End and join tqdm's monitor threads. Every tqdm bar starts that daemon thread, and a bar that is disabled
+    (``--no-progress``) or left open (a Ctrl-C) leaves it running to the exit, where tqdm only wakes it: it then ended
+    while the interpreter was being torn down, and now and then that race aborted the command after its work was done
+    (a probe job's Ctrl-C on a busy CI machine: 'Fatal Python error: PyThreadState_Get: ... the GIL is released',
+    exit status -6 instead of 130). tqdm starts a new monitor for a bar made later (a command run in-process)."""
+    monitor_module = sys.modules.get("tqdm._monitor")  # not imported: no bar was made, no thread to end
+    if monitor_module is None:
+        return
+    for thread in threading.enumerate():
+        if isinstance(thread, monitor_module.TMonitor):
+            thread.exit()  # wakes it and joins it

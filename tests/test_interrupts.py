@@ -427,3 +427,22 @@ def test_a_ctrl_c_while_a_command_imports_its_modules_ends_it_without_a_tracebac
     said = "".join(line for line in rest.splitlines(keepends=True) if not line.startswith("import time:"))
     assert process.returncode == 130, said
     assert "Traceback" not in said and "KeyboardInterrupt" not in said and said.startswith("interrupted"), said
+
+
+@pytest.mark.parametrize("progress", [["--no-progress"], []], ids=["no-progress", "bars"])
+def test_a_command_has_ended_tqdm_s_monitor_thread_before_the_interpreter_s_exit(tmp_path, progress):
+    """A disabled bar (--no-progress) left tqdm's daemon monitor thread running into the interpreter's teardown,
+    where tqdm wakes it: that race now and then aborted a probe job's Ctrl-C with 'Fatal Python error:
+    PyThreadState_Get' (exit status -6 instead of 130) on a busy CI machine."""
+    from tests.probe_latents import blob_layers, make_latents
+    _, latents = make_latents(tmp_path, *blob_layers(n_layers=1))
+    script = ("import sys, threading\n"
+              "from phd_lab.entry import run_command\n"
+              f"code = run_command('phd_lab.probes.cli', 'probe_cli', ['--latents', {str(latents)!r}, '-mp', '0', "
+              f"*{progress!r}])\n"
+              "print(sorted(thread.name for thread in threading.enumerate()))\n"
+              "sys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "['MainThread']", done.stdout  # after the command's own lines
