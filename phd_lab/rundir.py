@@ -128,6 +128,12 @@ class RunDir:
                               f"{shown_path(root)!r} in it cannot be used: {os_refusal(root, error)} for "
                               f"'logs_dir'.") from None
 
+    @property
+    def variant(self) -> str:
+        """``<run_id>/<variant folder>``: what tells this run apart from the other runs of its model and dataset in
+        a figure's title (the file prefix ``name`` holds no swept argument, optimizer, seed or run id)."""
+        return f"{self.root.parent.name}/{self.root.name}"
+
     def file(self, suffix: str) -> Path:
         """``<root>/<name><suffix>``, e.g. ``file('.csv')``."""
         return self.root / f"{self.name}{suffix}"

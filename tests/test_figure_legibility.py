@@ -194,3 +194,27 @@ def test_the_run_figure_of_a_run_whose_last_epoch_has_no_finite_saturation_says_
         assert note.get_zorder() > max(panel.get_zorder(), twin.get_zorder())  # over the right axis' lines
     finally:
         close(figure)
+
+
+def test_the_run_figures_of_a_grid_s_runs_say_which_run_they_show(tmp_path):
+    """Every run of a grid has the same file prefix (``vgg11-Digits-r32-bs64-e3``: no swept argument, optimizer, seed
+    or run id), and its figure was titled by it alone: analysis.png files opened on their own could not be told
+    apart. The title now names the run id and variant folder, in lines that fit the narrowest figure."""
+    from phd_lab.plots.run_figure import draw_run_figure
+
+    titles = []
+    for width, run_id in [(0.25, "0"), (0.125, "0"), (0.25, "1")]:
+        tables = load_run(write_run(tmp_path / "logs", width=width, stage="full", run_id=run_id))
+        figure = draw_run_figure(tables, summarize(tables))
+        try:
+            title = figure.axes[0].get_title()
+            inches = figure.get_size_inches()[0]
+        finally:
+            close(figure)
+        name, *variant, facts = title.split("\n")
+        assert name == "vgg11-Digits-r32-bs64-e3" and facts.startswith("test acc")
+        assert "".join(variant) == f"{run_id}/{tables.folder.root.name}", title
+        assert f"width{width}" in tables.folder.root.name
+        assert all(len(line) <= inches * 11 for line in variant)
+        titles.append(title)
+    assert len(set(titles)) == 3

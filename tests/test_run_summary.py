@@ -305,7 +305,8 @@ def test_the_run_figure_draws_each_table_at_its_layers_place(tmp_path):
         heat, ax, twin = fig.axes[:3]
         assert [t.get_text() for t in ax.get_xticklabels()] == LAYERS
         assert heat.images[0].get_extent() == [-0.5, len(LAYERS) - 0.5, 3.5, 0.5]  # epoch 1 at the top
-        assert heat.get_title() == "vgg11-Digits-r32-bs64-e3\ntest acc 93.0%, s_mu 24.3%"
+        variant = tables.folder.root.relative_to(tmp_path / "logs" / "vgg11" / "Digits_32")  # run id / variant
+        assert heat.get_title() == f"vgg11-Digits-r32-bs64-e3\n{variant}\ntest acc 93.0%, s_mu 24.3%"
         lines = {line.get_label(): line for line in ax.get_lines()}
         probes = lines["probe accuracy (eval)"]
         assert list(probes.get_xdata()) == list(range(len(LAYERS)))

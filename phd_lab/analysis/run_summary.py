@@ -456,7 +456,8 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
         truncation = truncation_estimate(tables, borders["b_min"], saturations, order or names)
     summary: dict[str, Any] = {
         "format": FORMAT,
-        "run": {"name": tables.folder.name, "folder": os.path.abspath(tables.folder.root), "model": config.get("model"),
+        "run": {"name": tables.folder.name, "folder": os.path.abspath(tables.folder.root),
+                "variant": tables.folder.variant, "model": config.get("model"),
                 "dataset": config.get("dataset"), "resolution": resolution, "width": _model_width(config),
                 "status": tables.status.to_dict() if tables.status else None,
                 **({"objective": tables.objective} if tables.objective else {})},

@@ -23,6 +23,7 @@ import pandas as pd
 from phd_lab.analysis.run_summary import layer_saturations, probe_layer_accuracies, saturation_history
 from phd_lab.analysis.run_tables import RunTables
 from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, fraction_in_percent, png_bytes, split_color, thin_tick_labels
+from phd_lab.plots.probes import wrapped_title
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -116,10 +117,10 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -
         fig, (heat, ax) = subplots(2, 1, sharex=True, figsize=(width, height + HISTORY_HEIGHT), dpi=dpi,
                                    gridspec_kw={"height_ratios": [HISTORY_HEIGHT, height]})
         _draw_history(heat, history, x_of, split)
-        heat.set_title(_title(summary), fontsize=10)
+        heat.set_title(_title(summary, width), fontsize=10)
     else:
         fig, ax = subplots(figsize=(width, height), dpi=dpi)
-        ax.set_title(_title(summary), fontsize=10)
+        ax.set_title(_title(summary, width), fontsize=10)
     if not order:
         ax.text(0.5, 0.5, "no saved tables with layers yet", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
@@ -166,9 +167,15 @@ def _draw_history(ax: Any, history: pd.DataFrame, x_of: dict[str, int], split: s
     colorbar.ax.tick_params(labelsize=6)
 
 
-def _title(summary: dict[str, Any]) -> str:
-    """The run's name, then its test accuracy, mean saturation and status (unless finished) if known."""
+TITLE_CHARACTERS_PER_INCH = 11  # of a 10-point title (a variant folder's name has up to 89 characters)
+
+
+def _title(summary: dict[str, Any], width: float) -> str:
+    """The run's name and the folder that tells it apart from the other runs of a grid (``RunDir.variant``), then its
+    test accuracy, mean saturation and status (unless finished) if known; ``width``: the figure's, in inches."""
     title = summary["run"]["name"]
+    if summary["run"].get("variant"):  # not in a summary of an older version
+        title += "\n" + wrapped_title(summary["run"]["variant"], int(width * TITLE_CHARACTERS_PER_INCH), lines=2)
     facts = []
     if summary["accuracy"]["test"] is not None:
         facts.append(f"test acc {summary['accuracy']['test']:.1%}")

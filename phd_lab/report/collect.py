@@ -296,8 +296,8 @@ def _previous_figure(folder: RunDir, previous: dict[str, Any]) -> bytes | None:
 def _failed_entry(folder: RunDir, error: BaseException) -> RunEntry:
     log.warning("Analysis of %s failed: %s: %s", folder.root, type(error).__name__, error)
     tables = RunTables(folder, problems=[f"analysis failed: {type(error).__name__}: {error}"])
-    summary = {"run": {"name": folder.name, "folder": str(folder.root), "model": None, "dataset": None,
-                       "resolution": None, "status": None},
+    summary = {"run": {"name": folder.name, "folder": str(folder.root), "variant": folder.variant, "model": None,
+                       "dataset": None, "resolution": None, "status": None},
                "accuracy": {"test": None}, "saturation": None, "tails": [], "borders": None, "agreement": None,
                "probes": {"status": "unknown"}, "computational": None, "truncation": None, "missing": [],
                "problems": tables.problems, "recommendations": []}
