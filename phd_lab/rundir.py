@@ -131,8 +131,10 @@ class RunDir:
     @property
     def variant(self) -> str:
         """``<run_id>/<variant folder>``: what tells this run apart from the other runs of its model and dataset in
-        a figure's title (the file prefix ``name`` holds no swept argument, optimizer, seed or run id)."""
-        return f"{self.root.parent.name}/{self.root.name}"
+        a figure's title (the file prefix ``name`` holds no swept argument, optimizer, seed or run id). Text to show,
+        not a path: bytes the locale cannot decode (a run id '数据' under LC_ALL=C) are read as UTF-8, and bytes that
+        are no UTF-8 either as '\ufffd', since matplotlib cannot draw a lone surrogate."""
+        return os.fsencode(f"{self.root.parent.name}/{self.root.name}").decode("utf-8", "replace")
 
     def file(self, suffix: str) -> Path:
         """``<root>/<name><suffix>``, e.g. ``file('.csv')``."""

@@ -218,3 +218,14 @@ def test_the_run_figures_of_a_grid_s_runs_say_which_run_they_show(tmp_path):
         assert all(len(line) <= inches * 11 for line in variant)
         titles.append(title)
     assert len(set(titles)) == 3
+
+
+def test_a_variant_below_a_folder_the_locale_cannot_decode_is_text_a_figure_can_draw():
+    """Under LC_ALL=C a run id '数' is held as lone surrogates, which matplotlib cannot draw (the probe job's plot
+    failed with a traceback): the variant reads such bytes as UTF-8, and bytes that are no UTF-8 as U+FFFD."""
+    from pathlib import Path
+
+    from phd_lab.rundir import RunDir
+    undecoded = "数".encode("utf-8").decode("ascii", "surrogateescape")
+    assert RunDir(root=Path("/logs/vgg11/Digits_32") / undecoded / "bs64-e3", name="n").variant == "数/bs64-e3"
+    assert RunDir(root=Path("/logs/a/b/\udcff0/v"), name="n").variant == "\ufffd0/v"

@@ -141,13 +141,33 @@ def test_a_job_s_accuracy_plot_names_the_run_in_its_title(tmp_path):
     [job] = jobs
     table = pd.read_csv(job.outputs.probe_csv)
     accuracy = job.manifest.model_test_accuracy
-    save_probe_accuracy_plot(table, accuracy, tmp_path / "named.png", run=job.outputs.name)
+    run = f"{job.outputs.name}\n{run_dir.parent.name}/{run_dir.name}"  # the run's name, then its variant folder
+    save_probe_accuracy_plot(table, accuracy, tmp_path / "named.png", run=run)
     save_probe_accuracy_plot(table, accuracy, tmp_path / "unnamed.png")
     written = job.outputs.probe_plot.read_bytes()
     assert written == (tmp_path / "named.png").read_bytes() != (tmp_path / "unnamed.png").read_bytes()
-    ax = plot_probe_accuracy(table, accuracy, run=job.outputs.name)
+    ax = plot_probe_accuracy(table, accuracy, run=run)
     try:
-        assert ax.get_title() == f"{job.outputs.name}\nLogistic-regression probes (lbfgs)"
+        assert ax.get_title() == f"{run}\nLogistic-regression probes (lbfgs)"
+    finally:
+        plt.close(ax.figure)
+
+
+def test_a_long_run_variant_is_wrapped_to_the_figure_s_width():
+    """A variant folder's name (up to 92 characters) ran out of the narrowest probe figure (6 inches): it is wrapped,
+    each title line within what 12-point text fits across the figure, nothing dropped but the start beyond two
+    lines."""
+    import pandas as pd
+
+    from phd_lab.plots.probes import plot_probe_accuracy
+    table = pd.DataFrame({"index": [0, 1], "layer": ["a", "b"], "train_acc": [0.5, 0.6], "eval_acc": [0.4, 0.5]})
+    variant = "0/bs64-e3-adam-s1960566561-width0.25-lr0.001-momentum0.9-weight_decay0.0005-nesterovtrue-faf9265d"
+    ax = plot_probe_accuracy(table, run=f"vgg11-Digits-r32-bs64-e3\n{variant}")
+    try:
+        name, *wrapped, what = ax.get_title().split("\n")
+        assert name == "vgg11-Digits-r32-bs64-e3" and what == "Logistic-regression probes"
+        assert "".join(wrapped) == variant and len(wrapped) == 2
+        assert all(len(line) <= ax.figure.get_size_inches()[0] * 72 / (0.6 * 12) for line in wrapped)
     finally:
         plt.close(ax.figure)
 

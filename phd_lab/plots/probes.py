@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = None, ax: "Axes | None" = None,
                         run: str = "") -> "Axes":
     """Train and eval accuracy of each layer's probe in forward order; the model's accuracy as a line; ``run``
-    (the run's name) heads the title, as it does on the run's other figures. A pixelwise table draws each layer's
-    mean over its positions, as the analysis reads it, and the band from its lowest to its highest position."""
+    (the run's name, and in a line below it its variant folder) heads the title, as it does on the run figure. A
+    pixelwise table draws each layer's mean over its positions, as the analysis reads it, and the band from its lowest
+    to its highest position."""
     solver = ", ".join(sorted(set(table["solver"].astype(str)))) if "solver" in table else ""
     table, spread = _per_layer(table.sort_values("index", kind="stable"))
     if ax is None:
@@ -44,7 +45,7 @@ def plot_probe_accuracy(table: "pd.DataFrame", model_accuracy: float | None = No
     title = "Pixelwise logistic-regression probes" if spread is not None else "Logistic-regression probes"
     title = f"{title} ({solver})" if solver else title
     ax.set(xlabel="layer (forward order)", ylabel="accuracy", ylim=(0.0, 1.02),
-           title=f"{run}\n{title}" if run else title)
+           title=f"{wrapped_lines(run, ax.figure.get_size_inches()[0], 12)}\n{title}" if run else title)
     fraction_in_percent(ax.yaxis)
     _layer_ticks(ax, table["layer"].tolist())
     ax.grid(alpha=0.3)
@@ -119,7 +120,7 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
         ax.legend(loc="best", fontsize=7)
     axes[0][0].set_ylabel("probe eval accuracy")
     if run:
-        figure.suptitle(run, fontsize=11)
+        figure.suptitle(wrapped_lines(run, figure.get_size_inches()[0], 11), fontsize=11)
     return axes[0][0]
 
 
@@ -155,6 +156,13 @@ def save_probe_sets_plot(tables: Sequence[tuple[str, str, "pd.DataFrame"]], mode
 def save_probe_accuracy_plot(table: "pd.DataFrame", model_accuracy: float | None, path: Path | str,
                              run: str = "") -> None:
     _save(plot_probe_accuracy(table, model_accuracy, run=run), path, dpi=120)
+
+
+def wrapped_lines(text: str, inches: float, points: float) -> str:
+    """Each line of ``text`` wrapped (``wrapped_title``, two lines at most) to what a title of ``points`` fits across
+    ``inches``: a run's variant folder name has up to 92 characters, more than the narrowest figure's width."""
+    characters = max(20, int(inches * 72 / (0.6 * points)))  # a character of DejaVu Sans is ~0.6 em wide
+    return "\n".join(wrapped_title(line, characters, lines=2) for line in text.split("\n"))
 
 
 def wrapped_title(title: str, width: int, lines: int = 3) -> str:

@@ -99,14 +99,15 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
         _say_other_versions(job, tag)
     csv = table_bytes(table)
     atomic.write_bytes(job.outputs.probe_csv, csv)
-    run = job.outputs.name + (f", latents {job.outputs.probe_set}" if job.outputs.probe_set else "")
+    run = (f"{job.outputs.name}" + (f", latents {job.outputs.probe_set}" if job.outputs.probe_set else "")
+           + f"\n{job.outputs.variant}")  # the variant tells the runs of a grid apart (their names are one)
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot, run=run)
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv, extra=tag)
     document = settings_document(job, csv)
     sets = _compared_sets(job, document)
     if len(sets) > 1:
         save_probe_sets_plot(sets, job.manifest.model_test_accuracy, job.outputs.probe_sets_plot,
-                             run=job.outputs.name)
+                             run=f"{job.outputs.name}\n{job.outputs.variant}")
         log.info("%s: %d latents sets compared in %s", job.label, len(sets), job.outputs.probe_sets_plot, extra=tag)
     if job.outputs.analysis_json.exists() and not job.outputs.probe_set:  # it reads the default set's probes
         refresh_analysis(job, tag)
