@@ -355,9 +355,9 @@ PROBED_LAYERS = 3
 
 
 def _probed_run(root: Path) -> tuple[Path, Path]:
-    """Latents of a few layers (Digits pixels through random ReLU layers) in ``root/run``: every job's run has one
-    name, which heads its figures' titles."""
-    return make_latents(root, *digits_layers(n_layers=PROBED_LAYERS, width=16))
+    """Latents of a few layers (Digits pixels through random ReLU layers) in ``root/0/run``: every job's run has one
+    name and one variant (run id / variant folder), which head its figures' titles."""
+    return make_latents(root / "0", *digits_layers(n_layers=PROBED_LAYERS, width=16))
 # saga draws from its seed, and a stratified training subsample is drawn too
 PROBE_OPTIONS = ["--solver", "saga", "--train-samples", "600", "--no-progress", "-q"]
 

@@ -215,7 +215,7 @@ def test_the_run_figures_of_a_grid_s_runs_say_which_run_they_show(tmp_path):
         assert name == "vgg11-Digits-r32-bs64-e3" and facts.startswith("test acc")
         assert "".join(variant) == f"{run_id}/{tables.folder.root.name}", title
         assert f"width{width}" in tables.folder.root.name
-        assert all(len(line) <= inches * 11 for line in variant)
+        assert all(len(line) <= inches * 72 / (0.6 * 10) for line in variant)
         titles.append(title)
     assert len(set(titles)) == 3
 

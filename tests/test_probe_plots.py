@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from phd_lab.plots.probes import ConfusionPlots, wrapped_title  # noqa: E402
+from phd_lab.plots.grid_figures import wrapped_title  # noqa: E402
+from phd_lab.plots.probes import ConfusionPlots  # noqa: E402
 from phd_lab.probes.discovery import jobs_from_latents  # noqa: E402
 from phd_lab.probes.job import run_jobs  # noqa: E402
 from phd_lab.probes.outputs import confusion_png  # noqa: E402

@@ -658,3 +658,17 @@ def test_a_layer_with_no_more_observations_than_features_is_named_once_with_its_
     assert "wide (train pass: n=64 ≤ 256 features; test pass: n=64 ≤ 256 features)" in warnings[0]
     assert "head (" not in warnings[0]  # 64 observations > its 10 features
     assert "(n - 1)/d" in warnings[0] and "tracking_max_batches" in warnings[0]
+
+
+def test_the_per_epoch_saturation_plot_names_the_run_its_epoch_and_its_variant(tmp_path: Path) -> None:
+    """Every run of a grid has the same file prefix, so a per-epoch plot titled by it and the epoch alone could not
+    be told from another run's once copied out of its folder: the title's second line is the run id and variant
+    folder. The plot a run wrote is the one drawn from its CSV row with that title."""
+    from phd_lab.plots.saturation import save_saturation_plot
+    folder = run_main(tmp_path, "b")
+    name = "vgg11-Digits-r8-bs64-e2"
+    row = pd.read_csv(folder / f"{name}.csv").iloc[1].to_dict()
+    save_saturation_plot(row, tmp_path / "expected.png", title=f"{name} epoch 2, δ=0.99\nb/{folder.name}")
+    save_saturation_plot(row, tmp_path / "without.png", title=f"{name} epoch 2, δ=0.99")
+    written = (folder / f"{name}_saturation_epoch2.png").read_bytes()
+    assert written == (tmp_path / "expected.png").read_bytes() != (tmp_path / "without.png").read_bytes()

@@ -226,3 +226,20 @@ def grid_figures(summaries: Sequence[dict[str, Any]],
     """PNG bytes of every comparison plot (``comparison_plots``), keyed by a short title."""
     return {title: _scatter(summaries, x_of, *labels, **options)
             for title, (x_of, labels, options) in comparison_plots(summaries, bands).items()}
+
+
+def wrapped_lines(text: str, inches: float, points: float) -> str:
+    """Each line of ``text`` wrapped (``wrapped_title``, two lines at most) to what a title of ``points`` fits across
+    ``inches``: a run's variant folder name has up to 92 characters, more than the narrowest figure's width."""
+    characters = max(20, int(inches * 72 / (0.6 * points)))  # a character of DejaVu Sans is ~0.6 em wide
+    return "\n".join(wrapped_title(line, characters, lines=2) for line in text.split("\n"))
+
+
+def wrapped_title(title: str, width: int, lines: int = 3) -> str:
+    """``title`` in lines of at most ``width`` characters, broken at spaces or inside longer words (layer names
+    have no spaces); beyond ``lines`` lines the start goes, the end (the position, the accuracy) says most."""
+    import textwrap
+    wrapped = textwrap.wrap(title, width, break_long_words=True, break_on_hyphens=False) or [""]
+    if len(wrapped) > lines:
+        wrapped = ["…" + wrapped[-lines][1:], *wrapped[len(wrapped) - lines + 1:]]
+    return "\n".join(wrapped)

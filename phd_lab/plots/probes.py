@@ -16,7 +16,8 @@ import numpy as np
 from phd_lab.atomic import save_figure
 from phd_lab.plots import close, subplots
 from phd_lab.plots import figure as new_figure
-from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, fraction_in_percent, thin_tick_labels
+from phd_lab.plots.grid_figures import (MAX_FIGURE_WIDTH, fraction_in_percent, thin_tick_labels, wrapped_lines,
+                                        wrapped_title)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -156,23 +157,6 @@ def save_probe_sets_plot(tables: Sequence[tuple[str, str, "pd.DataFrame"]], mode
 def save_probe_accuracy_plot(table: "pd.DataFrame", model_accuracy: float | None, path: Path | str,
                              run: str = "") -> None:
     _save(plot_probe_accuracy(table, model_accuracy, run=run), path, dpi=120)
-
-
-def wrapped_lines(text: str, inches: float, points: float) -> str:
-    """Each line of ``text`` wrapped (``wrapped_title``, two lines at most) to what a title of ``points`` fits across
-    ``inches``: a run's variant folder name has up to 92 characters, more than the narrowest figure's width."""
-    characters = max(20, int(inches * 72 / (0.6 * points)))  # a character of DejaVu Sans is ~0.6 em wide
-    return "\n".join(wrapped_title(line, characters, lines=2) for line in text.split("\n"))
-
-
-def wrapped_title(title: str, width: int, lines: int = 3) -> str:
-    """``title`` in lines of at most ``width`` characters, broken at spaces or inside longer words (layer names
-    have no spaces); beyond ``lines`` lines the start goes, the end (the position, the accuracy) says most."""
-    import textwrap
-    wrapped = textwrap.wrap(title, width, break_long_words=True, break_on_hyphens=False) or [""]
-    if len(wrapped) > lines:
-        wrapped = ["…" + wrapped[-lines][1:], *wrapped[len(wrapped) - lines + 1:]]
-    return "\n".join(wrapped)
 
 
 COLOUR_LABEL = "fraction of the true class"  # of a row-normalised confusion matrix's cells: the colour bar's unit

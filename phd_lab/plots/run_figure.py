@@ -22,8 +22,8 @@ import pandas as pd
 
 from phd_lab.analysis.run_summary import layer_saturations, probe_layer_accuracies, saturation_history
 from phd_lab.analysis.run_tables import RunTables
-from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, fraction_in_percent, png_bytes, split_color, thin_tick_labels
-from phd_lab.plots.probes import wrapped_title
+from phd_lab.plots.grid_figures import (MAX_FIGURE_WIDTH, fraction_in_percent, png_bytes, split_color,
+                                        thin_tick_labels, wrapped_lines)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -167,15 +167,12 @@ def _draw_history(ax: Any, history: pd.DataFrame, x_of: dict[str, int], split: s
     colorbar.ax.tick_params(labelsize=6)
 
 
-TITLE_CHARACTERS_PER_INCH = 11  # of a 10-point title (a variant folder's name has up to 89 characters)
-
-
 def _title(summary: dict[str, Any], width: float) -> str:
     """The run's name and the folder that tells it apart from the other runs of a grid (``RunDir.variant``), then its
     test accuracy, mean saturation and status (unless finished) if known; ``width``: the figure's, in inches."""
     title = summary["run"]["name"]
     if summary["run"].get("variant"):  # not in a summary of an older version
-        title += "\n" + wrapped_title(summary["run"]["variant"], int(width * TITLE_CHARACTERS_PER_INCH), lines=2)
+        title += "\n" + wrapped_lines(summary["run"]["variant"], width, 10)
     facts = []
     if summary["accuracy"]["test"] is not None:
         facts.append(f"test acc {summary['accuracy']['test']:.1%}")

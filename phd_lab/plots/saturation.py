@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import pandas as pd
 
 from phd_lab import atomic
-from phd_lab.plots.grid_figures import SPLIT_COLORS, fraction_in_percent
+from phd_lab.plots.grid_figures import SPLIT_COLORS, fraction_in_percent, wrapped_lines
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -45,7 +45,7 @@ def plot_saturation(table: pd.DataFrame, ax: "Axes | None" = None, title: str = 
     ax.set_ylabel("saturation")
     ax.set_xlabel("layer (forward order)")
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(wrapped_lines(title, ax.figure.get_size_inches()[0], 9), fontsize=9)
     # beside the axes: inside, "best" found no free corner where most layers saturate (a narrow network's) and
     # covered the highest bars; the saved figure grows to hold it (tight box)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
@@ -78,7 +78,7 @@ def show_epoch(ax: "Axes", table: pd.DataFrame, title: str = "") -> None:
         for bar, value in zip(bars, table[split]):
             bar.set_height(value)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(wrapped_lines(title, ax.figure.get_size_inches()[0], 9), fontsize=9)
     for text in list(ax.texts):
         text.remove()
     _note_missing_values(ax, table)

@@ -149,7 +149,7 @@ class SaturationCallback(Callback):
                 from phd_lab.plots.saturation import SaturationPlotter
                 self._plotter = SaturationPlotter()
             self._plotter.save(row, self.rundir.saturation_plot(epoch),
-                               title=f"{self.rundir.name} epoch {epoch}, δ={self.delta:g}")
+                               title=f"{self.rundir.name} epoch {epoch}, δ={self.delta:g}\n{self.rundir.variant}")
 
     def _warn_of_uncalled_layers(self, run_name: str, frames: dict[str, pd.DataFrame]) -> None:
         """Name, once per layer, the tracked layers a pass never called: their columns are empty (NaN) and s_mu
