@@ -155,7 +155,7 @@ def test_a_job_s_accuracy_plot_names_the_run_in_its_title(tmp_path):
 
 
 def test_a_long_run_variant_is_wrapped_to_the_figure_s_width():
-    """A variant folder's name (up to 92 characters) ran out of the narrowest probe figure (6 inches): it is wrapped,
+    """A variant folder's name (up to 97 characters) ran out of the narrowest probe figure (6 inches): it is wrapped,
     each title line within what 12-point text fits across the figure, nothing dropped but the start beyond two
     lines."""
     import pandas as pd

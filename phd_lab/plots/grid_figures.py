@@ -230,7 +230,7 @@ def grid_figures(summaries: Sequence[dict[str, Any]],
 
 def wrapped_lines(text: str, inches: float, points: float) -> str:
     """Each line of ``text`` wrapped (``wrapped_title``, two lines at most) to what a title of ``points`` fits across
-    ``inches``: a run's variant folder name has up to 92 characters, more than the narrowest figure's width."""
+    ``inches``: a run's variant folder name alone has up to 97 characters, more than the narrowest figure holds."""
     characters = max(20, int(inches * 72 / (0.6 * points)))  # a character of DejaVu Sans is ~0.6 em wide
     return "\n".join(wrapped_title(line, characters, lines=2) for line in text.split("\n"))
 

@@ -99,7 +99,7 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
         _say_other_versions(job, tag)
     csv = table_bytes(table)
     atomic.write_bytes(job.outputs.probe_csv, csv)
-    run = (f"{job.outputs.name}" + (f", latents {job.outputs.probe_set}" if job.outputs.probe_set else "")
+    run = (job.outputs.name + (f", latents {job.outputs.probe_set}" if job.outputs.probe_set else "")
            + f"\n{job.outputs.variant}")  # the variant tells the runs of a grid apart (their names are one)
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot, run=run)
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv, extra=tag)
