@@ -3,8 +3,10 @@ guard for a Ctrl-C that lands before the command's own handling of it begins, wh
 options read (it ended the command with a KeyboardInterrupt traceback). Only the standard library is imported here,
 so that the guard is in place before the command's modules load."""
 
+import _thread
 import importlib
 import os
+import signal
 import sys
 import threading
 from typing import Any
@@ -12,12 +14,16 @@ from typing import Any
 
 def run_command(module: str, function: str, *args: Any, **kwargs: Any) -> int:
     """The exit status of ``module.function(*args, **kwargs)``; 130, said in a line, for a Ctrl-C before it handles
-    one itself. The command's helper threads have ended when it returns (``stop_progress_monitors``)."""
+    one itself. The command's helper threads have ended when it returns (``stop_progress_monitors``), and a Ctrl-C
+    that lands in a callback Python cannot raise from is raised again after it (``ctrl_c_raised_again``)."""
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = ctrl_c_raised_again(previous_hook)
     try:
         try:
             return getattr(importlib.import_module(module), function)(*args, **kwargs)
         finally:
             stop_progress_monitors()
+            sys.unraisablehook = previous_hook
     except KeyboardInterrupt:
         try:
             os.write(2, b"interrupted\n")
@@ -38,3 +44,22 @@ def stop_progress_monitors() -> None:
     for thread in threading.enumerate():
         if isinstance(thread, monitor_module.TMonitor):
             thread.exit()  # wakes it and joins it
+
+
+def ctrl_c_raised_again(previous: Any) -> Any:
+    """An unraisable hook that sends a Ctrl-C that could not be raised to the main thread again, instead of printing
+    it. Python runs a signal's handler wherever the main thread is, also in a weakref callback or ``__del__``, whose
+    exceptions cannot propagate: they were printed as 'Exception ignored in: ...' with a traceback, and dropped. A
+    command imports modules as it goes, and each import ends in such a callback (importlib's module lock, ``cb``):
+    a probe job's Ctrl-C that landed there printed a KeyboardInterrupt traceback on busy cores, and where only the
+    command got the SIGINT (``kill -INT``) it went on as if none had come. The SIGINT is sent again by a thread of
+    its own, which runs once this thread lets go of the GIL, after the hook: sent from here, or with
+    ``interrupt_main`` (which wakes no blocked wait either), it raised in the hook, where it was dropped again. Where
+    the handler is no longer Python's (SIGINT ignored or left to the system) nothing is sent. Every other
+    unraisable exception goes to ``previous``."""
+    def hook(unraisable: Any) -> None:
+        if unraisable.exc_type is not KeyboardInterrupt or not callable(signal.getsignal(signal.SIGINT)):
+            previous(unraisable)
+            return
+        _thread.start_new_thread(signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))  # the last call
+    return hook

@@ -446,3 +446,28 @@ def test_a_command_has_ended_tqdm_s_monitor_thread_before_the_interpreter_s_exit
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "['MainThread']", done.stdout  # after the command's own lines
+
+
+def test_a_ctrl_c_that_lands_in_a_callback_python_cannot_raise_from_still_stops_the_command(tmp_path):
+    """A Ctrl-C that landed while a weakref callback ran (importlib's module lock, at the end of every import, 'cb')
+    was printed as 'Exception ignored in: ... KeyboardInterrupt' with a traceback and dropped: a probe job's Ctrl-C
+    test failed on busy cores, and a command that got the SIGINT alone went on. A stand-in command whose SIGINT
+    arrives while such a callback runs, and which then waits for up to a minute."""
+    from tests.conftest import sigint_as_in_a_terminal
+    (tmp_path / "stand-in").mkdir()
+    (tmp_path / "stand-in" / "stand_in_command.py").write_text(
+        "import signal, threading, weakref\n"
+        "class Lock:\n"
+        "    pass\n"
+        "def command():\n"
+        "    lock = Lock()\n"
+        "    ref = weakref.ref(lock, lambda ref: signal.raise_signal(signal.SIGINT))  # a Ctrl-C as it runs\n"
+        "    del lock\n"
+        "    threading.Event().wait(60)  # the command waits, as a probe job for its workers' results\n"
+        "    return 0\n")
+    script = "import sys\nfrom phd_lab.entry import run_command\nsys.exit(run_command('stand_in_command', 'command'))\n"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path / 'stand-in'}{os.pathsep}{ROOT}"},
+                          preexec_fn=sigint_as_in_a_terminal)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "interrupted\n", done.stderr
