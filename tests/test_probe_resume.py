@@ -317,6 +317,18 @@ def _open_for_writing_once_read(fifo: Path) -> int:
         time.sleep(0.02)
 
 
+def _fitted_results_handed_back(but: str, timeout: float = 60) -> None:
+    """Until the pool of this process has handed back the results of every task it holds but the one of layer
+    ``but`` (its thread reads them from the workers' queue): sleeping half a second assumed it had, which on busy
+    cores it may not have done yet."""
+    import gc
+    from concurrent.futures import ProcessPoolExecutor, wait
+    (pool,) = [thing for thing in gc.get_objects() if isinstance(thing, ProcessPoolExecutor)]
+    futures = [item.future for item in list(pool._pending_work_items.values()) if item.args[0].layer != but]
+    _, not_done = wait(futures, timeout)
+    assert not not_done, f"{len(not_done)} fitted layer(s) never came back from the pool"
+
+
 def _reader_of(fifo: Path) -> int:
     """The pid of this process's child that holds ``fifo`` open (a pool worker loading it; its open returns once
     a writer opened the pipe)."""
@@ -403,7 +415,7 @@ def test_layers_fitted_in_the_same_wake_up_as_one_whose_results_cannot_be_writte
         if len(delivered) == 1:  # the worker fits layers 1-4, then opens the pipe and waits
             writer.append(_open_for_writing_once_read(fifo))
             _reader_of(fifo)
-            time.sleep(0.5)  # the pool's thread has handed their results back by now
+            _fitted_results_handed_back(but="waiting")
         elif len(delivered) == 2:
             raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "probe_performances.csv"))
 
