@@ -88,12 +88,11 @@ def reference_layer_saturations(metrics: Any, split: str) -> Any:
     feature dimension is derived."""
     import pandas as pd
 
-    from phd_lab.analysis.run_summary import (INT_COLUMNS, _derived_feature_dimension, _epoch_rows, _last_epoch_row,
-                                              _usable)
+    from phd_lab.analysis.run_summary import (INT_COLUMNS, _derived_feature_dimension, _last_epoch_row,
+                                              _ordered_rows, _usable)
 
     def derived(layer: str) -> int | None:  # the rows sorted again for every layer, as before
-        return _derived_feature_dimension(_epoch_rows(metrics) if "epoch" in metrics.columns else metrics, layer,
-                                          split)
+        return _derived_feature_dimension(_ordered_rows(metrics), layer, split)
 
     if metrics is None or not len(metrics):
         return None

@@ -85,8 +85,8 @@ def layer_saturations(metrics: pd.DataFrame | None, split: str) -> pd.DataFrame 
     suffix = f"_{split}_saturation"
     layers = [c[:-len(suffix)] for c in metrics.columns if c.endswith(suffix)]
     # sorted once: the last epoch's row, and the rows from which every layer without a saved d derives it
-    rows = _epoch_rows(metrics) if "epoch" in metrics.columns else metrics
-    row = rows.iloc[-1] if len(rows) else None  # _last_epoch_row's
+    rows = _ordered_rows(metrics)
+    row = _last_row(rows)
     if not layers or row is None:
         return None
     records = []
@@ -116,9 +116,9 @@ def _derived_feature_dimension(rows: pd.DataFrame, layer: str, split: str) -> in
     """A layer's feature dimension d = k / s, from the last epoch of ``split`` where its saturation is above 0, else
     from the other split's: a layer without variance (s = 0: dead units, a collapsed output) has the same d
     as in an epoch or split where it had some, and its d was lost (None in analysis.json, and no new head in a
-    truncation estimate that ends at it). ``rows``: the metrics CSV's ``_epoch_rows`` (the CSV itself without an
-    epoch column), sorted once by the caller: sorted again per layer, a run of L layers copied its whole table
-    L times (L² cells), the largest cost of reading a run's saturations in the report."""
+    truncation estimate that ends at it). ``rows``: the metrics CSV's ``_ordered_rows``, sorted once by the caller:
+    sorted again per layer, a run of L layers copied its whole table L times (L² cells), the largest cost of reading a
+    run's saturations in the report."""
     for name in (split, "test" if split == "train" else "train"):
         columns = f"{layer}_{name}_saturation", f"{layer}_{name}_intrinsic_dimension"
         if not all(column in rows.columns for column in columns):
@@ -205,14 +205,19 @@ def _epoch_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     return rows.sort_values("epoch", kind="stable").drop_duplicates("epoch", keep="last")
 
 
+def _ordered_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a metrics CSV in the order of their epochs (``_epoch_rows``); without an epoch column, as written."""
+    return _epoch_rows(metrics) if "epoch" in metrics.columns else metrics
+
+
+def _last_row(rows: pd.DataFrame) -> pd.Series | None:
+    """The last of ``_ordered_rows`` (None: there is none)."""
+    return rows.iloc[-1] if len(rows) else None
+
+
 def _last_epoch_row(metrics: pd.DataFrame | None) -> pd.Series | None:
     """The row of the last epoch (None: no row with an epoch that is a number)."""
-    if metrics is None or not len(metrics):
-        return None
-    if "epoch" not in metrics.columns:
-        return metrics.iloc[-1]
-    rows = _epoch_rows(metrics)
-    return rows.iloc[-1] if len(rows) else None
+    return None if metrics is None else _last_row(_ordered_rows(metrics))
 
 
 def _unusable_epochs(metrics: pd.DataFrame | None, filename: str) -> list[str]:
