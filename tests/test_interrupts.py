@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -471,3 +472,30 @@ def test_a_ctrl_c_that_lands_in_a_callback_python_cannot_raise_from_still_stops_
                           preexec_fn=sigint_as_in_a_terminal)
     assert done.returncode == 130, done.stderr
     assert done.stderr == "interrupted\n", done.stderr
+
+
+def test_a_sigterm_that_lands_in_a_callback_python_cannot_raise_from_still_stops_the_command(tmp_path):
+    """The same for SIGTERM: its ``Terminated`` was dropped in the callback, and the commands' handler, which leaves
+    a SIGTERM alone while one is noted, let a second one pass too; only training raised the noted one again (at its
+    next batch), a probe job went on. A stand-in command under the commands' guard, which then waits up to a minute."""
+    (tmp_path / "stand-in").mkdir()
+    (tmp_path / "stand-in" / "stand_in_command.py").write_text(
+        "import signal, threading, weakref\n"
+        "from phd_lab.cli import guarded\n"
+        "class Lock:\n"
+        "    pass\n"
+        "def body():\n"
+        "    lock = Lock()\n"
+        "    ref = weakref.ref(lock, lambda ref: signal.raise_signal(signal.SIGTERM))  # SIGTERM as it runs\n"
+        "    del lock\n"
+        "    threading.Event().wait(60)  # the command waits, as a probe job for its workers' results\n"
+        "    return 0\n"
+        "def command():\n"
+        "    return guarded(body, interrupted='interrupted')\n")
+    script = "import sys\nfrom phd_lab.entry import run_command\nsys.exit(run_command('stand_in_command', 'command'))\n"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path / 'stand-in'}{os.pathsep}{ROOT}"})
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.stderr == "terminated (SIGTERM)\n", done.stderr
+    assert time.monotonic() - started < 50  # not after the minute's wait
