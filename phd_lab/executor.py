@@ -101,11 +101,12 @@ class TrainTestExecutor:
 
     # ------------------------------------------------------------------ validation
     def validate(self, missing_data: str = "error", said: dict[str, int] | None = None,
-                 missing_device: str = "error") -> None:
+                 missing_device: str = "error", *, device_option: bool = False) -> None:
         """Every check that needs no data: registry names, factory arguments, steps, device. ``said`` counts
         the warnings of a grid's points by message: a message is logged for its first point only.
         ``missing_data``/``missing_device`` "warn" (a dry run) or "ignore" (a device: submitting to a cluster,
-        whose workers check it) turn a dataset or device this machine lacks into a warning or nothing."""
+        whose workers check it) turn a dataset or device this machine lacks into a warning or nothing.
+        ``device_option``: the device is the command line's ``--device``, which its messages name."""
         cfg, where = self.config, self.config.source
         try:
             self.registries.check_names(cfg)
@@ -153,7 +154,8 @@ class TrainTestExecutor:
             if getattr(cfg, key) is None:
                 continue
             try:
-                resolve_device(getattr(cfg, key), f"the key {key!r}", auto=key == "device")
+                named = "--device" if key == "device" and device_option else f"the key {key!r}"
+                resolve_device(getattr(cfg, key), named, auto=key == "device")
             except DeviceMissing as error:
                 if key == "tracking_device" and not cfg.track_saturation:
                     continue  # nothing is tracked: the run never uses it

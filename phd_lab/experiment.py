@@ -101,11 +101,13 @@ class Main:
         self.missing_data = missing_data  # "warn" for a dry run: data not yet downloaded is no error there
         # "warn" for a dry run, "ignore" when the runs go to a cluster: a login node without the GPU the runs ask for
         self.missing_device = missing_device
+        self.device_option: str | None = None  # the --device of the grid loaded last (it overrides the key)
 
     def load(self, config_path: str | Path, *, run_id: str | None = None, device: str | None = None,
              index: int | None = None) -> Grid:
         """Read and validate a config file; every grid point is checked before anything runs. ``index``: the point
         ``--index`` runs, named in the error of another point (which is checked too)."""
+        self.device_option = device
         if device is not None:
             from phd_lab.device import parse_device, resolve_device
             (resolve_device if self.missing_device == "error" else parse_device)(device, "--device")
@@ -146,7 +148,8 @@ class Main:
         try:  # a list inside *_args reaches the factory one element at a time: both checks can say so
             # the flags a factory sets end with the checks (not those its module set on import)
             with torch_flags_kept(), warning_filters_kept():
-                executor.validate(self.missing_data, said, self.missing_device)
+                executor.validate(self.missing_data, said, self.missing_device,
+                                  device_option=self.device_option is not None)
                 executor.check_model(models)
         except ConfigError as error:
             raise type(error)(_with_args_axis_hint(str(error), grid)) from None

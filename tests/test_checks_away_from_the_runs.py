@@ -16,7 +16,7 @@ import torch
 
 from phd_lab.errors import ConfigError
 from phd_lab.experiment import Main
-from tests.conftest import ROOT, main_in_process, write_config
+from tests.conftest import ROOT, flat, main_in_process, write_config
 
 without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
@@ -38,6 +38,8 @@ def test_a_dry_run_with_the_device_option_for_cuda_lists_the_grid(tmp_path, caps
     config = write_config(tmp_path)
     code, err = main_in_process(capsys, "--config", str(config), "--dry-run", "--device", "cuda:1")
     assert code == 0 and "Traceback" not in err
+    # the warning names the option it came from (it named the config's key 'device', which says 'cpu' here)
+    assert "--device 'cuda:1' asks for CUDA" in flat(err) and "the key 'device'" not in err
     code, err = main_in_process(capsys, "--config", str(config), "--dry-run", "--device", "cuda:x")
     assert code == 2 and "--device 'cuda:x' is not a torch device" in err  # a wrong name stays an error
 
