@@ -449,14 +449,24 @@ def test_a_command_has_ended_tqdm_s_monitor_thread_before_the_interpreter_s_exit
     assert done.stdout.splitlines()[-1] == "['MainThread']", done.stdout  # after the command's own lines
 
 
+def _run_stand_in_command(tmp_path, source: str, **options) -> subprocess.CompletedProcess:
+    """``source`` as module ``stand_in_command``, whose ``command()`` a real process runs as main.py runs its
+    command (``run_command``)."""
+    (tmp_path / "stand-in").mkdir()
+    (tmp_path / "stand-in" / "stand_in_command.py").write_text(source)
+    script = "import sys\nfrom phd_lab.entry import run_command\nsys.exit(run_command('stand_in_command', 'command'))\n"
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path / 'stand-in'}{os.pathsep}{ROOT}"}, **options)
+
+
 def test_a_ctrl_c_that_lands_in_a_callback_python_cannot_raise_from_still_stops_the_command(tmp_path):
     """A Ctrl-C that landed while a weakref callback ran (importlib's module lock, at the end of every import, 'cb')
     was printed as 'Exception ignored in: ... KeyboardInterrupt' with a traceback and dropped: a probe job's Ctrl-C
     test failed on busy cores, and a command that got the SIGINT alone went on. A stand-in command whose SIGINT
     arrives while such a callback runs, and which then waits for up to a minute."""
     from tests.conftest import sigint_as_in_a_terminal
-    (tmp_path / "stand-in").mkdir()
-    (tmp_path / "stand-in" / "stand_in_command.py").write_text(
+    done = _run_stand_in_command(
+        tmp_path,
         "import signal, threading, weakref\n"
         "class Lock:\n"
         "    pass\n"
@@ -465,11 +475,7 @@ def test_a_ctrl_c_that_lands_in_a_callback_python_cannot_raise_from_still_stops_
         "    ref = weakref.ref(lock, lambda ref: signal.raise_signal(signal.SIGINT))  # a Ctrl-C as it runs\n"
         "    del lock\n"
         "    threading.Event().wait(60)  # the command waits, as a probe job for its workers' results\n"
-        "    return 0\n")
-    script = "import sys\nfrom phd_lab.entry import run_command\nsys.exit(run_command('stand_in_command', 'command'))\n"
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": f"{tmp_path / 'stand-in'}{os.pathsep}{ROOT}"},
-                          preexec_fn=sigint_as_in_a_terminal)
+        "    return 0\n", preexec_fn=sigint_as_in_a_terminal)
     assert done.returncode == 130, done.stderr
     assert done.stderr == "interrupted\n", done.stderr
 
@@ -478,8 +484,9 @@ def test_a_sigterm_that_lands_in_a_callback_python_cannot_raise_from_still_stops
     """The same for SIGTERM: its ``Terminated`` was dropped in the callback, and the commands' handler, which leaves
     a SIGTERM alone while one is noted, let a second one pass too; only training raised the noted one again (at its
     next batch), a probe job went on. A stand-in command under the commands' guard, which then waits up to a minute."""
-    (tmp_path / "stand-in").mkdir()
-    (tmp_path / "stand-in" / "stand_in_command.py").write_text(
+    started = time.monotonic()
+    done = _run_stand_in_command(
+        tmp_path,
         "import signal, threading, weakref\n"
         "from phd_lab.cli import guarded\n"
         "class Lock:\n"
@@ -492,10 +499,6 @@ def test_a_sigterm_that_lands_in_a_callback_python_cannot_raise_from_still_stops
         "    return 0\n"
         "def command():\n"
         "    return guarded(body, interrupted='interrupted')\n")
-    script = "import sys\nfrom phd_lab.entry import run_command\nsys.exit(run_command('stand_in_command', 'command'))\n"
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": f"{tmp_path / 'stand-in'}{os.pathsep}{ROOT}"})
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
     assert done.stderr == "terminated (SIGTERM)\n", done.stderr
     assert time.monotonic() - started < 50  # not after the minute's wait
