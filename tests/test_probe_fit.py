@@ -172,6 +172,16 @@ def test_settings_from_config_values_and_overrides():
             ProbeSettings.from_mapping({"probe_solver": "lbfgs-torch", "probe_device": device})
 
 
+def test_the_card_a_torch_probe_ran_on_is_no_part_of_its_key():
+    """cuda, cuda:0 and cuda:1 fit the same probe: a job rerun on another card (or named otherwise) reuses the
+    cache; the kind of device still tells a GPU fit from a CPU one, and the job's log line names the card."""
+    keys = {device: ProbeSettings(solver="lbfgs-torch", device=device).key() for device in ("cuda", "cuda:0", "cuda:1")}
+    assert keys["cuda"] == keys["cuda:0"] == keys["cuda:1"] and keys["cuda"]["device"] == "cuda"
+    assert ProbeSettings(solver="lbfgs-torch", device="cpu").key() != keys["cuda"]
+    assert "device=cuda:1" in ProbeSettings(solver="lbfgs-torch", device="cuda:1").describe()
+    assert "device" not in ProbeSettings(solver="saga").describe()
+
+
 def test_the_seed_keys_an_lbfgs_probe_only_when_it_draws_a_subsample():
     """lbfgs starts from zeros, so its seed changes nothing, unless it draws a training subsample: then two
     seeds are two different probes and must not share a cache entry."""

@@ -88,9 +88,15 @@ class ProbeSettings:
         values = asdict(self.resolved())
         if self.solver != "lbfgs-torch":
             values.pop("device")  # CPU solvers ignore it
+        else:  # the kind of device, not which card: cuda, cuda:0 and cuda:1 fit the same probe
+            values["device"] = values["device"].partition(":")[0]
         if self.solver != "saga" and self.train_samples is None:
             values.pop("seed")  # the lbfgs solvers start from zeros: the seed only draws a subsample
         return values
 
     def describe(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.key().items())
+        """The settings of ``key`` for a log line, with the device as given (which card a job used)."""
+        values = self.key()
+        if "device" in values:
+            values["device"] = self.device
+        return " ".join(f"{k}={v}" for k, v in values.items())
