@@ -95,6 +95,7 @@ def test_a_rerun_keeps_results_whose_model_and_parameters_did_not_change(tmp_pat
     outputs = ["receptive_field.csv", "receptive_field.png", "computational_info.json", "projections.csv",
                "projections.png"]
     times = {name: (run / name).stat().st_mtime_ns for name in outputs}
+    _assert_titled_by_run_and_variant(run, tmp_path)
     # DESIGN.md's analysis.json (+ png): tails, borders, s_mu (of the last epoch's train pass) and recommendations
     analysis = json.loads((run / "analysis.json").read_text())
     assert isinstance(analysis["tails"], list) and analysis["recommendations"]
@@ -130,6 +131,25 @@ def test_a_rerun_keeps_results_whose_model_and_parameters_did_not_change(tmp_pat
     store.save({key: value for key, value in state.items() if key != "format"})
     err = rerun(["receptive_field", "flops", {"name": "project", "deltas": [0.9, 0.99]}, "analysis"])
     assert "up to date" not in err and "Resuming" not in err
+
+
+def _assert_titled_by_run_and_variant(run: Path, scratch: Path) -> None:
+    """receptive_field.png and projections.png were titled by the run's file prefix alone, the same for every run of
+    a grid (no swept argument, optimizer, seed or run id): copied out of their folders, two runs' plots could not be
+    told apart. Each is now the plot of its saved table titled by the prefix and, below it, the run id and variant
+    folder, as the per-epoch saturation plots and the run figure are."""
+    from phd_lab.plots.projections import save_projection_plot
+    from phd_lab.plots.receptive_field import plot_receptive_field
+    name = "vgg11-Digits-r8-bs256-e1"
+    titled = f"{name}\n{run.parent.name}/{run.name}"
+    receptive_fields = pd.read_csv(run / "receptive_field.csv", dtype={"layer": str})
+    projections = pd.read_csv(run / "projections.csv")
+    for title, suffix in ((titled, ""), (name, "-without")):
+        plot_receptive_field(receptive_fields, 8, scratch / f"rf{suffix}.png", title=title)
+        save_projection_plot(projections, scratch / f"projections{suffix}.png", title=title)
+    for written, drawn in (("receptive_field.png", "rf"), ("projections.png", "projections")):
+        assert (run / written).read_bytes() == (scratch / f"{drawn}.png").read_bytes(), written
+        assert (scratch / f"{drawn}.png").read_bytes() != (scratch / f"{drawn}-without.png").read_bytes()
 
 
 def test_a_copied_run_folder_keeps_its_step_results(tmp_path, capsys):

@@ -24,7 +24,7 @@ def plot_projections(table: pd.DataFrame, ax: "Axes | None" = None, title: str =
     """One line per basis over the deltas (evenly spaced, labelled): PCA solid with round markers, random dashed
     with square ones; the unprojected model a grey dotted line without markers; the legend beside the axes."""
     from phd_lab.plots import subplots
-    from phd_lab.plots.grid_figures import fraction_in_percent, thin_tick_labels
+    from phd_lab.plots.grid_figures import fraction_in_percent, thin_tick_labels, wrapped_lines
 
     if ax is None:
         _, ax = subplots(figsize=(8.0, 3.8))
@@ -47,8 +47,8 @@ def plot_projections(table: pd.DataFrame, ax: "Axes | None" = None, title: str =
     else:
         ax.set_ylabel("test reconstruction loss (MSE)")
         ax.set_yscale("log")
-    if title:
-        ax.set_title(title, fontsize=9)
+    if title:  # its lines (the run's name, its run id and variant folder) wrapped to the figure's width
+        ax.set_title(wrapped_lines(title, ax.figure.get_size_inches()[0], 9), fontsize=9)
     # beside the axes: inside, "best" put it over the PCA line and the unprojected line, which lie near the top
     # right at the high deltas of every trained classifier; the saved figure grows to hold it (tight box)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
@@ -85,6 +85,7 @@ def save_reconstruction_grid(inputs: np.ndarray, outputs: Mapping[float, np.ndar
     """Rows: the inputs, then the outputs of the unprojected model (delta 1.0) and of the projected model at a
     few deltas; columns: the examples. Each example is scaled by its input's value range, so that rows compare."""
     from phd_lab.plots import close, subplots
+    from phd_lab.plots.grid_figures import wrapped_lines
 
     low = inputs.min(axis=(1, 2, 3), keepdims=True)
     high = inputs.max(axis=(1, 2, 3), keepdims=True)
@@ -101,7 +102,7 @@ def save_reconstruction_grid(inputs: np.ndarray, outputs: Mapping[float, np.ndar
             ax.set_yticks([])
         row[0].set_ylabel(label, fontsize=8)
     if title:
-        figure.suptitle(title, fontsize=9)
+        figure.suptitle(wrapped_lines(title, figure.get_size_inches()[0], 9), fontsize=9)
     try:
         atomic.save_figure(figure, path, dpi=110)
     finally:

@@ -87,10 +87,12 @@ class Project(Step):
                          pd.DataFrame(layer_dims, columns=["delta", "layer", "k", "features"]))
         atomic.write_csv(ctx.rundir.projections_csv, table)
         from phd_lab.plots.projections import save_projection_plot, save_reconstruction_grid
-        save_projection_plot(table, ctx.rundir.projections_plot, title=ctx.rundir.name)
+        # titled by the run id and variant folder too: the plots of a grid's runs, copied out, are told apart
+        title = f"{ctx.rundir.name}\n{ctx.rundir.variant}"
+        save_projection_plot(table, ctx.rundir.projections_plot, title=title)
         if examples is not None:  # what the thesis' Table 3 shows: the reconstructions at each delta
             save_reconstruction_grid(examples.numpy(), {d: o.numpy() for d, o in outputs.items()},
-                                     ctx.rundir.projections_reconstructions, title=ctx.rundir.name)
+                                     ctx.rundir.projections_reconstructions, title=title)
         log.info("Projections of %s written to %s", ctx.config.name, ctx.rundir.projections_csv)
 
 
