@@ -32,7 +32,8 @@ from phd_lab.environment import cpu_instruction_set, device_description, git_dif
 from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, UsageError
 from phd_lab.factory_args import (FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect,
                                   factory_model_args, logged_run, refused_args)
-from phd_lab.factory_results import check_callable, checked_result, stepping_refusal, unrestorable_scheduler
+from phd_lab.factory_results import (check_callable, check_data_callable, checked_result, stepping_refusal,
+                                     unrestorable_scheduler)
 from phd_lab.interrupts import raise_if_stop_requested, raise_interruption_behind
 from phd_lab.kept_folders import existing_folder
 from phd_lab.lock import ProcessTurn, RunLock
@@ -130,11 +131,12 @@ class TrainTestExecutor:
                            cfg.dataset, where, SUPPLIED_ARGS["datasets"], logged=logged)
         check_data = getattr(dataset_factory, "check_data", None)  # optional: is the data there at all?
         if check_data is not None:
+            takes_resolution = "resolution" in inspect.signature(check_data).parameters  # a registry's may lack it
+            passed = {"resolution": cfg.resolution, **cfg.dataset_args} if takes_resolution else cfg.dataset_args
+            check_data_callable(cfg.dataset, check_data, self.registries.datasets.source, where, cfg.data_dir,
+                                **passed)
             try:
-                if "resolution" in inspect.signature(check_data).parameters:  # a registry's own check may lack it
-                    check_data(cfg.data_dir, resolution=cfg.resolution, **cfg.dataset_args)
-                else:
-                    check_data(cfg.data_dir, **cfg.dataset_args)
+                check_data(cfg.data_dir, **passed)
             except DataError as error:
                 if logged:  # the path of the machine and the day it trained: the one key to change here
                     error = DataError(f"{error} This is a logged config, whose data_dir is the one the run was "

@@ -134,6 +134,23 @@ def check_callable(kind: str, name: str, factory: Callable[..., Any], source: st
                             f"{CONTRACTS[kind][0]} (see docs/registries.md). Fix its signature.") from None
 
 
+def check_data_callable(name: str, check: Callable[..., Any], source: str, where: str, *args: Any,
+                        **kwargs: Any) -> None:
+    """Raise a RegistryError where the ``check_data`` of the dataset factory ``name`` cannot take what the
+    executor passes it (the data_dir, then the point's dataset_args, and resolution where it names it): one
+    without ``**dataset_args`` ended the grid check, a dry run's too, with a TypeError traceback, exit 1."""
+    import inspect
+    try:
+        inspect.signature(check).bind(*args, **kwargs)
+    except ValueError:
+        return
+    except TypeError as error:
+        raise RegistryError(f"{where}: the check_data of the dataset factory {name!r} of "
+                            f"{source or 'its registry'!r} cannot be called as the framework calls it ({error}): "
+                            f"it is check_data(data_dir, **dataset_args), called with every key of the config's "
+                            f"dataset_args (and resolution, where it names it). Fix its signature.") from None
+
+
 def checked_result(kind: str, name: str, result: Any, source: str, where: str) -> Any:
     """``result`` of the ``kind`` factory ``name`` (from the registry ``source``), or a RegistryError."""
     contract, holds = CONTRACTS[kind]

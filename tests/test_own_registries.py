@@ -258,3 +258,49 @@ def test_a_registry_file_of_a_package_that_imports_relatively_is_refused_with_th
     monkeypatch.syspath_prepend(str(tmp_path))  # what the dotted name needs: the folder above the package
     for name in ("models", "byname"):
         assert import_registry_module(f"lenses_relative.{name}", "models").tiny(num_classes=3).in_features == 4
+
+
+OWN_DATASETS = '''
+from phd_lab.data import make_bundle
+from phd_lab.datasets.digits import digits_tensors
+
+
+def Shifted(*, batch_size, resolution, data_dir, seed, num_workers, shift: float = 0.0):
+    """Digits plus a constant."""
+    train, test = digits_tensors(resolution)
+    train.tensors = (train.tensors[0] + shift, train.tensors[1])
+    return make_bundle("Shifted", train, test, train, num_classes=10, in_channels=1, resolution=resolution,
+                       batch_size=batch_size, seed=seed, num_workers=num_workers)
+
+
+def _look(data_dir):
+    """A check_data without the contract's **dataset_args."""
+    return None
+
+
+def _look_at_all(data_dir, **dataset_args):
+    return None
+
+
+Shifted.check_data = _look
+'''
+
+
+def test_a_check_data_that_cannot_take_the_dataset_args_is_named_with_its_contract(tmp_path, capsys):
+    """A dataset factory's check_data(data_dir) without **dataset_args ended the grid check, a dry run's too, with
+    a TypeError traceback and exit 1. It is exit 2 now, naming the dataset, its file and the contract, before any
+    run folder; with the contract's signature the same config trains."""
+    registry = tmp_path / "my_datasets.py"
+    registry.write_text(OWN_DATASETS)
+    config = write_config(tmp_path, dataset="Shifted", dataset_args={"shift": 0.5}, epoch=1, resolution=8,
+                          track_saturation=False, registries={"datasets": str(registry)})
+    for dry_run in (["--dry-run"], []):
+        assert main_cli(["--config", str(config), "--no-progress", "-q", *dry_run]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "the check_data of the dataset factory 'Shifted' of " in err and str(registry) in err
+        assert "unexpected keyword argument 'shift'" in err and "check_data(data_dir, **dataset_args)" in err
+        assert "Traceback" not in err
+        assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
+    registry.write_text(OWN_DATASETS.replace("Shifted.check_data = _look", "Shifted.check_data = _look_at_all"))
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert len(run_folders(tmp_path / "logs")) == 1
