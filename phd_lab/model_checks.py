@@ -213,11 +213,18 @@ def check_single_output(cfg: RunConfig, model: nn.Module, objective: Objective) 
         wanted = (f"the trainer, its metrics and the post-processing steps take one tensor of scores of shape "
                   f"(batch, classes), here {expected} for a batch of 2 (checked before the data set is loaded, on "
                   f"the model built with num_classes={PLACEHOLDER_CLASSES} as a stand-in for the data's classes)"
-                  if objective.uses_labels else
-                  "the trainer and the post-processing steps take one tensor of the input's shape (a reconstruction)")
-        raise ConfigError(f"{cfg.source}: model {cfg.model!r} returns {_described(output)} from forward() in {mode} "
-                          f"mode, but {wanted}. Make forward() return that single tensor in both modes (an auxiliary "
-                          f"output can be kept on an attribute instead).")
+                  if objective.uses_labels else _RECONSTRUCTION_WANTED)
+        raise ConfigError(_no_single_output(cfg, output, mode, wanted))
+
+
+_RECONSTRUCTION_WANTED = ("the trainer and the post-processing steps take one tensor of the input's shape "
+                          "(a reconstruction)")
+
+
+def _no_single_output(cfg: RunConfig, output: Any, mode: str, wanted: str) -> str:
+    return (f"{cfg.source}: model {cfg.model!r} returns {_described(output)} from forward() in {mode} mode, but "
+            f"{wanted}. Make forward() return that single tensor in both modes (an auxiliary output can be kept on "
+            f"an attribute instead).")
 
 
 def _required_beyond_input(model: nn.Module) -> list[str]:
@@ -259,8 +266,30 @@ def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, nu
         return
     if in_channels != PLACEHOLDER_CHANNELS:
         _require_in_channels(cfg, model, in_channels)
+        if not truncated:
+            _require_single_tensor(cfg, registries, model, num_classes, in_channels)
     if not truncated:
         _require_num_classes(cfg, registries, model, num_classes, in_channels)
+
+
+def _require_single_tensor(cfg: RunConfig, registries: Registries, model: nn.Module, num_classes: int,
+                           in_channels: int) -> None:
+    """``check_single_output`` runs on placeholder RGB inputs: a model made for the data's own channels (a first
+    Conv2d of one input channel for grey Digits) fails there, so a tuple or dict it returns was left to its first
+    training step ('cross_entropy_loss(): argument 'input' must be Tensor, not tuple'), after its run folder was
+    made. Its output on the data's channels is checked here instead."""
+    for training in (True, False):
+        output, error = _meta_output(model, cfg.resolution, training, channels=in_channels)
+        if error is not None or isinstance(output, torch.Tensor):
+            continue
+        try:
+            uses_labels = (declared_objective(registries.models.get(cfg.model)) or objective_of(model)).uses_labels
+        except ValueError:  # check_objective's to report, when the run builds the model next
+            uses_labels = True
+        wanted = (f"the trainer, its metrics and the post-processing steps take one tensor of scores of shape "
+                  f"(batch, classes), here (2, {num_classes}) for a batch of 2 and the {num_classes} classes of "
+                  f"dataset {cfg.dataset!r}" if uses_labels else _RECONSTRUCTION_WANTED)
+        raise ConfigError(_no_single_output(cfg, output, "training" if training else "eval", wanted))
 
 
 def _require_in_channels(cfg: RunConfig, model: nn.Module, in_channels: int) -> None:

@@ -143,6 +143,22 @@ def test_a_model_made_for_the_data_s_classes_is_not_refused_for_the_placeholder_
     assert code == 0, err
 
 
+def test_a_model_made_for_the_data_s_grey_channel_that_returns_a_tuple_is_refused_before_the_run_folder(
+        tmp_path, capsys):
+    """The single-output check ran on placeholder RGB images alone: a model built for grey Digits whatever
+    in_channels says failed there, so the tuple it returns failed its first training step ('cross_entropy_loss():
+    argument 'input' must be Tensor, not tuple', exit 1) in a run folder made for it."""
+    (tmp_path / "my_models.py").write_text(OWN_MODELS + "\n\ndef grey_aux(*, num_classes, in_channels=3):\n"
+                                           "    return Net(num_classes, 1, 'aux in training')\n")
+    config = write_config(tmp_path, model="grey_aux", model_args={}, registries={"models": "my_models.py"})
+    code, err = main_in_process(capsys, "--config", str(config))
+    message = " ".join(err.split())
+    assert code == 2 and "Traceback" not in message and run_folders(tmp_path / "logs") == [], err
+    assert "model 'grey_aux' returns a tuple of 2 (a tensor of shape (2, 10), a tensor of shape (2, 4)) from " \
+           "forward() in training mode" in message
+    assert "(2, 10) for a batch of 2 and the 10 classes of dataset 'Digits'" in message
+
+
 def test_a_reconstruction_model_that_returns_a_tuple_is_refused_up_front(tmp_path, capsys):
     (tmp_path / "my_models.py").write_text(
         "from torch import nn\n"
