@@ -122,11 +122,12 @@ def trained_meta_model(cfg: RunConfig, model: nn.Module, built: dict[Any, Any], 
     return built[memo]
 
 
-def check_input_size(cfg: RunConfig, model: nn.Module) -> None:
+def check_input_size(cfg: RunConfig, model: nn.Module, channels: int = PLACEHOLDER_CHANNELS) -> None:
     """A model whose pooling or kernels outgrow the maps at this resolution (torchvision's AlexNet or
     ConvNeXt at 16 px, Inception v3 below 75 px) failed at its first batch with torch's message. A forward
-    pass on the meta device raises the same error without memory or time."""
-    _, error = _meta_forward(model, cfg.resolution)
+    pass on the meta device raises the same error without memory or time. ``check_fits_data`` calls it again
+    with the data's ``channels`` for a model made for them alone, which fails on the placeholder's."""
+    _, error = _meta_forward(model, cfg.resolution, channels)
     if error is None:
         return
     message = first_line(error)
@@ -136,7 +137,7 @@ def check_input_size(cfg: RunConfig, model: nn.Module) -> None:
     # Any other error (MaxViT's window partition at 16-64 px: "shape '[2, 64, 0, 7, 0, 7]' is invalid") is
     # the resolution's if the same forward pass runs at the size the model is made for; if it fails there
     # too, the meta device may not support the model, which training then checks.
-    if cfg.resolution != REFERENCE_RESOLUTION and _meta_forward(model, REFERENCE_RESOLUTION)[1] is None:
+    if cfg.resolution != REFERENCE_RESOLUTION and _meta_forward(model, REFERENCE_RESOLUTION, channels)[1] is None:
         raise ConfigError(f"{cfg.source}: 'resolution' {cfg.resolution} does not suit model {cfg.model!r}: its "
                           f"forward pass fails at {cfg.resolution}x{cfg.resolution} px ({type(error).__name__}: "
                           f"{message}) but runs at {REFERENCE_RESOLUTION}x{REFERENCE_RESOLUTION} px. Use a "
@@ -152,10 +153,11 @@ def check_input_size(cfg: RunConfig, model: nn.Module) -> None:
               error)
 
 
-def _meta_forward(model: nn.Module, resolution: int) -> tuple[torch.Size | None, Exception | None]:
+def _meta_forward(model: nn.Module, resolution: int,
+                  channels: int = PLACEHOLDER_CHANNELS) -> tuple[torch.Size | None, Exception | None]:
     """(output shape, None) of an eval-mode forward pass of two placeholder inputs on the meta device, or
     (None, its error); (None, None) for an output that is not a tensor (``check_single_output``'s verdict)."""
-    output, error = _meta_output(model, resolution, training=False)
+    output, error = _meta_output(model, resolution, training=False, channels=channels)
     return (output.shape if isinstance(output, torch.Tensor) else None), error
 
 
@@ -213,11 +215,18 @@ def check_single_output(cfg: RunConfig, model: nn.Module, objective: Objective) 
         wanted = (f"the trainer, its metrics and the post-processing steps take one tensor of scores of shape "
                   f"(batch, classes), here {expected} for a batch of 2 (checked before the data set is loaded, on "
                   f"the model built with num_classes={PLACEHOLDER_CLASSES} as a stand-in for the data's classes)"
-                  if objective.uses_labels else
-                  "the trainer and the post-processing steps take one tensor of the input's shape (a reconstruction)")
-        raise ConfigError(f"{cfg.source}: model {cfg.model!r} returns {_described(output)} from forward() in {mode} "
-                          f"mode, but {wanted}. Make forward() return that single tensor in both modes (an auxiliary "
-                          f"output can be kept on an attribute instead).")
+                  if objective.uses_labels else _RECONSTRUCTION_WANTED)
+        raise ConfigError(_no_single_output(cfg, output, mode, wanted))
+
+
+_RECONSTRUCTION_WANTED = ("the trainer and the post-processing steps take one tensor of the input's shape "
+                          "(a reconstruction)")
+
+
+def _no_single_output(cfg: RunConfig, output: Any, mode: str, wanted: str) -> str:
+    return (f"{cfg.source}: model {cfg.model!r} returns {_described(output)} from forward() in {mode} mode, but "
+            f"{wanted}. Make forward() return that single tensor in both modes (an auxiliary output can be kept on "
+            f"an attribute instead).")
 
 
 def _required_beyond_input(model: nn.Module) -> list[str]:
@@ -259,8 +268,34 @@ def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, nu
         return
     if in_channels != PLACEHOLDER_CHANNELS:
         _require_in_channels(cfg, model, in_channels)
+        if not truncated and _meta_output(model, cfg.resolution, training=False)[1] is not None:
+            # made for the data's channels alone: the checks up front could not run it on the placeholder's
+            check_input_size(cfg, model, in_channels)
+            _require_single_tensor(cfg, registries, model, num_classes, in_channels)
     if not truncated:
         _require_num_classes(cfg, registries, model, num_classes, in_channels)
+
+
+def _require_single_tensor(cfg: RunConfig, registries: Registries, model: nn.Module, num_classes: int,
+                           in_channels: int) -> None:
+    """``check_single_output`` runs on placeholder RGB inputs: a model made for the data's own channels (a first
+    Conv2d of one input channel for grey Digits) fails there, so a tuple or dict it returns, or scores of more
+    axes, were left to its first training step ('cross_entropy_loss(): argument 'input' must be Tensor, not
+    tuple'), after its run folder was made. Its output on the data's channels is checked here instead; (batch, k)
+    scores are ``_require_num_classes``'s."""
+    try:
+        uses_labels = (declared_objective(registries.models.get(cfg.model)) or objective_of(model)).uses_labels
+    except ValueError:  # check_objective's to report, when the run builds the model next
+        uses_labels = True
+    for training in (True, False):
+        output, error = _meta_output(model, cfg.resolution, training, channels=in_channels)
+        if error is not None or (isinstance(output, torch.Tensor) and (
+                not uses_labels or (output.dim() == 2 and output.shape[0] == 2))):
+            continue
+        wanted = (f"the trainer, its metrics and the post-processing steps take one tensor of scores of shape "
+                  f"(batch, classes), here (2, {num_classes}) for a batch of 2 and the {num_classes} classes of "
+                  f"dataset {cfg.dataset!r}" if uses_labels else _RECONSTRUCTION_WANTED)
+        raise ConfigError(_no_single_output(cfg, output, "training" if training else "eval", wanted))
 
 
 def _require_in_channels(cfg: RunConfig, model: nn.Module, in_channels: int) -> None:

@@ -143,6 +143,54 @@ def test_a_model_made_for_the_data_s_classes_is_not_refused_for_the_placeholder_
     assert code == 0, err
 
 
+GREY_MODELS = """
+from torch import nn
+
+
+def grey_flat(*, num_classes, in_channels=3):
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 32 * 32, num_classes))
+"""
+
+
+@pytest.mark.parametrize(("returns", "described"), [
+    ("aux in training", "a tuple of 2 (a tensor of shape (2, 10), a tensor of shape (2, 4))"),
+    ("3-d scores", "a tensor of shape (2, 1, 10)"),
+])
+def test_a_model_made_for_the_data_s_grey_channel_that_does_not_return_scores_is_refused_before_the_run_folder(
+        tmp_path, capsys, returns, described):
+    """The single-output check ran on placeholder RGB images alone: a model built for grey Digits whatever
+    in_channels says failed there, so the tuple or 3-d scores it returns failed its first training step
+    ('cross_entropy_loss(): argument 'input' must be Tensor, not tuple', exit 1) in a run folder made for it."""
+    (tmp_path / "my_models.py").write_text(
+        OWN_MODELS + "\n\ndef grey(*, num_classes, in_channels=3, returns='scores'):\n"
+        "    return Net(num_classes, 1, returns)\n")
+    config = write_config(tmp_path, model="grey", model_args={"returns": returns},
+                          registries={"models": "my_models.py"})
+    code, err = main_in_process(capsys, "--config", str(config))
+    message = " ".join(err.split())
+    assert code == 2 and "Traceback" not in message and run_folders(tmp_path / "logs") == [], err
+    assert f"model 'grey' returns {described} from forward() in training mode" in message
+    assert "(2, 10) for a batch of 2 and the 10 classes of dataset 'Digits'" in message
+
+
+def test_a_model_made_for_the_data_s_grey_channel_at_another_resolution_is_refused_before_the_run_folder(
+        tmp_path, capsys):
+    """Its Linear after a Flatten, made for 32 px, failed the first batch of 16 px Digits ('mat1 and mat2 shapes
+    cannot be multiplied', exit 1) in a run folder of its own: the size check ran on placeholder RGB images, which
+    the grey first layer refuses. At its own 32 px it trains."""
+    (tmp_path / "my_models.py").write_text(GREY_MODELS)
+    config = write_config(tmp_path, model="grey_flat", model_args={}, registries={"models": "my_models.py"})
+    code, err = main_in_process(capsys, "--config", str(config))
+    message = " ".join(err.split())
+    assert code == 2 and "Traceback" not in message and run_folders(tmp_path / "logs") == [], err
+    assert "model 'grey_flat' cannot take 16x16 px inputs: a Linear layer of it gets another number of features" \
+           in message
+    config = write_config(tmp_path, model="grey_flat", model_args={}, registries={"models": "my_models.py"},
+                          resolution=32, epoch=1)
+    code, err = main_in_process(capsys, "--config", str(config))
+    assert code == 0, err
+
+
 def test_a_reconstruction_model_that_returns_a_tuple_is_refused_up_front(tmp_path, capsys):
     (tmp_path / "my_models.py").write_text(
         "from torch import nn\n"

@@ -350,3 +350,29 @@ def test_a_latents_set_has_one_colour_and_style_in_every_panel():
         assert len({style for style in drawn[0].values()}) == 3
     finally:
         plt.close(ax.figure)
+
+
+def test_the_run_title_of_the_sets_figure_lies_above_its_panels_titles():
+    """The run's name and, below it, its run id and variant folder were drawn at the suptitle's default height,
+    over the titles of the panels ('probes on adaptive_avg latents'), in every probe_performances_by_set.png."""
+    import pandas as pd
+
+    from phd_lab.plots import close
+    from phd_lab.plots.probes import plot_probe_sets
+    table = pd.DataFrame({"index": [1, 2], "layer": ["a", "b"], "train_acc": 0.9, "eval_acc": [0.5, 0.6]})
+    variant = "0/bs64-e2-adam-s1960566561-width0.125-lr0.001-4ae0d79b"
+    for tables in ([("1×1", "adaptive_avg", table), ("4×4", "adaptive_avg", table)],
+                   [("1×1", "adaptive_avg", table), ("1×1", "nearest", table)]):
+        ax = plot_probe_sets(tables, 0.8, run=f"vgg11-Digits-r16-bs64-e2\n{variant}")
+        figure = ax.figure
+        try:
+            figure.canvas.draw()
+            renderer = figure.canvas.get_renderer()
+            run_title = figure._suptitle.get_window_extent(renderer)
+            for panel in figure.axes:
+                title = panel.title.get_window_extent(renderer)
+                assert panel.get_title().startswith("probes on ")
+                assert run_title.y0 >= title.y1, (run_title, title)
+                assert run_title.y1 <= figure.bbox.y1  # inside the figure
+        finally:
+            close(figure)

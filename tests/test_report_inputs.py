@@ -116,6 +116,22 @@ def test_a_run_folder_copied_out_of_its_logs_tree_is_a_run(tmp_path):
     assert [run.root for run in discover_runs(tmp_path / "archive")] == [copy]
 
 
+def test_a_folder_of_logged_configs_alone_is_refused_without_saying_it_has_none(tmp_path):
+    """Logged configs copied on their own (no run) gave 'holds no runs: no folder below it has a <name>_config.json',
+    next to those very files; the message now says which configs make a run."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
+    (tmp_path / "configs" / "x").mkdir(parents=True)
+    shutil.copy(rundir.config, tmp_path / "configs" / "x" / rundir.config.name)
+    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(tmp_path / "configs"), "-q"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in message, done.stderr
+    assert "holds no runs: no folder below it holds a run's logged <name>_config.json in its place in a logs tree " \
+           "or beside the run's metrics CSV or a post-processing table (a logged config copied elsewhere on its own " \
+           "is no run)" in message
+    assert sorted(p.name for p in (tmp_path / "configs").rglob("*")) == sorted(["x", rundir.config.name])  # nothing new
+
+
 def test_a_run_folder_that_cannot_be_read_is_named_not_left_out_without_a_word(tmp_path):
     """os.walk skips a folder it cannot list (a run folder of another user on a shared file system, mode 0700)
     without a word: the report covered the other runs and said nothing of the one it left out (or, with no other,

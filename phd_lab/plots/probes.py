@@ -122,6 +122,9 @@ def plot_probe_sets(tables: Sequence[tuple[str, str, "pd.DataFrame"]], model_acc
     axes[0][0].set_ylabel("probe eval accuracy")
     if run:
         figure.suptitle(wrapped_lines(run, figure.get_size_inches()[0], 11), fontsize=11)
+        # placed above the panels' own titles: at its default height a run title of two lines or more (the run,
+        # its id and variant folder) was drawn over them
+        figure.set_layout_engine("constrained")
     return axes[0][0]
 
 

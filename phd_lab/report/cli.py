@@ -132,8 +132,10 @@ def write_report(logs_dir: Path | str, out: Path | str | None = None, *, refresh
     entries = collect(logs_dir, refresh=refresh, progress=progress,
                       processes=default_processes() if processes is None else processes)
     if not entries:
-        raise DataError(f"LOGS_DIR {str(logs_dir)!r} holds no runs: no folder below it has a <name>_config.json or a "
-                        f"post-processing table. Train a grid into it first (python main.py --config FILE).")
+        raise DataError(f"LOGS_DIR {str(logs_dir)!r} holds no runs: no folder below it holds a run's logged "
+                        f"<name>_config.json in its place in a logs tree or beside the run's metrics CSV or a "
+                        f"post-processing table (a logged config copied elsewhere on its own is no run). Train a "
+                        f"grid into it first (python main.py --config FILE).")
     previous = previous_figures(out_path)  # a report page where one exists (checked above)
     comparison = _comparison_figures(entries, previous)
     groups = [draw_figures(group, previous) for group in repetition_groups(entries, alpha)]
