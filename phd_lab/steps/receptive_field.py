@@ -48,4 +48,5 @@ class ReceptiveFieldStep(Step):
         log.info("Receptive field of %s at resolution %d: b_min=%s, b_max=%s", ctx.config.name, resolution,
                  b_min, b_max)
         saved = pd.read_csv(ctx.rundir.receptive_field_csv, dtype={"layer": str})  # the plot draws the saved table
-        plot_receptive_field(saved, resolution, ctx.rundir.receptive_field_plot, title=f"{ctx.config.name}\n{ctx.rundir.variant}")
+        title = f"{ctx.config.name}\n{ctx.rundir.variant}"  # the variant tells a grid's runs apart
+        plot_receptive_field(saved, resolution, ctx.rundir.receptive_field_plot, title=title)
