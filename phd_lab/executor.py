@@ -122,7 +122,8 @@ class TrainTestExecutor:
             raise ConfigError(f"{where}: model_args 'truncate' must be a layer name, 'border' or 'border_max' "
                               f"(or null for no truncation); got {json.dumps(truncate)}.")
         linear_init = cfg.model_args.get("linear_init")
-        if linear_init is not None and linear_init not in LINEAR_INITS:
+        # not a string: an object (a grid axis [{}] gives one) is no key of LINEAR_INITS, and unhashable
+        if linear_init is not None and (not isinstance(linear_init, str) or linear_init not in LINEAR_INITS):
             choices = "; ".join(f"{name!r}: {what}" for name, what in LINEAR_INITS.items())
             raise ConfigError(f"{where}: model_args 'linear_init' must be null (the model's own draw) or one of "
                               f"{choices}; got {json.dumps(linear_init)}.")

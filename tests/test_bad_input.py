@@ -80,6 +80,10 @@ CASES = {
     "unknown_linear_init": ({"model_args": {"width": 0.0625, "linear_init": "xavier"}},
                             ["model_args 'linear_init' must be null (the model's own draw) or one of", "'torch'",
                              'got "xavier"']),
+    # an object (here a grid axis of one) was looked up in the dict of schemes: TypeError unhashable, exit 1
+    "object_for_linear_init": ({"model_args": {"width": 0.0625, "linear_init": [{}]}},
+                               ["(run 0): model_args 'linear_init' must be null (the model's own draw) or one of",
+                                "got {}."]),
     "tracking_device_that_is_no_device": ({"tracking_device": "gpu0"},
                                           ["the key 'tracking_device' 'gpu0' is not a torch device"]),
     # null, not 'auto', is tracking_device's "the model's device": its messages offered 'auto', which was refused
