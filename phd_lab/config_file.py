@@ -49,6 +49,9 @@ def load_config_file(path: Path | str, *, logged_logs_dir_later: bool = False) -
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some Windows editors) is no error
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"Config file {str(path)!r} cannot be read: {error}.") from None
+    if not text.strip():  # json's own words, 'Expecting value at line 1, column 1', say nothing of the cause
+        raise ConfigError(f"Config file {str(path)!r} is empty; a config is a JSON object such as "
+                          f"configs/quickstart.json.")
     duplicates: list[str] = []
 
     def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -270,6 +270,15 @@ def test_missing_config_file(tmp_path, capsys):
     assert "does not exist" in flat(capsys.readouterr().err)
 
 
+def test_an_empty_config_file_is_called_empty(tmp_path, capsys):
+    """An empty file (a config saved before it was written, a truncated copy) was reported as 'not valid JSON:
+    Expecting value at line 1, column 1', which hides the cause."""
+    for text in ("", " \n\t\n"):
+        assert main_cli(["--config", str(_write_raw(tmp_path, text)), "--dry-run"]) == 2
+        err = flat(capsys.readouterr().err)
+        assert "is empty" in err and "Expecting value" not in err and "Traceback" not in err
+
+
 def test_top_level_must_be_object(tmp_path, capsys):
     assert main_cli(["--config", str(_write_raw(tmp_path, "[1, 2]"))]) == 2
     assert "must hold a JSON object" in flat(capsys.readouterr().err)
