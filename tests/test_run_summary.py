@@ -890,7 +890,8 @@ def test_a_pixelwise_table_probed_in_part_counts_layers_and_says_how_many_probes
 
 def test_the_estimated_truncation_head_reads_the_width_of_the_layer_before_the_border(tmp_path):
     """VGG11 at ¼ width and 24 px: the border is features.11 (128 channels); the new GAP + linear head reads the
-    output of features.8 before it, 256 · ¼ = 64 channels: Linear(64 → 10), 650 parameters, 2 · 640 FLOPs."""
+    output of features.8 before it, 256 · ¼ = 64 channels: Linear(64 → 10), 650 parameters, 2 · 650 FLOPs (the
+    flops step's count of that Linear: its bias too, which the estimate left out)."""
     tables = synthetic_run(tmp_path, "features.11", resolution=24)
     for name, _, _, width, _ in layout(0.25):  # k and s = k / d as the tracker writes them, d the layer's width
         k = tables.metrics[f"{name}_train_saturation"].mul(width).round().clip(lower=1)
@@ -899,7 +900,7 @@ def test_the_estimated_truncation_head_reads_the_width_of_the_layer_before_the_b
     assert summary["borders"]["b_min"] == "features.11"
     truncation = summary["truncation"]
     assert truncation["exact"] is False and truncation["removed_layers"] == LAYERS[LAYERS.index("features.11"):]
-    assert truncation["head_params"] == 64 * 10 + 10 and truncation["head_flops"] == 2 * 64 * 10
+    assert truncation["head_params"] == 64 * 10 + 10 and truncation["head_flops"] == 2 * (64 * 10 + 10)
     removed = computational_table(0.25, 24).iloc[LAYERS.index("features.11"):]
     assert truncation["params_saved"] == removed["params"].sum() - 650
 
@@ -1005,3 +1006,27 @@ def test_a_damaged_probe_table_is_called_damaged_not_pending(tmp_path, damage):
     assert any(problem.startswith("probe_performances.csv") for problem in summary["problems"])
     table.unlink()
     assert summarize(load_run(rundir))["probes"]["status"] == "pending (latents extracted)"
+
+
+def test_the_estimated_truncation_head_counts_its_linear_as_the_flops_step_counts_the_measured_head(tmp_path):
+    """The estimate's head FLOPs are those computational_info gives a real Linear(64 → 10) (bias included), and
+    differ from the head the flops step measures on the truncated VGG11 (¼ width, 24 px) only by the GAP it leaves
+    out, one MAC per element of the 64 × 6 × 6 map at the cut."""
+    from torch import nn
+
+    from phd_lab.analysis.flops import computational_info
+    from phd_lab.models.truncate import truncation_savings
+    from registries.models import vgg11
+
+    tables = synthetic_run(tmp_path, "features.11", resolution=24)
+    for name, _, _, width, _ in layout(0.25):
+        k = tables.metrics[f"{name}_train_saturation"].mul(width).round().clip(lower=1)
+        tables.metrics[f"{name}_train_intrinsic_dimension"], tables.metrics[f"{name}_train_saturation"] = k, k / width
+    estimate = summarize(tables)["truncation"]
+    assert estimate["exact"] is False
+    linear_info, _ = computational_info(nn.Linear(64, 10), (64,))
+    assert estimate["head_flops"] == linear_info["flops"] == 2 * 650
+    measured = truncation_savings(vgg11(num_classes=10, width=0.25), "features.11", num_classes=10, in_channels=3,
+                                  input_resolution=24)
+    assert measured["head_params"] == estimate["head_params"]
+    assert measured["head_flops"] - estimate["head_flops"] == 2 * 64 * 6 * 6
