@@ -154,3 +154,16 @@ def test_every_option_of_every_command_is_documented():
             for option in action.option_strings:
                 if option not in ("-h", "--help"):
                     assert f"`{option}" in docs or f"{option} " in docs, f"{parser.prog} {option}"
+
+
+def test_the_probe_help_says_latents_reads_no_config():
+    """probe_main.py --help said 'Solver options default to the config's probe_* keys' alone, so a --latents job on a
+    run whose config set probe_solver lbfgs (or demo_tail's probe_train_samples 100) was expected to fit with them;
+    it fits with the keys' defaults (saga, all samples) and replaces the run's results: the help and docs/probes.md
+    now say so."""
+    from phd_lab.probes.cli import build_parser as probe_parser
+    from tests.conftest import ROOT
+    epilog = " ".join(probe_parser().epilog.split())
+    assert "with --latents, which reads no config (not even the run's logged one), to those keys' defaults" in epilog
+    docs = " ".join((ROOT / "docs" / "probes.md").read_text(encoding="utf-8").split())
+    assert "`--latents` reads no config, not even the run's logged one" in docs

@@ -22,7 +22,8 @@ def build_parser(prog: str = "probe_main.py") -> argparse.ArgumentParser:
         description="Fit a logistic-regression probe on the extracted latents of every layer (thesis §4.3, §6.2.5) "
                     "and write probe_performances.csv, its plot and per-layer confusion matrices into the run "
                     "folder. Finished layers are cached, so a killed job resumes where it stopped.",
-        epilog="Solver options default to the config's probe_* keys (see `python main.py --list-keys`). "
+        epilog="Solver options default to the config's probe_* keys (see `python main.py --list-keys`); with "
+               "--latents, which reads no config (not even the run's logged one), to those keys' defaults. "
                "Exit status: 0 success, 2 invalid usage/config/latents (nothing written), 1 a fit failed, "
                "130 Ctrl-C, 143 SIGTERM.")
     source = parser.add_mutually_exclusive_group()
