@@ -156,14 +156,12 @@ def test_every_option_of_every_command_is_documented():
                     assert f"`{option}" in docs or f"{option} " in docs, f"{parser.prog} {option}"
 
 
-def test_the_probe_help_says_latents_reads_no_config():
-    """probe_main.py --help said 'Solver options default to the config's probe_* keys' alone, so a --latents job on a
-    run whose config set probe_solver lbfgs (or demo_tail's probe_train_samples 100) was expected to fit with them;
-    it fits with the keys' defaults (saga, all samples) and replaces the run's results: the help and docs/probes.md
-    now say so."""
+def test_the_probe_help_says_where_latents_takes_its_settings():
+    """probe_main.py --help said 'Solver options default to the config's probe_* keys' alone; a --latents job takes
+    the run's logged config's keys (test_probe_job), which the help and docs/probes.md say."""
     from phd_lab.probes.cli import build_parser as probe_parser
     from tests.conftest import ROOT
     epilog = " ".join(probe_parser().epilog.split())
-    assert "with --latents, which reads no config (not even the run's logged one), to those keys' defaults" in epilog
+    assert "with --latents, to those of the run's logged config" in epilog
     docs = " ".join((ROOT / "docs" / "probes.md").read_text(encoding="utf-8").split())
-    assert "`--latents` reads no config, not even the run's logged one" in docs
+    assert "With `--latents`, each defaults to the key of the run's logged config" in docs

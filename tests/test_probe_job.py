@@ -1480,6 +1480,30 @@ def test_a_probe_job_removes_its_own_temp_files_at_once_and_other_writers_old_on
     assert not old.exists() and not any(path.exists() for path in own) and fresh.exists()
 
 
+def test_a_latents_job_fits_with_the_probe_keys_of_the_runs_logged_config(tmp_path, capsys):
+    """--latents read no config: a run whose config set probe_solver lbfgs and probe_C 0.5 was refitted with saga
+    at C 1, its results replaced. It now takes the run's logged probe_* keys, then the command line's options, as
+    --config with that logged config does."""
+    from phd_lab.cli import main_cli
+    from tests.conftest import write_config
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, post_processing=["extract"], probe_solver="lbfgs",
+                          probe_C=0.5)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    run = RunDir.for_run(Grid(load_config_file(config))[0])
+    latents, cache = run.latents(), tmp_path / "cache"
+    capsys.readouterr()
+    assert probe_cli(["--latents", str(latents), "-mp", "0", "--no-progress", "--cache-dir", str(cache)]) == 0
+    assert f"Probe settings: the run's logged config {run.config}, then" in capsys.readouterr().err
+    settings = json.loads(run.probe_settings.read_text())["settings"]
+    assert (settings["solver"], settings["C"]) == ("lbfgs", 0.5)
+    by_latents = pd.read_csv(run.probe_csv)
+    assert cli("--config", str(run.config), "-mp", "0", "--cache-dir", str(cache)) == 0  # the same fits, cached
+    pd.testing.assert_frame_equal(pd.read_csv(run.probe_csv), by_latents)
+    assert cli("--latents", str(latents), "-mp", "0", "--C", "2") == 0  # an option still wins over the logged key
+    settings = json.loads(run.probe_settings.read_text())["settings"]
+    assert (settings["solver"], settings["C"]) == ("lbfgs", 2.0)
+
+
 def test_the_probe_job_refreshes_the_analysis_of_the_runs_it_probed(tmp_path):
     """analysis.json read the probes as missing until the next report, though the probe job had run."""
     from phd_lab.cli import main_cli

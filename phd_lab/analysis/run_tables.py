@@ -102,7 +102,7 @@ def discover_runs(logs_dir: Path | str) -> list[RunDir]:
             found[folder] = run_folder(folder)
         else:
             configs = [folder / f for f in sorted(filenames) if f.endswith(CONFIG_SUFFIX)]
-            logged = [(path, raw) for path in configs if (raw := _logged_config(path)) is not None]
+            logged = [(path, raw) for path in configs if (raw := logged_config(path)) is not None]
             placed = [_lies_in_its_run_folder(raw, path) for path, raw in logged]
             if any(placed) or (logged and _holds_results(folder, filenames)):
                 found[folder] = run_folder(folder)
@@ -125,7 +125,7 @@ def _is_latents_folder(folder: Path) -> bool:
     return (folder / MANIFEST).is_file()
 
 
-def _logged_config(path: Path) -> dict[str, Any] | None:
+def logged_config(path: Path) -> dict[str, Any] | None:
     """The values of a logged run config (a JSON object with ``_meta``), or None."""
     values = read_json_object(path)
     return values if values is not None and META_KEY in values else None

@@ -23,7 +23,7 @@ def build_parser(prog: str = "probe_main.py") -> argparse.ArgumentParser:
                     "and write probe_performances.csv, its plot and per-layer confusion matrices into the run "
                     "folder. Finished layers are cached, so a killed job resumes where it stopped.",
         epilog="Solver options default to the config's probe_* keys (see `python main.py --list-keys`); with "
-               "--latents, which reads no config (not even the run's logged one), to those keys' defaults. "
+               "--latents, to those of the run's logged config (to the keys' defaults where the run folder has none). "
                "Exit status: 0 success, 2 invalid usage/config/latents (nothing written), 1 a fit failed, "
                "130 Ctrl-C, 143 SIGTERM.")
     source = parser.add_mutually_exclusive_group()

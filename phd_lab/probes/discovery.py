@@ -396,7 +396,27 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
         raise DataError(f"{reason[0].upper()}{reason[1:]}. Nothing was probed.")
     settings = ProbeSettings.from_mapping({}, overrides, "command line")
     job = _job(manifest, settings, str(folder), probe_set=set_of_folder(manifest.folder.resolve().name))
+    job = replace(job, settings=_logged_run_settings(job.outputs, overrides) or settings)
     return [job], job.outputs.root / CACHE_FOLDER
+
+
+def _logged_run_settings(outputs: RunDir, overrides: Mapping[str, Any] | None) -> ProbeSettings | None:
+    """The settings of the run's own logged config (its ``probe_*`` keys) plus ``overrides``, as ``--config`` with
+    that file gives them; None where the run folder holds no logged config (latents written by ``write_latents``
+    for a folder of the user's). Without this, a ``--latents`` job on a run whose config set ``probe_solver`` or
+    ``probe_train_samples`` fitted with the defaults and replaced the run's results with other ones."""
+    from phd_lab.analysis.run_tables import logged_config
+
+    path = outputs.config
+    if not path.is_file():
+        return None
+    values = logged_config(path)
+    if values is None:
+        log.warning("%s cannot be read as a logged run config; probing with the probe settings' defaults and the "
+                    "command line's options", path)
+        return None
+    log.info("Probe settings: the run's logged config %s, then the command line's options", path)
+    return ProbeSettings.from_mapping(values, overrides, f"logged config {str(path)!r}")
 
 
 def _refuse_a_folder_without_latents(folder: Path) -> None:
