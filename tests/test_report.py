@@ -21,7 +21,7 @@ from tests.analysis_fixtures import (BORDER, probe_frame, probe_results_replaced
 from phd_lab import atomic
 from phd_lab.lock import RunLock
 from phd_lab.report.cli import main_report, write_report
-from tests.conftest import file_size_limit, main_in_process
+from tests.conftest import file_size_limit, flat, main_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -148,6 +148,20 @@ def test_report_of_a_grid_parses_links_resolve_and_lists_every_run(grid, tmp_pat
     # analysis files refreshed in every folder except the one a live process owns
     for key, rundir in runs.items():
         assert (rundir.analysis_json.is_file() and rundir.analysis_plot.is_file()) == (key != "running"), key
+
+
+def test_verbose_says_what_became_of_each_runs_analysis_files(grid, tmp_path, capsys):
+    """report -v printed no debug line at all; it now says per run whether its analysis files were written, were up
+    to date, or were left to the live process that owns the run."""
+    logs, runs = grid
+    first = report_in_process(capsys, logs, "--out", tmp_path / "r.html", "-v", "--no-progress")
+    assert first.returncode == 0, first.stderr
+    text = flat(first.stderr)
+    assert f"{runs['running'].root}: analysed, its analysis files left to the process that owns the run" in text
+    assert f"{runs['full'].root}: wrote analysis.json and analysis.png" in text
+    again = flat(report_in_process(capsys, logs, "--out", tmp_path / "r.html", "-v", "--no-progress").stderr)
+    assert f"{runs['full'].root}: analysis.json and analysis.png are up to date" in again
+    assert "DEBUG" not in report_in_process(capsys, logs, "--out", tmp_path / "r.html", "--no-progress").stderr
 
 
 def test_probe_results_added_later_are_picked_up(grid, tmp_path):
