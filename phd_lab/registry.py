@@ -35,6 +35,7 @@ import importlib.machinery
 import inspect
 import linecache
 import logging
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -164,9 +165,10 @@ class Registry:
 
 
 def factory_summary(factory: Callable[..., Any]) -> str:
-    """The first line of a factory's docstring, which listings show beside its name; empty where it has none."""
+    """The first line of a factory's docstring, which listings show beside its name; empty where it has none.
+    reStructuredText's double backquotes around code (``flip``) are shown as Markdown's single ones (`flip`)."""
     text = factory_doc(factory).strip()
-    return text.splitlines()[0] if text else ""
+    return re.sub(r"``([^`]+)``", r"`\1`", text.splitlines()[0]) if text else ""
 
 
 def factory_doc(factory: Callable[..., Any]) -> str:

@@ -104,6 +104,9 @@ def test_list_datasets_shows_the_folder_prefix_as_list_models_shows_tv(capsys):
     assert main_cli(["--list", "datasets"]) == 0
     listing = capsys.readouterr().out
     assert "and by prefix (1):\n  folder:<path>" in listing and "ImageFolder trees" in listing
+    # the docstrings' reStructuredText ``code`` is shown as `code`, as the help texts write it
+    assert "`folder:/path`: ImageFolder trees" in listing and "no flips unless `flip`." in listing
+    assert "``" not in listing
     assert main_cli(["--list", "datasets", "--pattern", "folder*"]) == 0
     listing = capsys.readouterr().out
     assert "(none)" not in listing and "folder:<path>" in listing
