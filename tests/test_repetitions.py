@@ -527,6 +527,12 @@ def test_a_rebuilt_report_takes_unchanged_comparison_figures_from_the_previous_p
     page.write_text(text, encoding="utf-8")
     second = {alt: (key, data) for key, alt, data in _keyed_images(write_report(logs).read_text(encoding="utf-8"))}
     assert all(second[alt] == (key, markers[key]) for key, alt, _ in first)  # none drawn again
+    # a moved logs folder (its page moved with it) takes them too: the relative-accuracy figure was keyed by the run
+    # folders' paths, which name no part of it, and was drawn again
+    moved = tmp_path / "archive" / "logs"
+    shutil.move(str(logs), str(moved))
+    third = {alt: (key, data) for key, alt, data in _keyed_images(write_report(moved).read_text(encoding="utf-8"))}
+    assert all(third[alt] == (key, markers[key]) for key, alt, _ in first)
 
 
 def _label(width):

@@ -208,7 +208,10 @@ def _comparison_figures(entries: list[RunEntry], previous: Mapping[str, bytes]) 
     relative = relative_accuracies({str(e.folder.root): e.tables.projections for e in entries
                                     if e.tables.projections is not None})
     if len(relative):  # §7.3's Fig. 43 over every projected run of the grid
-        key = figure_key(projections, "relative accuracy", RELATIVE_ACCURACY, relative)
+        # the figure counts the runs and never names them: keyed by their order, not their folders' paths, a moved
+        # or copied logs folder takes it from the page it replaces, as it takes the other comparison plots
+        key = figure_key(projections, "relative accuracy", RELATIVE_ACCURACY,
+                         relative.assign(run=relative["run"].factorize()[0]))
         comparison.append(keyed_figure(RELATIVE_ACCURACY, key, previous=previous,
                                        draw=lambda: projections.relative_accuracy_figure(relative)))
     return comparison
