@@ -119,29 +119,30 @@ def _write(analysis: _Analysis, *, write: bool, skip_active: bool, probe_job: bo
     active = entry.tables.status is not None and entry.tables.status.active is not False  # None: another host
     if skip_active and not active and not probe_job and (folder.root / PROBE_LOCK).is_file():
         active = lock_owner_alive(folder.root / PROBE_LOCK)[0] is True
-    if not write or not folder.root.is_dir():
+    if not write or not folder.root.is_dir():  # never re-create a deleted run
         log.debug("%s: analysed, its analysis files not written (%s)", folder.root,
                   "not asked to" if not write else "the folder is gone")
-    elif skip_active and active:
+        return
+    if skip_active and active:
         log.debug("%s: analysed, its analysis files left to the process that owns the run", folder.root)
-    if write and folder.root.is_dir() and not (skip_active and active):  # never re-create a deleted run
-        for name in (folder.analysis_plot.name, folder.analysis_json.name):  # a killed writer's, 15 minutes old
-            for stale in atomic.remove_stale_temps(folder.root, only=name):  # (younger: another writer's now)
-                log.info("Removed %s, left half-written by a process that was killed.", stale)
-        if analysis.up_to_date:  # the same analysis and figure are there already: nothing to rewrite
-            log.debug("%s: analysis.json and analysis.png are up to date", folder.root)
-            entry.written = True
-            return
-        try:  # the figure first: analysis.json names it by its key, and a later report takes it by that key
-            if not analysis.figure_in_place:
-                atomic.write_bytes(folder.analysis_plot, entry.figure)
-            write_analysis_json(folder.analysis_json, {**analysis.document,
-                                                       FIGURE_SHA256: hashlib.sha256(entry.figure).hexdigest()})
-            entry.written = True
-            log.debug("%s: wrote analysis.json%s", folder.root, "" if analysis.figure_in_place else " and analysis.png")
-        except OSError as error:
-            log.warning("Cannot refresh the analysis of %s: %s", folder.root, error)
-            entry.errors.append(f"analysis files not written: {error}")
+        return
+    for name in (folder.analysis_plot.name, folder.analysis_json.name):  # a killed writer's, 15 minutes old
+        for stale in atomic.remove_stale_temps(folder.root, only=name):  # (younger: another writer's now)
+            log.info("Removed %s, left half-written by a process that was killed.", stale)
+    if analysis.up_to_date:  # the same analysis and figure are there already: nothing to rewrite
+        log.debug("%s: analysis.json and analysis.png are up to date", folder.root)
+        entry.written = True
+        return
+    try:  # the figure first: analysis.json names it by its key, and a later report takes it by that key
+        if not analysis.figure_in_place:
+            atomic.write_bytes(folder.analysis_plot, entry.figure)
+        write_analysis_json(folder.analysis_json, {**analysis.document,
+                                                   FIGURE_SHA256: hashlib.sha256(entry.figure).hexdigest()})
+        entry.written = True
+        log.debug("%s: wrote analysis.json%s", folder.root, "" if analysis.figure_in_place else " and analysis.png")
+    except OSError as error:
+        log.warning("Cannot refresh the analysis of %s: %s", folder.root, error)
+        entry.errors.append(f"analysis files not written: {error}")
 
 
 MAX_ATTEMPTS = 3
