@@ -220,18 +220,20 @@ def build_tasks(jobs: Sequence[ProbeJob], stamps: dict[str, tuple[int, int, int]
     return tasks
 
 
-def warn_of_more_workers_than_cores(workers: int) -> None:
+def warn_of_more_workers_than_cores(workers: int, left: int) -> None:
     """``-mp`` far above the cores (more than twice): each worker fits one layer with one thread, so the extra ones
     only share the cores, each a spawned process with its own libraries and layer copy in memory (one per layer
-    left to fit, up to ``-mp``: -mp 99999 on a login node could start hundreds). Warned, not refused: the cores a
-    process may use say little on some clusters (a job's cgroup counted loosely), and the fits still come out."""
+    left to fit, up to ``-mp``: -mp 99999 on a login node could start hundreds). Said only where more than twice
+    the cores would start, ``left`` being the layers not in the cache: a rerun whose layers all come from the
+    cache starts none. Warned, not refused: the cores a process may use say little on some clusters (a job's
+    cgroup counted loosely), and the fits still come out."""
     from phd_lab.environment import available_cores
     cores = available_cores()
-    if workers > 2 * cores:
+    if min(workers, left) > 2 * cores:
         log.warning("-mp %d is more than twice the %d core(s) this process may use: each worker process fits one "
-                    "layer with one thread, so up to %d of them (one per layer left to fit) would share %d core(s), "
+                    "layer with one thread, so %d of them (one per layer left to fit) would share %d core(s), "
                     "each holding its own libraries and layer in memory. Pass -mp %d (the default) or fewer.",
-                    workers, cores, workers, cores, cores)
+                    workers, cores, min(workers, left), cores, cores)
 
 
 def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 0,
@@ -248,8 +250,6 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
     if workers < 0:
         raise UsageError(f"-mp must be ≥ 0 (0 = fit in this process); got {workers}.")
     local_pool = scheduler is None and workers > 1  # the only case ``memory`` bounds
-    if local_pool:
-        warn_of_more_workers_than_cores(workers)
     if memory is not None and not local_pool:
         reason, instead = (("--scheduler hands the layers to Dask workers",
                             "a Dask worker's memory limit (e.g. dask worker --memory-limit) governs its memory")
@@ -281,6 +281,7 @@ def run_jobs(jobs: Sequence[ProbeJob], cache_dir: Path | str, *, workers: int = 
             try:
                 tasks = build_tasks(jobs, stamps)
                 if local_pool:
+                    warn_of_more_workers_than_cores(workers, sum(json_digest(task.key) not in hits for task in tasks))
                     workers = _workers_for_memory(jobs, tasks, hits, workers, memory)
                 return _run_locked_jobs(jobs, tasks, cache, hits, workers, progress, scheduler, logs)
             except PhdLabError as error:
