@@ -250,7 +250,10 @@ def refuse_options_without_effect(args: argparse.Namespace) -> None:
     if args.list and args.list_keys:
         raise UsageError("--list and --list-keys each print one listing; pass one of them.")
     listing = "--list" if args.list else "--list-keys" if args.list_keys else None
-    ignored = [flag for key, flag in GRID_OPTIONS.items() if getattr(args, key) not in (None, False)]
+    # by identity: `not in (None, False)` took --index 0 for an option not given (0 == False), so `--list steps
+    # --index 0` listed with exit 0 where `--index 1` was refused
+    ignored = [flag for key, flag in GRID_OPTIONS.items() if getattr(args, key) is not None
+               and getattr(args, key) is not False]
     if listing and ignored:
         raise UsageError(f"{listing} only prints a listing, so {', '.join(ignored)} would do nothing; leave "
                          f"{listing} out to run (or list) the grid of --config.")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 from phd_lab.atomic import non_finite_at
-from phd_lab.config_file import META_KEY, printable
+from phd_lab.config_file import META_KEY, printable, shown_value
 from phd_lab.config_paths import PATH_KEYS, safe_name
 from phd_lab.errors import ConfigError
 from phd_lab.registry import KINDS, did_you_mean
@@ -109,7 +109,7 @@ class Key:
         if not ok:
             hint = did_you_mean(value, self.choices) if isinstance(value, str) and self.choices else ""
             raise ConfigError(f"{where}: the key {self.name!r} must be {self.expectation()}; got "
-                              f"{json.dumps(value)} instead.{hint} ({self.doc})")
+                              f"{shown_value(value)} instead.{hint} ({self.doc})")
         if self.kind == "float":
             return float(value)
         return value

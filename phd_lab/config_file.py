@@ -195,3 +195,15 @@ def _strings(value: Any, key: str) -> Iterator[tuple[str, str, bool]]:
 def printable(text: str) -> str:
     """``text`` with characters UTF-8 cannot encode written as escapes, so that a message can be printed."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+SHOWN_CHARACTERS = 100
+
+
+def shown_value(value: Any) -> str:
+    """``value`` as JSON for a message: its characters as they are ("été", not "\\u00e9t\\u00e9"), and a long one
+    cut after SHOWN_CHARACTERS with its length said (a 3,000-character string made an 18 KB message of escapes)."""
+    text = printable(json.dumps(value, ensure_ascii=False))
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    return f"{text[:SHOWN_CHARACTERS]}... ({len(text):,} characters)"

@@ -27,6 +27,9 @@ from phd_lab.log_file import FORMAT, Formatter, info_records_kept, this_thread_o
 log = logging.getLogger(__name__)
 
 _LOCAL = re.compile(r"^local(?::(\d+))?$")
+# local:N beyond reason: LocalCluster built the specs of all N workers before starting one, so local:99999999999
+# filled the memory (12 GB in seconds) instead of being refused; as cpu_threads, at most 1024
+MAX_LOCAL_WORKERS = 1024
 STOP_WAIT_SECONDS = 30  # how long a stopped command waits for its runs to end on the cluster
 
 
@@ -64,6 +67,10 @@ def parse_scheduler(spec: str, warn: bool = False) -> tuple[str, Any]:
         workers = int(match.group(1) or cores)
         if workers < 1:
             raise UsageError(f"--scheduler {spec!r}: a local cluster needs at least one worker (local:N, N ≥ 1).")
+        if workers > MAX_LOCAL_WORKERS:
+            raise UsageError(f"--scheduler {spec!r}: a local cluster takes at most {MAX_LOCAL_WORKERS} worker "
+                             f"processes (local:N, 1 ≤ N ≤ {MAX_LOCAL_WORKERS}; this machine has {cores} core(s), and "
+                             f"plain 'local' starts one per core).")
         if workers > cores and warn:
             log.warning("--scheduler %s starts %d worker processes on %d core(s): they take turns on the cores, so "
                         "the grid runs no faster than with local:%d and needs more memory.", spec, workers, cores,

@@ -14,6 +14,7 @@ import inspect
 import json
 from typing import Any, Callable, Iterator, Mapping
 
+from phd_lab.config_file import shown_value
 from phd_lab.errors import ConfigError, first_line
 
 # model_args the framework handles itself (not passed to the model factory):
@@ -111,15 +112,15 @@ def check_argument_type(param: inspect.Parameter, value: Any, what: str) -> None
     numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
     if numeric and (isinstance(value, (str, bool)) or (param.annotation in NUMBER_ANNOTATIONS and not (
             isinstance(value, (int, float)) and not isinstance(value, bool)))):
-        raise ConfigError(f"{what} must be a number (its default is {default!r}); got {json.dumps(value)}.")
+        raise ConfigError(f"{what} must be a number (its default is {default!r}); got {shown_value(value)}.")
     # "width": 8.0 failed in torch's empty()
     if param.annotation in (int, "int") and isinstance(value, float) and not _LOGGED_RUN.get():
         raise ConfigError(f"{what} must be a whole number without a decimal point (the factory annotates it int; "
-                          f"its default is {default!r}); got {json.dumps(value)}.")
+                          f"its default is {default!r}); got {shown_value(value)}.")
     if isinstance(default, bool) and param.annotation in (bool, "bool") and not isinstance(value, bool) \
             and not (type(value) is int and value in (0, 1)):
         raise ConfigError(f"{what} must be true or false (its default is {json.dumps(default)}); got "
-                          f"{json.dumps(value)}. Write JSON's true or false without quotes.")
+                          f"{shown_value(value)}. Write JSON's true or false without quotes.")
 
 
 # The keyword arguments the framework passes to each kind of factory itself (not config ``*_args``).

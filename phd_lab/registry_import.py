@@ -21,6 +21,7 @@ import linecache
 import logging
 import os
 import shlex
+import stat
 import sys
 import threading
 import weakref
@@ -29,7 +30,7 @@ from types import ModuleType
 from typing import Iterator, Mapping, Sequence
 
 from phd_lab import registry_files
-from phd_lab.errors import RegistryError
+from phd_lab.errors import NOT_REGULAR, RegistryError
 from phd_lab.interrupts import raise_interruption_behind
 
 log = logging.getLogger(__name__)
@@ -511,6 +512,10 @@ def _import_registry_module(spec: str, kind: str) -> ModuleType:
             if path.is_dir():
                 raise RegistryError(f"The {kind} registry module {spec!r} is a folder; give a path to a .py file "
                                     f"or a dotted module name (e.g. 'registries.{kind}').")
+            if path.exists() and not path.is_file():  # a FIFO or a device was said not to exist
+                what = NOT_REGULAR.get(stat.S_IFMT(path.stat().st_mode), "no regular file")
+                raise RegistryError(f"The {kind} registry module {spec!r} is {what}, not a regular file; give a path "
+                                    f"to a .py file or a dotted module name (e.g. 'registries.{kind}').")
             if not path.is_file():
                 raise RegistryError(
                     f"The {kind} registry module file {spec!r} does not exist; give a dotted module name (e.g. "

@@ -605,3 +605,18 @@ def test_a_logged_config_with_a_float_where_a_factory_annotates_int_reruns_as_it
         assert code == 0, capsys.readouterr().err
         [trained] = [path for path in (tmp_path / "logs").rglob("*_config.json")]
         assert json.loads(trained.read_text())["model_args"]["spread"] == 2.0
+
+
+@pytest.mark.parametrize("overrides, named", [({"epoch": "é" * 3000}, "the key 'epoch' must be an integer ≥ 1; got "),
+                                              ({"optimizer_args": {"lr": "é" * 3000}},
+                                               "optimizer_args 'lr' of 'adam' must be a number (its default is "
+                                               "0.0001); got ")])
+def test_a_long_value_of_the_wrong_type_is_shown_cut_short_with_its_characters(overrides, named, tmp_path):
+    """The value was shown as json.dumps wrote it: every 'é' as \\u00e9 and none left out, so a string of 3,000
+    characters made an error of 18 KB that said only the first of its few words in the first screen."""
+    done = run_main("--config", str(write_config(tmp_path, **overrides)), "--no-progress", timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    message = flat(done.stderr)
+    assert f'{named}"{"é" * 99}... (3,002 characters)' in message, message[:600]
+    assert "\\u00e9" not in message and len(message) < 600, message[:600]
+    assert not (tmp_path / "logs").exists()

@@ -152,3 +152,14 @@ def test_a_malformed_scheduler_is_refused_also_where_every_point_is_finished(tmp
         assert message.startswith(f"error: --scheduler {spec!r}") and "Traceback" not in message, message
         assert "local:N" in message and "Run 0" not in message, message  # told before the grid is looked at
     assert log_file.read_bytes() == before
+
+
+@pytest.mark.parametrize("listing", [["--list", "steps"], ["--list-keys"]], ids=" ".join)
+def test_index_0_beside_a_listing_is_refused_as_any_other_index(listing):
+    """`--index 0` equals False, which the check of ignored options took for an option not given: the listing was
+    printed with exit 0, while `--index 1` was refused."""
+    from tests.conftest import run_main
+    done = run_main(*listing, "--index", "0", timeout=120)
+    assert done.returncode == EXIT_USAGE, done.stdout
+    assert f"{listing[0]} only prints a listing, so --index would do nothing" in flat(done.stderr)
+    assert done.stdout == "" and "Traceback" not in done.stderr

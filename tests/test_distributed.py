@@ -680,6 +680,25 @@ def test_scheduler_spec_errors():
             parse_scheduler(spec)
 
 
+def test_a_local_cluster_beyond_reason_is_refused_before_it_fills_the_memory(tmp_path):
+    """local:99999999999 passed the check (N ≥ 1 only) and LocalCluster built the specs of every worker: the
+    command grew by about a gigabyte a second until killed. Under an address-space limit it now gets exit 2, and
+    1024 workers are still allowed by the check."""
+    import resource
+
+    from tests.conftest import ROOT
+    assert parse_scheduler("local:1024") == ("local", 1024)
+    config = write_config(tmp_path, epoch=1, post_processing=[])
+    limit = 8 * 2**30  # what the command may take at most: without the check it ran into this limit
+    result = subprocess.run([sys.executable, "main.py", "--config", str(config), "--scheduler", "local:99999999999",
+                             "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert ("error: --scheduler 'local:99999999999': a local cluster takes at most 1024 worker processes"
+            in " ".join(result.stderr.split())), result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "logs").exists()
+
+
 def test_plain_local_starts_one_worker_per_core_this_process_may_use(tmp_path):
     """Under taskset (or a cgroup's CPU set) plain ``local`` counted the machine's cores, not the usable ones."""
     code = ("import logging; logging.basicConfig(level=logging.WARNING)\n"

@@ -231,3 +231,20 @@ def test_a_file_under_another_process_lease_is_read_once_the_lease_is_given_back
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("registry", ["fifo", "/dev/null"])
+def test_a_registry_module_that_is_no_regular_file_is_named_as_what_it_is(tmp_path, registry):
+    """A FIFO (or a device) given as a registry module file was said not to exist, though `ls` shows it there."""
+    import json
+
+    from tests.conftest import TINY
+    module = str(_fifo_at(tmp_path / "my_models.py")) if registry == "fifo" else registry
+    config = tmp_path / "exp.json"
+    config.write_text(json.dumps({**TINY, "logs_dir": str(tmp_path / "logs"), "registries": {"models": module}}))
+    done = _run("main.py", "--config", str(config), "--no-progress")
+    err = " ".join(done.stderr.split())
+    what = "a FIFO (named pipe)" if registry == "fifo" else "a character device"
+    assert done.returncode == 2, err
+    assert f"the key 'registries': The models registry module {module!r} is {what}, not a regular file" in err, err
+    assert "does not exist" not in err and "Traceback" not in err and not (tmp_path / "logs").exists()
