@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from phd_lab.config import RunConfig
+from phd_lab.config_file import shown_value
 from phd_lab.errors import ConfigError, first_line
 from phd_lab.factory_args import factory_model_args, logged_run, refused_args
 from phd_lab.factory_results import checked_result
@@ -73,6 +74,30 @@ def _build_on_meta(cfg: RunConfig, registries: Registries, num_classes: int, in_
     with torch.device("meta"), logged_run(cfg.logged_meta is not None):
         return registries.models.get(cfg.model)(num_classes=num_classes, in_channels=in_channels,
                                                  **factory_model_args(cfg.model_args))
+
+
+def check_fits_memory(cfg: RunConfig, registries: Registries) -> None:
+    """Refuse a model whose parameters and buffers alone need more memory than this process may still take,
+    counted on the meta device before its factory allocates them: a model is built in main memory, also for a GPU,
+    and an MLP of units [[2**40]] stopped in torch's allocation error with a traceback. Training needs more
+    (gradients, the optimizer's state), so only what certainly fails is refused. Checked where the run trains, not
+    up front: the host a grid is submitted from may have less memory than its workers."""
+    from phd_lab.environment import available_memory
+    from phd_lab.wording import byte_amount
+    _, model = meta_model(cfg, registries, {})
+    if model is None:  # a factory the meta device cannot run: its real build says what it says
+        return
+    # a lazy module's parameters have no size until its first forward pass
+    tensors = [tensor for tensor in (*model.parameters(), *model.buffers()) if not nn.parameter.is_lazy(tensor)]
+    needed = sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+    available = available_memory()
+    if available is not None and needed > available:
+        values = sum(tensor.numel() for tensor in tensors)
+        raise ConfigError(f"{cfg.source}: model {cfg.model!r} with model_args {shown_value(cfg.model_args)} holds "
+                          f"{values:,} parameter and buffer values ({byte_amount(needed)}), more than the "
+                          f"{byte_amount(available)} of memory this process may still take, so it cannot be built "
+                          f"here (a model is built in main memory, also for a GPU). Choose smaller model_args, or "
+                          f"train it on a machine with more memory.")
 
 
 def check_truncate(cfg: RunConfig, model: nn.Module) -> None:
