@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from tqdm import tqdm
 
 from phd_lab.config import check_probe_keys
+from phd_lab.config_file import shown_value
 from phd_lab.errors import (LOG_MARK, ConfigError, DataError, RegistryError, RunLockedError, UsageError, brief,
                             failure_line, without_log)
 from phd_lab.grid import Grid
@@ -180,7 +181,7 @@ class Main:
                 differing = sorted(_differing_keys(cfg.values, other))
                 why = (f"they differ only in {differing}, which do not change a run's results and are not part of "
                        f"its folder; sweep such keys in separate configs (or one after the other)" if differing
-                       else "remove the duplicate value from the lists")
+                       else _duplicate_values(grid, first, index))
                 if executors[first].rundir.root != executor.rundir.root:
                     why = (f"their logs_dir values {executors[first].config.logs_dir!r} and {cfg.logs_dir!r} name "
                            f"one folder (written two ways, or through a symbolic link); keep one of them")
@@ -411,6 +412,24 @@ def _shared_latents_folders(executors: list[TrainTestExecutor], where: str) -> l
                                                                    f"{where}, run {index}", first != index)))
                     break
     return errors
+
+
+def _duplicate_values(grid: Grid, first: int, index: int) -> str:
+    """How to undo two grid points that resolve to one folder: name the axes whose values are written differently
+    but read the same (run_id [5, "5"]: a run_id is read as a string), or else those whose list holds a value
+    twice (epoch [1, 1]); the message said only "remove the duplicate value from the lists"."""
+    def written(value: Any) -> str:
+        return json.dumps(value, sort_keys=True)
+
+    mine, theirs = grid.varying(first), grid.varying(index)
+    alike = [f"{name} ({shown_value(mine[name])} and {shown_value(theirs[name])})" for name in mine
+             if written(mine[name]) != written(theirs[name])]
+    if alike:
+        return (f"their values of {', '.join(alike)} are read as the same value; keep one of each in the "
+                f"{'list' if len(alike) == 1 else 'lists'}")
+    values = {axis.name: [written(value) for value in axis.values] for axis in grid.axes}
+    repeated = [name for name, value in mine.items() if values[name].count(written(value)) > 1]
+    return f"the list of {', '.join(repeated)} holds a value twice; remove the repeat"
 
 
 def _differing_keys(values: dict[str, Any], other: dict[str, Any], prefix: str = "") -> list[str]:

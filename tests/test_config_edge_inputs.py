@@ -79,7 +79,20 @@ def test_a_digest_collision_in_one_grid_is_no_duplicate_but_a_repeated_value_is(
     assert str(status[1][1]) in capsys.readouterr().out  # the same folder when only that point is chosen
     repeated = write_config(tmp_path, "repeated.json", **FAST, delta=[COLLIDING_DELTA[0]] * 2)
     assert main_cli(["--config", str(repeated), "--dry-run"]) == 2
-    assert "remove the duplicate value from the lists" in flat(capsys.readouterr().err)
+    assert "the list of delta holds a value twice; remove the repeat" in flat(capsys.readouterr().err)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_values_written_differently_but_read_the_same_are_named_as_one_folders(tmp_path, capsys):
+    """run_id [5, "5"] (a run_id is read as a string) and seed [1, 1] were refused with "remove the duplicate value
+    from the lists", which named neither the key nor the values."""
+    for name, values, said in (("run_id", [5, "5"], 'their values of run_id (5 and "5") are read as the same '
+                                                     'value; keep one of each in the list'),
+                               ("seed", [1, 1], "the list of seed holds a value twice; remove the repeat")):
+        config = write_config(tmp_path, f"{name}.json", **{**FAST, name: values})
+        assert main_cli(["--config", str(config), "--dry-run"]) == 2
+        err = flat(capsys.readouterr().err)
+        assert "runs 0 and 1 would share the folder" in err and said in err, err
     assert not (tmp_path / "logs").exists()
 
 
