@@ -294,7 +294,7 @@ def check_known_keys(raw: Mapping[str, Any], where: str) -> None:
                           f"`python main.py --list-keys` documents them.")
     if META_KEY in raw and not isinstance(raw[META_KEY], dict):  # else it would pass for a logged config
         raise ConfigError(f"{where}: the key {META_KEY!r} must be a JSON object; got "
-                          f"{json.dumps(raw[META_KEY])[:60]}. phd-lab writes it into the configs it logs in run "
+                          f"{shown_value(raw[META_KEY])}. phd-lab writes it into the configs it logs in run "
                           f"folders (versions, git commit, setup); remove it from a config you write yourself.")
     if META_KEY in raw:
         check_meta_shape(raw[META_KEY], where)
@@ -330,7 +330,7 @@ def check_meta_shape(meta: Mapping[str, Any], where: str) -> None:
                                                  for args in defaults.values()):
         raise ConfigError(f"{where}: the key '{META_KEY}.defaults_in_effect' must be a JSON object of JSON objects, "
                           f"one per kind of factory arguments (e.g. {{\"model_args\": {{\"width\": 1.0}}, "
-                          f"\"optimizer_args\": {{}}}}); got {json.dumps(defaults)[:60]}. phd-lab writes it into "
+                          f"\"optimizer_args\": {{}}}}); got {shown_value(defaults)}. phd-lab writes it into "
                           f"the configs it logs (the factory defaults a run left in effect): restore it from a "
                           f"copy of the run's logged config, or remove the key to rerun without comparing them.")
 
@@ -512,13 +512,13 @@ def validate_values(raw: Mapping[str, Any], where: str) -> None:
             if key.name == "metrics" and len(set(item)) < len(item) and META_KEY not in raw:
                 repeated = sorted({name for name in item if item.count(name) > 1})
                 raise ConfigError(f"{where}: the key 'metrics' names {', '.join(map(repr, repeated))} more than "
-                                  f"once ({json.dumps(item)}); each metric is computed once, so give each name "
+                                  f"once ({shown_value(item)}); each metric is computed once, so give each name "
                                   f"once.")
         if key.name == "target_saturation":
             for band in values:
                 if len(band) != 2 or not 0.0 < band[0] < band[1] <= 1.0:
                     raise ConfigError(f"{where}: the key 'target_saturation' must be [low, high] with "
-                                      f"0 < low < high <= 1 (thesis: [0.2, 0.3]); got {json.dumps(band)}.")
+                                      f"0 < low < high <= 1 (thesis: [0.2, 0.3]); got {shown_value(band)}.")
         if key.name == "registries":
             for registry_value in values:
                 unknown = sorted(set(registry_value) - set(KINDS))
@@ -529,7 +529,7 @@ def validate_values(raw: Mapping[str, Any], where: str) -> None:
                     if not isinstance(module, str) or not module.strip():
                         raise ConfigError(f"{where}: the key 'registries.{kind}' must name a module: a dotted "
                                           f"module name (e.g. 'registries.{kind}') or the path of a .py file; "
-                                          f"got {json.dumps(module)}.")
+                                          f"got {shown_value(module)}.")
 
 
 def derive_seed(run_id: str) -> int:
@@ -547,7 +547,7 @@ def normalise_steps(steps: list[Any], where: str) -> list[dict[str, Any]]:
             result.append(dict(step))
         else:
             raise ConfigError(f"{where}: entry {position} of 'post_processing' must be a step name or an object "
-                              f"with a 'name' and the step's parameters; got {json.dumps(step)}. List the steps "
+                              f"with a 'name' and the step's parameters; got {shown_value(step)}. List the steps "
                               f"with `python main.py --list steps`.")
     return result
 

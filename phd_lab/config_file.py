@@ -203,7 +203,9 @@ SHOWN_CHARACTERS = 100
 def shown_value(value: Any) -> str:
     """``value`` as JSON for a message: its characters as they are ("été", not "\\u00e9t\\u00e9"), and a long one
     cut after SHOWN_CHARACTERS with its length said (a 3,000-character string made an 18 KB message of escapes)."""
-    text = printable(json.dumps(value, ensure_ascii=False))
-    if len(text) <= SHOWN_CHARACTERS:
-        return text
-    return f"{text[:SHOWN_CHARACTERS]}... ({len(text):,} characters)"
+    return cut_short(printable(json.dumps(value, ensure_ascii=False)), SHOWN_CHARACTERS)
+
+
+def cut_short(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and its length where it is longer."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"

@@ -25,6 +25,7 @@ from phd_lab.callbacks import Callback, MetricsCSV, RunFolderGuard
 from phd_lab.checkpoint import CheckpointStore, misfit, room_warning
 from phd_lab.config import (META_KEY, SCHEMA_BY_NAME, RunConfig, as_single_point, logged_values_problem,
                             names_another_run)
+from phd_lab.config_file import shown_value
 from phd_lab.config_paths import absolute_paths
 from phd_lab.data import DataBundle
 from phd_lab.device import DeviceMissing, resolve_device
@@ -120,13 +121,13 @@ class TrainTestExecutor:
         truncate = cfg.model_args.get("truncate")
         if truncate is not None and (not isinstance(truncate, str) or not truncate):
             raise ConfigError(f"{where}: model_args 'truncate' must be a layer name, 'border' or 'border_max' "
-                              f"(or null for no truncation); got {json.dumps(truncate)}.")
+                              f"(or null for no truncation); got {shown_value(truncate)}.")
         linear_init = cfg.model_args.get("linear_init")
         # not a string: an object (a grid axis [{}] gives one) is no key of LINEAR_INITS, and unhashable
         if linear_init is not None and (not isinstance(linear_init, str) or linear_init not in LINEAR_INITS):
             choices = "; ".join(f"{name!r}: {what}" for name, what in LINEAR_INITS.items())
             raise ConfigError(f"{where}: model_args 'linear_init' must be null (the model's own draw) or one of "
-                              f"{choices}; got {json.dumps(linear_init)}.")
+                              f"{choices}; got {shown_value(linear_init)}.")
         dataset_factory = self.registries.datasets.get(cfg.dataset)
         check_factory_args(dataset_factory, cfg.dataset_args, "dataset_args",
                            cfg.dataset, where, SUPPLIED_ARGS["datasets"], logged=logged)

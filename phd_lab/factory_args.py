@@ -14,7 +14,7 @@ import inspect
 import json
 from typing import Any, Callable, Iterator, Mapping
 
-from phd_lab.config_file import shown_value
+from phd_lab.config_file import cut_short, shown_value
 from phd_lab.errors import ConfigError, first_line
 
 # model_args the framework handles itself (not passed to the model factory):
@@ -30,12 +30,17 @@ def factory_model_args(model_args: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in model_args.items() if k not in FRAMEWORK_MODEL_OPTIONS}
 
 
+# where a factory's own message is cut: mlp's "units[0] must be a positive integer; got 'é...'" repeated a value of
+# 3,000 characters whole
+FACTORY_MESSAGE_CHARACTERS = 400
+
+
 def refused_args(source: str, kind: str, name: str, args: Mapping[str, Any], error: BaseException) -> ConfigError:
     """The error of the ``kind`` factory (dataset, model, optimizer) ``name`` whose call with the config's
     ``<kind>_args`` raised ``error`` (a TypeError or ValueError): one wording for the checks before training and
     the run, which ``experiment._with_args_axis_hint`` recognises ("cannot be built with model_args")."""
-    return ConfigError(f"{source}: {kind} {name!r} cannot be built with {kind}_args {json.dumps(args)}: "
-                       f"{first_line(error)}.")
+    return ConfigError(f"{source}: {kind} {name!r} cannot be built with {kind}_args {shown_value(args)}: "
+                       f"{cut_short(first_line(error), FACTORY_MESSAGE_CHARACTERS)}.")
 
 
 PASSED_BY_POSITION = ("model",)  # an optimizer factory is called f(model, epochs=..., ...): any first name will do

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from phd_lab.config_file import shown_value
 from phd_lab.errors import ConfigError
 
 # What extraction computes; part of the reuse check, so latents of an older computation are made anew. Kept here,
@@ -95,12 +96,12 @@ def check_sets(sizes: Any, methods: Any, where: str) -> None:
     """The extract step's 'sizes' and 'methods': known values, no repeats, not empty; a ConfigError naming them."""
     if sizes is not None:
         if not isinstance(sizes, list) or not sizes:
-            raise ConfigError(f"{where}: 'sizes' is {json.dumps(sizes)}; give a non-empty list of maximum "
+            raise ConfigError(f"{where}: 'sizes' is {shown_value(sizes)}; give a non-empty list of maximum "
                               f"feature-map sides such as [1, 2, 4], or null for the run's 'downsampling' alone.")
         for size in sizes:
             if not (size is None or size == PIXELWISE or (isinstance(size, int) and not isinstance(size, bool)
                                                            and size >= 1)):
-                raise ConfigError(f"{where}: 'sizes' holds {json.dumps(size)}; each size must be an integer ≥ 1 "
+                raise ConfigError(f"{where}: 'sizes' holds {shown_value(size)}; each size must be an integer ≥ 1 "
                                   f"(the largest feature-map side kept), null (whole maps) or \"pixelwise\".")
         repeated = sorted({json.dumps(size) for size in sizes if sizes.count(size) > 1})
         if repeated:
@@ -108,11 +109,11 @@ def check_sets(sizes: Any, methods: Any, where: str) -> None:
     if (not isinstance(methods, list) or not methods
             or any(not isinstance(method, str) or method not in METHODS for method in methods)):
         raise ConfigError(f"{where}: 'methods' must be a non-empty list of {', '.join(map(repr, METHODS))}; got "
-                          f"{json.dumps(methods)}.")
+                          f"{shown_value(methods)}.")
     if len(set(methods)) < len(methods):
         raise ConfigError(f"{where}: 'methods' names a method more than once; give each once.")
     if methods != [DEFAULT_METHOD] and sizes is None:
-        raise ConfigError(f"{where}: 'methods' is {json.dumps(methods)} but 'sizes' is null; the methods apply to "
+        raise ConfigError(f"{where}: 'methods' is {shown_value(methods)} but 'sizes' is null; the methods apply to "
                           f"the further sets of 'sizes' (the run's 'downsampling' always average-pools into "
                           f"latents/). Give 'sizes', e.g. [1, 2, 4].")
 

@@ -607,18 +607,28 @@ def test_a_logged_config_with_a_float_where_a_factory_annotates_int_reruns_as_it
         assert json.loads(trained.read_text())["model_args"]["spread"] == 2.0
 
 
-@pytest.mark.parametrize("overrides, named", [({"epoch": "é" * 3000}, "the key 'epoch' must be an integer ≥ 1; got "),
-                                              ({"optimizer_args": {"lr": "é" * 3000}},
-                                               "optimizer_args 'lr' of 'adam' must be a number (its default is "
-                                               "0.0001); got ")])
-def test_a_long_value_of_the_wrong_type_is_shown_cut_short_with_its_characters(overrides, named, tmp_path):
+LONG = "é" * 3000
+
+
+@pytest.mark.parametrize("overrides, named, length, shown", [  # the first 100 characters of the value's JSON
+    ({"epoch": LONG}, "the key 'epoch' must be an integer ≥ 1; got ", 3002, 99),
+    ({"optimizer_args": {"lr": LONG}}, "optimizer_args 'lr' of 'adam' must be a number (its default is 0.0001); got ",
+     3002, 99),
+    ({"model_args": {"linear_init": LONG}}, "the families' own draw (null keeps that draw itself); got ", 3002, 99),
+    ({"post_processing": [{"nme": LONG}]}, "an object with a 'name' and the step's parameters; got {\"nme\": ", 3011,
+     91),
+    ({"model": "mlp", "model_args": {"units": [[LONG]]}}, "model 'mlp' cannot be built with model_args {\"units\": [",
+     3015, 88)])
+def test_a_long_value_of_the_wrong_type_is_shown_cut_short_with_its_characters(overrides, named, length, shown,
+                                                                                tmp_path):
     """The value was shown as json.dumps wrote it: every 'é' as \\u00e9 and none left out, so a string of 3,000
-    characters made an error of 18 KB that said only the first of its few words in the first screen."""
+    characters made an error of 18 KB that said only the first of its few words in the first screen. A factory's
+    own message that repeats the value (mlp's units) is cut too."""
     done = run_main("--config", str(write_config(tmp_path, **overrides)), "--no-progress", timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     message = flat(done.stderr)
-    assert f'{named}"{"é" * 99}... (3,002 characters)' in message, message[:600]
-    assert "\\u00e9" not in message and len(message) < 600, message[:600]
+    assert f'{named}"{"é" * shown}... ({length:,} characters)' in message, message[:600]
+    assert "\\u00e9" not in message and len(message) < 2000, message[:2000]
     assert not (tmp_path / "logs").exists()
 
 
