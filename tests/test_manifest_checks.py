@@ -265,3 +265,17 @@ def test_a_run_folder_whose_name_holds_a_byte_that_is_no_utf8_is_probed(tmp_path
     assert (odd / "run" / "probe_performances.csv").is_file()
     log_text = (odd / "run" / "probe.log").read_text(encoding="utf-8")
     assert f"{tmp_path}/x\\udcff/run/latents: probe results in" in log_text, log_text
+
+
+@pytest.mark.parametrize("field, change", [
+    ("layers[1].index", lambda m: m["layers"][1].update(index=10 ** 300)),
+    ("layers[1].name", lambda m: m["layers"][1].update(name="x" * 300)),
+])
+def test_a_layer_whose_confusion_file_name_is_too_long_is_refused_before_any_fit(tmp_path, field, change):
+    """The confusion matrix is written as probe_confusion/<index:03d>-<name>.npy: an index of 10**300 or a name of
+    300 characters passed, every layer was fitted, and the job ended with exit status 1 ('File name too long')."""
+    folder = latents(tmp_path)
+    edit(folder, change)
+    err = probe_main(folder, tmp_path)
+    assert f"{field} gives the layer's confusion-matrix file name" in err and "at most 255 bytes" in err
+    _run_folder_holds_only_its_latents(tmp_path)
