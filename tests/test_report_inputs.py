@@ -329,3 +329,26 @@ def test_a_run_folder_without_its_config_is_named_after_its_checkpoint_or_metric
     (folder / "net-Digits-r8.pt").write_bytes(b"")
     (folder / "aaa.previous.pt").write_bytes(b"")
     assert run_folder(folder).name == "net-Digits-r8"  # the checkpoint's name, not the previous one's
+
+
+@pytest.mark.parametrize("column, value", [("eval_acc", "7"), ("eval_acc", "-0.5"), ("eval_acc", "abc0.9"),
+                                           ("train_acc", "1.5"), ("relative_acc", "-1")])
+def test_a_probe_table_with_an_accuracy_out_of_range_is_named_as_damaged(tmp_path, column, value):
+    """An eval_acc of 7 was the run's best probe (700 %) in analysis.json and the page, and one of text was left out
+    of the verdicts, without a word; such a table is now unusable, as a cut one is, and the page says why."""
+    logs = tmp_path / "logs"
+    rundir = write_run(logs, width=0.25, stage="full")
+    probes = pd.read_csv(rundir.probe_csv, dtype=str)
+    probes.loc[1, column] = value
+    probes.to_csv(rundir.probe_csv, index=False)
+    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--no-progress", "-mp", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    analysis = read_json(rundir.root / "analysis.json")
+    assert analysis["probes"]["status"].startswith("damaged (probe_performances.csv cannot be used")
+    shown = value if value.startswith("abc") else float(value)
+    problem = (f"probe_performances.csv cannot be used: its {column} of layer {probes.loc[1, 'layer']!r} is "
+               f"{shown}, not a number")
+    assert any(p.startswith(problem) for p in analysis["problems"]), analysis["problems"]
+    page = html.unescape((logs / "report.html").read_text(encoding="utf-8"))
+    assert problem in page
