@@ -231,3 +231,16 @@ def test_a_file_under_another_process_lease_is_read_once_the_lease_is_given_back
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_fifo_at_the_probe_log_is_refused_not_waited_on(tmp_path):
+    """The probe job appends to <run folder>/probe.log: opening a FIFO there for writing waited for a reader for ever,
+    so the job hung without a word before its first fit. Now the FIFO is named, with the rm (exit 2), and no result
+    is written."""
+    _, latents = make_latents(tmp_path)
+    fifo = _fifo_at(latents.parent / "probe.log")
+    done = _run("probe_main.py", "--latents", str(latents), "-mp", "0", "--no-progress", "-q")
+    assert done.returncode == 2, done.stderr[-2000:]
+    _said(done.stderr, fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert not list(latents.parent.glob("probe_performances*")) and not (latents.parent / "probe_confusion").exists()
