@@ -352,3 +352,25 @@ def test_a_probe_table_with_an_accuracy_out_of_range_is_named_as_damaged(tmp_pat
     assert any(p.startswith(problem) for p in analysis["problems"]), analysis["problems"]
     page = html.unescape((logs / "report.html").read_text(encoding="utf-8"))
     assert problem in page
+
+
+@pytest.mark.parametrize("value", ["7", "-0.5"])
+def test_a_test_accuracy_out_of_range_is_named_not_shown(tmp_path, value):
+    """A metrics CSV whose last test_accuracy was 7 gave 'test accuracy 700.00%' on the page and was the probes'
+    reference in analysis.json, without a word; it is now left out, and the problem says why."""
+    logs = tmp_path / "logs"
+    rundir = write_run(logs, width=0.25, stage="full")
+    metrics = pd.read_csv(rundir.metrics_csv, dtype=str)
+    metrics.loc[len(metrics) - 1, "test_accuracy"] = value
+    metrics.to_csv(rundir.metrics_csv, index=False)
+    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--no-progress", "-mp", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    analysis = read_json(rundir.root / "analysis.json")
+    assert analysis["accuracy"]["test"] is None
+    assert analysis["probes"]["model_accuracy"] is None or 0 <= analysis["probes"]["model_accuracy"] <= 1
+    problem = (f"{rundir.metrics_csv.name}: test_accuracy of its last epoch is {float(value)}, not an accuracy from "
+               f"0 to 1; left out")
+    assert problem in analysis["problems"], analysis["problems"]
+    page = html.unescape((logs / "report.html").read_text(encoding="utf-8"))
+    assert problem in page and f"{float(value) * 100:.2f}%" not in page
