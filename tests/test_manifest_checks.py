@@ -279,3 +279,15 @@ def test_a_layer_whose_confusion_file_name_is_too_long_is_refused_before_any_fit
     err = probe_main(folder, tmp_path)
     assert f"{field} gives the layer's confusion-matrix file name" in err and "at most 255 bytes" in err
     _run_folder_holds_only_its_latents(tmp_path)
+
+
+def test_a_latents_set_folder_whose_result_names_would_be_too_long_is_refused(tmp_path):
+    """A folder named as a set (latents_<size>x<size>_<method>) near the 255 bytes a name may take was probed as that
+    set, and the job ended with an OSError traceback (exit 1) at its result files, probe_performances_<set>.csv."""
+    folder = latents(tmp_path)
+    long_set = folder.parent / f"latents_{'9' * 235}x9_nearest"
+    folder.rename(long_set)
+    err = probe_main(long_set, tmp_path)
+    assert "whose result files (probe_performances_<set>.csv, probe_confusion_<set>/) would have names longer" in err
+    assert not any(path.name.startswith("probe") for path in long_set.parent.iterdir())
+    assert not (tmp_path / "cache").exists()
