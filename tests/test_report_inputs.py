@@ -374,3 +374,15 @@ def test_a_test_accuracy_out_of_range_is_named_not_shown(tmp_path, value):
     assert problem in analysis["problems"], analysis["problems"]
     page = html.unescape((logs / "report.html").read_text(encoding="utf-8"))
     assert problem in page and f"{float(value) * 100:.2f}%" not in page
+
+
+def test_a_dataset_name_with_dollar_signs_is_drawn_as_it_is_not_as_mathtext(tmp_path):
+    """The comparison plots' legend names each group '<model> / <dataset>': a 'folder:' dataset whose path holds two
+    '$' was read as mathtext, and the report ended with a ValueError traceback (exit 1) before its page."""
+    logs = tmp_path / "logs"
+    rundir = write_run(logs, width=0.25, stage="full")
+    atomic.write_json(rundir.config, {**read_json(rundir.config), "dataset": "folder:/data/$x^{$"})
+    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--no-progress", "-mp", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "folder:/data/$x^{$" in html.unescape((logs / "report.html").read_text(encoding="utf-8"))

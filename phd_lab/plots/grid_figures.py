@@ -127,7 +127,7 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
                 xs, ys = zip(*points)
                 ax.scatter(xs, ys, s=[28 * math.sqrt(n) for n in points.values()], marker=marker,
                            color=color if done else "none", edgecolors=color,
-                           label=label if done else f"{label} (unfinished)")
+                           label=literal(label if done else f"{label} (unfinished)"))
                 for (x, y), n in points.items():
                     if n > 1:
                         ax.annotate(f"×{n}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=6,

@@ -79,12 +79,12 @@ def receptive_field_figure(table: pd.DataFrame, resolution: int, title: str = ""
     both = convs["b_min"].astype(bool) & convs["b_max"].astype(bool)
     for _, row in convs[both].iterrows():  # one line: b_max's drawn under b_min's was named but never seen
         ax.axvline(int(row["index"]), color="black", linestyle="-", linewidth=2,
-                   label=rf"$b_{{min}} = b_{{max}}$: {row['layer']}")
+                   label=rf"$b_{{min}} = b_{{max}}$: {literal(row['layer'])}")
     for flag, color, style, label in BORDER_STYLES:
         marked = convs[convs[flag].astype(bool) & ~both]
         for _, row in marked.iterrows():
             ax.axvline(int(row["index"]), color=color, linestyle=style, linewidth=2,
-                       label=f"{label}: {row['layer']}")
+                       label=f"{label}: {literal(row['layer'])}")
     ax.set_xlabel("Conv2d layer (forward order)")
     ax.set_ylabel("receptive field (pixels)")
     ax.set_ylim(bottom=0)  # a receptive field has no negative size (autoscaling's margin drew one below 0 px)
