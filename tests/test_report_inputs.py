@@ -386,3 +386,19 @@ def test_a_dataset_name_with_dollar_signs_is_drawn_as_it_is_not_as_mathtext(tmp_
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "folder:/data/$x^{$" in html.unescape((logs / "report.html").read_text(encoding="utf-8"))
+
+
+def test_a_probe_table_row_without_a_layer_name_is_named_as_damaged(tmp_path):
+    """An empty layer cell of probe_performances.csv failed the whole analysis of the run (a TypeError in a warning
+    that named no file); the table is now unusable, as a cut one is, and the problem names its row."""
+    logs = tmp_path / "logs"
+    rundir = write_run(logs, width=0.25, stage="full")
+    probes = pd.read_csv(rundir.probe_csv, dtype=str)
+    probes.loc[1, "layer"] = ""
+    probes.to_csv(rundir.probe_csv, index=False)
+    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--no-progress", "-mp", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "failed" not in done.stderr, done.stderr[-2000:]
+    analysis = read_json(rundir.root / "analysis.json")
+    assert "probe_performances.csv cannot be used: its row 2 names no layer" in analysis["problems"]
+    assert analysis["probes"]["status"].startswith("damaged (probe_performances.csv cannot be used")

@@ -296,6 +296,10 @@ def _accuracies_in_range(probes: pd.DataFrame | None, tables: RunTables) -> pd.D
     word. An empty cell or NaN is a failed fit (a pixelwise position) and stays."""
     if probes is None:
         return None
+    unnamed = probes["layer"].isna().to_numpy().nonzero()[0]  # an empty cell: the analysis failed on it (TypeError)
+    if len(unnamed):
+        tables.problems.append(f"{PROBES} cannot be used: its row {int(unnamed[0]) + 1} names no layer")
+        return None
     for column, low, high in (("eval_acc", 0.0, 1.0), ("train_acc", 0.0, 1.0), ("relative_acc", 0.0, math.inf)):
         if column not in probes.columns:
             continue
