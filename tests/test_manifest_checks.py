@@ -291,3 +291,19 @@ def test_a_latents_set_folder_whose_result_names_would_be_too_long_is_refused(tm
     assert "whose result files (probe_performances_<set>.csv, probe_confusion_<set>/) would have names longer" in err
     assert not any(path.name.startswith("probe") for path in long_set.parent.iterdir())
     assert not (tmp_path / "cache").exists()
+
+
+def test_negative_labels_are_refused_before_anything_is_written(tmp_path):
+    """An extraction writes class indices 0, 1, ...: a label -1 (an 'ignore' marker, or damage) was fitted as a class
+    of its own, and the probes' accuracies were computed over it without a word."""
+    rng = np.random.default_rng(0)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    y_train = np.arange(40) % 2
+    y_train[3] = -1
+    folder = write_latents(run_dir / "latents", {"l.0": (rng.standard_normal((40, 3)).astype(np.float32),
+                                                         rng.standard_normal((20, 3)).astype(np.float32))},
+                           y_train, np.arange(20) % 2, run_dir, 0.9)
+    err = probe_main(folder, tmp_path)
+    assert "train-labels.npy' hold the negative class -1; labels are class indices" in err
+    _run_folder_holds_only_its_latents(tmp_path)
