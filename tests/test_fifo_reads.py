@@ -248,3 +248,16 @@ def test_a_registry_module_that_is_no_regular_file_is_named_as_what_it_is(tmp_pa
     assert done.returncode == 2, err
     assert f"the key 'registries': The models registry module {module!r} is {what}, not a regular file" in err, err
     assert "does not exist" not in err and "Traceback" not in err and not (tmp_path / "logs").exists()
+
+
+def test_a_fifo_at_the_probe_log_is_refused_not_waited_on(tmp_path):
+    """The probe job appends to <run folder>/probe.log: opening a FIFO there for writing waited for a reader for ever,
+    so the job hung without a word before its first fit. Now the FIFO is named, with the rm (exit 2), and no result
+    is written."""
+    _, latents = make_latents(tmp_path)
+    fifo = _fifo_at(latents.parent / "probe.log")
+    done = _run("probe_main.py", "--latents", str(latents), "-mp", "0", "--no-progress", "-q")
+    assert done.returncode == 2, done.stderr[-2000:]
+    _said(done.stderr, fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert not list(latents.parent.glob("probe_performances*")) and not (latents.parent / "probe_confusion").exists()

@@ -265,3 +265,45 @@ def test_a_run_folder_whose_name_holds_a_byte_that_is_no_utf8_is_probed(tmp_path
     assert (odd / "run" / "probe_performances.csv").is_file()
     log_text = (odd / "run" / "probe.log").read_text(encoding="utf-8")
     assert f"{tmp_path}/x\\udcff/run/latents: probe results in" in log_text, log_text
+
+
+@pytest.mark.parametrize("field, change", [
+    ("layers[1].index", lambda m: m["layers"][1].update(index=10 ** 300)),
+    ("layers[1].name", lambda m: m["layers"][1].update(name="x" * 300)),
+])
+def test_a_layer_whose_confusion_file_name_is_too_long_is_refused_before_any_fit(tmp_path, field, change):
+    """The confusion matrix is written as probe_confusion/<index:03d>-<name>.npy: an index of 10**300 or a name of
+    300 characters passed, every layer was fitted, and the job ended with exit status 1 ('File name too long')."""
+    folder = latents(tmp_path)
+    edit(folder, change)
+    err = probe_main(folder, tmp_path)
+    assert f"{field} gives the layer's confusion-matrix file name" in err and "at most 255 bytes" in err
+    _run_folder_holds_only_its_latents(tmp_path)
+
+
+def test_a_latents_set_folder_whose_result_names_would_be_too_long_is_refused(tmp_path):
+    """A folder named as a set (latents_<size>x<size>_<method>) near the 255 bytes a name may take was probed as that
+    set, and the job ended with an OSError traceback (exit 1) at its result files, probe_performances_<set>.csv."""
+    folder = latents(tmp_path)
+    long_set = folder.parent / f"latents_{'9' * 235}x9_nearest"
+    folder.rename(long_set)
+    err = probe_main(long_set, tmp_path)
+    assert "whose result files (probe_performances_<set>.csv, probe_confusion_<set>/) would have names longer" in err
+    assert not any(path.name.startswith("probe") for path in long_set.parent.iterdir())
+    assert not (tmp_path / "cache").exists()
+
+
+def test_negative_labels_are_refused_before_anything_is_written(tmp_path):
+    """An extraction writes class indices 0, 1, ...: a label -1 (an 'ignore' marker, or damage) was fitted as a class
+    of its own, and the probes' accuracies were computed over it without a word."""
+    rng = np.random.default_rng(0)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    y_train = np.arange(40) % 2
+    y_train[3] = -1
+    folder = write_latents(run_dir / "latents", {"l.0": (rng.standard_normal((40, 3)).astype(np.float32),
+                                                         rng.standard_normal((20, 3)).astype(np.float32))},
+                           y_train, np.arange(20) % 2, run_dir, 0.9)
+    err = probe_main(folder, tmp_path)
+    assert "train-labels.npy' hold the negative class -1; labels are class indices" in err
+    _run_folder_holds_only_its_latents(tmp_path)

@@ -329,3 +329,76 @@ def test_a_run_folder_without_its_config_is_named_after_its_checkpoint_or_metric
     (folder / "net-Digits-r8.pt").write_bytes(b"")
     (folder / "aaa.previous.pt").write_bytes(b"")
     assert run_folder(folder).name == "net-Digits-r8"  # the checkpoint's name, not the previous one's
+
+
+@pytest.mark.parametrize("column, value", [("eval_acc", "7"), ("eval_acc", "-0.5"), ("eval_acc", "abc0.9"),
+                                           ("train_acc", "1.5"), ("relative_acc", "-1")])
+def test_a_probe_table_with_an_accuracy_out_of_range_is_named_as_damaged(tmp_path, column, value):
+    """An eval_acc of 7 was the run's best probe (700 %) in analysis.json and the page, and one of text was left out
+    of the verdicts, without a word; such a table is now unusable, as a cut one is, and the page says why."""
+    logs = tmp_path / "logs"
+    rundir = write_run(logs, width=0.25, stage="full")
+    probes = pd.read_csv(rundir.probe_csv, dtype=str)
+    probes.loc[1, column] = value
+    probes.to_csv(rundir.probe_csv, index=False)
+    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--no-progress", "-mp", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    analysis = read_json(rundir.root / "analysis.json")
+    assert analysis["probes"]["status"].startswith("damaged (probe_performances.csv cannot be used")
+    shown = value if value.startswith("abc") else float(value)
+    problem = (f"probe_performances.csv cannot be used: its {column} of layer {probes.loc[1, 'layer']!r} is "
+               f"{shown}, not a number")
+    assert any(p.startswith(problem) for p in analysis["problems"]), analysis["problems"]
+    page = html.unescape((logs / "report.html").read_text(encoding="utf-8"))
+    assert problem in page
+
+
+@pytest.mark.parametrize("value", ["7", "-0.5"])
+def test_a_test_accuracy_out_of_range_is_named_not_shown(tmp_path, value):
+    """A metrics CSV whose last test_accuracy was 7 gave 'test accuracy 700.00%' on the page and was the probes'
+    reference in analysis.json, without a word; it is now left out, and the problem says why."""
+    logs = tmp_path / "logs"
+    rundir = write_run(logs, width=0.25, stage="full")
+    metrics = pd.read_csv(rundir.metrics_csv, dtype=str)
+    metrics.loc[len(metrics) - 1, "test_accuracy"] = value
+    metrics.to_csv(rundir.metrics_csv, index=False)
+    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--no-progress", "-mp", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    analysis = read_json(rundir.root / "analysis.json")
+    assert analysis["accuracy"]["test"] is None
+    assert analysis["probes"]["model_accuracy"] is None or 0 <= analysis["probes"]["model_accuracy"] <= 1
+    problem = (f"{rundir.metrics_csv.name}: test_accuracy of its last epoch is {float(value)}, not an accuracy from "
+               f"0 to 1; left out")
+    assert problem in analysis["problems"], analysis["problems"]
+    page = html.unescape((logs / "report.html").read_text(encoding="utf-8"))
+    assert problem in page and f"{float(value) * 100:.2f}%" not in page
+
+
+def test_a_dataset_name_with_dollar_signs_is_drawn_as_it_is_not_as_mathtext(tmp_path):
+    """The comparison plots' legend names each group '<model> / <dataset>': a 'folder:' dataset whose path holds two
+    '$' was read as mathtext, and the report ended with a ValueError traceback (exit 1) before its page."""
+    logs = tmp_path / "logs"
+    rundir = write_run(logs, width=0.25, stage="full")
+    atomic.write_json(rundir.config, {**read_json(rundir.config), "dataset": "folder:/data/$x^{$"})
+    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--no-progress", "-mp", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "folder:/data/$x^{$" in html.unescape((logs / "report.html").read_text(encoding="utf-8"))
+
+
+def test_a_probe_table_row_without_a_layer_name_is_named_as_damaged(tmp_path):
+    """An empty layer cell of probe_performances.csv failed the whole analysis of the run (a TypeError in a warning
+    that named no file); the table is now unusable, as a cut one is, and the problem names its row."""
+    logs = tmp_path / "logs"
+    rundir = write_run(logs, width=0.25, stage="full")
+    probes = pd.read_csv(rundir.probe_csv, dtype=str)
+    probes.loc[1, "layer"] = ""
+    probes.to_csv(rundir.probe_csv, index=False)
+    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--no-progress", "-mp", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "failed" not in done.stderr, done.stderr[-2000:]
+    analysis = read_json(rundir.root / "analysis.json")
+    assert "probe_performances.csv cannot be used: its row 2 names no layer" in analysis["problems"]
+    assert analysis["probes"]["status"].startswith("damaged (probe_performances.csv cannot be used")

@@ -330,7 +330,7 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
     accuracy = per_layer["eval_acc"].tolist()
     reference = model_accuracy
     if reference is None and tables.manifest:
-        reference = _number(tables.manifest.get("model_test_accuracy"))
+        reference = _accuracy(tables.manifest.get("model_test_accuracy"), "", [])  # out of range: None
     if "relative_acc" in per_layer.columns:
         relative = per_layer["relative_acc"].tolist()
     else:
@@ -458,7 +458,7 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
     if borders is not None:
         agreement = {key: _agreement(borders[key], last_tail, order, names, settings.border_tolerance)
                      for key in ("b_min", "b_max")}
-    test_accuracy = _test_accuracy(tables, row)
+    test_accuracy = _test_accuracy(tables, row, problems)
     saturation = _saturation_section(tables, row, saturations, main_path, tails, names, settings)
     truncation = None
     if borders and borders["b_min"]:
@@ -472,7 +472,9 @@ def summarize(tables: RunTables, settings: AnalysisSettings | None = None) -> di
                 **({"objective": tables.objective} if tables.objective else {})},
         "settings": settings.to_dict(),
         "accuracy": {"test": test_accuracy,
-                     "train": _number(row.get("train_accuracy")) if row is not None else None,
+                     "train": _accuracy(None if row is None else row.get("train_accuracy"),
+                                        f"{tables.folder.metrics_csv.name}: train_accuracy of its last epoch",
+                                        problems),
                      "epoch": _int(row.get("epoch")) if row is not None else None},
         "saturation": saturation,
         "tails": [{**t.to_dict(), "layers": t.layers(names)} for t in tails],  # start/stop index main_path
@@ -498,13 +500,26 @@ def _borders(rf: pd.DataFrame | None, resolution: Any) -> dict[str, Any] | None:
             "b_min_index": _conv_index(rf, b_min), "b_max_index": _conv_index(rf, b_max)}
 
 
-def _test_accuracy(tables: RunTables, row: pd.Series | None) -> float | None:
+def _accuracy(value: Any, what: str, problems: list[str]) -> float | None:
+    """``value`` as an accuracy: None where it is no number, or, with a problem that says so, no number from 0 to 1.
+    A metrics CSV whose test_accuracy was 7 showed 'test accuracy 700.00%' and was the probes' reference, without a
+    word."""
+    number = _number(value)
+    if number is not None and not 0.0 <= number <= 1.0:
+        problems.append(f"{what} is {number}, not an accuracy from 0 to 1; left out")
+        return None
+    return number
+
+
+def _test_accuracy(tables: RunTables, row: pd.Series | None, problems: list[str]) -> float | None:
     """The last epoch's test accuracy; without an Accuracy metric, the one the extraction measured."""
-    test_accuracy = _number(row.get("test_accuracy")) if row is not None else None
+    test_accuracy = _accuracy(row.get("test_accuracy") if row is not None else None,
+                              f"{tables.folder.metrics_csv.name}: test_accuracy of its last epoch", problems)
     unmeasured = tables.metrics is None or "test_accuracy" not in tables.metrics.columns  # no Accuracy metric
     if test_accuracy is None and unmeasured and tables.manifest:  # then the extraction measured it (rows of a
         # damaged CSV stay unknown: the manifest's accuracy is the final model's, not that of their last epoch)
-        test_accuracy = _number(tables.manifest.get("model_test_accuracy"))
+        test_accuracy = _accuracy(tables.manifest.get("model_test_accuracy"),
+                                  "latents/manifest.json: model_test_accuracy", problems)
     return test_accuracy
 
 

@@ -289,6 +289,31 @@ def _require(frame: pd.DataFrame | None, columns: tuple[str, ...], filename: str
     return frame
 
 
+def _accuracies_in_range(probes: pd.DataFrame | None, tables: RunTables) -> pd.DataFrame | None:
+    """The probe table, unless an accuracy in it is no number from 0 to 1 (``eval_acc``, ``train_acc``) or a
+    ``relative_acc`` is negative: an ``eval_acc`` of 7 (an edited or foreign table) was the run's best probe, 700 %,
+    in the report and analysis.json, and one of text ('abc0.91') was left out of the layer's verdicts, without a
+    word. An empty cell or NaN is a failed fit (a pixelwise position) and stays."""
+    if probes is None:
+        return None
+    unnamed = probes["layer"].isna().to_numpy().nonzero()[0]  # an empty cell: the analysis failed on it (TypeError)
+    if len(unnamed):
+        tables.problems.append(f"{PROBES} cannot be used: its row {int(unnamed[0]) + 1} names no layer")
+        return None
+    for column, low, high in (("eval_acc", 0.0, 1.0), ("train_acc", 0.0, 1.0), ("relative_acc", 0.0, math.inf)):
+        if column not in probes.columns:
+            continue
+        values = pd.to_numeric(probes[column], errors="coerce")
+        bad = (probes[column].notna() & values.isna()) | ~(values.isna() | values.between(low, high))
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            allowed = "a number from 0 to 1" if high == 1.0 else "a number >= 0"
+            tables.problems.append(f"{PROBES} cannot be used: its {column} of layer {probes['layer'].iloc[row]!r} is "
+                                   f"{probes[column].iloc[row]}, not {allowed} (an empty cell: a failed fit)")
+            return None
+    return probes
+
+
 def _flock_held(lock_path: Path) -> bool | None:
     """Whether any process holds a flock on ``lock_path``, from /proc/locks (None: cannot tell).
 
@@ -509,7 +534,8 @@ def load_run(folder: RunDir) -> RunTables:
     tables.computational = _computational(info, tables)
     layer_csv = _read_csv(folder.computational_info_csv, tables) if folder.computational_info_csv.is_file() else None
     tables.computational_layers = _layer_table(layer_csv)
-    tables.probes = _require(_read_csv(folder.probe_csv, tables), ("layer", "eval_acc"), PROBES, tables)
+    tables.probes = _accuracies_in_range(_require(_read_csv(folder.probe_csv, tables), ("layer", "eval_acc"), PROBES,
+                                                  tables), tables)
     tables.projections = _read_csv(folder.projections_csv, tables) if folder.projections_csv.is_file() else None
     manifest = _read_json(latents_manifest_path(tables), tables, record_missing=False)
     tables.manifest = manifest if isinstance(manifest, dict) else None

@@ -33,13 +33,20 @@ MAX_FIGURE_WIDTH = 60.0  # inches of a figure with a place per layer: a pixelwis
 # positions (§9.3) drew PNGs 90,000 pixels wide
 
 
+def literal(text: str) -> str:
+    """``text`` shown as it is: matplotlib reads a text with two '$' as mathtext, so a layer name such as '$x^{$'
+    (a module name may hold it; a manifest or table can name anything) ended the probe job, at its confusion plot,
+    and the report with a ValueError traceback, and '$x$' was drawn as math."""
+    return str(text).replace("$", r"\$")
+
+
 def thin_tick_labels(ax: Any, labels: Sequence[str], rotation: int, most: int = MAX_TICK_LABELS,
                      ha: str | None = None) -> None:
     """A tick at every n-th position, labelled with at most ``most`` of ``labels`` (all where they fit); ``ha``:
     the labels' alignment (by default right under a rotated label's tick, else centred)."""
     step = max(1, math.ceil(len(labels) / most))
     ax.set_xticks(range(0, len(labels), step))
-    ax.set_xticklabels(list(labels)[::step], rotation=rotation, fontsize=7,
+    ax.set_xticklabels([literal(label) for label in list(labels)[::step]], rotation=rotation, fontsize=7,
                        ha=ha or ("right" if rotation else "center"))
 
 
@@ -120,7 +127,7 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
                 xs, ys = zip(*points)
                 ax.scatter(xs, ys, s=[28 * math.sqrt(n) for n in points.values()], marker=marker,
                            color=color if done else "none", edgecolors=color,
-                           label=label if done else f"{label} (unfinished)")
+                           label=literal(label if done else f"{label} (unfinished)"))
                 for (x, y), n in points.items():
                     if n > 1:
                         ax.annotate(f"×{n}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=6,
@@ -242,4 +249,4 @@ def wrapped_title(title: str, width: int, lines: int = 3) -> str:
     wrapped = textwrap.wrap(title, width, break_long_words=True, break_on_hyphens=False) or [""]
     if len(wrapped) > lines:
         wrapped = ["…" + wrapped[-lines][1:], *wrapped[len(wrapped) - lines + 1:]]
-    return "\n".join(wrapped)
+    return literal("\n".join(wrapped))

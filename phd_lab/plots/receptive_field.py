@@ -58,7 +58,7 @@ def receptive_field_figure(table: pd.DataFrame, resolution: int, title: str = ""
     r_max of a single-path network, b_min and b_max at the same layer (solid black).
     """
     from phd_lab.plots import subplots
-    from phd_lab.plots.grid_figures import wrapped_lines
+    from phd_lab.plots.grid_figures import literal, wrapped_lines
 
     convs = table[table["index"].notna()].reset_index(drop=True)
     sequence, side = plotted_rows(convs)
@@ -79,17 +79,17 @@ def receptive_field_figure(table: pd.DataFrame, resolution: int, title: str = ""
     both = convs["b_min"].astype(bool) & convs["b_max"].astype(bool)
     for _, row in convs[both].iterrows():  # one line: b_max's drawn under b_min's was named but never seen
         ax.axvline(int(row["index"]), color="black", linestyle="-", linewidth=2,
-                   label=rf"$b_{{min}} = b_{{max}}$: {row['layer']}")
+                   label=rf"$b_{{min}} = b_{{max}}$: {literal(row['layer'])}")
     for flag, color, style, label in BORDER_STYLES:
         marked = convs[convs[flag].astype(bool) & ~both]
         for _, row in marked.iterrows():
             ax.axvline(int(row["index"]), color=color, linestyle=style, linewidth=2,
-                       label=f"{label}: {row['layer']}")
+                       label=f"{label}: {literal(row['layer'])}")
     ax.set_xlabel("Conv2d layer (forward order)")
     ax.set_ylabel("receptive field (pixels)")
     ax.set_ylim(bottom=0)  # a receptive field has no negative size (autoscaling's margin drew one below 0 px)
     ax.set_xticks(convs["index"].astype(int).tolist())
-    ax.set_xticklabels(convs["layer"].tolist(), rotation=90, fontsize=7)
+    ax.set_xticklabels([literal(name) for name in convs["layer"]], rotation=90, fontsize=7)
     # title's lines (the run's name, its run id and variant folder) wrapped to the figure's width
     ax.set_title(wrapped_lines(title, fig.get_size_inches()[0], 12) if title else "receptive field per layer")
     if convs.empty:  # an MLP: say so instead of leaving an empty frame; below the resolution line, which the

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import pandas as pd
 
 from phd_lab import atomic
-from phd_lab.plots.grid_figures import SPLIT_COLORS, fraction_in_percent, wrapped_lines
+from phd_lab.plots.grid_figures import SPLIT_COLORS, fraction_in_percent, literal, wrapped_lines
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -38,7 +38,7 @@ def plot_saturation(table: pd.DataFrame, ax: "Axes | None" = None, title: str = 
     ax.bar([p + WIDTH / 2 for p in positions], table["test"], WIDTH, label="test", color=SPLIT_COLORS["test"],
            hatch=TEST_HATCH, edgecolor="white", linewidth=0)  # white hatch lines, no frame
     ax.set_xticks(list(positions))
-    ax.set_xticklabels(list(table.index), rotation=60, ha="right", fontsize=8)
+    ax.set_xticklabels([literal(name) for name in table.index], rotation=60, ha="right", fontsize=8)
     ax.set_xlim(-0.7, len(table) - 0.3)  # every layer's slot, also a last one without bars (autoscaling cut it off)
     ax.set_ylim(0, 1)
     fraction_in_percent(ax.yaxis)  # 0–100%, as the run figure and the thesis show saturation

@@ -21,7 +21,7 @@ from phd_lab.latents_sets import (PREVIOUS_EXTRACTION_VERSION, extracted_by_olde
 from phd_lab.probes.manifest import MANIFEST, Manifest, read_manifest
 from phd_lab.probes.settings import ProbeSettings
 from phd_lab.rundir import FolderListings, RunDir, earlier_version_advice, earlier_version_runs, read_config_grid
-from phd_lab.user_paths import dangling_link, gone_link_target, unreachable
+from phd_lab.user_paths import NAME_MAX, dangling_link, gone_link_target, name_bytes, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +395,9 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
                                                        "logged config>)")
         raise DataError(f"{reason[0].upper()}{reason[1:]}. Nothing was probed.")
     settings = ProbeSettings.from_mapping({}, overrides, "command line")
-    job = _job(manifest, settings, str(folder), probe_set=set_of_folder(manifest.folder.resolve().name))
+    probe_set = set_of_folder(manifest.folder.resolve().name)
+    _check_set_file_names(manifest.folder, probe_set)
+    job = _job(manifest, settings, str(folder), probe_set=probe_set)
     job = replace(job, settings=_logged_run_settings(job.outputs, overrides) or settings)
     return [job], job.outputs.root / CACHE_FOLDER
 
@@ -510,6 +512,19 @@ def extracting_owner(latents: Path, rundir: RunDir) -> str | None:
     from phd_lab.analysis.run_tables import lock_owner_alive
     active, owner = lock_owner_alive(rundir.lock)
     return None if active is False else owner
+
+
+def _check_set_file_names(folder: Path, probe_set: str) -> None:
+    """A latents set's results are named after it (``probe_performances_<set>.csv``, ``probe_confusion_<set>/``): a
+    folder of a set's name near the 255 bytes a name may take (``latents_<235 digits>x9_nearest``) gave names too
+    long, and --latents ended with an OSError traceback (exit 1). Refused first, naming the folder."""
+    longest = f".probe_performances_{probe_set}.png.{'x' * 8}.tmp"  # the temp file of the longest result's name
+    if probe_set and name_bytes(longest) > NAME_MAX:
+        raise DataError(f"Latents folder {str(folder)!r} is named as the latents set {probe_set[:40]!r}..., whose "
+                        f"result files (probe_performances_<set>.csv, probe_confusion_<set>/) would have names longer "
+                        f"than the {NAME_MAX} bytes file systems allow; a set's name is at most "
+                        f"{NAME_MAX - name_bytes(longest) + name_bytes(probe_set)} bytes. Rename the folder "
+                        f"(latents_<size>x<size>_<method>, as the extract step names it).")
 
 
 def _job(manifest: Manifest, settings: ProbeSettings, label: str, expected_root: Path | None = None,

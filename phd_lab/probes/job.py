@@ -153,6 +153,13 @@ def check_labels(job: ProbeJob) -> None:
     labels = np.load(job.manifest.train_labels, mmap_mode="r", allow_pickle=False)
     eval_labels = np.load(job.manifest.eval_labels, mmap_mode="r", allow_pickle=False)
     eval_count = len(eval_labels)
+    for split, values, path in (("train", labels, job.manifest.train_labels),
+                                ("eval", eval_labels, job.manifest.eval_labels)):
+        lowest = int(values.min()) if len(values) else 0
+        if lowest < 0:  # an extraction writes class indices; -1 was fitted as a class of its own, without a word
+            raise DataError(f"{job.label}: the {split} labels {str(path)!r} hold the negative class {lowest}; labels "
+                            f"are class indices 0, 1, ... as the extraction writes them (a negative one is an "
+                            f"'ignore' marker or damage). Rerun the extraction step.")
     classes, counts = np.unique(labels, return_counts=True)
     _warn_of_eval_only_classes(job, classes, eval_labels)
     source = f"the labels {str(job.manifest.train_labels)!r}"

@@ -22,11 +22,12 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from phd_lab.atomic import non_finite_at, open_regular, read_json
+from phd_lab.config_paths import safe_name
 from phd_lab.environment import LIMIT_ERRNOS
 from phd_lab.errors import DataError, NotARegularFile
 from phd_lab.file_hash import hash_and_stamp
 from phd_lab.latents_sets import MANIFEST, MANIFEST_FORMAT, SPLITS, manifest_path
-from phd_lab.user_paths import dangling_link, gone_link_target
+from phd_lab.user_paths import NAME_MAX, dangling_link, gone_link_target, name_bytes
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +324,7 @@ def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str,
         index = _require(entry, "index", int, path, where)
         if index < 0:  # a record's index is >= 0: the cache refused such a layer's entry, and every rerun failed
             raise _fail(path, f"{where}.index is {index}, expected an integer >= 0")
+        _check_result_name(index, name, path, where)
         present = [split for split in SPLITS if isinstance(entry, dict) and entry.get(split)]
         if len(present) == 1:
             raise DataError(f"The train and eval layer sets in {str(path)!r} differ: layer {name!r} has only a "
@@ -357,6 +359,19 @@ def _read_layers(entries: list, folder: Path, path: Path, label_files: dict[str,
         if isinstance(entry, dict) and "position" in entry:
             positional.add(name)
     return layers, positional
+
+
+def _check_result_name(index: int, name: str, manifest: Path, where: str) -> None:
+    """A layer's confusion matrix is written as ``probe_confusion/<index:03d>-<name>.npy`` (and ``.png``), through a
+    temp file of that name: where it takes more than the file systems' 255 bytes, the job fitted every layer, and
+    then stopped with exit 1 ('File name too long') while writing its results (an index of 10**400, a name of
+    5000 characters)."""
+    longest = f".{index:03d}-{safe_name(name)}.npy.{'x' * 8}.tmp"  # the temp file of an atomic write
+    if name_bytes(longest) > NAME_MAX:
+        field = f"{where}.index" if name_bytes(f"{index:03d}") > NAME_MAX // 2 else f"{where}.name"
+        raise _fail(manifest, f"{field} gives the layer's confusion-matrix file name {longest[1:41]!r}... of "
+                              f"{name_bytes(longest) - 14} bytes, too long for file names of at most {NAME_MAX} bytes "
+                              f"(with the temp file's 14 more): a layer's index and name must be shorter")
 
 
 def _latents_header(file: Path, manifest: Path) -> tuple[tuple[int, ...], np.dtype]:
