@@ -322,3 +322,42 @@ def test_training_and_its_post_processing_import_no_probe_code(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((tmp_path / "logs").rglob("manifest.json"))) == 1  # the steps ran
+
+
+ROWS_MODEL = '''
+import torch.nn.functional as F
+from torch import nn
+
+
+class Rows(nn.Module):
+    """A convolution, then an LSTM over the image rows: its input size is made for one resolution."""
+
+    def __init__(self, num_classes, in_channels, side):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 2, 3, padding=1)
+        self.lstm = nn.LSTM(2 * side, 8, batch_first=True)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        n, c, h, w = x.shape
+        out, _ = self.lstm(x.permute(0, 2, 1, 3).reshape(n, h, c * w))
+        return self.fc(out[:, -1])
+
+
+def rows(*, num_classes: int, in_channels: int = 3, side: int = 16) -> nn.Module:
+    """Conv + LSTM over rows."""
+    return Rows(num_classes, in_channels, side)
+'''
+
+
+def test_the_receptive_field_check_runs_the_model_at_the_runs_resolution(tmp_path, capsys):
+    """A model made for 16 px whose permute needs the shapes of a meta run was refused before training: the
+    check ran it at 32 px, where its LSTM cannot take the rows, so the permute's axes were unknown."""
+    (tmp_path / "rows_models.py").write_text(ROWS_MODEL)
+    config = json.loads(write_config(tmp_path, ["receptive_field"]).read_text())
+    config.update(model="rows", model_args={"side": 16}, resolution=16, registries={"models": "rows_models.py"})
+    (tmp_path / "exp.json").write_text(json.dumps(config))
+    code, err = main_in_process(capsys, "--config", str(tmp_path / "exp.json"), "--dry-run")
+    assert code == 0, err
+    assert "cannot reason about" not in err

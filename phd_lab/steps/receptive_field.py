@@ -12,7 +12,7 @@ from phd_lab.steps import Step, StepContext, register_step
 
 log = logging.getLogger(__name__)
 
-CHECK_RESOLUTION = 32  # any input size: the check before training asks whether the analysis can run at all
+CHECK_RESOLUTION = 32  # the check's input size where no run's resolution is given
 
 
 @register_step
@@ -20,18 +20,22 @@ class ReceptiveFieldStep(Step):
     name = "receptive_field"
     summary = "r_min/r_max per layer and the border layers b_min/b_max → receptive_field.csv (+png)"
     version = 3  # 2: prev_r_min and side_branch columns; 3: onward_prev_r_min, onward_in_r_max (order-free borders)
+    # the shapes that place height and width after a permute or reshape come from a meta-device run of the model at
+    # the run's resolution: a model built for 16 px (an LSTM or Linear over its rows) cannot run at another size
+    checks_at_resolution = True
 
     def outputs(self, rundir: RunDir) -> tuple[Path, ...]:
         return rundir.receptive_field_csv, rundir.receptive_field_plot
 
     def check_model(self, params: dict[str, Any], model: Any, where: str, resolution: int | None = None) -> None:
         """A model the analysis cannot reason about (an op it does not know, untraceable by torch.fx)
-        is refused before training, not after it: the other steps would not run either. The
-        structure alone decides, so the meta model at any resolution will do."""
+        is refused before training, not after it: the other steps would not run either. It runs at the run's
+        resolution, as the step does: the shapes of a run of the meta model there place height and width after a
+        permute or reshape, and a model made for one input size runs at no other."""
         from phd_lab.analysis.receptive_field import ReceptiveFieldError, receptive_fields
         from phd_lab.errors import ConfigError
         try:
-            receptive_fields(model, CHECK_RESOLUTION)
+            receptive_fields(model, CHECK_RESOLUTION if resolution is None else resolution)
         except ReceptiveFieldError as error:
             raise ConfigError(f"{where}: post-processing step 'receptive_field': {error}") from None
 
