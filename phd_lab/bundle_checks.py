@@ -3,8 +3,9 @@
 The bundle declares channels, resolution and classes; the model is built for them and the receptive-field,
 FLOPs and border analyses compute with them. A factory of one's own that resizes to a fixed size whatever
 ``resolution`` it is given trained without complaint while every analysis described another input size,
-and labels counted from 1 or images with other channels than declared failed only in the first batch, with
-torch's traceback. One un-augmented sample of each evaluation split, and the labels a dataset lists, show it.
+and labels counted from 1, images with other channels than declared or integer images (uint8 pixels) failed
+only in the first batch, with torch's traceback. One un-augmented sample of each evaluation split, and the
+labels a dataset lists, show it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, w
         if sample is None:
             continue
         image, label = sample
+        if isinstance(image, torch.Tensor) and not image.dtype.is_floating_point:
+            raise DataError(f"{where}: the first sample of {named} of {factory} is an image tensor of type "
+                            f"{image.dtype}, which the model's layers cannot take (they compute in floating "
+                            f"point; the run failed in its first batch). Make the factory give float images, "
+                            f"e.g. pixels / 255 as torch.float32 (torchvision's ToTensor does).")
         if isinstance(image, torch.Tensor) and image.dim() == 3 and tuple(image.shape) != declared:
             raise DataError(f"{where}: {factory} declares {bundle.in_channels}-channel images of {resolution} px "
                             f"(in_channels and resolution of its DataBundle), but the first sample of {named} is an "

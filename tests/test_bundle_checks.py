@@ -50,6 +50,13 @@ def listed_targets(*, batch_size, resolution, data_dir, seed, num_workers):
                    seed=seed, num_workers=num_workers, resolution=resolution, targets=[0, 1, 2, -1] * 3)
 
 
+def uint8_pixels(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Pixels 0..255 as uint8, as a numpy image array gives them, without the division ToTensor makes."""
+    return _bundle("uint8", torch.randint(0, 256, (12, 3, resolution, resolution), dtype=torch.uint8),
+                   torch.arange(12) % 3, batch_size=batch_size, seed=seed, num_workers=num_workers,
+                   resolution=resolution)
+
+
 def honest(*, batch_size, resolution, data_dir, seed, num_workers):
     return _bundle("honest", torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3, batch_size=batch_size,
                    seed=seed, num_workers=num_workers, resolution=resolution)
@@ -63,6 +70,8 @@ REFUSALS = {
     "one_based": ["declares 3 classes (num_classes of its DataBundle), so labels must lie in 0..2, but its test "
                   "split has labels from 1 to 3", "Count the classes from 0"],
     "listed_targets": ["labels from -1 to 2"],
+    "uint8_pixels": ["the first sample of its test split of the dataset factory 'uint8_pixels' of",
+                     "is an image tensor of type torch.uint8", "Make the factory give float images"],
 }
 
 
