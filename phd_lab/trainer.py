@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from typing import Any, Mapping, Sequence
 
@@ -49,6 +50,9 @@ class Trainer:
         self.run_name = run_name
         self.objective = objective_of(model)  # cross-entropy on labels, or a reconstruction's MSE
         self.history: list[dict[str, Any]] = []
+        # whether a training batch of non-finite loss held NaN or inf itself (None: no such loss yet): the data, not
+        # the learning rate, then made the weights non-finite (float16 overflows of mixed precision come first)
+        self._non_finite_batch: bool | None = None
         self.epochs_run: list[int] = []  # epochs trained by this process (1-based)
 
     # ----------------------------------------------------------------- network in use
@@ -165,11 +169,16 @@ class Trainer:
         epoch, row = len(self.history), self.history[-1]
         named = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         losses = ", ".join(f"{k}={row[k]}" for k in ("train_loss", "test_loss") if k in row)
+        advice = ("Try a smaller learning rate (optimizer_args)"
+                  + (", or mixed_precision: false with a new run_id." if self.amp else "."))
+        if self._non_finite_batch:
+            advice = ("A training batch of non-finite loss held NaN or inf values itself: the data, not "
+                      "the learning rate, made the weights non-finite. Fix the dataset (its factory's images) and "
+                      "train the run again from the start (delete its folder, or give a new run_id).")
         raise RunDiverged(
             f"Run {self.run_name} diverged in epoch {epoch} of {self.epochs}: its weights are no longer finite "
             f"({named}; {losses}). Training stopped there and post-processing was skipped; the epochs up to "
-            f"{epoch} are in its CSV and checkpoint, so running the same config stops here again. Try a smaller "
-            f"learning rate (optimizer_args)" + (", or mixed_precision: false with a new run_id." if self.amp else "."))
+            f"{epoch} are in its CSV and checkpoint, so running the same config stops here again. {advice}")
 
     def train_epoch(self, bundle: DataBundle, epoch: int) -> tuple[float, dict[str, float]]:
         """One pass over the training set: the mean loss per sample and the metrics' values."""
@@ -192,7 +201,10 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             batch = targets.shape[0]
-            total_loss += float(loss.detach()) * batch
+            value = float(loss.detach())
+            if not self._non_finite_batch and not math.isfinite(value):  # no cost to the batches of finite loss
+                self._non_finite_batch = inputs.is_floating_point() and not bool(torch.isfinite(inputs).all())
+            total_loss += value * batch
             total += batch
             for metric in self.metrics.values():
                 metric.update(targets.detach(), outputs.detach().float())

@@ -1634,6 +1634,35 @@ def test_a_diverged_run_stops_with_its_epoch_named_and_the_rest_of_the_grid_runs
     assert "diverged in epoch 1 of 3" in listing and "finished" in listing
 
 
+NAN_DATA = '''
+import torch
+from phd_lab.data import make_bundle
+
+
+def with_nan(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Sample 5 holds a NaN pixel (sample 0, which the bundle check reads, is clean)."""
+    images = torch.rand(16, 1, resolution, resolution)
+    images[5, 0, 0, 0] = float("nan")
+    data = torch.utils.data.TensorDataset(images, torch.arange(16) % 2)
+    return make_bundle("with_nan", data, data, data, num_classes=2, in_channels=1, resolution=resolution,
+                       batch_size=batch_size, seed=seed, num_workers=num_workers)
+'''
+
+
+def test_a_run_made_non_finite_by_its_data_says_so_rather_than_to_lower_the_learning_rate(tmp_path, capsys):
+    """A NaN pixel in a dataset of one's own made the weights NaN in the first batch that held it, and the run was
+    said to have diverged with the advice 'Try a smaller learning rate', which cannot help."""
+    (tmp_path / "nan_data.py").write_text(NAN_DATA)
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, dataset="with_nan", resolution=4, batch_size=4,
+                          registries={"datasets": "nan_data.py"}, optimizer_args={"lr": 0.001},
+                          model="mlp", model_args={"input_side": 4, "units": [[4]]}, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "diverged in epoch 1 of 1" in err and "Traceback" not in err, err
+    assert "held NaN or inf values itself: the data, not the learning rate" in err, err
+    assert "smaller learning rate" not in err, err
+
+
 def test_a_diverged_run_rerun_under_another_setup_is_not_said_to_train_its_epochs_under_it(tmp_path, capsys):
     """A rerun of a diverged run stops at once (README), but under other versions it warned that 'the epochs still
     to train run under another setup' and that 'the run will differ from one trained without a break'."""
