@@ -38,9 +38,9 @@ from phd_lab.factory_results import (check_callable, check_data_callable, checke
 from phd_lab.interrupts import raise_if_stop_requested, raise_interruption_behind
 from phd_lab.kept_folders import existing_folder
 from phd_lab.lock import ProcessTurn, RunLock
-from phd_lab.model_checks import (check_fits_data, check_fits_memory, check_input_size, check_objective,
-                                  check_single_output, check_single_sample_batches, check_tracked_layers,
-                                  check_truncate, meta_model, trained_meta_model)
+from phd_lab.model_checks import (check_fits_data, check_input_size, check_objective, check_single_output,
+                                  check_single_sample_batches, check_tracked_layers, check_truncate, meta_model,
+                                  trained_meta_model)
 from phd_lab.bundle_checks import check_bundle_data
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
 from phd_lab.objectives import CLASSIFICATION
@@ -592,7 +592,6 @@ class TrainTestExecutor:
             bundle = self.build_data()
             check_bundle_data(bundle, cfg.resolution, cfg.dataset, self.registries.datasets.source, cfg.source)
             check_fits_data(cfg, self.registries, bundle.in_channels, bundle.num_classes)  # up front: placeholders
-            check_fits_memory(cfg, self.registries)  # before the seeding: a factory may draw as it builds on meta
             seed_everything(cfg.seed)
             model = self.build_model(bundle).to(device)
             # a model the meta device could not build is checked here

@@ -76,30 +76,6 @@ def _build_on_meta(cfg: RunConfig, registries: Registries, num_classes: int, in_
                                                  **factory_model_args(cfg.model_args))
 
 
-def check_fits_memory(cfg: RunConfig, registries: Registries) -> None:
-    """Refuse a model whose parameters and buffers alone need more memory than this process may still take,
-    counted on the meta device before its factory allocates them: a model is built in main memory, also for a GPU,
-    and an MLP of units [[2**40]] stopped in torch's allocation error with a traceback. Training needs more
-    (gradients, the optimizer's state), so only what certainly fails is refused. Checked where the run trains, not
-    up front: the host a grid is submitted from may have less memory than its workers."""
-    from phd_lab.environment import available_memory
-    from phd_lab.wording import byte_amount
-    _, model = meta_model(cfg, registries, {})
-    if model is None:  # a factory the meta device cannot run: its real build says what it says
-        return
-    # a lazy module's parameters have no size until its first forward pass
-    tensors = [tensor for tensor in (*model.parameters(), *model.buffers()) if not nn.parameter.is_lazy(tensor)]
-    needed = sum(tensor.numel() * tensor.element_size() for tensor in tensors)
-    available = available_memory()
-    if available is not None and needed > available:
-        values = sum(tensor.numel() for tensor in tensors)
-        raise ConfigError(f"{cfg.source}: model {cfg.model!r} with model_args {shown_value(cfg.model_args)} holds "
-                          f"{values:,} parameter and buffer values ({byte_amount(needed)}), more than the "
-                          f"{byte_amount(available)} of memory this process may still take, so it cannot be built "
-                          f"here (a model is built in main memory, also for a GPU). Choose smaller model_args, or "
-                          f"train it on a machine with more memory.")
-
-
 def check_truncate(cfg: RunConfig, model: nn.Module) -> None:
     """model_args ``truncate`` names a module of the model at which it can be cut (``border`` and
     ``border_max`` are resolved when the model is built for training)."""
@@ -283,13 +259,14 @@ def _described(output: Any) -> str:
 def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, num_classes: int) -> None:
     """The model built for the data's channels and classes (known once the data set is built, before the run
     folder is made) takes those images and returns one score per class; the checks up front ran on placeholder
-    channels and classes. One meta model serves both checks below (a model the meta device cannot build or run
-    is left to training, which reports its errors)."""
+    channels and classes, and fits in memory. One meta model serves the checks below (a model the meta device cannot
+    build or run is left to training, which reports its errors)."""
     truncated = cfg.model_args.get("truncate") is not None  # the head added at the cut makes num_classes scores
-    if in_channels == PLACEHOLDER_CHANNELS and truncated:
-        return
     model = _meta_built(cfg, registries, num_classes, in_channels)
     if model is None:
+        return
+    _require_memory(cfg, model)
+    if in_channels == PLACEHOLDER_CHANNELS and truncated:
         return
     if in_channels != PLACEHOLDER_CHANNELS:
         _require_in_channels(cfg, model, in_channels)
@@ -299,6 +276,27 @@ def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, nu
             _require_single_tensor(cfg, registries, model, num_classes, in_channels)
     if not truncated:
         _require_num_classes(cfg, registries, model, num_classes, in_channels)
+
+
+def _require_memory(cfg: RunConfig, model: nn.Module) -> None:
+    """Refuse a model whose parameters and buffers alone need more memory than this process may still take, counted
+    on the meta device (``model``) before its factory allocates them: a model is built in main memory, also for a
+    GPU, and an MLP of units [[2**40]] stopped in torch's allocation error with a traceback. Training needs more
+    (gradients, the optimizer's state), so only what certainly fails is refused. Checked where the run trains, not up
+    front: the host a grid is submitted from may have less memory than its workers."""
+    from phd_lab.environment import available_memory
+    from phd_lab.wording import byte_amount
+    # a lazy module's parameters have no size until its first forward pass
+    tensors = [tensor for tensor in (*model.parameters(), *model.buffers()) if not nn.parameter.is_lazy(tensor)]
+    needed = sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+    available = available_memory()
+    if available is not None and needed > available:
+        values = sum(tensor.numel() for tensor in tensors)
+        raise ConfigError(f"{cfg.source}: model {cfg.model!r} with model_args {shown_value(cfg.model_args)} holds "
+                          f"{values:,} parameter and buffer values ({byte_amount(needed)}), more than the "
+                          f"{byte_amount(available)} of memory this process may still take, so it cannot be built "
+                          f"here (a model is built in main memory, also for a GPU). Choose smaller model_args, or "
+                          f"train it on a machine with more memory.")
 
 
 def _require_single_tensor(cfg: RunConfig, registries: Registries, model: nn.Module, num_classes: int,
