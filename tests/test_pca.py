@@ -185,6 +185,37 @@ def test_a_layer_the_eval_forward_never_calls_stays_unprojected_and_uncounted(ca
     assert set(table["feature_dims_sum"]) == {4 + 3}  # body.0 and body.3 only
 
 
+def test_a_module_the_forward_pass_calls_twice_is_named_unless_it_pools_its_calls_by_design(caplog) -> None:
+    """A conv called twice per forward pass got one PCA layer that collected both calls and projected both onto
+    that one basis without a word, where saturation tracking warns of the same module. Named now, with its number of
+    calls, unless the module is marked pools_repeated_calls (CBAM's shared channel MLP)."""
+    from phd_lab.tracking.projection import projection_table
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 4, 3, padding=1)
+            self.twice = nn.Conv2d(4, 4, 3, padding=1)
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.twice(torch.relu(self.twice(torch.relu(self.stem(x))))))
+
+    torch.manual_seed(0)
+    data = [(torch.randn(20, 1, 8, 8), torch.randint(0, 3, (20,))) for _ in range(3)]
+    model = Shared()
+    with caplog.at_level("WARNING"):
+        first = projection_table(model, data, data, torch.device("cpu"), deltas=[0.9], run_name="shared-run")
+    assert "shared-run: the forward pass calls twice (2 calls) more than once" in " ".join(caplog.text.split())
+    assert "stem" not in caplog.text and "head" not in caplog.text
+    caplog.clear()
+    model.twice.pools_repeated_calls = True
+    with caplog.at_level("WARNING"):
+        again = projection_table(model, data, data, torch.device("cpu"), deltas=[0.9], run_name="shared-run")
+    assert "more than once" not in caplog.text
+    pd.testing.assert_frame_equal(first, again)  # a warning only: the same projections
+
+
 def test_multihead_attention_keeps_its_out_proj_unwrapped() -> None:
     """nn.MultiheadAttention uses out_proj's weight in a functional kernel and never calls it: wrapping it
     would break the attention (and its PCA layer would never see data)."""

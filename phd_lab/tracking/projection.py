@@ -24,6 +24,8 @@ from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, Objective, objective_
 from phd_lab.progress import bar_options
 from phd_lab.projection_deltas import THESIS_DELTAS
 from phd_lab.tracking.pca import insert_pca_layers
+from phd_lab.tracking.tracker import pools_calls_by_design
+from phd_lab.wording import first_names
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +50,26 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
 
 @torch.no_grad()
 def collect(model: nn.Module, layers: Sequence[nn.Module], loader: Iterable, device: torch.device,
-            progress: bool = False) -> None:
-    """One pass with the model in eval mode and only the PCA layers collecting."""
+            progress: bool = False) -> dict[int, int]:
+    """One pass with the model in eval mode and only the PCA layers collecting. Returns how often the first batch's
+    forward pass called each layer (by its position in ``layers``) where that is more than once (a shared module)."""
     model.eval()
     for layer in layers:
         layer.train()
-    for inputs, _ in tqdm(loader, desc="PCA covariances", disable=not progress, unit="batch",
-                          **bar_options(transient=True)):
-        model(inputs.to(device))
+    calls = [0] * len(layers)
+    counters = [layer.register_forward_pre_hook(lambda *_, at=at: calls.__setitem__(at, calls[at] + 1))
+                for at, layer in enumerate(layers)]
+    try:
+        for inputs, _ in tqdm(loader, desc="PCA covariances", disable=not progress, unit="batch",
+                              **bar_options(transient=True)):
+            model(inputs.to(device))
+            while counters:  # counted in the first batch only
+                counters.pop().remove()
+    finally:
+        for counter in counters:
+            counter.remove()
     model.eval()
+    return {at: count for at, count in enumerate(calls) if count > 1}
 
 
 def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iterable, device: torch.device, *,
@@ -86,7 +99,14 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
                     "LSTM layer(s) %s run unprojected and are left out of dims_sum, feature_dims_sum and "
                     "saturation_mean, although their saturation is tracked; leave them out with the step's "
                     "'exclude' to silence this.", run_name or "project", ", ".join(recurrent))
-    collect(projected, list(layers.values()), train_loader, device, progress)
+    repeated = collect(projected, list(layers.values()), train_loader, device, progress)
+    shared = [f"{name} ({repeated[at]} calls)" for at, name in enumerate(layers)
+              if at in repeated and not pools_calls_by_design(projected, name)]
+    if shared:  # as saturation tracking warns of them
+        log.warning("%s: the forward pass calls %s more than once (shared modules), so the PCA layer of each collects "
+                    "the outputs of all its calls and projects every call onto that one basis; give each call a "
+                    "module of its own to project them apart, or leave them out with the project step's 'exclude'.",
+                    run_name or "project", first_names(shared))
     idle = [name for name, layer in layers.items() if layer.accumulator.n == 0]
     if idle:  # e.g. auxiliary heads that run only in training mode: they stay unprojected and uncounted
         log.warning("%s: the model's forward pass in eval mode never called %s, so they stay unprojected and are "
