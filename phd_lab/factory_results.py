@@ -31,8 +31,11 @@ def _is_data_bundle(result: Any) -> bool:
 
 def _is_metric(result: Any) -> bool:
     """``update`` and ``reset`` methods and a ``value`` (a property, as ``phd_lab.metrics.Metric`` has it, is
-    looked up, not read: a fresh metric may have nothing to tell yet)."""
-    return all(callable(getattr(result, method, None)) for method in ("update", "reset")) and "value" in dir(result)
+    looked up, not read: a fresh metric may have nothing to tell yet). A ``value`` defined as a plain method is no
+    value: the trainer reads ``metric.value``, and such a metric failed the run after its first epoch."""
+    import inspect
+    return (all(callable(getattr(result, method, None)) for method in ("update", "reset")) and "value" in dir(result)
+            and not inspect.isfunction(inspect.getattr_static(type(result), "value", None)))
 
 
 # registry kind → (the contract as docs/registries.md writes it, the check of a result)
@@ -42,7 +45,8 @@ CONTRACTS: dict[str, tuple[str, Callable[[Any], bool]]] = {
                    _is_optimizer_pair),
     "datasets": ("f(*, batch_size, resolution, data_dir, seed, num_workers, **dataset_args) -> "
                  "phd_lab.data.DataBundle", _is_data_bundle),
-    "metrics": ("f() -> a metric with update(y_true, y_pred), value and reset()", _is_metric),
+    "metrics": ("f() -> a metric with update(y_true, y_pred), value (a property or attribute, not a method) and "
+                "reset()", _is_metric),
 }
 
 

@@ -547,6 +547,27 @@ def test_a_factory_that_returns_what_its_contract_does_not_allow_is_named_before
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*_config.json"))
 
 
+def test_a_metric_whose_value_is_a_method_is_refused_before_anything_is_written(tmp_path, capsys):
+    """The trainer reads ``metric.value``: a metric defining ``def value(self)`` without @property passed the
+    contract check and failed its run after the first epoch (exit 1, its run folder made)."""
+    module = tmp_path / "my_metrics.py"
+    module.write_text("class Hits:\n"
+                      "    def __init__(self):\n        self.reset()\n"
+                      "    def update(self, y_true, y_pred):\n"
+                      "        self.hits += int((y_pred.argmax(1) == y_true).sum()); self.seen += len(y_true)\n"
+                      "    def reset(self):\n        self.hits, self.seen = 0, 0\n"
+                      "    def value(self):\n        return self.hits / max(self.seen, 1)\n\n"
+                      "def hits():\n    return Hits()\n")
+    config = write_config(tmp_path, registries={"metrics": str(module)}, metrics=["hits"], track_saturation=False)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert f"the metric factory 'hits' of {str(module)!r} returned Hits, which its contract does not allow" in err, err
+    assert "value (a property or attribute, not a method)" in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*_config.json"))
+    module.write_text(module.read_text().replace("    def value(self):", "    @property\n    def value(self):"))
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0  # the same metric as a property trains
+
+
 def test_a_float_where_a_factory_annotates_int_is_refused_naming_the_argument(tmp_path, capsys):
     """"width": 8.0 for a user's `width: int = 16` reached torch, whose message named no argument ("empty():
     argument 'size' (position 1) must be tuple of ints, but found element of type float"); 8.5 gave "out_channels
