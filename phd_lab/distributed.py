@@ -20,7 +20,7 @@ import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.environment import THREAD_VARIABLES, available_cores
-from phd_lab.errors import UsageError, failure_line
+from phd_lab.errors import SchedulerLost, UsageError, failure_line
 from phd_lab.interrupts import interrupts_held_while_processes_start, raise_interruption_behind
 from phd_lab.log_file import FORMAT, Formatter, info_records_kept, this_thread_only, thread_only
 
@@ -108,7 +108,7 @@ def _import_distributed() -> Any:
 
 # Dask's loggers a command quietens while it uses a cluster (the nanny's to ERROR once the results are in)
 QUIETENED_LOGGERS = ("distributed", "distributed.scheduler", "distributed.core", "distributed.http.proxy",
-                     "distributed.nanny")
+                     "distributed.nanny", "distributed.client")
 
 
 def _gc_diagnosis_off() -> None:
@@ -153,11 +153,19 @@ def _connected_client(spec: str) -> Iterator[Any]:
         _expect_dask_handshake(distributed, value, seconds)
         client = distributed.Client(value, timeout=seconds)
     with client:
-        if not cluster_workers(client):  # whether GPU tasks ask for GPU workers is read from the workers
-            log.warning("The scheduler at %s has no workers yet; waiting for the first to connect (`dask worker "
-                        "%s`) before the tasks are submitted.", spec, spec)
-            client.wait_for_workers(1)
-        yield client
+        try:
+            if not cluster_workers(client):  # whether GPU tasks ask for GPU workers is read from the workers
+                log.warning("The scheduler at %s has no workers yet; waiting for the first to connect (`dask worker "
+                            "%s`) before the tasks are submitted.", spec, spec)
+                try:
+                    client.wait_for_workers(1)
+                except OSError:  # it died meanwhile: distributed's traceback of its reconnection, exit 1
+                    raise SchedulerLost(scheduler_lost_message(0, 0, "tasks")) from None
+            yield client
+        except SchedulerLost as error:  # the client's reconnection, cancelled as it closes, logged a traceback
+            logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+            error.args = (f"--scheduler {spec}: {error}",)
+            raise
 
 
 @contextlib.contextmanager
@@ -562,12 +570,16 @@ def submit_and_collect(client: Any, tasks: Sequence[tuple[str, Callable[..., Any
 
     futures = {}
     results: dict[str, tuple[str, Any]] = {}
+    lost = False
     try:  # a Ctrl-C while the tasks are handed over stops those handed over already, as one later does
         for key, fn, args, resources in tasks:
             futures[client.submit(fn, *args, key=key, resources=resources, pure=False)] = key
         with tqdm(total=len(futures), desc=description, unit="task", disable=not progress, **bar_options()) as bar:
             for future in as_completed(futures):
                 key = futures[future]
+                if scheduler_lost(client, future):  # no task of this command can be stopped or waited for now
+                    lost = True
+                    break
                 if future.status == "finished":
                     results[key] = ("finished", future.result())
                 else:
@@ -579,7 +591,27 @@ def submit_and_collect(client: Any, tasks: Sequence[tuple[str, Callable[..., Any
     except BaseException:  # Ctrl-C, SIGTERM: the tasks would go on running on the workers without this
         _stop_tasks(client, [f for f, key in futures.items() if key not in results], stop_event)
         raise
+    if lost:
+        raise SchedulerLost(scheduler_lost_message(len(futures) - len(results), len(futures), "run(s)"))
     return results
+
+
+def scheduler_lost(client: Any, future: Any) -> bool:
+    """Whether ``future`` ended because the client lost its scheduler: Dask then cancels every future of the client
+    (no error, ``exception()`` None) and the client is no longer running (reconnecting or closed)."""
+    return future.cancelled() and getattr(client, "status", "running") != "running"
+
+
+def scheduler_lost_message(unfinished: int, total: int, what: str) -> str:
+    """The one paragraph of a command whose scheduler went away while ``unfinished`` of its ``total`` tasks ran
+    (none submitted yet: ``total`` 0)."""
+    when = (f"while {unfinished} of {total} {what} were unfinished; the finished ones are kept. Workers that outlive "
+            f"the scheduler may go on with the tasks they run until these end." if total else
+            "while the command waited for its first worker; nothing was submitted.")
+    return (f"The connection to the Dask scheduler was lost (it stopped or was killed, or the network failed) {when}"
+            f" Once a scheduler and its workers run "
+            f"again, rerun the same command (with the new scheduler's address): it skips what is finished and "
+            f"resumes the rest from what was saved.")
 
 
 def worker_deaths(error: BaseException) -> str | None:

@@ -123,6 +123,11 @@ class RunStopped(PhdLabError):
     the next batch, with the run's last completed epoch in its checkpoint, so that a rerun resumes it."""
 
 
+class SchedulerLost(PhdLabError):
+    """The command lost its Dask scheduler (it stopped, or the network failed) while tasks were unfinished: Dask
+    cancels them all, with no error to report, so each was said to have failed with 'NoneType: None'."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a batch system's time limit, scancel, kill): raised like Ctrl-C, so that every layer stops
     the same way, and named in the run's log and on the console."""

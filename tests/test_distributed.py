@@ -1285,3 +1285,63 @@ def test_a_closed_local_cluster_s_scheduler_is_freed():
     assert total == 3
     assert not [o for o in schedulers() if id(o) not in before]
     assert len(logging.getLogger("distributed.scheduler").handlers) <= handlers
+
+
+@contextlib.contextmanager
+def _scheduler_with_a_worker(tmp_path, with_worker: bool = True) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A real `dask scheduler` subprocess (killed by the test) and a `dask worker` of one thread joined to it."""
+    file = tmp_path / "scheduler.json"
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", "0",
+                                  "--no-dashboard", "--scheduler-file", str(file)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        assert wait_for(lambda: file.exists() and file.stat().st_size > 0, scheduler, timeout=60)
+        address = json.loads(file.read_text())["address"]
+        if with_worker:
+            worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads",
+                                       "1", "--no-dashboard", "--no-nanny", "--death-timeout", "5"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        yield scheduler, address
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                process.kill()
+                process.wait(60)
+
+
+def test_a_scheduler_that_dies_while_the_command_waits_is_said_in_one_paragraph(tmp_path, caplog):
+    """The tasks of a command whose scheduler died (SIGKILL) were cancelled by Dask without an error: each was said
+    to have failed with 'NoneType: None', its run 'failed before a run log was opened', and distributed's client
+    logged the traceback of its reconnection; the command now ends with one paragraph saying what happened."""
+    from phd_lab.distributed import dask_client, submit_and_collect
+    from phd_lab.errors import SchedulerLost
+    with _scheduler_with_a_worker(tmp_path) as (scheduler, address):
+        with pytest.raises(SchedulerLost) as caught, dask_client(address) as client:
+            client.wait_for_workers(1, timeout=60)
+            threading.Timer(2.0, scheduler.kill).start()
+            started = time.monotonic()
+            submit_and_collect(client, [("sleeps-a", time.sleep, (120,), None)], "grid", progress=False)
+    assert time.monotonic() - started < 60
+    said = str(caught.value)
+    assert said.startswith(f"--scheduler {address}: The connection to the Dask scheduler was lost")
+    assert "1 of 1 run(s) were unfinished" in said and "rerun the same command" in said
+    assert not [record for record in caplog.records if record.name.startswith("distributed")
+                and record.levelno >= logging.ERROR]
+
+
+def test_a_scheduler_that_dies_while_the_command_waits_for_its_first_worker_is_said_in_one_paragraph(tmp_path,
+                                                                                                     caplog):
+    """distributed's OSError ('Timed out trying to connect') ended the command with a traceback, exit 1."""
+    import dask
+
+    from phd_lab.distributed import dask_client
+    from phd_lab.errors import SchedulerLost
+    with _scheduler_with_a_worker(tmp_path, with_worker=False) as (scheduler, address), \
+            dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
+        threading.Timer(2.0, scheduler.kill).start()
+        with pytest.raises(SchedulerLost, match="while the command waited for its first worker; nothing was "
+                                                "submitted"), dask_client(address):
+            pass
+    assert not [record for record in caplog.records if record.name.startswith("distributed")
+                and record.levelno >= logging.ERROR]

@@ -460,7 +460,9 @@ def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, 
     """One Dask task per layer; results come back here, where they are cached and written."""
     from distributed import as_completed
 
-    from phd_lab.distributed import dask_client, declared_gpus, task_resources
+    from phd_lab.distributed import (dask_client, declared_gpus, scheduler_lost, scheduler_lost_message,
+                                     task_resources)
+    from phd_lab.errors import SchedulerLost
     with dask_client(scheduler) as client:
         # lbfgs-torch fits on CUDA go to GPU workers, one per GPU, as training runs do; a probe device is never "auto"
         gpus = declared_gpus(client, scheduler, [tasks[position].settings.device for position in misses],
@@ -474,6 +476,9 @@ def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, 
                                       resources=task_resources(task.settings.device, gpus), pure=False)] = position
             for future in as_completed(futures):
                 position = futures[future]
+                if scheduler_lost(client, future):  # every unfinished fit is cancelled: none can be waited for
+                    raise SchedulerLost(scheduler_lost_message(len(futures) - len(taken), len(futures),
+                                                               "layer fit(s)"))
                 if future.cancelled():
                     continue
                 taken.add(future)
@@ -482,6 +487,8 @@ def _run_on_dask(tasks: Sequence[ProbeTask], misses: list[int], scheduler: str, 
                 for other, other_position in futures.items():
                     if not wanted(other_position) and not other.done():
                         other.cancel()
+        except SchedulerLost:  # nothing left to cancel, wait for or keep
+            raise
         except BaseException:  # Ctrl-C, SIGTERM, a failure that ends the job
             _finish_running_fits(client, futures, finished, taken)
             raise
