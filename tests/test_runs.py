@@ -931,9 +931,9 @@ def test_points_that_differ_in_keys_the_model_checks_do_not_read_share_their_che
     one = forwards_to_load()
     assert one >= 1
     assert forwards_to_load(optimizer_args={"lr": [0.1, 0.01, 0.001]}, seed=[1, 2, 3]) == one  # 9 points
-    # the input size and the single output (a training-mode and an eval-mode pass) again; the trace is
-    # resolution-free
-    assert forwards_to_load(resolution=[16, 24]) == one + 3
+    # the input size and the single output (a training-mode and an eval-mode pass) again, and the receptive-field
+    # trace, which runs at the run's resolution (a model made for one input size runs at no other)
+    assert forwards_to_load(resolution=[16, 24]) == one + 4
 
 
 def test_the_csv_test_columns_are_the_trained_models_scores_on_the_test_split(tmp_path):
