@@ -290,11 +290,19 @@ def open_regular(path: Path | str) -> IO[bytes]:
     lease to be given back: only a regular file takes a lease, so it is opened again waiting, as ``open`` does (the
     report said it could not be read, the training took its checkpoint for a file system failing). A folder there is
     IsADirectoryError naming the path, and no descriptor is left open on any refusal."""
+    return os.fdopen(regular_file_descriptor(path, os.O_RDONLY | os.O_CLOEXEC), "rb")
+
+
+def regular_file_descriptor(path: Path | str, flags: int, opener: Callable[[Any, int], int] = os.open) -> int:
+    """A descriptor of ``path`` opened by ``opener`` with ``flags`` where it is a regular file (``open_regular``
+    says why, and the run's and the probe job's log files open through it for appending: a FIFO at probe.log hung
+    the job): opened without waiting, then blocking again; a FIFO, socket or device node is ``NotARegularFile``, a
+    folder IsADirectoryError, and no descriptor is left open on any refusal."""
     from phd_lab.errors import NotARegularFile
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = opener(path, flags | os.O_NONBLOCK)
     except BlockingIOError:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = opener(path, flags)
     except OSError as error:
         mode = None
         if error.errno == errno.ENXIO:
@@ -309,10 +317,11 @@ def open_regular(path: Path | str) -> IO[bytes]:
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         if not stat.S_ISREG(mode):
             raise NotARegularFile(path, mode)
+        os.set_blocking(fd, True)  # a regular file ignores O_NONBLOCK; what reads or writes it later need not know
     except BaseException:
         os.close(fd)
         raise
-    return os.fdopen(fd, "rb")
+    return fd
 
 
 def read_bytes(path: Path | str) -> bytes:

@@ -4,17 +4,15 @@ record once the file cannot be written (a full disk); a symbolic link in the log
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import stat
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
-from phd_lab.atomic import open_no_follow
+from phd_lab.atomic import open_no_follow, regular_file_descriptor
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -64,7 +62,9 @@ class LogFile(logging.FileHandler):
     def _open(self):  # type: ignore[no-untyped-def]
         """The file opened for appending, refused where it is a symbolic link (``refuse_link``): a link planted in a
         received run folder had every log line appended to the file it named, outside the folder."""
-        fd = _open_regular_for_append(self.baseFilename)
+        # a FIFO there was opened waiting for a reader for ever: the probe job hung at a `mkfifo probe.log`
+        fd = regular_file_descriptor(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                                     lambda path, flags: open_no_follow(path, flags, "log file"))
         return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -84,38 +84,6 @@ class LogFile(logging.FileHandler):
 _kept_lock = threading.Lock()
 _holders = 0  # blocks of ``info_records_kept`` running in this process, in any thread
 _raised: tuple[int, list[tuple[logging.Handler, int]], logging.Handler | None] | None = None  # what the first changed
-
-
-def _open_regular_for_append(path: str) -> int:
-    """A descriptor of the log file ``path`` (not a link: ``open_no_follow``), which must be a regular file. A FIFO
-    there was opened waiting for a reader for ever: the probe job (and a run) hung at a ``mkfifo probe.log`` without
-    a word. It is opened without waiting (O_NONBLOCK: a FIFO or socket without a reader is ENXIO) and its mode
-    checked on the open descriptor, as ``atomic.open_regular`` does for reading; a FIFO, socket or device node is
-    ``NotARegularFile``, which names the file and the ``rm`` that clears it. A regular file under another process's
-    lease refuses an open without waiting (EAGAIN): it is opened again waiting, as ``open`` does."""
-    from phd_lab.errors import NotARegularFile
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-    try:
-        fd = open_no_follow(path, flags | os.O_NONBLOCK, "log file")
-    except BlockingIOError:
-        fd = open_no_follow(path, flags, "log file")
-    except OSError as error:
-        mode = None
-        if error.errno == errno.ENXIO:
-            with contextlib.suppress(OSError):
-                mode = os.lstat(path).st_mode
-        if mode is not None and not stat.S_ISREG(mode):
-            raise NotARegularFile(path, mode) from None
-        raise
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotARegularFile(path, mode)
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 @contextlib.contextmanager
