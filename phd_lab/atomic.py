@@ -125,6 +125,12 @@ def link_once(source: Path, target: Path) -> None:
 _TEMP_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
+def temp_name(name: str, random_part: str = "x" * 8) -> str:
+    """The name of the temp file an atomic write of the file ``name`` goes through (``_new_temp``), with
+    ``random_part`` for its 8 random characters: what has to fit the file systems' 255 bytes, not ``name`` alone."""
+    return f".{name}.{random_part}.tmp"
+
+
 def _new_temp(path: Path) -> tuple[int, Path]:
     """A new temp file beside ``path``, in mkstemp's name shape (``.<name>.`` + 8 random characters + ``.tmp``),
     created with mode 0666 so that the system gives it what any new file gets there: the umask, or the folder's
@@ -132,7 +138,7 @@ def _new_temp(path: Path) -> tuple[int, Path]:
     project folder that grants its group read access gave every result 0600 under a private umask 077)."""
     for _ in range(100):
         name = "".join(secrets.choice(_TEMP_CHARACTERS) for _ in range(8))
-        tmp = path.parent / f".{path.name}.{name}.tmp"
+        tmp = path.parent / temp_name(path.name, name)
         try:
             return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666), tmp
         except FileExistsError:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from phd_lab.atomic import read_json
+from phd_lab.atomic import read_json, temp_name
 from phd_lab.config import (META_KEY, RunConfig, check_known_keys, check_run_id_value, names_another_run,
                             predates_linear_init, validate_values)
 from phd_lab.config_file import check_strings, load_config_file
@@ -85,7 +85,7 @@ def _check_name_lengths(cfg: RunConfig, root: Path) -> None:
             raise ConfigError(f"{cfg.source}: the run folder name {part[:60]!r}... is {name_bytes(part)} "
                               f"bytes long, and file systems allow {NAME_MAX} per folder; shorten "
                               f"'{sources.get(part, 'logs_dir')}' (or the value it comes from).")
-    longest = f".{cfg.name}_saturation_epoch{cfg.epoch}.png.{'x' * 8}.tmp"  # a plot's temp file
+    longest = temp_name(f"{cfg.name}_saturation_epoch{cfg.epoch}.png")  # a plot's temp file
     if name_bytes(longest) > NAME_MAX:
         raise ConfigError(f"{cfg.source}: the run's file names start with {cfg.name[:60]!r}... "
                           f"({len(cfg.name.encode('utf-8'))} bytes, from the model, dataset, resolution, batch size "

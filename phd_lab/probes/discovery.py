@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from phd_lab.atomic import temp_name
 from phd_lab.errors import ConfigError, DataError
 from phd_lab.latents_sets import (PREVIOUS_EXTRACTION_VERSION, extracted_by_older_version, lists_extract_step,
                                   set_of_folder)
@@ -518,7 +519,7 @@ def _check_set_file_names(folder: Path, probe_set: str) -> None:
     """A latents set's results are named after it (``probe_performances_<set>.csv``, ``probe_confusion_<set>/``): a
     folder of a set's name near the 255 bytes a name may take (``latents_<235 digits>x9_nearest``) gave names too
     long, and --latents ended with an OSError traceback (exit 1). Refused first, naming the folder."""
-    longest = f".probe_performances_{probe_set}.png.{'x' * 8}.tmp"  # the temp file of the longest result's name
+    longest = temp_name(f"probe_performances_{probe_set}.png")  # the temp file of the longest result's name
     if probe_set and name_bytes(longest) > NAME_MAX:
         raise DataError(f"Latents folder {str(folder)!r} is named as the latents set {probe_set[:40]!r}..., whose "
                         f"result files (probe_performances_<set>.csv, probe_confusion_<set>/) would have names longer "

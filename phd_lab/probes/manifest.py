@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from phd_lab.atomic import non_finite_at, open_regular, read_json
+from phd_lab.atomic import non_finite_at, open_regular, read_json, temp_name
 from phd_lab.config_paths import safe_name
 from phd_lab.environment import LIMIT_ERRNOS
 from phd_lab.errors import DataError, NotARegularFile
@@ -366,7 +366,7 @@ def _check_result_name(index: int, name: str, manifest: Path, where: str) -> Non
     temp file of that name: where it takes more than the file systems' 255 bytes, the job fitted every layer, and
     then stopped with exit 1 ('File name too long') while writing its results (an index of 10**400, a name of
     5000 characters)."""
-    longest = f".{index:03d}-{safe_name(name)}.npy.{'x' * 8}.tmp"  # the temp file of an atomic write
+    longest = temp_name(f"{index:03d}-{safe_name(name)}.npy")  # the temp file of an atomic write
     if name_bytes(longest) > NAME_MAX:
         field = f"{where}.index" if name_bytes(f"{index:03d}") > NAME_MAX // 2 else f"{where}.name"
         raise _fail(manifest, f"{field} gives the layer's confusion-matrix file name {longest[1:41]!r}... of "
