@@ -14,6 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from phd_lab.console import readable_output, write_stderr, write_stdout
+from phd_lab.entry import restore_handlers
 from phd_lab.environment import limit_refusal
 from phd_lab.errors import EXIT_FAILURE, EXIT_OK, PhdLabError, Terminated, UsageError
 from phd_lab.interrupts import clear_terminated, interruption_behind, note_terminated, terminated_noted
@@ -119,6 +120,7 @@ def guarded(body: Callable[[], int], interrupted: str = RESUME_TRAINING) -> int:
         return EXIT_FAILURE
     finally:
         clear_terminated()
+        restore_handlers()  # a stop sent again (``ResentStop``) goes no further than its command
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

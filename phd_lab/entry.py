@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 
@@ -24,6 +25,7 @@ def run_command(module: str, function: str, *args: Any, **kwargs: Any) -> int:
         finally:
             stop_progress_monitors()
             sys.unraisablehook = previous_hook
+            restore_handlers()
     except KeyboardInterrupt:
         try:
             os.write(2, b"interrupted\n")
@@ -52,22 +54,97 @@ def stops_raised_again(previous: Any) -> Any:
     whose exceptions cannot propagate: they were printed as 'Exception ignored in: ...' with a traceback, and dropped. A
     command imports modules as it goes, and each import ends in such a callback (importlib's module lock, ``cb``): a
     probe job's Ctrl-C that landed there printed a KeyboardInterrupt traceback on busy cores, and where only the command
-    got the SIGINT (``kill -INT``) it went on as if none had come. The SIGINT is sent again by a thread of its own,
-    which runs once this thread lets go of the GIL, after the hook: sent from here, or with ``interrupt_main`` (which
-    wakes no blocked wait either), it raised in the hook, where it was dropped again. A SIGTERM (the commands'
-    ``Terminated``) is sent again the same way, once its note is cleared: the commands' handler leaves a SIGTERM alone
-    while one is noted (``terminated_noted``), and training alone would have raised the noted one again, at its next
-    batch. Where the handler is no longer Python's (the signal ignored or left to the system) nothing is sent. Every
-    other unraisable exception goes to ``previous``."""
+    got the SIGINT (``kill -INT``) it went on as if none had come. The signal is sent again, by a thread of its own,
+    until its handler has run (``ResentStop``). A SIGTERM (the commands' ``Terminated``) is sent again the same way,
+    once its note is cleared: the commands' handler leaves a SIGTERM alone while one is noted (``terminated_noted``).
+    Where the handler is no longer Python's (the signal ignored or left to the system) nothing is sent. Every other
+    unraisable exception goes to ``previous``."""
     def hook(unraisable: Any) -> None:
         signum = _signal_of(unraisable.exc_type)
-        if signum is None or not callable(signal.getsignal(signum)):
+        in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers run and are set
+        if signum is None or not in_main_thread or not callable(signal.getsignal(signum)):
             previous(unraisable)
             return
-        if signum == signal.SIGTERM:
-            sys.modules["phd_lab.interrupts"].clear_terminated()  # loaded: its handler raised the Terminated
-        _thread.start_new_thread(signal.pthread_kill, (threading.main_thread().ident, signum))  # the last call
+        while True:  # the thread's first copy can reach the handler before the hook returns, and raise in it
+            if signum == signal.SIGTERM:
+                sys.modules["phd_lab.interrupts"].clear_terminated()  # loaded: its handler raised the Terminated
+            try:
+                ResentStop.start(signum)
+                return
+            except BaseException as raised:  # noqa: BLE001 - the stop itself, raised where it would be dropped
+                if _signal_of(type(raised)) != signum:
+                    raise
     return hook
+
+
+class ResentStop:
+    """A Ctrl-C or SIGTERM sent to the main thread again, every ``RESEND_SECONDS``, until the handler in place has
+    run once. It is sent from a thread of its own, which runs once the main thread lets go of the GIL, after the hook:
+    sent from the hook, or with ``interrupt_main`` (which wakes no blocked wait either), it raised in the hook, where
+    it was dropped again. Sent once, it was lost now and then on busy cores: the main thread lets go of the GIL as it
+    begins a blocking wait, and a signal that lands after its last check for signals but before the wait is handled
+    only when the wait ends (a probe job's wait for its workers; a minute in a CI run). A copy that arrives within
+    ``GRACE_SECONDS`` after the handler ran was sent before the thread saw it run, and is left alone; later ones
+    reach the handler (a second Ctrl-C). While another handler stands in (``deferred_interrupts``) nothing is sent;
+    ``restore_handlers`` ends the sending and puts the handlers back when the command ends."""
+
+    RESEND_SECONDS = 0.2
+    GRACE_SECONDS = 1.0
+
+    def __init__(self, signum: int, handler: Any) -> None:
+        self.signum, self.handler = signum, handler
+        self.handled_at: float | None = None
+        self.stop_sending = _thread.allocate_lock()  # held while copies are to be sent
+        self.stop_sending.acquire()
+
+    @classmethod
+    def start(cls, signum: int) -> None:
+        """Put a resending handler in place of ``signum``'s (from the main thread) and start the thread that sends
+        the signal."""
+        handler = signal.getsignal(signum)
+        resent = cls(signum, handler.__self__.handler if _is_resending(handler) else handler)
+        signal.signal(signum, resent.handle)
+        _resending.append(resent)
+        _thread.start_new_thread(resent.send_until_handled, ())
+
+    def handle(self, signum: int, frame: Any) -> Any:
+        if self.handled_at is not None and time.monotonic() - self.handled_at < self.GRACE_SECONDS:
+            return None  # a copy the thread sent before it saw the first one handled
+        if self.handled_at is None:
+            self.handled_at = time.monotonic()
+            self.stop_sending.release()
+        return self.handler(signum, frame)
+
+    def withdraw(self) -> None:
+        """Send no more copies; the handler it stood in for is back in place where it still stood."""
+        if self.stop_sending.locked():
+            self.stop_sending.release()
+        if signal.getsignal(self.signum) == self.handle:
+            signal.signal(self.signum, self.handler)
+
+    def send_until_handled(self) -> None:
+        main = threading.main_thread().ident
+        while True:
+            if signal.getsignal(self.signum) == self.handle:
+                signal.pthread_kill(main, self.signum)
+            if self.stop_sending.acquire(timeout=self.RESEND_SECONDS):
+                return
+
+
+_resending: list[ResentStop] = []  # in place since the command began
+
+
+def _is_resending(handler: Any) -> bool:
+    return isinstance(getattr(handler, "__self__", None), ResentStop)
+
+
+def restore_handlers() -> None:
+    """End every ``ResentStop`` of this command: no more copies are sent, and the handlers they stood in for are back
+    in place (the main thread only, where they were set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    while _resending:
+        _resending.pop().withdraw()
 
 
 def _signal_of(exc_type: Any) -> int | None:

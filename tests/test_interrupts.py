@@ -480,6 +480,36 @@ def test_a_ctrl_c_that_lands_in_a_callback_python_cannot_raise_from_still_stops_
     assert done.stderr == "interrupted\n", done.stderr
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_sent_again_from_a_callback_is_sent_until_its_handler_runs(tmp_path, signum):
+    """The stop that a callback dropped was sent again once: where that copy landed just before the main thread began a
+    blocking wait (after its last check for signals), the handler ran only when the wait ended, a minute later in a CI
+    run, or never where the wait has no end (a probe job waiting for its workers). Here the copy is taken away for
+    certain: the signal is blocked in the main thread, its handler raises in a callback, and the copy is taken off the
+    queue (``sigtimedwait``) before the signal is unblocked and the command waits. The next copy stops it."""
+    from tests.conftest import sigint_as_in_a_terminal
+    done = _run_stand_in_command(
+        tmp_path,
+        "import signal, threading, weakref\n"
+        "from phd_lab.cli import guarded\n"
+        "class Lock:\n"
+        "    pass\n"
+        "def body():\n"
+        f"    signum = signal.Signals({int(signum)})\n"
+        "    signal.pthread_sigmask(signal.SIG_BLOCK, {signum})\n"
+        "    lock = Lock()\n"
+        "    ref = weakref.ref(lock, lambda ref: signal.getsignal(signum)(signum, None))  # its handler raises here\n"
+        "    del lock\n"
+        "    assert signal.sigtimedwait({signum}, 30) is not None  # the copy sent again, lost\n"
+        "    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})\n"
+        "    threading.Event().wait(20)\n"
+        "    return 0\n"
+        "def command():\n"
+        "    return guarded(body, interrupted='interrupted')\n", preexec_fn=sigint_as_in_a_terminal)
+    assert done.returncode == 128 + signum, done.stderr
+    assert done.stderr == ("interrupted\n" if signum == signal.SIGINT else "terminated (SIGTERM)\n"), done.stderr
+
+
 def test_a_sigterm_that_lands_in_a_callback_python_cannot_raise_from_still_stops_the_command(tmp_path):
     """The same for SIGTERM: its ``Terminated`` was dropped in the callback, and the commands' handler, which leaves
     a SIGTERM alone while one is noted, let a second one pass too; only training raised the noted one again (at its
