@@ -388,17 +388,40 @@ def test_a_dataset_name_with_dollar_signs_is_drawn_as_it_is_not_as_mathtext(tmp_
     assert "folder:/data/$x^{$" in html.unescape((logs / "report.html").read_text(encoding="utf-8"))
 
 
-def test_a_probe_table_row_without_a_layer_name_is_named_as_damaged(tmp_path):
-    """An empty layer cell of probe_performances.csv failed the whole analysis of the run (a TypeError in a warning
-    that named no file); the table is now unusable, as a cut one is, and the problem names its row."""
+@pytest.mark.parametrize("table", ["probe_performances.csv", "receptive_field.csv", "computational_info.csv"])
+def test_a_table_row_without_a_layer_name_is_named_as_damaged(tmp_path, table):
+    """An empty layer cell failed the whole analysis of the run (a TypeError or AttributeError in a warning that
+    named no file), in each table with a layer column; the table is now unusable, as a cut one is, and the problem
+    names its row. The framework writes a name in every row (a model's own layer is '<model>')."""
     logs = tmp_path / "logs"
     rundir = write_run(logs, width=0.25, stage="full")
-    probes = pd.read_csv(rundir.probe_csv, dtype=str)
-    probes.loc[1, "layer"] = ""
-    probes.to_csv(rundir.probe_csv, index=False)
+    rows = pd.read_csv(rundir.root / table, dtype=str, keep_default_na=False)
+    rows.loc[1, "layer"] = ""
+    rows.to_csv(rundir.root / table, index=False)
     done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--no-progress", "-mp", "0"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "failed" not in done.stderr, done.stderr[-2000:]
     analysis = read_json(rundir.root / "analysis.json")
-    assert "probe_performances.csv cannot be used: its row 2 names no layer" in analysis["problems"]
-    assert analysis["probes"]["status"].startswith("damaged (probe_performances.csv cannot be used")
+    assert f"{table} cannot be used: its row 2 names no layer" in analysis["problems"]
+    if table == "probe_performances.csv":
+        assert analysis["probes"]["status"].startswith("damaged (probe_performances.csv cannot be used")
+
+
+def test_layer_names_pandas_takes_for_missing_values_are_read_as_written(tmp_path):
+    """A model's attributes may be called "NA", "null" or "nan" (a layer of that name); pandas read such a name as a
+    missing value, which then failed the run's analysis as an empty cell did."""
+    from phd_lab.analysis.run_tables import load_run
+    logs = tmp_path / "logs"
+    rundir = write_run(logs, width=0.25, stage="full")
+    tables = load_run(rundir)
+    names = {"receptive_field.csv": tables.receptive_field["layer"].tolist(),
+             "probe_performances.csv": tables.probes["layer"].tolist()}
+    renamed = {old: new for old, new in zip(names["receptive_field.csv"][:3], ["NA", "null", "nan"])}
+    for table in names:
+        rows = pd.read_csv(rundir.root / table, dtype=str, keep_default_na=False)
+        rows["layer"] = rows["layer"].replace(renamed)
+        rows.to_csv(rundir.root / table, index=False)
+    tables = load_run(rundir)
+    assert tables.receptive_field["layer"].tolist()[:3] == ["NA", "null", "nan"]
+    assert [renamed.get(name, name) for name in names["probe_performances.csv"]] == tables.probes["layer"].tolist()
+    assert not tables.problems, tables.problems

@@ -226,6 +226,7 @@ def _read_csv(path: Path, tables: RunTables, *, rows_stand_alone: bool = False) 
     try:
         text, damage = _complete_rows(read_bytes(path))
         frame = pd.read_csv(io.StringIO(text), dtype={"layer": str}) if text.strip() or not damage else None
+        unnamed = _keep_layer_names_as_written(frame, text) if frame is not None else None
     except (OSError, UnicodeDecodeError, ValueError, csv.Error, pd.errors.ParserError,
             pd.errors.EmptyDataError) as error:
         tables.problems.append(f"{path.name} cannot be read: {error}")
@@ -236,7 +237,26 @@ def _read_csv(path: Path, tables: RunTables, *, rows_stand_alone: bool = False) 
             tables.problems.append(f"{path.name} cannot be used: {damage}")
             return None
         tables.problems.append(f"{path.name}: {damage}; only its {len(frame)} complete row(s) are used")
+    if unnamed is not None:  # the framework writes a name in every row (a model's own layer: '<model>')
+        tables.problems.append(f"{path.name} cannot be used: its row {unnamed} names no layer")
+        return None
     return frame
+
+
+def _keep_layer_names_as_written(frame: pd.DataFrame, text: str) -> int | None:
+    """Put the ``layer`` cells back as they are written, and return the number of the first row whose cell is empty
+    (None: every row names its layer). pandas reads names such as "NA", "null" or "nan" (a model's attributes) as
+    missing values, and an empty cell too: a float, which then failed the run's whole analysis with an
+    AttributeError that named no file."""
+    if "layer" not in frame.columns:
+        return None
+    records = [record for record in csv.reader(io.StringIO(text, newline="")) if record]
+    column = records[0].index("layer") if records and "layer" in records[0] else None
+    names = [record[column] if column < len(record) else "" for record in records[1:]] if column is not None else []
+    if len(names) != len(frame):
+        return None
+    frame["layer"] = pd.array(names, dtype=frame["layer"].dtype)
+    return next((number for number, name in enumerate(names, 1) if not name), None)
 
 
 def read_metrics(folder: RunDir) -> tuple[pd.DataFrame | None, str | None]:
@@ -295,10 +315,6 @@ def _accuracies_in_range(probes: pd.DataFrame | None, tables: RunTables) -> pd.D
     in the report and analysis.json, and one of text ('abc0.91') was left out of the layer's verdicts, without a
     word. An empty cell or NaN is a failed fit (a pixelwise position) and stays."""
     if probes is None:
-        return None
-    unnamed = probes["layer"].isna().to_numpy().nonzero()[0]  # an empty cell: the analysis failed on it (TypeError)
-    if len(unnamed):
-        tables.problems.append(f"{PROBES} cannot be used: its row {int(unnamed[0]) + 1} names no layer")
         return None
     for column, low, high in (("eval_acc", 0.0, 1.0), ("train_acc", 0.0, 1.0), ("relative_acc", 0.0, math.inf)):
         if column not in probes.columns:
