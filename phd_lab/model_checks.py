@@ -20,7 +20,7 @@ from torch import nn
 
 from phd_lab.config import RunConfig
 from phd_lab.config_file import shown_value
-from phd_lab.errors import ConfigError, first_line
+from phd_lab.errors import ConfigError, DataError, first_line
 from phd_lab.factory_args import factory_model_args, logged_run, refused_args
 from phd_lab.factory_results import checked_result
 from phd_lab.interrupts import raise_interruption_behind
@@ -256,16 +256,18 @@ def _described(output: Any) -> str:
     return f"a {type(output).__name__}"
 
 
-def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, num_classes: int) -> None:
+def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, num_classes: int,
+                    image_dtype: torch.dtype | None = None) -> None:
     """The model built for the data's channels and classes (known once the data set is built, before the run
-    folder is made) takes those images and returns one score per class; the checks up front ran on placeholder
-    channels and classes, and fits in memory. One meta model serves the checks below (a model the meta device cannot
-    build or run is left to training, which reports its errors)."""
+    folder is made) takes those images (of ``image_dtype``, where known) and returns one score per class; the checks
+    up front ran on placeholder channels and classes, and fits in memory. One meta model serves the checks below (a
+    model the meta device cannot build or run is left to training, which reports its errors)."""
     truncated = cfg.model_args.get("truncate") is not None  # the head added at the cut makes num_classes scores
     model = _meta_built(cfg, registries, num_classes, in_channels)
     if model is None:
         return
     _require_memory(cfg, model)
+    _require_image_dtype(cfg, model, image_dtype)
     if in_channels == PLACEHOLDER_CHANNELS and truncated:
         return
     if in_channels != PLACEHOLDER_CHANNELS:
@@ -276,6 +278,22 @@ def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, nu
             _require_single_tensor(cfg, registries, model, num_classes, in_channels)
     if not truncated:
         _require_num_classes(cfg, registries, model, num_classes, in_channels)
+
+
+def _require_image_dtype(cfg: RunConfig, model: nn.Module, image_dtype: torch.dtype | None) -> None:
+    """Refuse float64 images for a model without a float64 parameter: a dataset of one's own made from a numpy array
+    (``torch.from_numpy`` keeps its float64) failed the run in its first batch with torch's 'Input type (double) and
+    bias type (float) should be the same' (exit 1, a run folder made). Mixed precision does not help: autocast casts
+    no float64 input. Other float types are left alone, as autocast casts them."""
+    parameters = [parameter for parameter in model.parameters() if not nn.parameter.is_lazy(parameter)]
+    if image_dtype != torch.float64 or not parameters or any(p.dtype == torch.float64 for p in parameters):
+        return
+    kinds = sorted({str(parameter.dtype).removeprefix("torch.") for parameter in parameters})
+    raise DataError(f"{cfg.source}: the dataset {cfg.dataset!r} gives float64 images, and the parameters of model "
+                    f"{cfg.model!r} are {' and '.join(kinds)}: its first layer cannot take them (the run failed in its "
+                    f"first batch: 'Input type (double) and bias type (float) should be the same'; autocast casts no "
+                    f"float64 input). Make the dataset factory give float32 images (torch.from_numpy(array).float()), "
+                    f"or build the model in float64.")
 
 
 def _require_memory(cfg: RunConfig, model: nn.Module) -> None:

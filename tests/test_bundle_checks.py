@@ -57,6 +57,12 @@ def uint8_pixels(*, batch_size, resolution, data_dir, seed, num_workers):
                    resolution=resolution)
 
 
+def float64_pixels(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Images as torch.from_numpy gives them from a numpy float array: float64."""
+    return _bundle("float64", torch.rand(12, 3, resolution, resolution, dtype=torch.float64), torch.arange(12) % 3,
+                   batch_size=batch_size, seed=seed, num_workers=num_workers, resolution=resolution)
+
+
 def honest(*, batch_size, resolution, data_dir, seed, num_workers):
     return _bundle("honest", torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3, batch_size=batch_size,
                    seed=seed, num_workers=num_workers, resolution=resolution)
@@ -124,3 +130,34 @@ def test_a_damaged_first_image_of_a_folder_dataset_is_refused_before_the_run_fol
     assert "Traceback" not in said and f"The image file {str(damaged)!r} cannot be read" in said, said
     assert f"{config} (run 0)" in said, said
     assert not (tmp_path / "logs").exists() or run_folders(tmp_path / "logs") == []
+
+
+DOUBLE_MODEL = """
+from torch import nn
+
+
+def double_mlp(*, num_classes, in_channels=3):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 8 * 8, 4), nn.ReLU(), nn.Linear(4, num_classes)).double()
+"""
+
+
+def test_float64_images_are_refused_for_a_float32_model_and_train_a_float64_one(tmp_path, capsys):
+    """A dataset of one's own made from a numpy float array gives float64 images: a float32 model failed in its first
+    batch with torch's 'Input type (double) and bias type (float) should be the same' (exit 1, a run folder made).
+    Refused before the run folder (exit 2); a model built in float64 takes them and trains."""
+    (tmp_path / "my_data.py").write_text(DATASETS)
+    (tmp_path / "my_models.py").write_text(DOUBLE_MODEL)
+    common = dict(dataset="float64_pixels", resolution=8, epoch=1, batch_size=4, post_processing=[])
+    config = write_config(tmp_path, registries={"datasets": "my_data.py"}, model="mlp",
+                          model_args={"input_side": 8, "units": [[4]]}, **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    said = " ".join(err.split())
+    assert code == 2 and "Traceback" not in said, said
+    assert ("the dataset 'float64_pixels' gives float64 images, and the parameters of model 'mlp' are float32" in said
+            and "Make the dataset factory give float32 images" in said), said
+    assert run_folders(tmp_path / "logs") == []
+    config = write_config(tmp_path, registries={"datasets": "my_data.py", "models": "my_models.py"},
+                          model="double_mlp", model_args={}, **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
+    assert len(run_folders(tmp_path / "logs")) == 1
