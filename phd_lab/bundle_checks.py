@@ -10,22 +10,30 @@ labels a dataset lists, show it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from phd_lab.errors import DataError, RunFailure
 
 _SPLITS = (("test", "its test split"), ("train_eval", "its training split"))
 
 
-def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, where: str) -> torch.dtype | None:
+@dataclass(frozen=True)
+class SampleTypes:
+    """The type of the first image tensor met and of its label as the loader batches it (``default_collate``);
+    None where no sample was such; the model and its objective must take them (``check_fits_data``)."""
+    image: torch.dtype | None = None
+    label: torch.dtype | None = None
+
+
+def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, where: str) -> SampleTypes:
     """Refuse (DataError) a bundle whose images or labels contradict what it declares or the config's
     ``resolution``. ``dataset``/``source``: the registry name and module, for the message. Samples that are
-    not (image tensor, integer label) pairs are left to the loaders, which report their own errors. Returns the
-    type of the first image tensor met (None: no sample was one), which the model must take (``check_fits_data``)."""
-    image_dtype = None
+    not (image tensor, integer label) pairs are left to the loaders, which report their own errors."""
+    types = SampleTypes()
     factory = f"the dataset factory {dataset!r}{f' of {source!r}' if source else ''}"
     if bundle.resolution != resolution:
         raise DataError(f"{where}: {factory} was asked for {resolution} px images and declares {bundle.resolution} "
@@ -38,8 +46,8 @@ def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, w
         if sample is None:
             continue
         image, label = sample
-        if isinstance(image, torch.Tensor) and image_dtype is None:
-            image_dtype = image.dtype
+        if isinstance(image, torch.Tensor) and types.image is None:
+            types = SampleTypes(image.dtype, _batched_type(label))
         if isinstance(image, torch.Tensor) and not image.dtype.is_floating_point:
             raise DataError(f"{where}: the first sample of {named} of {factory} is an image tensor of type "
                             f"{image.dtype}, which the model's layers cannot take (they compute in floating "
@@ -52,7 +60,16 @@ def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, w
                             f"receptive fields and FLOPs would describe another input. Make the factory resize to "
                             f"the 'resolution' it is given and declare the channels its images have.")
         _check_labels(_listed_labels(data, label), bundle.num_classes, factory, named, where)
-    return image_dtype
+    return types
+
+
+def _batched_type(label: Any) -> torch.dtype | None:
+    """The type of ``label`` in a batch of the default loader: a Python int becomes int64, a numpy int32 int32."""
+    try:
+        batched = default_collate([label])
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return batched.dtype if isinstance(batched, torch.Tensor) else None
 
 
 def _first_sample(data: Dataset | None, where: str) -> tuple[Any, Any] | None:

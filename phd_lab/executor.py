@@ -590,10 +590,9 @@ class TrainTestExecutor:
         with records_before_the_log() as early:  # said in the run's log too, once it is open
             seed_everything(cfg.seed)
             bundle = self.build_data()
-            image_dtype = check_bundle_data(bundle, cfg.resolution, cfg.dataset, self.registries.datasets.source,
-                                            cfg.source)
-            check_fits_data(cfg, self.registries, bundle.in_channels, bundle.num_classes,  # up front: placeholders
-                            image_dtype=image_dtype)
+            types = check_bundle_data(bundle, cfg.resolution, cfg.dataset, self.registries.datasets.source, cfg.source)
+            # the checks up front ran on placeholders: these on the data's channels, classes and types
+            check_fits_data(cfg, self.registries, bundle.in_channels, bundle.num_classes, types)
             seed_everything(cfg.seed)
             model = self.build_model(bundle).to(device)
             # a model the meta device could not build is checked here

@@ -20,6 +20,7 @@ from torch import nn
 
 from phd_lab.config import RunConfig
 from phd_lab.config_file import shown_value
+from phd_lab.bundle_checks import SampleTypes
 from phd_lab.errors import ConfigError, DataError, first_line
 from phd_lab.factory_args import factory_model_args, logged_run, refused_args
 from phd_lab.factory_results import checked_result
@@ -257,17 +258,20 @@ def _described(output: Any) -> str:
 
 
 def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, num_classes: int,
-                    image_dtype: torch.dtype | None = None) -> None:
+                    types: SampleTypes | None = None) -> None:
     """The model built for the data's channels and classes (known once the data set is built, before the run
-    folder is made) takes those images (of ``image_dtype``, where known) and returns one score per class; the checks
-    up front ran on placeholder channels and classes, and fits in memory. One meta model serves the checks below (a
-    model the meta device cannot build or run is left to training, which reports its errors)."""
+    folder is made) takes those images and labels (of the ``types`` of the first sample, where known) and returns one
+    score per class; the checks up front ran on placeholder channels and classes, and fits in memory. One meta model
+    serves the checks below (a model the meta device cannot build or run is left to training, which reports its
+    errors)."""
     truncated = cfg.model_args.get("truncate") is not None  # the head added at the cut makes num_classes scores
     model = _meta_built(cfg, registries, num_classes, in_channels)
     if model is None:
         return
     _require_memory(cfg, model)
-    _require_image_dtype(cfg, model, image_dtype)
+    if types is not None:
+        _require_image_dtype(cfg, model, types.image)
+        _require_class_index_labels(cfg, registries, model, types.label)
     if in_channels == PLACEHOLDER_CHANNELS and truncated:
         return
     if in_channels != PLACEHOLDER_CHANNELS:
@@ -294,6 +298,30 @@ def _require_image_dtype(cfg: RunConfig, model: nn.Module, image_dtype: torch.dt
                     f"first batch: 'Input type (double) and bias type (float) should be the same'; autocast casts no "
                     f"float64 input). Make the dataset factory give float32 images (torch.from_numpy(array).float()), "
                     f"or build the model in float64.")
+
+
+def _require_class_index_labels(cfg: RunConfig, registries: Registries, model: nn.Module,
+                                label_dtype: torch.dtype | None) -> None:
+    """Refuse labels that cross-entropy cannot take as class indices, which it takes as int64 or uint8 only: float
+    labels (a numpy float array) and int32 ones (a numpy int32 array; a Python int batches as int64) failed the run in
+    its first batch with torch's 'expected target dtype to be Long or Byte, but got Float' (exit 1, a run folder
+    made). A model trained on its own reconstruction uses no labels."""
+    if label_dtype is None or label_dtype in (torch.int64, torch.uint8) or not _uses_labels(cfg, registries, model):
+        return  # _uses_labels None: an objective check_objective reports
+    raise DataError(f"{cfg.source}: the dataset {cfg.dataset!r} gives labels of type "
+                    f"{str(label_dtype).removeprefix('torch.')} (as the loader batches its first sample's label), "
+                    f"and model {cfg.model!r} is trained on class indices, which cross-entropy takes as int64 or uint8 "
+                    f"only (the run failed in its first batch: 'expected target dtype to be Long or Byte'). Make the "
+                    f"dataset factory give integer labels, e.g. torch.as_tensor(labels, dtype=torch.long).")
+
+
+def _uses_labels(cfg: RunConfig, registries: Registries, model: nn.Module) -> bool | None:
+    """Whether the model's objective compares its outputs with labels; None where the objective is not valid
+    (``check_objective``'s to report, when the run builds the model next)."""
+    try:
+        return (declared_objective(registries.models.get(cfg.model)) or objective_of(model)).uses_labels
+    except ValueError:
+        return None
 
 
 def _require_memory(cfg: RunConfig, model: nn.Module) -> None:
@@ -324,10 +352,7 @@ def _require_single_tensor(cfg: RunConfig, registries: Registries, model: nn.Mod
     axes, were left to its first training step ('cross_entropy_loss(): argument 'input' must be Tensor, not
     tuple'), after its run folder was made. Its output on the data's channels is checked here instead; (batch, k)
     scores are ``_require_num_classes``'s."""
-    try:
-        uses_labels = (declared_objective(registries.models.get(cfg.model)) or objective_of(model)).uses_labels
-    except ValueError:  # check_objective's to report, when the run builds the model next
-        uses_labels = True
+    uses_labels = _uses_labels(cfg, registries, model) is not False
     for training in (True, False):
         output, error = _meta_output(model, cfg.resolution, training, channels=in_channels)
         if error is not None or (isinstance(output, torch.Tensor) and (
@@ -370,10 +395,7 @@ def _require_num_classes(cfg: RunConfig, registries: Registries, model: nn.Modul
     makes as many outputs as the data has classes (4 on FakeData's num_classes=4) was refused up front for not
     returning the placeholder's 10, while one returning k other scores (its features) failed at its first batch
     ('Target 6 is out of bounds'). Refused with exit 2 before the run folder is made."""
-    try:
-        if not (declared_objective(registries.models.get(cfg.model)) or objective_of(model)).uses_labels:
-            return
-    except ValueError:  # check_objective's to report, when the run builds the model next
+    if not _uses_labels(cfg, registries, model):  # None: unknown, reported when the run builds the model
         return
     for training in (True, False):
         output, error = _meta_output(model, cfg.resolution, training, channels=in_channels)

@@ -63,6 +63,18 @@ def float64_pixels(*, batch_size, resolution, data_dir, seed, num_workers):
                    batch_size=batch_size, seed=seed, num_workers=num_workers, resolution=resolution)
 
 
+def float_labels(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Labels as torch.from_numpy gives them from a numpy float array."""
+    return _bundle("float_labels", torch.rand(16, 3, resolution, resolution), (torch.arange(16) % 3).float(),
+                   batch_size=batch_size, seed=seed, num_workers=num_workers, resolution=resolution)
+
+
+def int32_labels(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Labels as torch.from_numpy gives them from a numpy int32 array."""
+    return _bundle("int32_labels", torch.rand(16, 3, resolution, resolution), (torch.arange(16) % 3).int(),
+                   batch_size=batch_size, seed=seed, num_workers=num_workers, resolution=resolution)
+
+
 def honest(*, batch_size, resolution, data_dir, seed, num_workers):
     return _bundle("honest", torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3, batch_size=batch_size,
                    seed=seed, num_workers=num_workers, resolution=resolution)
@@ -158,6 +170,29 @@ def test_float64_images_are_refused_for_a_float32_model_and_train_a_float64_one(
     assert run_folders(tmp_path / "logs") == []
     config = write_config(tmp_path, registries={"datasets": "my_data.py", "models": "my_models.py"},
                           model="double_mlp", model_args={}, **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
+    assert len(run_folders(tmp_path / "logs")) == 1
+
+
+@pytest.mark.parametrize(("dataset", "dtype"), [("float_labels", "float32"), ("int32_labels", "int32")])
+def test_labels_cross_entropy_cannot_take_are_refused_for_a_classifier_not_for_an_autoencoder(tmp_path, capsys,
+                                                                                              dataset, dtype):
+    """Float labels (a numpy float array) and int32 ones failed a classifier's run in its first batch with torch's
+    'expected target dtype to be Long or Byte, but got Float' (exit 1, a run folder made); refused before the run
+    folder (exit 2). An autoencoder, trained on its reconstruction, uses no labels and trains."""
+    (tmp_path / "my_data.py").write_text(DATASETS)
+    common = dict(dataset=dataset, registries={"datasets": "my_data.py"}, resolution=8, epoch=1, batch_size=4,
+                  post_processing=[])
+    config = write_config(tmp_path, model="mlp", model_args={"input_side": 8, "units": [[4]]}, **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    said = " ".join(err.split())
+    assert code == 2 and "Traceback" not in said, said
+    assert (f"the dataset {dataset!r} gives labels of type {dtype} (as the loader batches its first sample's label), "
+            f"and model 'mlp' is trained on class indices" in said and "Make the dataset factory give integer labels"
+            in said), said
+    assert run_folders(tmp_path / "logs") == []
+    config = write_config(tmp_path, model="conv_autoencoder", model_args={}, metrics=[], **common)
     code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
     assert code == 0, err
     assert len(run_folders(tmp_path / "logs")) == 1
