@@ -676,6 +676,22 @@ def test_a_failed_probe_is_never_the_best_layer(tmp_path):
     assert info["best_layer"] == "features.16" and info["best_accuracy"] == pytest.approx(0.94)
 
 
+def test_a_failed_probe_is_never_the_first_layer_reaching_the_model(tmp_path):
+    """A layer whose fit failed (eval_acc NaN) was the "first layer reaching the model" where its relative_acc cell
+    held a value (the table edited or written by another tool); every layer failed, and one was still named."""
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full", test_accuracy=0.94)
+    probes = pd.read_csv(rundir.probe_csv)
+    first = summarize(load_run(rundir))["probes"]["first_reaching_layer"]
+    assert first is not None
+    probes.loc[probes["layer"] == first, "eval_acc"] = float("nan")
+    atomic.write_csv(rundir.probe_csv, probes)
+    assert summarize(load_run(rundir))["probes"]["first_reaching_layer"] not in (first, None)
+    probes["eval_acc"] = float("nan")
+    atomic.write_csv(rundir.probe_csv, probes)
+    info = summarize(load_run(rundir))["probes"]
+    assert info["first_reaching_layer"] is None and info["best_layer"] is None
+
+
 def test_why_there_is_no_border_layer_is_said_as_it_is(tmp_path):
     """"receptive_field.csv is missing" was said also when it could not be used or the resolution was unknown;
     without the table, side branches cannot be told from the main path, which was not said at all."""

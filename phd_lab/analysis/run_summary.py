@@ -345,7 +345,9 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
     by_layer = {layer: _number(value) for layer, value in zip(layers, accuracy)}
     main = [i for i, layer in enumerate(layers) if layer not in side]
     layers, accuracy, relative = ([values[i] for i in main] for values in (layers, accuracy, relative))
-    first = next((layer for layer, r in zip(layers, relative) if r >= 1.0 - settings.probe_tolerance), None)
+    # a layer whose fit failed (eval_acc NaN) reaches nothing, whatever a relative_acc beside it says
+    first = next((layer for layer, value, r in zip(layers, accuracy, relative)
+                  if not math.isnan(value) and r >= 1.0 - settings.probe_tolerance), None)
     skipped, best = [], -math.inf
     for layer, value in zip(layers, accuracy):
         if value < best - settings.probe_drop_tolerance:
