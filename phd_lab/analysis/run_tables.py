@@ -224,9 +224,9 @@ def _read_csv(path: Path, tables: RunTables, *, rows_stand_alone: bool = False) 
         tables.missing.append(path.name)
         return None
     try:
-        text, damage = _complete_rows(read_bytes(path))
+        text, records, damage = _complete_rows(read_bytes(path))
         frame = pd.read_csv(io.StringIO(text), dtype={"layer": str}) if text.strip() or not damage else None
-        unnamed = _keep_layer_names_as_written(frame, text) if frame is not None else None
+        unnamed = _keep_layer_names_as_written(frame, records) if frame is not None else None
     except (OSError, UnicodeDecodeError, ValueError, csv.Error, pd.errors.ParserError,
             pd.errors.EmptyDataError) as error:
         tables.problems.append(f"{path.name} cannot be read: {error}")
@@ -243,14 +243,13 @@ def _read_csv(path: Path, tables: RunTables, *, rows_stand_alone: bool = False) 
     return frame
 
 
-def _keep_layer_names_as_written(frame: pd.DataFrame, text: str) -> int | None:
-    """Put the ``layer`` cells back as they are written, and return the number of the first row whose cell is empty
-    (None: every row names its layer). pandas reads names such as "NA", "null" or "nan" (a model's attributes) as
-    missing values, and an empty cell too: a float, which then failed the run's whole analysis with an
-    AttributeError that named no file."""
+def _keep_layer_names_as_written(frame: pd.DataFrame, records: list[list[str]]) -> int | None:
+    """Put the ``layer`` cells back as they are written in ``records`` (the CSV's rows that ``frame`` holds, with its
+    header), and return the number of the first row whose cell is empty (None: every row names its layer). pandas
+    reads names such as "NA", "null" or "nan" (a model's attributes) as missing values, and an empty cell too: a
+    float, which then failed the run's whole analysis with an AttributeError that named no file."""
     if "layer" not in frame.columns:
         return None
-    records = [record for record in csv.reader(io.StringIO(text, newline="")) if record]
     column = records[0].index("layer") if records and "layer" in records[0] else None
     names = [record[column] if column < len(record) else "" for record in records[1:]] if column is not None else []
     if len(names) != len(frame):
@@ -267,8 +266,9 @@ def read_metrics(folder: RunDir) -> tuple[pd.DataFrame | None, str | None]:
     return metrics, "; ".join(tables.problems) or None
 
 
-def _complete_rows(data: bytes) -> tuple[str, str]:
-    """The text of a CSV without rows that were cut, and what was wrong ('' if nothing)."""
+def _complete_rows(data: bytes) -> tuple[str, list[list[str]], str]:
+    """The text of a CSV without rows that were cut, its rows (the header first; no blank line, as pandas skips
+    them), and what was wrong ('' if nothing)."""
     damage = []
     if data and not data.endswith(b"\n"):
         data = data[:data.rfind(b"\n") + 1]  # a cut may also split a character of several bytes
@@ -280,10 +280,11 @@ def _complete_rows(data: bytes) -> tuple[str, str]:
     if short:
         damage.append(f"line(s) {', '.join(map(str, short[:5]))}{', ...' if len(short) > 5 else ''} have fewer "
                       f"fields than the header (truncated?)")
+        records = [record for record in records if not record or len(record) >= fields]
         kept = io.StringIO(newline="")
-        csv.writer(kept, lineterminator="\n").writerows(r for r in records if not r or len(r) >= fields)
+        csv.writer(kept, lineterminator="\n").writerows(records)
         text = kept.getvalue()
-    return text, " and ".join(damage)
+    return text, [record for record in records if record], " and ".join(damage)
 
 
 def _read_json(path: Path, tables: RunTables, *, record_missing: bool = True) -> Any:
