@@ -459,6 +459,19 @@ def _run_stand_in_command(tmp_path, source: str, **options) -> subprocess.Comple
                           env={**os.environ, "PYTHONPATH": f"{tmp_path / 'stand-in'}{os.pathsep}{ROOT}"}, **options)
 
 
+def _guarded_stand_in(body: str) -> str:
+    """The source of a stand-in command that runs the lines ``body`` (indented as a function's) under the commands'
+    guard, with ``Lock``, an object a weakref callback can be hung on, as importlib's module lock is."""
+    return ("import signal, threading, weakref\n"
+            "from phd_lab.cli import guarded\n"
+            "class Lock:\n"
+            "    pass\n"
+            "def body():\n"
+            f"{body}"
+            "def command():\n"
+            "    return guarded(body, interrupted='interrupted')\n")
+
+
 def test_a_ctrl_c_that_lands_in_a_callback_python_cannot_raise_from_still_stops_the_command(tmp_path):
     """A Ctrl-C that landed while a weakref callback ran (importlib's module lock, at the end of every import, 'cb')
     was printed as 'Exception ignored in: ... KeyboardInterrupt' with a traceback and dropped: a probe job's Ctrl-C
@@ -488,13 +501,7 @@ def test_a_stop_sent_again_from_a_callback_is_sent_until_its_handler_runs(tmp_pa
     certain: the signal is blocked in the main thread, its handler raises in a callback, and the copy is taken off the
     queue (``sigtimedwait``) before the signal is unblocked and the command waits. The next copy stops it."""
     from tests.conftest import sigint_as_in_a_terminal
-    done = _run_stand_in_command(
-        tmp_path,
-        "import signal, threading, weakref\n"
-        "from phd_lab.cli import guarded\n"
-        "class Lock:\n"
-        "    pass\n"
-        "def body():\n"
+    done = _run_stand_in_command(tmp_path, _guarded_stand_in(
         f"    signum = signal.Signals({int(signum)})\n"
         "    signal.pthread_sigmask(signal.SIG_BLOCK, {signum})\n"
         "    lock = Lock()\n"
@@ -503,9 +510,7 @@ def test_a_stop_sent_again_from_a_callback_is_sent_until_its_handler_runs(tmp_pa
         "    assert signal.sigtimedwait({signum}, 30) is not None  # the copy sent again, lost\n"
         "    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})\n"
         "    threading.Event().wait(20)\n"
-        "    return 0\n"
-        "def command():\n"
-        "    return guarded(body, interrupted='interrupted')\n", preexec_fn=sigint_as_in_a_terminal)
+        "    return 0\n"), preexec_fn=sigint_as_in_a_terminal)
     assert done.returncode == 128 + signum, done.stderr
     assert done.stderr == ("interrupted\n" if signum == signal.SIGINT else "terminated (SIGTERM)\n"), done.stderr
 
@@ -515,20 +520,12 @@ def test_a_sigterm_that_lands_in_a_callback_python_cannot_raise_from_still_stops
     a SIGTERM alone while one is noted, let a second one pass too; only training raised the noted one again (at its
     next batch), a probe job went on. A stand-in command under the commands' guard, which then waits up to a minute."""
     started = time.monotonic()
-    done = _run_stand_in_command(
-        tmp_path,
-        "import signal, threading, weakref\n"
-        "from phd_lab.cli import guarded\n"
-        "class Lock:\n"
-        "    pass\n"
-        "def body():\n"
+    done = _run_stand_in_command(tmp_path, _guarded_stand_in(
         "    lock = Lock()\n"
         "    ref = weakref.ref(lock, lambda ref: signal.raise_signal(signal.SIGTERM))  # SIGTERM as it runs\n"
         "    del lock\n"
         "    threading.Event().wait(60)  # the command waits, as a probe job for its workers' results\n"
-        "    return 0\n"
-        "def command():\n"
-        "    return guarded(body, interrupted='interrupted')\n")
+        "    return 0\n"))
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
     assert done.stderr == "terminated (SIGTERM)\n", done.stderr
     assert time.monotonic() - started < 50  # not after the minute's wait
