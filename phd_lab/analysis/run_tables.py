@@ -31,6 +31,7 @@ from phd_lab.config import META_KEY, with_logged_linear_init
 from phd_lab.config_paths import extraction_latents_dir
 from phd_lab.file_hash import latents_digest
 from phd_lab.latents_sets import LATENTS, MANIFEST, extracted_by_older_version
+from phd_lab.layer_table import read_layer_table
 from phd_lab.rundir import RunDir, lies_in_its_run_folder
 from phd_lab.wording import plural
 
@@ -217,16 +218,15 @@ def _read_csv(path: Path, tables: RunTables, *, rows_stand_alone: bool = False) 
     fewer fields than the header, was cut (a copy broken off, a full disk). Such rows are left out and the
     problem names the file. ``rows_stand_alone``: each row is a whole record of its own (the metrics CSV:
     one per epoch), so the rows before a cut can still be used; in any other table a lost row is a lost
-    layer, and the whole table is unusable, as is one without a complete row. A ``layer`` column is read as text:
-    the names of an nn.Sequential ("8", "0.10") are no numbers, and as numbers they match no saturation column.
+    layer, and the whole table is unusable, as is one without a complete row. A ``layer`` column is read as
+    written (``read_layer_table``); a row without a name makes the table unusable too.
     """
     if not path.is_file():
         tables.missing.append(path.name)
         return None
     try:
-        text, records, damage = _complete_rows(read_bytes(path))
-        frame = pd.read_csv(io.StringIO(text), dtype={"layer": str}) if text.strip() or not damage else None
-        unnamed = _keep_layer_names_as_written(frame, records) if frame is not None else None
+        text, damage = _complete_rows(read_bytes(path))
+        frame = read_layer_table(text) if text.strip() or not damage else None
     except (OSError, UnicodeDecodeError, ValueError, csv.Error, pd.errors.ParserError,
             pd.errors.EmptyDataError) as error:
         tables.problems.append(f"{path.name} cannot be read: {error}")
@@ -237,25 +237,19 @@ def _read_csv(path: Path, tables: RunTables, *, rows_stand_alone: bool = False) 
             tables.problems.append(f"{path.name} cannot be used: {damage}")
             return None
         tables.problems.append(f"{path.name}: {damage}; only its {len(frame)} complete row(s) are used")
+    unnamed = _first_row_naming_no_layer(frame)
     if unnamed is not None:  # the framework writes a name in every row (a model's own layer: '<model>')
         tables.problems.append(f"{path.name} cannot be used: its row {unnamed} names no layer")
         return None
     return frame
 
 
-def _keep_layer_names_as_written(frame: pd.DataFrame, records: list[list[str]]) -> int | None:
-    """Put the ``layer`` cells back as they are written in ``records`` (the CSV's rows that ``frame`` holds, with its
-    header), and return the number of the first row whose cell is empty (None: every row names its layer). pandas
-    reads names such as "NA", "null" or "nan" (a model's attributes) as missing values, and an empty cell too: a
-    float, which then failed the run's whole analysis with an AttributeError that named no file."""
+def _first_row_naming_no_layer(frame: pd.DataFrame) -> int | None:
+    """The number of the first row whose ``layer`` cell is empty (None: every row names its layer, or the table has
+    no such column). Such a cell failed the run's whole analysis with an AttributeError that named no file."""
     if "layer" not in frame.columns:
         return None
-    column = records[0].index("layer") if records and "layer" in records[0] else None
-    names = [record[column] if column < len(record) else "" for record in records[1:]] if column is not None else []
-    if len(names) != len(frame):
-        return None
-    frame["layer"] = pd.array(names, dtype=frame["layer"].dtype)
-    return next((number for number, name in enumerate(names, 1) if not name), None)
+    return next((number for number, name in enumerate(frame["layer"], 1) if not name), None)
 
 
 def read_metrics(folder: RunDir) -> tuple[pd.DataFrame | None, str | None]:
@@ -266,9 +260,8 @@ def read_metrics(folder: RunDir) -> tuple[pd.DataFrame | None, str | None]:
     return metrics, "; ".join(tables.problems) or None
 
 
-def _complete_rows(data: bytes) -> tuple[str, list[list[str]], str]:
-    """The text of a CSV without rows that were cut, its rows (the header first; no blank line, as pandas skips
-    them), and what was wrong ('' if nothing)."""
+def _complete_rows(data: bytes) -> tuple[str, str]:
+    """The text of a CSV without rows that were cut, and what was wrong ('' if nothing)."""
     damage = []
     if data and not data.endswith(b"\n"):
         data = data[:data.rfind(b"\n") + 1]  # a cut may also split a character of several bytes
@@ -284,7 +277,7 @@ def _complete_rows(data: bytes) -> tuple[str, list[list[str]], str]:
         kept = io.StringIO(newline="")
         csv.writer(kept, lineterminator="\n").writerows(records)
         text = kept.getvalue()
-    return text, [record for record in records if record], " and ".join(damage)
+    return text, " and ".join(damage)
 
 
 def _read_json(path: Path, tables: RunTables, *, record_missing: bool = True) -> Any:

@@ -177,7 +177,7 @@ def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None,
     position, not per layer), and so are tables that cannot be read and, with ``settings``, tables fitted with
     other probe settings (another solver's accuracies would differ for other reasons than the latents).
     ``current`` is (set name, settings document) of a set whose document is not written yet."""
-    import pandas as pd
+    from phd_lab.layer_table import read_layer_table  # imports pandas: not at import
     found, other_settings = [], []
     for path in [outputs.for_probe_set("").probe_csv, *sorted(outputs.root.glob("probe_performances_*.csv"))]:
         name = path.stem[len("probe_performances_"):] if path.stem != "probe_performances" else ""
@@ -199,7 +199,7 @@ def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None,
         if size == PIXELWISE:
             continue
         try:
-            table = pd.read_csv(path, dtype={"layer": str})  # an nn.Sequential's "0.10" is no number
+            table = read_layer_table(atomic.read_bytes(path).decode("utf-8-sig"))
         except (OSError, ValueError):
             continue
         if not {"index", "layer", "eval_acc"} <= set(table.columns):

@@ -40,9 +40,9 @@ class ReceptiveFieldStep(Step):
             raise ConfigError(f"{where}: post-processing step 'receptive_field': {error}") from None
 
     def run(self, ctx: StepContext, **params: Any) -> None:
-        import pandas as pd  # here, not at import: --list steps imports no pandas
-
+        # here, not at import: --list steps imports no pandas
         from phd_lab.analysis.receptive_field import border_layers, receptive_fields
+        from phd_lab.layer_table import read_layer_table
         from phd_lab.plots.receptive_field import plot_receptive_field
 
         resolution = ctx.bundle.resolution
@@ -51,6 +51,6 @@ class ReceptiveFieldStep(Step):
         b_min, b_max = border_layers(table, resolution)
         log.info("Receptive field of %s at resolution %d: b_min=%s, b_max=%s", ctx.config.name, resolution,
                  b_min, b_max)
-        saved = pd.read_csv(ctx.rundir.receptive_field_csv, dtype={"layer": str})  # the plot draws the saved table
+        saved = read_layer_table(atomic.read_bytes(ctx.rundir.receptive_field_csv).decode())  # the plot draws it
         title = f"{ctx.config.name}\n{ctx.rundir.variant}"  # the variant tells a grid's runs apart
         plot_receptive_field(saved, resolution, ctx.rundir.receptive_field_plot, title=title)
