@@ -1330,6 +1330,35 @@ def test_a_scheduler_that_dies_while_the_command_waits_is_said_in_one_paragraph(
                 and record.levelno >= logging.ERROR]
 
 
+def test_a_probe_job_whose_scheduler_dies_says_so_in_one_paragraph_and_keeps_its_finished_fits(
+        tmp_path, capsys, monkeypatch):
+    """The probe job's own wait for its layers (not the grid's) meets a scheduler killed while fits are left: one
+    paragraph and exit 1, the fit that finished before is cached, so the rerun fits only the others."""
+    from phd_lab.probes.cli import probe_cli
+    from phd_lab.probes.runner import TEST_DELAY_ENV
+    from tests.probe_latents import digits_layers, make_latents
+    run_dir, latents = make_latents(tmp_path, *digits_layers(n_layers=4, width=8))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(TEST_DELAY_ENV, "1.5")  # read by the worker process, started below
+    with _scheduler_with_a_worker(tmp_path) as (scheduler, address):
+        def kill_after_the_first_fit() -> None:
+            if wait_for(lambda: any(cache.rglob("*.json")), scheduler, timeout=240):
+                scheduler.kill()
+
+        killer = threading.Thread(target=kill_after_the_first_fit, daemon=True)
+        killer.start()
+        started = time.monotonic()
+        code = probe_cli(["--latents", str(latents), "--cache-dir", str(cache), "--no-progress",
+                          "--scheduler", address])
+        killer.join(60)
+    said = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and time.monotonic() - started < 120, said[-2000:]
+    assert f"--scheduler {address}: The connection to the Dask scheduler was lost" in said, said[-2000:]
+    assert "of 4 layer fit(s) were unfinished; the finished ones are kept" in said and "Traceback" not in said
+    assert 1 <= len(list(cache.rglob("*.json"))) < 4
+    assert not (run_dir / "probe_performances.csv").exists()
+
+
 def test_a_scheduler_that_dies_while_the_command_waits_for_its_first_worker_is_said_in_one_paragraph(tmp_path,
                                                                                                      caplog):
     """distributed's OSError ('Timed out trying to connect') ended the command with a traceback, exit 1."""
