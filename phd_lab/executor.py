@@ -437,7 +437,7 @@ class TrainTestExecutor:
                 raise UsageError(f"The run folder {str(self.rundir.root)!r} holds a run with a different "
                                  f"config ({path.name}); use another run id.")
             if CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():  # trained
-                now, kept, asked = self._trained_rerun(previous)
+                now, kept, asked = self._trained_rerun(previous, old_meta)
                 self._say_setup_differences(old_meta, now[META_KEY], against_logged_run=False)
                 changed = self._changes_to_training(previous, old_meta or {}) if kept else []
                 # a diverged run stops at once (nothing more trains), whatever the setup
@@ -462,15 +462,20 @@ class TrainTestExecutor:
             atomic.remove(self.rundir.git_diff, missing_ok=True)  # an earlier, untrained start's changes
         atomic.write_json(path, now)
 
-    def _trained_rerun(self, previous: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    def _trained_rerun(self, previous: dict[str, Any],
+                       old_meta: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """The config a rerun of a trained run logs, the training values it keeps from the logged ``previous``
         (its keys of this version) and those this rerun asks for instead (named in a warning). The keys that shaped
         the weights keep the values the run was trained with (what reproduces it); the others (post-processing,
-        analysis, probe, folders) follow the rerun."""
+        analysis, probe, folders) follow the rerun. A device spelled otherwise that resolves to the type the run
+        trained on (``_meta``'s device: 'cpu' for a run of 'auto' without a GPU) is asked for no other device."""
         now = self.logged_config()
         if "registries" in previous:  # logged by its bare name (by earlier versions): the same file
             previous["registries"] = self.registries.logged_specs(previous["registries"])
         kept, asked = kept_training_values(previous, now, self._trained_threads, self.config.cpu_threads)
+        trained_on = old_meta.get("device") if isinstance(old_meta, Mapping) else None
+        if "device" in asked and trained_on and _device_type(trained_on) == _device_type(now[META_KEY].get("device")):
+            del asked["device"]  # another device type is named by the setup comparison (and refused with epochs left)
         return now, kept, asked
 
     def finished_rerun_is_silent(self) -> bool:
@@ -487,7 +492,7 @@ class TrainTestExecutor:
         if names_another_run(previous, self.config):
             return False
         self._thread_count()  # the count the checkpoint was trained with, which the logged config keeps
-        now, kept, asked = self._trained_rerun(previous)
+        now, kept, asked = self._trained_rerun(previous, old_meta)
         if asked or setup_differences(old_meta, now[META_KEY])[0]:
             return False
         written = {key: value for key, value in {**now, **kept}.items() if key != META_KEY}
@@ -731,6 +736,12 @@ class TrainTestExecutor:
 
 # Keys outside the run's identity that still change the trained weights (at least in their last bits).
 TRAINING_KEYS = ("registries", "device", "data_parallel", "mixed_precision", "cpu_threads", "tracking_device")
+
+
+def _device_type(device: Any) -> str:
+    """A logged device's type, as the setup comparison reads it: 'cuda:1' is 'cuda' (another GPU index is the same
+    setup)."""
+    return str(device).split(":")[0]
 
 
 def kept_training_values(previous: Mapping[str, Any], now: Mapping[str, Any], trained_threads: int | None,

@@ -534,6 +534,22 @@ def test_device_option_overrides_the_config(tmp_path, capsys):
     assert json.loads((folder / f"{run_name(folder)}_config.json").read_text())["device"] == "cpu"
 
 
+def test_a_device_option_naming_the_device_the_run_trained_on_is_no_difference(tmp_path):
+    """A run trained with device 'auto', rerun with --device naming what 'auto' became (its logged _meta device,
+    'cpu' on a machine without a GPU): the same device trains and post-processes it, so no warning says the rerun
+    differs in a value that shaped the weights; the logged config keeps 'auto'."""
+    config = write_config(tmp_path, epoch=1, device="auto")
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    became = json.loads(logged_path.read_text())[META_KEY]["device"]
+    assert main_cli(["--config", str(logged_path), "--device", became, "--no-progress", "-q"]) == 0
+    log_text = (folder / f"{run_name(folder)}.log").read_text()
+    assert log_text.count("already finished 1 epoch") == 1
+    assert "differs from the logged config" not in log_text
+    assert json.loads(logged_path.read_text())["device"] == "auto"
+
+
 def test_progress_bars_cover_evaluation_and_the_saturation_passes(tmp_path, capsys):
     """Each epoch's separate pass (the whole training split again) showed no bar; the test split is tracked
     during the evaluation, under its bar."""
