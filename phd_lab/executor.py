@@ -46,7 +46,7 @@ from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
 from phd_lab.objectives import CLASSIFICATION
 from phd_lab.registry import Registries
 from phd_lab.report.collect import analyse_run, stamp_if_present
-from phd_lab.reproduction import setup_differences
+from phd_lab.reproduction import device_type, setup_differences
 from phd_lab.run_guards import (cpu_threads, cudnn_benchmark, fx_sources_released, records_before_the_log, run_log,
                                 torch_flags_kept, warning_filters_kept, writable_lock)
 from phd_lab.rundir import FolderListings, RunDir
@@ -367,14 +367,14 @@ class TrainTestExecutor:
         """Differences from the logged config that would change the results of the epochs still to train:
         another device type (cpu/cuda; another GPU index is the same setup), and on CUDA another
         mixed_precision or data_parallel; another tracking device changes the saturation columns."""
-        def device_type(spec: Any) -> str | None:
+        def spec_type(spec: Any) -> str | None:
             try:
                 return torch.device(spec).type if spec not in (None, "auto") else None
             except (RuntimeError, TypeError, ValueError):
                 return None
 
-        cfg, new = self.config, self._device.type if self._device is not None else device_type(self.config.device)
-        old = device_type(old_meta.get("device")) or device_type(previous.get("device"))
+        cfg, new = self.config, self._device.type if self._device is not None else spec_type(self.config.device)
+        old = spec_type(old_meta.get("device")) or spec_type(previous.get("device"))
         changes = []
         if old is not None and new is not None and old != new:
             changes.append(f"device {old} (now {new})")
@@ -382,8 +382,8 @@ class TrainTestExecutor:
             for key in ("mixed_precision", "data_parallel"):
                 if key in previous and previous[key] != cfg.values.get(key):
                     changes.append(f"{key} {json.dumps(previous[key])} (now {json.dumps(cfg.values.get(key))})")
-        old_tracking = device_type(previous.get("tracking_device")) or old
-        new_tracking = device_type(cfg.tracking_device) or new
+        old_tracking = spec_type(previous.get("tracking_device")) or old
+        new_tracking = spec_type(cfg.tracking_device) or new
         tracks = cfg.track_saturation and "tracking_device" in previous  # a run tracking nothing never uses it
         if tracks and None not in (old_tracking, new_tracking) and old_tracking != new_tracking:
             changes.append(f"tracking_device {old_tracking} (now {new_tracking})")
@@ -474,7 +474,7 @@ class TrainTestExecutor:
             previous["registries"] = self.registries.logged_specs(previous["registries"])
         kept, asked = kept_training_values(previous, now, self._trained_threads, self.config.cpu_threads)
         trained_on = old_meta.get("device") if isinstance(old_meta, Mapping) else None
-        if "device" in asked and trained_on and _device_type(trained_on) == _device_type(now[META_KEY].get("device")):
+        if "device" in asked and trained_on and device_type(trained_on) == device_type(now[META_KEY].get("device")):
             del asked["device"]  # another device type is named by the setup comparison (and refused with epochs left)
         return now, kept, asked
 
@@ -736,12 +736,6 @@ class TrainTestExecutor:
 
 # Keys outside the run's identity that still change the trained weights (at least in their last bits).
 TRAINING_KEYS = ("registries", "device", "data_parallel", "mixed_precision", "cpu_threads", "tracking_device")
-
-
-def _device_type(device: Any) -> str:
-    """A logged device's type, as the setup comparison reads it: 'cuda:1' is 'cuda' (another GPU index is the same
-    setup)."""
-    return str(device).split(":")[0]
 
 
 def kept_training_values(previous: Mapping[str, Any], now: Mapping[str, Any], trained_threads: int | None,

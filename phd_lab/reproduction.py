@@ -146,7 +146,7 @@ def machine_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
     model it was is not known."""
     found = []
     old_device, new_device = logged.get("device"), now.get("device")
-    same_type = not (old_device and new_device) or str(old_device).split(":")[0] == str(new_device).split(":")[0]
+    same_type = not (old_device and new_device) or device_type(old_device) == device_type(new_device)
     if not same_type:
         found.append(f"the device {old_device} (now {new_device})")
     for key, label in (("device_name", "the device model"), ("cpu_capability", "the CPU instruction set")):
@@ -165,7 +165,12 @@ def machine_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
 def _only_this_architecture(logged_name: Any, now: Mapping[str, Any]) -> bool:
     """Whether a logged CPU device name is only the architecture this CPU run's machine has, as phd-lab 0.1 logged
     it (platform.machine()), rather than another CPU's model."""
-    return str(now.get("device", "")).split(":")[0] == "cpu" and logged_name in cpu_architectures()
+    return device_type(now.get("device", "")) == "cpu" and logged_name in cpu_architectures()
+
+
+def device_type(device: Any) -> str:
+    """A logged device's type: 'cuda:1' is 'cuda' (another GPU index is the same setup)."""
+    return str(device).split(":")[0]
 
 
 def _variable(value: Any) -> str:
