@@ -202,6 +202,26 @@ def test_the_probe_job_finds_a_set_under_latents_dir_and_says_which_set_is_skipp
         "probe_performances.csv", "probe_performances_1x1_nearest.csv"]
 
 
+def test_a_sets_results_replaced_with_other_settings_take_the_comparison_that_drew_the_earlier_ones_away(
+        tmp_path, capsys):
+    """probe_performances_by_set.png is drawn from the sets fitted with the job's settings, and only where there are
+    two: a set probed again with other settings (--latents --solver saga) left the plot of its earlier results in the
+    run folder (and in the report's file list), showing accuracies no table of the run held any more."""
+    config = write_config(tmp_path, epoch=1, downsampling=2, probe_solver="lbfgs",
+                          post_processing=[{"name": "extract", "sizes": [1]}])
+    code, err = main_in_process(capsys, "--config", str(config))
+    assert code == 0, err
+    run = RunDir.for_run(Grid(load_config_file(config))[0]).root
+    plot = run / "probe_performances_by_set.png"
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 0
+    assert plot.read_bytes().startswith(PNG)
+    assert probe_cli(["--latents", str(run / "latents_1x1_avg"), "-mp", "0", "--solver", "saga",
+                      "--no-progress", "-q"]) == 0
+    assert not plot.exists()  # it drew the 1×1 set's lbfgs results, replaced by saga's
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 0  # lbfgs again: cached
+    assert plot.read_bytes().startswith(PNG)
+
+
 @pytest.mark.parametrize("step, match", [
     ({"sizes": ["abc"]}, "'sizes' holds \"abc\""),
     ({"sizes": [[2]]}, "'sizes' holds \\[2\\]"),

@@ -109,6 +109,12 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
         save_probe_sets_plot(sets, job.manifest.model_test_accuracy, job.outputs.probe_sets_plot,
                              run=f"{job.outputs.name}\n{job.outputs.variant}")
         log.info("%s: %d latents sets compared in %s", job.label, len(sets), job.outputs.probe_sets_plot, extra=tag)
+    elif (earlier is not None and job.outputs.probe_sets_plot.is_file()
+          and len(probe_set_tables(job.outputs, earlier)) > 1):  # (this set's document still says ``earlier``)
+        # the comparison was drawn with this set's earlier results, now replaced, and no other set has these settings
+        job.outputs.probe_sets_plot.unlink()
+        log.info("%s: removed %s: it drew this set's earlier probe results, and no other latents set of the run is "
+                 "fitted with these settings", job.label, job.outputs.probe_sets_plot, extra=tag)
     if job.outputs.analysis_json.exists() and not job.outputs.probe_set:  # it reads the default set's probes
         refresh_analysis(job, tag)
     # last: the digest of the table it names says that everything above was written for that table
