@@ -222,6 +222,22 @@ def test_a_sets_results_replaced_with_other_settings_take_the_comparison_that_dr
     assert plot.read_bytes().startswith(PNG)
 
 
+def test_the_line_naming_sets_left_out_of_a_runs_comparison_stays_in_that_runs_probe_log(tmp_path, capsys):
+    """'left out of probe_performances_by_set.png, fitted with other probe settings' carried no run's tag, so a grid
+    job wrote it, naming one run folder, into the probe.log of every run it probed."""
+    config = write_config(tmp_path, epoch=1, downsampling=2, probe_solver="lbfgs", run_id=["0", "1"],
+                          post_processing=[{"name": "extract", "sizes": [1], "methods": ["adaptive_avg", "nearest"]}])
+    code, err = main_in_process(capsys, "--config", str(config))
+    assert code == 0, err
+    first, second = (RunDir.for_run(cfg).root for cfg in Grid(load_config_file(config)))
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 0
+    assert probe_cli(["--latents", str(first / "latents_1x1_nearest"), "-mp", "0", "--solver", "saga",
+                      "--no-progress", "-q"]) == 0
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 0  # the saga set left out
+    assert f"{first}: left out of probe_performances_by_set.png" in (first / "probe.log").read_text()
+    assert str(first) not in (second / "probe.log").read_text()
+
+
 @pytest.mark.parametrize("step, match", [
     ({"sizes": ["abc"]}, "'sizes' holds \"abc\""),
     ({"sizes": [[2]]}, "'sizes' holds \\[2\\]"),

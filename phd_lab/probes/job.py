@@ -453,7 +453,7 @@ class _RunsInProgress:
         job = self.jobs[position]
         drawn = self.plots.pop(position)
         complete = [self._with_matrix(position, record) for record in self.done[position]]  # let go again on return
-        if position not in self.fitted and results_in_place(job, complete):
+        if position not in self.fitted and results_in_place(job, complete, position):
             log.info("%s: probe results already in place in %s (every layer from the cache)", job.label,
                      job.outputs.probe_csv, extra={PROBE_JOB: position})
             return
