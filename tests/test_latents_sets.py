@@ -238,6 +238,25 @@ def test_the_line_naming_sets_left_out_of_a_runs_comparison_stays_in_that_runs_p
     assert str(first) not in (second / "probe.log").read_text()
 
 
+def test_a_runs_probe_log_says_which_latents_set_each_layers_line_is_of(tmp_path, capsys):
+    """The sets of a run share its probe.log, but the line of each layer named no set: 'layer features.0 (index 1)'
+    twice, with two accuracies, one of them the 1×1 set's."""
+    config = write_config(tmp_path, epoch=1, downsampling=2, probe_solver="lbfgs",
+                          post_processing=[{"name": "extract", "sizes": [1]}])
+    code, err = main_in_process(capsys, "--config", str(config))
+    assert code == 0, err
+    run = RunDir.for_run(Grid(load_config_file(config))[0]).root
+    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 0
+    text = (run / "probe.log").read_text()
+    tables = {name: pd.read_csv(run / f"probe_performances{suffix}.csv", dtype={"layer": str})
+              for name, suffix in (("", ""), ("1x1_avg", "_1x1_avg"))}
+    for name, table in tables.items():
+        first = table.iloc[0]
+        said = re.findall(rf"layer {re.escape(first['layer'])} \(index 1{', latents set ' + name if name else ''}\): "
+                          r"eval acc ([0-9.]+)", text)
+        assert said == [f"{first['eval_acc']:.4f}"], (name, said)
+
+
 @pytest.mark.parametrize("step, match", [
     ({"sizes": ["abc"]}, "'sizes' holds \"abc\""),
     ({"sizes": [[2]]}, "'sizes' holds \\[2\\]"),
