@@ -1504,6 +1504,28 @@ def test_a_latents_job_fits_with_the_probe_keys_of_the_runs_logged_config(tmp_pa
     assert (settings["solver"], settings["C"]) == ("lbfgs", 2.0)
 
 
+def test_a_latents_jobs_probe_device_is_checked_with_the_solver_of_the_runs_logged_config(tmp_path, capsys):
+    """--latents checked the command line's options against the defaults before the run's logged config was read:
+    --probe-device cuda on a run whose logged config sets probe_solver lbfgs-torch was refused as a GPU device for
+    'saga', a solver the job would not have used."""
+    import torch
+
+    from phd_lab.cli import main_cli
+    from tests.conftest import write_config
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, post_processing=["extract"], probe_solver="lbfgs-torch")
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    latents = RunDir.for_run(Grid(load_config_file(config))[0]).latents()
+    capsys.readouterr()
+    code = probe_cli(["--latents", str(latents), "-mp", "0", "--no-progress", "--probe-device", "cuda",
+                      "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert "'saga' solver" not in err
+    if torch.cuda.is_available():
+        assert code == 0
+    else:  # refused for the machine, as --config with that logged config does
+        assert code == 2 and "probe_device is 'cuda', but" in err and "on this machine" in err
+
+
 def test_the_probe_job_refreshes_the_analysis_of_the_runs_it_probed(tmp_path):
     """analysis.json read the probes as missing until the next report, though the probe job had run."""
     from phd_lab.cli import main_cli

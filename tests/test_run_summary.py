@@ -536,6 +536,32 @@ def test_probes_are_stale_when_they_name_other_latents_not_when_a_copy_has_new_f
     assert summarize(load_run(copy))["probes"]["status"].startswith("stale (the latents were extracted again")
 
 
+@pytest.mark.parametrize("damage", ["cut short", "malformed"])
+def test_probes_are_not_called_stale_because_the_latents_manifest_is_damaged(tmp_path, damage):
+    """A run folder whose latents manifest was damaged after probing (a broken copy: cut short, or 'layers' lost)
+    had its probes reported 'stale (the latents were extracted again after the probes; rerun probe_main.py)': by the
+    digest of the malformed manifest, or by file time where it could not be read. Nothing was extracted again, and
+    the probe job refuses such a manifest (exit 2). The damage is named among the problems; the probes stand."""
+    from phd_lab.analysis.run_tables import run_folder
+    from phd_lab.extraction import extract_latents
+    from phd_lab.probes.cli import probe_cli
+    from tests._extraction_models import build_model, loaders
+    run = run_folder(tmp_path / "logs" / "Small" / "Digits_4" / "r" / "v")
+    extract_latents(build_model(), loaders(resolution=4), run.root / "latents", run_dir=run.root,
+                    layers=["body.0", "head"], test_accuracy=0.5, progress=False)
+    assert probe_cli(["--latents", str(run.root / "latents"), "-mp", "0", "--solver", "lbfgs", "--no-progress",
+                      "-q"]) == 0
+    manifest = run.latents() / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text[:len(text) // 2] if damage == "cut short" else json.dumps({"format": 1}))
+    later = run.probe_csv.stat().st_mtime + 5
+    os.utime(manifest, (later, later))
+    tables = load_run(run)
+    assert tables.probes_predate_latents is False
+    assert any("manifest.json" in problem for problem in tables.problems), tables.problems
+    assert summarize(tables)["probes"]["status"] == "complete"
+
+
 def test_probe_drops_do_not_claim_shortcuts_the_network_may_not_have(tmp_path):
     """VGG has no shortcut connections; the advice for a drop in probe accuracy said it skips layers through them."""
     summary = summarize(load_run(write_run(tmp_path / "logs", width=0.25, stage="full", skip="features.16")))

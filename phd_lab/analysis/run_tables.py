@@ -516,8 +516,10 @@ def _probes_predate_latents(tables: RunTables) -> bool:
         probed = settings["latents"]["sha256"]
     except (OSError, ValueError, TypeError, KeyError):
         probed = None
-    if isinstance(probed, str) and isinstance(tables.manifest, dict):
-        return probed != latents_digest(tables.manifest)
+    if isinstance(probed, str):  # a manifest that cannot be read (cut short, malformed) tells nothing of the latents:
+        # its damage is among the run's problems; it was said "extracted again after the probes", by digest or time
+        readable = isinstance(tables.manifest, dict) and isinstance(tables.manifest.get("layers"), list)
+        return readable and probed != latents_digest(tables.manifest)
     try:
         return latents_manifest_path(tables).stat().st_mtime_ns > tables.folder.probe_csv.stat().st_mtime_ns
     except OSError:

@@ -395,11 +395,14 @@ def jobs_from_latents(folder: Path | str, overrides: Mapping[str, Any] | None = 
         reason = older_extraction_reason(Path(folder), "the training command (python main.py --config <the run's "
                                                        "logged config>)")
         raise DataError(f"{reason[0].upper()}{reason[1:]}. Nothing was probed.")
-    settings = ProbeSettings.from_mapping({}, overrides, "command line")
     probe_set = set_of_folder(manifest.folder.resolve().name)
     _check_set_file_names(manifest.folder, probe_set)
-    job = _job(manifest, settings, str(folder), probe_set=probe_set)
-    job = replace(job, settings=_logged_run_settings(job.outputs, overrides) or settings)
+    job = _job(manifest, ProbeSettings(), str(folder), probe_set=probe_set)
+    # the options combine with the logged config's keys: checked against the defaults alone, --probe-device cuda was
+    # refused as a GPU device for saga where the run's logged config sets probe_solver lbfgs-torch
+    settings = (_logged_run_settings(job.outputs, overrides)
+                or ProbeSettings.from_mapping({}, overrides, "command line"))
+    job = replace(job, settings=settings)
     return [job], job.outputs.root / CACHE_FOLDER
 
 

@@ -420,9 +420,11 @@ class _RunsInProgress:
 
     def on_record(self, task: ProbeTask, record: ProbeRecord, cached: bool) -> None:
         """Log a layer's record as it arrives, keep it, and write its run once that was the run's last layer."""
-        self.logs.write(logging.INFO, "layer %s (index %d): eval acc %.4f, train acc %.4f, %d iterations, %s, "
-                        "%.2f s (%s)", record.layer, record.index, record.eval_acc, record.train_acc, record.n_iter,
-                        "converged" if record.converged else "not converged", record.seconds,
+        probe_set = self.jobs[task.job].outputs.probe_set  # the sets of a run share its log: say which one
+        self.logs.write(logging.INFO, "layer %s (index %d%s): eval acc %.4f, train acc %.4f, %d iterations, %s, "
+                        "%.2f s (%s)", record.layer, record.index,
+                        f", latents set {probe_set}" if probe_set else "", record.eval_acc, record.train_acc,
+                        record.n_iter, "converged" if record.converged else "not converged", record.seconds,
                         f"cached result {task.key_digest()}" if cached else "fitted", position=task.job)
         self.done[task.job].append(record.without_confusion())
         self.plots[task.job][record.index, record.layer] = (None if cached else
@@ -453,7 +455,7 @@ class _RunsInProgress:
         job = self.jobs[position]
         drawn = self.plots.pop(position)
         complete = [self._with_matrix(position, record) for record in self.done[position]]  # let go again on return
-        if position not in self.fitted and results_in_place(job, complete):
+        if position not in self.fitted and results_in_place(job, complete, position):
             log.info("%s: probe results already in place in %s (every layer from the cache)", job.label,
                      job.outputs.probe_csv, extra={PROBE_JOB: position})
             return

@@ -104,11 +104,17 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
     save_probe_accuracy_plot(table, job.manifest.model_test_accuracy, job.outputs.probe_plot, run=run)
     log.info("%s: probe results in %s", job.label, job.outputs.probe_csv, extra=tag)
     document = settings_document(job, csv)
-    sets = _compared_sets(job, document)
+    sets = _compared_sets(job, document, tag)
     if len(sets) > 1:
         save_probe_sets_plot(sets, job.manifest.model_test_accuracy, job.outputs.probe_sets_plot,
                              run=f"{job.outputs.name}\n{job.outputs.variant}")
         log.info("%s: %d latents sets compared in %s", job.label, len(sets), job.outputs.probe_sets_plot, extra=tag)
+    elif (earlier is not None and job.outputs.probe_sets_plot.is_file()
+          and len(probe_set_tables(job.outputs, earlier, tag=tag)) > 1):  # (this set's document still says ``earlier``)
+        # the comparison was drawn with this set's earlier results, now replaced, and no other set has these settings
+        atomic.remove(job.outputs.probe_sets_plot, missing_ok=True)
+        log.info("%s: removed %s: it drew this set's earlier probe results, and no other latents set of the run is "
+                 "fitted with these settings", job.label, job.outputs.probe_sets_plot, extra=tag)
     if job.outputs.analysis_json.exists() and not job.outputs.probe_set:  # it reads the default set's probes
         refresh_analysis(job, tag)
     # last: the digest of the table it names says that everything above was written for that table
@@ -133,7 +139,7 @@ def settings_document(job: ProbeJob, csv: bytes) -> dict[str, Any]:
             "results_sha256": hashlib.sha256(csv).hexdigest()}
 
 
-def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
+def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord], position: int | None = None) -> bool:
     """Whether the run folder holds what ``write_confusion`` and ``write_results`` would write for ``records``
     already: the table as it would be written, the settings that the job writes last and that name the table's
     sha256 (so the writing that table began also ended), each layer's matrix (equal) with its plot, no other
@@ -148,7 +154,8 @@ def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
                 or atomic.read_json(outputs.probe_settings) != document
                 or not outputs.probe_plot.is_file()):
             return False
-        if not outputs.probe_sets_plot.is_file() and len(_compared_sets(job, document)) > 1:
+        tag = {PROBE_JOB: position} if position is not None else None
+        if not outputs.probe_sets_plot.is_file() and len(_compared_sets(job, document, tag)) > 1:
             return False  # a deleted comparison was never drawn again while every layer came from the cache
         expected = set()
         for record in records:
@@ -164,19 +171,22 @@ def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord]) -> bool:
         return False
 
 
-def _compared_sets(job: ProbeJob, document: dict[str, Any]) -> list[tuple[str, str, Any]]:
+def _compared_sets(job: ProbeJob, document: dict[str, Any], tag: dict[str, int] | None = None
+                   ) -> list[tuple[str, str, Any]]:
     """The latents sets ``probe_performances_by_set.png`` compares (drawn where there are two or more): the run's
     sets fitted with the job's settings, this job's own set read from its settings ``document``."""
-    return probe_set_tables(job.outputs, document["settings"], current=(job.outputs.probe_set, document))
+    return probe_set_tables(job.outputs, document["settings"], current=(job.outputs.probe_set, document), tag=tag)
 
 
 def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None,
-                     current: tuple[str, dict[str, Any]] | None = None) -> list[tuple[str, str, Any]]:
+                     current: tuple[str, dict[str, Any]] | None = None,
+                     tag: dict[str, int] | None = None) -> list[tuple[str, str, Any]]:
     """Every latents set's probe table in a run folder as (legend label, reduction method, table), averaged
     sets first, each method's sizes ascending (whole maps last); pixelwise sets are left out (one row per
     position, not per layer), and so are tables that cannot be read and, with ``settings``, tables fitted with
     other probe settings (another solver's accuracies would differ for other reasons than the latents).
-    ``current`` is (set name, settings document) of a set whose document is not written yet."""
+    ``current`` is (set name, settings document) of a set whose document is not written yet; ``tag`` keeps the
+    line about left-out tables in the run's own ``probe.log``."""
     from phd_lab.layer_table import read_layer_table  # imports pandas: not at import
     found, other_settings = [], []
     for path in [outputs.for_probe_set("").probe_csv, *sorted(outputs.root.glob("probe_performances_*.csv"))]:
@@ -209,7 +219,7 @@ def probe_set_tables(outputs: RunDir, settings: dict[str, Any] | None = None,
                       label + ("" if name else " (latents/)"), method, table))
     if other_settings and len(found) > 1:
         log.info("%s: left out of %s, fitted with other probe settings: %s", outputs.root, outputs.probe_sets_plot.name,
-                 ", ".join(other_settings))
+                 ", ".join(other_settings), extra=tag)
     return [(label, method, table) for _, label, method, table in sorted(found, key=lambda item: item[0])]
 
 
