@@ -217,8 +217,8 @@ def record_move(folder: Path, manifest: dict[str, Any], run_dir: str) -> dict[st
     manifest = {**manifest, "run_dir": run_dir}
     atomic.write_json(path, manifest)
     os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    log.info("The run folder moved to %s since its latents were extracted; their manifest now names it.",
-             readable_path(run_dir))
+    log.info("The run folder lies at %s now (moved or copied since its latents were extracted); their manifest "
+             "names it.", readable_path(run_dir))
     return manifest
 
 

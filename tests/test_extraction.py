@@ -241,8 +241,8 @@ def test_the_move_of_a_run_folder_is_logged_by_a_readable_name_under_a_latin_1_l
     if done.returncode == 77:
         pytest.skip("the Latin-1 locale made here is not Python's file-name encoding")
     assert done.returncode == 0, done.stderr.decode("latin-1")
-    moved = [line for line in done.stderr.splitlines() if b"The run folder moved to" in line]
-    assert len(moved) == 1 and b"/caf\xe9/run since" in moved[0], done.stderr.decode("latin-1")
+    moved = [line for line in done.stderr.splitlines() if b"The run folder lies at" in line]
+    assert len(moved) == 1 and b"/caf\xe9/run now" in moved[0], done.stderr.decode("latin-1")
 
 
 def test_a_latents_file_changed_since_extraction_is_extracted_again(tmp_path, data):

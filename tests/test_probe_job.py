@@ -2127,6 +2127,9 @@ def test_a_job_starts_fewer_workers_where_the_layers_copies_would_not_fit_in_mem
     err = " ".join(capsys.readouterr().err.split())
     assert code == 0, err
     assert "-mp 2: only 1 worker process(es) are started" in err and "given with --max-memory" in err
+    assert "a larger --max-memory starts more" in err  # not "pass --max-memory", which was passed
+    # each layer alone is larger than the budget: it runs alone, and that is said (it was not)
+    assert "The largest layer to fit takes 0.00 GB in memory, more than the 0.00 GB given with --max-memory" in err
     one_at_a_time = pd.read_csv(run_dir / "probe_performances.csv").drop(columns="seconds")
     assert cli("--latents", str(latents), "-mp", "0", "--solver", "lbfgs", "--cache-dir", str(tmp_path / "c")) == 0
     pd.testing.assert_frame_equal(pd.read_csv(run_dir / "probe_performances.csv").drop(columns="seconds"),

@@ -330,13 +330,20 @@ def _workers_for_memory(jobs: Sequence[ProbeJob], tasks: Sequence[ProbeTask], hi
     available = available_memory()
     budget = memory if memory is not None else int(available * SHARE) if available is not None else None
     fitting = workers_that_fit(sizes, workers, budget)
-    if budget is not None and fitting < min(workers, len(sizes)):
+    if budget is None:
+        return fitting
+    where = ("given with --max-memory" if memory is not None else
+             f"the probe job may take ({SHARE:.0%} of the memory available to it)")
+    if fitting < min(workers, len(sizes)):
         log.warning("-mp %d: only %d worker process(es) are started, because the copies of the %d largest layers to "
                     "fit (a fit that standardises, widens float16, subsamples or runs lbfgs-torch on the CPU holds "
-                    "its layer in memory; the largest takes %.2f GB) would not fit in the %.2f GB %s; pass "
-                    "--max-memory to change that", workers, fitting, fitting + 1, max(sizes) / 1e9, budget / 1e9,
-                    "given with --max-memory" if memory is not None else
-                    f"the probe job may take ({SHARE:.0%} of the memory available to it)")
+                    "its layer in memory; the largest takes %.2f GB) would not fit in the %.2f GB %s; %s",
+                    workers, fitting, fitting + 1, max(sizes) / 1e9, budget / 1e9, where,
+                    "a larger --max-memory starts more" if memory is not None else "--max-memory sets another budget")
+    if sizes and max(sizes) > budget:  # it still runs (alone, where -mp gives several workers): said, not refused
+        log.warning("The largest layer to fit takes %.2f GB in memory, more than the %.2f GB %s: its fit may run out "
+                    "of memory (saga on float32 latents, without standardize or a train_samples subsample, copies "
+                    "nothing).", max(sizes) / 1e9, budget / 1e9, where)
     return fitting
 
 
