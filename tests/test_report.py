@@ -216,11 +216,15 @@ def test_the_report_leaves_the_analysis_of_a_run_a_probe_job_is_writing_to_that_
         write_report(logs, tmp_path / "r.html")
         assert not run.analysis_json.exists()
         assert runs["running"].analysis_json.exists()  # the other runs' analyses are refreshed as before
+        # the page says that the probe results it shows may soon be replaced (they were called "complete")
+        assert "complete; a probe job is running now" in (tmp_path / "r.html").read_text(encoding="utf-8")
         from phd_lab.report.collect import analyse_run  # the probe job itself, holding that lock, writes it
-        assert analyse_run(run, write=True, probe_job=True).written and run.analysis_json.exists()
+        entry = analyse_run(run, write=True, probe_job=True)
+        assert entry.written and run.analysis_json.exists() and entry.summary["probes"]["status"] == "complete"
         run.analysis_json.unlink()
     write_report(logs, tmp_path / "r.html")  # the job has finished (or died): the report refreshes it again
-    assert run.analysis_json.exists()
+    assert run.analysis_json.exists() and read_json(run.analysis_json)["probes"]["status"] == "complete"
+    assert "a probe job is running" not in (tmp_path / "r.html").read_text(encoding="utf-8")
 
 
 def test_a_rebuilt_report_takes_unchanged_figures_from_the_run_folders_and_redraws_changed_ones(tmp_path):

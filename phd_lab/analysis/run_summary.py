@@ -324,7 +324,8 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
             status = f"damaged ({table} cannot be used; rerun probe_main.py, which rewrites it from its cache)"
         else:
             status = "pending (latents extracted)" if tables.manifest else "not probed"
-        return {"status": status, "layers_probed": 0, "layers_extracted": planned}
+        return {"status": status + _PROBING_NOW * tables.probe_job_running, "layers_probed": 0,
+                "layers_extracted": planned}
     per_layer, pixelwise = probe_layer_accuracies(probes)
     layers = per_layer["layer"].tolist()
     accuracy = per_layer["eval_acc"].tolist()
@@ -357,12 +358,17 @@ def _probe_info(tables: RunTables, model_accuracy: float | None, settings: Analy
     best_at = max(probed, key=lambda i: accuracy[i]) if probed else None
     if tables.probes_predate_latents or tables.latents_of_older_extraction:  # of other latents: no verdict drawn
         first, skipped, best_at = None, [], None
-    return {"status": status, "layers_probed": probed_layers, "layers_extracted": planned,
+    return {"status": status + _PROBING_NOW * tables.probe_job_running, "layers_probed": probed_layers,
+            "layers_extracted": planned,
             "model_accuracy": reference, "first_reaching_layer": first,
             "layers_after_reaching": (len(layers) - 1 - layers.index(first)) if first else None,
             "skipped_layers": skipped, "best_layer": layers[best_at] if best_at is not None else None,
             "best_accuracy": accuracy[best_at] if best_at is not None else None,
             "pixelwise": pixelwise, "eval_acc_by_layer": by_layer}
+
+
+# said after the probes' status while a probe job writes into the run: the results shown may be replaced soon
+_PROBING_NOW = "; a probe job is running now"
 
 
 def _extracted_layer_count(entries: list[Any] | None) -> int | None:

@@ -206,6 +206,7 @@ class RunTables:
     damaged: list[str] = field(default_factory=list)  # files with rows cut off (named in problems too)
     probes_predate_latents: bool = False  # the probe table is older than the latents manifest
     latents_of_older_extraction: bool = False  # a trained run's latents an older phd-lab extracted (up-sampled maps)
+    probe_job_running: bool = False  # a live probe job on this host holds the run's probe lock (set by the report)
 
     def config_value(self, key: str, default: Any = None) -> Any:
         return (self.config or {}).get(key, default)

@@ -59,7 +59,7 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
     from phd_lab.plots.run_figure import figure_png
 
     for _ in range(MAX_ATTEMPTS):
-        analysis = _analyse(folder, settings, last_step)
+        analysis = _analyse(folder, settings, last_step, probe_job)
         if analysis.entry.figure is None:
             analysis.entry.figure = figure_png(analysis.entry.tables, analysis.entry.summary)
         changed = _changed_since_read(analysis)
@@ -148,8 +148,9 @@ def _write(analysis: _Analysis, *, write: bool, skip_active: bool, probe_job: bo
 MAX_ATTEMPTS = 3
 
 
-def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool) -> _Analysis:
-    """The run's analysis, with the figure of analysis.png where it shows the same (else the figure is None)."""
+def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool, probe_job: bool) -> _Analysis:
+    """The run's analysis, with the figure of analysis.png where it shows the same (else the figure is None).
+    ``probe_job``: the caller is the probe job that holds the probe lock, not another one that may replace them."""
     from dataclasses import replace
 
     stamps = _read_stamps(folder)
@@ -157,6 +158,7 @@ def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool)
     tables = load_run(folder)
     manifest = latents_manifest_path(tables)  # mirrored under a latents_dir: known once the config is read
     stamps.setdefault(manifest, stamp_if_present(manifest))
+    tables.probe_job_running = not probe_job and lock_owner_alive(folder.root / PROBE_LOCK)[0] is True
     if last_step and tables.status is not None and tables.status.state == "finished":
         tables.status = replace(tables.status, active=False, owner="")
     if settings is None:
@@ -331,7 +333,7 @@ def collect(logs_dir: Path | str, *, refresh: bool = True, progress: bool = Fals
     for position, folder in enumerate(tqdm(folders, desc="analysing runs", unit="run",
                                            disable=not progress, **bar_options(transient=True))):
         try:
-            analysis = _analyse(folder, None, last_step=False)
+            analysis = _analyse(folder, None, last_step=False, probe_job=False)
         except Exception as error:  # a report must cover the whole grid even if one folder is odd
             raise_interruption_behind(error)  # a Ctrl-C as the plotting modules were first imported stops it
             entries[position] = _failed_entry(folder, error)
