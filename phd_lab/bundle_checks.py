@@ -23,10 +23,12 @@ _SPLITS = (("test", "its test split"), ("train_eval", "its training split"))
 
 @dataclass(frozen=True)
 class SampleTypes:
-    """The type of the first image tensor met and of its label as the loader batches it (``default_collate``);
-    None where no sample was such; the model and its objective must take them (``check_fits_data``)."""
+    """The type of the first image tensor met and of its label as the loader batches it (``default_collate``),
+    and that label's shape in the batch less the batch dimension (``()`` for a class index); None where no sample
+    was such; the model and its objective must take them (``check_fits_data``)."""
     image: torch.dtype | None = None
     label: torch.dtype | None = None
+    label_shape: tuple[int, ...] | None = None
 
 
 def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, where: str) -> SampleTypes:
@@ -47,7 +49,7 @@ def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, w
             continue
         image, label = sample
         if isinstance(image, torch.Tensor) and types.image is None:
-            types = SampleTypes(image.dtype, _batched_type(label))
+            types = SampleTypes(image.dtype, *_batched_type(label))
         if isinstance(image, torch.Tensor) and not image.dtype.is_floating_point:
             raise DataError(f"{where}: the first sample of {named} of {factory} is an image tensor of type "
                             f"{image.dtype}, which the model's layers cannot take (they compute in floating "
@@ -63,13 +65,14 @@ def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, w
     return types
 
 
-def _batched_type(label: Any) -> torch.dtype | None:
-    """The type of ``label`` in a batch of the default loader: a Python int becomes int64, a numpy int32 int32."""
+def _batched_type(label: Any) -> tuple[torch.dtype | None, tuple[int, ...] | None]:
+    """The type of ``label`` in a batch of the default loader (a Python int becomes int64, a numpy int32 int32) and
+    its shape there less the batch dimension (a tensor ``[3]`` of one element batches as (B, 1): shape ``(1,)``)."""
     try:
         batched = default_collate([label])
     except (TypeError, ValueError, RuntimeError):
-        return None
-    return batched.dtype if isinstance(batched, torch.Tensor) else None
+        return None, None
+    return (batched.dtype, tuple(batched.shape[1:])) if isinstance(batched, torch.Tensor) else (None, None)
 
 
 def _first_sample(data: Dataset | None, where: str) -> tuple[Any, Any] | None:

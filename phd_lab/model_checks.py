@@ -272,6 +272,7 @@ def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, nu
     if types is not None:
         _require_image_dtype(cfg, model, types.image)
         _require_class_index_labels(cfg, registries, model, types.label)
+        _require_one_label_per_sample(cfg, registries, model, types.label_shape)
     if in_channels == PLACEHOLDER_CHANNELS and truncated:
         return
     if in_channels != PLACEHOLDER_CHANNELS:
@@ -313,6 +314,20 @@ def _require_class_index_labels(cfg: RunConfig, registries: Registries, model: n
                     f"and model {cfg.model!r} is trained on class indices, which cross-entropy takes as int64 or uint8 "
                     f"only (the run failed in its first batch: 'expected target dtype to be Long or Byte'). Make the "
                     f"dataset factory give integer labels, e.g. torch.as_tensor(labels, dtype=torch.long).")
+
+
+def _require_one_label_per_sample(cfg: RunConfig, registries: Registries, model: nn.Module,
+                                  label_shape: tuple[int, ...] | None) -> None:
+    """Refuse a label that is no single class index but a tensor of its own (``torch.tensor([label])``, a row of a
+    table): the loader batches it as (B, 1), which cross-entropy refused in the run's first batch with '0D or 1D
+    target tensor expected, multi-target not supported' (exit 1, a run folder made)."""
+    if not label_shape or not _uses_labels(cfg, registries, model):
+        return
+    raise DataError(f"{cfg.source}: the dataset {cfg.dataset!r} gives each sample a label of shape {label_shape} (its "
+                    f"first sample's label, batched by the loader as {('B', *label_shape)}), and model {cfg.model!r} "
+                    f"is trained on one class index per sample (cross-entropy on labels of shape (B,); the run failed "
+                    f"in its first batch: '0D or 1D target tensor expected'). Make the dataset factory give each "
+                    f"sample's label as a Python int or a tensor of no dimension (int(label), or label.squeeze()).")
 
 
 def _uses_labels(cfg: RunConfig, registries: Registries, model: nn.Module) -> bool | None:

@@ -75,6 +75,12 @@ def int32_labels(*, batch_size, resolution, data_dir, seed, num_workers):
                    batch_size=batch_size, seed=seed, num_workers=num_workers, resolution=resolution)
 
 
+def column_labels(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Labels as a column of a table gives them: one tensor of shape (1,) per sample, batched as (B, 1)."""
+    return _bundle("column_labels", torch.rand(16, 3, resolution, resolution), (torch.arange(16) % 3)[:, None],
+                   batch_size=batch_size, seed=seed, num_workers=num_workers, resolution=resolution)
+
+
 def honest(*, batch_size, resolution, data_dir, seed, num_workers):
     return _bundle("honest", torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3, batch_size=batch_size,
                    seed=seed, num_workers=num_workers, resolution=resolution)
@@ -191,6 +197,26 @@ def test_labels_cross_entropy_cannot_take_are_refused_for_a_classifier_not_for_a
     assert (f"the dataset {dataset!r} gives labels of type {dtype} (as the loader batches its first sample's label), "
             f"and model 'mlp' is trained on class indices" in said and "Make the dataset factory give integer labels"
             in said), said
+    assert run_folders(tmp_path / "logs") == []
+    config = write_config(tmp_path, model="conv_autoencoder", model_args={}, metrics=[], **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
+    assert len(run_folders(tmp_path / "logs")) == 1
+
+
+def test_a_label_of_one_element_per_sample_is_refused_for_a_classifier_not_for_an_autoencoder(tmp_path, capsys):
+    """Labels of shape (1,) per sample (a table's column, torch.tensor([label])) batch as (B, 1): a classifier's run
+    failed in its first batch with torch's '0D or 1D target tensor expected, multi-target not supported' (exit 1, a
+    run folder made); refused before the run folder (exit 2). An autoencoder uses no labels and trains."""
+    (tmp_path / "my_data.py").write_text(DATASETS)
+    common = dict(dataset="column_labels", registries={"datasets": "my_data.py"}, resolution=8, epoch=1,
+                  batch_size=4, post_processing=[])
+    config = write_config(tmp_path, model="mlp", model_args={"input_side": 8, "units": [[4]]}, **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    said = " ".join(err.split())
+    assert code == 2 and "Traceback" not in said, said
+    assert ("the dataset 'column_labels' gives each sample a label of shape (1,)" in said
+            and "label.squeeze()" in said), said
     assert run_folders(tmp_path / "logs") == []
     config = write_config(tmp_path, model="conv_autoencoder", model_args={}, metrics=[], **common)
     code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
