@@ -57,6 +57,16 @@ def warmup(model, *, epochs, lr=0.1):
     return optimizer, Warmup(optimizer)
 
 
+def another_model(model, *, epochs, lr=0.1):
+    """SGD over a model of its own making, not the one it is given."""
+    return torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=lr), None
+
+
+def head_only(model, *, epochs, lr=0.1):
+    """SGD over the model's last parameter tensor alone (a fine-tuned head)."""
+    return torch.optim.SGD([list(model.parameters())[-1]], lr=lr), None
+
+
 def no_epochs(model, lr=0.1):
     """SGD, its factory without the contract's epochs."""
     return torch.optim.SGD(model.parameters(), lr=lr), None
@@ -105,6 +115,19 @@ def test_an_optimizer_or_scheduler_the_trainer_cannot_step_is_refused_before_its
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
     assert "ReduceLROnPlateau has mode 'max'" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
+
+
+def test_an_optimizer_over_none_of_the_models_parameters_is_refused_before_its_run_folder(tmp_path, capsys):
+    """An optimizer made over another model's parameters trained with exit 0 and left the model as initialised,
+    every epoch's numbers those of the untrained model; refused up front (exit 2). One over part of the model's
+    parameters trains."""
+    assert main_cli(["--config", str(own_config(tmp_path, "another_model")), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "optimizer factory 'another_model'" in err and "none of them the model's it was given" in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
+    assert main_cli(["--config", str(own_config(tmp_path, "head_only", epoch=1)), "--no-progress", "-q"]) == 0
+    assert len(run_folders(tmp_path / "logs")) == 1
 
 
 class ReadCounted(Metric):
