@@ -33,8 +33,9 @@ class SampleTypes:
 
 def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, where: str) -> SampleTypes:
     """Refuse (DataError) a bundle whose images or labels contradict what it declares or the config's
-    ``resolution``. ``dataset``/``source``: the registry name and module, for the message. Samples that are
-    not (image tensor, integer label) pairs are left to the loaders, which report their own errors."""
+    ``resolution``, or whose loaders batch no (images, labels) pair. ``dataset``/``source``: the registry name and
+    module, for the message. Pairs that are not (image tensor, integer label) are left to the loaders, which report
+    their own errors."""
     types = SampleTypes()
     factory = f"the dataset factory {dataset!r}{f' of {source!r}' if source else ''}"
     if bundle.resolution != resolution:
@@ -44,7 +45,9 @@ def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, w
     declared = (bundle.in_channels, resolution, resolution)
     for split, named in _SPLITS:
         data = getattr(getattr(bundle, split), "dataset", None)
-        sample = _first_sample(data, where)
+        raw = _first_sample(data, where)
+        _require_pair_batches(getattr(bundle, split), raw, factory, named, where)
+        sample = (raw[0], raw[1]) if isinstance(raw, (tuple, list)) and len(raw) >= 2 else None
         if sample is None:
             continue
         image, label = sample
@@ -75,8 +78,34 @@ def _batched_type(label: Any) -> tuple[torch.dtype | None, tuple[int, ...] | Non
     return (batched.dtype, tuple(batched.shape[1:])) if isinstance(batched, torch.Tensor) else (None, None)
 
 
-def _first_sample(data: Dataset | None, where: str) -> tuple[Any, Any] | None:
-    """Sample 0 of a map-style dataset as (image, label), or None (empty, iterable, or no such pair). A sample that
+def _require_pair_batches(loader: Any, sample: Any, factory: str, named: str, where: str) -> None:
+    """The trainer takes each batch as (images, labels): a dataset whose samples are dicts or carry a third item (an
+    index, a file name) passed the checks, and its run failed in the first batch with 'too many values to unpack' or
+    "'str' object has no attribute 'to'" (exit 1, a run folder made). ``sample`` is batched by the loader's own
+    ``collate_fn`` (one of one's own may make pairs of other samples); one it cannot batch is left to the loader."""
+    collate = getattr(loader, "collate_fn", None)
+    if sample is None or collate is None or getattr(loader, "batch_size", None) is None:
+        return
+    try:
+        batch = collate([sample])
+    except Exception:  # noqa: BLE001 - the loader reports it in the run
+        return
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return
+    if isinstance(batch, dict):
+        keys = ", ".join(map(repr, list(batch)[:5])) + (" ..." if len(batch) > 5 else "")
+        described = f"a {type(batch).__name__} (keys {keys})"
+    elif isinstance(batch, (tuple, list)):
+        described = f"a {type(batch).__name__} of {len(batch)} items"
+    else:
+        described = f"a {type(batch).__name__}"
+    raise DataError(f"{where}: the loader of {named} of {factory} gives batches of {described} (its first sample as "
+                    f"the loader batches it), but the trainer takes each batch as a pair (images, labels). Make the "
+                    f"dataset's __getitem__ return (image, label), e.g. return sample['image'], sample['label'].")
+
+
+def _first_sample(data: Dataset | None, where: str) -> Any:
+    """Sample 0 of a map-style dataset as the dataset gives it, or None (empty or iterable). A sample that
     cannot be loaded (a damaged image file, ``folders.load_image``) is a DataError: nothing has run or been written
     yet, and as the RunFailure it fails a run with during training it ended the command with exit 1 and a traceback."""
     try:
@@ -87,7 +116,7 @@ def _first_sample(data: Dataset | None, where: str) -> tuple[Any, Any] | None:
         return None
     except RunFailure as error:
         raise DataError(f"{where}: {error}") from None
-    return (sample[0], sample[1]) if isinstance(sample, (tuple, list)) and len(sample) >= 2 else None
+    return sample
 
 
 def _listed_labels(data: Dataset | None, label: Any) -> torch.Tensor | None:

@@ -81,6 +81,33 @@ def column_labels(*, batch_size, resolution, data_dir, seed, num_workers):
                    batch_size=batch_size, seed=seed, num_workers=num_workers, resolution=resolution)
 
 
+class _Samples(torch.utils.data.Dataset):
+    """Images with labels, each sample as ``shape`` makes it of (image, label, index)."""
+
+    def __init__(self, resolution, shape):
+        self.images, self.labels, self.shape = torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3, shape
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        return self.shape(self.images[i], self.labels[i], i)
+
+
+def with_index(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Samples of (image, label, index), as a dataset that also tells where each sample came from."""
+    data = _Samples(resolution, lambda image, label, i: (image, label, i))
+    return make_bundle("with_index", data, data, data, num_classes=3, in_channels=3, resolution=resolution,
+                       batch_size=batch_size, seed=seed, num_workers=num_workers)
+
+
+def dict_samples(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Samples as dicts, as Hugging Face datasets give them."""
+    data = _Samples(resolution, lambda image, label, i: {"image": image, "label": label})
+    return make_bundle("dict_samples", data, data, data, num_classes=3, in_channels=3, resolution=resolution,
+                       batch_size=batch_size, seed=seed, num_workers=num_workers)
+
+
 def honest(*, batch_size, resolution, data_dir, seed, num_workers):
     return _bundle("honest", torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3, batch_size=batch_size,
                    seed=seed, num_workers=num_workers, resolution=resolution)
@@ -94,6 +121,8 @@ REFUSALS = {
     "one_based": ["declares 3 classes (num_classes of its DataBundle), so labels must lie in 0..2, but its test "
                   "split has labels from 1 to 3", "Count the classes from 0"],
     "listed_targets": ["labels from -1 to 2"],
+    "with_index": ["gives batches of a list of 3 items", "the trainer takes each batch as a pair (images, labels)"],
+    "dict_samples": ["gives batches of a dict (keys 'image', 'label')", "return sample['image'], sample['label']"],
     "uint8_pixels": ["the first sample of its test split of the dataset factory 'uint8_pixels' of",
                      "is an image tensor of type torch.uint8", "Make the factory give float images"],
 }
