@@ -275,6 +275,8 @@ def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, nu
         _require_one_label_per_sample(cfg, registries, model, types.label_shape)
     if in_channels == PLACEHOLDER_CHANNELS and truncated:
         return
+    if in_channels == PLACEHOLDER_CHANNELS:
+        _require_placeholder_channels(cfg, model)
     if in_channels != PLACEHOLDER_CHANNELS:
         _require_in_channels(cfg, model, in_channels)
         if not truncated and _meta_output(model, cfg.resolution, training=False)[1] is not None:
@@ -391,6 +393,24 @@ def _require_in_channels(cfg: RunConfig, model: nn.Module, in_channels: int) -> 
                       f"dataset {cfg.dataset!r}) cannot take {in_channels}-channel images ({first_line(error)}), "
                       f"but takes {PLACEHOLDER_CHANNELS}-channel ones: its factory ignores in_channels. Build its "
                       f"first layer for in_channels input channels.")
+
+
+def _require_placeholder_channels(cfg: RunConfig, model: nn.Module) -> None:
+    """A factory that ignores ``in_channels`` and reads another channel count (a first Conv2d of 1 input channel)
+    passed the checks up front, which leave a model that runs on other channels to the data, and the data's 3
+    channels (every folder: dataset, Cifar) were not checked again, as they are the placeholder's: the run failed at
+    its first batch ('expected input[8, 3, 8, 8] to have 1 channels') after its run folder was made."""
+    if _meta_output(model, cfg.resolution, training=False)[1] is None:
+        return
+    others = [channels for channels in _OTHER_CHANNELS
+              if _meta_output(model, cfg.resolution, training=False, channels=channels)[1] is None]
+    if not others:
+        return
+    error = _meta_output(model, cfg.resolution, training=False)[1]
+    raise ConfigError(f"{cfg.source}: model {cfg.model!r} built with in_channels={PLACEHOLDER_CHANNELS} (the channels "
+                      f"of dataset {cfg.dataset!r}) cannot take {PLACEHOLDER_CHANNELS}-channel images "
+                      f"({first_line(error)}), but takes {others[0]}-channel ones: its factory ignores in_channels. "
+                      f"Build its first layer for in_channels input channels.")
 
 
 def _meta_built(cfg: RunConfig, registries: Registries, num_classes: int, in_channels: int) -> nn.Module | None:
