@@ -327,3 +327,45 @@ def test_a_check_data_that_cannot_take_the_dataset_args_is_named_with_its_contra
     registry.write_text(OWN_DATASETS.replace("Shifted.check_data = _look", "Shifted.check_data = _look_at_all"))
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert len(run_folders(tmp_path / "logs")) == 1
+
+
+COLUMN_METRICS = '''
+from phd_lab.metrics import TopKAccuracy
+
+
+def Loss():
+    """Accuracy under the name of the loss."""
+    return TopKAccuracy(1)
+
+
+def Saturation_Mean():
+    return TopKAccuracy(1)
+
+
+def Hits():
+    return TopKAccuracy(1)
+
+
+def hits():
+    return TopKAccuracy(1)
+'''
+
+
+@pytest.mark.parametrize(("metrics", "said"), [
+    (["Loss"], "The metric 'Loss' of key 'metrics' would write its values into the columns train_loss and test_loss"),
+    (["Saturation_Mean"], "would write its values into the columns train_saturation_mean and test_saturation_mean"),
+    (["Hits", "hits"], "The metrics 'Hits', 'hits' of key 'metrics' differ only in letter case")])
+def test_a_metric_whose_columns_are_another_columns_is_refused_before_its_run_folder(tmp_path, capsys, metrics, said):
+    """A metric's columns are train_<name> and test_<name>, lower-cased: one named Loss wrote its accuracy into the
+    CSV's loss columns (exit 0), Saturation_Mean's values were overwritten by the saturation mean, and Hits and hits
+    shared one column, each without a word. Refused up front (exit 2)."""
+    (tmp_path / "my_metrics.py").write_text(COLUMN_METRICS)
+    config = write_config(tmp_path, metrics=metrics, registries={"metrics": str(tmp_path / "my_metrics.py")},
+                          resolution=8, epoch=1, batch_size=256, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert said in err and "Traceback" not in err, err
+    assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
+    config = write_config(tmp_path, metrics=["Hits"], registries={"metrics": str(tmp_path / "my_metrics.py")},
+                          resolution=8, epoch=1, batch_size=256, post_processing=[], track_saturation=False)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
