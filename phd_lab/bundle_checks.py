@@ -42,6 +42,8 @@ def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, w
         raise DataError(f"{where}: {factory} was asked for {resolution} px images and declares {bundle.resolution} "
                         f"px (its DataBundle's resolution): the model, its receptive fields and FLOPs are built for "
                         f"the config's 'resolution'. Make the factory resize to the resolution it is given.")
+    for split in ("train", "test", "train_eval"):
+        _require_batches(getattr(bundle, split), split, factory, where)
     declared = (bundle.in_channels, resolution, resolution)
     for split, named in _SPLITS:
         data = getattr(getattr(bundle, split), "dataset", None)
@@ -66,6 +68,27 @@ def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, w
                             f"the 'resolution' it is given and declare the channels its images have.")
         _check_labels(_listed_labels(data, label), bundle.num_classes, factory, named, where)
     return types
+
+
+def _require_batches(loader: Any, split: str, factory: str, where: str) -> None:
+    """A loader of a DataBundle built by hand that yields no batch (drop_last with fewer samples than batch_size, an
+    empty split) trained nothing, or measured nothing, with exit 0: the epoch's train_loss was 0.0 and its metrics
+    NaN, without a word (``make_bundle`` drops a last batch only of one sample, and refuses empty splits)."""
+    try:
+        batches = len(loader)
+    except (TypeError, NotImplementedError):  # an iterable-style dataset: its length is not known
+        return
+    if batches:
+        return
+    try:
+        samples = f"{len(loader.dataset)} sample(s)"
+    except (AttributeError, TypeError, NotImplementedError):
+        samples = "its samples"
+    raise DataError(f"{where}: the {split} loader of the DataBundle of {factory} yields no batch ({samples}, "
+                    f"batch_size {getattr(loader, 'batch_size', None)}, drop_last "
+                    f"{getattr(loader, 'drop_last', None)}): its epochs would train or measure nothing (a train_loss "
+                    f"of 0.0 and NaN metrics). Give the split samples, a smaller batch_size or drop_last=False "
+                    f"(phd_lab.data.make_bundle builds the loaders as the built-in data sets have them).")
 
 
 def _batched_type(label: Any) -> tuple[torch.dtype | None, tuple[int, ...] | None]:

@@ -108,6 +108,16 @@ def dict_samples(*, batch_size, resolution, data_dir, seed, num_workers):
                        batch_size=batch_size, seed=seed, num_workers=num_workers)
 
 
+def drop_last_loader(*, batch_size, resolution, data_dir, seed, num_workers):
+    """A bundle built by hand whose training loader drops its last batch, here its only one (12 samples, batch 16)."""
+    from torch.utils.data import DataLoader
+    from phd_lab.data import DataBundle
+    data = torch.utils.data.TensorDataset(torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3)
+    return DataBundle(name="drop_last", train=DataLoader(data, batch_size=16, shuffle=True, drop_last=True),
+                      test=DataLoader(data, batch_size=16), train_eval=DataLoader(data, batch_size=16),
+                      num_classes=3, in_channels=3, resolution=resolution)
+
+
 def honest(*, batch_size, resolution, data_dir, seed, num_workers):
     return _bundle("honest", torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3, batch_size=batch_size,
                    seed=seed, num_workers=num_workers, resolution=resolution)
@@ -123,6 +133,8 @@ REFUSALS = {
     "listed_targets": ["labels from -1 to 2"],
     "with_index": ["gives batches of a list of 3 items", "the trainer takes each batch as a pair (images, labels)"],
     "dict_samples": ["gives batches of a dict (keys 'image', 'label')", "return sample['image'], sample['label']"],
+    "drop_last_loader": ["the train loader of the DataBundle of the dataset factory 'drop_last_loader' of",
+                         "yields no batch (12 sample(s), batch_size 16, drop_last True)"],
     "uint8_pixels": ["the first sample of its test split of the dataset factory 'uint8_pixels' of",
                      "is an image tensor of type torch.uint8", "Make the factory give float images"],
 }
