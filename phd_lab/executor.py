@@ -290,6 +290,11 @@ class TrainTestExecutor:
                               f"to train: its weights are buffers or plain tensors, which no optimizer updates. "
                               f"Register the weights it should learn as nn.Parameter (or use layers such as "
                               f"nn.Conv2d and nn.Linear).")
+        if not any(parameter.requires_grad for parameter in model.parameters()):  # backward() had nothing to do
+            raise ConfigError(f"{cfg.source}: model {cfg.model!r} has no parameter that requires a gradient (its "
+                              f"factory froze all of them, requires_grad=False), so there is nothing to train: the "
+                              f"run failed at its first batch ('element 0 of tensors does not require grad'). Leave "
+                              f"the layers it should learn trainable.")
         check_callable("optimizers", cfg.optimizer, factory, self.registries.optimizers.source, cfg.source, model,
                        epochs=cfg.epoch)
         try:
