@@ -603,7 +603,7 @@ class TrainTestExecutor:
             bundle = self.build_data()
             types = check_bundle_data(bundle, cfg.resolution, cfg.dataset, self.registries.datasets.source, cfg.source)
             # the checks up front ran on placeholders: these on the data's channels, classes and types
-            check_fits_data(cfg, self.registries, bundle.in_channels, bundle.num_classes, types)
+            check_fits_data(cfg, self.registries, bundle.in_channels, bundle.num_classes, types, device.type)
             seed_everything(cfg.seed)
             model = self.build_model(bundle).to(device)
             # a model the meta device could not build is checked here

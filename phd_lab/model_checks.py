@@ -172,15 +172,15 @@ def _runs_on_other_channels(model: nn.Module, resolution: int) -> bool:
                for channels in _OTHER_CHANNELS)
 
 
-def _meta_output(model: nn.Module, resolution: int, training: bool,
-                 channels: int = PLACEHOLDER_CHANNELS) -> tuple[Any, Exception | None]:
-    """(output, None) of a forward pass of two placeholder inputs on the meta device in training or eval
-    mode, or (None, its error); the model is left in the mode it was found in."""
+def _meta_output(model: nn.Module, resolution: int, training: bool, channels: int = PLACEHOLDER_CHANNELS,
+                 dtype: torch.dtype | None = None) -> tuple[Any, Exception | None]:
+    """(output, None) of a forward pass of two placeholder inputs (of ``dtype``, else the default) on the meta
+    device in training or eval mode, or (None, its error); the model is left in the mode it was found in."""
     was_training = model.training
     try:
         model.train(training)
         with torch.device("meta"):
-            return model(torch.empty(2, channels, resolution, resolution)), None
+            return model(torch.empty(2, channels, resolution, resolution, dtype=dtype)), None
     except Exception as error:  # noqa: BLE001 - the caller decides which errors are verdicts
         raise_interruption_behind(error)  # a Ctrl-C is none: the checks took it for a resolution the model refuses
         return None, error
@@ -258,7 +258,7 @@ def _described(output: Any) -> str:
 
 
 def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, num_classes: int,
-                    types: SampleTypes | None = None) -> None:
+                    types: SampleTypes | None = None, device_type: str | None = None) -> None:
     """The model built for the data's channels and classes (known once the data set is built, before the run
     folder is made) takes those images and labels (of the ``types`` of the first sample, where known) and returns one
     score per class; the checks up front ran on placeholder channels and classes, and fits in memory. One meta model
@@ -271,6 +271,8 @@ def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, nu
     _require_memory(cfg, model)
     if types is not None:
         _require_image_dtype(cfg, model, types.image)
+        if not (cfg.mixed_precision and device_type == "cuda"):  # autocast casts the inputs where it is on
+            _require_parameter_dtype(cfg, model, types.image, in_channels)
         _require_class_index_labels(cfg, registries, model, types.label)
         _require_one_label_per_sample(cfg, registries, model, types.label_shape)
     if in_channels == PLACEHOLDER_CHANNELS and truncated:
@@ -301,6 +303,29 @@ def _require_image_dtype(cfg: RunConfig, model: nn.Module, image_dtype: torch.dt
                     f"first batch: 'Input type (double) and bias type (float) should be the same'; autocast casts no "
                     f"float64 input). Make the dataset factory give float32 images (torch.from_numpy(array).float()), "
                     f"or build the model in float64.")
+
+
+def _require_parameter_dtype(cfg: RunConfig, model: nn.Module, image_dtype: torch.dtype | None,
+                             in_channels: int) -> None:
+    """Refuse a model built in another floating type than the images (a factory that ends in .double() or .half(),
+    or sets torch's default dtype) where autocast is off (CPU, or mixed_precision false): its first batch failed with
+    torch's 'Input type (float) and bias type (double) should be the same' (exit 1, a run folder made). Refused only
+    where the meta forward fails on images of that type and runs on the parameters' own (a model that casts its
+    input itself is left alone); the meta device checks the types of convolutions, not of Linear layers, so an MLP
+    of another type still fails at its first batch."""
+    kinds = {p.dtype for p in model.parameters() if not nn.parameter.is_lazy(p) and p.is_floating_point()}
+    if image_dtype is None or not image_dtype.is_floating_point or len(kinds) != 1 or image_dtype in kinds:
+        return
+    [kind] = kinds
+    _, error = _meta_output(model, cfg.resolution, training=False, channels=in_channels, dtype=image_dtype)
+    if error is None or _meta_output(model, cfg.resolution, training=False, channels=in_channels, dtype=kind)[1]:
+        return
+    image, parameters = (str(dtype).removeprefix("torch.") for dtype in (image_dtype, kind))
+    raise DataError(f"{cfg.source}: the parameters of model {cfg.model!r} are {parameters}, and the dataset "
+                    f"{cfg.dataset!r} gives {image} images, which it cannot take ({first_line(error)}; no autocast "
+                    f"casts them on this device{'' if cfg.mixed_precision else ' with mixed_precision false'}). Build "
+                    f"the model in {image} (without a .double() or .half() or a torch.set_default_dtype in the "
+                    f"registry file), or make its forward cast the input.")
 
 
 def _require_class_index_labels(cfg: RunConfig, registries: Registries, model: nn.Module,

@@ -197,6 +197,27 @@ from torch import nn
 
 def double_mlp(*, num_classes, in_channels=3):
     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 8 * 8, 4), nn.ReLU(), nn.Linear(4, num_classes)).double()
+
+
+def _cnn(in_channels, num_classes, kind=nn.Sequential):
+    return kind(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+
+def double_cnn(*, num_classes, in_channels=3):
+    return _cnn(in_channels, num_classes).double()
+
+
+def half_cnn(*, num_classes, in_channels=3):
+    return _cnn(in_channels, num_classes).half()
+
+
+class Casting(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x.double())
+
+
+def casting_cnn(*, num_classes, in_channels=3):
+    return _cnn(in_channels, num_classes, Casting).double()
 """
 
 
@@ -263,3 +284,25 @@ def test_a_label_of_one_element_per_sample_is_refused_for_a_classifier_not_for_a
     code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
     assert code == 0, err
     assert len(run_folders(tmp_path / "logs")) == 1
+
+
+@pytest.mark.parametrize(("model", "dtype"), [("double_cnn", "float64"), ("half_cnn", "float16")])
+def test_a_model_of_another_float_type_than_the_images_is_refused_where_no_autocast_casts(tmp_path, capsys, model,
+                                                                                          dtype):
+    """A CNN whose factory ends in .double() or .half() on float32 images failed its first batch on the CPU with torch's
+    'Input type (float) and bias type (double) should be the same' (exit 1, a run folder made). Refused before the
+    run folder (exit 2); a model that casts its input itself trains."""
+    (tmp_path / "my_data.py").write_text(DATASETS)
+    (tmp_path / "my_models.py").write_text(DOUBLE_MODEL)
+    common = dict(dataset="honest", resolution=8, epoch=1, batch_size=4, post_processing=[], device="cpu",
+                  registries={"datasets": "my_data.py", "models": "my_models.py"}, model_args={})
+    config = write_config(tmp_path, model=model, **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    said = " ".join(err.split())
+    assert code == 2 and "Traceback" not in said, said
+    assert (f"the parameters of model {model!r} are {dtype}, and the dataset 'honest' gives float32 images, which "
+            f"it cannot take" in said), said
+    assert run_folders(tmp_path / "logs") == []
+    config = write_config(tmp_path, model="casting_cnn", **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
