@@ -23,31 +23,38 @@ _SPLITS = (("test", "its test split"), ("train_eval", "its training split"))
 
 @dataclass(frozen=True)
 class SampleTypes:
-    """The type of the first image tensor met and of its label as the loader batches it (``default_collate``);
-    None where no sample was such; the model and its objective must take them (``check_fits_data``)."""
+    """The type of the first image tensor met and of its label as the loader batches it (``default_collate``),
+    and that label's shape in the batch less the batch dimension (``()`` for a class index); None where no sample
+    was such; the model and its objective must take them (``check_fits_data``)."""
     image: torch.dtype | None = None
     label: torch.dtype | None = None
+    label_shape: tuple[int, ...] | None = None
 
 
 def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, where: str) -> SampleTypes:
     """Refuse (DataError) a bundle whose images or labels contradict what it declares or the config's
-    ``resolution``. ``dataset``/``source``: the registry name and module, for the message. Samples that are
-    not (image tensor, integer label) pairs are left to the loaders, which report their own errors."""
+    ``resolution``, or whose loaders batch no (images, labels) pair. ``dataset``/``source``: the registry name and
+    module, for the message. Pairs that are not (image tensor, integer label) are left to the loaders, which report
+    their own errors."""
     types = SampleTypes()
     factory = f"the dataset factory {dataset!r}{f' of {source!r}' if source else ''}"
     if bundle.resolution != resolution:
         raise DataError(f"{where}: {factory} was asked for {resolution} px images and declares {bundle.resolution} "
                         f"px (its DataBundle's resolution): the model, its receptive fields and FLOPs are built for "
                         f"the config's 'resolution'. Make the factory resize to the resolution it is given.")
+    for split in ("train", "test", "train_eval"):
+        _require_batches(getattr(bundle, split), split, factory, where)
     declared = (bundle.in_channels, resolution, resolution)
     for split, named in _SPLITS:
         data = getattr(getattr(bundle, split), "dataset", None)
-        sample = _first_sample(data, where)
+        raw = _first_sample(data, where)
+        _require_pair_batches(getattr(bundle, split), raw, factory, named, where)
+        sample = (raw[0], raw[1]) if isinstance(raw, (tuple, list)) and len(raw) >= 2 else None
         if sample is None:
             continue
         image, label = sample
         if isinstance(image, torch.Tensor) and types.image is None:
-            types = SampleTypes(image.dtype, _batched_type(label))
+            types = SampleTypes(image.dtype, *_batched_type(label))
         if isinstance(image, torch.Tensor) and not image.dtype.is_floating_point:
             raise DataError(f"{where}: the first sample of {named} of {factory} is an image tensor of type "
                             f"{image.dtype}, which the model's layers cannot take (they compute in floating "
@@ -63,17 +70,65 @@ def check_bundle_data(bundle: Any, resolution: int, dataset: str, source: str, w
     return types
 
 
-def _batched_type(label: Any) -> torch.dtype | None:
-    """The type of ``label`` in a batch of the default loader: a Python int becomes int64, a numpy int32 int32."""
+def _require_batches(loader: Any, split: str, factory: str, where: str) -> None:
+    """A loader of a DataBundle built by hand that yields no batch (drop_last with fewer samples than batch_size, an
+    empty split) trained nothing, or measured nothing, with exit 0: the epoch's train_loss was 0.0 and its metrics
+    NaN, without a word (``make_bundle`` drops a last batch only of one sample, and refuses empty splits)."""
+    try:
+        batches = len(loader)
+    except (TypeError, NotImplementedError):  # an iterable-style dataset: its length is not known
+        return
+    if batches:
+        return
+    try:
+        samples = f"{len(loader.dataset)} sample(s)"
+    except (AttributeError, TypeError, NotImplementedError):
+        samples = "its samples"
+    raise DataError(f"{where}: the {split} loader of the DataBundle of {factory} yields no batch ({samples}, "
+                    f"batch_size {getattr(loader, 'batch_size', None)}, drop_last "
+                    f"{getattr(loader, 'drop_last', None)}): its epochs would train or measure nothing (a train_loss "
+                    f"of 0.0 and NaN metrics). Give the split samples, a smaller batch_size or drop_last=False "
+                    f"(phd_lab.data.make_bundle builds the loaders as the built-in data sets have them).")
+
+
+def _batched_type(label: Any) -> tuple[torch.dtype | None, tuple[int, ...] | None]:
+    """The type of ``label`` in a batch of the default loader (a Python int becomes int64, a numpy int32 int32) and
+    its shape there less the batch dimension (a tensor ``[3]`` of one element batches as (B, 1): shape ``(1,)``)."""
     try:
         batched = default_collate([label])
     except (TypeError, ValueError, RuntimeError):
-        return None
-    return batched.dtype if isinstance(batched, torch.Tensor) else None
+        return None, None
+    return (batched.dtype, tuple(batched.shape[1:])) if isinstance(batched, torch.Tensor) else (None, None)
 
 
-def _first_sample(data: Dataset | None, where: str) -> tuple[Any, Any] | None:
-    """Sample 0 of a map-style dataset as (image, label), or None (empty, iterable, or no such pair). A sample that
+def _require_pair_batches(loader: Any, sample: Any, factory: str, named: str, where: str) -> None:
+    """The trainer takes each batch as (images, labels): a dataset whose samples are dicts or carry a third item (an
+    index, a file name) passed the checks, and its run failed in the first batch with 'too many values to unpack' or
+    "'str' object has no attribute 'to'" (exit 1, a run folder made). ``sample`` is batched by the loader's own
+    ``collate_fn`` (one of one's own may make pairs of other samples); one it cannot batch is left to the loader."""
+    collate = getattr(loader, "collate_fn", None)
+    if sample is None or collate is None or getattr(loader, "batch_size", None) is None:
+        return
+    try:
+        batch = collate([sample])
+    except Exception:  # noqa: BLE001 - the loader reports it in the run
+        return
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return
+    if isinstance(batch, dict):
+        keys = ", ".join(map(repr, list(batch)[:5])) + (" ..." if len(batch) > 5 else "")
+        described = f"a {type(batch).__name__} (keys {keys})"
+    elif isinstance(batch, (tuple, list)):
+        described = f"a {type(batch).__name__} of {len(batch)} items"
+    else:
+        described = f"a {type(batch).__name__}"
+    raise DataError(f"{where}: the loader of {named} of {factory} gives batches of {described} (its first sample as "
+                    f"the loader batches it), but the trainer takes each batch as a pair (images, labels). Make the "
+                    f"dataset's __getitem__ return (image, label), e.g. return sample['image'], sample['label'].")
+
+
+def _first_sample(data: Dataset | None, where: str) -> Any:
+    """Sample 0 of a map-style dataset as the dataset gives it, or None (empty or iterable). A sample that
     cannot be loaded (a damaged image file, ``folders.load_image``) is a DataError: nothing has run or been written
     yet, and as the RunFailure it fails a run with during training it ended the command with exit 1 and a traceback."""
     try:
@@ -84,7 +139,7 @@ def _first_sample(data: Dataset | None, where: str) -> tuple[Any, Any] | None:
         return None
     except RunFailure as error:
         raise DataError(f"{where}: {error}") from None
-    return (sample[0], sample[1]) if isinstance(sample, (tuple, list)) and len(sample) >= 2 else None
+    return sample
 
 
 def _listed_labels(data: Dataset | None, label: Any) -> torch.Tensor | None:

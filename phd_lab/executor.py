@@ -33,8 +33,8 @@ from phd_lab.environment import cpu_instruction_set, device_description, git_dif
 from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, UsageError
 from phd_lab.factory_args import (FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect,
                                   factory_model_args, logged_run, refused_args)
-from phd_lab.factory_results import (check_callable, check_data_callable, checked_result, stepping_refusal,
-                                     unrestorable_scheduler)
+from phd_lab.factory_results import (check_callable, check_data_callable, checked_result,
+                                     none_of_the_models_parameters, stepping_refusal, unrestorable_scheduler)
 from phd_lab.interrupts import raise_if_stop_requested, raise_interruption_behind
 from phd_lab.kept_folders import existing_folder
 from phd_lab.lock import ProcessTurn, RunLock
@@ -290,6 +290,11 @@ class TrainTestExecutor:
                               f"to train: its weights are buffers or plain tensors, which no optimizer updates. "
                               f"Register the weights it should learn as nn.Parameter (or use layers such as "
                               f"nn.Conv2d and nn.Linear).")
+        if not any(parameter.requires_grad for parameter in model.parameters()):  # backward() had nothing to do
+            raise ConfigError(f"{cfg.source}: model {cfg.model!r} has no parameter that requires a gradient (its "
+                              f"factory froze all of them, requires_grad=False), so there is nothing to train: the "
+                              f"run failed at its first batch ('element 0 of tensors does not require grad'). Leave "
+                              f"the layers it should learn trainable.")
         check_callable("optimizers", cfg.optimizer, factory, self.registries.optimizers.source, cfg.source, model,
                        epochs=cfg.epoch)
         try:
@@ -299,7 +304,8 @@ class TrainTestExecutor:
             raise refused_args(cfg.source, "optimizer", cfg.optimizer, cfg.optimizer_args, error) from None
         optimizer, scheduler = checked_result("optimizers", cfg.optimizer, built, self.registries.optimizers.source,
                                               cfg.source)
-        refusal = stepping_refusal(optimizer, scheduler) or unrestorable_scheduler(scheduler)
+        refusal = (stepping_refusal(optimizer, scheduler) or none_of_the_models_parameters(optimizer, model)
+                   or unrestorable_scheduler(scheduler))
         if refusal:
             raise RegistryError(f"{cfg.source}: the optimizer factory {cfg.optimizer!r} of "
                                 f"{self.registries.optimizers.source or 'its registry'!r} returned what the trainer "
@@ -597,7 +603,7 @@ class TrainTestExecutor:
             bundle = self.build_data()
             types = check_bundle_data(bundle, cfg.resolution, cfg.dataset, self.registries.datasets.source, cfg.source)
             # the checks up front ran on placeholders: these on the data's channels, classes and types
-            check_fits_data(cfg, self.registries, bundle.in_channels, bundle.num_classes, types)
+            check_fits_data(cfg, self.registries, bundle.in_channels, bundle.num_classes, types, device.type)
             seed_everything(cfg.seed)
             model = self.build_model(bundle).to(device)
             # a model the meta device could not build is checked here

@@ -85,6 +85,20 @@ def stepping_refusal(optimizer: Any, scheduler: Any) -> str | None:
     return None
 
 
+def none_of_the_models_parameters(optimizer: Any, model: Any) -> str | None:
+    """Why an optimizer that holds none of ``model``'s parameters cannot train it, or None. One made over another
+    model's parameters (a model the factory built itself, a copy) trained with exit 0: every epoch's loss and
+    saturations those of the untrained model, without a word. An optimizer over part of them (a fine-tuned head)
+    is fine."""
+    own = {id(parameter) for parameter in model.parameters()}
+    held = [parameter for group in getattr(optimizer, "param_groups", []) for parameter in group.get("params", [])]
+    if not held or any(id(parameter) in own for parameter in held):
+        return None
+    return (f"its optimizer {type(optimizer).__name__} holds {len(held)} parameter tensor(s), none of them the "
+            f"model's it was given (another model's, or a copy's), so training would leave the model as it was "
+            f"initialised; build it over model.parameters() (or a part of them)")
+
+
 def unrestorable_scheduler(scheduler: Any) -> str | None:
     """Why a checkpoint could not carry ``scheduler``'s state, or None. A scheduler without ``state_dict`` failed
     the run after its first epoch; one whose state holds what ``torch.load(weights_only=True)`` refuses (a numpy

@@ -172,15 +172,15 @@ def _runs_on_other_channels(model: nn.Module, resolution: int) -> bool:
                for channels in _OTHER_CHANNELS)
 
 
-def _meta_output(model: nn.Module, resolution: int, training: bool,
-                 channels: int = PLACEHOLDER_CHANNELS) -> tuple[Any, Exception | None]:
-    """(output, None) of a forward pass of two placeholder inputs on the meta device in training or eval
-    mode, or (None, its error); the model is left in the mode it was found in."""
+def _meta_output(model: nn.Module, resolution: int, training: bool, channels: int = PLACEHOLDER_CHANNELS,
+                 dtype: torch.dtype | None = None) -> tuple[Any, Exception | None]:
+    """(output, None) of a forward pass of two placeholder inputs (of ``dtype``, else the default) on the meta
+    device in training or eval mode, or (None, its error); the model is left in the mode it was found in."""
     was_training = model.training
     try:
         model.train(training)
         with torch.device("meta"):
-            return model(torch.empty(2, channels, resolution, resolution)), None
+            return model(torch.empty(2, channels, resolution, resolution, dtype=dtype)), None
     except Exception as error:  # noqa: BLE001 - the caller decides which errors are verdicts
         raise_interruption_behind(error)  # a Ctrl-C is none: the checks took it for a resolution the model refuses
         return None, error
@@ -258,7 +258,7 @@ def _described(output: Any) -> str:
 
 
 def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, num_classes: int,
-                    types: SampleTypes | None = None) -> None:
+                    types: SampleTypes | None = None, device_type: str | None = None) -> None:
     """The model built for the data's channels and classes (known once the data set is built, before the run
     folder is made) takes those images and labels (of the ``types`` of the first sample, where known) and returns one
     score per class; the checks up front ran on placeholder channels and classes, and fits in memory. One meta model
@@ -271,9 +271,14 @@ def check_fits_data(cfg: RunConfig, registries: Registries, in_channels: int, nu
     _require_memory(cfg, model)
     if types is not None:
         _require_image_dtype(cfg, model, types.image)
+        if not (cfg.mixed_precision and device_type == "cuda"):  # autocast casts the inputs where it is on
+            _require_parameter_dtype(cfg, model, types.image, in_channels)
         _require_class_index_labels(cfg, registries, model, types.label)
+        _require_one_label_per_sample(cfg, registries, model, types.label_shape)
     if in_channels == PLACEHOLDER_CHANNELS and truncated:
         return
+    if in_channels == PLACEHOLDER_CHANNELS:
+        _require_placeholder_channels(cfg, model)
     if in_channels != PLACEHOLDER_CHANNELS:
         _require_in_channels(cfg, model, in_channels)
         if not truncated and _meta_output(model, cfg.resolution, training=False)[1] is not None:
@@ -300,6 +305,29 @@ def _require_image_dtype(cfg: RunConfig, model: nn.Module, image_dtype: torch.dt
                     f"or build the model in float64.")
 
 
+def _require_parameter_dtype(cfg: RunConfig, model: nn.Module, image_dtype: torch.dtype | None,
+                             in_channels: int) -> None:
+    """Refuse a model built in another floating type than the images (a factory that ends in .double() or .half(),
+    or sets torch's default dtype) where autocast is off (CPU, or mixed_precision false): its first batch failed with
+    torch's 'Input type (float) and bias type (double) should be the same' (exit 1, a run folder made). Refused only
+    where the meta forward fails on images of that type and runs on the parameters' own (a model that casts its
+    input itself is left alone); the meta device checks the types of convolutions, not of Linear layers, so an MLP
+    of another type still fails at its first batch."""
+    kinds = {p.dtype for p in model.parameters() if not nn.parameter.is_lazy(p) and p.is_floating_point()}
+    if image_dtype is None or not image_dtype.is_floating_point or len(kinds) != 1 or image_dtype in kinds:
+        return
+    [kind] = kinds
+    _, error = _meta_output(model, cfg.resolution, training=False, channels=in_channels, dtype=image_dtype)
+    if error is None or _meta_output(model, cfg.resolution, training=False, channels=in_channels, dtype=kind)[1]:
+        return
+    image, parameters = (str(dtype).removeprefix("torch.") for dtype in (image_dtype, kind))
+    raise DataError(f"{cfg.source}: the parameters of model {cfg.model!r} are {parameters}, and the dataset "
+                    f"{cfg.dataset!r} gives {image} images, which it cannot take ({first_line(error)}; no autocast "
+                    f"casts them on this device{'' if cfg.mixed_precision else ' with mixed_precision false'}). Build "
+                    f"the model in {image} (without a .double() or .half() or a torch.set_default_dtype in the "
+                    f"registry file), or make its forward cast the input.")
+
+
 def _require_class_index_labels(cfg: RunConfig, registries: Registries, model: nn.Module,
                                 label_dtype: torch.dtype | None) -> None:
     """Refuse labels that cross-entropy cannot take as class indices, which it takes as int64 or uint8 only: float
@@ -313,6 +341,20 @@ def _require_class_index_labels(cfg: RunConfig, registries: Registries, model: n
                     f"and model {cfg.model!r} is trained on class indices, which cross-entropy takes as int64 or uint8 "
                     f"only (the run failed in its first batch: 'expected target dtype to be Long or Byte'). Make the "
                     f"dataset factory give integer labels, e.g. torch.as_tensor(labels, dtype=torch.long).")
+
+
+def _require_one_label_per_sample(cfg: RunConfig, registries: Registries, model: nn.Module,
+                                  label_shape: tuple[int, ...] | None) -> None:
+    """Refuse a label that is no single class index but a tensor of its own (``torch.tensor([label])``, a row of a
+    table): the loader batches it as (B, 1), which cross-entropy refused in the run's first batch with '0D or 1D
+    target tensor expected, multi-target not supported' (exit 1, a run folder made)."""
+    if not label_shape or not _uses_labels(cfg, registries, model):
+        return
+    raise DataError(f"{cfg.source}: the dataset {cfg.dataset!r} gives each sample a label of shape {label_shape} (its "
+                    f"first sample's label, batched by the loader as {('B', *label_shape)}), and model {cfg.model!r} "
+                    f"is trained on one class index per sample (cross-entropy on labels of shape (B,); the run failed "
+                    f"in its first batch: '0D or 1D target tensor expected'). Make the dataset factory give each "
+                    f"sample's label as a Python int or a tensor of no dimension (int(label), or label.squeeze()).")
 
 
 def _uses_labels(cfg: RunConfig, registries: Registries, model: nn.Module) -> bool | None:
@@ -378,6 +420,24 @@ def _require_in_channels(cfg: RunConfig, model: nn.Module, in_channels: int) -> 
                       f"first layer for in_channels input channels.")
 
 
+def _require_placeholder_channels(cfg: RunConfig, model: nn.Module) -> None:
+    """A factory that ignores ``in_channels`` and reads another channel count (a first Conv2d of 1 input channel)
+    passed the checks up front, which leave a model that runs on other channels to the data, and the data's 3
+    channels (every folder: dataset, Cifar) were not checked again, as they are the placeholder's: the run failed at
+    its first batch ('expected input[8, 3, 8, 8] to have 1 channels') after its run folder was made."""
+    if _meta_output(model, cfg.resolution, training=False)[1] is None:
+        return
+    others = [channels for channels in _OTHER_CHANNELS
+              if _meta_output(model, cfg.resolution, training=False, channels=channels)[1] is None]
+    if not others:
+        return
+    error = _meta_output(model, cfg.resolution, training=False)[1]
+    raise ConfigError(f"{cfg.source}: model {cfg.model!r} built with in_channels={PLACEHOLDER_CHANNELS} (the channels "
+                      f"of dataset {cfg.dataset!r}) cannot take {PLACEHOLDER_CHANNELS}-channel images "
+                      f"({first_line(error)}), but takes {others[0]}-channel ones: its factory ignores in_channels. "
+                      f"Build its first layer for in_channels input channels.")
+
+
 def _meta_built(cfg: RunConfig, registries: Registries, num_classes: int, in_channels: int) -> nn.Module | None:
     """The registry's model built on the meta device for these classes and channels, or None where it cannot be
     (built for training next, which reports its errors)."""
@@ -441,12 +501,26 @@ def check_tracked_layers(cfg: RunConfig, model: nn.Module) -> None:
     from phd_lab.tracking.callback import tracker_options
     from phd_lab.tracking.tracker import trackable_layers
     _check_uncut_names(cfg, model, [name for name, _ in trackable_layers(model)])
+    candidates = [name for name, _ in trackable_layers(model)]  # the names a pattern can select
     if not any(True for _ in trackable_layers(model, tracker_options(cfg))):
-        candidates = [name for name, _ in trackable_layers(model)]  # the names a pattern can select
         raise ConfigError(f"{cfg.source}: tracking_include {cfg.tracking_include} and tracking_exclude "
                           f"{cfg.tracking_exclude} leave no layer of {cfg.model!r} to track. Its Conv2d, "
                           f"Linear and LSTM layers: {', '.join(candidates[:30])}"
                           f"{' ...' if len(candidates) > 30 else ''}.")
+    _check_patterns_match(cfg, candidates)
+
+
+def _check_patterns_match(cfg: RunConfig, names: list[str]) -> None:
+    """A tracking pattern that matches no trackable layer (a typo: 'classifer.*') was ignored without a word: an
+    exclude pattern left its layers tracked, in the saturation mean and the tail analysis, an include pattern left
+    them untracked. Refused as the project step's exclude patterns and the extract step's layers are."""
+    import fnmatch
+    for key in ("tracking_include", "tracking_exclude"):
+        for pattern in getattr(cfg, key):
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                raise ConfigError(f"{cfg.source}: the {key} pattern {pattern!r} matches no Conv2d, Linear or LSTM "
+                                  f"layer of {cfg.model!r}, so it would be ignored. Its layers: "
+                                  f"{', '.join(names[:30])}{' ...' if len(names) > 30 else ''}.")
 
 
 def _check_uncut_names(cfg: RunConfig, model: nn.Module, names: list[str]) -> None:

@@ -348,6 +348,7 @@ class Registries:
         self.optimizers.check(config.optimizer, "optimizer")
         for metric in config.metrics:
             self.metrics.check(metric, "metrics")
+        require_own_metric_columns(config.metrics)
 
     @property
     def models(self) -> Registry:
@@ -364,3 +365,26 @@ class Registries:
     @property
     def metrics(self) -> Registry:
         return self._registries["metrics"]
+
+
+# Columns of a run's CSV that a metric's train_<name>/test_<name> (its name lower-cased) would overwrite
+OTHER_SPLIT_COLUMNS = ("loss", "saturation_mean")
+
+
+def require_own_metric_columns(metrics: list[str]) -> None:
+    """A metric's columns are ``train_<name>`` and ``test_<name>``, its name lower-cased: one named ``Loss`` wrote
+    its values into the loss columns (the CSV's train_loss was the accuracy a metric of one's own computed), one
+    named ``Saturation_Mean`` was overwritten by the saturation mean, and two names that differ only in letter case
+    shared one column, each without a word."""
+    for metric in metrics:
+        if metric.lower() in OTHER_SPLIT_COLUMNS:
+            raise RegistryError(f"The metric {metric!r} of key 'metrics' would write its values into the columns "
+                                f"train_{metric.lower()} and test_{metric.lower()} of the run's CSV, which hold the "
+                                f"run's own {metric.lower().replace('_', ' ')}; rename the metric's factory (its "
+                                f"columns are train_<name> and test_<name>, the name lower-cased).")
+    lowered = [metric.lower() for metric in metrics]
+    shared = sorted({metric for metric in metrics if lowered.count(metric.lower()) > 1})
+    if shared:
+        raise RegistryError(f"The metrics {', '.join(map(repr, shared))} of key 'metrics' differ only in letter case, "
+                            f"so they would share the columns train_{shared[0].lower()} and test_{shared[0].lower()} "
+                            f"of the run's CSV (its name lower-cased); rename one of their factories.")

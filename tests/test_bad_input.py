@@ -415,6 +415,26 @@ def test_a_model_without_parameters_is_refused_naming_the_model_not_the_optimize
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_model_whose_parameters_are_all_frozen_is_refused_before_its_run_folder(tmp_path, capsys):
+    """A factory that set requires_grad=False on every parameter failed the run at its first batch with torch's
+    'element 0 of tensors does not require grad and does not have a grad_fn' (exit 1, a run folder made)."""
+    module = tmp_path / "my_models.py"
+    module.write_text(
+        "from torch import nn\n"
+        "def frozen(*, num_classes, in_channels=3):\n"
+        "    model = nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                          nn.Linear(4, num_classes))\n"
+        "    return model.requires_grad_(False)\n")
+    config = write_config(tmp_path, model="frozen", model_args={}, registries={"models": str(module)}, epoch=1,
+                          resolution=8, post_processing=[])
+    for extra in (["--dry-run"], []):
+        assert main_cli(["--config", str(config), "--no-progress", *extra]) == 2
+        err = flat(capsys.readouterr().err)
+        assert "(run 0): model 'frozen' has no parameter that requires a gradient" in err, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "logs").exists()
+
+
 @pytest.mark.parametrize("number", [str(2**63), str(-2**63 - 1), "9" * 400, "9" * 5000])
 def test_integers_beyond_64_bits_are_refused_naming_the_key(tmp_path, capsys, number):
     """Integers of hundreds of digits overflowed the float checks (OverflowError), ones of thousands

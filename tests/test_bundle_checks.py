@@ -75,6 +75,49 @@ def int32_labels(*, batch_size, resolution, data_dir, seed, num_workers):
                    batch_size=batch_size, seed=seed, num_workers=num_workers, resolution=resolution)
 
 
+def column_labels(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Labels as a column of a table gives them: one tensor of shape (1,) per sample, batched as (B, 1)."""
+    return _bundle("column_labels", torch.rand(16, 3, resolution, resolution), (torch.arange(16) % 3)[:, None],
+                   batch_size=batch_size, seed=seed, num_workers=num_workers, resolution=resolution)
+
+
+class _Samples(torch.utils.data.Dataset):
+    """Images with labels, each sample as ``shape`` makes it of (image, label, index)."""
+
+    def __init__(self, resolution, shape):
+        self.images, self.labels, self.shape = torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3, shape
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        return self.shape(self.images[i], self.labels[i], i)
+
+
+def with_index(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Samples of (image, label, index), as a dataset that also tells where each sample came from."""
+    data = _Samples(resolution, lambda image, label, i: (image, label, i))
+    return make_bundle("with_index", data, data, data, num_classes=3, in_channels=3, resolution=resolution,
+                       batch_size=batch_size, seed=seed, num_workers=num_workers)
+
+
+def dict_samples(*, batch_size, resolution, data_dir, seed, num_workers):
+    """Samples as dicts, as Hugging Face datasets give them."""
+    data = _Samples(resolution, lambda image, label, i: {"image": image, "label": label})
+    return make_bundle("dict_samples", data, data, data, num_classes=3, in_channels=3, resolution=resolution,
+                       batch_size=batch_size, seed=seed, num_workers=num_workers)
+
+
+def drop_last_loader(*, batch_size, resolution, data_dir, seed, num_workers):
+    """A bundle built by hand whose training loader drops its last batch, here its only one (12 samples, batch 16)."""
+    from torch.utils.data import DataLoader
+    from phd_lab.data import DataBundle
+    data = torch.utils.data.TensorDataset(torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3)
+    return DataBundle(name="drop_last", train=DataLoader(data, batch_size=16, shuffle=True, drop_last=True),
+                      test=DataLoader(data, batch_size=16), train_eval=DataLoader(data, batch_size=16),
+                      num_classes=3, in_channels=3, resolution=resolution)
+
+
 def honest(*, batch_size, resolution, data_dir, seed, num_workers):
     return _bundle("honest", torch.rand(12, 3, resolution, resolution), torch.arange(12) % 3, batch_size=batch_size,
                    seed=seed, num_workers=num_workers, resolution=resolution)
@@ -88,6 +131,10 @@ REFUSALS = {
     "one_based": ["declares 3 classes (num_classes of its DataBundle), so labels must lie in 0..2, but its test "
                   "split has labels from 1 to 3", "Count the classes from 0"],
     "listed_targets": ["labels from -1 to 2"],
+    "with_index": ["gives batches of a list of 3 items", "the trainer takes each batch as a pair (images, labels)"],
+    "dict_samples": ["gives batches of a dict (keys 'image', 'label')", "return sample['image'], sample['label']"],
+    "drop_last_loader": ["the train loader of the DataBundle of the dataset factory 'drop_last_loader' of",
+                         "yields no batch (12 sample(s), batch_size 16, drop_last True)"],
     "uint8_pixels": ["the first sample of its test split of the dataset factory 'uint8_pixels' of",
                      "is an image tensor of type torch.uint8", "Make the factory give float images"],
 }
@@ -150,6 +197,27 @@ from torch import nn
 
 def double_mlp(*, num_classes, in_channels=3):
     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 8 * 8, 4), nn.ReLU(), nn.Linear(4, num_classes)).double()
+
+
+def _cnn(in_channels, num_classes, kind=nn.Sequential):
+    return kind(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+
+def double_cnn(*, num_classes, in_channels=3):
+    return _cnn(in_channels, num_classes).double()
+
+
+def half_cnn(*, num_classes, in_channels=3):
+    return _cnn(in_channels, num_classes).half()
+
+
+class Casting(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x.double())
+
+
+def casting_cnn(*, num_classes, in_channels=3):
+    return _cnn(in_channels, num_classes, Casting).double()
 """
 
 
@@ -196,3 +264,45 @@ def test_labels_cross_entropy_cannot_take_are_refused_for_a_classifier_not_for_a
     code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
     assert code == 0, err
     assert len(run_folders(tmp_path / "logs")) == 1
+
+
+def test_a_label_of_one_element_per_sample_is_refused_for_a_classifier_not_for_an_autoencoder(tmp_path, capsys):
+    """Labels of shape (1,) per sample (a table's column, torch.tensor([label])) batch as (B, 1): a classifier's run
+    failed in its first batch with torch's '0D or 1D target tensor expected, multi-target not supported' (exit 1, a
+    run folder made); refused before the run folder (exit 2). An autoencoder uses no labels and trains."""
+    (tmp_path / "my_data.py").write_text(DATASETS)
+    common = dict(dataset="column_labels", registries={"datasets": "my_data.py"}, resolution=8, epoch=1,
+                  batch_size=4, post_processing=[])
+    config = write_config(tmp_path, model="mlp", model_args={"input_side": 8, "units": [[4]]}, **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    said = " ".join(err.split())
+    assert code == 2 and "Traceback" not in said, said
+    assert ("the dataset 'column_labels' gives each sample a label of shape (1,)" in said
+            and "label.squeeze()" in said), said
+    assert run_folders(tmp_path / "logs") == []
+    config = write_config(tmp_path, model="conv_autoencoder", model_args={}, metrics=[], **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
+    assert len(run_folders(tmp_path / "logs")) == 1
+
+
+@pytest.mark.parametrize(("model", "dtype"), [("double_cnn", "float64"), ("half_cnn", "float16")])
+def test_a_model_of_another_float_type_than_the_images_is_refused_where_no_autocast_casts(tmp_path, capsys, model,
+                                                                                          dtype):
+    """A CNN whose factory ends in .double() or .half() on float32 images failed its first batch on the CPU with torch's
+    'Input type (float) and bias type (double) should be the same' (exit 1, a run folder made). Refused before the
+    run folder (exit 2); a model that casts its input itself trains."""
+    (tmp_path / "my_data.py").write_text(DATASETS)
+    (tmp_path / "my_models.py").write_text(DOUBLE_MODEL)
+    common = dict(dataset="honest", resolution=8, epoch=1, batch_size=4, post_processing=[], device="cpu",
+                  registries={"datasets": "my_data.py", "models": "my_models.py"}, model_args={})
+    config = write_config(tmp_path, model=model, **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    said = " ".join(err.split())
+    assert code == 2 and "Traceback" not in said, said
+    assert (f"the parameters of model {model!r} are {dtype}, and the dataset 'honest' gives float32 images, which "
+            f"it cannot take" in said), said
+    assert run_folders(tmp_path / "logs") == []
+    config = write_config(tmp_path, model="casting_cnn", **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err

@@ -307,6 +307,30 @@ def test_a_model_that_ignores_in_channels_is_refused_before_its_run_folder_is_ma
     assert run_folders(tmp_path / "logs") == []
 
 
+def test_a_model_made_for_grey_images_is_refused_on_three_channel_data_before_its_run_folder(tmp_path, capsys):
+    """A first Conv2d of 1 input channel on three-channel data (every folder: dataset is read as RGB) passed the
+    checks, as 3 is the placeholder's channel count, and failed at the first batch ('expected input[8, 3, 8, 8] to
+    have 1 channels') in a run folder of its own; the same model on grey Digits trains."""
+    (tmp_path / "my_models.py").write_text(
+        "from torch import nn\n"
+        "def grey_only(*, num_classes, in_channels=3):\n"
+        "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                         nn.Linear(4, num_classes))\n")
+    common = dict(model="grey_only", model_args={}, registries={"models": "my_models.py"}, resolution=8, epoch=1,
+                  post_processing=[], track_saturation=False)
+    config = write_config(tmp_path, dataset="FakeData", dataset_args={"train_size": 8, "test_size": 4}, **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    message = " ".join(err.split())
+    assert code == 2, err
+    assert "(run 0): model 'grey_only' built with in_channels=3 (the channels of dataset 'FakeData') cannot take " \
+           "3-channel images" in message
+    assert "but takes 1-channel ones: its factory ignores in_channels" in message and "Traceback" not in message
+    assert not (tmp_path / "logs").exists() or run_folders(tmp_path / "logs") == []
+    config = write_config(tmp_path, name="digits.json", dataset="Digits", **common)
+    code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
+    assert code == 0, err
+
+
 def test_layer_patterns_of_a_truncated_run_are_checked_against_the_model_it_trains(tmp_path, capsys):
     """A cut model names the layers it keeps body.<name> (its CSV columns and latents): the steps' layer patterns
     were checked against the uncut model, so 'features.0' passed the check and failed the run after training, while

@@ -57,6 +57,16 @@ def warmup(model, *, epochs, lr=0.1):
     return optimizer, Warmup(optimizer)
 
 
+def another_model(model, *, epochs, lr=0.1):
+    """SGD over a model of its own making, not the one it is given."""
+    return torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=lr), None
+
+
+def head_only(model, *, epochs, lr=0.1):
+    """SGD over the model's last parameter tensor alone (a fine-tuned head)."""
+    return torch.optim.SGD([list(model.parameters())[-1]], lr=lr), None
+
+
 def no_epochs(model, lr=0.1):
     """SGD, its factory without the contract's epochs."""
     return torch.optim.SGD(model.parameters(), lr=lr), None
@@ -105,6 +115,19 @@ def test_an_optimizer_or_scheduler_the_trainer_cannot_step_is_refused_before_its
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
     assert "ReduceLROnPlateau has mode 'max'" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
+
+
+def test_an_optimizer_over_none_of_the_models_parameters_is_refused_before_its_run_folder(tmp_path, capsys):
+    """An optimizer made over another model's parameters trained with exit 0 and left the model as initialised,
+    every epoch's numbers those of the untrained model; refused up front (exit 2). One over part of the model's
+    parameters trains."""
+    assert main_cli(["--config", str(own_config(tmp_path, "another_model")), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "optimizer factory 'another_model'" in err and "none of them the model's it was given" in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
+    assert main_cli(["--config", str(own_config(tmp_path, "head_only", epoch=1)), "--no-progress", "-q"]) == 0
+    assert len(run_folders(tmp_path / "logs")) == 1
 
 
 class ReadCounted(Metric):
@@ -304,3 +327,45 @@ def test_a_check_data_that_cannot_take_the_dataset_args_is_named_with_its_contra
     registry.write_text(OWN_DATASETS.replace("Shifted.check_data = _look", "Shifted.check_data = _look_at_all"))
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert len(run_folders(tmp_path / "logs")) == 1
+
+
+COLUMN_METRICS = '''
+from phd_lab.metrics import TopKAccuracy
+
+
+def Loss():
+    """Accuracy under the name of the loss."""
+    return TopKAccuracy(1)
+
+
+def Saturation_Mean():
+    return TopKAccuracy(1)
+
+
+def Hits():
+    return TopKAccuracy(1)
+
+
+def hits():
+    return TopKAccuracy(1)
+'''
+
+
+@pytest.mark.parametrize(("metrics", "said"), [
+    (["Loss"], "The metric 'Loss' of key 'metrics' would write its values into the columns train_loss and test_loss"),
+    (["Saturation_Mean"], "would write its values into the columns train_saturation_mean and test_saturation_mean"),
+    (["Hits", "hits"], "The metrics 'Hits', 'hits' of key 'metrics' differ only in letter case")])
+def test_a_metric_whose_columns_are_another_columns_is_refused_before_its_run_folder(tmp_path, capsys, metrics, said):
+    """A metric's columns are train_<name> and test_<name>, lower-cased: one named Loss wrote its accuracy into the
+    CSV's loss columns (exit 0), Saturation_Mean's values were overwritten by the saturation mean, and Hits and hits
+    shared one column, each without a word. Refused up front (exit 2)."""
+    (tmp_path / "my_metrics.py").write_text(COLUMN_METRICS)
+    config = write_config(tmp_path, metrics=metrics, registries={"metrics": str(tmp_path / "my_metrics.py")},
+                          resolution=8, epoch=1, batch_size=256, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert said in err and "Traceback" not in err, err
+    assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
+    config = write_config(tmp_path, metrics=["Hits"], registries={"metrics": str(tmp_path / "my_metrics.py")},
+                          resolution=8, epoch=1, batch_size=256, post_processing=[], track_saturation=False)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0

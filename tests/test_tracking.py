@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -698,3 +700,25 @@ def test_a_numerically_singular_layer_has_a_log_det_of_minus_infinity_not_one_of
         cov = basis @ np.diag([2.0, 1.0, noise]) @ basis.T
         assert layer_statistics(cov, 0.99, 100)["log_det"] == -np.inf, noise
     assert layer_statistics(np.diag([2.0, 1.0, 1e-3]), 0.99, 100)["log_det"] == pytest.approx(np.log(2e-3))
+
+
+@pytest.mark.parametrize(("key", "patterns"), [("tracking_exclude", ["classifer.*"]),
+                                               ("tracking_include", ["features.0", "features.1"])])
+def test_a_tracking_pattern_that_matches_no_layer_is_refused_before_any_run(tmp_path, key, patterns) -> None:
+    """A typo in tracking_exclude ('classifer.*') left the layers it meant tracked, in the saturation mean and the
+    tails, and an include pattern naming a ReLU ('features.1') was dropped, each with exit 0 and no word, while the
+    other patterns left layers to track. Refused up front (exit 2), as the steps' patterns are."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    config = tmp_path / "exp.json"
+    config.write_text(json.dumps({"model": "vgg11", "model_args": {"width": 0.125}, "dataset": "Digits",
+                                  "resolution": 8, "epoch": 1, key: patterns, "logs_dir": str(tmp_path / "logs")}))
+    done = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress", "-q"],
+                          capture_output=True, text=True, timeout=300)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, said
+    assert (f"the {key} pattern {patterns[-1]!r} matches no Conv2d, Linear or LSTM layer of 'vgg11', so it would be "
+            f"ignored. Its layers: features.0, features.4" in said and "Traceback" not in said), said
+    assert not (tmp_path / "logs").exists()
