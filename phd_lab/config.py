@@ -203,7 +203,8 @@ SCHEMA: tuple[Key, ...] = (
     _key("tracking_every_n", "int", 1, "saturation: record only every n-th batch of a pass", minimum=1),
     _key("tracking_include", "list", [], "saturation: track only layers whose qualified name matches one of "
          "these wildcard patterns (empty: all Conv2d/Linear/LSTM layers)", item_kind="str"),
-    _key("tracking_exclude", "list", [], "saturation: skip layers whose name matches one of these patterns",
+    _key("tracking_exclude", "list", [], "saturation: skip layers whose name matches one of these patterns (a "
+         "pattern of either key that matches no such layer of a model is warned of, once per model)",
          item_kind="str"),
     # Retired, kept so that configs and logged configs of earlier versions load and keep their run folders
     # (the key is part of every run's identity hash). true only logs a warning (tracking_options).

@@ -40,7 +40,7 @@ from phd_lab.kept_folders import existing_folder
 from phd_lab.lock import ProcessTurn, RunLock
 from phd_lab.model_checks import (check_fits_data, check_input_size, check_objective, check_single_output,
                                   check_single_sample_batches, check_tracked_layers, check_truncate, meta_model,
-                                  trained_meta_model)
+                                  trained_meta_model, warn_of_unmatched_tracking_patterns)
 from phd_lab.bundle_checks import check_bundle_data
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
 from phd_lab.objectives import CLASSIFICATION
@@ -207,6 +207,9 @@ class TrainTestExecutor:
         trained = trained_meta_model(cfg, model, shared, key)  # the layers named as the run names them
         check_tracked_layers(cfg, trained)
         cut = (json.dumps(cfg.model_args.get("truncate")), cfg.resolution if trained is not model else None)
+        if cfg.track_saturation:  # said once per model of the grid, not for each of its seeds or learning rates
+            once(lambda: warn_of_unmatched_tracking_patterns(cfg, trained), "tracking patterns",
+                 json.dumps([cfg.tracking_include, cfg.tracking_exclude]), *cut)
         for step, params in self.steps:  # at the run's resolution where a step's check runs the model (extract)
             resolution = cfg.resolution if step.checks_at_resolution else None
             once(lambda: step.check_model(params, trained, cfg.source, resolution=resolution), "step", step.name,

@@ -501,26 +501,29 @@ def check_tracked_layers(cfg: RunConfig, model: nn.Module) -> None:
     from phd_lab.tracking.callback import tracker_options
     from phd_lab.tracking.tracker import trackable_layers
     _check_uncut_names(cfg, model, [name for name, _ in trackable_layers(model)])
-    candidates = [name for name, _ in trackable_layers(model)]  # the names a pattern can select
     if not any(True for _ in trackable_layers(model, tracker_options(cfg))):
+        candidates = [name for name, _ in trackable_layers(model)]  # the names a pattern can select
         raise ConfigError(f"{cfg.source}: tracking_include {cfg.tracking_include} and tracking_exclude "
                           f"{cfg.tracking_exclude} leave no layer of {cfg.model!r} to track. Its Conv2d, "
                           f"Linear and LSTM layers: {', '.join(candidates[:30])}"
                           f"{' ...' if len(candidates) > 30 else ''}.")
-    _check_patterns_match(cfg, candidates)
 
 
-def _check_patterns_match(cfg: RunConfig, names: list[str]) -> None:
-    """A tracking pattern that matches no trackable layer (a typo: 'classifer.*') was ignored without a word: an
-    exclude pattern left its layers tracked, in the saturation mean and the tail analysis, an include pattern left
-    them untracked. Refused as the project step's exclude patterns and the extract step's layers are."""
+def warn_of_unmatched_tracking_patterns(cfg: RunConfig, model: nn.Module) -> None:
+    """Warn of a tracking pattern that matches no trackable layer of the model: it was ignored without a word, so a
+    typo ('classifer.*') left the layers an exclude pattern meant tracked (in the saturation mean and the tails) and
+    an include pattern's untracked. A warning, not a refusal: a grid over several models may share patterns that
+    only some of them match (VGG's 'classifier.*', a ResNet's 'fc')."""
     import fnmatch
+
+    from phd_lab.tracking.tracker import trackable_layers
+    names = [name for name, _ in trackable_layers(model)]
     for key in ("tracking_include", "tracking_exclude"):
         for pattern in getattr(cfg, key):
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-                raise ConfigError(f"{cfg.source}: the {key} pattern {pattern!r} matches no Conv2d, Linear or LSTM "
-                                  f"layer of {cfg.model!r}, so it would be ignored. Its layers: "
-                                  f"{', '.join(names[:30])}{' ...' if len(names) > 30 else ''}.")
+                log.warning("%s: the %s pattern %r matches no Conv2d, Linear or LSTM layer of %r, so it is ignored "
+                            "for this model (a typo?). Its layers: %s%s", cfg.source, key, pattern, cfg.model,
+                            ", ".join(names[:30]), " ..." if len(names) > 30 else "")
 
 
 def _check_uncut_names(cfg: RunConfig, model: nn.Module, names: list[str]) -> None:

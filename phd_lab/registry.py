@@ -382,8 +382,9 @@ def require_own_metric_columns(metrics: list[str]) -> None:
                                 f"train_{metric.lower()} and test_{metric.lower()} of the run's CSV, which hold the "
                                 f"run's own {metric.lower().replace('_', ' ')}; rename the metric's factory (its "
                                 f"columns are train_<name> and test_<name>, the name lower-cased).")
-    lowered = [metric.lower() for metric in metrics]
-    shared = sorted({metric for metric in metrics if lowered.count(metric.lower()) > 1})
+    distinct = set(metrics)  # a name repeated as written is the duplicate check's (a logged config may hold one)
+    lowered = [metric.lower() for metric in distinct]
+    shared = sorted(metric for metric in distinct if lowered.count(metric.lower()) > 1)
     if shared:
         raise RegistryError(f"The metrics {', '.join(map(repr, shared))} of key 'metrics' differ only in letter case, "
                             f"so they would share the columns train_{shared[0].lower()} and test_{shared[0].lower()} "
