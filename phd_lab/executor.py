@@ -150,6 +150,13 @@ class TrainTestExecutor:
                 _warn_once(said, where, error)
             except ConfigError as error:  # a dataset argument the check found wrong (e.g. 'download': "yes")
                 raise ConfigError(f"{where}: {error}") from None
+            except Exception as error:  # a fault of the registry's check: a traceback ended the grid, a dry run's too
+                raise_interruption_behind(error)
+                raise RegistryError(f"{where}: the check_data of the dataset factory {cfg.dataset!r} of "
+                                    f"{self.registries.datasets.source or 'its registry'!r} failed with "
+                                    f"{type(error).__name__}: {error}. It should raise phd_lab.errors.DataError for "
+                                    f"data that is missing or wrong (shown as its message) and nothing else; fix "
+                                    f"the check.") from None
         check_factory_args(self.registries.optimizers.get(cfg.optimizer), cfg.optimizer_args, "optimizer_args",
                            cfg.optimizer, where, SUPPLIED_ARGS["optimizers"], logged=logged)
         self.build_metrics()  # what the factories return, before a run folder is made

@@ -329,6 +329,23 @@ def test_a_check_data_that_cannot_take_the_dataset_args_is_named_with_its_contra
     assert len(run_folders(tmp_path / "logs")) == 1
 
 
+
+def test_a_check_data_that_raises_anything_but_a_data_error_is_named_without_a_traceback(tmp_path, capsys):
+    """A check_data that failed with an error of its own (a KeyError of a dict it looks up) ended the grid check, a
+    dry run's too, with that traceback and exit 1; a fault of the registry's code is a usage error (exit 2) that
+    names the dataset, its file and the error, before any run folder."""
+    registry = tmp_path / "my_datasets.py"
+    registry.write_text(OWN_DATASETS.replace("Shifted.check_data = _look", "def _look_it_up(data_dir, **args):\n"
+                                             "    return {}['split']\n\n\nShifted.check_data = _look_it_up"))
+    config = write_config(tmp_path, dataset="Shifted", epoch=1, resolution=8, track_saturation=False,
+                          registries={"datasets": str(registry)})
+    for dry_run in (["--dry-run"], []):
+        assert main_cli(["--config", str(config), "--no-progress", "-q", *dry_run]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"the check_data of the dataset factory 'Shifted' of '{registry}' failed with KeyError: 'split'" in err
+        assert "Traceback" not in err
+        assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
+
 COLUMN_METRICS = '''
 from phd_lab.metrics import TopKAccuracy
 
