@@ -148,7 +148,8 @@ def _write(analysis: _Analysis, *, write: bool, skip_active: bool, probe_job: bo
 MAX_ATTEMPTS = 3
 
 
-def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool, probe_job: bool) -> _Analysis:
+def _analyse(folder: RunDir, settings: AnalysisSettings | None, last_step: bool,
+             probe_job: bool = False) -> _Analysis:
     """The run's analysis, with the figure of analysis.png where it shows the same (else the figure is None).
     ``probe_job``: the caller is the probe job that holds the probe lock, not another one that may replace them."""
     from dataclasses import replace
