@@ -273,7 +273,7 @@ def test_the_thesis_configs_that_train_mnist_as_in_section_8_4_1_set_flip_true()
         config = json.loads(path.read_text())
         datasets = config["dataset"] if isinstance(config["dataset"], list) else [config["dataset"]]
         flip = config.get("dataset_args", {}).get("flip")
-        row = next(line for line in readme.splitlines() if f"`{path.name}`" in line)
+        row = next(line for line in readme.splitlines() if line.startswith("|") and f"`{path.name}`" in line)
         if path.stem in FLIPPED:
             # MNIST alone: on a sweep's other datasets flip: true changes nothing but their folders (retrained runs)
             assert datasets == ["MNIST"] and flip is True, path.name
