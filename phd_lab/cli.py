@@ -302,8 +302,8 @@ def list_names(kind: str, pattern: str, registries: Sequence[Mapping[str, str]] 
         return "\n".join(lines) or "(none)"
     from phd_lab.errors import RegistryError
     from phd_lab.registry import Registries
-    try:
-        registry = Registries(registries[0])[kind]
+    try:  # that kind's module only: another kind's broken file failed the listing of this one
+        registry = Registries({key: module for key, module in registries[0].items() if key == kind})[kind]
     except RegistryError as error:
         raise RegistryError(f"--list {kind}: the key 'registries': {error}") from None
     lines = [f"{name:24} {registry.doc(name)}" for name in registry.names(pattern)]

@@ -103,3 +103,17 @@ def test_a_class_without_a_docstring_of_its_own_is_listed_without_torch_s(tmp_pa
     assert code == 0
     assert listed["net"] == "The factory." and listed["Documented"] == "A model of its own."
     assert listed["KBlock"] == "" and "Base class" not in " ".join(listed.values())
+
+
+def test_listing_one_kind_loads_only_that_kinds_registry_of_the_config(tmp_path, capsys):
+    """--config with a models registry file of a syntax error failed --list datasets too (exit 2 naming the models
+    file), though that listing needs only the datasets registry; --list models still names the broken file."""
+    from phd_lab.cli import main_cli
+    from tests.conftest import write_config
+    (tmp_path / "my_models.py").write_text("def net(*, num_classes, in_channels=3)\n    return None\n")
+    config = write_config(tmp_path, registries={"models": str(tmp_path / "my_models.py")}, model="net")
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--list", "datasets"]) == 0
+    assert "Digits" in capsys.readouterr().out.split()
+    assert main_cli(["--config", str(config), "--list", "models"]) == 2
+    assert "my_models.py" in capsys.readouterr().err
