@@ -206,7 +206,8 @@ def test_a_sets_results_replaced_with_other_settings_take_the_comparison_that_dr
         tmp_path, capsys):
     """probe_performances_by_set.png is drawn from the sets fitted with the job's settings, and only where there are
     two: a set probed again with other settings (--latents --solver saga) left the plot of its earlier results in the
-    run folder (and in the report's file list), showing accuracies no table of the run held any more."""
+    run folder (and in the report's file list), showing accuracies no table of the run held any more. Also: each
+    layer's line in the run's probe.log names its latents set."""
     config = write_config(tmp_path, epoch=1, downsampling=2, probe_solver="lbfgs",
                           post_processing=[{"name": "extract", "sizes": [1]}])
     code, err = main_in_process(capsys, "--config", str(config))
@@ -215,6 +216,16 @@ def test_a_sets_results_replaced_with_other_settings_take_the_comparison_that_dr
     plot = run / "probe_performances_by_set.png"
     assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 0
     assert plot.read_bytes().startswith(PNG)
+    # the sets of a run share its probe.log, and the line of each layer named no set: 'layer features.0 (index 1)'
+    # twice, with two accuracies, one of them the 1×1 set's
+    text = (run / "probe.log").read_text()
+    tables = {name: pd.read_csv(run / f"probe_performances{suffix}.csv", dtype={"layer": str})
+              for name, suffix in (("", ""), ("1x1_avg", "_1x1_avg"))}
+    for name, table in tables.items():
+        first = table.iloc[0]
+        said = re.findall(rf"layer {re.escape(first['layer'])} \(index 1{', latents set ' + name if name else ''}\): "
+                          r"eval acc ([0-9.]+)", text)
+        assert said == [f"{first['eval_acc']:.4f}"], (name, said)
     assert probe_cli(["--latents", str(run / "latents_1x1_avg"), "-mp", "0", "--solver", "saga",
                       "--no-progress", "-q"]) == 0
     assert not plot.exists()  # it drew the 1×1 set's lbfgs results, replaced by saga's
@@ -236,25 +247,6 @@ def test_the_line_naming_sets_left_out_of_a_runs_comparison_stays_in_that_runs_p
     assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 0  # the saga set left out
     assert f"{first}: left out of probe_performances_by_set.png" in (first / "probe.log").read_text()
     assert str(first) not in (second / "probe.log").read_text()
-
-
-def test_a_runs_probe_log_says_which_latents_set_each_layers_line_is_of(tmp_path, capsys):
-    """The sets of a run share its probe.log, but the line of each layer named no set: 'layer features.0 (index 1)'
-    twice, with two accuracies, one of them the 1×1 set's."""
-    config = write_config(tmp_path, epoch=1, downsampling=2, probe_solver="lbfgs",
-                          post_processing=[{"name": "extract", "sizes": [1]}])
-    code, err = main_in_process(capsys, "--config", str(config))
-    assert code == 0, err
-    run = RunDir.for_run(Grid(load_config_file(config))[0]).root
-    assert probe_cli(["--config", str(config), "-mp", "0", "--no-progress", "-q"]) == 0
-    text = (run / "probe.log").read_text()
-    tables = {name: pd.read_csv(run / f"probe_performances{suffix}.csv", dtype={"layer": str})
-              for name, suffix in (("", ""), ("1x1_avg", "_1x1_avg"))}
-    for name, table in tables.items():
-        first = table.iloc[0]
-        said = re.findall(rf"layer {re.escape(first['layer'])} \(index 1{', latents set ' + name if name else ''}\): "
-                          r"eval acc ([0-9.]+)", text)
-        assert said == [f"{first['eval_acc']:.4f}"], (name, said)
 
 
 @pytest.mark.parametrize("step, match", [
