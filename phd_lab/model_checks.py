@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -425,13 +425,13 @@ def _require_placeholder_channels(cfg: RunConfig, model: nn.Module) -> None:
     passed the checks up front, which leave a model that runs on other channels to the data, and the data's 3
     channels (every folder: dataset, Cifar) were not checked again, as they are the placeholder's: the run failed at
     its first batch ('expected input[8, 3, 8, 8] to have 1 channels') after its run folder was made."""
-    if _meta_output(model, cfg.resolution, training=False)[1] is None:
+    error = _meta_output(model, cfg.resolution, training=False)[1]
+    if error is None:
         return
     others = [channels for channels in _OTHER_CHANNELS
               if _meta_output(model, cfg.resolution, training=False, channels=channels)[1] is None]
     if not others:
         return
-    error = _meta_output(model, cfg.resolution, training=False)[1]
     raise ConfigError(f"{cfg.source}: model {cfg.model!r} built with in_channels={PLACEHOLDER_CHANNELS} (the channels "
                       f"of dataset {cfg.dataset!r}) cannot take {PLACEHOLDER_CHANNELS}-channel images "
                       f"({first_line(error)}), but takes {others[0]}-channel ones: its factory ignores in_channels. "
@@ -514,16 +514,21 @@ def warn_of_unmatched_tracking_patterns(cfg: RunConfig, model: nn.Module) -> Non
     typo ('classifer.*') left the layers an exclude pattern meant tracked (in the saturation mean and the tails) and
     an include pattern's untracked. A warning, not a refusal: a grid over several models may share patterns that
     only some of them match (VGG's 'classifier.*', a ResNet's 'fc')."""
-    import fnmatch
-
     from phd_lab.tracking.tracker import trackable_layers
     names = [name for name, _ in trackable_layers(model)]
+    for key, pattern in _unmatched_tracking_patterns(cfg, names):
+        log.warning("%s: the %s pattern %r matches no Conv2d, Linear or LSTM layer of %r, so it is ignored for this "
+                    "model (a typo?). Its layers: %s%s", cfg.source, key, pattern, cfg.model, ", ".join(names[:30]),
+                    " ..." if len(names) > 30 else "")
+
+
+def _unmatched_tracking_patterns(cfg: RunConfig, names: list[str]) -> Iterator[tuple[str, str]]:
+    """(key, pattern) of each tracking_include/tracking_exclude pattern that matches none of the layer ``names``."""
+    import fnmatch
     for key in ("tracking_include", "tracking_exclude"):
         for pattern in getattr(cfg, key):
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-                log.warning("%s: the %s pattern %r matches no Conv2d, Linear or LSTM layer of %r, so it is ignored "
-                            "for this model (a typo?). Its layers: %s%s", cfg.source, key, pattern, cfg.model,
-                            ", ".join(names[:30]), " ..." if len(names) > 30 else "")
+                yield key, pattern
 
 
 def _check_uncut_names(cfg: RunConfig, model: nn.Module, names: list[str]) -> None:
@@ -535,14 +540,12 @@ def _check_uncut_names(cfg: RunConfig, model: nn.Module, names: list[str]) -> No
     from phd_lab.models.truncate import TruncatedModel
     if not isinstance(model, TruncatedModel):
         return
-    for key in ("tracking_include", "tracking_exclude"):
-        for pattern in getattr(cfg, key):
-            if (not any(fnmatch.fnmatchcase(name, pattern) for name in names)
-                    and any(fnmatch.fnmatchcase(name, f"body.{pattern}") for name in names)):
-                raise ConfigError(f"{cfg.source}: the {key} pattern {pattern!r} matches no layer of {cfg.model!r} "
-                                  f"as model_args 'truncate' {cfg.model_args['truncate']!r} cuts it: the cut model "
-                                  f"names the layers it keeps 'body.' + their name (as its CSV columns and latents "
-                                  f"do), then its new head 'classifier'. Write {f'body.{pattern}'!r}.")
+    for key, pattern in _unmatched_tracking_patterns(cfg, names):
+        if any(fnmatch.fnmatchcase(name, f"body.{pattern}") for name in names):
+            raise ConfigError(f"{cfg.source}: the {key} pattern {pattern!r} matches no layer of {cfg.model!r} "
+                              f"as model_args 'truncate' {cfg.model_args['truncate']!r} cuts it: the cut model "
+                              f"names the layers it keeps 'body.' + their name (as its CSV columns and latents "
+                              f"do), then its new head 'classifier'. Write {f'body.{pattern}'!r}.")
 
 
 def check_objective(cfg: RunConfig, model: nn.Module | None, forward: bool = True, factory: Any = None) -> Objective:
