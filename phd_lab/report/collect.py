@@ -68,7 +68,7 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
         log.info("%s while it was analysed; analysing again", _what_changed(changed, folder))
     else:
         return analysis.entry
-    _write(analysis, write=write, skip_active=skip_active, probe_job=probe_job)
+    _write(analysis, write=write, skip_active=skip_active)
     return analysis.entry
 
 
@@ -113,12 +113,13 @@ def _taken_since_read(analysis: _Analysis) -> bool:
     return was_free and lock.exists() and lock_owner_alive(lock)[0] is not False
 
 
-def _write(analysis: _Analysis, *, write: bool, skip_active: bool, probe_job: bool) -> None:
-    """Write the analysis and the figure into the run folder, unless ``analyse_run``'s rules leave it alone."""
+def _write(analysis: _Analysis, *, write: bool, skip_active: bool) -> None:
+    """Write the analysis and the figure into the run folder, unless ``analyse_run``'s rules leave it alone. A probe
+    job that took the run's probe lock after ``_analyse`` read it changed the lock's stamp, so the run is analysed
+    again before it gets here: ``probe_job_running`` is current."""
     entry, folder = analysis.entry, analysis.entry.folder
     active = entry.tables.status is not None and entry.tables.status.active is not False  # None: another host
-    if skip_active and not active and not probe_job and (folder.root / PROBE_LOCK).is_file():
-        active = lock_owner_alive(folder.root / PROBE_LOCK)[0] is True
+    active = active or (skip_active and entry.tables.probe_job_running)  # another probe job writes it at its end
     if not write or not folder.root.is_dir():  # never re-create a deleted run
         log.debug("%s: analysed, its analysis files not written (%s)", folder.root,
                   "not asked to" if not write else "the folder is gone")
@@ -368,7 +369,7 @@ def _finish(analysis: _Analysis, refresh: bool) -> RunEntry:
         if _taken_since_read(analysis):
             log.info("A process took %s while the report was built; analysing it again", folder.root)
             return analyse_run(folder, write=refresh)
-        _write(analysis, write=refresh, skip_active=True, probe_job=False)
+        _write(analysis, write=refresh, skip_active=True)
         return analysis.entry
     except Exception as error:  # a report must cover the whole grid even if one folder is odd
         raise_interruption_behind(error)
