@@ -88,7 +88,7 @@ def write_results(job: ProbeJob, records: Sequence[ProbeRecord], position: int |
     """The run's table, settings and plot; ``position`` tags the log lines for the run's ``probe.log``."""
     from phd_lab.plots.probes import save_probe_accuracy_plot, save_probe_sets_plot
     table = performance_table(in_manifest_order(job, records), job.manifest.model_test_accuracy)
-    tag = {PROBE_JOB: position} if position is not None else None
+    tag = _run_log_tag(position)
     earlier, now = _earlier_settings(job.outputs.probe_settings), job.settings.key()
     if earlier is not None and earlier != now:
         changed = sorted(k for k in set(earlier) | set(now) if earlier.get(k) != now.get(k))
@@ -154,7 +154,7 @@ def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord], position: in
                 or atomic.read_json(outputs.probe_settings) != document
                 or not outputs.probe_plot.is_file()):
             return False
-        tag = {PROBE_JOB: position} if position is not None else None
+        tag = _run_log_tag(position)
         if not outputs.probe_sets_plot.is_file() and len(_compared_sets(job, document, tag)) > 1:
             return False  # a deleted comparison was never drawn again while every layer came from the cache
         expected = set()
@@ -169,6 +169,11 @@ def results_in_place(job: ProbeJob, records: Sequence[ProbeRecord], position: in
         return present == expected
     except (OSError, ValueError):  # read_npy: a header that declares more than the file holds is one
         return False
+
+
+def _run_log_tag(position: int | None) -> dict[str, int] | None:
+    """The ``extra`` of a log line about the job's run at ``position``, which sends it to that run's probe.log."""
+    return {PROBE_JOB: position} if position is not None else None
 
 
 def _compared_sets(job: ProbeJob, document: dict[str, Any], tag: dict[str, int] | None = None
