@@ -798,6 +798,19 @@ def test_sixteen_bit_grayscale_images_are_scaled_not_clipped(tmp_path):
     assert loaded[..., 0].tolist() == np.rint(values / 257).astype(np.uint8).tolist()
 
 
+def test_a_jpeg_s_exif_orientation_is_not_applied_as_docs_registries_says(tmp_path):
+    """docs/registries.md says images are read as their pixels are stored (torchvision's ImageFolder does the same,
+    and runs trained before keep their data): a JPEG a camera stored sideways, with EXIF orientation 6 (turn 90°
+    clockwise to view), loads in its stored 2 × 3 shape, not the 3 × 2 a viewer shows."""
+    from phd_lab.datasets.folders import load_image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    Image.new("RGB", (3, 2), (200, 10, 10)).save(tmp_path / "sideways.jpg", exif=exif)
+    assert Image.open(tmp_path / "sideways.jpg").getexif()[0x0112] == 6
+    assert np.asarray(load_image(str(tmp_path / "sideways.jpg"))).shape == (2, 3, 3)
+    assert "EXIF orientation tag is not applied" in (ROOT / "docs" / "registries.md").read_text()
+
+
 def test_floating_point_images_are_refused_not_loaded_black(tmp_path):
     """PIL's RGB conversion clips float pixels to 0..255: a TIFF scaled to 0..1 trained as an all-black image."""
     from phd_lab.datasets.folders import load_image
