@@ -10,6 +10,7 @@ first batch. The executor's ``check_model`` calls these and memoises them across
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -311,21 +312,43 @@ def _require_parameter_dtype(cfg: RunConfig, model: nn.Module, image_dtype: torc
     or sets torch's default dtype) where autocast is off (CPU, or mixed_precision false): its first batch failed with
     torch's 'Input type (float) and bias type (double) should be the same' (exit 1, a run folder made). Refused only
     where the meta forward fails on images of that type and runs on the parameters' own (a model that casts its
-    input itself is left alone); the meta device checks the types of convolutions, not of Linear layers, so an MLP
-    of another type still fails at its first batch."""
+    input itself is left alone). The meta device checks the types of convolutions, not of Linear layers, which the
+    CPU refuses as well ('mat1 and mat2 must have the same dtype'): ``_linear_type_checks`` checks those."""
     kinds = {p.dtype for p in model.parameters() if not nn.parameter.is_lazy(p) and p.is_floating_point()}
     if image_dtype is None or not image_dtype.is_floating_point or len(kinds) != 1 or image_dtype in kinds:
         return
     [kind] = kinds
-    _, error = _meta_output(model, cfg.resolution, training=False, channels=in_channels, dtype=image_dtype)
-    if error is None or _meta_output(model, cfg.resolution, training=False, channels=in_channels, dtype=kind)[1]:
-        return
+    with _linear_type_checks(model):
+        _, error = _meta_output(model, cfg.resolution, training=False, channels=in_channels, dtype=image_dtype)
+        if error is None or _meta_output(model, cfg.resolution, training=False, channels=in_channels, dtype=kind)[1]:
+            return
     image, parameters = (str(dtype).removeprefix("torch.") for dtype in (image_dtype, kind))
     raise DataError(f"{cfg.source}: the parameters of model {cfg.model!r} are {parameters}, and the dataset "
                     f"{cfg.dataset!r} gives {image} images, which it cannot take ({first_line(error)}; no autocast "
                     f"casts them on this device{'' if cfg.mixed_precision else ' with mixed_precision false'}). Build "
                     f"the model in {image} (without a .double() or .half() or a torch.set_default_dtype in the "
                     f"registry file), or make its forward cast the input.")
+
+
+@contextlib.contextmanager
+def _linear_type_checks(model: nn.Module) -> Iterator[None]:
+    """Within it, a Linear layer given input of another floating type than its weight raises, as on the CPU and
+    without autocast, where the meta device lets it pass (an MLP built in float64 on float32 images passed the
+    check above and failed its first batch, exit 1). Only where autocast is off: under autocast the input is cast."""
+    def check(layer: nn.Module, inputs: tuple[Any, ...]) -> None:
+        [given, *_] = inputs
+        weight = layer.weight
+        if (isinstance(given, torch.Tensor) and given.is_floating_point() and not nn.parameter.is_lazy(weight)
+                and given.dtype != weight.dtype):
+            name = next(name for name, module in model.named_modules() if module is layer)
+            raise RuntimeError(f"the Linear layer {name!r} got input of type {str(given.dtype).removeprefix('torch.')}"
+                               f" for its weight of type {str(weight.dtype).removeprefix('torch.')}")
+    handles = [module.register_forward_pre_hook(check) for module in model.modules() if isinstance(module, nn.Linear)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _require_class_index_labels(cfg: RunConfig, registries: Registries, model: nn.Module,

@@ -275,11 +275,14 @@ def test_labels_cross_entropy_cannot_take_are_refused_for_a_classifier_not_for_a
     assert len(run_folders(tmp_path / "logs")) == 1
 
 
-@pytest.mark.parametrize(("model", "dtype"), [("double_cnn", "float64"), ("half_cnn", "float16")])
+@pytest.mark.parametrize(("model", "dtype", "cause"), [
+    ("double_cnn", "float64", "Input type"), ("half_cnn", "float16", "Input type"),
+    ("double_mlp", "float64", "the Linear layer '1' got input of type float32 for its weight of type float64")])
 def test_a_model_of_another_float_type_than_the_images_is_refused_where_no_autocast_casts(tmp_path, capsys, model,
-                                                                                          dtype):
+                                                                                          dtype, cause):
     """A CNN whose factory ends in .double() or .half() on float32 images failed its first batch on the CPU with torch's
-    'Input type (float) and bias type (double) should be the same' (exit 1, a run folder made). Refused before the
+    'Input type (float) and bias type (double) should be the same' (exit 1, a run folder made), and so did an MLP,
+    with 'mat1 and mat2 must have the same dtype' (the meta device checks no Linear layer's types). Refused before the
     run folder (exit 2); a model that casts its input itself trains."""
     (tmp_path / "my_data.py").write_text(DATASETS)
     (tmp_path / "my_models.py").write_text(DOUBLE_MODEL)
@@ -290,7 +293,7 @@ def test_a_model_of_another_float_type_than_the_images_is_refused_where_no_autoc
     said = " ".join(err.split())
     assert code == 2 and "Traceback" not in said, said
     assert (f"the parameters of model {model!r} are {dtype}, and the dataset 'honest' gives float32 images, which "
-            f"it cannot take" in said), said
+            f"it cannot take ({cause}" in said), said
     assert run_folders(tmp_path / "logs") == []
     config = write_config(tmp_path, model="casting_cnn", **common)
     code, err = main_in_process(capsys, "--config", str(config), "--no-progress", "-q")
