@@ -341,7 +341,9 @@ def test_data_missing_for_any_point_is_found_before_anything_trains(tmp_path, ca
     """A dataset absent from data_dir used to be found only when its point loaded the data, after the points
     before it had trained; now each point's dataset folder is looked for up front (the files themselves are
     checked when they are opened)."""
-    config = write_config(tmp_path, dataset=["Digits", "MNIST", "FakeData"])
+    # one epoch, no saturation, no steps: the two points that train only have to finish
+    config = write_config(tmp_path, dataset=["Digits", "MNIST", "FakeData"], epoch=1, track_saturation=False,
+                          post_processing=[])
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
     err = flat(capsys.readouterr().err)
     assert "Traceback" not in err
