@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from phd_lab.cli import main_cli
-from tests.conftest import TINY, flat, run_main, write_config
+from tests.conftest import TINY, flat, main_in_process, run_main, write_config
 
 
 def _write_raw(tmp_path: Path, text: str) -> Path:
@@ -341,7 +341,9 @@ def test_data_missing_for_any_point_is_found_before_anything_trains(tmp_path, ca
     """A dataset absent from data_dir used to be found only when its point loaded the data, after the points
     before it had trained; now each point's dataset folder is looked for up front (the files themselves are
     checked when they are opened)."""
-    config = write_config(tmp_path, dataset=["Digits", "MNIST", "FakeData"])
+    # one epoch, no saturation, no steps: the two points that train only have to finish
+    config = write_config(tmp_path, dataset=["Digits", "MNIST", "FakeData"], epoch=1, track_saturation=False,
+                          post_processing=[])
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
     err = flat(capsys.readouterr().err)
     assert "Traceback" not in err
@@ -661,26 +663,28 @@ LONG = "é" * 3000
     ({"model": "mlp", "model_args": {"units": [[LONG]]}}, "model 'mlp' cannot be built with model_args {\"units\": [",
      3015, 88)])
 def test_a_long_value_of_the_wrong_type_is_shown_cut_short_with_its_characters(overrides, named, length, shown,
-                                                                                tmp_path):
+                                                                                tmp_path, capsys):
     """The value was shown as json.dumps wrote it: every 'é' as \\u00e9 and none left out, so a string of 3,000
     characters made an error of 18 KB that said only the first of its few words in the first screen. A factory's
-    own message that repeats the value (mlp's units) is cut too."""
-    done = run_main("--config", str(write_config(tmp_path, **overrides)), "--no-progress", timeout=120)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    message = flat(done.stderr)
+    own message that repeats the value (mlp's units) is cut too. In this process (the message is the subject, not
+    the process: a subprocess per case only added its imports)."""
+    code, err = main_in_process(capsys, "--config", str(write_config(tmp_path, **overrides)), "--no-progress")
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    message = flat(err)
     assert f'{named}"{"é" * shown}... ({length:,} characters)' in message, message[:600]
     assert "\\u00e9" not in message and len(message) < 2000, message[:2000]
     assert not (tmp_path / "logs").exists()
 
 
-def test_a_model_larger_than_the_memory_is_refused_before_its_factory_allocates_it(tmp_path):
+def test_a_model_larger_than_the_memory_is_refused_before_its_factory_allocates_it(tmp_path, capsys):
     """An MLP of units [[2**40]] (a petabyte of weights) passed the checks on the meta device, and its factory then
     stopped in torch's allocation error, a traceback with exit 1. Its size is now compared with the memory this
-    process may take before the model is built, where the run trains."""
+    process may take before the model is built, where the run trains. In this process: the memory compared is the
+    machine's (or its cgroup's), the same for a subprocess, which only added its imports."""
     config = write_config(tmp_path, model="mlp", model_args={"units": [[2**40]]})
-    result = run_main("--config", str(config))
-    said = flat(result.stderr)
-    assert result.returncode == 2 and "Traceback" not in said, said
+    code, err = main_in_process(capsys, "--config", str(config))
+    said = flat(err)
+    assert code == 2 and "Traceback" not in said, said
     assert "model 'mlp' with model_args {\"units\": [1099511627776]" in said
     assert " parameter and buffer values (" in said and " PB (" in said and "so it cannot be built here" in said
     assert not (tmp_path / "logs").exists()

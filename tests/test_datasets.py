@@ -253,39 +253,39 @@ def test_a_class_folder_that_cannot_be_listed_is_named_not_left_out(tmp_path):
             for i in range(count):
                 write_image(tmp_path / "pets" / split / name / f"{i}.png", value=c * 10 + i)
     (tmp_path / "pets" / "test" / ".Trash").mkdir()
-    script = ("import sys; from phd_lab.errors import DataError; from phd_lab.registry import Registries\n"
+    hidden, dogs, cats = (tmp_path / "pets" / path for path in ("test/.Trash", "test/dogs", "train/cats"))
+    # one process (its imports take seconds) opens the data set three times, making a folder unlistable before the
+    # second and the third: with the hidden folder alone, then a test class, then a training class up front
+    script = ("import os; from phd_lab.errors import DataError; from phd_lab.registry import Registries\n"
               f"factory = Registries().datasets.get('folder:{tmp_path / 'pets'}')\n"
-              "try:\n"
-              "    if sys.argv[1] == 'check':  # the check before any point trains\n"
-              "        factory.check_data('unused', resolution=16); print('checked')\n"
-              "    else:\n"
-              "        b = factory(resolution=16, data_dir='unused', batch_size=4, seed=0, num_workers=0)\n"
-              "        print(len(b.train.dataset), len(b.test.dataset))\n"
-              "except DataError as error:\n"
-              "    print('DataError:', error)\n")
+              f"for how, closed in (('open', None), ('open', {str(dogs)!r}), ('check', {str(cats)!r})):\n"
+              "    if closed is not None:\n"
+              "        os.chmod(closed, 0)\n"
+              "    try:\n"
+              "        if how == 'check':  # the check before any point trains\n"
+              "            factory.check_data('unused', resolution=16); said = 'checked'\n"
+              "        else:\n"
+              "            b = factory(resolution=16, data_dir='unused', batch_size=4, seed=0, num_workers=0)\n"
+              "            said = f'{len(b.train.dataset)} {len(b.test.dataset)}'\n"
+              "    except DataError as error:\n"
+              "        said = f'DataError: {error}'\n"
+              "    print(' '.join(said.split()))\n")
     prefix = []
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("root lists every folder, and setpriv, which drops that, is not installed")
         prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
-    def open_data_set(how: str = "open") -> str:
-        done = subprocess.run([*prefix, sys.executable, "-c", script, how], capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return " ".join(done.stdout.split())
-
-    hidden, dogs, cats = (tmp_path / "pets" / path for path in ("test/.Trash", "test/dogs", "train/cats"))
     hidden.chmod(0)
     try:
-        assert open_data_set() == "4 2"
-        dogs.chmod(0)
-        opened = open_data_set()
-        cats.chmod(0)
-        checked = open_data_set("check")
+        done = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        first, opened, checked = done.stdout.splitlines()
     finally:
         for folder in (hidden, dogs, cats):
             folder.chmod(0o755)
+    assert first == "4 2", first
     assert opened.startswith(f"DataError: The image folder '{tmp_path / 'pets' / 'test'}' holds 1 folder(s) that "
                              f"cannot be listed"), opened
     assert f"{dogs} (Permission denied)" in opened and "Make them readable" in opened

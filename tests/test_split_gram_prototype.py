@@ -44,9 +44,25 @@ def test_three_slices_keep_the_bound_where_two_do_not():
     assert errors[3] <= 1e-7 < errors[2]
 
 
+# triton_gram.py's command line, --check-interpreted for each variant, in one process: a process per variant only
+# imported torch and Triton again (the variant is read by main(), and each variant's kernel is its own compilation)
+BOTH_VARIANTS = """
+import sys
+sys.argv = ["triton_gram.py", "--check-interpreted"]  # before its import: it sets TRITON_INTERPRET from them
+import triton_gram
+for variant in ("float32", "fma"):
+    sys.argv = ["triton_gram.py", "--check-interpreted", "--variant", variant]
+    code = triton_gram.main()
+    print(f"=== {variant} exited {code}", flush=True)
+"""
+
+
 def test_the_fused_prototype_sharing_the_tiling_stays_exact_in_the_interpreter():
-    for variant in ("float32", "fma"):
-        done = _interpreted("triton_gram.py", "--check-interpreted", "--variant", variant)
-        assert done.returncode == 0, done.stdout + done.stderr
-        lines = [line for line in done.stdout.splitlines() if "gram" in line]
-        assert len(lines) == 6 and done.stdout.rstrip().endswith("accuracy ok"), done.stdout
+    done = _interpreted("-c", BOTH_VARIANTS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    outputs = done.stdout.split("=== ")
+    for variant, output, said in zip(("float32", "fma"), outputs, outputs[1:]):
+        assert said.startswith(f"{variant} exited 0"), done.stdout + done.stderr
+        lines = [line for line in output.splitlines() if "gram" in line]
+        assert len(lines) == 6 and output.rstrip().endswith("accuracy ok"), (variant, output)
+    assert len(outputs) == 3 and outputs[2].strip() == "fma exited 0", done.stdout
