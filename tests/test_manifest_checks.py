@@ -55,24 +55,38 @@ def probe_main(folder: Path, tmp_path: Path) -> str:
     return " ".join(done.stderr.split())
 
 
-def test_a_zip_archive_named_npy_is_refused_as_not_a_npy_array(tmp_path):
+def probe_in_process(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> str:
+    """``probe_main.py`` as above through the same entry point, in this process (where the message's way to a real
+    stderr is no subject: it spares each test a process start): exit status 2, no traceback; its stderr, on one
+    line."""
+    from phd_lab.__main__ import main
+    capsys.readouterr()
+    code = main(["probe", "--latents", str(folder), "-mp", "0", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+                 "-q"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    return " ".join(err.split())
+
+
+def test_a_zip_archive_named_npy_is_refused_as_not_a_npy_array(tmp_path, capsys):
     """np.savez / torch.save write zip archives: np.load returned an NpzFile, and `.shape` was a traceback."""
     folder = latents(tmp_path)
     buffer = io.BytesIO()
     np.savez(buffer, a=np.zeros((40, 3), np.float32))
     (folder / "train-features.0.npy").write_bytes(buffer.getvalue())
-    err = probe_main(folder, tmp_path)
+    err = probe_in_process(folder, tmp_path, capsys)
     assert "train-features.0.npy' listed in" in err and "is not a .npy array file" in err
     assert "it is a zip archive, as numpy.savez (.npz) and torch.save write" in err
 
 
-def test_a_folder_in_place_of_a_layer_file_is_called_a_folder_not_missing(tmp_path):
+def test_a_folder_in_place_of_a_layer_file_is_called_a_folder_not_missing(tmp_path, capsys):
     """A folder under a listed file's name was said not to exist ('the extraction is incomplete or the folder was
     moved'), which sent its owner looking for a file that is there, as a folder."""
     folder = latents(tmp_path)
     (folder / "eval-features.1.npy").unlink()
     (folder / "eval-features.1.npy").mkdir()
-    err = probe_main(folder, tmp_path)
+    err = probe_in_process(folder, tmp_path, capsys)
     assert "eval-features.1.npy' listed in" in err and "is a folder, not a .npy array file" in err, err
     assert "does not exist" not in err
 
@@ -103,11 +117,11 @@ def test_pickles_and_object_arrays_are_named_as_such(tmp_path):
     assert "not a .npy array file" not in message
 
 
-def test_a_nul_character_in_run_dir_is_refused_naming_the_field(tmp_path):
+def test_a_nul_character_in_run_dir_is_refused_naming_the_field(tmp_path, capsys):
     """Path.resolve() raised "embedded null byte" later, as a traceback."""
     folder = latents(tmp_path)
     edit(folder, lambda m: m.update(run_dir=str(tmp_path / "run") + "\0x"))
-    err = probe_main(folder, tmp_path)
+    err = probe_in_process(folder, tmp_path, capsys)
     assert "is incomplete or invalid: run_dir is" in err and "which holds a NUL character" in err
 
 
@@ -205,14 +219,14 @@ def _run_folder_holds_only_its_latents(tmp_path: Path) -> None:
     (np.ones((40, 3), np.longdouble), np.ones((20, 3), np.longdouble), f"dtype {np.dtype(np.longdouble)}"),
 ])
 def test_latents_without_features_or_wider_than_float64_are_refused_before_anything_is_written(
-        tmp_path, train, evaluation, match):
+        tmp_path, train, evaluation, match, capsys):
     """Both passed the header checks and failed in the fit (exit status 1) after probe.log, the lock and the
     cache had been created."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     folder = write_latents(run_dir / "latents", {"l.0": (train, evaluation)}, np.arange(40) % 2, np.arange(20) % 2,
                            run_dir, 0.9)
-    err = probe_main(folder, tmp_path)
+    err = probe_in_process(folder, tmp_path, capsys)
     assert "train-l.0.npy' must be a 2-d array of float16, float32 or float64 with at least one feature" in err
     assert match in err
     _run_folder_holds_only_its_latents(tmp_path)
@@ -223,7 +237,7 @@ def test_latents_without_features_or_wider_than_float64_are_refused_before_anyth
     ("layers[1].eval", lambda m, outside: m["layers"][1].update(eval=str(outside / "eval.npy"))),
     ("labels.train", lambda m, outside: m["labels"].update(train="../../elsewhere/labels.npy")),
 ])
-def test_files_outside_the_latents_folder_are_refused_naming_the_entry(tmp_path, field, change):
+def test_files_outside_the_latents_folder_are_refused_naming_the_entry(tmp_path, field, change, capsys):
     """A manifest could name any file of the machine ("../../x.npy" or an absolute path), and it was probed."""
     folder = latents(tmp_path)
     outside = tmp_path / "elsewhere"
@@ -232,7 +246,7 @@ def test_files_outside_the_latents_folder_are_refused_naming_the_entry(tmp_path,
                         ("labels", "train-labels.npy")):
         shutil.copy(folder / moved, outside / f"{name}.npy")  # valid files, their sha256 as listed
     edit(folder, lambda m: change(m, outside))
-    err = probe_main(folder, tmp_path)
+    err = probe_in_process(folder, tmp_path, capsys)
     assert f"{field} is" in err and "which is not inside the latents folder" in err
     _run_folder_holds_only_its_latents(tmp_path)
 
@@ -246,7 +260,7 @@ def test_a_lone_surrogate_is_refused_naming_the_field(tmp_path, field, change):
     status 1)."""
     folder = latents(tmp_path)
     edit(folder, change)
-    err = probe_main(folder, tmp_path)
+    err = probe_main(folder, tmp_path)  # a process of its own: what reaches a real stderr is part of the subject
     assert f"{field} is" in err and "which is not valid Unicode text" in err
     _run_folder_holds_only_its_latents(tmp_path)
 
@@ -271,29 +285,29 @@ def test_a_run_folder_whose_name_holds_a_byte_that_is_no_utf8_is_probed(tmp_path
     ("layers[1].index", lambda m: m["layers"][1].update(index=10 ** 300)),
     ("layers[1].name", lambda m: m["layers"][1].update(name="x" * 300)),
 ])
-def test_a_layer_whose_confusion_file_name_is_too_long_is_refused_before_any_fit(tmp_path, field, change):
+def test_a_layer_whose_confusion_file_name_is_too_long_is_refused_before_any_fit(tmp_path, field, change, capsys):
     """The confusion matrix is written as probe_confusion/<index:03d>-<name>.npy: an index of 10**300 or a name of
     300 characters passed, every layer was fitted, and the job ended with exit status 1 ('File name too long')."""
     folder = latents(tmp_path)
     edit(folder, change)
-    err = probe_main(folder, tmp_path)
+    err = probe_in_process(folder, tmp_path, capsys)
     assert f"{field} gives the layer's confusion-matrix file name" in err and "at most 255 bytes" in err
     _run_folder_holds_only_its_latents(tmp_path)
 
 
-def test_a_latents_set_folder_whose_result_names_would_be_too_long_is_refused(tmp_path):
+def test_a_latents_set_folder_whose_result_names_would_be_too_long_is_refused(tmp_path, capsys):
     """A folder named as a set (latents_<size>x<size>_<method>) near the 255 bytes a name may take was probed as that
     set, and the job ended with an OSError traceback (exit 1) at its result files, probe_performances_<set>.csv."""
     folder = latents(tmp_path)
     long_set = folder.parent / f"latents_{'9' * 235}x9_nearest"
     folder.rename(long_set)
-    err = probe_main(long_set, tmp_path)
+    err = probe_in_process(long_set, tmp_path, capsys)
     assert "whose result files (probe_performances_<set>.csv, probe_confusion_<set>/) would have names longer" in err
     assert not any(path.name.startswith("probe") for path in long_set.parent.iterdir())
     assert not (tmp_path / "cache").exists()
 
 
-def test_negative_labels_are_refused_before_anything_is_written(tmp_path):
+def test_negative_labels_are_refused_before_anything_is_written(tmp_path, capsys):
     """An extraction writes class indices 0, 1, ...: a label -1 (an 'ignore' marker, or damage) was fitted as a class
     of its own, and the probes' accuracies were computed over it without a word."""
     rng = np.random.default_rng(0)
@@ -304,6 +318,6 @@ def test_negative_labels_are_refused_before_anything_is_written(tmp_path):
     folder = write_latents(run_dir / "latents", {"l.0": (rng.standard_normal((40, 3)).astype(np.float32),
                                                          rng.standard_normal((20, 3)).astype(np.float32))},
                            y_train, np.arange(20) % 2, run_dir, 0.9)
-    err = probe_main(folder, tmp_path)
+    err = probe_in_process(folder, tmp_path, capsys)
     assert "train-labels.npy' hold the negative class -1; labels are class indices" in err
     _run_folder_holds_only_its_latents(tmp_path)

@@ -1316,8 +1316,7 @@ def test_a_disk_that_fills_up_while_the_results_are_written_names_the_file_and_t
             "The layers probed so far stay cached; rerun the same command") in said, said
     assert not [path for path in run_dir.rglob("*") if path.name.endswith(".tmp")]
     assert len(list((run_dir / ".probe_cache").rglob("*.json"))) == 2  # the fitted layers stay cached
-    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert rerun.returncode == 0, rerun.stderr
+    assert cli("--latents", str(latents), "-mp", "0") == 0  # the rerun, without the limit: in this process
     assert len(pd.read_csv(run_dir / "probe_performances.csv")) == 2
 
 
@@ -1425,11 +1424,11 @@ def test_latents_of_a_copied_or_moved_run_folder_write_beside_themselves(tmp_pat
     (run_dir / "run_config.json").write_text("{}")
     copy = tmp_path / "copy" / "run"
     shutil.copytree(run_dir, copy)
-    assert cli("--latents", str(copy / "latents")) == 0
+    assert cli("--latents", str(copy / "latents"), "-mp", "0") == 0  # where results go: no worker processes
     assert (copy / "probe_performances.csv").is_file() and not (run_dir / "probe_performances.csv").exists()
     moved = tmp_path / "moved" / "run"
     shutil.move(str(run_dir), str(moved))
-    assert cli("--latents", str(moved / "latents")) == 0
+    assert cli("--latents", str(moved / "latents"), "-mp", "0") == 0
     assert (moved / "probe_performances.csv").is_file()
 
 

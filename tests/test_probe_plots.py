@@ -378,16 +378,18 @@ def test_the_run_title_of_the_sets_figure_lies_above_its_panels_titles():
             close(figure)
 
 
-def test_a_layer_name_with_dollar_signs_is_drawn_as_it_is_not_as_mathtext(tmp_path):
+def test_a_layer_name_with_dollar_signs_is_drawn_as_it_is_not_as_mathtext(tmp_path, capsys):
     """matplotlib reads a text with two '$' as mathtext: a layer named '$x^{$' (a module name may hold it) ended the
     probe job with a ValueError traceback at its confusion plot, after the fits."""
     layers, y_train, y_eval = blob_layers(n_layers=2)
     names = ["$x^{$", "a$b$c"]
     run_dir, latents = make_latents(tmp_path, dict(zip(names, layers.values())), y_train, y_eval)
-    done = subprocess.run([sys.executable, "probe_main.py", "--latents", str(latents), "-mp", "0", "--solver", "lbfgs",
-                           "--cache-dir", str(tmp_path / "cache"), "--no-progress", "-q"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    from phd_lab.__main__ import main  # probe_main.py's command, in this process
+    capsys.readouterr()
+    code = main(["probe", "--latents", str(latents), "-mp", "0", "--solver", "lbfgs", "--cache-dir",
+                 str(tmp_path / "cache"), "--no-progress", "-q"])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err, err[-2000:]
     assert (run_dir / "probe_performances.png").is_file()
     assert sorted(path.name for path in (run_dir / "probe_confusion").glob("*.png")) == [
         "001-x.png", "002-a_b_c.png"]

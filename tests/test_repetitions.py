@@ -233,10 +233,9 @@ def _runs(logs):
     return runs
 
 
-def test_the_report_tests_each_group_of_repeated_runs(repeated_grid, tmp_path):
-    logs = tmp_path / "logs"
-    shutil.copytree(repeated_grid, logs)
-    page = write_report(logs)
+def test_the_report_tests_each_group_of_repeated_runs(reported_grid):
+    logs = reported_grid  # read only: the page and tables its fixture's report wrote over the trained grid
+    page = logs / "report.html"
     eigenspace = pd.read_csv(logs / "report_relevant_eigenspace.csv")
     stability = pd.read_csv(logs / "report_saturation_stability.csv")
     runs = _runs(logs)
@@ -467,10 +466,10 @@ def _group_images(text):
     return [image for image in _keyed_images(text) if " over the repetitions of " in image[1]]
 
 
-def test_a_rebuilt_report_takes_unchanged_group_figures_from_the_previous_page(repeated_grid, tmp_path):
+def test_a_rebuilt_report_takes_unchanged_group_figures_from_the_previous_page(reported_grid, tmp_path):
     """Drawing costs ~0.2 s a figure; a grid of many repeated groups would redraw all of them on every report."""
     logs = tmp_path / "logs"
-    shutil.copytree(repeated_grid, logs)
+    shutil.copytree(reported_grid, logs)
     page = write_report(logs)
     first = _group_images(page.read_text(encoding="utf-8"))
     assert len(first) == 4
@@ -509,11 +508,11 @@ def test_a_rebuilt_report_takes_unchanged_group_figures_from_the_previous_page(r
 
 
 
-def test_a_rebuilt_report_takes_unchanged_comparison_figures_from_the_previous_page(repeated_grid, tmp_path):
+def test_a_rebuilt_report_takes_unchanged_comparison_figures_from_the_previous_page(reported_grid, tmp_path):
     """The grid's comparison plots were drawn on every report, with matplotlib imported for them: most of a rebuilt
     report's time when nothing had changed. Now they are keyed like the group figures and taken over unchanged."""
     logs = tmp_path / "logs"
-    shutil.copytree(repeated_grid, logs)
+    shutil.copytree(reported_grid, logs)
     page = write_report(logs)
     first = [image for image in _keyed_images(page.read_text(encoding="utf-8"))
              if " over the repetitions " not in image[1]]

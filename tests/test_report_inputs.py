@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -13,9 +14,18 @@ import pytest
 from tests.analysis_fixtures import BORDER, LAYERS, read_json, write_run
 from tests.conftest import ROOT, main_in_process, write_config
 from phd_lab import atomic
+from phd_lab.__main__ import main as phd_lab_main
 from phd_lab.analysis.run_summary import summarize
 from phd_lab.analysis.run_tables import discover_runs, load_run, run_folder
 from phd_lab.report.cli import write_report
+
+
+def report(capsys, *args):
+    """``python -m phd_lab report ARGS`` through the same entry point, in this process (the command's start in a
+    process of its own is no subject here): its exit status and stderr."""
+    capsys.readouterr()
+    code = phd_lab_main(["report", *map(str, args)])
+    return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
 
 
 def cut(path, keep_rows, extra_bytes):
@@ -116,14 +126,13 @@ def test_a_run_folder_copied_out_of_its_logs_tree_is_a_run(tmp_path):
     assert [run.root for run in discover_runs(tmp_path / "archive")] == [copy]
 
 
-def test_a_folder_of_logged_configs_alone_is_refused_without_saying_it_has_none(tmp_path):
+def test_a_folder_of_logged_configs_alone_is_refused_without_saying_it_has_none(tmp_path, capsys):
     """Logged configs copied on their own (no run) gave 'holds no runs: no folder below it has a <name>_config.json',
     next to those very files; the message now says which configs make a run."""
     rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
     (tmp_path / "configs" / "x").mkdir(parents=True)
     shutil.copy(rundir.config, tmp_path / "configs" / "x" / rundir.config.name)
-    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(tmp_path / "configs"), "-q"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = report(capsys, tmp_path / "configs", "-q")
     message = " ".join(done.stderr.split())
     assert done.returncode == 2 and "Traceback" not in message, done.stderr
     assert "holds no runs: no folder below it holds a run's logged <name>_config.json in its place in a logs tree " \
@@ -333,7 +342,7 @@ def test_a_run_folder_without_its_config_is_named_after_its_checkpoint_or_metric
 
 @pytest.mark.parametrize("column, value", [("eval_acc", "7"), ("eval_acc", "-0.5"), ("eval_acc", "abc0.9"),
                                            ("train_acc", "1.5"), ("relative_acc", "-1")])
-def test_a_probe_table_with_an_accuracy_out_of_range_is_named_as_damaged(tmp_path, column, value):
+def test_a_probe_table_with_an_accuracy_out_of_range_is_named_as_damaged(tmp_path, capsys, column, value):
     """An eval_acc of 7 was the run's best probe (700 %) in analysis.json and the page, and one of text was left out
     of the verdicts, without a word; such a table is now unusable, as a cut one is, and the page says why."""
     logs = tmp_path / "logs"
@@ -341,8 +350,7 @@ def test_a_probe_table_with_an_accuracy_out_of_range_is_named_as_damaged(tmp_pat
     probes = pd.read_csv(rundir.probe_csv, dtype=str)
     probes.loc[1, column] = value
     probes.to_csv(rundir.probe_csv, index=False)
-    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--no-progress", "-mp", "0"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = report(capsys, logs, "--no-progress", "-mp", "0")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     analysis = read_json(rundir.root / "analysis.json")
     assert analysis["probes"]["status"].startswith("damaged (probe_performances.csv cannot be used")
@@ -355,7 +363,7 @@ def test_a_probe_table_with_an_accuracy_out_of_range_is_named_as_damaged(tmp_pat
 
 
 @pytest.mark.parametrize("value", ["7", "-0.5"])
-def test_a_test_accuracy_out_of_range_is_named_not_shown(tmp_path, value):
+def test_a_test_accuracy_out_of_range_is_named_not_shown(tmp_path, capsys, value):
     """A metrics CSV whose last test_accuracy was 7 gave 'test accuracy 700.00%' on the page and was the probes'
     reference in analysis.json, without a word; it is now left out, and the problem says why."""
     logs = tmp_path / "logs"
@@ -363,8 +371,7 @@ def test_a_test_accuracy_out_of_range_is_named_not_shown(tmp_path, value):
     metrics = pd.read_csv(rundir.metrics_csv, dtype=str)
     metrics.loc[len(metrics) - 1, "test_accuracy"] = value
     metrics.to_csv(rundir.metrics_csv, index=False)
-    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--no-progress", "-mp", "0"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = report(capsys, logs, "--no-progress", "-mp", "0")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     analysis = read_json(rundir.root / "analysis.json")
     assert analysis["accuracy"]["test"] is None
@@ -376,20 +383,19 @@ def test_a_test_accuracy_out_of_range_is_named_not_shown(tmp_path, value):
     assert problem in page and f"{float(value) * 100:.2f}%" not in page
 
 
-def test_a_dataset_name_with_dollar_signs_is_drawn_as_it_is_not_as_mathtext(tmp_path):
+def test_a_dataset_name_with_dollar_signs_is_drawn_as_it_is_not_as_mathtext(tmp_path, capsys):
     """The comparison plots' legend names each group '<model> / <dataset>': a 'folder:' dataset whose path holds two
     '$' was read as mathtext, and the report ended with a ValueError traceback (exit 1) before its page."""
     logs = tmp_path / "logs"
     rundir = write_run(logs, width=0.25, stage="full")
     atomic.write_json(rundir.config, {**read_json(rundir.config), "dataset": "folder:/data/$x^{$"})
-    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--no-progress", "-mp", "0"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = report(capsys, logs, "--no-progress", "-mp", "0")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "folder:/data/$x^{$" in html.unescape((logs / "report.html").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("table", ["probe_performances.csv", "receptive_field.csv", "computational_info.csv"])
-def test_a_table_row_without_a_layer_name_is_named_as_damaged(tmp_path, table):
+def test_a_table_row_without_a_layer_name_is_named_as_damaged(tmp_path, capsys, table):
     """An empty layer cell failed the whole analysis of the run (a TypeError or AttributeError in a warning that
     named no file), in each table with a layer column; the table is now unusable, as a cut one is, and the problem
     names its row. The framework writes a name in every row (a model's own layer is '<model>')."""
@@ -398,8 +404,7 @@ def test_a_table_row_without_a_layer_name_is_named_as_damaged(tmp_path, table):
     rows = pd.read_csv(rundir.root / table, dtype=str, keep_default_na=False)
     rows.loc[1, "layer"] = ""
     rows.to_csv(rundir.root / table, index=False)
-    done = subprocess.run([sys.executable, "-m", "phd_lab", "report", str(logs), "--no-progress", "-mp", "0"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = report(capsys, logs, "--no-progress", "-mp", "0")
     assert done.returncode == 0 and "failed" not in done.stderr, done.stderr[-2000:]
     analysis = read_json(rundir.root / "analysis.json")
     assert f"{table} cannot be used: its row 2 names no layer" in analysis["problems"]

@@ -147,4 +147,4 @@ def test_a_renamed_experiment_folder_is_told_that_its_logged_latents_dir_is_gone
     code, err = main_in_process(capsys, "--config", str(moved), "--no-progress")
     assert code == 0 and "does not exist" not in err and "are complete; reusing them" in err, err
     assert not old.exists()
-    assert probe_cli(["--config", str(moved), "-q"]) == 0
+    assert probe_cli(["--config", str(moved), "-q", "-mp", "0"]) == 0  # the latents found: fitted here, no workers
