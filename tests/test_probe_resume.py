@@ -345,6 +345,7 @@ def _fitted_results_handed_back(but: str, timeout: float = 60) -> None:
     cores it may not have done yet."""
     import gc
     from concurrent.futures import ProcessPoolExecutor, wait
+    gc.collect()  # the pools of jobs run before in this process (in reference cycles until collected)
     (pool,) = [thing for thing in gc.get_objects() if type(thing) is ProcessPoolExecutor]  # no attribute read
     futures = [item.future for item in list(pool._pending_work_items.values()) if item.args[0].layer != but]
     _, not_done = wait(futures, timeout)
