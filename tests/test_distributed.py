@@ -892,44 +892,41 @@ def test_a_stop_while_one_fit_is_handled_keeps_a_fit_that_finished_on_the_cluste
     assert all(cache.get(task.key) is not None for task in tasks)  # the rerun fits none of them again
 
 
-def test_probe_job_on_cluster_gives_the_same_csv_as_local(tmp_path, cluster):
-    import subprocess
-    import sys
-
+def test_probe_job_on_cluster_gives_the_same_csv_as_local(tmp_path, cluster, capsys):
     import pandas as pd
 
-    from tests.conftest import ROOT
+    from phd_lab.probes.cli import probe_cli
     from tests.probe_latents import make_latents
 
     local_run, local_latents = make_latents(tmp_path / "local")
     dask_run, dask_latents = make_latents(tmp_path / "dask")
 
-    def probe(latents, *extra):
-        return subprocess.run([sys.executable, str(ROOT / "probe_main.py"), "--latents", str(latents),
-                               "--no-progress", *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    def probe(latents, *extra) -> tuple[int, str]:
+        """probe_main.py in this process (the job, not its process, is compared): exit code and stderr."""
+        capsys.readouterr()
+        code = probe_cli(["--latents", str(latents), "--no-progress", *extra])
+        return code, capsys.readouterr().err
 
-    assert probe(local_latents, "-mp", "0").returncode == 0
-    result = probe(dask_latents, "--scheduler", cluster.scheduler_address, "--cache-dir", str(tmp_path / "cache"))
-    assert result.returncode == 0, result.stderr
+    assert probe(local_latents, "-mp", "0")[0] == 0
+    code, err = probe(dask_latents, "--scheduler", cluster.scheduler_address, "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0, err
     local = pd.read_csv(local_run / "probe_performances.csv").drop(columns="seconds")
     clustered = pd.read_csv(dask_run / "probe_performances.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(local, clustered, check_exact=True)
     assert len(clustered) == 3
     # restarted on the cluster, every layer comes from the shared cache
-    again = probe(dask_latents, "--scheduler", cluster.scheduler_address, "--cache-dir", str(tmp_path / "cache"))
-    assert again.returncode == 0 and "3 found in the cache" in again.stderr
+    code, err = probe(dask_latents, "--scheduler", cluster.scheduler_address, "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0 and "3 found in the cache" in err, err
 
 
-def test_gpu_probe_fits_go_to_the_workers_that_declare_a_gpu(tmp_path, cluster):
+def test_gpu_probe_fits_go_to_the_workers_that_declare_a_gpu(tmp_path, cluster, capsys):
     """lbfgs-torch fits on CUDA asked for no GPU resource, so on a cluster of CPU and GPU workers they also landed on
     CPU workers (and failed there). They now go to GPU workers only, as training runs do; CPU fits anywhere."""
     import socket
-    import subprocess
-    import sys
 
     import torch
 
-    from tests.conftest import ROOT
+    from phd_lab.probes.cli import probe_cli
     from tests.probe_latents import blob_layers, make_latents
 
     _, latents = make_latents(tmp_path, *blob_layers(n_layers=4))
@@ -940,20 +937,20 @@ def test_gpu_probe_fits_go_to_the_workers_that_declare_a_gpu(tmp_path, cluster):
                                if info.get("resources", {}).get("GPU"))
             ran_on: dict[str, set[str]] = {}
             for device in ("cuda", "cpu"):
-                with distributed.get_task_stream(client=client) as stream:
-                    result = subprocess.run([sys.executable, str(ROOT / "probe_main.py"), "--latents", str(latents),
-                                             "--no-progress", "--solver", "lbfgs-torch", "--probe-device", device,
-                                             "--scheduler", cluster.scheduler_address,
-                                             "--cache-dir", str(tmp_path / f"cache-{device}")],
-                                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+                capsys.readouterr()
+                with distributed.get_task_stream(client=client) as stream:  # the job in this process: its tasks
+                    code = probe_cli(["--latents", str(latents), "--no-progress", "--solver", "lbfgs-torch",
+                                      "--probe-device", device, "--scheduler", cluster.scheduler_address,
+                                      "--cache-dir", str(tmp_path / f"cache-{device}")])
+                stderr = capsys.readouterr().err
                 fails = device == "cuda" and not torch.cuda.is_available()  # no CUDA for the fits here
-                assert result.returncode == (1 if fails else 0), result.stderr
+                assert code == (1 if fails else 0), stderr
                 probes = [record for record in stream.data if record["key"].startswith("probe-")]
                 ran_on[device] = {record["worker"] for record in probes}
                 # every fit ran, except where the CUDA fits fail: a failure cancels the fits still queued
                 assert len({record["key"] for record in probes}) == 4 if not fails else probes
                 if fails:  # the worker without CUDA says so (torch said "Found no NVIDIA driver")
-                    said = " ".join(result.stderr.split())
+                    said = " ".join(stderr.split())
                     assert "to be probed on probe_device 'cuda', but torch sees no CUDA device in the process " \
                            f"that got the fit (host {socket.gethostname()})" in said, said
                     assert "--resources GPU=1" in said and "Traceback" not in said, said

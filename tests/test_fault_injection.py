@@ -3,11 +3,10 @@ and demand weights and metrics bit-identical to an uninterrupted run."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,17 +14,21 @@ import pytest
 
 from phd_lab.checkpoint import PAUSE_ENV
 from phd_lab.cli import main_cli
-from tests.conftest import ROOT, read_metrics, run_folders, run_main, run_name, wait_for, write_config
+from tests.conftest import main_in_process, read_metrics, run_folders, run_name, write_config
+from tests.test_determinism import _main_in_child, _wait
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights
 
 EPOCHS = 11  # margin for kill timings that drift when other tests share the cores
 KILLS = 4  # every other one inside a checkpoint write; at most 2 × 2.5 + 2 × 1 epochs pass before the last
 
 
-def _start(config: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--no-progress"],
-                            cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def _start(config: Path, env: dict[str, str]) -> multiprocessing.process.BaseProcess:
+    """main.py's command on ``config`` in a forked child process: a real process, killed for real, that spares the
+    seconds a fresh interpreter spends importing torch (as test_determinism.py's kills; its child takes tqdm locks
+    of its own)."""
+    process = multiprocessing.get_context("fork").Process(target=_main_in_child, args=(config, env))
+    process.start()
+    return process
 
 
 def _epoch_seconds(logs: Path) -> float:
@@ -49,7 +52,7 @@ def _log_starts(logs: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, capsys):
     rng = random.Random(20261128)
     overrides = dict(epoch=EPOCHS, resolution=16, batch_size=128, model_args={"width": 0.0625}, cpu_threads=1,
                      optimizer="sgd", optimizer_args={"lr": 0.02, "step_size": 5})
@@ -67,23 +70,23 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         env = {PAUSE_ENV: "1.5"} if in_write else {}
         starts = _log_starts(logs) if logs.exists() else 0
         process = _start(crashing, env)
-        started = wait_for(lambda: logs.exists() and _log_starts(logs) > starts, process)
+        started = _wait(lambda: logs.exists() and _log_starts(logs) > starts, process)
         assert started, "training process ended before it started training"
         if in_write:
             folder = next(logs.rglob("*_config.json")).parent
-            if not wait_for(lambda: any(folder.glob(".*.pt.next.*.tmp")), process):
+            if not _wait(lambda: any(folder.glob(".*.pt.next.*.tmp")), process):
                 break  # the run finished before another checkpoint was written
             time.sleep(rng.uniform(0.0, 0.5))
         else:  # anywhere from the end of this attempt's first epoch to one and a half epochs later; waiting
             # for the epoch's row (not a time measured on the reference run) keeps this right on busy cores
             written = _epochs_written(logs)
-            if not wait_for(lambda: _epochs_written(logs) > written, process):
+            if not _wait(lambda: _epochs_written(logs) > written, process):
                 break
             time.sleep(rng.uniform(0.0, 1.5) * epoch_seconds)
-        if process.poll() is not None:
+        if not process.is_alive():
             break  # finished before the kill
         os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        process.join()
         kills += 1
         kills_in_checkpoint_write += in_write
     assert kills >= KILLS, f"only {kills} kills happened before the run finished; make the run longer"
@@ -92,8 +95,9 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     completed_before_final = len(read_metrics(folder))
     assert completed_before_final >= 2, "the kills must land while training makes progress"
 
-    final = run_main("--config", str(crashing), "--no-progress")
-    assert final.returncode == 0, final.stderr
+    # the resume after the kills in this process: the resume is tested here, the kills needed real processes
+    code, err = main_in_process(capsys, "--config", str(crashing), "--no-progress")
+    assert code == 0, err
     [ref_folder] = run_folders(tmp_path / "ref" / "logs")
     assert not list(folder.glob(".*.tmp")), "stale temp files must be cleaned on resume"
     metrics = read_metrics(folder)

@@ -36,6 +36,16 @@ def _probe(latents: Path, cache: Path | None, delay: float = 0.0, workers: int =
                             preexec_fn=sigint_as_in_a_terminal)
 
 
+def _probe_here(capsys: pytest.CaptureFixture, latents: Path, cache: Path | None, workers: int = 1) -> tuple[int, str]:
+    """``_probe`` run to its end in this process (where the job's process is not what a test is about: it spares a
+    fresh interpreter's imports): exit code and stderr."""
+    from phd_lab.probes.cli import probe_cli
+    cache_option = [] if cache is None else ["--cache-dir", str(cache)]
+    capsys.readouterr()
+    code = probe_cli(["--latents", str(latents), "-mp", str(workers), *cache_option, "--no-progress"])
+    return code, capsys.readouterr().err
+
+
 def _rows_without_seconds(path: Path) -> list[list[str]]:
     rows = list(csv.reader(io.StringIO(path.read_text())))
     seconds = rows[0].index("seconds")
@@ -55,7 +65,7 @@ def _wait_for_cached_layers(process: subprocess.Popen, cache: Path, count: int =
         time.sleep(0.05)
 
 
-def test_sigkill_mid_job_then_resume_fits_only_the_rest_and_writes_the_same_csv(tmp_path):
+def test_sigkill_mid_job_then_resume_fits_only_the_rest_and_writes_the_same_csv(tmp_path, capsys):
     layers, y_train, y_eval = digits_layers(n_layers=LAYERS, width=16)
     killed_run, killed = make_latents(tmp_path, layers, y_train, y_eval, name="killed")
     clean_run, clean = make_latents(tmp_path, layers, y_train, y_eval, name="clean")
@@ -71,17 +81,15 @@ def test_sigkill_mid_job_then_resume_fits_only_the_rest_and_writes_the_same_csv(
     before = _entries(cache)
     assert 2 <= len(before) < LAYERS
 
-    resumed = _probe(killed, cache)
-    out, err = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0, err
+    code, err = _probe_here(capsys, killed, cache)  # the resume: in this process
+    assert code == 0, err
     assert f"probing {LAYERS - len(before)} layer(s), {len(before)} found in the cache" in err
     after = _entries(cache)
     assert len(after) == LAYERS
     assert all(after[path] == entry for path, entry in before.items())  # finished layers were not refitted
 
-    uninterrupted = _probe(clean, tmp_path / "clean-cache", workers=0)
-    _, err = uninterrupted.communicate(timeout=120)
-    assert uninterrupted.returncode == 0, err
+    code, err = _probe_here(capsys, clean, tmp_path / "clean-cache", workers=0)
+    assert code == 0, err
     assert _rows_without_seconds(killed_run / "probe_performances.csv") == \
         _rows_without_seconds(clean_run / "probe_performances.csv")
     # the seconds of resumed layers are those of the fit that produced them (kept in the cache)
@@ -123,7 +131,7 @@ def _spawned_workers(pid: int) -> set[int]:
             if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()}
 
 
-def test_a_worker_killed_alone_is_said_as_such_and_the_rerun_completes_the_job(tmp_path):
+def test_a_worker_killed_alone_is_said_as_such_and_the_rerun_completes_the_job(tmp_path, capsys):
     """The OOM killer takes one worker, not the job: every unfinished layer then fails with the pool's
     BrokenProcessPool, and the job blamed whichever layer surfaced first as if its fit had failed."""
     layers, y_train, y_eval = digits_layers(n_layers=4, width=16)
@@ -143,9 +151,8 @@ def test_a_worker_killed_alone_is_said_as_such_and_the_rerun_completes_the_job(t
     assert "it was killed by SIGKILL: the out-of-memory killer does this" in said and "Traceback" not in said
     assert "use fewer worker processes (-mp) or give the job more memory" in said
     assert "The probe of layer" not in said  # no layer is blamed: which one the worker had is unknown
-    rerun = _probe(latents, cache, workers=2)
-    _, err = rerun.communicate(timeout=120)
-    assert rerun.returncode == 0, err
+    code, err = _probe_here(capsys, latents, cache, workers=2)  # the rerun: in this process
+    assert code == 0, err
     assert len(_rows_without_seconds(run_dir / "probe_performances.csv")) == 1 + 4
 
 
@@ -175,7 +182,7 @@ def _state(pid: int) -> str:
         return "zombie"
 
 
-def test_ctrl_c_mid_job_exits_130_and_says_the_cache_keeps_the_finished_layers(tmp_path):
+def test_ctrl_c_mid_job_exits_130_and_says_the_cache_keeps_the_finished_layers(tmp_path, capsys):
     """Ctrl-C in a terminal signals the whole process group: the job and its worker stop, one line on stderr."""
     layers, y_train, y_eval = digits_layers(n_layers=LAYERS, width=16)
     _, latents = make_latents(tmp_path, layers, y_train, y_eval)
@@ -186,9 +193,8 @@ def test_ctrl_c_mid_job_exits_130_and_says_the_cache_keeps_the_finished_layers(t
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "the layers already fitted come from the cache" in err and "Traceback" not in err
-    resumed = _probe(latents, cache)
-    _, err = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0 and "found in the cache" in err, err
+    code, err = _probe_here(capsys, latents, cache)  # the resume: in this process
+    assert code == 0 and "found in the cache" in err, err
 
 
 def test_a_worker_interrupted_alone_stops_the_job_as_ctrl_c_does(tmp_path):
@@ -203,26 +209,42 @@ def test_a_worker_interrupted_alone_stops_the_job_as_ctrl_c_does(tmp_path):
     assert "out-of-memory" not in err and "Traceback" not in err, err
 
 
-def test_a_run_folder_deleted_or_replaced_while_it_is_probed_gets_no_probe_files(tmp_path):
+def _take_once_a_layer_is_cached(cache: Path, run_dir: Path, how: str) -> None:
+    """Delete ``run_dir``, or put another folder of its name in its place (``how``), once the job that probes it
+    (in this process) has a finished layer in ``cache``, as another command would."""
+    deadline = time.monotonic() + 90
+    while not list(cache.rglob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if how == "replaced":
+        run_dir.rename(run_dir.parent / "old-run")
+        run_dir.mkdir()  # another command's new run folder of the same name
+    else:
+        shutil.rmtree(run_dir)
+
+
+def test_a_run_folder_deleted_or_replaced_while_it_is_probed_gets_no_probe_files(tmp_path, capsys, monkeypatch):
     """A probe job wrote its results into a run folder that had been deleted meanwhile: the folder came back
-    holding only the probe files. Worse, a new run folder of the same name received the old run's results."""
+    holding only the probe files. Worse, a new run folder of the same name received the old run's results. (The
+    job runs in this process, its run folder taken by a thread: what it does with the folder is tested here, not
+    its process; it spares three fresh interpreters' imports.)"""
+    import threading
+
     from phd_lab.probes.synthetic import write_latents
     layers, y_train, y_eval = digits_layers(n_layers=3, width=16)
+    monkeypatch.setenv(TEST_DELAY_ENV, "1.0")  # read by the job's worker process
     for how in ("deleted", "replaced", "deleted with its cache"):
         run_dir = tmp_path / how / "run"
         run_dir.mkdir(parents=True)
         latents = write_latents(tmp_path / how / "latents", layers, y_train, y_eval, run_dir, 0.9)
         cache = run_dir / ".probe_cache" if how == "deleted with its cache" else tmp_path / how / "cache"
-        process = _probe(latents, None if how == "deleted with its cache" else cache, delay=1.0)
-        _wait_for_cached_layers(process, cache)
-        if how == "replaced":
-            run_dir.rename(tmp_path / how / "old-run")
-            run_dir.mkdir()  # another command's new run folder of the same name
-        else:
-            shutil.rmtree(run_dir)
-        _, err = process.communicate(timeout=120)
+        taking = threading.Thread(target=_take_once_a_layer_is_cached, args=(cache, run_dir, how))
+        taking.start()
+        try:
+            code, err = _probe_here(capsys, latents, None if how == "deleted with its cache" else cache)
+        finally:
+            taking.join()
         err = " ".join(err.split())
-        assert process.returncode == 1, err
+        assert code == 1, err
         assert f"{run_dir}' was deleted or moved while this process worked in it" in err, err
         assert ("its lock file .probe.lock" if how == "replaced" else "it is gone") in err
         if how == "deleted with its cache":
@@ -323,6 +345,7 @@ def _fitted_results_handed_back(but: str, timeout: float = 60) -> None:
     cores it may not have done yet."""
     import gc
     from concurrent.futures import ProcessPoolExecutor, wait
+    gc.collect()  # the pools of jobs run before in this process (in reference cycles until collected)
     (pool,) = [thing for thing in gc.get_objects() if type(thing) is ProcessPoolExecutor]  # no attribute read
     futures = [item.future for item in list(pool._pending_work_items.values()) if item.args[0].layer != but]
     _, not_done = wait(futures, timeout)
