@@ -244,16 +244,16 @@ def single_thread():
 
 
 # The longest files first, each started on its own worker, so that no long file is left for the end of a parallel
-# run (pytest-xdist's default order puts the files with the fewest tests last: the one-test demo file, 220 s, then
-# ran alone at the end). Used with `--dist loadfile --no-loadscope-reorder` (the Makefile's test command). A worker
-# takes the next file in this order when it is almost idle, so every file of more than about 30 s is listed, the
-# longest first (seconds of a `-n 1` run, session 43): the files left for the end, in alphabetical order, are then
-# short, where test_thesis_configs.py (74 s) could start last and keep one worker busy while the other idled.
-LONGEST_FILES_FIRST = ("test_demo_tail.py", "test_fault_injection.py", "test_distributed.py", "test_recovery.py",
-                       "test_report.py", "test_probe_job.py", "test_repetitions.py", "test_runs.py",
-                       "test_reproduction.py", "test_report_figures.py", "test_thesis_configs.py",
-                       "test_probe_resume.py", "test_datasets.py", "test_postprocessing_steps.py",
-                       "test_saturation_callback.py")
+# run (pytest-xdist's default order puts the files with the fewest tests last: the one-test demo file then ran alone
+# at the end). Used with `--dist loadfile --no-loadscope-reorder` (the Makefile's test command). A worker takes the
+# next file in this order when it is almost idle, so every file of more than about 15 s is listed, the longest first
+# (seconds of worker time in a `-n 2` run of session 66, after its trims of test_fault_injection, test_bad_input and
+# others): the files left for the end, in alphabetical order, are then short.
+LONGEST_FILES_FIRST = ("test_distributed.py", "test_recovery.py", "test_probe_job.py", "test_report.py",
+                       "test_reproduction.py", "test_probe_resume.py", "test_determinism.py", "test_runs.py",
+                       "test_thesis_configs.py", "test_report_figures.py", "test_repetitions.py",
+                       "test_fifo_reads.py", "test_datasets.py", "test_latents_sets.py", "test_demo_tail.py",
+                       "test_extraction.py", "test_config_edge_inputs.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
