@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from phd_lab.analysis.flops import FUNCTIONAL_ROW, LAYER_COLUMNS, ROOT_ROW, computational_info
@@ -146,6 +147,34 @@ def test_functional_convolutions_are_named_not_guessed(caplog):
     assert "leave out 1 convolution call(s) made with F.conv2d" in caplog.text
     assert computational_info(nn.Sequential(nn.Conv2d(3, 4, 3)), (3, 8, 8))[0]["uncounted_convolutions"] == 0
 
+
+
+def test_functional_linear_heads_count_as_linear_layers_and_torch_conv2d_is_named():
+    """F.linear outside a Linear module (a cosine-classifier head, a functional MLP) has the Linear rule's MACs
+    in the functional row, per row of a 3-D input too; ptflops 0.7.5 left it out (0 MACs, no warning). A
+    convolution written torch.conv2d is named as F.conv2d is."""
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kernel = nn.Parameter(torch.randn(4, 3, 3, 3))
+            self.head = nn.Parameter(torch.randn(5, 4))
+            self.bias = nn.Parameter(torch.zeros(5))
+            self.tokens = nn.Linear(4, 5)
+
+        def forward(self, x):
+            maps = torch.conv2d(x, self.kernel)  # (1, 4, 6, 6)
+            sequence = maps.flatten(2).transpose(1, 2)  # (1, 36, 4)
+            pooled = maps.flatten(2).mean(2)
+            return F.linear(pooled, self.head, self.bias) + F.linear(sequence, self.head).mean(1) + \
+                self.tokens(sequence).mean(1)
+
+    originals = F.linear, torch.conv2d
+    info, table = computational_info(Functional(), (3, 8, 8))
+    rows = table.set_index("layer")["macs"]
+    assert rows["tokens"] == 36 * (4 * 5 + 5)  # nn.Linear on the 3-D input: in·out + out per row
+    assert rows[FUNCTIONAL_ROW] == (4 * 5 + 5) + 36 * 4 * 5
+    assert info["macs"] == rows.sum() and info["uncounted_convolutions"] == 1
+    assert (F.linear, torch.conv2d) == originals and F.conv2d is torch.conv2d  # restored
 
 def test_a_data_parallel_model_is_counted_as_the_model_it_wraps():
     """Rows are named as the model names its layers (not ``module.0``), with the same counts."""

@@ -8,15 +8,17 @@ are reported as 2·MACs, the usual convention; the dissertation's "GFLOPs" (§11
 MACs, so compare its figures with the ``macs`` column. The per-layer table applies the same
 ptflops rules per leaf module, to subclasses of the module types ptflops knows as well (ptflops
 itself counts exact types only and would count a ``class MyConv(nn.Conv2d)`` as zero).
-ptflops has no rule for ``F.conv2d`` called outside a Conv2d module: such calls are counted and
-named in a warning and in ``uncounted_convolutions``, not guessed. Functional calls that
+ptflops has no rule for ``F.conv2d`` (``torch.conv2d``) called outside a Conv2d module: such calls are counted
+and named in a warning and in ``uncounted_convolutions``, not guessed. Functional calls that
 ptflops counts (``F.relu``, pooling, interpolation, ``matmul``/``bmm``, ...) made outside those
-modules appear as one extra row. ptflops' own total also adds the functional calls that modules
-make internally (``nn.ReLU`` calls ``F.relu``), counting those modules twice; here they are
-left out. Element-wise tensor arithmetic is counted by how it is written, as ptflops counts it: the
-calls ``torch.add``/``torch.mul`` and the methods ``x.add(y)``/``x.mul(y)`` (one MAC per output element,
-in the functional row), but not the operators (``x + y``, ``x * y``, the usual residual addition and
-attention gate) nor in-place ``x.add_(y)``, which ptflops does not see.
+modules appear as one extra row; so does ``F.linear`` outside a Linear module (a functional head), with the
+Linear module's rule (ptflops 0.7.5 has the rule but no longer applies it, which left such calls out).
+ptflops' own total also adds the functional calls that modules make internally (``nn.ReLU`` calls
+``F.relu``), counting those modules twice; here they are left out. Element-wise tensor arithmetic is
+counted by how it is written, as ptflops counts it: the calls ``torch.add``/``torch.mul`` and the methods
+``x.add(y)``/``x.mul(y)`` (one MAC per output element, in the functional row), but not the operators
+(``x + y``, ``x * y``, the usual residual addition and attention gate), the matrix product ``x @ w``, nor
+in-place ``x.add_(y)``, which ptflops does not see.
 """
 
 from __future__ import annotations
@@ -113,19 +115,30 @@ def _per_layer(model: nn.Module, input_shape: tuple[int, int, int],
         handles.append(module.register_forward_pre_hook(enter))
         handles.append(module.register_forward_hook(record))
     uncounted = [0]
-    conv2d = F.conv2d
+    conv2d, linear = F.conv2d, F.linear  # F.conv2d is torch.conv2d: models call either name
 
     def counting_conv2d(*args: Any, **kwargs: Any) -> Any:
         uncounted[0] += depth[0] == 0
         return conv2d(*args, **kwargs)
 
+    def counting_linear(input: torch.Tensor, weight: torch.Tensor, bias: Any = None) -> Any:
+        if depth[0] == 0:  # nn.Linear's rule: in·out MACs per row, plus out for the bias
+            rows = input.numel() // max(weight.shape[-1], 1)
+            functional.append(rows * (weight.numel() + (weight.shape[0] if bias is not None else 0)))
+        return linear(input, weight, bias)
+
     patch_functional(functional)
     patch_tensor_ops(functional)
-    F.conv2d = counting_conv2d
+    ptflops_linear = F.linear is not linear  # ptflops versions that apply their F.linear rule count it
+    F.conv2d = torch.conv2d = counting_conv2d
+    if not ptflops_linear:
+        F.linear = counting_linear
     try:
         _forward_zero_image(model, input_shape)
     finally:
-        F.conv2d = conv2d
+        F.conv2d = torch.conv2d = conv2d
+        if not ptflops_linear:
+            F.linear = linear
         unpatch_functional()
         unpatch_tensor_ops()
         for handle in handles:
