@@ -575,6 +575,35 @@ def test_the_project_step_says_it_leaves_lstm_layers_unprojected(caplog, exclude
         assert "left out of dims_sum, feature_dims_sum and saturation_mean" in said[0]
 
 
+class _FunctionalConv(nn.Module):
+    """A Conv2d, then a convolution written as F.conv2d on a kernel of the module's own, then a Linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, 2)
+        self.kernel = nn.Parameter(torch.randn(4, 4, 3, 3) / 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = F.conv2d(torch.relu(self.conv(x)), self.kernel, padding=1)
+        return self.fc(maps.mean(dim=(2, 3)))
+
+
+def test_the_project_step_says_it_leaves_functional_convolutions_unprojected(caplog) -> None:
+    """A convolution written as F.conv2d on a kernel of the model's own got no PCA layer and was left out of
+    projections.csv's sums without a word (training warns of it, as saturation tracking leaves it out too)."""
+    from phd_lab.tracking.projection import projection_table
+    torch.manual_seed(0)
+    loader = [(torch.randn(8, 1, 6, 6), torch.randint(0, 2, (8,))) for _ in range(2)]
+    with caplog.at_level("WARNING", logger="phd_lab.tracking.projection"):
+        table = projection_table(_FunctionalConv(), loader, loader, torch.device("cpu"), deltas=[0.9],
+                                 random_control=False, run_name="run-1")
+    assert set(table["feature_dims_sum"]) == {4 + 2}  # conv and fc: the functional convolution is not projected
+    said = [record.getMessage() for record in caplog.records if "unprojected" in record.getMessage()]
+    assert len(said) == 1 and said[0].startswith("run-1: "), said
+    assert ("1 convolution(s) of the model run unprojected and are left out of dims_sum and feature_dims_sum: "
+            "kernel (a kernel of shape (4, 4, 3, 3) outside any Conv module, as F.conv2d uses)." in said[0]), said
+
+
 def test_a_deltas_random_control_does_not_depend_on_the_other_deltas_listed() -> None:
     """One random stream served every delta in turn, so adding 0.95 to [0.9, 0.99] changed the random-basis row of
     0.99 (accuracy 0.1 -> 0.097): a delta table extended later, or compared with another sweep, disagreed with

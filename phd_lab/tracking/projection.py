@@ -24,7 +24,7 @@ from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, Objective, objective_
 from phd_lab.progress import bar_options
 from phd_lab.projection_deltas import THESIS_DELTAS
 from phd_lab.tracking.pca import insert_pca_layers
-from phd_lab.tracking.tracker import pools_calls_by_design
+from phd_lab.tracking.tracker import pools_calls_by_design, untracked_convolutions
 from phd_lab.wording import first_names
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,12 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
     """
     objective = objective_of(model)
     model.eval()
+    unprojected = untracked_convolutions(model)
+    if unprojected:  # their outputs are no Conv2d's or Linear's: no PCA layer follows them, as none tracks them
+        log.warning("%s: the project step inserts PCA layers after Conv2d and Linear layers only, so %d convolution(s)"
+                    " of the model run unprojected and are left out of dims_sum and feature_dims_sum: %s.",
+                    run_name or "project", len(unprojected),
+                    first_names([f"{name} ({kind})" for name, kind in unprojected]))
     projected, layers = insert_pca_layers(model, exclude=exclude, centered=centered)
     recurrent = [name for name, module in model.named_modules() if isinstance(module, nn.LSTM)
                  and not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)]
