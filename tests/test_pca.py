@@ -335,6 +335,22 @@ def test_a_new_covariance_gives_a_new_eigenspace() -> None:
     assert torch.allclose(layer(second), fresh(second), atol=1e-5)
 
 
+def test_k_read_while_collecting_is_not_kept_for_the_data_collected_after_it() -> None:
+    """A k or eigenspace read in the middle of the collection (a researcher's progress print) is of the data so
+    far: the projection after the rest of the data is that of all of it, not the cached part's."""
+    first = torch.randn(100, 4, generator=torch.Generator().manual_seed(0)) * torch.tensor([10.0, 1, 1, 1])
+    second = torch.randn(1000, 4, generator=torch.Generator().manual_seed(1)) * torch.tensor([1.0, 1, 1, 10])
+    layer = LinearPCA(4, delta=0.9).train()
+    layer(first)
+    assert layer.k == 1
+    layer.projection_matrix()
+    layer(second)
+    fresh = collected(LinearPCA(4, delta=0.9), torch.cat([first, second]))
+    assert layer.k == fresh.k == 1  # one direction still, but the last feature's, no longer the first's
+    layer.eval()
+    assert torch.allclose(layer(torch.eye(4)), fresh(torch.eye(4)), atol=1e-6)
+
+
 def test_k_is_thresholded_once_per_covariance_and_delta_and_a_new_delta_reprojects() -> None:
     """Every eval-mode forward asks for k; it is thresholded from the cached eigenvalues once per covariance and
     delta, not again for every batch. Overwriting those eigenvalues shows it: k and the projection stay those of
