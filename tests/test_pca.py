@@ -185,6 +185,25 @@ def test_a_layer_the_eval_forward_never_calls_stays_unprojected_and_uncounted(ca
     assert set(table["feature_dims_sum"]) == {4 + 3}  # body.0 and body.3 only
 
 
+def test_projection_table_leaves_a_training_model_in_the_modes_it_was_in() -> None:
+    """Called from a training loop, the table evaluated the model in eval mode and left it there: the epochs after
+    it trained without dropout and with frozen batch-norm statistics. Each module's own mode is restored (a
+    batch norm the researcher froze stays in eval mode), and the model's accuracy is still an eval-mode one."""
+    from phd_lab.tracking.projection import projection_table
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5),
+                          nn.Linear(4 * 6 * 6, 3))
+    model[1].eval()
+    data = [(torch.randn(20, 1, 8, 8), torch.randint(0, 3, (20,))) for _ in range(2)]
+    modes = [module.training for module in model.modules()]
+    table = projection_table(model, data, data, torch.device("cpu"), deltas=[0.9], random_control=False)
+    assert [module.training for module in model.modules()] == modes
+    model.eval()
+    expected = sum(int((model(x).argmax(1) == y).sum()) for x, y in data) / 40
+    assert table.loc[table["basis"] == "none", "accuracy"].item() == expected
+
+
 def test_a_module_the_forward_pass_calls_twice_is_named_unless_it_pools_its_calls_by_design(caplog) -> None:
     """A conv called twice per forward pass got one PCA layer that collected both calls and projected both onto
     that one basis without a word, where saturation tracking warns of the same module. Named now, with its number of
