@@ -185,6 +185,25 @@ def test_a_layer_the_eval_forward_never_calls_stays_unprojected_and_uncounted(ca
     assert set(table["feature_dims_sum"]) == {4 + 3}  # body.0 and body.3 only
 
 
+def test_projection_table_leaves_a_training_model_in_the_modes_it_was_in() -> None:
+    """Called from a training loop, the table evaluated the model in eval mode and left it there: the epochs after
+    it trained without dropout and with frozen batch-norm statistics. Each module's own mode is restored (a
+    batch norm the researcher froze stays in eval mode), and the model's accuracy is still an eval-mode one."""
+    from phd_lab.tracking.projection import projection_table
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5),
+                          nn.Linear(4 * 6 * 6, 3))
+    model[1].eval()
+    data = [(torch.randn(20, 1, 8, 8), torch.randint(0, 3, (20,))) for _ in range(2)]
+    modes = [module.training for module in model.modules()]
+    table = projection_table(model, data, data, torch.device("cpu"), deltas=[0.9], random_control=False)
+    assert [module.training for module in model.modules()] == modes
+    model.eval()
+    expected = sum(int((model(x).argmax(1) == y).sum()) for x, y in data) / 40
+    assert table.loc[table["basis"] == "none", "accuracy"].item() == expected
+
+
 def test_a_module_the_forward_pass_calls_twice_is_named_unless_it_pools_its_calls_by_design(caplog) -> None:
     """A conv called twice per forward pass got one PCA layer that collected both calls and projected both onto
     that one basis without a word, where saturation tracking warns of the same module. Named now, with its number of
@@ -333,6 +352,22 @@ def test_a_new_covariance_gives_a_new_eigenspace() -> None:
     fresh = collected(LinearPCA(8, delta=0.9), second)
     assert layer.k == fresh.k
     assert torch.allclose(layer(second), fresh(second), atol=1e-5)
+
+
+def test_k_read_while_collecting_is_not_kept_for_the_data_collected_after_it() -> None:
+    """A k or eigenspace read in the middle of the collection (a researcher's progress print) is of the data so
+    far: the projection after the rest of the data is that of all of it, not the cached part's."""
+    first = torch.randn(100, 4, generator=torch.Generator().manual_seed(0)) * torch.tensor([10.0, 1, 1, 1])
+    second = torch.randn(1000, 4, generator=torch.Generator().manual_seed(1)) * torch.tensor([1.0, 1, 1, 10])
+    layer = LinearPCA(4, delta=0.9).train()
+    layer(first)
+    assert layer.k == 1
+    layer.projection_matrix()
+    layer(second)
+    fresh = collected(LinearPCA(4, delta=0.9), torch.cat([first, second]))
+    assert layer.k == fresh.k == 1  # one direction still, but the last feature's, no longer the first's
+    layer.eval()
+    assert torch.allclose(layer(torch.eye(4)), fresh(torch.eye(4)), atol=1e-6)
 
 
 def test_k_is_thresholded_once_per_covariance_and_delta_and_a_new_delta_reprojects() -> None:

@@ -127,6 +127,18 @@ def test_random_spectra_match_brute_force() -> None:
             assert intrinsic_dimension(values, delta) == brute_force_k(values, delta)
 
 
+def test_intrinsic_dimension_of_eigenvalues_in_numpys_ascending_order() -> None:
+    """np.linalg.eigvalsh returns its eigenvalues ascending: passed as they came, the smallest were counted first
+    and k was as large as the layer (4 instead of 1 here), without a word."""
+    values = np.array([1.0, 2.0, 3.0, 94.0])
+    assert intrinsic_dimension(values, 0.9) == intrinsic_dimension(values[::-1], 0.9) == 1
+    rng = np.random.default_rng(1)
+    spectrum = rng.exponential(size=30) ** 3
+    for delta in (0.3, 0.9, 0.99, 1.0):
+        expected = brute_force_k(np.sort(spectrum)[::-1], delta)
+        assert intrinsic_dimension(np.sort(spectrum), delta) == intrinsic_dimension(spectrum, delta) == expected
+
+
 def test_eigenvalues_do_not_depend_on_the_blas_thread_count() -> None:
     """OpenBLAS' threaded reduction changes the last bits of eigvalsh from 256 features on; layers up to
     ONE_THREAD_MAX_DIM are decomposed on one thread, so a node's core count does not enter the saturation."""

@@ -116,6 +116,8 @@ class _PCALayer(nn.Module):
         if self.training:
             with torch.no_grad():
                 self._collect(x)
+            self._eigen = self._k = None  # a k or basis read while collecting is of the data before this batch
+            self._matrix = self._operands = None
             return x
         if self._generator is None and self.k == self.features:
             return x  # every direction kept: the projection is the identity

@@ -88,16 +88,16 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
     with the PCA bases under each delta. ``layer_dims`` receives one row per projected layer and delta
     (delta, layer, k, features; the random bases keep the same k), e.g. the encoding's k of §7.2's Table 3.
     ``run_name`` begins the warning about layers the pass never called, as the run's other warnings begin.
+    ``model`` is evaluated in eval mode and left in the mode it was in (each module's own).
     """
     objective = objective_of(model)
-    model.eval()
     unprojected = untracked_convolutions(model)
     if unprojected:  # their outputs are no Conv2d's or Linear's: no PCA layer follows them, as none tracks them
         log.warning("%s: the project step inserts PCA layers after Conv2d and Linear layers only, so %d convolution(s)"
                     " of the model run unprojected and are left out of dims_sum and feature_dims_sum: %s.",
                     run_name or "project", len(unprojected),
                     first_names([f"{name} ({kind})" for name, kind in unprojected]))
-    projected, layers = insert_pca_layers(model, exclude=exclude, centered=centered)
+    projected, layers = insert_pca_layers(model, exclude=exclude, centered=centered)  # collect() sets its modes
     recurrent = [name for name, module in model.named_modules() if isinstance(module, nn.LSTM)
                  and not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)]
     if recurrent:  # tracked for saturation, so a reader of projections.csv expects them in its sums
@@ -131,8 +131,14 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
                          f"set, so their covariance has no eigenspace to project onto; exclude them with the step's "
                          f"'exclude' parameter, or find why they overflow")
     feature_dims = sum(layer.features for layer in pca)
-    accuracy, loss = evaluate(model, test_loader, device, objective)
-    keep_examples(model, 1.0, examples, example_outputs, device)
+    modes = [(module, module.training) for module in model.modules()]  # a training loop's model goes on training
+    model.eval()
+    try:
+        accuracy, loss = evaluate(model, test_loader, device, objective)
+        keep_examples(model, 1.0, examples, example_outputs, device)
+    finally:
+        for module, training in modes:
+            module.training = training
     rows = [{"delta": 1.0, "basis": "none", "accuracy": accuracy, "loss": loss, "dims_sum": feature_dims,
              "feature_dims_sum": feature_dims, "saturation_mean": 1.0}]
     bases = ("pca", "random") if random_control else ("pca",)

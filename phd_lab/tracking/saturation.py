@@ -64,7 +64,8 @@ def rounding_level(eigenvalues: np.ndarray) -> float:
 
 
 def intrinsic_dimension(eigenvalues: np.ndarray, delta: float) -> int:
-    """Smallest k with λ₁ + … + λ_k ≥ delta · Σλ (eigenvalues sorted largest first).
+    """Smallest k with λ₁ + … + λ_k ≥ delta · Σλ, λ₁ ≥ λ₂ ≥ …: the eigenvalues are sorted largest first here, so
+    those of ``np.linalg.eigvalsh`` (ascending) may be passed as they come.
 
     Eigenvalues at or below the rounding level of the decomposition, λ₁ · d · ε (numpy's ``matrix_rank``
     tolerance), count as 0: a symmetric eigensolver resolves eigenvalues only to about ε · λ₁, so smaller ones are
@@ -77,6 +78,7 @@ def intrinsic_dimension(eigenvalues: np.ndarray, delta: float) -> int:
                          f"{' ...' if values.size > 8 else ''}")
     if values.size == 0:
         return 0
+    values = np.sort(values, axis=None)[::-1]  # ascending ones counted the smallest first: k too large
     values = np.where(values > rounding_level(values), values, 0.0)
     cumulative = np.cumsum(values)
     total = cumulative[-1]
