@@ -635,7 +635,7 @@ def test_the_project_step_says_it_leaves_functional_convolutions_unprojected(cap
     assert set(table["feature_dims_sum"]) == {4 + 2}  # conv and fc: the functional convolution is not projected
     said = [record.getMessage() for record in caplog.records if "unprojected" in record.getMessage()]
     assert len(said) == 1 and said[0].startswith("run-1: "), said
-    assert ("1 convolution(s) of the model run unprojected and are left out of dims_sum and feature_dims_sum: "
+    assert ("1 layer(s) of the model run unprojected and are left out of dims_sum and feature_dims_sum: "
             "kernel (a kernel of shape (4, 4, 3, 3) outside any Conv module, as F.conv2d uses)." in said[0]), said
 
 

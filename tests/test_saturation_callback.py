@@ -495,6 +495,14 @@ def test_convolutions_the_tracker_cannot_track_are_named_once_per_run(tmp_path: 
     assert "Conv2d, Linear and LSTM layers only" in warnings[0] and "conv (" not in warnings[0]
 
 
+def test_gru_and_rnn_layers_are_named_as_untracked_and_an_lstm_is_not() -> None:
+    """A GRU or plain RNN got no saturation column (the tracker reads LSTMs only) and no word of why, in training's
+    warning and in the project step's."""
+    from phd_lab.tracking.tracker import untracked_layers
+    model = torch.nn.ModuleDict({"gru": torch.nn.GRU(4, 3), "rnn": torch.nn.RNN(4, 3), "lstm": torch.nn.LSTM(4, 3)})
+    assert untracked_layers(model) == [("gru", "GRU"), ("rnn", "RNN")]
+
+
 class _SharedBlock(torch.nn.Module):
     """A stem, then one block convolution called twice, and a head."""
 
@@ -577,11 +585,11 @@ def test_a_functional_convolution_on_a_kernel_of_its_own_is_named_as_untracked(
     [warning] = [message for message in logged if "no saturation column" in message]
     assert "kernel (a kernel of shape (4, 1, 3, 3) outside any Conv module, as F.conv2d uses)" in warning
     assert "conv (" not in warning and "head" not in warning
-    from phd_lab.tracking.tracker import untracked_convolutions
-    assert untracked_convolutions(torch.nn.Sequential(torch.nn.LazyConv2d(4, 3), torch.nn.LazyLinear(3))) == []
+    from phd_lab.tracking.tracker import untracked_layers
+    assert untracked_layers(torch.nn.Sequential(torch.nn.LazyConv2d(4, 3), torch.nn.LazyLinear(3))) == []
     # nor is the kernel a parametrisation keeps inside its Conv2d
     weight_norm = torch.nn.utils.parametrizations.weight_norm
-    assert untracked_convolutions(torch.nn.Sequential(weight_norm(torch.nn.Conv2d(1, 4, 3)))) == []
+    assert untracked_layers(torch.nn.Sequential(weight_norm(torch.nn.Conv2d(1, 4, 3)))) == []
 
 
 class _NoTrackedLayer(torch.nn.Module):

@@ -33,7 +33,7 @@ from phd_lab.errors import ConfigError, UsageError
 from phd_lab.progress import bar_options
 from phd_lab.rundir import RunDir
 from phd_lab.tracking.tracker import (SaturationTracker, TrackerOptions, run_pass, trackable_layers,
-                                     warn_of_no_tracked_layer, warn_of_untracked_convolutions)
+                                     warn_of_no_tracked_layer, warn_of_untracked_layers)
 from phd_lab.wording import first_names
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class SaturationCallback(Callback):
     # ------------------------------------------------------------------ inline mode
     def on_fit_start(self, trainer: "Trainer", bundle: "DataBundle") -> None:
         if len(trainer.history) < trainer.epochs:
-            warn_of_untracked_convolutions(trainer.model, trainer.run_name)
+            warn_of_untracked_layers(trainer.model, trainer.run_name)
             if next(trackable_layers(trainer.model, self.options), None) is None:
                 warn_of_no_tracked_layer(trainer.model, self.options, trainer.run_name)  # once, not per tracker
         if self.mode != "inline" or len(trainer.history) == trainer.epochs:

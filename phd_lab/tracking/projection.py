@@ -24,7 +24,7 @@ from phd_lab.objectives import CLASSIFICATION, OBJECTIVES, Objective, objective_
 from phd_lab.progress import bar_options
 from phd_lab.projection_deltas import THESIS_DELTAS
 from phd_lab.tracking.pca import insert_pca_layers
-from phd_lab.tracking.tracker import pools_calls_by_design, untracked_convolutions
+from phd_lab.tracking.tracker import pools_calls_by_design, untracked_layers
 from phd_lab.wording import first_names
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,10 @@ def projection_table(model: nn.Module, train_loader: Iterable, test_loader: Iter
     ``model`` is evaluated in eval mode and left in the mode it was in (each module's own).
     """
     objective = objective_of(model)
-    unprojected = untracked_convolutions(model)
-    if unprojected:  # their outputs are no Conv2d's or Linear's: no PCA layer follows them, as none tracks them
-        log.warning("%s: the project step inserts PCA layers after Conv2d and Linear layers only, so %d convolution(s)"
-                    " of the model run unprojected and are left out of dims_sum and feature_dims_sum: %s.",
+    unprojected = untracked_layers(model)
+    if unprojected:  # no Conv2d, Linear or LSTM: neither tracked nor followed by a PCA layer
+        log.warning("%s: the project step inserts PCA layers after Conv2d and Linear layers only, so %d layer(s) of "
+                    "the model run unprojected and are left out of dims_sum and feature_dims_sum: %s.",
                     run_name or "project", len(unprojected),
                     first_names([f"{name} ({kind})" for name, kind in unprojected]))
     projected, layers = insert_pca_layers(model, exclude=exclude, centered=centered)  # collect() sets its modes

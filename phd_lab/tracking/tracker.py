@@ -119,15 +119,19 @@ def trackable_layers(model: nn.Module, options: TrackerOptions | None = None) ->
             yield name or "<model>", module
 
 
-def untracked_convolutions(model: nn.Module) -> list[tuple[str, str]]:
-    """(qualified name, what it is) of every convolution the tracker cannot track: Conv1d, Conv3d and the
-    transposed convolutions are not Conv2d, and their outputs are not the (N, C, H, W) maps it accumulates; a
-    4-d or 5-d weight of a module that is no convolution is a kernel for a functional call (``F.conv2d``) that
-    no hook sees (none of torchvision's or the registry's models has one elsewhere)."""
+def untracked_layers(model: nn.Module) -> list[tuple[str, str]]:
+    """(qualified name, what it is) of every convolution and recurrent layer the tracker cannot track: Conv1d,
+    Conv3d and the transposed convolutions are not Conv2d, and their outputs are not the (N, C, H, W) maps it
+    accumulates; GRU and RNN layers are not the LSTMs it reads by their output sequences; a 4-d or 5-d weight of a
+    module that is no convolution is a kernel for a functional call (``F.conv2d``) that no hook sees (none of
+    torchvision's or the registry's models has one elsewhere)."""
     found, convolutions = [], []
     for name, module in model.named_modules():
         if any(not convolution or name.startswith(f"{convolution}.") for convolution in convolutions):
             continue  # a convolution's own parts: weight_norm's or spectral_norm's parametrisation of its kernel
+        if isinstance(module, nn.RNNBase) and not isinstance(module, TRACKED_TYPES):
+            found.append((name or "<model>", type(module).__name__))
+            continue
         if isinstance(module, nn.modules.conv._ConvNd):
             convolutions.append(name)
             if not isinstance(module, TRACKED_TYPES):
@@ -139,10 +143,10 @@ def untracked_convolutions(model: nn.Module) -> list[tuple[str, str]]:
     return found
 
 
-def warn_of_untracked_convolutions(model: nn.Module, run_name: str) -> None:
-    """Name the model's Conv1d, Conv3d and ConvTranspose layers once per run: they got no saturation column
-    and no warning, so a reader of the CSV took the missing layers for ones the model does not have."""
-    untracked = untracked_convolutions(model)
+def warn_of_untracked_layers(model: nn.Module, run_name: str) -> None:
+    """Name the model's Conv1d, Conv3d, ConvTranspose, GRU and RNN layers once per run: they got no saturation
+    column and no warning, so a reader of the CSV took the missing layers for ones the model does not have."""
+    untracked = untracked_layers(model)
     if not untracked:
         return
     shown = ", ".join(f"{name} ({kind})" for name, kind in untracked[:20]) + (" ..." if len(untracked) > 20 else "")
