@@ -23,6 +23,7 @@ from phd_lab.environment import THREAD_VARIABLES, available_cores
 from phd_lab.errors import SchedulerLost, UsageError, failure_line
 from phd_lab.interrupts import interrupts_held_while_processes_start, raise_interruption_behind
 from phd_lab.log_file import FORMAT, Formatter, info_records_kept, this_thread_only, thread_only
+from phd_lab.wording import first_names
 
 log = logging.getLogger(__name__)
 
@@ -654,9 +655,10 @@ def _stop_tasks(client: Any, futures: list[Any], stop_event: str | None) -> None
         queued = [] if executing is None else [future for future in futures if future.key not in executing]
         client.cancel(queued)  # one a worker holds beyond its threads may start still: it ends at once (train_point)
         futures = futures if executing is None else [future for future in futures if future.key in executing]
-        log.warning("Stopping %d running task(s) on the cluster: each run ends after its current batch and keeps its "
-                    "last completed epoch (waiting up to %d s; Ctrl-C again leaves them running)%s.", len(futures),
-                    STOP_WAIT_SECONDS, f"; {len(queued)} queued task(s) cancelled" if queued else "")
+        log.warning("Stopping %d running task(s) on the cluster (%s): each run ends after its current batch and keeps "
+                    "its last completed epoch (waiting up to %d s; Ctrl-C again leaves them running)%s.", len(futures),
+                    _task_names(futures), STOP_WAIT_SECONDS,
+                    f"; {len(queued)} queued task(s) cancelled" if queued else "")
         distributed.Event(stop_event, client=client).set()
         with contextlib.suppress(TimeoutError):  # raised, not returned, when some are still running
             distributed.wait(futures, timeout=STOP_WAIT_SECONDS, return_when="ALL_COMPLETED")
@@ -664,4 +666,10 @@ def _stop_tasks(client: Any, futures: list[Any], stop_event: str | None) -> None
     client.cancel(futures)  # the queued ones; Dask cannot end a task that already runs
     if futures and stop_event is not None:
         log.warning("%d run(s) did not stop within %d s and may still be running on the workers; their run folders "
-                    "stay locked until they end.", len(futures), STOP_WAIT_SECONDS)
+                    "stay locked until they end: %s.", len(futures), STOP_WAIT_SECONDS, _task_names(futures))
+
+
+def _task_names(futures: list[Any]) -> str:
+    """The tasks' keys for a message, without the command's suffix (``-`` and 12 hex digits, which keeps two commands'
+    tasks apart on one scheduler): a grid's ``train-<index>-<run folder>``, so a user knows which runs stopped."""
+    return first_names([re.sub(r"-[0-9a-f]{12}$", "", str(future.key)) for future in futures], what="tasks")

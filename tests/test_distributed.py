@@ -279,6 +279,7 @@ def test_ctrl_c_stops_the_command_s_runs_on_the_cluster_so_that_the_rerun_resume
     assert "Stopping 1 running task(s) on the cluster" in err and "did not stop within" not in err
     assert "queued" not in err
     [folder] = run_folders(tmp_path / "logs")
+    assert f"on the cluster (train-0-{folder.name}): " in " ".join(err.split()), err  # which run is stopping
     assert "Run interrupted (its command was stopped)" in (folder / f"{run_name(folder)}.log").read_text()
     epochs_at_stop = len(read_metrics(folder))
     assert 1 <= epochs_at_stop < 5
@@ -405,7 +406,8 @@ def test_a_stopped_command_cancels_its_queued_tasks_and_waits_only_for_the_runni
         finally:
             distributed.Event("stop-queue", client=client).set()
     said = " ".join(caplog.text.split())
-    assert "Stopping 1 running task(s) on the cluster" in said and "; 2 queued task(s) cancelled." in said, said
+    assert "Stopping 1 running task(s) on the cluster (point-0): " in said, said  # named, as the runs of a grid
+    assert "; 2 queued task(s) cancelled." in said, said
     assert "did not stop within" not in said
 
 
