@@ -657,7 +657,7 @@ def _stop_tasks(client: Any, futures: list[Any], stop_event: str | None) -> None
         futures = futures if executing is None else [future for future in futures if future.key in executing]
         log.warning("Stopping %d running task(s) on the cluster (%s): each run ends after its current batch and keeps "
                     "its last completed epoch (waiting up to %d s; Ctrl-C again leaves them running)%s.", len(futures),
-                    _task_names(futures), STOP_WAIT_SECONDS,
+                    task_names(futures), STOP_WAIT_SECONDS,
                     f"; {len(queued)} queued task(s) cancelled" if queued else "")
         distributed.Event(stop_event, client=client).set()
         with contextlib.suppress(TimeoutError):  # raised, not returned, when some are still running
@@ -666,10 +666,11 @@ def _stop_tasks(client: Any, futures: list[Any], stop_event: str | None) -> None
     client.cancel(futures)  # the queued ones; Dask cannot end a task that already runs
     if futures and stop_event is not None:
         log.warning("%d run(s) did not stop within %d s and may still be running on the workers; their run folders "
-                    "stay locked until they end: %s.", len(futures), STOP_WAIT_SECONDS, _task_names(futures))
+                    "stay locked until they end: %s.", len(futures), STOP_WAIT_SECONDS, task_names(futures))
 
 
-def _task_names(futures: list[Any]) -> str:
-    """The tasks' keys for a message, without the command's suffix (``-`` and 12 hex digits, which keeps two commands'
-    tasks apart on one scheduler): a grid's ``train-<index>-<run folder>``, so a user knows which runs stopped."""
+def task_names(futures: list[Any]) -> str:
+    """The tasks' keys for a message, without their suffix of ``-`` and 12 hex digits (a grid's command, which keeps
+    two commands' tasks apart on one scheduler; a probe fit's cache-key digest): a grid's
+    ``train-<index>-<run folder>``, a probe job's ``probe-<position>-<layer>``, so a user knows which stopped."""
     return first_names([re.sub(r"-[0-9a-f]{12}$", "", str(future.key)) for future in futures], what="tasks")

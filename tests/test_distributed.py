@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -805,7 +806,9 @@ def test_ctrl_c_of_a_probe_job_on_a_local_cluster_lets_the_running_fit_finish_an
     os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C: the job and its cluster's worker process
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
-    assert "Stopping: 1 layer fit(s) running on the cluster finish and are cached" in err
+    said = " ".join(err.split())
+    stopping = r"Stopping: 1 layer fit\(s\) running on the cluster \(probe-\d+-features\.\d+\) finish and are cached"
+    assert re.search(stopping, said), said  # the running fit named by its layer
     assert len(list(cache.rglob("*.json"))) == 2  # the running one is kept, the queued ones were cancelled
 
 

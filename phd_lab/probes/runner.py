@@ -501,7 +501,7 @@ def _finish_running_fits(client: Any, futures: dict[Any, int], finished: Finishe
     and a fit that finished while the job handled another's result was lost too."""
     from distributed import wait as wait_on_cluster
 
-    from phd_lab.distributed import STOP_WAIT_SECONDS, executing_keys
+    from phd_lab.distributed import STOP_WAIT_SECONDS, executing_keys, task_names
     pending = [future for future in futures if not future.done()]
     executing = executing_keys(client) or set()  # a cluster that does not answer: nothing can be waited for
     running = [future for future in pending if future.key in executing]
@@ -510,8 +510,8 @@ def _finish_running_fits(client: Any, futures: dict[Any, int], finished: Finishe
                    finished)
     if not running:
         return
-    log.warning("Stopping: %d layer fit(s) running on the cluster finish and are cached (waiting up to %d s; "
-                "Ctrl-C again leaves them).", len(running), STOP_WAIT_SECONDS)
+    log.warning("Stopping: %d layer fit(s) running on the cluster (%s) finish and are cached (waiting up to %d s; "
+                "Ctrl-C again leaves them).", len(running), task_names(running), STOP_WAIT_SECONDS)
     with contextlib.suppress(TimeoutError):  # raised, not returned, when some are still running
         wait_on_cluster(running, timeout=STOP_WAIT_SECONDS)
     _keep_finished(running, futures, finished)
