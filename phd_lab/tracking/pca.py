@@ -52,6 +52,10 @@ class _PCALayer(nn.Module):
 
     def reset(self) -> None:
         self.accumulator.reset()
+        self._forget_eigenspace()
+
+    def _forget_eigenspace(self) -> None:
+        """Drop what was computed from the covariance (eigenspace, k, PᵀP), to be computed again when read."""
         self._eigen = self._k = None
         self._matrix = self._operands = None
 
@@ -116,8 +120,7 @@ class _PCALayer(nn.Module):
         if self.training:
             with torch.no_grad():
                 self._collect(x)
-            self._eigen = self._k = None  # a k or basis read while collecting is of the data before this batch
-            self._matrix = self._operands = None
+            self._forget_eigenspace()  # a k or basis read while collecting is of the data before this batch
             return x
         if self._generator is None and self.k == self.features:
             return x  # every direction kept: the projection is the identity
