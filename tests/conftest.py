@@ -94,6 +94,14 @@ def main_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str
     return code, capsys.readouterr().err
 
 
+def probe_job_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """``python probe_main.py ARGS`` in this process, as ``main_in_process`` is main.py's: exit code and stderr."""
+    from phd_lab.probes.cli import probe_cli
+    capsys.readouterr()
+    code = probe_cli(list(args))
+    return code, capsys.readouterr().err
+
+
 def sigint_as_in_a_terminal() -> None:
     """``preexec_fn`` of a process a test interrupts with SIGINT: a command started in the background by a
     non-interactive shell (a CI script) inherits SIGINT ignored, and Python then never raises

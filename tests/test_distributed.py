@@ -21,7 +21,8 @@ distributed = pytest.importorskip("distributed")
 from phd_lab.cli import main_cli  # noqa: E402
 from phd_lab.distributed import parse_scheduler  # noqa: E402
 from phd_lab.errors import UsageError  # noqa: E402
-from tests.conftest import read_metrics, run_folders, run_name, wait_for, write_config  # noqa: E402
+from tests.conftest import (probe_job_in_process, read_metrics, run_folders, run_name, wait_for,  # noqa: E402
+                            write_config)
 from tests.test_runs import assert_same_metrics, assert_same_weights, weights  # noqa: E402
 
 
@@ -900,17 +901,13 @@ def test_a_stop_while_one_fit_is_handled_keeps_a_fit_that_finished_on_the_cluste
 def test_probe_job_on_cluster_gives_the_same_csv_as_local(tmp_path, cluster, capsys):
     import pandas as pd
 
-    from phd_lab.probes.cli import probe_cli
     from tests.probe_latents import make_latents
 
     local_run, local_latents = make_latents(tmp_path / "local")
     dask_run, dask_latents = make_latents(tmp_path / "dask")
 
-    def probe(latents, *extra) -> tuple[int, str]:
-        """probe_main.py in this process (the job, not its process, is compared): exit code and stderr."""
-        capsys.readouterr()
-        code = probe_cli(["--latents", str(latents), "--no-progress", *extra])
-        return code, capsys.readouterr().err
+    def probe(latents, *extra) -> tuple[int, str]:  # in this process: the job, not its process, is compared
+        return probe_job_in_process(capsys, "--latents", str(latents), "--no-progress", *extra)
 
     assert probe(local_latents, "-mp", "0")[0] == 0
     code, err = probe(dask_latents, "--scheduler", cluster.scheduler_address, "--cache-dir", str(tmp_path / "cache"))
@@ -931,7 +928,6 @@ def test_gpu_probe_fits_go_to_the_workers_that_declare_a_gpu(tmp_path, cluster, 
 
     import torch
 
-    from phd_lab.probes.cli import probe_cli
     from tests.probe_latents import blob_layers, make_latents
 
     _, latents = make_latents(tmp_path, *blob_layers(n_layers=4))
@@ -942,12 +938,11 @@ def test_gpu_probe_fits_go_to_the_workers_that_declare_a_gpu(tmp_path, cluster, 
                                if info.get("resources", {}).get("GPU"))
             ran_on: dict[str, set[str]] = {}
             for device in ("cuda", "cpu"):
-                capsys.readouterr()
                 with distributed.get_task_stream(client=client) as stream:  # the job in this process: its tasks
-                    code = probe_cli(["--latents", str(latents), "--no-progress", "--solver", "lbfgs-torch",
-                                      "--probe-device", device, "--scheduler", cluster.scheduler_address,
-                                      "--cache-dir", str(tmp_path / f"cache-{device}")])
-                stderr = capsys.readouterr().err
+                    code, stderr = probe_job_in_process(
+                        capsys, "--latents", str(latents), "--no-progress", "--solver", "lbfgs-torch", "--probe-device",
+                        device, "--scheduler", cluster.scheduler_address,
+                        "--cache-dir", str(tmp_path / f"cache-{device}"))
                 fails = device == "cuda" and not torch.cuda.is_available()  # no CUDA for the fits here
                 assert code == (1 if fails else 0), stderr
                 probes = [record for record in stream.data if record["key"].startswith("probe-")]

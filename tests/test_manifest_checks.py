@@ -17,6 +17,7 @@ import pytest
 from phd_lab.errors import DataError
 from phd_lab.probes.manifest import read_manifest
 from phd_lab.probes.synthetic import write_latents
+from tests.conftest import probe_job_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,14 +57,10 @@ def probe_main(folder: Path, tmp_path: Path) -> str:
 
 
 def probe_in_process(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> str:
-    """``probe_main.py`` as above through the same entry point, in this process (where the message's way to a real
-    stderr is no subject: it spares each test a process start): exit status 2, no traceback; its stderr, on one
-    line."""
-    from phd_lab.__main__ import main
-    capsys.readouterr()
-    code = main(["probe", "--latents", str(folder), "-mp", "0", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
-                 "-q"])
-    err = capsys.readouterr().err
+    """``probe_main.py`` as above, in this process (where the message's way to a real stderr is no subject: it spares
+    each test a process start): exit status 2, no traceback; its stderr, on one line."""
+    code, err = probe_job_in_process(capsys, "--latents", str(folder), "-mp", "0",
+                                     "--cache-dir", str(tmp_path / "cache"), "--no-progress", "-q")
     assert code == 2, err
     assert "Traceback" not in err
     return " ".join(err.split())

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from phd_lab.probes.runner import TEST_DELAY_ENV
-from tests.conftest import ready_pool_workers, sigint_as_in_a_terminal
+from tests.conftest import probe_job_in_process, ready_pool_workers, sigint_as_in_a_terminal
 from tests.probe_latents import digits_layers, make_latents
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +39,8 @@ def _probe(latents: Path, cache: Path | None, delay: float = 0.0, workers: int =
 def _probe_here(capsys: pytest.CaptureFixture, latents: Path, cache: Path | None, workers: int = 1) -> tuple[int, str]:
     """``_probe`` run to its end in this process (where the job's process is not what a test is about: it spares a
     fresh interpreter's imports): exit code and stderr."""
-    from phd_lab.probes.cli import probe_cli
     cache_option = [] if cache is None else ["--cache-dir", str(cache)]
-    capsys.readouterr()
-    code = probe_cli(["--latents", str(latents), "-mp", str(workers), *cache_option, "--no-progress"])
-    return code, capsys.readouterr().err
+    return probe_job_in_process(capsys, "--latents", str(latents), "-mp", str(workers), *cache_option, "--no-progress")
 
 
 def _rows_without_seconds(path: Path) -> list[list[str]]:

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -14,18 +13,10 @@ import pytest
 from tests.analysis_fixtures import BORDER, LAYERS, read_json, write_run
 from tests.conftest import ROOT, main_in_process, write_config
 from phd_lab import atomic
-from phd_lab.__main__ import main as phd_lab_main
 from phd_lab.analysis.run_summary import summarize
 from phd_lab.analysis.run_tables import discover_runs, load_run, run_folder
 from phd_lab.report.cli import write_report
-
-
-def report(capsys, *args):
-    """``python -m phd_lab report ARGS`` through the same entry point, in this process (the command's start in a
-    process of its own is no subject here): its exit status and stderr."""
-    capsys.readouterr()
-    code = phd_lab_main(["report", *map(str, args)])
-    return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
+from tests.test_report import report_in_process as report
 
 
 def cut(path, keep_rows, extra_bytes):
