@@ -43,7 +43,7 @@ from phd_lab.model_checks import (check_fits_data, check_input_size, check_objec
                                   trained_meta_model, warn_of_unmatched_tracking_patterns)
 from phd_lab.bundle_checks import check_bundle_data
 from phd_lab.models.init import LINEAR_INITS, redraw_linear_layers
-from phd_lab.objectives import CLASSIFICATION
+from phd_lab.objectives import CLASSIFICATION, declare_objective, declared_objective
 from phd_lab.registry import Registries
 from phd_lab.report.collect import analyse_run, stamp_if_present
 from phd_lab.reproduction import device_type, setup_differences
@@ -617,8 +617,11 @@ class TrainTestExecutor:
             seed_everything(cfg.seed)
             model = self.build_model(bundle).to(device)
             # a model the meta device could not build is checked here
-            self._objective = check_objective(cfg, model, forward=False,
-                                              factory=self.registries.models.get(cfg.model)).name
+            factory = self.registries.models.get(cfg.model)
+            objective = check_objective(cfg, model, forward=False, factory=factory)
+            if declared_objective(factory) is not None:  # what the checks went by: the trainer and steps read the model
+                declare_objective(model, objective)
+            self._objective = objective.name
             optimizer, scheduler = self.build_optimizer(model)
             metrics = self.build_metrics()
         rundir = self.rundir

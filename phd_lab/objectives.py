@@ -61,6 +61,14 @@ def objective_of(model: nn.Module) -> Objective:
     return named_objective(getattr(inner, ATTRIBUTE, CLASSIFICATION), type(inner).__name__)
 
 
+def declare_objective(model: nn.Module, objective: Objective) -> None:
+    """Have ``model`` declare ``objective``: the one its registry factory declares, which the config's checks went by.
+    The trainer and the post-processing steps read the model's own (``objective_of``), so a model whose class
+    declared none was trained as a classifier (cross-entropy on its reconstruction: a RuntimeError in its first
+    batch)."""
+    setattr(model, ATTRIBUTE, objective.name)
+
+
 def declared_objective(factory: object) -> Objective | None:
     """The objective a registry factory declares, or None when it declares none (its model may)."""
     name = getattr(factory, ATTRIBUTE, None)

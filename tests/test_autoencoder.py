@@ -217,6 +217,51 @@ def test_models_of_a_users_registry_declare_their_objective_by_its_own_name(tmp_
     assert code == 1 and "reconstructs inputs of shape (128, 1, 16, 16) as outputs of shape (128, 3, 16, 16)" in said
 
 
+DECLARED_BY_ITS_FUNCTION = '''
+from torch import nn
+
+
+class Plain(nn.Module):
+    """An autoencoder whose class declares nothing: its registry function says what it is trained for."""
+
+    def __init__(self, in_channels):
+        super().__init__()
+        self.encode = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.decode = nn.Conv2d(4, in_channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.decode(self.encode(x).relu())
+
+
+def plain_autoencoder(*, num_classes, in_channels=3):
+    return Plain(in_channels)
+
+
+plain_autoencoder.phd_lab_objective = "reconstruction"
+'''
+
+
+def test_a_reconstruction_declared_by_its_registry_function_alone_trains_on_its_reconstruction(tmp_path, capsys):
+    """README: a model says it reconstructs 'on its class or its registry function'. Said on the function alone,
+    the checks took it for a reconstruction (metrics []), but the trainer read the model's class and trained it on
+    cross-entropy: a RuntimeError in its first batch."""
+    models = tmp_path / "my_models.py"
+    models.write_text(DECLARED_BY_ITS_FUNCTION)
+    config = write_config(tmp_path, model="plain_autoencoder", model_args={}, metrics=[], epoch=1,
+                          track_saturation=False, registries={"models": str(models)})
+    code, err = main_in_process(capsys, "--config", str(config))
+    assert code == 0, err
+    [run] = run_folders(tmp_path / "logs")
+    assert json.loads(next(run.glob("*_config.json")).read_text())["_meta"]["objective"] == "reconstruction"
+    state = torch.load(next(run.glob("*-e1.pt")), weights_only=True)
+    model = Registries({"models": str(models)}).models.get("plain_autoencoder")(num_classes=10, in_channels=1)
+    model.load_state_dict(state["model"])
+    _, test = digits_tensors(16)
+    with torch.no_grad():
+        error = float(((model(test.tensors[0]) - test.tensors[0]) ** 2).mean())
+    assert read_metrics(run)["test_loss"].iloc[-1] == pytest.approx(error, rel=1e-5)
+
+
 def test_the_analysis_gives_a_reconstruction_none_of_the_classifier_guidelines(tmp_path, capsys):
     config = write_config(tmp_path, resolution=16, **{**AUTOENCODER, "epoch": 1}, post_processing=["analysis"])
     code, err = main_in_process(capsys, "--config", str(config))
