@@ -56,8 +56,10 @@ OBJECTIVES: dict[str, Objective] = {CLASSIFICATION: Classification(), RECONSTRUC
 
 
 def objective_of(model: nn.Module) -> Objective:
-    """The objective a model declares (a wrapper's inner module counts: DataParallel, ...)."""
-    inner = getattr(model, "module", model)
+    """The objective a model declares (a DataParallel's or DistributedDataParallel's: its inner module's). Only those
+    wrappers are looked into: any model that kept a submodule as ``module`` was taken for one, its own declaration
+    passed over (a reconstruction was refused as a 'classifier' without metrics)."""
+    inner = model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
     return named_objective(getattr(inner, ATTRIBUTE, CLASSIFICATION), type(inner).__name__)
 
 

@@ -262,6 +262,42 @@ def test_a_reconstruction_declared_by_its_registry_function_alone_trains_on_its_
     assert read_metrics(run)["test_loss"].iloc[-1] == pytest.approx(error, rel=1e-5)
 
 
+KEEPS_ITS_LAYERS_AS_MODULE = '''
+from torch import nn
+
+
+class KeepsItsLayersAsModule(nn.Module):
+    """A reconstruction that keeps its layers in a submodule named ``module``, as a DataParallel keeps its model."""
+    phd_lab_objective = "reconstruction"
+
+    def __init__(self, in_channels):
+        super().__init__()
+        self.module = nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(),
+                                    nn.Conv2d(4, in_channels, 3, padding=1))
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def module_autoencoder(*, num_classes, in_channels=3):
+    return KeepsItsLayersAsModule(in_channels)
+'''
+
+
+def test_a_model_with_a_submodule_named_module_is_no_wrapper_and_keeps_its_own_objective(tmp_path, capsys):
+    """objective_of took any model with a ``module`` attribute for a DataParallel and read the submodule's objective:
+    this reconstruction was refused as a 'classifier' whose metrics must not be empty."""
+    models = tmp_path / "my_models.py"
+    models.write_text(KEEPS_ITS_LAYERS_AS_MODULE)
+    config = write_config(tmp_path, model="module_autoencoder", model_args={}, metrics=[], epoch=1,
+                          track_saturation=False, registries={"models": str(models)})
+    code, err = main_in_process(capsys, "--config", str(config), "--dry-run")
+    assert code == 0 and "classifier" not in err, err
+    model = Registries({"models": str(models)}).models.get("module_autoencoder")(num_classes=10, in_channels=1)
+    assert objective_of(model).name == objective_of(nn.DataParallel(model)).name == "reconstruction"
+    assert objective_of(nn.DataParallel(nn.Linear(2, 2))).name == "classification"
+
+
 def test_the_analysis_gives_a_reconstruction_none_of_the_classifier_guidelines(tmp_path, capsys):
     config = write_config(tmp_path, resolution=16, **{**AUTOENCODER, "epoch": 1}, post_processing=["analysis"])
     code, err = main_in_process(capsys, "--config", str(config))
