@@ -405,12 +405,12 @@ class TrainTestExecutor:
             changes.append(f"tracking_device {old_tracking} (now {new_tracking})")
         return changes
 
-    def _epochs_logged(self) -> int:
-        """Rows of the run's metrics CSV (the CSV may trail the checkpoint by one epoch after a kill)."""
-        try:
-            return max(0, len(self.rundir.metrics_csv.read_text(encoding="utf-8").splitlines()) - 1)
-        except (OSError, UnicodeDecodeError):
-            return 0
+    def _epochs_resumed_from(self) -> int:
+        """The epochs of the checkpoint a resume goes on from (``peek_epochs``: a damaged one passed over, as loading
+        passes it over), 0 where none can be read. Not the metrics CSV's rows: after a damaged last checkpoint the
+        CSV listed every epoch, and the epoch trained again ran on another device under a logged config that still
+        named the first; a CSV a kill left one row short refused a finished run's post-processing elsewhere."""
+        return CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).peek_epochs() or 0
 
     def _read_logged_config(self) -> dict[str, Any] | None:
         """The run folder's logged config as written, or None when there is none or it cannot be read."""
@@ -457,7 +457,7 @@ class TrainTestExecutor:
                 self._say_setup_differences(old_meta, now[META_KEY], against_logged_run=False)
                 changed = self._changes_to_training(previous, old_meta or {}) if kept else []
                 # a diverged run stops at once (nothing more trains), whatever the setup
-                if changed and self._epochs_logged() < self.config.epoch and not self.rundir.diverged.is_file():
+                if changed and self._epochs_resumed_from() < self.config.epoch and not self.rundir.diverged.is_file():
                     raise UsageError(
                         f"{self.config.source}: the run in {str(self.rundir.root)!r} has epochs left to train and "
                         f"was trained so far with {'; '.join(changed)}. A run continues with the settings it began "

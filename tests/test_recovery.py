@@ -1848,10 +1848,12 @@ def test_a_resume_on_another_device_type_is_refused_but_post_processing_there_is
     logged.update(device="cuda", mixed_precision=False)
     logged["_meta"].update(device="cuda:0", device_name="NVIDIA H200")
     logged_path.write_text(json.dumps(logged))
-    csv_path = folder / f"{run_name(folder)}.csv"
-    rows = csv_path.read_text().splitlines(keepends=True)
-    csv_path.write_text("".join(rows[:-1]))  # epoch 2 still to train, as far as its CSV tells
-    checkpoint = (folder / f"{run_name(folder)}.pt").read_bytes()
+    checkpoint_path = folder / f"{run_name(folder)}.pt"
+    whole = checkpoint_path.read_bytes()
+    flipped = bytearray(whole)
+    flipped[len(flipped) // 2] ^= 0xFF
+    checkpoint_path.write_bytes(bytes(flipped))  # epoch 2 still to train: a resume goes back to the previous one
+    checkpoint = checkpoint_path.read_bytes()
     capsys.readouterr()
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 2
     err = " ".join(capsys.readouterr().err.split())
@@ -1867,9 +1869,31 @@ def test_a_resume_on_another_device_type_is_refused_but_post_processing_there_is
     assert (folder / f"{run_name(folder)}.pt").read_bytes() == checkpoint
     logged_path.write_text(json.dumps(logged))
 
-    csv_path.write_text("".join(rows))  # trained to the end: post-processing may run on another device
+    checkpoint_path.write_bytes(whole)  # trained to the end: post-processing may run on another device
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert json.loads(logged_path.read_text())["device"] == "cuda"  # what it was trained with stays logged
+
+
+def test_a_finished_run_whose_csv_lost_its_last_row_is_post_processed_on_another_device_type(tmp_path, capsys):
+    """Whether a run had epochs left was read from its metrics CSV, not its checkpoint: a CSV a kill left one row
+    short of the checkpoint refused the post-processing of a finished run on another device, saying it had epochs
+    left (and a finished run whose last checkpoint was damaged, its CSV whole, trained that epoch again on the other
+    device: the test above). The GPU start is written into the logged config, as in the test above."""
+    config = write_config(tmp_path, epoch=2, cpu_threads=1, track_saturation=False)
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    logged.update(device="cuda", mixed_precision=False)
+    logged["_meta"].update(device="cuda:0", device_name="NVIDIA H200")
+    logged_path.write_text(json.dumps(logged))
+    csv_path, checkpoint_path = folder / f"{run_name(folder)}.csv", folder / f"{run_name(folder)}.pt"
+    rows, checkpoint = csv_path.read_text(), checkpoint_path.read_bytes()
+    csv_path.write_text("".join(rows.splitlines(keepends=True)[:-1]))  # killed after the checkpoint, before the CSV
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0, capsys.readouterr().err
+    assert csv_path.read_text() == rows and checkpoint_path.read_bytes() == checkpoint  # nothing trained: the row back
+    assert json.loads(logged_path.read_text())["device"] == "cuda"
 
 
 @pytest.mark.parametrize("write", [atomic.write_json, atomic.write_json_once])
