@@ -34,7 +34,8 @@ from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, U
 from phd_lab.factory_args import (FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect,
                                   factory_model_args, logged_run, refused_args)
 from phd_lab.factory_results import (check_callable, check_data_callable, checked_result,
-                                     none_of_the_models_parameters, stepping_refusal, unrestorable_scheduler)
+                                     none_of_the_models_parameters, stepping_refusal, unrestorable_optimizer,
+                                     unrestorable_scheduler)
 from phd_lab.interrupts import raise_if_stop_requested, raise_interruption_behind
 from phd_lab.kept_folders import existing_folder
 from phd_lab.lock import ProcessTurn, RunLock
@@ -315,7 +316,7 @@ class TrainTestExecutor:
         optimizer, scheduler = checked_result("optimizers", cfg.optimizer, built, self.registries.optimizers.source,
                                               cfg.source)
         refusal = (stepping_refusal(optimizer, scheduler) or none_of_the_models_parameters(optimizer, model)
-                   or unrestorable_scheduler(scheduler))
+                   or unrestorable_optimizer(optimizer) or unrestorable_scheduler(scheduler))
         if refusal:
             raise RegistryError(f"{cfg.source}: the optimizer factory {cfg.optimizer!r} of "
                                 f"{self.registries.optimizers.source or 'its registry'!r} returned what the trainer "

@@ -103,28 +103,56 @@ def unrestorable_scheduler(scheduler: Any) -> str | None:
     """Why a checkpoint could not carry ``scheduler``'s state, or None. A scheduler without ``state_dict`` failed
     the run after its first epoch; one whose state holds what ``torch.load(weights_only=True)`` refuses (a numpy
     scalar, a function) was saved every epoch, but every resume called each checkpoint damaged, the run lost."""
-    import io
-    import pickle
-    import re
-
-    import torch
     if scheduler is None:
         return None
     missing = [method for method in ("state_dict", "load_state_dict") if not callable(getattr(scheduler, method, None))]
     if missing:
         return (f"its scheduler {type(scheduler).__name__} has no {' or '.join(m + '()' for m in missing)}, which a "
                 f"checkpoint saves and a resume restores")
+    held = _refused_by_weights_only(scheduler.state_dict())
+    if held is not None:
+        return (f"its scheduler {type(scheduler).__name__}'s state_dict() holds {held}, which a checkpoint cannot "
+                f"restore (it is read with torch.load(weights_only=True)): keep its state to tensors, numbers, "
+                f"strings and lists and dicts of them")
+    return None
+
+
+def unrestorable_optimizer(optimizer: Any) -> str | None:
+    """Why a checkpoint could not carry ``optimizer``'s hyperparameters, or None. One given as a numpy scalar
+    (``lr=0.1 * np.sqrt(batch_size / 256)``) trained, and was saved every epoch, but ``torch.load(weights_only=True)``
+    refuses numpy scalars: every resume called each checkpoint damaged (also the rerun of a finished run that adds a
+    post-processing step), the run lost."""
+    groups = [{key: value for key, value in group.items() if key != "params"}
+              for group in getattr(optimizer, "param_groups", [])]
+    if _refused_by_weights_only(groups) is None:  # one round trip for all of them (every grid point is checked)
+        return None
+    for index, group in enumerate(groups):
+        for key, value in group.items():
+            held = _refused_by_weights_only({key: value})
+            if held is not None:
+                return (f"its optimizer {type(optimizer).__name__}'s parameter group {index} holds {key!r} = "
+                        f"{value!r} ({held}), which a checkpoint cannot restore (it is read with "
+                        f"torch.load(weights_only=True)): give it as a Python number (float(...), int(...)) or a "
+                        f"tensor")
+    return None
+
+
+def _refused_by_weights_only(state: Any) -> str | None:
+    """What of ``state`` ``torch.load(weights_only=True)`` refuses once saved (the global it names, such as a numpy
+    scalar's type), or None where it reads ``state`` back."""
+    import io
+    import pickle
+    import re
+
+    import torch
     buffer = io.BytesIO()
     try:
-        torch.save(scheduler.state_dict(), buffer)
+        torch.save(state, buffer)
         buffer.seek(0)
         torch.load(buffer, weights_only=True)
     except (pickle.PicklingError, pickle.UnpicklingError, TypeError, AttributeError) as error:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        held = refused.group(1) if refused else f"what pickle refuses ({first_line(error)})"
-        return (f"its scheduler {type(scheduler).__name__}'s state_dict() holds {held}, which a checkpoint cannot "
-                f"restore (it is read with torch.load(weights_only=True)): keep its state to tensors, numbers, "
-                f"strings and lists and dicts of them")
+        return refused.group(1) if refused else f"what pickle refuses ({first_line(error)})"
     return None
 
 

@@ -57,6 +57,11 @@ def warmup(model, *, epochs, lr=0.1):
     return optimizer, Warmup(optimizer)
 
 
+def scaled(model, *, epochs, batch_size=256):
+    """SGD at the square-root scaled rate, computed with numpy: a numpy scalar in its parameter group."""
+    return torch.optim.SGD(model.parameters(), lr=0.1 * np.sqrt(batch_size / 256)), None
+
+
 def another_model(model, *, epochs, lr=0.1):
     """SGD over a model of its own making, not the one it is given."""
     return torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=lr), None
@@ -232,6 +237,17 @@ def test_a_scheduler_whose_state_no_checkpoint_can_restore_is_refused_before_its
     assert main_cli(["--config", str(own_config(tmp_path, "warmup")), "--no-progress", "-q"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "the optimizer factory 'warmup'" in err and "its scheduler Warmup's state_dict() holds numpy" in err
+    assert "torch.load(weights_only=True)" in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
+
+
+def test_an_optimizer_whose_hyperparameters_no_checkpoint_restores_is_refused_up_front(tmp_path, capsys):
+    """An optimizer whose lr was a numpy scalar trained and wrote a checkpoint every epoch, but
+    torch.load(weights_only=True) refuses numpy scalars: a resume (or the rerun of the finished run for a new step)
+    said 'Every checkpoint ... is damaged (UnpicklingError)', the run lost. The factory is named up front."""
+    assert main_cli(["--config", str(own_config(tmp_path, "scaled", epoch=1)), "--no-progress", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the optimizer factory 'scaled'" in err and "its optimizer SGD's parameter group 0 holds 'lr'" in err, err
     assert "torch.load(weights_only=True)" in err and "Traceback" not in err
     assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
 
