@@ -4,7 +4,9 @@ Schema (format 1), a dict of tensors and plain containers readable with
 ``torch.load(weights_only=True)``: ``format``, ``epoch`` (completed epochs), ``model``,
 ``optimizer``, ``scheduler``, ``scaler``, ``rng`` (python/numpy/torch/cuda/DataLoader
 generators), ``history`` (the metric rows so far), ``callbacks`` (their state), ``cpu_threads``
-(torch's thread count while training; absent in checkpoints of versions before it was recorded).
+(torch's thread count while training; absent in checkpoints of versions before it was recorded),
+``non_finite_batch`` (whether a training batch of non-finite loss held NaN or inf itself: None before any such
+loss, and absent in checkpoints of versions before it was recorded).
 
 Saving writes a temp file, fsyncs it, moves the current checkpoint to ``previous`` and
 renames the temp file into place. Loading falls back to ``previous`` when the current file

@@ -80,6 +80,7 @@ class Trainer:
             "history": [dict(row) for row in self.history],
             "callbacks": [cb.state_dict() for cb in self.callbacks],
             "cpu_threads": torch.get_num_threads(),  # float sums depend on it: a resume goes on with it
+            "non_finite_batch": self._non_finite_batch,  # a rerun of a diverged run gives the same advice
         }
 
     def load_state_dict(self, state: dict[str, Any], bundle: DataBundle) -> None:
@@ -93,6 +94,9 @@ class Trainer:
         self.history = [dict(row) for row in state["history"]]
         for callback, cb_state in zip(self.callbacks, state.get("callbacks", [])):
             callback.load_state_dict(cb_state)
+        # absent in checkpoints of earlier versions: whether the data made the weights non-finite is not known there
+        non_finite_batch = state.get("non_finite_batch")
+        self._non_finite_batch = non_finite_batch if isinstance(non_finite_batch, bool) else None
 
     # ----------------------------------------------------------------- loop
     def fit(self, bundle: DataBundle, store: CheckpointStore) -> list[dict[str, Any]]:

@@ -1663,6 +1663,24 @@ def test_a_run_made_non_finite_by_its_data_says_so_rather_than_to_lower_the_lear
     assert "smaller learning rate" not in err, err
 
 
+def test_the_rerun_of_a_run_made_non_finite_by_its_data_still_says_so(tmp_path, capsys):
+    """The rerun of such a run (a grid run again) stops at once, but said 'Try a smaller learning rate' and wrote that
+    advice over the first attempt's into diverged.json: whether the data made the weights non-finite was not kept in
+    the checkpoint."""
+    (tmp_path / "nan_data.py").write_text(NAN_DATA)
+    config = write_config(tmp_path, epoch=2, cpu_threads=1, dataset="with_nan", resolution=4, batch_size=4,
+                          registries={"datasets": "nan_data.py"}, optimizer_args={"lr": 0.001},
+                          model="mlp", model_args={"input_side": 4, "units": [[4]]}, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "diverged in epoch 1 of 2" in err and "the data, not the learning rate" in err, err
+    assert "smaller learning rate" not in err, err
+    [folder] = run_folders(tmp_path / "logs")
+    assert "the data, not the learning rate" in json.loads((folder / "diverged.json").read_text())["message"]
+
+
 def test_a_diverged_run_rerun_under_another_setup_is_not_said_to_train_its_epochs_under_it(tmp_path, capsys):
     """A rerun of a diverged run stops at once (README), but under other versions it warned that 'the epochs still
     to train run under another setup' and that 'the run will differ from one trained without a break'."""
