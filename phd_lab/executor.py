@@ -34,8 +34,8 @@ from phd_lab.errors import ConfigError, DataError, RegistryError, RunDiverged, U
 from phd_lab.factory_args import (FRAMEWORK_MODEL_OPTIONS, SUPPLIED_ARGS, check_factory_args, defaults_in_effect,
                                   factory_model_args, logged_run, refused_args)
 from phd_lab.factory_results import (check_callable, check_data_callable, checked_result,
-                                     none_of_the_models_parameters, stepping_refusal, unrestorable_optimizer,
-                                     unrestorable_scheduler)
+                                     none_of_the_models_parameters, stepping_refusal, unrestorable_model_state,
+                                     unrestorable_optimizer, unrestorable_scheduler)
 from phd_lab.interrupts import raise_if_stop_requested, raise_interruption_behind
 from phd_lab.kept_folders import existing_folder
 from phd_lab.lock import ProcessTurn, RunLock
@@ -208,6 +208,7 @@ class TrainTestExecutor:
         once(lambda: check_truncate(cfg, model), "truncate", json.dumps(cfg.model_args.get("truncate")),
              cfg.resolution)  # it traces and runs the model on the meta device
         once(lambda: check_input_size(cfg, model), "input size", cfg.resolution)
+        once(lambda: self._refuse_an_unrestorable_model(model), "model state")
         once(lambda: check_single_output(cfg, model, check_objective(cfg, model, forward=False, factory=factory)),
              "single output", cfg.resolution, json.dumps(cfg.model_args.get("truncate")))
         if cfg.batch_size == 1:
@@ -290,7 +291,16 @@ class TrainTestExecutor:
         if linear_init is not None:
             self._output_layer_note = redraw_linear_layers(
                 model, linear_init, (bundle.in_channels, cfg.resolution, cfg.resolution))
+        self._refuse_an_unrestorable_model(model)  # a model the meta device could not build is checked here
         return model
+
+    def _refuse_an_unrestorable_model(self, model: nn.Module) -> None:
+        """A model whose state no checkpoint could restore (``unrestorable_model_state``), before a run folder."""
+        refusal = unrestorable_model_state(model)
+        if refusal:
+            raise RegistryError(f"{self.config.source}: the model factory {self.config.model!r} of "
+                                f"{self.registries.models.source or 'its registry'!r} returned what the trainer "
+                                f"cannot use: {refusal} (see docs/registries.md). Fix the factory.")
 
     def build_optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
         """The optimizer and its scheduler for ``model`` from the registry factory, given the epoch count."""

@@ -137,6 +137,25 @@ def unrestorable_optimizer(optimizer: Any) -> str | None:
     return None
 
 
+def unrestorable_model_state(model: Any) -> str | None:
+    """Why a checkpoint could not carry ``model``'s state, or None: an entry of its ``state_dict()`` that is no tensor
+    (what a module's ``get_extra_state()`` returns) and that ``torch.load(weights_only=True)`` refuses, such as a numpy
+    scalar. Such a run trained and wrote a checkpoint every epoch, but every resume (and the rerun of the finished run
+    for a new post-processing step) called each checkpoint damaged, the run lost. Only those entries are saved for
+    the check: the weights are tensors, which every checkpoint reads."""
+    import torch
+    extra = {name: value for name, value in model.state_dict().items() if not isinstance(value, torch.Tensor)}
+    if not extra or _refused_by_weights_only(extra) is None:
+        return None
+    for name, value in extra.items():
+        held = _refused_by_weights_only({name: value})
+        if held is not None:
+            return (f"its model's state_dict() holds {name!r} ({held}), which a checkpoint cannot restore (it is read "
+                    f"with torch.load(weights_only=True)): keep what get_extra_state() returns to tensors, Python "
+                    f"numbers, strings and lists and dicts of them (float(...) of a numpy number)")
+    return None
+
+
 def _refused_by_weights_only(state: Any) -> str | None:
     """What of ``state`` ``torch.load(weights_only=True)`` refuses once saved (the global it names, such as a numpy
     scalar's type), or None where it reads ``state`` back."""

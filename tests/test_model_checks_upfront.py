@@ -307,6 +307,58 @@ def test_a_model_that_ignores_in_channels_is_refused_before_its_run_folder_is_ma
     assert run_folders(tmp_path / "logs") == []
 
 
+NUMPY_EXTRA_STATE = '''
+import numpy as np
+import torch
+from torch import nn
+
+
+class Normalised(nn.Module):
+    """Keeps the input statistics it normalises with as extra state, numpy numbers."""
+
+    def __init__(self, in_channels, num_classes, mean):
+        super().__init__()
+        self.mean, self.std = np.float64(mean), np.float64(1.0)
+        self.body = nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(4, num_classes))
+
+    def get_extra_state(self):
+        return {"mean": self.mean, "std": self.std}
+
+    def set_extra_state(self, state):
+        self.mean, self.std = state["mean"], state["std"]
+
+    def forward(self, x):
+        return self.body((x - float(self.mean)) / float(self.std))
+
+
+def normalised(*, num_classes, in_channels=3):
+    return Normalised(in_channels, num_classes, 0.0)
+
+
+def measured(*, num_classes, in_channels=3):
+    """Its mean is read from a tensor's value, which the meta device does not have: built for the run only."""
+    return Normalised(in_channels, num_classes, torch.zeros(1).item())
+'''
+
+
+@pytest.mark.parametrize("model", ["normalised", "measured"])
+def test_a_model_whose_extra_state_no_checkpoint_restores_is_refused_before_its_run_folder(tmp_path, capsys, model):
+    """A model keeping numpy numbers in its get_extra_state() trained and wrote a checkpoint every epoch, but
+    torch.load(weights_only=True) refuses numpy scalars: a resume (or the rerun of the finished run for a new step)
+    said 'Every checkpoint ... is damaged (UnpicklingError)', the run lost. Refused up front where the meta device
+    builds the model, else when the run builds it, before its folder is made."""
+    (tmp_path / "my_models.py").write_text(NUMPY_EXTRA_STATE)
+    config = write_config(tmp_path, model=model, model_args={}, epoch=1, track_saturation=False,
+                          registries={"models": "my_models.py"})
+    code, err = main_in_process(capsys, "--config", str(config))
+    message = " ".join(err.split())
+    assert code == 2, err
+    assert f"the model factory '{model}'" in message and "state_dict() holds '_extra_state'" in message, message
+    assert "torch.load(weights_only=True)" in message and "Traceback" not in message
+    assert run_folders(tmp_path / "logs") == []
+
+
 def test_a_model_made_for_grey_images_is_refused_on_three_channel_data_before_its_run_folder(tmp_path, capsys):
     """A first Conv2d of 1 input channel on three-channel data (every folder: dataset is read as RGB) passed the
     checks, as 3 is the placeholder's channel count, and failed at the first batch ('expected input[8, 3, 8, 8] to
