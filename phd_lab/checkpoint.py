@@ -8,8 +8,9 @@ generators), ``history`` (the metric rows so far), ``callbacks`` (their state), 
 ``non_finite_batch`` (whether a training batch of non-finite loss held NaN or inf itself: None before any such
 loss, and absent in checkpoints of versions before it was recorded).
 
-Saving writes a temp file, fsyncs it, moves the current checkpoint to ``previous`` and
-renames the temp file into place. Loading falls back to ``previous`` when the current file
+Saving writes a temp file, fsyncs it, reads it back as a resume will (``weights_only``, memory-mapped; a state that
+took a numpy scalar stops the run there, the current checkpoint kept), moves the current checkpoint to ``previous``
+and renames the temp file into place. Loading falls back to ``previous`` when the current file
 is missing or damaged (also a whole archive that lacks an entry a resume reads, or holds one of
 another type), with a warning that says so. A checkpoint is a zip archive whose members
 carry CRC-32 checksums, which ``torch.load`` does not check: a file with one flipped byte loaded
@@ -99,6 +100,15 @@ class CheckpointStore:
                 time.sleep(pause)
                 handle.seek(0)
                 torch.save(payload, handle)
+        unreadable = _unreadable_entries(self.staged, payload)
+        if unreadable:
+            self.staged.unlink(missing_ok=True)
+            raise CheckpointError(
+                f"The checkpoint of epoch {payload.get('epoch')} in {str(self.path.parent)!r} could not be saved so "
+                f"that a resume can read it: {unreadable}, which torch.load(weights_only=True) refuses (checkpoints "
+                f"hold tensors, Python numbers, strings and lists and dicts of them). Training stopped there; the "
+                f"checkpoint saved before it, if any, is kept. Have the factory that made it keep Python numbers "
+                f"(float(...) of a numpy number) and run the same command again: it resumes from the kept one.")
         if self.path.exists():
             if self._current_damaged:  # the readable fallback stays the previous generation
                 atomic.replace(self.path, self.path.with_name(self.path.name + ".damaged"))
@@ -209,6 +219,30 @@ class CheckpointStore:
             return state
         raise CheckpointError(f"Every checkpoint in {self.path.parent} is damaged ({'; '.join(errors)}). "
                               f"Delete them to retrain this run from the start.")
+
+
+def _unreadable_entries(path: Path, payload: dict[str, Any]) -> str:
+    """What of the checkpoint just written to ``path`` ``torch.load(weights_only=True)`` refuses, named by its entry
+    (``'scheduler' holds numpy.float64``), or '' where it reads back. Factories' results are checked before training
+    (``factory_results``), but a state may take such a value only once it steps (an optimizer or scheduler of one's
+    own): saved every epoch, no checkpoint of the run could be read back, and the resume after a kill lost the run.
+    The written file is unpickled memory-mapped (its tensors stay unread); only on a refusal are the entries saved
+    again one by one to name the culprit."""
+    import pickle
+
+    from phd_lab.factory_results import refused_by_weights_only
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        named = []
+        for key, value in payload.items():
+            if key == "model":  # the weights are tensors; what a module's get_extra_state() returns may not be
+                value = {name: item for name, item in value.items() if not isinstance(item, torch.Tensor)}
+            held = refused_by_weights_only(value)
+            if held is not None:
+                named.append(f"its entry {key!r} holds {held}")
+        return "; ".join(named) or "it holds what pickle refuses"
+    return ""
 
 
 def _other_format(path: Path, state: object) -> str:

@@ -109,7 +109,7 @@ def unrestorable_scheduler(scheduler: Any) -> str | None:
     if missing:
         return (f"its scheduler {type(scheduler).__name__} has no {' or '.join(m + '()' for m in missing)}, which a "
                 f"checkpoint saves and a resume restores")
-    held = _refused_by_weights_only(scheduler.state_dict())
+    held = refused_by_weights_only(scheduler.state_dict())
     if held is not None:
         return (f"its scheduler {type(scheduler).__name__}'s state_dict() holds {held}, which a checkpoint cannot "
                 f"restore (it is read with torch.load(weights_only=True)): keep its state to tensors, numbers, "
@@ -124,11 +124,11 @@ def unrestorable_optimizer(optimizer: Any) -> str | None:
     post-processing step), the run lost."""
     groups = [{key: value for key, value in group.items() if key != "params"}
               for group in getattr(optimizer, "param_groups", [])]
-    if _refused_by_weights_only(groups) is None:  # one round trip for all of them (every grid point is checked)
+    if refused_by_weights_only(groups) is None:  # one round trip for all of them (every grid point is checked)
         return None
     for index, group in enumerate(groups):
         for key, value in group.items():
-            held = _refused_by_weights_only({key: value})
+            held = refused_by_weights_only({key: value})
             if held is not None:
                 return (f"its optimizer {type(optimizer).__name__}'s parameter group {index} holds {key!r} = "
                         f"{value!r} ({held}), which a checkpoint cannot restore (it is read with "
@@ -145,10 +145,10 @@ def unrestorable_model_state(model: Any) -> str | None:
     the check: the weights are tensors, which every checkpoint reads."""
     import torch
     extra = {name: value for name, value in model.state_dict().items() if not isinstance(value, torch.Tensor)}
-    if not extra or _refused_by_weights_only(extra) is None:
+    if not extra or refused_by_weights_only(extra) is None:
         return None
     for name, value in extra.items():
-        held = _refused_by_weights_only({name: value})
+        held = refused_by_weights_only({name: value})
         if held is not None:
             return (f"its model's state_dict() holds {name!r} ({held}), which a checkpoint cannot restore (it is read "
                     f"with torch.load(weights_only=True)): keep what get_extra_state() returns to tensors, Python "
@@ -156,7 +156,7 @@ def unrestorable_model_state(model: Any) -> str | None:
     return None
 
 
-def _refused_by_weights_only(state: Any) -> str | None:
+def refused_by_weights_only(state: Any) -> str | None:
     """What of ``state`` ``torch.load(weights_only=True)`` refuses once saved (the global it names, such as a numpy
     scalar's type), or None where it reads ``state`` back."""
     import io

@@ -57,6 +57,32 @@ def warmup(model, *, epochs, lr=0.1):
     return optimizer, Warmup(optimizer)
 
 
+class Decay:
+    """A hand-written decay that halves the rate each epoch and records it as numpy computes it: a Python number
+    until its second step, then a numpy scalar (which torch.load(weights_only=True) refuses)."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.steps, self.factor = optimizer, 0, 1.0
+
+    def step(self):
+        self.steps += 1
+        self.factor = self.factor if self.steps < 2 else np.float64(0.5) ** self.steps
+        for group in self.optimizer.param_groups:
+            group["lr"] = 0.1 * float(self.factor)
+
+    def state_dict(self):
+        return {"steps": self.steps, "factor": self.factor}
+
+    def load_state_dict(self, state):
+        self.steps, self.factor = state["steps"], state["factor"]
+
+
+def late_numpy(model, *, epochs, lr=0.1):
+    """SGD with a Decay, whose state passes the check up front and takes a numpy scalar in its second epoch."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    return optimizer, Decay(optimizer)
+
+
 def scaled(model, *, epochs, batch_size=256):
     """SGD at the square-root scaled rate, computed with numpy: a numpy scalar in its parameter group."""
     return torch.optim.SGD(model.parameters(), lr=0.1 * np.sqrt(batch_size / 256)), None
@@ -250,6 +276,25 @@ def test_an_optimizer_whose_hyperparameters_no_checkpoint_restores_is_refused_up
     assert "the optimizer factory 'scaled'" in err and "its optimizer SGD's parameter group 0 holds 'lr'" in err, err
     assert "torch.load(weights_only=True)" in err and "Traceback" not in err
     assert not (tmp_path / "logs").exists() or not run_folders(tmp_path / "logs")
+
+
+def test_a_state_no_checkpoint_restores_once_it_steps_stops_the_run_with_the_last_readable_checkpoint(tmp_path,
+                                                                                                        capsys):
+    """A scheduler whose state takes a numpy scalar only once it steps passes the check up front: every checkpoint
+    from then on was written, but none could be read back, so the resume after a kill lost the run ('Every
+    checkpoint ... is damaged'). The save reads the file back: the run stops at the first such epoch, naming the
+    entry and what it holds, and the checkpoint of the epoch before stays the one a resume reads."""
+    config = own_config(tmp_path, "late_numpy", epoch=3, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "The checkpoint of epoch 2" in err and "its entry 'scheduler' holds numpy" in err, err
+    assert "torch.load(weights_only=True)" in err and "Traceback" not in err
+    [folder] = run_folders(tmp_path / "logs")
+    [current] = [path for path in folder.glob("*.pt") if not path.name.endswith(".previous.pt")]
+    store = CheckpointStore(current, current.with_name(current.name[:-3] + ".previous.pt"))
+    assert not store.staged.exists() and store.load()["epoch"] == 1
+    state = torch.load(store.path, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 1 and state["scheduler"] == {"steps": 1, "factor": 1.0}
 
 
 def test_a_registry_file_given_by_its_path_runs_under_its_own_future_statements(tmp_path):
