@@ -1753,6 +1753,11 @@ def test_a_trained_run_whose_logged_config_cannot_be_read_is_refused_not_logged_
         assert "Restore it" in err and "Traceback" not in err and logged_path.read_bytes() == damaged
         # "nothing in the folder was changed": the log took three lines of an attempt without an end (a "kill")
         assert log.read_bytes() == logged
+        # a dry run called the run 'finished', so a grid checked with it before a batch job failed there (exit 2)
+        assert main_cli(["--config", str(config), "--dry-run"]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"finished; {logged_path.name} cannot be read (" in out, out
+        assert "the plain command refuses the run (exit 2)" in out and logged_path.read_bytes() == damaged
     logged_path.unlink()
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert json.loads(logged_path.read_text())["epoch"] == 1
@@ -1786,6 +1791,10 @@ def test_a_logged_config_that_is_a_dangling_link_is_refused_not_replaced(tmp_pat
     assert "remove the link to log this config's values anew" in err and "Traceback" not in err
     assert logged_path.is_symlink() and os.readlink(logged_path) == str(tmp_path / "archive" / logged_path.name)
     assert (folder / f"{run_name(folder)}.log").read_bytes() == run_log
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0  # it said 'finished'
+    out = " ".join(capsys.readouterr().out.split())
+    assert (f"finished; {logged_path.name} is a symbolic link to {str(tmp_path / 'archive' / logged_path.name)!r}, "
+            "which does not exist: the plain command refuses the run (exit 2)") in out, out
     logged_path.unlink()
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert not logged_path.is_symlink() and json.loads(logged_path.read_text())["epoch"] == 1
