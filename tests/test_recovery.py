@@ -954,6 +954,26 @@ def test_a_folder_where_a_run_writes_a_file_is_named_with_what_to_do_not_a_bare_
     assert [p.name for p in tmp_path.glob("*.tmp")] == [] and (tmp_path / "diverged.json").is_dir()
 
 
+def test_an_analysis_step_that_cannot_write_its_files_fails_the_run(tmp_path, capsys):
+    """The analysis step took a write its folder refused (a folder at analysis.json, a full disk) for a report's
+    refresh on the side: two warnings, and the run 'finished' with exit 0 without its analysis.json, where every
+    other step fails the run (exit 1) naming the file. Its files are the step's result: it fails the same way, and
+    once the folder is gone the same command writes them."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=["analysis"])
+    main = Main(progress=False)
+    main.load(config)
+    rundir = main.executors[0].rundir
+    rundir.analysis_json.mkdir(parents=True)
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"failed: FolderInTheWay: '{rundir.analysis_json}' is a folder, but phd-lab writes a file of that name "
+            f"there") in err and f"Its log: {rundir.log}" in err and "Traceback" not in err, err
+    rundir.analysis_json.rmdir()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert json.loads(rundir.analysis_json.read_text())["run"]["status"]["state"] == "finished"
+
+
 def test_an_atomic_write_syncs_the_file_before_its_rename_and_the_folder_after(tmp_path):
     """Durability across a power cut: the temp file's data reach the disk (fsync) before the rename makes it the
     target, and the folder's new entry after it. The system calls are traced with strace where it can run."""
