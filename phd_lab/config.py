@@ -227,7 +227,8 @@ SCHEMA: tuple[Key, ...] = (
     _key("probe_tol", "float", 1e-4, "probe job: stopping tolerance of the solver", minimum=0.0,
          exclusive_minimum=True, technical=True),
     _key("probe_standardize", "bool", None, "probe job: standardise features with training-set mean/std; "
-         "null = solver default (saga off as in the thesis, lbfgs on)", nullable=True, technical=True),
+         "null = solver default (saga off as in the thesis, lbfgs and lbfgs-torch on)", nullable=True,
+         technical=True),
     _key("probe_train_samples", "int", None, "probe job: fit on a stratified subsample of this many training "
          "samples; null = all", nullable=True, minimum=1, technical=True),
     _key("probe_seed", "int", 0, "probe job: seed of the saga sample order and of the subsample", minimum=0,

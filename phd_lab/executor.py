@@ -431,12 +431,25 @@ class TrainTestExecutor:
         """``write_config``'s refusal of a trained run whose logged config cannot be read, made before the folder is
         locked and its log opened: made there, it appended the attempt's first lines to the run's log (and no end
         line, which reads as a killed attempt) while saying nothing in the folder was changed."""
+        problem = self._unreadable_logged_config_problem()
+        if problem is not None:
+            raise UsageError(self._unreadable_logged_config(self.rundir.config, problem))
+
+    def _unreadable_logged_config_problem(self) -> str | None:
+        """Why the logged config of a trained run cannot be read, or None (no such config, or no checkpoint)."""
         path = self.rundir.config
         if not path.exists() or not CheckpointStore(self.rundir.checkpoint, self.rundir.previous_checkpoint).exists():
-            return
-        _, problem = read_logged_config(path)
-        if problem is not None:
-            raise UsageError(self._unreadable_logged_config(path, problem))
+            return None
+        return read_logged_config(path)[1]
+
+    def logged_config_refusal(self) -> str | None:
+        """What of the run folder's logged config makes the plain command refuse the run (a dangling link, or a
+        trained run's config that cannot be read), in a few words for ``--dry-run``'s status; None where nothing."""
+        path = self.rundir.config
+        if path.is_symlink() and not path.exists():
+            return f"{path.name} is a symbolic link to {link_target(path)!r}, which does not exist"
+        problem = self._unreadable_logged_config_problem()
+        return None if problem is None else f"{path.name} cannot be read ({problem})"
 
     def _unreadable_logged_config(self, path: Path, problem: str) -> str:
         return (f"{self.config.source}: the logged config {str(path)!r} of the trained run in that folder cannot be "

@@ -589,6 +589,10 @@ def point_status(executor: TrainTestExecutor, meta_models: dict[Any, Any] | None
             status = training_status(rundir, {"epoch": planned}, pd.DataFrame({"epoch": [trained]}))
             notes.append(f"the epochs trained are those of {rundir.checkpoint.name}" + (
                 "" if damage is not None else f": the metrics CSV lists {listed} of its {trained}"))
+    refused = executor.logged_config_refusal()
+    if refused is not None:  # the plain command stops at it before it trains or post-processes anything
+        return (f"{status.label()}; {refused}: the plain command refuses the run (exit 2) and says how to go on" +
+                (f" ({'; '.join(notes)})" if notes else ""))
     if not status.active and status.epochs_done and not store.exists():  # the checkpoints deleted since
         return (f"{status.label()}, but neither {rundir.checkpoint.name} nor {rundir.previous_checkpoint.name} is "
                 f"there: the plain command trains it again from the start and replaces the rows of "

@@ -165,3 +165,17 @@ def test_the_probe_help_says_where_latents_takes_its_settings():
     assert "with --latents, to those of the run's logged config" in epilog
     docs = " ".join((ROOT / "docs" / "probes.md").read_text(encoding="utf-8").split())
     assert "With `--latents`, each defaults to the key of the run's logged config" in docs
+
+
+def test_the_probe_help_gives_every_solvers_standardisation_default():
+    """--standardize's help said 'default: off for saga, on for lbfgs' and left lbfgs-torch out, which
+    standardises too (docs/probes.md's table: on for lbfgs/lbfgs-torch)."""
+    from phd_lab.probes.cli import build_parser as probe_parser
+    from phd_lab.probes.settings import DEFAULT_STANDARDIZE
+    [action] = [a for a in probe_parser()._actions if "--standardize" in a.option_strings]
+    said = " ".join(action.help.split())
+    on = [solver for solver, standardised in DEFAULT_STANDARDIZE.items() if standardised]
+    off = [solver for solver, standardised in DEFAULT_STANDARDIZE.items() if not standardised]
+    assert f"off for {' and '.join(off)}, on for {' and '.join(on)}" in said, said
+    from phd_lab.config import SCHEMA_BY_NAME  # the config key's doc (--list-keys, the README's table) too
+    assert f"{' and '.join(on)} on)" in SCHEMA_BY_NAME["probe_standardize"].doc

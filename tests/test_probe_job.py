@@ -2634,3 +2634,20 @@ def test_a_run_stopped_before_its_last_epoch_is_not_called_trained(tmp_path, cap
             f"run(s) 1: training stopped before its last epoch, no latents (python main.py --config {config} --index 1 "
             f"resumes it)") in said, said
     assert probe_csv_written(probed)
+
+
+def test_what_a_probe_job_removes_from_probe_confusion_is_what_the_docs_say(tmp_path):
+    """README said the job removes 'the files' in probe_confusion* it did not write, docs/probes.md only the
+    matrices of layers the latents no longer hold: it removes every .npy and .png file there that is not its own
+    (a figure of one's own too), and leaves other files and hidden ones."""
+    from phd_lab.probes.outputs import remove_other_confusions
+    names = ["001-a.npy", "001-a.png", "002-gone.npy", "002-gone.png", "summary.png", "notes.txt", ".hidden.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    remove_other_confusions(tmp_path, [tmp_path / "001-a.npy", tmp_path / "001-a.png"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden.png", "001-a.npy", "001-a.png", "notes.txt"]
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    probes = " ".join((Path(__file__).parents[1] / "docs" / "probes.md").read_text().split())
+    assert "(the probe job removes the `.npy` and `.png` files in them it did not write)" in readme
+    assert "every `.npy` and `.png` file there that is not one of this job's" in probes
+    assert "other files, and hidden ones, stay" in probes

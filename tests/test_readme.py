@@ -105,3 +105,21 @@ def test_the_probe_options_table_names_existing_options_and_the_schema_defaults(
         shown = default.strip().strip("`")
         assert (shown == "null" and expected is None) or (shown not in ("null",) and (
             shown == str(expected) or float(shown) == expected)), (key, shown, expected)
+
+
+def test_the_layers_saturation_tracking_warns_of_are_those_the_readme_names():
+    """'Layers it warns about' named only the other convolutions after the run's warning had come to name GRU and
+    plain RNN layers too (untracked_layers): every kind it names is in that paragraph."""
+    import torch
+
+    from phd_lab.tracking.tracker import untracked_layers
+    model = torch.nn.ModuleDict({"gru": torch.nn.GRU(4, 3), "rnn": torch.nn.RNN(4, 3), "lstm": torch.nn.LSTM(4, 3),
+                                 "c1": torch.nn.Conv1d(1, 2, 3), "c3": torch.nn.Conv3d(1, 2, 3),
+                                 "ct": torch.nn.ConvTranspose2d(1, 2, 3)})
+    readme = _doc("README.md")
+    paragraph = readme[readme.index("### Layers it warns about"):readme.index("### How it is computed")]
+    paragraph = paragraph[paragraph.index("- Other convolutions"):paragraph.index("- A module the forward pass")]
+    kinds = {kind for _, kind in untracked_layers(model)}
+    assert kinds == {"GRU", "RNN", "Conv1d", "Conv3d", "ConvTranspose2d"}
+    for kind in kinds:
+        assert kind.removesuffix("2d") in paragraph, kind

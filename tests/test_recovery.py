@@ -954,6 +954,26 @@ def test_a_folder_where_a_run_writes_a_file_is_named_with_what_to_do_not_a_bare_
     assert [p.name for p in tmp_path.glob("*.tmp")] == [] and (tmp_path / "diverged.json").is_dir()
 
 
+def test_an_analysis_step_that_cannot_write_its_files_fails_the_run(tmp_path, capsys):
+    """The analysis step took a write its folder refused (a folder at analysis.json, a full disk) for a report's
+    refresh on the side: two warnings, and the run 'finished' with exit 0 without its analysis.json, where every
+    other step fails the run (exit 1) naming the file. Its files are the step's result: it fails the same way, and
+    once the folder is gone the same command writes them."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=["analysis"])
+    main = Main(progress=False)
+    main.load(config)
+    rundir = main.executors[0].rundir
+    rundir.analysis_json.mkdir(parents=True)
+    capsys.readouterr()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"failed: FolderInTheWay: '{rundir.analysis_json}' is a folder, but phd-lab writes a file of that name "
+            f"there") in err and f"Its log: {rundir.log}" in err and "Traceback" not in err, err
+    rundir.analysis_json.rmdir()
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    assert json.loads(rundir.analysis_json.read_text())["run"]["status"]["state"] == "finished"
+
+
 def test_an_atomic_write_syncs_the_file_before_its_rename_and_the_folder_after(tmp_path):
     """Durability across a power cut: the temp file's data reach the disk (fsync) before the rename makes it the
     target, and the folder's new entry after it. The system calls are traced with strace where it can run."""
@@ -1771,6 +1791,11 @@ def test_a_trained_run_whose_logged_config_cannot_be_read_is_refused_not_logged_
         assert "Restore it" in err and "Traceback" not in err and logged_path.read_bytes() == damaged
         # "nothing in the folder was changed": the log took three lines of an attempt without an end (a "kill")
         assert log.read_bytes() == logged
+        # a dry run called the run 'finished', so a grid checked with it before a batch job failed there (exit 2)
+        assert main_cli(["--config", str(config), "--dry-run"]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"finished; {logged_path.name} cannot be read (" in out, out
+        assert "the plain command refuses the run (exit 2)" in out and logged_path.read_bytes() == damaged
     logged_path.unlink()
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert json.loads(logged_path.read_text())["epoch"] == 1
@@ -1804,6 +1829,10 @@ def test_a_logged_config_that_is_a_dangling_link_is_refused_not_replaced(tmp_pat
     assert "remove the link to log this config's values anew" in err and "Traceback" not in err
     assert logged_path.is_symlink() and os.readlink(logged_path) == str(tmp_path / "archive" / logged_path.name)
     assert (folder / f"{run_name(folder)}.log").read_bytes() == run_log
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0  # it said 'finished'
+    out = " ".join(capsys.readouterr().out.split())
+    assert (f"finished; {logged_path.name} is a symbolic link to {str(tmp_path / 'archive' / logged_path.name)!r}, "
+            "which does not exist: the plain command refuses the run (exit 2)") in out, out
     logged_path.unlink()
     assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
     assert not logged_path.is_symlink() and json.loads(logged_path.read_text())["epoch"] == 1

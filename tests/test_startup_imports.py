@@ -85,6 +85,11 @@ def test_report_usage_errors_import_no_pandas(tmp_path: Path) -> None:
     assert code == 2 and "does not exist" in output and imported == []
     code, imported, output = _imported("phd_lab", "report", str(tmp_path), "--alpha", "2")
     assert code == 2 and "no significance level" in output and imported == []
+    # where the page is there (the report is being rerun) the check that it is one imported the page's renderer,
+    # and with it pandas, before the same usage error was told
+    (tmp_path / "report.html").write_text("<!DOCTYPE html>\n<html><head><title>phd-lab report: logs</title>")
+    code, imported, output = _imported("phd_lab", "report", str(tmp_path), "--alpha", "2")
+    assert code == 2 and "no significance level" in output and imported == [], output
 
 
 def test_the_probe_package_still_exports_its_names() -> None:

@@ -41,7 +41,8 @@ def build_parser(prog: str = "probe_main.py") -> argparse.ArgumentParser:
     # two options that exclude each other, as -q and -v: given both, the last won without a word
     scaling = parser.add_mutually_exclusive_group()
     scaling.add_argument("--standardize", action="store_const", const=True, default=None,
-                         help="standardise features (probe_standardize; default: off for saga, on for lbfgs)")
+                         help="standardise features (probe_standardize; default: off for saga, on for lbfgs and "
+                              "lbfgs-torch)")
     scaling.add_argument("--no-standardize", action="store_const", const=False, dest="standardize",
                          help="fit on the raw features")
     parser.add_argument("--train-samples", type=int, help="stratified training subsample size (probe_train_samples)")

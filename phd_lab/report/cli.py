@@ -11,7 +11,7 @@ from phd_lab import atomic
 from phd_lab.console import readable_output, write_stdout
 from phd_lab.environment import available_cores
 from phd_lab.errors import EXIT_OK, DataError, ReportError, UsageError, storage_refusal
-from phd_lab.report.repetition_files import DEFAULT_ALPHA, REPETITION_TABLES, csv_path, is_repetition_table
+from phd_lab.report.repetition_files import DEFAULT_ALPHA, REPETITION_TABLES, TITLE, csv_path, is_repetition_table
 from phd_lab.user_paths import check_writable_dir, unreachable
 
 if TYPE_CHECKING:
@@ -66,7 +66,6 @@ def build_parser(prog: str = "python -m phd_lab report") -> argparse.ArgumentPar
 def _is_report(path: Path) -> bool:
     """Whether ``path`` is a page this command wrote (which a new report may replace). A FIFO there is none: it is
     not read (``open_regular``), and opening it waited for a writer for ever."""
-    from phd_lab.report.html import TITLE
     try:
         with atomic.open_regular(path) as handle:
             head = handle.read(4096)

@@ -68,7 +68,7 @@ def analyse_run(folder: RunDir, *, write: bool = True, settings: AnalysisSetting
         log.info("%s while it was analysed; analysing again", _what_changed(changed, folder))
     else:
         return analysis.entry
-    _write(analysis, write=write, skip_active=skip_active)
+    _write(analysis, write=write, skip_active=skip_active, strict=last_step)
     return analysis.entry
 
 
@@ -113,10 +113,12 @@ def _taken_since_read(analysis: _Analysis) -> bool:
     return was_free and lock.exists() and lock_owner_alive(lock)[0] is not False
 
 
-def _write(analysis: _Analysis, *, write: bool, skip_active: bool) -> None:
+def _write(analysis: _Analysis, *, write: bool, skip_active: bool, strict: bool = False) -> None:
     """Write the analysis and the figure into the run folder, unless ``analyse_run``'s rules leave it alone. A probe
     job that took the run's probe lock after ``_analyse`` read it changed the lock's stamp, so the run is analysed
-    again before it gets here: ``probe_job_running`` is current."""
+    again before it gets here: ``probe_job_running`` is current. A write the file system refuses is a warning
+    (a report or probe job refreshes the analysis on the side), but ``strict`` (the run's own analysis step) raises
+    it: the step's files are its result, so the run fails (exit 1) as any other step's would."""
     entry, folder = analysis.entry, analysis.entry.folder
     active = entry.tables.status is not None and entry.tables.status.active is not False  # None: another host
     active = active or (skip_active and entry.tables.probe_job_running)  # another probe job writes it at its end
@@ -142,6 +144,8 @@ def _write(analysis: _Analysis, *, write: bool, skip_active: bool) -> None:
         entry.written = True
         log.debug("%s: wrote analysis.json%s", folder.root, "" if analysis.figure_in_place else " and analysis.png")
     except OSError as error:
+        if strict:
+            raise
         log.warning("Cannot refresh the analysis of %s: %s", folder.root, error)
         entry.errors.append(f"analysis files not written: {error}")
 

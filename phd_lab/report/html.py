@@ -19,6 +19,7 @@ from phd_lab.analysis.recommendations import count_text, probes_are_stale
 from phd_lab.report.collect import RunEntry
 from phd_lab.report.config_values import FIXED_COLUMNS, flat_config, varying_keys
 from phd_lab.report.figure_reuse import KeyedFigure
+from phd_lab.report.repetition_files import TITLE
 from phd_lab.report.repetitions import RepetitionGroup, repetitions_section
 
 MISSING = "—"
@@ -231,9 +232,6 @@ def _section(index: int, entry: RunEntry, out_dir: Path, logs_dir: Path, varying
         parts.append("<p>Files: " + " · ".join(files) + "</p>")
     parts.append('<p><a href="#runs">back to the table</a></p></section>')
     return "\n".join(p for p in parts if p)
-
-
-TITLE = "phd-lab report: "  # marks a page this command wrote (every version): --out replaces no other file
 
 
 def render_report(entries: Sequence[RunEntry], logs_dir: Path, out_path: Path,

@@ -1,9 +1,11 @@
-"""Where the report writes the tables of its repeated runs, and how it knows them again (no heavy imports: the
-report command's options and checks read this before anything is analysed)."""
+"""Where the report writes the tables of its repeated runs, and how it knows them and its page again (no heavy
+imports: the report command's options and checks read this before anything is analysed)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+TITLE = "phd-lab report: "  # marks a page this command wrote (every version): --out replaces no other file
 
 DEFAULT_ALPHA = 0.05  # Table 5's level; Tables 4 and 14–16 use 0.01 (``report --alpha``)
 
