@@ -23,6 +23,7 @@ from phd_lab.progress import bar_options
 from phd_lab.registry import Registries
 from phd_lab.rundir import FolderListings, earlier_version_advice, earlier_version_runs, read_config_grid
 from phd_lab.user_paths import check_writable_dir, nearest_existing
+from phd_lab.wording import clipped
 
 # torch, pandas and the executor's modules are imported where a grid is checked or run, after its config is read:
 # a config refused by the schema (a typo, a missing key) is said without the seconds torch takes to import
@@ -192,7 +193,7 @@ class Main:
         for message, count in said.items():
             if count > 1:  # named by its first clause: several datasets may be missing
                 log.warning("%s: the same (%s) for %d more grid point(s).", grid.where,
-                            message.split(": ")[0][:120], count - 1)
+                            clipped(message.split(": ")[0]), count - 1)
         for logs_dir in sorted({e.config.logs_dir for e in executors}):
             try:
                 check_writable_dir(logs_dir, "logs_dir", grid.where)

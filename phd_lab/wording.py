@@ -18,6 +18,16 @@ def first_names(names: Sequence[str], shown: int = 8, what: str = "layers") -> s
     return ", ".join(names[:shown]) + more
 
 
+def clipped(text: str, limit: int = 120) -> str:
+    """``text``, or its words that fit in ``limit`` characters followed by ' ...': a message repeated as a reminder
+    ('the same (...) for N more grid points') names its first clause without breaking off in the middle of a word."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 4]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:") + " ..."
+
+
 def byte_amount(count: int) -> str:
     """Bytes for a message: decimal units, as disks are sold and ``df -H`` shows them, and the exact count
     ('2.6 MB (2,616,432 bytes)'; '512 bytes')."""

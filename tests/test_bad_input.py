@@ -337,6 +337,20 @@ def test_a_dry_run_says_a_missing_dataset_once_for_all_the_points_that_lack_it(t
     assert "for 3 more grid point(s)." in err
 
 
+def test_the_reminder_of_a_long_missing_data_warning_is_cut_between_words(tmp_path, capsys):
+    """The reminder named the warning's first clause cut at 120 characters, in the middle of a word and without a
+    sign that it was cut ('is not in data_dir '/tmp/.../the lab's sha)'): it ends at a word, then ' ...'."""
+    data_dir = tmp_path / "the shared data sets of the lab that hold every archive we ever downloaded for the study"
+    config = write_config(tmp_path, dataset=["MNIST", "Digits"], seed=[1, 2], data_dir=str(data_dir))
+    data_dir.mkdir()
+    assert main_cli(["--config", str(config), "--dry-run"]) == 0
+    err = flat(capsys.readouterr().err)
+    said = err.split(f"{config}: the same (")[1].split(") for 1 more grid point(s).")[0]
+    assert said.endswith(" ...") and len(said) <= 120, said
+    full = f"Dataset MNIST (train split) is not in data_dir '{data_dir}'"
+    assert full.startswith(said[:-4]) and full[len(said) - 4] == " ", said
+
+
 def test_data_missing_for_any_point_is_found_before_anything_trains(tmp_path, capsys):
     """A dataset absent from data_dir used to be found only when its point loaded the data, after the points
     before it had trained; now each point's dataset folder is looked for up front (the files themselves are
