@@ -403,8 +403,13 @@ def failed_runs_advice(failed: list[RunOutcome], runs: int, on_cluster: bool) ->
         return f"{len(failed)} of {runs} run(s) failed{see}.{gone}"
     where = "in the logs of the Dask workers that ran them (for local:N: above)" if on_cluster else "above"
     others = f" The other {len(failed) - unlogged}: see their .log files." if unlogged < len(failed) else ""
-    return (f"{len(failed)} of {runs} run(s) failed. {unlogged} of them failed before a run log was opened (while "
-            f"building the data, model or optimizer); their tracebacks are {where}.{others}{gone}")
+    unwritable = sum(not outcome.logged and outcome.log_unwritable for outcome in failed)
+    why = [f"{unlogged - unwritable} of them failed before a run log was opened (while building the data, model or "
+           f"optimizer)"] if unlogged > unwritable else []
+    if unwritable:  # its log was open, but the disk (or a file size limit) refused the traceback
+        why.append(f"{unwritable} of them failed into a run log that could not be written (a full disk or a file "
+                   f"size limit)")
+    return f"{len(failed)} of {runs} run(s) failed. {' and '.join(why)}; their tracebacks are {where}.{others}{gone}"
 
 
 def entry_point() -> None:

@@ -47,6 +47,7 @@ class RunOutcome:
     error: str = ""
     logged: bool = True  # False: it failed before its run log was opened (the traceback went to the console)
     died: bool = False  # its Dask worker processes died (killed, out of memory): no traceback exists anywhere
+    log_unwritable: bool = False  # not logged because its run log could not be written (a full disk, ulimit -f)
 
 
 def _with_args_axis_hint(message: str, grid: Grid) -> str:
@@ -260,7 +261,9 @@ class Main:
                     log.error("Run %d (%s) failed %s: %s: %s", index, cfg.name, when, type(error).__name__, error,
                               exc_info=error)
                 outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "failed",
-                                           f"{type(error).__name__}: {brief(error)}", logged=said is not None))
+                                           f"{type(error).__name__}: {brief(error)}", logged=said is not None,
+                                           log_unwritable=said is None and bool(getattr(error, "log_unwritable",
+                                                                                        None))))
                 continue
             outcomes.append(RunOutcome(index, cfg.name, str(executor.rundir.root), "finished"))
         return outcomes

@@ -1549,6 +1549,9 @@ def test_a_disk_that_fills_up_during_a_run_is_said_as_the_run_s_failure(tmp_path
                             env={**os.environ, **OUTSIDE_GIT})
     assert result.returncode == 1, result.stderr
     assert "before its run log was opened" not in result.stderr and "--- Logging error ---" not in result.stderr
+    assert "before a run log was opened" not in result.stderr, result.stderr  # nor the summary at the end
+    assert ("1 of 1 run(s) failed. 1 of them failed into a run log that could not be written (a full disk or a file "
+            "size limit); their tracebacks are above.") in " ".join(result.stderr.split())
     said = " ".join(result.stderr.split())
     [log] = (tmp_path / "logs").rglob("*.log")  # the run folder holds no config: the disk was full before
     # the log file's failure once, then the run's error with its traceback on the console, where it can be read
