@@ -337,12 +337,14 @@ def test_a_dry_run_says_a_missing_dataset_once_for_all_the_points_that_lack_it(t
     assert "for 3 more grid point(s)." in err
 
 
-def test_the_reminder_of_a_long_missing_data_warning_is_cut_between_words(tmp_path, capsys):
+def test_the_reminder_of_a_long_missing_data_warning_is_cut_between_words(tmp_path, capsys, monkeypatch):
     """The reminder named the warning's first clause cut at 120 characters, in the middle of a word and without a
-    sign that it was cut ('is not in data_dir '/tmp/.../the lab's sha)'): it ends at a word, then ' ...'."""
-    data_dir = tmp_path / "the shared data sets of the lab that hold every archive we ever downloaded for the study"
-    config = write_config(tmp_path, dataset=["MNIST", "Digits"], seed=[1, 2], data_dir=str(data_dir))
-    data_dir.mkdir()
+    sign that it was cut ('is not in data_dir 'the shared data sets of the lab that hold every archive we ev)'): it
+    ends at a word, then ' ...'."""
+    monkeypatch.chdir(tmp_path)  # a relative data_dir is named as written, whatever the length of tmp_path
+    data_dir = "the shared data sets of the lab that hold every archive we ever downloaded for the study"
+    config = write_config(tmp_path, dataset=["MNIST", "Digits"], seed=[1, 2], data_dir=data_dir)
+    (tmp_path / data_dir).mkdir()
     assert main_cli(["--config", str(config), "--dry-run"]) == 0
     err = flat(capsys.readouterr().err)
     said = err.split(f"{config}: the same (")[1].split(") for 1 more grid point(s).")[0]
