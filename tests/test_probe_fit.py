@@ -164,6 +164,13 @@ def test_settings_from_config_values_and_overrides():
         ProbeSettings.from_mapping({}, {"solver": "sgd"})
     with pytest.raises(ConfigError, match="only the lbfgs-torch solver runs on a GPU"):
         ProbeSettings.from_mapping({"probe_device": "cuda"})
+    # the command line's half of a pair that does not go together is named, not blamed on the config
+    with pytest.raises(ConfigError, match=r"^q.json \(run 0\) with the command line's --probe-device: 'probe_device' "
+                                          r"is 'cuda:1', but only the lbfgs-torch solver"):
+        ProbeSettings.from_mapping({"probe_solver": "saga"}, {"device": "cuda:1"}, "q.json (run 0)")
+    with pytest.raises(ConfigError, match=r"^q.json \(run 0\) with the command line's --solver: 'probe_device'"):
+        ProbeSettings.from_mapping({"probe_solver": "lbfgs-torch", "probe_device": "cuda"}, {"solver": "saga"},
+                                   "q.json (run 0)")
     # a false or zero value on the command line overrides the config as any other value does
     assert ProbeSettings.from_mapping({"probe_standardize": True}, {"standardize": False}).standardize is False
     assert ProbeSettings.from_mapping({"probe_seed": 5}, {"seed": 0}).seed == 0

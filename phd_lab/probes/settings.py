@@ -21,6 +21,7 @@ DEFAULT_STANDARDIZE = {"saga": False, "lbfgs": True, "lbfgs-torch": True}
 CONFIG_KEYS = {"solver": "probe_solver", "C": "probe_C", "max_iter": "probe_max_iter", "tol": "probe_tol",
                "standardize": "probe_standardize", "train_samples": "probe_train_samples",
                "seed": "probe_seed", "device": "probe_device"}
+OPTIONS = {"solver": "--solver", "device": "--probe-device"}  # probe_main.py's options that are not --<field>
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,11 @@ class ProbeSettings:
                 value, source = overrides[name], where if where == "command line" else f"{where} (command line)"
             fields[name] = key.check(value, source)
         settings = cls(**fields)
-        settings.check(where)
+        # a solver and device that do not go together: say which of them the command line gave, which the
+        # config's where alone blamed on the config file
+        given = [OPTIONS[name] for name in ("solver", "device") if overrides and overrides.get(name) is not None]
+        settings.check(where if not given or where == "command line" else
+                       f"{where} with the command line's {' and '.join(given)}")
         return settings
 
     @staticmethod
@@ -66,7 +71,7 @@ class ProbeSettings:
         for name, value in overrides.items():
             if value is None:
                 continue
-            option = "--probe-device" if name == "device" else "--" + name.replace("_", "-")
+            option = OPTIONS.get(name, "--" + name.replace("_", "-"))
             SCHEMA_BY_NAME[CONFIG_KEYS[name]].check(value, f"command line {option}")
             if name == "device" and not PROBE_DEVICE.match(value):
                 raise ConfigError(f"command line: --probe-device must be cpu, cuda or cuda:N; got {value!r}.")
