@@ -81,6 +81,44 @@ def test_the_run_figure_of_a_single_path_network_names_no_line_it_hides(tmp_path
         close(figure)
 
 
+
+def _named_lines_drawn_nowhere(fig) -> list[str]:
+    """The legend's lines without a single finite point: named, but nowhere in the figure."""
+    return [line.get_label() for line in _labelled_lines(fig)
+            if not np.isfinite(np.asarray(line.get_xydata(), dtype=float)).all(axis=1).any()]
+
+
+def test_the_figures_of_a_network_without_a_convolution_name_no_receptive_field_line(tmp_path):
+    """The built-in mlp_long_skip (thesis §4.3) has Linear layers only, each seeing the whole input: its receptive
+    field table holds no finite r_min or r_max. receptive_field.png named an r_max and an r_min line in its legend,
+    and the run figure 'receptive field r_max' and 'receptive field r_min' on a right axis of pixels that held the
+    input resolution alone: lines drawn nowhere. Now neither is named, and the run figure has no pixel axis."""
+    from phd_lab import atomic
+    from phd_lab.plots.receptive_field import receptive_field_figure
+    from phd_lab.plots.run_figure import draw_run_figure
+    from registries.models import mlp_long_skip
+
+    table = receptive_fields(mlp_long_skip(num_classes=10, input_side=32, skipped=4, tail=1), 32)
+    assert not np.isfinite(table["r_max"].astype(float)).any()
+    figure = receptive_field_figure(table, 32)
+    try:
+        assert _named_lines_drawn_nowhere(figure) == []
+        labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+        assert labels == ["input resolution 32"]
+    finally:
+        close(figure)
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
+    atomic.write_csv(rundir.root / "receptive_field.csv", table)  # as the step writes an MLP's
+    tables = load_run(rundir)
+    figure = draw_run_figure(tables, summarize(tables))
+    try:
+        assert _named_lines_drawn_nowhere(figure) == []
+        legend = next(ax.get_legend() for ax in figure.axes if ax.get_legend() is not None)
+        assert not [text.get_text() for text in legend.get_texts() if "receptive field" in text.get_text()]
+        assert "receptive field (pixels)" not in [ax.get_ylabel() for ax in figure.axes]
+    finally:
+        close(figure)
+
 def _percent_of_one(axis) -> float | None:
     """The percent ``axis`` writes an accuracy of 1.0 as ('100%', '100.0%'); None where it writes no percent."""
     label = axis.get_major_formatter()(1.0, 0)
