@@ -42,3 +42,35 @@ def test_the_stability_figure_of_a_resnet50_names_every_layer_and_no_two_names_t
         assert min(np.diff(ticks)) * math.sin(rotation) > height
     finally:
         plt.close(figure)
+
+
+def test_the_drop_figure_of_two_runs_that_disagree_keeps_its_accuracy_axis_within_100_percent():
+    """Two runs whose projected accuracies disagree (one falls to chance at δ = 0.9, the other keeps most) have a
+    95% interval of the mean drop 12.7 standard errors wide each way (t with one degree of freedom): the axis ran
+    from -514% 'accuracy lost' to as far above +100%, and the means of every delta lay in a strip of its middle.
+    An accuracy neither drops nor rises by more than 100%: the axis ends there, every mean on it, the intervals
+    running off."""
+    from phd_lab.analysis.repetitions import relevant_eigenspace_table
+    from phd_lab.plots.repetitions import eigenspace_figure
+
+    def projections(accuracies):
+        return pd.DataFrame([{"delta": 1.0, "basis": "none", "accuracy": 0.95, "loss": 0.2, "dims_sum": 60,
+                              "feature_dims_sum": 60, "saturation_mean": 1.0}]
+                            + [{"delta": delta, "basis": basis, "accuracy": accuracy, "loss": 0.3, "dims_sum": 30,
+                                "feature_dims_sum": 60, "saturation_mean": 0.5}
+                               for (delta, basis), accuracy in accuracies.items()])
+
+    table = relevant_eigenspace_table({
+        "0": projections({(0.9, "pca"): 0.1, (0.99, "pca"): 0.93, (0.9, "random"): 0.1, (0.99, "random"): 0.12}),
+        "1": projections({(0.9, "pca"): 0.9, (0.99, "pca"): 0.94, (0.9, "random"): 0.11, (0.99, "random"): 0.7})})
+    assert (table["drop_ci95"] > 1).any()
+    figure = eigenspace_figure(table, "vgg11 / Digits 16 px: projected against unprojected")
+    try:
+        ax = figure.axes[0]
+        low, high = ax.get_ylim()
+        assert -1.05 <= low and high <= 1.05
+        means = np.concatenate([container.lines[0].get_ydata() for container in ax.containers])
+        assert len(means) == 4 and ((low < means) & (means < high)).all()
+        assert max(ax.get_yticks()[(ax.get_yticks() >= low) & (ax.get_yticks() <= high)]) == 1.0  # '100%' named
+    finally:
+        plt.close(figure)

@@ -46,11 +46,15 @@ def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str,
     return fig
 
 
+ACCURACY_DROP_LIMIT = 1.05  # of the drop figure's accuracy axis, either way: ±100% and a margin for the markers
+
+
 def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
     """Mean drop of the projected networks per delta (evenly spaced, largest right) with the 95% interval
     of the mean, PCA bases solid with round markers, random ones dashed with square markers; filled markers
     differ significantly from the unprojected networks; deltas of a single run are left out. The PCA bases' mean
-    number of kept directions on the right axis."""
+    number of kept directions on the right axis. An accuracy's axis ends at ±100% (and a margin): an interval
+    beyond runs off it."""
     from phd_lab.plots import subplots
     table = table[table["n"] > 1]  # a delta of one run is tested against nothing
     deltas = sorted(table["delta"].unique())
@@ -76,6 +80,10 @@ def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
     if measure == "accuracy":
         ax.set_ylabel("accuracy lost (unprojected − projected)")
         fraction_in_percent(ax.yaxis)  # percentage points, as the accuracies of the other figures
+        # no further than an accuracy can drop or rise: the 95% interval of two or three runs (t = 12.7 or 4.3)
+        # ran past ±100% wherever they disagreed, and the axis to -200% and 300% squeezed every mean into a strip
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, -ACCURACY_DROP_LIMIT), min(high, ACCURACY_DROP_LIMIT))
     else:
         ax.set_ylabel("loss gained (projected − unprojected)")
     ax.set_xlabel("δ (explained variance); filled: differs significantly")
