@@ -273,11 +273,12 @@ def grid_figures(summaries: Sequence[dict[str, Any]],
             for title, (x_of, labels, options) in comparison_plots(summaries, bands).items()}
 
 
-def wrapped_lines(text: str, inches: float, points: float) -> str:
-    """Each line of ``text`` wrapped (``wrapped_title``, two lines at most) to what a title of ``points`` fits across
-    ``inches``: a run's variant folder name alone has up to 97 characters, more than the narrowest figure holds."""
+def wrapped_lines(text: str, inches: float, points: float, lines: int = 2) -> str:
+    """Each line of ``text`` wrapped (``wrapped_title``, ``lines`` lines at most) to what a title of ``points`` fits
+    across ``inches``: a run's variant folder name alone has up to 97 characters, more than the narrowest figure
+    holds."""
     characters = max(20, int(inches * 72 / (0.6 * points)))  # a character of DejaVu Sans is ~0.6 em wide
-    return "\n".join(wrapped_title(line, characters, lines=2) for line in text.split("\n"))
+    return "\n".join(wrapped_title(line, characters, lines=lines) for line in text.split("\n"))
 
 
 def wrapped_title(title: str, width: int, lines: int = 3) -> str:

@@ -7,7 +7,8 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, fraction_in_percent, split_color, thin_tick_labels
+from phd_lab.plots.grid_figures import (MAX_FIGURE_WIDTH, fraction_in_percent, split_color, thin_tick_labels,
+                                        wrapped_lines)
 
 # a basis is told apart by its line and marker too, not by hue alone (grayscale prints, colour-blind readers)
 _BASIS_STYLES = {"pca": {"color": "#3b6fb6", "linestyle": "-", "marker": "o"},
@@ -41,9 +42,15 @@ def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str,
     fraction_in_percent(ax.yaxis)
     ax.set_xlabel("layer (forward order)")
     ax.set_ylabel(f"saturation ({split}, last epoch)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(wrapped_lines(title, fig.get_size_inches()[0], 9, lines=TITLE_LINES), fontsize=9)
     ax.legend(fontsize=8)
     return fig
+
+
+# lines of a repetition figure's title: the group's label names every config value that tells the grid's groups
+# apart ('vgg11 / Digits 32 px · model_args.width=0.125 · optimizer_args.lr=0.003 · ...'), on one line it made the
+# saved figure twice as wide as its axes (the HTML page then showed the plot at half the size)
+TITLE_LINES = 4
 
 
 ACCURACY_DROP_LIMIT = 1.05  # of the drop figure's accuracy axis, either way: ±100% and a margin for the markers
@@ -99,5 +106,5 @@ def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
     # above the axes, under the title: inside them, "best" placed it by the drops alone and the right axis'
     # rising line of kept directions, drawn over it, crossed its text in the top right corner
     ax.legend(handles, labels, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
-    ax.set_title(title, fontsize=9, pad=22)
+    ax.set_title(wrapped_lines(title, fig.get_size_inches()[0], 9, lines=TITLE_LINES), fontsize=9, pad=22)
     return fig
