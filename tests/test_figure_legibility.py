@@ -81,6 +81,44 @@ def test_the_run_figure_of_a_single_path_network_names_no_line_it_hides(tmp_path
         close(figure)
 
 
+
+def _named_lines_drawn_nowhere(fig) -> list[str]:
+    """The legend's lines without a single finite point: named, but nowhere in the figure."""
+    return [line.get_label() for line in _labelled_lines(fig)
+            if not np.isfinite(np.asarray(line.get_xydata(), dtype=float)).all(axis=1).any()]
+
+
+def test_the_figures_of_a_network_without_a_convolution_name_no_receptive_field_line(tmp_path):
+    """The built-in mlp_long_skip (thesis §4.3) has Linear layers only, each seeing the whole input: its receptive
+    field table holds no finite r_min or r_max. receptive_field.png named an r_max and an r_min line in its legend,
+    and the run figure 'receptive field r_max' and 'receptive field r_min' on a right axis of pixels that held the
+    input resolution alone: lines drawn nowhere. Now neither is named, and the run figure has no pixel axis."""
+    from phd_lab import atomic
+    from phd_lab.plots.receptive_field import receptive_field_figure
+    from phd_lab.plots.run_figure import draw_run_figure
+    from registries.models import mlp_long_skip
+
+    table = receptive_fields(mlp_long_skip(num_classes=10, input_side=32, skipped=4, tail=1), 32)
+    assert not np.isfinite(table["r_max"].astype(float)).any()
+    figure = receptive_field_figure(table, 32)
+    try:
+        assert _named_lines_drawn_nowhere(figure) == []
+        labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+        assert labels == ["input resolution 32"]
+    finally:
+        close(figure)
+    rundir = write_run(tmp_path / "logs", width=0.25, stage="full")
+    atomic.write_csv(rundir.root / "receptive_field.csv", table)  # as the step writes an MLP's
+    tables = load_run(rundir)
+    figure = draw_run_figure(tables, summarize(tables))
+    try:
+        assert _named_lines_drawn_nowhere(figure) == []
+        legend = next(ax.get_legend() for ax in figure.axes if ax.get_legend() is not None)
+        assert not [text.get_text() for text in legend.get_texts() if "receptive field" in text.get_text()]
+        assert "receptive field (pixels)" not in [ax.get_ylabel() for ax in figure.axes]
+    finally:
+        close(figure)
+
 def _percent_of_one(axis) -> float | None:
     """The percent ``axis`` writes an accuracy of 1.0 as ('100%', '100.0%'); None where it writes no percent."""
     label = axis.get_major_formatter()(1.0, 0)
@@ -129,6 +167,41 @@ def test_every_accuracy_axis_is_in_percent_as_the_run_figures(tmp_path):
     assert shown == dict.fromkeys(shown, 100)
     assert all(f"model test accuracy ({summary['accuracy']['test']:.1%})" in entries for entries in legends.values())
 
+
+
+def _shown_tick_labels(ax, renderer) -> list:
+    """The x tick labels a reader sees (major and minor, with text, inside the axis' limits), left to right."""
+    low, high = ax.get_xlim()
+    return sorted((label for label in ax.get_xticklabels(which="both")
+                   if label.get_text() and label.get_visible() and low <= label.get_position()[0] <= high),
+                  key=lambda label: label.get_window_extent(renderer).x0)
+
+
+def test_the_parameters_plot_labels_its_log_axis_without_writing_labels_over_each_other(tmp_path):
+    """Runs of one ResNet-18 on data of 10 and of 100 classes differ by 0.4% in parameters: on the report's 'test
+    accuracy vs parameters' the log axis fell back to linear ticks labelled '1.118×10⁷', '1.119×10⁷', ..., written
+    into each other as one black smear; a grid of an MLP, a VGG11 and a ResNet-50 (38k, 148k and 376k
+    parameters) had '3×10⁵' run into '4×10⁵'. Now no two labels touch, each is a compact count (11.18M, 200k)."""
+    from phd_lab.plots.grid_figures import comparison_plots, scatter_figure
+    from registries.models import resnet18
+
+    summary = summarize(load_run(write_run(tmp_path / "logs", width=0.25, stage="full")))
+    resnets = [sum(p.numel() for p in resnet18(num_classes=classes).parameters()) for classes in (10, 100)]
+    for params in (resnets, [38_202, 147_706, 375_938]):
+        summaries = [{**summary, "computational": {"params": count}} for count in params]
+        x_of, labels, options = comparison_plots(summaries)["Test accuracy against parameters"]
+        figure = scatter_figure(summaries, x_of, *labels, **options)
+        try:
+            renderer = figure.canvas.get_renderer()
+            figure.draw(renderer)
+            ax = figure.axes[0]
+            shown = _shown_tick_labels(ax, renderer)
+            boxes = [label.get_window_extent(renderer) for label in shown]
+            assert len(shown) >= 2, params
+            assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:])), [t.get_text() for t in shown]
+            assert not [t.get_text() for t in shown if "10^" in t.get_text() or "times" in t.get_text()]
+        finally:
+            close(figure)
 
 def test_an_empty_tail_plot_says_why_and_shows_no_made_up_scale(tmp_path):
     """A grid of VGGs without tails (the quickstart's) drew 'no run has both values yet' on axes ticked 0-1, as if

@@ -140,6 +140,7 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
         ax.plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--", label="agreement")
     if logx and plotted:
         ax.set_xscale("log")
+        count_ticks(ax.xaxis)
     if x_percent:
         fraction_in_percent(ax.xaxis)
     if y_percent:
@@ -168,6 +169,43 @@ def scatter_figure(summaries: Sequence[dict[str, Any]], x_of: Any, xlabel: str, 
             if hasattr(handle, "set_sizes"):
                 handle.set_sizes([28])
     return fig
+
+
+def count_text(value: float, step: float | None = None) -> str:
+    """A count as a tick label, compact: 38.2k, 102.5k, 11.17M (never 1.025×10⁵); with the ticks' ``step``, as many
+    decimals as tell the ticks apart (11.18M, 11.20M, 11.22M for ticks 20k apart, not 11.2M for the second)."""
+    size, suffix = next(((size, suffix) for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if abs(value) >= size),
+                        (1.0, ""))
+    if step is None:
+        return f"{value / size:.4g}{suffix}"
+    return f"{value / size:.{max(0, -math.floor(math.log10(step / size) + 1e-9))}f}{suffix}"
+
+
+def count_ticks(axis: Any) -> None:
+    """Ticks of a log-scaled ``axis`` of counts (parameters) whose labels never run into each other. Over less than
+    a decade matplotlib's log ticks fell back to about eight linear ones labelled '1.025×10⁵', '1.05×10⁵', ...
+    written over each other (runs of one model on data sets of 10 and 100 classes), and over one or two decades
+    it labelled '3×10⁵' and '4×10⁵' into each other. Now at most five ticks over less than a decade; over more,
+    matplotlib's log ticks, labelled at 1, 2 and 5 times a power of ten (at powers of ten alone beyond two and a
+    half decades); every label compact (``count_text``)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
+
+    low, high = axis.get_view_interval()
+    if high < 10 * low:
+        locator = MaxNLocator(nbins=4, steps=[1, 2, 5, 10])  # no step of 2.5: one decimal more for no tick
+        axis.set_major_locator(locator)
+        axis.set_minor_locator(NullLocator())
+        ticks = locator.tick_values(low, high)
+        axis.set_major_formatter(FuncFormatter(lambda value, _: count_text(value, float(ticks[1] - ticks[0]))))
+        return
+    shown = (1,) if high > 10 ** 2.5 * low else (1, 2, 5)
+
+    def label(value: float, _: Any) -> str:
+        coefficient = value / 10 ** math.floor(math.log10(value) + 1e-9) if value > 0 else 0.0
+        return count_text(value) if any(math.isclose(coefficient, c, rel_tol=1e-6) for c in shown) else ""
+
+    axis.set_major_formatter(FuncFormatter(label))
+    axis.set_minor_formatter(FuncFormatter(label))
 
 
 def finished(s: dict[str, Any]) -> bool:
@@ -235,11 +273,12 @@ def grid_figures(summaries: Sequence[dict[str, Any]],
             for title, (x_of, labels, options) in comparison_plots(summaries, bands).items()}
 
 
-def wrapped_lines(text: str, inches: float, points: float) -> str:
-    """Each line of ``text`` wrapped (``wrapped_title``, two lines at most) to what a title of ``points`` fits across
-    ``inches``: a run's variant folder name alone has up to 97 characters, more than the narrowest figure holds."""
+def wrapped_lines(text: str, inches: float, points: float, lines: int = 2) -> str:
+    """Each line of ``text`` wrapped (``wrapped_title``, ``lines`` lines at most) to what a title of ``points`` fits
+    across ``inches``: a run's variant folder name alone has up to 97 characters, more than the narrowest figure
+    holds."""
     characters = max(20, int(inches * 72 / (0.6 * points)))  # a character of DejaVu Sans is ~0.6 em wide
-    return "\n".join(wrapped_title(line, characters, lines=2) for line in text.split("\n"))
+    return "\n".join(wrapped_title(line, characters, lines=lines) for line in text.split("\n"))
 
 
 def wrapped_title(title: str, width: int, lines: int = 3) -> str:

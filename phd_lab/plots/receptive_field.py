@@ -67,7 +67,7 @@ def receptive_field_figure(table: pd.DataFrame, resolution: int, title: str = ""
     if len(sequence) and equal_extremes(sequence):  # a sequential network: r_max drawn under r_min was named in
         # the legend but nowhere to be seen, as if it were missing
         ax.plot(positions, sequence["r_max"].tolist(), "o-", color="tab:purple", label=r"$r_{min} = r_{max}$")
-    else:
+    elif len(sequence):  # none without a Conv2d (an MLP): the legend named r_max and r_min lines drawn nowhere
         ax.plot(positions, sequence["r_max"].tolist(), "o-", color="tab:red", label=r"$r_{max}$")
         ax.plot(positions, sequence["r_min"].tolist(), "s-", color="tab:blue", label=r"$r_{min}$")
     if not side.empty:

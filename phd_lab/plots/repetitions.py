@@ -7,7 +7,8 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from phd_lab.plots.grid_figures import MAX_FIGURE_WIDTH, fraction_in_percent, split_color, thin_tick_labels
+from phd_lab.plots.grid_figures import (MAX_FIGURE_WIDTH, fraction_in_percent, split_color, thin_tick_labels,
+                                        wrapped_lines)
 
 # a basis is told apart by its line and marker too, not by hue alone (grayscale prints, colour-blind readers)
 _BASIS_STYLES = {"pca": {"color": "#3b6fb6", "linestyle": "-", "marker": "o"},
@@ -41,16 +42,26 @@ def stability_figure(table: pd.DataFrame, runs: Mapping[str, Sequence[tuple[str,
     fraction_in_percent(ax.yaxis)
     ax.set_xlabel("layer (forward order)")
     ax.set_ylabel(f"saturation ({split}, last epoch)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(wrapped_lines(title, fig.get_size_inches()[0], 9, lines=TITLE_LINES), fontsize=9)
     ax.legend(fontsize=8)
     return fig
+
+
+# lines of a repetition figure's title: the group's label names every config value that tells the grid's groups
+# apart ('vgg11 / Digits 32 px · model_args.width=0.125 · optimizer_args.lr=0.003 · ...'), on one line it made the
+# saved figure twice as wide as its axes (the HTML page then showed the plot at half the size)
+TITLE_LINES = 4
+
+
+ACCURACY_DROP_LIMIT = 1.05  # of the drop figure's accuracy axis, either way: ±100% and a margin for the markers
 
 
 def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
     """Mean drop of the projected networks per delta (evenly spaced, largest right) with the 95% interval
     of the mean, PCA bases solid with round markers, random ones dashed with square markers; filled markers
     differ significantly from the unprojected networks; deltas of a single run are left out. The PCA bases' mean
-    number of kept directions on the right axis."""
+    number of kept directions on the right axis. An accuracy's axis ends at ±100% (and a margin): an interval
+    beyond runs off it."""
     from phd_lab.plots import subplots
     table = table[table["n"] > 1]  # a delta of one run is tested against nothing
     deltas = sorted(table["delta"].unique())
@@ -76,6 +87,10 @@ def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
     if measure == "accuracy":
         ax.set_ylabel("accuracy lost (unprojected − projected)")
         fraction_in_percent(ax.yaxis)  # percentage points, as the accuracies of the other figures
+        # no further than an accuracy can drop or rise: the 95% interval of two or three runs (t = 12.7 or 4.3)
+        # ran past ±100% wherever they disagreed, and the axis to -200% and 300% squeezed every mean into a strip
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, -ACCURACY_DROP_LIMIT), min(high, ACCURACY_DROP_LIMIT))
     else:
         ax.set_ylabel("loss gained (projected − unprojected)")
     ax.set_xlabel("δ (explained variance); filled: differs significantly")
@@ -91,5 +106,5 @@ def eigenspace_figure(table: pd.DataFrame, title: str) -> Any:
     # above the axes, under the title: inside them, "best" placed it by the drops alone and the right axis'
     # rising line of kept directions, drawn over it, crossed its text in the top right corner
     ax.legend(handles, labels, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
-    ax.set_title(title, fontsize=9, pad=22)
+    ax.set_title(wrapped_lines(title, fig.get_size_inches()[0], 9, lines=TITLE_LINES), fontsize=9, pad=22)
     return fig

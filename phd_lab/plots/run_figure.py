@@ -6,8 +6,8 @@ as bars (the analysed split) and dots (the other split), each in its split's col
 blue, test orange, as in the per-epoch saturation plot, whichever split is analysed), the probes' accuracy as a
 purple line and the model's test accuracy as a dash-dot-dotted purple line; the right axis shows r_max (solid,
 upward triangles) and r_min (dotted, downward triangles) per layer with the input resolution as a dash-dotted
-horizontal line (side branches, such as 1×1 shortcuts, as loose hollow points off the lines). No two lines differ
-by colour alone.
+horizontal line (side branches, such as 1×1 shortcuts, as loose hollow points off the lines; no right axis where
+no layer has a finite receptive field, as in an MLP). No two lines differ by colour alone.
 Vertical lines mark b_min (solid) and b_max (dashed) just before the border layer, and tails are shaded. Lines that
 would lie on each other are one line named for both (b_min = b_max; r_min = r_max of a single-path network).
 Anything missing is simply not drawn.
@@ -258,13 +258,17 @@ def _format_layer_axes(ax: Any, order: list[str]) -> None:
 
 def _draw_receptive_field(ax: Any, tables: RunTables, borders: dict[str, Any],
                           x_of: dict[str, int]) -> tuple[list[Any], list[str]]:
-    """r_max and r_min per layer and the input resolution on a right axis; returns its legend entries."""
+    """r_max and r_min per layer and the input resolution on a right axis; returns its legend entries. Nothing
+    where no layer has a finite receptive field (a network without a Conv2d)."""
     from phd_lab.plots.receptive_field import equal_extremes, plotted_rows
 
-    twin = ax.twinx()
     # the lines follow the layers the border rule walks, as receptive_field.png does; side branches (a ResNet's
     # 1x1 shortcuts, attention gates) are loose hollow points: inside the lines each made r_max and r_min dip
     sequence, side = plotted_rows(_numeric_receptive_field(tables.receptive_field))
+    if sequence.empty and side.empty:  # no layer of finite receptive field (an MLP's Linear layers see the whole
+        # input): the legend named r_max and r_min lines drawn nowhere, on a pixel axis holding the resolution alone
+        return [], []
+    twin = ax.twinx()
     # markers on the lines: solid without them, r_max was b_min's line in the legend but for its colour
     # one line where r_min equals r_max at every layer (a single-path network): r_min's, drawn on r_max's, hid it
     equal = bool(len(sequence)) and equal_extremes(sequence)
