@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import inspect
 import json
+import re
 from typing import Any, Callable, Iterator, Mapping
 
 from phd_lab.config_file import cut_short, shown_value
@@ -138,7 +139,8 @@ def defaults_in_effect(factory: Callable[..., Any], given: Mapping[str, Any], su
     """The factory's keyword defaults that a run used because its config did not set them.
 
     Logged with the run: a default changed in a later version of a registry would otherwise change what
-    the same logged config trains, without a trace. Values JSON cannot hold are logged as their repr."""
+    the same logged config trains, without a trace. Values JSON cannot hold are logged as their repr, without the
+    memory address it may hold (``without_address``)."""
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):  # a builtin or C callable without a signature
@@ -148,8 +150,19 @@ def defaults_in_effect(factory: Callable[..., Any], given: Mapping[str, Any], su
         if param.default is inspect.Parameter.empty or param.name in given or param.name in supplied:
             continue
         value = param.default
-        defaults[param.name] = value if _json_value(value) else repr(value)
+        defaults[param.name] = value if _json_value(value) else without_address(repr(value))
     return defaults
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def without_address(text: Any) -> Any:
+    """A logged default's repr without the memory address it holds (``act=F.relu``: '<function relu at
+    0x7fc3e6cd7ce0>' is '<function relu>'), which is another in every process: logged with it, every rerun named
+    the unchanged default as changed. Which function it is the factory's digest (``registry_factory_sha256``)
+    covers; other values are returned as they are."""
+    return _ADDRESS.sub("", text) if isinstance(text, str) else text
 
 
 def _json_value(value: Any) -> bool:

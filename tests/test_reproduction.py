@@ -21,7 +21,7 @@ from phd_lab import atomic
 from phd_lab.cli import main_cli
 from phd_lab.config import META_KEY
 from phd_lab.environment import CPU_ISA_VARIABLES, git_commit, package_sha256
-from tests.conftest import ROOT, TINY, main_in_process, run_folders, run_main, run_name, write_config
+from tests.conftest import ROOT, TINY, flat, main_in_process, run_folders, run_main, run_name, write_config
 from tests.test_runs import assert_same_weights, weights
 
 REGISTRY = '''from torch import nn
@@ -931,6 +931,51 @@ def test_factory_defaults_json_cannot_hold_are_logged_as_their_repr():
     defaults = defaults_in_effect(factory, {"given": 4}, ("num_classes",))
     assert defaults == {"width": 0.5, "layer": repr(nn.ReLU), "limit": "inf"}
     assert json.loads(json.dumps(defaults, allow_nan=False)) == defaults
+
+
+FUNCTION_DEFAULT = '''from torch import nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self, in_channels, num_classes, act):
+        super().__init__()
+        self.conv, self.fc, self.act = nn.Conv2d(in_channels, 4, 3, padding=1), nn.Linear(4, num_classes), act
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+
+def tiny_act(*, num_classes: int, in_channels: int = 3, act=F.{act}) -> nn.Module:
+    """A convolution with a functional activation, and a linear readout."""
+    return Net(in_channels, num_classes, act)
+'''
+
+
+def test_a_function_default_is_logged_without_its_address_and_an_unchanged_one_is_no_difference(tmp_path, capsys):
+    """A factory default that is a function (``act=F.relu``) was logged by its repr, '<function relu at
+    0x7fc3e6cd7ce0>', whose address is another in every process: every rerun of the run, in another process, warned
+    'the model_args default act: "<function relu at 0x7fc3e6cd7ce0>" (now "<function relu at 0x7fb96d0e3ec0>")',
+    a difference where there was none. The address is left out, also when a run logged it; another function is
+    still named."""
+    registry = tmp_path / "my_models.py"
+    registry.write_text(FUNCTION_DEFAULT.format(act="relu"))
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_act", model_args={},
+                          registries={"models": str(registry)}, track_saturation=False, post_processing=[])
+    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {"act": "<function relu>"}
+    # as a run of an earlier version logged it, in another process
+    logged[META_KEY]["defaults_in_effect"]["model_args"]["act"] = "<function relu at 0x7f0123456789>"
+    logged_path.write_text(json.dumps(logged))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0 and "another setup" not in err and "default act" not in err
+    registry.write_text(FUNCTION_DEFAULT.format(act="elu"))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0
+    assert 'the model_args default act: "<function relu at 0x7f0123456789>" (now "<function elu>")' in flat(err)
 
 
 MY_MODELS = '''
