@@ -166,8 +166,10 @@ def machine_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
 
 def _only_this_architecture(logged_name: Any, now: Mapping[str, Any]) -> bool:
     """Whether a logged CPU device name is only the architecture this CPU run's machine has, as phd-lab 0.1 logged
-    it (platform.machine()), rather than another CPU's model."""
-    return device_type(now.get("device", "")) == "cpu" and logged_name in cpu_architectures()
+    it (platform.machine()), rather than another CPU's model. A name that is no string (a hand-edited ``_meta``:
+    a list or an object, which no set of names can be asked for) is none."""
+    return (device_type(now.get("device", "")) == "cpu" and isinstance(logged_name, str)
+            and logged_name in cpu_architectures())
 
 
 def device_type(device: Any) -> str:

@@ -1070,6 +1070,21 @@ def test_a_cpu_model_logged_as_only_this_machine_s_architecture_is_no_difference
         "the device model s390x_of_another_machine (now AMD EPYC 7B13)"]
 
 
+def test_a_hand_edited_device_name_of_no_string_is_named_not_a_failed_run(tmp_path, capsys):
+    """A logged CPU run's ``_meta.device_name`` edited into a list or an object failed its rerun with exit 1 and
+    'TypeError: unhashable type' (looked up among this machine's architecture names), after the run's log was
+    opened. It is compared as any other logged model name: named as another device model, and the run goes on."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    for name in (["AMD EPYC"], {"model": "AMD EPYC"}):
+        logged[META_KEY]["device_name"] = name
+        logged_path.write_text(json.dumps(logged))
+        code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+        assert code == 0 and f"the device model {name} (now " in err, err
+
 def test_only_the_rules_own_default_and_a_cpu_runs_model_are_read_as_what_they_stand_for(monkeypatch):
     """The two readings that keep an old run's log from differing apply where they are true and nowhere else: a null
     stands for 0.1 only as optimizer_args' gamma (a dataset's gamma null vs 0.1 is another default); a logged name
