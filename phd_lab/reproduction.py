@@ -143,9 +143,9 @@ def machine_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
     """Another device type or model, and another CPU instruction set of torch's kernels or another value of the
     variables that cap it (``environment.CPU_ISA_VARIABLES``): the same code sums in another order there, so
     the same config gives other weights. Another GPU index is the same setup; keys an older ``_meta`` lacks are
-    skipped (DNNL_MAX_CPU_ISA among the variables: older runs did not log it), and so is a CPU's model that
-    phd-lab 0.1 logged as only the architecture (``x86_64``), where this machine has that architecture: which
-    model it was is not known."""
+    skipped (DNNL_MAX_CPU_ISA and MKL_CBWR among the variables: older runs did not log them), and so is a CPU's
+    model that phd-lab 0.1 logged as only the architecture (``x86_64``), where this machine has that architecture:
+    which model it was is not known."""
     found = []
     old_device, new_device = logged.get("device"), now.get("device")
     same_type = not (old_device and new_device) or device_type(old_device) == device_type(new_device)

@@ -142,7 +142,7 @@ def test_another_cpu_instruction_set_or_device_model_is_logged_and_named_on_a_re
     if capability != "DEFAULT":
         assert f"the CPU instruction set {capability} (now DEFAULT)" in log_text
     assert json.loads((again / f"{run_name(again)}_config.json").read_text())[META_KEY]["cpu_isa_variables"] == {
-        "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "DNNL_MAX_CPU_ISA": None}
+        "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "DNNL_MAX_CPU_ISA": None, "MKL_CBWR": None}
     # another GPU of the same model is the same setup; another device type is named once; an older _meta lacks keys
     from phd_lab.reproduction import machine_differences
     gpu = {"device": "cuda:0", "device_name": "NVIDIA H200", "cpu_capability": "AVX2"}
@@ -186,7 +186,7 @@ def test_an_aten_cpu_capability_torch_ignores_is_logged_as_unset():
     assert ignored == unset and ignored["cpu_isa_variables"]["ATEN_CPU_CAPABILITY"] is None
     assert honoured == {"cpu_capability": "DEFAULT",
                         "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": None,
-                                              "DNNL_MAX_CPU_ISA": None}}
+                                              "DNNL_MAX_CPU_ISA": None, "MKL_CBWR": None}}
     older = {**unset, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "AVX2", "ONEDNN_MAX_CPU_ISA": None}}
     assert machine_differences(older, unset) == [] and machine_differences(unset, older) == []
     assert machine_differences(honoured, unset) == [f"the CPU instruction set DEFAULT (now {unset['cpu_capability']})",
@@ -212,7 +212,7 @@ def test_a_onednn_max_cpu_isa_onednn_ignores_is_logged_as_unset(monkeypatch, val
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", value)
     now = cpu_instruction_set()
     assert now["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": logged,
-                                        "DNNL_MAX_CPU_ISA": None}
+                                        "DNNL_MAX_CPU_ISA": None, "MKL_CBWR": None}
     older = {**unset, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": value}}
     said = [] if logged is None else [f'ONEDNN_MAX_CPU_ISA "{value}" (now unset)']
     assert machine_differences(older, unset) == said
@@ -244,6 +244,30 @@ def test_dnnl_max_cpu_isa_is_logged_where_onednn_reads_it_and_compared(monkeypat
     assert machine_differences(older, unset) == [] and machine_differences(older, {**unset, **{
         "cpu_isa_variables": {**unset["cpu_isa_variables"], "DNNL_MAX_CPU_ISA": "sse41"}}}) == []
 
+
+def test_mkl_cbwr_is_logged_and_a_rerun_under_another_is_named(tmp_path, capsys, monkeypatch):
+    """MKL_CBWR picks the code path of MKL, torch's CPU matrix products: vgg11 on Digits trained other weights under
+    MKL_CBWR=COMPATIBLE, AVX2 or AUTO than without it on an AVX-512 CPU (sha256 of the state_dict), but the variable
+    was neither logged nor compared, so a rerun under it (a cluster module that exports it) said nothing of another
+    setup. It is logged in cpu_isa_variables and a rerun names it; an older ``_meta``, which lacks it, is not
+    compared."""
+    from phd_lab.reproduction import machine_differences
+    for variable in CPU_ISA_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())[META_KEY]
+    assert logged["cpu_isa_variables"]["MKL_CBWR"] is None
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--run-id", "again", "--no-progress")
+    assert code == 0 and 'MKL_CBWR unset (now "COMPATIBLE")' in err, err
+    [again] = [f for f in run_folders(tmp_path / "logs") if f != folder]
+    rerun = json.loads((again / f"{run_name(again)}_config.json").read_text())[META_KEY]
+    assert rerun["cpu_isa_variables"]["MKL_CBWR"] == "COMPATIBLE"
+    older = {**logged, "cpu_isa_variables": {k: v for k, v in logged["cpu_isa_variables"].items() if k != "MKL_CBWR"}}
+    assert machine_differences(older, rerun) == []
 
 @pytest.mark.parametrize("onednn, dnnl, mkldnn, logged", [
     (None, None, "sse41", "sse41"), (None, "avx2", "sse41", "sse41"), (None, "sse41", "", "sse41"),
