@@ -8,6 +8,7 @@ never reach the factory. Kept apart from the executor, which only calls these.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import contextvars
 import inspect
@@ -140,7 +141,7 @@ def defaults_in_effect(factory: Callable[..., Any], given: Mapping[str, Any], su
 
     Logged with the run: a default changed in a later version of a registry would otherwise change what
     the same logged config trains, without a trace. Values JSON cannot hold are logged as their repr, without the
-    memory address it may hold (``without_address``)."""
+    memory address it may hold (``without_address``), a set with its items in sorted order (``_set_text``)."""
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):  # a builtin or C callable without a signature
@@ -150,8 +151,41 @@ def defaults_in_effect(factory: Callable[..., Any], given: Mapping[str, Any], su
         if param.default is inspect.Parameter.empty or param.name in given or param.name in supplied:
             continue
         value = param.default
-        defaults[param.name] = value if _json_value(value) else without_address(repr(value))
+        defaults[param.name] = value if _json_value(value) else _logged_text(value)
     return defaults
+
+
+def _logged_text(value: Any) -> str:
+    return _set_text(value) if isinstance(value, (set, frozenset)) else without_address(repr(value))
+
+
+def _set_text(items: set[Any] | frozenset[Any]) -> str:
+    """A set's repr with its items in sorted order: Python's repr lists a set of strings in the order of the process's
+    string hash seed, so that ``frozenset({"conv", "fc"})`` was logged as "frozenset({'fc', 'conv'})" in one process
+    and "frozenset({'conv', 'fc'})" in the next, and a rerun named the unchanged default as changed."""
+    inner = ", ".join(sorted(without_address(repr(item)) for item in items))
+    if isinstance(items, frozenset):
+        return f"frozenset({{{inner}}})" if inner else "frozenset()"
+    return f"{{{inner}}}" if inner else "set()"
+
+
+_SET_TEXT = re.compile(r"(frozenset\()?(\{.*\})(?(1)\))", re.DOTALL)
+
+
+def comparable_default(value: Any) -> Any:
+    """A logged default as a rerun compares it: without a memory address, and a set logged by an earlier version in
+    its process's order with its items sorted (read with ``ast.literal_eval``, which runs no code)."""
+    value = without_address(value)
+    found = _SET_TEXT.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        return value
+    try:
+        items = ast.literal_eval(found.group(2))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return value
+    if not isinstance(items, set):
+        return value
+    return _set_text(frozenset(items) if found.group(1) else items)
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")

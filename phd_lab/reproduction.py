@@ -12,7 +12,7 @@ import json
 from typing import Any, Mapping
 
 from phd_lab.environment import cpu_architectures, isa_variables_in_effect
-from phd_lab.factory_args import without_address
+from phd_lab.factory_args import comparable_default
 from phd_lab.optim import DEFAULT_GAMMA
 
 VERSION_KEYS = ("phd_lab", "git_commit", "python", "torch", "torchvision", "numpy", "scikit_learn", "numba")
@@ -40,7 +40,8 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
     since whose default is null: an argument is added with null meaning what the factory did before it existed
     (Digits' ``normalization``, the image sets' ``flip``). Defaults are compared by what they resolve to
     (``NULL_STANDS_FOR``): a default changed from 0.1 to null that means 0.1 is the same default; and a repr
-    without its memory address, which earlier versions logged (``factory_args.without_address``)."""
+    without its memory address, a set's with its items sorted, as earlier versions did not log them
+    (``factory_args.comparable_default``)."""
     found = []
     old_defaults, new_defaults = logged.get("defaults_in_effect"), _plain(now.get("defaults_in_effect"))
     if isinstance(old_defaults, Mapping) and isinstance(new_defaults, Mapping):
@@ -94,7 +95,7 @@ def _package_difference(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
 def _resolved(args: str, name: str, values: Mapping[str, Any]) -> Any:
     """The default ``name`` of ``args`` as the factory reads it: a null the framework reads as a value
     (``NULL_STANDS_FOR``) is that value; an argument not in ``values`` is ``_ABSENT``."""
-    value, stands_for = without_address(values.get(name, _ABSENT)), NULL_STANDS_FOR.get(args, {})
+    value, stands_for = comparable_default(values.get(name, _ABSENT)), NULL_STANDS_FOR.get(args, {})
     return stands_for[name] if value is None and name in stands_for else value
 
 

@@ -1002,6 +1002,43 @@ def test_a_function_default_is_logged_without_its_address_and_an_unchanged_one_i
     assert 'the model_args default act: "<function relu at 0x7f0123456789>" (now "<function elu>")' in flat(err)
 
 
+SET_DEFAULT = '''from torch import nn
+
+
+def tiny_set(*, num_classes: int, in_channels: int = 3, relu_after: frozenset = frozenset({names})) -> nn.Module:
+    """A convolution, a ReLU after the layers named, and a linear readout."""
+    act = nn.ReLU() if "conv" in relu_after else nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), act, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+'''
+
+
+def test_a_set_default_is_logged_in_sorted_order_and_one_in_another_order_is_no_difference(tmp_path, capsys):
+    """A factory default that is a set of strings was logged by its repr, whose order is the process's string hash
+    seed's ("frozenset({'pool', 'fc', 'bn', 'conv'})" under PYTHONHASHSEED=1, "frozenset({'bn', 'pool', 'conv',
+    'fc'})" under 2): a rerun in another process named the unchanged default as changed. It is logged with its items
+    sorted, and one an earlier version logged in another order compares as the same; another set is still named."""
+    registry = tmp_path / "my_models.py"
+    registry.write_text(SET_DEFAULT.format(names='{"pool", "fc", "bn", "conv"}'))
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_set", model_args={},
+                          registries={"models": str(registry)}, track_saturation=False, post_processing=[])
+    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {
+        "relu_after": "frozenset({'bn', 'conv', 'fc', 'pool'})"}
+    logged[META_KEY]["defaults_in_effect"]["model_args"]["relu_after"] = "frozenset({'pool', 'fc', 'bn', 'conv'})"
+    logged_path.write_text(json.dumps(logged))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0 and "another setup" not in err and "default relu_after" not in err
+    registry.write_text(SET_DEFAULT.format(names='{"pool", "fc"}'))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0
+    assert ("the model_args default relu_after: \"frozenset({'pool', 'fc', 'bn', 'conv'})\" (now \"frozenset({'fc', "
+            "'pool'})\")") in flat(err)
+
+
 MY_MODELS = '''
 from torch import nn
 
