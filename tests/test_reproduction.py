@@ -1039,6 +1039,44 @@ def test_a_set_default_is_logged_in_sorted_order_and_one_in_another_order_is_no_
             "'pool'})\")") in flat(err)
 
 
+LAZY_IMPORT = '''from torch import nn
+
+
+def tiny_lazy(*, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """A block of the file beside this one, imported when the model is built, and a linear readout."""
+    from lazy_blocks_of_test_reproduction import block
+    return nn.Sequential(block(in_channels), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+'''
+
+
+def test_a_file_beside_the_registry_that_a_factory_imports_when_called_is_in_its_digest(tmp_path, capsys):
+    """A helper file beside a registry file that the factory imports in its body (``from my_blocks import block``
+    inside it) was in no digest: the helpers imported when the registry file runs are logged
+    (``registry_helper_sha256``), but this one was not, and a rerun after the helper was edited (ReLU for Tanh)
+    trained other weights without a word. Its sha256 is part of the factory's digest now, so the rerun names the
+    factory's code as changed; an unchanged helper is no difference."""
+    helper = tmp_path / "lazy_blocks_of_test_reproduction.py"
+    helper.write_text("from torch import nn\n\n\ndef block(channels):\n"
+                      "    return nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU())\n")
+    registry = tmp_path / "my_models.py"
+    registry.write_text(LAZY_IMPORT)
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_lazy", model_args={},
+                          registries={"models": str(registry)}, track_saturation=False, post_processing=[])
+    try:
+        assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+        [folder] = run_folders(tmp_path / "logs")
+        logged_path = folder / f"{run_name(folder)}_config.json"
+        code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+        assert code == 0 and "another setup" not in err, err
+        helper.write_text(helper.read_text().replace("nn.ReLU()", "nn.Tanh()"))
+        code, err = main_in_process(capsys, "--config", str(logged_path), "--run-id", "again", "--no-progress")
+        assert code == 0
+        assert ("This config was logged by a run under another setup: the code of the models factory 'tiny_lazy' "
+                "(sha256") in flat(err)
+    finally:
+        sys.modules.pop("lazy_blocks_of_test_reproduction", None)
+
+
 MY_MODELS = '''
 from torch import nn
 
