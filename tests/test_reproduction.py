@@ -1077,6 +1077,53 @@ def test_a_file_beside_the_registry_that_a_factory_imports_when_called_is_in_its
         sys.modules.pop("lazy_blocks_of_test_reproduction", None)
 
 
+CLASS_DEFAULT = '''from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, in_channels):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).relu()
+
+
+def tiny_block(*, num_classes: int, in_channels: int = 3, block: type = Block) -> nn.Module:
+    """A block of this file and a linear readout."""
+    return nn.Sequential(block(in_channels), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+'''
+
+
+def test_a_default_class_of_the_registry_file_is_logged_without_its_path_and_a_moved_file_is_no_difference(
+        tmp_path, capsys):
+    """A factory default that is a class (or function) of the registry file itself was logged by its repr, whose
+    module name holds the file's path ("<class 'phd_lab.registry_files.models_2f746d70….Block'>"): after the
+    README's way of rerunning a moved project (its logged registries set to the file's new path), the rerun warned
+    'The trained run is post-processed under another setup than it was trained with: the model_args default
+    block: ... (now ...)', though nothing but the path had changed. The module is named by the file's name now,
+    also in a value an earlier version logged."""
+    from phd_lab.registry_files import module_name
+    old = tmp_path / "old" / "my_models.py"
+    old.parent.mkdir()
+    old.write_text(CLASS_DEFAULT)
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_block", model_args={},
+                          registries={"models": str(old)}, track_saturation=False, post_processing=[])
+    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {"block": "<class 'my_models.Block'>"}
+    moved = tmp_path / "moved" / "my_models.py"
+    old.parent.rename(moved.parent)
+    logged["registries"]["models"] = str(moved)
+    # as an earlier version logged it, by the module name of the file's old path
+    logged[META_KEY]["defaults_in_effect"]["model_args"]["block"] = f"<class '{module_name('models', old)}.Block'>"
+    logged_path.write_text(json.dumps(logged))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0 and "default block" not in err and "another setup" not in err, err
+
+
 MY_MODELS = '''
 from torch import nn
 
