@@ -1124,6 +1124,38 @@ def test_a_default_class_of_the_registry_file_is_logged_without_its_path_and_a_m
     assert code == 0 and "default block" not in err and "another setup" not in err, err
 
 
+def test_a_logged_dotted_registry_module_not_importable_here_names_the_directory_the_run_was_started_in(
+        tmp_path, capsys, monkeypatch):
+    """A registry module of a package in the working directory ("registries": {"models": "pkg.models"}) stays a
+    dotted name in the logged config (a package's module may import relatively, so it is not named by its file);
+    rerun from another directory it was refused with only 'No module named ...', without the folder it was
+    importable from. The refusal names the run's logged working directory and how to rerun."""
+    package = tmp_path / "pkg_of_test_reproduction"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text(REGISTRY.format(act="relu"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_cnn", model_args={},
+                          registries={"models": "pkg_of_test_reproduction.models"}, track_saturation=False,
+                          post_processing=[])
+    try:
+        assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+    finally:
+        for name in [name for name in sys.modules if name.startswith("pkg_of_test_reproduction")]:
+            del sys.modules[name]
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    assert json.loads(logged_path.read_text())["registries"] == {"models": "pkg_of_test_reproduction.models"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = run_main("--config", str(logged_path), "--no-progress", "-q", cwd=elsewhere)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (f"Its run was started in the working directory {str(tmp_path)!r} (the logged config's "
+            f"_meta.working_directory), from which 'pkg_of_test_reproduction.models' was imported: rerun from there, "
+            f"or put that folder on PYTHONPATH.") in flat(done.stderr)
+
+
 MY_MODELS = '''
 from torch import nn
 
