@@ -21,7 +21,10 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 # Environment variables that cap the CPU instruction set of torch's own kernels and of oneDNN's (set before torch
 # is imported): another instruction set sums in another order, and the same config trains other weights. oneDNN
 # also reads its older name DNNL_MAX_CPU_ISA, where ONEDNN_MAX_CPU_ISA is unset or empty (``_dnnl_ignored``).
-CPU_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+# MKL_CBWR picks the code path of MKL, torch's CPU BLAS (its matrix products: Linear layers): vgg11 on Digits
+# trained other weights under MKL_CBWR=COMPATIBLE or AVX2 on an AVX-512 CPU, and a rerun under it said nothing of it.
+# It is logged as set (a value MKL ignores is named too).
+CPU_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR")
 
 # MKLDNN_MAX_CPU_ISA, oneDNN's name of old: torch's ideep copies it over DNNL_MAX_CPU_ISA (its C environment's, which
 # os.environ does not see) when torch is loaded, where it is set and not empty, so it caps oneDNN as that does

@@ -142,7 +142,8 @@ class Main:
         try:
             registries = self._registries_for(cfg.registries)
         except RegistryError as error:
-            raise RegistryError(f"{cfg.source}: the key 'registries': {error}") from None
+            raise RegistryError(f"{cfg.source}: the key 'registries': {error}{_logged_in_another_directory(cfg, error)}"
+                                ) from None
         try:  # before the executor names the run's folder: a mistyped name of 5,000 characters was refused as too
             registries.check_names(cfg)  # long a folder name, and only the shortened one as an unknown model
         except RegistryError as error:
@@ -543,6 +544,27 @@ def _runs_differing_only_in_idle_keys(executors: list[TrainTestExecutor],
             return seen[key], index
         seen[key] = index
     return None
+
+
+def _logged_in_another_directory(cfg: Any, error: RegistryError) -> str:
+    """For a logged config whose registry module, named by a dotted name (a package's module, which the logged
+    config keeps as such: ``registry.working_directory_file``), cannot be imported here: the working directory its
+    run was started in (``_meta.working_directory``), where the name was importable. Its rerun from another
+    directory said only 'No module named ...', and the folder to rerun from was not named."""
+    meta = cfg.logged_meta
+    folder = meta.get("working_directory") if isinstance(meta, Mapping) else None
+    dotted = [spec for spec in cfg.registries.values() if isinstance(spec, str) and not spec.endswith(".py")
+              and f"registry module {spec!r}" in str(error)]
+    if not str(error).startswith("Cannot import the") or not isinstance(folder, str) or not dotted:
+        return ""
+    try:
+        if Path(folder).resolve() == Path.cwd().resolve():
+            return ""
+    except (OSError, RuntimeError):
+        pass
+    return (f" Its run was started in the working directory {folder!r} (the logged config's "
+            f"_meta.working_directory), from which {dotted[0]!r} was imported: rerun from there, or put that folder on "
+            f"PYTHONPATH.")
 
 
 def _numbers_as_written_once(value: Any) -> Any:

@@ -8,10 +8,13 @@ never reach the factory. Kept apart from the executor, which only calls these.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import contextvars
 import inspect
 import json
+import os
+import re
 from typing import Any, Callable, Iterator, Mapping
 
 from phd_lab.config_file import cut_short, shown_value
@@ -138,7 +141,9 @@ def defaults_in_effect(factory: Callable[..., Any], given: Mapping[str, Any], su
     """The factory's keyword defaults that a run used because its config did not set them.
 
     Logged with the run: a default changed in a later version of a registry would otherwise change what
-    the same logged config trains, without a trace. Values JSON cannot hold are logged as their repr."""
+    the same logged config trains, without a trace. Values JSON cannot hold are logged as their repr, without the
+    memory address or registry file's path it may hold (``stable_text``), a set with its items in sorted order
+    (``_set_text``)."""
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):  # a builtin or C callable without a signature
@@ -148,8 +153,66 @@ def defaults_in_effect(factory: Callable[..., Any], given: Mapping[str, Any], su
         if param.default is inspect.Parameter.empty or param.name in given or param.name in supplied:
             continue
         value = param.default
-        defaults[param.name] = value if _json_value(value) else repr(value)
+        defaults[param.name] = value if _json_value(value) else _logged_text(value)
     return defaults
+
+
+def _logged_text(value: Any) -> str:
+    return _set_text(value) if isinstance(value, (set, frozenset)) else stable_text(repr(value))
+
+
+def _set_text(items: set[Any] | frozenset[Any]) -> str:
+    """A set's repr with its items in sorted order: Python's repr lists a set of strings in the order of the process's
+    string hash seed, so that ``frozenset({"conv", "fc"})`` was logged as "frozenset({'fc', 'conv'})" in one process
+    and "frozenset({'conv', 'fc'})" in the next, and a rerun named the unchanged default as changed."""
+    inner = ", ".join(sorted(stable_text(repr(item)) for item in items))
+    if isinstance(items, frozenset):
+        return f"frozenset({{{inner}}})" if inner else "frozenset()"
+    return f"{{{inner}}}" if inner else "set()"
+
+
+_SET_TEXT = re.compile(r"(frozenset\()?(\{.*\})(?(1)\))", re.DOTALL)
+
+
+def comparable_default(value: Any) -> Any:
+    """A logged default as a rerun compares it (``stable_text``: without a memory address or a registry file's path),
+    and a set logged by an earlier version in its process's order with its items sorted (read with
+    ``ast.literal_eval``, which runs no code)."""
+    value = stable_text(value)
+    found = _SET_TEXT.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        return value
+    try:
+        items = ast.literal_eval(found.group(2))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return value
+    if not isinstance(items, set):
+        return value
+    return _set_text(frozenset(items) if found.group(1) else items)
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+# the module name of a registry file given by its path (``phd_lab.registry_files.module_name``): its path in hex
+_REGISTRY_MODULE = re.compile(r"phd_lab\.registry_files\.[a-z]+_((?:[0-9a-f]{2})+)\b")
+
+
+def stable_text(text: Any) -> Any:
+    """A logged default's repr as every process and checkout writes it: without the memory address it holds
+    (``act=F.relu``: '<function relu at 0x7fc3e6cd7ce0>' is '<function relu>'), which is another in every process,
+    and with a registry file's module, whose name holds the file's path, named by the file's name (``block=Block``
+    of my_models.py: "<class 'my_models.Block'>"), so that a moved project's rerun names no change. Logged with
+    either, every such rerun named the unchanged default as changed. Which function or class it is the factory's
+    digest (``registry_factory_sha256``) covers; other values are returned as they are."""
+    if not isinstance(text, str):
+        return text
+    return _REGISTRY_MODULE.sub(_registry_file_stem, _ADDRESS.sub("", text))
+
+
+def _registry_file_stem(found: re.Match[str]) -> str:
+    try:
+        return os.path.splitext(os.path.basename(os.fsdecode(bytes.fromhex(found.group(1)))))[0] or found.group(0)
+    except ValueError:
+        return found.group(0)
 
 
 def _json_value(value: Any) -> bool:

@@ -10,8 +10,9 @@ tensors by the sha256 of their bytes, enum members, torch dtypes and devices, ``
 objects of the module's own classes by their attributes, objects of other modules' classes by their repr where it
 is the same in every process and checkout, as a layer's is: ``ACT = nn.LeakyReLU(0.1)``); the identity (module
 and qualified name) of what it names from elsewhere, whose code the logged versions and git commit cover (and,
-for files beside a registry file, their own sha256); the values its closure holds; and the plain attributes set on
-it (``phd_lab_objective``, a dataset's ``check_data``). Nothing in it depends on the registry file's path or on
+for files beside a registry file, their own sha256); the files beside its module's file that its code imports in
+its body, by their sha256; the values its closure holds; and the plain attributes set on it
+(``phd_lab_objective``, a dataset's ``check_data``). Nothing in it depends on the registry file's path or on
 the process (``__name__`` and ``__file__`` are left out) or on ``python -O`` (which drops asserts: the names code
 looks up are read from it as compiled without -O), so identical code has the same digest in every checkout.
 Not covered: statements at the module's top level that change other modules when the file is imported (setting
@@ -24,6 +25,7 @@ and their closures.
 from __future__ import annotations
 
 import __future__
+import dis
 import enum
 import functools
 import hashlib
@@ -136,7 +138,43 @@ def _code(value: Any, module: str | None, seen: set[int]) -> Any:
                                 sorted(vars(value).items()) if not _dunder(name)}}
     if wrappers:  # a decorated function: the code that wraps it runs too
         described["wrappers"] = [_wrapper(layer, module, seen) for layer in wrappers]
+    beside = _imported_beside(value, namespace.get("__file__"))
+    if beside:  # only where there are such imports: the digests of other factories stay as they were
+        described["imported_beside"] = beside
     return described
+
+
+def _imported_beside(value: Any, file: Any) -> dict[str, str]:
+    """The sha256 of each file beside the module's own file (``file``) that the code of ``value`` imports in its
+    body (``from my_layers import block`` inside a factory), by its path relative to that folder. A registry file's
+    helpers imported when the file runs are logged on their own (``registry_helper_sha256``), but one imported
+    only when the factory is called was in no digest: editing it trained another model without a word. Read from
+    the code's import instructions and the files they name there; nothing is imported."""
+    if not isinstance(file, str) or not file.endswith(".py"):
+        return {}
+    folder = os.path.dirname(os.path.abspath(file))
+    codes = [_unoptimized(value.__code__)] if isinstance(value, types.FunctionType) else [
+        _unoptimized(member.__code__) for member in _class_functions(value)]
+    found: dict[str, str] = {}
+    while codes:
+        code = codes.pop()
+        codes.extend(const for const in code.co_consts if isinstance(const, types.CodeType))
+        parts: list[str] = []
+        for instruction in dis.get_instructions(code):
+            if instruction.opname == "IMPORT_NAME" and isinstance(instruction.argval, str):
+                parts = instruction.argval.split(".")
+                candidates = [parts[:end] for end in range(1, len(parts) + 1)]
+            elif instruction.opname == "IMPORT_FROM" and parts and isinstance(instruction.argval, str):
+                candidates = [parts + [instruction.argval]]  # a module of the package: from my_pkg import layers
+            else:
+                continue
+            for names in candidates:
+                for path in (os.path.join(folder, *names) + ".py", os.path.join(folder, *names, "__init__.py")):
+                    if os.path.isfile(path):
+                        with open(path, "rb") as handle:
+                            found["/".join(names) + path[len(os.path.join(folder, *names)):]] = hashlib.sha256(
+                                handle.read()).hexdigest()
+    return dict(sorted(found.items()))
 
 
 def _namespace(value: Any, module: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import json
 from typing import Any, Mapping
 
 from phd_lab.environment import cpu_architectures, isa_variables_in_effect
+from phd_lab.factory_args import comparable_default
 from phd_lab.optim import DEFAULT_GAMMA
 
 VERSION_KEYS = ("phd_lab", "git_commit", "python", "torch", "torchvision", "numpy", "scikit_learn", "numba")
@@ -38,7 +39,9 @@ def code_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> list[
     beside them that they import. Keys an older ``_meta`` lacks are skipped, and so is a factory argument added
     since whose default is null: an argument is added with null meaning what the factory did before it existed
     (Digits' ``normalization``, the image sets' ``flip``). Defaults are compared by what they resolve to
-    (``NULL_STANDS_FOR``): a default changed from 0.1 to null that means 0.1 is the same default."""
+    (``NULL_STANDS_FOR``): a default changed from 0.1 to null that means 0.1 is the same default; and a repr
+    without its memory address, a set's with its items sorted, as earlier versions did not log them
+    (``factory_args.comparable_default``)."""
     found = []
     old_defaults, new_defaults = logged.get("defaults_in_effect"), _plain(now.get("defaults_in_effect"))
     if isinstance(old_defaults, Mapping) and isinstance(new_defaults, Mapping):
@@ -92,7 +95,7 @@ def _package_difference(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
 def _resolved(args: str, name: str, values: Mapping[str, Any]) -> Any:
     """The default ``name`` of ``args`` as the factory reads it: a null the framework reads as a value
     (``NULL_STANDS_FOR``) is that value; an argument not in ``values`` is ``_ABSENT``."""
-    value, stands_for = values.get(name, _ABSENT), NULL_STANDS_FOR.get(args, {})
+    value, stands_for = comparable_default(values.get(name, _ABSENT)), NULL_STANDS_FOR.get(args, {})
     return stands_for[name] if value is None and name in stands_for else value
 
 
@@ -141,9 +144,9 @@ def machine_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
     """Another device type or model, and another CPU instruction set of torch's kernels or another value of the
     variables that cap it (``environment.CPU_ISA_VARIABLES``): the same code sums in another order there, so
     the same config gives other weights. Another GPU index is the same setup; keys an older ``_meta`` lacks are
-    skipped (DNNL_MAX_CPU_ISA among the variables: older runs did not log it), and so is a CPU's model that
-    phd-lab 0.1 logged as only the architecture (``x86_64``), where this machine has that architecture: which
-    model it was is not known."""
+    skipped (DNNL_MAX_CPU_ISA and MKL_CBWR among the variables: older runs did not log them), and so is a CPU's
+    model that phd-lab 0.1 logged as only the architecture (``x86_64``), where this machine has that architecture:
+    which model it was is not known."""
     found = []
     old_device, new_device = logged.get("device"), now.get("device")
     same_type = not (old_device and new_device) or device_type(old_device) == device_type(new_device)
@@ -164,8 +167,10 @@ def machine_differences(logged: Mapping[str, Any], now: Mapping[str, Any]) -> li
 
 def _only_this_architecture(logged_name: Any, now: Mapping[str, Any]) -> bool:
     """Whether a logged CPU device name is only the architecture this CPU run's machine has, as phd-lab 0.1 logged
-    it (platform.machine()), rather than another CPU's model."""
-    return device_type(now.get("device", "")) == "cpu" and logged_name in cpu_architectures()
+    it (platform.machine()), rather than another CPU's model. A name that is no string (a hand-edited ``_meta``:
+    a list or an object, which no set of names can be asked for) is none."""
+    return (device_type(now.get("device", "")) == "cpu" and isinstance(logged_name, str)
+            and logged_name in cpu_architectures())
 
 
 def device_type(device: Any) -> str:

@@ -21,7 +21,7 @@ from phd_lab import atomic
 from phd_lab.cli import main_cli
 from phd_lab.config import META_KEY
 from phd_lab.environment import CPU_ISA_VARIABLES, git_commit, package_sha256
-from tests.conftest import ROOT, TINY, main_in_process, run_folders, run_main, run_name, write_config
+from tests.conftest import ROOT, TINY, flat, main_in_process, run_folders, run_main, run_name, write_config
 from tests.test_runs import assert_same_weights, weights
 
 REGISTRY = '''from torch import nn
@@ -142,7 +142,7 @@ def test_another_cpu_instruction_set_or_device_model_is_logged_and_named_on_a_re
     if capability != "DEFAULT":
         assert f"the CPU instruction set {capability} (now DEFAULT)" in log_text
     assert json.loads((again / f"{run_name(again)}_config.json").read_text())[META_KEY]["cpu_isa_variables"] == {
-        "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "DNNL_MAX_CPU_ISA": None}
+        "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "DNNL_MAX_CPU_ISA": None, "MKL_CBWR": None}
     # another GPU of the same model is the same setup; another device type is named once; an older _meta lacks keys
     from phd_lab.reproduction import machine_differences
     gpu = {"device": "cuda:0", "device_name": "NVIDIA H200", "cpu_capability": "AVX2"}
@@ -186,7 +186,7 @@ def test_an_aten_cpu_capability_torch_ignores_is_logged_as_unset():
     assert ignored == unset and ignored["cpu_isa_variables"]["ATEN_CPU_CAPABILITY"] is None
     assert honoured == {"cpu_capability": "DEFAULT",
                         "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": None,
-                                              "DNNL_MAX_CPU_ISA": None}}
+                                              "DNNL_MAX_CPU_ISA": None, "MKL_CBWR": None}}
     older = {**unset, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": "AVX2", "ONEDNN_MAX_CPU_ISA": None}}
     assert machine_differences(older, unset) == [] and machine_differences(unset, older) == []
     assert machine_differences(honoured, unset) == [f"the CPU instruction set DEFAULT (now {unset['cpu_capability']})",
@@ -212,7 +212,7 @@ def test_a_onednn_max_cpu_isa_onednn_ignores_is_logged_as_unset(monkeypatch, val
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", value)
     now = cpu_instruction_set()
     assert now["cpu_isa_variables"] == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": logged,
-                                        "DNNL_MAX_CPU_ISA": None}
+                                        "DNNL_MAX_CPU_ISA": None, "MKL_CBWR": None}
     older = {**unset, "cpu_isa_variables": {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": value}}
     said = [] if logged is None else [f'ONEDNN_MAX_CPU_ISA "{value}" (now unset)']
     assert machine_differences(older, unset) == said
@@ -244,6 +244,30 @@ def test_dnnl_max_cpu_isa_is_logged_where_onednn_reads_it_and_compared(monkeypat
     assert machine_differences(older, unset) == [] and machine_differences(older, {**unset, **{
         "cpu_isa_variables": {**unset["cpu_isa_variables"], "DNNL_MAX_CPU_ISA": "sse41"}}}) == []
 
+
+def test_mkl_cbwr_is_logged_and_a_rerun_under_another_is_named(tmp_path, capsys, monkeypatch):
+    """MKL_CBWR picks the code path of MKL, torch's CPU matrix products: vgg11 on Digits trained other weights under
+    MKL_CBWR=COMPATIBLE, AVX2 or AUTO than without it on an AVX-512 CPU (sha256 of the state_dict), but the variable
+    was neither logged nor compared, so a rerun under it (a cluster module that exports it) said nothing of another
+    setup. It is logged in cpu_isa_variables and a rerun names it; an older ``_meta``, which lacks it, is not
+    compared."""
+    from phd_lab.reproduction import machine_differences
+    for variable in CPU_ISA_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())[META_KEY]
+    assert logged["cpu_isa_variables"]["MKL_CBWR"] is None
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--run-id", "again", "--no-progress")
+    assert code == 0 and 'MKL_CBWR unset (now "COMPATIBLE")' in err, err
+    [again] = [f for f in run_folders(tmp_path / "logs") if f != folder]
+    rerun = json.loads((again / f"{run_name(again)}_config.json").read_text())[META_KEY]
+    assert rerun["cpu_isa_variables"]["MKL_CBWR"] == "COMPATIBLE"
+    older = {**logged, "cpu_isa_variables": {k: v for k, v in logged["cpu_isa_variables"].items() if k != "MKL_CBWR"}}
+    assert machine_differences(older, rerun) == []
 
 @pytest.mark.parametrize("onednn, dnnl, mkldnn, logged", [
     (None, None, "sse41", "sse41"), (None, "avx2", "sse41", "sse41"), (None, "sse41", "", "sse41"),
@@ -933,6 +957,205 @@ def test_factory_defaults_json_cannot_hold_are_logged_as_their_repr():
     assert json.loads(json.dumps(defaults, allow_nan=False)) == defaults
 
 
+FUNCTION_DEFAULT = '''from torch import nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self, in_channels, num_classes, act):
+        super().__init__()
+        self.conv, self.fc, self.act = nn.Conv2d(in_channels, 4, 3, padding=1), nn.Linear(4, num_classes), act
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+
+def tiny_act(*, num_classes: int, in_channels: int = 3, act=F.{act}) -> nn.Module:
+    """A convolution with a functional activation, and a linear readout."""
+    return Net(in_channels, num_classes, act)
+'''
+
+
+def test_a_function_default_is_logged_without_its_address_and_an_unchanged_one_is_no_difference(tmp_path, capsys):
+    """A factory default that is a function (``act=F.relu``) was logged by its repr, '<function relu at
+    0x7fc3e6cd7ce0>', whose address is another in every process: every rerun of the run, in another process, warned
+    'the model_args default act: "<function relu at 0x7fc3e6cd7ce0>" (now "<function relu at 0x7fb96d0e3ec0>")',
+    a difference where there was none. The address is left out, also when a run logged it; another function is
+    still named."""
+    registry = tmp_path / "my_models.py"
+    registry.write_text(FUNCTION_DEFAULT.format(act="relu"))
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_act", model_args={},
+                          registries={"models": str(registry)}, track_saturation=False, post_processing=[])
+    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {"act": "<function relu>"}
+    # as a run of an earlier version logged it, in another process
+    logged[META_KEY]["defaults_in_effect"]["model_args"]["act"] = "<function relu at 0x7f0123456789>"
+    logged_path.write_text(json.dumps(logged))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0 and "another setup" not in err and "default act" not in err
+    registry.write_text(FUNCTION_DEFAULT.format(act="elu"))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0
+    assert 'the model_args default act: "<function relu at 0x7f0123456789>" (now "<function elu>")' in flat(err)
+
+
+SET_DEFAULT = '''from torch import nn
+
+
+def tiny_set(*, num_classes: int, in_channels: int = 3, relu_after: frozenset = frozenset({names})) -> nn.Module:
+    """A convolution, a ReLU after the layers named, and a linear readout."""
+    act = nn.ReLU() if "conv" in relu_after else nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), act, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+'''
+
+
+def test_a_set_default_is_logged_in_sorted_order_and_one_in_another_order_is_no_difference(tmp_path, capsys):
+    """A factory default that is a set of strings was logged by its repr, whose order is the process's string hash
+    seed's ("frozenset({'pool', 'fc', 'bn', 'conv'})" under PYTHONHASHSEED=1, "frozenset({'bn', 'pool', 'conv',
+    'fc'})" under 2): a rerun in another process named the unchanged default as changed. It is logged with its items
+    sorted, and one an earlier version logged in another order compares as the same; another set is still named."""
+    registry = tmp_path / "my_models.py"
+    registry.write_text(SET_DEFAULT.format(names='{"pool", "fc", "bn", "conv"}'))
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_set", model_args={},
+                          registries={"models": str(registry)}, track_saturation=False, post_processing=[])
+    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {
+        "relu_after": "frozenset({'bn', 'conv', 'fc', 'pool'})"}
+    logged[META_KEY]["defaults_in_effect"]["model_args"]["relu_after"] = "frozenset({'pool', 'fc', 'bn', 'conv'})"
+    logged_path.write_text(json.dumps(logged))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0 and "another setup" not in err and "default relu_after" not in err
+    registry.write_text(SET_DEFAULT.format(names='{"pool", "fc"}'))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0
+    assert ("the model_args default relu_after: \"frozenset({'pool', 'fc', 'bn', 'conv'})\" (now \"frozenset({'fc', "
+            "'pool'})\")") in flat(err)
+
+
+LAZY_IMPORT = '''from torch import nn
+
+
+def tiny_lazy(*, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """A block of the file beside this one, imported when the model is built, and a linear readout."""
+    from lazy_blocks_of_test_reproduction import block
+    return nn.Sequential(block(in_channels), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+'''
+
+
+def test_a_file_beside_the_registry_that_a_factory_imports_when_called_is_in_its_digest(tmp_path, capsys):
+    """A helper file beside a registry file that the factory imports in its body (``from my_blocks import block``
+    inside it) was in no digest: the helpers imported when the registry file runs are logged
+    (``registry_helper_sha256``), but this one was not, and a rerun after the helper was edited (ReLU for Tanh)
+    trained other weights without a word. Its sha256 is part of the factory's digest now, so the rerun names the
+    factory's code as changed; an unchanged helper is no difference."""
+    helper = tmp_path / "lazy_blocks_of_test_reproduction.py"
+    helper.write_text("from torch import nn\n\n\ndef block(channels):\n"
+                      "    return nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU())\n")
+    registry = tmp_path / "my_models.py"
+    registry.write_text(LAZY_IMPORT)
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_lazy", model_args={},
+                          registries={"models": str(registry)}, track_saturation=False, post_processing=[])
+    try:
+        assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+        [folder] = run_folders(tmp_path / "logs")
+        logged_path = folder / f"{run_name(folder)}_config.json"
+        code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+        assert code == 0 and "another setup" not in err, err
+        helper.write_text(helper.read_text().replace("nn.ReLU()", "nn.Tanh()"))
+        code, err = main_in_process(capsys, "--config", str(logged_path), "--run-id", "again", "--no-progress")
+        assert code == 0
+        assert ("This config was logged by a run under another setup: the code of the models factory 'tiny_lazy' "
+                "(sha256") in flat(err)
+    finally:
+        sys.modules.pop("lazy_blocks_of_test_reproduction", None)
+
+
+CLASS_DEFAULT = '''from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, in_channels):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).relu()
+
+
+def tiny_block(*, num_classes: int, in_channels: int = 3, block: type = Block) -> nn.Module:
+    """A block of this file and a linear readout."""
+    return nn.Sequential(block(in_channels), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+'''
+
+
+def test_a_default_class_of_the_registry_file_is_logged_without_its_path_and_a_moved_file_is_no_difference(
+        tmp_path, capsys):
+    """A factory default that is a class (or function) of the registry file itself was logged by its repr, whose
+    module name holds the file's path ("<class 'phd_lab.registry_files.models_2f746d70….Block'>"): after the
+    README's way of rerunning a moved project (its logged registries set to the file's new path), the rerun warned
+    'The trained run is post-processed under another setup than it was trained with: the model_args default
+    block: ... (now ...)', though nothing but the path had changed. The module is named by the file's name now,
+    also in a value an earlier version logged."""
+    from phd_lab.registry_files import module_name
+    old = tmp_path / "old" / "my_models.py"
+    old.parent.mkdir()
+    old.write_text(CLASS_DEFAULT)
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_block", model_args={},
+                          registries={"models": str(old)}, track_saturation=False, post_processing=[])
+    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {"block": "<class 'my_models.Block'>"}
+    moved = tmp_path / "moved" / "my_models.py"
+    old.parent.rename(moved.parent)
+    logged["registries"]["models"] = str(moved)
+    # as an earlier version logged it, by the module name of the file's old path
+    logged[META_KEY]["defaults_in_effect"]["model_args"]["block"] = f"<class '{module_name('models', old)}.Block'>"
+    logged_path.write_text(json.dumps(logged))
+    code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+    assert code == 0 and "default block" not in err and "another setup" not in err, err
+
+
+def test_a_logged_dotted_registry_module_not_importable_here_names_the_directory_the_run_was_started_in(
+        tmp_path, capsys, monkeypatch):
+    """A registry module of a package in the working directory ("registries": {"models": "pkg.models"}) stays a
+    dotted name in the logged config (a package's module may import relatively, so it is not named by its file);
+    rerun from another directory it was refused with only 'No module named ...', without the folder it was
+    importable from. The refusal names the run's logged working directory and how to rerun."""
+    package = tmp_path / "pkg_of_test_reproduction"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text(REGISTRY.format(act="relu"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_cnn", model_args={},
+                          registries={"models": "pkg_of_test_reproduction.models"}, track_saturation=False,
+                          post_processing=[])
+    try:
+        assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+    finally:
+        for name in [name for name in sys.modules if name.startswith("pkg_of_test_reproduction")]:
+            del sys.modules[name]
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    assert json.loads(logged_path.read_text())["registries"] == {"models": "pkg_of_test_reproduction.models"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = run_main("--config", str(logged_path), "--no-progress", "-q", cwd=elsewhere)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (f"Its run was started in the working directory {str(tmp_path)!r} (the logged config's "
+            f"_meta.working_directory), from which 'pkg_of_test_reproduction.models' was imported: rerun from there, "
+            f"or put that folder on PYTHONPATH.") in flat(done.stderr)
+
+
 MY_MODELS = '''
 from torch import nn
 
@@ -1024,6 +1247,21 @@ def test_a_cpu_model_logged_as_only_this_machine_s_architecture_is_no_difference
     assert machine_differences({**cpu, "device_name": "s390x_of_another_machine"}, cpu) == [
         "the device model s390x_of_another_machine (now AMD EPYC 7B13)"]
 
+
+def test_a_hand_edited_device_name_of_no_string_is_named_not_a_failed_run(tmp_path, capsys):
+    """A logged CPU run's ``_meta.device_name`` edited into a list or an object failed its rerun with exit 1 and
+    'TypeError: unhashable type' (looked up among this machine's architecture names), after the run's log was
+    opened. It is compared as any other logged model name: named as another device model, and the run goes on."""
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, track_saturation=False, post_processing=[])
+    assert main_cli(["--config", str(config), "--no-progress", "-q"]) == 0
+    [folder] = run_folders(tmp_path / "logs")
+    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged = json.loads(logged_path.read_text())
+    for name in (["AMD EPYC"], {"model": "AMD EPYC"}):
+        logged[META_KEY]["device_name"] = name
+        logged_path.write_text(json.dumps(logged))
+        code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
+        assert code == 0 and f"the device model {name} (now " in err, err
 
 def test_only_the_rules_own_default_and_a_cpu_runs_model_are_read_as_what_they_stand_for(monkeypatch):
     """The two readings that keep an old run's log from differing apply where they are true and nowhere else: a null
