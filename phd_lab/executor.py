@@ -190,7 +190,9 @@ class TrainTestExecutor:
         key, model = meta_model(self.config, self.registries, shared)
         factory = self.registries.models.get(self.config.model)
         if model is None:
-            self._check_optimizer(nn.Linear(1, 1))  # at least the values, on a stand-in model
+            # at least the values, on a stand-in model; on the meta device, as a real one draws its weights from
+            # the caller's torch generator
+            self._check_optimizer(nn.Linear(1, 1, device="meta"))
             check_objective(self.config, None, factory=factory)  # the metrics, by what the factory declares
             return
         cfg = self.config

@@ -88,6 +88,26 @@ def test_a_run_leaves_the_callers_random_generators_as_they_were(tmp_path, singl
     assert draws() == expected
 
 
+def test_the_check_of_a_model_the_meta_device_cannot_build_leaves_the_callers_torch_generator(tmp_path):
+    """A factory that needs real values (``.item()``) cannot be built on the meta device; the grid check then tried
+    the optimizer's values on a stand-in Linear built on the CPU, whose initialisation drew from torch's global
+    generator: a notebook's own draws after such a grid were not those after any other grid."""
+    import torch
+
+    from phd_lab.experiment import Main
+    registry = tmp_path / "my_models.py"
+    registry.write_text("import torch\nfrom torch import nn\n\ndef tiny(*, num_classes, in_channels=3):\n"
+                        "    width = int(torch.tensor(4).item())  # no value on the meta device\n"
+                        "    return nn.Sequential(nn.Conv2d(in_channels, width, 3), nn.AdaptiveAvgPool2d(1), "
+                        "nn.Flatten(), nn.Linear(width, num_classes))\n")
+    config = one_epoch(tmp_path, model="tiny", model_args={}, registries={"models": str(registry)})
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    Main(progress=False).load(config)  # every point checked, none trained
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_a_run_leaves_the_callers_matplotlib_backend_and_figures(tmp_path, single_thread):
     """The plots switched matplotlib to Agg with ``matplotlib.use``, which closes every open pyplot figure and left
     a notebook's inline backend replaced: its own figures were gone and ``plt.show()`` showed nothing after."""
