@@ -606,8 +606,10 @@ class TrainTestExecutor:
             wanted = str(asked) if asked is not None else f"null, {default} here"
             note = (f"Continuing with the {threads} CPU thread(s) this run was trained with (cpu_threads: {wanted}); "
                     f"float sums depend on the count, so a run goes on with the count it began with.")
+        # out of the caller's inference mode (a notebook's ``with torch.inference_mode():``), whose parameters
+        # autograd refuses: the trainer turns gradients on, but cannot take tensors made in it
         with (RUN_TURN(), cpu_threads(threads), cudnn_benchmark(device), global_generators_kept(device),
-              torch_flags_kept(), warning_filters_kept(), fx_sources_released()):
+              torch_flags_kept(), warning_filters_kept(), fx_sources_released(), torch.inference_mode(False)):
             try:
                 return self._run(device, note)
             finally:

@@ -108,6 +108,25 @@ def test_the_check_of_a_model_the_meta_device_cannot_build_leaves_the_callers_to
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.parametrize("mode", ["set_grad_enabled", "inference_mode"])
+def test_a_run_trains_under_a_callers_grad_mode_turned_off_and_leaves_it_off(tmp_path, single_thread, mode):
+    """A notebook that only evaluates models turns autograd off for good (``torch.set_grad_enabled(False)``) or
+    calls in a ``torch.inference_mode()`` block; every run it then started failed in its first batch ('element 0
+    of tensors does not require grad')."""
+    import pandas as pd
+    import torch
+
+    from phd_lab.experiment import Main
+    off = torch.inference_mode() if mode == "inference_mode" else torch.set_grad_enabled(False)
+    with off:
+        [outcome] = Main(progress=False)(one_epoch(tmp_path))
+        assert not torch.is_grad_enabled()
+        assert torch.is_inference_mode_enabled() == (mode == "inference_mode")
+    assert (outcome.status, outcome.error) == ("finished", "")
+    [metrics] = [pd.read_csv(path) for path in Path(outcome.folder).glob("*.csv")]
+    assert list(metrics["epoch"]) == [1]
+
+
 def test_a_run_leaves_the_callers_matplotlib_backend_and_figures(tmp_path, single_thread):
     """The plots switched matplotlib to Agg with ``matplotlib.use``, which closes every open pyplot figure and left
     a notebook's inline backend replaced: its own figures were gone and ``plt.show()`` showed nothing after."""
