@@ -43,6 +43,38 @@ def test_a_run_started_from_python_logs_its_whole_run_into_its_log_file(tmp_path
     assert unconfigured_logging.level == logging.WARNING  # and the caller's level is back
 
 
+@pytest.mark.parametrize("quieted", ["phd_lab", "phd_lab.trainer"])
+def test_a_run_logs_its_whole_run_into_its_log_file_also_where_the_caller_quieted_phd_labs_logger(
+        tmp_path, single_thread, quieted):
+    """A notebook that quiets the library (``logging.getLogger("phd_lab").setLevel(logging.WARNING)``) with its own
+    console at INFO: the logger's level dropped every INFO record before the run's file handler saw it, and the
+    run's .log file stayed empty (without ``phd_lab.trainer``'s level, of its epochs), where the README promises
+    the log files every line whatever the caller's logging. The console still shows what the levels let through."""
+    from phd_lab.experiment import Main
+    root, logger = logging.getLogger(), logging.getLogger(quieted)
+    before = root.level
+    stream = io.StringIO()
+    mine = logging.StreamHandler(stream)
+    root.addHandler(mine)
+    root.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING)
+    try:
+        [outcome] = Main(progress=False)(one_epoch(tmp_path))
+        assert (logger.level, root.level, mine.filters) == (logging.WARNING, logging.INFO, [])
+    finally:
+        logger.setLevel(logging.NOTSET)
+        root.setLevel(before)
+        root.removeHandler(mine)
+    assert outcome.status == "finished"
+    [run_log] = Path(outcome.folder).glob("*.log")
+    text = run_log.read_text(encoding="utf-8")
+    assert "INFO phd_lab.executor: Run folder" in text
+    assert "INFO phd_lab.trainer: vgg11-Digits-r16-bs128-e1 epoch 1/1: train_loss=" in text
+    shown = stream.getvalue()
+    assert "epoch 1/1: train_loss=" not in shown
+    assert ("Run folder" in shown) == (quieted != "phd_lab")  # the executor's lines, where it was not quieted
+
+
 @pytest.mark.parametrize("command", [["train", "--list", "steps"], ["train", "--config", "missing.json"],
                                      ["probe", "--latents", "missing"], ["report", "missing"]])
 def test_a_command_called_from_python_leaves_the_callers_logging_as_it_was(tmp_path, unconfigured_logging, capsys,
