@@ -79,9 +79,14 @@ def logs_above_progress_bars() -> Iterator[None]:
     console handler, which keeps its format and stream but not its level: that is carried over). Without a stderr
     there are no bars, and tqdm's handler would write the log lines on stdout instead."""
     from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from phd_lab.progress import leave_the_start_method_unchosen
     if sys.stderr is None:
         yield
         return
+    # the redirect's first line (the probe job logs before any bar) made tqdm's lock by the default context: a
+    # script's set_start_method after the call stopped with 'context has already been set'
+    leave_the_start_method_unchosen()
     root = logging.getLogger()
     before = list(root.handlers)
     levels = [handler.level for handler in before if type(handler) is logging.StreamHandler]

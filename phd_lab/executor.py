@@ -190,7 +190,9 @@ class TrainTestExecutor:
         key, model = meta_model(self.config, self.registries, shared)
         factory = self.registries.models.get(self.config.model)
         if model is None:
-            self._check_optimizer(nn.Linear(1, 1))  # at least the values, on a stand-in model
+            # at least the values, on a stand-in model; on the meta device, as a real one draws its weights from
+            # the caller's torch generator
+            self._check_optimizer(nn.Linear(1, 1, device="meta"))
             check_objective(self.config, None, factory=factory)  # the metrics, by what the factory declares
             return
         cfg = self.config
@@ -604,8 +606,10 @@ class TrainTestExecutor:
             wanted = str(asked) if asked is not None else f"null, {default} here"
             note = (f"Continuing with the {threads} CPU thread(s) this run was trained with (cpu_threads: {wanted}); "
                     f"float sums depend on the count, so a run goes on with the count it began with.")
+        # out of the caller's inference mode (a notebook's ``with torch.inference_mode():``), whose parameters
+        # autograd refuses: the trainer turns gradients on, but cannot take tensors made in it
         with (RUN_TURN(), cpu_threads(threads), cudnn_benchmark(device), global_generators_kept(device),
-              torch_flags_kept(), warning_filters_kept(), fx_sources_released()):
+              torch_flags_kept(), warning_filters_kept(), fx_sources_released(), torch.inference_mode(False)):
             try:
                 return self._run(device, note)
             finally:

@@ -83,7 +83,35 @@ class LogFile(logging.FileHandler):
 
 _kept_lock = threading.Lock()
 _holders = 0  # blocks of ``info_records_kept`` running in this process, in any thread
-_raised: tuple[int, list[tuple[logging.Handler, int]], logging.Handler | None] | None = None  # what the first changed
+_Raised = tuple[int, list[tuple[logging.Handler, int]], logging.Handler | None, list[tuple[logging.Logger, int]],
+                "CallerLevels | None", list[logging.Handler]]
+_raised: _Raised | None = None  # what the first block changed
+
+
+class CallerLevels(logging.Filter):
+    """Drops the records of phd_lab's loggers below the level the caller had set on them (``effective``: each
+    logger's effective level when the blocks began, by name): a handler of the caller's shows what it showed
+    before, while those loggers pass INFO records on to the log files."""
+
+    def __init__(self, effective: dict[str, int]) -> None:
+        super().__init__()
+        self.effective = effective
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        while name:  # a logger made during the blocks (a module imported then) goes by its nearest ancestor
+            level = self.effective.get(name)
+            if level is not None:
+                return record.levelno >= level
+            name = name.rpartition(".")[0]
+        return True
+
+
+def _framework_loggers() -> list[logging.Logger]:
+    """phd_lab's loggers that exist now (``logging.getLogger('phd_lab')`` among them)."""
+    logging.getLogger("phd_lab")
+    return [logger for name, logger in list(logging.root.manager.loggerDict.items())
+            if isinstance(logger, logging.Logger) and (name == "phd_lab" or name.startswith("phd_lab."))]
 
 
 @contextlib.contextmanager
@@ -93,6 +121,9 @@ def info_records_kept() -> Iterator[None]:
     level WARNING dropped them before any handler saw them, and a run's .log file held its warnings only. The
     console shows what it showed before: the root's handlers are raised to its old level for the block, and a
     root without handlers (warnings printed by logging's last resort) gets that handler; all restored after.
+    So do phd_lab's own loggers where the caller set them above INFO (``logging.getLogger("phd_lab")
+    .setLevel(logging.WARNING)``, a notebook quieting a library), whose runs left an empty .log file: they pass
+    INFO for the block, and the handlers the caller had filter out what those levels would have dropped.
 
     Blocks in threads of one process (a run and a probe job, a Dask task on a cluster of threads in the caller's
     process) share the one raised level, and the last of them to end restores it: the first to end gave the level
@@ -105,43 +136,64 @@ def info_records_kept() -> Iterator[None]:
 
 
 def _hold() -> None:
-    """One more block of ``info_records_kept``; the root is raised if it drops INFO records and no block raised it.
-    All or nothing: a Ctrl-C (or a handler's error) halfway left the block counted although its ``finally`` never
-    ran, so the last real block never gave the caller its WARNING level back, nor its handlers' levels."""
+    """One more block of ``info_records_kept``; the root (and phd_lab's loggers) are lowered if they drop INFO
+    records and no block lowered them. All or nothing: a Ctrl-C (or a handler's error) halfway left the block
+    counted although its ``finally`` never ran, so the last real block never gave the caller its WARNING level
+    back, nor its handlers' levels."""
     global _holders, _raised
     root = logging.getLogger()
     with _kept_lock:
         level = root.level
-        if _raised is None and level > logging.INFO:  # NOTSET (0) passes everything too
+        quieted = [(logger, logger.level) for logger in _framework_loggers() if logger.level > logging.INFO]
+        if _raised is None and (level > logging.INFO or quieted):  # NOTSET (0) passes everything too
             raised: list[tuple[logging.Handler, int]] = []
-            stand_in = logging.lastResort if not root.handlers else None
+            stand_in = logging.lastResort if not root.handlers and level > logging.INFO else None
+            # before any level changes: what the caller's handlers showed of each logger
+            callers = CallerLevels({logger.name: logger.getEffectiveLevel()
+                                    for logger in _framework_loggers()}) if quieted else None
+            filtered: list[logging.Handler] = []
             try:
-                for handler in root.handlers:
-                    if handler.level < level:
-                        before = handler.level
-                        handler.setLevel(level)
-                        raised.append((handler, before))
-                if stand_in is not None:
-                    root.addHandler(stand_in)
-                root.setLevel(logging.INFO)
+                if level > logging.INFO:
+                    for handler in root.handlers:
+                        if handler.level < level:
+                            before = handler.level
+                            handler.setLevel(level)
+                            raised.append((handler, before))
+                    if stand_in is not None:
+                        root.addHandler(stand_in)
+                    root.setLevel(logging.INFO)
+                if callers is not None:
+                    theirs = [*root.handlers, *(handler for logger, _ in quieted for handler in logger.handlers)]
+                    for handler in dict.fromkeys(theirs):
+                        handler.addFilter(callers)
+                        filtered.append(handler)
+                    for logger, _ in quieted:
+                        logger.setLevel(logging.INFO)
             except BaseException:
-                _give_back(level, raised, stand_in)
+                _give_back((level, raised, stand_in, quieted, callers, filtered))
                 raise
-            _raised = level, raised, stand_in
+            _raised = level, raised, stand_in, quieted, callers, filtered
         _holders += 1
 
 
-def _give_back(level: int, raised: list[tuple[logging.Handler, int]], stand_in: logging.Handler | None) -> None:
+def _give_back(changed: _Raised) -> None:
     """Put back the root's level and its handlers' levels where they are still what ``_hold`` made them (a level
-    the caller set during the blocks, DEBUG say, is the caller's and stays), and remove the stand-in handler."""
+    the caller set during the blocks, DEBUG say, is the caller's and stays), and remove the stand-in handler; the
+    same for phd_lab's loggers, and the filter of the caller's handlers goes."""
+    level, raised, stand_in, quieted, callers, filtered = changed
     root = logging.getLogger()
-    if root.level == logging.INFO:
+    if level > logging.INFO and root.level == logging.INFO:
         root.setLevel(level)
     if stand_in is not None:
         root.removeHandler(stand_in)
     for handler, before in raised:
         if handler.level == level:
             handler.setLevel(before)
+    for logger, before in quieted:
+        if logger.level == logging.INFO:
+            logger.setLevel(before)
+    for handler in filtered:
+        handler.removeFilter(callers)
 
 
 def _reset_lock_in_child() -> None:
@@ -161,5 +213,5 @@ def _release() -> None:
         _holders -= 1
         if _holders or _raised is None:
             return
-        (level, raised, stand_in), _raised = _raised, None
-        _give_back(level, raised, stand_in)
+        changed, _raised = _raised, None
+        _give_back(changed)

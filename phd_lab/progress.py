@@ -27,7 +27,7 @@ def bar_options(stream: IO[str] | None = None, transient: bool = False) -> dict[
     own, ``BarLines``), or where stderr is closed (``2>&-``), a stream that drops them. A ``transient`` bar (an
     epoch's, a pass's) vanishes when it ends in a terminal; in a file it draws its last state (count, time, rate)
     as any bar does: there it was left at its first drawing, 0 %, and a job's log read as if no loop had progressed."""
-    _leave_the_start_method_unchosen()
+    leave_the_start_method_unchosen()
     if stream is not None:
         return _redraws(_live(stream), transient)
     if sys.stderr is None:
@@ -38,10 +38,11 @@ def bar_options(stream: IO[str] | None = None, transient: bool = False) -> dict[
     return {**_redraws(live, transient), "file": BarStream(sys.stderr) if live else BarLines(sys.stderr)}
 
 
-def _leave_the_start_method_unchosen() -> None:
-    """Make tqdm's multiprocessing lock before its first bar does, by the start method the platform would choose
-    (the lock tqdm made there) without choosing it (``start_method_context``): tqdm takes the default context,
-    which fixes the process' start method. Left to tqdm where the method is chosen already, or its lock made."""
+def leave_the_start_method_unchosen() -> None:
+    """Make tqdm's multiprocessing lock before its first bar (or its first log line written above the bars,
+    ``tqdm.write``) does, by the start method the platform would choose (the lock tqdm made there) without choosing
+    it (``start_method_context``): tqdm takes the default context, which fixes the process' start method. Left to
+    tqdm where the method is chosen already, or its lock made."""
     from tqdm.std import TqdmDefaultWriteLock
 
     from phd_lab.worker_processes import start_method_context

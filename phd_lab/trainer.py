@@ -184,8 +184,10 @@ class Trainer:
             f"({named}; {losses}). Training stopped there and post-processing was skipped; the epochs up to "
             f"{epoch} are in its CSV and checkpoint, so running the same config stops here again. {advice}")
 
+    @torch.enable_grad()
     def train_epoch(self, bundle: DataBundle, epoch: int) -> tuple[float, dict[str, float]]:
-        """One pass over the training set: the mean loss per sample and the metrics' values."""
+        """One pass over the training set: the mean loss per sample and the metrics' values. With gradients
+        whatever the caller's grad mode: a notebook's ``torch.set_grad_enabled(False)`` failed every run."""
         network = self.network
         network.train()
         for metric in self.metrics.values():

@@ -33,11 +33,28 @@ def start_method_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context(method)
 
 
+class _SpawnPool(ProcessPoolExecutor):
+    """A pool whose workers' starts leave the process' start method unchosen. Spawning a process asks the default
+    context for the method to send the child (``spawn.get_preparation_data`` calls ``get_start_method()``),
+    which fixes it: a script that ran a probe job or a report with ``-mp N`` and then chose its own method
+    (``set_start_method("spawn")``) stopped with 'context has already been set'. A pool spawns its workers as
+    tasks are submitted; a method left unchosen before a submit is unchosen again after it."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        unchosen = multiprocessing.get_start_method(allow_none=True) is None
+        try:
+            return super().submit(fn, *args, **kwargs)
+        finally:
+            if unchosen and multiprocessing.get_start_method(allow_none=True) is not None:
+                multiprocessing.set_start_method(None, force=True)  # the public way back to unchosen
+
+
 def spawn_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` spawned processes set up by ``init_worker``; leave it with ``stop_pool`` when the
-    parent stops early (Ctrl-C, a failure), so that no worker goes on with its task."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=init_worker, initargs=(os.getpid(),))
+    parent stops early (Ctrl-C, a failure), so that no worker goes on with its task. Starting them chooses no
+    start method for the process (``_SpawnPool``)."""
+    return _SpawnPool(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                      initializer=init_worker, initargs=(os.getpid(),))
 
 
 def init_worker(parent: int) -> None:

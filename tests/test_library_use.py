@@ -43,6 +43,38 @@ def test_a_run_started_from_python_logs_its_whole_run_into_its_log_file(tmp_path
     assert unconfigured_logging.level == logging.WARNING  # and the caller's level is back
 
 
+@pytest.mark.parametrize("quieted", ["phd_lab", "phd_lab.trainer"])
+def test_a_run_logs_its_whole_run_into_its_log_file_also_where_the_caller_quieted_phd_labs_logger(
+        tmp_path, single_thread, quieted):
+    """A notebook that quiets the library (``logging.getLogger("phd_lab").setLevel(logging.WARNING)``) with its own
+    console at INFO: the logger's level dropped every INFO record before the run's file handler saw it, and the
+    run's .log file stayed empty (without ``phd_lab.trainer``'s level, of its epochs), where the README promises
+    the log files every line whatever the caller's logging. The console still shows what the levels let through."""
+    from phd_lab.experiment import Main
+    root, logger = logging.getLogger(), logging.getLogger(quieted)
+    before = root.level
+    stream = io.StringIO()
+    mine = logging.StreamHandler(stream)
+    root.addHandler(mine)
+    root.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING)
+    try:
+        [outcome] = Main(progress=False)(one_epoch(tmp_path))
+        assert (logger.level, root.level, mine.filters) == (logging.WARNING, logging.INFO, [])
+    finally:
+        logger.setLevel(logging.NOTSET)
+        root.setLevel(before)
+        root.removeHandler(mine)
+    assert outcome.status == "finished"
+    [run_log] = Path(outcome.folder).glob("*.log")
+    text = run_log.read_text(encoding="utf-8")
+    assert "INFO phd_lab.executor: Run folder" in text
+    assert "INFO phd_lab.trainer: vgg11-Digits-r16-bs128-e1 epoch 1/1: train_loss=" in text
+    shown = stream.getvalue()
+    assert "epoch 1/1: train_loss=" not in shown
+    assert ("Run folder" in shown) == (quieted != "phd_lab")  # the executor's lines, where it was not quieted
+
+
 @pytest.mark.parametrize("command", [["train", "--list", "steps"], ["train", "--config", "missing.json"],
                                      ["probe", "--latents", "missing"], ["report", "missing"]])
 def test_a_command_called_from_python_leaves_the_callers_logging_as_it_was(tmp_path, unconfigured_logging, capsys,
@@ -86,6 +118,45 @@ def test_a_run_leaves_the_callers_random_generators_as_they_were(tmp_path, singl
     [outcome] = Main(progress=False)(one_epoch(tmp_path))
     assert outcome.status == "finished"
     assert draws() == expected
+
+
+def test_the_check_of_a_model_the_meta_device_cannot_build_leaves_the_callers_torch_generator(tmp_path):
+    """A factory that needs real values (``.item()``) cannot be built on the meta device; the grid check then tried
+    the optimizer's values on a stand-in Linear built on the CPU, whose initialisation drew from torch's global
+    generator: a notebook's own draws after such a grid were not those after any other grid."""
+    import torch
+
+    from phd_lab.experiment import Main
+    registry = tmp_path / "my_models.py"
+    registry.write_text("import torch\nfrom torch import nn\n\ndef tiny(*, num_classes, in_channels=3):\n"
+                        "    width = int(torch.tensor(4).item())  # no value on the meta device\n"
+                        "    return nn.Sequential(nn.Conv2d(in_channels, width, 3), nn.AdaptiveAvgPool2d(1), "
+                        "nn.Flatten(), nn.Linear(width, num_classes))\n")
+    config = one_epoch(tmp_path, model="tiny", model_args={}, registries={"models": str(registry)})
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    Main(progress=False).load(config)  # every point checked, none trained
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("mode", ["set_grad_enabled", "inference_mode"])
+def test_a_run_trains_under_a_callers_grad_mode_turned_off_and_leaves_it_off(tmp_path, single_thread, mode):
+    """A notebook that only evaluates models turns autograd off for good (``torch.set_grad_enabled(False)``) or
+    calls in a ``torch.inference_mode()`` block; every run it then started failed in its first batch ('element 0
+    of tensors does not require grad')."""
+    import pandas as pd
+    import torch
+
+    from phd_lab.experiment import Main
+    off = torch.inference_mode() if mode == "inference_mode" else torch.set_grad_enabled(False)
+    with off:
+        [outcome] = Main(progress=False)(one_epoch(tmp_path))
+        assert not torch.is_grad_enabled()
+        assert torch.is_inference_mode_enabled() == (mode == "inference_mode")
+    assert (outcome.status, outcome.error) == ("finished", "")
+    [metrics] = [pd.read_csv(path) for path in Path(outcome.folder).glob("*.csv")]
+    assert list(metrics["epoch"]) == [1]
 
 
 def test_a_run_leaves_the_callers_matplotlib_backend_and_figures(tmp_path, single_thread):

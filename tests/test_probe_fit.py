@@ -241,6 +241,22 @@ def test_lbfgs_torch_minimises_scikit_learns_objective_on_two_classes():
     assert result.converged
 
 
+def test_lbfgs_torch_fits_inside_a_callers_inference_mode_as_outside_it():
+    """A probe job started from a notebook inside ``with torch.inference_mode():`` failed every lbfgs-torch layer
+    ('element 0 of tensors does not require grad'): the weights it made there are tensors autograd refuses."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 120)
+    x = (rng.standard_normal((3, 8))[y] + rng.standard_normal((120, 8))).astype(np.float32)
+    settings = ProbeSettings(solver="lbfgs-torch", standardize=True)
+    outside = fit_torch_lbfgs(x.copy(), y, x[:30].copy(), settings)
+    with torch.inference_mode():
+        inside = fit_torch_lbfgs(x.copy(), y, x[:30].copy(), settings)
+        assert torch.is_inference_mode_enabled()
+    np.testing.assert_array_equal(inside.train_pred, outside.train_pred)
+    np.testing.assert_array_equal(inside.eval_pred, outside.eval_pred)
+    assert (inside.n_iter, inside.converged) == (outside.n_iter, outside.converged)
+
+
 def test_lbfgs_torch_is_not_converged_when_it_runs_out_of_evaluations():
     """max_iter 10 allows 20 loss evaluations; badly scaled raw features use them up in fewer iterations."""
     rng = np.random.default_rng(0)

@@ -79,6 +79,26 @@ def test_only_names_of_registry_files_that_exist_are_registry_modules(tmp_path):
             importlib.import_module(name)
 
 
+def test_a_commands_log_lines_above_its_bars_leave_the_callers_start_method_unchosen():
+    """The probe job called from a script (``probe_cli``, its console at INFO) logs its first lines before it draws
+    a bar: tqdm's logging redirect wrote them under tqdm's lock, which tqdm made by the default context, and a
+    script that then chose its start method (``set_start_method("spawn")``) stopped with 'context has already been
+    set'. A process of its own: the lock is made once per process."""
+    code = """
+import logging, multiprocessing
+from phd_lab.cli import command_logging, logs_above_progress_bars
+with command_logging(0), logs_above_progress_bars():
+    logging.getLogger("phd_lab.probes.job").info("verifying 2 latents files")
+assert multiprocessing.get_start_method(allow_none=True) is None
+multiprocessing.set_start_method("spawn")
+print(multiprocessing.get_start_method())
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and done.stdout.split() == ["spawn"], done.stderr
+    assert "verifying 2 latents files" in done.stderr
+
+
 def test_a_run_s_loader_workers_leave_the_callers_start_method_unchosen():
     """A DataLoader with workers (num_workers > 0) took its queues from the default context, which fixes the start
     method: a script or notebook that ran such a grid and then chose its own (``set_start_method("spawn")``)

@@ -30,6 +30,26 @@ def test_a_worker_that_exited_by_itself_is_told_by_its_exit_status_not_by_the_po
     assert "SIGTERM" not in said and "memory" not in said
 
 
+def test_a_pools_workers_leave_the_callers_start_method_unchosen():
+    """Spawning a worker asked the default context for its start method, which fixes it: a script that ran a probe
+    job or a report with -mp N and then chose its own (``set_start_method("spawn")``) stopped with 'context has
+    already been set', where the README promises that no call chooses it."""
+    import multiprocessing
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method(None, force=True)  # as in a fresh script, whatever this process did before
+    try:
+        pool = spawn_pool(2)
+        try:
+            futures = [pool.submit(abs, -1), pool.submit(abs, -2)]
+            assert sorted(future.result(timeout=60) for future in futures) == [1, 2]
+            assert multiprocessing.get_start_method(allow_none=True) is None
+        finally:
+            stop_pool(pool)
+        assert multiprocessing.get_start_method(allow_none=True) is None
+    finally:
+        multiprocessing.set_start_method(before, force=True)
+
+
 def test_the_cause_is_the_signal_of_the_worker_that_died_and_sigterm_only_where_every_worker_got_it():
     assert worker_death([-signal.SIGTERM, -signal.SIGKILL]).startswith("it was killed by SIGKILL")
     assert worker_death([-signal.SIGTERM, -signal.SIGTERM]).startswith("it was terminated by SIGTERM")

@@ -499,6 +499,14 @@ def fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray
     test, taken at the weights it ends on: the largest |gradient entry| ≤ tol (``largest_gradient``).
     """
     import torch
+    with torch.inference_mode(False):  # a caller's ``torch.inference_mode()`` block: autograd refuses its tensors
+        return _fit_torch_lbfgs(x_train, y_train, x_eval, settings, layer)
+
+
+def _fit_torch_lbfgs(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, settings: ProbeSettings,
+                     layer: str) -> FitResult:
+    """``fit_torch_lbfgs`` outside inference mode."""
+    import torch
     import torch.nn.functional as F
 
     s = settings.resolved()
