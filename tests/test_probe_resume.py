@@ -343,7 +343,8 @@ def _fitted_results_handed_back(but: str, timeout: float = 60) -> None:
     import gc
     from concurrent.futures import ProcessPoolExecutor, wait
     gc.collect()  # the pools of jobs run before in this process (in reference cycles until collected)
-    (pool,) = [thing for thing in gc.get_objects() if type(thing) is ProcessPoolExecutor]  # no attribute read
+    # spawn_pool's subclass of it (17de9b8) too; type() reads no attribute of the objects
+    (pool,) = [thing for thing in gc.get_objects() if issubclass(type(thing), ProcessPoolExecutor)]
     futures = [item.future for item in list(pool._pending_work_items.values()) if item.args[0].layer != but]
     _, not_done = wait(futures, timeout)
     assert not not_done, f"{len(not_done)} fitted layer(s) never came back from the pool"
