@@ -277,6 +277,24 @@ def test_the_run_figure_legend_never_covers_long_layer_names(tmp_path):
         plt.close(fig)
 
 
+def test_the_run_figure_names_its_axis_for_accuracy_only_where_one_is_drawn(tmp_path):
+    """An autoencoder's analysis.png (no probes, no test accuracy) named its axis 'saturation / accuracy'."""
+    import matplotlib.pyplot as plt
+
+    from phd_lab.plots.run_figure import draw_run_figure
+    tables = synthetic_run(tmp_path, BORDER)
+    summary = summarize(tables)
+    labels = []
+    for probes, accuracy in ((tables.probes, summary["accuracy"]["test"]), (None, None)):
+        tables.probes, summary["accuracy"]["test"] = probes, accuracy
+        fig = draw_run_figure(tables, summary)
+        try:
+            labels.append(next(a for a in fig.axes if a.get_legend() is not None).get_ylabel())
+        finally:
+            plt.close(fig)
+    assert labels == ["saturation / accuracy", "saturation"]
+
+
 def _x_extent(patch) -> tuple[float, float]:
     """(left, right) of an axvspan in data x: a Rectangle since matplotlib 3.9, a Polygon before (setup.cfg
     allows 3.7), which has no get_x."""

@@ -130,8 +130,8 @@ def draw_run_figure(tables: RunTables, summary: dict[str, Any], dpi: int = 90) -
     _draw_accuracies(ax, tables, summary, x_of)
     borders = summary.get("borders") or {}
     _draw_tails_and_borders(ax, summary.get("tails", []), borders, x_of)
-    _format_layer_axes(ax, order)
     handles, labels = ax.get_legend_handles_labels()
+    _format_layer_axes(ax, order, accuracies=any("accuracy" in label for label in labels))
     if tables.receptive_field is not None:
         more_handles, more_labels = _draw_receptive_field(ax, tables, borders, x_of)
         handles, labels = handles + more_handles, labels + more_labels
@@ -246,11 +246,12 @@ def _draw_tails_and_borders(ax: Any, tails: list[dict[str, Any]], borders: dict[
             ax.axvline(x_of[layer] - 0.5, color="black", linestyle=style, linewidth=1.4, label=key)
 
 
-def _format_layer_axes(ax: Any, order: list[str]) -> None:
+def _format_layer_axes(ax: Any, order: list[str], accuracies: bool = True) -> None:
     """Percent scale on the left axis, one tick per layer (names rotated; beyond ``LABELLED`` layers every n-th)
-    on the x axis."""
+    on the x axis. The axis is named for accuracy too only where one is drawn: a reconstruction (an autoencoder)
+    has none, and neither has a run without probes before its test accuracy is known."""
     ax.set_ylim(0, 1.02)
-    ax.set_ylabel("saturation / accuracy")
+    ax.set_ylabel("saturation / accuracy" if accuracies else "saturation")
     fraction_in_percent(ax.yaxis)
     thin_tick_labels(ax, order, rotation=90, most=LABELLED, ha="center")
     ax.set_xlim(-0.6, len(order) - 0.4)
