@@ -230,17 +230,15 @@ def _unreadable_entries(path: Path, payload: dict[str, Any]) -> str:
     again one by one to name the culprit."""
     import pickle
 
-    from phd_lab.factory_results import refused_by_weights_only
+    from phd_lab.factory_results import refused_entries
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
-        named = []
-        for key, value in payload.items():
-            if key == "model":  # the weights are tensors; what a module's get_extra_state() returns may not be
-                value = {name: item for name, item in value.items() if not isinstance(item, torch.Tensor)}
-            held = refused_by_weights_only(value)
-            if held is not None:
-                named.append(f"its entry {key!r} holds {held}")
+        # the weights are tensors; what a module's get_extra_state() returns may not be
+        entries = {key: {name: item for name, item in value.items() if not isinstance(item, torch.Tensor)}
+                   if key == "model" else value for key, value in payload.items()}
+        refused = refused_entries(entries, known_refused=True)
+        named = [f"its entry {key!r} holds {held}" for key, held in refused.items()]
         return "; ".join(named) or "it holds what pickle refuses"
     return ""
 

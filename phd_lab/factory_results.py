@@ -8,7 +8,7 @@ factory, its file and the contract, raised where the result comes back.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from phd_lab.errors import RegistryError, first_line
 
@@ -122,18 +122,12 @@ def unrestorable_optimizer(optimizer: Any) -> str | None:
     (``lr=0.1 * np.sqrt(batch_size / 256)``) trained, and was saved every epoch, but ``torch.load(weights_only=True)``
     refuses numpy scalars: every resume called each checkpoint damaged (also the rerun of a finished run that adds a
     post-processing step), the run lost."""
-    groups = [{key: value for key, value in group.items() if key != "params"}
-              for group in getattr(optimizer, "param_groups", [])]
-    if refused_by_weights_only(groups) is None:  # one round trip for all of them (every grid point is checked)
-        return None
-    for index, group in enumerate(groups):
-        for key, value in group.items():
-            held = refused_by_weights_only({key: value})
-            if held is not None:
-                return (f"its optimizer {type(optimizer).__name__}'s parameter group {index} holds {key!r} = "
-                        f"{value!r} ({held}), which a checkpoint cannot restore (it is read with "
-                        f"torch.load(weights_only=True)): give it as a Python number (float(...), int(...)) or a "
-                        f"tensor")
+    values = {(index, key): value for index, group in enumerate(getattr(optimizer, "param_groups", []))
+              for key, value in group.items() if key != "params"}
+    for (index, key), held in refused_entries(values).items():
+        return (f"its optimizer {type(optimizer).__name__}'s parameter group {index} holds {key!r} = "
+                f"{values[index, key]!r} ({held}), which a checkpoint cannot restore (it is read with "
+                f"torch.load(weights_only=True)): give it as a Python number (float(...), int(...)) or a tensor")
     return None
 
 
@@ -145,15 +139,22 @@ def unrestorable_model_state(model: Any) -> str | None:
     the check: the weights are tensors, which every checkpoint reads."""
     import torch
     extra = {name: value for name, value in model.state_dict().items() if not isinstance(value, torch.Tensor)}
-    if not extra or refused_by_weights_only(extra) is None:
-        return None
-    for name, value in extra.items():
-        held = refused_by_weights_only({name: value})
-        if held is not None:
-            return (f"its model's state_dict() holds {name!r} ({held}), which a checkpoint cannot restore (it is read "
-                    f"with torch.load(weights_only=True)): keep what get_extra_state() returns to tensors, Python "
-                    f"numbers, strings and lists and dicts of them (float(...) of a numpy number)")
+    for name, held in refused_entries(extra).items():
+        return (f"its model's state_dict() holds {name!r} ({held}), which a checkpoint cannot restore (it is read "
+                f"with torch.load(weights_only=True)): keep what get_extra_state() returns to tensors, Python "
+                f"numbers, strings and lists and dicts of them (float(...) of a numpy number)")
     return None
+
+
+def refused_entries(entries: Mapping[Any, Any], known_refused: bool = False) -> dict[Any, str]:
+    """Each value of ``entries`` that ``torch.load(weights_only=True)`` refuses once saved, with what it refuses
+    (``refused_by_weights_only``), in their order. One round trip for all of them (every grid point's factories are
+    checked), then one per entry only where that one is refused; ``known_refused`` skips the first where the caller
+    saw the whole refused already (a checkpoint read back)."""
+    if not entries or (not known_refused and refused_by_weights_only(list(entries.values())) is None):
+        return {}
+    held = {key: refused_by_weights_only(value) for key, value in entries.items()}
+    return {key: what for key, what in held.items() if what is not None}
 
 
 def refused_by_weights_only(state: Any) -> str | None:
