@@ -553,9 +553,9 @@ def _logged_in_another_directory(cfg: Any, error: RegistryError) -> str:
     directory said only 'No module named ...', and the folder to rerun from was not named."""
     meta = cfg.logged_meta
     folder = meta.get("working_directory") if isinstance(meta, Mapping) else None
-    dotted = [spec for spec in cfg.registries.values() if isinstance(spec, str) and not spec.endswith(".py")
-              and f"registry module {spec!r}" in str(error)]
-    if not str(error).startswith("Cannot import the") or not isinstance(folder, str) or not dotted:
+    spec = getattr(error, "unimportable_module", None)  # set by registry_import where it cannot import it
+    if (not isinstance(folder, str) or not isinstance(spec, str) or spec.endswith(".py")
+            or spec not in cfg.registries.values()):
         return ""
     try:
         if Path(folder).resolve() == Path.cwd().resolve():
@@ -563,7 +563,7 @@ def _logged_in_another_directory(cfg: Any, error: RegistryError) -> str:
     except (OSError, RuntimeError):
         pass
     return (f" Its run was started in the working directory {folder!r} (the logged config's "
-            f"_meta.working_directory), from which {dotted[0]!r} was imported: rerun from there, or put that folder on "
+            f"_meta.working_directory), from which {spec!r} was imported: rerun from there, or put that folder on "
             f"PYTHONPATH.")
 
 

@@ -566,8 +566,9 @@ def _import_registry_module(spec: str, kind: str) -> ModuleType:
                                 f"here ({error}). Install it, or point the key 'registries.{kind}' elsewhere."
                                 ) from None
         _refuse_file_named_like_a_dotted_name(spec, kind)
-        raise RegistryError(f"Cannot import the {kind} registry module {spec!r}: {error}. Give a dotted "
-                            f"module name importable from the working directory or a path to a .py file.") from None
+        raise _unimportable(spec, f"Cannot import the {kind} registry module {spec!r}: {error}. Give a dotted "
+                                  f"module name importable from the working directory or a path to a .py file."
+                            ) from None
     except (Exception, SystemExit) as error:  # noqa: BLE001 - the module itself is broken: say where
         # SystemExit too (a module that calls sys.exit() at import ended the command without a word); Ctrl-C
         # (KeyboardInterrupt) and SIGTERM (Terminated) still stop it, also as the error of a compiled module's import
@@ -632,10 +633,19 @@ def _refuse_file_named_like_a_dotted_name(spec: str, kind: str) -> None:
     if found is None:
         return
     package, module = spec.rsplit(".", 1)
-    raise RegistryError(f"Cannot import the {kind} registry module {spec!r}: no module of that name exists, but the "
-                        f"file {str(found.resolve())!r} does; a dot in a file's name makes it no module name (Python "
-                        f"reads {spec!r} as the module {module!r} of a package {package!r}). Give the file's path as "
-                        f"'registries.{kind}', or rename the file without the dot.")
+    raise _unimportable(spec, f"Cannot import the {kind} registry module {spec!r}: no module of that name exists, but "
+                              f"the file {str(found.resolve())!r} does; a dot in a file's name makes it no module name "
+                              f"(Python reads {spec!r} as the module {module!r} of a package {package!r}). Give the "
+                              f"file's path as 'registries.{kind}', or rename the file without the dot.")
+
+
+def _unimportable(spec: str, message: str) -> RegistryError:
+    """The RegistryError of a registry module that cannot be imported from here, carrying its name as
+    ``unimportable_module``: a logged config's rerun names the working directory its run was started in
+    (``experiment``), where the name was importable."""
+    error = RegistryError(message)
+    error.unimportable_module = spec  # type: ignore[attr-defined]
+    return error
 
 
 def _dotted_name(path: Path) -> tuple[str | None, Path]:
