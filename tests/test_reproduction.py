@@ -976,6 +976,17 @@ def tiny_act(*, num_classes: int, in_channels: int = 3, act=F.{act}) -> nn.Modul
 '''
 
 
+def _trained_own_model(tmp_path, capsys, registry, source: str, model: str):
+    """Write ``source`` to the registry file ``registry``, train one epoch of its factory ``model`` and return the
+    run's logged config."""
+    registry.write_text(source)
+    config = write_config(tmp_path, epoch=1, cpu_threads=1, model=model, model_args={},
+                          registries={"models": str(registry)}, track_saturation=False, post_processing=[])
+    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
+    [folder] = run_folders(tmp_path / "logs")
+    return folder / f"{run_name(folder)}_config.json"
+
+
 def test_a_function_default_is_logged_without_its_address_and_an_unchanged_one_is_no_difference(tmp_path, capsys):
     """A factory default that is a function (``act=F.relu``) was logged by its repr, '<function relu at
     0x7fc3e6cd7ce0>', whose address is another in every process: every rerun of the run, in another process, warned
@@ -983,12 +994,7 @@ def test_a_function_default_is_logged_without_its_address_and_an_unchanged_one_i
     a difference where there was none. The address is left out, also when a run logged it; another function is
     still named."""
     registry = tmp_path / "my_models.py"
-    registry.write_text(FUNCTION_DEFAULT.format(act="relu"))
-    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_act", model_args={},
-                          registries={"models": str(registry)}, track_saturation=False, post_processing=[])
-    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
-    [folder] = run_folders(tmp_path / "logs")
-    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged_path = _trained_own_model(tmp_path, capsys, registry, FUNCTION_DEFAULT.format(act="relu"), "tiny_act")
     logged = json.loads(logged_path.read_text())
     assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {"act": "<function relu>"}
     # as a run of an earlier version logged it, in another process
@@ -1019,12 +1025,8 @@ def test_a_set_default_is_logged_in_sorted_order_and_one_in_another_order_is_no_
     'fc'})" under 2): a rerun in another process named the unchanged default as changed. It is logged with its items
     sorted, and one an earlier version logged in another order compares as the same; another set is still named."""
     registry = tmp_path / "my_models.py"
-    registry.write_text(SET_DEFAULT.format(names='{"pool", "fc", "bn", "conv"}'))
-    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_set", model_args={},
-                          registries={"models": str(registry)}, track_saturation=False, post_processing=[])
-    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
-    [folder] = run_folders(tmp_path / "logs")
-    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged_path = _trained_own_model(tmp_path, capsys, registry,
+                                     SET_DEFAULT.format(names='{"pool", "fc", "bn", "conv"}'), "tiny_set")
     logged = json.loads(logged_path.read_text())
     assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {
         "relu_after": "frozenset({'bn', 'conv', 'fc', 'pool'})"}
@@ -1058,14 +1060,8 @@ def test_a_file_beside_the_registry_that_a_factory_imports_when_called_is_in_its
     helper = tmp_path / "lazy_blocks_of_test_reproduction.py"
     helper.write_text("from torch import nn\n\n\ndef block(channels):\n"
                       "    return nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU())\n")
-    registry = tmp_path / "my_models.py"
-    registry.write_text(LAZY_IMPORT)
-    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_lazy", model_args={},
-                          registries={"models": str(registry)}, track_saturation=False, post_processing=[])
     try:
-        assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
-        [folder] = run_folders(tmp_path / "logs")
-        logged_path = folder / f"{run_name(folder)}_config.json"
+        logged_path = _trained_own_model(tmp_path, capsys, tmp_path / "my_models.py", LAZY_IMPORT, "tiny_lazy")
         code, err = main_in_process(capsys, "--config", str(logged_path), "--no-progress")
         assert code == 0 and "another setup" not in err, err
         helper.write_text(helper.read_text().replace("nn.ReLU()", "nn.Tanh()"))
@@ -1106,12 +1102,7 @@ def test_a_default_class_of_the_registry_file_is_logged_without_its_path_and_a_m
     from phd_lab.registry_files import module_name
     old = tmp_path / "old" / "my_models.py"
     old.parent.mkdir()
-    old.write_text(CLASS_DEFAULT)
-    config = write_config(tmp_path, epoch=1, cpu_threads=1, model="tiny_block", model_args={},
-                          registries={"models": str(old)}, track_saturation=False, post_processing=[])
-    assert main_in_process(capsys, "--config", str(config), "--no-progress", "-q")[0] == 0
-    [folder] = run_folders(tmp_path / "logs")
-    logged_path = folder / f"{run_name(folder)}_config.json"
+    logged_path = _trained_own_model(tmp_path, capsys, old, CLASS_DEFAULT, "tiny_block")
     logged = json.loads(logged_path.read_text())
     assert logged[META_KEY]["defaults_in_effect"]["model_args"] == {"block": "<class 'my_models.Block'>"}
     moved = tmp_path / "moved" / "my_models.py"
