@@ -13,12 +13,12 @@ import contextlib
 import contextvars
 import inspect
 import json
-import os
 import re
 from typing import Any, Callable, Iterator, Mapping
 
 from phd_lab.config_file import cut_short, shown_value
 from phd_lab.errors import ConfigError, first_line
+from phd_lab.registry_files import file_of
 
 # model_args the framework handles itself (not passed to the model factory):
 # "truncate": cut the model before a layer ("border" = before the border layer b_min) and add a GAP + linear head.
@@ -209,10 +209,8 @@ def stable_text(text: Any) -> Any:
 
 
 def _registry_file_stem(found: re.Match[str]) -> str:
-    try:
-        return os.path.splitext(os.path.basename(os.fsdecode(bytes.fromhex(found.group(1)))))[0] or found.group(0)
-    except ValueError:
-        return found.group(0)
+    path = file_of(found.group(0))
+    return path.stem if path is not None and path.stem else found.group(0)
 
 
 def _json_value(value: Any) -> bool:
